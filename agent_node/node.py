@@ -1,0 +1,449 @@
+"""One learning agent as one process: the event loop and its states.
+
+States and the transitions allowed between them:
+
+    booting ─▶ connecting ─▶ ready ─▶ running ─▶ draining ─▶ stopped
+                   │           │        │  ▲
+                   │           │        ▼  │  (negotiating, sharing, averaging: the peer
+                   └───────────┴──▶ draining   protocols of later issues step in and out here)
+
+The loop (`run`) waits on every socket at once with a deadline taken from the nearest timer,
+so it never busy-waits and never blocks past a heartbeat. One observation from the env server
+flows like this:
+
+    env.observation ─▶ on_observation: record the transition, log finished episodes,
+                        pick actions (Actor) ─▶ env.action
+    (while the env server waits for the other agents) ─▶ a few gradient steps (Learner)
+
+Learning is done in bounded slices between network events, so a long learner update can delay
+heartbeats by one slice at most.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from agent_node.algos import build_learner
+from agent_node.checkpoint import load_checkpoint, save_checkpoint
+from agent_node.config import AgentsConfig
+from agent_node.metrics import MetricsWriter
+from agent_node.roles import Transition
+from protocols import messages as m
+from protocols.control import ControlClient, ShutdownRequested
+from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
+from protocols.node_context import NodeContext
+from protocols.spaces import decode_space
+from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable
+from protocols.wire import Envelope
+
+log = logging.getLogger("agent_node")
+
+# Gradient steps per loop iteration: small enough that a waiting message is answered quickly.
+GRADIENT_STEPS_PER_SLICE = 4
+
+
+class NodeState(enum.Enum):
+    BOOTING = "booting"
+    CONNECTING = "connecting"
+    READY = "ready"
+    NEGOTIATING = "negotiating"
+    RUNNING = "running"
+    SHARING = "sharing"
+    AVERAGING = "averaging"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+S = NodeState
+ALLOWED_TRANSITIONS: dict[NodeState, set[NodeState]] = {
+    S.BOOTING: {S.CONNECTING, S.STOPPED},
+    S.CONNECTING: {S.READY, S.DRAINING},
+    S.READY: {S.RUNNING, S.DRAINING},
+    S.RUNNING: {S.NEGOTIATING, S.SHARING, S.AVERAGING, S.DRAINING},
+    S.NEGOTIATING: {S.RUNNING, S.DRAINING},
+    S.SHARING: {S.RUNNING, S.DRAINING},
+    S.AVERAGING: {S.RUNNING, S.DRAINING},
+    S.DRAINING: {S.STOPPED},
+    S.STOPPED: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class NodeFailure(RuntimeError):
+    """The node cannot go on (a deadline passed, the env server refused us, …)."""
+
+
+@dataclass
+class EpisodeTracker:
+    """Per-copy running returns of this agent; finished episodes are reported once each."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    episodes: int = 0
+    last_return: float | None = None
+
+    def add(self, rewards: np.ndarray, active: np.ndarray) -> None:
+        self.returns += np.where(active, rewards, 0.0)
+        self.lengths += active
+
+    def finish(self, copy: int) -> tuple[float, int]:
+        result = float(self.returns[copy]), int(self.lengths[copy])
+        self.returns[copy] = 0.0
+        self.lengths[copy] = 0
+        self.episodes += 1
+        self.last_return = result[0]
+        return result
+
+
+class AgentNode:
+    def __init__(self, context: NodeContext, config: AgentsConfig, resolved: dict[str, Any], control_endpoint: str) -> None:
+        self.context = context
+        self.config = config
+        self.state = NodeState.BOOTING
+        membership = resolved.get("protocols", {}).get("membership", {})
+        self.heartbeat_every_s = float(membership.get("heartbeat_every_s", 0.5))
+        self.peer_timeout_s = float(membership.get("timeout_s", 5.0))
+        launch = resolved.get("launch", {})
+        self.startup_timeout_s = float(launch.get("startup_timeout_s", 120.0))
+        self.env_step_deadline_s = float(resolved.get("env", {}).get("step_deadline_s", 5.0))
+
+        self.zmq = zmq.Context()
+        self.poller = zmq.Poller()
+        self.control = ControlClient(self.zmq, control_endpoint, node_id=context.node_id, run_id=context.run_id)
+        self.poller.register(self.control.channel.socket, zmq.POLLIN)
+        self.peer_inbox = self._channel(zmq.ROUTER)  # neighbours' DEALERs connect here
+        self.peer_endpoint = bind_endpoint(self.peer_inbox.socket, context.bind_address("peer"), context.advertise_host)
+        self.env: Channel | None = None
+        self.peers: dict[str, Channel] = {}  # neighbour id -> DEALER connected to its inbox
+        self.membership: MembershipEngine | None = None
+        self.metrics = MetricsWriter(context.node_dir / "metrics.jsonl", context.run_dir / "tb" / context.node_id)
+
+        self.learner: Any = None
+        self.env_agent: str = ""
+        self.num_copies = 1
+        self.step = 0  # lockstep step of the last observation
+        self.last_obs: np.ndarray | None = None
+        self.last_action: np.ndarray | None = None
+        self.last_active: np.ndarray | None = None
+        self.episodes: EpisodeTracker | None = None
+        self.last_env_message_at = time.monotonic()
+        self.messages_handled = 0
+        self.started_at = time.monotonic()
+        self.stop_reason = ""
+        self.exit_code = 0
+        self.checkpoint_path = context.node_dir / "checkpoints" / "latest.pt"
+        self.replay_path = context.node_dir / "replay" / "buffer.npz"
+        self.last_checkpoint_step = 0
+        self.last_replay_save_step = 0
+
+    # ------------------------------------------------------------------ states
+
+    def transition(self, new: NodeState) -> None:
+        if new not in ALLOWED_TRANSITIONS[self.state]:
+            raise IllegalTransition(f"{self.state.value} -> {new.value} is not an allowed transition")
+        log.info("state %s -> %s", self.state.value, new.value)
+        self.state = new
+        if self.membership is not None:
+            self.membership.state = new.value
+
+    # ------------------------------------------------------------------ start-up
+
+    def connect(self) -> None:
+        """Register, learn the neighbours and the env server, join the env, report ready."""
+        self.transition(NodeState.CONNECTING)
+        self.control.register("agent", {"peer": self.peer_endpoint})
+        directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
+        now = time.monotonic()
+        for neighbour, endpoint in sorted(directory.neighbours.items()):
+            channel = self._channel(zmq.DEALER, identity=self.context.node_id.encode())
+            channel.socket.connect(endpoint)
+            self.peers[neighbour] = channel
+        self.membership = MembershipEngine(
+            self.context.node_id,
+            sorted(self.peers),
+            heartbeat_every_s=self.heartbeat_every_s,
+            timeout_s=self.peer_timeout_s,
+            now=now,
+        )
+        self.env = self._channel(zmq.DEALER, identity=self.context.node_id.encode())
+        self.env.socket.connect(directory.env_endpoint)
+        # Agent i drives the env's i-th agent; its name arrives with the welcome.
+        self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index]))
+        welcome = self._wait_env(m.EnvWelcome)
+        self._build_learner(welcome)
+        self.control.ready()
+        self.transition(NodeState.READY)
+        self.control.wait_for(m.Start, self.startup_timeout_s)
+        self.transition(NodeState.RUNNING)
+        self.env.send(m.EnvReset(seed=None))
+        self.last_env_message_at = time.monotonic()
+
+    def _build_learner(self, welcome: m.EnvWelcome) -> None:
+        (self.env_agent,) = welcome.agents
+        self.num_copies = welcome.num_copies
+        observation_space = decode_space(welcome.observation_spaces[self.env_agent])
+        action_space = decode_space(welcome.action_spaces[self.env_agent])
+        self.learner = build_learner(self.config.learner, observation_space, action_space, self.context.seed)
+        self.episodes = EpisodeTracker(np.zeros(self.num_copies), np.zeros(self.num_copies, dtype=np.int64))
+        self._restore()
+        log.info(
+            "driving %s over %d copies: obs %s, actions %s, learner %s",
+            self.env_agent, self.num_copies, observation_space, action_space, self.config.learner.kind,
+        )
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        """Run until the budget is spent or the orchestrator says stop; return the exit code."""
+        try:
+            self.connect()
+            while self.state not in (NodeState.DRAINING, NodeState.STOPPED):
+                self._iterate()
+        except ShutdownRequested as request:
+            self.stop_reason = request.reason
+        except Exception as error:  # noqa: BLE001 - reported, then the node drains and exits non-zero
+            log.exception("agent failed: %s", error)
+            self.stop_reason = f"failure: {error}"
+            self.exit_code = 1
+            if self.state is not NodeState.DRAINING:
+                self.state = NodeState.DRAINING
+        finally:
+            self._drain()
+        return self.exit_code
+
+    def _iterate(self) -> None:
+        now = time.monotonic()
+        learning_due = self.learner is not None and self.learner.gradient_steps_due() > 0
+        timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
+        readable = wait_readable(self.poller, timeout)
+        if self.env.socket in readable:
+            for envelope in self.env.recv_all():
+                self._dispatch_env(envelope)
+        if self.peer_inbox.socket in readable:
+            for envelope in self.peer_inbox.recv_all():
+                self._dispatch_peer(envelope)
+        if self.control.channel.socket in readable:
+            for envelope in self.control.channel.recv_all():
+                self._dispatch_control(envelope)
+        self._on_timers(time.monotonic())
+        if learning_due and self.state is NodeState.RUNNING:
+            self.metrics.accumulate(self.learner.update(max_gradient_steps=GRADIENT_STEPS_PER_SLICE))
+
+    def _next_deadline(self) -> float:
+        deadlines = [
+            self.membership.next_deadline(),
+            self.control._last_status + self.config.status_every_s,
+            self.last_env_message_at + self.env_step_deadline_s * 4 + 10.0,
+        ]
+        for channel in [self.env, *self.peers.values()]:
+            if (due := channel.next_due()) is not None:
+                deadlines.append(due)
+        return min(deadlines)
+
+    def _on_timers(self, now: float) -> None:
+        for channel in [self.env, *self.peers.values()]:
+            channel.flush_due(now)
+        heartbeats, events = self.membership.on_timer(now)
+        for peer, heartbeat in heartbeats:
+            self.peers[peer].send(heartbeat)
+        self._on_membership_events(events)
+        if self.control.status_due(now, self.config.status_every_s):
+            self._send_status(now)
+        silent_for = now - self.last_env_message_at
+        if silent_for > self.env_step_deadline_s * 4 + 10.0:
+            raise NodeFailure(f"no message from the env server for {silent_for:.1f} s")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch_env(self, envelope: Envelope) -> None:
+        self.messages_handled += 1
+        self.last_env_message_at = time.monotonic()
+        message = envelope.message
+        if isinstance(message, m.EnvObservation):
+            self.on_observation(message)
+        elif isinstance(message, m.ErrorReply):
+            raise NodeFailure(f"env server refused a request: {message.code}: {message.message}")
+        else:
+            log.warning("unexpected %s from the env server", envelope.msg_type)
+
+    def _dispatch_peer(self, envelope: Envelope) -> None:
+        self.messages_handled += 1
+        now = time.monotonic()
+        sender = envelope.sender
+        if sender not in self.peers:
+            log.warning("dropped %s from %r, which is not a neighbour", envelope.msg_type, sender)
+            return
+        self._on_membership_events(self.membership.on_message(sender, now))
+        handler = self.PEER_HANDLERS.get(type(envelope.message))
+        if handler is None:
+            log.warning("no handler for %s from %s", envelope.msg_type, sender)
+            return
+        handler(self, sender, envelope.message, now)
+
+    def _dispatch_control(self, envelope: Envelope) -> None:
+        self.messages_handled += 1
+        if isinstance(envelope.message, m.Shutdown):
+            self.stop_reason = envelope.message.reason
+            self.transition(NodeState.DRAINING)
+
+    # ------------------------------------------------------------------ handlers
+
+    def on_observation(self, message: m.EnvObservation) -> None:
+        agent = self.env_agent
+        observations = message.observations[agent]
+        active = message.active[agent]
+        self.step = message.step
+        if self.last_obs is not None and message.step > 0:
+            self._record_transition(message, observations, active)
+        if message.run_finished:
+            self.stop_reason = "run budget spent"
+            self.transition(NodeState.DRAINING)
+            return
+        actions = self.learner.act(observations, explore=True)
+        self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
+        self.last_obs, self.last_action, self.last_active = observations, actions, active
+        self._maybe_persist()
+
+    def _record_transition(self, message: m.EnvObservation, observations: np.ndarray, active: np.ndarray) -> None:
+        agent = self.env_agent
+        rewards = message.rewards[agent]
+        terminated, truncated = message.terminated[agent], message.truncated[agent]
+        next_obs = observations
+        if agent in message.final_observations:
+            next_obs = np.where(
+                message.episode_start.reshape(-1, *([1] * (observations.ndim - 1))),
+                message.final_observations[agent],
+                observations,
+            )
+        # Rows where this agent acted in the previous step and took part in this one.
+        took_part = self.last_active & active if self.last_active is not None else active
+        if took_part.any():
+            rows = np.flatnonzero(took_part)
+            self.learner.observe(
+                Transition(
+                    obs=self.last_obs[rows],
+                    action=self.last_action[rows],
+                    reward=rewards[rows],
+                    next_obs=next_obs[rows],
+                    terminated=terminated[rows],
+                    truncated=truncated[rows],
+                )
+            )
+        self.episodes.add(rewards, took_part)
+        ended = took_part & (terminated | truncated)
+        for copy in np.flatnonzero(ended):
+            episode_return, length = self.episodes.finish(int(copy))
+            self.metrics.write(message.step, {"env/episode_return": episode_return, "env/episode_length": length})
+        if message.missing:
+            self.metrics.accumulate({"env/missing_agents": len(message.missing)})
+        if message.step % 250 == 0:
+            self.metrics.flush_means(message.step)
+
+    def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
+        self._on_membership_events(self.membership.on_heartbeat(heartbeat, now))
+
+    PEER_HANDLERS: dict[type, Callable] = {m.Heartbeat: on_heartbeat}
+
+    def _on_membership_events(self, events: list) -> None:
+        for event in events:
+            if isinstance(event, PeerDown):
+                log.warning("neighbour %s is down (silent for %.1f s)", event.peer, event.silent_for_s)
+                self.metrics.write(self.step, {"membership/peers_alive": len(self.membership.alive_peers())})
+            elif isinstance(event, PeerUp):
+                log.info("neighbour %s is up", event.peer)
+            elif isinstance(event, PeerRestarted):
+                log.info("neighbour %s restarted (incarnation %d)", event.peer, event.incarnation)
+
+    # ------------------------------------------------------------------ status, persistence, exit
+
+    def _send_status(self, now: float) -> None:
+        elapsed = max(1e-9, now - self.started_at)
+        self.control.send_status(
+            now,
+            state=self.state.value,
+            step=self.step,
+            episode=self.episodes.episodes if self.episodes else 0,
+            last_return=self.episodes.last_return if self.episodes else None,
+            msgs_per_s=self.messages_handled / elapsed,
+            extra={"membership/peers_alive": float(len(self.membership.alive_peers()))} if self.membership else {},
+        )
+
+    def _maybe_persist(self) -> None:
+        if self.step - self.last_checkpoint_step >= self.config.checkpoint_every_steps:
+            self._save_checkpoint()
+        if self.step - self.last_replay_save_step >= self.config.replay_save_every_steps:
+            self._save_replay()
+
+    def _save_checkpoint(self) -> None:
+        save_checkpoint(
+            self.checkpoint_path,
+            {"learner": self.learner.state_dict(), "step": self.step, "episodes": self.episodes.episodes},
+        )
+        self.last_checkpoint_step = self.step
+
+    def _save_replay(self) -> None:
+        self.learner.replay.save(self.replay_path)
+        self.last_replay_save_step = self.step
+
+    def _restore(self) -> None:
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        if checkpoint is not None:
+            self.learner.load_state_dict(checkpoint["learner"])
+            self.episodes.episodes = int(checkpoint["episodes"])
+            log.info("restored checkpoint of step %d", checkpoint["step"])
+        if self.replay_path.exists():
+            self.learner.replay.restore(self.replay_path)
+            log.info("restored %d replay transitions", len(self.learner.replay))
+
+    def _drain(self) -> None:
+        """Persist what we learned, say goodbye, close every socket."""
+        if self.state is not NodeState.DRAINING:
+            self.state = NodeState.DRAINING
+        try:
+            if self.learner is not None:
+                self._save_checkpoint()
+                self._save_replay()
+            self.metrics.flush_means(self.step)
+            self.control.goodbye(self.stop_reason or "stopped")
+        except Exception:  # noqa: BLE001 - closing must continue whatever happened above
+            log.exception("error while draining")
+            self.exit_code = 1
+        finally:
+            self.metrics.close()
+            for channel in [self.env, self.peer_inbox, *self.peers.values()]:
+                if channel is not None:
+                    channel.close()
+            self.control.close()
+            self.zmq.term()
+            self.state = NodeState.STOPPED
+
+    # ------------------------------------------------------------------ helpers
+
+    def _channel(self, kind: int, identity: bytes | None = None) -> Channel:
+        channel = Channel(make_socket(self.zmq, kind, identity=identity), sender=self.context.node_id, run_id=self.context.run_id)
+        self.poller.register(channel.socket, zmq.POLLIN)
+        return channel
+
+    def _wait_env(self, message_type: type) -> Any:
+        deadline = time.monotonic() + self.startup_timeout_s
+        env_poller = zmq.Poller()
+        env_poller.register(self.env.socket, zmq.POLLIN)
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not wait_readable(env_poller, remaining):
+                continue
+            for envelope in self.env.recv_all():
+                if isinstance(envelope.message, m.ErrorReply):
+                    raise NodeFailure(f"env server refused to let us join: {envelope.message.message}")
+                if isinstance(envelope.message, message_type):
+                    return envelope.message
+        raise NodeFailure(f"no {message_type.MSG_TYPE} from the env server within {self.startup_timeout_s} s")

@@ -1,0 +1,104 @@
+"""The small role interfaces an agent node is assembled from.
+
+An agent node owns one of each role it needs. Each role is a `typing.Protocol`, so an
+algorithm file implements it by having the methods, without inheriting from anything:
+
+- `Actor`        picks actions for K vectorized observations.
+- `Learner`      updates itself from what the node feeds it (transitions, then `update`).
+- `ParamSource`  exposes named parameter tensors as numpy arrays, for consensus averaging.
+- `WorldModel`   fits a dynamics model, predicts mean and variance, and exports / imports the
+                 statistics that consensus averages.
+- `GoalModule`   proposes and accepts goals, computes goal rewards, relabels (goal negotiation
+                 and hindsight issues fill it).
+
+Arrays cross these interfaces as numpy, never torch: the node's event loop, the replay buffer
+and the protocol engines stay free of torch, and the learner converts at its own boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Transition:
+    """K vectorized transitions of one agent, one row per environment copy.
+
+    `terminated` is a true end of the episode (no bootstrapping); `truncated` is a cut by a
+    time limit (bootstrap from `next_obs`). `next_obs` is the observation the action led to,
+    also for copies whose episode just ended (the env server sends the final observation
+    separately from the first observation of the next episode).
+    """
+
+    obs: np.ndarray  # (K, *obs_shape)
+    action: np.ndarray  # (K, *action_shape)
+    reward: np.ndarray  # (K,) float32
+    next_obs: np.ndarray  # (K, *obs_shape)
+    terminated: np.ndarray  # (K,) bool
+    truncated: np.ndarray  # (K,) bool
+
+
+@runtime_checkable
+class Actor(Protocol):
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        """Actions for a batch of observations, shape (K, *obs_shape) -> (K, *action_shape)."""
+
+
+@runtime_checkable
+class Learner(Protocol):
+    def observe(self, transition: Transition) -> None:
+        """Record K transitions (into the learner's replay buffer)."""
+
+    def update(self) -> dict[str, float]:
+        """Run the gradient steps due now; return scalar metrics (namespaced, e.g. `dqn/loss`).
+
+        Must return within a few milliseconds per gradient step so the node's event loop keeps
+        its heartbeats: the node calls it between network events.
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume (networks, optimizers, counters), torch-serializable."""
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class ParamSource(Protocol):
+    def get_params(self) -> dict[str, np.ndarray]:
+        """Named parameter tensors (copies), e.g. for consensus averaging."""
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Overwrite parameters by name; shapes and dtypes must match `get_params`."""
+
+
+@runtime_checkable
+class WorldModel(Protocol):
+    """A learned dynamics model `(state, action) -> next state`, with its uncertainty."""
+
+    def fit(self, states: np.ndarray, actions: np.ndarray, next_states: np.ndarray) -> dict[str, float]:
+        """(Re)fit on local data; return scalar metrics."""
+
+    def predict(self, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of the next state, each shaped like `states`."""
+
+    def export_statistics(self) -> dict[str, np.ndarray]:
+        """The named tensors consensus averages (GP natural parameters, or ensemble weights)."""
+
+    def import_statistics(self, stats: Mapping[str, np.ndarray], num_agents: int) -> None:
+        """Adopt averaged statistics. `num_agents` lets a GP rescale an average back to a sum."""
+
+
+@runtime_checkable
+class GoalModule(Protocol):
+    """Goal-conditioned behaviour; implemented by the negotiation and AMIGo issues."""
+
+    def propose(self) -> np.ndarray: ...
+
+    def accept(self, proposals: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+    def goal_reward(self, achieved: np.ndarray, goal: np.ndarray) -> np.ndarray: ...
+
+    def relabel(self, transitions: list[Transition], achieved_goals: list[np.ndarray]) -> list[Transition]: ...

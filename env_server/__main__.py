@@ -1,0 +1,165 @@
+"""`python -m env_server`: run one env server.
+
+Two ways to start it:
+
+- under the orchestrator: `--config RUN_DIR/resolved.yaml --node-id env --control ENDPOINT`;
+  it registers its endpoint, reports status, and stops on `control.shutdown`.
+- standalone (tests, benchmarks, a notebook): `--env NAME [--kwargs JSON] [--copies K]
+  [--bind ADDRESS]`; it prints `READY <endpoint>` on stdout once bound and serves until
+  SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+
+import zmq
+
+from env_server.config import EnvConfig
+from env_server.registry import make_env
+from env_server.server import EnvServer
+from env_server.vector import VectorizedParallelEnv
+from protocols import messages as m
+from protocols.control import ControlClient, ControlTimeout, ShutdownRequested
+from protocols.node_context import load_resolved, node_context
+
+log = logging.getLogger("env_server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m env_server", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="resolved.yaml of a run (orchestrated mode)")
+    parser.add_argument("--node-id", default="env")
+    parser.add_argument("--control", help="the orchestrator's control endpoint")
+    parser.add_argument("--env", help="standalone: registry name or package.module:factory")
+    parser.add_argument("--kwargs", default="{}", help="standalone: factory kwargs as JSON")
+    parser.add_argument("--copies", type=int, default=1, help="standalone: K vectorized copies")
+    parser.add_argument("--no-autoreset", action="store_true", help="standalone: wait for env.reset after episodes")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:0", help="standalone: bind address")
+    parser.add_argument("--step-deadline", type=float, default=5.0, help="standalone: step deadline (s)")
+    parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.config:
+        if not args.control:
+            parser.error("--config needs --control")
+        return run_orchestrated(args.config, args.node_id, args.control)
+    if not args.env:
+        parser.error("give --config (orchestrated) or --env (standalone)")
+    return run_standalone(args)
+
+
+def _stop_on_signals() -> list[bool]:
+    stop = [False]
+
+    def request_stop(signum, frame):
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
+def run_standalone(args: argparse.Namespace) -> int:
+    kwargs = json.loads(args.kwargs)
+    envs = VectorizedParallelEnv(lambda: make_env(args.env, kwargs), args.copies, autoreset=not args.no_autoreset)
+    server = EnvServer(
+        envs,
+        env_name=args.env,
+        node_id=args.node_id,
+        run_id="standalone",
+        bind_address=args.bind,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        step_deadline_s=args.step_deadline,
+        join_deadline_s=0.0 if args.no_autoreset else 60.0,
+        default_action="noop",
+    )
+    stop = _stop_on_signals()
+    print(f"READY {server.endpoint}", flush=True)
+    try:
+        while not stop[0]:
+            server.poll_once(0.2)
+    finally:
+        server.close()
+    return 0
+
+
+def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> int:
+    resolved = load_resolved(config_path)
+    context = node_context(resolved, config_path, node_id)
+    env_config = EnvConfig.model_validate(resolved["env"])
+    launch = resolved.get("launch", {})
+    status_every_s = float(launch.get("status_every_s", 1.0))
+    startup_timeout_s = float(launch.get("startup_timeout_s", 120.0))
+    log.info("env server %s starting: %s x%d, seed %d", node_id, env_config.name, env_config.num_copies, context.seed)
+
+    envs = VectorizedParallelEnv(
+        lambda: make_env(env_config.name, dict(env_config.kwargs)), env_config.num_copies, autoreset=env_config.autoreset
+    )
+    zmq_context = zmq.Context()
+    server = EnvServer(
+        envs,
+        env_name=env_config.name,
+        node_id=node_id,
+        run_id=context.run_id,
+        bind_address=context.bind_address("env"),
+        seed=context.seed,
+        max_steps=context.steps,
+        step_deadline_s=env_config.step_deadline_s,
+        join_deadline_s=env_config.join_deadline_s,
+        default_action=env_config.default_action,
+        advertise_host=context.advertise_host,
+        context=zmq_context,
+    )
+    control = ControlClient(zmq_context, control_endpoint, node_id=node_id, run_id=context.run_id)
+    server.poller.register(control.channel.socket, zmq.POLLIN)
+    stop = _stop_on_signals()
+    reason = "shutdown"
+    try:
+        control.register("env_server", {"env": server.endpoint})
+        control.wait_for(m.Directory, startup_timeout_s)
+        control.ready()
+        reported_complete = False
+        while not stop[0]:
+            server.poll_once(status_every_s)
+            now = time.monotonic()
+            for envelope in control.channel.recv_all():
+                if isinstance(envelope.message, m.Shutdown):
+                    reason = envelope.message.reason
+                    stop[0] = True
+            if server.run_finished and not reported_complete:
+                control.channel.send(m.RunComplete(steps=server.counters.steps))
+                reported_complete = True
+            if control.status_due(now, status_every_s):
+                control.send_status(
+                    now,
+                    state="finished" if server.run_finished else ("running" if server.episode_running else "waiting"),
+                    step=server.counters.steps,
+                    episode=server.counters.episodes,
+                    last_return=server.counters.last_return,
+                    msgs_per_s=server.channel.stats.received / max(1e-9, now - server.created_at),
+                    extra=server.status_extra(),
+                )
+        control.goodbye(reason)
+        return 0
+    except ShutdownRequested as request:
+        log.info("shutdown before start: %s", request.reason)
+        return 0
+    except ControlTimeout as error:
+        log.error("%s", error)
+        return 1
+    finally:
+        server.close()
+        control.close()
+        zmq_context.term()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

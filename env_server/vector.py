@@ -1,0 +1,168 @@
+"""K copies of a PettingZoo ParallelEnv stepped together, with per-agent batched arrays.
+
+The env server talks to agents in batches: every observation, reward and flag an agent receives
+has a leading axis of length K (one row per copy), and every action it sends has one too. This
+module owns that batching and nothing else (no sockets, no clocks), so it is tested directly.
+
+Agents that are not part of a copy's current step (PettingZoo removes agents that are done
+before the others) are marked inactive; their rows hold zeros and their actions are ignored.
+With `autoreset`, a copy whose episode ended is reset inside `step`: the result then holds the
+first observation of the new episode, the last observation of the old one in
+`final_observations`, and `episode_start` marks that copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+
+@dataclass
+class BatchedStep:
+    """Per-agent batched arrays of one lockstep step over K copies."""
+
+    observations: dict[str, Any]
+    rewards: dict[str, np.ndarray]
+    terminated: dict[str, np.ndarray]
+    truncated: dict[str, np.ndarray]
+    active: dict[str, np.ndarray]
+    final_observations: dict[str, Any]
+    episode_start: np.ndarray
+    episode_returns: list[float] = field(default_factory=list)  # mean-over-agents returns of episodes that just ended
+
+
+def zeros_like_space(space: spaces.Space) -> Any:
+    if isinstance(space, spaces.Dict):
+        return {key: zeros_like_space(sub) for key, sub in space.spaces.items()}
+    if isinstance(space, spaces.Box):
+        return np.clip(np.zeros(space.shape, dtype=space.dtype), space.low, space.high)
+    if isinstance(space, spaces.Discrete):
+        return np.asarray(space.start, dtype=np.int64)
+    if isinstance(space, spaces.MultiDiscrete):
+        return np.asarray(space.start, dtype=np.int64) if hasattr(space, "start") else np.zeros(space.shape, np.int64)
+    if isinstance(space, spaces.MultiBinary):
+        return np.zeros(space.shape, dtype=np.int8)
+    raise TypeError(f"unsupported space for batching: {space}")
+
+
+def stack(space: spaces.Space, rows: list[Any]) -> Any:
+    """Stack K per-copy values (None for an inactive agent) into one batched value."""
+    if isinstance(space, spaces.Dict):
+        return {
+            key: stack(sub, [None if row is None else row[key] for row in rows])
+            for key, sub in space.spaces.items()
+        }
+    filler = zeros_like_space(space)
+    return np.stack([np.asarray(filler if row is None else row, dtype=np.asarray(filler).dtype) for row in rows])
+
+
+def row(batched: Any, index: int) -> Any:
+    """The value of copy `index` in a batched value."""
+    if isinstance(batched, dict):
+        return {key: row(value, index) for key, value in batched.items()}
+    value = batched[index]
+    return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+
+
+def check_batched(space: spaces.Space, batched: Any, num_copies: int, where: str) -> None:
+    """Raise ValueError naming what was expected if `batched` is not K valid actions."""
+    if isinstance(space, spaces.Dict):
+        if not isinstance(batched, dict) or set(batched) != set(space.spaces):
+            raise ValueError(f"{where}: expected a map with keys {sorted(space.spaces)}")
+        for key, sub in space.spaces.items():
+            check_batched(sub, batched[key], num_copies, f"{where}.{key}")
+        return
+    if not isinstance(batched, np.ndarray):
+        raise ValueError(f"{where}: expected an array, got {type(batched).__name__}")
+    expected_shape = (num_copies, *space.shape)
+    if batched.shape != expected_shape:
+        raise ValueError(f"{where}: expected shape {expected_shape}, got {batched.shape}")
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        if not np.issubdtype(batched.dtype, np.integer):
+            raise ValueError(f"{where}: expected integer actions, got dtype {batched.dtype}")
+        for index in range(num_copies):
+            if not space.contains(batched[index] if batched.ndim > 1 else np.int64(batched[index])):
+                raise ValueError(f"{where}[{index}]: {batched[index]} is outside {space}")
+    elif not np.all(np.isfinite(batched)):
+        raise ValueError(f"{where}: actions must be finite")
+
+
+class VectorizedParallelEnv:
+    def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool) -> None:
+        if num_copies < 1:
+            raise ValueError(f"num_copies must be >= 1, got {num_copies}")
+        self.copies = [factory() for _ in range(num_copies)]
+        self.num_copies = num_copies
+        self.autoreset = autoreset
+        first = self.copies[0]
+        self.possible_agents: list[str] = list(first.possible_agents)
+        self.observation_spaces = {a: first.observation_space(a) for a in self.possible_agents}
+        self.action_spaces = {a: first.action_space(a) for a in self.possible_agents}
+        self.metadata = dict(getattr(first, "metadata", {}))
+        self._returns = np.zeros((num_copies, len(self.possible_agents)))
+        self._finished = [False] * num_copies
+        self._last_obs: list[dict[str, Any]] = [{} for _ in range(num_copies)]
+
+    @property
+    def all_finished(self) -> bool:
+        return all(self._finished)
+
+    def reset(self, seed: int | None) -> BatchedStep:
+        per_copy = []
+        for index, env in enumerate(self.copies):
+            observations, _ = env.reset(seed=None if seed is None else seed + index)
+            per_copy.append(observations)
+        self._returns[:] = 0.0
+        self._finished = [False] * self.num_copies
+        self._last_obs = per_copy
+        starts = np.ones(self.num_copies, dtype=bool)
+        return self._batch(per_copy, [{}] * self.num_copies, [{}] * self.num_copies, [{}] * self.num_copies,
+                           [{}] * self.num_copies, starts, [])
+
+    def step(self, actions: dict[str, Any]) -> BatchedStep:
+        observations, rewards, terminated, truncated, finals = [], [], [], [], []
+        starts = np.zeros(self.num_copies, dtype=bool)
+        ended_returns: list[float] = []
+        for index, env in enumerate(self.copies):
+            if self._finished[index]:  # only without autoreset: wait for an explicit reset
+                observations.append({}), rewards.append({}), terminated.append({}), truncated.append({}), finals.append({})
+                continue
+            copy_actions = {agent: row(actions[agent], index) for agent in env.agents}
+            obs, rew, term, trunc, _ = env.step(copy_actions)
+            for agent, value in rew.items():
+                self._returns[index, self.possible_agents.index(agent)] += value
+            final = {}
+            if not env.agents:  # the episode of this copy is over
+                ended_returns.append(float(self._returns[index].mean()))
+                self._returns[index] = 0.0
+                if self.autoreset:
+                    final = obs
+                    obs, _ = env.reset()
+                    starts[index] = True
+                else:
+                    self._finished[index] = True
+            self._last_obs[index] = obs
+            observations.append(obs), rewards.append(rew), terminated.append(term), truncated.append(trunc)
+            finals.append(final)
+        return self._batch(observations, rewards, terminated, truncated, finals, starts, ended_returns)
+
+    def _batch(self, observations, rewards, terminated, truncated, finals, starts, ended_returns) -> BatchedStep:
+        result = BatchedStep({}, {}, {}, {}, {}, {}, starts, ended_returns)
+        for agent in self.possible_agents:
+            space = self.observation_spaces[agent]
+            result.observations[agent] = stack(space, [obs.get(agent) for obs in observations])
+            result.rewards[agent] = np.array([r.get(agent, 0.0) for r in rewards], dtype=np.float32)
+            result.terminated[agent] = np.array([t.get(agent, False) for t in terminated], dtype=bool)
+            result.truncated[agent] = np.array([t.get(agent, False) for t in truncated], dtype=bool)
+            result.active[agent] = np.array([agent in obs for obs in observations], dtype=bool)
+            if any(final for final in finals):
+                result.final_observations[agent] = stack(space, [final.get(agent) for final in finals])
+        return result
+
+    def close(self) -> None:
+        for env in self.copies:
+            env.close()

@@ -1,0 +1,337 @@
+"""Typed message bodies and the registry that maps `msg_type` strings to them.
+
+Every body that crosses the wire is a frozen dataclass registered under its `msg_type` with the
+`register_message` decorator. The codec (`protocols/wire.py`) turns a dataclass into a msgpack
+map (numpy arrays travel as separate raw frames) and, on receipt, back into the dataclass after
+checking every field against its annotation here: `from_body` is the one place where a body's
+field types, dtypes and shapes are validated.
+
+Field annotations may use: int, float, str, bool, bytes, None, `X | None`, list[X],
+tuple[X, ...], dict[str, X], np.ndarray and Any (not checked). Unknown extra fields in a
+received body are ignored, so a newer sender can add fields without breaking older receivers.
+
+This module holds the messages of the control plane, the environment and membership. Each
+protocol engine registers its own messages next to its engine (e.g. `protocols/consensus.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from protocols.errors import FieldError, UnknownMessageType
+
+MESSAGE_TYPES: dict[str, type] = {}
+
+# Dtypes allowed on the wire: plain numeric and boolean. No object arrays (they would need pickle).
+WIRE_DTYPES = frozenset(
+    np.dtype(name).str
+    for name in (
+        "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64",
+    )
+)
+
+
+def register_message(msg_type: str):
+    """Class decorator: register a frozen dataclass as the body of `msg_type`."""
+
+    def decorate(cls):
+        if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+            raise TypeError(f"{cls.__name__} must be a frozen dataclass to be a message body")
+        if msg_type in MESSAGE_TYPES:
+            raise ValueError(f"message type {msg_type!r} registered twice")
+        cls.MSG_TYPE = msg_type
+        MESSAGE_TYPES[msg_type] = cls
+        return cls
+
+    return decorate
+
+
+def message_class(msg_type: str) -> type:
+    try:
+        return MESSAGE_TYPES[msg_type]
+    except KeyError:
+        raise UnknownMessageType(
+            f"unknown msg_type {msg_type!r}; known: {sorted(MESSAGE_TYPES)}"
+        ) from None
+
+
+def to_body(message: Any) -> dict[str, Any]:
+    """The dataclass as a plain dict (shallow: nested values are left as they are)."""
+    return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+
+
+def from_body(msg_type: str, body: Any) -> Any:
+    """Build and validate the dataclass registered under `msg_type` from a decoded body map."""
+    cls = message_class(msg_type)
+    if not isinstance(body, dict):
+        raise FieldError(f"{msg_type}: body must be a map, got {type(body).__name__}")
+    hints = _type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in body:
+            values[f.name] = _check(body[f.name], hints[f.name], f"{msg_type}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise FieldError(f"{msg_type}: required field {f.name!r} is missing")
+    return cls(**values)
+
+
+_HINT_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINT_CACHE:
+        _HINT_CACHE[cls] = typing.get_type_hints(cls)
+    return _HINT_CACHE[cls]
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    """Return `value` (tuples for tuple hints) if it matches `hint`, else raise FieldError."""
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _check(value, option, where)
+            except FieldError as error:
+                errors.append(str(error))
+        raise FieldError(f"{where}: expected {_describe(hint)}, got {_describe_value(value)}")
+    if hint is type(None):
+        if value is None:
+            return value
+    elif hint is float:
+        # msgpack keeps 1.0 and 1 apart; a float field accepts an int sent by a lax sender.
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint in (str, bool, bytes):
+        if isinstance(value, hint):
+            return value
+    elif hint is np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
+    elif origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, (list, tuple)):
+            return [_check(item, item_hint, f"{where}[{i}]") for i, item in enumerate(value)]
+    elif origin is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_check(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
+            if len(value) == len(args):
+                return tuple(_check(item, h, f"{where}[{i}]") for i, (item, h) in enumerate(zip(value, args)))
+    elif origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        if isinstance(value, dict):
+            return {
+                _check(k, key_hint, f"{where} key"): _check(v, value_hint, f"{where}[{k!r}]")
+                for k, v in value.items()
+            }
+    else:
+        raise TypeError(f"{where}: unsupported annotation {hint!r} in a message dataclass")
+    raise FieldError(f"{where}: expected {_describe(hint)}, got {_describe_value(value)}")
+
+
+def _describe(hint: Any) -> str:
+    if hint is np.ndarray:
+        return "a numpy array"
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("numpy.ndarray", "ndarray")
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array {value.dtype}{list(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def require_array(array: np.ndarray, where: str, *, dtype: Any = None, shape: tuple | None = None) -> np.ndarray:
+    """Check an array field's dtype and shape (None in `shape` matches any length)."""
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        raise FieldError(f"{where}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
+    if shape is not None:
+        if len(shape) != array.ndim or any(s is not None and s != a for s, a in zip(shape, array.shape)):
+            expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise FieldError(f"{where}: expected shape {expected}, got {tuple(array.shape)}")
+    return array
+
+
+# --------------------------------------------------------------------------- generic replies
+
+
+@register_message("error")
+@dataclass(frozen=True)
+class ErrorReply:
+    """Answer to a request that could not be served; `code` is a stable machine-readable tag."""
+
+    code: str
+    message: str
+
+
+# --------------------------------------------------------------------------- control plane
+# Node <-> orchestrator. Nodes connect a DEALER to the orchestrator's ROUTER.
+
+
+@register_message("control.register")
+@dataclass(frozen=True)
+class Register:
+    """A node announces itself and the endpoints it has bound (purpose -> advertised address)."""
+
+    node_id: str
+    role: str  # "env_server" | "agent"
+    endpoints: dict[str, str]
+    pid: int
+    host: str
+    incarnation: int = 0  # bumped by each restart of the same node id
+
+
+@register_message("control.directory")
+@dataclass(frozen=True)
+class Directory:
+    """The rendezvous answer: where the env server and this node's topology neighbours listen."""
+
+    env_endpoint: str
+    neighbours: dict[str, str]  # neighbour node id -> its peer endpoint
+    num_agents: int
+
+
+@register_message("control.ready")
+@dataclass(frozen=True)
+class Ready:
+    node_id: str
+
+
+@register_message("control.start")
+@dataclass(frozen=True)
+class Start:
+    """Every node is ready: the run begins."""
+
+
+@register_message("control.status")
+@dataclass(frozen=True)
+class Status:
+    """Periodic report; doubles as the node's heartbeat to the orchestrator."""
+
+    node_id: str
+    state: str
+    step: int
+    episode: int
+    last_return: float | None = None
+    msgs_per_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@register_message("control.run_complete")
+@dataclass(frozen=True)
+class RunComplete:
+    """The env server has stepped the run's budget of lockstep steps."""
+
+    steps: int
+
+
+@register_message("control.shutdown")
+@dataclass(frozen=True)
+class Shutdown:
+    reason: str
+
+
+@register_message("control.goodbye")
+@dataclass(frozen=True)
+class Goodbye:
+    """A node is exiting on purpose (sent just before it closes its sockets)."""
+
+    node_id: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- environment
+# Agent (DEALER) <-> env server (ROUTER). Per-agent dicts let one client drive one env agent
+# (an agent node) or all of them (the remote-env proxy).
+
+
+@register_message("env.join")
+@dataclass(frozen=True)
+class EnvJoin:
+    """Claim env agents by name or by index into `possible_agents` (an agent node claims its
+    own index before it knows the env's agent names); neither given means 'all agents'."""
+
+    client_id: str
+    agents: list[str] = field(default_factory=list)
+    agent_indices: list[int] = field(default_factory=list)
+
+
+@register_message("env.welcome")
+@dataclass(frozen=True)
+class EnvWelcome:
+    env_name: str
+    num_copies: int
+    agents: list[str]  # the agents this client drives
+    possible_agents: list[str]
+    observation_spaces: dict[str, dict[str, Any]]  # encoded with protocols.spaces
+    action_spaces: dict[str, dict[str, Any]]
+    autoreset: bool
+    max_steps: int | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@register_message("env.reset")
+@dataclass(frozen=True)
+class EnvReset:
+    seed: int | None = None
+
+
+@register_message("env.action")
+@dataclass(frozen=True)
+class EnvAction:
+    """Actions of this client's agents for lockstep step `step`, each shaped (K, *action_shape)."""
+
+    step: int
+    actions: dict[str, Any]  # agent -> array (or dict of arrays for Dict action spaces)
+
+
+@register_message("env.observation")
+@dataclass(frozen=True)
+class EnvObservation:
+    """What the client's agents see after reset or step `step - 1`; answer it with step `step`.
+
+    Every array has a leading axis of length K (one row per environment copy). With autoreset,
+    a copy whose episode ended has already been reset: `observations` holds the first
+    observation of the new episode, `final_observations` the last one of the old episode, and
+    `episode_start` marks that copy.
+    """
+
+    step: int
+    observations: dict[str, Any]
+    rewards: dict[str, np.ndarray]
+    terminated: dict[str, np.ndarray]
+    truncated: dict[str, np.ndarray]
+    active: dict[str, np.ndarray]  # agent takes part in this copy's current step
+    final_observations: dict[str, Any]
+    episode_start: np.ndarray
+    missing: list[str] = field(default_factory=list)  # agents whose action was defaulted
+    run_finished: bool = False
+    infos: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- membership
+
+
+@register_message("membership.heartbeat")
+@dataclass(frozen=True)
+class Heartbeat:
+    node_id: str
+    incarnation: int
+    state: str

@@ -1,0 +1,197 @@
+"""ZeroMQ transport: sockets that speak Parley envelopes. The only module that imports zmq.
+
+A `Channel` wraps one zmq socket. Sending encodes a message dataclass into frames; receiving
+decodes and validates them, and a bad message is logged, counted and dropped here, so the code
+above only ever sees well-formed, typed messages. Socket hygiene is decided in one place:
+`LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is an error,
+not a silent drop), and receive deadlines via `Poller`.
+
+Endpoints: `bind_endpoint` binds `ipc://PATH` (the default on one host; the socket file lives in
+the run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port) and returns the
+address to advertise to peers.
+
+Network emulation seam: a channel may carry a `link` object (see `protocols/links.py`) that
+decides, per outgoing message, when each copy is delivered (none = lost). Delayed frames wait in
+a heap here and the owner's event loop calls `flush_due(now)`; `next_due()` tells the loop how
+long it may sleep. CURVE authentication will be applied in `make_socket` (tcp between hosts).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
+
+import zmq
+
+from protocols import wire
+from protocols.errors import ProtocolError
+
+UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
+
+log = logging.getLogger(__name__)
+
+
+class LinkDecider(Protocol):
+    def decide(self, now: float, size_bytes: int) -> list[float]:
+        """Delivery times of the copies of one message (empty list: the message is lost)."""
+
+
+def make_socket(context: zmq.Context, kind: int, *, identity: bytes | None = None) -> zmq.Socket:
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.LINGER, 0)
+    if kind == zmq.ROUTER:
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    if identity is not None:
+        socket.setsockopt(zmq.IDENTITY, identity)
+    # Detect a frozen or vanished TCP peer at the zmq level too (ms).
+    socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+    return socket
+
+
+def bind_endpoint(socket: zmq.Socket, address: str, advertise_host: str | None = None) -> str:
+    """Bind `address` and return the endpoint peers should connect to."""
+    if address.startswith("ipc://"):
+        path = address[len("ipc://") :]
+        if len(path.encode()) > UNIX_SOCKET_PATH_LIMIT - 1:
+            raise ValueError(
+                f"ipc socket path is {len(path.encode())} bytes, over the unix limit of "
+                f"{UNIX_SOCKET_PATH_LIMIT - 1}: {path}"
+            )
+        if os.path.exists(path):  # a stale socket file from a crashed incarnation
+            os.unlink(path)
+        socket.bind(address)
+        return address
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://") :].rpartition(":")
+        socket.bind(f"tcp://{host}:{'*' if port in ('', '0', '*') else port}")
+        bound = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        bound_port = bound.rpartition(":")[2]
+        return f"tcp://{advertise_host or host}:{bound_port}"
+    raise ValueError(f"endpoint must start with ipc:// or tcp://, got {address!r}")
+
+
+@dataclass
+class ChannelStats:
+    sent: int = 0
+    received: int = 0
+    bytes_sent: int = 0
+    dropped_invalid: int = 0  # received frames that failed validation
+    dropped_by_link: int = 0  # sends the link emulator decided to lose
+    unroutable: int = 0  # ROUTER sends to a peer that is not connected
+
+
+class Channel:
+    """One socket, speaking envelopes. Not thread-safe (neither are zmq sockets)."""
+
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        *,
+        sender: str,
+        run_id: str,
+        key: bytes = b"",
+        link: LinkDecider | None = None,
+        clock=time.monotonic,
+    ) -> None:
+        self.socket = socket
+        self.sender = sender
+        self.run_id = run_id
+        self.key = key
+        self.link = link
+        self.clock = clock
+        self.stats = ChannelStats()
+        self._seq = itertools.count(1)
+        self._delayed: list[tuple[float, int, list[Any]]] = []
+        self._tiebreak = itertools.count()
+
+    def send(self, message: Any, *, to: str | bytes | None = None, parent: wire.Header | None = None) -> bool:
+        """Encode and send `message`; `to` is the routing id on a ROUTER socket.
+
+        Returns False when a ROUTER has no such peer (counted, never raised: a peer may be gone).
+        """
+        identities = () if to is None else ((to.encode() if isinstance(to, str) else to),)
+        frames = wire.encode(
+            message,
+            sender=self.sender,
+            run_id=self.run_id,
+            seq=next(self._seq),
+            parent=parent,
+            identities=identities,
+            key=self.key,
+        )
+        if self.link is None:
+            return self._send_frames(frames)
+        now = self.clock()
+        deliveries = self.link.decide(now, sum(memoryview(f).nbytes for f in frames))
+        if not deliveries:
+            self.stats.dropped_by_link += 1
+            return True
+        for when in deliveries:
+            if when <= now:
+                self._send_frames(frames)
+            else:
+                heapq.heappush(self._delayed, (when, next(self._tiebreak), frames))
+        return True
+
+    def reply(self, request: wire.Envelope, message: Any) -> bool:
+        """Answer `request` through the same routing ids, with its header as parent."""
+        to = request.identities[0] if request.identities else None
+        return self.send(message, to=to, parent=request.header)
+
+    def flush_due(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, frames = heapq.heappop(self._delayed)
+            self._send_frames(frames)
+
+    def next_due(self) -> float | None:
+        return self._delayed[0][0] if self._delayed else None
+
+    def recv(self) -> wire.Envelope | None:
+        """One message if one is waiting (never blocks); invalid frames are logged and dropped."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            try:
+                envelope = wire.decode([frame.buffer for frame in frames], key=self.key)
+            except ProtocolError as error:
+                self.stats.dropped_invalid += 1
+                log.warning("dropped an invalid message: %s: %s", type(error).__name__, error)
+                continue
+            self.stats.received += 1
+            return envelope
+
+    def recv_all(self) -> Iterable[wire.Envelope]:
+        while (envelope := self.recv()) is not None:
+            yield envelope
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def _send_frames(self, frames: list[Any]) -> bool:
+        try:
+            self.socket.send_multipart(frames, copy=False)
+        except zmq.ZMQError as error:
+            if error.errno == zmq.EHOSTUNREACH:
+                self.stats.unroutable += 1
+                return False
+            raise
+        self.stats.sent += 1
+        self.stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+        return True
+
+
+def wait_readable(poller: zmq.Poller, timeout_s: float) -> set[zmq.Socket]:
+    """Block until a registered socket is readable or `timeout_s` passes (never busy-waits)."""
+    # Round up: a deadline 0.3 ms away must not turn into a zero timeout and a spin.
+    timeout_ms = max(0, math.ceil(timeout_s * 1000))
+    return {socket for socket, _ in poller.poll(timeout_ms)}

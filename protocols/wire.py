@@ -1,0 +1,238 @@
+"""The envelope: one frame layout for every Parley message.
+
+    [identity ...] DELIMITER signature header parent_header body [buffer ...]
+
+- identity frames: routing ids added by ROUTER sockets (zero or more);
+- DELIMITER: a fixed marker that separates routing from content;
+- signature: HMAC-SHA256 (hex) over header, parent header and body when the run has a key,
+  empty otherwise (on one host the ipc sockets' file permissions keep other users out);
+- header: msgpack map `msg_id, msg_type, sender, run_id, version, seq, sent_at`;
+- parent_header: msgpack map, the header of the request this message answers (or empty);
+- body: msgpack map of the dataclass fields; every numpy array in it is replaced by a msgpack
+  extension (dtype, shape, buffer index) and its bytes travel as a raw frame after the body.
+
+Buffers are neither copied on send (the frame points at the array's memory) nor on receive
+(`np.frombuffer` over the received frame), which is why received arrays are read-only.
+
+`decode` checks, in this order: frame layout, signature, header and version, body msgpack
+(strict: no duplicate keys, string keys, size limits), then field types via `messages.from_body`,
+then buffer dtypes and sizes. Whatever is wrong raises the matching `ProtocolError` subclass and
+nothing else. Pickle never appears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import msgpack
+import numpy as np
+
+from protocols import PROTOCOL_VERSION
+from protocols.errors import (
+    FieldError,
+    FrameLayoutError,
+    MalformedPayload,
+    ProtocolError,
+    SignatureError,
+    VersionMismatch,
+)
+from protocols.messages import WIRE_DTYPES, from_body, to_body
+
+DELIMITER = b"<PARLEY|MSG>"
+_ARRAY_EXT = 1  # msgpack extension code of an array placeholder
+_HEADER_FIELDS = {"msg_id": str, "msg_type": str, "sender": str, "run_id": str, "version": int, "seq": int, "sent_at": float}
+_MAX_MAP_LEN = 1 << 20
+
+
+@dataclass(frozen=True)
+class Header:
+    msg_id: str
+    msg_type: str
+    sender: str
+    run_id: str
+    version: int
+    seq: int
+    sent_at: float
+
+    def as_map(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _HEADER_FIELDS}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded message: who sent what, in answer to what, through which routing ids."""
+
+    header: Header
+    message: Any
+    parent: dict[str, Any] = field(default_factory=dict)
+    identities: tuple[bytes, ...] = ()
+
+    @property
+    def msg_type(self) -> str:
+        return self.header.msg_type
+
+    @property
+    def sender(self) -> str:
+        return self.header.sender
+
+
+def encode(
+    message: Any,
+    *,
+    sender: str,
+    run_id: str,
+    seq: int,
+    parent: Header | None = None,
+    identities: Sequence[bytes] = (),
+    key: bytes = b"",
+) -> list[Any]:
+    """Frames for `socket.send_multipart(frames, copy=False)`."""
+    header = Header(
+        msg_id=uuid.uuid4().hex,
+        msg_type=message.MSG_TYPE,
+        sender=sender,
+        run_id=run_id,
+        version=PROTOCOL_VERSION,
+        seq=seq,
+        sent_at=time.time(),
+    )
+    buffers: list[np.ndarray] = []
+
+    def pack_array(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            # np.ascontiguousarray would turn a 0-d array into shape (1,); only copy when needed.
+            array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
+            if array.dtype.str not in WIRE_DTYPES:
+                raise TypeError(f"arrays of dtype {array.dtype} cannot cross the wire")
+            buffers.append(array)
+            placeholder = msgpack.packb([len(buffers) - 1, array.dtype.str, list(array.shape)])
+            return msgpack.ExtType(_ARRAY_EXT, placeholder)
+        if isinstance(obj, np.generic):  # numpy scalars become plain Python numbers
+            return obj.item()
+        raise TypeError(f"cannot encode {type(obj).__name__} in a message body")
+
+    header_bytes = msgpack.packb(header.as_map())
+    parent_bytes = msgpack.packb(parent.as_map() if parent else {})
+    body_bytes = msgpack.packb(to_body(message), default=pack_array, use_bin_type=True)
+    signature = _sign(key, header_bytes, parent_bytes, body_bytes)
+    # A C-contiguous array exposes the buffer protocol; zmq sends it without a copy.
+    return [*identities, DELIMITER, signature, header_bytes, parent_bytes, body_bytes, *buffers]
+
+
+def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
+    """Validate and decode received frames (bytes, memoryviews or anything with a buffer)."""
+    views = [memoryview(frame) for frame in frames]
+    try:
+        split = next(i for i, view in enumerate(views) if view == DELIMITER)
+    except StopIteration:
+        raise FrameLayoutError(
+            f"no delimiter frame {DELIMITER!r} among {len(views)} frames"
+        ) from None
+    content = views[split + 1 :]
+    if len(content) < 4:
+        raise FrameLayoutError(
+            f"expected signature, header, parent and body after the delimiter, got {len(content)} frame(s)"
+        )
+    signature, header_view, parent_view, body_view, *buffer_views = content
+
+    expected = _sign(key, header_view, parent_view, body_view)
+    if not hmac.compare_digest(bytes(signature), expected):
+        raise SignatureError("signature does not match the run key" if key else "unexpected signature: this run is unsigned")
+
+    header = _decode_header(header_view)
+    parent = _unpack_map(parent_view, "parent header")
+
+    arrays: list[np.ndarray] = []
+
+    def unpack_array(code: int, data: bytes) -> Any:
+        if code != _ARRAY_EXT:
+            raise MalformedPayload(f"unknown msgpack extension code {code} (expected {_ARRAY_EXT} for arrays)")
+        placeholder = _unpack(data, "array placeholder")
+        if (
+            not isinstance(placeholder, list)
+            or len(placeholder) != 3
+            or not isinstance(placeholder[0], int)
+            or not isinstance(placeholder[1], str)
+            or not isinstance(placeholder[2], list)
+            or not all(isinstance(n, int) and n >= 0 for n in placeholder[2])
+        ):
+            raise MalformedPayload(f"array placeholder must be [index, dtype, shape], got {placeholder!r}")
+        index, dtype_str, shape = placeholder
+        if not 0 <= index < len(buffer_views):
+            raise FrameLayoutError(f"array refers to buffer {index} but {len(buffer_views)} buffer frame(s) arrived")
+        if dtype_str not in WIRE_DTYPES:
+            raise FieldError(f"array dtype {dtype_str!r} is not allowed; expected one of {sorted(WIRE_DTYPES)}")
+        dtype = np.dtype(dtype_str)
+        # Python ints: np.prod would wrap around on a huge declared shape and could match a short buffer.
+        expected_bytes = dtype.itemsize * math.prod(shape)
+        if buffer_views[index].nbytes != expected_bytes:
+            raise FieldError(
+                f"array {dtype}{shape} needs {expected_bytes} bytes, buffer {index} has {buffer_views[index].nbytes}"
+            )
+        array = np.frombuffer(buffer_views[index], dtype=dtype).reshape(shape)
+        # Received zmq frames are writable memory: make the zero-copy view read-only explicitly.
+        array.flags.writeable = False
+        arrays.append(array)
+        return array
+
+    body = _unpack(body_view, "body", ext_hook=unpack_array)
+    if len(arrays) != len(buffer_views):
+        raise FrameLayoutError(f"{len(buffer_views)} buffer frame(s) arrived but the body refers to {len(arrays)}")
+    message = from_body(header.msg_type, body)
+    return Envelope(header=header, message=message, parent=parent, identities=tuple(bytes(v) for v in views[:split]))
+
+
+def _sign(key: bytes, *parts: Any) -> bytes:
+    if not key:
+        return b""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in parts:
+        mac.update(part)
+    return mac.hexdigest().encode()
+
+
+def _unpack(data: Any, what: str, ext_hook=None) -> Any:
+    try:
+        kwargs = {"ext_hook": ext_hook} if ext_hook else {}
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_map_len=_MAX_MAP_LEN,
+            max_array_len=_MAX_MAP_LEN,
+            **kwargs,
+        )
+    except ProtocolError:
+        raise
+    except Exception as error:  # msgpack raises several unrelated types for bad input
+        raise MalformedPayload(f"{what} is not valid msgpack: {type(error).__name__}: {error}") from None
+
+
+def _unpack_map(data: Any, what: str) -> dict[str, Any]:
+    value = _unpack(data, what)
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"{what} must be a msgpack map, got {type(value).__name__}")
+    return value
+
+
+def _decode_header(data: Any) -> Header:
+    header = _unpack_map(data, "header")
+    # The version is checked before anything else in the header: a newer peer may have
+    # changed the other fields.
+    version = header.get("version")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(f"expected protocol version {PROTOCOL_VERSION}, got {version!r}")
+    for name, kind in _HEADER_FIELDS.items():
+        value = header.get(name)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            header[name] = value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise MalformedPayload(f"header field {name!r} must be {kind.__name__}, got {value!r}")
+    return Header(**{name: header[name] for name in _HEADER_FIELDS})

@@ -1,0 +1,80 @@
+"""Shared test fixtures: processes that are always reaped, sockets that are always closed."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def zmq_context():
+    """A private context; every socket made from it is closed with linger 0 at teardown."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def read_line_with_deadline(process: subprocess.Popen, timeout_s: float) -> str:
+    """The next stdout line of `process`, or an AssertionError naming what it printed instead."""
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0:
+        if selector.select(remaining):
+            line = process.stdout.readline()
+            if line:
+                return line.decode().strip()
+            break  # EOF: the process died
+    process.kill()
+    _, stderr = process.communicate(timeout=5)
+    raise AssertionError(f"no readiness line within {timeout_s} s; stderr:\n{stderr.decode()[-3000:]}")
+
+
+@pytest.fixture
+def spawn():
+    """Start child processes for a test; all of them are terminated and reaped at teardown."""
+    children: list[subprocess.Popen] = []
+
+    def start(argv: list[str], **kwargs) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **kwargs.pop("env", {})}
+        process = subprocess.Popen(argv, cwd=kwargs.pop("cwd", REPO), env=env, start_new_session=True, **kwargs)
+        children.append(process)
+        return process
+
+    yield start
+    for process in children:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in children:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def env_server(spawn):
+    """Start a standalone env server; returns its endpoint once it printed READY."""
+
+    def start(*args: str) -> str:
+        process = spawn(
+            [sys.executable, "-m", "env_server", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        line = read_line_with_deadline(process, 60)
+        assert line.startswith("READY "), line
+        return line.split(" ", 1)[1]
+
+    return start

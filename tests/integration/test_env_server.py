@@ -1,0 +1,115 @@
+"""The env server over real sockets: PettingZoo's API test through the proxy, and lockstep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+from pettingzoo.test import parallel_api_test
+
+from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
+from protocols import messages as m
+from protocols.transport import Channel, make_socket, wait_readable
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.mark.parametrize(
+    "env_name, kwargs",
+    [
+        ("mpe2.simple_spread_v3", {"N": 3, "max_cycles": 15}),
+        ("reward_collection_v0", {"max_cycles": 20}),
+        ("pettingzoo.pursuit_v5", {"max_cycles": 20, "n_pursuers": 3, "n_evaders": 4}),
+    ],
+)
+def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kwargs):
+    endpoint = env_server("--env", env_name, "--kwargs", json.dumps(kwargs), "--no-autoreset")
+    env = RemoteParallelEnv(endpoint)
+    try:
+        parallel_api_test(env, num_cycles=40)
+    finally:
+        env.close()
+
+
+def test_remote_env_refuses_a_vectorized_server(env_server):
+    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--copies", "2")
+    with pytest.raises(RemoteEnvError, match="one copy and no autoreset"):
+        RemoteParallelEnv(endpoint)
+
+
+class Client:
+    """A bare agent-side client: joins one env agent and talks lockstep."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, name: str, index: int) -> None:
+        self.channel = Channel(make_socket(context, zmq.DEALER, identity=name.encode()), sender=name, run_id="test")
+        self.channel.socket.connect(endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.channel.socket, zmq.POLLIN)
+        self.channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
+        self.welcome = self.expect(m.EnvWelcome)
+        (self.agent,) = self.welcome.agents
+
+    def expect(self, message_type: type, timeout_s: float = 20.0):
+        assert wait_readable(self.poller, timeout_s), f"no {message_type.MSG_TYPE} within {timeout_s} s"
+        envelope = self.channel.recv()
+        assert isinstance(envelope.message, message_type), envelope.message
+        return envelope.message
+
+    def act(self, step: int, value: int = 0) -> None:
+        actions = np.full((self.welcome.num_copies,), value, dtype=np.int64)
+        self.channel.send(m.EnvAction(step=step, actions={self.agent: actions}))
+
+
+def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, zmq_context):
+    endpoint = env_server(
+        "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 3, "max_cycles": 10}),
+        "--copies", "2", "--step-deadline", "0.3",
+    )
+    alive = [Client(zmq_context, endpoint, f"agent_{i}", i) for i in range(2)]
+    silent = Client(zmq_context, endpoint, "agent_2", 2)  # joins, then never acts
+    for client in alive:
+        client.channel.send(m.EnvReset())
+    first = [client.expect(m.EnvObservation) for client in alive]
+    silent.expect(m.EnvObservation)
+    assert all(obs.step == 0 for obs in first)
+    assert first[0].observations["agent_0"].shape == (2, 18)
+
+    for step in range(3):
+        for client in alive:
+            client.act(step)
+        replies = [client.expect(m.EnvObservation) for client in alive]
+        silent.expect(m.EnvObservation)
+        for reply in replies:
+            assert reply.step == step + 1
+            assert reply.missing == ["agent_2"], "the silent agent's action is defaulted and recorded"
+
+
+def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, zmq_context):
+    endpoint = env_server(
+        "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2, "max_cycles": 10}),
+        "--step-deadline", "0.3",
+    )
+    good, bad = Client(zmq_context, endpoint, "agent_0", 0), Client(zmq_context, endpoint, "agent_1", 1)
+    for client in (good, bad):
+        client.channel.send(m.EnvReset())
+        client.expect(m.EnvObservation)
+    good.act(0)
+    bad.act(0, value=99)  # Discrete(5): out of range
+    error = bad.expect(m.ErrorReply)
+    assert error.code == "bad_action" and "outside" in error.message
+    reply = good.expect(m.EnvObservation)
+    assert reply.step == 1 and reply.missing == ["agent_1"]
+
+
+def test_joining_an_unknown_agent_is_refused(env_server, zmq_context):
+    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2}))
+    channel = Channel(make_socket(zmq_context, zmq.DEALER, identity=b"x"), sender="x", run_id="test")
+    channel.socket.connect(endpoint)
+    poller = zmq.Poller()
+    poller.register(channel.socket, zmq.POLLIN)
+    channel.send(m.EnvJoin(client_id="x", agent_indices=[7]))
+    assert wait_readable(poller, 20)
+    reply = channel.recv().message
+    assert isinstance(reply, m.ErrorReply) and reply.code == "unknown_agent" and "out of range" in reply.message
