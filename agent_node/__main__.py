@@ -43,13 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def request_stop(signum, frame):
         reason = f"signal {signal.Signals(signum).name}"
-        node.stop_reason = reason
         if node.state in (NodeState.BOOTING, NodeState.CONNECTING, NodeState.READY):
             # Start-up waits block with long deadlines: interrupt them.
             raise ShutdownRequested(reason)
-        if node.state not in (NodeState.DRAINING, NodeState.STOPPED):
-            # Drain at the next loop iteration; the loop never blocks longer than a timer period.
-            node.state = NodeState.DRAINING
+        # Drain at the next loop iteration; the loop never blocks longer than a timer period.
+        node.begin_draining(reason)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)

@@ -156,6 +156,13 @@ class AgentNode:
         if self.membership is not None:
             self.membership.state = new.value
 
+    def begin_draining(self, reason: str) -> None:
+        """Stop stepping; the loop ends and `_drain` persists and closes. Idempotent."""
+        if self.state in (NodeState.DRAINING, NodeState.STOPPED):
+            return
+        self.stop_reason = reason
+        self.transition(NodeState.DRAINING)
+
     # ------------------------------------------------------------------ start-up
 
     def connect(self) -> None:
@@ -293,8 +300,7 @@ class AgentNode:
     def _dispatch_control(self, envelope: Envelope) -> None:
         self.messages_handled += 1
         if isinstance(envelope.message, m.Shutdown):
-            self.stop_reason = envelope.message.reason
-            self.transition(NodeState.DRAINING)
+            self.begin_draining(envelope.message.reason)
 
     # ------------------------------------------------------------------ handlers
 
@@ -306,8 +312,7 @@ class AgentNode:
         if self.last_obs is not None and message.step > 0:
             self._record_transition(message, observations, active)
         if message.run_finished:
-            self.stop_reason = "run budget spent"
-            self.transition(NodeState.DRAINING)
+            self.begin_draining("run budget spent")
             return
         actions = self.learner.act(observations, explore=True)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))

@@ -30,7 +30,7 @@ class NodeContext:
     run_id: str
     run_dir: Path
     node_dir: Path
-    socket_dir: Path
+    socket_dir: Path | None  # None with tcp
     transport: str  # "ipc" | "tcp"
     bind_host: str
     advertise_host: str
@@ -74,7 +74,7 @@ def node_context(resolved: dict[str, Any], config_path: str | Path, node_id: str
         run_id=str(runtime.get("run_id", f"{resolved['run']['name']}/{run_dir.name}")),
         run_dir=run_dir,
         node_dir=run_dir / "nodes" / node_id,
-        socket_dir=Path(runtime.get("socket_dir", run_dir / "sock")),
+        socket_dir=Path(runtime["socket_dir"]) if runtime.get("socket_dir") else None,
         transport=network.get("transport", "ipc"),
         bind_host=bind_host,
         advertise_host=network.get("advertise_host") or bind_host,

@@ -9,10 +9,14 @@
 - header: msgpack map `msg_id, msg_type, sender, run_id, version, seq, sent_at`;
 - parent_header: msgpack map, the header of the request this message answers (or empty);
 - body: msgpack map of the dataclass fields; every numpy array in it is replaced by a msgpack
-  extension (dtype, shape, buffer index) and its bytes travel as a raw frame after the body.
+  extension `[buffer index, dtype, shape]` (the array is that whole frame) or
+  `[buffer index, dtype, shape, offset]` (a slice of it), and its bytes travel in the raw
+  buffer frames after the body.
 
-Buffers are neither copied on send (the frame points at the array's memory) nor on receive
-(`np.frombuffer` over the received frame), which is why received arrays are read-only.
+Arrays of 64 KiB and more get a frame each and are not copied on send (the frame points at the
+array's memory); smaller ones are packed, 8-byte aligned, into one shared first buffer frame.
+Nothing is copied on receive (`np.frombuffer` over the received frame), which is why received
+arrays are read-only.
 
 `decode` checks, in this order: frame layout, signature, header and version, body msgpack
 (strict: no duplicate keys, string keys, size limits), then field types via `messages.from_body`,
@@ -48,6 +52,9 @@ DELIMITER = b"<PARLEY|MSG>"
 _ARRAY_EXT = 1  # msgpack extension code of an array placeholder
 _HEADER_FIELDS = {"msg_id": str, "msg_type": str, "sender": str, "run_id": str, "version": int, "seq": int, "sent_at": float}
 _MAX_MAP_LEN = 1 << 20
+# Arrays below this size share one frame: pyzmq copies frames under 64 KiB anyway, and every
+# extra frame costs several microseconds on both ends.
+SMALL_ARRAY_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -102,24 +109,35 @@ def encode(
         seq=seq,
         sent_at=time.time(),
     )
-    buffers: list[np.ndarray] = []
+    body = to_body(message)
+    # Small arrays are packed together into one frame (a frame costs more than a small copy);
+    # large ones travel as frames of their own, without a copy. See `SMALL_ARRAY_BYTES`.
+    small_blob = bytearray()
+    buffers: list[Any] = [small_blob] if _has_small_arrays(body) else []
 
     def pack_array(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
-            # np.ascontiguousarray would turn a 0-d array into shape (1,); only copy when needed.
-            array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
+            array = np.ascontiguousarray(obj)
             if array.dtype.str not in WIRE_DTYPES:
                 raise TypeError(f"arrays of dtype {array.dtype} cannot cross the wire")
-            buffers.append(array)
-            placeholder = msgpack.packb([len(buffers) - 1, array.dtype.str, list(array.shape)])
-            return msgpack.ExtType(_ARRAY_EXT, placeholder)
+            if array.nbytes < SMALL_ARRAY_BYTES:
+                offset = len(small_blob)
+                small_blob.extend(array.tobytes())
+                small_blob.extend(bytes(-len(small_blob) % 8))  # keep the next array aligned
+                placeholder = [0, array.dtype.str, list(array.shape), offset]
+            else:
+                buffers.append(array)
+                placeholder = [len(buffers) - 1, array.dtype.str, list(array.shape)]
+            return msgpack.ExtType(_ARRAY_EXT, msgpack.packb(placeholder))
         if isinstance(obj, np.generic):  # numpy scalars become plain Python numbers
             return obj.item()
         raise TypeError(f"cannot encode {type(obj).__name__} in a message body")
 
     header_bytes = msgpack.packb(header.as_map())
     parent_bytes = msgpack.packb(parent.as_map() if parent else {})
-    body_bytes = msgpack.packb(to_body(message), default=pack_array, use_bin_type=True)
+    body_bytes = msgpack.packb(body, default=pack_array, use_bin_type=True)
+    if buffers and buffers[0] is small_blob:
+        buffers[0] = bytes(small_blob)  # immutable: receivers of an in-process copy get read-only arrays
     signature = _sign(key, header_bytes, parent_bytes, body_bytes)
     # A C-contiguous array exposes the buffer protocol; zmq sends it without a copy.
     return [*identities, DELIMITER, signature, header_bytes, parent_bytes, body_bytes, *buffers]
@@ -148,7 +166,7 @@ def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
     header = _decode_header(header_view)
     parent = _unpack_map(parent_view, "parent header")
 
-    arrays: list[np.ndarray] = []
+    used_buffers: set[int] = set()
 
     def unpack_array(code: int, data: bytes) -> Any:
         if code != _ARRAY_EXT:
@@ -156,36 +174,53 @@ def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
         placeholder = _unpack(data, "array placeholder")
         if (
             not isinstance(placeholder, list)
-            or len(placeholder) != 3
-            or not isinstance(placeholder[0], int)
+            or len(placeholder) not in (3, 4)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in placeholder[:1] + placeholder[3:])
             or not isinstance(placeholder[1], str)
             or not isinstance(placeholder[2], list)
-            or not all(isinstance(n, int) and n >= 0 for n in placeholder[2])
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in placeholder[2])
         ):
-            raise MalformedPayload(f"array placeholder must be [index, dtype, shape], got {placeholder!r}")
-        index, dtype_str, shape = placeholder
+            raise MalformedPayload(
+                f"array placeholder must be [index, dtype, shape] or [index, dtype, shape, offset], got {placeholder!r}"
+            )
+        index, dtype_str, shape = placeholder[:3]
         if not 0 <= index < len(buffer_views):
             raise FrameLayoutError(f"array refers to buffer {index} but {len(buffer_views)} buffer frame(s) arrived")
         if dtype_str not in WIRE_DTYPES:
             raise FieldError(f"array dtype {dtype_str!r} is not allowed; expected one of {sorted(WIRE_DTYPES)}")
         dtype = np.dtype(dtype_str)
-        # Python ints: np.prod would wrap around on a huge declared shape and could match a short buffer.
-        expected_bytes = dtype.itemsize * math.prod(shape)
-        if buffer_views[index].nbytes != expected_bytes:
-            raise FieldError(
-                f"array {dtype}{shape} needs {expected_bytes} bytes, buffer {index} has {buffer_views[index].nbytes}"
-            )
-        array = np.frombuffer(buffer_views[index], dtype=dtype).reshape(shape)
-        # Received zmq frames are writable memory: make the zero-copy view read-only explicitly.
-        array.flags.writeable = False
-        arrays.append(array)
-        return array
+        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        frame = buffer_views[index]
+        if len(placeholder) == 3:  # the array is the whole frame
+            offset = 0
+            if frame.nbytes != nbytes:
+                raise FieldError(f"array {dtype}{shape} needs {nbytes} bytes, buffer {index} has {frame.nbytes}")
+        else:  # the array is a slice of a frame of packed small arrays
+            offset = placeholder[3]
+            if offset + nbytes > frame.nbytes:
+                raise FieldError(
+                    f"array {dtype}{shape} at offset {offset} needs {nbytes} bytes, buffer {index} has {frame.nbytes}"
+                )
+        used_buffers.add(index)
+        return np.frombuffer(frame, dtype=dtype, count=nbytes // dtype.itemsize if dtype.itemsize else 0, offset=offset).reshape(tuple(shape))
 
     body = _unpack(body_view, "body", ext_hook=unpack_array)
-    if len(arrays) != len(buffer_views):
-        raise FrameLayoutError(f"{len(buffer_views)} buffer frame(s) arrived but the body refers to {len(arrays)}")
+    if len(used_buffers) != len(buffer_views):
+        raise FrameLayoutError(
+            f"{len(buffer_views)} buffer frame(s) arrived but the body refers to {len(used_buffers)}"
+        )
     message = from_body(header.msg_type, body)
     return Envelope(header=header, message=message, parent=parent, identities=tuple(bytes(v) for v in views[:split]))
+
+
+def _has_small_arrays(value: Any) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.nbytes < SMALL_ARRAY_BYTES
+    if isinstance(value, dict):
+        return any(_has_small_arrays(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_small_arrays(v) for v in value)
+    return False
 
 
 def _sign(key: bytes, *parts: Any) -> bytes:

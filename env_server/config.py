@@ -1,0 +1,78 @@
+"""The `env` section of a run config: which environment the env server hosts, and how.
+
+This module imports neither pettingzoo nor the environments: the CLI validates a config
+without building anything. Whether `name` is really registered, and whether the environment
+has as many agents as the run, is checked when the env server builds it — except for a few
+well-known environments whose agent count follows from their kwargs alone
+(`static_agent_count`), which the orchestrator checks before launching anything.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# `package.module:factory`, or a registry name such as `mpe2.simple_spread_v3`.
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+_REGISTRY_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+class EnvConfig(BaseModel):
+    """The environment, its constructor arguments, and the lockstep rules of the env server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A name from `env_server/registry.py` (`mpe2.simple_spread_v3`, `reward_collection_v0`, …)
+    # or an import path `package.module:factory` returning a PettingZoo ParallelEnv.
+    name: str
+    # Passed to the factory as keyword arguments, unchanged.
+    kwargs: dict[str, Any] = {}
+    # K vectorized copies: one message to an agent carries K observations.
+    num_copies: int = Field(1, ge=1)
+    # Reset a copy as soon as its episode ends (the final observation is sent separately).
+    autoreset: bool = True
+    # A step happens when every live agent's action arrived, or after this long.
+    step_deadline_s: float = Field(5.0, gt=0)
+    # How long the server waits for every agent to join before the first reset.
+    join_deadline_s: float = Field(120.0, gt=0)
+    # What a missing agent's action becomes: the action space's no-op (zeros / action 0) or a
+    # uniformly random action.
+    default_action: Literal["noop", "random"] = "noop"
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, name: str) -> str:
+        if not (_REGISTRY_NAME.match(name) or _IMPORT_PATH.match(name)):
+            raise ValueError(
+                "expected a registry name such as 'mpe2.simple_spread_v3' or an import path "
+                f"'package.module:factory', got {name!r}"
+            )
+        return name
+
+
+# Environments whose number of agents is known from their kwargs without importing them:
+# env name -> (kwarg that sets the count, its default). The names follow env_server/registry.py.
+_AGENT_COUNT_KWARG: dict[str, tuple[str, int]] = {
+    "mpe2.simple_spread_v3": ("N", 3),
+    "simple_spread_v3": ("N", 3),
+    "reward_collection_v0": ("num_agents", 5),
+    "env_server.envs.reward_collection:parallel_env": ("num_agents", 5),
+}
+
+
+def static_agent_count(env: EnvConfig) -> tuple[int, str] | None:
+    """(number of agents, why) for environments whose count follows from their kwargs, else None.
+
+    None also when the kwarg is not an int: the env server will reject it with its own message.
+    """
+    known = _AGENT_COUNT_KWARG.get(env.name)
+    if known is None:
+        return None
+    kwarg, default = known
+    value = env.kwargs.get(kwarg, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    source = f"env.kwargs.{kwarg}={value}" if kwarg in env.kwargs else f"the default {kwarg}={default}"
+    return value, f"{env.name} with {source} has {value} agents"

@@ -1,0 +1,437 @@
+"""# Reward collection (`reward_collection_v0`)
+
+| | |
+| --- | --- |
+| Import | `from env_server.envs.reward_collection import parallel_env` |
+| Actions | continuous |
+| Parallel API | yes (`ParallelEnv`; there is no AEC version) |
+| Agents | `agents = ["agent_0", ..., "agent_{N-1}"]`, `N = 5` by default |
+| Action space | `Box(-1, 1, (2,), float32)` per agent: a displacement command `(dx, dy)` |
+| Observation space | `Box(-10, 10, (2,), float32)` per agent: the agent's own position |
+| State space | `Box(-10, 10, (2N,), float32)`: all positions, agent 0 first, flattened |
+| Reward | one shared number per step, the same for every agent |
+| Episode | exactly `max_cycles = 100` steps, then truncation; never terminated |
+
+The environment of OG-MARL (optimistic gossiping, distributed model-based MARL; public code
+`ManuelWendl/OG-MARL`, `env.py`), rebuilt as a PettingZoo `ParallelEnv` so that Parley's env
+server can serve it to one process per agent.
+
+## Why it looks like this
+
+Each agent is a point that moves on a square plane and is rewarded for standing on reward sites.
+The only thing an agent has to learn about the world is its own motion model, and that model
+differs from agent to agent: each agent's commands are scaled by a gain of its own, per axis. This
+is the point of the benchmark. Agents that pool their transition data (OG-MARL fuses sparse-GP
+statistics by consensus) learn faster, but what they pool is not the same function for everybody,
+so sharing a world model is useful and not trivial.
+
+## World and dynamics
+
+- The world is the square `[-10, 10]^2`.
+- Agent `i` has a fixed gain `eta_i` per axis, `eta_i ~ N(1, 0.1)`, drawn once when the
+  environment object is built, from `numpy.random.default_rng(dynamics_seed)` (an `(N, 2)`
+  draw), and kept across every reset. Two objects with the same `dynamics_seed` and `num_agents`
+  have the same gains; a different `dynamics_seed` gives different ones.
+- A step first clips every action to `[-1, 1]` elementwise, then moves every agent at once:
+  `p_i <- clip(p_i + a_i * eta_i, -10, 10)` (elementwise product, elementwise clip). Agents do not
+  collide or interact; they only share the reward.
+- Reset puts the agents evenly on a circle of radius 6 around the origin, agent `k` at angle
+  `2 * pi * k / N`, so agent 0 starts at `(6, 0)`. Reset has no randomness: every episode starts
+  from the same positions, and the gains stay as they are.
+
+## Reward sites
+
+Ten sites on a grid of four columns `x in {-6, -2, 2, 6}` and three rows `y in {-5, 0, 5}`,
+filled row by row from the bottom row up (row-major) until ten are placed, so the top row holds
+only two. Their values cycle `0.1, 0.5, 1.0` in fill order:
+
+```
+   y =  5 :  (-6, 5) 1.0   (-2, 5) 0.1
+   y =  0 :  (-6, 0) 0.5   (-2, 0) 1.0   ( 2, 0) 0.1   ( 6, 0) 0.5
+   y = -5 :  (-6,-5) 0.1   (-2,-5) 0.5   ( 2,-5) 1.0   ( 6,-5) 0.1
+```
+
+The three 1.0-sites are `(2, -5)`, `(-2, 0)` and `(-6, 5)`. Agent 0 starts on the 0.5-site
+`(6, 0)`. The sites are module constants (`SITE_POSITIONS`, `SITE_VALUES`, `SITE_RADIUS`)
+because model-based agents evaluate the true reward function on imagined states.
+
+## Reward
+
+Computed by `collection_reward` (the environment calls the same function; there is one source
+of truth) from the positions *after* the move of the current step:
+
+    r = sum over agents i of  sum over sites s with |p_i - site_s| < 0.5 of value_s
+        - [action_penalty] * action_penalty_coef * sum over agents i of (|a_i,x| + |a_i,y|)
+
+- "Within 0.5" is strict (`< 0.5`), as in the reference code; a site exactly 0.5 away pays nothing.
+- Sites are never consumed: a site pays every step for every agent standing on it, and several
+  agents on one site each collect its value.
+- The penalty uses the clipped actions. It is off by default.
+- Every agent receives the same `r` (a fully cooperative team reward).
+
+With five agents and the penalty off, a step pays at most 5.0 (every agent on a 1.0-site), so an
+episode returns at most 500; the walk from the start circle to the 1.0-sites costs a few steps,
+which is why good policies return roughly 480-495.
+
+### The size of the action penalty
+
+`action_penalty_coef` defaults to `ACTION_PENALTY_COEF = 0.1`: the reference code subtracts
+`0.1 * sum |a|` when its penalty is switched on, and the published comparison figures with the
+penalty on (OG-MARL against independent SAC) come from that code, so our returns are comparable
+to them only with the same coefficient. Pass `action_penalty_coef=1.0` for the plain `-sum |a|`.
+
+## Episodes
+
+An episode lasts exactly `max_cycles` steps (100 by default). The step that reaches `max_cycles`
+reports `truncations[agent] = True` for every agent (bootstrap from the final observation) and
+`terminations[agent] = False`; after it `env.agents` is empty, as PettingZoo requires, and the
+next call must be `reset()`. No episode ends early.
+
+## Arguments
+
+```python
+parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
+             action_penalty_coef=ACTION_PENALTY_COEF, dynamics_seed=0, render_mode=None)
+```
+
+- `num_agents`: how many agents (at least 1).
+- `max_cycles`: steps per episode (at least 1).
+- `action_penalty`: subtract `action_penalty_coef * sum |a|` from the shared reward.
+- `action_penalty_coef`: the penalty's weight (non-negative), 0.1 by default (see above).
+- `dynamics_seed`: seeds the per-agent gains `eta` (a non-negative integer).
+- `render_mode`: must be `None`; nothing is rendered.
+
+`reset(seed=None, options=None)` accepts a seed and options because PettingZoo's API requires
+the signature, but neither has an effect: nothing in a reset is random. Use `dynamics_seed` to
+choose the gains.
+
+`infos` are empty dictionaries. The gains are available as `env.eta` for tests and analysis, but
+they are not given to agents: learning them is the task.
+
+## Differences from the reference code
+
+- PettingZoo `ParallelEnv` with per-agent observations and a shared reward, instead of one object
+  that takes an `(N, 2)` action array and returns the global state.
+- The gains come from a dedicated seeded generator (`dynamics_seed`) instead of NumPy's global
+  random state.
+- Actions are clipped to the action space before use (the reference trusts its callers to send
+  actions in `[-1, 1]`).
+- With one agent, the reference starts it at the origin; here it starts at `(6, 0)` like agent 0
+  of any team.
+
+## Version history
+
+- v0: first version.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from gymnasium.spaces import Box
+from pettingzoo import ParallelEnv
+
+WORLD_LOW = -10.0
+WORLD_HIGH = 10.0
+START_RADIUS = 6.0
+ETA_MEAN = 1.0
+ETA_STD = 0.1
+ACTION_PENALTY_COEF = 0.1
+SITE_RADIUS = 0.5
+
+
+def _grid_sites() -> tuple[np.ndarray, np.ndarray]:
+    """Place the ten sites the way the reference derives them: fill a 4 x 3 grid row by row."""
+    column_xs = (-6.0, -2.0, 2.0, 6.0)
+    row_ys = (-5.0, 0.0, 5.0)
+    value_cycle = (0.1, 0.5, 1.0)
+    number_of_sites = 10
+    positions = []
+    for y in row_ys:
+        for x in column_xs:
+            if len(positions) < number_of_sites:
+                positions.append((x, y))
+    values = [value_cycle[index % len(value_cycle)] for index in range(number_of_sites)]
+    positions_array = np.array(positions, dtype=np.float64)
+    values_array = np.array(values, dtype=np.float64)
+    # Shared module constants: freeze them so no caller can move a site for everybody else.
+    positions_array.setflags(write=False)
+    values_array.setflags(write=False)
+    return positions_array, values_array
+
+
+SITE_POSITIONS, SITE_VALUES = _grid_sites()
+
+
+def site_value_at(positions: np.ndarray) -> np.ndarray:
+    """Value collected at each given position: the sum of the values of the sites within 0.5.
+
+    `positions` has shape `(..., 2)`; the result has shape `(...)`. Vectorized over any leading
+    axes, so a model-based learner can score a whole batch of imagined positions at once.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim < 1 or positions.shape[-1] != 2:
+        raise ValueError(
+            f"positions must have shape (..., 2) (x, y per row), got shape {positions.shape}"
+        )
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions must be finite, got NaN or infinity")
+    offsets = positions[..., np.newaxis, :] - SITE_POSITIONS  # (..., sites, 2)
+    distances = np.linalg.norm(offsets, axis=-1)  # (..., sites)
+    return np.sum(np.where(distances < SITE_RADIUS, SITE_VALUES, 0.0), axis=-1)
+
+
+def collection_reward(
+    positions: np.ndarray,
+    actions: np.ndarray | None,
+    action_penalty: bool,
+    *,
+    penalty_coef: float = ACTION_PENALTY_COEF,
+) -> float:
+    """The shared reward of one step, from all agents' positions after the move.
+
+    `positions` and `actions` have shape `(N, 2)`, one row per agent. Actions are clipped to
+    `[-1, 1]` before the penalty, as the environment clips them before moving; they may be `None`
+    when `action_penalty` is off.
+    """
+    if not isinstance(action_penalty, (bool, np.bool_)):
+        raise TypeError(f"action_penalty must be a bool, got {type(action_penalty).__name__}")
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise ValueError(
+            f"positions must have shape (N, 2) (one row per agent), got shape {positions.shape}"
+        )
+    reward = float(np.sum(site_value_at(positions)))
+    if actions is None:
+        if action_penalty:
+            raise ValueError("action_penalty is on, so actions are needed, got None")
+        return reward
+    actions = np.asarray(actions, dtype=np.float64)
+    if actions.shape != positions.shape:
+        raise ValueError(
+            f"actions must have the shape of positions {positions.shape}, got {actions.shape}"
+        )
+    if not np.all(np.isfinite(actions)):
+        raise ValueError("actions must be finite, got NaN or infinity")
+    if action_penalty:
+        reward -= penalty_coef * float(np.sum(np.abs(np.clip(actions, -1.0, 1.0))))
+    return reward
+
+
+def start_positions(num_agents: int) -> np.ndarray:
+    """Reset positions `(num_agents, 2)`: evenly on the radius-6 circle, agent 0 at (6, 0)."""
+    angles = 2.0 * np.pi * np.arange(num_agents) / num_agents
+    return START_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _require_int(name: str, value: Any, minimum: int) -> int:
+    # bool is an int subclass; `num_agents=True` is a mistake, not one agent.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class RewardCollectionEnv(ParallelEnv):
+    """OG-MARL's reward collection task; see the module documentation."""
+
+    metadata = {"name": "reward_collection_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        num_agents: int = 5,
+        max_cycles: int = 100,
+        action_penalty: bool = False,
+        action_penalty_coef: float = ACTION_PENALTY_COEF,
+        dynamics_seed: int = 0,
+        render_mode: str | None = None,
+    ):
+        # `num_agents` is a read-only ParallelEnv property (the number of live agents), so the
+        # team size is kept as `n_agents`.
+        self.n_agents = _require_int("num_agents", num_agents, minimum=1)
+        self.max_cycles = _require_int("max_cycles", max_cycles, minimum=1)
+        if not isinstance(action_penalty, (bool, np.bool_)):
+            raise TypeError(
+                f"action_penalty must be a bool, got {type(action_penalty).__name__}"
+            )
+        self.action_penalty = bool(action_penalty)
+        if isinstance(action_penalty_coef, bool) or not isinstance(
+            action_penalty_coef, numbers.Real
+        ):
+            raise TypeError(
+                f"action_penalty_coef must be a number, got {type(action_penalty_coef).__name__}"
+            )
+        if not (np.isfinite(action_penalty_coef) and action_penalty_coef >= 0):
+            raise ValueError(
+                f"action_penalty_coef must be finite and >= 0, got {action_penalty_coef}"
+            )
+        self.action_penalty_coef = float(action_penalty_coef)
+        self.dynamics_seed = _require_int("dynamics_seed", dynamics_seed, minimum=0)
+        if render_mode is not None:
+            raise ValueError(
+                "render_mode must be None (reward_collection_v0 renders nothing), "
+                f"got {render_mode!r}"
+            )
+        self.render_mode = None
+
+        self.possible_agents = [f"agent_{index}" for index in range(self.n_agents)]
+        self.agents = []  # empty until the first reset
+
+        # Drawn once here and never again: the gains are the environment, not the episode.
+        dynamics_rng = np.random.default_rng(self.dynamics_seed)
+        self._eta = dynamics_rng.normal(ETA_MEAN, ETA_STD, size=(self.n_agents, 2))
+
+        self._start_positions = start_positions(self.n_agents)
+        self._positions = self._start_positions.copy()
+        self._steps_taken = 0
+
+        # One space object per agent, built once: PettingZoo's API test (and space seeding)
+        # needs `observation_space(agent)` to return the same object every time.
+        self.observation_spaces = {
+            agent: Box(WORLD_LOW, WORLD_HIGH, shape=(2,), dtype=np.float32)
+            for agent in self.possible_agents
+        }
+        self.action_spaces = {
+            agent: Box(-1.0, 1.0, shape=(2,), dtype=np.float32) for agent in self.possible_agents
+        }
+        self.state_space = Box(WORLD_LOW, WORLD_HIGH, shape=(2 * self.n_agents,), dtype=np.float32)
+
+    # --- spaces -------------------------------------------------------------------------------
+
+    def observation_space(self, agent: str) -> Box:
+        return self.observation_spaces[self._known_agent(agent)]
+
+    def action_space(self, agent: str) -> Box:
+        return self.action_spaces[self._known_agent(agent)]
+
+    @property
+    def eta(self) -> np.ndarray:
+        """The per-agent, per-axis gains, shape `(N, 2)` (a copy)."""
+        return self._eta.copy()
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Current positions, shape `(N, 2)`, float64 (a copy)."""
+        return self._positions.copy()
+
+    # --- episode ------------------------------------------------------------------------------
+
+    def reset(
+        self, seed: int | None = None, options: dict | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        # Both arguments are part of PettingZoo's signature; a reset here has nothing random
+        # to seed and no options, so they are checked for type and otherwise unused.
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"options must be a mapping or None, got {type(options).__name__}")
+        self.agents = list(self.possible_agents)
+        self._positions = self._start_positions.copy()
+        self._steps_taken = 0
+        return self._observations(), {agent: {} for agent in self.agents}
+
+    def step(self, actions: Mapping[str, Any]) -> tuple[
+        dict[str, np.ndarray],
+        dict[str, float],
+        dict[str, bool],
+        dict[str, bool],
+        dict[str, dict],
+    ]:
+        if not self.agents:
+            raise RuntimeError(
+                "step() called with no live agents: call reset() first "
+                f"(an episode ends after max_cycles={self.max_cycles} steps)"
+            )
+        action_array = self._action_array(actions)
+        clipped_actions = np.clip(action_array, -1.0, 1.0)
+
+        self._positions = np.clip(
+            self._positions + clipped_actions * self._eta, WORLD_LOW, WORLD_HIGH
+        )
+        # The reward is paid for where the agents are after this step's move.
+        reward = collection_reward(
+            self._positions,
+            clipped_actions,
+            self.action_penalty,
+            penalty_coef=self.action_penalty_coef,
+        )
+        self._steps_taken += 1
+        out_of_time = self._steps_taken >= self.max_cycles
+
+        observations = self._observations()
+        rewards = {agent: reward for agent in self.agents}
+        terminations = {agent: False for agent in self.agents}
+        truncations = {agent: out_of_time for agent in self.agents}
+        infos = {agent: {} for agent in self.agents}
+        if out_of_time:
+            self.agents = []
+        return observations, rewards, terminations, truncations, infos
+
+    def state(self) -> np.ndarray:
+        """All positions, agent 0 first, flattened to shape `(2N,)`, float32."""
+        return self._positions.astype(np.float32).reshape(-1)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _known_agent(self, agent: str) -> str:
+        if agent not in self.observation_spaces:
+            raise ValueError(f"unknown agent {agent!r}; expected one of {self.possible_agents}")
+        return agent
+
+    def _observations(self) -> dict[str, np.ndarray]:
+        return {
+            agent: self._positions[index].astype(np.float32)
+            for index, agent in enumerate(self.possible_agents)
+            if agent in self.agents
+        }
+
+    def _action_array(self, actions: Mapping[str, Any]) -> np.ndarray:
+        """Validate the action dict and stack it into an `(N, 2)` array in agent order."""
+        if not isinstance(actions, Mapping):
+            raise TypeError(
+                f"actions must be a dict from agent name to action, got {type(actions).__name__}"
+            )
+        missing = [agent for agent in self.agents if agent not in actions]
+        unexpected = [agent for agent in actions if agent not in self.agents]
+        if missing or unexpected:
+            raise ValueError(
+                "actions must hold exactly one action per live agent "
+                f"{self.agents}; missing {missing}, unexpected {unexpected}"
+            )
+        rows = []
+        for agent in self.possible_agents:
+            try:
+                action = np.asarray(actions[agent], dtype=np.float64)
+            except (TypeError, ValueError) as error:
+                raise TypeError(
+                    f"action of {agent} must be numeric with shape (2,), got {actions[agent]!r}"
+                ) from error
+            if action.shape != (2,):
+                raise ValueError(f"action of {agent} must have shape (2,), got {action.shape}")
+            if not np.all(np.isfinite(action)):
+                raise ValueError(f"action of {agent} must be finite, got {action}")
+            rows.append(action)
+        return np.stack(rows)
+
+
+def parallel_env(
+    num_agents: int = 5,
+    max_cycles: int = 100,
+    action_penalty: bool = False,
+    action_penalty_coef: float = ACTION_PENALTY_COEF,
+    dynamics_seed: int = 0,
+    render_mode: str | None = None,
+) -> RewardCollectionEnv:
+    """A new `reward_collection_v0` environment (PettingZoo's factory convention)."""
+    return RewardCollectionEnv(
+        num_agents=num_agents,
+        max_cycles=max_cycles,
+        action_penalty=action_penalty,
+        action_penalty_coef=action_penalty_coef,
+        dynamics_seed=dynamics_seed,
+        render_mode=render_mode,
+    )

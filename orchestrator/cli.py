@@ -1,0 +1,374 @@
+"""`orchestrate`: the command line of Parley.
+
+    orchestrate validate CONFIG [--set K=V ...]              check a config, print a summary
+    orchestrate graph    CONFIG [--set K=V ...] [--png PATH]  the topology's edges (and a drawing)
+    orchestrate up       CONFIG [--set K=V ...] [--run-dir DIR] [--dry-run]
+    orchestrate status   RUN_DIR                              per-node summary of a run
+    orchestrate logs     RUN_DIR NODE [-n LINES] [--follow]   a node's log
+    orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
+
+RUN_DIR is a run directory, or `runs/<name>` for the latest run of that name.
+
+Exit codes: 0 success, 1 runtime failure, 2 config or usage error. Also runs as
+`python -m orchestrator`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
+from orchestrator.errors import ConfigError
+from orchestrator.plan import build_plan, format_plan
+from orchestrator.rundir import (
+    EVENTS_FILENAME,
+    NODE_LOG_FILENAME,
+    NODE_METRICS_FILENAME,
+    NODES_DIRNAME,
+    PID_FILENAME,
+    RunDirError,
+    find_run_dir,
+    latest_values,
+    prepare_run,
+    read_jsonl,
+    remove_temp_socket_dir,
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# Columns of `orchestrate status`, read from each node's metrics.jsonl.
+STATUS_METRICS = ("step", "episode", "env/episode_return")
+
+
+def _fail(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+# ------------------------------------------------------------------------------------------
+# validate, graph
+# ------------------------------------------------------------------------------------------
+
+
+def describe(config: RunConfig) -> str:
+    """One line: what the run is."""
+    topology = config.build_topology()
+    world_model = config.agents.world_model.kind if config.agents.world_model is not None else "none"
+    consensus = config.protocols.consensus
+    return (
+        f"{config.run.name}, {config.agents.count} agents, topology {config.topology.kind} "
+        f"({len(topology.edges)} edges), env {config.env.name} x{config.env.num_copies}, "
+        f"learner {config.agents.learner.kind}, world model {world_model}, "
+        f"consensus {'on (' + consensus.mode + ')' if consensus.enabled else 'off'}, "
+        f"transport {config.network.transport}, {config.run.steps} steps"
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    print(f"ok: {describe(config)}")
+    return EXIT_OK
+
+
+def draw_topology_png(config: RunConfig, path: Path) -> None:
+    """Draw the agents' graph on a circle (node i at angle 90° - i * 360°/n) into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    topology = config.build_topology()
+    n = topology.num_nodes
+    angles = [math.pi / 2 - 2 * math.pi * i / n for i in range(n)]
+    xs = [math.cos(angle) for angle in angles]
+    ys = [math.sin(angle) for angle in angles]
+    size = 4 + 0.08 * n
+    figure, axes = plt.subplots(figsize=(size, size))
+    for i, j in sorted(topology.edges):
+        axes.plot([xs[i], xs[j]], [ys[i], ys[j]], color="0.55", linewidth=1.2, zorder=1)
+    axes.scatter(xs, ys, s=900, color="#4c72b0", edgecolors="white", zorder=2)
+    for i, node in enumerate(topology.nodes):
+        axes.annotate(node.removeprefix("agent_"), (xs[i], ys[i]), ha="center", va="center", color="white", fontsize=9, zorder=3)
+    axes.set_title(f"{config.run.name}: {config.topology.kind}, {n} agents, {len(topology.edges)} edges")
+    axes.set_aspect("equal")
+    axes.set_xlim(-1.3, 1.3)
+    axes.set_ylim(-1.3, 1.3)
+    axes.axis("off")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    for a, b in config.build_topology().edge_list():
+        print(f"{a} -- {b}")
+    if args.png is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("graph --png needs matplotlib, which is not installed (pip install matplotlib)", EXIT_FAILURE)
+        draw_topology_png(config, Path(args.png))
+        print(f"wrote {args.png}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
+# up
+# ------------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if config.faults.schedule and not args.dry_run:
+        # Accepted by the schema so configs can be written now; running them would silently
+        # skip the faults, which would make the experiment a lie.
+        raise ConfigError(
+            ["faults.schedule: fault injection is not enforced yet; remove the schedule (or use --dry-run)"],
+            args.config,
+        )
+    try:
+        resolved, run_dir = prepare_run(config, args.run_dir)
+    except RunDirError as error:
+        return _fail(str(error), EXIT_USAGE)
+    plan = build_plan(resolved, run_dir)
+
+    if args.dry_run:
+        print(format_plan(plan))
+        if plan.socket_dir_is_temp:
+            remove_temp_socket_dir(resolved.runtime)
+            print(f"\n(dry run: removed the temporary socket dir {plan.socket_dir})")
+        print(f"\ndry run: nothing launched; {plan.resolved_path} written")
+        return EXIT_OK
+
+    try:
+        from orchestrator.runtime import run
+    except ImportError as error:
+        remove_temp_socket_dir(resolved.runtime)
+        return _fail(f"cannot start the run: orchestrator.runtime is not available ({error})", EXIT_FAILURE)
+    try:
+        return int(run(plan, resolved))
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_FAILURE)
+    finally:
+        remove_temp_socket_dir(resolved.runtime)
+
+
+# ------------------------------------------------------------------------------------------
+# status, logs, down
+# ------------------------------------------------------------------------------------------
+
+
+def orchestrator_pid(run_dir: Path) -> int | None:
+    """The pid in `orchestrator.pid`, or None if there is no such file."""
+    path = run_dir / PID_FILENAME
+    if not path.exists():
+        return None
+    text = path.read_text().strip()
+    if not text.isdigit():
+        raise RunDirError(f"{path}: expected a process id, got {text!r}")
+    return int(text)
+
+
+def process_alive(pid: int) -> bool:
+    """True if `pid` runs and (where /proc tells) is an orchestrator, not a recycled pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # The state follows the parenthesised command name; "Z": exited, not yet reaped.
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, IndexError):
+        return True
+    return state != "Z" and b"orchestrat" in cmdline
+
+
+def _run_state(run_dir: Path) -> str:
+    pid = orchestrator_pid(run_dir)
+    if pid is None:
+        return "never launched (no orchestrator.pid; a dry run?)"
+    return f"running (orchestrator pid {pid})" if process_alive(pid) else f"ended (orchestrator pid {pid} is gone)"
+
+
+def _format_number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run_dir = find_run_dir(args.run_dir)
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    try:
+        node_ids = list(load_resolved(run_dir / RESOLVED_FILENAME).node_ids())
+    except ConfigError:
+        node_ids = sorted(path.name for path in (run_dir / NODES_DIRNAME).iterdir() if path.is_dir())
+    print(f"run      {run_dir}")
+    print(f"state    {_run_state(run_dir)}")
+    start = events[0]["t"] if events and isinstance(events[0].get("t"), (int, float)) else None
+
+    def when(record: dict[str, Any]) -> str:
+        t = record.get("t")
+        return f"+{t - start:.1f}s" if start is not None and isinstance(t, (int, float)) else "?"
+
+    run_events = [record for record in events if record.get("node") is None]
+    print(f"events   {len(events)}" + (f"; last run event: {run_events[-1].get('event')} at {when(run_events[-1])}" if run_events else ""))
+    header = f"{'node':<10} {'last event':<22} {'at':>8} {'exit':>5} {'step':>8} {'episode':>8} {'return':>10}"
+    print()
+    print(header)
+    for node in node_ids:
+        mine = [record for record in events if record.get("node") == node]
+        last = mine[-1] if mine else {}
+        exit_codes = [record[key] for record in mine for key in ("code", "returncode", "exit_code") if key in record]
+        metrics = latest_values(run_dir / NODES_DIRNAME / node / NODE_METRICS_FILENAME, STATUS_METRICS)
+        print(
+            f"{node:<10} {str(last.get('event', '-')):<22} {when(last) if last else '-':>8} "
+            f"{_format_number(exit_codes[-1] if exit_codes else None):>5} "
+            f"{_format_number(metrics.get('step')):>8} {_format_number(metrics.get('episode')):>8} "
+            f"{_format_number(metrics.get('env/episode_return')):>10}"
+        )
+    return EXIT_OK
+
+
+def _tail(path: Path, lines: int) -> tuple[str, int]:
+    """The last `lines` lines of a file (all of it for lines <= 0) and the file size."""
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    if lines > 0:
+        text = "".join(text.splitlines(keepends=True)[-lines:])
+    return text, len(data)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run_dir = find_run_dir(args.run_dir)
+    nodes_dir = run_dir / NODES_DIRNAME
+    known = sorted(path.name for path in nodes_dir.iterdir() if path.is_dir()) if nodes_dir.is_dir() else []
+    if args.node not in known:
+        return _fail(f"logs: no node {args.node!r} in {run_dir}; nodes: {', '.join(known) or 'none'}", EXIT_USAGE)
+    path = nodes_dir / args.node / NODE_LOG_FILENAME
+    if not path.exists() and not args.follow:
+        return _fail(f"logs: {path} does not exist (the node has not started yet?)", EXIT_FAILURE)
+    offset = 0
+    if path.exists():
+        text, offset = _tail(path, args.lines)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if not args.follow:
+        return EXIT_OK
+    # Like `tail -f`, but stop once the run's orchestrator is gone and the file stopped growing,
+    # so a script that follows a log does not hang after the run.
+    pid = orchestrator_pid(run_dir)
+    try:
+        while True:
+            size = path.stat().st_size if path.exists() else 0
+            if size < offset:  # truncated or replaced: start over
+                offset = 0
+            if size > offset:
+                with open(path, "rb") as file:
+                    file.seek(offset)
+                    chunk = file.read()
+                offset += len(chunk)
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+            elif pid is None or not process_alive(pid):
+                return EXIT_OK
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    run_dir = find_run_dir(args.run_dir)
+    pid = orchestrator_pid(run_dir)
+    if pid is None:
+        print(f"{run_dir}: no {PID_FILENAME}, the run was never launched (a dry run?); nothing to stop")
+        return EXIT_OK
+    if not process_alive(pid):
+        print(f"{run_dir}: the run already ended (orchestrator pid {pid} is gone)")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    print(f"{run_dir}: sent SIGTERM to the orchestrator (pid {pid})")
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            print("the run has stopped")
+            return EXIT_OK
+        time.sleep(0.2)
+    if args.wait > 0:
+        return _fail(f"the orchestrator (pid {pid}) is still running after {args.wait:g} s", EXIT_FAILURE)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------
+# Parser and entry point
+# ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrate",
+        description="Run decentralized multi-agent RL: one YAML config, one process per agent.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def add_config_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("config", help="the run's YAML config")
+        sub.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config value, e.g. --set run.steps=100 (VALUE is YAML); repeatable",
+        )  # fmt: skip
+
+    validate = verbs.add_parser("validate", help="check a config and print a summary")
+    add_config_arguments(validate)
+    validate.set_defaults(handler=cmd_validate)
+
+    graph = verbs.add_parser("graph", help="print the topology's edges, optionally draw it")
+    add_config_arguments(graph)
+    graph.add_argument("--png", metavar="PATH", help="also draw the graph into this PNG (needs matplotlib)")
+    graph.set_defaults(handler=cmd_graph)
+
+    up = verbs.add_parser("up", help="create a run directory and launch the run")
+    add_config_arguments(up)
+    up.add_argument("--run-dir", metavar="DIR", help="use this (new or empty) directory instead of runs/<name>/<timestamp>")
+    up.add_argument("--dry-run", action="store_true", help="write resolved.yaml, print the launch plan, launch nothing")
+    up.set_defaults(handler=cmd_up)
+
+    status = verbs.add_parser("status", help="summarise a run: per-node last event, exit code, metrics")
+    status.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
+    status.set_defaults(handler=cmd_status)
+
+    logs = verbs.add_parser("logs", help="print a node's log")
+    logs.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
+    logs.add_argument("node", metavar="NODE", help="node id: env, agent_0, ...")
+    logs.add_argument("-n", "--lines", type=int, default=50, metavar="LINES", help="last LINES lines (0: all; default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
+    logs.set_defaults(handler=cmd_logs)
+
+    down = verbs.add_parser("down", help="stop a running run (SIGTERM to its orchestrator)")
+    down.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
+    down.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for it to stop")
+    down.set_defaults(handler=cmd_down)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except RunDirError as error:
+        return _fail(str(error), EXIT_USAGE)

@@ -1,0 +1,396 @@
+"""The run's typed configuration: one YAML file in, one validated `RunConfig` out.
+
+Each package owns the schema of its own section and this module composes them:
+
+    run:        RunSection                     (here)
+    env:        EnvConfig                      env_server/config.py
+    agents:     AgentsConfig                   agent_node/config.py (learner, world model)
+    topology:   TopologyConfig                 protocols/topology.py
+    protocols:  membership, consensus          protocols/settings.py, protocols/consensus.py
+    network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
+    faults:     FaultsConfig                   (here)
+    launch:     LaunchConfig                   (here)
+    nodes:      {node id: NodeEntry}           filled by the orchestrator, see below
+    runtime:    RunLayout                      filled by the orchestrator, see below
+
+Every model forbids unknown keys and is frozen. Loading never imports torch, pettingzoo or zmq,
+so `orchestrate validate` answers in a fraction of a second.
+
+**Resolution.** `orchestrate up` validates the user's file (plus `--set` overrides), then
+writes the fully expanded config — every default filled in — to `<run dir>/resolved.yaml`. That
+file is the one source of truth every node reads with these same section schemas: a node does
+not import the orchestrator, it validates the sections it needs (`EnvConfig`, `AgentsConfig`,
+...) and reads `nodes` / `runtime` through `protocols/node_context.py`; `load_resolved` here
+reads and validates the whole file.
+
+Two sections exist only in resolved files: `nodes` (each node's index, role and derived seed)
+and `runtime` (run id, run dir, socket dir). They are optional in the schema so that user configs leave them out; when
+present, `nodes` must match what the orchestrator would derive, so a hand-edited seed cannot
+silently disagree with the run seed. `load_resolved` insists on both.
+
+**Node ids.** The env server is `env`; agents are `agent_0 .. agent_{count-1}`, and `agent_i`
+drives the environment's i-th possible agent. For seed derivation agents have index i and the
+env server has index `count` (after the agents, so adding an env-side index never shifts the
+agents' seeds). The node ids and ipc endpoint names are defined in `protocols/settings.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent_node.config import AgentsConfig
+from env_server.config import EnvConfig, static_agent_count
+from orchestrator.errors import ConfigError, format_validation_error
+from orchestrator.overrides import apply_overrides
+from protocols.consensus import ConsensusConfig
+from protocols.seeds import derive_seed
+from protocols.settings import (
+    ENV_NODE_ID,
+    MembershipConfig,
+    NetworkConfig,
+    NodeEntry,
+    RunLayout,
+    agent_node_ids,
+)
+from protocols.settings import node_ids as run_node_ids
+from protocols.topology import Topology, TopologyConfig, build_topology
+
+RESOLVED_FILENAME = "resolved.yaml"
+# The stream name of a node's base seed; a node derives its other streams itself with
+# `derive_seed(run.seed, nodes[id].index, "<stream>")`.
+NODE_SEED_STREAM = "node"
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ------------------------------------------------------------------------------------------
+# Sections owned by the orchestrator
+# ------------------------------------------------------------------------------------------
+
+
+class RunSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Names the run's directory: runs/<name>/<timestamp>/.
+    name: str
+    seed: int = Field(0, ge=0)
+    # Lockstep environment steps of the whole run (each step advances all K env copies).
+    steps: int = Field(gt=0)
+    # Directory under which runs/<name>/<timestamp>/ is created, relative to the working dir.
+    root: str = Field("runs", min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_directory_name(cls, name: str) -> str:
+        if not _RUN_NAME.match(name):
+            raise ValueError(
+                "expected a name usable as a directory (letters, digits, '_', '-', '.'; "
+                f"starting with a letter or digit), got {name!r}"
+            )
+        return name
+
+
+class ProtocolsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    membership: MembershipConfig = MembershipConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
+
+
+class FaultEvent(BaseModel):
+    """One scheduled fault, `at_s` seconds after the run starts.
+
+    - `kill`: the listed nodes are killed (SIGKILL), as a crash;
+    - `partition`: the listed nodes are cut off from every other node;
+    - `heal`: the listed nodes are reconnected (an empty list heals every partition).
+
+    Validated now; enforcing the schedule is a later issue (the orchestrator refuses to start a
+    run with a non-empty schedule until then, rather than ignore it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at_s: float = Field(ge=0)
+    kind: Literal["kill", "partition", "heal"]
+    nodes: list[str] = []
+
+    @model_validator(mode="after")
+    def _nodes_listed(self) -> FaultEvent:
+        if self.kind in ("kill", "partition") and not self.nodes:
+            raise ValueError(f"nodes: a {self.kind!r} fault needs at least one node id, got []")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ValueError(f"nodes: each node id once, got {self.nodes}")
+        return self
+
+
+class FaultsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # What happens when a node process exits before the run is complete. "fail": stop the run
+    # and exit 1. Restart policies come with the fault-injection issue.
+    on_node_exit: Literal["fail"] = "fail"
+    schedule: list[FaultEvent] = []
+
+
+_LATER_BACKENDS = ("ssh", "ray")
+
+
+class LaunchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["local"] = "local"
+    # Every node must have registered and be ready within this long.
+    startup_timeout_s: float = Field(120.0, gt=0)
+    # After control.shutdown, nodes get this long to exit before they are killed.
+    shutdown_timeout_s: float = Field(15.0, gt=0)
+    # Period of the orchestrator's status line / live view refresh.
+    status_every_s: float = Field(1.0, gt=0)
+    # "auto": a live table when stdout is a terminal, plain status lines otherwise.
+    live_view: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_available(cls, backend: Any) -> Any:
+        if backend in _LATER_BACKENDS:
+            raise ValueError(f"expected 'local'; the {backend!r} backend is not implemented yet")
+        return backend
+
+
+# ------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run: RunSection
+    env: EnvConfig
+    agents: AgentsConfig
+    topology: TopologyConfig
+    protocols: ProtocolsConfig = ProtocolsConfig()
+    network: NetworkConfig = NetworkConfig()
+    faults: FaultsConfig = FaultsConfig()
+    launch: LaunchConfig = LaunchConfig()
+    # Filled by the orchestrator in resolved.yaml; leave them out of your configs.
+    nodes: dict[str, NodeEntry] | None = None
+    runtime: RunLayout | None = None
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> RunConfig:
+        # Every problem on its own line, each starting with its field path; the error
+        # formatter turns them into separate entries.
+        problems: list[str] = []
+        count = self.agents.count
+
+        known = static_agent_count(self.env)
+        if known is not None and known[0] != count:
+            problems.append(f"agents.count: expected {known[0]} ({known[1]}), got {count}")
+
+        topology = None
+        try:
+            topology = build_topology(self.topology, agent_node_ids(count))
+        except (ValueError, TypeError, RuntimeError) as error:
+            problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
+
+        valid_ids = run_node_ids(count)
+        for position, override in enumerate(self.network.links):
+            for end in ("src", "dst"):
+                node = getattr(override, end)
+                if node not in valid_ids:
+                    problems.append(f"network.links.{position}.{end}: expected a node id ({_id_range(count)}), got {node!r}")
+        for position, event in enumerate(self.faults.schedule):
+            unknown = [node for node in event.nodes if node not in valid_ids]
+            if unknown:
+                problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
+
+        consensus = self.protocols.consensus
+        if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
+            problems.append(
+                f"protocols.consensus.what: {consensus.what!r} averages the world model, but agents.world_model is null"
+            )
+        if consensus.enabled and consensus.weights == "uniform" and topology is not None and count > 1:
+            degrees = sorted(set(topology.degrees().tolist()))
+            if len(degrees) > 1:
+                problems.append(
+                    "protocols.consensus.weights: expected 'metropolis' for a topology whose nodes have different "
+                    f"degrees ({degrees}); 'uniform' is only doubly stochastic on regular graphs"
+                )
+
+        if self.nodes is not None:
+            expected = derive_nodes(self)
+            if self.nodes != expected:
+                problems.append(
+                    "nodes: does not match the run (it is derived from agents.count and run.seed; "
+                    f"delete the section to re-derive it): expected {_nodes_summary(expected)}, got {_nodes_summary(self.nodes)}"
+                )
+        if self.runtime is not None and self.network.transport == "ipc" and self.runtime.socket_dir is None:
+            problems.append("runtime.socket_dir: expected a directory for network.transport 'ipc', got null")
+
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    # -------------------------------------------------------------- derived views
+
+    def build_topology(self) -> Topology:
+        """The agents' communication graph (validated buildable when the config was loaded)."""
+        return build_topology(self.topology, agent_node_ids(self.agents.count))
+
+    def node_ids(self) -> list[str]:
+        """`env`, then `agent_0 .. agent_{count-1}`."""
+        return run_node_ids(self.agents.count)
+
+
+def _id_range(count: int) -> str:
+    return f"{ENV_NODE_ID}, agent_0 .. agent_{count - 1}" if count > 1 else f"{ENV_NODE_ID}, agent_0"
+
+
+def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
+    return "{" + ", ".join(f"{node}: {entry.role}#{entry.index} seed {entry.seed}" for node, entry in nodes.items()) + "}"
+
+
+# ------------------------------------------------------------------------------------------
+# Seeds and nodes
+# ------------------------------------------------------------------------------------------
+
+
+def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
+    """Every node of the run with its index, role and base seed: env first, then agents."""
+    count = config.agents.count
+    nodes = {
+        ENV_NODE_ID: NodeEntry(
+            index=count, role="env_server", seed=derive_seed(config.run.seed, count, NODE_SEED_STREAM)
+        )
+    }
+    for index, node in enumerate(agent_node_ids(count)):
+        nodes[node] = NodeEntry(index=index, role="agent", seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
+    return nodes
+
+
+def derive_seeds(config: RunConfig) -> dict[str, int]:
+    """node id -> base seed, `derive_seed(run.seed, node index, "node")`."""
+    return {node: entry.seed for node, entry in derive_nodes(config).items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------
+
+
+def validate_config(data: Any, source: str | None = None) -> RunConfig:
+    """A RunConfig from plain data (a parsed YAML tree), or a ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a mapping of sections (run, env, agents, topology, ...) at the top level, got {_kind(data)}"], source)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, RunConfig), source) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML tree of `path`; a ConfigError names the file (and line) otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError([f"config file not found: {path}"])
+    if not path.is_file():
+        raise ConfigError([f"expected a YAML file, got a directory: {path}"])
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError([f"cannot read {path}: {error.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        context_mark = getattr(error, "context_mark", None)
+        if context and context_mark is not None and mark is not None and context_mark.line != mark.line:
+            context = f"{context} (from line {context_mark.line + 1})"
+        detail = f"{context}, {problem}" if context else problem
+        raise ConfigError([f"{where}: YAML syntax error: {detail}"]) from None
+    return {} if data is None else data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config, apply `--set` overrides, validate. Raises ConfigError."""
+    data = read_yaml(path)
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError([f"expected a mapping at the top level, got {_kind(data)}"], str(path))
+        data = apply_overrides(data, list(overrides))
+    return validate_config(data, str(path))
+
+
+def load_resolved(path: str | Path) -> RunConfig:
+    """The config of a resolved run (`<run dir>/resolved.yaml`), as a node process reads it."""
+    config = validate_config(read_yaml(path), str(path))
+    missing = [name for name in ("nodes", "runtime") if getattr(config, name) is None]
+    if missing:
+        raise ConfigError(
+            [f"{name}: required in a resolved config (written by `orchestrate up`), got nothing" for name in missing],
+            str(path),
+        )
+    return config
+
+
+def _kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else f"{type(value).__name__} {value!r:.40}"
+
+
+# ------------------------------------------------------------------------------------------
+# Resolution
+# ------------------------------------------------------------------------------------------
+
+
+def with_nodes(config: RunConfig) -> RunConfig:
+    """The config with its `nodes` section derived (idempotent)."""
+    return config.model_copy(update={"nodes": derive_nodes(config)})
+
+
+def with_runtime(config: RunConfig, layout: RunLayout) -> RunConfig:
+    """The config with its `runtime` section set, validated again (ipc needs a socket dir)."""
+    return validate_config(resolve_data(config.model_copy(update={"runtime": layout})))
+
+
+def _plain(value: Any) -> Any:
+    """model_dump output as YAML-friendly builtins (tuples -> lists, paths -> strings)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def resolve_data(config: RunConfig) -> dict[str, Any]:
+    """The config as plain data, every default filled, in schema order (no nodes derivation)."""
+    return _plain(config.model_dump(mode="python"))
+
+
+def resolve(config: RunConfig) -> dict[str, Any]:
+    """The fully expanded config: every default filled and the `nodes` section derived.
+
+    Loading the result gives back an equal config: `validate_config(resolve(c)) == with_nodes(c)`.
+    """
+    return resolve_data(with_nodes(config))
+
+
+def write_resolved(config: RunConfig, run_dir: str | Path) -> Path:
+    """Write `<run_dir>/resolved.yaml` and return its path."""
+    path = Path(run_dir) / RESOLVED_FILENAME
+    header = (
+        "# Resolved by `orchestrate up`: every default filled in, node seeds derived.\n"
+        "# Every node of this run reads this file; edit the source config, not this one.\n"
+    )
+    path.write_text(header + yaml.safe_dump(resolve(config), sort_keys=False, default_flow_style=False, width=100))
+    return path
+

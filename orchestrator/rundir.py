@@ -1,0 +1,262 @@
+"""The run directory: where a run's config, timeline, logs, metrics and sockets live.
+
+    runs/<name>/<YYYYmmdd-HHMMSS>[-n]/
+      resolved.yaml       the one source of truth every node reads
+      events.jsonl        the orchestrator's timeline (EventLog)
+      orchestrator.pid    the pid of the `orchestrate up` process, for `orchestrate down`
+      nodes/<node id>/    log, metrics.jsonl, and for agents checkpoints/, replay/
+      sock/               ipc sockets (mode 0700), unless the path is too long (see below)
+      tb/                 TensorBoard event files
+      report/             plots and summary.md
+
+A run never reuses a directory: a second run started in the same second gets a `-1`, `-2`, ...
+suffix, and an explicit `--run-dir` must not exist yet or be empty.
+
+**Socket directory.** Unix socket paths are limited to ~107 bytes. If the longest ipc endpoint
+of the run would not fit under `<run dir>/sock/`, the sockets go into a fresh
+`/tmp/parley-XXXXXXXX/` (mode 0700) instead; `runtime.socket_dir_is_temp` records it, and
+`remove_temp_socket_dir` removes it when the run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
+from orchestrator.errors import ConfigError
+from protocols.settings import ENV_NODE_ID, RunLayout, ipc_dir_fits
+
+EVENTS_FILENAME = "events.jsonl"
+PID_FILENAME = "orchestrator.pid"
+NODES_DIRNAME = "nodes"
+NODE_LOG_FILENAME = "log"
+NODE_METRICS_FILENAME = "metrics.jsonl"
+SOCKET_DIRNAME = "sock"
+
+_RUN_DIR_NAME = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
+
+
+class RunDirError(ValueError):
+    """A run directory cannot be created or found."""
+
+
+# ------------------------------------------------------------------------------------------
+# Creating a run
+# ------------------------------------------------------------------------------------------
+
+
+def timestamp_name(now: datetime | None = None) -> str:
+    """`YYYYmmdd-HHMMSS` in UTC."""
+    return (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+
+
+def create_run_dir(config: RunConfig, run_dir: str | Path | None = None, now: datetime | None = None) -> Path:
+    """Create a fresh run directory with its skeleton and return its absolute path.
+
+    Default: `<run.root>/<run.name>/<UTC timestamp>[-n]/`. An explicit `run_dir` must not exist
+    yet, or be an empty directory.
+    """
+    if run_dir is not None:
+        path = Path(run_dir).absolute()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunDirError(f"--run-dir {path}: expected a new or empty directory, got an existing non-empty one")
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        parent = (Path(config.run.root) / config.run.name).absolute()
+        parent.mkdir(parents=True, exist_ok=True)
+        base = timestamp_name(now)
+        suffix = 0
+        while True:
+            path = parent / (base if suffix == 0 else f"{base}-{suffix}")
+            try:
+                path.mkdir()  # atomic: two runs started at once never share a directory
+                break
+            except FileExistsError:
+                suffix += 1
+    for node in config.node_ids():
+        (path / NODES_DIRNAME / node).mkdir(parents=True, exist_ok=True)
+        if node != ENV_NODE_ID:
+            (path / NODES_DIRNAME / node / "checkpoints").mkdir(exist_ok=True)
+            (path / NODES_DIRNAME / node / "replay").mkdir(exist_ok=True)
+    (path / "tb").mkdir(exist_ok=True)
+    (path / "report").mkdir(exist_ok=True)
+    return path
+
+
+def make_socket_dir(config: RunConfig, run_dir: Path) -> tuple[Path | None, bool]:
+    """Create the run's ipc socket directory (mode 0700): (its path, whether it is a temp dir).
+
+    (None, False) with the tcp transport.
+    """
+    if config.network.transport != "ipc":
+        return None, False
+    candidate = run_dir / SOCKET_DIRNAME
+    if ipc_dir_fits(str(candidate), config.agents.count):
+        candidate.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(candidate, 0o700)  # mkdir's mode is filtered by the umask
+        return candidate, False
+    temp = Path(tempfile.mkdtemp(prefix="parley-"))  # mkdtemp creates it with mode 0700
+    if not ipc_dir_fits(str(temp), config.agents.count):
+        shutil.rmtree(temp, ignore_errors=True)
+        raise RunDirError(
+            f"ipc socket paths do not fit the unix limit even in {temp} "
+            f"(agents.count={config.agents.count}); use network.transport 'tcp'"
+        )
+    return temp, True
+
+
+def remove_temp_socket_dir(layout: RunLayout | None) -> None:
+    """Remove the socket directory if it was a temp dir outside the run directory."""
+    if layout is not None and layout.socket_dir_is_temp and layout.socket_dir:
+        shutil.rmtree(layout.socket_dir, ignore_errors=True)
+
+
+def run_id_for(config: RunConfig, run_dir: Path) -> str:
+    """`<name>-<run dir name>`, e.g. `tiny_ring-20251122-160301`: unique per run."""
+    return f"{config.run.name}-{run_dir.name}"
+
+
+def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[RunConfig, Path]:
+    """Create the run directory and socket dir, write resolved.yaml.
+
+    Returns the resolved config (with `nodes` and `runtime`) and the run directory. The launch
+    plan is then `plan.build_plan(resolved, run_dir)`.
+    """
+    path = create_run_dir(config, run_dir)
+    socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
+    layout = RunLayout(
+        run_id=run_id_for(config, path),
+        run_dir=str(path),
+        socket_dir=None if socket_dir is None else str(socket_dir),
+        socket_dir_is_temp=socket_dir_is_temp,
+    )
+    resolved = with_runtime(config, layout)
+    write_resolved(resolved, path)
+    # Nodes read resolved.yaml: re-read it once, so a value that does not survive the YAML
+    # round trip fails here, before any process starts.
+    if load_resolved(path / RESOLVED_FILENAME) != with_nodes(resolved):
+        raise ConfigError([f"{path / RESOLVED_FILENAME}: does not load back to the same config"])
+    return with_nodes(resolved), path
+
+
+# ------------------------------------------------------------------------------------------
+# Finding a run
+# ------------------------------------------------------------------------------------------
+
+
+def _run_sort_key(path: Path) -> tuple[str, int, float]:
+    match = _RUN_DIR_NAME.match(path.name)
+    if match:
+        return match.group(1), int(match.group(2) or 0), path.stat().st_mtime
+    return "", 0, path.stat().st_mtime
+
+
+def find_run_dir(path: str | Path) -> Path:
+    """A run directory itself, or the latest run inside `runs/<name>`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"run directory not found: {path}")
+    if (path / RESOLVED_FILENAME).exists():
+        return path
+    runs = [child for child in path.iterdir() if child.is_dir() and (child / RESOLVED_FILENAME).exists()]
+    if not runs:
+        raise RunDirError(f"{path}: expected a run directory (with {RESOLVED_FILENAME}) or a directory of runs, found neither")
+    return max(runs, key=_run_sort_key)
+
+
+# ------------------------------------------------------------------------------------------
+# The event log
+# ------------------------------------------------------------------------------------------
+
+
+class EventLog:
+    """The orchestrator's timeline: one JSON object per line, flushed as it is written.
+
+    Each line is `{"t": unix time, "event": name, "node": node id or null, ...fields}`. Field
+    values that JSON cannot encode are written as their `str()`. Safe to call from several
+    threads.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, event: str, node: str | None = None, **fields: Any) -> dict[str, Any]:
+        reserved = {"t", "event", "node"} & set(fields)
+        if reserved:
+            raise ValueError(f"event fields may not be named {sorted(reserved)}: they are set by EventLog")
+        record = {"t": time.time(), "event": event, "node": node, **fields}
+        line = json.dumps(record, default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every well-formed JSON object line of a file; a torn last line (a writer was killed
+    mid-write) or a non-object line is skipped rather than fatal."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+    except FileNotFoundError:
+        return []
+    return records
+
+
+def latest_values(path: str | Path, keys: tuple[str, ...], max_bytes: int = 262144) -> dict[str, Any]:
+    """For each key, its value in the last JSON line (within the file's tail) that has it.
+
+    Metrics lines differ in what they carry (a step line, an episode line, ...), so the latest
+    step and the latest episode return usually come from different lines.
+    """
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - max_bytes))
+            tail = file.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    found: dict[str, Any] = {}
+    for line in reversed(tail.splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            for key in keys:
+                if key not in found and key in record:
+                    found[key] = record[key]
+        if len(found) == len(keys):
+            break
+    return found

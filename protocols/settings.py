@@ -1,0 +1,197 @@
+"""Settings every node shares: membership timing, the network section, node ids and endpoints.
+
+The orchestrator composes the run's schema (`orchestrator/config.py`), but a node process must
+be able to read the parts it needs from `resolved.yaml` without importing the orchestrator or
+the other node package. So the pieces that both sides of a connection have to agree on live
+here, in `protocols/`, which every package may import:
+
+- `MembershipConfig`: heartbeat period and liveness timeout of the membership engine;
+- `NetworkConfig`: transport (ipc or tcp), hosts, and the per-link emulation of the run;
+- `NodeEntry` and `RunLayout`: the two sections the orchestrator adds when it resolves a run
+  (`nodes:` and `runtime:` in `resolved.yaml`); user configs leave them out;
+- node ids (`env`, `agent_0`, ...) and the naming of ipc endpoints.
+
+No torch, no zmq here: importing this module is as cheap as pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from protocols.links import LinkConfig
+
+# ------------------------------------------------------------------------------------------
+# Node ids
+# ------------------------------------------------------------------------------------------
+
+ENV_NODE_ID = "env"
+ORCHESTRATOR_ID = "orchestrator"
+NodeRole = Literal["env_server", "agent"]
+
+
+def agent_node_id(index: int) -> str:
+    """Agent node `index` drives the environment's `index`-th possible agent."""
+    return f"agent_{index}"
+
+
+def agent_node_ids(count: int) -> list[str]:
+    return [agent_node_id(i) for i in range(count)]
+
+
+def node_ids(count: int) -> list[str]:
+    """Every node of a run with `count` agents: the env server first, then the agents in order."""
+    return [ENV_NODE_ID, *agent_node_ids(count)]
+
+
+# ------------------------------------------------------------------------------------------
+# Endpoints
+# ------------------------------------------------------------------------------------------
+
+# The unix socket path limit is 108 bytes including the NUL (`sun_path`); an ipc endpoint
+# `ipc://PATH` of at most 100 bytes leaves a margin for the prefix and platform differences.
+IPC_ENDPOINT_MAX_BYTES = 100
+
+# What a socket is for; the ipc file is named `<node id>.<purpose>`. Kept to a fixed list so the
+# orchestrator can check, before launching, that every socket path of the run fits the limit.
+ENDPOINT_PURPOSES = ("control", "env", "peer")
+
+
+def ipc_endpoint(socket_dir: str, node_id: str, purpose: str) -> str:
+    """The ipc address node `node_id` binds for `purpose` inside the run's socket directory."""
+    if purpose not in ENDPOINT_PURPOSES:
+        raise ValueError(f"endpoint purpose must be one of {', '.join(ENDPOINT_PURPOSES)}, got {purpose!r}")
+    return f"ipc://{socket_dir.rstrip('/')}/{node_id}.{purpose}"
+
+
+def longest_ipc_endpoint(socket_dir: str, count: int) -> str:
+    """The longest ipc address a run of `count` agents may bind in `socket_dir`.
+
+    `agent_10` is always included so that a run dir that fits for 3 agents also fits when an
+    override raises the count to a two-digit number.
+    """
+    candidates = [*node_ids(count), ORCHESTRATOR_ID, agent_node_id(max(10, count - 1))]
+    return max(
+        (ipc_endpoint(socket_dir, node, purpose) for node in candidates for purpose in ENDPOINT_PURPOSES),
+        key=lambda endpoint: len(endpoint.encode()),
+    )
+
+
+def ipc_dir_fits(socket_dir: str, count: int) -> bool:
+    return len(longest_ipc_endpoint(socket_dir, count).encode()) <= IPC_ENDPOINT_MAX_BYTES
+
+
+# ------------------------------------------------------------------------------------------
+# Config sections
+# ------------------------------------------------------------------------------------------
+
+
+class MembershipConfig(BaseModel):
+    """`protocols.membership`: how often a node says it is alive, and when silence means dead."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heartbeat_every_s: float = Field(0.5, gt=0)
+    # A peer is declared down after this long without any message from it.
+    timeout_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timeout_exceeds_heartbeat(self) -> MembershipConfig:
+        if self.timeout_s <= self.heartbeat_every_s:
+            raise ValueError(
+                f"timeout_s ({self.timeout_s}) must exceed heartbeat_every_s ({self.heartbeat_every_s}), "
+                "else a live peer is declared down between two heartbeats"
+            )
+        return self
+
+
+class LinkOverride(BaseModel):
+    """Emulated properties of the directed link `src -> dst` (list both directions to cover both)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    src: str
+    dst: str
+    link: LinkConfig
+
+    @model_validator(mode="after")
+    def _not_a_self_link(self) -> LinkOverride:
+        if self.src == self.dst:
+            raise ValueError(f"a link joins two different nodes, got src = dst = {self.src!r}")
+        return self
+
+
+class NetworkConfig(BaseModel):
+    """`network`: how nodes reach each other and how the links between them are emulated.
+
+    With `ipc` every socket is a file in the run's socket directory (one host only; the 0700
+    directory keeps other users out). With `tcp` every node binds `bind_host` on a free port and
+    advertises `advertise_host` (default: `bind_host`) to the orchestrator's directory.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transport: Literal["ipc", "tcp"] = "ipc"
+    bind_host: str = Field("127.0.0.1", min_length=1)
+    advertise_host: str | None = None
+    default_link: LinkConfig = LinkConfig()
+    links: list[LinkOverride] = []
+
+    @model_validator(mode="after")
+    def _one_override_per_link(self) -> NetworkConfig:
+        seen: dict[tuple[str, str], int] = {}
+        for position, override in enumerate(self.links):
+            key = (override.src, override.dst)
+            if key in seen:
+                raise ValueError(
+                    f"links[{position}] repeats the link {override.src} -> {override.dst} of links[{seen[key]}]; "
+                    "give each directed link once"
+                )
+            seen[key] = position
+        return self
+
+    def advertised_host(self) -> str:
+        return self.advertise_host if self.advertise_host is not None else self.bind_host
+
+    def link_between(self, src: str, dst: str) -> LinkConfig:
+        """The emulated link `src -> dst`: its override if one is listed, else the default."""
+        for override in self.links:
+            if override.src == src and override.dst == dst:
+                return override.link
+        return self.default_link
+
+
+class NodeEntry(BaseModel):
+    """One node of a resolved run: its index (for seed derivation), role and base seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    role: NodeRole
+    seed: int = Field(ge=0)
+
+
+class RunLayout(BaseModel):
+    """Where this run lives on disk: the `runtime:` section the orchestrator writes into `resolved.yaml`.
+
+    `socket_dir` is `<run_dir>/sock` unless the run dir path is so long that an ipc socket path
+    would exceed the unix limit; then it is a fresh `/tmp/parley-XXXX` directory
+    (`socket_dir_is_temp`), which the orchestrator removes at the end of the run. It is None
+    with the tcp transport.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str = Field(min_length=1)
+    run_dir: str = Field(min_length=1)
+    socket_dir: str | None = None
+    socket_dir_is_temp: bool = False
+
+    def bind_address(self, network: NetworkConfig, node_id: str, purpose: str) -> str:
+        """What node `node_id` binds for `purpose`: an ipc file, or a free tcp port on bind_host."""
+        if network.transport == "ipc":
+            if self.socket_dir is None:
+                raise ValueError("runtime.socket_dir is required with network.transport 'ipc', got None")
+            return ipc_endpoint(self.socket_dir, node_id, purpose)
+        return f"tcp://{network.bind_host}:0"

@@ -1,0 +1,359 @@
+"""The run config schema: shipped configs, error messages, overrides, resolution, seeds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from orchestrator.config import (
+    RunConfig,
+    derive_nodes,
+    derive_seeds,
+    load_config,
+    load_resolved,
+    read_yaml,
+    resolve,
+    validate_config,
+    with_nodes,
+    write_resolved,
+)
+from orchestrator.errors import ConfigError
+from orchestrator.overrides import apply_overrides, parse_override
+from protocols.seeds import derive_seed
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY = ROOT / "configs" / "tiny_ring.yaml"
+
+
+def problems_for(*overrides: str, path: Path = TINY) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, list(overrides))
+    return list(caught.value.problems)
+
+
+def only_problem(*overrides: str) -> str:
+    problems = problems_for(*overrides)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# ------------------------------------------------------------------------------ shipped configs
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
+def test_shipped_configs_validate(path: Path) -> None:
+    config = load_config(path)
+    assert config.agents.count >= 1
+    assert config.build_topology().num_nodes == config.agents.count
+
+
+def test_shipped_configs_include_the_documented_ones() -> None:
+    ring = load_config(ROOT / "configs" / "4agents_ring.yaml")
+    assert (ring.agents.count, ring.topology.kind, ring.env.num_copies) == (4, "ring", 8)
+    assert ring.env.name == "mpe2.simple_spread_v3"
+    assert ring.env.kwargs == {"N": 4, "max_cycles": 25, "continuous_actions": False}
+    assert ring.agents.learner.kind == "dqn"
+    tiny = load_config(TINY)
+    assert (tiny.agents.count, tiny.run.steps, tiny.env.num_copies, tiny.env.kwargs["N"]) == (3, 60, 2, 3)
+
+
+def test_importing_the_schema_does_not_import_heavy_packages() -> None:
+    code = (
+        "import sys, orchestrator.config, orchestrator.cli;"
+        "print(sorted(m for m in ('torch', 'zmq', 'pettingzoo', 'gymnasium', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ error messages
+
+
+def test_wrong_type_names_field_expected_and_given() -> None:
+    assert only_problem("run.steps=abc") == "run.steps: expected a valid integer, got 'abc' (str)"
+
+
+def test_negative_steps() -> None:
+    assert only_problem("run.steps=-5") == "run.steps: expected greater than 0, got -5 (int)"
+
+
+def test_unknown_key_lists_valid_keys_and_suggests() -> None:
+    problem = only_problem("agents.lerner={kind: dqn}")
+    assert problem.startswith("agents.lerner: unknown key; valid keys: count, learner, world_model, ")
+    assert "did you mean 'learner'" in problem
+
+
+def test_unknown_key_inside_a_union_member_lists_that_members_keys() -> None:
+    problem = only_problem("agents.learner.lr=0.1")
+    # The union tag ('dqn') is not part of the YAML path and must not show up in it.
+    assert problem.startswith("agents.learner.lr: unknown key; valid keys: kind, hidden_sizes, learning_rate")
+
+
+def test_bad_literal_lists_values() -> None:
+    assert only_problem("network.transport=udp") == "network.transport: expected one of 'ipc', 'tcp', got 'udp' (str)"
+
+
+def test_bad_learner_kind_lists_kinds() -> None:
+    assert only_problem("agents.learner.kind=ppo") == "agents.learner.kind: expected one of 'dqn', 'sac', got 'ppo' (str)"
+
+
+def test_missing_learner_kind() -> None:
+    assert only_problem("agents.learner={batch_size: 4}") == (
+        "agents.learner.kind: required field is missing; expected one of 'dqn', 'sac'"
+    )
+
+
+def test_bad_world_model_kind() -> None:
+    assert only_problem("agents.world_model={kind: gp}") == (
+        "agents.world_model.kind: expected one of 'sparse_gp', 'ensemble', got 'gp' (str)"
+    )
+
+
+def test_section_of_wrong_shape() -> None:
+    assert only_problem("run=5") == "run: expected a mapping, got 5 (int)"
+
+
+def test_missing_sections_are_each_reported(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == tuple(f"{name}: required field is missing" for name in ("run", "env", "agents", "topology"))
+
+
+def test_topology_that_cannot_be_built_for_the_count() -> None:
+    problem = only_problem("topology={kind: grid, rows: 2, cols: 2}")
+    assert problem.startswith("topology: cannot build a 'grid' topology for agents.count=3:")
+    assert "2 * 2 = 4" in problem
+
+
+def test_topology_own_validation_names_the_field() -> None:
+    assert only_problem("topology={kind: grid}") == "topology.rows: is required for kind 'grid'"
+
+
+def test_agent_count_checked_against_simple_spread_n() -> None:
+    assert only_problem("agents.count=4") == (
+        "agents.count: expected 3 (mpe2.simple_spread_v3 with env.kwargs.N=3 has 3 agents), got 4"
+    )
+    # Consistent changes of both pass.
+    assert load_config(TINY, ["agents.count=4", "env.kwargs.N=4"]).agents.count == 4
+
+
+def test_agent_count_must_be_positive() -> None:
+    assert only_problem("agents.count=0", "env.kwargs.N=0").startswith("agents.count: expected greater than or equal to 1, got 0")
+
+
+def test_later_backends_are_refused_with_a_clear_message() -> None:
+    assert only_problem("launch.backend=ssh") == "launch.backend: expected 'local'; the 'ssh' backend is not implemented yet"
+    assert only_problem("launch.backend=ray").endswith("the 'ray' backend is not implemented yet")
+
+
+def test_link_and_fault_node_ids_are_checked() -> None:
+    assert only_problem("network.links.0={src: agent_0, dst: agent_7, link: {}}") == (
+        "network.links.0.dst: expected a node id (env, agent_0 .. agent_2), got 'agent_7'"
+    )
+    assert only_problem("faults.schedule.0={at_s: 1, kind: kill}") == (
+        "faults.schedule.0.nodes: a 'kill' fault needs at least one node id, got []"
+    )
+    assert only_problem("faults.schedule.0={at_s: 1, kind: partition, nodes: [env, agent_3]}").startswith(
+        "faults.schedule.0.nodes: expected node ids"
+    )
+
+
+def test_nested_validator_sentence_gets_the_full_path() -> None:
+    assert only_problem("network.default_link.loss=2") == (
+        "network.default_link.loss: is a probability and must be in [0, 1], got 2.0"
+    )
+
+
+def test_consensus_cross_checks() -> None:
+    assert only_problem("protocols.consensus.enabled=true").startswith("protocols.consensus.what:")
+    assert only_problem(
+        "topology={kind: star}", "protocols.consensus={enabled: true, what: policy_parameters, weights: uniform}"
+    ).startswith("protocols.consensus.weights: expected 'metropolis'")
+
+
+def test_several_problems_are_all_reported() -> None:
+    problems = problems_for("run.steps=0", "network.transport=udp", "agents.torch_threads=x")
+    assert [problem.split(":")[0] for problem in problems] == ["run.steps", "agents.torch_threads", "network.transport"]
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("run:\n  name: x\n  steps: [1\nenv: {}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}:4:" in str(caught.value)
+    assert "YAML syntax error" in str(caught.value)
+
+
+def test_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="at the top level, got a list"):
+        load_config(path)
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# ------------------------------------------------------------------------------ overrides
+
+
+def test_overrides_apply_with_yaml_types() -> None:
+    config = load_config(
+        TINY,
+        [
+            "run.steps=100",
+            "env.kwargs.continuous_actions=false",
+            "agents.learner.hidden_sizes=[8, 8]",
+            "agents.learner.learning_rate=1e-3",
+            "network.transport=tcp",
+            "topology={kind: star, center: 2}",
+        ],
+    )
+    assert config.run.steps == 100
+    assert config.agents.learner.hidden_sizes == (8, 8)
+    assert config.agents.learner.learning_rate == pytest.approx(1e-3)
+    assert config.network.transport == "tcp"
+    assert (config.topology.kind, config.topology.center) == ("star", 2)
+
+
+def test_later_override_wins_and_source_tree_is_not_modified() -> None:
+    tree = {"run": {"steps": 1}}
+    result = apply_overrides(tree, ["run.steps=2", "run.steps=3"])
+    assert result == {"run": {"steps": 3}}
+    assert tree == {"run": {"steps": 1}}
+
+
+def test_overrides_create_intermediate_maps_and_lists() -> None:
+    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+    assert apply_overrides({}, ["network.links.0.src=agent_0"]) == {"network": {"links": [{"src": "agent_0"}]}}
+    tree = {"items": [{"x": 1}]}
+    assert apply_overrides(tree, ["items.0.x=5", "items.1.x=6"]) == {"items": [{"x": 5}, {"x": 6}]}
+
+
+def test_override_list_link_into_a_real_config() -> None:
+    config = load_config(
+        TINY,
+        ["network.links.0.src=agent_0", "network.links.0.dst=agent_1", "network.links.0.link={delay_s: 0.01}"],
+    )
+    assert config.network.link_between("agent_0", "agent_1").delay_s == 0.01
+    assert config.network.link_between("agent_1", "agent_0").delay_s == 0.0
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("run.steps", "expected KEY=VALUE"),
+        ("=5", "expected KEY=VALUE"),
+        ("run..steps=5", "key segment '' is not a name"),
+        ("run.steps=[1", "VALUE is not valid YAML"),
+        ("run.steps.x=1", "cannot set a key inside run.steps"),
+        ("network.links.3.src=a", "index 3 is out of range for network.links"),
+        ("network.links.x=1", "network.links is a list; expected an index"),
+    ],
+)
+def test_bad_override_syntax(text: str, fragment: str) -> None:
+    tree = {"run": {"steps": 60}, "network": {"links": []}}
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(tree, [text])
+    assert fragment in str(caught.value)
+    assert repr(text) in str(caught.value)
+
+
+def test_parse_override_parses_value_as_yaml() -> None:
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a={x: [1, 2]}") == (["a"], {"x": [1, 2]})
+    assert parse_override("a=") == (["a"], None)
+    assert parse_override("a=b=c") == (["a"], "b=c")
+
+
+# ------------------------------------------------------------------------------ resolution
+
+
+def test_resolve_fills_every_default() -> None:
+    config = load_config(TINY)
+    resolved = resolve(config)
+    assert list(resolved) == list(RunConfig.model_fields)
+    assert resolved["launch"]["backend"] == "local"
+    assert resolved["protocols"]["membership"] == {"heartbeat_every_s": 0.5, "timeout_s": 5.0}
+    assert resolved["network"]["default_link"]["loss"] == 0.0
+    assert resolved["agents"]["learner"]["gamma"] == 0.99  # not in tiny_ring.yaml
+    assert resolved["env"]["default_action"] == "noop"
+    assert set(resolved["nodes"]) == {"env", "agent_0", "agent_1", "agent_2"}
+
+
+def test_resolve_is_stable(tmp_path: Path) -> None:
+    for path in CONFIGS:
+        config = load_config(path)
+        resolved = resolve(config)
+        reloaded = validate_config(resolved)
+        assert reloaded == with_nodes(config)
+        assert resolve(reloaded) == resolved
+        # Through the YAML file as well, as nodes read it.
+        written = write_resolved(config, tmp_path)
+        assert validate_config(read_yaml(written)) == with_nodes(config)
+
+
+def test_resolved_file_needs_runtime_for_nodes(tmp_path: Path) -> None:
+    written = write_resolved(load_config(TINY), tmp_path)
+    with pytest.raises(ConfigError, match="runtime: required in a resolved config"):
+        load_resolved(written)
+
+
+def test_hand_edited_node_seed_is_rejected() -> None:
+    data = resolve(load_config(TINY))
+    data["nodes"]["agent_1"]["seed"] += 1
+    with pytest.raises(ConfigError, match="nodes: does not match the run"):
+        validate_config(data)
+
+
+def test_frozen() -> None:
+    config = load_config(TINY)
+    with pytest.raises(ValidationError, match="frozen"):
+        config.run.steps = 5  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------ seeds
+
+
+def test_seeds_are_derived_per_node_and_distinct() -> None:
+    config = load_config(ROOT / "configs" / "4agents_ring.yaml")
+    nodes = derive_nodes(config)
+    assert list(nodes) == ["env", "agent_0", "agent_1", "agent_2", "agent_3"]
+    assert [nodes[f"agent_{i}"].index for i in range(4)] == [0, 1, 2, 3]
+    assert nodes["env"].index == 4 and nodes["env"].role == "env_server"
+    seeds = derive_seeds(config)
+    assert len(set(seeds.values())) == len(seeds)
+    assert seeds["agent_2"] == derive_seed(config.run.seed, 2, "node")
+    assert seeds["env"] == derive_seed(config.run.seed, 4, "node")
+
+
+def test_seeds_follow_the_run_seed() -> None:
+    base = derive_seeds(load_config(TINY))
+    again = derive_seeds(load_config(TINY))
+    other = derive_seeds(load_config(TINY, ["run.seed=1"]))
+    assert base == again
+    assert all(base[node] != other[node] for node in base)
+
+
+def test_resolved_yaml_is_readable_text(tmp_path: Path) -> None:
+    written = write_resolved(load_config(TINY), tmp_path)
+    text = written.read_text()
+    assert text.startswith("# Resolved by `orchestrate up`")
+    assert yaml.safe_load(text)["nodes"]["agent_0"]["role"] == "agent"
