@@ -1,0 +1,754 @@
+"""Gossip averaging of named numpy tensors over the topology: sans-IO consensus engines.
+
+Every `period_steps` environment steps the agents average some tensors with their topology
+neighbours (world-model statistics such as a GP's natural parameters, or network parameters):
+at the end each agent should hold (close to) the average over all agents, without any central
+node. Two engines do this:
+
+`SyncConsensus` — synchronous rounds `x_i <- sum_j W_ij x_j`.
+    In round `r` each node sends its current tensors to every neighbour, waits for theirs, and
+    mixes them with the weights of its row of `W` (Metropolis or uniform, `protocols/topology.py`).
+    With a doubly stochastic `W` the average is preserved and disagreement shrinks like
+    `lambda_2(W)^r`. Each message carries `(epoch, round)`: a share from an older epoch or round
+    is dropped (never mixed into a later round), a share from a future round is buffered until
+    this node gets there. A round ends when every neighbour's share arrived or at the round
+    deadline; a missing neighbour's weight then stays on the node's own value (the row still sums
+    to 1, the global average drifts a little) and the round's metrics name it. Round `r` must end
+    by `start + (r + 1) * round_timeout_s`: deadlines on a fixed schedule, rather than a timeout
+    counted from when each round began, keep a neighbour that waited out a dead node from being
+    late for everyone else's next round too. So the engine always finishes within
+    `rounds * round_timeout_s` of its start, whatever the network does.
+
+`PushSumConsensus` — asynchronous push-sum over running sums.
+    Each node holds a value mass `s` (starting at its tensors) and a weight mass `w` (starting
+    at 1) and estimates the average as `s / w`. Every `period_s` it keeps a `1/(d+1)` share of
+    both and pushes a `1/(d+1)` share to each of its `d` out-neighbours. Plain push-sum sends
+    those shares as they are, so a lost message destroys mass and the estimate ends biased.
+    Here a node instead sends, to each out-neighbour, the *cumulative* value and weight it has
+    ever pushed to it, with an increasing sequence number; the receiver remembers the last
+    cumulative totals it got from each sender and adds only the difference. A lost message is
+    made good by the next one, a duplicate or a late (reordered) one carries an old sequence
+    number and is ignored, and mass pushed towards a neighbour that is cut off arrives in full
+    when it comes back. It needs no symmetric weights, so it works on directed graphs (strongly
+    connected), and it has no rounds to wait for: delay only slows it down.
+
+Sans-IO: the engines never touch a socket or a clock. Inputs are messages with their sender and
+the current time `now` (float seconds); outputs are lists of `(destination node id, message)`
+to send, plus `next_deadline()`, the time at which the caller must call `on_timer`. The node's
+event loop, the unit tests and the simulator in `protocols/netsim.py` all drive the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from protocols.messages import register_message
+from protocols.topology import Topology, metropolis_weights, second_largest_eigenvalue_modulus, uniform_neighbour_weights
+
+Outgoing = tuple[str, object]  # (destination node id, message)
+
+# ------------------------------------------------------------------------------------------
+# Messages
+# ------------------------------------------------------------------------------------------
+
+
+@register_message("consensus.share")
+@dataclass(frozen=True)
+class ConsensusShare:
+    """A node's tensors at the start of synchronous round `round` of consensus run `epoch`."""
+
+    epoch: int
+    round: int
+    tensors: dict[str, np.ndarray]
+
+
+@register_message("consensus.push_sum")
+@dataclass(frozen=True)
+class PushSumShare:
+    """Cumulative push-sum mass a sender has pushed to the receiver during run `epoch`.
+
+    `seq` increases with every push of the sender, so the receiver can ignore anything older
+    than what it already used (duplicates, reordered messages).
+    """
+
+    epoch: int
+    seq: int
+    weight_total: float
+    value_totals: dict[str, np.ndarray]
+
+
+# ------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------
+
+
+class ConsensusConfig(BaseModel):
+    """The `consensus` section of a run config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    what: Literal["world_model_statistics", "world_model_parameters", "policy_parameters"] = "world_model_statistics"
+    period_steps: int = 250
+    rounds: int = 10
+    mode: Literal["sync", "push_sum"] = "sync"
+    weights: Literal["metropolis", "uniform"] = "metropolis"
+    self_weight: float = 0.5
+    round_timeout_s: float = 2.0
+    push_sum_period_s: float = 0.05
+    push_sum_duration_s: float = 2.0
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "ConsensusConfig":
+        if self.period_steps < 1:
+            raise ValueError(f"consensus.period_steps must be >= 1, got {self.period_steps}")
+        if self.rounds < 0:
+            raise ValueError(f"consensus.rounds must be >= 0, got {self.rounds}")
+        if not 0.0 <= self.self_weight < 1.0:
+            raise ValueError(f"consensus.self_weight must be in [0, 1), got {self.self_weight}")
+        for name in ("round_timeout_s", "push_sum_period_s", "push_sum_duration_s"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"consensus.{name} must be > 0 seconds, got {getattr(self, name)}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------
+# Tensor helpers
+# ------------------------------------------------------------------------------------------
+
+
+def _copy_tensors(tensors: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """Private float copies of the caller's tensors, checked once at the engine's boundary."""
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise TypeError(f"{what} must be a non-empty dict of name -> numpy array, got {tensors!r:.80}")
+    copies = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{what}: tensor names must be str, got {name!r}")
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{what}[{name!r}] must be a numpy array, got {type(value).__name__}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise TypeError(f"{what}[{name!r}] must have a floating dtype to be averaged, got {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{what}[{name!r}] contains NaN or infinite values")
+        copies[name] = value.copy()
+    return copies
+
+
+def _frozen(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Read-only copies to put in a message: the same object may go to several peers (and, in
+    the simulator, be held by the receiver), so nobody may modify it in place."""
+    frozen = {}
+    for name, value in tensors.items():
+        copy = np.array(value, copy=True)
+        copy.flags.writeable = False
+        frozen[name] = copy
+    return frozen
+
+
+def _mismatch(reference: Mapping[str, np.ndarray], received: object) -> str | None:
+    """Why `received` cannot be combined with `reference`, or None if it can."""
+    if not isinstance(received, Mapping):
+        return f"tensors must be a dict, got {type(received).__name__}"
+    if set(received) != set(reference):
+        return f"tensor names {sorted(received)} differ from expected {sorted(reference)}"
+    for name, expected in reference.items():
+        value = received[name]
+        if not isinstance(value, np.ndarray):
+            return f"tensor {name!r} is a {type(value).__name__}, expected a numpy array"
+        if value.shape != expected.shape or value.dtype != expected.dtype:
+            return (
+                f"tensor {name!r} has shape {value.shape} and dtype {value.dtype}, "
+                f"expected {expected.shape} and {expected.dtype}"
+            )
+        if not np.all(np.isfinite(value)):
+            return f"tensor {name!r} contains NaN or infinite values"
+    return None
+
+
+def _distance(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    """Euclidean distance between two sets of tensors seen as one long vector."""
+    return math.sqrt(sum(float(np.sum((a[name].astype(np.float64) - b[name]) ** 2)) for name in a))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------------------------------------
+# Synchronous rounds
+# ------------------------------------------------------------------------------------------
+
+
+class SyncConsensus:
+    """Synchronous averaging rounds with one node's row of a mixing matrix. See module docstring.
+
+    Lifecycle: `start()` once per consensus run (`epoch` strictly increasing), then feed it
+    `on_message` / `on_timer` / `on_neighbour_down` until `done`; read `result` and `metrics`.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        neighbour_weights: Mapping[str, float],
+        self_weight: float,
+        rounds: int,
+        round_timeout_s: float,
+    ) -> None:
+        if node_id in neighbour_weights:
+            raise ValueError(f"node {node_id!r} lists itself as a neighbour; put its weight in self_weight")
+        for neighbour, weight in neighbour_weights.items():
+            if not weight >= 0.0:
+                raise ValueError(f"weight of neighbour {neighbour!r} must be >= 0, got {weight}")
+        if not self_weight >= 0.0:
+            raise ValueError(f"self_weight must be >= 0, got {self_weight}")
+        total = self_weight + sum(neighbour_weights.values())
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(
+                f"self_weight + neighbour weights must sum to 1 (one row of a stochastic matrix), got {total!r}"
+            )
+        if not _is_int(rounds) or rounds < 0:
+            raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
+        if not round_timeout_s > 0.0:
+            raise ValueError(f"round_timeout_s must be > 0, got {round_timeout_s}")
+
+        self.node_id = node_id
+        self.neighbour_weights = dict(neighbour_weights)
+        self.self_weight = float(self_weight)
+        self.rounds = int(rounds)
+        self.round_timeout_s = float(round_timeout_s)
+
+        self.epoch: int | None = None
+        self.round = 0
+        self._state: Literal["idle", "running", "done"] = "idle"
+        self._alive: set[str] = set(neighbour_weights)
+        self._values: dict[str, np.ndarray] = {}
+        self._expected: set[str] = set()  # neighbours alive when this round began
+        self._received: dict[str, dict[str, np.ndarray]] = {}
+        self._buffer: dict[tuple[int, int, str], ConsensusShare] = {}  # (epoch, round, sender)
+        self._started_at = 0.0
+        self._round_started_at = 0.0
+        self._deadline: float | None = None
+        self._bytes_this_round = 0
+
+        self.metrics: list[dict[str, float]] = []  # one dict per finished round of this epoch
+        self.missing_by_round: list[tuple[str, ...]] = []  # who was not mixed in, per round
+        self.counters = {"stale_dropped": 0, "duplicates_dropped": 0, "buffered": 0, "rejected": 0}
+        self.last_rejection: str | None = None
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def start(self, tensors: Mapping[str, np.ndarray], now: float, epoch: int) -> list[Outgoing]:
+        """Begin consensus run `epoch` from these tensors; returns the round-0 shares to send."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        if self.epoch is not None and epoch <= self.epoch:
+            raise ValueError(f"epoch must increase from run to run: last was {self.epoch}, got {epoch}")
+        self._values = _copy_tensors(tensors, "consensus tensors")
+        self.epoch = int(epoch)
+        self.round = 0
+        self.metrics = []
+        self.missing_by_round = []
+        self._buffer = {key: share for key, share in self._buffer.items() if key[0] >= self.epoch}
+        if self.rounds == 0:
+            self._state = "done"
+            self._deadline = None
+            return []
+        self._state = "running"
+        self._started_at = now
+        outgoing = self._begin_round(now)
+        return outgoing + self._finish_completed_rounds(now)
+
+    def on_message(self, sender: str, message: object, now: float) -> list[Outgoing]:
+        """Entry point for any message addressed to this engine."""
+        if isinstance(message, ConsensusShare):
+            return self.on_share(sender, message, now)
+        self._reject(f"unexpected message type {type(message).__name__} from {sender!r}")
+        return []
+
+    def on_share(self, sender: str, share: ConsensusShare, now: float) -> list[Outgoing]:
+        """Use a neighbour's share if it is for the round in progress; keep it if it is for a
+        later round; drop it if it is older. Returns the next round's shares if this completed one."""
+        if sender not in self.neighbour_weights:
+            self._reject(f"share from {sender!r}, which is not a neighbour of {self.node_id!r}")
+            return []
+        if not (_is_int(share.epoch) and _is_int(share.round) and share.epoch >= 0 and 0 <= share.round < self.rounds):
+            self._reject(f"share from {sender!r} has epoch {share.epoch!r} / round {share.round!r} outside 0..{self.rounds - 1}")
+            return []
+        if self.epoch is not None and (share.epoch, share.round) < (self.epoch, self.round):
+            self.counters["stale_dropped"] += 1
+            return []
+        if self._state != "running" or (share.epoch, share.round) > (self.epoch, self.round):
+            return self._buffer_share(sender, share)
+        # A share for the round in progress.
+        if sender in self._received:
+            self.counters["duplicates_dropped"] += 1
+            return []
+        problem = _mismatch(self._values, share.tensors)
+        if problem is not None:
+            self._reject(f"share from {sender!r}: {problem}")
+            return []
+        self._received[sender] = share.tensors
+        return self._finish_completed_rounds(now)
+
+    def on_timer(self, now: float) -> list[Outgoing]:
+        """Close every round whose deadline has passed, mixing only the shares that arrived."""
+        outgoing: list[Outgoing] = []
+        while self._state == "running" and self._deadline is not None and now >= self._deadline:
+            outgoing += self._finish_round(now)
+            outgoing += self._finish_completed_rounds(now)
+        return outgoing
+
+    def on_neighbour_down(self, node: str, now: float) -> list[Outgoing]:
+        """Stop waiting for (and sending to) a neighbour the membership engine declared dead."""
+        if node not in self.neighbour_weights:
+            raise ValueError(f"{node!r} is not a neighbour of {self.node_id!r}")
+        self._alive.discard(node)
+        self._expected.discard(node)
+        return self._finish_completed_rounds(now)
+
+    def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
+        """A neighbour is back: it is sent to and waited for again from the next round on."""
+        if node not in self.neighbour_weights:
+            raise ValueError(f"{node!r} is not a neighbour of {self.node_id!r}")
+        self._alive.add(node)
+        return []
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        return self._deadline if self._state == "running" else None
+
+    @property
+    def done(self) -> bool:
+        return self._state == "done"
+
+    @property
+    def result(self) -> dict[str, np.ndarray]:
+        if self._state != "done":
+            raise RuntimeError(f"consensus on {self.node_id!r} has not finished (state {self._state}, round {self.round})")
+        return {name: value.copy() for name, value in self._values.items()}
+
+    @property
+    def values(self) -> dict[str, np.ndarray]:
+        """The node's current tensors (after the rounds finished so far)."""
+        return {name: value.copy() for name, value in self._values.items()}
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _begin_round(self, now: float) -> list[Outgoing]:
+        self._round_started_at = now
+        self._deadline = self._started_at + (self.round + 1) * self.round_timeout_s
+        self._received = {}
+        self._expected = set(self._alive)
+        share = ConsensusShare(epoch=self.epoch, round=self.round, tensors=_frozen(self._values))
+        destinations = sorted(self._expected)
+        self._bytes_this_round = len(destinations) * sum(value.nbytes for value in self._values.values())
+        # Shares for this round that arrived early are now current.
+        for key in sorted(k for k in self._buffer if k[0] == self.epoch and k[1] == self.round):
+            early = self._buffer.pop(key)
+            problem = _mismatch(self._values, early.tensors)
+            if problem is not None:
+                self._reject(f"buffered share from {key[2]!r}: {problem}")
+            else:
+                self._received[key[2]] = early.tensors
+        return [(destination, share) for destination in destinations]
+
+    def _finish_completed_rounds(self, now: float) -> list[Outgoing]:
+        """Finish rounds for as long as every expected share is in (buffered shares can
+        complete several rounds at once, and a node with no live neighbour never waits)."""
+        outgoing: list[Outgoing] = []
+        while self._state == "running" and self._expected <= self._received.keys():
+            outgoing += self._finish_round(now)
+        return outgoing
+
+    def _finish_round(self, now: float) -> list[Outgoing]:
+        received = self._received
+        distances = [_distance(self._values, tensors) for tensors in received.values()]
+        missing = tuple(sorted(set(self.neighbour_weights) - received.keys()))
+        # A missing neighbour's weight stays on our own value, so the row still sums to 1.
+        own_weight = self.self_weight + sum(self.neighbour_weights[name] for name in missing)
+        mixed = {}
+        for name, own in self._values.items():
+            total = own_weight * own.astype(np.float64)
+            for sender, tensors in received.items():
+                total += self.neighbour_weights[sender] * tensors[name]
+            mixed[name] = total.astype(own.dtype)
+        self._values = mixed
+        self.metrics.append(
+            {
+                "consensus/round": float(self.round),
+                "consensus/disagreement_max": max(distances) if distances else math.nan,
+                "consensus/disagreement_mean": float(np.mean(distances)) if distances else math.nan,
+                "consensus/bytes_sent": float(self._bytes_this_round),
+                "consensus/round_duration_s": now - self._round_started_at,
+                "consensus/missing_neighbours": float(len(missing)),
+            }
+        )
+        self.missing_by_round.append(missing)
+        self.round += 1
+        if self.round == self.rounds:
+            self._state = "done"
+            self._deadline = None
+            self._received = {}
+            return []
+        return self._begin_round(now)
+
+    def _buffer_share(self, sender: str, share: ConsensusShare) -> list[Outgoing]:
+        # Bounded: a neighbour can be at most one run ahead with all its rounds.
+        from_sender = sum(1 for key in self._buffer if key[2] == sender)
+        if from_sender >= 2 * self.rounds:
+            self._reject(f"too many early shares buffered from {sender!r}; dropping epoch {share.epoch} round {share.round}")
+            return []
+        key = (int(share.epoch), int(share.round), sender)
+        if key in self._buffer:
+            self.counters["duplicates_dropped"] += 1
+            return []
+        self._buffer[key] = share
+        self.counters["buffered"] += 1
+        return []
+
+    def _reject(self, reason: str) -> None:
+        self.counters["rejected"] += 1
+        self.last_rejection = reason
+
+
+# ------------------------------------------------------------------------------------------
+# Push-sum over running sums
+# ------------------------------------------------------------------------------------------
+
+
+class PushSumConsensus:
+    """Asynchronous push-sum that is exact under loss, duplication and reordering.
+
+    See the module docstring. `out_neighbours` are the nodes this node pushes to; it accepts
+    pushes from any sender (on a directed graph it need not know its in-neighbours).
+    """
+
+    def __init__(self, node_id: str, out_neighbours: Sequence[str], period_s: float, duration_s: float) -> None:
+        out_neighbours = list(out_neighbours)
+        if node_id in out_neighbours:
+            raise ValueError(f"node {node_id!r} lists itself as an out-neighbour")
+        if len(set(out_neighbours)) != len(out_neighbours):
+            raise ValueError(f"out_neighbours of {node_id!r} contain duplicates: {out_neighbours}")
+        if not period_s > 0.0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        if not duration_s > 0.0:
+            raise ValueError(f"duration_s must be > 0, got {duration_s}")
+        self.node_id = node_id
+        self.out_neighbours = out_neighbours
+        self.period_s = float(period_s)
+        self.duration_s = float(duration_s)
+
+        self.epoch: int | None = None
+        self._state: Literal["idle", "running", "done"] = "idle"
+        self._alive: set[str] = set(out_neighbours)
+        self._dtypes: dict[str, np.dtype] = {}
+        self._value: dict[str, np.ndarray] = {}  # value mass s, float64
+        self._weight = 0.0  # weight mass w
+        self._sent_values: dict[str, dict[str, np.ndarray]] = {}  # cumulative pushed, per out-neighbour
+        self._sent_weight: dict[str, float] = {}
+        self._seen_values: dict[str, dict[str, np.ndarray]] = {}  # last cumulative received, per sender
+        self._seen_weight: dict[str, float] = {}
+        self._seen_seq: dict[str, int] = {}
+        self._seq = 0
+        self._next_push_at = 0.0
+        self._ends_at = 0.0
+        self._future: dict[int, dict[str, PushSumShare]] = {}  # epoch -> sender -> newest share
+        self._result: dict[str, np.ndarray] | None = None
+
+        self.counters = {"stale_dropped": 0, "applied": 0, "buffered": 0, "rejected": 0, "pushes": 0}
+        self.last_rejection: str | None = None
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def start(self, tensors: Mapping[str, np.ndarray], now: float, epoch: int) -> list[Outgoing]:
+        """Begin push-sum run `epoch` from these tensors; pushes once immediately."""
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        if self.epoch is not None and epoch <= self.epoch:
+            raise ValueError(f"epoch must increase from run to run: last was {self.epoch}, got {epoch}")
+        initial = _copy_tensors(tensors, "push-sum tensors")
+        self.epoch = int(epoch)
+        self._state = "running"
+        self._result = None
+        self._dtypes = {name: value.dtype for name, value in initial.items()}
+        self._value = {name: value.astype(np.float64) for name, value in initial.items()}
+        self._weight = 1.0
+        self._sent_values = {node: {name: np.zeros_like(v) for name, v in self._value.items()} for node in self.out_neighbours}
+        self._sent_weight = {node: 0.0 for node in self.out_neighbours}
+        self._seen_values, self._seen_weight, self._seen_seq = {}, {}, {}
+        self._seq = 0
+        self._ends_at = now + self.duration_s
+        self._next_push_at = now
+        early = self._future.pop(self.epoch, {})
+        self._future = {e: shares for e, shares in self._future.items() if e > self.epoch}
+        for sender in sorted(early):
+            self._apply(sender, early[sender])
+        return self.on_timer(now)
+
+    def on_message(self, sender: str, message: object, now: float) -> list[Outgoing]:
+        if isinstance(message, PushSumShare):
+            return self.on_share(sender, message, now)
+        self._reject(f"unexpected message type {type(message).__name__} from {sender!r}")
+        return []
+
+    def on_share(self, sender: str, share: PushSumShare, now: float) -> list[Outgoing]:
+        """Absorb the new part of a sender's cumulative totals. Never sends anything itself."""
+        if sender == self.node_id:
+            self._reject("share from self")
+            return []
+        if not (_is_int(share.epoch) and _is_int(share.seq) and share.epoch >= 0):
+            self._reject(f"share from {sender!r} has a non-integer or negative epoch/seq")
+            return []
+        if self.epoch is not None and share.epoch < self.epoch:
+            self.counters["stale_dropped"] += 1
+            return []
+        if self.epoch is None or share.epoch > self.epoch:
+            # The sender started a run we have not started yet: only its newest totals matter.
+            if share.epoch not in self._future and len(self._future) >= 2:
+                self._reject(f"share from {sender!r} for epoch {share.epoch}: already holding shares of 2 future runs")
+                return []
+            waiting = self._future.setdefault(int(share.epoch), {})
+            if sender not in waiting or share.seq > waiting[sender].seq:
+                waiting[sender] = share
+                self.counters["buffered"] += 1
+            return []
+        if self._state == "done":
+            self.counters["stale_dropped"] += 1
+            return []
+        self._apply(sender, share)
+        return []
+
+    def on_timer(self, now: float) -> list[Outgoing]:
+        if self._state != "running":
+            return []
+        if now >= self._ends_at:
+            self._result = self.estimate()
+            self._state = "done"
+            return []
+        if now < self._next_push_at:
+            return []
+        outgoing = self._push()
+        self._next_push_at += self.period_s
+        if self._next_push_at <= now:  # we were called late: do not burst to catch up
+            self._next_push_at = now + self.period_s
+        return outgoing
+
+    def on_neighbour_down(self, node: str, now: float) -> list[Outgoing]:
+        """Stop pushing mass towards a dead out-neighbour (it would sit there until it returns).
+        Nodes that are not out-neighbours (e.g. in-neighbours on a directed graph) are ignored."""
+        if node in self._alive:
+            self._alive.discard(node)
+        return []
+
+    def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
+        if node in self.out_neighbours:
+            self._alive.add(node)
+        return []
+
+    # -- outputs -------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        if self._state != "running":
+            return None
+        return min(self._next_push_at, self._ends_at)
+
+    def estimate(self) -> dict[str, np.ndarray]:
+        """The current estimate of the average, `value mass / weight mass`."""
+        if self._state == "idle":
+            raise RuntimeError(f"push-sum on {self.node_id!r} has not started")
+        if self._result is not None:
+            return {name: value.copy() for name, value in self._result.items()}
+        if not self._weight > 0.0:
+            raise RuntimeError(f"push-sum on {self.node_id!r} has no weight mass left (w={self._weight})")
+        return {name: (value / self._weight).astype(self._dtypes[name]) for name, value in self._value.items()}
+
+    @property
+    def done(self) -> bool:
+        return self._state == "done"
+
+    @property
+    def result(self) -> dict[str, np.ndarray]:
+        if self._result is None:
+            raise RuntimeError(f"push-sum on {self.node_id!r} has not finished (state {self._state})")
+        return {name: value.copy() for name, value in self._result.items()}
+
+    @property
+    def weight_mass(self) -> float:
+        return self._weight
+
+    @property
+    def value_mass(self) -> dict[str, np.ndarray]:
+        return {name: value.copy() for name, value in self._value.items()}
+
+    def sent_totals(self, destination: str) -> tuple[dict[str, np.ndarray], float]:
+        """Cumulative (value, weight) mass pushed to `destination` in this run."""
+        return {n: v.copy() for n, v in self._sent_values[destination].items()}, self._sent_weight[destination]
+
+    def received_totals(self, sender: str) -> tuple[dict[str, np.ndarray], float] | None:
+        """Last cumulative (value, weight) mass absorbed from `sender`, or None if nothing came yet."""
+        if sender not in self._seen_values:
+            return None
+        return {n: v.copy() for n, v in self._seen_values[sender].items()}, self._seen_weight[sender]
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _push(self) -> list[Outgoing]:
+        targets = [node for node in self.out_neighbours if node in self._alive]
+        fraction = 1.0 / (len(targets) + 1)
+        share_value = {name: value * fraction for name, value in self._value.items()}
+        share_weight = self._weight * fraction
+        self._value = share_value  # the part we keep equals each pushed part
+        self._weight = share_weight
+        self._seq += 1
+        self.counters["pushes"] += 1
+        outgoing = []
+        for node in targets:
+            # New arrays rather than in-place adds: earlier messages hold the old totals.
+            totals = {name: self._sent_values[node][name] + share_value[name] for name in share_value}
+            for total in totals.values():
+                total.flags.writeable = False  # fresh arrays, now shared with the message
+            self._sent_values[node] = totals
+            self._sent_weight[node] += share_weight
+            message = PushSumShare(epoch=self.epoch, seq=self._seq, weight_total=self._sent_weight[node], value_totals=totals)
+            outgoing.append((node, message))
+        return outgoing
+
+    def _apply(self, sender: str, share: PushSumShare) -> None:
+        if share.seq <= self._seen_seq.get(sender, 0):
+            self.counters["stale_dropped"] += 1  # a duplicate, or overtaken by a newer total
+            return
+        problem = _mismatch(self._value, share.value_totals)
+        if problem is None and not (isinstance(share.weight_total, (int, float)) and math.isfinite(share.weight_total)):
+            problem = f"weight_total must be a finite float, got {share.weight_total!r}"
+        if problem is None and share.weight_total < self._seen_weight.get(sender, 0.0):
+            problem = f"weight_total {share.weight_total} decreased (cumulative totals only grow)"
+        if problem is not None:
+            self._reject(f"push-sum share from {sender!r}: {problem}")
+            return
+        seen = self._seen_values.get(sender)
+        for name, total in share.value_totals.items():
+            previous = 0.0 if seen is None else seen[name]
+            self._value[name] = self._value[name] + (total - previous)
+        self._weight += float(share.weight_total) - self._seen_weight.get(sender, 0.0)
+        self._seen_values[sender] = {name: np.asarray(total, dtype=np.float64) for name, total in share.value_totals.items()}
+        self._seen_weight[sender] = float(share.weight_total)
+        self._seen_seq[sender] = int(share.seq)
+        self.counters["applied"] += 1
+
+    def _reject(self, reason: str) -> None:
+        self.counters["rejected"] += 1
+        self.last_rejection = reason
+
+
+# ------------------------------------------------------------------------------------------
+# Building engines from a config, and convergence on an ideal network
+# ------------------------------------------------------------------------------------------
+
+
+def mixing_matrix(topology: Topology, config: ConsensusConfig) -> np.ndarray:
+    if config.weights == "metropolis":
+        return metropolis_weights(topology)
+    return uniform_neighbour_weights(topology, config.self_weight)
+
+
+def build_consensus_engine(
+    config: ConsensusConfig, topology: Topology, node_id: str
+) -> SyncConsensus | PushSumConsensus:
+    """The engine one node runs, from the run's consensus config and topology."""
+    index = topology.index_of(node_id)
+    neighbours = [topology.nodes[j] for j in topology.neighbours(index)]
+    if config.mode == "push_sum":
+        return PushSumConsensus(node_id, neighbours, config.push_sum_period_s, config.push_sum_duration_s)
+    weights = mixing_matrix(topology, config)
+    return SyncConsensus(
+        node_id,
+        neighbour_weights={topology.nodes[j]: float(weights[index, j]) for j in topology.neighbours(index)},
+        self_weight=float(weights[index, index]),
+        rounds=config.rounds,
+        round_timeout_s=config.round_timeout_s,
+    )
+
+
+def rounds_predicted_by_spectrum(weights: np.ndarray, tol: float) -> int:
+    """Rounds for `lambda_2^k <= tol`: the worst case over initial values, for symmetric W."""
+    slem = second_largest_eigenvalue_modulus(weights)
+    if slem == 0.0:
+        return 1
+    if slem >= 1.0:
+        raise ValueError(f"lambda_2 = {slem} >= 1: this matrix does not converge (disconnected graph?)")
+    return math.ceil(math.log(tol) / math.log(slem) - 1e-9)
+
+
+def rounds_to_tolerance(
+    topology: Topology,
+    tol: float,
+    weights: Literal["metropolis", "uniform"] = "metropolis",
+    self_weight: float = 0.5,
+    initial: Literal["random", "slowest_mode"] = "random",
+    dim: int = 4,
+    seed: int = 0,
+    max_rounds: int = 100_000,
+) -> int:
+    """Synchronous rounds until `||X_k - mean|| <= tol * ||X_0 - mean||`, by running the engines.
+
+    Runs one `SyncConsensus` per node on an ideal network (every share delivered, in lockstep
+    waves: wave k carries exactly the round-k shares), and measures the disagreement over all
+    nodes after each round. `initial="random"` draws seeded Gaussian tensors of `dim` entries;
+    `initial="slowest_mode"` starts from the eigenvector of lambda_2, the worst case, which should
+    match `rounds_predicted_by_spectrum`.
+    """
+    if not 0.0 < tol < 1.0:
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
+    matrix = metropolis_weights(topology) if weights == "metropolis" else uniform_neighbour_weights(topology, self_weight)
+    n = topology.num_nodes
+    if initial == "random":
+        start_values = np.random.default_rng(seed).normal(size=(n, dim))
+    elif initial == "slowest_mode":
+        start_values = _slowest_mode(matrix)[:, None]
+    else:
+        raise ValueError(f"initial must be 'random' or 'slowest_mode', got {initial!r}")
+
+    engines = {}
+    for i, node in enumerate(topology.nodes):
+        engines[node] = SyncConsensus(
+            node,
+            neighbour_weights={topology.nodes[j]: float(matrix[i, j]) for j in topology.neighbours(i)},
+            self_weight=float(matrix[i, i]),
+            rounds=max_rounds,
+            round_timeout_s=1.0,
+        )
+
+    def disagreement() -> float:
+        stacked = np.stack([engines[node].values["x"] for node in topology.nodes])
+        return float(np.linalg.norm(stacked - stacked.mean(axis=0)))
+
+    wave: list[tuple[str, str, object]] = []
+    for i, node in enumerate(topology.nodes):
+        wave += [(node, dest, msg) for dest, msg in engines[node].start({"x": start_values[i]}, now=0.0, epoch=0)]
+    initial_error = disagreement()
+    if initial_error == 0.0:
+        return 0
+    for completed_rounds in range(1, max_rounds + 1):
+        next_wave = []
+        for sender, destination, message in wave:
+            next_wave += [(destination, dest, msg) for dest, msg in engines[destination].on_message(sender, message, 0.0)]
+        wave = next_wave
+        if disagreement() <= tol * initial_error:
+            return completed_rounds
+    raise RuntimeError(f"disagreement did not fall below {tol} of its initial value in {max_rounds} rounds")
+
+
+def _slowest_mode(matrix: np.ndarray) -> np.ndarray:
+    """Unit eigenvector of a symmetric W for its largest-modulus eigenvalue orthogonal to 1."""
+    eigenvalues, eigenvectors = np.linalg.eigh(matrix)
+    ones = np.ones(matrix.shape[0]) / math.sqrt(matrix.shape[0])
+    candidates = [k for k in range(len(eigenvalues)) if abs(eigenvectors[:, k] @ ones) < 1e-8]
+    best = max(candidates, key=lambda k: abs(eigenvalues[k]))
+    return eigenvectors[:, best]

@@ -1,0 +1,260 @@
+"""A deterministic network simulator with a virtual clock, for driving sans-IO engines.
+
+The protocol engines (`protocols/consensus.py`, membership, negotiation, ...) take messages and
+the current time and return the messages to send and when they next need a timer. This module
+plays the network and the clock for a set of such engines: messages pass through the same
+`LinkModel` the real transport uses (delay, jitter, loss, duplication, reordering, bandwidth)
+and a `PartitionTable`, land on an event heap ordered by virtual time, and are handed to the
+destination engine when their time comes; timers fire when an engine's deadline is reached.
+Nodes can crash (they stop receiving and their timers stop; messages to them are lost) and be
+revived with their state or replaced by a fresh engine (a restart).
+
+No real time passes, so a test can simulate minutes of gossip in milliseconds, and the same
+seed replays the same run event for event.
+
+An engine, for this simulator, is any object with
+    on_message(sender, message, now) -> list[(destination, message)]
+    on_timer(now) -> list[(destination, message)]
+    next_deadline() -> float | None
+Calls that are not a message or a timer (starting a run, telling an engine a neighbour died)
+go through `call`, which routes whatever the engine returns.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Callable, Mapping, Protocol
+
+import numpy as np
+
+from protocols.links import LinkConfig, LinkModel, PartitionTable
+
+Outgoing = tuple[str, object]
+
+
+class Engine(Protocol):
+    def on_message(self, sender: str, message: object, now: float) -> list[Outgoing]: ...
+
+    def on_timer(self, now: float) -> list[Outgoing]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+
+LinkModelFactory = Callable[[str, str, int], LinkModel]  # (src, dst, seed) -> model of that link
+
+
+def same_link_everywhere(config: LinkConfig) -> LinkModelFactory:
+    """A factory giving every directed link this config, each with its own derived seed."""
+
+    def make(src: str, dst: str, seed: int) -> LinkModel:
+        return LinkModel(config, seed)
+
+    return make
+
+
+def approximate_size(message: object) -> int:
+    """Bytes a message would take on the wire, roughly: array payloads plus a fixed allowance
+    for the envelope and scalar fields. Only the bandwidth cap uses it."""
+    envelope_bytes = 200
+    payload = 0
+    if is_dataclass(message):
+        for field in fields(message):
+            payload += _payload_bytes(getattr(message, field.name))
+    return envelope_bytes + payload
+
+
+def _payload_bytes(value: object) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(len(str(key)) + _payload_bytes(item) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(_payload_bytes(item) for item in value)
+    return 8
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One message handed to an engine (kept when `record_trace=True`)."""
+
+    time: float
+    sender: str
+    destination: str
+    message: object
+
+
+class NetworkSimulator:
+    """Event-driven simulation of engines exchanging messages over emulated links."""
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        link_model_factory: LinkModelFactory,
+        partition_table: PartitionTable | None = None,
+        seed: int = 0,
+        message_size: Callable[[object], int] = approximate_size,
+        record_trace: bool = False,
+    ) -> None:
+        self.engines: dict[str, Engine] = dict(engines)
+        self.partitions = partition_table if partition_table is not None else PartitionTable()
+        self.now = 0.0
+        self._link_model_factory = link_model_factory
+        self._seed = seed
+        self._message_size = message_size
+        self._node_index = {node: index for index, node in enumerate(self.engines)}
+        self._links: dict[tuple[str, str], LinkModel] = {}
+        self._crashed: set[str] = set()
+        # Heap entries: (time, sequence number, kind, payload). The sequence number breaks
+        # ties in insertion order, which keeps runs deterministic.
+        self._events: list[tuple[float, int, str, tuple]] = []
+        self._sequence = 0
+        self._timer_scheduled_at: dict[str, float] = {}
+        self.trace: list[DeliveryRecord] | None = [] if record_trace else None
+        self.stats = {
+            "sent": 0,
+            "delivered": 0,
+            "lost_on_link": 0,
+            "duplicated": 0,
+            "blocked_by_partition": 0,
+            "lost_to_crashed_node": 0,
+            "timers_fired": 0,
+        }
+
+    # -- driving engines -------------------------------------------------------------------
+
+    def call(self, node: str, action: Callable[[Engine, float], list[Outgoing]]) -> list[Outgoing]:
+        """Run `action(engine, now)` on a node (e.g. start a run) and send what it returns."""
+        self._check_node(node)
+        outgoing = action(self.engines[node], self.now)
+        self.send(node, outgoing)
+        return outgoing
+
+    def send(self, src: str, outgoing: list[Outgoing]) -> None:
+        """Put messages from `src` on the network now, and refresh `src`'s timer."""
+        self._check_node(src)
+        for destination, message in outgoing:
+            self._transmit(src, destination, message)
+        self._schedule_timer(src)
+
+    def schedule(self, time: float, action: Callable[[], None]) -> None:
+        """Run a callback at virtual `time` (faults, partitions, test probes)."""
+        if time < self.now:
+            raise ValueError(f"cannot schedule an action in the past ({time} < now {self.now})")
+        self._push(time, "action", (action,))
+
+    def crash(self, node: str) -> None:
+        """The node stops: nothing is delivered to it and its timers do not fire."""
+        self._check_node(node)
+        self._crashed.add(node)
+
+    def revive(self, node: str, engine: Engine | None = None) -> None:
+        """Bring a crashed node back, with its old state or with a fresh `engine` (a restart)."""
+        self._check_node(node)
+        self._crashed.discard(node)
+        if engine is not None:
+            self.engines[node] = engine
+        self._timer_scheduled_at.pop(node, None)
+        self._schedule_timer(node)
+
+    def is_crashed(self, node: str) -> bool:
+        return node in self._crashed
+
+    def run(self, until: float | None = None, stop_when: Callable[[], bool] | None = None, max_events: int = 10_000_000) -> None:
+        """Process events in time order until none are left, the next one is after `until`
+        (the clock then stops at `until`), or `stop_when()` is true after an event."""
+        processed = 0
+        while self._events:
+            if stop_when is not None and stop_when():
+                return
+            time = self._events[0][0]
+            if until is not None and time > until:
+                break
+            _, _, kind, payload = heapq.heappop(self._events)
+            self.now = time
+            self._handle(kind, payload)
+            processed += 1
+            if processed >= max_events:
+                raise RuntimeError(f"simulation exceeded max_events={max_events} at virtual time {self.now}")
+        if until is not None:
+            self.now = max(self.now, until)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _handle(self, kind: str, payload: tuple) -> None:
+        if kind == "deliver":
+            sender, destination, message = payload
+            if destination in self._crashed:
+                self.stats["lost_to_crashed_node"] += 1
+                return
+            self.stats["delivered"] += 1
+            if self.trace is not None:
+                self.trace.append(DeliveryRecord(self.now, sender, destination, message))
+            outgoing = self.engines[destination].on_message(sender, message, self.now)
+            self.send(destination, outgoing)
+        elif kind == "timer":
+            (node,) = payload
+            if self._timer_scheduled_at.get(node) != self.now or node in self._crashed:
+                return  # superseded by a newer deadline, or the node is down
+            del self._timer_scheduled_at[node]
+            deadline = self.engines[node].next_deadline()
+            if deadline is not None and deadline <= self.now:
+                self.stats["timers_fired"] += 1
+                outgoing = self.engines[node].on_timer(self.now)
+                self.send(node, outgoing)
+            else:
+                self._schedule_timer(node)
+        elif kind == "action":
+            (action,) = payload
+            action()
+        else:
+            raise AssertionError(f"unknown event kind {kind!r}")
+
+    def _transmit(self, src: str, destination: str, message: object) -> None:
+        if destination not in self.engines:
+            raise ValueError(f"{src!r} sent a {type(message).__name__} to unknown node {destination!r}")
+        if src in self._crashed:
+            return  # a crashed node's late outputs never leave it
+        self.stats["sent"] += 1
+        if self.partitions.blocks(src, destination):
+            self.stats["blocked_by_partition"] += 1
+            return
+        arrival_times = self._link(src, destination).decide(self.now, self._message_size(message))
+        if not arrival_times:
+            self.stats["lost_on_link"] += 1
+        self.stats["duplicated"] += max(0, len(arrival_times) - 1)
+        for arrival in arrival_times:
+            self._push(arrival, "deliver", (src, destination, message))
+
+    def _link(self, src: str, destination: str) -> LinkModel:
+        key = (src, destination)
+        if key not in self._links:
+            # Each link's seed depends on the simulation seed and on the link only, so adding
+            # traffic on one link never changes what happens on another.
+            entropy = [self._seed, self._node_index[src], self._node_index[destination]]
+            link_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+            self._links[key] = self._link_model_factory(src, destination, link_seed)
+        return self._links[key]
+
+    def _schedule_timer(self, node: str) -> None:
+        if node in self._crashed:
+            return
+        deadline = self.engines[node].next_deadline()
+        if deadline is None:
+            self._timer_scheduled_at.pop(node, None)
+            return
+        when = max(deadline, self.now)
+        if self._timer_scheduled_at.get(node) == when:
+            return
+        self._timer_scheduled_at[node] = when
+        self._push(when, "timer", (node,))
+
+    def _push(self, time: float, kind: str, payload: tuple) -> None:
+        heapq.heappush(self._events, (time, self._sequence, kind, payload))
+        self._sequence += 1
+
+    def _check_node(self, node: str) -> None:
+        if node not in self.engines:
+            raise ValueError(f"unknown node {node!r}; simulated nodes are {list(self.engines)}")

@@ -1,0 +1,135 @@
+"""`orchestrate up` end to end: real processes, real sockets, a real run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def orchestrate(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+    )
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_event(run_dir: Path, event: str, process: subprocess.Popen, timeout_s: float = 90) -> list[dict]:
+    """Poll the event log (the orchestrator's own record) until `event` appears."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        events = read_events(run_dir)
+        if any(e["event"] == event for e in events):
+            return events
+        assert process.poll() is None, f"orchestrator exited early: {process.communicate()[1].decode()[-3000:]}"
+        time.sleep(0.1)
+    raise AssertionError(f"no {event!r} event within {timeout_s} s; events: {[e['event'] for e in read_events(run_dir)]}")
+
+
+def launched_pids(events: list[dict]) -> dict[str, int]:
+    return {e["node"]: e["pid"] for e in events if e["event"] == "launched"}
+
+
+def assert_all_reaped(pids: dict[str, int]) -> None:
+    for node, pid in pids.items():
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        survivor = cmdline.exists() and b"--node-id" in cmdline.read_bytes()
+        assert not survivor, f"{node} (pid {pid}) survived the run"
+
+
+def test_up_runs_a_tiny_ring_to_completion(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir))
+    _, stderr = process.communicate(timeout=150)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+
+    events = read_events(run_dir)
+    nodes = {"env", "agent_0", "agent_1", "agent_2"}
+    for kind in ("launched", "registered", "ready", "exited"):
+        assert {e["node"] for e in events if e["event"] == kind} == nodes, kind
+    assert all(e["code"] == 0 for e in events if e["event"] == "exited")
+    assert [e["event"] for e in events if e["node"] is None][-1] == "run_finished"
+    assert (run_dir / "resolved.yaml").is_file()
+    for agent in sorted(nodes - {"env"}):
+        node_dir = run_dir / "nodes" / agent
+        records = [json.loads(line) for line in (node_dir / "metrics.jsonl").read_text().splitlines()]
+        returns = [r for r in records if "env/episode_return" in r]
+        # 60 lockstep steps x 2 copies with 10-step episodes: 12 finished episodes per agent.
+        assert len(returns) == 12 and all("step" in r for r in returns)
+        assert (node_dir / "checkpoints" / "latest.pt").is_file()
+        assert (node_dir / "replay" / "buffer.npz").is_file()
+        assert "state running -> draining" in (node_dir / "log").read_text()
+        assert list((run_dir / "tb" / agent).glob("events.out.tfevents.*")), "TensorBoard event file"
+    assert_all_reaped(launched_pids(events))
+
+
+def test_up_over_tcp(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir))
+    _, stderr = process.communicate(timeout=150)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    registered = [e for e in read_events(run_dir) if e["event"] == "registered"]
+    assert registered and all(ep.startswith("tcp://127.0.0.1:") for e in registered for ep in e["endpoints"].values())
+
+
+def test_ctrl_c_stops_the_run_and_reaps_every_child(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
+    try:
+        events = wait_for_event(run_dir, "started", process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    assert any(e["event"] == "interrupted" for e in events)
+    assert {e["node"] for e in events if e["event"] == "exited"} == set(launched_pids(events))
+    assert_all_reaped(launched_pids(events))
+
+
+def test_a_node_that_dies_fails_the_run_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
+    try:
+        events = wait_for_event(run_dir, "started", process)
+        pids = launched_pids(events)
+        os.kill(pids["agent_1"], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1
+    assert "agent_1 exited unexpectedly" in stderr.decode() or any(
+        "agent_1" in str(e.get("reason", "")) for e in read_events(run_dir)
+    )
+    died = [e for e in read_events(run_dir) if e["event"] == "exited" and e["node"] == "agent_1"]
+    assert died[0]["code"] == -signal.SIGKILL and died[0]["expected"] is False
+    assert_all_reaped(pids)
+
+
+def test_up_with_a_bad_config_exits_2_naming_the_field(tmp_path):
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(tmp_path / "run"), "--set", "agents.count=zero")
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "agents.count" in stderr.decode()
+    assert not (tmp_path / "run").exists()
