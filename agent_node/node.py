@@ -305,6 +305,9 @@ class AgentNode:
     # ------------------------------------------------------------------ handlers
 
     def on_observation(self, message: m.EnvObservation) -> None:
+        if message.evaluation:
+            self.on_evaluation_observation(message)
+            return
         agent = self.env_agent
         observations = message.observations[agent]
         active = message.active[agent]
@@ -318,6 +321,16 @@ class AgentNode:
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
         self.last_obs, self.last_action, self.last_active = observations, actions, active
         self._maybe_persist()
+
+    def on_evaluation_observation(self, message: m.EnvObservation) -> None:
+        """Act greedily on the evaluation copies; nothing is learned and the training state
+        (`last_obs`, `last_action`) stays as it was, ready for when training resumes."""
+        if message.run_finished:
+            self.begin_draining("run budget spent")
+            return
+        observations = message.observations[self.env_agent]
+        actions = self.learner.act(observations, explore=False)
+        self.env.send(m.EnvAction(step=message.step, actions={self.env_agent: actions}, evaluation=True))
 
     def _record_transition(self, message: m.EnvObservation, observations: np.ndarray, active: np.ndarray) -> None:
         agent = self.env_agent

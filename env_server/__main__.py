@@ -100,9 +100,13 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     startup_timeout_s = float(launch.get("startup_timeout_s", 120.0))
     log.info("env server %s starting: %s x%d, seed %d", node_id, env_config.name, env_config.num_copies, context.seed)
 
-    envs = VectorizedParallelEnv(
-        lambda: make_env(env_config.name, dict(env_config.kwargs)), env_config.num_copies, autoreset=env_config.autoreset
-    )
+    def build() -> object:
+        return make_env(env_config.name, dict(env_config.kwargs))
+
+    envs = VectorizedParallelEnv(build, env_config.num_copies, autoreset=env_config.autoreset)
+    eval_envs = None
+    if env_config.eval_every_steps:
+        eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False)
     zmq_context = zmq.Context()
     server = EnvServer(
         envs,
@@ -117,6 +121,9 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         default_action=env_config.default_action,
         advertise_host=context.advertise_host,
         context=zmq_context,
+        eval_envs=eval_envs,
+        eval_every_steps=env_config.eval_every_steps,
+        metrics_path=context.node_dir / "metrics.jsonl",
     )
     control = ControlClient(zmq_context, control_endpoint, node_id=node_id, run_id=context.run_id)
     server.poller.register(control.channel.socket, zmq.POLLIN)

@@ -40,6 +40,11 @@ class EnvConfig(BaseModel):
     # What a missing agent's action becomes: the action space's no-op (zeros / action 0) or a
     # uniformly random action.
     default_action: Literal["noop", "random"] = "noop"
+    # Every this many lockstep steps, pause training and run `eval_episodes` episodes on
+    # separate copies in which agents act deterministically; the mean return is written to
+    # nodes/env/metrics.jsonl as `eval/return_mean`. None: no evaluation.
+    eval_every_steps: int | None = Field(None, ge=1)
+    eval_episodes: int = Field(5, ge=1)
 
     @field_validator("name")
     @classmethod

@@ -16,15 +16,23 @@ are dropped and counted; malformed requests get an `error` reply and count as mi
 
 When `max_steps` lockstep steps have run, the last observation carries `run_finished=True`
 and the orchestrator is told with `control.run_complete`.
+
+Evaluation (optional): every `eval_every_steps` training steps the server holds the training
+copies where they are and runs `eval_episodes` episodes on separate copies through the same
+barrier, with observations flagged `evaluation=True` (agents act deterministically and learn
+nothing). Their mean return goes to `eval/return_mean` in the server's metrics; then training
+resumes with the observation that was held back.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket as pysocket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,8 +83,17 @@ class EnvServer:
         default_action: str,
         advertise_host: str | None = None,
         context: zmq.Context | None = None,
+        eval_envs: VectorizedParallelEnv | None = None,
+        eval_every_steps: int | None = None,
+        metrics_path: Path | None = None,
     ) -> None:
         self.envs = envs
+        self.eval_envs = eval_envs
+        self.eval_every_steps = eval_every_steps if eval_envs is not None else None
+        self.metrics_file = None
+        if metrics_path is not None:
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = metrics_path.open("a", buffering=1)
         self.env_name = env_name
         self.node_id = node_id
         self.seed = seed
@@ -92,7 +109,11 @@ class EnvServer:
         self.counters = ServerCounters()
         self.rng = np.random.default_rng(seed)
         self.created_at = time.monotonic()
-        self.step = 0  # the step whose actions we are collecting
+        self.step = 0  # the training step whose actions we are collecting
+        self.evaluating = False  # an evaluation is running; training is held at `self.step`
+        self.eval_step = 0
+        self.evaluations = 0
+        self.held_back: tuple[BatchedStep, list[str]] | None = None
         self.episode_running = False
         self.reset_requested = False
         self.run_finished = False
@@ -204,7 +225,8 @@ class EnvServer:
         client.absent = False
         if self.run_finished:
             return
-        if request.step != self.step or not self.episode_running:
+        expected_step = self.eval_step if self.evaluating else self.step
+        if request.evaluation != self.evaluating or request.step != expected_step or not self.episode_running:
             self.counters.stale_actions += 1
             return
         for agent, action in request.actions.items():
@@ -212,7 +234,7 @@ class EnvServer:
                 self._reject(envelope, "not_your_agent", f"{client.client_id} does not drive {agent!r}")
                 return
             try:
-                check_batched(self.envs.action_spaces[agent], action, self.envs.num_copies, f"actions[{agent!r}]")
+                check_batched(self.envs.action_spaces[agent], action, self._current_envs().num_copies, f"actions[{agent!r}]")
             except ValueError as error:
                 self._reject(envelope, "bad_action", str(error))
                 return
@@ -241,8 +263,12 @@ class EnvServer:
         result = self.envs.reset(seed)
         self._broadcast(result, missing=[])
 
+    def _current_envs(self) -> VectorizedParallelEnv:
+        return self.eval_envs if self.evaluating else self.envs
+
     def _step_now(self, deadline_passed: bool) -> None:
-        missing = [a for a in self.envs.possible_agents if a not in self.pending]
+        envs = self._current_envs()
+        missing = [a for a in envs.possible_agents if a not in self.pending]
         if deadline_passed:
             for agent in missing:
                 if agent in self.owner:
@@ -250,10 +276,16 @@ class EnvServer:
             log.warning("step %d deadline passed; default actions for %s", self.step, missing)
         actions = dict(self.pending)
         for agent in missing:
-            actions[agent] = self._default_actions(agent)
+            actions[agent] = self._default_actions(agent, envs.num_copies)
         self.counters.missing_actions += len(missing)
         self.pending = {}
-        result = self.envs.step(actions)
+        result = envs.step(actions)
+        if self.evaluating:
+            self._after_eval_step(result, missing)
+        else:
+            self._after_training_step(result, missing)
+
+    def _after_training_step(self, result: BatchedStep, missing: list[str]) -> None:
         self.step += 1
         self.counters.steps += 1
         for episode_return in result.episode_returns:
@@ -263,14 +295,46 @@ class EnvServer:
             self.run_finished = True
         if not self.envs.autoreset and self.envs.all_finished:
             self.episode_running = False
+        if self.eval_every_steps and self.step % self.eval_every_steps == 0 and not self.run_finished:
+            self._start_evaluation(result, missing)
+        else:
+            self._broadcast(result, missing)
+
+    def _start_evaluation(self, held_back: BatchedStep, missing: list[str]) -> None:
+        self.held_back = (held_back, missing)
+        self.evaluating = True
+        self.eval_step = 0
+        self.eval_returns: list[float] = []
+        # Every evaluation starts from the same seeds: the curve compares policies, not luck.
+        self._broadcast(self.eval_envs.reset(self.seed + 1_000_003), missing=[])
+
+    def _after_eval_step(self, result: BatchedStep, missing: list[str]) -> None:
+        self.eval_step += 1
+        self.eval_returns.extend(result.episode_returns)
+        if not self.eval_envs.all_finished:
+            self._broadcast(result, missing)
+            return
+        self.evaluating = False
+        self.evaluations += 1
+        returns = np.asarray(self.eval_returns)
+        self.write_metrics(
+            {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()), "eval/episodes": len(returns)}
+        )
+        log.info("evaluation %d at step %d: return %.2f +- %.2f", self.evaluations, self.step, returns.mean(), returns.std())
+        result, missing = self.held_back
+        self.held_back = None
         self._broadcast(result, missing)
 
-    def _default_actions(self, agent: str) -> Any:
+    def write_metrics(self, values: dict[str, float]) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({"step": self.step, "t": round(time.time(), 3), **values}) + "\n")
+
+    def _default_actions(self, agent: str, num_copies: int) -> Any:
         space = self.envs.action_spaces[agent]
         if self.default_action == "random":
-            rows = [space.sample() for _ in range(self.envs.num_copies)]
+            rows = [space.sample() for _ in range(num_copies)]
         else:
-            rows = [zeros_like_space(space) for _ in range(self.envs.num_copies)]
+            rows = [zeros_like_space(space) for _ in range(num_copies)]
         if isinstance(rows[0], dict):
             return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
         return np.stack([np.asarray(r) for r in rows])
@@ -285,7 +349,7 @@ class EnvServer:
     def _send_observation(self, client: Client, result: BatchedStep, missing: list[str]) -> None:
         agents = client.agents
         observation = m.EnvObservation(
-            step=self.step,
+            step=self.eval_step if self.evaluating else self.step,
             observations={a: result.observations[a] for a in agents},
             rewards={a: result.rewards[a] for a in agents},
             terminated={a: result.terminated[a] for a in agents},
@@ -295,6 +359,7 @@ class EnvServer:
             episode_start=result.episode_start,
             missing=missing,
             run_finished=self.run_finished,
+            evaluation=self.evaluating,
         )
         client.has_current = self.channel.send(observation, to=client.identity)
         if not client.has_current:
@@ -325,6 +390,10 @@ class EnvServer:
     def close(self) -> None:
         self.channel.close()
         self.envs.close()
+        if self.eval_envs is not None:
+            self.eval_envs.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()
 
 
 def hostname() -> str:

@@ -81,16 +81,15 @@ class LocalBackend:
 
 class Orchestrator:
     def __init__(self, plan: LaunchPlan, config: RunConfig) -> None:
-        self.plan = plan
         self.config = config
         self.events = EventLog(plan.run_dir / "events.jsonl")
         self.backend = LocalBackend()
-        self.nodes = {launch.node_id: NodeRecord(launch) for launch in plan.nodes}
         self.context = zmq.Context()
         self.control = Channel(make_socket(self.context, zmq.ROUTER), sender="orchestrator", run_id=plan.run_id)
         # With tcp the plan asks for any free port; the nodes must be told the one we got.
         bound = bind_endpoint(self.control.socket, plan.control_endpoint, config.network.advertised_host())
         self.plan = plan = plan.with_control_endpoint(bound)
+        self.nodes = {launch.node_id: NodeRecord(launch) for launch in plan.nodes}
         self.poller = zmq.Poller()
         self.poller.register(self.control.socket, zmq.POLLIN)
         agent_ids = [n.node_id for n in plan.nodes if n.role == "agent"]

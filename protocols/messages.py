@@ -164,7 +164,7 @@ def require_array(array: np.ndarray, where: str, *, dtype: Any = None, shape: tu
         raise FieldError(f"{where}: expected dtype {np.dtype(dtype)}, got {array.dtype}")
     if shape is not None:
         if len(shape) != array.ndim or any(s is not None and s != a for s, a in zip(shape, array.shape)):
-            expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
             raise FieldError(f"{where}: expected shape {expected}, got {tuple(array.shape)}")
     return array
 
@@ -300,6 +300,7 @@ class EnvAction:
 
     step: int
     actions: dict[str, Any]  # agent -> array (or dict of arrays for Dict action spaces)
+    evaluation: bool = False  # answers an evaluation observation (see EnvObservation)
 
 
 @register_message("env.observation")
@@ -323,6 +324,9 @@ class EnvObservation:
     episode_start: np.ndarray
     missing: list[str] = field(default_factory=list)  # agents whose action was defaulted
     run_finished: bool = False
+    # Evaluation episodes run on separate copies between training steps: act deterministically,
+    # learn nothing, answer with `EnvAction(evaluation=True)`. Their `step` counts separately.
+    evaluation: bool = False
     infos: dict[str, Any] = field(default_factory=dict)
 
 

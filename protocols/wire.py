@@ -117,7 +117,8 @@ def encode(
 
     def pack_array(obj: Any) -> Any:
         if isinstance(obj, np.ndarray):
-            array = np.ascontiguousarray(obj)
+            # np.ascontiguousarray would turn a 0-d array into shape (1,); only copy when needed.
+            array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
             if array.dtype.str not in WIRE_DTYPES:
                 raise TypeError(f"arrays of dtype {array.dtype} cannot cross the wire")
             if array.nbytes < SMALL_ARRAY_BYTES:
@@ -189,7 +190,8 @@ def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
         if dtype_str not in WIRE_DTYPES:
             raise FieldError(f"array dtype {dtype_str!r} is not allowed; expected one of {sorted(WIRE_DTYPES)}")
         dtype = np.dtype(dtype_str)
-        nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        # Python ints: np.prod would wrap around on a huge declared shape and could match a short buffer.
+        nbytes = dtype.itemsize * math.prod(shape)
         frame = buffer_views[index]
         if len(placeholder) == 3:  # the array is the whole frame
             offset = 0
@@ -202,7 +204,10 @@ def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
                     f"array {dtype}{shape} at offset {offset} needs {nbytes} bytes, buffer {index} has {frame.nbytes}"
                 )
         used_buffers.add(index)
-        return np.frombuffer(frame, dtype=dtype, count=nbytes // dtype.itemsize if dtype.itemsize else 0, offset=offset).reshape(tuple(shape))
+        array = np.frombuffer(frame, dtype=dtype, count=nbytes // dtype.itemsize if dtype.itemsize else 0, offset=offset).reshape(tuple(shape))
+        # Received zmq frames are writable memory: make the zero-copy view read-only explicitly.
+        array.flags.writeable = False
+        return array
 
     body = _unpack(body_view, "body", ext_hook=unpack_array)
     if len(used_buffers) != len(buffer_views):

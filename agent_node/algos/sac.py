@@ -1,0 +1,451 @@
+"""Soft actor-critic for one agent with Box observations and Box (bounded) actions.
+
+References, to check this file against:
+- Haarnoja, Zhou, Abbeel, Levine 2018, "Soft Actor-Critic: Off-Policy Maximum Entropy Deep
+  Reinforcement Learning with a Stochastic Actor": the soft Bellman target, the tanh-squashed
+  Gaussian policy and its log-density correction (appendix C).
+- Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications": twin critics with the
+  minimum in the target, Polyak-averaged target critics, and the temperature alpha tuned so the
+  policy's entropy tracks a target (-|A| by default).
+
+The update, per gradient step, on a batch (s, a, r, s', terminated):
+  critic:  y = r + gamma * (1 - terminated) * (min_i Q'_i(s', a') - alpha * log pi(a'|s')), a' ~ pi(.|s')
+           L_Q = 1/2 E[(Q_1(s,a) - y)^2] + 1/2 E[(Q_2(s,a) - y)^2]
+  actor:   L_pi = E[alpha * log pi(a~|s) - min_i Q_i(s, a~)],  a~ ~ pi(.|s) reparameterized
+  alpha:   L_alpha = -E[log_alpha * (log pi(a~|s) + target_entropy)]   (log alpha is the variable)
+  targets: Q'_i <- tau * Q_i + (1 - tau) * Q'_i
+A `truncated` row (time-limit cut) bootstraps like any other non-terminal row.
+
+Action scaling: the actor outputs u ~ N(mean, std), squashes it to tanh(u) in (-1, 1), and the
+environment receives `center + half_range * tanh(u)`, so any finite Box (also non-symmetric) is
+covered. The log-density includes the Jacobian of both the tanh and the affine map. The critics see
+the action normalized back to [-1, 1], so their input scale does not depend on the bounds.
+
+How it plugs into an agent node (see `agent_node/roles.py`):
+- `act(obs)` samples actions (uniformly random for the first `random_steps` rows when exploring);
+  `act(obs, explore=False)` returns the deterministic `center + half_range * tanh(mean)`.
+- `observe(transition)` stores K rows in `self.replay`, counting K environment steps.
+- `update()` runs `updates_per_step` gradient steps per row observed after `learning_starts` (and
+  once the buffer holds one batch). Steps not yet run stay due, so the total depends only on the
+  rows observed, not on how often `update` is called; `update(max_gradient_steps=n)` caps one call.
+- `set_model_buffer(buffer, real_ratio)` adds a second sample source for model-based variants
+  (OG-MARL): each batch then holds `round(real_ratio * batch_size)` rows from `self.replay` and the
+  rest from `buffer` (imagined transitions). While the model buffer is empty, batches are all real.
+- `get_params` / `set_params` expose the actor (the policy) for consensus averaging.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agent_node.algos.config import SACConfig
+from agent_node.replay import ReplayBuffer
+from agent_node.roles import Transition
+
+# Bounds on the actor's log standard deviation: below -5 the density is needle-like and its
+# log-probability explodes; above 2 the tanh saturates and the action is a coin flip of the bounds.
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+
+
+# ---------------------------------------------------------------------------------- networks
+
+
+def hidden_layers(in_features: int, hidden_sizes: tuple[int, ...]) -> nn.Sequential:
+    """Linear + ReLU for each hidden width; the output layer is added by the caller."""
+    layers: list[nn.Module] = []
+    for width in hidden_sizes:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    return nn.Sequential(*layers)
+
+
+class SoftQNetwork(nn.Module):
+    """Q(s, a) from a flattened observation and an action normalized to [-1, 1]."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.hidden = hidden_layers(obs_dim + action_dim, hidden_sizes)
+        self.q_head = nn.Linear(hidden_sizes[-1], 1)
+
+    def forward(self, obs: torch.Tensor, unit_action: torch.Tensor) -> torch.Tensor:
+        features = self.hidden(torch.cat([obs.flatten(start_dim=1), unit_action], dim=1))
+        return self.q_head(features).squeeze(1)
+
+
+class TanhGaussianActor(nn.Module):
+    """pi(a|s): a Gaussian over u with state-dependent mean and std, squashed by tanh to (-1, 1)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.hidden = hidden_layers(obs_dim, hidden_sizes)
+        self.mean_head = nn.Linear(hidden_sizes[-1], action_dim)
+        self.log_std_head = nn.Linear(hidden_sizes[-1], action_dim)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.hidden(obs.flatten(start_dim=1))
+        log_std = self.log_std_head(features).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.mean_head(features), log_std
+
+    def sample(
+        self, obs: torch.Tensor, generator: torch.Generator, log_half_range_sum: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterized action in (-1, 1) and log pi of the *environment-scale* action.
+
+        `log_half_range_sum` is sum(log(half_range)), the log-Jacobian of the map from (-1, 1)
+        to the action bounds; it shifts every log-density by the same constant.
+        """
+        mean, log_std = self(obs)
+        noise = torch.randn(mean.shape, generator=generator)
+        pre_tanh = mean + log_std.exp() * noise
+        unit_action = torch.tanh(pre_tanh)
+        # log N(pre_tanh; mean, std), written with the noise: (pre_tanh - mean) / std == noise.
+        gaussian_log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=1)
+        # log(1 - tanh(x)^2) = 2 * (log 2 - x - softplus(-2x)): the same value, stable for large |x|.
+        log_tanh_jacobian = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(dim=1)
+        return unit_action, gaussian_log_prob - log_tanh_jacobian - log_half_range_sum
+
+
+# ---------------------------------------------------------------------------------- agent
+
+
+class SACAgent:
+    """Actor, Learner and ParamSource for soft actor-critic (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: SACConfig,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        seed: int,
+    ) -> None:
+        if not isinstance(config, SACConfig):
+            raise TypeError(f"config must be a SACConfig, got {type(config).__name__}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise TypeError(f"SAC needs a Box observation space, got {observation_space!r}")
+        if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
+            raise TypeError(f"SAC needs a 1-D Box action space, got {action_space!r}")
+        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+            raise ValueError(f"SAC rescales tanh to the action bounds, which must be finite; got {action_space!r}")
+        if not np.all(action_space.high > action_space.low):
+            raise ValueError(f"SAC needs high > low in every action dimension, got {action_space!r}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.obs_shape = tuple(observation_space.shape)
+        self.action_dim = int(action_space.shape[0])
+        obs_dim = int(np.prod(self.obs_shape))
+
+        # The affine map between the tanh range (-1, 1) and the environment's bounds.
+        low = action_space.low.astype(np.float64)
+        high = action_space.high.astype(np.float64)
+        self.action_center = (high + low) / 2.0
+        self.action_half_range = (high - low) / 2.0
+        self.log_half_range_sum = float(np.log(self.action_half_range).sum())
+
+        # Independent random streams from one seed: init, policy noise, random actions, replay.
+        init_seed, noise_seed, explore_seed, replay_seed = np.random.SeedSequence(int(seed)).spawn(4)
+        with torch.random.fork_rng(devices=[]):  # seed the init without touching global torch RNG
+            torch.manual_seed(int(init_seed.generate_state(1)[0]))
+            self.actor = TanhGaussianActor(obs_dim, self.action_dim, config.hidden_sizes)
+            self.q1 = SoftQNetwork(obs_dim, self.action_dim, config.hidden_sizes)
+            self.q2 = SoftQNetwork(obs_dim, self.action_dim, config.hidden_sizes)
+            self.q1_target = SoftQNetwork(obs_dim, self.action_dim, config.hidden_sizes)
+            self.q2_target = SoftQNetwork(obs_dim, self.action_dim, config.hidden_sizes)
+        self.q1_target.load_state_dict(self.q1.state_dict())
+        self.q2_target.load_state_dict(self.q2.state_dict())
+        self.q1_target.requires_grad_(False)
+        self.q2_target.requires_grad_(False)
+        self.noise_generator = torch.Generator().manual_seed(int(noise_seed.generate_state(1)[0]))
+        self.explore_rng = np.random.default_rng(explore_seed)
+
+        # fused=True: one kernel per optimizer step instead of one per tensor, about 2x faster on
+        # CPU for these small networks, where per-op overhead dominates.
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(
+            list(self.q1.parameters()) + list(self.q2.parameters()), lr=config.critic_lr, fused=True
+        )
+        # The temperature is learned as log(alpha) so it stays positive.
+        self.target_entropy = float(-self.action_dim if config.target_entropy is None else config.target_entropy)
+        self.log_alpha = torch.tensor(math.log(config.initial_alpha), requires_grad=config.autotune_alpha)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+
+        self.replay = ReplayBuffer(
+            capacity=config.buffer_size,
+            obs_shape=self.obs_shape,
+            obs_dtype=observation_space.dtype,
+            action_shape=(self.action_dim,),
+            action_dtype=np.float32,  # environment-scale actions, as sent to the env server
+            seed=int(replay_seed.generate_state(1)[0]),
+        )
+        self.model_buffer: ReplayBuffer | None = None
+        self.real_ratio = 1.0
+        self.rows_observed = 0  # environment steps seen, one per transition row
+        self.gradient_steps = 0  # gradient steps taken since the start
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    # ------------------------------------------------------------------ Actor
+
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        """Actions (K, action_dim) within the Box bounds for observations (K, *obs_shape)."""
+        obs = self._checked_obs(obs, "obs")
+        if explore and self.rows_observed < self.config.random_steps:
+            unit_action = self.explore_rng.uniform(-1.0, 1.0, size=(obs.shape[0], self.action_dim))
+        else:
+            obs_tensor = torch.as_tensor(obs, dtype=torch.float32)
+            with torch.inference_mode():
+                if explore:
+                    unit_tensor, _ = self.actor.sample(obs_tensor, self.noise_generator, self.log_half_range_sum)
+                else:
+                    mean, _ = self.actor(obs_tensor)
+                    unit_tensor = torch.tanh(mean)
+            unit_action = unit_tensor.numpy().astype(np.float64)
+        return self._to_env_action(unit_action)
+
+    def _to_env_action(self, unit_action: np.ndarray) -> np.ndarray:
+        action = self.action_center + self.action_half_range * unit_action
+        # Rounding in the affine map can step a hair outside the bounds at tanh = +-1.
+        return np.clip(action, self.action_space.low, self.action_space.high).astype(self.action_space.dtype)
+
+    def _to_unit_action(self, env_action: np.ndarray) -> np.ndarray:
+        unit_action = (env_action.astype(np.float64) - self.action_center) / self.action_half_range
+        return np.clip(unit_action, -1.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------------ Learner
+
+    def observe(self, transition: Transition) -> None:
+        """Store K transition rows; each counts as one environment step."""
+        self.replay.add(transition)
+        self.rows_observed += int(np.asarray(transition.reward).shape[0])
+
+    def set_model_buffer(self, buffer: ReplayBuffer | None, real_ratio: float) -> None:
+        """Mix imagined transitions from `buffer` into every batch; `real_ratio` of each batch is real.
+
+        Pass `buffer=None` (with `real_ratio=1.0`) to go back to real data only.
+        """
+        if not 0.0 <= real_ratio <= 1.0:
+            raise ValueError(f"real_ratio must be in [0, 1], got {real_ratio!r}")
+        if buffer is None:
+            if real_ratio != 1.0:
+                raise ValueError(f"without a model buffer every row is real; real_ratio must be 1.0, got {real_ratio!r}")
+        else:
+            if not isinstance(buffer, ReplayBuffer):
+                raise TypeError(f"model buffer must be a ReplayBuffer, got {type(buffer).__name__}")
+            if buffer.obs_shape != self.replay.obs_shape or buffer.action_shape != self.replay.action_shape:
+                raise ValueError(
+                    f"model buffer holds obs {buffer.obs_shape} / actions {buffer.action_shape}, "
+                    f"this agent needs obs {self.replay.obs_shape} / actions {self.replay.action_shape}"
+                )
+        self.model_buffer = buffer
+        self.real_ratio = float(real_ratio)
+
+    def sample_batch(self) -> tuple[dict[str, np.ndarray], int]:
+        """One training batch and how many of its rows are real (the rest come from the model buffer)."""
+        batch_size = self.config.batch_size
+        if self.model_buffer is None or len(self.model_buffer) == 0:
+            return self.replay.sample(batch_size), batch_size
+        num_real = round(self.real_ratio * batch_size)
+        parts = []
+        if num_real > 0:
+            parts.append(self.replay.sample(num_real))
+        if num_real < batch_size:
+            parts.append(self.model_buffer.sample(batch_size - num_real))
+        batch = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+        return batch, num_real
+
+    def gradient_steps_due(self) -> int:
+        """Gradient steps owed for the rows observed so far and not yet taken."""
+        cfg = self.config
+        # Learning waits for learning_starts rows, and for at least one batch in the buffer.
+        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
+        trainable_rows = max(0, self.rows_observed - first_trainable_row)
+        return trainable_rows * cfg.updates_per_step - self.gradient_steps
+
+    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
+        """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
+
+        Always returns `sac/alpha`, `sac/gradient_steps` (taken in this call) and
+        `sac/steps_pending` (still due); the losses, `sac/q_mean`, `sac/entropy` and
+        `sac/real_fraction` only when at least one gradient step ran.
+        """
+        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
+            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
+        steps = self.gradient_steps_due()
+        if max_gradient_steps is not None:
+            steps = min(steps, max_gradient_steps)
+
+        totals: dict[str, float] = {}
+        for _ in range(steps):
+            for key, value in self._gradient_step().items():
+                totals[key] = totals.get(key, 0.0) + value
+
+        metrics = {key: total / steps for key, total in totals.items()}
+        metrics["sac/alpha"] = self.alpha
+        metrics["sac/gradient_steps"] = float(steps)
+        metrics["sac/steps_pending"] = float(self.gradient_steps_due())
+        return metrics
+
+    def _gradient_step(self) -> dict[str, float]:
+        cfg = self.config
+        batch, num_real = self.sample_batch()
+        obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
+        unit_action = torch.as_tensor(self._to_unit_action(batch["action"]))
+        reward = torch.as_tensor(batch["reward"], dtype=torch.float32)
+        next_obs = torch.as_tensor(batch["next_obs"], dtype=torch.float32)
+        terminated = torch.as_tensor(batch["terminated"], dtype=torch.float32)
+        alpha = self.log_alpha.detach().exp()
+
+        # Critic: regress both Q's on the soft Bellman target built from the target critics.
+        with torch.no_grad():
+            next_unit_action, next_log_prob = self.actor.sample(next_obs, self.noise_generator, self.log_half_range_sum)
+            next_q = torch.min(self.q1_target(next_obs, next_unit_action), self.q2_target(next_obs, next_unit_action))
+            # Bootstrap unless the episode truly ended; a truncated row bootstraps from next_obs.
+            td_target = reward + cfg.gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
+        q1_value = self.q1(obs, unit_action)
+        q2_value = self.q2(obs, unit_action)
+        critic_loss = 0.5 * (F.mse_loss(q1_value, td_target) + F.mse_loss(q2_value, td_target))
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        # Actor: maximize the soft value, i.e. min-Q of a reparameterized action minus alpha * log pi.
+        # The gradient flows through the critics to the action only: freezing the critics' weights
+        # for this pass skips their (unused) weight gradients, about a tenth of the step's work.
+        new_unit_action, log_prob = self.actor.sample(obs, self.noise_generator, self.log_half_range_sum)
+        self.q1.requires_grad_(False)
+        self.q2.requires_grad_(False)
+        new_q = torch.min(self.q1(obs, new_unit_action), self.q2(obs, new_unit_action))
+        actor_loss = (alpha * log_prob - new_q).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        self.q1.requires_grad_(True)
+        self.q2.requires_grad_(True)
+
+        metrics = {
+            "sac/critic_loss": critic_loss.item(),
+            "sac/actor_loss": actor_loss.item(),
+            "sac/q_mean": q1_value.mean().item(),
+            "sac/entropy": -log_prob.mean().item(),
+            "sac/real_fraction": num_real / cfg.batch_size,
+        }
+
+        # Temperature: raise alpha when the entropy is below target, lower it when above.
+        if cfg.autotune_alpha:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            metrics["sac/alpha_loss"] = alpha_loss.item()
+
+        # Target critics trail the critics by Polyak averaging.
+        with torch.no_grad():
+            for online, target in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                for param, target_param in zip(online.parameters(), target.parameters()):
+                    target_param.lerp_(param, cfg.tau)  # target += tau * (online - target)
+
+        self.gradient_steps += 1
+        return metrics
+
+    def critic_values(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """min(Q1, Q2) for observations (K, *obs_shape) and environment-scale actions (K, action_dim)."""
+        obs = self._checked_obs(obs, "obs")
+        action = np.asarray(action)
+        if action.shape != (obs.shape[0], self.action_dim):
+            raise ValueError(f"action must have shape ({obs.shape[0]}, {self.action_dim}), got {action.shape}")
+        obs_tensor = torch.as_tensor(obs, dtype=torch.float32)
+        unit_tensor = torch.as_tensor(self._to_unit_action(action))
+        with torch.inference_mode():
+            return torch.min(self.q1(obs_tensor, unit_tensor), self.q2(obs_tensor, unit_tensor)).numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizers, temperature, counters and RNG states; the replay buffer is saved
+        separately (`self.replay.save`). Loadable with `torch.load(..., weights_only=True)`."""
+        return {
+            "algorithm": "sac",
+            "actor": self.actor.state_dict(),
+            "q1": self.q1.state_dict(),
+            "q2": self.q2.state_dict(),
+            "q1_target": self.q1_target.state_dict(),
+            "q2_target": self.q2_target.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "rows_observed": self.rows_observed,
+            "gradient_steps": self.gradient_steps,
+            "noise_generator_state": self.noise_generator.get_state(),
+            "explore_rng_state": self.explore_rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("algorithm") != "sac":
+            raise ValueError(f"expected a SAC state dict (algorithm 'sac'), got algorithm {state.get('algorithm')!r}")
+        for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
+            getattr(self, name).load_state_dict(state[name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        learning_rates = {
+            "actor_optimizer": self.config.actor_lr,
+            "critic_optimizer": self.config.critic_lr,
+            "alpha_optimizer": self.config.alpha_lr,
+        }
+        for name, learning_rate in learning_rates.items():
+            optimizer = getattr(self, name)
+            optimizer.load_state_dict(state[name])
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate  # the config, not the checkpoint, sets the rate
+        self.rows_observed = int(state["rows_observed"])
+        self.gradient_steps = int(state["gradient_steps"])
+        self.noise_generator.set_state(state["noise_generator_state"])
+        self.explore_rng.bit_generator.state = state["explore_rng_state"]
+
+    # ------------------------------------------------------------------ ParamSource
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """The actor's parameters, named `actor.<module>.<weight|bias>` (copies)."""
+        return {f"actor.{name}": param.detach().numpy().copy() for name, param in self.actor.named_parameters()}
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Overwrite the actor; names, shapes and dtypes must match `get_params`."""
+        own = dict(self.actor.named_parameters())
+        expected_names = {f"actor.{name}" for name in own}
+        if set(params) != expected_names:
+            missing = sorted(expected_names - set(params))
+            unknown = sorted(set(params) - expected_names)
+            raise ValueError(f"set_params needs exactly the names of get_params; missing {missing}, unknown {unknown}")
+        for full_name, value in params.items():
+            _check_param(full_name, value, own[full_name.removeprefix("actor.")])
+        with torch.no_grad():
+            for full_name, value in params.items():
+                own[full_name.removeprefix("actor.")].copy_(torch.from_numpy(np.asarray(value)))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _checked_obs(self, obs: np.ndarray, name: str) -> np.ndarray:
+        obs = np.asarray(obs)
+        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
+            raise ValueError(f"{name} must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+        return obs
+
+
+def _check_param(name: str, value: Any, param: torch.Tensor) -> None:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"parameter {name!r} must be a numpy array, got {type(value).__name__}")
+    expected_dtype = np.dtype(str(param.dtype).removeprefix("torch."))
+    if value.shape != tuple(param.shape) or value.dtype != expected_dtype:
+        raise ValueError(
+            f"parameter {name!r} must be {tuple(param.shape)} {expected_dtype}, got {value.shape} {value.dtype}"
+        )

@@ -1,0 +1,232 @@
+"""SACAgent: finds a bandit's optimum inside non-symmetric bounds, tunes alpha, keeps actions in
+bounds, mixes real and imagined batches at the requested ratio, bootstraps through truncation only,
+and resumes exactly from its state dict."""
+
+from __future__ import annotations
+
+import io
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agent_node.algos import build_learner
+from agent_node.algos.config import DQNConfig, SACConfig
+from agent_node.algos.sac import SACAgent
+from agent_node.replay import ReplayBuffer
+from agent_node.roles import Actor, Learner, ParamSource, Transition
+
+torch.set_num_threads(1)
+
+OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+# Non-symmetric bounds: the optimum 0.3 sits off the centre 0.5 of [0, 1].
+BANDIT_ACTION_SPACE = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+BEST_ACTION = 0.3
+SMALL_CONFIG = SACConfig(
+    hidden_sizes=(32, 32),
+    batch_size=32,
+    buffer_size=10_000,
+    learning_starts=100,
+    random_steps=100,
+    actor_lr=3e-3,
+    critic_lr=3e-3,
+    alpha_lr=3e-3,
+    initial_alpha=0.1,
+)
+
+
+def bandit_transition(obs: np.ndarray, action: np.ndarray) -> Transition:
+    """One-step episodes with reward -(a - 0.3)^2."""
+    num_rows = obs.shape[0]
+    reward = -((action[:, 0] - BEST_ACTION) ** 2)
+    return Transition(obs, action, reward.astype(np.float32), obs, np.ones(num_rows, bool), np.zeros(num_rows, bool))
+
+
+def train_bandit(agent: SACAgent, rows: int) -> dict[str, float]:
+    obs = np.zeros((1, 1), np.float32)
+    metrics: dict[str, float] = {}
+    for _ in range(rows):
+        agent.observe(bandit_transition(obs, agent.act(obs)))
+        metrics = agent.update()
+    return metrics
+
+
+@pytest.mark.timeout(60)
+def test_deterministic_action_approaches_the_optimum_and_alpha_tunes():
+    agent = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    obs = np.zeros((1, 1), np.float32)
+    before = float(agent.act(obs, explore=False)[0, 0])
+    metrics = train_bandit(agent, rows=450)
+    after = float(agent.act(obs, explore=False)[0, 0])
+    assert abs(after - BEST_ACTION) < 0.05, f"deterministic action {after:.3f} (was {before:.3f} untrained)"
+    # The entropy of a near-deterministic policy on [0, 1] is above the target -1 only if alpha
+    # drops; the tuner must have moved it down from 0.1.
+    assert metrics["sac/alpha"] < 0.07
+    assert set(metrics) >= {"sac/critic_loss", "sac/actor_loss", "sac/alpha", "sac/alpha_loss", "sac/entropy"}
+    assert agent.gradient_steps == 450 - SMALL_CONFIG.learning_starts
+
+
+def test_alpha_stays_fixed_without_autotuning():
+    config = SMALL_CONFIG.model_copy(update={"autotune_alpha": False, "learning_starts": 40, "random_steps": 40})
+    agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    metrics = train_bandit(agent, rows=60)
+    assert metrics["sac/alpha"] == pytest.approx(0.1)
+    assert "sac/alpha_loss" not in metrics
+
+
+@pytest.mark.parametrize("phase", ["random_steps", "policy"])
+def test_actions_respect_non_symmetric_bounds(phase):
+    action_space = gym.spaces.Box(np.array([-3.0, 0.5], np.float32), np.array([-1.0, 4.0], np.float32))
+    config = SMALL_CONFIG.model_copy(update={"random_steps": 1_000 if phase == "random_steps" else 0})
+    agent = SACAgent(config, gym.spaces.Box(-10.0, 10.0, (3,), np.float32), action_space, seed=0)
+    obs = np.random.default_rng(0).normal(scale=10.0, size=(2_000, 3)).astype(np.float32)
+    sampled = agent.act(obs, explore=True)
+    assert sampled.shape == (2_000, 2) and sampled.dtype == np.float32
+    assert all(action_space.contains(action) for action in sampled)
+    # Exploration covers most of each interval, not just the middle.
+    spread = (sampled.max(axis=0) - sampled.min(axis=0)) / (action_space.high - action_space.low)
+    assert np.all(spread > 0.5)
+    assert all(action_space.contains(action) for action in agent.act(obs, explore=False))
+
+    # A saturated tanh (huge mean) lands exactly on the bounds, never outside them.
+    params = agent.get_params()
+    params["actor.mean_head.bias"] = np.array([1e4, -1e4], np.float32)
+    params["actor.mean_head.weight"] = np.zeros_like(params["actor.mean_head.weight"])
+    agent.set_params(params)
+    np.testing.assert_array_equal(agent.act(obs[:3], explore=False), [[-1.0, 0.5]] * 3)
+    assert all(action_space.contains(action) for action in agent.act(obs, explore=True))
+
+
+def test_mixed_batches_use_the_requested_real_ratio():
+    config = SMALL_CONFIG.model_copy(update={"learning_starts": 0})
+    agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    obs = np.zeros((64, 1), np.float32)
+    actions = np.full((64, 1), 0.5, np.float32)
+    no_flags = np.zeros(64, bool)
+    # Real rows have reward 0 and imagined rows reward 1, so a batch's reward sum counts imagined rows.
+    agent.observe(Transition(obs, actions, np.zeros(64, np.float32), obs, no_flags, no_flags))
+    imagined = ReplayBuffer(1_000, (1,), np.float32, (1,), np.float32, seed=5)
+    agent.set_model_buffer(imagined, real_ratio=0.25)
+
+    batch, num_real = agent.sample_batch()
+    assert num_real == 32 and batch["reward"].sum() == 0.0  # empty model buffer: all real
+
+    imagined.add(Transition(obs, actions, np.ones(64, np.float32), obs, no_flags, no_flags))
+    for _ in range(5):
+        batch, num_real = agent.sample_batch()
+        assert num_real == 8 and batch["reward"].shape == (32,)
+        assert batch["reward"].sum() == 32 - 8
+    metrics = agent.update(max_gradient_steps=3)
+    assert metrics["sac/real_fraction"] == 0.25 and metrics["sac/gradient_steps"] == 3
+
+    agent.set_model_buffer(imagined, real_ratio=0.0)
+    assert agent.sample_batch()[0]["reward"].sum() == 32
+    agent.set_model_buffer(None, real_ratio=1.0)
+    assert agent.sample_batch()[0]["reward"].sum() == 0
+
+    with pytest.raises(ValueError, match=r"real_ratio must be in \[0, 1\]"):
+        agent.set_model_buffer(imagined, real_ratio=1.5)
+    wrong_shape = ReplayBuffer(10, (2,), np.float32, (1,), np.float32, seed=0)
+    with pytest.raises(ValueError, match=r"model buffer holds obs \(2,\)"):
+        agent.set_model_buffer(wrong_shape, real_ratio=0.5)
+
+
+def test_updates_per_step_counts_rows():
+    config = SMALL_CONFIG.model_copy(update={"learning_starts": 40, "updates_per_step": 3, "hidden_sizes": (8,)})
+    agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    obs = np.zeros((50, 1), np.float32)
+    agent.observe(bandit_transition(obs, np.full((50, 1), 0.5, np.float32)))
+    assert agent.update()["sac/gradient_steps"] == (50 - 40) * 3
+    assert agent.update()["sac/gradient_steps"] == 0
+
+
+def loop_value(terminal_flag: str) -> float:
+    """min-Q of a one-state loop with reward 1 per step, where every row is ended by `terminal_flag`."""
+    config = SACConfig(
+        hidden_sizes=(32, 32), batch_size=32, buffer_size=100, learning_starts=0, random_steps=0,
+        critic_lr=3e-3, tau=0.2, gamma=0.5, autotune_alpha=False, initial_alpha=1e-4,
+    )
+    agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=1)
+    obs = np.zeros((32, 1), np.float32)
+    actions = np.random.default_rng(0).uniform(0.0, 1.0, (32, 1)).astype(np.float32)
+    flags = {"terminated": np.zeros(32, bool), "truncated": np.zeros(32, bool)}
+    flags[terminal_flag] = np.ones(32, bool)
+    agent.observe(Transition(obs, actions, np.ones(32, np.float32), obs, **flags))
+    for _ in range(200):
+        agent.update()
+        agent.observe(Transition(obs[:1], actions[:1], np.ones(1, np.float32), obs[:1],
+                                 flags["terminated"][:1], flags["truncated"][:1]))
+    return float(agent.critic_values(obs[:1], actions[:1])[0])
+
+
+@pytest.mark.timeout(60)
+def test_bootstraps_through_truncation_but_not_termination():
+    # Truncated rows bootstrap: Q = 1 / (1 - gamma) = 2 (alpha ~ 0). Terminated rows do not: Q = 1.
+    assert loop_value("truncated") == pytest.approx(2.0, abs=0.15)
+    assert loop_value("terminated") == pytest.approx(1.0, abs=0.1)
+
+
+def test_state_dict_round_trip_resumes_identically(tmp_path):
+    config = SMALL_CONFIG.model_copy(update={"learning_starts": 50, "random_steps": 50})
+    agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    train_bandit(agent, rows=80)
+    stream = io.BytesIO()
+    torch.save(agent.state_dict(), stream)
+    stream.seek(0)
+    state = torch.load(stream, weights_only=True)  # no arbitrary pickle needed to resume
+    agent.replay.save(tmp_path / "replay.npz")
+
+    resumed = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=77)
+    resumed.load_state_dict(state)
+    resumed.replay.restore(tmp_path / "replay.npz")
+
+    obs = np.linspace(-1.0, 1.0, 20, dtype=np.float32)[:, None]
+    np.testing.assert_array_equal(resumed.act(obs, explore=False), agent.act(obs, explore=False))
+    np.testing.assert_array_equal(resumed.act(obs), agent.act(obs))  # same noise generator state
+    assert resumed.alpha == agent.alpha
+    for learner in (agent, resumed):
+        learner.observe(bandit_transition(obs[:2], np.full((2, 1), 0.4, np.float32)))
+    assert resumed.update() == agent.update()
+    np.testing.assert_array_equal(resumed.critic_values(obs, np.zeros((20, 1))), agent.critic_values(obs, np.zeros((20, 1))))
+
+    with pytest.raises(ValueError, match="expected a SAC state dict"):
+        resumed.load_state_dict({"algorithm": "dqn"})
+
+
+def test_get_set_params_round_trip_and_validation():
+    source = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    target = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=1)
+    obs = np.linspace(-1.0, 1.0, 5, dtype=np.float32)[:, None]
+    assert not np.array_equal(source.act(obs, explore=False), target.act(obs, explore=False))
+    params = source.get_params()
+    assert all(name.startswith("actor.") for name in params)
+    assert "actor.mean_head.weight" in params and "actor.log_std_head.bias" in params
+    target.set_params(params)
+    np.testing.assert_array_equal(target.act(obs, explore=False), source.act(obs, explore=False))
+    with pytest.raises(ValueError, match=r"unknown \['actor.extra'\]"):
+        target.set_params({**params, "actor.extra": np.zeros(1, np.float32)})
+    with pytest.raises(TypeError, match="must be a numpy array"):
+        target.set_params({**params, "actor.mean_head.bias": [0.0]})
+
+
+def test_space_and_input_validation():
+    with pytest.raises(ValueError, match="must be finite"):
+        SACAgent(SMALL_CONFIG, OBS_SPACE, gym.spaces.Box(-np.inf, np.inf, (1,), np.float32), seed=0)
+    with pytest.raises(TypeError, match="1-D Box action space"):
+        SACAgent(SMALL_CONFIG, OBS_SPACE, gym.spaces.Discrete(3), seed=0)
+    with pytest.raises(TypeError, match="config must be a SACConfig"):
+        SACAgent(DQNConfig(), OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    agent = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    with pytest.raises(ValueError, match=r"obs must have shape \(K, 1\), got \(3,\)"):
+        agent.act(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="Transition.action must have shape"):
+        agent.observe(Transition(np.zeros((2, 1)), np.zeros((2, 2)), np.zeros(2, np.float32), np.zeros((2, 1)),
+                                 np.zeros(2, bool), np.zeros(2, bool)))
+    assert agent.rows_observed == 0
+
+
+def test_satisfies_the_role_protocols_and_builder():
+    agent = build_learner(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    assert isinstance(agent, SACAgent)
+    assert isinstance(agent, Actor) and isinstance(agent, Learner) and isinstance(agent, ParamSource)
