@@ -24,6 +24,9 @@ class AgentsConfig(BaseModel):
     learner: LearnerConfig
     # An optional world model, chosen by `kind` (sparse_gp | ensemble); null for model-free runs.
     world_model: WorldModelConfig | None = None
+    # Transitions sampled from the replay buffer to fit a world model trained beside a
+    # model-free learner (the OG-MARL learner has its own `fit_transitions`).
+    world_model_fit_transitions: int = Field(512, ge=1)
     # torch.set_num_threads in every agent: many agents share few cores.
     torch_threads: int = Field(1, ge=1)
     # Counted in lockstep environment steps of this agent.

@@ -17,6 +17,13 @@ flows like this:
 
 Learning is done in bounded slices between network events, so a long learner update can delay
 heartbeats by one slice at most.
+
+Consensus (when the run enables it): at the lockstep steps where the consensus subject is due
+(see `consensus_subjects.py`), the node holds the observation it just received, enters
+`averaging`, prepares the tensors, and runs the consensus engine with its neighbours. Every
+agent reaches the same step, so all average together while the env server waits for their
+actions. When the engine is done (all rounds, or their deadlines) the node adopts the average
+and answers the held observation.
 """
 
 from __future__ import annotations
@@ -31,14 +38,18 @@ import numpy as np
 import zmq
 
 from agent_node.algos import build_learner
+from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.checkpoint import load_checkpoint, save_checkpoint
 from agent_node.config import AgentsConfig
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
 from protocols import messages as m
+from protocols.consensus import ConsensusConfig, ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
 from protocols.node_context import NodeContext
+from protocols.settings import agent_node_ids
+from protocols.topology import TopologyConfig, build_topology
 from protocols.spaces import decode_space
 from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable
 from protocols.wire import Envelope
@@ -116,6 +127,11 @@ class AgentNode:
         launch = resolved.get("launch", {})
         self.startup_timeout_s = float(launch.get("startup_timeout_s", 120.0))
         self.env_step_deadline_s = float(resolved.get("env", {}).get("step_deadline_s", 5.0))
+        self.consensus_config = ConsensusConfig.model_validate(resolved.get("protocols", {}).get("consensus", {}))
+        self.topology = build_topology(TopologyConfig.model_validate(resolved["topology"]), agent_node_ids(config.count))
+        self.consensus = None  # the engine, built once the neighbours are known
+        self.subject: ConsensusSubject | None = None
+        self.held_observation: m.EnvObservation | None = None
 
         self.zmq = zmq.Context()
         self.poller = zmq.Poller()
@@ -200,12 +216,43 @@ class AgentNode:
         self.num_copies = welcome.num_copies
         observation_space = decode_space(welcome.observation_spaces[self.env_agent])
         action_space = decode_space(welcome.action_spaces[self.env_agent])
-        self.learner = build_learner(self.config.learner, observation_space, action_space, self.context.seed)
+        self.learner = build_learner(
+            self.config.learner,
+            observation_space,
+            action_space,
+            self.context.seed,
+            world_model_config=self.config.world_model,
+            task_spec=welcome.metadata.get("task"),
+        )
+        self.subject = self._consensus_subject(observation_space, action_space)
+        if self.consensus_config.enabled:
+            self.consensus = build_consensus_engine(self.consensus_config, self.topology, self.context.node_id)
         self.episodes = EpisodeTracker(np.zeros(self.num_copies), np.zeros(self.num_copies, dtype=np.int64))
         self._restore()
         log.info(
             "driving %s over %d copies: obs %s, actions %s, learner %s",
             self.env_agent, self.num_copies, observation_space, action_space, self.config.learner.kind,
+        )
+
+    def _consensus_subject(self, observation_space, action_space) -> ConsensusSubject | None:
+        """What this node averages: the OG-MARL learner's world model, a world model trained
+        beside the learner, or the policy; None when nothing is shared."""
+        if self.config.learner.kind == "og_marl":
+            return OGMARLWorldModel(self.learner)  # it refreshes its model even without sharing
+        if not self.consensus_config.enabled:
+            return None
+        what = self.consensus_config.what
+        if what == "policy_parameters":
+            return PolicyParameters(self.learner, self.consensus_config.period_steps)
+        return LocalWorldModel(
+            self.learner,
+            self.config.world_model,
+            observation_space,
+            action_space,
+            period_steps=self.consensus_config.period_steps,
+            fit_transitions=self.config.world_model_fit_transitions,
+            average=what,
+            seed=self.context.seed,
         )
 
     # ------------------------------------------------------------------ main loop
@@ -255,6 +302,8 @@ class AgentNode:
         for channel in [self.env, *self.peers.values()]:
             if (due := channel.next_due()) is not None:
                 deadlines.append(due)
+        if self.state is NodeState.AVERAGING and (due := self.consensus.next_deadline()) is not None:
+            deadlines.append(due)
         return min(deadlines)
 
     def _on_timers(self, now: float) -> None:
@@ -266,6 +315,10 @@ class AgentNode:
         self._on_membership_events(events)
         if self.control.status_due(now, self.config.status_every_s):
             self._send_status(now)
+        if self.state is NodeState.AVERAGING:
+            self._send_peers(self.consensus.on_timer(now))
+            self._finish_consensus_if_done()
+            self.last_env_message_at = now  # the env server is waiting for us, not silent
         silent_for = now - self.last_env_message_at
         if silent_for > self.env_step_deadline_s * 4 + 10.0:
             raise NodeFailure(f"no message from the env server for {silent_for:.1f} s")
@@ -317,9 +370,17 @@ class AgentNode:
         if message.run_finished:
             self.begin_draining("run budget spent")
             return
+        if self.subject is not None and self.subject.due(self.step):
+            self._start_consensus(message)
+            return
+        self._act(message)
+
+    def _act(self, message: m.EnvObservation) -> None:
+        agent = self.env_agent
+        observations = message.observations[agent]
         actions = self.learner.act(observations, explore=True)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
-        self.last_obs, self.last_action, self.last_active = observations, actions, active
+        self.last_obs, self.last_action, self.last_active = observations, actions, message.active[agent]
         self._maybe_persist()
 
     def on_evaluation_observation(self, message: m.EnvObservation) -> None:
@@ -370,15 +431,65 @@ class AgentNode:
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         self._on_membership_events(self.membership.on_heartbeat(heartbeat, now))
 
-    PEER_HANDLERS: dict[type, Callable] = {m.Heartbeat: on_heartbeat}
+    def on_consensus_share(self, sender: str, share: Any, now: float) -> None:
+        if self.consensus is None:
+            log.warning("consensus share from %s, but consensus is off in this run", sender)
+            return
+        # The engine buffers a share for a round it has not started (a neighbour that began
+        # averaging a moment before us) and drops stale ones.
+        self._send_peers(self.consensus.on_message(sender, share, now))
+        if self.state is NodeState.AVERAGING:
+            self._finish_consensus_if_done()
+
+    PEER_HANDLERS: dict[type, Callable] = {
+        m.Heartbeat: on_heartbeat,
+        ConsensusShare: on_consensus_share,
+        PushSumShare: on_consensus_share,
+    }
+
+    # ------------------------------------------------------------------ consensus
+
+    def _start_consensus(self, held: m.EnvObservation) -> None:
+        self.held_observation = held
+        self.transition(NodeState.AVERAGING)
+        self.consensus_started_at = time.monotonic()
+        tensors = self.subject.prepare()
+        if self.consensus is None:  # sharing is off: adopt the local model at once
+            self._finish_consensus(None)
+            return
+        # The lockstep step is the same on every agent: a shared, increasing epoch number.
+        self._send_peers(self.consensus.start(tensors, time.monotonic(), epoch=self.step))
+        self._finish_consensus_if_done()
+
+    def _finish_consensus_if_done(self) -> None:
+        if self.state is NodeState.AVERAGING and self.consensus.done:
+            for round_metrics in self.consensus.metrics:
+                self.metrics.write(self.step, round_metrics)
+            self._finish_consensus(self.consensus.result)
+
+    def _finish_consensus(self, averaged: dict[str, np.ndarray] | None) -> None:
+        metrics = self.subject.adopt(averaged, len(self.topology.nodes))
+        metrics["consensus/duration_s"] = time.monotonic() - self.consensus_started_at
+        self.metrics.write(self.step, metrics)
+        self.transition(NodeState.RUNNING)
+        held, self.held_observation = self.held_observation, None
+        self._act(held)
+
+    def _send_peers(self, outgoing: list) -> None:
+        for destination, message in outgoing:
+            self.peers[destination].send(message)
 
     def _on_membership_events(self, events: list) -> None:
         for event in events:
             if isinstance(event, PeerDown):
                 log.warning("neighbour %s is down (silent for %.1f s)", event.peer, event.silent_for_s)
                 self.metrics.write(self.step, {"membership/peers_alive": len(self.membership.alive_peers())})
+                if self.consensus is not None:
+                    self._send_peers(self.consensus.on_neighbour_down(event.peer, time.monotonic()))
             elif isinstance(event, PeerUp):
                 log.info("neighbour %s is up", event.peer)
+                if self.consensus is not None:
+                    self._send_peers(self.consensus.on_neighbour_up(event.peer, time.monotonic()))
             elif isinstance(event, PeerRestarted):
                 log.info("neighbour %s restarted (incarnation %d)", event.peer, event.incarnation)
 

@@ -141,7 +141,8 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 if isinstance(envelope.message, m.Shutdown):
                     reason = envelope.message.reason
                     stop[0] = True
-            if server.run_finished and not reported_complete:
+            # A final evaluation may still be running after the last training step.
+            if server.run_finished and not server.evaluating and not reported_complete:
                 control.channel.send(m.RunComplete(steps=server.counters.steps))
                 reported_complete = True
             if control.status_due(now, status_every_s):

@@ -193,7 +193,7 @@ class EnvServer:
                 action_spaces={a: encode_space(self.envs.action_spaces[a]) for a in wanted},
                 autoreset=self.envs.autoreset,
                 max_steps=self.max_steps,
-                metadata={"step": self.step},
+                metadata={"step": self.step, "task": self.envs.task_spec},
             ),
         )
 
@@ -295,7 +295,7 @@ class EnvServer:
             self.run_finished = True
         if not self.envs.autoreset and self.envs.all_finished:
             self.episode_running = False
-        if self.eval_every_steps and self.step % self.eval_every_steps == 0 and not self.run_finished:
+        if self.eval_every_steps and self.step % self.eval_every_steps == 0:
             self._start_evaluation(result, missing)
         else:
             self._broadcast(result, missing)
@@ -358,7 +358,8 @@ class EnvServer:
             final_observations={a: result.final_observations[a] for a in agents if a in result.final_observations},
             episode_start=result.episode_start,
             missing=missing,
-            run_finished=self.run_finished,
+            # The last training step may be followed by an evaluation: the run ends after it.
+            run_finished=self.run_finished and not self.evaluating,
             evaluation=self.evaluating,
         )
         client.has_current = self.channel.send(observation, to=client.identity)

@@ -103,6 +103,9 @@ class VectorizedParallelEnv:
         self.observation_spaces = {a: first.observation_space(a) for a in self.possible_agents}
         self.action_spaces = {a: first.action_space(a) for a in self.possible_agents}
         self.metadata = dict(getattr(first, "metadata", {}))
+        # An environment may describe its reward function (`task_spec()`), so model-based
+        # agents can score imagined transitions without importing the environment.
+        self.task_spec = first.task_spec() if hasattr(first, "task_spec") else None
         self._returns = np.zeros((num_copies, len(self.possible_agents)))
         self._finished = [False] * num_copies
         self._last_obs: list[dict[str, Any]] = [{} for _ in range(num_copies)]

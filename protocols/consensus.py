@@ -172,8 +172,16 @@ def _mismatch(reference: Mapping[str, np.ndarray], received: object) -> str | No
 
 
 def _distance(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
-    """Euclidean distance between two sets of tensors seen as one long vector."""
-    return math.sqrt(sum(float(np.sum((a[name].astype(np.float64) - b[name]) ** 2)) for name in a))
+    """Euclidean distance between two sets of tensors seen as one long vector.
+
+    Computed once per received share, so it stays in the tensors' own dtype (no float64 copy of
+    a million-entry tensor) and reduces with a dot product.
+    """
+    total = 0.0
+    for name in a:
+        difference = (a[name] - b[name]).ravel()
+        total += float(np.dot(difference, difference))
+    return math.sqrt(total)
 
 
 def _is_int(value: object) -> bool:

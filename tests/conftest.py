@@ -35,9 +35,11 @@ def read_line_with_deadline(process: subprocess.Popen, timeout_s: float) -> str:
             if line:
                 return line.decode().strip()
             break  # EOF: the process died
+    returncode = process.poll()
     process.kill()
     _, stderr = process.communicate(timeout=5)
-    raise AssertionError(f"no readiness line within {timeout_s} s; stderr:\n{stderr.decode()[-3000:]}")
+    state = "still running" if returncode is None else f"exited with {returncode}"
+    raise AssertionError(f"no line within {timeout_s} s ({state}); stderr:\n{stderr.decode()[-3000:]}")
 
 
 @pytest.fixture

@@ -8,11 +8,16 @@ An agent served by K vectorized environment copies observes K rows per `observe`
 `learning_starts`, `random_steps`, the epsilon schedule and the update ratio all count rows. That
 keeps the replay ratio (gradient steps per collected transition) independent of K.
 
-The YAML section of an agent picks its learner with `kind`:
+The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl):
 
     learner:
       kind: sac
       batch_size: 256
+
+    learner:
+      kind: og_marl
+      optimism: 0.01
+      sac: {hidden_sizes: [256, 256]}
 """
 
 from __future__ import annotations
@@ -104,4 +109,73 @@ class SACConfig(BaseModel):
         return self
 
 
-LearnerConfig = Annotated[DQNConfig | SACConfig, Field(discriminator="kind")]
+class OGMARLConfig(BaseModel):
+    """OG-MARL: SAC trained mostly on short imagined rollouts through a world model that the agents
+    fuse by consensus, with an optimism bonus on the model's uncertainty (ALGORITHMS.md section 1;
+    reference code `ManuelWendl/OG-MARL`, `odmar.py`, whose constants are quoted below).
+
+    Every default is the reference's value unless its comment says otherwise.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["og_marl"] = "og_marl"
+    # The policy learner. Its defaults already are the reference's (256x256, lr 3e-4, gamma 0.99,
+    # tau 0.005, batch 256, 5,000 random steps before learning). Its `updates_per_step` is set
+    # from the field below; giving sac.updates_per_step a different value is an error.
+    sac: SACConfig = Field(default_factory=SACConfig)
+    # Environment steps (rows) between world-model refreshes (MODEL_TRAIN_FREQ = 250). A refresh
+    # is: refit on real data, average by consensus, imagine new rollouts.
+    model_every: PositiveInt = 250
+    # Real transitions per refit (MODEL_BATCH_SIZE = 256).
+    fit_transitions: PositiveInt = 256
+    # Which real transitions a refit uses: "latest" takes the newest rows (fresh data, as the
+    # OG-MARL description says); "uniform" draws them without replacement from the whole replay
+    # buffer, as the reference code actually does.
+    fit_sampling: Literal["latest", "uniform"] = "latest"
+    # Real transitions held out of each refit to score the model (`og_marl/model_mse`): drawn from
+    # the same pool, never fitted. Not in the reference, which scores the model on its fit data.
+    holdout_transitions: PositiveInt = 64
+    # Real start states per refresh (BATCH_SIZE = 256 in the reference's rollout loop), drawn
+    # uniformly from the whole replay buffer.
+    rollout_starts: PositiveInt = 256
+    # Imagined steps from each start through the model mean (IMAGINARY_ROLLOUT_LENGTH = 2).
+    rollout_horizon: PositiveInt = 2
+    # c in the bonus c * sqrt(var) added to an imagined reward (OPTIMISM_SCALE = 0.01; 0 is the
+    # non-optimistic ablation).
+    optimism: float = Field(0.01, ge=0)
+    # Fraction of real rows in each SAC batch, the rest imagined (REAL_RATIO = 0.0). The reference
+    # rounds its real share up to at least one row (1 of 256); here 0.0 means no real row at all.
+    real_ratio: float = Field(0.0, ge=0, le=1)
+    # SAC gradient steps per environment step after learning starts (UPDATES_PER_STEP = 10).
+    updates_per_step: PositiveInt = 10
+    # Imagined rows kept, oldest overwritten first (the reference's model buffers hold
+    # BUFFER_SIZE = 1,000,000, so they keep every rollout of a 10,000-step run).
+    model_buffer_size: PositiveInt = 1_000_000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OGMARLConfig:
+        if "updates_per_step" in self.sac.model_fields_set and self.sac.updates_per_step != self.updates_per_step:
+            raise ValueError(
+                f"sac.updates_per_step ({self.sac.updates_per_step}) differs from updates_per_step "
+                f"({self.updates_per_step}); set only og_marl's updates_per_step"
+            )
+        imagined_per_refresh = self.rollout_starts * self.rollout_horizon
+        if self.model_buffer_size < imagined_per_refresh:
+            raise ValueError(
+                f"model_buffer_size ({self.model_buffer_size}) must hold one refresh's imagined rows, "
+                f"rollout_starts * rollout_horizon = {imagined_per_refresh}"
+            )
+        return self
+
+    def first_refresh_row(self) -> int:
+        """The row count at which the first refresh is due: once SAC's random steps are over and
+        the buffer holds one refit's data plus its held-out rows."""
+        return max(self.sac.random_steps, self.fit_transitions + self.holdout_transitions)
+
+    def sac_config(self) -> SACConfig:
+        """The SAC config the agent runs: `sac` with this config's `updates_per_step`."""
+        return self.sac.model_copy(update={"updates_per_step": self.updates_per_step})
+
+
+LearnerConfig = Annotated[DQNConfig | SACConfig | OGMARLConfig, Field(discriminator="kind")]

@@ -105,6 +105,9 @@ parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
 the signature, but neither has an effect: nothing in a reset is random. Use `dynamics_seed` to
 choose the gains.
 
+`task_spec()` returns the reward function as plain data (sites, values, radius, penalty), which
+the env server hands to model-based agents so they can score imagined steps.
+
 `infos` are empty dictionaries. The gains are available as `env.eta` for tests and analysis, but
 they are not given to agents: learning them is the task.
 
@@ -374,6 +377,25 @@ class RewardCollectionEnv(ParallelEnv):
     def state(self) -> np.ndarray:
         """All positions, agent 0 first, flattened to shape `(2N,)`, float32."""
         return self._positions.astype(np.float32).reshape(-1)
+
+    def task_spec(self) -> dict[str, Any]:
+        """The reward function as plain data (JSON/msgpack-able), for model-based agents.
+
+        The env server sends it to agents in the `env.welcome` metadata (`"task"`); an agent
+        rebuilds the reward from it (`agent_node/reward_models.py`) without importing this module.
+        It holds everything `collection_reward` uses, and nothing about the dynamics: the gains
+        `eta` are what the agents have to learn.
+        """
+        return {
+            "kind": "site_collection",
+            "sites": SITE_POSITIONS.tolist(),
+            "values": SITE_VALUES.tolist(),
+            "radius": SITE_RADIUS,
+            "action_penalty": self.action_penalty,
+            "action_penalty_coef": self.action_penalty_coef,
+            "action_bounds": [-1.0, 1.0],
+            "bounds": [WORLD_LOW, WORLD_HIGH],
+        }
 
     # --- helpers ------------------------------------------------------------------------------
 

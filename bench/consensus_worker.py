@@ -1,0 +1,346 @@
+"""One agent process of `bench/consensus.py`: synchronous consensus rounds on a ring, two ways.
+
+    python bench/consensus_worker.py --index I --ring N --socket-dir DIR --control ENDPOINT
+
+Spawned by `bench/consensus.py`, never by hand. The process owns node `agent_I` of a ring of `N`
+and can run the same averaging rounds two ways, so both are measured in the same processes,
+interleaved, under the same load:
+
+- `parley`: a `SyncConsensus` engine with its Metropolis row, a ROUTER inbox and one DEALER per
+  neighbour (identity = this node's id), every share encoded and decoded by `Channel` (the real
+  envelope codec), waiting with `wait_readable` until the engine's next deadline: the path an
+  agent node takes;
+- `raw`: the same exchange written directly with pyzmq on its own sockets of the same kinds: the
+  tensor's buffer sent zero-copy after a 16-byte header `(run, round)`, the same weighted sum in
+  numpy, no envelope and no engine: the floor a hand-written exchange reaches.
+
+Conversation with the parent, over a DEALER (identity = node id) to the parent's ROUTER, one
+JSON object per message:
+    worker -> parent  {"event": "ready"}   after binding, connecting and a hello with every
+                                            neighbour on both socket sets
+    parent -> worker  {"cmd": "run", "mode": "parley"|"raw", "size": S, "rounds": R, "run": K,
+                       "profile": bool}
+    worker -> parent  {"event": "done", "run": K, "elapsed_s": ..., "s_per_round": ...,
+                       "cpu_s_per_round": ..., "max_abs_diff_vs_other_mode": float | null,
+                       "profile": str | null}
+    parent -> worker  {"cmd": "quit"}
+    worker -> parent  {"event": "error", "message": traceback}   then the worker exits with 1
+Every wait has a deadline; every socket is closed with linger 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import pstats
+import struct
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(REPO))
+
+from protocols.consensus import SyncConsensus  # noqa: E402
+from protocols.messages import Heartbeat  # noqa: E402
+from protocols.topology import metropolis_weights, ring  # noqa: E402
+from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable  # noqa: E402
+
+RUN_ID = "bench-consensus"
+# Generous on purpose: a healthy run never reaches it, and a round that does is reported as an
+# error rather than timed (a timed-out round would measure the timeout, not the exchange).
+ROUND_TIMEOUT_S = 30.0
+HANDSHAKE_TIMEOUT_S = 120.0  # 2x8 Python processes importing numpy on 2 loaded cores
+COMMAND_TIMEOUT_S = 600.0  # the parent may be busy with another mode's runs for a while
+RAW_HEADER = struct.Struct("<qq")  # (run number, round); round -1 marks the hello
+RAW_HELLO_ROUND = -1
+
+
+def initial_tensor(node_index: int, size: int) -> np.ndarray:
+    """Node `node_index`'s starting tensor: the same in both modes, so their results must agree."""
+    return np.random.default_rng([node_index, size]).standard_normal(size, dtype=np.float32)
+
+
+def socket_endpoint(socket_dir: str, mode: str, node: str) -> str:
+    return f"ipc://{socket_dir}/{mode}-{node}.sock"
+
+
+def close_socket(socket: zmq.Socket) -> None:
+    socket.close(linger=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Parley: engine + Channel
+# ------------------------------------------------------------------------------------------
+
+
+class ParleyPeer:
+    """This node's side of Parley consensus: one `SyncConsensus` per run, shares through `Channel`."""
+
+    def __init__(
+        self, context: zmq.Context, node: str, neighbour_weights: dict[str, float], self_weight: float, socket_dir: str
+    ) -> None:
+        self.node = node
+        self.neighbour_weights = neighbour_weights
+        self.self_weight = self_weight
+        self.poller = zmq.Poller()
+        self.inbox = Channel(make_socket(context, zmq.ROUTER), sender=node, run_id=RUN_ID)
+        self.poller.register(self.inbox.socket, zmq.POLLIN)
+        bind_endpoint(self.inbox.socket, socket_endpoint(socket_dir, "parley", node))
+        self.peers: dict[str, Channel] = {}
+        for neighbour in sorted(neighbour_weights):
+            channel = Channel(make_socket(context, zmq.DEALER, identity=node.encode()), sender=node, run_id=RUN_ID)
+            channel.socket.connect(socket_endpoint(socket_dir, "parley", neighbour))
+            self.peers[neighbour] = channel
+
+    def handshake(self, timeout_s: float) -> None:
+        """Say hello to every neighbour and wait for theirs: afterwards both directions of every
+        link carry messages (a DEALER queues what it sends until the peer has bound)."""
+        for channel in self.peers.values():
+            channel.send(Heartbeat(node_id=self.node, incarnation=0, state="ready"))
+        waiting_for = set(self.peers)
+        deadline = time.monotonic() + timeout_s
+        while waiting_for:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.node} (parley): no hello from {sorted(waiting_for)} within {timeout_s} s")
+            if self.inbox.socket in wait_readable(self.poller, remaining):
+                for envelope in self.inbox.recv_all():
+                    if not isinstance(envelope.message, Heartbeat) or envelope.sender not in waiting_for:
+                        raise RuntimeError(f"{self.node} (parley): expected a hello, got {envelope.msg_type} from {envelope.sender!r}")
+                    waiting_for.discard(envelope.sender)
+
+    def run(self, tensor: np.ndarray, rounds: int, run_number: int) -> tuple[np.ndarray, float]:
+        """`rounds` synchronous rounds from `tensor`; returns the result and the seconds taken."""
+        engine = SyncConsensus(self.node, self.neighbour_weights, self.self_weight, rounds, ROUND_TIMEOUT_S)
+        start = time.monotonic()
+        self._send(engine.start({"x": tensor}, now=start, epoch=run_number))
+        while not engine.done:
+            readable = wait_readable(self.poller, max(0.0, engine.next_deadline() - time.monotonic()))
+            if self.inbox.socket in readable:
+                for envelope in self.inbox.recv_all():
+                    # Send the next round's shares as soon as a round completes, not after the batch.
+                    self._send(engine.on_message(envelope.sender, envelope.message, time.monotonic()))
+            self._send(engine.on_timer(time.monotonic()))
+        elapsed = time.monotonic() - start
+        late = [(r, missing) for r, missing in enumerate(engine.missing_by_round) if missing]
+        if late:
+            raise RuntimeError(f"{self.node} (parley): rounds closed by their deadline without {late}")
+        if engine.counters["rejected"] or self.inbox.stats.dropped_invalid:
+            raise RuntimeError(
+                f"{self.node} (parley): {engine.counters['rejected']} share(s) rejected (last: {engine.last_rejection}), "
+                f"{self.inbox.stats.dropped_invalid} invalid message(s) dropped"
+            )
+        return engine.result["x"], elapsed
+
+    def _send(self, outgoing: list[tuple[str, object]]) -> None:
+        for destination, message in outgoing:
+            self.peers[destination].send(message)
+
+    def close(self) -> None:
+        for channel in [self.inbox, *self.peers.values()]:
+            channel.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Raw pyzmq: header + buffer, numpy weighted sum
+# ------------------------------------------------------------------------------------------
+
+
+class RawPeer:
+    """The same rounds with bare pyzmq: what the envelope, the validation and the engine cost
+    is the difference between this and `ParleyPeer`."""
+
+    def __init__(
+        self, context: zmq.Context, node: str, neighbour_weights: dict[str, float], self_weight: float, socket_dir: str
+    ) -> None:
+        self.node = node
+        self.neighbour_weights = neighbour_weights
+        self.self_weight = self_weight
+        self.poller = zmq.Poller()
+        self.inbox = context.socket(zmq.ROUTER)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.bind(socket_endpoint(socket_dir, "raw", node))
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.dealers: dict[str, zmq.Socket] = {}
+        for neighbour in sorted(neighbour_weights):
+            dealer = context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.IDENTITY, node.encode())
+            dealer.connect(socket_endpoint(socket_dir, "raw", neighbour))
+            self.dealers[neighbour] = dealer
+
+    def handshake(self, timeout_s: float) -> None:
+        for dealer in self.dealers.values():
+            dealer.send_multipart([RAW_HEADER.pack(0, RAW_HELLO_ROUND), b""])
+        waiting_for = set(self.dealers)
+        deadline = time.monotonic() + timeout_s
+        while waiting_for:
+            sender, run_number, round_, _ = self._receive(deadline, f"a hello from {sorted(waiting_for)}")
+            if round_ != RAW_HELLO_ROUND or sender not in waiting_for:
+                raise RuntimeError(f"{self.node} (raw): expected a hello, got run {run_number} round {round_} from {sender!r}")
+            waiting_for.discard(sender)
+
+    def run(self, tensor: np.ndarray, rounds: int, run_number: int) -> tuple[np.ndarray, float]:
+        start = time.monotonic()
+        own = tensor
+        early: dict[tuple[int, str], np.ndarray] = {}  # a neighbour may be one round ahead of us
+        for round_ in range(rounds):
+            header = RAW_HEADER.pack(run_number, round_)
+            for dealer in self.dealers.values():
+                # Zero-copy: zmq holds `own` until sent; we never write to it (mixing makes a new array).
+                dealer.send_multipart([header, own], copy=False)
+            received = {sender: early.pop((round_, sender)) for sender in self.dealers if (round_, sender) in early}
+            deadline = start + (round_ + 1) * ROUND_TIMEOUT_S
+            while len(received) < len(self.dealers):
+                sender, message_run, message_round, payload = self._receive(deadline, f"round {round_} shares")
+                if message_run != run_number or not round_ <= message_round < rounds:
+                    raise RuntimeError(f"{self.node} (raw): share of run {message_run} round {message_round} during run {run_number} round {round_}")
+                array = np.frombuffer(payload, dtype=np.float32)
+                if array.shape != own.shape:
+                    raise RuntimeError(f"{self.node} (raw): {sender} sent {array.shape[0]} values, expected {own.shape[0]}")
+                if message_round == round_:
+                    received[sender] = array
+                else:
+                    early[(message_round, sender)] = array
+            # The same weighted sum as `SyncConsensus`: accumulated in float64, stored as float32.
+            mixed = self.self_weight * own.astype(np.float64)
+            for sender in sorted(received):
+                mixed += self.neighbour_weights[sender] * received[sender]
+            own = mixed.astype(np.float32)
+        return own, time.monotonic() - start
+
+    def _receive(self, deadline: float, waiting_for: str) -> tuple[str, int, int, memoryview]:
+        while True:
+            try:
+                identity, header, payload = self.inbox.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{self.node} (raw): no {waiting_for} by the deadline") from None
+                self.poller.poll(max(1, math.ceil(remaining * 1000)))
+                continue
+            run_number, round_ = RAW_HEADER.unpack(header.buffer)
+            return identity.bytes.decode(), run_number, round_, payload.buffer
+
+    def close(self) -> None:
+        for socket in [self.inbox, *self.dealers.values()]:
+            close_socket(socket)
+
+
+# ------------------------------------------------------------------------------------------
+# The worker: handshake, then run what the parent asks
+# ------------------------------------------------------------------------------------------
+
+
+def profile_text(profiler: cProfile.Profile, top: int = 25) -> str:
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def receive_command(control: zmq.Socket, timeout_s: float) -> dict:
+    if not control.poll(math.ceil(timeout_s * 1000)):
+        raise TimeoutError(f"no command from the parent within {timeout_s} s")
+    return json.loads(control.recv())
+
+
+def serve(control: zmq.Socket, node_index: int, peers: dict[str, ParleyPeer | RawPeer]) -> None:
+    tensors: dict[int, np.ndarray] = {}
+    last_results: dict[tuple[str, int, int], np.ndarray] = {}  # (mode, size, rounds) -> result
+    while True:
+        command = receive_command(control, COMMAND_TIMEOUT_S)
+        if command["cmd"] == "quit":
+            return
+        if command["cmd"] != "run":
+            raise ValueError(f"unknown command {command['cmd']!r}; expected 'run' or 'quit'")
+        mode, size, rounds, run_number = command["mode"], int(command["size"]), int(command["rounds"]), int(command["run"])
+        if mode not in peers:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {sorted(peers)}")
+        if size not in tensors:
+            tensors[size] = initial_tensor(node_index, size)
+        # CPU time, not wall time: with more processes than cores a function's wall time also
+        # counts the time this process spent preempted by the others.
+        profiler = cProfile.Profile(time.process_time) if command.get("profile") else None
+        if profiler is not None:
+            profiler.enable()
+        cpu_before = time.process_time()  # all threads of the process, zmq's I/O thread included
+        result, elapsed = peers[mode].run(tensors[size], rounds, run_number)
+        cpu_s = time.process_time() - cpu_before
+        if profiler is not None:
+            profiler.disable()
+        # Both modes start from the same tensors and do the same sums: their results must agree,
+        # which shows that the raw baseline does the same work as the engine.
+        last_results[(mode, size, rounds)] = result
+        other = last_results.get(("raw" if mode == "parley" else "parley", size, rounds))
+        difference = None if other is None else float(np.max(np.abs(result - other)))
+        control.send_string(
+            json.dumps(
+                {
+                    "event": "done",
+                    "run": run_number,
+                    "elapsed_s": elapsed,
+                    "s_per_round": elapsed / rounds,
+                    "cpu_s_per_round": cpu_s / rounds,
+                    "max_abs_diff_vs_other_mode": difference,
+                    "profile": None if profiler is None else profile_text(profiler),
+                }
+            )
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="one agent process of bench/consensus.py")
+    parser.add_argument("--index", type=int, required=True, help="this node's index on the ring")
+    parser.add_argument("--ring", type=int, required=True, help="number of nodes on the ring")
+    parser.add_argument("--socket-dir", required=True, help="directory for the ipc socket files")
+    parser.add_argument("--control", required=True, help="endpoint of the parent's ROUTER")
+    args = parser.parse_args()
+    if not 0 <= args.index < args.ring:
+        raise ValueError(f"--index must be in [0, {args.ring}), got {args.index}")
+
+    topology = ring(args.ring)
+    weights = metropolis_weights(topology)
+    node = topology.nodes[args.index]
+    neighbour_weights = {topology.nodes[j]: float(weights[args.index, j]) for j in topology.neighbours(args.index)}
+    self_weight = float(weights[args.index, args.index])
+
+    context = zmq.Context()
+    control = context.socket(zmq.DEALER)
+    control.setsockopt(zmq.LINGER, 0)
+    control.setsockopt(zmq.IDENTITY, node.encode())
+    control.connect(args.control)
+    peers: dict[str, ParleyPeer | RawPeer] = {}
+    try:
+        peers["parley"] = ParleyPeer(context, node, neighbour_weights, self_weight, args.socket_dir)
+        peers["raw"] = RawPeer(context, node, neighbour_weights, self_weight, args.socket_dir)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
+        for peer in peers.values():
+            peer.handshake(max(0.0, deadline - time.monotonic()))
+        control.send_string(json.dumps({"event": "ready"}))
+        serve(control, args.index, peers)
+        return 0
+    except Exception:
+        # Also on stderr (the parent keeps it in a file): a message sent just before a close
+        # with linger 0 may never leave.
+        message = f"{node}: {traceback.format_exc()}"
+        print(message, file=sys.stderr, flush=True)
+        control.send_string(json.dumps({"event": "error", "message": message}))
+        return 1
+    finally:
+        for peer in peers.values():
+            peer.close()
+        close_socket(control)
+        context.destroy(linger=0)  # also closes sockets of a peer whose constructor failed halfway
+
+
+if __name__ == "__main__":
+    sys.exit(main())
