@@ -90,6 +90,12 @@ class IllegalTransition(RuntimeError):
     pass
 
 
+def check_transition(old: NodeState, new: NodeState) -> None:
+    if new not in ALLOWED_TRANSITIONS[old]:
+        allowed = ", ".join(sorted(state.value for state in ALLOWED_TRANSITIONS[old])) or "none"
+        raise IllegalTransition(f"{old.value} -> {new.value} is not an allowed transition (from {old.value}: {allowed})")
+
+
 class NodeFailure(RuntimeError):
     """The node cannot go on (a deadline passed, the env server refused us, …)."""
 
@@ -165,8 +171,7 @@ class AgentNode:
     # ------------------------------------------------------------------ states
 
     def transition(self, new: NodeState) -> None:
-        if new not in ALLOWED_TRANSITIONS[self.state]:
-            raise IllegalTransition(f"{self.state.value} -> {new.value} is not an allowed transition")
+        check_transition(self.state, new)
         log.info("state %s -> %s", self.state.value, new.value)
         self.state = new
         if self.membership is not None:

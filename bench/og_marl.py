@@ -95,10 +95,15 @@ def main() -> None:
     penalty = not args.no_penalty
     root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
 
-    runs = []
+    runs, failures = [], []
     for method in methods:
         for seed in seeds:
-            result = run_once(method, seed, args.random_steps, args.train_steps, penalty, root)
+            try:
+                result = run_once(method, seed, args.random_steps, args.train_steps, penalty, root)
+            except RuntimeError as error:  # reported, not hidden: the summary says which runs failed
+                failures.append({"method": method, "seed": seed, "error": str(error)[-2000:]})
+                print(f"# {method} seed {seed} FAILED: {error}", file=sys.stderr, flush=True)
+                continue
             runs.append(result)
             print(
                 f"# {method} seed {seed}: last-5 {result['last5_mean']:.1f}, "
@@ -110,11 +115,14 @@ def main() -> None:
     for method in methods:
         scores = [r["last5_mean"] for r in runs if r["method"] == method]
         speed = [r["s_per_1000_train_steps"] for r in runs if r["method"] == method]
+        if not scores:
+            continue
         summary[method] = (float(np.mean(scores)), float(np.std(scores)), float(np.mean(speed)))
 
     suffix = "_penalty" if penalty else ""
     result = {"setting": "penalty" if penalty else "no_penalty", "seeds": seeds,
-              "random_steps": args.random_steps, "train_steps": args.train_steps, "runs": runs}
+              "random_steps": args.random_steps, "train_steps": args.train_steps, "runs": runs,
+              "failures": failures}
     names = {"sac": "sac_return", "og_marl": "og_marl_return", "og_marl_c0": "og_marl_no_opt_return"}
     for method, (mean, std, speed) in summary.items():
         result[names[method] + suffix] = round(mean, 2)
@@ -131,6 +139,8 @@ def main() -> None:
     print(f"{'method':<12}{'last-5 eval return':>22}{'s / 1000 train steps':>24}")
     for method, (mean, std, speed) in summary.items():
         print(f"{method:<12}{mean:>14.1f} ± {std:<6.1f}{speed:>24.0f}")
+    for failure in failures:
+        print(f"FAILED: {failure['method']} seed {failure['seed']}")
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ class EnvServer:
             return
         request: m.EnvAction = envelope.message
         client.absent = False
-        if self.run_finished:
+        if self.run_finished and not self.evaluating:
             return
         expected_step = self.eval_step if self.evaluating else self.step
         if request.evaluation != self.evaluating or request.step != expected_step or not self.episode_running:

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
         ("mpe2.simple_spread_v3", {"N": 3, "max_cycles": 15}),
         ("reward_collection_v0", {"max_cycles": 20}),
         ("pettingzoo.pursuit_v5", {"max_cycles": 20, "n_pursuers": 3, "n_evaders": 4}),
+        ("pettingzoo.multiwalker_v9", {"max_cycles": 20}),
     ],
 )
 def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kwargs):

@@ -136,3 +136,26 @@ def test_up_with_a_bad_config_exits_2_naming_the_field(tmp_path):
     assert process.returncode == 2
     assert "agents.count" in stderr.decode()
     assert not (tmp_path / "run").exists()
+
+
+def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
+    """Three OG-MARL agents on a ring refit their GPs, average them over real sockets, imagine."""
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_og_marl.yaml", "--run-dir", str(run_dir))
+    _, stderr = process.communicate(timeout=170)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    finals = {}
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        rounds = [r for r in records if "consensus/round" in r]
+        adoptions = [r for r in records if "og_marl/refreshes" in r]
+        # Refreshes at rows 40, 60, 80 of a 90-step run, each with 20 consensus rounds.
+        assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]
+        assert all(r["og_marl/shared"] == 1.0 and r["og_marl/model_buffer_size"] > 0 for r in adoptions)
+        assert len(rounds) == 3 * 20 and not any(r["consensus/missing_neighbours"] for r in rounds)
+        first, last = rounds[0], rounds[19]
+        # A 3-ring with Metropolis weights averages exactly in one round; later rounds only
+        # carry rounding noise.
+        assert last["consensus/disagreement_max"] < 1e-9 * max(1.0, first["consensus/disagreement_max"])
+        finals[agent] = [r["og_marl/model_mse"] for r in adoptions]
+    assert all(mse[-1] < 0.05 for mse in finals.values()), finals
