@@ -282,7 +282,9 @@ class AgentNode:
 
     def _iterate(self) -> None:
         now = time.monotonic()
-        learning_due = self.learner is not None and self.learner.gradient_steps_due() > 0
+        # Learn only while running: while averaging, the loop must block on the network (a
+        # zero timeout here with nothing to do would spin).
+        learning_due = self.state is NodeState.RUNNING and self.learner.gradient_steps_due() > 0
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         readable = wait_readable(self.poller, timeout)
         if self.env.socket in readable:

@@ -10,8 +10,8 @@ server evaluates every 200 lockstep steps on 5 greedy episodes; a run's score is
 its last 5 evaluations, and the table shows mean ± std of that score over seeds.
 
 Seconds per 1,000 training steps: wall time between the evaluation at the end of the random
-steps and the last evaluation, divided by the training steps in between (evaluation episodes
-included; they are ~2% of it).
+steps and the last evaluation, less the time of the evaluations in between, divided by the
+training steps in between. Evaluations start when the random steps end.
 
 JSON keys: with the action penalty (the reference's setting) `og_marl_return_penalty`,
 `sac_return_penalty`, `og_marl_s_per_1000_steps`; without it (`--no-penalty`) `sac_return`,
@@ -49,6 +49,7 @@ def run_once(method: str, seed: int, random_steps: int, train_steps: int, penalt
         f"run.steps={random_steps + train_steps}",
         f"env.kwargs.action_penalty={str(penalty).lower()}",
         f"env.eval_every_steps={EVAL_EVERY}",
+        f"env.eval_start_step={random_steps}",
         f"{learner_random}={random_steps}",
         f"{learner_starts}={random_steps}",
         "launch.live_view=\"off\"",
@@ -69,12 +70,14 @@ def run_once(method: str, seed: int, random_steps: int, train_steps: int, penalt
     at_start = next(e for e in evaluations if e["step"] >= random_steps)
     at_end = evaluations[-1]
     trained = at_end["step"] - at_start["step"]
+    # Training time only: the evaluation episodes in between are taken out.
+    eval_time = sum(e["eval/duration_s"] for e in evaluations if at_start["step"] < e["step"] <= at_end["step"])
     return {
         "method": method,
         "seed": seed,
         "last5_mean": float(np.mean(last5)),
         "evaluations": [(e["step"], round(e["eval/return_mean"], 2)) for e in evaluations if e["step"] >= random_steps],
-        "s_per_1000_train_steps": (at_end["t"] - at_start["t"]) / trained * 1000 if trained else float("nan"),
+        "s_per_1000_train_steps": (at_end["t"] - at_start["t"] - eval_time) / trained * 1000 if trained else float("nan"),
         "wall_s": time.monotonic() - started,
         "run_dir": str(run_dir),
     }

@@ -123,6 +123,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         context=zmq_context,
         eval_envs=eval_envs,
         eval_every_steps=env_config.eval_every_steps,
+        eval_start_step=env_config.eval_start_step,
         metrics_path=context.node_dir / "metrics.jsonl",
     )
     control = ControlClient(zmq_context, control_endpoint, node_id=node_id, run_id=context.run_id)

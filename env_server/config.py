@@ -45,6 +45,8 @@ class EnvConfig(BaseModel):
     # nodes/env/metrics.jsonl as `eval/return_mean`. None: no evaluation.
     eval_every_steps: int | None = Field(None, ge=1)
     eval_episodes: int = Field(5, ge=1)
+    # No evaluation before this lockstep step (e.g. while the agents still act at random).
+    eval_start_step: int = Field(0, ge=0)
 
     @field_validator("name")
     @classmethod

@@ -85,11 +85,13 @@ class EnvServer:
         context: zmq.Context | None = None,
         eval_envs: VectorizedParallelEnv | None = None,
         eval_every_steps: int | None = None,
+        eval_start_step: int = 0,
         metrics_path: Path | None = None,
     ) -> None:
         self.envs = envs
         self.eval_envs = eval_envs
         self.eval_every_steps = eval_every_steps if eval_envs is not None else None
+        self.eval_start_step = eval_start_step
         self.metrics_file = None
         if metrics_path is not None:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +297,7 @@ class EnvServer:
             self.run_finished = True
         if not self.envs.autoreset and self.envs.all_finished:
             self.episode_running = False
-        if self.eval_every_steps and self.step % self.eval_every_steps == 0:
+        if self.eval_every_steps and self.step % self.eval_every_steps == 0 and self.step >= self.eval_start_step:
             self._start_evaluation(result, missing)
         else:
             self._broadcast(result, missing)
@@ -305,6 +307,7 @@ class EnvServer:
         self.evaluating = True
         self.eval_step = 0
         self.eval_returns: list[float] = []
+        self.eval_started_at = time.monotonic()
         # Every evaluation starts from the same seeds: the curve compares policies, not luck.
         self._broadcast(self.eval_envs.reset(self.seed + 1_000_003), missing=[])
 
@@ -318,7 +321,12 @@ class EnvServer:
         self.evaluations += 1
         returns = np.asarray(self.eval_returns)
         self.write_metrics(
-            {"eval/return_mean": float(returns.mean()), "eval/return_std": float(returns.std()), "eval/episodes": len(returns)}
+            {
+                "eval/return_mean": float(returns.mean()),
+                "eval/return_std": float(returns.std()),
+                "eval/episodes": len(returns),
+                "eval/duration_s": time.monotonic() - self.eval_started_at,
+            }
         )
         log.info("evaluation %d at step %d: return %.2f +- %.2f", self.evaluations, self.step, returns.mean(), returns.std())
         result, missing = self.held_back

@@ -30,7 +30,8 @@ import hashlib
 import hmac
 import math
 import time
-import uuid
+import itertools
+import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -101,7 +102,7 @@ def encode(
 ) -> list[Any]:
     """Frames for `socket.send_multipart(frames, copy=False)`."""
     header = Header(
-        msg_id=uuid.uuid4().hex,
+        msg_id=_next_msg_id(),
         msg_type=message.MSG_TYPE,
         sender=sender,
         run_id=run_id,
@@ -216,6 +217,20 @@ def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
         )
     message = from_body(header.msg_type, body)
     return Envelope(header=header, message=message, parent=parent, identities=tuple(bytes(v) for v in views[:split]))
+
+
+# Message ids: a random per-process prefix and a counter. Unique like a uuid4 (the prefix has
+# 64 random bits), at a fraction of the cost per message. Re-drawn in a forked child.
+_msg_id_prefix = os.urandom(8).hex()
+_msg_id_counter = itertools.count()
+_msg_id_pid = os.getpid()
+
+
+def _next_msg_id() -> str:
+    global _msg_id_prefix, _msg_id_counter, _msg_id_pid
+    if os.getpid() != _msg_id_pid:
+        _msg_id_prefix, _msg_id_counter, _msg_id_pid = os.urandom(8).hex(), itertools.count(), os.getpid()
+    return f"{_msg_id_prefix}-{next(_msg_id_counter)}"
 
 
 def _has_small_arrays(value: Any) -> bool:
