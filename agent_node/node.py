@@ -571,15 +571,9 @@ class AgentNode:
         return channel
 
     def _wait_env(self, message_type: type) -> Any:
-        deadline = time.monotonic() + self.startup_timeout_s
-        env_poller = zmq.Poller()
-        env_poller.register(self.env.socket, zmq.POLLIN)
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not wait_readable(env_poller, remaining):
-                continue
-            for envelope in self.env.recv_all():
-                if isinstance(envelope.message, m.ErrorReply):
-                    raise NodeFailure(f"env server refused to let us join: {envelope.message.message}")
-                if isinstance(envelope.message, message_type):
-                    return envelope.message
-        raise NodeFailure(f"no {message_type.MSG_TYPE} from the env server within {self.startup_timeout_s} s")
+        message = self.env.wait_for(message_type, m.ErrorReply, timeout_s=self.startup_timeout_s)
+        if message is None:
+            raise NodeFailure(f"no {message_type.MSG_TYPE} from the env server within {self.startup_timeout_s} s")
+        if isinstance(message, m.ErrorReply):
+            raise NodeFailure(f"env server refused to let us join: {message.code}: {message.message}")
+        return message

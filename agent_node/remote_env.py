@@ -12,7 +12,6 @@ environment whose episodes end until `reset` is called.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from pettingzoo import ParallelEnv
 
 from protocols import messages as m
 from protocols.spaces import decode_space
-from protocols.transport import Channel, make_socket, wait_readable
+from protocols.transport import Channel, make_socket
 
 
 class RemoteEnvError(RuntimeError):
@@ -35,8 +34,6 @@ class RemoteParallelEnv(ParallelEnv):
             make_socket(self._context, zmq.DEALER, identity=client_id.encode()), sender=client_id, run_id="remote"
         )
         self._channel.socket.connect(endpoint)
-        self._poller = zmq.Poller()
-        self._poller.register(self._channel.socket, zmq.POLLIN)
         self._timeout_s = timeout_s
         self._channel.send(m.EnvJoin(client_id=client_id, agents=[]))
         welcome: m.EnvWelcome = self._wait(m.EnvWelcome)
@@ -90,16 +87,12 @@ class RemoteParallelEnv(ParallelEnv):
             self._context.term()
 
     def _wait(self, message_type: type) -> Any:
-        deadline = time.monotonic() + self._timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not wait_readable(self._poller, remaining):
-                continue
-            for envelope in self._channel.recv_all():
-                if isinstance(envelope.message, m.ErrorReply):
-                    raise RemoteEnvError(f"env server refused: {envelope.message.code}: {envelope.message.message}")
-                if isinstance(envelope.message, message_type):
-                    return envelope.message
-        raise RemoteEnvError(f"no {message_type.MSG_TYPE} from the env server within {self._timeout_s} s")
+        message = self._channel.wait_for(message_type, m.ErrorReply, timeout_s=self._timeout_s)
+        if message is None:
+            raise RemoteEnvError(f"no {message_type.MSG_TYPE} from the env server within {self._timeout_s} s")
+        if isinstance(message, m.ErrorReply):
+            raise RemoteEnvError(f"env server refused: {message.code}: {message.message}")
+        return message
 
 
 def _first_row(batched: Any) -> Any:

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import os
 import socket as pysocket
-import time
 from typing import Any
 
 import zmq
 
 from protocols import messages as m
-from protocols.transport import Channel, make_socket, wait_readable
+from protocols.transport import Channel, make_socket
 
 
 class ControlTimeout(TimeoutError):
@@ -66,18 +65,14 @@ class ControlClient:
 
         A shutdown that arrives meanwhile raises ShutdownRequested; other messages are dropped.
         """
-        deadline = time.monotonic() + timeout_s
-        poller = zmq.Poller()
-        poller.register(self.channel.socket, zmq.POLLIN)
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not wait_readable(poller, remaining):
-                continue
-            for envelope in self.channel.recv_all():
-                if isinstance(envelope.message, m.Shutdown):
-                    raise ShutdownRequested(envelope.message.reason)
-                if isinstance(envelope.message, message_type):
-                    return envelope.message
-        raise ControlTimeout(f"{self.node_id}: no {message_type.MSG_TYPE} from the orchestrator within {timeout_s:.0f} s")
+        message = self.channel.wait_for(message_type, m.Shutdown, timeout_s=timeout_s)
+        if message is None:
+            raise ControlTimeout(
+                f"{self.node_id}: no {message_type.MSG_TYPE} from the orchestrator within {timeout_s:.0f} s"
+            )
+        if isinstance(message, m.Shutdown):
+            raise ShutdownRequested(message.reason)
+        return message
 
     def ready(self) -> None:
         self.channel.send(m.Ready(node_id=self.node_id))

@@ -110,6 +110,8 @@ class Channel:
         self._seq = itertools.count(1)
         self._delayed: list[tuple[float, int, list[Any]]] = []
         self._tiebreak = itertools.count()
+        self._poller = zmq.Poller()  # for `wait_for`, which waits on this socket alone
+        self._poller.register(socket, zmq.POLLIN)
 
     def send(self, message: Any, *, to: str | bytes | None = None, parent: wire.Header | None = None) -> bool:
         """Encode and send `message`; `to` is the routing id on a ROUTER socket.
@@ -169,6 +171,22 @@ class Channel:
                 continue
             self.stats.received += 1
             return envelope
+
+    def wait_for(self, *message_types: type, timeout_s: float) -> Any | None:
+        """Block until a message of one of `message_types` arrives and return it; messages of
+        other types are dropped on the way. None when `timeout_s` passes first.
+
+        For the short request/answer exchanges before a node's main loop runs (join, welcome,
+        directory); inside the loop, a node polls all its sockets together instead.
+        """
+        deadline = self.clock() + timeout_s
+        while (remaining := deadline - self.clock()) > 0:
+            if not wait_readable(self._poller, remaining):
+                continue
+            for envelope in self.recv_all():
+                if isinstance(envelope.message, message_types):
+                    return envelope.message
+        return None
 
     def recv_all(self) -> Iterable[wire.Envelope]:
         while (envelope := self.recv()) is not None:

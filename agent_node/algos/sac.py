@@ -46,6 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import SACConfig
+from agent_node.algos.params import load_module_params, module_params
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 
@@ -416,21 +417,11 @@ class SACAgent:
 
     def get_params(self) -> dict[str, np.ndarray]:
         """The actor's parameters, named `actor.<module>.<weight|bias>` (copies)."""
-        return {f"actor.{name}": param.detach().numpy().copy() for name, param in self.actor.named_parameters()}
+        return module_params(self.actor, "actor")
 
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Overwrite the actor; names, shapes and dtypes must match `get_params`."""
-        own = dict(self.actor.named_parameters())
-        expected_names = {f"actor.{name}" for name in own}
-        if set(params) != expected_names:
-            missing = sorted(expected_names - set(params))
-            unknown = sorted(set(params) - expected_names)
-            raise ValueError(f"set_params needs exactly the names of get_params; missing {missing}, unknown {unknown}")
-        for full_name, value in params.items():
-            _check_param(full_name, value, own[full_name.removeprefix("actor.")])
-        with torch.no_grad():
-            for full_name, value in params.items():
-                own[full_name.removeprefix("actor.")].copy_(torch.from_numpy(np.asarray(value)))
+        load_module_params(self.actor, "actor", params)
 
     # ------------------------------------------------------------------ helpers
 
@@ -439,13 +430,3 @@ class SACAgent:
         if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
             raise ValueError(f"{name} must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
         return obs
-
-
-def _check_param(name: str, value: Any, param: torch.Tensor) -> None:
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"parameter {name!r} must be a numpy array, got {type(value).__name__}")
-    expected_dtype = np.dtype(str(param.dtype).removeprefix("torch."))
-    if value.shape != tuple(param.shape) or value.dtype != expected_dtype:
-        raise ValueError(
-            f"parameter {name!r} must be {tuple(param.shape)} {expected_dtype}, got {value.shape} {value.dtype}"
-        )
