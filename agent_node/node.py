@@ -429,7 +429,10 @@ class AgentNode:
         ended = took_part & (terminated | truncated)
         for copy in np.flatnonzero(ended):
             episode_return, length = self.episodes.finish(int(copy))
-            self.metrics.write(message.step, {"env/episode_return": episode_return, "env/episode_length": length})
+            self.metrics.write(
+                message.step,
+                {"env/episode_return": episode_return, "env/episode_length": length, "env/episode": self.episodes.episodes},
+            )
         if message.missing:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
         if message.step % 250 == 0:

@@ -45,7 +45,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # Columns of `orchestrate status`, read from each node's metrics.jsonl.
-STATUS_METRICS = ("step", "episode", "env/episode_return")
+STATUS_METRICS = ("step", "env/episode", "env/episode_return")
 
 
 def _fail(message: str, code: int) -> int:
@@ -237,7 +237,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"{node:<10} {str(last.get('event', '-')):<22} {when(last) if last else '-':>8} "
             f"{_format_number(exit_codes[-1] if exit_codes else None):>5} "
-            f"{_format_number(metrics.get('step')):>8} {_format_number(metrics.get('episode')):>8} "
+            f"{_format_number(metrics.get('step')):>8} {_format_number(metrics.get('env/episode')):>8} "
             f"{_format_number(metrics.get('env/episode_return')):>10}"
         )
     return EXIT_OK

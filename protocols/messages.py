@@ -20,7 +20,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -72,75 +72,153 @@ def from_body(msg_type: str, body: Any) -> Any:
     cls = message_class(msg_type)
     if not isinstance(body, dict):
         raise FieldError(f"{msg_type}: body must be a map, got {type(body).__name__}")
-    hints = _type_hints(cls)
     values = {}
-    for f in dataclasses.fields(cls):
-        if f.name in body:
-            values[f.name] = _check(body[f.name], hints[f.name], f"{msg_type}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise FieldError(f"{msg_type}: required field {f.name!r} is missing")
+    for name, check, required in _field_checkers(cls):
+        if name in body:
+            try:
+                values[name] = check(body[name])
+            except _Mismatch as mismatch:
+                raise FieldError(mismatch.describe(f"{msg_type}.{name}")) from None
+        elif required:
+            raise FieldError(f"{msg_type}: required field {name!r} is missing")
     return cls(**values)
 
 
-_HINT_CACHE: dict[type, dict[str, Any]] = {}
+# Validation runs on every received message, so each annotation is turned once into a checker
+# function, and the path of a bad value ("body.field[3]['key']") is only built when a check
+# fails: a checker raises `_Mismatch`, and every container on the way out prepends its part.
+
+Checker = Callable[[Any], Any]
+_FIELD_CHECKERS: dict[type, list[tuple[str, Checker, bool]]] = {}
+_CHECKERS: dict[Any, Checker] = {}
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINT_CACHE:
-        _HINT_CACHE[cls] = typing.get_type_hints(cls)
-    return _HINT_CACHE[cls]
+class _Mismatch(Exception):
+    def __init__(self, hint: Any, value: Any) -> None:
+        self.hint, self.value, self.path = hint, value, ""
+
+    def describe(self, where: str) -> str:
+        return f"{where}{self.path}: expected {_describe(self.hint)}, got {_describe_value(self.value)}"
 
 
-def _check(value: Any, hint: Any, where: str) -> Any:
-    """Return `value` (tuples for tuple hints) if it matches `hint`, else raise FieldError."""
-    if hint is Any:
-        return value
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
+def _field_checkers(cls: type) -> list[tuple[str, Checker, bool]]:
+    if cls not in _FIELD_CHECKERS:
+        hints = typing.get_type_hints(cls)
+        checkers = []
+        for f in dataclasses.fields(cls):
             try:
-                return _check(value, option, where)
-            except FieldError as error:
-                errors.append(str(error))
-        raise FieldError(f"{where}: expected {_describe(hint)}, got {_describe_value(value)}")
-    if hint is type(None):
-        if value is None:
-            return value
-    elif hint is float:
-        # msgpack keeps 1.0 and 1 apart; a float field accepts an int sent by a lax sender.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint in (str, bool, bytes):
-        if isinstance(value, hint):
-            return value
-    elif hint is np.ndarray:
-        if isinstance(value, np.ndarray):
-            return value
-    elif origin is list:
-        (item_hint,) = typing.get_args(hint)
-        if isinstance(value, (list, tuple)):
-            return [_check(item, item_hint, f"{where}[{i}]") for i, item in enumerate(value)]
-    elif origin is tuple:
-        args = typing.get_args(hint)
-        if isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_check(item, args[0], f"{where}[{i}]") for i, item in enumerate(value))
-            if len(value) == len(args):
-                return tuple(_check(item, h, f"{where}[{i}]") for i, (item, h) in enumerate(zip(value, args)))
-    elif origin is dict:
-        key_hint, value_hint = typing.get_args(hint)
-        if isinstance(value, dict):
-            return {
-                _check(k, key_hint, f"{where} key"): _check(v, value_hint, f"{where}[{k!r}]")
-                for k, v in value.items()
-            }
-    else:
-        raise TypeError(f"{where}: unsupported annotation {hint!r} in a message dataclass")
-    raise FieldError(f"{where}: expected {_describe(hint)}, got {_describe_value(value)}")
+                check = _checker(hints[f.name])
+            except TypeError as error:
+                raise TypeError(f"{cls.MSG_TYPE}.{f.name}: {error}") from None
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            checkers.append((f.name, check, required))
+        _FIELD_CHECKERS[cls] = checkers
+    return _FIELD_CHECKERS[cls]
+
+
+def _checker(hint: Any) -> Checker:
+    """The function that returns a value matching `hint` (tuples for tuple hints) or raises."""
+    if hint not in _CHECKERS:
+        _CHECKERS[hint] = _build_checker(hint)
+    return _CHECKERS[hint]
+
+
+def _build_checker(hint: Any) -> Checker:
+    if hint is Any:
+        return lambda value: value
+    if hint is float:
+
+        def check_float(value):
+            # msgpack keeps 1.0 and 1 apart; a float field accepts an int sent by a lax sender.
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            raise _Mismatch(hint, value)
+
+        return check_float
+    if hint is int:
+
+        def check_int(value):
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            raise _Mismatch(hint, value)
+
+        return check_int
+    if hint in (str, bool, bytes, np.ndarray, type(None)):
+
+        def check_instance(value):
+            if isinstance(value, hint):
+                return value
+            raise _Mismatch(hint, value)
+
+        return check_instance
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [_checker(option) for option in args]
+
+        def check_union(value):
+            for option in options:
+                try:
+                    return option(value)
+                except _Mismatch:
+                    pass
+            raise _Mismatch(hint, value)
+
+        return check_union
+    if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
+        item = _checker(args[0])
+        collect = list if origin is list else tuple
+
+        def check_sequence(value):
+            if not isinstance(value, (list, tuple)):
+                raise _Mismatch(hint, value)
+            checked = []
+            for index, element in enumerate(value):
+                try:
+                    checked.append(item(element))
+                except _Mismatch as mismatch:
+                    mismatch.path = f"[{index}]{mismatch.path}"
+                    raise
+            return collect(checked)
+
+        return check_sequence
+    if origin is tuple:
+        items = [_checker(arg) for arg in args]
+
+        def check_fixed_tuple(value):
+            if not isinstance(value, (list, tuple)) or len(value) != len(items):
+                raise _Mismatch(hint, value)
+            checked = []
+            for index, (element, item) in enumerate(zip(value, items)):
+                try:
+                    checked.append(item(element))
+                except _Mismatch as mismatch:
+                    mismatch.path = f"[{index}]{mismatch.path}"
+                    raise
+            return tuple(checked)
+
+        return check_fixed_tuple
+    if origin is dict:
+        check_key, check_value = _checker(args[0]), _checker(args[1])
+
+        def check_dict(value):
+            if not isinstance(value, dict):
+                raise _Mismatch(hint, value)
+            checked = {}
+            for key, element in value.items():
+                try:
+                    key = check_key(key)
+                except _Mismatch as mismatch:
+                    mismatch.path = " key"
+                    raise
+                try:
+                    checked[key] = check_value(element)
+                except _Mismatch as mismatch:
+                    mismatch.path = f"[{key!r}]{mismatch.path}"
+                    raise
+            return checked
+
+        return check_dict
+    raise TypeError(f"unsupported annotation {hint!r} in a message dataclass")
 
 
 def _describe(hint: Any) -> str:

@@ -133,8 +133,8 @@ def finished_run(tmp_path: Path, capsys) -> Path:
     ]
     (run_dir / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
     metrics = [
-        {"step": 10, "episode": 1, "env/episode_return": -3.0},
-        {"step": 50, "episode": 5, "env/episode_return": -1.25},
+        {"step": 10, "env/episode": 1, "env/episode_return": -3.0},
+        {"step": 50, "env/episode": 5, "env/episode_return": -1.25},
         {"step": 60, "dqn/loss": 0.5},  # the latest line need not carry every column
     ]
     (run_dir / "nodes" / "agent_0" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))

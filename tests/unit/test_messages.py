@@ -31,12 +31,12 @@ pytestmark = pytest.mark.timeout(20)
 @pytest.fixture
 def scratch_registry():
     before = dict(MESSAGE_TYPES)
-    hints_before = dict(messages._HINT_CACHE)
+    checkers_before = dict(messages._FIELD_CHECKERS)
     yield
     MESSAGE_TYPES.clear()
     MESSAGE_TYPES.update(before)
-    messages._HINT_CACHE.clear()
-    messages._HINT_CACHE.update(hints_before)
+    messages._FIELD_CHECKERS.clear()
+    messages._FIELD_CHECKERS.update(checkers_before)
 
 
 # --------------------------------------------------------------------------- registration
@@ -201,7 +201,7 @@ def test_require_array_checks_dtype_before_shape() -> None:
         require_array(np.zeros((2, 2), np.int8), "mask", dtype=bool, shape=(3,))
 
 
-def test_hint_cache_is_per_class(scratch_registry) -> None:
+def test_checkers_are_per_class(scratch_registry) -> None:
     # Two classes with the same field name but different annotations must not share hints.
     @register_message("test.a")
     @dataclass(frozen=True)
