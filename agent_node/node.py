@@ -138,6 +138,7 @@ class AgentNode:
         self.consensus = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
         self.held_observation: m.EnvObservation | None = None
+        self.evaluating = False  # the env server is running evaluation episodes
 
         self.zmq = zmq.Context()
         self.poller = zmq.Poller()
@@ -284,7 +285,11 @@ class AgentNode:
         now = time.monotonic()
         # Learn only while running: while averaging, the loop must block on the network (a
         # zero timeout here with nothing to do would spin).
-        learning_due = self.state is NodeState.RUNNING and self.learner.gradient_steps_due() > 0
+        # Evaluation episodes pause learning too: they measure the policy, and the gradient
+        # steps owed meanwhile are taken once training resumes.
+        learning_due = (
+            self.state is NodeState.RUNNING and not self.evaluating and self.learner.gradient_steps_due() > 0
+        )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         readable = wait_readable(self.poller, timeout)
         if self.env.socket in readable:
@@ -365,6 +370,7 @@ class AgentNode:
     # ------------------------------------------------------------------ handlers
 
     def on_observation(self, message: m.EnvObservation) -> None:
+        self.evaluating = message.evaluation
         if message.evaluation:
             self.on_evaluation_observation(message)
             return
