@@ -107,11 +107,14 @@ class Orchestrator:
         previous_handlers = self._install_signal_handlers()
         self.events.write("run_started", None, run_id=self.plan.run_id, run_dir=str(self.plan.run_dir))
         try:
-            self._launch_all()
+            # The view closes after the shutdown, so its last table shows every exit code.
             with self.status_view:
-                self._supervise()
+                try:
+                    self._launch_all()
+                    self._supervise()
+                finally:
+                    self._shutdown_all()
         finally:
-            self._shutdown_all()
             self._restore_signal_handlers(previous_handlers)
             self.control.close()
             self.context.term()

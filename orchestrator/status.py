@@ -71,6 +71,9 @@ class StatusView:
         parts = []
         for node_id, node in self.nodes.items():
             status = node.last_status
+            if node.exit_code is not None:
+                parts.append(f"{node_id}: exited ({node.exit_code})")
+                continue
             if status is None:
                 parts.append(f"{node_id}: starting")
                 continue
