@@ -12,6 +12,7 @@ import numpy as np
 import zmq
 
 from protocols import messages as m
+from protocols import wire
 from protocols.spaces import decode_space
 from protocols.transport import Channel, make_socket
 
@@ -25,9 +26,8 @@ def main(endpoint: str, index: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     agent, space, copies = None, None, 1
     while True:
-        frames = channel.socket.recv_multipart(copy=False)  # blocking: the client has nothing else to do
-        from protocols import wire
-
+        # Blocking: the client has nothing else to do (the server's exit ends the process).
+        frames = channel.socket.recv_multipart(copy=False)
         message = wire.decode([f.buffer for f in frames]).message
         if isinstance(message, m.EnvWelcome):
             (agent,) = message.agents
