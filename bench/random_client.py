@@ -26,7 +26,7 @@ def main(endpoint: str, index: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     agent, space, copies = None, None, 1
     while True:
-        # Blocking: the client has nothing else to do (the server's exit ends the process).
+        # Blocking: the client has nothing else to do; it stops at the run_finished observation.
         frames = channel.socket.recv_multipart(copy=False)
         message = wire.decode([f.buffer for f in frames]).message
         if isinstance(message, m.EnvWelcome):
