@@ -15,8 +15,16 @@ import pytest
 import torch
 
 from agent_node.roles import WorldModel
-from agent_node.world_models import SparseGPConfig, WorldModelConfig, inducing_grid_shape
+from agent_node.world_models import (
+    SparseGPConfig,
+    WorldModelConfig,
+    inducing_grid_shape,
+)
 from agent_node.world_models.sparse_gp import SparseGPWorldModel, centralized_posterior
+from protocols.consensus import SyncConsensus
+from protocols.links import LinkConfig
+from protocols.netsim import NetworkSimulator, same_link_everywhere
+from protocols.topology import ring, uniform_neighbour_weights
 
 torch.set_num_threads(1)
 
@@ -110,19 +118,29 @@ def test_exact_average_of_natural_parameters_gives_centralized_posterior(config)
 
 
 def test_ring_consensus_for_100_rounds_matches_centralized_on_every_agent():
+    """The real consensus engines, 100 synchronous rounds on a ring of 5 (self 0.5, each
+    neighbour 0.25, ALGORITHMS.md section 1), driven through the network simulator."""
     rng = np.random.default_rng(1)
     models, datasets = fit_agents(make_config(), rng)
-    values = [model.export_statistics() for model in models]
-    for _ in range(100):  # ring, self 0.5, each neighbour 0.25 (ALGORITHMS.md section 1)
-        values = [
-            {
-                name: 0.5 * values[i][name]
-                + 0.25 * values[(i - 1) % NUM_AGENTS][name]
-                + 0.25 * values[(i + 1) % NUM_AGENTS][name]
-                for name in ("J", "h")
-            }
-            for i in range(NUM_AGENTS)
-        ]
+    ring5 = ring(NUM_AGENTS)
+    weights = uniform_neighbour_weights(ring5, 0.5)
+    engines = {
+        node: SyncConsensus(
+            node,
+            {ring5.nodes[j]: float(weights[i, j]) for j in ring5.neighbours(i)},
+            float(weights[i, i]),
+            rounds=100,
+            round_timeout_s=1.0,
+        )
+        for i, node in enumerate(ring5.nodes)
+    }
+    simulator = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.001)), seed=0)
+    for node, model in zip(ring5.nodes, models):
+        statistics = model.export_statistics()
+        simulator.call(node, lambda engine, now, stats=statistics: engine.start(stats, now, epoch=1))
+    simulator.run()
+    assert all(engine.done and not any(engine.missing_by_round) for engine in engines.values())
+    values = [engines[node].result for node in ring5.nodes]
     inputs, targets = pooled(datasets)
     queries = query_inputs(rng)
     expected = centralized_for(models[0], inputs, targets, queries)
