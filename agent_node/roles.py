@@ -52,11 +52,15 @@ class Learner(Protocol):
     def observe(self, transition: Transition) -> None:
         """Record K transitions (into the learner's replay buffer)."""
 
-    def update(self) -> dict[str, float]:
-        """Run the gradient steps due now; return scalar metrics (namespaced, e.g. `dqn/loss`).
+    def gradient_steps_due(self) -> int:
+        """Gradient steps owed for the transitions observed so far (the node learns while > 0)."""
 
-        Must return within a few milliseconds per gradient step so the node's event loop keeps
-        its heartbeats: the node calls it between network events.
+    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
+        """Run the gradient steps due now, at most `max_gradient_steps`; return scalar metrics
+        (namespaced, e.g. `dqn/loss`).
+
+        The node calls it between network events with a small cap, so that one call never
+        delays a heartbeat or an answer to the env server by more than a few gradient steps.
         """
 
     def state_dict(self) -> dict[str, Any]:
