@@ -308,7 +308,7 @@ class AgentNode:
     def _next_deadline(self) -> float:
         deadlines = [
             self.membership.next_deadline(),
-            self.control._last_status + self.config.status_every_s,
+            self.control.next_status_at(self.config.status_every_s),
             self.last_env_message_at + self.env_step_deadline_s * 4 + 10.0,
         ]
         for channel in [self.env, *self.peers.values()]:

@@ -77,8 +77,12 @@ class ControlClient:
     def ready(self) -> None:
         self.channel.send(m.Ready(node_id=self.node_id))
 
+    def next_status_at(self, every_s: float) -> float:
+        """When the next status report is due (a node's loop sleeps no longer than this)."""
+        return self._last_status + every_s
+
     def status_due(self, now: float, every_s: float) -> bool:
-        return now - self._last_status >= every_s
+        return now >= self.next_status_at(every_s)
 
     def send_status(
         self,
