@@ -19,14 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True, help="the orchestrator's control endpoint")
     args = parser.parse_args(argv)
 
-    from protocols.node_context import load_resolved, node_context
+    from agent_node.config import AgentNodeConfig
+    from protocols.config_errors import ConfigError
+    from protocols.node_config import load_node_config
 
-    resolved = load_resolved(args.config)
-    context = node_context(resolved, args.config, args.node_id)
-
-    from agent_node.config import AgentsConfig
-
-    config = AgentsConfig.model_validate(resolved["agents"])
+    try:
+        node_config, identity = load_node_config(args.config, args.node_id, AgentNodeConfig)
+    except ConfigError as error:
+        print(f"agent {args.node_id}: {error}", file=sys.stderr)
+        return 2
+    config = node_config.agents
     logging.basicConfig(
         level=config.log_level,
         format=f"%(asctime)s {args.node_id} %(name)s %(levelname)s %(message)s",
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent_node.node import AgentNode, NodeState
     from protocols.control import ShutdownRequested
 
-    node = AgentNode(context, config, resolved, args.control)
+    node = AgentNode(identity, node_config, args.control)
 
     def request_stop(signum, frame):
         reason = f"signal {signal.Signals(signum).name}"
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    logging.getLogger("agent_node").info("agent %s starting, seed %d", args.node_id, context.seed)
+    logging.getLogger("agent_node").info("agent %s starting, run seed %d, index %d", args.node_id, identity.run_seed, identity.index)
     return node.run()
 
 

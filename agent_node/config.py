@@ -2,6 +2,8 @@
 
 Every agent node of a run runs the same learner and world model configuration; they differ by
 node id (`agent_i` drives the environment's i-th possible agent) and by their derived seeds.
+`AgentNodeConfig` is what an agent process validates from its resolved config: the sections
+every node reads (protocols/node_config.py) plus this one.
 No torch here: the schemas of the learners and world models are torch-free too.
 """
 
@@ -13,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_node.algos.config import LearnerConfig
 from agent_node.world_models.config import WorldModelConfig
+from protocols.node_config import NodeSections
 
 
 class AgentsConfig(BaseModel):
@@ -32,6 +35,20 @@ class AgentsConfig(BaseModel):
     # Counted in lockstep environment steps of this agent.
     checkpoint_every_steps: int = Field(5000, ge=1)
     replay_save_every_steps: int = Field(20000, ge=1)
-    # Period of the control.status report to the orchestrator (it doubles as a heartbeat).
-    status_every_s: float = Field(1.0, gt=0)
+    # Gradient steps a node takes between two looks at its sockets: small enough that a message
+    # waiting meanwhile (an observation, a heartbeat) is answered within a few steps' time.
+    gradient_steps_per_slice: int = Field(4, ge=1)
+    # Learner scalars (losses, epsilon, ...) are averaged and written every this many lockstep
+    # steps; episode returns are written as each episode ends.
+    metrics_every_steps: int = Field(250, ge=1)
+    # A node that has heard nothing from the env server for this long fails. The server steps
+    # at the latest env.step_deadline_s after it sent an observation, so this must exceed that
+    # (the run's schema checks it).
+    env_silence_timeout_s: float = Field(60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class AgentNodeConfig(NodeSections):
+    """What an agent node reads from its resolved config: the shared sections and `agents`."""
+
+    agents: AgentsConfig

@@ -35,29 +35,25 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import zmq
 
 from agent_node.algos import build_learner
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.checkpoint import load_checkpoint, save_checkpoint
-from agent_node.config import AgentsConfig
+from agent_node.config import AgentNodeConfig
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
 from protocols import messages as m
-from protocols.consensus import ConsensusConfig, ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
-from protocols.node_context import NodeContext
+from protocols.node_config import NodeIdentity, bind_address
 from protocols.settings import agent_node_ids
-from protocols.topology import TopologyConfig, build_topology
+from protocols.topology import build_topology
 from protocols.spaces import decode_space
-from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable
+from protocols.transport import Channel, Hub, SocketOptions
 from protocols.wire import Envelope
 
 log = logging.getLogger("agent_node")
-
-# Gradient steps per loop iteration: small enough that a waiting message is answered quickly.
-GRADIENT_STEPS_PER_SLICE = 4
 
 
 class NodeState(enum.Enum):
@@ -123,33 +119,36 @@ class EpisodeTracker:
 
 
 class AgentNode:
-    def __init__(self, context: NodeContext, config: AgentsConfig, resolved: dict[str, Any], control_endpoint: str) -> None:
-        self.context = context
-        self.config = config
+    def __init__(self, identity: NodeIdentity, run: AgentNodeConfig, control_endpoint: str) -> None:
+        self.context = identity
+        self.config = config = run.agents
         self.state = NodeState.BOOTING
-        membership = resolved.get("protocols", {}).get("membership", {})
-        self.heartbeat_every_s = float(membership.get("heartbeat_every_s", 0.5))
-        self.peer_timeout_s = float(membership.get("timeout_s", 5.0))
-        launch = resolved.get("launch", {})
-        self.startup_timeout_s = float(launch.get("startup_timeout_s", 120.0))
-        self.env_step_deadline_s = float(resolved.get("env", {}).get("step_deadline_s", 5.0))
-        self.consensus_config = ConsensusConfig.model_validate(resolved.get("protocols", {}).get("consensus", {}))
-        self.topology = build_topology(TopologyConfig.model_validate(resolved["topology"]), agent_node_ids(config.count))
+        self.heartbeat_every_s = run.protocols.membership.heartbeat_every_s
+        self.peer_timeout_s = run.protocols.membership.timeout_s
+        self.startup_timeout_s = run.protocols.control.startup_timeout_s
+        self.status_every_s = run.protocols.control.status_every_s
+        self.consensus_config = run.protocols.consensus
+        self.topology = build_topology(run.topology, agent_node_ids(config.count))
         self.consensus = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
         self.held_observation: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
 
-        self.zmq = zmq.Context()
-        self.poller = zmq.Poller()
-        self.control = ControlClient(self.zmq, control_endpoint, node_id=context.node_id, run_id=context.run_id)
-        self.poller.register(self.control.channel.socket, zmq.POLLIN)
-        self.peer_inbox = self._channel(zmq.ROUTER)  # neighbours' DEALERs connect here
-        self.peer_endpoint = bind_endpoint(self.peer_inbox.socket, context.bind_address("peer"), context.advertise_host)
+        self.hub = Hub(
+            sender=identity.node_id,
+            run_id=identity.run_id,
+            options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
+        )
+        self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
+        # Neighbours' DEALERs connect here.
+        self.peer_inbox = self.hub.bind_router(
+            bind_address(run, identity.node_id, "peer"), name="peers", advertise_host=run.network.advertised_host()
+        )
+        self.peer_endpoint = self.peer_inbox.endpoint
         self.env: Channel | None = None
         self.peers: dict[str, Channel] = {}  # neighbour id -> DEALER connected to its inbox
         self.membership: MembershipEngine | None = None
-        self.metrics = MetricsWriter(context.node_dir / "metrics.jsonl", context.run_dir / "tb" / context.node_id)
+        self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
 
         self.learner: Any = None
         self.env_agent: str = ""
@@ -164,8 +163,8 @@ class AgentNode:
         self.started_at = time.monotonic()
         self.stop_reason = ""
         self.exit_code = 0
-        self.checkpoint_path = context.node_dir / "checkpoints" / "latest.pt"
-        self.replay_path = context.node_dir / "replay" / "buffer.npz"
+        self.checkpoint_path = identity.node_dir / "checkpoints" / "latest.pt"
+        self.replay_path = identity.node_dir / "replay" / "buffer.npz"
         self.last_checkpoint_step = 0
         self.last_replay_save_step = 0
 
@@ -194,18 +193,19 @@ class AgentNode:
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
         for neighbour, endpoint in sorted(directory.neighbours.items()):
-            channel = self._channel(zmq.DEALER, identity=self.context.node_id.encode())
-            channel.socket.connect(endpoint)
-            self.peers[neighbour] = channel
+            self.peers[neighbour] = self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
         self.membership = MembershipEngine(
             self.context.node_id,
             sorted(self.peers),
             heartbeat_every_s=self.heartbeat_every_s,
             timeout_s=self.peer_timeout_s,
-            now=now,
         )
-        self.env = self._channel(zmq.DEALER, identity=self.context.node_id.encode())
-        self.env.socket.connect(directory.env_endpoint)
+        self.membership.start(None, now)
+        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
+        # Which handler reads each channel (peers only ever write to our inbox, never reply on
+        # the DEALERs we connected to them; anything arriving there is handled as a peer message).
+        self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
+        self._dispatchers.update({channel.name: self._dispatch_peer for channel in self.peers.values()})
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
         self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index]))
         welcome = self._wait_env(m.EnvWelcome)
@@ -226,7 +226,7 @@ class AgentNode:
             self.config.learner,
             observation_space,
             action_space,
-            self.context.seed,
+            self.context.seed("learner"),
             world_model_config=self.config.world_model,
             task_spec=welcome.metadata.get("task"),
         )
@@ -258,7 +258,7 @@ class AgentNode:
             period_steps=self.consensus_config.period_steps,
             fit_transitions=self.config.world_model_fit_transitions,
             average=what,
-            seed=self.context.seed,
+            seed=self.context.seed("world_model"),
         )
 
     # ------------------------------------------------------------------ main loop
@@ -291,48 +291,39 @@ class AgentNode:
             self.state is NodeState.RUNNING and not self.evaluating and self.learner.gradient_steps_due() > 0
         )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
-        readable = wait_readable(self.poller, timeout)
-        if self.env.socket in readable:
-            for envelope in self.env.recv_all():
-                self._dispatch_env(envelope)
-        if self.peer_inbox.socket in readable:
-            for envelope in self.peer_inbox.recv_all():
-                self._dispatch_peer(envelope)
-        if self.control.channel.socket in readable:
-            for envelope in self.control.channel.recv_all():
-                self._dispatch_control(envelope)
+        for channel in self.hub.wait(timeout):
+            dispatch = self._dispatchers[channel.name]
+            for envelope in channel.recv_all():
+                dispatch(envelope)
         self._on_timers(time.monotonic())
         if learning_due and self.state is NodeState.RUNNING:
-            self.metrics.accumulate(self.learner.update(max_gradient_steps=GRADIENT_STEPS_PER_SLICE))
+            self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
 
     def _next_deadline(self) -> float:
         deadlines = [
             self.membership.next_deadline(),
-            self.control.next_status_at(self.config.status_every_s),
-            self.last_env_message_at + self.env_step_deadline_s * 4 + 10.0,
+            self.control.next_status_at(self.status_every_s),
+            self.last_env_message_at + self.config.env_silence_timeout_s,
         ]
-        for channel in [self.env, *self.peers.values()]:
-            if (due := channel.next_due()) is not None:
-                deadlines.append(due)
+        if (due := self.hub.next_due()) is not None:
+            deadlines.append(due)
         if self.state is NodeState.AVERAGING and (due := self.consensus.next_deadline()) is not None:
             deadlines.append(due)
         return min(deadlines)
 
     def _on_timers(self, now: float) -> None:
-        for channel in [self.env, *self.peers.values()]:
-            channel.flush_due(now)
-        heartbeats, events = self.membership.on_timer(now)
-        for peer, heartbeat in heartbeats:
+        self.hub.flush_due(now)
+        for peer, heartbeat in self.membership.on_timer(now):
             self.peers[peer].send(heartbeat)
-        self._on_membership_events(events)
-        if self.control.status_due(now, self.config.status_every_s):
+        self._on_membership_events(self.membership.take_events())
+        if self.control.status_due(now, self.status_every_s):
             self._send_status(now)
         if self.state is NodeState.AVERAGING:
             self._send_peers(self.consensus.on_timer(now))
             self._finish_consensus_if_done()
             self.last_env_message_at = now  # the env server is waiting for us, not silent
         silent_for = now - self.last_env_message_at
-        if silent_for > self.env_step_deadline_s * 4 + 10.0:
+        if silent_for > self.config.env_silence_timeout_s:
             raise NodeFailure(f"no message from the env server for {silent_for:.1f} s")
 
     # ------------------------------------------------------------------ dispatch
@@ -355,7 +346,8 @@ class AgentNode:
         if sender not in self.peers:
             log.warning("dropped %s from %r, which is not a neighbour", envelope.msg_type, sender)
             return
-        self._on_membership_events(self.membership.on_message(sender, now))
+        self.membership.on_message(sender, envelope.message, now)
+        self._on_membership_events(self.membership.take_events())
         handler = self.PEER_HANDLERS.get(type(envelope.message))
         if handler is None:
             log.warning("no handler for %s from %s", envelope.msg_type, sender)
@@ -441,11 +433,11 @@ class AgentNode:
             )
         if message.missing:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
-        if message.step % 250 == 0:
+        if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
 
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
-        self._on_membership_events(self.membership.on_heartbeat(heartbeat, now))
+        pass  # membership has already taken it as a sign of life and read its incarnation
 
     def on_consensus_share(self, sender: str, share: Any, now: float) -> None:
         if self.consensus is None:
@@ -474,12 +466,12 @@ class AgentNode:
             self._finish_consensus(None)
             return
         # The lockstep step is the same on every agent: a shared, increasing epoch number.
-        self._send_peers(self.consensus.start(tensors, time.monotonic(), epoch=self.step))
+        self._send_peers(self.consensus.start(ConsensusRequest(tensors, epoch=self.step), time.monotonic()))
         self._finish_consensus_if_done()
 
     def _finish_consensus_if_done(self) -> None:
         if self.state is NodeState.AVERAGING and self.consensus.done:
-            for round_metrics in self.consensus.metrics:
+            for round_metrics in self.consensus.round_metrics if hasattr(self.consensus, "round_metrics") else []:
                 self.metrics.write(self.step, round_metrics)
             self._finish_consensus(self.consensus.result)
 
@@ -565,19 +557,10 @@ class AgentNode:
             self.exit_code = 1
         finally:
             self.metrics.close()
-            for channel in [self.env, self.peer_inbox, *self.peers.values()]:
-                if channel is not None:
-                    channel.close()
-            self.control.close()
-            self.zmq.term()
+            self.hub.close()
             self.state = NodeState.STOPPED
 
     # ------------------------------------------------------------------ helpers
-
-    def _channel(self, kind: int, identity: bytes | None = None) -> Channel:
-        channel = Channel(make_socket(self.zmq, kind, identity=identity), sender=self.context.node_id, run_id=self.context.run_id)
-        self.poller.register(channel.socket, zmq.POLLIN)
-        return channel
 
     def _wait_env(self, message_type: type) -> Any:
         message = self.env.wait_for(message_type, m.ErrorReply, timeout_s=self.startup_timeout_s)

@@ -15,12 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import zmq
 from pettingzoo import ParallelEnv
 
 from protocols import messages as m
 from protocols.spaces import decode_space
-from protocols.transport import Channel, make_socket
+from protocols.transport import Hub
 
 
 class RemoteEnvError(RuntimeError):
@@ -29,11 +28,8 @@ class RemoteEnvError(RuntimeError):
 
 class RemoteParallelEnv(ParallelEnv):
     def __init__(self, endpoint: str, *, client_id: str = "remote-env", timeout_s: float = 10.0) -> None:
-        self._context = zmq.Context()
-        self._channel = Channel(
-            make_socket(self._context, zmq.DEALER, identity=client_id.encode()), sender=client_id, run_id="remote"
-        )
-        self._channel.socket.connect(endpoint)
+        self._hub = Hub(sender=client_id, run_id="remote")
+        self._channel = self._hub.connect_dealer(endpoint, name="env", identity=client_id)
         self._timeout_s = timeout_s
         self._channel.send(m.EnvJoin(client_id=client_id, agents=[]))
         welcome: m.EnvWelcome = self._wait(m.EnvWelcome)
@@ -82,9 +78,7 @@ class RemoteParallelEnv(ParallelEnv):
         return observations, rewards, terminated, truncated, {a: {} for a in participants}
 
     def close(self) -> None:
-        if not self._channel.socket.closed:
-            self._channel.close()
-            self._context.term()
+        self._hub.close()
 
     def _wait(self, message_type: type) -> Any:
         message = self._channel.wait_for(message_type, m.ErrorReply, timeout_s=self._timeout_s)

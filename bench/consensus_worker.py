@@ -8,7 +8,7 @@ interleaved, under the same load:
 
 - `parley`: a `SyncConsensus` engine with its Metropolis row, a ROUTER inbox and one DEALER per
   neighbour (identity = this node's id), every share encoded and decoded by `Channel` (the real
-  envelope codec), waiting with `wait_readable` until the engine's next deadline: the path an
+  envelope codec), waiting on its hub until the engine's next deadline: the path an
   agent node takes;
 - `raw`: the same exchange written directly with pyzmq on its own sockets of the same kinds: the
   tensor's buffer sent zero-copy after a 16-byte header `(run, round)`, the same weighted sum in
@@ -49,10 +49,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
 
-from protocols.consensus import SyncConsensus  # noqa: E402
+from protocols.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
 from protocols.messages import Heartbeat  # noqa: E402
 from protocols.topology import metropolis_weights, ring  # noqa: E402
-from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable  # noqa: E402
+from protocols.transport import Channel, Hub  # noqa: E402
 
 RUN_ID = "bench-consensus"
 # Generous on purpose: a healthy run never reaches it, and a round that does is reported as an
@@ -85,21 +85,16 @@ def close_socket(socket: zmq.Socket) -> None:
 class ParleyPeer:
     """This node's side of Parley consensus: one `SyncConsensus` per run, shares through `Channel`."""
 
-    def __init__(
-        self, context: zmq.Context, node: str, neighbour_weights: dict[str, float], self_weight: float, socket_dir: str
-    ) -> None:
+    def __init__(self, node: str, neighbour_weights: dict[str, float], self_weight: float, socket_dir: str) -> None:
         self.node = node
         self.neighbour_weights = neighbour_weights
         self.self_weight = self_weight
-        self.poller = zmq.Poller()
-        self.inbox = Channel(make_socket(context, zmq.ROUTER), sender=node, run_id=RUN_ID)
-        self.poller.register(self.inbox.socket, zmq.POLLIN)
-        bind_endpoint(self.inbox.socket, socket_endpoint(socket_dir, "parley", node))
-        self.peers: dict[str, Channel] = {}
-        for neighbour in sorted(neighbour_weights):
-            channel = Channel(make_socket(context, zmq.DEALER, identity=node.encode()), sender=node, run_id=RUN_ID)
-            channel.socket.connect(socket_endpoint(socket_dir, "parley", neighbour))
-            self.peers[neighbour] = channel
+        self.hub = Hub(sender=node, run_id=RUN_ID)
+        self.inbox = self.hub.bind_router(socket_endpoint(socket_dir, "parley", node), name="inbox")
+        self.peers: dict[str, Channel] = {
+            neighbour: self.hub.connect_dealer(socket_endpoint(socket_dir, "parley", neighbour), name=neighbour, identity=node)
+            for neighbour in sorted(neighbour_weights)
+        }
 
     def handshake(self, timeout_s: float) -> None:
         """Say hello to every neighbour and wait for theirs: afterwards both directions of every
@@ -112,7 +107,7 @@ class ParleyPeer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{self.node} (parley): no hello from {sorted(waiting_for)} within {timeout_s} s")
-            if self.inbox.socket in wait_readable(self.poller, remaining):
+            if self.inbox in self.hub.wait(remaining):
                 for envelope in self.inbox.recv_all():
                     if not isinstance(envelope.message, Heartbeat) or envelope.sender not in waiting_for:
                         raise RuntimeError(f"{self.node} (parley): expected a hello, got {envelope.msg_type} from {envelope.sender!r}")
@@ -122,10 +117,9 @@ class ParleyPeer:
         """`rounds` synchronous rounds from `tensor`; returns the result and the seconds taken."""
         engine = SyncConsensus(self.node, self.neighbour_weights, self.self_weight, rounds, ROUND_TIMEOUT_S)
         start = time.monotonic()
-        self._send(engine.start({"x": tensor}, now=start, epoch=run_number))
+        self._send(engine.start(ConsensusRequest({"x": tensor}, run_number), now=start))
         while not engine.done:
-            readable = wait_readable(self.poller, max(0.0, engine.next_deadline() - time.monotonic()))
-            if self.inbox.socket in readable:
+            if self.inbox in self.hub.wait(max(0.0, engine.next_deadline() - time.monotonic())):
                 for envelope in self.inbox.recv_all():
                     # Send the next round's shares as soon as a round completes, not after the batch.
                     self._send(engine.on_message(envelope.sender, envelope.message, time.monotonic()))
@@ -146,8 +140,7 @@ class ParleyPeer:
             self.peers[destination].send(message)
 
     def close(self) -> None:
-        for channel in [self.inbox, *self.peers.values()]:
-            channel.close()
+        self.hub.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -320,7 +313,7 @@ def main() -> int:
     control.connect(args.control)
     peers: dict[str, ParleyPeer | RawPeer] = {}
     try:
-        peers["parley"] = ParleyPeer(context, node, neighbour_weights, self_weight, args.socket_dir)
+        peers["parley"] = ParleyPeer(node, neighbour_weights, self_weight, args.socket_dir)
         peers["raw"] = RawPeer(context, node, neighbour_weights, self_weight, args.socket_dir)
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
         for peer in peers.values():

@@ -9,19 +9,17 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import zmq
 
 from protocols import messages as m
 from protocols import wire
 from protocols.spaces import decode_space
-from protocols.transport import Channel, make_socket
+from protocols.transport import Hub
 
 
 def main(endpoint: str, index: int, seed: int) -> None:
-    context = zmq.Context()
     name = f"bench_{index}"
-    channel = Channel(make_socket(context, zmq.DEALER, identity=name.encode()), sender=name, run_id="bench")
-    channel.socket.connect(endpoint)
+    hub = Hub(sender=name, run_id="bench")
+    channel = hub.connect_dealer(endpoint, name="env", identity=name)
     channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
     rng = np.random.default_rng(seed)
     agent, space, copies = None, None, 1
@@ -39,8 +37,7 @@ def main(endpoint: str, index: int, seed: int) -> None:
                 break
             actions = rng.integers(0, space.n, size=copies, dtype=np.int64)
             channel.send(m.EnvAction(step=message.step, actions={agent: actions}))
-    channel.close()
-    context.term()
+    hub.close()
 
 
 if __name__ == "__main__":

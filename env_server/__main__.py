@@ -18,15 +18,16 @@ import signal
 import sys
 import time
 
-import zmq
-
-from env_server.config import EnvConfig
+from env_server.config import EnvNodeConfig
 from env_server.registry import make_env
 from env_server.server import EnvServer
 from env_server.vector import VectorizedParallelEnv
 from protocols import messages as m
 from protocols.control import ControlClient, ControlTimeout, ShutdownRequested
-from protocols.node_context import load_resolved, node_context
+from protocols.config_errors import ConfigError
+from protocols.node_config import bind_address, load_node_config
+from protocols.seeds import derive_seed
+from protocols.transport import Hub, SocketOptions
 
 log = logging.getLogger("env_server")
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-autoreset", action="store_true", help="standalone: wait for env.reset after episodes")
     parser.add_argument("--bind", default="tcp://127.0.0.1:0", help="standalone: bind address")
     parser.add_argument("--step-deadline", type=float, default=5.0, help="standalone: step deadline (s)")
+    parser.add_argument(
+        "--join-deadline", type=float, default=60.0,
+        help="standalone: how long the first reset waits for every agent to join (s)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -69,16 +74,18 @@ def _stop_on_signals() -> list[bool]:
 def run_standalone(args: argparse.Namespace) -> int:
     kwargs = json.loads(args.kwargs)
     envs = VectorizedParallelEnv(lambda: make_env(args.env, kwargs), args.copies, autoreset=not args.no_autoreset)
+    hub = Hub(sender=args.node_id, run_id="standalone")
     server = EnvServer(
         envs,
+        hub=hub,
         env_name=args.env,
-        node_id=args.node_id,
-        run_id="standalone",
         bind_address=args.bind,
         seed=args.seed,
+        eval_seed=derive_seed(args.seed, 0, "eval_env"),
         max_steps=args.max_steps,
         step_deadline_s=args.step_deadline,
-        join_deadline_s=0.0 if args.no_autoreset else 60.0,
+        # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
+        join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
         default_action="noop",
     )
     stop = _stop_on_signals()
@@ -88,17 +95,20 @@ def run_standalone(args: argparse.Namespace) -> int:
             server.poll_once(0.2)
     finally:
         server.close()
+        hub.close()
     return 0
 
 
 def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> int:
-    resolved = load_resolved(config_path)
-    context = node_context(resolved, config_path, node_id)
-    env_config = EnvConfig.model_validate(resolved["env"])
-    launch = resolved.get("launch", {})
-    status_every_s = float(launch.get("status_every_s", 1.0))
-    startup_timeout_s = float(launch.get("startup_timeout_s", 120.0))
-    log.info("env server %s starting: %s x%d, seed %d", node_id, env_config.name, env_config.num_copies, context.seed)
+    try:
+        config, identity = load_node_config(config_path, node_id, EnvNodeConfig)
+    except ConfigError as error:
+        log.error("%s", error)
+        return 2
+    env_config = config.env
+    status_every_s = config.protocols.control.status_every_s
+    startup_timeout_s = config.protocols.control.startup_timeout_s
+    log.info("env server %s starting: %s x%d, run seed %d", node_id, env_config.name, env_config.num_copies, identity.run_seed)
 
     def build() -> object:
         return make_env(env_config.name, dict(env_config.kwargs))
@@ -107,27 +117,29 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     eval_envs = None
     if env_config.eval_every_steps:
         eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False)
-    zmq_context = zmq.Context()
+    hub = Hub(
+        sender=node_id,
+        run_id=identity.run_id,
+        options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
+    )
     server = EnvServer(
         envs,
+        hub=hub,
         env_name=env_config.name,
-        node_id=node_id,
-        run_id=context.run_id,
-        bind_address=context.bind_address("env"),
-        seed=context.seed,
-        max_steps=context.steps,
+        bind_address=bind_address(config, node_id, "env"),
+        seed=identity.seed("env"),
+        eval_seed=identity.seed("eval_env"),
+        max_steps=config.run.steps,
         step_deadline_s=env_config.step_deadline_s,
         join_deadline_s=env_config.join_deadline_s,
         default_action=env_config.default_action,
-        advertise_host=context.advertise_host,
-        context=zmq_context,
+        advertise_host=config.network.advertised_host(),
         eval_envs=eval_envs,
         eval_every_steps=env_config.eval_every_steps,
         eval_start_step=env_config.eval_start_step,
-        metrics_path=context.node_dir / "metrics.jsonl",
+        metrics_path=identity.node_dir / "metrics.jsonl",
     )
-    control = ControlClient(zmq_context, control_endpoint, node_id=node_id, run_id=context.run_id)
-    server.poller.register(control.channel.socket, zmq.POLLIN)
+    control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = _stop_on_signals()
     reason = "shutdown"
     try:
@@ -166,8 +178,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         return 1
     finally:
         server.close()
-        control.close()
-        zmq_context.term()
+        hub.close()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from protocols.node_config import NodeSections
+
 # `package.module:factory`, or a registry name such as `mpe2.simple_spread_v3`.
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _REGISTRY_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -57,6 +59,12 @@ class EnvConfig(BaseModel):
                 f"'package.module:factory', got {name!r}"
             )
         return name
+
+
+class EnvNodeConfig(NodeSections):
+    """What an env server reads from its resolved config: the shared sections and `env`."""
+
+    env: EnvConfig
 
 
 # Environments whose number of agents is known from their kwargs without importing them:

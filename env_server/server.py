@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket as pysocket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 
 from env_server.vector import BatchedStep, VectorizedParallelEnv, check_batched, zeros_like_space
 from protocols import messages as m
 from protocols.spaces import encode_space
-from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable
+from protocols.transport import Hub
 from protocols.wire import Envelope
 
 log = logging.getLogger("env_server")
@@ -72,17 +69,16 @@ class EnvServer:
         self,
         envs: VectorizedParallelEnv,
         *,
+        hub: Hub,
         env_name: str,
-        node_id: str,
-        run_id: str,
         bind_address: str,
         seed: int,
+        eval_seed: int,
         max_steps: int | None,
         step_deadline_s: float,
         join_deadline_s: float,
         default_action: str,
         advertise_host: str | None = None,
-        context: zmq.Context | None = None,
         eval_envs: VectorizedParallelEnv | None = None,
         eval_every_steps: int | None = None,
         eval_start_step: int = 0,
@@ -97,15 +93,15 @@ class EnvServer:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
             self.metrics_file = metrics_path.open("a", buffering=1)
         self.env_name = env_name
-        self.node_id = node_id
         self.seed = seed
+        self.eval_seed = eval_seed
         self.max_steps = max_steps
         self.step_deadline_s = step_deadline_s
         self.join_deadline_s = join_deadline_s
         self.default_action = default_action
-        self.context = context or zmq.Context.instance()
-        self.channel = Channel(make_socket(self.context, zmq.ROUTER), sender=node_id, run_id=run_id)
-        self.endpoint = bind_endpoint(self.channel.socket, bind_address, advertise_host)
+        self.hub = hub
+        self.channel = hub.bind_router(bind_address, name="env", advertise_host=advertise_host)
+        self.endpoint = self.channel.endpoint
         self.clients: dict[bytes, Client] = {}
         self.owner: dict[str, bytes] = {}  # env agent -> identity of the client that drives it
         self.counters = ServerCounters()
@@ -123,8 +119,6 @@ class EnvServer:
         self.step_deadline: float | None = None
         self.last_result: BatchedStep | None = None
         self.last_missing: list[str] = []
-        self.poller = zmq.Poller()
-        self.poller.register(self.channel.socket, zmq.POLLIN)
 
     # ------------------------------------------------------------------ the loop
 
@@ -134,8 +128,8 @@ class EnvServer:
         deadlines = [d for d in (self.step_deadline, self._join_deadline_if_waiting()) if d is not None]
         if deadlines:
             timeout_s = max(0.0, min(timeout_s, min(deadlines) - now))
-        # Other sockets registered on `self.poller` (the control channel) also end the wait.
-        if self.channel.socket in wait_readable(self.poller, timeout_s):
+        # The hub's other channels (the control channel) also end the wait; the caller reads them.
+        if self.channel in self.hub.wait(timeout_s):
             for envelope in self.channel.recv_all():
                 self.handle(envelope)
         now = time.monotonic()
@@ -309,7 +303,7 @@ class EnvServer:
         self.eval_returns: list[float] = []
         self.eval_started_at = time.monotonic()
         # Every evaluation starts from the same seeds: the curve compares policies, not luck.
-        self._broadcast(self.eval_envs.reset(self.seed + 1_000_003), missing=[])
+        self._broadcast(self.eval_envs.reset(self.eval_seed), missing=[])
 
     def _after_eval_step(self, result: BatchedStep, missing: list[str]) -> None:
         self.eval_step += 1
@@ -397,17 +391,10 @@ class EnvServer:
         }
 
     def close(self) -> None:
-        self.channel.close()
+        self.hub.close_channel(self.channel)
         self.envs.close()
         if self.eval_envs is not None:
             self.eval_envs.close()
         if self.metrics_file is not None:
             self.metrics_file.close()
 
-
-def hostname() -> str:
-    return pysocket.gethostname()
-
-
-def process_id() -> int:
-    return os.getpid()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
-from orchestrator.errors import ConfigError
+from protocols.config_errors import ConfigError
 from orchestrator.plan import build_plan, format_plan
 from orchestrator.rundir import (
     EVENTS_FILENAME,

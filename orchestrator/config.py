@@ -2,11 +2,11 @@
 
 Each package owns the schema of its own section and this module composes them:
 
-    run:        RunSection                     (here)
+    run:        RunSection                     protocols/settings.py
     env:        EnvConfig                      env_server/config.py
     agents:     AgentsConfig                   agent_node/config.py (learner, world model)
     topology:   TopologyConfig                 protocols/topology.py
-    protocols:  membership, consensus          protocols/settings.py, protocols/consensus.py
+    protocols:  control, membership, consensus protocols/settings.py, protocols/consensus.py
     network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
     faults:     FaultsConfig                   (here)
     launch:     LaunchConfig                   (here)
@@ -19,8 +19,8 @@ so `orchestrate validate` answers in a fraction of a second.
 **Resolution.** `orchestrate up` validates the user's file (plus `--set` overrides), then
 writes the fully expanded config — every default filled in — to `<run dir>/resolved.yaml`. That
 file is the one source of truth every node reads with these same section schemas: a node does
-not import the orchestrator, it validates the sections it needs (`EnvConfig`, `AgentsConfig`,
-...) and reads `nodes` / `runtime` through `protocols/node_context.py`; `load_resolved` here
+not import the orchestrator, it validates the sections it needs (`protocols/node_config.py`: the
+shared sections plus its own package's, `EnvConfig` or `AgentsConfig`); `load_resolved` here
 reads and validates the whole file.
 
 Two sections exist only in resolved files: `nodes` (each node's index, role and derived seed)
@@ -36,7 +36,6 @@ agents' seeds). The node ids and ipc endpoint names are defined in `protocols/se
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,16 +44,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_node.config import AgentsConfig
 from env_server.config import EnvConfig, static_agent_count
-from orchestrator.errors import ConfigError, format_validation_error
+from protocols.config_errors import ConfigError, format_validation_error
 from orchestrator.overrides import apply_overrides
-from protocols.consensus import ConsensusConfig
 from protocols.seeds import derive_seed
 from protocols.settings import (
     ENV_NODE_ID,
-    MembershipConfig,
     NetworkConfig,
     NodeEntry,
+    ProtocolsConfig,
     RunLayout,
+    RunSection,
     agent_node_ids,
 )
 from protocols.settings import node_ids as run_node_ids
@@ -65,41 +64,10 @@ RESOLVED_FILENAME = "resolved.yaml"
 # `derive_seed(run.seed, nodes[id].index, "<stream>")`.
 NODE_SEED_STREAM = "node"
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 
 # ------------------------------------------------------------------------------------------
 # Sections owned by the orchestrator
 # ------------------------------------------------------------------------------------------
-
-
-class RunSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Names the run's directory: runs/<name>/<timestamp>/.
-    name: str
-    seed: int = Field(0, ge=0)
-    # Lockstep environment steps of the whole run (each step advances all K env copies).
-    steps: int = Field(gt=0)
-    # Directory under which runs/<name>/<timestamp>/ is created, relative to the working dir.
-    root: str = Field("runs", min_length=1)
-
-    @field_validator("name")
-    @classmethod
-    def _usable_as_directory_name(cls, name: str) -> str:
-        if not _RUN_NAME.match(name):
-            raise ValueError(
-                "expected a name usable as a directory (letters, digits, '_', '-', '.'; "
-                f"starting with a letter or digit), got {name!r}"
-            )
-        return name
-
-
-class ProtocolsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    membership: MembershipConfig = MembershipConfig()
-    consensus: ConsensusConfig = ConsensusConfig()
 
 
 class FaultEvent(BaseModel):
@@ -144,11 +112,10 @@ class LaunchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["local"] = "local"
-    # Every node must have registered and be ready within this long.
-    startup_timeout_s: float = Field(120.0, gt=0)
     # After control.shutdown, nodes get this long to exit before they are killed.
     shutdown_timeout_s: float = Field(15.0, gt=0)
-    # Period of the orchestrator's status line / live view refresh.
+    # Period of the orchestrator's status line / live view refresh (the nodes' own reports come
+    # every protocols.control.status_every_s).
     status_every_s: float = Field(1.0, gt=0)
     # "auto": a live table when stdout is a terminal, plain status lines otherwise.
     live_view: Literal["auto", "on", "off"] = "auto"
@@ -208,6 +175,12 @@ class RunConfig(BaseModel):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
                 problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
+
+        if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
+            problems.append(
+                f"agents.env_silence_timeout_s: expected more than env.step_deadline_s ({self.env.step_deadline_s}), "
+                f"got {self.agents.env_silence_timeout_s}: an agent would give up on a server that is waiting for a slow agent"
+            )
 
         consensus = self.protocols.consensus
         if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
@@ -271,11 +244,6 @@ def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
     for index, node in enumerate(agent_node_ids(count)):
         nodes[node] = NodeEntry(index=index, role="agent", seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
     return nodes
-
-
-def derive_seeds(config: RunConfig) -> dict[str, int]:
-    """node id -> base seed, `derive_seed(run.seed, node index, "node")`."""
-    return {node: entry.seed for node, entry in derive_nodes(config).items()}
 
 
 # ------------------------------------------------------------------------------------------

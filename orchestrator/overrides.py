@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.errors import ConfigError
+from protocols.config_errors import ConfigError
 
 _SEGMENT = re.compile(r"^[A-Za-z_][\w-]*$|^\d+$")
 

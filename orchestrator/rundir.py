@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
-from orchestrator.errors import ConfigError
+from protocols.config_errors import ConfigError
 from protocols.settings import ENV_NODE_ID, RunLayout, ipc_dir_fits
 
 EVENTS_FILENAME = "events.jsonl"

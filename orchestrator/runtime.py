@@ -26,15 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-import zmq
-
 from orchestrator.config import RunConfig
 from orchestrator.plan import LaunchPlan, NodeLaunch
 from orchestrator.rundir import EventLog
 from orchestrator.status import StatusView
 from protocols import messages as m
+from protocols.settings import ORCHESTRATOR_ID
 from protocols.topology import build_topology
-from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable
+from protocols.transport import Hub, SocketOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -83,14 +82,15 @@ class Orchestrator:
         self.config = config
         self.events = EventLog(plan.run_dir / "events.jsonl")
         self.backend = LocalBackend()
-        self.context = zmq.Context()
-        self.control = Channel(make_socket(self.context, zmq.ROUTER), sender="orchestrator", run_id=plan.run_id)
+        self.hub = Hub(
+            sender=ORCHESTRATOR_ID,
+            run_id=plan.run_id,
+            options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
+        )
+        self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=config.network.advertised_host())
         # With tcp the plan asks for any free port; the nodes must be told the one we got.
-        bound = bind_endpoint(self.control.socket, plan.control_endpoint, config.network.advertised_host())
-        self.plan = plan = plan.with_control_endpoint(bound)
+        self.plan = plan = plan.with_control_endpoint(self.control.endpoint)
         self.nodes = {launch.node_id: NodeRecord(launch) for launch in plan.nodes}
-        self.poller = zmq.Poller()
-        self.poller.register(self.control.socket, zmq.POLLIN)
         agent_ids = [n.node_id for n in plan.nodes if n.role == "agent"]
         self.topology = build_topology(config.topology, agent_ids)
         self.interrupted: str | None = None
@@ -116,8 +116,7 @@ class Orchestrator:
                     self._shutdown_all()
         finally:
             self._restore_signal_handlers(previous_handlers)
-            self.control.close()
-            self.context.term()
+            self.hub.close()
         code = self._exit_code()
         self.events.write("run_finished", None, exit_code=code, reason=self.failure or self.interrupted or "budget spent")
         return code
@@ -142,10 +141,10 @@ class Orchestrator:
                               seed=node.launch.seed, argv=node.launch.argv)
 
     def _supervise(self) -> None:
-        startup_deadline = time.monotonic() + self.config.launch.startup_timeout_s
+        startup_timeout_s = self.config.protocols.control.startup_timeout_s
+        startup_deadline = time.monotonic() + startup_timeout_s
         while not (self.run_complete or self.failure or self.interrupted):
-            readable = wait_readable(self.poller, self.config.launch.status_every_s / 2)
-            if readable:
+            if self.hub.wait(self.config.launch.status_every_s / 2):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
             self._reap_exited()
@@ -153,7 +152,7 @@ class Orchestrator:
                 self.run_complete = True  # every agent finished; nothing left to supervise
             if not self.started and time.monotonic() > startup_deadline:
                 missing = [n for n, r in self.nodes.items() if not r.ready]
-                self.failure = f"start-up timed out after {self.config.launch.startup_timeout_s:.0f} s; not ready: {missing}"
+                self.failure = f"start-up timed out after {startup_timeout_s:.0f} s; not ready: {missing}"
                 self.events.write("startup_timeout", None, not_ready=missing)
             self.status_view.refresh()
 
@@ -250,7 +249,7 @@ class Orchestrator:
             if all(n.process is None or n.process.poll() is not None for n in self.nodes.values()):
                 return
             # Goodbyes arrive meanwhile; drain them so they are logged.
-            if wait_readable(self.poller, 0.05):
+            if self.hub.wait(0.05):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
 

@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from protocols.engine import Outgoing
 from protocols.messages import register_message
 from protocols.topology import Topology, metropolis_weights, second_largest_eigenvalue_modulus, uniform_neighbour_weights
-
-Outgoing = tuple[str, object]  # (destination node id, message)
 
 # ------------------------------------------------------------------------------------------
 # Messages
@@ -80,6 +79,18 @@ class PushSumShare:
     seq: int
     weight_total: float
     value_totals: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ConsensusRequest:
+    """What a consensus run starts from: this node's tensors, and the run's number.
+
+    `epoch` identifies the run on every node (the agent node uses the lockstep step at which the
+    run is due, the same on every agent) and must increase from run to run.
+    """
+
+    tensors: Mapping[str, np.ndarray]
+    epoch: int
 
 
 # ------------------------------------------------------------------------------------------
@@ -196,9 +207,13 @@ def _is_int(value: object) -> bool:
 class SyncConsensus:
     """Synchronous averaging rounds with one node's row of a mixing matrix. See module docstring.
 
-    Lifecycle: `start()` once per consensus run (`epoch` strictly increasing), then feed it
-    `on_message` / `on_timer` / `on_neighbour_down` until `done`; read `result` and `metrics`.
+    An `Engine` (protocols/engine.py): `start(ConsensusRequest(tensors, epoch), now)` once per
+    consensus run (`epoch` strictly increasing), then feed it `on_message` / `on_timer` /
+    `on_neighbour_down` until `done`; read `result`, `metrics()` (a summary of the run) and
+    `round_metrics` (one dict per round).
     """
+
+    message_types: ClassVar[tuple[type, ...]] = (ConsensusShare,)
 
     def __init__(
         self,
@@ -243,16 +258,18 @@ class SyncConsensus:
         self._round_started_at = 0.0
         self._deadline: float | None = None
         self._bytes_this_round = 0
+        self._finished_at: float | None = None
 
-        self.metrics: list[dict[str, float]] = []  # one dict per finished round of this epoch
+        self.round_metrics: list[dict[str, float]] = []  # one dict per finished round of this epoch
         self.missing_by_round: list[tuple[str, ...]] = []  # who was not mixed in, per round
         self.counters = {"stale_dropped": 0, "duplicates_dropped": 0, "buffered": 0, "rejected": 0}
         self.last_rejection: str | None = None
 
     # -- inputs --------------------------------------------------------------------------
 
-    def start(self, tensors: Mapping[str, np.ndarray], now: float, epoch: int) -> list[Outgoing]:
-        """Begin consensus run `epoch` from these tensors; returns the round-0 shares to send."""
+    def start(self, request: ConsensusRequest, now: float) -> list[Outgoing]:
+        """Begin consensus run `request.epoch` from `request.tensors`; returns the round-0 shares."""
+        tensors, epoch = request.tensors, request.epoch
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         if self.epoch is not None and epoch <= self.epoch:
@@ -260,8 +277,9 @@ class SyncConsensus:
         self._values = _copy_tensors(tensors, "consensus tensors")
         self.epoch = int(epoch)
         self.round = 0
-        self.metrics = []
+        self.round_metrics = []
         self.missing_by_round = []
+        self._finished_at = None
         self._buffer = {key: share for key, share in self._buffer.items() if key[0] >= self.epoch}
         if self.rounds == 0:
             self._state = "done"
@@ -347,6 +365,24 @@ class SyncConsensus:
         """The node's current tensors (after the rounds finished so far)."""
         return {name: value.copy() for name, value in self._values.items()}
 
+    def metrics(self) -> dict[str, float]:
+        """Summary of the latest run: rounds done, the last round's disagreement, the rounds
+        that missed a neighbour, bytes sent, duration, and the rejection counters."""
+        rounds = self.round_metrics
+        summary = {
+            "consensus/rounds": float(len(rounds)),
+            "consensus/missing_neighbours": float(sum(r["consensus/missing_neighbours"] for r in rounds)),
+            "consensus/bytes_sent": float(sum(r["consensus/bytes_sent"] for r in rounds)),
+            "consensus/rejected": float(self.counters["rejected"]),
+            "consensus/stale_dropped": float(self.counters["stale_dropped"]),
+        }
+        if rounds:
+            summary["consensus/disagreement_first"] = rounds[0]["consensus/disagreement_max"]
+            summary["consensus/disagreement_last"] = rounds[-1]["consensus/disagreement_max"]
+        if self._finished_at is not None:
+            summary["consensus/engine_duration_s"] = self._finished_at - self._started_at
+        return summary
+
     # -- internals -----------------------------------------------------------------------
 
     def _begin_round(self, now: float) -> list[Outgoing]:
@@ -388,7 +424,7 @@ class SyncConsensus:
                 total += self.neighbour_weights[sender] * tensors[name]
             mixed[name] = total.astype(own.dtype)
         self._values = mixed
-        self.metrics.append(
+        self.round_metrics.append(
             {
                 "consensus/round": float(self.round),
                 "consensus/disagreement_max": max(distances) if distances else math.nan,
@@ -402,6 +438,7 @@ class SyncConsensus:
         self.round += 1
         if self.round == self.rounds:
             self._state = "done"
+            self._finished_at = now
             self._deadline = None
             self._received = {}
             return []
@@ -435,8 +472,12 @@ class PushSumConsensus:
     """Asynchronous push-sum that is exact under loss, duplication and reordering.
 
     See the module docstring. `out_neighbours` are the nodes this node pushes to; it accepts
-    pushes from any sender (on a directed graph it need not know its in-neighbours).
+    pushes from any sender (on a directed graph it need not know its in-neighbours). An `Engine`
+    (protocols/engine.py): `start(ConsensusRequest(tensors, epoch), now)` per run, then messages
+    and timers until `done` (after `duration_s`); `result` is the estimate `s / w` at the end.
     """
+
+    message_types: ClassVar[tuple[type, ...]] = (PushSumShare,)
 
     def __init__(self, node_id: str, out_neighbours: Sequence[str], period_s: float, duration_s: float) -> None:
         out_neighbours = list(out_neighbours)
@@ -469,14 +510,18 @@ class PushSumConsensus:
         self._ends_at = 0.0
         self._future: dict[int, dict[str, PushSumShare]] = {}  # epoch -> sender -> newest share
         self._result: dict[str, np.ndarray] | None = None
+        self._started_at = 0.0
+        self._last_change = math.nan  # how far the estimate moved over the last push period
+        self._estimate_at_last_push: dict[str, np.ndarray] | None = None
 
         self.counters = {"stale_dropped": 0, "applied": 0, "buffered": 0, "rejected": 0, "pushes": 0}
         self.last_rejection: str | None = None
 
     # -- inputs --------------------------------------------------------------------------
 
-    def start(self, tensors: Mapping[str, np.ndarray], now: float, epoch: int) -> list[Outgoing]:
-        """Begin push-sum run `epoch` from these tensors; pushes once immediately."""
+    def start(self, request: ConsensusRequest, now: float) -> list[Outgoing]:
+        """Begin push-sum run `request.epoch` from `request.tensors`; pushes once immediately."""
+        tensors, epoch = request.tensors, request.epoch
         if not _is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         if self.epoch is not None and epoch <= self.epoch:
@@ -492,8 +537,11 @@ class PushSumConsensus:
         self._sent_weight = {node: 0.0 for node in self.out_neighbours}
         self._seen_values, self._seen_weight, self._seen_seq = {}, {}, {}
         self._seq = 0
+        self._started_at = now
         self._ends_at = now + self.duration_s
         self._next_push_at = now
+        self._last_change = math.nan
+        self._estimate_at_last_push = None
         early = self._future.pop(self.epoch, {})
         self._future = {e: shares for e, shares in self._future.items() if e > self.epoch}
         for sender in sorted(early):
@@ -587,6 +635,22 @@ class PushSumConsensus:
             raise RuntimeError(f"push-sum on {self.node_id!r} has not finished (state {self._state})")
         return {name: value.copy() for name, value in self._result.items()}
 
+    def metrics(self) -> dict[str, float]:
+        """Summary of the latest run: pushes made, totals applied, messages dropped as stale or
+        rejected, out-neighbours not alive at the end, the weight mass held, and how far the
+        estimate moved over the last push period (a convergence indicator: push-sum cannot see
+        the disagreement between nodes directly)."""
+        return {
+            "consensus/pushes": float(self.counters["pushes"]),
+            "consensus/applied": float(self.counters["applied"]),
+            "consensus/stale_dropped": float(self.counters["stale_dropped"]),
+            "consensus/rejected": float(self.counters["rejected"]),
+            "consensus/missing_neighbours": float(len(set(self.out_neighbours) - self._alive)),
+            "consensus/weight_mass": float(self._weight),
+            "consensus/estimate_change": float(self._last_change),
+            "consensus/engine_duration_s": self.duration_s if self.done else float("nan"),
+        }
+
     @property
     def weight_mass(self) -> float:
         return self._weight
@@ -608,6 +672,11 @@ class PushSumConsensus:
     # -- internals -----------------------------------------------------------------------
 
     def _push(self) -> list[Outgoing]:
+        if self._weight > 0.0:
+            estimate = {name: value / self._weight for name, value in self._value.items()}
+            if self._estimate_at_last_push is not None:
+                self._last_change = _distance(estimate, self._estimate_at_last_push)
+            self._estimate_at_last_push = estimate
         targets = [node for node in self.out_neighbours if node in self._alive]
         fraction = 1.0 / (len(targets) + 1)
         share_value = {name: value * fraction for name, value in self._value.items()}
@@ -739,7 +808,7 @@ def rounds_to_tolerance(
 
     wave: list[tuple[str, str, object]] = []
     for i, node in enumerate(topology.nodes):
-        wave += [(node, dest, msg) for dest, msg in engines[node].start({"x": start_values[i]}, now=0.0, epoch=0)]
+        wave += [(node, dest, msg) for dest, msg in engines[node].start(ConsensusRequest({"x": start_values[i]}, 0), now=0.0)]
     initial_error = disagreement()
     if initial_error == 0.0:
         return 0

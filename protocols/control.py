@@ -11,9 +11,11 @@ Every node (env server or agent) runs the same short conversation with the orche
                       ◀─────────  control.shutdown   (run budget spent, Ctrl-C, a failure)
     control.goodbye   ─────────▶
 
-`ControlClient` owns the DEALER socket of that conversation. The waits that happen before the
-node's main loop runs (`register`, `wait_for`) block with a deadline; afterwards the node's loop
-polls `channel` itself and passes control messages to its own handlers.
+`ControlClient` owns the DEALER channel of that conversation, made on the node's transport hub.
+The waits that happen before the node's main loop runs (`register`, `wait_for`) block with a
+deadline; afterwards the hub's wait covers `channel` with the node's other channels and the loop
+passes control messages to its own handlers. The channel lingers up to a second when the hub
+closes, so that the goodbye gets out.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ import os
 import socket as pysocket
 from typing import Any
 
-import zmq
-
 from protocols import messages as m
-from protocols.transport import Channel, make_socket
+from protocols.transport import Hub
 
 
 class ControlTimeout(TimeoutError):
@@ -41,11 +41,12 @@ class ShutdownRequested(Exception):
 
 
 class ControlClient:
-    def __init__(self, context: zmq.Context, endpoint: str, *, node_id: str, run_id: str) -> None:
-        socket = make_socket(context, zmq.DEALER, identity=node_id.encode())
-        socket.connect(endpoint)
+    # How long closing waits for the last messages (the goodbye) to leave.
+    GOODBYE_LINGER_S = 1.0
+
+    def __init__(self, hub: Hub, endpoint: str, *, node_id: str) -> None:
         self.node_id = node_id
-        self.channel = Channel(socket, sender=node_id, run_id=run_id)
+        self.channel = hub.connect_dealer(endpoint, name="control", identity=node_id, close_linger_s=self.GOODBYE_LINGER_S)
         self._last_status = 0.0
 
     def register(self, role: str, endpoints: dict[str, str], incarnation: int = 0) -> None:
@@ -110,7 +111,3 @@ class ControlClient:
 
     def goodbye(self, reason: str) -> None:
         self.channel.send(m.Goodbye(node_id=self.node_id, reason=reason))
-
-    def close(self) -> None:
-        # The one socket closed with a (bounded) linger: the goodbye just sent should arrive.
-        self.channel.socket.close(linger=1000)

@@ -1,19 +1,26 @@
-"""Membership: who among my neighbours (and the env server) is alive. A sans-IO engine.
+"""Membership: who among my neighbours is alive. A sans-IO engine (see `protocols/engine.py`).
 
-The node's event loop feeds the engine the current time and every message it receives from a
-watched peer (any message counts as a sign of life, heartbeats are only sent to fill silence);
-the engine returns the heartbeats to send and the membership events to act on. It never touches
-a socket or a clock, so the same object runs in the node, in unit tests and in the simulator.
+The node's peer mesh feeds the engine every message it receives from a neighbour (any message is
+a sign of life; heartbeats are only sent to fill silence) and calls `on_timer` at
+`next_deadline()`; the engine returns the heartbeats to send and queues membership events that
+the mesh collects with `take_events()` and passes on to the other engines as
+`on_neighbour_down` / `on_neighbour_up`. It never touches a socket or a clock, so the same object
+runs in the node, in unit tests and in the simulator.
 
 A peer is declared down when nothing arrived from it for `timeout_s`; it is up again on its next
 message. A heartbeat with a higher `incarnation` than before means the peer restarted (its
 in-flight protocol state is gone), which the engines above must hear about.
+
+Membership runs for the node's whole life: `start` begins it, it is never `done`, and its
+`result` is the set of neighbours alive now.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from protocols.engine import Outgoing
 from protocols.messages import Heartbeat
 
 
@@ -45,6 +52,10 @@ class _Peer:
 
 
 class MembershipEngine:
+    """Heartbeats to every neighbour, liveness of every neighbour. See the module docstring."""
+
+    message_types: ClassVar[tuple[type, ...]] = (Heartbeat,)
+
     def __init__(
         self,
         node_id: str,
@@ -52,66 +63,110 @@ class MembershipEngine:
         *,
         heartbeat_every_s: float,
         timeout_s: float,
-        now: float,
         incarnation: int = 0,
     ) -> None:
         if timeout_s <= heartbeat_every_s:
             raise ValueError(
                 f"membership timeout_s ({timeout_s}) must exceed heartbeat_every_s ({heartbeat_every_s})"
             )
+        if node_id in peers:
+            raise ValueError(f"node {node_id!r} lists itself among its peers")
         self.node_id = node_id
         self.incarnation = incarnation
         self.heartbeat_every_s = heartbeat_every_s
         self.timeout_s = timeout_s
-        # Peers start as not-yet-alive: a peer is "up" only once it has been heard from.
-        self._peers = {peer: _Peer(last_heard=now) for peer in peers}
-        self._next_heartbeat = now
+        # The node's state travels in its heartbeats (the node sets it on every transition).
         self.state = "booting"
+        self._peers = {peer: _Peer(last_heard=0.0) for peer in peers}
+        self._next_heartbeat: float | None = None  # None until started
+        self._events: list[MembershipEvent] = []
+        self._restarts_seen = 0
+        self._downs_seen = 0
 
-    # ------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------ Engine inputs
 
-    def on_message(self, peer: str, now: float) -> list[MembershipEvent]:
-        """Any message from `peer` is a sign of life."""
-        record = self._peers.get(peer)
+    def start(self, request: None, now: float) -> list[Outgoing]:
+        """Start watching: silence is counted from now, and the first heartbeats go out at once.
+        Peers start as not-yet-alive: a peer is "up" only once it has been heard from."""
+        for record in self._peers.values():
+            record.last_heard = now
+        self._next_heartbeat = now
+        return self.on_timer(now)
+
+    def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
+        """Any message from `sender` is a sign of life; a heartbeat also carries its incarnation."""
+        record = self._peers.get(sender)
         if record is None:
-            return []
+            return []  # not a neighbour: the mesh logs and drops such messages
         record.last_heard = now
         if not record.alive:
             record.alive = True
-            return [PeerUp(peer)]
+            self._events.append(PeerUp(sender))
+        if isinstance(message, Heartbeat):
+            if record.incarnation >= 0 and message.incarnation > record.incarnation:
+                self._restarts_seen += 1
+                self._events.append(PeerRestarted(sender, message.incarnation))
+            record.incarnation = max(record.incarnation, message.incarnation)
         return []
 
-    def on_heartbeat(self, heartbeat: Heartbeat, now: float) -> list[MembershipEvent]:
-        events = self.on_message(heartbeat.node_id, now)
-        record = self._peers.get(heartbeat.node_id)
-        if record is None:
-            return events
-        if record.incarnation >= 0 and heartbeat.incarnation > record.incarnation:
-            events.append(PeerRestarted(heartbeat.node_id, heartbeat.incarnation))
-        record.incarnation = max(record.incarnation, heartbeat.incarnation)
-        return events
-
-    def on_timer(self, now: float) -> tuple[list[tuple[str, Heartbeat]], list[MembershipEvent]]:
-        """Heartbeats due now, and peers that went silent for too long."""
-        events: list[MembershipEvent] = []
+    def on_timer(self, now: float) -> list[Outgoing]:
+        """Heartbeats due now; peers silent for too long are declared down (see take_events)."""
+        if self._next_heartbeat is None:
+            return []
         for peer, record in self._peers.items():
             silent_for = now - record.last_heard
             if record.alive and silent_for > self.timeout_s:
                 record.alive = False
-                events.append(PeerDown(peer, silent_for))
-        outgoing: list[tuple[str, Heartbeat]] = []
-        if now >= self._next_heartbeat:
-            beat = Heartbeat(node_id=self.node_id, incarnation=self.incarnation, state=self.state)
-            outgoing = [(peer, beat) for peer in self._peers]
-            self._next_heartbeat = now + self.heartbeat_every_s
-        return outgoing, events
+                self._downs_seen += 1
+                self._events.append(PeerDown(peer, silent_for))
+        if now < self._next_heartbeat:
+            return []
+        self._next_heartbeat = now + self.heartbeat_every_s
+        beat = Heartbeat(node_id=self.node_id, incarnation=self.incarnation, state=self.state)
+        return [(peer, beat) for peer in self._peers]
+
+    def on_neighbour_down(self, node: str, now: float) -> list[Outgoing]:
+        """Membership is the source of these notices; it has nothing to do with its own."""
+        return []
+
+    def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
+        return []
+
+    # ------------------------------------------------------------------ Engine outputs
+
+    def next_deadline(self) -> float | None:
+        if self._next_heartbeat is None:
+            return None
+        deadlines = [self._next_heartbeat]
+        deadlines += [record.last_heard + self.timeout_s for record in self._peers.values() if record.alive]
+        return min(deadlines)
+
+    @property
+    def done(self) -> bool:
+        return False  # membership lasts as long as the node
+
+    @property
+    def result(self) -> frozenset[str]:
+        """The neighbours alive now."""
+        return frozenset(self.alive_peers())
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "membership/peers_alive": float(len(self.alive_peers())),
+            "membership/downs_seen": float(self._downs_seen),
+            "membership/restarts_seen": float(self._restarts_seen),
+        }
+
+    def take_events(self) -> list[MembershipEvent]:
+        """The events since the last call, oldest first."""
+        events, self._events = self._events, []
+        return events
 
     # ------------------------------------------------------------------ queries
 
-    def next_deadline(self) -> float:
-        deadlines = [self._next_heartbeat]
-        deadlines += [r.last_heard + self.timeout_s for r in self._peers.values() if r.alive]
-        return min(deadlines)
+    @property
+    def peers(self) -> list[str]:
+        return list(self._peers)
 
     def is_alive(self, peer: str) -> bool:
         return self._peers[peer].alive

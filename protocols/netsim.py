@@ -12,12 +12,10 @@ revived with their state or replaced by a fresh engine (a restart).
 No real time passes, so a test can simulate minutes of gossip in milliseconds, and the same
 seed replays the same run event for event.
 
-An engine, for this simulator, is any object with
-    on_message(sender, message, now) -> list[(destination, message)]
-    on_timer(now) -> list[(destination, message)]
-    next_deadline() -> float | None
-Calls that are not a message or a timer (starting a run, telling an engine a neighbour died)
-go through `call`, which routes whatever the engine returns.
+The simulated nodes run `protocols/engine.py`'s `Engine` interface; the simulator itself only
+needs `on_message`, `on_timer` and `next_deadline` (`SimulatedEngine` below), so a test may also
+drive a small hand-written engine. Calls that are not a message or a timer (starting a run,
+telling an engine a neighbour died) go through `call`, which routes whatever the engine returns.
 """
 
 from __future__ import annotations
@@ -28,12 +26,14 @@ from typing import Callable, Mapping, Protocol
 
 import numpy as np
 
+from protocols.engine import Outgoing
 from protocols.links import LinkConfig, LinkModel, PartitionTable
 
-Outgoing = tuple[str, object]
 
 
-class Engine(Protocol):
+class SimulatedEngine(Protocol):
+    """The part of `protocols.engine.Engine` the simulator drives by itself."""
+
     def on_message(self, sender: str, message: object, now: float) -> list[Outgoing]: ...
 
     def on_timer(self, now: float) -> list[Outgoing]: ...
@@ -91,14 +91,14 @@ class NetworkSimulator:
 
     def __init__(
         self,
-        engines: Mapping[str, Engine],
+        engines: Mapping[str, SimulatedEngine],
         link_model_factory: LinkModelFactory,
         partition_table: PartitionTable | None = None,
         seed: int = 0,
         message_size: Callable[[object], int] = approximate_size,
         record_trace: bool = False,
     ) -> None:
-        self.engines: dict[str, Engine] = dict(engines)
+        self.engines: dict[str, SimulatedEngine] = dict(engines)
         self.partitions = partition_table if partition_table is not None else PartitionTable()
         self.now = 0.0
         self._link_model_factory = link_model_factory
@@ -125,7 +125,7 @@ class NetworkSimulator:
 
     # -- driving engines -------------------------------------------------------------------
 
-    def call(self, node: str, action: Callable[[Engine, float], list[Outgoing]]) -> list[Outgoing]:
+    def call(self, node: str, action: Callable[[SimulatedEngine, float], list[Outgoing]]) -> list[Outgoing]:
         """Run `action(engine, now)` on a node (e.g. start a run) and send what it returns."""
         self._check_node(node)
         outgoing = action(self.engines[node], self.now)
@@ -150,7 +150,7 @@ class NetworkSimulator:
         self._check_node(node)
         self._crashed.add(node)
 
-    def revive(self, node: str, engine: Engine | None = None) -> None:
+    def revive(self, node: str, engine: SimulatedEngine | None = None) -> None:
         """Bring a crashed node back, with its old state or with a fresh `engine` (a restart)."""
         self._check_node(node)
         self._crashed.discard(node)

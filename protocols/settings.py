@@ -5,8 +5,9 @@ be able to read the parts it needs from `resolved.yaml` without importing the or
 the other node package. So the pieces that both sides of a connection have to agree on live
 here, in `protocols/`, which every package may import:
 
-- `MembershipConfig`: heartbeat period and liveness timeout of the membership engine;
-- `NetworkConfig`: transport (ipc or tcp), hosts, and the per-link emulation of the run;
+- `RunSection`: the run's name, seed and budget (every node needs the seed and the budget);
+- `ProtocolsConfig`: the peer protocols' settings (control reports, membership, consensus);
+- `NetworkConfig`: transport (ipc or tcp), hosts, zmq heartbeats, and the per-link emulation;
 - `NodeEntry` and `RunLayout`: the two sections the orchestrator adds when it resolves a run
   (`nodes:` and `runtime:` in `resolved.yaml`); user configs leave them out;
 - node ids (`env`, `agent_0`, ...) and the naming of ipc endpoints.
@@ -16,10 +17,12 @@ No torch, no zmq here: importing this module is as cheap as pydantic.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocols.consensus import ConsensusConfig
 from protocols.links import LinkConfig
 
 # ------------------------------------------------------------------------------------------
@@ -87,6 +90,48 @@ def ipc_dir_fits(socket_dir: str, count: int) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class RunSection(BaseModel):
+    """`run`: what the run is called, its seed, and how many lockstep steps it lasts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Names the run's directory: runs/<name>/<timestamp>/.
+    name: str
+    # Every random stream of the run derives from it: derive_seed(seed, node index, stream).
+    seed: int = Field(0, ge=0)
+    # Lockstep environment steps of the whole run (each step advances all K env copies).
+    steps: int = Field(gt=0)
+    # Directory under which runs/<name>/<timestamp>/ is created, relative to the working dir.
+    root: str = Field("runs", min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _usable_as_directory_name(cls, name: str) -> str:
+        if not _RUN_NAME.match(name):
+            raise ValueError(
+                "expected a name usable as a directory (letters, digits, '_', '-', '.'; "
+                f"starting with a letter or digit), got {name!r}"
+            )
+        return name
+
+
+class ControlConfig(BaseModel):
+    """`protocols.control`: the conversation of every node with the orchestrator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Period of each node's control.status report; it doubles as the node's heartbeat to the
+    # orchestrator, so the live view and liveness checks are only as fresh as this.
+    status_every_s: float = Field(1.0, gt=0)
+    # Every node must have registered and be ready within this long after launch; the
+    # orchestrator fails the run otherwise, and a node gives up waiting for its directory or
+    # the start signal after as long.
+    startup_timeout_s: float = Field(120.0, gt=0)
+
+
 class MembershipConfig(BaseModel):
     """`protocols.membership`: how often a node says it is alive, and when silence means dead."""
 
@@ -104,6 +149,16 @@ class MembershipConfig(BaseModel):
                 "else a live peer is declared down between two heartbeats"
             )
         return self
+
+
+class ProtocolsConfig(BaseModel):
+    """`protocols`: settings of the control channel and of the peer-protocol engines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    control: ControlConfig = ControlConfig()
+    membership: MembershipConfig = MembershipConfig()
+    consensus: ConsensusConfig = ConsensusConfig()
 
 
 class LinkOverride(BaseModel):
@@ -135,6 +190,11 @@ class NetworkConfig(BaseModel):
     transport: Literal["ipc", "tcp"] = "ipc"
     bind_host: str = Field("127.0.0.1", min_length=1)
     advertise_host: str | None = None
+    # zmq's own heartbeats on every connection (ZMQ_HEARTBEAT_IVL / _TIMEOUT): a frozen or
+    # vanished TCP peer is detected at the socket level after the timeout, even when the
+    # application has nothing to send it. The membership engine does the same for the protocols.
+    zmq_heartbeat_ivl_s: float = Field(1.0, gt=0)
+    zmq_heartbeat_timeout_s: float = Field(5.0, gt=0)
     default_link: LinkConfig = LinkConfig()
     links: list[LinkOverride] = []
 
@@ -149,6 +209,15 @@ class NetworkConfig(BaseModel):
                     "give each directed link once"
                 )
             seen[key] = position
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeat_timeout_exceeds_interval(self) -> NetworkConfig:
+        if self.zmq_heartbeat_timeout_s <= self.zmq_heartbeat_ivl_s:
+            raise ValueError(
+                f"zmq_heartbeat_timeout_s ({self.zmq_heartbeat_timeout_s}) must exceed "
+                f"zmq_heartbeat_ivl_s ({self.zmq_heartbeat_ivl_s})"
+            )
         return self
 
     def advertised_host(self) -> str:
@@ -187,11 +256,3 @@ class RunLayout(BaseModel):
     run_dir: str = Field(min_length=1)
     socket_dir: str | None = None
     socket_dir_is_temp: bool = False
-
-    def bind_address(self, network: NetworkConfig, node_id: str, purpose: str) -> str:
-        """What node `node_id` binds for `purpose`: an ipc file, or a free tcp port on bind_host."""
-        if network.transport == "ipc":
-            if self.socket_dir is None:
-                raise ValueError("runtime.socket_dir is required with network.transport 'ipc', got None")
-            return ipc_endpoint(self.socket_dir, node_id, purpose)
-        return f"tcp://{network.bind_host}:0"

@@ -1,19 +1,35 @@
-"""ZeroMQ transport: sockets that speak Parley envelopes. The only module that imports zmq.
+"""ZeroMQ transport: the one module that imports zmq.
 
-A `Channel` wraps one zmq socket. Sending encodes a message dataclass into frames; receiving
-decodes and validates them, and a bad message is logged, counted and dropped here, so the code
-above only ever sees well-formed, typed messages. Socket hygiene is decided in one place:
-`LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is an error,
-not a silent drop), and receive deadlines via `Poller`.
+`Hub` owns every zmq object of a process: the context, one poller over all its sockets, socket
+creation (a ROUTER bound to an endpoint, DEALERs connected to one) and their options, waiting with
+a deadline, delayed sends of link emulation, and closing. A node's event loop is then:
 
-Endpoints: `bind_endpoint` binds `ipc://PATH` (the default on one host; the socket file lives in
-the run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port) and returns the
+    hub = Hub(sender=node_id, run_id=run_id, options=SocketOptions(...))
+    inbox = hub.bind_router(address)                # inbox.endpoint: what peers connect to
+    server = hub.connect_dealer(endpoint, identity=node_id)
+    while running:
+        for channel in hub.wait(timeout_s):         # never busy-waits
+            for envelope in channel.recv_all():     # decoded, validated, typed
+                dispatch(channel, envelope)
+        hub.flush_due(now)                          # delayed (emulated) sends that are due
+
+A `Channel` wraps one socket and speaks envelopes. Sending encodes a message dataclass into
+frames; receiving decodes and validates them, and a bad message is logged, counted and dropped
+here, so the code above only ever sees well-formed, typed messages. Socket hygiene is decided in
+one place: `LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is
+counted as unroutable, not silently dropped), zmq heartbeats (a frozen TCP peer is noticed), and
+receive deadlines via one poller.
+
+Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
+run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port) and records the
 address to advertise to peers.
 
 Network emulation seam: a channel may carry a `link` object (see `protocols/links.py`) that
 decides, per outgoing message, when each copy is delivered (none = lost). Delayed frames wait in
-a heap here and the owner's event loop calls `flush_due(now)`; `next_due()` tells the loop how
-long it may sleep. CURVE authentication will be applied in `make_socket` (tcp between hosts).
+a heap here and the loop calls `hub.flush_due(now)`; `hub.next_due()` tells it how long it may
+sleep. CURVE authentication will be applied where the hub makes sockets (tcp between hosts).
+
+A context must not cross a fork: make the hub in the process that uses it.
 """
 
 from __future__ import annotations
@@ -42,20 +58,29 @@ class LinkDecider(Protocol):
         """Delivery times of the copies of one message (empty list: the message is lost)."""
 
 
-def make_socket(context: zmq.Context, kind: int, *, identity: bytes | None = None) -> zmq.Socket:
+@dataclass(frozen=True)
+class SocketOptions:
+    """Options every socket of a hub gets (from the run's `network` section)."""
+
+    # zmq-level heartbeats on every connection: a frozen or vanished TCP peer is noticed after
+    # `heartbeat_timeout_s` even when the application has nothing to say to it.
+    heartbeat_ivl_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0
+
+
+def _make_socket(context: zmq.Context, kind: int, options: SocketOptions, identity: bytes | None) -> zmq.Socket:
     socket = context.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
     if kind == zmq.ROUTER:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     if identity is not None:
         socket.setsockopt(zmq.IDENTITY, identity)
-    # Detect a frozen or vanished TCP peer at the zmq level too (ms).
-    socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+    socket.setsockopt(zmq.HEARTBEAT_IVL, round(options.heartbeat_ivl_s * 1000))
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, round(options.heartbeat_timeout_s * 1000))
     return socket
 
 
-def bind_endpoint(socket: zmq.Socket, address: str, advertise_host: str | None = None) -> str:
+def _bind(socket: zmq.Socket, address: str, advertise_host: str | None = None) -> str:
     """Bind `address` and return the endpoint peers should connect to."""
     if address.startswith("ipc://"):
         path = address[len("ipc://") :]
@@ -88,7 +113,11 @@ class ChannelStats:
 
 
 class Channel:
-    """One socket, speaking envelopes. Not thread-safe (neither are zmq sockets)."""
+    """One socket, speaking envelopes. Made by a `Hub`. Not thread-safe (neither are zmq sockets).
+
+    `name` says what the channel is for in logs ("env", "peer:agent_1", "control"); `endpoint` is
+    the address a bound channel advertises (None for a connected one).
+    """
 
     def __init__(
         self,
@@ -96,11 +125,17 @@ class Channel:
         *,
         sender: str,
         run_id: str,
+        name: str = "",
+        endpoint: str | None = None,
         key: bytes = b"",
         link: LinkDecider | None = None,
         clock=time.monotonic,
+        close_linger_s: float = 0.0,
     ) -> None:
         self.socket = socket
+        self.name = name
+        self.endpoint = endpoint
+        self.close_linger_s = close_linger_s
         self.sender = sender
         self.run_id = run_id
         self.key = key
@@ -167,7 +202,7 @@ class Channel:
                 envelope = wire.decode([frame.buffer for frame in frames], key=self.key)
             except ProtocolError as error:
                 self.stats.dropped_invalid += 1
-                log.warning("dropped an invalid message: %s: %s", type(error).__name__, error)
+                log.warning("%s: dropped an invalid message: %s: %s", self.name or "channel", type(error).__name__, error)
                 continue
             self.stats.received += 1
             return envelope
@@ -192,8 +227,14 @@ class Channel:
         while (envelope := self.recv()) is not None:
             yield envelope
 
+    @property
+    def closed(self) -> bool:
+        return self.socket.closed
+
     def close(self) -> None:
-        self.socket.close(linger=0)
+        """Close the socket; waits up to `close_linger_s` for queued messages (0: drops them)."""
+        if not self.socket.closed:
+            self.socket.close(linger=round(self.close_linger_s * 1000))
 
     def _send_frames(self, frames: list[Any]) -> bool:
         try:
@@ -206,6 +247,102 @@ class Channel:
         self.stats.sent += 1
         self.stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
         return True
+
+
+class Hub:
+    """Every zmq object of one process: context, poller, sockets. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        sender: str,
+        run_id: str,
+        options: SocketOptions = SocketOptions(),
+        key: bytes = b"",
+        clock=time.monotonic,
+    ) -> None:
+        self.sender = sender
+        self.run_id = run_id
+        self.options = options
+        self.key = key
+        self.clock = clock
+        self._context = zmq.Context()
+        self._poller = zmq.Poller()
+        self._channels: dict[zmq.Socket, Channel] = {}
+
+    # ------------------------------------------------------------------ making channels
+
+    def bind_router(self, address: str, *, name: str, advertise_host: str | None = None) -> Channel:
+        """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port).
+
+        Its `endpoint` is the address peers connect to: `advertise_host` replaces the bind host
+        (e.g. bind 0.0.0.0, advertise the host's reachable name), and a free port is filled in.
+        """
+        socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None)
+        try:
+            endpoint = _bind(socket, address, advertise_host)
+        except BaseException:
+            socket.close(linger=0)
+            raise
+        return self._register(socket, name=name, endpoint=endpoint, close_linger_s=0.0)
+
+    def connect_dealer(self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0) -> Channel:
+        """A DEALER connected to `endpoint`, known to the ROUTER there by `identity`.
+
+        `close_linger_s` > 0 lets the last messages out when the channel closes (a goodbye).
+        """
+        socket = _make_socket(self._context, zmq.DEALER, self.options, identity=identity.encode())
+        socket.connect(endpoint)
+        return self._register(socket, name=name, endpoint=None, close_linger_s=close_linger_s)
+
+    def _register(self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float) -> Channel:
+        channel = Channel(
+            socket,
+            sender=self.sender,
+            run_id=self.run_id,
+            name=name,
+            endpoint=endpoint,
+            key=self.key,
+            clock=self.clock,
+            close_linger_s=close_linger_s,
+        )
+        self._poller.register(socket, zmq.POLLIN)
+        self._channels[socket] = channel
+        return channel
+
+    # ------------------------------------------------------------------ the loop's calls
+
+    def wait(self, timeout_s: float) -> list[Channel]:
+        """The channels with something to read, after waiting at most `timeout_s` (never spins)."""
+        return [self._channels[socket] for socket in wait_readable(self._poller, timeout_s)]
+
+    def next_due(self) -> float | None:
+        """When the earliest delayed (link-emulated) send is due, or None."""
+        due = [when for channel in self._channels.values() if (when := channel.next_due()) is not None]
+        return min(due) if due else None
+
+    def flush_due(self, now: float | None = None) -> None:
+        """Send every delayed message whose time has come."""
+        for channel in self._channels.values():
+            channel.flush_due(now)
+
+    @property
+    def channels(self) -> list[Channel]:
+        return list(self._channels.values())
+
+    def close_channel(self, channel: Channel) -> None:
+        """Close one channel (a neighbour that left the run, say) and stop polling it."""
+        if channel.socket in self._channels:
+            self._poller.unregister(channel.socket)
+            del self._channels[channel.socket]
+        channel.close()
+
+    def close(self) -> None:
+        """Close every channel (each with its own linger) and the context. Idempotent."""
+        for channel in list(self._channels.values()):
+            self.close_channel(channel)
+        if not self._context.closed:
+            self._context.term()
 
 
 def wait_readable(poller: zmq.Poller, timeout_s: float) -> set[zmq.Socket]:

@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
+
+from protocols.transport import Hub
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def zmq_context():
-    """A private context; every socket made from it is closed with linger 0 at teardown."""
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
+def hub():
+    """A private transport hub; every channel made on it is closed with linger 0 at teardown."""
+    hub = Hub(sender="test", run_id="test")
+    yield hub
+    hub.close()
 
 
 def read_line_with_deadline(process: subprocess.Popen, timeout_s: float) -> str:

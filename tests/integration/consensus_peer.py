@@ -16,11 +16,10 @@ import sys
 import time
 
 import numpy as np
-import zmq
 
-from protocols.consensus import ConsensusShare, SyncConsensus
+from protocols.consensus import ConsensusRequest, ConsensusShare, SyncConsensus
 from protocols.topology import metropolis_weights, ring
-from protocols.transport import Channel, bind_endpoint, make_socket, wait_readable
+from protocols.transport import Hub
 
 
 def main() -> None:
@@ -29,16 +28,14 @@ def main() -> None:
     topology = ring(n)
     weights = metropolis_weights(topology)
     me = topology.nodes[index]
-    context = zmq.Context()
-    inbox = Channel(make_socket(context, zmq.ROUTER), sender=me, run_id="consensus-test")
-    bind_endpoint(inbox.socket, f"ipc://{socket_dir}/{me}")
-    poller = zmq.Poller()
-    poller.register(inbox.socket, zmq.POLLIN)
+    hub = Hub(sender=me, run_id="consensus-test")
+    inbox = hub.bind_router(f"ipc://{socket_dir}/{me}", name="inbox")
     out = {}
     for j in topology.neighbours(index):
-        channel = Channel(make_socket(context, zmq.DEALER, identity=me.encode()), sender=me, run_id="consensus-test")
-        channel.socket.connect(f"ipc://{socket_dir}/{topology.nodes[j]}")
-        out[topology.nodes[j]] = channel
+        neighbour = topology.nodes[j]
+        # Our last-round shares may still be queued when we finish: neighbours need them to
+        # finish their own last round, so closing waits for them.
+        out[neighbour] = hub.connect_dealer(f"ipc://{socket_dir}/{neighbour}", name=neighbour, identity=me, close_linger_s=2.0)
     print("BOUND", flush=True)
     assert sys.stdin.readline().strip() == "GO"
 
@@ -51,7 +48,7 @@ def main() -> None:
     )
     value = np.array([index, index**2, -index], dtype=np.float64)
     started = time.monotonic()
-    outgoing = engine.start({"x": value}, started, epoch=1)
+    outgoing = engine.start(ConsensusRequest({"x": value}, 1), started)
     while not engine.done:
         for destination, message in outgoing:
             out[destination].send(message)
@@ -59,7 +56,7 @@ def main() -> None:
         if die_after is not None and engine.round >= die_after:
             os._exit(3)
         deadline = engine.next_deadline()
-        if wait_readable(poller, max(0.0, deadline - time.monotonic()) if deadline else 1.0):
+        if inbox in hub.wait(max(0.0, deadline - time.monotonic()) if deadline else 1.0):
             for envelope in inbox.recv_all():
                 assert isinstance(envelope.message, ConsensusShare)
                 outgoing += engine.on_message(envelope.sender, envelope.message, time.monotonic())
@@ -71,10 +68,9 @@ def main() -> None:
         "x": engine.result["x"].tolist(),
         "missing_by_round": [list(m) for m in engine.missing_by_round],
         "duration_s": time.monotonic() - started,
-        "last_disagreement_max": engine.metrics[-1]["consensus/disagreement_max"],
+        "last_disagreement_max": engine.round_metrics[-1]["consensus/disagreement_max"],
     }), flush=True)
-    # Our last-round shares may still be queued: neighbours need them to finish their last round.
-    context.destroy(linger=2000)
+    hub.close()
 
 
 if __name__ == "__main__":

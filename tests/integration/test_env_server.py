@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
-import zmq
 from pettingzoo.test import parallel_api_test
 
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from protocols import messages as m
-from protocols.transport import Channel, make_socket, wait_readable
+from protocols.transport import Hub
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -43,33 +42,30 @@ def test_remote_env_refuses_a_vectorized_server(env_server):
 class Client:
     """A bare agent-side client: joins one env agent and talks lockstep."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, name: str, index: int) -> None:
-        self.channel = Channel(make_socket(context, zmq.DEALER, identity=name.encode()), sender=name, run_id="test")
-        self.channel.socket.connect(endpoint)
-        self.poller = zmq.Poller()
-        self.poller.register(self.channel.socket, zmq.POLLIN)
+    def __init__(self, hub: Hub, endpoint: str, name: str, index: int) -> None:
+        self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
         self.channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
         self.welcome = self.expect(m.EnvWelcome)
         (self.agent,) = self.welcome.agents
 
     def expect(self, message_type: type, timeout_s: float = 20.0):
-        assert wait_readable(self.poller, timeout_s), f"no {message_type.MSG_TYPE} within {timeout_s} s"
-        envelope = self.channel.recv()
-        assert isinstance(envelope.message, message_type), envelope.message
-        return envelope.message
+        message = self.channel.wait_for(object, timeout_s=timeout_s)  # the next message, whatever it is
+        assert message is not None, f"no {message_type.MSG_TYPE} within {timeout_s} s"
+        assert isinstance(message, message_type), message
+        return message
 
     def act(self, step: int, value: int = 0) -> None:
         actions = np.full((self.welcome.num_copies,), value, dtype=np.int64)
         self.channel.send(m.EnvAction(step=step, actions={self.agent: actions}))
 
 
-def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, zmq_context):
+def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, hub):
     endpoint = env_server(
         "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 3, "max_cycles": 10}),
         "--copies", "2", "--step-deadline", "0.3",
     )
-    alive = [Client(zmq_context, endpoint, f"agent_{i}", i) for i in range(2)]
-    silent = Client(zmq_context, endpoint, "agent_2", 2)  # joins, then never acts
+    alive = [Client(hub, endpoint, f"agent_{i}", i) for i in range(2)]
+    silent = Client(hub, endpoint, "agent_2", 2)  # joins, then never acts
     for client in alive:
         client.channel.send(m.EnvReset())
     first = [client.expect(m.EnvObservation) for client in alive]
@@ -87,12 +83,12 @@ def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, zmq_c
             assert reply.missing == ["agent_2"], "the silent agent's action is defaulted and recorded"
 
 
-def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, zmq_context):
+def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, hub):
     endpoint = env_server(
         "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2, "max_cycles": 10}),
         "--step-deadline", "0.3",
     )
-    good, bad = Client(zmq_context, endpoint, "agent_0", 0), Client(zmq_context, endpoint, "agent_1", 1)
+    good, bad = Client(hub, endpoint, "agent_0", 0), Client(hub, endpoint, "agent_1", 1)
     for client in (good, bad):
         client.channel.send(m.EnvReset())
         client.expect(m.EnvObservation)
@@ -104,13 +100,9 @@ def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, z
     assert reply.step == 1 and reply.missing == ["agent_1"]
 
 
-def test_joining_an_unknown_agent_is_refused(env_server, zmq_context):
+def test_joining_an_unknown_agent_is_refused(env_server, hub):
     endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2}))
-    channel = Channel(make_socket(zmq_context, zmq.DEALER, identity=b"x"), sender="x", run_id="test")
-    channel.socket.connect(endpoint)
-    poller = zmq.Poller()
-    poller.register(channel.socket, zmq.POLLIN)
+    channel = hub.connect_dealer(endpoint, name="x", identity="x")
     channel.send(m.EnvJoin(client_id="x", agent_indices=[7]))
-    assert wait_readable(poller, 20)
-    reply = channel.recv().message
+    reply = channel.wait_for(object, timeout_s=20)
     assert isinstance(reply, m.ErrorReply) and reply.code == "unknown_agent" and "out of range" in reply.message

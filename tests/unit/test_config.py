@@ -13,7 +13,6 @@ from pydantic import ValidationError
 from orchestrator.config import (
     RunConfig,
     derive_nodes,
-    derive_seeds,
     load_config,
     load_resolved,
     read_yaml,
@@ -22,7 +21,7 @@ from orchestrator.config import (
     with_nodes,
     write_resolved,
 )
-from orchestrator.errors import ConfigError
+from protocols.config_errors import ConfigError
 from orchestrator.overrides import apply_overrides, parse_override
 from protocols.seeds import derive_seed
 
@@ -338,16 +337,19 @@ def test_seeds_are_derived_per_node_and_distinct() -> None:
     assert list(nodes) == ["env", "agent_0", "agent_1", "agent_2", "agent_3"]
     assert [nodes[f"agent_{i}"].index for i in range(4)] == [0, 1, 2, 3]
     assert nodes["env"].index == 4 and nodes["env"].role == "env_server"
-    seeds = derive_seeds(config)
+    seeds = {node: entry.seed for node, entry in nodes.items()}
     assert len(set(seeds.values())) == len(seeds)
     assert seeds["agent_2"] == derive_seed(config.run.seed, 2, "node")
     assert seeds["env"] == derive_seed(config.run.seed, 4, "node")
 
 
 def test_seeds_follow_the_run_seed() -> None:
-    base = derive_seeds(load_config(TINY))
-    again = derive_seeds(load_config(TINY))
-    other = derive_seeds(load_config(TINY, ["run.seed=1"]))
+    def seeds(config):
+        return {node: entry.seed for node, entry in derive_nodes(config).items()}
+
+    base = seeds(load_config(TINY))
+    again = seeds(load_config(TINY))
+    other = seeds(load_config(TINY, ["run.seed=1"]))
     assert base == again
     assert all(base[node] != other[node] for node in base)
 

@@ -11,6 +11,7 @@ import pytest
 
 from protocols.consensus import (
     ConsensusConfig,
+    ConsensusRequest,
     ConsensusShare,
     PushSumConsensus,
     PushSumShare,
@@ -59,7 +60,7 @@ def run_sync(topology, weights, initial, rounds, link=LinkConfig(), timeout=1.0,
         sim.crash(node)
     for i, node in enumerate(topology.nodes):
         if node not in crashed:
-            sim.call(node, lambda engine, now, i=i: engine.start(initial[i], now, epoch=1))
+            sim.call(node, lambda engine, now, i=i: engine.start(ConsensusRequest(initial[i], 1), now))
     sim.run()
     return engines, sim
 
@@ -109,7 +110,7 @@ def test_sync_ring_of_five_reaches_the_exact_average():
     expected = np.linalg.matrix_power(weights, 3) @ stacked
     for i, node in enumerate(topology.nodes):
         np.testing.assert_allclose(engines3[node].result["h"], expected[i], rtol=1e-14)
-    assert sim.stats["lost_on_link"] == 0 and all(m["consensus/missing_neighbours"] == 0 for m in engines["agent_0"].metrics)
+    assert sim.stats["lost_on_link"] == 0 and all(m["consensus/missing_neighbours"] == 0 for m in engines["agent_0"].round_metrics)
 
 
 def test_sync_keeps_dtypes_and_reports_bytes():
@@ -119,7 +120,7 @@ def test_sync_keeps_dtypes_and_reports_bytes():
     result = engines["agent_0"].result["w"]
     assert result.dtype == np.float32
     np.testing.assert_allclose(result, 1.5, atol=1e-5)
-    assert engines["agent_0"].metrics[0]["consensus/bytes_sent"] == 2 * 10 * 4  # two neighbours, 40 bytes each
+    assert engines["agent_0"].round_metrics[0]["consensus/bytes_sent"] == 2 * 10 * 4  # two neighbours, 40 bytes each
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,7 @@ def test_sync_disagreement_decays_like_lambda_2_to_the_k(topology, weights_of):
     lambda_2 = second_largest_eigenvalue_modulus(weights)
     rounds = 24
     engines, _ = run_sync(topology, weights, random_tensors(topology.num_nodes, seed=3), rounds=rounds)
-    worst = np.array([max(e.metrics[r]["consensus/disagreement_max"] for e in engines.values()) for r in range(rounds)])
+    worst = np.array([max(e.round_metrics[r]["consensus/disagreement_max"] for e in engines.values()) for r in range(rounds)])
     fitted_rounds = np.arange(4, rounds)  # skip the transient where faster modes still matter
     slope = np.polyfit(fitted_rounds, np.log(worst[fitted_rounds]), 1)[0]
     assert slope == pytest.approx(math.log(lambda_2), rel=0.10)
@@ -144,7 +145,7 @@ def test_sync_disagreement_decays_like_lambda_2_to_the_k(topology, weights_of):
 
 def test_stale_shares_are_never_mixed_in_and_future_ones_wait():
     engine = SyncConsensus("a", {"b": 0.25, "c": 0.25}, self_weight=0.5, rounds=3, round_timeout_s=2.0)
-    outgoing = engine.start({"x": np.array([0.0])}, now=0.0, epoch=1)
+    outgoing = engine.start(ConsensusRequest({"x": np.array([0.0])}, 1), now=0.0)
     assert [(dest, msg.epoch, msg.round) for dest, msg in outgoing] == [("b", 1, 0), ("c", 1, 0)]
 
     assert engine.on_share("b", share(1, 0, 4.0), now=0.1) == []
@@ -166,14 +167,14 @@ def test_stale_shares_are_never_mixed_in_and_future_ones_wait():
     engine.on_share("c", share(1, 2, 3.0), now=0.6)
     assert engine.done
     assert engine.result["x"][0] == pytest.approx(0.5 * 3 + 0.25 * 100 + 0.25 * 3)
-    assert [m["consensus/missing_neighbours"] for m in engine.metrics] == [0, 0, 0]
+    assert [m["consensus/missing_neighbours"] for m in engine.round_metrics] == [0, 0, 0]
     assert engine.on_share("b", share(1, 2, 7.0), now=0.7) == []  # after the end: stale
     assert engine.counters["stale_dropped"] == 3
 
 
 def test_bad_shares_are_rejected_with_a_reason():
     engine = SyncConsensus("a", {"b": 0.5}, self_weight=0.5, rounds=2, round_timeout_s=1.0)
-    engine.start({"x": np.zeros(2)}, now=0.0, epoch=0)
+    engine.start(ConsensusRequest({"x": np.zeros(2)}, 0), now=0.0)
     engine.on_share("b", ConsensusShare(epoch=0, round=0, tensors={"x": np.zeros(3)}), now=0.0)
     assert "shape (3,)" in engine.last_rejection and "expected (2,)" in engine.last_rejection
     engine.on_share("b", ConsensusShare(epoch=0, round=0, tensors={"y": np.zeros(2)}), now=0.0)
@@ -191,15 +192,15 @@ def test_bad_shares_are_rejected_with_a_reason():
 
 def test_missing_neighbour_round_closes_at_the_deadline():
     engine = SyncConsensus("a", {"b": 0.25, "c": 0.25}, self_weight=0.5, rounds=3, round_timeout_s=2.0)
-    engine.start({"x": np.array([1.0])}, now=10.0, epoch=1)
+    engine.start(ConsensusRequest({"x": np.array([1.0])}, 1), now=10.0)
     engine.on_share("b", share(1, 0, 5.0), now=10.1)
     assert engine.next_deadline() == 12.0
     assert engine.on_timer(11.9) == [] and engine.round == 0
     outgoing = engine.on_timer(12.0)
     assert engine.round == 1 and {dest for dest, _ in outgoing} == {"b", "c"}
     assert engine.values["x"][0] == pytest.approx(0.75 * 1.0 + 0.25 * 5.0)  # c's weight stayed on self
-    assert engine.metrics[0]["consensus/missing_neighbours"] == 1
-    assert engine.metrics[0]["consensus/round_duration_s"] == pytest.approx(2.0)
+    assert engine.round_metrics[0]["consensus/missing_neighbours"] == 1
+    assert engine.round_metrics[0]["consensus/round_duration_s"] == pytest.approx(2.0)
     assert engine.missing_by_round == [("c",)]
     for round_ in (1, 2):  # b keeps answering, c never does
         engine.on_share("b", share(1, round_, 2.0), now=engine.next_deadline() - 1.5)
@@ -220,7 +221,7 @@ def test_crashed_node_delays_but_never_blocks_the_others():
     assert sim.now <= rounds * timeout + 0.1
     for node in ("agent_1", "agent_3"):
         assert engines[node].missing_by_round == [("agent_2",)] * rounds
-    assert all(m["consensus/missing_neighbours"] == 0 for m in engines["agent_0"].metrics)
+    assert all(m["consensus/missing_neighbours"] == 0 for m in engines["agent_0"].round_metrics)
 
 
 def test_total_loss_still_finishes_by_the_deadline_with_own_values():
@@ -230,12 +231,12 @@ def test_total_loss_still_finishes_by_the_deadline_with_own_values():
     assert sim.now == pytest.approx(4 * 0.25)
     for i, node in enumerate(topology.nodes):
         np.testing.assert_array_equal(engines[node].result["J"], initial[i]["J"])
-        assert math.isnan(engines[node].metrics[0]["consensus/disagreement_max"])
+        assert math.isnan(engines[node].round_metrics[0]["consensus/disagreement_max"])
 
 
 def test_neighbour_declared_dead_is_not_waited_for_and_comes_back_next_round():
     engine = SyncConsensus("a", {"b": 0.25, "c": 0.25}, self_weight=0.5, rounds=3, round_timeout_s=5.0)
-    engine.start({"x": np.array([0.0])}, now=0.0, epoch=1)
+    engine.start(ConsensusRequest({"x": np.array([0.0])}, 1), now=0.0)
     engine.on_share("b", share(1, 0, 4.0), now=0.1)
     outgoing = engine.on_neighbour_down("c", now=0.2)  # round 0 can close now
     assert engine.round == 1 and [dest for dest, _ in outgoing] == ["b"]
@@ -256,23 +257,23 @@ def test_sync_constructor_and_start_validate_their_inputs():
         SyncConsensus("a", {"b": 0.5}, self_weight=0.5, rounds=3, round_timeout_s=0.0)
     engine = SyncConsensus("a", {"b": 0.5}, self_weight=0.5, rounds=3, round_timeout_s=1.0)
     with pytest.raises(TypeError, match="floating dtype"):
-        engine.start({"x": np.arange(3)}, now=0.0, epoch=1)
+        engine.start(ConsensusRequest({"x": np.arange(3)}, 1), now=0.0)
     with pytest.raises(TypeError, match="numpy array"):
-        engine.start({"x": [1.0, 2.0]}, now=0.0, epoch=1)
-    engine.start({"x": np.zeros(3)}, now=0.0, epoch=1)
+        engine.start(ConsensusRequest({"x": [1.0, 2.0]}, 1), now=0.0)
+    engine.start(ConsensusRequest({"x": np.zeros(3)}, 1), now=0.0)
     with pytest.raises(ValueError, match="epoch must increase"):
-        engine.start({"x": np.zeros(3)}, now=0.0, epoch=1)
+        engine.start(ConsensusRequest({"x": np.zeros(3)}, 1), now=0.0)
     with pytest.raises(RuntimeError, match="not finished"):
         engine.result
 
 
 def test_second_epoch_uses_shares_that_arrived_before_it_started():
     engine = SyncConsensus("a", {"b": 0.5}, self_weight=0.5, rounds=1, round_timeout_s=1.0)
-    engine.start({"x": np.array([0.0])}, now=0.0, epoch=1)
+    engine.start(ConsensusRequest({"x": np.array([0.0])}, 1), now=0.0)
     engine.on_share("b", share(1, 0, 2.0), now=0.0)
     assert engine.done and engine.result["x"][0] == 1.0
     engine.on_share("b", share(2, 0, 10.0), now=1.0)  # b is already in the next run
-    engine.start({"x": np.array([0.0])}, now=2.0, epoch=2)
+    engine.start(ConsensusRequest({"x": np.array([0.0])}, 2), now=2.0)
     assert engine.done and engine.result["x"][0] == 5.0
 
 
@@ -289,7 +290,7 @@ def undirected(topology: Topology) -> dict[str, list[str]]:
 
 def start_push_sum(sim, engines, initial, stagger_s=0.0):
     for i, node in enumerate(engines):
-        start = lambda node=node, i=i: sim.call(node, lambda engine, now: engine.start(initial[i], now, epoch=1))
+        start = lambda node=node, i=i: sim.call(node, lambda engine, now: engine.start(ConsensusRequest(initial[i], 1), now))
         sim.schedule(i * stagger_s, start)
 
 
@@ -315,7 +316,7 @@ def assert_estimates_equal(engines, target, atol):
 
 def test_push_sum_by_hand_ignores_stale_and_duplicate_totals():
     sender = PushSumConsensus("a", ["b"], period_s=1.0, duration_s=10.0)
-    outgoing = sender.start({"x": np.array([2.0])}, now=0.0, epoch=1)
+    outgoing = sender.start(ConsensusRequest({"x": np.array([2.0])}, 1), now=0.0)
     [(destination, first)] = outgoing
     assert destination == "b" and first.seq == 1 and first.weight_total == 0.5 and first.value_totals["x"][0] == 1.0
     assert sender.next_deadline() == 1.0
@@ -323,7 +324,7 @@ def test_push_sum_by_hand_ignores_stale_and_duplicate_totals():
     assert second.seq == 2 and second.weight_total == 0.75 and second.value_totals["x"][0] == 1.5  # cumulative
 
     receiver = PushSumConsensus("b", ["a"], period_s=1.0, duration_s=10.0)
-    receiver.start({"x": np.array([6.0])}, now=0.0, epoch=1)  # pushes half of itself to a
+    receiver.start(ConsensusRequest({"x": np.array([6.0])}, 1), now=0.0)  # pushes half of itself to a
     assert receiver.weight_mass == 0.5
     receiver.on_share("a", second, now=1.5)
     receiver.on_share("a", first, now=1.6)  # overtaken: older seq
@@ -432,7 +433,7 @@ def test_push_sum_validates_inputs():
     engine = PushSumConsensus("a", ["b"], period_s=0.1, duration_s=1.0)
     with pytest.raises(RuntimeError, match="not started"):
         engine.estimate()
-    engine.start({"x": np.zeros(2)}, now=0.0, epoch=1)
+    engine.start(ConsensusRequest({"x": np.zeros(2)}, 1), now=0.0)
     engine.on_share("b", PushSumShare(epoch=1, seq=1, weight_total=0.5, value_totals={"x": np.zeros(3)}), now=0.0)
     assert "shape (3,)" in engine.last_rejection
     engine.on_share("b", PushSumShare(epoch=1, seq=1, weight_total=float("inf"), value_totals={"x": np.zeros(2)}), now=0.0)
@@ -477,3 +478,34 @@ def test_rounds_to_tolerance_matches_the_spectral_worst_case(topology, expected_
     assert rounds_predicted_by_spectrum(weights, 1e-3) == expected_rounds  # ARCHITECTURE.md's figures
     assert rounds_to_tolerance(topology, 1e-3, initial="slowest_mode") == expected_rounds
     assert rounds_to_tolerance(topology, 1e-3, initial="random", seed=1) <= expected_rounds
+
+
+# -- the engine interface ---------------------------------------------------------------------
+
+
+def test_both_engines_implement_the_engine_interface_and_summarize_a_run():
+    from protocols.engine import Engine
+
+    topology = ring(4)
+    initial = random_tensors(4, seed=3)
+    engines, _ = run_sync(topology, metropolis_weights(topology), initial, rounds=12)
+    engine = engines["agent_0"]
+    assert isinstance(engine, Engine) and engine.message_types == (ConsensusShare,)
+    summary = engine.metrics()
+    assert summary["consensus/rounds"] == 12.0 and summary["consensus/missing_neighbours"] == 0.0
+    assert summary["consensus/disagreement_last"] < summary["consensus/disagreement_first"]
+    assert summary["consensus/engine_duration_s"] >= 0.0
+
+    pushers = {node: PushSumConsensus(node, [topology.nodes[j] for j in topology.neighbours(i)], 0.1, 3.0)
+               for i, node in enumerate(topology.nodes)}
+    sim = NetworkSimulator(pushers, same_link_everywhere(LinkConfig(delay_s=0.01)), seed=1)
+    for i, node in enumerate(topology.nodes):
+        sim.call(node, lambda engine, now, i=i: engine.start(ConsensusRequest(initial[i], 1), now))
+    sim.run()
+    pusher = pushers["agent_0"]
+    assert isinstance(pusher, Engine) and pusher.message_types == (PushSumShare,) and pusher.done
+    summary = pusher.metrics()
+    assert summary["consensus/pushes"] == pytest.approx(30, abs=1) and summary["consensus/applied"] > 0
+    assert summary["consensus/missing_neighbours"] == 0.0 and summary["consensus/estimate_change"] < 1e-3
+    for name, target in average(initial).items():
+        np.testing.assert_allclose(pusher.result[name], target, atol=1e-3)

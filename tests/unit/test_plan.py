@@ -142,15 +142,6 @@ def test_remove_temp_socket_dir_leaves_run_dir_sockets_alone(tiny, tmp_path: Pat
     assert (run_dir / "sock").is_dir()
 
 
-def test_layout_bind_addresses(tiny) -> None:
-    layout = RunLayout(run_id="r", run_dir="/r", socket_dir="/r/sock")
-    assert layout.bind_address(tiny.network, "agent_0", "peer") == "ipc:///r/sock/agent_0.peer"
-    tcp = load_config(TINY, ["network.transport=tcp", "network.bind_host=0.0.0.0"]).network
-    assert layout.bind_address(tcp, "env", "env") == "tcp://0.0.0.0:0"
-    with pytest.raises(ValueError, match="purpose must be one of"):
-        layout.bind_address(tiny.network, "env", "gossip")
-
-
 # ------------------------------------------------------------------------------ run directory
 
 

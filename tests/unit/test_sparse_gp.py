@@ -21,7 +21,7 @@ from agent_node.world_models import (
     inducing_grid_shape,
 )
 from agent_node.world_models.sparse_gp import SparseGPWorldModel, centralized_posterior
-from protocols.consensus import SyncConsensus
+from protocols.consensus import ConsensusRequest, SyncConsensus
 from protocols.links import LinkConfig
 from protocols.netsim import NetworkSimulator, same_link_everywhere
 from protocols.topology import ring, uniform_neighbour_weights
@@ -137,7 +137,7 @@ def test_ring_consensus_for_100_rounds_matches_centralized_on_every_agent():
     simulator = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.001)), seed=0)
     for node, model in zip(ring5.nodes, models):
         statistics = model.export_statistics()
-        simulator.call(node, lambda engine, now, stats=statistics: engine.start(stats, now, epoch=1))
+        simulator.call(node, lambda engine, now, stats=statistics: engine.start(ConsensusRequest(stats, 1), now))
     simulator.run()
     assert all(engine.done and not any(engine.missing_by_round) for engine in engines.values())
     values = [engines[node].result for node in ring5.nodes]

@@ -2,8 +2,8 @@
 
 pydantic's own messages are precise but shaped for programmers (`agents.learner.dqn.lr` with
 the union tag in the path, "Extra inputs are not permitted"). `format_validation_error` turns a
-`ValidationError` raised by the run schema into one line per problem, in the vocabulary of the
-YAML file:
+`ValidationError` raised by a config schema (the orchestrator's whole run, or the sections a node
+reads from its resolved config) into one line per problem, in the vocabulary of the YAML file:
 
     run.steps: expected greater than 0, got -5 (int)
     agents.lerner: unknown key; valid keys: count, learner, world_model, ... (did you mean 'learner'?)
