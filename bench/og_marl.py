@@ -14,8 +14,9 @@ the mean of its last 5 evaluations. Every table and figure names the action-pena
 Variants (`VARIANTS` below): og_marl (reference variance, c = 0.01), og_marl_epistemic (epistemic
 variance, c calibrated to the same mean bonus), og_marl_ref_scale (reference variance at the c that
 gives the reference code's own bonus size), og_marl_c0, og_marl_local (each agent its own GP,
-no consensus), og_marl_centralized (exact average in one round), og_marl_push_sum, og_marl_terminal
-and sac_terminal (time limit treated as terminal, as the reference), sac.
+no consensus), og_marl_centralized (exact average in one round), og_marl_push_sum, og_marl_one_real
+and og_marl_terminal (one real row per batch as the reference's, bootstrapping through the time
+limit or treating it as terminal as the reference does), sac and sac_terminal.
 
 A run FAILS (reported, and the script exits non-zero) when
 - it crashed or timed out;
@@ -95,11 +96,21 @@ VARIANTS: dict[str, Variant] = {
     "og_marl_centralized": Variant("configs/og_marl_centralized5.yaml", "og_marl", label="OG-MARL, centralized GP"),
     # Needs the node's push-sum fix (another branch); the config and this row are ready for it.
     "og_marl_push_sum": Variant("configs/og_marl_ring5_push_sum.yaml", "og_marl", label="OG-MARL, push-sum"),
+    # OG-MARL's batches are all imagined (real_ratio 0), and imagined rows are never truncated, so
+    # the time limit reaches its critic only through real rows: these two rows use the reference's
+    # effective batch, one real row of 256 (odmar.py line 917: REAL_RATIO = 0.0 rounds up to 1), bootstrapping
+    # through the time limit and treating it as terminal (the reference's `done = 1`).
+    "og_marl_one_real": Variant(
+        "configs/og_marl_ring5.yaml",
+        "og_marl",
+        ("agents.learner.real_ratio=0.00390625",),
+        label="OG-MARL, 1 real row per batch",
+    ),
     "og_marl_terminal": Variant(
         "configs/og_marl_ring5.yaml",
         "og_marl",
-        ("agents.learner.sac.bootstrap_on_truncation=false",),
-        label="OG-MARL, time limit terminal",
+        ("agents.learner.real_ratio=0.00390625", "agents.learner.sac.bootstrap_on_truncation=false"),
+        label="OG-MARL, 1 real row per batch, time limit terminal",
     ),
     "sac": Variant("configs/sac_ring5.yaml", "sac", label="SAC"),
     "sac_terminal": Variant(

@@ -182,6 +182,13 @@ class OGMARLConfig(BaseModel):
                 f"sac.updates_per_step ({self.sac.updates_per_step}) differs from updates_per_step "
                 f"({self.updates_per_step}); set only og_marl's updates_per_step"
             )
+        if not self.sac.bootstrap_on_truncation and self.real_ratio == 0.0:
+            raise ValueError(
+                "sac.bootstrap_on_truncation=false changes only real rows (imagined rows are never "
+                "truncated), and real_ratio=0.0 puts no real row in any batch, so it would do nothing; "
+                "set real_ratio > 0 (the reference's batches hold one real row: real_ratio 0.00390625 "
+                "with batch_size 256) or leave bootstrap_on_truncation true"
+            )
         imagined_per_refresh = self.rollout_starts * self.rollout_horizon
         if self.model_buffer_size < imagined_per_refresh:
             raise ValueError(

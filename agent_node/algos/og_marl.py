@@ -65,6 +65,11 @@ Decisions, each checked against the reference:
   as in the reference (`done = False`). SAC bootstraps every non-terminated row from its next
   state with the target critics, so the last imagined step bootstraps from Q(s_H, .) like any
   other: stopping the rollout is a cut of an imagined trajectory, not an end of the task.
+- **The time limit.** The reference stores `done = 1` on the real row at step 100 (`odmar.py`
+  line 1002) and never on imagined rows (line 774); SAC here bootstraps through a time-limit cut
+  unless `sac.bootstrap_on_truncation` is false. Either way it reaches the critic only through
+  real rows, so with `real_ratio = 0` the option would do nothing and the config refuses it; the
+  reference's batches hold one real row (line 917), `real_ratio = 1/256`.
 - **Model mean, clipped.** Rollouts follow the model mean (no sampled noise), as the reference.
   We clip the predicted position to the observation space (the world box is known; the true
   dynamics clip there too); the reference does not.

@@ -363,6 +363,11 @@ def test_config_parses_from_yaml_shape_and_checks_consistency():
         OGMARLConfig(rollout_length=3)
     with pytest.raises(pydantic.ValidationError, match="real_ratio"):
         OGMARLConfig(real_ratio=1.5)
+    # Treating the time limit as terminal acts on real rows only: refused where there are none.
+    with pytest.raises(pydantic.ValidationError, match="would do nothing"):
+        OGMARLConfig(sac=SACConfig(bootstrap_on_truncation=False))
+    one_real = OGMARLConfig(sac=SACConfig(bootstrap_on_truncation=False), real_ratio=1 / 256)
+    assert round(one_real.real_ratio * one_real.sac.batch_size) == 1
 
 
 def test_builder_requires_a_world_model_and_a_task():
