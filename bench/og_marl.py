@@ -414,6 +414,17 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
     }
 
 
+def without_nan(value):
+    """The same structure with NaN as None, so that the output is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return value
+
+
 def print_table(summary: dict) -> None:
     print(
         f"reward collection, 5 agents, {summary['setting']}, {summary['random_steps']} random + "
@@ -429,7 +440,8 @@ def print_table(summary: dict) -> None:
         speed = row["s_per_1000_train_steps"].get("mean")
         steps = row["gradient_steps_per_agent_in_window"].get("mean")
         seeds = ", ".join(
-            f"{seed}: {value:.1f}{' FAILED' if seed in row['failed_seeds'] else ''}" for seed, value in row["per_seed"].items()
+            f"{seed}: {'-' if value is None else f'{value:.1f}'}{' FAILED' if int(seed) in row['failed_seeds'] else ''}"
+            for seed, value in row["per_seed"].items()
         )
         print(
             f"{variant:<22}{mean + std:>30}{ci:>22}{(f'{speed:.0f}' if speed else '-'):>22}"
@@ -579,12 +591,12 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-    summary = report(results, args, root)
+    summary = without_nan(report(results, args, root))
     if results:
         summary["plots"] = plot(results, root / "plots", args.penalty)
-    (root / "summary.json").write_text(json.dumps(summary, indent=1))
+    (root / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
     else:
         print_table(summary)
         for result in results:
