@@ -14,7 +14,7 @@ One kind of task is known today:
      "values": [v, ...],              what a site pays per agent per step
      "radius": 0.5,                   a site pays an agent strictly closer than this
      "action_penalty": False,         subtract a penalty on the action magnitude?
-     "action_penalty_coef": 0.1,      its weight
+     "action_penalty_coef": 1.0,      its weight
      "action_bounds": [-1.0, 1.0],    actions are clipped to this range before the penalty
      "bounds": [-10.0, 10.0]}         the world square (informational: positions live in it)
 

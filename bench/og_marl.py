@@ -1,150 +1,609 @@
-"""OG-MARL against its SAC baseline on the reward-collection task, through full Parley runs.
+"""OG-MARL and its ablations against independent SAC on reward collection, through full Parley runs.
 
-    python bench/og_marl.py [--seeds 0,1,2] [--methods sac,og_marl,og_marl_c0]
-                            [--train-steps 2400] [--random-steps 5000] [--no-penalty] [--json]
+    python bench/og_marl.py [--variants og_marl,sac,...] [--seeds 0,1,2,3,4] [--steps 2400]
+                            [--random-steps 5000] [--penalty 1.0] [--root DIR] [--json]
+    python bench/og_marl.py --analyse DIR [--json]         (tables and plots of finished runs)
+    python bench/og_marl.py --calibrate-optimism [--seeds 0,1,2,3,4]
 
-Each (method, seed) is one `orchestrate up` of its config (`configs/sac_ring5.yaml`,
-`configs/og_marl_ring5.yaml`, `configs/og_marl_ring5_no_optimism.yaml`) with the budget set
-from the flags, run one after the other so they do not compete for the two cores. The env
-server evaluates every 200 lockstep steps on 5 greedy episodes; a run's score is the mean of
-its last 5 evaluations, and the table shows mean ± std of that score over seeds.
+Each (variant, seed) is one `orchestrate up` of the variant's config with the budget set from the
+flags, run one after the other so they do not compete for the cores. The env server evaluates
+every 200 lockstep steps from the end of the random phase, 5 greedy episodes each; a run's score is
+the mean of its last 5 evaluations. Every table and figure names the action-penalty weight
+(`--penalty`, 1.0 is the reference's `env.py` line 144; 0 switches the penalty off).
 
-Seconds per 1,000 training steps: wall time between the evaluation at the end of the random
-steps and the last evaluation, less the time of the evaluations in between, divided by the
-training steps in between. Evaluations start when the random steps end.
+Variants (`VARIANTS` below): og_marl (reference variance, c = 0.01), og_marl_epistemic (epistemic
+variance, c calibrated to the same mean bonus), og_marl_ref_scale (reference variance at the c that
+gives the reference code's own bonus size), og_marl_c0, og_marl_local (each agent its own GP,
+no consensus), og_marl_centralized (exact average in one round), og_marl_push_sum, og_marl_one_real
+and og_marl_terminal (one real row per batch as the reference's, bootstrapping through the time
+limit or treating it as terminal as the reference does), sac and sac_terminal.
 
-JSON keys: with the action penalty (the reference's setting) `og_marl_return_penalty`,
-`sac_return_penalty`, `og_marl_s_per_1000_steps`; without it (`--no-penalty`) `sac_return`,
-`og_marl_return`, `og_marl_no_opt_return`, `ratio_og_marl_over_sac`.
+A run FAILS (reported, and the script exits non-zero) when
+- it crashed or timed out;
+- an agent's update-ratio contract is broken: at its last counters, `sac/steps_pending` exceeds
+  `--max-pending-fraction` (1 %) of `sac/steps_owed` (the node logs `learner.counters()`, cumulative,
+  at every evaluation and when it stops); a run without counters fails too, since the work done
+  cannot be checked;
+- any agent logged `consensus/missing_neighbours` > 0 (its average was not the one claimed).
+A failed run's score is shown but not pooled into the variant's statistics.
+
+Statistics over seeds: mean, sample std (ddof = 1), 95 % t-interval (scipy.stats; scipy comes with
+gpytorch) and every seed's value. Seconds per 1,000 training steps: wall time between the evaluation
+that ends the random phase and the last one, less the evaluations' own time, over the training
+steps between them; it counts only for runs whose contract holds (equal work: every owed update
+done), and the table shows the gradient steps each agent took in that window beside it.
+
+Per refresh (OG-MARL variants): the GP's held-out one-step error (`og_marl/model_mse`, mean over
+agents) and each agent's relative distance to the exact average of the agents' statistics,
+estimated from the consensus probes (`agent_node/algos/og_marl.py`, `probe_distances`).
+
+Plots (PNG, under `<root>/plots`): learning curves (mean and 95 % CI over seeds), the GP error per
+refresh and the consensus distance per refresh.
+
+`--calibrate-optimism` measures, in-process and without the orchestrator, the ratio of the mean
+sqrt(reference variance) to the mean sqrt(epistemic variance) over the imagined rows of the first
+model refresh (5 agents, 5,000 random steps, the shipped GP, exact average), per seed, and prints
+c_epistemic = 0.01 * that ratio: the epistemic c whose mean bonus equals the reference form's at
+c = 0.01 at that refresh. It also reports the reference form under the raw-input kernel.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    "sac": "configs/sac_ring5.yaml",
-    "og_marl": "configs/og_marl_ring5.yaml",
-    "og_marl_c0": "configs/og_marl_ring5_no_optimism.yaml",
-}
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 EVAL_EVERY = 200
+LAST_EVALUATIONS = 5
 
 
-def run_once(method: str, seed: int, random_steps: int, train_steps: int, penalty: bool, root: Path) -> dict:
-    run_dir = root / f"{method}-seed{seed}"
-    learner_random = "agents.learner.sac.random_steps" if method != "sac" else "agents.learner.random_steps"
-    learner_starts = "agents.learner.sac.learning_starts" if method != "sac" else "agents.learner.learning_starts"
+@dataclass(frozen=True)
+class Variant:
+    config: str
+    learner: str  # "og_marl" | "sac": where the learner's keys live in overrides
+    overrides: tuple[str, ...] = ()
+    label: str = ""
+
+
+VARIANTS: dict[str, Variant] = {
+    "og_marl": Variant("configs/og_marl_ring5.yaml", "og_marl", label="OG-MARL (reference variance, c=0.01)"),
+    "og_marl_epistemic": Variant(
+        "configs/og_marl_ring5_epistemic.yaml", "og_marl", label="OG-MARL (epistemic variance, calibrated c)"
+    ),
+    # The reference form at the reference code's own bonus size (its kernel sees raw inputs); c
+    # from `--calibrate-optimism` (c_reference_at_reference_code_scale).
+    "og_marl_ref_scale": Variant(
+        "configs/og_marl_ring5.yaml",
+        "og_marl",
+        ("agents.learner.optimism=0.047",),
+        label="OG-MARL (reference variance, c=0.047: the reference code's bonus)",
+    ),
+    "og_marl_c0": Variant("configs/og_marl_ring5_no_optimism.yaml", "og_marl", label="OG-MARL c=0"),
+    "og_marl_local": Variant("configs/og_marl_ring5_local.yaml", "og_marl", label="OG-MARL, local GP only"),
+    "og_marl_centralized": Variant("configs/og_marl_centralized5.yaml", "og_marl", label="OG-MARL, centralized GP"),
+    # Needs the node's push-sum fix (another branch); the config and this row are ready for it.
+    "og_marl_push_sum": Variant("configs/og_marl_ring5_push_sum.yaml", "og_marl", label="OG-MARL, push-sum"),
+    # OG-MARL's batches are all imagined (real_ratio 0), and imagined rows are never truncated, so
+    # the time limit reaches its critic only through real rows: these two rows use the reference's
+    # effective batch, one real row of 256 (odmar.py line 917: REAL_RATIO = 0.0 rounds up to 1), bootstrapping
+    # through the time limit and treating it as terminal (the reference's `done = 1`).
+    "og_marl_one_real": Variant(
+        "configs/og_marl_ring5.yaml",
+        "og_marl",
+        ("agents.learner.real_ratio=0.00390625",),
+        label="OG-MARL, 1 real row per batch",
+    ),
+    "og_marl_terminal": Variant(
+        "configs/og_marl_ring5.yaml",
+        "og_marl",
+        ("agents.learner.real_ratio=0.00390625", "agents.learner.sac.bootstrap_on_truncation=false"),
+        label="OG-MARL, 1 real row per batch, time limit terminal",
+    ),
+    "sac": Variant("configs/sac_ring5.yaml", "sac", label="SAC"),
+    "sac_terminal": Variant(
+        "configs/sac_ring5.yaml", "sac", ("agents.learner.bootstrap_on_truncation=false",), label="SAC, time limit terminal"
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------- reading runs
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def agent_dirs(run_dir: Path) -> list[Path]:
+    return sorted(path for path in (run_dir / "nodes").glob("agent_*") if path.is_dir())
+
+
+@dataclass
+class RunResult:
+    variant: str
+    seed: int
+    run_dir: str
+    last5_mean: float = float("nan")
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (training step, eval return)
+    s_per_1000_train_steps: float = float("nan")
+    gradient_steps_in_window: float = float("nan")  # per agent, mean over agents
+    pending_fraction: float = float("nan")  # worst agent, at its last counters
+    model_mse: list[tuple[int, float]] = field(default_factory=list)  # (training step, mean over agents)
+    consensus_distance: list[tuple[int, float, float]] = field(default_factory=list)  # (step, max J, max h)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def check_update_contract(run_dir: Path, max_pending_fraction: float) -> tuple[float, list[str]]:
+    """(worst pending / owed over the agents, failure messages) from each agent's last counters."""
+    worst, failures = 0.0, []
+    agents = agent_dirs(run_dir)
+    if not agents:
+        return float("nan"), [f"no agent metrics under {run_dir / 'nodes'}"]
+    for agent in agents:
+        counters = [record for record in read_jsonl(agent / "metrics.jsonl") if "sac/steps_pending" in record]
+        if not counters:
+            failures.append(
+                f"{agent.name}: no `sac/steps_pending` logged, so the updates done cannot be checked "
+                "(the node must write learner.counters() at every evaluation and when it stops)"
+            )
+            continue
+        last = counters[-1]
+        pending = last["sac/steps_pending"]
+        owed = last.get("sac/steps_owed", last.get("sac/gradient_steps", 0.0) + pending)
+        fraction = pending / owed if owed > 0 else 0.0
+        worst = max(worst, fraction)
+        if fraction > max_pending_fraction:
+            failures.append(
+                f"{agent.name}: {pending:.0f} of {owed:.0f} owed gradient steps still pending at step "
+                f"{last['step']} ({100 * fraction:.2f} % > {100 * max_pending_fraction:.2f} %): updates were skipped"
+            )
+    return worst, failures
+
+
+def check_missing_neighbours(run_dir: Path) -> list[str]:
+    failures = []
+    for agent in agent_dirs(run_dir):
+        missed = [r for r in read_jsonl(agent / "metrics.jsonl") if r.get("consensus/missing_neighbours", 0) > 0]
+        if missed:
+            steps = sorted({r["step"] for r in missed})
+            failures.append(
+                f"{agent.name}: consensus/missing_neighbours > 0 in {len(missed)} rounds (steps {steps[:5]}"
+                f"{' ...' if len(steps) > 5 else ''}): its average is not the exact one"
+            )
+    return failures
+
+
+def refresh_series(run_dir: Path, random_steps: int) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
+    """Per refresh: mean held-out model MSE over agents, and the largest distance to the exact average."""
+    from agent_node.algos.og_marl import probe_distances
+
+    by_step: dict[int, dict[str, dict]] = {}
+    for agent in agent_dirs(run_dir):
+        for record in read_jsonl(agent / "metrics.jsonl"):
+            if "og_marl/model_mse" in record:
+                by_step.setdefault(record["step"], {})[agent.name] = record
+    num_agents = len(agent_dirs(run_dir))
+    mse, distance = [], []
+    for step in sorted(by_step):
+        records = list(by_step[step].values())
+        mse.append((step - random_steps, float(np.mean([r["og_marl/model_mse"] for r in records]))))
+        complete = len(records) == num_agents and any(k.startswith("og_marl/probe/after/") for k in records[0])
+        if complete:
+            estimated = probe_distances(records, records)
+            distance.append((step - random_steps, max(estimated.get("J", [math.nan])), max(estimated.get("h", [math.nan]))))
+    return mse, distance
+
+
+def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_pending_fraction: float) -> RunResult:
+    result = RunResult(variant, seed, str(run_dir))
+    evaluations = [r for r in read_jsonl(run_dir / "nodes" / "env" / "metrics.jsonl") if "eval/return_mean" in r]
+    evaluations = [r for r in evaluations if r["step"] >= random_steps]
+    if not evaluations:
+        result.failures.append(f"no evaluations at or after step {random_steps} in {run_dir}")
+        return result
+    result.curve = [(r["step"] - random_steps, float(r["eval/return_mean"])) for r in evaluations]
+    result.last5_mean = float(np.mean([r["eval/return_mean"] for r in evaluations[-LAST_EVALUATIONS:]]))
+    start, end = evaluations[0], evaluations[-1]
+    trained = end["step"] - start["step"]
+    eval_time = sum(r["eval/duration_s"] for r in evaluations if start["step"] < r["step"] <= end["step"])
+    if trained > 0:
+        result.s_per_1000_train_steps = (end["t"] - start["t"] - eval_time) / trained * 1000
+
+    result.pending_fraction, contract_failures = check_update_contract(run_dir, max_pending_fraction)
+    result.failures += contract_failures + check_missing_neighbours(run_dir)
+    steps_done = []
+    for agent in agent_dirs(run_dir):
+        counters = [r for r in read_jsonl(agent / "metrics.jsonl") if "sac/gradient_steps" in r]
+        at_start = [r for r in counters if r["step"] <= start["step"]]
+        at_end = [r for r in counters if r["step"] <= end["step"]]
+        if at_start and at_end:
+            steps_done.append(at_end[-1]["sac/gradient_steps"] - at_start[-1]["sac/gradient_steps"])
+    if steps_done:
+        result.gradient_steps_in_window = float(np.mean(steps_done))
+    if VARIANTS.get(variant, Variant("", "og_marl")).learner == "og_marl":
+        result.model_mse, result.consensus_distance = refresh_series(run_dir, random_steps)
+    return result
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def run_once(variant: str, seed: int, args: argparse.Namespace, root: Path) -> RunResult:
+    spec = VARIANTS[variant]
+    run_dir = root / f"{variant}-seed{seed}"
+    prefix = "agents.learner.sac." if spec.learner == "og_marl" else "agents.learner."
     overrides = [
         f"run.seed={seed}",
-        f"run.steps={random_steps + train_steps}",
-        f"env.kwargs.action_penalty={str(penalty).lower()}",
+        f"run.steps={args.random_steps + args.steps}",
+        f"env.kwargs.action_penalty={'true' if args.penalty > 0 else 'false'}",
+        f"env.kwargs.action_penalty_coef={args.penalty if args.penalty > 0 else 1.0}",
         f"env.eval_every_steps={EVAL_EVERY}",
-        f"env.eval_start_step={random_steps}",
-        f"{learner_random}={random_steps}",
-        f"{learner_starts}={random_steps}",
-        "launch.live_view=\"off\"",
+        f"env.eval_start_step={args.random_steps}",
+        f"{prefix}random_steps={args.random_steps}",
+        f"{prefix}learning_starts={args.random_steps}",
+        'launch.live_view="off"',
+        *spec.overrides,
     ]
-    argv = [sys.executable, "-m", "orchestrator", "up", CONFIGS[method], "--run-dir", str(run_dir)]
+    argv = [sys.executable, "-m", "orchestrator", "up", spec.config, "--run-dir", str(run_dir)]
     for override in overrides:
         argv += ["--set", override]
-    started = time.monotonic()
-    completed = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(
+            argv,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=args.run_timeout_s,
+        )
+    except subprocess.TimeoutExpired:
+        result = RunResult(variant, seed, str(run_dir))
+        result.failures.append(f"timed out after {args.run_timeout_s} s")
+        return result
     if completed.returncode != 0:
-        raise RuntimeError(f"{method} seed {seed} failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
-    evaluations = [
-        json.loads(line)
-        for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()
-        if "eval/return_mean" in line
-    ]
-    last5 = [e["eval/return_mean"] for e in evaluations[-5:]]
-    at_start = next(e for e in evaluations if e["step"] >= random_steps)
-    at_end = evaluations[-1]
-    trained = at_end["step"] - at_start["step"]
-    # Training time only: the evaluation episodes in between are taken out.
-    eval_time = sum(e["eval/duration_s"] for e in evaluations if at_start["step"] < e["step"] <= at_end["step"])
+        result = RunResult(variant, seed, str(run_dir))
+        result.failures.append(f"orchestrate up exited {completed.returncode}: {completed.stderr[-2000:]}")
+        return result
+    return analyse_run(variant, seed, run_dir, args.random_steps, args.max_pending_fraction)
+
+
+# ---------------------------------------------------------------------------------- statistics
+
+
+def summarize(values: list[float]) -> dict:
+    """Mean, sample std (ddof=1), 95 % t-interval and the values; std and CI need >= 2 values."""
+    from scipy import stats
+
+    array = np.asarray(values, dtype=np.float64)
+    summary = {"n": int(array.size), "values": [round(float(v), 2) for v in array]}
+    if array.size == 0:
+        return summary
+    summary["mean"] = float(array.mean())
+    if array.size >= 2:
+        std = float(array.std(ddof=1))
+        summary["std"] = std
+        low, high = stats.t.interval(0.95, df=array.size - 1, loc=array.mean(), scale=std / math.sqrt(array.size))
+        summary["ci95"] = [float(low), float(high)]
+    return summary
+
+
+def pooled_curve(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps present in every series, with mean and 95 % t half-width over the series."""
+    from scipy import stats
+
+    common = sorted(set.intersection(*(set(step for step, _ in s) for s in series))) if series else []
+    values = np.array([[dict(s)[step] for step in common] for s in series])
+    mean = values.mean(axis=0) if len(common) else np.array([])
+    if len(series) >= 2 and len(common):
+        half = stats.t.ppf(0.975, len(series) - 1) * values.std(axis=0, ddof=1) / math.sqrt(len(series))
+    else:
+        half = np.zeros_like(mean)
+    return np.array(common), mean, half
+
+
+def plot(results: list[RunResult], out: Path, penalty: float) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    setting = f"action penalty weight {penalty:g}" if penalty > 0 else "action penalty off"
+    written = []
+    variants = list(dict.fromkeys(r.variant for r in results))
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for variant in variants:
+        series = [r.curve for r in results if r.variant == variant and r.ok and r.curve]
+        if not series:
+            continue
+        steps, mean, half = pooled_curve(series)
+        axis.plot(steps, mean, label=f"{VARIANTS[variant].label} (n={len(series)})")
+        axis.fill_between(steps, mean - half, mean + half, alpha=0.2)
+    axis.set_xlabel("training steps after the random phase")
+    axis.set_ylabel("evaluation return (5 greedy episodes)")
+    axis.set_title(f"Reward collection, 5 agents, {setting}: mean and 95% CI over seeds")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
+    else:
+        axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=axis.transAxes)
+    figure.tight_layout()
+    figure.savefig(out / "learning_curves.png", dpi=120)
+    written.append(str(out / "learning_curves.png"))
+    plt.close(figure)
+
+    figure, (mse_axis, distance_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for variant in variants:
+        mse = [r.model_mse for r in results if r.variant == variant and r.ok and r.model_mse]
+        if mse:
+            steps, mean, half = pooled_curve(mse)
+            mse_axis.plot(steps, mean, marker=".", label=VARIANTS[variant].label)
+            mse_axis.fill_between(steps, np.maximum(mean - half, 1e-12), mean + half, alpha=0.2)
+        distance = [[(s, j) for s, j, _ in r.consensus_distance] for r in results if r.variant == variant and r.ok]
+        distance = [d for d in distance if d]
+        if distance:
+            steps, mean, _ = pooled_curve(distance)
+            distance_axis.plot(steps, mean, marker=".", label=VARIANTS[variant].label)
+    mse_axis.set_yscale("log")
+    mse_axis.set_xlabel("training steps")
+    mse_axis.set_ylabel("held-out one-step MSE (mean over agents)")
+    mse_axis.set_title(f"GP error per refresh ({setting})")
+    if mse_axis.get_legend_handles_labels()[0]:
+        mse_axis.legend(fontsize=7)
+    else:
+        mse_axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=mse_axis.transAxes)
+    distance_axis.set_yscale("log")
+    distance_axis.set_xlabel("training steps")
+    distance_axis.set_ylabel("max over agents of |J_i - Jbar| / |Jbar| (probe estimate)")
+    distance_axis.set_title("distance to the exact average after consensus (rounding floor ~1e-15)")
+    if distance_axis.get_legend_handles_labels()[0]:
+        distance_axis.legend(fontsize=7)
+    else:
+        distance_axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=distance_axis.transAxes)
+    figure.tight_layout()
+    figure.savefig(out / "gp_error_per_refresh.png", dpi=120)
+    written.append(str(out / "gp_error_per_refresh.png"))
+    plt.close(figure)
+    return written
+
+
+def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> dict:
+    setting = f"action penalty weight {args.penalty:g}" if args.penalty > 0 else "action penalty off"
+    table = {}
+    for variant in dict.fromkeys(r.variant for r in results):
+        runs = [r for r in results if r.variant == variant]
+        good = [r for r in runs if r.ok]
+        table[variant] = {
+            "label": VARIANTS[variant].label if variant in VARIANTS else variant,
+            "last5": summarize([r.last5_mean for r in good]),
+            "per_seed": {r.seed: round(r.last5_mean, 2) for r in runs},
+            "failed_seeds": [r.seed for r in runs if not r.ok],
+            "s_per_1000_train_steps": summarize([r.s_per_1000_train_steps for r in good]),
+            "gradient_steps_per_agent_in_window": summarize([r.gradient_steps_in_window for r in good]),
+            "worst_pending_fraction": max((r.pending_fraction for r in runs if not math.isnan(r.pending_fraction)), default=None),
+            "max_consensus_distance_J": max((d[1] for r in good for d in r.consensus_distance), default=None),
+        }
     return {
-        "method": method,
-        "seed": seed,
-        "last5_mean": float(np.mean(last5)),
-        "evaluations": [(e["step"], round(e["eval/return_mean"], 2)) for e in evaluations if e["step"] >= random_steps],
-        "s_per_1000_train_steps": (at_end["t"] - at_start["t"] - eval_time) / trained * 1000 if trained else float("nan"),
-        "wall_s": time.monotonic() - started,
-        "run_dir": str(run_dir),
+        "setting": setting,
+        "penalty": args.penalty,
+        "seeds": args.seed_list,
+        "random_steps": args.random_steps,
+        "train_steps": args.steps,
+        "max_pending_fraction": args.max_pending_fraction,
+        "table": table,
+        "runs": [r.__dict__ for r in results],
+        "root": str(root),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default="sac,og_marl")
-    parser.add_argument("--random-steps", type=int, default=5000)
-    parser.add_argument("--train-steps", type=int, default=2400)
-    parser.add_argument("--no-penalty", action="store_true", help="the setting without action penalty")
-    parser.add_argument("--root", default=None, help="where the run directories go (default: a temp dir)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    methods = args.methods.split(",")
-    penalty = not args.no_penalty
-    root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
+def without_nan(value):
+    """The same structure with NaN as None, so that the output is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return value
 
-    runs, failures = [], []
-    for method in methods:
-        for seed in seeds:
-            try:
-                result = run_once(method, seed, args.random_steps, args.train_steps, penalty, root)
-            except RuntimeError as error:  # reported, not hidden: the summary says which runs failed
-                failures.append({"method": method, "seed": seed, "error": str(error)[-2000:]})
-                print(f"# {method} seed {seed} FAILED: {error}", file=sys.stderr, flush=True)
-                continue
-            runs.append(result)
-            print(
-                f"# {method} seed {seed}: last-5 {result['last5_mean']:.1f}, "
-                f"{result['s_per_1000_train_steps']:.0f} s/1000 steps, evals {result['evaluations']}",
-                file=sys.stderr, flush=True,
+
+def print_table(summary: dict) -> None:
+    print(
+        f"reward collection, 5 agents, {summary['setting']}, {summary['random_steps']} random + "
+        f"{summary['train_steps']} training steps, seeds {summary['seeds']}"
+    )
+    header = f"{'variant':<22}{'last-5 eval return':>30}{'95% CI':>22}{'s / 1000 train steps':>22}{'grad steps/agent':>18}  per seed"
+    print(header)
+    for variant, row in summary["table"].items():
+        last5 = row["last5"]
+        mean = f"{last5['mean']:.1f}" if "mean" in last5 else "-"
+        std = f" ± {last5['std']:.1f}" if "std" in last5 else ""
+        ci = f"[{last5['ci95'][0]:.1f}, {last5['ci95'][1]:.1f}]" if "ci95" in last5 else "-"
+        speed = row["s_per_1000_train_steps"].get("mean")
+        steps = row["gradient_steps_per_agent_in_window"].get("mean")
+        seeds = ", ".join(
+            f"{seed}: {'-' if value is None else f'{value:.1f}'}{' FAILED' if int(seed) in row['failed_seeds'] else ''}"
+            for seed, value in row["per_seed"].items()
+        )
+        print(
+            f"{variant:<22}{mean + std:>30}{ci:>22}{(f'{speed:.0f}' if speed else '-'):>22}"
+            f"{(f'{steps:.0f}' if steps else '-'):>18}  {seeds}"
+        )
+
+
+# ---------------------------------------------------------------------------------- optimism calibration
+
+
+def calibrate_optimism(seeds: list[int], penalty: float, random_steps: int) -> dict:
+    """Mean sqrt-variances of both forms at the first refresh; see the module docstring."""
+    import torch
+
+    from agent_node.algos import build_learner
+    from agent_node.algos.config import OGMARLConfig
+    from agent_node.roles import Transition
+    from agent_node.world_models import SparseGPConfig
+    from env_server.envs.reward_collection import parallel_env
+    from orchestrator.config import load_config
+
+    torch.set_num_threads(1)
+    shipped = load_config(REPO / "configs" / "og_marl_ring5.yaml")
+    learner_config: OGMARLConfig = shipped.agents.learner
+    gp_config: SparseGPConfig = shipped.agents.world_model
+    forms = {
+        "box kernel (shipped)": gp_config,
+        "raw-input kernel (the reference's scale)": gp_config.model_copy(update={"input_scaling": "none"}),
+    }
+    rows = []
+    for seed in seeds:
+        env = parallel_env(num_agents=5, action_penalty=penalty > 0, action_penalty_coef=penalty or 1.0, dynamics_seed=seed)
+        for form, world_model in forms.items():
+            agents = [
+                build_learner(
+                    learner_config.model_copy(update={"sac": learner_config.sac.model_copy(update={"random_steps": random_steps})}),
+                    env.observation_space(name),
+                    env.action_space(name),
+                    seed * 100 + index,
+                    world_model_config=world_model,
+                    task_spec=env.task_spec(),
+                )
+                for index, name in enumerate(env.possible_agents)
+            ]
+            observations, _ = env.reset()
+            while not agents[0].model_refresh_due():
+                actions = {name: agent.act(observations[name][None])[0] for name, agent in zip(env.possible_agents, agents)}
+                next_observations, rewards, terminations, truncations, _ = env.step(actions)
+                for name, agent in zip(env.possible_agents, agents):
+                    agent.observe(
+                        Transition(
+                            observations[name][None], actions[name][None], np.array([rewards[name]], np.float32),
+                            next_observations[name][None], np.array([terminations[name]]), np.array([truncations[name]]),
+                        )
+                    )
+                observations = next_observations if env.agents else env.reset()[0]
+            statistics = [agent.fit_world_model() for agent in agents]
+            exact = {name: np.mean([s[name] for s in statistics], axis=0) for name in ("J", "h")}
+            metrics = [agent.adopt_world_model(exact, len(agents)) for agent in agents]
+            reference = float(np.mean([m["og_marl/sqrt_variance_reference"] for m in metrics]))
+            epistemic = float(np.mean([m["og_marl/sqrt_variance_epistemic"] for m in metrics]))
+            reward = float(np.mean([m["og_marl/imagined_reward_abs"] for m in metrics]))
+            rows.append(
+                {
+                    "seed": seed,
+                    "kernel": form,
+                    "sqrt_var_reference": reference,
+                    "sqrt_var_epistemic": epistemic,
+                    "ratio": reference / epistemic,
+                    "bonus_reference_c0.01": 0.01 * reference,
+                    "mean_abs_imagined_reward": reward,
+                }
             )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    shipped = [row for row in rows if row["kernel"] == "box kernel (shipped)"]
+    raw = [row for row in rows if row["kernel"] != "box kernel (shipped)"]
+    # Ratios of means over all seeds' imagined rows (each seed weighs the same).
+    ratio = np.mean([r["sqrt_var_reference"] for r in shipped]) / np.mean([r["sqrt_var_epistemic"] for r in shipped])
+    raw_scale = np.mean([r["sqrt_var_reference"] for r in raw]) / np.mean([r["sqrt_var_reference"] for r in shipped])
+    per_seed = np.array([r["ratio"] for r in shipped])
+    return {
+        "setting": f"action penalty weight {penalty:g}" if penalty > 0 else "action penalty off",
+        "rows": rows,
+        "ratio_reference_over_epistemic": float(ratio),
+        "ratio_per_seed_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None,
+        # The epistemic c whose mean bonus equals the reference form's at c = 0.01 (shipped kernel).
+        "c_epistemic": round(0.01 * float(ratio), 4),
+        # The reference-form c (shipped kernel) whose mean bonus equals the reference code's own
+        # bonus at c = 0.01, whose linear kernel sees raw inputs (k(x,x) = 1 + |x|^2 + ...).
+        "c_reference_at_reference_code_scale": round(0.01 * float(raw_scale), 4),
+        "mean_bonus_reference_c0.01": float(np.mean([r["bonus_reference_c0.01"] for r in shipped])),
+        "mean_bonus_reference_code_scale_c0.01": float(np.mean([r["bonus_reference_c0.01"] for r in raw])),
+    }
 
-    summary = {}
-    for method in methods:
-        scores = [r["last5_mean"] for r in runs if r["method"] == method]
-        speed = [r["s_per_1000_train_steps"] for r in runs if r["method"] == method]
-        if not scores:
-            continue
-        summary[method] = (float(np.mean(scores)), float(np.std(scores)), float(np.mean(speed)))
 
-    suffix = "_penalty" if penalty else ""
-    result = {"setting": "penalty" if penalty else "no_penalty", "seeds": seeds,
-              "random_steps": args.random_steps, "train_steps": args.train_steps, "runs": runs,
-              "failures": failures}
-    names = {"sac": "sac_return", "og_marl": "og_marl_return", "og_marl_c0": "og_marl_no_opt_return"}
-    for method, (mean, std, speed) in summary.items():
-        result[names[method] + suffix] = round(mean, 2)
-        result[names[method] + suffix + "_std"] = round(std, 2)
-        result[f"{method}_s_per_1000_steps"] = round(speed, 1)
-    if "sac" in summary and "og_marl" in summary and not penalty:
-        result["ratio_og_marl_over_sac"] = round(summary["og_marl"][0] / summary["sac"][0], 3)
+# ---------------------------------------------------------------------------------- main
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", default="og_marl,sac", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--steps", type=int, default=2400, help="training steps after the random phase")
+    parser.add_argument("--random-steps", type=int, default=5000)
+    parser.add_argument("--penalty", type=float, default=1.0, help="action-penalty weight; 0 switches it off")
+    parser.add_argument("--max-pending-fraction", type=float, default=0.01)
+    parser.add_argument("--run-timeout-s", type=float, default=3 * 3600)
+    parser.add_argument("--root", default=None, help="where the run directories go (default: a temp dir)")
+    parser.add_argument("--analyse", default=None, metavar="DIR", help="analyse the runs under DIR, run nothing")
+    parser.add_argument("--calibrate-optimism", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    if args.penalty < 0:
+        parser.error(f"--penalty must be >= 0, got {args.penalty}")
+
+    if args.calibrate_optimism:
+        calibration = calibrate_optimism(args.seed_list, args.penalty, args.random_steps)
+        print(json.dumps(calibration, indent=None if args.json else 2))
+        return 0
+
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+
+    results: list[RunResult] = []
+    if args.analyse:
+        root = Path(args.analyse)
+        for variant in variants:
+            for seed in args.seed_list:
+                run_dir = root / f"{variant}-seed{seed}"
+                if run_dir.exists():
+                    results.append(analyse_run(variant, seed, run_dir, args.random_steps, args.max_pending_fraction))
+    else:
+        root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
+        for variant in variants:
+            for seed in args.seed_list:
+                started = time.monotonic()
+                result = run_once(variant, seed, args, root)
+                results.append(result)
+                status = "ok" if result.ok else "FAILED: " + " | ".join(result.failures)
+                print(
+                    f"# {variant} seed {seed}: last-5 {result.last5_mean:.1f}, "
+                    f"{result.s_per_1000_train_steps:.0f} s/1000 steps, {time.monotonic() - started:.0f} s wall, {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    summary = without_nan(report(results, args, root))
+    if results:
+        summary["plots"] = plot(results, root / "plots", args.penalty)
+    (root / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     if args.json:
-        print(json.dumps(result))
-        return
-    print(f"reward collection, 5 agents, action penalty {'on' if penalty else 'off'}, "
-          f"{args.random_steps} random + {args.train_steps} training steps, seeds {seeds}")
-    print(f"{'method':<12}{'last-5 eval return':>22}{'s / 1000 train steps':>24}")
-    for method, (mean, std, speed) in summary.items():
-        print(f"{method:<12}{mean:>14.1f} ± {std:<6.1f}{speed:>24.0f}")
-    for failure in failures:
-        print(f"FAILED: {failure['method']} seed {failure['seed']}")
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        print_table(summary)
+        for result in results:
+            for failure in result.failures:
+                print(f"FAILED {result.variant} seed {result.seed}: {failure}")
+    return 1 if any(not r.ok for r in results) or not results else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

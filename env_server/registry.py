@@ -3,6 +3,18 @@
 An environment is named either by a registry name (`mpe2.simple_spread_v3`, `pursuit_v5`, …)
 or by an import path `package.module:factory`; either way the factory is called with the
 config's `kwargs` and must return a PettingZoo `ParallelEnv`.
+
+Construction seeds. Some environments draw part of the *task* when they are built, not when
+they reset: `reward_collection_v0` draws every agent's gains `eta` from its `dynamics_seed`. That
+draw must follow the run seed (the reference draws `eta` afresh for every seed), and it must be the
+same for every copy the env server builds in one run (K training copies and the evaluation
+copies), or the agents would learn one world and be scored in another. So `make_env` takes a
+`construction_seed` (the env server passes `derive_seed(run.seed, env_index, "env_construction")`,
+the same value for every copy) and, for the environments listed in `CONSTRUCTION_SEED_KWARGS`,
+fills that environment's seed argument with it, unless the config sets the argument itself
+(an explicit value always wins, e.g. to hold the task fixed across seeds). Environments not in
+the table draw nothing at construction and ignore the construction seed; their randomness comes
+from the per-copy reset seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +33,11 @@ BUILTIN_ENVS: dict[str, str] = {
     "pettingzoo.multiwalker_v9": "pettingzoo.sisl.multiwalker_v9:parallel_env",
     "pettingzoo.pistonball_v6": "pettingzoo.butterfly.pistonball_v6:parallel_env",
     "reward_collection_v0": "env_server.envs.reward_collection:parallel_env",
+}
+# Environments that draw part of the task at construction: registry name -> the factory argument
+# that seeds that draw (see the module docstring). Import paths of the same factories count too.
+CONSTRUCTION_SEED_KWARGS: dict[str, str] = {
+    "reward_collection_v0": "dynamics_seed",
 }
 # Short names people type.
 ALIASES: dict[str, str] = {
@@ -57,8 +74,32 @@ def resolve_factory(name: str) -> Callable[..., ParallelEnv]:
         raise EnvNotFound(f"env.name {name!r}: module {module_name!r} has no attribute {attribute!r}") from None
 
 
-def make_env(name: str, kwargs: dict[str, Any]) -> ParallelEnv:
-    env = resolve_factory(name)(**kwargs)
+def construction_seed_kwarg(name: str) -> str | None:
+    """The factory argument that seeds an environment's construction-time draw, or None."""
+    registry_name = ALIASES.get(name, name)
+    if registry_name not in BUILTIN_ENVS:
+        # An import path that names a registered factory is the same environment.
+        registry_name = next((key for key, path in BUILTIN_ENVS.items() if path == name), registry_name)
+    return CONSTRUCTION_SEED_KWARGS.get(registry_name)
+
+
+def construction_kwargs(name: str, kwargs: dict[str, Any], construction_seed: int | None) -> dict[str, Any]:
+    """The kwargs the factory is called with: `kwargs`, plus the construction seed where the
+    environment takes one and the config does not set it. Pure, so the server can log them."""
+    if construction_seed is not None and (
+        isinstance(construction_seed, bool) or not isinstance(construction_seed, int) or construction_seed < 0
+    ):
+        raise ValueError(f"construction_seed must be None or a non-negative int, got {construction_seed!r}")
+    filled = dict(kwargs)
+    seed_kwarg = construction_seed_kwarg(name)
+    if seed_kwarg is not None and construction_seed is not None and seed_kwarg not in filled:
+        filled[seed_kwarg] = construction_seed
+    return filled
+
+
+def make_env(name: str, kwargs: dict[str, Any], construction_seed: int | None = None) -> ParallelEnv:
+    """Build the environment `name` with `kwargs`; see the module docstring for `construction_seed`."""
+    env = resolve_factory(name)(**construction_kwargs(name, kwargs, construction_seed))
     if not isinstance(env, ParallelEnv):
         raise EnvNotFound(f"env.name {name!r} built a {type(env).__name__}, expected a pettingzoo ParallelEnv")
     return env

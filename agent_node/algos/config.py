@@ -101,6 +101,12 @@ class SACConfig(BaseModel):
     autotune_alpha: bool = True
     initial_alpha: float = Field(1.0, gt=0)
     target_entropy: float | None = None
+    # A row cut by a time limit (`truncated`) bootstraps from its next state when true (the
+    # textbook treatment: the task goes on, only the episode was cut). False treats it as terminal,
+    # as the OG-MARL reference does: it stores `done = 1` at step 100 (`odmar.py` lines 646 and
+    # 1002, `float(done)` with `env.py` line 150, `done = current_step >= max_steps`) and its
+    # target is `r + (1 - done) * gamma * Q'` (`odmar.py` line 530).
+    bootstrap_on_truncation: bool = True
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> SACConfig:
@@ -144,6 +150,22 @@ class OGMARLConfig(BaseModel):
     # c in the bonus c * sqrt(var) added to an imagined reward (OPTIMISM_SCALE = 0.01; 0 is the
     # non-optimistic ablation).
     optimism: float = Field(0.01, ge=0)
+    # Which variance the bonus takes the square root of (world model kind sparse_gp only):
+    # "reference" is what the reference computes, k(x,x) - k(x,Z) S k(Z,x) (`odmar.py` line 260),
+    # dominated by the prior k(x,x); "epistemic" is the posterior variance of f, k(x,Z) S k(Z,x),
+    # about two orders of magnitude smaller, so the same c gives a far smaller bonus
+    # (see `world_models/sparse_gp.py` and configs/og_marl_ring5_epistemic.yaml for a c calibrated
+    # to the reference's bonus).
+    optimism_variance: Literal["reference", "epistemic"] = "reference"
+    # Distance to the exact consensus average, measurable in full runs: at every refresh the agent
+    # logs `consensus_probes` random bilinear projections u_k^T J v_k and u_k^T h w_k of its own
+    # statistics before consensus and of the averaged ones after (`og_marl/probe/...`). The
+    # directions come from `consensus_probe_seed`, the same on every agent of a run (they share
+    # the config), and a projection is linear, so averaging the agents' "before" projections gives
+    # the projection of the exact average; bench/og_marl.py reports each agent's relative distance
+    # to it. 0 turns the probes off. Not in the reference (which averages in one process).
+    consensus_probes: int = Field(16, ge=0, le=256)
+    consensus_probe_seed: int = Field(0, ge=0)
     # Fraction of real rows in each SAC batch, the rest imagined (REAL_RATIO = 0.0). The reference
     # rounds its real share up to at least one row (1 of 256); here 0.0 means no real row at all.
     real_ratio: float = Field(0.0, ge=0, le=1)
@@ -159,6 +181,13 @@ class OGMARLConfig(BaseModel):
             raise ValueError(
                 f"sac.updates_per_step ({self.sac.updates_per_step}) differs from updates_per_step "
                 f"({self.updates_per_step}); set only og_marl's updates_per_step"
+            )
+        if not self.sac.bootstrap_on_truncation and self.real_ratio == 0.0:
+            raise ValueError(
+                "sac.bootstrap_on_truncation=false changes only real rows (imagined rows are never "
+                "truncated), and real_ratio=0.0 puts no real row in any batch, so it would do nothing; "
+                "set real_ratio > 0 (the reference's batches hold one real row: real_ratio 0.00390625 "
+                "with batch_size 256) or leave bootstrap_on_truncation true"
             )
         imagined_per_refresh = self.rollout_starts * self.rollout_horizon
         if self.model_buffer_size < imagined_per_refresh:

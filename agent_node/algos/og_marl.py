@@ -40,16 +40,36 @@ Decisions, each checked against the reference:
   (learning it is the task) and never import the environment, so we take the same own term from
   the task spec (`reward_models.py`) at the position the *model* predicts. With an accurate model
   the two agree except within rounding distance of a site's edge.
-- **Optimism bonus.** `c * sqrt(v)` where `v` is the model's variance at (s_t, a_t). The GP's
+- **Optimism bonus.** `c * sqrt(v)` where `v` is a variance of the model at (s_t, a_t), as the
+  reference (`odmar.py` line 771, `OPTIMISM_SCALE * np.sqrt(np.sum(delta_state_var))`). The GP's
   outputs share one kernel, so there is one variance per input; the reference adds the square root
-  of that single number (its `np.sum` runs over a length-1 array). We take the mean over the state
-  dimensions, which is that same number for the GP (summing would double it in 2-D). Our GP's
-  variance is the epistemic k(x,Z) S k(Z,x) (see `sparse_gp.py`); the reference uses
-  k(x,x) - k(x,Z) S k(Z,x), a much larger number, so the same `c` gives a smaller bonus here.
+  of that single number (its `np.sum` runs over a length-1 array). Which variance is
+  `optimism_variance`: `"reference"` (default) is what the reference computes,
+  k(x,x) - k(x,Z) S k(Z,x) (`odmar.py` line 260), dominated by the prior k(x,x);
+  `"epistemic"` is the posterior variance of f, k(x,Z) S k(Z,x) (see `sparse_gp.py`), far smaller,
+  so it needs a far larger `c` for the same bonus. Both square roots are logged at every refresh
+  (`og_marl/sqrt_variance_reference`, `og_marl/sqrt_variance_epistemic`), with the bonus's size
+  against the task reward, `og_marl/bonus_over_reward` = mean bonus / mean |task reward| of the
+  imagined rows (the absolute value because with the action penalty the mean task reward is
+  negative, and a signed mean near zero would make the ratio meaningless).
+- **Distance to the exact average** (not in the reference, which averages in one process). An
+  agent cannot know the exact average of everybody's statistics, but a projection is linear: each
+  agent logs `consensus_probes` random bilinear projections p_k(X) = u_k^T X v_k of its own J (and
+  u_k^T h w_k of its h) at the fit ("before") and of the averaged J, h it adopts ("after"), with
+  directions seeded by `consensus_probe_seed`, the same on every agent. The mean over agents of
+  the "before" projections is the projection of the exact average, and for u, v independent
+  standard normal E[(u^T A v)^2] = ||A||_F^2, so sum_k (after_ik - mean_before_k)^2 / sum_k
+  mean_before_k^2 estimates agent i's squared relative Frobenius distance to the exact average
+  (bench/og_marl.py computes it).
 - **Bootstrapping at the end of a rollout.** Imagined rows are neither terminated nor truncated,
   as in the reference (`done = False`). SAC bootstraps every non-terminated row from its next
   state with the target critics, so the last imagined step bootstraps from Q(s_H, .) like any
   other: stopping the rollout is a cut of an imagined trajectory, not an end of the task.
+- **The time limit.** The reference stores `done = 1` on the real row at step 100 (`odmar.py`
+  line 1002) and never on imagined rows (line 774); SAC here bootstraps through a time-limit cut
+  unless `sac.bootstrap_on_truncation` is false. Either way it reaches the critic only through
+  real rows, so with `real_ratio = 0` the option would do nothing and the config refuses it; the
+  reference's batches hold one real row (line 917), `real_ratio = 1/256`.
 - **Model mean, clipped.** Rollouts follow the model mean (no sampled noise), as the reference.
   We clip the predicted position to the observation space (the world box is known; the true
   dynamics clip there too); the reference does not.
@@ -164,6 +184,22 @@ class OGMARLAgent:
         self.pending_holdout: dict[str, np.ndarray] | None = None
         self.last_fit_metrics: dict[str, float] = {}
 
+        if config.optimism_variance == "reference" and not hasattr(self.world_model, "reference_variance"):
+            raise ValueError(
+                "learner.optimism_variance 'reference' is k(x,x) - k(x,Z) S k(Z,x), defined for world "
+                f"model kind 'sparse_gp'; got kind {self.world_model_config.kind!r} (use optimism_variance: epistemic)"
+            )
+        # Probe directions for the distance to the exact average (see the module docstring).
+        self.probe_directions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if config.consensus_probes > 0 and isinstance(self.world_model_config, SparseGPConfig):
+            probe_rng = np.random.default_rng(config.consensus_probe_seed)
+            count, size = config.consensus_probes, self.world_model.num_inducing
+            self.probe_directions = {
+                "J": (probe_rng.standard_normal((count, size)), probe_rng.standard_normal((count, size))),
+                "h": (probe_rng.standard_normal((count, size)), probe_rng.standard_normal((count, state_dim))),
+            }
+        self.pending_probe: dict[str, float] = {}  # "before" projections, from fit to adoption
+
     @property
     def rows_observed(self) -> int:
         return self.sac.rows_observed
@@ -182,6 +218,11 @@ class OGMARLAgent:
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """SAC's gradient steps due (`updates_per_step` per row), on mixed real/imagined batches."""
         return self.sac.update(max_gradient_steps)
+
+    def counters(self) -> dict[str, float]:
+        """SAC's cumulative update counters (`sac/gradient_steps`, `sac/steps_pending`, ...) and
+        the number of completed model refreshes."""
+        return {**self.sac.counters(), "og_marl/refreshes": float(self.refreshes)}
 
     # ------------------------------------------------------------------ model refresh
 
@@ -211,7 +252,9 @@ class OGMARLAgent:
         holdout_states, holdout_actions, holdout_next_states = self._real_rows(holdout_rows)
         self.pending_holdout = {"obs": holdout_states, "action": holdout_actions, "next_obs": holdout_next_states}
         self._advance_refresh_tick()
-        return self.world_model.export_statistics()
+        statistics = self.world_model.export_statistics()
+        self.pending_probe = self._probe(statistics, "before")
+        return statistics
 
     def adopt_world_model(self, averaged: Mapping[str, np.ndarray] | None, num_agents: int) -> dict[str, float]:
         """Use the averaged statistics (None: keep the local model), then imagine new rollouts."""
@@ -226,40 +269,68 @@ class OGMARLAgent:
         predicted_next, _ = self.world_model.predict(holdout["obs"], holdout["action"])
         model_mse = float(np.mean((predicted_next - holdout["next_obs"]) ** 2))
 
-        task_rewards, bonuses = self._imagine()
+        imagined = self._imagine()
         self.refreshes += 1
         metrics = dict(self.last_fit_metrics)
+        mean_abs_reward = float(np.abs(imagined["task_reward"]).mean())
+        mean_bonus = float(imagined["bonus"].mean())
         metrics.update(
             {
                 "og_marl/model_mse": model_mse,
-                "og_marl/imagined_reward": float(task_rewards.mean()),
-                "og_marl/optimism_bonus": float(bonuses.mean()),
+                "og_marl/imagined_reward": float(imagined["task_reward"].mean()),
+                "og_marl/imagined_reward_abs": mean_abs_reward,
+                "og_marl/optimism_bonus": mean_bonus,
+                # NaN (not logged) when no imagined row earned or paid anything.
+                "og_marl/bonus_over_reward": mean_bonus / mean_abs_reward if mean_abs_reward > 0 else float("nan"),
                 "og_marl/model_buffer_size": float(len(self.model_buffer)),
                 "og_marl/shared": float(averaged is not None),
                 "og_marl/refreshes": float(self.refreshes),
             }
         )
+        for form in ("epistemic", "reference"):
+            if form in imagined:
+                metrics[f"og_marl/sqrt_variance_{form}"] = float(np.sqrt(imagined[form]).mean())
+        metrics.update(self.pending_probe)
+        self.pending_probe = {}
+        if averaged is not None:
+            metrics.update(self._probe(averaged, "after"))
         return metrics
 
-    def _imagine(self) -> tuple[np.ndarray, np.ndarray]:
+    def _probe(self, statistics: Mapping[str, np.ndarray], when: str) -> dict[str, float]:
+        """The bilinear projections u_k^T X v_k of J and h, as metrics `og_marl/probe/<when>/<name>/<k>`."""
+        probes = {}
+        for name, (left, right) in self.probe_directions.items():
+            values = np.einsum("km,mn,kn->k", left, np.asarray(statistics[name], dtype=np.float64), right)
+            probes.update({f"og_marl/probe/{when}/{name}/{k:02d}": float(v) for k, v in enumerate(values)})
+        return probes
+
+    def _imagine(self) -> dict[str, np.ndarray]:
         """Roll the policy through the model mean from real start states; store every step.
 
-        Returns the task reward and the optimism bonus of every imagined row.
+        Returns, per imagined row, the task reward, the optimism bonus and the variances
+        ("epistemic", and "reference" where the world model has it).
         """
         cfg = self.config
         num_starts = cfg.rollout_starts
         starts = self.rng.choice(len(self.replay), size=num_starts, replace=num_starts > len(self.replay))
         states = self.replay.obs[starts].astype(self.observation_space.dtype)
-        task_rewards, bonuses = [], []
+        rows: dict[str, list[np.ndarray]] = {"task_reward": [], "bonus": [], "epistemic": []}
+        if hasattr(self.world_model, "reference_variance"):
+            rows["reference"] = []
         never = np.zeros(num_starts, dtype=bool)
         for _ in range(cfg.rollout_horizon):
             actions = self.sac.act(states, explore=True)  # the current stochastic policy
-            mean_next, variance = self.world_model.predict(states.astype(np.float64), actions.astype(np.float64))
+            model_states, model_actions = states.astype(np.float64), actions.astype(np.float64)
+            mean_next, variance = self.world_model.predict(model_states, model_actions)
             next_states = np.clip(mean_next, self.observation_space.low, self.observation_space.high).astype(
                 self.observation_space.dtype
             )
             task_reward = self.reward_model.contribution(next_states, actions)
-            bonus = cfg.optimism * np.sqrt(np.clip(variance, 0.0, None).mean(axis=1))
+            # One variance per input: the outputs share the kernel (the mean over dimensions is it).
+            variances = {"epistemic": np.clip(variance, 0.0, None).mean(axis=1).astype(np.float64)}
+            if "reference" in rows:
+                variances["reference"] = self.world_model.reference_variance(model_states, model_actions)
+            bonus = cfg.optimism * np.sqrt(variances[cfg.optimism_variance])
             self.model_buffer.add(
                 Transition(
                     obs=states,
@@ -270,10 +341,12 @@ class OGMARLAgent:
                     truncated=never,
                 )
             )
-            task_rewards.append(task_reward)
-            bonuses.append(bonus)
+            rows["task_reward"].append(task_reward)
+            rows["bonus"].append(bonus)
+            for form, value in variances.items():
+                rows[form].append(value)
             states = next_states
-        return np.concatenate(task_rewards), np.concatenate(bonuses)
+        return {name: np.concatenate(parts) for name, parts in rows.items()}
 
     def _real_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(states, actions, next states) of these replay rows, float64, flattened per row."""
@@ -321,6 +394,7 @@ class OGMARLAgent:
                 else {name: torch.from_numpy(array.copy()) for name, array in self.pending_holdout.items()}
             ),
             "last_fit_metrics": dict(self.last_fit_metrics),
+            "pending_probe": dict(self.pending_probe),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -360,6 +434,8 @@ class OGMARLAgent:
             None if pending is None else {name: tensor.numpy().copy() for name, tensor in pending.items()}
         )
         self.last_fit_metrics = {str(name): float(value) for name, value in state["last_fit_metrics"].items()}
+        # Checkpoints written before the probes existed have none.
+        self.pending_probe = {str(name): float(value) for name, value in state.get("pending_probe", {}).items()}
 
     # ------------------------------------------------------------------ ParamSource (the policy)
 
@@ -368,6 +444,30 @@ class OGMARLAgent:
 
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
         self.sac.set_params(params)
+
+
+def probe_distances(before: list[Mapping[str, float]], after: list[Mapping[str, float]]) -> dict[str, list[float]]:
+    """Each agent's estimated relative distance to the exact average, from one refresh's probes.
+
+    `before[i]` and `after[i]` are agent i's metrics of that refresh (the `og_marl/probe/...`
+    keys; other keys are ignored). Returns, per statistic ("J", "h"), one number per agent of
+    `after`: sqrt(sum_k (after_ik - mean_i before_ik)^2 / sum_k (mean_i before_ik)^2), an estimate
+    of ||X_i - Xbar||_F / ||Xbar||_F (see the module docstring). `before` must hold every agent of
+    the run, or the mean is not the average everybody should reach.
+    """
+    distances: dict[str, list[float]] = {}
+    for name in ("J", "h"):
+        prefix_before, prefix_after = f"og_marl/probe/before/{name}/", f"og_marl/probe/after/{name}/"
+        keys = sorted(key[len(prefix_before):] for key in before[0] if key.startswith(prefix_before))
+        if not keys:
+            continue
+        exact = np.array([[agent[prefix_before + key] for key in keys] for agent in before]).mean(axis=0)
+        scale = float(np.sqrt(np.sum(exact**2)))
+        distances[name] = [
+            float(np.sqrt(np.sum((np.array([agent[prefix_after + key] for key in keys]) - exact) ** 2)) / scale)
+            for agent in after
+        ]
+    return distances
 
 
 def _with_input_box(

@@ -14,7 +14,9 @@ The update, per gradient step, on a batch (s, a, r, s', terminated):
   actor:   L_pi = E[alpha * log pi(a~|s) - min_i Q_i(s, a~)],  a~ ~ pi(.|s) reparameterized
   alpha:   L_alpha = -E[log_alpha * (log pi(a~|s) + target_entropy)]   (log alpha is the variable)
   targets: Q'_i <- tau * Q_i + (1 - tau) * Q'_i
-A `truncated` row (time-limit cut) bootstraps like any other non-terminal row.
+A `truncated` row (time-limit cut) bootstraps like any other non-terminal row, unless
+`bootstrap_on_truncation` is false: then the target uses `done = terminated or truncated` in place
+of `terminated`, as the OG-MARL reference code does with its time limit.
 
 Action scaling: the actor outputs u ~ N(mean, std), squashes it to tanh(u) in (-1, 1), and the
 environment receives `center + half_range * tanh(u)`, so any finite Box (also non-symmetric) is
@@ -28,6 +30,11 @@ How it plugs into an agent node (see `agent_node/roles.py`):
 - `update()` runs `updates_per_step` gradient steps per row observed after `learning_starts` (and
   once the buffer holds one batch). Steps not yet run stay due, so the total depends only on the
   rows observed, not on how often `update` is called; `update(max_gradient_steps=n)` caps one call.
+- `counters()` reports the update-ratio contract as cumulative numbers since the start:
+  `sac/gradient_steps` (taken), `sac/steps_pending` (owed, not yet taken), `sac/steps_owed` (their
+  sum: what `updates_per_step` promises for the rows seen) and `sac/rows_observed`. They are
+  counters, to be written as they are (e.g. at every evaluation); `update()` returns only
+  per-step statistics (losses, alpha), which are meant to be averaged.
 - `set_model_buffer(buffer, real_ratio)` adds a second sample source for model-based variants
   (OG-MARL): each batch then holds `round(real_ratio * batch_size)` rows from `self.replay` and the
   rest from `buffer` (imagined transitions). While the model buffer is empty, batches are all real.
@@ -277,9 +284,9 @@ class SACAgent:
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
 
-        Always returns `sac/alpha`, `sac/gradient_steps` (taken in this call) and
-        `sac/steps_pending` (still due); the losses, `sac/q_mean`, `sac/entropy` and
-        `sac/real_fraction` only when at least one gradient step ran.
+        Always returns `sac/alpha`; the losses, `sac/q_mean`, `sac/entropy` and
+        `sac/real_fraction` only when at least one gradient step ran. How many steps were taken
+        and are still owed is in `counters()`, cumulative.
         """
         if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
             raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
@@ -294,9 +301,18 @@ class SACAgent:
 
         metrics = {key: total / steps for key, total in totals.items()}
         metrics["sac/alpha"] = self.alpha
-        metrics["sac/gradient_steps"] = float(steps)
-        metrics["sac/steps_pending"] = float(self.gradient_steps_due())
         return metrics
+
+    def counters(self) -> dict[str, float]:
+        """The update-ratio contract, cumulative since the start (not per call): gradient steps
+        taken, still pending, owed in all (taken + pending), and rows observed."""
+        pending = self.gradient_steps_due()
+        return {
+            "sac/gradient_steps": float(self.gradient_steps),
+            "sac/steps_pending": float(pending),
+            "sac/steps_owed": float(self.gradient_steps + pending),
+            "sac/rows_observed": float(self.rows_observed),
+        }
 
     def _gradient_step(self) -> dict[str, float]:
         cfg = self.config
@@ -305,15 +321,17 @@ class SACAgent:
         unit_action = torch.as_tensor(self._to_unit_action(batch["action"]))
         reward = torch.as_tensor(batch["reward"], dtype=torch.float32)
         next_obs = torch.as_tensor(batch["next_obs"], dtype=torch.float32)
-        terminated = torch.as_tensor(batch["terminated"], dtype=torch.float32)
+        ends = batch["terminated"] if cfg.bootstrap_on_truncation else batch["terminated"] | batch["truncated"]
+        done = torch.as_tensor(ends, dtype=torch.float32)
         alpha = self.log_alpha.detach().exp()
 
         # Critic: regress both Q's on the soft Bellman target built from the target critics.
         with torch.no_grad():
             next_unit_action, next_log_prob = self.actor.sample(next_obs, self.noise_generator, self.log_half_range_sum)
             next_q = torch.min(self.q1_target(next_obs, next_unit_action), self.q2_target(next_obs, next_unit_action))
-            # Bootstrap unless the episode truly ended; a truncated row bootstraps from next_obs.
-            td_target = reward + cfg.gamma * (1.0 - terminated) * (next_q - alpha * next_log_prob)
+            # Bootstrap unless the episode truly ended (or, with bootstrap_on_truncation off, was
+            # cut by the time limit); by default a truncated row bootstraps from next_obs.
+            td_target = reward + cfg.gamma * (1.0 - done) * (next_q - alpha * next_log_prob)
         q1_value = self.q1(obs, unit_action)
         q2_value = self.q2(obs, unit_action)
         critic_loss = 0.5 * (F.mse_loss(q1_value, td_target) + F.mse_loss(q2_value, td_target))

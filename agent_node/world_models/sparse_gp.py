@@ -23,10 +23,17 @@ components of the state change) are independent GPs with one kernel, so they sha
 differ only in h and m.
 
 Prediction at x: mean k(x, Z) m. `predict` returns the *epistemic* variance
-k(x, Z) S k(Z, x): the uncertainty about f, without the observation noise sigma^2. That is what the
-optimism bonus c * sqrt(var) should reward (noise never shrinks with more data, so adding it would
-only shift the bonus by a constant). The reference code computes k(x, x) - k(x, Z) S k(Z, x)
-instead, which grows as data accumulates; we do not reproduce that.
+k(x, Z) S k(Z, x): the uncertainty about f, without the observation noise sigma^2. That is what
+an optimism bonus c * sqrt(var) is meant to reward (noise never shrinks with more data, so adding
+it would only shift the bonus by a constant).
+
+`reference_variance` returns what the reference code computes instead,
+k(x, x) - k(x, Z) S k(Z, x) (`ManuelWendl/OG-MARL`, `odmar.py` line 260, `predict_with_variance`
+of `DistributedGP`; line 365 for its centralized GP). It is not a posterior variance of this model:
+with no data S = K_ZZ^-1 and it is the Nystrom residual k(x,x) - Q(x,x) (small near inducing
+points), and as data arrives S shrinks, so it *grows* towards the prior k(x, x). It is much larger
+than the epistemic variance (the prior k(x, x) dominates it), which is why the reference's bonus
+at c = 0.01 is large enough to change behaviour. OG-MARL offers both (`optimism_variance`).
 
 Decentralized inducing points: the reference samples Z from the union of all agents' data, which
 needs a central step. Here every agent derives Z from the config alone, over the known state-action
@@ -100,6 +107,12 @@ class StateActionKernel:
         scaled_b = (inputs_b - self.input_centre) / self.input_half_width
         with torch.no_grad():
             return self.covar_module(scaled_a, scaled_b).to_dense()
+
+    def diagonal(self, inputs: torch.Tensor) -> torch.Tensor:
+        """k(x, x) for each row of raw `inputs` (n,), without building the (n, n) matrix."""
+        scaled = (inputs - self.input_centre) / self.input_half_width
+        with torch.no_grad():
+            return self.covar_module(scaled, scaled, diag=True)
 
 
 def make_inducing_points(config: SparseGPConfig, input_dim: int) -> torch.Tensor:
@@ -352,6 +365,25 @@ class SparseGPWorldModel:
         mean_next = (states_t + mean_delta).numpy().astype(out_dtype, copy=False)
         variance_out = variance[:, None].expand(-1, self.state_dim).numpy().astype(out_dtype)
         return mean_next, variance_out
+
+    def reference_variance(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """k(x, x) - k(x, Z) S k(Z, x) per row, shape (B,), float64: the variance the reference code
+        feeds its optimism bonus (see the module docstring), clamped at 0 against rounding.
+
+        It is non-negative in exact arithmetic: S <= K_ZZ^-1, so it is at least the Nystrom
+        residual k(x, x) - k(x, Z) K_ZZ^-1 k(Z, x) >= 0.
+        """
+        states_t = _as_float64_matrix("states", states, self.state_dim)
+        actions_t = _as_float64_matrix("actions", actions, self.action_dim)
+        if states_t.shape[0] != actions_t.shape[0]:
+            raise ValueError(
+                f"states and actions must have the same batch size; got {states.shape[0]} and {actions.shape[0]}"
+            )
+        inputs = torch.cat([states_t, actions_t], dim=1)
+        kernel_zx = self.kernel(self.inducing_points, inputs)
+        whitened = torch.linalg.solve_triangular(self.posterior_factor, kernel_zx, upper=False)
+        explained = (whitened**2).sum(dim=0)
+        return (self.kernel.diagonal(inputs) - explained).clamp_min(0.0).numpy()
 
     def export_statistics(self) -> dict[str, np.ndarray]:
         """This agent's own natural parameters: J (M, M) and h (M, D), float64 copies."""

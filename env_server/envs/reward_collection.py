@@ -66,7 +66,8 @@ of truth) from the positions *after* the move of the current step:
 - "Within 0.5" is strict (`< 0.5`), as in the reference code; a site exactly 0.5 away pays nothing.
 - Sites are never consumed: a site pays every step for every agent standing on it, and several
   agents on one site each collect its value.
-- The penalty uses the clipped actions. It is off by default.
+- The penalty uses the clipped actions. It is off by default (as in the reference's
+  `MultiAgentEnvironment(action_penalty=False)`); its weight is 1.0 by default.
 - Every agent receives the same `r` (a fully cooperative team reward).
 
 With five agents and the penalty off, a step pays at most 5.0 (every agent on a 1.0-site), so an
@@ -75,10 +76,14 @@ which is why good policies return roughly 480-495.
 
 ### The size of the action penalty
 
-`action_penalty_coef` defaults to `ACTION_PENALTY_COEF = 0.1`: the reference code subtracts
-`0.1 * sum |a|` when its penalty is switched on, and the published comparison figures with the
-penalty on (OG-MARL against independent SAC) come from that code, so our returns are comparable
-to them only with the same coefficient. Pass `action_penalty_coef=1.0` for the plain `-sum |a|`.
+`action_penalty_coef` defaults to `ACTION_PENALTY_COEF = 1.0`, the reference's: its `env.py`
+subtracts the plain `np.sum(np.abs(actions))` when the penalty is on (`env.py`, lines 142-144,
+commit dc6f4a7 of `ManuelWendl/OG-MARL`), and the reference's published runs switch it on
+(`odmar.py` line 26, `ACTION_PENALTY = True`). At 1.0 uniformly random actions in `[-1, 1]^2`
+(what the learners play during their random phase) cost `5 agents * 2 axes * 0.5 * 100 steps =
+500` per episode in expectation, so random play scores about -495 (agent 0 starts on a 0.5-site
+and collects a little before it wanders off). Keep the coefficient configurable for ablations,
+and label every return with it: returns at different coefficients are not comparable.
 
 ## Episodes
 
@@ -97,8 +102,11 @@ parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
 - `num_agents`: how many agents (at least 1).
 - `max_cycles`: steps per episode (at least 1).
 - `action_penalty`: subtract `action_penalty_coef * sum |a|` from the shared reward.
-- `action_penalty_coef`: the penalty's weight (non-negative), 0.1 by default (see above).
-- `dynamics_seed`: seeds the per-agent gains `eta` (a non-negative integer).
+- `action_penalty_coef`: the penalty's weight (non-negative), 1.0 by default (see above).
+- `dynamics_seed`: seeds the per-agent gains `eta` (a non-negative integer). The env server
+  fills it from the run seed when the config leaves it out (`env_server/registry.py`,
+  `CONSTRUCTION_SEED_KWARGS`): the reference draws `eta` afresh per seed, and every copy of one
+  run (training and evaluation) must see the same gains.
 - `render_mode`: must be `None`; nothing is rendered.
 
 `reset(seed=None, options=None)` accepts a seed and options because PettingZoo's API requires
@@ -116,7 +124,9 @@ they are not given to agents: learning them is the task.
 - PettingZoo `ParallelEnv` with per-agent observations and a shared reward, instead of one object
   that takes an `(N, 2)` action array and returns the global state.
 - The gains come from a dedicated seeded generator (`dynamics_seed`) instead of NumPy's global
-  random state.
+  random state (`env.py` line 59).
+- The penalty is computed on clipped actions; the reference uses the actions as given, which
+  is the same for the tanh policies that play it.
 - Actions are clipped to the action space before use (the reference trusts its callers to send
   actions in `[-1, 1]`).
 - With one agent, the reference starts it at the origin; here it starts at `(6, 0)` like agent 0
@@ -124,7 +134,9 @@ they are not given to agents: learning them is the task.
 
 ## Version history
 
-- v0: first version.
+- v0: first version. The default `action_penalty_coef` was 0.1 until it was found that the
+  reference subtracts the unweighted sum; it is 1.0 now (same environment name: only a
+  default changed, and every shipped config states its coefficient).
 """
 
 from __future__ import annotations
@@ -142,7 +154,7 @@ WORLD_HIGH = 10.0
 START_RADIUS = 6.0
 ETA_MEAN = 1.0
 ETA_STD = 0.1
-ACTION_PENALTY_COEF = 0.1
+ACTION_PENALTY_COEF = 1.0  # the reference's env.py:144, np.sum(np.abs(actions))
 SITE_RADIUS = 0.5
 
 

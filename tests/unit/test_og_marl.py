@@ -20,7 +20,7 @@ import torch
 
 from agent_node.algos import LearnerConfig, build_learner
 from agent_node.algos.config import OGMARLConfig, SACConfig
-from agent_node.algos.og_marl import OGMARLAgent
+from agent_node.algos.og_marl import OGMARLAgent, probe_distances
 from agent_node.reward_models import TaskSpecError
 from agent_node.roles import Actor, Learner, ParamSource, Transition
 from agent_node.world_models import SparseGPConfig
@@ -202,13 +202,24 @@ def test_local_adoption_imagines_accurate_rollouts_with_the_task_reward(trained_
     assert np.median(errors) < 0.05 * np.median(move)
     assert metrics["og_marl/model_mse"] < 0.01
 
-    # Reward = the agent's own term of the task reward at the imagined position + c * sqrt(var).
-    _, variance = agent.world_model.predict(obs.astype(np.float64), action.astype(np.float64))
-    bonus = 0.05 * np.sqrt(variance.mean(axis=1))
+    # Reward = the agent's own term of the task reward at the imagined position + c * sqrt(var),
+    # with the reference's variance k(x,x) - k(x,Z) S k(Z,x) by default.
+    assert agent.config.optimism_variance == "reference"
+    states64, actions64 = obs.astype(np.float64), action.astype(np.float64)
+    reference_variance = agent.world_model.reference_variance(states64, actions64)
+    _, epistemic_variance = agent.world_model.predict(states64, actions64)
+    bonus = 0.05 * np.sqrt(reference_variance)
     task_reward = agent.reward_model.contribution(next_obs, action)
-    np.testing.assert_allclose(buffer.reward[:128], task_reward + bonus, atol=1e-6)
+    np.testing.assert_allclose(buffer.reward[:128], task_reward + bonus, atol=1e-5)
     assert metrics["og_marl/optimism_bonus"] == pytest.approx(bonus.mean(), rel=1e-5)
     assert metrics["og_marl/imagined_reward"] == pytest.approx(task_reward.mean(), rel=1e-5)
+    assert metrics["og_marl/bonus_over_reward"] == pytest.approx(bonus.mean() / np.abs(task_reward).mean(), rel=1e-5)
+    assert metrics["og_marl/sqrt_variance_reference"] == pytest.approx(np.sqrt(reference_variance).mean(), rel=1e-6)
+    assert metrics["og_marl/sqrt_variance_epistemic"] == pytest.approx(
+        np.sqrt(epistemic_variance[:, 0].astype(np.float64)).mean(), rel=1e-5
+    )
+    # The reference's variance is dominated by the prior k(x, x): far larger than the epistemic one.
+    assert metrics["og_marl/sqrt_variance_reference"] > 10 * metrics["og_marl/sqrt_variance_epistemic"]
     assert metrics["og_marl/shared"] == 0.0
 
 
@@ -222,9 +233,10 @@ def test_adopt_without_fit_is_refused(trained_single_agent):
 
 
 @pytest.mark.parametrize("optimism", [0.0, 0.05])
-def test_optimism_bonus_is_zero_only_without_optimism(optimism):
+@pytest.mark.parametrize("optimism_variance", ["reference", "epistemic"])
+def test_optimism_bonus_is_zero_only_without_optimism(optimism, optimism_variance):
     env = parallel_env(num_agents=1, max_cycles=25)
-    agent = make_agent(env, optimism=optimism)
+    agent = make_agent(env, optimism=optimism, optimism_variance=optimism_variance)
     metrics = {}
 
     def refresh(agent):
@@ -240,6 +252,9 @@ def test_optimism_bonus_is_zero_only_without_optimism(optimism):
     else:
         assert metrics["og_marl/optimism_bonus"] > 0.0
         assert np.all(agent.model_buffer.reward[:rows] > task_reward.astype(np.float32))
+        # The bonus is c times the mean square root of the chosen variance.
+        chosen = metrics[f"og_marl/sqrt_variance_{optimism_variance}"]
+        assert metrics["og_marl/optimism_bonus"] == pytest.approx(optimism * chosen, rel=1e-5)
 
 
 def test_batches_hold_the_requested_real_fraction():
@@ -252,11 +267,14 @@ def test_batches_hold_the_requested_real_fraction():
     imagined = {tuple(row) for row in np.concatenate([agent.model_buffer.obs, agent.model_buffer.next_obs], axis=1)[:stored]}
     imagined_rows = np.concatenate([batch["obs"], batch["next_obs"]], axis=1)[num_real:]
     assert all(tuple(row) in imagined for row in imagined_rows)
+    taken = agent.counters()["sac/gradient_steps"]
     metrics = agent.update()  # nothing due: returns without a gradient step
-    assert metrics["sac/gradient_steps"] == 0
+    assert agent.counters()["sac/gradient_steps"] == taken and "sac/real_fraction" not in metrics
     agent.observe(unscored(batch["obs"][:1], batch["action"][:1], batch["next_obs"][:1]))
     metrics = agent.update()
-    assert metrics["sac/gradient_steps"] == 2 and metrics["sac/real_fraction"] == 0.25
+    assert agent.counters()["sac/gradient_steps"] == taken + 2 and metrics["sac/real_fraction"] == 0.25
+    assert agent.counters()["sac/steps_pending"] == 0
+    assert agent.counters()["og_marl/refreshes"] == agent.refreshes
 
 
 # ---------------------------------------------------------------------------------- sharing
@@ -345,6 +363,11 @@ def test_config_parses_from_yaml_shape_and_checks_consistency():
         OGMARLConfig(rollout_length=3)
     with pytest.raises(pydantic.ValidationError, match="real_ratio"):
         OGMARLConfig(real_ratio=1.5)
+    # Treating the time limit as terminal acts on real rows only: refused where there are none.
+    with pytest.raises(pydantic.ValidationError, match="would do nothing"):
+        OGMARLConfig(sac=SACConfig(bootstrap_on_truncation=False))
+    one_real = OGMARLConfig(sac=SACConfig(bootstrap_on_truncation=False), real_ratio=1 / 256)
+    assert round(one_real.real_ratio * one_real.sac.batch_size) == 1
 
 
 def test_builder_requires_a_world_model_and_a_task():
@@ -367,3 +390,62 @@ def test_builder_requires_a_world_model_and_a_task():
     boxed = SMALL_GP.model_copy(update={"input_low": [-12.0, -12.0, -1.0, -1.0], "input_high": [12.0, 12.0, 1.0, 1.0]})
     agent = build_learner(small_config(), *spaces, 0, world_model_config=boxed, task_spec=env.task_spec())
     assert agent.world_model_config.input_low == [-12.0, -12.0, -1.0, -1.0]
+
+
+# ---------------------------------------------------------------------------------- distance to the average
+
+
+def test_probes_estimate_each_agents_distance_to_the_exact_average():
+    env = parallel_env(num_agents=3, max_cycles=25, dynamics_seed=2)
+    names = ["agent_0", "agent_1", "agent_2"]
+    agents = {name: make_agent(env, name, seed=index) for index, name in enumerate(names)}
+    drive(env, agents, RANDOM_STEPS, refresh=lambda agent: None)
+    statistics = [agents[name].fit_world_model() for name in names]
+    before = [dict(agents[name].pending_probe) for name in names]
+    assert len(before[0]) == 2 * 16  # 16 projections of J and 16 of h, "before" only
+    # The directions are the same on every agent: projecting one matrix gives one number everywhere.
+    np.testing.assert_array_equal(
+        list(agents["agent_0"]._probe(statistics[1], "x").values()), list(agents["agent_2"]._probe(statistics[1], "x").values())
+    )
+    exact = {key: np.mean([stats[key] for stats in statistics], axis=0) for key in ("J", "h")}
+    # Agent 0 adopts the exact average, agent 1 a half-way mix, agent 2 keeps its own statistics.
+    halfway = {key: (exact[key] + statistics[1][key]) / 2 for key in ("J", "h")}
+    adopted = [exact, halfway, statistics[2]]
+    after = [agents[name].adopt_world_model(stats, 3) for name, stats in zip(names, adopted)]
+    assert all(f"og_marl/probe/before/J/{k:02d}" in metrics for metrics in after for k in range(16))
+
+    estimated = probe_distances(before, after)
+    for key in ("J", "h"):
+        true = [np.linalg.norm(stats[key] - exact[key]) / np.linalg.norm(exact[key]) for stats in adopted]
+        assert estimated[key][0] < 1e-12 and true[0] == 0.0
+        for got, want in zip(estimated[key][1:], true[1:]):
+            assert want / 3 < got < want * 3, (key, got, want)  # 16 random projections: an estimate
+        assert estimated[key][1] < estimated[key][2]  # half-way is closer than not mixing at all
+
+
+def test_no_probes_when_switched_off_and_none_after_without_sharing():
+    env = parallel_env(num_agents=1, max_cycles=25)
+    quiet = make_agent(env, consensus_probes=0)
+    drive(env, {"agent_0": quiet}, RANDOM_STEPS, refresh=lambda agent: None)
+    quiet.fit_world_model()
+    assert not any(key.startswith("og_marl/probe/") for key in quiet.adopt_world_model(None, 1))
+    alone = make_agent(env)
+    drive(env, {"agent_0": alone}, RANDOM_STEPS, refresh=lambda agent: None)
+    alone.fit_world_model()
+    metrics = alone.adopt_world_model(None, 1)
+    assert sum(key.startswith("og_marl/probe/before/") for key in metrics) == 32
+    assert not any(key.startswith("og_marl/probe/after/") for key in metrics)
+
+
+def test_reference_variance_needs_a_sparse_gp():
+    from agent_node.world_models import EnsembleConfig
+
+    env = parallel_env(num_agents=1)
+    spaces = (env.observation_space("agent_0"), env.action_space("agent_0"))
+    ensemble = EnsembleConfig(ensemble_size=2, num_elites=1, hidden_size=8, num_hidden_layers=1)
+    with pytest.raises(ValueError, match="optimism_variance 'reference'"):
+        build_learner(small_config(), *spaces, 0, world_model_config=ensemble, task_spec=env.task_spec())
+    agent = build_learner(
+        small_config(optimism_variance="epistemic"), *spaces, 0, world_model_config=ensemble, task_spec=env.task_spec()
+    )
+    assert agent.probe_directions == {}

@@ -186,6 +186,9 @@ def test_collection_reward_penalty_uses_clipped_actions():
     assert collection_reward(HAND_PLACED, actions, True) == pytest.approx(
         HAND_PLACED_REWARD - ACTION_PENALTY_COEF * clipped_abs_sum, abs=1e-12
     )
+    assert collection_reward(HAND_PLACED, actions, True, penalty_coef=0.1) == pytest.approx(
+        HAND_PLACED_REWARD - 0.1 * clipped_abs_sum, abs=1e-12
+    )
     assert collection_reward(HAND_PLACED, actions, False) == pytest.approx(HAND_PLACED_REWARD)
 
 
@@ -297,7 +300,7 @@ def test_step_before_reset_is_refused():
 def test_action_penalty_subtracts_the_weighted_sum_of_absolute_actions():
     rng = np.random.default_rng(1)
     action_sequence = rng.uniform(-1.2, 1.2, size=(40, 5, 2))
-    for coef in (ACTION_PENALTY_COEF, 1.0):
+    for coef in (0.1, ACTION_PENALTY_COEF):
         plain = parallel_env()
         penalized = parallel_env(action_penalty=True, action_penalty_coef=coef)
         plain.reset()
@@ -310,6 +313,36 @@ def test_action_penalty_subtracts_the_weighted_sum_of_absolute_actions():
             assert penalized_rewards["agent_0"] == pytest.approx(
                 plain_rewards["agent_0"] - penalty, abs=1e-9
             )
+
+
+def test_default_penalty_is_the_references_unweighted_sum():
+    # ManuelWendl/OG-MARL env.py:144 subtracts np.sum(np.abs(actions)), weight 1.
+    assert ACTION_PENALTY_COEF == 1.0
+    env = parallel_env(action_penalty=True)
+    assert env.action_penalty_coef == 1.0 and env.task_spec()["action_penalty_coef"] == 1.0
+
+
+def test_random_play_with_the_reference_penalty_scores_about_minus_495():
+    """Uniform actions in [-1, 1]^2 (the learners' random phase, as the reference's
+    `np.random.uniform(-1, 1, ...)`) cost 500 per episode in expectation at weight 1.0; agent 0
+    starts on a 0.5-site and collects a little. 200 episodes over 5 draws of the gains."""
+    rng = np.random.default_rng(0)
+    returns = []
+    for dynamics_seed in range(5):
+        env = parallel_env(action_penalty=True, dynamics_seed=dynamics_seed)
+        for _ in range(40):
+            env.reset()
+            episode_return = 0.0
+            while env.agents:
+                actions = {agent: rng.uniform(-1.0, 1.0, 2).astype(np.float32) for agent in env.agents}
+                _, rewards, *_ = env.step(actions)
+                episode_return += rewards["agent_0"]
+            returns.append(episode_return)
+    returns = np.asarray(returns)
+    # Measured: mean -492.0, sample std 10.4 per episode.
+    assert abs(returns.mean() - (-495.0)) < 15.0, returns.mean()
+    assert returns.std(ddof=1) < 15.0, returns.std(ddof=1)
+    assert -500.0 < returns.mean() < -480.0  # the penalty dominates; collection adds a few points
 
 
 # --- bad input ------------------------------------------------------------------------------

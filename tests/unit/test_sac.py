@@ -118,7 +118,7 @@ def test_mixed_batches_use_the_requested_real_ratio():
         assert num_real == 8 and batch["reward"].shape == (32,)
         assert batch["reward"].sum() == 32 - 8
     metrics = agent.update(max_gradient_steps=3)
-    assert metrics["sac/real_fraction"] == 0.25 and metrics["sac/gradient_steps"] == 3
+    assert metrics["sac/real_fraction"] == 0.25 and agent.counters()["sac/gradient_steps"] == 3
 
     agent.set_model_buffer(imagined, real_ratio=0.0)
     assert agent.sample_batch()[0]["reward"].sum() == 32
@@ -137,15 +137,43 @@ def test_updates_per_step_counts_rows():
     agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
     obs = np.zeros((50, 1), np.float32)
     agent.observe(bandit_transition(obs, np.full((50, 1), 0.5, np.float32)))
-    assert agent.update()["sac/gradient_steps"] == (50 - 40) * 3
-    assert agent.update()["sac/gradient_steps"] == 0
+    assert agent.update()
+    assert agent.counters()["sac/gradient_steps"] == (50 - 40) * 3
+    agent.update()
+    assert agent.counters()["sac/gradient_steps"] == (50 - 40) * 3  # nothing more was due
 
 
-def loop_value(terminal_flag: str) -> float:
+def test_counters_are_cumulative_and_count_what_is_owed():
+    """gradient_steps + steps_pending == steps_owed == updates_per_step * trainable rows, at any time,
+    however the updates are sliced; the numbers are totals since the start, not per call."""
+    config = SMALL_CONFIG.model_copy(update={"learning_starts": 40, "updates_per_step": 3, "hidden_sizes": (8,)})
+    agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    assert agent.counters() == {
+        "sac/gradient_steps": 0.0, "sac/steps_pending": 0.0, "sac/steps_owed": 0.0, "sac/rows_observed": 0.0,
+    }
+    obs = np.zeros((50, 1), np.float32)
+    agent.observe(bandit_transition(obs, np.full((50, 1), 0.5, np.float32)))
+    assert agent.counters()["sac/steps_pending"] == 30 and agent.counters()["sac/steps_owed"] == 30
+    metrics = agent.update(max_gradient_steps=4)
+    assert "sac/gradient_steps" not in metrics and "sac/steps_pending" not in metrics  # not averaged per call
+    assert agent.counters() == {
+        "sac/gradient_steps": 4.0, "sac/steps_pending": 26.0, "sac/steps_owed": 30.0, "sac/rows_observed": 50.0,
+    }
+    agent.update(max_gradient_steps=4)
+    agent.observe(bandit_transition(obs[:2], np.full((2, 1), 0.5, np.float32)))
+    counters = agent.counters()
+    assert counters["sac/gradient_steps"] == 8 and counters["sac/steps_owed"] == 36
+    assert counters["sac/steps_pending"] == 28 == agent.gradient_steps_due()
+    agent.update()
+    assert agent.counters()["sac/gradient_steps"] == 36 and agent.counters()["sac/steps_pending"] == 0
+
+
+def loop_value(terminal_flag: str, bootstrap_on_truncation: bool = True) -> float:
     """min-Q of a one-state loop with reward 1 per step, where every row is ended by `terminal_flag`."""
     config = SACConfig(
         hidden_sizes=(32, 32), batch_size=32, buffer_size=100, learning_starts=0, random_steps=0,
         critic_lr=3e-3, tau=0.2, gamma=0.5, autotune_alpha=False, initial_alpha=1e-4,
+        bootstrap_on_truncation=bootstrap_on_truncation,
     )
     agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=1)
     obs = np.zeros((32, 1), np.float32)
@@ -165,6 +193,14 @@ def test_bootstraps_through_truncation_but_not_termination():
     # Truncated rows bootstrap: Q = 1 / (1 - gamma) = 2 (alpha ~ 0). Terminated rows do not: Q = 1.
     assert loop_value("truncated") == pytest.approx(2.0, abs=0.15)
     assert loop_value("terminated") == pytest.approx(1.0, abs=0.1)
+
+
+@pytest.mark.timeout(60)
+def test_truncation_is_terminal_when_bootstrapping_on_truncation_is_off():
+    # The reference's treatment of its time limit: done = 1 at step 100, so Q = r = 1 there.
+    assert loop_value("truncated", bootstrap_on_truncation=False) == pytest.approx(1.0, abs=0.1)
+    assert loop_value("terminated", bootstrap_on_truncation=False) == pytest.approx(1.0, abs=0.1)
+    assert SACConfig().bootstrap_on_truncation is True  # the default keeps the textbook treatment
 
 
 def test_state_dict_round_trip_resumes_identically(tmp_path):

@@ -31,3 +31,43 @@ def test_ablation_and_baseline_differ_from_og_marl_only_where_intended():
     assert sac.agents.learner.kind == "sac" and sac.agents.learner.updates_per_step == 1
     assert sac.agents.world_model is None and not sac.protocols.consensus.enabled
     assert sac.env == og_marl.env.model_copy(update={"step_deadline_s": sac.env.step_deadline_s})
+
+
+OG_MARL_VARIANTS = [
+    "configs/og_marl_ring5.yaml",
+    "configs/og_marl_ring5_epistemic.yaml",
+    "configs/og_marl_ring5_no_optimism.yaml",
+    "configs/og_marl_ring5_local.yaml",
+    "configs/og_marl_ring5_push_sum.yaml",
+    "configs/og_marl_centralized5.yaml",
+    "configs/sac_ring5.yaml",
+]
+
+
+def test_every_og_marl_config_states_the_references_penalty_weight():
+    for path in OG_MARL_VARIANTS:
+        config = load_config(path)
+        assert config.env.kwargs["action_penalty"] is True, path
+        assert config.env.kwargs["action_penalty_coef"] == 1.0, path  # env.py line 144
+        assert "dynamics_seed" not in config.env.kwargs, path  # it follows the run seed
+
+
+def test_optimism_variants_differ_only_in_the_bonus():
+    og_marl = load_config("configs/og_marl_ring5.yaml")
+    epistemic = load_config("configs/og_marl_ring5_epistemic.yaml")
+    assert og_marl.agents.learner.optimism_variance == "reference" and og_marl.agents.learner.optimism == 0.01
+    assert epistemic.agents.learner.optimism_variance == "epistemic" and epistemic.agents.learner.optimism == 0.11
+    assert og_marl.agents.learner.model_copy(update={"optimism": 0.11, "optimism_variance": "epistemic"}) == (
+        epistemic.agents.learner
+    )
+    assert og_marl.protocols == epistemic.protocols and og_marl.env == epistemic.env
+
+
+def test_local_and_push_sum_variants_change_only_the_consensus():
+    og_marl = load_config("configs/og_marl_ring5.yaml")
+    local = load_config("configs/og_marl_ring5_local.yaml")
+    push_sum = load_config("configs/og_marl_ring5_push_sum.yaml")
+    assert not local.protocols.consensus.enabled
+    assert push_sum.protocols.consensus.enabled and push_sum.protocols.consensus.mode == "push_sum"
+    for variant in (local, push_sum):
+        assert variant.agents == og_marl.agents and variant.env == og_marl.env

@@ -1,0 +1,86 @@
+"""The env registry: names and import paths resolve, and construction seeds reach the environments
+that draw part of their task when built (reward_collection's gains `eta`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from env_server.registry import (
+    CONSTRUCTION_SEED_KWARGS,
+    EnvNotFound,
+    construction_kwargs,
+    construction_seed_kwarg,
+    make_env,
+)
+from env_server.vector import VectorizedParallelEnv
+from protocols.seeds import derive_seed
+
+REWARD_COLLECTION_PATH = "env_server.envs.reward_collection:parallel_env"
+
+
+def test_reward_collection_takes_its_dynamics_seed_from_the_construction_seed():
+    assert CONSTRUCTION_SEED_KWARGS["reward_collection_v0"] == "dynamics_seed"
+    assert construction_seed_kwarg("reward_collection_v0") == "dynamics_seed"
+    assert construction_seed_kwarg(REWARD_COLLECTION_PATH) == "dynamics_seed"  # same factory, by path
+    env = make_env("reward_collection_v0", {"num_agents": 5}, construction_seed=1234)
+    assert env.dynamics_seed == 1234
+    np.testing.assert_array_equal(env.eta, make_env("reward_collection_v0", {"dynamics_seed": 1234}).eta)
+    assert make_env(REWARD_COLLECTION_PATH, {}, construction_seed=1234).dynamics_seed == 1234
+
+
+def test_different_run_seeds_give_different_gains_and_one_run_gives_one():
+    """What the env server does: derive_seed(run.seed, env_index, "env_construction") per run."""
+    gains = {}
+    for run_seed in range(5):
+        seed = derive_seed(run_seed, 0, "env_construction")
+        gains[run_seed] = make_env("reward_collection_v0", {}, construction_seed=seed).eta
+        np.testing.assert_array_equal(make_env("reward_collection_v0", {}, construction_seed=seed).eta, gains[run_seed])
+    for first in range(5):
+        for second in range(first + 1, 5):
+            assert not np.allclose(gains[first], gains[second]), (first, second)
+
+
+def test_every_copy_of_a_run_training_and_evaluation_shares_the_gains():
+    seed = derive_seed(3, 0, "env_construction")
+
+    def build():
+        return make_env("reward_collection_v0", {"action_penalty": True}, construction_seed=seed)
+
+    training = VectorizedParallelEnv(build, 4, autoreset=True)
+    evaluation = VectorizedParallelEnv(build, 5, autoreset=False)
+    reference_eta = training.copies[0].eta
+    for copy in [*training.copies, *evaluation.copies]:
+        np.testing.assert_array_equal(copy.eta, reference_eta)
+    assert not np.allclose(reference_eta, make_env("reward_collection_v0", {}).eta)  # not the old seed-0 default
+
+
+def test_an_explicit_config_value_wins_over_the_construction_seed():
+    env = make_env("reward_collection_v0", {"dynamics_seed": 7}, construction_seed=99)
+    assert env.dynamics_seed == 7
+    assert construction_kwargs("reward_collection_v0", {"dynamics_seed": 7}, 99) == {"dynamics_seed": 7}
+
+
+def test_without_a_construction_seed_the_factory_default_stands():
+    assert make_env("reward_collection_v0", {}).dynamics_seed == 0
+    assert construction_kwargs("reward_collection_v0", {"num_agents": 3}, None) == {"num_agents": 3}
+
+
+def test_environments_without_a_construction_draw_ignore_the_seed():
+    assert construction_seed_kwarg("mpe2.simple_spread_v3") is None
+    assert construction_kwargs("simple_spread_v3", {"N": 3}, 5) == {"N": 3}
+    env = make_env("simple_spread_v3", {"N": 2}, construction_seed=5)
+    assert len(env.possible_agents) == 2
+
+
+def test_bad_construction_seeds_and_names_are_refused():
+    with pytest.raises(ValueError, match="construction_seed"):
+        construction_kwargs("reward_collection_v0", {}, -1)
+    with pytest.raises(ValueError, match="construction_seed"):
+        construction_kwargs("reward_collection_v0", {}, True)
+    with pytest.raises(EnvNotFound, match="neither a registered environment"):
+        make_env("no_such_env", {}, construction_seed=1)
+    # The kwargs the config gave are not modified in place.
+    given = {"num_agents": 2}
+    make_env("reward_collection_v0", given, construction_seed=4)
+    assert given == {"num_agents": 2}
