@@ -31,6 +31,20 @@ class Transition:
     time limit (bootstrap from `next_obs`). `next_obs` is the observation the action led to,
     also for copies whose episode just ended (the env server sends the final observation
     separately from the first observation of the next episode).
+
+    The optional fields are filled only for learners that need a centralized view (PMIC, a
+    centralized critic, dataset recording); the replay buffer and the independent learners ignore
+    them:
+
+    - `global_state` / `next_global_state`: the env's global state before and after the step
+      (the env's `state()`, or the concatenated observations where it has none), (K, *state_shape).
+      For a copy whose episode just ended, `next_global_state` is the final state, like `next_obs`.
+    - `joint_action`: the actions every possible agent sent for this step, flattened and
+      concatenated in `possible_agents` order (Box actions as they are, Discrete ones one-hot),
+      (K, joint_action_dim). This agent's own action is one slice of it.
+    - `copy_index`: which of the env server's K copies each row came from, (K,) int64. The node
+      drops rows where the agent did not take part, so row i is not always copy i; learners that
+      follow whole episodes (PMIC's episode-return buffers) group rows by this index.
     """
 
     obs: np.ndarray  # (K, *obs_shape)
@@ -39,6 +53,10 @@ class Transition:
     next_obs: np.ndarray  # (K, *obs_shape)
     terminated: np.ndarray  # (K,) bool
     truncated: np.ndarray  # (K,) bool
+    global_state: np.ndarray | None = None  # (K, *state_shape)
+    next_global_state: np.ndarray | None = None  # (K, *state_shape)
+    joint_action: np.ndarray | None = None  # (K, joint_action_dim) float32
+    copy_index: np.ndarray | None = None  # (K,) int64
 
 
 @runtime_checkable

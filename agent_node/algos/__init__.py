@@ -6,6 +6,13 @@
                optional second (model-generated) sample source.
 - `og_marl.py`  `OGMARLAgent`: SAC on imagined rollouts through a consensus-fused world model,
                with an optimism bonus (OG-MARL).
+- `pmic.py`     `PMICAgent`: decentralized MADDPG with PMIC's mutual-information shaping
+               (`mutual_information.py` holds the two estimators).
+- `shared_dqn.py`  `SharedDQNAgent`: DQN on the observation padded to a maximum size plus a
+               padded one-hot agent index, portable between runs with different agent counts.
+- `mixers.py`   VDN / QMIX mixing networks and `CentralizedMixerLearner`, the update a learner
+               node runs over all agents' Q-networks (not an agent-side learner).
+- `cql.py`, `bc.py`  offline learners trained from a recorded dataset (`agent_node/datasets.py`).
 
 Each agent is an `Actor`, a `Learner` and a `ParamSource` (see `agent_node/roles.py`) and owns its
 `ReplayBuffer` as `agent.replay`.
@@ -18,33 +25,61 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from agent_node.algos.config import DQNConfig, LearnerConfig, OGMARLConfig, SACConfig
+from agent_node.algos.config import (
+    BCConfig,
+    CQLConfig,
+    DQNConfig,
+    LearnerConfig,
+    OGMARLConfig,
+    PMICConfig,
+    SACConfig,
+    SharedDQNConfig,
+)
 
 if TYPE_CHECKING:
     import gymnasium as gym
 
+    from agent_node.algos.bc import BCAgent
+    from agent_node.algos.cql import CQLAgent
     from agent_node.algos.dqn import DQNAgent
     from agent_node.algos.og_marl import OGMARLAgent
+    from agent_node.algos.pmic import PMICAgent
     from agent_node.algos.sac import SACAgent
+    from agent_node.algos.shared_dqn import SharedDQNAgent
     from agent_node.world_models.config import EnsembleConfig, SparseGPConfig
 
-__all__ = ["DQNConfig", "LearnerConfig", "OGMARLConfig", "SACConfig", "build_learner"]
+__all__ = [
+    "BCConfig",
+    "CQLConfig",
+    "DQNConfig",
+    "LearnerConfig",
+    "OGMARLConfig",
+    "PMICConfig",
+    "SACConfig",
+    "SharedDQNConfig",
+    "build_learner",
+]
 
 
 def build_learner(
-    config: DQNConfig | SACConfig | OGMARLConfig,
+    config: DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig,
     observation_space: gym.spaces.Space,
     action_space: gym.spaces.Space,
     seed: int,
     *,
     world_model_config: SparseGPConfig | EnsembleConfig | None = None,
     task_spec: Mapping[str, Any] | None = None,
-) -> DQNAgent | SACAgent | OGMARLAgent:
+    state_space: gym.spaces.Space | None = None,
+    num_agents: int | None = None,
+    agent_index: int | None = None,
+) -> DQNAgent | SACAgent | OGMARLAgent | PMICAgent | SharedDQNAgent | CQLAgent | BCAgent:
     """The agent that `config.kind` names, built for these spaces and this seed.
 
     `world_model_config` (the agent's `world_model` section) and `task_spec` (the reward function
     as data, from the env server's welcome metadata `"task"`) are required by og_marl and ignored
-    by the model-free learners.
+    by the model-free learners. `state_space` (the env's global state space), `num_agents` and
+    `agent_index` (this agent's position in `possible_agents`) are required by pmic;
+    `agent_index` by shared_dqn.
     """
     # Imported here, not at module level, so that validating configs never imports torch.
     if isinstance(config, DQNConfig):
@@ -76,4 +111,38 @@ def build_learner(
             world_model_config=world_model_config,
             task_spec=task_spec,
         )
-    raise TypeError(f"expected a DQNConfig, SACConfig or OGMARLConfig, got {type(config).__name__}")
+    if isinstance(config, PMICConfig):
+        missing = [
+            name
+            for name, value in (("state_space", state_space), ("num_agents", num_agents), ("agent_index", agent_index))
+            if value is None
+        ]
+        if missing:
+            raise ValueError(
+                f"learner kind 'pmic' needs the global view: {', '.join(missing)} not given (the env server must "
+                "publish the global state and joint action, and the node must know its index in possible_agents)"
+            )
+        from agent_node.algos.pmic import PMICAgent
+
+        return PMICAgent(
+            config, observation_space, action_space, seed,
+            state_space=state_space, num_agents=num_agents, agent_index=agent_index,
+        )
+    if isinstance(config, SharedDQNConfig):
+        if agent_index is None:
+            raise ValueError("learner kind 'shared_dqn' needs agent_index (this agent's index in possible_agents)")
+        from agent_node.algos.shared_dqn import SharedDQNAgent
+
+        return SharedDQNAgent(config, observation_space, action_space, seed, agent_index=agent_index)
+    if isinstance(config, CQLConfig):
+        from agent_node.algos.cql import CQLAgent
+
+        return CQLAgent(config, observation_space, action_space, seed)
+    if isinstance(config, BCConfig):
+        from agent_node.algos.bc import BCAgent
+
+        return BCAgent(config, observation_space, action_space, seed)
+    raise TypeError(
+        "expected a DQNConfig, SACConfig, OGMARLConfig, PMICConfig, SharedDQNConfig, CQLConfig or BCConfig, "
+        f"got {type(config).__name__}"
+    )

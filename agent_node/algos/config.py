@@ -208,3 +208,177 @@ class OGMARLConfig(BaseModel):
 
 
 LearnerConfig = Annotated[DQNConfig | SACConfig | OGMARLConfig, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------------------
+# Learners of issue 12 (PMIC, centralized mixing, agent-count transfer, offline RL). They are not
+# part of `LearnerConfig` yet: each needs something the node does not provide so far (the global
+# state and joint action, an agent index, a learner node, a dataset), so a run config cannot
+# select them until that wiring exists. `build_learner` builds them when given what they need.
+# ------------------------------------------------------------------------------------------------
+
+
+class PMICConfig(BaseModel):
+    """PMIC on a decentralized MADDPG-style learner (ALGORITHMS.md section 4; Li et al. 2022,
+    arXiv 2203.08553; reference code `yeshenpy/PMIC`, whose values are quoted with file:line).
+
+    `pmic: false` runs the same learner without the mutual-information shaping (plain MADDPG with
+    inferred teammate policies), the like-for-like baseline for the benchmark.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["pmic"] = "pmic"
+    # False: no superior/inferior buffers are kept and no MI estimator is trained or used.
+    pmic: bool = True
+    # Network widths: the reference's actor and critic are 64x64
+    # (algorithms/mpe_new_maxminMADDPG.py:209, :244-246). The teammate model (not in the
+    # reference, which trains all actors in one process) uses the same width.
+    actor_hidden_sizes: HiddenSizes = (64, 64)
+    critic_hidden_sizes: HiddenSizes = (64, 64)
+    teammate_hidden_sizes: HiddenSizes = (64, 64)
+    # Learning rates: actor 1e-4 (:270), critic 1e-3 (:281), both MI estimators 1e-4 (:273, :276).
+    # Teammate model: ours, the critic's rate (it is a plain regression like the critic).
+    actor_lr: float = Field(1e-4, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    teammate_lr: float = Field(1e-3, gt=0)
+    mi_lr: float = Field(1e-4, gt=0)
+    # Discount 0.95 and Polyak rate 0.01 (run_maxminMADDPG.py:138-139).
+    gamma: float = Field(0.95, ge=0, le=1)
+    tau: float = Field(0.01, gt=0, le=1)
+    # Batch 1024 (run_maxminMADDPG.py:137), used for the critic, the actor and both MI estimators.
+    batch_size: PositiveInt = 1024
+    buffer_size: PositiveInt = 1_000_000
+    # One gradient step per 100 environment steps once 1,024 steps were taken
+    # (run_maxminMADDPG.py:295 checks `total_timesteps >= 1024 and total_timesteps % 100 == 0`).
+    learning_starts: int = Field(1024, ge=0)
+    train_every: PositiveInt = 100
+    # Gradient-norm clipping 0.5 for critic and actors (:865, :908).
+    max_grad_norm: float = Field(0.5, gt=0)
+    # Penalty on the squared actions in the actor loss: the reference adds 1e-3 * (1e-3 * mean a^2)
+    # (:877-878), i.e. 1e-6.
+    action_l2: float = Field(1e-6, ge=0)
+    # Gaussian exploration noise on the tanh output, its standard deviation decaying linearly over
+    # `noise_decay_rows` rows. The reference uses Ornstein-Uhlenbeck noise (theta 0.15, sigma 0.2,
+    # :12) scaled by 0.3, decaying linearly to 0 over 25,000 episodes of 25 steps
+    # (run_maxminMADDPG.py:362-363); its stationary standard deviation is
+    # 0.3 * 0.2 / sqrt(1 - 0.85^2) = 0.11, hence 0.1 here (uncorrelated noise needs no per-copy
+    # state and no reset at episode boundaries).
+    noise_start: float = Field(0.1, ge=0)
+    noise_end: float = Field(0.0, ge=0)
+    noise_decay_rows: PositiveInt = 625_000
+    # Superior buffer: 1,000 transitions kept sorted by episode return; inferior: FIFO, 1,000
+    # (run_maxminMADDPG.py:198-199). Shaping starts once the superior buffer holds 500 (:306).
+    superior_capacity: PositiveInt = 1_000
+    inferior_capacity: PositiveInt = 1_000
+    shaping_starts_at: PositiveInt = 500
+    # An episode is superior if its return beats the superior buffer's lowest and the mean of the
+    # last 1,000 episode returns (:241); that mean is used once 10 episodes were seen (:240).
+    return_average_window: PositiveInt = 1_000
+    return_average_min_episodes: PositiveInt = 10
+    # alpha (weight of the JSD lower bound on superior data) 0.01 and beta (weight of the CLUB
+    # upper bound on inferior data) 0.1 (run.sh: --max_adv_c=0.01 --min_adv_c=0.1).
+    mi_alpha: float = Field(0.01, ge=0)
+    mi_beta: float = Field(0.1, ge=0)
+    # MI estimators: 32-d separable critic embeddings (:142-143). The hidden layer is ours (the
+    # reference has none for the JSD critic and 32 units for CLUB, :169-176); 64 units let the
+    # critic represent the log density ratio's quadratic terms (see the estimator unit tests).
+    mi_embedding_dim: PositiveInt = 32
+    mi_hidden_sizes: HiddenSizes = (64,)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PMICConfig:
+        if self.buffer_size < self.batch_size:
+            raise ValueError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
+        if self.shaping_starts_at > self.superior_capacity:
+            raise ValueError(
+                f"shaping_starts_at ({self.shaping_starts_at}) can never be reached by a superior buffer "
+                f"of superior_capacity {self.superior_capacity}"
+            )
+        if self.noise_end > self.noise_start:
+            raise ValueError(f"noise_end ({self.noise_end}) must not exceed noise_start ({self.noise_start})")
+        return self
+
+
+class MixerConfig(BaseModel):
+    """Centralized value-decomposition learning over the agents' Q-networks: VDN (Sunehag et al.
+    2018) or QMIX (Rashid et al. 2018). Defaults are pymarl's QMIX settings (`oxwhirl/pymarl`,
+    src/config/algs/qmix.yaml: mixing_embed_dim 32, hypernet_layers 2, hypernet_embed 64,
+    double_q, target_update_interval 200; src/config/default.yaml: lr 0.0005, gamma 0.99,
+    grad_norm_clip 10). pymarl counts its target interval in episodes with one update per
+    episode, so 200 gradient steps here. Its batch is 32 whole episodes of a recurrent agent
+    (thousands of transitions); here a batch is 256 single transitions of a feed-forward agent,
+    and Adam replaces its RMSprop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["mixer"] = "mixer"
+    mixer: Literal["vdn", "qmix"] = "qmix"
+    # Each agent's Q-network (observation -> one value per action).
+    agent_hidden_sizes: HiddenSizes = (64, 64)
+    # QMIX: width of the mixing layer and of the hypernetworks that produce its weights;
+    # hypernet_layers 1 is the paper's single linear map, 2 adds a ReLU hidden layer.
+    mixing_embed_dim: PositiveInt = 32
+    hypernet_layers: Literal[1, 2] = 2
+    hypernet_hidden: PositiveInt = 64
+    learning_rate: float = Field(5e-4, gt=0)
+    gamma: float = Field(0.99, ge=0, le=1)
+    batch_size: PositiveInt = 256
+    # Hard copy of online to target networks every this many gradient steps.
+    target_update_period: PositiveInt = 200
+    # Double-Q target: the online agent networks pick the next actions, the targets evaluate them.
+    double_q: bool = True
+    max_grad_norm: float = Field(10.0, gt=0)
+
+
+class SharedDQNConfig(BaseModel):
+    """A DQN whose input is the observation zero-padded to `max_obs_dim` plus a one-hot agent index
+    padded to `max_agents`, so that one set of parameters serves any agent of any run whose agents
+    and observations fit those maxima (ALGORITHMS.md section 5)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["shared_dqn"] = "shared_dqn"
+    dqn: DQNConfig = Field(default_factory=DQNConfig)
+    # The largest flattened observation and the largest agent count any run of this policy will
+    # have; a checkpoint moves between runs only if both are the same.
+    max_obs_dim: PositiveInt
+    max_agents: PositiveInt
+    # Start the weights of the agent-index inputs at zero. An index never seen in training then
+    # keeps zero weights (its input is 0 on every training row, so its gradient is 0), and a policy
+    # trained with 2 agents treats agents 2 and 3 exactly as if they had no index input.
+    zero_init_agent_index: bool = True
+
+
+class CQLConfig(BaseModel):
+    """Conservative Q-learning for discrete actions, CQL(H) (Kumar et al. 2020, eq. 4 with the
+    log-sum-exp regularizer), on a Double-DQN backbone, trained from a dataset with no env."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["cql"] = "cql"
+    hidden_sizes: HiddenSizes = (64, 64)
+    learning_rate: float = Field(5e-4, gt=0)
+    gamma: float = Field(0.99, ge=0, le=1)
+    batch_size: PositiveInt = 64
+    # Weight of the conservative term E_s[logsumexp_a Q(s, a)] - E_(s,a)~D[Q(s, a)]; the paper's
+    # discrete-action experiments use 1.0 and 4.0 (Atari); 0 turns CQL into offline Double DQN.
+    cql_alpha: float = Field(1.0, ge=0)
+    # Gradient steps of one offline training run (the learner reports them as due until done).
+    gradient_steps: PositiveInt = 20_000
+    target_update_period: PositiveInt = 500
+    loss: Literal["huber", "mse"] = "huber"
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 10.0
+
+
+class BCConfig(BaseModel):
+    """Behaviour cloning for discrete actions: maximum likelihood of the dataset's actions, the
+    baseline an offline RL learner has to beat."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["bc"] = "bc"
+    hidden_sizes: HiddenSizes = (64, 64)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: PositiveInt = 64
+    gradient_steps: PositiveInt = 10_000

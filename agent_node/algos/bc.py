@@ -1,0 +1,125 @@
+"""Behaviour cloning for discrete actions: the baseline an offline RL learner has to beat.
+
+A policy network outputs one logit per action; training maximizes the log-likelihood of the
+dataset's actions (cross-entropy), per gradient step on a batch drawn uniformly from the dataset:
+
+    L = -E_(s,a)~D[ log softmax(f(s))[a] ]
+
+It learns what the behaviour policy did, good or bad: it cannot do better than the data on
+average, which is what an offline RL learner (`cql.py`) is measured against. Acting is greedy
+(the most likely action).
+
+Same interface as `CQLAgent`: `load_dataset(arrays)`, then `update()` while `gradient_steps_due()`
+is positive; no env server needed; `observe` refuses online transitions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agent_node.algos.config import BCConfig
+from agent_node.algos.dqn import QNetwork
+from agent_node.algos.params import load_module_params, module_params
+from agent_node.datasets import transitions_for_learning
+from agent_node.roles import Transition
+
+
+class BCAgent:
+    """Actor, offline Learner and ParamSource for behaviour cloning."""
+
+    def __init__(self, config: BCConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
+        if not isinstance(config, BCConfig):
+            raise TypeError(f"config must be a BCConfig, got {type(config).__name__}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise TypeError(f"behaviour cloning needs a Box observation space, got {observation_space!r}")
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise TypeError(f"this behaviour cloning is for Discrete action spaces, got {action_space!r}")
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.obs_shape = tuple(observation_space.shape)
+        init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(init_seed.generate_state(1)[0]))
+            # An MLP from observation to one output per action; here the outputs are logits.
+            self.policy = QNetwork(int(np.prod(self.obs_shape)), int(action_space.n), config.hidden_sizes)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, fused=True)
+        self.sample_rng = np.random.default_rng(sample_seed)
+        self.data: dict[str, torch.Tensor] | None = None
+        self.gradient_steps = 0
+
+    def load_dataset(self, arrays: Mapping[str, np.ndarray]) -> None:
+        converted = transitions_for_learning(arrays, self.observation_space, self.action_space)
+        self.data = {"obs": torch.as_tensor(converted["obs"]), "action": torch.as_tensor(converted["action"])}
+
+    def observe(self, transition: Transition) -> None:
+        raise TypeError("behaviour cloning is an offline learner: it trains from load_dataset(...), not from online transitions")
+
+    def gradient_steps_due(self) -> int:
+        return 0 if self.data is None else self.config.gradient_steps - self.gradient_steps
+
+    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
+        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
+            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
+        steps = self.gradient_steps_due()
+        if max_gradient_steps is not None:
+            steps = min(steps, max_gradient_steps)
+        loss_total, accuracy_total = 0.0, 0.0
+        for _ in range(steps):
+            assert self.data is not None
+            indices = torch.as_tensor(self.sample_rng.integers(0, len(self.data["action"]), self.config.batch_size))
+            logits = self.policy(self.data["obs"][indices])
+            action = self.data["action"][indices]
+            loss = F.cross_entropy(logits, action)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.gradient_steps += 1
+            loss_total += loss.item()
+            accuracy_total += (logits.argmax(dim=1) == action).float().mean().item()
+        metrics = {"bc/gradient_steps": float(steps), "bc/steps_pending": float(self.gradient_steps_due())}
+        if steps:
+            metrics.update({"bc/loss": loss_total / steps, "bc/accuracy": accuracy_total / steps})
+        return metrics
+
+    def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs)
+        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
+            raise ValueError(f"obs must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+        with torch.inference_mode():
+            return torch.softmax(self.policy(torch.as_tensor(obs, dtype=torch.float32)), dim=1).numpy()
+
+    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
+        """The most likely action; `explore` changes nothing for an offline policy."""
+        index = self.action_probabilities(obs).argmax(axis=1)
+        return (index + int(self.action_space.start)).astype(self.action_space.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algorithm": "bc",
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "gradient_steps": self.gradient_steps,
+            "sample_rng_state": self.sample_rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("algorithm") != "bc":
+            raise ValueError(f"expected a BC state dict (algorithm 'bc'), got algorithm {state.get('algorithm')!r}")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate
+        self.gradient_steps = int(state["gradient_steps"])
+        self.sample_rng.bit_generator.state = state["sample_rng_state"]
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return module_params(self.policy, "policy")
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        load_module_params(self.policy, "policy", params)

@@ -1,0 +1,180 @@
+"""Conservative Q-learning for discrete actions, trained offline from a recorded dataset.
+
+References, to check this file against:
+- Kumar, Zhou, Tucker, Levine 2020, "Conservative Q-Learning for Offline Reinforcement Learning":
+  CQL(H), eq. 4, whose regularizer for discrete actions is a log-sum-exp over the actions
+  (their Atari experiments, appendix F, use it on a QR-DQN backbone).
+- van Hasselt et al. 2016 (Double DQN) for the bootstrapped target, as in `dqn.py`.
+
+The loss, per gradient step on a batch (s, a, r, s', terminated) drawn uniformly from the dataset:
+
+    y     = r + gamma * (1 - terminated) * Q'(s', argmax_a' Q(s', a'))
+    L_TD  = Huber (or squared) error between Q(s, a) and y
+    L_CQL = alpha * E_s[ log sum_a exp Q(s, a) - Q(s, a_data) ]
+    L     = L_TD + L_CQL
+
+The second term pushes down the values of every action in proportion to their softmax weight and
+pushes up the action the data took: actions the dataset never shows in a state end up valued
+below the ones it does, so the greedy policy does not chase values that were never checked
+against data (the failure of plain offline Q-learning). With alpha = 0 this is offline Double DQN.
+
+Not taken over from the marl-offline-coordination code (`marlkit/torch/dqn/cql.py:68-70`): it
+applies the log-sum-exp to the Q-values already masked to the taken action (`self.qf(obs) *
+actions`), so its regularizer sees zeros for every other action; here it runs over all actions.
+
+How it is used: `load_dataset(arrays)` with one agent's columns (`agent_node/datasets.py`,
+`transitions_for_learning`), then `update()` until `gradient_steps_due()` is 0; no env server is
+needed. `act` is greedy. `get_params` names the Q-network `q_network.*` like `DQNAgent`, so a
+trained network loads into a DQN agent node for evaluation with `set_params`. An offline learner
+takes no online transitions: `observe` refuses them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agent_node.algos.config import CQLConfig
+from agent_node.algos.dqn import QNetwork
+from agent_node.algos.params import load_module_params, module_params
+from agent_node.datasets import transitions_for_learning
+from agent_node.roles import Transition
+
+
+class CQLAgent:
+    """Actor, offline Learner and ParamSource for discrete CQL (see the module docstring)."""
+
+    def __init__(self, config: CQLConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
+        if not isinstance(config, CQLConfig):
+            raise TypeError(f"config must be a CQLConfig, got {type(config).__name__}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise TypeError(f"CQL needs a Box observation space, got {observation_space!r}")
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise TypeError(f"this CQL is for Discrete action spaces, got {action_space!r}")
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.obs_shape = tuple(observation_space.shape)
+        self.num_actions = int(action_space.n)
+        init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
+        obs_dim = int(np.prod(self.obs_shape))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(init_seed.generate_state(1)[0]))
+            self.q_network = QNetwork(obs_dim, self.num_actions, config.hidden_sizes)
+            self.target_network = QNetwork(obs_dim, self.num_actions, config.hidden_sizes)
+        self.target_network.load_state_dict(self.q_network.state_dict())
+        self.target_network.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate, fused=True)
+        self.sample_rng = np.random.default_rng(sample_seed)
+        self.data: dict[str, torch.Tensor] | None = None
+        self.gradient_steps = 0
+
+    # ------------------------------------------------------------------ data and training
+
+    def load_dataset(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Take one agent's dataset columns (obs, action, reward, next_obs, terminated)."""
+        converted = transitions_for_learning(arrays, self.observation_space, self.action_space)
+        self.data = {name: torch.as_tensor(values) for name, values in converted.items()}
+
+    def observe(self, transition: Transition) -> None:
+        raise TypeError("CQL is an offline learner: it trains from load_dataset(...), not from online transitions")
+
+    def gradient_steps_due(self) -> int:
+        return 0 if self.data is None else self.config.gradient_steps - self.gradient_steps
+
+    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
+        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
+            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
+        steps = self.gradient_steps_due()
+        if max_gradient_steps is not None:
+            steps = min(steps, max_gradient_steps)
+        totals: dict[str, float] = {}
+        for _ in range(steps):
+            for key, value in self._gradient_step().items():
+                totals[key] = totals.get(key, 0.0) + value
+        metrics = {key: total / steps for key, total in totals.items()}
+        metrics["cql/gradient_steps"] = float(steps)
+        metrics["cql/steps_pending"] = float(self.gradient_steps_due())
+        return metrics
+
+    def _gradient_step(self) -> dict[str, float]:
+        cfg = self.config
+        assert self.data is not None
+        indices = torch.as_tensor(self.sample_rng.integers(0, len(self.data["reward"]), cfg.batch_size))
+        obs, action = self.data["obs"][indices], self.data["action"][indices]
+        reward, next_obs = self.data["reward"][indices], self.data["next_obs"][indices]
+        terminated = self.data["terminated"][indices].float()
+
+        with torch.no_grad():
+            next_action = self.q_network(next_obs).argmax(dim=1, keepdim=True)
+            next_value = self.target_network(next_obs).gather(1, next_action).squeeze(1)
+            target = reward + cfg.gamma * (1.0 - terminated) * next_value
+        q_all = self.q_network(obs)
+        q_data = q_all.gather(1, action.unsqueeze(1)).squeeze(1)
+        td_loss = F.smooth_l1_loss(q_data, target) if cfg.loss == "huber" else F.mse_loss(q_data, target)
+        logsumexp = torch.logsumexp(q_all, dim=1)
+        conservative_loss = (logsumexp - q_data).mean()
+        loss = td_loss + cfg.cql_alpha * conservative_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.q_network.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.gradient_steps += 1
+        if self.gradient_steps % cfg.target_update_period == 0:
+            self.target_network.load_state_dict(self.q_network.state_dict())
+        return {
+            "cql/td_loss": td_loss.item(),
+            "cql/conservative_gap": conservative_loss.item(),
+            "cql/q_data_mean": q_data.mean().item(),
+            "cql/target_mean": target.mean().item(),
+        }
+
+    # ------------------------------------------------------------------ Actor
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs)
+        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
+            raise ValueError(f"obs must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+        with torch.inference_mode():
+            return self.q_network(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+
+    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
+        """Greedy actions; an offline policy has no exploration schedule, so `explore` changes nothing."""
+        index = self.q_values(obs).argmax(axis=1)
+        return (index + int(self.action_space.start)).astype(self.action_space.dtype)
+
+    # ------------------------------------------------------------------ persistence, ParamSource
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algorithm": "cql",
+            "q_network": self.q_network.state_dict(),
+            "target_network": self.target_network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "gradient_steps": self.gradient_steps,
+            "sample_rng_state": self.sample_rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("algorithm") != "cql":
+            raise ValueError(f"expected a CQL state dict (algorithm 'cql'), got algorithm {state.get('algorithm')!r}")
+        self.q_network.load_state_dict(state["q_network"])
+        self.target_network.load_state_dict(state["target_network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate
+        self.gradient_steps = int(state["gradient_steps"])
+        self.sample_rng.bit_generator.state = state["sample_rng_state"]
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return module_params(self.q_network, "q_network")
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        load_module_params(self.q_network, "q_network", params)

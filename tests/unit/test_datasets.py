@@ -1,0 +1,210 @@
+"""The offline dataset format: round trip, resume, joins across agents, refusals, and a writer
+process killed with SIGKILL mid-run leaving only complete chunks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agent_node.datasets import (
+    DatasetError,
+    DatasetWriter,
+    MultiAgentDataset,
+    ShardSpec,
+    space_from_json,
+    transitions_for_learning,
+)
+from agent_node.roles import Transition
+from tests.conftest import read_line_with_deadline
+
+OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+ACTION_SPACE = gym.spaces.Discrete(4)
+STATE_SPACE = gym.spaces.Box(-1.0, np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32), dtype=np.float32)
+
+
+def spec(agent: str = "agent_0", index: int = 0, global_view: bool = False, **overrides) -> ShardSpec:
+    values = dict(
+        agent=agent, agent_index=index, env_name="mpe2.simple_spread_v3", env_kwargs={"N": 2},
+        possible_agents=("agent_0", "agent_1"), observation_space=OBS_SPACE, action_space=ACTION_SPACE,
+        seeds={"run_seed": 7, "node_seed": 1234}, behaviour_policy={"kind": "dqn", "note": "test"},
+        global_state_space=STATE_SPACE if global_view else None, joint_action_dim=8 if global_view else None,
+    )
+    values.update(overrides)
+    return ShardSpec(**values)
+
+
+def rows(rng: np.random.Generator, copies: list[int], global_view: bool = False) -> Transition:
+    count = len(copies)
+    extra = {}
+    if global_view:
+        extra = dict(global_state=rng.normal(size=(count, 5)).astype(np.float32),
+                     next_global_state=rng.normal(size=(count, 5)).astype(np.float32),
+                     joint_action=rng.normal(size=(count, 8)).astype(np.float32))
+    return Transition(
+        obs=rng.normal(size=(count, 3)).astype(np.float32), action=rng.integers(0, 4, count),
+        reward=rng.normal(size=count).astype(np.float32), next_obs=rng.normal(size=(count, 3)).astype(np.float32),
+        terminated=rng.random(count) < 0.1, truncated=np.zeros(count, bool), copy_index=np.array(copies), **extra,
+    )
+
+
+def test_round_trip_in_chunks_with_the_global_view(tmp_path):
+    rng = np.random.default_rng(0)
+    written = []
+    with DatasetWriter(tmp_path, spec(global_view=True), chunk_rows=5) as writer:
+        for step in range(1, 8):
+            transition = rows(rng, [0, 1], global_view=True)
+            writer.append(step, transition)
+            written.append(transition)
+    chunks = sorted(p.name for p in (tmp_path / "agent_0").iterdir())
+    # 2 rows per append: a chunk at 6 rows, another at 12, the last 2 rows on close.
+    assert chunks == ["chunk-000000.npz", "chunk-000001.npz", "chunk-000002.npz", "manifest.json"]
+
+    dataset = MultiAgentDataset(tmp_path)
+    arrays = dataset.arrays("agent_0")
+    assert len(arrays["reward"]) == 14
+    np.testing.assert_array_equal(arrays["env_step"], np.repeat(np.arange(1, 8), 2))
+    np.testing.assert_array_equal(arrays["copy"], np.tile([0, 1], 7))
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "global_state", "next_global_state", "joint_action"):
+        np.testing.assert_array_equal(arrays[name], np.concatenate([getattr(t, name) for t in written]))
+    assert arrays["action"].dtype == np.int64 and arrays["obs"].dtype == np.float32
+
+    observation_space, action_space = dataset.spaces("agent_0")
+    assert observation_space == OBS_SPACE and action_space == ACTION_SPACE
+    manifest = json.loads((tmp_path / "agent_0" / "manifest.json").read_text())
+    assert manifest["format"] == "parley-marl-dataset" and manifest["format_version"] == 1
+    assert manifest["env"] == {"name": "mpe2.simple_spread_v3", "kwargs": {"N": 2}, "possible_agents": ["agent_0", "agent_1"]}
+    assert manifest["seeds"] == {"run_seed": 7, "node_seed": 1234}
+    assert space_from_json(manifest["global_state_space"], "state") == STATE_SPACE  # non-uniform bounds survive
+    assert manifest["columns"]["joint_action"] == {"dtype": "<f4", "shape": [8]}
+
+
+def test_a_reopened_shard_continues_and_leftover_temp_files_are_ignored_then_removed(tmp_path):
+    rng = np.random.default_rng(1)
+    writer = DatasetWriter(tmp_path, spec(), chunk_rows=4)
+    for step in range(4):
+        writer.append(step, rows(rng, [0, 1]))
+    writer.flush()
+    # A crash mid-write leaves a temp file behind: readers skip it.
+    (tmp_path / "agent_0" / ".chunk-abc.tmp").write_bytes(b"PK\x03\x04 torn")
+    assert len(MultiAgentDataset(tmp_path).arrays("agent_0")["reward"]) == 8
+
+    resumed = DatasetWriter(tmp_path, spec(), chunk_rows=4)
+    assert resumed.rows_written == 8 and resumed.next_chunk == 2
+    assert not list((tmp_path / "agent_0").glob(".*.tmp"))
+    resumed.append(4, rows(rng, [0, 1]))
+    resumed.close()
+    np.testing.assert_array_equal(MultiAgentDataset(tmp_path).arrays("agent_0")["env_step"], np.repeat(np.arange(5), 2))
+
+    with pytest.raises(DatasetError, match=r"differs from this writer's in \['behaviour_policy', 'seeds'\]"):
+        DatasetWriter(tmp_path, spec(seeds={"run_seed": 8}, behaviour_policy={"kind": "random"}))
+
+
+def test_joint_lines_up_agents_by_step_and_copy(tmp_path):
+    rng = np.random.default_rng(2)
+    with DatasetWriter(tmp_path, spec("agent_0", 0, global_view=True)) as first, DatasetWriter(tmp_path, spec("agent_1", 1)) as second:
+        for step in range(3):
+            first.append(step, rows(rng, [0, 1], global_view=True))
+            # agent_1 did not take part in copy 1 at step 1
+            second.append(step, rows(rng, [0] if step == 1 else [0, 1]))
+    dataset = MultiAgentDataset(tmp_path)
+    assert dataset.agents == ["agent_0", "agent_1"]
+    joint = dataset.joint()
+    assert list(zip(joint["env_step"], joint["copy"])) == [(0, 0), (0, 1), (1, 0), (2, 0), (2, 1)]
+    assert joint["obs"].shape == (5, 2, 3) and joint["action"].shape == (5, 2) and joint["global_state"].shape == (5, 5)
+    first_rows = dataset.arrays("agent_0")
+    np.testing.assert_array_equal(joint["obs"][3, 0], first_rows["obs"][4])  # (2, 0) is agent_0's 5th row
+    np.testing.assert_array_equal(joint["global_state"][3], first_rows["global_state"][4])
+
+
+def test_refusals_name_what_was_expected(tmp_path):
+    rng = np.random.default_rng(3)
+    writer = DatasetWriter(tmp_path, spec(global_view=True))
+    with pytest.raises(DatasetError, match="needs copy_index"):
+        writer.append(0, Transition(np.zeros((1, 3)), np.zeros(1, np.int64), np.zeros(1, np.float32), np.zeros((1, 3)),
+                                    np.zeros(1, bool), np.zeros(1, bool)))
+    with pytest.raises(DatasetError, match=r"Transition fields \['global_state', 'next_global_state', 'joint_action'\] are None"):
+        writer.append(0, rows(rng, [0]))
+    bad = rows(rng, [0, 1], global_view=True)
+    with pytest.raises(DatasetError, match=r"column 'obs' must have shape \(2, 3\)"):
+        writer.append(0, Transition(**{**bad.__dict__, "obs": np.zeros((2, 4), np.float32)}))
+    with pytest.raises(DatasetError, match="column 'action' has dtype float64"):
+        writer.append(0, Transition(**{**bad.__dict__, "action": np.zeros(2)}))
+    with pytest.raises(DatasetError, match="no such dataset directory"):
+        MultiAgentDataset(tmp_path / "missing")
+    (tmp_path / "agent_1").mkdir()
+    (tmp_path / "agent_1" / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(DatasetError, match="expected format 'parley-marl-dataset'"):
+        MultiAgentDataset(tmp_path)
+
+
+def test_transitions_for_learning_checks_against_the_learner_spaces():
+    arrays = {"obs": np.zeros((4, 3), np.float32), "action": np.array([1, 2, 3, 4]), "reward": np.zeros(4, np.float32),
+              "next_obs": np.zeros((4, 3), np.float32), "terminated": np.zeros(4, bool)}
+    converted = transitions_for_learning(arrays, OBS_SPACE, gym.spaces.Discrete(4, start=1))
+    np.testing.assert_array_equal(converted["action"], [0, 1, 2, 3])
+    with pytest.raises(DatasetError, match=r"outside Discrete\(4\)"):
+        transitions_for_learning(arrays, OBS_SPACE, ACTION_SPACE)
+    with pytest.raises(DatasetError, match=r"the learner expects \(4, 5\)"):
+        transitions_for_learning(arrays, gym.spaces.Box(0, 1, (5,)), gym.spaces.Discrete(4, start=1))
+
+
+WRITER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import gymnasium as gym
+    from agent_node.datasets import DatasetWriter, ShardSpec
+    from agent_node.roles import Transition
+
+    spec = ShardSpec(agent="agent_0", agent_index=0, env_name="test", env_kwargs={}, possible_agents=("agent_0",),
+                     observation_space=gym.spaces.Box(-1, 1, (512,), np.float32), action_space=gym.spaces.Discrete(3),
+                     seeds={"run_seed": 0}, behaviour_policy={"kind": "test"})
+    writer = DatasetWriter(sys.argv[1], spec, chunk_rows=200)
+    step = writer.rows_written // 10  # a restarted writer continues where the shard ends
+    print("writing", flush=True)
+    while True:
+        obs = np.full((10, 512), step % 7, np.float32)
+        writer.append(step, Transition(obs, np.full(10, step % 3), np.full(10, step, np.float32), obs,
+                                       np.zeros(10, bool), np.zeros(10, bool), copy_index=np.arange(10)))
+        step += 1
+    """
+)
+
+
+def chunk_count(shard) -> int:
+    return len(list(shard.glob("chunk-*.npz"))) if shard.exists() else 0
+
+
+@pytest.mark.timeout(90)
+def test_writers_killed_with_sigkill_leave_only_complete_chunks_and_resume(tmp_path, spawn):
+    """Three writer processes in turn, each killed with SIGKILL while it keeps writing chunks
+    (rows of 512 floats, so most of its time goes to writing and fsyncing), each resuming the shard."""
+    shard = tmp_path / "agent_0"
+    for _ in range(3):
+        process = spawn([sys.executable, "-c", WRITER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert read_line_with_deadline(process, timeout_s=30) == "writing"
+        target = chunk_count(shard) + 4
+        deadline = time.monotonic() + 30
+        while chunk_count(shard) < target:  # poll the directory: the writer is busy, not idle
+            assert time.monotonic() < deadline and process.poll() is None, "the writer stopped writing chunks"
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)  # no chance to flush or clean up
+        process.wait(timeout=10)
+        print("temp files left by the kill:", len(list(shard.glob(".*.tmp"))))
+        arrays = MultiAgentDataset(tmp_path).arrays("agent_0")
+        count = len(arrays["reward"])
+        assert count % 200 == 0, count  # whole chunks only
+        # Rows are the consecutive steps 0, 1, 2, ... with 10 copies each, untorn, across restarts.
+        np.testing.assert_array_equal(arrays["env_step"], np.repeat(np.arange(count // 10), 10))
+        np.testing.assert_array_equal(arrays["reward"], arrays["env_step"].astype(np.float32))
+        np.testing.assert_array_equal(arrays["obs"][:, 0], (arrays["env_step"] % 7).astype(np.float32))
+    assert count >= 12 * 200
