@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/4agents_ring.yaml
+# bench/vs_rllib.py only: ray pins a gymnasium older than ours, so RLlib gets a venv of its own.
+VENV_BENCH ?= .venv-bench
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench bench-rllib clean
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,5 +25,14 @@ test: setup
 bench: setup
 	$(BIN)/python bench/throughput.py
 
+$(VENV_BENCH)/bin/ray: pyproject.toml
+	$(PYTHON) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/pip install --quiet --upgrade pip
+	$(VENV_BENCH)/bin/pip install --quiet -e '.[bench]'
+	touch $@
+
+bench-rllib: $(VENV_BENCH)/bin/ray
+	$(VENV_BENCH)/bin/python bench/vs_rllib.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_BENCH) runs .pytest_cache
