@@ -23,12 +23,11 @@ import time
 
 import numpy as np
 import torch
-import zmq
 from torch import nn
 
 from protocols import messages as m
 from protocols.spaces import decode_space
-from protocols.transport import Channel, make_socket
+from protocols.transport import Hub
 
 # Every network wait has a deadline; the env server answers within its step deadline (5 s by
 # default) unless it is gone, and start-up on a loaded 2-core machine can take a while.
@@ -57,10 +56,9 @@ def sample_actions(policy: nn.Module, observations: np.ndarray) -> np.ndarray:
 def main(endpoint: str, index: int, seed: int, hidden: int) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    context = zmq.Context()
     name = f"bench_{index}"
-    channel = Channel(make_socket(context, zmq.DEALER, identity=name.encode()), sender=name, run_id="bench")
-    channel.socket.connect(endpoint)
+    hub = Hub(sender=name, run_id="bench")
+    channel = hub.connect_dealer(endpoint, name="env", identity=name)
     channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
     welcome = channel.wait_for(m.EnvWelcome, timeout_s=RECEIVE_TIMEOUT_S)
     if welcome is None:
@@ -93,8 +91,7 @@ def main(endpoint: str, index: int, seed: int, hidden: int) -> None:
             channel.send(m.EnvAction(step=message.step, actions={agent: actions.astype(np.int64)}))
             answered += 1
     elapsed = time.perf_counter() - first_at
-    channel.close()
-    context.term()
+    hub.close()
     print(f"TIMING {answered} {defaulted} {elapsed:.6f}", flush=True)
 
 

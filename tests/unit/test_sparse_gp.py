@@ -524,7 +524,7 @@ def test_ring_consensus_at_the_shipped_size_matches_centralized(data_seed):
     }
     simulator = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.001)), seed=0)
     for node, statistics in zip(ring5.nodes, exported):
-        simulator.call(node, lambda engine, now, stats=statistics: engine.start(stats, now, epoch=1))
+        simulator.call(node, lambda engine, now, stats=statistics: engine.start(ConsensusRequest(stats, 1), now))
     simulator.run()
     assert all(engine.done and not any(engine.missing_by_round) for engine in engines.values())
 
