@@ -64,7 +64,14 @@ def message_class(msg_type: str) -> type:
 
 def to_body(message: Any) -> dict[str, Any]:
     """The dataclass as a plain dict (shallow: nested values are left as they are)."""
-    return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    cls = type(message)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # once per class: dataclasses.fields() is slow for a per-message call
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(message))
+    return {name: getattr(message, name) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def from_body(msg_type: str, body: Any) -> Any:
@@ -109,7 +116,7 @@ def _field_checkers(cls: type) -> list[tuple[str, Checker, bool]]:
             try:
                 check = _checker(hints[f.name])
             except TypeError as error:
-                raise TypeError(f"{cls.MSG_TYPE}.{f.name}: {error}") from None
+                raise TypeError(f"{getattr(cls, 'MSG_TYPE', cls.__name__)}.{f.name}: {error}") from None
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             checkers.append((f.name, check, required))
         _FIELD_CHECKERS[cls] = checkers
@@ -126,6 +133,27 @@ def _checker(hint: Any) -> Checker:
 def _build_checker(hint: Any) -> Checker:
     if hint is Any:
         return lambda value: value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        # A nested typed record (e.g. the task spec inside env.welcome): a map checked field by
+        # field like a body, with the field's path in the error.
+        fields = _field_checkers(hint)
+
+        def check_record(value):
+            if not isinstance(value, dict):
+                raise _Mismatch(hint, value)
+            values = {}
+            for name, check, required in fields:
+                if name in value:
+                    try:
+                        values[name] = check(value[name])
+                    except _Mismatch as mismatch:
+                        mismatch.path = f".{name}{mismatch.path}"
+                        raise
+                elif required:
+                    raise _Mismatch(hint, value)
+            return hint(**values)
+
+        return check_record
     if hint is float:
 
         def check_float(value):
@@ -351,6 +379,26 @@ class EnvJoin:
     agent_indices: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SiteCollectionTask:
+    """The reward function of a site-collection task as data (reward_collection_v0's
+    `task_spec()`), so model-based agents score imagined transitions without importing the
+    environment. `agent_node/reward_models.py` rebuilds the reward from it."""
+
+    kind: str  # "site_collection"
+    sites: list[list[float]]  # (M, 2) site positions
+    values: list[float]  # (M,) value of each site
+    radius: float
+    action_penalty: bool
+    action_penalty_coef: float
+    action_bounds: list[float]  # [low, high]
+    bounds: list[float]  # [world low, world high]
+
+    def as_spec(self) -> dict[str, Any]:
+        """The plain mapping `reward_model_from_spec` takes."""
+        return dataclasses.asdict(self)
+
+
 @register_message("env.welcome")
 @dataclass(frozen=True)
 class EnvWelcome:
@@ -362,7 +410,8 @@ class EnvWelcome:
     action_spaces: dict[str, dict[str, Any]]
     autoreset: bool
     max_steps: int | None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    step: int = 0  # the training step the lockstep is at (a rejoining client catches up)
+    task: SiteCollectionTask | None = None  # the reward function, for environments that describe it
 
 
 @register_message("env.reset")

@@ -195,11 +195,14 @@ class Channel:
         """One message if one is waiting (never blocks); invalid frames are logged and dropped."""
         while True:
             try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                # copy=True: frames arrive as bytes. For the small messages of the lockstep a
+                # zmq.Frame object per frame costs more than the copy (measured: ~20 us per
+                # 6-frame message); a large array pays one memcpy (~0.3 ms per MiB).
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return None
             try:
-                envelope = wire.decode([frame.buffer for frame in frames], key=self.key)
+                envelope = wire.decode(frames, key=self.key)
             except ProtocolError as error:
                 self.stats.dropped_invalid += 1
                 log.warning("%s: dropped an invalid message: %s: %s", self.name or "channel", type(error).__name__, error)
@@ -238,14 +241,16 @@ class Channel:
 
     def _send_frames(self, frames: list[Any]) -> bool:
         try:
-            self.socket.send_multipart(frames, copy=False)
+            # Frames that are all bytes go the cheap way (copied, no zmq.Frame objects); a large
+            # array among them is sent without a copy.
+            self.socket.send_multipart(frames, copy=not any(type(f) is not bytes for f in frames))
         except zmq.ZMQError as error:
             if error.errno == zmq.EHOSTUNREACH:
                 self.stats.unroutable += 1
                 return False
             raise
         self.stats.sent += 1
-        self.stats.bytes_sent += sum(memoryview(f).nbytes for f in frames)
+        self.stats.bytes_sent += sum(len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
         return True
 
 
