@@ -22,6 +22,7 @@ from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
+from env_server.workers import SplitVectorEnv
 from protocols import messages as m
 from protocols.control import ControlClient, ControlTimeout, ShutdownRequested
 from protocols.config_errors import ConfigError
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", help="standalone: registry name or package.module:factory")
     parser.add_argument("--kwargs", default="{}", help="standalone: factory kwargs as JSON")
     parser.add_argument("--copies", type=int, default=1, help="standalone: K vectorized copies")
+    parser.add_argument("--workers", type=int, default=_DEFAULTS["num_workers"], help="standalone: processes stepping the copies")
     parser.add_argument("--no-autoreset", action="store_true", help="standalone: wait for env.reset after episodes")
     parser.add_argument("--bind", default="tcp://127.0.0.1:0", help="standalone: bind address")
     parser.add_argument("--step-deadline", type=float, default=_DEFAULTS["step_deadline_s"], help="standalone: step deadline (s)")
@@ -76,13 +78,22 @@ def _stop_on_signals() -> list[bool]:
     return stop
 
 
+def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int):
+    """K copies in this process, or split over `num_workers` processes (forked here, before the
+    server makes its hub: a zmq context must not cross a fork)."""
+    if num_workers == 1:
+        return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset)
+    return SplitVectorEnv(factory, num_copies, autoreset=autoreset, num_workers=num_workers)
+
+
 def run_standalone(args: argparse.Namespace) -> int:
     kwargs = json.loads(args.kwargs)
     # Standalone runs are node 0 of a run seeded with --seed; every copy is built with the same
     # construction seed (the registry hands it to environments that draw their dynamics).
     construction_seed = derive_seed(args.seed, 0, "env_construction")
-    envs = VectorizedParallelEnv(
-        lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies, autoreset=not args.no_autoreset
+    envs = make_copies(
+        lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies,
+        autoreset=not args.no_autoreset, num_workers=args.workers,
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
     server = EnvServer(
@@ -130,7 +141,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     def build() -> object:
         return make_env(env_config.name, dict(env_config.kwargs), construction_seed=construction_seed)
 
-    envs = VectorizedParallelEnv(build, env_config.num_copies, autoreset=env_config.autoreset)
+    envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers)
     eval_envs = None
     if env_config.eval_every_steps:
         eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False)

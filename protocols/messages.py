@@ -457,6 +457,38 @@ class EnvObservation:
     infos: dict[str, Any] = field(default_factory=dict)
 
 
+# Env server <-> its own copy workers (env_server/workers.py): a server that splits its K copies
+# over worker processes sends each worker its slice of the actions and gets its slice back.
+
+
+@register_message("env.worker_reset")
+@dataclass(frozen=True)
+class EnvWorkerReset:
+    seed: int | None  # the seed of the worker's first copy (copy i gets seed + i)
+
+
+@register_message("env.worker_step")
+@dataclass(frozen=True)
+class EnvWorkerStep:
+    actions: dict[str, Any]  # agent -> this worker's rows of the batched action
+
+
+@register_message("env.worker_result")
+@dataclass(frozen=True)
+class EnvWorkerResult:
+    """A worker's copies after a reset or step: env_server.vector.BatchedStep's fields."""
+
+    observations: dict[str, Any]
+    rewards: dict[str, np.ndarray]
+    terminated: dict[str, np.ndarray]
+    truncated: dict[str, np.ndarray]
+    active: dict[str, np.ndarray]
+    final_observations: dict[str, Any]
+    episode_start: np.ndarray
+    episode_returns: list[float]
+    all_finished: bool
+
+
 # --------------------------------------------------------------------------- membership
 
 
