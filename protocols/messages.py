@@ -184,12 +184,16 @@ def _build_checker(hint: Any) -> Checker:
         options = [_checker(option) for option in args]
 
         def check_union(value):
+            deepest = None
             for option in options:
                 try:
                     return option(value)
-                except _Mismatch:
-                    pass
-            raise _Mismatch(hint, value)
+                except _Mismatch as mismatch:
+                    if mismatch.path and (deepest is None or len(mismatch.path) > len(deepest.path)):
+                        deepest = mismatch
+            # An option that matched the value's shape and failed inside it says more (the path
+            # of the bad entry) than "not any of the options".
+            raise deepest if deepest is not None else _Mismatch(hint, value)
 
         return check_union
     if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
