@@ -15,8 +15,12 @@
 
 Arrays of 64 KiB and more get a frame each and are not copied on send (the frame points at the
 array's memory); smaller ones are packed, 8-byte aligned, into one shared first buffer frame.
-Nothing is copied on receive (`np.frombuffer` over the received frame), which is why received
-arrays are read-only.
+`decode` copies nothing (`np.frombuffer` over the frame it is given), which is why received
+arrays are read-only; the transport hands it frames received as bytes (see transport.py).
+
+This is the lockstep's hot path (every step encodes and decodes one message per agent), so the
+codec reuses its msgpack packers and checks array placeholders with plain comparisons; the
+profile behind that is in bench/PROFILE.md.
 
 `decode` checks, in this order: frame layout, signature, header and version, body msgpack
 (strict: no duplicate keys, string keys, size limits), then field types via `messages.from_body`,
