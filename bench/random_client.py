@@ -3,7 +3,7 @@
 `python bench/random_client.py ENDPOINT INDEX SEED` — no learning, no orchestrator: what is
 left is the cost of Parley's wire and the env server's barrier. On exit it prints one line,
 
-    TIMING <answered> <defaulted> <seconds from the first observation to the last>
+    TIMING <answered> <defaulted> <seconds from the first observation to the last> <CPU seconds in that span>
 
 where `defaulted` counts observations that reported some agent's action as missing (the step
 deadline passed): a throughput figure is only valid when it is 0. Timing from the first
@@ -38,22 +38,22 @@ def main(endpoint: str, index: int, seed: int) -> None:
     copies = welcome.num_copies
     rng = np.random.default_rng(seed)
     channel.send(m.EnvReset())
-    answered, defaulted, first_at = 0, 0, None
+    answered, defaulted, first_at, first_cpu = 0, 0, None, 0.0
     while True:
         message = channel.wait_for(m.EnvObservation, timeout_s=RECEIVE_TIMEOUT_S)
         if message is None:
             raise SystemExit(f"{name}: no env.observation within {RECEIVE_TIMEOUT_S} s")
         if first_at is None:
-            first_at = time.perf_counter()
+            first_at, first_cpu = time.perf_counter(), time.process_time()
         defaulted += bool(message.missing)
         if message.run_finished:
             break
         actions = rng.integers(0, space.n, size=copies, dtype=np.int64)
         channel.send(m.EnvAction(step=message.step, actions={agent: actions}))
         answered += 1
-    elapsed = time.perf_counter() - first_at
+    elapsed, cpu = time.perf_counter() - first_at, time.process_time() - first_cpu
     hub.close()
-    print(f"TIMING {answered} {defaulted} {elapsed:.6f}", flush=True)
+    print(f"TIMING {answered} {defaulted} {elapsed:.6f} {cpu:.6f}", flush=True)
 
 
 if __name__ == "__main__":

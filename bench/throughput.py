@@ -14,6 +14,11 @@ in-process steps/s of one environment with the same N. Parley's time runs from t
 observation to the last one (the slowest client's span), so process start-up is left out; a row
 is only valid when no action was defaulted (`defaulted` = 0: no step deadline passed).
 
+Other load on the machine moves steps/s a lot (the in-process baseline alone swings 2x on the
+shared 2-core machine), so each row also reports CPU time per env step (Linux /proc: server,
+its workers and every client, from the first observation on, against the in-process loop's
+CPU time): `cpu_ratio` = in-process CPU / Parley CPU, the overhead without the scheduler.
+
 The transport is ipc:// by default, as in an orchestrated run on one host; `--transport tcp`
 measures loopback TCP (what several hosts use).
 
@@ -41,22 +46,40 @@ def env_kwargs(agents: int) -> dict:
     return {"N": agents, "max_cycles": 25, "continuous_actions": False}
 
 
-def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> float:
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of `pid` and its live children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pids = 0.0, [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.extend(int(c) for c in children)
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float, float]:
+    """(env steps per second, CPU microseconds per env step)."""
     from mpe2 import simple_spread_v3
 
     env = simple_spread_v3.parallel_env(**env_kwargs(agents))
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         if not env.agents:
             env.reset()
         env.step({agent: int(rng.integers(5)) for agent in env.agents})
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), (time.process_time() - start_cpu) / steps * 1e6
 
 
-def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport: str, workers: int = 1) -> tuple[float, int]:
-    """(env steps per second, number of observations that reported a defaulted action)."""
+def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport: str, workers: int = 1) -> tuple[float, int, float]:
+    """(env steps per second, observations that reported a defaulted action, CPU microseconds
+    per env step of the server, its workers and every client together)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as socket_dir:
         bind = f"ipc://{socket_dir}/env.sock" if transport == "ipc" else "tcp://127.0.0.1:0"
@@ -72,6 +95,7 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
             if not line.startswith("READY "):
                 raise RuntimeError(f"env server did not start: {line!r}")
             endpoint = line.split(" ", 1)[1]
+            server_cpu_at_start = process_tree_cpu_s(server.pid)
             clients = [
                 subprocess.Popen(
                     [sys.executable, str(REPO / "bench" / "random_client.py"), endpoint, str(i), str(i)],
@@ -79,15 +103,17 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
                 )
                 for i in range(agents)
             ]
-            spans, defaulted = [], 0
+            spans, defaulted, client_cpu = [], 0, 0.0
             for client in clients:
                 out, _ = client.communicate(timeout=CLIENT_TIMEOUT_S)
                 timing = [row for row in out.decode().splitlines() if row.startswith("TIMING ")]
                 if client.returncode != 0 or not timing:
                     raise RuntimeError(f"a bench client failed (exit {client.returncode}): {out.decode()[-500:]!r}")
-                _, answered, missing, seconds = timing[-1].split()
+                _, answered, missing, seconds, cpu_seconds = timing[-1].split()
                 spans.append(float(seconds))
                 defaulted += int(missing)
+                client_cpu += float(cpu_seconds)
+            server_cpu = process_tree_cpu_s(server.pid) - server_cpu_at_start
         finally:
             for client in clients:
                 if client.poll() is None:
@@ -95,32 +121,42 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
                     client.wait()
             server.terminate()
             server.wait(timeout=30)
-    return lockstep_steps * copies / max(spans), defaulted
+    env_steps = lockstep_steps * copies
+    return env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6
 
 
 def measure(agents: int, steps: int, transport: str, workers: list[int]) -> dict:
     # The in-process baseline is taken before, between and after the Parley runs and its median
     # is the denominator: on a shared machine the load drifts during a row.
-    inprocess = [inprocess_steps_per_s(agents, steps)]
-    k1, defaulted = parley_steps_per_s(agents, steps, 1, transport)
-    inprocess.append(inprocess_steps_per_s(agents, steps))
-    k8 = {}
+    runs = [inprocess_steps_per_s(agents, steps)]
+    k1, defaulted, k1_cpu = parley_steps_per_s(agents, steps, 1, transport)
+    runs.append(inprocess_steps_per_s(agents, steps))
+    k8, k8_cpu = {}, {}
     for w in workers:
-        k8[w], missing = parley_steps_per_s(agents, steps // 8, 8, transport, workers=w)
+        k8[w], missing, k8_cpu[w] = parley_steps_per_s(agents, steps // 8, 8, transport, workers=w)
         defaulted += missing
-    inprocess.append(inprocess_steps_per_s(agents, steps))
+    runs.append(inprocess_steps_per_s(agents, steps))
+    inprocess = [rate for rate, _ in runs]
     baseline = float(np.median(inprocess))
+    # CPU time per env step is far less sensitive to other load than steps/s: the second,
+    # load-robust view of the same overhead (in-process CPU / Parley's CPU, all processes).
+    baseline_cpu = float(np.median([cpu for _, cpu in runs]))
     row = {
         "agents": agents,
         "inprocess_steps_per_s": round(baseline, 1),
         "inprocess_spread": [round(min(inprocess), 1), round(max(inprocess), 1)],
         "parley_k1_steps_per_s": round(k1, 1),
         "ratio_k1": round(k1 / baseline, 3),
+        "inprocess_cpu_us_per_step": round(baseline_cpu, 1),
+        "parley_k1_cpu_us_per_step": round(k1_cpu, 1),
+        "cpu_ratio_k1": round(baseline_cpu / k1_cpu, 3),
     }
     for w in workers:
         suffix = "" if w == 1 else f"_w{w}"
         row[f"parley_k8{suffix}_steps_per_s"] = round(k8[w], 1)
         row[f"ratio_k8{suffix}"] = round(k8[w] / baseline, 3)
+        row[f"parley_k8{suffix}_cpu_us_per_step"] = round(k8_cpu[w], 1)
+        row[f"cpu_ratio_k8{suffix}"] = round(baseline_cpu / k8_cpu[w], 3)
     row["defaulted_observations"] = defaulted
     row["env_steps"] = steps
     return row
@@ -157,6 +193,10 @@ def main() -> None:
               f"{row['ratio_k1']:>6.2f}"
               + "".join(f"  {row[f'parley_k8{suffix}_steps_per_s']:>11.0f}  {row[f'ratio_k8{suffix}']:>6.2f}" for suffix, _ in k8_columns)
               + f"  {row['defaulted_observations']:>9}")
+        print(f"{'':>3}  CPU us/env step: in-process {row['inprocess_cpu_us_per_step']:.0f}, K=1 {row['parley_k1_cpu_us_per_step']:.0f} "
+              f"(ratio {row['cpu_ratio_k1']:.2f})"
+              + "".join(f", K=8 W={w} {row[f'parley_k8{s}_cpu_us_per_step']:.0f} (ratio {row[f'cpu_ratio_k8{s}']:.2f})"
+                        for (s, _), w in zip(k8_columns, args.workers)))
 
 
 if __name__ == "__main__":
