@@ -43,8 +43,9 @@ from agent_node.config import AgentNodeConfig
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
 from protocols import messages as m
-from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, SyncConsensus, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
+from protocols.engine import Engine
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address
 from protocols.settings import agent_node_ids
@@ -129,7 +130,7 @@ class AgentNode:
         self.status_every_s = run.protocols.control.status_every_s
         self.consensus_config = run.protocols.consensus
         self.topology = build_topology(run.topology, agent_node_ids(config.count))
-        self.consensus = None  # the engine, built once the neighbours are known
+        self.consensus: Engine | None = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
         self.held_observation: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
@@ -471,8 +472,12 @@ class AgentNode:
 
     def _finish_consensus_if_done(self) -> None:
         if self.state is NodeState.AVERAGING and self.consensus.done:
-            for round_metrics in self.consensus.round_metrics if hasattr(self.consensus, "round_metrics") else []:
-                self.metrics.write(self.step, round_metrics)
+            # Synchronous rounds also keep one record per round (disagreement per round is
+            # what a convergence plot needs); every engine has its summary.
+            if isinstance(self.consensus, SyncConsensus):
+                for round_metrics in self.consensus.round_metrics:
+                    self.metrics.write(self.step, round_metrics)
+            self.metrics.write(self.step, self.consensus.metrics())
             self._finish_consensus(self.consensus.result)
 
     def _finish_consensus(self, averaged: dict[str, np.ndarray] | None) -> None:
