@@ -56,6 +56,8 @@ from protocols.wire import Envelope
 
 log = logging.getLogger("agent_node")
 
+RUN_BUDGET_SPENT = "run budget spent"  # the stop reason of a run that ended normally
+
 
 class NodeState(enum.Enum):
     BOOTING = "booting"
@@ -132,7 +134,9 @@ class AgentNode:
         self.topology = build_topology(run.topology, agent_node_ids(config.count))
         self.consensus: Engine | None = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
-        self.held_observation: m.EnvObservation | None = None
+        self.held_observation: m.EnvObservation | None = None  # answered once consensus ends
+        # An observation answered once the learner owes at most max_pending_gradient_steps.
+        self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
 
         self.hub = Hub(
@@ -299,6 +303,11 @@ class AgentNode:
         self._on_timers(time.monotonic())
         if learning_due and self.state is NodeState.RUNNING:
             self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
+            if self.waiting_for_updates is not None:
+                self.last_env_message_at = time.monotonic()  # the env server is waiting for us, not silent
+                if self.learner.gradient_steps_due() <= self.config.max_pending_gradient_steps:
+                    message, self.waiting_for_updates = self.waiting_for_updates, None
+                    self._act(message)
 
     def _next_deadline(self) -> float:
         deadlines = [
@@ -363,6 +372,9 @@ class AgentNode:
     # ------------------------------------------------------------------ handlers
 
     def on_observation(self, message: m.EnvObservation) -> None:
+        if message.evaluation and not self.evaluating:
+            # An evaluation begins: record how much of the owed learning was done by now.
+            self.metrics.write(self.step, self.learner.counters())
         self.evaluating = message.evaluation
         if message.evaluation:
             self.on_evaluation_observation(message)
@@ -374,7 +386,7 @@ class AgentNode:
         if self.last_obs is not None and message.step > 0:
             self._record_transition(message, observations, active)
         if message.run_finished:
-            self.begin_draining("run budget spent")
+            self.begin_draining(RUN_BUDGET_SPENT)
             return
         if self.subject is not None and self.subject.due(self.step):
             self._start_consensus(message)
@@ -382,6 +394,10 @@ class AgentNode:
         self._act(message)
 
     def _act(self, message: m.EnvObservation) -> None:
+        if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps:
+            # The update-ratio contract: learn first (the loop takes slices while this waits).
+            self.waiting_for_updates = message
+            return
         agent = self.env_agent
         observations = message.observations[agent]
         actions = self.learner.act(observations, explore=True)
@@ -393,7 +409,7 @@ class AgentNode:
         """Act greedily on the evaluation copies; nothing is learned and the training state
         (`last_obs`, `last_action`) stays as it was, ready for when training resumes."""
         if message.run_finished:
-            self.begin_draining("run budget spent")
+            self.begin_draining(RUN_BUDGET_SPENT)
             return
         observations = message.observations[self.env_agent]
         actions = self.learner.act(observations, explore=False)
@@ -553,6 +569,7 @@ class AgentNode:
             self.state = NodeState.DRAINING
         try:
             if self.learner is not None:
+                self._finish_owed_updates()
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)
@@ -564,6 +581,14 @@ class AgentNode:
             self.metrics.close()
             self.hub.close()
             self.state = NodeState.STOPPED
+
+    def _finish_owed_updates(self) -> None:
+        """Take the gradient steps still owed for the data seen (at most the contract's bound
+        plus one step's worth), then log the final counters: a finished run did all its work."""
+        if self.stop_reason == RUN_BUDGET_SPENT and self.exit_code == 0:
+            while self.learner.gradient_steps_due() > 0:
+                self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice)
+        self.metrics.write(self.step, self.learner.counters())
 
     # ------------------------------------------------------------------ helpers
 

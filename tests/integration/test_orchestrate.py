@@ -74,6 +74,12 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path):
         returns = [r for r in records if "env/episode_return" in r]
         # 60 lockstep steps x 2 copies with 10-step episodes: 12 finished episodes per agent.
         assert len(returns) == 12 and all("step" in r for r in returns)
+        # The update-ratio contract: counters at each evaluation's first step and at the end;
+        # the run finishes every gradient step it owed.
+        counters = [r for r in records if "dqn/steps_owed" in r]
+        assert [r["step"] for r in counters] == [19, 39, 59, 60]
+        assert counters[-1]["dqn/steps_pending"] == 0 and counters[-1]["dqn/gradient_steps"] > 0
+        assert all(r["dqn/steps_pending"] <= 64 for r in counters)
         assert (node_dir / "checkpoints" / "latest.pt").is_file()
         assert (node_dir / "replay" / "buffer.npz").is_file()
         assert "state running -> draining" in (node_dir / "log").read_text()
