@@ -46,7 +46,7 @@ from protocols import messages as m
 from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
-from protocols.node_config import NodeIdentity, bind_address
+from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import agent_node_ids
 from protocols.topology import build_topology
 from protocols.spaces import decode_space
@@ -138,6 +138,8 @@ class AgentNode:
             sender=identity.node_id,
             run_id=identity.run_id,
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
+            keys=node_keys(run, identity.node_id),
+            limits=run.protocols.limits,
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.

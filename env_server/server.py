@@ -154,6 +154,12 @@ class EnvServer:
     def on_join(self, envelope: Envelope) -> None:
         request: m.EnvJoin = envelope.message
         identity = envelope.identities[0]
+        if self.hub.keys is not None and request.client_id != envelope.sender:
+            # With the run's keys the sender is what the transport authenticated (CURVE key or
+            # HMAC signing key, see protocols/auth.py); the client id in the body is only a claim.
+            # (A hub without keys, a standalone server, has nothing to check it against.)
+            self._reject(envelope, "not_your_id", f"client_id {request.client_id!r} is not the sender {envelope.sender!r}")
+            return
         possible = self.envs.possible_agents
         bad_indices = [i for i in request.agent_indices if not 0 <= i < len(possible)]
         if bad_indices:
@@ -167,10 +173,12 @@ class EnvServer:
             return
         taken = [a for a in wanted if self.owner.get(a, identity) != identity]
         if taken:
-            # A restarted node comes back with the same client id: it takes its agents back.
+            # A restarted node comes back with the same client id (which it can only send with its
+            # own key): it takes its agents back. The answer to anyone else does not say who
+            # drives them, so it cannot be used to learn whose key to try.
             previous = {self.clients[self.owner[a]].client_id for a in taken}
             if previous != {request.client_id}:
-                self._reject(envelope, "agent_taken", f"agents {taken} are driven by {sorted(previous)}")
+                self._reject(envelope, "agent_taken", f"agents {taken} are driven by another client")
                 return
             for agent in taken:
                 self.clients.pop(self.owner[agent], None)

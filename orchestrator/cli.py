@@ -134,6 +134,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             ["faults.schedule: fault injection is not enforced yet; remove the schedule (or use --dry-run)"],
             args.config,
         )
+    # Everything the run writes (run dir, events, logs, metrics, keys, checkpoints), here and in
+    # the nodes, which inherit the umask, is readable by this user only.
+    os.umask(0o077)
     try:
         resolved, run_dir = prepare_run(config, args.run_dir)
     except RunDirError as error:

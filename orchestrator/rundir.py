@@ -6,8 +6,12 @@
       orchestrator.pid    the pid of the `orchestrate up` process, for `orchestrate down`
       nodes/<node id>/    log, metrics.jsonl, and for agents checkpoints/, replay/
       sock/               ipc sockets (mode 0700), unless the path is too long (see below)
+      keys/               the run's keys (protocols/auth.py): 0700, every file 0600
       tb/                 TensorBoard event files
       report/             plots and summary.md
+
+The run directory is 0700: endpoints, keys and logs are the user's alone (`orchestrate up`
+also sets the umask to 077, so every file the run writes is 0600).
 
 A run never reuses a directory: a second run started in the same second gets a `-1`, `-2`, ...
 suffix, and an explicit `--run-dir` must not exist yet or be empty.
@@ -32,8 +36,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
+from protocols.auth import KEYS_DIRNAME, generate_run_keys
 from protocols.config_errors import ConfigError
-from protocols.settings import ENV_NODE_ID, RunLayout, ipc_dir_fits
+from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
 EVENTS_FILENAME = "events.jsonl"
 PID_FILENAME = "orchestrator.pid"
@@ -82,6 +87,7 @@ def create_run_dir(config: RunConfig, run_dir: str | Path | None = None, now: da
                 break
             except FileExistsError:
                 suffix += 1
+    os.chmod(path, 0o700)  # the endpoints and keys of a run are its user's alone
     for node in config.node_ids():
         (path / NODES_DIRNAME / node).mkdir(parents=True, exist_ok=True)
         if node != ENV_NODE_ID:
@@ -133,11 +139,13 @@ def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[R
     """
     path = create_run_dir(config, run_dir)
     socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
+    keys_dir = generate_run_keys(path / KEYS_DIRNAME, [*config.node_ids(), ORCHESTRATOR_ID])
     layout = RunLayout(
         run_id=run_id_for(config, path),
         run_dir=str(path),
         socket_dir=None if socket_dir is None else str(socket_dir),
         socket_dir_is_temp=socket_dir_is_temp,
+        keys_dir=str(keys_dir),
     )
     resolved = with_runtime(config, layout)
     write_resolved(resolved, path)

@@ -26,6 +26,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from protocols.auth import NodeKeys, load_node_keys
 from protocols.config_errors import ConfigError, format_validation_error
 from protocols.seeds import derive_seed
 from protocols.settings import (
@@ -117,3 +118,10 @@ def bind_address(config: NodeSections, node_id: str, purpose: str) -> str:
     if config.runtime.socket_dir is None:
         raise ValueError("runtime.socket_dir: required with network.transport 'ipc', got null")
     return ipc_endpoint(config.runtime.socket_dir, node_id, purpose)
+
+
+def node_keys(config: NodeSections, node_id: str) -> NodeKeys | None:
+    """This node's keys of the run (for `Hub(keys=...)`), or None when the run has none."""
+    if config.runtime.keys_dir is None:
+        return None
+    return load_node_keys(config.runtime.keys_dir, node_id)
