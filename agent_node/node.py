@@ -128,6 +128,7 @@ class AgentNode:
         self.startup_timeout_s = run.protocols.control.startup_timeout_s
         self.status_every_s = run.protocols.control.status_every_s
         self.consensus_config = run.protocols.consensus
+        self.max_pending_share_bytes = run.protocols.limits.max_pending_share_bytes
         self.topology = build_topology(run.topology, agent_node_ids(config.count))
         self.consensus = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
@@ -234,7 +235,9 @@ class AgentNode:
         )
         self.subject = self._consensus_subject(observation_space, action_space)
         if self.consensus_config.enabled:
-            self.consensus = build_consensus_engine(self.consensus_config, self.topology, self.context.node_id)
+            self.consensus = build_consensus_engine(
+                self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
+            )
         self.episodes = EpisodeTracker(np.zeros(self.num_copies), np.zeros(self.num_copies, dtype=np.int64))
         self._restore()
         log.info(

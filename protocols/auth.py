@@ -217,7 +217,7 @@ class LimitsConfig(BaseModel):
     }
     # Consensus shares held for rounds that have not started yet (protocols/consensus.py), in
     # bytes over all senders: a peer (or a stranger) cannot make a node hold more than this.
-    max_pending_share_bytes: int = Field(64 * MIB, gt=0)
+    max_pending_share_bytes: int = Field(64 * MIB, gt=0)  # = protocols.consensus.DEFAULT_MAX_BUFFERED_BYTES
 
     def max_bytes_for(self, msg_type: str) -> int:
         return self.per_type.get(msg_type, self.max_message_bytes)
