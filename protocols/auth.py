@@ -236,9 +236,19 @@ class BadInputLog:
     `totals` keeps the counts for the whole life of the process (for status and tests).
     """
 
-    def __init__(self, logger: logging.Logger, where: str, interval_s: float = 5.0, clock=time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        where: str,
+        interval_s: float = 5.0,
+        clock=time.monotonic,
+        one: str = "dropped an invalid message",
+        many: str = "dropped {n} invalid messages",
+    ) -> None:
         self.logger = logger
         self.where = where
+        self.one = one  # the first line of a source: "<where>: <one> from <source>: <reason>"
+        self.many = many  # the aggregated line: "<where>: <many> from <source> in the last 5 s: ..." 
         self.interval_s = interval_s
         self.clock = clock
         self.totals: Counter[str] = Counter()
@@ -251,7 +261,7 @@ class BadInputLog:
         self.totals[reason] += 1
         if source not in self._seen_sources and len(self._seen_sources) < 1024:
             self._seen_sources.add(source)
-            self.logger.warning("%s: dropped an invalid message from %s: %s%s", self.where, source, reason,
+            self.logger.warning("%s: %s from %s: %s%s", self.where, self.one, source, reason,
                                 f": {detail}" if detail else "")
             self._window_started[source] = now
             return
@@ -271,5 +281,5 @@ class BadInputLog:
             self._window_started[source] = now
             total = sum(counts.values())
             reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
-            self.logger.warning("%s: dropped %d invalid messages from %s in the last %.0f s: %s",
-                                self.where, total, source, max(now - started, 0.0), reasons)
+            self.logger.warning("%s: %s from %s in the last %.0f s: %s",
+                                self.where, self.many.format(n=total), source, max(now - started, 0.0), reasons)

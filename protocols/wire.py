@@ -167,14 +167,15 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
         )
     signature, header_view, parent_view, body_view, *buffer_views = content
 
+    mismatch = "signature does not match the run key"
     if callable(key):
         claimed = _unpack_map(header_view, "header").get("sender")
         if not isinstance(claimed, str):
             raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
-        key = key(claimed)
+        key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
     expected = _sign(key, header_view, parent_view, body_view, *buffer_views)
     if not hmac.compare_digest(bytes(signature), expected):
-        raise SignatureError("signature does not match the run key" if key else "unexpected signature: this run is unsigned")
+        raise SignatureError(mismatch if key else "unexpected signature: this run is unsigned")
 
     header = _decode_header(header_view)
     parent = _unpack_map(parent_view, "parent header")
