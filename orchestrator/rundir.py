@@ -4,6 +4,7 @@
       resolved.yaml       the one source of truth every node reads
       events.jsonl        the orchestrator's timeline (EventLog)
       orchestrator.pid    the pid of the `orchestrate up` process, for `orchestrate down`
+      run.claim           created exclusively by the run that owns an explicit --run-dir
       nodes/<node id>/    log, metrics.jsonl, and for agents checkpoints/, replay/
       sock/               ipc sockets (mode 0700), unless the path is too long (see below)
       keys/               the run's keys (protocols/auth.py): 0700, every file 0600
@@ -46,6 +47,7 @@ NODES_DIRNAME = "nodes"
 NODE_LOG_FILENAME = "log"
 NODE_METRICS_FILENAME = "metrics.jsonl"
 SOCKET_DIRNAME = "sock"
+CLAIM_FILENAME = "run.claim"  # created exclusively: the run that creates it owns the directory
 
 _RUN_DIR_NAME = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
 
@@ -74,7 +76,18 @@ def create_run_dir(config: RunConfig, run_dir: str | Path | None = None, now: da
         path = Path(run_dir).absolute()
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RunDirError(f"--run-dir {path}: expected a new or empty directory, got an existing non-empty one")
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a parent that is a file, no permission, a read-only file system
+            raise RunDirError(f"--run-dir {path}: cannot create it: {error.strerror or error}") from None
+        # The emptiness check and the mkdir are two steps: two runs started at once can both
+        # pass them. Creating the claim file is atomic (O_EXCL): exactly one of them wins.
+        try:
+            os.close(os.open(path / CLAIM_FILENAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise RunDirError(f"--run-dir {path}: another run claimed this directory at the same time") from None
+        except OSError as error:
+            raise RunDirError(f"--run-dir {path}: cannot write in it: {error.strerror or error}") from None
     else:
         parent = (Path(config.run.root) / config.run.name).absolute()
         parent.mkdir(parents=True, exist_ok=True)
