@@ -102,8 +102,36 @@ def check_env_before_launch(config: RunConfig, source: str) -> None:
         raise ConfigError([f"{answer['field']}: {answer['error']}"], source)
 
 
+def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
+    """With tcp, `network.bind_host` must be an address of this host: bind a throwaway socket
+    to it (port 0) now, so a typo is a config error, not a ZMQError in every node later.
+
+    (Every node of a local run binds this host's address. A backend that places nodes on other
+    hosts checks their addresses there.)
+    """
+    import socket
+
+    if config.network.transport != "tcp":
+        return
+    host = config.network.bind_host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ConfigError([f"network.bind_host: {host!r} is not an address or a known host name ({error})"], source) from None
+    problems = []
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return
+            except OSError as error:
+                problems.append(f"{address[0]}: {error.strerror or error}")
+    raise ConfigError([f"network.bind_host: {host!r} is not an address of this host ({'; '.join(problems)})"], source)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_bind_host_before_launch(config, args.config)
     check_env_before_launch(config, args.config)
     print(f"ok: {describe(config)}")
     return EXIT_OK
@@ -165,6 +193,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             ["faults.schedule: fault injection is not enforced yet; remove the schedule (or use --dry-run)"],
             args.config,
         )
+    check_bind_host_before_launch(config, args.config)
     check_env_before_launch(config, args.config)
     # Everything the run writes (run dir, events, logs, metrics, keys, checkpoints), here and in
     # the nodes, which inherit the umask, is readable by this user only.

@@ -194,3 +194,15 @@ def test_env_config_errors_exit_2_naming_the_field_before_anything_starts(tmp_pa
     assert done.returncode == 2, done.stderr
     assert f"{field}:" in done.stderr and "Traceback" not in done.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("host", ["10.9.9.9", "not a host", "300.1.1.1"])
+@pytest.mark.parametrize("command", ["validate", "up"])
+def test_a_bind_host_that_is_not_on_this_host_exits_2_naming_the_field(tmp_path, command, host):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "orchestrator", command, "configs/tiny_star_tcp.yaml", "--set", f"network.bind_host={host}"]
+    argv += ["--run-dir", str(run_dir)] if command == "up" else []
+    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "network.bind_host:" in done.stderr and host in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()
