@@ -47,7 +47,7 @@ from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, 
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.engine import Engine
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
-from protocols.node_config import NodeIdentity, bind_address
+from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import agent_node_ids
 from protocols.topology import build_topology
 from protocols.spaces import decode_space
@@ -131,6 +131,7 @@ class AgentNode:
         self.startup_timeout_s = run.protocols.control.startup_timeout_s
         self.status_every_s = run.protocols.control.status_every_s
         self.consensus_config = run.protocols.consensus
+        self.max_pending_share_bytes = run.protocols.limits.max_pending_share_bytes
         self.topology = build_topology(run.topology, agent_node_ids(config.count))
         self.consensus: Engine | None = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
@@ -143,6 +144,8 @@ class AgentNode:
             sender=identity.node_id,
             run_id=identity.run_id,
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
+            keys=node_keys(run, identity.node_id),
+            limits=run.protocols.limits,
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.
@@ -237,7 +240,9 @@ class AgentNode:
         )
         self.subject = self._consensus_subject(observation_space, action_space)
         if self.consensus_config.enabled:
-            self.consensus = build_consensus_engine(self.consensus_config, self.topology, self.context.node_id)
+            self.consensus = build_consensus_engine(
+                self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
+            )
         self.episodes = EpisodeTracker(np.zeros(self.num_copies), np.zeros(self.num_copies, dtype=np.int64))
         self._restore()
         log.info(
