@@ -52,6 +52,7 @@ class Client:
     agents: list[str]
     absent: bool = False  # missed a deadline; not waited for until it acts again
     has_current: bool = False  # got the latest observation (else it joined after it was sent)
+    unreachable: bool = False  # the last send found no connection (logged once, not per step)
 
 
 class DefaultActions:
@@ -129,10 +130,12 @@ class LockstepBarrier:
             raise Refused("unknown_agent", f"unknown agents {unknown}; this env has {possible}")
         taken = [a for a in wanted if self.owner.get(a, identity) != identity]
         if taken:
-            # A restarted node comes back with the same client id: it takes its agents back.
+            # A restarted node comes back with the same client id (which, with the run's keys, it
+            # can only send with its own key): it takes its agents back. The answer to anyone else
+            # does not say who drives them, so it cannot be used to learn whose key to try.
             previous = {self.clients[self.owner[a]].client_id for a in taken}
             if previous != {request.client_id}:
-                raise Refused("agent_taken", f"agents {taken} are driven by {sorted(previous)}")
+                raise Refused("agent_taken", f"agents {taken} are driven by another client")
             for agent in taken:
                 self.clients.pop(self.owner[agent], None)
         self.clients[identity] = Client(request.client_id, identity, wanted)

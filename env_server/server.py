@@ -32,6 +32,7 @@ from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refuse
 from env_server.evaluation import EvaluationSchedule
 from env_server.vector import BatchedStep, VectorizedParallelEnv
 from protocols import messages as m
+from protocols.auth import BadInputLog
 from protocols.metrics import MetricsWriter
 from protocols.spaces import encode_space
 from protocols.transport import Hub
@@ -98,6 +99,7 @@ class EnvServer:
         self.evaluation = EvaluationSchedule(rules.eval_every_steps if eval_envs is not None else None, rules.eval_start_step)
         self.task = None if envs.task_spec is None else m.SiteCollectionTask(**envs.task_spec)
         self.counters = ServerCounters()
+        self.rejections = BadInputLog(log, "env", one="rejected a request", many="rejected {n} requests")
         self.created_at = clock()
         self.step = 0  # the training step whose actions are being collected
         self.episode_running = False
@@ -123,6 +125,7 @@ class EnvServer:
             for envelope in self.channel.recv_all():
                 self.handle(envelope)
         now = self.clock()
+        self.rejections.flush(now)
         self._send(self.barrier.on_timer(now))
         if self.barrier.step_due:
             self._step()
@@ -140,13 +143,20 @@ class EnvServer:
             handler(identity, envelope)
         except Refused as refused:
             self.counters.rejected_requests += 1
-            log.warning("rejected %s from %s: %s", envelope.msg_type, envelope.sender, refused.text)
+            # Aggregated per sender: a client repeating a bad request does not flood the log.
+            self.rejections.record(envelope.sender, f"{envelope.msg_type} ({refused.code})", refused.text)
             self.channel.reply(envelope, m.ErrorReply(code=refused.code, message=refused.text))
 
     # ------------------------------------------------------------------ handlers
 
     def on_join(self, identity: bytes, envelope: Envelope) -> None:
-        agents = self.barrier.join(identity, envelope.message)
+        request: m.EnvJoin = envelope.message
+        if self.hub.keys is not None and request.client_id != envelope.sender:
+            # With the run's keys the sender is what the transport authenticated (CURVE key or
+            # HMAC signing key, see protocols/auth.py); the client id in the body is only a claim.
+            # (A hub without keys, a standalone server, has nothing to check it against.)
+            raise Refused("not_your_id", f"client_id {request.client_id!r} is not the sender {envelope.sender!r}")
+        agents = self.barrier.join(identity, request)
         self.channel.reply(
             envelope,
             m.EnvWelcome(
@@ -256,8 +266,12 @@ class EnvServer:
             client = self.barrier.client(identity)
             if client is not None and isinstance(message, m.EnvObservation):
                 client.has_current = delivered
-                if not delivered:
-                    log.warning("client %s is unreachable", client.client_id)
+                if delivered == client.unreachable:  # log the changes, not every step
+                    client.unreachable = not delivered
+                    if client.unreachable:
+                        log.warning("client %s is unreachable; its observations are dropped until it is back", client.client_id)
+                    else:
+                        log.info("client %s is reachable again", client.client_id)
 
     # ------------------------------------------------------------------ reporting
 
@@ -275,6 +289,7 @@ class EnvServer:
         }
 
     def close(self) -> None:
+        self.rejections.flush(force=True)
         self.hub.close_channel(self.channel)
         self.envs.close()
         if self.eval_envs is not None:

@@ -143,10 +143,10 @@ def test_join_by_index_name_or_all_and_refusals():
     assert refused.value.code == "unknown_agent"
     with pytest.raises(Refused, match="unknown agents"):
         barrier.join(b"y", m.EnvJoin(client_id="y", agents=["nobody"]))
-    with pytest.raises(Refused, match=r"driven by \['x'\]") as refused:
+    with pytest.raises(Refused, match=r"driven by another client") as refused:
         barrier.join(b"y", m.EnvJoin(client_id="y", agents=["a1"]))
     assert refused.value.code == "agent_taken"
-    with pytest.raises(Refused, match="driven by"):
+    with pytest.raises(Refused, match="driven by another client"):
         barrier.join(b"z", m.EnvJoin(client_id="z"))  # no agents named: all of them, a1 included
     everything = make_barrier()
     assert everything.join(b"z", m.EnvJoin(client_id="z")) == AGENTS and everything.all_claimed
