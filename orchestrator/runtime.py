@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import IO
 
 from orchestrator.config import RunConfig
+from orchestrator.launcher import (
+    NODE_PID_FILENAME,
+    ORCHESTRATOR_PID_ENV,
+    ForkServerLauncher,
+    NodeProcess,
+    SubprocessLauncher,
+    ZygoteError,
+    preload_modules,
+    process_state,
+    write_pid_file,
+)
 from orchestrator.plan import LaunchPlan, NodeLaunch
 from orchestrator.rundir import EventLog
 from orchestrator.status import StatusView
@@ -41,7 +51,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 @dataclass
 class NodeRecord:
     launch: NodeLaunch
-    process: subprocess.Popen | None = None
+    process: NodeProcess | None = None
     log_file: IO | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     registered: bool = False
@@ -50,24 +60,26 @@ class NodeRecord:
     exit_code: int | None = None
     last_status: m.Status | None = None
     last_heard: float = 0.0
+    # When the node's exit was first seen (unix time; SIGCHLD or a poll), before it is reaped.
+    exited_at: float | None = None
+    # "paused" (SIGSTOP: state T) or "unresponsive" while it has been silent too long.
+    silent: str | None = None
 
 
 class LocalBackend:
     """Runs each node as a child process of the orchestrator on this machine."""
 
+    def __init__(self, launcher: SubprocessLauncher | ForkServerLauncher) -> None:
+        self.launcher = launcher
+
+    def prepare(self) -> None:
+        self.launcher.prepare()
+
     def start(self, node: NodeRecord) -> None:
         node.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         node.log_file = node.launch.log_path.open("ab")
-        node.process = subprocess.Popen(
-            node.launch.argv,
-            env={**os.environ, **node.launch.env},
-            stdin=subprocess.DEVNULL,
-            stdout=node.log_file,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C in the terminal reaches the orchestrator only,
-            # which then shuts the nodes down in order instead of all dying at once.
-            start_new_session=True,
-        )
+        node.process = self.launcher.start(node.launch, {ORCHESTRATOR_PID_ENV: str(os.getpid())}, node.log_file)
+        write_pid_file(node.launch.node_dir / NODE_PID_FILENAME, node.process.pid)
 
     def signal(self, node: NodeRecord, signum: int) -> None:
         if node.process is not None and node.process.poll() is None:
@@ -76,12 +88,28 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
 
+    def close(self) -> None:
+        self.launcher.close()
+
+
+def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | ForkServerLauncher:
+    if config.launch.start_method == "spawn":
+        return SubprocessLauncher()
+    world_model = config.agents.world_model
+    preload = preload_modules(
+        {node.role for node in plan.nodes},
+        learner_kind=config.agents.learner.kind,
+        world_model_kind=None if world_model is None else world_model.kind,
+    )
+    return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
+
 
 class Orchestrator:
     def __init__(self, plan: LaunchPlan, config: RunConfig) -> None:
         self.config = config
         self.events = EventLog(plan.run_dir / "events.jsonl")
-        self.backend = LocalBackend()
+        self.backend = LocalBackend(make_launcher(plan, config))
+        self.backend.launcher.should_stop = lambda: self.interrupted is not None
         self.hub = Hub(
             sender=ORCHESTRATOR_ID,
             run_id=plan.run_id,
@@ -97,6 +125,7 @@ class Orchestrator:
         self.run_complete = False
         self.failure: str | None = None
         self.started = False
+        self.shutting_down = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
 
@@ -105,15 +134,21 @@ class Orchestrator:
     def run(self) -> int:
         (self.plan.run_dir / "orchestrator.pid").write_text(str(os.getpid()))
         previous_handlers = self._install_signal_handlers()
-        self.events.write("run_started", None, run_id=self.plan.run_id, run_dir=str(self.plan.run_dir))
+        self.events.write("run_started", None, run_id=self.plan.run_id, run_dir=str(self.plan.run_dir),
+                          start_method=self.config.launch.start_method)
         try:
             # The view closes after the shutdown, so its last table shows every exit code.
             with self.status_view:
                 try:
                     self._launch_all()
                     self._supervise()
+                except ZygoteError as error:
+                    if not self.interrupted:
+                        self.failure = f"cannot launch the nodes: {error}"
+                        self.events.write("launch_failed", None, error=str(error))
                 finally:
                     self._shutdown_all()
+                    self.backend.close()
         finally:
             self._restore_signal_handlers(previous_handlers)
             self.hub.close()
@@ -133,12 +168,20 @@ class Orchestrator:
     # ------------------------------------------------------------------ launch and supervise
 
     def _launch_all(self) -> None:
+        launcher = self.backend.launcher
+        self.backend.prepare()
+        if isinstance(launcher, ForkServerLauncher):
+            report = launcher.preload_report
+            self.events.write("zygote_ready", None, pid=launcher.process.pid, seconds=round(report.get("seconds", 0.0), 3),
+                              preloaded=report.get("preloaded"), failed=report.get("failed"))
         # The env server first: agents connect to it as soon as they learn its endpoint.
         for node in sorted(self.nodes.values(), key=lambda n: n.launch.role != "env_server"):
+            if self.interrupted:
+                return  # Ctrl-C during the launch: start no more
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("launched", node.launch.node_id, pid=node.process.pid, role=node.launch.role,
-                              seed=node.launch.seed, argv=node.launch.argv)
+                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name)
 
     def _supervise(self) -> None:
         startup_timeout_s = self.config.protocols.control.startup_timeout_s
@@ -148,6 +191,7 @@ class Orchestrator:
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
             self._reap_exited()
+            self._check_silence()
             if self.nodes and all(n.exit_code is not None for n in self.nodes.values() if n.launch.role == "agent"):
                 self.run_complete = True  # every agent finished; nothing left to supervise
             if not self.started and time.monotonic() > startup_deadline:
@@ -156,6 +200,24 @@ class Orchestrator:
                 self.events.write("startup_timeout", None, not_ready=missing)
             self.status_view.refresh()
 
+    def _silence_limit_s(self) -> float:
+        # Nodes report every status_every_s once running; three missed reports is a silence.
+        return 3 * self.config.protocols.control.status_every_s
+
+    def _check_silence(self) -> None:
+        """A running node that stopped reporting: paused (SIGSTOP, state T) or unresponsive."""
+        if not self.started:
+            return
+        now = time.monotonic()
+        for node_id, node in self.nodes.items():
+            if node.exit_code is not None or node.process is None or node.silent is not None:
+                continue
+            silent_s = now - node.last_heard
+            if silent_s > self._silence_limit_s():
+                state = process_state(node.process.pid)
+                node.silent = "paused" if state in ("T", "t") else "unresponsive"
+                self.events.write(node.silent, node_id, silent_s=round(silent_s, 2), process_state=state)
+
     def _handle(self, envelope) -> None:
         node_id = envelope.identities[0].decode(errors="replace")
         node = self.nodes.get(node_id)
@@ -163,6 +225,9 @@ class Orchestrator:
             self.events.write("unknown_node", node_id, msg_type=envelope.msg_type)
             return
         node.last_heard = time.monotonic()
+        if node.silent is not None:
+            self.events.write("resumed", node_id, was=node.silent)
+            node.silent = None
         message = envelope.message
         if isinstance(message, m.Register):
             self.on_register(node, message)
@@ -212,19 +277,41 @@ class Orchestrator:
             if node.exit_code is None and node.process is not None and (code := node.process.poll()) is not None:
                 node.exit_code = code
                 # An agent that saw the end of the budget drains, says goodbye and exits 0.
-                expected = code == 0 and node.said_goodbye
-                self.events.write("exited", node_id, code=code, expected=expected)
-                if not expected:
+                expected = code == 0 and (node.said_goodbye or self.shutting_down)
+                exited_at = node.exited_at or time.time()
+                self.events.write("exited", node_id, at=exited_at, code=code, expected=expected)
+                if not expected and not self.shutting_down and not self.failure:
                     self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
+
+    def _note_exit_times(self) -> None:
+        """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),
+        so its `exited` event carries the time it exited, not the time the loop got to it."""
+        now = time.time()
+        for node in self.nodes.values():
+            if node.exited_at is None and node.exit_code is None and node.process is not None:
+                try:
+                    info = os.waitid(os.P_PID, node.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    continue
+                if info is not None:
+                    node.exited_at = now
 
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown_all(self) -> None:
         reason = self.failure or self.interrupted or "run budget spent"
-        for node_id, node in self.nodes.items():
-            if node.process is not None and node.process.poll() is None:
-                self.control.send(m.Shutdown(reason=reason), to=node_id)
+        self.shutting_down = True
         self.events.write("shutdown", None, reason=reason)
+        for node_id, node in self.nodes.items():
+            if node.process is None or node.process.poll() is not None:
+                continue
+            if node.registered:
+                self.control.send(m.Shutdown(reason=reason), to=node_id)
+            else:
+                # Its control socket may not be connected yet: a message would wait in our queue
+                # until it is (or forever). A signal reaches it now; nodes stop on SIGTERM.
+                self.events.write("signalled", node_id, signal="SIGTERM", why="not registered yet")
+                self.backend.signal(node, signal.SIGTERM)
         deadline = time.monotonic() + self.config.launch.shutdown_timeout_s
         self._wait_for_exits(deadline)
         for signum, grace_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
@@ -233,20 +320,21 @@ class Orchestrator:
                 break
             for node in alive:
                 self.events.write("signalled", node.launch.node_id, signal=signal.Signals(signum).name)
+                if node.silent == "paused" or process_state(node.process.pid) in ("T", "t"):
+                    self.backend.signal(node, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
                 self.backend.signal(node, signum)
             self._wait_for_exits(time.monotonic() + grace_s)
         for node_id, node in self.nodes.items():
             if node.process is not None:
-                code = node.process.wait()
-                if node.exit_code is None:
-                    node.exit_code = code
-                    self.events.write("exited", node_id, code=code, expected=True)
+                node.process.wait()
+                self._reap_exited()
             if node.log_file is not None:
                 node.log_file.close()
 
     def _wait_for_exits(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if all(n.process is None or n.process.poll() is not None for n in self.nodes.values()):
+            self._reap_exited()
+            if all(n.process is None or n.exit_code is not None for n in self.nodes.values()):
                 return
             # Goodbyes arrive meanwhile; drain them so they are logged.
             if self.hub.wait(0.05):
@@ -262,7 +350,12 @@ class Orchestrator:
                 self.interrupted = f"interrupted by {name}"
                 self.events.write("interrupted", None, signal=name)
 
-        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        def on_child_exit(signum, frame):
+            self._note_exit_times()
+
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, on_child_exit)
+        return handlers
 
     @staticmethod
     def _restore_signal_handlers(previous) -> None:
