@@ -265,14 +265,18 @@ class ForkServerLauncher:
             self._log.close()
 
 
-def preload_modules(roles: set[str], learner_kind: str | None, world_model_kind: str | None) -> list[str]:
+def preload_modules(
+    roles: set[str], learner_kind: str | None, world_model_kind: str | None, env_name: str | None = None
+) -> list[str]:
     """What the zygote imports: what the run's roles import at start-up (named as strings: the
     orchestrator itself never imports learning code)."""
     modules = ["numpy", "msgpack", "zmq", "pydantic", "yaml", "protocols.transport", "protocols.node_config"]
     if "env_server" in roles:
         modules += ["pettingzoo", "env_server.server", "env_server.registry", "env_server.vector", "env_server.config"]
+        if env_name and ":" not in env_name and "." in env_name:
+            modules.append(env_name)  # registry names like mpe2.simple_spread_v3 are modules too
     if "agent" in roles:
-        modules += ["torch", "agent_node.config", "agent_node.node", "agent_node.algos"]
+        modules += ["torch", "tensorboardX", "agent_node.config", "agent_node.node", "agent_node.algos"]
         if learner_kind:
             modules.append(f"agent_node.algos.{learner_kind}")
         if world_model_kind:

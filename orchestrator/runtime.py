@@ -100,6 +100,7 @@ def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | F
         {node.role for node in plan.nodes},
         learner_kind=config.agents.learner.kind,
         world_model_kind=None if world_model is None else world_model.kind,
+        env_name=config.env.name,
     )
     return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
 
