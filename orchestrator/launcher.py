@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import IO, Callable, Protocol
 
 from orchestrator.plan import PROJECT_ROOT, NodeLaunch
-from protocols.control import ORCHESTRATOR_PID_ENV
 
 # prctl(2) option: orphaned descendants are re-parented to us instead of to init.
 PR_SET_CHILD_SUBREAPER = 36
-# Every node learns the orchestrator's pid from ORCHESTRATOR_PID_ENV; its control client watches
-# for the orchestrator's death by comparing it with its parent pid (protocols/control.py).
+# Every node learns the orchestrator's pid from this variable; its control client watches for
+# the orchestrator's death by comparing it with its parent pid (protocols/control.py reads the
+# same name; not imported from there so that the CLI's `status`/`down` never load zmq).
+ORCHESTRATOR_PID_ENV = "PARLEY_ORCHESTRATOR_PID"
 NODE_PID_FILENAME = "pid"
 ZYGOTE_PID_FILENAME = "zygote.pid"
 ZYGOTE_LOG_FILENAME = "zygote.log"

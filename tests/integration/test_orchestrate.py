@@ -51,7 +51,12 @@ def launched_pids(events: list[dict]) -> dict[str, int]:
 def assert_all_reaped(pids: dict[str, int]) -> None:
     for node, pid in pids.items():
         cmdline = Path(f"/proc/{pid}/cmdline")
-        survivor = cmdline.exists() and b"--node-id" in cmdline.read_bytes()
+        comm = Path(f"/proc/{pid}/comm")
+        try:
+            # A spawned node has its argv; a forked one the zygote's argv and the name "parley:<id>".
+            survivor = b"--node-id" in cmdline.read_bytes() or comm.read_text().startswith("parley:")
+        except OSError:
+            survivor = False  # gone
         assert not survivor, f"{node} (pid {pid}) survived the run"
 
 
