@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
 from protocols.config_errors import ConfigError
+from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import build_plan, format_plan
 from orchestrator.rundir import (
@@ -128,13 +129,10 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    if config.faults.schedule and not args.dry_run:
-        # Accepted by the schema so configs can be written now; running them would silently
-        # skip the faults, which would make the experiment a lie.
-        raise ConfigError(
-            ["faults.schedule: fault injection is not enforced yet; remove the schedule (or use --dry-run)"],
-            args.config,
-        )
+    refused = refused_faults(config)
+    if refused and not args.dry_run:
+        # Running them would silently skip those faults, which would make the experiment a lie.
+        raise ConfigError(refused + ["(remove those events, or use --dry-run to see the plan)"], args.config)
     try:
         resolved, run_dir = prepare_run(config, args.run_dir)
     except RunDirError as error:
@@ -143,6 +141,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         print(format_plan(plan))
+        for fault in plan_faults(resolved):
+            print(f"fault      +{fault.at_s:g}s {fault.kind} {', '.join(fault.targets) or '-'} (by {fault.chosen_by})")
         if plan.socket_dir_is_temp:
             remove_temp_socket_dir(resolved.runtime)
             print(f"\n(dry run: removed the temporary socket dir {plan.socket_dir})")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from orchestrator.config import RunConfig
+from orchestrator.faults import FaultClock, ScheduledFault, plan_faults
 from orchestrator.launcher import (
     NODE_PID_FILENAME,
     ORCHESTRATOR_PID_ENV,
@@ -64,6 +65,10 @@ class NodeRecord:
     exited_at: float | None = None
     # "paused" (SIGSTOP: state T) or "unresponsive" while it has been silent too long.
     silent: str | None = None
+    # Set by the fault schedule: a scheduled kill is an expected exit; a scheduled pause is
+    # continued before the shutdown.
+    killed_by_schedule: bool = False
+    paused_by_schedule: bool = False
 
 
 class LocalBackend:
@@ -127,6 +132,7 @@ class Orchestrator:
         self.failure: str | None = None
         self.started = False
         self.shutting_down = False
+        self.faults = FaultClock(plan_faults(config))
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
 
@@ -162,7 +168,7 @@ class Orchestrator:
             return EXIT_FAILURE
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if any(node.exit_code != 0 for node in self.nodes.values()):
+        if any(node.exit_code != 0 and not node.killed_by_schedule for node in self.nodes.values()):
             return EXIT_FAILURE
         return EXIT_OK
 
@@ -188,9 +194,15 @@ class Orchestrator:
         startup_timeout_s = self.config.protocols.control.startup_timeout_s
         startup_deadline = time.monotonic() + startup_timeout_s
         while not (self.run_complete or self.failure or self.interrupted):
-            if self.hub.wait(self.config.launch.status_every_s / 2):
+            wait_s = self.config.launch.status_every_s / 2
+            next_fault_s = self.faults.seconds_to_next(time.monotonic())
+            if next_fault_s is not None:
+                wait_s = min(wait_s, next_fault_s)
+            if self.hub.wait(wait_s):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
+            for fault in self.faults.due(time.monotonic()):
+                self._inject(fault)
             self._reap_exited()
             self._check_silence()
             if self.nodes and all(n.exit_code is not None for n in self.nodes.values() if n.launch.role == "agent"):
@@ -200,6 +212,24 @@ class Orchestrator:
                 self.failure = f"start-up timed out after {startup_timeout_s:.0f} s; not ready: {missing}"
                 self.events.write("startup_timeout", None, not_ready=missing)
             self.status_view.refresh()
+
+    def _inject(self, fault: ScheduledFault) -> None:
+        """Execute one scheduled fault now and record it in events.jsonl."""
+        signum = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[fault.kind]
+        hit, skipped = {}, []
+        for node_id in fault.targets:
+            node = self.nodes[node_id]
+            if node.process is None or node.exit_code is not None or node.process.poll() is not None:
+                skipped.append(node_id)  # already gone: nothing to kill, pause or resume
+                continue
+            if fault.kind == "kill":
+                node.killed_by_schedule = True
+            node.paused_by_schedule = fault.kind == "pause"
+            self.backend.signal(node, signum)
+            hit[node_id] = node.process.pid
+        late_s = time.monotonic() - (self.faults.started_at or 0.0) - fault.at_s
+        self.events.write("fault", None, kind=fault.kind, at_s=fault.at_s, late_s=round(late_s, 3), nodes=hit,
+                          skipped=skipped, chosen_by=fault.chosen_by, position=fault.position)
 
     def _silence_limit_s(self) -> float:
         # Nodes report every status_every_s once running; three missed reports is a silence.
@@ -269,6 +299,7 @@ class Orchestrator:
         self.events.write("ready", node.launch.node_id)
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
+            self.faults.start(time.monotonic())
             for node_id in self.nodes:
                 self.control.send(m.Start(), to=node_id)
             self.events.write("started", None)
@@ -278,9 +309,10 @@ class Orchestrator:
             if node.exit_code is None and node.process is not None and (code := node.process.poll()) is not None:
                 node.exit_code = code
                 # An agent that saw the end of the budget drains, says goodbye and exits 0.
-                expected = code == 0 and (node.said_goodbye or self.shutting_down)
+                expected = (code == 0 and (node.said_goodbye or self.shutting_down)) or node.killed_by_schedule
                 exited_at = node.exited_at or time.time()
-                self.events.write("exited", node_id, at=exited_at, code=code, expected=expected)
+                self.events.write("exited", node_id, at=exited_at, code=code, expected=expected,
+                                  scheduled_kill=node.killed_by_schedule)
                 if not expected and not self.shutting_down and not self.failure:
                     self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
 
@@ -306,6 +338,9 @@ class Orchestrator:
         for node_id, node in self.nodes.items():
             if node.process is None or node.process.poll() is not None:
                 continue
+            if node.paused_by_schedule:
+                self.backend.signal(node, signal.SIGCONT)  # a stopped node cannot act on the shutdown
+                node.paused_by_schedule = False
             if node.registered:
                 self.control.send(m.Shutdown(reason=reason), to=node_id)
             else:

@@ -190,3 +190,34 @@ def test_both_start_methods_run_to_completion(tmp_path, method):
     # Each node is the orchestrator's own child whichever way it started: it registered with its pid.
     registered = {e["node"]: e["pid"] for e in events if e["event"] == "registered"}
     assert registered == {e["node"]: e["pid"] for e in launched}
+
+
+def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
+    from orchestrator.config import load_config
+    from orchestrator.faults import plan_faults
+
+    kill = "{at_s: 1.0, kind: kill, random: {count: 1}}"
+    drawn = plan_faults(load_config(REPO / "configs/tiny_ring.yaml", [f"faults.schedule=[{kill}]"]))[0].targets
+    paused = next(agent for agent in ("agent_0", "agent_1", "agent_2") if agent not in drawn)
+    schedule = f"[{{at_s: 0.5, kind: pause, nodes: [{paused}]}}, {{at_s: 4.5, kind: resume, nodes: [{paused}]}}, {kill}]"
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=400", "--set", f"faults.schedule={schedule}"
+    )
+    _, stderr = process.communicate(timeout=170)
+    events = read_events(run_dir)
+    faults = [e for e in events if e["event"] == "fault"]
+    assert [(f["kind"], f["at_s"]) for f in faults] == [("pause", 0.5), ("kill", 1.0), ("resume", 4.5)]
+    started = next(e["t"] for e in events if e["event"] == "started")
+    for fault in faults:
+        assert fault["t"] - started >= fault["at_s"], "never early"
+    assert list(faults[1]["nodes"]) == list(drawn) and faults[1]["chosen_by"] == "random"
+    died = next(e for e in events if e["event"] == "exited" and e["node"] == drawn[0])
+    assert died["code"] == -signal.SIGKILL and died["expected"] and died["scheduled_kill"]
+    # SIGSTOP for 4 s: detected by the missing status reports, then seen again.
+    assert [e["node"] for e in events if e["event"] == "paused"] == [paused]
+    assert [e["node"] for e in events if e["event"] == "resumed"] == [paused]
+    # A scheduled kill is not a failure: the others finish the budget.
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert [e for e in events if e["event"] == "run_complete"]
+    assert_all_reaped(launched_pids(events))
