@@ -141,6 +141,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         print(format_plan(plan))
+        print(f"launcher   {resolved.launch.start_method}")
         for fault in plan_faults(resolved):
             print(f"fault      +{fault.at_s:g}s {fault.kind} {', '.join(fault.targets) or '-'} (by {fault.chosen_by})")
         if plan.socket_dir_is_temp:

@@ -2,18 +2,27 @@
 
 The orchestrator is a ROUTER socket and a loop. Its conversation with every node:
 
-    1. launch every node of the plan (env server first) through the backend;
+    1. launch every node of the plan (env server first) through the backend: forked from the
+       zygote (`launch.start_method: fork_server`) or spawned (orchestrator/launcher.py); either
+       way each node is our child, its pid in `nodes/<id>/pid`;
     2. rendezvous: collect `control.register` from each node (the endpoints it bound); once all
        have registered, send each its `control.directory` (env endpoint + its neighbours');
-    3. collect `control.ready`; once all are ready, send `control.start`;
-    4. supervise: `control.status` updates the live view; a child that exits on its own before
-       the end is reported and fails the run; `control.run_complete` from the env server, Ctrl-C
-       or SIGTERM start the shutdown;
-    5. shutdown: `control.shutdown` to every node, wait up to `shutdown_timeout_s` for them to
-       exit, then SIGTERM, then SIGKILL; every child is reaped before `run` returns.
+    3. collect `control.ready`; once all are ready, send `control.start`; the fault schedule's
+       clock starts (orchestrator/faults.py);
+    4. supervise: `control.status` updates the live view; a running node silent for three
+       status periods is reported `paused` (stopped, state T) or `unresponsive`, and `resumed`
+       when heard again; scheduled faults are executed when due and logged as `fault` events;
+       a child that exits on its own before the end (not a scheduled kill) fails the run;
+       `control.run_complete` from the env server, Ctrl-C or SIGTERM start the shutdown;
+    5. shutdown: `control.shutdown` to every registered node — a node that has not registered
+       yet may have no connected control socket, so it gets SIGTERM instead — wait up to
+       `shutdown_timeout_s` for them to exit, then SIGTERM, then SIGKILL; every child is reaped
+       before `run` returns. `exited` events carry the time the exit was seen on SIGCHLD, not
+       the (later) time the loop reaped it.
 
-Exit codes: 0 the run finished its budget and every node exited cleanly; 1 a runtime failure
-(a node died, start-up timed out, a node exited non-zero); 130 interrupted by Ctrl-C / SIGTERM.
+Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
+kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
+interrupted by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations

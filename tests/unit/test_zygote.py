@@ -55,3 +55,10 @@ def test_forked_nodes_are_our_children_reseeded_with_their_own_exit_codes(tmp_pa
     assert (seen["a"]["random"], seen["a"]["numpy"]) == (seen["c"]["random"], seen["c"]["numpy"])
     assert seen["a"]["random"] != seen["b"]["random"] and seen["a"]["numpy"] != seen["b"]["numpy"]
     assert report["zygote_code"] == 0, "the zygote exits when its socket closes"
+
+
+def test_the_orchestrator_pid_variable_is_the_one_nodes_watch() -> None:
+    from orchestrator.launcher import ORCHESTRATOR_PID_ENV as launcher_name
+    from protocols.control import ORCHESTRATOR_PID_ENV as control_name
+
+    assert launcher_name == control_name
