@@ -72,9 +72,8 @@ NODE_SEED_STREAM = "node"
 
 # The fault kinds the orchestrator executes at run time (orchestrator/faults.py), and those the
 # schema knows but `orchestrate up` refuses, with the reason.
-EXECUTED_FAULTS = ("kill", "pause", "resume")
+EXECUTED_FAULTS = ("kill", "pause", "resume", "restart")
 REFUSED_FAULTS = {
-    "restart": "an agent cannot yet restore its checkpoint and rejoin a running env server and its neighbours",
     "partition": "partitions need link emulation in the transport, which the orchestrator does not drive yet",
     "heal": "partitions need link emulation in the transport, which the orchestrator does not drive yet",
 }
@@ -96,7 +95,10 @@ class FaultEvent(BaseModel):
     - `kill`: SIGKILL, as a crash; the killed node stays down (the run goes on without it: the
       env server plays its default action, its neighbours see it leave);
     - `pause` / `resume`: SIGSTOP / SIGCONT, as a hung or descheduled process;
-    - `restart`, `partition`, `heal`: known, refused by `orchestrate up` (see REFUSED_FAULTS).
+    - `restart`: SIGKILL if it still runs, then start it again at once (agents only: it
+      restores its checkpoint and replay, joins the env server at the current step and is
+      re-introduced to its neighbours at the same ipc endpoint);
+    - `partition`, `heal`: known, refused by `orchestrate up` (see REFUSED_FAULTS).
 
     Targets: exactly one of `nodes` (ids), `role` (every node of that role) or `random`.
     """
@@ -123,12 +125,31 @@ class FaultEvent(BaseModel):
         return self
 
 
+class RestartPolicy(BaseModel):
+    """What happens when an agent process exits before the run is complete.
+
+    - `never`: an unexpected exit fails the run (exit 1); a scheduled kill leaves it down;
+    - `on-failure`: an agent that exits non-zero (a crash, a kill) is started again after
+      `backoff_s`, doubled after each restart, at most `max_restarts` times per agent;
+    - `always`: also an agent that exits 0 before the run is complete.
+
+    Agents only: the env server's exit always ends the run (the agents cannot rejoin a new one).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["never", "on-failure", "always"] = "never"
+    max_restarts: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+
+
 class FaultsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # What happens when a node process exits before the run is complete, other than by a
-    # scheduled kill. "fail": stop the run and exit 1. Restart policies come with restarts.
+    # What happens when a node process exits before the run is complete and no restart policy
+    # applies. "fail": stop the run and exit 1.
     on_node_exit: Literal["fail"] = "fail"
+    restart: RestartPolicy = RestartPolicy()
     schedule: list[FaultEvent] = []
 
 
@@ -206,6 +227,10 @@ class RunConfig(BaseModel):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
                 problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
+            if event.kind == "restart" and (ENV_NODE_ID in event.nodes or event.role == "env_server"
+                                            or (event.random is not None and event.random.role == "env_server")):
+                problems.append(f"faults.schedule.{position}: expected agents to restart, got the env server "
+                                "(agents cannot rejoin a new env server)")
             if event.random is not None:
                 pool = count if event.random.role == "agent" else 1
                 if event.random.count > pool:
@@ -213,6 +238,13 @@ class RunConfig(BaseModel):
                         f"faults.schedule.{position}.random.count: expected at most {pool} "
                         f"(the {event.random.role} nodes), got {event.random.count}"
                     )
+
+        restarts = self.faults.restart.policy != "never" or any(e.kind == "restart" for e in self.faults.schedule)
+        if restarts and self.network.transport != "ipc":
+            problems.append(
+                "faults.restart: expected network.transport 'ipc' for restarts (a restarted agent must come back "
+                f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
+            )
 
         if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
             problems.append(

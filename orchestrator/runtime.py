@@ -78,6 +78,10 @@ class NodeRecord:
     # continued before the shutdown.
     killed_by_schedule: bool = False
     paused_by_schedule: bool = False
+    # Restarts (faults.restart, or a scheduled restart): how many so far, when the next is due.
+    restarts: int = 0
+    restart_at: float | None = None
+    restart_requested: bool = False  # by the schedule: restart whatever the policy says
 
 
 class LocalBackend:
@@ -142,6 +146,7 @@ class Orchestrator:
         self.started = False
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
+        self.directories_sent = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
 
@@ -213,8 +218,11 @@ class Orchestrator:
             for fault in self.faults.due(time.monotonic()):
                 self._inject(fault)
             self._reap_exited()
+            self._restart_due()
             self._check_silence()
-            if self.nodes and all(n.exit_code is not None for n in self.nodes.values() if n.launch.role == "agent"):
+            if self.nodes and all(
+                n.exit_code is not None and n.restart_at is None for n in self.nodes.values() if n.launch.role == "agent"
+            ):
                 self.run_complete = True  # every agent finished; nothing left to supervise
             if not self.started and time.monotonic() > startup_deadline:
                 missing = [n for n, r in self.nodes.items() if not r.ready]
@@ -224,14 +232,20 @@ class Orchestrator:
 
     def _inject(self, fault: ScheduledFault) -> None:
         """Execute one scheduled fault now and record it in events.jsonl."""
-        signum = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[fault.kind]
+        signum = {"kill": signal.SIGKILL, "restart": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[fault.kind]
         hit, skipped = {}, []
         for node_id in fault.targets:
             node = self.nodes[node_id]
+            if fault.kind == "restart":
+                node.restart_requested = True
             if node.process is None or node.exit_code is not None or node.process.poll() is not None:
-                skipped.append(node_id)  # already gone: nothing to kill, pause or resume
+                if fault.kind == "restart" and node.exit_code is not None and node.restart_at is None:
+                    node.restart_at = time.monotonic()  # down already: start it again now
+                    hit[node_id] = None
+                else:
+                    skipped.append(node_id)  # already gone: nothing to kill, pause or resume
                 continue
-            if fault.kind == "kill":
+            if fault.kind in ("kill", "restart"):
                 node.killed_by_schedule = True
             node.paused_by_schedule = fault.kind == "pause"
             self.backend.signal(node, signum)
@@ -288,24 +302,34 @@ class Orchestrator:
         node.endpoints = dict(message.endpoints)
         node.registered = True
         self.events.write("registered", node.launch.node_id, endpoints=node.endpoints, pid=message.pid, host=message.host)
-        if all(n.registered for n in self.nodes.values()):
+        if self.directories_sent:
+            # A restarted node: the others know it at the same (ipc) endpoint; it needs its own directory.
+            self.control.send(self._directory_for(node), to=node.launch.node_id)
+        elif all(n.registered for n in self.nodes.values()):
             self._send_directories()
 
     def _send_directories(self) -> None:
+        for node_id, node in self.nodes.items():
+            self.control.send(self._directory_for(node), to=node_id)
+        self.directories_sent = True
+        self.events.write("directory_sent", None, edges=[list(e) for e in self.topology.edge_list()])
+
+    def _directory_for(self, node: NodeRecord) -> m.Directory:
         env_endpoint = next(n.endpoints["env"] for n in self.nodes.values() if n.launch.role == "env_server")
         agent_ids = list(self.topology.nodes)
-        for node_id, node in self.nodes.items():
-            neighbours = {}
-            if node.launch.role == "agent":
-                index = agent_ids.index(node_id)
-                neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
-            directory = m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids))
-            self.control.send(directory, to=node_id)
-        self.events.write("directory_sent", None, edges=[list(e) for e in self.topology.edge_list()])
+        neighbours = {}
+        if node.launch.role == "agent":
+            index = agent_ids.index(node.launch.node_id)
+            neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
+        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids))
 
     def on_ready(self, node: NodeRecord) -> None:
         node.ready = True
         self.events.write("ready", node.launch.node_id)
+        if self.started:
+            self.control.send(m.Start(), to=node.launch.node_id)  # a restarted node rejoins the running run
+            self.events.write("rejoined", node.launch.node_id, restarts=node.restarts)
+            return
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
             self.faults.start(time.monotonic())
@@ -322,8 +346,42 @@ class Orchestrator:
                 exited_at = node.exited_at or time.time()
                 self.events.write("exited", node_id, at=exited_at, code=code, expected=expected,
                                   scheduled_kill=node.killed_by_schedule)
+                if not self.shutting_down and self._should_restart(node, code):
+                    delay_s = 0.0 if node.restart_requested else self.config.faults.restart.backoff_s * 2**node.restarts
+                    node.restart_at = time.monotonic() + delay_s
+                    self.events.write("restart_scheduled", node_id, in_s=delay_s, restarts=node.restarts,
+                                      policy=self.config.faults.restart.policy, requested=node.restart_requested)
+                    continue
                 if not expected and not self.shutting_down and not self.failure:
                     self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
+
+    def _should_restart(self, node: NodeRecord, code: int) -> bool:
+        if node.launch.role != "agent" or self.run_complete:
+            return False
+        if node.restart_requested:
+            return True
+        policy = self.config.faults.restart
+        if policy.policy == "never" or node.restarts >= policy.max_restarts:
+            return False
+        if policy.policy == "on-failure":
+            return code != 0
+        return not node.said_goodbye  # "always": any exit before the end of the run
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for node_id, node in self.nodes.items():
+            if node.restart_at is None or node.restart_at > now or self.shutting_down:
+                continue
+            if node.log_file is not None:
+                node.log_file.close()
+            node.restart_at = None
+            node.restarts += 1
+            node.restart_requested = node.killed_by_schedule = node.paused_by_schedule = False
+            node.registered = node.ready = node.said_goodbye = False
+            node.exit_code = node.exited_at = node.last_status = node.silent = None
+            self.backend.start(node)
+            node.last_heard = time.monotonic()
+            self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts)
 
     def _note_exit_times(self) -> None:
         """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),

@@ -7,6 +7,7 @@ finish, so the run is stopped by what the test does.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -221,3 +222,31 @@ def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
     assert process.returncode == 0, stderr.decode()[-3000:]
     assert [e for e in events if e["event"] == "run_complete"]
     assert_all_reaped(launched_pids(events))
+
+
+def test_a_killed_agent_is_restarted_by_policy_and_steps_again_from_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=600",
+        "--set", "faults.schedule=[{at_s: 2, kind: kill, nodes: [agent_1]}, {at_s: 4, kind: restart, nodes: [agent_2]}]",
+        "--set", "faults.restart={policy: on-failure, max_restarts: 2, backoff_s: 0.5}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=170)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    for agent, requested in (("agent_1", False), ("agent_2", True)):
+        mine = [e for e in events if e["node"] == agent]
+        kinds = [e["event"] for e in mine]
+        assert kinds.count("launched") == 1 and kinds.count("restarted") == 1, kinds
+        scheduled = next(e for e in mine if e["event"] == "restart_scheduled")
+        assert scheduled["requested"] is requested and scheduled["in_s"] == (0.0 if requested else 0.5)
+        rejoined = next(e for e in mine if e["event"] == "rejoined")
+        log = (run_dir / "nodes" / agent / "log").read_text()
+        assert "restored checkpoint of step" in log and "replay transitions" in log, log[-2000:]
+        # Back and stepping: metric rows written after it rejoined, up to the end of the budget.
+        rows = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        after = [r for r in rows if r["t"] > rejoined["t"]]
+        assert after and after[-1]["step"] == 600
+        assert after[0]["t"] - rejoined["t"] < 5.0, "stepping again within 5 s of rejoining"
+        assert [e["code"] for e in mine if e["event"] == "exited"][-1] == 0
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})

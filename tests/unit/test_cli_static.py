@@ -104,12 +104,12 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
 
 
 def test_up_refuses_the_faults_it_cannot_execute_yet(tmp_path: Path, capsys) -> None:
-    for kind in ("restart", "partition"):
+    for kind in ("partition", "heal"):
         run_dir = tmp_path / kind
         code = main(["up", str(TINY), "--run-dir", str(run_dir), "--set", f"faults.schedule.0={{at_s: 1, kind: {kind}, nodes: [agent_0]}}"])
         assert code == 2
         err = capsys.readouterr().err
-        assert f"faults.schedule.0.kind: expected one of kill, pause, resume; {kind!r} is not executed yet" in err
+        assert f"faults.schedule.0.kind: expected one of kill, pause, resume, restart; {kind!r} is not executed yet" in err
         assert not run_dir.exists()
 
 

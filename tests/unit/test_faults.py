@@ -54,8 +54,17 @@ def test_schema_errors_name_the_field() -> None:
         config_with("{at_s: 1, kind: resume, random: {count: 1}}")
 
 
-def test_restart_and_partitions_are_refused_with_the_reason() -> None:
-    problems = refused_faults(config_with("{at_s: 1, kind: kill, nodes: [agent_0]}", "{at_s: 2, kind: restart, nodes: [agent_0]}", "{at_s: 3, kind: heal}"))
+def test_partitions_are_refused_with_the_reason() -> None:
+    problems = refused_faults(config_with("{at_s: 1, kind: kill, nodes: [agent_0]}", "{at_s: 2, kind: restart, nodes: [agent_0]}",
+                                          "{at_s: 3, kind: partition, nodes: [agent_1]}", "{at_s: 4, kind: heal}"))
     assert len(problems) == 2
-    assert problems[0].startswith("faults.schedule.1.kind: expected one of kill, pause, resume; 'restart' is not executed yet")
-    assert "rejoin" in problems[0] and "link emulation" in problems[1]
+    assert problems[0].startswith("faults.schedule.2.kind: expected one of kill, pause, resume, restart; 'partition' is not executed yet")
+    assert "link emulation" in problems[0] and problems[1].startswith("faults.schedule.3.kind")
+
+
+def test_restarts_are_for_agents_over_ipc() -> None:
+    with pytest.raises(ConfigError, match="faults.schedule.0: expected agents to restart, got the env server"):
+        config_with("{at_s: 1, kind: restart, nodes: [env]}")
+    with pytest.raises(ConfigError, match="faults.restart: expected network.transport 'ipc' for restarts"):
+        load_config(TINY, ["faults.restart={policy: on-failure}", "network.transport=tcp"])
+    assert load_config(TINY, ["faults.restart={policy: always, max_restarts: 5, backoff_s: 0}"]).faults.restart.max_restarts == 5
