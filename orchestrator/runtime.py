@@ -264,8 +264,8 @@ class Orchestrator:
             return
         now = time.monotonic()
         for node_id, node in self.nodes.items():
-            if node.exit_code is not None or node.process is None or node.silent is not None:
-                continue
+            if node.exit_code is not None or node.process is None or node.silent is not None or not node.ready:
+                continue  # (a restarted node reports status only once it runs again)
             silent_s = now - node.last_heard
             if silent_s > self._silence_limit_s():
                 state = process_state(node.process.pid)
@@ -302,7 +302,9 @@ class Orchestrator:
         node.endpoints = dict(message.endpoints)
         node.registered = True
         self.events.write("registered", node.launch.node_id, endpoints=node.endpoints, pid=message.pid, host=message.host)
-        if self.directories_sent:
+        if self.shutting_down:
+            self.control.send(m.Shutdown(reason="the run is shutting down"), to=node.launch.node_id)
+        elif self.directories_sent:
             # A restarted node: the others know it at the same (ipc) endpoint; it needs its own directory.
             self.control.send(self._directory_for(node), to=node.launch.node_id)
         elif all(n.registered for n in self.nodes.values()):
@@ -410,10 +412,12 @@ class Orchestrator:
                 node.paused_by_schedule = False
             if node.registered:
                 self.control.send(m.Shutdown(reason=reason), to=node_id)
-            else:
-                # Its control socket may not be connected yet: a message would wait in our queue
-                # until it is (or forever). A signal reaches it now; nodes stop on SIGTERM.
-                self.events.write("signalled", node_id, signal="SIGTERM", why="not registered yet")
+            if not (self.started and node.ready):
+                # Still starting: its control socket may not be connected yet (a message would
+                # wait in our queue), and its start-up waits (for the env server's welcome, say)
+                # do not read the control channel. A signal reaches it now; nodes stop on SIGTERM.
+                why = "still starting" if node.registered else "not registered yet"
+                self.events.write("signalled", node_id, signal="SIGTERM", why=why)
                 self.backend.signal(node, signal.SIGTERM)
         deadline = time.monotonic() + self.config.launch.shutdown_timeout_s
         self._wait_for_exits(deadline)

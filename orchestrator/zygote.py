@@ -227,10 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_process_name("parley-zygote")
     orchestrator_socket = socket.socket(fileno=args.fd)
+    code = 1
     try:
-        return serve(orchestrator_socket, [name for name in args.preload.split(",") if name])
+        code = serve(orchestrator_socket, [name for name in args.preload.split(",") if name])
     finally:
         orchestrator_socket.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip the interpreter's teardown of torch & co. (seconds on a loaded machine): the
+        # orchestrator waits for us to exit before it returns.
+        os._exit(code)
 
 
 if __name__ == "__main__":
