@@ -159,7 +159,7 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
         rounds = [r for r in records if "consensus/round" in r]
-        adoptions = [r for r in records if "og_marl/refreshes" in r]
+        adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         # Refreshes at rows 40, 60, 80 of a 90-step run, each with 20 consensus rounds.
         assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]
         assert all(r["og_marl/shared"] == 1.0 and r["og_marl/model_buffer_size"] > 0 for r in adoptions)
@@ -184,7 +184,7 @@ def test_og_marl_agents_average_by_push_sum(tmp_path):
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
         summaries = [r for r in records if "consensus/pushes" in r]
-        adoptions = [r for r in records if "og_marl/refreshes" in r]
+        adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]
         assert len(summaries) == 3
         for summary in summaries:
