@@ -31,7 +31,6 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -41,7 +40,7 @@ from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGM
 from agent_node.checkpoint import load_checkpoint, save_checkpoint
 from agent_node.config import AgentNodeConfig
 from agent_node.metrics import MetricsWriter
-from agent_node.roles import Transition
+from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, SyncConsensus, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
@@ -99,28 +98,6 @@ class NodeFailure(RuntimeError):
     """The node cannot go on (a deadline passed, the env server refused us, …)."""
 
 
-@dataclass
-class EpisodeTracker:
-    """Per-copy running returns of this agent; finished episodes are reported once each."""
-
-    returns: np.ndarray
-    lengths: np.ndarray
-    episodes: int = 0
-    last_return: float | None = None
-
-    def add(self, rewards: np.ndarray, active: np.ndarray) -> None:
-        self.returns += np.where(active, rewards, 0.0)
-        self.lengths += active
-
-    def finish(self, copy: int) -> tuple[float, int]:
-        result = float(self.returns[copy]), int(self.lengths[copy])
-        self.returns[copy] = 0.0
-        self.lengths[copy] = 0
-        self.episodes += 1
-        self.last_return = result[0]
-        return result
-
-
 class AgentNode:
     def __init__(self, identity: NodeIdentity, run: AgentNodeConfig, control_endpoint: str) -> None:
         self.context = identity
@@ -162,10 +139,7 @@ class AgentNode:
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
-        self.last_obs: np.ndarray | None = None
-        self.last_action: np.ndarray | None = None
-        self.last_active: np.ndarray | None = None
-        self.episodes: EpisodeTracker | None = None
+        self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         self.last_env_message_at = time.monotonic()
         self.messages_handled = 0
         self.started_at = time.monotonic()
@@ -243,7 +217,7 @@ class AgentNode:
             self.consensus = build_consensus_engine(
                 self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
             )
-        self.episodes = EpisodeTracker(np.zeros(self.num_copies), np.zeros(self.num_copies, dtype=np.int64))
+        self.episodes = TransitionAssembler(self.env_agent, self.num_copies)
         self._restore()
         log.info(
             "driving %s over %d copies: obs %s, actions %s, learner %s",
@@ -384,12 +358,8 @@ class AgentNode:
         if message.evaluation:
             self.on_evaluation_observation(message)
             return
-        agent = self.env_agent
-        observations = message.observations[agent]
-        active = message.active[agent]
         self.step = message.step
-        if self.last_obs is not None and message.step > 0:
-            self._record_transition(message, observations, active)
+        self._record_transition(message)
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
             return
@@ -407,12 +377,12 @@ class AgentNode:
         observations = message.observations[agent]
         actions = self.learner.act(observations, explore=True)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
-        self.last_obs, self.last_action, self.last_active = observations, actions, message.active[agent]
+        self.episodes.acted(observations, actions, message.active[agent])
         self._maybe_persist()
 
     def on_evaluation_observation(self, message: m.EnvObservation) -> None:
         """Act greedily on the evaluation copies; nothing is learned and the training state
-        (`last_obs`, `last_action`) stays as it was, ready for when training resumes."""
+        (the assembler's last observation and action) stays as it was, ready for when training resumes."""
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
             return
@@ -420,38 +390,14 @@ class AgentNode:
         actions = self.learner.act(observations, explore=False)
         self.env.send(m.EnvAction(step=message.step, actions={self.env_agent: actions}, evaluation=True))
 
-    def _record_transition(self, message: m.EnvObservation, observations: np.ndarray, active: np.ndarray) -> None:
-        agent = self.env_agent
-        rewards = message.rewards[agent]
-        terminated, truncated = message.terminated[agent], message.truncated[agent]
-        next_obs = observations
-        if agent in message.final_observations:
-            next_obs = np.where(
-                message.episode_start.reshape(-1, *([1] * (observations.ndim - 1))),
-                message.final_observations[agent],
-                observations,
-            )
-        # Rows where this agent acted in the previous step and took part in this one.
-        took_part = self.last_active & active if self.last_active is not None else active
-        if took_part.any():
-            rows = np.flatnonzero(took_part)
-            self.learner.observe(
-                Transition(
-                    obs=self.last_obs[rows],
-                    action=self.last_action[rows],
-                    reward=rewards[rows],
-                    next_obs=next_obs[rows],
-                    terminated=terminated[rows],
-                    truncated=truncated[rows],
-                )
-            )
-        self.episodes.add(rewards, took_part)
-        ended = took_part & (terminated | truncated)
-        for copy in np.flatnonzero(ended):
-            episode_return, length = self.episodes.finish(int(copy))
+    def _record_transition(self, message: m.EnvObservation) -> None:
+        assembled = self.episodes.observe(message)
+        if assembled.transition is not None:
+            self.learner.observe(assembled.transition)
+        for episode in assembled.finished:
             self.metrics.write(
                 message.step,
-                {"env/episode_return": episode_return, "env/episode_length": length, "env/episode": self.episodes.episodes},
+                {"env/episode_return": episode.episode_return, "env/episode_length": episode.length, "env/episode": episode.episode},
             )
         if message.missing:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
