@@ -37,9 +37,9 @@ import numpy as np
 
 from agent_node.algos import build_learner
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
-from agent_node.checkpoint import load_checkpoint, save_checkpoint
 from agent_node.config import AgentNodeConfig
 from agent_node.metrics import MetricsWriter
+from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, SyncConsensus, build_consensus_engine
@@ -145,10 +145,11 @@ class AgentNode:
         self.started_at = time.monotonic()
         self.stop_reason = ""
         self.exit_code = 0
-        self.checkpoint_path = identity.node_dir / "checkpoints" / "latest.pt"
-        self.replay_path = identity.node_dir / "replay" / "buffer.npz"
-        self.last_checkpoint_step = 0
-        self.last_replay_save_step = 0
+        self.persistence = NodePersistence(
+            identity.node_dir,
+            checkpoint_every_steps=config.checkpoint_every_steps,
+            replay_save_every_steps=config.replay_save_every_steps,
+        )
 
     # ------------------------------------------------------------------ states
 
@@ -378,7 +379,7 @@ class AgentNode:
         actions = self.learner.act(observations, explore=True)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
         self.episodes.acted(observations, actions, message.active[agent])
-        self._maybe_persist()
+        self.persistence.maybe_save(self.step, self.learner, self.episodes.episodes)
 
     def on_evaluation_observation(self, message: m.EnvObservation) -> None:
         """Act greedily on the evaluation copies; nothing is learned and the training state
@@ -487,32 +488,10 @@ class AgentNode:
             extra={"membership/peers_alive": float(len(self.membership.alive_peers()))} if self.membership else {},
         )
 
-    def _maybe_persist(self) -> None:
-        if self.step - self.last_checkpoint_step >= self.config.checkpoint_every_steps:
-            self._save_checkpoint()
-        if self.step - self.last_replay_save_step >= self.config.replay_save_every_steps:
-            self._save_replay()
-
-    def _save_checkpoint(self) -> None:
-        save_checkpoint(
-            self.checkpoint_path,
-            {"learner": self.learner.state_dict(), "step": self.step, "episodes": self.episodes.episodes},
-        )
-        self.last_checkpoint_step = self.step
-
-    def _save_replay(self) -> None:
-        self.learner.replay.save(self.replay_path)
-        self.last_replay_save_step = self.step
-
     def _restore(self) -> None:
-        checkpoint = load_checkpoint(self.checkpoint_path)
-        if checkpoint is not None:
-            self.learner.load_state_dict(checkpoint["learner"])
-            self.episodes.episodes = int(checkpoint["episodes"])
-            log.info("restored checkpoint of step %d", checkpoint["step"])
-        if self.replay_path.exists():
-            self.learner.replay.restore(self.replay_path)
-            log.info("restored %d replay transitions", len(self.learner.replay))
+        restored = self.persistence.restore(self.learner)
+        if restored is not None:
+            self.episodes.episodes = restored.episodes
 
     def _drain(self) -> None:
         """Persist what we learned, say goodbye, close every socket."""
@@ -521,8 +500,7 @@ class AgentNode:
         try:
             if self.learner is not None:
                 self._finish_owed_updates()
-                self._save_checkpoint()
-                self._save_replay()
+                self.persistence.save_all(self.step, self.learner, self.episodes.episodes)
             self.metrics.flush_means(self.step)
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
