@@ -36,15 +36,15 @@ from typing import Any, Callable
 import numpy as np
 
 from agent_node.algos import build_learner
+from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.config import AgentNodeConfig
 from agent_node.metrics import MetricsWriter
 from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
-from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, SyncConsensus, build_consensus_engine
+from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
-from protocols.engine import Engine
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import agent_node_ids
@@ -110,9 +110,9 @@ class AgentNode:
         self.consensus_config = run.protocols.consensus
         self.max_pending_share_bytes = run.protocols.limits.max_pending_share_bytes
         self.topology = build_topology(run.topology, agent_node_ids(config.count))
-        self.consensus: Engine | None = None  # the engine, built once the neighbours are known
-        self.subject: ConsensusSubject | None = None
-        self.held_observation: m.EnvObservation | None = None  # answered once consensus ends
+        # What this node averages and the engine it averages with, built with the learner;
+        # None when the run shares nothing.
+        self.consensus: ConsensusSession | None = None
         # An observation answered once the learner owes at most max_pending_gradient_steps.
         self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
@@ -213,11 +213,14 @@ class AgentNode:
             world_model_config=self.config.world_model,
             task_spec=None if welcome.task is None else welcome.task.as_spec(),
         )
-        self.subject = self._consensus_subject(observation_space, action_space)
-        if self.consensus_config.enabled:
-            self.consensus = build_consensus_engine(
-                self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
-            )
+        subject = self._consensus_subject(observation_space, action_space)
+        if subject is not None:
+            engine = None
+            if self.consensus_config.enabled:
+                engine = build_consensus_engine(
+                    self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
+                )
+            self.consensus = ConsensusSession(engine, subject, num_agents=len(self.topology.nodes))
         self.episodes = TransitionAssembler(self.env_agent, self.num_copies)
         self._restore()
         log.info(
@@ -297,7 +300,7 @@ class AgentNode:
         ]
         if (due := self.hub.next_due()) is not None:
             deadlines.append(due)
-        if self.state is NodeState.AVERAGING and (due := self.consensus.next_deadline()) is not None:
+        if self.consensus is not None and (due := self.consensus.next_deadline()) is not None:
             deadlines.append(due)
         return min(deadlines)
 
@@ -310,7 +313,7 @@ class AgentNode:
             self._send_status(now)
         if self.state is NodeState.AVERAGING:
             self._send_peers(self.consensus.on_timer(now))
-            self._finish_consensus_if_done()
+            self._finish_consensus_if_done(now)
             self.last_env_message_at = now  # the env server is waiting for us, not silent
         silent_for = now - self.last_env_message_at
         if silent_for > self.config.env_silence_timeout_s:
@@ -364,7 +367,7 @@ class AgentNode:
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
             return
-        if self.subject is not None and self.subject.due(self.step):
+        if self.consensus is not None and self.consensus.due(self.step):
             self._start_consensus(message)
             return
         self._act(message)
@@ -415,8 +418,7 @@ class AgentNode:
         # The engine buffers a share for a round it has not started (a neighbour that began
         # averaging a moment before us) and drops stale ones.
         self._send_peers(self.consensus.on_message(sender, share, now))
-        if self.state is NodeState.AVERAGING:
-            self._finish_consensus_if_done()
+        self._finish_consensus_if_done(now)
 
     PEER_HANDLERS: dict[type, Callable] = {
         m.Heartbeat: on_heartbeat,
@@ -427,34 +429,19 @@ class AgentNode:
     # ------------------------------------------------------------------ consensus
 
     def _start_consensus(self, held: m.EnvObservation) -> None:
-        self.held_observation = held
         self.transition(NodeState.AVERAGING)
-        self.consensus_started_at = time.monotonic()
-        tensors = self.subject.prepare()
-        if self.consensus is None:  # sharing is off: adopt the local model at once
-            self._finish_consensus(None)
+        now = time.monotonic()
+        self._send_peers(self.consensus.begin(held, now))
+        self._finish_consensus_if_done(now)
+
+    def _finish_consensus_if_done(self, now: float) -> None:
+        finished = self.consensus.finish_if_done(now)
+        if finished is None:
             return
-        # The lockstep step is the same on every agent: a shared, increasing epoch number.
-        self._send_peers(self.consensus.start(ConsensusRequest(tensors, epoch=self.step), time.monotonic()))
-        self._finish_consensus_if_done()
-
-    def _finish_consensus_if_done(self) -> None:
-        if self.state is NodeState.AVERAGING and self.consensus.done:
-            # Synchronous rounds also keep one record per round (disagreement per round is
-            # what a convergence plot needs); every engine has its summary.
-            if isinstance(self.consensus, SyncConsensus):
-                for round_metrics in self.consensus.round_metrics:
-                    self.metrics.write(self.step, round_metrics)
-            self.metrics.write(self.step, self.consensus.metrics())
-            self._finish_consensus(self.consensus.result)
-
-    def _finish_consensus(self, averaged: dict[str, np.ndarray] | None) -> None:
-        metrics = self.subject.adopt(averaged, len(self.topology.nodes))
-        metrics["consensus/duration_s"] = time.monotonic() - self.consensus_started_at
-        self.metrics.write(self.step, metrics)
+        for record in finished.records:
+            self.metrics.write(self.step, record)
         self.transition(NodeState.RUNNING)
-        held, self.held_observation = self.held_observation, None
-        self._act(held)
+        self._act(finished.held)
 
     def _send_peers(self, outgoing: list) -> None:
         for destination, message in outgoing:

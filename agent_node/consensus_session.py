@@ -1,0 +1,114 @@
+"""The consensus session: one agent's averaging run between two lockstep steps, sans-IO.
+
+At a lockstep step where the `ConsensusSubject` is due, the node hands the observation it just
+received to `begin`: the session holds it (the env server waits for this agent's action while
+the neighbours average), asks the subject for its tensors, and starts the consensus engine with
+the lockstep step as the epoch (the same number on every agent). Peer shares, timers and
+neighbour up/down notices go in; the messages to send come out as `(destination, message)`
+pairs. Once the engine is done, `finish_if_done` adopts its result through the subject and
+hands back the held observation, to be answered now, and the metrics records to write at this
+step: one per synchronous round (a convergence plot needs the disagreement per round), the
+engine's summary, and the subject's adoption metrics with the session's duration.
+
+With sharing off (no engine, e.g. an OG-MARL learner that refreshes its world model on its own
+schedule) the session adopts the local tensors at once.
+
+Shares can arrive while no session runs (a neighbour began averaging a moment earlier): they go
+to the engine, which buffers them for the epoch it has not started yet and drops stale ones.
+
+It never touches a socket or a clock: `now` is always passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from agent_node.consensus_subjects import ConsensusSubject
+from protocols import messages as m
+from protocols.consensus import ConsensusRequest, SyncConsensus
+from protocols.engine import Engine, Outgoing
+
+log = logging.getLogger("agent_node.consensus")
+
+ConsensusEngine = Engine[ConsensusRequest, Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class FinishedSession:
+    held: m.EnvObservation  # the observation to answer now
+    records: list[dict[str, float]]  # metrics records for the held observation's step, in order
+
+
+class ConsensusSession:
+    def __init__(self, engine: ConsensusEngine | None, subject: ConsensusSubject, num_agents: int) -> None:
+        self.engine = engine
+        self.subject = subject
+        self.num_agents = num_agents
+        self.held: m.EnvObservation | None = None
+        self.started_at = 0.0
+
+    @property
+    def averaging(self) -> bool:
+        """An observation is held while the neighbours average."""
+        return self.held is not None
+
+    def due(self, step: int) -> bool:
+        return self.subject.due(step)
+
+    def begin(self, held: m.EnvObservation, now: float) -> list[Outgoing]:
+        if self.held is not None:
+            raise RuntimeError(
+                f"consensus session began at step {held.step} while still holding step {self.held.step}"
+            )
+        self.held = held
+        self.started_at = now
+        tensors = self.subject.prepare()
+        if self.engine is None:
+            return []  # nothing to exchange: `finish_if_done` adopts the local tensors
+        return self.engine.start(ConsensusRequest(tensors, epoch=held.step), now)
+
+    def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
+        if self.engine is None:
+            log.warning("consensus %s from %s, but consensus is off in this run", type(message).__name__, sender)
+            return []
+        return self.engine.on_message(sender, message, now)
+
+    def on_timer(self, now: float) -> list[Outgoing]:
+        if self.engine is None or not self.averaging:
+            return []
+        return self.engine.on_timer(now)
+
+    def on_neighbour_down(self, node: str, now: float) -> list[Outgoing]:
+        return [] if self.engine is None else self.engine.on_neighbour_down(node, now)
+
+    def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
+        return [] if self.engine is None else self.engine.on_neighbour_up(node, now)
+
+    def next_deadline(self) -> float | None:
+        if self.engine is None or not self.averaging:
+            return None
+        return self.engine.next_deadline()
+
+    def finish_if_done(self, now: float) -> FinishedSession | None:
+        """Adopt the result and release the held observation once the run is over; else None."""
+        if self.held is None:
+            return None
+        records: list[dict[str, float]] = []
+        if self.engine is None:
+            averaged = None
+        elif self.engine.done:
+            if isinstance(self.engine, SyncConsensus):
+                records.extend(self.engine.round_metrics)
+            records.append(self.engine.metrics())
+            averaged = self.engine.result
+        else:
+            return None
+        adopted = self.subject.adopt(averaged, self.num_agents)
+        adopted["consensus/duration_s"] = now - self.started_at
+        records.append(adopted)
+        held, self.held = self.held, None
+        return FinishedSession(held, records)

@@ -1,0 +1,118 @@
+"""The consensus session: held observation, engine driving, adoption and metrics (no sockets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent_node.consensus_session import ConsensusSession
+from protocols import messages as m
+from protocols.consensus import SyncConsensus
+
+
+class RecordingSubject:
+    """A ConsensusSubject over fixed tensors that records what it adopted."""
+
+    def __init__(self, value: float) -> None:
+        self.tensors = {"w": np.full(3, value)}
+        self.adopted: list = []
+
+    def due(self, step: int) -> bool:
+        return step % 10 == 0
+
+    def prepare(self) -> dict[str, np.ndarray]:
+        return {name: tensor.copy() for name, tensor in self.tensors.items()}
+
+    def adopt(self, averaged, num_agents):
+        self.adopted.append((None if averaged is None else {k: v.copy() for k, v in averaged.items()}, num_agents))
+        return {"consensus/adopted": 1.0}
+
+
+def held(step: int) -> m.EnvObservation:
+    return m.EnvObservation(
+        step=step, observations={}, rewards={}, terminated={}, truncated={}, active={},
+        final_observations={}, episode_start=np.zeros(1, bool),
+    )
+
+
+def pair(rounds: int = 2, timeout: float = 1.0):
+    subjects = {"a": RecordingSubject(0.0), "b": RecordingSubject(4.0)}
+    sessions = {
+        "a": ConsensusSession(SyncConsensus("a", {"b": 0.5}, 0.5, rounds, timeout), subjects["a"], num_agents=2),
+        "b": ConsensusSession(SyncConsensus("b", {"a": 0.5}, 0.5, rounds, timeout), subjects["b"], num_agents=2),
+    }
+    return sessions, subjects
+
+
+def deliver(sessions, outgoing_by_sender, now):
+    """Deliver every message until none is left; returns nothing, sessions progress."""
+    queue = [(sender, dest, msg) for sender, out in outgoing_by_sender.items() for dest, msg in out]
+    while queue:
+        sender, dest, msg = queue.pop(0)
+        queue.extend((dest, d, reply) for d, reply in sessions[dest].on_message(sender, msg, now))
+
+
+def test_two_sessions_average_release_the_held_observation_and_write_round_and_summary_metrics():
+    sessions, subjects = pair(rounds=2)
+    assert sessions["a"].due(20) and not sessions["a"].due(21)
+    observation = held(20)
+    outgoing = {"a": sessions["a"].begin(observation, now=100.0)}
+    assert sessions["a"].averaging and sessions["a"].finish_if_done(100.0) is None
+    assert sessions["a"].next_deadline() is not None
+    outgoing["b"] = sessions["b"].begin(held(20), now=100.2)
+    deliver(sessions, outgoing, now=100.3)
+
+    finished = sessions["a"].finish_if_done(now=100.5)
+    assert finished.held is observation and not sessions["a"].averaging
+    assert sessions["a"].next_deadline() is None
+    averaged, num_agents = subjects["a"].adopted[0]
+    np.testing.assert_allclose(averaged["w"], 2.0)
+    assert num_agents == 2
+    rounds = [r for r in finished.records if "consensus/round" in r]
+    assert [r["consensus/round"] for r in rounds] == [0.0, 1.0]
+    assert any(r.get("consensus/rounds") == 2.0 for r in finished.records)  # the engine's summary
+    assert finished.records[-1] == {"consensus/adopted": 1.0, "consensus/duration_s": pytest.approx(0.5)}
+    assert sessions["b"].finish_if_done(now=101.0).held.step == 20
+    assert sessions["a"].finish_if_done(now=102.0) is None  # released once
+
+
+def test_a_silent_neighbour_lets_the_session_finish_with_local_values_at_its_deadline():
+    sessions, subjects = pair(rounds=1, timeout=0.5)
+    sessions["a"].begin(held(10), now=0.0)
+    deadline = sessions["a"].next_deadline()
+    assert deadline == pytest.approx(0.5)
+    assert sessions["a"].on_timer(0.2) == [] and sessions["a"].finish_if_done(0.2) is None  # early: nothing
+    sessions["a"].on_timer(deadline)
+    finished = sessions["a"].finish_if_done(now=deadline)
+    assert finished is not None and finished.held.step == 10
+    np.testing.assert_allclose(subjects["a"].adopted[0][0]["w"], 0.0)  # nobody was mixed in
+    summary = next(r for r in finished.records if "consensus/rounds" in r)
+    assert summary["consensus/missing_neighbours"] == 1.0
+
+
+def test_a_neighbour_declared_down_ends_the_wait_at_once():
+    sessions, subjects = pair(rounds=1, timeout=30.0)
+    sessions["a"].begin(held(10), now=0.0)
+    sessions["a"].on_neighbour_down("b", now=0.1)
+    finished = sessions["a"].finish_if_done(now=0.1)
+    assert finished is not None
+    np.testing.assert_allclose(subjects["a"].adopted[0][0]["w"], 0.0)
+
+
+def test_without_an_engine_the_local_tensors_are_adopted_at_once():
+    subject = RecordingSubject(1.0)
+    session = ConsensusSession(None, subject, num_agents=3)
+    assert session.begin(held(30), now=5.0) == []
+    assert session.on_message("x", object(), now=5.0) == []  # shares with consensus off are dropped
+    assert session.next_deadline() is None
+    finished = session.finish_if_done(now=5.25)
+    assert finished.held.step == 30
+    assert subject.adopted == [(None, 3)]
+    assert finished.records == [{"consensus/adopted": 1.0, "consensus/duration_s": 0.25}]
+
+
+def test_beginning_twice_without_finishing_is_refused():
+    sessions, _ = pair()
+    sessions["a"].begin(held(10), now=0.0)
+    with pytest.raises(RuntimeError, match="began at step 20 while still holding step 10"):
+        sessions["a"].begin(held(20), now=0.1)
