@@ -39,6 +39,7 @@ from agent_node.algos import build_learner
 from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.config import AgentNodeConfig
+from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.metrics import MetricsWriter
 from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
@@ -49,7 +50,6 @@ from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, Peer
 from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import agent_node_ids
 from protocols.topology import build_topology
-from protocols.spaces import decode_space
 from protocols.transport import Channel, Hub, SocketOptions
 from protocols.wire import Envelope
 
@@ -140,7 +140,8 @@ class AgentNode:
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
-        self.last_env_message_at = time.monotonic()
+        # Agent i drives the env's i-th agent; its name arrives with the welcome.
+        self.env_client = EnvClient(identity.node_id, agent_indices=[identity.index])
         self.messages_handled = 0
         self.started_at = time.monotonic()
         self.stop_reason = ""
@@ -189,22 +190,21 @@ class AgentNode:
         # the DEALERs we connected to them; anything arriving there is handled as a peer message).
         self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
         self._dispatchers.update({channel.name: self._dispatch_peer for channel in self.peers.values()})
-        # Agent i drives the env's i-th agent; its name arrives with the welcome.
-        self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index]))
-        welcome = self._wait_env(m.EnvWelcome)
+        self.env.send(self.env_client.join())
+        welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._build_learner(welcome)
         self.control.ready()
         self.transition(NodeState.READY)
         self.control.wait_for(m.Start, self.startup_timeout_s)
         self.transition(NodeState.RUNNING)
-        self.env.send(m.EnvReset(seed=None))
-        self.last_env_message_at = time.monotonic()
+        self.env.send(self.env_client.reset(seed=None))
+        self.env_client.heard(time.monotonic())
 
     def _build_learner(self, welcome: m.EnvWelcome) -> None:
         (self.env_agent,) = welcome.agents
         self.num_copies = welcome.num_copies
-        observation_space = decode_space(welcome.observation_spaces[self.env_agent])
-        action_space = decode_space(welcome.action_spaces[self.env_agent])
+        observation_space = self.env_client.observation_spaces[self.env_agent]
+        action_space = self.env_client.action_spaces[self.env_agent]
         self.learner = build_learner(
             self.config.learner,
             observation_space,
@@ -287,7 +287,7 @@ class AgentNode:
         if learning_due and self.state is NodeState.RUNNING:
             self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
             if self.waiting_for_updates is not None:
-                self.last_env_message_at = time.monotonic()  # the env server is waiting for us, not silent
+                self.env_client.heard(time.monotonic())  # the env server is waiting for us, not silent
                 if self.learner.gradient_steps_due() <= self.config.max_pending_gradient_steps:
                     message, self.waiting_for_updates = self.waiting_for_updates, None
                     self._act(message)
@@ -296,7 +296,7 @@ class AgentNode:
         deadlines = [
             self.membership.next_deadline(),
             self.control.next_status_at(self.status_every_s),
-            self.last_env_message_at + self.config.env_silence_timeout_s,
+            self.env_client.silence_deadline(self.config.env_silence_timeout_s),
         ]
         if (due := self.hub.next_due()) is not None:
             deadlines.append(due)
@@ -314,8 +314,8 @@ class AgentNode:
         if self.state is NodeState.AVERAGING:
             self._send_peers(self.consensus.on_timer(now))
             self._finish_consensus_if_done(now)
-            self.last_env_message_at = now  # the env server is waiting for us, not silent
-        silent_for = now - self.last_env_message_at
+            self.env_client.heard(now)  # the env server is waiting for us, not silent
+        silent_for = self.env_client.silent_for(now)
         if silent_for > self.config.env_silence_timeout_s:
             raise NodeFailure(f"no message from the env server for {silent_for:.1f} s")
 
@@ -323,14 +323,11 @@ class AgentNode:
 
     def _dispatch_env(self, envelope: Envelope) -> None:
         self.messages_handled += 1
-        self.last_env_message_at = time.monotonic()
-        message = envelope.message
-        if isinstance(message, m.EnvObservation):
-            self.on_observation(message)
-        elif isinstance(message, m.ErrorReply):
-            raise NodeFailure(f"env server refused a request: {message.code}: {message.message}")
-        else:
-            log.warning("unexpected %s from the env server", envelope.msg_type)
+        try:
+            observation = self.env_client.on_message(envelope.message, time.monotonic())
+        except EnvRefused as refusal:
+            raise NodeFailure(str(refusal)) from refusal
+        self.on_observation(observation)
 
     def _dispatch_peer(self, envelope: Envelope) -> None:
         self.messages_handled += 1
@@ -380,7 +377,7 @@ class AgentNode:
         agent = self.env_agent
         observations = message.observations[agent]
         actions = self.learner.act(observations, explore=True)
-        self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
+        self.env.send(self.env_client.answer(message, {agent: actions}))
         self.episodes.acted(observations, actions, message.active[agent])
         self.persistence.maybe_save(self.step, self.learner, self.episodes.episodes)
 
@@ -392,7 +389,7 @@ class AgentNode:
             return
         observations = message.observations[self.env_agent]
         actions = self.learner.act(observations, explore=False)
-        self.env.send(m.EnvAction(step=message.step, actions={self.env_agent: actions}, evaluation=True))
+        self.env.send(self.env_client.answer(message, {self.env_agent: actions}))
 
     def _record_transition(self, message: m.EnvObservation) -> None:
         assembled = self.episodes.observe(message)
@@ -508,10 +505,11 @@ class AgentNode:
 
     # ------------------------------------------------------------------ helpers
 
-    def _wait_env(self, message_type: type) -> Any:
+    def _wait_env(self, message_type: type, take: Callable[[Any], Any]) -> Any:
         message = self.env.wait_for(message_type, m.ErrorReply, timeout_s=self.startup_timeout_s)
         if message is None:
             raise NodeFailure(f"no {message_type.MSG_TYPE} from the env server within {self.startup_timeout_s} s")
-        if isinstance(message, m.ErrorReply):
-            raise NodeFailure(f"env server refused to let us join: {message.code}: {message.message}")
-        return message
+        try:
+            return take(message)
+        except EnvRefused as refusal:
+            raise NodeFailure(f"env server refused to let us join: {refusal}") from refusal

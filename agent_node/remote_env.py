@@ -6,19 +6,24 @@ the `env.observation` answer. It exists so code written against PettingZoo's API
 against Parley's env server unchanged, and so the server's semantics are checked by
 PettingZoo's own `parallel_api_test`.
 
+The protocol bookkeeping (requests, checking answers, decoding the welcome's spaces) is
+`agent_node.env_client.EnvClient`, shared with the agent node; this class adds the socket, the
+blocking waits and PettingZoo's dict-per-agent shapes.
+
 It needs a server that does not autoreset and hosts one copy (K = 1): a PettingZoo env is one
 environment whose episodes end until `reset` is called.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from pettingzoo import ParallelEnv
 
+from agent_node.env_client import EnvClient, EnvProtocolError, EnvRefused
 from protocols import messages as m
-from protocols.spaces import decode_space
 from protocols.transport import Hub
 
 
@@ -31,8 +36,9 @@ class RemoteParallelEnv(ParallelEnv):
         self._hub = Hub(sender=client_id, run_id="remote")
         self._channel = self._hub.connect_dealer(endpoint, name="env", identity=client_id)
         self._timeout_s = timeout_s
-        self._channel.send(m.EnvJoin(client_id=client_id, agents=[]))
-        welcome: m.EnvWelcome = self._wait(m.EnvWelcome)
+        self._client = EnvClient(client_id)  # no agents named: claim them all
+        self._channel.send(self._client.join())
+        welcome = self._wait(m.EnvWelcome, self._client.on_welcome)
         if welcome.num_copies != 1 or welcome.autoreset:
             self.close()
             raise RemoteEnvError(
@@ -42,9 +48,9 @@ class RemoteParallelEnv(ParallelEnv):
         self.metadata = {"name": welcome.env_name, "render_modes": [], "is_parallelizable": True}
         self.possible_agents = list(welcome.possible_agents)
         self.agents: list[str] = []
-        self.observation_spaces = {a: decode_space(s) for a, s in welcome.observation_spaces.items()}
-        self.action_spaces = {a: decode_space(s) for a, s in welcome.action_spaces.items()}
-        self._step_index = 0
+        self.observation_spaces = self._client.observation_spaces
+        self.action_spaces = self._client.action_spaces
+        self._last: m.EnvObservation | None = None  # the observation the next step answers
 
     def observation_space(self, agent: str):
         return self.observation_spaces[agent]
@@ -53,9 +59,8 @@ class RemoteParallelEnv(ParallelEnv):
         return self.action_spaces[agent]
 
     def reset(self, seed: int | None = None, options: dict | None = None):
-        self._channel.send(m.EnvReset(seed=seed))
-        reply: m.EnvObservation = self._wait(m.EnvObservation)
-        self._step_index = reply.step
+        self._channel.send(self._client.reset(seed))
+        reply = self._wait_observation()
         participants = [a for a in self.possible_agents if reply.active[a][0]]
         self.agents = participants
         observations = {a: _first_row(reply.observations[a]) for a in participants}
@@ -65,10 +70,11 @@ class RemoteParallelEnv(ParallelEnv):
         unknown = set(actions) - set(self.agents)
         if unknown:
             raise ValueError(f"actions for agents that are not live: {sorted(unknown)}; live: {self.agents}")
+        if self._last is None:
+            raise RemoteEnvError("step() before reset()")
         batched = {agent: _as_batch(action) for agent, action in actions.items()}
-        self._channel.send(m.EnvAction(step=self._step_index, actions=batched))
-        reply: m.EnvObservation = self._wait(m.EnvObservation)
-        self._step_index = reply.step
+        self._channel.send(self._client.answer(self._last, batched))
+        reply = self._wait_observation()
         participants = [a for a in self.possible_agents if reply.active[a][0]]
         observations = {a: _first_row(reply.observations[a]) for a in participants}
         rewards = {a: float(reply.rewards[a][0]) for a in participants}
@@ -80,13 +86,18 @@ class RemoteParallelEnv(ParallelEnv):
     def close(self) -> None:
         self._hub.close()
 
-    def _wait(self, message_type: type) -> Any:
+    def _wait_observation(self) -> m.EnvObservation:
+        self._last = self._wait(m.EnvObservation, lambda message: self._client.on_message(message, time.monotonic()))
+        return self._last
+
+    def _wait(self, message_type: type, take: Any) -> Any:
         message = self._channel.wait_for(message_type, m.ErrorReply, timeout_s=self._timeout_s)
         if message is None:
             raise RemoteEnvError(f"no {message_type.MSG_TYPE} from the env server within {self._timeout_s} s")
-        if isinstance(message, m.ErrorReply):
-            raise RemoteEnvError(f"env server refused: {message.code}: {message.message}")
-        return message
+        try:
+            return take(message)
+        except (EnvRefused, EnvProtocolError) as error:
+            raise RemoteEnvError(str(error)) from error
 
 
 def _first_row(batched: Any) -> Any:

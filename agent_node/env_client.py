@@ -1,0 +1,124 @@
+"""The client side of the env protocol, sans-IO: join, welcome, reset, observation, action.
+
+Both the agent node (one env agent over K copies, autoreset, lockstep with other clients) and
+`RemoteParallelEnv` (every agent of one copy, no autoreset) talk to the env server the same
+way; this class is the bookkeeping they share. It builds the requests, checks each answer
+against what was asked (a refusal becomes `EnvRefused` naming the server's code and message;
+an answer of the wrong type or for agents this client does not drive is an error), decodes the
+spaces of the welcome, and remembers when the server was last heard from, for the silence
+watchdog. The caller sends and receives: it never touches a socket or a clock.
+
+    client = EnvClient("agent_3", agent_indices=[3])
+    send(client.join())
+    client.on_welcome(receive())           # client.agents, client.num_copies, spaces ...
+    send(client.reset(seed=None))
+    observation = client.on_message(receive(), now)
+    send(client.answer(observation, {client.agents[0]: actions}))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+
+from protocols import messages as m
+from protocols.spaces import decode_space
+
+
+class EnvRefused(RuntimeError):
+    """The env server answered a request with an error reply."""
+
+
+class EnvProtocolError(RuntimeError):
+    """The env server (or the caller) broke the protocol: an unexpected message or agent."""
+
+
+class EnvClient:
+    def __init__(self, client_id: str, *, agents: list[str] | None = None, agent_indices: list[int] | None = None) -> None:
+        self.client_id = client_id
+        self._requested_agents = list(agents or [])
+        self._requested_indices = list(agent_indices or [])
+        self.welcome: m.EnvWelcome | None = None
+        self.agents: list[str] = []
+        self.observation_spaces: dict[str, gym.Space] = {}
+        self.action_spaces: dict[str, gym.Space] = {}
+        self.last_heard_at: float | None = None
+        self.messages_received = 0
+
+    # ------------------------------------------------------------------ requests
+
+    def join(self) -> m.EnvJoin:
+        return m.EnvJoin(client_id=self.client_id, agents=self._requested_agents, agent_indices=self._requested_indices)
+
+    def reset(self, seed: int | None = None) -> m.EnvReset:
+        self._require_welcome("reset")
+        return m.EnvReset(seed=seed)
+
+    def answer(self, observation: m.EnvObservation, actions: dict[str, Any]) -> m.EnvAction:
+        """The action message answering `observation` (same step, same training/evaluation mode)."""
+        self._require_welcome("answer")
+        unknown = set(actions) - set(self.agents)
+        if unknown:
+            raise EnvProtocolError(
+                f"actions for agents this client does not drive: {sorted(unknown)}; it drives {self.agents}"
+            )
+        return m.EnvAction(step=observation.step, actions=actions, evaluation=observation.evaluation)
+
+    # ------------------------------------------------------------------ answers
+
+    def on_welcome(self, message: Any) -> m.EnvWelcome:
+        """Take the server's answer to `join`; refusals raise `EnvRefused`."""
+        welcome = self._expect(message, m.EnvWelcome, "the answer to env.join")
+        if self._requested_indices and len(welcome.agents) != len(self._requested_indices):
+            raise EnvProtocolError(
+                f"asked for agent indices {self._requested_indices}, the env server granted {welcome.agents}"
+            )
+        if self._requested_agents and sorted(welcome.agents) != sorted(self._requested_agents):
+            raise EnvProtocolError(f"asked for agents {self._requested_agents}, the env server granted {welcome.agents}")
+        self.welcome = welcome
+        self.agents = list(welcome.agents)
+        self.observation_spaces = {a: decode_space(s) for a, s in welcome.observation_spaces.items()}
+        self.action_spaces = {a: decode_space(s) for a, s in welcome.action_spaces.items()}
+        return welcome
+
+    def on_message(self, message: Any, now: float) -> m.EnvObservation:
+        """Take one message from the env server after the welcome: an observation, or a refusal."""
+        self._require_welcome("receive observations")
+        self.heard(now)
+        observation = self._expect(message, m.EnvObservation, "an env.observation")
+        missing = [agent for agent in self.agents if agent not in observation.observations]
+        if missing:
+            raise EnvProtocolError(f"env.observation of step {observation.step} lacks this client's agents {missing}")
+        return observation
+
+    def heard(self, now: float) -> None:
+        """The server is known to be alive (or known to be waiting for us) at `now`."""
+        self.last_heard_at = now
+
+    def silent_for(self, now: float) -> float:
+        return 0.0 if self.last_heard_at is None else now - self.last_heard_at
+
+    def silence_deadline(self, timeout_s: float) -> float:
+        """When the server will have been silent for `timeout_s` (inf before it was first heard)."""
+        return math.inf if self.last_heard_at is None else self.last_heard_at + timeout_s
+
+    @property
+    def num_copies(self) -> int:
+        self._require_welcome("know the number of copies")
+        return self.welcome.num_copies
+
+    # ------------------------------------------------------------------ helpers
+
+    def _expect(self, message: Any, expected: type, what: str) -> Any:
+        self.messages_received += 1
+        if isinstance(message, m.ErrorReply):
+            raise EnvRefused(f"env server refused: {message.code}: {message.message}")
+        if not isinstance(message, expected):
+            raise EnvProtocolError(f"expected {what} ({expected.MSG_TYPE}), got {type(message).__name__}")
+        return message
+
+    def _require_welcome(self, action: str) -> None:
+        if self.welcome is None:
+            raise EnvProtocolError(f"cannot {action} before the env server's welcome (call join, then on_welcome)")
