@@ -41,12 +41,13 @@ from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGM
 from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.metrics import MetricsWriter
+from agent_node.peers import PeerMesh
 from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
-from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
+from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import agent_node_ids
 from protocols.topology import build_topology
@@ -131,8 +132,7 @@ class AgentNode:
         )
         self.peer_endpoint = self.peer_inbox.endpoint
         self.env: Channel | None = None
-        self.peers: dict[str, Channel] = {}  # neighbour id -> DEALER connected to its inbox
-        self.membership: MembershipEngine | None = None
+        self.mesh: PeerMesh | None = None  # links to the neighbours and their liveness, once known
         self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
 
         self.learner: Any = None
@@ -158,8 +158,8 @@ class AgentNode:
         check_transition(self.state, new)
         log.info("state %s -> %s", self.state.value, new.value)
         self.state = new
-        if self.membership is not None:
-            self.membership.state = new.value
+        if self.mesh is not None:
+            self.mesh.set_state(new.value)
 
     def begin_draining(self, reason: str) -> None:
         """Stop stepping; the loop ends and `_drain` persists and closes. Idempotent."""
@@ -176,20 +176,20 @@ class AgentNode:
         self.control.register("agent", {"peer": self.peer_endpoint})
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
-        for neighbour, endpoint in sorted(directory.neighbours.items()):
-            self.peers[neighbour] = self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
-        self.membership = MembershipEngine(
-            self.context.node_id,
-            sorted(self.peers),
-            heartbeat_every_s=self.heartbeat_every_s,
-            timeout_s=self.peer_timeout_s,
+        links = {
+            neighbour: self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
+            for neighbour, endpoint in sorted(directory.neighbours.items())
+        }
+        self.mesh = PeerMesh(
+            self.context.node_id, links, heartbeat_every_s=self.heartbeat_every_s, timeout_s=self.peer_timeout_s
         )
-        self.membership.start(None, now)
+        self.mesh.set_state(self.state.value)
+        self.mesh.start(now)
         self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
         # Which handler reads each channel (peers only ever write to our inbox, never reply on
         # the DEALERs we connected to them; anything arriving there is handled as a peer message).
         self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
-        self._dispatchers.update({channel.name: self._dispatch_peer for channel in self.peers.values()})
+        self._dispatchers.update({channel.name: self._dispatch_peer for channel in links.values()})
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._build_learner(welcome)
@@ -294,7 +294,7 @@ class AgentNode:
 
     def _next_deadline(self) -> float:
         deadlines = [
-            self.membership.next_deadline(),
+            self.mesh.next_deadline(),
             self.control.next_status_at(self.status_every_s),
             self.env_client.silence_deadline(self.config.env_silence_timeout_s),
         ]
@@ -306,9 +306,7 @@ class AgentNode:
 
     def _on_timers(self, now: float) -> None:
         self.hub.flush_due(now)
-        for peer, heartbeat in self.membership.on_timer(now):
-            self.peers[peer].send(heartbeat)
-        self._on_membership_events(self.membership.take_events())
+        self._on_membership_events(self.mesh.on_timer(now))
         if self.control.status_due(now, self.status_every_s):
             self._send_status(now)
         if self.state is NodeState.AVERAGING:
@@ -333,11 +331,10 @@ class AgentNode:
         self.messages_handled += 1
         now = time.monotonic()
         sender = envelope.sender
-        if sender not in self.peers:
-            log.warning("dropped %s from %r, which is not a neighbour", envelope.msg_type, sender)
-            return
-        self.membership.on_message(sender, envelope.message, now)
-        self._on_membership_events(self.membership.take_events())
+        accepted, events = self.mesh.accept(sender, envelope.message, now)
+        self._on_membership_events(events)
+        if accepted is None:
+            return  # not a neighbour; the mesh logged and counted it
         handler = self.PEER_HANDLERS.get(type(envelope.message))
         if handler is None:
             log.warning("no handler for %s from %s", envelope.msg_type, sender)
@@ -441,14 +438,13 @@ class AgentNode:
         self._act(finished.held)
 
     def _send_peers(self, outgoing: list) -> None:
-        for destination, message in outgoing:
-            self.peers[destination].send(message)
+        self.mesh.send(outgoing)
 
     def _on_membership_events(self, events: list) -> None:
         for event in events:
             if isinstance(event, PeerDown):
                 log.warning("neighbour %s is down (silent for %.1f s)", event.peer, event.silent_for_s)
-                self.metrics.write(self.step, {"membership/peers_alive": len(self.membership.alive_peers())})
+                self.metrics.write(self.step, {"membership/peers_alive": len(self.mesh.alive_peers())})
                 if self.consensus is not None:
                     self._send_peers(self.consensus.on_neighbour_down(event.peer, time.monotonic()))
             elif isinstance(event, PeerUp):
@@ -469,7 +465,7 @@ class AgentNode:
             episode=self.episodes.episodes if self.episodes else 0,
             last_return=self.episodes.last_return if self.episodes else None,
             msgs_per_s=self.messages_handled / elapsed,
-            extra={"membership/peers_alive": float(len(self.membership.alive_peers()))} if self.membership else {},
+            extra={"membership/peers_alive": float(len(self.mesh.alive_peers()))} if self.mesh else {},
         )
 
     def _restore(self) -> None:

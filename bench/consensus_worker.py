@@ -49,15 +49,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
 
+from agent_node.peers import PeerMesh  # noqa: E402
 from protocols.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
 from protocols.messages import Heartbeat  # noqa: E402
 from protocols.topology import metropolis_weights, ring  # noqa: E402
-from protocols.transport import Channel, Hub  # noqa: E402
+from protocols.transport import Hub  # noqa: E402
 
 RUN_ID = "bench-consensus"
 # Generous on purpose: a healthy run never reaches it, and a round that does is reported as an
 # error rather than timed (a timed-out round would measure the timeout, not the exchange).
 ROUND_TIMEOUT_S = 30.0
+# The mesh's heartbeat period here: the first heartbeats are the handshake's hello, and none
+# follows while runs are timed (a bench run lasts minutes, far below this).
+HELLO_ONLY_HEARTBEAT_S = 3600.0
 HANDSHAKE_TIMEOUT_S = 120.0  # 2x8 Python processes importing numpy on 2 loaded cores
 COMMAND_TIMEOUT_S = 600.0  # the parent may be busy with another mode's runs for a while
 RAW_HEADER = struct.Struct("<qq")  # (run number, round); round -1 marks the hello
@@ -91,39 +95,44 @@ class ParleyPeer:
         self.self_weight = self_weight
         self.hub = Hub(sender=node, run_id=RUN_ID)
         self.inbox = self.hub.bind_router(socket_endpoint(socket_dir, "parley", node), name="inbox")
-        self.peers: dict[str, Channel] = {
+        links = {
             neighbour: self.hub.connect_dealer(socket_endpoint(socket_dir, "parley", neighbour), name=neighbour, identity=node)
             for neighbour in sorted(neighbour_weights)
         }
+        # The agent node's peer mesh; its heartbeats serve as the hello of the handshake, and
+        # their period is long enough that none goes out during the timed runs.
+        self.mesh = PeerMesh(node, links, heartbeat_every_s=HELLO_ONLY_HEARTBEAT_S, timeout_s=2 * HELLO_ONLY_HEARTBEAT_S)
 
     def handshake(self, timeout_s: float) -> None:
         """Say hello to every neighbour and wait for theirs: afterwards both directions of every
         link carry messages (a DEALER queues what it sends until the peer has bound)."""
-        for channel in self.peers.values():
-            channel.send(Heartbeat(node_id=self.node, incarnation=0, state="ready"))
-        waiting_for = set(self.peers)
+        self.mesh.set_state("ready")
+        self.mesh.start(time.monotonic())
         deadline = time.monotonic() + timeout_s
-        while waiting_for:
+        while (waiting_for := set(self.mesh.neighbours) - set(self.mesh.alive_peers())):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{self.node} (parley): no hello from {sorted(waiting_for)} within {timeout_s} s")
             if self.inbox in self.hub.wait(remaining):
                 for envelope in self.inbox.recv_all():
-                    if not isinstance(envelope.message, Heartbeat) or envelope.sender not in waiting_for:
+                    accepted, _ = self.mesh.accept(envelope.sender, envelope.message, time.monotonic())
+                    if accepted is None or not isinstance(envelope.message, Heartbeat):
                         raise RuntimeError(f"{self.node} (parley): expected a hello, got {envelope.msg_type} from {envelope.sender!r}")
-                    waiting_for.discard(envelope.sender)
 
     def run(self, tensor: np.ndarray, rounds: int, run_number: int) -> tuple[np.ndarray, float]:
         """`rounds` synchronous rounds from `tensor`; returns the result and the seconds taken."""
         engine = SyncConsensus(self.node, self.neighbour_weights, self.self_weight, rounds, ROUND_TIMEOUT_S)
         start = time.monotonic()
-        self._send(engine.start(ConsensusRequest({"x": tensor}, run_number), now=start))
+        self.mesh.send(engine.start(ConsensusRequest({"x": tensor}, run_number), now=start))
         while not engine.done:
             if self.inbox in self.hub.wait(max(0.0, engine.next_deadline() - time.monotonic())):
                 for envelope in self.inbox.recv_all():
                     # Send the next round's shares as soon as a round completes, not after the batch.
-                    self._send(engine.on_message(envelope.sender, envelope.message, time.monotonic()))
-            self._send(engine.on_timer(time.monotonic()))
+                    now = time.monotonic()
+                    accepted, _ = self.mesh.accept(envelope.sender, envelope.message, now)
+                    if accepted is not None:
+                        self.mesh.send(engine.on_message(accepted.sender, accepted.message, now))
+            self.mesh.send(engine.on_timer(time.monotonic()))
         elapsed = time.monotonic() - start
         late = [(r, missing) for r, missing in enumerate(engine.missing_by_round) if missing]
         if late:
@@ -134,10 +143,6 @@ class ParleyPeer:
                 f"{self.inbox.stats.dropped_invalid} invalid message(s) dropped"
             )
         return engine.result["x"], elapsed
-
-    def _send(self, outgoing: list[tuple[str, object]]) -> None:
-        for destination, message in outgoing:
-            self.peers[destination].send(message)
 
     def close(self) -> None:
         self.hub.close()

@@ -1,0 +1,89 @@
+"""The peer mesh: this node's links to its topology neighbours and who among them is alive.
+
+Each neighbour gets one outgoing link (a DEALER connected to the neighbour's inbox, made by the
+transport hub); everything neighbours send arrives on this node's own inbox. The mesh owns
+those links and the membership engine, so every user of the mesh — the agent node, the
+consensus bench worker — sends engine output the same way (`send`), hears heartbeats the same
+way (`accept`), and gets the same up/down/restarted events (`on_timer`, `accept`).
+
+It holds no socket logic of its own: a link is anything with `send(message)` (a transport
+`Channel` in production, a recording list in the unit tests), and time is passed in.
+Messages from a node that is not a neighbour are dropped and counted, never handled.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+from protocols.engine import Outgoing
+from protocols.membership import MembershipEngine, MembershipEvent
+
+log = logging.getLogger("agent_node.peers")
+
+
+class Link(Protocol):
+    def send(self, message: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class PeerMessage:
+    sender: str
+    message: Any
+
+
+class PeerMesh:
+    def __init__(
+        self, node_id: str, links: Mapping[str, Link], *, heartbeat_every_s: float, timeout_s: float, incarnation: int = 0
+    ) -> None:
+        self.node_id = node_id
+        self.links = dict(links)
+        self.membership = MembershipEngine(
+            node_id, sorted(self.links), heartbeat_every_s=heartbeat_every_s, timeout_s=timeout_s, incarnation=incarnation
+        )
+        self.dropped_from_strangers = 0
+
+    @property
+    def neighbours(self) -> list[str]:
+        return sorted(self.links)
+
+    def start(self, now: float) -> None:
+        """Start counting silence from `now` and send the first heartbeats."""
+        self.send(self.membership.start(None, now))
+
+    def set_state(self, state: str) -> None:
+        """The node's state, carried in its heartbeats."""
+        self.membership.state = state
+
+    def send(self, outgoing: list[Outgoing]) -> None:
+        """Send engine output: each `(destination, message)` pair over that neighbour's link."""
+        for destination, message in outgoing:
+            link = self.links.get(destination)
+            if link is None:
+                raise ValueError(
+                    f"{self.node_id}: an engine addressed {type(message).__name__} to {destination!r}, "
+                    f"which is not a neighbour (neighbours: {self.neighbours})"
+                )
+            link.send(message)
+
+    def accept(self, sender: str, message: Any, now: float) -> tuple[PeerMessage | None, list[MembershipEvent]]:
+        """A message that arrived on the inbox: any message is a sign of life. Returns it for
+        dispatch (None when the sender is not a neighbour) and the membership events it caused."""
+        if sender not in self.links:
+            self.dropped_from_strangers += 1
+            log.warning("dropped %s from %r, which is not a neighbour", type(message).__name__, sender)
+            return None, []
+        self.membership.on_message(sender, message, now)
+        return PeerMessage(sender, message), self.membership.take_events()
+
+    def on_timer(self, now: float) -> list[MembershipEvent]:
+        """Heartbeats due by `now` go out; returns the events (peers declared down, ...)."""
+        self.send(self.membership.on_timer(now))
+        return self.membership.take_events()
+
+    def next_deadline(self) -> float | None:
+        return self.membership.next_deadline()
+
+    def alive_peers(self) -> list[str]:
+        return self.membership.alive_peers()
