@@ -15,6 +15,15 @@ flows like this:
                         pick actions (Actor) ─▶ env.action
     (while the env server waits for the other agents) ─▶ a few gradient steps (Learner)
 
+The node wires sans-IO parts, each unit-tested without sockets, and routes every message
+through one table (`AgentNode.HANDLERS`: message type -> the source it must come from, handler):
+
+- `env_client.EnvClient`            join / welcome / reset / observation / action bookkeeping
+- `transitions.TransitionAssembler` observations -> Transition rows and finished episodes
+- `consensus_session.ConsensusSession` the held observation while the neighbours average
+- `peers.PeerMesh`                  links to the neighbours and their liveness (membership)
+- `persistence.NodePersistence`     checkpoint + replay buffer on disk, one atomic-write helper
+
 Learning is done in bounded slices between network events, so a long learner update can delay
 heartbeats by one slice at most.
 
@@ -55,6 +64,9 @@ from protocols.transport import Channel, Hub, SocketOptions
 from protocols.wire import Envelope
 
 log = logging.getLogger("agent_node")
+
+# Where a message came from: the channel it arrived on (see `AgentNode.HANDLERS`).
+ENV, PEERS, CONTROL = "env server", "neighbour", "orchestrator"
 
 RUN_BUDGET_SPENT = "run budget spent"  # the stop reason of a run that ended normally
 
@@ -186,10 +198,10 @@ class AgentNode:
         self.mesh.set_state(self.state.value)
         self.mesh.start(now)
         self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
-        # Which handler reads each channel (peers only ever write to our inbox, never reply on
-        # the DEALERs we connected to them; anything arriving there is handled as a peer message).
-        self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
-        self._dispatchers.update({channel.name: self._dispatch_peer for channel in links.values()})
+        # Which source each channel is (peers only ever write to our inbox, never reply on the
+        # DEALERs we connected to them; anything arriving there is treated as from that peer).
+        self._sources = {"env": ENV, "peers": PEERS, "control": CONTROL}
+        self._sources.update({channel.name: PEERS for channel in links.values()})
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._build_learner(welcome)
@@ -280,9 +292,9 @@ class AgentNode:
         )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         for channel in self.hub.wait(timeout):
-            dispatch = self._dispatchers[channel.name]
+            source = self._sources[channel.name]
             for envelope in channel.recv_all():
-                dispatch(envelope)
+                self._dispatch(source, envelope)
         self._on_timers(time.monotonic())
         if learning_due and self.state is NodeState.RUNNING:
             self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
@@ -319,32 +331,25 @@ class AgentNode:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch_env(self, envelope: Envelope) -> None:
-        self.messages_handled += 1
-        try:
-            observation = self.env_client.on_message(envelope.message, time.monotonic())
-        except EnvRefused as refusal:
-            raise NodeFailure(str(refusal)) from refusal
-        self.on_observation(observation)
-
-    def _dispatch_peer(self, envelope: Envelope) -> None:
+    def _dispatch(self, source: str, envelope: Envelope) -> None:
+        """Route one message through `HANDLERS`: it must come from the source its type belongs
+        to (a neighbour cannot pose as the env server or the orchestrator)."""
         self.messages_handled += 1
         now = time.monotonic()
-        sender = envelope.sender
-        accepted, events = self.mesh.accept(sender, envelope.message, now)
-        self._on_membership_events(events)
-        if accepted is None:
-            return  # not a neighbour; the mesh logged and counted it
-        handler = self.PEER_HANDLERS.get(type(envelope.message))
-        if handler is None:
-            log.warning("no handler for %s from %s", envelope.msg_type, sender)
+        message = envelope.message
+        if source == ENV:
+            self.env_client.heard(now)
+        elif source == PEERS:
+            accepted, events = self.mesh.accept(envelope.sender, message, now)
+            self._on_membership_events(events)
+            if accepted is None:
+                return  # not a neighbour; the mesh logged and counted it
+        expected_source, handler = self.HANDLERS.get(type(message), (None, None))
+        if handler is None or expected_source != source:
+            if source != CONTROL:  # the orchestrator's other messages are answers the loop does not wait for
+                log.warning("dropped %s from %s %r: no handler for it from there", envelope.msg_type, source, envelope.sender)
             return
-        handler(self, sender, envelope.message, now)
-
-    def _dispatch_control(self, envelope: Envelope) -> None:
-        self.messages_handled += 1
-        if isinstance(envelope.message, m.Shutdown):
-            self.begin_draining(envelope.message.reason)
+        handler(self, envelope.sender, message, now)
 
     # ------------------------------------------------------------------ handlers
 
@@ -402,6 +407,15 @@ class AgentNode:
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
 
+    def on_env_observation(self, sender: str, message: m.EnvObservation, now: float) -> None:
+        self.on_observation(self.env_client.on_message(message, now))
+
+    def on_env_error(self, sender: str, refusal: m.ErrorReply, now: float) -> None:
+        raise NodeFailure(f"env server refused a request: {refusal.code}: {refusal.message}")
+
+    def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
+        self.begin_draining(shutdown.reason)
+
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         pass  # membership has already taken it as a sign of life and read its incarnation
 
@@ -414,10 +428,14 @@ class AgentNode:
         self._send_peers(self.consensus.on_message(sender, share, now))
         self._finish_consensus_if_done(now)
 
-    PEER_HANDLERS: dict[type, Callable] = {
-        m.Heartbeat: on_heartbeat,
-        ConsensusShare: on_consensus_share,
-        PushSumShare: on_consensus_share,
+    # The one dispatch table: message type -> (where it must come from, its handler).
+    HANDLERS: dict[type, tuple[str, Callable]] = {
+        m.EnvObservation: (ENV, on_env_observation),
+        m.ErrorReply: (ENV, on_env_error),
+        m.Shutdown: (CONTROL, on_shutdown),
+        m.Heartbeat: (PEERS, on_heartbeat),
+        ConsensusShare: (PEERS, on_consensus_share),
+        PushSumShare: (PEERS, on_consensus_share),
     }
 
     # ------------------------------------------------------------------ consensus
