@@ -77,17 +77,34 @@ class LocalBackend:
                 pass
 
 
+def make_backend(config: RunConfig, events: EventLog):
+    if config.launch.backend == "ssh":
+        from orchestrator.backends.ssh import SshBackend
+
+        return SshBackend(config, events)
+    return LocalBackend()
+
+
+def with_host(endpoint: str, host: str) -> str:
+    """`tcp://<any>:<port>` with its host replaced; other endpoints unchanged."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    port = endpoint.rsplit(":", 1)[1]
+    return f"tcp://{host}:{port}"
+
+
 class Orchestrator:
     def __init__(self, plan: LaunchPlan, config: RunConfig) -> None:
         self.config = config
         self.events = EventLog(plan.run_dir / "events.jsonl")
-        self.backend = LocalBackend()
+        self.backend = make_backend(config, self.events)
         self.hub = Hub(
             sender=ORCHESTRATOR_ID,
             run_id=plan.run_id,
             options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
         )
-        self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=config.network.advertised_host())
+        control_host = config.launch.control_host or config.network.advertised_host()
+        self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=control_host)
         # With tcp the plan asks for any free port; the nodes must be told the one we got.
         self.plan = plan = plan.with_control_endpoint(self.control.endpoint)
         self.nodes = {launch.node_id: NodeRecord(launch) for launch in plan.nodes}
@@ -181,6 +198,10 @@ class Orchestrator:
 
     def on_register(self, node: NodeRecord, message: m.Register) -> None:
         node.endpoints = dict(message.endpoints)
+        advertised_host = getattr(self.backend, "advertised_host", None)
+        if advertised_host is not None:
+            # On another host the node binds e.g. 0.0.0.0; peers reach it at its host's address.
+            node.endpoints = {name: with_host(endpoint, advertised_host(node.launch.node_id)) for name, endpoint in node.endpoints.items()}
         node.registered = True
         self.events.write("registered", node.launch.node_id, endpoints=node.endpoints, pid=message.pid, host=message.host)
         if all(n.registered for n in self.nodes.values()):
@@ -241,6 +262,8 @@ class Orchestrator:
                 if node.exit_code is None:
                     node.exit_code = code
                     self.events.write("exited", node_id, code=code, expected=True)
+            if hasattr(self.backend, "finish"):
+                self.backend.finish(node)
             if node.log_file is not None:
                 node.log_file.close()
 

@@ -1,0 +1,123 @@
+"""The SSH launch backend across "hosts": network namespaces on one machine, sshd in each.
+
+The orchestrator runs in a launcher namespace; the env server and three agents are spread over
+three host namespaces, each reached over ssh at its own address. Skipped, with the reason, where
+namespaces or sshd are not available (needs root; CI runs as root).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.integration.netns import NamespaceCluster, unavailable_reason
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+
+_reason = unavailable_reason()
+requires_namespaces = pytest.mark.skipif(_reason is not None, reason=f"multi-host tests: {_reason}")
+
+PLACEMENT = {"h1": ["env", "agent_0"], "h2": ["agent_1"], "h3": ["agent_2"]}
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = NamespaceCluster(directory=tmp_path)
+    try:
+        cluster.build(["launcher", "h1", "h2", "h3"], sshd_on=["h1", "h2", "h3"])
+        for host in PLACEMENT:
+            cluster.wait_for_ssh("launcher", host)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def ssh_run_config(cluster: NamespaceCluster, tmp_path: Path, hosts: dict[str, list[str]]) -> Path:
+    config = yaml.safe_load((REPO / "configs/tiny_star_tcp.yaml").read_text())
+    config["run"]["name"] = "ssh_netns"
+    config["network"] = {"transport": "tcp", "bind_host": "0.0.0.0"}
+    config["launch"] = {
+        "backend": "ssh",
+        "shutdown_timeout_s": 10.0,
+        "live_view": "off",
+        "control_host": cluster.hosts["launcher"].address,
+        "hosts": [
+            {
+                "address": cluster.hosts[name].address,
+                "user": "root",
+                "identity_file": str(cluster.client_key),
+                "known_hosts_file": str(cluster.known_hosts),
+                "python": sys.executable,
+                "project_root": str(REPO),
+                "workdir": str(tmp_path / f"remote_{name}"),
+                "nodes": nodes,
+            }
+            for name, nodes in hosts.items()
+        ],
+    }
+    path = tmp_path / "ssh_netns.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def orchestrate_in(cluster: NamespaceCluster, config: Path, run_dir: Path, timeout_s: float = 240):
+    return cluster.exec(
+        "launcher", [sys.executable, "-m", "orchestrator", "up", str(config), "--run-dir", str(run_dir)], timeout=timeout_s
+    )
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+@requires_namespaces
+def test_run_across_three_namespaces_over_ssh_exits_0(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    done = orchestrate_in(cluster, ssh_run_config(cluster, tmp_path, PLACEMENT), run_dir)
+    assert done.returncode == 0, done.stderr.decode()[-4000:]
+    events = events_of(run_dir)
+    # Every node registered with endpoints at its own host's address, not the wildcard it bound.
+    for event in (e for e in events if e["event"] == "registered"):
+        host = next(h for h, nodes in PLACEMENT.items() if event["node"] in nodes)
+        for endpoint in event["endpoints"].values():
+            assert endpoint.startswith(f"tcp://{cluster.hosts[host].address}:"), (event["node"], endpoint)
+    assert {e["node"] for e in events if e["event"] == "registered"} == {"env", "agent_0", "agent_1", "agent_2"}
+    # Logs were streamed back, metrics gathered back into the launching machine's run dir.
+    for node in ("env", "agent_0", "agent_1", "agent_2"):
+        assert (run_dir / "nodes" / node / "log").exists()
+        assert {e["node"] for e in events if e["event"] == "gathered"} >= {node}
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        metrics = (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()
+        assert metrics, f"{agent}: no metrics gathered"
+    # The nodes really wrote on their hosts' workdirs (not straight into the local run dir).
+    run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
+    assert (tmp_path / "remote_h2" / run_id / "nodes" / "agent_1" / "metrics.jsonl").exists()
+    # And nothing was left running in the host namespaces.
+    for host in PLACEMENT:
+        pids = subprocess.run(["ip", "netns", "pids", cluster.hosts[host].namespace], capture_output=True).stdout.split()
+        sshd_pid = str(cluster.hosts[host].sshd.pid)
+        leftovers = [p for p in pids if p.decode() != sshd_pid and b"--node-id" in Path(f"/proc/{p.decode()}/cmdline").read_bytes()]
+        assert not leftovers, f"{host}: node processes survived the run: {leftovers}"
+
+
+@requires_namespaces
+def test_unreachable_host_reports_its_node_dead(cluster, tmp_path):
+    # agent_2's host has no route from the launcher: its bridge port is down before launch.
+    cluster.cut("h3")
+    run_dir = tmp_path / "run"
+    done = orchestrate_in(cluster, ssh_run_config(cluster, tmp_path, PLACEMENT), run_dir)
+    assert done.returncode == 1, done.stderr.decode()[-4000:]
+    events = events_of(run_dir)
+    unreachable = [e for e in events if e["event"] == "host_unreachable"]
+    assert [e["node"] for e in unreachable] == ["agent_2"]
+    assert unreachable[0]["host"] == cluster.hosts["h3"].address
+    exited = {e["node"]: e for e in events if e["event"] == "exited"}
+    assert exited["agent_2"]["code"] == 255 and not exited["agent_2"]["expected"]
+    finished = next(e for e in events if e["event"] == "run_finished")
+    assert "agent_2" in finished["reason"]
