@@ -30,6 +30,9 @@ class SshHost(BaseModel):
     project_root: str = Field(min_length=1)
     # Where the node's run files live on that host: <workdir>/<run id>/ mirrors the run dir.
     workdir: str = Field(min_length=1)
+    # A connection silent this long (ssh's ServerAlive probes unanswered) ends the node's ssh
+    # session: the orchestrator then reports the node dead. Longer tolerates short partitions.
+    alive_timeout_s: float = Field(6.0, ge=2.0)
     # Node ids that run on this host (`env`, `agent_0`, ...).
     nodes: list[str] = Field(min_length=1)
 

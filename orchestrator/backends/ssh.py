@@ -21,12 +21,13 @@ What travels where:
 
 A host that cannot be reached makes its node's ssh exit 255: the orchestrator sees that node
 exit and reports it dead, like a crashed local node. ssh's ServerAlive probes end the
-connection of a host that vanishes mid-run within `ALIVE_INTERVAL_S * ALIVE_COUNT` seconds.
+connection of a host that vanishes mid-run after its `alive_timeout_s` (default 6 s).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import shlex
 import signal
 import subprocess
@@ -40,7 +41,6 @@ from orchestrator.config import RunConfig
 
 CONNECT_TIMEOUT_S = 5
 ALIVE_INTERVAL_S = 2
-ALIVE_COUNT = 3
 # Longest wait for one short command (ship files, send a signal, gather files).
 COMMAND_TIMEOUT_S = 60.0
 PID_FILENAME = "pid"
@@ -57,7 +57,7 @@ def ssh_argv(host: SshHost, remote_command: str) -> list[str]:
         "-o", "BatchMode=yes",  # never prompt: a missing key is an error, not a hang
         "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}",
         "-o", f"ServerAliveInterval={ALIVE_INTERVAL_S}",
-        "-o", f"ServerAliveCountMax={ALIVE_COUNT}",
+        "-o", f"ServerAliveCountMax={max(1, math.ceil(host.alive_timeout_s / ALIVE_INTERVAL_S))}",
         "-o", "StrictHostKeyChecking=yes",
         "-o", "LogLevel=ERROR",
         "-p", str(host.port),

@@ -121,3 +121,70 @@ def test_unreachable_host_reports_its_node_dead(cluster, tmp_path):
     assert exited["agent_2"]["code"] == 255 and not exited["agent_2"]["expected"]
     finished = next(e for e in events if e["event"] == "run_finished")
     assert "agent_2" in finished["reason"]
+
+
+def consensus_episodes(metrics_path: Path) -> list[list[dict]]:
+    """Each finished consensus of an agent: its per-round metric lines, grouped by the step it ran at."""
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    by_step: dict[int, list[dict]] = {}
+    for line in lines:
+        if "consensus/round" in line:
+            by_step.setdefault(line["step"], []).append(line)
+    return [sorted(rounds, key=lambda r: r["consensus/round"]) for _, rounds in sorted(by_step.items())]
+
+
+@requires_namespaces
+def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
+    """Cut agent_2's host off the bridge for longer than the membership timeout, heal it, and
+    check that consensus rounds after the heal include every neighbour and converge."""
+    import time
+
+    config_path = ssh_run_config(cluster, tmp_path, PLACEMENT)
+    config = yaml.safe_load(config_path.read_text())
+    og_marl = yaml.safe_load((REPO / "configs/tiny_og_marl.yaml").read_text())
+    for section in ("env", "agents", "topology", "protocols"):
+        config[section] = og_marl[section]
+    config["run"] = {**og_marl["run"], "name": "ssh_partition", "steps": 600}
+    config["protocols"]["membership"] = {"heartbeat_every_s": 0.5, "timeout_s": 3.0}
+    for host in config["launch"]["hosts"]:
+        host["alive_timeout_s"] = 60.0  # the ssh sessions outlive the partition; the protocols must not
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    run_dir = tmp_path / "run"
+    orchestrator = cluster.popen(
+        "launcher", [sys.executable, "-m", "orchestrator", "up", str(config_path), "--run-dir", str(run_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "events.jsonl").exists() or '"started"' not in (run_dir / "events.jsonl").read_text():
+            assert orchestrator.poll() is None, orchestrator.stderr.read().decode()[-4000:]
+            assert time.monotonic() < deadline, "the run did not start within 180 s"
+            time.sleep(0.2)
+        time.sleep(5.0)  # a few consensus rounds with everyone connected first
+        cluster.cut("h3")
+        cut_at = time.time()
+        time.sleep(8.0)  # the partition itself: longer than membership.timeout_s (3 s)
+        cluster.heal("h3")
+        healed_at = time.time()
+        stderr = orchestrator.communicate(timeout=240)[1]
+    finally:
+        if orchestrator.poll() is None:
+            orchestrator.kill()
+            orchestrator.wait()
+    assert orchestrator.returncode == 0, stderr.decode()[-4000:]
+
+    lines = [json.loads(line) for line in (run_dir / "nodes/agent_0/metrics.jsonl").read_text().splitlines() if line.strip()]
+    alive_during_cut = [line["membership/peers_alive"] for line in lines if "membership/peers_alive" in line and line["t"] >= cut_at]
+    assert alive_during_cut and min(alive_during_cut) < 2, f"agent_0 never saw agent_2 go down: {alive_during_cut}"
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        episodes = consensus_episodes(run_dir / "nodes" / agent / "metrics.jsonl")
+        after_heal = [rounds for rounds in episodes if rounds[0]["t"] > healed_at + 5.0]
+        assert after_heal, f"{agent}: no consensus started after the heal ({len(episodes)} in all)"
+        for rounds in after_heal:
+            assert all(r["consensus/missing_neighbours"] == 0 for r in rounds), (agent, rounds[-1])
+        moved = [rounds for rounds in after_heal if rounds[0]["consensus/disagreement_max"] > 0]
+        assert moved, f"{agent}: every consensus after the heal started already agreed; nothing to re-converge"
+        for rounds in moved:
+            first, last = rounds[0]["consensus/disagreement_max"], rounds[-1]["consensus/disagreement_max"]
+            assert last <= 0.01 * first, (agent, rounds[0]["step"], first, last)
