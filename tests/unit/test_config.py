@@ -150,7 +150,8 @@ def test_agent_count_must_be_positive() -> None:
 
 
 def test_later_backends_are_refused_with_a_clear_message() -> None:
-    assert only_problem("launch.backend=ssh") == "launch.backend: expected 'local'; the 'ssh' backend is not implemented yet"
+    # ssh is implemented (tests/unit/test_ssh_backend.py); without hosts it says what is missing.
+    assert only_problem("launch.backend=ssh") == "launch.hosts: expected at least one host with backend 'ssh', got none"
     assert only_problem("launch.backend=ray").endswith("the 'ray' backend is not implemented yet")
 
 
