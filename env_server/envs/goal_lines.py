@@ -12,7 +12,7 @@
 
 The grid version of the Dec-IMSAP room (ALGORITHMS.md section 2; Nisioti et al., arXiv 2211.06082,
 public code `Reytuag/imgc-marl`). The reference is continuous 2D physics; this grid keeps its goal
-and reward logic and runs in microseconds per step on a CPU.
+and reward logic and is cheap to step on a CPU.
 
 ## Room and landmarks
 
