@@ -8,8 +8,9 @@ stays the same as for a local child. A Python SSH library would add a dependency
 event loop per connection to the orchestrator's single loop.
 
 What travels where:
-- shipped before start: `resolved.yaml`, with `runtime.run_dir` rewritten to the host's
-  `<workdir>/<run id>` (written over the same ssh connection's stdin, mode 0600);
+- shipped before start: `resolved.yaml`, with `runtime.run_dir` (and `keys_dir`) rewritten to
+  the host's `<workdir>/<run id>`, and with authentication on the run's key files and the node's
+  own key (a tar stream over ssh's stdin, files 0600 under umask 077);
 - streamed while running: the node's stdout and stderr, through ssh into the local
   `nodes/<id>/log`, so `orchestrate logs` follows a remote node like a local one; its status
   reaches `orchestrate status` through the control channel as for a local node;
@@ -38,6 +39,7 @@ import yaml
 
 from orchestrator.backends.hosts import SshHost
 from orchestrator.config import RunConfig
+from protocols.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME, PUBLIC_KEYS_FILENAME, RUN_KEYS_FILENAME
 
 CONNECT_TIMEOUT_S = 5
 ALIVE_INTERVAL_S = 2
@@ -118,12 +120,37 @@ class SshBackend:
         return self.host_of[node_id].address
 
     def shipped_config(self, node_id: str) -> bytes:
-        """resolved.yaml as the node on its host reads it: the run dir is the host's copy."""
+        """resolved.yaml as the node on its host reads it: the run dir (and key dir) are the host's copy."""
         data = yaml.safe_load((self.local_run_dir / "resolved.yaml").read_text())
         data["runtime"]["run_dir"] = self.remote_run_dir(node_id)
+        if data["runtime"].get("keys_dir"):
+            data["runtime"]["keys_dir"] = f"{self.remote_run_dir(node_id)}/{KEYS_DIRNAME}"
         return yaml.safe_dump(data, sort_keys=False).encode()
 
+    def shipped_files(self, node_id: str) -> bytes:
+        """A tar of what the node needs on its host: its resolved.yaml and, with authentication on,
+        the run's key files and its own key (never another node's secret key)."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            def add(name: str, content: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(content), 0o600
+                tar.addfile(info, io.BytesIO(content))
+
+            add("resolved.yaml", self.shipped_config(node_id))
+            keys_dir = self.config.runtime.keys_dir
+            if keys_dir:
+                for relative in (RUN_KEYS_FILENAME, PUBLIC_KEYS_FILENAME, f"{NODE_KEYS_DIRNAME}/{node_id}.json"):
+                    add(f"{KEYS_DIRNAME}/{relative}", (Path(keys_dir) / relative).read_bytes())
+        return buffer.getvalue()
+
     # ------------------------------------------------------------------ the backend interface
+
+    def prepare(self) -> None:
+        """Nothing to prepare ahead: each host is reached when its first node starts."""
+
+    def close(self) -> None:
+        """Nothing held between nodes: every ssh session belongs to one node and is reaped with it."""
 
     def start(self, node) -> None:
         launch = node.launch
@@ -135,9 +162,10 @@ class SshBackend:
         try:
             ship = (
                 f"umask 077 && mkdir -p {shlex.quote(node_dir)}/checkpoints {shlex.quote(node_dir)}/replay "
-                f"{shlex.quote(run_dir)}/tb && cat > {shlex.quote(run_dir)}/resolved.yaml"
+                f"{shlex.quote(run_dir)}/tb {shlex.quote(run_dir)}/{KEYS_DIRNAME}/{NODE_KEYS_DIRNAME} "
+                f"&& tar -xf - -C {shlex.quote(run_dir)}"
             )
-            run_over_ssh(host, ship, stdin=self.shipped_config(launch.node_id))
+            run_over_ssh(host, ship, stdin=self.shipped_files(launch.node_id))
         except SshError as error:
             node.log_file.write(f"[parley ssh backend] {error}\n".encode())
             node.log_file.flush()

@@ -124,11 +124,16 @@ def strategy_for(hint: Any) -> st.SearchStrategy:
         return st.tuples(*(strategy_for(arg) for arg in args))
     if origin is dict:
         return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=3)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested typed record
+        return record_strategy(hint)
     raise TypeError(f"test strategy: no strategy for annotation {hint!r}; teach strategy_for about it")
 
 
 def message_strategy(msg_type: str) -> st.SearchStrategy:
-    cls = MESSAGE_TYPES[msg_type]
+    return record_strategy(MESSAGE_TYPES[msg_type])
+
+
+def record_strategy(cls: type) -> st.SearchStrategy:
     hints = typing.get_type_hints(cls)
     fields = {f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)}
     return st.fixed_dictionaries(fields).map(lambda values: cls(**values))
@@ -203,10 +208,11 @@ def as_memoryview_frames(frames: list[Any]) -> list[memoryview]:
     return views
 
 
-def sign(key: bytes, header: bytes, parent: bytes, body: bytes) -> bytes:
+def sign(key: bytes, header: bytes, parent: bytes, body: bytes, *buffers: bytes) -> bytes:
+    """The spec's signature: HMAC-SHA256 over header, parent, body and every buffer frame."""
     if not key:
         return b""
-    return hmac.new(key, header + parent + body, hashlib.sha256).hexdigest().encode()
+    return hmac.new(key, header + parent + body + b"".join(buffers), hashlib.sha256).hexdigest().encode()
 
 
 def header_map(msg_type: str = "control.status", **changes: Any) -> dict[str, Any]:
@@ -236,7 +242,7 @@ def build_frames(
     header_bytes = raw_header if raw_header is not None else msgpack.packb(header or header_map())
     parent_bytes = msgpack.packb({})
     body_bytes = raw_body if raw_body is not None else msgpack.packb(body, use_bin_type=True)
-    return [wire.DELIMITER, sign(key, header_bytes, parent_bytes, body_bytes), header_bytes, parent_bytes, body_bytes, *buffers]
+    return [wire.DELIMITER, sign(key, header_bytes, parent_bytes, body_bytes, *buffers), header_bytes, parent_bytes, body_bytes, *buffers]
 
 
 def array_ext(index: int, dtype: str, shape: list[int]) -> msgpack.ExtType:
