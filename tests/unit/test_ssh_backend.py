@@ -94,3 +94,24 @@ def test_backend_ships_a_config_pointing_at_the_hosts_workdir_and_runs_the_node_
     assert argv[0] == "ssh" and argv[-2:] == ["parley@10.0.0.2", "true"]
     assert "BatchMode=yes" in argv and "StrictHostKeyChecking=yes" in argv
     assert "ServerAliveCountMax=3" in argv  # alive_timeout_s 6 s at one probe every 2 s
+
+
+def test_shipped_files_hold_the_nodes_own_key_only(tmp_path):
+    import io
+    import tarfile
+
+    from orchestrator.backends.ssh import SshBackend
+    from orchestrator.rundir import EventLog
+
+    resolved, run_dir = prepare_run(validate_config(ssh_config()), tmp_path / "run")
+    assert resolved.runtime.keys_dir, "orchestrate up makes keys for every run"
+    backend = SshBackend(resolved, EventLog(tmp_path / "events.jsonl"))
+    with tarfile.open(fileobj=io.BytesIO(backend.shipped_files("agent_1"))) as tar:
+        names = sorted(tar.getnames())
+        modes = {member.mode for member in tar.getmembers()}
+        shipped = yaml.safe_load(tar.extractfile("resolved.yaml").read())
+    assert names == ["keys/nodes/agent_1.json", "keys/public.json", "keys/run.json", "resolved.yaml"]
+    assert modes == {0o600}
+    assert shipped["runtime"]["keys_dir"] == f"/srv/parley/{resolved.runtime.run_id}/keys"
+    local_key = Path(resolved.runtime.keys_dir) / "nodes" / "agent_1.json"
+    assert local_key.exists()
