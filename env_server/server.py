@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from env_server.global_view import GlobalView
 from env_server.vector import BatchedStep, VectorizedParallelEnv, check_batched, zeros_like_space
 from protocols import messages as m
 from protocols.spaces import encode_space
@@ -49,6 +50,7 @@ class Client:
     client_id: str
     identity: bytes
     agents: list[str]
+    global_view: bool = False  # asked for the global state and joint action (global_view.py)
     absent: bool = False  # missed a deadline; not waited for until it acts again
     has_current: bool = False  # got the latest observation (else it joined after it was sent)
 
@@ -119,6 +121,11 @@ class EnvServer:
         self.step_deadline: float | None = None
         self.last_result: BatchedStep | None = None
         self.last_missing: list[str] = []
+        # Global state and joint action for the clients that ask (off until one does).
+        GlobalView.wrap(self.envs)
+        if self.eval_envs is not None:
+            GlobalView.wrap(self.eval_envs)
+        self.global_view = GlobalView(self.envs)
 
     # ------------------------------------------------------------------ the loop
 
@@ -174,7 +181,9 @@ class EnvServer:
                 return
             for agent in taken:
                 self.clients.pop(self.owner[agent], None)
-        self.clients[identity] = Client(request.client_id, identity, wanted)
+        self.clients[identity] = Client(request.client_id, identity, wanted, global_view=request.global_view)
+        if request.global_view:
+            self.global_view.enable()
         for agent in wanted:
             self.owner[agent] = identity
         log.info("client %s joined, driving %s", request.client_id, wanted)
@@ -189,7 +198,7 @@ class EnvServer:
                 action_spaces={a: encode_space(self.envs.action_spaces[a]) for a in wanted},
                 autoreset=self.envs.autoreset,
                 max_steps=self.max_steps,
-                metadata={"step": self.step, "task": self.envs.task_spec},
+                metadata={"step": self.step, "task": self.envs.task_spec, **self._global_view_metadata(request)},
             ),
         )
 
@@ -257,6 +266,7 @@ class EnvServer:
         self.episode_running = True
         self.pending = {}
         result = self.envs.reset(seed)
+        self.global_view.after_reset(result)
         self._broadcast(result, missing=[])
 
     def _current_envs(self) -> VectorizedParallelEnv:
@@ -276,6 +286,7 @@ class EnvServer:
         self.counters.missing_actions += len(missing)
         self.pending = {}
         result = envs.step(actions)
+        self.global_view.after_step(actions, result, envs)
         if self.evaluating:
             self._after_eval_step(result, missing)
         else:
@@ -303,7 +314,9 @@ class EnvServer:
         self.eval_returns: list[float] = []
         self.eval_started_at = time.monotonic()
         # Every evaluation starts from the same seeds: the curve compares policies, not luck.
-        self._broadcast(self.eval_envs.reset(self.eval_seed), missing=[])
+        result = self.eval_envs.reset(self.eval_seed)
+        self.global_view.after_reset(result, self.eval_envs)
+        self._broadcast(result, missing=[])
 
     def _after_eval_step(self, result: BatchedStep, missing: list[str]) -> None:
         self.eval_step += 1
@@ -325,6 +338,7 @@ class EnvServer:
         log.info("evaluation %d at step %d: return %.2f +- %.2f", self.evaluations, self.step, returns.mean(), returns.std())
         result, missing = self.held_back
         self.held_back = None
+        self.global_view.restore_training()
         self._broadcast(result, missing)
 
     def write_metrics(self, values: dict[str, float]) -> None:
@@ -363,12 +377,18 @@ class EnvServer:
             # The last training step may be followed by an evaluation: the run ends after it.
             run_finished=self.run_finished and not self.evaluating,
             evaluation=self.evaluating,
+            **(self.global_view.fields() if client.global_view else {}),
         )
         client.has_current = self.channel.send(observation, to=client.identity)
         if not client.has_current:
             log.warning("client %s is unreachable", client.client_id)
 
     # ------------------------------------------------------------------ helpers
+
+    def _global_view_metadata(self, request: m.EnvJoin) -> dict:
+        if not request.global_view:
+            return {}
+        return {"global_view": {**self.global_view.describe(), "state_space": encode_space(self.global_view.state_space)}}
 
     def _client_of(self, envelope: Envelope) -> Client | None:
         client = self.clients.get(envelope.identities[0])

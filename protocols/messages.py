@@ -349,6 +349,8 @@ class EnvJoin:
     client_id: str
     agents: list[str] = field(default_factory=list)
     agent_indices: list[int] = field(default_factory=list)
+    # Ask for the global state and joint action on every observation (env_server/global_view.py).
+    global_view: bool = False
 
 
 @register_message("env.welcome")
@@ -406,6 +408,10 @@ class EnvObservation:
     # learn nothing, answer with `EnvAction(evaluation=True)`. Their `step` counts separately.
     evaluation: bool = False
     infos: dict[str, Any] = field(default_factory=dict)
+    # Only for clients that joined with `global_view=True` (env_server/global_view.py), else None.
+    global_state: np.ndarray | None = None  # (K, *state_shape) after this step
+    final_global_state: np.ndarray | None = None  # (K, *state_shape); the ended episode's last state where episode_start
+    joint_action: np.ndarray | None = None  # (K, joint_action_dim) of step `step - 1`; None after a reset
 
 
 # --------------------------------------------------------------------------- membership
