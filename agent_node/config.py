@@ -23,7 +23,7 @@ class AgentsConfig(BaseModel):
 
     # Number of agent nodes; the environment must have exactly this many possible agents.
     count: int = Field(ge=1)
-    # The off-policy learner, chosen by `kind` (dqn | sac).
+    # The off-policy learner, chosen by `kind` (dqn | sac | og_marl | pmic | shared_dqn).
     learner: LearnerConfig
     # An optional world model, chosen by `kind` (sparse_gp | ensemble); null for model-free runs.
     world_model: WorldModelConfig | None = None
@@ -46,6 +46,10 @@ class AgentsConfig(BaseModel):
     # (the run's schema checks it).
     env_silence_timeout_s: float = Field(60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Ask the env server for the global state and joint action of every step and put them in the
+    # transitions (env_server/global_view.py). Learners that need them (pmic) ask in any case;
+    # set it for others to record the global view in a dataset.
+    global_view: bool = False
 
 
 class AgentNodeConfig(NodeSections):

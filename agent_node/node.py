@@ -40,6 +40,8 @@ from agent_node.algos import build_learner
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.checkpoint import load_checkpoint, save_checkpoint
 from agent_node.config import AgentNodeConfig
+from agent_node.global_fields import GlobalFieldTracker
+from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -151,6 +153,8 @@ class AgentNode:
         self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
 
         self.learner: Any = None
+        # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
+        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
@@ -207,7 +211,7 @@ class AgentNode:
         self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
         self._dispatchers.update({channel.name: self._dispatch_peer for channel in self.peers.values()})
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
-        self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index]))
+        self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index], global_view=self.global_fields.enabled))
         welcome = self._wait_env(m.EnvWelcome)
         self._build_learner(welcome)
         self.control.ready()
@@ -229,6 +233,9 @@ class AgentNode:
             self.context.seed("learner"),
             world_model_config=self.config.world_model,
             task_spec=welcome.metadata.get("task"),
+            state_space=decode_space(welcome.metadata["global_view"]["state_space"]) if self.global_fields.enabled else None,
+            num_agents=len(welcome.possible_agents),
+            agent_index=self.context.index,
         )
         self.subject = self._consensus_subject(observation_space, action_space)
         if self.consensus_config.enabled:
@@ -386,6 +393,7 @@ class AgentNode:
         actions = self.learner.act(observations, explore=True)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
         self.last_obs, self.last_action, self.last_active = observations, actions, message.active[agent]
+        self.global_fields.remember(message)
         self._maybe_persist()
 
     def on_evaluation_observation(self, message: m.EnvObservation) -> None:
@@ -421,6 +429,7 @@ class AgentNode:
                     next_obs=next_obs[rows],
                     terminated=terminated[rows],
                     truncated=truncated[rows],
+                    **self.global_fields.fields(message, rows),
                 )
             )
         self.episodes.add(rewards, took_part)

@@ -88,3 +88,15 @@ def test_env_without_state_concatenates_observations_and_final_observations():
     assert result.episode_start.all()
     final = np.concatenate([result.final_observations[a] for a in envs.possible_agents], axis=1)
     np.testing.assert_array_equal(view.final_global_state, final)
+
+
+def test_agents_section_selects_pmic_and_shared_dqn_but_not_node_less_learners():
+    import pydantic
+
+    from agent_node.config import AgentsConfig
+
+    assert AgentsConfig(count=3, learner={"kind": "pmic"}).learner.kind == "pmic"
+    assert AgentsConfig(count=3, learner={"kind": "shared_dqn", "max_obs_dim": 18, "max_agents": 4}).learner.kind == "shared_dqn"
+    for kind in ("mixer", "cql", "bc"):  # need a learner node or a dataset: not an agent's learner
+        with pytest.raises(pydantic.ValidationError):
+            AgentsConfig(count=3, learner={"kind": kind})
