@@ -72,8 +72,67 @@ def describe(config: RunConfig) -> str:
     )
 
 
+# How long the env check may take: building an environment once (imports included).
+ENV_CHECK_TIMEOUT_S = 120.0
+
+
+def check_env_before_launch(config: RunConfig, source: str) -> None:
+    """Raise ConfigError naming the field when `env.name`/`env.kwargs` cannot build the env.
+
+    Runs `python -m env_server.precheck` in a subprocess: the orchestrator imports no env code
+    (heavy, and not its business), and this runs before any run dir exists or process starts.
+    """
+    import json
+    import subprocess
+
+    request = json.dumps({"name": config.env.name, "kwargs": dict(config.env.kwargs)})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "env_server.precheck", request],
+            capture_output=True, text=True, timeout=ENV_CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError([f"env: building {config.env.name!r} to check it took over {ENV_CHECK_TIMEOUT_S:.0f} s"], source) from None
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError([f"env: the check of {config.env.name!r} failed (exit {done.returncode}): {tail}"], source) from None
+    if not answer.get("ok"):
+        raise ConfigError([f"{answer['field']}: {answer['error']}"], source)
+
+
+def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
+    """With tcp, `network.bind_host` must be an address of this host: bind a throwaway socket
+    to it (port 0) now, so a typo is a config error, not a ZMQError in every node later.
+
+    (Every node of a local run binds this host's address. A backend that places nodes on other
+    hosts checks their addresses there.)
+    """
+    import socket
+
+    if config.network.transport != "tcp":
+        return
+    host = config.network.bind_host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ConfigError([f"network.bind_host: {host!r} is not an address or a known host name ({error})"], source) from None
+    problems = []
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return
+            except OSError as error:
+                problems.append(f"{address[0]}: {error.strerror or error}")
+    raise ConfigError([f"network.bind_host: {host!r} is not an address of this host ({'; '.join(problems)})"], source)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_bind_host_before_launch(config, args.config)
+    check_env_before_launch(config, args.config)
     print(f"ok: {describe(config)}")
     return EXIT_OK
 
@@ -134,6 +193,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             ["faults.schedule: fault injection is not enforced yet; remove the schedule (or use --dry-run)"],
             args.config,
         )
+    check_bind_host_before_launch(config, args.config)
+    check_env_before_launch(config, args.config)
+    # Everything the run writes (run dir, events, logs, metrics, keys, checkpoints), here and in
+    # the nodes, which inherit the umask, is readable by this user only.
+    os.umask(0o077)
     try:
         resolved, run_dir = prepare_run(config, args.run_dir)
     except RunDirError as error:

@@ -31,6 +31,7 @@ from orchestrator.plan import LaunchPlan, NodeLaunch
 from orchestrator.rundir import EventLog
 from orchestrator.status import StatusView
 from protocols import messages as m
+from protocols.auth import load_node_keys
 from protocols.settings import ORCHESTRATOR_ID
 from protocols.topology import build_topology
 from protocols.transport import Hub, SocketOptions
@@ -86,6 +87,9 @@ class Orchestrator:
             sender=ORCHESTRATOR_ID,
             run_id=plan.run_id,
             options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
+            keys=None if config.runtime is None or config.runtime.keys_dir is None
+            else load_node_keys(config.runtime.keys_dir, ORCHESTRATOR_ID),
+            limits=config.protocols.limits,
         )
         self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=config.network.advertised_host())
         # With tcp the plan asks for any free port; the nodes must be told the one we got.
