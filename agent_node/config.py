@@ -57,6 +57,8 @@ class AgentsConfig(BaseModel):
     # transitions (env_server/global_view.py). Learners that need them (pmic) ask in any case;
     # set it for others to record the global view in a dataset.
     global_view: bool = False
+    # Write every transition to an offline dataset under <run dir>/dataset/ (agent_node/recording.py).
+    record_dataset: bool = False
 
 
 class AgentNodeConfig(NodeSections):

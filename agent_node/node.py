@@ -41,6 +41,7 @@ from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGM
 from agent_node.checkpoint import load_checkpoint, save_checkpoint
 from agent_node.config import AgentNodeConfig
 from agent_node.global_fields import GlobalFieldTracker
+from agent_node.recording import TransitionRecorder
 from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
@@ -163,6 +164,7 @@ class AgentNode:
         self.learner: Any = None
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
+        self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
@@ -246,6 +248,12 @@ class AgentNode:
             agent_index=self.context.index,
         )
         self.subject = self._consensus_subject(observation_space, action_space)
+        if self.config.record_dataset:
+            self.recorder = TransitionRecorder.for_node(
+                self.context.run_dir, welcome, self.env_agent, self.context.index,
+                {"run_seed": self.context.run_seed, "learner_seed": self.context.seed("learner")},
+                {"kind": self.config.learner.kind, "config": self.config.learner.model_dump(mode="json")},
+            )
         if self.consensus_config.enabled:
             self.consensus = build_consensus_engine(
                 self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
@@ -443,17 +451,18 @@ class AgentNode:
         took_part = self.last_active & active if self.last_active is not None else active
         if took_part.any():
             rows = np.flatnonzero(took_part)
-            self.learner.observe(
-                Transition(
-                    obs=self.last_obs[rows],
-                    action=self.last_action[rows],
-                    reward=rewards[rows],
-                    next_obs=next_obs[rows],
-                    terminated=terminated[rows],
-                    truncated=truncated[rows],
-                    **self.global_fields.fields(message, rows),
-                )
+            transition = Transition(
+                obs=self.last_obs[rows],
+                action=self.last_action[rows],
+                reward=rewards[rows],
+                next_obs=next_obs[rows],
+                terminated=terminated[rows],
+                truncated=truncated[rows],
+                **self.global_fields.fields(message, rows),
             )
+            self.learner.observe(transition)
+            if self.recorder is not None:
+                self.recorder.record(message.step, transition)
         self.episodes.add(rewards, took_part)
         ended = took_part & (terminated | truncated)
         for copy in np.flatnonzero(ended):
@@ -587,6 +596,8 @@ class AgentNode:
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)
+            if self.recorder is not None:
+                self.recorder.close()
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
             log.exception("error while draining")

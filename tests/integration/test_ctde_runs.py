@@ -26,3 +26,25 @@ def test_tiny_pmic_run_learns_with_the_global_view_and_mi_shaping(tmp_path):
         assert sum(r["pmic/gradient_steps"] for r in learner) > 0
         assert learner[-1]["pmic/superior_size"] > 0 and learner[-1]["pmic/shaping_active"] == 1.0
         assert "i_superior_on_batch" in " ".join(learner[-1])
+
+
+def test_tiny_run_records_a_dataset_with_the_global_view(tmp_path):
+    import numpy as np
+
+    from agent_node.datasets import MultiAgentDataset
+
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_record.yaml", "--run-dir", str(run_dir))
+    _, stderr = process.communicate(timeout=200)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    dataset = MultiAgentDataset(run_dir / "dataset")
+    assert dataset.agents == ["agent_0", "agent_1", "agent_2"]
+    # 60 lockstep steps x 2 copies: the observations of steps 1..60 each end 2 transitions.
+    joint = dataset.joint()
+    assert joint["obs"].shape == (120, 3, 18) and joint["global_state"].shape == (120, 54)
+    for index in range(3):
+        # simple_spread's state() is the agents' observations in order; each agent's own action is
+        # its one-hot slice of the joint action the env server published.
+        np.testing.assert_allclose(joint["global_state"][:, 18 * index : 18 * index + 18], joint["obs"][:, index], rtol=1e-6)
+        np.testing.assert_array_equal(joint["joint_action"][:, 5 * index : 5 * index + 5].argmax(1), joint["action"][:, index])
+    assert np.array_equal(np.sort(np.unique(joint["copy"])), [0, 1])
