@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -313,7 +314,10 @@ class AgentNode:
         # Evaluation episodes pause learning too: they measure the policy, and the gradient
         # steps owed meanwhile are taken once training resumes.
         learning_due = (
-            self.state is NodeState.RUNNING and not self.evaluating and self.learner.gradient_steps_due() > 0
+            self.state is NodeState.RUNNING
+            and not self.evaluating
+            and self.config.learning
+            and self.learner.gradient_steps_due() > 0
         )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         for channel in self.hub.wait(timeout):
@@ -420,7 +424,7 @@ class AgentNode:
             return
         agent = self.env_agent
         observations = message.observations[agent]
-        actions = self.learner.act(observations, explore=True)
+        actions = self.learner.act(observations, explore=self.config.learning)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
         self.last_obs, self.last_action, self.last_active = observations, actions, message.active[agent]
         self.global_fields.remember(message)
@@ -460,7 +464,8 @@ class AgentNode:
                 truncated=truncated[rows],
                 **self.global_fields.fields(message, rows),
             )
-            self.learner.observe(transition)
+            if self.config.learning:  # learning: false evaluates (agents.learning)
+                self.learner.observe(transition)
             if self.recorder is not None:
                 self.recorder.record(message.step, transition)
         self.episodes.add(rewards, took_part)
@@ -573,6 +578,8 @@ class AgentNode:
         self.last_checkpoint_step = self.step
 
     def _save_replay(self) -> None:
+        if not self.config.learning:
+            return  # nothing was observed; offline learners have no replay buffer
         self.learner.replay.save(self.replay_path)
         self.last_replay_save_step = self.step
 
@@ -582,7 +589,14 @@ class AgentNode:
             self.learner.load_state_dict(checkpoint["learner"])
             self.episodes.episodes = int(checkpoint["episodes"])
             log.info("restored checkpoint of step %d", checkpoint["step"])
-        if self.replay_path.exists():
+        elif self.config.load_checkpoints is not None:
+            initial = Path(self.config.load_checkpoints) / self.env_agent / "latest.pt"
+            loaded = load_checkpoint(initial)
+            if loaded is None:
+                raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {initial}")
+            self.learner.load_state_dict(loaded["learner"])
+            log.info("loaded the initial checkpoint %s", initial)
+        if self.replay_path.exists() and self.config.learning:
             self.learner.replay.restore(self.replay_path)
             log.info("restored %d replay transitions", len(self.learner.replay))
 
@@ -592,7 +606,8 @@ class AgentNode:
             self.state = NodeState.DRAINING
         try:
             if self.learner is not None:
-                self._finish_owed_updates()
+                if self.config.learning:
+                    self._finish_owed_updates()
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)

@@ -8,7 +8,7 @@ An agent served by K vectorized environment copies observes K rows per `observe`
 `learning_starts`, `random_steps`, the epsilon schedule and the update ratio all count rows. That
 keeps the replay ratio (gradient steps per collected transition) independent of K.
 
-The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl | pmic | shared_dqn):
+The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl | pmic | shared_dqn; cql | bc to evaluate):
 
     learner:
       kind: sac
@@ -210,8 +210,10 @@ class OGMARLConfig(BaseModel):
 # ------------------------------------------------------------------------------------------------
 # Learners of issue 12 (PMIC, centralized mixing, agent-count transfer, offline RL). PMIC and the
 # shared DQN are in `LearnerConfig` (the node gives them the global view and their agent index).
-# The mixer runs in a learner node and the offline learners train from a dataset: a run's agents
-# cannot select them, so they stay out of the union (a YAML naming them fails validation).
+# CQL and BC are in it for evaluation only: they train from a dataset (`python -m
+# agent_node.offline`), and a run's agents may name them only with `learning: false` and
+# `load_checkpoints` (AgentsConfig checks). The mixer needs a learner node, which is not built
+# yet, so it stays out of the union (a YAML naming it fails validation).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -382,8 +384,11 @@ class BCConfig(BaseModel):
 
 
 LearnerConfig = Annotated[
-    DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig, Field(discriminator="kind")
+    DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig,
+    Field(discriminator="kind"),
 ]
 
 # Learners that need the env server's global view (state and joint action) on every observation.
 NEEDS_GLOBAL_VIEW = frozenset({"pmic"})
+# Learners trained from a dataset, never from a run's own transitions.
+OFFLINE_KINDS = frozenset({"cql", "bc"})
