@@ -243,8 +243,8 @@ class AgentNode:
             action_space,
             self.context.seed("learner"),
             world_model_config=self.config.world_model,
-            task_spec=welcome.metadata.get("task"),
-            state_space=decode_space(welcome.metadata["global_view"]["state_space"]) if self.global_fields.enabled else None,
+            task_spec=None if welcome.task is None else welcome.task.as_spec(),
+            state_space=decode_space(welcome.global_view["state_space"]) if welcome.global_view else None,
             num_agents=len(welcome.possible_agents),
             agent_index=self.context.index,
         )

@@ -32,7 +32,7 @@ class TransitionRecorder:
     def for_node(
         cls, run_dir: Path, welcome: Any, agent: str, agent_index: int, seeds: dict[str, int], behaviour: dict[str, Any]
     ) -> TransitionRecorder:
-        view = welcome.metadata.get("global_view")
+        view = welcome.global_view
         env_kwargs: dict[str, Any] = {}
         resolved = run_dir / "resolved.yaml"
         if resolved.is_file():

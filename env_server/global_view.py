@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from protocols.spaces import encode_space
+
 
 def flat_action_dim(space: spaces.Space) -> int:
     """How many floats one agent's action takes in the joint action vector."""
@@ -102,15 +104,27 @@ class StateTracking:
 class GlobalView:
     """Computes the global-view fields of the observations from the vector env's copies.
 
-    `wrap` replaces the vector env's copies with `StateTracking` wrappers (done once, when the
-    server is built). `enable` is called when the first client asks for the view; before that
+    The constructor wraps the vector envs' copies in `StateTracking` (once, when the server is
+    built); with copies in worker processes the view is unavailable and a join that asks is refused. `enable` is called when the first client asks for the view; before that
     `after_reset` / `after_step` return at once.
     """
 
-    def __init__(self, envs: Any) -> None:
+    def __init__(self, envs: Any, eval_envs: Any | None = None) -> None:
         self.envs = envs
         self.possible_agents: list[str] = list(envs.possible_agents)
         self.enabled = False
+        self._held_training: dict[str, np.ndarray | None] | None = None
+        # The view reads state() from the env copies, so they must live in this process.
+        self.available = hasattr(envs, "copies") and (eval_envs is None or hasattr(eval_envs, "copies"))
+        self.unavailable_reason = (
+            "the global view needs the env copies in the server process (env.num_workers: 1); "
+            "this server steps them in worker processes"
+        )
+        if not self.available:
+            return
+        self.wrap(envs)
+        if eval_envs is not None:
+            self.wrap(eval_envs)
         first = envs.copies[0]
         self.uses_env_state = has_state(first)
         if self.uses_env_state:
@@ -128,7 +142,6 @@ class GlobalView:
         self.global_state: np.ndarray | None = None
         self.final_global_state: np.ndarray | None = None
         self.joint_action: np.ndarray | None = None
-        self._held_training: dict[str, np.ndarray | None] | None = None
 
     @staticmethod
     def wrap(envs: Any) -> None:
@@ -142,12 +155,12 @@ class GlobalView:
                 if isinstance(copy, StateTracking):
                     copy.track = True
 
-    def describe(self) -> dict[str, Any]:
-        """What the welcome tells a subscriber (the state space is encoded by the caller)."""
+    def welcome(self) -> dict[str, Any]:
+        """What the welcome tells a subscriber (`EnvWelcome.global_view`)."""
         return {
+            "state_space": encode_space(self.state_space),
             "source": "env.state()" if self.uses_env_state else "concatenated observations",
             "joint_action_dim": self.joint_action_dim,
-            "possible_agents": self.possible_agents,
         }
 
     def after_reset(self, result: Any, envs: Any | None = None) -> None:

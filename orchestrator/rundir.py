@@ -212,11 +212,13 @@ class EventLog:
         self._file: TextIO = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def write(self, event: str, node: str | None = None, **fields: Any) -> dict[str, Any]:
+    def write(self, event: str, node: str | None = None, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Append one event stamped now, or at `at` (unix time) for something that happened
+        earlier than it is written (a node's exit, seen on SIGCHLD before it was reaped)."""
         reserved = {"t", "event", "node"} & set(fields)
         if reserved:
             raise ValueError(f"event fields may not be named {sorted(reserved)}: they are set by EventLog")
-        record = {"t": time.time(), "event": event, "node": node, **fields}
+        record = {"t": time.time() if at is None else at, "event": event, "node": node, **fields}
         line = json.dumps(record, default=str)
         with self._lock:
             self._file.write(line + "\n")

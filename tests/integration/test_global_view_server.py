@@ -27,11 +27,11 @@ def test_subscriber_gets_state_and_joint_action_others_get_none(env_server, hub)
         channel.send(m.EnvJoin(client_id=f"agent_{index}", agent_indices=[index], global_view=index == 0))
         welcome = expect(channel, m.EnvWelcome)
         if index == 0:
-            view = welcome.metadata["global_view"]
+            view = welcome.global_view
             assert decode_space(view["state_space"]).shape == (54,)
             assert view["joint_action_dim"] == 15
         else:
-            assert "global_view" not in welcome.metadata
+            assert welcome.global_view is None
         channels.append((channel, welcome.agents[0]))
     for channel, _ in channels:
         channel.send(m.EnvReset())

@@ -24,7 +24,6 @@ def test_flatten_discrete_is_one_hot_and_box_is_flat():
 
 def test_disabled_view_computes_nothing():
     envs = spread(2, 5)
-    GlobalView.wrap(envs)
     view = GlobalView(envs)
     view.after_reset(envs.reset(0))
     assert view.fields() == {"global_state": None, "final_global_state": None, "joint_action": None}
@@ -33,7 +32,6 @@ def test_disabled_view_computes_nothing():
 
 def test_state_joint_action_and_final_state_across_an_autoreset():
     envs = spread(2, 3)
-    GlobalView.wrap(envs)
     view = GlobalView(envs)
     view.enable()
     assert view.uses_env_state and view.state_space.shape == (54,) and view.joint_action_dim == 15
@@ -73,7 +71,6 @@ class WithoutState:
 
 def test_env_without_state_concatenates_observations_and_final_observations():
     envs = VectorizedParallelEnv(WithoutState, 2, autoreset=True)
-    GlobalView.wrap(envs)
     view = GlobalView(envs)
     view.enable()
     assert not view.uses_env_state and view.state_space.shape == (54,)
@@ -100,3 +97,14 @@ def test_agents_section_selects_pmic_and_shared_dqn_but_not_node_less_learners()
     for kind in ("mixer", "cql", "bc"):  # need a learner node or a dataset: not an agent's learner
         with pytest.raises(pydantic.ValidationError):
             AgentsConfig(count=3, learner={"kind": kind})
+
+
+def test_copies_in_worker_processes_make_the_view_unavailable():
+    from env_server.workers import SplitVectorEnv
+
+    envs = SplitVectorEnv(lambda: simple_spread_v3.parallel_env(N=3, max_cycles=5), 2, autoreset=True, num_workers=2)
+    try:
+        view = GlobalView(envs)
+        assert not view.available and "num_workers" in view.unavailable_reason
+    finally:
+        envs.close()
