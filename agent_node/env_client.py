@@ -36,8 +36,16 @@ class EnvProtocolError(RuntimeError):
 
 
 class EnvClient:
-    def __init__(self, client_id: str, *, agents: list[str] | None = None, agent_indices: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        agents: list[str] | None = None,
+        agent_indices: list[int] | None = None,
+        global_view: bool = False,
+    ) -> None:
         self.client_id = client_id
+        self.global_view = global_view  # ask for the global state and joint action (env_server/global_view.py)
         self._requested_agents = list(agents or [])
         self._requested_indices = list(agent_indices or [])
         self.welcome: m.EnvWelcome | None = None
@@ -50,7 +58,12 @@ class EnvClient:
     # ------------------------------------------------------------------ requests
 
     def join(self) -> m.EnvJoin:
-        return m.EnvJoin(client_id=self.client_id, agents=self._requested_agents, agent_indices=self._requested_indices)
+        return m.EnvJoin(
+            client_id=self.client_id,
+            agents=self._requested_agents,
+            agent_indices=self._requested_indices,
+            global_view=self.global_view,
+        )
 
     def reset(self, seed: int | None = None) -> m.EnvReset:
         self._require_welcome("reset")

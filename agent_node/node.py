@@ -40,6 +40,8 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -49,6 +51,9 @@ from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient, EnvRefused
+from agent_node.global_fields import GlobalFieldTracker
+from agent_node.recording import TransitionRecorder
+from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.metrics import MetricsWriter
 from agent_node.peers import PeerMesh
 from agent_node.persistence import NodePersistence
@@ -58,7 +63,8 @@ from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_en
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
-from protocols.settings import agent_node_ids
+from protocols.settings import ENV_NODE_ID, agent_node_ids
+from protocols.spaces import decode_space
 from protocols.topology import build_topology
 from protocols.transport import Channel, Hub, SocketOptions
 from protocols.wire import Envelope
@@ -136,6 +142,7 @@ class AgentNode:
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
             keys=node_keys(run, identity.node_id),
             limits=run.protocols.limits,
+            links=run.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.
@@ -148,12 +155,17 @@ class AgentNode:
         self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
 
         self.learner: Any = None
+        # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
+        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
+        self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
-        self.env_client = EnvClient(identity.node_id, agent_indices=[identity.index])
+        self.env_client = EnvClient(
+            identity.node_id, agent_indices=[identity.index], global_view=self.global_fields.enabled
+        )
         self.messages_handled = 0
         self.started_at = time.monotonic()
         self.stop_reason = ""
@@ -162,6 +174,7 @@ class AgentNode:
             identity.node_dir,
             checkpoint_every_steps=config.checkpoint_every_steps,
             replay_save_every_steps=config.replay_save_every_steps,
+            keep_replay=config.learning,  # learning: false observes nothing; offline learners have no buffer
         )
 
     # ------------------------------------------------------------------ states
@@ -189,7 +202,9 @@ class AgentNode:
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
         links = {
-            neighbour: self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
+            neighbour: self.hub.connect_dealer(
+                endpoint, name=f"peer:{neighbour}", identity=self.context.node_id, peer=neighbour
+            )
             for neighbour, endpoint in sorted(directory.neighbours.items())
         }
         self.mesh = PeerMesh(
@@ -197,7 +212,7 @@ class AgentNode:
         )
         self.mesh.set_state(self.state.value)
         self.mesh.start(now)
-        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
+        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id, peer=ENV_NODE_ID)
         # Which source each channel is (peers only ever write to our inbox, never reply on the
         # DEALERs we connected to them; anything arriving there is treated as from that peer).
         self._sources = {"env": ENV, "peers": PEERS, "control": CONTROL}
@@ -224,8 +239,17 @@ class AgentNode:
             self.context.seed("learner"),
             world_model_config=self.config.world_model,
             task_spec=None if welcome.task is None else welcome.task.as_spec(),
+            state_space=decode_space(welcome.global_view["state_space"]) if welcome.global_view else None,
+            num_agents=len(welcome.possible_agents),
+            agent_index=self.context.index,
         )
         subject = self._consensus_subject(observation_space, action_space)
+        if self.config.record_dataset:
+            self.recorder = TransitionRecorder.for_node(
+                self.context.run_dir, welcome, self.env_agent, self.context.index,
+                {"run_seed": self.context.run_seed, "learner_seed": self.context.seed("learner")},
+                {"kind": self.config.learner.kind, "config": self.config.learner.model_dump(mode="json")},
+            )
         if subject is not None:
             engine = None
             if self.consensus_config.enabled:
@@ -288,7 +312,10 @@ class AgentNode:
         # Evaluation episodes pause learning too: they measure the policy, and the gradient
         # steps owed meanwhile are taken once training resumes.
         learning_due = (
-            self.state is NodeState.RUNNING and not self.evaluating and self.learner.gradient_steps_due() > 0
+            self.state is NodeState.RUNNING
+            and not self.evaluating
+            and self.config.learning
+            and self.learner.gradient_steps_due() > 0
         )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         for channel in self.hub.wait(timeout):
@@ -378,9 +405,10 @@ class AgentNode:
             return
         agent = self.env_agent
         observations = message.observations[agent]
-        actions = self.learner.act(observations, explore=True)
+        actions = self.learner.act(observations, explore=self.config.learning)
         self.env.send(self.env_client.answer(message, {agent: actions}))
         self.episodes.acted(observations, actions, message.active[agent])
+        self.global_fields.remember(message)
         self.persistence.maybe_save(self.step, self.learner, self.episodes.episodes)
 
     def on_evaluation_observation(self, message: m.EnvObservation) -> None:
@@ -396,7 +424,13 @@ class AgentNode:
     def _record_transition(self, message: m.EnvObservation) -> None:
         assembled = self.episodes.observe(message)
         if assembled.transition is not None:
-            self.learner.observe(assembled.transition)
+            transition = assembled.transition
+            if self.global_fields.enabled:
+                transition = replace(transition, **self.global_fields.fields(message, transition.copy_index))
+            if self.config.learning:  # learning: false evaluates (agents.learning)
+                self.learner.observe(transition)
+            if self.recorder is not None:
+                self.recorder.record(message.step, transition)
         for episode in assembled.finished:
             self.metrics.write(
                 message.step,
@@ -406,6 +440,7 @@ class AgentNode:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
+            self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
 
     def on_env_observation(self, sender: str, message: m.EnvObservation, now: float) -> None:
         self.on_observation(self.env_client.on_message(message, now))
@@ -490,6 +525,11 @@ class AgentNode:
         restored = self.persistence.restore(self.learner)
         if restored is not None:
             self.episodes.episodes = restored.episodes
+        elif self.config.load_checkpoints is not None:
+            initial = Path(self.config.load_checkpoints) / self.env_agent / "latest.pt"
+            if not self.persistence.load_initial_checkpoint(self.learner, initial):
+                raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {initial}")
+            log.info("loaded the initial checkpoint %s", initial)
 
     def _drain(self) -> None:
         """Persist what we learned, say goodbye, close every socket."""
@@ -497,9 +537,13 @@ class AgentNode:
             self.state = NodeState.DRAINING
         try:
             if self.learner is not None:
-                self._finish_owed_updates()
+                if self.config.learning:
+                    self._finish_owed_updates()
                 self.persistence.save_all(self.step, self.learner, self.episodes.episodes)
             self.metrics.flush_means(self.step)
+            self.metrics.write(self.step, self.hub.link_metrics())
+            if self.recorder is not None:
+                self.recorder.close()
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
             log.exception("error while draining")

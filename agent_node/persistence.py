@@ -101,11 +101,15 @@ class Restored:
 
 
 class NodePersistence:
-    def __init__(self, node_dir: Path, *, checkpoint_every_steps: int, replay_save_every_steps: int) -> None:
+    def __init__(
+        self, node_dir: Path, *, checkpoint_every_steps: int, replay_save_every_steps: int, keep_replay: bool = True
+    ) -> None:
         self.checkpoint_path = node_dir / "checkpoints" / "latest.pt"
         self.replay_path = node_dir / "replay" / "buffer.npz"
         self.checkpoint_every_steps = checkpoint_every_steps
         self.replay_save_every_steps = replay_save_every_steps
+        # False for a node that learns nothing (agents.learning: false): no buffer is saved or restored.
+        self.keep_replay = keep_replay
         self.last_checkpoint_step = 0
         self.last_replay_save_step = 0
 
@@ -125,6 +129,8 @@ class NodePersistence:
         self.last_checkpoint_step = step
 
     def save_replay(self, step: int, learner: PersistentLearner) -> None:
+        if not self.keep_replay:
+            return
         learner.replay.save(self.replay_path)
         self.last_replay_save_step = step
 
@@ -136,10 +142,18 @@ class NodePersistence:
             learner.load_state_dict(checkpoint["learner"])
             log.info("restored checkpoint of step %d", checkpoint["step"])
         replay_rows = 0
-        if self.replay_path.exists():
+        if self.keep_replay and self.replay_path.exists():
             learner.replay.restore(self.replay_path)
             replay_rows = len(learner.replay)
             log.info("restored %d replay transitions", replay_rows)
         if checkpoint is None:
             return None
         return Restored(step=int(checkpoint["step"]), episodes=int(checkpoint["episodes"]), replay_rows=replay_rows)
+
+    def load_initial_checkpoint(self, learner: PersistentLearner, path: Path) -> bool:
+        """Start from another run's checkpoint (agents.load_checkpoints); False when it is missing."""
+        loaded = load_checkpoint(path)
+        if loaded is None:
+            return False
+        learner.load_state_dict(loaded["learner"])
+        return True

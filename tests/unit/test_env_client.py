@@ -37,6 +37,7 @@ def observation(step, agents=("a1",), k=4, evaluation=False):
 def test_join_welcome_reset_observe_answer():
     client = EnvClient("agent_1", agent_indices=[1])
     assert client.join() == m.EnvJoin(client_id="agent_1", agents=[], agent_indices=[1])
+    assert EnvClient("agent_1", agent_indices=[1], global_view=True).join().global_view
     client.on_welcome(welcome(["a1"]))
     assert client.agents == ["a1"] and client.num_copies == 4
     assert client.observation_spaces["a1"] == BOX and client.action_spaces["a1"] == DISCRETE

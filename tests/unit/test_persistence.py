@@ -92,3 +92,20 @@ def test_save_all_writes_both_files_at_the_end(tmp_path):
     persistence.save_all(5, agent, episodes=0)
     assert load_checkpoint(persistence.checkpoint_path)["step"] == 5
     assert persistence.replay_path.exists()
+
+
+def test_a_node_that_learns_nothing_keeps_no_replay_and_can_start_from_another_runs_checkpoint(tmp_path):
+    trained = small_agent(seed=0)
+    trained.observe(some_transitions(6))
+    trained.update()
+    NodePersistence(tmp_path / "trained", checkpoint_every_steps=1, replay_save_every_steps=1).save_all(9, trained, 3)
+
+    evaluator = NodePersistence(tmp_path / "eval", checkpoint_every_steps=1, replay_save_every_steps=1, keep_replay=False)
+    fresh = small_agent(seed=1)
+    assert evaluator.restore(fresh) is None
+    assert not evaluator.load_initial_checkpoint(fresh, tmp_path / "missing" / "latest.pt")
+    assert evaluator.load_initial_checkpoint(fresh, tmp_path / "trained" / "checkpoints" / "latest.pt")
+    probe = np.zeros((1, 2), np.float32)
+    np.testing.assert_array_equal(trained.act(probe, explore=False), fresh.act(probe, explore=False))
+    evaluator.save_all(4, fresh, episodes=0)
+    assert evaluator.checkpoint_path.exists() and not evaluator.replay_path.exists()
