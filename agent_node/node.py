@@ -47,7 +47,7 @@ from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, 
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address
-from protocols.settings import agent_node_ids
+from protocols.settings import ENV_NODE_ID, agent_node_ids
 from protocols.topology import build_topology
 from protocols.spaces import decode_space
 from protocols.transport import Channel, Hub, SocketOptions
@@ -138,6 +138,7 @@ class AgentNode:
             sender=identity.node_id,
             run_id=identity.run_id,
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
+            links=run.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.
@@ -193,7 +194,9 @@ class AgentNode:
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
         for neighbour, endpoint in sorted(directory.neighbours.items()):
-            self.peers[neighbour] = self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
+            self.peers[neighbour] = self.hub.connect_dealer(
+                endpoint, name=f"peer:{neighbour}", identity=self.context.node_id, peer=neighbour
+            )
         self.membership = MembershipEngine(
             self.context.node_id,
             sorted(self.peers),
@@ -201,7 +204,7 @@ class AgentNode:
             timeout_s=self.peer_timeout_s,
         )
         self.membership.start(None, now)
-        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
+        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id, peer=ENV_NODE_ID)
         # Which handler reads each channel (peers only ever write to our inbox, never reply on
         # the DEALERs we connected to them; anything arriving there is handled as a peer message).
         self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
@@ -514,6 +517,7 @@ class AgentNode:
             msgs_per_s=self.messages_handled / elapsed,
             extra={"membership/peers_alive": float(len(self.membership.alive_peers()))} if self.membership else {},
         )
+        self.metrics.write(self.step, self.hub.link_metrics())  # per-link counters, every status period
 
     def _maybe_persist(self) -> None:
         if self.step - self.last_checkpoint_step >= self.config.checkpoint_every_steps:
@@ -551,6 +555,7 @@ class AgentNode:
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)
+            self.metrics.write(self.step, self.hub.link_metrics())
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
             log.exception("error while draining")
