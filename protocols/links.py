@@ -367,11 +367,12 @@ class LinkTable:
         ages.append(age_s)
 
     def metrics(self) -> dict[str, float]:
-        """Flat counters for the metrics writer: `link/SRC->DST/<name>` for each link in use."""
+        """Flat counters for the metrics writer: `link/SRC_to_DST/<name>` for each link in use
+        (TensorBoard refuses ">" in a name)."""
         rows: dict[str, float] = {}
         for dst, model in sorted(self._models.items()):
             counters = model.counters
-            prefix = f"link/{self.src}->{dst}/"
+            prefix = f"link/{self.src}_to_{dst}/"
             rows[prefix + "sent"] = counters.sent
             rows[prefix + "delivered"] = counters.delivered
             rows[prefix + "dropped"] = counters.dropped
@@ -382,7 +383,7 @@ class LinkTable:
             rows[prefix + "in_flight"] = counters.in_flight
             rows[prefix + "bytes"] = counters.bytes_sent
         for sender, ages in sorted(self._ages.items()):
-            prefix = f"link/{sender}->{self.src}/"
+            prefix = f"link/{sender}_to_{self.src}/"
             p50, p99 = np.percentile(np.asarray(ages), [50, 99])
             rows[prefix + "received"] = self._received[sender]
             rows[prefix + "age_p50_ms"] = float(p50) * 1000.0

@@ -363,7 +363,7 @@ class Hub:
             channel.flush_due(now)
 
     def link_metrics(self) -> dict[str, float]:
-        """Per-link counters (`link/SRC->DST/sent`, delivered, dropped, duplicated, in_flight,
+        """Per-link counters (`link/SRC_to_DST/sent`, delivered, dropped, duplicated, in_flight,
         bytes, and for incoming links age_p50_ms / age_p99_ms); empty without link emulation."""
         return self.links.metrics() if self.links is not None else {}
 

@@ -215,7 +215,7 @@ def test_a_configured_partition_blocks_only_between_groups():
     table = network(partitions=[["agent_0"], ["agent_1", "agent_2"]]).link_table("agent_0", run_seed=0)
     assert table.decide("agent_1", 0.0, 10) == []
     assert table.decide("env", 0.0, 10) == [0.0]
-    assert table.metrics()["link/agent_0->agent_1/dropped_partition"] == 1
+    assert table.metrics()["link/agent_0_to_agent_1/dropped_partition"] == 1
 
 
 # -- the live transport --------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def test_live_hub_holds_a_message_for_its_delay_and_wakes_for_it(hubs, tmp_path)
     started = time.monotonic()
     channel.send(some_message())
     assert receive_one(receiver, inbox, timeout_s=0.05) is None  # held, not on the wire yet
-    assert sender.link_metrics()["link/agent_0->agent_1/in_flight"] == 1
+    assert sender.link_metrics()["link/agent_0_to_agent_1/in_flight"] == 1
     # The sender's wait(5 s) returns when the message falls due, and sends it: no polling loop.
     sender.wait(5.0)
     woke_after = time.monotonic() - started
@@ -272,11 +272,11 @@ def test_live_hub_holds_a_message_for_its_delay_and_wakes_for_it(hubs, tmp_path)
     envelope = receive_one(receiver, inbox, timeout_s=2.0)
     assert envelope is not None and time.monotonic() - started >= 0.15
     sent = sender.link_metrics()
-    assert (sent["link/agent_0->agent_1/sent"], sent["link/agent_0->agent_1/delivered"], sent["link/agent_0->agent_1/in_flight"]) == (1, 1, 0)
-    assert sent["link/agent_0->agent_1/bytes"] > 0
+    assert (sent["link/agent_0_to_agent_1/sent"], sent["link/agent_0_to_agent_1/delivered"], sent["link/agent_0_to_agent_1/in_flight"]) == (1, 1, 0)
+    assert sent["link/agent_0_to_agent_1/bytes"] > 0
     received = receiver.link_metrics()
-    assert received["link/agent_0->agent_1/received"] == 1
-    assert received["link/agent_0->agent_1/age_p50_ms"] >= 150.0
+    assert received["link/agent_0_to_agent_1/received"] == 1
+    assert received["link/agent_0_to_agent_1/age_p50_ms"] >= 150.0
 
 
 def test_live_hub_drops_lost_and_partitioned_messages(hubs, tmp_path):
@@ -288,9 +288,9 @@ def test_live_hub_drops_lost_and_partitioned_messages(hubs, tmp_path):
     while receive_one(receiver, inbox, timeout_s=0.3) is not None:
         got += 1
     row = sender.link_metrics()
-    assert row["link/agent_0->agent_1/dropped_loss"] == 200 - got
+    assert row["link/agent_0_to_agent_1/dropped_loss"] == 200 - got
     assert 60 < got < 140
-    assert row["link/agent_0->agent_1/delivered"] == got
+    assert row["link/agent_0_to_agent_1/delivered"] == got
 
 
 def test_simulator_and_live_transport_make_the_same_decisions(hubs, tmp_path):
