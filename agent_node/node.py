@@ -43,10 +43,11 @@ from agent_node.config import AgentNodeConfig
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
 from protocols import messages as m
-from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumShare, SyncConsensus, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested
+from protocols.engine import Engine
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
-from protocols.node_config import NodeIdentity, bind_address
+from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import ENV_NODE_ID, agent_node_ids
 from protocols.topology import build_topology
 from protocols.spaces import decode_space
@@ -54,6 +55,8 @@ from protocols.transport import Channel, Hub, SocketOptions
 from protocols.wire import Envelope
 
 log = logging.getLogger("agent_node")
+
+RUN_BUDGET_SPENT = "run budget spent"  # the stop reason of a run that ended normally
 
 
 class NodeState(enum.Enum):
@@ -128,16 +131,21 @@ class AgentNode:
         self.startup_timeout_s = run.protocols.control.startup_timeout_s
         self.status_every_s = run.protocols.control.status_every_s
         self.consensus_config = run.protocols.consensus
+        self.max_pending_share_bytes = run.protocols.limits.max_pending_share_bytes
         self.topology = build_topology(run.topology, agent_node_ids(config.count))
-        self.consensus = None  # the engine, built once the neighbours are known
+        self.consensus: Engine | None = None  # the engine, built once the neighbours are known
         self.subject: ConsensusSubject | None = None
-        self.held_observation: m.EnvObservation | None = None
+        self.held_observation: m.EnvObservation | None = None  # answered once consensus ends
+        # An observation answered once the learner owes at most max_pending_gradient_steps.
+        self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
 
         self.hub = Hub(
             sender=identity.node_id,
             run_id=identity.run_id,
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
+            keys=node_keys(run, identity.node_id),
+            limits=run.protocols.limits,
             links=run.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
@@ -235,7 +243,9 @@ class AgentNode:
         )
         self.subject = self._consensus_subject(observation_space, action_space)
         if self.consensus_config.enabled:
-            self.consensus = build_consensus_engine(self.consensus_config, self.topology, self.context.node_id)
+            self.consensus = build_consensus_engine(
+                self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
+            )
         self.episodes = EpisodeTracker(np.zeros(self.num_copies), np.zeros(self.num_copies, dtype=np.int64))
         self._restore()
         log.info(
@@ -301,6 +311,11 @@ class AgentNode:
         self._on_timers(time.monotonic())
         if learning_due and self.state is NodeState.RUNNING:
             self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
+            if self.waiting_for_updates is not None:
+                self.last_env_message_at = time.monotonic()  # the env server is waiting for us, not silent
+                if self.learner.gradient_steps_due() <= self.config.max_pending_gradient_steps:
+                    message, self.waiting_for_updates = self.waiting_for_updates, None
+                    self._act(message)
 
     def _next_deadline(self) -> float:
         deadlines = [
@@ -365,6 +380,9 @@ class AgentNode:
     # ------------------------------------------------------------------ handlers
 
     def on_observation(self, message: m.EnvObservation) -> None:
+        if message.evaluation and not self.evaluating:
+            # An evaluation begins: record how much of the owed learning was done by now.
+            self.metrics.write(self.step, self.learner.counters())
         self.evaluating = message.evaluation
         if message.evaluation:
             self.on_evaluation_observation(message)
@@ -376,7 +394,7 @@ class AgentNode:
         if self.last_obs is not None and message.step > 0:
             self._record_transition(message, observations, active)
         if message.run_finished:
-            self.begin_draining("run budget spent")
+            self.begin_draining(RUN_BUDGET_SPENT)
             return
         if self.subject is not None and self.subject.due(self.step):
             self._start_consensus(message)
@@ -384,6 +402,10 @@ class AgentNode:
         self._act(message)
 
     def _act(self, message: m.EnvObservation) -> None:
+        if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps:
+            # The update-ratio contract: learn first (the loop takes slices while this waits).
+            self.waiting_for_updates = message
+            return
         agent = self.env_agent
         observations = message.observations[agent]
         actions = self.learner.act(observations, explore=True)
@@ -395,7 +417,7 @@ class AgentNode:
         """Act greedily on the evaluation copies; nothing is learned and the training state
         (`last_obs`, `last_action`) stays as it was, ready for when training resumes."""
         if message.run_finished:
-            self.begin_draining("run budget spent")
+            self.begin_draining(RUN_BUDGET_SPENT)
             return
         observations = message.observations[self.env_agent]
         actions = self.learner.act(observations, explore=False)
@@ -474,8 +496,12 @@ class AgentNode:
 
     def _finish_consensus_if_done(self) -> None:
         if self.state is NodeState.AVERAGING and self.consensus.done:
-            for round_metrics in self.consensus.round_metrics if hasattr(self.consensus, "round_metrics") else []:
-                self.metrics.write(self.step, round_metrics)
+            # Synchronous rounds also keep one record per round (disagreement per round is
+            # what a convergence plot needs); every engine has its summary.
+            if isinstance(self.consensus, SyncConsensus):
+                for round_metrics in self.consensus.round_metrics:
+                    self.metrics.write(self.step, round_metrics)
+            self.metrics.write(self.step, self.consensus.metrics())
             self._finish_consensus(self.consensus.result)
 
     def _finish_consensus(self, averaged: dict[str, np.ndarray] | None) -> None:
@@ -552,6 +578,7 @@ class AgentNode:
             self.state = NodeState.DRAINING
         try:
             if self.learner is not None:
+                self._finish_owed_updates()
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)
@@ -564,6 +591,14 @@ class AgentNode:
             self.metrics.close()
             self.hub.close()
             self.state = NodeState.STOPPED
+
+    def _finish_owed_updates(self) -> None:
+        """Take the gradient steps still owed for the data seen (at most the contract's bound
+        plus one step's worth), then log the final counters: a finished run did all its work."""
+        if self.stop_reason == RUN_BUDGET_SPENT and self.exit_code == 0:
+            while self.learner.gradient_steps_due() > 0:
+                self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice)
+        self.metrics.write(self.step, self.learner.counters())
 
     # ------------------------------------------------------------------ helpers
 

@@ -81,6 +81,12 @@ class Learner(Protocol):
         delays a heartbeat or an answer to the env server by more than a few gradient steps.
         """
 
+    def counters(self) -> dict[str, float]:
+        """The update-ratio contract, cumulative since the start: `<kind>/gradient_steps` taken,
+        `<kind>/steps_pending` owed and not yet taken, `<kind>/steps_owed` (their sum) and
+        `<kind>/rows_observed`. The node logs them at every evaluation and when it stops, so a
+        run shows whether every update it owed was done."""
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume (networks, optimizers, counters), torch-serializable."""
 

@@ -25,7 +25,7 @@ from env_server.vector import VectorizedParallelEnv
 from protocols import messages as m
 from protocols.control import ControlClient, ControlTimeout, ShutdownRequested
 from protocols.config_errors import ConfigError
-from protocols.node_config import bind_address, load_node_config
+from protocols.node_config import bind_address, load_node_config, node_keys
 from protocols.seeds import derive_seed
 from protocols.transport import Hub, SocketOptions
 
@@ -121,6 +121,8 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         sender=node_id,
         run_id=identity.run_id,
         options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
+        keys=node_keys(config, node_id),
+        limits=config.protocols.limits,
         links=config.network.link_table(node_id, identity.run_seed),  # network: link emulation
     )
     server = EnvServer(

@@ -37,6 +37,7 @@ import numpy as np
 
 from env_server.vector import BatchedStep, VectorizedParallelEnv, check_batched, zeros_like_space
 from protocols import messages as m
+from protocols.auth import BadInputLog
 from protocols.spaces import encode_space
 from protocols.transport import Hub
 from protocols.wire import Envelope
@@ -51,6 +52,7 @@ class Client:
     agents: list[str]
     absent: bool = False  # missed a deadline; not waited for until it acts again
     has_current: bool = False  # got the latest observation (else it joined after it was sent)
+    unreachable: bool = False  # the last send found no connection (logged once, not per step)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class EnvServer:
         self.clients: dict[bytes, Client] = {}
         self.owner: dict[str, bytes] = {}  # env agent -> identity of the client that drives it
         self.counters = ServerCounters()
+        self.rejections = BadInputLog(log, "env", one="rejected a request", many="rejected {n} requests")
         self.rng = np.random.default_rng(seed)
         self.created_at = time.monotonic()
         self.step = 0  # the training step whose actions we are collecting
@@ -133,6 +136,7 @@ class EnvServer:
             for envelope in self.channel.recv_all():
                 self.handle(envelope)
         now = time.monotonic()
+        self.rejections.flush(now)
         if self.step_deadline is not None and now >= self.step_deadline:
             self._step_now(deadline_passed=True)
         if self.reset_requested and not self.episode_running and self._may_start(now):
@@ -154,6 +158,12 @@ class EnvServer:
     def on_join(self, envelope: Envelope) -> None:
         request: m.EnvJoin = envelope.message
         identity = envelope.identities[0]
+        if self.hub.keys is not None and request.client_id != envelope.sender:
+            # With the run's keys the sender is what the transport authenticated (CURVE key or
+            # HMAC signing key, see protocols/auth.py); the client id in the body is only a claim.
+            # (A hub without keys, a standalone server, has nothing to check it against.)
+            self._reject(envelope, "not_your_id", f"client_id {request.client_id!r} is not the sender {envelope.sender!r}")
+            return
         possible = self.envs.possible_agents
         bad_indices = [i for i in request.agent_indices if not 0 <= i < len(possible)]
         if bad_indices:
@@ -167,10 +177,12 @@ class EnvServer:
             return
         taken = [a for a in wanted if self.owner.get(a, identity) != identity]
         if taken:
-            # A restarted node comes back with the same client id: it takes its agents back.
+            # A restarted node comes back with the same client id (which it can only send with its
+            # own key): it takes its agents back. The answer to anyone else does not say who
+            # drives them, so it cannot be used to learn whose key to try.
             previous = {self.clients[self.owner[a]].client_id for a in taken}
             if previous != {request.client_id}:
-                self._reject(envelope, "agent_taken", f"agents {taken} are driven by {sorted(previous)}")
+                self._reject(envelope, "agent_taken", f"agents {taken} are driven by another client")
                 return
             for agent in taken:
                 self.clients.pop(self.owner[agent], None)
@@ -365,8 +377,12 @@ class EnvServer:
             evaluation=self.evaluating,
         )
         client.has_current = self.channel.send(observation, to=client.identity)
-        if not client.has_current:
-            log.warning("client %s is unreachable", client.client_id)
+        if client.has_current == client.unreachable:  # log the changes, not every step
+            client.unreachable = not client.has_current
+            if client.unreachable:
+                log.warning("client %s is unreachable; its observations are dropped until it is back", client.client_id)
+            else:
+                log.info("client %s is reachable again", client.client_id)
 
     # ------------------------------------------------------------------ helpers
 
@@ -378,7 +394,8 @@ class EnvServer:
 
     def _reject(self, envelope: Envelope, code: str, text: str) -> None:
         self.counters.rejected_requests += 1
-        log.warning("rejected %s from %s: %s", envelope.msg_type, envelope.sender, text)
+        # Aggregated per sender: a client repeating a bad request does not flood the log.
+        self.rejections.record(envelope.sender, f"{envelope.msg_type} ({code})", text)
         self.channel.reply(envelope, m.ErrorReply(code=code, message=text))
 
     def status_extra(self) -> dict[str, float]:
@@ -391,6 +408,7 @@ class EnvServer:
         }
 
     def close(self) -> None:
+        self.rejections.flush(force=True)
         self.hub.close_channel(self.channel)
         self.envs.close()
         if self.eval_envs is not None:

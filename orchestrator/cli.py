@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
 from protocols.config_errors import ConfigError
+from orchestrator.faults import plan_faults, refused_faults
+from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import build_plan, format_plan
 from orchestrator.rundir import (
     EVENTS_FILENAME,
@@ -72,8 +74,67 @@ def describe(config: RunConfig) -> str:
     )
 
 
+# How long the env check may take: building an environment once (imports included).
+ENV_CHECK_TIMEOUT_S = 120.0
+
+
+def check_env_before_launch(config: RunConfig, source: str) -> None:
+    """Raise ConfigError naming the field when `env.name`/`env.kwargs` cannot build the env.
+
+    Runs `python -m env_server.precheck` in a subprocess: the orchestrator imports no env code
+    (heavy, and not its business), and this runs before any run dir exists or process starts.
+    """
+    import json
+    import subprocess
+
+    request = json.dumps({"name": config.env.name, "kwargs": dict(config.env.kwargs)})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "env_server.precheck", request],
+            capture_output=True, text=True, timeout=ENV_CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError([f"env: building {config.env.name!r} to check it took over {ENV_CHECK_TIMEOUT_S:.0f} s"], source) from None
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError([f"env: the check of {config.env.name!r} failed (exit {done.returncode}): {tail}"], source) from None
+    if not answer.get("ok"):
+        raise ConfigError([f"{answer['field']}: {answer['error']}"], source)
+
+
+def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
+    """With tcp, `network.bind_host` must be an address of this host: bind a throwaway socket
+    to it (port 0) now, so a typo is a config error, not a ZMQError in every node later.
+
+    (Every node of a local run binds this host's address. A backend that places nodes on other
+    hosts checks their addresses there.)
+    """
+    import socket
+
+    if config.network.transport != "tcp":
+        return
+    host = config.network.bind_host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ConfigError([f"network.bind_host: {host!r} is not an address or a known host name ({error})"], source) from None
+    problems = []
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return
+            except OSError as error:
+                problems.append(f"{address[0]}: {error.strerror or error}")
+    raise ConfigError([f"network.bind_host: {host!r} is not an address of this host ({'; '.join(problems)})"], source)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_bind_host_before_launch(config, args.config)
+    check_env_before_launch(config, args.config)
     print(f"ok: {describe(config)}")
     return EXIT_OK
 
@@ -127,13 +188,15 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    if config.faults.schedule and not args.dry_run:
-        # Accepted by the schema so configs can be written now; running them would silently
-        # skip the faults, which would make the experiment a lie.
-        raise ConfigError(
-            ["faults.schedule: fault injection is not enforced yet; remove the schedule (or use --dry-run)"],
-            args.config,
-        )
+    refused = refused_faults(config)
+    if refused and not args.dry_run:
+        # Running them would silently skip those faults, which would make the experiment a lie.
+        raise ConfigError(refused + ["(remove those events, or use --dry-run to see the plan)"], args.config)
+    check_bind_host_before_launch(config, args.config)
+    check_env_before_launch(config, args.config)
+    # Everything the run writes (run dir, events, logs, metrics, keys, checkpoints), here and in
+    # the nodes, which inherit the umask, is readable by this user only.
+    os.umask(0o077)
     try:
         resolved, run_dir = prepare_run(config, args.run_dir)
     except RunDirError as error:
@@ -142,6 +205,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         print(format_plan(plan))
+        print(f"launcher   {resolved.launch.start_method}")
+        for fault in plan_faults(resolved):
+            print(f"fault      +{fault.at_s:g}s {fault.kind} {', '.join(fault.targets) or '-'} (by {fault.chosen_by})")
         if plan.socket_dir_is_temp:
             remove_temp_socket_dir(resolved.runtime)
             print(f"\n(dry run: removed the temporary socket dir {plan.socket_dir})")
@@ -194,11 +260,35 @@ def process_alive(pid: int) -> bool:
     return state != "Z" and b"orchestrat" in cmdline
 
 
+def live_run_processes(run_dir: Path) -> dict[str, int]:
+    """The run's node processes (and its zygote) that still run, from their pid files.
+
+    A pid file holds the pid and the process's start time, so a recycled pid never counts.
+    """
+    found = {}
+    nodes_dir = run_dir / NODES_DIRNAME
+    if nodes_dir.is_dir():
+        for node_dir in sorted(nodes_dir.iterdir()):
+            pid = live_pid_from_file(node_dir / NODE_PID_FILENAME)
+            if pid is not None:
+                found[node_dir.name] = pid
+    zygote = live_pid_from_file(run_dir / ZYGOTE_PID_FILENAME)
+    if zygote is not None:
+        found["zygote"] = zygote
+    return found
+
+
 def _run_state(run_dir: Path) -> str:
     pid = orchestrator_pid(run_dir)
     if pid is None:
         return "never launched (no orchestrator.pid; a dry run?)"
-    return f"running (orchestrator pid {pid})" if process_alive(pid) else f"ended (orchestrator pid {pid} is gone)"
+    if process_alive(pid):
+        return f"running (orchestrator pid {pid})"
+    orphans = live_run_processes(run_dir)
+    if orphans:
+        listed = ", ".join(f"{name} (pid {p})" for name, p in orphans.items())
+        return f"orchestrator pid {pid} is gone, but these still run: {listed}; stop them with `orchestrate down`"
+    return f"ended (orchestrator pid {pid} is gone)"
 
 
 def _format_number(value: Any) -> str:
@@ -297,8 +387,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"{run_dir}: no {PID_FILENAME}, the run was never launched (a dry run?); nothing to stop")
         return EXIT_OK
     if not process_alive(pid):
-        print(f"{run_dir}: the run already ended (orchestrator pid {pid} is gone)")
-        return EXIT_OK
+        return _stop_orphans(run_dir, pid, args.wait)
     os.kill(pid, signal.SIGTERM)
     print(f"{run_dir}: sent SIGTERM to the orchestrator (pid {pid})")
     deadline = time.monotonic() + args.wait
@@ -310,6 +399,49 @@ def cmd_down(args: argparse.Namespace) -> int:
     if args.wait > 0:
         return _fail(f"the orchestrator (pid {pid}) is still running after {args.wait:g} s", EXIT_FAILURE)
     return EXIT_OK
+
+
+ORPHAN_TERM_GRACE_S = 10.0
+
+
+def _stop_orphans(run_dir: Path, orchestrator: int, wait_s: float) -> int:
+    """The orchestrator is dead: stop what it left running, from the pid files (SIGTERM, then
+    SIGKILL after the grace period: `--wait`, or 10 s)."""
+    orphans = live_run_processes(run_dir)
+    if not orphans:
+        print(f"{run_dir}: the run already ended (orchestrator pid {orchestrator} is gone, no node left running)")
+        return EXIT_OK
+    print(f"{run_dir}: the orchestrator (pid {orchestrator}) is gone; stopping what it left running: "
+          + ", ".join(f"{name} (pid {pid})" for name, pid in orphans.items()))  # fmt: skip
+    for pid in orphans.values():
+        _signal_group_or_process(pid, signal.SIGTERM)
+    grace_s = wait_s if wait_s > 0 else ORPHAN_TERM_GRACE_S
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and live_run_processes(run_dir):
+        time.sleep(0.2)
+    survivors = live_run_processes(run_dir)
+    for name, pid in survivors.items():
+        print(f"{name} (pid {pid}) still runs {grace_s:g} s after SIGTERM: SIGKILL")
+        _signal_group_or_process(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and live_run_processes(run_dir):
+        time.sleep(0.1)
+    left = live_run_processes(run_dir)
+    if left:
+        return _fail(f"still running after SIGKILL: {left}", EXIT_FAILURE)
+    print("the run has stopped")
+    return EXIT_OK
+
+
+def _signal_group_or_process(pid: int, signum: int) -> None:
+    """Nodes lead their own process group; signal the group, or the process if it leads none."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # ------------------------------------------------------------------------------------------
@@ -357,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
     logs.set_defaults(handler=cmd_logs)
 
-    down = verbs.add_parser("down", help="stop a running run (SIGTERM to its orchestrator)")
+    down = verbs.add_parser(
+        "down", help="stop a running run (SIGTERM to its orchestrator; if it is dead, to the nodes it left)"
+    )
     down.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
     down.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for it to stop")
     down.set_defaults(handler=cmd_down)

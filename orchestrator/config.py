@@ -70,38 +70,86 @@ NODE_SEED_STREAM = "node"
 # ------------------------------------------------------------------------------------------
 
 
+# The fault kinds the orchestrator executes at run time (orchestrator/faults.py), and those the
+# schema knows but `orchestrate up` refuses, with the reason.
+EXECUTED_FAULTS = ("kill", "pause", "resume", "restart")
+REFUSED_FAULTS = {
+    "partition": "partitions need link emulation in the transport, which the orchestrator does not drive yet",
+    "heal": "partitions need link emulation in the transport, which the orchestrator does not drive yet",
+}
+
+
+class RandomTargets(BaseModel):
+    """`count` nodes drawn without replacement from the nodes of `role`, seeded by
+    derive_seed(run.seed, <the event's position in the schedule>, "faults")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(1, ge=1)
+    role: Literal["agent", "env_server"] = "agent"
+
+
 class FaultEvent(BaseModel):
-    """One scheduled fault, `at_s` seconds after the run starts.
+    """One scheduled fault, `at_s` seconds after the run started (every node ready).
 
-    - `kill`: the listed nodes are killed (SIGKILL), as a crash;
-    - `partition`: the listed nodes are cut off from every other node;
-    - `heal`: the listed nodes are reconnected (an empty list heals every partition).
+    - `kill`: SIGKILL, as a crash; the killed node stays down (the run goes on without it: the
+      env server plays its default action, its neighbours see it leave);
+    - `pause` / `resume`: SIGSTOP / SIGCONT, as a hung or descheduled process;
+    - `restart`: SIGKILL if it still runs, then start it again at once (agents only: it
+      restores its checkpoint and replay, joins the env server at the current step and is
+      re-introduced to its neighbours at the same ipc endpoint);
+    - `partition`, `heal`: known, refused by `orchestrate up` (see REFUSED_FAULTS).
 
-    Validated now; enforcing the schedule is a later issue (the orchestrator refuses to start a
-    run with a non-empty schedule until then, rather than ignore it).
+    Targets: exactly one of `nodes` (ids), `role` (every node of that role) or `random`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     at_s: float = Field(ge=0)
-    kind: Literal["kill", "partition", "heal"]
+    kind: Literal["kill", "pause", "resume", "restart", "partition", "heal"]
     nodes: list[str] = []
+    role: Literal["agent", "env_server"] | None = None
+    random: RandomTargets | None = None
 
     @model_validator(mode="after")
-    def _nodes_listed(self) -> FaultEvent:
-        if self.kind in ("kill", "partition") and not self.nodes:
-            raise ValueError(f"nodes: a {self.kind!r} fault needs at least one node id, got []")
+    def _targets(self) -> FaultEvent:
+        given = [name for name, value in (("nodes", self.nodes), ("role", self.role), ("random", self.random)) if value]
+        if len(given) > 1:
+            raise ValueError(f"{given[0]}: give one of nodes, role or random for a {self.kind!r} fault, got {' and '.join(given)}")
+        if not given and self.kind != "heal":
+            raise ValueError(f"nodes: a {self.kind!r} fault needs its targets: node ids in nodes, a role, or random; got none")
         if len(set(self.nodes)) != len(self.nodes):
             raise ValueError(f"nodes: each node id once, got {self.nodes}")
+        if self.kind == "resume" and self.random is not None:
+            raise ValueError("random: a 'resume' names the nodes (or a role) it continues, not a random draw")
         return self
+
+
+class RestartPolicy(BaseModel):
+    """What happens when an agent process exits before the run is complete.
+
+    - `never`: an unexpected exit fails the run (exit 1); a scheduled kill leaves it down;
+    - `on-failure`: an agent that exits non-zero (a crash, a kill) is started again after
+      `backoff_s`, doubled after each restart, at most `max_restarts` times per agent;
+    - `always`: also an agent that exits 0 before the run is complete.
+
+    Agents only: the env server's exit always ends the run (the agents cannot rejoin a new one).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["never", "on-failure", "always"] = "never"
+    max_restarts: int = Field(3, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
 
 
 class FaultsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # What happens when a node process exits before the run is complete. "fail": stop the run
-    # and exit 1. Restart policies come with the fault-injection issue.
+    # What happens when a node process exits before the run is complete and no restart policy
+    # applies. "fail": stop the run and exit 1.
     on_node_exit: Literal["fail"] = "fail"
+    restart: RestartPolicy = RestartPolicy()
     schedule: list[FaultEvent] = []
 
 
@@ -112,6 +160,10 @@ class LaunchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["local"] = "local"
+    # How the local backend starts nodes (orchestrator/launcher.py): "fork_server" forks every
+    # node from one process that has imported torch and the node code (shared copy-on-write
+    # pages: ~4x less memory per agent, faster start); "spawn" starts each as `python -m ...`.
+    start_method: Literal["fork_server", "spawn"] = "fork_server"
     # After control.shutdown, nodes get this long to exit before they are killed.
     shutdown_timeout_s: float = Field(15.0, gt=0)
     # Period of the orchestrator's status line / live view refresh (the nodes' own reports come
@@ -171,6 +223,24 @@ class RunConfig(BaseModel):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
                 problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
+            if event.kind == "restart" and (ENV_NODE_ID in event.nodes or event.role == "env_server"
+                                            or (event.random is not None and event.random.role == "env_server")):
+                problems.append(f"faults.schedule.{position}: expected agents to restart, got the env server "
+                                "(agents cannot rejoin a new env server)")
+            if event.random is not None:
+                pool = count if event.random.role == "agent" else 1
+                if event.random.count > pool:
+                    problems.append(
+                        f"faults.schedule.{position}.random.count: expected at most {pool} "
+                        f"(the {event.random.role} nodes), got {event.random.count}"
+                    )
+
+        restarts = self.faults.restart.policy != "never" or any(e.kind == "restart" for e in self.faults.schedule)
+        if restarts and self.network.transport != "ipc":
+            problems.append(
+                "faults.restart: expected network.transport 'ipc' for restarts (a restarted agent must come back "
+                f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
+            )
 
         if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
             problems.append(

@@ -4,10 +4,15 @@
       resolved.yaml       the one source of truth every node reads
       events.jsonl        the orchestrator's timeline (EventLog)
       orchestrator.pid    the pid of the `orchestrate up` process, for `orchestrate down`
+      run.claim           created exclusively by the run that owns an explicit --run-dir
       nodes/<node id>/    log, metrics.jsonl, and for agents checkpoints/, replay/
       sock/               ipc sockets (mode 0700), unless the path is too long (see below)
+      keys/               the run's keys (protocols/auth.py): 0700, every file 0600
       tb/                 TensorBoard event files
       report/             plots and summary.md
+
+The run directory is 0700: endpoints, keys and logs are the user's alone (`orchestrate up`
+also sets the umask to 077, so every file the run writes is 0600).
 
 A run never reuses a directory: a second run started in the same second gets a `-1`, `-2`, ...
 suffix, and an explicit `--run-dir` must not exist yet or be empty.
@@ -32,8 +37,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
+from protocols.auth import KEYS_DIRNAME, generate_run_keys
 from protocols.config_errors import ConfigError
-from protocols.settings import ENV_NODE_ID, RunLayout, ipc_dir_fits
+from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
 EVENTS_FILENAME = "events.jsonl"
 PID_FILENAME = "orchestrator.pid"
@@ -41,6 +47,7 @@ NODES_DIRNAME = "nodes"
 NODE_LOG_FILENAME = "log"
 NODE_METRICS_FILENAME = "metrics.jsonl"
 SOCKET_DIRNAME = "sock"
+CLAIM_FILENAME = "run.claim"  # created exclusively: the run that creates it owns the directory
 
 _RUN_DIR_NAME = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
 
@@ -69,7 +76,18 @@ def create_run_dir(config: RunConfig, run_dir: str | Path | None = None, now: da
         path = Path(run_dir).absolute()
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RunDirError(f"--run-dir {path}: expected a new or empty directory, got an existing non-empty one")
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a parent that is a file, no permission, a read-only file system
+            raise RunDirError(f"--run-dir {path}: cannot create it: {error.strerror or error}") from None
+        # The emptiness check and the mkdir are two steps: two runs started at once can both
+        # pass them. Creating the claim file is atomic (O_EXCL): exactly one of them wins.
+        try:
+            os.close(os.open(path / CLAIM_FILENAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            raise RunDirError(f"--run-dir {path}: another run claimed this directory at the same time") from None
+        except OSError as error:
+            raise RunDirError(f"--run-dir {path}: cannot write in it: {error.strerror or error}") from None
     else:
         parent = (Path(config.run.root) / config.run.name).absolute()
         parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +100,7 @@ def create_run_dir(config: RunConfig, run_dir: str | Path | None = None, now: da
                 break
             except FileExistsError:
                 suffix += 1
+    os.chmod(path, 0o700)  # the endpoints and keys of a run are its user's alone
     for node in config.node_ids():
         (path / NODES_DIRNAME / node).mkdir(parents=True, exist_ok=True)
         if node != ENV_NODE_ID:
@@ -133,11 +152,13 @@ def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[R
     """
     path = create_run_dir(config, run_dir)
     socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
+    keys_dir = generate_run_keys(path / KEYS_DIRNAME, [*config.node_ids(), ORCHESTRATOR_ID])
     layout = RunLayout(
         run_id=run_id_for(config, path),
         run_dir=str(path),
         socket_dir=None if socket_dir is None else str(socket_dir),
         socket_dir_is_temp=socket_dir_is_temp,
+        keys_dir=str(keys_dir),
     )
     resolved = with_runtime(config, layout)
     write_resolved(resolved, path)
@@ -191,11 +212,13 @@ class EventLog:
         self._file: TextIO = open(self.path, "a", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def write(self, event: str, node: str | None = None, **fields: Any) -> dict[str, Any]:
+    def write(self, event: str, node: str | None = None, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Append one event stamped now, or at `at` (unix time) for something that happened
+        earlier than it is written (a node's exit, seen on SIGCHLD before it was reaped)."""
         reserved = {"t", "event", "node"} & set(fields)
         if reserved:
             raise ValueError(f"event fields may not be named {sorted(reserved)}: they are set by EventLog")
-        record = {"t": time.time(), "event": event, "node": node, **fields}
+        record = {"t": time.time() if at is None else at, "event": event, "node": node, **fields}
         line = json.dumps(record, default=str)
         with self._lock:
             self._file.write(line + "\n")

@@ -2,35 +2,56 @@
 
 The orchestrator is a ROUTER socket and a loop. Its conversation with every node:
 
-    1. launch every node of the plan (env server first) through the backend;
+    1. launch every node of the plan (env server first) through the backend: forked from the
+       zygote (`launch.start_method: fork_server`) or spawned (orchestrator/launcher.py); either
+       way each node is our child, its pid in `nodes/<id>/pid`;
     2. rendezvous: collect `control.register` from each node (the endpoints it bound); once all
        have registered, send each its `control.directory` (env endpoint + its neighbours');
-    3. collect `control.ready`; once all are ready, send `control.start`;
-    4. supervise: `control.status` updates the live view; a child that exits on its own before
-       the end is reported and fails the run; `control.run_complete` from the env server, Ctrl-C
-       or SIGTERM start the shutdown;
-    5. shutdown: `control.shutdown` to every node, wait up to `shutdown_timeout_s` for them to
-       exit, then SIGTERM, then SIGKILL; every child is reaped before `run` returns.
+    3. collect `control.ready`; once all are ready, send `control.start`; the fault schedule's
+       clock starts (orchestrator/faults.py);
+    4. supervise: `control.status` updates the live view; a running node silent for three
+       status periods is reported `paused` (stopped, state T) or `unresponsive`, and `resumed`
+       when heard again; scheduled faults are executed when due and logged as `fault` events;
+       a child that exits on its own before the end (not a scheduled kill) fails the run;
+       `control.run_complete` from the env server, Ctrl-C or SIGTERM start the shutdown;
+    5. shutdown: `control.shutdown` to every registered node — a node that has not registered
+       yet may have no connected control socket, so it gets SIGTERM instead — wait up to
+       `shutdown_timeout_s` for them to exit, then SIGTERM, then SIGKILL; every child is reaped
+       before `run` returns. `exited` events carry the time the exit was seen on SIGCHLD, not
+       the (later) time the loop reaped it.
 
-Exit codes: 0 the run finished its budget and every node exited cleanly; 1 a runtime failure
-(a node died, start-up timed out, a node exited non-zero); 130 interrupted by Ctrl-C / SIGTERM.
+Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
+kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
+interrupted by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import IO
 
 from orchestrator.config import RunConfig
+from orchestrator.faults import FaultClock, ScheduledFault, plan_faults
+from orchestrator.launcher import (
+    NODE_PID_FILENAME,
+    ORCHESTRATOR_PID_ENV,
+    ForkServerLauncher,
+    NodeProcess,
+    SubprocessLauncher,
+    ZygoteError,
+    preload_modules,
+    process_state,
+    write_pid_file,
+)
 from orchestrator.plan import LaunchPlan, NodeLaunch
 from orchestrator.rundir import EventLog
 from orchestrator.status import StatusView
 from protocols import messages as m
+from protocols.auth import load_node_keys
 from protocols.settings import ORCHESTRATOR_ID
 from protocols.topology import build_topology
 from protocols.transport import Hub, SocketOptions
@@ -41,7 +62,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 @dataclass
 class NodeRecord:
     launch: NodeLaunch
-    process: subprocess.Popen | None = None
+    process: NodeProcess | None = None
     log_file: IO | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     registered: bool = False
@@ -50,24 +71,34 @@ class NodeRecord:
     exit_code: int | None = None
     last_status: m.Status | None = None
     last_heard: float = 0.0
+    # When the node's exit was first seen (unix time; SIGCHLD or a poll), before it is reaped.
+    exited_at: float | None = None
+    # "paused" (SIGSTOP: state T) or "unresponsive" while it has been silent too long.
+    silent: str | None = None
+    # Set by the fault schedule: a scheduled kill is an expected exit; a scheduled pause is
+    # continued before the shutdown.
+    killed_by_schedule: bool = False
+    paused_by_schedule: bool = False
+    # Restarts (faults.restart, or a scheduled restart): how many so far, when the next is due.
+    restarts: int = 0
+    restart_at: float | None = None
+    restart_requested: bool = False  # by the schedule: restart whatever the policy says
 
 
 class LocalBackend:
     """Runs each node as a child process of the orchestrator on this machine."""
 
+    def __init__(self, launcher: SubprocessLauncher | ForkServerLauncher) -> None:
+        self.launcher = launcher
+
+    def prepare(self) -> None:
+        self.launcher.prepare()
+
     def start(self, node: NodeRecord) -> None:
         node.launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         node.log_file = node.launch.log_path.open("ab")
-        node.process = subprocess.Popen(
-            node.launch.argv,
-            env={**os.environ, **node.launch.env},
-            stdin=subprocess.DEVNULL,
-            stdout=node.log_file,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C in the terminal reaches the orchestrator only,
-            # which then shuts the nodes down in order instead of all dying at once.
-            start_new_session=True,
-        )
+        node.process = self.launcher.start(node.launch, {ORCHESTRATOR_PID_ENV: str(os.getpid())}, node.log_file)
+        write_pid_file(node.launch.node_dir / NODE_PID_FILENAME, node.process.pid)
 
     def signal(self, node: NodeRecord, signum: int) -> None:
         if node.process is not None and node.process.poll() is None:
@@ -76,16 +107,36 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
 
+    def close(self) -> None:
+        self.launcher.close()
+
+
+def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | ForkServerLauncher:
+    if config.launch.start_method == "spawn":
+        return SubprocessLauncher()
+    world_model = config.agents.world_model
+    preload = preload_modules(
+        {node.role for node in plan.nodes},
+        learner_kind=config.agents.learner.kind,
+        world_model_kind=None if world_model is None else world_model.kind,
+        env_name=config.env.name,
+    )
+    return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
+
 
 class Orchestrator:
     def __init__(self, plan: LaunchPlan, config: RunConfig) -> None:
         self.config = config
         self.events = EventLog(plan.run_dir / "events.jsonl")
-        self.backend = LocalBackend()
+        self.backend = LocalBackend(make_launcher(plan, config))
+        self.backend.launcher.should_stop = lambda: self.interrupted is not None
         self.hub = Hub(
             sender=ORCHESTRATOR_ID,
             run_id=plan.run_id,
             options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
+            keys=None if config.runtime is None or config.runtime.keys_dir is None
+            else load_node_keys(config.runtime.keys_dir, ORCHESTRATOR_ID),
+            limits=config.protocols.limits,
         )
         self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=config.network.advertised_host())
         # With tcp the plan asks for any free port; the nodes must be told the one we got.
@@ -97,6 +148,9 @@ class Orchestrator:
         self.run_complete = False
         self.failure: str | None = None
         self.started = False
+        self.shutting_down = False
+        self.faults = FaultClock(plan_faults(config))
+        self.directories_sent = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
 
@@ -105,15 +159,21 @@ class Orchestrator:
     def run(self) -> int:
         (self.plan.run_dir / "orchestrator.pid").write_text(str(os.getpid()))
         previous_handlers = self._install_signal_handlers()
-        self.events.write("run_started", None, run_id=self.plan.run_id, run_dir=str(self.plan.run_dir))
+        self.events.write("run_started", None, run_id=self.plan.run_id, run_dir=str(self.plan.run_dir),
+                          start_method=self.config.launch.start_method)
         try:
             # The view closes after the shutdown, so its last table shows every exit code.
             with self.status_view:
                 try:
                     self._launch_all()
                     self._supervise()
+                except ZygoteError as error:
+                    if not self.interrupted:
+                        self.failure = f"cannot launch the nodes: {error}"
+                        self.events.write("launch_failed", None, error=str(error))
                 finally:
                     self._shutdown_all()
+                    self.backend.close()
         finally:
             self._restore_signal_handlers(previous_handlers)
             self.hub.close()
@@ -126,35 +186,95 @@ class Orchestrator:
             return EXIT_FAILURE
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if any(node.exit_code != 0 for node in self.nodes.values()):
+        if any(node.exit_code != 0 and not node.killed_by_schedule for node in self.nodes.values()):
             return EXIT_FAILURE
         return EXIT_OK
 
     # ------------------------------------------------------------------ launch and supervise
 
     def _launch_all(self) -> None:
+        launcher = self.backend.launcher
+        self.backend.prepare()
+        if isinstance(launcher, ForkServerLauncher):
+            report = launcher.preload_report
+            self.events.write("zygote_ready", None, pid=launcher.process.pid, seconds=round(report.get("seconds", 0.0), 3),
+                              preloaded=report.get("preloaded"), failed=report.get("failed"))
         # The env server first: agents connect to it as soon as they learn its endpoint.
         for node in sorted(self.nodes.values(), key=lambda n: n.launch.role != "env_server"):
+            if self.interrupted:
+                return  # Ctrl-C during the launch: start no more
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("launched", node.launch.node_id, pid=node.process.pid, role=node.launch.role,
-                              seed=node.launch.seed, argv=node.launch.argv)
+                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name)
 
     def _supervise(self) -> None:
         startup_timeout_s = self.config.protocols.control.startup_timeout_s
         startup_deadline = time.monotonic() + startup_timeout_s
         while not (self.run_complete or self.failure or self.interrupted):
-            if self.hub.wait(self.config.launch.status_every_s / 2):
+            wait_s = self.config.launch.status_every_s / 2
+            next_fault_s = self.faults.seconds_to_next(time.monotonic())
+            if next_fault_s is not None:
+                wait_s = min(wait_s, next_fault_s)
+            if self.hub.wait(wait_s):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
+            for fault in self.faults.due(time.monotonic()):
+                self._inject(fault)
             self._reap_exited()
-            if self.nodes and all(n.exit_code is not None for n in self.nodes.values() if n.launch.role == "agent"):
+            self._restart_due()
+            self._check_silence()
+            if self.nodes and all(
+                n.exit_code is not None and n.restart_at is None for n in self.nodes.values() if n.launch.role == "agent"
+            ):
                 self.run_complete = True  # every agent finished; nothing left to supervise
             if not self.started and time.monotonic() > startup_deadline:
                 missing = [n for n, r in self.nodes.items() if not r.ready]
                 self.failure = f"start-up timed out after {startup_timeout_s:.0f} s; not ready: {missing}"
                 self.events.write("startup_timeout", None, not_ready=missing)
             self.status_view.refresh()
+
+    def _inject(self, fault: ScheduledFault) -> None:
+        """Execute one scheduled fault now and record it in events.jsonl."""
+        signum = {"kill": signal.SIGKILL, "restart": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[fault.kind]
+        hit, skipped = {}, []
+        for node_id in fault.targets:
+            node = self.nodes[node_id]
+            if fault.kind == "restart":
+                node.restart_requested = True
+            if node.process is None or node.exit_code is not None or node.process.poll() is not None:
+                if fault.kind == "restart" and node.exit_code is not None and node.restart_at is None:
+                    node.restart_at = time.monotonic()  # down already: start it again now
+                    hit[node_id] = None
+                else:
+                    skipped.append(node_id)  # already gone: nothing to kill, pause or resume
+                continue
+            if fault.kind in ("kill", "restart"):
+                node.killed_by_schedule = True
+            node.paused_by_schedule = fault.kind == "pause"
+            self.backend.signal(node, signum)
+            hit[node_id] = node.process.pid
+        late_s = time.monotonic() - (self.faults.started_at or 0.0) - fault.at_s
+        self.events.write("fault", None, kind=fault.kind, at_s=fault.at_s, late_s=round(late_s, 3), nodes=hit,
+                          skipped=skipped, chosen_by=fault.chosen_by, position=fault.position)
+
+    def _silence_limit_s(self) -> float:
+        # Nodes report every status_every_s once running; three missed reports is a silence.
+        return 3 * self.config.protocols.control.status_every_s
+
+    def _check_silence(self) -> None:
+        """A running node that stopped reporting: paused (SIGSTOP, state T) or unresponsive."""
+        if not self.started:
+            return
+        now = time.monotonic()
+        for node_id, node in self.nodes.items():
+            if node.exit_code is not None or node.process is None or node.silent is not None or not node.ready:
+                continue  # (a restarted node reports status only once it runs again)
+            silent_s = now - node.last_heard
+            if silent_s > self._silence_limit_s():
+                state = process_state(node.process.pid)
+                node.silent = "paused" if state in ("T", "t") else "unresponsive"
+                self.events.write(node.silent, node_id, silent_s=round(silent_s, 2), process_state=state)
 
     def _handle(self, envelope) -> None:
         node_id = envelope.identities[0].decode(errors="replace")
@@ -163,6 +283,9 @@ class Orchestrator:
             self.events.write("unknown_node", node_id, msg_type=envelope.msg_type)
             return
         node.last_heard = time.monotonic()
+        if node.silent is not None:
+            self.events.write("resumed", node_id, was=node.silent)
+            node.silent = None
         message = envelope.message
         if isinstance(message, m.Register):
             self.on_register(node, message)
@@ -183,26 +306,39 @@ class Orchestrator:
         node.endpoints = dict(message.endpoints)
         node.registered = True
         self.events.write("registered", node.launch.node_id, endpoints=node.endpoints, pid=message.pid, host=message.host)
-        if all(n.registered for n in self.nodes.values()):
+        if self.shutting_down:
+            self.control.send(m.Shutdown(reason="the run is shutting down"), to=node.launch.node_id)
+        elif self.directories_sent:
+            # A restarted node: the others know it at the same (ipc) endpoint; it needs its own directory.
+            self.control.send(self._directory_for(node), to=node.launch.node_id)
+        elif all(n.registered for n in self.nodes.values()):
             self._send_directories()
 
     def _send_directories(self) -> None:
+        for node_id, node in self.nodes.items():
+            self.control.send(self._directory_for(node), to=node_id)
+        self.directories_sent = True
+        self.events.write("directory_sent", None, edges=[list(e) for e in self.topology.edge_list()])
+
+    def _directory_for(self, node: NodeRecord) -> m.Directory:
         env_endpoint = next(n.endpoints["env"] for n in self.nodes.values() if n.launch.role == "env_server")
         agent_ids = list(self.topology.nodes)
-        for node_id, node in self.nodes.items():
-            neighbours = {}
-            if node.launch.role == "agent":
-                index = agent_ids.index(node_id)
-                neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
-            directory = m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids))
-            self.control.send(directory, to=node_id)
-        self.events.write("directory_sent", None, edges=[list(e) for e in self.topology.edge_list()])
+        neighbours = {}
+        if node.launch.role == "agent":
+            index = agent_ids.index(node.launch.node_id)
+            neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
+        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids))
 
     def on_ready(self, node: NodeRecord) -> None:
         node.ready = True
         self.events.write("ready", node.launch.node_id)
+        if self.started:
+            self.control.send(m.Start(), to=node.launch.node_id)  # a restarted node rejoins the running run
+            self.events.write("rejoined", node.launch.node_id, restarts=node.restarts)
+            return
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
+            self.faults.start(time.monotonic())
             for node_id in self.nodes:
                 self.control.send(m.Start(), to=node_id)
             self.events.write("started", None)
@@ -212,19 +348,81 @@ class Orchestrator:
             if node.exit_code is None and node.process is not None and (code := node.process.poll()) is not None:
                 node.exit_code = code
                 # An agent that saw the end of the budget drains, says goodbye and exits 0.
-                expected = code == 0 and node.said_goodbye
-                self.events.write("exited", node_id, code=code, expected=expected)
-                if not expected:
+                expected = (code == 0 and (node.said_goodbye or self.shutting_down)) or node.killed_by_schedule
+                exited_at = node.exited_at or time.time()
+                self.events.write("exited", node_id, at=exited_at, code=code, expected=expected,
+                                  scheduled_kill=node.killed_by_schedule)
+                if not self.shutting_down and self._should_restart(node, code):
+                    delay_s = 0.0 if node.restart_requested else self.config.faults.restart.backoff_s * 2**node.restarts
+                    node.restart_at = time.monotonic() + delay_s
+                    self.events.write("restart_scheduled", node_id, in_s=delay_s, restarts=node.restarts,
+                                      policy=self.config.faults.restart.policy, requested=node.restart_requested)
+                    continue
+                if not expected and not self.shutting_down and not self.failure:
                     self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
+
+    def _should_restart(self, node: NodeRecord, code: int) -> bool:
+        if node.launch.role != "agent" or self.run_complete:
+            return False
+        if node.restart_requested:
+            return True
+        policy = self.config.faults.restart
+        if policy.policy == "never" or node.restarts >= policy.max_restarts:
+            return False
+        if policy.policy == "on-failure":
+            return code != 0
+        return not node.said_goodbye  # "always": any exit before the end of the run
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for node_id, node in self.nodes.items():
+            if node.restart_at is None or node.restart_at > now or self.shutting_down:
+                continue
+            if node.log_file is not None:
+                node.log_file.close()
+            node.restart_at = None
+            node.restarts += 1
+            node.restart_requested = node.killed_by_schedule = node.paused_by_schedule = False
+            node.registered = node.ready = node.said_goodbye = False
+            node.exit_code = node.exited_at = node.last_status = node.silent = None
+            self.backend.start(node)
+            node.last_heard = time.monotonic()
+            self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts)
+
+    def _note_exit_times(self) -> None:
+        """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),
+        so its `exited` event carries the time it exited, not the time the loop got to it."""
+        now = time.time()
+        for node in self.nodes.values():
+            if node.exited_at is None and node.exit_code is None and node.process is not None:
+                try:
+                    info = os.waitid(os.P_PID, node.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    continue
+                if info is not None:
+                    node.exited_at = now
 
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown_all(self) -> None:
         reason = self.failure or self.interrupted or "run budget spent"
-        for node_id, node in self.nodes.items():
-            if node.process is not None and node.process.poll() is None:
-                self.control.send(m.Shutdown(reason=reason), to=node_id)
+        self.shutting_down = True
         self.events.write("shutdown", None, reason=reason)
+        for node_id, node in self.nodes.items():
+            if node.process is None or node.process.poll() is not None:
+                continue
+            if node.paused_by_schedule:
+                self.backend.signal(node, signal.SIGCONT)  # a stopped node cannot act on the shutdown
+                node.paused_by_schedule = False
+            if node.registered:
+                self.control.send(m.Shutdown(reason=reason), to=node_id)
+            if not (self.started and node.ready):
+                # Still starting: its control socket may not be connected yet (a message would
+                # wait in our queue), and its start-up waits (for the env server's welcome, say)
+                # do not read the control channel. A signal reaches it now; nodes stop on SIGTERM.
+                why = "still starting" if node.registered else "not registered yet"
+                self.events.write("signalled", node_id, signal="SIGTERM", why=why)
+                self.backend.signal(node, signal.SIGTERM)
         deadline = time.monotonic() + self.config.launch.shutdown_timeout_s
         self._wait_for_exits(deadline)
         for signum, grace_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
@@ -233,20 +431,21 @@ class Orchestrator:
                 break
             for node in alive:
                 self.events.write("signalled", node.launch.node_id, signal=signal.Signals(signum).name)
+                if node.silent == "paused" or process_state(node.process.pid) in ("T", "t"):
+                    self.backend.signal(node, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
                 self.backend.signal(node, signum)
             self._wait_for_exits(time.monotonic() + grace_s)
         for node_id, node in self.nodes.items():
             if node.process is not None:
-                code = node.process.wait()
-                if node.exit_code is None:
-                    node.exit_code = code
-                    self.events.write("exited", node_id, code=code, expected=True)
+                node.process.wait()
+                self._reap_exited()
             if node.log_file is not None:
                 node.log_file.close()
 
     def _wait_for_exits(self, deadline: float) -> None:
         while time.monotonic() < deadline:
-            if all(n.process is None or n.process.poll() is not None for n in self.nodes.values()):
+            self._reap_exited()
+            if all(n.process is None or n.exit_code is not None for n in self.nodes.values()):
                 return
             # Goodbyes arrive meanwhile; drain them so they are logged.
             if self.hub.wait(0.05):
@@ -262,7 +461,12 @@ class Orchestrator:
                 self.interrupted = f"interrupted by {name}"
                 self.events.write("interrupted", None, signal=name)
 
-        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        def on_child_exit(signum, frame):
+            self._note_exit_times()
+
+        handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, on_child_exit)
+        return handlers
 
     @staticmethod
     def _restore_signal_handlers(previous) -> None:

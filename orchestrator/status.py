@@ -55,6 +55,8 @@ class StatusView:
             state = status.state if status else ("exited" if node.exit_code is not None else "starting")
             if node.exit_code is not None:
                 state = f"exited ({node.exit_code})"
+            elif getattr(node, "silent", None):
+                state = node.silent  # "paused" (SIGSTOP) or "unresponsive": no status reports
             table.add_row(
                 node_id,
                 state,
@@ -73,6 +75,9 @@ class StatusView:
             status = node.last_status
             if node.exit_code is not None:
                 parts.append(f"{node_id}: exited ({node.exit_code})")
+                continue
+            if getattr(node, "silent", None):
+                parts.append(f"{node_id}: {node.silent}")
                 continue
             if status is None:
                 parts.append(f"{node_id}: starting")

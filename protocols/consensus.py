@@ -81,6 +81,15 @@ class PushSumShare:
     value_totals: dict[str, np.ndarray]
 
 
+# The default of `protocols.limits.max_pending_share_bytes` (protocols/auth.py): early shares
+# a node holds for rounds and runs it has not started, in bytes.
+DEFAULT_MAX_BUFFERED_BYTES = 64 << 20
+
+
+def _share_bytes(tensors: Mapping[str, np.ndarray]) -> int:
+    return sum(getattr(value, "nbytes", 0) for value in tensors.values())
+
+
 @dataclass(frozen=True)
 class ConsensusRequest:
     """What a consensus run starts from: this node's tensors, and the run's number.
@@ -222,6 +231,7 @@ class SyncConsensus:
         self_weight: float,
         rounds: int,
         round_timeout_s: float,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
     ) -> None:
         if node_id in neighbour_weights:
             raise ValueError(f"node {node_id!r} lists itself as a neighbour; put its weight in self_weight")
@@ -245,6 +255,9 @@ class SyncConsensus:
         self.self_weight = float(self_weight)
         self.rounds = int(rounds)
         self.round_timeout_s = float(round_timeout_s)
+        # Early shares held per neighbour, in bytes (besides the count bound of `_buffer_share`):
+        # each neighbour gets an equal part of `max_buffered_bytes` (protocols.limits).
+        self.max_buffered_bytes_per_sender = max_buffered_bytes // max(1, len(self.neighbour_weights))
 
         self.epoch: int | None = None
         self.round = 0
@@ -454,6 +467,13 @@ class SyncConsensus:
         if key in self._buffer:
             self.counters["duplicates_dropped"] += 1
             return []
+        held = sum(_share_bytes(held.tensors) for k, held in self._buffer.items() if k[2] == sender)
+        if held + _share_bytes(share.tensors) > self.max_buffered_bytes_per_sender:
+            self._reject(
+                f"early shares from {sender!r} would hold {held + _share_bytes(share.tensors)} bytes, over "
+                f"{self.max_buffered_bytes_per_sender}; dropping epoch {share.epoch} round {share.round}"
+            )
+            return []
         self._buffer[key] = share
         self.counters["buffered"] += 1
         return []
@@ -479,7 +499,14 @@ class PushSumConsensus:
 
     message_types: ClassVar[tuple[type, ...]] = (PushSumShare,)
 
-    def __init__(self, node_id: str, out_neighbours: Sequence[str], period_s: float, duration_s: float) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        out_neighbours: Sequence[str],
+        period_s: float,
+        duration_s: float,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    ) -> None:
         out_neighbours = list(out_neighbours)
         if node_id in out_neighbours:
             raise ValueError(f"node {node_id!r} lists itself as an out-neighbour")
@@ -493,6 +520,8 @@ class PushSumConsensus:
         self.out_neighbours = out_neighbours
         self.period_s = float(period_s)
         self.duration_s = float(duration_s)
+        # Shares of future runs held, in bytes over all senders (protocols.limits).
+        self.max_buffered_bytes = max_buffered_bytes
 
         self.epoch: int | None = None
         self._state: Literal["idle", "running", "done"] = "idle"
@@ -569,6 +598,14 @@ class PushSumConsensus:
             # The sender started a run we have not started yet: only its newest totals matter.
             if share.epoch not in self._future and len(self._future) >= 2:
                 self._reject(f"share from {sender!r} for epoch {share.epoch}: already holding shares of 2 future runs")
+                return []
+            held = sum(
+                _share_bytes(held.value_totals)
+                for e, shares in self._future.items() for s, held in shares.items()
+                if (e, s) != (share.epoch, sender)
+            )
+            if held + _share_bytes(share.value_totals) > self.max_buffered_bytes:
+                self._reject(f"share from {sender!r} for epoch {share.epoch}: future shares would hold over {self.max_buffered_bytes} bytes")
                 return []
             waiting = self._future.setdefault(int(share.epoch), {})
             if sender not in waiting or share.seq > waiting[sender].seq:
@@ -736,13 +773,14 @@ def mixing_matrix(topology: Topology, config: ConsensusConfig) -> np.ndarray:
 
 
 def build_consensus_engine(
-    config: ConsensusConfig, topology: Topology, node_id: str
+    config: ConsensusConfig, topology: Topology, node_id: str, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
 ) -> SyncConsensus | PushSumConsensus:
-    """The engine one node runs, from the run's consensus config and topology."""
+    """The engine one node runs, from the run's consensus config and topology (and the byte
+    bound of early shares, `protocols.limits.max_pending_share_bytes`)."""
     index = topology.index_of(node_id)
     neighbours = [topology.nodes[j] for j in topology.neighbours(index)]
     if config.mode == "push_sum":
-        return PushSumConsensus(node_id, neighbours, config.push_sum_period_s, config.push_sum_duration_s)
+        return PushSumConsensus(node_id, neighbours, config.push_sum_period_s, config.push_sum_duration_s, max_buffered_bytes)
     weights = mixing_matrix(topology, config)
     return SyncConsensus(
         node_id,
@@ -750,6 +788,7 @@ def build_consensus_engine(
         self_weight=float(weights[index, index]),
         rounds=config.rounds,
         round_timeout_s=config.round_timeout_s,
+        max_buffered_bytes=max_buffered_bytes,
     )
 
 

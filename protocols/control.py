@@ -16,16 +16,71 @@ The waits that happen before the node's main loop runs (`register`, `wait_for`) 
 deadline; afterwards the hub's wait covers `channel` with the node's other channels and the loop
 passes control messages to its own handlers. The channel lingers up to a second when the hub
 closes, so that the goodbye gets out.
+
+**The orchestrator's death.** A node started by the local orchestrator gets its pid in
+`PARLEY_ORCHESTRATOR_PID` and is its child (also when forked by the zygote: the orchestrator is
+a child subreaper). `OrchestratorWatch` checks every half second whether the node's parent is
+still that pid; when the orchestrator is gone (killed, crashed) the node has been re-parented,
+and the watch sends the node SIGTERM — the same clean stop as `orchestrate down` — and, should
+the node still run `ORPHAN_KILL_AFTER_S` later, ends it. Without the variable (a node started
+by hand, a remote backend) there is no watch.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket as pysocket
+import threading
 from typing import Any
 
 from protocols import messages as m
 from protocols.transport import Hub
+
+
+ORCHESTRATOR_PID_ENV = "PARLEY_ORCHESTRATOR_PID"
+# How often the watch looks at the parent pid, and how long a SIGTERM'd orphan gets to stop.
+ORPHAN_CHECK_EVERY_S = 0.5
+ORPHAN_KILL_AFTER_S = 15.0
+
+
+class OrchestratorWatch:
+    """A daemon thread that stops this node once its orchestrator process is gone."""
+
+    def __init__(self, orchestrator_pid: int, node_id: str) -> None:
+        self.orchestrator_pid = orchestrator_pid
+        self.node_id = node_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="orchestrator-watch", daemon=True)
+
+    @classmethod
+    def from_environment(cls, node_id: str) -> "OrchestratorWatch | None":
+        text = os.environ.get(ORCHESTRATOR_PID_ENV, "")
+        if not text.isdigit():
+            return None
+        if os.getppid() != int(text):
+            # Started by that orchestrator but not its child (already orphaned, or another
+            # launcher in between): the parent pid cannot tell us anything; no watch.
+            return None
+        return cls(int(text), node_id)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(ORPHAN_CHECK_EVERY_S):
+            if os.getppid() != self.orchestrator_pid:
+                break
+        else:
+            return
+        print(f"{self.node_id}: the orchestrator (pid {self.orchestrator_pid}) is gone; stopping", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        if not self._stop.wait(ORPHAN_KILL_AFTER_S):
+            print(f"{self.node_id}: still running {ORPHAN_KILL_AFTER_S:.0f} s after the orchestrator died; exiting", flush=True)
+            os._exit(1)
 
 
 class ControlTimeout(TimeoutError):
@@ -48,6 +103,9 @@ class ControlClient:
         self.node_id = node_id
         self.channel = hub.connect_dealer(endpoint, name="control", identity=node_id, close_linger_s=self.GOODBYE_LINGER_S)
         self._last_status = 0.0
+        self.watch = OrchestratorWatch.from_environment(node_id)
+        if self.watch is not None:
+            self.watch.start()
 
     def register(self, role: str, endpoints: dict[str, str], incarnation: int = 0) -> None:
         self.channel.send(

@@ -26,6 +26,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from protocols.auth import KeyFileError, NodeKeys, load_node_keys
 from protocols.config_errors import ConfigError, format_validation_error
 from protocols.seeds import derive_seed
 from protocols.settings import (
@@ -94,6 +95,11 @@ def load_node_config(path: str | Path, node_id: str, sections: type[Sections]) -
     entry = config.nodes.get(node_id)
     if entry is None:
         raise ConfigError([f"nodes: expected an entry for this node {node_id!r}, got only {sorted(config.nodes)}"], str(path))
+    if config.runtime.keys_dir is not None:
+        try:  # the keys are read again by `node_keys`; a missing or foreign key file fails here, named
+            load_node_keys(config.runtime.keys_dir, node_id)
+        except KeyFileError as error:
+            raise ConfigError([f"runtime.keys_dir: {error}"], str(path)) from None
     run_dir = Path(config.runtime.run_dir)
     identity = NodeIdentity(
         node_id=node_id,
@@ -117,3 +123,10 @@ def bind_address(config: NodeSections, node_id: str, purpose: str) -> str:
     if config.runtime.socket_dir is None:
         raise ValueError("runtime.socket_dir: required with network.transport 'ipc', got null")
     return ipc_endpoint(config.runtime.socket_dir, node_id, purpose)
+
+
+def node_keys(config: NodeSections, node_id: str) -> NodeKeys | None:
+    """This node's keys of the run (for `Hub(keys=...)`), or None when the run has none."""
+    if config.runtime.keys_dir is None:
+        return None
+    return load_node_keys(config.runtime.keys_dir, node_id)

@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from protocols.auth import LimitsConfig
 from protocols.consensus import ConsensusConfig
 from protocols.links import LinkConfig, LinkTable, PartitionTable
 
@@ -159,6 +160,7 @@ class ProtocolsConfig(BaseModel):
     control: ControlConfig = ControlConfig()
     membership: MembershipConfig = MembershipConfig()
     consensus: ConsensusConfig = ConsensusConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 LinkSelectorRole = Literal["env_links", "peer_links"]
@@ -348,3 +350,6 @@ class RunLayout(BaseModel):
     run_dir: str = Field(min_length=1)
     socket_dir: str | None = None
     socket_dir_is_temp: bool = False
+    # The run's keys (protocols/auth.py): `<run dir>/keys` as written by `orchestrate up`. None:
+    # nodes run without authentication (only configs written by hand, for tests).
+    keys_dir: str | None = None

@@ -36,6 +36,14 @@ Received messages' ages (now minus the sender's `sent_at`) are recorded per send
 to the orchestrator) are never emulated. CURVE authentication will be applied where the hub
 makes sockets (tcp between hosts).
 
+Authentication (see `protocols/auth.py`): a hub given the node's `NodeKeys` makes every tcp socket
+a CURVE socket (ROUTERs are servers behind a ZAP handler that admits only the run's node keys and
+names each connection by its node; DEALERs are clients) and signs every ipc message with the
+node's HMAC key. A received message whose header claims another sender than the node that
+authenticated (tcp: zmq's `User-Id`; ipc: the signing key) is dropped and counted, as is every
+message over the size limits of `LimitsConfig`; bad input is logged through a rate-limited
+`BadInputLog`, never once per message.
+
 A context must not cross a fork: make the hub in the process that uses it.
 """
 
@@ -48,12 +56,14 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import zmq
+from zmq.utils import z85
 
 from protocols import wire
-from protocols.errors import ProtocolError
+from protocols.auth import ZAP_DOMAIN, BadInputLog, LimitsConfig, NodeKeys, signing_keys
+from protocols.errors import ProtocolError, SignatureError
 from protocols.links import LinkCounters, LinkTable
 
 UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
@@ -71,9 +81,13 @@ class SocketOptions:
     heartbeat_timeout_s: float = 5.0
 
 
-def _make_socket(context: zmq.Context, kind: int, options: SocketOptions, identity: bytes | None) -> zmq.Socket:
+def _make_socket(
+    context: zmq.Context, kind: int, options: SocketOptions, identity: bytes | None, max_frame_bytes: int = -1
+) -> zmq.Socket:
     socket = context.socket(kind)
     socket.setsockopt(zmq.LINGER, 0)
+    # zmq refuses (and disconnects) a peer that sends a bigger frame before reading it.
+    socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     if kind == zmq.ROUTER:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     if identity is not None:
@@ -110,7 +124,9 @@ class ChannelStats:
     sent: int = 0
     received: int = 0
     bytes_sent: int = 0
-    dropped_invalid: int = 0  # received frames that failed validation
+    dropped_invalid: int = 0  # received messages dropped: invalid, oversized, or a wrong sender
+    dropped_bad_signature: int = 0  # (part of dropped_invalid) signature or CURVE User-Id mismatch
+    dropped_oversized: int = 0  # (part of dropped_invalid) over the `LimitsConfig` size limits
     dropped_by_link: int = 0  # sends the link emulator decided to lose
     unroutable: int = 0  # ROUTER sends to a peer that is not connected
 
@@ -131,6 +147,10 @@ class Channel:
         name: str = "",
         endpoint: str | None = None,
         key: bytes = b"",
+        verify_key: bytes | Callable[[str], bytes] | None = None,
+        check_user_id: bool = False,
+        limits: LimitsConfig | None = None,
+        bad_input: BadInputLog | None = None,
         links: LinkTable | None = None,
         peer: str | None = None,
         clock=time.monotonic,
@@ -142,7 +162,11 @@ class Channel:
         self.close_linger_s = close_linger_s
         self.sender = sender
         self.run_id = run_id
-        self.key = key
+        self.key = key  # what this channel signs with (empty: unsigned)
+        self.verify_key = key if verify_key is None else verify_key  # what received messages must be signed with
+        self.check_user_id = check_user_id  # CURVE server: the header's sender must be the authenticated node
+        self.limits = limits if limits is not None else LimitsConfig()
+        self.bad_input = bad_input if bad_input is not None else BadInputLog(log, name or "channel")
         self.links = links  # None: no emulation on this channel
         self.peer = peer  # the node a DEALER is connected to (None on a ROUTER, or not a node)
         self.clock = clock
@@ -211,16 +235,41 @@ class Channel:
                 frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return None
-            try:
-                envelope = wire.decode([frame.buffer for frame in frames], key=self.key)
-            except ProtocolError as error:
-                self.stats.dropped_invalid += 1
-                log.warning("%s: dropped an invalid message: %s: %s", self.name or "channel", type(error).__name__, error)
+            size = sum(frame.buffer.nbytes for frame in frames)
+            if size > self.limits.max_message_bytes:
+                self._drop(frames, "oversized", f"{size} bytes, over max_message_bytes {self.limits.max_message_bytes}")
                 continue
+            try:
+                envelope = wire.decode([frame.buffer for frame in frames], key=self.verify_key)
+            except SignatureError as error:
+                self._drop(frames, "bad signature", str(error))
+                continue
+            except ProtocolError as error:
+                self._drop(frames, type(error).__name__, str(error))
+                continue
+            if size > (limit := self.limits.max_bytes_for(envelope.msg_type)):
+                self._drop(frames, "oversized", f"{envelope.msg_type} of {size} bytes, over its limit of {limit}")
+                continue
+            if self.check_user_id:
+                authenticated = frames[-1].get("User-Id")
+                if authenticated != envelope.sender:
+                    self._drop(frames, "bad signature",
+                               f"header claims sender {envelope.sender!r}, the connection authenticated as {authenticated!r}")
+                    continue
             self.stats.received += 1
             if self.links is not None:
                 self.links.record_age(envelope.header.sender, time.time() - envelope.header.sent_at)
             return envelope
+
+    def _drop(self, frames: list[zmq.Frame], reason: str, detail: str) -> None:
+        self.stats.dropped_invalid += 1
+        if reason == "bad signature":
+            self.stats.dropped_bad_signature += 1
+        elif reason == "oversized":
+            self.stats.dropped_oversized += 1
+        # On a ROUTER the first frame is the peer's routing id: the best name a stranger has.
+        source = repr(bytes(frames[0].buffer[:64])) if self.socket.type == zmq.ROUTER and len(frames) > 1 else "the peer"
+        self.bad_input.record(source, reason, detail[:300])
 
     def wait_for(self, *message_types: type, timeout_s: float) -> Any | None:
         """Block until a message of one of `message_types` arrives and return it; messages of
@@ -274,18 +323,29 @@ class Hub:
         run_id: str,
         options: SocketOptions = SocketOptions(),
         key: bytes = b"",
+        keys: NodeKeys | None = None,
+        limits: LimitsConfig | None = None,
         clock=time.monotonic,
         links: LinkTable | None = None,
     ) -> None:
+        """`keys`: this node's keys of the run (see `protocols/auth.py`): CURVE on tcp, per-node
+        HMAC signatures on ipc. None: no authentication (tests, benches, a standalone server);
+        `key` then optionally signs every message with one shared key. `limits`: the size limits
+        of received messages (default `LimitsConfig()`)."""
+        if keys is not None and keys.node_id != sender:
+            raise ValueError(f"the hub of {sender!r} was given the keys of {keys.node_id!r}")
         self.sender = sender
         self.links = links
         self.run_id = run_id
         self.options = options
         self.key = key
+        self.keys = keys
+        self.limits = limits if limits is not None else LimitsConfig()
         self.clock = clock
         self._context = zmq.Context()
         self._poller = zmq.Poller()
         self._channels: dict[zmq.Socket, Channel] = {}
+        self._authenticator: Any = None  # the ZAP handler, started with the first CURVE server
 
     # ------------------------------------------------------------------ making channels
 
@@ -297,13 +357,21 @@ class Hub:
         With a link table, replies go through the link to the node named by the routing id, unless
         `emulated=False` (the orchestrator's control socket).
         """
-        socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None)
+        socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None, max_frame_bytes=self.limits.max_frame_bytes)
         try:
+            if self.keys is not None and address.startswith("tcp://"):
+                self._start_authenticator()
+                socket.curve_server = True
+                socket.curve_secretkey = self.keys.server_secret
+                socket.curve_publickey = self.keys.server_public
+                socket.zap_domain = ZAP_DOMAIN.encode()
             endpoint = _bind(socket, address, advertise_host)
         except BaseException:
             socket.close(linger=0)
             raise
-        return self._register(socket, name=name, endpoint=endpoint, close_linger_s=0.0, emulated=emulated, peer=None)
+        return self._register(
+            socket, name=name, endpoint=endpoint, close_linger_s=0.0, tcp=address.startswith("tcp://"), emulated=emulated, peer=None
+        )
 
     def connect_dealer(
         self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0, peer: str | None = None
@@ -313,20 +381,40 @@ class Hub:
         `close_linger_s` > 0 lets the last messages out when the channel closes (a goodbye).
         `peer`: the node id at the other end; with a link table, sends go through that link.
         """
-        socket = _make_socket(self._context, zmq.DEALER, self.options, identity=identity.encode())
-        socket.connect(endpoint)
-        return self._register(socket, name=name, endpoint=None, close_linger_s=close_linger_s, emulated=peer is not None, peer=peer)
+        socket = _make_socket(self._context, zmq.DEALER, self.options, identity=identity.encode(), max_frame_bytes=self.limits.max_frame_bytes)
+        tcp = endpoint.startswith("tcp://")
+        if self.keys is not None and tcp:
+            socket.curve_serverkey = self.keys.server_public
+            socket.curve_publickey = self.keys.public
+            socket.curve_secretkey = self.keys.secret
+        try:
+            socket.connect(endpoint)
+        except BaseException:
+            socket.close(linger=0)
+            raise
+        return self._register(
+            socket, name=name, endpoint=None, close_linger_s=close_linger_s, tcp=tcp, emulated=peer is not None, peer=peer
+        )
 
     def _register(
-        self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, emulated: bool, peer: str | None
+        self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, tcp: bool, emulated: bool, peer: str | None
     ) -> Channel:
+        if self.keys is None:
+            key, verify_key, check_user_id = self.key, None, False
+        elif tcp:  # CURVE authenticates the connection; a ROUTER also checks each header's sender
+            key, verify_key, check_user_id = b"", None, socket.type == zmq.ROUTER
+        else:  # ipc: every message signed with its sender's key
+            key, verify_key, check_user_id = self.keys.signing_key(self.sender), signing_keys(self.keys), False
         channel = Channel(
             socket,
             sender=self.sender,
             run_id=self.run_id,
             name=name,
             endpoint=endpoint,
-            key=self.key,
+            key=key,
+            verify_key=verify_key,
+            check_user_id=check_user_id,
+            limits=self.limits,
             clock=self.clock,
             close_linger_s=close_linger_s,
             links=self.links if emulated else None,
@@ -350,7 +438,32 @@ class Hub:
         ready = [self._channels[socket] for socket in wait_readable(self._poller, timeout_s)]
         if due is not None:
             self.flush_due()
+        now = time.monotonic()
+        for channel in self._channels.values():  # aggregated bad-input lines whose window is over
+            channel.bad_input.flush(now)
         return ready
+
+    def _start_authenticator(self) -> None:
+        """Start the ZAP handler of this context: it admits the run's node keys only and names
+        each connection (zmq's User-Id on every message) by the node whose key it presented."""
+        if self._authenticator is not None:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+
+        node_of_key = self.keys.node_of_public_key()
+
+        class RunAuthenticator(ThreadAuthenticator):
+            def curve_user_id(self, client_public_key: bytes) -> str:
+                return node_of_key[z85.encode(client_public_key)]
+
+        class RunKeys:
+            def callback(self, domain: str, key: bytes) -> bool:
+                return key in node_of_key
+
+        authenticator = RunAuthenticator(self._context, log=logging.getLogger(__name__ + ".zap"))
+        authenticator.start()
+        authenticator.configure_curve_callback(ZAP_DOMAIN, credentials_provider=RunKeys())
+        self._authenticator = authenticator
 
     def next_due(self) -> float | None:
         """When the earliest delayed (link-emulated) send is due, or None."""
@@ -381,7 +494,11 @@ class Hub:
     def close(self) -> None:
         """Close every channel (each with its own linger) and the context. Idempotent."""
         for channel in list(self._channels.values()):
+            channel.bad_input.flush(force=True)
             self.close_channel(channel)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
         if not self._context.closed:
             self._context.term()
 

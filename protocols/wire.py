@@ -4,8 +4,10 @@
 
 - identity frames: routing ids added by ROUTER sockets (zero or more);
 - DELIMITER: a fixed marker that separates routing from content;
-- signature: HMAC-SHA256 (hex) over header, parent header and body when the run has a key,
-  empty otherwise (on one host the ipc sockets' file permissions keep other users out);
+- signature: HMAC-SHA256 (hex) over header, parent header, body and buffer frames when the
+  channel has a key, empty otherwise. The key is the sender node's signing key
+  (`protocols/auth.py`); a receiver that checks per-node keys passes `key` as a function of the
+  sender the header claims, so a message signed by any other node is a `SignatureError`;
 - header: msgpack map `msg_id, msg_type, sender, run_id, version, seq, sent_at`;
 - parent_header: msgpack map, the header of the request this message answers (or empty);
 - body: msgpack map of the dataclass fields; every numpy array in it is replaced by a msgpack
@@ -33,7 +35,7 @@ import time
 import itertools
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgpack
 import numpy as np
@@ -140,13 +142,17 @@ def encode(
     body_bytes = msgpack.packb(body, default=pack_array, use_bin_type=True)
     if buffers and buffers[0] is small_blob:
         buffers[0] = bytes(small_blob)  # immutable: receivers of an in-process copy get read-only arrays
-    signature = _sign(key, header_bytes, parent_bytes, body_bytes)
+    signature = _sign(key, header_bytes, parent_bytes, body_bytes, *buffers)
     # A C-contiguous array exposes the buffer protocol; zmq sends it without a copy.
     return [*identities, DELIMITER, signature, header_bytes, parent_bytes, body_bytes, *buffers]
 
 
-def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
-    """Validate and decode received frames (bytes, memoryviews or anything with a buffer)."""
+def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") -> Envelope:
+    """Validate and decode received frames (bytes, memoryviews or anything with a buffer).
+
+    `key`: the run's key, or `sender -> key` when every node signs with its own key (the header's
+    `sender` is then read, and only it, before the signature is checked).
+    """
     views = [memoryview(frame) for frame in frames]
     try:
         split = next(i for i, view in enumerate(views) if view == DELIMITER)
@@ -161,9 +167,15 @@ def decode(frames: Sequence[Any], *, key: bytes = b"") -> Envelope:
         )
     signature, header_view, parent_view, body_view, *buffer_views = content
 
-    expected = _sign(key, header_view, parent_view, body_view)
+    mismatch = "signature does not match the run key"
+    if callable(key):
+        claimed = _unpack_map(header_view, "header").get("sender")
+        if not isinstance(claimed, str):
+            raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
+        key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
+    expected = _sign(key, header_view, parent_view, body_view, *buffer_views)
     if not hmac.compare_digest(bytes(signature), expected):
-        raise SignatureError("signature does not match the run key" if key else "unexpected signature: this run is unsigned")
+        raise SignatureError(mismatch if key else "unexpected signature: this run is unsigned")
 
     header = _decode_header(header_view)
     parent = _unpack_map(parent_view, "parent header")

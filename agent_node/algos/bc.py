@@ -99,6 +99,17 @@ class BCAgent:
         index = self.action_probabilities(obs).argmax(axis=1)
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
 
+    def counters(self) -> dict[str, float]:
+        """Offline training: the gradient steps of the configured budget taken and still to take
+        (no env rows are observed)."""
+        pending = self.gradient_steps_due()
+        return {
+            "bc/gradient_steps": float(self.gradient_steps),
+            "bc/steps_pending": float(pending),
+            "bc/steps_owed": float(self.gradient_steps + pending),
+            "bc/rows_observed": 0.0,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "algorithm": "bc",

@@ -152,6 +152,17 @@ class CQLAgent:
 
     # ------------------------------------------------------------------ persistence, ParamSource
 
+    def counters(self) -> dict[str, float]:
+        """Offline training: the gradient steps of the configured budget taken and still to take
+        (no env rows are observed)."""
+        pending = self.gradient_steps_due()
+        return {
+            "cql/gradient_steps": float(self.gradient_steps),
+            "cql/steps_pending": float(pending),
+            "cql/steps_owed": float(self.gradient_steps + pending),
+            "cql/rows_observed": 0.0,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "algorithm": "cql",

@@ -164,9 +164,9 @@ class DQNAgent:
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
 
-        Always returns `dqn/epsilon`, `dqn/gradient_steps` (taken in this call) and
-        `dqn/steps_pending` (still due); `dqn/loss`, `dqn/q_mean` and `dqn/target_mean` only when
-        at least one gradient step ran.
+        Always returns `dqn/epsilon`; `dqn/loss`, `dqn/q_mean` and `dqn/target_mean` only when
+        at least one gradient step ran. How many steps were taken and are still owed is in
+        `counters()`, cumulative.
         """
         if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
             raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
@@ -180,11 +180,21 @@ class DQNAgent:
             for key, value in step_metrics.items():
                 totals[key] += value
 
-        metrics = {"dqn/epsilon": self.epsilon, "dqn/gradient_steps": float(steps)}
+        metrics = {"dqn/epsilon": self.epsilon}
         if steps > 0:
             metrics.update({key: total / steps for key, total in totals.items()})
-        metrics["dqn/steps_pending"] = float(self.gradient_steps_due())
         return metrics
+
+    def counters(self) -> dict[str, float]:
+        """The update-ratio contract, cumulative since the start (not per call): gradient steps
+        taken, still pending, owed in all (taken + pending), and rows observed."""
+        pending = self.gradient_steps_due()
+        return {
+            "dqn/gradient_steps": float(self.gradient_steps),
+            "dqn/steps_pending": float(pending),
+            "dqn/steps_owed": float(self.gradient_steps + pending),
+            "dqn/rows_observed": float(self.rows_observed),
+        }
 
     def _gradient_step(self) -> dict[str, float]:
         cfg = self.config

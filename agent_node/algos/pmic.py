@@ -559,6 +559,16 @@ class PMICAgent:
 
     # ------------------------------------------------------------------ persistence
 
+    def counters(self) -> dict[str, float]:
+        """The update-ratio contract, cumulative since the start (see roles.Learner.counters)."""
+        pending = self.gradient_steps_due()
+        return {
+            "pmic/gradient_steps": float(self.gradient_steps),
+            "pmic/steps_pending": float(pending),
+            "pmic/steps_owed": float(self.gradient_steps + pending),
+            "pmic/rows_observed": float(self.rows_observed),
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizers, counters, RNGs and the PMIC buffers (as tensors); the replay
         buffer is saved separately (`self.replay.save`). Loadable with `weights_only=True`."""

@@ -122,6 +122,10 @@ class SharedDQNAgent:
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         return self.dqn.update(max_gradient_steps)
 
+    def counters(self) -> dict[str, float]:
+        """The inner DQN's cumulative update counters (`dqn/gradient_steps`, ...)."""
+        return self.dqn.counters()
+
     def state_dict(self) -> dict[str, Any]:
         """DQN's state plus the input layout. The agent index is not saved: it belongs to the run
         that loads the checkpoint, so agent 1 of a 2-agent run can become agent 3 of a 4-agent run."""

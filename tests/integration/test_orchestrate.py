@@ -51,7 +51,12 @@ def launched_pids(events: list[dict]) -> dict[str, int]:
 def assert_all_reaped(pids: dict[str, int]) -> None:
     for node, pid in pids.items():
         cmdline = Path(f"/proc/{pid}/cmdline")
-        survivor = cmdline.exists() and b"--node-id" in cmdline.read_bytes()
+        comm = Path(f"/proc/{pid}/comm")
+        try:
+            # A spawned node has its argv; a forked one the zygote's argv and the name "parley:<id>".
+            survivor = b"--node-id" in cmdline.read_bytes() or comm.read_text().startswith("parley:")
+        except OSError:
+            survivor = False  # gone
         assert not survivor, f"{node} (pid {pid}) survived the run"
 
 
@@ -74,6 +79,12 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path):
         returns = [r for r in records if "env/episode_return" in r]
         # 60 lockstep steps x 2 copies with 10-step episodes: 12 finished episodes per agent.
         assert len(returns) == 12 and all("step" in r for r in returns)
+        # The update-ratio contract: counters at each evaluation's first step and at the end;
+        # the run finishes every gradient step it owed.
+        counters = [r for r in records if "dqn/steps_owed" in r]
+        assert [r["step"] for r in counters] == [19, 39, 59, 60]
+        assert counters[-1]["dqn/steps_pending"] == 0 and counters[-1]["dqn/gradient_steps"] > 0
+        assert all(r["dqn/steps_pending"] <= 64 for r in counters)
         assert (node_dir / "checkpoints" / "latest.pt").is_file()
         assert (node_dir / "replay" / "buffer.npz").is_file()
         assert "state running -> draining" in (node_dir / "log").read_text()
@@ -148,7 +159,7 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
         rounds = [r for r in records if "consensus/round" in r]
-        adoptions = [r for r in records if "og_marl/refreshes" in r]
+        adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         # Refreshes at rows 40, 60, 80 of a 90-step run, each with 20 consensus rounds.
         assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]
         assert all(r["og_marl/shared"] == 1.0 and r["og_marl/model_buffer_size"] > 0 for r in adoptions)
@@ -159,3 +170,24 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
         assert last["consensus/disagreement_max"] < 1e-9 * max(1.0, first["consensus/disagreement_max"])
         finals[agent] = [r["og_marl/model_mse"] for r in adoptions]
     assert all(mse[-1] < 0.05 for mse in finals.values()), finals
+
+
+def test_og_marl_agents_average_by_push_sum(tmp_path):
+    """The same run with asynchronous push-sum instead of synchronous rounds: it runs to the end
+    and every refresh logs the engine's summary (pushes made and applied, weight mass held)."""
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_og_marl.yaml", "--run-dir", str(run_dir), "--set", "protocols.consensus.mode=push_sum"
+    )
+    _, stderr = process.communicate(timeout=170)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        summaries = [r for r in records if "consensus/pushes" in r]
+        adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
+        assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]
+        assert len(summaries) == 3
+        for summary in summaries:
+            assert summary["consensus/pushes"] > 0 and summary["consensus/applied"] > 0
+            assert summary["consensus/missing_neighbours"] == 0
+            assert 0 < summary["consensus/weight_mass"] < 3

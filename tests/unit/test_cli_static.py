@@ -103,11 +103,14 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_up_refuses_a_fault_schedule_it_cannot_enforce_yet(tmp_path: Path, capsys) -> None:
-    code = main(["up", str(TINY), "--run-dir", str(tmp_path / "run"), "--set", "faults.schedule.0={at_s: 1, kind: kill, nodes: [agent_0]}"])
-    assert code == 2
-    assert "faults.schedule: fault injection is not enforced yet" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+def test_up_refuses_the_faults_it_cannot_execute_yet(tmp_path: Path, capsys) -> None:
+    for kind in ("partition", "heal"):
+        run_dir = tmp_path / kind
+        code = main(["up", str(TINY), "--run-dir", str(run_dir), "--set", f"faults.schedule.0={{at_s: 1, kind: {kind}, nodes: [agent_0]}}"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"faults.schedule.0.kind: expected one of kill, pause, resume, restart; {kind!r} is not executed yet" in err
+        assert not run_dir.exists()
 
 
 def test_up_into_a_non_empty_run_dir_is_a_usage_error(tmp_path: Path, capsys) -> None:

@@ -159,7 +159,7 @@ def test_link_and_fault_node_ids_are_checked() -> None:
         "network.links.0.dst: expected a node id (env, agent_0 .. agent_2), got 'agent_7'"
     )
     assert only_problem("faults.schedule.0={at_s: 1, kind: kill}") == (
-        "faults.schedule.0.nodes: a 'kill' fault needs at least one node id, got []"
+        "faults.schedule.0.nodes: a 'kill' fault needs its targets: node ids in nodes, a role, or random; got none"
     )
     assert only_problem("faults.schedule.0={at_s: 1, kind: partition, nodes: [env, agent_3]}").startswith(
         "faults.schedule.0.nodes: expected node ids"

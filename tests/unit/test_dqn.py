@@ -101,7 +101,7 @@ def test_greedy_policy_becomes_optimal_on_the_chain():
     q_right = agent.q_values(one_hot(non_goal_states))[:, RIGHT]
     expected = SMALL_CONFIG.gamma ** (CHAIN_LENGTH - 2 - non_goal_states)
     np.testing.assert_allclose(q_right, expected, atol=0.05)
-    assert set(metrics) >= {"dqn/loss", "dqn/q_mean", "dqn/epsilon", "dqn/gradient_steps"}
+    assert set(metrics) >= {"dqn/loss", "dqn/q_mean", "dqn/epsilon"}
     assert agent.gradient_steps == 1_200 - SMALL_CONFIG.learning_starts
 
 
@@ -165,17 +165,22 @@ def test_gradient_steps_follow_rows_not_calls():
 
     one_call, many_calls = (DQNAgent(config, space, gym.spaces.Discrete(2), seed=0) for _ in range(2))
     feed(one_call, 60)
-    assert one_call.update()["dqn/gradient_steps"] == (60 - 20) // 4
+    one_call.update()
+    assert one_call.counters()["dqn/gradient_steps"] == (60 - 20) // 4
     for _ in range(60):
         feed(many_calls, 1)
         many_calls.update()
     assert many_calls.gradient_steps == one_call.gradient_steps == 10
 
     feed(one_call, 40)  # 10 more steps due
-    capped = one_call.update(max_gradient_steps=3)
-    assert capped["dqn/gradient_steps"] == 3 and capped["dqn/steps_pending"] == 7
-    assert one_call.update()["dqn/gradient_steps"] == 7
-    assert one_call.update()["dqn/gradient_steps"] == 0
+    one_call.update(max_gradient_steps=3)
+    assert one_call.counters() == {
+        "dqn/gradient_steps": 13.0, "dqn/steps_pending": 7.0, "dqn/steps_owed": 20.0, "dqn/rows_observed": 100.0
+    }
+    one_call.update()
+    assert one_call.counters()["dqn/steps_pending"] == 0 and one_call.gradient_steps == 20
+    one_call.update()
+    assert one_call.gradient_steps == 20
     with pytest.raises(ValueError, match="max_gradient_steps"):
         one_call.update(max_gradient_steps=-1)
 

@@ -84,3 +84,54 @@ def test_bad_construction_seeds_and_names_are_refused():
     given = {"num_agents": 2}
     make_env("reward_collection_v0", given, construction_seed=4)
     assert given == {"num_agents": 2}
+
+
+# ------------------------------------------------------------------------------------------
+# Every registered env builds, and the pre-launch check names the field at fault
+# ------------------------------------------------------------------------------------------
+
+from env_server.precheck import check_env  # noqa: E402
+from env_server.registry import ALIASES, BUILTIN_ENVS  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_ENVS) + sorted(ALIASES))
+def test_every_registered_env_builds_with_the_declared_dependencies(name):
+    env = make_env(name, {})
+    env.reset(seed=0)
+    assert env.possible_agents
+    env.close()
+    assert check_env(name, {}) is None
+
+
+def test_precheck_names_an_unknown_env_name():
+    field, error = check_env("nope_v1", {})
+    assert field == "env.name" and "nope_v1" in error and "mpe2.simple_spread_v3" in error
+
+
+def test_precheck_names_an_import_path_that_does_not_import():
+    field, error = check_env("no_such_package.module:factory", {})
+    assert field == "env.name" and "no_such_package" in error
+
+
+def test_precheck_names_a_missing_attribute():
+    field, error = check_env("env_server.envs.reward_collection:no_such_factory", {})
+    assert field == "env.name" and "no_such_factory" in error
+
+
+def test_precheck_names_a_keyword_a_kwargs_factory_does_not_take():
+    field, error = check_env("mpe2.simple_spread_v3", {"N": 3, "max_cyles": 10})
+    assert field == "env.kwargs.max_cyles" and "max_cyles" in error
+
+
+def test_precheck_names_a_keyword_a_named_parameter_factory_does_not_take():
+    field, error = check_env("reward_collection_v0", {"max_cyles": 10})
+    assert field == "env.kwargs.max_cyles" and "max_cycles" in error  # it lists what it takes
+
+
+def test_precheck_reports_a_bad_value_under_env_kwargs():
+    field, error = check_env("reward_collection_v0", {"num_agents": "three"})
+    assert field == "env.kwargs" and "three" in error
+
+
+def test_pistonball_is_not_registered_without_its_dependency():
+    assert "pettingzoo.pistonball_v6" not in BUILTIN_ENVS and "pistonball_v6" not in ALIASES

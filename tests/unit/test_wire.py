@@ -203,10 +203,11 @@ def as_memoryview_frames(frames: list[Any]) -> list[memoryview]:
     return views
 
 
-def sign(key: bytes, header: bytes, parent: bytes, body: bytes) -> bytes:
+def sign(key: bytes, header: bytes, parent: bytes, body: bytes, *buffers: bytes) -> bytes:
+    """The spec's signature: HMAC-SHA256 over header, parent, body and every buffer frame."""
     if not key:
         return b""
-    return hmac.new(key, header + parent + body, hashlib.sha256).hexdigest().encode()
+    return hmac.new(key, header + parent + body + b"".join(buffers), hashlib.sha256).hexdigest().encode()
 
 
 def header_map(msg_type: str = "control.status", **changes: Any) -> dict[str, Any]:
@@ -236,7 +237,7 @@ def build_frames(
     header_bytes = raw_header if raw_header is not None else msgpack.packb(header or header_map())
     parent_bytes = msgpack.packb({})
     body_bytes = raw_body if raw_body is not None else msgpack.packb(body, use_bin_type=True)
-    return [wire.DELIMITER, sign(key, header_bytes, parent_bytes, body_bytes), header_bytes, parent_bytes, body_bytes, *buffers]
+    return [wire.DELIMITER, sign(key, header_bytes, parent_bytes, body_bytes, *buffers), header_bytes, parent_bytes, body_bytes, *buffers]
 
 
 def array_ext(index: int, dtype: str, shape: list[int]) -> msgpack.ExtType:

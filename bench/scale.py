@@ -1,0 +1,221 @@
+"""How `orchestrate up` scales with the number of agent processes (issue 6, "Scale").
+
+For each agent count (default 4, 8, 16, 32) and each start method (`launch.start_method`:
+fork_server, spawn), runs a real `orchestrate up` of DQN agents on MPE simple_spread with N =
+the agent count, ring topology by default, for a short step budget, and measures:
+
+- ready_s      from `run_started` to `started` (every node registered and ready), in events.jsonl
+- steps_per_s  lockstep steps / (run_complete - started)
+- rss / pss / private MB per agent: /proc/<pid>/smaps_rollup of every agent, sampled every
+               second while the run is running; the last sample in which every agent was alive
+               (so after the learner has trained for a while), averaged over agents; max too
+- zygote_pss   the fork server's own PSS (its share of the pages the agents share with it)
+- exit code    of `orchestrate up`, and the load average before and after (the machine is shared)
+
+Messages and bytes per edge: the agents' metrics carry no per-link counters yet (the `links`
+work adds them); the table says n/a rather than guess.
+
+    python bench/scale.py                              # table
+    python bench/scale.py --agents 4,32 --json         # JSON
+    python bench/scale.py --methods fork_server --steps 300 --topology exponential
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO / "configs" / "4agents_ring.yaml"
+
+
+def smaps_rollup_mb(pid: int) -> dict[str, float] | None:
+    """RSS, PSS and private (clean + dirty) memory of a process in MB, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            fields[parts[0].rstrip(":")] = int(parts[1]) / 1024  # kB → MB
+    if "Rss" not in fields:
+        return None
+    return {
+        "rss": fields["Rss"],
+        "pss": fields["Pss"],
+        "private": fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0),
+    }
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return events
+
+
+def make_config(agents: int, steps: int, topology: str, method: str, directory: Path) -> Path:
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["run"].update(name=f"scale_{agents}", steps=steps)
+    config["env"]["kwargs"]["N"] = agents
+    config["agents"]["count"] = agents
+    # A default DQN agent: no world model, no consensus (those are their own benchmarks).
+    config["agents"].pop("world_model", None)
+    config["agents"].pop("world_model_fit_transitions", None)
+    # Learning starts early so the memory sample includes a training learner.
+    config["agents"]["learner"]["learning_starts"] = 256
+    config["protocols"]["consensus"] = {"enabled": False}
+    config["topology"] = {"kind": topology}
+    config["launch"] = {"start_method": method, "live_view": "off"}
+    path = directory / f"scale_{method}_{agents}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_one(agents: int, steps: int, topology: str, method: str, timeout_s: float, keep: Path | None) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="parley-scale-")) if keep is None else keep
+    config_path = make_config(agents, steps, topology, method, workdir)
+    run_dir = workdir / f"run_{method}_{agents}"
+    load_before = os.getloadavg()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    launched_at = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "up", str(config_path), "--run-dir", str(run_dir)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    events_path = run_dir / "events.jsonl"
+    last_full_sample: dict[str, dict] | None = None
+    zygote_sample = None
+    peak_total_pss = 0.0
+    deadline = time.monotonic() + timeout_s
+    timed_out = False
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.terminate()
+            timed_out = True
+            break
+        events = read_events(events_path)
+        names = {e["event"] for e in events}
+        if "started" in names and "run_complete" not in names and "shutdown" not in names:
+            pids = {e["node"]: e["pid"] for e in events if e["event"] == "launched" and e.get("role") == "agent"}
+            sample = {node: smaps_rollup_mb(pid) for node, pid in pids.items()}
+            if len(sample) == agents and all(value is not None for value in sample.values()):
+                last_full_sample = sample
+                peak_total_pss = max(peak_total_pss, sum(v["pss"] for v in sample.values()))
+                zygote = next((e for e in events if e["event"] == "zygote_ready"), None)
+                if zygote is not None:
+                    zygote_sample = smaps_rollup_mb(zygote["pid"]) or zygote_sample
+        time.sleep(1.0)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+    load_after = os.getloadavg()
+
+    events = read_events(events_path)
+    by_name: dict[str, dict] = {}
+    for event in events:
+        if event["node"] is None:
+            by_name.setdefault(event["event"], event)
+    result: dict = {
+        "agents": agents,
+        "method": method,
+        "topology": topology,
+        "steps_budget": steps,
+        "exit_code": process.returncode,
+        "timed_out": timed_out,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+        "wall_s": round(time.time() - launched_at, 1),
+        "run_dir": str(run_dir),
+    }
+    if "run_started" in by_name and "started" in by_name:
+        result["ready_s"] = round(by_name["started"]["t"] - by_name["run_started"]["t"], 2)
+    complete = next((e for e in events if e["event"] == "run_complete"), None)
+    if complete is not None and "started" in by_name:
+        result["steps_per_s"] = round(complete["steps"] / max(complete["t"] - by_name["started"]["t"], 1e-9), 2)
+    if last_full_sample:
+        for key in ("rss", "pss", "private"):
+            values = [v[key] for v in last_full_sample.values()]
+            result[f"{key}_mb_mean"] = round(sum(values) / len(values), 1)
+            result[f"{key}_mb_max"] = round(max(values), 1)
+        result["agents_pss_total_mb_peak"] = round(peak_total_pss, 1)
+    if zygote_sample:
+        result["zygote_pss_mb"] = round(zygote_sample["pss"], 1)
+    result["msgs_per_edge"] = None  # no per-link counters in the metrics yet
+    if process.returncode != 0:
+        result["stderr_tail"] = stderr.decode(errors="replace")[-1500:]
+    return result
+
+
+def format_table(results: list[dict]) -> str:
+    columns = [
+        ("agents", "agents"), ("method", "method"), ("topology", "topology"), ("exit", "exit_code"),
+        ("ready s", "ready_s"), ("steps/s", "steps_per_s"), ("RSS MB", "rss_mb_mean"),
+        ("PSS MB", "pss_mb_mean"), ("PSS max", "pss_mb_max"), ("private MB", "private_mb_mean"),
+        ("zygote PSS", "zygote_pss_mb"), ("load before", "load_before"), ("load after", "load_after"),
+    ]  # fmt: skip
+    rows = [[title for title, _ in columns]]
+    for result in results:
+        row = []
+        for _, key in columns:
+            value = result.get(key)
+            if isinstance(value, list):
+                value = "/".join(f"{x:.2f}" for x in value)
+            row.append("-" if value is None else str(value))
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("")
+    lines.append("per agent: mean over agents of the last smaps_rollup sample with every agent alive; "
+                 "msgs/bytes per edge: n/a (no per-link counters in metrics yet)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", default="4,8,16,32", help="comma-separated agent counts")
+    parser.add_argument("--methods", default="fork_server,spawn", help="start methods to compare")
+    parser.add_argument(
+        "--spawn-max-agents", type=int, default=16,
+        help="skip spawn above this many agents (32 spawned agents need ~10 GB on a shared machine)",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=int, default=200, help="lockstep steps per run")
+    parser.add_argument("--topology", default="ring", help="topology.kind")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
+    parser.add_argument("--keep", type=Path, help="write configs and run dirs here instead of a temp dir")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    results = []
+    for agents in [int(x) for x in args.agents.split(",")]:
+        for method in args.methods.split(","):
+            if method == "spawn" and agents > args.spawn_max_agents:
+                continue
+            result = run_one(agents, args.steps, args.topology, method, args.timeout, args.keep)
+            results.append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

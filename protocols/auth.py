@@ -1,0 +1,285 @@
+"""Who may talk to a run: its keys, how a node proves who it is, and the limits on what it accepts.
+
+A run has secrets that only its own processes can read: the orchestrator draws them at `up` and
+writes them into `<run dir>/keys/` (directory 0700, every file 0600):
+
+    keys/run.json            the run's HMAC key and the run's CURVE server key pair
+    keys/public.json         the CURVE public key of every node of the run (and the server's)
+    keys/nodes/<node>.json   that node's own CURVE key pair
+
+A node loads `run.json`, `public.json` and its own `nodes/<node>.json` and nothing else, so a
+backend that places nodes on other hosts ships exactly those three files to each host.
+
+How they are used (see `protocols/transport.py`, which applies them where it makes sockets):
+
+- **tcp**: every socket speaks ZeroMQ CURVE. Every ROUTER is a CURVE server with the run's server
+  key pair; every DEALER is a CURVE client with its node's key pair and the run's server public
+  key. A ZAP handler admits only the public keys in `public.json` and names each connection by
+  the node whose key it presented (zmq's `User-Id`). A message whose header `sender` is not that
+  node is dropped and counted. A stranger without a key of the run cannot complete the handshake:
+  it can neither send nor receive anything.
+- **ipc**: the socket directory is 0700 (other users cannot even connect), and every message is
+  HMAC-SHA256-signed (the envelope's signature frame) with its sender's node key, derived from the
+  run's HMAC key and the node id. A message whose signature does not match the key of the node its
+  header names is dropped and counted.
+
+What this does not defend against: a process of the run itself (it can read the run key), or
+anything running as the same user with access to the run dir. Those can read the keys anyway.
+
+The second half of the module bounds what a receiver accepts: `MessageLimits` (the largest frame
+and message per message type) and `BadInputLog`, which turns a burst of bad input into one log
+line per source every few seconds instead of one line per message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+KEYS_DIRNAME = "keys"
+RUN_KEYS_FILENAME = "run.json"
+PUBLIC_KEYS_FILENAME = "public.json"
+NODE_KEYS_DIRNAME = "nodes"
+# The ZAP domain every Parley CURVE server announces; the handler answers only for it.
+ZAP_DOMAIN = "parley"
+_NODE_KEY_LABEL = b"parley node signing key\x00"
+
+
+class KeyFileError(ValueError):
+    """The run's key files are missing, unreadable or malformed (names the file and the problem)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Keys on disk
+# ------------------------------------------------------------------------------------------
+
+
+def _write_private(path: Path, data: dict) -> None:
+    """Create `path` with mode 0600 (never wider, whatever the umask) and write `data` as JSON."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump(data, file)
+    os.chmod(path, 0o600)
+
+
+def _curve_keypair() -> tuple[str, str]:
+    import zmq  # only for key generation; the orchestrator already depends on pyzmq
+
+    public, secret = zmq.curve_keypair()
+    return public.decode("ascii"), secret.decode("ascii")
+
+
+def generate_run_keys(keys_dir: str | Path, node_ids: Iterable[str]) -> Path:
+    """Draw the keys of a run for `node_ids` into `keys_dir` (which must not exist yet)."""
+    keys_dir = Path(keys_dir)
+    keys_dir.mkdir(mode=0o700)
+    os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask
+    (keys_dir / NODE_KEYS_DIRNAME).mkdir(mode=0o700)
+    os.chmod(keys_dir / NODE_KEYS_DIRNAME, 0o700)
+    server_public, server_secret = _curve_keypair()
+    _write_private(
+        keys_dir / RUN_KEYS_FILENAME,
+        {"hmac_key": secrets.token_hex(32), "server_public": server_public, "server_secret": server_secret},
+    )
+    publics: dict[str, str] = {}
+    for node in node_ids:
+        public, secret = _curve_keypair()
+        publics[node] = public
+        _write_private(keys_dir / NODE_KEYS_DIRNAME / f"{node}.json", {"public": public, "secret": secret})
+    _write_private(keys_dir / PUBLIC_KEYS_FILENAME, {"server_public": server_public, "nodes": publics})
+    return keys_dir
+
+
+def _read_json(path: Path, fields: tuple[str, ...]) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KeyFileError(f"key file {path} does not exist (the run's keys are written by `orchestrate up`)") from None
+    except (OSError, ValueError) as error:
+        raise KeyFileError(f"cannot read key file {path}: {error}") from None
+    missing = [name for name in fields if not isinstance(data, dict) or name not in data]
+    if missing:
+        raise KeyFileError(f"key file {path}: expected fields {list(fields)}, missing {missing}")
+    return data
+
+
+@dataclass(frozen=True)
+class NodeKeys:
+    """What one node needs to prove who it is and to check everyone else."""
+
+    node_id: str
+    hmac_key: bytes  # the run's HMAC key: node signing keys derive from it
+    server_public: bytes  # z85: the run's CURVE server key pair (every ROUTER of the run)
+    server_secret: bytes
+    public: bytes  # z85: this node's CURVE key pair (its DEALERs)
+    secret: bytes
+    node_publics: dict[str, bytes] = field(default_factory=dict)  # node id -> z85 public key
+
+    def signing_key(self, node_id: str) -> bytes:
+        return node_signing_key(self.hmac_key, node_id)
+
+    def node_of_public_key(self) -> dict[bytes, str]:
+        return {public: node for node, public in self.node_publics.items()}
+
+
+def load_node_keys(keys_dir: str | Path, node_id: str) -> NodeKeys:
+    """The keys of `node_id` from a run's key directory; KeyFileError names the file at fault."""
+    keys_dir = Path(keys_dir)
+    run = _read_json(keys_dir / RUN_KEYS_FILENAME, ("hmac_key", "server_public", "server_secret"))
+    public = _read_json(keys_dir / PUBLIC_KEYS_FILENAME, ("server_public", "nodes"))
+    own = _read_json(keys_dir / NODE_KEYS_DIRNAME / f"{node_id}.json", ("public", "secret"))
+    if public["nodes"].get(node_id) != own["public"]:
+        raise KeyFileError(f"{keys_dir / PUBLIC_KEYS_FILENAME}: the public key of {node_id!r} does not match its key file")
+    try:
+        hmac_key = bytes.fromhex(run["hmac_key"])
+    except (TypeError, ValueError):
+        raise KeyFileError(f"{keys_dir / RUN_KEYS_FILENAME}: hmac_key must be hex") from None
+    return NodeKeys(
+        node_id=node_id,
+        hmac_key=hmac_key,
+        server_public=run["server_public"].encode("ascii"),
+        server_secret=run["server_secret"].encode("ascii"),
+        public=own["public"].encode("ascii"),
+        secret=own["secret"].encode("ascii"),
+        node_publics={node: key.encode("ascii") for node, key in public["nodes"].items()},
+    )
+
+
+def node_signing_key(hmac_key: bytes, node_id: str) -> bytes:
+    """The key node `node_id` signs its ipc messages with: HMAC(run key, label | node id)."""
+    return hmac.new(hmac_key, _NODE_KEY_LABEL + node_id.encode(), hashlib.sha256).digest()
+
+
+def signing_keys(keys: NodeKeys) -> Callable[[str], bytes]:
+    """`sender -> key` for `wire.decode`: the key of the node a header claims to be (cached)."""
+    cache: dict[str, bytes] = {}
+
+    def key_for(sender: str) -> bytes:
+        key = cache.get(sender)
+        if key is None:
+            if len(cache) > 4096:  # senders are claimed by the (untrusted) header: bound the cache
+                cache.clear()
+            key = cache[sender] = keys.signing_key(sender)
+        return key
+
+    return key_for
+
+
+# ------------------------------------------------------------------------------------------
+# Limits
+# ------------------------------------------------------------------------------------------
+
+MIB = 1 << 20
+
+
+class LimitsConfig(BaseModel):
+    """`protocols.limits`: the largest frame and message a receiver accepts.
+
+    A receiver must decode what it accepts, and a stranger's (or a buggy peer's) 8 MiB message
+    costs the same to refuse after reading as to accept: these bounds make the cost of bad input
+    bounded per message. `max_frame_bytes` is enforced by zmq itself before a frame is read
+    (ZMQ_MAXMSGSIZE: a peer that sends a bigger frame is disconnected); `max_message_bytes` and
+    `per_type` are checked on the received frames. The defaults leave room for the largest
+    legitimate messages (observation batches of many env copies, consensus shares of GP models
+    of some 10^5 parameters) and refuse the small control messages that grew absurdly large.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # One frame: an array of a message (observation batches, model parameters) is one frame.
+    max_frame_bytes: int = Field(256 * MIB, gt=0)
+    # All frames of one message together, unless `per_type` says otherwise.
+    max_message_bytes: int = Field(512 * MIB, gt=0)
+    # Per message type (`msg_type` as on the wire). Control, membership and join messages carry
+    # a few hundred bytes; 1 MiB is generous and keeps a flood of them cheap to refuse.
+    per_type: dict[str, int] = {
+        "membership.heartbeat": 64 * 1024,
+        "control.register": 1 * MIB,
+        "control.ready": 64 * 1024,
+        "control.start": 64 * 1024,
+        "control.status": 1 * MIB,
+        "control.run_complete": 64 * 1024,
+        "control.shutdown": 64 * 1024,
+        "control.goodbye": 64 * 1024,
+        "env.join": 64 * 1024,
+        "env.reset": 64 * 1024,
+    }
+    # Consensus shares held for rounds that have not started yet (protocols/consensus.py), in
+    # bytes over all senders: a peer (or a stranger) cannot make a node hold more than this.
+    max_pending_share_bytes: int = Field(64 * MIB, gt=0)  # = protocols.consensus.DEFAULT_MAX_BUFFERED_BYTES
+
+    def max_bytes_for(self, msg_type: str) -> int:
+        return self.per_type.get(msg_type, self.max_message_bytes)
+
+
+# ------------------------------------------------------------------------------------------
+# Rate-limited, aggregated logging of bad input
+# ------------------------------------------------------------------------------------------
+
+
+class BadInputLog:
+    """Counts dropped messages per source and reason; logs one aggregated line per source at most
+    every `interval_s` ("dropped 10000 invalid messages from X in the last 5 s: 9990 bad
+    signature, 10 oversized"). The first drop from a source is logged at once, with its detail.
+
+    `totals` keeps the counts for the whole life of the process (for status and tests).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        where: str,
+        interval_s: float = 5.0,
+        clock=time.monotonic,
+        one: str = "dropped an invalid message",
+        many: str = "dropped {n} invalid messages",
+    ) -> None:
+        self.logger = logger
+        self.where = where
+        self.one = one  # the first line of a source: "<where>: <one> from <source>: <reason>"
+        self.many = many  # the aggregated line: "<where>: <many> from <source> in the last 5 s: ..." 
+        self.interval_s = interval_s
+        self.clock = clock
+        self.totals: Counter[str] = Counter()
+        self._window: dict[str, Counter[str]] = {}
+        self._window_started: dict[str, float] = {}
+        self._seen_sources: set[str] = set()
+
+    def record(self, source: str, reason: str, detail: str = "") -> None:
+        now = self.clock()
+        self.totals[reason] += 1
+        if source not in self._seen_sources and len(self._seen_sources) < 1024:
+            self._seen_sources.add(source)
+            self.logger.warning("%s: %s from %s: %s%s", self.where, self.one, source, reason,
+                                f": {detail}" if detail else "")
+            self._window_started[source] = now
+            return
+        window = self._window.setdefault(source, Counter())
+        window[reason] += 1
+        self._window_started.setdefault(source, now)
+        self.flush(now)
+
+    def flush(self, now: float | None = None, force: bool = False) -> None:
+        """Log the sources whose window has run `interval_s` (all of them with `force`)."""
+        now = self.clock() if now is None else now
+        for source in list(self._window):
+            started = self._window_started.get(source, now)
+            if not force and now - started < self.interval_s:
+                continue
+            counts = self._window.pop(source)
+            self._window_started[source] = now
+            total = sum(counts.values())
+            reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
+            self.logger.warning("%s: %s from %s in the last %.0f s: %s",
+                                self.where, self.many.format(n=total), source, max(now - started, 0.0), reasons)

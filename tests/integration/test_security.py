@@ -1,0 +1,208 @@
+"""Attacks on a real run on loopback, and config errors caught before launch.
+
+The strangers here are given more than a real one has: the endpoints (from events.jsonl, which
+is 0600) and, on tcp, even the run's CURVE server public key. They still get nothing in and
+nothing out, and the run completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from protocols import messages as m
+from protocols import wire
+from protocols.consensus import ConsensusShare
+from tests.conftest import REPO
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+STEPS = 150
+
+
+class Stranger:
+    """Raw zmq DEALERs of someone outside the run, sending well-formed (unsigned) envelopes."""
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.sockets: list[zmq.Socket] = []
+
+    def dealer(self, endpoint: str, identity: str, curve_server_key: bytes | None = None) -> zmq.Socket:
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.identity = identity.encode()
+        if curve_server_key is not None:  # its own key pair, the run's server key
+            socket.curve_publickey, socket.curve_secretkey = zmq.curve_keypair()
+            socket.curve_serverkey = curve_server_key
+        socket.connect(endpoint)
+        self.sockets.append(socket)
+        return socket
+
+    def send(self, socket: zmq.Socket, message, sender: str, run_id: str) -> None:
+        socket.send_multipart(wire.encode(message, sender=sender, run_id=run_id, seq=1), copy=False)
+
+    def received(self, timeout_s: float) -> int:
+        poller = zmq.Poller()
+        for socket in self.sockets:
+            poller.register(socket, zmq.POLLIN)
+        count, deadline = 0, time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            for socket, _ in poller.poll(remaining * 1000):
+                socket.recv_multipart()
+                count += 1
+        return count
+
+    def close(self) -> None:
+        for socket in self.sockets:
+            socket.close(linger=0)
+        self.context.term()
+
+
+def attack(run_dir: Path, process: subprocess.Popen, *, curve: bool) -> int:
+    """Join the env server as agent_0, spoof agent_1's heartbeats and 8 MiB consensus shares at
+    agent_0 and agent_2; returns how many messages the stranger received back."""
+    events = wait_for_event(run_dir, "started", process)
+    endpoints = {e["node"]: e["endpoints"] for e in events if e["event"] == "registered"}
+    run_id = next(e["run_id"] for e in events if e["event"] == "run_started")
+    server_key = json.loads((run_dir / "keys" / "public.json").read_text())["server_public"].encode() if curve else None
+    stranger = Stranger()
+    try:
+        # As agent_0's routing id (zmq keeps the first connection of an id) and as a new one.
+        takeovers = [stranger.dealer(endpoints["env"]["env"], "agent_0"), stranger.dealer(endpoints["env"]["env"], "intruder")]
+        if curve:
+            takeovers.append(stranger.dealer(endpoints["env"]["env"], "agent_0x", curve_server_key=server_key))
+        peers = [stranger.dealer(endpoints[node]["peer"], "intruder") for node in ("agent_0", "agent_2")]
+        share = ConsensusShare(epoch=10**6, round=0, tensors={"w": np.zeros(2 << 20, dtype=np.float32)})  # 8 MiB
+        for incarnation in range(20):
+            for socket in takeovers:
+                stranger.send(socket, m.EnvJoin(client_id="agent_0", agent_indices=[0]), "agent_0", run_id)
+            for socket in peers:
+                stranger.send(socket, m.Heartbeat(node_id="agent_1", incarnation=100 + incarnation, state="running"), "agent_1", run_id)
+                stranger.send(socket, share, "agent_1", run_id)
+        return stranger.received(3.0)
+    finally:
+        stranger.close()
+
+
+def finish(process: subprocess.Popen, timeout_s: float = 240) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, stderr = process.communicate()
+    return process.returncode, stderr.decode()
+
+
+def node_log(run_dir: Path, node: str) -> str:
+    return (run_dir / "nodes" / node / "log").read_text(errors="replace")
+
+
+def last_step(run_dir: Path, node: str) -> int:
+    steps = [json.loads(line).get("step", 0) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max(steps)
+
+
+def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}")
+    try:
+        received = attack(run_dir, process, curve=True)
+    finally:
+        code, stderr = finish(process)
+    assert code == 0, stderr[-3000:]
+    assert received == 0  # CURVE: no handshake, nothing comes back
+    env_log = node_log(run_dir, "env")
+    assert env_log.count("client agent_0 joined") == 1, env_log[-3000:]  # the real one, once
+    for node in ("agent_0", "agent_1", "agent_2"):
+        log = node_log(run_dir, node)
+        assert "restarted" not in log, log[-2000:]
+        assert last_step(run_dir, node) >= STEPS - 1
+    assert_all_reaped(launched_pids(read_events(run_dir)))
+
+
+def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}")
+    try:
+        received = attack(run_dir, process, curve=False)
+    finally:
+        code, stderr = finish(process)
+    assert code == 0, stderr[-3000:]
+    assert received == 0
+    env_log = node_log(run_dir, "env")
+    assert env_log.count("client agent_0 joined") == 1, env_log[-3000:]
+    assert "dropped an invalid message from b'intruder': bad signature" in env_log
+    for node in ("agent_0", "agent_2"):
+        log = node_log(run_dir, node)
+        assert "restarted" not in log
+        assert "bad signature" in log
+        # 40 bad messages (20 heartbeats, 20 shares): one line at once, the rest in aggregate.
+        assert log.count("invalid message") <= 3, log[-3000:]
+    # The run's files are the user's alone.
+    assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+    for name in ("events.jsonl", "resolved.yaml", "keys/run.json", "nodes/agent_0/log", "nodes/agent_0/metrics.jsonl"):
+        assert stat.S_IMODE(os.stat(run_dir / name).st_mode) == 0o600, name
+
+
+# ------------------------------------------------------------------------------------------
+# Config errors before launch
+# ------------------------------------------------------------------------------------------
+
+
+def write_config(tmp_path: Path, env_name: str, kwargs: str) -> Path:
+    text = (REPO / "configs" / "tiny_ring.yaml").read_text()
+    config = tmp_path / "bad.yaml"
+    lines, in_env = [], False
+    for line in text.splitlines():
+        if line.startswith("env:"):
+            in_env = True
+            lines += ["env:", f"  name: {env_name}", f"  kwargs: {kwargs}"]
+            continue
+        if in_env and (line.startswith("  name:") or line.startswith("  kwargs:")):
+            continue
+        if line and not line.startswith(" "):
+            in_env = False
+        lines.append(line)
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+@pytest.mark.parametrize(
+    "env_name, kwargs, field",
+    [
+        ("nope_v1", "{}", "env.name"),
+        ("no_such_package.mod:factory", "{}", "env.name"),
+        ("mpe2.simple_spread_v3", "{N: 3, max_cyles: 10}", "env.kwargs.max_cyles"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "up"])
+def test_env_config_errors_exit_2_naming_the_field_before_anything_starts(tmp_path, command, env_name, kwargs, field):
+    config = write_config(tmp_path, env_name, kwargs)
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "orchestrator", command, str(config)] + (["--run-dir", str(run_dir)] if command == "up" else [])
+    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"{field}:" in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("host", ["10.9.9.9", "not a host", "300.1.1.1"])
+@pytest.mark.parametrize("command", ["validate", "up"])
+def test_a_bind_host_that_is_not_on_this_host_exits_2_naming_the_field(tmp_path, command, host):
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "orchestrator", command, "configs/tiny_star_tcp.yaml", "--set", f"network.bind_host={host}"]
+    argv += ["--run-dir", str(run_dir)] if command == "up" else []
+    done = subprocess.run(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "network.bind_host:" in done.stderr and host in done.stderr and "Traceback" not in done.stderr
+    assert not run_dir.exists()

@@ -1,0 +1,392 @@
+"""Authentication and bounds on real sockets in one process: CURVE on tcp, per-node HMAC on ipc,
+size limits, the aggregated bad-input log, and the byte bounds of consensus buffers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import stat
+
+import numpy as np
+import pytest
+import zmq
+
+from protocols import messages as m
+from protocols import wire
+from protocols.auth import (
+    BadInputLog,
+    KeyFileError,
+    LimitsConfig,
+    generate_run_keys,
+    load_node_keys,
+    node_signing_key,
+    signing_keys,
+)
+from protocols.consensus import ConsensusShare, PushSumConsensus, PushSumShare, SyncConsensus
+from protocols.errors import SignatureError
+from protocols.transport import Hub
+
+NODES = ["env", "agent_0", "agent_1", "orchestrator"]
+
+
+@pytest.fixture
+def keys_dir(tmp_path):
+    return generate_run_keys(tmp_path / "keys", NODES)
+
+
+@pytest.fixture
+def hubs():
+    made: list[Hub] = []
+
+    def make(sender: str, **kwargs) -> Hub:
+        hub = Hub(sender=sender, run_id="r", **kwargs)
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        hub.close()
+
+
+def nothing_arrives(channel, timeout_s: float = 1.0) -> bool:
+    return channel.wait_for(object, timeout_s=timeout_s) is None
+
+
+# ------------------------------------------------------------------------------------------
+# Keys on disk
+# ------------------------------------------------------------------------------------------
+
+
+def test_key_files_are_private_and_load_back(keys_dir):
+    assert stat.S_IMODE(os.stat(keys_dir).st_mode) == 0o700
+    for path in keys_dir.rglob("*"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == (0o700 if path.is_dir() else 0o600), path
+    keys = load_node_keys(keys_dir, "agent_0")
+    assert keys.node_id == "agent_0" and set(keys.node_publics) == set(NODES)
+    assert keys.node_publics["agent_0"] == keys.public and keys.public != keys.server_public
+    assert load_node_keys(keys_dir, "agent_1").hmac_key == keys.hmac_key
+
+
+def test_a_missing_key_file_names_the_file(keys_dir):
+    with pytest.raises(KeyFileError, match=r"nodes/agent_9\.json does not exist"):
+        load_node_keys(keys_dir, "agent_9")
+
+
+def test_keys_of_another_run_do_not_match(tmp_path, keys_dir):
+    other = generate_run_keys(tmp_path / "other", NODES)
+    (keys_dir / "nodes" / "agent_0.json").unlink()
+    os.link(other / "nodes" / "agent_0.json", keys_dir / "nodes" / "agent_0.json")
+    with pytest.raises(KeyFileError, match="does not match"):
+        load_node_keys(keys_dir, "agent_0")
+
+
+def test_hub_refuses_the_keys_of_another_node(keys_dir):
+    with pytest.raises(ValueError, match="keys of 'agent_1'"):
+        Hub(sender="agent_0", run_id="r", keys=load_node_keys(keys_dir, "agent_1"))
+
+
+# ------------------------------------------------------------------------------------------
+# Per-node signatures (the envelope's signature frame)
+# ------------------------------------------------------------------------------------------
+
+
+def test_node_signing_keys_differ_per_node_and_per_run():
+    assert node_signing_key(b"k" * 32, "agent_0") != node_signing_key(b"k" * 32, "agent_1")
+    assert node_signing_key(b"k" * 32, "agent_0") != node_signing_key(b"j" * 32, "agent_0")
+
+
+def test_a_message_signed_by_another_node_is_a_signature_error(keys_dir):
+    keys = load_node_keys(keys_dir, "env")
+    verify = signing_keys(keys)
+    heartbeat = m.Heartbeat(node_id="agent_0", incarnation=1, state="running")
+    genuine = wire.encode(heartbeat, sender="agent_0", run_id="r", seq=1, key=keys.signing_key("agent_0"))
+    assert wire.decode(genuine, key=verify).sender == "agent_0"
+    forged = wire.encode(heartbeat, sender="agent_0", run_id="r", seq=1, key=keys.signing_key("agent_1"))
+    with pytest.raises(SignatureError):
+        wire.decode(forged, key=verify)
+    unsigned = wire.encode(heartbeat, sender="agent_0", run_id="r", seq=1)
+    with pytest.raises(SignatureError):
+        wire.decode(unsigned, key=verify)
+
+
+def test_the_signature_covers_the_array_buffers():
+    key = b"k" * 32
+    share = ConsensusShare(epoch=0, round=0, tensors={"w": np.ones(1 << 15, dtype=np.float32)})  # 128 KiB: its own frame
+    frames = wire.encode(share, sender="agent_0", run_id="r", seq=1, key=key)
+    assert wire.decode(frames, key=key).message.tensors["w"].sum() == 1 << 15
+    tampered = bytearray(memoryview(frames[-1]).cast("B"))
+    tampered[0] ^= 0xFF
+    with pytest.raises(SignatureError):
+        wire.decode([*frames[:-1], bytes(tampered)], key=key)
+
+
+# ------------------------------------------------------------------------------------------
+# Sockets: who gets through
+# ------------------------------------------------------------------------------------------
+
+
+def join(sender: str) -> m.EnvJoin:
+    return m.EnvJoin(client_id=sender)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_a_node_of_the_run_gets_through_both_ways(transport, keys_dir, hubs, tmp_path):
+    server = hubs("env", keys=load_node_keys(keys_dir, "env"))
+    address = "tcp://127.0.0.1:0" if transport == "tcp" else f"ipc://{tmp_path}/env.sock"
+    inbox = server.bind_router(address, name="env")
+    client = hubs("agent_0", keys=load_node_keys(keys_dir, "agent_0")).connect_dealer(inbox.endpoint, name="env", identity="agent_0")
+    client.send(join("agent_0"))
+    envelope = None
+    for _ in range(50):
+        if server.wait(0.1):
+            envelope = inbox.recv()
+            break
+    assert envelope is not None and envelope.sender == "agent_0"
+    inbox.reply(envelope, m.Heartbeat(node_id="env", incarnation=0, state="running"))
+    assert isinstance(client.wait_for(m.Heartbeat, timeout_s=5), m.Heartbeat)
+
+
+def test_tcp_a_stranger_without_keys_can_neither_send_nor_receive(keys_dir, hubs):
+    server = hubs("env", keys=load_node_keys(keys_dir, "env"))
+    inbox = server.bind_router("tcp://127.0.0.1:0", name="env")
+    stranger = hubs("agent_0").connect_dealer(inbox.endpoint, name="env", identity="agent_0")
+    stranger.send(join("agent_0"))
+    assert nothing_arrives(inbox)
+    # The ROUTER never saw a connection: it cannot even address the stranger.
+    assert inbox.send(m.Heartbeat(node_id="env", incarnation=0, state="running"), to="agent_0") is False
+    assert nothing_arrives(stranger, 0.5)
+
+
+def test_tcp_a_stranger_with_its_own_curve_key_is_refused(keys_dir, hubs):
+    server = hubs("env", keys=load_node_keys(keys_dir, "env"))
+    inbox = server.bind_router("tcp://127.0.0.1:0", name="env")
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.DEALER)
+    try:
+        public, secret = zmq.curve_keypair()
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.curve_publickey, socket.curve_secretkey = public, secret
+        socket.curve_serverkey = load_node_keys(keys_dir, "env").server_public  # even knowing it
+        socket.identity = b"agent_0"
+        socket.connect(inbox.endpoint)
+        socket.send_multipart(wire.encode(join("agent_0"), sender="agent_0", run_id="r", seq=1))
+        assert nothing_arrives(inbox)
+        assert socket.poll(300) == 0
+    finally:
+        socket.close(linger=0)
+
+
+def test_tcp_a_node_of_the_run_posing_as_another_is_dropped_and_counted(keys_dir, hubs):
+    server = hubs("env", keys=load_node_keys(keys_dir, "env"))
+    inbox = server.bind_router("tcp://127.0.0.1:0", name="env")
+    impostor = hubs("agent_1", keys=load_node_keys(keys_dir, "agent_1")).connect_dealer(inbox.endpoint, name="env", identity="agent_x")
+    impostor.sender = "agent_0"  # a header that claims another node; the CURVE key is agent_1's
+    impostor.send(join("agent_0"))
+    assert nothing_arrives(inbox)
+    assert inbox.stats.dropped_bad_signature == 1 and inbox.stats.received == 0
+
+
+def test_tcp_a_node_dealer_does_not_talk_to_a_server_outside_the_run(keys_dir, hubs):
+    stranger_server = hubs("stranger").bind_router("tcp://127.0.0.1:0", name="fake")
+    node = hubs("agent_0", keys=load_node_keys(keys_dir, "agent_0")).connect_dealer(stranger_server.endpoint, name="env", identity="agent_0")
+    node.send(join("agent_0"))
+    assert nothing_arrives(stranger_server)
+
+
+def test_ipc_unsigned_and_wrongly_signed_messages_are_dropped_and_counted(keys_dir, hubs, tmp_path):
+    server = hubs("agent_0", keys=load_node_keys(keys_dir, "agent_0"))
+    inbox = server.bind_router(f"ipc://{tmp_path}/peer.sock", name="peers")
+    unsigned = hubs("agent_1").connect_dealer(inbox.endpoint, name="p", identity="agent_1")
+    unsigned.send(m.Heartbeat(node_id="agent_1", incarnation=9, state="running"))
+    other_run = generate_run_keys(tmp_path / "other", NODES)
+    foreign = hubs("agent_1", keys=load_node_keys(other_run, "agent_1")).connect_dealer(inbox.endpoint, name="p", identity="agent_1b")
+    foreign.send(m.Heartbeat(node_id="agent_1", incarnation=9, state="running"))
+    impostor = hubs("env", keys=load_node_keys(keys_dir, "env")).connect_dealer(inbox.endpoint, name="p", identity="agent_1c")
+    impostor.sender = "agent_1"  # signs with env's key, claims agent_1
+    impostor.send(m.Heartbeat(node_id="agent_1", incarnation=9, state="running"))
+    assert nothing_arrives(inbox)
+    assert inbox.stats.dropped_bad_signature == 3 and inbox.stats.received == 0
+
+
+# ------------------------------------------------------------------------------------------
+# Size limits
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_message_over_its_type_limit_is_dropped_and_counted(hubs, tmp_path):
+    limits = LimitsConfig(per_type={"env.join": 1024})
+    inbox = hubs("env", limits=limits).bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    client = hubs("agent_0").connect_dealer(inbox.endpoint, name="env", identity="agent_0")
+    client.send(m.EnvJoin(client_id="agent_0", agents=["a" * 100] * 20))  # ~2 KiB
+    client.send(m.EnvJoin(client_id="agent_0"))
+    assert isinstance(inbox.wait_for(m.EnvJoin, timeout_s=5), m.EnvJoin)
+    assert inbox.stats.dropped_oversized == 1 and inbox.stats.received == 1
+
+
+def test_a_message_over_the_total_limit_is_dropped_before_decoding(hubs, tmp_path):
+    limits = LimitsConfig(max_message_bytes=1 << 20)
+    inbox = hubs("agent_0", limits=limits).bind_router(f"ipc://{tmp_path}/p.sock", name="peers")
+    client = hubs("agent_1").connect_dealer(inbox.endpoint, name="p", identity="agent_1")
+    client.send(ConsensusShare(epoch=0, round=0, tensors={"w": np.zeros(2 << 20, dtype=np.uint8)}))
+    client.send(m.Heartbeat(node_id="agent_1", incarnation=0, state="running"))
+    assert isinstance(inbox.wait_for(m.Heartbeat, timeout_s=5), m.Heartbeat)
+    assert inbox.stats.dropped_oversized == 1
+
+
+def test_a_frame_over_max_frame_bytes_never_arrives(hubs, tmp_path):
+    limits = LimitsConfig(max_frame_bytes=1 << 20)
+    inbox = hubs("agent_0", limits=limits).bind_router(f"ipc://{tmp_path}/p.sock", name="peers")
+    client = hubs("agent_1").connect_dealer(inbox.endpoint, name="p", identity="agent_1")
+    client.send(ConsensusShare(epoch=0, round=0, tensors={"w": np.zeros(2 << 20, dtype=np.uint8)}))
+    assert nothing_arrives(inbox)  # zmq refused the frame and dropped the connection
+
+
+def test_limits_config_names_bad_values():
+    with pytest.raises(ValueError, match="max_frame_bytes"):
+        LimitsConfig(max_frame_bytes=0)
+    with pytest.raises(ValueError, match="extra"):
+        LimitsConfig(max_bytes=1)
+    assert LimitsConfig().max_bytes_for("membership.heartbeat") == 64 * 1024
+    assert LimitsConfig().max_bytes_for("consensus.share") == LimitsConfig().max_message_bytes
+
+
+# ------------------------------------------------------------------------------------------
+# Aggregated bad-input log
+# ------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_of_bad_input_is_one_line_first_and_one_aggregated_line_per_window(caplog):
+    clock = FakeClock()
+    bad = BadInputLog(logging.getLogger("test.bad"), "peers", interval_s=5.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.bad"):
+        for i in range(10_000):
+            clock.now = i * 1e-4  # 10,000 messages in 1 s
+            bad.record("b'stranger'", "bad signature" if i % 1000 else "oversized")
+        assert len(caplog.records) == 1  # the first one (oversized), at once
+        clock.now = 5.0
+        bad.record("b'stranger'", "bad signature")
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert "dropped 10000 invalid messages from b'stranger' in the last 5 s: 9991 bad signature, 9 oversized" in lines[1]
+    assert bad.totals == {"bad signature": 9991, "oversized": 10}
+
+
+def test_bad_input_left_in_a_window_is_flushed_on_close(caplog):
+    clock = FakeClock()
+    bad = BadInputLog(logging.getLogger("test.bad2"), "env", clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.bad2"):
+        for _ in range(3):
+            bad.record("x", "MalformedPayload")
+        bad.flush(force=True)
+    assert [r.getMessage() for r in caplog.records][-1].startswith("env: dropped 2 invalid messages from x")
+
+
+# ------------------------------------------------------------------------------------------
+# Consensus buffers bounded in bytes
+# ------------------------------------------------------------------------------------------
+
+
+def test_sync_consensus_early_shares_are_bounded_in_bytes():
+    engine = SyncConsensus("agent_0", {"agent_1": 0.25, "agent_2": 0.25}, 0.5, rounds=10, round_timeout_s=1.0,
+                           max_buffered_bytes=2 * (8 << 20))  # 8 MiB per neighbour
+    big = {"w": np.zeros(2 << 20, dtype=np.float32)}  # 8 MiB
+    engine.on_message("agent_1", ConsensusShare(epoch=5, round=0, tensors=big), 0.0)
+    engine.on_message("agent_1", ConsensusShare(epoch=5, round=1, tensors=big), 0.0)
+    engine.on_message("agent_1", ConsensusShare(epoch=5, round=2, tensors={"w": np.zeros(4, dtype=np.float32)}), 0.0)
+    assert engine.counters["buffered"] == 1 and engine.counters["rejected"] == 2
+    assert "over" in engine.last_rejection and "agent_1" in engine.last_rejection
+    # Another neighbour's part is its own: agent_1's flood does not crowd it out.
+    engine.on_message("agent_2", ConsensusShare(epoch=5, round=0, tensors={"w": np.zeros(4, dtype=np.float32)}), 0.0)
+    assert engine.counters["buffered"] == 2
+
+
+def test_push_sum_future_shares_are_bounded_in_bytes():
+    engine = PushSumConsensus("agent_0", ["agent_1", "agent_2"], 0.05, 1.0, max_buffered_bytes=10 << 20)
+    big = {"w": np.zeros(2 << 20, dtype=np.float32)}  # 8 MiB
+    engine.on_message("agent_1", PushSumShare(epoch=3, seq=1, weight_total=0.5, value_totals=big), 0.0)
+    engine.on_message("agent_1", PushSumShare(epoch=3, seq=2, weight_total=0.5, value_totals=big), 0.0)  # replaces its own
+    engine.on_message("agent_2", PushSumShare(epoch=3, seq=1, weight_total=0.5, value_totals=big), 0.0)
+    assert engine.counters["buffered"] == 2 and engine.counters["rejected"] == 1
+
+
+# ------------------------------------------------------------------------------------------
+# The decoder fuzzed with per-node keys: only ProtocolError, and no forged sender gets through
+# ------------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from protocols import PROTOCOL_VERSION  # noqa: E402
+from protocols.errors import ProtocolError  # noqa: E402
+
+FUZZ_KEYS = {node: node_signing_key(b"r" * 32, node) for node in ("agent_0", "agent_1", "env")}
+FUZZ_MESSAGES = [
+    m.Heartbeat(node_id="agent_0", incarnation=1, state="running"),
+    m.EnvJoin(client_id="agent_0", agent_indices=[0]),
+    ConsensusShare(epoch=1, round=0, tensors={"w": np.arange(6, dtype=np.float32), "big": np.ones(1 << 14, dtype=np.float32)}),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _encoded(which: int, claimed: str, signer: str) -> tuple[bytes, ...]:
+    """Encoded once per case: a fresh encode has another msg_id and time, and hypothesis needs
+    the same draws to give the same frames."""
+    frames = wire.encode(FUZZ_MESSAGES[which], sender=claimed, run_id="r", seq=1, key=FUZZ_KEYS.get(signer, b""))
+    return tuple(bytes(memoryview(f).cast("B")) for f in frames)
+
+
+@st.composite
+def hostile_frames(draw: st.DrawFn) -> tuple[list[bytes], str, str]:
+    """A message signed by one node (or by nobody) claiming to be another, then mangled."""
+    which = draw(st.integers(0, len(FUZZ_MESSAGES) - 1))
+    claimed = draw(st.sampled_from(sorted(FUZZ_KEYS) + ["stranger"]))
+    signer = draw(st.sampled_from(sorted(FUZZ_KEYS) + ["nobody"]))
+    key = FUZZ_KEYS.get(signer, b"")
+    frames = list(_encoded(which, claimed, signer))
+    kind = draw(st.sampled_from(["none", "flip", "truncate", "drop", "add", "oversize", "version", "resign"]))
+    index = draw(st.integers(0, len(frames) - 1))
+    if kind == "flip" and frames[index]:
+        frame = bytearray(frames[index])
+        frame[draw(st.integers(0, len(frame) - 1))] ^= draw(st.integers(1, 255))
+        frames[index] = bytes(frame)
+    elif kind == "truncate":
+        frames[index] = frames[index][: draw(st.integers(0, len(frames[index])))]
+    elif kind == "drop":
+        del frames[index]
+    elif kind == "add":
+        frames.insert(index, draw(st.binary(max_size=64)))
+    elif kind == "oversize":
+        frames.append(bytes(draw(st.integers(1 << 16, 1 << 20))))
+    elif kind == "version":
+        import msgpack
+
+        header = msgpack.unpackb(frames[2])  # frames: delimiter, signature, header, parent, body, buffers
+        header["version"] = PROTOCOL_VERSION + draw(st.integers(1, 5))
+        frames[2] = msgpack.packb(header)
+        frames[1] = wire._sign(key, frames[2], frames[3], frames[4], *frames[5:])
+    elif kind == "resign":  # a well-formed signature with a key outside the run
+        frames[1] = wire._sign(draw(st.binary(min_size=1, max_size=32)), frames[2], frames[3], frames[4], *frames[5:])
+    return frames, claimed, signer if kind in ("none", "add", "drop", "truncate", "flip", "oversize") else "other"
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=hostile_frames())
+def test_fuzzed_frames_with_node_keys_give_a_protocol_error_or_an_honest_sender(case):
+    frames, claimed, signer = case
+    verify = lambda sender: node_signing_key(b"r" * 32, sender)  # noqa: E731 (what signing_keys does, uncached)
+    try:
+        envelope = wire.decode(frames, key=verify)
+    except ProtocolError as error:
+        assert str(error)
+        return
+    # Whatever got through was signed by the node it names.
+    assert envelope.sender == claimed == signer

@@ -1,0 +1,64 @@
+"""The fork server on real processes: forked nodes are the orchestrator's children, re-seeded,
+in their own session, with their own argv, environment, log and exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO
+
+# Runs in its own interpreter: it makes itself a child subreaper, which a pytest process should not.
+DRIVER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from orchestrator.launcher import ForkServerLauncher
+    from orchestrator.plan import NodeLaunch
+
+    run_dir = Path(sys.argv[1])
+    launcher = ForkServerLauncher(run_dir, ["numpy"], ready_timeout_s=60)
+    launcher.prepare()
+    results = {}
+    for name, seed, code in (("a", 1, 0), ("b", 2, 3), ("c", 1, 0)):
+        log = run_dir / f"{name}.log"
+        launch = NodeLaunch(node_id=name, role="agent", index=0, seed=seed,
+                            argv=(sys.executable, "-m", "tests.unit.zygote_probe", str(code)),
+                            env={"PROBE_VALUE": name}, node_dir=run_dir, log_path=log, metrics_path=log)
+        with open(log, "ab") as log_file:
+            process = launcher.start(launch, {}, log_file)
+        results[name] = {"code": process.wait(timeout=30), "pid": process.pid}
+    launcher.close()
+    print(json.dumps({"me": os.getpid(), "results": results, "zygote_code": launcher.process.returncode}))
+    """
+)
+
+
+def test_forked_nodes_are_our_children_reseeded_with_their_own_exit_codes(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(tmp_path)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = {name: json.loads((tmp_path / f"{name}.log").read_text().strip().splitlines()[-1]) for name in "abc"}
+    assert {name: r["code"] for name, r in report["results"].items()} == {"a": 0, "b": 3, "c": 0}
+    for name, probe in seen.items():
+        assert probe["ppid"] == report["me"], "re-parented to the launcher's process (subreaper)"
+        assert probe["pgid_is_pid"], "its own session and process group"
+        assert probe["comm"] == f"parley:{name}"
+        assert probe["env"] == name and probe["name"] == "__main__"
+    # Same seed, same draws; another seed, other draws (not the zygote's copied state).
+    assert (seen["a"]["random"], seen["a"]["numpy"]) == (seen["c"]["random"], seen["c"]["numpy"])
+    assert seen["a"]["random"] != seen["b"]["random"] and seen["a"]["numpy"] != seen["b"]["numpy"]
+    assert report["zygote_code"] == 0, "the zygote exits when its socket closes"
+
+
+def test_the_orchestrator_pid_variable_is_the_one_nodes_watch() -> None:
+    from orchestrator.launcher import ORCHESTRATOR_PID_ENV as launcher_name
+    from protocols.control import ORCHESTRATOR_PID_ENV as control_name
+
+    assert launcher_name == control_name
