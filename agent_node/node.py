@@ -460,6 +460,7 @@ class AgentNode:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
+            self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
 
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         pass  # membership has already taken it as a sign of life and read its incarnation
@@ -543,7 +544,6 @@ class AgentNode:
             msgs_per_s=self.messages_handled / elapsed,
             extra={"membership/peers_alive": float(len(self.membership.alive_peers()))} if self.membership else {},
         )
-        self.metrics.write(self.step, self.hub.link_metrics())  # per-link counters, every status period
 
     def _maybe_persist(self) -> None:
         if self.step - self.last_checkpoint_step >= self.config.checkpoint_every_steps:
