@@ -1,53 +1,5 @@
-"""Metrics of one node: JSON lines in `nodes/<id>/metrics.jsonl`, mirrored to TensorBoard.
+"""The metrics writer moved to `protocols/metrics.py` (the env server writes through it too)."""
 
-Each line is `{"step": lockstep step, "t": unix time, "<namespace>/<name>": value, ...}`:
-`env/episode_return` once per finished episode, learner and protocol scalars periodically.
-Lines are flushed as written so `orchestrate status` and a crashed run both see them.
-"""
+from protocols.metrics import MetricsWriter
 
-from __future__ import annotations
-
-import json
-import math
-import time
-from collections import defaultdict
-from pathlib import Path
-
-
-class MetricsWriter:
-    def __init__(self, path: Path, tensorboard_dir: Path | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", buffering=1)
-        self._tensorboard = None
-        if tensorboard_dir is not None:
-            from tensorboardX import SummaryWriter  # a light import; torch's writer needs tensorflow's tensorboard
-
-            self._tensorboard = SummaryWriter(str(tensorboard_dir), flush_secs=10)
-        # Scalars reported between two flushes are averaged (learner losses every update).
-        self._sums: dict[str, float] = defaultdict(float)
-        self._counts: dict[str, int] = defaultdict(int)
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        record = {"step": step, "t": round(time.time(), 3)}
-        for key, value in values.items():
-            if value is not None and math.isfinite(value):
-                record[key] = float(value)
-                if self._tensorboard is not None:
-                    self._tensorboard.add_scalar(key, float(value), step)
-        self._file.write(json.dumps(record) + "\n")
-
-    def accumulate(self, values: dict[str, float]) -> None:
-        for key, value in values.items():
-            self._sums[key] += float(value)
-            self._counts[key] += 1
-
-    def flush_means(self, step: int) -> None:
-        if self._sums:
-            self.write(step, {key: self._sums[key] / self._counts[key] for key in self._sums})
-        self._sums.clear()
-        self._counts.clear()
-
-    def close(self) -> None:
-        self._file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()
+__all__ = ["MetricsWriter"]

@@ -239,7 +239,7 @@ class AgentNode:
             action_space,
             self.context.seed("learner"),
             world_model_config=self.config.world_model,
-            task_spec=welcome.metadata.get("task"),
+            task_spec=None if welcome.task is None else welcome.task.as_spec(),
         )
         self.subject = self._consensus_subject(observation_space, action_space)
         if self.consensus_config.enabled:

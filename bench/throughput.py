@@ -1,13 +1,28 @@
-"""Lockstep throughput: PettingZoo in-process against Parley (env server + 4 agent processes).
+"""Lockstep throughput: PettingZoo in-process against Parley (env server + N agent processes).
 
-    python bench/throughput.py [--steps N] [--json]
+    python bench/throughput.py [--agents 4 8 16] [--workers 1 2] [--steps N] [--transport ipc|tcp] [--json]
 
-Measures, in one run so the ratios compare like with like on a noisy machine:
-- in-process: mpe2 simple_spread_v3 (N=4) stepped directly with random actions;
-- Parley K=1 and K=8: a standalone env server and 4 client processes that answer every
-  observation with random actions over ZeroMQ (no learning).
+For each agent count N, measured in one run so the ratios compare like with like on a noisy
+machine:
+- in-process: mpe2 simple_spread_v3 with N agents stepped directly with random actions;
+- Parley K=1 and K=8: a standalone env server and N client processes (bench/random_client.py)
+  that answer every observation with random actions over ZeroMQ (no learning); with
+  `--workers 1 2` the K=8 row is also measured with the copies split over 2 processes
+  (env_server/workers.py), which only pays when cores are free.
 Steps are environment steps summed over copies; each ratio is Parley's steps/s divided by the
-in-process steps/s of one environment.
+in-process steps/s of one environment with the same N. Parley's time runs from the first
+observation to the last one (the slowest client's span), so process start-up is left out; a row
+is only valid when no action was defaulted (`defaulted` = 0: no step deadline passed).
+
+Other load on the machine moves steps/s a lot (the in-process baseline alone swings 2x on the
+shared 2-core machine), so each row also reports CPU time per env step (Linux /proc: server,
+its workers and every client, from the first observation on, against the in-process loop's
+CPU time): `cpu_ratio` = in-process CPU / Parley CPU, the overhead without the scheduler.
+
+The transport is ipc:// by default, as in an orchestrated run on one host; `--transport tcp`
+measures loopback TCP (what several hosts use).
+
+Profile of the hot path and the measurements behind the README's table: bench/PROFILE.md.
 """
 
 from __future__ import annotations
@@ -17,86 +32,171 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-ENV_KWARGS = {"N": 4, "max_cycles": 25, "continuous_actions": False}
+CLIENT_TIMEOUT_S = 900
 
 
-def inprocess_steps_per_s(steps: int, seed: int = 0) -> float:
+def env_kwargs(agents: int) -> dict:
+    return {"N": agents, "max_cycles": 25, "continuous_actions": False}
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of `pid` and its live children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pids = 0.0, [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.extend(int(c) for c in children)
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float, float]:
+    """(env steps per second, CPU microseconds per env step)."""
     from mpe2 import simple_spread_v3
 
-    env = simple_spread_v3.parallel_env(**ENV_KWARGS)
+    env = simple_spread_v3.parallel_env(**env_kwargs(agents))
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         if not env.agents:
             env.reset()
         env.step({agent: int(rng.integers(5)) for agent in env.agents})
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), (time.process_time() - start_cpu) / steps * 1e6
 
 
-def parley_steps_per_s(lockstep_steps: int, copies: int) -> float:
+def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport: str, workers: int = 1) -> tuple[float, int, float]:
+    """(env steps per second, observations that reported a defaulted action, CPU microseconds
+    per env step of the server, its workers and every client together)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "env_server", "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(ENV_KWARGS),
-         "--copies", str(copies), "--max-steps", str(lockstep_steps), "--bind", "tcp://127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
-    )
-    clients = []
-    try:
-        line = server.stdout.readline().decode().strip()
-        if not line.startswith("READY "):
-            raise RuntimeError(f"env server did not start: {line!r}")
-        endpoint = line.split(" ", 1)[1]
-        start = time.perf_counter()
-        clients = [
-            subprocess.Popen([sys.executable, str(REPO / "bench" / "random_client.py"), endpoint, str(i), str(i)], env=env, cwd=REPO)
-            for i in range(4)
-        ]
-        for client in clients:
-            client.wait(timeout=600)
-        elapsed = time.perf_counter() - start
-    finally:
-        for client in clients:
-            if client.poll() is None:
-                client.kill()
-        server.terminate()
-        server.wait(timeout=30)
-    # Client start-up (imports, connect) is inside `elapsed`; it is small next to the run and
-    # makes the figure a lower bound.
-    return lockstep_steps * copies / elapsed
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as socket_dir:
+        bind = f"ipc://{socket_dir}/env.sock" if transport == "ipc" else "tcp://127.0.0.1:0"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "env_server", "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(env_kwargs(agents)),
+             "--copies", str(copies), "--max-steps", str(lockstep_steps), "--bind", bind,
+             *(["--workers", str(workers)] if workers != 1 else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
+        )
+        clients: list[subprocess.Popen] = []
+        try:
+            line = server.stdout.readline().decode().strip()
+            if not line.startswith("READY "):
+                raise RuntimeError(f"env server did not start: {line!r}")
+            endpoint = line.split(" ", 1)[1]
+            server_cpu_at_start = process_tree_cpu_s(server.pid)
+            clients = [
+                subprocess.Popen(
+                    [sys.executable, str(REPO / "bench" / "random_client.py"), endpoint, str(i), str(i)],
+                    stdout=subprocess.PIPE, env=env, cwd=REPO,
+                )
+                for i in range(agents)
+            ]
+            spans, defaulted, client_cpu = [], 0, 0.0
+            for client in clients:
+                out, _ = client.communicate(timeout=CLIENT_TIMEOUT_S)
+                timing = [row for row in out.decode().splitlines() if row.startswith("TIMING ")]
+                if client.returncode != 0 or not timing:
+                    raise RuntimeError(f"a bench client failed (exit {client.returncode}): {out.decode()[-500:]!r}")
+                _, answered, missing, seconds, cpu_seconds = timing[-1].split()
+                spans.append(float(seconds))
+                defaulted += int(missing)
+                client_cpu += float(cpu_seconds)
+            server_cpu = process_tree_cpu_s(server.pid) - server_cpu_at_start
+        finally:
+            for client in clients:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+            server.terminate()
+            server.wait(timeout=30)
+    env_steps = lockstep_steps * copies
+    return env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6
+
+
+def measure(agents: int, steps: int, transport: str, workers: list[int]) -> dict:
+    # The in-process baseline is taken before, between and after the Parley runs and its median
+    # is the denominator: on a shared machine the load drifts during a row.
+    runs = [inprocess_steps_per_s(agents, steps)]
+    k1, defaulted, k1_cpu = parley_steps_per_s(agents, steps, 1, transport)
+    runs.append(inprocess_steps_per_s(agents, steps))
+    k8, k8_cpu = {}, {}
+    for w in workers:
+        k8[w], missing, k8_cpu[w] = parley_steps_per_s(agents, steps // 8, 8, transport, workers=w)
+        defaulted += missing
+    runs.append(inprocess_steps_per_s(agents, steps))
+    inprocess = [rate for rate, _ in runs]
+    baseline = float(np.median(inprocess))
+    # CPU time per env step is far less sensitive to other load than steps/s: the second,
+    # load-robust view of the same overhead (in-process CPU / Parley's CPU, all processes).
+    baseline_cpu = float(np.median([cpu for _, cpu in runs]))
+    row = {
+        "agents": agents,
+        "inprocess_steps_per_s": round(baseline, 1),
+        "inprocess_spread": [round(min(inprocess), 1), round(max(inprocess), 1)],
+        "parley_k1_steps_per_s": round(k1, 1),
+        "ratio_k1": round(k1 / baseline, 3),
+        "inprocess_cpu_us_per_step": round(baseline_cpu, 1),
+        "parley_k1_cpu_us_per_step": round(k1_cpu, 1),
+        "cpu_ratio_k1": round(baseline_cpu / k1_cpu, 3),
+    }
+    for w in workers:
+        suffix = "" if w == 1 else f"_w{w}"
+        row[f"parley_k8{suffix}_steps_per_s"] = round(k8[w], 1)
+        row[f"ratio_k8{suffix}"] = round(k8[w] / baseline, 3)
+        row[f"parley_k8{suffix}_cpu_us_per_step"] = round(k8_cpu[w], 1)
+        row[f"cpu_ratio_k8{suffix}"] = round(baseline_cpu / k8_cpu[w], 3)
+    row["defaulted_observations"] = defaulted
+    row["env_steps"] = steps
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", type=int, nargs="+", default=[4], help="agent counts N to measure (e.g. 4 8 16)")
     parser.add_argument("--steps", type=int, default=20_000, help="environment steps per measurement")
+    parser.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="K=8 rows with the copies split over W processes (e.g. 1 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+    if any(n < 1 for n in args.agents):
+        parser.error(f"--agents: expected positive counts, got {args.agents}")
+    if any(not 1 <= w <= 8 for w in args.workers):
+        parser.error(f"--workers: expected counts between 1 and K=8, got {args.workers}")
 
-    inprocess = inprocess_steps_per_s(args.steps)
-    k1 = parley_steps_per_s(args.steps, 1)
-    k8 = parley_steps_per_s(args.steps // 8, 8)
-    result = {
-        "inprocess_steps_per_s": round(inprocess, 1),
-        "parley_k1_steps_per_s": round(k1, 1),
-        "parley_k8_steps_per_s": round(k8, 1),
-        "ratio_k1": round(k1 / inprocess, 3),
-        "ratio_k8": round(k8 / inprocess, 3),
-        "env_steps": args.steps,
-    }
+    started = time.time()
+    rows = [measure(n, args.steps, args.transport, args.workers) for n in args.agents]
+    load = os.getloadavg()
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({"transport": args.transport, "rows": rows, "load_avg_1m": round(load[0], 2),
+                          "seconds": round(time.time() - started, 1)}))
         return
-    print(f"mpe2 simple_spread_v3 N=4, random actions, {args.steps} env steps per row")
-    print(f"{'setting':<34}{'env steps/s':>12}{'ratio':>8}")
-    print(f"{'in-process PettingZoo':<34}{inprocess:>12.0f}{1.0:>8.2f}")
-    print(f"{'Parley K=1 (server + 4 agents)':<34}{k1:>12.0f}{k1 / inprocess:>8.2f}")
-    print(f"{'Parley K=8 (server + 4 agents)':<34}{k8:>12.0f}{k8 / inprocess:>8.2f}")
+    print(f"mpe2 simple_spread_v3, random actions, {args.steps} env steps per row, {args.transport}; "
+          f"load average {load[0]:.2f} after the run")
+    k8_columns = [("" if w == 1 else f"_w{w}", f"K=8 W={w}") for w in args.workers]
+    print(f"{'N':>3}  {'in-process':>11}  {'Parley K=1':>11}  {'ratio':>6}"
+          + "".join(f"  {title:>11}  {'ratio':>6}" for _, title in k8_columns) + f"  {'defaulted':>9}")
+    for row in rows:
+        print(f"{row['agents']:>3}  {row['inprocess_steps_per_s']:>11.0f}  {row['parley_k1_steps_per_s']:>11.0f}  "
+              f"{row['ratio_k1']:>6.2f}"
+              + "".join(f"  {row[f'parley_k8{suffix}_steps_per_s']:>11.0f}  {row[f'ratio_k8{suffix}']:>6.2f}" for suffix, _ in k8_columns)
+              + f"  {row['defaulted_observations']:>9}")
+        print(f"{'':>3}  CPU us/env step: in-process {row['inprocess_cpu_us_per_step']:.0f}, K=1 {row['parley_k1_cpu_us_per_step']:.0f} "
+              f"(ratio {row['cpu_ratio_k1']:.2f})"
+              + "".join(f", K=8 W={w} {row[f'parley_k8{s}_cpu_us_per_step']:.0f} (ratio {row[f'cpu_ratio_k8{s}']:.2f})"
+                        for (s, _), w in zip(k8_columns, args.workers)))
 
 
 if __name__ == "__main__":

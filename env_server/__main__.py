@@ -18,10 +18,11 @@ import signal
 import sys
 import time
 
-from env_server.config import EnvNodeConfig
+from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
-from env_server.server import EnvServer
+from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
+from env_server.workers import SplitVectorEnv
 from protocols import messages as m
 from protocols.control import ControlClient, ControlTimeout, ShutdownRequested
 from protocols.config_errors import ConfigError
@@ -30,6 +31,11 @@ from protocols.seeds import derive_seed
 from protocols.transport import Hub, SocketOptions
 
 log = logging.getLogger("env_server")
+
+# Standalone mode's defaults are the env section's: no default lives in two places.
+_DEFAULTS = {name: info.default for name, info in EnvConfig.model_fields.items()}
+# How often the standalone loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
+_STANDALONE_WAKE_S = 0.2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--env", help="standalone: registry name or package.module:factory")
     parser.add_argument("--kwargs", default="{}", help="standalone: factory kwargs as JSON")
     parser.add_argument("--copies", type=int, default=1, help="standalone: K vectorized copies")
+    parser.add_argument("--workers", type=int, default=_DEFAULTS["num_workers"], help="standalone: processes stepping the copies")
     parser.add_argument("--no-autoreset", action="store_true", help="standalone: wait for env.reset after episodes")
     parser.add_argument("--bind", default="tcp://127.0.0.1:0", help="standalone: bind address")
-    parser.add_argument("--step-deadline", type=float, default=5.0, help="standalone: step deadline (s)")
+    parser.add_argument("--step-deadline", type=float, default=_DEFAULTS["step_deadline_s"], help="standalone: step deadline (s)")
     parser.add_argument(
-        "--join-deadline", type=float, default=60.0,
+        "--join-deadline", type=float, default=_DEFAULTS["join_deadline_s"],
         help="standalone: how long the first reset waits for every agent to join (s)",
     )
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
@@ -71,28 +78,45 @@ def _stop_on_signals() -> list[bool]:
     return stop
 
 
+def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int):
+    """K copies in this process, or split over `num_workers` processes (forked here, before the
+    server makes its hub: a zmq context must not cross a fork)."""
+    if num_workers == 1:
+        return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset)
+    return SplitVectorEnv(factory, num_copies, autoreset=autoreset, num_workers=num_workers)
+
+
 def run_standalone(args: argparse.Namespace) -> int:
     kwargs = json.loads(args.kwargs)
-    envs = VectorizedParallelEnv(lambda: make_env(args.env, kwargs), args.copies, autoreset=not args.no_autoreset)
+    # Standalone runs are node 0 of a run seeded with --seed; every copy is built with the same
+    # construction seed (the registry hands it to environments that draw their dynamics).
+    construction_seed = derive_seed(args.seed, 0, "env_construction")
+    envs = make_copies(
+        lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies,
+        autoreset=not args.no_autoreset, num_workers=args.workers,
+    )
     hub = Hub(sender=args.node_id, run_id="standalone")
     server = EnvServer(
         envs,
         hub=hub,
         env_name=args.env,
         bind_address=args.bind,
-        seed=args.seed,
+        rules=LockstepRules(
+            max_steps=args.max_steps,
+            step_deadline_s=args.step_deadline,
+            # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
+            join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
+            default_action=_DEFAULTS["default_action"],
+        ),
+        seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
-        max_steps=args.max_steps,
-        step_deadline_s=args.step_deadline,
-        # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
-        join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
-        default_action="noop",
+        default_action_seed=derive_seed(args.seed, 0, "default_actions"),
     )
     stop = _stop_on_signals()
     print(f"READY {server.endpoint}", flush=True)
     try:
         while not stop[0]:
-            server.poll_once(0.2)
+            server.poll_once(_STANDALONE_WAKE_S)
     finally:
         server.close()
         hub.close()
@@ -110,10 +134,14 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     startup_timeout_s = config.protocols.control.startup_timeout_s
     log.info("env server %s starting: %s x%d, run seed %d", node_id, env_config.name, env_config.num_copies, identity.run_seed)
 
-    def build() -> object:
-        return make_env(env_config.name, dict(env_config.kwargs))
+    # Every copy (training and evaluation) is built with the same construction seed, so they
+    # are the same task (e.g. the same dynamics) and differ only by their reset seeds.
+    construction_seed = identity.seed("env_construction")
 
-    envs = VectorizedParallelEnv(build, env_config.num_copies, autoreset=env_config.autoreset)
+    def build() -> object:
+        return make_env(env_config.name, dict(env_config.kwargs), construction_seed=construction_seed)
+
+    envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers)
     eval_envs = None
     if env_config.eval_every_steps:
         eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False)
@@ -130,16 +158,19 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         hub=hub,
         env_name=env_config.name,
         bind_address=bind_address(config, node_id, "env"),
+        rules=LockstepRules(
+            max_steps=config.run.steps,
+            step_deadline_s=env_config.step_deadline_s,
+            join_deadline_s=env_config.join_deadline_s,
+            default_action=env_config.default_action,
+            eval_every_steps=env_config.eval_every_steps,
+            eval_start_step=env_config.eval_start_step,
+        ),
         seed=identity.seed("env"),
         eval_seed=identity.seed("eval_env"),
-        max_steps=config.run.steps,
-        step_deadline_s=env_config.step_deadline_s,
-        join_deadline_s=env_config.join_deadline_s,
-        default_action=env_config.default_action,
+        default_action_seed=identity.seed("default_actions"),
         advertise_host=config.network.advertised_host(),
         eval_envs=eval_envs,
-        eval_every_steps=env_config.eval_every_steps,
-        eval_start_step=env_config.eval_start_step,
         metrics_path=identity.node_dir / "metrics.jsonl",
     )
     control = ControlClient(hub, control_endpoint, node_id=node_id)

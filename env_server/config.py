@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocols.node_config import NodeSections
 
@@ -33,6 +33,10 @@ class EnvConfig(BaseModel):
     kwargs: dict[str, Any] = {}
     # K vectorized copies: one message to an agent carries K observations.
     num_copies: int = Field(1, ge=1)
+    # Processes that step the K copies: the server and num_workers - 1 forked workers, each
+    # stepping its share in parallel. It pays only when cores are free (the workers compete
+    # with the agents for the CPU); 1 steps every copy in the server (see bench/PROFILE.md).
+    num_workers: int = Field(1, ge=1)
     # Reset a copy as soon as its episode ends (the final observation is sent separately).
     autoreset: bool = True
     # A step happens when every live agent's action arrived, or after this long.
@@ -49,6 +53,14 @@ class EnvConfig(BaseModel):
     eval_episodes: int = Field(5, ge=1)
     # No evaluation before this lockstep step (e.g. while the agents still act at random).
     eval_start_step: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _workers_have_copies(self) -> "EnvConfig":
+        if self.num_workers > self.num_copies:
+            raise ValueError(
+                f"num_workers={self.num_workers} exceeds num_copies={self.num_copies}: every worker steps at least one copy"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

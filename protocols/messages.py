@@ -64,7 +64,14 @@ def message_class(msg_type: str) -> type:
 
 def to_body(message: Any) -> dict[str, Any]:
     """The dataclass as a plain dict (shallow: nested values are left as they are)."""
-    return {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    cls = type(message)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # once per class: dataclasses.fields() is slow for a per-message call
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(message))
+    return {name: getattr(message, name) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def from_body(msg_type: str, body: Any) -> Any:
@@ -109,7 +116,7 @@ def _field_checkers(cls: type) -> list[tuple[str, Checker, bool]]:
             try:
                 check = _checker(hints[f.name])
             except TypeError as error:
-                raise TypeError(f"{cls.MSG_TYPE}.{f.name}: {error}") from None
+                raise TypeError(f"{getattr(cls, 'MSG_TYPE', cls.__name__)}.{f.name}: {error}") from None
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             checkers.append((f.name, check, required))
         _FIELD_CHECKERS[cls] = checkers
@@ -126,6 +133,27 @@ def _checker(hint: Any) -> Checker:
 def _build_checker(hint: Any) -> Checker:
     if hint is Any:
         return lambda value: value
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        # A nested typed record (e.g. the task spec inside env.welcome): a map checked field by
+        # field like a body, with the field's path in the error.
+        fields = _field_checkers(hint)
+
+        def check_record(value):
+            if not isinstance(value, dict):
+                raise _Mismatch(hint, value)
+            values = {}
+            for name, check, required in fields:
+                if name in value:
+                    try:
+                        values[name] = check(value[name])
+                    except _Mismatch as mismatch:
+                        mismatch.path = f".{name}{mismatch.path}"
+                        raise
+                elif required:
+                    raise _Mismatch(hint, value)
+            return hint(**values)
+
+        return check_record
     if hint is float:
 
         def check_float(value):
@@ -156,12 +184,16 @@ def _build_checker(hint: Any) -> Checker:
         options = [_checker(option) for option in args]
 
         def check_union(value):
+            deepest = None
             for option in options:
                 try:
                     return option(value)
-                except _Mismatch:
-                    pass
-            raise _Mismatch(hint, value)
+                except _Mismatch as mismatch:
+                    if mismatch.path and (deepest is None or len(mismatch.path) > len(deepest.path)):
+                        deepest = mismatch
+            # An option that matched the value's shape and failed inside it says more (the path
+            # of the bad entry) than "not any of the options".
+            raise deepest if deepest is not None else _Mismatch(hint, value)
 
         return check_union
     if origin is list or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
@@ -351,6 +383,26 @@ class EnvJoin:
     agent_indices: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SiteCollectionTask:
+    """The reward function of a site-collection task as data (reward_collection_v0's
+    `task_spec()`), so model-based agents score imagined transitions without importing the
+    environment. `agent_node/reward_models.py` rebuilds the reward from it."""
+
+    kind: str  # "site_collection"
+    sites: list[list[float]]  # (M, 2) site positions
+    values: list[float]  # (M,) value of each site
+    radius: float
+    action_penalty: bool
+    action_penalty_coef: float
+    action_bounds: list[float]  # [low, high]
+    bounds: list[float]  # [world low, world high]
+
+    def as_spec(self) -> dict[str, Any]:
+        """The plain mapping `reward_model_from_spec` takes."""
+        return dataclasses.asdict(self)
+
+
 @register_message("env.welcome")
 @dataclass(frozen=True)
 class EnvWelcome:
@@ -362,7 +414,8 @@ class EnvWelcome:
     action_spaces: dict[str, dict[str, Any]]
     autoreset: bool
     max_steps: int | None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    step: int = 0  # the training step the lockstep is at (a rejoining client catches up)
+    task: SiteCollectionTask | None = None  # the reward function, for environments that describe it
 
 
 @register_message("env.reset")
@@ -406,6 +459,38 @@ class EnvObservation:
     # learn nothing, answer with `EnvAction(evaluation=True)`. Their `step` counts separately.
     evaluation: bool = False
     infos: dict[str, Any] = field(default_factory=dict)
+
+
+# Env server <-> its own copy workers (env_server/workers.py): a server that splits its K copies
+# over worker processes sends each worker its slice of the actions and gets its slice back.
+
+
+@register_message("env.worker_reset")
+@dataclass(frozen=True)
+class EnvWorkerReset:
+    seed: int | None  # the seed of the worker's first copy (copy i gets seed + i)
+
+
+@register_message("env.worker_step")
+@dataclass(frozen=True)
+class EnvWorkerStep:
+    actions: dict[str, Any]  # agent -> this worker's rows of the batched action
+
+
+@register_message("env.worker_result")
+@dataclass(frozen=True)
+class EnvWorkerResult:
+    """A worker's copies after a reset or step: env_server.vector.BatchedStep's fields."""
+
+    observations: dict[str, Any]
+    rewards: dict[str, np.ndarray]
+    terminated: dict[str, np.ndarray]
+    truncated: dict[str, np.ndarray]
+    active: dict[str, np.ndarray]
+    final_observations: dict[str, Any]
+    episode_start: np.ndarray
+    episode_returns: list[float]
+    all_finished: bool
 
 
 # --------------------------------------------------------------------------- membership

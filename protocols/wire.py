@@ -17,8 +17,12 @@
 
 Arrays of 64 KiB and more get a frame each and are not copied on send (the frame points at the
 array's memory); smaller ones are packed, 8-byte aligned, into one shared first buffer frame.
-Nothing is copied on receive (`np.frombuffer` over the received frame), which is why received
-arrays are read-only.
+`decode` copies nothing (`np.frombuffer` over the frame it is given), which is why received
+arrays are read-only; the transport hands it frames received as bytes (see transport.py).
+
+This is the lockstep's hot path (every step encodes and decodes one message per agent), so the
+codec reuses its msgpack packers and checks array placeholders with plain comparisons; the
+profile behind that is in bench/PROFILE.md.
 
 `decode` checks, in this order: frame layout, signature, header and version, body msgpack
 (strict: no duplicate keys, string keys, size limits), then field types via `messages.from_body`,
@@ -28,6 +32,7 @@ nothing else. Pickle never appears.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -102,49 +107,97 @@ def encode(
     identities: Sequence[bytes] = (),
     key: bytes = b"",
 ) -> list[Any]:
-    """Frames for `socket.send_multipart(frames, copy=False)`."""
-    header = Header(
-        msg_id=_next_msg_id(),
-        msg_type=message.MSG_TYPE,
-        sender=sender,
-        run_id=run_id,
-        version=PROTOCOL_VERSION,
-        seq=seq,
-        sent_at=time.time(),
+    """Frames for `socket.send_multipart(frames)`: bytes, and large arrays as they are."""
+    header_bytes = _HEADER_PACKER.pack(
+        {
+            "msg_id": _next_msg_id(),
+            "msg_type": message.MSG_TYPE,
+            "sender": sender,
+            "run_id": run_id,
+            "version": PROTOCOL_VERSION,
+            "seq": seq,
+            "sent_at": time.time(),
+        }
     )
+    parent_bytes = _HEADER_PACKER.pack(parent.as_map()) if parent else _EMPTY_MAP
     body = to_body(message)
-    # Small arrays are packed together into one frame (a frame costs more than a small copy);
-    # large ones travel as frames of their own, without a copy. See `SMALL_ARRAY_BYTES`.
-    small_blob = bytearray()
-    buffers: list[Any] = [small_blob] if _has_small_arrays(body) else []
-
-    def pack_array(obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
-            # np.ascontiguousarray would turn a 0-d array into shape (1,); only copy when needed.
-            array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
-            if array.dtype.str not in WIRE_DTYPES:
-                raise TypeError(f"arrays of dtype {array.dtype} cannot cross the wire")
-            if array.nbytes < SMALL_ARRAY_BYTES:
-                offset = len(small_blob)
-                small_blob.extend(array.tobytes())
-                small_blob.extend(bytes(-len(small_blob) % 8))  # keep the next array aligned
-                placeholder = [0, array.dtype.str, list(array.shape), offset]
-            else:
-                buffers.append(array)
-                placeholder = [len(buffers) - 1, array.dtype.str, list(array.shape)]
-            return msgpack.ExtType(_ARRAY_EXT, msgpack.packb(placeholder))
-        if isinstance(obj, np.generic):  # numpy scalars become plain Python numbers
-            return obj.item()
-        raise TypeError(f"cannot encode {type(obj).__name__} in a message body")
-
-    header_bytes = msgpack.packb(header.as_map())
-    parent_bytes = msgpack.packb(parent.as_map() if parent else {})
-    body_bytes = msgpack.packb(body, default=pack_array, use_bin_type=True)
-    if buffers and buffers[0] is small_blob:
-        buffers[0] = bytes(small_blob)  # immutable: receivers of an in-process copy get read-only arrays
-    signature = _sign(key, header_bytes, parent_bytes, body_bytes, *buffers)
+    # Optimistic single pass: small arrays go to buffer 0 (one shared frame). A message with
+    # only large arrays is packed again with their indices starting at 0 (rare: no hot-path
+    # message is made of large arrays only).
+    body_bytes, buffers = _BODY_PACKER.pack_body(body, small_frame_first=True)
+    if buffers and buffers[0] is None:
+        body_bytes, buffers = _BODY_PACKER.pack_body(body, small_frame_first=False)
+    signature = _sign(key, header_bytes, parent_bytes, body_bytes, *buffers) if key else b""
     # A C-contiguous array exposes the buffer protocol; zmq sends it without a copy.
     return [*identities, DELIMITER, signature, header_bytes, parent_bytes, body_bytes, *buffers]
+
+
+class _BodyPacker:
+    """One msgpack Packer reused for every body (building a Packer costs more than packing a
+    small body), with the array placeholders of the module docstring. Not reentrant; a process
+    encodes one message at a time."""
+
+    def __init__(self) -> None:
+        self._packer = msgpack.Packer(default=self._pack_array, use_bin_type=True)
+        self._placeholders = msgpack.Packer(use_bin_type=True)
+        self._small = bytearray()
+        self._buffers: list[Any] = []
+        self._small_index: int | None = None
+        self._small_used = False
+
+    def pack_body(self, body: dict[str, Any], *, small_frame_first: bool) -> tuple[bytes, list[Any]]:
+        self._small = bytearray()
+        self._small_index = 0 if small_frame_first else None
+        self._small_used = False
+        self._buffers = [self._small] if small_frame_first else []
+        try:
+            body_bytes = self._packer.pack(body)
+        except BaseException:
+            self._packer.reset()
+            raise
+        buffers = self._buffers
+        if small_frame_first:
+            if self._small_used:
+                buffers[0] = bytes(self._small)  # immutable: in-process receivers get read-only arrays
+            elif len(buffers) == 1:
+                buffers = []  # no arrays at all
+            else:
+                buffers[0] = None  # only large arrays: the caller packs again without frame 0
+        self._buffers = []
+        return body_bytes, buffers
+
+    def _pack_array(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray or isinstance(obj, np.ndarray):
+            # np.ascontiguousarray would turn a 0-d array into shape (1,); only copy when needed.
+            array = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)
+            dtype_str = array.dtype.str
+            if dtype_str not in WIRE_DTYPES:
+                raise TypeError(f"arrays of dtype {array.dtype} cannot cross the wire")
+            if array.nbytes < SMALL_ARRAY_BYTES and self._small_index is not None:
+                self._small_used = True
+                small = self._small
+                offset = len(small)
+                small += array.tobytes()
+                padding = -len(small) % 8  # keep the next array aligned
+                if padding:
+                    small += _ZEROS[:padding]
+                placeholder = [0, dtype_str, list(array.shape), offset]
+            else:
+                self._buffers.append(array)
+                placeholder = [len(self._buffers) - 1, dtype_str, list(array.shape)]
+            return msgpack.ExtType(_ARRAY_EXT, self._placeholders.pack(placeholder))
+        if isinstance(obj, np.generic):  # numpy scalars become plain Python numbers
+            return obj.item()
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):  # a nested typed record
+            return to_body(obj)
+        raise TypeError(f"cannot encode {type(obj).__name__} in a message body")
+
+
+_HEADER_PACKER = msgpack.Packer(use_bin_type=True)
+_BODY_PACKER = _BodyPacker()
+_EMPTY_MAP = msgpack.packb({})
+_ZEROS = bytes(8)
+_WIRE_DTYPE_OBJECTS = {name: np.dtype(name) for name in WIRE_DTYPES}
 
 
 def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") -> Envelope:
@@ -154,12 +207,11 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
     `sender` is then read, and only it, before the signature is checked).
     """
     views = [memoryview(frame) for frame in frames]
-    try:
-        split = next(i for i, view in enumerate(views) if view == DELIMITER)
-    except StopIteration:
-        raise FrameLayoutError(
-            f"no delimiter frame {DELIMITER!r} among {len(views)} frames"
-        ) from None
+    for split, view in enumerate(views):
+        if view == DELIMITER:
+            break
+    else:
+        raise FrameLayoutError(f"no delimiter frame {DELIMITER!r} among {len(views)} frames")
     content = views[split + 1 :]
     if len(content) < 4:
         raise FrameLayoutError(
@@ -167,18 +219,19 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
         )
     signature, header_view, parent_view, body_view, *buffer_views = content
 
-    mismatch = "signature does not match the run key"
-    if callable(key):
-        claimed = _unpack_map(header_view, "header").get("sender")
-        if not isinstance(claimed, str):
-            raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
-        key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
-    expected = _sign(key, header_view, parent_view, body_view, *buffer_views)
-    if not hmac.compare_digest(bytes(signature), expected):
-        raise SignatureError(mismatch if key else "unexpected signature: this run is unsigned")
+    if key or signature.nbytes:  # an unsigned run skips hashing; a stray signature is refused
+        mismatch = "signature does not match the run key"
+        if callable(key):
+            claimed = _unpack_map(header_view, "header").get("sender")
+            if not isinstance(claimed, str):
+                raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
+            key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
+        expected = _sign(key, header_view, parent_view, body_view, *buffer_views)
+        if not hmac.compare_digest(bytes(signature), expected):
+            raise SignatureError(mismatch if key else "unexpected signature: this run is unsigned")
 
     header = _decode_header(header_view)
-    parent = _unpack_map(parent_view, "parent header")
+    parent = {} if parent_view == _EMPTY_MAP else _unpack_map(parent_view, "parent header")
 
     used_buffers: set[int] = set()
 
@@ -186,25 +239,19 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
         if code != _ARRAY_EXT:
             raise MalformedPayload(f"unknown msgpack extension code {code} (expected {_ARRAY_EXT} for arrays)")
         placeholder = _unpack(data, "array placeholder")
-        if (
-            not isinstance(placeholder, list)
-            or len(placeholder) not in (3, 4)
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in placeholder[:1] + placeholder[3:])
-            or not isinstance(placeholder[1], str)
-            or not isinstance(placeholder[2], list)
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in placeholder[2])
-        ):
+        if not _is_placeholder(placeholder):
             raise MalformedPayload(
                 f"array placeholder must be [index, dtype, shape] or [index, dtype, shape, offset], got {placeholder!r}"
             )
         index, dtype_str, shape = placeholder[:3]
         if not 0 <= index < len(buffer_views):
             raise FrameLayoutError(f"array refers to buffer {index} but {len(buffer_views)} buffer frame(s) arrived")
-        if dtype_str not in WIRE_DTYPES:
+        dtype = _WIRE_DTYPE_OBJECTS.get(dtype_str)
+        if dtype is None:
             raise FieldError(f"array dtype {dtype_str!r} is not allowed; expected one of {sorted(WIRE_DTYPES)}")
-        dtype = np.dtype(dtype_str)
         # Python ints: np.prod would wrap around on a huge declared shape and could match a short buffer.
-        nbytes = dtype.itemsize * math.prod(shape)
+        count = math.prod(shape)
+        nbytes = dtype.itemsize * count
         frame = buffer_views[index]
         if len(placeholder) == 3:  # the array is the whole frame
             offset = 0
@@ -217,8 +264,8 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
                     f"array {dtype}{shape} at offset {offset} needs {nbytes} bytes, buffer {index} has {frame.nbytes}"
                 )
         used_buffers.add(index)
-        array = np.frombuffer(frame, dtype=dtype, count=nbytes // dtype.itemsize if dtype.itemsize else 0, offset=offset).reshape(tuple(shape))
-        # Received zmq frames are writable memory: make the zero-copy view read-only explicitly.
+        array = np.frombuffer(frame, dtype=dtype, count=count, offset=offset).reshape(shape)
+        # Received zmq frames may be writable memory: make the zero-copy view read-only explicitly.
         array.flags.writeable = False
         return array
 
@@ -228,7 +275,25 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
             f"{len(buffer_views)} buffer frame(s) arrived but the body refers to {len(used_buffers)}"
         )
     message = from_body(header.msg_type, body)
-    return Envelope(header=header, message=message, parent=parent, identities=tuple(bytes(v) for v in views[:split]))
+    identities = tuple(bytes(v) for v in views[:split]) if split else ()
+    return Envelope(header=header, message=message, parent=parent, identities=identities)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0  # type() is int: bool is refused
+
+
+def _is_placeholder(value: Any) -> bool:
+    """[index, dtype, shape] or [index, dtype, shape, offset] with counts where counts belong."""
+    if type(value) is not list or len(value) not in (3, 4):
+        return False
+    index, dtype_str, shape = value[0], value[1], value[2]
+    if not _is_count(index) or type(dtype_str) is not str or type(shape) is not list:
+        return False
+    for n in shape:
+        if not _is_count(n):
+            return False
+    return len(value) == 3 or _is_count(value[3])
 
 
 # Message ids: a random per-process prefix and a counter. Unique like a uuid4 (the prefix has
@@ -245,16 +310,6 @@ def _next_msg_id() -> str:
     return f"{_msg_id_prefix}-{next(_msg_id_counter)}"
 
 
-def _has_small_arrays(value: Any) -> bool:
-    if isinstance(value, np.ndarray):
-        return value.nbytes < SMALL_ARRAY_BYTES
-    if isinstance(value, dict):
-        return any(_has_small_arrays(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_small_arrays(v) for v in value)
-    return False
-
-
 def _sign(key: bytes, *parts: Any) -> bytes:
     if not key:
         return b""
@@ -264,9 +319,8 @@ def _sign(key: bytes, *parts: Any) -> bytes:
     return mac.hexdigest().encode()
 
 
-def _unpack(data: Any, what: str, ext_hook=None) -> Any:
+def _unpack(data: Any, what: str, ext_hook=msgpack.ExtType) -> Any:
     try:
-        kwargs = {"ext_hook": ext_hook} if ext_hook else {}
         return msgpack.unpackb(
             data,
             raw=False,
@@ -274,7 +328,7 @@ def _unpack(data: Any, what: str, ext_hook=None) -> Any:
             use_list=True,
             max_map_len=_MAX_MAP_LEN,
             max_array_len=_MAX_MAP_LEN,
-            **kwargs,
+            ext_hook=ext_hook,
         )
     except ProtocolError:
         raise

@@ -217,3 +217,24 @@ def test_checkers_are_per_class(scratch_registry) -> None:
     assert from_body("test.b", {"value": "x"}).value == "x"
     with pytest.raises(FieldError):
         from_body("test.b", {"value": 1})
+
+
+def test_the_task_spec_travels_as_a_typed_record_and_names_a_bad_field():
+    from env_server.envs.reward_collection import parallel_env
+    from protocols import wire
+
+    spec = parallel_env().task_spec()
+    welcome = messages.EnvWelcome(
+        env_name="reward_collection_v0", num_copies=1, agents=["agent_0"], possible_agents=["agent_0"],
+        observation_spaces={}, action_spaces={}, autoreset=True, max_steps=None,
+        task=messages.SiteCollectionTask(**spec),
+    )
+    received = wire.decode(wire.encode(welcome, sender="env", run_id="r", seq=1)).message
+    assert isinstance(received.task, messages.SiteCollectionTask)
+    assert received.task.as_spec() == spec
+    body = to_body(welcome) | {"task": {**spec, "radius": "wide"}}
+    with pytest.raises(FieldError, match=r"env.welcome.task.radius: expected float, got str"):
+        from_body("env.welcome", body)
+    body = to_body(welcome) | {"task": {k: v for k, v in spec.items() if k != "sites"}}
+    with pytest.raises(FieldError, match=r"env.welcome.task: expected .*SiteCollectionTask \| None, got dict"):
+        from_body("env.welcome", body)

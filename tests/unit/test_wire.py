@@ -124,11 +124,16 @@ def strategy_for(hint: Any) -> st.SearchStrategy:
         return st.tuples(*(strategy_for(arg) for arg in args))
     if origin is dict:
         return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=3)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested typed record
+        return record_strategy(hint)
     raise TypeError(f"test strategy: no strategy for annotation {hint!r}; teach strategy_for about it")
 
 
 def message_strategy(msg_type: str) -> st.SearchStrategy:
-    cls = MESSAGE_TYPES[msg_type]
+    return record_strategy(MESSAGE_TYPES[msg_type])
+
+
+def record_strategy(cls: type) -> st.SearchStrategy:
     hints = typing.get_type_hints(cls)
     fields = {f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(cls)}
     return st.fixed_dictionaries(fields).map(lambda values: cls(**values))

@@ -1,0 +1,51 @@
+"""Env copies split over worker processes (env_server/workers.py) behave like unsplit copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpe2 import simple_spread_v3
+
+from env_server.vector import VectorizedParallelEnv
+from env_server.workers import SplitVectorEnv, split_copies
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def factory():
+    return simple_spread_v3.parallel_env(N=2, max_cycles=4)
+
+
+def test_split_copies_shares_them_out_server_first():
+    assert split_copies(8, 2) == [4, 4] and split_copies(5, 2) == [3, 2] and split_copies(3, 3) == [1, 1, 1]
+    with pytest.raises(ValueError, match="between 1 and num_copies=2"):
+        split_copies(2, 3)
+
+
+@pytest.mark.parametrize("autoreset", [True, False])
+def test_split_copies_step_exactly_like_one_process(autoreset):
+    plain = VectorizedParallelEnv(factory, 5, autoreset=autoreset)
+    split = SplitVectorEnv(factory, 5, autoreset=autoreset, num_workers=2)
+    try:
+        rng = np.random.default_rng(0)
+        results = [plain.reset(seed=11), split.reset(seed=11)]
+        for _ in range(9):
+            assert_same_step(*results)
+            assert plain.all_finished == split.all_finished
+            actions = {a: rng.integers(0, 5, size=5) for a in plain.possible_agents}
+            results = [plain.step(actions), split.step(actions)]
+        assert_same_step(*results)
+    finally:
+        split.close()
+        plain.close()
+    assert all(not p.is_alive() for p in split._processes), "workers are reaped on close"
+
+
+def assert_same_step(expected, actual):
+    for name in ("observations", "rewards", "terminated", "truncated", "active", "final_observations"):
+        e, a = getattr(expected, name), getattr(actual, name)
+        assert list(e) == list(a), name
+        for agent in e:
+            np.testing.assert_array_equal(e[agent], a[agent], err_msg=f"{name}[{agent}]")
+    np.testing.assert_array_equal(expected.episode_start, actual.episode_start)
+    assert expected.episode_returns == pytest.approx(actual.episode_returns)
