@@ -286,7 +286,13 @@ class Channel:
         """
         deadline = self.clock() + timeout_s
         while (remaining := deadline - self.clock()) > 0:
-            if not wait_readable(self._poller, remaining):
+            # This channel's own held (link-emulated) sends, e.g. the request being answered,
+            # must leave while we wait for the answer.
+            if (due := self.next_due()) is not None:
+                remaining = min(remaining, max(0.0, due - self.clock()))
+            ready = wait_readable(self._poller, remaining)
+            self.flush_due()
+            if not ready:
                 continue
             for envelope in self.recv_all():
                 if isinstance(envelope.message, message_types):

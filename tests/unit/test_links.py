@@ -393,3 +393,34 @@ def test_router_replies_go_through_the_link_to_the_routed_node(hubs, tmp_path):
     assert time.monotonic() - started >= 0.1
     metrics = server.link_metrics()
     assert metrics["link/env_to_agent_0/delivered"] == metrics["link/env_to_agent_1/delivered"] == 1
+
+
+def test_wait_for_sends_the_held_request_it_waits_on(hubs, tmp_path):
+    """A request/answer exchange before the main loop (join, welcome) over a delayed link: the
+    request is held by the link, and `wait_for` must send it when due, or no answer ever comes."""
+    from protocols import messages as m
+
+    net = network(default_link={"delay_s": 0.05})
+    server = hubs("env", net.link_table("env", run_seed=0))
+    router = server.bind_router(f"ipc://{tmp_path}/env.env", name="env")
+    client_hub = hubs("agent_0", net.link_table("agent_0", run_seed=0))
+    client = client_hub.connect_dealer(router.endpoint, name="env", identity="agent_0", peer="env")
+    client.send(some_message())
+    request = receive_one(server, router, timeout_s=0.01)
+    assert request is None  # held on the client side
+    answered = []
+
+    import threading
+
+    def answer():
+        envelope = receive_one(server, router, timeout_s=5.0)
+        if envelope is not None:
+            router.reply(envelope, m.Heartbeat(node_id="env", incarnation=2, state="running"))
+            answered.append(True)
+            server.wait(2.0)  # the reply is held 50 ms too; this wait sends it
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    reply = client.wait_for(m.Heartbeat, timeout_s=5.0)
+    thread.join(10.0)
+    assert answered and reply is not None and reply.incarnation == 2
