@@ -12,10 +12,6 @@ from agent_node.remote_env import RemoteParallelEnv
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-# Only the all-active case: with a population of four and two drawn per episode the server
-# awaits actions from every agent a client owns, also the inactive ones, while
-# RemoteParallelEnv sends actions only for live agents, so the first step waits for its
-# deadline (found here; the server and RemoteParallelEnv belong to issue 6).
 @pytest.mark.parametrize("kwargs", [{"num_landmarks": 3, "max_steps": 15}, {"num_landmarks": 6, "max_steps": 15}])
 def test_goal_lines_passes_the_api_test_through_the_env_server(env_server, kwargs):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", json.dumps(kwargs), "--no-autoreset")
@@ -26,5 +22,29 @@ def test_goal_lines_passes_the_api_test_through_the_env_server(env_server, kwarg
         observations, _ = env.reset(seed=5)
         assert sorted(observations) == ["agent_0", "agent_1"]
         assert observations["agent_0"].shape == env.observation_space("agent_0").shape
+    finally:
+        env.close()
+
+
+def test_a_drawn_population_steps_without_waiting_for_the_agents_that_sit_out(env_server):
+    # Population 4, two drawn per episode: RemoteParallelEnv acts only for the two live agents;
+    # the server must not wait for the other two (a 30 s deadline would fail the 5 s client wait).
+    kwargs = {"num_landmarks": 3, "max_steps": 15, "population": 4, "active_per_episode": 2}
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", json.dumps(kwargs), "--no-autoreset",
+                          "--step-deadline", "30")
+    env = RemoteParallelEnv(endpoint, timeout_s=5.0)
+    try:
+        drawn = set()
+        for episode in range(4):
+            env.reset(seed=episode)
+            assert len(env.agents) == 2
+            drawn.update(env.agents)
+            steps = 0
+            while env.agents:
+                env.step({a: env.action_space(a).sample() for a in env.agents})
+                steps += 1
+            assert 1 <= steps <= 15
+        assert len(drawn) > 2, "episodes draw different agents"
+        parallel_api_test(env, num_cycles=40)
     finally:
         env.close()
