@@ -246,4 +246,5 @@ def observation_for(agents: list[str], result: BatchedStep, step: int, missing: 
         missing=missing,
         run_finished=run_finished,
         evaluation=evaluation,
+        infos={a: result.infos[a] for a in agents if a in result.infos} if result.infos else {},
     )

@@ -463,6 +463,9 @@ class EnvObservation:
     # Evaluation episodes run on separate copies between training steps: act deterministically,
     # learn nothing, answer with `EnvAction(evaluation=True)`. Their `step` counts separately.
     evaluation: bool = False
+    # Only the keys the env section's `forward_infos` names, for this client's agents that report
+    # them: agent -> key -> an array (K, ...) when every copy reported one shape and dtype, else a
+    # list of K arrays (None for a copy where the agent did not report it). See env_server/vector.py.
     infos: dict[str, Any] = field(default_factory=dict)
     # Only for clients that joined with `global_view=True` (env_server/global_view.py), else None.
     global_state: np.ndarray | None = None  # (K, *state_shape) after this step
@@ -500,6 +503,7 @@ class EnvWorkerResult:
     episode_start: np.ndarray
     episode_returns: list[float]
     all_finished: bool
+    infos: dict[str, Any] = field(default_factory=dict)  # BatchedStep.infos of the worker's copies
 
 
 # --------------------------------------------------------------------------- membership

@@ -7,7 +7,8 @@ import json
 import pytest
 from pettingzoo.test import parallel_api_test
 
-from agent_node.remote_env import RemoteParallelEnv
+from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
+from tests.conftest import read_line_with_deadline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -48,3 +49,48 @@ def test_a_drawn_population_steps_without_waiting_for_the_agents_that_sit_out(en
         parallel_api_test(env, num_cycles=40)
     finally:
         env.close()
+
+
+def test_forwarded_infos_reach_the_client_and_match_a_local_env(env_server):
+    from env_server.envs.goal_lines import parallel_env as goal_lines_env
+
+    kwargs = {"num_landmarks": 3, "max_steps": 15, "population": 4, "active_per_episode": 2}
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", json.dumps(kwargs), "--no-autoreset",
+                          "--forward-infos", "achieved_goals,landmark")
+    env = RemoteParallelEnv(endpoint, timeout_s=10.0)
+    local = goal_lines_env(**kwargs)
+    try:
+        for episode in range(3):
+            _, infos = env.reset(seed=20 + episode)
+            _, local_infos = local.reset(seed=20 + episode)
+            assert sorted(infos) == sorted(local_infos) == sorted(env.agents)
+            while env.agents:
+                for agent in infos:
+                    assert infos[agent]["landmark"] == local_infos[agent]["landmark"]
+                    assert infos[agent]["achieved_goals"].tolist() == local_infos[agent]["achieved_goals"].tolist()
+                actions = {a: env.action_space(a).sample() for a in env.agents}
+                *_, infos = env.step(actions)
+                *_, local_infos = local.step(actions)
+                assert sorted(infos) == sorted(local_infos)
+    finally:
+        env.close()
+
+
+def test_an_info_key_the_env_does_not_report_stops_the_server_with_its_name(spawn):
+    import subprocess
+    import sys
+
+    process = spawn([sys.executable, "-m", "env_server", "--env", "goal_lines_v0", "--no-autoreset",
+                     "--forward-infos", "landmark,goal"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = read_line_with_deadline(process, 60)
+    assert line.startswith("READY "), line
+    env = RemoteParallelEnv(line.split(" ", 1)[1], timeout_s=5.0)
+    try:
+        # The server stops at the first reset: no observation comes.
+        with pytest.raises(RemoteEnvError, match="no env.observation"):
+            env.reset(seed=0)
+    finally:
+        env.close()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert "forward_infos names ['goal']" in stderr.decode()
