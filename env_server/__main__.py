@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         help="standalone: how long the first reset waits for every agent to join (s)",
     )
     parser.add_argument("--forward-infos", default="", help="standalone: comma-separated info keys to send to agents")
+    parser.add_argument("--episode-start-hold", type=float, default=0.0,
+                        help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -109,6 +111,7 @@ def run_standalone(args: argparse.Namespace) -> int:
             # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
             join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
             default_action=_DEFAULTS["default_action"],
+            episode_start_hold_s=args.episode_start_hold,
         ),
         seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
@@ -169,6 +172,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             default_action=env_config.default_action,
             eval_every_steps=env_config.eval_every_steps,
             eval_start_step=env_config.eval_start_step,
+            episode_start_hold_s=env_config.episode_start_hold_s,
         ),
         seed=identity.seed("env"),
         eval_seed=identity.seed("eval_env"),

@@ -58,6 +58,10 @@ class EnvConfig(BaseModel):
     # and the lockstep pays nothing for them. A key the env does not report stops the server at
     # the first reset/step with an error naming it.
     forward_infos: list[str] = []
+    # Hold each episode's first observation until the active agents report (goal.ready) that
+    # their goal negotiation ended, or this long; the server announces who plays first
+    # (env.episode_start; env_server/episode_hold.py). 0: no announcement, no hold.
+    episode_start_hold_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _workers_have_copies(self) -> "EnvConfig":

@@ -473,6 +473,29 @@ class EnvObservation:
     joint_action: np.ndarray | None = None  # (K, joint_action_dim) of step `step - 1`; None after a reset
 
 
+@register_message("env.episode_start")
+@dataclass(frozen=True)
+class EnvEpisodeStart:
+    """Sent only with `env.episode_start_hold_s` > 0, before the observation of `step` in which
+    the copies marked in `episode_start` begin an episode: who plays in each of them, so agents can
+    negotiate goals with their partners first. That observation is held until every agent active
+    in a starting copy sent `goal.ready(step)`, or until `hold_s` passed."""
+
+    step: int  # the step of the held observation; answer with goal.ready(step=step)
+    episode_start: np.ndarray  # (K,) bool: copies whose episode starts
+    active: dict[str, np.ndarray]  # every possible agent -> (K,) bool, active in a starting copy
+    hold_s: float
+
+
+@register_message("goal.ready")
+@dataclass(frozen=True)
+class GoalReady:
+    """A client's agents have finished negotiating for the episode that starts at `step`."""
+
+    step: int
+    agents: list[str]
+
+
 # Env server <-> its own copy workers (env_server/workers.py): a server that splits its K copies
 # over worker processes sends each worker its slice of the actions and gets its slice back.
 
