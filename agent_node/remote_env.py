@@ -64,7 +64,7 @@ class RemoteParallelEnv(ParallelEnv):
         participants = [a for a in self.possible_agents if reply.active[a][0]]
         self.agents = participants
         observations = {a: _first_row(reply.observations[a]) for a in participants}
-        return observations, {a: {} for a in participants}
+        return observations, _first_infos(reply, participants)
 
     def step(self, actions: dict[str, Any]):
         unknown = set(actions) - set(self.agents)
@@ -81,7 +81,7 @@ class RemoteParallelEnv(ParallelEnv):
         terminated = {a: bool(reply.terminated[a][0]) for a in participants}
         truncated = {a: bool(reply.truncated[a][0]) for a in participants}
         self.agents = [a for a in participants if not (terminated[a] or truncated[a])]
-        return observations, rewards, terminated, truncated, {a: {} for a in participants}
+        return observations, rewards, terminated, truncated, _first_infos(reply, participants)
 
     def close(self) -> None:
         self._hub.close()
@@ -104,6 +104,19 @@ def _first_row(batched: Any) -> Any:
     if isinstance(batched, dict):
         return {key: _first_row(value) for key, value in batched.items()}
     return np.array(batched[0])  # a writable copy: received buffers are read-only
+
+
+def _first_infos(reply: m.EnvObservation, agents: list[str]) -> dict[str, dict[str, Any]]:
+    """Copy 0's forwarded infos (the server's `forward_infos`; empty without it): a Python
+    number for a scalar, else a writable array."""
+    infos: dict[str, dict[str, Any]] = {a: {} for a in agents}
+    for agent in agents:
+        for key, batched in reply.infos.get(agent, {}).items():
+            value = batched[0]
+            if value is not None:
+                value = np.array(value)
+                infos[agent][key] = value.item() if value.ndim == 0 else value
+    return infos
 
 
 def _as_batch(action: Any) -> Any:

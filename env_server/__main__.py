@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         "--join-deadline", type=float, default=_DEFAULTS["join_deadline_s"],
         help="standalone: how long the first reset waits for every agent to join (s)",
     )
+    parser.add_argument("--forward-infos", default="", help="standalone: comma-separated info keys to send to agents")
+    parser.add_argument("--episode-start-hold", type=float, default=0.0,
+                        help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -78,12 +81,12 @@ def _stop_on_signals() -> list[bool]:
     return stop
 
 
-def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int):
+def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: tuple[str, ...] = ()):
     """K copies in this process, or split over `num_workers` processes (forked here, before the
     server makes its hub: a zmq context must not cross a fork)."""
     if num_workers == 1:
-        return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset)
-    return SplitVectorEnv(factory, num_copies, autoreset=autoreset, num_workers=num_workers)
+        return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset, forward_infos=forward_infos)
+    return SplitVectorEnv(factory, num_copies, autoreset=autoreset, num_workers=num_workers, forward_infos=forward_infos)
 
 
 def run_standalone(args: argparse.Namespace) -> int:
@@ -94,6 +97,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     envs = make_copies(
         lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies,
         autoreset=not args.no_autoreset, num_workers=args.workers,
+        forward_infos=tuple(k for k in args.forward_infos.split(",") if k),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
     server = EnvServer(
@@ -107,6 +111,7 @@ def run_standalone(args: argparse.Namespace) -> int:
             # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
             join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
             default_action=_DEFAULTS["default_action"],
+            episode_start_hold_s=args.episode_start_hold,
         ),
         seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
@@ -141,10 +146,12 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     def build() -> object:
         return make_env(env_config.name, dict(env_config.kwargs), construction_seed=construction_seed)
 
-    envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers)
+    forward_infos = tuple(env_config.forward_infos)
+    envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers,
+                       forward_infos=forward_infos)
     eval_envs = None
     if env_config.eval_every_steps:
-        eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False)
+        eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False, forward_infos=forward_infos)
     hub = Hub(
         sender=node_id,
         run_id=identity.run_id,
@@ -165,6 +172,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             default_action=env_config.default_action,
             eval_every_steps=env_config.eval_every_steps,
             eval_start_step=env_config.eval_start_step,
+            episode_start_hold_s=env_config.episode_start_hold_s,
         ),
         seed=identity.seed("env"),
         eval_seed=identity.seed("eval_env"),

@@ -11,8 +11,12 @@ Rules (the architecture's lockstep contract):
   by another client is refused, unless the claim comes with the same `client_id` — a restarted
   node takes its agents over from its dead incarnation.
 - a step is due when every awaited agent's action for the open step has arrived, or when the step
-  deadline passes. A missing agent's action is the default (`DefaultActions`) and the step records
-  it in `missing`.
+  deadline passes. Awaited are the claimed agents active in the open step of at least one copy
+  whose client is not absent: an agent that sits out this episode (a population env that draws
+  who plays) or finished before the others is not waited for, and a client that drives only such
+  agents is not waited for at all. A missing active agent's action is the default
+  (`DefaultActions`) and the step records it in `missing`; inactive agents get the default too
+  (the env ignores it) but are not missing.
 - absent / rejoin: an agent whose client missed a deadline is not waited for any more (its client
   is "absent"), so one dead agent slows down one step, not every step; the client is awaited again
   as soon as it sends an action or a reset.
@@ -98,6 +102,8 @@ class LockstepBarrier:
         self.clients: dict[bytes, Client] = {}
         self.owner: dict[str, bytes] = {}  # env agent -> identity of the client that drives it
         self.pending: dict[str, Any] = {}
+        # Agents active in the open step of at least one copy (from the broadcast's `active`).
+        self.active_agents: set[str] = set(possible_agents)
         # The open step: which step number, of which kind, over how many copies.
         self.open_step: int | None = None
         self.open_evaluation = False
@@ -145,7 +151,10 @@ class LockstepBarrier:
         return wanted
 
     def awaited_agents(self) -> list[str]:
-        return [a for a, identity in self.owner.items() if not self.clients[identity].absent]
+        return [
+            a for a, identity in self.owner.items()
+            if a in self.active_agents and not self.clients[identity].absent
+        ]
 
     # ------------------------------------------------------------------ the open step
 
@@ -157,6 +166,7 @@ class LockstepBarrier:
         self.open_step = step if wait else None
         self.open_evaluation = evaluation
         self.num_copies = len(result.episode_start)
+        self.active_agents = {a for a, rows in result.active.items() if rows.any()}
         self.deadline = now + self.step_deadline_s if wait else None
         self._last = (result, step, missing, run_finished, evaluation)
         return [
@@ -201,20 +211,20 @@ class LockstepBarrier:
     def on_timer(self, now: float) -> list[Outgoing]:
         """A passed step deadline: the step is due with defaults, latecomers become absent."""
         if self.deadline is not None and now >= self.deadline and not self.step_due:
-            for agent in self.possible_agents:
-                if agent not in self.pending and agent in self.owner:
-                    self.clients[self.owner[agent]].absent = True
-            log.warning("step %s deadline passed; default actions for %s", self.open_step,
-                        [a for a in self.possible_agents if a not in self.pending])
+            late = [a for a in self.awaited_agents() if a not in self.pending]
+            for agent in late:
+                self.clients[self.owner[agent]].absent = True
+            log.warning("step %s deadline passed; default actions for %s", self.open_step, late)
             self.step_due = True
         return []
 
     def take_actions(self) -> tuple[dict[str, Any], list[str]]:
         """Every agent's batched action for the due step (defaults filled in) and who missed it."""
-        missing = [a for a in self.possible_agents if a not in self.pending]
+        missing = [a for a in self.possible_agents if a not in self.pending and a in self.active_agents]
         actions = dict(self.pending)
-        for agent in missing:
-            actions[agent] = self.defaults.batched(agent, self.num_copies)
+        for agent in self.possible_agents:
+            if agent not in actions:  # missing, or inactive in every copy (the env ignores it)
+                actions[agent] = self.defaults.batched(agent, self.num_copies)
         self.missing_actions += len(missing)
         self.close_step()
         return actions, missing
@@ -236,4 +246,5 @@ def observation_for(agents: list[str], result: BatchedStep, step: int, missing: 
         missing=missing,
         run_finished=run_finished,
         evaluation=evaluation,
+        infos={a: result.infos[a] for a in agents if a in result.infos} if result.infos else {},
     )

@@ -53,6 +53,15 @@ class EnvConfig(BaseModel):
     eval_episodes: int = Field(5, ge=1)
     # No evaluation before this lockstep step (e.g. while the agents still act at random).
     eval_start_step: int = Field(0, ge=0)
+    # Keys of the env's per-agent `infos` to send to the agents with every observation (numbers or
+    # numeric arrays only, e.g. goal_lines' [achieved_goals, landmark]). Empty: infos are dropped,
+    # and the lockstep pays nothing for them. A key the env does not report stops the server at
+    # the first reset/step with an error naming it.
+    forward_infos: list[str] = []
+    # Hold each episode's first observation until the active agents report (goal.ready) that
+    # their goal negotiation ended, or this long; the server announces who plays first
+    # (env.episode_start; env_server/episode_hold.py). 0: no announcement, no hold.
+    episode_start_hold_s: float = Field(0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _workers_have_copies(self) -> "EnvConfig":
@@ -61,6 +70,17 @@ class EnvConfig(BaseModel):
                 f"num_workers={self.num_workers} exceeds num_copies={self.num_copies}: every worker steps at least one copy"
             )
         return self
+
+    @field_validator("forward_infos")
+    @classmethod
+    def _info_keys(cls, keys: list[str]) -> list[str]:
+        empty = [k for k in keys if not k.strip()]
+        if empty:
+            raise ValueError(f"forward_infos: expected non-empty info key names, got {keys!r}")
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"forward_infos: keys {repeated} are listed more than once")
+        return keys
 
     @field_validator("name")
     @classmethod

@@ -12,7 +12,8 @@ Message flow (agents are DEALERs, the server is a ROUTER):
 
 This module is the thin loop. The rules live in sans-IO parts with their own unit tests:
 `barrier.py` (who drives which agent, the open step, its deadline, default actions, the
-absent/rejoin rule, take-over by a restarted node) and `evaluation.py` (when to evaluate, the
+absent/rejoin rule, take-over by a restarted node), `episode_hold.py` (announcing who plays an
+episode and holding its first observation for the agents' goal negotiation) and `evaluation.py` (when to evaluate, the
 held-back training observation, the evaluation's metrics). Here: one dispatch table from message
 type to handler, the environment copies, the socket, and the episode bookkeeping (reset, run
 budget).
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
+from env_server.episode_hold import EpisodeStartHold
 from env_server.evaluation import EvaluationSchedule
 from env_server.global_view import GlobalView
 from env_server.vector import BatchedStep, VectorizedParallelEnv
@@ -62,6 +64,7 @@ class LockstepRules:
     default_action: str = "noop"
     eval_every_steps: int | None = None
     eval_start_step: int = 0
+    episode_start_hold_s: float = 0.0
 
 
 class EnvServer:
@@ -108,7 +111,9 @@ class EnvServer:
         self.reset_requested = False
         self.run_finished = False
         # One dispatch table: message type -> handler (each handler is named after its message).
-        self.handlers = {m.EnvJoin: self.on_join, m.EnvReset: self.on_reset, m.EnvAction: self.on_action}
+        self.handlers = {m.EnvJoin: self.on_join, m.EnvReset: self.on_reset, m.EnvAction: self.on_action,
+                         m.GoalReady: self.on_goal_ready}
+        self.episode_hold = EpisodeStartHold(rules.episode_start_hold_s)
         # Global state and joint action for the clients that ask (issue 12; off until one does).
         self.global_view = GlobalView(envs, eval_envs)
         self.global_view_clients: set[bytes] = set()
@@ -122,7 +127,10 @@ class EnvServer:
     def poll_once(self, timeout_s: float) -> None:
         """Wait up to `timeout_s` for messages, handle them, and fire a due deadline."""
         now = self.clock()
-        deadlines = [d for d in (self.barrier.next_deadline(), self._join_deadline_if_waiting()) if d is not None]
+        deadlines = [
+            d for d in (self.barrier.next_deadline(), self._join_deadline_if_waiting(), self.episode_hold.next_deadline())
+            if d is not None
+        ]
         if deadlines:
             timeout_s = max(0.0, min(timeout_s, min(deadlines) - now))
         # The hub's other channels (the control channel) also end the wait; the caller reads them.
@@ -132,6 +140,8 @@ class EnvServer:
         now = self.clock()
         self.rejections.flush(now)
         self._send(self.barrier.on_timer(now))
+        if self.episode_hold.on_timer(now):
+            self._release_episode_start()
         if self.barrier.step_due:
             self._step()
         if self.reset_requested and not self.episode_running and self._may_start(now):
@@ -210,6 +220,17 @@ class EnvServer:
         if self.barrier.step_due:
             self._step()
 
+    def on_goal_ready(self, identity: bytes, envelope: Envelope) -> None:
+        request: m.GoalReady = envelope.message
+        client = self.barrier.client(identity)
+        foreign = [a for a in request.agents if a not in client.agents]
+        if foreign:
+            raise Refused("not_your_agent", f"{client.client_id} does not drive {foreign}")
+        if not self.episode_hold.enabled:
+            raise Refused("no_episode_hold", "goal.ready needs env.episode_start_hold_s > 0 on the env server")
+        if self.episode_hold.on_ready(request.agents, request.step):
+            self._release_episode_start()
+
     # ------------------------------------------------------------------ lockstep
 
     def _may_start(self, now: float) -> bool:
@@ -225,7 +246,7 @@ class EnvServer:
         self.episode_running = True
         result = self.envs.reset(self.seed)
         self.global_view.after_reset(result)
-        self._broadcast(result, missing=[])
+        self._broadcast_or_hold(result, missing=[])
 
     def _step(self) -> None:
         actions, missing = self.barrier.take_actions()
@@ -260,7 +281,25 @@ class EnvServer:
             self.global_view.after_reset(eval_result, self.eval_envs)
             self._broadcast(eval_result, missing=[])
         else:
+            self._broadcast_or_hold(result, missing)
+
+    def _broadcast_or_hold(self, result: BatchedStep, missing: list[str]) -> None:
+        """A training result: broadcast it, or, when it starts an episode in some copy and the
+        hold is on, announce who plays and hold it (episode_hold.py)."""
+        if self.run_finished or not self.episode_hold.should_hold(result):
             self._broadcast(result, missing)
+            return
+        active = self.episode_hold.begin(result, missing, step=self.step, claimed=set(self.barrier.owner), now=self.clock())
+        self.barrier.close_step()  # no actions until the observation is out
+        announcement = m.EnvEpisodeStart(step=self.step, episode_start=result.episode_start, active=active,
+                                         hold_s=self.episode_hold.hold_s)
+        self._send([(identity, announcement) for identity in self.barrier.clients])
+        if not self.episode_hold.held.waiting:  # no claimed agent plays: nobody to wait for
+            self._release_episode_start()
+
+    def _release_episode_start(self) -> None:
+        held = self.episode_hold.release()
+        self._broadcast(held.result, held.missing)
 
     def _broadcast(self, result: BatchedStep, missing: list[str]) -> None:
         evaluating = self.evaluating

@@ -9,6 +9,20 @@ before the others) are marked inactive; their rows hold zeros and their actions 
 With `autoreset`, a copy whose episode ended is reset inside `step`: the result then holds the
 first observation of the new episode, the last observation of the old one in
 `final_observations`, and `episode_start` marks that copy.
+
+Infos: PettingZoo's per-agent `infos` are dropped unless `forward_infos` names keys to keep
+(the env section's `forward_infos`), so the lockstep hot path pays nothing for them. A kept key
+must hold a number or a numeric array; it is batched per agent as `infos[agent][key]`:
+
+- an array shaped (K, ...) when every copy reported it for the agent with one shape and dtype
+  (e.g. goal_lines' `landmark`, one int per copy), else
+- a list of K entries, each the copy's value as an array or None where the agent did not report it
+  (inactive in that copy), e.g. goal_lines' `achieved_goals`, whose length varies per copy.
+
+Both are msgpack-safe (arrays travel as raw frames). With autoreset, a copy that just reset carries
+the infos of the step that ended its episode (like its rewards), not those of the new reset.
+A key no agent reports at the first reset (or, if the env reports no infos at reset, at the
+first step) is refused there with a ValueError naming it.
 """
 
 from __future__ import annotations
@@ -33,6 +47,51 @@ class BatchedStep:
     final_observations: dict[str, Any]
     episode_start: np.ndarray
     episode_returns: list[float] = field(default_factory=list)  # mean-over-agents returns of episodes that just ended
+    infos: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent -> key -> batched (see the module docstring)
+
+
+def batch_infos(per_copy: list[dict[str, dict]], agents: list[str], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`infos[agent][key]` over K copies: an array (K, ...) if every copy has one shape and dtype,
+    else a list of K arrays (None where the agent did not report the key)."""
+    batched: dict[str, dict[str, Any]] = {}
+    for agent in agents:
+        entries: dict[str, Any] = {}
+        for key in keys:
+            rows = []
+            for copy_infos in per_copy:
+                value = copy_infos.get(agent, {}).get(key)
+                rows.append(None if value is None else numeric_info(value, agent, key))
+            if all(r is None for r in rows):
+                continue
+            first = rows[0]
+            if first is not None and all(r is not None and r.shape == first.shape and r.dtype == first.dtype for r in rows):
+                entries[key] = np.stack(rows)
+            else:
+                entries[key] = rows
+        if entries:
+            batched[agent] = entries
+    return batched
+
+
+def numeric_info(value: Any, agent: str, key: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"env.forward_infos: infos[{agent!r}][{key!r}] must be a number or a numeric array, "
+            f"got {type(value).__name__} (dtype {array.dtype})"
+        )
+    return array
+
+
+def check_info_keys(per_copy: list[dict[str, dict]], keys: tuple[str, ...]) -> None:
+    """Refuse forwarded keys that no agent of any copy reports (at the first reset)."""
+    reported = {key for copy_infos in per_copy for agent_infos in copy_infos.values() for key in agent_infos}
+    unknown = [key for key in keys if key not in reported]
+    if unknown:
+        raise ValueError(
+            f"env.forward_infos names {unknown}, which the environment does not report in its infos; "
+            f"it reports {sorted(reported)}"
+        )
 
 
 def zeros_like_space(space: spaces.Space) -> Any:
@@ -105,12 +164,15 @@ def _integer_bounds(space: spaces.Space) -> tuple[Any, Any]:
 
 
 class VectorizedParallelEnv:
-    def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool) -> None:
+    def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool,
+                 forward_infos: tuple[str, ...] = ()) -> None:
         if num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
         self.copies = [factory() for _ in range(num_copies)]
         self.num_copies = num_copies
         self.autoreset = autoreset
+        self.forward_infos = tuple(forward_infos)
+        self._info_keys_checked = False
         first = self.copies[0]
         self.possible_agents: list[str] = list(first.possible_agents)
         self.observation_spaces = {a: first.observation_space(a) for a in self.possible_agents}
@@ -131,27 +193,37 @@ class VectorizedParallelEnv:
         return all(self._finished)
 
     def reset(self, seed: int | None) -> BatchedStep:
-        per_copy = []
+        per_copy, infos = [], []
         for index, env in enumerate(self.copies):
-            observations, _ = env.reset(seed=None if seed is None else seed + index)
+            observations, copy_infos = env.reset(seed=None if seed is None else seed + index)
             per_copy.append(observations)
+            infos.append(copy_infos)
+        # Many envs report nothing at reset: then the keys are checked at the first step.
+        if self.forward_infos and not self._info_keys_checked and any(any(c.values()) for c in infos):
+            check_info_keys(infos, self.forward_infos)
+            self._info_keys_checked = True
         self._returns[:] = 0.0
         self._finished = [False] * self.num_copies
         self._last_obs = per_copy
         starts = np.ones(self.num_copies, dtype=bool)
-        return self._batch(per_copy, [{}] * self.num_copies, [{}] * self.num_copies, [{}] * self.num_copies,
-                           [{}] * self.num_copies, starts, [])
+        result = self._batch(per_copy, [{}] * self.num_copies, [{}] * self.num_copies, [{}] * self.num_copies,
+                             [{}] * self.num_copies, starts, [])
+        if self.forward_infos:
+            result.infos = batch_infos(infos, self.possible_agents, self.forward_infos)
+        return result
 
     def step(self, actions: dict[str, Any]) -> BatchedStep:
-        observations, rewards, terminated, truncated, finals = [], [], [], [], []
+        observations, rewards, terminated, truncated, finals, infos = [], [], [], [], [], []
         starts = np.zeros(self.num_copies, dtype=bool)
         ended_returns: list[float] = []
         for index, env in enumerate(self.copies):
             if self._finished[index]:  # only without autoreset: wait for an explicit reset
                 observations.append({}), rewards.append({}), terminated.append({}), truncated.append({}), finals.append({})
+                infos.append({})
                 continue
             copy_actions = {agent: row(actions[agent], index) for agent in env.agents}
-            obs, rew, term, trunc, _ = env.step(copy_actions)
+            obs, rew, term, trunc, copy_infos = env.step(copy_actions)
+            infos.append(copy_infos)
             returns = self._returns[index]
             for agent, value in rew.items():
                 returns[self._agent_index[agent]] += value
@@ -168,7 +240,13 @@ class VectorizedParallelEnv:
             self._last_obs[index] = obs
             observations.append(obs), rewards.append(rew), terminated.append(term), truncated.append(trunc)
             finals.append(final)
-        return self._batch(observations, rewards, terminated, truncated, finals, starts, ended_returns)
+        result = self._batch(observations, rewards, terminated, truncated, finals, starts, ended_returns)
+        if self.forward_infos:
+            if not self._info_keys_checked:
+                check_info_keys(infos, self.forward_infos)
+                self._info_keys_checked = True
+            result.infos = batch_infos(infos, self.possible_agents, self.forward_infos)
+        return result
 
     def _batch(self, observations, rewards, terminated, truncated, finals, starts, ended_returns) -> BatchedStep:
         result = BatchedStep({}, {}, {}, {}, {}, {}, starts, ended_returns)

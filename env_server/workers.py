@@ -48,8 +48,9 @@ def split_copies(num_copies: int, num_workers: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(num_workers)]
 
 
-def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: bool, endpoint: str, parent_pid: int) -> None:
-    envs = VectorizedParallelEnv(factory, copies, autoreset=autoreset)
+def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: bool, endpoint: str, parent_pid: int,
+                 forward_infos: tuple[str, ...]) -> None:
+    envs = VectorizedParallelEnv(factory, copies, autoreset=autoreset, forward_infos=forward_infos)
     hub = Hub(sender=f"env_worker_{os.getpid()}", run_id="env_workers")
     channel = hub.bind_router(endpoint, name="worker")
     try:
@@ -76,7 +77,8 @@ def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: boo
 class SplitVectorEnv:
     """`VectorizedParallelEnv`'s interface over W processes. See the module docstring."""
 
-    def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool, num_workers: int) -> None:
+    def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool, num_workers: int,
+                 forward_infos: tuple[str, ...] = ()) -> None:
         shares = split_copies(num_copies, num_workers)
         self.num_copies = num_copies
         self.autoreset = autoreset
@@ -88,13 +90,14 @@ class SplitVectorEnv:
         for index, share in enumerate(shares[1:], start=1):
             endpoint = f"ipc://{self._socket_dir}/w{index}.sock"
             process = context.Process(
-                target=_worker_main, args=(factory, share, autoreset, endpoint, os.getpid()), daemon=True,
+                target=_worker_main, args=(factory, share, autoreset, endpoint, os.getpid(), tuple(forward_infos)), daemon=True,
                 name=f"env-worker-{index}",
             )
             process.start()
             self._processes.append(process)
             endpoints.append(endpoint)
-        self.local = VectorizedParallelEnv(factory, shares[0], autoreset=autoreset)
+        self.local = VectorizedParallelEnv(factory, shares[0], autoreset=autoreset, forward_infos=forward_infos)
+        self.forward_infos = tuple(forward_infos)
         self.possible_agents = self.local.possible_agents
         self.observation_spaces = self.local.observation_spaces
         self.action_spaces = self.local.action_spaces
@@ -128,7 +131,8 @@ class SplitVectorEnv:
                 raise RuntimeError(f"env copy worker {index + 1} did not answer within {WORKER_REPLY_TIMEOUT_S} s: {reply!r}")
             self._worker_finished[index] = reply.all_finished
             parts.append(BatchedStep(reply.observations, reply.rewards, reply.terminated, reply.truncated, reply.active,
-                                     reply.final_observations, reply.episode_start, list(reply.episode_returns)))
+                                     reply.final_observations, reply.episode_start, list(reply.episode_returns),
+                                     reply.infos))
         if len(parts) == 1:
             return local
         merged = BatchedStep({}, {}, {}, {}, {}, {}, np.concatenate([p.episode_start for p in parts]),
@@ -145,6 +149,7 @@ class SplitVectorEnv:
                     p.final_observations[agent] if agent in p.final_observations else _zeros_like(p.observations[agent])
                     for p in parts
                 ])
+        merged.infos = _merge_infos([p.infos for p in parts], [len(p.episode_start) for p in parts])
         return merged
 
     def close(self) -> None:
@@ -157,6 +162,24 @@ class SplitVectorEnv:
                 process.join()
         self.local.close()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+def _merge_infos(parts: list[dict[str, dict[str, Any]]], sizes: list[int]) -> dict[str, dict[str, Any]]:
+    """Concatenate the parts' batched infos in copy order, in vector.py's representation: an
+    array when every part has an array of one trailing shape and dtype, else a list of K rows."""
+    merged: dict[str, dict[str, Any]] = {}
+    for agent in sorted({a for part in parts for a in part}):
+        for key in sorted({k for part in parts for k in part.get(agent, {})}):
+            values = [part.get(agent, {}).get(key) for part in parts]
+            arrays = [v for v in values if isinstance(v, np.ndarray)]
+            if len(arrays) == len(values) and len({(a.shape[1:], a.dtype) for a in arrays}) == 1:
+                merged.setdefault(agent, {})[key] = np.concatenate(arrays)
+                continue
+            rows: list[Any] = []
+            for value, size in zip(values, sizes):
+                rows.extend([None] * size if value is None else list(value))
+            merged.setdefault(agent, {})[key] = rows
+    return merged
 
 
 def _rows(batched: Any, first: int, end: int) -> Any:

@@ -463,11 +463,37 @@ class EnvObservation:
     # Evaluation episodes run on separate copies between training steps: act deterministically,
     # learn nothing, answer with `EnvAction(evaluation=True)`. Their `step` counts separately.
     evaluation: bool = False
+    # Only the keys the env section's `forward_infos` names, for this client's agents that report
+    # them: agent -> key -> an array (K, ...) when every copy reported one shape and dtype, else a
+    # list of K arrays (None for a copy where the agent did not report it). See env_server/vector.py.
     infos: dict[str, Any] = field(default_factory=dict)
     # Only for clients that joined with `global_view=True` (env_server/global_view.py), else None.
     global_state: np.ndarray | None = None  # (K, *state_shape) after this step
     final_global_state: np.ndarray | None = None  # (K, *state_shape); the ended episode's last state where episode_start
     joint_action: np.ndarray | None = None  # (K, joint_action_dim) of step `step - 1`; None after a reset
+
+
+@register_message("env.episode_start")
+@dataclass(frozen=True)
+class EnvEpisodeStart:
+    """Sent only with `env.episode_start_hold_s` > 0, before the observation of `step` in which
+    the copies marked in `episode_start` begin an episode: who plays in each of them, so agents can
+    negotiate goals with their partners first. That observation is held until every agent active
+    in a starting copy sent `goal.ready(step)`, or until `hold_s` passed."""
+
+    step: int  # the step of the held observation; answer with goal.ready(step=step)
+    episode_start: np.ndarray  # (K,) bool: copies whose episode starts
+    active: dict[str, np.ndarray]  # every possible agent -> (K,) bool, active in a starting copy
+    hold_s: float
+
+
+@register_message("goal.ready")
+@dataclass(frozen=True)
+class GoalReady:
+    """A client's agents have finished negotiating for the episode that starts at `step`."""
+
+    step: int
+    agents: list[str]
 
 
 # Env server <-> its own copy workers (env_server/workers.py): a server that splits its K copies
@@ -500,6 +526,7 @@ class EnvWorkerResult:
     episode_start: np.ndarray
     episode_returns: list[float]
     all_finished: bool
+    infos: dict[str, Any] = field(default_factory=dict)  # BatchedStep.infos of the worker's copies
 
 
 # --------------------------------------------------------------------------- membership

@@ -383,6 +383,32 @@ class BCConfig(BaseModel):
     gradient_steps: PositiveInt = 10_000
 
 
+class GoalDQNConfig(BaseModel):
+    """Goal-conditioned DQN with hindsight relabelling (agent_node/algos/goal_dqn.py; issue 10).
+
+    Not in `LearnerConfig` yet: no agent node builds this learner, so a YAML `kind: goal_dqn`
+    is refused as an unknown kind until a node runs it. It lives here so that validating it (in
+    bench/goals.py and the node, later) imports no torch.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["goal_dqn"] = "goal_dqn"
+    hidden_sizes: HiddenSizes = (128, 128)
+    learning_rate: float = Field(1e-3, gt=0)
+    gamma: float = Field(0.95, ge=0, le=1)
+    batch_size: PositiveInt = 128
+    buffer_size: PositiveInt = 200_000
+    learning_starts: int = Field(1_000, ge=0)
+    train_every: PositiveInt = 2
+    target_update_period: PositiveInt = 250
+    epsilon_start: float = Field(1.0, ge=0, le=1)
+    epsilon_end: float = Field(0.05, ge=0, le=1)
+    epsilon_decay_steps: PositiveInt = 20_000
+    her_strategy: Literal["none", "final", "future"] = "future"
+    her_k: PositiveInt = 4
+
+
 LearnerConfig = Annotated[
     DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig,
     Field(discriminator="kind"),

@@ -25,36 +25,15 @@ The agent never sees messages or partner goals: goals are an input, the rest is 
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from agent_node.algos.config import GoalDQNConfig
 from protocols.hindsight import achieved_after_each_step, relabel_episode
-
-
-class GoalDQNConfig(BaseModel):
-    """Goal-conditioned DQN with HER. (Moves to `agent_node/algos/config.py` with the node wiring.)"""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["goal_dqn"] = "goal_dqn"
-    hidden_sizes: tuple[PositiveInt, ...] = (128, 128)
-    learning_rate: float = Field(1e-3, gt=0)
-    gamma: float = Field(0.95, ge=0, le=1)
-    batch_size: PositiveInt = 128
-    buffer_size: PositiveInt = 200_000
-    learning_starts: int = Field(1_000, ge=0)
-    train_every: PositiveInt = 2
-    target_update_period: PositiveInt = 250
-    epsilon_start: float = Field(1.0, ge=0, le=1)
-    epsilon_end: float = Field(0.05, ge=0, le=1)
-    epsilon_decay_steps: PositiveInt = 20_000
-    her_strategy: Literal["none", "final", "future"] = "future"
-    her_k: PositiveInt = 4
 
 
 RewardFn = Callable[[int, np.ndarray], float]

@@ -49,3 +49,33 @@ def assert_same_step(expected, actual):
             np.testing.assert_array_equal(e[agent], a[agent], err_msg=f"{name}[{agent}]")
     np.testing.assert_array_equal(expected.episode_start, actual.episode_start)
     assert expected.episode_returns == pytest.approx(actual.episode_returns)
+
+
+def test_split_copies_forward_the_same_infos_as_one_process():
+    from env_server.envs.goal_lines import parallel_env as goal_lines_env
+
+    def build():
+        return goal_lines_env(num_landmarks=3, max_steps=6)
+
+    keys = ("achieved_goals", "landmark")
+    plain = VectorizedParallelEnv(build, 5, autoreset=True, forward_infos=keys)
+    split = SplitVectorEnv(build, 5, autoreset=True, num_workers=2, forward_infos=keys)
+    try:
+        rng = np.random.default_rng(1)
+        results = [plain.reset(seed=4), split.reset(seed=4)]
+        for _ in range(12):
+            expected, actual = results
+            assert sorted(expected.infos) == sorted(actual.infos)
+            for agent, entries in expected.infos.items():
+                assert sorted(entries) == sorted(actual.infos[agent])
+                for key, value in entries.items():
+                    got = actual.infos[agent][key]
+                    assert type(got) is type(value), (agent, key)
+                    assert len(got) == len(value) == 5
+                    for e, a in zip(value, got):
+                        assert (e is None and a is None) or np.array_equal(e, a)
+            actions = {a: rng.integers(0, 5, size=5) for a in plain.possible_agents}
+            results = [plain.step(actions), split.step(actions)]
+    finally:
+        split.close()
+        plain.close()

@@ -195,3 +195,63 @@ def test_evaluation_schedule_holds_back_training_and_reports_the_mean_return():
     assert not schedule.running and schedule.completed == 1
     with pytest.raises(RuntimeError):
         schedule.finish(now=8.0)
+
+
+def result_with_active(active: dict[str, list[bool]]) -> BatchedStep:
+    step = result()
+    step.active.update({a: np.array(rows, bool) for a, rows in active.items()})
+    return step
+
+
+def test_agents_inactive_in_every_copy_are_not_waited_for_nor_missing():
+    # A population env that drew a0 and a1 for this episode: a2 sits out in both copies.
+    barrier = make_barrier()
+    joined(barrier)
+    barrier.broadcast(result_with_active({"a2": [False, False]}), step=0, evaluation=False, run_finished=False,
+                      missing=[], wait=True, now=0.0)
+    assert sorted(barrier.awaited_agents()) == ["a0", "a1"]
+    barrier.on_action(b"a0", act("a0", 0), now=0.1)
+    assert not barrier.step_due
+    barrier.on_action(b"a1", act("a1", 0), now=0.1)
+    assert barrier.step_due, "the client driving only the inactive a2 is not waited for"
+    actions, missing = barrier.take_actions()
+    assert missing == [] and barrier.missing_actions == 0
+    assert actions["a2"].shape == (K,), "the inactive agent still gets a (default) row the env ignores"
+
+
+def test_an_agent_active_in_one_copy_is_waited_for():
+    barrier = make_barrier()
+    joined(barrier)
+    barrier.broadcast(result_with_active({"a2": [False, True]}), step=0, evaluation=False, run_finished=False,
+                      missing=[], wait=True, now=0.0)
+    barrier.on_action(b"a0", act("a0", 0), now=0.1)
+    barrier.on_action(b"a1", act("a1", 0), now=0.1)
+    assert not barrier.step_due
+    barrier.on_action(b"a2", act("a2", 0), now=0.2)
+    assert barrier.step_due and barrier.take_actions()[1] == []
+
+
+def test_one_client_with_live_and_finished_agents_sends_only_the_live_ones():
+    # RemoteParallelEnv's case: one client drives every agent and acts only for live ones.
+    barrier = make_barrier(deadline_s=0.5)
+    barrier.join(b"all", m.EnvJoin(client_id="all"))
+    barrier.broadcast(result_with_active({"a1": [False, False], "a2": [False, False]}), step=3, evaluation=False,
+                      run_finished=False, missing=[], wait=True, now=0.0)
+    barrier.on_action(b"all", act("a0", 3), now=0.1)
+    assert barrier.step_due
+    assert barrier.take_actions()[1] == []
+
+
+def test_at_the_deadline_only_clients_with_late_active_agents_become_absent():
+    barrier = make_barrier(deadline_s=0.5)
+    joined(barrier)
+    barrier.broadcast(result_with_active({"a2": [False, False]}), step=0, evaluation=False, run_finished=False,
+                      missing=[], wait=True, now=0.0)
+    barrier.on_action(b"a0", act("a0", 0), now=0.1)
+    barrier.on_timer(0.5)
+    assert barrier.step_due
+    assert barrier.client(b"a1").absent and not barrier.client(b"a2").absent
+    assert barrier.take_actions()[1] == ["a1"]
+    # Next episode a2 is drawn again: it is awaited (it was never marked absent).
+    barrier.broadcast(result(), step=1, evaluation=False, run_finished=False, missing=["a1"], wait=True, now=1.0)
+    assert sorted(barrier.awaited_agents()) == ["a0", "a2"]

@@ -1,0 +1,122 @@
+"""The episode-start hold through a real env server: who plays is announced (env.episode_start),
+the first observation waits for goal.ready from the active agents, or for the hold's deadline."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from protocols import messages as m
+from protocols.transport import Hub
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+KWARGS = json.dumps({"num_landmarks": 3, "max_steps": 3})
+
+
+class Client:
+    """A bare agent-side client driving one env agent."""
+
+    def __init__(self, hub: Hub, endpoint: str, index: int) -> None:
+        name = f"client_{index}"
+        self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
+        self.channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
+        self.welcome = self.expect(m.EnvWelcome)
+        (self.agent,) = self.welcome.agents
+
+    def expect(self, message_type: type, timeout_s: float = 20.0):
+        message = self.channel.wait_for(object, timeout_s=timeout_s)  # the next message, whatever it is
+        assert message is not None, f"no {message_type.MSG_TYPE} within {timeout_s} s"
+        assert isinstance(message, message_type), message
+        return message
+
+    def act(self, step: int) -> None:
+        self.channel.send(m.EnvAction(step=step, actions={self.agent: np.zeros(self.welcome.num_copies, np.int64)}))
+
+    def ready(self, step: int) -> None:
+        self.channel.send(m.GoalReady(step=step, agents=[self.agent]))
+
+
+@pytest.fixture
+def hub():
+    hub = Hub(sender="test", run_id="hold")
+    yield hub
+    hub.close()
+
+
+def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_server, hub):
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--copies", "2",
+                          "--episode-start-hold", "30", "--step-deadline", "30")
+    first, late = Client(hub, endpoint, 0), Client(hub, endpoint, 1)
+    for client in (first, late):
+        client.channel.send(m.EnvReset(seed=1))
+    for client in (first, late):
+        announcement = client.expect(m.EnvEpisodeStart)
+        assert announcement.step == 0 and announcement.episode_start.tolist() == [True, True]
+        assert {a: rows.tolist() for a, rows in announcement.active.items()} == {"agent_0": [True, True], "agent_1": [True, True]}
+        assert announcement.hold_s == 30.0
+    first.ready(0)
+    # A goal.ready for an agent the client does not drive is refused, and releases nothing.
+    first.channel.send(m.GoalReady(step=0, agents=["agent_1"]))
+    refusal = first.expect(m.ErrorReply)
+    assert refusal.code == "not_your_agent"
+    assert late.channel.wait_for(object, timeout_s=1.0) is None, "held while agent_1 negotiates"
+    released_at = time.monotonic()
+    late.ready(0)
+    for client in (first, late):
+        observation = client.expect(m.EnvObservation)
+        assert observation.step == 0 and observation.episode_start.tolist() == [True, True]
+    assert time.monotonic() - released_at < 15, "released by goal.ready, not by the 30 s deadline"
+
+    # goal_lines ends its episodes after max_steps=3: the autoreset's episode is announced and held too.
+    for step in range(3):
+        for client in (first, late):
+            client.act(step)
+        if step < 2:
+            for client in (first, late):
+                assert client.expect(m.EnvObservation).step == step + 1
+    for client in (first, late):
+        announcement = client.expect(m.EnvEpisodeStart)
+        assert announcement.step == 3 and announcement.episode_start.tolist() == [True, True]
+    late.ready(3)
+    assert first.channel.wait_for(object, timeout_s=1.0) is None
+    first.ready(3)
+    for client in (first, late):
+        observation = client.expect(m.EnvObservation)
+        assert observation.step == 3 and observation.episode_start.tolist() == [True, True]
+
+
+def test_an_agent_that_never_reports_holds_the_start_only_until_the_deadline(env_server, hub):
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--episode-start-hold", "1.5",
+                          "--step-deadline", "30")
+    ready, silent = Client(hub, endpoint, 0), Client(hub, endpoint, 1)
+    for client in (ready, silent):
+        client.channel.send(m.EnvReset(seed=1))
+    for client in (ready, silent):
+        client.expect(m.EnvEpisodeStart)
+    announced_at = time.monotonic()
+    ready.ready(0)
+    for client in (ready, silent):
+        assert client.expect(m.EnvObservation).step == 0
+    # The server's hold began before the announcement reached us, so allow a little slack.
+    assert time.monotonic() - announced_at >= 1.2, "held until the deadline: agent_1 never sent goal.ready"
+    # The lockstep goes on as usual afterwards.
+    for client in (ready, silent):
+        client.act(0)
+    for client in (ready, silent):
+        assert client.expect(m.EnvObservation).step == 1
+
+
+def test_without_a_hold_nothing_is_announced_and_goal_ready_is_refused(env_server, hub):
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS)
+    first, second = Client(hub, endpoint, 0), Client(hub, endpoint, 1)
+    for client in (first, second):
+        client.channel.send(m.EnvReset(seed=1))
+    for client in (first, second):
+        assert client.expect(m.EnvObservation).step == 0
+    first.ready(0)
+    refusal = first.expect(m.ErrorReply)
+    assert refusal.code == "no_episode_hold" and "episode_start_hold_s" in refusal.message
