@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -283,3 +284,47 @@ def latest_values(path: str | Path, keys: tuple[str, ...], max_bytes: int = 2621
         if len(found) == len(keys):
             break
     return found
+
+
+def describe_exit_code(code: int) -> str:
+    """`code 1`, or `signal SIGKILL` for a process killed by a signal (Popen reports -N)."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def log_tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> list[str]:
+    """The last few non-empty lines of a log (reading only its last `max_bytes`)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - max_bytes))
+            text = file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def explain_failure(run_dir: Path, tail_lines: int = 5) -> list[str]:
+    """Why a run failed, for the terminal: the run's recorded reason, then for each node that
+    exited unexpectedly (first the earliest) its exit code or signal and its log's last lines."""
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    lines = []
+    finished = [e for e in events if e.get("event") == "run_finished"]
+    if finished and finished[-1].get("reason"):
+        lines.append(f"run failed: {finished[-1]['reason']}")
+    unexpected = [e for e in events if e.get("event") == "exited" and not e.get("expected") and e.get("node")]
+    for record in unexpected[:3]:
+        node_id, code = record["node"], record.get("code")
+        how = describe_exit_code(code) if isinstance(code, int) else "an unknown code"
+        log_path = run_dir / NODES_DIRNAME / node_id / NODE_LOG_FILENAME
+        tail = log_tail(log_path, tail_lines)
+        lines.append(f"node {node_id} exited with {how}; " + (f"last lines of {log_path}:" if tail else f"{log_path} is empty"))
+        lines.extend(f"  | {line}" for line in tail)
+    if len(unexpected) > 3:
+        lines.append(f"(and {len(unexpected) - 3} more unexpected exits; see {run_dir / EVENTS_FILENAME})")
+    return lines

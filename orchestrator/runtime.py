@@ -48,7 +48,7 @@ from orchestrator.launcher import (
     write_pid_file,
 )
 from orchestrator.plan import LaunchPlan, NodeLaunch
-from orchestrator.rundir import EventLog
+from orchestrator.rundir import EventLog, explain_failure
 from orchestrator.status import StatusView
 from protocols import messages as m
 from protocols.auth import load_node_keys
@@ -501,5 +501,10 @@ class Orchestrator:
 def run(plan: LaunchPlan, config: RunConfig) -> int:
     orchestrator = Orchestrator(plan, config)
     code = orchestrator.run()
+    if code != 0:
+        # Say why on the terminal (which node, how it exited, what it logged last), not only
+        # the exit code in the status table.
+        for line in explain_failure(plan.run_dir):
+            print(line, file=sys.stderr)
     print(f"run directory: {plan.run_dir}", file=sys.stderr)
     return code

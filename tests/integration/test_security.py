@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -206,3 +207,24 @@ def test_a_bind_host_that_is_not_on_this_host_exits_2_naming_the_field(tmp_path,
     assert done.returncode == 2, done.stderr
     assert "network.bind_host:" in done.stderr and host in done.stderr and "Traceback" not in done.stderr
     assert not run_dir.exists()
+
+
+def test_a_failed_run_says_on_the_terminal_which_node_died_how_and_what_it_logged_last(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
+    try:
+        pids = launched_pids(wait_for_event(run_dir, "started", process))
+        os.kill(pids["agent_1"], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = stderr.decode()
+    assert process.returncode == 1
+    assert "run failed: node agent_1 exited unexpectedly" in stderr
+    assert "node agent_1 exited with signal SIGKILL; last lines of" in stderr
+    # The tail printed is the node's own log: its last line appears verbatim after "  | ".
+    last_logged = [line for line in node_log(run_dir, "agent_1").splitlines() if line.strip()][-1]
+    assert f"  | {last_logged}" in stderr
+    assert "Traceback" not in stderr
+    assert_all_reaped(pids)
