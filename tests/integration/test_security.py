@@ -149,6 +149,10 @@ def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
         assert "bad signature" in log
         # 40 bad messages (20 heartbeats, 20 shares): one line at once, the rest in aggregate.
         assert log.count("invalid message") <= 3, log[-3000:]
+        # The same drops, counted in the node's metrics (Hub.link_metrics -> metrics.jsonl).
+        rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+        counted = [row["security/dropped_bad_signature"] for row in rows if "security/dropped_bad_signature" in row]
+        assert counted and counted[-1] > 0 and all(row.get("security/dropped_oversized", 0) == 0 for row in rows)
     # The run's files are the user's alone.
     assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
     for name in ("events.jsonl", "resolved.yaml", "keys/run.json", "nodes/agent_0/log", "nodes/agent_0/metrics.jsonl"):
