@@ -495,7 +495,7 @@ class Hub:
         the security drop counters of every channel of this hub, summed (always):
         `security/dropped_bad_signature` and `security/dropped_oversized`. Nodes write this dict
         into their metrics.jsonl every status period, so the drops show up without node code."""
-        metrics = self.links.metrics() if self.links is not None else {}
+        metrics = dict(self.links.metrics()) if self.links is not None else {}
         channels = list(self._channels.values())
         metrics["security/dropped_bad_signature"] = float(sum(c.stats.dropped_bad_signature for c in channels))
         metrics["security/dropped_oversized"] = float(sum(c.stats.dropped_oversized for c in channels))
