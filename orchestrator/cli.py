@@ -30,6 +30,7 @@ from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import build_plan, format_plan
 from orchestrator.rundir import (
+    RunDirWriteError,
     EVENTS_FILENAME,
     NODE_LOG_FILENAME,
     NODE_METRICS_FILENAME,
@@ -202,6 +203,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         resolved, run_dir = prepare_run(config, args.run_dir)
     except RunDirError as error:
         return _fail(str(error), EXIT_USAGE)
+    except RunDirWriteError as error:
+        return _fail(str(error), EXIT_FAILURE)
     plan = build_plan(resolved, run_dir)
 
     if args.dry_run:
@@ -224,6 +227,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return int(run(plan, resolved))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_FAILURE)
+    except OSError as error:
+        # The run dir became unwritable (disk full, read-only remount) before any node started.
+        return _fail(f"cannot run in {run_dir}: {error.strerror or error}", EXIT_FAILURE)
     finally:
         remove_temp_socket_dir(resolved.runtime)
 

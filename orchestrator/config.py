@@ -46,7 +46,7 @@ from agent_node.config import AgentsConfig
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from protocols.config_errors import ConfigError, format_validation_error
-from orchestrator.overrides import apply_overrides
+from orchestrator.overrides import apply_overrides, load_yaml
 from protocols.seeds import derive_seed
 from protocols.settings import (
     ENV_NODE_ID,
@@ -377,7 +377,7 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as error:
         raise ConfigError([f"cannot read {path}: {error.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # YAML 1.2 booleans: `live_view: off` stays "off"
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)

@@ -23,6 +23,29 @@ _SEGMENT = re.compile(r"^[A-Za-z_][\w-]*$|^\d+$")
 OVERRIDE_SYNTAX = "expected KEY=VALUE with a dotted KEY, e.g. run.steps=100 or agents.learner.kind=sac"
 
 
+class Yaml12BoolLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are booleans.
+
+    YAML 1.1 (PyYAML's default) also reads on/off/yes/no/y/n as booleans, so `live_view: off`
+    silently became False and then failed as "expected 'auto', 'on', 'off', got False". Here
+    those words stay strings; a bool field still accepts them through pydantic's own parsing.
+    """
+
+
+Yaml12BoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12BoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text -> Python value, with YAML 1.2 booleans (see Yaml12BoolLoader)."""
+    return yaml.load(text, Loader=Yaml12BoolLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`'a.b.0.c=VALUE'` -> (['a', 'b', '0', 'c'], parsed VALUE)."""
     key, separator, raw_value = text.partition("=")
@@ -34,7 +57,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if bad:
         raise ConfigError([f"--set {text!r}: key segment {bad[0]!r} is not a name or a list index; {OVERRIDE_SYNTAX}"])
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = load_yaml(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as error:
         reason = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError([f"--set {text!r}: VALUE is not valid YAML ({reason})"]) from None

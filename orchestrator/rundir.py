@@ -29,14 +29,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
+from protocols.jsonlines import LineFile, LineWriteError
 from protocols.auth import KEYS_DIRNAME, generate_run_keys
 from protocols.config_errors import ConfigError
 from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
@@ -53,7 +55,11 @@ _RUN_DIR_NAME = re.compile(r"^(\d{8}-\d{6})(?:-(\d+))?$")
 
 
 class RunDirError(ValueError):
-    """A run directory cannot be created or found."""
+    """A run directory cannot be created or found (a bad path given by the user: exit 2)."""
+
+
+class RunDirWriteError(RuntimeError):
+    """A run directory was created but its files cannot be written (disk full: exit 1)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -151,6 +157,16 @@ def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[R
     plan is then `plan.build_plan(resolved, run_dir)`.
     """
     path = create_run_dir(config, run_dir)
+    try:
+        return _fill_run_dir(config, path)
+    except OSError as error:
+        # The directory was created but cannot be filled (a disk that is full, say): take back
+        # what this call made, so a failed start leaves nothing behind.
+        shutil.rmtree(path, ignore_errors=True)
+        raise RunDirWriteError(f"{path}: cannot write the run's files: {error.strerror or error}") from None
+
+
+def _fill_run_dir(config: RunConfig, path: Path) -> tuple[RunConfig, Path]:
     socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
     keys_dir = generate_run_keys(path / KEYS_DIRNAME, [*config.node_ids(), ORCHESTRATOR_ID])
     layout = RunLayout(
@@ -204,13 +220,15 @@ class EventLog:
 
     Each line is `{"t": unix time, "event": name, "node": node id or null, ...fields}`. Field
     values that JSON cannot encode are written as their `str()`. Safe to call from several
-    threads.
+    threads. A line that cannot be written (disk full) sets `failed` instead of raising, and
+    no later line is written: the file ends with whole lines only.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file: TextIO = open(self.path, "a", encoding="utf-8")
+        self._file = LineFile(self.path)  # whole lines or nothing, even when the disk fills
         self._lock = threading.Lock()
+        self.failed: LineWriteError | None = None  # set when a line could not be written
 
     def write(self, event: str, node: str | None = None, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
         """Append one event stamped now, or at `at` (unix time) for something that happened
@@ -221,8 +239,13 @@ class EventLog:
         record = {"t": time.time() if at is None else at, "event": event, "node": node, **fields}
         line = json.dumps(record, default=str)
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            if self.failed is None:
+                try:
+                    self._file.append(line)
+                except LineWriteError as error:
+                    # The disk filled (or went away): the orchestrator sees `failed` in its loop
+                    # and stops the run cleanly; raising here would skip reaping the nodes.
+                    self.failed = error
         return record
 
     def close(self) -> None:
@@ -283,3 +306,59 @@ def latest_values(path: str | Path, keys: tuple[str, ...], max_bytes: int = 2621
         if len(found) == len(keys):
             break
     return found
+
+
+def describe_exit_code(code: int) -> str:
+    """`code 1`, or `signal SIGKILL` for a process killed by a signal (Popen reports -N)."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def log_tail(path: Path, lines: int = 5, max_bytes: int = 16384) -> list[str]:
+    """The last few non-empty lines of a log (reading only its last `max_bytes`)."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            size = file.tell()
+            file.seek(max(0, size - max_bytes))
+            text = file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+def file_system_is_full(path: Path) -> bool:
+    """True when the file system holding `path` has no block left for an unprivileged writer."""
+    try:
+        return os.statvfs(path).f_bavail == 0
+    except OSError:
+        return False
+
+
+def explain_failure(run_dir: Path, tail_lines: int = 5) -> list[str]:
+    """Why a run failed, for the terminal: the run's recorded reason, then for each node that
+    exited unexpectedly (first the earliest) its exit code or signal and its log's last lines."""
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    unexpected = [e for e in events if e.get("event") == "exited" and not e.get("expected") and e.get("node")]
+    if file_system_is_full(run_dir):
+        # The nodes' tracebacks all say the same thing; one line says it better.
+        stopped = ", ".join(sorted({e["node"] for e in unexpected})) or "none"
+        return [f"run failed: {run_dir}: no space left on its file system (nodes that stopped: {stopped})"]
+    lines = []
+    finished = [e for e in events if e.get("event") == "run_finished"]
+    if finished and finished[-1].get("reason"):
+        lines.append(f"run failed: {finished[-1]['reason']}")
+    for record in unexpected[:3]:
+        node_id, code = record["node"], record.get("code")
+        how = describe_exit_code(code) if isinstance(code, int) else "an unknown code"
+        log_path = run_dir / NODES_DIRNAME / node_id / NODE_LOG_FILENAME
+        tail = log_tail(log_path, tail_lines)
+        lines.append(f"node {node_id} exited with {how}; " + (f"last lines of {log_path}:" if tail else f"{log_path} is empty"))
+        lines.extend(f"  | {line}" for line in tail)
+    if len(unexpected) > 3:
+        lines.append(f"(and {len(unexpected) - 3} more unexpected exits; see {run_dir / EVENTS_FILENAME})")
+    return lines

@@ -48,7 +48,7 @@ from orchestrator.launcher import (
     write_pid_file,
 )
 from orchestrator.plan import LaunchPlan, NodeLaunch
-from orchestrator.rundir import EventLog
+from orchestrator.rundir import EventLog, explain_failure
 from orchestrator.status import StatusView
 from protocols import messages as m
 from protocols.auth import load_node_keys
@@ -241,6 +241,8 @@ class Orchestrator:
                 self._inject(fault)
             self._reap_exited()
             self._restart_due()
+            if self.events.failed is not None and not self.failure:
+                self.failure = str(self.events.failed)
             self._check_silence()
             if self.nodes and all(
                 n.exit_code is not None and n.restart_at is None for n in self.nodes.values() if n.launch.role == "agent"
@@ -501,5 +503,12 @@ class Orchestrator:
 def run(plan: LaunchPlan, config: RunConfig) -> int:
     orchestrator = Orchestrator(plan, config)
     code = orchestrator.run()
+    if orchestrator.events.failed is not None:
+        print(f"run failed: {orchestrator.events.failed}", file=sys.stderr)
+    elif code != 0:
+        # Say why on the terminal (which node, how it exited, what it logged last), not only
+        # the exit code in the status table.
+        for line in explain_failure(plan.run_dir):
+            print(line, file=sys.stderr)
     print(f"run directory: {plan.run_dir}", file=sys.stderr)
     return code

@@ -2,7 +2,9 @@
 
 Each line is `{"step": lockstep step, "t": unix time, "<namespace>/<name>": value, ...}`:
 `env/episode_return` once per finished episode, learner and protocol scalars periodically.
-Lines are flushed as written so `orchestrate status` and a crashed run both see them.
+Each line is one `os.write` on an O_APPEND descriptor (protocols/jsonlines.py), so readers never
+see half a line; when the disk fills, `write` raises `LineWriteError` naming the file and leaves
+the file's last line whole.
 
 Agents and the env server write through this one class. It lives in `protocols/` and imports
 neither torch nor TensorBoard when the module loads: the TensorBoard mirror (tensorboardX) is
@@ -17,11 +19,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from protocols.jsonlines import LineFile, LineWriteError
+
+__all__ = ["MetricsWriter", "LineWriteError"]
+
 
 class MetricsWriter:
     def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", buffering=1)
+        self._file = LineFile(path)
         self._tensorboard = None
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter  # a light import; torch's writer needs tensorflow's tensorboard
@@ -38,7 +44,7 @@ class MetricsWriter:
                 record[key] = float(value)
                 if self._tensorboard is not None:
                     self._tensorboard.add_scalar(key, float(value), step)
-        self._file.write(json.dumps(record) + "\n")
+        self._file.append(json.dumps(record))
 
     def accumulate(self, values: dict[str, float]) -> None:
         for key, value in values.items():

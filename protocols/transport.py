@@ -491,8 +491,15 @@ class Hub:
 
     def link_metrics(self) -> dict[str, float]:
         """Per-link counters (`link/SRC_to_DST/sent`, delivered, dropped, duplicated, in_flight,
-        bytes, and for incoming links age_p50_ms / age_p99_ms); empty without link emulation."""
-        return self.links.metrics() if self.links is not None else {}
+        bytes, and for incoming links age_p50_ms / age_p99_ms; only with link emulation), plus
+        the security drop counters of every channel of this hub, summed (always):
+        `security/dropped_bad_signature` and `security/dropped_oversized`. Nodes write this dict
+        into their metrics.jsonl every status period, so the drops show up without node code."""
+        metrics = dict(self.links.metrics()) if self.links is not None else {}
+        channels = list(self._channels.values())
+        metrics["security/dropped_bad_signature"] = float(sum(c.stats.dropped_bad_signature for c in channels))
+        metrics["security/dropped_oversized"] = float(sum(c.stats.dropped_oversized for c in channels))
+        return metrics
 
     @property
     def channels(self) -> list[Channel]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -148,6 +149,10 @@ def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
         assert "bad signature" in log
         # 40 bad messages (20 heartbeats, 20 shares): one line at once, the rest in aggregate.
         assert log.count("invalid message") <= 3, log[-3000:]
+        # The same drops, counted in the node's metrics (Hub.link_metrics -> metrics.jsonl).
+        rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+        counted = [row["security/dropped_bad_signature"] for row in rows if "security/dropped_bad_signature" in row]
+        assert counted and counted[-1] > 0 and all(row.get("security/dropped_oversized", 0) == 0 for row in rows)
     # The run's files are the user's alone.
     assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
     for name in ("events.jsonl", "resolved.yaml", "keys/run.json", "nodes/agent_0/log", "nodes/agent_0/metrics.jsonl"):
@@ -206,3 +211,24 @@ def test_a_bind_host_that_is_not_on_this_host_exits_2_naming_the_field(tmp_path,
     assert done.returncode == 2, done.stderr
     assert "network.bind_host:" in done.stderr and host in done.stderr and "Traceback" not in done.stderr
     assert not run_dir.exists()
+
+
+def test_a_failed_run_says_on_the_terminal_which_node_died_how_and_what_it_logged_last(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
+    try:
+        pids = launched_pids(wait_for_event(run_dir, "started", process))
+        os.kill(pids["agent_1"], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = stderr.decode()
+    assert process.returncode == 1
+    assert "run failed: node agent_1 exited unexpectedly" in stderr
+    assert "node agent_1 exited with signal SIGKILL; last lines of" in stderr
+    # The tail printed is the node's own log: its last line appears verbatim after "  | ".
+    last_logged = [line for line in node_log(run_dir, "agent_1").splitlines() if line.strip()][-1]
+    assert f"  | {last_logged}" in stderr
+    assert "Traceback" not in stderr
+    assert_all_reaped(pids)

@@ -360,3 +360,24 @@ def test_resolved_yaml_is_readable_text(tmp_path: Path) -> None:
     text = written.read_text()
     assert text.startswith("# Resolved by `orchestrate up`")
     assert yaml.safe_load(text)["nodes"]["agent_0"]["role"] == "agent"
+
+
+@pytest.mark.parametrize("word", ["on", "off", "auto"])
+def test_yaml_11_boolean_words_stay_strings_in_overrides(word: str) -> None:
+    # YAML 1.1 reads `off` as False; the enum field then refused it as "got False (bool)".
+    assert parse_override(f"launch.live_view={word}") == (["launch", "live_view"], word)
+    assert load_config(TINY, [f"launch.live_view={word}"]).launch.live_view == word
+
+
+def test_yaml_11_boolean_words_stay_strings_in_config_files(tmp_path: Path) -> None:
+    text = Path(TINY).read_text()
+    assert 'live_view: "off"' in text
+    path = tmp_path / "c.yaml"
+    path.write_text(text.replace('live_view: "off"', "live_view: off"))  # unquoted, as users write it
+    assert load_config(path).launch.live_view == "off"
+
+
+def test_true_and_false_are_still_booleans_and_a_bool_field_still_takes_yes() -> None:
+    assert parse_override("a=true") == (["a"], True) and parse_override("a=False") == (["a"], False)
+    assert parse_override("a=yes") == (["a"], "yes")
+    assert load_config(TINY, ["env.kwargs.continuous_actions=false"]).env.kwargs["continuous_actions"] is False

@@ -1,0 +1,58 @@
+"""Append-only JSON-lines files that hold whole lines or nothing, even when the disk fills.
+
+`metrics.jsonl` and `events.jsonl` are read while they are written (`orchestrate status`, a
+crashed run's post-mortem), so a reader must never see half a line. Each line is written with a
+single `os.write` of the encoded line on an `O_APPEND` descriptor: no user-space buffer can split
+it. If the file system refuses part of it (ENOSPC, EDQUOT, EIO after a partial write), the file
+is truncated back to its length before the write, so the last line on disk is still whole, and
+`LineWriteError` says which file and why. After such an error the writer refuses further lines:
+a run whose disk is full stops cleanly instead of logging around holes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+class LineWriteError(OSError):
+    """A line could not be appended; the message names the file and the cause."""
+
+
+class LineFile:
+    """One append-only file of whole lines. Not thread-safe: callers that share it hold a lock."""
+
+    def __init__(self, path: str | Path, mode: int = 0o600) -> None:
+        self.path = Path(path)
+        self.failed: LineWriteError | None = None
+        try:
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+        except OSError as error:
+            raise LineWriteError(error.errno, f"cannot open {self.path} for writing: {error.strerror}") from None
+
+    def append(self, line: str) -> None:
+        """Append `line` (a newline is added) whole, or raise LineWriteError leaving the file as it was."""
+        if self.failed is not None:
+            raise self.failed
+        if self._fd is None:
+            raise LineWriteError(errno.EBADF, f"{self.path} is closed")
+        data = (line + "\n").encode("utf-8")
+        size_before = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a short write: the disk filled mid-line
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, size_before)  # drop the torn tail, if any
+            except OSError:
+                pass
+            cause = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+            self.failed = LineWriteError(error.errno, f"cannot write to {self.path}: {cause}")
+            raise self.failed from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

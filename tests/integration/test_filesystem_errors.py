@@ -1,0 +1,111 @@
+"""Run dirs that cannot be written: a path under a file, a read-only file system, a directory
+without write permission, a disk that is full before the run or fills during it.
+
+Each case: exit 2 for a bad path given by the user, 1 for a disk that fills; one line naming the
+path and the cause; no Python traceback on the terminal; nothing torn in events.jsonl or
+metrics.jsonl; no node left running. The tmpfs cases need root (mount); they skip otherwise and
+always unmount. Root ignores file permissions, so the "no write permission" case runs the
+orchestrator as root *without* CAP_DAC_OVERRIDE (setpriv), against a directory owned by nobody.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def up(run_dir: Path, *extra: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "orchestrator", "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=200,
+    )
+
+
+def mount_tmpfs(mount_point: Path, options: str) -> None:
+    mount_point.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    mounted: list[Path] = []
+
+    def make(name: str, options: str) -> Path:
+        mount_tmpfs(tmp_path / name, options)
+        mounted.append(tmp_path / name)
+        return tmp_path / name
+
+    yield make
+    for mount_point in mounted:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    matching = [line for line in result.stderr.splitlines() if all(needle in line for needle in needles)]
+    assert matching, f"no line naming {needles} in: {result.stderr[-2000:]}"
+
+
+def test_a_run_dir_under_a_file_exits_2_naming_the_path(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    run_dir = tmp_path / "a_file" / "run"
+    assert_one_clear_line(up(run_dir), 2, str(run_dir), "Not a directory")
+
+
+def test_a_run_dir_on_a_read_only_file_system_exits_2_naming_the_path(tmpfs):
+    run_dir = tmpfs("ro", "ro,size=64k") / "run"
+    assert_one_clear_line(up(run_dir), 2, str(run_dir), "Read-only file system")
+
+
+def test_a_run_dir_without_write_permission_exits_2_naming_the_path(tmp_path):
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the orchestrator without CAP_DAC_OVERRIDE")
+    parent = tmp_path / "not_mine"
+    parent.mkdir()
+    os.chown(parent, 65534, 65534)  # nobody's
+    parent.chmod(0o755)
+    caps = "-dac_override,-dac_read_search,-fowner"
+    prefix = ("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}")
+    run_dir = parent / "run"
+    assert_one_clear_line(up(run_dir, prefix=prefix), 2, str(run_dir), "Permission denied")
+    assert not run_dir.exists()
+
+
+def test_a_disk_full_before_the_run_exits_1_and_leaves_no_run_dir(tmpfs):
+    disk = tmpfs("full", "size=256k")
+    filler = disk / "filler"
+    with pytest.raises(OSError):
+        with open(filler, "wb") as file:
+            while True:
+                file.write(b"x" * 4096)
+                file.flush()
+    run_dir = disk / "run"
+    assert_one_clear_line(up(run_dir), 1, str(run_dir), "No space left on device")
+    assert not run_dir.exists()
+
+
+def test_a_disk_that_fills_during_the_run_stops_it_cleanly_with_whole_lines(tmpfs):
+    run_dir = tmpfs("fills", "size=256k") / "run"
+    result = up(run_dir, "--set", "run.steps=1000000")
+    assert_one_clear_line(result, 1, str(run_dir), "no space left")
+    for path in [run_dir / "events.jsonl", *run_dir.glob("nodes/*/metrics.jsonl")]:
+        text = path.read_text()
+        assert text == "" or text.endswith("\n"), f"{path} ends with a torn line"
+        for line in text.splitlines():
+            json.loads(line)  # every line whole
+    assert_all_reaped(launched_pids(read_events(run_dir)))

@@ -1,0 +1,91 @@
+"""Whole lines or nothing: protocols/jsonlines.py on a real, small tmpfs that fills up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from protocols.jsonlines import LineFile, LineWriteError
+from protocols.metrics import MetricsWriter
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only); always unmounted."""
+    mount_point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_lines_are_appended_whole(tmp_path):
+    file = LineFile(tmp_path / "a.jsonl")
+    for i in range(3):
+        file.append(json.dumps({"i": i}))
+    file.close()
+    assert [json.loads(line)["i"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert os.stat(tmp_path / "a.jsonl").st_mode & 0o777 == 0o600
+
+
+def test_a_full_disk_leaves_only_whole_lines_and_a_clear_error(small_tmpfs):
+    path = small_tmpfs / "metrics.jsonl"
+    writer = MetricsWriter(path)
+    with pytest.raises(LineWriteError) as raised:
+        for step in range(100_000):
+            writer.write(step, {"env/episode_return": 1.5, "learner/loss": 0.25 + step})
+    assert str(path) in str(raised.value) and "the disk is full" in str(raised.value)
+    text = path.read_text()
+    assert text.endswith("\n")
+    steps = [json.loads(line)["step"] for line in text.splitlines()]  # every line parses
+    assert steps == list(range(len(steps))) and len(steps) > 100
+    # After the failure the writer refuses more lines rather than writing around a hole.
+    with pytest.raises(LineWriteError):
+        writer.write(10**9, {"x": 1.0})
+    assert path.read_text() == text
+
+
+def test_a_line_torn_by_a_full_disk_is_taken_back(small_tmpfs):
+    """A page or so free and a 20 KB line: the kernel writes part of it (a short write);
+    the writer truncates it away, so the file keeps only the whole line before it."""
+    events = LineFile(small_tmpfs / "events.jsonl")
+    events.append(json.dumps({"event": "first"}))
+    filler = small_tmpfs / "filler"
+    with pytest.raises(OSError):
+        with open(filler, "wb") as file:
+            while True:
+                file.write(b"x" * 1024)
+                file.flush()
+    size = os.stat(filler).st_size // 4096 * 4096
+    while os.statvfs(small_tmpfs).f_bavail == 0:  # free pages until one is free
+        size -= 4096
+        os.truncate(filler, size)
+    assert os.statvfs(small_tmpfs).f_bavail * os.statvfs(small_tmpfs).f_frsize < 20_000
+    try:
+        with pytest.raises(LineWriteError, match="the disk is full"):
+            events.append(json.dumps({"event": "x" * 20_000}))
+    finally:
+        events.close()
+    assert (small_tmpfs / "events.jsonl").read_text() == json.dumps({"event": "first"}) + "\n"
+
+
+def test_a_read_only_file_system_is_named_in_the_error(tmp_path):
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
+    try:
+        with pytest.raises(LineWriteError, match=f"{mount_point}/events.jsonl.*Read-only file system"):
+            LineFile(Path(mount_point) / "events.jsonl")
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
