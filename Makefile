@@ -6,7 +6,7 @@ CONFIG ?= configs/4agents_ring.yaml
 # bench/vs_rllib.py only: ray pins a gymnasium older than ours, so RLlib gets a venv of its own.
 VENV_BENCH ?= .venv-bench
 
-.PHONY: run test setup bench bench-rllib clean
+.PHONY: run test test-deps setup bench bench-rllib clean
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ setup: $(BIN)/orchestrate
 run: setup
 	$(BIN)/orchestrate up $(CONFIG)
 
-test: setup
+# The multi-host tests (tests/integration/test_ssh_backend_netns.py) start Debian's sshd inside
+# network namespaces; as root (CI) it is installed when missing. Without root they skip.
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; fi
+
+test: setup test-deps
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent_node.algos.config import LearnerConfig
+from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
 from agent_node.world_models.config import WorldModelConfig
 from protocols.node_config import NodeSections
 
@@ -23,7 +23,7 @@ class AgentsConfig(BaseModel):
 
     # Number of agent nodes; the environment must have exactly this many possible agents.
     count: int = Field(ge=1)
-    # The off-policy learner, chosen by `kind` (dqn | sac).
+    # The off-policy learner, chosen by `kind` (dqn | sac | og_marl | pmic | shared_dqn).
     learner: LearnerConfig
     # An optional world model, chosen by `kind` (sparse_gp | ensemble); null for model-free runs.
     world_model: WorldModelConfig | None = None
@@ -53,6 +53,28 @@ class AgentsConfig(BaseModel):
     # (the run's schema checks it).
     env_silence_timeout_s: float = Field(60.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Ask the env server for the global state and joint action of every step and put them in the
+    # transitions (env_server/global_view.py). Learners that need them (pmic) ask in any case;
+    # set it for others to record the global view in a dataset.
+    global_view: bool = False
+    # Write every transition to an offline dataset under <run dir>/dataset/ (agent_node/recording.py).
+    record_dataset: bool = False
+    # false: evaluation only. The agents act greedily (no exploration) and never observe or
+    # update; with `load_checkpoints` they act with trained weights (e.g. from agent_node.offline).
+    learning: bool = True
+    # A directory of <env agent>/latest.pt node checkpoints to start from (the node's own
+    # checkpoint, after a restart, takes precedence).
+    load_checkpoints: str | None = None
+
+    @model_validator(mode="after")
+    def _offline_learners_only_evaluate(self) -> AgentsConfig:
+        if self.learner.kind in OFFLINE_KINDS and (self.learning or self.load_checkpoints is None):
+            raise ValueError(
+                f"learner kind {self.learner.kind!r} trains from a dataset (python -m agent_node.offline), not in a "
+                f"run: set learning: false and load_checkpoints: <its --out directory>; got learning={self.learning}, "
+                f"load_checkpoints={self.load_checkpoints!r}"
+            )
+        return self
 
 
 class AgentNodeConfig(NodeSections):

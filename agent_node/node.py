@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -40,6 +41,9 @@ from agent_node.algos import build_learner
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.checkpoint import load_checkpoint, save_checkpoint
 from agent_node.config import AgentNodeConfig
+from agent_node.global_fields import GlobalFieldTracker
+from agent_node.recording import TransitionRecorder
+from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.metrics import MetricsWriter
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -48,7 +52,7 @@ from protocols.control import ControlClient, ShutdownRequested
 from protocols.engine import Engine
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
-from protocols.settings import agent_node_ids
+from protocols.settings import ENV_NODE_ID, agent_node_ids
 from protocols.topology import build_topology
 from protocols.spaces import decode_space
 from protocols.transport import Channel, Hub, SocketOptions
@@ -146,6 +150,7 @@ class AgentNode:
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
             keys=node_keys(run, identity.node_id),
             limits=run.protocols.limits,
+            links=run.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.
@@ -159,6 +164,9 @@ class AgentNode:
         self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
 
         self.learner: Any = None
+        # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
+        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
+        self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
@@ -201,7 +209,9 @@ class AgentNode:
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
         for neighbour, endpoint in sorted(directory.neighbours.items()):
-            self.peers[neighbour] = self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
+            self.peers[neighbour] = self.hub.connect_dealer(
+                endpoint, name=f"peer:{neighbour}", identity=self.context.node_id, peer=neighbour
+            )
         self.membership = MembershipEngine(
             self.context.node_id,
             sorted(self.peers),
@@ -209,13 +219,13 @@ class AgentNode:
             timeout_s=self.peer_timeout_s,
         )
         self.membership.start(None, now)
-        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
+        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id, peer=ENV_NODE_ID)
         # Which handler reads each channel (peers only ever write to our inbox, never reply on
         # the DEALERs we connected to them; anything arriving there is handled as a peer message).
         self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
         self._dispatchers.update({channel.name: self._dispatch_peer for channel in self.peers.values()})
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
-        self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index]))
+        self.env.send(m.EnvJoin(client_id=self.context.node_id, agent_indices=[self.context.index], global_view=self.global_fields.enabled))
         welcome = self._wait_env(m.EnvWelcome)
         self._build_learner(welcome)
         self.control.ready()
@@ -237,8 +247,17 @@ class AgentNode:
             self.context.seed("learner"),
             world_model_config=self.config.world_model,
             task_spec=None if welcome.task is None else welcome.task.as_spec(),
+            state_space=decode_space(welcome.global_view["state_space"]) if welcome.global_view else None,
+            num_agents=len(welcome.possible_agents),
+            agent_index=self.context.index,
         )
         self.subject = self._consensus_subject(observation_space, action_space)
+        if self.config.record_dataset:
+            self.recorder = TransitionRecorder.for_node(
+                self.context.run_dir, welcome, self.env_agent, self.context.index,
+                {"run_seed": self.context.run_seed, "learner_seed": self.context.seed("learner")},
+                {"kind": self.config.learner.kind, "config": self.config.learner.model_dump(mode="json")},
+            )
         if self.consensus_config.enabled:
             self.consensus = build_consensus_engine(
                 self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
@@ -298,7 +317,10 @@ class AgentNode:
         # Evaluation episodes pause learning too: they measure the policy, and the gradient
         # steps owed meanwhile are taken once training resumes.
         learning_due = (
-            self.state is NodeState.RUNNING and not self.evaluating and self.learner.gradient_steps_due() > 0
+            self.state is NodeState.RUNNING
+            and not self.evaluating
+            and self.config.learning
+            and self.learner.gradient_steps_due() > 0
         )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         for channel in self.hub.wait(timeout):
@@ -405,9 +427,10 @@ class AgentNode:
             return
         agent = self.env_agent
         observations = message.observations[agent]
-        actions = self.learner.act(observations, explore=True)
+        actions = self.learner.act(observations, explore=self.config.learning)
         self.env.send(m.EnvAction(step=message.step, actions={agent: actions}))
         self.last_obs, self.last_action, self.last_active = observations, actions, message.active[agent]
+        self.global_fields.remember(message)
         self._maybe_persist()
 
     def on_evaluation_observation(self, message: m.EnvObservation) -> None:
@@ -435,16 +458,19 @@ class AgentNode:
         took_part = self.last_active & active if self.last_active is not None else active
         if took_part.any():
             rows = np.flatnonzero(took_part)
-            self.learner.observe(
-                Transition(
-                    obs=self.last_obs[rows],
-                    action=self.last_action[rows],
-                    reward=rewards[rows],
-                    next_obs=next_obs[rows],
-                    terminated=terminated[rows],
-                    truncated=truncated[rows],
-                )
+            transition = Transition(
+                obs=self.last_obs[rows],
+                action=self.last_action[rows],
+                reward=rewards[rows],
+                next_obs=next_obs[rows],
+                terminated=terminated[rows],
+                truncated=truncated[rows],
+                **self.global_fields.fields(message, rows),
             )
+            if self.config.learning:  # learning: false evaluates (agents.learning)
+                self.learner.observe(transition)
+            if self.recorder is not None:
+                self.recorder.record(message.step, transition)
         self.episodes.add(rewards, took_part)
         ended = took_part & (terminated | truncated)
         for copy in np.flatnonzero(ended):
@@ -457,6 +483,7 @@ class AgentNode:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
+            self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
 
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         pass  # membership has already taken it as a sign of life and read its incarnation
@@ -555,6 +582,8 @@ class AgentNode:
         self.last_checkpoint_step = self.step
 
     def _save_replay(self) -> None:
+        if not self.config.learning:
+            return  # nothing was observed; offline learners have no replay buffer
         self.learner.replay.save(self.replay_path)
         self.last_replay_save_step = self.step
 
@@ -564,7 +593,14 @@ class AgentNode:
             self.learner.load_state_dict(checkpoint["learner"])
             self.episodes.episodes = int(checkpoint["episodes"])
             log.info("restored checkpoint of step %d", checkpoint["step"])
-        if self.replay_path.exists():
+        elif self.config.load_checkpoints is not None:
+            initial = Path(self.config.load_checkpoints) / self.env_agent / "latest.pt"
+            loaded = load_checkpoint(initial)
+            if loaded is None:
+                raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {initial}")
+            self.learner.load_state_dict(loaded["learner"])
+            log.info("loaded the initial checkpoint %s", initial)
+        if self.replay_path.exists() and self.config.learning:
             self.learner.replay.restore(self.replay_path)
             log.info("restored %d replay transitions", len(self.learner.replay))
 
@@ -574,10 +610,14 @@ class AgentNode:
             self.state = NodeState.DRAINING
         try:
             if self.learner is not None:
-                self._finish_owed_updates()
+                if self.config.learning:
+                    self._finish_owed_updates()
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)
+            self.metrics.write(self.step, self.hub.link_metrics())
+            if self.recorder is not None:
+                self.recorder.close()
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
             log.exception("error while draining")

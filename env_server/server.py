@@ -23,6 +23,7 @@ When `max_steps` lockstep steps have run, the last observation carries `run_fini
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.evaluation import EvaluationSchedule
+from env_server.global_view import GlobalView
 from env_server.vector import BatchedStep, VectorizedParallelEnv
 from protocols import messages as m
 from protocols.auth import BadInputLog
@@ -107,6 +109,9 @@ class EnvServer:
         self.run_finished = False
         # One dispatch table: message type -> handler (each handler is named after its message).
         self.handlers = {m.EnvJoin: self.on_join, m.EnvReset: self.on_reset, m.EnvAction: self.on_action}
+        # Global state and joint action for the clients that ask (issue 12; off until one does).
+        self.global_view = GlobalView(envs, eval_envs)
+        self.global_view_clients: set[bytes] = set()
 
     @property
     def evaluating(self) -> bool:
@@ -156,7 +161,12 @@ class EnvServer:
             # HMAC signing key, see protocols/auth.py); the client id in the body is only a claim.
             # (A hub without keys, a standalone server, has nothing to check it against.)
             raise Refused("not_your_id", f"client_id {request.client_id!r} is not the sender {envelope.sender!r}")
+        if request.global_view and not self.global_view.available:
+            raise Refused("global_view_unavailable", self.global_view.unavailable_reason)
         agents = self.barrier.join(identity, request)
+        if request.global_view:
+            self.global_view_clients.add(identity)
+            self.global_view.enable()
         self.channel.reply(
             envelope,
             m.EnvWelcome(
@@ -170,6 +180,7 @@ class EnvServer:
                 max_steps=self.rules.max_steps,
                 step=self.step,
                 task=self.task,
+                global_view=self.global_view.welcome() if request.global_view else None,
             ),
         )
 
@@ -212,22 +223,27 @@ class EnvServer:
     def _reset(self) -> None:
         self.reset_requested = False
         self.episode_running = True
-        self._broadcast(self.envs.reset(self.seed), missing=[])
+        result = self.envs.reset(self.seed)
+        self.global_view.after_reset(result)
+        self._broadcast(result, missing=[])
 
     def _step(self) -> None:
         actions, missing = self.barrier.take_actions()
         if self.evaluating:
             result = self.eval_envs.step(actions)
+            self.global_view.after_step(actions, result, self.eval_envs)
             self.evaluation.record(result)
             if not self.eval_envs.all_finished:
                 self._broadcast(result, missing)
                 return
             held_back, metrics = self.evaluation.finish(self.clock())
             self.write_metrics(metrics)
+            self.global_view.restore_training()
             log.info("evaluation %d at step %d: return %.2f", self.evaluation.completed, self.step, metrics["eval/return_mean"])
             self._broadcast(held_back.result, held_back.missing)
             return
         result = self.envs.step(actions)
+        self.global_view.after_step(actions, result, self.envs)
         self.step += 1
         self.counters.steps += 1
         for episode_return in result.episode_returns:
@@ -240,7 +256,9 @@ class EnvServer:
         if self.evaluation.due(self.step):
             self.evaluation.begin(result, missing, self.clock())
             # Every evaluation starts from the same seed: the curve compares policies, not luck.
-            self._broadcast(self.eval_envs.reset(self.eval_seed), missing=[])
+            eval_result = self.eval_envs.reset(self.eval_seed)
+            self.global_view.after_reset(eval_result, self.eval_envs)
+            self._broadcast(eval_result, missing=[])
         else:
             self._broadcast(result, missing)
 
@@ -262,6 +280,8 @@ class EnvServer:
 
     def _send(self, outgoing: list[Outgoing]) -> None:
         for identity, message in outgoing:
+            if identity in self.global_view_clients and isinstance(message, m.EnvObservation):
+                message = dataclasses.replace(message, **self.global_view.fields())
             delivered = self.channel.send(message, to=identity)
             client = self.barrier.client(identity)
             if client is not None and isinstance(message, m.EnvObservation):

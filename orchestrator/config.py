@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_node.config import AgentsConfig
 from env_server.config import EnvConfig, static_agent_count
+from orchestrator.backends.hosts import SshHost
 from protocols.config_errors import ConfigError, format_validation_error
 from orchestrator.overrides import apply_overrides
 from protocols.seeds import derive_seed
@@ -153,13 +154,18 @@ class FaultsConfig(BaseModel):
     schedule: list[FaultEvent] = []
 
 
-_LATER_BACKENDS = ("ssh", "ray")
+_LATER_BACKENDS = ("ray",)
 
 
 class LaunchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "ssh"] = "local"
+    # With backend ssh: the machines and which nodes run on each (orchestrator/backends/hosts.py),
+    # and the address of this (the launching) machine that those hosts reach the control
+    # channel at.
+    hosts: list[SshHost] = []
+    control_host: str | None = None
     # How the local backend starts nodes (orchestrator/launcher.py): "fork_server" forks every
     # node from one process that has imported torch and the node code (shared copy-on-write
     # pages: ~4x less memory per agent, faster start); "spawn" starts each as `python -m ...`.
@@ -176,8 +182,19 @@ class LaunchConfig(BaseModel):
     @classmethod
     def _backend_available(cls, backend: Any) -> Any:
         if backend in _LATER_BACKENDS:
-            raise ValueError(f"expected 'local'; the {backend!r} backend is not implemented yet")
+            raise ValueError(f"expected 'local' or 'ssh'; the {backend!r} backend is not implemented yet")
         return backend
+
+    @model_validator(mode="after")
+    def _hosts_match_backend(self) -> LaunchConfig:
+        if self.backend == "ssh":
+            if not self.hosts:
+                raise ValueError("launch.hosts: expected at least one host with backend 'ssh', got none")
+            if self.control_host is None:
+                raise ValueError("launch.control_host: expected the launching machine's address the hosts reach, got none")
+        elif self.hosts or self.control_host is not None:
+            raise ValueError(f"launch.hosts / launch.control_host are only used with backend 'ssh', got backend {self.backend!r}")
+        return self
 
 
 # ------------------------------------------------------------------------------------------
@@ -218,11 +235,7 @@ class RunConfig(BaseModel):
             problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
 
         valid_ids = run_node_ids(count)
-        for position, override in enumerate(self.network.links):
-            for end in ("src", "dst"):
-                node = getattr(override, end)
-                if node not in valid_ids:
-                    problems.append(f"network.links.{position}.{end}: expected a node id ({_id_range(count)}), got {node!r}")
+        problems.extend(self.network.node_id_problems(valid_ids, _id_range(count)))
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
@@ -245,6 +258,27 @@ class RunConfig(BaseModel):
                 "faults.restart: expected network.transport 'ipc' for restarts (a restarted agent must come back "
                 f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
             )
+
+        if self.launch.backend == "ssh":
+            if self.network.transport != "tcp":
+                problems.append(f"network.transport: expected 'tcp' with launch.backend 'ssh' (ipc is one host only), got {self.network.transport!r}")
+            if self.network.advertise_host is not None:
+                problems.append(
+                    "network.advertise_host: expected none with launch.backend 'ssh' (each node is advertised at its "
+                    f"launch.hosts address), got {self.network.advertise_host!r}"
+                )
+            placed: dict[str, int] = {}
+            for position, host in enumerate(self.launch.hosts):
+                for node in host.nodes:
+                    if node not in valid_ids:
+                        problems.append(f"launch.hosts.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {node!r}")
+                    elif node in placed:
+                        problems.append(f"launch.hosts.{position}.nodes: {node!r} is already placed on launch.hosts.{placed[node]}")
+                    else:
+                        placed[node] = position
+            missing = [node for node in valid_ids if node not in placed]
+            if missing:
+                problems.append(f"launch.hosts: expected every node placed on a host, missing {missing}")
 
         if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
             problems.append(

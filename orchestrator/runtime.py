@@ -124,12 +124,29 @@ def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | F
     return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
 
 
+def make_backend(plan: LaunchPlan, config: RunConfig, events: EventLog):
+    if config.launch.backend == "ssh":
+        from orchestrator.backends.ssh import SshBackend
+
+        return SshBackend(config, events)
+    return LocalBackend(make_launcher(plan, config))
+
+
+def with_host(endpoint: str, host: str) -> str:
+    """`tcp://<any>:<port>` with its host replaced; other endpoints unchanged."""
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    port = endpoint.rsplit(":", 1)[1]
+    return f"tcp://{host}:{port}"
+
+
 class Orchestrator:
     def __init__(self, plan: LaunchPlan, config: RunConfig) -> None:
         self.config = config
         self.events = EventLog(plan.run_dir / "events.jsonl")
-        self.backend = LocalBackend(make_launcher(plan, config))
-        self.backend.launcher.should_stop = lambda: self.interrupted is not None
+        self.backend = make_backend(plan, config, self.events)
+        if isinstance(self.backend, LocalBackend):
+            self.backend.launcher.should_stop = lambda: self.interrupted is not None
         self.hub = Hub(
             sender=ORCHESTRATOR_ID,
             run_id=plan.run_id,
@@ -138,7 +155,8 @@ class Orchestrator:
             else load_node_keys(config.runtime.keys_dir, ORCHESTRATOR_ID),
             limits=config.protocols.limits,
         )
-        self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=config.network.advertised_host())
+        control_host = config.launch.control_host or config.network.advertised_host()
+        self.control = self.hub.bind_router(plan.control_endpoint, name="control", advertise_host=control_host)
         # With tcp the plan asks for any free port; the nodes must be told the one we got.
         self.plan = plan = plan.with_control_endpoint(self.control.endpoint)
         self.nodes = {launch.node_id: NodeRecord(launch) for launch in plan.nodes}
@@ -193,7 +211,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ launch and supervise
 
     def _launch_all(self) -> None:
-        launcher = self.backend.launcher
+        launcher = getattr(self.backend, "launcher", None)  # the local backend's; none over ssh
         self.backend.prepare()
         if isinstance(launcher, ForkServerLauncher):
             report = launcher.preload_report
@@ -206,7 +224,7 @@ class Orchestrator:
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("launched", node.launch.node_id, pid=node.process.pid, role=node.launch.role,
-                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name)
+                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name if launcher else self.config.launch.backend)
 
     def _supervise(self) -> None:
         startup_timeout_s = self.config.protocols.control.startup_timeout_s
@@ -304,6 +322,10 @@ class Orchestrator:
 
     def on_register(self, node: NodeRecord, message: m.Register) -> None:
         node.endpoints = dict(message.endpoints)
+        advertised_host = getattr(self.backend, "advertised_host", None)
+        if advertised_host is not None:
+            # On another host the node binds e.g. 0.0.0.0; peers reach it at its host's address.
+            node.endpoints = {name: with_host(endpoint, advertised_host(node.launch.node_id)) for name, endpoint in node.endpoints.items()}
         node.registered = True
         self.events.write("registered", node.launch.node_id, endpoints=node.endpoints, pid=message.pid, host=message.host)
         if self.shutting_down:
@@ -439,6 +461,8 @@ class Orchestrator:
             if node.process is not None:
                 node.process.wait()
                 self._reap_exited()
+            if hasattr(self.backend, "finish"):
+                self.backend.finish(node)
             if node.log_file is not None:
                 node.log_file.close()
 

@@ -381,6 +381,8 @@ class EnvJoin:
     client_id: str
     agents: list[str] = field(default_factory=list)
     agent_indices: list[int] = field(default_factory=list)
+    # Ask for the global state and joint action on every observation (env_server/global_view.py).
+    global_view: bool = False
 
 
 @dataclass(frozen=True)
@@ -416,6 +418,9 @@ class EnvWelcome:
     max_steps: int | None
     step: int = 0  # the training step the lockstep is at (a rejoining client catches up)
     task: SiteCollectionTask | None = None  # the reward function, for environments that describe it
+    # Only for a client that joined with `global_view=True` (env_server/global_view.py): the global
+    # state space (encoded with protocols.spaces), where it comes from, and the joint action width.
+    global_view: dict[str, Any] | None = None
 
 
 @register_message("env.reset")
@@ -459,6 +464,10 @@ class EnvObservation:
     # learn nothing, answer with `EnvAction(evaluation=True)`. Their `step` counts separately.
     evaluation: bool = False
     infos: dict[str, Any] = field(default_factory=dict)
+    # Only for clients that joined with `global_view=True` (env_server/global_view.py), else None.
+    global_state: np.ndarray | None = None  # (K, *state_shape) after this step
+    final_global_state: np.ndarray | None = None  # (K, *state_shape); the ended episode's last state where episode_start
+    joint_action: np.ndarray | None = None  # (K, joint_action_dim) of step `step - 1`; None after a reset
 
 
 # Env server <-> its own copy workers (env_server/workers.py): a server that splits its K copies

@@ -8,7 +8,7 @@ An agent served by K vectorized environment copies observes K rows per `observe`
 `learning_starts`, `random_steps`, the epsilon schedule and the update ratio all count rows. That
 keeps the replay ratio (gradient steps per collected transition) independent of K.
 
-The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl):
+The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl | pmic | shared_dqn; cql | bc to evaluate):
 
     learner:
       kind: sac
@@ -207,14 +207,13 @@ class OGMARLConfig(BaseModel):
         return self.sac.model_copy(update={"updates_per_step": self.updates_per_step})
 
 
-LearnerConfig = Annotated[DQNConfig | SACConfig | OGMARLConfig, Field(discriminator="kind")]
-
-
 # ------------------------------------------------------------------------------------------------
-# Learners of issue 12 (PMIC, centralized mixing, agent-count transfer, offline RL). They are not
-# part of `LearnerConfig` yet: each needs something the node does not provide so far (the global
-# state and joint action, an agent index, a learner node, a dataset), so a run config cannot
-# select them until that wiring exists. `build_learner` builds them when given what they need.
+# Learners of issue 12 (PMIC, centralized mixing, agent-count transfer, offline RL). PMIC and the
+# shared DQN are in `LearnerConfig` (the node gives them the global view and their agent index).
+# CQL and BC are in it for evaluation only: they train from a dataset (`python -m
+# agent_node.offline`), and a run's agents may name them only with `learning: false` and
+# `load_checkpoints` (AgentsConfig checks). The mixer needs a learner node, which is not built
+# yet, so it stays out of the union (a YAML naming it fails validation).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -382,3 +381,14 @@ class BCConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: PositiveInt = 64
     gradient_steps: PositiveInt = 10_000
+
+
+LearnerConfig = Annotated[
+    DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig,
+    Field(discriminator="kind"),
+]
+
+# Learners that need the env server's global view (state and joint action) on every observation.
+NEEDS_GLOBAL_VIEW = frozenset({"pmic"})
+# Learners trained from a dataset, never from a run's own transitions.
+OFFLINE_KINDS = frozenset({"cql", "bc"})

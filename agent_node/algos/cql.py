@@ -87,6 +87,17 @@ class CQLAgent:
     def gradient_steps_due(self) -> int:
         return 0 if self.data is None else self.config.gradient_steps - self.gradient_steps
 
+    def counters(self) -> dict[str, float]:
+        """The update contract (roles.Learner.counters): an offline learner owes its configured
+        gradient steps once a dataset is loaded; it observes no rows online."""
+        pending = self.gradient_steps_due()
+        return {
+            "cql/gradient_steps": float(self.gradient_steps),
+            "cql/steps_pending": float(pending),
+            "cql/steps_owed": float(self.gradient_steps + pending),
+            "cql/rows_observed": 0.0,
+        }
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
             raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")

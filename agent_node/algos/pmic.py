@@ -417,6 +417,16 @@ class PMICAgent:
         trainable_rows = max(0, self.rows_observed - first_trainable_row)
         return trainable_rows // cfg.train_every - self.gradient_steps
 
+    def counters(self) -> dict[str, float]:
+        """The update-ratio contract (roles.Learner.counters), cumulative since the start."""
+        pending = self.gradient_steps_due()
+        return {
+            "pmic/gradient_steps": float(self.gradient_steps),
+            "pmic/steps_pending": float(pending),
+            "pmic/steps_owed": float(self.gradient_steps + pending),
+            "pmic/rows_observed": float(self.rows_observed),
+        }
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them."""
         if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):

@@ -119,6 +119,10 @@ class SharedDQNAgent:
     def gradient_steps_due(self) -> int:
         return self.dqn.gradient_steps_due()
 
+    def counters(self) -> dict[str, float]:
+        """The wrapped DQN's update-ratio contract (roles.Learner.counters)."""
+        return self.dqn.counters()
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         return self.dqn.update(max_gradient_steps)
 

@@ -1,0 +1,343 @@
+"""Goal modules: how an autotelic agent picks the goal it pursues in an episode.
+
+ALGORITHMS.md sections 2 (Dec-IMSAP) and 3 (AMIGo). Every module plays one role, `GoalModule`:
+`propose(episode)` gives the goal for the coming episode and `observe_outcome(episode, goal,
+reward)` tells it how that went. Goals are integer indices (goal_lines: `goal_table(L)`; AMIGo:
+cell indices). The modules are plain Python and numpy, so the agent node, the in-process
+benchmark and the tests drive the same objects; the ones that talk to peers (negotiation) wrap a
+sans-IO engine of `protocols/` and leave the sending to the node.
+
+Modules:
+- `UniformGoals`: independent uniform sampling (the lower bound; alignment at chance).
+- `LearningProgressGoals`: sample in proportion to |learning progress| per goal, epsilon-uniform.
+- `PAlignedGoals`: with probability p the team shares one goal, drawn from a stream every member
+  seeds the same way (no messages); otherwise each samples its own.
+- `SupervisorAssignment` (the supervisor's logic: one goal per team per episode) and
+  `SupervisedGoals` (the agent's side: pursue what the supervisor assigned). The supervisor node
+  role that sends assignments over the wire comes with the node wiring.
+- `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
+  agent's own goal (kept when it leads or hears nothing).
+- `AmigoTeacher`: AMIGo's teacher over cells (the `t*` curriculum, teacher and student rewards).
+- `BeBoldNovelty`: BeBold's count-based intrinsic reward (an alternative to a teacher).
+
+Every module takes its seed from the caller, who derives it with
+`derive_seed(run_seed, node_index, stream)`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Hashable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from protocols.negotiation import NegotiationEngine, NegotiationOutcome, NegotiationRequest
+
+
+@runtime_checkable
+class GoalModule(Protocol):
+    """Picks this agent's goal for each episode and hears how it went."""
+
+    def propose(self, episode: int) -> int: ...
+
+    def observe_outcome(self, episode: int, goal: int, reward: float) -> None: ...
+
+
+def _goal_array(goals: Sequence[int]) -> np.ndarray:
+    array = np.array(sorted(set(int(g) for g in goals)), dtype=np.int64)
+    if array.size == 0 or array.min() < 0:
+        raise ValueError(f"goals must be a non-empty set of non-negative indices, got {list(goals)!r}")
+    return array
+
+
+# ------------------------------------------------------------------------------------------
+# Independent selection
+# ------------------------------------------------------------------------------------------
+
+
+class UniformGoals:
+    """Each episode a goal drawn uniformly from `goals`, independently of everyone else."""
+
+    def __init__(self, goals: Sequence[int], seed: int) -> None:
+        self.goals = _goal_array(goals)
+        self._rng = np.random.default_rng(seed)
+
+    def propose(self, episode: int) -> int:
+        return int(self._rng.choice(self.goals))
+
+    def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
+        pass  # uniform sampling learns nothing
+
+
+class LearningProgressGoals:
+    """Learning-progress sampling (Dec-IMSAP's optional mode, after Colas et al.'s CURIOUS).
+
+    Competence of a goal = its success rate (reward > 0). For each goal the last `window`
+    attempts are kept; its learning progress is the difference between the success rate of the
+    newer half and of the older half of that window. With probability `epsilon` a goal is drawn
+    uniformly, otherwise in proportion to |LP| (uniformly while every |LP| is zero). The absolute
+    value sends the agent back to goals it is forgetting.
+    """
+
+    def __init__(self, goals: Sequence[int], seed: int, *, window: int = 100, epsilon: float = 0.2) -> None:
+        if window < 2 or window % 2:
+            raise ValueError(f"window must be an even number >= 2, got {window}")
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.goals = _goal_array(goals)
+        self.window = window
+        self.epsilon = epsilon
+        self._attempts = {int(goal): deque(maxlen=window) for goal in self.goals}
+        self._rng = np.random.default_rng(seed)
+
+    def learning_progress(self) -> np.ndarray:
+        """|LP| per goal, in the order of `self.goals`."""
+        progress = np.zeros(len(self.goals))
+        for index, goal in enumerate(self.goals):
+            attempts = np.array(self._attempts[int(goal)], dtype=np.float64)
+            if attempts.size >= 2:
+                half = attempts.size // 2
+                progress[index] = abs(attempts[half:].mean() - attempts[:half].mean())
+        return progress
+
+    def propose(self, episode: int) -> int:
+        progress = self.learning_progress()
+        if self._rng.random() < self.epsilon or progress.sum() == 0:
+            return int(self._rng.choice(self.goals))
+        return int(self._rng.choice(self.goals, p=progress / progress.sum()))
+
+    def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
+        if goal not in self._attempts:
+            raise ValueError(f"goal {goal} is not one of this module's goals {self.goals.tolist()}")
+        self._attempts[goal].append(1.0 if reward > 0 else 0.0)
+
+
+class PAlignedGoals:
+    """With probability `p` the whole team pursues one goal, otherwise each its own.
+
+    The team's draws (aligned or not, and the shared goal) come from a generator every member
+    seeds with the same `team_seed` (e.g. `derive_seed(run_seed, 0, "p_aligned/<team>")`) and
+    advances once per episode, so the members agree without talking. `own_seed` drives the
+    agent's independent draws. Not aligned means independent: the two may still agree by chance.
+    """
+
+    def __init__(self, goals: Sequence[int], p: float, *, team_seed: int, own_seed: int) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability in [0, 1], got {p}")
+        self.goals = _goal_array(goals)
+        self.p = p
+        self._team_seed = team_seed
+        self._own_rng = np.random.default_rng(own_seed)
+
+    def propose(self, episode: int) -> int:
+        # Seeded per episode so an agent that missed episodes stays in step with its team.
+        team_rng = np.random.default_rng([self._team_seed, episode])
+        aligned = team_rng.random() < self.p
+        shared_goal = int(team_rng.choice(self.goals))
+        own_goal = int(self._own_rng.choice(self.goals))
+        return shared_goal if aligned else own_goal
+
+    def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------
+# External supervisor
+# ------------------------------------------------------------------------------------------
+
+
+class SupervisorAssignment:
+    """The supervisor's logic: one goal, drawn uniformly, for the whole team each episode."""
+
+    def __init__(self, goals: Sequence[int], seed: int) -> None:
+        self.goals = _goal_array(goals)
+        self._rng = np.random.default_rng(seed)
+
+    def assign(self, episode: int, team: Sequence[str]) -> dict[str, int]:
+        if not team:
+            raise ValueError(f"episode {episode}: a supervisor assigns goals to a non-empty team")
+        goal = int(self._rng.choice(self.goals))
+        return {agent: goal for agent in team}
+
+
+class SupervisedGoals:
+    """The agent's side of supervision: pursue the goal assigned for the episode."""
+
+    def __init__(self, goals: Sequence[int]) -> None:
+        self.goals = _goal_array(goals)
+        self._assigned: dict[int, int] = {}
+
+    def receive(self, episode: int, goal: int) -> None:
+        if goal not in self.goals:
+            raise ValueError(f"supervisor assigned goal {goal} for episode {episode}; allowed goals are {self.goals.tolist()}")
+        self._assigned[episode] = int(goal)
+
+    def propose(self, episode: int) -> int:
+        try:
+            return self._assigned.pop(episode)
+        except KeyError:
+            raise RuntimeError(f"no goal assigned for episode {episode} (have {sorted(self._assigned)})") from None
+
+    def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------
+# Negotiation
+# ------------------------------------------------------------------------------------------
+
+
+class NegotiatedGoals:
+    """Adapter between the node and `NegotiationEngine`.
+
+    Per episode: `request(episode, team_neighbours, rounds)` draws the own goal from `inner` and
+    returns the `NegotiationRequest` the node passes to `engine.start`; once `engine.done`,
+    `propose(episode)` returns the negotiated goal; after the episode `observe_outcome` closes the
+    engine's record (feeding the M update) and tells `inner`.
+    """
+
+    def __init__(self, engine: NegotiationEngine, inner: GoalModule) -> None:
+        self.engine = engine
+        self.inner = inner
+
+    def request(self, episode: int, team_neighbours: Sequence[str], rounds: int) -> NegotiationRequest:
+        return NegotiationRequest(episode, self.inner.propose(episode), list(team_neighbours), rounds)
+
+    def propose(self, episode: int) -> int:
+        if not self.engine.done:
+            raise RuntimeError(f"episode {episode}: negotiation has not decided yet")
+        outcome: NegotiationOutcome = self.engine.result
+        if outcome.episode != episode:
+            raise RuntimeError(f"negotiation decided episode {outcome.episode}, not {episode}")
+        return outcome.goal
+
+    def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
+        self.engine.end_episode(episode, reward)
+        self.inner.observe_outcome(episode, goal, reward)
+
+
+# ------------------------------------------------------------------------------------------
+# AMIGo teacher
+# ------------------------------------------------------------------------------------------
+
+
+def amigo_student_reward(extrinsic: float, reached: bool, steps_since_proposal: int, max_steps: int) -> float:
+    """The student's reward for one step: `clip(r_ext + r_int, -1, 1)`, plus 1 when the
+    extrinsic reward is positive; `r_int = 1 - 0.9 * t / T_max` on reaching the goal, else 0."""
+    intrinsic = 1.0 - 0.9 * steps_since_proposal / max_steps if reached else 0.0
+    total = float(np.clip(extrinsic + intrinsic, -1.0, 1.0))
+    return total + (1.0 if extrinsic > 0 else 0.0)
+
+
+def amigo_teacher_reward(reached: bool, steps_to_reach: int, t_star: int, extrinsic_positive: bool, *, alpha: float = 0.7, beta: float = 0.3) -> float:
+    """`+1` when the extrinsic reward was positive; else `+alpha` if the goal was reached in at
+    least `t*` steps, `-beta` otherwise (too easy, or never reached)."""
+    if extrinsic_positive:
+        return 1.0
+    return alpha if reached and steps_to_reach >= t_star else -beta
+
+
+class AmigoTeacher:
+    """AMIGo's teacher over a grid's cells, tabular: logits per (student start cell, goal cell).
+
+    The paper's teacher is a network over the full grid; on goal-lines the grid's content is the
+    agents' positions, so a table indexed by the student's cell when the goal is proposed is the
+    same information for one student. One-step problem, no discount: REINFORCE with the batch
+    mean as baseline on batches of `batch_size` completed goal episodes. After each update: if the
+    batch's mean teacher reward >= -0.5 a counter goes up, else it resets; at 10, `t* += 1`
+    (capped at 100) and the counter restarts.
+    """
+
+    def __init__(
+        self,
+        num_cells: int,
+        seed: int,
+        *,
+        t_star: int = 7,
+        t_star_max: int = 100,
+        alpha: float = 0.7,
+        beta: float = 0.3,
+        learning_rate: float = 0.5,
+        batch_size: int = 32,
+        allowed_cells: Sequence[int] | None = None,
+    ) -> None:
+        if num_cells < 1 or batch_size < 1 or not learning_rate > 0:
+            raise ValueError(f"num_cells, batch_size must be >= 1 and learning_rate > 0, got {num_cells}, {batch_size}, {learning_rate}")
+        self.num_cells = num_cells
+        self.t_star = t_star
+        self.t_star_max = t_star_max
+        self.alpha = alpha
+        self.beta = beta
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.logits = np.zeros((num_cells, num_cells))
+        self._mask = np.full(num_cells, -np.inf)
+        self._mask[_goal_array(allowed_cells) if allowed_cells is not None else np.arange(num_cells)] = 0.0
+        self._rng = np.random.default_rng(seed)
+        self._batch: list[tuple[int, int, float]] = []
+        self.counter = 0
+        self.updates = 0
+        self.reach_history: list[bool] = []
+
+    def policy(self, start_cell: int) -> np.ndarray:
+        logits = self.logits[start_cell] + self._mask
+        probabilities = np.exp(logits - logits.max())
+        return probabilities / probabilities.sum()
+
+    def propose_cell(self, start_cell: int) -> int:
+        return int(self._rng.choice(self.num_cells, p=self.policy(start_cell)))
+
+    def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> float:
+        """One goal episode ended (reached, or the episode ended first); returns the teacher
+        reward and runs an update when a batch is full."""
+        reward = amigo_teacher_reward(reached, steps_to_reach, self.t_star, extrinsic_positive, alpha=self.alpha, beta=self.beta)
+        self._batch.append((start_cell, goal_cell, reward))
+        self.reach_history.append(bool(reached))
+        if len(self._batch) >= self.batch_size:
+            self._update()
+        return reward
+
+    def _update(self) -> None:
+        rewards = np.array([reward for _, _, reward in self._batch])
+        baseline = rewards.mean()
+        gradient = np.zeros_like(self.logits)
+        for (start, goal, reward) in self._batch:
+            # d log pi(goal | start) / d logits[start] = onehot(goal) - pi(. | start)
+            grad_log = -self.policy(start)
+            grad_log[goal] += 1.0
+            gradient[start] += (reward - baseline) * grad_log
+        self.logits += self.learning_rate * gradient / len(self._batch)
+        self.updates += 1
+        self.counter = self.counter + 1 if baseline >= -0.5 else 0
+        if self.counter >= 10:
+            self.t_star = min(self.t_star + 1, self.t_star_max)
+            self.counter = 0
+        self._batch = []
+
+
+# ------------------------------------------------------------------------------------------
+# BeBold novelty
+# ------------------------------------------------------------------------------------------
+
+
+class BeBoldNovelty:
+    """BeBold's intrinsic reward, `max(1/N(s') - 1/N(s), 0)` when `s'` is visited for the first
+    time in the episode, else 0; `N` counts lifelong visits (including the current one)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Hashable, int] = {}
+        self._episode_visits: set[Hashable] = set()
+
+    def start_episode(self, first_state: Hashable) -> None:
+        self._episode_visits = {first_state}
+        self.counts[first_state] = self.counts.get(first_state, 0) + 1
+
+    def reward(self, state: Hashable, next_state: Hashable) -> float:
+        if state not in self.counts:
+            raise ValueError(f"state {state!r} was never visited: call start_episode first")
+        self.counts[next_state] = self.counts.get(next_state, 0) + 1
+        first_visit = next_state not in self._episode_visits
+        self._episode_visits.add(next_state)
+        if not first_visit:
+            return 0.0
+        return max(1.0 / self.counts[next_state] - 1.0 / self.counts[state], 0.0)

@@ -1,0 +1,212 @@
+"""Goal alignment on goal-lines, in one process: independent vs supervisor vs negotiation vs
+negotiation + hindsight. Prints a table (or JSON with --json).
+
+ALGORITHMS.md section 2. Two agents in the grid room (`goal_lines_v0`, L = 6, cooperative goals
+only, 40 steps), each a goal-conditioned DQN (`agent_node/algos/goal_dqn.py`) of its own. Per
+episode the goal-selection mode picks each agent's goal:
+
+- `independent`: each samples uniformly (alignment at chance, 1/15);
+- `supervisor`: one draw for both (alignment 1);
+- `negotiation`: two `NegotiationEngine`s play the goal-coordination game (messages passed in
+  process, no loss); the matrix update gets each agent's episode reward;
+- `negotiation_hindsight`: the same, and after each episode the two `HindsightEngine`s exchange
+  the achieved goals; each agent relabels its transitions with HER (`future`, k = 4) over its own
+  and its partner's events.
+
+The first three use no HER (as the reference's agents). Note: on this grid every agent's `infos`
+already hold the joint achieved goals, so the partner's report adds little to what an agent saw
+itself; the fourth mode measures mainly what HER over the joint achievements buys.
+
+The env is given the goals at reset, so it pays the Dec-IMSAP reward and ends the episode as the
+reference does. Cooperative success = the fraction of episodes in which the agents were
+rewarded (both achieve the cooperative goal at the same step, which needs aligned goals).
+This is not the continuous reference environment and not its training budget: compare the
+direction of the results, not their values.
+
+    .venv/bin/python bench/goals.py --seeds 3 --episodes 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from agent_node.algos.goal_dqn import GoalDQNAgent, GoalDQNConfig
+from agent_node.goals import SupervisorAssignment, UniformGoals
+from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals, goal_reward, num_goals
+from protocols.hindsight import HindsightEngine, HindsightRequest
+from protocols.negotiation import NegotiationEngine, NegotiationRequest
+from protocols.seeds import derive_seed
+
+MODES = ("independent", "supervisor", "negotiation", "negotiation_hindsight")
+AGENTS = ("agent_0", "agent_1")
+NUM_LANDMARKS = 6
+
+
+def deliver(engines: dict, outgoing: list[tuple[str, str, object]], now: float) -> None:
+    """Pass messages between in-process engines until none are left (a lossless, instant network)."""
+    while outgoing:
+        sender, destination, message = outgoing.pop(0)
+        outgoing += [(destination, d, m) for d, m in engines[destination].on_message(sender, message, now)]
+
+
+def run(mode: str, seed: int, episodes: int) -> dict:
+    torch.manual_seed(seed)
+    env = GoalLinesEnv(num_landmarks=NUM_LANDMARKS, population=2, active_per_episode=2, max_steps=40)
+    goals_allowed = cooperative_goals(NUM_LANDMARKS).tolist()
+    total_goals = num_goals(NUM_LANDMARKS)
+
+    def reward_fn(goal, achieved):
+        return goal_reward(goal, achieved, NUM_LANDMARKS)
+
+    config = GoalDQNConfig(her_strategy="future" if mode == "negotiation_hindsight" else "none")
+    obs_dim = env.observation_space("agent_0").shape[0]
+    learners = {
+        agent: GoalDQNAgent(config, obs_dim, 5, total_goals, reward_fn, seed=derive_seed(seed, index, "policy"))
+        for index, agent in enumerate(AGENTS)
+    }
+    own_goals = {agent: UniformGoals(goals_allowed, seed=derive_seed(seed, index, "goals")) for index, agent in enumerate(AGENTS)}
+    supervisor = SupervisorAssignment(goals_allowed, seed=derive_seed(seed, 99, "supervisor"))
+    negotiators = {
+        agent: NegotiationEngine(agent, total_goals, seed=derive_seed(seed, index, "negotiation"), allowed_goals=goals_allowed)
+        for index, agent in enumerate(AGENTS)
+    }
+    hindsight = {agent: HindsightEngine(agent) for agent in AGENTS}
+    partner = {"agent_0": "agent_1", "agent_1": "agent_0"}
+
+    env.reset(seed=derive_seed(seed, 0, "env"))
+    successes, aligned, env_steps_at = [], [], []
+    env_steps = 0
+    for episode in range(episodes):
+        now = float(episode)
+        if mode == "independent":
+            goals = {agent: own_goals[agent].propose(episode) for agent in AGENTS}
+        elif mode == "supervisor":
+            goals = supervisor.assign(episode, list(AGENTS))
+        else:
+            outgoing = []
+            for agent in AGENTS:
+                request = NegotiationRequest(episode, own_goals[agent].propose(episode), [partner[agent]], rounds=1)
+                outgoing += [(agent, d, m) for d, m in negotiators[agent].start(request, now)]
+            deliver(negotiators, outgoing, now)
+            goals = {agent: negotiators[agent].result.goal for agent in AGENTS}
+
+        observations, _ = env.reset(options={"goals": goals})
+        trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in AGENTS}
+        episode_reward = {agent: 0.0 for agent in AGENTS}
+        while env.agents:
+            live = list(env.agents)
+            actions = {agent: int(learners[agent].act(observations[agent][None], np.array([goals[agent]]))[0]) for agent in live}
+            next_observations, rewards, _, _, infos = env.step(actions)
+            env_steps += 1
+            for agent in live:
+                record = trajectory[agent]
+                step = len(record["action"])
+                record["obs"].append(observations[agent])
+                record["action"].append(actions[agent])
+                record["next_obs"].append(next_observations[agent])
+                record["events"] += [(step, int(goal)) for goal in infos[agent]["achieved_goals"]]
+                episode_reward[agent] = max(episode_reward[agent], rewards[agent])
+            observations = next_observations
+
+        partner_events = {agent: [] for agent in AGENTS}
+        if mode == "negotiation_hindsight":
+            outgoing = []
+            for agent in AGENTS:
+                request = HindsightRequest(episode, [partner[agent]], trajectory[agent]["events"])
+                outgoing += [(agent, d, m) for d, m in hindsight[agent].start(request, now)]
+            deliver(hindsight, outgoing, now)
+            partner_events = {agent: hindsight[agent].result.events for agent in AGENTS}
+        for agent in AGENTS:
+            record = trajectory[agent]
+            learners[agent].observe_episode(
+                np.array(record["obs"]), np.array(record["action"]), np.array(record["next_obs"]),
+                goals[agent], record["events"], extra_goal_events=partner_events[agent],
+            )
+            learners[agent].update()
+            if mode.startswith("negotiation"):
+                negotiators[agent].end_episode(episode, episode_reward[agent])
+                own_goals[agent].observe_outcome(episode, goals[agent], episode_reward[agent])
+        successes.append(float(all(episode_reward[agent] >= 1.0 for agent in AGENTS)))
+        aligned.append(float(goals["agent_0"] == goals["agent_1"]))
+        env_steps_at.append(env_steps)
+    return {"success": np.array(successes), "aligned": np.array(aligned), "env_steps": np.array(env_steps_at)}
+
+
+def steps_to_fraction_of_final(curve: np.ndarray, env_steps: np.ndarray, fraction: float = 0.8, window: int = 100) -> float:
+    """Env steps until the moving success rate first reaches `fraction` of its final value."""
+    if len(curve) < window:
+        return float("nan")
+    smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
+    final = smooth[-1]
+    if final <= 0:
+        return float("nan")
+    index = int(np.argmax(smooth >= fraction * final))
+    return float(env_steps[index + window - 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--episodes", type=int, default=1500)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    last = max(100, args.episodes // 5)  # "final" = the last fifth of training
+    summary = {}
+    for mode in args.modes:
+        per_seed = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            started = time.perf_counter()
+            result = run(mode, seed, args.episodes)
+            per_seed.append(
+                {
+                    "success_final": float(result["success"][-last:].mean()),
+                    "success_all": float(result["success"].mean()),
+                    "aligned_final": float(result["aligned"][-last:].mean()),
+                    "steps_to_80pct": steps_to_fraction_of_final(result["success"], result["env_steps"]),
+                    "env_steps": int(result["env_steps"][-1]),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            print(f"# {mode} seed {seed}: {per_seed[-1]}", file=sys.stderr, flush=True)
+        summary[mode] = per_seed
+
+    def mean_std(mode, key):
+        values = np.array([row[key] for row in summary[mode]], dtype=float)
+        return float(np.nanmean(values)), float(np.nanstd(values))
+
+    if args.json:
+        out = {f"coop_success_{mode}": mean_std(mode, "success_final")[0] for mode in summary}
+        for mode in summary:
+            if mode.startswith("negotiation"):
+                out[f"steps_to_80pct_{mode}"] = mean_std(mode, "steps_to_80pct")[0]
+        if "negotiation" in summary:
+            out["alignment_negotiation"] = mean_std("negotiation", "aligned_final")[0]
+        out["per_seed"] = summary
+        out["conditions"] = {"seeds": args.seeds, "episodes": args.episodes, "final_window_episodes": last}
+        print(json.dumps(out, indent=2))
+        return
+    print(f"goal-lines L=6, cooperative goals, 2 agents, {args.episodes} episodes, {args.seeds} seeds; "
+          f"'final' = mean over the last {last} episodes; mean ± std over seeds")
+    print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}")
+    for mode in summary:
+        success, success_std = mean_std(mode, "success_final")
+        align, align_std = mean_std(mode, "aligned_final")
+        steps, steps_std = mean_std(mode, "steps_to_80pct")
+        print(f"{mode:<24}{success:>14.3f} ± {success_std:.3f}{align:>12.3f} ± {align_std:.3f}{steps:>16.0f} ± {steps_std:.0f}")
+
+
+if __name__ == "__main__":
+    main()

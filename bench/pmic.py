@@ -1,0 +1,120 @@
+"""PMIC against the same learner without the mutual-information shaping, through full Parley runs.
+
+    python bench/pmic.py [--seeds 0,1,2,3,4] [--steps 25000] [--config configs/pmic_spread3.yaml]
+                         [--last-evals 3] [--root DIR] [--json]
+
+Each (variant, seed) is one `orchestrate up` of the config, run one after the other so they do not
+compete for the cores: `pmic` as configured, `no_mi` with `agents.learner.pmic=false` (the same
+decentralized MADDPG learner, no superior/inferior buffers, no MI estimators). The env server
+evaluates with greedy episodes every `env.eval_every_steps`; a run's score is the mean of its last
+`--last-evals` evaluations (`eval/return_mean`, the mean over agents of the episode return).
+
+Target (ALGORITHMS.md section 4): PMIC >= 5 % better final return than without it, 5 seeds, on
+mpe2.simple_spread_v3 N=3. Returns are negative, so "better by x %" is
+(score_pmic - score_no_mi) / |score_no_mi|. The table shows every seed, the mean, the sample std
+and that ratio computed from the means of the same invocation.
+
+A run that exits non-zero or has no evaluation is reported as failed and left out of the means;
+the script then exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"pmic": [], "no_mi": ["agents.learner.pmic=false"]}
+
+
+def run_once(config: str, overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[int, str]:
+    argv = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
+    for override in overrides:
+        argv += ["--set", override]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {timeout_s} s"
+    return done.returncode, done.stderr[-2000:]
+
+
+def evaluations(run_dir: Path) -> list[tuple[int, float]]:
+    path = run_dir / "nodes" / "env" / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["step"], r["eval/return_mean"]) for r in records if "eval/return_mean" in r]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return mean, std
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--steps", type=int, default=None, help="lockstep steps per run (default: the config's)")
+    parser.add_argument("--config", default="configs/pmic_spread3.yaml")
+    parser.add_argument("--last-evals", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
+    parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = args.root or Path(tempfile.mkdtemp(prefix="bench_pmic_"))
+    rows = []
+    for variant, extra in VARIANTS.items():
+        for seed in seeds:
+            run_dir = root / f"{variant}_seed{seed}"
+            overrides = [f"run.seed={seed}", *extra] + ([f"run.steps={args.steps}"] if args.steps else [])
+            started = time.monotonic()
+            code, stderr = run_once(args.config, overrides, run_dir, args.timeout)
+            evals = evaluations(run_dir)
+            last = [value for _, value in evals[-args.last_evals :]]
+            failed = code != 0 or not last
+            rows.append({
+                "variant": variant, "seed": seed, "exit_code": code, "failed": failed,
+                "score": sum(last) / len(last) if last else None, "evaluations": evals,
+                "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
+                **({"stderr_tail": stderr} if failed else {}),
+            })  # fmt: skip
+    summary = {}
+    for variant in VARIANTS:
+        scores = [r["score"] for r in rows if r["variant"] == variant and not r["failed"]]
+        mean, std = mean_std(scores)
+        summary[variant] = {"mean": mean, "std": std, "n": len(scores)}
+    base, pmic = summary["no_mi"]["mean"], summary["pmic"]["mean"]
+    # Returns are negative; PMIC is better when its return is higher: (pmic - base) / |base|.
+    improvement = (pmic - base) / abs(base) if base and not (math.isnan(base) or math.isnan(pmic)) else math.nan
+    result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals,
+              "runs": rows, "summary": summary, "pmic_improvement_fraction": improvement, "target": 0.05}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+    else:
+        print(f"config {args.config}, steps {args.steps or 'config'}, score = mean of last {args.last_evals} evaluations")
+        print(f"{'variant':8} {'seed':>4} {'score':>10} {'evals':>5} {'wall s':>7}  status")
+        for r in rows:
+            score = "-" if r["score"] is None else f"{r['score']:.2f}"
+            status = f"FAILED (exit {r['exit_code']})" if r["failed"] else "ok"
+            print(f"{r['variant']:8} {r['seed']:>4} {score:>10} {len(r['evaluations']):>5} {r['wall_s']:>7}  {status}")
+        for variant, s in summary.items():
+            print(f"{variant:8} mean {s['mean']:.2f}  std {s['std']:.2f}  n={s['n']}")
+        print(f"PMIC vs no MI: {improvement:+.1%} (target >= +5 %)")
+        print(f"runs in {root}")
+    return 1 if any(r["failed"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

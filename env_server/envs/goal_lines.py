@@ -1,0 +1,365 @@
+"""# Goal lines (`goal_lines_v0`)
+
+| | |
+| --- | --- |
+| Import | `from env_server.envs.goal_lines import parallel_env` |
+| Actions | `Discrete(5)`: stay, up, down, left, right |
+| Parallel API | yes (`ParallelEnv`; there is no AEC version) |
+| Agents | `possible_agents = ["agent_0", ..., "agent_{P-1}"]` (the population); `agents` holds the ones drawn for this episode |
+| Observation space | `Box(-1, 1, (2 + 2L + 2(A-1),), float32)`: own position, offset to each landmark, offset to each partner |
+| Reward | 0, unless the episode's goals were given to `reset` (then the Dec-IMSAP reward, see below) |
+| Episode | `max_steps = 40` steps, then truncation; with goals given, an agent terminates once rewarded |
+
+The grid version of the Dec-IMSAP room (ALGORITHMS.md section 2; Nisioti et al., arXiv 2211.06082,
+public code `Reytuag/imgc-marl`). The reference is continuous 2D physics; this grid keeps its goal
+and reward logic and is cheap to step on a CPU.
+
+## Room and landmarks
+
+A `size x size` room (9 by default); cells are `(row, col)`, row 0 at the top. Landmarks are strips
+of three cells along the walls (`LANDMARK_CELLS`); an agent *touches* a landmark while it stands on
+one of the strip's cells. Strips never overlap, so an agent touches at most one landmark.
+
+- `L = 3`: top wall centre, left wall lower third, right wall lower third.
+- `L = 6`: two strips on the top wall, two on the bottom wall, one on each side wall.
+
+Agents move one cell per step (or stay); a move into a wall leaves the agent where it is. Agents do
+not block each other (several may share a cell). At reset the active agents start on distinct,
+uniformly drawn cells that touch no landmark.
+
+## Goals, and what the environment reports
+
+Goal indices (`goal_table(L)` lists them): `0 .. L-1` are the *individual* goals (landmark i);
+`L ..` are the *cooperative* goals, the pairs `(i, j)`, `i < j`, in lexicographic order. `L = 3`:
+3 + 3 goals; `L = 6`: 6 + 15.
+
+- Individual goal i is achieved at a step when any active agent touches landmark i.
+- Cooperative goal (i, j) is achieved at a step when two different active agents touch i and j at
+  that same step (with two agents: exactly that pair).
+
+The environment is goal-agnostic: every step, `infos[agent]["achieved_goals"]` (an int64 array,
+sorted, the same for every active agent) lists the goals the joint state after the step achieves,
+and `infos[agent]["landmark"]` the landmark the agent touches (-1 for none). Agents choose goals and
+compute their goal rewards themselves with `goal_reward(goal, achieved_goals, L, beta)`, the one
+source of truth for the reward.
+
+For runs without goal-aware agents (and the in-process benchmark), the episode's goals can be
+given to `reset(options={"goals": {agent: goal}})`: the environment then pays `goal_reward` and
+applies the reference's episode rule: an agent terminates the step it is first rewarded, and is
+then frozen in place (it keeps touching its landmark); the episode ends when every active agent
+has terminated or at `max_steps`.
+
+## Reward (`goal_reward`)
+
+1 when the agent's goal is a cooperative goal achieved at this step; `1 / beta` (`beta = 2`) when
+its goal is an individual goal achieved at this step; 0 otherwise.
+
+## Population
+
+`population` agents exist (`possible_agents`); each reset draws `active_per_episode` of them
+uniformly without replacement (2 in the paper's population-4 runs), or all of them when
+`active_per_episode` is None. The others are absent from `agents` for the episode, the PettingZoo
+way of saying an agent does not take part (the env server marks them inactive).
+`reset(options={"active": [names]})` forces the draw.
+
+## Observation
+
+All offsets are divided by `size - 1`, so every entry lies in [-1, 1]:
+`[own row, own col] / (size - 1)`, then for each landmark the offset from the agent to the
+landmark's middle cell (row, col), then for each partner (the other active agents, in
+`possible_agents` order) the offset to it. The reference observes distance and angle; the offset is
+the same information on a grid. The goal is not part of the observation: a goal-conditioned
+learner appends it (the environment is goal-agnostic).
+
+## Arguments
+
+```python
+parallel_env(num_landmarks=6, size=9, max_steps=40, population=2, active_per_episode=2,
+             beta=2.0, render_mode=None)
+```
+
+`reset(seed)` seeds the draw of the active agents and of the start cells; a reset without a seed
+continues the same generator, so one seed fixes every later episode.
+
+## Version history
+
+- v0: first version.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+from typing import Any
+
+import numpy as np
+from gymnasium.spaces import Box, Discrete
+from pettingzoo import ParallelEnv
+
+MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
+BETA = 2.0
+
+
+def landmark_cells(num_landmarks: int, size: int) -> list[list[tuple[int, int]]]:
+    """The cells of each landmark strip, for `L` = 3 or 6 in a `size x size` room."""
+    if num_landmarks not in (3, 6):
+        raise ValueError(f"num_landmarks must be 3 or 6 (the reference's rooms), got {num_landmarks}")
+    if size < 7:
+        raise ValueError(f"size must be >= 7 so that the strips do not overlap, got {size}")
+    last = size - 1
+    middle = size // 2
+    lower = last - 3  # first row of the side strips' lower third
+    if num_landmarks == 3:
+        strips = [
+            [(0, middle - 1), (0, middle), (0, middle + 1)],  # top centre
+            [(lower + r, 0) for r in range(3)],  # left wall, lower third
+            [(lower + r, last) for r in range(3)],  # right wall, lower third
+        ]
+    else:
+        strips = [
+            [(0, c) for c in range(1, 4)],  # top, left half
+            [(0, c) for c in range(last - 3, last)],  # top, right half
+            [(last, c) for c in range(1, 4)],  # bottom, left half
+            [(last, c) for c in range(last - 3, last)],  # bottom, right half
+            [(middle - 1 + r, 0) for r in range(3)],  # left wall centre
+            [(middle - 1 + r, last) for r in range(3)],  # right wall centre
+        ]
+    cells = [cell for strip in strips for cell in strip]
+    if len(set(cells)) != len(cells):
+        raise AssertionError(f"landmark strips overlap in a room of size {size}")
+    return strips
+
+
+def goal_table(num_landmarks: int) -> list[tuple[int, ...]]:
+    """Goal index -> the landmarks it names: `(i,)` for individual goals, then `(i, j)` pairs."""
+    individual = [(i,) for i in range(num_landmarks)]
+    cooperative = list(itertools.combinations(range(num_landmarks), 2))
+    return individual + cooperative
+
+
+def num_goals(num_landmarks: int) -> int:
+    return num_landmarks + num_landmarks * (num_landmarks - 1) // 2
+
+
+def cooperative_goals(num_landmarks: int) -> np.ndarray:
+    """The indices of the cooperative goals."""
+    return np.arange(num_landmarks, num_goals(num_landmarks), dtype=np.int64)
+
+
+def individual_goals(num_landmarks: int) -> np.ndarray:
+    return np.arange(num_landmarks, dtype=np.int64)
+
+
+def achieved_goals(touched: list[int], num_landmarks: int) -> np.ndarray:
+    """The goals achieved by agents touching `touched` (one landmark index per active agent, -1
+    for none): every touched landmark, and every pair of landmarks touched by two different agents."""
+    landmarks = sorted({landmark for landmark in touched if landmark >= 0})
+    goals = list(landmarks)
+    index_of_pair = {pair: num_landmarks + k for k, pair in enumerate(itertools.combinations(range(num_landmarks), 2))}
+    # Landmarks never overlap, so two distinct touched landmarks come from two distinct agents.
+    for pair in itertools.combinations(landmarks, 2):
+        goals.append(index_of_pair[pair])
+    return np.array(sorted(goals), dtype=np.int64)
+
+
+def goal_reward(goal: int, achieved: np.ndarray, num_landmarks: int, beta: float = BETA) -> float:
+    """1 for an achieved cooperative goal, 1/beta for an achieved individual goal, else 0."""
+    if not 0 <= goal < num_goals(num_landmarks):
+        raise ValueError(f"goal must be in [0, {num_goals(num_landmarks)}) for L={num_landmarks}, got {goal}")
+    if goal not in achieved:
+        return 0.0
+    return 1.0 if goal >= num_landmarks else 1.0 / beta
+
+
+def _require_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class GoalLinesEnv(ParallelEnv):
+    """The Dec-IMSAP goal-lines room on a grid; see the module documentation."""
+
+    metadata = {"name": "goal_lines_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        num_landmarks: int = 6,
+        size: int = 9,
+        max_steps: int = 40,
+        population: int = 2,
+        active_per_episode: int | None = 2,
+        beta: float = BETA,
+        render_mode: str | None = None,
+    ) -> None:
+        self.size = _require_int("size", size, minimum=7)
+        self.num_landmarks = _require_int("num_landmarks", num_landmarks, minimum=3)
+        self.strips = landmark_cells(self.num_landmarks, self.size)
+        self.max_steps = _require_int("max_steps", max_steps, minimum=1)
+        self.population = _require_int("population", population, minimum=1)
+        if active_per_episode is None:
+            self.active_per_episode = self.population
+        else:
+            self.active_per_episode = _require_int("active_per_episode", active_per_episode, minimum=1)
+            if self.active_per_episode > self.population:
+                raise ValueError(
+                    f"active_per_episode ({active_per_episode}) must not exceed population ({population})"
+                )
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not beta > 0:
+            raise ValueError(f"beta must be a positive number, got {beta!r}")
+        self.beta = float(beta)
+        if render_mode is not None:
+            raise ValueError(f"render_mode must be None (goal_lines_v0 renders nothing), got {render_mode!r}")
+        self.render_mode = None
+        self.num_goals = num_goals(self.num_landmarks)
+
+        self._landmark_at = np.full((self.size, self.size), -1, dtype=np.int64)
+        for index, strip in enumerate(self.strips):
+            for row, col in strip:
+                self._landmark_at[row, col] = index
+        self._landmark_centres = np.array([strip[1] for strip in self.strips], dtype=np.float64)
+        self._free_cells = np.argwhere(self._landmark_at < 0)
+
+        self.possible_agents = [f"agent_{index}" for index in range(self.population)]
+        self.agents: list[str] = []
+        obs_dim = 2 + 2 * self.num_landmarks + 2 * (self.active_per_episode - 1)
+        self.observation_spaces = {
+            agent: Box(-1.0, 1.0, shape=(obs_dim,), dtype=np.float32) for agent in self.possible_agents
+        }
+        self.action_spaces = {agent: Discrete(len(MOVES)) for agent in self.possible_agents}
+        self._rng = np.random.default_rng()
+        self._positions: dict[str, np.ndarray] = {}
+        self._active: list[str] = []
+        self._goals: dict[str, int] | None = None
+        self._finished: set[str] = set()
+        self._steps_taken = 0
+
+    # --- spaces -------------------------------------------------------------------------------
+
+    def observation_space(self, agent: str) -> Box:
+        return self.observation_spaces[self._known_agent(agent)]
+
+    def action_space(self, agent: str) -> Discrete:
+        return self.action_spaces[self._known_agent(agent)]
+
+    # --- episode ------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+            self._rng = np.random.default_rng(int(seed))
+        # Other option keys are ignored: PettingZoo's API test passes arbitrary options.
+        options = dict(options or {})
+        self._active = self._draw_active(options.get("active"))
+        self.agents = list(self._active)
+        self._goals = self._check_goals(options.get("goals"))
+        self._finished = set()
+        self._steps_taken = 0
+        starts = self._rng.choice(len(self._free_cells), size=len(self.agents), replace=False)
+        self._positions = {agent: self._free_cells[k].copy() for agent, k in zip(self.agents, starts)}
+        infos = {agent: {"achieved_goals": self._achieved(), "landmark": self._touching(agent)} for agent in self.agents}
+        return {agent: self._observe(agent) for agent in self.agents}, infos
+
+    def step(self, actions: dict[str, Any]):
+        missing = set(self.agents) - set(actions)
+        if missing:
+            raise ValueError(f"step needs an action for every live agent; missing {sorted(missing)}")
+        for agent, action in actions.items():
+            if agent not in self.agents:
+                continue  # PettingZoo's test may send actions for agents already done
+            move = int(np.asarray(action))
+            if not 0 <= move < len(MOVES):
+                raise ValueError(f"action of {agent} must be in [0, {len(MOVES)}), got {action!r}")
+            if agent in self._finished:
+                continue  # a rewarded agent stays where it is (the reference stops done agents)
+            target = self._positions[agent] + MOVES[move]
+            if 0 <= target[0] < self.size and 0 <= target[1] < self.size:
+                self._positions[agent] = target
+        self._steps_taken += 1
+
+        achieved = self._achieved()
+        live = list(self.agents)
+        rewards = {agent: 0.0 for agent in live}
+        terminations = {agent: False for agent in live}
+        if self._goals is not None:
+            for agent in live:
+                rewards[agent] = goal_reward(self._goals[agent], achieved, self.num_landmarks, self.beta)
+                if rewards[agent] > 0:
+                    terminations[agent] = True
+                    self._finished.add(agent)
+        out_of_time = self._steps_taken >= self.max_steps
+        truncations = {agent: out_of_time and not terminations[agent] for agent in live}
+        observations = {agent: self._observe(agent) for agent in live}
+        infos = {agent: {"achieved_goals": achieved.copy(), "landmark": self._touching(agent)} for agent in live}
+        self.agents = [agent for agent in live if not (terminations[agent] or truncations[agent])]
+        return observations, rewards, terminations, truncations, infos
+
+    def close(self) -> None:
+        pass
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _draw_active(self, forced: Any) -> list[str]:
+        if forced is not None:
+            names = list(forced)
+            unknown = [name for name in names if name not in self.possible_agents]
+            if unknown or len(set(names)) != len(names) or len(names) != self.active_per_episode:
+                raise ValueError(
+                    f"options['active'] must name {self.active_per_episode} distinct agents of "
+                    f"{self.possible_agents}, got {forced!r}"
+                )
+            return [agent for agent in self.possible_agents if agent in names]
+        if self.active_per_episode == self.population:
+            return list(self.possible_agents)
+        drawn = self._rng.choice(self.population, size=self.active_per_episode, replace=False)
+        return [self.possible_agents[index] for index in sorted(drawn)]
+
+    def _check_goals(self, goals: Any) -> dict[str, int] | None:
+        if goals is None:
+            return None
+        if not isinstance(goals, dict) or set(goals) != set(self.agents):
+            raise ValueError(f"options['goals'] must map every active agent {self.agents} to a goal, got {goals!r}")
+        checked = {}
+        for agent, goal in goals.items():
+            goal = int(goal)
+            if not 0 <= goal < self.num_goals:
+                raise ValueError(f"goal of {agent} must be in [0, {self.num_goals}), got {goal}")
+            checked[agent] = goal
+        return checked
+
+    def _touching(self, agent: str) -> int:
+        row, col = self._positions[agent]
+        return int(self._landmark_at[row, col])
+
+    def _achieved(self) -> np.ndarray:
+        return achieved_goals([self._touching(agent) for agent in self._active], self.num_landmarks)
+
+    def _observe(self, agent: str) -> np.ndarray:
+        scale = float(self.size - 1)
+        own = self._positions[agent].astype(np.float64)
+        parts = [own / scale, ((self._landmark_centres - own) / scale).ravel()]
+        for partner in self._active:
+            if partner != agent:
+                parts.append((self._positions[partner] - own) / scale)
+        return np.concatenate(parts).astype(np.float32)
+
+    def _known_agent(self, agent: str) -> str:
+        if agent not in self.observation_spaces:
+            raise KeyError(f"unknown agent {agent!r}; agents are {self.possible_agents}")
+        return agent
+
+
+def parallel_env(
+    num_landmarks: int = 6,
+    size: int = 9,
+    max_steps: int = 40,
+    population: int = 2,
+    active_per_episode: int | None = 2,
+    beta: float = BETA,
+    render_mode: str | None = None,
+) -> GoalLinesEnv:
+    """A fresh goal-lines environment; see the module documentation for the arguments."""
+    return GoalLinesEnv(num_landmarks, size, max_steps, population, active_per_episode, beta, render_mode)

@@ -1,0 +1,36 @@
+"""Launch backends: how the orchestrator starts a node, and where.
+
+The interface is deliberately small, so the local launcher (today `LocalBackend` in
+`orchestrator/runtime.py`; soon a fork from a zygote) and the remote ones share it:
+
+    start(node)            start `node.launch` (a `plan.NodeLaunch`); set `node.process` to a
+                           handle with `pid`, `poll()`, `wait()` (subprocess.Popen's meaning) and
+                           `node.log_file` to the open local log the node's output goes to;
+    signal(node, signum)   deliver a signal to the node process itself, wherever it runs;
+
+and, for backends whose nodes run elsewhere (optional; the runtime checks with hasattr):
+
+    advertised_host(node_id)  the address peers reach that node at: the orchestrator puts it in
+                              place of the host the node bound (e.g. 0.0.0.0) in its endpoints;
+    finish(node)              after the node exited: bring its files back into the local run dir.
+
+`launch.backend` picks one: `local` (runtime.LocalBackend) or `ssh` (`backends/ssh.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class NodeHandle(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class LaunchBackend(Protocol):
+    def start(self, node) -> None: ...
+
+    def signal(self, node, signum: int) -> None: ...

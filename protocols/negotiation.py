@@ -1,0 +1,454 @@
+"""Goal negotiation before an episode: Dec-IMSAP's goal-coordination game, on any topology.
+
+ALGORITHMS.md section 2 (Nisioti et al., arXiv 2211.06082). Two autotelic agents that pick their
+goals independently rarely pick the same cooperative goal (chance: 1/15 at L = 6), so they rarely
+get the reward for it. The goal-coordination game lets them agree without a supervisor and
+without a shared vocabulary: every agent keeps a matrix `M` (goals x messages, zeros at start).
+
+Pairwise game (two agents):
+    A random leader samples its goal `g` (from its own goal module) and a message
+    `msg ~ softmax(temperature * M[g, :])`, and sends `msg`. The follower samples its goal from
+    `softmax(temperature * M[:, msg])` (over the goals it may choose). After episodes, for each
+    (goal, message) pair an agent used, `M <- (1 - lr) M + lr * mean reward` of the episodes that
+    used it, and every unused entry decays, `M <- (1 - lr) M` (lr = 0.1, temperature = 30, 30
+    messages). Messages never enter the policy. As rewarded pairs grow, the leader's message
+    comes to name its goal and the follower learns to read it: a one-to-one code emerges.
+
+n agents on a topology (our extension, as ALGORITHMS.md suggests):
+    The "random leader" becomes a leader election by flooding. Every agent draws a random
+    priority and builds its own proposal `(priority, origin = itself, msg)` from its own goal.
+    In round r = 0 .. rounds-1 it sends the best proposal it knows (highest priority, ties by
+    origin name) to its team neighbours and keeps the best of what it receives. After `rounds`
+    rounds (the diameter of the team's graph) every agent of a connected team without loss
+    knows the same best proposal: its origin is the leader (keeps its own goal) and everyone
+    else decodes the leader's `msg` with their own `M`. For two agents this is exactly the
+    pairwise game. A round ends when every live neighbour's proposal of that round (or a later
+    one) arrived, or at its deadline `start + (r + 1) * round_timeout_s`, a fixed schedule like
+    consensus's, so negotiation always ends within `rounds * round_timeout_s` of its start. An
+    agent that heard nothing from anyone by then falls back to its own goal (`timed_out`).
+
+The update runs every `update_every_episodes` episodes (5 by default) over the pairs used since
+the last one. Updating after every single episode lets the code drift: unused entries decay on
+every update, so a goal not drawn for a while loses its message. In the simulator (3 goals,
+`tests/unit/test_negotiation.py`'s game, 1000 episodes, one seed) per-episode updates left edge
+alignment wandering between 0.4 and 0.99 on a pair, ring, star and torus; every 5 episodes all
+four reached 1.0; every 10 or 20, the pair and star reached 1.0 while the ring and the 3x3 torus
+settled near 0.87 (a partly inconsistent code). The reference updates once per training batch.
+
+After deciding, an agent tells its team neighbours its goal (`GoalCommit`). That is for
+measurement only (alignment per edge; per team with `team_alignment` over all agents' results):
+it never changes a goal. `end_episode(episode, reward)` closes the episode's record and feeds the
+matrix update.
+
+State machine of one episode (the node calls `start` before the episode's reset):
+
+    idle --start--> round 0 --(all neighbours heard | deadline)--> round 1 ... --> decided (done)
+    decided --GoalCommit from neighbours--> (recorded) --end_episode(reward)--> idle, M updated
+
+Messages from a later episode (a neighbour started first) wait in a buffer until `start` of that
+episode; messages of an earlier episode are dropped and counted. Sans-IO: no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from protocols.engine import Outgoing
+from protocols.messages import register_message
+
+NUM_MESSAGES = 30
+TEMPERATURE = 30.0
+LEARNING_RATE = 0.1
+
+# ------------------------------------------------------------------------------------------
+# Messages
+# ------------------------------------------------------------------------------------------
+
+
+@register_message("negotiation.proposal")
+@dataclass(frozen=True)
+class NegotiationProposal:
+    """The best proposal the sender knows at round `round` of episode `episode`'s negotiation:
+    `origin` drew `priority` and sent `message` for its goal."""
+
+    episode: int
+    round: int
+    priority: float
+    origin: str
+    message: int
+
+
+@register_message("negotiation.commit")
+@dataclass(frozen=True)
+class GoalCommit:
+    """The goal the sender will pursue in `episode` (for alignment measurement only)."""
+
+    episode: int
+    goal: int
+    timed_out: bool
+
+
+@dataclass(frozen=True)
+class NegotiationRequest:
+    """One episode's negotiation: this agent's own goal (its goal module's draw; kept if it
+    leads or hears nothing), the team neighbours taking part, and how many flooding rounds
+    (the diameter of the team's graph; 1 for a pair)."""
+
+    episode: int
+    own_goal: int
+    team_neighbours: Sequence[str]
+    rounds: int
+
+
+@dataclass(frozen=True)
+class NegotiationOutcome:
+    """What the agent pursues this episode, and how it got there."""
+
+    episode: int
+    goal: int
+    message: int | None  # the message this agent's goal went with (None: timed out)
+    leader: str  # origin of the proposal it followed (itself when it led or timed out)
+    led: bool
+    timed_out: bool  # heard no proposal at all by the deadline: own goal
+    rounds_used: int
+    rounds_closed_by_deadline: int
+
+
+@dataclass
+class EpisodeRecord:
+    """The per-episode record: outcome, alignment per edge (None: the neighbour's goal never
+    arrived), messages, reward."""
+
+    outcome: NegotiationOutcome
+    neighbour_goals: dict[str, int]
+    aligned_per_edge: dict[str, bool | None]
+    messages_sent: int
+    messages_received: int
+    reward: float
+
+
+# ------------------------------------------------------------------------------------------
+# The matrix game (pure functions, used by the engine and testable alone)
+# ------------------------------------------------------------------------------------------
+
+
+def softmax_sample(scores: np.ndarray, temperature: float, rng: np.random.Generator, allowed: np.ndarray | None = None) -> int:
+    """An index drawn from softmax(temperature * scores), over `allowed` indices only."""
+    indices = np.arange(scores.shape[0]) if allowed is None else np.asarray(allowed)
+    logits = temperature * scores[indices]
+    logits = logits - logits.max()
+    probabilities = np.exp(logits)
+    probabilities /= probabilities.sum()
+    return int(indices[rng.choice(indices.shape[0], p=probabilities)])
+
+
+def update_matrix(matrix: np.ndarray, used: Sequence[tuple[int, int, float]], learning_rate: float = LEARNING_RATE) -> np.ndarray:
+    """`M <- (1 - lr) M + lr * mean reward` for each used (goal, message) pair, `M <- (1 - lr) M`
+    for every other entry. `used` lists (goal, message, episode reward) since the last update."""
+    totals = np.zeros_like(matrix)
+    counts = np.zeros_like(matrix)
+    for goal, message, reward in used:
+        totals[goal, message] += reward
+        counts[goal, message] += 1
+    mean_reward = np.divide(totals, counts, out=np.zeros_like(matrix), where=counts > 0)
+    return (1.0 - learning_rate) * matrix + learning_rate * mean_reward
+
+
+def team_alignment(goals: Mapping[str, int]) -> bool:
+    """Every agent of the team pursues the same goal."""
+    return len(set(goals.values())) == 1
+
+
+def edge_alignment(goals: Mapping[str, int], edges: Sequence[tuple[str, str]]) -> float:
+    """The fraction of edges whose two ends pursue the same goal."""
+    if not edges:
+        raise ValueError("edge_alignment needs at least one edge")
+    return float(np.mean([goals[a] == goals[b] for a, b in edges]))
+
+
+def chance_alignment(num_goals_allowed: int) -> float:
+    """Probability that two independent uniform draws from `num_goals_allowed` goals agree."""
+    return 1.0 / num_goals_allowed
+
+
+# ------------------------------------------------------------------------------------------
+# The engine
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    request: NegotiationRequest
+    started_at: float
+    round_timeout_s: float
+    own_message: int
+    best: tuple[float, str, int]  # (priority, origin, message)
+    waiting_for: set[str]
+    heard_round: dict[str, int] = field(default_factory=dict)
+    heard_anyone: bool = False
+    round: int = 0
+    closed_by_deadline: int = 0
+    outcome: NegotiationOutcome | None = None
+    messages_sent: int = 0
+    messages_received: int = 0
+
+
+class NegotiationEngine:
+    """One agent's side of goal negotiation. See the module docstring."""
+
+    message_types: ClassVar[tuple[type, ...]] = (NegotiationProposal, GoalCommit)
+
+    def __init__(
+        self,
+        node_id: str,
+        num_goals: int,
+        *,
+        seed: int,
+        allowed_goals: Sequence[int] | None = None,
+        num_messages: int = NUM_MESSAGES,
+        temperature: float = TEMPERATURE,
+        learning_rate: float = LEARNING_RATE,
+        update_every_episodes: int = 5,
+        round_timeout_s: float = 0.5,
+    ) -> None:
+        if num_goals < 1 or num_messages < 1:
+            raise ValueError(f"num_goals and num_messages must be >= 1, got {num_goals}, {num_messages}")
+        if not temperature > 0 or not 0 < learning_rate <= 1:
+            raise ValueError(f"temperature must be > 0 and learning_rate in (0, 1], got {temperature}, {learning_rate}")
+        if update_every_episodes < 1:
+            raise ValueError(f"update_every_episodes must be >= 1, got {update_every_episodes}")
+        if not round_timeout_s > 0:
+            raise ValueError(f"round_timeout_s must be > 0 seconds, got {round_timeout_s}")
+        self.node_id = node_id
+        self.num_goals = num_goals
+        self.allowed_goals = np.arange(num_goals) if allowed_goals is None else np.array(sorted(set(allowed_goals)), dtype=np.int64)
+        if self.allowed_goals.size == 0 or self.allowed_goals.min() < 0 or self.allowed_goals.max() >= num_goals:
+            raise ValueError(f"allowed_goals must be a non-empty subset of [0, {num_goals}), got {allowed_goals!r}")
+        self.num_messages = num_messages
+        self.temperature = temperature
+        self.learning_rate = learning_rate
+        self.update_every_episodes = update_every_episodes
+        self.round_timeout_s = round_timeout_s
+        self.matrix = np.zeros((num_goals, num_messages))
+        self._rng = np.random.default_rng(seed)
+        self._run: _Run | None = None
+        self._last_episode = -1
+        self._future: dict[int, list[tuple[str, Any]]] = {}
+        self._late_commits: dict[int, dict[str, int]] = {}
+        self._open_records: dict[int, EpisodeRecord] = {}
+        self.records: list[EpisodeRecord] = []  # closed episodes, oldest first
+        self._used_since_update: list[tuple[int, int, float]] = []
+        self._episodes_since_update = 0
+        self.stale_messages = 0
+
+    # ------------------------------------------------------------------ Engine inputs
+
+    def start(self, request: NegotiationRequest, now: float) -> list[Outgoing]:
+        if self._run is not None and self._run.outcome is None:
+            raise RuntimeError(f"negotiation of episode {self._run.request.episode} is still running")
+        if request.episode <= self._last_episode:
+            raise ValueError(f"episode numbers must increase: got {request.episode} after {self._last_episode}")
+        if request.own_goal not in self.allowed_goals:
+            raise ValueError(f"own_goal {request.own_goal} is not among the allowed goals {self.allowed_goals.tolist()}")
+        if request.rounds < 1:
+            raise ValueError(f"rounds must be >= 1 (the team graph's diameter), got {request.rounds}")
+        if self.node_id in request.team_neighbours:
+            raise ValueError(f"node {self.node_id!r} lists itself among its team neighbours")
+        self._last_episode = request.episode
+        own_message = softmax_sample(self.matrix[request.own_goal], self.temperature, self._rng)
+        priority = float(self._rng.random())
+        self._run = _Run(
+            request=request,
+            started_at=now,
+            round_timeout_s=self.round_timeout_s,
+            own_message=own_message,
+            best=(priority, self.node_id, own_message),
+            waiting_for=set(request.team_neighbours),
+        )
+        if not request.team_neighbours:
+            return self._decide(now)
+        outgoing = self._send_round()
+        for sender, message in self._future.pop(request.episode, []):
+            outgoing += self.on_message(sender, message, now)
+        for episode in [e for e in self._future if e < request.episode]:
+            self.stale_messages += len(self._future.pop(episode))
+        return outgoing
+
+    def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
+        if not isinstance(message, self.message_types):
+            raise TypeError(f"negotiation got a {type(message).__name__} from {sender!r}; it takes {[t.__name__ for t in self.message_types]}")
+        run = self._run
+        current = run.request.episode if run is not None else self._last_episode
+        if message.episode > current:
+            self._future.setdefault(message.episode, []).append((sender, message))
+            return []
+        if isinstance(message, GoalCommit):
+            return self._on_commit(sender, message)
+        if message.episode < current or run is None:
+            self.stale_messages += 1
+            return []
+        run.messages_received += 1
+        if sender not in run.request.team_neighbours:
+            self.stale_messages += 1
+            return []
+        run.heard_anyone = True
+        candidate = (message.priority, message.origin, message.message)
+        if candidate[:2] > run.best[:2]:
+            run.best = candidate
+        run.heard_round[sender] = max(run.heard_round.get(sender, -1), message.round)
+        if run.outcome is not None:
+            return []
+        return self._advance_while_complete(now)
+
+    def on_timer(self, now: float) -> list[Outgoing]:
+        run = self._run
+        if run is None or run.outcome is not None or now < self._round_deadline(run):
+            return []
+        run.closed_by_deadline += 1
+        return self._next_round(now) + self._advance_while_complete(now)
+
+    def on_neighbour_down(self, node: str, now: float) -> list[Outgoing]:
+        run = self._run
+        if run is None or run.outcome is not None:
+            return []
+        run.waiting_for.discard(node)
+        return self._advance_while_complete(now)
+
+    def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
+        return []  # it takes part again from the next episode's request
+
+    def end_episode(self, episode: int, reward: float) -> EpisodeRecord:
+        """The episode is over with this agent's `reward`: close its record, feed the M update."""
+        record = self._open_records.pop(episode, None)
+        if record is None:
+            raise ValueError(f"no decided negotiation for episode {episode} (open: {sorted(self._open_records)})")
+        record.reward = float(reward)
+        for neighbour, goal in self._late_commits.pop(episode, {}).items():
+            record.neighbour_goals[neighbour] = goal
+        record.aligned_per_edge = {
+            neighbour: (record.neighbour_goals[neighbour] == record.outcome.goal if neighbour in record.neighbour_goals else None)
+            for neighbour in record.aligned_per_edge
+        }
+        self.records.append(record)
+        if record.outcome.message is not None:
+            self._used_since_update.append((record.outcome.goal, record.outcome.message, record.reward))
+        self._episodes_since_update += 1
+        if self._episodes_since_update >= self.update_every_episodes:
+            self.matrix = update_matrix(self.matrix, self._used_since_update, self.learning_rate)
+            self._used_since_update = []
+            self._episodes_since_update = 0
+        return record
+
+    # ------------------------------------------------------------------ Engine outputs
+
+    def next_deadline(self) -> float | None:
+        run = self._run
+        if run is None or run.outcome is not None:
+            return None
+        return self._round_deadline(run)
+
+    @property
+    def done(self) -> bool:
+        return self._run is not None and self._run.outcome is not None
+
+    @property
+    def result(self) -> NegotiationOutcome:
+        if not self.done:
+            raise RuntimeError("negotiation has not decided yet")
+        return self._run.outcome
+
+    def metrics(self) -> dict[str, float]:
+        if not self.done:
+            return {"negotiation/stale_messages": float(self.stale_messages)}
+        run = self._run
+        outcome = run.outcome
+        metrics = {
+            "negotiation/rounds_used": float(outcome.rounds_used),
+            "negotiation/rounds_closed_by_deadline": float(outcome.rounds_closed_by_deadline),
+            "negotiation/timed_out": float(outcome.timed_out),
+            "negotiation/led": float(outcome.led),
+            "negotiation/messages_sent": float(run.messages_sent),
+            "negotiation/messages_received": float(run.messages_received),
+            "negotiation/stale_messages": float(self.stale_messages),
+        }
+        if self.records:
+            known = [v for v in self.records[-1].aligned_per_edge.values() if v is not None]
+            if known:
+                metrics["negotiation/aligned_edges_fraction"] = float(np.mean(known))
+        return metrics
+
+    # ------------------------------------------------------------------ internals
+
+    def _round_deadline(self, run: _Run) -> float:
+        return run.started_at + (run.round + 1) * run.round_timeout_s
+
+    def _send_round(self) -> list[Outgoing]:
+        run = self._run
+        priority, origin, message = run.best
+        proposal = NegotiationProposal(episode=run.request.episode, round=run.round, priority=priority, origin=origin, message=message)
+        run.messages_sent += len(run.request.team_neighbours)
+        return [(neighbour, proposal) for neighbour in run.request.team_neighbours]
+
+    def _round_complete(self, run: _Run) -> bool:
+        return all(run.heard_round.get(neighbour, -1) >= run.round for neighbour in run.waiting_for)
+
+    def _advance_while_complete(self, now: float) -> list[Outgoing]:
+        outgoing: list[Outgoing] = []
+        while self._run.outcome is None and self._round_complete(self._run):
+            outgoing += self._next_round(now)
+        return outgoing
+
+    def _next_round(self, now: float) -> list[Outgoing]:
+        run = self._run
+        run.round += 1
+        if run.round >= run.request.rounds:
+            return self._decide(now)
+        return self._send_round()
+
+    def _decide(self, now: float) -> list[Outgoing]:
+        run = self._run
+        request = run.request
+        priority, origin, message = run.best
+        led = origin == self.node_id
+        timed_out = bool(request.team_neighbours) and not run.heard_anyone
+        if led or timed_out:
+            goal, used_message, leader = request.own_goal, (run.own_message if not timed_out else None), self.node_id
+        else:
+            goal = softmax_sample(self.matrix[:, message], self.temperature, self._rng, self.allowed_goals)
+            used_message, leader = message, origin
+        run.outcome = NegotiationOutcome(
+            episode=request.episode,
+            goal=goal,
+            message=used_message,
+            leader=leader,
+            led=led and not timed_out,
+            timed_out=timed_out,
+            rounds_used=min(run.round, request.rounds),
+            rounds_closed_by_deadline=run.closed_by_deadline,
+        )
+        self._open_records[request.episode] = EpisodeRecord(
+            outcome=run.outcome,
+            neighbour_goals=dict(self._late_commits.pop(request.episode, {})),
+            aligned_per_edge={neighbour: None for neighbour in request.team_neighbours},
+            messages_sent=run.messages_sent,
+            messages_received=run.messages_received,
+            reward=0.0,
+        )
+        commit = GoalCommit(episode=request.episode, goal=goal, timed_out=timed_out)
+        run.messages_sent += len(request.team_neighbours)
+        self._open_records[request.episode].messages_sent = run.messages_sent
+        return [(neighbour, commit) for neighbour in request.team_neighbours]
+
+    def _on_commit(self, sender: str, message: GoalCommit) -> list[Outgoing]:
+        record = self._open_records.get(message.episode)
+        if record is not None:
+            record.neighbour_goals[sender] = message.goal
+        elif message.episode == self._last_episode:
+            # Decided before us: keep it until our own decision opens the record.
+            self._late_commits.setdefault(message.episode, {})[sender] = message.goal
+        else:
+            self.stale_messages += 1
+        return []

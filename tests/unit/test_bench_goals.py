@@ -1,0 +1,33 @@
+"""bench/goals.py runs every mode end to end on a tiny budget, and its statistics are right."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("bench_goals", REPO / "bench" / "goals.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_goals"] = bench
+spec.loader.exec_module(bench)
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_each_mode_runs_and_reports_per_episode(mode):
+    result = bench.run(mode, seed=0, episodes=6)
+    assert result["success"].shape == result["aligned"].shape == (6,)
+    assert np.all(np.diff(result["env_steps"]) > 0)
+    if mode == "supervisor":
+        assert result["aligned"].all()
+
+
+def test_steps_to_fraction_of_final():
+    curve = np.r_[np.zeros(100), np.ones(200)]
+    steps = np.arange(1, 301) * 10
+    # The 100-episode moving mean first reaches 0.8 at episode index 80 of the smoothed curve.
+    assert bench.steps_to_fraction_of_final(curve, steps, 0.8, 100) == steps[80 + 99]
+    assert np.isnan(bench.steps_to_fraction_of_final(np.zeros(300), steps, 0.8, 100))
