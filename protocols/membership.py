@@ -115,7 +115,10 @@ class MembershipEngine:
             return []
         for peer, record in self._peers.items():
             silent_for = now - record.last_heard
-            if record.alive and silent_for > self.timeout_s:
+            # The same expression as next_deadline's, so a timer fired at that deadline
+            # acts on it (with `silent_for > timeout_s`, float rounding could leave the
+            # deadline in place and a deterministic simulator would fire it forever).
+            if record.alive and now >= record.last_heard + self.timeout_s:
                 record.alive = False
                 self._downs_seen += 1
                 self._events.append(PeerDown(peer, silent_for))
