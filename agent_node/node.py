@@ -52,7 +52,7 @@ from protocols.control import ControlClient, ShutdownRequested
 from protocols.engine import Engine
 from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
-from protocols.settings import agent_node_ids
+from protocols.settings import ENV_NODE_ID, agent_node_ids
 from protocols.topology import build_topology
 from protocols.spaces import decode_space
 from protocols.transport import Channel, Hub, SocketOptions
@@ -150,6 +150,7 @@ class AgentNode:
             options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
             keys=node_keys(run, identity.node_id),
             limits=run.protocols.limits,
+            links=run.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
         )
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.
@@ -208,7 +209,9 @@ class AgentNode:
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
         for neighbour, endpoint in sorted(directory.neighbours.items()):
-            self.peers[neighbour] = self.hub.connect_dealer(endpoint, name=f"peer:{neighbour}", identity=self.context.node_id)
+            self.peers[neighbour] = self.hub.connect_dealer(
+                endpoint, name=f"peer:{neighbour}", identity=self.context.node_id, peer=neighbour
+            )
         self.membership = MembershipEngine(
             self.context.node_id,
             sorted(self.peers),
@@ -216,7 +219,7 @@ class AgentNode:
             timeout_s=self.peer_timeout_s,
         )
         self.membership.start(None, now)
-        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id)
+        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.context.node_id, peer=ENV_NODE_ID)
         # Which handler reads each channel (peers only ever write to our inbox, never reply on
         # the DEALERs we connected to them; anything arriving there is handled as a peer message).
         self._dispatchers = {"env": self._dispatch_env, "peers": self._dispatch_peer, "control": self._dispatch_control}
@@ -480,6 +483,7 @@ class AgentNode:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
+            self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
 
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         pass  # membership has already taken it as a sign of life and read its incarnation
@@ -611,6 +615,7 @@ class AgentNode:
                 self._save_checkpoint()
                 self._save_replay()
             self.metrics.flush_means(self.step)
+            self.metrics.write(self.step, self.hub.link_metrics())
             if self.recorder is not None:
                 self.recorder.close()
             self.control.goodbye(self.stop_reason or "stopped")

@@ -151,6 +151,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
         keys=node_keys(config, node_id),
         limits=config.protocols.limits,
+        links=config.network.link_table(node_id, identity.run_seed),  # network: link emulation
     )
     server = EnvServer(
         envs,
@@ -201,6 +202,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                     msgs_per_s=server.channel.stats.received / max(1e-9, now - server.created_at),
                     extra=server.status_extra(),
                 )
+                server.write_metrics(hub.link_metrics())  # per-link counters, every status period
         control.goodbye(reason)
         return 0
     except ShutdownRequested as request:
@@ -210,6 +212,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         log.error("%s", error)
         return 1
     finally:
+        server.write_metrics(hub.link_metrics())
         server.close()
         hub.close()
 

@@ -46,6 +46,7 @@ from orchestrator.rundir import (
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 # Columns of `orchestrate status`, read from each node's metrics.jsonl.
 STATUS_METRICS = ("step", "env/episode", "env/episode_return")
 
@@ -506,3 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(error), EXIT_USAGE)
     except RunDirError as error:
         return _fail(str(error), EXIT_USAGE)
+    except KeyboardInterrupt:
+        # Ctrl-C before the runtime took over its signals (while the config or the env is being
+        # checked): nothing was launched, so there is nothing to reap.
+        return _fail("interrupted before launch", EXIT_INTERRUPTED)

@@ -235,11 +235,7 @@ class RunConfig(BaseModel):
             problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
 
         valid_ids = run_node_ids(count)
-        for position, override in enumerate(self.network.links):
-            for end in ("src", "dst"):
-                node = getattr(override, end)
-                if node not in valid_ids:
-                    problems.append(f"network.links.{position}.{end}: expected a node id ({_id_range(count)}), got {node!r}")
+        problems.extend(self.network.node_id_problems(valid_ids, _id_range(count)))
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:

@@ -1,38 +1,86 @@
-"""Per-link network emulation: delay, jitter, loss, duplication, reordering, bandwidth, partitions.
+"""Per-link network emulation: delay distributions, jitter, loss, duplication, reordering,
+a bandwidth cap, partitions; and the per-link counters both transports report.
 
 The kernel's netem qdisc is not available on our machines, and links on one host have no delay
 anyway, so Parley emulates the network itself: every outgoing message passes through the
-`LinkModel` of its (sender, receiver) link, which says when each copy of it arrives, or that it
-is lost. The real transport sleeps until those times before delivering; the deterministic
-simulator (`protocols/netsim.py`) puts them on its virtual-clock event heap. Both use this one
-model, so an experiment behaves the same in a unit test and on real sockets.
+`LinkModel` of its directed (sender, receiver) link, which says when each copy of it arrives, or
+that it is lost. The live transport (`protocols/transport.py`) holds the frames until those times
+and the node's loop sleeps until the next one is due; the deterministic simulator
+(`protocols/netsim.py`) puts them on its virtual-clock event heap. Both use this one model with a
+seed derived per link from the run seed (`link_seed`), so a link decides the same in a unit test
+and on real sockets.
 
-Semantics of one `decide(now, size_bytes)` call (all draws from the link's own seeded generator):
+Semantics of one `decide(now, size_bytes)` call:
 
-1. Bandwidth: with a cap, the link sends one message at a time: this message starts when the
-   link is free and occupies it for `size_bytes / bandwidth` seconds. Lost messages use the link
-   too (they were sent; the network lost them).
-2. Loss: with probability `loss` the message is dropped (empty list).
-3. Delay: each copy arrives `delay_s + U(-jitter_s, +jitter_s)` (clipped at 0) after it left.
-   Jitter alone can already reorder messages.
+1. Bandwidth cap (`bandwidth_bytes_per_s`): a token bucket of `burst_bytes` refilled at the
+   rate. A message leaves once the messages before it have left and the bucket holds its size
+   (with `burst_bytes: 0`, the default, a message occupies the link for size / rate: pure
+   serialization). Messages waiting for tokens form a queue; when the bytes queued plus this
+   message exceed `queue_limit_bytes`, the message is dropped at the tail (counted as
+   `dropped_queue`) and does not use the link.
+2. Loss: `loss_model: bernoulli` loses each message with probability `loss`;
+   `gilbert_elliott` is a two-state Markov chain (good/bad) stepped once per message with
+   `ge_p_good_to_bad` / `ge_p_bad_to_good`, losing with `ge_loss_good` / `ge_loss_bad` in each
+   state: bursts of loss, as on a real congested or wireless link.
+3. Delay of each copy: a base delay from `delay_distribution` (mean `delay_s`):
+   constant; uniform (std `delay_std_s`, i.e. half-width sqrt(3) * std); normal (std
+   `delay_std_s`, clipped at 0); lognormal (mean `delay_s`, std `delay_std_s`); pareto (shape
+   `pareto_shape` > 1, scaled so its mean is `delay_s`: heavy tail); trace (a file of recorded
+   one-way delays in milliseconds, one per line, sampled uniformly). Then uniform jitter
+   U(-jitter_s, +jitter_s) is added; the total is clipped at 0.
 4. Reordering (netem's style): with probability `reorder` the message skips the delay and
-   arrives as soon as it is sent, overtaking messages still in flight. It therefore needs
-   `delay_s > 0`.
-5. Duplication: with probability `duplicate` a second copy is delivered, with its own delay.
+   arrives as soon as it has left, overtaking messages in flight (needs a delay). Jitter alone
+   can reorder too. `in_order: true` instead forbids overtaking: no message arrives before one
+   sent earlier on the same link (a TCP-like stream).
+5. Duplication: with probability `duplicate` a second copy is delivered with its own delay.
 
-Every call consumes the same number of random draws whatever the probabilities, so two runs
-that differ only in, say, the loss rate see the same delays for the same messages.
+Determinism: every call consumes the same number of random draws (`DRAWS_PER_MESSAGE` uniforms
+and two standard normals) whatever the probabilities, the distribution or the outcome, so two
+runs that differ only in, say, the loss rate see the same delays for the same messages, and the
+simulator and the live transport stay in step message for message. The one exception is a
+message dropped by a full queue: it still consumes its draws, so this holds there too.
 
 `PartitionTable` is the other half of fault emulation: a set of blocked directed pairs the
-transport consults before sending.
+transport consults before a message enters its link.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from protocols.seeds import derive_seed
+
+DRAWS_PER_MESSAGE = 8  # uniforms per decide(): GE step, loss, duplicate, reorder, 2 x delay, 2 x jitter
+DelayDistribution = Literal["constant", "uniform", "normal", "lognormal", "pareto", "trace"]
+
+
+def _read_trace_ms(path: str) -> np.ndarray:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ValueError(f"delay_trace: cannot read {path!r}: {error}") from None
+    values = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            value = float(line)
+        except ValueError:
+            raise ValueError(f"delay_trace {path}:{number}: expected a delay in milliseconds, got {line!r}") from None
+        if not (value >= 0.0 and math.isfinite(value)):
+            raise ValueError(f"delay_trace {path}:{number}: expected a finite delay >= 0 ms, got {value}")
+        values.append(value)
+    if not values:
+        raise ValueError(f"delay_trace {path}: expected at least one delay in milliseconds, got an empty file")
+    return np.asarray(values) / 1000.0
 
 
 class LinkConfig(BaseModel):
@@ -41,41 +89,116 @@ class LinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     delay_s: float = 0.0
+    delay_distribution: DelayDistribution = "constant"
+    delay_std_s: float = 0.0
+    pareto_shape: float = Field(2.5, gt=1.0)
+    delay_trace: str | None = None
     jitter_s: float = 0.0
+    loss_model: Literal["bernoulli", "gilbert_elliott"] = "bernoulli"
     loss: float = 0.0
+    ge_p_good_to_bad: float = 0.0
+    ge_p_bad_to_good: float = 1.0
+    ge_loss_good: float = 0.0
+    ge_loss_bad: float = 1.0
     duplicate: float = 0.0
     reorder: float = 0.0
+    in_order: bool = False
     bandwidth_bytes_per_s: float | None = None
+    burst_bytes: float = 0.0
+    queue_limit_bytes: float | None = None
 
-    @field_validator("delay_s", "jitter_s")
+    _trace_s: np.ndarray | None = PrivateAttr(default=None)
+
+    @field_validator("delay_s", "jitter_s", "delay_std_s", "burst_bytes")
     @classmethod
     def _non_negative(cls, value: float, info) -> float:
-        if not value >= 0.0:  # also rejects NaN
-            raise ValueError(f"{info.field_name} must be >= 0 seconds, got {value}")
+        if not (value >= 0.0 and math.isfinite(value)):  # also rejects NaN and inf
+            raise ValueError(f"{info.field_name} must be >= 0 and finite, got {value}")
         return value
 
-    @field_validator("loss", "duplicate", "reorder")
+    @field_validator("loss", "duplicate", "reorder", "ge_p_good_to_bad", "ge_p_bad_to_good", "ge_loss_good", "ge_loss_bad")
     @classmethod
     def _probability(cls, value: float, info) -> float:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{info.field_name} is a probability and must be in [0, 1], got {value}")
         return value
 
-    @field_validator("bandwidth_bytes_per_s")
+    @field_validator("bandwidth_bytes_per_s", "queue_limit_bytes")
     @classmethod
-    def _positive_bandwidth(cls, value: float | None) -> float | None:
+    def _positive_or_none(cls, value: float | None, info) -> float | None:
         if value is not None and not value > 0.0:
-            raise ValueError(f"bandwidth_bytes_per_s must be > 0 (or null for no cap), got {value}")
+            raise ValueError(f"{info.field_name} must be > 0 (or null for no cap), got {value}")
         return value
 
     @model_validator(mode="after")
-    def _reorder_needs_delay(self) -> "LinkConfig":
-        if self.reorder > 0.0 and self.delay_s == 0.0:
+    def _consistent(self) -> "LinkConfig":
+        if self.reorder > 0.0 and self.delay_s == 0.0 and self.delay_distribution != "trace":
             raise ValueError(
                 f"reorder={self.reorder} needs delay_s > 0: a reordered message overtakes delayed ones, "
                 "and with delay_s = 0 there is nothing to overtake"
             )
+        if self.reorder > 0.0 and self.in_order:
+            raise ValueError(f"reorder={self.reorder} contradicts in_order: true; choose one")
+        if self.loss_model == "gilbert_elliott" and self.loss != 0.0:
+            raise ValueError(
+                f"loss={self.loss} is the bernoulli rate; with loss_model gilbert_elliott set "
+                "ge_p_good_to_bad, ge_p_bad_to_good, ge_loss_good and ge_loss_bad instead"
+            )
+        ge_fields = ("ge_p_good_to_bad", "ge_p_bad_to_good", "ge_loss_good", "ge_loss_bad")
+        changed = [name for name in ge_fields if getattr(self, name) != type(self).model_fields[name].default]
+        if self.loss_model == "bernoulli" and changed:
+            raise ValueError(f"{', '.join(changed)} only apply with loss_model: gilbert_elliott, got loss_model: bernoulli")
+        if self.delay_distribution in ("uniform", "normal", "lognormal") and self.delay_std_s == 0.0:
+            raise ValueError(f"delay_distribution {self.delay_distribution} needs delay_std_s > 0 (0 is the constant distribution)")
+        if self.delay_distribution in ("lognormal", "pareto") and self.delay_s == 0.0:
+            raise ValueError(f"delay_distribution {self.delay_distribution} needs a mean delay_s > 0")
+        if self.delay_distribution == "uniform" and math.sqrt(3.0) * self.delay_std_s > self.delay_s:
+            raise ValueError(
+                f"uniform delay with delay_s={self.delay_s} and delay_std_s={self.delay_std_s} would reach below 0 "
+                f"(half-width sqrt(3) * std = {math.sqrt(3.0) * self.delay_std_s:.6g}); lower the std"
+            )
+        if self.delay_distribution == "trace":
+            if self.delay_trace is None:
+                raise ValueError("delay_distribution trace needs delay_trace: a file of delays in ms, one per line")
+            self._trace_s = _read_trace_ms(self.delay_trace)
+        elif self.delay_trace is not None:
+            raise ValueError(f"delay_trace is only read with delay_distribution: trace, got {self.delay_distribution}")
+        if (self.burst_bytes > 0.0 or self.queue_limit_bytes is not None) and self.bandwidth_bytes_per_s is None:
+            raise ValueError("burst_bytes and queue_limit_bytes shape a bandwidth cap; set bandwidth_bytes_per_s too")
         return self
+
+    @property
+    def is_ideal(self) -> bool:
+        """True when the link changes nothing (no emulation needed at all)."""
+        return self == LinkConfig()
+
+
+def link_seed(run_seed: int, src: str, dst: str) -> int:
+    """The seed of the directed link src -> dst: the same in every process and in the simulator.
+
+    Both ends of a link know the run seed and the two node ids, so the sender's model and a
+    simulator replaying the run draw the same stream; the node index argument of `derive_seed` is
+    0 because the stream name already names the link.
+    """
+    return derive_seed(run_seed, 0, f"link/{src}->{dst}")
+
+
+@dataclass
+class LinkCounters:
+    """What happened on one directed link. `in_flight` is kept by whoever holds the copies."""
+
+    sent: int = 0  # messages offered to the link (after the partition check)
+    delivered: int = 0  # copies handed on to the receiver's socket (or engine, in the simulator)
+    dropped_loss: int = 0
+    dropped_queue: int = 0
+    dropped_partition: int = 0
+    duplicated: int = 0
+    bytes_sent: int = 0
+    in_flight: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_loss + self.dropped_queue + self.dropped_partition
 
 
 class LinkModel:
@@ -85,35 +208,187 @@ class LinkModel:
         if not isinstance(config, LinkConfig):
             raise TypeError(f"LinkModel needs a LinkConfig, got {type(config).__name__}")
         self.config = config
+        self.counters = LinkCounters()
         self._rng = np.random.default_rng(seed)
-        self._link_free_at = -np.inf  # end of the last transmission, for the bandwidth cap
+        self._ge_bad = False
+        # Token bucket: tokens at the departure time of the last message, which may lie ahead.
+        self._last_departure = -math.inf
+        self._tokens = config.burst_bytes
+        self._queue: deque[tuple[float, int]] = deque()  # (departure, bytes) not yet departed
+        self._last_arrival = -math.inf  # for in_order
+        if config.delay_distribution == "lognormal":
+            variance_ratio = 1.0 + (config.delay_std_s / config.delay_s) ** 2
+            self._log_sigma = math.sqrt(math.log(variance_ratio))
+            self._log_mu = math.log(config.delay_s) - 0.5 * self._log_sigma**2
+        if config.delay_distribution == "pareto":
+            self._pareto_scale = config.delay_s * (config.pareto_shape - 1.0) / config.pareto_shape
 
     def decide(self, now: float, size_bytes: int) -> list[float]:
         """Delivery times (absolute, sorted) of the copies of one message sent at `now`."""
         if size_bytes < 0:
             raise ValueError(f"message size must be >= 0 bytes, got {size_bytes}")
         config = self.config
-        # Fixed number of draws per call: loss, duplicate, reorder, then one jitter per copy.
-        u_loss, u_duplicate, u_reorder, u_jitter_first, u_jitter_copy = self._rng.random(5)
+        # A fixed number of draws per call, whatever happens below (see the module docstring).
+        u_ge, u_loss, u_duplicate, u_reorder, u_delay_1, u_delay_2, u_jitter_1, u_jitter_2 = self._rng.random(DRAWS_PER_MESSAGE)
+        z_1, z_2 = self._rng.standard_normal(2)
+        self.counters.sent += 1
 
-        departure = now
-        if config.bandwidth_bytes_per_s is not None:
-            departure = max(now, self._link_free_at) + size_bytes / config.bandwidth_bytes_per_s
-            self._link_free_at = departure
+        departure = self._depart(now, size_bytes)
+        if departure is None:
+            self.counters.dropped_queue += 1
+            return []
+        self.counters.bytes_sent += size_bytes
 
-        if u_loss < config.loss:
+        if self._lost(u_ge, u_loss):
+            self.counters.dropped_loss += 1
             return []
 
-        def arrival(u_jitter: float) -> float:
+        def arrival(u_delay: float, z: float, u_jitter: float) -> float:
             if u_reorder < config.reorder:
                 return departure
-            jitter = (2.0 * u_jitter - 1.0) * config.jitter_s
-            return departure + max(0.0, config.delay_s + jitter)
+            delay = self._base_delay(u_delay, z) + (2.0 * u_jitter - 1.0) * config.jitter_s
+            return departure + max(0.0, delay)
 
-        times = [arrival(u_jitter_first)]
+        times = [arrival(u_delay_1, z_1, u_jitter_1)]
         if u_duplicate < config.duplicate:
-            times.append(arrival(u_jitter_copy))
-        return sorted(times)
+            times.append(arrival(u_delay_2, z_2, u_jitter_2))
+            self.counters.duplicated += 1
+        times.sort()
+        if config.in_order:
+            times = [max(time, self._last_arrival) for time in times]
+            self._last_arrival = times[-1]
+        return times
+
+    def _depart(self, now: float, size_bytes: int) -> float | None:
+        """When the message leaves under the bandwidth cap; None when the queue is full."""
+        config = self.config
+        rate = config.bandwidth_bytes_per_s
+        if rate is None:
+            return now
+        while self._queue and self._queue[0][0] <= now:
+            self._queue.popleft()
+        if config.queue_limit_bytes is not None:
+            queued = sum(size for _, size in self._queue)
+            if queued + size_bytes > config.queue_limit_bytes:
+                return None
+        start = max(now, self._last_departure)
+        elapsed = 0.0 if self._last_departure == -math.inf else start - self._last_departure
+        tokens = min(config.burst_bytes, self._tokens + elapsed * rate)
+        if tokens >= size_bytes and config.burst_bytes > 0.0:
+            departure = start
+            self._tokens = tokens - size_bytes
+        else:
+            departure = start + (size_bytes - tokens) / rate
+            self._tokens = 0.0
+        self._last_departure = departure
+        self._queue.append((departure, size_bytes))
+        return departure
+
+    def _lost(self, u_ge: float, u_loss: float) -> bool:
+        config = self.config
+        if config.loss_model == "bernoulli":
+            return u_loss < config.loss
+        # Step the chain, then lose with the new state's rate.
+        if self._ge_bad:
+            self._ge_bad = not (u_ge < config.ge_p_bad_to_good)
+        else:
+            self._ge_bad = u_ge < config.ge_p_good_to_bad
+        return u_loss < (config.ge_loss_bad if self._ge_bad else config.ge_loss_good)
+
+    def _base_delay(self, u: float, z: float) -> float:
+        config = self.config
+        kind = config.delay_distribution
+        if kind == "constant":
+            return config.delay_s
+        if kind == "uniform":
+            half_width = math.sqrt(3.0) * config.delay_std_s
+            return config.delay_s + (2.0 * u - 1.0) * half_width
+        if kind == "normal":
+            return max(0.0, config.delay_s + config.delay_std_s * z)
+        if kind == "lognormal":
+            return math.exp(self._log_mu + self._log_sigma * z)
+        if kind == "pareto":
+            return self._pareto_scale * (1.0 - u) ** (-1.0 / config.pareto_shape)
+        trace = config._trace_s
+        return float(trace[min(int(u * len(trace)), len(trace) - 1)])
+
+
+AGE_WINDOW = 4096  # message ages kept per incoming link for the percentiles (the most recent)
+
+
+class LinkTable:
+    """Every outgoing link of one node, plus the ages of the messages it received.
+
+    The node's transport hub asks `decide(dst, now, size)` for each message it sends to another
+    node; the models are made on first use with `link_seed(run_seed, src, dst)`, so each link's
+    draws are independent of the traffic on the others. `partitions` is consulted first (a
+    blocked message never enters its link). `record_age` keeps how old each received message
+    was (receive time minus the sender's timestamp), per sending node.
+    """
+
+    def __init__(self, src: str, run_seed: int, config_for, partitions: PartitionTable | None = None) -> None:
+        self.src = src
+        self.run_seed = run_seed
+        self._config_for = config_for  # (src, dst) -> LinkConfig
+        self.partitions = partitions if partitions is not None else PartitionTable()
+        self._models: dict[str, LinkModel] = {}
+        self._ages: dict[str, deque[float]] = {}
+        self._received: dict[str, int] = {}
+
+    def model_for(self, dst: str) -> LinkModel:
+        model = self._models.get(dst)
+        if model is None:
+            model = LinkModel(self._config_for(self.src, dst), link_seed(self.run_seed, self.src, dst))
+            self._models[dst] = model
+        return model
+
+    def set_config(self, dst: str, config: LinkConfig) -> None:
+        """Change the link to `dst` from now on (a link profile change); counters carry over,
+        the random stream continues where it was."""
+        model = self.model_for(dst)
+        replacement = LinkModel(config, 0)
+        replacement._rng = model._rng
+        replacement.counters = model.counters
+        self._models[dst] = replacement
+
+    def decide(self, dst: str, now: float, size_bytes: int) -> list[float]:
+        model = self.model_for(dst)
+        if self.partitions.blocks(self.src, dst):
+            model.counters.sent += 1
+            model.counters.dropped_partition += 1
+            return []
+        return model.decide(now, size_bytes)
+
+    def record_age(self, sender: str, age_s: float) -> None:
+        self._received[sender] = self._received.get(sender, 0) + 1
+        ages = self._ages.get(sender)
+        if ages is None:
+            ages = self._ages[sender] = deque(maxlen=AGE_WINDOW)
+        ages.append(age_s)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat counters for the metrics writer: `link/SRC_to_DST/<name>` for each link in use
+        (TensorBoard refuses ">" in a name)."""
+        rows: dict[str, float] = {}
+        for dst, model in sorted(self._models.items()):
+            counters = model.counters
+            prefix = f"link/{self.src}_to_{dst}/"
+            rows[prefix + "sent"] = counters.sent
+            rows[prefix + "delivered"] = counters.delivered
+            rows[prefix + "dropped"] = counters.dropped
+            rows[prefix + "dropped_loss"] = counters.dropped_loss
+            rows[prefix + "dropped_queue"] = counters.dropped_queue
+            rows[prefix + "dropped_partition"] = counters.dropped_partition
+            rows[prefix + "duplicated"] = counters.duplicated
+            rows[prefix + "in_flight"] = counters.in_flight
+            rows[prefix + "bytes"] = counters.bytes_sent
+        for sender, ages in sorted(self._ages.items()):
+            prefix = f"link/{sender}_to_{self.src}/"
+            p50, p99 = np.percentile(np.asarray(ages), [50, 99])
+            rows[prefix + "received"] = self._received[sender]
+            rows[prefix + "age_p50_ms"] = float(p50) * 1000.0
+            rows[prefix + "age_p99_ms"] = float(p99) * 1000.0
+        return rows
 
 
 class PartitionTable:

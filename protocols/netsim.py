@@ -3,7 +3,7 @@
 The protocol engines (`protocols/consensus.py`, membership, negotiation, ...) take messages and
 the current time and return the messages to send and when they next need a timer. This module
 plays the network and the clock for a set of such engines: messages pass through the same
-`LinkModel` the real transport uses (delay, jitter, loss, duplication, reordering, bandwidth)
+`LinkModel`, seeded the same way (`links.link_seed`), that the real transport uses (delay, jitter, loss, duplication, reordering, bandwidth)
 and a `PartitionTable`, land on an event heap ordered by virtual time, and are handed to the
 destination engine when their time comes; timers fire when an engine's deadline is reached.
 Nodes can crash (they stop receiving and their timers stop; messages to them are lost) and be
@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 
 from protocols.engine import Outgoing
-from protocols.links import LinkConfig, LinkModel, PartitionTable
+from protocols.links import LinkConfig, LinkModel, PartitionTable, link_seed
 
 
 
@@ -42,6 +42,16 @@ class SimulatedEngine(Protocol):
 
 
 LinkModelFactory = Callable[[str, str, int], LinkModel]  # (src, dst, seed) -> model of that link
+
+
+def links_from(config_for: Callable[[str, str], LinkConfig]) -> LinkModelFactory:
+    """A factory reading each link's config from `config_for(src, dst)`: pass a run's
+    `NetworkConfig.link_between` to simulate exactly the links a live run would have."""
+
+    def make(src: str, dst: str, seed: int) -> LinkModel:
+        return LinkModel(config_for(src, dst), seed)
+
+    return make
 
 
 def same_link_everywhere(config: LinkConfig) -> LinkModelFactory:
@@ -232,10 +242,9 @@ class NetworkSimulator:
         key = (src, destination)
         if key not in self._links:
             # Each link's seed depends on the simulation seed and on the link only, so adding
-            # traffic on one link never changes what happens on another.
-            entropy = [self._seed, self._node_index[src], self._node_index[destination]]
-            link_seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
-            self._links[key] = self._link_model_factory(src, destination, link_seed)
+            # traffic on one link never changes what happens on another; it is the seed the live
+            # transport gives the same link with run seed = simulation seed.
+            self._links[key] = self._link_model_factory(src, destination, link_seed(self._seed, src, destination))
         return self._links[key]
 
     def _schedule_timer(self, node: str) -> None:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from protocols.auth import LimitsConfig
 from protocols.consensus import ConsensusConfig
-from protocols.links import LinkConfig
+from protocols.links import LinkConfig, LinkTable, PartitionTable
 
 # ------------------------------------------------------------------------------------------
 # Node ids
@@ -163,20 +163,73 @@ class ProtocolsConfig(BaseModel):
     limits: LimitsConfig = LimitsConfig()
 
 
+LinkSelectorRole = Literal["env_links", "peer_links"]
+
+
 class LinkOverride(BaseModel):
-    """Emulated properties of the directed link `src -> dst` (list both directions to cover both)."""
+    """Emulated properties of some directed links, chosen by exactly one selector:
+
+    - `src` and `dst`: the one directed link src -> dst;
+    - `between: [a, b]`: both directions between a and b;
+    - `node: agent_3`: every link to or from that node (its peer links and its env links);
+    - `role: env_links` (every agent <-> env server link) or `role: peer_links` (every agent <->
+      agent link).
+
+    `link` replaces `default_link` entirely on the links it matches (fields left out take the
+    LinkConfig defaults, not the default link's values). When several overrides match a link,
+    the last one listed wins.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    src: str
-    dst: str
+    src: str | None = None
+    dst: str | None = None
+    between: tuple[str, str] | None = None
+    node: str | None = None
+    role: LinkSelectorRole | None = None
     link: LinkConfig
 
     @model_validator(mode="after")
-    def _not_a_self_link(self) -> LinkOverride:
-        if self.src == self.dst:
-            raise ValueError(f"a link joins two different nodes, got src = dst = {self.src!r}")
+    def _one_selector(self) -> LinkOverride:
+        chosen = [
+            name
+            for name, given in (
+                ("src/dst", self.src is not None or self.dst is not None),
+                ("between", self.between is not None),
+                ("node", self.node is not None),
+                ("role", self.role is not None),
+            )
+            if given
+        ]
+        if len(chosen) != 1:
+            raise ValueError(
+                "expected exactly one link selector (src and dst, between, node, or role), "
+                f"got {', '.join(chosen) if chosen else 'none'}"
+            )
+        if chosen == ["src/dst"] and (self.src is None or self.dst is None):
+            raise ValueError(f"src and dst go together, got src={self.src!r}, dst={self.dst!r}")
+        pair = (self.src, self.dst) if self.src is not None else self.between
+        if pair is not None and pair[0] == pair[1]:
+            raise ValueError(f"a link joins two different nodes, got {pair[0]!r} twice")
         return self
+
+    def named_nodes(self) -> list[tuple[str, str]]:
+        """(field, node id) for each node this override names, to check them against the run."""
+        if self.src is not None:
+            return [("src", self.src), ("dst", self.dst)]
+        if self.between is not None:
+            return [(f"between.{i}", node) for i, node in enumerate(self.between)]
+        return [("node", self.node)] if self.node is not None else []
+
+    def matches(self, src: str, dst: str) -> bool:
+        if self.src is not None:
+            return (src, dst) == (self.src, self.dst)
+        if self.between is not None:
+            return {src, dst} == set(self.between)
+        if self.node is not None:
+            return self.node in (src, dst)
+        touches_env = ENV_NODE_ID in (src, dst)
+        return touches_env if self.role == "env_links" else not touches_env
 
 
 class NetworkConfig(BaseModel):
@@ -197,20 +250,36 @@ class NetworkConfig(BaseModel):
     # application has nothing to send it. The membership engine does the same for the protocols.
     zmq_heartbeat_ivl_s: float = Field(1.0, gt=0)
     zmq_heartbeat_timeout_s: float = Field(5.0, gt=0)
+    # Link emulation (protocols/links.py): every directed link between two nodes (agent <-> agent
+    # and agent <-> env server; never the control links to the orchestrator) behaves like
+    # `default_link` unless an entry of `links` selects it. Each link draws from its own seed,
+    # derived from run.seed and the two node ids.
     default_link: LinkConfig = LinkConfig()
     links: list[LinkOverride] = []
+    # Groups of node ids cut off from each other from the start of the run (nodes in no group
+    # are unaffected); messages between groups are dropped and counted as `dropped_partition`.
+    partitions: list[list[str]] = []
 
     @model_validator(mode="after")
-    def _one_override_per_link(self) -> NetworkConfig:
-        seen: dict[tuple[str, str], int] = {}
+    def _one_override_per_selector(self) -> NetworkConfig:
+        seen: dict[str, int] = {}
         for position, override in enumerate(self.links):
-            key = (override.src, override.dst)
+            key = repr(override.model_dump(exclude={"link"}))
             if key in seen:
                 raise ValueError(
-                    f"links[{position}] repeats the link {override.src} -> {override.dst} of links[{seen[key]}]; "
-                    "give each directed link once"
+                    f"links[{position}] repeats the selector of links[{seen[key]}]; give each selector once"
                 )
             seen[key] = position
+        return self
+
+    @model_validator(mode="after")
+    def _disjoint_partition_groups(self) -> NetworkConfig:
+        owner: dict[str, int] = {}
+        for index, group in enumerate(self.partitions):
+            for node in group:
+                if node in owner:
+                    raise ValueError(f"partitions: node {node!r} is in groups {owner[node]} and {index}; groups must be disjoint")
+                owner[node] = index
         return self
 
     @model_validator(mode="after")
@@ -226,11 +295,34 @@ class NetworkConfig(BaseModel):
         return self.advertise_host if self.advertise_host is not None else self.bind_host
 
     def link_between(self, src: str, dst: str) -> LinkConfig:
-        """The emulated link `src -> dst`: its override if one is listed, else the default."""
+        """The emulated link `src -> dst`: the last override that selects it, else the default."""
+        chosen = self.default_link
         for override in self.links:
-            if override.src == src and override.dst == dst:
-                return override.link
-        return self.default_link
+            if override.matches(src, dst):
+                chosen = override.link
+        return chosen
+
+    def node_id_problems(self, valid_ids: list[str], expected: str | None = None) -> list[str]:
+        """Messages for every node id in `links` and `partitions` that is not one of `valid_ids`
+        (`expected` describes them in the message; default: the list)."""
+        expected = expected or ", ".join(valid_ids)
+        problems = []
+        for position, override in enumerate(self.links):
+            for field, node in override.named_nodes():
+                if node not in valid_ids:
+                    problems.append(f"network.links.{position}.{field}: expected a node id ({expected}), got {node!r}")
+        for position, group in enumerate(self.partitions):
+            for node in group:
+                if node not in valid_ids:
+                    problems.append(f"network.partitions.{position}: expected node ids ({expected}), got {node!r}")
+        return problems
+
+    def link_table(self, node_id: str, run_seed: int) -> LinkTable:
+        """The outgoing links of node `node_id`, for its transport hub."""
+        partitions = PartitionTable()
+        if self.partitions:
+            partitions.partition(self.partitions)
+        return LinkTable(node_id, run_seed, self.link_between, partitions)
 
 
 class NodeEntry(BaseModel):

@@ -24,10 +24,17 @@ Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket
 run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port) and records the
 address to advertise to peers.
 
-Network emulation seam: a channel may carry a `link` object (see `protocols/links.py`) that
-decides, per outgoing message, when each copy is delivered (none = lost). Delayed frames wait in
-a heap here and the loop calls `hub.flush_due(now)`; `hub.next_due()` tells it how long it may
-sleep.
+Network emulation: a hub made with a `LinkTable` (`protocols/links.py`, built from the run's
+`network:` section) passes every message to another node through the model of that directed
+link: a DEALER channel knows its `peer` (the node id it was connected to), a ROUTER channel sends
+to the node named by its routing id. The model says when each copy arrives (none: lost, or
+blocked by a partition); frames due now go out at once, later ones wait in the channel's heap
+until the loop calls `hub.flush_due(now)`. The loop sleeps until `hub.next_due()` at the latest
+(`hub.wait` caps its timeout there by itself), so held messages leave on time without polling.
+Received messages' ages (now minus the sender's `sent_at`) are recorded per sending node, and
+`hub.link_metrics()` reports every link's counters. Channels without a peer (the control link
+to the orchestrator) are never emulated. CURVE authentication will be applied where the hub
+makes sockets (tcp between hosts).
 
 Authentication (see `protocols/auth.py`): a hub given the node's `NodeKeys` makes every tcp socket
 a CURVE socket (ROUTERs are servers behind a ZAP handler that admits only the run's node keys and
@@ -49,7 +56,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 import zmq
 from zmq.utils import z85
@@ -57,15 +64,11 @@ from zmq.utils import z85
 from protocols import wire
 from protocols.auth import ZAP_DOMAIN, BadInputLog, LimitsConfig, NodeKeys, signing_keys
 from protocols.errors import ProtocolError, SignatureError
+from protocols.links import LinkCounters, LinkTable
 
 UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
 
 log = logging.getLogger(__name__)
-
-
-class LinkDecider(Protocol):
-    def decide(self, now: float, size_bytes: int) -> list[float]:
-        """Delivery times of the copies of one message (empty list: the message is lost)."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ class Channel:
         check_user_id: bool = False,
         limits: LimitsConfig | None = None,
         bad_input: BadInputLog | None = None,
-        link: LinkDecider | None = None,
+        links: LinkTable | None = None,
+        peer: str | None = None,
         clock=time.monotonic,
         close_linger_s: float = 0.0,
     ) -> None:
@@ -163,11 +167,13 @@ class Channel:
         self.check_user_id = check_user_id  # CURVE server: the header's sender must be the authenticated node
         self.limits = limits if limits is not None else LimitsConfig()
         self.bad_input = bad_input if bad_input is not None else BadInputLog(log, name or "channel")
-        self.link = link
+        self.links = links  # None: no emulation on this channel
+        self.peer = peer  # the node a DEALER is connected to (None on a ROUTER, or not a node)
         self.clock = clock
         self.stats = ChannelStats()
         self._seq = itertools.count(1)
-        self._delayed: list[tuple[float, int, list[Any]]] = []
+        # Held (link-emulated) copies: (due time, tiebreak, frames, the link's counters).
+        self._delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
         self._tiebreak = itertools.count()
         self._poller = zmq.Poller()  # for `wait_for`, which waits on this socket alone
         self._poller.register(socket, zmq.POLLIN)
@@ -187,19 +193,24 @@ class Channel:
             identities=identities,
             key=self.key,
         )
-        if self.link is None:
+        destination = self.peer if self.peer is not None else (identities[0].decode(errors="replace") if identities else None)
+        if self.links is None or destination is None:
             return self._send_frames(frames)
         now = self.clock()
-        deliveries = self.link.decide(now, sum(memoryview(f).nbytes for f in frames))
+        deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
         if not deliveries:
             self.stats.dropped_by_link += 1
             return True
+        counters = self.links.model_for(destination).counters
+        sent = True
         for when in deliveries:
             if when <= now:
-                self._send_frames(frames)
+                counters.delivered += 1
+                sent = self._send_frames(frames) and sent
             else:
-                heapq.heappush(self._delayed, (when, next(self._tiebreak), frames))
-        return True
+                counters.in_flight += 1
+                heapq.heappush(self._delayed, (when, next(self._tiebreak), frames, counters))
+        return sent
 
     def reply(self, request: wire.Envelope, message: Any) -> bool:
         """Answer `request` through the same routing ids, with its header as parent."""
@@ -209,7 +220,9 @@ class Channel:
     def flush_due(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, frames = heapq.heappop(self._delayed)
+            _, _, frames, counters = heapq.heappop(self._delayed)
+            counters.in_flight -= 1
+            counters.delivered += 1
             self._send_frames(frames)
 
     def next_due(self) -> float | None:
@@ -249,6 +262,8 @@ class Channel:
                                f"header claims sender {envelope.sender!r}, the connection authenticated as {authenticated!r}")
                     continue
             self.stats.received += 1
+            if self.links is not None:
+                self.links.record_age(envelope.header.sender, time.time() - envelope.header.sent_at)
             return envelope
 
     def _drop(self, frames: list[Any], reason: str, detail: str) -> None:
@@ -271,7 +286,13 @@ class Channel:
         """
         deadline = self.clock() + timeout_s
         while (remaining := deadline - self.clock()) > 0:
-            if not wait_readable(self._poller, remaining):
+            # This channel's own held (link-emulated) sends, e.g. the request being answered,
+            # must leave while we wait for the answer.
+            if (due := self.next_due()) is not None:
+                remaining = min(remaining, max(0.0, due - self.clock()))
+            ready = wait_readable(self._poller, remaining)
+            self.flush_due()
+            if not ready:
                 continue
             for envelope in self.recv_all():
                 if isinstance(envelope.message, message_types):
@@ -319,6 +340,7 @@ class Hub:
         keys: NodeKeys | None = None,
         limits: LimitsConfig | None = None,
         clock=time.monotonic,
+        links: LinkTable | None = None,
     ) -> None:
         """`keys`: this node's keys of the run (see `protocols/auth.py`): CURVE on tcp, per-node
         HMAC signatures on ipc. None: no authentication (tests, benches, a standalone server);
@@ -327,6 +349,7 @@ class Hub:
         if keys is not None and keys.node_id != sender:
             raise ValueError(f"the hub of {sender!r} was given the keys of {keys.node_id!r}")
         self.sender = sender
+        self.links = links
         self.run_id = run_id
         self.options = options
         self.key = key
@@ -340,11 +363,13 @@ class Hub:
 
     # ------------------------------------------------------------------ making channels
 
-    def bind_router(self, address: str, *, name: str, advertise_host: str | None = None) -> Channel:
+    def bind_router(self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True) -> Channel:
         """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port).
 
         Its `endpoint` is the address peers connect to: `advertise_host` replaces the bind host
         (e.g. bind 0.0.0.0, advertise the host's reachable name), and a free port is filled in.
+        With a link table, replies go through the link to the node named by the routing id, unless
+        `emulated=False` (the orchestrator's control socket).
         """
         socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None, max_frame_bytes=self.limits.max_frame_bytes)
         try:
@@ -358,12 +383,17 @@ class Hub:
         except BaseException:
             socket.close(linger=0)
             raise
-        return self._register(socket, name=name, endpoint=endpoint, close_linger_s=0.0, tcp=address.startswith("tcp://"))
+        return self._register(
+            socket, name=name, endpoint=endpoint, close_linger_s=0.0, tcp=address.startswith("tcp://"), emulated=emulated, peer=None
+        )
 
-    def connect_dealer(self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0) -> Channel:
+    def connect_dealer(
+        self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0, peer: str | None = None
+    ) -> Channel:
         """A DEALER connected to `endpoint`, known to the ROUTER there by `identity`.
 
         `close_linger_s` > 0 lets the last messages out when the channel closes (a goodbye).
+        `peer`: the node id at the other end; with a link table, sends go through that link.
         """
         socket = _make_socket(self._context, zmq.DEALER, self.options, identity=identity.encode(), max_frame_bytes=self.limits.max_frame_bytes)
         tcp = endpoint.startswith("tcp://")
@@ -376,9 +406,13 @@ class Hub:
         except BaseException:
             socket.close(linger=0)
             raise
-        return self._register(socket, name=name, endpoint=None, close_linger_s=close_linger_s, tcp=tcp)
+        return self._register(
+            socket, name=name, endpoint=None, close_linger_s=close_linger_s, tcp=tcp, emulated=peer is not None, peer=peer
+        )
 
-    def _register(self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, tcp: bool) -> Channel:
+    def _register(
+        self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, tcp: bool, emulated: bool, peer: str | None
+    ) -> Channel:
         if self.keys is None:
             key, verify_key, check_user_id = self.key, None, False
         elif tcp:  # CURVE authenticates the connection; a ROUTER also checks each header's sender
@@ -397,6 +431,8 @@ class Hub:
             limits=self.limits,
             clock=self.clock,
             close_linger_s=close_linger_s,
+            links=self.links if emulated else None,
+            peer=peer,
         )
         self._poller.register(socket, zmq.POLLIN)
         self._channels[socket] = channel
@@ -405,8 +441,17 @@ class Hub:
     # ------------------------------------------------------------------ the loop's calls
 
     def wait(self, timeout_s: float) -> list[Channel]:
-        """The channels with something to read, after waiting at most `timeout_s` (never spins)."""
+        """The channels with something to read, after waiting at most `timeout_s` (never spins).
+
+        With link emulation the wait also ends when a held message falls due, and the due ones
+        are sent before returning: a caller that never calls `flush_due` still delivers on time.
+        """
+        due = self.next_due()
+        if due is not None:
+            timeout_s = min(timeout_s, max(0.0, due - self.clock()))
         ready = [self._channels[socket] for socket in wait_readable(self._poller, timeout_s)]
+        if due is not None:
+            self.flush_due()
         now = time.monotonic()
         for channel in self._channels.values():  # aggregated bad-input lines whose window is over
             channel.bad_input.flush(now)
@@ -443,6 +488,11 @@ class Hub:
         """Send every delayed message whose time has come."""
         for channel in self._channels.values():
             channel.flush_due(now)
+
+    def link_metrics(self) -> dict[str, float]:
+        """Per-link counters (`link/SRC_to_DST/sent`, delivered, dropped, duplicated, in_flight,
+        bytes, and for incoming links age_p50_ms / age_p99_ms); empty without link emulation."""
+        return self.links.metrics() if self.links is not None else {}
 
     @property
     def channels(self) -> list[Channel]:
