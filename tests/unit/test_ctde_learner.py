@@ -140,3 +140,31 @@ def test_agents_loading_the_sent_params_play_the_learned_game(mixer):
         dqn.set_params(final[agent].params)
         # Greedy with the learner's parameters: the action equals the bit it sees.
         np.testing.assert_array_equal(dqn.act(np.eye(2, dtype=np.float32), explore=False), [0, 1])
+
+
+def test_an_agent_transition_becomes_a_message_and_params_load_newest_first():
+    from agent_node.ctde_client import ParamsReceiver, transitions_message
+    from agent_node.roles import Transition
+
+    without_view = Transition(obs=np.zeros((2, 2)), action=np.zeros(2), reward=np.zeros(2), next_obs=np.zeros((2, 2)),
+                              terminated=np.zeros(2, bool), truncated=np.zeros(2, bool))
+    with pytest.raises(ValueError, match="global_state, next_global_state, copy_index.*global_view=True"):
+        transitions_message(0, 3, without_view)
+    state = np.arange(6, dtype=np.float32).reshape(2, 3)
+    transition = Transition(obs=np.ones((2, 2)), action=np.array([1, 0]), reward=np.array([0.5, -1.0]), next_obs=np.ones((2, 2)),
+                            terminated=np.array([False, True]), truncated=np.zeros(2, bool), global_state=state,
+                            next_global_state=state + 1, copy_index=np.array([3, 0]))
+    message = transitions_message(1, 3, transition)
+    assert JointRowAssembler(num_agents=2).add(message) is None  # a well-formed piece, waiting for agent 0
+    np.testing.assert_array_equal(message.copy_index, [3, 0])
+
+    box = gym.spaces.Box(0, 1, (2,), np.float32)
+    core = one_step_game_core(params_every=10)
+    sent = play(core, 51)  # 20 gradient steps: params at 10 and 20
+    dqn = DQNAgent(DQNConfig(hidden_sizes=(16,)), box, gym.spaces.Discrete(2), seed=3)
+    receiver = ParamsReceiver(dqn)
+    newest, older = [m for agent, m in sent if agent == 0 and m.gradient_step == 20][0], [m for agent, m in sent if agent == 0][0]
+    assert receiver.on_params(newest) and not receiver.on_params(older)
+    assert receiver.metrics() == {"ctde/params_updates": 1.0, "ctde/params_stale": 1.0, "ctde/params_gradient_step": 20.0}
+    for name, value in dqn.get_params().items():
+        np.testing.assert_array_equal(value, newest.params[name])
