@@ -23,12 +23,14 @@ same step and their consensus runs line up without any extra coordination.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Mapping, Protocol
 
 import numpy as np
 from gymnasium import spaces
 
+from agent_node.roles import ModelBasedLearner, ParamSource, ReplayLearner
 from agent_node.world_models import build_world_model
+from agent_node.world_models.config import WorldModelConfig
 
 
 class ConsensusSubject(Protocol):
@@ -40,7 +42,8 @@ class ConsensusSubject(Protocol):
 
 
 class OGMARLWorldModel:
-    def __init__(self, learner: Any) -> None:
+    def __init__(self, learner: ModelBasedLearner) -> None:
+        _require_role(learner, ModelBasedLearner, "learner kind og_marl (a model-based learner)")
         self.learner = learner
 
     def due(self, step: int) -> bool:
@@ -54,7 +57,8 @@ class OGMARLWorldModel:
 
 
 class PolicyParameters:
-    def __init__(self, learner: Any, period_steps: int) -> None:
+    def __init__(self, learner: ParamSource, period_steps: int) -> None:
+        _require_role(learner, ParamSource, "consensus.what: policy_parameters")
         self.learner = learner
         self.period_steps = period_steps
 
@@ -75,8 +79,8 @@ class LocalWorldModel:
 
     def __init__(
         self,
-        learner: Any,
-        world_model_config: Any,
+        learner: ReplayLearner,
+        world_model_config: WorldModelConfig,
         observation_space: spaces.Space,
         action_space: spaces.Space,
         *,
@@ -84,7 +88,12 @@ class LocalWorldModel:
         fit_transitions: int,
         average: str,  # "world_model_statistics" | "world_model_parameters"
         seed: int,
+        sampler_seed: int,
     ) -> None:
+        """`seed` builds the model (its initial weights, its own draws); `sampler_seed` draws the
+        replay rows it is fit on. Separate streams: changing how often the model is fit does not
+        change the learner's minibatches or the model's initialization."""
+        _require_role(learner, ReplayLearner, f"consensus.what: {average} (a world model fit on the replay buffer)")
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"a world model needs a Box observation space, got {observation_space}")
         self.learner = learner
@@ -96,13 +105,13 @@ class LocalWorldModel:
         # Discrete actions enter the model one-hot.
         action_dim = int(action_space.n) if isinstance(action_space, spaces.Discrete) else int(np.prod(action_space.shape))
         self.model = build_world_model(world_model_config, state_dim, action_dim, seed)
-        self.rng = np.random.default_rng(seed)
+        self.sampler = np.random.default_rng(sampler_seed)
 
     def due(self, step: int) -> bool:
         return step > 0 and step % self.period_steps == 0 and len(self.learner.replay) >= self.fit_transitions
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        batch = self.learner.replay.sample(self.fit_transitions)
+        batch = self.learner.replay.sample(self.fit_transitions, rng=self.sampler)
         states = batch["obs"].reshape(len(batch["obs"]), -1)
         next_states = batch["next_obs"].reshape(len(batch["next_obs"]), -1)
         actions = batch["action"]
@@ -131,3 +140,9 @@ class LocalWorldModel:
     def _mse(self, states, actions, next_states) -> float:
         mean, _ = self.model.predict(states, actions)
         return float(np.mean((mean - next_states) ** 2))
+
+
+def _require_role(learner: object, role: type, needed_by: str) -> None:
+    if not isinstance(learner, role):
+        raise TypeError(f"{needed_by} needs a learner that is a {role.__name__} (agent_node/roles.py); "
+                        f"{type(learner).__name__} is not")

@@ -51,6 +51,7 @@ from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.global_fields import GlobalFieldTracker
 from agent_node.recording import TransitionRecorder
+from agent_node.roles import NodeLearner
 from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.metrics import MetricsWriter
 from agent_node.peers import PeerMesh
@@ -152,7 +153,7 @@ class AgentNode:
         self.mesh: PeerMesh | None = None  # links to the neighbours and their liveness, once known
         self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
 
-        self.learner: Any = None
+        self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
         self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
@@ -241,6 +242,11 @@ class AgentNode:
             num_agents=len(welcome.possible_agents),
             agent_index=self.context.index,
         )
+        if not isinstance(self.learner, NodeLearner):
+            raise NodeFailure(
+                f"learner kind {self.config.learner.kind!r} built a {type(self.learner).__name__}, which is not a "
+                "NodeLearner (agent_node/roles.py: act, observe, gradient_steps_due, update, counters, state_dict)"
+            )
         subject = self._consensus_subject(observation_space, action_space)
         if self.config.record_dataset:
             self.recorder = TransitionRecorder.for_node(
@@ -281,6 +287,7 @@ class AgentNode:
             fit_transitions=self.config.world_model_fit_transitions,
             average=what,
             seed=self.context.seed("world_model"),
+            sampler_seed=self.context.seed("world_model_sampler"),
         )
 
     # ------------------------------------------------------------------ main loop

@@ -107,13 +107,17 @@ class ReplayBuffer:
         self.position = (self.position + num_rows) % self.capacity
         self.size = min(self.size + num_rows, self.capacity)
 
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
-        """`batch_size` rows drawn uniformly with replacement (copies, safe to modify)."""
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """`batch_size` rows drawn uniformly with replacement (copies, safe to modify).
+
+        `rng`: draw with this generator instead of the buffer's own, so a second reader (a world
+        model fit beside the learner) keeps its own random stream and leaves the learner's
+        minibatch draws as they would have been."""
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer; add transitions first")
-        indices = self.rng.integers(0, self.size, size=int(batch_size))
+        indices = (self.rng if rng is None else rng).integers(0, self.size, size=int(batch_size))
         return {name: getattr(self, name)[indices] for name in _DATA_FIELDS}
 
     def _validated_rows(self, transition: Transition) -> dict[str, np.ndarray]:

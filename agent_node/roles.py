@@ -8,6 +8,11 @@ algorithm file implements it by having the methods, without inheriting from anyt
 - `ParamSource`  exposes named parameter tensors as numpy arrays, for consensus averaging.
 - `WorldModel`   fits a dynamics model, predicts mean and variance, and exports / imports the
                  statistics that consensus averages.
+- `ModelBasedLearner` a learner with its own world model (OG-MARL): it says when its model is
+                 due for a refresh, fits it, and adopts the averaged statistics.
+- `ReplayLearner` a learner whose replay buffer others may read through its public methods
+                 (persistence saves it, a world model trained beside the learner samples it).
+- `NodeLearner`  what an agent node drives: an `Actor` and a `Learner` in one object.
 - `GoalModule`   proposes and accepts goals, computes goal rewards, relabels (goal negotiation
                  and hindsight issues fill it).
 
@@ -94,6 +99,28 @@ class Learner(Protocol):
 
 
 @runtime_checkable
+class NodeLearner(Actor, Learner, Protocol):
+    """What an agent node drives (agent_node/node.py): it acts on observations and learns from
+    the transitions they make. Every learner `agent_node.algos.build_learner` returns is one."""
+
+
+class ReplaySource(Protocol):
+    """The public side of a replay buffer (agent_node/replay.py) that other parts use."""
+
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]: ...
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class ReplayLearner(Protocol):
+    """A learner with a replay buffer: a world model trained beside it samples the buffer
+    (with the world model's own random stream), persistence saves and restores it."""
+
+    replay: ReplaySource
+
+
+@runtime_checkable
 class ParamSource(Protocol):
     def get_params(self) -> dict[str, np.ndarray]:
         """Named parameter tensors (copies), e.g. for consensus averaging."""
@@ -117,6 +144,23 @@ class WorldModel(Protocol):
 
     def import_statistics(self, stats: Mapping[str, np.ndarray], num_agents: int) -> None:
         """Adopt averaged statistics. `num_agents` lets a GP rescale an average back to a sum."""
+
+
+@runtime_checkable
+class ModelBasedLearner(Learner, Protocol):
+    """A learner that owns a world model and learns from it (OG-MARL, agent_node/algos/og_marl.py).
+    The node drives the model's consensus (agent_node/consensus_subjects.OGMARLWorldModel): the
+    learner decides when its model is due, fits it on fresh local data, and adopts the average."""
+
+    def model_refresh_due(self) -> bool:
+        """Is a refresh of the world model due now (the learner's own schedule)?"""
+
+    def fit_world_model(self) -> dict[str, np.ndarray]:
+        """Refit on local data; return the named statistics consensus averages."""
+
+    def adopt_world_model(self, averaged: Mapping[str, np.ndarray] | None, num_agents: int) -> dict[str, float]:
+        """Use the averaged statistics (None: consensus is off, keep the local model); return
+        scalar metrics of the refresh."""
 
 
 @runtime_checkable

@@ -162,10 +162,15 @@ class EnsembleConfig(BaseModel):
     batch_size: int = Field(default=256, ge=1)
     # A fit stops at whichever comes first: `epochs_per_fit` passes over the training split,
     # `max_steps_per_fit` gradient steps, or `early_stop_patience` epochs in a row in which no
-    # member improved its holdout error by more than 1 %. Each member keeps its best weights.
+    # member improved its holdout error by more than `early_stop_min_improvement` (relative).
+    # Each member keeps its best weights.
     epochs_per_fit: int = Field(default=20, ge=0)
     max_steps_per_fit: int = Field(default=500, ge=0)
     early_stop_patience: int = Field(default=5, ge=1)
+    # A member "improves" when its holdout MSE drops below (1 - this) x its best so far. 1 %:
+    # smaller changes are within the noise of a holdout split of a few hundred rows, and counting
+    # them as progress keeps a fit running for its whole step budget without a better model.
+    early_stop_min_improvement: float = Field(default=0.01, ge=0, lt=1)
     holdout_fraction: float = Field(default=0.2, ge=0, lt=1)
 
     # Soft bounds on the predicted log-variance, learned, with a small penalty that keeps them

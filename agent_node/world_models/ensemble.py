@@ -41,7 +41,6 @@ from torch import nn
 
 from agent_node.world_models.config import EnsembleConfig
 
-_RELATIVE_IMPROVEMENT = 0.01  # a member "improves" when its holdout MSE drops by more than 1 %
 _MIN_INPUT_STD = 1e-8  # inputs with a smaller spread are not rescaled (e.g. a constant feature)
 
 
@@ -198,7 +197,7 @@ class EnsembleWorldModel:
             last_epoch_nll = float(np.mean(epoch_nll))
 
             mse = self._member_mse(eval_x, eval_y)
-            improved = mse < best_mse * (1 - _RELATIVE_IMPROVEMENT)
+            improved = mse < best_mse * (1 - config.early_stop_min_improvement)
             if bool(improved.any()):
                 epochs_without_improvement = 0
                 with torch.no_grad():

@@ -140,6 +140,17 @@ def test_same_seed_same_samples():
     np.testing.assert_array_equal(first.sample(20)["reward"], second.sample(20)["reward"])
 
 
+def test_sampling_with_a_callers_generator_leaves_the_buffers_stream_alone():
+    """A second reader (a world model fit beside the learner) draws with its own stream: the
+    learner's minibatches are the same whether or not it read the buffer in between."""
+    untouched, shared = make_buffer(seed=7), make_buffer(seed=7)
+    for buffer in (untouched, shared):
+        buffer.add(numbered_transition(0, 10))
+    reader = shared.sample(50, rng=np.random.default_rng(123))["reward"]
+    np.testing.assert_array_equal(reader, np.random.default_rng(123).integers(0, 10, size=50).astype(np.float32))
+    np.testing.assert_array_equal(untouched.sample(20)["reward"], shared.sample(20)["reward"])
+
+
 @pytest.mark.parametrize("rows_added", [3, 13])  # before and after the ring wraps
 def test_save_load_round_trip_is_exact(tmp_path, rows_added):
     original = make_buffer(capacity=10, seed=3)

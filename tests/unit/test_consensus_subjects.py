@@ -1,0 +1,59 @@
+"""Consensus subjects reach the learner through declared roles (agent_node/roles.py): a learner
+that lacks the role a subject needs is refused at build time, naming the role and the setting;
+a world model fit beside the learner samples its replay buffer with its own random stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from agent_node.consensus_subjects import LocalWorldModel, OGMARLWorldModel, PolicyParameters
+from agent_node.replay import ReplayBuffer
+from agent_node.roles import Transition
+from agent_node.world_models.config import SparseGPConfig
+
+OBS = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+ACTIONS = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+GP = SparseGPConfig(num_inducing=27, input_low=[-1.0] * 3, input_high=[1.0] * 3)
+
+
+class ReplayOnly:
+    """A learner as far as a world model fit beside it is concerned: a replay buffer."""
+
+    def __init__(self, seed: int) -> None:
+        self.replay = ReplayBuffer(100, (2,), np.float32, (1,), np.float32, seed)
+        rng = np.random.default_rng(0)
+        obs = rng.uniform(-1, 1, (50, 2)).astype(np.float32)
+        action = rng.uniform(-1, 1, (50, 1)).astype(np.float32)
+        self.replay.add(Transition(obs, action, np.zeros(50, np.float32), obs + 0.1 * action,
+                                   np.zeros(50, bool), np.zeros(50, bool)))
+
+
+def local_model(learner, sampler_seed: int) -> LocalWorldModel:
+    return LocalWorldModel(learner, GP, OBS, ACTIONS, period_steps=10, fit_transitions=20,
+                           average="world_model_statistics", seed=1, sampler_seed=sampler_seed)
+
+
+def test_subjects_refuse_a_learner_without_the_role_they_need():
+    with pytest.raises(TypeError, match="policy_parameters.*ParamSource.*object is not"):
+        PolicyParameters(object(), period_steps=10)
+    with pytest.raises(TypeError, match="og_marl.*ModelBasedLearner"):
+        OGMARLWorldModel(object())
+    with pytest.raises(TypeError, match="world_model_statistics.*ReplayLearner"):
+        local_model(object(), sampler_seed=2)
+
+
+def test_world_model_samples_with_its_own_stream_not_the_learners():
+    alone, beside_a_model = ReplayOnly(seed=5), ReplayOnly(seed=5)
+    model = local_model(beside_a_model, sampler_seed=2)
+    statistics = model.prepare()  # fits on 20 rows drawn with the sampler stream
+    assert statistics and all(np.all(np.isfinite(value)) for value in statistics.values())
+    # The learner's own minibatch draws are as if the model had never read the buffer.
+    np.testing.assert_array_equal(alone.replay.sample(16)["obs"], beside_a_model.replay.sample(16)["obs"])
+    # And the sampler stream decides which rows the model saw: another sampler seed, other rows.
+    first = local_model(ReplayOnly(seed=5), sampler_seed=2)._sample()[0]
+    same = local_model(ReplayOnly(seed=5), sampler_seed=2)._sample()[0]
+    other = local_model(ReplayOnly(seed=5), sampler_seed=3)._sample()[0]
+    np.testing.assert_array_equal(first, same)
+    assert not np.array_equal(first, other)
