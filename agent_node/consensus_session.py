@@ -71,6 +71,13 @@ class ConsensusSession:
             return []  # nothing to exchange: `finish_if_done` adopts the local tensors
         return self.engine.start(ConsensusRequest(tensors, epoch=held.step), now)
 
+    def replace_held(self, newer: m.EnvObservation) -> None:
+        """The env server stepped on while we averaged (the consensus outlasted its step
+        deadline): answer the newest observation when the run ends, not the stale one."""
+        if self.held is None:
+            raise RuntimeError(f"replace_held(step {newer.step}) while not averaging")
+        self.held = newer
+
     def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
         if self.engine is None:
             log.warning("consensus %s from %s, but consensus is off in this run", type(message).__name__, sender)

@@ -394,6 +394,9 @@ class AgentNode:
             self.on_evaluation_observation(message)
             return
         self.step = message.step
+        if self._still_holding_an_observation():
+            self._on_stepped_without_answer(message)
+            return
         self._record_transition(message)
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
@@ -402,6 +405,29 @@ class AgentNode:
             self._start_consensus(message)
             return
         self._act(message)
+
+    def _still_holding_an_observation(self) -> bool:
+        return self.waiting_for_updates is not None or (self.consensus is not None and self.consensus.averaging)
+
+    def _on_stepped_without_answer(self, message: m.EnvObservation) -> None:
+        """A new observation while the last one is still held (averaging, or learning owed
+        updates) for longer than `env.step_deadline_s`: the server played our default action
+        and moved on. Keep the rewards and episode ends, learn nothing from that step, and
+        answer the newest observation when the hold ends."""
+        log.warning(
+            "the env server stepped on to step %d while this agent held its observation (%s); "
+            "raise env.step_deadline_s if this repeats",
+            message.step, "averaging" if self.waiting_for_updates is None else "learning owed updates",
+        )
+        self.metrics.accumulate({"env/stepped_without_answer": 1.0})
+        self.episodes.stepped_without_answer()
+        self._record_transition(message)
+        if message.run_finished:
+            self.begin_draining(RUN_BUDGET_SPENT)
+        elif self.waiting_for_updates is not None:
+            self.waiting_for_updates = message
+        else:
+            self.consensus.replace_held(message)
 
     def _act(self, message: m.EnvObservation) -> None:
         if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps:

@@ -61,10 +61,19 @@ class TransitionAssembler:
         self.last_obs: np.ndarray | None = None
         self.last_action: np.ndarray | None = None
         self.last_active: np.ndarray | None = None
+        # False when the env server stepped without this agent's answer (it came after the step
+        # deadline): the server played its default action, so the next observation does not
+        # follow from `last_action`; that step yields no transition, only rewards and episode ends.
+        self.last_action_applied = True
+
+    def stepped_without_answer(self) -> None:
+        """The env server went on without the answer to the last observation."""
+        self.last_action_applied = False
 
     def acted(self, observations: np.ndarray, actions: np.ndarray, active: np.ndarray) -> None:
         """Remember what the agent saw and sent; the next `observe` pairs it with the outcome."""
         self.last_obs, self.last_action, self.last_active = observations, actions, np.asarray(active, dtype=bool)
+        self.last_action_applied = True
 
     def observe(self, message: m.EnvObservation) -> AssembledStep:
         """The rows and finished episodes that `message` (a training observation) completes."""
@@ -92,7 +101,7 @@ class TransitionAssembler:
                 starts.reshape(-1, *([1] * (observations.ndim - 1))), message.final_observations[agent], observations
             )
         transition = None
-        if took_part.any():
+        if took_part.any() and self.last_action_applied:
             rows = np.flatnonzero(took_part)
             transition = Transition(
                 obs=self.last_obs[rows],

@@ -134,13 +134,6 @@ def consensus_episodes(metrics_path: Path) -> list[list[dict]]:
 
 
 @requires_namespaces
-@pytest.mark.xfail(
-    strict=False,
-    reason="agent_node bug (main after the issue-8 merge): when a consensus outlasts env.step_deadline_s "
-    "(here: rounds waiting for the cut-off neighbour), the env server steps on without the averaging agents, "
-    "the next EnvObservation arrives in state 'averaging' and node.on_observation starts a second consensus: "
-    "IllegalTransition 'averaging -> averaging', the agent exits 1. Passes when the cut misses a consensus.",
-)
 def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
     """Cut agent_2's host off the bridge for longer than the membership timeout, heal it, and
     check that consensus rounds after the heal include every neighbour and converge."""

@@ -116,3 +116,14 @@ def test_beginning_twice_without_finishing_is_refused():
     sessions["a"].begin(held(10), now=0.0)
     with pytest.raises(RuntimeError, match="began at step 20 while still holding step 10"):
         sessions["a"].begin(held(20), now=0.1)
+
+
+def test_a_newer_observation_replaces_the_held_one_while_averaging():
+    """The env server stepped on during a long consensus: the session answers the newest."""
+    session = ConsensusSession(None, RecordingSubject(1.0), num_agents=1)
+    session.begin(held(10), now=0.0)
+    session.replace_held(held(11))
+    finished = session.finish_if_done(now=1.0)
+    assert finished is not None and finished.held.step == 11
+    with pytest.raises(RuntimeError, match="not averaging"):
+        session.replace_held(held(12))

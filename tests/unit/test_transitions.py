@@ -139,3 +139,25 @@ def test_bad_input_is_refused_with_what_was_expected():
         assembler.observe(observation(1, [[0, 0], [1, 1]], evaluation=True))
     with pytest.raises(ValueError, match="num_copies must be at least 1"):
         TransitionAssembler(AGENT, num_copies=0)
+
+
+def test_a_step_taken_without_our_answer_yields_no_transition_but_keeps_rewards_and_episode_ends():
+    """The env server played the default action (our answer came after its deadline): the next
+    observation does not follow from our remembered action, so no row is learned from it, but
+    the step's reward still counts towards the episode, and an episode it ends is reported."""
+    assembler = TransitionAssembler(AGENT, num_copies=2)
+    first = observation(0, [[0, 0], [1, 1]])
+    assembler.observe(first)
+    act(assembler, first, [3, 4])
+    second = observation(1, [[2, 2], [3, 3]], reward=1.0)
+    assert assembler.observe(second).transition is not None
+    act(assembler, second, [5, 6])
+
+    assembler.stepped_without_answer()  # step 2 was played without us
+    third = observation(2, [[4, 4], [5, 5]], reward=2.0, terminated=[True, False], final=[[9, 9], None])
+    step = assembler.observe(third)
+    assert step.transition is None
+    assert [(e.copy, e.episode_return, e.length) for e in step.finished] == [(0, 3.0, 2)]
+
+    act(assembler, third, [7, 8])  # answering again: learning resumes from the next step
+    assert assembler.observe(observation(3, [[6, 6], [7, 7]])).transition is not None
