@@ -2,6 +2,12 @@
 
 import sys
 
-from orchestrator.cli import main
+try:
+    from orchestrator.cli import main
+except KeyboardInterrupt:
+    # Ctrl-C while the CLI is still importing (a second on a loaded machine): nothing has been
+    # created or launched yet, so stop quietly with the shell's code for SIGINT.
+    print("orchestrate: interrupted before launch", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

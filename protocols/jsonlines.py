@@ -48,7 +48,7 @@ class LineFile:
                 os.ftruncate(self._fd, size_before)  # drop the torn tail, if any
             except OSError:
                 pass
-            cause = "the disk is full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
+            cause = "no space left on its file system" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
             self.failed = LineWriteError(error.errno, f"cannot write to {self.path}: {cause}")
             raise self.failed from None
 
