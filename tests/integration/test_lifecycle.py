@@ -221,7 +221,7 @@ def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
     kill = "{at_s: 1.0, kind: kill, random: {count: 1}}"
     drawn = plan_faults(load_config(REPO / "configs/tiny_ring.yaml", [f"faults.schedule=[{kill}]"]))[0].targets
     paused = next(agent for agent in ("agent_0", "agent_1", "agent_2") if agent not in drawn)
-    schedule = f"[{{at_s: 0.5, kind: pause, nodes: [{paused}]}}, {{at_s: 4.5, kind: resume, nodes: [{paused}]}}, {kill}]"
+    schedule = f"[{{at_s: 0.5, kind: pause, nodes: [{paused}]}}, {{at_s: 6.5, kind: resume, nodes: [{paused}]}}, {kill}]"
     run_dir = tmp_path / "run"
     process = orchestrate(
         "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=400", "--set", f"faults.schedule={schedule}"
@@ -229,14 +229,14 @@ def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
     _, stderr = process.communicate(timeout=170)
     events = read_events(run_dir)
     faults = [e for e in events if e["event"] == "fault"]
-    assert [(f["kind"], f["at_s"]) for f in faults] == [("pause", 0.5), ("kill", 1.0), ("resume", 4.5)]
+    assert [(f["kind"], f["at_s"]) for f in faults] == [("pause", 0.5), ("kill", 1.0), ("resume", 6.5)]
     started = next(e["t"] for e in events if e["event"] == "started")
     for fault in faults:
         assert fault["t"] - started >= fault["at_s"], "never early"
     assert list(faults[1]["nodes"]) == list(drawn) and faults[1]["chosen_by"] == "random"
     died = next(e for e in events if e["event"] == "exited" and e["node"] == drawn[0])
     assert died["code"] == -signal.SIGKILL and died["expected"] and died["scheduled_kill"]
-    # SIGSTOP for 4 s: detected by the missing status reports, then seen again.
+    # SIGSTOP for 6 s: detected by the missing status reports, then seen again.
     assert [e["node"] for e in events if e["event"] == "paused"] == [paused]
     assert [e["node"] for e in events if e["event"] == "resumed"] == [paused]
     # A scheduled kill is not a failure: the others finish the budget.
@@ -247,9 +247,10 @@ def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
 
 def test_a_killed_agent_is_restarted_by_policy_and_steps_again_from_its_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
+    steps = 3000  # ~13 s on an idle 2-core machine: the run must outlast both faults (600 steps took 2.6 s)
     process = orchestrate(
-        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=600",
-        "--set", "faults.schedule=[{at_s: 2, kind: kill, nodes: [agent_1]}, {at_s: 4, kind: restart, nodes: [agent_2]}]",
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={steps}",
+        "--set", "faults.schedule=[{at_s: 2, kind: kill, nodes: [agent_1]}, {at_s: 3, kind: restart, nodes: [agent_2]}]",
         "--set", "faults.restart={policy: on-failure, max_restarts: 2, backoff_s: 0.5}",
     )  # fmt: skip
     _, stderr = process.communicate(timeout=170)
@@ -267,7 +268,7 @@ def test_a_killed_agent_is_restarted_by_policy_and_steps_again_from_its_checkpoi
         # Back and stepping: metric rows written after it rejoined, up to the end of the budget.
         rows = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
         after = [r for r in rows if r["t"] > rejoined["t"]]
-        assert after and after[-1]["step"] == 600
+        assert after and after[-1]["step"] == steps
         assert after[0]["t"] - rejoined["t"] < 5.0, "stepping again within 5 s of rejoining"
         assert [e["code"] for e in mine if e["event"] == "exited"][-1] == 0
     assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})

@@ -144,7 +144,7 @@ def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
     og_marl = yaml.safe_load((REPO / "configs/tiny_og_marl.yaml").read_text())
     for section in ("env", "agents", "topology", "protocols"):
         config[section] = og_marl[section]
-    config["run"] = {**og_marl["run"], "name": "ssh_partition", "steps": 600}
+    config["run"] = {**og_marl["run"], "name": "ssh_partition", "steps": 3000}  # outlasts the cut: 600 steps took 5 s
     config["protocols"]["membership"] = {"heartbeat_every_s": 0.5, "timeout_s": 3.0}
     for host in config["launch"]["hosts"]:
         host["alive_timeout_s"] = 60.0  # the ssh sessions outlive the partition; the protocols must not
