@@ -165,6 +165,9 @@ def measure(agents: int, steps: int, transport: str, workers: list[int]) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", type=int, nargs="+", default=[4], help="agent counts N to measure (e.g. 4 8 16)")
+    parser.add_argument("--hosts", type=int, default=None, metavar="H",
+                        help="spread over H network namespaces against one host, tcp over ssh (bench/throughput_hosts.py; root)")
+    parser.add_argument("--repeats", type=int, default=1, help="with --hosts: rows per K, alternating one host / spread")
     parser.add_argument("--steps", type=int, default=20_000, help="environment steps per measurement")
     parser.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
@@ -175,6 +178,12 @@ def main() -> None:
         parser.error(f"--agents: expected positive counts, got {args.agents}")
     if any(not 1 <= w <= 8 for w in args.workers):
         parser.error(f"--workers: expected counts between 1 and K=8, got {args.workers}")
+    if args.hosts is not None:
+        if not 2 <= args.hosts <= 8 or args.repeats < 1:
+            parser.error(f"--hosts/--repeats: expected 2 to 8 hosts and at least 1 repeat, got {args.hosts} / {args.repeats}")
+        from throughput_hosts import run_across_hosts  # bench/ is this script's directory
+
+        raise SystemExit(run_across_hosts(args.hosts, args.agents, args.steps, args.repeats, args.json))
 
     started = time.time()
     rows = [measure(n, args.steps, args.transport, args.workers) for n in args.agents]
