@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent_node.config import AgentsConfig
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
+from orchestrator.backends.ray_config import RayPlacement
 from protocols.config_errors import ConfigError, format_validation_error
 from orchestrator.overrides import apply_overrides, load_yaml
 from protocols.seeds import derive_seed
@@ -154,18 +155,20 @@ class FaultsConfig(BaseModel):
     schedule: list[FaultEvent] = []
 
 
-_LATER_BACKENDS = ("ray",)
+_LATER_BACKENDS: tuple[str, ...] = ()
 
 
 class LaunchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["local", "ssh"] = "local"
+    backend: Literal["local", "ssh", "ray"] = "local"
     # With backend ssh: the machines and which nodes run on each (orchestrator/backends/hosts.py),
     # and the address of this (the launching) machine that those hosts reach the control
     # channel at.
     hosts: list[SshHost] = []
     control_host: str | None = None
+    # With backend ray: the cluster and the placement (orchestrator/backends/ray_config.py).
+    ray: RayPlacement | None = None
     # How the local backend starts nodes (orchestrator/launcher.py): "fork_server" forks every
     # node from one process that has imported torch and the node code (shared copy-on-write
     # pages: ~4x less memory per agent, faster start); "spawn" starts each as `python -m ...`.
@@ -192,6 +195,11 @@ class LaunchConfig(BaseModel):
                 raise ValueError("launch.hosts: expected at least one host with backend 'ssh', got none")
             if self.control_host is None:
                 raise ValueError("launch.control_host: expected the launching machine's address the hosts reach, got none")
+        elif self.backend == "ray":
+            if self.ray is None:
+                raise ValueError("launch.ray: expected the cluster section (address, project_root, ...) with backend 'ray', got none")
+            if self.hosts:
+                raise ValueError("launch.hosts: only used with backend 'ssh', got hosts with backend 'ray'")
         elif self.hosts or self.control_host is not None:
             raise ValueError(f"launch.hosts / launch.control_host are only used with backend 'ssh', got backend {self.backend!r}")
         return self
@@ -259,6 +267,10 @@ class RunConfig(BaseModel):
                 f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
             )
 
+        if self.launch.backend == "ray":
+            if self.network.transport != "tcp":
+                problems.append(f"network.transport: expected 'tcp' with launch.backend 'ray' (ipc is one host only), got {self.network.transport!r}")
+            problems += self.launch.ray.check_nodes(list(valid_ids))
         if self.launch.backend == "ssh":
             if self.network.transport != "tcp":
                 problems.append(f"network.transport: expected 'tcp' with launch.backend 'ssh' (ipc is one host only), got {self.network.transport!r}")

@@ -129,6 +129,10 @@ def make_backend(plan: LaunchPlan, config: RunConfig, events: EventLog):
         from orchestrator.backends.ssh import SshBackend
 
         return SshBackend(config, events)
+    if config.launch.backend == "ray":
+        from orchestrator.backends.ray import RayBackend
+
+        return RayBackend(config, events)
     return LocalBackend(make_launcher(plan, config))
 
 

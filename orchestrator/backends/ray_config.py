@@ -4,10 +4,6 @@ and the placement decision it leads to (one placement-group bundle per Parley no
 Kept apart from the backend so the config can be validated, and the placement decided and tested,
 without Ray installed (Ray is the optional extra `pip install '.[ray]'`). No torch, no zmq, no ray.
 
-Status: the section and the placement decision are built and unit-tested; the backend that
-starts nodes on a Ray cluster (orchestrator/backends/ray.py) is not built yet, so
-`launch.backend: ray` is still refused by orchestrator/config.py.
-
 Placement: every node gets one bundle `{"CPU": cpus_per_node}`. A node pinned to a machine gets
 Ray's per-machine resource `node:<ip>` (every Ray node offers `node:<its ip>: 1.0`) with a small
 share in its bundle, so the placement group can only put that bundle on that machine. The group's
@@ -40,6 +36,11 @@ class RayPlacement(BaseModel):
     cpus_per_node: float = Field(1.0, gt=0)
     # Node id (`env`, `agent_0`, ...) -> the IP of the Ray machine it must run on.
     pin: dict[str, str] = {}
+    # On every Ray machine: where the node's run files live (<workdir>/<run id>/ mirrors the run
+    # dir), and a checkout of Parley put first on the node's PYTHONPATH. The node runs with the
+    # Ray worker's interpreter, so that machine's Ray environment must have Parley's dependencies.
+    workdir: str = Field("/tmp/parley-ray", min_length=1)
+    project_root: str = Field(min_length=1)
 
     @field_validator("address")
     @classmethod

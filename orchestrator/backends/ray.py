@@ -1,0 +1,212 @@
+"""The Ray launch backend: each Parley node is a real OS process on a machine of a Ray cluster.
+
+The orchestrator joins an existing cluster (`launch.ray.address`), reserves one placement-group
+bundle per node (`launch.ray.strategy`, `launch.ray.pin`; see ray_config.py), and puts in each
+bundle a small `NodeRunner` actor. The actor runs `python -m agent_node ...` (or the env server)
+as a subprocess on its machine and answers pid / exit code / new log bytes / signal / gather.
+Ray's own recovery is off (max_restarts=0, max_task_retries=0): Parley's fault schedule owns
+restarts, and a node that dies is seen dead, not silently replaced.
+
+What travels where (as the ssh backend does):
+- shipped before start: a tar of resolved.yaml (run dir rewritten to the machine's
+  `<workdir>/<run id>`) and, with authentication on, the run's key files and the node's own key;
+- the log: pulled from the actor each time the runtime polls the node, appended to the local
+  `nodes/<id>/log` (streamed, in poll-sized pieces);
+- gathered after exit: the node's directory (metrics, checkpoints, replay) and its tb/ events.
+Endpoints are advertised at the Ray machine's IP (the actor's `ray.util.get_node_ip_address()`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+try:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+except ImportError:  # the optional extra is not installed
+    ray = None
+
+from orchestrator.backends.ray_config import placement_bundles
+from orchestrator.backends.ssh import SshBackend
+from protocols.settings import node_ids as run_node_ids
+
+# Longest wait for the cluster to grant the placement group, and for one actor call.
+PLACEMENT_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 30.0
+
+
+def require_ray() -> None:
+    if ray is None:
+        raise RuntimeError("launch.backend 'ray' needs Ray: install the extra with pip install '.[ray]' (ray==2.60.0)")
+
+
+class NodeRunnerImpl:
+    """Runs one Parley node as a subprocess on the Ray machine it was placed on."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.run_dir = ""
+        self.log_path = ""
+        self.log_offset = 0
+
+    def ip(self) -> str:
+        return ray.util.get_node_ip_address()
+
+    def start(self, run_dir: str, files: bytes, argv: list[str], env: dict[str, str], node_id: str) -> int:
+        self.run_dir = run_dir
+        node_dir = Path(run_dir) / "nodes" / node_id
+        for sub in ("checkpoints", "replay"):
+            (node_dir / sub).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "tb").mkdir(parents=True, exist_ok=True)
+        old_umask = os.umask(0o077)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(files)) as tar:
+                tar.extractall(run_dir, filter="data")
+        finally:
+            os.umask(old_umask)
+        self.log_path = str(node_dir / "ray.log")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                argv, cwd=run_dir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self.process.pid
+
+    def poll(self) -> tuple[int | None, bytes]:
+        """The exit code (None while running) and the log bytes written since the last call."""
+        code = self.process.poll()
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            new = log.read()
+        self.log_offset += len(new)
+        return code, new
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def gather(self, node_id: str) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            node_dir = Path(self.run_dir) / "nodes" / node_id
+            for path in sorted(node_dir.rglob("*")):
+                if path.is_file() and path.name != "ray.log":
+                    tar.add(path, arcname=str(path.relative_to(self.run_dir)))
+            tb = Path(self.run_dir) / "tb" / node_id
+            if tb.exists():
+                tar.add(tb, arcname=f"tb/{node_id}")
+        return buffer.getvalue()
+
+
+class RayNodeHandle:
+    """pid/poll/wait (subprocess.Popen's meaning) of a node that runs inside a NodeRunner actor."""
+
+    def __init__(self, actor, pid: int, log_file) -> None:
+        self.actor = actor
+        self.pid = pid
+        self.log_file = log_file
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            code, new = ray.get(self.actor.poll.remote(), timeout=CALL_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            # The actor (or its machine) is gone: the node is dead as far as the run can tell.
+            self.log_file.write(f"[parley ray backend] node runner lost: {error}\n".encode())
+            code, new = 255, b""
+        if new:
+            self.log_file.write(new)
+            self.log_file.flush()
+        self.returncode = code
+        return code
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("ray node", timeout)
+            time.sleep(0.1)
+        return self.returncode
+
+
+class RayBackend:
+    """Starts, signals and gathers nodes on a Ray cluster; the runtime's backend duck type."""
+
+    def __init__(self, config, events) -> None:
+        require_ray()
+        assert config.runtime is not None, "the ray backend needs a resolved config"
+        self.config = config
+        self.events = events
+        self.placement = config.launch.ray
+        self.run_id = config.runtime.run_id
+        self.local_run_dir = Path(config.runtime.run_dir)
+        self.files = SshBackend.__new__(SshBackend)  # reuse its shipped_files (resolved.yaml + keys)
+        self.files.config, self.files.run_id, self.files.local_run_dir = config, self.run_id, self.local_run_dir
+        self.files.remote_run_dir = lambda node_id: self.remote_run_dir
+        self.remote_run_dir = f"{self.placement.workdir.rstrip('/')}/{self.run_id}"
+        self.actors: dict = {}
+        self.ips: dict[str, str] = {}
+        self.group = None
+
+    def prepare(self) -> None:
+        node_ids = list(run_node_ids(self.config.agents.count))
+        ray.init(address=self.placement.address, namespace=f"parley-{self.run_id}", log_to_driver=False)
+        bundles, strategy = placement_bundles(node_ids, self.placement)
+        self.group = placement_group(bundles, strategy=strategy)
+        ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        runner = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=0)(NodeRunnerImpl)
+        for index, node_id in enumerate(node_ids):
+            self.actors[node_id] = runner.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)
+            ).remote()
+        ips = ray.get([self.actors[n].ip.remote() for n in node_ids], timeout=PLACEMENT_TIMEOUT_S)
+        self.ips = dict(zip(node_ids, ips))
+        self.events.write("ray_placed", None, strategy=strategy, hosts=self.ips)
+
+    def close(self) -> None:
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        if self.group is not None:
+            remove_placement_group(self.group)
+        ray.shutdown()
+
+    def advertised_host(self, node_id: str) -> str:
+        return self.ips[node_id]
+
+    def start(self, node) -> None:
+        launch = node.launch
+        launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+        node.log_file = launch.log_path.open("ab")
+        argv = list(launch.argv)
+        argv[argv.index("--config") + 1] = f"{self.remote_run_dir}/resolved.yaml"
+        env = {**launch.env, "PYTHONPATH": self.placement.project_root}
+        actor = self.actors[launch.node_id]
+        pid = ray.get(
+            actor.start.remote(self.remote_run_dir, self.files.shipped_files(launch.node_id), argv, env, launch.node_id),
+            timeout=CALL_TIMEOUT_S,
+        )
+        node.process = RayNodeHandle(actor, pid, node.log_file)
+
+    def signal(self, node, signum: int) -> None:
+        """Forwarded through the node's actor to the process on its machine."""
+        if node.process is None or node.process.poll() is not None:
+            return
+        ray.get(node.process.actor.signal.remote(signum), timeout=CALL_TIMEOUT_S)
+
+    def finish(self, node) -> None:
+        node_id = node.launch.node_id
+        try:
+            archive = ray.get(self.actors[node_id].gather.remote(node_id), timeout=CALL_TIMEOUT_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+            self.events.write("gather_failed", node_id, error=str(error))
+            return
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(self.local_run_dir, filter="data")
