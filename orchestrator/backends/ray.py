@@ -203,6 +203,8 @@ class RayBackend:
 
     def finish(self, node) -> None:
         node_id = node.launch.node_id
+        if node_id not in self.actors or not isinstance(node.process, RayNodeHandle):
+            return  # never placed or never started: nothing on a Ray machine to gather
         try:
             archive = ray.get(self.actors[node_id].gather.remote(node_id), timeout=CALL_TIMEOUT_S)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
