@@ -61,7 +61,7 @@ def test_ssh_needs_hosts_and_control_host_and_local_refuses_them():
     assert "launch.control_host: expected" in errors_of(ssh_config(control_host=None))
     data = ssh_config(backend="local")
     assert "only used with backend 'ssh'" in errors_of(data)
-    assert "the 'ray' backend is not implemented yet" in errors_of(ssh_config(backend="ray"))
+    assert "launch.ray: expected the cluster section" in errors_of(ssh_config(backend="ray"))
 
 
 def test_with_host_replaces_only_tcp_hosts():
