@@ -158,14 +158,19 @@ class FaultsConfig(BaseModel):
 _LATER_BACKENDS: tuple[str, ...] = ()
 
 
+def _is_loopback(host: str) -> bool:
+    """True for an address (or name) that only this machine reaches: 127.0.0.0/8, ::1, localhost."""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 class LaunchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["local", "ssh", "ray"] = "local"
-    # With backend ssh: the machines and which nodes run on each (orchestrator/backends/hosts.py),
-    # and the address of this (the launching) machine that those hosts reach the control
-    # channel at.
+    # With backend ssh: the machines and which nodes run on each (orchestrator/backends/hosts.py).
     hosts: list[SshHost] = []
+    # With backend ssh or ray: the address of this (the launching) machine that the other
+    # machines reach the control channel at.
     control_host: str | None = None
     # With backend ray: the cluster and the placement (orchestrator/backends/ray_config.py).
     ray: RayPlacement | None = None
@@ -195,13 +200,20 @@ class LaunchConfig(BaseModel):
                 raise ValueError("launch.hosts: expected at least one host with backend 'ssh', got none")
             if self.control_host is None:
                 raise ValueError("launch.control_host: expected the launching machine's address the hosts reach, got none")
+            if self.ray is not None:
+                raise ValueError("launch.ray: only used with backend 'ray', got a ray section with backend 'ssh'")
         elif self.backend == "ray":
             if self.ray is None:
                 raise ValueError("launch.ray: expected the cluster section (address, project_root, ...) with backend 'ray', got none")
             if self.hosts:
                 raise ValueError("launch.hosts: only used with backend 'ssh', got hosts with backend 'ray'")
-        elif self.hosts or self.control_host is not None:
-            raise ValueError(f"launch.hosts / launch.control_host are only used with backend 'ssh', got backend {self.backend!r}")
+            if self.control_host is None:
+                raise ValueError("launch.control_host: expected the launching machine's address the Ray machines reach, got none")
+        elif self.hosts or self.control_host is not None or self.ray is not None:
+            raise ValueError(
+                "launch.hosts / launch.control_host / launch.ray are only used with backend 'ssh' or 'ray', "
+                f"got backend {self.backend!r}"
+            )
         return self
 
 
@@ -267,18 +279,28 @@ class RunConfig(BaseModel):
                 f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
             )
 
-        if self.launch.backend == "ray":
+        if self.launch.backend in ("ssh", "ray"):
+            backend = self.launch.backend
             if self.network.transport != "tcp":
-                problems.append(f"network.transport: expected 'tcp' with launch.backend 'ray' (ipc is one host only), got {self.network.transport!r}")
+                problems.append(f"network.transport: expected 'tcp' with launch.backend {backend!r} (ipc is one host only), got {self.network.transport!r}")
+            if self.network.advertise_host is not None:
+                where = "launch.hosts address" if backend == "ssh" else "Ray machine's IP"
+                problems.append(
+                    f"network.advertise_host: expected none with launch.backend {backend!r} (each node is advertised at its "
+                    f"{where}), got {self.network.advertise_host!r}"
+                )
+            if _is_loopback(self.network.bind_host) and (
+                backend == "ray" or not all(_is_loopback(host.address) for host in self.launch.hosts)
+            ):
+                # Each node is advertised at its machine's address; bound to loopback it would
+                # not be listening there, and its peers would stay connecting.
+                problems.append(
+                    f"network.bind_host: expected 0.0.0.0 or an interface the other machines reach with launch.backend "
+                    f"{backend!r}, got the loopback address {self.network.bind_host!r}"
+                )
+        if self.launch.backend == "ray":
             problems += self.launch.ray.check_nodes(list(valid_ids))
         if self.launch.backend == "ssh":
-            if self.network.transport != "tcp":
-                problems.append(f"network.transport: expected 'tcp' with launch.backend 'ssh' (ipc is one host only), got {self.network.transport!r}")
-            if self.network.advertise_host is not None:
-                problems.append(
-                    "network.advertise_host: expected none with launch.backend 'ssh' (each node is advertised at its "
-                    f"launch.hosts address), got {self.network.advertise_host!r}"
-                )
             placed: dict[str, int] = {}
             for position, host in enumerate(self.launch.hosts):
                 for node in host.nodes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ except ImportError:  # the optional extra is not installed
     ray = None
 
 from orchestrator.backends.ray_config import placement_bundles
-from orchestrator.backends.ssh import SshBackend
+from orchestrator.backends.ssh import shipped_files
 from protocols.settings import node_ids as run_node_ids
 
 # Longest wait for the cluster to grant the placement group, and for one actor call.
@@ -71,6 +72,9 @@ class NodeRunnerImpl:
         finally:
             os.umask(old_umask)
         self.log_path = str(node_dir / "ray.log")
+        # The interpreter of this Ray worker (the one `ray start` ran with on this machine), not
+        # the orchestrator's path, which need not exist here.
+        argv = [sys.executable, *argv[1:]]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 argv, cwd=run_dir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
@@ -148,9 +152,6 @@ class RayBackend:
         self.placement = config.launch.ray
         self.run_id = config.runtime.run_id
         self.local_run_dir = Path(config.runtime.run_dir)
-        self.files = SshBackend.__new__(SshBackend)  # reuse its shipped_files (resolved.yaml + keys)
-        self.files.config, self.files.run_id, self.files.local_run_dir = config, self.run_id, self.local_run_dir
-        self.files.remote_run_dir = lambda node_id: self.remote_run_dir
         self.remote_run_dir = f"{self.placement.workdir.rstrip('/')}/{self.run_id}"
         self.actors: dict = {}
         self.ips: dict[str, str] = {}
@@ -190,7 +191,7 @@ class RayBackend:
         env = {**launch.env, "PYTHONPATH": self.placement.project_root}
         actor = self.actors[launch.node_id]
         pid = ray.get(
-            actor.start.remote(self.remote_run_dir, self.files.shipped_files(launch.node_id), argv, env, launch.node_id),
+            actor.start.remote(self.remote_run_dir, shipped_files(self.config, self.remote_run_dir, launch.node_id), argv, env, launch.node_id),
             timeout=CALL_TIMEOUT_S,
         )
         node.process = RayNodeHandle(actor, pid, node.log_file)

@@ -85,6 +85,36 @@ def run_over_ssh(host: SshHost, remote_command: str, stdin: bytes = b"") -> byte
     return done.stdout
 
 
+def shipped_config(local_run_dir: Path, remote_run_dir: str) -> bytes:
+    """resolved.yaml as a node on another machine reads it: `runtime.run_dir` (and `keys_dir`)
+    rewritten to that machine's copy of the run dir."""
+    data = yaml.safe_load((local_run_dir / "resolved.yaml").read_text())
+    data["runtime"]["run_dir"] = remote_run_dir
+    if data["runtime"].get("keys_dir"):
+        data["runtime"]["keys_dir"] = f"{remote_run_dir}/{KEYS_DIRNAME}"
+    return yaml.safe_dump(data, sort_keys=False).encode()
+
+
+def shipped_files(config: RunConfig, remote_run_dir: str, node_id: str) -> bytes:
+    """A tar of what `node_id` needs on another machine: its resolved.yaml and, with
+    authentication on, the run's key files and its own key (never another node's secret key).
+    Shared by the ssh and ray backends."""
+    assert config.runtime is not None, "shipping needs a resolved config"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        def add(name: str, content: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o600
+            tar.addfile(info, io.BytesIO(content))
+
+        add("resolved.yaml", shipped_config(Path(config.runtime.run_dir), remote_run_dir))
+        keys_dir = config.runtime.keys_dir
+        if keys_dir:
+            for relative in (RUN_KEYS_FILENAME, PUBLIC_KEYS_FILENAME, f"{NODE_KEYS_DIRNAME}/{node_id}.json"):
+                add(f"{KEYS_DIRNAME}/{relative}", (Path(keys_dir) / relative).read_bytes())
+    return buffer.getvalue()
+
+
 class DeadOnArrival:
     """The handle of a node whose host could not be reached: already exited with ssh's 255."""
 
@@ -121,28 +151,11 @@ class SshBackend:
 
     def shipped_config(self, node_id: str) -> bytes:
         """resolved.yaml as the node on its host reads it: the run dir (and key dir) are the host's copy."""
-        data = yaml.safe_load((self.local_run_dir / "resolved.yaml").read_text())
-        data["runtime"]["run_dir"] = self.remote_run_dir(node_id)
-        if data["runtime"].get("keys_dir"):
-            data["runtime"]["keys_dir"] = f"{self.remote_run_dir(node_id)}/{KEYS_DIRNAME}"
-        return yaml.safe_dump(data, sort_keys=False).encode()
+        return shipped_config(self.local_run_dir, self.remote_run_dir(node_id))
 
     def shipped_files(self, node_id: str) -> bytes:
-        """A tar of what the node needs on its host: its resolved.yaml and, with authentication on,
-        the run's key files and its own key (never another node's secret key)."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            def add(name: str, content: bytes) -> None:
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(content), 0o600
-                tar.addfile(info, io.BytesIO(content))
-
-            add("resolved.yaml", self.shipped_config(node_id))
-            keys_dir = self.config.runtime.keys_dir
-            if keys_dir:
-                for relative in (RUN_KEYS_FILENAME, PUBLIC_KEYS_FILENAME, f"{NODE_KEYS_DIRNAME}/{node_id}.json"):
-                    add(f"{KEYS_DIRNAME}/{relative}", (Path(keys_dir) / relative).read_bytes())
-        return buffer.getvalue()
+        """A tar of what the node needs on its host (shipped_files below)."""
+        return shipped_files(self.config, self.remote_run_dir(node_id), node_id)
 
     # ------------------------------------------------------------------ the backend interface
 

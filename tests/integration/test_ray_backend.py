@@ -1,61 +1,200 @@
-"""configs/tiny_ring.yaml through launch.backend ray on a real local Ray head (tcp transport).
+"""launch.backend ray against real Ray clusters (tcp transport, Ray's restarts off).
 
-The head is started with `ray start --head` in a temporary directory and stopped after. Skipped
-when the `[ray]` extra is not installed.
+- on this machine: a Ray head started with `ray start --head --block` (the test owns its
+  process group and ends it by that id; never `ray stop`, which kills every Ray process of the
+  machine), configs/tiny_ring.yaml placed on it;
+- across network namespaces: a head in one namespace, a worker node in each of two others
+  (tests/integration/netns.py), the orchestrator on the head's machine (a Ray driver runs on a
+  node of its cluster); the nodes pinned one per machine through `launch.ray.pin`, and every
+  node's endpoints advertised at its own machine's address.
+
+Skipped when the `[ray]` extra is not installed, and the namespace test where namespaces
+cannot be made (needs root).
 """
 
+from __future__ import annotations
+
+import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
+from tests.integration.netns import NamespaceCluster, unavailable_reason
+
 pytest.importorskip("ray", reason="launch.backend ray needs the [ray] extra (pip install '.[ray]')")
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 BIN = Path(sys.executable).parent
+RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+# Ray's smallest object store (bytes): this test moves only small tars through it.
+OBJECT_STORE_BYTES = 80 * 1024 * 1024
+RAY_READY_TIMEOUT_S = 240.0
+
+_netns_reason = unavailable_reason()
+
+
+def start_ray_node(prefix: list[str], args: list[str], log: Path) -> subprocess.Popen:
+    """`ray start --block ...` in its own process group (ended by `stop_ray_node`)."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [*prefix, str(BIN / "ray"), "start", "--block", "--disable-usage-stats",
+             f"--object-store-memory={OBJECT_STORE_BYTES}", *args],
+            env=RAY_ENV, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def stop_ray_node(process: subprocess.Popen) -> None:
+    """End the Ray node this test started: its process group (the raylet, GCS and workers it spawned)."""
+    for signum, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_for_ray_nodes(prefix: list[str], address: str, count: int, ray_nodes: list[subprocess.Popen], log: Path) -> None:
+    """Readiness: a driver on `address` sees `count` alive Ray nodes before the deadline."""
+    code = (
+        "import ray, sys, time; ray.init(address=sys.argv[1], log_to_driver=False); deadline = time.monotonic() + float(sys.argv[3])\n"
+        "while sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[2]) and time.monotonic() < deadline: time.sleep(0.5)\n"
+        "alive = sum(n['Alive'] for n in ray.nodes()); print('alive', alive); sys.exit(0 if alive >= int(sys.argv[2]) else 1)"
+    )
+    deadline = time.monotonic() + RAY_READY_TIMEOUT_S
+    while True:
+        for node in ray_nodes:
+            assert node.poll() is None, f"a Ray node exited with {node.returncode}: {log.read_text()[-3000:]}"
+        done = subprocess.run([*prefix, sys.executable, "-c", code, address, str(count), "60"],
+                              env=RAY_ENV, capture_output=True, text=True, timeout=RAY_READY_TIMEOUT_S)  # fmt: skip
+        if done.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"Ray nodes not up within {RAY_READY_TIMEOUT_S} s: {done.stderr[-2000:]} {log.read_text()[-2000:]}"
+
+
+def events_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------ one machine
 
 
 @pytest.fixture
-def ray_head(tmp_path):
-    ray_cli = str(BIN / "ray")
+def local_ray_head(tmp_path):
     temp = Path("/tmp") / f"rayt{os.getpid()}"  # short: Ray's unix socket paths have a length limit
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
-    started = subprocess.run(
-        [ray_cli, "start", "--head", "--port=0", "--num-cpus=4", "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr[-2000:] + started.stdout[-2000:]
-    address = (temp / "ray_current_cluster").read_text().strip() if (temp / "ray_current_cluster").exists() else None
-    if address is None:
-        address = next(line.split("'")[1] for line in started.stdout.splitlines() if "ray start --address=" in line)
+    log = tmp_path / "ray_head.log"
+    head = start_ray_node([], ["--head", "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=4",
+                               "--include-dashboard=false", f"--temp-dir={temp}"], log)  # fmt: skip
     try:
-        yield address, env
+        deadline = time.monotonic() + RAY_READY_TIMEOUT_S
+        while not (temp / "ray_current_cluster").exists():
+            assert head.poll() is None, f"ray start --head exited {head.returncode}: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no Ray head within {RAY_READY_TIMEOUT_S} s: {log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        address = (temp / "ray_current_cluster").read_text().strip()
+        wait_for_ray_nodes([], address, 1, [head], log)
+        yield address
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        stop_ray_node(head)
+        subprocess.run(["rm", "-rf", str(temp)], timeout=60)
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,
-    reason="WIP (05:32 UTC): the four nodes are placed, start on the Ray machine and register with tcp "
-    "endpoints at the node IP, the directory is sent, but the agents stay in 'connecting' to the env "
-    "server until the 60 s start-up timeout; cause not found yet",
-)
-def test_tiny_ring_through_ray_backend(ray_head, tmp_path):
-    address, env = ray_head
+def test_tiny_ring_through_ray_backend_on_a_local_head(local_ray_head, tmp_path):
+    address = local_ray_head
+    run_dir = tmp_path / "run"
     result = subprocess.run(
-        [str(BIN / "orchestrate"), "up", str(ROOT / "configs/tiny_ring.yaml"),
-         "--set", "launch.backend=ray", "--set", "network.transport=tcp",
-         "--set", f"launch.ray.address={address}", "--set", f"launch.ray.project_root={ROOT}",
+        [str(BIN / "orchestrate"), "up", str(REPO / "configs/tiny_ring.yaml"),
+         "--set", "launch.backend=ray", "--set", "network.transport=tcp", "--set", "network.bind_host=0.0.0.0",
+         "--set", "launch.control_host=127.0.0.1",
+         "--set", f"launch.ray.address={address}", "--set", f"launch.ray.project_root={REPO}",
          "--set", f"launch.ray.workdir={tmp_path / 'remote'}", "--set", "launch.ray.cpus_per_node=0.5",
-         "--run-dir", str(tmp_path / "run")],
-        env=env, capture_output=True, text=True, timeout=540, cwd=ROOT,
+         "--run-dir", str(run_dir)],
+        env=RAY_ENV, capture_output=True, text=True, timeout=540, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    events = (tmp_path / "run" / "events.jsonl").read_text()
-    assert "ray_placed" in events
-    assert list((tmp_path / "run" / "nodes").glob("agent_*/log"))
+    events = events_of(run_dir)
+    placed = next(e for e in events if e["event"] == "ray_placed")
+    assert set(placed["hosts"]) == {"env", "agent_0", "agent_1", "agent_2"}
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        assert (run_dir / "nodes" / agent / "log").read_text(), f"{agent}: no log streamed back"
+        assert (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines(), f"{agent}: no metrics gathered"
+        # Written on the Ray machine's copy of the run dir, then gathered.
+        run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
+        assert (tmp_path / "remote" / run_id / "nodes" / agent / "metrics.jsonl").exists()
+    exited = {e["node"]: e["code"] for e in events if e["event"] == "exited"}
+    assert exited == {"env": 0, "agent_0": 0, "agent_1": 0, "agent_2": 0}
+
+
+# ------------------------------------------------------------------------------ namespaces
+
+PLACEMENT = {"h1": ["env", "agent_0"], "h2": ["agent_1"], "h3": ["agent_2"]}
+
+
+@pytest.fixture
+def ray_cluster_in_namespaces(tmp_path):
+    cluster = NamespaceCluster(directory=tmp_path)
+    ray_nodes: list[subprocess.Popen] = []
+    temp = Path("/tmp") / f"rayn{os.getpid()}"
+    log = tmp_path / "ray_nodes.log"
+    try:
+        cluster.build(list(PLACEMENT), sshd_on=[])
+        head = cluster.hosts["h1"]
+        ns = lambda host: ["ip", "netns", "exec", cluster.hosts[host].namespace]  # noqa: E731
+        ray_nodes.append(start_ray_node(ns("h1"), ["--head", f"--node-ip-address={head.address}", "--port=6379",
+                                                   "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}"], log))  # fmt: skip
+        address = f"{head.address}:6379"
+        wait_for_ray_nodes(ns("h1"), address, 1, ray_nodes, log)
+        for host in ("h2", "h3"):
+            ray_nodes.append(start_ray_node(ns(host), [f"--address={address}", f"--node-ip-address={cluster.hosts[host].address}",
+                                                       "--num-cpus=2"], log))  # fmt: skip
+        wait_for_ray_nodes(ns("h1"), address, 3, ray_nodes, log)
+        yield cluster, address
+    finally:
+        for node in reversed(ray_nodes):
+            stop_ray_node(node)
+        cluster.close()
+        subprocess.run(["rm", "-rf", str(temp)], timeout=60)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(_netns_reason is not None, reason=f"multi-host tests: {_netns_reason}")
+def test_run_across_three_namespaces_through_ray(ray_cluster_in_namespaces, tmp_path):
+    cluster, address = ray_cluster_in_namespaces
+    pins = [f"launch.ray.pin.{node}={cluster.hosts[host].address}" for host, nodes in PLACEMENT.items() for node in nodes]
+    run_dir = tmp_path / "run"
+    result = cluster.exec("h1", [
+        str(BIN / "orchestrate"), "up", str(REPO / "configs/tiny_star_tcp.yaml"),
+        "--set", "launch.backend=ray", "--set", "network.bind_host=0.0.0.0",
+        "--set", f"launch.control_host={cluster.hosts['h1'].address}",
+        "--set", f"launch.ray.address={address}", "--set", f"launch.ray.project_root={REPO}",
+        "--set", f"launch.ray.workdir={tmp_path / 'remote'}", "--set", "launch.ray.cpus_per_node=0.5",
+        *[arg for pin in pins for arg in ("--set", pin)],
+        "--run-dir", str(run_dir)], timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout.decode()[-3000:] + result.stderr.decode()[-3000:]
+    events = events_of(run_dir)
+    placed = next(e for e in events if e["event"] == "ray_placed")
+    for host, nodes in PLACEMENT.items():
+        for node in nodes:
+            assert placed["hosts"][node] == cluster.hosts[host].address, (node, placed["hosts"])
+    # Every node registered with endpoints at its own machine's address, not the wildcard it bound.
+    registered = [e for e in events if e["event"] == "registered"]
+    assert {e["node"] for e in registered} == {"env", "agent_0", "agent_1", "agent_2"}
+    for event in registered:
+        host = next(h for h, nodes in PLACEMENT.items() if event["node"] in nodes)
+        for endpoint in event["endpoints"].values():
+            assert endpoint.startswith(f"tcp://{cluster.hosts[host].address}:"), (event["node"], endpoint)
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        assert (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines(), f"{agent}: no metrics gathered"
+    exited = {e["node"]: e["code"] for e in events if e["event"] == "exited"}
+    assert exited == {"env": 0, "agent_0": 0, "agent_1": 0, "agent_2": 0}
