@@ -59,7 +59,8 @@ class NodeRunnerImpl:
     def ip(self) -> str:
         return ray.util.get_node_ip_address()
 
-    def start(self, run_dir: str, files: bytes, argv: list[str], env: dict[str, str], node_id: str) -> int:
+    def start(self, run_dir: str, files: bytes, argv: list[str], env: dict[str, str], node_id: str) -> tuple[int, int]:
+        """Unpack the node's files, start it; (its pid, the niceness it runs at)."""
         self.run_dir = run_dir
         node_dir = Path(run_dir) / "nodes" / node_id
         for sub in ("checkpoints", "replay"):
@@ -80,7 +81,19 @@ class NodeRunnerImpl:
                 argv, cwd=run_dir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        return self.process.pid
+            # Ray runs its workers at nice 15 (its `worker_niceness`), and the node inherits it:
+            # on a busy machine it then gets so little CPU that it misses its deadlines (seen:
+            # agents needing more than launch.shutdown_timeout_s to exit). Back to normal
+            # priority where allowed (root, or RLIMIT_NICE); else say so in the node's log.
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.process.pid, 0)
+            except PermissionError:
+                log.write(
+                    f"[parley ray backend] this node runs at nice {os.getpriority(os.PRIO_PROCESS, self.process.pid)} "
+                    "(Ray's worker niceness) and may not lower it: start the Ray nodes with RAY_worker_niceness=0\n".encode()
+                )
+                log.flush()
+        return self.process.pid, os.getpriority(os.PRIO_PROCESS, self.process.pid)
 
     def poll(self) -> tuple[int | None, bytes]:
         """The exit code (None while running) and the log bytes written since the last call."""
@@ -190,10 +203,12 @@ class RayBackend:
         argv[argv.index("--config") + 1] = f"{self.remote_run_dir}/resolved.yaml"
         env = {**launch.env, "PYTHONPATH": self.placement.project_root}
         actor = self.actors[launch.node_id]
-        pid = ray.get(
+        pid, niceness = ray.get(
             actor.start.remote(self.remote_run_dir, shipped_files(self.config, self.remote_run_dir, launch.node_id), argv, env, launch.node_id),
             timeout=CALL_TIMEOUT_S,
         )
+        if niceness != 0:
+            self.events.write("ray_niceness", launch.node_id, niceness=niceness)
         node.process = RayNodeHandle(actor, pid, node.log_file)
 
     def signal(self, node, signum: int) -> None:
