@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator.backends import BackendUnavailable
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
 from protocols.config_errors import ConfigError
 from orchestrator.faults import plan_faults, refused_faults
@@ -227,6 +228,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         return int(run(plan, resolved))
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_FAILURE)
+    except BackendUnavailable as error:
+        return _fail(f"cannot start the run: {error}", EXIT_FAILURE)
     except OSError as error:
         # The run dir became unwritable (disk full, read-only remount) before any node started.
         return _fail(f"cannot run in {run_dir}: {error.strerror or error}", EXIT_FAILURE)

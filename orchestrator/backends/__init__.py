@@ -22,6 +22,11 @@ from __future__ import annotations
 from typing import Protocol
 
 
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run here (e.g. its optional extra is not installed); the message
+    says what to install. The CLI prints it as one line."""
+
+
 class NodeHandle(Protocol):
     pid: int
 

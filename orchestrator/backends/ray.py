@@ -33,6 +33,7 @@ try:
 except ImportError:  # the optional extra is not installed
     ray = None
 
+from orchestrator.backends import BackendUnavailable
 from orchestrator.backends.ray_config import placement_bundles
 from orchestrator.backends.ssh import shipped_files
 from protocols.settings import node_ids as run_node_ids
@@ -44,7 +45,7 @@ CALL_TIMEOUT_S = 30.0
 
 def require_ray() -> None:
     if ray is None:
-        raise RuntimeError("launch.backend 'ray' needs Ray: install the extra with pip install '.[ray]' (ray==2.60.0)")
+        raise BackendUnavailable("launch.backend 'ray' needs Ray, which is not installed: pip install '.[ray]' (ray==2.60.0)")
 
 
 class NodeRunnerImpl:

@@ -115,3 +115,56 @@ def test_shipped_files_hold_the_nodes_own_key_only(tmp_path):
     assert shipped["runtime"]["keys_dir"] == f"/srv/parley/{resolved.runtime.run_id}/keys"
     local_key = Path(resolved.runtime.keys_dir) / "nodes" / "agent_1.json"
     assert local_key.exists()
+
+
+def ray_config(**launch_changes) -> dict:
+    data = ssh_config()
+    data["launch"] = {"backend": "ray", "control_host": "10.0.0.1", "live_view": "off",
+                      "ray": {"address": "10.0.0.1:6379", "project_root": "/opt/parley"}, **launch_changes}  # fmt: skip
+    return data
+
+
+def test_a_loopback_bind_host_is_refused_where_nodes_are_advertised_at_another_address():
+    # Nodes bound to 127.0.0.1 but advertised at their host's address: peers would stay connecting.
+    for data in (ssh_config(), ray_config()):
+        data["network"]["bind_host"] = "127.0.0.1"
+        assert "network.bind_host: expected 0.0.0.0 or an interface the other machines reach" in errors_of(data)
+    # ssh to this machine itself over loopback is one host: nothing to refuse.
+    data = ssh_config()
+    data["network"]["bind_host"] = "127.0.0.1"
+    data["launch"]["hosts"][0]["address"] = "127.0.0.1"
+    assert validate_config(data).network.bind_host == "127.0.0.1"
+
+
+def test_ray_needs_its_section_and_a_control_host_and_other_backends_refuse_the_section():
+    assert validate_config(ray_config()).launch.ray.address == "10.0.0.1:6379"
+    assert "launch.control_host: expected the launching machine's address the Ray machines reach" in errors_of(
+        ray_config(control_host=None)
+    )
+    assert "launch.ray: expected the cluster section" in errors_of(ray_config(ray=None))
+    assert "launch.ray: only used with backend 'ray'" in errors_of(ssh_config(ray={"project_root": "/opt/parley"}))
+    data = ray_config(backend="local", control_host=None)
+    assert "only used with backend 'ssh' or 'ray'" in errors_of(data)
+    data = ray_config()
+    data["network"]["advertise_host"] = "10.0.0.9"
+    assert "network.advertise_host: expected none with launch.backend 'ray'" in errors_of(data)
+
+
+def test_ray_backend_without_ray_installed_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    # `ray` made unimportable in the child (None in sys.modules), whether or not the extra is installed.
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "up", str(REPO / "configs/two_hosts_ssh.yaml"), "--set", "launch.backend=ray",
+         "--set", "launch.hosts=[]", "--set", "launch.control_host=127.0.0.1", "--set", "launch.ray.project_root=/x",
+         "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "launch.backend 'ray' needs Ray, which is not installed: pip install '.[ray]'" in done.stderr
+    assert "Traceback" not in done.stderr
