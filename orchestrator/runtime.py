@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
+from orchestrator.backends import BackendUnavailable
 from orchestrator.config import RunConfig
 from orchestrator.faults import FaultClock, ScheduledFault, plan_faults
 from orchestrator.launcher import (
@@ -189,7 +190,7 @@ class Orchestrator:
                 try:
                     self._launch_all()
                     self._supervise()
-                except ZygoteError as error:
+                except (ZygoteError, BackendUnavailable) as error:
                     if not self.interrupted:
                         self.failure = f"cannot launch the nodes: {error}"
                         self.events.write("launch_failed", None, error=str(error))

@@ -173,10 +173,19 @@ class RayBackend:
 
     def prepare(self) -> None:
         node_ids = list(run_node_ids(self.config.agents.count))
-        ray.init(address=self.placement.address, namespace=f"parley-{self.run_id}", log_to_driver=False)
+        try:
+            ray.init(address=self.placement.address, namespace=f"parley-{self.run_id}", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
+            raise BackendUnavailable(f"launch.ray.address {self.placement.address!r}: cannot join the Ray cluster: {error}") from error
         bundles, strategy = placement_bundles(node_ids, self.placement)
         self.group = placement_group(bundles, strategy=strategy)
-        ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        try:
+            ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError as error:
+            raise BackendUnavailable(
+                f"the Ray cluster did not grant the placement group within {PLACEMENT_TIMEOUT_S:.0f} s: bundles {bundles}, "
+                f"strategy {strategy} (free resources: {ray.available_resources()})"
+            ) from error
         runner = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=0)(NodeRunnerImpl)
         for index, node_id in enumerate(node_ids):
             self.actors[node_id] = runner.options(
