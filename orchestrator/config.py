@@ -301,8 +301,11 @@ class RunConfig(BaseModel):
         problems.extend(self.network.node_id_problems(valid_ids, _id_range(count)))
         links = None if topology is None else communication_links(topology, agent_node_ids(count))
         for position, event in enumerate(self.faults.schedule):
+            unknown = [node for node in event.nodes if node not in valid_ids]
+            if unknown:
+                problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
             for field_path, node in event.named_nodes():
-                if node not in valid_ids:
+                if node not in valid_ids and not field_path.startswith("nodes."):
                     problems.append(f"faults.schedule.{position}.{field_path}: expected a node id ({_id_range(count)}), got unknown {node!r}")
             for index, (a, b) in enumerate(event.edges):
                 if links is not None and a in valid_ids and b in valid_ids and (a, b) not in links:

@@ -44,6 +44,15 @@ class ScheduledFault:
     edges: tuple[tuple[str, str], ...] = ()
     link: LinkConfig | None = None
 
+    def describe(self) -> str:
+        """One line for `orchestrate up --dry-run`: when, what, whom."""
+        line = f"+{self.at_s:g}s {self.kind} {', '.join(self.targets) or '-'} (by {self.chosen_by})"
+        if self.kind == "partition":
+            line += " groups " + " | ".join(", ".join(group) for group in self.groups)
+        elif self.kind == "link":
+            line += f" edges {', '.join(f'{a}->{b}' for a, b in self.edges)} set to {self.link.model_dump(exclude_defaults=True) or 'ideal'}"
+        return line
+
     @property
     def is_network(self) -> bool:
         return self.kind in NETWORK_FAULT_KINDS
