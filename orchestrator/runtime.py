@@ -172,7 +172,7 @@ class Orchestrator:
         self.started = False
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
-        self.network_faults: list = []  # partition/heal/link messages sent so far, in order
+        self.network_faults: list[m.Partition | m.Heal | m.SetLink] = []  # sent so far, in order
         self.directories_sent = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
@@ -419,7 +419,7 @@ class Orchestrator:
                     continue
                 if not expected and not self.shutting_down and not self.failure:
                     self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
-                elif node.launch.role == "env_server" and not self.shutting_down and not self.failure:
+                elif node.launch.role == "env_server" and node.killed_by_fault is not None and not self.shutting_down and not self.failure:
                     # A scheduled kill of the env server: the agents cannot step without it and
                     # cannot rejoin a new one, so the run ends here, as a failure with the reason.
                     self.failure = (f"the env server ({node_id}) was killed by the fault schedule "
