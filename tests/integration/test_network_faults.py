@@ -44,6 +44,8 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
     process = orchestrate(
         "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={steps}",
         "--set", "env.step_deadline_s=1.0", "--set", "env.eval_every_steps=null",
+        # Shorter than the 5 s partition: agent_2 must not take the env server's silence for its death.
+        "--set", "agents.env_silence_timeout_s=4.0",
         "--set", "protocols.membership={heartbeat_every_s: 0.5, timeout_s: 2.0}",
         "--set", f"faults.schedule={schedule}",
     )  # fmt: skip
