@@ -334,7 +334,7 @@ class GoalSession:
             "goals/goal": float(episode.goal),
             "goals/reward": episode.reward,
             "goals/success": float(episode.reward > 0),
-            "goals/team_size": float(len(episode.team) + 1),
+            "goals/team_neighbours": float(len(episode.team)),
             "goals/rows": float(len(episode.actions)),
         }
         self.module.observe_outcome(episode.episode, episode.goal, episode.reward)

@@ -203,7 +203,8 @@ class GoalDQNAgent:
         if max_gradient_steps is not None:
             steps = min(steps, max_gradient_steps)
         losses = [self._gradient_step() for _ in range(steps)]
-        metrics = {"goal_dqn/epsilon": self.epsilon, "goal_dqn/gradient_steps": float(len(losses))}
+        # Steps of this call; the cumulative count is counters()["goal_dqn/gradient_steps"].
+        metrics = {"goal_dqn/epsilon": self.epsilon, "goal_dqn/gradient_steps_this_update": float(len(losses))}
         if losses:
             metrics["goal_dqn/loss"] = float(np.mean(losses))
         return metrics
