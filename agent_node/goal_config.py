@@ -76,8 +76,9 @@ class GoalsConfig(BaseModel):
     # learning_progress only (and the own draw of negotiation when inner is learning_progress).
     lp_window: int = Field(100, ge=2)
     lp_epsilon: float = Field(0.2, ge=0, le=1)
-    # negotiation only: how the agent draws its own goal (kept when it leads or hears nothing).
-    inner: Literal["uniform", "learning_progress"] = "uniform"
+    # negotiation only: how the agent draws its own goal (kept when it leads or hears nothing);
+    # null means uniform.
+    inner: Literal["uniform", "learning_progress"] | None = None
     negotiation: NegotiationSettings | None = None
     # null: no sharing (HER, if the learner's her_strategy is not none, uses the agent's own
     # achieved goals only).
@@ -115,7 +116,7 @@ class GoalsConfig(BaseModel):
             raise ValueError(f"p: only selection 'p_aligned' uses p, got selection {self.selection!r}")
         if self.selection != "negotiation" and self.negotiation is not None:
             raise ValueError(f"negotiation: set only with selection 'negotiation', got selection {self.selection!r}")
-        if self.selection != "negotiation" and "inner" in self.model_fields_set:
+        if self.selection != "negotiation" and self.inner is not None:
             raise ValueError(f"inner: the own-goal draw of negotiation; selection is {self.selection!r}")
         return self
 

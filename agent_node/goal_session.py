@@ -521,7 +521,7 @@ def build_goal_session(
             num_messages=settings.num_messages, temperature=settings.temperature, learning_rate=settings.learning_rate,
             update_every_episodes=settings.update_every_episodes, round_timeout_s=settings.round_timeout_s,
         )
-        inner = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.inner)
+        inner = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.inner or "uniform")
         negotiation = NegotiatedGoals(engine, inner)
         module: GoalModule = negotiation
     else:
