@@ -13,13 +13,14 @@ learner: the section configures `agent_node/goal_session.py`, which the node run
         negotiation: {round_timeout_s: 0.5}
         hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
 
-What is refused (validation errors, not silent no-ops): `selection: supervisor` (the node role that
-assigns goals over the wire is not built), `amigo` (the teacher's goals are cells, which the
+What is refused (validation errors, not silent no-ops): `amigo` (the teacher's goals are cells, which the
 goal-conditioned learner and goal_lines' achieved goals do not express), hindsight sharing with
 `her_strategy: none` (the partners' goals would never be used), and, at the run level
 (`goal_run_problems`, called by the orchestrator's run schema): an env other than goal_lines,
 several env copies, evaluation episodes, infos without `achieved_goals`, negotiation without an
-episode-start hold long enough for the negotiation's rounds, a hold without negotiating agents.
+episode-start hold long enough for the negotiation's rounds (or the supervisor's timeout), a hold
+without negotiating or supervised agents, a supervisor on a topology where a team member may not
+be the supervisor's neighbour (it needs a full topology).
 
 No torch here: the CLI validates a run config in a fraction of a second.
 """
@@ -49,6 +50,15 @@ class NegotiationSettings(BaseModel):
     update_every_episodes: int = Field(5, ge=1)
 
 
+class SupervisorSettings(BaseModel):
+    """The supervisor (protocols/supervision.py): the team's smallest node id draws one goal
+    uniformly and sends it to the team; the others wait this long, then draw their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)
+
+
 class HindsightSettings(BaseModel):
     """Sharing the goals an episode achieved with the partners (protocols/hindsight.py)."""
 
@@ -65,6 +75,8 @@ class GoalsConfig(BaseModel):
     # How each episode's goal is chosen: independently and uniformly (the lower bound), by
     # learning progress, p-aligned (a shared stream, no messages), or by negotiation with the
     # partners of the episode (the goal-coordination game).
+    # "supervisor": one goal for the whole team per episode, assigned over the wire by the team
+    # member with the smallest node id (the upper bound; protocols/supervision.py).
     selection: Literal["uniform", "learning_progress", "p_aligned", "negotiation", "supervisor", "amigo"]
     # goal_lines goals the agent may pursue: the L individual ones, the L(L-1)/2 cooperative
     # ones, or all.
@@ -80,6 +92,7 @@ class GoalsConfig(BaseModel):
     # null means uniform.
     inner: Literal["uniform", "learning_progress"] | None = None
     negotiation: NegotiationSettings | None = None
+    supervisor: SupervisorSettings | None = None
     # null: no sharing (HER, if the learner's her_strategy is not none, uses the agent's own
     # achieved goals only).
     hindsight: HindsightSettings | None = None
@@ -92,23 +105,19 @@ class GoalsConfig(BaseModel):
     @classmethod
     def _negotiation_defaults(cls, data: Any) -> Any:
         # Negotiation without settings runs with the reference's (resolved.yaml then shows them).
-        if isinstance(data, dict) and data.get("selection") == "negotiation" and data.get("negotiation") is None:
-            data = {**data, "negotiation": {}}
+        if isinstance(data, dict):
+            for selection in ("negotiation", "supervisor"):
+                if data.get("selection") == selection and data.get(selection) is None:
+                    data = {**data, selection: {}}
         return data
 
     @model_validator(mode="after")
     def _implemented(self) -> GoalsConfig:
-        if self.selection == "supervisor":
-            raise ValueError(
-                "selection: 'supervisor' is not implemented in a run (the node role that assigns one goal to a team "
-                "over the wire is not built; agent_node/goals.py's SupervisorAssignment runs in bench/goals.py only); "
-                "use uniform, learning_progress, p_aligned or negotiation"
-            )
         if self.selection == "amigo":
             raise ValueError(
                 "selection: 'amigo' is not implemented in a run (the AMIGo teacher proposes grid cells; the "
                 "goal-conditioned learner and goal_lines' achieved_goals speak of landmarks; agent_node/goals.py's "
-                "AmigoTeacher is tested alone); use uniform, learning_progress, p_aligned or negotiation"
+                "AmigoTeacher is tested alone); use uniform, learning_progress, p_aligned, negotiation or supervisor"
             )
         if self.selection == "p_aligned" and self.p is None:
             raise ValueError("p: selection 'p_aligned' needs p (the probability that the team shares one goal), got none")
@@ -116,6 +125,8 @@ class GoalsConfig(BaseModel):
             raise ValueError(f"p: only selection 'p_aligned' uses p, got selection {self.selection!r}")
         if self.selection != "negotiation" and self.negotiation is not None:
             raise ValueError(f"negotiation: set only with selection 'negotiation', got selection {self.selection!r}")
+        if self.selection != "supervisor" and self.supervisor is not None:
+            raise ValueError(f"supervisor: set only with selection 'supervisor', got selection {self.selection!r}")
         if self.selection != "negotiation" and self.inner is not None:
             raise ValueError(f"inner: the own-goal draw of negotiation; selection is {self.selection!r}")
         return self
@@ -133,6 +144,7 @@ def goal_run_problems(
     episode_start_hold_s: float,
     eval_every_steps: int | None,
     topology_diameter: int | None,
+    topology_complete: bool = True,
 ) -> list[str]:
     """What is wrong with a run's goal settings across sections, one problem per line, each
     starting with its field path (the orchestrator's run schema reports them)."""
@@ -179,9 +191,20 @@ def goal_run_problems(
                 f"env.episode_start_hold_s: negotiation needs the episode start held for its rounds, at least "
                 f"{rounds} round(s) x {goals.negotiation.round_timeout_s} s = {needed} s; got {episode_start_hold_s}"
             )
+    elif goals.selection == "supervisor":
+        if episode_start_hold_s < goals.supervisor.timeout_s:
+            problems.append(
+                f"env.episode_start_hold_s: the supervisor's assignment needs the episode start held for its timeout, "
+                f"at least {goals.supervisor.timeout_s} s; got {episode_start_hold_s}"
+            )
+        if not topology_complete:
+            problems.append(
+                "topology.kind: selection 'supervisor' needs every team member to be the supervisor's neighbour; "
+                "expected a full topology (or 2 agents)"
+            )
     elif episode_start_hold_s > 0:
         problems.append(
-            f"env.episode_start_hold_s: only selection 'negotiation' waits for goal.ready; expected 0 with "
-            f"{goals.selection!r}, got {episode_start_hold_s}"
+            f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor' wait for goal.ready; expected 0 "
+            f"with {goals.selection!r}, got {episode_start_hold_s}"
         )
     return problems

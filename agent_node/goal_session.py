@@ -11,6 +11,8 @@ learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` sect
    negotiates with the team neighbours that play too, and says `goal.ready` when decided (the
    server also starts at its hold deadline; a negotiation still undecided when the observation
    arrives is closed at once, as at its own deadline, and counted as `negotiation/cut_by_env`);
+   or, with `selection: supervisor`, the goal the team's supervisor (its smallest node id)
+   assigns over the wire (`protocols/supervision.py`), under the same hold;
 2. conditions the learner on it (`act`), and stops the agent (action 0, stay) once rewarded:
    the reference's agents are done once rewarded, and goal_lines cannot end one agent's episode
    on the agent's own goal;
@@ -51,7 +53,14 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from agent_node.goal_config import GoalsConfig
-from agent_node.goals import GoalModule, LearningProgressGoals, NegotiatedGoals, PAlignedGoals, UniformGoals
+from agent_node.goals import (
+    GoalModule,
+    LearningProgressGoals,
+    NegotiatedGoals,
+    PAlignedGoals,
+    SupervisorAssignment,
+    UniformGoals,
+)
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.engine import Outgoing
@@ -59,6 +68,7 @@ from protocols.goal_space import goal_reward, goal_set, num_goals
 from protocols.hindsight import HindsightEngine, HindsightReport, HindsightRequest, HindsightResult
 from protocols.negotiation import GoalCommit, NegotiationEngine, NegotiationProposal
 from protocols.seeds import derive_seed
+from protocols.supervision import GoalAssignment, SupervisionEngine, SupervisionRequest
 from protocols.topology import Topology
 
 log = logging.getLogger("agent_node.goals")
@@ -91,6 +101,7 @@ class GoalEpisode:
     rewarded_at: int | None = None
     rows_closed: bool = False  # rewarded, or a step without a transition (later rows would not line up)
     cut_by_env: bool = False  # the observation arrived before the negotiation had decided
+    supervision: dict[str, float] = field(default_factory=dict)  # supervisor mode: how the goal came
 
 
 @dataclass
@@ -112,14 +123,20 @@ class GoalSession:
         node_id: str,
         env_agent: str,
         agent: GoalAgent,
-        module: GoalModule,
+        module: GoalModule | None,
         topology: Topology,
         env_agents: Sequence[str],
         reward_fn: Callable[[int, np.ndarray], float],
         negotiation: NegotiatedGoals | None = None,
         hindsight: HindsightEngine | None = None,
+        supervision: SupervisionEngine | None = None,
+        supervisor_draws: SupervisorAssignment | None = None,
         freeze_when_rewarded: bool = True,
     ) -> None:
+        if (supervision is None) != (supervisor_draws is None):
+            raise ValueError("supervision and supervisor_draws go together")
+        if (module is None) == (supervision is None):
+            raise ValueError("a goal session has either a goal module or supervision, not both or neither")
         if len(env_agents) != topology.num_nodes:
             raise ValueError(
                 f"the env has {len(env_agents)} possible agents {list(env_agents)}, the topology {topology.num_nodes} nodes"
@@ -133,6 +150,8 @@ class GoalSession:
         self.reward_fn = reward_fn
         self.negotiation = negotiation
         self.hindsight = hindsight
+        self.supervision = supervision
+        self.supervisor_draws = supervisor_draws
         self.freeze_when_rewarded = freeze_when_rewarded
         self.decision: _Decision | None = None
         self.current: GoalEpisode | None = None
@@ -161,13 +180,23 @@ class GoalSession:
         team, rounds = self.team(active)
         self.decision = decision = _Decision(episode, team, rounds, announced)
         outgoing: list[Outgoing] = []
-        if self.negotiation is None:
-            decision.goal = self.module.propose(episode)
-        else:
+        if self.supervision is not None:
+            draw = self.supervisor_draws.assign(episode, [self.node_id, *team])[self.node_id]
+            outgoing = self.supervision.start(SupervisionRequest(episode, team, draw), now)
+        elif self.negotiation is not None:
             request = self.negotiation.request(episode, team, rounds)
             outgoing = self.negotiation.engine.start(request, now)
+        else:
+            decision.goal = self.module.propose(episode)
         self._collect_decision()
         return outgoing
+
+    @property
+    def _coordination(self) -> NegotiationEngine | SupervisionEngine | None:
+        """The engine that decides goals with the peers, if any."""
+        if self.supervision is not None:
+            return self.supervision
+        return self.negotiation.engine if self.negotiation is not None else None
 
     def team(self, active: Mapping[str, bool]) -> tuple[list[str], int]:
         """This episode's team neighbours (topology neighbours that play too) and the number of
@@ -186,9 +215,9 @@ class GoalSession:
         decision = self.decision
         if decision is None:
             return
-        engine = self.negotiation.engine if self.negotiation is not None else None
+        engine = self._coordination
         if decision.goal is None and engine is not None and engine.done and engine.result.episode == decision.episode:
-            decision.goal = self.negotiation.propose(decision.episode)
+            decision.goal = engine.result.goal
         if decision.goal is not None and decision.announced and not decision.ready_sent:
             decision.ready_sent = True
             self._ready.append(decision.episode)
@@ -200,7 +229,7 @@ class GoalSession:
 
     # ------------------------------------------------------------------ peers and timers
 
-    message_types = (NegotiationProposal, GoalCommit, HindsightReport)
+    message_types = (NegotiationProposal, GoalCommit, HindsightReport, GoalAssignment)
 
     def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
         if isinstance(message, HindsightReport):
@@ -210,17 +239,19 @@ class GoalSession:
             outgoing = self.hindsight.on_message(sender, message, now)
             self._store_if_shared()
             return outgoing
-        if self.negotiation is None:
-            log.warning("%s from %s, but this agent does not negotiate", type(message).__name__, sender)
+        engine = self.supervision if isinstance(message, GoalAssignment) else (
+            self.negotiation.engine if self.negotiation is not None else None)
+        if engine is None:
+            log.warning("%s from %s, but this agent's goals.selection does not take it", type(message).__name__, sender)
             return []
-        outgoing = self.negotiation.engine.on_message(sender, message, now)
+        outgoing = engine.on_message(sender, message, now)
         self._collect_decision()
         return outgoing
 
     def on_timer(self, now: float) -> list[Outgoing]:
         outgoing: list[Outgoing] = []
-        if self.negotiation is not None:
-            outgoing += self.negotiation.engine.on_timer(now)
+        if self._coordination is not None:
+            outgoing += self._coordination.on_timer(now)
             self._collect_decision()
         if self.hindsight is not None:
             outgoing += self.hindsight.on_timer(now)
@@ -229,7 +260,7 @@ class GoalSession:
 
     def next_deadline(self) -> float | None:
         deadlines = []
-        if self.negotiation is not None and (due := self.negotiation.engine.next_deadline()) is not None:
+        if self._coordination is not None and (due := self._coordination.next_deadline()) is not None:
             deadlines.append(due)
         if self.hindsight is not None and (due := self.hindsight.next_deadline()) is not None:
             deadlines.append(due)
@@ -237,8 +268,8 @@ class GoalSession:
 
     def on_neighbour_down(self, node: str, now: float) -> list[Outgoing]:
         outgoing: list[Outgoing] = []
-        if self.negotiation is not None:
-            outgoing += self.negotiation.engine.on_neighbour_down(node, now)
+        if self._coordination is not None:
+            outgoing += self._coordination.on_neighbour_down(node, now)
             self._collect_decision()
         if self.hindsight is not None:
             outgoing += self.hindsight.on_neighbour_down(node, now)
@@ -316,12 +347,14 @@ class GoalSession:
         if cut_by_env:
             # The server started before the negotiation ended (its hold deadline): close the
             # rounds as their deadlines would, with what was heard by now.
-            engine = self.negotiation.engine
+            engine = self._coordination
             while not engine.done:
                 outgoing += engine.on_timer(engine.next_deadline())
             decision.ready_sent = True  # the observation is out: no goal.ready any more
             self._collect_decision()
         self.current = GoalEpisode(episode=step, goal=int(decision.goal), team=list(decision.team), cut_by_env=cut_by_env)
+        if self.supervision is not None:
+            self.current.supervision = {**self.supervision.metrics(), "supervision/cut_by_env": float(cut_by_env)}
         return outgoing
 
     # ------------------------------------------------------------------ episode end
@@ -337,7 +370,9 @@ class GoalSession:
             "goals/team_neighbours": float(len(episode.team)),
             "goals/rows": float(len(episode.actions)),
         }
-        self.module.observe_outcome(episode.episode, episode.goal, episode.reward)
+        if self.module is not None:
+            self.module.observe_outcome(episode.episode, episode.goal, episode.reward)
+        record.update(episode.supervision)
         if self.negotiation is not None:
             negotiated = self.negotiation.engine.records[-1] if self.negotiation.engine.records else None
             if negotiated is not None and negotiated.outcome.episode == episode.episode:
@@ -524,12 +559,18 @@ def build_goal_session(
         inner = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.inner or "uniform")
         negotiation = NegotiatedGoals(engine, inner)
         module: GoalModule = negotiation
+    elif goals.selection == "supervisor":
+        module = None
     else:
         module = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.selection)
+    supervision = supervisor_draws = None
+    if goals.selection == "supervisor":
+        supervision = SupervisionEngine(node_id, timeout_s=goals.supervisor.timeout_s)
+        supervisor_draws = SupervisorAssignment(allowed, seed=derive_seed(run_seed, node_index, "goals/supervisor"))
     hindsight = HindsightEngine(node_id, timeout_s=goals.hindsight.timeout_s) if goals.hindsight is not None else None
     session = GoalSession(
         node_id=node_id, env_agent=env_agent, agent=agent, module=module, topology=topology,
         env_agents=possible_agents, reward_fn=reward_fn, negotiation=negotiation, hindsight=hindsight,
-        freeze_when_rewarded=goals.freeze_when_rewarded,
+        supervision=supervision, supervisor_draws=supervisor_draws, freeze_when_rewarded=goals.freeze_when_rewarded,
     )
     return session, GoalConditionedLearner(session)

@@ -65,6 +65,7 @@ from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_en
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.hindsight import HindsightReport
 from protocols.negotiation import GoalCommit, NegotiationProposal
+from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import ENV_NODE_ID, agent_node_ids
@@ -550,6 +551,7 @@ class AgentNode:
         NegotiationProposal: (PEERS, on_goal_message),
         GoalCommit: (PEERS, on_goal_message),
         HindsightReport: (PEERS, on_goal_message),
+        GoalAssignment: (PEERS, on_goal_message),
     }
 
     # ------------------------------------------------------------------ consensus

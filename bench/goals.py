@@ -26,8 +26,9 @@ direction of the results, not their values.
     .venv/bin/python bench/goals.py --seeds 3 --episodes 1500
 
 `--runtime` runs the same comparison through the runtime instead: `orchestrate up` of
-configs/goals_independent.yaml (uniform goals) and configs/goals_pair.yaml (negotiation, with or
-without hindsight sharing), one process per agent and one env server, the negotiation over the
+configs/goals_independent.yaml (uniform goals), configs/goals_supervisor.yaml (the team's
+smallest node id assigns the goal over the wire; no hindsight) and configs/goals_pair.yaml
+(negotiation, with or without hindsight sharing), one process per agent and one env server, the negotiation over the
 peer mesh while the env server holds each episode start. Per episode it joins the two agents'
 `goals/*` records: aligned = both pursued the same goal; cooperative success = both were
 rewarded. Differences from the in-process mode: the env does not know the goals, so every
@@ -173,6 +174,7 @@ RUNTIME_MODES = {
     "independent": ("configs/goals_independent.yaml", []),
     "negotiation": ("configs/goals_pair.yaml", ["agents.goals.hindsight=null"]),
     "negotiation_hindsight": ("configs/goals_pair.yaml", []),
+    "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null"]),
 }
 
 
@@ -253,7 +255,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1500)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
-                        help="in-process: all four by default; --runtime: independent, negotiation_hindsight")
+                        help="in-process: all four by default; --runtime: independent, negotiation_hindsight by default")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
     parser.add_argument("--steps", type=int, default=8000, help="--runtime: lockstep steps per run (40 per episode)")
@@ -265,7 +267,7 @@ def main() -> None:
         args.modes = args.modes or ["independent", "negotiation_hindsight"]
         unknown = [mode for mode in args.modes if mode not in RUNTIME_MODES]
         if unknown:
-            parser.error(f"--runtime runs {sorted(RUNTIME_MODES)}; {unknown} has no node role (the supervisor is not built)")
+            parser.error(f"--runtime runs {sorted(RUNTIME_MODES)}, got {unknown}")
         runtime_main(args)
         return
     args.modes = args.modes or list(MODES)

@@ -293,6 +293,7 @@ class RunConfig(BaseModel):
             forward_infos=self.env.forward_infos, episode_start_hold_s=self.env.episode_start_hold_s,
             eval_every_steps=self.env.eval_every_steps,
             topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
+            topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
         ))
 
         consensus = self.protocols.consensus

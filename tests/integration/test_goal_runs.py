@@ -76,3 +76,15 @@ def test_a_population_of_four_negotiates_only_among_the_drawn_pair(tmp_path):
                 assert record["goals/team_neighbours"] == 1.0
     assert sorted(players) == [float(e) for e in range(0, steps, EPISODE)]
     assert all(len(agents) == 2 for agents in players.values()), dict(players)
+
+
+def test_a_supervised_pair_pursues_the_assigned_goal(tmp_path):
+    steps = 3 * EPISODE
+    run_dir = run(tmp_path, "configs/goals_supervisor.yaml", steps)
+    ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
+    assert [r["supervision/supervised"] for r in ended["agent_0"]] == [1.0] * 3, "agent_0, the smallest id, supervises"
+    assert [r["supervision/supervised"] for r in ended["agent_1"]] == [0.0] * 3
+    for mine, theirs in zip(ended["agent_0"], ended["agent_1"]):
+        assert mine["goals/episode"] == theirs["goals/episode"]
+        if theirs["supervision/timed_out"] == 0.0:
+            assert mine["goals/goal"] == theirs["goals/goal"], "the assigned goal, on both sides"

@@ -12,12 +12,13 @@ from agent_node.algos.config import GoalDQNConfig
 from agent_node.config import AgentsConfig
 from agent_node.goal_config import GoalsConfig, goal_run_problems
 from agent_node.goal_session import STAY, GoalSession, build_goal_session
-from agent_node.goals import NegotiatedGoals, UniformGoals
+from agent_node.goals import NegotiatedGoals, SupervisorAssignment, UniformGoals
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.goal_space import goal_reward
 from protocols.hindsight import HindsightEngine, HindsightReport
 from protocols.negotiation import NegotiationEngine
+from protocols.supervision import GoalAssignment, SupervisionEngine
 from protocols.topology import full, ring
 
 L = 3  # goals 0..2 individual, 3 = (0,1), 4 = (0,2), 5 = (1,2)
@@ -185,6 +186,50 @@ def test_hindsight_after_the_episode_applies_the_partners_report_once_even_when_
         node: s.negotiation.engine.result.goal for node, s in sessions.items()}, "episode 4 runs with its negotiated goal"
 
 
+def make_supervised(names=("agent_0", "agent_1", "agent_2")):
+    topology = full(len(names))
+    return {
+        node: GoalSession(
+            node_id=node, env_agent=node, agent=RecordingAgent(), module=None, topology=topology, env_agents=list(names),
+            reward_fn=reward_fn, supervision=SupervisionEngine(node, timeout_s=0.5),
+            supervisor_draws=SupervisorAssignment(COOPERATIVE, seed=7 + index),
+        )
+        for index, node in enumerate(names)
+    }
+
+
+def test_a_supervised_team_pursues_the_goal_its_smallest_node_id_assigns_over_the_wire():
+    names = ("agent_0", "agent_1", "agent_2")
+    for episode in (0, 10, 20):
+        sessions = make_supervised(names)
+        outgoing = {node: s.on_episode_start(announcement(episode, active=names, names=names), 0.0) for node, s in sessions.items()}
+        assert [dest for dest, _ in outgoing["agent_0"]] == ["agent_1", "agent_2"] and outgoing["agent_1"] == []
+        assert sessions["agent_1"].take_ready() == [] and sessions["agent_0"].take_ready() == [episode]
+        deliver(sessions, outgoing, 0.0, duplicate=True)  # the duplicate assignment is dropped, counted
+        assert {node: s.take_ready() for node, s in list(sessions.items())[1:]} == {"agent_1": [episode], "agent_2": [episode]}
+        for node, session in sessions.items():
+            session.on_observation(observation(episode, node, [], start=True), 0.0)
+        goals = {node: s.current.goal for node, s in sessions.items()}
+        assert len(set(goals.values())) == 1, "alignment 1: one goal for the team"
+        assert sessions["agent_1"].supervision.stale_messages == 1
+        assert sessions["agent_1"].current.supervision["supervision/timed_out"] == 0.0
+        assert sessions["agent_0"].current.supervision["supervision/supervised"] == 1.0
+
+
+def test_a_member_that_hears_no_assignment_falls_back_to_its_own_draw():
+    sessions = make_supervised(("agent_0", "agent_1"))
+    member = sessions["agent_1"]
+    member.on_episode_start(announcement(0), 0.0)
+    assert member.next_deadline() == 0.5
+    member.on_timer(0.5)
+    assert member.take_ready() == [0]
+    member.on_observation(observation(0, "agent_1", [], start=True), 0.6)
+    assert member.current.goal in COOPERATIVE and member.current.supervision["supervision/timed_out"] == 1.0
+    # An assignment for an episode already decided is stale, and changes nothing.
+    member.on_message("agent_0", GoalAssignment(0, 3), 0.7)
+    assert member.supervision.stale_messages == 1
+
+
 def test_a_silent_partner_is_given_up_on_at_the_hindsight_deadline():
     sessions, agents = make_pair()
     start_episode(sessions, 0)
@@ -294,8 +339,9 @@ def test_built_learner_checkpoints_the_network_and_the_negotiation_matrix(tmp_pa
 
 
 def test_goals_section_refuses_what_is_not_implemented():
-    with pytest.raises(ValidationError, match="supervisor.*not implemented"):
-        GoalsConfig(selection="supervisor")
+    assert GoalsConfig(selection="supervisor").supervisor.timeout_s == 0.5
+    with pytest.raises(ValidationError, match="supervisor: set only with selection 'supervisor'"):
+        GoalsConfig(selection="uniform", supervisor={})
     with pytest.raises(ValidationError, match="amigo.*not implemented"):
         GoalsConfig(selection="amigo")
     with pytest.raises(ValidationError, match="needs p"):
@@ -331,5 +377,9 @@ def test_run_level_goal_problems_name_the_field_and_what_was_expected():
     assert problems(eval_every_steps=100)[0].startswith("env.eval_every_steps:")
     assert "at least 2 round(s) x 0.5 s = 1.0 s" in problems(episode_start_hold_s=0.6, topology_diameter=2)[0]
     assert problems(her="none")[0].startswith("agents.goals.hindsight: sharing achieved goals needs HER")
-    assert problems(goals=GoalsConfig(selection="uniform"))[0].startswith("env.episode_start_hold_s: only selection 'negotiation'")
+    assert problems(goals=GoalsConfig(selection="uniform"))[0].startswith("env.episode_start_hold_s: only selections")
+    supervised = GoalsConfig(selection="supervisor")
+    assert problems(goals=supervised) == []
+    assert problems(goals=supervised, episode_start_hold_s=0.2)[0].startswith("env.episode_start_hold_s: the supervisor's")
+    assert problems(goals=supervised, topology_complete=False)[0].startswith("topology.kind: selection 'supervisor' needs")
     assert problems(goals=None)[0].startswith("env.episode_start_hold_s: expected 0 without goal-negotiating agents")
