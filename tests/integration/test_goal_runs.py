@@ -88,3 +88,30 @@ def test_a_supervised_pair_pursues_the_assigned_goal(tmp_path):
         assert mine["goals/episode"] == theirs["goals/episode"]
         if theirs["supervision/timed_out"] == 0.0:
             assert mine["goals/goal"] == theirs["goals/goal"], "the assigned goal, on both sides"
+
+
+def test_a_ring_of_four_floods_for_its_diameter_and_records_alignment_per_edge(tmp_path):
+    steps = 3 * EPISODE
+    run_dir = run(tmp_path, "configs/goals_ring.yaml", steps)
+    goals = defaultdict(dict)
+    for agent in ("agent_0", "agent_1", "agent_2", "agent_3"):
+        ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
+        assert [r["goals/episode"] for r in ended] == [float(e) for e in range(0, steps, EPISODE)]
+        for record in ended:
+            assert record["goals/team_neighbours"] == 2.0 and record["negotiation/rounds_used"] == 2.0
+            if record["negotiation/edges_known"] == 2.0:
+                assert record["negotiation/aligned_edges_fraction"] in (0.0, 0.5, 1.0)
+            goals[record["goals/episode"]][agent] = record
+    for episode, by_agent in goals.items():
+        assert len(by_agent) == 4, episode
+        if not any(r["negotiation/timed_out"] or r["negotiation/rounds_closed_by_deadline"] for r in by_agent.values()):
+            # Both rounds completed everywhere: the best proposal reached all four, one of them led.
+            assert sum(r["negotiation/led"] for r in by_agent.values()) == 1.0, episode
+
+
+def test_independent_agents_draw_alone_without_a_hold(tmp_path):
+    # Exit 0 also shows no agent sent goal.ready: without a hold the env server refuses it.
+    run_dir = run(tmp_path, "configs/goals_independent.yaml", 2 * EPISODE)
+    for agent in ("agent_0", "agent_1"):
+        ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
+        assert len(ended) == 2 and not any(key.startswith(("negotiation/", "hindsight/")) for r in ended for key in r)
