@@ -13,7 +13,13 @@ What travels where (as the ssh backend does):
 - the log: pulled from the actor each time the runtime polls the node, appended to the local
   `nodes/<id>/log` (streamed, in poll-sized pieces);
 - gathered after exit: the node's directory (metrics, checkpoints, replay) and its tb/ events.
-Endpoints are advertised at the Ray machine's IP (the actor's `ray.util.get_node_ip_address()`).
+Endpoints are advertised at the Ray machine's IP (the actor's `ray.util.get_node_ip_address()`),
+so nodes must bind a non-loopback `network.bind_host` (the config refuses 127.0.0.1 with this
+backend: bound there, a node is not listening at the address its peers are given, and they stay
+"connecting" — what the first version of this backend did). The node runs with the Ray worker's
+interpreter and at nice 0 where the actor may lower it (Ray starts workers at nice 15).
+A cluster that cannot be joined, or cannot place the bundles within PLACEMENT_TIMEOUT_S, fails the
+launch with BackendUnavailable (one line, `launch_failed` in events.jsonl).
 """
 
 from __future__ import annotations
