@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocols import messages as m  # noqa: E402
 from protocols import wire  # noqa: E402
-from protocols.auth import generate_run_keys, load_node_keys, signing_keys  # noqa: E402
+from protocols.auth import load_node_keys, signing_keys  # noqa: E402
 from protocols.consensus import ConsensusShare  # noqa: E402
-from protocols.transport import Hub  # noqa: E402
+from protocols.transport import Hub, generate_run_keys  # noqa: E402
 
 
 def sample_messages() -> dict[str, object]:

@@ -39,7 +39,7 @@ from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
 from protocols.jsonlines import LineFile, LineWriteError
-from protocols.auth import KEYS_DIRNAME, generate_run_keys
+from protocols.auth import KEYS_DIRNAME
 from protocols.config_errors import ConfigError
 from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
@@ -167,6 +167,10 @@ def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[R
 
 
 def _fill_run_dir(config: RunConfig, path: Path) -> tuple[RunConfig, Path]:
+    # Imported here: drawing CURVE keys takes zmq (protocols/transport.py), which `validate`
+    # and the CLI's start never need.
+    from protocols.transport import generate_run_keys
+
     socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
     keys_dir = generate_run_keys(path / KEYS_DIRNAME, [*config.node_ids(), ORCHESTRATOR_ID])
     layout = RunLayout(

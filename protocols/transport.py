@@ -56,19 +56,33 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import zmq
 from zmq.utils import z85
 
 from protocols import wire
-from protocols.auth import ZAP_DOMAIN, BadInputLog, LimitsConfig, NodeKeys, signing_keys
+from protocols.auth import ZAP_DOMAIN, BadInputLog, LimitsConfig, NodeKeys, signing_keys, write_run_keys
 from protocols.errors import ProtocolError, SignatureError
 from protocols.links import LinkCounters, LinkTable
 
 UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
 
 log = logging.getLogger(__name__)
+
+
+def curve_keypair() -> tuple[str, str]:
+    """A fresh CURVE key pair, z85-encoded `(public, secret)` as the key files hold them."""
+    public, secret = zmq.curve_keypair()
+    return public.decode("ascii"), secret.decode("ascii")
+
+
+def generate_run_keys(keys_dir: str | Path, node_ids: Iterable[str]) -> Path:
+    """Draw the keys of a run for `node_ids` into `keys_dir` (which must not exist yet).
+
+    The key pairs are drawn here, with zmq; `protocols.auth.write_run_keys` writes the files."""
+    return write_run_keys(keys_dir, curve_keypair(), {node: curve_keypair() for node in node_ids})
 
 
 @dataclass(frozen=True)

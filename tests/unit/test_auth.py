@@ -18,14 +18,13 @@ from protocols.auth import (
     BadInputLog,
     KeyFileError,
     LimitsConfig,
-    generate_run_keys,
     load_node_keys,
     node_signing_key,
     signing_keys,
 )
 from protocols.consensus import ConsensusShare, PushSumConsensus, PushSumShare, SyncConsensus
 from protocols.errors import SignatureError
-from protocols.transport import Hub
+from protocols.transport import Hub, generate_run_keys
 
 NODES = ["env", "agent_0", "agent_1", "orchestrator"]
 
