@@ -246,11 +246,14 @@ class BadInputLog:
         clock=time.monotonic,
         one: str = "dropped an invalid message",
         many: str = "dropped {n} invalid messages",
+        preposition: str = "from",
     ) -> None:
         self.logger = logger
         self.where = where
         self.one = one  # the first line of a source: "<where>: <one> from <source>: <reason>"
-        self.many = many  # the aggregated line: "<where>: <many> from <source> in the last 5 s: ..." 
+        self.many = many  # the aggregated line: "<where>: <many> from <source> in the last 5 s: ..."
+        # "from" a peer for messages; "on" a socket for refused handshakes, whose peer is unknown.
+        self.preposition = preposition
         self.interval_s = interval_s
         self.clock = clock
         self.totals: Counter[str] = Counter()
@@ -263,7 +266,7 @@ class BadInputLog:
         self.totals[reason] += 1
         if source not in self._seen_sources and len(self._seen_sources) < 1024:
             self._seen_sources.add(source)
-            self.logger.warning("%s: %s from %s: %s%s", self.where, self.one, source, reason,
+            self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
                                 f": {detail}" if detail else "")
             self._window_started[source] = now
             return
@@ -283,5 +286,5 @@ class BadInputLog:
             self._window_started[source] = now
             total = sum(counts.values())
             reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
-            self.logger.warning("%s: %s from %s in the last %.0f s: %s",
-                                self.where, self.many.format(n=total), source, max(now - started, 0.0), reasons)
+            self.logger.warning("%s: %s %s %s in the last %.0f s: %s", self.where, self.many.format(n=total),
+                                self.preposition, source, max(now - started, 0.0), reasons)
