@@ -343,15 +343,20 @@ def file_system_is_full(path: Path) -> bool:
         return False
 
 
-def explain_failure(run_dir: Path, tail_lines: int = 5) -> list[str]:
+def explain_failure(run_dir: Path, node_reasons: dict[str, str] | None = None, tail_lines: int = 5) -> list[str]:
     """Why a run failed, for the terminal: the run's recorded reason, then for each node that
-    exited unexpectedly (first the earliest) its exit code or signal and its log's last lines."""
+    exited unexpectedly (first the earliest) its exit code or signal and its log's last lines.
+    `node_reasons`: what failed nodes said in their goodbye (node id -> reason), which the
+    orchestrator holds in memory; on a full disk these lines say which node stopped and why."""
+    node_reasons = node_reasons or {}
     events = read_jsonl(run_dir / EVENTS_FILENAME)
     unexpected = [e for e in events if e.get("event") == "exited" and not e.get("expected") and e.get("node")]
     if file_system_is_full(run_dir):
-        # The nodes' tracebacks all say the same thing; one line says it better.
-        stopped = ", ".join(sorted({e["node"] for e in unexpected})) or "none"
-        return [f"run failed: {run_dir}: no space left on its file system (nodes that stopped: {stopped})"]
+        # The nodes' logs all end the same way; what each one said it could not write says more.
+        stopped = ", ".join(sorted({e["node"] for e in unexpected} | set(node_reasons))) or "none"
+        lines = [f"run failed: {run_dir}: no space left on its file system (nodes that stopped: {stopped})"]
+        lines += [f"node {node_id} stopped: {said}" for node_id, said in sorted(node_reasons.items())]
+        return lines
     lines = []
     finished = [e for e in events if e.get("event") == "run_finished"]
     if finished and finished[-1].get("reason"):
