@@ -181,6 +181,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         advertise_host=config.network.advertised_host(),
         eval_envs=eval_envs,
         metrics_path=identity.node_dir / "metrics.jsonl",
+        env_kwargs=env_config.kwargs,
     )
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = _stop_on_signals()

@@ -29,6 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.episode_hold import EpisodeStartHold
@@ -82,11 +83,13 @@ class EnvServer:
         advertise_host: str | None = None,
         eval_envs: VectorizedParallelEnv | None = None,
         metrics_path: Path | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         clock=time.monotonic,
     ) -> None:
         self.envs = envs
         self.eval_envs = eval_envs
         self.env_name = env_name
+        self.env_kwargs = dict(env_kwargs or {})  # told to clients in the welcome (dataset manifests)
         self.rules = rules
         self.seed = seed
         self.eval_seed = eval_seed
@@ -191,6 +194,7 @@ class EnvServer:
                 step=self.step,
                 task=self.task,
                 global_view=self.global_view.welcome() if request.global_view else None,
+                env_kwargs=self.env_kwargs,
             ),
         )
 

@@ -421,6 +421,10 @@ class EnvWelcome:
     # Only for a client that joined with `global_view=True` (env_server/global_view.py): the global
     # state space (encoded with protocols.spaces), where it comes from, and the joint action width.
     global_view: dict[str, Any] | None = None
+    # The keyword arguments the env was built with (`env.kwargs`, validated by the server's typed
+    # `EnvConfig`): a client that records a dataset writes them into its manifest, so it never
+    # reads the env section of resolved.yaml itself.
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @register_message("env.reset")
