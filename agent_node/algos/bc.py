@@ -25,7 +25,13 @@ import torch.nn.functional as F
 from agent_node.algos.config import BCConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
-from agent_node.algos.learner_parts import check_algorithm, checked_obs, load_optimizer, steps_to_take, update_counters
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    checked_obs,
+    load_optimizer,
+    steps_to_take,
+    update_counters,
+)
 from agent_node.datasets import transitions_for_learning
 from agent_node.roles import Transition
 

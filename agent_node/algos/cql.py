@@ -42,7 +42,14 @@ import torch.nn.functional as F
 from agent_node.algos.config import CQLConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
-from agent_node.algos.learner_parts import check_algorithm, checked_obs, load_optimizer, steps_to_take, update_counters
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    checked_obs,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    update_counters,
+)
 from agent_node.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
@@ -95,11 +102,7 @@ class CQLAgent:
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
-        totals: dict[str, float] = {}
-        for _ in range(steps):
-            for key, value in self._gradient_step().items():
-                totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: total / steps for key, total in totals.items()}
+        metrics = run_gradient_steps(self._gradient_step, steps)
         metrics["cql/gradient_steps"] = float(steps)
         metrics["cql/steps_pending"] = float(self.gradient_steps_due())
         return metrics

@@ -35,7 +35,16 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.params import load_module_params, module_params
-from agent_node.algos.learner_parts import check_algorithm, check_seed, checked_obs, load_optimizer, steps_to_take, update_counters
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    checked_obs,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 
@@ -156,10 +165,7 @@ class DQNAgent:
     def gradient_steps_due(self) -> int:
         """Gradient steps owed for the rows observed so far and not yet taken."""
         cfg = self.config
-        # Learning waits for learning_starts rows, and for at least one batch in the buffer.
-        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
-        trainable_rows = max(0, self.rows_observed - first_trainable_row)
-        return trainable_rows // cfg.train_every - self.gradient_steps
+        return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
@@ -169,17 +175,7 @@ class DQNAgent:
         `counters()`, cumulative.
         """
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
-
-        totals = {"dqn/loss": 0.0, "dqn/q_mean": 0.0, "dqn/target_mean": 0.0}
-        for _ in range(steps):
-            step_metrics = self._gradient_step()
-            for key, value in step_metrics.items():
-                totals[key] += value
-
-        metrics = {"dqn/epsilon": self.epsilon}
-        if steps > 0:
-            metrics.update({key: total / steps for key, total in totals.items()})
-        return metrics
+        return {"dqn/epsilon": self.epsilon, **run_gradient_steps(self._gradient_step, steps)}
 
     def counters(self) -> dict[str, float]:
         """The update-ratio contract, cumulative since the start (not per call): gradient steps

@@ -4,6 +4,8 @@ and not another copy of the bookkeeping around it.
 - `update_counters`: the update-ratio contract of `roles.Learner.counters` (gradient steps taken,
   pending, owed, rows observed), under the learner's metric prefix.
 - `steps_to_take`: how many gradient steps one `update(max_gradient_steps)` call runs.
+- `run_gradient_steps`: run them and average each metric over them.
+- `trainable_rows`: the observed rows that count towards gradient steps (online learners).
 - `check_algorithm`: a state dict handed to `load_state_dict` is of this learner.
 - `load_optimizer`: restore an optimizer from a checkpoint, with the learning rate the config
   (not the checkpoint) sets, so a resumed run can change its rate.
@@ -15,7 +17,7 @@ No torch import: these only call methods of the objects they are given.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -39,6 +41,23 @@ def steps_to_take(steps_due: int, max_gradient_steps: int | None) -> int:
     if not isinstance(max_gradient_steps, int) or max_gradient_steps < 0:
         raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
     return min(steps_due, max_gradient_steps)
+
+
+def run_gradient_steps(gradient_step: Callable[[], dict[str, float]], steps: int) -> dict[str, float]:
+    """Call `gradient_step` `steps` times; each metric it returns, averaged over the calls
+    (nothing when `steps` is 0: no loss was computed, so none is reported)."""
+    totals: dict[str, float] = {}
+    for _ in range(steps):
+        for key, value in gradient_step().items():
+            totals[key] = totals.get(key, 0.0) + value
+    return {key: total / steps for key, total in totals.items()}
+
+
+def trainable_rows(rows_observed: int, learning_starts: int, batch_size: int) -> int:
+    """The observed rows past the first trainable one: learning waits for `learning_starts` rows,
+    and for at least one batch in the buffer. Each learner turns them into steps its own way
+    (DQN, PMIC: one per `train_every` rows; SAC: `updates_per_step` per row)."""
+    return max(0, rows_observed - max(learning_starts, batch_size))
 
 
 def check_algorithm(state: Mapping[str, Any], algorithm: str, name: str) -> None:

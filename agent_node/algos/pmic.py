@@ -93,7 +93,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import PMICConfig
-from agent_node.algos.learner_parts import check_algorithm, check_seed, load_optimizer, steps_to_take, update_counters
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 from agent_node.algos.mutual_information import GaussianCLUB, JSDMutualInformation
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.replay import ReplayBuffer
@@ -413,18 +421,12 @@ class PMICAgent:
 
     def gradient_steps_due(self) -> int:
         cfg = self.config
-        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
-        trainable_rows = max(0, self.rows_observed - first_trainable_row)
-        return trainable_rows // cfg.train_every - self.gradient_steps
+        return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them."""
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
-        totals: dict[str, float] = {}
-        for _ in range(steps):
-            for key, value in self._gradient_step().items():
-                totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: total / steps for key, total in totals.items()}
+        metrics = run_gradient_steps(self._gradient_step, steps)
         metrics.update(
             {
                 "pmic/gradient_steps": float(steps),

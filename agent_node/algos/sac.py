@@ -54,7 +54,16 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import SACConfig
 from agent_node.algos.params import load_module_params, module_params
-from agent_node.algos.learner_parts import check_algorithm, check_seed, checked_obs, load_optimizer, steps_to_take, update_counters
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    checked_obs,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 
@@ -276,10 +285,7 @@ class SACAgent:
     def gradient_steps_due(self) -> int:
         """Gradient steps owed for the rows observed so far and not yet taken."""
         cfg = self.config
-        # Learning waits for learning_starts rows, and for at least one batch in the buffer.
-        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
-        trainable_rows = max(0, self.rows_observed - first_trainable_row)
-        return trainable_rows * cfg.updates_per_step - self.gradient_steps
+        return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) * cfg.updates_per_step - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
@@ -289,13 +295,7 @@ class SACAgent:
         and are still owed is in `counters()`, cumulative.
         """
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
-
-        totals: dict[str, float] = {}
-        for _ in range(steps):
-            for key, value in self._gradient_step().items():
-                totals[key] = totals.get(key, 0.0) + value
-
-        metrics = {key: total / steps for key, total in totals.items()}
+        metrics = run_gradient_steps(self._gradient_step, steps)
         metrics["sac/alpha"] = self.alpha
         return metrics
 

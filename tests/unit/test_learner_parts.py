@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_node.algos.learner_parts import check_algorithm, check_seed, checked_obs, steps_to_take, update_counters
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    checked_obs,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 
 
 def test_update_counters_owe_what_was_taken_plus_what_is_pending():
@@ -41,3 +49,21 @@ def test_observation_batches_and_seeds_are_checked():
     for bad in (True, -1, 1.5):
         with pytest.raises(ValueError, match="seed must be a non-negative int"):
             check_seed(bad)
+
+
+def test_gradient_steps_run_and_their_metrics_are_averaged():
+    losses = iter([1.0, 2.0, 6.0])
+    calls = []
+
+    def step() -> dict[str, float]:
+        calls.append(1)
+        return {"x/loss": next(losses), "x/one": 1.0}
+
+    assert run_gradient_steps(step, 3) == {"x/loss": 3.0, "x/one": 1.0} and len(calls) == 3
+    assert run_gradient_steps(step, 0) == {} and len(calls) == 3  # no step, no loss reported
+
+
+def test_trainable_rows_wait_for_learning_starts_and_one_batch():
+    assert trainable_rows(rows_observed=100, learning_starts=50, batch_size=64) == 36
+    assert trainable_rows(rows_observed=100, learning_starts=0, batch_size=64) == 36  # a batch first
+    assert trainable_rows(rows_observed=10, learning_starts=50, batch_size=4) == 0

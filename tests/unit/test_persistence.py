@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 
 import gymnasium as gym
 import numpy as np
@@ -115,24 +114,16 @@ def test_a_node_that_learns_nothing_keeps_no_replay_and_can_start_from_another_r
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 64 KiB tmpfs with one small file on it, then filled to the last block (needs root)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {mounted.stderr.strip()}")
-    try:
-        (mount_point / "node").mkdir()
-        atomic_write(mount_point / "node" / "latest.pt", lambda file: file.write(b"the previous checkpoint"))
-        with pytest.raises(OSError):
-            with open(mount_point / "filler", "wb") as filler:
-                while True:
-                    filler.write(b"x" * 4096)
-                    filler.flush()
-        yield mount_point / "node"
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+def full_disk(small_tmpfs):
+    """`small_tmpfs` (tests/conftest.py) with one small file on it, then filled to the last block."""
+    (small_tmpfs / "node").mkdir()
+    atomic_write(small_tmpfs / "node" / "latest.pt", lambda file: file.write(b"the previous checkpoint"))
+    with pytest.raises(OSError):
+        with open(small_tmpfs / "filler", "wb") as filler:
+            while True:
+                filler.write(b"x" * 4096)
+                filler.flush()
+    return small_tmpfs / "node"
 
 
 def test_a_checkpoint_on_a_full_disk_fails_naming_the_file_and_keeps_the_previous_one(full_disk):
