@@ -145,8 +145,10 @@ def handshake_failure_reason(event: int, value: int) -> str:
 
     Measured with libzmq 4.3.5 on a CURVE ROUTER behind our ZAP handler: a client with a key not
     of the run gives HANDSHAKE_FAILED_AUTH with ZAP status 400; a client without CURVE gives
-    HANDSHAKE_FAILED_NO_DETAIL; a client with a wrong server key gives HANDSHAKE_FAILED_PROTOCOL
-    with ZMTP_CRYPTOGRAPHIC (and it keeps reconnecting, so it is counted once per attempt)."""
+    HANDSHAKE_FAILED_PROTOCOL with ZMTP_MECHANISM_MISMATCH or, depending on timing,
+    HANDSHAKE_FAILED_NO_DETAIL (which a connection cut mid-handshake gives too); a client with a
+    wrong server key gives HANDSHAKE_FAILED_PROTOCOL with ZMTP_CRYPTOGRAPHIC (and it keeps
+    reconnecting, so it is counted once per attempt)."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return "unknown key" if value == _ZAP_DENIED else f"refused by the authenticator (ZAP status {value})"
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
@@ -155,7 +157,7 @@ def handshake_failure_reason(event: int, value: int) -> str:
         if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
             return "no CURVE"
         return f"protocol error {value:#x}"
-    return "no CURVE handshake"  # NO_DETAIL: what a plain (non-CURVE) client causes
+    return "no CURVE or cut short"  # NO_DETAIL
 
 
 class HandshakeMonitor:

@@ -436,14 +436,18 @@ def test_tcp_refused_handshakes_are_counted_per_socket_and_logged_in_aggregate(k
             assert metrics["security/refused_handshakes/env"] == 21, metrics
             assert metrics["security/refused_handshakes/peers"] == 0
             assert metrics["security/refused_handshakes"] == 21
-            assert inbox.handshakes.refused == {"unknown key": 20, "no CURVE handshake": 1}
+            # A plain client shows as a mechanism mismatch or, depending on timing, as a failure
+            # without detail (measured both ways on libzmq 4.3.5).
+            plain_reason = next(reason for reason in inbox.handshakes.refused if reason != "unknown key")
+            assert plain_reason in ("no CURVE", "no CURVE or cut short")
+            assert inbox.handshakes.refused == {"unknown key": 20, plain_reason: 1}
             assert quiet.handshakes.total == 0
             server.close()  # flushes the window still open
         lines = [record.getMessage() for record in caplog.records]
         assert len(lines) == 2, lines  # the first refusal at once, the other 20 in one line
         assert lines[0].startswith("env: refused a handshake on env: unknown key: at tcp://127.0.0.1:")
         assert lines[1].startswith("env: refused 20 handshakes on env in the last ")
-        assert lines[1].endswith(": 19 unknown key, 1 no CURVE handshake")
+        assert lines[1].endswith(f": 19 unknown key, 1 {plain_reason}")
     finally:
         for socket in strangers:
             socket.close(linger=0)
@@ -455,4 +459,4 @@ def test_handshake_failure_reasons_name_what_the_peer_got_wrong():
     assert "500" in handshake_failure_reason(zmq.EVENT_HANDSHAKE_FAILED_AUTH, 500)
     assert handshake_failure_reason(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) == "bad encryption (wrong server key)"
     assert handshake_failure_reason(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) == "no CURVE"
-    assert handshake_failure_reason(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0) == "no CURVE handshake"
+    assert handshake_failure_reason(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0) == "no CURVE or cut short"
