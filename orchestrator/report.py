@@ -1,0 +1,438 @@
+"""`orchestrate report RUN_DIR|SWEEP_DIR`: what a run (or every point of a sweep) did, as tables.
+
+A run's record is its `events.jsonl` (the orchestrator's timeline) and each node's
+`nodes/<id>/metrics.jsonl`; this module reads only those (and `resolved.yaml` for the name), so
+it works on a finished run, a failed one, or one killed mid-way (a torn last line is skipped).
+
+Per run:
+- per agent: episodes, the last episode's return, the mean return over the last 20% of its
+  episodes (at least one), the last step, steps/s (last step over the time since the run's
+  `started` event), restarts (`restarted` events) and faults that hit it (`fault` events);
+- per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
+  and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
+  ages over its last window of messages). A node that restarted starts its counters at zero
+  again; a counter that goes down is read as a new incarnation and added to the earlier total;
+- consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
+  the neighbours) before the first and after the last round of each session, rounds that missed a
+  neighbour, and the time a session took;
+- headline numbers, the same for every run, that a sweep aggregates.
+
+Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row per point with
+each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
+95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
+
+`--plot` draws PNGs into `<dir>/report/` with matplotlib (a dependency of Parley; a clear error
+if it is missing): for a run, every agent's episode return over steps; for a sweep, the return
+and the consensus disagreement against the first swept key, one line per value of the others.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import RESOLVED_FILENAME
+from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
+from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index
+from protocols.config_errors import ConfigError
+from protocols.settings import ENV_NODE_ID
+
+REPORT_DIRNAME = "report"
+LAST_FRACTION = 0.2  # "last 20%" of an agent's episodes
+LINK_COUNTERS = ("sent", "delivered", "dropped", "dropped_loss", "dropped_queue", "dropped_partition", "duplicated", "bytes")
+
+# The headline numbers of a run: (key, column title, format). A sweep aggregates these.
+HEADLINE = (
+    ("return_last20", "return last20%", ".3g"),
+    ("return_final", "final return", ".3g"),
+    ("steps_per_s", "steps/s", ".3g"),
+    ("consensus_sessions", "sessions/agent", ".3g"),
+    ("consensus_disagreement_last", "disagree after", ".2e"),
+    ("consensus_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
+    ("consensus_reached_1e-3", "reached 1e-3", ".0%"),
+    ("consensus_duration_s", "consensus s", ".3g"),
+    ("peer_dropped_fraction", "peer drop", ".1%"),
+    ("peer_age_p99_ms", "peer p99 ms", ".3g"),
+    ("restarts", "restarts", "g"),
+    ("faults", "faults", "g"),
+)
+# "rounds to 1e-3": in a synchronous session, the first round whose disagreement is at most
+# this fraction of the session's first (the rounds of mixing it took to cut the spread 1000x).
+CONVERGED_FRACTION = 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# One run
+# ------------------------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(values) if values else None
+
+
+def _cumulative(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The total of a counter over a node's incarnations: a drop in value is a restart."""
+    total, last = 0.0, None
+    for row in rows:
+        value = row.get(key)
+        if value is None:
+            continue
+        if last is not None and value < last:
+            total += last
+        last = value
+    return None if last is None else total + last
+
+
+def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict]) -> dict[str, Any]:
+    returns = [row["env/episode_return"] for row in rows if "env/episode_return" in row]
+    last_n = max(1, math.ceil(LAST_FRACTION * len(returns))) if returns else 0
+    steps = max((row["step"] for row in rows if isinstance(row.get("step"), (int, float))), default=None)
+    last_t = max((row["t"] for row in rows if isinstance(row.get("t"), (int, float))), default=None)
+    first_t = started_t if started_t is not None else min((row["t"] for row in rows if "t" in row), default=None)
+    elapsed = (last_t - first_t) if last_t is not None and first_t is not None else None
+    faults = [e for e in events if e.get("event") == "fault" and node in (e.get("nodes") or {})]
+    return {
+        "episodes": len(returns),
+        "return_final": returns[-1] if returns else None,
+        "return_last20": _mean(returns[-last_n:]) if returns else None,
+        "steps": steps,
+        "steps_per_s": steps / elapsed if steps and elapsed and elapsed > 0 else None,
+        "restarts": sum(1 for e in events if e.get("event") == "restarted" and e.get("node") == node),
+        "faults": len(faults),
+        # finished consensus sessions (a session cut short by the end of the run writes none)
+        "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row),
+    }
+
+
+def _link_summaries(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    links: dict[str, dict[str, Any]] = {}
+    for node, rows in metrics.items():
+        keys = {key for row in rows for key in row if key.startswith("link/")}
+        for key in keys:
+            _, link, counter = key.split("/", 2)
+            source, _, destination = link.partition("_to_")
+            entry = links.setdefault(link, {"src": source, "dst": destination})
+            if counter in LINK_COUNTERS and source == node:
+                entry[counter] = _cumulative(rows, key)
+            elif counter in ("age_p50_ms", "age_p99_ms") and destination == node:
+                entry[counter] = next((row[key] for row in reversed(rows) if key in row), None)
+    for entry in links.values():
+        sent = entry.get("sent")
+        entry["dropped_fraction"] = entry.get("dropped", 0.0) / sent if sent else None
+    return dict(sorted(links.items()))
+
+
+def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
+    """Per synchronous session of one agent (its per-round rows, `consensus/round` from 0): the
+    first round with disagreement <= CONVERGED_FRACTION x round 0's, or None if none was."""
+    sessions: list[list[float]] = []
+    for row in rows:
+        if "consensus/round" in row and "consensus/disagreement_max" in row:
+            if row["consensus/round"] == 0 or not sessions:
+                sessions.append([])
+            sessions[-1].append(row["consensus/disagreement_max"])
+    reached: list[int | None] = []
+    for values in sessions:
+        target = CONVERGED_FRACTION * values[0]
+        reached.append(next((r for r, value in enumerate(values) if value <= target), None) if values[0] > 0 else 0)
+    return reached
+
+
+def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
+                if "consensus/disagreement_last" in row or "consensus/rounds" in row]  # fmt: skip
+    durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
+    if not sessions and not durations:
+        return None
+    converged = [r for node, rows in metrics.items() if node != ENV_NODE_ID for r in _rounds_to_converge(rows)]
+    final_by_agent = []
+    for node, rows in metrics.items():
+        last = [row["consensus/disagreement_last"] for row in rows if "consensus/disagreement_last" in row]
+        if last:
+            final_by_agent.append(last[-1])
+    return {
+        "sessions": len(sessions),
+        "rounds_mean": _mean([row.get("consensus/rounds") for row in sessions]),
+        "disagreement_first_mean": _mean([row.get("consensus/disagreement_first") for row in sessions]),
+        "disagreement_last_mean": _mean([row.get("consensus/disagreement_last") for row in sessions]),
+        "disagreement_last_final": _mean(final_by_agent),
+        "rounds_to_1e-3_mean": _mean([r for r in converged if r is not None]),  # over the sessions that got there
+        "reached_1e-3_fraction": sum(r is not None for r in converged) / len(converged) if converged else None,
+        "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
+        "duration_s_mean": _mean(durations),
+        # push-sum reports its own counters instead of rounds and disagreement
+        "weight_mass_mean": _mean([row.get("consensus/weight_mass") for row in sessions]),
+    }
+
+
+def summarize_run(path: str | Path) -> dict[str, Any]:
+    """Everything `report` shows for one run, as JSON-ready data."""
+    run_dir = find_run_dir(path)
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    nodes_dir = run_dir / NODES_DIRNAME
+    node_ids = sorted(p.name for p in nodes_dir.iterdir() if p.is_dir()) if nodes_dir.is_dir() else []
+    metrics = {node: read_jsonl(nodes_dir / node / NODE_METRICS_FILENAME) for node in node_ids}
+    started = next((e["t"] for e in events if e.get("event") == "started"), None)
+    finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
+    agents = {node: _agent_summary(node, rows, started, events) for node, rows in metrics.items() if node != ENV_NODE_ID}
+    links = _link_summaries(metrics)
+    consensus = _consensus_summary(metrics)
+    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(e.get("nodes") or {}),
+               "skipped": e.get("skipped") or []} for e in events if e.get("event") == "fault"]  # fmt: skip
+    peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
+    peer_sent = sum(entry.get("sent") or 0.0 for entry in peer)
+    ages = [entry["age_p99_ms"] for entry in peer if entry.get("age_p99_ms") is not None]
+    headline = {
+        "return_last20": _mean([a["return_last20"] for a in agents.values()]),
+        "return_final": _mean([a["return_final"] for a in agents.values()]),
+        "steps_per_s": _mean([a["steps_per_s"] for a in agents.values()]),
+        "consensus_sessions": _mean([a["consensus_sessions"] for a in agents.values()]) if consensus else None,
+        "consensus_disagreement_last": consensus["disagreement_last_mean"] if consensus else None,
+        "consensus_rounds_to_1e-3": consensus["rounds_to_1e-3_mean"] if consensus else None,
+        "consensus_reached_1e-3": consensus["reached_1e-3_fraction"] if consensus else None,
+        "consensus_duration_s": consensus["duration_s_mean"] if consensus else None,
+        "peer_dropped_fraction": sum(entry.get("dropped") or 0.0 for entry in peer) / peer_sent if peer_sent else None,
+        "peer_age_p99_ms": max(ages) if ages else None,
+        "restarts": float(sum(a["restarts"] for a in agents.values())),
+        "faults": float(len(faults)),
+    }
+    return {
+        "run_dir": str(run_dir),
+        "name": run_dir.name,
+        "exit_code": finished.get("exit_code") if finished else None,
+        "reason": finished.get("reason") if finished else "no run_finished event (still running, or the orchestrator was killed)",
+        "duration_s": (finished["t"] - started) if finished and started is not None else None,
+        "agents": agents,
+        "links": links,
+        "consensus": consensus,
+        "faults": faults,
+        "headline": headline,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# A sweep
+# ------------------------------------------------------------------------------------------
+
+
+def _aggregate(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    ci95 = None
+    if len(values) > 1:
+        from scipy import stats  # a Student-t interval over seeds, not a hand-rolled one
+
+        half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+        ci95 = [mean - half, mean + half]
+    return {"n": len(values), "mean": mean, "std": std, "ci95": ci95}
+
+
+def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    sweep_dir = Path(sweep_dir)
+    index = read_index(sweep_dir)
+    points: dict[str, dict[str, Any]] = {}
+    for run in index["runs"]:
+        point = points.setdefault(run["point"], {"point": run["point"], "grid_values": run["grid_values"], "runs": []})
+        run_dir = Path(run["run_dir"])
+        if not run_dir.is_absolute() and not run_dir.exists():
+            run_dir = sweep_dir / run_dir.name
+        summary = summarize_run(run_dir) if (run_dir / RESOLVED_FILENAME).exists() else None
+        point["runs"].append({"seed": run["seed"], "status": run["status"], "exit_code": run["exit_code"],
+                              "run_dir": str(run_dir), "headline": summary["headline"] if summary else None})  # fmt: skip
+    rows = []
+    for point in points.values():
+        finished = [r for r in point["runs"] if r["headline"] is not None]
+        point["ok"] = sum(r["status"] == "ok" for r in point["runs"])
+        point["metrics"] = {key: _aggregate([r["headline"][key] for r in finished]) for key, _, _ in HEADLINE}
+        rows.append(point)
+    return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
+            "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Printing
+# ------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def render_run(summary: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    console.print(f"[bold]{summary['run_dir']}[/bold]: exit {summary['exit_code']} ({summary['reason']})"
+                  + (f", {summary['duration_s']:.1f} s after start" if summary["duration_s"] is not None else ""))  # fmt: skip
+    agents = Table(title="agents")
+    for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "faults",
+                   "consensus sessions"):  # fmt: skip
+        agents.add_column(column, justify="left" if column == "agent" else "right")
+    for node, a in summary["agents"].items():
+        agents.add_row(node, str(a["episodes"]), _fmt(a["return_final"]), _fmt(a["return_last20"]), _fmt(a["steps"], "g"),
+                       _fmt(a["steps_per_s"]), str(a["restarts"]), str(a["faults"]), str(a["consensus_sessions"]))  # fmt: skip
+    console.print(agents)
+    if summary["links"]:
+        links = Table(title="links (counters from the sender, ages measured by the receiver)")
+        for column in ("link", "sent", "delivered", "dropped", "drop %", "age p50 ms", "age p99 ms"):
+            links.add_column(column, justify="left" if column == "link" else "right")
+        for name, entry in summary["links"].items():
+            links.add_row(name.replace("_to_", " -> "), _fmt(entry.get("sent"), "g"), _fmt(entry.get("delivered"), "g"),
+                          _fmt(entry.get("dropped"), "g"), _fmt(entry.get("dropped_fraction"), ".1%"),
+                          _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
+        console.print(links)
+    consensus = summary["consensus"]
+    if consensus:
+        console.print(
+            f"consensus: {consensus['sessions']} finished sessions (all agents), {_fmt(consensus['rounds_mean'])} rounds each, "
+            f"disagreement {_fmt(consensus['disagreement_first_mean'], '.2e')} before -> "
+            f"{_fmt(consensus['disagreement_last_mean'], '.2e')} after (mean over sessions), "
+            f"final {_fmt(consensus['disagreement_last_final'], '.2e')}; spread cut 1000x in "
+            f"{_fmt(consensus['rounds_to_1e-3_mean'])} rounds ({_fmt(consensus['reached_1e-3_fraction'], '.0%')} of sessions got there); "
+            f"rounds missing a neighbour "
+            f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_fmt(consensus['duration_s_mean'])} s per session"
+        )
+    for fault in summary["faults"]:
+        console.print(f"fault: {fault['kind']} at +{_fmt(fault['at_s'], 'g')} s on {', '.join(fault['nodes']) or '-'}"
+                      + (f" (skipped {', '.join(fault['skipped'])})" if fault["skipped"] else ""))  # fmt: skip
+
+
+def render_sweep(summary: dict[str, Any], console) -> None:
+    from rich.table import Table
+
+    keys = list(summary["grid"])
+    table = Table(title=f"sweep {summary['sweep']} ({summary['state']}): mean ± std over seeds {summary['seeds']}")
+    table.add_column("point", no_wrap=True)
+    for key in keys:
+        table.add_column(key.split(".")[-1], justify="right", no_wrap=True)
+    table.add_column("ok", justify="right", no_wrap=True)
+    shown = [(key, title, spec) for key, title, spec in HEADLINE
+             if any(point["metrics"][key]["mean"] is not None for point in summary["points"])]  # fmt: skip
+    for _, title, _ in shown:
+        table.add_column(title, justify="right", no_wrap=True)
+    for point in summary["points"]:
+        cells = [point["point"].split("-", 1)[0]]
+        cells += [str(point["grid_values"][key]) for key in keys]
+        cells.append(f"{point['ok']}/{len(point['runs'])}")
+        for key, _, spec in shown:
+            aggregate = point["metrics"][key]
+            if aggregate["mean"] is None:
+                cells.append("-")
+            elif aggregate["n"] > 1:
+                cells.append(f"{_fmt(aggregate['mean'], spec)} ± {_fmt(aggregate['std'], spec)}")
+            else:
+                cells.append(_fmt(aggregate["mean"], spec))
+        table.add_row(*cells)
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError(["--plot needs matplotlib, which is not installed (pip install matplotlib)"]) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    run_dir = Path(summary["run_dir"])
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for node in summary["agents"]:
+        rows = read_jsonl(run_dir / NODES_DIRNAME / node / NODE_METRICS_FILENAME)
+        points = [(row["step"], row["env/episode_return"]) for row in rows if "env/episode_return" in row]
+        if points:
+            axes.plot(*zip(*points), marker=".", linewidth=1, label=node)
+    axes.set_xlabel("step")
+    axes.set_ylabel("episode return")
+    axes.set_title(f"{summary['name']}: episode return")
+    axes.legend()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "returns.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return [path]
+
+
+def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Return and disagreement against the first swept key (numeric values), a line per
+    combination of the other keys, error bars one std over seeds."""
+    plt = _pyplot()
+    keys = list(summary["grid"])
+    x_key, others = keys[0], keys[1:]
+    panels = [("return_last20", "return, last 20% of episodes", False),
+              ("consensus_disagreement_last", "consensus disagreement after the rounds", True)]  # fmt: skip
+    panels = [p for p in panels if any(pt["metrics"][p[0]]["mean"] is not None for pt in summary["points"])]
+    if not panels:
+        return []
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for (metric, label, log_scale), axes in zip(panels, axes_list[0]):
+        lines: dict[str, list[tuple[Any, float, float]]] = {}
+        for point in summary["points"]:
+            aggregate = point["metrics"][metric]
+            if aggregate["mean"] is None:
+                continue
+            line = ", ".join(f"{k.split('.')[-1]}={point['grid_values'][k]}" for k in others) or "all"
+            lines.setdefault(line, []).append((point["grid_values"][x_key], aggregate["mean"], aggregate["std"] or 0.0))
+        for line, values in lines.items():
+            values.sort(key=lambda v: v[0])
+            xs = [v[0] for v in values]
+            if all(isinstance(x, (int, float)) for x in xs):
+                axes.errorbar(xs, [v[1] for v in values], yerr=[v[2] for v in values], marker="o", capsize=3, label=line)
+            else:
+                axes.errorbar([str(x) for x in xs], [v[1] for v in values], yerr=[v[2] for v in values], marker="o", capsize=3, label=line)
+        if log_scale:
+            axes.set_yscale("log")
+        axes.set_xlabel(x_key)
+        axes.set_ylabel(label)
+        axes.legend(fontsize=8)
+    figure.suptitle(f"sweep {summary['sweep']}: mean ± std over seeds {summary['seeds']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "sweep.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return [path]
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point (orchestrate report)
+# ------------------------------------------------------------------------------------------
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / SWEEP_INDEX_FILENAME).is_file()
+
+
+def main(path: Path, as_json: bool = False, plot: bool = False, out=sys.stdout) -> int:
+    from rich.console import Console
+
+    sweep = is_sweep_dir(path)
+    summary = summarize_sweep(path) if sweep else summarize_run(path)
+    if as_json:
+        print(json.dumps(summary, indent=1, default=str), file=out)
+    else:
+        # Wide tables: a pipe or a file gets them whole instead of wrapped at 80 columns.
+        console = Console(file=out, width=max(200, Console().width))
+        (render_sweep if sweep else render_run)(summary, console)
+    if plot:
+        target = Path(summary["sweep_dir"] if sweep else summary["run_dir"]) / REPORT_DIRNAME
+        for written in (plot_sweep if sweep else plot_run)(summary, target):
+            print(f"wrote {written}", file=sys.stderr)
+    return 0
