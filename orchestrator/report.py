@@ -11,7 +11,7 @@ Per run:
 - per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
   and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
   ages over its last window of messages). A node that restarted starts its counters at zero
-  again; a counter that goes down is read as a new incarnation and added to the earlier total;
+  again, so its rows are split at its `restarted` events and each incarnation's last value added;
 - consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
   the neighbours) before the first and after the last round of each session, rounds that missed a
   neighbour, and the time a session took;
@@ -51,6 +51,7 @@ HEADLINE = (
     ("return_final", "final return", ".3g"),
     ("steps_per_s", "steps/s", ".3g"),
     ("consensus_sessions", "sessions/agent", ".3g"),
+    ("consensus_disagreement_first", "disagree before", ".2e"),
     ("consensus_disagreement_last", "disagree after", ".2e"),
     ("consensus_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
     ("consensus_reached_1e-3", "reached 1e-3", ".0%"),
@@ -75,17 +76,15 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _cumulative(rows: list[dict[str, Any]], key: str) -> float | None:
-    """The total of a counter over a node's incarnations: a drop in value is a restart."""
-    total, last = 0.0, None
+def _cumulative(rows: list[dict[str, Any]], key: str, restarted_at: list[float]) -> float | None:
+    """The total of a counter over a node's incarnations: a restarted node counts from zero
+    again, so the last value of each incarnation (split at its `restarted` events) is summed."""
+    last_by_incarnation: dict[int, float] = {}
     for row in rows:
-        value = row.get(key)
-        if value is None:
-            continue
-        if last is not None and value < last:
-            total += last
-        last = value
-    return None if last is None else total + last
+        if key in row:
+            incarnation = sum(1 for t in restarted_at if t <= row.get("t", 0.0))
+            last_by_incarnation[incarnation] = row[key]
+    return sum(last_by_incarnation.values()) if last_by_incarnation else None
 
 
 def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict]) -> dict[str, Any]:
@@ -109,16 +108,17 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
     }
 
 
-def _link_summaries(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _link_summaries(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) -> dict[str, dict[str, Any]]:
     links: dict[str, dict[str, Any]] = {}
     for node, rows in metrics.items():
+        restarted_at = [e["t"] for e in events if e.get("event") == "restarted" and e.get("node") == node]
         keys = {key for row in rows for key in row if key.startswith("link/")}
         for key in keys:
             _, link, counter = key.split("/", 2)
             source, _, destination = link.partition("_to_")
             entry = links.setdefault(link, {"src": source, "dst": destination})
             if counter in LINK_COUNTERS and source == node:
-                entry[counter] = _cumulative(rows, key)
+                entry[counter] = _cumulative(rows, key, restarted_at)
             elif counter in ("age_p50_ms", "age_p99_ms") and destination == node:
                 entry[counter] = next((row[key] for row in reversed(rows) if key in row), None)
     for entry in links.values():
@@ -180,7 +180,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     started = next((e["t"] for e in events if e.get("event") == "started"), None)
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
     agents = {node: _agent_summary(node, rows, started, events) for node, rows in metrics.items() if node != ENV_NODE_ID}
-    links = _link_summaries(metrics)
+    links = _link_summaries(metrics, events)
     consensus = _consensus_summary(metrics)
     faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(e.get("nodes") or {}),
                "skipped": e.get("skipped") or []} for e in events if e.get("event") == "fault"]  # fmt: skip
@@ -192,6 +192,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "return_final": _mean([a["return_final"] for a in agents.values()]),
         "steps_per_s": _mean([a["steps_per_s"] for a in agents.values()]),
         "consensus_sessions": _mean([a["consensus_sessions"] for a in agents.values()]) if consensus else None,
+        "consensus_disagreement_first": consensus["disagreement_first_mean"] if consensus else None,
         "consensus_disagreement_last": consensus["disagreement_last_mean"] if consensus else None,
         "consensus_rounds_to_1e-3": consensus["rounds_to_1e-3_mean"] if consensus else None,
         "consensus_reached_1e-3": consensus["reached_1e-3_fraction"] if consensus else None,
@@ -313,12 +314,12 @@ def render_sweep(summary: dict[str, Any], console) -> None:
     table = Table(title=f"sweep {summary['sweep']} ({summary['state']}): mean ± std over seeds {summary['seeds']}")
     table.add_column("point", no_wrap=True)
     for key in keys:
-        table.add_column(key.split(".")[-1], justify="right", no_wrap=True)
+        table.add_column(key.split(".")[-1], justify="right", overflow="fold")
     table.add_column("ok", justify="right", no_wrap=True)
     shown = [(key, title, spec) for key, title, spec in HEADLINE
              if any(point["metrics"][key]["mean"] is not None for point in summary["points"])]  # fmt: skip
     for _, title, _ in shown:
-        table.add_column(title, justify="right", no_wrap=True)
+        table.add_column(title, justify="right", overflow="fold")
     for point in summary["points"]:
         cells = [point["point"].split("-", 1)[0]]
         cells += [str(point["grid_values"][key]) for key in keys]
@@ -420,16 +421,17 @@ def is_sweep_dir(path: Path) -> bool:
     return (path / SWEEP_INDEX_FILENAME).is_file()
 
 
-def main(path: Path, as_json: bool = False, plot: bool = False, out=sys.stdout) -> int:
+def main(path: Path, as_json: bool = False, plot: bool = False, out=None) -> int:
     from rich.console import Console
 
+    out = out if out is not None else sys.stdout
     sweep = is_sweep_dir(path)
     summary = summarize_sweep(path) if sweep else summarize_run(path)
     if as_json:
         print(json.dumps(summary, indent=1, default=str), file=out)
     else:
-        # Wide tables: a pipe or a file gets them whole instead of wrapped at 80 columns.
-        console = Console(file=out, width=max(200, Console().width))
+        # A pipe or a file gets the tables whole; a terminal gets its own width, long cells folded.
+        console = Console(file=out, width=None if out.isatty() else 400)
         (render_sweep if sweep else render_run)(summary, console)
     if plot:
         target = Path(summary["sweep_dir"] if sweep else summary["run_dir"]) / REPORT_DIRNAME

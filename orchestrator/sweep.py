@@ -112,7 +112,7 @@ class SweepSpec(BaseModel):
         if not seeds:
             raise ValueError("expected at least one seed, got []")
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds repeat: {seeds}")
+            raise ValueError(f"expected each seed once, got {seeds}")
         if any(seed < 0 for seed in seeds):
             raise ValueError(f"expected seeds >= 0, got {seeds}")
         return seeds
