@@ -112,11 +112,18 @@ def main() -> int:
     spec_path.write_text(yaml.safe_dump(sweep_spec(args), sort_keys=False))
     started = datetime.now()
     # The CLI, as a user would run it: its progress goes to stderr; Ctrl-C stops it cleanly.
-    done = subprocess.run(
+    sweep = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "sweep", str(spec_path), "--sweep-dir", str(sweep_dir)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=sys.stderr, check=False,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=sys.stderr,
     )  # fmt: skip
-    if done.returncode == 2:
+    try:
+        returncode = sweep.wait()
+    except KeyboardInterrupt:
+        # The sweep got the same Ctrl-C and is stopping its runs; killing it now (as
+        # subprocess.run would) would leave them running. Wait for it instead.
+        sweep.wait()
+        return 130
+    if returncode == 2:
         return 2  # the sweep was refused (its message is above); nothing ran
     summary = summarize_sweep(sweep_dir)
     wall_s = (datetime.now() - started).total_seconds()
@@ -148,7 +155,7 @@ def main() -> int:
         for line in lines:
             print("| " + " | ".join(c.rjust(w) for c, w in zip(line, widths)) + " |")
         print(f"runs: {sweep_dir} (`orchestrate report {sweep_dir}`)")
-    return 0 if done.returncode == 0 else 1
+    return 0 if returncode == 0 else 1
 
 
 if __name__ == "__main__":

@@ -466,7 +466,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return _fail(f"--parallel: expected >= 1, got {args.parallel}", EXIT_USAGE)
     seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
     spec, base = sweep.load_sweep(args.sweep_file, seeds=seeds, extra_set=args.overrides)
-    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(spec)
+    sweep_dir = (Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(spec)).absolute()
     runs = sweep.expand(spec, sweep_dir)
     # Every point's config is checked before anything is launched (or any directory made).
     sweep.validate_runs(base, runs, check_env=not args.dry_run, source=f"{args.sweep_file} (base {base})")

@@ -243,8 +243,8 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     for run in index["runs"]:
         point = points.setdefault(run["point"], {"point": run["point"], "grid_values": run["grid_values"], "runs": []})
         run_dir = Path(run["run_dir"])
-        if not run_dir.is_absolute() and not run_dir.exists():
-            run_dir = sweep_dir / run_dir.name
+        if not (run_dir / RESOLVED_FILENAME).exists():
+            run_dir = sweep_dir / run_dir.name  # the sweep dir was moved, or given relative to another cwd
         summary = summarize_run(run_dir) if (run_dir / RESOLVED_FILENAME).exists() else None
         point["runs"].append({"seed": run["seed"], "status": run["status"], "exit_code": run["exit_code"],
                               "run_dir": str(run_dir), "headline": summary["headline"] if summary else None})  # fmt: skip

@@ -37,7 +37,9 @@ SIGTERM stops the sweep cleanly: no new run starts, each running child gets SIGT
 clean shutdown: nodes told to drain, then signalled, every child reaped); a child that is still
 there after `STOP_GRACE_S` is SIGKILLed and the nodes it left are stopped from their pid files
 (`orchestrate down`). The index is rewritten atomically after every change, so it is always a
-true record of what ran, even if the sweep itself is killed.
+true record of what ran, even if the sweep itself is killed. (`kill -9` of the sweep cannot stop
+anything: the runs in flight go on to the end of their budget on their own, and
+`orchestrate down <run dir>` stops one.)
 
 The orchestrator never imports learning code; neither does this module.
 """

@@ -33,8 +33,8 @@ def write_sweep(tmp_path: Path, **spec) -> Path:
 
 
 def test_a_two_point_loss_sweep_runs_and_reports(tmp_path):
-    """Loss on the peer links, 0 or 0.5: both runs finish, and the report shows the loss the
-    links realised, so the swept key reached the runs."""
+    """Loss on the peer links, 0 or 0.5, both runs at once: both finish, and the report shows the
+    loss the links realised, so the swept key reached the runs."""
     path = write_sweep(
         tmp_path, base=str(REPO / "configs" / "tiny_ring_links.yaml"),
         grid={"network.links.0.link.loss": [0.0, 0.5]}, seeds=[0],
@@ -42,7 +42,7 @@ def test_a_two_point_loss_sweep_runs_and_reports(tmp_path):
              "protocols.consensus.period_steps": 10, "protocols.consensus.round_timeout_s": 0.5},
     )  # fmt: skip
     sweep_dir = tmp_path / "sweep"
-    process = orchestrate("sweep", str(path), "--sweep-dir", str(sweep_dir))
+    process = orchestrate("sweep", str(path), "--sweep-dir", str(sweep_dir), "--parallel", "2")
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr.decode()[-3000:]
 
