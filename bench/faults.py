@@ -3,6 +3,7 @@
     python bench/faults.py [--delays-ms 0,50,200] [--losses 0,0.1,0.3] [--seeds 0] [--agents 4]
                            [--steps 60] [--rounds 8] [--round-timeout-s 1.0] [--parallel 1]
                            [--sweep-dir DIR] [--json]
+    python bench/faults.py --table-of SWEEP_DIR      # the table of an earlier run, nothing run
 
 It writes a sweep file and runs `orchestrate sweep` on it (every point an ordinary `orchestrate
 up`: real processes, real sockets, the emulated links of protocols/links.py), then reads the runs
@@ -13,14 +14,16 @@ that is not a complete graph, so averaging takes several rounds), `--rounds` Met
 per session, and every agent <-> agent link given the swept constant delay and Bernoulli loss
 (the env links stay ideal, so the lockstep is not slowed by the link model itself).
 
-Columns, each a mean over agents and sessions, then over seeds (± sample std with >1 seed):
-- sessions/agent: consensus sessions an agent finished (a session still running when the run's
-  budget is spent writes none);
+Columns, each a mean over agents, then over seeds (± sample std with >1 seed). The consensus
+columns are each agent's FIRST session (at step 20): every point has it, starting from the same
+parameters for the same seed, whereas later sessions differ in number and starting spread.
+- sessions/agent: consensus sessions an agent finished in the run (a session still running when
+  the run's budget is spent writes none);
 - disagree before / after: the largest distance between an agent's parameters and a
-  neighbour's at the first round of a session, and at its last round;
+  neighbour's at the first round of the session, and at its last round;
 - rounds to 1e-3: the first round at which that distance was <= 1e-3 of the first round's (over
-  the sessions that got there), and the share of sessions that got there within `--rounds`;
-- consensus s: wall time of a session; steps/s: lockstep steps per second of the run;
+  the agents that got there), and the share of agents that got there within `--rounds`;
+- session s: wall time of that session; steps/s: lockstep steps per second of the run;
 - return: the mean episode return over each agent's last 20% of episodes (short runs: learning
   has barely started, so this says more about the stalls than about skill);
 - peer drop: the dropped fraction the links counted (the emulated loss, as realised).
@@ -53,11 +56,11 @@ DELAY_KEY = "network.links.0.link.delay_s"
 LOSS_KEY = "network.links.0.link.loss"
 COLUMNS = (
     ("consensus_sessions", "sessions/agent", ".2g"),
-    ("consensus_disagreement_first", "disagree before", ".2e"),
-    ("consensus_disagreement_last", "disagree after", ".2e"),
-    ("consensus_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
-    ("consensus_reached_1e-3", "reached", ".0%"),
-    ("consensus_duration_s", "consensus s", ".3g"),
+    ("consensus_first_disagreement_before", "disagree before", ".2e"),
+    ("consensus_first_disagreement_after", "disagree after", ".2e"),
+    ("consensus_first_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
+    ("consensus_first_reached_1e-3", "reached", ".0%"),
+    ("consensus_first_duration_s", "session s", ".3g"),
     ("steps_per_s", "steps/s", ".3g"),
     ("return_last20", "return", ".3g"),
     ("peer_dropped_fraction", "peer drop", ".1%"),
@@ -105,7 +108,16 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--sweep-dir", help="where the runs go (default: a new temporary directory, kept)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--table-of", metavar="SWEEP_DIR", help="run nothing: print the table of an earlier run of this bench")
     args = parser.parse_args()
+    if args.table_of:
+        index = json.loads((Path(args.table_of) / "sweep.json").read_text())
+        fixed = index["set"]
+        args.agents, args.steps = fixed["agents.count"], fixed["run.steps"]
+        args.rounds, args.round_timeout_s = fixed["protocols.consensus.rounds"], fixed["protocols.consensus.round_timeout_s"]
+        started = datetime.fromisoformat(index["started"]).astimezone()
+        finished = datetime.fromisoformat(index["updated"]).astimezone()
+        return print_result(args, Path(args.table_of), started, (finished - started).total_seconds(), returncode=0)
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else Path(tempfile.mkdtemp(prefix="parley-bench-faults-"))
     spec_path = Path(tempfile.mkdtemp(prefix="parley-bench-faults-spec-")) / "bench_faults.yaml"
@@ -125,8 +137,11 @@ def main() -> int:
         return 130
     if returncode == 2:
         return 2  # the sweep was refused (its message is above); nothing ran
+    return print_result(args, sweep_dir, started, (datetime.now() - started).total_seconds(), returncode)
+
+
+def print_result(args: argparse.Namespace, sweep_dir: Path, started: datetime, wall_s: float, returncode: int) -> int:
     summary = summarize_sweep(sweep_dir)
-    wall_s = (datetime.now() - started).total_seconds()
     rows = []
     for point in summary["points"]:
         rows.append({
@@ -138,12 +153,12 @@ def main() -> int:
         })  # fmt: skip
     result = {"sweep_dir": str(sweep_dir), "agents": args.agents, "steps": args.steps, "rounds": args.rounds,
               "round_timeout_s": args.round_timeout_s, "seeds": summary["seeds"], "wall_s": round(wall_s, 1),
-              "date": started.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
-              "load_avg_1min": round(os.getloadavg()[0], 2), "rows": rows}  # fmt: skip
+              "date": started.strftime("%Y-%m-%d %H:%M %Z").strip(), "cpus": os.cpu_count(),
+              "load_avg_1min_now": round(os.getloadavg()[0], 2), "rows": rows}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"bench/faults.py, {result['date']}, {result['cpus']} cores, load {result['load_avg_1min']} (1 min) at the end; "
+        print(f"bench/faults.py, {result['date']}, {result['cpus']} cores, load {result['load_avg_1min_now']} (1 min) now; "
               f"{args.agents} DQN agents on a ring, {args.steps} steps, sync consensus {args.rounds} rounds "
               f"(timeout {args.round_timeout_s:g} s) every 20 steps; seeds {summary['seeds']}; {wall_s:.0f} s in all")
         header = ["delay ms", "loss", "ok"] + [title for _, title, _ in COLUMNS]

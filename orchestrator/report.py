@@ -15,15 +15,18 @@ Per run:
 - consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
   the neighbours) before the first and after the last round of each session, rounds that missed a
   neighbour, and the time a session took;
-- headline numbers, the same for every run, that a sweep aggregates.
+- headline numbers, the same for every run, that a sweep aggregates (the table shows the main
+  ones; `--json` has all, including each agent's first consensus session on its own, the one
+  session every point of a sweep has from the same start).
 
 Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row per point with
 each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
 95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
 
 `--plot` draws PNGs into `<dir>/report/` with matplotlib (a dependency of Parley; a clear error
-if it is missing): for a run, every agent's episode return over steps; for a sweep, the return
-and the consensus disagreement against the first swept key, one line per value of the others.
+if it is missing): for a run, every agent's episode return over steps; for a sweep, the return,
+the disagreement after the first consensus session and that session's duration against the
+first swept key, one line per value of the others.
 """
 
 from __future__ import annotations
@@ -155,7 +158,28 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         last = [row["consensus/disagreement_last"] for row in rows if "consensus/disagreement_last" in row]
         if last:
             final_by_agent.append(last[-1])
+    # Each agent's first finished session: in a sweep, the one session every point has, started
+    # from the same parameters for the same seed (later sessions differ in number and start).
+    first: dict[str, list[float | None]] = {"before": [], "after": [], "rounds": [], "duration": []}
+    for node, rows in metrics.items():
+        summary_row = next((row for row in rows if "consensus/disagreement_last" in row), None)
+        duration_row = next((row for row in rows if "consensus/duration_s" in row), None)
+        reached = _rounds_to_converge(rows)
+        if node == ENV_NODE_ID or summary_row is None:
+            continue
+        first["before"].append(summary_row.get("consensus/disagreement_first"))
+        first["after"].append(summary_row.get("consensus/disagreement_last"))
+        first["rounds"].append(reached[0] if reached else None)
+        first["duration"].append(duration_row.get("consensus/duration_s") if duration_row else None)
     return {
+        "first_session": {
+            "agents": len(first["before"]),
+            "disagreement_before_mean": _mean(first["before"]),
+            "disagreement_after_mean": _mean(first["after"]),
+            "rounds_to_1e-3_mean": _mean([r for r in first["rounds"] if r is not None]),
+            "reached_1e-3_fraction": (sum(r is not None for r in first["rounds"]) / len(first["rounds"])) if first["rounds"] else None,
+            "duration_s_mean": _mean(first["duration"]),
+        },
         "sessions": len(sessions),
         "rounds_mean": _mean([row.get("consensus/rounds") for row in sessions]),
         "disagreement_first_mean": _mean([row.get("consensus/disagreement_first") for row in sessions]),
@@ -197,6 +221,10 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "consensus_rounds_to_1e-3": consensus["rounds_to_1e-3_mean"] if consensus else None,
         "consensus_reached_1e-3": consensus["reached_1e-3_fraction"] if consensus else None,
         "consensus_duration_s": consensus["duration_s_mean"] if consensus else None,
+        **{f"consensus_first_{key}": (consensus["first_session"][value] if consensus else None) for key, value in (
+            ("disagreement_before", "disagreement_before_mean"), ("disagreement_after", "disagreement_after_mean"),
+            ("rounds_to_1e-3", "rounds_to_1e-3_mean"), ("reached_1e-3", "reached_1e-3_fraction"),
+            ("duration_s", "duration_s_mean"))},  # fmt: skip
         "peer_dropped_fraction": sum(entry.get("dropped") or 0.0 for entry in peer) / peer_sent if peer_sent else None,
         "peer_age_p99_ms": max(ages) if ages else None,
         "restarts": float(sum(a["restarts"] for a in agents.values())),
@@ -252,7 +280,8 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     for point in points.values():
         finished = [r for r in point["runs"] if r["headline"] is not None]
         point["ok"] = sum(r["status"] == "ok" for r in point["runs"])
-        point["metrics"] = {key: _aggregate([r["headline"][key] for r in finished]) for key, _, _ in HEADLINE}
+        keys = list(finished[0]["headline"]) if finished else [key for key, _, _ in HEADLINE]
+        point["metrics"] = {key: _aggregate([r["headline"][key] for r in finished]) for key in keys}
         rows.append(point)
     return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
             "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows}  # fmt: skip
@@ -373,13 +402,14 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Return and disagreement against the first swept key (numeric values), a line per
+    """Return, first-session disagreement and duration against the first swept key, a line per
     combination of the other keys, error bars one std over seeds."""
     plt = _pyplot()
     keys = list(summary["grid"])
     x_key, others = keys[0], keys[1:]
     panels = [("return_last20", "return, last 20% of episodes", False),
-              ("consensus_disagreement_last", "consensus disagreement after the rounds", True)]  # fmt: skip
+              ("consensus_first_disagreement_after", "disagreement after 1st session", True),
+              ("consensus_first_duration_s", "1st consensus session, s", False)]  # fmt: skip
     panels = [p for p in panels if any(pt["metrics"][p[0]]["mean"] is not None for pt in summary["points"])]
     if not panels:
         return []
