@@ -8,7 +8,7 @@
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
     orchestrate sweep    SWEEP.yaml [--sweep-dir DIR] [--parallel N] [--seeds 0-4] [--set K=V ...] [--dry-run]
                                                               a grid of overrides x seeds, one run each
-    orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--plot]  tables of a run's or a sweep's results
+    orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save]  tables of a run's or a sweep's results
 
 RUN_DIR is a run directory, or `runs/<name>` for the latest run of that name.
 
@@ -562,8 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = verbs.add_parser("report", help="tables of a run's results, or one row per point of a sweep")
     report.add_argument("path", metavar="RUN_DIR|SWEEP_DIR", help="a run directory, runs/<name> (its latest run), or a sweep directory")
     report.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
-    report.add_argument("--plot", action="store_true",
-                        help="also draw PNGs into <dir>/report/ (needs matplotlib)")  # fmt: skip
+    report.add_argument("--save", "--plot", dest="plot", action="store_true",
+                        help="also write <dir>/report/summary.md and PNG plots (plots need matplotlib)")  # fmt: skip
     report.set_defaults(handler=cmd_report)
     return parser
 

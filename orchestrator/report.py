@@ -23,14 +23,16 @@ Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row 
 each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
 95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
 
-`--plot` draws PNGs into `<dir>/report/` with matplotlib (a dependency of Parley; a clear error
-if it is missing): for a run, every agent's episode return over steps; for a sweep, the return,
-the disagreement after the first consensus session and that session's duration against the
-first swept key, one line per value of the others.
+`--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
+draws PNGs there with matplotlib (a dependency of Parley; if it cannot be imported the plots are
+skipped and the report says so): for a run, every agent's episode return over steps; for a
+sweep, the return, the disagreement after the first consensus session and that session's
+duration against the first swept key, one line per value of the others.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import statistics
@@ -298,28 +300,42 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return format(value, spec)
 
 
-def render_run(summary: dict[str, Any], console) -> None:
+def _table(title: str, markdown: bool):
+    """A rich table; for summary.md a Markdown one, its title as a heading line instead."""
+    from rich import box
     from rich.table import Table
 
-    console.print(f"[bold]{summary['run_dir']}[/bold]: exit {summary['exit_code']} ({summary['reason']})"
+    return Table(title=None if markdown else title, box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
+
+
+def _print_table(console, table, title: str, markdown: bool) -> None:
+    if markdown:
+        console.print(f"\n### {title}\n")
+    console.print(table)
+
+
+def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None:
+
+    console.print(f"{summary['run_dir']}: exit {summary['exit_code']} ({summary['reason']})"
                   + (f", {summary['duration_s']:.1f} s after start" if summary["duration_s"] is not None else ""))  # fmt: skip
-    agents = Table(title="agents")
+    agents = _table("agents", markdown)
     for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "faults",
                    "consensus sessions"):  # fmt: skip
         agents.add_column(column, justify="left" if column == "agent" else "right")
     for node, a in summary["agents"].items():
         agents.add_row(node, str(a["episodes"]), _fmt(a["return_final"]), _fmt(a["return_last20"]), _fmt(a["steps"], "g"),
                        _fmt(a["steps_per_s"]), str(a["restarts"]), str(a["faults"]), str(a["consensus_sessions"]))  # fmt: skip
-    console.print(agents)
+    _print_table(console, agents, "agents", markdown)
     if summary["links"]:
-        links = Table(title="links (counters from the sender, ages measured by the receiver)")
+        title = "links (counters from the sender, ages measured by the receiver)"
+        links = _table(title, markdown)
         for column in ("link", "sent", "delivered", "dropped", "drop %", "age p50 ms", "age p99 ms"):
             links.add_column(column, justify="left" if column == "link" else "right")
         for name, entry in summary["links"].items():
             links.add_row(name.replace("_to_", " -> "), _fmt(entry.get("sent"), "g"), _fmt(entry.get("delivered"), "g"),
                           _fmt(entry.get("dropped"), "g"), _fmt(entry.get("dropped_fraction"), ".1%"),
                           _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
-        console.print(links)
+        _print_table(console, links, title, markdown)
     consensus = summary["consensus"]
     if consensus:
         console.print(
@@ -336,19 +352,19 @@ def render_run(summary: dict[str, Any], console) -> None:
                       + (f" (skipped {', '.join(fault['skipped'])})" if fault["skipped"] else ""))  # fmt: skip
 
 
-def render_sweep(summary: dict[str, Any], console) -> None:
-    from rich.table import Table
+def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
 
     keys = list(summary["grid"])
-    table = Table(title=f"sweep {summary['sweep']} ({summary['state']}): mean ± std over seeds {summary['seeds']}")
+    title = f"sweep {summary['sweep']} ({summary['state']}): mean ± std over seeds {summary['seeds']}"
+    table = _table(title, markdown)
     table.add_column("point", no_wrap=True)
     for key in keys:
         table.add_column(key.split(".")[-1], justify="right", overflow="fold")
     table.add_column("ok", justify="right", no_wrap=True)
     shown = [(key, title, spec) for key, title, spec in HEADLINE
              if any(point["metrics"][key]["mean"] is not None for point in summary["points"])]  # fmt: skip
-    for _, title, _ in shown:
-        table.add_column(title, justify="right", overflow="fold")
+    for _, column, _ in shown:
+        table.add_column(column, justify="right", overflow="fold")
     for point in summary["points"]:
         cells = [point["point"].split("-", 1)[0]]
         cells += [str(point["grid_values"][key]) for key in keys]
@@ -362,7 +378,7 @@ def render_sweep(summary: dict[str, Any], console) -> None:
             else:
                 cells.append(_fmt(aggregate["mean"], spec))
         table.add_row(*cells)
-    console.print(table)
+    _print_table(console, table, title, markdown)
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,7 +390,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ConfigError(["--plot needs matplotlib, which is not installed (pip install matplotlib)"]) from None
+        raise ConfigError(["plots need matplotlib, which is not installed (pip install matplotlib)"]) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -451,6 +467,22 @@ def is_sweep_dir(path: Path) -> bool:
     return (path / SWEEP_INDEX_FILENAME).is_file()
 
 
+def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path:
+    """`report/summary.md`: the same tables as the terminal, as Markdown."""
+    from rich.console import Console
+
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / "summary.md"
+    rendered = io.StringIO()
+    console = Console(file=rendered, width=400, no_color=True, highlight=False, markup=False, emoji=False)
+    (render_sweep if sweep else render_run)(summary, console, markdown=True)
+    name = summary["sweep"] if sweep else summary["name"]
+    lines = [f"# {'Sweep' if sweep else 'Run'} {name}", "", f"`orchestrate report {summary['sweep_dir' if sweep else 'run_dir']}`", ""]
+    lines += [line.rstrip() for line in rendered.getvalue().splitlines()]
+    path.write_text("\n".join(lines).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")
+    return path
+
+
 def main(path: Path, as_json: bool = False, plot: bool = False, out=None) -> int:
     from rich.console import Console
 
@@ -465,6 +497,12 @@ def main(path: Path, as_json: bool = False, plot: bool = False, out=None) -> int
         (render_sweep if sweep else render_run)(summary, console)
     if plot:
         target = Path(summary["sweep_dir"] if sweep else summary["run_dir"]) / REPORT_DIRNAME
+        print(f"wrote {write_summary_md(summary, sweep, target)}", file=sys.stderr)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("no plots: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+            return 0
         for written in (plot_sweep if sweep else plot_run)(summary, target):
             print(f"wrote {written}", file=sys.stderr)
     return 0

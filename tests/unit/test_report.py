@@ -94,12 +94,17 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
     assert consensus["disagreement_last_mean"] == 1e-4
     assert consensus["missing_neighbour_rounds"] == 2.0
     assert consensus["duration_s_mean"] == 0.5
+    assert consensus["first_session"] == {
+        "agents": 2, "disagreement_before_mean": 2.0, "disagreement_after_mean": 1e-4,
+        "rounds_to_1e-3_mean": 2.0, "reached_1e-3_fraction": 1.0, "duration_s_mean": 0.5,
+    }  # fmt: skip
 
     headline = summary["headline"]
     assert headline["return_last20"] == pytest.approx(9.5)
     # peer links only: (4 + 0) dropped of (30 + 10) sent; the env link is not a peer link
     assert headline["peer_dropped_fraction"] == pytest.approx(4 / 40)
     assert headline["peer_age_p99_ms"] == 90.0
+    assert (headline["consensus_first_disagreement_after"], headline["consensus_first_rounds_to_1e-3"]) == (1e-4, 2.0)
     assert (headline["restarts"], headline["faults"]) == (1.0, 1.0)
     assert summary["faults"] == [{"kind": "kill", "at_s": 3.0, "nodes": ["agent_0"], "skipped": []}]
 
@@ -172,14 +177,28 @@ def test_the_cli_reports_a_sweep_as_a_table_or_json(tmp_path, capsys):
     assert [p["point"] for p in data["points"]] == ["p00-loss0.0", "p01-loss0.3"]
 
 
-def test_plots_are_written_into_report(tmp_path, capsys):
+def test_save_writes_summary_md_and_plots_into_report(tmp_path, capsys):
     make_sweep(tmp_path)
-    assert main(["report", str(tmp_path), "--plot"]) == 0
+    assert main(["report", str(tmp_path), "--save"]) == 0
     assert (tmp_path / "report" / "sweep.png").stat().st_size > 1000
-    assert main(["report", str(tmp_path / "p00-loss0.0-seed0"), "--plot"]) == 0
-    assert (tmp_path / "p00-loss0.0-seed0" / "report" / "returns.png").stat().st_size > 1000
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert summary.startswith("# Sweep demo\n")
+    assert "| p00   |" in summary and "0.5 ± 0.707" in summary
+    run_dir = tmp_path / "p00-loss0.0-seed0"
+    assert main(["report", str(run_dir), "--save"]) == 0
+    assert (run_dir / "report" / "returns.png").stat().st_size > 1000
+    summary = (run_dir / "report" / "summary.md").read_text()
+    assert "### agents" in summary and "| agent_0 -> agent_1 |" in summary
 
 
 def test_report_on_a_directory_that_is_neither_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "expected a run directory" in capsys.readouterr().err
+
+
+def test_rounds_to_converge_splits_sessions_at_round_zero():
+    rows = [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([1.0, 1e-2, 1e-3])]
+    rows += [{"step": 5, "dqn/loss": 0.1}]  # other rows in between are ignored
+    rows += [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([4.0, 1.0, 0.5])]
+    rows += [{"consensus/round": 0.0, "consensus/disagreement_max": 0.0}]  # nothing to average: done at once
+    assert report._rounds_to_converge(rows) == [2, None, 0]
