@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import REPO
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, read_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def orchestrate(*args: str) -> subprocess.Popen:
