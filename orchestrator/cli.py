@@ -6,7 +6,8 @@
     orchestrate status   RUN_DIR                              per-node summary of a run
     orchestrate logs     RUN_DIR NODE [-n LINES] [--follow]   a node's log
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
-    orchestrate sweep    SWEEP.yaml [--sweep-dir DIR] [--parallel N] [--seeds 0-4] [--set K=V ...] [--dry-run]
+    orchestrate sweep    SWEEP.yaml|CONFIG [--grid K=V1,V2 ...] [--seeds 0-4] [--set K=V ...] [--parallel N]
+                         [--sweep-dir DIR] [--dry-run]
                                                               a grid of overrides x seeds, one run each
     orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save]  tables of a run's or a sweep's results
 
@@ -465,7 +466,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.parallel is not None and args.parallel < 1:
         return _fail(f"--parallel: expected >= 1, got {args.parallel}", EXIT_USAGE)
     seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
-    spec, base = sweep.load_sweep(args.sweep_file, seeds=seeds, extra_set=args.overrides)
+    spec, base = sweep.load_sweep(args.sweep_file, seeds=seeds, extra_set=args.overrides, grid=args.grid)
     sweep_dir = (Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(spec)).absolute()
     runs = sweep.expand(spec, sweep_dir)
     # Every point's config is checked before anything is launched (or any directory made).
@@ -548,7 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(handler=cmd_down)
 
     sweep = verbs.add_parser("sweep", help="run a grid of config overrides x seeds, one run each, with an index")
-    sweep.add_argument("sweep_file", metavar="SWEEP.yaml", help="base config, grid, seeds (see configs/sweeps/)")
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml|CONFIG.yaml",
+                       help="a sweep file (base config, grid, seeds: see configs/sweeps/), or a run config with --grid")  # fmt: skip
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a swept key and its values (each YAML), added to the file's grid; repeatable")  # fmt: skip
     sweep.add_argument("--sweep-dir", metavar="DIR", help="a new or empty directory (default runs/sweeps/<name>-<timestamp>)")
     sweep.add_argument("--parallel", "-j", type=int, metavar="N", help="runs at once (default: the file's, else 1)")
     sweep.add_argument("--seeds", metavar="SEEDS", help="replace the file's seeds: a range 0-4 or a list 0,3,7")

@@ -24,6 +24,10 @@ Layout of the sweep directory:
 
 `<point>` is `p<index>-<short key><value>_...`, e.g. `p01-delay_s0.0_loss0.1`.
 
+Without a sweep file, a run config and the command line do the same:
+
+    orchestrate sweep configs/tiny_ring.yaml --grid network.default_link.loss=0,0.1,0.3 --seeds 0-2
+
 **Before launching anything**, every point's config is built (base + `set` + the point's grid
 values + `run.seed`) and validated with the same schema as `orchestrate up`, faults that `up`
 would refuse are refused, and the env check and bind-host check run once per distinct env /
@@ -167,13 +171,42 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def load_sweep(path: str | Path, seeds: list[int] | None = None, extra_set: list[str] = ()) -> tuple[SweepSpec, Path]:
-    """The sweep spec in `path` (seeds and fixed overrides from the CLI applied) and the absolute
-    path of its base config. Raises ConfigError naming the field."""
+def parse_grid_option(text: str) -> tuple[str, list[Any]]:
+    """`--grid KEY=V1,V2,...` (each value YAML) or `--grid 'KEY=[V1, V2]'` -> (KEY, values)."""
+    key, separator, raw = text.partition("=")
+    key = key.strip()
+    if not separator or not key or not raw.strip():
+        raise ConfigError([f"--grid {text!r}: expected KEY=V1,V2,... e.g. network.default_link.loss=0,0.1,0.3"])
+    raw = raw.strip()
+    parts = [raw] if raw.startswith("[") else [part.strip() for part in raw.split(",")]
+    values: list[Any] = []
+    for part in parts:
+        segments, value = parse_override(f"{key}={part}")
+        values.extend(value if raw.startswith("[") and isinstance(value, list) else [value])
+    return ".".join(segments), values
+
+
+def load_sweep(path: str | Path, seeds: list[int] | None = None, extra_set: list[str] = (),
+               grid: list[str] = ()) -> tuple[SweepSpec, Path]:  # fmt: skip
+    """The sweep in `path` and the absolute path of its base config. Raises ConfigError naming
+    the field.
+
+    `path` is a sweep file (a mapping with `base:`), or a run config itself, which is then the
+    base and needs `grid` (`--grid KEY=V1,V2` options). Seeds, fixed overrides (`--set`) and
+    grid keys from the command line replace or extend the file's.
+    """
     path = Path(path)
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError([f"expected a mapping with base, grid, seeds, set at the top level, got {type(data).__name__}"], str(path))
+    if "base" not in data:
+        # A run config: sweep it with the command line's grid.
+        if not grid:
+            raise ConfigError([f"{path} is a run config, not a sweep file (no `base:`); give the grid with "
+                               "--grid KEY=V1,V2,... or write a sweep file (see configs/sweeps/)"])  # fmt: skip
+        data = {"name": path.stem, "base": str(path.resolve()), "grid": {}}
+    if grid:
+        data = {**data, "grid": {**(data.get("grid") or {}), **dict(parse_grid_option(text) for text in grid)}}
     if seeds is not None:
         data = {**data, "seeds": seeds}
     if extra_set:

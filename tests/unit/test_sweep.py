@@ -164,3 +164,27 @@ def test_the_cli_refuses_a_sweep_dir_that_holds_files(tmp_path, capsys, monkeypa
     monkeypatch.setattr("orchestrator.sweep._check_once_per_section", lambda source, configs: None)
     assert main(["sweep", str(path), "--sweep-dir", str(used)]) == 2
     assert "expected a new or empty directory" in capsys.readouterr().err
+
+
+def test_a_run_config_sweeps_with_grid_options(tmp_path, capsys):
+    spec, base = load_sweep(TINY_RING, grid=["network.default_link.loss=0,0.1", "agents.learner.hidden_sizes=[[16], [32, 32]]"],
+                            seeds=[0, 1])  # fmt: skip
+    assert base == Path(TINY_RING) and spec.name == "tiny_ring"
+    assert spec.grid == {"network.default_link.loss": [0, 0.1], "agents.learner.hidden_sizes": [[16], [32, 32]]}
+    runs = expand(spec, tmp_path)
+    assert len(runs) == 2 * 2 * 2
+    configs = validate_runs(base, runs, check_env=False)
+    assert configs[-1].agents.learner.hidden_sizes in ([32, 32], (32, 32))
+    assert main(["sweep", TINY_RING, "--grid", "run.steps=10,20", "--dry-run", "--sweep-dir", str(tmp_path / "d")]) == 0
+    assert "2 point(s) x 1 seed(s) = 2 run(s)" in capsys.readouterr().out
+
+
+def test_a_run_config_without_a_grid_is_refused_with_the_way_out(capsys):
+    assert main(["sweep", TINY_RING, "--dry-run"]) == 2
+    assert "is a run config, not a sweep file (no `base:`); give the grid with --grid KEY=V1,V2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["loss", "=0,1", "a.b="])
+def test_a_malformed_grid_option_is_named(text):
+    with pytest.raises(ConfigError, match="--grid"):
+        load_sweep(TINY_RING, grid=[text])
