@@ -25,7 +25,8 @@ each headline number's mean ± sample std over the seeds that produced it (and, 
 
 `--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
 draws PNGs there with matplotlib (a dependency of Parley; if it cannot be imported the plots are
-skipped and the report says so): for a run, every agent's episode return over steps; for a
+skipped and the report says so): for a run, every agent's episode return and (with consensus)
+its disagreement before and after each session over time, fault windows shaded; for a
 sweep, the return, the disagreement after the first consensus session and that session's
 duration against the first swept key, one line per value of the others.
 """
@@ -397,21 +398,76 @@ def _pyplot():
     return plt
 
 
+# Events that end a fault's window on the node it hit (a restart, a resumed pause, a rejoin).
+RECOVERY_EVENTS = ("restarted", "rejoined", "resumed")
+
+
+def fault_windows(events: list[dict[str, Any]]) -> list[tuple[float, float | None, str]]:
+    """(start, end or None, label) in unix time for each `fault` event: from the fault to the
+    first later recovery event of a node it hit, or to a later `resume` / `heal` fault on those
+    nodes; None when nothing ended it (drawn as a line, not a band)."""
+    windows = []
+    for position, event in enumerate(events):
+        if event.get("event") != "fault":
+            continue
+        hit = set(event.get("nodes") or {})
+        end = None
+        for later in events[position + 1:]:
+            recovered = later.get("event") in RECOVERY_EVENTS and later.get("node") in hit
+            undone = later.get("event") == "fault" and later.get("kind") in ("resume", "heal") and (
+                hit & set(later.get("nodes") or {}) or later.get("kind") == "heal")
+            if recovered or undone:
+                end = later["t"]
+                break
+        if event.get("kind") in ("resume", "heal"):
+            end = None  # an undoing fault is a moment, not a window
+        windows.append((event["t"], end, f"{event.get('kind')} {','.join(sorted(hit))}"))
+    return windows
+
+
 def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Episode return (and, with consensus, the disagreement before and after each session) per
+    agent over seconds since the start, fault windows shaded."""
     plt = _pyplot()
     run_dir = Path(summary["run_dir"])
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for node in summary["agents"]:
-        rows = read_jsonl(run_dir / NODES_DIRNAME / node / NODE_METRICS_FILENAME)
-        points = [(row["step"], row["env/episode_return"]) for row in rows if "env/episode_return" in row]
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    start = next((e["t"] for e in events if e.get("event") == "started"), None)
+    metrics = {node: read_jsonl(run_dir / NODES_DIRNAME / node / NODE_METRICS_FILENAME) for node in summary["agents"]}
+    if start is None:
+        start = min((row["t"] for rows in metrics.values() for row in rows if "t" in row), default=0.0)
+    panels = 2 if summary["consensus"] else 1
+    figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.2 * panels), sharex=True, squeeze=False)
+    returns_axes = axes_list[0][0]
+    for node, rows in metrics.items():
+        points = [(row["t"] - start, row["env/episode_return"]) for row in rows if "env/episode_return" in row]
         if points:
-            axes.plot(*zip(*points), marker=".", linewidth=1, label=node)
-    axes.set_xlabel("step")
-    axes.set_ylabel("episode return")
-    axes.set_title(f"{summary['name']}: episode return")
-    axes.legend()
+            returns_axes.plot(*zip(*points), marker=".", linestyle="none", label=node)
+    returns_axes.set_ylabel("episode return")
+    if summary["consensus"]:
+        consensus_axes = axes_list[1][0]
+        for node, rows in metrics.items():
+            sessions = [row for row in rows if "consensus/disagreement_last" in row]
+            if sessions:
+                line, = consensus_axes.plot([r["t"] - start for r in sessions], [r["consensus/disagreement_last"] for r in sessions],
+                                            marker="o", linewidth=1, label=f"{node} after")  # fmt: skip
+                consensus_axes.plot([r["t"] - start for r in sessions], [r["consensus/disagreement_first"] for r in sessions],
+                                    marker="x", linestyle=":", color=line.get_color(), label=f"{node} before")  # fmt: skip
+        consensus_axes.set_yscale("log")
+        consensus_axes.set_ylabel("consensus disagreement")
+        consensus_axes.legend(fontsize=7, ncol=2)
+    for begin, end, label in fault_windows(events):
+        for row in axes_list:
+            if end is None:
+                row[0].axvline(begin - start, color="red", linestyle="--", linewidth=1)
+            else:
+                row[0].axvspan(begin - start, end - start, color="red", alpha=0.15)
+        returns_axes.annotate(label, (begin - start, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                              color="red", va="bottom", rotation=30)  # fmt: skip
+    axes_list[-1][0].set_xlabel("seconds since the run started (faults in red)")
+    returns_axes.set_title(f"{summary['name']}", pad=18)
+    returns_axes.legend(fontsize=7)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "returns.png"
+    path = out_dir / "timeline.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return [path]

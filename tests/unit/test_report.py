@@ -186,7 +186,7 @@ def test_save_writes_summary_md_and_plots_into_report(tmp_path, capsys):
     assert "| p00   |" in summary and "0.5 ± 0.707" in summary
     run_dir = tmp_path / "p00-loss0.0-seed0"
     assert main(["report", str(run_dir), "--save"]) == 0
-    assert (run_dir / "report" / "returns.png").stat().st_size > 1000
+    assert (run_dir / "report" / "timeline.png").stat().st_size > 1000
     summary = (run_dir / "report" / "summary.md").read_text()
     assert "### agents" in summary and "| agent_0 -> agent_1 |" in summary
 
@@ -202,3 +202,18 @@ def test_rounds_to_converge_splits_sessions_at_round_zero():
     rows += [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([4.0, 1.0, 0.5])]
     rows += [{"consensus/round": 0.0, "consensus/disagreement_max": 0.0}]  # nothing to average: done at once
     assert report._rounds_to_converge(rows) == [2, None, 0]
+
+
+def test_fault_windows_end_at_the_recovery_of_a_node_they_hit():
+    events = [
+        {"t": 10.0, "event": "fault", "kind": "kill", "nodes": {"agent_1": 5}},
+        {"t": 10.5, "event": "exited", "node": "agent_1"},
+        {"t": 11.0, "event": "restarted", "node": "agent_2"},  # another node: not the end
+        {"t": 12.0, "event": "restarted", "node": "agent_1"},
+        {"t": 15.0, "event": "fault", "kind": "pause", "nodes": {"agent_3": 6}},
+        {"t": 23.0, "event": "fault", "kind": "resume", "nodes": {"agent_3": 6}},
+        {"t": 30.0, "event": "fault", "kind": "kill", "nodes": {"agent_0": 7}},  # never restarted
+    ]
+    assert report.fault_windows(events) == [
+        (10.0, 12.0, "kill agent_1"), (15.0, 23.0, "pause agent_3"), (23.0, None, "resume agent_3"), (30.0, None, "kill agent_0"),
+    ]  # fmt: skip
