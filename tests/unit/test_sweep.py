@@ -188,3 +188,10 @@ def test_a_run_config_without_a_grid_is_refused_with_the_way_out(capsys):
 def test_a_malformed_grid_option_is_named(text):
     with pytest.raises(ConfigError, match="--grid"):
         load_sweep(TINY_RING, grid=[text])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_validates(path, tmp_path):
+    spec, base = load_sweep(path)
+    runs = expand(spec, tmp_path)
+    assert len(validate_runs(base, runs, check_env=False)) == len(runs) > 1
