@@ -336,7 +336,8 @@ def _check_once_per_section(source: str, configs: list[RunConfig]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def write_index(sweep_dir: Path, spec: SweepSpec, base: Path, runs: list[SweepRun], state: str, started: str) -> Path:
+def write_index(sweep_dir: Path, spec: SweepSpec, base: Path, runs: list[SweepRun], state: str, started: str,
+                parallel: int) -> Path:  # fmt: skip
     """Rewrite `<sweep_dir>/sweep.json` atomically (a reader never sees half a file)."""
     path = sweep_dir / SWEEP_INDEX_FILENAME
     index = {
@@ -345,7 +346,7 @@ def write_index(sweep_dir: Path, spec: SweepSpec, base: Path, runs: list[SweepRu
         "grid": spec.grid,
         "seeds": spec.seeds,
         "set": spec.set,
-        "parallel": spec.parallel,
+        "parallel": parallel,  # as run (the CLI's --parallel wins over the file's)
         "state": state,  # running | finished | interrupted
         "started": started,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -377,7 +378,9 @@ def default_sweep_dir(spec: SweepSpec) -> Path:
 
 def claim_sweep_dir(sweep_dir: Path) -> None:
     """The sweep dir must be new or empty: a sweep never mixes its runs with another's."""
-    if sweep_dir.exists() and (not sweep_dir.is_dir() or any(sweep_dir.iterdir())):
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError([f"--sweep-dir {sweep_dir}: expected a new or empty directory, got a file"])
+    if sweep_dir.exists() and any(sweep_dir.iterdir()):
         raise ConfigError([f"--sweep-dir {sweep_dir}: expected a new or empty directory, it already holds files"])
     (sweep_dir / SWEEP_LOGS_DIRNAME).mkdir(parents=True, exist_ok=True)
 
@@ -391,10 +394,10 @@ class SweepRunner:
     """Runs the sweep's children, at most `parallel` at once; see the module docstring."""
 
     def __init__(self, spec: SweepSpec, base: Path, runs: list[SweepRun], sweep_dir: Path, parallel: int,
-                 out=sys.stderr) -> None:  # fmt: skip
+                 out=None) -> None:  # fmt: skip
         self.spec, self.base, self.runs, self.sweep_dir = spec, base, runs, sweep_dir
         self.parallel = parallel
-        self.out = out
+        self.out = out if out is not None else sys.stderr
         self.interrupted: str | None = None
         self.children: dict[int, tuple[SweepRun, subprocess.Popen, Any]] = {}  # pid -> run, process, log file
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -403,7 +406,7 @@ class SweepRunner:
         print(text, file=self.out, flush=True)
 
     def _save(self, state: str = "running") -> None:
-        write_index(self.sweep_dir, self.spec, self.base, self.runs, state, self.started)
+        write_index(self.sweep_dir, self.spec, self.base, self.runs, state, self.started, self.parallel)
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
