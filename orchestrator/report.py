@@ -7,7 +7,8 @@ it works on a finished run, a failed one, or one killed mid-way (a torn last lin
 Per run:
 - per agent: episodes, the last episode's return, the mean return over the last 20% of its
   episodes (at least one), the last step, steps/s (last step over the time since the run's
-  `started` event), restarts (`restarted` events) and faults that hit it (`fault` events);
+  `started` event), restarts (`restarted` events), "back after s" (per restart, from its `exited`
+  event to the first metrics row the new process wrote; the mean) and faults that hit it;
 - per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
   and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
   ages over its last window of messages). A node that restarted starts its counters at zero
@@ -65,6 +66,7 @@ HEADLINE = (
     ("peer_dropped_fraction", "peer drop", ".1%"),
     ("peer_age_p99_ms", "peer p99 ms", ".3g"),
     ("restarts", "restarts", "g"),
+    ("recovery_s", "back after s", ".3g"),
     ("faults", "faults", "g"),
 )
 # "rounds to 1e-3": in a synchronous session, the first round whose disagreement is at most
@@ -93,6 +95,20 @@ def _cumulative(rows: list[dict[str, Any]], key: str, restarted_at: list[float])
     return sum(last_by_incarnation.values()) if last_by_incarnation else None
 
 
+def _recoveries(node: str, rows: list[dict[str, Any]], events: list[dict]) -> list[float]:
+    """Per restart of `node`: seconds from its exit (the `exited` event before the `restarted`
+    one) to the first metrics row it wrote after the restart: down to working again."""
+    seconds = []
+    for position, event in enumerate(events):
+        if event.get("event") != "restarted" or event.get("node") != node:
+            continue
+        exits = [e["t"] for e in events[:position] if e.get("event") == "exited" and e.get("node") == node]
+        back = next((row["t"] for row in rows if row.get("t", 0.0) > event["t"]), None)
+        if exits and back is not None:
+            seconds.append(back - exits[-1])
+    return seconds
+
+
 def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict]) -> dict[str, Any]:
     returns = [row["env/episode_return"] for row in rows if "env/episode_return" in row]
     last_n = max(1, math.ceil(LAST_FRACTION * len(returns))) if returns else 0
@@ -102,6 +118,7 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
     elapsed = (last_t - first_t) if last_t is not None and first_t is not None else None
     faults = [e for e in events if e.get("event") == "fault" and node in (e.get("nodes") or {})]
     return {
+        "recovery_s": _mean(_recoveries(node, rows, events)),
         "episodes": len(returns),
         "return_final": returns[-1] if returns else None,
         "return_last20": _mean(returns[-last_n:]) if returns else None,
@@ -231,6 +248,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "peer_dropped_fraction": sum(entry.get("dropped") or 0.0 for entry in peer) / peer_sent if peer_sent else None,
         "peer_age_p99_ms": max(ages) if ages else None,
         "restarts": float(sum(a["restarts"] for a in agents.values())),
+        "recovery_s": _mean([a["recovery_s"] for a in agents.values()]),
         "faults": float(len(faults)),
     }
     return {
@@ -320,12 +338,13 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
     console.print(f"{summary['run_dir']}: exit {summary['exit_code']} ({summary['reason']})"
                   + (f", {summary['duration_s']:.1f} s after start" if summary["duration_s"] is not None else ""))  # fmt: skip
     agents = _table("agents", markdown)
-    for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "faults",
-                   "consensus sessions"):  # fmt: skip
+    for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "back after s",
+                   "faults", "consensus sessions"):  # fmt: skip
         agents.add_column(column, justify="left" if column == "agent" else "right")
     for node, a in summary["agents"].items():
         agents.add_row(node, str(a["episodes"]), _fmt(a["return_final"]), _fmt(a["return_last20"]), _fmt(a["steps"], "g"),
-                       _fmt(a["steps_per_s"]), str(a["restarts"]), str(a["faults"]), str(a["consensus_sessions"]))  # fmt: skip
+                       _fmt(a["steps_per_s"]), str(a["restarts"]), _fmt(a["recovery_s"]), str(a["faults"]),
+                       str(a["consensus_sessions"]))  # fmt: skip
     _print_table(console, agents, "agents", markdown)
     if summary["links"]:
         title = "links (counters from the sender, ages measured by the receiver)"

@@ -33,6 +33,7 @@ def make_run(run_dir: Path, returns=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0
         {"t": T0 - 5, "event": "run_started", "node": None},
         {"t": T0, "event": "started", "node": None},
         {"t": T0 + 3, "event": "fault", "node": None, "kind": "kill", "at_s": 3.0, "nodes": {"agent_0": 123}, "skipped": []},
+        {"t": T0 + 3.1, "event": "exited", "node": "agent_0", "code": -9},
         {"t": T0 + 4, "event": "restarted", "node": "agent_0", "pid": 124, "restarts": 1},
         {"t": T0 + 10, "event": "run_finished", "node": None, "exit_code": 0, "reason": "budget spent"},
     ])  # fmt: skip
@@ -79,6 +80,9 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
     assert agent_1["steps_per_s"] == pytest.approx(100 / 10.0)
     assert (agent_0["restarts"], agent_0["faults"]) == (1, 1)
     assert (agent_1["restarts"], agent_1["faults"]) == (0, 0)
+    # down at +3.1 s (exited), its first row after the restart (+4 s) is the episode at +5 s
+    assert agent_0["recovery_s"] == pytest.approx(1.9)
+    assert agent_1["recovery_s"] is None
     assert agent_0["consensus_sessions"] == 1
 
     link = summary["links"]["agent_0_to_agent_1"]
