@@ -484,7 +484,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     code = sweep.SweepRunner(spec, base, runs, sweep_dir, parallel).run()
     failed = [run for run in runs if run.status == "failed"]
     for run in failed:
-        print(f"failed: {run.name} (exit {run.exit_code}): {run.error_tail[-1] if run.error_tail else ''}", file=sys.stderr)
+        reason = [line for line in run.error_tail if not line.startswith("run directory:")][-1:] or ["(no output)"]
+        print(f"failed: {run.name} (exit {run.exit_code}): {reason[0]}", file=sys.stderr)
     print(f"sweep index: {sweep_dir / sweep.SWEEP_INDEX_FILENAME}; `orchestrate report {sweep_dir}` for the results",
           file=sys.stderr)  # fmt: skip
     return code
@@ -493,7 +494,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator import report
 
-    return report.main(Path(args.path), as_json=args.json, plot=args.plot)
+    return report.main(Path(args.path), as_json=args.json, save=args.save)
 
 
 # ------------------------------------------------------------------------------------------
@@ -566,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = verbs.add_parser("report", help="tables of a run's results, or one row per point of a sweep")
     report.add_argument("path", metavar="RUN_DIR|SWEEP_DIR", help="a run directory, runs/<name> (its latest run), or a sweep directory")
     report.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
-    report.add_argument("--save", "--plot", dest="plot", action="store_true",
+    report.add_argument("--save", "--plot", dest="save", action="store_true",
                         help="also write <dir>/report/summary.md and PNG plots (plots need matplotlib)")  # fmt: skip
     report.set_defaults(handler=cmd_report)
     return parser

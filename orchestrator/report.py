@@ -558,7 +558,7 @@ def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path
     return path
 
 
-def main(path: Path, as_json: bool = False, plot: bool = False, out=None) -> int:
+def main(path: Path, as_json: bool = False, save: bool = False, out=None) -> int:
     from rich.console import Console
 
     out = out if out is not None else sys.stdout
@@ -570,7 +570,7 @@ def main(path: Path, as_json: bool = False, plot: bool = False, out=None) -> int
         # A pipe or a file gets the tables whole; a terminal gets its own width, long cells folded.
         console = Console(file=out, width=None if out.isatty() else 400)
         (render_sweep if sweep else render_run)(summary, console)
-    if plot:
+    if save:
         target = Path(summary["sweep_dir"] if sweep else summary["run_dir"]) / REPORT_DIRNAME
         print(f"wrote {write_summary_md(summary, sweep, target)}", file=sys.stderr)
         try:
