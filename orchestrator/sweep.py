@@ -37,10 +37,12 @@ and nothing is launched.
 **Each run is a child `orchestrate up` process** in its own session (so one run's signal
 handlers, sockets and zygote cannot leak into the next, and `--parallel N` is just N children).
 A run that fails is recorded (exit code, status `failed`) and the sweep goes on. Ctrl-C or
-SIGTERM stops the sweep cleanly: no new run starts, each running child gets SIGTERM (its own
-clean shutdown: nodes told to drain, then signalled, every child reaped); a child that is still
-there after `STOP_GRACE_S` is SIGKILLed and the nodes it left are stopped from their pid files
-(`orchestrate down`). The index is rewritten atomically after every change, so it is always a
+SIGTERM stops the sweep cleanly: no new run starts, each running child gets SIGINT, as if the
+user had pressed Ctrl-C on that `orchestrate up` alone (before its launch it exits at once; once
+running, its own clean shutdown: nodes told to drain, then signalled, every child reaped); a
+child still there after `STOP_GRACE_S` is SIGKILLed and the nodes it left are stopped from their
+pid files (`orchestrate down`). Every run that ends after the stop began is marked
+`interrupted`, whatever its exit code. The index is rewritten atomically after every change, so it is always a
 true record of what ran, even if the sweep itself is killed. (`kill -9` of the sweep cannot stop
 anything: the runs in flight go on to the end of their budget on their own, and
 `orchestrate down <run dir>` stops one.)
@@ -74,7 +76,7 @@ from protocols.config_errors import ConfigError, format_validation_error
 
 SWEEP_INDEX_FILENAME = "sweep.json"
 SWEEP_LOGS_DIRNAME = "logs"
-# How long a child `orchestrate up` may take to shut its run down after SIGTERM before it is
+# How long a child `orchestrate up` may take to shut its run down after SIGINT before it is
 # SIGKILLed and its nodes are stopped from their pid files (its own shutdown_timeout_s is 10 s
 # by default, then SIGTERM, then SIGKILL of the nodes).
 STOP_GRACE_S = 40.0
@@ -399,6 +401,7 @@ class SweepRunner:
         self.parallel = parallel
         self.out = out if out is not None else sys.stderr
         self.interrupted: str | None = None
+        self.stopping = False  # set once the running children have been told to stop
         self.children: dict[int, tuple[SweepRun, subprocess.Popen, Any]] = {}  # pid -> run, process, log file
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -448,7 +451,7 @@ class SweepRunner:
         log.write(("$ " + " ".join(argv) + "\n").encode())
         log.flush()
         # Its own session: the terminal's Ctrl-C reaches only the sweep, which then stops each
-        # child through its orderly SIGTERM path instead of all of them at once mid-start.
+        # child itself (see _stop_children) and marks it interrupted, rather than failed.
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, start_new_session=True)  # fmt: skip
         run.status, run.started_at = "running", time.time()
@@ -475,7 +478,7 @@ class SweepRunner:
         run.duration_s = round(time.time() - (run.started_at or time.time()), 3)
         if code == 0:
             run.status = "ok"
-        elif code == EXIT_INTERRUPTED and self.interrupted:
+        elif self.stopping:
             run.status = "interrupted"
         else:
             run.status = "failed"
@@ -483,13 +486,15 @@ class SweepRunner:
         self._save()
 
     def _stop_children(self) -> None:
-        """SIGTERM every running child (its clean shutdown), SIGKILL what is left after the grace
-        period and stop the nodes it left from their pid files; reap all of them."""
+        """SIGINT every running child (a lone `up`'s Ctrl-C path: a clean shutdown at any stage),
+        SIGKILL what is left after the grace period and stop the nodes it left from their pid
+        files; reap all of them."""
         if not self.children:
             return
+        self.stopping = True
         self._say(f"sweep {self.interrupted or 'stopping'}: stopping {len(self.children)} running run(s)")
         for _, process, _ in self.children.values():
-            _signal(process, signal.SIGTERM)
+            _signal(process, signal.SIGINT)
         deadline = time.monotonic() + STOP_GRACE_S
         while self.children and time.monotonic() < deadline:
             for pid, (run, process, log) in list(self.children.items()):
@@ -498,7 +503,7 @@ class SweepRunner:
                     self._finish(run, process, log, code)
             time.sleep(POLL_INTERVAL_S)
         for pid, (run, process, log) in list(self.children.items()):
-            self._say(f"{run.name}: its orchestrator is still running {STOP_GRACE_S:g} s after SIGTERM: SIGKILL")
+            self._say(f"{run.name}: its orchestrator is still running {STOP_GRACE_S:g} s after SIGINT: SIGKILL")
             _signal(process, signal.SIGKILL)
             code = process.wait()
             _stop_orphans(Path(run.run_dir))

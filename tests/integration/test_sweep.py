@@ -113,3 +113,25 @@ def test_ctrl_c_stops_the_sweep_and_every_process_of_its_runs(tmp_path):
     assert [(run["status"], run["exit_code"]) for run in index["runs"]] == [("interrupted", 130), ("not_started", None)]
     assert not (sweep_dir / "p01-steps10-seed0").exists()
     assert read_events(first)[-1]["event"] == "run_finished"  # the run shut itself down
+
+
+def test_ctrl_c_while_a_run_is_still_starting_marks_it_interrupted(tmp_path):
+    """The child `orchestrate up` is stopped before it launched anything (checking its config and
+    env): it exits at once, is marked interrupted (not failed), and leaves nothing running."""
+    path = write_sweep(tmp_path, base=str(REPO / "configs" / "tiny_ring.yaml"), grid={"run.steps": [100000, 10]}, seeds=[0])
+    sweep_dir = tmp_path / "sweep"
+    process = orchestrate("sweep", str(path), "--sweep-dir", str(sweep_dir))
+    log = sweep_dir / "logs" / "p00-steps100000-seed0.log"
+    deadline = time.monotonic() + 60
+    while not log.exists():  # the first child has been started
+        assert process.poll() is None, process.communicate()[1].decode()[-3000:]
+        assert time.monotonic() < deadline, "the first run never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode()[-3000:]
+    runs = json.loads((sweep_dir / "sweep.json").read_text())["runs"]
+    assert [run["status"] for run in runs] == ["interrupted", "not_started"]
+    assert "failed:" not in stderr.decode()
+    first = sweep_dir / "p00-steps100000-seed0"
+    assert_all_reaped(launched_pids(read_events(first)))  # (none, if it had not launched yet)
