@@ -167,8 +167,10 @@ def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
 
 
 def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    # One summary row per finished session: sync rounds write `consensus/rounds`, push-sum its
+    # `consensus/pushes` (and no disagreement: it has no rounds to compare).
     sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
-                if "consensus/disagreement_last" in row or "consensus/rounds" in row]  # fmt: skip
+                if "consensus/rounds" in row or "consensus/pushes" in row]  # fmt: skip
     durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
     if not sessions and not durations:
         return None
@@ -183,10 +185,10 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     first: dict[str, list[float | None]] = {"before": [], "after": [], "rounds": [], "duration": []}
     for node, rows in metrics.items():
         summary_row = next((row for row in rows if "consensus/disagreement_last" in row), None)
-        duration_row = next((row for row in rows if "consensus/duration_s" in row), None)
-        reached = _rounds_to_converge(rows)
         if node == ENV_NODE_ID or summary_row is None:
             continue
+        duration_row = next((row for row in rows if "consensus/duration_s" in row), None)
+        reached = _rounds_to_converge(rows)
         first["before"].append(summary_row.get("consensus/disagreement_first"))
         first["after"].append(summary_row.get("consensus/disagreement_last"))
         first["rounds"].append(reached[0] if reached else None)
@@ -357,7 +359,12 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                           _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
         _print_table(console, links, title, markdown)
     consensus = summary["consensus"]
-    if consensus:
+    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds, no disagreement
+        console.print(
+            f"consensus (push-sum): {consensus['sessions']} finished sessions (all agents), weight mass "
+            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), {_fmt(consensus['duration_s_mean'])} s per session"
+        )
+    elif consensus:
         console.print(
             f"consensus: {consensus['sessions']} finished sessions (all agents), {_fmt(consensus['rounds_mean'])} rounds each, "
             f"disagreement {_fmt(consensus['disagreement_first_mean'], '.2e')} before -> "
