@@ -59,7 +59,7 @@ from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
-from protocols.control import ControlClient, ShutdownRequested
+from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import ENV_NODE_ID, agent_node_ids
@@ -358,7 +358,9 @@ class AgentNode:
             self._finish_consensus_if_done(now)
             self.env_client.heard(now)  # the env server is waiting for us, not silent
         silent_for = self.env_client.silent_for(now)
-        if silent_for > self.config.env_silence_timeout_s:
+        # Cut off from the env server by an emulated partition (faults.schedule), its silence is
+        # expected: wait for the heal (FaultEvent in orchestrator/config.py).
+        if silent_for > self.config.env_silence_timeout_s and not self.hub.links.partitions.blocks(self.context.node_id, ENV_NODE_ID):
             raise NodeFailure(f"no message from the env server for {silent_for:.1f} s")
 
     # ------------------------------------------------------------------ dispatch
@@ -482,6 +484,13 @@ class AgentNode:
     def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
         self.begin_draining(shutdown.reason)
 
+    def on_network_fault(self, sender: str, fault: m.Partition | m.Heal | m.SetLink, now: float) -> None:
+        """A run-time partition, heal or link change from the fault schedule: applied to this
+        node's outgoing links (protocols/control.py), with the link counters at that moment."""
+        log.warning("%s", apply_network_fault(self.hub.links, fault))
+        self.env_client.heard(now)  # the env server's silence is counted from the change
+        self.metrics.write(self.step, self.hub.link_metrics())
+
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         pass  # membership has already taken it as a sign of life and read its incarnation
 
@@ -499,6 +508,9 @@ class AgentNode:
         m.EnvObservation: (ENV, on_env_observation),
         m.ErrorReply: (ENV, on_env_error),
         m.Shutdown: (CONTROL, on_shutdown),
+        m.Partition: (CONTROL, on_network_fault),
+        m.Heal: (CONTROL, on_network_fault),
+        m.SetLink: (CONTROL, on_network_fault),
         m.Heartbeat: (PEERS, on_heartbeat),
         ConsensusShare: (PEERS, on_consensus_share),
         PushSumShare: (PEERS, on_consensus_share),
@@ -533,6 +545,7 @@ class AgentNode:
                     self._send_peers(self.consensus.on_neighbour_down(event.peer, time.monotonic()))
             elif isinstance(event, PeerUp):
                 log.info("neighbour %s is up", event.peer)
+                self.metrics.write(self.step, {"membership/peers_alive": len(self.mesh.alive_peers())})
                 if self.consensus is not None:
                     self._send_peers(self.consensus.on_neighbour_up(event.peer, time.monotonic()))
             elif isinstance(event, PeerRestarted):
