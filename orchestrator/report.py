@@ -95,6 +95,16 @@ def _cumulative(rows: list[dict[str, Any]], key: str, restarted_at: list[float])
     return sum(last_by_incarnation.values()) if last_by_incarnation else None
 
 
+def fault_targets(event: dict[str, Any]) -> set[str]:
+    """The nodes a `fault` event aimed at: a network fault's `targets` (or its partition's
+    `groups`), since its `nodes` are every node it was sent to; a signal's `nodes` it hit."""
+    if event.get("targets"):
+        return set(event["targets"])
+    if event.get("groups"):
+        return {node for group in event["groups"] for node in group}
+    return set(event.get("nodes") or {})
+
+
 def _recoveries(node: str, rows: list[dict[str, Any]], events: list[dict]) -> list[float]:
     """Per restart of `node`: seconds from its exit (the `exited` event before the `restarted`
     one) to the first metrics row it wrote after the restart: down to working again."""
@@ -116,7 +126,7 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
     last_t = max((row["t"] for row in rows if isinstance(row.get("t"), (int, float))), default=None)
     first_t = started_t if started_t is not None else min((row["t"] for row in rows if "t" in row), default=None)
     elapsed = (last_t - first_t) if last_t is not None and first_t is not None else None
-    faults = [e for e in events if e.get("event") == "fault" and node in (e.get("nodes") or {})]
+    faults = [e for e in events if e.get("event") == "fault" and node in fault_targets(e)]
     return {
         "recovery_s": _mean(_recoveries(node, rows, events)),
         "episodes": len(returns),
@@ -228,7 +238,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     agents = {node: _agent_summary(node, rows, started, events) for node, rows in metrics.items() if node != ENV_NODE_ID}
     links = _link_summaries(metrics, events)
     consensus = _consensus_summary(metrics)
-    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(e.get("nodes") or {}),
+    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(fault_targets(e)),
                "skipped": e.get("skipped") or []} for e in events if e.get("event") == "fault"]  # fmt: skip
     peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
     peer_sent = sum(entry.get("sent") or 0.0 for entry in peer)
@@ -436,12 +446,12 @@ def fault_windows(events: list[dict[str, Any]]) -> list[tuple[float, float | Non
     for position, event in enumerate(events):
         if event.get("event") != "fault":
             continue
-        hit = set(event.get("nodes") or {})
+        hit = fault_targets(event)
         end = None
         for later in events[position + 1:]:
             recovered = later.get("event") in RECOVERY_EVENTS and later.get("node") in hit
             undone = later.get("event") == "fault" and later.get("kind") in ("resume", "heal") and (
-                hit & set(later.get("nodes") or {}) or later.get("kind") == "heal")
+                hit & fault_targets(later) or later.get("kind") == "heal")
             if recovered or undone:
                 end = later["t"]
                 break

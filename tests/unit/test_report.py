@@ -221,3 +221,16 @@ def test_fault_windows_end_at_the_recovery_of_a_node_they_hit():
     assert report.fault_windows(events) == [
         (10.0, 12.0, "kill agent_1"), (15.0, 23.0, "pause agent_3"), (23.0, None, "resume agent_3"), (30.0, None, "kill agent_0"),
     ]  # fmt: skip
+
+
+def test_a_network_fault_counts_for_its_targets_not_every_node_it_was_sent_to():
+    partition = {"t": 5.0, "event": "fault", "kind": "partition", "targets": ["agent_2"],
+                 "nodes": {"agent_0": 1, "agent_1": 2, "agent_2": 3, "env": 4}}  # fmt: skip
+    grouped = {"t": 6.0, "event": "fault", "kind": "partition", "targets": [], "groups": [["agent_0"], ["agent_1", "env"]],
+               "nodes": {"agent_0": 1, "agent_1": 2, "env": 4}}  # fmt: skip
+    heal = {"t": 13.0, "event": "fault", "kind": "heal", "targets": [], "nodes": {"agent_0": 1}}
+    assert report.fault_targets(partition) == {"agent_2"}
+    assert report.fault_targets(grouped) == {"agent_0", "agent_1", "env"}
+    assert report.fault_targets({"event": "fault", "kind": "kill", "nodes": {"agent_1": 9}}) == {"agent_1"}
+    windows = report.fault_windows([partition, grouped, heal])
+    assert windows[:2] == [(5.0, 13.0, "partition agent_2"), (6.0, 13.0, "partition agent_0,agent_1,env")]
