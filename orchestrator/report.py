@@ -162,17 +162,25 @@ def _link_summaries(metrics: dict[str, list[dict[str, Any]]], events: list[dict]
 
 def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
     """Per synchronous session of one agent (its per-round rows, `consensus/round` from 0): the
-    first round with disagreement <= CONVERGED_FRACTION x round 0's, or None if none was."""
-    sessions: list[list[float]] = []
+    first round with disagreement <= CONVERGED_FRACTION x the session's first measured one, or
+    None if none was. (A round that heard no neighbour has no disagreement in its row: NaN is
+    not written.)"""
+    sessions: list[list[tuple[int, float]]] = []
     for row in rows:
-        if "consensus/round" in row and "consensus/disagreement_max" in row:
-            if row["consensus/round"] == 0 or not sessions:
-                sessions.append([])
-            sessions[-1].append(row["consensus/disagreement_max"])
+        if "consensus/round" not in row:
+            continue
+        if row["consensus/round"] == 0 or not sessions:
+            sessions.append([])
+        if "consensus/disagreement_max" in row:
+            sessions[-1].append((int(row["consensus/round"]), row["consensus/disagreement_max"]))
     reached: list[int | None] = []
-    for values in sessions:
-        target = CONVERGED_FRACTION * values[0]
-        reached.append(next((r for r, value in enumerate(values) if value <= target), None) if values[0] > 0 else 0)
+    for measured in sessions:
+        if not measured:
+            reached.append(None)
+            continue
+        base = measured[0][1]
+        target = CONVERGED_FRACTION * base
+        reached.append(next((r for r, value in measured if value <= target), None) if base > 0 else measured[0][0])
     return reached
 
 
@@ -482,25 +490,29 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     if summary["consensus"]:
         consensus_axes = axes_list[1][0]
         for node, rows in metrics.items():
-            sessions = [row for row in rows if "consensus/disagreement_last" in row]
-            if sessions:
-                line, = consensus_axes.plot([r["t"] - start for r in sessions], [r["consensus/disagreement_last"] for r in sessions],
-                                            marker="o", linewidth=1, label=f"{node} after")  # fmt: skip
-                consensus_axes.plot([r["t"] - start for r in sessions], [r["consensus/disagreement_first"] for r in sessions],
-                                    marker="x", linestyle=":", color=line.get_color(), label=f"{node} before")  # fmt: skip
+            # (a value that was NaN, e.g. a round that heard no neighbour, is absent from its row)
+            after = [(r["t"] - start, r["consensus/disagreement_last"]) for r in rows if "consensus/disagreement_last" in r]
+            before = [(r["t"] - start, r["consensus/disagreement_first"]) for r in rows if "consensus/disagreement_first" in r]
+            if after:
+                line, = consensus_axes.plot(*zip(*after), marker="o", linewidth=1, label=f"{node} after")
+            if before:
+                consensus_axes.plot(*zip(*before), marker="x", linestyle=":", label=f"{node} before",
+                                    color=line.get_color() if after else None)  # fmt: skip
         consensus_axes.set_yscale("log")
         consensus_axes.set_ylabel("consensus disagreement")
         consensus_axes.legend(fontsize=7, ncol=2)
-    for begin, end, label in fault_windows(events):
+    windows = fault_windows(events)
+    for index, (begin, end, label) in enumerate(windows):
         for row in axes_list:
             if end is None:
                 row[0].axvline(begin - start, color="red", linestyle="--", linewidth=1)
             else:
                 row[0].axvspan(begin - start, end - start, color="red", alpha=0.15)
-        returns_axes.annotate(label, (begin - start, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
-                              color="red", va="bottom", rotation=30)  # fmt: skip
+        # labels in staggered rows above the plot, so faults close in time stay readable
+        returns_axes.annotate(label, (begin - start, 1.01 + 0.07 * (index % 4)), xycoords=("data", "axes fraction"),
+                              fontsize=6, color="red", va="bottom", annotation_clip=False)  # fmt: skip
     axes_list[-1][0].set_xlabel("seconds since the run started (faults in red)")
-    returns_axes.set_title(f"{summary['name']}", pad=18)
+    returns_axes.set_title(f"{summary['name']}", pad=8 + 9 * min(len(windows), 4))
     returns_axes.legend(fontsize=7)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "timeline.png"

@@ -205,7 +205,11 @@ def test_rounds_to_converge_splits_sessions_at_round_zero():
     rows += [{"step": 5, "dqn/loss": 0.1}]  # other rows in between are ignored
     rows += [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([4.0, 1.0, 0.5])]
     rows += [{"consensus/round": 0.0, "consensus/disagreement_max": 0.0}]  # nothing to average: done at once
-    assert report._rounds_to_converge(rows) == [2, None, 0]
+    # round 0 heard no neighbour (its NaN disagreement was not written): measured from round 1
+    rows += [{"consensus/round": 0.0}, {"consensus/round": 1.0, "consensus/disagreement_max": 2.0},
+             {"consensus/round": 2.0, "consensus/disagreement_max": 1e-3}]  # fmt: skip
+    rows += [{"consensus/round": 0.0}]  # nothing measured at all
+    assert report._rounds_to_converge(rows) == [2, None, 0, 2, None]
 
 
 def test_fault_windows_end_at_the_recovery_of_a_node_they_hit():
