@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_node.config import AgentsConfig
+from agent_node.goal_config import goal_run_problems
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from protocols.config_errors import ConfigError, format_validation_error
@@ -358,6 +359,15 @@ class RunConfig(BaseModel):
                 f"agents.env_silence_timeout_s: expected more than env.step_deadline_s ({self.env.step_deadline_s}), "
                 f"got {self.agents.env_silence_timeout_s}: an agent would give up on a server that is waiting for a slow agent"
             )
+
+        problems.extend(goal_run_problems(
+            self.agents.goals, self.agents.learner.kind, getattr(self.agents.learner, "her_strategy", None),
+            env_name=self.env.name, env_kwargs=self.env.kwargs, num_copies=self.env.num_copies,
+            forward_infos=self.env.forward_infos, episode_start_hold_s=self.env.episode_start_hold_s,
+            eval_every_steps=self.env.eval_every_steps,
+            topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
+            topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
+        ))
 
         consensus = self.protocols.consensus
         if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
