@@ -296,6 +296,8 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
             if not isinstance(claimed, str):
                 raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
             key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
+            if not key:
+                raise SignatureError(f"no signing key for {claimed[:64]!r}, the sender the header claims")
         if not key:
             raise SignatureError("unexpected signature: this run is unsigned")
         if not signature_length:

@@ -645,8 +645,25 @@ def test_signature_from_another_key() -> None:
 
 
 def test_unsigned_frames_to_a_keyed_receiver() -> None:
-    with pytest.raises(SignatureError):
+    with pytest.raises(SignatureError, match="missing signature: this run signs every message"):
         wire.decode(build_frames(STATUS_BODY), key=KEY)
+
+
+def test_headers_packed_once_per_sender_stay_apart() -> None:
+    # The header's constant part is cached per (sender, run id) and per message type: messages
+    # from several senders and of several types, interleaved, each decode to their own header.
+    cases = [("agent_0", "run-a", Status("n", "s", 1, 1)), ("agent_1", "run-a", m_reset()),
+             ("agent_0", "run-b", m_reset()), ("agent_0", "run-a", m_reset()), ("agent_1", "run-a", Status("n", "s", 2, 1))]
+    for seq, (sender, run_id, message) in enumerate(cases * 2):
+        header = wire.decode(wire.encode(message, sender=sender, run_id=run_id, seq=seq)).header
+        assert (header.sender, header.run_id, header.msg_type, header.seq) == (sender, run_id, message.MSG_TYPE, seq)
+        assert header.version == PROTOCOL_VERSION and type(header.sent_at) is float
+
+
+def m_reset() -> Any:
+    from protocols.messages import EnvReset
+
+    return EnvReset(seed=3)
 
 
 def test_signed_frames_to_an_unsigned_receiver() -> None:
