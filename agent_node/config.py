@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
+from agent_node.goal_config import GoalsConfig
 from agent_node.world_models.config import WorldModelConfig
 from protocols.node_config import NodeSections
 
@@ -65,6 +66,9 @@ class AgentsConfig(BaseModel):
     # A directory of <env agent>/latest.pt node checkpoints to start from (the node's own
     # checkpoint, after a restart, takes precedence).
     load_checkpoints: str | None = None
+    # Goal-conditioned agents (learner kind goal_dqn): how each episode's goal is chosen,
+    # negotiated and shared (agent_node/goal_config.py, agent_node/goal_session.py).
+    goals: GoalsConfig | None = None
 
     @model_validator(mode="after")
     def _offline_learners_only_evaluate(self) -> AgentsConfig:
@@ -73,6 +77,11 @@ class AgentsConfig(BaseModel):
                 f"learner kind {self.learner.kind!r} trains from a dataset (python -m agent_node.offline), not in a "
                 f"run: set learning: false and load_checkpoints: <its --out directory>; got learning={self.learning}, "
                 f"load_checkpoints={self.load_checkpoints!r}"
+            )
+        if (self.learner.kind == "goal_dqn") != (self.goals is not None):
+            raise ValueError(
+                "goals: the goal-conditioned learner (learner kind 'goal_dqn') and the goals section go together; "
+                f"got learner kind {self.learner.kind!r} with goals {'set' if self.goals is not None else 'missing'}"
             )
         return self
 

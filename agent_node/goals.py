@@ -13,8 +13,9 @@ Modules:
 - `PAlignedGoals`: with probability p the team shares one goal, drawn from a stream every member
   seeds the same way (no messages); otherwise each samples its own.
 - `SupervisorAssignment` (the supervisor's logic: one goal per team per episode) and
-  `SupervisedGoals` (the agent's side: pursue what the supervisor assigned). The supervisor node
-  role that sends assignments over the wire comes with the node wiring.
+  `SupervisedGoals` (the agent's side: pursue what the supervisor assigned). In a run the
+  supervisor is the team member with the smallest node id, which sends its draw over the wire
+  (`protocols/supervision.py`, driven by `agent_node/goal_session.py`).
 - `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
   agent's own goal (kept when it leads or hears nothing).
 - `AmigoTeacher`: AMIGo's teacher over cells (the `t*` curriculum, teacher and student rewards).

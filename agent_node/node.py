@@ -21,6 +21,8 @@ through one table (`AgentNode.HANDLERS`: message type -> the source it must come
 - `env_client.EnvClient`            join / welcome / reset / observation / action bookkeeping
 - `transitions.TransitionAssembler` observations -> Transition rows and finished episodes
 - `consensus_session.ConsensusSession` the held observation while the neighbours average
+- `goal_session.GoalSession`        goal agents (agents.goals): each episode's goal, negotiated
+                                     before the start the env server holds, hindsight after it
 - `peers.PeerMesh`                  links to the neighbours and their liveness (membership)
 - `persistence.NodePersistence`     checkpoint + replay buffer on disk, one atomic-write helper
 
@@ -50,6 +52,7 @@ from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGM
 from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.global_fields import GlobalFieldTracker
+from agent_node.goal_session import GoalSession, build_goal_session
 from agent_node.recording import TransitionRecorder
 from agent_node.roles import NodeLearner
 from agent_node.algos.config import NEEDS_GLOBAL_VIEW
@@ -59,7 +62,10 @@ from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
-from protocols.control import ControlClient, ShutdownRequested
+from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
+from protocols.hindsight import HindsightReport
+from protocols.negotiation import GoalCommit, NegotiationProposal
+from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
 from protocols.settings import ENV_NODE_ID, agent_node_ids
@@ -131,6 +137,8 @@ class AgentNode:
         # What this node averages and the engine it averages with, built with the learner;
         # None when the run shares nothing.
         self.consensus: ConsensusSession | None = None
+        # Goal agents only (agents.goals): the goal session beside the goal-conditioned learner.
+        self.goals: GoalSession | None = None
         # An observation answered once the learner owes at most max_pending_gradient_steps.
         self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
@@ -231,7 +239,7 @@ class AgentNode:
         self.num_copies = welcome.num_copies
         observation_space = self.env_client.observation_spaces[self.env_agent]
         action_space = self.env_client.action_spaces[self.env_agent]
-        self.learner = build_learner(
+        self.learner = self._build_goal_learner(welcome) if self.config.goals is not None else build_learner(
             self.config.learner,
             observation_space,
             action_space,
@@ -267,6 +275,17 @@ class AgentNode:
             "driving %s over %d copies: obs %s, actions %s, learner %s",
             self.env_agent, self.num_copies, observation_space, action_space, self.config.learner.kind,
         )
+
+    def _build_goal_learner(self, welcome: m.EnvWelcome) -> NodeLearner:
+        """A goal agent (agents.goals): the goal session and the learner conditioned on its goals."""
+        observation_space = self.env_client.observation_spaces[self.env_agent]
+        self.goals, learner = build_goal_session(
+            self.config.goals, self.config.learner, node_id=self.context.node_id, node_index=self.context.index,
+            run_seed=self.context.run_seed, env_agent=self.env_agent, possible_agents=welcome.possible_agents,
+            obs_dim=int(observation_space.shape[0]), num_actions=int(self.env_client.action_spaces[self.env_agent].n),
+            topology=self.topology,
+        )
+        return learner
 
     def _consensus_subject(self, observation_space, action_space) -> ConsensusSubject | None:
         """What this node averages: the OG-MARL learner's world model, a world model trained
@@ -346,6 +365,8 @@ class AgentNode:
             deadlines.append(due)
         if self.consensus is not None and (due := self.consensus.next_deadline()) is not None:
             deadlines.append(due)
+        if self.goals is not None and (due := self.goals.next_deadline()) is not None:
+            deadlines.append(due)
         return min(deadlines)
 
     def _on_timers(self, now: float) -> None:
@@ -353,12 +374,16 @@ class AgentNode:
         self._on_membership_events(self.mesh.on_timer(now))
         if self.control.status_due(now, self.status_every_s):
             self._send_status(now)
+        if self.goals is not None:
+            self._goal_output(self.goals.on_timer(now))
         if self.state is NodeState.AVERAGING:
             self._send_peers(self.consensus.on_timer(now))
             self._finish_consensus_if_done(now)
             self.env_client.heard(now)  # the env server is waiting for us, not silent
         silent_for = self.env_client.silent_for(now)
-        if silent_for > self.config.env_silence_timeout_s:
+        # Cut off from the env server by an emulated partition (faults.schedule), its silence is
+        # expected: wait for the heal (FaultEvent in orchestrator/config.py).
+        if silent_for > self.config.env_silence_timeout_s and not self.hub.links.partitions.blocks(self.context.node_id, ENV_NODE_ID):
             raise NodeFailure(f"no message from the env server for {silent_for:.1f} s")
 
     # ------------------------------------------------------------------ dispatch
@@ -472,6 +497,8 @@ class AgentNode:
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
             self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
+        if self.goals is not None:  # after the learner saw the transition: goal rewards, episode ends
+            self._goal_output(self.goals.on_observation(message, time.monotonic()))
 
     def on_env_observation(self, sender: str, message: m.EnvObservation, now: float) -> None:
         self.on_observation(self.env_client.on_message(message, now))
@@ -479,8 +506,35 @@ class AgentNode:
     def on_env_error(self, sender: str, refusal: m.ErrorReply, now: float) -> None:
         raise NodeFailure(f"env server refused a request: {refusal.code}: {refusal.message}")
 
+    def on_episode_start(self, sender: str, announcement: m.EnvEpisodeStart, now: float) -> None:
+        if self.goals is None:
+            log.warning("env.episode_start at step %d, but this agent has no goals section", announcement.step)
+            return
+        self._goal_output(self.goals.on_episode_start(announcement, now))
+
+    def on_goal_message(self, sender: str, message: Any, now: float) -> None:
+        if self.goals is None:
+            log.warning("%s from %s, but this agent has no goals section", type(message).__name__, sender)
+            return
+        self._goal_output(self.goals.on_message(sender, message, now))
+
+    def _goal_output(self, outgoing: list) -> None:
+        """Send the goal session's peer messages and goal.ready; write its metrics records."""
+        self._send_peers(outgoing)
+        for step in self.goals.take_ready():
+            self.env.send(m.GoalReady(step=step, agents=[self.env_agent]))
+        for record in self.goals.take_records():
+            self.metrics.write(self.step, record)
+
     def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
         self.begin_draining(shutdown.reason)
+
+    def on_network_fault(self, sender: str, fault: m.Partition | m.Heal | m.SetLink, now: float) -> None:
+        """A run-time partition, heal or link change from the fault schedule: applied to this
+        node's outgoing links (protocols/control.py), with the link counters at that moment."""
+        log.warning("%s", apply_network_fault(self.hub.links, fault))
+        self.env_client.heard(now)  # the env server's silence is counted from the change
+        self.metrics.write(self.step, self.hub.link_metrics())
 
     def on_heartbeat(self, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
         pass  # membership has already taken it as a sign of life and read its incarnation
@@ -499,9 +553,17 @@ class AgentNode:
         m.EnvObservation: (ENV, on_env_observation),
         m.ErrorReply: (ENV, on_env_error),
         m.Shutdown: (CONTROL, on_shutdown),
+        m.Partition: (CONTROL, on_network_fault),
+        m.Heal: (CONTROL, on_network_fault),
+        m.SetLink: (CONTROL, on_network_fault),
         m.Heartbeat: (PEERS, on_heartbeat),
         ConsensusShare: (PEERS, on_consensus_share),
         PushSumShare: (PEERS, on_consensus_share),
+        m.EnvEpisodeStart: (ENV, on_episode_start),
+        NegotiationProposal: (PEERS, on_goal_message),
+        GoalCommit: (PEERS, on_goal_message),
+        HindsightReport: (PEERS, on_goal_message),
+        GoalAssignment: (PEERS, on_goal_message),
     }
 
     # ------------------------------------------------------------------ consensus
@@ -531,8 +593,11 @@ class AgentNode:
                 self.metrics.write(self.step, {"membership/peers_alive": len(self.mesh.alive_peers())})
                 if self.consensus is not None:
                     self._send_peers(self.consensus.on_neighbour_down(event.peer, time.monotonic()))
+                if self.goals is not None:
+                    self._goal_output(self.goals.on_neighbour_down(event.peer, time.monotonic()))
             elif isinstance(event, PeerUp):
                 log.info("neighbour %s is up", event.peer)
+                self.metrics.write(self.step, {"membership/peers_alive": len(self.mesh.alive_peers())})
                 if self.consensus is not None:
                     self._send_peers(self.consensus.on_neighbour_up(event.peer, time.monotonic()))
             elif isinstance(event, PeerRestarted):

@@ -13,8 +13,8 @@ algorithm file implements it by having the methods, without inheriting from anyt
 - `ReplayLearner` a learner whose replay buffer others may read through its public methods
                  (persistence saves it, a world model trained beside the learner samples it).
 - `NodeLearner`  what an agent node drives: an `Actor` and a `Learner` in one object.
-- `GoalModule`   proposes and accepts goals, computes goal rewards, relabels (goal negotiation
-                 and hindsight issues fill it).
+- (`GoalModule`, how a goal agent picks each episode's goal, lives with its implementations in
+  `agent_node/goals.py`; the goal session, `agent_node/goal_session.py`, drives it.)
 
 Arrays cross these interfaces as numpy, never torch: the node's event loop, the replay buffer
 and the protocol engines stay free of torch, and the learner converts at its own boundary.
@@ -161,16 +161,3 @@ class ModelBasedLearner(Learner, Protocol):
     def adopt_world_model(self, averaged: Mapping[str, np.ndarray] | None, num_agents: int) -> dict[str, float]:
         """Use the averaged statistics (None: consensus is off, keep the local model); return
         scalar metrics of the refresh."""
-
-
-@runtime_checkable
-class GoalModule(Protocol):
-    """Goal-conditioned behaviour; implemented by the negotiation and AMIGo issues."""
-
-    def propose(self) -> np.ndarray: ...
-
-    def accept(self, proposals: Mapping[str, np.ndarray]) -> np.ndarray: ...
-
-    def goal_reward(self, achieved: np.ndarray, goal: np.ndarray) -> np.ndarray: ...
-
-    def relabel(self, transitions: list[Transition], achieved_goals: list[np.ndarray]) -> list[Transition]: ...

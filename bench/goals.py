@@ -24,14 +24,29 @@ This is not the continuous reference environment and not its training budget: co
 direction of the results, not their values.
 
     .venv/bin/python bench/goals.py --seeds 3 --episodes 1500
+
+`--runtime` runs the same comparison through the runtime instead: `orchestrate up` of
+configs/goals_independent.yaml (uniform goals), configs/goals_supervisor.yaml (the team's
+smallest node id assigns the goal over the wire; no hindsight) and configs/goals_pair.yaml
+(negotiation, with or without hindsight sharing), one process per agent and one env server, the negotiation over the
+peer mesh while the env server holds each episode start. Per episode it joins the two agents'
+`goals/*` records: aligned = both pursued the same goal; cooperative success = both were
+rewarded. Differences from the in-process mode: the env does not know the goals, so every
+episode lasts `max_steps` (an agent stops itself once rewarded), and the learner learns in
+slices between network events.
+
+    .venv/bin/python bench/goals.py --runtime --seeds 2 --steps 8000 --landmarks 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -153,14 +168,109 @@ def steps_to_fraction_of_final(curve: np.ndarray, env_steps: np.ndarray, fractio
     return float(env_steps[index + window - 1])
 
 
+# Runtime mode: which config runs each mode, and its overrides.
+REPO = Path(__file__).resolve().parents[1]
+RUNTIME_MODES = {
+    "independent": ("configs/goals_independent.yaml", []),
+    "negotiation": ("configs/goals_pair.yaml", ["agents.goals.hindsight=null"]),
+    "negotiation_hindsight": ("configs/goals_pair.yaml", []),
+    "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null"]),
+}
+
+
+def runtime_run(mode: str, seed: int, steps: int, landmarks: int, run_dir: Path, extra: list[str] = ()) -> dict:
+    """One `orchestrate up` of `mode`; per-episode alignment and success joined over both agents."""
+    config, overrides = RUNTIME_MODES[mode]
+    settings = [f"run.seed={seed}", f"run.steps={steps}", f"env.kwargs.num_landmarks={landmarks}",
+                f"agents.goals.num_landmarks={landmarks}", *overrides, *extra]
+    command = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
+    for setting in settings:
+        command += ["--set", setting]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{mode} seed {seed}: orchestrate up exited {done.returncode}: {done.stderr[-2000:]}")
+    episodes: dict[float, dict[str, dict]] = defaultdict(dict)
+    shared = {"reports_applied": 0.0, "partners_missing": 0.0, "rows_relabelled": 0.0}
+    for agent in AGENTS:
+        for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if "goals/goal" in record:
+                episodes[record["goals/episode"]][agent] = record
+            if "hindsight/reports_applied" in record:
+                shared["reports_applied"] += record["hindsight/reports_applied"]
+                shared["partners_missing"] += record["hindsight/partners_missing"]
+            if "her/rows_relabelled" in record:
+                shared["rows_relabelled"] += record["her/rows_relabelled"]
+    both = [episodes[e] for e in sorted(episodes) if len(episodes[e]) == 2]
+    aligned = np.array([float(ep["agent_0"]["goals/goal"] == ep["agent_1"]["goals/goal"]) for ep in both])
+    success = np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in AGENTS)) for ep in both])
+    timed_out = [ep[a].get("negotiation/timed_out", 0.0) for ep in both for a in AGENTS]
+    cut = [ep[a].get("negotiation/cut_by_env", 0.0) for ep in both for a in AGENTS]
+    return {"aligned": aligned, "success": success, "timed_out": float(np.mean(timed_out)), "cut_by_env": float(np.mean(cut)),
+            "seconds": seconds, **shared}
+
+
+def runtime_main(args) -> None:
+    last = max(1, (args.steps // 40) // 5)  # "final" = the last fifth of the episodes
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench_goals_") as scratch:
+        for mode in args.modes:
+            per_seed = []
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                result = runtime_run(mode, seed, args.steps, args.landmarks, Path(scratch) / f"{mode}_{seed}", args.set)
+                summary = {
+                    "episodes": int(result["aligned"].size),
+                    "aligned_all": float(result["aligned"].mean()), "aligned_final": float(result["aligned"][-last:].mean()),
+                    "success_all": float(result["success"].mean()), "success_final": float(result["success"][-last:].mean()),
+                    "timed_out": result["timed_out"], "cut_by_env": result["cut_by_env"],
+                    "reports_applied": result["reports_applied"], "partners_missing": result["partners_missing"],
+                    "rows_relabelled": result["rows_relabelled"], "seconds": result["seconds"],
+                }
+                per_seed.append(summary)
+                print(f"# {mode} seed {seed}: {summary}", file=sys.stderr, flush=True)
+            rows[mode] = per_seed
+    conditions = {"runtime": True, "seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps,
+                  "landmarks": args.landmarks, "goal_set": "cooperative", "final_window_episodes": last,
+                  "chance_alignment": 1.0 / (args.landmarks * (args.landmarks - 1) // 2), "overrides": args.set}
+    if args.json:
+        print(json.dumps({"conditions": conditions, "per_seed": rows}, indent=2))
+        return
+    print(f"through the runtime: goal-lines L={args.landmarks}, cooperative goals, 2 agents, {args.steps} steps per run, "
+          f"{args.seeds} seeds; 'final' = last {last} episodes; chance alignment {conditions['chance_alignment']:.3f}; mean over seeds"
+          + (f"; overrides {' '.join(args.set)}" if args.set else ""))
+    print(f"{'mode':<24}{'aligned all':>12}{'aligned final':>14}{'success all':>12}{'success final':>14}"
+          f"{'timed out':>10}{'reports':>9}{'relabelled':>11}{'s/run':>7}")
+    for mode, per_seed in rows.items():
+        mean = {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]}
+        print(f"{mode:<24}{mean['aligned_all']:>12.3f}{mean['aligned_final']:>14.3f}{mean['success_all']:>12.3f}"
+              f"{mean['success_final']:>14.3f}{mean['timed_out']:>10.3f}{mean['reports_applied']:>9.0f}"
+              f"{mean['rows_relabelled']:>11.0f}{mean['seconds']:>7.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=1500)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
+                        help="in-process: all four by default; --runtime: independent, negotiation_hindsight by default")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
+    parser.add_argument("--steps", type=int, default=8000, help="--runtime: lockstep steps per run (40 per episode)")
+    parser.add_argument("--landmarks", type=int, default=6, choices=(3, 6), help="--runtime: L")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--runtime: a config override for every run (orchestrate up --set), repeatable")
     args = parser.parse_args()
+    if args.runtime:
+        args.modes = args.modes or ["independent", "negotiation_hindsight"]
+        unknown = [mode for mode in args.modes if mode not in RUNTIME_MODES]
+        if unknown:
+            parser.error(f"--runtime runs {sorted(RUNTIME_MODES)}, got {unknown}")
+        runtime_main(args)
+        return
+    args.modes = args.modes or list(MODES)
     torch.set_num_threads(1)
 
     last = max(100, args.episodes // 5)  # "final" = the last fifth of training

@@ -24,7 +24,7 @@ from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
-from protocols.control import ControlClient, ControlTimeout, ShutdownRequested
+from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault
 from protocols.config_errors import ConfigError
 from protocols.node_config import bind_address, load_node_config, node_keys
 from protocols.seeds import derive_seed
@@ -196,6 +196,9 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 if isinstance(envelope.message, m.Shutdown):
                     reason = envelope.message.reason
                     stop[0] = True
+                elif isinstance(envelope.message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
+                    log.warning("%s", apply_network_fault(hub.links, envelope.message))
+                    server.write_metrics(hub.link_metrics())
             # A final evaluation may still be running after the last training step.
             if server.run_finished and not server.evaluating and not reported_complete:
                 control.channel.send(m.RunComplete(steps=server.counters.steps))

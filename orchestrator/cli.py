@@ -211,7 +211,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(format_plan(plan))
         print(f"launcher   {resolved.launch.start_method}")
         for fault in plan_faults(resolved):
-            print(f"fault      +{fault.at_s:g}s {fault.kind} {', '.join(fault.targets) or '-'} (by {fault.chosen_by})")
+            print(f"fault      {fault.describe()}")
         if plan.socket_dir_is_temp:
             remove_temp_socket_dir(resolved.runtime)
             print(f"\n(dry run: removed the temporary socket dir {plan.socket_dir})")

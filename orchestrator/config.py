@@ -43,9 +43,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent_node.config import AgentsConfig
+from agent_node.goal_config import goal_run_problems
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from protocols.config_errors import ConfigError, format_validation_error
+from protocols.links import LinkConfig
 from orchestrator.overrides import apply_overrides, load_yaml
 from protocols.seeds import derive_seed
 from protocols.settings import (
@@ -72,12 +74,10 @@ NODE_SEED_STREAM = "node"
 
 
 # The fault kinds the orchestrator executes at run time (orchestrator/faults.py), and those the
-# schema knows but `orchestrate up` refuses, with the reason.
-EXECUTED_FAULTS = ("kill", "pause", "resume", "restart")
-REFUSED_FAULTS = {
-    "partition": "partitions need link emulation in the transport, which the orchestrator does not drive yet",
-    "heal": "partitions need link emulation in the transport, which the orchestrator does not drive yet",
-}
+# schema knows but `orchestrate up` refuses, with the reason (none at the moment).
+EXECUTED_FAULTS = ("kill", "pause", "resume", "restart", "partition", "heal", "link")
+REFUSED_FAULTS: dict[str, str] = {}
+NETWORK_FAULT_KINDS = ("partition", "heal", "link")
 
 
 class RandomTargets(BaseModel):
@@ -93,37 +93,101 @@ class RandomTargets(BaseModel):
 class FaultEvent(BaseModel):
     """One scheduled fault, `at_s` seconds after the run started (every node ready).
 
-    - `kill`: SIGKILL, as a crash; the killed node stays down (the run goes on without it: the
-      env server plays its default action, its neighbours see it leave);
+    Process faults (signals sent by the orchestrator):
+
+    - `kill`: SIGKILL, as a crash; a killed agent stays down unless `faults.restart` brings it
+      back (the env server plays its default action, its neighbours see it leave). A killed env
+      server ends the run: the agents cannot step without it, so the orchestrator stops every
+      node and `orchestrate up` exits 1 with that reason (terminal and events.jsonl);
     - `pause` / `resume`: SIGSTOP / SIGCONT, as a hung or descheduled process;
     - `restart`: SIGKILL if it still runs, then start it again at once (agents only: it
       restores its checkpoint and replay, joins the env server at the current step and is
-      re-introduced to its neighbours at the same ipc endpoint);
-    - `partition`, `heal`: known, refused by `orchestrate up` (see REFUSED_FAULTS).
+      re-introduced to its neighbours at the same ipc endpoint; the run-time network faults so
+      far are replayed to it). An env-server restart is refused.
 
-    Targets: exactly one of `nodes` (ids), `role` (every node of that role) or `random`.
+    Network faults (control messages; every node applies them to its own outgoing links):
+
+    - `partition`: from now on messages between the `groups` (lists of node ids; nodes in no
+      group are unaffected), or between the targets and every other node, are dropped and
+      counted as `dropped_partition` on each link. Partitions add up until a heal.
+      Cut off from the env server, an agent is treated as a killed one is: the env server
+      waits `env.step_deadline_s` once for its action, plays its default action and steps on
+      without waiting for it; the agent hears nothing meanwhile and does not count that as the
+      env server's silence (`agents.env_silence_timeout_s`), and after the heal it answers the
+      next observation and is awaited again. Cut off from its neighbours, membership reports
+      them down after `protocols.membership.timeout_s` and consensus goes on without them;
+    - `heal`: unblock every link touching the targets, or every link when it names none
+      (including `network.partitions` set in the config);
+    - `link`: the `link` profile (the fields of `network.default_link`) replaces the profile of
+      the `edges` ([a, b]: both directions; each must be a link of the run: a topology edge or
+      an agent's link to `env`), or of every link touching the targets. Each link keeps its
+      seeded random stream and its counters. `link: {}` makes them ideal.
+
+    Targets: at most one of `nodes` (ids), `role` (every node of that role) or `random`; a
+    partition names `groups` or targets, a link change `edges` or targets.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     at_s: float = Field(ge=0)
-    kind: Literal["kill", "pause", "resume", "restart", "partition", "heal"]
+    kind: Literal["kill", "pause", "resume", "restart", "partition", "heal", "link"]
     nodes: list[str] = []
     role: Literal["agent", "env_server"] | None = None
     random: RandomTargets | None = None
+    groups: list[list[str]] = []
+    edges: list[tuple[str, str]] = []
+    link: LinkConfig | None = None
 
     @model_validator(mode="after")
     def _targets(self) -> FaultEvent:
         given = [name for name, value in (("nodes", self.nodes), ("role", self.role), ("random", self.random)) if value]
         if len(given) > 1:
             raise ValueError(f"{given[0]}: give one of nodes, role or random for a {self.kind!r} fault, got {' and '.join(given)}")
-        if not given and self.kind != "heal":
-            raise ValueError(f"nodes: a {self.kind!r} fault needs its targets: node ids in nodes, a role, or random; got none")
         if len(set(self.nodes)) != len(self.nodes):
             raise ValueError(f"nodes: each node id once, got {self.nodes}")
-        if self.kind == "resume" and self.random is not None:
-            raise ValueError("random: a 'resume' names the nodes (or a role) it continues, not a random draw")
+        if self.kind != "partition" and self.groups:
+            raise ValueError(f"groups: only a 'partition' fault takes groups, got a {self.kind!r} fault with groups {self.groups}")
+        if self.kind != "link" and self.edges:
+            raise ValueError(f"edges: only a 'link' fault takes edges, got a {self.kind!r} fault with edges")
+        if self.kind != "link" and self.link is not None:
+            raise ValueError(f"link: only a 'link' fault takes a link profile, got a {self.kind!r} fault with one")
+        if self.kind == "partition":
+            if self.groups and given:
+                raise ValueError(f"groups: a partition names groups or targets ({given[0]}: cut off from everyone else), not both")
+            if not self.groups and not given:
+                raise ValueError("groups: a 'partition' fault needs groups of node ids, or targets (nodes, role or random) "
+                                 "to cut off from everyone else; got none")
+            if self.groups:
+                if len(self.groups) < 2 or any(not group for group in self.groups):
+                    raise ValueError(f"groups: expected at least two non-empty groups of node ids, got {self.groups}")
+                owner: dict[str, int] = {}
+                for index, group in enumerate(self.groups):
+                    for node in group:
+                        if node in owner:
+                            raise ValueError(f"groups: node {node!r} is in groups {owner[node]} and {index}; groups must be disjoint")
+                        owner[node] = index
+        elif self.kind == "link":
+            if self.link is None:
+                raise ValueError("link: a 'link' fault needs the new link profile (network.default_link's fields), got none")
+            if self.edges and given:
+                raise ValueError(f"edges: a link change names edges or targets ({given[0]}: every link touching them), not both")
+            if not self.edges and not given:
+                raise ValueError("edges: a 'link' fault needs edges ([a, b] pairs) or targets (nodes, role or random), got none")
+            for position, (a, b) in enumerate(self.edges):
+                if a == b:
+                    raise ValueError(f"edges.{position}: a link joins two different nodes, got {a!r} twice")
+        elif not given and self.kind != "heal":
+            raise ValueError(f"nodes: a {self.kind!r} fault needs its targets: node ids in nodes, a role, or random; got none")
+        if self.kind in ("resume", "heal") and self.random is not None:
+            raise ValueError(f"random: a {self.kind!r} names the nodes (or a role) it acts on, not a random draw")
         return self
+
+    def named_nodes(self) -> list[tuple[str, str]]:
+        """(field, node id) for every node id this event names, to check them against the run."""
+        named = [(f"nodes.{i}", node) for i, node in enumerate(self.nodes)]
+        named += [(f"groups.{g}.{i}", node) for g, group in enumerate(self.groups) for i, node in enumerate(group)]
+        named += [(f"edges.{e}.{i}", node) for e, edge in enumerate(self.edges) for i, node in enumerate(edge)]
+        return named
 
 
 class RestartPolicy(BaseModel):
@@ -236,10 +300,20 @@ class RunConfig(BaseModel):
 
         valid_ids = run_node_ids(count)
         problems.extend(self.network.node_id_problems(valid_ids, _id_range(count)))
+        links = None if topology is None else communication_links(topology, agent_node_ids(count))
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
                 problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
+            for field_path, node in event.named_nodes():
+                if node not in valid_ids and not field_path.startswith("nodes."):
+                    problems.append(f"faults.schedule.{position}.{field_path}: expected a node id ({_id_range(count)}), got unknown {node!r}")
+            for index, (a, b) in enumerate(event.edges):
+                if links is not None and a in valid_ids and b in valid_ids and (a, b) not in links:
+                    problems.append(
+                        f"faults.schedule.{position}.edges.{index}: expected a link of the run (a {self.topology.kind} "
+                        f"topology edge, or an agent's link to {ENV_NODE_ID}), got [{a}, {b}], which are not linked"
+                    )
             if event.kind == "restart" and (ENV_NODE_ID in event.nodes or event.role == "env_server"
                                             or (event.random is not None and event.random.role == "env_server")):
                 problems.append(f"faults.schedule.{position}: expected agents to restart, got the env server "
@@ -286,6 +360,15 @@ class RunConfig(BaseModel):
                 f"got {self.agents.env_silence_timeout_s}: an agent would give up on a server that is waiting for a slow agent"
             )
 
+        problems.extend(goal_run_problems(
+            self.agents.goals, self.agents.learner.kind, getattr(self.agents.learner, "her_strategy", None),
+            env_name=self.env.name, env_kwargs=self.env.kwargs, num_copies=self.env.num_copies,
+            forward_infos=self.env.forward_infos, episode_start_hold_s=self.env.episode_start_hold_s,
+            eval_every_steps=self.env.eval_every_steps,
+            topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
+            topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
+        ))
+
         consensus = self.protocols.consensus
         if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
             problems.append(
@@ -322,6 +405,17 @@ class RunConfig(BaseModel):
     def node_ids(self) -> list[str]:
         """`env`, then `agent_0 .. agent_{count-1}`."""
         return run_node_ids(self.agents.count)
+
+
+def communication_links(topology: Topology, agent_ids: list[str]) -> set[tuple[str, str]]:
+    """Every directed link nodes of the run talk over: both directions of each topology edge
+    and of each agent's link to the env server (the control links are not emulated)."""
+    links: set[tuple[str, str]] = set()
+    for a, b in topology.edge_list():
+        links |= {(a, b), (b, a)}
+    for agent in agent_ids:
+        links |= {(agent, ENV_NODE_ID), (ENV_NODE_ID, agent)}
+    return links
 
 
 def _id_range(count: int) -> str:

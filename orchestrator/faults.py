@@ -4,11 +4,16 @@
 or a seeded random draw (derive_seed(run.seed, <position in the schedule>, "faults")) — once,
 before the run, so the same config and seed always hit the same nodes. `FaultClock` hands the
 orchestrator the faults that are due, counted from the moment the run started (every node
-ready); the orchestrator (orchestrator/runtime.py) sends the signals and writes a `fault` event
+ready); the orchestrator (orchestrator/runtime.py) executes them and writes a `fault` event
 for each to events.jsonl.
 
-Executed: kill (SIGKILL), pause (SIGSTOP), resume (SIGCONT). Known but refused by
-`orchestrate up`: restart, partition, heal (`refused_faults` says why).
+Process faults (kill, pause, resume, restart) are signals to the targets. Network faults
+(partition, heal, link) are control messages (`network_message`) to the nodes whose outgoing
+links they change — link emulation lives in each node's transport hub, so a node drops or
+delays what it sends: a partition goes to every node of its groups, a heal to every node, a
+link change to the source node of each directed edge. Their plans carry the resolved
+`groups` and directed `edges`. The semantics of each kind are in `FaultEvent`'s docstring
+(orchestrator/config.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.config import EXECUTED_FAULTS, REFUSED_FAULTS, RunConfig
+from orchestrator.config import EXECUTED_FAULTS, NETWORK_FAULT_KINDS, REFUSED_FAULTS, RunConfig, communication_links
+from protocols import messages as m
+from protocols.links import LinkConfig
 from protocols.seeds import derive_seed
 from protocols.settings import ENV_NODE_ID, agent_node_ids
 
@@ -28,9 +35,48 @@ FAULT_SEED_STREAM = "faults"
 class ScheduledFault:
     position: int  # in faults.schedule
     at_s: float  # after the run started
-    kind: str  # kill | pause | resume
-    targets: tuple[str, ...]
-    chosen_by: str  # nodes | role | random
+    kind: str  # kill | pause | resume | restart | partition | heal | link
+    targets: tuple[str, ...]  # heal: empty means every link
+    chosen_by: str  # nodes | role | random | groups | edges | all
+    # partition: the islands (targets and everyone else, or the configured groups)
+    groups: tuple[tuple[str, ...], ...] = ()
+    # link: the directed (src, dst) links whose profile changes, and the new profile
+    edges: tuple[tuple[str, str], ...] = ()
+    link: LinkConfig | None = None
+
+    def describe(self) -> str:
+        """One line for `orchestrate up --dry-run`: when, what, whom."""
+        line = f"+{self.at_s:g}s {self.kind} {', '.join(self.targets) or '-'} (by {self.chosen_by})"
+        if self.kind == "partition":
+            line += " groups " + " | ".join(", ".join(group) for group in self.groups)
+        elif self.kind == "link":
+            line += f" edges {', '.join(f'{a}->{b}' for a, b in self.edges)} set to {self.link.model_dump(exclude_defaults=True) or 'ideal'}"
+        return line
+
+    @property
+    def is_network(self) -> bool:
+        return self.kind in NETWORK_FAULT_KINDS
+
+    def recipients(self, all_nodes: list[str]) -> list[str]:
+        """The nodes whose outgoing links this network fault changes (they get the message)."""
+        if self.kind == "partition":
+            members = {node for group in self.groups for node in group}
+        elif self.kind == "link":
+            members = {src for src, _ in self.edges}
+        else:  # heal: every node may hold a block towards a healed node
+            members = set(all_nodes)
+        return [node for node in all_nodes if node in members]
+
+    def network_message(self) -> m.Partition | m.Heal | m.SetLink:
+        """The control message that makes a node apply this network fault."""
+        if self.kind == "partition":
+            return m.Partition(groups=[list(group) for group in self.groups], position=self.position)
+        if self.kind == "heal":
+            return m.Heal(nodes=list(self.targets), position=self.position)
+        if self.kind == "link":
+            return m.SetLink(edges=[list(edge) for edge in self.edges], link=self.link.model_dump(exclude_defaults=True),
+                             position=self.position)
+        raise ValueError(f"a {self.kind!r} fault is a signal, not a network message")
 
 
 def refused_faults(config: RunConfig) -> list[str]:
@@ -61,8 +107,26 @@ def plan_faults(config: RunConfig) -> list[ScheduledFault]:
             picked = sorted(rng.choice(len(pool), size=event.random.count, replace=False).tolist())
             targets, chosen_by = tuple(pool[i] for i in picked), "random"
         else:
-            targets, chosen_by = (), "nodes"
-        planned.append(ScheduledFault(position, event.at_s, event.kind, targets, chosen_by))
+            targets, chosen_by = (), "all"
+        groups: tuple[tuple[str, ...], ...] = ()
+        edges: tuple[tuple[str, str], ...] = ()
+        if event.kind == "partition":
+            if event.groups:
+                groups, chosen_by = tuple(tuple(group) for group in event.groups), "groups"
+                targets = tuple(node for group in groups for node in group)
+            else:
+                rest = tuple(node for node in config.node_ids() if node not in targets)
+                groups = (targets, rest)
+        elif event.kind == "link":
+            links = communication_links(config.build_topology(), agent_node_ids(config.agents.count))
+            if event.edges:
+                chosen_by = "edges"
+                pairs = [(a, b) for a, b in event.edges] + [(b, a) for a, b in event.edges]
+                targets = tuple(node for node in config.node_ids() if any(node in edge for edge in event.edges))
+            else:
+                pairs = [link for link in links if link[0] in targets or link[1] in targets]
+            edges = tuple(sorted(set(pairs)))
+        planned.append(ScheduledFault(position, event.at_s, event.kind, targets, chosen_by, groups, edges, event.link))
     return sorted(planned, key=lambda fault: (fault.at_s, fault.position))
 
 

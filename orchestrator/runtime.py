@@ -11,8 +11,11 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        clock starts (orchestrator/faults.py);
     4. supervise: `control.status` updates the live view; a running node silent for three
        status periods is reported `paused` (stopped, state T) or `unresponsive`, and `resumed`
-       when heard again; scheduled faults are executed when due and logged as `fault` events;
-       a child that exits on its own before the end (not a scheduled kill) fails the run;
+       when heard again; scheduled faults are executed when due and logged as `fault` events
+       (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
+       the nodes apply to their emulated links and which are replayed to a restarted node);
+       a child that exits on its own before the end (not a scheduled kill) fails the run, and
+       so does a scheduled kill of the env server (nothing can step without it);
        `control.run_complete` from the env server, Ctrl-C or SIGTERM start the shutdown;
     5. shutdown: `control.shutdown` to every registered node — a node that has not registered
        yet may have no connected control socket, so it gets SIGTERM instead — wait up to
@@ -78,6 +81,7 @@ class NodeRecord:
     # Set by the fault schedule: a scheduled kill is an expected exit; a scheduled pause is
     # continued before the shutdown.
     killed_by_schedule: bool = False
+    killed_by_fault: ScheduledFault | None = None  # which one (for the env server's failure reason)
     paused_by_schedule: bool = False
     # Restarts (faults.restart, or a scheduled restart): how many so far, when the next is due.
     restarts: int = 0
@@ -168,6 +172,7 @@ class Orchestrator:
         self.started = False
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
+        self.network_faults: list[m.Partition | m.Heal | m.SetLink] = []  # sent so far, in order
         self.directories_sent = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
@@ -256,6 +261,9 @@ class Orchestrator:
 
     def _inject(self, fault: ScheduledFault) -> None:
         """Execute one scheduled fault now and record it in events.jsonl."""
+        if fault.is_network:
+            self._inject_network(fault)
+            return
         signum = {"kill": signal.SIGKILL, "restart": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[fault.kind]
         hit, skipped = {}, []
         for node_id in fault.targets:
@@ -271,12 +279,34 @@ class Orchestrator:
                 continue
             if fault.kind in ("kill", "restart"):
                 node.killed_by_schedule = True
+                node.killed_by_fault = fault
             node.paused_by_schedule = fault.kind == "pause"
             self.backend.signal(node, signum)
             hit[node_id] = node.process.pid
         late_s = time.monotonic() - (self.faults.started_at or 0.0) - fault.at_s
         self.events.write("fault", None, kind=fault.kind, at_s=fault.at_s, late_s=round(late_s, 3), nodes=hit,
                           skipped=skipped, chosen_by=fault.chosen_by, position=fault.position)
+
+    def _inject_network(self, fault: ScheduledFault) -> None:
+        """A partition, heal or link change: its control message to every node whose outgoing
+        links it changes (a node drops or delays what it sends). It is kept for nodes that
+        restart later, whose fresh link tables get every network fault so far (`on_ready`)."""
+        message = fault.network_message()
+        self.network_faults.append(message)
+        sent, skipped = {}, []
+        for node_id in fault.recipients(list(self.nodes)):
+            node = self.nodes[node_id]
+            if node.registered and node.exit_code is None and node.process is not None and node.process.poll() is None:
+                self.control.send(message, to=node_id)
+                sent[node_id] = node.process.pid
+            else:
+                skipped.append(node_id)  # down (or restarting): it gets the history when it is ready
+        late_s = time.monotonic() - (self.faults.started_at or 0.0) - fault.at_s
+        details = {"groups": [list(g) for g in fault.groups]} if fault.kind == "partition" else {}
+        if fault.kind == "link":
+            details = {"edges": [list(e) for e in fault.edges], "link": fault.link.model_dump(exclude_defaults=True)}
+        self.events.write("fault", None, kind=fault.kind, at_s=fault.at_s, late_s=round(late_s, 3), targets=list(fault.targets),
+                          nodes=sent, skipped=skipped, chosen_by=fault.chosen_by, position=fault.position, **details)
 
     def _silence_limit_s(self) -> float:
         # Nodes report every status_every_s once running; three missed reports is a silence.
@@ -358,7 +388,12 @@ class Orchestrator:
         self.events.write("ready", node.launch.node_id)
         if self.started:
             self.control.send(m.Start(), to=node.launch.node_id)  # a restarted node rejoins the running run
-            self.events.write("rejoined", node.launch.node_id, restarts=node.restarts)
+            # Its link table is fresh from the config: replay the run-time network faults so far,
+            # after the start (before it, the node's start-up waits drop other control messages).
+            for message in self.network_faults:
+                self.control.send(message, to=node.launch.node_id)
+            self.events.write("rejoined", node.launch.node_id, restarts=node.restarts,
+                              network_faults_replayed=len(self.network_faults))
             return
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
@@ -384,6 +419,13 @@ class Orchestrator:
                     continue
                 if not expected and not self.shutting_down and not self.failure:
                     self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
+                elif node.launch.role == "env_server" and node.killed_by_fault is not None and not self.shutting_down and not self.failure:
+                    # A scheduled kill of the env server: the agents cannot step without it and
+                    # cannot rejoin a new one, so the run ends here, as a failure with the reason.
+                    self.failure = (f"the env server ({node_id}) was killed by the fault schedule "
+                                    f"(faults.schedule.{node.killed_by_fault.position}, at_s {node.killed_by_fault.at_s}); "
+                                    "the agents cannot step without it, so the run ends (an env-server restart is not supported)")
+                    self.events.write("env_server_lost", node_id, reason=self.failure)
 
     def _should_restart(self, node: NodeRecord, code: int) -> bool:
         if node.launch.role != "agent" or self.run_complete:
@@ -407,6 +449,7 @@ class Orchestrator:
             node.restart_at = None
             node.restarts += 1
             node.restart_requested = node.killed_by_schedule = node.paused_by_schedule = False
+            node.killed_by_fault = None
             node.registered = node.ready = node.said_goodbye = False
             node.exit_code = node.exited_at = node.last_status = node.silent = None
             self.backend.start(node)

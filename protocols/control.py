@@ -8,6 +8,8 @@ Every node (env server or agent) runs the same short conversation with the orche
     control.ready     ─────────▶  (waits until every node is ready)
                       ◀─────────  control.start
     control.status    ─────────▶  every status_every_s: state, step, episode, last return
+                      ◀─────────  control.partition / control.heal / control.set_link
+                                      (run-time network faults from faults.schedule)
                       ◀─────────  control.shutdown   (run budget spent, Ctrl-C, a failure)
     control.goodbye   ─────────▶
 
@@ -16,6 +18,12 @@ The waits that happen before the node's main loop runs (`register`, `wait_for`) 
 deadline; afterwards the hub's wait covers `channel` with the node's other channels and the loop
 passes control messages to its own handlers. The channel lingers up to a second when the hub
 closes, so that the goodbye gets out.
+
+**Network faults.** Link emulation lives in each node's own transport hub (`hub.links`, a
+`LinkTable`): a node drops or delays what it *sends*. So a run-time partition or link change
+reaches every node whose outgoing links it changes, and `apply_network_fault` (sans-IO: a table
+and a message in, a log line out) is the whole node-side hook; the agent node and the env
+server call it from their control handlers.
 
 **The orchestrator's death.** A node started by the local orchestrator gets its pid in
 `PARLEY_ORCHESTRATOR_PID` and is its child (also when forked by the zygote: the orchestrator is
@@ -35,6 +43,7 @@ import threading
 from typing import Any
 
 from protocols import messages as m
+from protocols.links import LinkConfig, LinkTable
 from protocols.transport import Hub
 
 
@@ -81,6 +90,48 @@ class OrchestratorWatch:
         if not self._stop.wait(ORPHAN_KILL_AFTER_S):
             print(f"{self.node_id}: still running {ORPHAN_KILL_AFTER_S:.0f} s after the orchestrator died; exiting", flush=True)
             os._exit(1)
+
+
+# The control messages that change this node's emulated links (see "Network faults" above).
+NETWORK_FAULTS = (m.Partition, m.Heal, m.SetLink)
+
+
+def apply_network_fault(links: LinkTable, message: m.Partition | m.Heal | m.SetLink) -> str:
+    """Apply a run-time network fault to this node's outgoing links; returns a line for the log.
+
+    A partition blocks (in the table's `PartitionTable`) every pair of nodes in different groups;
+    messages on a blocked link never enter it and count as `dropped_partition`. A heal unblocks
+    the links touching its nodes (all links when it names none). A link change replaces the
+    profile of the edges whose source is this node (`LinkTable.set_config`: counters and the
+    link's seeded random stream carry over); a bad profile raises ValueError naming the field.
+    """
+    if not isinstance(message, NETWORK_FAULTS):
+        raise TypeError(f"expected one of {[t.MSG_TYPE for t in NETWORK_FAULTS]}, got {type(message).__name__}")
+    where = f"faults.schedule.{message.position}" if message.position >= 0 else "a network fault"
+    if isinstance(message, m.Partition):
+        links.partitions.partition(message.groups)
+        cut = sorted(dst for src, dst in links.partitions.blocked_pairs if src == links.src)
+        return f"{where}: partition {message.groups}; {links.src} cannot reach {cut or 'nobody'}"
+    if isinstance(message, m.Heal):
+        if message.nodes:
+            links.partitions.heal_nodes(message.nodes)
+        else:
+            links.partitions.heal()
+        still = sorted(dst for src, dst in links.partitions.blocked_pairs if src == links.src)
+        return f"{where}: heal {message.nodes or 'every link'}; {links.src} still cut off from {still or 'nobody'}"
+    # m.SetLink
+    try:
+        config = LinkConfig.model_validate(message.link)
+    except ValueError as error:
+        raise ValueError(f"{where}.link: expected a link profile (network.default_link's fields), got {message.link}: {error}") from None
+    if any(len(edge) != 2 for edge in message.edges):
+        raise ValueError(f"{where}.edges: expected [src, dst] pairs, got {message.edges}")
+    changed = []
+    for src, dst in message.edges:
+        if src == links.src:
+            links.set_config(dst, config)
+            changed.append(dst)
+    return f"{where}: link profile of {links.src} -> {changed or 'no link of this node'} set to {config.model_dump(exclude_defaults=True) or 'ideal'}"
 
 
 class ControlTimeout(TimeoutError):

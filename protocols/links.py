@@ -431,6 +431,11 @@ class PartitionTable:
     def heal(self) -> None:
         self._blocked.clear()
 
+    def heal_nodes(self, nodes: Iterable[str]) -> None:
+        """Unblock every blocked pair with one end in `nodes` (blocks between others stay)."""
+        nodes = set(nodes)
+        self._blocked = {(src, dst) for src, dst in self._blocked if src not in nodes and dst not in nodes}
+
     @property
     def blocked_pairs(self) -> frozenset[tuple[str, str]]:
         return frozenset(self._blocked)

@@ -385,6 +385,39 @@ class Shutdown:
     reason: str
 
 
+@register_message("control.partition")
+@dataclass(frozen=True)
+class Partition:
+    """A run-time partition (faults.schedule): drop every message between nodes of different
+    `groups` from now on (adds to the blocks in force; nodes in no group are not affected).
+    Sent to every node in a group; each applies it to its own outgoing links."""
+
+    groups: list[list[str]]
+    position: int = -1  # the fault's position in faults.schedule (for the node's log)
+
+
+@register_message("control.heal")
+@dataclass(frozen=True)
+class Heal:
+    """End run-time partitions: every blocked link touching one of `nodes`, or every blocked
+    link when `nodes` is empty."""
+
+    nodes: list[str] = field(default_factory=list)
+    position: int = -1
+
+
+@register_message("control.set_link")
+@dataclass(frozen=True)
+class SetLink:
+    """A link-profile change (faults.schedule, kind `link`): from now on the directed links
+    `edges` ([src, dst] pairs) behave like `link`, a `LinkConfig` (protocols/links.py) as plain
+    data. Each node changes the edges it is the source of; the link's seeded stream continues."""
+
+    edges: list[list[str]]
+    link: dict[str, Any]
+    position: int = -1
+
+
 @register_message("control.goodbye")
 @dataclass(frozen=True)
 class Goodbye:

@@ -8,7 +8,8 @@ An agent served by K vectorized environment copies observes K rows per `observe`
 `learning_starts`, `random_steps`, the epsilon schedule and the update ratio all count rows. That
 keeps the replay ratio (gradient steps per collected transition) independent of K.
 
-The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl | pmic | shared_dqn; cql | bc to evaluate):
+The YAML section of an agent picks its learner with `kind` (dqn | sac | og_marl | pmic | shared_dqn | goal_dqn;
+cql | bc to evaluate):
 
     learner:
       kind: sac
@@ -386,9 +387,9 @@ class BCConfig(BaseModel):
 class GoalDQNConfig(BaseModel):
     """Goal-conditioned DQN with hindsight relabelling (agent_node/algos/goal_dqn.py; issue 10).
 
-    Not in `LearnerConfig` yet: no agent node builds this learner, so a YAML `kind: goal_dqn`
-    is refused as an unknown kind until a node runs it. It lives here so that validating it (in
-    bench/goals.py and the node, later) imports no torch.
+    In `LearnerConfig`: an agent node runs it with its goal session (agent_node/goal_session.py),
+    which the run's `agents.goals` section configures (agent_node/goal_config.py); a run with
+    this learner and no goals section, or the reverse, is refused.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -410,7 +411,7 @@ class GoalDQNConfig(BaseModel):
 
 
 LearnerConfig = Annotated[
-    DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig,
+    DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig | GoalDQNConfig,
     Field(discriminator="kind"),
 ]
 

@@ -10,7 +10,8 @@ References, to check this file against:
 - Mnih et al. 2015 / van Hasselt et al. 2016: replay, target network, epsilon-greedy, Double-DQN
   targets, Huber loss (as `agent_node/algos/dqn.py`).
 
-How it is used (the goal-lines benchmark, later the agent node):
+How it is used (the goal-lines benchmark, and the agent node through
+`agent_node/goal_session.py`, which conditions it on each episode's goal):
 - `act(obs, goals)`: epsilon-greedy actions for K observations, each with its goal.
 - `observe_episode(...)`: at the end of an episode, the agent's transitions (up to the step it
   terminated), the goal it pursued and the achieved-goal events `(step, goal)` (its own and its
@@ -25,7 +26,9 @@ The agent never sees messages or partner goals: goals are an input, the rest is 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import json
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import GoalDQNConfig
+from agent_node.persistence import atomic_write
 from protocols.hindsight import achieved_after_each_step, relabel_episode
 
 
@@ -80,7 +84,34 @@ class GoalReplay:
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         indices = self.rng.integers(0, self.size, size=batch_size)
-        return {name: getattr(self, name)[indices] for name in ("obs", "goal", "action", "reward", "next_obs", "terminated")}
+        return {name: getattr(self, name)[indices] for name in self.FIELDS}
+
+    def __len__(self) -> int:
+        return self.size
+
+    FIELDS = ("obs", "goal", "action", "reward", "next_obs", "terminated")
+
+    def save(self, path) -> None:
+        """The filled rows, ring position and sampling RNG state, as an .npz written atomically
+        (temporary file, fsync, rename; agent_node/persistence.py), never pickled."""
+        contents = {name: getattr(self, name)[: self.size] for name in self.FIELDS}
+        contents["position"] = np.array(self.position, np.int64)
+        contents["capacity"] = np.array(self.capacity, np.int64)
+        contents["rng_state"] = np.array(json.dumps(self.rng.bit_generator.state))
+        atomic_write(Path(path), lambda file: np.savez(file, **contents))
+
+    def restore(self, path) -> None:
+        with np.load(path, allow_pickle=False) as saved:
+            if int(saved["capacity"]) != self.capacity or saved["obs"].shape[1:] != self.obs.shape[1:]:
+                raise ValueError(
+                    f"{path}: a goal replay of capacity {int(saved['capacity'])} and obs {saved['obs'].shape[1:]}, "
+                    f"this buffer has capacity {self.capacity} and obs {self.obs.shape[1:]}"
+                )
+            size = saved["goal"].shape[0]
+            for name in self.FIELDS:
+                getattr(self, name)[:size] = saved[name]
+            self.size, self.position = size, int(saved["position"])
+            self.rng.bit_generator.state = json.loads(str(saved["rng_state"]))
 
 
 class GoalDQNAgent:
@@ -167,13 +198,45 @@ class GoalDQNAgent:
         trainable = max(0, self.env_steps - max(cfg.learning_starts, cfg.batch_size))
         return trainable // cfg.train_every - self.gradient_steps
 
-    def update(self) -> dict[str, float]:
-        steps = self.gradient_steps_due()
-        losses = [self._gradient_step() for _ in range(max(steps, 0))]
-        metrics = {"goal_dqn/epsilon": self.epsilon, "goal_dqn/gradient_steps": float(len(losses))}
+    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
+        steps = max(self.gradient_steps_due(), 0)
+        if max_gradient_steps is not None:
+            steps = min(steps, max_gradient_steps)
+        losses = [self._gradient_step() for _ in range(steps)]
+        # Steps of this call; the cumulative count is counters()["goal_dqn/gradient_steps"].
+        metrics = {"goal_dqn/epsilon": self.epsilon, "goal_dqn/gradient_steps_this_update": float(len(losses))}
         if losses:
             metrics["goal_dqn/loss"] = float(np.mean(losses))
         return metrics
+
+    def counters(self) -> dict[str, float]:
+        """The update-ratio contract (agent_node/roles.py `Learner.counters`)."""
+        pending = float(max(self.gradient_steps_due(), 0))
+        return {
+            "goal_dqn/gradient_steps": float(self.gradient_steps),
+            "goal_dqn/steps_pending": pending,
+            "goal_dqn/steps_owed": float(self.gradient_steps) + pending,
+            "goal_dqn/rows_observed": float(self.env_steps),
+            "goal_dqn/rows_relabelled": float(self.rows_relabelled),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "q_network": self.q_network.state_dict(),
+            "target_network": self.target_network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "env_steps": self.env_steps,
+            "gradient_steps": self.gradient_steps,
+            "rows_relabelled": self.rows_relabelled,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.q_network.load_state_dict(state["q_network"])
+        self.target_network.load_state_dict(state["target_network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.env_steps = int(state["env_steps"])
+        self.gradient_steps = int(state["gradient_steps"])
+        self.rows_relabelled = int(state["rows_relabelled"])
 
     def _gradient_step(self) -> float:
         cfg = self.config

@@ -96,8 +96,11 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
+# The goal indices and the reward live in protocols/goal_space.py (the agents compute their goal
+# rewards with the same function, and agent_node never imports env_server); re-exported here.
+from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
+
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
-BETA = 2.0
 
 
 def landmark_cells(num_landmarks: int, size: int) -> list[list[tuple[int, int]]]:
@@ -130,26 +133,6 @@ def landmark_cells(num_landmarks: int, size: int) -> list[list[tuple[int, int]]]
     return strips
 
 
-def goal_table(num_landmarks: int) -> list[tuple[int, ...]]:
-    """Goal index -> the landmarks it names: `(i,)` for individual goals, then `(i, j)` pairs."""
-    individual = [(i,) for i in range(num_landmarks)]
-    cooperative = list(itertools.combinations(range(num_landmarks), 2))
-    return individual + cooperative
-
-
-def num_goals(num_landmarks: int) -> int:
-    return num_landmarks + num_landmarks * (num_landmarks - 1) // 2
-
-
-def cooperative_goals(num_landmarks: int) -> np.ndarray:
-    """The indices of the cooperative goals."""
-    return np.arange(num_landmarks, num_goals(num_landmarks), dtype=np.int64)
-
-
-def individual_goals(num_landmarks: int) -> np.ndarray:
-    return np.arange(num_landmarks, dtype=np.int64)
-
-
 def achieved_goals(touched: list[int], num_landmarks: int) -> np.ndarray:
     """The goals achieved by agents touching `touched` (one landmark index per active agent, -1
     for none): every touched landmark, and every pair of landmarks touched by two different agents."""
@@ -160,15 +143,6 @@ def achieved_goals(touched: list[int], num_landmarks: int) -> np.ndarray:
     for pair in itertools.combinations(landmarks, 2):
         goals.append(index_of_pair[pair])
     return np.array(sorted(goals), dtype=np.int64)
-
-
-def goal_reward(goal: int, achieved: np.ndarray, num_landmarks: int, beta: float = BETA) -> float:
-    """1 for an achieved cooperative goal, 1/beta for an achieved individual goal, else 0."""
-    if not 0 <= goal < num_goals(num_landmarks):
-        raise ValueError(f"goal must be in [0, {num_goals(num_landmarks)}) for L={num_landmarks}, got {goal}")
-    if goal not in achieved:
-        return 0.0
-    return 1.0 if goal >= num_landmarks else 1.0 / beta
 
 
 def _require_int(name: str, value: Any, minimum: int) -> int:

@@ -103,14 +103,14 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_up_refuses_the_faults_it_cannot_execute_yet(tmp_path: Path, capsys) -> None:
-    for kind in ("partition", "heal"):
-        run_dir = tmp_path / kind
-        code = main(["up", str(TINY), "--run-dir", str(run_dir), "--set", f"faults.schedule.0={{at_s: 1, kind: {kind}, nodes: [agent_0]}}"])
-        assert code == 2
-        err = capsys.readouterr().err
-        assert f"faults.schedule.0.kind: expected one of kill, pause, resume, restart; {kind!r} is not executed yet" in err
-        assert not run_dir.exists()
+def test_up_dry_run_plans_network_faults(tmp_path: Path, capsys) -> None:
+    schedule = ("[{at_s: 1, kind: partition, nodes: [agent_0]}, {at_s: 2, kind: link, edges: [[agent_1, env]], link: {loss: 0.1}},"
+                " {at_s: 3, kind: heal}]")
+    assert main(["up", str(TINY), "--dry-run", "--run-dir", str(tmp_path / "run"), "--set", f"faults.schedule={schedule}"]) == 0
+    out = capsys.readouterr().out
+    assert "fault      +1s partition agent_0 (by nodes) groups agent_0 | env, agent_1, agent_2" in out
+    assert "fault      +2s link env, agent_1 (by edges) edges agent_1->env, env->agent_1 set to {'loss': 0.1}" in out
+    assert "fault      +3s heal - (by all)" in out
 
 
 def test_up_into_a_non_empty_run_dir_is_a_usage_error(tmp_path: Path, capsys) -> None:

@@ -100,12 +100,12 @@ def test_bad_literal_lists_values() -> None:
 
 
 def test_bad_learner_kind_lists_kinds() -> None:
-    assert only_problem("agents.learner.kind=ppo") == "agents.learner.kind: expected one of 'dqn', 'sac', 'og_marl', 'pmic', 'shared_dqn', 'cql', 'bc', got 'ppo' (str)"
+    assert only_problem("agents.learner.kind=ppo") == "agents.learner.kind: expected one of 'dqn', 'sac', 'og_marl', 'pmic', 'shared_dqn', 'cql', 'bc', 'goal_dqn', got 'ppo' (str)"
 
 
 def test_missing_learner_kind() -> None:
     assert only_problem("agents.learner={batch_size: 4}") == (
-        "agents.learner.kind: required field is missing; expected one of 'dqn', 'sac', 'og_marl', 'pmic', 'shared_dqn', 'cql', 'bc'"
+        "agents.learner.kind: required field is missing; expected one of 'dqn', 'sac', 'og_marl', 'pmic', 'shared_dqn', 'cql', 'bc', 'goal_dqn'"
     )
 
 

@@ -1,4 +1,6 @@
-"""The fault schedule as data: targets by id, role and seeded random draw; the clock; refusals."""
+"""The fault schedule as data: targets by id, role and seeded random draw; the clock; the
+network faults (partition, heal, link) resolved to groups, directed edges and their messages;
+config errors that name the field."""
 
 from __future__ import annotations
 
@@ -6,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import load_config
+from orchestrator.config import EXECUTED_FAULTS, REFUSED_FAULTS, FaultEvent, load_config
 from orchestrator.faults import FaultClock, plan_faults, refused_faults
+from protocols import messages as m
+from protocols import wire
 from protocols.config_errors import ConfigError
+from protocols.errors import FieldError
+from protocols.links import LinkConfig
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_ring.yaml"
 
@@ -54,12 +60,89 @@ def test_schema_errors_name_the_field() -> None:
         config_with("{at_s: 1, kind: resume, random: {count: 1}}")
 
 
-def test_partitions_are_refused_with_the_reason() -> None:
-    problems = refused_faults(config_with("{at_s: 1, kind: kill, nodes: [agent_0]}", "{at_s: 2, kind: restart, nodes: [agent_0]}",
-                                          "{at_s: 3, kind: partition, nodes: [agent_1]}", "{at_s: 4, kind: heal}"))
-    assert len(problems) == 2
-    assert problems[0].startswith("faults.schedule.2.kind: expected one of kill, pause, resume, restart; 'partition' is not executed yet")
-    assert "link emulation" in problems[0] and problems[1].startswith("faults.schedule.3.kind")
+def test_every_kind_of_the_schema_is_executed_none_refused() -> None:
+    config = config_with("{at_s: 1, kind: kill, nodes: [agent_0]}", "{at_s: 2, kind: restart, nodes: [agent_0]}",
+                         "{at_s: 3, kind: partition, nodes: [agent_1]}", "{at_s: 4, kind: heal}",
+                         "{at_s: 5, kind: link, nodes: [agent_2], link: {loss: 0.5}}")
+    assert refused_faults(config) == [] and REFUSED_FAULTS == {}
+    assert set(EXECUTED_FAULTS) == set(FaultEvent.model_fields["kind"].annotation.__args__)
+
+
+RING4 = Path(__file__).resolve().parents[2] / "configs" / "faults_ring.yaml"  # agents on a ring 0-1-2-3-0
+
+
+def ring4_with(*events: str):
+    return load_config(RING4, [f"faults.schedule=[{', '.join(events)}]"])
+
+
+def test_partition_of_targets_cuts_them_off_from_every_other_node() -> None:
+    (fault,) = plan_faults(ring4_with("{at_s: 1, kind: partition, nodes: [agent_2]}"))
+    assert fault.groups == (("agent_2",), ("env", "agent_0", "agent_1", "agent_3"))
+    assert fault.recipients(["env", "agent_0", "agent_1", "agent_2", "agent_3"]) == ["env", "agent_0", "agent_1", "agent_2", "agent_3"]
+    assert fault.network_message() == m.Partition(groups=[["agent_2"], ["env", "agent_0", "agent_1", "agent_3"]], position=0)
+    (by_role,) = plan_faults(ring4_with("{at_s: 1, kind: partition, role: env_server}"))
+    assert by_role.groups == (("env",), ("agent_0", "agent_1", "agent_2", "agent_3")) and by_role.chosen_by == "role"
+
+
+def test_partition_groups_leave_other_nodes_alone() -> None:
+    (fault,) = plan_faults(ring4_with("{at_s: 1, kind: partition, groups: [[agent_0, agent_1], [agent_2]]}"))
+    assert fault.chosen_by == "groups" and fault.groups == (("agent_0", "agent_1"), ("agent_2",))
+    # agent_3 and env are in no group: their links are not touched, they get no message.
+    assert fault.recipients(["env", "agent_0", "agent_1", "agent_2", "agent_3"]) == ["agent_0", "agent_1", "agent_2"]
+
+
+def test_heal_goes_to_every_node_for_all_links_or_the_named_ones() -> None:
+    everything, named = plan_faults(ring4_with("{at_s: 1, kind: heal}", "{at_s: 2, kind: heal, nodes: [agent_2]}"))
+    every_node = ["env", "agent_0", "agent_1", "agent_2", "agent_3"]
+    assert everything.targets == () and everything.recipients(every_node) == every_node
+    assert everything.network_message() == m.Heal(nodes=[], position=0)
+    assert named.recipients(every_node) == every_node and named.network_message() == m.Heal(nodes=["agent_2"], position=1)
+
+
+def test_link_change_by_edges_and_by_node_resolves_the_directed_links_of_the_run() -> None:
+    by_edge, by_node = plan_faults(ring4_with(
+        "{at_s: 1, kind: link, edges: [[agent_0, agent_3]], link: {delay_s: 0.02, loss: 0.2}}",
+        "{at_s: 2, kind: link, nodes: [agent_1], link: {}}",
+    ))
+    assert by_edge.edges == (("agent_0", "agent_3"), ("agent_3", "agent_0")) and by_edge.chosen_by == "edges"
+    assert by_edge.recipients(["env", "agent_0", "agent_1", "agent_2", "agent_3"]) == ["agent_0", "agent_3"]
+    message = by_edge.network_message()
+    assert message.link == {"delay_s": 0.02, "loss": 0.2} and LinkConfig.model_validate(message.link) == by_edge.link
+    # agent_1 on the ring 0-1-2-3: its two neighbours and the env server, both directions.
+    assert set(by_node.edges) == {("agent_1", "agent_0"), ("agent_0", "agent_1"), ("agent_1", "agent_2"), ("agent_2", "agent_1"),
+                                  ("agent_1", "env"), ("env", "agent_1")}
+    assert by_node.link.is_ideal and by_node.network_message().link == {}
+
+
+def test_network_messages_cross_the_wire_typed() -> None:
+    for message in (m.Partition(groups=[["agent_0"], ["agent_1", "env"]], position=3), m.Heal(nodes=["agent_0"]),
+                    m.SetLink(edges=[["agent_0", "agent_1"]], link={"loss": 0.5, "delay_s": 0.01}, position=1)):
+        frames = wire.encode(message, sender="orchestrator", run_id="r", seq=1, identities=())
+        assert wire.decode(frames).message == message
+    with pytest.raises(FieldError, match="control.partition.groups"):
+        m.from_body("control.partition", {"groups": "agent_0"})
+
+
+@pytest.mark.parametrize("event, message", [
+    ("{at_s: 1, kind: partition}", "faults.schedule.0.groups: a 'partition' fault needs groups of node ids, or targets"),
+    ("{at_s: 1, kind: partition, groups: [[agent_0]]}", "faults.schedule.0.groups: expected at least two non-empty groups"),
+    ("{at_s: 1, kind: partition, groups: [[agent_0, agent_1], [agent_1]]}", "faults.schedule.0.groups: node 'agent_1' is in groups 0 and 1"),
+    ("{at_s: 1, kind: partition, groups: [[agent_0], [agent_1]], nodes: [agent_2]}", "faults.schedule.0.groups: a partition names groups or targets"),
+    ("{at_s: 1, kind: partition, groups: [[agent_0], [agent_9]]}", "faults.schedule.0.groups.1.0: expected a node id (env, agent_0 .. agent_3), got unknown 'agent_9'"),
+    ("{at_s: 1, kind: link, nodes: [agent_0]}", "faults.schedule.0.link: a 'link' fault needs the new link profile"),
+    ("{at_s: 1, kind: link, link: {loss: 0.1}}", "faults.schedule.0.edges: a 'link' fault needs edges"),
+    ("{at_s: 1, kind: link, edges: [[agent_0, agent_2]], link: {}}",
+     "faults.schedule.0.edges.0: expected a link of the run (a ring topology edge, or an agent's link to env), got [agent_0, agent_2]"),
+    ("{at_s: 1, kind: link, edges: [[agent_0, agent_1]], link: {loss: 2}}", "faults.schedule.0.link.loss: is a probability and must be in [0, 1], got 2"),
+    ("{at_s: 1, kind: link, edges: [[agent_0, agent_1]], link: {delay_ms: 5}}", "faults.schedule.0.link.delay_ms"),
+    ("{at_s: 1, kind: kill, nodes: [agent_0], groups: [[agent_0], [agent_1]]}", "faults.schedule.0.groups: only a 'partition' fault takes groups"),
+    ("{at_s: 1, kind: pause, nodes: [agent_0], link: {}}", "faults.schedule.0.link: only a 'link' fault takes a link profile"),
+    ("{at_s: 1, kind: heal, random: {count: 1}}", "faults.schedule.0.random: a 'heal' names the nodes"),
+])
+def test_network_fault_errors_name_the_field(event: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        ring4_with(event)
+    assert message in str(error.value), str(error.value)
 
 
 def test_restarts_are_for_agents_over_ipc() -> None:

@@ -62,8 +62,8 @@ def test_act_checks_goals_and_update_runs_due_steps():
     obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     agent.observe_episode(obs, np.zeros(8, np.int64), obs, goal=0, events=[(7, 0)])
     metrics = agent.update()
-    assert metrics["goal_dqn/gradient_steps"] == 4.0 and "goal_dqn/loss" in metrics
-    assert agent.update()["goal_dqn/gradient_steps"] == 0.0
+    assert metrics["goal_dqn/gradient_steps_this_update"] == 4.0 and "goal_dqn/loss" in metrics
+    assert agent.update()["goal_dqn/gradient_steps_this_update"] == 0.0
 
 
 def run_single_agent(episodes, seed, strategy):

@@ -1,5 +1,5 @@
-"""GoalDQNConfig lives with the other learner configs (no torch), but a run config cannot pick it
-until an agent node builds the learner."""
+"""GoalDQNConfig lives with the other learner configs (no torch); a run config picks it together
+with an agents.goals section (the node runs it with agent_node/goal_session.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from agent_node.algos.config import GoalDQNConfig, LearnerConfig
+from agent_node.config import AgentsConfig
 from tests.conftest import REPO
 
 
@@ -30,6 +31,7 @@ def test_goal_dqn_config_refuses_bad_values():
         GoalDQNConfig(her_K=4)
 
 
-def test_a_run_config_cannot_pick_goal_dqn_until_a_node_runs_it():
-    with pytest.raises(ValidationError, match="goal_dqn"):
-        TypeAdapter(LearnerConfig).validate_python({"kind": "goal_dqn"})
+def test_a_run_config_picks_goal_dqn_only_with_a_goals_section():
+    assert isinstance(TypeAdapter(LearnerConfig).validate_python({"kind": "goal_dqn"}), GoalDQNConfig)
+    with pytest.raises(ValidationError, match="go together"):
+        AgentsConfig(count=2, learner={"kind": "goal_dqn"})

@@ -1,0 +1,210 @@
+"""The `agents.goals` section: how goal-conditioned agents pick, agree on and share goals.
+
+Issue 10, ALGORITHMS.md section 2. A run whose agents use the goal-conditioned learner
+(`learner.kind: goal_dqn`) must have this section, and a run with this section must use that
+learner: the section configures `agent_node/goal_session.py`, which the node runs beside it.
+
+    agents:
+      learner: {kind: goal_dqn, her_strategy: future}
+      goals:
+        selection: negotiation        # uniform | learning_progress | p_aligned | negotiation
+        goal_set: cooperative         # which goal_lines goals may be pursued
+        num_landmarks: 6              # must equal env.kwargs.num_landmarks (goal_lines default 6)
+        negotiation: {round_timeout_s: 0.5}
+        hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
+
+What is refused (validation errors, not silent no-ops): `amigo` (the teacher's goals are cells, which the
+goal-conditioned learner and goal_lines' achieved goals do not express), hindsight sharing with
+`her_strategy: none` (the partners' goals would never be used), and, at the run level
+(`goal_run_problems`, called by the orchestrator's run schema): an env other than goal_lines,
+several env copies, evaluation episodes, infos without `achieved_goals`, negotiation without an
+episode-start hold long enough for the negotiation's rounds (or the supervisor's timeout), a hold
+without negotiating or supervised agents, a supervisor on a topology where a team member may not
+be the supervisor's neighbour (it needs a full topology).
+
+No torch here: the CLI validates a run config in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GOAL_LINES_NAMES = ("goal_lines_v0", "env_server.envs.goal_lines:parallel_env")
+GOAL_LINES_DEFAULTS = {"num_landmarks": 6, "beta": 2.0}
+
+
+class NegotiationSettings(BaseModel):
+    """The goal-coordination game (protocols/negotiation.py); defaults are the reference's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Each flooding round ends when every team neighbour's proposal arrived or after this long;
+    # a negotiation of `rounds` rounds ends within rounds * round_timeout_s.
+    round_timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)
+    num_messages: int = Field(30, ge=1)
+    temperature: float = Field(30.0, gt=0)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    # M is updated over the (goal, message, reward) triples of this many episodes at once.
+    update_every_episodes: int = Field(5, ge=1)
+
+
+class SupervisorSettings(BaseModel):
+    """The supervisor (protocols/supervision.py): the team's smallest node id draws one goal
+    uniformly and sends it to the team; the others wait this long, then draw their own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)
+
+
+class HindsightSettings(BaseModel):
+    """Sharing the goals an episode achieved with the partners (protocols/hindsight.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A partner's report that has not arrived this long after the episode ended is given up on
+    # (counted as missing); the episode is stored with the goals known by then.
+    timeout_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+
+
+class GoalsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How each episode's goal is chosen: independently and uniformly (the lower bound), by
+    # learning progress, p-aligned (a shared stream, no messages), or by negotiation with the
+    # partners of the episode (the goal-coordination game).
+    # "supervisor": one goal for the whole team per episode, assigned over the wire by the team
+    # member with the smallest node id (the upper bound; protocols/supervision.py).
+    selection: Literal["uniform", "learning_progress", "p_aligned", "negotiation", "supervisor", "amigo"]
+    # goal_lines goals the agent may pursue: the L individual ones, the L(L-1)/2 cooperative
+    # ones, or all.
+    goal_set: Literal["cooperative", "individual", "all"] = "cooperative"
+    num_landmarks: Literal[3, 6] = 6
+    beta: float = Field(2.0, gt=0)
+    # p_aligned only: the probability that the team pursues one shared goal.
+    p: float | None = Field(None, ge=0, le=1)
+    # learning_progress only (and the own draw of negotiation when inner is learning_progress).
+    lp_window: int = Field(100, ge=2)
+    lp_epsilon: float = Field(0.2, ge=0, le=1)
+    # negotiation only: how the agent draws its own goal (kept when it leads or hears nothing);
+    # null means uniform.
+    inner: Literal["uniform", "learning_progress"] | None = None
+    negotiation: NegotiationSettings | None = None
+    supervisor: SupervisorSettings | None = None
+    # null: no sharing (HER, if the learner's her_strategy is not none, uses the agent's own
+    # achieved goals only).
+    hindsight: HindsightSettings | None = None
+    # Once rewarded, the agent stays where it is for the rest of the episode (the reference's
+    # agents are done once rewarded; goal_lines cannot end one agent's episode early when the
+    # goals are the agents' own, so the agent stops itself).
+    freeze_when_rewarded: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _negotiation_defaults(cls, data: Any) -> Any:
+        # Negotiation without settings runs with the reference's (resolved.yaml then shows them).
+        if isinstance(data, dict):
+            for selection in ("negotiation", "supervisor"):
+                if data.get("selection") == selection and data.get(selection) is None:
+                    data = {**data, selection: {}}
+        return data
+
+    @model_validator(mode="after")
+    def _implemented(self) -> GoalsConfig:
+        if self.selection == "amigo":
+            raise ValueError(
+                "selection: 'amigo' is not implemented in a run (the AMIGo teacher proposes grid cells; the "
+                "goal-conditioned learner and goal_lines' achieved_goals speak of landmarks; agent_node/goals.py's "
+                "AmigoTeacher is tested alone); use uniform, learning_progress, p_aligned, negotiation or supervisor"
+            )
+        if self.selection == "p_aligned" and self.p is None:
+            raise ValueError("p: selection 'p_aligned' needs p (the probability that the team shares one goal), got none")
+        if self.selection != "p_aligned" and self.p is not None:
+            raise ValueError(f"p: only selection 'p_aligned' uses p, got selection {self.selection!r}")
+        if self.selection != "negotiation" and self.negotiation is not None:
+            raise ValueError(f"negotiation: set only with selection 'negotiation', got selection {self.selection!r}")
+        if self.selection != "supervisor" and self.supervisor is not None:
+            raise ValueError(f"supervisor: set only with selection 'supervisor', got selection {self.selection!r}")
+        if self.selection != "negotiation" and self.inner is not None:
+            raise ValueError(f"inner: the own-goal draw of negotiation; selection is {self.selection!r}")
+        return self
+
+
+def goal_run_problems(
+    goals: GoalsConfig | None,
+    learner_kind: str,
+    her_strategy: str | None,
+    *,
+    env_name: str,
+    env_kwargs: dict[str, Any],
+    num_copies: int,
+    forward_infos: list[str],
+    episode_start_hold_s: float,
+    eval_every_steps: int | None,
+    topology_diameter: int | None,
+    topology_complete: bool = True,
+) -> list[str]:
+    """What is wrong with a run's goal settings across sections, one problem per line, each
+    starting with its field path (the orchestrator's run schema reports them)."""
+    problems: list[str] = []
+    if goals is None:
+        if learner_kind == "goal_dqn":
+            problems.append("agents.goals: learner kind 'goal_dqn' needs a goals section (how each episode's goal is chosen), got none")
+        if episode_start_hold_s > 0:
+            problems.append(
+                f"env.episode_start_hold_s: expected 0 without goal-negotiating agents (the server would wait "
+                f"{episode_start_hold_s} s for goal.ready at every episode start), got {episode_start_hold_s}"
+            )
+        return problems
+    if learner_kind != "goal_dqn":
+        problems.append(f"agents.learner.kind: agents.goals needs the goal-conditioned learner 'goal_dqn', got {learner_kind!r}")
+    if goals.hindsight is not None and her_strategy == "none":
+        problems.append(
+            "agents.goals.hindsight: sharing achieved goals needs HER to use them; set agents.learner.her_strategy "
+            "to 'final' or 'future', or hindsight to null"
+        )
+    if env_name not in GOAL_LINES_NAMES:
+        problems.append(f"env.name: agents.goals runs on goal_lines ({' or '.join(GOAL_LINES_NAMES)}), got {env_name!r}")
+        return problems
+    for key in ("num_landmarks", "beta"):
+        env_value = env_kwargs.get(key, GOAL_LINES_DEFAULTS[key])
+        if env_value != getattr(goals, key):
+            problems.append(f"agents.goals.{key}: expected env.kwargs.{key} ({env_value}), got {getattr(goals, key)}")
+    if num_copies != 1:
+        problems.append(f"env.num_copies: expected 1 with agents.goals (one goal per agent and episode), got {num_copies}")
+    if "achieved_goals" not in forward_infos:
+        problems.append(
+            f"env.forward_infos: expected 'achieved_goals' (goal agents compute their rewards from it), got {forward_infos}"
+        )
+    if eval_every_steps is not None:
+        problems.append(
+            "env.eval_every_steps: evaluation episodes of goal-conditioned agents are not implemented (no goal is chosen "
+            f"for them); expected null, got {eval_every_steps}"
+        )
+    if goals.selection == "negotiation":
+        rounds = max(1, topology_diameter or 1)
+        needed = rounds * goals.negotiation.round_timeout_s
+        if episode_start_hold_s < needed:
+            problems.append(
+                f"env.episode_start_hold_s: negotiation needs the episode start held for its rounds, at least "
+                f"{rounds} round(s) x {goals.negotiation.round_timeout_s} s = {needed} s; got {episode_start_hold_s}"
+            )
+    elif goals.selection == "supervisor":
+        if episode_start_hold_s < goals.supervisor.timeout_s:
+            problems.append(
+                f"env.episode_start_hold_s: the supervisor's assignment needs the episode start held for its timeout, "
+                f"at least {goals.supervisor.timeout_s} s; got {episode_start_hold_s}"
+            )
+        if not topology_complete:
+            problems.append(
+                "topology.kind: selection 'supervisor' needs every team member to be the supervisor's neighbour; "
+                "expected a full topology (or 2 agents)"
+            )
+    elif episode_start_hold_s > 0:
+        problems.append(
+            f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor' wait for goal.ready; expected 0 "
+            f"with {goals.selection!r}, got {episode_start_hold_s}"
+        )
+    return problems

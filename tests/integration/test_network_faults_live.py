@@ -1,0 +1,154 @@
+"""Run-time network faults on real processes (issue 9): `orchestrate up` with partition, heal and
+link changes in the schedule; a scheduled kill of the env server; configs/faults_ring.yaml.
+
+What is checked is what the nodes wrote: per-link counters (`link/SRC_to_DST/...`), membership
+(`membership/peers_alive`), the env server's metrics, events.jsonl. Budgets are in steps, so
+each run is given enough steps to outlast its schedule on an idle machine (600 steps took 2.6 s);
+a loaded machine makes the runs longer, never shorter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def rows(run_dir: Path, node: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def series(records: list[dict], key: str) -> list[tuple[float, float]]:
+    """(unix time, value) of every row that has `key`."""
+    return [(r["t"], r[key]) for r in records if key in r]
+
+
+def value_at(points: list[tuple[float, float]], t: float) -> float:
+    """The last value written at or before `t` (0 before the first)."""
+    before = [value for when, value in points if when <= t]
+    return before[-1] if before else 0.0
+
+
+def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the_heal(tmp_path):
+    run_dir = tmp_path / "run"
+    steps = 2000
+    schedule = ("[{at_s: 1, kind: partition, nodes: [agent_2]},"
+                " {at_s: 1, kind: link, edges: [[agent_0, agent_1]], link: {loss: 0.5}},"
+                " {at_s: 6, kind: heal}]")
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={steps}",
+        "--set", "env.step_deadline_s=1.0", "--set", "env.eval_every_steps=null",
+        # Shorter than the 5 s partition: agent_2 must not take the env server's silence for its death.
+        "--set", "agents.env_silence_timeout_s=4.0",
+        "--set", "protocols.membership={heartbeat_every_s: 0.5, timeout_s: 2.0}",
+        "--set", f"faults.schedule={schedule}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=540)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    started = next(e["t"] for e in events if e["event"] == "started")
+    faults = [e for e in events if e["event"] == "fault"]
+    assert [(f["kind"], f["at_s"]) for f in faults] == [("partition", 1.0), ("link", 1.0), ("heal", 6.0)]
+    partition, link, heal = faults
+    assert all(f["t"] - started >= f["at_s"] and f["late_s"] >= 0 for f in faults), "never early"
+    assert set(partition["nodes"]) == {"env", "agent_0", "agent_1", "agent_2"} and partition["targets"] == ["agent_2"]
+    assert partition["groups"] == [["agent_2"], ["env", "agent_0", "agent_1"]]
+    assert set(link["nodes"]) == {"agent_0", "agent_1"} and link["link"] == {"loss": 0.5}
+    assert set(heal["nodes"]) == {"env", "agent_0", "agent_1", "agent_2"} and heal["targets"] == []
+    cut_at, healed_at = partition["t"], heal["t"]
+
+    # The env server's link to agent_2: nothing dropped before, drops during, none after the heal,
+    # and observations delivered again after it.
+    env = rows(run_dir, "env")
+    dropped = series(env, "link/env_to_agent_2/dropped_partition")
+    delivered = series(env, "link/env_to_agent_2/delivered")
+    assert value_at(dropped, cut_at - 0.01) == 0
+    assert value_at(dropped, healed_at - 0.01) > 0, dropped
+    # Each node writes its link counters when it applies a fault: the row of the heal holds the
+    # final count (the heal reaches the env server a few ms after the orchestrator logs it).
+    assert dropped[-1][1] == value_at(dropped, healed_at + 0.5), "nothing dropped on that link after the heal"
+    assert delivered[-1][1] > value_at(delivered, healed_at + 0.5), "observations reach agent_2 again"
+
+    # agent_2's own sends to its neighbours (heartbeats every 0.5 s) were dropped too: each side
+    # drops what it sends. (To the env server it may have sent nothing: it waits for an observation.)
+    agent_2 = rows(run_dir, "agent_2")
+    for link_name in ("agent_2_to_agent_0", "agent_2_to_agent_1"):
+        assert series(agent_2, f"link/{link_name}/dropped_partition")[-1][1] > 0, link_name
+
+    # Membership: agent_0 (a neighbour on the 3-ring) sees agent_2 go down during the partition
+    # and come back after the heal; agent_2 sees both neighbours go and come back.
+    for node, full in (("agent_0", 2), ("agent_1", 2), ("agent_2", 2)):
+        alive = [(t, v) for t, v in series(rows(run_dir, node), "membership/peers_alive") if t > cut_at]
+        down = [v for t, v in alive if t < healed_at]
+        assert down and min(down) < full, (node, alive)
+        assert [v for t, v in alive if t >= healed_at][-1] == full, (node, alive)
+    assert min(v for t, v in series(agent_2, "membership/peers_alive") if cut_at < t < healed_at) == 0
+
+    # agent_2 waited out the partition (its env silence is not a failure) and stepped again to the end.
+    log = (run_dir / "nodes" / "agent_2" / "log").read_text()
+    assert "faults.schedule.0: partition" in log and "faults.schedule.2: heal" in log
+    assert "no message from the env server" not in log
+    assert [r["step"] for r in agent_2 if r["t"] > healed_at + 1.0][-1] == steps
+    assert max(r["step"] for r in agent_2 if cut_at + 0.5 < r["t"] < healed_at) < min(
+        r["step"] for r in agent_2 if r["t"] > healed_at + 1.0), "no step during the partition, steps after"
+
+    # The link change: agent_0 -> agent_1 lost nothing before it, about half after.
+    agent_0 = rows(run_dir, "agent_0")
+    lost = series(agent_0, "link/agent_0_to_agent_1/dropped_loss")
+    sent = series(agent_0, "link/agent_0_to_agent_1/sent")
+    assert value_at(lost, link["t"] - 0.01) == 0 and lost[-1][1] > 0
+    after_lost, after_sent = lost[-1][1] - value_at(lost, link["t"]), sent[-1][1] - value_at(sent, link["t"])
+    assert 0.2 < after_lost / after_sent < 0.8, (after_lost, after_sent)
+    assert_all_reaped(launched_pids(events))
+
+
+def test_a_killed_env_server_ends_the_run_cleanly_with_the_reason(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000",
+        "--set", "faults.schedule=[{at_s: 1, kind: kill, role: env_server}]",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr.decode()[-3000:]
+    reason = "the env server (env) was killed by the fault schedule (faults.schedule.0, at_s 1.0)"
+    assert reason in stderr.decode(), stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    fault = next(e for e in events if e["event"] == "fault")
+    assert fault["kind"] == "kill" and list(fault["nodes"]) == ["env"] and fault["chosen_by"] == "role"
+    finished = events[-1]
+    assert finished["event"] == "run_finished" and finished["exit_code"] == 1 and reason in finished["reason"]
+    assert any(e["event"] == "env_server_lost" for e in events)
+    exits = {e["node"]: e for e in events if e["event"] == "exited"}
+    assert exits["env"]["code"] == -9 and exits["env"]["scheduled_kill"]
+    # Every agent was told to stop and drained: a clean exit, not a crash or an env-silence timeout.
+    assert all(exits[agent]["code"] == 0 for agent in ("agent_0", "agent_1", "agent_2")), exits
+    assert finished["t"] - fault["t"] < 30.0, "the run ends promptly, not after agents.env_silence_timeout_s"
+    assert_all_reaped(launched_pids(events))
+
+
+def test_faults_ring_runs_its_whole_schedule_to_exit_0(tmp_path):
+    run_dir = tmp_path / "run"
+    started_at = time.monotonic()
+    process = orchestrate("up", "configs/faults_ring.yaml", "--run-dir", str(run_dir))
+    _, stderr = process.communicate(timeout=580)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    faults = [(e["kind"], e["at_s"]) for e in events if e["event"] == "fault"]
+    assert faults == [("pause", 2), ("partition", 3), ("resume", 4), ("link", 4), ("restart", 6), ("heal", 11)]
+    rejoined = next(e for e in events if e["event"] == "rejoined")
+    assert rejoined["node"] == "agent_3" and rejoined["network_faults_replayed"] == 2  # the partition and the link change
+    log = (run_dir / "nodes" / "agent_3" / "log").read_text()
+    assert log.count("faults.schedule.1: partition") == 2, "applied, then replayed to the restarted agent_3"
+    heal = next(e["t"] for e in events if e["event"] == "fault" and e["kind"] == "heal")
+    for node in ("agent_1", "agent_3"):  # agent_2's ring neighbours
+        alive = series(rows(run_dir, node), "membership/peers_alive")
+        assert [v for t, v in alive if t >= heal][-1] == 2, (node, alive)
+    assert rows(run_dir, "agent_2")[-1]["step"] == 3000
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+    print(f"faults_ring: {time.monotonic() - started_at:.0f} s")

@@ -1,0 +1,385 @@
+"""The goal session (agent_node/goal_session.py): goals decided and negotiated per episode, goal
+rewards from the env's achieved goals, hindsight after the episode; lists of messages, no sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from agent_node.algos.config import GoalDQNConfig
+from agent_node.config import AgentsConfig
+from agent_node.goal_config import GoalsConfig, goal_run_problems
+from agent_node.goal_session import STAY, GoalSession, build_goal_session
+from agent_node.goals import NegotiatedGoals, SupervisorAssignment, UniformGoals
+from agent_node.roles import Transition
+from protocols import messages as m
+from protocols.goal_space import goal_reward
+from protocols.hindsight import HindsightEngine, HindsightReport
+from protocols.negotiation import NegotiationEngine
+from protocols.supervision import GoalAssignment, SupervisionEngine
+from protocols.topology import full, ring
+
+L = 3  # goals 0..2 individual, 3 = (0,1), 4 = (0,2), 5 = (1,2)
+COOPERATIVE = [3, 4, 5]
+OBS_DIM = 4
+
+
+def reward_fn(goal, achieved):
+    return goal_reward(goal, achieved, L)
+
+
+class RecordingAgent:
+    """Stands in for GoalDQNAgent: records the episodes it is given, acts 1 (up) always."""
+
+    def __init__(self) -> None:
+        self.episodes: list[dict] = []
+        self.rows_relabelled = 0
+
+    def act(self, obs, goals, explore=True):
+        self.last_goals = np.asarray(goals)
+        return np.ones(len(obs), dtype=np.int64)
+
+    def observe_episode(self, obs, actions, next_obs, goal, events, extra_goal_events=()):
+        self.episodes.append({"obs": obs, "actions": actions, "next_obs": next_obs, "goal": goal,
+                              "events": list(events), "extra": list(extra_goal_events)})
+        self.rows_relabelled += 3  # any count: the session reports the difference
+
+
+def make_pair(*, negotiate=True, hindsight=True, seed=0):
+    topology = full(2)
+    agents, sessions = {}, {}
+    for index, node in enumerate(topology.nodes):
+        agent = RecordingAgent()
+        inner = UniformGoals(COOPERATIVE, seed=seed + index)
+        negotiation = None
+        module = inner
+        if negotiate:
+            engine = NegotiationEngine(node, 6, seed=seed + 10 + index, allowed_goals=COOPERATIVE, round_timeout_s=0.5)
+            negotiation = module = NegotiatedGoals(engine, inner)
+        sessions[node] = GoalSession(
+            node_id=node, env_agent=node, agent=agent, module=module, topology=topology, env_agents=list(topology.nodes),
+            reward_fn=reward_fn, negotiation=negotiation, hindsight=HindsightEngine(node, timeout_s=1.0) if hindsight else None,
+        )
+        agents[node] = agent
+    return sessions, agents
+
+
+def deliver(sessions, outgoing_by_sender, now, duplicate=False):
+    """Pass messages until none are left (optionally each one twice); returns how many passed."""
+    queue = [(sender, dest, msg) for sender, out in outgoing_by_sender.items() for dest, msg in out]
+    passed = 0
+    while queue:
+        sender, dest, msg = queue.pop(0)
+        for _ in range(2 if duplicate else 1):
+            passed += 1
+            queue.extend((dest, d, reply) for d, reply in sessions[dest].on_message(sender, msg, now))
+    return passed
+
+
+def announcement(step, active=("agent_0", "agent_1"), names=("agent_0", "agent_1")):
+    return m.EnvEpisodeStart(step=step, episode_start=np.ones(1, bool),
+                             active={a: np.array([a in active]) for a in names}, hold_s=2.0)
+
+
+def observation(step, agent, achieved, *, start=False, truncated=False, active=True):
+    return m.EnvObservation(
+        step=step, observations={agent: np.full((1, OBS_DIM), float(step), np.float32)},
+        rewards={agent: np.zeros(1, np.float32)}, terminated={agent: np.zeros(1, bool)},
+        truncated={agent: np.array([truncated])}, active={agent: np.array([active])},
+        final_observations={}, episode_start=np.array([start]),
+        infos={agent: {"achieved_goals": np.array([achieved], dtype=np.int64).reshape(1, -1)}},
+    )
+
+
+def row(step):
+    obs = np.full((1, OBS_DIM), float(step - 1), np.float32)
+    return Transition(obs=obs, action=np.ones(1, np.int64), reward=np.zeros(1, np.float32), next_obs=obs + 1,
+                      terminated=np.zeros(1, bool), truncated=np.zeros(1, bool))
+
+
+def start_episode(sessions, step, now=0.0):
+    """Announce, negotiate to the end, return the goals and the goal.ready lists."""
+    outgoing = {node: session.on_episode_start(announcement(step), now) for node, session in sessions.items()}
+    deliver(sessions, outgoing, now)
+    ready = {node: session.take_ready() for node, session in sessions.items()}
+    for node, session in sessions.items():
+        outgoing = session.on_observation(observation(step, node, [], start=True), now)
+        assert outgoing == []
+    return {node: s.current.goal for node, s in sessions.items()}, ready
+
+
+def test_a_negotiated_pair_says_ready_once_decided_and_follows_the_leaders_goal_or_keeps_its_own():
+    sessions, _ = make_pair()
+    goals, ready = start_episode(sessions, 0)
+    assert ready == {"agent_0": [0], "agent_1": [0]}, "goal.ready for the held start, once per agent"
+    assert all(goal in COOPERATIVE for goal in goals.values())
+    results = {node: s.negotiation.engine.result for node, s in sessions.items()}
+    leaders = {r.leader for r in results.values()}
+    assert len(leaders) == 1, "one leader for the pair"
+    assert sum(r.led for r in results.values()) == 1 and not any(r.timed_out for r in results.values())
+
+
+def test_goal_reward_from_achieved_goals_freezes_the_agent_and_cuts_its_rows_at_the_reward():
+    sessions, agents = make_pair(negotiate=False, hindsight=False)
+    session = sessions["agent_0"]
+    session.on_observation(observation(0, "agent_0", [], start=True), 0.0)
+    goal = session.current.goal
+    other = [g for g in COOPERATIVE if g != goal][0]
+    assert session.take_ready() == [], "no announcement, no hold: nothing to say goal.ready for"
+    assert session.act(np.zeros((1, OBS_DIM)), explore=True).tolist() == [1]
+    # step 1: an other goal achieved; step 2: the agent's goal; steps 3..4: more, after the reward
+    for step, achieved in [(1, [1, other]), (2, [0, goal]), (3, [goal]), (4, [])]:
+        session.observe(row(step))
+        session.on_observation(observation(step, "agent_0", achieved), 0.0)
+    assert session.current.reward == 1.0 and session.current.rewarded_at == 1
+    assert session.act(np.zeros((1, OBS_DIM)), explore=True).tolist() == [STAY], "done once rewarded: stays"
+    session.observe(row(5))
+    session.on_observation(observation(5, "agent_0", [], truncated=True), 0.0)
+    (stored,) = agents["agent_0"].episodes
+    assert stored["goal"] == goal and len(stored["actions"]) == 2, "rows up to the rewarded transition only"
+    assert (1, goal) in stored["events"] and (0, other) in stored["events"] and (2, goal) in stored["events"]
+    record = session.take_records()[0]
+    assert record["goals/success"] == 1.0 and record["goals/reward"] == 1.0 and record["goals/rows"] == 2.0
+
+
+def run_episode(sessions, start, length, achieved_at, now=0.0):
+    """Steps start+1 .. start+length for both agents; the last one starts the next episode."""
+    outgoing = {}
+    for step in range(start + 1, start + length + 1):
+        last = step == start + length
+        for node, session in sessions.items():
+            session.observe(row(step))
+            outgoing.setdefault(node, [])
+            outgoing[node] += session.on_observation(observation(step, node, achieved_at.get(step, []), start=last), now)
+    return outgoing
+
+
+def test_hindsight_after_the_episode_applies_the_partners_report_once_even_when_duplicated():
+    sessions, agents = make_pair()
+    goals, _ = start_episode(sessions, 0)
+    # The next episode is announced (and negotiated) before its first observation, which also
+    # ends this one: the order the env server sends them in.
+    outgoing = {node: s.on_episode_start(announcement(4), 0.0) for node, s in sessions.items()}
+    deliver(sessions, outgoing, 0.0)
+    reports = run_episode(sessions, 0, 4, {2: [0, 1, 3]})
+    assert all(isinstance(msg, HindsightReport) for out in reports.values() for _, msg in out)
+    assert [dest for _, msg in reports["agent_0"] for dest in [_]] == ["agent_1"]
+    assert agents["agent_0"].episodes == [], "stored only once the partner's report is in"
+    deliver(sessions, reports, 0.1, duplicate=True)
+    for node, session in sessions.items():
+        (stored,) = agents[node].episodes
+        assert stored["goal"] == goals[node] and len(stored["actions"]) == 4
+        partner = "agent_1" if node == "agent_0" else "agent_0"
+        assert sorted(stored["extra"]) == [(1, 0), (1, 1), (1, 3)], f"{partner}'s events, applied once"
+        records = session.take_records()
+        episode_record = next(r for r in records if "goals/goal" in r)
+        assert episode_record["negotiation/rounds_used"] == 1.0 and episode_record["negotiation/timed_out"] == 0.0
+        assert episode_record["negotiation/aligned"] == float(goals["agent_0"] == goals["agent_1"])
+        shared = next(r for r in records if "hindsight/reports_applied" in r)
+        assert shared["hindsight/reports_applied"] == 1.0
+        # The duplicate came after the report was applied and the episode stored: ignored.
+        assert session.hindsight.duplicates_ignored == 1 and session.hindsight.applied[(partner, 0)] == 1
+        assert shared["her/rows_relabelled"] == 3.0 and shared["hindsight/partners_missing"] == 0.0
+    assert {node: s.current.goal for node, s in sessions.items()} == {
+        node: s.negotiation.engine.result.goal for node, s in sessions.items()}, "episode 4 runs with its negotiated goal"
+
+
+def make_supervised(names=("agent_0", "agent_1", "agent_2")):
+    topology = full(len(names))
+    return {
+        node: GoalSession(
+            node_id=node, env_agent=node, agent=RecordingAgent(), module=None, topology=topology, env_agents=list(names),
+            reward_fn=reward_fn, supervision=SupervisionEngine(node, timeout_s=0.5),
+            supervisor_draws=SupervisorAssignment(COOPERATIVE, seed=7 + index),
+        )
+        for index, node in enumerate(names)
+    }
+
+
+def test_a_supervised_team_pursues_the_goal_its_smallest_node_id_assigns_over_the_wire():
+    names = ("agent_0", "agent_1", "agent_2")
+    for episode in (0, 10, 20):
+        sessions = make_supervised(names)
+        outgoing = {node: s.on_episode_start(announcement(episode, active=names, names=names), 0.0) for node, s in sessions.items()}
+        assert [dest for dest, _ in outgoing["agent_0"]] == ["agent_1", "agent_2"] and outgoing["agent_1"] == []
+        assert sessions["agent_1"].take_ready() == [] and sessions["agent_0"].take_ready() == [episode]
+        deliver(sessions, outgoing, 0.0, duplicate=True)  # the duplicate assignment is dropped, counted
+        assert {node: s.take_ready() for node, s in list(sessions.items())[1:]} == {"agent_1": [episode], "agent_2": [episode]}
+        for node, session in sessions.items():
+            session.on_observation(observation(episode, node, [], start=True), 0.0)
+        goals = {node: s.current.goal for node, s in sessions.items()}
+        assert len(set(goals.values())) == 1, "alignment 1: one goal for the team"
+        assert sessions["agent_1"].supervision.stale_messages == 1
+        assert sessions["agent_1"].current.supervision["supervision/timed_out"] == 0.0
+        assert sessions["agent_0"].current.supervision["supervision/supervised"] == 1.0
+
+
+def test_a_member_that_hears_no_assignment_falls_back_to_its_own_draw():
+    sessions = make_supervised(("agent_0", "agent_1"))
+    member = sessions["agent_1"]
+    member.on_episode_start(announcement(0), 0.0)
+    assert member.next_deadline() == 0.5
+    member.on_timer(0.5)
+    assert member.take_ready() == [0]
+    member.on_observation(observation(0, "agent_1", [], start=True), 0.6)
+    assert member.current.goal in COOPERATIVE and member.current.supervision["supervision/timed_out"] == 1.0
+    # An assignment for an episode already decided is stale, and changes nothing.
+    member.on_message("agent_0", GoalAssignment(0, 3), 0.7)
+    assert member.supervision.stale_messages == 1
+
+
+def test_a_silent_partner_is_given_up_on_at_the_hindsight_deadline():
+    sessions, agents = make_pair()
+    start_episode(sessions, 0)
+    for session in sessions.values():
+        session.on_episode_start(announcement(3), 0.0)  # agent_1 never hears agent_0: one-sided
+    session = sessions["agent_0"]
+    for step in (1, 2, 3):
+        session.observe(row(step))
+        session.on_observation(observation(step, "agent_0", [], start=step == 3), 10.0)
+    assert agents["agent_0"].episodes == [] and session.next_deadline() is not None
+    session.on_timer(11.0)
+    assert len(agents["agent_0"].episodes) == 1 and agents["agent_0"].episodes[0]["extra"] == []
+    shared = next(r for r in session.take_records() if "hindsight/partners_missing" in r)
+    assert shared["hindsight/partners_missing"] == 1.0 and shared["hindsight/reports_applied"] == 0.0
+
+
+def test_an_observation_before_the_negotiation_ended_closes_it_as_its_deadline_would():
+    sessions, _ = make_pair()
+    session = sessions["agent_0"]
+    sent = session.on_episode_start(announcement(0), 0.0)
+    assert [dest for dest, _ in sent] == ["agent_1"] and session.take_ready() == []
+    # The partner never answers; the server's hold deadline passes and the observation comes.
+    out = session.on_observation(observation(0, "agent_0", [], start=True), 0.2)
+    assert session.current is not None and session.current.cut_by_env
+    assert session.negotiation.engine.result.timed_out, "heard nobody: its own goal"
+    assert session.take_ready() == [], "the observation is out: no goal.ready any more"
+    assert any(type(msg).__name__ == "GoalCommit" for _, msg in out)
+
+
+def test_a_run_without_a_hold_decides_alone_at_the_first_observation():
+    sessions, _ = make_pair(negotiate=False, hindsight=False)
+    session = sessions["agent_1"]
+    session.on_observation(observation(0, "agent_1", [], start=True), 0.0)
+    assert session.current.goal in COOPERATIVE and session.take_ready() == []
+
+
+def test_teams_are_the_playing_topology_neighbours_and_rounds_their_diameter():
+    topology = ring(4)
+    names = list(topology.nodes)
+    sessions = {
+        node: GoalSession(node_id=node, env_agent=node, agent=RecordingAgent(), module=UniformGoals(COOPERATIVE, seed=1),
+                          topology=topology, env_agents=names, reward_fn=reward_fn)
+        for node in names
+    }
+    all_play = {name: True for name in names}
+    assert sessions["agent_0"].team(all_play) == (["agent_1", "agent_3"], 2)
+    opposite = {name: name in ("agent_0", "agent_2") for name in names}
+    assert sessions["agent_0"].team(opposite) == ([], 1), "not neighbours on the ring: each decides alone"
+    adjacent = {name: name in ("agent_0", "agent_1") for name in names}
+    assert sessions["agent_1"].team(adjacent) == (["agent_0"], 1)
+    # An agent that sits the episode out decides nothing, says nothing and stays.
+    out = sessions["agent_2"].on_episode_start(announcement(0, active=("agent_0", "agent_1"), names=names), 0.0)
+    assert out == [] and sessions["agent_2"].take_ready() == []
+    sessions["agent_2"].on_observation(observation(0, "agent_2", [], start=True, active=False), 0.0)
+    assert sessions["agent_2"].current is None
+    assert sessions["agent_2"].act(np.zeros((1, OBS_DIM)), explore=True).tolist() == [STAY]
+
+
+def test_more_than_one_env_copy_is_refused_with_a_clear_error():
+    sessions, _ = make_pair(negotiate=False, hindsight=False)
+    two = m.EnvEpisodeStart(step=0, episode_start=np.ones(2, bool), active={"agent_0": np.ones(2, bool)}, hold_s=1.0)
+    with pytest.raises(ValueError, match="one env copy"):
+        sessions["agent_0"].on_episode_start(two, 0.0)
+
+
+def test_missing_achieved_goals_infos_are_an_error_naming_the_setting():
+    sessions, _ = make_pair(negotiate=False, hindsight=False)
+    session = sessions["agent_0"]
+    session.on_observation(observation(0, "agent_0", [], start=True), 0.0)
+    bare = observation(1, "agent_0", [])
+    bare = m.EnvObservation(**{**bare.__dict__, "infos": {}})
+    with pytest.raises(ValueError, match="forward_infos"):
+        session.on_observation(bare, 0.0)
+
+
+def test_built_learner_checkpoints_the_network_and_the_negotiation_matrix(tmp_path):
+    torch.set_num_threads(1)
+    goals = GoalsConfig(selection="negotiation", num_landmarks=3, hindsight={"timeout_s": 1.0})
+    config = GoalDQNConfig(hidden_sizes=(16,), batch_size=8, learning_starts=8, buffer_size=100)
+    build = dict(node_id="agent_0", node_index=0, run_seed=0, env_agent="agent_0", possible_agents=["agent_0", "agent_1"],
+                 obs_dim=OBS_DIM, num_actions=5, topology=full(2))
+    session, learner = build_goal_session(goals, config, **build)
+    session.negotiation.engine.matrix[3, 7] = 0.5
+    session.on_observation(observation(0, "agent_0", [], start=True), 0.0)
+    for step in range(1, 13):
+        learner.observe(row(step))
+        session.on_observation(observation(step, "agent_0", [], start=step == 12), 0.0)
+    session.on_timer(100.0)  # the partner never reports: stored at the hindsight deadline
+    assert learner.gradient_steps_due() > 0 and len(learner.replay) >= 12
+    learner.update(max_gradient_steps=2)
+    assert learner.counters()["goal_dqn/gradient_steps"] == 2.0
+    learner.replay.save(tmp_path / "buffer.npz")
+    state = learner.state_dict()
+    other_session, other = build_goal_session(goals, config, **{**build, "run_seed": 5})
+    other.load_state_dict(state)
+    other.replay.restore(tmp_path / "buffer.npz")
+    assert other_session.negotiation.engine.matrix[3, 7] == 0.5
+    assert len(other.replay) == len(learner.replay) and other.counters() == learner.counters()
+    obs = np.zeros((1, OBS_DIM), np.float32)
+    session.current = other_session.current = None
+    assert np.array_equal(learner.agent.act(obs, np.array([4]), explore=False), other.agent.act(obs, np.array([4]), explore=False))
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration: what is refused, with what message
+# ------------------------------------------------------------------------------------------
+
+
+def test_goals_section_refuses_what_is_not_implemented():
+    assert GoalsConfig(selection="supervisor").supervisor.timeout_s == 0.5
+    with pytest.raises(ValidationError, match="supervisor: set only with selection 'supervisor'"):
+        GoalsConfig(selection="uniform", supervisor={})
+    with pytest.raises(ValidationError, match="amigo.*not implemented"):
+        GoalsConfig(selection="amigo")
+    with pytest.raises(ValidationError, match="needs p"):
+        GoalsConfig(selection="p_aligned")
+    with pytest.raises(ValidationError, match="only selection 'p_aligned'"):
+        GoalsConfig(selection="uniform", p=0.5)
+    with pytest.raises(ValidationError, match="negotiation"):
+        GoalsConfig(selection="uniform", negotiation={})
+    assert GoalsConfig(selection="negotiation").negotiation.round_timeout_s == 0.5, "the reference's defaults"
+
+
+def test_the_goal_learner_and_the_goals_section_go_together():
+    with pytest.raises(ValidationError, match="go together"):
+        AgentsConfig(count=2, learner={"kind": "goal_dqn"})
+    with pytest.raises(ValidationError, match="go together"):
+        AgentsConfig(count=2, learner={"kind": "dqn"}, goals={"selection": "uniform"})
+    assert AgentsConfig(count=2, learner={"kind": "goal_dqn"}, goals={"selection": "uniform"}).learner.kind == "goal_dqn"
+
+
+def problems(goals=GoalsConfig(selection="negotiation", hindsight={}), her="future", **env):
+    settings = dict(env_name="goal_lines_v0", env_kwargs={}, num_copies=1, forward_infos=["achieved_goals"],
+                    episode_start_hold_s=2.0, eval_every_steps=None, topology_diameter=1)
+    settings.update(env)
+    return goal_run_problems(goals, "goal_dqn" if goals is not None else "dqn", her, **settings)
+
+
+def test_run_level_goal_problems_name_the_field_and_what_was_expected():
+    assert problems() == []
+    assert problems(env_name="mpe2.simple_spread_v3")[0].startswith("env.name:")
+    assert problems(env_kwargs={"num_landmarks": 3})[0].startswith("agents.goals.num_landmarks: expected env.kwargs.num_landmarks (3)")
+    assert problems(num_copies=2)[0].startswith("env.num_copies: expected 1")
+    assert problems(forward_infos=[])[0].startswith("env.forward_infos: expected 'achieved_goals'")
+    assert problems(eval_every_steps=100)[0].startswith("env.eval_every_steps:")
+    assert "at least 2 round(s) x 0.5 s = 1.0 s" in problems(episode_start_hold_s=0.6, topology_diameter=2)[0]
+    assert problems(her="none")[0].startswith("agents.goals.hindsight: sharing achieved goals needs HER")
+    assert problems(goals=GoalsConfig(selection="uniform"))[0].startswith("env.episode_start_hold_s: only selections")
+    supervised = GoalsConfig(selection="supervisor")
+    assert problems(goals=supervised) == []
+    assert problems(goals=supervised, episode_start_hold_s=0.2)[0].startswith("env.episode_start_hold_s: the supervisor's")
+    assert problems(goals=supervised, topology_complete=False)[0].startswith("topology.kind: selection 'supervisor' needs")
+    assert problems(goals=None)[0].startswith("env.episode_start_hold_s: expected 0 without goal-negotiating agents")
