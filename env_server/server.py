@@ -322,10 +322,16 @@ class EnvServer:
         )
 
     def _send(self, outgoing: list[Outgoing]) -> None:
-        for identity, message in outgoing:
-            if identity in self.global_view_clients and isinstance(message, m.EnvObservation):
-                message = dataclasses.replace(message, **self.global_view.fields())
-            delivered = self.channel.send(message, to=identity)
+        if not outgoing:
+            return
+        if self.global_view_clients:
+            outgoing = [
+                (identity, dataclasses.replace(message, **self.global_view.fields()))
+                if identity in self.global_view_clients and isinstance(message, m.EnvObservation) else (identity, message)
+                for identity, message in outgoing
+            ]
+        # Encoded first, then sent back to back (see Channel.send_batch).
+        for (identity, message), delivered in zip(outgoing, self.channel.send_batch(outgoing)):
             client = self.barrier.client(identity)
             if client is not None and isinstance(message, m.EnvObservation):
                 client.has_current = delivered

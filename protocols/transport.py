@@ -269,8 +269,19 @@ class Channel:
 
         Returns False when a ROUTER has no such peer (counted, never raised: a peer may be gone).
         """
-        identities = () if to is None else ((to.encode() if isinstance(to, str) else to),)
-        frames = wire.encode(
+        return self._transmit(self._encode(message, to, parent))
+
+    def send_batch(self, outgoing: list[tuple[str | bytes | None, Any]]) -> list[bool]:
+        """Send `(to, message)` pairs: every message is encoded first, then all are sent back to
+        back. The lockstep's broadcast uses it: the first send wakes zmq's I/O thread, which on a
+        busy machine can take the CPU from this one, so the encoding is done by then and the
+        clients get their observations close together. Returns `send`'s answer for each."""
+        encoded = [self._encode(message, to, None) for to, message in outgoing]
+        return [self._transmit(frames) for frames in encoded]
+
+    def _encode(self, message: Any, to: str | bytes | None, parent: wire.Header | None) -> list[Any]:
+        identities = () if to is None else ((to.encode() if type(to) is str else to),)
+        return wire.encode(
             message,
             sender=self.sender,
             run_id=self.run_id,
@@ -279,9 +290,15 @@ class Channel:
             identities=identities,
             key=self.key,
         )
-        destination = self.peer if self.peer is not None else (identities[0].decode(errors="replace") if identities else None)
-        if self.links is None or destination is None:
+
+    def _transmit(self, frames: list[Any]) -> bool:
+        if self.links is None:
             return self._send_frames(frames)
+        destination = self.peer
+        if destination is None:
+            if self.socket.type != zmq.ROUTER:
+                return self._send_frames(frames)  # a DEALER without a peer: never emulated
+            destination = bytes(frames[0]).decode(errors="replace")  # the routing id
         now = self.clock()
         deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
         if not deliveries:
@@ -325,8 +342,14 @@ class Channel:
                 frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=not self.check_user_id)
             except zmq.Again:
                 return None
-            views = [frame.buffer for frame in frames] if self.check_user_id else frames
-            size = sum(len(view) if type(view) is bytes else view.nbytes for view in views)
+            if self.check_user_id:
+                views = [frame.buffer for frame in frames]
+                size = sum(view.nbytes for view in views)
+            else:
+                views = frames
+                size = 0
+                for frame in frames:
+                    size += len(frame)
             if size > self.limits.max_message_bytes:
                 self._drop(frames, "oversized", f"{size} bytes, over max_message_bytes {self.limits.max_message_bytes}")
                 continue
@@ -401,17 +424,24 @@ class Channel:
             self.socket.close(linger=round(self.close_linger_s * 1000))
 
     def _send_frames(self, frames: list[Any]) -> bool:
+        size, all_bytes = 0, True
+        for frame in frames:
+            if type(frame) is bytes:
+                size += len(frame)
+            else:
+                all_bytes = False
+                size += memoryview(frame).nbytes
         try:
             # Frames that are all bytes go the cheap way (copied, no zmq.Frame objects); a large
             # array among them is sent without a copy.
-            self.socket.send_multipart(frames, copy=not any(type(f) is not bytes for f in frames))
+            self.socket.send_multipart(frames, copy=all_bytes)
         except zmq.ZMQError as error:
             if error.errno == zmq.EHOSTUNREACH:
                 self.stats.unroutable += 1
                 return False
             raise
         self.stats.sent += 1
-        self.stats.bytes_sent += sum(len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
+        self.stats.bytes_sent += size
         return True
 
 

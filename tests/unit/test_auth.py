@@ -369,12 +369,17 @@ def hostile_frames(draw: st.DrawFn) -> tuple[list[bytes], str, str]:
     elif kind == "version":
         import msgpack
 
-        header = msgpack.unpackb(frames[2])  # frames: delimiter, signature, header, parent, body, buffers
+        # frames: head (magic, signature length, signature, msgpack [header, parent]), body, buffers
+        signature_length = frames[0][8]
+        header, parent = msgpack.unpackb(frames[0][9 + signature_length :])
         header["version"] = PROTOCOL_VERSION + draw(st.integers(1, 5))
-        frames[2] = msgpack.packb(header)
-        frames[1] = wire._sign(key, frames[2], frames[3], frames[4], *frames[5:])
+        payload = msgpack.packb([header, parent])
+        signature = wire._sign(key, payload, frames[1], *frames[2:]) if key else b""
+        frames[0] = wire.MAGIC + bytes([len(signature)]) + signature + payload
     elif kind == "resign":  # a well-formed signature with a key outside the run
-        frames[1] = wire._sign(draw(st.binary(min_size=1, max_size=32)), frames[2], frames[3], frames[4], *frames[5:])
+        payload = frames[0][9 + frames[0][8] :]
+        signature = wire._sign(draw(st.binary(min_size=1, max_size=32)), payload, frames[1], *frames[2:])
+        frames[0] = wire.MAGIC + bytes([len(signature)]) + signature + payload
     return frames, claimed, signer if kind in ("none", "add", "drop", "truncate", "flip", "oversize") else "other"
 
 
