@@ -401,10 +401,12 @@ class Orchestrator:
             return
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
-            self.faults.start(time.monotonic())
             for node_id in self.nodes:
                 self.control.send(m.Start(), to=node_id)
             self.events.write("started", None)
+            # The fault clock starts after the `started` event is stamped, so no fault reads as
+            # earlier than its at_s against that event (sending Start to every node takes time).
+            self.faults.start(time.monotonic())
 
     def _reap_exited(self) -> None:
         for node_id, node in self.nodes.items():
