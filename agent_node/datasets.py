@@ -64,8 +64,8 @@ is the run of rows with that `copy` up to and including a row with `terminated` 
 ## Crash safety
 
 The writer keeps rows in memory and writes them as a whole chunk every `chunk_rows` rows (and on
-`flush` / `close`): to a temporary file in the shard directory, fsync, `os.replace` onto the
-chunk's name, fsync of the directory. `os.replace` is atomic on POSIX, so a process killed at any
+`flush` / `close`) through `agent_node/persistence.py`'s `atomic_write`: to a temporary file in
+the shard directory, fsync, `os.replace` onto the chunk's name, fsync of the directory. `os.replace` is atomic on POSIX, so a process killed at any
 moment leaves complete chunks only (the rows not yet flushed are lost, at most `chunk_rows - 1`),
 plus possibly a `.tmp` file, which the reader ignores and a writer reopening the shard deletes. A
 writer reopening an existing shard checks that its manifest matches and continues with the next
@@ -78,7 +78,6 @@ import datetime
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,6 +85,7 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
+from agent_node.persistence import atomic_write
 from agent_node.roles import Transition
 from protocols.errors import ProtocolError
 from protocols.spaces import decode_space, encode_space
@@ -234,7 +234,8 @@ class DatasetWriter:
         for leftover in self.shard.glob(".*.tmp"):
             leftover.unlink()  # a write cut short by a crash; nothing in it was ever committed
         if not (self.shard / MANIFEST_NAME).exists():
-            _atomic_write(self.shard / MANIFEST_NAME, json.dumps(manifest, indent=2).encode())
+            manifest_bytes = json.dumps(manifest, indent=2).encode()
+            atomic_write(self.shard / MANIFEST_NAME, lambda file: file.write(manifest_bytes))
         self.next_chunk = len(_chunk_paths(self.shard))
         self.pending: list[dict[str, np.ndarray]] = []
         self.pending_rows = 0
@@ -253,21 +254,7 @@ class DatasetWriter:
         if not self.pending_rows:
             return
         contents = {name: np.concatenate([rows[name] for rows in self.pending]) for name in self.columns}
-        target = self.shard / f"chunk-{self.next_chunk:06d}.npz"
-        file_descriptor, temp_name = tempfile.mkstemp(dir=self.shard, prefix=".chunk-", suffix=".tmp")
-        try:
-            with os.fdopen(file_descriptor, "wb") as temp_file:
-                np.savez(temp_file, **contents)
-                temp_file.flush()
-                os.fsync(temp_file.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
-            try:
-                os.unlink(temp_name)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_directory(self.shard)
+        atomic_write(self.shard / f"chunk-{self.next_chunk:06d}.npz", lambda file: np.savez(file, **contents))
         self.next_chunk += 1
         self.rows_written += self.pending_rows
         self.pending, self.pending_rows = [], 0
@@ -459,34 +446,3 @@ def _chunk_paths(shard: Path) -> list[Path]:
 def _chunk_rows(path: Path) -> int:
     with np.load(path, allow_pickle=False) as chunk:
         return len(chunk["reward"])
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    file_descriptor, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(file_descriptor, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry itself reaches the disk.
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

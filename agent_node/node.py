@@ -64,6 +64,7 @@ from protocols import messages as m
 from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
 from protocols.hindsight import HindsightReport
+from protocols.jsonlines import FileWriteError
 from protocols.negotiation import GoalCommit, NegotiationProposal
 from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
@@ -177,6 +178,7 @@ class AgentNode:
         self.started_at = time.monotonic()
         self.stop_reason = ""
         self.exit_code = 0
+        self._write_errors_logged: set[str] = set()  # a refusing file says the same thing each time
         self.persistence = NodePersistence(
             identity.node_dir,
             checkpoint_every_steps=config.checkpoint_every_steps,
@@ -319,6 +321,10 @@ class AgentNode:
                 self._iterate()
         except ShutdownRequested as request:
             self.stop_reason = request.reason
+        except FileWriteError as error:  # its own files refused (disk full): one line, not a traceback
+            self._stop_for_write_error(error)
+            if self.state is not NodeState.DRAINING:
+                self.state = NodeState.DRAINING
         except Exception as error:  # noqa: BLE001 - reported, then the node drains and exits non-zero
             log.exception("agent failed: %s", error)
             self.stop_reason = f"failure: {error}"
@@ -628,18 +634,25 @@ class AgentNode:
             log.info("loaded the initial checkpoint %s", initial)
 
     def _drain(self) -> None:
-        """Persist what we learned, say goodbye, close every socket."""
+        """Persist what we learned, say goodbye, close every socket.
+
+        Each save is tried on its own: a metrics file the disk refuses does not stop the
+        checkpoint from being tried. A refused write is logged in one line and becomes the
+        reason the goodbye carries, so the orchestrator's terminal says which node stopped and
+        why even when the run's disk (and so events.jsonl) is full."""
         if self.state is not NodeState.DRAINING:
             self.state = NodeState.DRAINING
         try:
             if self.learner is not None:
                 if self.config.learning:
-                    self._finish_owed_updates()
-                self.persistence.save_all(self.step, self.learner, self.episodes.episodes)
-            self.metrics.flush_means(self.step)
-            self.metrics.write(self.step, self.hub.link_metrics())
+                    self._while_draining("the owed updates", self._finish_owed_updates)
+                self._while_draining(
+                    "the checkpoint and replay buffer",
+                    lambda: self.persistence.save_all(self.step, self.learner, self.episodes.episodes),
+                )
+            self._while_draining("the last metrics", self._write_last_metrics)
             if self.recorder is not None:
-                self.recorder.close()
+                self._while_draining("the transition recording", self.recorder.close)
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
             log.exception("error while draining")
@@ -648,6 +661,28 @@ class AgentNode:
             self.metrics.close()
             self.hub.close()
             self.state = NodeState.STOPPED
+
+    def _write_last_metrics(self) -> None:
+        self.metrics.flush_means(self.step)
+        self.metrics.write(self.step, self.hub.link_metrics())
+
+    def _while_draining(self, what: str, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except FileWriteError as error:
+            self._stop_for_write_error(error)
+        except Exception:  # noqa: BLE001 - the other saves and the goodbye still follow
+            log.exception("error while draining (%s)", what)
+            self.exit_code = 1
+
+    def _stop_for_write_error(self, error: FileWriteError) -> None:
+        """A file of this node's was refused: log it once, fail, and say so in the goodbye."""
+        self.exit_code = 1
+        if not self.stop_reason.startswith("failure: "):
+            self.stop_reason = f"failure: {error.strerror}"
+        if error.strerror not in self._write_errors_logged:
+            self._write_errors_logged.add(error.strerror)
+            log.error("stopping: %s", error.strerror)
 
     def _finish_owed_updates(self) -> None:
         """Take the gradient steps still owed for the data seen (at most the contract's bound

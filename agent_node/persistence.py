@@ -3,7 +3,9 @@
 One helper, `atomic_write`, writes every file: the bytes go to a temporary file in the target's
 directory, are fsynced, and the file is renamed over the target (`os.replace` is atomic on
 POSIX), then the directory entry is fsynced. A reader, or a node restarted after a kill mid-save,
-sees the previous file or the new one, never half of one. Both the checkpoint (`save_checkpoint`)
+sees the previous file or the new one, never half of one. When the file system refuses the write
+(a full disk, a read-only remount) it raises `FileWriteError` naming the file and the cause; the
+previous file stays as it was. Both the checkpoint (`save_checkpoint`)
 and the replay buffer (`ReplayBuffer.save`, which keeps its own file layout) write through it.
 
 `NodePersistence` is the node's bookkeeping around those two files: when each is due (every
@@ -19,32 +21,43 @@ from __future__ import annotations
 
 import logging
 import os
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Protocol
 
+from protocols.jsonlines import FileWriteError
+
 log = logging.getLogger("agent_node.persistence")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Create or replace `path` with what `write(file)` writes, atomically (see the module doc)."""
+    """Create or replace `path` with what `write(file)` writes, atomically (see the module doc).
+
+    An OSError of the file system (ENOSPC, EROFS, EACCES, ...) comes out as `FileWriteError`
+    naming `path`; anything else `write` raises comes out as it is."""
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise FileWriteError.of(target, error) from None
     try:
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         # Leave nothing behind; the previous file at `target` (if any) is untouched.
         try:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError) and not isinstance(error, FileWriteError):
+            raise FileWriteError.of(target, error) from None
         raise
     _fsync_directory(directory)
 
@@ -66,7 +79,12 @@ def _fsync_directory(directory: Path) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch  # here, not at the top: the torch-free replay buffer imports this module
 
-    atomic_write(path, lambda file: torch.save(state, file))
+    # Serialized in memory first: torch.save into a file that the disk refuses fails with a
+    # RuntimeError from its zip writer ("unexpected pos 704 vs 598", measured on a full tmpfs)
+    # that no longer says ENOSPC; a plain write of the bytes fails with the system's errno.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda file: file.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -6,8 +6,9 @@ of `<run dir>/dataset/` through `agent_node/datasets.py`'s crash-safe `DatasetWr
 of one run form one `MultiAgentDataset` (rows of the same step join on `env_step` and `copy`),
 which the offline learners (`python -m agent_node.offline`) train from with no env server.
 
-The env's registry name comes from the welcome and its kwargs from the run's resolved config, so
-the manifest says which env made the data.
+The env's registry name and the keyword arguments it was built with come from the env server's
+welcome (`EnvWelcome.env_name`, `env_kwargs`, validated there by the env section's typed schema),
+so the manifest says which env made the data; this module reads no config file.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent_node.datasets import DatasetWriter, ShardSpec
 from agent_node.roles import Transition
+from protocols.messages import EnvWelcome
 from protocols.spaces import decode_space
 
 DATASET_DIRNAME = "dataset"
@@ -30,18 +30,14 @@ class TransitionRecorder:
 
     @classmethod
     def for_node(
-        cls, run_dir: Path, welcome: Any, agent: str, agent_index: int, seeds: dict[str, int], behaviour: dict[str, Any]
+        cls, run_dir: Path, welcome: EnvWelcome, agent: str, agent_index: int, seeds: dict[str, int], behaviour: dict[str, Any]
     ) -> TransitionRecorder:
         view = welcome.global_view
-        env_kwargs: dict[str, Any] = {}
-        resolved = run_dir / "resolved.yaml"
-        if resolved.is_file():
-            env_kwargs = dict((yaml.safe_load(resolved.read_text()) or {}).get("env", {}).get("kwargs") or {})
         spec = ShardSpec(
             agent=agent,
             agent_index=agent_index,
             env_name=welcome.env_name,
-            env_kwargs=env_kwargs,
+            env_kwargs=dict(welcome.env_kwargs),
             possible_agents=tuple(welcome.possible_agents),
             observation_space=decode_space(welcome.observation_spaces[agent]),
             action_space=decode_space(welcome.action_spaces[agent]),

@@ -6,7 +6,7 @@ Two measurements, each variant timed interleaved with its baseline in the same r
 machine slows both alike; still, read small differences as noise):
 
 1. codec: `wire.encode` + `wire.decode` of one message, unsigned vs signed with the sender's node
-   key (HMAC-SHA256 over header, parent, body and array buffers, checked with a per-sender key
+   key (HMAC-SHA256 over the head's header and parent, the body and array buffers, checked with a per-sender key
    lookup, as ipc channels do), for a heartbeat, an observation of 8 env copies and consensus
    shares of 1 MiB and 8 MiB.
 2. sockets: round trips (DEALER -> ROUTER -> DEALER, both hubs in this process, zmq's I/O
@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from protocols import messages as m  # noqa: E402
 from protocols import wire  # noqa: E402
-from protocols.auth import generate_run_keys, load_node_keys, signing_keys  # noqa: E402
+from protocols.auth import load_node_keys, signing_keys  # noqa: E402
 from protocols.consensus import ConsensusShare  # noqa: E402
-from protocols.transport import Hub  # noqa: E402
+from protocols.transport import Hub, generate_run_keys  # noqa: E402
 
 
 def sample_messages() -> dict[str, object]:

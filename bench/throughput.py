@@ -1,6 +1,7 @@
 """Lockstep throughput: PettingZoo in-process against Parley (env server + N agent processes).
 
-    python bench/throughput.py [--agents 4 8 16] [--workers 1 2] [--steps N] [--transport ipc|tcp] [--json]
+    python bench/throughput.py [--agents 4 8 16] [--workers 1 2] [--steps N] [--transport ipc|tcp]
+                               [--baseline DIR] [--json]
 
 For each agent count N, measured in one run so the ratios compare like with like on a noisy
 machine:
@@ -21,6 +22,11 @@ CPU time): `cpu_ratio` = in-process CPU / Parley CPU, the overhead without the s
 
 The transport is ipc:// by default, as in an orchestrated run on one host; `--transport tcp`
 measures loopback TCP (what several hosts use).
+
+`--baseline DIR` measures a second checkout of Parley (e.g. `git worktree add /tmp/before main`
+or `git archive main | tar -x -C /tmp/before`) in the same run: for each K its env server and
+clients run right before this checkout's, against the same in-process baseline, so a before /
+after comparison is side by side under the same load (`before_*` keys, `before` table rows).
 
 Profile of the hot path and the measurements behind the README's table: bench/PROFILE.md.
 """
@@ -77,17 +83,19 @@ def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float
     return steps / (time.perf_counter() - start), (time.process_time() - start_cpu) / steps * 1e6
 
 
-def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport: str, workers: int = 1) -> tuple[float, int, float]:
+def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport: str, workers: int = 1,
+                       repo: Path = REPO) -> tuple[float, int, float]:
     """(env steps per second, observations that reported a defaulted action, CPU microseconds
-    per env step of the server, its workers and every client together)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    per env step of the server, its workers and every client together), running the env server
+    and clients of the checkout `repo`."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as socket_dir:
         bind = f"ipc://{socket_dir}/env.sock" if transport == "ipc" else "tcp://127.0.0.1:0"
         server = subprocess.Popen(
             [sys.executable, "-m", "env_server", "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(env_kwargs(agents)),
              "--copies", str(copies), "--max-steps", str(lockstep_steps), "--bind", bind,
              *(["--workers", str(workers)] if workers != 1 else [])],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=repo,
         )
         clients: list[subprocess.Popen] = []
         try:
@@ -98,8 +106,8 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
             server_cpu_at_start = process_tree_cpu_s(server.pid)
             clients = [
                 subprocess.Popen(
-                    [sys.executable, str(REPO / "bench" / "random_client.py"), endpoint, str(i), str(i)],
-                    stdout=subprocess.PIPE, env=env, cwd=REPO,
+                    [sys.executable, str(repo / "bench" / "random_client.py"), endpoint, str(i), str(i)],
+                    stdout=subprocess.PIPE, env=env, cwd=repo,
                 )
                 for i in range(agents)
             ]
@@ -125,28 +133,35 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
     return env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6
 
 
-def measure(agents: int, steps: int, transport: str, workers: list[int]) -> dict:
+def measure(agents: int, steps: int, transport: str, workers: list[int], baseline: Path | None = None) -> dict:
     # The in-process baseline is taken before, between and after the Parley runs and its median
     # is the denominator: on a shared machine the load drifts during a row.
     runs = [inprocess_steps_per_s(agents, steps)]
+    before: dict[str, float] = {}
+    if baseline is not None:  # the other checkout right before this one, for each K
+        before["k1"], before["k1_defaulted"], before["k1_cpu"] = parley_steps_per_s(agents, steps, 1, transport, repo=baseline)
     k1, defaulted, k1_cpu = parley_steps_per_s(agents, steps, 1, transport)
     runs.append(inprocess_steps_per_s(agents, steps))
     k8, k8_cpu = {}, {}
     for w in workers:
+        if baseline is not None:
+            before[f"k8_{w}"], missing, before[f"k8_{w}_cpu"] = parley_steps_per_s(
+                agents, steps // 8, 8, transport, workers=w, repo=baseline)
+            before["k1_defaulted"] += missing
         k8[w], missing, k8_cpu[w] = parley_steps_per_s(agents, steps // 8, 8, transport, workers=w)
         defaulted += missing
     runs.append(inprocess_steps_per_s(agents, steps))
     inprocess = [rate for rate, _ in runs]
-    baseline = float(np.median(inprocess))
+    baseline_rate = float(np.median(inprocess))
     # CPU time per env step is far less sensitive to other load than steps/s: the second,
     # load-robust view of the same overhead (in-process CPU / Parley's CPU, all processes).
     baseline_cpu = float(np.median([cpu for _, cpu in runs]))
     row = {
         "agents": agents,
-        "inprocess_steps_per_s": round(baseline, 1),
+        "inprocess_steps_per_s": round(baseline_rate, 1),
         "inprocess_spread": [round(min(inprocess), 1), round(max(inprocess), 1)],
         "parley_k1_steps_per_s": round(k1, 1),
-        "ratio_k1": round(k1 / baseline, 3),
+        "ratio_k1": round(k1 / baseline_rate, 3),
         "inprocess_cpu_us_per_step": round(baseline_cpu, 1),
         "parley_k1_cpu_us_per_step": round(k1_cpu, 1),
         "cpu_ratio_k1": round(baseline_cpu / k1_cpu, 3),
@@ -154,10 +169,22 @@ def measure(agents: int, steps: int, transport: str, workers: list[int]) -> dict
     for w in workers:
         suffix = "" if w == 1 else f"_w{w}"
         row[f"parley_k8{suffix}_steps_per_s"] = round(k8[w], 1)
-        row[f"ratio_k8{suffix}"] = round(k8[w] / baseline, 3)
+        row[f"ratio_k8{suffix}"] = round(k8[w] / baseline_rate, 3)
         row[f"parley_k8{suffix}_cpu_us_per_step"] = round(k8_cpu[w], 1)
         row[f"cpu_ratio_k8{suffix}"] = round(baseline_cpu / k8_cpu[w], 3)
     row["defaulted_observations"] = defaulted
+    if baseline is not None:
+        row["before_k1_steps_per_s"] = round(before["k1"], 1)
+        row["before_ratio_k1"] = round(before["k1"] / baseline_rate, 3)
+        row["before_k1_cpu_us_per_step"] = round(before["k1_cpu"], 1)
+        row["before_cpu_ratio_k1"] = round(baseline_cpu / before["k1_cpu"], 3)
+        for w in workers:
+            suffix = "" if w == 1 else f"_w{w}"
+            row[f"before_k8{suffix}_steps_per_s"] = round(before[f"k8_{w}"], 1)
+            row[f"before_ratio_k8{suffix}"] = round(before[f"k8_{w}"] / baseline_rate, 3)
+            row[f"before_k8{suffix}_cpu_us_per_step"] = round(before[f"k8_{w}_cpu"], 1)
+            row[f"before_cpu_ratio_k8{suffix}"] = round(baseline_cpu / before[f"k8_{w}_cpu"], 3)
+        row["before_defaulted_observations"] = int(before["k1_defaulted"])
     row["env_steps"] = steps
     return row
 
@@ -172,8 +199,13 @@ def main() -> None:
     parser.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="K=8 rows with the copies split over W processes (e.g. 1 2)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of Parley (e.g. main) measured side by side in the same run")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / "bench" / "random_client.py").is_file():
+        parser.error(f"--baseline: expected a Parley checkout with bench/random_client.py, got {args.baseline}")
+    baseline = args.baseline.resolve() if args.baseline is not None else None
     if any(n < 1 for n in args.agents):
         parser.error(f"--agents: expected positive counts, got {args.agents}")
     if any(not 1 <= w <= 8 for w in args.workers):
@@ -186,7 +218,7 @@ def main() -> None:
         raise SystemExit(run_across_hosts(args.hosts, args.agents, args.steps, args.repeats, args.json))
 
     started = time.time()
-    rows = [measure(n, args.steps, args.transport, args.workers) for n in args.agents]
+    rows = [measure(n, args.steps, args.transport, args.workers, baseline) for n in args.agents]
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"transport": args.transport, "rows": rows, "load_avg_1m": round(load[0], 2),
@@ -202,10 +234,18 @@ def main() -> None:
               f"{row['ratio_k1']:>6.2f}"
               + "".join(f"  {row[f'parley_k8{suffix}_steps_per_s']:>11.0f}  {row[f'ratio_k8{suffix}']:>6.2f}" for suffix, _ in k8_columns)
               + f"  {row['defaulted_observations']:>9}")
+        if args.baseline is not None:
+            print(f"{'':>3}  {'before':>11}  {row['before_k1_steps_per_s']:>11.0f}  {row['before_ratio_k1']:>6.2f}"
+                  + "".join(f"  {row[f'before_k8{suffix}_steps_per_s']:>11.0f}  {row[f'before_ratio_k8{suffix}']:>6.2f}" for suffix, _ in k8_columns)
+                  + f"  {row['before_defaulted_observations']:>9}")
         print(f"{'':>3}  CPU us/env step: in-process {row['inprocess_cpu_us_per_step']:.0f}, K=1 {row['parley_k1_cpu_us_per_step']:.0f} "
               f"(ratio {row['cpu_ratio_k1']:.2f})"
               + "".join(f", K=8 W={w} {row[f'parley_k8{s}_cpu_us_per_step']:.0f} (ratio {row[f'cpu_ratio_k8{s}']:.2f})"
                         for (s, _), w in zip(k8_columns, args.workers)))
+        if args.baseline is not None:
+            print(f"{'':>3}  before: K=1 {row['before_k1_cpu_us_per_step']:.0f} (ratio {row['before_cpu_ratio_k1']:.2f})"
+                  + "".join(f", K=8 W={w} {row[f'before_k8{s}_cpu_us_per_step']:.0f} (ratio {row[f'before_cpu_ratio_k8{s}']:.2f})"
+                            for (s, _), w in zip(k8_columns, args.workers)))
 
 
 if __name__ == "__main__":

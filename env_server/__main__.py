@@ -26,6 +26,7 @@ from env_server.workers import SplitVectorEnv
 from protocols import messages as m
 from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault
 from protocols.config_errors import ConfigError
+from protocols.jsonlines import FileWriteError
 from protocols.node_config import bind_address, load_node_config, node_keys
 from protocols.seeds import derive_seed
 from protocols.transport import Hub, SocketOptions
@@ -180,6 +181,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         advertise_host=config.network.advertised_host(),
         eval_envs=eval_envs,
         metrics_path=identity.node_dir / "metrics.jsonl",
+        env_kwargs=env_config.kwargs,
     )
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = _stop_on_signals()
@@ -222,8 +224,16 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     except ControlTimeout as error:
         log.error("%s", error)
         return 1
+    except FileWriteError as error:
+        # Its metrics file refused (disk full): one line here, and the orchestrator hears why.
+        log.error("stopping: %s", error.strerror)
+        control.goodbye(f"failure: {error.strerror}")
+        return 1
     finally:
-        server.write_metrics(hub.link_metrics())
+        try:
+            server.write_metrics(hub.link_metrics())
+        except FileWriteError as error:
+            log.error("the last metrics were not written: %s", error.strerror)
         server.close()
         hub.close()
 

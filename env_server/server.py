@@ -29,6 +29,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.episode_hold import EpisodeStartHold
@@ -82,11 +83,13 @@ class EnvServer:
         advertise_host: str | None = None,
         eval_envs: VectorizedParallelEnv | None = None,
         metrics_path: Path | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         clock=time.monotonic,
     ) -> None:
         self.envs = envs
         self.eval_envs = eval_envs
         self.env_name = env_name
+        self.env_kwargs = dict(env_kwargs or {})  # told to clients in the welcome (dataset manifests)
         self.rules = rules
         self.seed = seed
         self.eval_seed = eval_seed
@@ -191,6 +194,7 @@ class EnvServer:
                 step=self.step,
                 task=self.task,
                 global_view=self.global_view.welcome() if request.global_view else None,
+                env_kwargs=self.env_kwargs,
             ),
         )
 
@@ -318,10 +322,16 @@ class EnvServer:
         )
 
     def _send(self, outgoing: list[Outgoing]) -> None:
-        for identity, message in outgoing:
-            if identity in self.global_view_clients and isinstance(message, m.EnvObservation):
-                message = dataclasses.replace(message, **self.global_view.fields())
-            delivered = self.channel.send(message, to=identity)
+        if not outgoing:
+            return
+        if self.global_view_clients:
+            outgoing = [
+                (identity, dataclasses.replace(message, **self.global_view.fields()))
+                if identity in self.global_view_clients and isinstance(message, m.EnvObservation) else (identity, message)
+                for identity, message in outgoing
+            ]
+        # Encoded first, then sent back to back (see Channel.send_batch).
+        for (identity, message), delivered in zip(outgoing, self.channel.send_batch(outgoing)):
             client = self.barrier.client(identity)
             if client is not None and isinstance(message, m.EnvObservation):
                 client.has_current = delivered

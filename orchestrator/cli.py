@@ -6,6 +6,10 @@
     orchestrate status   RUN_DIR                              per-node summary of a run
     orchestrate logs     RUN_DIR NODE [-n LINES] [--follow]   a node's log
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
+    orchestrate sweep    SWEEP.yaml|CONFIG [--grid K=V1,V2 ...] [--seeds 0-4] [--set K=V ...] [--parallel N]
+                         [--sweep-dir DIR] [--dry-run]
+                                                              a grid of overrides x seeds, one run each
+    orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save]  tables of a run's or a sweep's results
 
 RUN_DIR is a run directory, or `runs/<name>` for the latest run of that name.
 
@@ -455,6 +459,48 @@ def _signal_group_or_process(pid: int, signum: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# sweep, report
+# ------------------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator import sweep
+
+    if args.parallel is not None and args.parallel < 1:
+        return _fail(f"--parallel: expected >= 1, got {args.parallel}", EXIT_USAGE)
+    seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
+    spec, base = sweep.load_sweep(args.sweep_file, seeds=seeds, extra_set=args.overrides, grid=args.grid)
+    sweep_dir = (Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(spec)).absolute()
+    runs = sweep.expand(spec, sweep_dir)
+    # Every point's config is checked before anything is launched (or any directory made).
+    sweep.validate_runs(base, runs, check_env=not args.dry_run, source=f"{args.sweep_file} (base {base})")
+    parallel = args.parallel if args.parallel is not None else spec.parallel
+    points = sorted({run.point for run in runs})
+    print(f"sweep {spec.name}: {len(points)} point(s) x {len(spec.seeds)} seed(s) = {len(runs)} run(s) "
+          f"of {base}, {parallel} at a time, into {sweep_dir}")  # fmt: skip
+    if args.dry_run:
+        for run in runs:
+            print(f"  {run.name}: " + " ".join(f"--set {text}" for text in run.overrides))
+        print("dry run: every point's config is valid; nothing launched")
+        return EXIT_OK
+    sweep.claim_sweep_dir(sweep_dir)
+    code = sweep.SweepRunner(spec, base, runs, sweep_dir, parallel).run()
+    failed = [run for run in runs if run.status == "failed"]
+    for run in failed:
+        reason = [line for line in run.error_tail if not line.startswith("run directory:")][-1:] or ["(no output)"]
+        print(f"failed: {run.name} (exit {run.exit_code}): {reason[0]}", file=sys.stderr)
+    print(f"sweep index: {sweep_dir / sweep.SWEEP_INDEX_FILENAME}; `orchestrate report {sweep_dir}` for the results",
+          file=sys.stderr)  # fmt: skip
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator import report
+
+    return report.main(Path(args.path), as_json=args.json, save=args.save)
+
+
+# ------------------------------------------------------------------------------------------
 # Parser and entry point
 # ------------------------------------------------------------------------------------------
 
@@ -505,6 +551,28 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
     down.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for it to stop")
     down.set_defaults(handler=cmd_down)
+
+    sweep = verbs.add_parser("sweep", help="run a grid of config overrides x seeds, one run each, with an index")
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml|CONFIG.yaml",
+                       help="a sweep file (base config, grid, seeds: see configs/sweeps/), or a run config with --grid")  # fmt: skip
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a swept key and its values (each YAML), added to the file's grid; repeatable")  # fmt: skip
+    sweep.add_argument("--sweep-dir", metavar="DIR", help="a new or empty directory (default runs/sweeps/<name>-<timestamp>)")
+    sweep.add_argument("--parallel", "-j", type=int, metavar="N", help="runs at once (default: the file's, else 1)")
+    sweep.add_argument("--seeds", metavar="SEEDS", help="replace the file's seeds: a range 0-4 or a list 0,3,7")
+    sweep.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a fixed override for every point, after the file's `set:` (VALUE is YAML); repeatable",
+    )  # fmt: skip
+    sweep.add_argument("--dry-run", action="store_true", help="validate every point and list the runs; launch nothing")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    report = verbs.add_parser("report", help="tables of a run's results, or one row per point of a sweep")
+    report.add_argument("path", metavar="RUN_DIR|SWEEP_DIR", help="a run directory, runs/<name> (its latest run), or a sweep directory")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    report.add_argument("--save", "--plot", dest="save", action="store_true",
+                        help="also write <dir>/report/summary.md and PNG plots (plots need matplotlib)")  # fmt: skip
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
 from protocols.jsonlines import LineFile, LineWriteError
-from protocols.auth import KEYS_DIRNAME, generate_run_keys
+from protocols.auth import KEYS_DIRNAME
 from protocols.config_errors import ConfigError
 from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
@@ -167,6 +167,10 @@ def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[R
 
 
 def _fill_run_dir(config: RunConfig, path: Path) -> tuple[RunConfig, Path]:
+    # Imported here: drawing CURVE keys takes zmq (protocols/transport.py), which `validate`
+    # and the CLI's start never need.
+    from protocols.transport import generate_run_keys
+
     socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
     keys_dir = generate_run_keys(path / KEYS_DIRNAME, [*config.node_ids(), ORCHESTRATOR_ID])
     layout = RunLayout(
@@ -339,15 +343,20 @@ def file_system_is_full(path: Path) -> bool:
         return False
 
 
-def explain_failure(run_dir: Path, tail_lines: int = 5) -> list[str]:
+def explain_failure(run_dir: Path, node_reasons: dict[str, str] | None = None, tail_lines: int = 5) -> list[str]:
     """Why a run failed, for the terminal: the run's recorded reason, then for each node that
-    exited unexpectedly (first the earliest) its exit code or signal and its log's last lines."""
+    exited unexpectedly (first the earliest) its exit code or signal and its log's last lines.
+    `node_reasons`: what failed nodes said in their goodbye (node id -> reason), which the
+    orchestrator holds in memory; on a full disk these lines say which node stopped and why."""
+    node_reasons = node_reasons or {}
     events = read_jsonl(run_dir / EVENTS_FILENAME)
     unexpected = [e for e in events if e.get("event") == "exited" and not e.get("expected") and e.get("node")]
     if file_system_is_full(run_dir):
-        # The nodes' tracebacks all say the same thing; one line says it better.
-        stopped = ", ".join(sorted({e["node"] for e in unexpected})) or "none"
-        return [f"run failed: {run_dir}: no space left on its file system (nodes that stopped: {stopped})"]
+        # The nodes' logs all end the same way; what each one said it could not write says more.
+        stopped = ", ".join(sorted({e["node"] for e in unexpected} | set(node_reasons))) or "none"
+        lines = [f"run failed: {run_dir}: no space left on its file system (nodes that stopped: {stopped})"]
+        lines += [f"node {node_id} stopped: {said}" for node_id, said in sorted(node_reasons.items())]
+        return lines
     lines = []
     finished = [e for e in events if e.get("event") == "run_finished"]
     if finished and finished[-1].get("reason"):

@@ -72,6 +72,9 @@ class NodeRecord:
     registered: bool = False
     ready: bool = False
     said_goodbye: bool = False
+    # The reason its goodbye gave ("failure: cannot write to ...: no space left ..."), kept in
+    # memory: events.jsonl may be on the same full disk as the node's files.
+    goodbye_reason: str | None = None
     exit_code: int | None = None
     last_status: m.Status | None = None
     last_heard: float = 0.0
@@ -252,7 +255,7 @@ class Orchestrator:
             self._reap_exited()
             self._restart_due()
             if self.events.failed is not None and not self.failure:
-                self.failure = str(self.events.failed)
+                self.failure = self.events.failed.strerror
             self._check_silence()
             if self.nodes and all(
                 n.exit_code is not None and n.restart_at is None for n in self.nodes.values() if n.launch.role == "agent"
@@ -353,6 +356,7 @@ class Orchestrator:
             self.run_complete = True
         elif isinstance(message, m.Goodbye):
             node.said_goodbye = True
+            node.goodbye_reason = message.reason
             self.events.write("goodbye", node_id, reason=message.reason)
         else:
             self.events.write("unexpected_message", node_id, msg_type=envelope.msg_type)
@@ -402,10 +406,12 @@ class Orchestrator:
             return
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
-            self.faults.start(time.monotonic())
             for node_id in self.nodes:
                 self.control.send(m.Start(), to=node_id)
             self.events.write("started", None)
+            # The fault clock starts after the `started` event is stamped, so no fault reads as
+            # earlier than its at_s against that event (sending Start to every node takes time).
+            self.faults.start(time.monotonic())
 
     def _reap_exited(self) -> None:
         for node_id, node in self.nodes.items():
@@ -423,7 +429,9 @@ class Orchestrator:
                                       policy=self.config.faults.restart.policy, requested=node.restart_requested)
                     continue
                 if not expected and not self.shutting_down and not self.failure:
-                    self.failure = f"node {node_id} exited unexpectedly with code {code} (see nodes/{node_id}/log)"
+                    said = failure_said(node)
+                    self.failure = f"node {node_id} exited unexpectedly with code {code}" + (
+                        f": {said}" if said else "") + f" (see nodes/{node_id}/log)"
                 elif node.launch.role == "env_server" and node.killed_by_fault is not None and not self.shutting_down and not self.failure:
                     # A scheduled kill of the env server: the agents cannot step without it and
                     # cannot rejoin a new one, so the run ends here, as a failure with the reason.
@@ -548,15 +556,26 @@ class Orchestrator:
             signal.signal(sig, handler)
 
 
+def failure_said(node: NodeRecord) -> str | None:
+    """What a node said in its goodbye when it stopped for a failure, else None."""
+    reason = node.goodbye_reason or ""
+    return reason.removeprefix("failure: ") if reason.startswith("failure: ") else None
+
+
 def run(plan: LaunchPlan, config: RunConfig) -> int:
     orchestrator = Orchestrator(plan, config)
     code = orchestrator.run()
+    # Why each node that failed said it stopped, from memory (a full disk may have kept it out
+    # of events.jsonl): "node agent_0 stopped: cannot write to ...: no space left on its file system".
+    node_reasons = {node_id: said for node_id, node in orchestrator.nodes.items() if (said := failure_said(node))}
     if orchestrator.events.failed is not None:
-        print(f"run failed: {orchestrator.events.failed}", file=sys.stderr)
+        print(f"run failed: {orchestrator.events.failed.strerror}", file=sys.stderr)
+        for node_id, said in node_reasons.items():
+            print(f"node {node_id} stopped: {said}", file=sys.stderr)
     elif code != 0:
         # Say why on the terminal (which node, how it exited, what it logged last), not only
         # the exit code in the status table.
-        for line in explain_failure(plan.run_dir):
+        for line in explain_failure(plan.run_dir, node_reasons):
             print(line, file=sys.stderr)
     print(f"run directory: {plan.run_dir}", file=sys.stderr)
     return code

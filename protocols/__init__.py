@@ -5,4 +5,4 @@ rejects any other version. This package never imports torch, and imports zmq onl
 `protocols.transport`.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the three-frame envelope (head, body, buffers; protocols/wire.py)

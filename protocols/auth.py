@@ -10,7 +10,8 @@ writes them into `<run dir>/keys/` (directory 0700, every file 0600):
 A node loads `run.json`, `public.json` and its own `nodes/<node>.json` and nothing else, so a
 backend that places nodes on other hosts ships exactly those three files to each host.
 
-How they are used (see `protocols/transport.py`, which applies them where it makes sockets):
+This module is pure (files, HMAC, limits; no zmq): `protocols/transport.py` draws the CURVE key
+pairs (`generate_run_keys`), runs the ZAP handler and applies the keys where it makes sockets:
 
 - **tcp**: every socket speaks ZeroMQ CURVE. Every ROUTER is a CURVE server with the run's server
   key pair; every DEALER is a CURVE client with its node's key pair and the run's server public
@@ -43,7 +44,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,28 +74,29 @@ def _write_private(path: Path, data: dict) -> None:
     os.chmod(path, 0o600)
 
 
-def _curve_keypair() -> tuple[str, str]:
-    import zmq  # only for key generation; the orchestrator already depends on pyzmq
+def write_run_keys(
+    keys_dir: str | Path,
+    server_keypair: tuple[str, str],
+    node_keypairs: dict[str, tuple[str, str]],
+) -> Path:
+    """Write the keys of a run into `keys_dir` (which must not exist yet): a fresh HMAC key, the
+    run's CURVE server key pair and each node's CURVE key pair, all z85 `(public, secret)` pairs.
 
-    public, secret = zmq.curve_keypair()
-    return public.decode("ascii"), secret.decode("ascii")
-
-
-def generate_run_keys(keys_dir: str | Path, node_ids: Iterable[str]) -> Path:
-    """Draw the keys of a run for `node_ids` into `keys_dir` (which must not exist yet)."""
+    The CURVE key pairs are drawn by `protocols.transport.generate_run_keys`, since drawing
+    them takes zmq and this module stays free of it; this one only writes files.
+    """
     keys_dir = Path(keys_dir)
     keys_dir.mkdir(mode=0o700)
     os.chmod(keys_dir, 0o700)  # mkdir's mode is filtered by the umask
     (keys_dir / NODE_KEYS_DIRNAME).mkdir(mode=0o700)
     os.chmod(keys_dir / NODE_KEYS_DIRNAME, 0o700)
-    server_public, server_secret = _curve_keypair()
+    server_public, server_secret = server_keypair
     _write_private(
         keys_dir / RUN_KEYS_FILENAME,
         {"hmac_key": secrets.token_hex(32), "server_public": server_public, "server_secret": server_secret},
     )
     publics: dict[str, str] = {}
-    for node in node_ids:
-        public, secret = _curve_keypair()
+    for node, (public, secret) in node_keypairs.items():
         publics[node] = public
         _write_private(keys_dir / NODE_KEYS_DIRNAME / f"{node}.json", {"public": public, "secret": secret})
     _write_private(keys_dir / PUBLIC_KEYS_FILENAME, {"server_public": server_public, "nodes": publics})
@@ -244,11 +246,14 @@ class BadInputLog:
         clock=time.monotonic,
         one: str = "dropped an invalid message",
         many: str = "dropped {n} invalid messages",
+        preposition: str = "from",
     ) -> None:
         self.logger = logger
         self.where = where
         self.one = one  # the first line of a source: "<where>: <one> from <source>: <reason>"
-        self.many = many  # the aggregated line: "<where>: <many> from <source> in the last 5 s: ..." 
+        self.many = many  # the aggregated line: "<where>: <many> from <source> in the last 5 s: ..."
+        # "from" a peer for messages; "on" a socket for refused handshakes, whose peer is unknown.
+        self.preposition = preposition
         self.interval_s = interval_s
         self.clock = clock
         self.totals: Counter[str] = Counter()
@@ -261,7 +266,7 @@ class BadInputLog:
         self.totals[reason] += 1
         if source not in self._seen_sources and len(self._seen_sources) < 1024:
             self._seen_sources.add(source)
-            self.logger.warning("%s: %s from %s: %s%s", self.where, self.one, source, reason,
+            self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
                                 f": {detail}" if detail else "")
             self._window_started[source] = now
             return
@@ -281,5 +286,5 @@ class BadInputLog:
             self._window_started[source] = now
             total = sum(counts.values())
             reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
-            self.logger.warning("%s: %s from %s in the last %.0f s: %s",
-                                self.where, self.many.format(n=total), source, max(now - started, 0.0), reasons)
+            self.logger.warning("%s: %s %s %s in the last %.0f s: %s", self.where, self.many.format(n=total),
+                                self.preposition, source, max(now - started, 0.0), reasons)

@@ -7,6 +7,11 @@ it. If the file system refuses part of it (ENOSPC, EDQUOT, EIO after a partial w
 is truncated back to its length before the write, so the last line on disk is still whole, and
 `LineWriteError` says which file and why. After such an error the writer refuses further lines:
 a run whose disk is full stops cleanly instead of logging around holes.
+
+`FileWriteError` (LineWriteError is one) is what every write of a node's own files raises when
+the file system refuses it (metrics, checkpoint, replay buffer: `agent_node/persistence.py`'s
+`atomic_write` raises it too): its message names the file and the cause in words, so the node
+logs one line and tells the orchestrator why it stops, instead of dying with a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +21,30 @@ import os
 from pathlib import Path
 
 
-class LineWriteError(OSError):
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class FileWriteError(OSError):
+    """A file of the run could not be written; `strerror` names the file and the cause
+    ("cannot write to PATH: no space left on its file system"), `errno` is the system's."""
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], error: OSError) -> "FileWriteError":
+        return cls(error.errno, f"cannot write to {path}: {describe_os_error(error)}")
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in DISK_FULL_ERRNOS
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of a failed write in words: the same for ENOSPC and EDQUOT on every path."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return "no space left on its file system"
+    return error.strerror or str(error)
+
+
+class LineWriteError(FileWriteError):
     """A line could not be appended; the message names the file and the cause."""
 
 
@@ -48,8 +76,7 @@ class LineFile:
                 os.ftruncate(self._fd, size_before)  # drop the torn tail, if any
             except OSError:
                 pass
-            cause = "no space left on its file system" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or str(error))
-            self.failed = LineWriteError(error.errno, f"cannot write to {self.path}: {cause}")
+            self.failed = LineWriteError.of(self.path, error)
             raise self.failed from None
 
     def close(self) -> None:

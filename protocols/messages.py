@@ -182,8 +182,11 @@ def _build_checker(hint: Any) -> Checker:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         options = [_checker(option) for option in args]
+        optional = type(None) in args
 
         def check_union(value):
+            if value is None and optional:  # `X | None` holding None: the common case, without a failed try
+                return None
             deepest = None
             for option in options:
                 try:
@@ -249,6 +252,30 @@ def _build_checker(hint: Any) -> Checker:
                     raise
             return checked
 
+        plain = args[1] in (str, bytes, np.ndarray)
+        if args[0] is str and (args[1] is Any or plain):
+            # The maps of the lockstep's messages (agent -> array, agent -> anything): checked in
+            # one loop and returned as they are (msgpack built them for this message alone); the
+            # general path above only runs to name what is wrong.
+            value_type = args[1]
+
+            def check_plain_dict(value):
+                if type(value) is dict:
+                    if plain:
+                        for key, element in value.items():
+                            if type(key) is not str or not isinstance(element, value_type):
+                                break
+                        else:
+                            return value
+                    else:
+                        for key in value:
+                            if type(key) is not str:
+                                break
+                        else:
+                            return value
+                return check_dict(value)
+
+            return check_plain_dict
         return check_dict
     raise TypeError(f"unsupported annotation {hint!r} in a message dataclass")
 
@@ -454,6 +481,10 @@ class EnvWelcome:
     # Only for a client that joined with `global_view=True` (env_server/global_view.py): the global
     # state space (encoded with protocols.spaces), where it comes from, and the joint action width.
     global_view: dict[str, Any] | None = None
+    # The keyword arguments the env was built with (`env.kwargs`, validated by the server's typed
+    # `EnvConfig`): a client that records a dataset writes them into its manifest, so it never
+    # reads the env section of resolved.yaml itself.
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @register_message("env.reset")

@@ -14,14 +14,17 @@ imported only when a `tensorboard_dir` is given.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from protocols.jsonlines import LineFile, LineWriteError
+from protocols.jsonlines import LineFile, LineWriteError, describe_os_error
 
 __all__ = ["MetricsWriter", "LineWriteError"]
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -29,6 +32,7 @@ class MetricsWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = LineFile(path)
         self._tensorboard = None
+        self._tensorboard_dir = tensorboard_dir
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter  # a light import; torch's writer needs tensorflow's tensorboard
 
@@ -58,6 +62,12 @@ class MetricsWriter:
         self._counts.clear()
 
     def close(self) -> None:
+        """Close both files. Never raises: it runs while a node shuts down, maybe because its
+        disk is full, and the TensorBoard mirror is a copy of what metrics.jsonl holds."""
         self._file.close()
         if self._tensorboard is not None:
-            self._tensorboard.close()
+            try:
+                self._tensorboard.close()
+            except OSError as error:
+                log.warning("the TensorBoard files in %s were not all written: %s",
+                            self._tensorboard_dir, describe_os_error(error))

@@ -25,6 +25,13 @@ import torch.nn.functional as F
 from agent_node.algos.config import BCConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    checked_obs,
+    load_optimizer,
+    steps_to_take,
+    update_counters,
+)
 from agent_node.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
@@ -66,20 +73,10 @@ class BCAgent:
     def counters(self) -> dict[str, float]:
         """The update contract (roles.Learner.counters): an offline learner owes its configured
         gradient steps once a dataset is loaded; it observes no rows online."""
-        pending = self.gradient_steps_due()
-        return {
-            "bc/gradient_steps": float(self.gradient_steps),
-            "bc/steps_pending": float(pending),
-            "bc/steps_owed": float(self.gradient_steps + pending),
-            "bc/rows_observed": 0.0,
-        }
+        return update_counters("bc", self.gradient_steps, self.gradient_steps_due())
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
-        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
-            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
-        steps = self.gradient_steps_due()
-        if max_gradient_steps is not None:
-            steps = min(steps, max_gradient_steps)
+        steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
         loss_total, accuracy_total = 0.0, 0.0
         for _ in range(steps):
             assert self.data is not None
@@ -99,9 +96,7 @@ class BCAgent:
         return metrics
 
     def action_probabilities(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
-            raise ValueError(f"obs must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+        obs = checked_obs(obs, self.obs_shape)
         with torch.inference_mode():
             return torch.softmax(self.policy(torch.as_tensor(obs, dtype=torch.float32)), dim=1).numpy()
 
@@ -109,17 +104,6 @@ class BCAgent:
         """The most likely action; `explore` changes nothing for an offline policy."""
         index = self.action_probabilities(obs).argmax(axis=1)
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
-
-    def counters(self) -> dict[str, float]:
-        """Offline training: the gradient steps of the configured budget taken and still to take
-        (no env rows are observed)."""
-        pending = self.gradient_steps_due()
-        return {
-            "bc/gradient_steps": float(self.gradient_steps),
-            "bc/steps_pending": float(pending),
-            "bc/steps_owed": float(self.gradient_steps + pending),
-            "bc/rows_observed": 0.0,
-        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -131,12 +115,9 @@ class BCAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "bc":
-            raise ValueError(f"expected a BC state dict (algorithm 'bc'), got algorithm {state.get('algorithm')!r}")
+        check_algorithm(state, "bc", "BC")
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate
+        load_optimizer(self.optimizer, state["optimizer"], self.config.learning_rate)
         self.gradient_steps = int(state["gradient_steps"])
         self.sample_rng.bit_generator.state = state["sample_rng_state"]
 

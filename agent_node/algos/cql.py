@@ -42,6 +42,14 @@ import torch.nn.functional as F
 from agent_node.algos.config import CQLConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    checked_obs,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    update_counters,
+)
 from agent_node.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
@@ -90,25 +98,11 @@ class CQLAgent:
     def counters(self) -> dict[str, float]:
         """The update contract (roles.Learner.counters): an offline learner owes its configured
         gradient steps once a dataset is loaded; it observes no rows online."""
-        pending = self.gradient_steps_due()
-        return {
-            "cql/gradient_steps": float(self.gradient_steps),
-            "cql/steps_pending": float(pending),
-            "cql/steps_owed": float(self.gradient_steps + pending),
-            "cql/rows_observed": 0.0,
-        }
+        return update_counters("cql", self.gradient_steps, self.gradient_steps_due())
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
-        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
-            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
-        steps = self.gradient_steps_due()
-        if max_gradient_steps is not None:
-            steps = min(steps, max_gradient_steps)
-        totals: dict[str, float] = {}
-        for _ in range(steps):
-            for key, value in self._gradient_step().items():
-                totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: total / steps for key, total in totals.items()}
+        steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
+        metrics = run_gradient_steps(self._gradient_step, steps)
         metrics["cql/gradient_steps"] = float(steps)
         metrics["cql/steps_pending"] = float(self.gradient_steps_due())
         return metrics
@@ -150,9 +144,7 @@ class CQLAgent:
     # ------------------------------------------------------------------ Actor
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
-            raise ValueError(f"obs must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+        obs = checked_obs(obs, self.obs_shape)
         with torch.inference_mode():
             return self.q_network(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
@@ -162,17 +154,6 @@ class CQLAgent:
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
 
     # ------------------------------------------------------------------ persistence, ParamSource
-
-    def counters(self) -> dict[str, float]:
-        """Offline training: the gradient steps of the configured budget taken and still to take
-        (no env rows are observed)."""
-        pending = self.gradient_steps_due()
-        return {
-            "cql/gradient_steps": float(self.gradient_steps),
-            "cql/steps_pending": float(pending),
-            "cql/steps_owed": float(self.gradient_steps + pending),
-            "cql/rows_observed": 0.0,
-        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -185,13 +166,10 @@ class CQLAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "cql":
-            raise ValueError(f"expected a CQL state dict (algorithm 'cql'), got algorithm {state.get('algorithm')!r}")
+        check_algorithm(state, "cql", "CQL")
         self.q_network.load_state_dict(state["q_network"])
         self.target_network.load_state_dict(state["target_network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate
+        load_optimizer(self.optimizer, state["optimizer"], self.config.learning_rate)
         self.gradient_steps = int(state["gradient_steps"])
         self.sample_rng.bit_generator.state = state["sample_rng_state"]
 

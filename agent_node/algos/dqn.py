@@ -35,6 +35,16 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    checked_obs,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 
@@ -84,8 +94,7 @@ class DQNAgent:
             raise TypeError(f"DQN needs a Box observation space, got {observation_space!r}")
         if not isinstance(action_space, gym.spaces.Discrete):
             raise TypeError(f"DQN needs a Discrete action space, got {action_space!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_seed(seed)
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
@@ -156,10 +165,7 @@ class DQNAgent:
     def gradient_steps_due(self) -> int:
         """Gradient steps owed for the rows observed so far and not yet taken."""
         cfg = self.config
-        # Learning waits for learning_starts rows, and for at least one batch in the buffer.
-        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
-        trainable_rows = max(0, self.rows_observed - first_trainable_row)
-        return trainable_rows // cfg.train_every - self.gradient_steps
+        return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
@@ -168,33 +174,13 @@ class DQNAgent:
         at least one gradient step ran. How many steps were taken and are still owed is in
         `counters()`, cumulative.
         """
-        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
-            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
-        steps = self.gradient_steps_due()
-        if max_gradient_steps is not None:
-            steps = min(steps, max_gradient_steps)
-
-        totals = {"dqn/loss": 0.0, "dqn/q_mean": 0.0, "dqn/target_mean": 0.0}
-        for _ in range(steps):
-            step_metrics = self._gradient_step()
-            for key, value in step_metrics.items():
-                totals[key] += value
-
-        metrics = {"dqn/epsilon": self.epsilon}
-        if steps > 0:
-            metrics.update({key: total / steps for key, total in totals.items()})
-        return metrics
+        steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
+        return {"dqn/epsilon": self.epsilon, **run_gradient_steps(self._gradient_step, steps)}
 
     def counters(self) -> dict[str, float]:
         """The update-ratio contract, cumulative since the start (not per call): gradient steps
         taken, still pending, owed in all (taken + pending), and rows observed."""
-        pending = self.gradient_steps_due()
-        return {
-            "dqn/gradient_steps": float(self.gradient_steps),
-            "dqn/steps_pending": float(pending),
-            "dqn/steps_owed": float(self.gradient_steps + pending),
-            "dqn/rows_observed": float(self.rows_observed),
-        }
+        return update_counters("dqn", self.gradient_steps, self.gradient_steps_due(), self.rows_observed)
 
     def _gradient_step(self) -> dict[str, float]:
         cfg = self.config
@@ -254,13 +240,10 @@ class DQNAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "dqn":
-            raise ValueError(f"expected a DQN state dict (algorithm 'dqn'), got algorithm {state.get('algorithm')!r}")
+        check_algorithm(state, "dqn", "DQN")
         self.q_network.load_state_dict(state["q_network"])
         self.target_network.load_state_dict(state["target_network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate  # the config, not the checkpoint, sets the rate
+        load_optimizer(self.optimizer, state["optimizer"], self.config.learning_rate)
         self.rows_observed = int(state["rows_observed"])
         self.gradient_steps = int(state["gradient_steps"])
         self.explore_rng.bit_generator.state = state["explore_rng_state"]
@@ -278,7 +261,4 @@ class DQNAgent:
     # ------------------------------------------------------------------ helpers
 
     def _checked_obs(self, obs: np.ndarray, name: str) -> np.ndarray:
-        obs = np.asarray(obs)
-        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
-            raise ValueError(f"{name} must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
-        return obs
+        return checked_obs(obs, self.obs_shape, name)

@@ -108,6 +108,7 @@ import numpy as np
 import torch
 
 from agent_node.algos.config import OGMARLConfig
+from agent_node.algos.learner_parts import check_algorithm, check_seed
 from agent_node.algos.sac import SACAgent
 from agent_node.replay import ReplayBuffer
 from agent_node.reward_models import reward_model_from_spec
@@ -139,8 +140,7 @@ class OGMARLAgent:
             raise ValueError(
                 f"OG-MARL clips imagined states to the observation bounds, which must be finite; got {observation_space!r}"
             )
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_seed(seed)
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
@@ -398,10 +398,7 @@ class OGMARLAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "og_marl":
-            raise ValueError(
-                f"expected an OG-MARL state dict (algorithm 'og_marl'), got algorithm {state.get('algorithm')!r}"
-            )
+        check_algorithm(state, "og_marl", "OG-MARL")
         saved_buffer = state["model_buffer"]
         buffer = self.model_buffer
         size, position = int(saved_buffer["size"]), int(saved_buffer["position"])

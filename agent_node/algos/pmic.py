@@ -93,6 +93,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import PMICConfig
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 from agent_node.algos.mutual_information import GaussianCLUB, JSDMutualInformation
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.replay import ReplayBuffer
@@ -274,8 +283,7 @@ class PMICAgent:
             raise ValueError(f"num_agents must be an int >= 2 (PMIC is about joint actions), got {num_agents!r}")
         if not isinstance(agent_index, int) or not 0 <= agent_index < num_agents:
             raise ValueError(f"agent_index must be in [0, {num_agents}), got {agent_index!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_seed(seed)
 
         self.config = config
         self.observation_space = observation_space
@@ -413,32 +421,12 @@ class PMICAgent:
 
     def gradient_steps_due(self) -> int:
         cfg = self.config
-        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
-        trainable_rows = max(0, self.rows_observed - first_trainable_row)
-        return trainable_rows // cfg.train_every - self.gradient_steps
-
-    def counters(self) -> dict[str, float]:
-        """The update-ratio contract (roles.Learner.counters), cumulative since the start."""
-        pending = self.gradient_steps_due()
-        return {
-            "pmic/gradient_steps": float(self.gradient_steps),
-            "pmic/steps_pending": float(pending),
-            "pmic/steps_owed": float(self.gradient_steps + pending),
-            "pmic/rows_observed": float(self.rows_observed),
-        }
+        return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them."""
-        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
-            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
-        steps = self.gradient_steps_due()
-        if max_gradient_steps is not None:
-            steps = min(steps, max_gradient_steps)
-        totals: dict[str, float] = {}
-        for _ in range(steps):
-            for key, value in self._gradient_step().items():
-                totals[key] = totals.get(key, 0.0) + value
-        metrics = {key: total / steps for key, total in totals.items()}
+        steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
+        metrics = run_gradient_steps(self._gradient_step, steps)
         metrics.update(
             {
                 "pmic/gradient_steps": float(steps),
@@ -571,13 +559,7 @@ class PMICAgent:
 
     def counters(self) -> dict[str, float]:
         """The update-ratio contract, cumulative since the start (see roles.Learner.counters)."""
-        pending = self.gradient_steps_due()
-        return {
-            "pmic/gradient_steps": float(self.gradient_steps),
-            "pmic/steps_pending": float(pending),
-            "pmic/steps_owed": float(self.gradient_steps + pending),
-            "pmic/rows_observed": float(self.rows_observed),
-        }
+        return update_counters("pmic", self.gradient_steps, self.gradient_steps_due(), self.rows_observed)
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizers, counters, RNGs and the PMIC buffers (as tensors); the replay
@@ -611,8 +593,7 @@ class PMICAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "pmic":
-            raise ValueError(f"expected a PMIC state dict (algorithm 'pmic'), got algorithm {state.get('algorithm')!r}")
+        check_algorithm(state, "pmic", "PMIC")
         for name, module in self._modules_by_name().items():
             module.load_state_dict(state["networks"][name])
         learning_rates = {
@@ -623,9 +604,7 @@ class PMICAgent:
             "club": self.config.mi_lr,
         }
         for name, optimizer in self._optimizers_by_name().items():
-            optimizer.load_state_dict(state["optimizers"][name])
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rates[name]  # the config, not the checkpoint, sets the rates
+            load_optimizer(optimizer, state["optimizers"][name], learning_rates[name])
         self.rows_observed = int(state["rows_observed"])
         self.gradient_steps = int(state["gradient_steps"])
         self.episodes_superior = int(state["episodes_superior"])

@@ -54,6 +54,16 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import SACConfig
 from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.learner_parts import (
+    check_algorithm,
+    check_seed,
+    checked_obs,
+    load_optimizer,
+    run_gradient_steps,
+    steps_to_take,
+    trainable_rows,
+    update_counters,
+)
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 
@@ -144,8 +154,7 @@ class SACAgent:
             raise ValueError(f"SAC rescales tanh to the action bounds, which must be finite; got {action_space!r}")
         if not np.all(action_space.high > action_space.low):
             raise ValueError(f"SAC needs high > low in every action dimension, got {action_space!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        check_seed(seed)
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
@@ -276,10 +285,7 @@ class SACAgent:
     def gradient_steps_due(self) -> int:
         """Gradient steps owed for the rows observed so far and not yet taken."""
         cfg = self.config
-        # Learning waits for learning_starts rows, and for at least one batch in the buffer.
-        first_trainable_row = max(cfg.learning_starts, cfg.batch_size)
-        trainable_rows = max(0, self.rows_observed - first_trainable_row)
-        return trainable_rows * cfg.updates_per_step - self.gradient_steps
+        return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) * cfg.updates_per_step - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
@@ -288,31 +294,15 @@ class SACAgent:
         `sac/real_fraction` only when at least one gradient step ran. How many steps were taken
         and are still owed is in `counters()`, cumulative.
         """
-        if max_gradient_steps is not None and (not isinstance(max_gradient_steps, int) or max_gradient_steps < 0):
-            raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
-        steps = self.gradient_steps_due()
-        if max_gradient_steps is not None:
-            steps = min(steps, max_gradient_steps)
-
-        totals: dict[str, float] = {}
-        for _ in range(steps):
-            for key, value in self._gradient_step().items():
-                totals[key] = totals.get(key, 0.0) + value
-
-        metrics = {key: total / steps for key, total in totals.items()}
+        steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
+        metrics = run_gradient_steps(self._gradient_step, steps)
         metrics["sac/alpha"] = self.alpha
         return metrics
 
     def counters(self) -> dict[str, float]:
         """The update-ratio contract, cumulative since the start (not per call): gradient steps
         taken, still pending, owed in all (taken + pending), and rows observed."""
-        pending = self.gradient_steps_due()
-        return {
-            "sac/gradient_steps": float(self.gradient_steps),
-            "sac/steps_pending": float(pending),
-            "sac/steps_owed": float(self.gradient_steps + pending),
-            "sac/rows_observed": float(self.rows_observed),
-        }
+        return update_counters("sac", self.gradient_steps, self.gradient_steps_due(), self.rows_observed)
 
     def _gradient_step(self) -> dict[str, float]:
         cfg = self.config
@@ -410,8 +400,7 @@ class SACAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "sac":
-            raise ValueError(f"expected a SAC state dict (algorithm 'sac'), got algorithm {state.get('algorithm')!r}")
+        check_algorithm(state, "sac", "SAC")
         for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
             getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():
@@ -422,10 +411,7 @@ class SACAgent:
             "alpha_optimizer": self.config.alpha_lr,
         }
         for name, learning_rate in learning_rates.items():
-            optimizer = getattr(self, name)
-            optimizer.load_state_dict(state[name])
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate  # the config, not the checkpoint, sets the rate
+            load_optimizer(getattr(self, name), state[name], learning_rate)
         self.rows_observed = int(state["rows_observed"])
         self.gradient_steps = int(state["gradient_steps"])
         self.noise_generator.set_state(state["noise_generator_state"])
@@ -444,7 +430,4 @@ class SACAgent:
     # ------------------------------------------------------------------ helpers
 
     def _checked_obs(self, obs: np.ndarray, name: str) -> np.ndarray:
-        obs = np.asarray(obs)
-        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
-            raise ValueError(f"{name} must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
-        return obs
+        return checked_obs(obs, self.obs_shape, name)

@@ -36,6 +36,7 @@ import torch
 
 from agent_node.algos.config import SharedDQNConfig
 from agent_node.algos.dqn import DQNAgent
+from agent_node.algos.learner_parts import check_algorithm, checked_obs
 from agent_node.roles import Transition
 
 
@@ -58,9 +59,7 @@ class AgentIndexEncoding:
         self.width = max_obs_dim + max_agents
 
     def encode(self, obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        if obs.ndim != len(self.obs_shape) + 1 or obs.shape[1:] != self.obs_shape:
-            raise ValueError(f"obs must have shape (K, {', '.join(map(str, self.obs_shape))}), got {obs.shape}")
+        obs = checked_obs(obs, self.obs_shape)
         encoded = np.zeros((obs.shape[0], self.width), np.float32)
         encoded[:, : self.obs_dim] = obs.reshape(obs.shape[0], -1)
         encoded[:, self.max_obs_dim + self.agent_index] = 1.0
@@ -126,10 +125,6 @@ class SharedDQNAgent:
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         return self.dqn.update(max_gradient_steps)
 
-    def counters(self) -> dict[str, float]:
-        """The inner DQN's cumulative update counters (`dqn/gradient_steps`, ...)."""
-        return self.dqn.counters()
-
     def state_dict(self) -> dict[str, Any]:
         """DQN's state plus the input layout. The agent index is not saved: it belongs to the run
         that loads the checkpoint, so agent 1 of a 2-agent run can become agent 3 of a 4-agent run."""
@@ -141,8 +136,7 @@ class SharedDQNAgent:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("algorithm") != "shared_dqn":
-            raise ValueError(f"expected a shared DQN state dict (algorithm 'shared_dqn'), got algorithm {state.get('algorithm')!r}")
+        check_algorithm(state, "shared_dqn", "shared DQN")
         layout = (int(state["max_obs_dim"]), int(state["max_agents"]))
         if layout != (self.config.max_obs_dim, self.config.max_agents):
             raise ValueError(

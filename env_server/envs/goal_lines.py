@@ -96,6 +96,7 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
+from env_server.envs.arguments import require_int
 # The goal indices and the reward live in protocols/goal_space.py (the agents compute their goal
 # rewards with the same function, and agent_node never imports env_server); re-exported here.
 from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
@@ -145,14 +146,6 @@ def achieved_goals(touched: list[int], num_landmarks: int) -> np.ndarray:
     return np.array(sorted(goals), dtype=np.int64)
 
 
-def _require_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 class GoalLinesEnv(ParallelEnv):
     """The Dec-IMSAP goal-lines room on a grid; see the module documentation."""
 
@@ -168,15 +161,15 @@ class GoalLinesEnv(ParallelEnv):
         beta: float = BETA,
         render_mode: str | None = None,
     ) -> None:
-        self.size = _require_int("size", size, minimum=7)
-        self.num_landmarks = _require_int("num_landmarks", num_landmarks, minimum=3)
+        self.size = require_int("size", size, minimum=7)
+        self.num_landmarks = require_int("num_landmarks", num_landmarks, minimum=3)
         self.strips = landmark_cells(self.num_landmarks, self.size)
-        self.max_steps = _require_int("max_steps", max_steps, minimum=1)
-        self.population = _require_int("population", population, minimum=1)
+        self.max_steps = require_int("max_steps", max_steps, minimum=1)
+        self.population = require_int("population", population, minimum=1)
         if active_per_episode is None:
             self.active_per_episode = self.population
         else:
-            self.active_per_episode = _require_int("active_per_episode", active_per_episode, minimum=1)
+            self.active_per_episode = require_int("active_per_episode", active_per_episode, minimum=1)
             if self.active_per_episode > self.population:
                 raise ValueError(
                     f"active_per_episode ({active_per_episode}) must not exceed population ({population})"

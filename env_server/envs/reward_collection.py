@@ -149,6 +149,8 @@ import numpy as np
 from gymnasium.spaces import Box
 from pettingzoo import ParallelEnv
 
+from env_server.envs.arguments import require_int
+
 WORLD_LOW = -10.0
 WORLD_HIGH = 10.0
 START_RADIUS = 6.0
@@ -242,15 +244,6 @@ def start_positions(num_agents: int) -> np.ndarray:
     return START_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
-def _require_int(name: str, value: Any, minimum: int) -> int:
-    # bool is an int subclass; `num_agents=True` is a mistake, not one agent.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 class RewardCollectionEnv(ParallelEnv):
     """OG-MARL's reward collection task; see the module documentation."""
 
@@ -267,8 +260,8 @@ class RewardCollectionEnv(ParallelEnv):
     ):
         # `num_agents` is a read-only ParallelEnv property (the number of live agents), so the
         # team size is kept as `n_agents`.
-        self.n_agents = _require_int("num_agents", num_agents, minimum=1)
-        self.max_cycles = _require_int("max_cycles", max_cycles, minimum=1)
+        self.n_agents = require_int("num_agents", num_agents, minimum=1)
+        self.max_cycles = require_int("max_cycles", max_cycles, minimum=1)
         if not isinstance(action_penalty, (bool, np.bool_)):
             raise TypeError(
                 f"action_penalty must be a bool, got {type(action_penalty).__name__}"
@@ -285,7 +278,7 @@ class RewardCollectionEnv(ParallelEnv):
                 f"action_penalty_coef must be finite and >= 0, got {action_penalty_coef}"
             )
         self.action_penalty_coef = float(action_penalty_coef)
-        self.dynamics_seed = _require_int("dynamics_seed", dynamics_seed, minimum=0)
+        self.dynamics_seed = require_int("dynamics_seed", dynamics_seed, minimum=0)
         if render_mode is not None:
             raise ValueError(
                 "render_mode must be None (reward_collection_v0 renders nothing), "

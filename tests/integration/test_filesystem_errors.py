@@ -109,3 +109,14 @@ def test_a_disk_that_fills_during_the_run_stops_it_cleanly_with_whole_lines(tmpf
         for line in text.splitlines():
             json.loads(line)  # every line whole
     assert_all_reaped(launched_pids(read_events(run_dir)))
+    # The terminal says which node stopped and which of its own files the disk refused; the
+    # node's log says the same in one line, and no traceback runs through our code.
+    said = [line for line in result.stderr.splitlines() if line.startswith("node ") and " stopped: cannot write to " in line]
+    assert said, result.stderr[-3000:]
+    for line in said:
+        node = line.split()[1]
+        assert f"cannot write to {run_dir}/nodes/{node}/" in line and line.endswith(": no space left on its file system"), line
+        log = (run_dir / "nodes" / node / "log").read_text(errors="replace")
+        assert f"ERROR stopping: {line.split(' stopped: ', 1)[1]}" in log, log[-3000:]
+        for package in ("agent_node", "env_server", "protocols", "orchestrator"):
+            assert f'File "{REPO}/{package}/' not in log, f"a traceback through {package} in {node}'s log: {log[-3000:]}"

@@ -112,10 +112,9 @@ def test_down_stops_what_a_dead_orchestrator_left_running(tmp_path, kill_leftove
     assert "ended" in cli("status", str(run_dir)).stdout
 
 
-def test_ctrl_c_two_seconds_after_up_leaves_no_child_after_5_s(tmp_path, kill_leftovers):
-    run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *LONG)
-    time.sleep(2.0)  # the point of the test: an interrupt at an arbitrary moment of start-up
+def interrupt_and_expect_no_child_after_5_s(process, run_dir: Path, kill_leftovers: list[int]) -> None:
+    """Ctrl-C `orchestrate up` now: it exits 130 within 5 s (+1 s of slack), every node it
+    launched has exited (and is recorded so) within 5 s of the interrupt, and all are reaped."""
     process.send_signal(signal.SIGINT)
     interrupted_at = time.monotonic()
     _, stderr = process.communicate(timeout=60)
@@ -129,6 +128,13 @@ def test_ctrl_c_two_seconds_after_up_leaves_no_child_after_5_s(tmp_path, kill_le
     assert_all_reaped(pids)
 
 
+def test_ctrl_c_two_seconds_after_up_leaves_no_child_after_5_s(tmp_path, kill_leftovers):
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *LONG)
+    time.sleep(2.0)  # the point of the test: an interrupt at an arbitrary moment of start-up
+    interrupt_and_expect_no_child_after_5_s(process, run_dir, kill_leftovers)
+
+
 @pytest.mark.parametrize("moment", ["launched", "registered"])
 def test_ctrl_c_while_nodes_start_leaves_no_child_after_5_s(tmp_path, kill_leftovers, moment):
     """The hard moments: nodes forked but not registered, or registered and waiting on each other."""
@@ -138,16 +144,7 @@ def test_ctrl_c_while_nodes_start_leaves_no_child_after_5_s(tmp_path, kill_lefto
     while not any(e["event"] == moment for e in read_events(run_dir)):
         assert process.poll() is None and time.monotonic() < deadline, f"no {moment!r} event"
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    interrupted_at = time.monotonic()
-    _, stderr = process.communicate(timeout=60)
-    events = read_events(run_dir)
-    pids = launched_pids(events)
-    kill_leftovers.extend(pids.values())
-    wait_until_gone(pids, timeout_s=max(0.0, 5.0 - (time.monotonic() - interrupted_at)) + 0.01)
-    assert process.returncode == 130, stderr.decode()[-3000:]
-    assert time.monotonic() - interrupted_at < 5.0 + 1.0, "orchestrate up itself returned late"
-    assert {e["node"] for e in events if e["event"] == "exited"} == set(pids)
+    interrupt_and_expect_no_child_after_5_s(process, run_dir, kill_leftovers)
 
 
 def test_a_paused_node_is_detected_and_shown_and_resumes(tmp_path, kill_leftovers):

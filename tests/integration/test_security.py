@@ -120,6 +120,13 @@ def last_step(run_dir: Path, node: str) -> int:
     return max(steps)
 
 
+def last_metric(run_dir: Path, node: str, name: str) -> float:
+    rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    values = [row[name] for row in rows if name in row]
+    assert values, f"{node} never reported {name}"
+    return values[-1]
+
+
 def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}")
@@ -131,6 +138,14 @@ def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
     assert received == 0  # CURVE: no handshake, nothing comes back
     env_log = node_log(run_dir, "env")
     assert env_log.count("client agent_0 joined") == 1, env_log[-3000:]  # the real one, once
+    # The refused handshakes are counted per socket (2 plain DEALERs, 1 with a key of its own) and
+    # logged in aggregate: one line at once, the rest per 5 s window, never one line each.
+    assert "env: refused a handshake on env: " in env_log, env_log[-3000:]
+    assert env_log.count("refused") <= 4, env_log[-3000:]
+    assert "unknown key" in env_log and "no CURVE" in env_log, env_log[-3000:]
+    assert last_metric(run_dir, "env", "security/refused_handshakes/env") >= 3
+    for node in ("agent_0", "agent_2"):  # one plain DEALER knocked on each one's peer socket
+        assert last_metric(run_dir, node, "security/refused_handshakes/peers") >= 1
     for node in ("agent_0", "agent_1", "agent_2"):
         log = node_log(run_dir, node)
         assert "restarted" not in log, log[-2000:]

@@ -208,3 +208,26 @@ def test_writers_killed_with_sigkill_leave_only_complete_chunks_and_resume(tmp_p
         np.testing.assert_array_equal(arrays["reward"], arrays["env_step"].astype(np.float32))
         np.testing.assert_array_equal(arrays["obs"][:, 0], (arrays["env_step"] % 7).astype(np.float32))
     assert count >= 12 * 200
+
+
+def test_a_recording_node_takes_the_env_kwargs_from_the_servers_welcome(tmp_path):
+    """The manifest's env kwargs travel in the welcome (the server's typed env section), not
+    from a second, untyped read of resolved.yaml by the agent node."""
+    from agent_node.recording import DATASET_DIRNAME, TransitionRecorder
+    from protocols import messages as m
+    from protocols import wire
+    from protocols.spaces import encode_space
+
+    sent = m.EnvWelcome(
+        env_name="mpe2.simple_spread_v3", num_copies=2, agents=["agent_0"], possible_agents=["agent_0", "agent_1"],
+        observation_spaces={"agent_0": encode_space(OBS_SPACE)}, action_spaces={"agent_0": encode_space(ACTION_SPACE)},
+        autoreset=True, max_steps=None, env_kwargs={"N": 2, "max_cycles": 25, "continuous_actions": False},
+    )
+    welcome = wire.decode(wire.encode(sent, sender="env", run_id="r", seq=1)).message
+    (tmp_path / "resolved.yaml").write_text("env: {kwargs: {N: 99}}\n")  # never read: the welcome says
+    recorder = TransitionRecorder.for_node(tmp_path, welcome, "agent_0", 0, {"run_seed": 7}, {"kind": "dqn"})
+    recorder.record(1, rows(np.random.default_rng(0), [0, 1]))
+    recorder.close()
+    manifest = json.loads((tmp_path / DATASET_DIRNAME / "agent_0" / "manifest.json").read_text())
+    assert manifest["env"] == {"name": "mpe2.simple_spread_v3", "kwargs": {"N": 2, "max_cycles": 25, "continuous_actions": False},
+                               "possible_agents": ["agent_0", "agent_1"]}

@@ -1,31 +1,17 @@
-"""Whole lines or nothing: protocols/jsonlines.py on a real, small tmpfs that fills up."""
+"""Whole lines or nothing: protocols/jsonlines.py on a real, small tmpfs that fills up
+(`small_tmpfs`, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 
 from protocols.jsonlines import LineFile, LineWriteError
 from protocols.metrics import MetricsWriter
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 64 KiB tmpfs (root only); always unmounted."""
-    mount_point = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_lines_are_appended_whole(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import gymnasium as gym
@@ -13,6 +14,7 @@ from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.persistence import NodePersistence, atomic_write, load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
+from protocols.jsonlines import FileWriteError
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
@@ -109,3 +111,36 @@ def test_a_node_that_learns_nothing_keeps_no_replay_and_can_start_from_another_r
     np.testing.assert_array_equal(trained.act(probe, explore=False), fresh.act(probe, explore=False))
     evaluator.save_all(4, fresh, episodes=0)
     assert evaluator.checkpoint_path.exists() and not evaluator.replay_path.exists()
+
+
+@pytest.fixture
+def full_disk(small_tmpfs):
+    """`small_tmpfs` (tests/conftest.py) with one small file on it, then filled to the last block."""
+    (small_tmpfs / "node").mkdir()
+    atomic_write(small_tmpfs / "node" / "latest.pt", lambda file: file.write(b"the previous checkpoint"))
+    with pytest.raises(OSError):
+        with open(small_tmpfs / "filler", "wb") as filler:
+            while True:
+                filler.write(b"x" * 4096)
+                filler.flush()
+    return small_tmpfs / "node"
+
+
+def test_a_checkpoint_on_a_full_disk_fails_naming_the_file_and_keeps_the_previous_one(full_disk):
+    path = full_disk / "latest.pt"
+    with pytest.raises(FileWriteError) as refused:
+        save_checkpoint(path, {"w": torch.zeros(50_000)})
+    # Not torch's "[enforce fail at inline_container.cc] unexpected pos": the file and the cause.
+    assert refused.value.strerror == f"cannot write to {path}: no space left on its file system"
+    assert refused.value.errno == errno.ENOSPC and refused.value.disk_full
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert sorted(p.name for p in full_disk.iterdir()) == ["latest.pt"]  # no temporary left
+
+
+def test_a_replay_buffer_on_a_full_disk_fails_naming_the_file(full_disk):
+    agent = small_agent(seed=0)
+    agent.observe(some_transitions(40))
+    path = full_disk / "buffer.npz"
+    with pytest.raises(FileWriteError, match=f"cannot write to {path}.*: no space left on its file system"):
+        agent.replay.save(path)
+    assert not path.exists()

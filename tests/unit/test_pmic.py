@@ -217,7 +217,7 @@ def test_gradient_steps_follow_rows_and_change_every_trained_network():
         assert changed, f"{name} did not change"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(300)  # ~10 s idle; 100 s seen at load 20
 def test_two_decentralized_agents_learn_a_team_task():
     """Shared reward -(|u_0 - s[:2]/2|^2 + |u_1 - s[2:]/2|^2): each agent must learn its own part.
 

@@ -92,6 +92,30 @@ def fit_agents(config: SparseGPConfig, rng: np.random.Generator):
 # ------------------------------------------------------------------------------- fusion
 
 
+def ring_consensus(statistics: list[dict[str, np.ndarray]], rounds: int) -> list[dict[str, np.ndarray]]:
+    """The real consensus engines, `rounds` synchronous rounds on a ring of NUM_AGENTS (self 0.5,
+    each neighbour 0.25, ALGORITHMS.md section 1), driven through the network simulator; each
+    agent starts from its entry of `statistics`. Returns each agent's result, in ring order."""
+    ring5 = ring(NUM_AGENTS)
+    weights = uniform_neighbour_weights(ring5, 0.5)
+    engines = {
+        node: SyncConsensus(
+            node,
+            {ring5.nodes[j]: float(weights[i, j]) for j in ring5.neighbours(i)},
+            float(weights[i, i]),
+            rounds=rounds,
+            round_timeout_s=1.0,
+        )
+        for i, node in enumerate(ring5.nodes)
+    }
+    simulator = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.001)), seed=0)
+    for node, own in zip(ring5.nodes, statistics):
+        simulator.call(node, lambda engine, now, stats=own: engine.start(ConsensusRequest(stats, 1), now))
+    simulator.run()
+    assert all(engine.done and not any(engine.missing_by_round) for engine in engines.values())
+    return [engines[node].result for node in ring5.nodes]
+
+
 @pytest.mark.parametrize(
     "config",
     [make_config(), make_config(inducing="seeded_uniform", num_inducing=150, inducing_seed=3)],
@@ -122,25 +146,7 @@ def test_ring_consensus_for_100_rounds_matches_centralized_on_every_agent():
     neighbour 0.25, ALGORITHMS.md section 1), driven through the network simulator."""
     rng = np.random.default_rng(1)
     models, datasets = fit_agents(make_config(), rng)
-    ring5 = ring(NUM_AGENTS)
-    weights = uniform_neighbour_weights(ring5, 0.5)
-    engines = {
-        node: SyncConsensus(
-            node,
-            {ring5.nodes[j]: float(weights[i, j]) for j in ring5.neighbours(i)},
-            float(weights[i, i]),
-            rounds=100,
-            round_timeout_s=1.0,
-        )
-        for i, node in enumerate(ring5.nodes)
-    }
-    simulator = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.001)), seed=0)
-    for node, model in zip(ring5.nodes, models):
-        statistics = model.export_statistics()
-        simulator.call(node, lambda engine, now, stats=statistics: engine.start(ConsensusRequest(stats, 1), now))
-    simulator.run()
-    assert all(engine.done and not any(engine.missing_by_round) for engine in engines.values())
-    values = [engines[node].result for node in ring5.nodes]
+    values = ring_consensus([model.export_statistics() for model in models], rounds=100)
     inputs, targets = pooled(datasets)
     queries = query_inputs(rng)
     expected = centralized_for(models[0], inputs, targets, queries)
@@ -510,30 +516,13 @@ def test_ring_consensus_at_the_shipped_size_matches_centralized(data_seed):
     exported = [model.export_statistics() for model in models]
     exact = {name: np.mean([stats[name] for stats in exported], axis=0) for name in ("J", "h")}
 
-    ring5 = ring(NUM_AGENTS)
-    weights = uniform_neighbour_weights(ring5, 0.5)
-    engines = {
-        node: SyncConsensus(
-            node,
-            {ring5.nodes[j]: float(weights[i, j]) for j in ring5.neighbours(i)},
-            float(weights[i, i]),
-            rounds=100,
-            round_timeout_s=1.0,
-        )
-        for i, node in enumerate(ring5.nodes)
-    }
-    simulator = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.001)), seed=0)
-    for node, statistics in zip(ring5.nodes, exported):
-        simulator.call(node, lambda engine, now, stats=statistics: engine.start(ConsensusRequest(stats, 1), now))
-    simulator.run()
-    assert all(engine.done and not any(engine.missing_by_round) for engine in engines.values())
+    averaged_by_agent = ring_consensus(exported, rounds=100)
 
     inputs, targets = pooled(datasets)
     queries = query_inputs(np.random.default_rng(10 + data_seed))
     expected = centralized_for(models[0], inputs, targets, queries)
     eps = float(np.finfo(np.float64).eps)
-    for node, model in zip(ring5.nodes, models):
-        averaged = engines[node].result
+    for averaged, model in zip(averaged_by_agent, models):
         for name in ("J", "h"):
             assert np.linalg.norm(averaged[name] - exact[name]) / np.linalg.norm(exact[name]) < 1e-13
         model.import_statistics(averaged, num_agents=NUM_AGENTS)

@@ -1,0 +1,88 @@
+"""Small pieces every learner of this package shares, so that each algorithm file holds its method
+and not another copy of the bookkeeping around it.
+
+- `update_counters`: the update-ratio contract of `roles.Learner.counters` (gradient steps taken,
+  pending, owed, rows observed), under the learner's metric prefix.
+- `steps_to_take`: how many gradient steps one `update(max_gradient_steps)` call runs.
+- `run_gradient_steps`: run them and average each metric over them.
+- `trainable_rows`: the observed rows that count towards gradient steps (online learners).
+- `check_algorithm`: a state dict handed to `load_state_dict` is of this learner.
+- `load_optimizer`: restore an optimizer from a checkpoint, with the learning rate the config
+  (not the checkpoint) sets, so a resumed run can change its rate.
+- `checked_obs`: a batch of observations has the shape (K, *obs_shape).
+- `check_seed`: a learner's seed is a non-negative int (a bool is not one).
+
+No torch import: these only call methods of the objects they are given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+
+def update_counters(prefix: str, gradient_steps: int, steps_pending: int, rows_observed: int = 0) -> dict[str, float]:
+    """`<prefix>/gradient_steps` taken, `<prefix>/steps_pending` owed and not yet taken,
+    `<prefix>/steps_owed` (their sum) and `<prefix>/rows_observed`, cumulative since the start.
+    Offline learners observe no rows online: their `rows_observed` stays 0."""
+    return {
+        f"{prefix}/gradient_steps": float(gradient_steps),
+        f"{prefix}/steps_pending": float(steps_pending),
+        f"{prefix}/steps_owed": float(gradient_steps + steps_pending),
+        f"{prefix}/rows_observed": float(rows_observed),
+    }
+
+
+def steps_to_take(steps_due: int, max_gradient_steps: int | None) -> int:
+    """The gradient steps one `update` call runs: those due, at most `max_gradient_steps`."""
+    if max_gradient_steps is None:
+        return steps_due
+    if not isinstance(max_gradient_steps, int) or max_gradient_steps < 0:
+        raise ValueError(f"max_gradient_steps must be None or a non-negative int, got {max_gradient_steps!r}")
+    return min(steps_due, max_gradient_steps)
+
+
+def run_gradient_steps(gradient_step: Callable[[], dict[str, float]], steps: int) -> dict[str, float]:
+    """Call `gradient_step` `steps` times; each metric it returns, averaged over the calls
+    (nothing when `steps` is 0: no loss was computed, so none is reported)."""
+    totals: dict[str, float] = {}
+    for _ in range(steps):
+        for key, value in gradient_step().items():
+            totals[key] = totals.get(key, 0.0) + value
+    return {key: total / steps for key, total in totals.items()}
+
+
+def trainable_rows(rows_observed: int, learning_starts: int, batch_size: int) -> int:
+    """The observed rows past the first trainable one: learning waits for `learning_starts` rows,
+    and for at least one batch in the buffer. Each learner turns them into steps its own way
+    (DQN, PMIC: one per `train_every` rows; SAC: `updates_per_step` per row)."""
+    return max(0, rows_observed - max(learning_starts, batch_size))
+
+
+def check_algorithm(state: Mapping[str, Any], algorithm: str, name: str) -> None:
+    """Refuse a state dict of another learner: "expected a DQN state dict (algorithm 'dqn'), ..."."""
+    if state.get("algorithm") != algorithm:
+        article = "an" if name[:1].upper() in "AEIOU" else "a"
+        raise ValueError(f"expected {article} {name} state dict (algorithm {algorithm!r}), got algorithm {state.get('algorithm')!r}")
+
+
+def load_optimizer(optimizer: Any, state: Mapping[str, Any], learning_rate: float) -> None:
+    """`optimizer.load_state_dict(state)`, then the config's learning rate on every group."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate  # the config, not the checkpoint, sets the rate
+
+
+def checked_obs(obs: np.ndarray, obs_shape: tuple[int, ...], name: str = "obs") -> np.ndarray:
+    """`obs` as an array of shape (K, *obs_shape), or a ValueError naming `name` and both shapes."""
+    obs = np.asarray(obs)
+    if obs.ndim != len(obs_shape) + 1 or obs.shape[1:] != tuple(obs_shape):
+        raise ValueError(f"{name} must have shape (K, {', '.join(map(str, obs_shape))}), got {obs.shape}")
+    return obs
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed that is not a non-negative int (numpy ints count; bools do not)."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")

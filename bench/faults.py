@@ -1,0 +1,177 @@
+"""What peer-link delay and loss do to consensus and to learning, on real runs: a small sweep.
+
+    python bench/faults.py [--delays-ms 0,50,200] [--losses 0,0.1,0.3] [--seeds 0] [--agents 4]
+                           [--steps 60] [--rounds 8] [--round-timeout-s 1.0] [--parallel 1]
+                           [--sweep-dir DIR] [--json]
+    python bench/faults.py --table-of SWEEP_DIR      # the table of an earlier run, nothing run
+
+It writes a sweep file and runs `orchestrate sweep` on it (every point an ordinary `orchestrate
+up`: real processes, real sockets, the emulated links of protocols/links.py), then reads the runs
+back with `orchestrate report`'s summaries (orchestrator/report.py) and prints one row per
+(delay, loss): the base is configs/tiny_ring_links.yaml (DQN agents on a ring, simple_spread,
+synchronous consensus on the policy parameters every 20 steps) with `--agents` agents (4: a ring
+that is not a complete graph, so averaging takes several rounds), `--rounds` Metropolis rounds
+per session, and every agent <-> agent link given the swept constant delay and Bernoulli loss
+(the env links stay ideal, so the lockstep is not slowed by the link model itself).
+
+Columns, each a mean over agents, then over seeds (± sample std with >1 seed). The consensus
+columns are each agent's FIRST session (at step 20): every point has it, starting from the same
+parameters for the same seed, whereas later sessions differ in number and starting spread.
+- sessions/agent: consensus sessions an agent finished in the run (a session still running when
+  the run's budget is spent writes none);
+- disagree before / after: the largest distance between an agent's parameters and a
+  neighbour's at the first round of the session, and at its last round;
+- rounds to 1e-3: the first round at which that distance was <= 1e-3 of the first round's (over
+  the agents that got there), and the share of agents that got there within `--rounds`;
+- session s: wall time of that session; steps/s: lockstep steps per second of the run;
+- return: the mean episode return over each agent's last 20% of episodes (short runs: learning
+  has barely started, so this says more about the stalls than about skill);
+- peer drop: the dropped fraction the links counted (the emulated loss, as realised).
+
+The runs are a few seconds of training each on a shared machine; the table is a cheap, honest
+picture of the mechanism, not a learning benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from orchestrator.report import summarize_sweep  # noqa: E402
+
+BASE_CONFIG = REPO / "configs" / "tiny_ring_links.yaml"
+DELAY_KEY = "network.links.0.link.delay_s"
+LOSS_KEY = "network.links.0.link.loss"
+COLUMNS = (
+    ("consensus_sessions", "sessions/agent", ".2g"),
+    ("consensus_first_disagreement_before", "disagree before", ".2e"),
+    ("consensus_first_disagreement_after", "disagree after", ".2e"),
+    ("consensus_first_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
+    ("consensus_first_reached_1e-3", "reached", ".0%"),
+    ("consensus_first_duration_s", "session s", ".3g"),
+    ("steps_per_s", "steps/s", ".3g"),
+    ("return_last20", "return", ".3g"),
+    ("peer_dropped_fraction", "peer drop", ".1%"),
+)
+
+
+def numbers(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def sweep_spec(args: argparse.Namespace) -> dict:
+    return {
+        "name": "bench_faults",
+        "base": str(BASE_CONFIG),
+        "grid": {DELAY_KEY: [d / 1000.0 for d in numbers(args.delays_ms)], LOSS_KEY: numbers(args.losses)},
+        "seeds": [int(s) for s in args.seeds.split(",")],
+        "set": {
+            "network.links": [{"role": "peer_links", "link": {}}],
+            "agents.count": args.agents,
+            "env.kwargs.N": args.agents,
+            "run.steps": args.steps,
+            "protocols.consensus.rounds": args.rounds,
+            "protocols.consensus.round_timeout_s": args.round_timeout_s,
+        },
+        "parallel": args.parallel,
+    }
+
+
+def cell(aggregate: dict, spec: str) -> str:
+    if aggregate["mean"] is None:
+        return "-"
+    text = format(aggregate["mean"], spec)
+    return f"{text} ± {format(aggregate['std'], spec)}" if aggregate["n"] > 1 else text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--delays-ms", default="0,50,200")
+    parser.add_argument("--losses", default="0,0.1,0.3")
+    parser.add_argument("--seeds", default="0", help="comma-separated run seeds")
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--round-timeout-s", type=float, default=1.0)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--sweep-dir", help="where the runs go (default: a new temporary directory, kept)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--table-of", metavar="SWEEP_DIR", help="run nothing: print the table of an earlier run of this bench")
+    args = parser.parse_args()
+    if args.table_of:
+        index = json.loads((Path(args.table_of) / "sweep.json").read_text())
+        fixed = index["set"]
+        args.agents, args.steps = fixed["agents.count"], fixed["run.steps"]
+        args.rounds, args.round_timeout_s = fixed["protocols.consensus.rounds"], fixed["protocols.consensus.round_timeout_s"]
+        started = datetime.fromisoformat(index["started"]).astimezone()
+        finished = datetime.fromisoformat(index["updated"]).astimezone()
+        return print_result(args, Path(args.table_of), started, (finished - started).total_seconds(), returncode=0)
+
+    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else Path(tempfile.mkdtemp(prefix="parley-bench-faults-"))
+    spec_path = Path(tempfile.mkdtemp(prefix="parley-bench-faults-spec-")) / "bench_faults.yaml"
+    spec_path.write_text(yaml.safe_dump(sweep_spec(args), sort_keys=False))
+    started = datetime.now()
+    # The CLI, as a user would run it: its progress goes to stderr; Ctrl-C stops it cleanly.
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "sweep", str(spec_path), "--sweep-dir", str(sweep_dir)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=sys.stderr,
+    )  # fmt: skip
+    try:
+        returncode = sweep.wait()
+    except KeyboardInterrupt:
+        # The sweep got the same Ctrl-C and is stopping its runs; killing it now (as
+        # subprocess.run would) would leave them running. Wait for it instead.
+        sweep.wait()
+        return 130
+    if returncode == 2:
+        return 2  # the sweep was refused (its message is above); nothing ran
+    return print_result(args, sweep_dir, started, (datetime.now() - started).total_seconds(), returncode)
+
+
+def print_result(args: argparse.Namespace, sweep_dir: Path, started: datetime, wall_s: float, returncode: int) -> int:
+    summary = summarize_sweep(sweep_dir)
+    rows = []
+    for point in summary["points"]:
+        rows.append({
+            "delay_ms": point["grid_values"][DELAY_KEY] * 1000.0,
+            "loss": point["grid_values"][LOSS_KEY],
+            "runs_ok": point["ok"],
+            "runs": len(point["runs"]),
+            **{key: point["metrics"][key] for key, _, _ in COLUMNS},
+        })  # fmt: skip
+    result = {"sweep_dir": str(sweep_dir), "agents": args.agents, "steps": args.steps, "rounds": args.rounds,
+              "round_timeout_s": args.round_timeout_s, "seeds": summary["seeds"], "wall_s": round(wall_s, 1),
+              "date": started.strftime("%Y-%m-%d %H:%M %Z").strip(), "cpus": os.cpu_count(),
+              "load_avg_1min_now": round(os.getloadavg()[0], 2), "rows": rows}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"bench/faults.py, {result['date']}, {result['cpus']} cores, load {result['load_avg_1min_now']} (1 min) now; "
+              f"{args.agents} DQN agents on a ring, {args.steps} steps, sync consensus {args.rounds} rounds "
+              f"(timeout {args.round_timeout_s:g} s) every 20 steps; seeds {summary['seeds']}; {wall_s:.0f} s in all")
+        header = ["delay ms", "loss", "ok"] + [title for _, title, _ in COLUMNS]
+        lines = [[f"{row['delay_ms']:g}", f"{row['loss']:g}", f"{row['runs_ok']}/{row['runs']}"]
+                 + [cell(row[key], spec) for key, _, spec in COLUMNS] for row in rows]  # fmt: skip
+        widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
+        print("| " + " | ".join(h.rjust(w) for h, w in zip(header, widths)) + " |")
+        print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
+        for line in lines:
+            print("| " + " | ".join(c.rjust(w) for c, w in zip(line, widths)) + " |")
+        print(f"runs: {sweep_dir} (`orchestrate report {sweep_dir}`)")
+    return 0 if returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,612 @@
+"""`orchestrate report RUN_DIR|SWEEP_DIR`: what a run (or every point of a sweep) did, as tables.
+
+A run's record is its `events.jsonl` (the orchestrator's timeline) and each node's
+`nodes/<id>/metrics.jsonl`; this module reads only those (and `resolved.yaml` for the name), so
+it works on a finished run, a failed one, or one killed mid-way (a torn last line is skipped).
+
+Per run:
+- per agent: episodes, the last episode's return, the mean return over the last 20% of its
+  episodes (at least one), the last step, steps/s (last step over the time since the run's
+  `started` event), restarts (`restarted` events), "back after s" (per restart, from its `exited`
+  event to the first metrics row the new process wrote; the mean) and faults that hit it;
+- per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
+  and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
+  ages over its last window of messages). A node that restarted starts its counters at zero
+  again, so its rows are split at its `restarted` events and each incarnation's last value added;
+- consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
+  the neighbours) before the first and after the last round of each session, rounds that missed a
+  neighbour, and the time a session took;
+- headline numbers, the same for every run, that a sweep aggregates (the table shows the main
+  ones; `--json` has all, including each agent's first consensus session on its own, the one
+  session every point of a sweep has from the same start).
+
+Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row per point with
+each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
+95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
+
+`--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
+draws PNGs there with matplotlib (a dependency of Parley; if it cannot be imported the plots are
+skipped and the report says so): for a run, every agent's episode return and (with consensus)
+its disagreement before and after each session over time, fault windows shaded; for a
+sweep, the return, the disagreement after the first consensus session and that session's
+duration against the first swept key, one line per value of the others.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import RESOLVED_FILENAME
+from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
+from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index
+from protocols.config_errors import ConfigError
+from protocols.settings import ENV_NODE_ID
+
+REPORT_DIRNAME = "report"
+LAST_FRACTION = 0.2  # "last 20%" of an agent's episodes
+LINK_COUNTERS = ("sent", "delivered", "dropped", "dropped_loss", "dropped_queue", "dropped_partition", "duplicated", "bytes")
+
+# The headline numbers of a run: (key, column title, format). A sweep aggregates these.
+HEADLINE = (
+    ("return_last20", "return last20%", ".3g"),
+    ("return_final", "final return", ".3g"),
+    ("steps_per_s", "steps/s", ".3g"),
+    ("consensus_sessions", "sessions/agent", ".3g"),
+    ("consensus_disagreement_first", "disagree before", ".2e"),
+    ("consensus_disagreement_last", "disagree after", ".2e"),
+    ("consensus_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
+    ("consensus_reached_1e-3", "reached 1e-3", ".0%"),
+    ("consensus_duration_s", "consensus s", ".3g"),
+    ("peer_dropped_fraction", "peer drop", ".1%"),
+    ("peer_age_p99_ms", "peer p99 ms", ".3g"),
+    ("restarts", "restarts", "g"),
+    ("recovery_s", "back after s", ".3g"),
+    ("faults", "faults", "g"),
+)
+# "rounds to 1e-3": in a synchronous session, the first round whose disagreement is at most
+# this fraction of the session's first (the rounds of mixing it took to cut the spread 1000x).
+CONVERGED_FRACTION = 1e-3
+
+
+# ------------------------------------------------------------------------------------------
+# One run
+# ------------------------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(values) if values else None
+
+
+def _cumulative(rows: list[dict[str, Any]], key: str, restarted_at: list[float]) -> float | None:
+    """The total of a counter over a node's incarnations: a restarted node counts from zero
+    again, so the last value of each incarnation (split at its `restarted` events) is summed."""
+    last_by_incarnation: dict[int, float] = {}
+    for row in rows:
+        if key in row:
+            incarnation = sum(1 for t in restarted_at if t <= row.get("t", 0.0))
+            last_by_incarnation[incarnation] = row[key]
+    return sum(last_by_incarnation.values()) if last_by_incarnation else None
+
+
+def fault_targets(event: dict[str, Any]) -> set[str]:
+    """The nodes a `fault` event aimed at: a network fault's `targets` (or its partition's
+    `groups`), since its `nodes` are every node it was sent to; a signal's `nodes` it hit."""
+    if event.get("targets"):
+        return set(event["targets"])
+    if event.get("groups"):
+        return {node for group in event["groups"] for node in group}
+    return set(event.get("nodes") or {})
+
+
+def _recoveries(node: str, rows: list[dict[str, Any]], events: list[dict]) -> list[float]:
+    """Per restart of `node`: seconds from its exit (the `exited` event before the `restarted`
+    one) to the first metrics row it wrote after the restart: down to working again."""
+    seconds = []
+    for position, event in enumerate(events):
+        if event.get("event") != "restarted" or event.get("node") != node:
+            continue
+        exits = [e["t"] for e in events[:position] if e.get("event") == "exited" and e.get("node") == node]
+        back = next((row["t"] for row in rows if row.get("t", 0.0) > event["t"]), None)
+        if exits and back is not None:
+            seconds.append(back - exits[-1])
+    return seconds
+
+
+def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict]) -> dict[str, Any]:
+    returns = [row["env/episode_return"] for row in rows if "env/episode_return" in row]
+    last_n = max(1, math.ceil(LAST_FRACTION * len(returns))) if returns else 0
+    steps = max((row["step"] for row in rows if isinstance(row.get("step"), (int, float))), default=None)
+    last_t = max((row["t"] for row in rows if isinstance(row.get("t"), (int, float))), default=None)
+    first_t = started_t if started_t is not None else min((row["t"] for row in rows if "t" in row), default=None)
+    elapsed = (last_t - first_t) if last_t is not None and first_t is not None else None
+    faults = [e for e in events if e.get("event") == "fault" and node in fault_targets(e)]
+    return {
+        "recovery_s": _mean(_recoveries(node, rows, events)),
+        "episodes": len(returns),
+        "return_final": returns[-1] if returns else None,
+        "return_last20": _mean(returns[-last_n:]) if returns else None,
+        "steps": steps,
+        "steps_per_s": steps / elapsed if steps and elapsed and elapsed > 0 else None,
+        "restarts": sum(1 for e in events if e.get("event") == "restarted" and e.get("node") == node),
+        "faults": len(faults),
+        # finished consensus sessions (a session cut short by the end of the run writes none)
+        "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row),
+    }
+
+
+def _link_summaries(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) -> dict[str, dict[str, Any]]:
+    links: dict[str, dict[str, Any]] = {}
+    for node, rows in metrics.items():
+        restarted_at = [e["t"] for e in events if e.get("event") == "restarted" and e.get("node") == node]
+        keys = {key for row in rows for key in row if key.startswith("link/")}
+        for key in keys:
+            _, link, counter = key.split("/", 2)
+            source, _, destination = link.partition("_to_")
+            entry = links.setdefault(link, {"src": source, "dst": destination})
+            if counter in LINK_COUNTERS and source == node:
+                entry[counter] = _cumulative(rows, key, restarted_at)
+            elif counter in ("age_p50_ms", "age_p99_ms") and destination == node:
+                entry[counter] = next((row[key] for row in reversed(rows) if key in row), None)
+    for entry in links.values():
+        sent = entry.get("sent")
+        entry["dropped_fraction"] = entry.get("dropped", 0.0) / sent if sent else None
+    return dict(sorted(links.items()))
+
+
+def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
+    """Per synchronous session of one agent (its per-round rows, `consensus/round` from 0): the
+    first round with disagreement <= CONVERGED_FRACTION x the session's first measured one, or
+    None if none was. (A round that heard no neighbour has no disagreement in its row: NaN is
+    not written.)"""
+    sessions: list[list[tuple[int, float]]] = []
+    for row in rows:
+        if "consensus/round" not in row:
+            continue
+        if row["consensus/round"] == 0 or not sessions:
+            sessions.append([])
+        if "consensus/disagreement_max" in row:
+            sessions[-1].append((int(row["consensus/round"]), row["consensus/disagreement_max"]))
+    reached: list[int | None] = []
+    for measured in sessions:
+        if not measured:
+            reached.append(None)
+            continue
+        base = measured[0][1]
+        target = CONVERGED_FRACTION * base
+        reached.append(next((r for r, value in measured if value <= target), None) if base > 0 else measured[0][0])
+    return reached
+
+
+def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    # One summary row per finished session: sync rounds write `consensus/rounds`, push-sum its
+    # `consensus/pushes` (and no disagreement: it has no rounds to compare).
+    sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
+                if "consensus/rounds" in row or "consensus/pushes" in row]  # fmt: skip
+    durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
+    if not sessions and not durations:
+        return None
+    converged = [r for node, rows in metrics.items() if node != ENV_NODE_ID for r in _rounds_to_converge(rows)]
+    final_by_agent = []
+    for node, rows in metrics.items():
+        last = [row["consensus/disagreement_last"] for row in rows if "consensus/disagreement_last" in row]
+        if last:
+            final_by_agent.append(last[-1])
+    # Each agent's first finished session: in a sweep, the one session every point has, started
+    # from the same parameters for the same seed (later sessions differ in number and start).
+    first: dict[str, list[float | None]] = {"before": [], "after": [], "rounds": [], "duration": []}
+    for node, rows in metrics.items():
+        summary_row = next((row for row in rows if "consensus/disagreement_last" in row), None)
+        if node == ENV_NODE_ID or summary_row is None:
+            continue
+        duration_row = next((row for row in rows if "consensus/duration_s" in row), None)
+        reached = _rounds_to_converge(rows)
+        first["before"].append(summary_row.get("consensus/disagreement_first"))
+        first["after"].append(summary_row.get("consensus/disagreement_last"))
+        first["rounds"].append(reached[0] if reached else None)
+        first["duration"].append(duration_row.get("consensus/duration_s") if duration_row else None)
+    return {
+        "first_session": {
+            "agents": len(first["before"]),
+            "disagreement_before_mean": _mean(first["before"]),
+            "disagreement_after_mean": _mean(first["after"]),
+            "rounds_to_1e-3_mean": _mean([r for r in first["rounds"] if r is not None]),
+            "reached_1e-3_fraction": (sum(r is not None for r in first["rounds"]) / len(first["rounds"])) if first["rounds"] else None,
+            "duration_s_mean": _mean(first["duration"]),
+        },
+        "sessions": len(sessions),
+        "rounds_mean": _mean([row.get("consensus/rounds") for row in sessions]),
+        "disagreement_first_mean": _mean([row.get("consensus/disagreement_first") for row in sessions]),
+        "disagreement_last_mean": _mean([row.get("consensus/disagreement_last") for row in sessions]),
+        "disagreement_last_final": _mean(final_by_agent),
+        "rounds_to_1e-3_mean": _mean([r for r in converged if r is not None]),  # over the sessions that got there
+        "reached_1e-3_fraction": sum(r is not None for r in converged) / len(converged) if converged else None,
+        "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
+        "duration_s_mean": _mean(durations),
+        # push-sum reports its own counters instead of rounds and disagreement
+        "weight_mass_mean": _mean([row.get("consensus/weight_mass") for row in sessions]),
+    }
+
+
+def summarize_run(path: str | Path) -> dict[str, Any]:
+    """Everything `report` shows for one run, as JSON-ready data."""
+    run_dir = find_run_dir(path)
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    nodes_dir = run_dir / NODES_DIRNAME
+    node_ids = sorted(p.name for p in nodes_dir.iterdir() if p.is_dir()) if nodes_dir.is_dir() else []
+    metrics = {node: read_jsonl(nodes_dir / node / NODE_METRICS_FILENAME) for node in node_ids}
+    started = next((e["t"] for e in events if e.get("event") == "started"), None)
+    finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
+    agents = {node: _agent_summary(node, rows, started, events) for node, rows in metrics.items() if node != ENV_NODE_ID}
+    links = _link_summaries(metrics, events)
+    consensus = _consensus_summary(metrics)
+    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(fault_targets(e)),
+               "skipped": e.get("skipped") or []} for e in events if e.get("event") == "fault"]  # fmt: skip
+    peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
+    peer_sent = sum(entry.get("sent") or 0.0 for entry in peer)
+    ages = [entry["age_p99_ms"] for entry in peer if entry.get("age_p99_ms") is not None]
+    headline = {
+        "return_last20": _mean([a["return_last20"] for a in agents.values()]),
+        "return_final": _mean([a["return_final"] for a in agents.values()]),
+        "steps_per_s": _mean([a["steps_per_s"] for a in agents.values()]),
+        "consensus_sessions": _mean([a["consensus_sessions"] for a in agents.values()]) if consensus else None,
+        "consensus_disagreement_first": consensus["disagreement_first_mean"] if consensus else None,
+        "consensus_disagreement_last": consensus["disagreement_last_mean"] if consensus else None,
+        "consensus_rounds_to_1e-3": consensus["rounds_to_1e-3_mean"] if consensus else None,
+        "consensus_reached_1e-3": consensus["reached_1e-3_fraction"] if consensus else None,
+        "consensus_duration_s": consensus["duration_s_mean"] if consensus else None,
+        **{f"consensus_first_{key}": (consensus["first_session"][value] if consensus else None) for key, value in (
+            ("disagreement_before", "disagreement_before_mean"), ("disagreement_after", "disagreement_after_mean"),
+            ("rounds_to_1e-3", "rounds_to_1e-3_mean"), ("reached_1e-3", "reached_1e-3_fraction"),
+            ("duration_s", "duration_s_mean"))},  # fmt: skip
+        "peer_dropped_fraction": sum(entry.get("dropped") or 0.0 for entry in peer) / peer_sent if peer_sent else None,
+        "peer_age_p99_ms": max(ages) if ages else None,
+        "restarts": float(sum(a["restarts"] for a in agents.values())),
+        "recovery_s": _mean([a["recovery_s"] for a in agents.values()]),
+        "faults": float(len(faults)),
+    }
+    return {
+        "run_dir": str(run_dir),
+        "name": run_dir.name,
+        "exit_code": finished.get("exit_code") if finished else None,
+        "reason": finished.get("reason") if finished else "no run_finished event (still running, or the orchestrator was killed)",
+        "duration_s": (finished["t"] - started) if finished and started is not None else None,
+        "agents": agents,
+        "links": links,
+        "consensus": consensus,
+        "faults": faults,
+        "headline": headline,
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# A sweep
+# ------------------------------------------------------------------------------------------
+
+
+def _aggregate(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    ci95 = None
+    if len(values) > 1:
+        from scipy import stats  # a Student-t interval over seeds, not a hand-rolled one
+
+        half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+        ci95 = [mean - half, mean + half]
+    return {"n": len(values), "mean": mean, "std": std, "ci95": ci95}
+
+
+def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    sweep_dir = Path(sweep_dir)
+    index = read_index(sweep_dir)
+    points: dict[str, dict[str, Any]] = {}
+    for run in index["runs"]:
+        point = points.setdefault(run["point"], {"point": run["point"], "grid_values": run["grid_values"], "runs": []})
+        run_dir = Path(run["run_dir"])
+        if not (run_dir / RESOLVED_FILENAME).exists():
+            run_dir = sweep_dir / run_dir.name  # the sweep dir was moved, or given relative to another cwd
+        summary = summarize_run(run_dir) if (run_dir / RESOLVED_FILENAME).exists() else None
+        point["runs"].append({"seed": run["seed"], "status": run["status"], "exit_code": run["exit_code"],
+                              "run_dir": str(run_dir), "headline": summary["headline"] if summary else None})  # fmt: skip
+    rows = []
+    for point in points.values():
+        finished = [r for r in point["runs"] if r["headline"] is not None]
+        point["ok"] = sum(r["status"] == "ok" for r in point["runs"])
+        keys = list(finished[0]["headline"]) if finished else [key for key, _, _ in HEADLINE]
+        point["metrics"] = {key: _aggregate([r["headline"][key] for r in finished]) for key in keys}
+        rows.append(point)
+    return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
+            "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Printing
+# ------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def _table(title: str, markdown: bool):
+    """A rich table; for summary.md a Markdown one, its title as a heading line instead."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=None if markdown else title, box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
+
+
+def _print_table(console, table, title: str, markdown: bool) -> None:
+    if markdown:
+        console.print(f"\n### {title}\n")
+    console.print(table)
+
+
+def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None:
+
+    console.print(f"{summary['run_dir']}: exit {summary['exit_code']} ({summary['reason']})"
+                  + (f", {summary['duration_s']:.1f} s after start" if summary["duration_s"] is not None else ""))  # fmt: skip
+    agents = _table("agents", markdown)
+    for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "back after s",
+                   "faults", "consensus sessions"):  # fmt: skip
+        agents.add_column(column, justify="left" if column == "agent" else "right")
+    for node, a in summary["agents"].items():
+        agents.add_row(node, str(a["episodes"]), _fmt(a["return_final"]), _fmt(a["return_last20"]), _fmt(a["steps"], "g"),
+                       _fmt(a["steps_per_s"]), str(a["restarts"]), _fmt(a["recovery_s"]), str(a["faults"]),
+                       str(a["consensus_sessions"]))  # fmt: skip
+    _print_table(console, agents, "agents", markdown)
+    if summary["links"]:
+        title = "links (counters from the sender, ages measured by the receiver)"
+        links = _table(title, markdown)
+        for column in ("link", "sent", "delivered", "dropped", "drop %", "age p50 ms", "age p99 ms"):
+            links.add_column(column, justify="left" if column == "link" else "right")
+        for name, entry in summary["links"].items():
+            links.add_row(name.replace("_to_", " -> "), _fmt(entry.get("sent"), "g"), _fmt(entry.get("delivered"), "g"),
+                          _fmt(entry.get("dropped"), "g"), _fmt(entry.get("dropped_fraction"), ".1%"),
+                          _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
+        _print_table(console, links, title, markdown)
+    consensus = summary["consensus"]
+    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds, no disagreement
+        console.print(
+            f"consensus (push-sum): {consensus['sessions']} finished sessions (all agents), weight mass "
+            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), {_fmt(consensus['duration_s_mean'])} s per session"
+        )
+    elif consensus:
+        console.print(
+            f"consensus: {consensus['sessions']} finished sessions (all agents), {_fmt(consensus['rounds_mean'])} rounds each, "
+            f"disagreement {_fmt(consensus['disagreement_first_mean'], '.2e')} before -> "
+            f"{_fmt(consensus['disagreement_last_mean'], '.2e')} after (mean over sessions), "
+            f"final {_fmt(consensus['disagreement_last_final'], '.2e')}; spread cut 1000x in "
+            f"{_fmt(consensus['rounds_to_1e-3_mean'])} rounds ({_fmt(consensus['reached_1e-3_fraction'], '.0%')} of sessions got there); "
+            f"rounds missing a neighbour "
+            f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_fmt(consensus['duration_s_mean'])} s per session"
+        )
+    for fault in summary["faults"]:
+        console.print(f"fault: {fault['kind']} at +{_fmt(fault['at_s'], 'g')} s on {', '.join(fault['nodes']) or '-'}"
+                      + (f" (skipped {', '.join(fault['skipped'])})" if fault["skipped"] else ""))  # fmt: skip
+
+
+def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
+
+    keys = list(summary["grid"])
+    title = f"sweep {summary['sweep']} ({summary['state']}): mean ± std over seeds {summary['seeds']}"
+    table = _table(title, markdown)
+    table.add_column("point", no_wrap=True)
+    for key in keys:
+        table.add_column(key.split(".")[-1], justify="right", overflow="fold")
+    table.add_column("ok", justify="right", no_wrap=True)
+    shown = [(key, title, spec) for key, title, spec in HEADLINE
+             if any(point["metrics"][key]["mean"] is not None for point in summary["points"])]  # fmt: skip
+    for _, column, _ in shown:
+        table.add_column(column, justify="right", overflow="fold")
+    for point in summary["points"]:
+        cells = [point["point"].split("-", 1)[0]]
+        cells += [str(point["grid_values"][key]) for key in keys]
+        cells.append(f"{point['ok']}/{len(point['runs'])}")
+        for key, _, spec in shown:
+            aggregate = point["metrics"][key]
+            if aggregate["mean"] is None:
+                cells.append("-")
+            elif aggregate["n"] > 1:
+                cells.append(f"{_fmt(aggregate['mean'], spec)} ± {_fmt(aggregate['std'], spec)}")
+            else:
+                cells.append(_fmt(aggregate["mean"], spec))
+        table.add_row(*cells)
+    _print_table(console, table, title, markdown)
+
+
+# ------------------------------------------------------------------------------------------
+# Plots
+# ------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError(["plots need matplotlib, which is not installed (pip install matplotlib)"]) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# Events that end a fault's window on the node it hit (a restart, a resumed pause, a rejoin).
+RECOVERY_EVENTS = ("restarted", "rejoined", "resumed")
+
+
+def fault_windows(events: list[dict[str, Any]]) -> list[tuple[float, float | None, str]]:
+    """(start, end or None, label) in unix time for each `fault` event: from the fault to the
+    first later recovery event of a node it hit, or to a later `resume` / `heal` fault on those
+    nodes; None when nothing ended it (drawn as a line, not a band)."""
+    windows = []
+    for position, event in enumerate(events):
+        if event.get("event") != "fault":
+            continue
+        hit = fault_targets(event)
+        end = None
+        for later in events[position + 1:]:
+            recovered = later.get("event") in RECOVERY_EVENTS and later.get("node") in hit
+            undone = later.get("event") == "fault" and later.get("kind") in ("resume", "heal") and (
+                hit & fault_targets(later) or later.get("kind") == "heal")
+            if recovered or undone:
+                end = later["t"]
+                break
+        if event.get("kind") in ("resume", "heal"):
+            end = None  # an undoing fault is a moment, not a window
+        windows.append((event["t"], end, f"{event.get('kind')} {','.join(sorted(hit))}"))
+    return windows
+
+
+def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Episode return (and, with consensus, the disagreement before and after each session) per
+    agent over seconds since the start, fault windows shaded."""
+    plt = _pyplot()
+    run_dir = Path(summary["run_dir"])
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    start = next((e["t"] for e in events if e.get("event") == "started"), None)
+    metrics = {node: read_jsonl(run_dir / NODES_DIRNAME / node / NODE_METRICS_FILENAME) for node in summary["agents"]}
+    if start is None:
+        start = min((row["t"] for rows in metrics.values() for row in rows if "t" in row), default=0.0)
+    panels = 2 if summary["consensus"] else 1
+    figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.2 * panels), sharex=True, squeeze=False)
+    returns_axes = axes_list[0][0]
+    for node, rows in metrics.items():
+        points = [(row["t"] - start, row["env/episode_return"]) for row in rows if "env/episode_return" in row]
+        if points:
+            returns_axes.plot(*zip(*points), marker=".", linestyle="none", label=node)
+    returns_axes.set_ylabel("episode return")
+    if summary["consensus"]:
+        consensus_axes = axes_list[1][0]
+        for node, rows in metrics.items():
+            # (a value that was NaN, e.g. a round that heard no neighbour, is absent from its row)
+            after = [(r["t"] - start, r["consensus/disagreement_last"]) for r in rows if "consensus/disagreement_last" in r]
+            before = [(r["t"] - start, r["consensus/disagreement_first"]) for r in rows if "consensus/disagreement_first" in r]
+            if after:
+                line, = consensus_axes.plot(*zip(*after), marker="o", linewidth=1, label=f"{node} after")
+            if before:
+                consensus_axes.plot(*zip(*before), marker="x", linestyle=":", label=f"{node} before",
+                                    color=line.get_color() if after else None)  # fmt: skip
+        consensus_axes.set_yscale("log")
+        consensus_axes.set_ylabel("consensus disagreement")
+        consensus_axes.legend(fontsize=7, ncol=2)
+    windows = fault_windows(events)
+    for index, (begin, end, label) in enumerate(windows):
+        for row in axes_list:
+            if end is None:
+                row[0].axvline(begin - start, color="red", linestyle="--", linewidth=1)
+            else:
+                row[0].axvspan(begin - start, end - start, color="red", alpha=0.15)
+        # labels in staggered rows above the plot, so faults close in time stay readable
+        returns_axes.annotate(label, (begin - start, 1.01 + 0.07 * (index % 4)), xycoords=("data", "axes fraction"),
+                              fontsize=6, color="red", va="bottom", annotation_clip=False)  # fmt: skip
+    axes_list[-1][0].set_xlabel("seconds since the run started (faults in red)")
+    returns_axes.set_title(f"{summary['name']}", pad=8 + 9 * min(len(windows), 4))
+    returns_axes.legend(fontsize=7)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "timeline.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return [path]
+
+
+def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Return, first-session disagreement and duration against the first swept key, a line per
+    combination of the other keys, error bars one std over seeds."""
+    plt = _pyplot()
+    keys = list(summary["grid"])
+    x_key, others = keys[0], keys[1:]
+    panels = [("return_last20", "return, last 20% of episodes", False),
+              ("consensus_first_disagreement_after", "disagreement after 1st session", True),
+              ("consensus_first_duration_s", "1st consensus session, s", False)]  # fmt: skip
+    panels = [p for p in panels if any(pt["metrics"][p[0]]["mean"] is not None for pt in summary["points"])]
+    if not panels:
+        return []
+    figure, axes_list = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for (metric, label, log_scale), axes in zip(panels, axes_list[0]):
+        lines: dict[str, list[tuple[Any, float, float]]] = {}
+        for point in summary["points"]:
+            aggregate = point["metrics"][metric]
+            if aggregate["mean"] is None:
+                continue
+            line = ", ".join(f"{k.split('.')[-1]}={point['grid_values'][k]}" for k in others) or "all"
+            lines.setdefault(line, []).append((point["grid_values"][x_key], aggregate["mean"], aggregate["std"] or 0.0))
+        for line, values in lines.items():
+            values.sort(key=lambda v: v[0])
+            xs = [v[0] for v in values]
+            if all(isinstance(x, (int, float)) for x in xs):
+                axes.errorbar(xs, [v[1] for v in values], yerr=[v[2] for v in values], marker="o", capsize=3, label=line)
+            else:
+                axes.errorbar([str(x) for x in xs], [v[1] for v in values], yerr=[v[2] for v in values], marker="o", capsize=3, label=line)
+        if log_scale:
+            axes.set_yscale("log")
+        axes.set_xlabel(x_key)
+        axes.set_ylabel(label)
+        axes.legend(fontsize=8)
+    figure.suptitle(f"sweep {summary['sweep']}: mean ± std over seeds {summary['seeds']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "sweep.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return [path]
+
+
+# ------------------------------------------------------------------------------------------
+# Entry point (orchestrate report)
+# ------------------------------------------------------------------------------------------
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / SWEEP_INDEX_FILENAME).is_file()
+
+
+def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path:
+    """`report/summary.md`: the same tables as the terminal, as Markdown."""
+    from rich.console import Console
+
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / "summary.md"
+    rendered = io.StringIO()
+    console = Console(file=rendered, width=400, no_color=True, highlight=False, markup=False, emoji=False)
+    (render_sweep if sweep else render_run)(summary, console, markdown=True)
+    name = summary["sweep"] if sweep else summary["name"]
+    lines = [f"# {'Sweep' if sweep else 'Run'} {name}", "", f"`orchestrate report {summary['sweep_dir' if sweep else 'run_dir']}`", ""]
+    lines += [line.rstrip() for line in rendered.getvalue().splitlines()]
+    path.write_text("\n".join(lines).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")
+    return path
+
+
+def main(path: Path, as_json: bool = False, save: bool = False, out=None) -> int:
+    from rich.console import Console
+
+    out = out if out is not None else sys.stdout
+    sweep = is_sweep_dir(path)
+    summary = summarize_sweep(path) if sweep else summarize_run(path)
+    if as_json:
+        print(json.dumps(summary, indent=1, default=str), file=out)
+    else:
+        # A pipe or a file gets the tables whole; a terminal gets its own width, long cells folded.
+        console = Console(file=out, width=None if out.isatty() else 400)
+        (render_sweep if sweep else render_run)(summary, console)
+    if save:
+        target = Path(summary["sweep_dir"] if sweep else summary["run_dir"]) / REPORT_DIRNAME
+        print(f"wrote {write_summary_md(summary, sweep, target)}", file=sys.stderr)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("no plots: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+            return 0
+        for written in (plot_sweep if sweep else plot_run)(summary, target):
+            print(f"wrote {written}", file=sys.stderr)
+    return 0

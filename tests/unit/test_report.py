@@ -1,0 +1,240 @@
+"""`orchestrate report` on run and sweep directories written here with known contents, so every
+number the report prints can be checked against a hand computation. (The integration test
+tests/integration/test_sweep.py reports on real runs.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from orchestrator import report
+from orchestrator.cli import main
+
+T0 = 1_000_000.0  # the run's `started` event
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def make_run(run_dir: Path, returns=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0), loss_drops=(1, 3)) -> Path:
+    """A two-agent run: agent_0 restarted once (its link counters start again from zero) and was
+    hit by one fault; both ran one 4-round consensus session."""
+    (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved.yaml").write_text("# stand-in: report reads events and metrics only\n")
+    write_jsonl(run_dir / "events.jsonl", [
+        {"t": T0 - 5, "event": "run_started", "node": None},
+        {"t": T0, "event": "started", "node": None},
+        {"t": T0 + 3, "event": "fault", "node": None, "kind": "kill", "at_s": 3.0, "nodes": {"agent_0": 123}, "skipped": []},
+        {"t": T0 + 3.1, "event": "exited", "node": "agent_0", "code": -9},
+        {"t": T0 + 4, "event": "restarted", "node": "agent_0", "pid": 124, "restarts": 1},
+        {"t": T0 + 10, "event": "run_finished", "node": None, "exit_code": 0, "reason": "budget spent"},
+    ])  # fmt: skip
+    episodes = [{"step": 10 * (i + 1), "t": T0 + i, "env/episode_return": r} for i, r in enumerate(returns)]
+    rounds = [{"step": 50, "t": T0 + 5, "consensus/round": float(r), "consensus/disagreement_max": d}
+              for r, d in enumerate([2.0, 0.5, 1e-3, 1e-4])]  # round 3 is the first <= 1e-3 x 2.0  # fmt: skip
+    session = [{"step": 50, "t": T0 + 5, "consensus/rounds": 4.0, "consensus/disagreement_first": 2.0,
+                "consensus/disagreement_last": 1e-4, "consensus/missing_neighbours": 1.0},
+               {"step": 50, "t": T0 + 5, "consensus/duration_s": 0.5}]  # fmt: skip
+    first_dropped, second_dropped = loss_drops
+    write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", [
+        *episodes, *rounds, *session,
+        {"step": 30, "t": T0 + 2, "link/agent_0_to_agent_1/sent": 20.0, "link/agent_0_to_agent_1/delivered": 19.0,
+         "link/agent_0_to_agent_1/dropped": float(first_dropped)},
+        # restarted: the counters begin again
+        {"step": 100, "t": T0 + 8, "link/agent_0_to_agent_1/sent": 10.0, "link/agent_0_to_agent_1/delivered": 7.0,
+         "link/agent_0_to_agent_1/dropped": float(second_dropped),
+         "link/agent_1_to_agent_0/received": 5.0, "link/agent_1_to_agent_0/age_p50_ms": 20.0, "link/agent_1_to_agent_0/age_p99_ms": 80.0},
+    ])  # fmt: skip
+    write_jsonl(run_dir / "nodes" / "agent_1" / "metrics.jsonl", [
+        *episodes, *rounds, *session,
+        {"step": 100, "t": T0 + 10, "link/agent_1_to_agent_0/sent": 10.0, "link/agent_1_to_agent_0/delivered": 10.0,
+         "link/agent_1_to_agent_0/dropped": 0.0, "link/agent_1_to_env/sent": 100.0, "link/agent_1_to_env/dropped": 0.0,
+         "link/agent_0_to_agent_1/age_p50_ms": 25.0, "link/agent_0_to_agent_1/age_p99_ms": 90.0},
+    ])  # fmt: skip
+    write_jsonl(run_dir / "nodes" / "env" / "metrics.jsonl", [{"step": 100, "t": T0 + 10, "env/steps": 100.0}])
+    # a torn last line (a writer killed mid-write) is skipped, not fatal
+    with open(run_dir / "nodes" / "agent_1" / "metrics.jsonl", "a") as file:
+        file.write('{"step": 101, "env/episode_ret')
+    return run_dir
+
+
+def test_a_run_summary_matches_the_hand_computation(tmp_path):
+    summary = report.summarize_run(make_run(tmp_path / "run"))
+    assert summary["exit_code"] == 0 and summary["reason"] == "budget spent"
+    assert summary["duration_s"] == pytest.approx(10.0)
+
+    agent_0, agent_1 = summary["agents"]["agent_0"], summary["agents"]["agent_1"]
+    assert agent_0["episodes"] == 10
+    assert agent_0["return_final"] == 10.0
+    assert agent_0["return_last20"] == pytest.approx(9.5)  # the last 2 of 10 episodes
+    assert agent_0["steps"] == 100
+    assert agent_0["steps_per_s"] == pytest.approx(100 / 9.0)  # its last row is at +9 s (an episode)
+    assert agent_1["steps_per_s"] == pytest.approx(100 / 10.0)
+    assert (agent_0["restarts"], agent_0["faults"]) == (1, 1)
+    assert (agent_1["restarts"], agent_1["faults"]) == (0, 0)
+    # down at +3.1 s (exited), its first row after the restart (+4 s) is the episode at +5 s
+    assert agent_0["recovery_s"] == pytest.approx(1.9)
+    assert agent_1["recovery_s"] is None
+    assert agent_0["consensus_sessions"] == 1
+
+    link = summary["links"]["agent_0_to_agent_1"]
+    assert (link["sent"], link["delivered"], link["dropped"]) == (30.0, 26.0, 4.0)  # 20 + 10, 19 + 7, 1 + 3
+    assert link["dropped_fraction"] == pytest.approx(4 / 30)
+    assert (link["age_p50_ms"], link["age_p99_ms"]) == (25.0, 90.0)  # measured by the receiver, agent_1
+    assert summary["links"]["agent_1_to_agent_0"]["age_p99_ms"] == 80.0
+
+    consensus = summary["consensus"]
+    assert consensus["sessions"] == 2  # one per agent
+    assert consensus["rounds_to_1e-3_mean"] == 2.0  # 1e-3 <= 1e-3 * 2.0 at round 2
+    assert consensus["reached_1e-3_fraction"] == 1.0
+    assert consensus["disagreement_last_mean"] == 1e-4
+    assert consensus["missing_neighbour_rounds"] == 2.0
+    assert consensus["duration_s_mean"] == 0.5
+    assert consensus["first_session"] == {
+        "agents": 2, "disagreement_before_mean": 2.0, "disagreement_after_mean": 1e-4,
+        "rounds_to_1e-3_mean": 2.0, "reached_1e-3_fraction": 1.0, "duration_s_mean": 0.5,
+    }  # fmt: skip
+
+    headline = summary["headline"]
+    assert headline["return_last20"] == pytest.approx(9.5)
+    # peer links only: (4 + 0) dropped of (30 + 10) sent; the env link is not a peer link
+    assert headline["peer_dropped_fraction"] == pytest.approx(4 / 40)
+    assert headline["peer_age_p99_ms"] == 90.0
+    assert (headline["consensus_first_disagreement_after"], headline["consensus_first_rounds_to_1e-3"]) == (1e-4, 2.0)
+    assert (headline["restarts"], headline["faults"]) == (1.0, 1.0)
+    assert summary["faults"] == [{"kind": "kill", "at_s": 3.0, "nodes": ["agent_0"], "skipped": []}]
+
+
+def test_a_run_without_consensus_or_an_end_reports_what_is_there(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "nodes" / "agent_0").mkdir(parents=True)
+    (run_dir / "resolved.yaml").write_text("#\n")
+    write_jsonl(run_dir / "events.jsonl", [{"t": T0, "event": "started", "node": None}])
+    write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", [{"step": 5, "t": T0 + 1, "dqn/loss": 0.1}])
+    summary = report.summarize_run(run_dir)
+    assert summary["exit_code"] is None and "no run_finished event" in summary["reason"]
+    assert summary["consensus"] is None
+    assert summary["agents"]["agent_0"]["return_last20"] is None
+    assert summary["agents"]["agent_0"]["steps_per_s"] == pytest.approx(5.0)
+
+
+def test_the_run_tables_show_the_numbers(tmp_path):
+    out = io.StringIO()
+    assert report.main(make_run(tmp_path / "run"), out=out) == 0
+    text = out.getvalue()
+    assert "agent_0 -> agent_1" in text and "13.3%" in text  # 4 of 30 dropped
+    assert "9.5" in text  # return over the last 20%
+    assert "fault: kill at +3 s on agent_0" in text
+
+
+def make_sweep(sweep_dir: Path) -> None:
+    """Two points x two seeds; the second point's seed 1 failed before writing a run dir."""
+    runs = []
+    for index, loss in enumerate([0.0, 0.3]):
+        for seed in (0, 1):
+            name = f"p{index:02d}-loss{loss}-seed{seed}"
+            status = "failed" if (index, seed) == (1, 1) else "ok"
+            if status == "ok":
+                make_run(sweep_dir / name, returns=[float(seed + 10 * index)] * 5, loss_drops=(seed, index))
+            runs.append({"point": f"p{index:02d}-loss{loss}", "point_index": index, "seed": seed,
+                         "grid_values": {"network.default_link.loss": loss}, "overrides": [],
+                         "run_dir": str(sweep_dir / name), "log": "", "status": status,
+                         "exit_code": 0 if status == "ok" else 1})  # fmt: skip
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "sweep": "demo", "base_config": "x.yaml", "grid": {"network.default_link.loss": [0.0, 0.3]},
+        "seeds": [0, 1], "set": {}, "state": "finished", "runs": runs,
+    }))  # fmt: skip
+
+
+def test_a_sweep_summary_aggregates_each_point_over_its_seeds(tmp_path):
+    make_sweep(tmp_path)
+    summary = report.summarize_sweep(tmp_path)
+    first, second = summary["points"]
+    assert (first["ok"], len(first["runs"])) == (2, 2)
+    assert (second["ok"], len(second["runs"])) == (1, 2)
+    returns = first["metrics"]["return_last20"]
+    assert returns["n"] == 2 and returns["mean"] == pytest.approx(0.5)
+    assert returns["std"] == pytest.approx(statistics.stdev([0.0, 1.0]))
+    half = stats.t.ppf(0.975, 1) * returns["std"] / math.sqrt(2)
+    assert returns["ci95"] == pytest.approx([0.5 - half, 0.5 + half])
+    # the failed seed contributes nothing; one seed has no spread and no interval
+    assert second["metrics"]["return_last20"] == {"n": 1, "mean": 10.0, "std": 0.0, "ci95": None}
+    # seed 0 of point 0 dropped 0 + 0 of 40 peer messages; seed 1, 1 + 0
+    assert first["metrics"]["peer_dropped_fraction"]["mean"] == pytest.approx((0 / 40 + 1 / 40) / 2)
+
+
+def test_the_cli_reports_a_sweep_as_a_table_or_json(tmp_path, capsys):
+    make_sweep(tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "sweep demo" in table and "0.5 ± 0.707" in table and "1/2" in table
+    assert main(["report", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [p["point"] for p in data["points"]] == ["p00-loss0.0", "p01-loss0.3"]
+
+
+def test_save_writes_summary_md_and_plots_into_report(tmp_path, capsys):
+    make_sweep(tmp_path)
+    assert main(["report", str(tmp_path), "--save"]) == 0
+    assert (tmp_path / "report" / "sweep.png").stat().st_size > 1000
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert summary.startswith("# Sweep demo\n")
+    assert "| p00   |" in summary and "0.5 ± 0.707" in summary
+    run_dir = tmp_path / "p00-loss0.0-seed0"
+    assert main(["report", str(run_dir), "--save"]) == 0
+    assert (run_dir / "report" / "timeline.png").stat().st_size > 1000
+    summary = (run_dir / "report" / "summary.md").read_text()
+    assert "### agents" in summary and "| agent_0 -> agent_1 |" in summary
+
+
+def test_report_on_a_directory_that_is_neither_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "expected a run directory" in capsys.readouterr().err
+
+
+def test_rounds_to_converge_splits_sessions_at_round_zero():
+    rows = [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([1.0, 1e-2, 1e-3])]
+    rows += [{"step": 5, "dqn/loss": 0.1}]  # other rows in between are ignored
+    rows += [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([4.0, 1.0, 0.5])]
+    rows += [{"consensus/round": 0.0, "consensus/disagreement_max": 0.0}]  # nothing to average: done at once
+    # round 0 heard no neighbour (its NaN disagreement was not written): measured from round 1
+    rows += [{"consensus/round": 0.0}, {"consensus/round": 1.0, "consensus/disagreement_max": 2.0},
+             {"consensus/round": 2.0, "consensus/disagreement_max": 1e-3}]  # fmt: skip
+    rows += [{"consensus/round": 0.0}]  # nothing measured at all
+    assert report._rounds_to_converge(rows) == [2, None, 0, 2, None]
+
+
+def test_fault_windows_end_at_the_recovery_of_a_node_they_hit():
+    events = [
+        {"t": 10.0, "event": "fault", "kind": "kill", "nodes": {"agent_1": 5}},
+        {"t": 10.5, "event": "exited", "node": "agent_1"},
+        {"t": 11.0, "event": "restarted", "node": "agent_2"},  # another node: not the end
+        {"t": 12.0, "event": "restarted", "node": "agent_1"},
+        {"t": 15.0, "event": "fault", "kind": "pause", "nodes": {"agent_3": 6}},
+        {"t": 23.0, "event": "fault", "kind": "resume", "nodes": {"agent_3": 6}},
+        {"t": 30.0, "event": "fault", "kind": "kill", "nodes": {"agent_0": 7}},  # never restarted
+    ]
+    assert report.fault_windows(events) == [
+        (10.0, 12.0, "kill agent_1"), (15.0, 23.0, "pause agent_3"), (23.0, None, "resume agent_3"), (30.0, None, "kill agent_0"),
+    ]  # fmt: skip
+
+
+def test_a_network_fault_counts_for_its_targets_not_every_node_it_was_sent_to():
+    partition = {"t": 5.0, "event": "fault", "kind": "partition", "targets": ["agent_2"],
+                 "nodes": {"agent_0": 1, "agent_1": 2, "agent_2": 3, "env": 4}}  # fmt: skip
+    grouped = {"t": 6.0, "event": "fault", "kind": "partition", "targets": [], "groups": [["agent_0"], ["agent_1", "env"]],
+               "nodes": {"agent_0": 1, "agent_1": 2, "env": 4}}  # fmt: skip
+    heal = {"t": 13.0, "event": "fault", "kind": "heal", "targets": [], "nodes": {"agent_0": 1}}
+    assert report.fault_targets(partition) == {"agent_2"}
+    assert report.fault_targets(grouped) == {"agent_0", "agent_1", "env"}
+    assert report.fault_targets({"event": "fault", "kind": "kill", "nodes": {"agent_1": 9}}) == {"agent_1"}
+    windows = report.fault_windows([partition, grouped, heal])
+    assert windows[:2] == [(5.0, 13.0, "partition agent_2"), (6.0, 13.0, "partition agent_0,agent_1,env")]

@@ -1,0 +1,197 @@
+"""`orchestrate sweep`'s pure parts: loading a sweep file, expanding the grid, validating every
+point before anything is launched. No processes (the env check is off or never reached)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.overrides import parse_override
+from orchestrator.sweep import expand, load_sweep, override_text, parse_seeds, validate_runs
+from protocols.config_errors import ConfigError
+from tests.conftest import REPO
+
+TINY_RING = str(REPO / "configs" / "tiny_ring.yaml")
+
+
+def write_sweep(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": TINY_RING, **spec}, sort_keys=False))
+    return path
+
+
+def test_the_grid_expands_in_order_last_key_fastest_seeds_innermost(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        grid={"network.default_link.delay_s": [0.0, 0.02, 0.1], "network.default_link.loss": [0.0, 0.1]},
+        seeds=[0, 1],
+        set={"run.steps": 30},
+    )
+    spec, base = load_sweep(path)
+    runs = expand(spec, tmp_path / "out")
+    assert spec.name == "sweep"  # the file's stem
+    assert base == Path(TINY_RING)
+    assert len(runs) == 3 * 2 * 2
+    assert [(r.point_index, r.seed) for r in runs[:4]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [r.grid_values for r in runs[::2]] == [
+        {"network.default_link.delay_s": d, "network.default_link.loss": l} for d in (0.0, 0.02, 0.1) for l in (0.0, 0.1)
+    ]
+    third = runs[2 * 2 + 1]  # point 2 (delay 0.02, loss 0.0), seed 1
+    assert third.point == "p02-delay_s0.02_loss0.0"
+    assert third.run_dir == str(tmp_path / "out" / "p02-delay_s0.02_loss0.0-seed1")
+    assert third.log == str(tmp_path / "out" / "logs" / "p02-delay_s0.02_loss0.0-seed1.log")
+    # fixed overrides first, then the point's values, then the seed
+    assert third.overrides == [
+        "run.steps=30", "network.default_link.delay_s=0.02", "network.default_link.loss=0.0", "run.seed=1",
+    ]  # fmt: skip
+    assert len({r.run_dir for r in runs}) == len(runs)
+
+
+def test_every_point_validates_into_the_config_it_names(tmp_path):
+    path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.0, 0.25]}, seeds=[3], set={"run.steps": 30})
+    spec, base = load_sweep(path)
+    runs = expand(spec, tmp_path / "out")
+    configs = validate_runs(base, runs, check_env=False)
+    assert [c.network.default_link.loss for c in configs] == [0.0, 0.25]
+    assert {c.run.seed for c in configs} == {3}
+    assert {c.run.steps for c in configs} == {30}
+
+
+@pytest.mark.parametrize("value", [1e-6, 0.02, 3, "on", "lognormal", True, None, [32, 32], {"kind": "star"}, "1e-3"])
+def test_an_override_value_parses_back_to_itself(value):
+    segments, parsed = parse_override(override_text("a.b", value))
+    assert segments == ["a", "b"]
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_a_grid_key_shared_by_two_keys_short_names_falls_back_to_the_whole_key(tmp_path):
+    path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.1], "network.links.0.link.loss": [0.2]},
+                       set={"network.links": [{"role": "peer_links", "link": {}}]})  # fmt: skip
+    spec, _ = load_sweep(path)
+    (run,) = expand(spec, tmp_path)
+    assert run.point == "p00-network.default_link.loss0.1_network.links.0.link.loss0.2"
+
+
+def test_a_value_that_breaks_the_schema_names_the_key_and_the_points(tmp_path):
+    path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.0, 1.5], "run.steps": [10, 20]})
+    spec, base = load_sweep(path)
+    with pytest.raises(ConfigError) as caught:
+        validate_runs(base, expand(spec, tmp_path / "out"), check_env=False)
+    (problem,) = caught.value.problems
+    assert problem.startswith("network.default_link.loss:")
+    assert "got 1.5" in problem
+    assert "2 point(s): p02-loss1.5_steps10, p03-loss1.5_steps20" in problem
+
+
+def test_an_unknown_grid_key_is_named_with_the_valid_ones(tmp_path):
+    path = write_sweep(tmp_path, grid={"network.default_link.delai_s": [0.1]})
+    spec, base = load_sweep(path)
+    with pytest.raises(ConfigError) as caught:
+        validate_runs(base, expand(spec, tmp_path / "out"), check_env=False)
+    assert "network.default_link.delai_s: unknown key" in caught.value.problems[0]
+    assert "did you mean 'delay_s'" in caught.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"grid": {}}, "grid: expected at least one KEY"),
+        ({"grid": {"run.steps": []}}, "run.steps: expected a non-empty list of values, got []"),
+        ({"grid": {"run.steps": [10, 10]}}, "run.steps: values repeat"),
+        ({"grid": {"run.seed": [1, 2]}}, "run.seed: sweep seeds with `seeds:`"),
+        ({"grid": {"run.steps": [10]}, "seeds": [0, 0]}, "seeds: expected each seed once, got [0, 0]"),
+        ({"grid": {"run.steps": [10]}, "seeds": []}, "expected at least one seed"),
+        ({"grid": {"run.steps": [10]}, "parallel": 0}, "parallel"),
+        ({"grid": {"run.steps": [10]}, "extra": 1}, "extra: unknown key; valid keys: name, base, grid, seeds, set, parallel"),
+        ({"grid": "run.steps=10"}, "grid"),
+    ],
+)
+def test_a_bad_sweep_file_names_the_field(tmp_path, spec, expected):
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(write_sweep(tmp_path, **spec))
+    assert expected in str(caught.value)
+
+
+def test_a_key_both_fixed_and_swept_is_refused(tmp_path):
+    spec, _ = load_sweep(write_sweep(tmp_path, grid={"run.steps": [10, 20]}, set={"run.steps": 5}))
+    with pytest.raises(ConfigError, match="set and grid both give run.steps"):
+        expand(spec, tmp_path)
+
+
+def test_a_malformed_key_is_named(tmp_path):
+    spec, _ = load_sweep(write_sweep(tmp_path, grid={"run..steps": [10]}))
+    with pytest.raises(ConfigError, match="run..steps"):
+        expand(spec, tmp_path)
+
+
+def test_seeds_and_fixed_overrides_from_the_command_line_replace_and_extend_the_file(tmp_path):
+    path = write_sweep(tmp_path, grid={"run.steps": [10]}, seeds=[0], set={"run.name": "x"})
+    spec, _ = load_sweep(path, seeds=parse_seeds("2-4"), extra_set=["network.default_link.loss=0.1"])
+    assert spec.seeds == [2, 3, 4]
+    assert spec.set == {"run.name": "x", "network.default_link.loss": 0.1}
+    assert parse_seeds("0,3,7") == [0, 3, 7]
+    with pytest.raises(ConfigError, match="--seeds 'a-b'"):
+        parse_seeds("a-b")
+
+
+def test_the_cli_refuses_a_bad_grid_before_making_any_directory(tmp_path, capsys):
+    path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.0, 2.0]})
+    sweep_dir = tmp_path / "never"
+    assert main(["sweep", str(path), "--sweep-dir", str(sweep_dir)]) == 2
+    assert not sweep_dir.exists()
+    assert "network.default_link.loss" in capsys.readouterr().err
+
+
+def test_the_cli_dry_run_lists_every_run_and_launches_nothing(tmp_path, capsys):
+    path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.0, 0.1]}, seeds=[0, 1])
+    sweep_dir = tmp_path / "dry"
+    assert main(["sweep", str(path), "--sweep-dir", str(sweep_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 point(s) x 2 seed(s) = 4 run(s)" in out
+    assert "p01-loss0.1-seed1: --set network.default_link.loss=0.1 --set run.seed=1" in out
+    assert not sweep_dir.exists()
+
+
+def test_the_cli_refuses_a_sweep_dir_that_holds_files(tmp_path, capsys, monkeypatch):
+    path = write_sweep(tmp_path, grid={"run.steps": [10]})
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "something").write_text("x")
+    # The env check would build the env in a subprocess; this test is about the directory.
+    monkeypatch.setattr("orchestrator.sweep._check_once_per_section", lambda source, configs: None)
+    assert main(["sweep", str(path), "--sweep-dir", str(used)]) == 2
+    assert "expected a new or empty directory" in capsys.readouterr().err
+
+
+def test_a_run_config_sweeps_with_grid_options(tmp_path, capsys):
+    spec, base = load_sweep(TINY_RING, grid=["network.default_link.loss=0,0.1", "agents.learner.hidden_sizes=[[16], [32, 32]]"],
+                            seeds=[0, 1])  # fmt: skip
+    assert base == Path(TINY_RING) and spec.name == "tiny_ring"
+    assert spec.grid == {"network.default_link.loss": [0, 0.1], "agents.learner.hidden_sizes": [[16], [32, 32]]}
+    runs = expand(spec, tmp_path)
+    assert len(runs) == 2 * 2 * 2
+    configs = validate_runs(base, runs, check_env=False)
+    assert configs[-1].agents.learner.hidden_sizes in ([32, 32], (32, 32))
+    assert main(["sweep", TINY_RING, "--grid", "run.steps=10,20", "--dry-run", "--sweep-dir", str(tmp_path / "d")]) == 0
+    assert "2 point(s) x 1 seed(s) = 2 run(s)" in capsys.readouterr().out
+
+
+def test_a_run_config_without_a_grid_is_refused_with_the_way_out(capsys):
+    assert main(["sweep", TINY_RING, "--dry-run"]) == 2
+    assert "is a run config, not a sweep file (no `base:`); give the grid with --grid KEY=V1,V2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["loss", "=0,1", "a.b="])
+def test_a_malformed_grid_option_is_named(text):
+    with pytest.raises(ConfigError, match="--grid"):
+        load_sweep(TINY_RING, grid=[text])
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_validates(path, tmp_path):
+    spec, base = load_sweep(path)
+    runs = expand(spec, tmp_path)
+    assert len(validate_runs(base, runs, check_env=False)) == len(runs) > 1

@@ -1,0 +1,128 @@
+"""Tests of the transport's send and receive paths (`protocols/transport.py`) over real ipc sockets.
+
+What they pin down: a lockstep message crosses the socket as the envelope's three frames (plus
+the routing id on a ROUTER), `send_batch` delivers every message of a broadcast to the peer it
+names and reports unknown peers the way `send` does, and a peer still speaking version 1 of the
+envelope is dropped and counted, never handed to the loop.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from protocols import messages as m
+from protocols import wire
+from protocols.transport import Hub
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def hubs():
+    made: list[Hub] = []
+
+    def make(name: str, key: bytes = b"") -> Hub:
+        hub = Hub(sender=name, run_id="test", key=key)
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        hub.close()
+
+
+def receive(hub: Hub, channel, count: int, timeout_s: float = 10.0) -> list[wire.Envelope]:
+    got: list[wire.Envelope] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and (left := deadline - time.monotonic()) > 0:
+        if channel in hub.wait(left):
+            got.extend(channel.recv_all())
+    return got
+
+
+def observation(step: int, agent: str) -> m.EnvObservation:
+    return m.EnvObservation(
+        step=step,
+        observations={agent: np.full((1, 18), step, np.float32)},
+        rewards={agent: np.zeros(1, np.float32)},
+        terminated={agent: np.zeros(1, bool)},
+        truncated={agent: np.zeros(1, bool)},
+        active={agent: np.ones(1, bool)},
+        final_observations={},
+        episode_start=np.zeros(1, bool),
+    )
+
+
+def connect_clients(hubs, tmp_path, names: list[str], key: bytes = b""):
+    server_hub = hubs("env", key)
+    inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    clients = {}
+    for name in names:
+        hub = hubs(name, key)
+        channel = hub.connect_dealer(inbox.endpoint, name="env", identity=name)
+        channel.send(m.EnvReset())  # makes the ROUTER know the client's routing id
+        clients[name] = (hub, channel)
+    joined = receive(server_hub, inbox, len(names))
+    assert sorted(e.sender for e in joined) == sorted(names)
+    return server_hub, inbox, clients
+
+
+@pytest.mark.parametrize("key", [b"", b"run-key-0123456789abcdef"])
+def test_send_batch_delivers_each_message_to_its_peer(hubs, tmp_path, key):
+    server_hub, inbox, clients = connect_clients(hubs, tmp_path, ["agent_0", "agent_1", "agent_2"], key)
+    outgoing = [(name.encode(), observation(7, name)) for name in clients] + [(b"nobody", observation(7, "x"))]
+    assert inbox.send_batch(outgoing) == [True, True, True, False]
+    assert inbox.stats.unroutable == 1 and inbox.stats.sent == 3
+    for name, (hub, channel) in clients.items():
+        (envelope,) = receive(hub, channel, 1)
+        assert envelope.sender == "env" and envelope.message.step == 7
+        assert list(envelope.message.observations) == [name]
+        assert envelope.message.observations[name].tolist() == [[7.0] * 18]
+
+
+def test_a_lockstep_message_is_three_frames_on_the_wire(hubs, tmp_path):
+    server_hub = hubs("env")
+    inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    context = zmq.Context()
+    raw = context.socket(zmq.DEALER)
+    try:
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.IDENTITY, b"agent_0")
+        raw.connect(inbox.endpoint)
+        raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=1))
+        assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
+        inbox.send(observation(1, "agent_0"), to=b"agent_0")
+        assert raw.poll(10_000), "no observation arrived"
+        frames = raw.recv_multipart()
+        # head (magic, signature length, [header, parent]), body, one frame of packed small arrays
+        assert len(frames) == 3 and frames[0].startswith(b"PARLEY/2\x00")
+        assert msgpack.unpackb(frames[0][9:])[0]["msg_type"] == "env.observation"
+    finally:
+        raw.close(linger=0)
+        context.term()
+
+
+def test_a_version_1_peer_is_dropped_and_counted(hubs, tmp_path):
+    server_hub = hubs("env")
+    inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    context = zmq.Context()
+    raw = context.socket(zmq.DEALER)
+    try:
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.IDENTITY, b"old_agent")
+        raw.connect(inbox.endpoint)
+        header = {"msg_id": "1", "msg_type": "env.reset", "sender": "old_agent", "run_id": "test",
+                  "version": 1, "seq": 1, "sent_at": 1.0}
+        raw.send_multipart([b"<PARLEY|MSG>", b"", msgpack.packb(header), msgpack.packb({}), msgpack.packb({})])
+        # Then a valid message: once it is through, the old one has been handled (dropped).
+        raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=2))
+        assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
+        assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
+    finally:
+        raw.close(linger=0)
+        context.term()
