@@ -48,6 +48,8 @@ from agent_node.algos import build_learner
 from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.config import AgentNodeConfig
+from agent_node.ctde_client import CentralizedDQNActor
+from agent_node.training_config import learner_schedule
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.global_fields import GlobalFieldTracker
 from agent_node.recording import TransitionRecorder
@@ -59,10 +61,11 @@ from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.ctde import CTDEParams
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
-from protocols.settings import ENV_NODE_ID, agent_node_ids
+from protocols.settings import ENV_NODE_ID, LEARNER_NODE_ID, agent_node_ids
 from protocols.spaces import decode_space
 from protocols.topology import build_topology
 from protocols.transport import Channel, Hub, SocketOptions
@@ -71,7 +74,7 @@ from protocols.wire import Envelope
 log = logging.getLogger("agent_node")
 
 # Where a message came from: the channel it arrived on (see `AgentNode.HANDLERS`).
-ENV, PEERS, CONTROL = "env server", "neighbour", "orchestrator"
+ENV, PEERS, CONTROL, LEARNER = "env server", "neighbour", "orchestrator", "learner node"
 
 RUN_BUDGET_SPENT = "run budget spent"  # the stop reason of a run that ended normally
 
@@ -120,6 +123,10 @@ class AgentNode:
     def __init__(self, identity: NodeIdentity, run: AgentNodeConfig, control_endpoint: str) -> None:
         self.context = identity
         self.config = config = run.agents
+        # training.mode centralized: a learner node trains this agent's Q-network (ctde_client.py).
+        self.training = run.training
+        self.centralized = run.training.mode == "centralized"
+        self.learner_channel: Channel | None = None
         self.state = NodeState.BOOTING
         self.heartbeat_every_s = run.protocols.membership.heartbeat_every_s
         self.peer_timeout_s = run.protocols.membership.timeout_s
@@ -155,7 +162,7 @@ class AgentNode:
 
         self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
-        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
+        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or self.centralized)
         self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
         self.env_agent: str = ""
         self.num_copies = 1
@@ -173,7 +180,8 @@ class AgentNode:
             identity.node_dir,
             checkpoint_every_steps=config.checkpoint_every_steps,
             replay_save_every_steps=config.replay_save_every_steps,
-            keep_replay=config.learning,  # learning: false observes nothing; offline learners have no buffer
+            # learning: false observes nothing; offline learners have no buffer; a centralized agent's is the learner node's
+            keep_replay=config.learning and not self.centralized,
         )
 
     # ------------------------------------------------------------------ states
@@ -216,6 +224,13 @@ class AgentNode:
         # DEALERs we connected to them; anything arriving there is treated as from that peer).
         self._sources = {"env": ENV, "peers": PEERS, "control": CONTROL}
         self._sources.update({channel.name: PEERS for channel in links.values()})
+        if self.centralized:
+            if directory.learner_endpoint is None:
+                raise NodeFailure("training.mode is centralized but the orchestrator's directory names no learner node")
+            self.learner_channel = self.hub.connect_dealer(  # linger: the last transitions still go out at the end
+                directory.learner_endpoint, name="learner", identity=self.context.node_id, peer=LEARNER_NODE_ID, close_linger_s=1.0
+            )
+            self._sources["learner"] = LEARNER
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._build_learner(welcome)
@@ -231,17 +246,7 @@ class AgentNode:
         self.num_copies = welcome.num_copies
         observation_space = self.env_client.observation_spaces[self.env_agent]
         action_space = self.env_client.action_spaces[self.env_agent]
-        self.learner = build_learner(
-            self.config.learner,
-            observation_space,
-            action_space,
-            self.context.seed("learner"),
-            world_model_config=self.config.world_model,
-            task_spec=None if welcome.task is None else welcome.task.as_spec(),
-            state_space=decode_space(welcome.global_view["state_space"]) if welcome.global_view else None,
-            num_agents=len(welcome.possible_agents),
-            agent_index=self.context.index,
-        )
+        self.learner = self._make_learner(welcome, observation_space, action_space)
         if not isinstance(self.learner, NodeLearner):
             raise NodeFailure(
                 f"learner kind {self.config.learner.kind!r} built a {type(self.learner).__name__}, which is not a "
@@ -266,6 +271,29 @@ class AgentNode:
         log.info(
             "driving %s over %d copies: obs %s, actions %s, learner %s",
             self.env_agent, self.num_copies, observation_space, action_space, self.config.learner.kind,
+        )
+
+    def _make_learner(self, welcome: m.EnvWelcome, observation_space, action_space):
+        state_space = decode_space(welcome.global_view["state_space"]) if welcome.global_view else None
+        if self.centralized:
+            # Acts here, trains in the learner node; it announces itself there now.
+            actor = CentralizedDQNActor(
+                self.config.learner, observation_space, action_space, state_space, self.context.seed("learner"),
+                agent_index=self.context.index, send=self.learner_channel.send,
+                schedule=learner_schedule(self.config.learner), params_every=self.training.params_every,
+            )
+            actor.hello()
+            return actor
+        return build_learner(
+            self.config.learner,
+            observation_space,
+            action_space,
+            self.context.seed("learner"),
+            world_model_config=self.config.world_model,
+            task_spec=None if welcome.task is None else welcome.task.as_spec(),
+            state_space=state_space,
+            num_agents=len(welcome.possible_agents),
+            agent_index=self.context.index,
         )
 
     def _consensus_subject(self, observation_space, action_space) -> ConsensusSubject | None:
@@ -430,7 +458,7 @@ class AgentNode:
             self.consensus.replace_held(message)
 
     def _act(self, message: m.EnvObservation) -> None:
-        if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps:
+        if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._learner_node_behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
             self.waiting_for_updates = message
             return
@@ -458,7 +486,9 @@ class AgentNode:
             transition = assembled.transition
             if self.global_fields.enabled:
                 transition = replace(transition, **self.global_fields.fields(message, transition.copy_index))
-            if self.config.learning:  # learning: false evaluates (agents.learning)
+            if self.config.learning and self.centralized:  # streamed to the learner node, keyed by step
+                self.learner.observe_at(message.step, transition)
+            elif self.config.learning:  # learning: false evaluates (agents.learning)
                 self.learner.observe(transition)
             if self.recorder is not None:
                 self.recorder.record(message.step, transition)
@@ -478,6 +508,16 @@ class AgentNode:
 
     def on_env_error(self, sender: str, refusal: m.ErrorReply, now: float) -> None:
         raise NodeFailure(f"env server refused a request: {refusal.code}: {refusal.message}")
+
+    def on_ctde_params(self, sender: str, params: CTDEParams, now: float) -> None:
+        self.learner.on_params(params)  # the learner node's newest Q-network for this agent
+        if self.waiting_for_updates is not None and not self._learner_node_behind():
+            message, self.waiting_for_updates = self.waiting_for_updates, None
+            self._act(message)
+
+    def _learner_node_behind(self) -> bool:
+        """The update-ratio contract of centralized training (CentralizedDQNActor.lagging)."""
+        return self.centralized and self.config.learning and self.learner.lagging(self.config.max_pending_gradient_steps)
 
     def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
         self.begin_draining(shutdown.reason)
@@ -502,6 +542,7 @@ class AgentNode:
         m.Heartbeat: (PEERS, on_heartbeat),
         ConsensusShare: (PEERS, on_consensus_share),
         PushSumShare: (PEERS, on_consensus_share),
+        CTDEParams: (LEARNER, on_ctde_params),
     }
 
     # ------------------------------------------------------------------ consensus
@@ -561,6 +602,11 @@ class AgentNode:
             if not self.persistence.load_initial_checkpoint(self.learner, initial):
                 raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {initial}")
             log.info("loaded the initial checkpoint %s", initial)
+        elif self.config.load_shared_checkpoint is not None:
+            shared = Path(self.config.load_shared_checkpoint)  # one parameter-shared policy for every agent
+            if not self.persistence.load_initial_checkpoint(self.learner, shared):
+                raise NodeFailure(f"agents.load_shared_checkpoint: no checkpoint at {shared}")
+            log.info("loaded the initial checkpoint %s (shared by every agent)", shared)
 
     def _drain(self) -> None:
         """Persist what we learned, say goodbye, close every socket."""
