@@ -23,10 +23,11 @@ def metrics(run_dir: Path, node: str) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mixer", ["qmix", "vdn"])
-def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_its_parameters(tmp_path, mixer):
+@pytest.mark.parametrize("mixer, transport", [("qmix", "ipc"), ("vdn", "tcp")])  # tcp: the learner's ROUTER is a CURVE server
+def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_its_parameters(tmp_path, mixer, transport):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", f"training.mixer={mixer}")
+    process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", f"training.mixer={mixer}",
+                          "--set", f"network.transport={transport}")
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr.decode()[-3000:]
     events = read_events(run_dir)
@@ -34,7 +35,7 @@ def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_it
     assert all(e["code"] == 0 for e in events if e["event"] == "exited") and len([e for e in events if e["event"] == "exited"]) == 5
     # Every agent got the learner's endpoint in its directory, registered by the learner node.
     registered = {e["node"]: e["endpoints"] for e in events if e["event"] == "registered"}
-    assert set(registered["learner"]) == {"ctde"}
+    assert set(registered["learner"]) == {"ctde"} and registered["learner"]["ctde"].startswith(f"{transport}://")
     assert f"built the {mixer} learner for 3 agents" in (run_dir / "nodes" / "learner" / "log").read_text()
 
     final = metrics(run_dir, "learner")[-1]
