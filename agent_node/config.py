@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
 from agent_node.goal_config import GoalsConfig
+from agent_node.training_config import DecentralizedTraining, TrainingConfig
 from agent_node.world_models.config import WorldModelConfig
 from protocols.node_config import NodeSections
 
@@ -69,6 +70,9 @@ class AgentsConfig(BaseModel):
     # Goal-conditioned agents (learner kind goal_dqn): how each episode's goal is chosen,
     # negotiated and shared (agent_node/goal_config.py, agent_node/goal_session.py).
     goals: GoalsConfig | None = None
+    # One checkpoint file every agent starts from (e.g. <run dir>/nodes/agent_0/checkpoints/latest.pt):
+    # a parameter-shared policy (learner kind shared_dqn) moved to a run with another agent count.
+    load_shared_checkpoint: str | None = None
 
     @model_validator(mode="after")
     def _offline_learners_only_evaluate(self) -> AgentsConfig:
@@ -85,8 +89,26 @@ class AgentsConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shared_checkpoint_is_shared_dqn(self) -> AgentsConfig:
+        if self.load_shared_checkpoint is None:
+            return self
+        if self.load_checkpoints is not None:
+            raise ValueError(
+                "load_shared_checkpoint and load_checkpoints: give one (one file for every agent, or a directory "
+                f"with one per agent), got both ({self.load_shared_checkpoint!r}, {self.load_checkpoints!r})"
+            )
+        if self.learner.kind != "shared_dqn":
+            raise ValueError(
+                "load_shared_checkpoint: one checkpoint fits every agent only for a parameter-shared policy whose input "
+                f"is padded to a maximum agent count (learner kind 'shared_dqn'), got kind {self.learner.kind!r}"
+            )
+        return self
+
 
 class AgentNodeConfig(NodeSections):
-    """What an agent node reads from its resolved config: the shared sections and `agents`."""
+    """What an agent node (and a learner node) reads from its resolved config: the shared
+    sections, `agents` and `training`."""
 
     agents: AgentsConfig
+    training: TrainingConfig = DecentralizedTraining()

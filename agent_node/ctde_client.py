@@ -1,19 +1,28 @@
 """The agent side of centralized training (CTDE, issue 12): what an agent node sends to a learner
 node and how it takes the parameters that come back.
 
-An agent node that trains centrally keeps acting with its own local DQN (epsilon-greedy, in its
-own process); instead of training it, it turns each recorded `Transition` into a
-`ctde.transitions` message (`transitions_message`) and loads every `ctde.params` it receives
-(`ParamsReceiver`). Kept out of agent_node/node.py so the node needs only a small hook: not wired
-into node.py yet (see the learner-node branch's report).
+An agent node of a run with `training.mode: centralized` keeps acting in its own process with its
+own Q-network (epsilon-greedy, the epsilon schedule of `agents.learner`), but never trains it:
+`CentralizedDQNActor` is the node's learner object (an `Actor` and a `Learner`, agent_node/roles.py)
+whose `observe_at` streams each recorded `Transition` to the learner node as `ctde.transitions`
+(`transitions_message`) and whose Q-network takes every `ctde.params` that comes back
+(`ParamsReceiver`). It owes no gradient steps: the learner node takes them (agent_node/learner_node.py).
+The node only builds it, connects its channel, and routes `ctde.params` to it (small hooks in
+agent_node/node.py).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
+import gymnasium as gym
 import numpy as np
 
+from agent_node.algos.config import DQNConfig
+from agent_node.algos.dqn import DQNAgent, linear_schedule
 from agent_node.roles import Transition
-from protocols.ctde import CTDEParams, CTDETransitions
+from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.spaces import encode_space
 
 
 def transitions_message(agent_index: int, env_step: int, transition: Transition) -> CTDETransitions:
@@ -64,3 +73,132 @@ class ParamsReceiver:
             "ctde/params_stale": float(self.updates_stale),
             "ctde/params_gradient_step": float(self.last_gradient_step),
         }
+
+
+class CentralizedDQNActor:
+    """The learner object of an agent node that trains centrally: acts with its Q-network, streams
+    its transitions to the learner node, loads the parameters that come back.
+
+    `send` delivers one message to the learner node (the node's channel to it). `act` is
+    epsilon-greedy with `config`'s schedule over the rows this agent has streamed, exactly as a
+    `DQNAgent` counts its observed rows; the network's own optimizer is never stepped.
+
+    **The update-ratio contract, across processes.** The learner node owes gradient steps for
+    the rows the agents streamed (`schedule`: `learning_starts`, `gradient_steps_per_row`, from
+    training_config.learner_schedule). An agent that acted on however stale parameters would let a
+    slow learner fall behind unnoticed and do its training after the run. `lagging(bound)` says
+    when the newest parameters this agent holds are more than `bound` gradient steps (plus the
+    `params_every` between two broadcasts) behind what its own streamed rows owe; the node then
+    holds its observation until fresher parameters arrive, as a decentralized agent learns
+    first when its learner owes more than `agents.max_pending_gradient_steps`.
+    """
+
+    def __init__(
+        self,
+        config: DQNConfig,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        state_space: gym.spaces.Space,
+        seed: int,
+        *,
+        agent_index: int,
+        send: Callable[[Any], object],
+        schedule: Mapping[str, float],
+        params_every: int,
+    ) -> None:
+        if not isinstance(config, DQNConfig):
+            raise TypeError(f"centralized training acts with a DQN Q-network; config must be a DQNConfig, got {type(config).__name__}")
+        self.config = config
+        self.agent_index = int(agent_index)
+        self.dqn = DQNAgent(config, observation_space, action_space, seed)
+        self.receiver = ParamsReceiver(self.dqn)
+        self.send = send
+        self.explore_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(4)[3])
+        self.rows_sent = 0
+        self.learning_starts = int(schedule["learning_starts"])
+        self.gradient_steps_per_row = float(schedule["gradient_steps_per_row"])
+        self.params_every = int(params_every)
+        self.join = CTDEJoin(
+            agent_index=self.agent_index,
+            observation_space=encode_space(observation_space, "observation_space"),
+            action_space=encode_space(action_space, "action_space"),
+            state_space=encode_space(state_space, "state_space"),
+        )
+
+    def hello(self) -> None:
+        """Announce this agent to the learner node (it answers with its current parameters)."""
+        self.send(self.join)
+
+    # ------------------------------------------------------------------ Actor
+
+    @property
+    def epsilon(self) -> float:
+        cfg = self.config
+        return linear_schedule(cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps, self.rows_sent)
+
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        action_index = self.dqn.q_values(obs).argmax(axis=1)
+        if explore:
+            take_random = self.explore_rng.random(action_index.shape[0]) < self.epsilon
+            action_index[take_random] = self.explore_rng.integers(0, self.dqn.num_actions, size=int(take_random.sum()))
+        return (action_index + self.dqn.action_start).astype(self.dqn.action_space.dtype)
+
+    # ------------------------------------------------------------------ Learner (the learner node learns)
+
+    def observe_at(self, env_step: int, transition: Transition) -> None:
+        """Stream this agent's rows of lockstep step `env_step` to the learner node."""
+        message = transitions_message(self.agent_index, env_step, transition)
+        message = _with_network_actions(message, self.dqn.action_start)
+        self.send(message)
+        self.rows_sent += len(message.reward)
+
+    def observe(self, transition: Transition) -> None:
+        raise TypeError("a centralized agent streams transitions with observe_at(env_step, transition): the learner node joins agents by step")
+
+    def on_params(self, message: CTDEParams) -> bool:
+        return self.receiver.on_params(message)
+
+    def gradient_steps_due(self) -> int:
+        return 0  # this node takes none: the learner node does (see `lagging`)
+
+    def learner_steps_owed(self) -> int:
+        """Gradient steps the learner node owes for the rows this agent has streamed."""
+        if self.rows_sent < self.learning_starts:
+            return 0
+        return int((self.rows_sent - self.learning_starts) * self.gradient_steps_per_row)
+
+    def lagging(self, bound: int) -> bool:
+        """Are the newest parameters held more than `bound` (+ params_every) steps behind what is owed?"""
+        held = max(0, self.receiver.last_gradient_step)
+        return self.learner_steps_owed() - held > bound + self.params_every
+
+    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
+        return {}
+
+    def counters(self) -> dict[str, float]:
+        return {"ctde/rows_sent": float(self.rows_sent), "ctde/learner_steps_owed": float(self.learner_steps_owed()), **self.receiver.metrics()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The acting network as a DQN checkpoint (loadable by a `kind: dqn` agent) plus the stream's counters."""
+        return {
+            "algorithm": "ctde_actor",
+            "dqn": self.dqn.state_dict(),
+            "rows_sent": self.rows_sent,
+            "params_gradient_step": self.receiver.last_gradient_step,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("algorithm") != "ctde_actor":
+            raise ValueError(f"expected a centralized agent's checkpoint (algorithm 'ctde_actor'), got {state.get('algorithm')!r}")
+        self.dqn.load_state_dict(state["dqn"])
+        self.rows_sent = int(state["rows_sent"])
+        self.receiver.last_gradient_step = int(state["params_gradient_step"])
+
+
+def _with_network_actions(message: CTDETransitions, action_start: int) -> CTDETransitions:
+    """Actions as the network's indices 0..n-1 (gymnasium's Discrete(n, start=s) acts s..s+n-1)."""
+    if action_start == 0:
+        return message
+    from dataclasses import replace
+
+    return replace(message, action=message.action - action_start)

@@ -13,9 +13,8 @@ dropped a copy, or died) are evicted oldest-first past `max_pending` keys and co
 `gradient_steps_per_row` gradient steps per completed row once `learning_starts` rows are in,
 and every `params_every` gradient steps returns one `CTDEParams` per agent for the node to send.
 It never touches a socket or a clock, so it is tested with lists of messages (tests/unit/test_ctde_learner.py).
-
-Not built yet (see the report of the learner-node branch): the `python -m agent_node.learner_node`
-process around this core, the `learner` role in orchestrator/plan.py, and the agent-side hook.
+The process around it is agent_node/learner_node.py (the orchestrator's `learner` role); the
+agents' side is agent_node/ctde_client.py.
 """
 
 from __future__ import annotations
@@ -104,6 +103,7 @@ class CentralizedLearnerCore:
         learning_starts: int,
         gradient_steps_per_row: float,
         params_every: int,
+        max_pending: int = 10_000,
     ) -> None:
         if learning_starts < 1 or params_every < 1 or gradient_steps_per_row <= 0:
             raise ValueError(
@@ -111,7 +111,7 @@ class CentralizedLearnerCore:
                 f"{learning_starts!r}, {params_every!r}, {gradient_steps_per_row!r}"
             )
         self.learner = learner
-        self.assembler = JointRowAssembler(learner.num_agents)
+        self.assembler = JointRowAssembler(learner.num_agents, max_pending)
         self.replay: JointReplayBuffer = learner.make_replay(replay_capacity)
         self.learning_starts = learning_starts
         self.gradient_steps_per_row = gradient_steps_per_row

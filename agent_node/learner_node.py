@@ -1,16 +1,25 @@
-"""`python -m agent_node.learner_node`: a centralized learner process (CTDE, issue 12).
+"""`python -m agent_node.learner_node`: the centralized learner process (CTDE, issue 12).
 
-A ROUTER that agent nodes connect DEALERs to. Each agent sends `ctde.transitions`; the node joins
-them into joint rows, trains a VDN or QMIX mixer over all agents' Q networks and sends each agent
-its Q-network parameters (`ctde.params`) every `--params-every` gradient steps, through the
-routing id that agent's transitions came from. All the learning logic is in
-agent_node/ctde_learner.py; this file is only the socket loop around it.
+A ROUTER that agent nodes connect DEALERs to. Each agent announces itself (`ctde.join`: its index
+and spaces; the node builds its networks from the first and answers every join with that agent's
+current Q-network), then sends `ctde.transitions`; the node joins them into joint rows, trains a
+VDN or QMIX mixer over all agents' Q networks and sends each agent its Q-network parameters
+(`ctde.params`) every `params_every` gradient steps, through the routing id that agent's messages
+came from. All the learning logic is in agent_node/ctde_learner.py; this file is the socket loop
+around it. The agents never wait for it: they keep acting with the newest parameters they have.
 
-Only the standalone mode exists so far (tests, benchmarks): spaces and hyperparameters come from
-the command line, it prints `READY <endpoint>` once bound, serves until SIGTERM / SIGINT, and
-prints its final metrics as one JSON line (`METRICS {...}`) before it exits. Being planned and
-launched by the orchestrator (a `learner` role in orchestrator/plan.py, its endpoint in the
-Directory) is not built yet.
+Two ways to start it:
+
+- by the orchestrator, in a run with `training.mode: centralized` (node id `learner`):
+  `--config <run dir>/resolved.yaml --node-id learner --control <endpoint>`. It registers its
+  `ctde` endpoint (the orchestrator puts it in every agent's directory), reports status like any
+  node, writes `nodes/learner/metrics.jsonl` (the `learner/...` counters and `mixer/...` losses at
+  every parameter broadcast and at the end) and on `control.shutdown` first takes in what the
+  agents sent before they stopped, then exits 0. The mixer and schedule come from the run's
+  `training` and `agents.learner` sections (agent_node/training_config.py).
+- standalone (tests, benchmarks): spaces and hyperparameters from the command line; it prints
+  `READY <endpoint>` once bound, serves until SIGTERM / SIGINT, and prints its final metrics as
+  one JSON line (`METRICS {...}`) before it exits.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import argparse
 import json
 import logging
 import signal
+import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -27,45 +38,246 @@ import torch
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.mixers import CentralizedMixerLearner
 from agent_node.ctde_learner import CentralizedLearnerCore
-from protocols.ctde import CTDETransitions
+from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
 from protocols.seeds import derive_seed
-from protocols.transport import Hub
+from protocols.spaces import decode_space
+from protocols.transport import Channel, Hub
 
 log = logging.getLogger("learner_node")
 
 # How often the loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
 _WAKE_S = 0.2
+# After control.shutdown: how long the node keeps taking in what the agents sent before they
+# stopped (their last transitions may still be in flight), once nothing more arrives.
+_DRAIN_QUIET_S = 0.5
+_DRAIN_MAX_S = 5.0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent_node.learner_node", description=__doc__.split("\n")[0])
-    parser.add_argument("--bind", default="tcp://127.0.0.1:0")
-    parser.add_argument("--node-id", default="learner")
-    parser.add_argument("--mixer", choices=("vdn", "qmix"), default="qmix")
-    parser.add_argument("--num-agents", type=int, required=True)
-    parser.add_argument("--obs-dim", type=int, required=True)
-    parser.add_argument("--num-actions", type=int, required=True)
-    parser.add_argument("--state-dim", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, default=MixerConfig.model_fields["batch_size"].default)
-    parser.add_argument("--replay-capacity", type=int, default=100_000)
-    parser.add_argument("--learning-starts", type=int, default=1_000)
-    parser.add_argument("--gradient-steps-per-row", type=float, default=0.25)
-    parser.add_argument("--params-every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+class LearnerService:
+    """The learner node's message handling: joins, transitions, parameters out. Builds its
+    `CentralizedLearnerCore` on the first `ctde.join` (the spaces come from the agents), or at
+    once when given the spaces (standalone). An agent's routing id is learned from its messages."""
+
+    def __init__(self, num_agents: int, make_core, inbox: Channel, spaces: tuple | None = None) -> None:
+        self.num_agents = num_agents
+        self.make_core = make_core  # (observation_space, action_space, state_space) -> CentralizedLearnerCore
+        self.inbox = inbox
+        # Standalone mode knows the spaces from its command line and builds the core at once.
+        self.spaces = spaces
+        self.core: CentralizedLearnerCore | None = None if spaces is None else make_core(*spaces)
+        self.routes: dict[int, bytes] = {}  # agent index -> the routing id its messages came from
+        self.refused = 0
+        self.messages = 0
+
+    def handle(self, envelope) -> bool:
+        """Take one message; True when it was used (False: refused and logged)."""
+        self.messages += 1
+        message = envelope.message
+        if isinstance(message, CTDEJoin):
+            return self._on_join(envelope, message)
+        if isinstance(message, CTDETransitions):
+            if self.core is None:
+                return self._refuse(envelope, f"ctde.transitions from agent {message.agent_index} before any ctde.join")
+            try:
+                outgoing = self.core.on_transitions(message)
+            except ValueError as error:
+                return self._refuse(envelope, str(error))
+            self.routes[int(message.agent_index)] = envelope.identities[0]
+            self._send(outgoing)
+            return True
+        return self._refuse(envelope, f"a learner node takes ctde.join and ctde.transitions, not {envelope.msg_type}")
+
+    def _on_join(self, envelope, message: CTDEJoin) -> bool:
+        index = int(message.agent_index)
+        if not 0 <= index < self.num_agents:
+            return self._refuse(envelope, f"ctde.join: agent_index must lie in [0, {self.num_agents - 1}], got {index}")
+        try:
+            spaces = tuple(decode_space(getattr(message, name), name) for name in ("observation_space", "action_space", "state_space"))
+        except Exception as error:  # noqa: BLE001 - a bad space is the sender's problem, reported
+            return self._refuse(envelope, f"ctde.join: {error}")
+        if self.spaces is None:
+            try:
+                self.core = self.make_core(*spaces)
+            except (TypeError, ValueError) as error:
+                return self._refuse(envelope, f"ctde.join: cannot train these spaces centrally: {error}")
+            self.spaces = spaces
+            log.info("built the %s learner for %d agents: obs %s, actions %s, state %s",
+                     self.core.learner.config.mixer, self.num_agents, *spaces)
+        elif spaces != self.spaces:
+            return self._refuse(envelope, f"ctde.join: agent {index}'s spaces {spaces} differ from the first agent's {self.spaces}")
+        self.routes[index] = envelope.identities[0]
+        learner = self.core.learner
+        self.inbox.send(CTDEParams(gradient_step=learner.gradient_steps, params=learner.agent_params(index)), to=self.routes[index])
+        return True
+
+    def _send(self, outgoing: list[tuple[int, CTDEParams]]) -> None:
+        for agent, params in outgoing:
+            if agent in self.routes:
+                self.inbox.send(params, to=self.routes[agent])
+
+    def _refuse(self, envelope, why: str) -> bool:
+        self.refused += 1
+        log.warning("refused a message from %s: %s", envelope.header.sender, why)
+        return False
+
+    def metrics(self) -> dict[str, float]:
+        base = {"learner/agents_joined": float(len(self.routes)), "learner/messages_refused": float(self.refused)}
+        if self.core is None:
+            return base
+        return {**self.core.metrics(), **base}
+
+
+def make_core_factory(config: MixerConfig, num_agents: int, seed: int, replay_capacity: int, learning_starts: int,
+                      gradient_steps_per_row: float, params_every: int, max_pending_rows: int = 10_000):
+    def make_core(observation_space, action_space, state_space) -> CentralizedLearnerCore:
+        learner = CentralizedMixerLearner(config, observation_space, action_space, state_space, num_agents=num_agents, seed=seed)
+        return CentralizedLearnerCore(learner, replay_capacity, learning_starts, gradient_steps_per_row, params_every,
+                                      max_pending=max_pending_rows)
+
+    return make_core
+
+
+# ---------------------------------------------------------------------------------- orchestrated
+
+
+def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
+    from agent_node.config import AgentNodeConfig
+    from agent_node.training_config import learner_schedule, mixer_config
+    from protocols import messages as m
+    from protocols.config_errors import ConfigError
+    from protocols.control import ControlClient, ShutdownRequested
+    from protocols.metrics import MetricsWriter
+    from protocols.node_config import bind_address, load_node_config, node_keys
+    from protocols.transport import SocketOptions
+
+    try:
+        run, identity = load_node_config(config_path, node_id, AgentNodeConfig)
+    except ConfigError as error:
+        print(f"learner {node_id}: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=run.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
+    training = run.training
+    if training.mode != "centralized":
+        print(f"learner {node_id}: training.mode is {training.mode!r}; a learner node runs only with 'centralized'", file=sys.stderr)
+        return 2
+    torch.set_num_threads(training.torch_threads)
+    dqn = run.agents.learner
+    make_core = make_core_factory(
+        mixer_config(training, dqn), run.agents.count, identity.seed("learner"), params_every=training.params_every,
+        max_pending_rows=training.max_pending_rows, **learner_schedule(dqn),
+    )
+
+    stop: list[str] = []
+
+    def request_stop(signum, frame):
+        stop.append(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    hub = Hub(
+        sender=node_id,
+        run_id=identity.run_id,
+        options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
+        keys=node_keys(run, node_id),
+        limits=run.protocols.limits,
+        links=run.network.link_table(node_id, identity.run_seed),
+    )
+    metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / node_id)
+    exit_code = 0
+    service = None
+    control = None
+    reason = "stopped"
+    try:
+        control = ControlClient(hub, control_endpoint, node_id=node_id)
+        inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
+        service = LearnerService(run.agents.count, make_core, inbox)
+        control.register("learner", {"ctde": inbox.endpoint})
+        startup_s = run.protocols.control.startup_timeout_s
+        control.wait_for(m.Directory, startup_s)
+        control.ready()
+        control.wait_for(m.Start, startup_s)
+        log.info("learner %s running: %s mixer for %d agents at %s", node_id, training.mixer, run.agents.count, inbox.endpoint)
+        status_every_s = run.protocols.control.status_every_s
+        started = time.monotonic()
+        logged = [0]  # parameter broadcasts already logged to metrics.jsonl
+
+        def report() -> None:
+            """Metrics at each new parameter broadcast, status when due. Called after every message:
+            a learner behind the agents always has more waiting, and must still report."""
+            core = service.core
+            if core is not None and core.params_sent > logged[0]:
+                logged[0] = core.params_sent
+                metrics.write(core.learner.gradient_steps, service.metrics())
+            now = time.monotonic()
+            if control.status_due(now, status_every_s):
+                control.send_status(
+                    now, state="running", step=0 if core is None else core.learner.gradient_steps, episode=0, last_return=None,
+                    msgs_per_s=service.messages / max(1e-9, now - started), extra=service.metrics(),
+                )
+
+        while not stop:
+            timeout = min(_WAKE_S, max(0.0, control.next_status_at(status_every_s) - time.monotonic()))
+            for channel in hub.wait(timeout):
+                for envelope in channel.recv_all():
+                    if channel is control.channel:
+                        if isinstance(envelope.message, m.Shutdown):
+                            stop.append(envelope.message.reason)
+                    else:
+                        service.handle(envelope)
+                    report()
+                    if stop:
+                        break
+            hub.flush_due()
+            report()
+        reason = stop[0]
+        _take_in_the_rest(hub, inbox, service)
+    except ShutdownRequested as request:
+        reason = request.reason
+    except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero
+        log.exception("learner failed: %s", error)
+        reason, exit_code = f"failed: {error}", 1
+    finally:
+        try:
+            if service is not None:
+                final = service.metrics()
+                metrics.write(0 if service.core is None else service.core.learner.gradient_steps, final)
+                log.info("learner stopping (%s): %s", reason, json.dumps(final))
+            if control is not None:
+                control.goodbye(reason)
+        finally:
+            metrics.close()
+            hub.close()
+    return exit_code
+
+
+def _take_in_the_rest(hub: Hub, inbox: Channel, service: LearnerService) -> None:
+    """After the shutdown: train on what the agents sent before they stopped (it may still be in
+    flight), until the inbox has been quiet for _DRAIN_QUIET_S (at most _DRAIN_MAX_S)."""
+    deadline = time.monotonic() + _DRAIN_MAX_S
+    while time.monotonic() < deadline:
+        ready = hub.wait(_DRAIN_QUIET_S)
+        if inbox not in ready:
+            return
+        for envelope in inbox.recv_all():
+            service.handle(envelope)
+
+
+# ---------------------------------------------------------------------------------- standalone
+
+
+def run_standalone(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-
     config = MixerConfig(mixer=args.mixer, batch_size=args.batch_size)
-    learner = CentralizedMixerLearner(
-        config,
+    spaces = (
         gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32),
         gym.spaces.Discrete(args.num_actions),
         gym.spaces.Box(-np.inf, np.inf, (args.state_dim,), np.float32),
-        num_agents=args.num_agents,
-        seed=derive_seed(args.seed, args.num_agents + 1, "learner"),
     )
-    core = CentralizedLearnerCore(learner, args.replay_capacity, args.learning_starts, args.gradient_steps_per_row, args.params_every)
+    make_core = make_core_factory(
+        config, args.num_agents, derive_seed(args.seed, args.num_agents + 1, "learner"), args.replay_capacity,
+        args.learning_starts, args.gradient_steps_per_row, args.params_every,
+    )
 
     stop = [False]
 
@@ -76,31 +288,51 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
 
     hub = Hub(sender=args.node_id, run_id="standalone")
+    service = None
     try:
         inbox = hub.bind_router(args.bind, name="learner")
+        service = LearnerService(args.num_agents, make_core, inbox, spaces=spaces)
         print(f"READY {inbox.endpoint}", flush=True)
-        routes: dict[int, bytes] = {}  # agent index -> the routing id its transitions came from
         while not stop[0]:
             hub.wait(_WAKE_S)
             for envelope in inbox.recv_all():
-                message = envelope.message
-                if not isinstance(message, CTDETransitions):
-                    log.warning("ignored %s from %s: a learner node takes only ctde.transitions", type(message).__name__, envelope.header.sender)
-                    continue
-                routes[int(message.agent_index)] = envelope.identities[0]
-                try:
-                    outgoing = core.on_transitions(message)
-                except ValueError as error:
-                    log.warning("refused ctde.transitions from %s: %s", envelope.header.sender, error)
-                    continue
-                for agent, params in outgoing:
-                    if agent in routes:
-                        inbox.send(params, to=routes[agent])
+                service.handle(envelope)
             hub.flush_due()
     finally:
-        print("METRICS " + json.dumps(core.metrics()), flush=True)
+        print("METRICS " + json.dumps({} if service is None else service.metrics()), flush=True)
         hub.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent_node.learner_node", description=__doc__.split("\n")[0])
+    orchestrated = parser.add_argument_group("started by the orchestrator")
+    orchestrated.add_argument("--config", help="resolved.yaml of the run (then --node-id and --control; no standalone options)")
+    orchestrated.add_argument("--control", help="the orchestrator's control endpoint")
+    parser.add_argument("--node-id", default="learner")
+    standalone = parser.add_argument_group("standalone")
+    standalone.add_argument("--bind", default="tcp://127.0.0.1:0")
+    standalone.add_argument("--mixer", choices=("vdn", "qmix"), default="qmix")
+    standalone.add_argument("--num-agents", type=int)
+    standalone.add_argument("--obs-dim", type=int)
+    standalone.add_argument("--num-actions", type=int)
+    standalone.add_argument("--state-dim", type=int)
+    standalone.add_argument("--batch-size", type=int, default=MixerConfig.model_fields["batch_size"].default)
+    standalone.add_argument("--replay-capacity", type=int, default=100_000)
+    standalone.add_argument("--learning-starts", type=int, default=1_000)
+    standalone.add_argument("--gradient-steps-per-row", type=float, default=0.25)
+    standalone.add_argument("--params-every", type=int, default=50)
+    standalone.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        if args.control is None:
+            parser.error("--config needs --control (the orchestrator's control endpoint)")
+        return run_in_orchestrated_run(args.config, args.node_id, args.control)
+    missing = [f"--{name.replace('_', '-')}" for name in ("num_agents", "obs_dim", "num_actions", "state_dim") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"standalone mode needs {', '.join(missing)} (or --config/--control when started by the orchestrator)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_standalone(args)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ from agent_node.algos import build_learner
 from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.config import AgentNodeConfig
+from agent_node.ctde_client import CentralizedDQNActor
+from agent_node.training_config import learner_schedule
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.global_fields import GlobalFieldTracker
 from agent_node.goal_session import GoalSession, build_goal_session
@@ -63,13 +65,14 @@ from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
+from protocols.ctde import CTDEParams
 from protocols.hindsight import HindsightReport
 from protocols.jsonlines import FileWriteError
 from protocols.negotiation import GoalCommit, NegotiationProposal
 from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_keys
-from protocols.settings import ENV_NODE_ID, agent_node_ids
+from protocols.settings import ENV_NODE_ID, LEARNER_NODE_ID, agent_node_ids
 from protocols.spaces import decode_space
 from protocols.topology import build_topology
 from protocols.transport import Channel, Hub, SocketOptions
@@ -78,7 +81,7 @@ from protocols.wire import Envelope
 log = logging.getLogger("agent_node")
 
 # Where a message came from: the channel it arrived on (see `AgentNode.HANDLERS`).
-ENV, PEERS, CONTROL = "env server", "neighbour", "orchestrator"
+ENV, PEERS, CONTROL, LEARNER = "env server", "neighbour", "orchestrator", "learner node"
 
 RUN_BUDGET_SPENT = "run budget spent"  # the stop reason of a run that ended normally
 
@@ -127,6 +130,10 @@ class AgentNode:
     def __init__(self, identity: NodeIdentity, run: AgentNodeConfig, control_endpoint: str) -> None:
         self.context = identity
         self.config = config = run.agents
+        # training.mode centralized: a learner node trains this agent's Q-network (ctde_client.py).
+        self.training = run.training
+        self.centralized = run.training.mode == "centralized"
+        self.learner_channel: Channel | None = None
         self.state = NodeState.BOOTING
         self.heartbeat_every_s = run.protocols.membership.heartbeat_every_s
         self.peer_timeout_s = run.protocols.membership.timeout_s
@@ -164,7 +171,7 @@ class AgentNode:
 
         self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
-        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW)
+        self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or self.centralized)
         self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
         self.env_agent: str = ""
         self.num_copies = 1
@@ -183,7 +190,8 @@ class AgentNode:
             identity.node_dir,
             checkpoint_every_steps=config.checkpoint_every_steps,
             replay_save_every_steps=config.replay_save_every_steps,
-            keep_replay=config.learning,  # learning: false observes nothing; offline learners have no buffer
+            # learning: false observes nothing; offline learners have no buffer; a centralized agent's is the learner node's
+            keep_replay=config.learning and not self.centralized,
         )
 
     # ------------------------------------------------------------------ states
@@ -226,6 +234,13 @@ class AgentNode:
         # DEALERs we connected to them; anything arriving there is treated as from that peer).
         self._sources = {"env": ENV, "peers": PEERS, "control": CONTROL}
         self._sources.update({channel.name: PEERS for channel in links.values()})
+        if self.centralized:
+            if directory.learner_endpoint is None:
+                raise NodeFailure("training.mode is centralized but the orchestrator's directory names no learner node")
+            self.learner_channel = self.hub.connect_dealer(  # linger: the last transitions still go out at the end
+                directory.learner_endpoint, name="learner", identity=self.context.node_id, peer=LEARNER_NODE_ID, close_linger_s=1.0
+            )
+            self._sources["learner"] = LEARNER
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._build_learner(welcome)
@@ -241,16 +256,9 @@ class AgentNode:
         self.num_copies = welcome.num_copies
         observation_space = self.env_client.observation_spaces[self.env_agent]
         action_space = self.env_client.action_spaces[self.env_agent]
-        self.learner = self._build_goal_learner(welcome) if self.config.goals is not None else build_learner(
-            self.config.learner,
-            observation_space,
-            action_space,
-            self.context.seed("learner"),
-            world_model_config=self.config.world_model,
-            task_spec=None if welcome.task is None else welcome.task.as_spec(),
-            state_space=decode_space(welcome.global_view["state_space"]) if welcome.global_view else None,
-            num_agents=len(welcome.possible_agents),
-            agent_index=self.context.index,
+        self.learner = (
+            self._build_goal_learner(welcome) if self.config.goals is not None
+            else self._make_learner(welcome, observation_space, action_space)
         )
         if not isinstance(self.learner, NodeLearner):
             raise NodeFailure(
@@ -288,6 +296,29 @@ class AgentNode:
             topology=self.topology,
         )
         return learner
+
+    def _make_learner(self, welcome: m.EnvWelcome, observation_space, action_space):
+        state_space = decode_space(welcome.global_view["state_space"]) if welcome.global_view else None
+        if self.centralized:
+            # Acts here, trains in the learner node; it announces itself there now.
+            actor = CentralizedDQNActor(
+                self.config.learner, observation_space, action_space, state_space, self.context.seed("learner"),
+                agent_index=self.context.index, send=self.learner_channel.send,
+                schedule=learner_schedule(self.config.learner), params_every=self.training.params_every,
+            )
+            actor.hello()
+            return actor
+        return build_learner(
+            self.config.learner,
+            observation_space,
+            action_space,
+            self.context.seed("learner"),
+            world_model_config=self.config.world_model,
+            task_spec=None if welcome.task is None else welcome.task.as_spec(),
+            state_space=state_space,
+            num_agents=len(welcome.possible_agents),
+            agent_index=self.context.index,
+        )
 
     def _consensus_subject(self, observation_space, action_space) -> ConsensusSubject | None:
         """What this node averages: the OG-MARL learner's world model, a world model trained
@@ -461,7 +492,7 @@ class AgentNode:
             self.consensus.replace_held(message)
 
     def _act(self, message: m.EnvObservation) -> None:
-        if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps:
+        if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._learner_node_behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
             self.waiting_for_updates = message
             return
@@ -489,7 +520,9 @@ class AgentNode:
             transition = assembled.transition
             if self.global_fields.enabled:
                 transition = replace(transition, **self.global_fields.fields(message, transition.copy_index))
-            if self.config.learning:  # learning: false evaluates (agents.learning)
+            if self.config.learning and self.centralized:  # streamed to the learner node, keyed by step
+                self.learner.observe_at(message.step, transition)
+            elif self.config.learning:  # learning: false evaluates (agents.learning)
                 self.learner.observe(transition)
             if self.recorder is not None:
                 self.recorder.record(message.step, transition)
@@ -532,6 +565,16 @@ class AgentNode:
         for record in self.goals.take_records():
             self.metrics.write(self.step, record)
 
+    def on_ctde_params(self, sender: str, params: CTDEParams, now: float) -> None:
+        self.learner.on_params(params)  # the learner node's newest Q-network for this agent
+        if self.waiting_for_updates is not None and not self._learner_node_behind():
+            message, self.waiting_for_updates = self.waiting_for_updates, None
+            self._act(message)
+
+    def _learner_node_behind(self) -> bool:
+        """The update-ratio contract of centralized training (CentralizedDQNActor.lagging)."""
+        return self.centralized and self.config.learning and self.learner.lagging(self.config.max_pending_gradient_steps)
+
     def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
         self.begin_draining(shutdown.reason)
 
@@ -570,6 +613,7 @@ class AgentNode:
         GoalCommit: (PEERS, on_goal_message),
         HindsightReport: (PEERS, on_goal_message),
         GoalAssignment: (PEERS, on_goal_message),
+        CTDEParams: (LEARNER, on_ctde_params),
     }
 
     # ------------------------------------------------------------------ consensus
@@ -632,6 +676,11 @@ class AgentNode:
             if not self.persistence.load_initial_checkpoint(self.learner, initial):
                 raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {initial}")
             log.info("loaded the initial checkpoint %s", initial)
+        elif self.config.load_shared_checkpoint is not None:
+            shared = Path(self.config.load_shared_checkpoint)  # one parameter-shared policy for every agent
+            if not self.persistence.load_initial_checkpoint(self.learner, shared):
+                raise NodeFailure(f"agents.load_shared_checkpoint: no checkpoint at {shared}")
+            log.info("loaded the initial checkpoint %s (shared by every agent)", shared)
 
     def _drain(self) -> None:
         """Persist what we learned, say goodbye, close every socket.

@@ -75,7 +75,9 @@ def describe(config: RunConfig) -> str:
     return (
         f"{config.run.name}, {config.agents.count} agents, topology {config.topology.kind} "
         f"({len(topology.edges)} edges), env {config.env.name} x{config.env.num_copies}, "
-        f"learner {config.agents.learner.kind}, world model {world_model}, "
+        f"learner {config.agents.learner.kind}"
+        + (f" trained centrally ({config.training.mixer} in a learner node)" if config.training.mode == "centralized" else "")
+        + f", world model {world_model}, "
         f"consensus {'on (' + consensus.mode + ')' if consensus.enabled else 'off'}, "
         f"transport {config.network.transport}, {config.run.steps} steps"
     )

@@ -5,6 +5,7 @@ Each package owns the schema of its own section and this module composes them:
     run:        RunSection                     protocols/settings.py
     env:        EnvConfig                      env_server/config.py
     agents:     AgentsConfig                   agent_node/config.py (learner, world model)
+    training:   TrainingConfig                 agent_node/training_config.py (decentralized | centralized)
     topology:   TopologyConfig                 protocols/topology.py
     protocols:  control, membership, consensus protocols/settings.py, protocols/consensus.py
     network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
@@ -31,7 +32,8 @@ silently disagree with the run seed. `load_resolved` insists on both.
 **Node ids.** The env server is `env`; agents are `agent_0 .. agent_{count-1}`, and `agent_i`
 drives the environment's i-th possible agent. For seed derivation agents have index i and the
 env server has index `count` (after the agents, so adding an env-side index never shifts the
-agents' seeds). The node ids and ipc endpoint names are defined in `protocols/settings.py`.
+agents' seeds). A run with `training.mode: centralized` has one more node, `learner`, index
+`count + 1`. The node ids and ipc endpoint names are defined in `protocols/settings.py`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_node.config import AgentsConfig
 from agent_node.goal_config import goal_run_problems
+from agent_node.training_config import DecentralizedTraining, TrainingConfig, training_problems
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement
@@ -53,6 +56,7 @@ from orchestrator.overrides import apply_overrides, load_yaml
 from protocols.seeds import derive_seed
 from protocols.settings import (
     ENV_NODE_ID,
+    LEARNER_NODE_ID,
     NetworkConfig,
     NodeEntry,
     ProtocolsConfig,
@@ -293,6 +297,7 @@ class RunConfig(BaseModel):
     env: EnvConfig
     agents: AgentsConfig
     topology: TopologyConfig
+    training: TrainingConfig = DecentralizedTraining()
     protocols: ProtocolsConfig = ProtocolsConfig()
     network: NetworkConfig = NetworkConfig()
     faults: FaultsConfig = FaultsConfig()
@@ -318,16 +323,23 @@ class RunConfig(BaseModel):
         except (ValueError, TypeError, RuntimeError) as error:
             problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
 
-        valid_ids = run_node_ids(count)
-        problems.extend(self.network.node_id_problems(valid_ids, _id_range(count)))
+        centralized = self.training.mode == "centralized"
+        valid_ids = run_node_ids(count, with_learner=centralized)
+        problems.extend(training_problems(self.training, self.agents, self.protocols.consensus))
+        problems.extend(self.network.node_id_problems(valid_ids, _id_range(count, centralized)))
         links = None if topology is None else communication_links(topology, agent_node_ids(count))
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
-                problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {unknown}")
+                problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count, centralized)}), got unknown {unknown}")
+            if LEARNER_NODE_ID in event.nodes:
+                problems.append(
+                    f"faults.schedule.{position}.nodes: the learner node cannot be a fault target (the agents do not "
+                    "survive its loss yet: a learner that dies fails the run)"
+                )
             for field_path, node in event.named_nodes():
                 if node not in valid_ids and not field_path.startswith("nodes."):
-                    problems.append(f"faults.schedule.{position}.{field_path}: expected a node id ({_id_range(count)}), got unknown {node!r}")
+                    problems.append(f"faults.schedule.{position}.{field_path}: expected a node id ({_id_range(count, centralized)}), got unknown {node!r}")
             for index, (a, b) in enumerate(event.edges):
                 if links is not None and a in valid_ids and b in valid_ids and (a, b) not in links:
                     problems.append(
@@ -351,6 +363,12 @@ class RunConfig(BaseModel):
             problems.append(
                 "faults.restart: expected network.transport 'ipc' for restarts (a restarted agent must come back "
                 f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
+            )
+        if restarts and centralized:
+            problems.append(
+                "faults.restart: expected no agent restarts in a centralized run (training.mode: centralized): a "
+                "restarted agent is not heard again by the learner node, which stalls the run; got "
+                f"policy {self.faults.restart.policy!r}" + (" and a scheduled restart" if any(e.kind == "restart" for e in self.faults.schedule) else "")
             )
 
         if self.launch.backend in ("ssh", "ray"):
@@ -379,7 +397,7 @@ class RunConfig(BaseModel):
             for position, host in enumerate(self.launch.hosts):
                 for node in host.nodes:
                     if node not in valid_ids:
-                        problems.append(f"launch.hosts.{position}.nodes: expected node ids ({_id_range(count)}), got unknown {node!r}")
+                        problems.append(f"launch.hosts.{position}.nodes: expected node ids ({_id_range(count, centralized)}), got unknown {node!r}")
                     elif node in placed:
                         problems.append(f"launch.hosts.{position}.nodes: {node!r} is already placed on launch.hosts.{placed[node]}")
                     else:
@@ -437,8 +455,8 @@ class RunConfig(BaseModel):
         return build_topology(self.topology, agent_node_ids(self.agents.count))
 
     def node_ids(self) -> list[str]:
-        """`env`, then `agent_0 .. agent_{count-1}`."""
-        return run_node_ids(self.agents.count)
+        """`env`, then `agent_0 .. agent_{count-1}`, then `learner` when training centrally."""
+        return run_node_ids(self.agents.count, with_learner=self.training.mode == "centralized")
 
 
 def communication_links(topology: Topology, agent_ids: list[str]) -> set[tuple[str, str]]:
@@ -452,8 +470,9 @@ def communication_links(topology: Topology, agent_ids: list[str]) -> set[tuple[s
     return links
 
 
-def _id_range(count: int) -> str:
-    return f"{ENV_NODE_ID}, agent_0 .. agent_{count - 1}" if count > 1 else f"{ENV_NODE_ID}, agent_0"
+def _id_range(count: int, with_learner: bool = False) -> str:
+    agents = f"agent_0 .. agent_{count - 1}" if count > 1 else "agent_0"
+    return f"{ENV_NODE_ID}, {agents}" + (f", {LEARNER_NODE_ID}" if with_learner else "")
 
 
 def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
@@ -466,7 +485,8 @@ def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
 
 
 def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
-    """Every node of the run with its index, role and base seed: env first, then agents."""
+    """Every node of the run with its index, role and base seed: env first, then agents, then
+    the learner node of a centralized run."""
     count = config.agents.count
     nodes = {
         ENV_NODE_ID: NodeEntry(
@@ -475,6 +495,10 @@ def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
     }
     for index, node in enumerate(agent_node_ids(count)):
         nodes[node] = NodeEntry(index=index, role="agent", seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
+    if config.training.mode == "centralized":
+        nodes[LEARNER_NODE_ID] = NodeEntry(
+            index=count + 1, role="learner", seed=derive_seed(config.run.seed, count + 1, NODE_SEED_STREAM)
+        )
     return nodes
 
 

@@ -14,8 +14,9 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        when heard again; scheduled faults are executed when due and logged as `fault` events
        (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
        the nodes apply to their emulated links and which are replayed to a restarted node);
-       a child that exits on its own before the end (not a scheduled kill) fails the run, and
-       so does a scheduled kill of the env server (nothing can step without it);
+       a child that exits on its own before the end (not a scheduled kill) fails the run (the
+       learner node of a centralized run too: it is never restarted), and so does a scheduled
+       kill of the env server (nothing can step without it);
        `control.run_complete` from the env server, Ctrl-C or SIGTERM start the shutdown;
     5. shutdown: `control.shutdown` to every registered node — a node that has not registered
        yet may have no connected control socket, so it gets SIGTERM instead — wait up to
@@ -385,12 +386,15 @@ class Orchestrator:
 
     def _directory_for(self, node: NodeRecord) -> m.Directory:
         env_endpoint = next(n.endpoints["env"] for n in self.nodes.values() if n.launch.role == "env_server")
+        # The learner node of a centralized run (training.mode: centralized); agents connect to it.
+        learner_endpoint = next((n.endpoints["ctde"] for n in self.nodes.values() if n.launch.role == "learner"), None)
         agent_ids = list(self.topology.nodes)
         neighbours = {}
         if node.launch.role == "agent":
             index = agent_ids.index(node.launch.node_id)
             neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
-        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids))
+        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids),
+                           learner_endpoint=learner_endpoint)
 
     def on_ready(self, node: NodeRecord) -> None:
         node.ready = True
@@ -432,6 +436,8 @@ class Orchestrator:
                     said = failure_said(node)
                     self.failure = f"node {node_id} exited unexpectedly with code {code}" + (
                         f": {said}" if said else "") + f" (see nodes/{node_id}/log)"
+                    if node.launch.role == "learner":
+                        self.failure += "; the agents train centrally and cannot go on without their learner node"
                 elif node.launch.role == "env_server" and node.killed_by_fault is not None and not self.shutting_down and not self.failure:
                     # A scheduled kill of the env server: the agents cannot step without it and
                     # cannot rejoin a new one, so the run ends here, as a failure with the reason.

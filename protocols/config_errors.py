@@ -62,13 +62,20 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+# The fields that tag the members of our discriminated unions (`kind` of learners, world models,
+# topologies...; `mode` of the training section).
+_TAG_FIELDS = ("kind", "mode")
+
+
 def _tag_of(model: type[BaseModel]) -> str | None:
-    """The `kind` literal of a union member model, if it has one."""
-    field = model.model_fields.get("kind")
-    if field is None:
-        return None
-    args = typing.get_args(_unwrap(field.annotation))
-    return args[0] if typing.get_origin(_unwrap(field.annotation)) is Literal and len(args) == 1 else None
+    """The `kind` (or `mode`) literal of a union member model, if it has one."""
+    for name in _TAG_FIELDS:
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        args = typing.get_args(_unwrap(field.annotation))
+        return args[0] if typing.get_origin(_unwrap(field.annotation)) is Literal and len(args) == 1 else None
+    return None
 
 
 def _single_model(annotation: Any) -> Any:

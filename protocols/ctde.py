@@ -6,6 +6,9 @@ Q-network parameters the learner sends back. The learner joins the agents' piece
 step (same `env_step`, same env copy) into a joint row with the global state and trains a VDN or
 QMIX mixer over all agents' Q networks (agent_node/algos/mixers.py).
 
+    agent  --ctde.join--------->  learner      once: its index and spaces (the learner builds
+                                               its networks from the first, checks the others)
+    agent  <--ctde.params------   learner      at once (the learner's current networks), then
     agent  --ctde.transitions-->  learner      one per env step the agent learned from
     agent  <--ctde.params------   learner      every `params_every` gradient steps
 
@@ -17,10 +20,24 @@ imported.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from protocols.messages import register_message
+
+
+@register_message("ctde.join")
+@dataclass(frozen=True)
+class CTDEJoin:
+    """An agent announces itself to the learner node: which agent it is (its index in the env's
+    `possible_agents`, which is its row in every joint transition) and its spaces, encoded with
+    protocols.spaces: its observation and action spaces and the env's global state space."""
+
+    agent_index: int
+    observation_space: dict[str, Any]
+    action_space: dict[str, Any]
+    state_space: dict[str, Any]
 
 
 @register_message("ctde.transitions")

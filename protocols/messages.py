@@ -343,6 +343,9 @@ class Directory:
     env_endpoint: str
     neighbours: dict[str, str]  # neighbour node id -> its peer endpoint
     num_agents: int
+    # Where the learner node of a centralized run takes transitions (None: the run trains
+    # decentralized). Agents connect to it; the learner itself is told its own endpoint.
+    learner_endpoint: str | None = None
 
 
 @register_message("control.ready")

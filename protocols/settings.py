@@ -32,7 +32,9 @@ from protocols.links import LinkConfig, LinkTable, PartitionTable
 
 ENV_NODE_ID = "env"
 ORCHESTRATOR_ID = "orchestrator"
-NodeRole = Literal["env_server", "agent"]
+# The centralized learner node of a run that trains centrally (`training.mode: centralized`).
+LEARNER_NODE_ID = "learner"
+NodeRole = Literal["env_server", "agent", "learner"]
 
 
 def agent_node_id(index: int) -> str:
@@ -44,9 +46,10 @@ def agent_node_ids(count: int) -> list[str]:
     return [agent_node_id(i) for i in range(count)]
 
 
-def node_ids(count: int) -> list[str]:
-    """Every node of a run with `count` agents: the env server first, then the agents in order."""
-    return [ENV_NODE_ID, *agent_node_ids(count)]
+def node_ids(count: int, with_learner: bool = False) -> list[str]:
+    """Every node of a run with `count` agents: the env server first, then the agents in order,
+    then the learner node when the run trains centrally."""
+    return [ENV_NODE_ID, *agent_node_ids(count), *([LEARNER_NODE_ID] if with_learner else [])]
 
 
 # ------------------------------------------------------------------------------------------
@@ -59,7 +62,7 @@ IPC_ENDPOINT_MAX_BYTES = 100
 
 # What a socket is for; the ipc file is named `<node id>.<purpose>`. Kept to a fixed list so the
 # orchestrator can check, before launching, that every socket path of the run fits the limit.
-ENDPOINT_PURPOSES = ("control", "env", "peer")
+ENDPOINT_PURPOSES = ("control", "env", "peer", "ctde")
 
 
 def ipc_endpoint(socket_dir: str, node_id: str, purpose: str) -> str:
@@ -75,7 +78,7 @@ def longest_ipc_endpoint(socket_dir: str, count: int) -> str:
     `agent_10` is always included so that a run dir that fits for 3 agents also fits when an
     override raises the count to a two-digit number.
     """
-    candidates = [*node_ids(count), ORCHESTRATOR_ID, agent_node_id(max(10, count - 1))]
+    candidates = [*node_ids(count, with_learner=True), ORCHESTRATOR_ID, agent_node_id(max(10, count - 1))]
     return max(
         (ipc_endpoint(socket_dir, node, purpose) for node in candidates for purpose in ENDPOINT_PURPOSES),
         key=lambda endpoint: len(endpoint.encode()),

@@ -328,7 +328,11 @@ class MixerConfig(BaseModel):
     target_update_period: PositiveInt = 200
     # Double-Q target: the online agent networks pick the next actions, the targets evaluate them.
     double_q: bool = True
-    max_grad_norm: float = Field(10.0, gt=0)
+    # The TD loss on Q_tot: "mse" as in pymarl (its masked squared TD error); "huber" (smooth L1,
+    # threshold 1) as DQN's default, so a centralized run can take the agents' DQN setting.
+    loss: Literal["mse", "huber"] = "mse"
+    # Clip the global gradient norm; None disables clipping.
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 10.0
 
 
 class SharedDQNConfig(BaseModel):

@@ -20,7 +20,7 @@ independently in their own processes while training is centralized.
     u'_i     = argmax_a Q_i(o'_i)[a]          (double Q: online networks pick)
     q'_i     = Q-_i(o'_i)[u'_i]               (target networks evaluate; plain max without double Q)
     y        = r + gamma * (1 - terminated) * Q-_tot(q'_1..q'_N, s')    target mixer on s'
-    L        = mean over the batch of (Q_tot(q_1..q_N, s) - y)^2
+    L        = mean over the batch of (Q_tot(q_1..q_N, s) - y)^2  (or its Huber form, `loss: huber`)
     every `target_update_period` steps: all target networks <- online networks (hard copy)
 
 One loss updates every agent's network and the mixer (their gradients flow through Q_tot).
@@ -29,7 +29,7 @@ mixer input keeps its fixed width `num_agents`.
 
 ## Where it runs
 
-In a `learner` node (not built yet): agents act in their own processes, send transitions, and
+In a `learner` node (agent_node/learner_node.py, `training.mode: centralized`): agents act in their own processes, send transitions, and
 receive their Q-network's parameters back. `agent_params(i)` names them exactly as
 `DQNAgent.get_params` does (`q_network.layers.<k>.<weight|bias>`), so an agent node running DQN
 for acting can take them with `set_params`. Everything here takes numpy batches and is tested
@@ -240,10 +240,11 @@ class CentralizedMixerLearner:
         tensors = self._tensors(batch)
         target = self.td_targets(tensors)
         total = self.chosen_total(tensors)
-        loss = F.mse_loss(total, target)
+        loss = F.mse_loss(total, target) if self.config.loss == "mse" else F.smooth_l1_loss(total, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters, max_norm)
         self.optimizer.step()
         self.gradient_steps += 1
         if self.gradient_steps % self.config.target_update_period == 0:

@@ -1,0 +1,216 @@
+"""Centralized training as a run setting (issue 12): the `training` section's schema and refusals,
+the `learner` node in the run's nodes and launch plan, the agent side (`CentralizedDQNActor`) and
+the learner node's message handling (`LearnerService`), without processes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agent_node.algos.config import DQNConfig
+from agent_node.ctde_client import CentralizedDQNActor
+from agent_node.learner_node import LearnerService, make_core_factory
+from agent_node.roles import Transition
+from agent_node.training_config import learner_schedule, mixer_config
+from orchestrator.config import derive_nodes, load_config, load_resolved
+from orchestrator.plan import build_plan
+from orchestrator.rundir import prepare_run
+from protocols.config_errors import ConfigError
+from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.spaces import encode_space
+
+ROOT = Path(__file__).resolve().parents[2]
+QMIX = ROOT / "configs" / "tiny_qmix.yaml"
+RING = ROOT / "configs" / "tiny_ring.yaml"
+
+
+# ---------------------------------------------------------------------------------- the config
+
+
+def test_the_learner_node_joins_the_run_after_the_agents_without_shifting_their_seeds():
+    centralized = load_config(QMIX)
+    decentralized = load_config(QMIX, ["training={mode: decentralized}"])
+    assert centralized.node_ids() == ["env", "agent_0", "agent_1", "agent_2", "learner"]
+    assert decentralized.node_ids() == ["env", "agent_0", "agent_1", "agent_2"]
+    nodes, plain = derive_nodes(centralized), derive_nodes(decentralized)
+    assert nodes["learner"].role == "learner" and nodes["learner"].index == 4
+    assert {node: entry for node, entry in nodes.items() if node != "learner"} == plain
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["agents.learner={kind: sac}"], "agents.learner.kind: centralized training trains the agents' DQN"),
+        (["agents.learner.target_tau=0.5"], "agents.learner.target_tau: the centralized learner copies"),
+        (["training.mixer=vdn", "training.mixing_embed_dim=16"], "mixing_embed_dim set QMIX's mixing network; mixer 'vdn' has none"),
+        (["agents.learning=false"], "agents.learning: centralized training needs learning agents"),
+        (["agents.record_dataset=true"], "agents.record_dataset: not implemented with centralized training"),
+        (["protocols.consensus={enabled: true, what: policy_parameters}"], "protocols.consensus.enabled: the learner node sets"),
+        (["faults.schedule=[{at_s: 1, kind: kill, nodes: [learner]}]"], "the learner node cannot be a fault target"),
+        (["training.mode=federated"], "training.mode: expected one of 'decentralized', 'centralized', got 'federated'"),
+        (["training.mixers=qmix"], r"training.mixers: unknown key; valid keys: mode, mixer, .* \(did you mean .mixer.\?\)"),
+        (["training.mode=decentralized"], "training.mixer: unknown key; valid keys: mode"),
+    ],
+)
+def test_combinations_the_learner_node_does_not_implement_are_refused(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(QMIX, overrides)
+
+
+def test_the_learner_is_a_node_id_only_when_training_centrally():
+    load_config(QMIX, ["network.links=[{node: learner, link: {delay_s: 0.001}}]"])
+    with pytest.raises(ConfigError, match="network.links.0.node: expected a node id .*, got 'learner'"):
+        load_config(RING, ["network.links=[{node: learner, link: {delay_s: 0.001}}]"])
+
+
+def test_the_learner_node_takes_the_agents_dqn_hyperparameters():
+    config = load_config(QMIX, ["agents.learner.loss=mse", "training.hypernet_layers=1"])
+    dqn = config.agents.learner
+    mixer = mixer_config(config.training, dqn)
+    assert (mixer.mixer, mixer.agent_hidden_sizes, mixer.batch_size, mixer.learning_rate) == ("qmix", (32,), 32, dqn.learning_rate)
+    assert (mixer.target_update_period, mixer.loss, mixer.hypernet_layers, mixer.double_q) == (50, "mse", 1, True)
+    assert learner_schedule(dqn) == {"replay_capacity": 5000, "learning_starts": 64, "gradient_steps_per_row": 1.0}
+    assert learner_schedule(DQNConfig(train_every=4, learning_starts=10, batch_size=32))["learning_starts"] == 32
+
+
+def test_the_plan_launches_the_learner_node_with_its_own_threads(tmp_path):
+    resolved, run_dir = prepare_run(load_config(QMIX, ["training.torch_threads=2"]), tmp_path / "run")
+    plan = build_plan(resolved, run_dir)
+    learner = plan.node("learner")
+    assert learner.argv[1:3] == ("-m", "agent_node.learner_node") and learner.argv[0] == sys.executable
+    assert learner.argv[3:] == ("--config", str(run_dir / "resolved.yaml"), "--node-id", "learner", "--control", plan.control_endpoint)
+    assert learner.env["OMP_NUM_THREADS"] == "2" and plan.node("agent_0").env["OMP_NUM_THREADS"] == "1"
+    from protocols.auth import load_node_keys
+
+    assert load_node_keys(resolved.runtime.keys_dir, "learner") is not None  # the learner signs and verifies like any node
+    assert load_resolved(run_dir / "resolved.yaml").nodes["learner"].role == "learner"
+
+
+def test_a_shared_checkpoint_needs_a_shared_policy_and_excludes_per_agent_ones():
+    with pytest.raises(ConfigError, match="parameter-shared policy"):
+        load_config(RING, ["agents.load_shared_checkpoint=x.pt"])
+    shared = "agents.learner={kind: shared_dqn, max_obs_dim: 18, max_agents: 4}"
+    with pytest.raises(ConfigError, match="give one"):
+        load_config(RING, [shared, "agents.load_shared_checkpoint=x.pt", "agents.load_checkpoints=d"])
+    assert load_config(RING, [shared, "agents.load_shared_checkpoint=x.pt"]).agents.load_shared_checkpoint == "x.pt"
+
+
+# ---------------------------------------------------------------------------------- the agent side
+
+OBS = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+ACTIONS = gym.spaces.Discrete(3)
+STATE = gym.spaces.Box(-np.inf, np.inf, (6,), np.float32)
+SMALL = DQNConfig(hidden_sizes=(8,), batch_size=4, buffer_size=100, learning_starts=10, epsilon_decay_steps=20)
+
+
+def actor(sent: list, index: int = 1) -> CentralizedDQNActor:
+    return CentralizedDQNActor(SMALL, OBS, ACTIONS, STATE, seed=3, agent_index=index, send=sent.append,
+                               schedule=learner_schedule(SMALL), params_every=5)
+
+
+def transition(rows: int = 2) -> Transition:
+    rng = np.random.default_rng(0)
+    return Transition(
+        obs=rng.normal(size=(rows, 4)).astype(np.float32), action=np.arange(rows) % 3, reward=np.ones(rows, np.float32),
+        next_obs=rng.normal(size=(rows, 4)).astype(np.float32), terminated=np.zeros(rows, bool), truncated=np.zeros(rows, bool),
+        global_state=np.zeros((rows, 6), np.float32), next_global_state=np.ones((rows, 6), np.float32), copy_index=np.arange(rows),
+    )
+
+
+def test_the_actor_announces_itself_streams_by_step_and_decays_epsilon_over_the_rows_it_sent():
+    sent: list = []
+    agent = actor(sent)
+    agent.hello()
+    assert isinstance(sent[0], CTDEJoin) and sent[0].agent_index == 1 and sent[0].state_space == encode_space(STATE)
+    assert agent.epsilon == 1.0
+    agent.observe_at(7, transition())
+    message = sent[1]
+    assert isinstance(message, CTDETransitions) and (message.agent_index, message.env_step) == (1, 7)
+    np.testing.assert_array_equal(message.copy_index, [0, 1])
+    assert agent.rows_sent == 2 and agent.epsilon == pytest.approx(1.0 - 0.95 * 2 / 20)
+    assert agent.gradient_steps_due() == 0 and agent.update() == {}
+    with pytest.raises(TypeError, match="observe_at"):
+        agent.observe(transition())
+    with pytest.raises(ValueError, match="global_view=True"):
+        agent.observe_at(8, Transition(**{**transition().__dict__, "global_state": None}))
+
+
+def test_the_actor_lags_when_its_parameters_fall_behind_what_its_rows_owe_and_catches_up_with_newer_ones():
+    sent: list = []
+    agent = actor(sent)
+    for step in range(30):  # 60 rows; learning starts at 10 -> 50 steps owed
+        agent.observe_at(step, transition())
+    assert agent.learner_steps_owed() == 50
+    assert agent.lagging(bound=40) and not agent.lagging(bound=45)  # 50 - 0 > 40 + 5
+    params = {name: np.zeros_like(value) for name, value in agent.dqn.get_params().items()}
+    assert agent.on_params(CTDEParams(gradient_step=10, params=params))
+    assert not agent.lagging(bound=40) and np.all(agent.dqn.q_values(np.ones((2, 4), np.float32)) == 0)
+    assert not agent.on_params(CTDEParams(gradient_step=10, params=params))  # not newer: ignored
+    counters = agent.counters()
+    assert counters["ctde/params_updates"] == 1 and counters["ctde/params_stale"] == 1 and counters["ctde/learner_steps_owed"] == 50
+    restored = actor([])
+    restored.load_state_dict(agent.state_dict())
+    assert restored.rows_sent == 60 and restored.receiver.last_gradient_step == 10
+
+
+# ---------------------------------------------------------------------------------- the learner node's handling
+
+
+class Envelope:
+    """What LearnerService reads of a received envelope."""
+
+    def __init__(self, message, sender: str) -> None:
+        self.message, self.identities, self.msg_type = message, [sender.encode()], message.MSG_TYPE
+        self.header = type("Header", (), {"sender": sender})()
+
+
+class Inbox:
+    """Records what the service sends (the ROUTER it would reply through)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[object, bytes]] = []
+
+    def send(self, message, *, to) -> bool:
+        self.sent.append((message, to))
+        return True
+
+
+def service(num_agents: int = 2) -> tuple[LearnerService, Inbox]:
+    inbox = Inbox()
+    factory = make_core_factory(mixer_config(load_config(QMIX).training, SMALL), num_agents, seed=0, replay_capacity=100,
+                                learning_starts=4, gradient_steps_per_row=1.0, params_every=2)
+    return LearnerService(num_agents, factory, inbox), inbox
+
+
+def test_the_learner_builds_on_the_first_join_answers_each_join_and_trains_on_joined_steps():
+    learner, inbox = service()
+    for index in (0, 1):
+        join = actor([], index=index).join
+        assert learner.handle(Envelope(join, f"agent_{index}"))
+    assert [(m.gradient_step, to) for m, to in inbox.sent] == [(0, b"agent_0"), (0, b"agent_1")]
+    inbox.sent.clear()
+    for step in range(4):
+        for index in (0, 1):
+            sent: list = []
+            actor(sent, index=index).observe_at(step, transition())
+            assert learner.handle(Envelope(sent[0], f"agent_{index}"))
+    metrics = learner.metrics()
+    assert metrics["learner/joint_rows"] == 8 and metrics["learner/gradient_steps"] == 6  # from the 4th row on
+    assert {to for _, to in inbox.sent} == {b"agent_0", b"agent_1"} and all(m.gradient_step in (2, 4, 6) for m, _ in inbox.sent)
+
+
+def test_the_learner_refuses_transitions_before_any_join_other_spaces_and_unknown_indices():
+    learner, inbox = service()
+    sent: list = []
+    actor(sent, index=0).observe_at(0, transition())
+    assert not learner.handle(Envelope(sent[0], "agent_0"))
+    assert learner.handle(Envelope(actor([], index=0).join, "agent_0"))
+    other = CentralizedDQNActor(SMALL, gym.spaces.Box(-1, 1, (5,), np.float32), ACTIONS, STATE, seed=0, agent_index=1,
+                                send=[].append, schedule=learner_schedule(SMALL), params_every=5)
+    assert not learner.handle(Envelope(other.join, "agent_1"))
+    assert not learner.handle(Envelope(actor([], index=2).join, "agent_2"))
+    assert learner.metrics()["learner/messages_refused"] == 3 and learner.metrics()["learner/agents_joined"] == 1
