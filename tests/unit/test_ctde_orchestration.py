@@ -51,6 +51,8 @@ def test_the_learner_node_joins_the_run_after_the_agents_without_shifting_their_
         (["agents.record_dataset=true"], "agents.record_dataset: not implemented with centralized training"),
         (["protocols.consensus={enabled: true, what: policy_parameters}"], "protocols.consensus.enabled: the learner node sets"),
         (["faults.schedule=[{at_s: 1, kind: kill, nodes: [learner]}]"], "the learner node cannot be a fault target"),
+        (["faults.restart={policy: on-failure}"], "faults.restart: expected no agent restarts in a centralized run"),
+        (["faults.schedule=[{at_s: 1, kind: restart, nodes: [agent_0]}]"], "policy 'never' and a scheduled restart"),
         (["training.mode=federated"], "training.mode: expected one of 'decentralized', 'centralized', got 'federated'"),
         (["training.mixers=qmix"], r"training.mixers: unknown key; valid keys: mode, mixer, .* \(did you mean .mixer.\?\)"),
         (["training.mode=decentralized"], "training.mixer: unknown key; valid keys: mode"),
