@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pmic import REPO, evaluations, mean_std, run_once  # noqa: E402  (the shared run helpers)
+from runs import REPO, evaluations, mean_std, run_once  # noqa: E402  (the shared run helpers)
 
 
 def behaviour_return(run_dir: Path) -> float | None:

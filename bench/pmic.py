@@ -23,43 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import REPO, evaluations, mean_std, run_once  # noqa: E402  (the shared run helpers)
+
 VARIANTS = {"pmic": [], "no_mi": ["agents.learner.pmic=false"]}
-
-
-def run_once(config: str, overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[int, str]:
-    argv = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
-    for override in overrides:
-        argv += ["--set", override]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    try:
-        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return 124, f"timed out after {timeout_s} s"
-    return done.returncode, done.stderr[-2000:]
-
-
-def evaluations(run_dir: Path) -> list[tuple[int, float]]:
-    path = run_dir / "nodes" / "env" / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["step"], r["eval/return_mean"]) for r in records if "eval/return_mean" in r]
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, std
 
 
 def main(argv: list[str] | None = None) -> int:
