@@ -63,7 +63,7 @@ from agent_node.peers import PeerMesh
 from agent_node.persistence import NodePersistence
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
-from protocols.consensus import ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
 from protocols.ctde import CTDEParams
 from protocols.hindsight import HindsightReport
@@ -607,6 +607,7 @@ class AgentNode:
         m.SetLink: (CONTROL, on_network_fault),
         m.Heartbeat: (PEERS, on_heartbeat),
         ConsensusShare: (PEERS, on_consensus_share),
+        ConsensusDone: (PEERS, on_consensus_share),
         PushSumShare: (PEERS, on_consensus_share),
         m.EnvEpisodeStart: (ENV, on_episode_start),
         NegotiationProposal: (PEERS, on_goal_message),

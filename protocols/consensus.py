@@ -66,6 +66,22 @@ class ConsensusShare:
     tensors: dict[str, np.ndarray]
 
 
+@register_message("consensus.done")
+@dataclass(frozen=True)
+class ConsensusDone:
+    """The sender has finished synchronous run `epoch`: it sent the receiver its shares of rounds
+    0 .. `rounds_sent` - 1 (some may still be in flight) and sends no more for that run.
+
+    A node answers with it a share for a run it has already finished. Without it, a neighbour
+    that finished a run alone (it was cut off and saw everyone go down) and is back up before the
+    others start that run is waited for in each of their rounds until the round's deadline:
+    20 rounds x 5 s held agents for 100 s after a healed partition.
+    """
+
+    epoch: int
+    rounds_sent: int
+
+
 @register_message("consensus.push_sum")
 @dataclass(frozen=True)
 class PushSumShare:
@@ -222,7 +238,7 @@ class SyncConsensus:
     `round_metrics` (one dict per round).
     """
 
-    message_types: ClassVar[tuple[type, ...]] = (ConsensusShare,)
+    message_types: ClassVar[tuple[type, ...]] = (ConsensusShare, ConsensusDone)
 
     def __init__(
         self,
@@ -272,10 +288,15 @@ class SyncConsensus:
         self._deadline: float | None = None
         self._bytes_this_round = 0
         self._finished_at: float | None = None
+        # Per neighbour, the run it said it finished and how many of its rounds it sent us
+        # (ConsensusDone): not waited for in that run's later rounds.
+        self._finished_by: dict[str, tuple[int, int]] = {}
+        self._told_finished: set[tuple[str, int]] = set()  # (neighbour, epoch) answered once
+        self._rounds_sent: dict[tuple[str, int], int] = {}  # (neighbour, epoch) -> rounds sent it
 
         self.round_metrics: list[dict[str, float]] = []  # one dict per finished round of this epoch
         self.missing_by_round: list[tuple[str, ...]] = []  # who was not mixed in, per round
-        self.counters = {"stale_dropped": 0, "duplicates_dropped": 0, "buffered": 0, "rejected": 0}
+        self.counters = {"stale_dropped": 0, "duplicates_dropped": 0, "buffered": 0, "rejected": 0, "finished_elsewhere": 0}
         self.last_rejection: str | None = None
 
     # -- inputs --------------------------------------------------------------------------
@@ -294,6 +315,8 @@ class SyncConsensus:
         self.missing_by_round = []
         self._finished_at = None
         self._buffer = {key: share for key, share in self._buffer.items() if key[0] >= self.epoch}
+        self._told_finished = {told for told in self._told_finished if told[1] >= self.epoch - 1}
+        self._rounds_sent = {key: count for key, count in self._rounds_sent.items() if key[1] >= self.epoch - 1}
         if self.rounds == 0:
             self._state = "done"
             self._deadline = None
@@ -307,6 +330,8 @@ class SyncConsensus:
         """Entry point for any message addressed to this engine."""
         if isinstance(message, ConsensusShare):
             return self.on_share(sender, message, now)
+        if isinstance(message, ConsensusDone):
+            return self.on_done(sender, message, now)
         self._reject(f"unexpected message type {type(message).__name__} from {sender!r}")
         return []
 
@@ -321,7 +346,7 @@ class SyncConsensus:
             return []
         if self.epoch is not None and (share.epoch, share.round) < (self.epoch, self.round):
             self.counters["stale_dropped"] += 1
-            return []
+            return self._tell_finished(sender, share.epoch)
         if self._state != "running" or (share.epoch, share.round) > (self.epoch, self.round):
             return self._buffer_share(sender, share)
         # A share for the round in progress.
@@ -334,6 +359,28 @@ class SyncConsensus:
             return []
         self._received[sender] = share.tensors
         return self._finish_completed_rounds(now)
+
+    def on_done(self, sender: str, done: ConsensusDone, now: float) -> list[Outgoing]:
+        """A neighbour finished run `done.epoch`: stop waiting for it in that run (now, or when
+        this node starts it)."""
+        if sender not in self.neighbour_weights:
+            self._reject(f"consensus.done from {sender!r}, which is not a neighbour of {self.node_id!r}")
+            return []
+        if not (_is_int(done.epoch) and done.epoch >= 0 and _is_int(done.rounds_sent) and 0 <= done.rounds_sent <= self.rounds):
+            self._reject(f"consensus.done from {sender!r} has epoch {done.epoch!r} / rounds_sent {done.rounds_sent!r}, "
+                         f"expected ints, epoch >= 0 and rounds_sent in 0..{self.rounds}")
+            return []
+        self._finished_by[sender] = (int(done.epoch), int(done.rounds_sent))
+        self.counters["finished_elsewhere"] += 1
+        if self._state == "running" and done.epoch == self.epoch and self.round >= done.rounds_sent:
+            self._expected.discard(sender)
+            return self._finish_completed_rounds(now)
+        return []
+
+    def _sends_no_more(self, node: str) -> bool:
+        """Whether `node` said it finished this run before sending its share of this round."""
+        epoch, rounds_sent = self._finished_by.get(node, (-1, 0))
+        return epoch == self.epoch and self.round >= rounds_sent
 
     def on_timer(self, now: float) -> list[Outgoing]:
         """Close every round whose deadline has passed, mixing only the shares that arrived."""
@@ -388,6 +435,7 @@ class SyncConsensus:
             "consensus/bytes_sent": float(sum(r["consensus/bytes_sent"] for r in rounds)),
             "consensus/rejected": float(self.counters["rejected"]),
             "consensus/stale_dropped": float(self.counters["stale_dropped"]),
+            "consensus/finished_elsewhere": float(self.counters["finished_elsewhere"]),
         }
         if rounds:
             summary["consensus/disagreement_first"] = rounds[0]["consensus/disagreement_max"]
@@ -402,9 +450,11 @@ class SyncConsensus:
         self._round_started_at = now
         self._deadline = self._started_at + (self.round + 1) * self.round_timeout_s
         self._received = {}
-        self._expected = set(self._alive)
+        self._expected = {node for node in self._alive if not self._sends_no_more(node)}
         share = ConsensusShare(epoch=self.epoch, round=self.round, tensors=_frozen(self._values))
         destinations = sorted(self._expected)
+        for destination in destinations:
+            self._rounds_sent[(destination, self.epoch)] = self.round + 1
         self._bytes_this_round = len(destinations) * sum(value.nbytes for value in self._values.values())
         # Shares for this round that arrived early are now current.
         for key in sorted(k for k in self._buffer if k[0] == self.epoch and k[1] == self.round):
@@ -415,6 +465,15 @@ class SyncConsensus:
             else:
                 self._received[key[2]] = early.tensors
         return [(destination, share) for destination in destinations]
+
+    def _tell_finished(self, sender: str, epoch: int) -> list[Outgoing]:
+        """Answer a share for a run this node has finished (once per neighbour and run): the
+        sender, still in that run, then stops waiting for this node's shares."""
+        finished = epoch < self.epoch or (epoch == self.epoch and self._state == "done")
+        if not finished or (sender, epoch) in self._told_finished or epoch < self.epoch - 1:
+            return []  # (a run older than the last one: how many rounds went out is forgotten)
+        self._told_finished.add((sender, epoch))
+        return [(sender, ConsensusDone(epoch=int(epoch), rounds_sent=self._rounds_sent.get((sender, epoch), 0)))]
 
     def _finish_completed_rounds(self, now: float) -> list[Outgoing]:
         """Finish rounds for as long as every expected share is in (buffered shares can

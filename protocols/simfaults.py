@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.consensus import ConsensusRequest, ConsensusShare, PushSumConsensus, PushSumShare, SyncConsensus
+from protocols.consensus import ConsensusDone, ConsensusRequest, ConsensusShare, PushSumConsensus, PushSumShare, SyncConsensus
 from protocols.engine import Outgoing
 from protocols.links import LinkConfig, LinkModel
 from protocols.membership import MembershipEngine, PeerDown, PeerUp
@@ -154,7 +154,7 @@ class NodeStack:
         outgoing = self.membership.on_message(sender, message, now)
         if isinstance(message, PushSumShare):
             outgoing += self.push_sum.on_message(sender, message, now)
-        elif isinstance(message, ConsensusShare):
+        elif isinstance(message, (ConsensusShare, ConsensusDone)):
             outgoing += self.sync.on_message(sender, message, now)
         elif not isinstance(message, Heartbeat):
             raise TypeError(f"unexpected message {type(message).__name__} from {sender!r}")

@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 from protocols.consensus import (
+    ConsensusDone,
     ConsensusConfig,
     ConsensusRequest,
     ConsensusShare,
@@ -154,7 +155,8 @@ def test_stale_shares_are_never_mixed_in_and_future_ones_wait():
     assert [(dest, msg.round, msg.tensors["x"][0]) for dest, msg in outgoing] == [("b", 1, 3.0), ("c", 1, 3.0)]
 
     assert engine.on_share("b", share(1, 0, 1e9), now=0.3) == []  # old round
-    assert engine.on_share("b", share(0, 2, 1e9), now=0.3) == []  # old epoch
+    # An old run: dropped, and answered once: this node sends nothing more for it.
+    assert engine.on_share("b", share(0, 2, 1e9), now=0.3) == [("b", ConsensusDone(epoch=0, rounds_sent=0))]
     assert engine.counters["stale_dropped"] == 2
     assert engine.on_share("b", share(1, 2, 100.0), now=0.3) == []  # future round: buffered
     assert engine.counters["buffered"] == 1
@@ -168,8 +170,10 @@ def test_stale_shares_are_never_mixed_in_and_future_ones_wait():
     assert engine.done
     assert engine.result["x"][0] == pytest.approx(0.5 * 3 + 0.25 * 100 + 0.25 * 3)
     assert [m["consensus/missing_neighbours"] for m in engine.round_metrics] == [0, 0, 0]
-    assert engine.on_share("b", share(1, 2, 7.0), now=0.7) == []  # after the end: stale
-    assert engine.counters["stale_dropped"] == 3
+    # After the end: stale, answered with how many rounds went to b (all 3), once.
+    assert engine.on_share("b", share(1, 2, 7.0), now=0.7) == [("b", ConsensusDone(epoch=1, rounds_sent=3))]
+    assert engine.on_share("b", share(1, 2, 7.0), now=0.8) == []
+    assert engine.counters["stale_dropped"] == 4
 
 
 def test_bad_shares_are_rejected_with_a_reason():
@@ -490,7 +494,7 @@ def test_both_engines_implement_the_engine_interface_and_summarize_a_run():
     initial = random_tensors(4, seed=3)
     engines, _ = run_sync(topology, metropolis_weights(topology), initial, rounds=12)
     engine = engines["agent_0"]
-    assert isinstance(engine, Engine) and engine.message_types == (ConsensusShare,)
+    assert isinstance(engine, Engine) and engine.message_types == (ConsensusShare, ConsensusDone)
     summary = engine.metrics()
     assert summary["consensus/rounds"] == 12.0 and summary["consensus/missing_neighbours"] == 0.0
     assert summary["consensus/disagreement_last"] < summary["consensus/disagreement_first"]
@@ -509,3 +513,40 @@ def test_both_engines_implement_the_engine_interface_and_summarize_a_run():
     assert summary["consensus/missing_neighbours"] == 0.0 and summary["consensus/estimate_change"] < 1e-3
     for name, target in average(initial).items():
         np.testing.assert_allclose(pusher.result[name], target, atol=1e-3)
+
+
+def test_a_neighbour_that_finished_a_run_alone_is_not_waited_for_after_it_is_back():
+    """C, cut off, saw A and B go down and finished run 40 alone; it is back up before A and B
+    start run 40. Without `consensus.done` every one of their 20 rounds waited for C's share
+    until its 5 s deadline (100 s, seen after a healed partition); with it, C answers their
+    first share and they finish at once, mixing each other."""
+    names = "ABC"
+    engines = {n: SyncConsensus(n, {o: 1 / 3 for o in names if o != n}, 1 / 3, rounds=20, round_timeout_s=5.0) for n in names}
+    values = {n: {"w": np.full(4, float(i), dtype=np.float32)} for i, n in enumerate(names)}
+
+    def deliver(outgoing, source, now):
+        queue = [(source, destination, message) for destination, message in outgoing]
+        sent = []
+        while queue:
+            sender, destination, message = queue.pop(0)
+            sent.append((sender, destination, type(message).__name__))
+            queue += [(destination, d, reply) for d, reply in engines[destination].on_message(sender, message, now)]
+        return sent
+
+    for peer in "AB":
+        engines["C"].on_neighbour_down(peer, 0.0)
+    assert engines["C"].start(ConsensusRequest(values["C"], 40), 0.0) == [] and engines["C"].done
+    for peer in "AB":
+        engines["C"].on_neighbour_up(peer, 1.0)
+    sent = []
+    for node in "AB":
+        sent += deliver(engines[node].start(ConsensusRequest(values[node], 40), 1.0), node, 1.0)
+    assert all(engines[node].done for node in "AB"), "A and B waited for C's shares"
+    assert sorted(s for s in sent if s[2] == "ConsensusDone") == [("C", "A", "ConsensusDone"), ("C", "B", "ConsensusDone")]
+    for node in "AB":
+        np.testing.assert_allclose(engines[node].result["w"], np.full(4, 0.5), atol=1e-6)  # A and B averaged; C left out
+        assert engines[node].metrics()["consensus/finished_elsewhere"] == 1.0
+    # The next run expects C again.
+    for node in "ABC":
+        engines[node].start(ConsensusRequest(values[node], 60), 2.0)
+    assert all(engines[node]._expected == set(names) - {node} for node in "ABC")
