@@ -37,7 +37,7 @@ def value_at(points: list[tuple[float, float]], t: float) -> float:
 
 def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the_heal(tmp_path):
     run_dir = tmp_path / "run"
-    steps = 2000
+    steps = 6000  # the others step on while agent_2 is cut off: 2000 steps ended before the heal in CI
     schedule = ("[{at_s: 1, kind: partition, nodes: [agent_2]},"
                 " {at_s: 1, kind: link, edges: [[agent_0, agent_1]], link: {loss: 0.5}},"
                 " {at_s: 6, kind: heal}]")
@@ -87,7 +87,11 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
         alive = [(t, v) for t, v in series(rows(run_dir, node), "membership/peers_alive") if t > cut_at]
         down = [v for t, v in alive if t < healed_at]
         assert down and min(down) < full, (node, alive)
-        assert [v for t, v in alive if t >= healed_at][-1] == full, (node, alive)
+        after = [v for t, v in alive if t >= healed_at]
+        assert full in after, (node, alive)  # everyone up again after the heal
+        if node == "agent_2":  # its links were never lossy: it stays at full strength
+            assert after[-1] == full, (node, alive)
+        # (agent_0 and agent_1 may still see each other flap: their link loses half its heartbeats.)
     assert min(v for t, v in series(agent_2, "membership/peers_alive") if cut_at < t < healed_at) == 0
 
     # agent_2 waited out the partition (its env silence is not a failure) and stepped again to the end.
