@@ -293,6 +293,7 @@ class SyncConsensus:
         self._finished_by: dict[str, tuple[int, int]] = {}
         self._told_finished: set[tuple[str, int]] = set()  # (neighbour, epoch) answered once
         self._rounds_sent: dict[tuple[str, int], int] = {}  # (neighbour, epoch) -> rounds sent it
+        self._previous_epoch: int | None = None  # the run before this one: still answered for
 
         self.round_metrics: list[dict[str, float]] = []  # one dict per finished round of this epoch
         self.missing_by_round: list[tuple[str, ...]] = []  # who was not mixed in, per round
@@ -309,14 +310,15 @@ class SyncConsensus:
         if self.epoch is not None and epoch <= self.epoch:
             raise ValueError(f"epoch must increase from run to run: last was {self.epoch}, got {epoch}")
         self._values = _copy_tensors(tensors, "consensus tensors")
+        self._previous_epoch = self.epoch
         self.epoch = int(epoch)
         self.round = 0
         self.round_metrics = []
         self.missing_by_round = []
         self._finished_at = None
         self._buffer = {key: share for key, share in self._buffer.items() if key[0] >= self.epoch}
-        self._told_finished = {told for told in self._told_finished if told[1] >= self.epoch - 1}
-        self._rounds_sent = {key: count for key, count in self._rounds_sent.items() if key[1] >= self.epoch - 1}
+        self._told_finished = {told for told in self._told_finished if told[1] >= self._oldest_remembered_epoch()}
+        self._rounds_sent = {key: count for key, count in self._rounds_sent.items() if key[1] >= self._oldest_remembered_epoch()}
         if self.rounds == 0:
             self._state = "done"
             self._deadline = None
@@ -470,10 +472,15 @@ class SyncConsensus:
         """Answer a share for a run this node has finished (once per neighbour and run): the
         sender, still in that run, then stops waiting for this node's shares."""
         finished = epoch < self.epoch or (epoch == self.epoch and self._state == "done")
-        if not finished or (sender, epoch) in self._told_finished or epoch < self.epoch - 1:
-            return []  # (a run older than the last one: how many rounds went out is forgotten)
+        if not finished or (sender, epoch) in self._told_finished or epoch < self._oldest_remembered_epoch():
+            return []  # (a run older than the previous one: how many rounds went out is forgotten)
         self._told_finished.add((sender, epoch))
         return [(sender, ConsensusDone(epoch=int(epoch), rounds_sent=self._rounds_sent.get((sender, epoch), 0)))]
+
+    def _oldest_remembered_epoch(self) -> int:
+        """Runs are numbered by the caller (not consecutively); this one and the one before it are
+        remembered for `consensus.done` answers."""
+        return self.epoch if self._previous_epoch is None else self._previous_epoch
 
     def _finish_completed_rounds(self, now: float) -> list[Outgoing]:
         """Finish rounds for as long as every expected share is in (buffered shares can

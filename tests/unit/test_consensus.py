@@ -155,8 +155,8 @@ def test_stale_shares_are_never_mixed_in_and_future_ones_wait():
     assert [(dest, msg.round, msg.tensors["x"][0]) for dest, msg in outgoing] == [("b", 1, 3.0), ("c", 1, 3.0)]
 
     assert engine.on_share("b", share(1, 0, 1e9), now=0.3) == []  # old round
-    # An old run: dropped, and answered once: this node sends nothing more for it.
-    assert engine.on_share("b", share(0, 2, 1e9), now=0.3) == [("b", ConsensusDone(epoch=0, rounds_sent=0))]
+    # A run older than any this node remembers (it never ran run 0): dropped, not answered.
+    assert engine.on_share("b", share(0, 2, 1e9), now=0.3) == []
     assert engine.counters["stale_dropped"] == 2
     assert engine.on_share("b", share(1, 2, 100.0), now=0.3) == []  # future round: buffered
     assert engine.counters["buffered"] == 1
@@ -546,7 +546,12 @@ def test_a_neighbour_that_finished_a_run_alone_is_not_waited_for_after_it_is_bac
     for node in "AB":
         np.testing.assert_allclose(engines[node].result["w"], np.full(4, 0.5), atol=1e-6)  # A and B averaged; C left out
         assert engines[node].metrics()["consensus/finished_elsewhere"] == 1.0
+    # A late share of run 40 is answered while run 60 runs (the previous run is remembered).
+    engines["A"].start(ConsensusRequest(values["A"], 60), 2.0)
+    assert engines["A"].on_share("B", ConsensusShare(epoch=40, round=19, tensors=values["B"]), 2.0) == [
+        ("B", ConsensusDone(epoch=40, rounds_sent=20))
+    ]
     # The next run expects C again.
-    for node in "ABC":
+    for node in "BC":
         engines[node].start(ConsensusRequest(values[node], 60), 2.0)
     assert all(engines[node]._expected == set(names) - {node} for node in "ABC")
