@@ -36,11 +36,10 @@ import json
 import math
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import REPO, evaluations, mean_std, records, run_once  # noqa: E402  (the shared run helpers)
+from runs import mean_std, records, run_and_score  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {
     "qmix": ["training={mode: centralized, mixer: qmix, params_every: 10}"],
@@ -87,18 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             run_dir = root / f"{variant}_seed{seed}"
             overrides = [f"run.seed={seed}", *VARIANTS[variant]] + ([f"run.steps={args.steps}"] if args.steps else [])
-            started = time.monotonic()
-            code, stderr = run_once(args.config, overrides, run_dir, args.timeout)
-            evals = evaluations(run_dir)
-            last = [value for _, value in evals[-args.last_evals :]]
-            failed = code != 0 or not last
-            rows.append({
-                "variant": variant, "seed": seed, "exit_code": code, "failed": failed,
-                "score": sum(last) / len(last) if last else None, "evaluations": evals,
-                "gradient_steps": gradient_steps(run_dir, variant), "run_s": run_seconds(run_dir),
-                "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
-                **({"stderr_tail": stderr} if failed else {}),
-            })  # fmt: skip
+            run = run_and_score(args.config, overrides, run_dir, args.timeout, args.last_evals)
+            rows.append({"variant": variant, "seed": seed, **run, "gradient_steps": gradient_steps(run_dir, variant), "run_s": run_seconds(run_dir)})
     summary = {}
     for variant in variants:
         scores = [r["score"] for r in rows if r["variant"] == variant and not r["failed"]]

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,3 +48,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
     return mean, std
+
+
+def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int) -> dict:
+    """One run, scored by the mean of its last `last_evals` greedy evaluations; `failed` when it
+    exited non-zero or evaluated nothing (with the end of its stderr)."""
+    started = time.monotonic()
+    code, stderr = run_once(config, overrides, run_dir, timeout_s)
+    evals = evaluations(run_dir)
+    last = [value for _, value in evals[-last_evals:]]
+    failed = code != 0 or not last
+    return {
+        "exit_code": code, "failed": failed, "score": sum(last) / len(last) if last else None, "evaluations": evals,
+        "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir), **({"stderr_tail": stderr} if failed else {}),
+    }
