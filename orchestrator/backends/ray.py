@@ -136,6 +136,7 @@ class RayNodeHandle:
         self.pid = pid
         self.log_file = log_file
         self.returncode: int | None = None
+        self.lost: str | None = None  # why the runner could not be reached, once it could not
 
     def poll(self) -> int | None:
         if self.returncode is not None:
@@ -145,6 +146,7 @@ class RayNodeHandle:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
             # The actor (or its machine) is gone: the node is dead as far as the run can tell.
             self.log_file.write(f"[parley ray backend] node runner lost: {error}\n".encode())
+            self.lost = str(error)
             code, new = 255, b""
         if new:
             self.log_file.write(new)
@@ -237,6 +239,9 @@ class RayBackend:
         node_id = node.launch.node_id
         if node_id not in self.actors or not isinstance(node.process, RayNodeHandle):
             return  # never placed or never started: nothing on a Ray machine to gather
+        if node.process.lost is not None:  # its machine is gone: asking again would wait out CALL_TIMEOUT_S
+            self.events.write("gather_failed", node_id, error=f"node runner lost: {node.process.lost}")
+            return
         try:
             archive = ray.get(self.actors[node_id].gather.remote(node_id), timeout=CALL_TIMEOUT_S)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
