@@ -119,7 +119,77 @@ def _recoveries(node: str, rows: list[dict[str, Any]], events: list[dict]) -> li
     return seconds
 
 
-def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict]) -> dict[str, Any]:
+# The faults that stop an agent acting, and the events that end that on the node they hit: a
+# partition until a heal that touches it, a pause until a resume (or a restart), a kill or
+# restart until the node's `restarted` event.
+INTERRUPTING_FAULTS = {"partition": ("heal",), "pause": ("resume",), "kill": (), "restart": ()}
+
+
+def interruptions(node: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fault that stopped `node` acting: kind, schedule position, start and end (unix time;
+    end None when nothing ended it before the run did)."""
+    found = []
+    for position, event in enumerate(events):
+        if event.get("event") != "fault" or event.get("kind") not in INTERRUPTING_FAULTS or node not in fault_targets(event):
+            continue
+        end = None
+        for later in events[position + 1:]:
+            undone = (later.get("event") == "fault" and later.get("kind") in INTERRUPTING_FAULTS[event["kind"]]
+                      and node in fault_targets(later))  # fmt: skip
+            if undone or (later.get("event") == "restarted" and later.get("node") == node):
+                end = later["t"]
+                break
+        found.append({"kind": event["kind"], "position": event.get("position"), "start": event["t"], "end": end})
+    return found
+
+
+def _is_learner_loss(key: str) -> bool:
+    """A learner's loss (`dqn/loss`, `sac/critic_loss`), not a link counter (`link/.../dropped_loss`)."""
+    return key.endswith("loss") and not key.startswith("link/")
+
+
+def _back_after(rows: list[dict[str, Any]], end: float) -> tuple[float | None, float | None]:
+    """Seconds from `end` (a heal, resume or restart) to the agent acting again (its first row
+    whose step is past every step it wrote before `end`) and learning again (its first row
+    after `end` that carries a learner loss: the mean over the updates since its previous
+    such row, written every `agents.metrics_every_steps`)."""
+    before = max((row["step"] for row in rows if row.get("t", 0.0) < end and isinstance(row.get("step"), (int, float))), default=-1)
+    after = [row for row in rows if row.get("t", 0.0) >= end]
+    acting = next((row["t"] - end for row in after if isinstance(row.get("step"), (int, float)) and row["step"] > before), None)
+    learning = next((row["t"] - end for row in after if any(_is_learner_loss(key) for key in row)), None)
+    return acting, learning
+
+
+def missing_metric_rows(rows: list[dict[str, Any]], every: int, windows: list[dict[str, Any]]) -> list[int]:
+    """The periodic rows lost. An agent writes a row at every step it sees that is a multiple of
+    `agents.metrics_every_steps` (its learner means and link counters), so between its first
+    and last step each multiple has a row, except for the steps it did not see because a fault
+    stopped it: a multiple above the last step it wrote before an interruption started and
+    below the first step it wrote acting again after the interruption ended (or any step
+    after, if nothing ended it). Any other missing multiple is a row lost."""
+    stepped = [(row["step"], row["t"]) for row in rows
+               if isinstance(row.get("step"), (int, float)) and isinstance(row.get("t"), (int, float))]  # fmt: skip
+    if not stepped:
+        return []
+    gaps = []  # (last step before, first step acting again after) per interruption
+    for window in windows:
+        before = max((step for step, t in stepped if t < window["start"]), default=-1)
+        if window["end"] is None:
+            gaps.append((before, math.inf))
+            continue
+        seen = max((step for step, t in stepped if t < window["end"]), default=-1)
+        after = min((t for step, t in stepped if t >= window["end"] and step > seen), default=None)
+        acting_step = next((step for step, t in stepped if t == after and step > seen), math.inf)
+        gaps.append((before, acting_step))
+    have = {step for step, _ in stepped}
+    lowest, highest = min(have), max(have)
+    first = math.ceil(lowest / every) * every
+    return [step for step in range(int(first), int(highest) + 1, every)
+            if step not in have and not any(low < step < high for low, high in gaps)]  # fmt: skip
+
+
+def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict],
+                   metrics_every: int) -> dict[str, Any]:
     returns = [row["env/episode_return"] for row in rows if "env/episode_return" in row]
     last_n = max(1, math.ceil(LAST_FRACTION * len(returns))) if returns else 0
     steps = max((row["step"] for row in rows if isinstance(row.get("step"), (int, float))), default=None)
@@ -127,6 +197,11 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
     first_t = started_t if started_t is not None else min((row["t"] for row in rows if "t" in row), default=None)
     elapsed = (last_t - first_t) if last_t is not None and first_t is not None else None
     faults = [e for e in events if e.get("event") == "fault" and node in fault_targets(e)]
+    windows = interruptions(node, events)
+    for window in windows:
+        window["acting_after_s"], window["learning_after_s"] = _back_after(rows, window["end"]) if window["end"] else (None, None)
+    acting = [w["acting_after_s"] for w in windows if w["end"] is not None]
+    learning = [w["learning_after_s"] for w in windows if w["end"] is not None]
     return {
         "recovery_s": _mean(_recoveries(node, rows, events)),
         "episodes": len(returns),
@@ -138,6 +213,13 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
         "faults": len(faults),
         # finished consensus sessions (a session cut short by the end of the run writes none)
         "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row),
+        # After each fault that stopped it (see `interruptions`): the longest time to acting and
+        # to learning again (None: nothing ended such a fault, or it never acted again: see
+        # "interruptions"), and the periodic metric rows lost (see `missing_metric_rows`).
+        "interruptions": windows,
+        "back_after_fault_s": None if None in acting else max(acting, default=None),
+        "learning_after_fault_s": None if None in learning else max(learning, default=None),
+        "metric_rows_lost": missing_metric_rows(rows, metrics_every, windows),
     }
 
 
@@ -234,6 +316,25 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     }
 
 
+def _max_or_none(values: list[float | None]) -> float | None:
+    """The largest, or None if any is None (an agent that never came back) or there are none."""
+    return None if not values or None in values else max(values)
+
+
+def _metrics_every_steps(run_dir: Path) -> int:
+    """`agents.metrics_every_steps` from the run's resolved.yaml (its default if absent)."""
+    import yaml
+
+    from agent_node.config import AgentsConfig
+
+    default = AgentsConfig.model_fields["metrics_every_steps"].default
+    try:
+        resolved = yaml.safe_load((run_dir / RESOLVED_FILENAME).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return default
+    return int(((resolved.get("agents") or {}).get("metrics_every_steps")) or default)
+
+
 def summarize_run(path: str | Path) -> dict[str, Any]:
     """Everything `report` shows for one run, as JSON-ready data."""
     run_dir = find_run_dir(path)
@@ -243,11 +344,15 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     metrics = {node: read_jsonl(nodes_dir / node / NODE_METRICS_FILENAME) for node in node_ids}
     started = next((e["t"] for e in events if e.get("event") == "started"), None)
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
-    agents = {node: _agent_summary(node, rows, started, events) for node, rows in metrics.items() if node != ENV_NODE_ID}
+    metrics_every = _metrics_every_steps(run_dir)
+    agents = {node: _agent_summary(node, rows, started, events, metrics_every) for node, rows in metrics.items() if node != ENV_NODE_ID}
     links = _link_summaries(metrics, events)
     consensus = _consensus_summary(metrics)
-    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(fault_targets(e)),
-               "skipped": e.get("skipped") or []} for e in events if e.get("event") == "fault"]  # fmt: skip
+    # run_s / step: when it fired on both clocks (older runs' events have only at_s)
+    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "at_step": e.get("at_step"),
+               "run_s": e.get("run_s", e["t"] - started if started is not None else None), "step": e.get("step"),
+               "nodes": sorted(fault_targets(e)), "skipped": e.get("skipped") or []}
+              for e in events if e.get("event") == "fault"]  # fmt: skip
     peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
     peer_sent = sum(entry.get("sent") or 0.0 for entry in peer)
     ages = [entry["age_p99_ms"] for entry in peer if entry.get("age_p99_ms") is not None]
@@ -270,6 +375,9 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "restarts": float(sum(a["restarts"] for a in agents.values())),
         "recovery_s": _mean([a["recovery_s"] for a in agents.values()]),
         "faults": float(len(faults)),
+        "back_after_fault_s": _max_or_none([a["back_after_fault_s"] for a in agents.values() if a["interruptions"]]),
+        "learning_after_fault_s": _max_or_none([a["learning_after_fault_s"] for a in agents.values() if a["interruptions"]]),
+        "metric_rows_lost": float(sum(len(a["metric_rows_lost"]) for a in agents.values())),
     }
     return {
         "run_dir": str(run_dir),
@@ -393,8 +501,21 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_fmt(consensus['duration_s_mean'])} s per session"
         )
     for fault in summary["faults"]:
-        console.print(f"fault: {fault['kind']} at +{_fmt(fault['at_s'], 'g')} s on {', '.join(fault['nodes']) or '-'}"
+        when = f"at step {fault['at_step']} (fired at +{_fmt(fault['run_s'], '.3g')} s, step {_fmt(fault['step'], 'g')})" \
+            if fault.get("at_step") is not None else f"at +{_fmt(fault['at_s'], 'g')} s" + (
+                f" (step {_fmt(fault['step'], 'g')})" if fault.get("step") is not None else "")
+        console.print(f"fault: {fault['kind']} {when} on {', '.join(fault['nodes']) or '-'}"
                       + (f" (skipped {', '.join(fault['skipped'])})" if fault["skipped"] else ""))  # fmt: skip
+    for node, a in summary["agents"].items():
+        for window in a["interruptions"]:
+            which = window["kind"] + (f" (faults.schedule.{window['position']})" if window["position"] is not None else "")
+            if window["end"] is None:
+                console.print(f"{node}: {which} not ended before the run did")
+            else:
+                console.print(f"{node}: after the {which} ended, acting again "
+                              f"after {_fmt(window['acting_after_s'])} s, learning after {_fmt(window['learning_after_s'])} s")
+        if a["metric_rows_lost"]:
+            console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
 
 
 def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
