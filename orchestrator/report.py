@@ -24,7 +24,9 @@ Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row 
 each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
 95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
 
-`--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
+Every `orchestrate up` writes its run's report when the run ends (`write_run_report`: the
+summary and the timeline plot; a failure there is logged as a `report_failed` event and never
+changes the run's exit code; after Ctrl-C only the summary, so that `up` returns at once). `--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
 draws PNGs there with matplotlib (a dependency of Parley; if it cannot be imported the plots are
 skipped and the report says so): for a run, every agent's episode return and (with consensus)
 its disagreement before and after each session over time, fault windows shaded; for a
@@ -706,6 +708,28 @@ def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path
     lines += [line.rstrip() for line in rendered.getvalue().splitlines()]
     path.write_text("\n".join(lines).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")
     return path
+
+
+def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], list[str]]:
+    """The end of every `orchestrate up`: `report/summary.md` and (with `plots`)
+    `report/timeline.png` in the run's directory. Never raises: what could not be written comes
+    back as one problem line each (the caller logs them; a plot that fails must not fail a run
+    that worked)."""
+    written: list[Path] = []
+    problems: list[str] = []
+    target = Path(run_dir) / REPORT_DIRNAME
+    try:
+        summary = summarize_run(run_dir)
+        written.append(write_summary_md(summary, False, target))
+    except Exception as error:  # noqa: BLE001 - any failure here is reported, not raised
+        return written, [f"summary: {type(error).__name__}: {error}"]
+    if not plots:
+        return written, problems
+    try:
+        written += plot_run(summary, target)
+    except Exception as error:  # noqa: BLE001 - e.g. matplotlib missing or a backend error
+        problems.append(f"plots: {type(error).__name__}: {error}")
+    return written, problems
 
 
 def main(path: Path, as_json: bool = False, save: bool = False, out=None) -> int:

@@ -25,6 +25,10 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        before `run` returns. `exited` events carry the time the exit was seen on SIGCHLD, not
        the (later) time the loop reaped it.
 
+After the run (its `run_finished` event), `report/` in the run directory gets the report's
+summary and plot (orchestrator/report.py; the summary only after Ctrl-C); a failure there is a
+`report_failed` event, never a different exit code.
+
 Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
 kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
 interrupted by Ctrl-C / SIGTERM.
@@ -605,5 +609,24 @@ def run(plan: LaunchPlan, config: RunConfig) -> int:
         # the exit code in the status table.
         for line in explain_failure(plan.run_dir, node_reasons):
             print(line, file=sys.stderr)
+    if orchestrator.events.failed is None:  # (no report onto a disk that refused the events)
+        # After Ctrl-C the user is waiting for the prompt: the summary only, no plots (matplotlib
+        # takes seconds to load on a busy machine); `orchestrate report --save` draws them.
+        write_report(plan.run_dir, orchestrator.events, plots=orchestrator.interrupted is None)
     print(f"run directory: {plan.run_dir}", file=sys.stderr)
     return code
+
+
+def write_report(run_dir, events: EventLog, plots: bool = True) -> None:
+    """The run's `report/` (summary.md, timeline.png), written after `run_finished` so that it
+    shows how the run ended. A report that fails is said on the terminal and as a
+    `report_failed` event; the run's exit code stays what the run earned."""
+    from orchestrator.report import write_run_report
+
+    written, problems = write_run_report(run_dir, plots=plots)
+    if written:
+        print(f"report: {', '.join(str(path) for path in written)}", file=sys.stderr)
+    for problem in problems:
+        print(f"report not complete: {problem}", file=sys.stderr)
+    if problems:
+        events.write("report_failed", None, problems=problems, written=[str(path) for path in written])

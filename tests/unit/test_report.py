@@ -304,3 +304,33 @@ def test_an_agent_that_never_acts_again_after_a_heal_has_no_back_after_figure(tm
     agent = summary["agents"]["agent_0"]
     assert agent["interruptions"][0]["acting_after_s"] is None
     assert agent["back_after_fault_s"] is None and summary["headline"]["back_after_fault_s"] is None
+
+
+def test_every_up_writes_the_run_report_and_a_failed_plot_is_an_event_not_a_failure(tmp_path, monkeypatch, capsys):
+    from orchestrator import runtime
+    from orchestrator.rundir import EventLog, read_jsonl
+
+    run_dir = make_run(tmp_path / "run")
+    events = EventLog(run_dir / "events.jsonl")
+    runtime.write_report(run_dir, events)
+    assert (run_dir / "report" / "summary.md").read_text().startswith("# Run run\n")
+    assert (run_dir / "report" / "timeline.png").stat().st_size > 1000
+    assert "report: " in capsys.readouterr().err
+    assert not any(e["event"] == "report_failed" for e in read_jsonl(run_dir / "events.jsonl"))
+
+    (run_dir / "report" / "timeline.png").unlink()
+    runtime.write_report(run_dir, events, plots=False)  # after Ctrl-C: the summary only
+    assert not (run_dir / "report" / "timeline.png").exists() and (run_dir / "report" / "summary.md").is_file()
+
+    def broken_plot(summary, out_dir):
+        raise RuntimeError("no display backend")
+
+    monkeypatch.setattr(report, "plot_run", broken_plot)
+    runtime.write_report(run_dir, events)  # must not raise
+    failed = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "report_failed"]
+    assert failed and failed[-1]["problems"] == ["plots: RuntimeError: no display backend"]
+    assert failed[-1]["written"] == [str(run_dir / "report" / "summary.md")]
+    assert "report not complete: plots: RuntimeError: no display backend" in capsys.readouterr().err
+    # A run directory the report cannot read: a problem line, not an exception.
+    written, problems = report.write_run_report(tmp_path / "missing")
+    assert written == [] and problems and problems[0].startswith("summary: RunDirError")
