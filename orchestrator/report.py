@@ -8,13 +8,19 @@ Per run:
 - per agent: episodes, the last episode's return, the mean return over the last 20% of its
   episodes (at least one), the last step, steps/s (last step over the time since the run's
   `started` event), restarts (`restarted` events), "back after s" (per restart, from its `exited`
-  event to the first metrics row the new process wrote; the mean) and faults that hit it;
+  event to the first metrics row the new process wrote; the mean) and faults that hit it; and
+  for each fault that stopped it (a partition until its heal, a pause until its resume, a kill
+  or restart until it is restarted) how long after the fault ended it acted again (a row past
+  every step it had written) and learned again (a row with a learner loss), and which of its
+  periodic metric rows (every `agents.metrics_every_steps`) are lost: missing, and not in a
+  stretch of steps a fault kept it from seeing;
 - per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
   and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
   ages over its last window of messages). A node that restarted starts its counters at zero
   again, so its rows are split at its `restarted` events and each incarnation's last value added;
 - consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
-  the neighbours) before the first and after the last round of each session, rounds that missed a
+  the neighbours) before the first and after the last round of each session (push-sum: its
+  estimate from the pushes heard, see PushSumConsensus.metrics), rounds that missed a
   neighbour, and the time a session took;
 - headline numbers, the same for every run, that a sweep aggregates (the table shows the main
   ones; `--json` has all, including each agent's first consensus session on its own, the one
@@ -270,7 +276,7 @@ def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
 
 def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
     # One summary row per finished session: sync rounds write `consensus/rounds`, push-sum its
-    # `consensus/pushes` (and no disagreement: it has no rounds to compare).
+    # `consensus/pushes` (and, as disagreement, its estimate from the pushes it heard).
     sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
                 if "consensus/rounds" in row or "consensus/pushes" in row]  # fmt: skip
     durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
@@ -293,7 +299,8 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         reached = _rounds_to_converge(rows)
         first["before"].append(summary_row.get("consensus/disagreement_first"))
         first["after"].append(summary_row.get("consensus/disagreement_last"))
-        first["rounds"].append(reached[0] if reached else None)
+        if reached:  # sync rounds (push-sum has none: neither rounds to 1e-3 nor a share that got there)
+            first["rounds"].append(reached[0])
         first["duration"].append(duration_row.get("consensus/duration_s") if duration_row else None)
     return {
         "first_session": {
@@ -313,7 +320,7 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         "reached_1e-3_fraction": sum(r is not None for r in converged) / len(converged) if converged else None,
         "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
         "duration_s_mean": _mean(durations),
-        # push-sum reports its own counters instead of rounds and disagreement
+        # push-sum reports its own counters instead of rounds
         "weight_mass_mean": _mean([row.get("consensus/weight_mass") for row in sessions]),
     }
 
@@ -487,10 +494,13 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                           _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
         _print_table(console, links, title, markdown)
     consensus = summary["consensus"]
-    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds, no disagreement
+    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds; its disagreement is an estimate
         console.print(
             f"consensus (push-sum): {consensus['sessions']} finished sessions (all agents), weight mass "
-            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), {_fmt(consensus['duration_s_mean'])} s per session"
+            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), disagreement estimate "
+            f"{_fmt(consensus['disagreement_first_mean'], '.2e')} at the first pushes heard -> "
+            f"{_fmt(consensus['disagreement_last_mean'], '.2e')} at the last (mean over sessions), "
+            f"{_fmt(consensus['duration_s_mean'])} s per session"
         )
     elif consensus:
         console.print(

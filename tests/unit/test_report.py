@@ -334,3 +334,24 @@ def test_every_up_writes_the_run_report_and_a_failed_plot_is_an_event_not_a_fail
     # A run directory the report cannot read: a problem line, not an exception.
     written, problems = report.write_run_report(tmp_path / "missing")
     assert written == [] and problems and problems[0].startswith("summary: RunDirError")
+
+
+def test_a_push_sum_run_reports_its_disagreement_estimate_and_no_rounds(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved.yaml").write_text("run: {name: run}\n")
+    write_jsonl(run_dir / "events.jsonl", [{"t": T0, "event": "started", "node": None}])
+    for node, (first, last) in {"agent_0": (4.0, 1e-6), "agent_1": (2.0, 3e-6)}.items():
+        write_jsonl(run_dir / "nodes" / node / "metrics.jsonl", [
+            {"step": 20, "t": T0 + 1, "consensus/pushes": 40.0, "consensus/weight_mass": 1.0,
+             "consensus/disagreement_first": first, "consensus/disagreement_last": last},
+            {"step": 20, "t": T0 + 1, "consensus/duration_s": 2.0}])  # fmt: skip
+    summary = report.summarize_run(run_dir)
+    consensus = summary["consensus"]
+    assert consensus["rounds_mean"] is None and consensus["disagreement_first_mean"] == pytest.approx(3.0)
+    assert consensus["disagreement_last_mean"] == pytest.approx(2e-6)
+    assert consensus["first_session"]["reached_1e-3_fraction"] is None  # no rounds: not 0%
+    assert summary["headline"]["consensus_first_disagreement_after"] == pytest.approx(2e-6)
+    out = io.StringIO()
+    report.render_run(summary, __import__("rich.console").console.Console(file=out, width=300))
+    assert "disagreement estimate 3.00e+00 at the first pushes heard -> 2.00e-06 at the last" in out.getvalue()
