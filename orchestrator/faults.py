@@ -50,6 +50,11 @@ class ScheduledFault:
     at_step: int | None = None  # the env server's training step; None for a fault at a time
 
     @property
+    def setting(self) -> str:
+        """How the schedule set it: `at_s 1.0` or `at_step 500`."""
+        return f"at_s {self.at_s}" if self.at_s is not None else f"at_step {self.at_step}"
+
+    @property
     def when(self) -> str:
         return f"+{self.at_s:g}s" if self.at_s is not None else f"@step {self.at_step}"
 

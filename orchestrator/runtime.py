@@ -468,7 +468,7 @@ class Orchestrator:
                     # A scheduled kill of the env server: the agents cannot step without it and
                     # cannot rejoin a new one, so the run ends here, as a failure with the reason.
                     self.failure = (f"the env server ({node_id}) was killed by the fault schedule "
-                                    f"(faults.schedule.{node.killed_by_fault.position}, {node.killed_by_fault.when}); "
+                                    f"(faults.schedule.{node.killed_by_fault.position}, {node.killed_by_fault.setting}); "
                                     "the agents cannot step without it, so the run ends (an env-server restart is not supported)")
                     self.events.write("env_server_lost", node_id, reason=self.failure)
 
