@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from orchestrator.backends import BackendUnavailable
@@ -617,13 +618,16 @@ def run(plan: LaunchPlan, config: RunConfig) -> int:
     return code
 
 
-def write_report(run_dir, events: EventLog, plots: bool = True) -> None:
+def write_report(run_dir: Path, events: EventLog, plots: bool = True) -> None:
     """The run's `report/` (summary.md, timeline.png), written after `run_finished` so that it
     shows how the run ended. A report that fails is said on the terminal and as a
     `report_failed` event; the run's exit code stays what the run earned."""
-    from orchestrator.report import write_run_report
+    try:
+        from orchestrator.report import write_run_report
 
-    written, problems = write_run_report(run_dir, plots=plots)
+        written, problems = write_run_report(run_dir, plots=plots)
+    except Exception as error:  # noqa: BLE001 - write_run_report never raises; its import might
+        written, problems = [], [f"report: {type(error).__name__}: {error}"]
     if written:
         print(f"report: {', '.join(str(path) for path in written)}", file=sys.stderr)
     for problem in problems:
