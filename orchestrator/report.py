@@ -32,7 +32,9 @@ each headline number's mean ± sample std over the seeds that produced it (and, 
 
 Every `orchestrate up` writes its run's report when the run ends (`write_run_report`: the
 summary and the timeline plot; a failure there is logged as a `report_failed` event and never
-changes the run's exit code; after Ctrl-C only the summary, so that `up` returns at once). `--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
+changes the run's exit code; after Ctrl-C only the summary, so that `up` returns at once).
+
+`--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
 draws PNGs there with matplotlib (a dependency of Parley; if it cannot be imported the plots are
 skipped and the report says so): for a run, every agent's episode return and (with consensus)
 its disagreement before and after each session over time, fault windows shaded; for a
@@ -186,9 +188,8 @@ def missing_metric_rows(rows: list[dict[str, Any]], every: int, windows: list[di
             gaps.append((before, math.inf))
             continue
         seen = max((step for step, t in stepped if t < window["end"]), default=-1)
-        after = min((t for step, t in stepped if t >= window["end"] and step > seen), default=None)
-        acting_step = next((step for step, t in stepped if t == after and step > seen), math.inf)
-        gaps.append((before, acting_step))
+        acting_again = min(((t, step) for step, t in stepped if t >= window["end"] and step > seen), default=None)
+        gaps.append((before, math.inf if acting_again is None else acting_again[1]))
     have = {step for step, _ in stepped}
     lowest, highest = min(have), max(have)
     first = math.ceil(lowest / every) * every
