@@ -1,0 +1,129 @@
+"""Agent-count transfer on pursuit: trained with 2 pursuers, run zero-shot with 4, against trained
+with 4 (ALGORITHMS.md section 5; issue 12), through full Parley runs.
+
+    python bench/transfer.py [--seeds 0,1,2,3,4] [--steps 20000] [--last-evals 2] [--root DIR] [--json]
+
+Per seed, one `orchestrate up` of configs/transfer_pursuit.yaml after the other (they would
+compete for the cores):
+
+- `train_2`: 2 pursuers (8 evaders) learn; `train_4`: 4 pursuers (15 evaders) learn;
+  `train_mix`: 4 agent nodes, a count of 2 or 4 pursuers drawn per episode (the variable-count
+  wrapper; in a 2-pursuer episode agents 2 and 3 sit it out);
+- `zero_shot_2`, `zero_shot_mix`: 4 pursuers with learning off, every agent loading agent_0's
+  final checkpoint of `train_2` / `train_mix` (`agents.load_shared_checkpoint`);
+- `untrained_4`: 4 pursuers with learning off and freshly initialized networks: what a policy
+  that learned nothing scores here.
+
+Every run is scored on 4 pursuers except `train_2`'s own score (2 pursuers, shown for reference),
+by the mean of its last `--last-evals` greedy evaluations (`eval/return_mean`: the mean over
+pursuers of the episode return). Pursuit's returns are negative while little is caught (an
+urgency penalty every step), so a ratio of raw returns can mislead; the table gives both
+`zero-shot / trained-with-4` of the raw returns and the normalized score
+`(zero-shot - untrained) / (trained-with-4 - untrained)`, the part of what training with 4 gained
+that the transferred policy keeps. The targets (>= 0.6x from 2 pursuers, >= 0.9x from the mix)
+are read on the normalized score.
+
+A run that exits non-zero or evaluates nothing is reported as failed and left out; the script
+then exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runs import mean_std, run_and_score  # noqa: E402  (the shared run helpers)
+
+CONFIG = "configs/transfer_pursuit.yaml"
+FOUR = ["agents.count=4", "env.kwargs.counts=[4]", "env.kwargs.per_count_kwargs={4: {n_evaders: 15}}"]
+MIX = ["agents.count=4", "env.kwargs.counts=[2, 4]", "env.kwargs.per_count_kwargs={2: {n_evaders: 8}, 4: {n_evaders: 15}}"]
+TRAINED = {"train_2": [], "train_4": FOUR, "train_mix": MIX}
+# Evaluation-only runs: learning off, as many steps as the evaluations need.
+ZERO_SHOT = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "untrained_4": None}
+
+
+def checkpoint_of(run_dir: Path) -> Path:
+    return run_dir / "nodes" / "agent_0" / "checkpoints" / "latest.pt"
+
+
+def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    common = [f"run.seed={seed}", f"env.eval_every_steps={args.eval_every}", "launch.live_view=off"]
+    for name, overrides in TRAINED.items():
+        run_dir = root / f"{name}_seed{seed}"
+        results[name] = run_and_score(CONFIG, [*common, f"run.steps={args.steps}", *overrides], run_dir, args.timeout, args.last_evals)
+        print(f"seed {seed} {name}: {results[name]['score']} ({results[name]['wall_s']} s)", file=sys.stderr)
+    eval_steps = args.eval_every * args.last_evals
+    for name, source in ZERO_SHOT.items():
+        run_dir = root / f"{name}_seed{seed}"
+        overrides = [*common, f"run.steps={eval_steps}", *FOUR, "agents.learning=false"]
+        if source is not None:
+            if results[source]["failed"] or not checkpoint_of(Path(results[source]["run_dir"])).exists():
+                results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
+                continue
+            overrides.append(f"agents.load_shared_checkpoint={checkpoint_of(Path(results[source]['run_dir']))}")
+        results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, args.last_evals)
+        print(f"seed {seed} {name}: {results[name]['score']} ({results[name].get('wall_s')} s)", file=sys.stderr)
+    return results
+
+
+def ratios(result: dict[str, dict]) -> dict[str, float]:
+    """Raw and normalized transfer ratios of one seed (NaN where a run it needs failed)."""
+    score = {name: (r["score"] if not r["failed"] else math.nan) for name, r in result.items()}
+    out = {}
+    for name in ("zero_shot_2", "zero_shot_mix"):
+        trained, untrained, zero_shot = score["train_4"], score["untrained_4"], score[name]
+        out[f"{name}/raw"] = zero_shot / trained if trained and not math.isnan(trained) else math.nan
+        gained = trained - untrained
+        out[f"{name}/normalized"] = (zero_shot - untrained) / gained if gained and not math.isnan(gained) else math.nan
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--steps", type=int, default=20000, help="lockstep steps per training run (x4 env copies)")
+    parser.add_argument("--eval-every", type=int, default=2500, help="env.eval_every_steps")
+    parser.add_argument("--last-evals", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
+    parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    root = args.root or Path(tempfile.mkdtemp(prefix="parley-transfer-"))
+    per_seed = {seed: run_seed(seed, args, root) for seed in seeds}
+    per_ratio = {seed: ratios(result) for seed, result in per_seed.items()}
+    failed = [(seed, name, r.get("stderr_tail", "")) for seed, result in per_seed.items() for name, r in result.items() if r["failed"]]
+
+    summary = {}
+    for name in [*TRAINED, *ZERO_SHOT]:
+        values = [per_seed[s][name]["score"] for s in seeds if not per_seed[s][name]["failed"]]
+        summary[name] = mean_std(values) + (values,)
+    for key in ("zero_shot_2/raw", "zero_shot_2/normalized", "zero_shot_mix/raw", "zero_shot_mix/normalized"):
+        values = [per_ratio[s][key] for s in seeds if not math.isnan(per_ratio[s][key])]
+        summary[key] = mean_std(values) + (values,)
+
+    if args.json:
+        print(json.dumps({"seeds": seeds, "steps": args.steps, "root": str(root), "runs": per_seed, "ratios": per_ratio,
+                          "summary": {k: {"mean": m, "std": s, "values": v} for k, (m, s, v) in summary.items()}}, default=str))
+    else:
+        print(f"pursuit_v5, shared DQN, {args.steps} training steps x 4 copies, seeds {seeds}, "
+              f"score = mean of the last {args.last_evals} greedy evaluations (4 pursuers unless noted)")
+        print(f"{'run / ratio':<26} {'mean':>9} {'std':>8}  per seed")
+        for key, (mean, std, values) in summary.items():
+            label = key + (" (2 pursuers)" if key == "train_2" else "")
+            print(f"{label:<26} {mean:>9.3f} {std:>8.3f}  " + ", ".join(f"{v:.3f}" for v in values))
+        print("targets (normalized): zero_shot_2 >= 0.6, zero_shot_mix >= 0.9")
+        print(f"runs in {root}")
+    for seed, name, tail in failed:
+        print(f"FAILED seed {seed} {name}: {tail[-500:]}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
