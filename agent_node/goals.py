@@ -251,7 +251,7 @@ class AmigoTeacher:
     batch's mean teacher reward >= `difficulty_threshold` (-0.5) a counter goes up, else it
     resets; at `difficulty_counts` (10), `t* += 1` (capped at `t_star_max`, 100) and the counter
     restarts. Note: with alpha 0.7 and beta 0.3 no batch mean falls below -0.3, so with the
-    reference's threshold the counter never resets and t* rises every 10 updates whatever the
+    threshold -0.5 (ALGORITHMS.md's values) the counter never resets and t* rises every 10 updates whatever the
     student does.
     """
 

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
+from scipy import stats
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
@@ -139,7 +140,7 @@ def mean_ci(values) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan")
-    half = 1.96 * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
     return float(values.mean()), float(half)
 
 
@@ -189,7 +190,7 @@ def main() -> None:
             mean, half = mean_ci([run.get(column, float("nan")) for run in runs])
             cells.append(f"{'-':>24}" if np.isnan(mean) else f"{mean:>16.3f} ± {half:<5.3f}")
         print(f"{variant:<9}" + "".join(cells))
-    print("(mean ± 95% CI over seeds; each seed's value is the mean over its agents; first_treasure_episode counts"
+    print("(mean ± 95% CI over seeds, Student's t; each seed's value is the mean over its agents; first_treasure_episode counts"
           " episodes; reach rate min/max over windows of 50 episodes after the first 10%)")
     if "amigo" in results:
         amigo = results["amigo"]
