@@ -29,7 +29,7 @@ partial views, a convolutional teacher and IMPALA for tens of millions of frames
 room, a tabular teacher and DQN for a few thousand steps, on a shared 2-core machine. Compare
 the direction of the results, not their values.
 
-    .venv/bin/python bench/amigo.py --seeds 3 --steps 10000
+    .venv/bin/python bench/amigo.py --seeds 3 --steps 10000 --save amigo.json --plot amigo.png
 """
 
 from __future__ import annotations
@@ -144,6 +144,34 @@ def mean_ci(values) -> tuple[float, float]:
     return float(values.mean()), float(half)
 
 
+def plot_curves(results: dict, path: Path, args: dict, load: float) -> None:
+    """Extrinsic success per window of 50 episodes, mean ± 95% CI (Student's t) over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    for variant, runs in results.items():
+        length = min(len(run["success_curve"]) for run in runs)
+        curves = np.array([run["success_curve"][:length] for run in runs])
+        mean = curves.mean(axis=0)
+        half = (stats.t.ppf(0.975, len(runs) - 1) * curves.std(axis=0, ddof=1) / np.sqrt(len(runs))
+                if len(runs) > 1 else np.zeros(length))
+        episodes = np.arange(length) * WINDOW + WINDOW / 2
+        axes.plot(episodes, mean, label=variant)
+        axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)
+    axes.set_xlabel("episode (per agent)")
+    axes.set_ylabel("extrinsic success (window of 50)")
+    axes.set_ylim(0, 1)
+    axes.set_title(f"treasure_room {args['size']}x{args['size']}, {len(next(iter(results.values())))} seeds, "
+                   f"{args['steps']} steps (load {load:.1f}); not the paper's setting", fontsize=9)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def episodes_to_reach(curve: list[float], level: float) -> int | None:
     """The first window (in episodes) whose success reaches `level`; None if never."""
     for index, value in enumerate(curve):
@@ -165,7 +193,13 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--save", type=Path, help="also write the JSON (with the per-window success curves) here")
+    parser.add_argument("--plot", type=Path, help="draw the success curves (mean ± 95%% CI over seeds) into this PNG")
+    parser.add_argument("--replot", type=Path, help="draw --plot from a JSON written by --save, without running")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        plot_curves(saved["results"], args.plot or args.replot.with_suffix(".png"), saved["args"], saved["load_before"][0])
+        return
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -176,6 +210,8 @@ def main() -> None:
                   "load_before": load_before, "load_after": load_after, "seconds": elapsed, "results": results}
     if args.save:
         args.save.write_text(json.dumps(everything, indent=1))
+    if args.plot:
+        plot_curves(results, args.plot, everything["args"], load_before[0])
     if args.json:
         print(json.dumps(everything, indent=1))
         return
