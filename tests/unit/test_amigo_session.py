@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
-from agent_node.amigo_session import AmigoLearner, AmigoSession, AmigoStudent, build_amigo_session
+from agent_node.amigo_session import AmigoSession, AmigoStudent, build_amigo_session
 from agent_node.goal_config import AmigoSettings, GoalsConfig, goal_run_problems
 from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells
 from agent_node.persistence import load_checkpoint, save_checkpoint
