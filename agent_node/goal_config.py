@@ -13,10 +13,22 @@ learner: the section configures `agent_node/goal_session.py`, which the node run
         negotiation: {round_timeout_s: 0.5}
         hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
 
-What is refused (validation errors, not silent no-ops): `amigo` (the teacher's goals are cells, which the
-goal-conditioned learner and goal_lines' achieved goals do not express), hindsight sharing with
-`her_strategy: none` (the partners' goals would never be used), and, at the run level
-(`goal_run_problems`, called by the orchestrator's run schema): an env other than goal_lines,
+AMIGo (ALGORITHMS.md section 3) is the other kind of goal: each agent's own teacher proposes grid
+cells, on the treasure_room grid (`agent_node/amigo_session.py`):
+
+    agents:
+      learner: {kind: goal_dqn, her_strategy: none}
+      goals:
+        selection: amigo
+        amigo: {grid_size: 9, max_steps: 40}   # must equal env.kwargs.size and max_steps
+
+What is refused (validation errors, not silent no-ops): hindsight sharing with
+`her_strategy: none` (the partners' goals would never be used); with `amigo`, any goal-lines
+field set to other than its default (goal_set, num_landmarks, beta, p, lp_*, inner, negotiation, supervisor, hindsight,
+freeze_when_rewarded), `her_strategy` other than none (the student's reward depends on the time
+since the proposal, which HER's relabelling does not know), an env other than treasure_room, infos
+without `cell`, an episode-start hold; and, at the run level
+(`goal_run_problems`, called by the orchestrator's run schema): for goal-lines selections an env other than goal_lines,
 several env copies, evaluation episodes, infos without `achieved_goals`, negotiation without an
 episode-start hold long enough for the negotiation's rounds (or the supervisor's timeout), a hold
 without negotiating or supervised agents, a supervisor on a topology where a team member may not
@@ -33,6 +45,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GOAL_LINES_NAMES = ("goal_lines_v0", "env_server.envs.goal_lines:parallel_env")
 GOAL_LINES_DEFAULTS = {"num_landmarks": 6, "beta": 2.0}
+CELL_GRID_NAMES = ("treasure_room_v0", "env_server.envs.treasure_room:parallel_env")
+CELL_GRID_DEFAULTS = {"size": 9, "max_steps": 40}
+# The GoalsConfig fields that only goal-lines selections read (refused when set with amigo).
+GOAL_LINES_FIELDS = ("goal_set", "num_landmarks", "beta", "p", "lp_window", "lp_epsilon", "inner", "negotiation",
+                     "supervisor", "hindsight", "freeze_when_rewarded")
 
 
 class NegotiationSettings(BaseModel):
@@ -69,6 +86,56 @@ class HindsightSettings(BaseModel):
     timeout_s: float = Field(1.0, gt=0, allow_inf_nan=False)
 
 
+def _changed_from_default(model: BaseModel, names) -> list[str]:
+    """The fields among `names` whose value is not their default. (Not `model_fields_set`: the
+    resolved config, written with every default, is validated again by each process.)"""
+    return [name for name in names if getattr(model, name) != type(model).model_fields[name].default]
+
+
+class AmigoSettings(BaseModel):
+    """AMIGo's teacher and student (agent_node/amigo_session.py, agent_node/goals.py); defaults
+    are the paper's (ALGORITHMS.md section 3) except the teacher's batch and learning rate, which
+    belong to the tabular teacher used here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The cell grid: must equal the env's `size` and `max_steps` (T_max of the student's reward).
+    grid_size: int = Field(9, ge=2)
+    max_steps: int = Field(40, ge=1)
+    # "teacher": AMIGo's teacher; "uniform": a goal cell drawn uniformly each time (the
+    # no-curriculum baseline, same student and rewards).
+    proposer: Literal["teacher", "uniform"] = "teacher"
+    teacher_alpha: float = Field(0.7, ge=0)  # teacher reward for a goal reached in >= t* steps
+    teacher_beta: float = Field(0.3, ge=0)  # teacher penalty otherwise
+    t_star: int = Field(7, ge=0)  # the starting target difficulty
+    t_star_max: int = Field(100, ge=0)
+    # t* += 1 after `difficulty_counts` consecutive updates whose mean teacher reward is at least
+    # `difficulty_threshold`.
+    difficulty_threshold: float = -0.5
+    difficulty_counts: int = Field(10, ge=1)
+    teacher_batch_size: int = Field(32, ge=1)  # goal episodes per teacher update (REINFORCE)
+    teacher_learning_rate: float = Field(0.5, gt=0)
+    # How the student sees its goal: the cell's normalized (row, col), or one-hot over the cells.
+    goal_encoding: Literal["coordinates", "one_hot"] = "coordinates"
+    # BeBold's novelty (`max(1/N(s') - 1/N(s), 0)` on first visits in an episode) added to the
+    # student's reward, times novelty_scale; "none": AMIGo's rewards alone.
+    novelty: Literal["none", "bebold"] = "none"
+    novelty_scale: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AmigoSettings:
+        if self.t_star_max < self.t_star:
+            raise ValueError(f"t_star_max: expected at least t_star ({self.t_star}), got {self.t_star_max}")
+        if self.proposer == "uniform":
+            teacher_fields = {"teacher_alpha", "teacher_beta", "t_star", "t_star_max", "difficulty_threshold",
+                              "difficulty_counts", "teacher_batch_size", "teacher_learning_rate"}
+            if set_here := _changed_from_default(self, sorted(teacher_fields)):
+                raise ValueError(f"{', '.join(set_here)}: teacher settings, but proposer is 'uniform' (no teacher)")
+        if self.novelty == "none" and _changed_from_default(self, ["novelty_scale"]):
+            raise ValueError("novelty_scale: set only with novelty 'bebold'")
+        return self
+
+
 class GoalsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +144,7 @@ class GoalsConfig(BaseModel):
     # partners of the episode (the goal-coordination game).
     # "supervisor": one goal for the whole team per episode, assigned over the wire by the team
     # member with the smallest node id (the upper bound; protocols/supervision.py).
+    # "amigo": each agent's own teacher proposes grid cells (the `amigo` settings; treasure_room).
     selection: Literal["uniform", "learning_progress", "p_aligned", "negotiation", "supervisor", "amigo"]
     # goal_lines goals the agent may pursue: the L individual ones, the L(L-1)/2 cooperative
     # ones, or all.
@@ -96,6 +164,8 @@ class GoalsConfig(BaseModel):
     # null: no sharing (HER, if the learner's her_strategy is not none, uses the agent's own
     # achieved goals only).
     hindsight: HindsightSettings | None = None
+    # amigo only: the teacher, the student's reward and the grid (defaults when omitted).
+    amigo: AmigoSettings | None = None
     # Once rewarded, the agent stays where it is for the rest of the episode (the reference's
     # agents are done once rewarded; goal_lines cannot end one agent's episode early when the
     # goals are the agents' own, so the agent stops itself).
@@ -106,7 +176,7 @@ class GoalsConfig(BaseModel):
     def _negotiation_defaults(cls, data: Any) -> Any:
         # Negotiation without settings runs with the reference's (resolved.yaml then shows them).
         if isinstance(data, dict):
-            for selection in ("negotiation", "supervisor"):
+            for selection in ("negotiation", "supervisor", "amigo"):
                 if data.get("selection") == selection and data.get(selection) is None:
                     data = {**data, selection: {}}
         return data
@@ -114,11 +184,14 @@ class GoalsConfig(BaseModel):
     @model_validator(mode="after")
     def _implemented(self) -> GoalsConfig:
         if self.selection == "amigo":
-            raise ValueError(
-                "selection: 'amigo' is not implemented in a run (the AMIGo teacher proposes grid cells; the "
-                "goal-conditioned learner and goal_lines' achieved_goals speak of landmarks; agent_node/goals.py's "
-                "AmigoTeacher is tested alone); use uniform, learning_progress, p_aligned, negotiation or supervisor"
-            )
+            if goal_lines_set := _changed_from_default(self, GOAL_LINES_FIELDS):
+                raise ValueError(
+                    f"{', '.join(goal_lines_set)}: goal-lines settings, which selection 'amigo' (cell goals) does not read; "
+                    "remove them (AMIGo's settings go under goals.amigo)"
+                )
+            return self
+        if self.amigo is not None:
+            raise ValueError(f"amigo: set only with selection 'amigo', got selection {self.selection!r}")
         if self.selection == "p_aligned" and self.p is None:
             raise ValueError("p: selection 'p_aligned' needs p (the probability that the team shares one goal), got none")
         if self.selection != "p_aligned" and self.p is not None:
@@ -160,6 +233,11 @@ def goal_run_problems(
         return problems
     if learner_kind != "goal_dqn":
         problems.append(f"agents.learner.kind: agents.goals needs the goal-conditioned learner 'goal_dqn', got {learner_kind!r}")
+    if goals.selection == "amigo":
+        return problems + _amigo_run_problems(
+            goals.amigo, her_strategy, env_name=env_name, env_kwargs=env_kwargs, num_copies=num_copies,
+            forward_infos=forward_infos, episode_start_hold_s=episode_start_hold_s, eval_every_steps=eval_every_steps,
+        )
     if goals.hindsight is not None and her_strategy == "none":
         problems.append(
             "agents.goals.hindsight: sharing achieved goals needs HER to use them; set agents.learner.her_strategy "
@@ -206,5 +284,45 @@ def goal_run_problems(
         problems.append(
             f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor' wait for goal.ready; expected 0 "
             f"with {goals.selection!r}, got {episode_start_hold_s}"
+        )
+    return problems
+
+
+def _amigo_run_problems(
+    settings: AmigoSettings,
+    her_strategy: str | None,
+    *,
+    env_name: str,
+    env_kwargs: dict[str, Any],
+    num_copies: int,
+    forward_infos: list[str],
+    episode_start_hold_s: float,
+    eval_every_steps: int | None,
+) -> list[str]:
+    problems: list[str] = []
+    if her_strategy not in (None, "none"):
+        problems.append(
+            f"agents.learner.her_strategy: expected 'none' with selection 'amigo' (the student's reward depends on the "
+            f"time since the goal was proposed, which HER's relabelling does not know), got {her_strategy!r}"
+        )
+    if env_name not in CELL_GRID_NAMES:
+        problems.append(f"env.name: selection 'amigo' runs on the cell grid ({' or '.join(CELL_GRID_NAMES)}), got {env_name!r}")
+        return problems
+    for key, field_name in (("size", "grid_size"), ("max_steps", "max_steps")):
+        env_value = env_kwargs.get(key, CELL_GRID_DEFAULTS[key])
+        if env_value != getattr(settings, field_name):
+            problems.append(f"agents.goals.amigo.{field_name}: expected env.kwargs.{key} ({env_value}), got {getattr(settings, field_name)}")
+    if num_copies != 1:
+        problems.append(f"env.num_copies: expected 1 with selection 'amigo' (one goal at a time per agent), got {num_copies}")
+    if "cell" not in forward_infos:
+        problems.append(f"env.forward_infos: expected 'cell' (AMIGo agents check their goal cells with it), got {forward_infos}")
+    if episode_start_hold_s > 0:
+        problems.append(
+            f"env.episode_start_hold_s: expected 0 with selection 'amigo' (each agent's teacher decides alone), got {episode_start_hold_s}"
+        )
+    if eval_every_steps is not None:
+        problems.append(
+            "env.eval_every_steps: evaluation episodes of AMIGo students are not implemented (no goal is proposed "
+            f"for them); expected null, got {eval_every_steps}"
         )
     return problems

@@ -541,6 +541,14 @@ def build_goal_session(
     """The session and the learner of one goal agent (imports torch: the learner's)."""
     from agent_node.algos.goal_dqn import GoalDQNAgent
 
+    if goals.selection == "amigo":  # cell goals, each agent its own teacher: a session of its own
+        from agent_node.amigo_session import build_amigo_session
+
+        return build_amigo_session(
+            goals, learner_config, node_index=node_index, run_seed=run_seed, env_agent=env_agent,
+            obs_dim=obs_dim, num_actions=num_actions,
+        )
+
     total = num_goals(goals.num_landmarks)
     allowed = goal_set(goals.goal_set, goals.num_landmarks)
 

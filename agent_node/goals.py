@@ -18,7 +18,9 @@ Modules:
   (`protocols/supervision.py`, driven by `agent_node/goal_session.py`).
 - `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
   agent's own goal (kept when it leads or hears nothing).
-- `AmigoTeacher`: AMIGo's teacher over cells (the `t*` curriculum, teacher and student rewards).
+- `AmigoTeacher`: AMIGo's teacher over cells (the `t*` curriculum, teacher and student rewards);
+  `UniformCells`, its no-curriculum baseline. A node runs them through
+  `agent_node/amigo_session.py` (goals that change within an episode, on treasure_room's cells).
 - `BeBoldNovelty`: BeBold's count-based intrinsic reward (an alternative to a teacher).
 
 Every module takes its seed from the caller, who derives it with
@@ -28,7 +30,7 @@ Every module takes its seed from the caller, who derives it with
 from __future__ import annotations
 
 from collections import deque
-from typing import Hashable, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -241,12 +243,16 @@ def amigo_teacher_reward(reached: bool, steps_to_reach: int, t_star: int, extrin
 class AmigoTeacher:
     """AMIGo's teacher over a grid's cells, tabular: logits per (student start cell, goal cell).
 
-    The paper's teacher is a network over the full grid; on goal-lines the grid's content is the
-    agents' positions, so a table indexed by the student's cell when the goal is proposed is the
-    same information for one student. One-step problem, no discount: REINFORCE with the batch
-    mean as baseline on batches of `batch_size` completed goal episodes. After each update: if the
-    batch's mean teacher reward >= -0.5 a counter goes up, else it resets; at 10, `t* += 1`
-    (capped at 100) and the counter restarts.
+    The paper's teacher is a network over the full grid; on an open grid whose only content is
+    the agents (treasure_room), a table indexed by the student's cell when the goal is proposed
+    is the same information for one student. It never proposes the cell the student stands on
+    (that goal would need no move). One-step problem, no discount: REINFORCE with the batch mean
+    as baseline on batches of `batch_size` completed goal episodes. After each update: if the
+    batch's mean teacher reward >= `difficulty_threshold` (-0.5) a counter goes up, else it
+    resets; at `difficulty_counts` (10), `t* += 1` (capped at `t_star_max`, 100) and the counter
+    restarts. Note: with alpha 0.7 and beta 0.3 no batch mean falls below -0.3, so with the
+    threshold -0.5 (ALGORITHMS.md's values) the counter never resets and t* rises every 10 updates whatever the
+    student does.
     """
 
     def __init__(
@@ -261,12 +267,20 @@ class AmigoTeacher:
         learning_rate: float = 0.5,
         batch_size: int = 32,
         allowed_cells: Sequence[int] | None = None,
+        difficulty_threshold: float = -0.5,
+        difficulty_counts: int = 10,
     ) -> None:
-        if num_cells < 1 or batch_size < 1 or not learning_rate > 0:
-            raise ValueError(f"num_cells, batch_size must be >= 1 and learning_rate > 0, got {num_cells}, {batch_size}, {learning_rate}")
+        if num_cells < 1 or batch_size < 1 or difficulty_counts < 1 or not learning_rate > 0:
+            raise ValueError(
+                f"num_cells, batch_size, difficulty_counts must be >= 1 and learning_rate > 0, got "
+                f"{num_cells}, {batch_size}, {difficulty_counts}, {learning_rate}"
+            )
         self.num_cells = num_cells
         self.t_star = t_star
         self.t_star_max = t_star_max
+        self.difficulty_threshold = difficulty_threshold
+        self.difficulty_counts = difficulty_counts
+        self.last_batch_reward = float("nan")  # the mean teacher reward of the last update's batch
         self.alpha = alpha
         self.beta = beta
         self.learning_rate = learning_rate
@@ -282,6 +296,8 @@ class AmigoTeacher:
 
     def policy(self, start_cell: int) -> np.ndarray:
         logits = self.logits[start_cell] + self._mask
+        if np.isfinite(logits).sum() > 1:
+            logits[start_cell] = -np.inf  # the student's own cell is no goal
         probabilities = np.exp(logits - logits.max())
         return probabilities / probabilities.sum()
 
@@ -309,11 +325,47 @@ class AmigoTeacher:
             gradient[start] += (reward - baseline) * grad_log
         self.logits += self.learning_rate * gradient / len(self._batch)
         self.updates += 1
-        self.counter = self.counter + 1 if baseline >= -0.5 else 0
-        if self.counter >= 10:
+        self.last_batch_reward = float(baseline)
+        self.counter = self.counter + 1 if baseline >= self.difficulty_threshold else 0
+        if self.counter >= self.difficulty_counts:
             self.t_star = min(self.t_star + 1, self.t_star_max)
             self.counter = 0
         self._batch = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a restarted agent needs to go on teaching where it stopped (the pending batch is lost)."""
+        return {"logits": self.logits.copy(), "t_star": self.t_star, "counter": self.counter, "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        logits = np.asarray(state["logits"], dtype=np.float64)
+        if logits.shape != self.logits.shape:
+            raise ValueError(f"teacher logits of shape {logits.shape}, this teacher has {self.logits.shape}")
+        self.logits = logits
+        self.t_star, self.counter, self.updates = int(state["t_star"]), int(state["counter"]), int(state["updates"])
+
+
+class UniformCells:
+    """The baseline proposer: a goal cell drawn uniformly (never the student's own cell), no
+    curriculum. Same interface as `AmigoTeacher`'s proposing side."""
+
+    def __init__(self, num_cells: int, seed: int, *, allowed_cells: Sequence[int] | None = None) -> None:
+        self.num_cells = num_cells
+        self.cells = _goal_array(allowed_cells) if allowed_cells is not None else np.arange(num_cells)
+        self._rng = np.random.default_rng(seed)
+        self.reach_history: list[bool] = []
+
+    def propose_cell(self, start_cell: int) -> int:
+        choices = self.cells[self.cells != start_cell] if len(self.cells) > 1 else self.cells
+        return int(self._rng.choice(choices))
+
+    def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> None:
+        self.reach_history.append(bool(reached))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 # ------------------------------------------------------------------------------------------

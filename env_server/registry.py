@@ -36,6 +36,7 @@ BUILTIN_ENVS: dict[str, str] = {
     "pettingzoo.multiwalker_v9": "pettingzoo.sisl.multiwalker_v9:parallel_env",
     "reward_collection_v0": "env_server.envs.reward_collection:parallel_env",
     "goal_lines_v0": "env_server.envs.goal_lines:parallel_env",
+    "treasure_room_v0": "env_server.envs.treasure_room:parallel_env",
 }
 # Environments that draw part of the task at construction: registry name -> the factory argument
 # that seeds that draw (see the module docstring). Import paths of the same factories count too.

@@ -2,7 +2,8 @@
 
 References, to check this file against:
 - Schaul et al. 2015, "Universal Value Function Approximators": one Q-network over (state, goal);
-  here the goal enters as a one-hot vector appended to the observation.
+  here the goal enters as a one-hot vector appended to the observation (or, for cell goals, the
+  cell's coordinates: `goal_features`).
 - Andrychowicz et al. 2017, "Hindsight Experience Replay": store each episode a second time with
   goals it achieved (`final`, `future` with k draws per transition), so sparse goal rewards turn
   into signal. The relabelling itself is `protocols/hindsight.py`'s `relabel_episode`, shared with
@@ -117,17 +118,26 @@ class GoalReplay:
 class GoalDQNAgent:
     """Actor and learner for goal-conditioned Double DQN with HER (see the module docstring)."""
 
-    def __init__(self, config: GoalDQNConfig, obs_dim: int, num_actions: int, num_goals: int, reward_fn: RewardFn, seed: int) -> None:
+    def __init__(
+        self, config: GoalDQNConfig, obs_dim: int, num_actions: int, num_goals: int, reward_fn: RewardFn, seed: int,
+        goal_features: np.ndarray | None = None,
+    ) -> None:
         if not isinstance(config, GoalDQNConfig):
             raise TypeError(f"config must be a GoalDQNConfig, got {type(config).__name__}")
         self.config = config
         self.obs_dim, self.num_actions, self.num_goals = obs_dim, num_actions, num_goals
         self.reward_fn = reward_fn
+        # Row g: what the network sees of goal g. One-hot by default; AMIGo's cell goals may use
+        # the cell's coordinates instead (protocols/cell_space.py `cell_features`).
+        self.goal_features = np.eye(num_goals, dtype=np.float32) if goal_features is None else np.asarray(goal_features, np.float32)
+        if self.goal_features.ndim != 2 or self.goal_features.shape[0] != num_goals:
+            raise ValueError(f"goal_features must have one row per goal, shape ({num_goals}, d); got {self.goal_features.shape}")
+        input_dim = obs_dim + self.goal_features.shape[1]
         init_seed, explore_seed, replay_seed, her_seed = np.random.SeedSequence(seed).spawn(4)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(init_seed.generate_state(1)[0]))
-            self.q_network = QNetwork(obs_dim + num_goals, num_actions, config.hidden_sizes)
-            self.target_network = QNetwork(obs_dim + num_goals, num_actions, config.hidden_sizes)
+            self.q_network = QNetwork(input_dim, num_actions, config.hidden_sizes)
+            self.target_network = QNetwork(input_dim, num_actions, config.hidden_sizes)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate)
@@ -150,8 +160,7 @@ class GoalDQNAgent:
         goals = np.asarray(goals, dtype=np.int64)
         if goals.min(initial=0) < 0 or goals.max(initial=0) >= self.num_goals:
             raise ValueError(f"goals must lie in [0, {self.num_goals}), got {goals.tolist()}")
-        one_hot = np.eye(self.num_goals, dtype=np.float32)[goals]
-        return torch.as_tensor(np.concatenate([np.asarray(obs, np.float32), one_hot], axis=1))
+        return torch.as_tensor(np.concatenate([np.asarray(obs, np.float32), self.goal_features[goals]], axis=1))
 
     def act(self, obs: np.ndarray, goals: np.ndarray, explore: bool = True) -> np.ndarray:
         with torch.inference_mode():
@@ -192,6 +201,15 @@ class GoalDQNAgent:
             steps = relabelled.step[keep]
             self.replay.add(obs[steps], relabelled.goal[keep], actions[steps], relabelled.reward[keep], next_obs[steps], relabelled.terminated[keep])
             self.rows_relabelled += int(keep.sum())
+
+    def observe_rows(self, obs, goals, actions, rewards, next_obs, terminated) -> None:
+        """Store transitions whose rewards the caller computed (AMIGo's student: the reward
+        depends on the time since the goal was proposed, which `reward_fn` cannot see); no HER."""
+        goals = np.asarray(goals, dtype=np.int64)
+        if goals.min(initial=0) < 0 or goals.max(initial=0) >= self.num_goals:
+            raise ValueError(f"goals must lie in [0, {self.num_goals}), got {goals.tolist()}")
+        self.replay.add(obs, goals, actions, np.asarray(rewards, np.float32), next_obs, np.asarray(terminated, np.float32))
+        self.env_steps += len(goals)
 
     def gradient_steps_due(self) -> int:
         cfg = self.config

@@ -342,8 +342,11 @@ def test_goals_section_refuses_what_is_not_implemented():
     assert GoalsConfig(selection="supervisor").supervisor.timeout_s == 0.5
     with pytest.raises(ValidationError, match="supervisor: set only with selection 'supervisor'"):
         GoalsConfig(selection="uniform", supervisor={})
-    with pytest.raises(ValidationError, match="amigo.*not implemented"):
-        GoalsConfig(selection="amigo")
+    assert GoalsConfig(selection="amigo").amigo.t_star == 7, "AMIGo runs in a node (agent_node/amigo_session.py)"
+    with pytest.raises(ValidationError, match="goal_set.*selection 'amigo'"):
+        GoalsConfig(selection="amigo", goal_set="individual")
+    with pytest.raises(ValidationError, match="amigo: set only with selection 'amigo'"):
+        GoalsConfig(selection="uniform", amigo={})
     with pytest.raises(ValidationError, match="needs p"):
         GoalsConfig(selection="p_aligned")
     with pytest.raises(ValidationError, match="only selection 'p_aligned'"):

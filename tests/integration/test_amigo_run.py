@@ -1,0 +1,49 @@
+"""Issue 10 through `orchestrate up`: AMIGo students in their own processes, each with a teacher of
+its own proposing treasure_room cells (configs/amigo_pair.yaml); the teacher's metrics are logged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.test_orchestrate import orchestrate, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+EPISODE = 50  # treasure_room max_steps in the config
+
+
+def records(run_dir, agent):
+    return [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("config", ["configs/amigo_pair.yaml", "configs/amigo_pair_bebold.yaml"])
+def test_an_amigo_pair_runs_and_logs_t_star_goal_difficulty_and_success(tmp_path, config):
+    run_dir = tmp_path / "run"
+    steps = 8 * EPISODE
+    # A teacher update per goal episode and t* += 1 after every 2 updates whose mean reward is
+    # >= -0.5 (always, with alpha 0.7 and beta 0.3): the curriculum moves within a short run.
+    process = orchestrate(
+        "up", config, "--run-dir", str(run_dir), "--set", f"run.steps={steps}",
+        "--set", "agents.learner.learning_starts=80", "--set", "agents.goals.amigo.teacher_batch_size=1",
+        "--set", "agents.goals.amigo.difficulty_counts=2",
+    )
+    _, stderr = process.communicate(timeout=110)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
+    for agent in ("agent_0", "agent_1"):
+        mine = records(run_dir, agent)
+        ended = [r for r in mine if "amigo/t_star" in r]
+        # Every episode ends (at 40 steps, or earlier on the treasure), and is recorded once.
+        assert len(ended) >= steps // EPISODE and ended[-1]["amigo/episode_end_step"] == steps
+        for record in ended:
+            assert record["amigo/goals_proposed"] >= 1 and 0 <= record["amigo/goals_reached"] <= record["amigo/goals_proposed"]
+            assert 0.0 <= record["amigo/reach_rate"] <= 1.0 and 1 <= record["amigo/goal_distance"] <= 24
+            assert record["amigo/extrinsic_success"] in (0.0, 1.0)
+            assert ("amigo/novelty_return" in record) == config.endswith("bebold.yaml")
+        updates = ended[-1]["amigo/teacher_updates"]
+        assert updates == sum(r["amigo/goals_proposed"] for r in ended), "one update per goal episode (batch of 1)"
+        assert ended[-1]["amigo/t_star"] == 7 + updates // 2, "the t* schedule ran in the node"
+        counters = [r for r in mine if "goal_dqn/gradient_steps" in r]
+        assert counters and counters[-1]["goal_dqn/gradient_steps"] > 0, "the student learned"
