@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(config.torch_threads)
+    if node_config.run.reproducible:
+        # A kernel with no deterministic version then fails loudly instead of drifting.
+        torch.use_deterministic_algorithms(True)
 
     from agent_node.node import AgentNode, NodeState
     from protocols.control import ShutdownRequested

@@ -1,0 +1,125 @@
+"""`run.reproducible`: one seed, two runs whose timing differs, the same learning.
+
+The second run is perturbed three ways, so that messages and gradient steps interleave
+differently: a busy-loop process pinned to one core competes with the nodes, every agent takes
+one gradient step per look at its sockets (`gradient_steps_per_slice: 1` against 4), and each
+link delays its messages by a jittered few milliseconds. What the seed decides must not move:
+every learner metric, return, consensus figure and evaluation, in the same rows, and the final
+checkpoints. What measures timing by nature is left out of the comparison: wall time (`t`), link
+and security counters (heartbeats are sent on a clock), membership notices, and durations.
+
+Without the mode the same pair of runs may differ (an agent then acts with up to
+`max_pending_gradient_steps` owed, so how many gradient steps precede an action is timing);
+that is not asserted, only allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_orchestrate import orchestrate, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+AGENTS = ("agent_0", "agent_1", "agent_2")
+# tiny_star_tcp, with evaluation episodes and synchronous consensus of the policy (deadlines far
+# beyond any wait a loaded machine imposes, so no round and no step runs out).
+SETTINGS = (
+    "run.seed=3",
+    "run.steps=50",
+    "run.reproducible=true",
+    "env.eval_every_steps=20",
+    "env.eval_episodes=1",
+    "env.step_deadline_s=60",
+    "agents.env_silence_timeout_s=120",
+    "agents.metrics_every_steps=5",
+    "protocols.consensus={enabled: true, what: policy_parameters, period_steps: 10, rounds: 3, round_timeout_s: 60}",
+)
+PERTURBED = (
+    "agents.gradient_steps_per_slice=1",
+    "network.default_link={delay_s: 0.003, jitter_s: 0.003}",
+)
+TIMING_PREFIXES = ("link/", "security/", "membership/")
+
+
+def run_tiny_star(run_dir: Path, *extra: str) -> None:
+    overrides = [arg for setting in (*SETTINGS, *extra) for arg in ("--set", setting)]
+    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir), *overrides)
+    _, stderr = process.communicate(timeout=150)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
+
+
+def seeded_rows(run_dir: Path, node: str) -> list[dict]:
+    """The node's metrics rows without what measures timing; rows left with only a step dropped."""
+    rows = []
+    for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        kept = {
+            key: value for key, value in record.items()
+            if key != "t" and not key.startswith(TIMING_PREFIXES) and not key.endswith("duration_s")
+        }  # fmt: skip
+        if set(kept) != {"step"}:
+            rows.append(kept)
+    return rows
+
+
+def checkpoint(run_dir: Path, agent: str) -> dict:
+    import torch
+
+    return torch.load(run_dir / "nodes" / agent / "checkpoints" / "latest.pt", weights_only=True)
+
+
+def assert_same_state(a, b, path: str = "checkpoint") -> None:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{path}: {a!r} vs {b!r}"
+        for index, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{index}]")
+    else:
+        assert a == b, f"{path}: {a!r} vs {b!r}"
+
+
+def busy_loop_on_one_core() -> subprocess.Popen:
+    """A process that spins on core 0 until killed: it steals time from whichever node runs there."""
+    cores = sorted(os.sched_getaffinity(0))
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cores[0]}}})\nwhile True: pass"],
+        start_new_session=True,
+    )
+
+
+def test_one_seed_gives_the_same_rows_and_checkpoints_under_different_timing(tmp_path):
+    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
+    run_tiny_star(idle)
+    spinner = busy_loop_on_one_core()
+    try:
+        run_tiny_star(loaded, *PERTURBED)
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=10)
+
+    for agent in AGENTS:
+        rows = seeded_rows(idle, agent)
+        # The comparison covers learning: losses after learning started, returns, consensus.
+        assert any("dqn/loss" in row for row in rows) and any("env/episode_return" in row for row in rows)
+        assert any("consensus/disagreement_max" in row for row in rows)
+        assert not any("reproducibility/broken" in row for row in rows), f"{agent}: a deadline ran out"
+        assert seeded_rows(loaded, agent) == rows, f"{agent}: the metrics rows differ"
+        assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
+    evaluations = seeded_rows(idle, "env")
+    assert any("eval/return_mean" in row for row in evaluations)
+    assert seeded_rows(loaded, "env") == evaluations
