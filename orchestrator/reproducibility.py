@@ -70,13 +70,9 @@ def reproducibility_problems(config: RunConfig) -> list[str]:
         )
     if config.agents.goals is not None:
         problems.append(
-            f"agents.goals: expected none with {_WHY}: goal negotiation and hindsight sharing end at wall-clock "
-            "deadlines, so which goal an episode gets can depend on timing"
-        )
-    if config.env.episode_start_hold_s > 0:
-        problems.append(
-            f"env.episode_start_hold_s: expected 0 with {_WHY}, got {config.env.episode_start_hold_s}: the hold ends "
-            "at a wall-clock deadline"
+            f"agents.goals: expected none with {_WHY}: goal negotiation, the env server's hold of each episode start "
+            "for it (env.episode_start_hold_s, which needs goals) and hindsight sharing end at wall-clock deadlines, "
+            "so which goal an episode gets can depend on timing"
         )
     if config.agents.max_pending_gradient_steps != 0:
         problems.append(

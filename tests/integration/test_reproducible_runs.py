@@ -123,3 +123,23 @@ def test_one_seed_gives_the_same_rows_and_checkpoints_under_different_timing(tmp
     evaluations = seeded_rows(idle, "env")
     assert any("eval/return_mean" in row for row in evaluations)
     assert seeded_rows(loaded, "env") == evaluations
+
+
+def test_a_deadline_that_runs_out_is_recorded_as_broken_reproducibility(tmp_path):
+    """Links slower than the deadlines: every consensus round runs out before the neighbours'
+    shares arrive, and the env server steps on without the agents' actions. The run still ends
+    cleanly, and every agent says from which step its seed no longer decides it, and why."""
+    run_dir = tmp_path / "late"
+    run_tiny_star(
+        run_dir,
+        "run.steps=20",
+        "env.step_deadline_s=0.05",
+        "network.default_link={delay_s: 0.1}",
+        "protocols.consensus={enabled: true, what: policy_parameters, period_steps: 10, rounds: 2, round_timeout_s: 0.02}",
+    )
+    for agent in AGENTS:
+        broken = [row for row in seeded_rows(run_dir, agent) if "reproducibility/broken" in row]
+        causes = {key for row in broken for key in row if key.startswith("reproducibility/") and key != "reproducibility/broken"}
+        assert causes == {"reproducibility/step_deadline", "reproducibility/consensus_timeout"}, broken
+        assert len(broken) == 2  # once per cause, not once per late step
+        assert "run.reproducible: this run is no longer a function of its seed" in (run_dir / "nodes" / agent / "log").read_text()
