@@ -25,7 +25,13 @@ test-deps:
 	@if [ "$$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null; fi
 
-test: setup test-deps
+# The Ray backend's tests (tests/integration/test_ray_backend.py) need the optional `[ray]` extra;
+# `make run` does not.
+$(VENV)/.ray-extra: $(BIN)/orchestrate
+	$(BIN)/pip install --quiet -e '.[ray]'
+	touch $@
+
+test: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -1,9 +1,12 @@
 """The consensus session: one agent's averaging run between two lockstep steps, sans-IO.
 
-At a lockstep step where the `ConsensusSubject` is due, the node hands the observation it just
-received to `begin`: the session holds it (the env server waits for this agent's action while
-the neighbours average), asks the subject for its tensors, and starts the consensus engine with
-the lockstep step as the epoch (the same number on every agent). Peer shares, timers and
+At a lockstep step by which the `ConsensusSubject` reached a tick it has not averaged yet, `due`
+names that tick and the node hands the observation it just received to `begin`: the session
+holds it (the env server waits for this agent's action while the neighbours average), asks the
+subject for its tensors, and starts the consensus engine with the tick as the epoch (computed
+from the env server's step, so the same number on every agent, see consensus_subjects.py). Each
+tick runs at most once; the first step a (re)started agent sees does not start a tick that lies
+before it (its neighbours averaged it without this agent long ago). Peer shares, timers and
 neighbour up/down notices go in; the messages to send come out as `(destination, message)`
 pairs. Once the engine is done, `finish_if_done` adopts its result through the subject and
 hands back the held observation, to be answered now, and the metrics records to write at this
@@ -50,26 +53,41 @@ class ConsensusSession:
         self.num_agents = num_agents
         self.held: m.EnvObservation | None = None
         self.started_at = 0.0
+        self.last_tick: int | None = None  # the newest tick begun (or passed over on the first step)
+        self.seen_a_step = False
 
     @property
     def averaging(self) -> bool:
         """An observation is held while the neighbours average."""
         return self.held is not None
 
-    def due(self, step: int) -> bool:
-        return self.subject.due(step)
+    def due(self, step: int) -> int | None:
+        """The tick to average at this step, or None: the subject's latest tick at or before it,
+        if no run of this session began it yet."""
+        tick = self.subject.tick(step)
+        if not self.seen_a_step:
+            self.seen_a_step = True
+            if tick is not None and tick < step:
+                self.last_tick = tick  # joined after it: the neighbours are past it
+                return None
+        if tick is None or (self.last_tick is not None and tick <= self.last_tick):
+            return None
+        return tick
 
-    def begin(self, held: m.EnvObservation, now: float) -> list[Outgoing]:
+    def begin(self, held: m.EnvObservation, tick: int, now: float) -> list[Outgoing]:
         if self.held is not None:
             raise RuntimeError(
                 f"consensus session began at step {held.step} while still holding step {self.held.step}"
             )
+        if self.last_tick is not None and tick <= self.last_tick:
+            raise ValueError(f"consensus tick {tick} began again (the last was {self.last_tick}); ticks must increase")
         self.held = held
         self.started_at = now
-        tensors = self.subject.prepare()
+        self.last_tick = tick
+        tensors = self.subject.prepare(tick)
         if self.engine is None:
             return []  # nothing to exchange: `finish_if_done` adopts the local tensors
-        return self.engine.start(ConsensusRequest(tensors, epoch=held.step), now)
+        return self.engine.start(ConsensusRequest(tensors, epoch=tick), now)
 
     def replace_held(self, newer: m.EnvObservation) -> None:
         """The env server stepped on while we averaged (the consensus outlasted its step

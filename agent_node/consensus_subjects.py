@@ -3,22 +3,29 @@
 The node's loop runs the consensus engine (network, rounds, deadlines); a *subject* supplies
 the tensors to average and takes the averaged ones back:
 
-    due(step)          is a consensus run due at this lockstep step?
-    prepare()          the named tensors to average (fitting a world model first if needed)
+    tick(step)         the latest consensus tick at or before this lockstep step (None before
+                       the first): a number computed from the env server's step alone
+    prepare(tick)      the named tensors to average (fitting a world model first if needed)
     adopt(averaged, N) use the averaged tensors (None: consensus is off, keep the local ones);
                        returns scalar metrics
 
 Subjects:
 - `OGMARLWorldModel`   the OG-MARL learner's GP: refit on fresh data, average the natural
-                       parameters, imagine with the fused model (the learner decides when).
+                       parameters, imagine with the fused model (on the learner's refresh ticks).
 - `LocalWorldModel`    a world model the node trains beside a model-free learner on samples of
                        its replay buffer (`world_model_statistics` for a GP, `..._parameters`
                        for an ensemble). The learner does not use it for control; it is the
                        shared model of the dynamics the agents build together.
 - `PolicyParameters`   the learner's policy network parameters (`ParamSource`).
 
-Every agent of a run reaches the same lockstep steps, so `due` is true on all of them at the
-same step and their consensus runs line up without any extra coordination.
+Why ticks of the env server's step, and nothing an agent counts itself: every agent hears the
+same step numbers, so the tick, which is the consensus run's epoch, is the same on all of them
+and their runs line up without extra coordination, also for an agent that missed the tick's
+own step (cut off by a partition while the env server played its default action, or busy
+averaging while it stepped on): it starts the run at the first step it does see, under the same
+epoch. A count of the agent's own rows drifts in exactly those cases, and runs with different
+epochs wait for each other's shares until their rounds time out (`ConsensusSession` starts each
+tick at most once; see `protocols/consensus.py` for a run the neighbours have moved past).
 """
 
 from __future__ import annotations
@@ -34,23 +41,29 @@ from agent_node.world_models.config import WorldModelConfig
 
 
 class ConsensusSubject(Protocol):
-    def due(self, step: int) -> bool: ...
+    def tick(self, step: int) -> int | None: ...
 
-    def prepare(self) -> dict[str, np.ndarray]: ...
+    def prepare(self, tick: int) -> dict[str, np.ndarray]: ...
 
     def adopt(self, averaged: Mapping[str, np.ndarray] | None, num_agents: int) -> dict[str, float]: ...
 
 
 class OGMARLWorldModel:
-    def __init__(self, learner: ModelBasedLearner) -> None:
+    """The learner's refresh ticks, on the row clock step x K (K vectorized env copies: one row
+    per copy and step, the rows an agent that saw every step has observed)."""
+
+    def __init__(self, learner: ModelBasedLearner, num_copies: int = 1) -> None:
         _require_role(learner, ModelBasedLearner, "learner kind og_marl (a model-based learner)")
         self.learner = learner
+        self.num_copies = num_copies
 
-    def due(self, step: int) -> bool:
-        return self.learner.model_refresh_due()
+    def tick(self, step: int) -> int | None:
+        rows = step * self.num_copies
+        # A tick the learner refreshed already (before a restart, say) is not run again.
+        return self.learner.refresh_tick(rows) if self.learner.model_refresh_due(rows) else None
 
-    def prepare(self) -> dict[str, np.ndarray]:
-        return self.learner.fit_world_model()
+    def prepare(self, tick: int) -> dict[str, np.ndarray]:
+        return self.learner.fit_world_model(rows=tick)
 
     def adopt(self, averaged, num_agents):
         return self.learner.adopt_world_model(averaged, num_agents)
@@ -62,10 +75,10 @@ class PolicyParameters:
         self.learner = learner
         self.period_steps = period_steps
 
-    def due(self, step: int) -> bool:
-        return step > 0 and step % self.period_steps == 0
+    def tick(self, step: int) -> int | None:
+        return _period_tick(step, self.period_steps)
 
-    def prepare(self) -> dict[str, np.ndarray]:
+    def prepare(self, tick: int) -> dict[str, np.ndarray]:
         return self.learner.get_params()
 
     def adopt(self, averaged, num_agents):
@@ -89,6 +102,7 @@ class LocalWorldModel:
         average: str,  # "world_model_statistics" | "world_model_parameters"
         seed: int,
         sampler_seed: int,
+        num_copies: int = 1,
     ) -> None:
         """`seed` builds the model (its initial weights, its own draws); `sampler_seed` draws the
         replay rows it is fit on. Separate streams: changing how often the model is fit does not
@@ -100,6 +114,7 @@ class LocalWorldModel:
         self.action_space = action_space
         self.period_steps = period_steps
         self.fit_transitions = fit_transitions
+        self.num_copies = num_copies
         self.average = average
         state_dim = int(np.prod(observation_space.shape))
         # Discrete actions enter the model one-hot.
@@ -107,8 +122,11 @@ class LocalWorldModel:
         self.model = build_world_model(world_model_config, state_dim, action_dim, seed)
         self.sampler = np.random.default_rng(sampler_seed)
 
-    def due(self, step: int) -> bool:
-        return step > 0 and step % self.period_steps == 0 and len(self.learner.replay) >= self.fit_transitions
+    def tick(self, step: int) -> int | None:
+        """Every `period_steps`, from the first tick by which an agent that saw every step holds
+        `fit_transitions` rows (step x K copies)."""
+        tick = _period_tick(step, self.period_steps)
+        return tick if tick is not None and tick * self.num_copies >= self.fit_transitions else None
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         batch = self.learner.replay.sample(self.fit_transitions, rng=self.sampler)
@@ -119,27 +137,41 @@ class LocalWorldModel:
             actions = np.eye(self.action_space.n, dtype=np.float32)[actions.astype(np.int64) - self.action_space.start]
         return states, actions.reshape(len(actions), -1), next_states
 
-    def prepare(self) -> dict[str, np.ndarray]:
-        self.fit_metrics = self.model.fit(*self._sample())
+    def prepare(self, tick: int) -> dict[str, np.ndarray]:
+        # An empty buffer (an agent that saw no step yet) has nothing to fit: it shares the
+        # model as it is, as its neighbours expect a share from it at this tick.
+        self.fit_metrics = self.model.fit(*self._sample()) if len(self.learner.replay) > 0 else {}
         if self.average == "world_model_parameters":
             return self.model.get_params()
         return self.model.export_statistics()
 
     def adopt(self, averaged, num_agents):
         metrics = {f"world_model/{k.split('/')[-1]}": float(v) for k, v in self.fit_metrics.items()}
+        if len(self.learner.replay) == 0:
+            if averaged is not None:
+                self._set(averaged, num_agents)
+            return metrics
         states, actions, next_states = self._sample()  # fresh local data, to score both models
         metrics["world_model/local_mse"] = self._mse(states, actions, next_states)
         if averaged is not None:
-            if self.average == "world_model_parameters":
-                self.model.set_params(averaged)
-            else:
-                self.model.import_statistics(averaged, num_agents)
+            self._set(averaged, num_agents)
             metrics["world_model/averaged_mse"] = self._mse(states, actions, next_states)
         return metrics
+
+    def _set(self, averaged, num_agents) -> None:
+        if self.average == "world_model_parameters":
+            self.model.set_params(averaged)
+        else:
+            self.model.import_statistics(averaged, num_agents)
 
     def _mse(self, states, actions, next_states) -> float:
         mean, _ = self.model.predict(states, actions)
         return float(np.mean((mean - next_states) ** 2))
+
+
+def _period_tick(step: int, period_steps: int) -> int | None:
+    """The latest multiple of `period_steps` at or before `step`, from `period_steps` on."""
+    return None if step < period_steps else step // period_steps * period_steps
 
 
 def _require_role(learner: object, role: type, needed_by: str) -> None:

@@ -39,12 +39,13 @@ consensus round that ran out, a restart from a checkpoint) is written once per c
 `reproducibility/broken` (`_reproducibility_broken`); orchestrator/reproducibility.py refuses
 the settings that cannot be reproducible.
 
-Consensus (when the run enables it): at the lockstep steps where the consensus subject is due
-(see `consensus_subjects.py`), the node holds the observation it just received, enters
-`averaging`, prepares the tensors, and runs the consensus engine with its neighbours. Every
-agent reaches the same step, so all average together while the env server waits for their
-actions. When the engine is done (all rounds, or their deadlines) the node adopts the average
-and answers the held observation.
+Consensus (when the run enables it): at the lockstep step that reaches a tick of the consensus
+subject (see `consensus_subjects.py`), the node holds the observation it just received, enters
+`averaging`, prepares the tensors, and runs the consensus engine with its neighbours under the
+tick as epoch. Every agent reaches the same step, so all average together while the env server
+waits for their actions. When the engine is done (all rounds, their deadlines, or the
+neighbours moved on to a newer tick) the node adopts the average and answers the held
+observation, or, if the observation held meanwhile reached a newer tick, averages again first.
 """
 
 from __future__ import annotations
@@ -339,7 +340,7 @@ class AgentNode:
         """What this node averages: the OG-MARL learner's world model, a world model trained
         beside the learner, or the policy; None when nothing is shared."""
         if self.config.learner.kind == "og_marl":
-            return OGMARLWorldModel(self.learner)  # it refreshes its model even without sharing
+            return OGMARLWorldModel(self.learner, self.num_copies)  # it refreshes its model even without sharing
         if not self.consensus_config.enabled:
             return None
         what = self.consensus_config.what
@@ -355,6 +356,7 @@ class AgentNode:
             average=what,
             seed=self.context.seed("world_model"),
             sampler_seed=self.context.seed("world_model_sampler"),
+            num_copies=self.num_copies,
         )
 
     # ------------------------------------------------------------------ main loop
@@ -494,8 +496,8 @@ class AgentNode:
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
             return
-        if self.consensus is not None and self.consensus.due(self.step):
-            self._start_consensus(message)
+        if self.consensus is not None and (tick := self.consensus.due(self.step)) is not None:
+            self._start_consensus(message, tick)
             return
         self._act(message)
 
@@ -660,10 +662,10 @@ class AgentNode:
 
     # ------------------------------------------------------------------ consensus
 
-    def _start_consensus(self, held: m.EnvObservation) -> None:
+    def _start_consensus(self, held: m.EnvObservation, tick: int) -> None:
         self.transition(NodeState.AVERAGING)
         now = time.monotonic()
-        self._send_peers(self.consensus.begin(held, now))
+        self._send_peers(self.consensus.begin(held, tick, now))
         self._finish_consensus_if_done(now)
 
     def _finish_consensus_if_done(self, now: float) -> None:
@@ -673,9 +675,16 @@ class AgentNode:
         for record in finished.records:
             self.metrics.write(self.step, record)
         if any(record.get("consensus/missing_neighbours", 0.0) > 0 for record in finished.records):
-            self._reproducibility_broken("consensus_timeout", "a consensus round ran out before every share arrived")
+            self._reproducibility_broken(
+                "consensus_incomplete", "a consensus round ended without every neighbour's share (a deadline, or a neighbour that finished or moved on)"
+            )
         self.transition(NodeState.RUNNING)
-        self._act(finished.held)
+        if (tick := self.consensus.due(finished.held.step)) is not None:
+            # The env server stepped on past a newer tick while this run went on (a long run, or
+            # one this agent began late): catch up with the neighbours before acting.
+            self._start_consensus(finished.held, tick)
+        else:
+            self._act(finished.held)
 
     def _reproducibility_broken(self, cause: str, what: str) -> None:
         """Timing decided something in a reproducible run: say so once per cause, in the metrics

@@ -150,12 +150,16 @@ class WorldModel(Protocol):
 class ModelBasedLearner(Learner, Protocol):
     """A learner that owns a world model and learns from it (OG-MARL, agent_node/algos/og_marl.py).
     The node drives the model's consensus (agent_node/consensus_subjects.OGMARLWorldModel): the
-    learner decides when its model is due, fits it on fresh local data, and adopts the average."""
+    learner sets the refresh ticks on a row clock the node gives it, fits on fresh local data, and
+    adopts the average."""
 
-    def model_refresh_due(self) -> bool:
-        """Is a refresh of the world model due now (the learner's own schedule)?"""
+    def refresh_tick(self, rows: int | None = None) -> int | None:
+        """The latest refresh tick at or before the row clock `rows` (None before the first)."""
 
-    def fit_world_model(self) -> dict[str, np.ndarray]:
+    def model_refresh_due(self, rows: int | None = None) -> bool:
+        """Has the row clock reached a refresh tick not refreshed yet?"""
+
+    def fit_world_model(self, rows: int | None = None) -> dict[str, np.ndarray]:
         """Refit on local data; return the named statistics consensus averages."""
 
     def adopt_world_model(self, averaged: Mapping[str, np.ndarray] | None, num_agents: int) -> dict[str, float]:

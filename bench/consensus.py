@@ -2,6 +2,7 @@
 
     python bench/consensus.py [--sizes 1e3,1e5,1e6] [--rings 4,8] [--rounds N] [--repeats N]
                               [--profile] [--quick] [--json]
+    python bench/consensus.py --hosts 3 [--sizes ...] [--rounds N] [--repeats N] [--netns-prefix P]
 
 Part 1, in one run so the ratios compare like with like on a noisy machine: for each ring of
 agent PROCESSES (`bench/consensus_worker.py`, one per node) and each float32 tensor size, the time
@@ -21,6 +22,17 @@ Part 2, no processes: rounds for the sans-IO engines (`rounds_to_tolerance`, Met
 to cut disagreement to 1e-6 of its initial value on a ring, a 4x4 torus and an exponential graph
 of 16 agents, from the worst-case start (the slowest eigenvector) and from random values.
 
+`--hosts N` (root; instead of both parts): a ring of N workers, each in its own Linux network
+namespace with its own address, joined by veth pairs to a bridge in another namespace (the
+fixture of the multi-host tests, `tests/integration/netns.py`), talking over tcp with CURVE on
+both socket sets: Parley's hub with the run's keys (what agent nodes on several machines do)
+against raw pyzmq with CURVE set on its sockets by hand. Measured as in part 1 (same workers,
+interleaved, median of repeats) plus the bytes each namespace sent per round on its veth,
+TCP/IP headers and CURVE's framing included. The namespaces are named `<--netns-prefix>-<token>-*`
+and deleted at the end, also when the run fails or is interrupted (Ctrl-C, SIGTERM). Links
+between namespaces have no delay or bandwidth cap: the figures are the software's cost
+(encryption, copies, Python), not a network's.
+
 `--profile` adds one Parley run of the largest tensor on the largest ring with agent_0 under
 cProfile (CPU time) and prints its top functions (to stderr with `--json`); that run is not timed.
 """
@@ -31,7 +43,9 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +75,7 @@ RUN_SLACK_S = 60.0  # on top of the workers' own round deadlines
 EXIT_TIMEOUT_S = 10.0
 WARMUP_ROUNDS = 2
 UNIX_SOCKET_PATH_LIMIT = 107
+DEFAULT_NETNS_PREFIX = "parley-cb"
 AGREEMENT_TOLERANCE = 1e-4  # float32 values of order 1; both modes sum in float64, in any order
 TOLERANCE = 1e-6  # part 2: disagreement cut to this fraction of the initial one
 
@@ -105,9 +120,14 @@ class WorkerRing:
     then killed, if it does not exit in time), and the socket and temp dir are removed.
     """
 
-    def __init__(self, ring_size: int) -> None:
+    def __init__(self, ring_size: int, hosts: list[tuple[str, str]] | None = None) -> None:
+        """`hosts`: (network namespace, its address) of each node, for tcp with CURVE between
+        namespaces; None: every worker here, ipc between them."""
         self.ring_size = ring_size
         self.nodes = ring(ring_size).nodes
+        self.hosts = hosts
+        if hosts is not None and len(hosts) != ring_size:
+            raise BenchmarkError(f"expected one host per node ({ring_size}), got {len(hosts)}")
         self.socket_dir = short_temp_dir()
         self.context = zmq.Context()
         self.control = self.context.socket(zmq.ROUTER)
@@ -135,12 +155,20 @@ class WorkerRing:
 
     def _start(self) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        tcp_args: list[str] = []
+        if self.hosts is not None:
+            from protocols.transport import generate_run_keys
+
+            keys_dir = generate_run_keys(Path(self.socket_dir) / "keys", self.nodes)
+            tcp_args = ["--tcp-hosts", ",".join(address for _, address in self.hosts), "--keys-dir", str(keys_dir)]
         for index, node in enumerate(self.nodes):
+            # The control socket stays ipc: a socket file is reachable from every network namespace.
+            in_namespace = [] if self.hosts is None else ["ip", "netns", "exec", self.hosts[index][0]]
             self.stderr_paths[node] = Path(self.socket_dir) / f"{node}.stderr"
             with open(self.stderr_paths[node], "wb") as stderr:
                 self.processes[node] = subprocess.Popen(
-                    [sys.executable, str(WORKER), "--index", str(index), "--ring", str(self.ring_size),
-                     "--socket-dir", self.socket_dir, "--control", self.endpoint],
+                    [*in_namespace, sys.executable, str(WORKER), "--index", str(index), "--ring", str(self.ring_size),
+                     "--socket-dir", self.socket_dir, "--control", self.endpoint, *tcp_args],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, cwd=REPO, env=env,
                 )
         self._collect("ready", STARTUP_TIMEOUT_S)
@@ -224,6 +252,12 @@ def cpu_time(reports: list[dict]) -> float:
     return statistics.fmean(report["cpu_s_per_round"] for report in reports)
 
 
+def sent_bytes_per_round(reports: list[dict]) -> float | None:
+    """Bytes one node's namespace sends per round on the wire (mean over nodes); None over ipc."""
+    sent = [report["tx_bytes_per_round"] for report in reports]
+    return None if None in sent else statistics.fmean(sent)
+
+
 def check_agreement(reports: list[dict], what: str) -> float | None:
     differences = [r["max_abs_diff_vs_other_mode"] for r in reports if r["max_abs_diff_vs_other_mode"] is not None]
     if not differences:
@@ -234,11 +268,14 @@ def check_agreement(reports: list[dict], what: str) -> float | None:
     return worst
 
 
-def measure_ring(ring_size: int, sizes: list[int], rounds_override: int | None, repeats: int, profile: bool) -> dict:
+def measure_ring(
+    ring_size: int, sizes: list[int], rounds_override: int | None, repeats: int, profile: bool,
+    hosts: list[tuple[str, str]] | None = None,
+) -> dict:
     """Per tensor size: median seconds per round of each mode; plus the profile text if asked."""
     cells = {}
     profile_report = None
-    with WorkerRing(ring_size) as workers:
+    with WorkerRing(ring_size, hosts) as workers:
         for size in sizes:
             rounds = rounds_override if rounds_override is not None else default_rounds(size)
             what = f"ring {ring_size}, {size_label(size)} params"
@@ -246,12 +283,14 @@ def measure_ring(ring_size: int, sizes: list[int], rounds_override: int | None, 
                 workers.run(mode, size, WARMUP_ROUNDS)
             times = {"parley": [], "raw": []}
             cpu_times = {"parley": [], "raw": []}
+            sent = {"parley": [], "raw": []}
             worst_difference = 0.0
             for _ in range(repeats):
                 for mode in ("parley", "raw"):  # interleaved: load drifts hit both modes alike
                     reports = workers.run(mode, size, rounds)
                     times[mode].append(round_time(reports))
                     cpu_times[mode].append(cpu_time(reports))
+                    sent[mode].append(sent_bytes_per_round(reports))
                     difference = check_agreement(reports, what)
                     worst_difference = max(worst_difference, difference or 0.0)
             cells[size] = {
@@ -260,6 +299,8 @@ def measure_ring(ring_size: int, sizes: list[int], rounds_override: int | None, 
                 "raw": statistics.median(times["raw"]),
                 "parley_cpu": statistics.median(cpu_times["parley"]),
                 "raw_cpu": statistics.median(cpu_times["raw"]),
+                "parley_tx_bytes": None if None in sent["parley"] else statistics.median(sent["parley"]),
+                "raw_tx_bytes": None if None in sent["raw"] else statistics.median(sent["raw"]),
                 "parley_runs": times["parley"],
                 "raw_runs": times["raw"],
                 "max_abs_diff": worst_difference,
@@ -270,6 +311,56 @@ def measure_ring(ring_size: int, sizes: list[int], rounds_override: int | None, 
             reports = workers.run("parley", size, rounds, profile_node=workers.nodes[0])
             profile_report = reports[0]["profile"]
     return {"cells": cells, "profile": profile_report}
+
+
+def namespaces_unavailable() -> str | None:
+    """None when this process can make network namespaces; else why not (for --hosts)."""
+    if os.geteuid() != 0:
+        return "--hosts makes Linux network namespaces, which needs root: run it as root, or leave --hosts out"
+    if shutil.which("ip") is None:
+        return "--hosts needs the `ip` tool (iproute2) to make network namespaces; it is not installed"
+    return None
+
+
+def measure_across_namespaces(count: int, sizes: list[int], rounds_override: int | None, repeats: int, prefix: str) -> dict:
+    """`measure_ring` with each of the `count` workers in a network namespace of its own; the
+    namespaces are deleted whatever happens (their `close` also kills what is left inside)."""
+    from tests.integration.netns import NamespaceCluster  # the multi-host tests' fixture
+
+    names = [f"h{i}" for i in range(count)]
+    with tempfile.TemporaryDirectory(prefix="parley-cb-ns-") as directory:
+        cluster = NamespaceCluster(directory=Path(directory), prefix=prefix)
+        try:
+            cluster.build(names, sshd_on=[])
+            hosts = [(cluster.hosts[name].namespace, cluster.hosts[name].address) for name in names]
+            outcome = measure_ring(count, sizes, rounds_override, repeats, profile=False, hosts=hosts)
+            outcome["namespaces"] = [namespace for namespace, _ in hosts] + [cluster.bridge_namespace]
+            return outcome
+        finally:
+            cluster.close()
+
+
+def _raise_system_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`: namespaces and workers go
+
+
+def print_hosts_table(count: int, outcome: dict, repeats: int) -> None:
+    print(f"Synchronous consensus on a ring of {count} processes in {count} network namespaces (veth + bridge, no "
+          f"delay), tcp with CURVE on both sides, Metropolis weights, float32, median of {repeats} run(s), max over workers")
+    print(f"{'':>17}{'ms per round':^28}{'rounds per s':^22}{'wire KiB sent per round and node':^38}")
+    print(f"{'params':>7}{'rounds':>8}{'':>2}{'Parley':>10}{'raw':>9}{'ratio':>7}{'Parley':>11}{'raw':>9}{'':>2}"
+          f"{'payload':>10}{'Parley':>10}{'raw':>9}{'ratio':>7}"
+          f"{'CPU ms/round/node':>20}")
+    for size, cell in outcome["cells"].items():
+        payload = 4 * size * 2 / 1024  # float32 to each of a ring node's two neighbours
+        parley_kib = cell["parley_tx_bytes"] / 1024
+        raw_kib = cell["raw_tx_bytes"] / 1024
+        print(f"{size_label(size):>7}{cell['rounds']:>8}{'':>2}{cell['parley'] * 1e3:>10.3f}{cell['raw'] * 1e3:>9.3f}"
+              f"{cell['parley'] / cell['raw']:>7.2f}{1 / cell['parley']:>11.1f}{1 / cell['raw']:>9.1f}{'':>2}"
+              f"{payload:>10.1f}{parley_kib:>10.1f}{raw_kib:>9.1f}{parley_kib / raw_kib:>7.2f}"
+              f"{cell['parley_cpu'] * 1e3:>11.3f} /{cell['raw_cpu'] * 1e3:>7.3f}")
+    print("(CPU: Parley / raw. Wire bytes: what the namespace's veth sent, TCP/IP and CURVE framing included; "
+          "payload: the float32 shares alone)")
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,6 +416,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile agent_0 in one extra Parley run (largest size and ring)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small sizes, one ring of 4, few rounds")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--hosts", type=int, default=None,
+                        help="root: a ring of N workers in N network namespaces, tcp with CURVE, Parley against raw pyzmq "
+                        "with CURVE (instead of parts 1 and 2)")
+    parser.add_argument("--netns-prefix", default=DEFAULT_NETNS_PREFIX,
+                        help=f"with --hosts: namespaces are named PREFIX-<token>-h<i> (default {DEFAULT_NETNS_PREFIX})")
     args = parser.parse_args()
     sizes = args.sizes or ([1_000, 100_000] if args.quick else [1_000, 100_000, 1_000_000])
     rings = args.rings or ([4] if args.quick else [4, 8])
@@ -334,6 +430,19 @@ def main() -> None:
         parser.error(f"--rounds must be >= 1, got {rounds_override}")
     if repeats < 1:
         parser.error(f"--repeats must be >= 1, got {repeats}")
+    if args.hosts is not None:
+        if args.hosts < 3:
+            parser.error(f"--hosts: expected 3 or more namespaces (a ring), got {args.hosts}")
+        if args.rings is not None or args.profile:
+            parser.error("--hosts: the ring is one worker per namespace; leave out --rings and --profile")
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,9}", args.netns_prefix.replace("-", "")):
+            parser.error(f"--netns-prefix: expected a short name of letters, digits and dashes, got {args.netns_prefix!r}")
+        reason = namespaces_unavailable()
+        if reason is not None:
+            print(f"bench/consensus.py: {reason}", file=sys.stderr)
+            sys.exit(2)
+        run_across_namespaces(args.hosts, sizes, rounds_override, repeats, args.netns_prefix, args.json)
+        return
 
     load_before = os.getloadavg()
     started = time.monotonic()
@@ -399,6 +508,37 @@ def main() -> None:
         if outcome["profile"]:
             print("\ncProfile of agent_0, one Parley run (not timed):", file=sys.stderr if args.json else sys.stdout)
             print(outcome["profile"], file=sys.stderr if args.json else sys.stdout)
+
+
+def run_across_namespaces(count: int, sizes: list[int], rounds_override: int | None, repeats: int, prefix: str,
+                          as_json: bool) -> None:
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    outcome = measure_across_namespaces(count, sizes, rounds_override, repeats, prefix)
+    load_after = os.getloadavg()
+    wall_s = time.monotonic() - started
+    if as_json:
+        result: dict[str, object] = {}
+        for size, cell in outcome["cells"].items():
+            key = f"{size_label(size)}_hosts{count}_curve"
+            for mode in ("parley", "raw"):
+                result[f"{mode}_s_per_round_{key}"] = cell[mode]
+                result[f"{mode}_rounds_per_s_{key}"] = 1 / cell[mode]
+                result[f"{mode}_cpu_s_per_round_per_node_{key}"] = cell[f"{mode}_cpu"]
+                result[f"{mode}_wire_bytes_per_round_per_node_{key}"] = cell[f"{mode}_tx_bytes"]
+            result[f"round_over_raw_{key}"] = cell["parley"] / cell["raw"]
+            result[f"rounds_timed_{key}"] = cell["rounds"]
+            result[f"max_abs_diff_parley_vs_raw_{key}"] = cell["max_abs_diff"]
+        result.update({"repeats": repeats, "cpu_count": os.cpu_count(), "loadavg_1min_before": load_before[0],
+                       "loadavg_1min_after": load_after[0], "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(),
+                       "wall_s": wall_s})
+        print(json.dumps(result))
+        return
+    print_hosts_table(count, outcome, repeats)
+    print()
+    print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after, {os.cpu_count()} cores; "
+          f"wall {wall_s:.0f} s; namespaces {', '.join(outcome['namespaces'])} deleted")
 
 
 if __name__ == "__main__":

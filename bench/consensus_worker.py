@@ -1,6 +1,7 @@
 """One agent process of `bench/consensus.py`: synchronous consensus rounds on a ring, two ways.
 
     python bench/consensus_worker.py --index I --ring N --socket-dir DIR --control ENDPOINT
+                                     [--tcp-hosts ADDR,ADDR,... --keys-dir DIR]
 
 Spawned by `bench/consensus.py`, never by hand. The process owns node `agent_I` of a ring of `N`
 and can run the same averaging rounds two ways, so both are measured in the same processes,
@@ -14,6 +15,14 @@ interleaved, under the same load:
   tensor's buffer sent zero-copy after a 16-byte header `(run, round)`, the same weighted sum in
   numpy, no envelope and no engine: the floor a hand-written exchange reaches.
 
+By default the neighbours talk over ipc in `--socket-dir`. With `--tcp-hosts` (node i at the
+i-th address; `bench/consensus.py --hosts N` starts each worker in its own network namespace)
+they talk over tcp with CURVE on both socket sets, with the keys of a run in `--keys-dir`: the
+Parley hub as an agent node uses it (CURVE servers behind the ZAP allow-list of the run's keys),
+the raw sockets with the same key pairs set by hand (CURVE encryption on every frame; no ZAP
+handler, which only acts at the handshake). Each run then also reports the bytes this namespace
+sent on its network interfaces, headers and CURVE's overhead included.
+
 Conversation with the parent, over a DEALER (identity = node id) to the parent's ROUTER, one
 JSON object per message:
     worker -> parent  {"event": "ready"}   after binding, connecting and a hello with every
@@ -22,7 +31,7 @@ JSON object per message:
                        "profile": bool}
     worker -> parent  {"event": "done", "run": K, "elapsed_s": ..., "s_per_round": ...,
                        "cpu_s_per_round": ..., "max_abs_diff_vs_other_mode": float | null,
-                       "profile": str | null}
+                       "tx_bytes_per_round": float | null, "profile": str | null}
     parent -> worker  {"cmd": "quit"}
     worker -> parent  {"event": "error", "message": traceback}   then the worker exits with 1
 Every wait has a deadline; every socket is closed with linger 0.
@@ -50,6 +59,7 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
     sys.path.insert(0, str(REPO))
 
 from agent_node.peers import PeerMesh  # noqa: E402
+from protocols.auth import NodeKeys, load_node_keys  # noqa: E402
 from protocols.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
 from protocols.messages import Heartbeat  # noqa: E402
 from protocols.topology import metropolis_weights, ring  # noqa: E402
@@ -66,6 +76,9 @@ HANDSHAKE_TIMEOUT_S = 120.0  # 2x8 Python processes importing numpy on 2 loaded 
 COMMAND_TIMEOUT_S = 600.0  # the parent may be busy with another mode's runs for a while
 RAW_HEADER = struct.Struct("<qq")  # (run number, round); round -1 marks the hello
 RAW_HELLO_ROUND = -1
+# With --tcp-hosts every worker has a namespace (and so a port space) of its own: one fixed
+# port per socket set on each address.
+TCP_PORTS = {"parley": 47100, "raw": 47101}
 
 
 def initial_tensor(node_index: int, size: int) -> np.ndarray:
@@ -73,8 +86,27 @@ def initial_tensor(node_index: int, size: int) -> np.ndarray:
     return np.random.default_rng([node_index, size]).standard_normal(size, dtype=np.float32)
 
 
-def socket_endpoint(socket_dir: str, mode: str, node: str) -> str:
-    return f"ipc://{socket_dir}/{mode}-{node}.sock"
+class PeerAddresses:
+    """Where node `node`'s inbox of socket set `mode` listens: an ipc file in `socket_dir`, or
+    with `tcp_hosts` (node id -> address) a fixed port of that node's address."""
+
+    def __init__(self, socket_dir: str, tcp_hosts: dict[str, str] | None) -> None:
+        self.socket_dir = socket_dir
+        self.tcp_hosts = tcp_hosts
+
+    def endpoint(self, mode: str, node: str) -> str:
+        if self.tcp_hosts is None:
+            return f"ipc://{self.socket_dir}/{mode}-{node}.sock"
+        return f"tcp://{self.tcp_hosts[node]}:{TCP_PORTS[mode]}"
+
+
+def sent_bytes() -> int | None:
+    """Bytes sent so far on this network namespace's interfaces other than loopback (with
+    `ip netns exec`, /sys/class/net is the namespace's own); None outside Linux."""
+    interfaces = [path for path in Path("/sys/class/net").glob("*") if path.name != "lo"]
+    if not interfaces:
+        return None
+    return sum(int((path / "statistics" / "tx_bytes").read_text()) for path in interfaces)
 
 
 def close_socket(socket: zmq.Socket) -> None:
@@ -89,14 +121,16 @@ def close_socket(socket: zmq.Socket) -> None:
 class ParleyPeer:
     """This node's side of Parley consensus: one `SyncConsensus` per run, shares through `Channel`."""
 
-    def __init__(self, node: str, neighbour_weights: dict[str, float], self_weight: float, socket_dir: str) -> None:
+    def __init__(
+        self, node: str, neighbour_weights: dict[str, float], self_weight: float, addresses: PeerAddresses, keys: NodeKeys | None
+    ) -> None:
         self.node = node
         self.neighbour_weights = neighbour_weights
         self.self_weight = self_weight
-        self.hub = Hub(sender=node, run_id=RUN_ID)
-        self.inbox = self.hub.bind_router(socket_endpoint(socket_dir, "parley", node), name="inbox")
+        self.hub = Hub(sender=node, run_id=RUN_ID, keys=keys)  # keys: CURVE on every tcp socket
+        self.inbox = self.hub.bind_router(addresses.endpoint("parley", node), name="inbox")
         links = {
-            neighbour: self.hub.connect_dealer(socket_endpoint(socket_dir, "parley", neighbour), name=neighbour, identity=node)
+            neighbour: self.hub.connect_dealer(addresses.endpoint("parley", neighbour), name=neighbour, identity=node)
             for neighbour in sorted(neighbour_weights)
         }
         # The agent node's peer mesh; its heartbeats serve as the hello of the handshake, and
@@ -158,7 +192,8 @@ class RawPeer:
     is the difference between this and `ParleyPeer`."""
 
     def __init__(
-        self, context: zmq.Context, node: str, neighbour_weights: dict[str, float], self_weight: float, socket_dir: str
+        self, context: zmq.Context, node: str, neighbour_weights: dict[str, float], self_weight: float,
+        addresses: PeerAddresses, keys: NodeKeys | None,
     ) -> None:
         self.node = node
         self.neighbour_weights = neighbour_weights
@@ -166,14 +201,22 @@ class RawPeer:
         self.poller = zmq.Poller()
         self.inbox = context.socket(zmq.ROUTER)
         self.inbox.setsockopt(zmq.LINGER, 0)
-        self.inbox.bind(socket_endpoint(socket_dir, "raw", node))
+        if keys is not None:  # the run's server key pair, as every Parley ROUTER has
+            self.inbox.curve_server = True
+            self.inbox.curve_secretkey = keys.server_secret
+            self.inbox.curve_publickey = keys.server_public
+        self.inbox.bind(addresses.endpoint("raw", node))
         self.poller.register(self.inbox, zmq.POLLIN)
         self.dealers: dict[str, zmq.Socket] = {}
         for neighbour in sorted(neighbour_weights):
             dealer = context.socket(zmq.DEALER)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IDENTITY, node.encode())
-            dealer.connect(socket_endpoint(socket_dir, "raw", neighbour))
+            if keys is not None:  # this node's own key pair, as its Parley DEALERs
+                dealer.curve_serverkey = keys.server_public
+                dealer.curve_publickey = keys.public
+                dealer.curve_secretkey = keys.secret
+            dealer.connect(addresses.endpoint("raw", neighbour))
             self.dealers[neighbour] = dealer
 
     def handshake(self, timeout_s: float) -> None:
@@ -251,7 +294,7 @@ def receive_command(control: zmq.Socket, timeout_s: float) -> dict:
     return json.loads(control.recv())
 
 
-def serve(control: zmq.Socket, node_index: int, peers: dict[str, ParleyPeer | RawPeer]) -> None:
+def serve(control: zmq.Socket, node_index: int, peers: dict[str, ParleyPeer | RawPeer], count_bytes: bool) -> None:
     tensors: dict[int, np.ndarray] = {}
     last_results: dict[tuple[str, int, int], np.ndarray] = {}  # (mode, size, rounds) -> result
     while True:
@@ -271,8 +314,10 @@ def serve(control: zmq.Socket, node_index: int, peers: dict[str, ParleyPeer | Ra
         if profiler is not None:
             profiler.enable()
         cpu_before = time.process_time()  # all threads of the process, zmq's I/O thread included
+        sent_before = sent_bytes() if count_bytes else None
         result, elapsed = peers[mode].run(tensors[size], rounds, run_number)
         cpu_s = time.process_time() - cpu_before
+        sent_after = sent_bytes() if count_bytes else None
         if profiler is not None:
             profiler.disable()
         # Both modes start from the same tensors and do the same sums: their results must agree,
@@ -289,6 +334,8 @@ def serve(control: zmq.Socket, node_index: int, peers: dict[str, ParleyPeer | Ra
                     "s_per_round": elapsed / rounds,
                     "cpu_s_per_round": cpu_s / rounds,
                     "max_abs_diff_vs_other_mode": difference,
+                    "tx_bytes_per_round": None if sent_before is None or sent_after is None
+                    else (sent_after - sent_before) / rounds,
                     "profile": None if profiler is None else profile_text(profiler),
                 }
             )
@@ -301,15 +348,27 @@ def main() -> int:
     parser.add_argument("--ring", type=int, required=True, help="number of nodes on the ring")
     parser.add_argument("--socket-dir", required=True, help="directory for the ipc socket files")
     parser.add_argument("--control", required=True, help="endpoint of the parent's ROUTER")
+    parser.add_argument("--tcp-hosts", default=None, help="comma-separated address of each node (tcp with CURVE instead of ipc)")
+    parser.add_argument("--keys-dir", default=None, help="the run's key files (protocols/auth.py), with --tcp-hosts")
     args = parser.parse_args()
     if not 0 <= args.index < args.ring:
         raise ValueError(f"--index must be in [0, {args.ring}), got {args.index}")
+    if (args.tcp_hosts is None) != (args.keys_dir is None):
+        raise ValueError("--tcp-hosts and --keys-dir go together (tcp between hosts is always CURVE)")
 
     topology = ring(args.ring)
     weights = metropolis_weights(topology)
     node = topology.nodes[args.index]
     neighbour_weights = {topology.nodes[j]: float(weights[args.index, j]) for j in topology.neighbours(args.index)}
     self_weight = float(weights[args.index, args.index])
+    tcp_hosts = None
+    if args.tcp_hosts is not None:
+        hosts = args.tcp_hosts.split(",")
+        if len(hosts) != args.ring:
+            raise ValueError(f"--tcp-hosts: expected {args.ring} addresses (one per node), got {len(hosts)}")
+        tcp_hosts = dict(zip(topology.nodes, hosts))
+    addresses = PeerAddresses(args.socket_dir, tcp_hosts)
+    keys = None if args.keys_dir is None else load_node_keys(args.keys_dir, node)
 
     context = zmq.Context()
     control = context.socket(zmq.DEALER)
@@ -318,13 +377,13 @@ def main() -> int:
     control.connect(args.control)
     peers: dict[str, ParleyPeer | RawPeer] = {}
     try:
-        peers["parley"] = ParleyPeer(node, neighbour_weights, self_weight, args.socket_dir)
-        peers["raw"] = RawPeer(context, node, neighbour_weights, self_weight, args.socket_dir)
+        peers["parley"] = ParleyPeer(node, neighbour_weights, self_weight, addresses, keys)
+        peers["raw"] = RawPeer(context, node, neighbour_weights, self_weight, addresses, keys)
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
         for peer in peers.values():
             peer.handshake(max(0.0, deadline - time.monotonic()))
         control.send_string(json.dumps({"event": "ready"}))
-        serve(control, args.index, peers)
+        serve(control, args.index, peers, count_bytes=tcp_hosts is not None)
         return 0
     except Exception:
         # Also on stderr (the parent keeps it in a file): a message sent just before a close

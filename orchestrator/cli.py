@@ -227,6 +227,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     try:
         from orchestrator.runtime import run
+        from protocols.transport import PortRangeExhausted
     except ImportError as error:
         remove_temp_socket_dir(resolved.runtime)
         return _fail(f"cannot start the run: orchestrator.runtime is not available ({error})", EXIT_FAILURE)
@@ -235,6 +236,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_FAILURE)
     except BackendUnavailable as error:
+        return _fail(f"cannot start the run: {error}", EXIT_FAILURE)
+    except PortRangeExhausted as error:  # the control socket's bind, before any node started
         return _fail(f"cannot start the run: {error}", EXIT_FAILURE)
     except OSError as error:
         # The run dir became unwritable (disk full, read-only remount) before any node started.

@@ -412,6 +412,8 @@ class RunConfig(BaseModel):
             if missing:
                 problems.append(f"launch.hosts: expected every node placed on a host, missing {missing}")
 
+        problems.extend(port_range_problems(self))
+
         if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
             problems.append(
                 f"agents.env_silence_timeout_s: expected more than env.step_deadline_s ({self.env.step_deadline_s}), "
@@ -465,6 +467,45 @@ class RunConfig(BaseModel):
     def node_ids(self) -> list[str]:
         """`env`, then `agent_0 .. agent_{count-1}`, then `learner` when training centrally."""
         return run_node_ids(self.agents.count, with_learner=self.training.mode == "centralized")
+
+
+def listeners_per_machine(config: RunConfig) -> dict[str, int]:
+    """How many tcp listening sockets of the run are known to share each machine: one per node
+    (the env server's, an agent's peer inbox, the learner's) and the orchestrator's control
+    socket on the launching machine. Ray's spread placement is only known at launch; nodes it
+    places freely are not counted (a range too small for them fails at the node's bind)."""
+    nodes = config.node_ids()
+    backend = config.launch.backend
+    if backend == "local":
+        return {"this machine": len(nodes) + 1}
+    machines: dict[str, int] = {}
+    if backend == "ssh":
+        for host in config.launch.hosts:
+            machines[host.address] = machines.get(host.address, 0) + len(host.nodes)
+    elif config.launch.ray.strategy in ("pack", "strict_pack"):  # every bundle may land on one machine
+        machines["one Ray machine"] = len(nodes)
+    else:
+        for machine in config.launch.ray.pin.values():
+            machines[machine] = machines.get(machine, 0) + 1
+    control = config.launch.control_host
+    machines[control] = machines.get(control, 0) + 1
+    return machines
+
+
+def port_range_problems(config: RunConfig) -> list[str]:
+    """`network.port_range` must hold every listener of the busiest machine."""
+    size = config.network.port_range_size()
+    if size is None:
+        return []
+    machine, listeners = max(listeners_per_machine(config).items(), key=lambda item: item[1])
+    if listeners <= size:
+        return []
+    low, high = config.network.port_range
+    return [
+        f"network.port_range: expected at least {listeners} ports ({machine} runs {listeners} tcp listeners: one per "
+        f"node placed there, plus the orchestrator's control socket on the launching machine), got "
+        f"[{low}, {high}] ({size} port{'s' if size != 1 else ''})"
+    ]
 
 
 def communication_links(topology: Topology, agent_ids: list[str]) -> set[tuple[str, str]]:

@@ -13,9 +13,9 @@ Every node is started the same way:
 and learns everything else (its seed, its socket directory, its neighbours' addresses) from
 `resolved.yaml` and from the orchestrator's rendezvous directory.
 
-With the tcp transport the control endpoint is `tcp://<bind_host>:0`: the port is only known once
-the orchestrator has bound it, so the runtime calls `plan.with_control_endpoint(advertised)`
-before launching the nodes.
+With the tcp transport the control endpoint is `tcp://<bind_host>:0` (or `:LOW-HIGH` with
+`network.port_range`): the port is only known once the orchestrator has bound it, so the runtime
+calls `plan.with_control_endpoint(advertised)` before launching the nodes.
 """
 
 from __future__ import annotations
@@ -79,8 +79,11 @@ class LaunchPlan:
 
     @property
     def control_endpoint_is_final(self) -> bool:
-        """False while the control endpoint still asks for a free port (tcp port 0)."""
-        return not (self.control_endpoint.startswith("tcp://") and self.control_endpoint.endswith(":0"))
+        """False while the control endpoint still asks for a free port (tcp port 0, or a range)."""
+        if not self.control_endpoint.startswith("tcp://"):
+            return True
+        port = self.control_endpoint.rpartition(":")[2]
+        return port != "0" and "-" not in port
 
     def with_control_endpoint(self, endpoint: str) -> LaunchPlan:
         """The same plan with the control endpoint the orchestrator actually bound (tcp)."""
@@ -101,7 +104,7 @@ def control_bind_address(config: RunConfig) -> str:
     if config.network.transport == "ipc":
         assert layout.socket_dir is not None
         return ipc_endpoint(layout.socket_dir, ORCHESTRATOR_ID, "control")
-    return f"tcp://{config.network.bind_host}:0"
+    return config.network.tcp_bind_address()
 
 
 def _node_env(threads: int) -> dict[str, str]:

@@ -17,7 +17,10 @@ node. Two engines do this:
     by `start + (r + 1) * round_timeout_s`: deadlines on a fixed schedule, rather than a timeout
     counted from when each round began, keep a neighbour that waited out a dead node from being
     late for everyone else's next round too. So the engine always finishes within
-    `rounds * round_timeout_s` of its start, whatever the network does.
+    `rounds * round_timeout_s` of its start, whatever the network does. Two signals end the wait
+    for a neighbour sooner: its `ConsensusDone` for this run (it finished it, e.g. alone while
+    cut off), and a share of a *newer* run from it (it moved on: a node sends the runs' shares in
+    order, so nothing more for this run will come from it).
 
 `PushSumConsensus` — asynchronous push-sum over running sums.
     Each node holds a value mass `s` (starting at its tensors) and a weight mass `w` (starting
@@ -297,7 +300,9 @@ class SyncConsensus:
 
         self.round_metrics: list[dict[str, float]] = []  # one dict per finished round of this epoch
         self.missing_by_round: list[tuple[str, ...]] = []  # who was not mixed in, per round
-        self.counters = {"stale_dropped": 0, "duplicates_dropped": 0, "buffered": 0, "rejected": 0, "finished_elsewhere": 0}
+        self.counters = {
+            "stale_dropped": 0, "duplicates_dropped": 0, "buffered": 0, "rejected": 0, "finished_elsewhere": 0, "moved_on": 0,
+        }
         self.last_rejection: str | None = None
 
     # -- inputs --------------------------------------------------------------------------
@@ -350,7 +355,10 @@ class SyncConsensus:
             self.counters["stale_dropped"] += 1
             return self._tell_finished(sender, share.epoch)
         if self._state != "running" or (share.epoch, share.round) > (self.epoch, self.round):
-            return self._buffer_share(sender, share)
+            outgoing = self._buffer_share(sender, share)
+            if self._state == "running" and share.epoch > self.epoch:
+                outgoing += self._moved_on(sender, now)
+            return outgoing
         # A share for the round in progress.
         if sender in self._received:
             self.counters["duplicates_dropped"] += 1
@@ -378,6 +386,17 @@ class SyncConsensus:
             self._expected.discard(sender)
             return self._finish_completed_rounds(now)
         return []
+
+    def _moved_on(self, sender: str, now: float) -> list[Outgoing]:
+        """`sender` began a newer run: what it sent of this one has arrived, so stop waiting for it
+        in this run (after a partition heals, a neighbour whose runs are ahead must not hold this
+        one until every round's deadline)."""
+        if self._finished_by.get(sender, (-1, 0))[0] == self.epoch:
+            return []
+        self._finished_by[sender] = (self.epoch, self.round + (1 if sender in self._received else 0))
+        self.counters["moved_on"] += 1
+        self._expected.discard(sender)
+        return self._finish_completed_rounds(now)
 
     def _sends_no_more(self, node: str) -> bool:
         """Whether `node` said it finished this run before sending its share of this round."""
@@ -438,6 +457,7 @@ class SyncConsensus:
             "consensus/rejected": float(self.counters["rejected"]),
             "consensus/stale_dropped": float(self.counters["stale_dropped"]),
             "consensus/finished_elsewhere": float(self.counters["finished_elsewhere"]),
+            "consensus/moved_on": float(self.counters["moved_on"]),
         }
         if rounds:
             summary["consensus/disagreement_first"] = rounds[0]["consensus/disagreement_max"]

@@ -115,11 +115,11 @@ def load_node_config(path: str | Path, node_id: str, sections: type[Sections]) -
 
 def bind_address(config: NodeSections, node_id: str, purpose: str) -> str:
     """Where node `node_id` binds its `purpose` socket: an ipc file in the run's socket
-    directory, or any free tcp port on `network.bind_host`."""
+    directory, or a free tcp port on `network.bind_host` (within `network.port_range` if set)."""
     if purpose not in ENDPOINT_PURPOSES:
         raise ValueError(f"endpoint purpose must be one of {', '.join(ENDPOINT_PURPOSES)}, got {purpose!r}")
     if config.network.transport == "tcp":
-        return f"tcp://{config.network.bind_host}:0"
+        return config.network.tcp_bind_address()
     if config.runtime.socket_dir is None:
         raise ValueError("runtime.socket_dir: required with network.transport 'ipc', got null")
     return ipc_endpoint(config.runtime.socket_dir, node_id, purpose)

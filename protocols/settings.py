@@ -63,6 +63,9 @@ IPC_ENDPOINT_MAX_BYTES = 100
 # What a socket is for; the ipc file is named `<node id>.<purpose>`. Kept to a fixed list so the
 # orchestrator can check, before launching, that every socket path of the run fits the limit.
 ENDPOINT_PURPOSES = ("control", "env", "peer", "ctde")
+# `network.port_range` starts here at the lowest: below it a bind needs root, and Parley's nodes
+# do not run as root.
+MIN_PORT_RANGE_PORT = 1024
 
 
 def ipc_endpoint(socket_dir: str, node_id: str, purpose: str) -> str:
@@ -248,8 +251,9 @@ class NetworkConfig(BaseModel):
     """`network`: how nodes reach each other and how the links between them are emulated.
 
     With `ipc` every socket is a file in the run's socket directory (one host only; the 0700
-    directory keeps other users out). With `tcp` every node binds `bind_host` on a free port and
-    advertises `advertise_host` (default: `bind_host`) to the orchestrator's directory.
+    directory keeps other users out). With `tcp` every node binds `bind_host` on a free port (one
+    of `port_range` when it is set) and advertises `advertise_host` (default: `bind_host`) to the
+    orchestrator's directory.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -257,6 +261,12 @@ class NetworkConfig(BaseModel):
     transport: Literal["ipc", "tcp"] = "ipc"
     bind_host: str = Field("127.0.0.1", min_length=1)
     advertise_host: str | None = None
+    # `[low, high]` (inclusive): with tcp, every listening socket of the run (the env server's,
+    # each agent's peer inbox, the learner's, the orchestrator's control socket) binds the lowest
+    # free port of this range on its machine, so a firewall needs only this range open between
+    # the machines (and from them to the launching one). One range for every machine: the same
+    # rule goes into every host's firewall. None: any free (ephemeral) port.
+    port_range: tuple[int, int] | None = None
     # zmq's own heartbeats on every connection (ZMQ_HEARTBEAT_IVL / _TIMEOUT): a frozen or
     # vanished TCP peer is detected at the socket level after the timeout, even when the
     # application has nothing to send it. The membership engine does the same for the protocols.
@@ -295,6 +305,20 @@ class NetworkConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _port_range_valid(self) -> NetworkConfig:
+        if self.port_range is None:
+            return self
+        if self.transport != "tcp":
+            raise ValueError(f"port_range: only used with transport 'tcp' (ipc binds files, not ports), got transport {self.transport!r}")
+        low, high = self.port_range
+        if not MIN_PORT_RANGE_PORT <= low <= high <= 65535:
+            raise ValueError(
+                f"port_range: expected [low, high] with {MIN_PORT_RANGE_PORT} <= low <= high <= 65535 (ports below "
+                f"{MIN_PORT_RANGE_PORT} need root), got [{low}, {high}]"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _heartbeat_timeout_exceeds_interval(self) -> NetworkConfig:
         if self.zmq_heartbeat_timeout_s <= self.zmq_heartbeat_ivl_s:
             raise ValueError(
@@ -305,6 +329,17 @@ class NetworkConfig(BaseModel):
 
     def advertised_host(self) -> str:
         return self.advertise_host if self.advertise_host is not None else self.bind_host
+
+    def tcp_bind_address(self) -> str:
+        """What every tcp listener of the run binds: `tcp://<bind_host>:0` (any free port), or
+        `tcp://<bind_host>:LOW-HIGH` with a port range (the transport takes the lowest free one)."""
+        if self.port_range is None:
+            return f"tcp://{self.bind_host}:0"
+        low, high = self.port_range
+        return f"tcp://{self.bind_host}:{low}-{high}"
+
+    def port_range_size(self) -> int | None:
+        return None if self.port_range is None else self.port_range[1] - self.port_range[0] + 1
 
     def link_between(self, src: str, dst: str) -> LinkConfig:
         """The emulated link `src -> dst`: the last override that selects it, else the default."""

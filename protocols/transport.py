@@ -21,8 +21,9 @@ counted as unroutable, not silently dropped), zmq heartbeats (a frozen TCP peer 
 receive deadlines via one poller.
 
 Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
-run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port) and records the
-address to advertise to peers.
+run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port; `LOW-HIGH` the
+lowest free port of that range, for firewalls: `network.port_range`) and records the address to
+advertise to peers.
 
 Network emulation: a hub made with a `LinkTable` (`protocols/links.py`, built from the run's
 `network:` section) passes every message to another node through the model of that directed
@@ -128,11 +129,48 @@ def _bind(socket: zmq.Socket, address: str, advertise_host: str | None = None) -
         return address
     if address.startswith("tcp://"):
         host, _, port = address[len("tcp://") :].rpartition(":")
-        socket.bind(f"tcp://{host}:{'*' if port in ('', '0', '*') else port}")
+        if "-" in port:
+            _bind_in_range(socket, host, port)
+        else:
+            socket.bind(f"tcp://{host}:{'*' if port in ('', '0', '*') else port}")
         bound = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         bound_port = bound.rpartition(":")[2]
         return f"tcp://{advertise_host or host}:{bound_port}"
     raise ValueError(f"endpoint must start with ipc:// or tcp://, got {address!r}")
+
+
+class PortRangeExhausted(OSError):
+    """Every port of a `tcp://HOST:LOW-HIGH` bind address is taken on this host."""
+
+
+def _bind_in_range(socket: zmq.Socket, host: str, port_range: str) -> None:
+    """Bind the lowest free port of `LOW-HIGH` (inclusive) on `host`.
+
+    zmq itself only knows one port or any port; a firewall that opens a fixed range needs every
+    node's listener inside it (`network.port_range`). Ports are tried in order, so the nodes of
+    a run on one host take the bottom of the range and a user can tell which ports are Parley's;
+    two nodes that race for one port are fine: the loser's bind fails with EADDRINUSE and it
+    takes the next. Any other error (no such address, a port below 1024 without root) is the
+    user's to fix and is raised at once.
+    """
+    low_text, _, high_text = port_range.partition("-")
+    try:
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise ValueError(f"tcp bind address: expected a port range LOW-HIGH, got {port_range!r}") from None
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"tcp bind address: expected a port range with 1 <= LOW <= HIGH <= 65535, got {port_range!r}")
+    for port in range(low, high + 1):
+        try:
+            socket.bind(f"tcp://{host}:{port}")
+            return
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EADDRINUSE:
+                raise
+    raise PortRangeExhausted(
+        f"no free tcp port on {host} in the port range {low}-{high} (network.port_range): all {high - low + 1} "
+        "are in use; widen the range (and the firewall rule with it) or stop what holds them"
+    )
 
 
 # The monitor events of a CURVE server whose handshake with a connecting peer failed.
@@ -483,7 +521,8 @@ class Hub:
     # ------------------------------------------------------------------ making channels
 
     def bind_router(self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True) -> Channel:
-        """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port).
+        """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port,
+        LOW-HIGH = the lowest free port of that range).
 
         Its `endpoint` is the address peers connect to: `advertise_host` replaces the bind host
         (e.g. bind 0.0.0.0, advertise the host's reachable name), and a free port is filled in.

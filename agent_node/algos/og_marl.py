@@ -85,11 +85,17 @@ Decisions, each checked against the reference:
   buffer (without replacement when it is large enough), as the reference.
 - **When a refresh is due.** Counting environment steps as transition rows (SAC's convention),
   the first refresh is due at row R0 = max(sac.random_steps, fit_transitions +
-  holdout_transitions), then at R0 + k * model_every for k = 1, 2, ...: `model_refresh_due()` turns
-  True at the first `observe` that reaches such a row and False again when `fit_world_model` has
-  run. Ticks missed (K vectorized copies can jump over one) are not made up. With the reference
-  settings the first refresh comes at row 5,000, right before SAC's first gradient step, as the
-  reference fits and imagines once between its random phase and its training loop.
+  holdout_transitions), then at the ticks R0 + k * model_every for k = 1, 2, ...:
+  `model_refresh_due(rows)` turns True once the row clock reaches a tick not refreshed yet and
+  False again when `fit_world_model` has run. Ticks missed (K vectorized copies can jump over
+  one) are not made up. With the reference settings the first refresh comes at row 5,000, right
+  before SAC's first gradient step, as the reference fits and imagines once between its random
+  phase and its training loop. The clock is the rows this agent observed unless the caller
+  passes one: the agent node passes the env server's step times K, the same number on every
+  agent, so agents refresh (and average) at the same ticks even when one of them missed steps
+  (cut off by a partition, its answer played by default); `refresh_tick` names the tick, which
+  is the consensus run's epoch. A refresh due while the buffer holds less than one refit's data
+  (such an agent) shares the statistics it has without refitting (`og_marl/refit_skipped`).
 
 Cost, measured on this project's 2-core machine (shared with other jobs), one thread, reference
 sizes (sparse GP with 900 grid inducing points, 256 + 64 transitions per refit, 256 starts x 2
@@ -101,6 +107,7 @@ for one agent on a core of its own; the refresh every 250 steps adds well under 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import gymnasium as gym
@@ -226,19 +233,38 @@ class OGMARLAgent:
 
     # ------------------------------------------------------------------ model refresh
 
-    def model_refresh_due(self) -> bool:
-        """True from the first row at or past the next refresh tick until `fit_world_model` runs."""
-        return self.sac.rows_observed >= self.next_refresh_row
+    def refresh_tick(self, rows: int | None = None) -> int | None:
+        """The latest refresh tick R0 + k * model_every at or before the row clock `rows` (default:
+        the rows this agent observed); None before the first."""
+        rows = self.sac.rows_observed if rows is None else int(rows)
+        first, period = self.config.first_refresh_row(), self.config.model_every
+        if rows < first:
+            return None
+        return first + (rows - first) // period * period
 
-    def fit_world_model(self) -> dict[str, np.ndarray]:
-        """Refit the world model on this agent's own real transitions; return what consensus averages."""
+    def model_refresh_due(self, rows: int | None = None) -> bool:
+        """True once the row clock (default: the rows observed) reaches a tick not refreshed yet,
+        until `fit_world_model` runs."""
+        tick = self.refresh_tick(rows)
+        return tick is not None and tick >= self.next_refresh_row
+
+    def fit_world_model(self, rows: int | None = None) -> dict[str, np.ndarray]:
+        """Refit the world model on this agent's own real transitions; return what consensus
+        averages. `rows`: the row clock `model_refresh_due` was asked with.
+
+        With less than one refit's data in the replay buffer (an agent that missed steps reaches
+        a tick its neighbours reach with enough), nothing is refit: the statistics of the last
+        fit (none yet: zero, no information) are shared, so the neighbours' run is not left
+        waiting for this agent, and the adoption skips the held-out score."""
         cfg = self.config
         pool_size = cfg.fit_transitions + cfg.holdout_transitions
+        self._advance_refresh_tick(rows)
         if len(self.replay) < pool_size:
-            raise RuntimeError(
-                f"fit_world_model needs {pool_size} real transitions (fit_transitions + "
-                f"holdout_transitions), the replay buffer holds {len(self.replay)}"
-            )
+            self.pending_holdout = {}
+            self.last_fit_metrics = {"og_marl/refit_skipped": 1.0}
+            statistics = self.world_model.export_statistics()
+            self.pending_probe = self._probe(statistics, "before")
+            return statistics
         if cfg.fit_sampling == "latest":
             # The ring's newest row sits just before `position` (also before it has wrapped).
             pool = (self.replay.position - pool_size + np.arange(pool_size)) % self.replay.capacity
@@ -251,7 +277,7 @@ class OGMARLAgent:
         self.last_fit_metrics = self.world_model.fit(states, actions, next_states)
         holdout_states, holdout_actions, holdout_next_states = self._real_rows(holdout_rows)
         self.pending_holdout = {"obs": holdout_states, "action": holdout_actions, "next_obs": holdout_next_states}
-        self._advance_refresh_tick()
+        self.last_fit_metrics["og_marl/refit_skipped"] = 0.0
         statistics = self.world_model.export_statistics()
         self.pending_probe = self._probe(statistics, "before")
         return statistics
@@ -266,12 +292,20 @@ class OGMARLAgent:
             self.world_model.import_statistics(averaged, int(num_agents))
 
         holdout, self.pending_holdout = self.pending_holdout, None
-        predicted_next, _ = self.world_model.predict(holdout["obs"], holdout["action"])
-        model_mse = float(np.mean((predicted_next - holdout["next_obs"]) ** 2))
+        model_mse = math.nan  # no refit, no held-out rows (see fit_world_model)
+        if holdout:
+            predicted_next, _ = self.world_model.predict(holdout["obs"], holdout["action"])
+            model_mse = float(np.mean((predicted_next - holdout["next_obs"]) ** 2))
 
-        imagined = self._imagine()
         self.refreshes += 1
         metrics = dict(self.last_fit_metrics)
+        metrics.update(self.pending_probe)
+        self.pending_probe = {}
+        if averaged is not None:
+            metrics.update(self._probe(averaged, "after"))
+        if len(self.replay) == 0:  # no real start state to imagine from (an agent that saw no step)
+            return {**metrics, "og_marl/shared": float(averaged is not None), "og_marl/refreshes": float(self.refreshes)}
+        imagined = self._imagine()
         mean_abs_reward = float(np.abs(imagined["task_reward"]).mean())
         mean_bonus = float(imagined["bonus"].mean())
         metrics.update(
@@ -290,10 +324,6 @@ class OGMARLAgent:
         for form in ("epistemic", "reference"):
             if form in imagined:
                 metrics[f"og_marl/sqrt_variance_{form}"] = float(np.sqrt(imagined[form]).mean())
-        metrics.update(self.pending_probe)
-        self.pending_probe = {}
-        if averaged is not None:
-            metrics.update(self._probe(averaged, "after"))
         return metrics
 
     def _probe(self, statistics: Mapping[str, np.ndarray], when: str) -> dict[str, float]:
@@ -357,9 +387,10 @@ class OGMARLAgent:
             self.replay.next_obs[rows].reshape(count, -1).astype(np.float64),
         )
 
-    def _advance_refresh_tick(self) -> None:
-        """Move the next refresh to the first tick R0 + k * model_every after the current row."""
-        first, period, row = self.config.first_refresh_row(), self.config.model_every, self.sac.rows_observed
+    def _advance_refresh_tick(self, rows: int | None = None) -> None:
+        """Move the next refresh to the first tick R0 + k * model_every after the row clock."""
+        first, period = self.config.first_refresh_row(), self.config.model_every
+        row = self.sac.rows_observed if rows is None else int(rows)
         if row >= first:
             self.next_refresh_row = first + ((row - first) // period + 1) * period
 

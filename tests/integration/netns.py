@@ -67,13 +67,14 @@ class Host:
 class NamespaceCluster:
     directory: Path
     token: str = field(default_factory=lambda: secrets.token_hex(3))
+    prefix: str = "parley"  # namespaces are named <prefix>-<token>-<host>, so their maker is known
     hosts: dict[str, Host] = field(default_factory=dict)
     bridge_namespace: str = ""
     client_key: Path | None = None
     known_hosts: Path | None = None
 
     def __post_init__(self) -> None:
-        self.bridge_namespace = f"parley-{self.token}-br"
+        self.bridge_namespace = f"{self.prefix}-{self.token}-br"
 
     # ------------------------------------------------------------------ building
 
@@ -85,7 +86,7 @@ class NamespaceCluster:
         for position, name in enumerate(host_names):
             host = Host(
                 name=name,
-                namespace=f"parley-{self.token}-{name}",
+                namespace=f"{self.prefix}-{self.token}-{name}",
                 address=f"{SUBNET_PREFIX}.{10 + position}",
                 host_veth=f"pv{self.token}{position}h",  # at most 15 characters
                 bridge_veth=f"pv{self.token}{position}b",

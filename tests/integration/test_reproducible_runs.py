@@ -140,6 +140,6 @@ def test_a_deadline_that_runs_out_is_recorded_as_broken_reproducibility(tmp_path
     for agent in AGENTS:
         broken = [row for row in seeded_rows(run_dir, agent) if "reproducibility/broken" in row]
         causes = {key for row in broken for key in row if key.startswith("reproducibility/") and key != "reproducibility/broken"}
-        assert causes == {"reproducibility/step_deadline", "reproducibility/consensus_timeout"}, broken
+        assert causes == {"reproducibility/step_deadline", "reproducibility/consensus_incomplete"}, broken
         assert len(broken) == 2  # once per cause, not once per late step
         assert "run.reproducible: this run is no longer a function of its seed" in (run_dir / "nodes" / agent / "log").read_text()

@@ -134,14 +134,7 @@ def consensus_episodes(metrics_path: Path) -> list[list[dict]]:
 
 
 @requires_namespaces
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, open: after the heal the cut agent's consensus runs can fall out of step with its "
-    "neighbours' (the env server defaulted its action while it was cut off), and each side then holds its "
-    "observation waiting for shares of a run the other has not started; 71-76 s passes idle, stalls seen "
-    "in 3 of ~8 runs on 2026-11-23. consensus.done fixed one form of it (a run finished alone), not this one.",
-)
-@pytest.mark.timeout(420)  # 3000 steps: ~70 s idle, 148 s at load 12; a stalled run fails at 300 s
+@pytest.mark.timeout(420)  # 3000 steps: ~65 s idle, 90 s at load 5, 148 s at load 12; a stalled run fails at 300 s
 def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
     """Cut agent_2's host off the bridge for longer than the membership timeout, heal it, and
     check that consensus rounds after the heal include every neighbour and converge."""

@@ -555,3 +555,31 @@ def test_a_neighbour_that_finished_a_run_alone_is_not_waited_for_after_it_is_bac
     for node in "BC":
         engines[node].start(ConsensusRequest(values[node], 60), 2.0)
     assert all(engines[node]._expected == set(names) - {node} for node in "ABC")
+
+
+def test_a_neighbour_that_began_a_newer_run_is_not_waited_for_in_this_one():
+    """After a heal C is still in run 40, which A and B finished long ago (and no longer answer
+    for); they start run 100. Their round-0 shares of run 100 tell C that nothing more of run
+    40 will come from them: C ends run 40 at once instead of waiting out 20 rounds x 5 s,
+    keeps their shares of run 100 for when it starts it, and then mixes them."""
+    names = "ABC"
+    engines = {n: SyncConsensus(n, {o: 1 / 3 for o in names if o != n}, 1 / 3, rounds=20, round_timeout_s=5.0) for n in names}
+    values = {n: {"w": np.full(4, float(i), dtype=np.float32)} for i, n in enumerate(names)}
+    engines["C"].start(ConsensusRequest(values["C"], 40), 0.0)
+    assert not engines["C"].done
+    to_c = [message for node in "AB" for destination, message in engines[node].start(ConsensusRequest(values[node], 100), 1.0)
+            if destination == "C"]
+    assert len(to_c) == 2
+    engines["C"].on_message("A", to_c[0], 1.0)
+    assert not engines["C"].done, "B may still send run 40"
+    engines["C"].on_message("B", to_c[1], 1.0)
+    assert engines["C"].done and engines["C"].metrics()["consensus/moved_on"] == 2.0
+    np.testing.assert_allclose(engines["C"].result["w"], values["C"]["w"])  # nobody mixed in run 40
+    # Run 100 uses the buffered round-0 shares: C's own round 0 needs nothing more.
+    outgoing = engines["C"].start(ConsensusRequest(values["C"], 100), 1.5)
+    assert engines["C"].round == 1 and {destination for destination, _ in outgoing} == {"A", "B"}
+    # The signal is per run: shares of the run in progress or older ones do not end it.
+    engine = SyncConsensus("A", {"B": 0.5}, 0.5, rounds=3, round_timeout_s=5.0)
+    engine.start(ConsensusRequest(values["A"], 100), 0.0)
+    engine.on_share("B", ConsensusShare(epoch=40, round=5 % 3, tensors=values["B"]), 0.0)
+    assert not engine.done and engine.metrics()["consensus/moved_on"] == 0.0

@@ -17,10 +17,10 @@ class RecordingSubject:
         self.tensors = {"w": np.full(3, value)}
         self.adopted: list = []
 
-    def due(self, step: int) -> bool:
-        return step % 10 == 0
+    def tick(self, step: int) -> int | None:
+        return None if step < 10 else step // 10 * 10
 
-    def prepare(self) -> dict[str, np.ndarray]:
+    def prepare(self, tick: int) -> dict[str, np.ndarray]:
         return {name: tensor.copy() for name, tensor in self.tensors.items()}
 
     def adopt(self, averaged, num_agents):
@@ -54,12 +54,13 @@ def deliver(sessions, outgoing_by_sender, now):
 
 def test_two_sessions_average_release_the_held_observation_and_write_round_and_summary_metrics():
     sessions, subjects = pair(rounds=2)
-    assert sessions["a"].due(20) and not sessions["a"].due(21)
+    assert sessions["a"].due(20) == 20
     observation = held(20)
-    outgoing = {"a": sessions["a"].begin(observation, now=100.0)}
+    outgoing = {"a": sessions["a"].begin(observation, 20, now=100.0)}
+    assert sessions["a"].due(21) is None  # tick 20 is begun
     assert sessions["a"].averaging and sessions["a"].finish_if_done(100.0) is None
     assert sessions["a"].next_deadline() is not None
-    outgoing["b"] = sessions["b"].begin(held(20), now=100.2)
+    outgoing["b"] = sessions["b"].begin(held(20), 20, now=100.2)
     deliver(sessions, outgoing, now=100.3)
 
     finished = sessions["a"].finish_if_done(now=100.5)
@@ -78,7 +79,7 @@ def test_two_sessions_average_release_the_held_observation_and_write_round_and_s
 
 def test_a_silent_neighbour_lets_the_session_finish_with_local_values_at_its_deadline():
     sessions, subjects = pair(rounds=1, timeout=0.5)
-    sessions["a"].begin(held(10), now=0.0)
+    sessions["a"].begin(held(10), 10, now=0.0)
     deadline = sessions["a"].next_deadline()
     assert deadline == pytest.approx(0.5)
     assert sessions["a"].on_timer(0.2) == [] and sessions["a"].finish_if_done(0.2) is None  # early: nothing
@@ -92,7 +93,7 @@ def test_a_silent_neighbour_lets_the_session_finish_with_local_values_at_its_dea
 
 def test_a_neighbour_declared_down_ends_the_wait_at_once():
     sessions, subjects = pair(rounds=1, timeout=30.0)
-    sessions["a"].begin(held(10), now=0.0)
+    sessions["a"].begin(held(10), 10, now=0.0)
     sessions["a"].on_neighbour_down("b", now=0.1)
     finished = sessions["a"].finish_if_done(now=0.1)
     assert finished is not None
@@ -102,7 +103,7 @@ def test_a_neighbour_declared_down_ends_the_wait_at_once():
 def test_without_an_engine_the_local_tensors_are_adopted_at_once():
     subject = RecordingSubject(1.0)
     session = ConsensusSession(None, subject, num_agents=3)
-    assert session.begin(held(30), now=5.0) == []
+    assert session.begin(held(30), 30, now=5.0) == []
     assert session.on_message("x", object(), now=5.0) == []  # shares with consensus off are dropped
     assert session.next_deadline() is None
     finished = session.finish_if_done(now=5.25)
@@ -113,17 +114,56 @@ def test_without_an_engine_the_local_tensors_are_adopted_at_once():
 
 def test_beginning_twice_without_finishing_is_refused():
     sessions, _ = pair()
-    sessions["a"].begin(held(10), now=0.0)
+    sessions["a"].begin(held(10), 10, now=0.0)
     with pytest.raises(RuntimeError, match="began at step 20 while still holding step 10"):
-        sessions["a"].begin(held(20), now=0.1)
+        sessions["a"].begin(held(20), 20, now=0.1)
 
 
 def test_a_newer_observation_replaces_the_held_one_while_averaging():
     """The env server stepped on during a long consensus: the session answers the newest."""
     session = ConsensusSession(None, RecordingSubject(1.0), num_agents=1)
-    session.begin(held(10), now=0.0)
+    session.begin(held(10), 10, now=0.0)
     session.replace_held(held(11))
     finished = session.finish_if_done(now=1.0)
     assert finished is not None and finished.held.step == 11
     with pytest.raises(RuntimeError, match="not averaging"):
         session.replace_held(held(12))
+
+
+def test_each_tick_is_due_once_and_one_passed_over_is_caught_up_under_its_own_number():
+    session = ConsensusSession(None, RecordingSubject(1.0), num_agents=1)
+    assert [session.due(step) for step in (0, 5, 9)] == [None, None, None]
+    assert session.due(12) == 10  # step 10 itself was missed (the env server stepped on): still tick 10
+    session.begin(held(12), 10, now=0.0)
+    session.finish_if_done(now=0.0)
+    assert session.due(13) is None and session.due(19) is None
+    assert session.due(41) == 40  # ticks 20 and 30 went by while holding: only the newest is run
+    with pytest.raises(ValueError, match="tick 10 began again"):
+        session.begin(held(41), 10, now=1.0)
+
+
+def test_a_restarted_agent_does_not_begin_a_tick_that_lies_before_its_first_step():
+    """Its neighbours averaged that tick without it long ago; it joins at the next one."""
+    late = ConsensusSession(None, RecordingSubject(1.0), num_agents=1)
+    assert late.due(1037) is None and late.due(1039) is None
+    assert late.due(1040) == 1040
+    on_the_tick = ConsensusSession(None, RecordingSubject(1.0), num_agents=1)
+    assert on_the_tick.due(1040) == 1040
+
+
+def test_an_agent_that_missed_the_tick_step_averages_with_its_neighbours_under_the_same_epoch():
+    """b was cut off at step 20 (the env server played its default action): it first sees step 21,
+    and still runs tick 20 with a, so neither waits out round deadlines for the other."""
+    sessions, subjects = pair(rounds=3, timeout=5.0)
+    assert sessions["a"].due(19) is None and sessions["b"].due(19) is None
+    outgoing = {"a": sessions["a"].begin(held(20), sessions["a"].due(20), now=0.0)}
+    tick = sessions["b"].due(21)
+    assert tick == 20
+    outgoing["b"] = sessions["b"].begin(held(21), tick, now=0.5)
+    deliver(sessions, outgoing, now=0.6)
+    for name in ("a", "b"):
+        finished = sessions[name].finish_if_done(now=0.6)
+        assert finished is not None, f"{name} still waits"
+        np.testing.assert_allclose(subjects[name].adopted[0][0]["w"], 2.0)
+        summary = next(r for r in finished.records if "consensus/rounds" in r)
+        assert summary["consensus/missing_neighbours"] == 0.0

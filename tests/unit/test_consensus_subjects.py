@@ -47,7 +47,7 @@ def test_subjects_refuse_a_learner_without_the_role_they_need():
 def test_world_model_samples_with_its_own_stream_not_the_learners():
     alone, beside_a_model = ReplayOnly(seed=5), ReplayOnly(seed=5)
     model = local_model(beside_a_model, sampler_seed=2)
-    statistics = model.prepare()  # fits on 20 rows drawn with the sampler stream
+    statistics = model.prepare(10)  # fits on 20 rows drawn with the sampler stream
     assert statistics and all(np.all(np.isfinite(value)) for value in statistics.values())
     # The learner's own minibatch draws are as if the model had never read the buffer.
     np.testing.assert_array_equal(alone.replay.sample(16)["obs"], beside_a_model.replay.sample(16)["obs"])
@@ -57,3 +57,39 @@ def test_world_model_samples_with_its_own_stream_not_the_learners():
     other = local_model(ReplayOnly(seed=5), sampler_seed=3)._sample()[0]
     np.testing.assert_array_equal(first, same)
     assert not np.array_equal(first, other)
+
+
+class StubModelBasedLearner:
+    """Only the refresh clock of agent_node/algos/og_marl.py (R0 = 100 rows, every 50)."""
+
+    def __init__(self) -> None:
+        self.next_refresh_row = 100
+
+    def refresh_tick(self, rows=None):
+        return None if rows < 100 else 100 + (rows - 100) // 50 * 50
+
+    def model_refresh_due(self, rows=None):
+        tick = self.refresh_tick(rows)
+        return tick is not None and tick >= self.next_refresh_row
+
+    def fit_world_model(self, rows=None):
+        self.next_refresh_row = self.refresh_tick(rows) + 50
+        return {}
+
+    def adopt_world_model(self, averaged, num_agents):
+        return {}
+
+
+def test_ticks_come_from_the_env_step_alone():
+    """Every agent computes the same tick from the same step (its own row count may differ)."""
+    policy = PolicyParameters.__new__(PolicyParameters)
+    policy.period_steps = 25
+    assert [policy.tick(step) for step in (0, 24, 25, 49, 50)] == [None, None, 25, 25, 50]
+    learner = StubModelBasedLearner()
+    model = OGMARLWorldModel.__new__(OGMARLWorldModel)
+    model.learner, model.num_copies = learner, 4  # the clock is step x K rows
+    assert model.tick(24) is None and model.tick(25) == 100 and model.tick(37) == 100
+    model.prepare(100)
+    assert model.tick(37) is None and model.tick(38) == 150  # tick 100 done; 38 x 4 = 152 rows
+    local = local_model(ReplayOnly(seed=5), sampler_seed=2)  # every 10 steps, once 20 rows are there
+    assert [local.tick(step) for step in (10, 19, 20, 35)] == [None, None, 20, 30]

@@ -148,6 +148,29 @@ def test_first_refresh_waits_for_enough_data_and_missed_ticks_are_not_made_up():
     assert agent.next_refresh_row == 310 and not agent.model_refresh_due()
 
 
+def test_the_refresh_follows_the_clock_it_is_given_and_shares_without_refit_when_data_is_short():
+    """The agent node's clock is the env server's step x K, the same on every agent: an agent
+    that missed steps (fewer rows than its neighbours) refreshes at the same ticks, and one with
+    less than a refit's data shares the statistics it has (none yet: zeros) instead of failing."""
+    env = parallel_env(num_agents=1)
+    agent = make_agent(env, model_every=50, fit_transitions=128, holdout_transitions=32)
+    assert agent.config.first_refresh_row() == RANDOM_STEPS
+    assert agent.refresh_tick(RANDOM_STEPS - 1) is None and not agent.model_refresh_due(RANDOM_STEPS - 1)
+    assert agent.refresh_tick(349) == 300 and agent.model_refresh_due(349)
+    assert not agent.model_refresh_due()  # its own rows (none) have not reached a tick
+    statistics = agent.fit_world_model(rows=300)
+    assert agent.next_refresh_row == 350 and not agent.model_refresh_due(349) and agent.model_refresh_due(350)
+    assert all(not value.any() for value in statistics.values())  # no fit yet: no information
+    metrics = agent.adopt_world_model(None, 1)
+    assert metrics["og_marl/refit_skipped"] == 1.0 and "og_marl/model_mse" not in metrics  # nothing to imagine from
+    drive(env, {"agent_0": agent}, 20, refresh=lambda agent: None)  # 20 rows, under one refit's 160
+    assert agent.model_refresh_due(350)
+    agent.fit_world_model(rows=350)
+    metrics = agent.adopt_world_model(None, 1)
+    assert metrics["og_marl/refit_skipped"] == 1.0 and np.isnan(metrics["og_marl/model_mse"])
+    assert metrics["og_marl/model_buffer_size"] > 0  # imagined from the 20 real start states
+
+
 # ---------------------------------------------------------------------------------- one agent
 
 
