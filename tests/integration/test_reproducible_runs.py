@@ -1,4 +1,6 @@
-"""`run.reproducible`: one seed, two runs whose timing differs, the same learning.
+"""`run.reproducible`: one seed, two runs whose timing differs, the same learning: DQN agents on
+tiny_star_tcp (with evaluation episodes and policy consensus), and OG-MARL agents on tiny_og_marl
+(SAC, sparse-GP world models whose float64 statistics are averaged, imagined rollouts).
 
 The second run is perturbed three ways, so that messages and gradient steps interleave
 differently: a busy-loop process pinned to one core competes with the nodes, every agent takes
@@ -28,19 +30,20 @@ from tests.integration.test_orchestrate import orchestrate, read_events
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 AGENTS = ("agent_0", "agent_1", "agent_2")
-# tiny_star_tcp, with evaluation episodes and synchronous consensus of the policy (deadlines far
-# beyond any wait a loaded machine imposes, so no round and no step runs out).
+# Deadlines far beyond any wait a loaded machine imposes, so no step and no round runs out.
+PATIENT = ("run.reproducible=true", "env.step_deadline_s=60", "agents.env_silence_timeout_s=120", "agents.metrics_every_steps=5")
+# tiny_star_tcp (DQN, tcp, a star) with evaluation episodes and synchronous consensus of the policy.
 SETTINGS = (
+    *PATIENT,
     "run.seed=3",
     "run.steps=50",
-    "run.reproducible=true",
     "env.eval_every_steps=20",
     "env.eval_episodes=1",
-    "env.step_deadline_s=60",
-    "agents.env_silence_timeout_s=120",
-    "agents.metrics_every_steps=5",
     "protocols.consensus={enabled: true, what: policy_parameters, period_steps: 10, rounds: 3, round_timeout_s: 60}",
 )
+# tiny_og_marl (SAC and sparse-GP world models on a ring): 20 consensus rounds of float64 GP
+# statistics, each node mixing two neighbours' shares, then imagined rollouts from the average.
+OG_MARL_SETTINGS = (*PATIENT, "run.steps=60", "protocols.consensus.round_timeout_s=60")
 PERTURBED = (
     "agents.gradient_steps_per_slice=1",
     "network.default_link={delay_s: 0.003, jitter_s: 0.003}",
@@ -48,12 +51,40 @@ PERTURBED = (
 TIMING_PREFIXES = ("link/", "security/", "membership/")
 
 
-def run_tiny_star(run_dir: Path, *extra: str) -> None:
-    overrides = [arg for setting in (*SETTINGS, *extra) for arg in ("--set", setting)]
-    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir), *overrides)
+def run_config(config: str, run_dir: Path, *settings: str) -> None:
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    process = orchestrate("up", config, "--run-dir", str(run_dir), *overrides)
     _, stderr = process.communicate(timeout=150)
     assert process.returncode == 0, stderr.decode()[-3000:]
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
+
+
+def run_tiny_star(run_dir: Path, *extra: str) -> None:
+    run_config("configs/tiny_star_tcp.yaml", run_dir, *SETTINGS, *extra)
+
+
+def run_idle_then_perturbed(config: str, settings: tuple[str, ...], tmp_path: Path) -> tuple[Path, Path]:
+    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
+    run_config(config, idle, *settings)
+    spinner = busy_loop_on_one_core()
+    try:
+        run_config(config, loaded, *settings, *PERTURBED)
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=10)
+    return idle, loaded
+
+
+def assert_same_learning(idle: Path, loaded: Path, learned: tuple[str, ...]) -> None:
+    """Every agent's rows and checkpoint match; `learned` are keys its rows must have (so the
+    comparison covers learning, returns and consensus, not only rows before learning began)."""
+    for agent in AGENTS:
+        rows = seeded_rows(idle, agent)
+        for key in learned:
+            assert any(key in row for row in rows), f"{agent} wrote no {key}"
+        assert not any("reproducibility/broken" in row for row in rows), f"{agent}: a deadline ran out"
+        assert seeded_rows(loaded, agent) == rows, f"{agent}: the metrics rows differ"
+        assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
 
 
 def seeded_rows(run_dir: Path, node: str) -> list[dict]:
@@ -103,26 +134,16 @@ def busy_loop_on_one_core() -> subprocess.Popen:
 
 
 def test_one_seed_gives_the_same_rows_and_checkpoints_under_different_timing(tmp_path):
-    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
-    run_tiny_star(idle)
-    spinner = busy_loop_on_one_core()
-    try:
-        run_tiny_star(loaded, *PERTURBED)
-    finally:
-        spinner.kill()
-        spinner.wait(timeout=10)
-
-    for agent in AGENTS:
-        rows = seeded_rows(idle, agent)
-        # The comparison covers learning: losses after learning started, returns, consensus.
-        assert any("dqn/loss" in row for row in rows) and any("env/episode_return" in row for row in rows)
-        assert any("consensus/disagreement_max" in row for row in rows)
-        assert not any("reproducibility/broken" in row for row in rows), f"{agent}: a deadline ran out"
-        assert seeded_rows(loaded, agent) == rows, f"{agent}: the metrics rows differ"
-        assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
+    idle, loaded = run_idle_then_perturbed("configs/tiny_star_tcp.yaml", SETTINGS, tmp_path)
+    assert_same_learning(idle, loaded, ("dqn/loss", "env/episode_return", "consensus/disagreement_max"))
     evaluations = seeded_rows(idle, "env")
     assert any("eval/return_mean" in row for row in evaluations)
     assert seeded_rows(loaded, "env") == evaluations
+
+
+def test_og_marl_world_models_averaged_in_float64_come_out_the_same(tmp_path):
+    idle, loaded = run_idle_then_perturbed("configs/tiny_og_marl.yaml", OG_MARL_SETTINGS, tmp_path)
+    assert_same_learning(idle, loaded, ("sac/critic_loss", "og_marl/model_mse", "consensus/disagreement_max"))
 
 
 def test_a_deadline_that_runs_out_is_recorded_as_broken_reproducibility(tmp_path):
