@@ -98,22 +98,23 @@ def reproducibility_problems(config: RunConfig) -> list[str]:
 
 
 def _link_problems(path: str, link: LinkConfig) -> list[str]:
-    """Drops and duplicates change what arrives. Each link draws them from its own seeded stream,
-    but the heartbeats share that stream and their number follows the clock, so which message a
-    draw hits is timing; a full queue drops what the clock put there."""
-    problems = []
-    random_drops = {
-        "loss": link.loss > 0,
-        "loss_model": link.loss_model == "gilbert_elliott",
-        "duplicate": link.duplicate > 0,
-        "queue_limit_bytes": link.queue_limit_bytes is not None,
+    """Drops and duplicates change what arrives, and timing decides which message they hit."""
+    shared_draws = (
+        "the link draws it from its own seeded stream, but heartbeats sent on a clock take draws from that "
+        "stream too, so which message it hits depends on timing"
+    )
+    reasons = {
+        "loss": (link.loss > 0, shared_draws),
+        "loss_model": (link.loss_model == "gilbert_elliott", shared_draws),
+        "duplicate": (link.duplicate > 0, shared_draws),
+        "queue_limit_bytes": (
+            link.queue_limit_bytes is not None,
+            "a full queue drops whatever the clock put in it (heartbeats included)",
+        ),
     }
-    for field, present in random_drops.items():
-        if present:
-            problems.append(
-                f"{path}.{field}: expected no drops or duplicates with {_WHY}, got {getattr(link, field)!r}: the "
-                "link's draws are shared with heartbeats sent on a clock, so which message is dropped or "
-                "duplicated depends on timing (delay, jitter, reorder and bandwidth are allowed: they change only "
-                "when a message arrives)"
-            )
-    return problems
+    allowed = "(delay, jitter, reorder and bandwidth are allowed: they change only when a message arrives)"
+    return [
+        f"{path}.{field}: expected no drops or duplicates with {_WHY}, got {getattr(link, field)!r}: {why} {allowed}"
+        for field, (present, why) in reasons.items()
+        if present
+    ]
