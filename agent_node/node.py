@@ -34,8 +34,10 @@ Reproducible runs (`run.reproducible`): the update-ratio contract has no slack
 step it made due is taken: each step then samples the replay buffer at the same point of the
 run however the slices fell between messages. The slices call the learner one gradient step at
 a time, so the learner metrics are means over gradient steps, not over slices of a timing-decided
-size. What timing can still change (a step the env server played without an agent's answer, a
-consensus round that ran out, a restart from a checkpoint) is written once per cause as
+size. When the orchestrator's stop overtakes the env server's last observation, the node waits
+for that observation, as every run with the seed learns from it. What timing can still change
+(a step the env server took without an agent's answer, a consensus round without every share, a
+restart from a checkpoint, a last observation that never came) is written once per cause as
 `reproducibility/broken` (`_reproducibility_broken`); orchestrator/reproducibility.py refuses
 the settings that cannot be reproducible.
 
