@@ -678,7 +678,8 @@ class AgentNode:
             self.metrics.write(self.step, record)
         if any(record.get("consensus/missing_neighbours", 0.0) > 0 for record in finished.records):
             self._reproducibility_broken(
-                "consensus_incomplete", "a consensus round ended without every neighbour's share (a deadline, or a neighbour that finished or moved on)"
+                "consensus_incomplete",
+                "a consensus round ended without every neighbour's share (a deadline, or a neighbour that finished or moved on)",
             )
         self.transition(NodeState.RUNNING)
         if (tick := self.consensus.due(finished.held.step)) is not None:
