@@ -30,8 +30,15 @@ from tests.integration.test_orchestrate import orchestrate, read_events
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 AGENTS = ("agent_0", "agent_1", "agent_2")
-# Deadlines far beyond any wait a loaded machine imposes, so no step and no round runs out.
-PATIENT = ("run.reproducible=true", "env.step_deadline_s=60", "agents.env_silence_timeout_s=120", "agents.metrics_every_steps=5")
+# Deadlines far beyond any wait a loaded machine imposes, so no step and no round runs out and
+# no neighbour is taken for dead.
+PATIENT = (
+    "run.reproducible=true",
+    "env.step_deadline_s=60",
+    "agents.env_silence_timeout_s=120",
+    "protocols.membership.timeout_s=60",
+    "agents.metrics_every_steps=5",
+)
 # tiny_star_tcp (DQN, tcp, a star) with evaluation episodes and synchronous consensus of the policy.
 SETTINGS = (
     *PATIENT,
