@@ -13,7 +13,8 @@ torch runs its deterministic kernels. What is deterministic without it:
   their own seeded copies, when no agent owes an update;
 - synchronous consensus: it starts at a lockstep step, each agent's tensors are taken before
   that step's updates (the same point in every run), and a round that has every share mixes the
-  same numbers. A round that runs out (`round_timeout_s`) mixes without the missing share: that
+  same numbers in the same (sender) order, so its float sums do not depend on which share came
+  first (protocols/consensus.py `_finish_round`). A round that runs out (`round_timeout_s`) mixes without the missing share: that
   is timing, and the node writes it as broken reproducibility;
 - link delay, jitter, reordering and bandwidth: they change when a message arrives, never what
   it says or whether it arrives; the lockstep and the consensus rounds wait for it (unless a
