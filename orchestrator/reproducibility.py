@@ -4,7 +4,9 @@ A run is reproducible when every input of every learner is decided by the seed a
 never by the clock. What the mode itself fixes (agent_node/node.py): an agent acts only once its
 learner owes no gradient step, so each gradient step samples the replay buffer at the same point
 of the run whatever the load; its learner metrics are averaged per gradient step, not per slice;
-torch runs its deterministic kernels. What is deterministic without it:
+torch runs its deterministic kernels and the global generators are seeded per node
+(agent_node/__main__.py); a stop from the orchestrator waits for the env server's last
+observation. What is deterministic without it:
 
 - the random streams: every node, learner, world model, env copy and link draws from
   `derive_seed(run.seed, node index, stream)` (protocols/seeds.py);
@@ -14,15 +16,17 @@ torch runs its deterministic kernels. What is deterministic without it:
 - synchronous consensus: it starts at a lockstep step, each agent's tensors are taken before
   that step's updates (the same point in every run), and a round that has every share mixes the
   same numbers in the same (sender) order, so its float sums do not depend on which share came
-  first (protocols/consensus.py `_finish_round`). A round that runs out (`round_timeout_s`) mixes without the missing share: that
-  is timing, and the node writes it as broken reproducibility;
+  first (protocols/consensus.py `_finish_round`). A round that runs out (`round_timeout_s`)
+  mixes without the missing share: that is timing, and the node writes it as broken
+  reproducibility;
 - link delay, jitter, reordering and bandwidth: they change when a message arrives, never what
   it says or whether it arrives; the lockstep and the consensus rounds wait for it (unless a
   deadline runs out, which the node records).
 
 What cannot be made reproducible is refused here, one line per problem (`reproducibility_problems`).
 What can still go wrong at run time (an agent slower than `env.step_deadline_s`, a consensus round
-that timed out, an agent restarted from its last checkpoint) is written to that agent's metrics as
+without every share, an agent restarted from its last checkpoint, a last observation that never
+came) is written to that agent's metrics as
 `reproducibility/broken` with the cause, so a user sees that this run's seed no longer pins it.
 """
 
