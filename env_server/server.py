@@ -89,7 +89,10 @@ class EnvServer:
         self.envs = envs
         self.eval_envs = eval_envs
         self.env_name = env_name
-        self.env_kwargs = dict(env_kwargs or {})  # told to clients in the welcome (dataset manifests)
+        # Told to clients in the welcome (dataset manifests), with string keys: the wire carries
+        # only string map keys (protocols/wire.py), and YAML gives ints where a config writes
+        # `per_count_kwargs: {2: ...}` (variable_count accepts both).
+        self.env_kwargs = _string_keys(dict(env_kwargs or {}))
         self.rules = rules
         self.seed = seed
         self.eval_seed = eval_seed
@@ -365,3 +368,12 @@ class EnvServer:
             self.eval_envs.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _string_keys(value: Any) -> Any:
+    """`value` with every mapping key, at any depth, turned into a string."""
+    if isinstance(value, dict):
+        return {str(key): _string_keys(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_string_keys(item) for item in value]
+    return value

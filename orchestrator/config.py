@@ -97,7 +97,15 @@ class RandomTargets(BaseModel):
 
 
 class FaultEvent(BaseModel):
-    """One scheduled fault, `at_s` seconds after the run started (every node ready).
+    """One scheduled fault, `at_s` seconds after the run started (every node ready), or once the
+    env server's training step reaches `at_step` (exactly one of the two).
+
+    `at_step` counts the env server's lockstep training steps (the `step` of its metrics and of
+    `run.steps`). The orchestrator learns that step from the env server's `control.status`
+    reports, so a step fault fires at the first report at or past `at_step`: within one
+    `protocols.control.status_every_s` of the step being reached (lower it for a tighter hit).
+    Its `fault` event records the step that report gave; every fault event records both the
+    seconds since the start (`run_s`) and the env server's last reported step (`step`).
 
     Process faults (signals sent by the orchestrator):
 
@@ -135,7 +143,8 @@ class FaultEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    at_s: float = Field(ge=0)
+    at_s: float | None = Field(None, ge=0)
+    at_step: int | None = Field(None, ge=0)
     kind: Literal["kill", "pause", "resume", "restart", "partition", "heal", "link"]
     nodes: list[str] = []
     role: Literal["agent", "env_server"] | None = None
@@ -146,6 +155,10 @@ class FaultEvent(BaseModel):
 
     @model_validator(mode="after")
     def _targets(self) -> FaultEvent:
+        if (self.at_s is None) == (self.at_step is None):
+            both = "got both" if self.at_s is not None else "got neither"
+            raise ValueError(f"at_s: a fault fires at a time (at_s: seconds after the start) or at the env server's "
+                             f"training step (at_step: N), exactly one of the two; {both}")
         given = [name for name, value in (("nodes", self.nodes), ("role", self.role), ("random", self.random)) if value]
         if len(given) > 1:
             raise ValueError(f"{given[0]}: give one of nodes, role or random for a {self.kind!r} fault, got {' and '.join(given)}")
@@ -356,6 +369,9 @@ class RunConfig(BaseModel):
                                             or (event.random is not None and event.random.role == "env_server")):
                 problems.append(f"faults.schedule.{position}: expected agents to restart, got the env server "
                                 "(agents cannot rejoin a new env server)")
+            if event.at_step is not None and event.at_step >= self.run.steps:
+                problems.append(f"faults.schedule.{position}.at_step: expected a training step below run.steps "
+                                f"({self.run.steps}), which the env server reaches; got {event.at_step}")
             if event.random is not None:
                 pool = count if event.random.role == "agent" else 1
                 if event.random.count > pool:

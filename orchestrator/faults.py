@@ -3,9 +3,13 @@
 `plan_faults(config)` resolves every event's targets — node ids as given, every node of a role,
 or a seeded random draw (derive_seed(run.seed, <position in the schedule>, "faults")) — once,
 before the run, so the same config and seed always hit the same nodes. `FaultClock` hands the
-orchestrator the faults that are due, counted from the moment the run started (every node
-ready); the orchestrator (orchestrator/runtime.py) executes them and writes a `fault` event
-for each to events.jsonl.
+orchestrator the faults that are due: an `at_s` fault counted from the moment the run started
+(every node ready), an `at_step` fault once the env server's training step has reached it. The
+orchestrator knows that step only from the env server's `control.status` reports (every
+`protocols.control.status_every_s`), so a step fault fires at the first report at or past its
+step: within one status period of the step. The orchestrator (orchestrator/runtime.py)
+executes the due faults and writes a `fault` event for each to events.jsonl, with the seconds
+since the start and the env step last reported.
 
 Process faults (kill, pause, resume, restart) are signals to the targets. Network faults
 (partition, heal, link) are control messages (`network_message`) to the nodes whose outgoing
@@ -34,7 +38,7 @@ FAULT_SEED_STREAM = "faults"
 @dataclass(frozen=True)
 class ScheduledFault:
     position: int  # in faults.schedule
-    at_s: float  # after the run started
+    at_s: float | None  # after the run started; None for a fault at a step
     kind: str  # kill | pause | resume | restart | partition | heal | link
     targets: tuple[str, ...]  # heal: empty means every link
     chosen_by: str  # nodes | role | random | groups | edges | all
@@ -43,10 +47,20 @@ class ScheduledFault:
     # link: the directed (src, dst) links whose profile changes, and the new profile
     edges: tuple[tuple[str, str], ...] = ()
     link: LinkConfig | None = None
+    at_step: int | None = None  # the env server's training step; None for a fault at a time
+
+    @property
+    def setting(self) -> str:
+        """How the schedule set it: `at_s 1.0` or `at_step 500`."""
+        return f"at_s {self.at_s}" if self.at_s is not None else f"at_step {self.at_step}"
+
+    @property
+    def when(self) -> str:
+        return f"+{self.at_s:g}s" if self.at_s is not None else f"@step {self.at_step}"
 
     def describe(self) -> str:
         """One line for `orchestrate up --dry-run`: when, what, whom."""
-        line = f"+{self.at_s:g}s {self.kind} {', '.join(self.targets) or '-'} (by {self.chosen_by})"
+        line = f"{self.when} {self.kind} {', '.join(self.targets) or '-'} (by {self.chosen_by})"
         if self.kind == "partition":
             line += " groups " + " | ".join(", ".join(group) for group in self.groups)
         elif self.kind == "link":
@@ -126,28 +140,44 @@ def plan_faults(config: RunConfig) -> list[ScheduledFault]:
             else:
                 pairs = [link for link in links if link[0] in targets or link[1] in targets]
             edges = tuple(sorted(set(pairs)))
-        planned.append(ScheduledFault(position, event.at_s, event.kind, targets, chosen_by, groups, edges, event.link))
-    return sorted(planned, key=lambda fault: (fault.at_s, fault.position))
+        planned.append(ScheduledFault(position, event.at_s, event.kind, targets, chosen_by, groups, edges, event.link,
+                                      at_step=event.at_step))
+    # Time faults first, then step faults (the two clocks cannot be ordered against each other
+    # before the run); each in the order they fire, ties in schedule order.
+    return sorted(planned, key=lambda fault: (fault.at_s is None, fault.at_s or 0.0, fault.at_step or 0, fault.position))
 
 
 class FaultClock:
-    """Which planned faults are due, `started_at` being the run's start (monotonic seconds)."""
+    """Which planned faults are due, `started_at` being the run's start (monotonic seconds) and
+    `env_step` the env server's training step as last reported (None before its first report)."""
 
     def __init__(self, faults: list[ScheduledFault]) -> None:
-        self.pending = list(faults)
+        self.pending = sorted((f for f in faults if f.at_s is not None), key=lambda f: (f.at_s, f.position))
+        self.pending_steps = sorted((f for f in faults if f.at_s is None), key=lambda f: (f.at_step, f.position))
         self.started_at: float | None = None
 
     def start(self, now: float) -> None:
         self.started_at = now
 
-    def due(self, now: float) -> list[ScheduledFault]:
+    def due(self, now: float, env_step: int | None = None) -> list[ScheduledFault]:
+        """The faults due now, in the order to execute them (time faults, then step faults)."""
         if self.started_at is None:
             return []
         ready = [fault for fault in self.pending if self.started_at + fault.at_s <= now]
         self.pending = self.pending[len(ready) :]
+        if env_step is not None:
+            reached = [fault for fault in self.pending_steps if fault.at_step <= env_step]
+            self.pending_steps = self.pending_steps[len(reached) :]
+            ready += reached
         return ready
 
     def seconds_to_next(self, now: float) -> float | None:
+        """How long until the next time fault (step faults wake the loop with the status that
+        reports their step)."""
         if self.started_at is None or not self.pending:
             return None
         return max(0.0, self.started_at + self.pending[0].at_s - now)
+
+    def run_s(self, now: float) -> float | None:
+        """Seconds since the run started, or None before it."""
+        return None if self.started_at is None else now - self.started_at

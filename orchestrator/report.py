@@ -8,13 +8,19 @@ Per run:
 - per agent: episodes, the last episode's return, the mean return over the last 20% of its
   episodes (at least one), the last step, steps/s (last step over the time since the run's
   `started` event), restarts (`restarted` events), "back after s" (per restart, from its `exited`
-  event to the first metrics row the new process wrote; the mean) and faults that hit it;
+  event to the first metrics row the new process wrote; the mean) and faults that hit it; and
+  for each fault that stopped it (a partition until its heal, a pause until its resume, a kill
+  or restart until it is restarted) how long after the fault ended it acted again (a row past
+  every step it had written) and learned again (a row with a learner loss), and which of its
+  periodic metric rows (every `agents.metrics_every_steps`) are lost: missing, and not in a
+  stretch of steps a fault kept it from seeing;
 - per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
   and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
   ages over its last window of messages). A node that restarted starts its counters at zero
   again, so its rows are split at its `restarted` events and each incarnation's last value added;
 - consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
-  the neighbours) before the first and after the last round of each session, rounds that missed a
+  the neighbours) before the first and after the last round of each session (push-sum: its
+  estimate from the pushes heard, see PushSumConsensus.metrics), rounds that missed a
   neighbour, and the time a session took;
 - headline numbers, the same for every run, that a sweep aggregates (the table shows the main
   ones; `--json` has all, including each agent's first consensus session on its own, the one
@@ -23,6 +29,10 @@ Per run:
 Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row per point with
 each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
 95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
+
+Every `orchestrate up` writes its run's report when the run ends (`write_run_report`: the
+summary and the timeline plot; a failure there is logged as a `report_failed` event and never
+changes the run's exit code; after Ctrl-C only the summary, so that `up` returns at once).
 
 `--save` (alias `--plot`) writes the same tables as Markdown into `<dir>/report/summary.md` and
 draws PNGs there with matplotlib (a dependency of Parley; if it cannot be imported the plots are
@@ -119,7 +129,76 @@ def _recoveries(node: str, rows: list[dict[str, Any]], events: list[dict]) -> li
     return seconds
 
 
-def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict]) -> dict[str, Any]:
+# The faults that stop an agent acting, and the events that end that on the node they hit: a
+# partition until a heal that touches it, a pause until a resume (or a restart), a kill or
+# restart until the node's `restarted` event.
+INTERRUPTING_FAULTS = {"partition": ("heal",), "pause": ("resume",), "kill": (), "restart": ()}
+
+
+def interruptions(node: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fault that stopped `node` acting: kind, schedule position, start and end (unix time;
+    end None when nothing ended it before the run did)."""
+    found = []
+    for position, event in enumerate(events):
+        if event.get("event") != "fault" or event.get("kind") not in INTERRUPTING_FAULTS or node not in fault_targets(event):
+            continue
+        end = None
+        for later in events[position + 1:]:
+            undone = (later.get("event") == "fault" and later.get("kind") in INTERRUPTING_FAULTS[event["kind"]]
+                      and node in fault_targets(later))  # fmt: skip
+            if undone or (later.get("event") == "restarted" and later.get("node") == node):
+                end = later["t"]
+                break
+        found.append({"kind": event["kind"], "position": event.get("position"), "start": event["t"], "end": end})
+    return found
+
+
+def _is_learner_loss(key: str) -> bool:
+    """A learner's loss (`dqn/loss`, `sac/critic_loss`), not a link counter (`link/.../dropped_loss`)."""
+    return key.endswith("loss") and not key.startswith("link/")
+
+
+def _back_after(rows: list[dict[str, Any]], end: float) -> tuple[float | None, float | None]:
+    """Seconds from `end` (a heal, resume or restart) to the agent acting again (its first row
+    whose step is past every step it wrote before `end`) and learning again (its first row
+    after `end` that carries a learner loss: the mean over the updates since its previous
+    such row, written every `agents.metrics_every_steps`)."""
+    before = max((row["step"] for row in rows if row.get("t", 0.0) < end and isinstance(row.get("step"), (int, float))), default=-1)
+    after = [row for row in rows if row.get("t", 0.0) >= end]
+    acting = next((row["t"] - end for row in after if isinstance(row.get("step"), (int, float)) and row["step"] > before), None)
+    learning = next((row["t"] - end for row in after if any(_is_learner_loss(key) for key in row)), None)
+    return acting, learning
+
+
+def missing_metric_rows(rows: list[dict[str, Any]], every: int, windows: list[dict[str, Any]]) -> list[int]:
+    """The periodic rows lost. An agent writes a row at every step it sees that is a multiple of
+    `agents.metrics_every_steps` (its learner means and link counters), so between its first
+    and last step each multiple has a row, except for the steps it did not see because a fault
+    stopped it: a multiple above the last step it wrote before an interruption started and
+    below the first step it wrote acting again after the interruption ended (or any step
+    after, if nothing ended it). Any other missing multiple is a row lost."""
+    stepped = [(row["step"], row["t"]) for row in rows
+               if isinstance(row.get("step"), (int, float)) and isinstance(row.get("t"), (int, float))]  # fmt: skip
+    if not stepped:
+        return []
+    gaps = []  # (last step before, first step acting again after) per interruption
+    for window in windows:
+        before = max((step for step, t in stepped if t < window["start"]), default=-1)
+        if window["end"] is None:
+            gaps.append((before, math.inf))
+            continue
+        seen = max((step for step, t in stepped if t < window["end"]), default=-1)
+        acting_again = min(((t, step) for step, t in stepped if t >= window["end"] and step > seen), default=None)
+        gaps.append((before, math.inf if acting_again is None else acting_again[1]))
+    have = {step for step, _ in stepped}
+    lowest, highest = min(have), max(have)
+    first = math.ceil(lowest / every) * every
+    return [step for step in range(int(first), int(highest) + 1, every)
+            if step not in have and not any(low < step < high for low, high in gaps)]  # fmt: skip
+
+
+def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | None, events: list[dict],
+                   metrics_every: int) -> dict[str, Any]:
     returns = [row["env/episode_return"] for row in rows if "env/episode_return" in row]
     last_n = max(1, math.ceil(LAST_FRACTION * len(returns))) if returns else 0
     steps = max((row["step"] for row in rows if isinstance(row.get("step"), (int, float))), default=None)
@@ -127,6 +206,11 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
     first_t = started_t if started_t is not None else min((row["t"] for row in rows if "t" in row), default=None)
     elapsed = (last_t - first_t) if last_t is not None and first_t is not None else None
     faults = [e for e in events if e.get("event") == "fault" and node in fault_targets(e)]
+    windows = interruptions(node, events)
+    for window in windows:
+        window["acting_after_s"], window["learning_after_s"] = _back_after(rows, window["end"]) if window["end"] else (None, None)
+    acting = [w["acting_after_s"] for w in windows if w["end"] is not None]
+    learning = [w["learning_after_s"] for w in windows if w["end"] is not None]
     return {
         "recovery_s": _mean(_recoveries(node, rows, events)),
         "episodes": len(returns),
@@ -138,6 +222,13 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
         "faults": len(faults),
         # finished consensus sessions (a session cut short by the end of the run writes none)
         "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row),
+        # After each fault that stopped it (see `interruptions`): the longest time to acting and
+        # to learning again (None: nothing ended such a fault, or it never acted again: see
+        # "interruptions"), and the periodic metric rows lost (see `missing_metric_rows`).
+        "interruptions": windows,
+        "back_after_fault_s": None if None in acting else max(acting, default=None),
+        "learning_after_fault_s": None if None in learning else max(learning, default=None),
+        "metric_rows_lost": missing_metric_rows(rows, metrics_every, windows),
     }
 
 
@@ -186,7 +277,7 @@ def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
 
 def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
     # One summary row per finished session: sync rounds write `consensus/rounds`, push-sum its
-    # `consensus/pushes` (and no disagreement: it has no rounds to compare).
+    # `consensus/pushes` (and, as disagreement, its estimate from the pushes it heard).
     sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
                 if "consensus/rounds" in row or "consensus/pushes" in row]  # fmt: skip
     durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
@@ -209,7 +300,8 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         reached = _rounds_to_converge(rows)
         first["before"].append(summary_row.get("consensus/disagreement_first"))
         first["after"].append(summary_row.get("consensus/disagreement_last"))
-        first["rounds"].append(reached[0] if reached else None)
+        if reached:  # sync rounds (push-sum has none: neither rounds to 1e-3 nor a share that got there)
+            first["rounds"].append(reached[0])
         first["duration"].append(duration_row.get("consensus/duration_s") if duration_row else None)
     return {
         "first_session": {
@@ -229,9 +321,28 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         "reached_1e-3_fraction": sum(r is not None for r in converged) / len(converged) if converged else None,
         "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
         "duration_s_mean": _mean(durations),
-        # push-sum reports its own counters instead of rounds and disagreement
+        # push-sum reports its own counters instead of rounds
         "weight_mass_mean": _mean([row.get("consensus/weight_mass") for row in sessions]),
     }
+
+
+def _max_or_none(values: list[float | None]) -> float | None:
+    """The largest, or None if any is None (an agent that never came back) or there are none."""
+    return None if not values or None in values else max(values)
+
+
+def _metrics_every_steps(run_dir: Path) -> int:
+    """`agents.metrics_every_steps` from the run's resolved.yaml (its default if absent)."""
+    import yaml
+
+    from agent_node.config import AgentsConfig
+
+    default = AgentsConfig.model_fields["metrics_every_steps"].default
+    try:
+        resolved = yaml.safe_load((run_dir / RESOLVED_FILENAME).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return default
+    return int(((resolved.get("agents") or {}).get("metrics_every_steps")) or default)
 
 
 def summarize_run(path: str | Path) -> dict[str, Any]:
@@ -243,11 +354,15 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     metrics = {node: read_jsonl(nodes_dir / node / NODE_METRICS_FILENAME) for node in node_ids}
     started = next((e["t"] for e in events if e.get("event") == "started"), None)
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
-    agents = {node: _agent_summary(node, rows, started, events) for node, rows in metrics.items() if node != ENV_NODE_ID}
+    metrics_every = _metrics_every_steps(run_dir)
+    agents = {node: _agent_summary(node, rows, started, events, metrics_every) for node, rows in metrics.items() if node != ENV_NODE_ID}
     links = _link_summaries(metrics, events)
     consensus = _consensus_summary(metrics)
-    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "nodes": sorted(fault_targets(e)),
-               "skipped": e.get("skipped") or []} for e in events if e.get("event") == "fault"]  # fmt: skip
+    # run_s / step: when it fired on both clocks (older runs' events have only at_s)
+    faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "at_step": e.get("at_step"),
+               "run_s": e.get("run_s", e["t"] - started if started is not None else None), "step": e.get("step"),
+               "nodes": sorted(fault_targets(e)), "skipped": e.get("skipped") or []}
+              for e in events if e.get("event") == "fault"]  # fmt: skip
     peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
     peer_sent = sum(entry.get("sent") or 0.0 for entry in peer)
     ages = [entry["age_p99_ms"] for entry in peer if entry.get("age_p99_ms") is not None]
@@ -270,6 +385,9 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "restarts": float(sum(a["restarts"] for a in agents.values())),
         "recovery_s": _mean([a["recovery_s"] for a in agents.values()]),
         "faults": float(len(faults)),
+        "back_after_fault_s": _max_or_none([a["back_after_fault_s"] for a in agents.values() if a["interruptions"]]),
+        "learning_after_fault_s": _max_or_none([a["learning_after_fault_s"] for a in agents.values() if a["interruptions"]]),
+        "metric_rows_lost": float(sum(len(a["metric_rows_lost"]) for a in agents.values())),
     }
     return {
         "run_dir": str(run_dir),
@@ -377,10 +495,13 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                           _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
         _print_table(console, links, title, markdown)
     consensus = summary["consensus"]
-    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds, no disagreement
+    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds; its disagreement is an estimate
         console.print(
             f"consensus (push-sum): {consensus['sessions']} finished sessions (all agents), weight mass "
-            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), {_fmt(consensus['duration_s_mean'])} s per session"
+            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), disagreement estimate "
+            f"{_fmt(consensus['disagreement_first_mean'], '.2e')} at the first pushes heard -> "
+            f"{_fmt(consensus['disagreement_last_mean'], '.2e')} at the last (mean over sessions), "
+            f"{_fmt(consensus['duration_s_mean'])} s per session"
         )
     elif consensus:
         console.print(
@@ -393,8 +514,21 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_fmt(consensus['duration_s_mean'])} s per session"
         )
     for fault in summary["faults"]:
-        console.print(f"fault: {fault['kind']} at +{_fmt(fault['at_s'], 'g')} s on {', '.join(fault['nodes']) or '-'}"
+        when = f"at step {fault['at_step']} (fired at +{_fmt(fault['run_s'], '.3g')} s, step {_fmt(fault['step'], 'g')})" \
+            if fault.get("at_step") is not None else f"at +{_fmt(fault['at_s'], 'g')} s" + (
+                f" (step {_fmt(fault['step'], 'g')})" if fault.get("step") is not None else "")
+        console.print(f"fault: {fault['kind']} {when} on {', '.join(fault['nodes']) or '-'}"
                       + (f" (skipped {', '.join(fault['skipped'])})" if fault["skipped"] else ""))  # fmt: skip
+    for node, a in summary["agents"].items():
+        for window in a["interruptions"]:
+            which = window["kind"] + (f" (faults.schedule.{window['position']})" if window["position"] is not None else "")
+            if window["end"] is None:
+                console.print(f"{node}: {which} not ended before the run did")
+            else:
+                console.print(f"{node}: after the {which} ended, acting again "
+                              f"after {_fmt(window['acting_after_s'])} s, learning after {_fmt(window['learning_after_s'])} s")
+        if a["metric_rows_lost"]:
+            console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
 
 
 def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
@@ -585,6 +719,28 @@ def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path
     lines += [line.rstrip() for line in rendered.getvalue().splitlines()]
     path.write_text("\n".join(lines).replace("\n\n\n", "\n\n") + "\n", encoding="utf-8")
     return path
+
+
+def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], list[str]]:
+    """The end of every `orchestrate up`: `report/summary.md` and (with `plots`)
+    `report/timeline.png` in the run's directory. Never raises: what could not be written comes
+    back as one problem line each (the caller logs them; a plot that fails must not fail a run
+    that worked)."""
+    written: list[Path] = []
+    problems: list[str] = []
+    target = Path(run_dir) / REPORT_DIRNAME
+    try:
+        summary = summarize_run(run_dir)
+        written.append(write_summary_md(summary, False, target))
+    except Exception as error:  # noqa: BLE001 - any failure here is reported, not raised
+        return written, [f"summary: {type(error).__name__}: {error}"]
+    if not plots:
+        return written, problems
+    try:
+        written += plot_run(summary, target)
+    except Exception as error:  # noqa: BLE001 - e.g. matplotlib missing or a backend error
+        problems.append(f"plots: {type(error).__name__}: {error}")
+    return written, problems
 
 
 def main(path: Path, as_json: bool = False, save: bool = False, out=None) -> int:

@@ -11,7 +11,8 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        clock starts (orchestrator/faults.py);
     4. supervise: `control.status` updates the live view; a running node silent for three
        status periods is reported `paused` (stopped, state T) or `unresponsive`, and `resumed`
-       when heard again; scheduled faults are executed when due and logged as `fault` events
+       when heard again; scheduled faults are executed when due (`at_s` after the start, or
+       `at_step` once the env server's status reports that step) and logged as `fault` events
        (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
        the nodes apply to their emulated links and which are replayed to a restarted node);
        a child that exits on its own before the end (not a scheduled kill) fails the run (the
@@ -23,6 +24,10 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        `shutdown_timeout_s` for them to exit, then SIGTERM, then SIGKILL; every child is reaped
        before `run` returns. `exited` events carry the time the exit was seen on SIGCHLD, not
        the (later) time the loop reaped it.
+
+After the run (its `run_finished` event), `report/` in the run directory gets the report's
+summary and plot (orchestrator/report.py; the summary only after Ctrl-C); a failure there is a
+`report_failed` event, never a different exit code.
 
 Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
 kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
@@ -36,6 +41,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 from orchestrator.backends import BackendUnavailable
@@ -209,6 +215,10 @@ class Orchestrator:
         finally:
             self._restore_signal_handlers(previous_handlers)
             self.hub.close()
+        unfired = self.faults.pending + self.faults.pending_steps
+        if unfired:  # the run ended first (or never started): say which faults never happened
+            self.events.write("faults_not_fired", None, positions=[f.position for f in unfired],
+                              when=[f.when for f in unfired], last_step=self._env_step())
         code = self._exit_code()
         self.events.write("run_finished", None, exit_code=code, reason=self.failure or self.interrupted or "budget spent")
         return code
@@ -251,7 +261,7 @@ class Orchestrator:
             if self.hub.wait(wait_s):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
-            for fault in self.faults.due(time.monotonic()):
+            for fault in self.faults.due(time.monotonic(), self._env_step()):
                 self._inject(fault)
             self._reap_exited()
             self._restart_due()
@@ -292,9 +302,27 @@ class Orchestrator:
             node.paused_by_schedule = fault.kind == "pause"
             self.backend.signal(node, signum)
             hit[node_id] = node.process.pid
-        late_s = time.monotonic() - (self.faults.started_at or 0.0) - fault.at_s
-        self.events.write("fault", None, kind=fault.kind, at_s=fault.at_s, late_s=round(late_s, 3), nodes=hit,
+        self.events.write("fault", None, kind=fault.kind, **self._fault_timing(fault), nodes=hit,
                           skipped=skipped, chosen_by=fault.chosen_by, position=fault.position)
+
+    def _env_step(self) -> int | None:
+        """The env server's training step as its last status reported it (None before one)."""
+        env = next((n for n in self.nodes.values() if n.launch.role == "env_server"), None)
+        return None if env is None or env.last_status is None else env.last_status.step
+
+    def _fault_timing(self, fault: ScheduledFault) -> dict[str, float | int | None]:
+        """When a fault fired, on both clocks: seconds since the start (`run_s`) and the env
+        server's last reported step (`step`), with how late it was on the clock it was set on
+        (`late_s` for an `at_s` fault; `late_steps` for an `at_step` one, at most the steps of
+        one status period)."""
+        run_s = self.faults.run_s(time.monotonic()) or 0.0
+        step = self._env_step()
+        timing: dict[str, float | int | None] = {"run_s": round(run_s, 3), "step": step}
+        if fault.at_s is not None:
+            timing.update(at_s=fault.at_s, late_s=round(run_s - fault.at_s, 3))
+        else:
+            timing.update(at_step=fault.at_step, late_steps=None if step is None else step - fault.at_step)
+        return timing
 
     def _inject_network(self, fault: ScheduledFault) -> None:
         """A partition, heal or link change: its control message to every node whose outgoing
@@ -310,11 +338,10 @@ class Orchestrator:
                 sent[node_id] = node.process.pid
             else:
                 skipped.append(node_id)  # down (or restarting): it gets the history when it is ready
-        late_s = time.monotonic() - (self.faults.started_at or 0.0) - fault.at_s
         details = {"groups": [list(g) for g in fault.groups]} if fault.kind == "partition" else {}
         if fault.kind == "link":
             details = {"edges": [list(e) for e in fault.edges], "link": fault.link.model_dump(exclude_defaults=True)}
-        self.events.write("fault", None, kind=fault.kind, at_s=fault.at_s, late_s=round(late_s, 3), targets=list(fault.targets),
+        self.events.write("fault", None, kind=fault.kind, **self._fault_timing(fault), targets=list(fault.targets),
                           nodes=sent, skipped=skipped, chosen_by=fault.chosen_by, position=fault.position, **details)
 
     def _silence_limit_s(self) -> float:
@@ -442,7 +469,7 @@ class Orchestrator:
                     # A scheduled kill of the env server: the agents cannot step without it and
                     # cannot rejoin a new one, so the run ends here, as a failure with the reason.
                     self.failure = (f"the env server ({node_id}) was killed by the fault schedule "
-                                    f"(faults.schedule.{node.killed_by_fault.position}, at_s {node.killed_by_fault.at_s}); "
+                                    f"(faults.schedule.{node.killed_by_fault.position}, {node.killed_by_fault.setting}); "
                                     "the agents cannot step without it, so the run ends (an env-server restart is not supported)")
                     self.events.write("env_server_lost", node_id, reason=self.failure)
 
@@ -583,5 +610,27 @@ def run(plan: LaunchPlan, config: RunConfig) -> int:
         # the exit code in the status table.
         for line in explain_failure(plan.run_dir, node_reasons):
             print(line, file=sys.stderr)
+    if orchestrator.events.failed is None:  # (no report onto a disk that refused the events)
+        # After Ctrl-C the user is waiting for the prompt: the summary only, no plots (matplotlib
+        # takes seconds to load on a busy machine); `orchestrate report --save` draws them.
+        write_report(plan.run_dir, orchestrator.events, plots=orchestrator.interrupted is None)
     print(f"run directory: {plan.run_dir}", file=sys.stderr)
     return code
+
+
+def write_report(run_dir: Path, events: EventLog, plots: bool = True) -> None:
+    """The run's `report/` (summary.md, timeline.png), written after `run_finished` so that it
+    shows how the run ended. A report that fails is said on the terminal and as a
+    `report_failed` event; the run's exit code stays what the run earned."""
+    try:
+        from orchestrator.report import write_run_report
+
+        written, problems = write_run_report(run_dir, plots=plots)
+    except Exception as error:  # noqa: BLE001 - write_run_report never raises; its import might
+        written, problems = [], [f"report: {type(error).__name__}: {error}"]
+    if written:
+        print(f"report: {', '.join(str(path) for path in written)}", file=sys.stderr)
+    for problem in problems:
+        print(f"report not complete: {problem}", file=sys.stderr)
+    if problems:
+        events.write("report_failed", None, problems=problems, written=[str(path) for path in written])

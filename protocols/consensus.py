@@ -630,6 +630,10 @@ class PushSumConsensus:
         self._started_at = 0.0
         self._last_change = math.nan  # how far the estimate moved over the last push period
         self._estimate_at_last_push: dict[str, np.ndarray] | None = None
+        # Disagreement estimate, per sender: the distance between our estimate and the sender's
+        # as the new part of its totals carries it (see `_apply`), at its first and latest share.
+        self._first_distance: dict[str, float] = {}
+        self._last_distance: dict[str, float] = {}
 
         self.counters = {"stale_dropped": 0, "applied": 0, "buffered": 0, "rejected": 0, "pushes": 0}
         self.last_rejection: str | None = None
@@ -659,6 +663,7 @@ class PushSumConsensus:
         self._next_push_at = now
         self._last_change = math.nan
         self._estimate_at_last_push = None
+        self._first_distance, self._last_distance = {}, {}
         early = self._future.pop(self.epoch, {})
         self._future = {e: shares for e, shares in self._future.items() if e > self.epoch}
         for sender in sorted(early):
@@ -762,9 +767,16 @@ class PushSumConsensus:
 
     def metrics(self) -> dict[str, float]:
         """Summary of the latest run: pushes made, totals applied, messages dropped as stale or
-        rejected, out-neighbours not alive at the end, the weight mass held, and how far the
-        estimate moved over the last push period (a convergence indicator: push-sum cannot see
-        the disagreement between nodes directly)."""
+        rejected, out-neighbours not alive at the end, the weight mass held, how far the
+        estimate moved over the last push period, and a disagreement estimate: the largest
+        distance between this node's estimate and a sender's, over the senders it heard, at each
+        sender's first share of the run (`disagreement_first`) and at its latest one
+        (`disagreement_last`; NaN when no share came). A sender's estimate is what the new part
+        of its cumulative totals carries, `(value total - value seen) / (weight total - weight
+        seen)`: its `s / w` when it pushed (over several pushes merged by a lost or late
+        message, their weighted mean). It is measured against our estimate just before that part
+        is absorbed, so it reads as the sync engines' `disagreement_max` does: the distance to the
+        neighbours as last heard, not an exact spread over all nodes."""
         return {
             "consensus/pushes": float(self.counters["pushes"]),
             "consensus/applied": float(self.counters["applied"]),
@@ -773,6 +785,8 @@ class PushSumConsensus:
             "consensus/missing_neighbours": float(len(set(self.out_neighbours) - self._alive)),
             "consensus/weight_mass": float(self._weight),
             "consensus/estimate_change": float(self._last_change),
+            "consensus/disagreement_first": max(self._first_distance.values(), default=math.nan),
+            "consensus/disagreement_last": max(self._last_distance.values(), default=math.nan),
             "consensus/engine_duration_s": self.duration_s if self.done else float("nan"),
         }
 
@@ -835,6 +849,7 @@ class PushSumConsensus:
             self._reject(f"push-sum share from {sender!r}: {problem}")
             return
         seen = self._seen_values.get(sender)
+        self._measure_disagreement(sender, share, seen)
         for name, total in share.value_totals.items():
             previous = 0.0 if seen is None else seen[name]
             self._value[name] = self._value[name] + (total - previous)
@@ -843,6 +858,19 @@ class PushSumConsensus:
         self._seen_weight[sender] = float(share.weight_total)
         self._seen_seq[sender] = int(share.seq)
         self.counters["applied"] += 1
+
+    def _measure_disagreement(self, sender: str, share: PushSumShare, seen: dict[str, np.ndarray] | None) -> None:
+        """The distance from our estimate to the sender's, as the new part of its totals carries
+        it (see `metrics`); nothing when that part holds no weight."""
+        new_weight = float(share.weight_total) - self._seen_weight.get(sender, 0.0)
+        if not (new_weight > 0.0 and self._weight > 0.0):
+            return
+        theirs = {name: (np.asarray(total, dtype=np.float64) - (0.0 if seen is None else seen[name])) / new_weight
+                  for name, total in share.value_totals.items()}  # fmt: skip
+        ours = {name: value / self._weight for name, value in self._value.items()}
+        distance = _distance(ours, theirs)
+        self._first_distance.setdefault(sender, distance)
+        self._last_distance[sender] = distance
 
     def _reject(self, reason: str) -> None:
         self.counters["rejected"] += 1

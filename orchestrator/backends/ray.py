@@ -129,28 +129,50 @@ class NodeRunnerImpl:
 
 
 class RayNodeHandle:
-    """pid/poll/wait (subprocess.Popen's meaning) of a node that runs inside a NodeRunner actor."""
+    """pid/poll/wait (subprocess.Popen's meaning) of a node that runs inside a NodeRunner actor.
+
+    `poll` never blocks the orchestrator's loop: it sends the actor a poll call, and reads the
+    answer at a later `poll` once it is there. A call unanswered for CALL_TIMEOUT_S (the actor's
+    machine is gone or cut off) or failed (Ray declared the actor dead) makes the node dead with
+    code 255, the ssh backend's code for an unreachable host."""
 
     def __init__(self, actor, pid: int, log_file) -> None:
         self.actor = actor
         self.pid = pid
         self.log_file = log_file
         self.returncode: int | None = None
+        self.lost: str | None = None  # why the runner could not be reached, once it could not
+        self._pending = None  # the poll call in flight
+        self._pending_since = 0.0
 
     def poll(self) -> int | None:
         if self.returncode is not None:
             return self.returncode
+        if self._pending is None:
+            self._pending, self._pending_since = self.actor.poll.remote(), time.monotonic()
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            if time.monotonic() - self._pending_since < CALL_TIMEOUT_S:
+                return None
+            return self._lose(f"no answer from the node runner within {CALL_TIMEOUT_S:.0f} s")
         try:
-            code, new = ray.get(self.actor.poll.remote(), timeout=CALL_TIMEOUT_S)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
-            # The actor (or its machine) is gone: the node is dead as far as the run can tell.
-            self.log_file.write(f"[parley ray backend] node runner lost: {error}\n".encode())
-            code, new = 255, b""
+            code, new = ray.get(self._pending)
+        except ray.exceptions.RayError as error:
+            return self._lose(str(error))
+        finally:
+            self._pending = None
         if new:
             self.log_file.write(new)
             self.log_file.flush()
         self.returncode = code
         return code
+
+    def _lose(self, reason: str) -> int:
+        """The actor (or its machine) is gone: the node is dead as far as the run can tell."""
+        self.log_file.write(f"[parley ray backend] node runner lost: {reason}\n".encode())
+        self.log_file.flush()
+        self.lost, self._pending, self.returncode = reason, None, 255
+        return 255
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -237,6 +259,9 @@ class RayBackend:
         node_id = node.launch.node_id
         if node_id not in self.actors or not isinstance(node.process, RayNodeHandle):
             return  # never placed or never started: nothing on a Ray machine to gather
+        if node.process.lost is not None:  # its machine is gone: asking again would wait out CALL_TIMEOUT_S
+            self.events.write("gather_failed", node_id, error=f"node runner lost: {node.process.lost}")
+            return
         try:
             archive = ray.get(self.actors[node_id].gather.remote(node_id), timeout=CALL_TIMEOUT_S)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:

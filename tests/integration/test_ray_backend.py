@@ -6,7 +6,8 @@
 - across network namespaces: a head in one namespace, a worker node in each of two others
   (tests/integration/netns.py), the orchestrator on the head's machine (a Ray driver runs on a
   node of its cluster); the nodes pinned one per machine through `launch.ray.pin`, and every
-  node's endpoints advertised at its own machine's address.
+  node's endpoints advertised at its own machine's address; then one machine vanishes mid-run
+  (its bridge link taken down): the run fails naming its node, as with the ssh backend.
 
 Skipped when the `[ray]` extra is not installed, and the namespace test where namespaces
 cannot be made (needs root).
@@ -143,8 +144,11 @@ def test_tiny_ring_through_ray_backend_on_a_local_head(local_ray_head, tmp_path)
 PLACEMENT = {"h1": ["env", "agent_0"], "h2": ["agent_1"], "h3": ["agent_2"]}
 
 
-@pytest.fixture
-def ray_cluster_in_namespaces(tmp_path):
+@pytest.fixture(scope="module")
+def ray_cluster_in_namespaces(tmp_path_factory):
+    """One cluster for the module's tests (starting it costs ~30-60 s): the test that cuts a
+    machine off comes last."""
+    tmp_path = tmp_path_factory.mktemp("ray_namespaces")
     cluster = NamespaceCluster(directory=tmp_path)
     ray_nodes: list[subprocess.Popen] = []
     temp = Path("/tmp") / f"rayn{os.getpid()}"
@@ -202,3 +206,43 @@ def test_run_across_three_namespaces_through_ray(ray_cluster_in_namespaces, tmp_
         assert (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines(), f"{agent}: no metrics gathered"
     exited = {e["node"]: e["code"] for e in events if e["event"] == "exited"}
     assert exited == {"env": 0, "agent_0": 0, "agent_1": 0, "agent_2": 0}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(_netns_reason is not None, reason=f"multi-host tests: {_netns_reason}")
+def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_cluster_in_namespaces, tmp_path):
+    """h3 (agent_2's machine) drops off the network mid-run: the call to its node's runner fails
+    (Ray declares the actor lost, or the call times out), agent_2 is reported dead with code 255
+    and the run fails with exit 1, naming it; the other nodes are stopped."""
+    cluster, address = ray_cluster_in_namespaces
+    pins = [f"launch.ray.pin.{node}={cluster.hosts[host].address}" for host, nodes in PLACEMENT.items() for node in nodes]
+    run_dir = tmp_path / "run"
+    orchestrator = cluster.popen("h1", [
+        str(BIN / "orchestrate"), "up", str(REPO / "configs/tiny_star_tcp.yaml"), "--set", "run.steps=1000000",
+        "--set", "launch.backend=ray", "--set", "network.bind_host=0.0.0.0",
+        "--set", f"launch.control_host={cluster.hosts['h1'].address}",
+        "--set", f"launch.ray.address={address}", "--set", f"launch.ray.project_root={REPO}",
+        "--set", f"launch.ray.workdir={tmp_path / 'remote'}", "--set", "launch.ray.cpus_per_node=0.5",
+        "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}", *[arg for pin in pins for arg in ("--set", pin)],
+        "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "events.jsonl").exists() or '"started"' not in (run_dir / "events.jsonl").read_text():
+            assert orchestrator.poll() is None, orchestrator.stderr.read().decode()[-4000:]
+            assert time.monotonic() < deadline, "the run did not start within 240 s"
+            time.sleep(0.2)
+        time.sleep(2.0)
+        cluster.cut("h3")  # not healed: the machine is gone for the rest of the run
+        stderr = orchestrator.communicate(timeout=300)[1].decode()
+    finally:
+        if orchestrator.poll() is None:
+            orchestrator.kill()
+            orchestrator.wait()
+    assert orchestrator.returncode == 1, stderr[-4000:]
+    events = events_of(run_dir)
+    exited = {e["node"]: e for e in events if e["event"] == "exited"}
+    assert exited["agent_2"]["code"] == 255 and not exited["agent_2"]["expected"], exited["agent_2"]
+    finished = next(e for e in events if e["event"] == "run_finished")
+    assert "agent_2" in finished["reason"], finished
+    assert "node runner lost" in (run_dir / "nodes/agent_2/log").read_text()
+    assert {node for node in exited} == {"env", "agent_0", "agent_1", "agent_2"}, "every node is accounted for"

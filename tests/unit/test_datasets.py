@@ -231,3 +231,27 @@ def test_a_recording_node_takes_the_env_kwargs_from_the_servers_welcome(tmp_path
     manifest = json.loads((tmp_path / DATASET_DIRNAME / "agent_0" / "manifest.json").read_text())
     assert manifest["env"] == {"name": "mpe2.simple_spread_v3", "kwargs": {"N": 2, "max_cycles": 25, "continuous_actions": False},
                                "possible_agents": ["agent_0", "agent_1"]}
+
+
+def test_env_kwargs_with_int_keys_reach_the_client_with_string_keys():
+    """YAML gives int keys for `per_count_kwargs: {2: {...}}` (variable_count); the wire carries
+    only string map keys, so an unconverted welcome was dropped by every agent as malformed and
+    the run timed out at start-up (seen with configs/transfer_pursuit.yaml)."""
+    from env_server.server import _string_keys
+    from protocols import messages as m
+    from protocols import wire
+    from protocols.spaces import encode_space
+
+    kwargs = {"counts": [2, 4], "per_count_kwargs": {2: {"n_evaders": 8}, 4: {"n_evaders": 15}}}
+
+    def welcome(env_kwargs):
+        return m.EnvWelcome(
+            env_name="variable_count", num_copies=1, agents=["agent_0"], possible_agents=["agent_0"],
+            observation_spaces={"agent_0": encode_space(OBS_SPACE)}, action_spaces={"agent_0": encode_space(ACTION_SPACE)},
+            autoreset=True, max_steps=None, env_kwargs=env_kwargs,
+        )
+
+    with pytest.raises(wire.MalformedPayload, match="int is not allowed for map key"):
+        wire.decode(wire.encode(welcome(kwargs), sender="env", run_id="r", seq=1))
+    received = wire.decode(wire.encode(welcome(_string_keys(kwargs)), sender="env", run_id="r", seq=1)).message
+    assert received.env_kwargs == {"counts": [2, 4], "per_count_kwargs": {"2": {"n_evaders": 8}, "4": {"n_evaders": 15}}}

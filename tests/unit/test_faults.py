@@ -151,3 +151,44 @@ def test_restarts_are_for_agents_over_ipc() -> None:
     with pytest.raises(ConfigError, match="faults.restart: expected network.transport 'ipc' for restarts"):
         load_config(TINY, ["faults.restart={policy: on-failure}", "network.transport=tcp"])
     assert load_config(TINY, ["faults.restart={policy: always, max_restarts: 5, backoff_s: 0}"]).faults.restart.max_restarts == 5
+
+
+def test_a_fault_is_set_at_a_time_or_at_a_step_exactly_one() -> None:
+    faults = plan_faults(config_with("{at_step: 40, kind: pause, nodes: [agent_1]}", "{at_s: 3, kind: resume, nodes: [agent_1]}"))
+    assert [(f.kind, f.at_s, f.at_step) for f in faults] == [("resume", 3, None), ("pause", None, 40)]
+    assert faults[1].describe().startswith("@step 40 pause agent_1")
+    with pytest.raises(ConfigError, match=r"faults.schedule.0.*exactly one of the two; got both"):
+        config_with("{at_s: 1, at_step: 10, kind: kill, nodes: [agent_0]}")
+    with pytest.raises(ConfigError, match=r"faults.schedule.0.*exactly one of the two; got neither"):
+        config_with("{kind: kill, nodes: [agent_0]}")
+    with pytest.raises(ConfigError, match="faults.schedule.0.at_step"):
+        config_with("{at_step: -1, kind: kill, nodes: [agent_0]}")
+
+
+def test_a_step_the_env_server_never_reaches_is_refused() -> None:
+    steps = config_with().run.steps
+    config_with(f"{{at_step: {steps - 1}, kind: kill, nodes: [agent_0]}}")  # the last step is reached
+    with pytest.raises(ConfigError, match=rf"faults.schedule.0.at_step: expected a training step below run.steps \({steps}\).*got {steps}"):
+        config_with(f"{{at_step: {steps}, kind: kill, nodes: [agent_0]}}")
+
+
+def test_step_faults_fire_when_the_reported_env_step_reaches_them() -> None:
+    clock = FaultClock(plan_faults(config_with(
+        "{at_step: 30, kind: heal}",
+        "{at_step: 10, kind: partition, nodes: [agent_0]}",
+        "{at_s: 2, kind: pause, nodes: [agent_2]}",
+        "{at_step: 10, kind: kill, nodes: [agent_1]}",
+    )))
+    assert clock.due(100.0, env_step=50) == []  # not started: nothing fires, whatever the step
+    clock.start(10.0)
+    assert clock.due(10.5, env_step=None) == []  # no status from the env server yet
+    assert clock.due(10.6, env_step=9) == []
+    # Step faults never set the loop's timeout: only the time fault's due time counts.
+    assert clock.seconds_to_next(10.6) == pytest.approx(1.4)
+    # A report past the step fires every fault up to it, in step then schedule order.
+    assert [(f.kind, f.at_step) for f in clock.due(10.7, env_step=12)] == [("partition", 10), ("kill", 10)]
+    assert clock.due(10.8, env_step=29) == []
+    assert [f.kind for f in clock.due(12.0, env_step=29)] == ["pause"]  # the time fault, on its own clock
+    assert [f.kind for f in clock.due(12.1, env_step=31)] == ["heal"]
+    assert clock.pending == [] and clock.pending_steps == [] and clock.seconds_to_next(13.0) is None
+    assert clock.run_s(13.0) == 3.0

@@ -110,7 +110,9 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
     assert headline["peer_age_p99_ms"] == 90.0
     assert (headline["consensus_first_disagreement_after"], headline["consensus_first_rounds_to_1e-3"]) == (1e-4, 2.0)
     assert (headline["restarts"], headline["faults"]) == (1.0, 1.0)
-    assert summary["faults"] == [{"kind": "kill", "at_s": 3.0, "nodes": ["agent_0"], "skipped": []}]
+    # (an older run's fault event: no run_s or step of its own; run_s from its time)
+    assert summary["faults"] == [{"kind": "kill", "at_s": 3.0, "at_step": None, "run_s": 3.0, "step": None,
+                                  "nodes": ["agent_0"], "skipped": []}]
 
 
 def test_a_run_without_consensus_or_an_end_reports_what_is_there(tmp_path):
@@ -238,3 +240,118 @@ def test_a_network_fault_counts_for_its_targets_not_every_node_it_was_sent_to():
     assert report.fault_targets({"event": "fault", "kind": "kill", "nodes": {"agent_1": 9}}) == {"agent_1"}
     windows = report.fault_windows([partition, grouped, heal])
     assert windows[:2] == [(5.0, 13.0, "partition agent_2"), (6.0, 13.0, "partition agent_0,agent_1,env")]
+
+
+def test_back_after_a_fault_and_metric_rows_lost_per_agent(tmp_path):
+    """agent_0 is partitioned from +2 s to +6 s (it sees steps up to 100, then 300 on) and
+    paused at +8 s for good; agent_1 is never hit but one of its periodic rows (step 200) is
+    missing: a row lost. Rows are written every 50 steps (resolved.yaml)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved.yaml").write_text("agents: {metrics_every_steps: 50}\n")
+    write_jsonl(run_dir / "events.jsonl", [
+        {"t": T0, "event": "started", "node": None},
+        {"t": T0 + 2, "event": "fault", "kind": "partition", "at_s": 2.0, "run_s": 2.0, "step": 100, "position": 0,
+         "targets": ["agent_0"], "nodes": {"env": 1, "agent_0": 2, "agent_1": 3}},
+        {"t": T0 + 6, "event": "fault", "kind": "heal", "at_step": 250, "run_s": 6.0, "step": 260, "position": 1,
+         "targets": [], "nodes": {"env": 1, "agent_0": 2, "agent_1": 3}},
+        {"t": T0 + 8, "event": "fault", "kind": "pause", "at_s": 8.0, "position": 2, "nodes": {"agent_0": 2}},
+        {"t": T0 + 10, "event": "run_finished", "node": None, "exit_code": 0, "reason": "budget spent"},
+    ])  # fmt: skip
+    agent_0 = [{"step": s, "t": T0 + s / 50, "dqn/loss": 0.1} for s in (0, 50, 100)]
+    agent_0 += [{"step": 100, "t": T0 + 4, "membership/peers_alive": 0.0},  # cut off: its step stands still
+                {"step": 100, "t": T0 + 6.01, "link/agent_0_to_env/dropped_loss": 0.0},  # the heal's row: no step, no loss
+                {"step": 275, "t": T0 + 6.5, "env/episode_return": -1.0},  # acting again 0.5 s after the heal
+                {"step": 300, "t": T0 + 6.75, "dqn/loss": 0.2},  # learning again
+                {"step": 350, "t": T0 + 7.5, "dqn/loss": 0.2}]  # paused after this: 400 on never come
+    agent_1 = [{"step": s, "t": T0 + s / 50, "dqn/loss": 0.1} for s in (0, 50, 100, 150, 250, 300, 350, 400)]
+    write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", agent_0)
+    write_jsonl(run_dir / "nodes" / "agent_1" / "metrics.jsonl", agent_1)
+    summary = report.summarize_run(run_dir)
+    a0, a1 = summary["agents"]["agent_0"], summary["agents"]["agent_1"]
+    partition, pause = a0["interruptions"]
+    assert (partition["kind"], partition["start"], partition["end"]) == ("partition", T0 + 2, T0 + 6)
+    assert partition["acting_after_s"] == pytest.approx(0.5) and partition["learning_after_s"] == pytest.approx(0.75)
+    assert (pause["kind"], pause["end"], pause["acting_after_s"]) == ("pause", None, None)
+    # 150..250 were not seen (cut off); 400 was never reached after the pause: neither is lost.
+    assert a0["metric_rows_lost"] == [] and a0["back_after_fault_s"] == pytest.approx(0.5)
+    assert a1["interruptions"] == [] and a1["metric_rows_lost"] == [200] and a1["back_after_fault_s"] is None
+    assert summary["headline"]["metric_rows_lost"] == 1.0
+    assert summary["headline"]["back_after_fault_s"] == pytest.approx(0.5)
+    assert summary["headline"]["learning_after_fault_s"] == pytest.approx(0.75)
+    assert [(f["kind"], f["at_s"], f["at_step"], f["step"]) for f in summary["faults"]][:2] == [
+        ("partition", 2.0, None, 100), ("heal", None, 250, 260)]
+    out = io.StringIO()
+    report.render_run(summary, __import__("rich.console").console.Console(file=out, width=300))
+    text = out.getvalue()
+    assert "fault: heal at step 250 (fired at +6 s, step 260)" in text
+    assert "agent_0: after the partition (faults.schedule.0) ended, acting again after 0.5 s, learning after 0.75 s" in text
+    assert "agent_1: metric rows lost at steps [200]" in text
+
+
+def test_an_agent_that_never_acts_again_after_a_heal_has_no_back_after_figure(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved.yaml").write_text("run: {name: run}\n")
+    write_jsonl(run_dir / "events.jsonl", [
+        {"t": T0, "event": "started", "node": None},
+        {"t": T0 + 1, "event": "fault", "kind": "partition", "position": 0, "targets": ["agent_0"], "nodes": {"agent_0": 2}},
+        {"t": T0 + 2, "event": "fault", "kind": "heal", "position": 1, "targets": [], "nodes": {"agent_0": 2}},
+    ])  # fmt: skip
+    write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl",
+                [{"step": 0, "t": T0}, {"step": 250, "t": T0 + 0.5}, {"step": 250, "t": T0 + 3, "membership/peers_alive": 2.0}])
+    summary = report.summarize_run(run_dir)
+    agent = summary["agents"]["agent_0"]
+    assert agent["interruptions"][0]["acting_after_s"] is None
+    assert agent["back_after_fault_s"] is None and summary["headline"]["back_after_fault_s"] is None
+
+
+def test_every_up_writes_the_run_report_and_a_failed_plot_is_an_event_not_a_failure(tmp_path, monkeypatch, capsys):
+    from orchestrator import runtime
+    from orchestrator.rundir import EventLog, read_jsonl
+
+    run_dir = make_run(tmp_path / "run")
+    events = EventLog(run_dir / "events.jsonl")
+    runtime.write_report(run_dir, events)
+    assert (run_dir / "report" / "summary.md").read_text().startswith("# Run run\n")
+    assert (run_dir / "report" / "timeline.png").stat().st_size > 1000
+    assert "report: " in capsys.readouterr().err
+    assert not any(e["event"] == "report_failed" for e in read_jsonl(run_dir / "events.jsonl"))
+
+    (run_dir / "report" / "timeline.png").unlink()
+    runtime.write_report(run_dir, events, plots=False)  # after Ctrl-C: the summary only
+    assert not (run_dir / "report" / "timeline.png").exists() and (run_dir / "report" / "summary.md").is_file()
+
+    def broken_plot(summary, out_dir):
+        raise RuntimeError("no display backend")
+
+    monkeypatch.setattr(report, "plot_run", broken_plot)
+    runtime.write_report(run_dir, events)  # must not raise
+    failed = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "report_failed"]
+    assert failed and failed[-1]["problems"] == ["plots: RuntimeError: no display backend"]
+    assert failed[-1]["written"] == [str(run_dir / "report" / "summary.md")]
+    assert "report not complete: plots: RuntimeError: no display backend" in capsys.readouterr().err
+    # A run directory the report cannot read: a problem line, not an exception.
+    written, problems = report.write_run_report(tmp_path / "missing")
+    assert written == [] and problems and problems[0].startswith("summary: RunDirError")
+
+
+def test_a_push_sum_run_reports_its_disagreement_estimate_and_no_rounds(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved.yaml").write_text("run: {name: run}\n")
+    write_jsonl(run_dir / "events.jsonl", [{"t": T0, "event": "started", "node": None}])
+    for node, (first, last) in {"agent_0": (4.0, 1e-6), "agent_1": (2.0, 3e-6)}.items():
+        write_jsonl(run_dir / "nodes" / node / "metrics.jsonl", [
+            {"step": 20, "t": T0 + 1, "consensus/pushes": 40.0, "consensus/weight_mass": 1.0,
+             "consensus/disagreement_first": first, "consensus/disagreement_last": last},
+            {"step": 20, "t": T0 + 1, "consensus/duration_s": 2.0}])  # fmt: skip
+    summary = report.summarize_run(run_dir)
+    consensus = summary["consensus"]
+    assert consensus["rounds_mean"] is None and consensus["disagreement_first_mean"] == pytest.approx(3.0)
+    assert consensus["disagreement_last_mean"] == pytest.approx(2e-6)
+    assert consensus["first_session"]["reached_1e-3_fraction"] is None  # no rounds: not 0%
+    assert summary["headline"]["consensus_first_disagreement_after"] == pytest.approx(2e-6)
+    out = io.StringIO()
+    report.render_run(summary, __import__("rich.console").console.Console(file=out, width=300))
+    assert "disagreement estimate 3.00e+00 at the first pushes heard -> 2.00e-06 at the last" in out.getvalue()
