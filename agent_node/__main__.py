@@ -37,6 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(config.torch_threads)
+    if node_config.run.reproducible:
+        # A kernel with no deterministic version then fails loudly instead of drifting.
+        torch.use_deterministic_algorithms(True)
+        # Parley's own draws use seeded generators; library code that draws from the global
+        # generators (torch, numpy's legacy one, random) gets this node's stream too.
+        import random
+
+        import numpy as np
+
+        global_seed = identity.seed("global_rng")
+        torch.manual_seed(global_seed)
+        np.random.seed(global_seed)
+        random.seed(global_seed)
 
     from agent_node.node import AgentNode, NodeState
     from protocols.control import ShutdownRequested

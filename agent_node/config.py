@@ -39,13 +39,17 @@ class AgentsConfig(BaseModel):
     replay_save_every_steps: int = Field(20000, ge=1)
     # Gradient steps a node takes between two looks at its sockets: small enough that a message
     # waiting meanwhile (an observation, a heartbeat) is answered within a few steps' time.
+    # With `run.reproducible: true` the slices change nothing the seed decides: the steps are the
+    # same, and the learner metrics are averaged per gradient step rather than per slice.
     gradient_steps_per_slice: int = Field(4, ge=1)
     # The update-ratio contract: an agent does not answer an observation while its learner owes
     # more than this many gradient steps; it learns first. Without it a learner slower than the
     # lockstep silently skips updates (its ratio of updates to env steps falls below the
     # configured one), and speed comparisons compare unequal work. Every run logs the learner's
     # cumulative counters (`<kind>/gradient_steps`, `<kind>/steps_pending`, `<kind>/steps_owed`)
-    # at each evaluation and at the end, and finishes what it owes while draining.
+    # at each evaluation and at the end, and finishes what it owes while draining. A run with
+    # `run.reproducible: true` defaults it to 0 and refuses another value (an agent then acts only
+    # once it owes nothing, so no gradient step's place in the run depends on timing).
     max_pending_gradient_steps: int = Field(64, ge=0)
     # Learner scalars (losses, epsilon, ...) are averaged and written every this many lockstep
     # steps; episode returns are written as each episode ends.

@@ -29,6 +29,18 @@ through one table (`AgentNode.HANDLERS`: message type -> the source it must come
 Learning is done in bounded slices between network events, so a long learner update can delay
 heartbeats by one slice at most.
 
+Reproducible runs (`run.reproducible`): the update-ratio contract has no slack
+(`max_pending_gradient_steps` is 0), so an observation is answered only once every gradient
+step it made due is taken: each step then samples the replay buffer at the same point of the
+run however the slices fell between messages. The slices call the learner one gradient step at
+a time, so the learner metrics are means over gradient steps, not over slices of a timing-decided
+size. When the orchestrator's stop overtakes the env server's last observation, the node waits
+for that observation, as every run with the seed learns from it. What timing can still change
+(a step the env server took without an agent's answer, a consensus round without every share, a
+restart from a checkpoint, a last observation that never came) is written once per cause as
+`reproducibility/broken` (`_reproducibility_broken`); orchestrator/reproducibility.py refuses
+the settings that cannot be reproducible.
+
 Consensus (when the run enables it): at the lockstep step that reaches a tick of the consensus
 subject (see `consensus_subjects.py`), the node holds the observation it just received, enters
 `averaging`, prepares the tensors, and runs the consensus engine with its neighbours under the
@@ -151,6 +163,11 @@ class AgentNode:
         # An observation answered once the learner owes at most max_pending_gradient_steps.
         self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
+        self.reproducible = run.run.reproducible  # run.reproducible (module docstring)
+        self._broken_causes: set[str] = set()  # why this run stopped being a function of its seed
+        # Reproducible runs: the orchestrator said the budget is spent before the env server's
+        # last observation (run_finished) was handled here; the node waits for it (on_shutdown).
+        self.awaiting_final_observation = False
 
         self.hub = Hub(
             sender=identity.node_id,
@@ -387,12 +404,24 @@ class AgentNode:
                 self._dispatch(source, envelope)
         self._on_timers(time.monotonic())
         if learning_due and self.state is NodeState.RUNNING:
-            self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
+            self._learn_one_slice()
             if self.waiting_for_updates is not None:
                 self.env_client.heard(time.monotonic())  # the env server is waiting for us, not silent
                 if self.learner.gradient_steps_due() <= self.config.max_pending_gradient_steps:
                     message, self.waiting_for_updates = self.waiting_for_updates, None
                     self._act(message)
+
+    def _learn_one_slice(self) -> None:
+        """Up to `gradient_steps_per_slice` of the gradient steps owed. A reproducible run takes
+        them one `update` call each, so the metric means it accumulates are per gradient step
+        whatever the slicing (the steps themselves are the same either way)."""
+        if not self.reproducible:
+            self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
+            return
+        for _ in range(self.config.gradient_steps_per_slice):
+            if self.learner.gradient_steps_due() <= 0:
+                return
+            self.metrics.accumulate(self.learner.update(max_gradient_steps=1))
 
     def _next_deadline(self) -> float:
         deadlines = [
@@ -420,6 +449,10 @@ class AgentNode:
             self._finish_consensus_if_done(now)
             self.env_client.heard(now)  # the env server is waiting for us, not silent
         silent_for = self.env_client.silent_for(now)
+        if self.awaiting_final_observation and silent_for > self.config.env_silence_timeout_s:
+            self._reproducibility_broken("run_end", "the env server's last observation never arrived")
+            self.begin_draining(RUN_BUDGET_SPENT)
+            return
         # Cut off from the env server by an emulated partition (faults.schedule), its silence is
         # expected: wait for the heal (FaultEvent in orchestrator/config.py).
         if silent_for > self.config.env_silence_timeout_s and not self.hub.links.partitions.blocks(self.context.node_id, ENV_NODE_ID):
@@ -484,6 +517,7 @@ class AgentNode:
             message.step, "averaging" if self.waiting_for_updates is None else "learning owed updates",
         )
         self.metrics.accumulate({"env/stepped_without_answer": 1.0})
+        self._reproducibility_broken("step_deadline", "the env server played a default action for this agent")
         self.episodes.stepped_without_answer()
         self._record_transition(message)
         if message.run_finished:
@@ -512,6 +546,8 @@ class AgentNode:
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
             return
+        if message.missing:
+            self._reproducibility_broken("step_deadline", f"an evaluation step went on without {sorted(message.missing)}")
         observations = message.observations[self.env_agent]
         actions = self.learner.act(observations, explore=False)
         self.env.send(self.env_client.answer(message, {self.env_agent: actions}))
@@ -535,6 +571,7 @@ class AgentNode:
             )
         if message.missing:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
+            self._reproducibility_broken("step_deadline", f"the env server stepped without {sorted(message.missing)}")
         if message.step % self.config.metrics_every_steps == 0:
             self.metrics.flush_means(message.step)
             self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
@@ -578,6 +615,12 @@ class AgentNode:
         return self.centralized and self.config.learning and self.learner.lagging(self.config.max_pending_gradient_steps)
 
     def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
+        if self.reproducible and shutdown.reason == RUN_BUDGET_SPENT and self.state is NodeState.RUNNING:
+            # The env server sent its last observation before it told the orchestrator, but on
+            # another connection: it can be handled after this. Every run with this seed learns
+            # from it, so wait for it (its run_finished drains the node; `_on_timers` bounds the wait).
+            self.awaiting_final_observation = True
+            return
         self.begin_draining(shutdown.reason)
 
     def on_network_fault(self, sender: str, fault: m.Partition | m.Heal | m.SetLink, now: float) -> None:
@@ -633,6 +676,11 @@ class AgentNode:
             return
         for record in finished.records:
             self.metrics.write(self.step, record)
+        if any(record.get("consensus/missing_neighbours", 0.0) > 0 for record in finished.records):
+            self._reproducibility_broken(
+                "consensus_incomplete",
+                "a consensus round ended without every neighbour's share (a deadline, or a neighbour that finished or moved on)",
+            )
         self.transition(NodeState.RUNNING)
         if (tick := self.consensus.due(finished.held.step)) is not None:
             # The env server stepped on past a newer tick while this run went on (a long run, or
@@ -640,6 +688,15 @@ class AgentNode:
             self._start_consensus(finished.held, tick)
         else:
             self._act(finished.held)
+
+    def _reproducibility_broken(self, cause: str, what: str) -> None:
+        """Timing decided something in a reproducible run: say so once per cause, in the metrics
+        (`reproducibility/broken` and `reproducibility/<cause>`) and the log."""
+        if not self.reproducible or cause in self._broken_causes:
+            return
+        self._broken_causes.add(cause)
+        log.warning("run.reproducible: this run is no longer a function of its seed from step %d: %s", self.step, what)
+        self.metrics.write(self.step, {"reproducibility/broken": 1.0, f"reproducibility/{cause}": 1.0})
 
     def _send_peers(self, outgoing: list) -> None:
         self.mesh.send(outgoing)
@@ -679,6 +736,9 @@ class AgentNode:
         restored = self.persistence.restore(self.learner)
         if restored is not None:
             self.episodes.episodes = restored.episodes
+            # The replay buffer is saved less often than the weights, and the steps since the
+            # checkpoint are not replayed: the seed no longer decides what this agent learns.
+            self._reproducibility_broken("restart", "this agent resumed from its last checkpoint")
         elif self.config.load_checkpoints is not None:
             initial = Path(self.config.load_checkpoints) / self.env_agent / "latest.pt"
             if not self.persistence.load_initial_checkpoint(self.learner, initial):

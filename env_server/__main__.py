@@ -201,8 +201,10 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 elif isinstance(envelope.message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
                     log.warning("%s", apply_network_fault(hub.links, envelope.message))
                     server.write_metrics(hub.link_metrics())
-            # A final evaluation may still be running after the last training step.
-            if server.run_finished and not server.evaluating and not reported_complete:
+            # A final evaluation may still be running after the last training step; the last
+            # observations, held back by link emulation (network: delay), go out first: the
+            # orchestrator stops every node once it hears the run is complete.
+            if server.run_finished and not server.evaluating and not reported_complete and hub.next_due() is None:
                 control.channel.send(m.RunComplete(steps=server.counters.steps))
                 reported_complete = True
             if control.status_due(now, status_every_s):

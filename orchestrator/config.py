@@ -53,6 +53,7 @@ from orchestrator.backends.ray_config import RayPlacement
 from protocols.config_errors import ConfigError, format_validation_error
 from protocols.links import LinkConfig
 from orchestrator.overrides import apply_overrides, load_yaml
+from orchestrator.reproducibility import owe_nothing_by_default, reproducibility_problems
 from protocols.seeds import derive_seed
 from protocols.settings import (
     ENV_NODE_ID,
@@ -319,6 +320,11 @@ class RunConfig(BaseModel):
     nodes: dict[str, NodeEntry] | None = None
     runtime: RunLayout | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reproducible_runs_owe_nothing(cls, data: Any) -> Any:
+        return owe_nothing_by_default(data)  # run.reproducible: agents.max_pending_gradient_steps defaults to 0
+
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
         # Every problem on its own line, each starting with its field path; the error
@@ -451,6 +457,8 @@ class RunConfig(BaseModel):
                     "protocols.consensus.weights: expected 'metropolis' for a topology whose nodes have different "
                     f"degrees ({degrees}); 'uniform' is only doubly stochastic on regular graphs"
                 )
+
+        problems.extend(reproducibility_problems(self))  # run.reproducible: what it cannot pin
 
         if self.nodes is not None:
             expected = derive_nodes(self)

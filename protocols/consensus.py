@@ -511,7 +511,9 @@ class SyncConsensus:
         return outgoing
 
     def _finish_round(self, now: float) -> list[Outgoing]:
-        received = self._received
+        # In sender order, not arrival order: float sums then come out the same in every run
+        # with one seed (run.reproducible), however the shares raced.
+        received = dict(sorted(self._received.items()))
         distances = [_distance(self._values, tensors) for tensors in received.values()]
         missing = tuple(sorted(set(self.neighbour_weights) - received.keys()))
         # A missing neighbour's weight stays on our own value, so the row still sums to 1.

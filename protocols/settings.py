@@ -113,6 +113,15 @@ class RunSection(BaseModel):
     steps: int = Field(gt=0)
     # Directory under which runs/<name>/<timestamp>/ is created, relative to the working dir.
     root: str = Field("runs", min_length=1)
+    # true: the run is a function of its seed, whatever the timing (machine load, slices, link
+    # delays). Every agent finishes the gradient steps it owes before it acts, so each gradient
+    # step samples the same buffer at the same point; a run that mixes in anything timing-decided
+    # is refused (push-sum, centralized training, goal negotiation, random drops on links, fault
+    # schedules: orchestrator/reproducibility.py says why for each). What can still intervene at
+    # run time (a step deadline or a consensus round that ran out, a restart from a checkpoint)
+    # is written as `reproducibility/broken` in the node's metrics. It lives in `run`, beside the
+    # seed it makes binding, because it constrains several sections and every node reads `run`.
+    reproducible: bool = False
 
     @field_validator("name")
     @classmethod

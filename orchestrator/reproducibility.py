@@ -1,0 +1,125 @@
+"""`run.reproducible`: which runs can be a function of their seed, and why the others cannot.
+
+A run is reproducible when every input of every learner is decided by the seed and the config,
+never by the clock. What the mode itself fixes (agent_node/node.py): an agent acts only once its
+learner owes no gradient step, so each gradient step samples the replay buffer at the same point
+of the run whatever the load; its learner metrics are averaged per gradient step, not per slice;
+torch runs its deterministic kernels and the global generators are seeded per node
+(agent_node/__main__.py); a stop from the orchestrator waits for the env server's last
+observation. What is deterministic without it:
+
+- the random streams: every node, learner, world model, env copy and link draws from
+  `derive_seed(run.seed, node index, stream)` (protocols/seeds.py);
+- the lockstep: the env server steps when every agent answered, so the env sees the same actions
+  in the same order; evaluation episodes start at fixed lockstep steps (`env.eval_every_steps`) on
+  their own seeded copies, when no agent owes an update;
+- synchronous consensus: it starts at a lockstep step, each agent's tensors are taken before
+  that step's updates (the same point in every run), and a round that has every share mixes the
+  same numbers in the same (sender) order, so its float sums do not depend on which share came
+  first (protocols/consensus.py `_finish_round`). A round that runs out (`round_timeout_s`)
+  mixes without the missing share: that is timing, and the node writes it as broken
+  reproducibility;
+- link delay, jitter, reordering and bandwidth: they change when a message arrives, never what
+  it says or whether it arrives; the lockstep and the consensus rounds wait for it (unless a
+  deadline runs out, which the node records).
+
+What cannot be made reproducible is refused here, one line per problem (`reproducibility_problems`).
+What can still go wrong at run time (an agent slower than `env.step_deadline_s`, a consensus round
+without every share, an agent restarted from its last checkpoint, a last observation that never
+came) is written to that agent's metrics as
+`reproducibility/broken` with the cause, so a user sees that this run's seed no longer pins it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from protocols.links import LinkConfig
+
+if TYPE_CHECKING:  # orchestrator/config.py imports this module
+    from orchestrator.config import RunConfig
+
+_WHY = "run.reproducible: true"
+
+
+def owe_nothing_by_default(data: Any) -> Any:
+    """The plain config data, with `agents.max_pending_gradient_steps: 0` where a reproducible
+    run leaves it out: the update-ratio contract with no slack is what makes an agent finish its
+    owed gradient steps before acting (agent_node/node.py `_act`). Written into resolved.yaml like
+    every default, so the agents read the bound they run with."""
+    if not isinstance(data, dict):
+        return data
+    run, agents = data.get("run"), data.get("agents")
+    if isinstance(run, dict) and run.get("reproducible") is True and isinstance(agents, dict):
+        if "max_pending_gradient_steps" not in agents:
+            return {**data, "agents": {**agents, "max_pending_gradient_steps": 0}}
+    return data
+
+
+def reproducibility_problems(config: RunConfig) -> list[str]:
+    """Every section setting a reproducible run cannot honour, each naming why; [] when not asked."""
+    if not config.run.reproducible:
+        return []
+    problems: list[str] = []
+    consensus = config.protocols.consensus
+    if consensus.enabled and consensus.mode == "push_sum":
+        problems.append(
+            f"protocols.consensus.mode: expected 'sync' with {_WHY}, got 'push_sum': push-sum is asynchronous (each "
+            "node pushes every push_sum_period_s for push_sum_duration_s of wall time), so how many exchanges an "
+            "average mixes, and in which order, is decided by timing"
+        )
+    if config.training.mode == "centralized":
+        problems.append(
+            f"training.mode: expected 'decentralized' with {_WHY}, got 'centralized': the learner node trains on its "
+            "own clock and the agents act with whichever parameters arrived last"
+        )
+    if config.agents.goals is not None:
+        problems.append(
+            f"agents.goals: expected none with {_WHY}: goal negotiation, the env server's hold of each episode start "
+            "for it (env.episode_start_hold_s, which needs goals) and hindsight sharing end at wall-clock deadlines, "
+            "so which goal an episode gets can depend on timing"
+        )
+    if config.agents.max_pending_gradient_steps != 0:
+        problems.append(
+            f"agents.max_pending_gradient_steps: expected 0 (its default with {_WHY}), got "
+            f"{config.agents.max_pending_gradient_steps}: a reproducible agent acts only once it owes no gradient step"
+        )
+    if config.faults.schedule:
+        problems.append(
+            f"faults.schedule: expected no scheduled faults with {_WHY}, got {len(config.faults.schedule)}: a kill "
+            "or pause lands between whatever steps the clock decides, a restarted agent resumes from its last "
+            "checkpoint, and partitions and link changes make deadlines run out"
+        )
+    if config.network.partitions:
+        problems.append(
+            f"network.partitions: expected none with {_WHY}: a partitioned neighbour's consensus shares never "
+            "arrive, so every round runs out on its deadline"
+        )
+    links = [("network.default_link", config.network.default_link)]
+    links += [(f"network.links.{position}.link", override.link) for position, override in enumerate(config.network.links)]
+    for path, link in links:
+        problems.extend(_link_problems(path, link))
+    return problems
+
+
+def _link_problems(path: str, link: LinkConfig) -> list[str]:
+    """Drops and duplicates change what arrives, and timing decides which message they hit."""
+    shared_draws = (
+        "the link draws it from its own seeded stream, but heartbeats sent on a clock take draws from that "
+        "stream too, so which message it hits depends on timing"
+    )
+    reasons = {
+        "loss": (link.loss > 0, shared_draws),
+        "loss_model": (link.loss_model == "gilbert_elliott", shared_draws),
+        "duplicate": (link.duplicate > 0, shared_draws),
+        "queue_limit_bytes": (
+            link.queue_limit_bytes is not None,
+            "a full queue drops whatever the clock put in it (heartbeats included)",
+        ),
+    }
+    allowed = "(delay, jitter, reorder and bandwidth are allowed: they change only when a message arrives)"
+    return [
+        f"{path}.{field}: expected no drops or duplicates with {_WHY}, got {getattr(link, field)!r}: {why} {allowed}"
+        for field, (present, why) in reasons.items()
+        if present
+    ]
