@@ -6,10 +6,10 @@ current Q-network), then sends `ctde.transitions`; the node joins them into join
 VDN or QMIX mixer over all agents' Q networks and sends each agent its Q-network parameters
 (`ctde.params`) every `params_every` gradient steps, through the routing id that agent's messages
 came from. All the learning logic is in agent_node/ctde_learner.py; this file is the socket loop
-around it. Every `ctde.params` also acknowledges the rows taken in from that agent, and an agent
-sent nothing for as many of its rows as owe `params_every` gradient steps gets a bare acknowledgement: the agents keep acting
-with the newest parameters they have while few enough of their rows are in flight
-(protocols/ctde.py, flow control).
+around it. Every `ctde.params` also acknowledges the rows taken in from that agent; an agent
+sent nothing while it streamed the rows of `params_every` gradient steps gets a bare
+acknowledgement. The agents keep acting with the newest parameters they have while few enough
+of their rows are unacknowledged (protocols/ctde.py, flow control).
 
 **Restarts.** In an orchestrated run the node keeps a checkpoint in its node dir
 (`checkpoints/latest.pt`: the spaces, every agent's Q network and target, the mixer and its
