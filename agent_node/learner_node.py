@@ -310,7 +310,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         log.info("learner %s running: %s mixer for %d agents at %s", node_id, training.mixer, run.agents.count, inbox.endpoint)
         status_every_s = run.protocols.control.status_every_s
         started = time.monotonic()
-        logged = [0]  # parameter broadcasts already logged to metrics.jsonl
+        logged = [0 if service.core is None else service.core.params_sent]  # broadcasts already in metrics.jsonl (restored ones too)
 
         def report() -> None:
             """Checkpoint when due, metrics at each new parameter broadcast, status when due. Called
