@@ -13,6 +13,7 @@ agent_node/node.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 import gymnasium as gym
@@ -25,8 +26,9 @@ from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
 from protocols.spaces import encode_space
 
 
-def transitions_message(agent_index: int, env_step: int, transition: Transition) -> CTDETransitions:
-    """The message for one agent's rows of one env step; the transition must carry the global view."""
+def transitions_message(agent_index: int, env_step: int, transition: Transition, rows_sent_before: int = 0) -> CTDETransitions:
+    """The message for one agent's rows of one env step, after `rows_sent_before` rows streamed;
+    the transition must carry the global view."""
     missing = [name for name in ("global_state", "next_global_state", "copy_index") if getattr(transition, name) is None]
     if missing:
         raise ValueError(
@@ -44,6 +46,7 @@ def transitions_message(agent_index: int, env_step: int, transition: Transition)
         terminated=np.asarray(transition.terminated, bool),
         global_state=np.asarray(transition.global_state, np.float32).reshape(len(transition.global_state), -1),
         next_global_state=np.asarray(transition.next_global_state, np.float32).reshape(len(transition.next_global_state), -1),
+        rows_sent=int(rows_sent_before) + len(transition.obs),
     )
 
 
@@ -58,7 +61,10 @@ class ParamsReceiver:
         self.last_gradient_step = -1
 
     def on_params(self, message: CTDEParams) -> bool:
-        """Apply `message` if it is newer than the last one applied; True when applied."""
+        """Apply `message` if it is newer than the last one applied; True when applied. A bare
+        acknowledgement (no params) is neither applied nor counted."""
+        if not message.params:
+            return False
         if message.gradient_step <= self.last_gradient_step:
             self.updates_stale += 1
             return False
@@ -84,13 +90,23 @@ class CentralizedDQNActor:
     `DQNAgent` counts its observed rows; the network's own optimizer is never stepped.
 
     **The update-ratio contract, across processes.** The learner node owes gradient steps for
-    the rows the agents streamed (`schedule`: `learning_starts`, `gradient_steps_per_row`, from
-    training_config.learner_schedule). An agent that acted on however stale parameters would let a
-    slow learner fall behind unnoticed and do its training after the run. `lagging(bound)` says
-    when the newest parameters this agent holds are more than `bound` gradient steps (plus the
-    `params_every` between two broadcasts) behind what its own streamed rows owe; the node then
-    holds its observation until fresher parameters arrive, as a decentralized agent learns
-    first when its learner owes more than `agents.max_pending_gradient_steps`.
+    the rows the agents streamed (`schedule["gradient_steps_per_row"]`, from
+    training_config.learner_schedule). An agent that streamed on however slow its learner would let
+    it fall behind unnoticed and do its training after the run. The learner acknowledges, in every
+    `ctde.params`, how many of this agent's rows it has taken in (protocols/ctde.py, flow
+    control); `lagging(bound)` says when the rows not yet taken in owe more than `bound` gradient
+    steps (plus the `params_every` between two acknowledgements), and the node then holds its
+    observation until the learner catches up, as a decentralized agent learns first when its
+    learner owes more than `agents.max_pending_gradient_steps`.
+
+    Counting rows *not yet taken in*, rather than rows owed minus the gradient step of the
+    newest parameters, is what lets a run survive restarts: rows the learner took in but will
+    never train on (the other agents' pieces of steps a dead agent missed, or what a restarted
+    learner received after its last checkpoint) would otherwise stay owed forever and hold every
+    agent back for the rest of the run. While the learner node is down (restarting), the agents
+    act on with their last parameters and their rows wait in their sockets until this bound is
+    reached; then they hold their observations (the env server plays their default actions) until
+    the restarted learner has taken the waiting rows in.
     """
 
     def __init__(
@@ -115,7 +131,7 @@ class CentralizedDQNActor:
         self.send = send
         self.explore_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(4)[3])
         self.rows_sent = 0
-        self.learning_starts = int(schedule["learning_starts"])
+        self.rows_taken = 0  # the newest count of our rows the learner node says it has taken in
         self.gradient_steps_per_row = float(schedule["gradient_steps_per_row"])
         self.params_every = int(params_every)
         self.join = CTDEJoin(
@@ -126,8 +142,10 @@ class CentralizedDQNActor:
         )
 
     def hello(self) -> None:
-        """Announce this agent to the learner node (it answers with its current parameters)."""
-        self.send(self.join)
+        """Announce this agent to the learner node (it answers with its current parameters and
+        acknowledges the rows sent before). The node calls it again while it holds for the learner
+        (protocols/ctde.py, flow control)."""
+        self.send(replace(self.join, rows_sent=self.rows_sent))
 
     # ------------------------------------------------------------------ Actor
 
@@ -147,7 +165,7 @@ class CentralizedDQNActor:
 
     def observe_at(self, env_step: int, transition: Transition) -> None:
         """Stream this agent's rows of lockstep step `env_step` to the learner node."""
-        message = transitions_message(self.agent_index, env_step, transition)
+        message = transitions_message(self.agent_index, env_step, transition, self.rows_sent)
         message = _with_network_actions(message, self.dqn.action_start)
         self.send(message)
         self.rows_sent += len(message.reward)
@@ -156,27 +174,31 @@ class CentralizedDQNActor:
         raise TypeError("a centralized agent streams transitions with observe_at(env_step, transition): the learner node joins agents by step")
 
     def on_params(self, message: CTDEParams) -> bool:
+        if message.rows_taken >= 0:
+            self.rows_taken = int(message.rows_taken)
         return self.receiver.on_params(message)
 
     def gradient_steps_due(self) -> int:
         return 0  # this node takes none: the learner node does (see `lagging`)
 
+    def rows_in_flight(self) -> int:
+        """Rows streamed that the learner node has not said it took in (on their way, or waiting in its socket)."""
+        return max(0, self.rows_sent - self.rows_taken)
+
     def learner_steps_owed(self) -> int:
-        """Gradient steps the learner node owes for the rows this agent has streamed."""
-        if self.rows_sent < self.learning_starts:
-            return 0
-        return int((self.rows_sent - self.learning_starts) * self.gradient_steps_per_row)
+        """Gradient steps the learner node will owe for the rows in flight."""
+        return int(self.rows_in_flight() * self.gradient_steps_per_row)
 
     def lagging(self, bound: int) -> bool:
-        """Are the newest parameters held more than `bound` (+ params_every) steps behind what is owed?"""
-        held = max(0, self.receiver.last_gradient_step)
-        return self.learner_steps_owed() - held > bound + self.params_every
+        """Do the rows in flight owe more than `bound` (+ params_every) gradient steps?"""
+        return self.learner_steps_owed() > bound + self.params_every
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         return {}
 
     def counters(self) -> dict[str, float]:
-        return {"ctde/rows_sent": float(self.rows_sent), "ctde/learner_steps_owed": float(self.learner_steps_owed()), **self.receiver.metrics()}
+        return {"ctde/rows_sent": float(self.rows_sent), "ctde/rows_in_flight": float(self.rows_in_flight()),
+                "ctde/learner_steps_owed": float(self.learner_steps_owed()), **self.receiver.metrics()}
 
     def state_dict(self) -> dict[str, Any]:
         """The acting network as a DQN checkpoint (loadable by a `kind: dqn` agent) plus the stream's counters."""
@@ -192,6 +214,7 @@ class CentralizedDQNActor:
             raise ValueError(f"expected a centralized agent's checkpoint (algorithm 'ctde_actor'), got {state.get('algorithm')!r}")
         self.dqn.load_state_dict(state["dqn"])
         self.rows_sent = int(state["rows_sent"])
+        self.rows_taken = self.rows_sent  # nothing of this incarnation is in flight yet
         self.receiver.last_gradient_step = int(state["params_gradient_step"])
 
 
@@ -199,6 +222,4 @@ def _with_network_actions(message: CTDETransitions, action_start: int) -> CTDETr
     """Actions as the network's indices 0..n-1 (gymnasium's Discrete(n, start=s) acts s..s+n-1)."""
     if action_start == 0:
         return message
-    from dataclasses import replace
-
     return replace(message, action=message.action - action_start)

@@ -13,17 +13,28 @@ dropped a copy, or died) are evicted oldest-first past `max_pending` keys and co
 `gradient_steps_per_row` gradient steps per completed row once `learning_starts` rows are in,
 and every `params_every` gradient steps returns one `CTDEParams` per agent for the node to send.
 It never touches a socket or a clock, so it is tested with lists of messages (tests/unit/test_ctde_learner.py).
+
+**What survives a restart of the learner node.** `state_dict` holds the mixer learner's state
+(every agent's Q network and its target, the mixer and its target, the optimizer, the gradient
+step counter) and the core's counters; `save_joint_replay` / `restore_joint_replay` keep the
+joint replay buffer (its rows, ring position and sampling RNG) in an .npz, written atomically
+like an agent's replay (agent_node/persistence.py). Rows waiting for other agents' pieces are
+not kept: the agents stream on, and the pieces of the steps around the restart never join.
 The process around it is agent_node/learner_node.py (the orchestrator's `learner` role); the
 agents' side is agent_node/ctde_client.py.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections import OrderedDict
+from typing import Any, Mapping
 
 import numpy as np
 
 from agent_node.algos.mixers import CentralizedMixerLearner, JointReplayBuffer
+from agent_node.persistence import atomic_write
 from protocols.ctde import CTDEParams, CTDETransitions
 
 
@@ -148,3 +159,58 @@ class CentralizedLearnerCore:
             "learner/params_broadcasts": float(self.params_sent),
             **self.last_losses,
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mixer learner's state and the core's counters (the replay buffer is saved apart)."""
+        return {
+            "learner": self.learner.state_dict(),
+            "owed_steps": float(self.owed_steps),
+            "params_sent": int(self.params_sent),
+            "rows_completed": int(self.assembler.rows_completed),
+            "rows_evicted": int(self.assembler.rows_evicted),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.owed_steps = float(state["owed_steps"])
+        self.params_sent = int(state["params_sent"])
+        self.assembler.rows_completed = int(state["rows_completed"])
+        self.assembler.rows_evicted = int(state["rows_evicted"])
+
+
+JOINT_REPLAY_FORMAT_VERSION = 1
+
+
+def save_joint_replay(replay: JointReplayBuffer, path: str | os.PathLike[str]) -> None:
+    """Write the filled rows, ring position and sampling RNG of `replay` to `path` (.npz), atomically."""
+    contents = {
+        "format_version": np.array(JOINT_REPLAY_FORMAT_VERSION, np.int64),
+        "capacity": np.array(replay.capacity, np.int64),
+        "position": np.array(replay.position, np.int64),
+        "size": np.array(replay.size, np.int64),
+        "rng_state": np.array(json.dumps(replay.rng.bit_generator.state)),
+    }
+    contents.update({name: values[: replay.size] for name, values in replay.data.items()})
+    atomic_write(path, lambda file: np.savez(file, **contents))
+
+
+def restore_joint_replay(replay: JointReplayBuffer, path: str | os.PathLike[str]) -> None:
+    """Fill `replay` from `path`; its capacity and row shapes must be those saved (else ValueError naming both)."""
+    with np.load(path, allow_pickle=False) as saved:
+        version = int(saved["format_version"])
+        if version != JOINT_REPLAY_FORMAT_VERSION:
+            raise ValueError(f"{path}: joint replay format {version}, expected {JOINT_REPLAY_FORMAT_VERSION}")
+        capacity, size, position = int(saved["capacity"]), int(saved["size"]), int(saved["position"])
+        if capacity != replay.capacity:
+            raise ValueError(f"{path}: saved with capacity {capacity}, this buffer has {replay.capacity}")
+        rows = {}
+        for name, values in replay.data.items():
+            rows[name] = saved[name]
+            if rows[name].shape != (size, *values.shape[1:]):
+                raise ValueError(f"{path}: {name!r} has shape {rows[name].shape}, expected {(size, *values.shape[1:])}")
+        rng_state = json.loads(str(saved["rng_state"]))
+    for name, values in replay.data.items():
+        values[:size] = rows[name]
+        values[size:] = 0
+    replay.size, replay.position = size, position
+    replay.rng.bit_generator.state = rng_state

@@ -6,7 +6,22 @@ current Q-network), then sends `ctde.transitions`; the node joins them into join
 VDN or QMIX mixer over all agents' Q networks and sends each agent its Q-network parameters
 (`ctde.params`) every `params_every` gradient steps, through the routing id that agent's messages
 came from. All the learning logic is in agent_node/ctde_learner.py; this file is the socket loop
-around it. The agents never wait for it: they keep acting with the newest parameters they have.
+around it. Every `ctde.params` also acknowledges the rows taken in from that agent; an agent
+sent nothing while it streamed the rows of `params_every` gradient steps gets a bare
+acknowledgement. The agents keep acting with the newest parameters they have while few enough
+of their rows are unacknowledged (protocols/ctde.py, flow control).
+
+**Restarts.** In an orchestrated run the node keeps a checkpoint in its node dir
+(`checkpoints/latest.pt`: the spaces, every agent's Q network and target, the mixer and its
+target, the optimizer, the gradient step counter; `replay/joint.npz`: the joint replay buffer),
+on the agents' schedule (`agents.checkpoint_every_steps` / `agents.replay_save_every_steps`
+lockstep steps, counted by the env steps of the transitions it receives), once as soon as the
+first agent has joined (so a restarted learner knows the spaces: agents do not join again), and
+at the end. Started again by `faults.restart` or a scheduled `restart`, it restores both and
+goes on from that gradient step; the agents' DEALERs reconnect to the same ipc endpoint by
+themselves and the rows they queued meanwhile arrive. What came after the last checkpoint is
+lost: those gradient steps are taken again on newer rows, and agents holding parameters newer
+than the restored step ignore the learner's until it passes them.
 
 Two ways to start it:
 
@@ -27,9 +42,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -37,10 +55,11 @@ import torch
 
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.mixers import CentralizedMixerLearner
-from agent_node.ctde_learner import CentralizedLearnerCore
+from agent_node.ctde_learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
+from agent_node.persistence import load_checkpoint, save_checkpoint
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
 from protocols.seeds import derive_seed
-from protocols.spaces import decode_space
+from protocols.spaces import decode_space, encode_space
 from protocols.transport import Channel, Hub
 
 log = logging.getLogger("learner_node")
@@ -66,6 +85,12 @@ class LearnerService:
         self.spaces = spaces
         self.core: CentralizedLearnerCore | None = None if spaces is None else make_core(*spaces)
         self.routes: dict[int, bytes] = {}  # agent index -> the routing id its messages came from
+        # Flow control (protocols/ctde.py): per agent, the rows_sent of its newest message taken
+        # in, and its rows taken in since it was last sent anything (a bare ack is due at params_every).
+        self.rows_taken: dict[int, int] = {}
+        self.rows_unacknowledged: dict[int, int] = {}
+        self.acks_sent = 0
+        self.last_env_step = -1  # the newest env step of any transitions taken in (the checkpoint clock)
         self.refused = 0
         self.messages = 0
 
@@ -82,8 +107,17 @@ class LearnerService:
                 outgoing = self.core.on_transitions(message)
             except ValueError as error:
                 return self._refuse(envelope, str(error))
-            self.routes[int(message.agent_index)] = envelope.identities[0]
+            agent = int(message.agent_index)
+            self.routes[agent] = envelope.identities[0]
+            self.rows_taken[agent] = int(message.rows_sent)
+            self.rows_unacknowledged[agent] = self.rows_unacknowledged.get(agent, 0) + len(message.reward)
+            self.last_env_step = max(self.last_env_step, int(message.env_step))
             self._send(outgoing)
+            if self.rows_unacknowledged[agent] >= math.ceil(self.core.params_every / self.core.gradient_steps_per_row):
+                # No parameters went to this agent for a while (the learner waits for rows to
+                # join, or for learning_starts): tell it its rows arrived, so it does not hold.
+                self._send([(agent, CTDEParams(gradient_step=self.core.learner.gradient_steps, params={}))])
+                self.acks_sent += 1
             return True
         return self._refuse(envelope, f"a learner node takes ctde.join and ctde.transitions, not {envelope.msg_type}")
 
@@ -106,14 +140,17 @@ class LearnerService:
         elif spaces != self.spaces:
             return self._refuse(envelope, f"ctde.join: agent {index}'s spaces {spaces} differ from the first agent's {self.spaces}")
         self.routes[index] = envelope.identities[0]
+        # Everything this agent sent before the join has been taken in by now, or is lost.
+        self.rows_taken[index] = int(message.rows_sent)
         learner = self.core.learner
-        self.inbox.send(CTDEParams(gradient_step=learner.gradient_steps, params=learner.agent_params(index)), to=self.routes[index])
+        self._send([(index, CTDEParams(gradient_step=learner.gradient_steps, params=learner.agent_params(index)))])
         return True
 
     def _send(self, outgoing: list[tuple[int, CTDEParams]]) -> None:
         for agent, params in outgoing:
             if agent in self.routes:
-                self.inbox.send(params, to=self.routes[agent])
+                self.inbox.send(replace(params, rows_taken=self.rows_taken.get(agent, -1)), to=self.routes[agent])
+                self.rows_unacknowledged[agent] = 0
 
     def _refuse(self, envelope, why: str) -> bool:
         self.refused += 1
@@ -121,10 +158,75 @@ class LearnerService:
         return False
 
     def metrics(self) -> dict[str, float]:
-        base = {"learner/agents_joined": float(len(self.routes)), "learner/messages_refused": float(self.refused)}
+        base = {"learner/agents_joined": float(len(self.routes)), "learner/messages_refused": float(self.refused),
+                "learner/acks_sent": float(self.acks_sent)}
         if self.core is None:
             return base
         return {**self.core.metrics(), **base}
+
+
+class LearnerPersistence:
+    """The learner node's checkpoint and joint replay in its node dir (see the module doc), due by
+    the env steps of the transitions it takes in, like an agent's by its lockstep steps."""
+
+    def __init__(self, node_dir: Path, *, checkpoint_every_steps: int, replay_save_every_steps: int) -> None:
+        self.checkpoint_path = node_dir / "checkpoints" / "latest.pt"
+        self.replay_path = node_dir / "replay" / "joint.npz"
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.replay_save_every_steps = replay_save_every_steps
+        self.last_checkpoint_step: int | None = None  # None: nothing saved by this incarnation yet
+        self.last_replay_step: int | None = None
+
+    def maybe_save(self, service: LearnerService) -> None:
+        """Save what is due: the first checkpoint as soon as the core exists, then on schedule."""
+        if service.core is None:
+            return
+        step = service.last_env_step
+        if self.last_checkpoint_step is None or step - self.last_checkpoint_step >= self.checkpoint_every_steps:
+            self.save_checkpoint(service)
+        if self.last_replay_step is None:
+            self.last_replay_step = step  # the first replay save waits for its period (an empty buffer is nothing to keep)
+        elif step - self.last_replay_step >= self.replay_save_every_steps:
+            self.save_replay(service)
+
+    def save_all(self, service: LearnerService) -> None:
+        if service.core is not None:
+            self.save_checkpoint(service)
+            self.save_replay(service)
+
+    def save_checkpoint(self, service: LearnerService) -> None:
+        spaces = dict(zip(("observation_space", "action_space", "state_space"), service.spaces))
+        save_checkpoint(self.checkpoint_path, {
+            "spaces": {name: encode_space(space, name) for name, space in spaces.items()},
+            "num_agents": service.num_agents,
+            "core": service.core.state_dict(),
+            "env_step": service.last_env_step,
+        })
+        self.last_checkpoint_step = service.last_env_step
+
+    def save_replay(self, service: LearnerService) -> None:
+        save_joint_replay(service.core.replay, self.replay_path)
+        self.last_replay_step = service.last_env_step
+
+    def restore(self, service: LearnerService) -> dict[str, float] | None:
+        """Build `service`'s core from the checkpoint and fill its replay; None when there is none."""
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        if checkpoint is None:
+            return None
+        if checkpoint["num_agents"] != service.num_agents:
+            raise ValueError(f"{self.checkpoint_path}: saved for {checkpoint['num_agents']} agents, this run has {service.num_agents}")
+        service.spaces = tuple(decode_space(checkpoint["spaces"][name], name) for name in ("observation_space", "action_space", "state_space"))
+        service.core = service.make_core(*service.spaces)
+        service.core.load_state_dict(checkpoint["core"])
+        service.last_env_step = int(checkpoint["env_step"])
+        if self.replay_path.exists():
+            restore_joint_replay(service.core.replay, self.replay_path)
+        self.last_checkpoint_step = self.last_replay_step = service.last_env_step
+        return {
+            "learner/restored_gradient_step": float(service.core.learner.gradient_steps),
+            "learner/restored_env_step": float(service.last_env_step),
+            "learner/restored_replay_rows": float(len(service.core.replay)),
+        }
 
 
 def make_core_factory(config: MixerConfig, num_agents: int, seed: int, replay_capacity: int, learning_starts: int,
@@ -192,6 +294,14 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         control = ControlClient(hub, control_endpoint, node_id=node_id)
         inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
         service = LearnerService(run.agents.count, make_core, inbox)
+        persistence = LearnerPersistence(identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
+                                         replay_save_every_steps=run.agents.replay_save_every_steps)
+        restored = persistence.restore(service)
+        if restored is not None:
+            log.info("restored the %s learner: gradient step %d, env step %d, %d joint rows in replay", training.mixer,
+                     restored["learner/restored_gradient_step"], restored["learner/restored_env_step"],
+                     restored["learner/restored_replay_rows"])
+            metrics.write(service.core.learner.gradient_steps, restored)
         control.register("learner", {"ctde": inbox.endpoint})
         startup_s = run.protocols.control.startup_timeout_s
         control.wait_for(m.Directory, startup_s)
@@ -200,11 +310,12 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         log.info("learner %s running: %s mixer for %d agents at %s", node_id, training.mixer, run.agents.count, inbox.endpoint)
         status_every_s = run.protocols.control.status_every_s
         started = time.monotonic()
-        logged = [0]  # parameter broadcasts already logged to metrics.jsonl
+        logged = [0 if service.core is None else service.core.params_sent]  # broadcasts already in metrics.jsonl (restored ones too)
 
         def report() -> None:
-            """Metrics at each new parameter broadcast, status when due. Called after every message:
-            a learner behind the agents always has more waiting, and must still report."""
+            """Checkpoint when due, metrics at each new parameter broadcast, status when due. Called
+            after every message: a learner behind the agents always has more waiting, and must still report."""
+            persistence.maybe_save(service)
             core = service.core
             if core is not None and core.params_sent > logged[0]:
                 logged[0] = core.params_sent
@@ -232,6 +343,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
             report()
         reason = stop[0]
         _take_in_the_rest(hub, inbox, service)
+        persistence.save_all(service)
     except ShutdownRequested as request:
         reason = request.reason
     except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero

@@ -523,6 +523,7 @@ class AgentNode:
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
         elif self.waiting_for_updates is not None:
+            self._ask_learner_node_to_acknowledge()
             self.waiting_for_updates = message
         else:
             self.consensus.replace_held(message)
@@ -530,6 +531,7 @@ class AgentNode:
     def _act(self, message: m.EnvObservation) -> None:
         if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._learner_node_behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
+            self._ask_learner_node_to_acknowledge()
             self.waiting_for_updates = message
             return
         agent = self.env_agent
@@ -609,6 +611,12 @@ class AgentNode:
         if self.waiting_for_updates is not None and not self._learner_node_behind():
             message, self.waiting_for_updates = self.waiting_for_updates, None
             self._act(message)
+
+    def _ask_learner_node_to_acknowledge(self) -> None:
+        """Held for the learner node: join it again, so it acknowledges what it took in (rows a
+        restarted learner lost are acknowledged too; see protocols/ctde.py, flow control)."""
+        if self._learner_node_behind():
+            self.learner.hello()
 
     def _learner_node_behind(self) -> bool:
         """The update-ratio contract of centralized training (CentralizedDQNActor.lagging)."""

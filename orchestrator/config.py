@@ -117,7 +117,9 @@ class FaultEvent(BaseModel):
     - `restart`: SIGKILL if it still runs, then start it again at once (agents only: it
       restores its checkpoint and replay, joins the env server at the current step and is
       re-introduced to its neighbours at the same ipc endpoint; the run-time network faults so
-      far are replayed to it). An env-server restart is refused.
+      far are replayed to it; and the `learner` node of a centralized run, which restores its
+      checkpoint and joint replay at the same ipc endpoint, agent_node/learner_node.py). An
+      env-server restart is refused.
 
     Network faults (control messages; every node applies them to its own outgoing links):
 
@@ -217,7 +219,8 @@ class RestartPolicy(BaseModel):
       `backoff_s`, doubled after each restart, at most `max_restarts` times per agent;
     - `always`: also an agent that exits 0 before the run is complete.
 
-    Agents only: the env server's exit always ends the run (the agents cannot rejoin a new one).
+    Agents and the `learner` node of a centralized run (it restores its checkpoint): the env
+    server's exit always ends the run (the agents cannot rejoin a new one).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -351,10 +354,10 @@ class RunConfig(BaseModel):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
                 problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count, centralized)}), got unknown {unknown}")
-            if LEARNER_NODE_ID in event.nodes:
+            if LEARNER_NODE_ID in event.nodes and event.kind not in ("kill", "pause", "resume", "restart"):
                 problems.append(
-                    f"faults.schedule.{position}.nodes: the learner node cannot be a fault target (the agents do not "
-                    "survive its loss yet: a learner that dies fails the run)"
+                    f"faults.schedule.{position}.nodes: expected a process fault (kill, pause, resume, restart) for the "
+                    f"learner node, got {event.kind!r} (network faults on its links are not supported yet)"
                 )
             for field_path, node in event.named_nodes():
                 if node not in valid_ids and not field_path.startswith("nodes."):
@@ -385,12 +388,6 @@ class RunConfig(BaseModel):
             problems.append(
                 "faults.restart: expected network.transport 'ipc' for restarts (a restarted agent must come back "
                 f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
-            )
-        if restarts and centralized:
-            problems.append(
-                "faults.restart: expected no agent restarts in a centralized run (training.mode: centralized): a "
-                "restarted agent is not heard again by the learner node, which stalls the run; got "
-                f"policy {self.faults.restart.policy!r}" + (" and a scheduled restart" if any(e.kind == "restart" for e in self.faults.schedule) else "")
             )
 
         if self.launch.backend in ("ssh", "ray"):

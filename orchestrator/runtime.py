@@ -15,8 +15,9 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        `at_step` once the env server's status reports that step) and logged as `fault` events
        (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
        the nodes apply to their emulated links and which are replayed to a restarted node);
-       a child that exits on its own before the end (not a scheduled kill) fails the run (the
-       learner node of a centralized run too: it is never restarted), and so does a scheduled
+       a child that exits on its own before the end (not a scheduled kill) fails the run unless
+       the restart policy brings it back (agents, and the learner node of a centralized run,
+       which restores its checkpoint; the env server never), and so does a scheduled
        kill of the env server (nothing can step without it);
        `control.run_complete` from the env server, Ctrl-C or SIGTERM start the shutdown;
     5. shutdown: `control.shutdown` to every registered node — a node that has not registered
@@ -474,7 +475,7 @@ class Orchestrator:
                     self.events.write("env_server_lost", node_id, reason=self.failure)
 
     def _should_restart(self, node: NodeRecord, code: int) -> bool:
-        if node.launch.role != "agent" or self.run_complete:
+        if node.launch.role not in ("agent", "learner") or self.run_complete:  # a learner restores its checkpoint
             return False
         if node.restart_requested:
             return True

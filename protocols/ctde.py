@@ -6,11 +6,26 @@ Q-network parameters the learner sends back. The learner joins the agents' piece
 step (same `env_step`, same env copy) into a joint row with the global state and trains a VDN or
 QMIX mixer over all agents' Q networks (agent_node/algos/mixers.py).
 
-    agent  --ctde.join--------->  learner      once: its index and spaces (the learner builds
-                                               its networks from the first, checks the others)
+    agent  --ctde.join--------->  learner      its index and spaces (the learner builds its
+                                               networks from the first, checks the others); again
+                                               while it holds for the learner (flow control)
     agent  <--ctde.params------   learner      at once (the learner's current networks), then
     agent  --ctde.transitions-->  learner      one per env step the agent learned from
-    agent  <--ctde.params------   learner      every `params_every` gradient steps
+    agent  <--ctde.params------   learner      every `params_every` gradient steps, and as a bare
+                                               acknowledgement (no params) to an agent it sent
+                                               nothing for the rows of `params_every` steps
+
+**Flow control.** Each `ctde.transitions` carries the agent's running count of rows streamed
+(`rows_sent`); each `ctde.params` to an agent carries the count of the newest of its messages
+the learner has taken in (`rows_taken`). Their difference is what is still on its way to the
+learner or waiting in its socket, which is what a slow learner lets grow: the agent holds its
+next action while that exceeds its bound (agent_node/ctde_client.py, `lagging`). Rows that reach
+the learner but never train (an agent that died leaves the others' pieces of its steps
+unjoined; a restarted learner lost what came after its checkpoint) count as taken, so they
+never hold an agent back. Acknowledgements answer messages, so an agent that holds sends no
+transitions that could be answered: it sends `ctde.join` again instead, which is answered with
+its rows up to that join (a learner that restarted lost the rows its predecessor had not read;
+without this the agents would wait for it forever).
 
 Only numpy arrays and plain values travel (no torch here, by the layer rules). Registered next to
 themselves, like protocols/consensus.py, so the wire codec knows them once this module is
@@ -38,6 +53,11 @@ class CTDEJoin:
     observation_space: dict[str, Any]
     action_space: dict[str, Any]
     state_space: dict[str, Any]
+    # The agent's rows streamed before this join. An agent sends the join again whenever it
+    # starts to hold for the learner (and at every env step it stays held): the learner takes
+    # an agent's messages in order, so its answer acknowledges everything sent before the join,
+    # taken in or lost (a restarted learner never sees what its predecessor had not read).
+    rows_sent: int = 0
 
 
 @register_message("ctde.transitions")
@@ -62,13 +82,21 @@ class CTDETransitions:
     terminated: np.ndarray
     global_state: np.ndarray
     next_global_state: np.ndarray
+    # This agent's rows streamed so far, these included (its checkpoint keeps the count across
+    # a restart); the learner echoes it back as `ctde.params.rows_taken`.
+    rows_sent: int
 
 
 @register_message("ctde.params")
 @dataclass(frozen=True)
 class CTDEParams:
     """An agent's Q-network parameters after `gradient_step` steps of the learner, named like
-    `DQNAgent.get_params` (`q_network.layers.<k>.<weight|bias>`) so `set_params` loads them."""
+    `DQNAgent.get_params` (`q_network.layers.<k>.<weight|bias>`) so `set_params` loads them.
+
+    `params` is empty in a bare acknowledgement. `rows_taken`: the `rows_sent` of the newest
+    `ctde.transitions` or `ctde.join` of this agent the learner has taken in; -1: no
+    acknowledgement (a learner that has heard nothing from this agent since it started)."""
 
     gradient_step: int
     params: dict[str, np.ndarray]
+    rows_taken: int = -1

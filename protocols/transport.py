@@ -17,7 +17,8 @@ A `Channel` wraps one socket and speaks envelopes. Sending encodes a message dat
 frames; receiving decodes and validates them, and a bad message is logged, counted and dropped
 here, so the code above only ever sees well-formed, typed messages. Socket hygiene is decided in
 one place: `LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is
-counted as unroutable, not silently dropped), zmq heartbeats (a frozen TCP peer is noticed), and
+counted as unroutable, not silently dropped), `ROUTER_HANDOVER` (a restarted node reconnecting
+under its node id replaces its dead predecessor's connection), zmq heartbeats (a frozen TCP peer is noticed), and
 receive deadlines via one poller.
 
 Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
@@ -107,6 +108,11 @@ def _make_socket(
     socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     if kind == zmq.ROUTER:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A node that comes back (a restarted agent, its DEALER under the same node id) takes
+        # over its routing id at once. Without it, libzmq 4.3 refuses the new connection while
+        # the dead one's pipe still holds unread messages (a ROUTER reading behind, like a busy
+        # learner node) and never reconsiders it: the restarted node is never heard again.
+        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if identity is not None:
         socket.setsockopt(zmq.IDENTITY, identity)
     socket.setsockopt(zmq.HEARTBEAT_IVL, round(options.heartbeat_ivl_s * 1000))

@@ -42,11 +42,12 @@ def test_learner_node_trains_from_streamed_transitions_and_sends_params_back(spa
             channel.send(CTDETransitions(
                 agent_index=agent, env_step=step, copy_index=np.array([0]), obs=onehot, action=actions[agent : agent + 1],
                 reward=np.array([float(actions[agent] == bit)], np.float32), next_obs=onehot, terminated=np.array([True]),
-                global_state=onehot, next_global_state=onehot,
+                global_state=onehot, next_global_state=onehot, rows_sent=step + 1,
             ))
         for agent, channel in enumerate(agents):
             for envelope in channel.recv_all():
-                received[agent].append(envelope.message)
+                if envelope.message.params:  # (bare acknowledgements carry none)
+                    received[agent].append(envelope.message)
 
     # 600 rows, training from the 32nd, one step per row: 569 gradient steps, params every 50 -> 11 each.
     deadline = time.monotonic() + 180
@@ -54,7 +55,8 @@ def test_learner_node_trains_from_streamed_transitions_and_sends_params_back(spa
         hub.wait(1.0)
         for agent, channel in enumerate(agents):
             for envelope in channel.recv_all():
-                received[agent].append(envelope.message)
+                if envelope.message.params:  # (bare acknowledgements carry none)
+                    received[agent].append(envelope.message)
     for agent in (0, 1):
         assert [m.gradient_step for m in received[agent]] == list(range(50, 551, 50)), (agent, [m.gradient_step for m in received[agent]])
 

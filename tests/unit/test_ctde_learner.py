@@ -34,6 +34,7 @@ def piece(agent, step, copies, obs_dim=2, state_dim=3, reward=1.0, terminated=Fa
         terminated=np.full(k, terminated, bool),
         global_state=state,
         next_global_state=state + 1,
+        rows_sent=(step + 1) * k,
     )
 
 
@@ -113,7 +114,8 @@ def play(core, steps, seed=0):
         for agent in (1, 0):
             message = CTDETransitions(agent_index=agent, env_step=step, copy_index=np.array([0]), obs=onehot,
                                       action=actions[agent : agent + 1], reward=np.array([float(actions[agent] == bit)], np.float32),
-                                      next_obs=onehot, terminated=np.array([True]), global_state=onehot, next_global_state=onehot)
+                                      next_obs=onehot, terminated=np.array([True]), global_state=onehot, next_global_state=onehot,
+                                      rows_sent=step + 1)
             sent.extend(core.on_transitions(message))
     return sent
 

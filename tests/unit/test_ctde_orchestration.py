@@ -50,9 +50,8 @@ def test_the_learner_node_joins_the_run_after_the_agents_without_shifting_their_
         (["agents.learning=false"], "agents.learning: centralized training needs learning agents"),
         (["agents.record_dataset=true"], "agents.record_dataset: not implemented with centralized training"),
         (["protocols.consensus={enabled: true, what: policy_parameters}"], "protocols.consensus.enabled: the learner node sets"),
-        (["faults.schedule=[{at_s: 1, kind: kill, nodes: [learner]}]"], "the learner node cannot be a fault target"),
-        (["faults.restart={policy: on-failure}"], "faults.restart: expected no agent restarts in a centralized run"),
-        (["faults.schedule=[{at_s: 1, kind: restart, nodes: [agent_0]}]"], "policy 'never' and a scheduled restart"),
+        (["faults.schedule=[{at_s: 1, kind: partition, nodes: [learner]}]"], "expected a process fault .* for the learner node, got 'partition'"),
+        (["faults.restart={policy: on-failure}", "network.transport=tcp"], "faults.restart: expected network.transport 'ipc' for restarts"),
         (["training.mode=federated"], "training.mode: expected one of 'decentralized', 'centralized', got 'federated'"),
         (["training.mixers=qmix"], r"training.mixers: unknown key; valid keys: mode, mixer, .* \(did you mean .mixer.\?\)"),
         (["training.mode=decentralized"], "training.mixer: unknown key; valid keys: mode"),
@@ -61,6 +60,16 @@ def test_the_learner_node_joins_the_run_after_the_agents_without_shifting_their_
 def test_combinations_the_learner_node_does_not_implement_are_refused(overrides, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(QMIX, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["faults.restart={policy: on-failure}"],
+    ["faults.schedule=[{at_s: 1, kind: restart, nodes: [agent_0]}]"],
+    ["faults.schedule=[{at_s: 1, kind: restart, nodes: [learner]}, {at_s: 2, kind: kill, nodes: [learner]}]"],
+])
+def test_agents_and_the_learner_node_may_be_restarted_in_a_centralized_run(overrides):
+    config = load_config(QMIX, overrides)
+    assert config.training.mode == "centralized"
 
 
 def test_the_learner_is_a_node_id_only_when_training_centrally():
@@ -141,22 +150,30 @@ def test_the_actor_announces_itself_streams_by_step_and_decays_epsilon_over_the_
         agent.observe_at(8, Transition(**{**transition().__dict__, "global_state": None}))
 
 
-def test_the_actor_lags_when_its_parameters_fall_behind_what_its_rows_owe_and_catches_up_with_newer_ones():
+def test_the_actor_holds_while_its_rows_in_flight_owe_more_than_its_bound_and_the_learners_acknowledgements_free_it():
     sent: list = []
     agent = actor(sent)
-    for step in range(30):  # 60 rows; learning starts at 10 -> 50 steps owed
+    for step in range(30):  # 60 rows, none acknowledged yet
         agent.observe_at(step, transition())
-    assert agent.learner_steps_owed() == 50
-    assert agent.lagging(bound=40) and not agent.lagging(bound=45)  # 50 - 0 > 40 + 5
+    assert [m.rows_sent for m in sent[-2:]] == [58, 60]
+    assert agent.rows_in_flight() == 60 and agent.learner_steps_owed() == 60
+    assert agent.lagging(bound=54) and not agent.lagging(bound=55)  # 60 > 54 + 5
     params = {name: np.zeros_like(value) for name, value in agent.dqn.get_params().items()}
-    assert agent.on_params(CTDEParams(gradient_step=10, params=params))
-    assert not agent.lagging(bound=40) and np.all(agent.dqn.q_values(np.ones((2, 4), np.float32)) == 0)
+    assert agent.on_params(CTDEParams(gradient_step=10, params=params, rows_taken=40))
+    assert agent.rows_in_flight() == 20 and not agent.lagging(bound=15) and agent.lagging(bound=14)  # 20 > 14 + 5
+    assert np.all(agent.dqn.q_values(np.ones((2, 4), np.float32)) == 0)
     assert not agent.on_params(CTDEParams(gradient_step=10, params=params))  # not newer: ignored
+    # A bare acknowledgement frees the agent without loading (or counting) parameters.
+    assert not agent.on_params(CTDEParams(gradient_step=3, params={}, rows_taken=60))
+    assert agent.rows_in_flight() == 0 and agent.receiver.last_gradient_step == 10
     counters = agent.counters()
-    assert counters["ctde/params_updates"] == 1 and counters["ctde/params_stale"] == 1 and counters["ctde/learner_steps_owed"] == 50
+    assert counters["ctde/params_updates"] == 1 and counters["ctde/params_stale"] == 1 and counters["ctde/rows_in_flight"] == 0
+    # Held, the node joins again: the join carries the rows sent, for the learner to acknowledge.
+    agent.hello()
+    assert isinstance(sent[-1], CTDEJoin) and sent[-1].rows_sent == 60
     restored = actor([])
     restored.load_state_dict(agent.state_dict())
-    assert restored.rows_sent == 60 and restored.receiver.last_gradient_step == 10
+    assert restored.rows_sent == 60 and restored.receiver.last_gradient_step == 10 and restored.rows_in_flight() == 0
 
 
 # ---------------------------------------------------------------------------------- the learner node's handling
@@ -202,7 +219,8 @@ def test_the_learner_builds_on_the_first_join_answers_each_join_and_trains_on_jo
             assert learner.handle(Envelope(sent[0], f"agent_{index}"))
     metrics = learner.metrics()
     assert metrics["learner/joint_rows"] == 8 and metrics["learner/gradient_steps"] == 6  # from the 4th row on
-    assert {to for _, to in inbox.sent} == {b"agent_0", b"agent_1"} and all(m.gradient_step in (2, 4, 6) for m, _ in inbox.sent)
+    broadcasts = [(m, to) for m, to in inbox.sent if m.params]
+    assert {to for _, to in broadcasts} == {b"agent_0", b"agent_1"} and all(m.gradient_step in (2, 4, 6) for m, _ in broadcasts)
 
 
 def test_the_learner_refuses_transitions_before_any_join_other_spaces_and_unknown_indices():
@@ -216,3 +234,77 @@ def test_the_learner_refuses_transitions_before_any_join_other_spaces_and_unknow
     assert not learner.handle(Envelope(other.join, "agent_1"))
     assert not learner.handle(Envelope(actor([], index=2).join, "agent_2"))
     assert learner.metrics()["learner/messages_refused"] == 3 and learner.metrics()["learner/agents_joined"] == 1
+
+
+def test_the_learner_acknowledges_joins_and_rows_that_do_not_train_yet():
+    learner, inbox = service()
+    join = actor([], index=0).join
+    assert learner.handle(Envelope(CTDEJoin(**{**vars(join), "rows_sent": 7}), "agent_0"))
+    answer, to = inbox.sent[-1]
+    assert to == b"agent_0" and answer.rows_taken == 7 and answer.params  # everything sent before the join
+    inbox.sent.clear()
+    # Agent 0 alone: its rows never join (agent 1 is gone), so no parameters go out, but every
+    # 2 rows (params_every 2 at one gradient step per row) it hears that they arrived.
+    sent: list = []
+    streaming = actor(sent, index=0)
+    streaming.rows_sent = 7
+    for step in range(3):
+        streaming.observe_at(step, transition())
+        assert learner.handle(Envelope(sent[-1], "agent_0"))
+    assert [(m.params, m.rows_taken, to) for m, to in inbox.sent] == [({}, 9, b"agent_0"), ({}, 11, b"agent_0"), ({}, 13, b"agent_0")]
+    assert learner.metrics()["learner/acks_sent"] == 3 and learner.metrics()["learner/gradient_steps"] == 0
+
+
+def _train(learner: LearnerService, steps: range) -> None:
+    for step in steps:
+        for index in (0, 1):
+            sent: list = []
+            agent = actor(sent, index=index)
+            agent.rows_sent = 2 * step
+            agent.observe_at(step, transition())
+            assert learner.handle(Envelope(sent[0], f"agent_{index}"))
+
+
+def test_a_restarted_learner_restores_its_networks_optimizer_and_replay_and_trains_on_as_if_never_stopped(tmp_path):
+    from agent_node.learner_node import LearnerPersistence
+
+    def persistence() -> LearnerPersistence:
+        return LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5)
+
+    learner, _ = service()
+    saving = persistence()
+    assert learner.handle(Envelope(actor([], index=0).join, "agent_0"))
+    saving.maybe_save(learner)  # the first checkpoint as soon as the core exists: the spaces
+    assert saving.checkpoint_path.exists() and not saving.replay_path.exists()
+    fresh, _ = service()
+    assert persistence().restore(fresh) is not None and fresh.core.learner.gradient_steps == 0 and fresh.spaces == learner.spaces
+
+    _train(learner, range(10))
+    saving.save_all(learner)
+    steps = learner.core.learner.gradient_steps
+    assert steps == 20 - 4 + 2  # 20 rows; the message that fills learning_starts brings 2
+
+    restarted, inbox = service()
+    restored = persistence().restore(restarted)
+    assert restored == {"learner/restored_gradient_step": 18.0, "learner/restored_env_step": 9.0, "learner/restored_replay_rows": 20.0}
+    assert restarted.core.params_sent == learner.core.params_sent and restarted.last_env_step == 9
+    # It answers transitions without a join (the agents do not join again) and trains on exactly
+    # as the learner that never stopped: same networks, optimizer moments, replay and sampling.
+    _train(learner, range(10, 14))
+    _train(restarted, range(10, 14))
+    assert restarted.core.learner.gradient_steps == learner.core.learner.gradient_steps == steps + 8
+    for index in (0, 1):
+        for name, value in learner.core.learner.agent_params(index).items():
+            np.testing.assert_array_equal(restarted.core.learner.agent_params(index)[name], value)
+    assert {to for _, to in inbox.sent} == {b"agent_0", b"agent_1"}
+
+
+def test_a_learner_checkpoint_for_another_agent_count_is_refused_naming_both(tmp_path):
+    from agent_node.learner_node import LearnerPersistence
+
+    learner, _ = service()
+    assert learner.handle(Envelope(actor([], index=0).join, "agent_0"))
+    LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5).save_all(learner)
+    three, _ = service(num_agents=3)
+    with pytest.raises(ValueError, match="saved for 2 agents, this run has 3"):
+        LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5).restore(three)
