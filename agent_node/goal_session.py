@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -74,6 +74,9 @@ from protocols.topology import Topology
 log = logging.getLogger("agent_node.goals")
 
 STAY = 0  # goal_lines' action 0: stay in place
+
+if TYPE_CHECKING:  # AMIGo's session: the same calls from the node, cell goals (agent_node/amigo_session.py)
+    from agent_node.amigo_session import AmigoSession
 
 
 class GoalAgent(Protocol):
@@ -537,7 +540,7 @@ def build_goal_session(
     obs_dim: int,
     num_actions: int,
     topology: Topology,
-) -> tuple[GoalSession, GoalConditionedLearner]:
+) -> tuple[GoalSession | AmigoSession, GoalConditionedLearner]:
     """The session and the learner of one goal agent (imports torch: the learner's)."""
     from agent_node.algos.goal_dqn import GoalDQNAgent
 

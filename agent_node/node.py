@@ -57,7 +57,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from agent_node.algos import build_learner
 from agent_node.consensus_session import ConsensusSession
@@ -90,6 +90,9 @@ from protocols.spaces import decode_space
 from protocols.topology import build_topology
 from protocols.transport import Channel, Hub, SocketOptions
 from protocols.wire import Envelope
+
+if TYPE_CHECKING:
+    from agent_node.amigo_session import AmigoSession
 
 log = logging.getLogger("agent_node")
 
@@ -159,7 +162,7 @@ class AgentNode:
         # None when the run shares nothing.
         self.consensus: ConsensusSession | None = None
         # Goal agents only (agents.goals): the goal session beside the goal-conditioned learner.
-        self.goals: GoalSession | None = None
+        self.goals: GoalSession | AmigoSession | None = None
         # An observation answered once the learner owes at most max_pending_gradient_steps.
         self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
