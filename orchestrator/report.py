@@ -229,6 +229,11 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
         "back_after_fault_s": None if None in acting else max(acting, default=None),
         "learning_after_fault_s": None if None in learning else max(learning, default=None),
         "metric_rows_lost": missing_metric_rows(rows, metrics_every, windows),
+        # run.reproducible: what made this agent's run depend on timing (agent_node/node.py
+        # writes `reproducibility/<cause>` once per cause); empty when nothing did.
+        "reproducibility_broken_by": sorted(
+            {key.split("/", 1)[1] for row in rows for key in row if key.startswith("reproducibility/")} - {"broken"}
+        ),
     }
 
 
@@ -388,6 +393,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "back_after_fault_s": _max_or_none([a["back_after_fault_s"] for a in agents.values() if a["interruptions"]]),
         "learning_after_fault_s": _max_or_none([a["learning_after_fault_s"] for a in agents.values() if a["interruptions"]]),
         "metric_rows_lost": float(sum(len(a["metric_rows_lost"]) for a in agents.values())),
+        "reproducibility_broken": float(any(a["reproducibility_broken_by"] for a in agents.values())),
     }
     return {
         "run_dir": str(run_dir),
@@ -529,6 +535,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                               f"after {_fmt(window['acting_after_s'])} s, learning after {_fmt(window['learning_after_s'])} s")
         if a["metric_rows_lost"]:
             console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
+        if a["reproducibility_broken_by"]:
+            console.print(f"{node}: not reproducible (run.reproducible), timing decided: {', '.join(a['reproducibility_broken_by'])}")
 
 
 def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:

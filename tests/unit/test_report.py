@@ -355,3 +355,21 @@ def test_a_push_sum_run_reports_its_disagreement_estimate_and_no_rounds(tmp_path
     out = io.StringIO()
     report.render_run(summary, __import__("rich.console").console.Console(file=out, width=300))
     assert "disagreement estimate 3.00e+00 at the first pushes heard -> 2.00e-06 at the last" in out.getvalue()
+
+
+def test_a_reproducible_run_that_timing_decided_says_so_per_agent(tmp_path):
+    """run.reproducible: an agent writes `reproducibility/<cause>` (agent_node/node.py); the
+    report names the causes per agent and flags the run, and says nothing when none were written."""
+    run_dir = make_run(tmp_path / "run")
+    with open(run_dir / "nodes" / "agent_1" / "metrics.jsonl", "a") as file:  # after the torn line: a new line
+        file.write("\n" + json.dumps({"step": 60, "t": T0 + 6, "reproducibility/broken": 1.0, "reproducibility/step_deadline": 1.0}))
+        file.write("\n" + json.dumps({"step": 70, "t": T0 + 7, "reproducibility/broken": 1.0, "reproducibility/consensus_incomplete": 1.0}) + "\n")
+    summary = report.summarize_run(run_dir)
+    assert summary["agents"]["agent_1"]["reproducibility_broken_by"] == ["consensus_incomplete", "step_deadline"]
+    assert summary["agents"]["agent_0"]["reproducibility_broken_by"] == []
+    assert summary["headline"]["reproducibility_broken"] == 1.0
+    out = io.StringIO()
+    report.main(run_dir, out=out)
+    assert "agent_1: not reproducible (run.reproducible), timing decided: consensus_incomplete, step_deadline" in out.getvalue()
+    assert "agent_0: not reproducible" not in out.getvalue()
+    assert report.summarize_run(make_run(tmp_path / "clean"))["headline"]["reproducibility_broken"] == 0.0
