@@ -3,7 +3,10 @@
 Two ways to start it:
 
 - under the orchestrator: `--config RUN_DIR/resolved.yaml --node-id env --control ENDPOINT`;
-  it registers its endpoint, reports status, and stops on `control.shutdown`.
+  it registers its endpoint, reports status, and stops on `control.shutdown`. It saves a resume
+  point in its node directory after every step; started again over one (the orchestrator
+  restarted it), it resumes the run at that step and says so in its `control.ready`
+  (env_server/resume.py).
 - standalone (tests, benchmarks, a notebook): `--env NAME [--kwargs JSON] [--copies K]
   [--bind ADDRESS]`; it prints `READY <endpoint>` on stdout once bound and serves until
   SIGTERM / SIGINT.
@@ -20,6 +23,7 @@ import time
 
 from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
+from env_server.resume import RESUME_FILENAME, ResumeFile
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
 from env_server.workers import SplitVectorEnv
@@ -182,14 +186,16 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         eval_envs=eval_envs,
         metrics_path=identity.node_dir / "metrics.jsonl",
         env_kwargs=env_config.kwargs,
+        resume=ResumeFile(identity.node_dir / RESUME_FILENAME),
     )
+    resumed = server.resumed_from
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = _stop_on_signals()
     reason = "shutdown"
     try:
-        control.register("env_server", {"env": server.endpoint})
+        control.register("env_server", {"env": server.endpoint}, incarnation=server.incarnation)
         control.wait_for(m.Directory, startup_timeout_s)
-        control.ready()
+        control.ready(resumed_step=None if resumed is None else resumed.step)
         reported_complete = False
         while not stop[0]:
             server.poll_once(status_every_s)

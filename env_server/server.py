@@ -20,6 +20,11 @@ budget).
 
 When `max_steps` lockstep steps have run, the last observation carries `run_finished=True`
 (after a final evaluation, if one is due) and the caller tells the orchestrator.
+
+Given a `ResumeFile` (orchestrated runs), the server saves its `ResumePoint` after every
+training step and at each evaluation's start and end, and a server started over an existing
+point resumes the run from it: same step counter and budget, same evaluation schedule, fresh
+episodes (`resume.py`). The agents rejoin it with env.join / env.reset as at the start.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refuse
 from env_server.episode_hold import EpisodeStartHold
 from env_server.evaluation import EvaluationSchedule
 from env_server.global_view import GlobalView
+from env_server.resume import ResumeFile, ResumePoint
 from env_server.vector import BatchedStep, VectorizedParallelEnv
 from protocols import messages as m
 from protocols.auth import BadInputLog
 from protocols.metrics import MetricsWriter
+from protocols.seeds import derive_seed
 from protocols.spaces import encode_space
 from protocols.transport import Hub
 from protocols.wire import Envelope
@@ -84,6 +91,7 @@ class EnvServer:
         eval_envs: VectorizedParallelEnv | None = None,
         metrics_path: Path | None = None,
         env_kwargs: dict[str, Any] | None = None,
+        resume: ResumeFile | None = None,
         clock=time.monotonic,
     ) -> None:
         self.envs = envs
@@ -123,6 +131,13 @@ class EnvServer:
         # Global state and joint action for the clients that ask (issue 12; off until one does).
         self.global_view = GlobalView(envs, eval_envs)
         self.global_view_clients: set[bytes] = set()
+        # A restarted server resumes from its last saved point (resume.py); None: a fresh run.
+        self.resume = resume
+        self.incarnation = 0
+        self.rerun_evaluation = False  # resumed in the middle of an evaluation
+        self.resumed_from = resume.load() if resume is not None else None
+        if self.resumed_from is not None:
+            self._resume_from(self.resumed_from)
 
     @property
     def evaluating(self) -> bool:
@@ -253,6 +268,11 @@ class EnvServer:
         self.episode_running = True
         result = self.envs.reset(self.seed)
         self.global_view.after_reset(result)
+        if self.rerun_evaluation:
+            # Resumed during an evaluation: it runs again from its start; training resumes after it.
+            self.rerun_evaluation = False
+            self._begin_evaluation(result, missing=[])
+            return
         self._broadcast_or_hold(result, missing=[])
 
     def _step(self) -> None:
@@ -265,6 +285,7 @@ class EnvServer:
                 self._broadcast(result, missing)
                 return
             held_back, metrics = self.evaluation.finish(self.clock())
+            self._save_resume_point()
             self.write_metrics(metrics)
             self.global_view.restore_training()
             log.info("evaluation %d at step %d: return %.2f", self.evaluation.completed, self.step, metrics["eval/return_mean"])
@@ -282,13 +303,18 @@ class EnvServer:
         if not self.envs.autoreset and self.envs.all_finished:
             self.episode_running = False
         if self.evaluation.due(self.step):
-            self.evaluation.begin(result, missing, self.clock())
-            # Every evaluation starts from the same seed: the curve compares policies, not luck.
-            eval_result = self.eval_envs.reset(self.eval_seed)
-            self.global_view.after_reset(eval_result, self.eval_envs)
-            self._broadcast(eval_result, missing=[])
+            self._begin_evaluation(result, missing)
         else:
+            self._save_resume_point()
             self._broadcast_or_hold(result, missing)
+
+    def _begin_evaluation(self, held_back: BatchedStep, missing: list[str]) -> None:
+        self.evaluation.begin(held_back, missing, self.clock())
+        self._save_resume_point()
+        # Every evaluation starts from the same seed: the curve compares policies, not luck.
+        eval_result = self.eval_envs.reset(self.eval_seed)
+        self.global_view.after_reset(eval_result, self.eval_envs)
+        self._broadcast(eval_result, missing=[])
 
     def _broadcast_or_hold(self, result: BatchedStep, missing: list[str]) -> None:
         """A training result: broadcast it, or, when it starts an episode in some copy and the
@@ -345,6 +371,31 @@ class EnvServer:
                     else:
                         log.info("client %s is reachable again", client.client_id)
 
+    # ------------------------------------------------------------------ resuming (resume.py)
+
+    def _save_resume_point(self) -> None:
+        if self.resume is not None:
+            self.resume.save(ResumePoint(
+                step=self.step, episodes=self.counters.episodes, last_return=self.counters.last_return,
+                evaluations_completed=self.evaluation.completed, evaluation_running=self.evaluation.running,
+                incarnation=self.incarnation,
+            ))
+
+    def _resume_from(self, point: ResumePoint) -> None:
+        """Take up the run where `point` left it; the copies start fresh episodes at the first reset."""
+        self.step = self.counters.steps = point.step
+        self.counters.episodes, self.counters.last_return = point.episodes, point.last_return
+        self.evaluation.completed = point.evaluations_completed
+        self.rerun_evaluation = point.evaluation_running and self.eval_envs is not None
+        self.incarnation = point.incarnation + 1
+        # New episodes, not a replay of the run's first ones: a seed of this incarnation.
+        self.seed = derive_seed(self.seed, self.incarnation, "env_resume")
+        self.run_finished = self.rules.max_steps is not None and self.step >= self.rules.max_steps
+        self._save_resume_point()  # the incarnation counts even if this one dies before its first step
+        log.warning("resumed at step %d (incarnation %d, %d episodes, %d evaluations done%s); every copy starts a new episode",
+                    point.step, self.incarnation, point.episodes, point.evaluations_completed,
+                    ", the interrupted evaluation runs again" if self.rerun_evaluation else "")
+
     # ------------------------------------------------------------------ reporting
 
     def write_metrics(self, values: dict[str, float]) -> None:
@@ -362,6 +413,8 @@ class EnvServer:
 
     def close(self) -> None:
         self.rejections.flush(force=True)
+        if self.resume is not None:
+            self.resume.close()
         self.hub.close_channel(self.channel)
         self.envs.close()
         if self.eval_envs is not None:

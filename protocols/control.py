@@ -184,8 +184,8 @@ class ControlClient:
             raise ShutdownRequested(message.reason)
         return message
 
-    def ready(self) -> None:
-        self.channel.send(m.Ready(node_id=self.node_id))
+    def ready(self, resumed_step: int | None = None) -> None:
+        self.channel.send(m.Ready(node_id=self.node_id, resumed_step=resumed_step))
 
     def next_status_at(self, every_s: float) -> float:
         """When the next status report is due (a node's loop sleeps no longer than this)."""

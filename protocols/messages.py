@@ -352,6 +352,9 @@ class Directory:
 @dataclass(frozen=True)
 class Ready:
     node_id: str
+    # A restarted env server that took the run up again: the lockstep step it resumed at
+    # (env_server/resume.py). None for every other node and for a first start.
+    resumed_step: int | None = None
 
 
 @register_message("control.start")
@@ -372,6 +375,26 @@ class Status:
     last_return: float | None = None
     msgs_per_s: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@register_message("control.env_restarting")
+@dataclass(frozen=True)
+class EnvServerRestarting:
+    """To every running agent: the env server exited and the orchestrator is restarting it
+    (faults.restart, or a scheduled restart). Keep running, do not take its silence for its
+    death, end the episodes in flight, and wait for `control.env_back`."""
+
+    restarts: int  # restarts of the env server before this one
+
+
+@register_message("control.env_back")
+@dataclass(frozen=True)
+class EnvServerBack:
+    """To every running agent: the restarted env server is ready at `env_endpoint` and resumed
+    the run at `step`; join it again (env.join, then env.reset) on a fresh connection."""
+
+    env_endpoint: str
+    step: int
 
 
 @register_message("control.run_complete")

@@ -1,0 +1,62 @@
+"""The env server's resume point on disk (env_server/resume.py): two CRC-checked slots, newest wins."""
+
+from __future__ import annotations
+
+import pytest
+
+from env_server.resume import SLOT_BYTES, ResumeFile, ResumePoint
+from protocols.jsonlines import FileWriteError
+
+
+def test_no_file_is_a_fresh_run(tmp_path):
+    assert ResumeFile(tmp_path / "resume.bin").load() is None
+
+
+def test_the_newest_saved_point_comes_back(tmp_path):
+    path = tmp_path / "env" / "resume.bin"
+    writer = ResumeFile(path)
+    for step in range(1, 8):
+        writer.save(ResumePoint(step=step, episodes=step // 3, last_return=-1.5 * step, evaluations_completed=step // 5))
+    writer.close()
+    assert path.stat().st_size == 2 * SLOT_BYTES, "two fixed slots, overwritten in turn"
+    assert ResumeFile(path).load() == ResumePoint(step=7, episodes=2, last_return=-10.5, evaluations_completed=1)
+
+
+def test_a_resumed_writer_goes_on_numbering_after_the_loaded_point(tmp_path):
+    path = tmp_path / "resume.bin"
+    first = ResumeFile(path)
+    for step in (1, 2, 3):
+        first.save(ResumePoint(step=step))
+    first.close()
+    second = ResumeFile(path)
+    assert second.load().step == 3
+    second.save(ResumePoint(step=4, incarnation=1))  # must overwrite the older slot, not the newest
+    second.close()
+    assert ResumeFile(path).load() == ResumePoint(step=4, incarnation=1)
+
+
+def test_a_torn_slot_falls_back_to_the_other_one_step_older(tmp_path):
+    path = tmp_path / "resume.bin"
+    writer = ResumeFile(path)
+    writer.save(ResumePoint(step=10))
+    writer.save(ResumePoint(step=11, evaluation_running=True))
+    writer.close()
+    data = bytearray(path.read_bytes())
+    newest = 0 if b'"step":11' in data[:SLOT_BYTES] else 1
+    data[newest * SLOT_BYTES + 30] ^= 0xFF  # a byte of its payload changed: the CRC no longer matches
+    path.write_bytes(bytes(data))
+    assert ResumeFile(path).load() == ResumePoint(step=10)
+
+
+@pytest.mark.parametrize("content", [b"", b"\0" * 100, b"garbage" * 200])
+def test_a_file_without_a_valid_slot_is_a_fresh_start(tmp_path, content):
+    path = tmp_path / "resume.bin"
+    path.write_bytes(content)
+    assert ResumeFile(path).load() is None
+
+
+def test_a_refusing_file_system_raises_a_file_write_error_naming_the_file(tmp_path):
+    blocked = tmp_path / "not_a_dir"
+    blocked.write_text("a file where the directory should be")
+    with pytest.raises(FileWriteError, match="not_a_dir"):
+        ResumeFile(blocked / "resume.bin").save(ResumePoint(step=1))
