@@ -14,6 +14,14 @@ watchdog. The caller sends and receives: it never touches a socket or a clock.
     send(client.reset(seed=None))
     observation = client.on_message(receive(), now)
     send(client.answer(observation, {client.agents[0]: actions}))
+
+**An env-server restart** (the orchestrator restarts it and says so: `control.env_restarting`,
+then `control.env_back`). `server_restarting()` forgets the server: its silence is not counted
+(the orchestrator watches the restart; a server that does not come back ends the run from
+there) and no observation of the old server is answered any more (`answerable`). The caller
+drops its connection (messages queued for the dead server must not reach the new one), then
+connects again and sends `rejoin()`; the new server's welcome must grant the same agents,
+copies and spaces as the first one, else `EnvProtocolError` says what changed.
 """
 
 from __future__ import annotations
@@ -54,6 +62,11 @@ class EnvClient:
         self.action_spaces: dict[str, gym.Space] = {}
         self.last_heard_at: float | None = None
         self.messages_received = 0
+        # The observation the server waits on (the newest one); None while it restarts.
+        self.latest: m.EnvObservation | None = None
+        self.restarting = False  # between server_restarting() and the new server's welcome
+        self.waiting_for_server = False  # between server_restarting() and rejoin(): no silence deadline
+        self.rejoins = 0
 
     # ------------------------------------------------------------------ requests
 
@@ -81,9 +94,31 @@ class EnvClient:
 
     # ------------------------------------------------------------------ answers
 
+    def server_restarting(self) -> None:
+        """The orchestrator is restarting the env server: see the module docstring."""
+        self.restarting = self.waiting_for_server = True
+        self.latest = None
+        self.last_heard_at = None  # no silence deadline until rejoin()
+
+    def rejoin(self, now: float) -> m.EnvJoin:
+        """The join for the restarted server (after `server_restarting`); its silence counts
+        again from `now`: a server that never answers is dead after all."""
+        if not self.restarting:
+            raise EnvProtocolError("rejoin() without server_restarting(): the env server did not restart")
+        self._require_welcome("rejoin")
+        self.waiting_for_server = False
+        self.last_heard_at = now
+        return self.join()
+
+    def answerable(self, observation: m.EnvObservation) -> bool:
+        """Whether the server still waits on `observation` (not one of a server since restarted)."""
+        return observation is self.latest and not self.restarting
+
     def on_welcome(self, message: Any) -> m.EnvWelcome:
         """Take the server's answer to `join`; refusals raise `EnvRefused`."""
         welcome = self._expect(message, m.EnvWelcome, "the answer to env.join")
+        if self.restarting:
+            return self._on_rejoin_welcome(welcome)
         if self._requested_indices and len(welcome.agents) != len(self._requested_indices):
             raise EnvProtocolError(
                 f"asked for agent indices {self._requested_indices}, the env server granted {welcome.agents}"
@@ -96,19 +131,42 @@ class EnvClient:
         self.action_spaces = {a: decode_space(s) for a, s in welcome.action_spaces.items()}
         return welcome
 
+    def _on_rejoin_welcome(self, welcome: m.EnvWelcome) -> m.EnvWelcome:
+        first = self.welcome
+        changed = [
+            what for what, before, now in (
+                ("agents", first.agents, welcome.agents),
+                ("num_copies", first.num_copies, welcome.num_copies),
+                ("observation_spaces", first.observation_spaces, welcome.observation_spaces),
+                ("action_spaces", first.action_spaces, welcome.action_spaces),
+                ("autoreset", first.autoreset, welcome.autoreset),
+            ) if before != now
+        ]
+        if changed:
+            raise EnvProtocolError(f"the restarted env server changed {changed} (it must serve the run it resumes)")
+        self.welcome = welcome  # its step is the one the run resumed at
+        self.restarting = False
+        self.rejoins += 1
+        return welcome
+
     def on_message(self, message: Any, now: float) -> m.EnvObservation:
         """Take one message from the env server after the welcome: an observation, or a refusal."""
         self._require_welcome("receive observations")
+        if self.restarting:
+            raise EnvProtocolError("env.observation while the env server restarts (before its welcome)")
         self.heard(now)
         observation = self._expect(message, m.EnvObservation, "an env.observation")
         missing = [agent for agent in self.agents if agent not in observation.observations]
         if missing:
             raise EnvProtocolError(f"env.observation of step {observation.step} lacks this client's agents {missing}")
+        self.latest = observation
         return observation
 
     def heard(self, now: float) -> None:
-        """The server is known to be alive (or known to be waiting for us) at `now`."""
-        self.last_heard_at = now
+        """The server is known to be alive (or known to be waiting for us) at `now`; ignored
+        while it restarts (it is neither)."""
+        if not self.waiting_for_server:
+            self.last_heard_at = now
 
     def silent_for(self, now: float) -> float:
         return 0.0 if self.last_heard_at is None else now - self.last_heard_at

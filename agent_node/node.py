@@ -197,6 +197,8 @@ class AgentNode:
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation
+        self._flushed_step = -1  # of the last periodic metrics flush
+        self.env_down_since: float | None = None  # while the env server restarts
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
         self.env_client = EnvClient(
@@ -402,6 +404,8 @@ class AgentNode:
         )
         timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         for channel in self.hub.wait(timeout):
+            if channel.closed:
+                continue  # the env server's old connection, dropped by a handler just now (restart)
             source = self._sources[channel.name]
             for envelope in channel.recv_all():
                 self._dispatch(source, envelope)
@@ -532,6 +536,10 @@ class AgentNode:
             self.consensus.replace_held(message)
 
     def _act(self, message: m.EnvObservation) -> None:
+        if not self.env_client.answerable(message):
+            # Held (averaging, learning) across an env-server restart: the new server never sent it.
+            log.info("not answering step %d: the env server restarted since it sent it", message.step)
+            return
         if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._learner_node_behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
             self._ask_learner_node_to_acknowledge()
@@ -577,7 +585,10 @@ class AgentNode:
         if message.missing:
             self.metrics.accumulate({"env/missing_agents": len(message.missing)})
             self._reproducibility_broken("step_deadline", f"the env server stepped without {sorted(message.missing)}")
-        if message.step % self.config.metrics_every_steps == 0:
+        # (> the last flushed step: a resumed env server's first observation may repeat the step
+        # of the last one the old server sent.)
+        if message.step % self.config.metrics_every_steps == 0 and message.step > self._flushed_step:
+            self._flushed_step = message.step
             self.metrics.flush_means(message.step)
             self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
         if self.goals is not None:  # after the learner saw the transition: goal rewards, episode ends
@@ -585,6 +596,48 @@ class AgentNode:
 
     def on_env_observation(self, sender: str, message: m.EnvObservation, now: float) -> None:
         self.on_observation(self.env_client.on_message(message, now))
+
+    def on_env_server_restarting(self, sender: str, message: m.EnvServerRestarting, now: float) -> None:
+        """The orchestrator is restarting the env server: wait for `control.env_back` instead
+        of failing on its silence (env_client.py). The episodes in flight end here, cut
+        (transitions.py), and the connection to the dead server is dropped so that nothing
+        queued for it (an action, a goal.ready) reaches the new one. Learning and the peer
+        protocols go on meanwhile."""
+        log.warning("the env server is restarting (restart %d); waiting for it at step %d", message.restarts + 1, self.step)
+        self._reproducibility_broken("env_server_restart", "the env server restarted (its episodes were cut)")
+        self.env_client.server_restarting()
+        if self.env is not None:
+            self.hub.close_channel(self.env)
+            self.env = None
+        self.waiting_for_updates = None
+        self.evaluating = False
+        self.env_down_since = now
+        for episode in self.episodes.cut():
+            self.metrics.write(self.step, {"env/cut_episode_return": episode.episode_return,
+                                           "env/cut_episode_length": episode.length})
+
+    def on_env_server_back(self, sender: str, message: m.EnvServerBack, now: float) -> None:
+        """The restarted env server is ready: join it again on a fresh connection."""
+        if not self.env_client.restarting:
+            log.warning("control.env_back, but this agent was not waiting for the env server; ignored")
+            return
+        self.env = self.hub.connect_dealer(message.env_endpoint, name="env", identity=self.context.node_id, peer=ENV_NODE_ID)
+        self.env.send(self.env_client.rejoin(now))
+
+    def on_env_welcome(self, sender: str, welcome: m.EnvWelcome, now: float) -> None:
+        """The restarted server's answer to our join: the run resumes with a reset (a new episode)."""
+        if not self.env_client.restarting:
+            log.warning("env.welcome at step %d, but this agent did not rejoin; ignored", welcome.step)
+            return
+        try:
+            self.env_client.on_welcome(welcome)
+        except EnvRefused as refusal:
+            raise NodeFailure(f"the restarted env server refused to let us join: {refusal}") from refusal
+        self.env.send(self.env_client.reset(seed=None))
+        downtime_s = now - self.env_down_since if self.env_down_since is not None else 0.0
+        log.info("rejoined the restarted env server at step %d after %.2f s", welcome.step, downtime_s)
+        self.metrics.write(welcome.step, {"env/server_downtime_s": downtime_s})
+        self.env_down_since = None
 
     def on_env_error(self, sender: str, refusal: m.ErrorReply, now: float) -> None:
         raise NodeFailure(f"env server refused a request: {refusal.code}: {refusal.message}")
@@ -605,7 +658,8 @@ class AgentNode:
         """Send the goal session's peer messages and goal.ready; write its metrics records."""
         self._send_peers(outgoing)
         for step in self.goals.take_ready():
-            self.env.send(m.GoalReady(step=step, agents=[self.env_agent]))
+            if self.env is not None:  # (none while the env server restarts: its episode is gone)
+                self.env.send(m.GoalReady(step=step, agents=[self.env_agent]))
         for record in self.goals.take_records():
             self.metrics.write(self.step, record)
 
@@ -656,7 +710,10 @@ class AgentNode:
     # The one dispatch table: message type -> (where it must come from, its handler).
     HANDLERS: dict[type, tuple[str, Callable]] = {
         m.EnvObservation: (ENV, on_env_observation),
+        m.EnvWelcome: (ENV, on_env_welcome),
         m.ErrorReply: (ENV, on_env_error),
+        m.EnvServerRestarting: (CONTROL, on_env_server_restarting),
+        m.EnvServerBack: (CONTROL, on_env_server_back),
         m.Shutdown: (CONTROL, on_shutdown),
         m.Partition: (CONTROL, on_network_fault),
         m.Heal: (CONTROL, on_network_fault),

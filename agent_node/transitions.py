@@ -19,6 +19,13 @@ agent that terminates while the others play on.
 With autoreset the env server has already reset an ended copy: `observations[k]` is the first
 observation of the new episode, `final_observations[k]` the last of the old one, and
 `episode_start[k]` marks it. The transition's `next_obs` is the final observation there.
+
+When the env server restarts (orchestrator/runtime.py), every copy's episode is cut where it
+stood and the resumed server starts new ones: `cut` ends this agent's episodes in flight as
+truncated (`FinishedEpisode.cut`; reported apart from whole episodes) and forgets the last observation and action, so the first
+observation of the new episodes is never glued to the old episode's last one (whose action
+the server may never have played). No transition is made for that last action: its outcome
+is unknown.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class FinishedEpisode:
     episode_return: float  # undiscounted sum of this agent's rewards
     length: int  # steps this agent took part in
     episode: int  # 1-based count of this agent's finished episodes, over all copies
+    cut: bool = False  # ended by an env-server restart (truncated), not by the environment
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,23 @@ class TransitionAssembler:
         for copy in np.flatnonzero(took_part & ended_here):
             finished.append(self._finish(int(copy)))
         return AssembledStep(transition, finished)
+
+    def cut(self) -> list[FinishedEpisode]:
+        """End the episodes in flight as truncated (the env server restarted); see the module doc.
+
+        One `FinishedEpisode(cut=True)` per copy where this agent took part in at least one step,
+        with its return and length so far. A cut episode is not counted in `episodes` and does
+        not become `last_return`: a partial return is not comparable with whole episodes' ones.
+        The next observation starts over as if after a reset."""
+        cut = [
+            FinishedEpisode(int(copy), float(self.returns[copy]), int(self.lengths[copy]), self.episodes, cut=True)
+            for copy in np.flatnonzero(self.lengths > 0)
+        ]
+        self.returns[:] = 0.0
+        self.lengths[:] = 0
+        self.last_obs = self.last_action = self.last_active = None
+        self.last_action_applied = True
+        return cut
 
     def _finish(self, copy: int) -> FinishedEpisode:
         episode_return, length = float(self.returns[copy]), int(self.lengths[copy])

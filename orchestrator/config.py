@@ -111,15 +111,18 @@ class FaultEvent(BaseModel):
 
     - `kill`: SIGKILL, as a crash; a killed agent stays down unless `faults.restart` brings it
       back (the env server plays its default action, its neighbours see it leave). A killed env
-      server ends the run: the agents cannot step without it, so the orchestrator stops every
-      node and `orchestrate up` exits 1 with that reason (terminal and events.jsonl);
+      server is restarted when `faults.restart.roles` lists `env_server`; otherwise it ends the
+      run: the agents cannot step without it, so the orchestrator stops every node and
+      `orchestrate up` exits 1 with that reason (terminal and events.jsonl);
     - `pause` / `resume`: SIGSTOP / SIGCONT, as a hung or descheduled process;
-    - `restart`: SIGKILL if it still runs, then start it again at once (agents only: it
-      restores its checkpoint and replay, joins the env server at the current step and is
-      re-introduced to its neighbours at the same ipc endpoint; the run-time network faults so
-      far are replayed to it; and the `learner` node of a centralized run, which restores its
-      checkpoint and joint replay at the same ipc endpoint, agent_node/learner_node.py). An
-      env-server restart is refused.
+    - `restart`: SIGKILL if it still runs, then start it again at once. An agent restores its
+      checkpoint and replay, joins the env server at the current step and is re-introduced to
+      its neighbours at the same ipc endpoint; the run-time network faults so far are replayed
+      to it. The `learner` node of a centralized run restores its checkpoint and joint replay at
+      the same ipc endpoint (agent_node/learner_node.py). The env server resumes the run at the
+      step after its last finished one (same budget and evaluation schedule, fresh episodes:
+      env_server/resume.py) at the same ipc endpoint; meanwhile the agents wait (told over the
+      control channel), then join it again and end the episodes it cut as truncated.
 
     Network faults (control messages; every node applies them to its own outgoing links):
 
@@ -212,15 +215,18 @@ class FaultEvent(BaseModel):
 
 
 class RestartPolicy(BaseModel):
-    """What happens when an agent process exits before the run is complete.
+    """What happens when a node process of one of `roles` exits before the run is complete.
 
     - `never`: an unexpected exit fails the run (exit 1); a scheduled kill leaves it down;
-    - `on-failure`: an agent that exits non-zero (a crash, a kill) is started again after
-      `backoff_s`, doubled after each restart, at most `max_restarts` times per agent;
-    - `always`: also an agent that exits 0 before the run is complete.
+    - `on-failure`: a node that exits non-zero (a crash, a kill) is started again after
+      `backoff_s`, doubled after each restart, at most `max_restarts` times per node;
+    - `always`: also a node that exits 0 before the run is complete.
 
-    Agents and the `learner` node of a centralized run (it restores its checkpoint): the env
-    server's exit always ends the run (the agents cannot rejoin a new one).
+    `roles`: the nodes the policy applies to; by default the agents and the `learner` node of a
+    centralized run (it restores its checkpoint). With `env_server` listed, an env server that
+    dies after the run started is restarted too and resumes the run where it stopped
+    (env_server/resume.py) while the agents wait for it. An env server the policy does not cover
+    ends the run when it exits (and one that dies during start-up always does).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -228,6 +234,14 @@ class RestartPolicy(BaseModel):
     policy: Literal["never", "on-failure", "always"] = "never"
     max_restarts: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
+    roles: list[Literal["agent", "learner", "env_server"]] = ["agent", "learner"]
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_once(cls, roles: list[str]) -> list[str]:
+        if not roles or len(set(roles)) != len(roles):
+            raise ValueError(f"expected at least one of 'agent', 'learner', 'env_server', each at most once, got {roles}")
+        return roles
 
 
 class FaultsConfig(BaseModel):
@@ -368,10 +382,6 @@ class RunConfig(BaseModel):
                         f"faults.schedule.{position}.edges.{index}: expected a link of the run (a {self.topology.kind} "
                         f"topology edge, or an agent's link to {ENV_NODE_ID}), got [{a}, {b}], which are not linked"
                     )
-            if event.kind == "restart" and (ENV_NODE_ID in event.nodes or event.role == "env_server"
-                                            or (event.random is not None and event.random.role == "env_server")):
-                problems.append(f"faults.schedule.{position}: expected agents to restart, got the env server "
-                                "(agents cannot rejoin a new env server)")
             if event.at_step is not None and event.at_step >= self.run.steps:
                 problems.append(f"faults.schedule.{position}.at_step: expected a training step below run.steps "
                                 f"({self.run.steps}), which the env server reaches; got {event.at_step}")
@@ -386,8 +396,8 @@ class RunConfig(BaseModel):
         restarts = self.faults.restart.policy != "never" or any(e.kind == "restart" for e in self.faults.schedule)
         if restarts and self.network.transport != "ipc":
             problems.append(
-                "faults.restart: expected network.transport 'ipc' for restarts (a restarted agent must come back "
-                f"at the endpoint its neighbours know; with tcp it gets a new port), got {self.network.transport!r}"
+                "faults.restart: expected network.transport 'ipc' for restarts (a restarted node must come back "
+                f"at the endpoint the others know; with tcp it gets a new port), got {self.network.transport!r}"
             )
 
         if self.launch.backend in ("ssh", "ray"):

@@ -16,9 +16,10 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
        the nodes apply to their emulated links and which are replayed to a restarted node);
        a child that exits on its own before the end (not a scheduled kill) fails the run unless
-       the restart policy brings it back (agents, and the learner node of a centralized run,
-       which restores its checkpoint; the env server never), and so does a scheduled
-       kill of the env server (nothing can step without it);
+       the restart policy brings it back (agents, the learner node of a centralized run, which
+       restores its checkpoint, and the env server when `faults.restart.roles` lists it: see
+       "An env-server restart" below), and so does a scheduled kill of the env server that no
+       restart covers (nothing can step without it);
        `control.run_complete` from the env server, Ctrl-C or SIGTERM start the shutdown;
     5. shutdown: `control.shutdown` to every registered node — a node that has not registered
        yet may have no connected control socket, so it gets SIGTERM instead — wait up to
@@ -29,6 +30,16 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
 After the run (its `run_finished` event), `report/` in the run directory gets the report's
 summary and plot (orchestrator/report.py; the summary only after Ctrl-C); a failure there is a
 `report_failed` event, never a different exit code.
+
+An env-server restart (a scheduled `restart` of it, or `faults.restart` with `env_server` in
+its roles, after the run started): when its exit is reaped, every running agent gets
+`control.env_restarting` — it stops counting the server's silence, ends its episodes in flight
+and drops its connection — and an `env_server_restarting` event is written; the server is
+started again after the backoff, resumes the run from its resume point (env_server/resume.py),
+and says at which step in its `control.ready`; then every running agent gets `control.env_back`
+with the endpoint, joins it again and resets, and an `env_server_resumed` event records the
+step and the downtime. The agents are told rather than left to notice: an agent cannot tell a
+restarting server from a dead one, and the orchestrator, which restarts it, can.
 
 Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
 kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
@@ -189,6 +200,8 @@ class Orchestrator:
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
         self.network_faults: list[m.Partition | m.Heal | m.SetLink] = []  # sent so far, in order
+        # While the env server is being restarted: when it exited (monotonic), else None.
+        self.env_server_down_since: float | None = None
         self.directories_sent = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
                                       total_steps=config.run.steps)
@@ -377,7 +390,7 @@ class Orchestrator:
         if isinstance(message, m.Register):
             self.on_register(node, message)
         elif isinstance(message, m.Ready):
-            self.on_ready(node)
+            self.on_ready(node, message.resumed_step)
         elif isinstance(message, m.Status):
             node.last_status = message
         elif isinstance(message, m.RunComplete):
@@ -424,7 +437,7 @@ class Orchestrator:
         return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids),
                            learner_endpoint=learner_endpoint)
 
-    def on_ready(self, node: NodeRecord) -> None:
+    def on_ready(self, node: NodeRecord, resumed_step: int | None = None) -> None:
         node.ready = True
         self.events.write("ready", node.launch.node_id)
         if self.started:
@@ -435,6 +448,11 @@ class Orchestrator:
                 self.control.send(message, to=node.launch.node_id)
             self.events.write("rejoined", node.launch.node_id, restarts=node.restarts,
                               network_faults_replayed=len(self.network_faults))
+            if node.launch.role == "env_server":
+                self._env_server_back(node, resumed_step)
+            elif self.env_server_down_since is not None and node.launch.role == "agent":
+                # An agent restarted while the env server is down: it waits with the others.
+                self.control.send(self._env_restarting_message(), to=node.launch.node_id)
             return
         if all(n.ready for n in self.nodes.values()) and not self.started:
             self.started = True
@@ -459,6 +477,8 @@ class Orchestrator:
                     node.restart_at = time.monotonic() + delay_s
                     self.events.write("restart_scheduled", node_id, in_s=delay_s, restarts=node.restarts,
                                       policy=self.config.faults.restart.policy, requested=node.restart_requested)
+                    if node.launch.role == "env_server" and self.env_server_down_since is None:
+                        self._env_server_restarting(node)
                     continue
                 if not expected and not self.shutting_down and not self.failure:
                     said = failure_said(node)
@@ -471,16 +491,20 @@ class Orchestrator:
                     # cannot rejoin a new one, so the run ends here, as a failure with the reason.
                     self.failure = (f"the env server ({node_id}) was killed by the fault schedule "
                                     f"(faults.schedule.{node.killed_by_fault.position}, {node.killed_by_fault.setting}); "
-                                    "the agents cannot step without it, so the run ends (an env-server restart is not supported)")
+                                    "the agents cannot step without it, so the run ends (no restart covers it: "
+                                    "list env_server in faults.restart.roles, or schedule a restart)")
                     self.events.write("env_server_lost", node_id, reason=self.failure)
 
     def _should_restart(self, node: NodeRecord, code: int) -> bool:
-        if node.launch.role not in ("agent", "learner") or self.run_complete:  # a learner restores its checkpoint
+        # A learner restores its checkpoint; an env server resumes the run (env_server/resume.py).
+        if node.launch.role not in ("agent", "learner", "env_server") or self.run_complete:
             return False
+        if node.launch.role == "env_server" and not self.started:
+            return False  # during start-up the agents are still joining it: the run fails instead
         if node.restart_requested:
             return True
         policy = self.config.faults.restart
-        if policy.policy == "never" or node.restarts >= policy.max_restarts:
+        if policy.policy == "never" or node.launch.role not in policy.roles or node.restarts >= policy.max_restarts:
             return False
         if policy.policy == "on-failure":
             return code != 0
@@ -502,6 +526,35 @@ class Orchestrator:
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts)
+
+    # ------------------------------------------------------------------ an env-server restart
+
+    def _running_agents(self) -> list[str]:
+        return [node_id for node_id, node in self.nodes.items()
+                if node.launch.role == "agent" and node.ready and node.exit_code is None]
+
+    def _env_restarting_message(self) -> m.EnvServerRestarting:
+        return m.EnvServerRestarting(restarts=next(n.restarts for n in self.nodes.values() if n.launch.role == "env_server"))
+
+    def _env_server_restarting(self, node: NodeRecord) -> None:
+        """The env server exited and will be restarted: the agents wait for it (see the module doc)."""
+        self.env_server_down_since = time.monotonic()
+        agents = self._running_agents()
+        for agent in agents:
+            self.control.send(self._env_restarting_message(), to=agent)
+        self.events.write("env_server_restarting", node.launch.node_id, restarts=node.restarts, agents_told=agents)
+
+    def _env_server_back(self, node: NodeRecord, resumed_step: int | None) -> None:
+        """The restarted env server is ready: every running agent joins it again."""
+        down_since, self.env_server_down_since = self.env_server_down_since, None
+        agents = self._running_agents()
+        # No resume point (it died before its first step was saved): it starts the run from step 0.
+        back = m.EnvServerBack(env_endpoint=node.endpoints["env"], step=resumed_step or 0)
+        for agent in agents:
+            self.control.send(back, to=agent)
+        self.events.write("env_server_resumed", node.launch.node_id, step=resumed_step, restarts=node.restarts,
+                          downtime_s=None if down_since is None else round(time.monotonic() - down_since, 3),
+                          agents_told=agents)
 
     def _note_exit_times(self) -> None:
         """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),

@@ -79,3 +79,38 @@ def test_a_client_that_names_its_agents_checks_the_grant():
     assert client.agents == ["a1", "a0"]
     with pytest.raises(EnvProtocolError, match=r"asked for agents \['a0'\], the env server granted \['a1'\]"):
         EnvClient("x", agents=["a0"]).on_welcome(welcome(["a1"]))
+
+
+def test_an_env_server_restart_stops_the_silence_clock_and_rejoins_the_same_agents():
+    client = EnvClient("agent_1", agent_indices=[1])
+    client.on_welcome(welcome(["a1"]))
+    held = client.on_message(observation(7), now=10.0)
+    assert client.answerable(held)
+
+    client.server_restarting()
+    client.heard(11.0)  # a network fault's "heard" does not restart the clock while it is down
+    assert client.silent_for(500.0) == 0.0 and client.silence_deadline(5.0) == math.inf
+    assert not client.answerable(held), "the held observation belongs to the dead server"
+    with pytest.raises(EnvProtocolError, match="while the env server restarts"):
+        client.on_message(observation(8), now=12.0)
+
+    assert client.rejoin(now=20.0) == client.join()
+    assert client.silence_deadline(5.0) == 25.0, "a new server that never answers is silent again"
+    resumed = m.EnvWelcome(**{**welcome(["a1"]).__dict__, "step": 8})
+    client.on_welcome(resumed)
+    assert not client.restarting and client.rejoins == 1 and client.welcome.step == 8
+    newer = client.on_message(observation(8), now=21.0)
+    assert client.answerable(newer) and not client.answerable(held)
+
+
+def test_a_restarted_server_must_serve_the_same_run():
+    client = EnvClient("agent_1", agent_indices=[1])
+    with pytest.raises(EnvProtocolError, match="without server_restarting"):
+        client.rejoin(now=0.0)
+    client.on_welcome(welcome(["a1"]))
+    client.server_restarting()
+    client.rejoin(now=1.0)
+    with pytest.raises(EnvProtocolError, match=r"changed \['num_copies'\]"):
+        client.on_welcome(welcome(["a1"], num_copies=2))
+    with pytest.raises(EnvRefused, match="agent_taken"):
+        client.on_welcome(m.ErrorReply(code="agent_taken", message="taken"))

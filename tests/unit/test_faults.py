@@ -145,9 +145,18 @@ def test_network_fault_errors_name_the_field(event: str, message: str) -> None:
     assert message in str(error.value), str(error.value)
 
 
-def test_restarts_are_for_agents_over_ipc() -> None:
-    with pytest.raises(ConfigError, match="faults.schedule.0: expected agents to restart, got the env server"):
-        config_with("{at_s: 1, kind: restart, nodes: [env]}")
+def test_restarts_are_over_ipc_for_agents_and_the_env_server() -> None:
+    # The env server may be restarted too (it resumes the run: env_server/resume.py).
+    assert plan_faults(config_with("{at_s: 1, kind: restart, nodes: [env]}"))[0].targets == ("env",)
+    assert plan_faults(config_with("{at_s: 1, kind: restart, role: env_server}"))[0].targets == ("env",)
+    assert load_config(TINY, ["faults.restart={policy: on-failure}"]).faults.restart.roles == ["agent"], "agents by default"
+    both = load_config(TINY, ["faults.restart={policy: on-failure, roles: [agent, env_server]}"])
+    assert both.faults.restart.roles == ["agent", "env_server"]
+    for roles, why in (("[learner]", "roles.0"), ("[agent, agent]", "at most once"), ("[]", "at least one role")):
+        with pytest.raises(ConfigError, match=why):
+            load_config(TINY, [f"faults.restart={{policy: on-failure, roles: {roles}}}"])
+    with pytest.raises(ConfigError, match="faults.restart: expected network.transport 'ipc' for restarts"):
+        load_config(TINY, ["faults.schedule.0={at_s: 1, kind: restart, nodes: [env]}", "network.transport=tcp"])
     with pytest.raises(ConfigError, match="faults.restart: expected network.transport 'ipc' for restarts"):
         load_config(TINY, ["faults.restart={policy: on-failure}", "network.transport=tcp"])
     assert load_config(TINY, ["faults.restart={policy: always, max_restarts: 5, backoff_s: 0}"]).faults.restart.max_restarts == 5

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_node.transitions import TransitionAssembler
+from agent_node.transitions import FinishedEpisode, TransitionAssembler
 from protocols import messages as m
 
 AGENT = "agent_0"
@@ -161,3 +161,28 @@ def test_a_step_taken_without_our_answer_yields_no_transition_but_keeps_rewards_
 
     act(assembler, third, [7, 8])  # answering again: learning resumes from the next step
     assert assembler.observe(observation(3, [[6, 6], [7, 7]])).transition is not None
+
+
+def test_an_env_server_restart_cuts_the_episodes_and_never_glues_the_old_to_the_new():
+    assembler = TransitionAssembler(AGENT, num_copies=2, episodes_finished=4)
+    first = observation(10, [[0, 0], [1, 1]])
+    assembler.observe(first)
+    act(assembler, first, [1, 1])
+    second = observation(11, [[2, 2], [3, 3]], reward=[1.0, 2.0])
+    assert assembler.observe(second).transition is not None
+    act(assembler, second, [0, 0])  # answered; the server died before (or after) playing it
+
+    cut = assembler.cut()
+    assert [(e.copy, e.episode_return, e.length, e.cut) for e in cut] == [(0, 1.0, 1, True), (1, 2.0, 1, True)]
+    assert assembler.episodes == 4 and assembler.last_return is None, "a cut episode is not a whole one"
+
+    # The resumed server's first observation (same or next step number, new episodes): no row
+    # pairs it with the old episode's last observation and action.
+    resumed = observation(12, [[7, 7], [8, 8]])
+    assert assembler.observe(resumed).transition is None
+    act(assembler, resumed, [2, 3])
+    after = observation(13, [[9, 9], [9, 9]], reward=0.5, terminated=[True, False])
+    step = assembler.observe(after)
+    np.testing.assert_array_equal(step.transition.obs, [[7, 7], [8, 8]])
+    assert [(e.episode_return, e.length, e.cut) for e in step.finished] == [(0.5, 1, False)], "returns start over"
+    assert assembler.cut() == [FinishedEpisode(1, 0.5, 1, 5, cut=True)]

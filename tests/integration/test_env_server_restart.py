@@ -1,0 +1,90 @@
+"""An env-server restart resumes the run (issue 9), on real processes: `orchestrate up` of
+configs/tiny_ring.yaml whose env server is restarted by the schedule, then killed and restarted
+by the restart policy. The agents wait for it, rejoin, and the run reaches its budget with every
+lockstep step run once."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(330)]
+
+AGENTS = ("agent_0", "agent_1", "agent_2")
+
+
+def rows(run_dir, node: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_env_server_restarts_twice_and_the_run_resumes_where_it_stopped(tmp_path):
+    run_dir = tmp_path / "run"
+    # 1500 steps take ~7 s on an idle 2-core machine (31 s at load 8.5): long enough for both faults.
+    steps, copies = 1500, 2
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={steps}",
+        "--set", "faults.schedule=[{at_s: 1.5, kind: restart, nodes: [env]}, {at_s: 3.5, kind: kill, role: env_server}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    env_events = [e for e in events if e["node"] == "env"]
+    kinds = [e["event"] for e in env_events]
+    assert kinds.count("restarted") == 2 and kinds.count("env_server_restarting") == 2, kinds
+    scheduled = [e for e in env_events if e["event"] == "restart_scheduled"]
+    # The schedule's restart at once, then the policy's after its backoff, doubled by the first restart.
+    assert [(e["requested"], e["in_s"]) for e in scheduled] == [(True, 0.0), (False, 0.4)]
+    assert [e["code"] for e in env_events if e["event"] == "exited"] == [-signal.SIGKILL, -signal.SIGKILL, 0]
+    for told in (e for e in env_events if e["event"] in ("env_server_restarting", "env_server_resumed")):
+        assert told["agents_told"] == list(AGENTS), told
+    resumed = [e for e in env_events if e["event"] == "env_server_resumed"]
+    assert len(resumed) == 2 and all(e["downtime_s"] is not None for e in resumed)
+    first_step, second_step = (e["step"] for e in resumed)
+    faults = [e for e in events if e["event"] == "fault"]
+    env_log = (run_dir / "nodes" / "env" / "log").read_text()
+    assert f"resumed at step {first_step} (incarnation 1" in env_log and f"resumed at step {second_step} (incarnation 2" in env_log
+
+    # The step counter went on: each resume is at or after the last step the agents had seen
+    # before that fault (not 0), and the run finished its budget once, at the budget.
+    for fault, step in zip(faults, (first_step, second_step)):
+        seen = max(r["step"] for agent in AGENTS for r in rows(run_dir, agent) if r["t"] < fault["t"])
+        assert 0 < seen <= step, (fault, seen, step)
+    assert second_step > first_step
+    assert [e["steps"] for e in events if e["event"] == "run_complete"] == [steps]
+
+    # No step run twice, none skipped: every env step gives each agent one transition per copy.
+    # Only the last action before each kill may have been played without the agents seeing its
+    # outcome (the server died after the step, before its observation went out): at most one
+    # step per restart unseen, never more rows than steps.
+    for agent in AGENTS:
+        mine = rows(run_dir, agent)
+        observed = [r["dqn/rows_observed"] for r in mine if "dqn/rows_observed" in r][-1]
+        assert copies * (steps - 2) <= observed <= copies * steps, (agent, observed)
+        # The episodes cut by each restart ended as such (their partial returns reported apart),
+        # and whole episodes went on after it: the step of each never goes back.
+        cut = [r for r in mine if "env/cut_episode_return" in r]
+        assert {r["step"] for r in cut} <= {first_step, second_step, first_step - 1, second_step - 1} and cut
+        episode_steps = [r["step"] for r in mine if "env/episode_return" in r]
+        assert episode_steps == sorted(episode_steps) and mine[-1]["step"] == steps
+        # Each resumed server reset every copy: the first whole episode after it is a new one of
+        # max_cycles (10) steps from the resumed step, not the rest of the cut one.
+        for resume in resumed:
+            first = next(r for r in mine if "env/episode_return" in r and r["t"] > resume["t"])
+            assert (first["step"], first["env/episode_length"]) == (resume["step"] + 10, 10.0), (agent, first, resume)
+        # Kept learning after the last restart: gradient steps grew in rows written after it.
+        after = [r["dqn/gradient_steps"] for r in mine if "dqn/gradient_steps" in r and r["t"] > resumed[-1]["t"]]
+        assert len(after) >= 2 and after[-1] > after[0], (agent, after)
+        assert [r["env/server_downtime_s"] for r in mine if "env/server_downtime_s" in r], agent
+        log = (run_dir / "nodes" / agent / "log").read_text()
+        assert log.count("rejoined the restarted env server") == 2 and "no message from the env server" not in log
+
+    # The evaluation schedule went on too: one evaluation every 20 steps, none twice, none lost
+    # (one interrupted by a kill runs again after the resume).
+    eval_steps = [r["step"] for r in rows(run_dir, "env") if "eval/return_mean" in r]
+    assert eval_steps == list(range(20, steps + 1, 20))
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
