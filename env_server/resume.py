@@ -20,7 +20,7 @@ truncated; agent_node/transitions.py `TransitionAssembler.cut`).
 **The file.** The point is saved after every training step, so it must be cheap and must never
 be read half-written. `os.replace` of a fresh file costs ~0.65 ms here (measured at load 14), more
 than a lockstep step, so the file instead holds two fixed slots of `SLOT_BYTES` and each save
-overwrites the older one with a single `pwrite`: a header (magic, sequence number, payload
+overwrites the older one with a single `pwrite` (16 µs a save at load 5.5): a header (magic, sequence number, payload
 length, CRC32 of the payload) and the JSON payload. Loading takes the valid slot with the highest
 sequence number; a slot torn by a crash mid-write fails its CRC and the other slot, one step
 older, is used. Saves are not fsynced: the point survives the kill of the process (the page

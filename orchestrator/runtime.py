@@ -200,7 +200,7 @@ class Orchestrator:
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
         self.network_faults: list[m.Partition | m.Heal | m.SetLink] = []  # sent so far, in order
-        # While the env server is being restarted: when it exited (monotonic), else None.
+        # While the env server is being restarted: when it exited (unix time), else None.
         self.env_server_down_since: float | None = None
         self.directories_sent = False
         self.status_view = StatusView(self.nodes, live=config.launch.live_view, run_name=config.run.name,
@@ -272,6 +272,9 @@ class Orchestrator:
             next_fault_s = self.faults.seconds_to_next(time.monotonic())
             if next_fault_s is not None:
                 wait_s = min(wait_s, next_fault_s)
+            restarts_at = [n.restart_at for n in self.nodes.values() if n.restart_at is not None]
+            if restarts_at:  # a restart's backoff ends: start it then, not at the next status tick
+                wait_s = max(0.0, min(wait_s, min(restarts_at) - time.monotonic()))
             if self.hub.wait(wait_s):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
@@ -538,7 +541,7 @@ class Orchestrator:
 
     def _env_server_restarting(self, node: NodeRecord) -> None:
         """The env server exited and will be restarted: the agents wait for it (see the module doc)."""
-        self.env_server_down_since = time.monotonic()
+        self.env_server_down_since = node.exited_at or time.time()  # (the exit, not the later reaping)
         agents = self._running_agents()
         for agent in agents:
             self.control.send(self._env_restarting_message(), to=agent)
@@ -553,7 +556,7 @@ class Orchestrator:
         for agent in agents:
             self.control.send(back, to=agent)
         self.events.write("env_server_resumed", node.launch.node_id, step=resumed_step, restarts=node.restarts,
-                          downtime_s=None if down_since is None else round(time.monotonic() - down_since, 3),
+                          downtime_s=None if down_since is None else round(time.time() - down_since, 3),
                           agents_told=agents)
 
     def _note_exit_times(self) -> None:
