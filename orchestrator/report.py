@@ -22,6 +22,9 @@ Per run:
   the neighbours) before the first and after the last round of each session (push-sum: its
   estimate from the pushes heard, see PushSumConsensus.metrics), rounds that missed a
   neighbour, and the time a session took;
+- env-server restarts (its `env_server_resumed` events): the step each incarnation resumed
+  at and how long the server was down, from the exit the orchestrator saw to the agents being
+  told it is back;
 - headline numbers, the same for every run, that a sweep aggregates (the table shows the main
   ones; `--json` has all, including each agent's first consensus session on its own, the one
   session every point of a sweep has from the same start).
@@ -368,6 +371,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
                "run_s": e.get("run_s", e["t"] - started if started is not None else None), "step": e.get("step"),
                "nodes": sorted(fault_targets(e)), "skipped": e.get("skipped") or []}
               for e in events if e.get("event") == "fault"]  # fmt: skip
+    env_restarts = [{"run_s": e["t"] - started if started is not None else None, "step": e.get("step"),
+                     "downtime_s": e.get("downtime_s")} for e in events if e.get("event") == "env_server_resumed"]
     peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
     peer_sent = sum(entry.get("sent") or 0.0 for entry in peer)
     ages = [entry["age_p99_ms"] for entry in peer if entry.get("age_p99_ms") is not None]
@@ -405,6 +410,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "links": links,
         "consensus": consensus,
         "faults": faults,
+        "env_restarts": env_restarts,
         "headline": headline,
     }
 
@@ -525,6 +531,9 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                 f" (step {_fmt(fault['step'], 'g')})" if fault.get("step") is not None else "")
         console.print(f"fault: {fault['kind']} {when} on {', '.join(fault['nodes']) or '-'}"
                       + (f" (skipped {', '.join(fault['skipped'])})" if fault["skipped"] else ""))  # fmt: skip
+    for restart in summary.get("env_restarts", []):
+        console.print(f"env server: back at +{_fmt(restart['run_s'], '.3g')} s after {_fmt(restart['downtime_s'])} s down, "
+                      f"resumed at step {_fmt(restart['step'], 'g')}")
     for node, a in summary["agents"].items():
         for window in a["interruptions"]:
             which = window["kind"] + (f" (faults.schedule.{window['position']})" if window["position"] is not None else "")

@@ -541,7 +541,8 @@ class Orchestrator:
 
     def _env_server_restarting(self, node: NodeRecord) -> None:
         """The env server exited and will be restarted: the agents wait for it (see the module doc)."""
-        self.env_server_down_since = node.exited_at or time.time()  # (the exit, not the later reaping)
+        # When its exit was seen (on SIGCHLD when that came first, else now, on reaping).
+        self.env_server_down_since = node.exited_at or time.time()
         agents = self._running_agents()
         for agent in agents:
             self.control.send(self._env_restarting_message(), to=agent)
