@@ -373,3 +373,20 @@ def test_a_reproducible_run_that_timing_decided_says_so_per_agent(tmp_path):
     assert "agent_1: not reproducible (run.reproducible), timing decided: consensus_incomplete, step_deadline" in out.getvalue()
     assert "agent_0: not reproducible" not in out.getvalue()
     assert report.summarize_run(make_run(tmp_path / "clean"))["headline"]["reproducibility_broken"] == 0.0
+
+
+def test_env_server_restarts_are_reported_with_their_step_and_downtime(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events[-1:-1] = [
+        {"t": T0 + 6, "event": "env_server_resumed", "node": "env", "step": 60, "restarts": 1, "downtime_s": 0.7},
+        {"t": T0 + 8.5, "event": "env_server_resumed", "node": "env", "step": 90, "restarts": 2, "downtime_s": 1.25},
+    ]
+    write_jsonl(run_dir / "events.jsonl", events)
+    summary = report.summarize_run(run_dir)
+    assert summary["env_restarts"] == [{"run_s": 6.0, "step": 60, "downtime_s": 0.7},
+                                       {"run_s": 8.5, "step": 90, "downtime_s": 1.25}]
+    out = io.StringIO()
+    assert report.main(run_dir, out=out) == 0
+    assert "env server: back at +6 s after 0.7 s down, resumed at step 60" in out.getvalue()
+    assert report.summarize_run(make_run(tmp_path / "plain"))["env_restarts"] == []
