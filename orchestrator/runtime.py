@@ -490,8 +490,8 @@ class Orchestrator:
                     if node.launch.role == "learner":
                         self.failure += "; the agents train centrally and cannot go on without their learner node"
                 elif node.launch.role == "env_server" and node.killed_by_fault is not None and not self.shutting_down and not self.failure:
-                    # A scheduled kill of the env server: the agents cannot step without it and
-                    # cannot rejoin a new one, so the run ends here, as a failure with the reason.
+                    # A scheduled kill of the env server that no restart covers: the agents cannot
+                    # step without it, so the run ends here, as a failure with the reason.
                     self.failure = (f"the env server ({node_id}) was killed by the fault schedule "
                                     f"(faults.schedule.{node.killed_by_fault.position}, {node.killed_by_fault.setting}); "
                                     "the agents cannot step without it, so the run ends (no restart covers it: "
