@@ -20,7 +20,15 @@ AGENTS = ("agent_0", "agent_1", "agent_2")
 
 
 def rows(run_dir, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+    lines = (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()
+    parsed = []
+    for position, line in enumerate(lines):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            assert position == len(lines) - 1, f"a torn line in the middle of {node}'s metrics: {line!r}"
+            # (the last line, read while the run writes it)
+    return parsed
 
 
 def test_the_env_server_restarts_twice_and_the_run_resumes_where_it_stopped(tmp_path):
