@@ -149,10 +149,10 @@ def test_restarts_are_over_ipc_for_agents_and_the_env_server() -> None:
     # The env server may be restarted too (it resumes the run: env_server/resume.py).
     assert plan_faults(config_with("{at_s: 1, kind: restart, nodes: [env]}"))[0].targets == ("env",)
     assert plan_faults(config_with("{at_s: 1, kind: restart, role: env_server}"))[0].targets == ("env",)
-    assert load_config(TINY, ["faults.restart={policy: on-failure}"]).faults.restart.roles == ["agent"], "agents by default"
+    assert load_config(TINY, ["faults.restart={policy: on-failure}"]).faults.restart.roles == ["agent", "learner"], "not env"
     both = load_config(TINY, ["faults.restart={policy: on-failure, roles: [agent, env_server]}"])
     assert both.faults.restart.roles == ["agent", "env_server"]
-    for roles, why in (("[learner]", "roles.0"), ("[agent, agent]", "at most once"), ("[]", "at least one role")):
+    for roles, why in (("[orchestrator]", "roles.0"), ("[agent, agent]", "at most once"), ("[]", "at least one of")):
         with pytest.raises(ConfigError, match=why):
             load_config(TINY, [f"faults.restart={{policy: on-failure, roles: {roles}}}"])
     with pytest.raises(ConfigError, match="faults.restart: expected network.transport 'ipc' for restarts"):
