@@ -18,7 +18,7 @@ watchdog. The caller sends and receives: it never touches a socket or a clock.
 **An env-server restart** (the orchestrator restarts it and says so: `control.env_restarting`,
 then `control.env_back`). `server_restarting()` forgets the server: its silence is not counted
 (the orchestrator watches the restart; a server that does not come back ends the run from
-there) and no observation of the old server is answered any more (`answerable`). The caller
+there) and nothing is answered until the new server's welcome (`answer` refuses). The caller
 drops its connection (messages queued for the dead server must not reach the new one), then
 connects again and sends `rejoin()`; the new server's welcome must grant the same agents,
 copies and spaces as the first one, else `EnvProtocolError` says what changed.
@@ -62,8 +62,6 @@ class EnvClient:
         self.action_spaces: dict[str, gym.Space] = {}
         self.last_heard_at: float | None = None
         self.messages_received = 0
-        # The observation the server waits on (the newest one); None while it restarts.
-        self.latest: m.EnvObservation | None = None
         self.restarting = False  # between server_restarting() and the new server's welcome
         self.waiting_for_server = False  # between server_restarting() and rejoin(): no silence deadline
         self.rejoins = 0
@@ -85,6 +83,8 @@ class EnvClient:
     def answer(self, observation: m.EnvObservation, actions: dict[str, Any]) -> m.EnvAction:
         """The action message answering `observation` (same step, same training/evaluation mode)."""
         self._require_welcome("answer")
+        if self.restarting:
+            raise EnvProtocolError(f"cannot answer step {observation.step}: the env server is restarting")
         unknown = set(actions) - set(self.agents)
         if unknown:
             raise EnvProtocolError(
@@ -97,7 +97,6 @@ class EnvClient:
     def server_restarting(self) -> None:
         """The orchestrator is restarting the env server: see the module docstring."""
         self.restarting = self.waiting_for_server = True
-        self.latest = None
         self.last_heard_at = None  # no silence deadline until rejoin()
 
     def rejoin(self, now: float) -> m.EnvJoin:
@@ -109,10 +108,6 @@ class EnvClient:
         self.waiting_for_server = False
         self.last_heard_at = now
         return self.join()
-
-    def answerable(self, observation: m.EnvObservation) -> bool:
-        """Whether the server still waits on `observation` (not one of a server since restarted)."""
-        return observation is self.latest and not self.restarting
 
     def on_welcome(self, message: Any) -> m.EnvWelcome:
         """Take the server's answer to `join`; refusals raise `EnvRefused`."""
@@ -159,7 +154,6 @@ class EnvClient:
         missing = [agent for agent in self.agents if agent not in observation.observations]
         if missing:
             raise EnvProtocolError(f"env.observation of step {observation.step} lacks this client's agents {missing}")
-        self.latest = observation
         return observation
 
     def heard(self, now: float) -> None:

@@ -199,6 +199,8 @@ class AgentNode:
         self.step = 0  # lockstep step of the last observation
         self._flushed_step = -1  # of the last periodic metrics flush
         self.env_down_since: float | None = None  # while the env server restarts
+        # The observation a consensus session held when the env server died: never answered.
+        self._dead_server_observation: m.EnvObservation | None = None
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
         self.env_client = EnvClient(
@@ -536,8 +538,8 @@ class AgentNode:
             self.consensus.replace_held(message)
 
     def _act(self, message: m.EnvObservation) -> None:
-        if not self.env_client.answerable(message):
-            # Held (averaging, learning) across an env-server restart: the new server never sent it.
+        if self.env_client.restarting or message is self._dead_server_observation:
+            # Held (averaging) across an env-server restart: the server that waited on it is gone.
             log.info("not answering step %d: the env server restarted since it sent it", message.step)
             return
         if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._learner_node_behind():
@@ -610,6 +612,7 @@ class AgentNode:
             self.hub.close_channel(self.env)
             self.env = None
         self.waiting_for_updates = None
+        self._dead_server_observation = self.consensus.held if self.consensus is not None else None
         self.evaluating = False
         self.env_down_since = now
         for episode in self.episodes.cut():

@@ -85,12 +85,12 @@ def test_an_env_server_restart_stops_the_silence_clock_and_rejoins_the_same_agen
     client = EnvClient("agent_1", agent_indices=[1])
     client.on_welcome(welcome(["a1"]))
     held = client.on_message(observation(7), now=10.0)
-    assert client.answerable(held)
 
     client.server_restarting()
     client.heard(11.0)  # a network fault's "heard" does not restart the clock while it is down
     assert client.silent_for(500.0) == 0.0 and client.silence_deadline(5.0) == math.inf
-    assert not client.answerable(held), "the held observation belongs to the dead server"
+    with pytest.raises(EnvProtocolError, match="cannot answer step 7: the env server is restarting"):
+        client.answer(held, {"a1": np.zeros(4, np.int64)})
     with pytest.raises(EnvProtocolError, match="while the env server restarts"):
         client.on_message(observation(8), now=12.0)
 
@@ -100,7 +100,7 @@ def test_an_env_server_restart_stops_the_silence_clock_and_rejoins_the_same_agen
     client.on_welcome(resumed)
     assert not client.restarting and client.rejoins == 1 and client.welcome.step == 8
     newer = client.on_message(observation(8), now=21.0)
-    assert client.answerable(newer) and not client.answerable(held)
+    assert client.answer(newer, {"a1": np.zeros(4, np.int64)}).step == 8
 
 
 def test_a_restarted_server_must_serve_the_same_run():
