@@ -46,8 +46,10 @@ def test_hosts_mode_measures_both_sides_with_curve_and_deletes_its_namespaces():
     payload = 4 * 10_000 * 2  # float32 shares to each of two neighbours, per round
     for side in ("parley", "raw"):
         assert result[f"{side}_s_per_round_1e4_hosts3_curve"] > 0
-        # Both sides really crossed the veths: at least the shares themselves went out.
-        assert result[f"{side}_wire_bytes_per_round_per_node_1e4_hosts3_curve"] >= payload
+        # Both sides really crossed the veths. A worker reads its interface's counters as soon as
+        # it has its neighbours' last shares, when its own last share may still be on its way out
+        # (seen under load: 0.9 x payload): of 3 rounds, at least the first 2 rounds' shares.
+        assert result[f"{side}_wire_bytes_per_round_per_node_1e4_hosts3_curve"] >= payload * 2 / 3
     assert result["max_abs_diff_parley_vs_raw_1e4_hosts3_curve"] <= 1e-4  # the same averaging on both sides
     assert namespaces_named(prefix) == []
 
