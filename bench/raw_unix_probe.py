@@ -9,7 +9,8 @@ plain AF_UNIX stream socket (length-prefixed frames, blocking reads) instead of 
 ROUTER/DEALER pair, so no zmq I/O thread sits between sender and receiver. No barrier rules,
 deadlines, reconnects or link emulation: it measures the ceiling a raw path could reach, to
 decide whether building one is worth it (bench/PROFILE.md, round 4). Prints steps/s and CPU
-microseconds per env step of all processes, like bench/throughput.py.
+microseconds per env step of all processes, like bench/throughput.py, and the server's and each
+client's CPU per lockstep step.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def client(path: str, index: int, copies: int) -> None:
     print(f"CPU {time.process_time() - cpu_at_first}", flush=True)
 
 
-def server(path: str, steps: int, copies: int) -> tuple[float, float]:
+def server(path: str, steps: int, copies: int) -> tuple[float, float, float, float]:
     from mpe2 import simple_spread_v3
 
     from env_server.barrier import observation_for
@@ -113,7 +114,8 @@ def server(path: str, steps: int, copies: int) -> tuple[float, float]:
     for process in clients:
         out, _ = process.communicate(timeout=60)
         client_cpu += float(out.decode().split()[-1])
-    return steps * copies / elapsed, (server_cpu + client_cpu) / (steps * copies) * 1e6
+    per_step = 1e6 / steps
+    return steps * copies / elapsed, (server_cpu + client_cpu) / (steps * copies) * 1e6, server_cpu * per_step, client_cpu * per_step / 4
 
 
 def subprocess_client(path: str, index: int, copies: int):
@@ -131,9 +133,9 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="parley-probe-") as directory:
-        rate, cpu = server(os.path.join(directory, "probe.sock"), args.steps, args.copies)
+        rate, cpu, server_us, client_us = server(os.path.join(directory, "probe.sock"), args.steps, args.copies)
     print(f"raw unix lockstep, K={args.copies}: {rate:.0f} env steps/s, {cpu:.0f} us CPU per env step "
-          f"(from the first observation on); load average {os.getloadavg()[0]:.2f}")
+          f"(from the first observation on; per lockstep step: server {server_us:.0f} us, each client {client_us:.0f} us); load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
