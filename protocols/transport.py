@@ -383,8 +383,13 @@ class Channel:
                 # the lockstep a zmq.Frame object per frame costs more than the copy (measured:
                 # ~20 us per 6-frame message); a large array pays one memcpy (~0.3 ms per MiB).
                 # CURVE needs the Frame objects: the authenticated User-Id is a frame property.
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=not self.check_user_id)
+                if self.check_user_id:
+                    frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                else:
+                    frames = _recv_bytes(self.socket)
             except zmq.Again:
+                return None
+            if frames is None:
                 return None
             if self.check_user_id:
                 views = [frame.buffer for frame in frames]
@@ -476,9 +481,17 @@ class Channel:
                 all_bytes = False
                 size += memoryview(frame).nbytes
         try:
-            # Frames that are all bytes go the cheap way (copied, no zmq.Frame objects); a large
-            # array among them is sent without a copy.
-            self.socket.send_multipart(frames, copy=all_bytes)
+            if all_bytes:
+                # The lockstep's case: all-bytes frames, copied (no zmq.Frame objects), through
+                # the socket's C-level send; pyzmq's `send_multipart` re-checks every frame's
+                # type and goes through its Python `send` per frame (measured warm: 1.2 us
+                # against 3.4 us for a three-frame message).
+                socket, last = self.socket, len(frames) - 1
+                for index in range(last):
+                    _raw_send(socket, frames[index], _SNDMORE, True)
+                _raw_send(socket, frames[last], 0, True)
+            else:  # a large array among them is sent without a copy
+                self.socket.send_multipart(frames, copy=False)
         except zmq.ZMQError as error:
             if error.errno == zmq.EHOSTUNREACH:
                 self.stats.unroutable += 1
@@ -519,6 +532,7 @@ class Hub:
         self.limits = limits if limits is not None else LimitsConfig()
         self.clock = clock
         self._context = zmq.Context()
+        self._next_log_flush = 0.0  # `wait` flushes the aggregated bad-input logs at most this often
         self._poller = zmq.Poller()
         self._channels: dict[zmq.Socket, Channel] = {}
         self._monitors: dict[zmq.Socket, HandshakeMonitor] = {}  # monitor PAIR socket -> its monitor
@@ -628,10 +642,12 @@ class Hub:
         if due is not None:
             self.flush_due()
         now = time.monotonic()
-        for channel in self._channels.values():  # aggregated bad-input lines whose window is over
-            channel.bad_input.flush(now)
-        for monitor in self._monitors.values():
-            monitor.log.flush(now)
+        if now >= self._next_log_flush:  # aggregated bad-input lines whose window is over
+            self._next_log_flush = now + _LOG_FLUSH_EVERY_S
+            for channel in self._channels.values():
+                channel.bad_input.flush(now)
+            for monitor in self._monitors.values():
+                monitor.log.flush(now)
         return ready
 
     def _start_authenticator(self) -> None:
@@ -709,6 +725,26 @@ class Hub:
             self._authenticator = None
         if not self._context.closed:
             self._context.term()
+
+
+# The C-level send and receive of pyzmq's socket, below its Python sugar (`send_multipart`,
+# `recv_multipart`), for the hot path's all-bytes frames.
+_RawSocket = next(base for base in zmq.Socket.__mro__[1:] if "send" in vars(base) and "recv" in vars(base))
+_raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.get
+_SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN
+_LOG_FLUSH_EVERY_S = 0.25  # the bad-input logs aggregate over seconds: no need to look every wake-up
+
+
+def _recv_bytes(socket: zmq.Socket) -> list[bytes] | None:
+    """One whole message as bytes frames if one is waiting, else None (never blocks). Asks zmq
+    whether a message is ready instead of letting a receive fail: a raised `zmq.Again` costs
+    ~3 us, the question ~1 us, and every `recv_all` ends with one."""
+    if not _raw_get(socket, _EVENTS) & _POLLIN:
+        return None
+    parts = [_raw_recv(socket, _NOBLOCK, True)]  # a multipart message arrives whole
+    while _raw_get(socket, _RCVMORE):
+        parts.append(_raw_recv(socket, _NOBLOCK, True))
+    return parts
 
 
 def wait_readable(poller: zmq.Poller, timeout_s: float) -> set[zmq.Socket]:

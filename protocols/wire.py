@@ -378,17 +378,19 @@ def _find_head(frames: Sequence[Any]) -> int:
 
 
 # Message ids: a random per-process prefix and a counter. Unique like a uuid4 (the prefix has
-# 64 random bits), at a fraction of the cost per message. Re-drawn in a forked child.
-_msg_id_prefix = os.urandom(8).hex()
-_msg_id_counter = itertools.count()
-_msg_id_pid = os.getpid()
+# 64 random bits), at a fraction of the cost per message. Re-drawn in a forked child (by a fork
+# hook, not a pid check per message: `os.getpid` is a system call).
+def _draw_msg_id_prefix() -> None:
+    global _msg_id_prefix, _msg_id_counter
+    _msg_id_prefix, _msg_id_counter = os.urandom(8).hex() + "-", itertools.count()
+
+
+_draw_msg_id_prefix()
+os.register_at_fork(after_in_child=_draw_msg_id_prefix)
 
 
 def _next_msg_id() -> str:
-    global _msg_id_prefix, _msg_id_counter, _msg_id_pid
-    if os.getpid() != _msg_id_pid:
-        _msg_id_prefix, _msg_id_counter, _msg_id_pid = os.urandom(8).hex(), itertools.count(), os.getpid()
-    return f"{_msg_id_prefix}-{next(_msg_id_counter)}"
+    return _msg_id_prefix + str(next(_msg_id_counter))
 
 
 def _sign(key: bytes, *parts: Any) -> bytes:

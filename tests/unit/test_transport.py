@@ -2,8 +2,9 @@
 
 What they pin down: a lockstep message crosses the socket as the envelope's three frames (plus
 the routing id on a ROUTER), `send_batch` delivers every message of a broadcast to the peer it
-names and reports unknown peers the way `send` does, and a peer still speaking version 1 of the
-envelope is dropped and counted, never handed to the loop.
+names and reports unknown peers the way `send` does, a peer still speaking version 1 of the
+envelope is dropped and counted, never handed to the loop, a burst of messages comes out whole
+and in order through the C-level receive path, and message ids stay unique across a fork.
 """
 
 from __future__ import annotations
@@ -126,3 +127,36 @@ def test_a_version_1_peer_is_dropped_and_counted(hubs, tmp_path):
     finally:
         raw.close(linger=0)
         context.term()
+
+
+def test_a_burst_arrives_whole_and_in_order_then_the_channel_reads_empty(hubs, tmp_path):
+    # The receive path asks zmq whether a message waits instead of catching zmq.Again: every
+    # message of a burst must still come out whole (all its frames), in order, and an empty
+    # channel must answer None without blocking. A large array takes the zero-copy send path.
+    server_hub, inbox, clients = connect_clients(hubs, tmp_path, ["agent_0"])
+    hub, channel = clients["agent_0"]
+    big = np.arange(wire.SMALL_ARRAY_BYTES // 4 * 3, dtype=np.float32).reshape(3, -1)
+    inbox.send_batch([(b"agent_0", observation(step, "agent_0")) for step in range(20)])
+    inbox.send(m.EnvObservation(**{**observation(20, "agent_0").__dict__, "observations": {"agent_0": big}}), to=b"agent_0")
+    got = receive(hub, channel, 21)
+    assert [e.message.step for e in got] == list(range(21))
+    assert all(e.message.observations["agent_0"].tolist() == [[float(e.message.step)] * 18] for e in got[:20])
+    assert np.array_equal(got[20].message.observations["agent_0"], big)
+    assert channel.recv() is None and channel.stats.received == 21
+
+
+def test_message_ids_stay_unique_in_a_forked_child():
+    import os
+
+    parent_id = wire._next_msg_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id and leave without running pytest's teardown
+        os.write(write, wire._next_msg_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 200).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child_id.rpartition("-")[0] != parent_id.rpartition("-")[0], (parent_id, child_id)
+    assert wire._next_msg_id().rpartition("-")[0] == parent_id.rpartition("-")[0]
