@@ -44,9 +44,8 @@ from orchestrator.backends.ray_config import placement_bundles
 from orchestrator.backends.ssh import shipped_files
 from protocols.settings import node_ids as run_node_ids
 
-# Longest wait for the cluster to grant the placement group, and for one actor call.
+# Longest wait for the cluster to grant the placement group (calls to the runners: launch.ray.call_timeout_s).
 PLACEMENT_TIMEOUT_S = 60.0
-CALL_TIMEOUT_S = 30.0
 
 
 def require_ray() -> None:
@@ -132,14 +131,15 @@ class RayNodeHandle:
     """pid/poll/wait (subprocess.Popen's meaning) of a node that runs inside a NodeRunner actor.
 
     `poll` never blocks the orchestrator's loop: it sends the actor a poll call, and reads the
-    answer at a later `poll` once it is there. A call unanswered for CALL_TIMEOUT_S (the actor's
+    answer at a later `poll` once it is there. A call unanswered for `call_timeout_s` (the actor's
     machine is gone or cut off) or failed (Ray declared the actor dead) makes the node dead with
     code 255, the ssh backend's code for an unreachable host."""
 
-    def __init__(self, actor, pid: int, log_file) -> None:
+    def __init__(self, actor, pid: int, log_file, call_timeout_s: float) -> None:
         self.actor = actor
         self.pid = pid
         self.log_file = log_file
+        self.call_timeout_s = call_timeout_s
         self.returncode: int | None = None
         self.lost: str | None = None  # why the runner could not be reached, once it could not
         self._pending = None  # the poll call in flight
@@ -152,9 +152,9 @@ class RayNodeHandle:
             self._pending, self._pending_since = self.actor.poll.remote(), time.monotonic()
         ready, _ = ray.wait([self._pending], timeout=0)
         if not ready:
-            if time.monotonic() - self._pending_since < CALL_TIMEOUT_S:
+            if time.monotonic() - self._pending_since < self.call_timeout_s:
                 return None
-            return self._lose(f"no answer from the node runner within {CALL_TIMEOUT_S:.0f} s")
+            return self._lose(f"no answer from the node runner within {self.call_timeout_s:g} s (launch.ray.call_timeout_s)")
         try:
             code, new = ray.get(self._pending)
         except ray.exceptions.RayError as error:
@@ -243,27 +243,27 @@ class RayBackend:
         actor = self.actors[launch.node_id]
         pid, niceness = ray.get(
             actor.start.remote(self.remote_run_dir, shipped_files(self.config, self.remote_run_dir, launch.node_id), argv, env, launch.node_id),
-            timeout=CALL_TIMEOUT_S,
+            timeout=self.placement.call_timeout_s,
         )
         if niceness != 0:
             self.events.write("ray_niceness", launch.node_id, niceness=niceness)
-        node.process = RayNodeHandle(actor, pid, node.log_file)
+        node.process = RayNodeHandle(actor, pid, node.log_file, self.placement.call_timeout_s)
 
     def signal(self, node, signum: int) -> None:
         """Forwarded through the node's actor to the process on its machine."""
         if node.process is None or node.process.poll() is not None:
             return
-        ray.get(node.process.actor.signal.remote(signum), timeout=CALL_TIMEOUT_S)
+        ray.get(node.process.actor.signal.remote(signum), timeout=self.placement.call_timeout_s)
 
     def finish(self, node) -> None:
         node_id = node.launch.node_id
         if node_id not in self.actors or not isinstance(node.process, RayNodeHandle):
             return  # never placed or never started: nothing on a Ray machine to gather
-        if node.process.lost is not None:  # its machine is gone: asking again would wait out CALL_TIMEOUT_S
+        if node.process.lost is not None:  # its machine is gone: asking again would wait out call_timeout_s
             self.events.write("gather_failed", node_id, error=f"node runner lost: {node.process.lost}")
             return
         try:
-            archive = ray.get(self.actors[node_id].gather.remote(node_id), timeout=CALL_TIMEOUT_S)
+            archive = ray.get(self.actors[node_id].gather.remote(node_id), timeout=self.placement.call_timeout_s)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
             self.events.write("gather_failed", node_id, error=str(error))
             return

@@ -41,6 +41,11 @@ class RayPlacement(BaseModel):
     # Ray worker's interpreter, so that machine's Ray environment must have Parley's dependencies.
     workdir: str = Field("/tmp/parley-ray", min_length=1)
     project_root: str = Field(min_length=1)
+    # Seconds a call to a node's runner actor may go unanswered (start, signal, gather, and the
+    # poll the orchestrator sends every loop): past it the node counts as lost (exit code 255,
+    # as the ssh backend's unreachable host). Shorter: a vanished machine is noticed sooner;
+    # longer: a slow, loaded machine is not declared dead by mistake.
+    call_timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("address")
     @classmethod

@@ -214,8 +214,9 @@ def test_run_across_three_namespaces_through_ray(ray_cluster_in_namespaces, tmp_
 @pytest.mark.skipif(_netns_reason is not None, reason=f"multi-host tests: {_netns_reason}")
 def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_cluster_in_namespaces, tmp_path):
     """h3 (agent_2's machine) drops off the network mid-run: the call to its node's runner fails
-    (Ray declares the actor lost, or the call times out), agent_2 is reported dead with code 255
-    and the run fails with exit 1, naming it; the other nodes are stopped."""
+    (Ray declares the actor lost, or it goes unanswered for launch.ray.call_timeout_s, 8 s here),
+    agent_2 is reported dead with code 255 and the run fails with exit 1, naming it; the other
+    nodes are stopped."""
     cluster, address = ray_cluster_in_namespaces
     pins = [f"launch.ray.pin.{node}={cluster.hosts[host].address}" for host, nodes in PLACEMENT.items() for node in nodes]
     run_dir = tmp_path / "run"
@@ -226,7 +227,7 @@ def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_c
         "--set", f"launch.ray.address={address}", "--set", f"launch.ray.project_root={REPO}",
         "--set", f"launch.ray.workdir={tmp_path / 'remote'}", "--set", "launch.ray.cpus_per_node=0.5",
         "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}", *[arg for pin in pins for arg in ("--set", pin)],
-        "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        "--set", "launch.ray.call_timeout_s=8", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while not (run_dir / "events.jsonl").exists() or '"started"' not in (run_dir / "events.jsonl").read_text():

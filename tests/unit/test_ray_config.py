@@ -46,3 +46,10 @@ def test_unknown_key_and_bad_strategy_refused():
         RayPlacement(project_root="/src", adress="auto")
     with pytest.raises(ValidationError):
         RayPlacement(project_root="/src", strategy="scatter")
+
+
+def test_call_timeout_defaults_to_30_s_and_must_be_positive():
+    assert RayPlacement(project_root="/opt/parley").call_timeout_s == 30.0
+    assert RayPlacement(project_root="/opt/parley", call_timeout_s=8).call_timeout_s == 8.0
+    with pytest.raises(ValidationError, match="call_timeout_s"):
+        RayPlacement(project_root="/opt/parley", call_timeout_s=0)
