@@ -504,15 +504,34 @@ class GoalConditionedLearner:
         return self.agent.counters()
 
     def state_dict(self) -> dict[str, Any]:
+        """The node's checkpoint of this agent: the network, and what picks its goals (the goal
+        module's windows and generators, the supervisor's draws, the negotiation matrix)."""
+        session = self.session
         state = {"goal_dqn": self.agent.state_dict()}
-        if self.session.negotiation is not None:
-            state["negotiation_matrix"] = self.session.negotiation.engine.matrix.copy()
+        if session.module is not None and hasattr(session.module, "state_dict"):
+            state["goal_module"] = session.module.state_dict()
+        if session.supervisor_draws is not None:
+            state["supervisor_draws"] = session.supervisor_draws.state_dict()
+        if session.negotiation is not None:
+            # Nested lists, not an ndarray: the node loads checkpoints with weights_only=True,
+            # which refuses numpy arrays (a matrix saved as one made the checkpoint unloadable).
+            state["negotiation_matrix"] = session.negotiation.engine.matrix.tolist()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """A checkpoint from before goal modules were saved has no `goal_module` /
+        `supervisor_draws`: those then start as built (fresh windows, generators at their seed)."""
+        session = self.session
         self.agent.load_state_dict(state["goal_dqn"])
-        if self.session.negotiation is not None and "negotiation_matrix" in state:
-            self.session.negotiation.engine.matrix = np.asarray(state["negotiation_matrix"], dtype=np.float64)
+        for key, part in (("goal_module", session.module), ("supervisor_draws", session.supervisor_draws)):
+            if part is None or not hasattr(part, "load_state_dict"):
+                continue
+            if key in state:
+                part.load_state_dict(state[key])
+            else:
+                log.info("checkpoint has no %s state: %s starts afresh", key, type(part).__name__)
+        if session.negotiation is not None and "negotiation_matrix" in state:
+            session.negotiation.engine.matrix = np.asarray(state["negotiation_matrix"], dtype=np.float64)
 
 
 def build_goal_module(goals: GoalsConfig, allowed: np.ndarray, *, run_seed: int, node_index: int, selection: str) -> GoalModule:

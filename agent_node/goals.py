@@ -25,12 +25,19 @@ Modules:
 
 Every module takes its seed from the caller, who derives it with
 `derive_seed(run_seed, node_index, stream)`.
+
+What survives a restart: each module that keeps state has `state_dict()` / `load_state_dict()`
+(numpy generator states as their plain dict of ints and strings, windows as lists of floats), so
+that a node's checkpoint, loaded with `torch.load(..., weights_only=True)`, puts a module back
+where it was: the same next draws and the same learning progress. A state from another kind of
+module, or for another goal set, is refused with a clear error.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
-from typing import Any, Hashable, Protocol, Sequence, runtime_checkable
+from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -44,6 +51,27 @@ class GoalModule(Protocol):
     def propose(self, episode: int) -> int: ...
 
     def observe_outcome(self, episode: int, goal: int, reward: float) -> None: ...
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """The generator's state as plain data (PCG64: a dict of ints and a name), copied."""
+    return copy.deepcopy(rng.bit_generator.state)
+
+
+def _load_rng_state(rng: np.random.Generator, state: Mapping[str, Any], what: str) -> None:
+    name = type(rng.bit_generator).__name__
+    if not isinstance(state, Mapping) or state.get("bit_generator") != name:
+        raise ValueError(f"{what}: expected the state of a {name} generator, got {state!r}")
+    rng.bit_generator.state = copy.deepcopy(dict(state))
+
+
+def _check_kind(state: Mapping[str, Any], kind: str, goals: np.ndarray) -> None:
+    """A state saved by another module kind or over another goal set would be wrong silently."""
+    if state.get("kind") != kind:
+        raise ValueError(f"expected a {kind} goal module state, got one of kind {state.get('kind')!r}")
+    saved = [int(goal) for goal in state["goals"]]
+    if saved != goals.tolist():
+        raise ValueError(f"{kind} state is over goals {saved}, this module's goals are {goals.tolist()}")
 
 
 def _goal_array(goals: Sequence[int]) -> np.ndarray:
@@ -70,6 +98,13 @@ class UniformGoals:
 
     def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
         pass  # uniform sampling learns nothing
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "uniform", "goals": self.goals.tolist(), "rng": _rng_state(self._rng)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _check_kind(state, "uniform", self.goals)
+        _load_rng_state(self._rng, state["rng"], "uniform goals")
 
 
 class LearningProgressGoals:
@@ -114,6 +149,28 @@ class LearningProgressGoals:
             raise ValueError(f"goal {goal} is not one of this module's goals {self.goals.tolist()}")
         self._attempts[goal].append(1.0 if reward > 0 else 0.0)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The windows (per goal, in the order of `self.goals`, oldest attempt first) and the generator."""
+        return {
+            "kind": "learning_progress",
+            "goals": self.goals.tolist(),
+            "window": self.window,
+            "attempts": [list(self._attempts[int(goal)]) for goal in self.goals],
+            "rng": _rng_state(self._rng),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _check_kind(state, "learning_progress", self.goals)
+        attempts = [[float(outcome) for outcome in window] for window in state["attempts"]]
+        if len(attempts) != len(self.goals):
+            raise ValueError(f"learning_progress state has {len(attempts)} windows, this module {len(self.goals)} goals")
+        if int(state["window"]) != self.window:
+            # A shorter window would drop attempts, a longer one hold fewer than it should: both
+            # change the learning progress the module would have computed.
+            raise ValueError(f"learning_progress state has window {int(state['window'])}, this module {self.window} (goals.lp_window)")
+        _load_rng_state(self._rng, state["rng"], "learning progress goals")
+        self._attempts = {int(goal): deque(window, maxlen=self.window) for goal, window in zip(self.goals, attempts)}
+
 
 class PAlignedGoals:
     """With probability `p` the whole team pursues one goal, otherwise each its own.
@@ -143,6 +200,14 @@ class PAlignedGoals:
     def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        """Only the own generator: the team's draws are seeded per episode and need no state."""
+        return {"kind": "p_aligned", "goals": self.goals.tolist(), "own_rng": _rng_state(self._own_rng)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _check_kind(state, "p_aligned", self.goals)
+        _load_rng_state(self._own_rng, state["own_rng"], "p-aligned goals")
+
 
 # ------------------------------------------------------------------------------------------
 # External supervisor
@@ -161,6 +226,13 @@ class SupervisorAssignment:
             raise ValueError(f"episode {episode}: a supervisor assigns goals to a non-empty team")
         goal = int(self._rng.choice(self.goals))
         return {agent: goal for agent in team}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "supervisor", "goals": self.goals.tolist(), "rng": _rng_state(self._rng)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        _check_kind(state, "supervisor", self.goals)
+        _load_rng_state(self._rng, state["rng"], "supervisor draws")
 
 
 class SupervisedGoals:
@@ -217,6 +289,15 @@ class NegotiatedGoals:
     def observe_outcome(self, episode: int, goal: int, reward: float) -> None:
         self.engine.end_episode(episode, reward)
         self.inner.observe_outcome(episode, goal, reward)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The inner module's state (the engine's matrix is saved beside it by the session)."""
+        return {"kind": "negotiated", "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("kind") != "negotiated":
+            raise ValueError(f"expected a negotiated goal module state, got one of kind {state.get('kind')!r}")
+        self.inner.load_state_dict(state["inner"])
 
 
 # ------------------------------------------------------------------------------------------

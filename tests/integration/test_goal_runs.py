@@ -115,3 +115,26 @@ def test_independent_agents_draw_alone_without_a_hold(tmp_path):
     for agent in ("agent_0", "agent_1"):
         ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
         assert len(ended) == 2 and not any(key.startswith(("negotiation/", "hindsight/")) for r in ended for key in r)
+
+
+def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goes_on(tmp_path):
+    # The checkpoint holds the learning-progress module and the negotiation matrix; before the
+    # matrix was saved as plain lists, loading it (weights_only) crashed the restarted agent.
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/goals_pair.yaml", "--run-dir", str(run_dir), "--set", "run.steps=2000",
+        "--set", "agents.learner.learning_starts=80", "--set", "agents.goals.inner=learning_progress",
+        "--set", "agents.checkpoint_every_steps=100", "--set", "agents.replay_save_every_steps=100",
+        "--set", "protocols.control.status_every_s=0.2",
+        "--set", "faults.restart={policy: on-failure, max_restarts: 1, backoff_s: 0.5}",
+        "--set", "faults.schedule=[{at_step: 300, kind: kill, nodes: [agent_1]}]",
+    )
+    _, stderr = process.communicate(timeout=280)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    (fault,) = [e for e in events if e["event"] == "fault"]
+    assert [e["node"] for e in events if e["event"] == "restarted"] == ["agent_1"]
+    log = (run_dir / "nodes" / "agent_1" / "log").read_text()
+    assert "restored checkpoint of step" in log
+    after = [r for r in records(run_dir, "agent_1") if "goals/goal" in r and r["goals/episode"] > fault["step"]]
+    assert after, "the restarted agent plays goal episodes again"

@@ -12,7 +12,8 @@ from agent_node.algos.config import GoalDQNConfig
 from agent_node.config import AgentsConfig
 from agent_node.goal_config import GoalsConfig, goal_run_problems
 from agent_node.goal_session import STAY, GoalSession, build_goal_session
-from agent_node.goals import NegotiatedGoals, SupervisorAssignment, UniformGoals
+from agent_node.goals import LearningProgressGoals, NegotiatedGoals, SupervisorAssignment, UniformGoals
+from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.goal_space import goal_reward
@@ -322,15 +323,89 @@ def test_built_learner_checkpoints_the_network_and_the_negotiation_matrix(tmp_pa
     learner.update(max_gradient_steps=2)
     assert learner.counters()["goal_dqn/gradient_steps"] == 2.0
     learner.replay.save(tmp_path / "buffer.npz")
-    state = learner.state_dict()
+    save_checkpoint(tmp_path / "ckpt.pt", {"learner": learner.state_dict()})  # as the node does: weights_only on load
     other_session, other = build_goal_session(goals, config, **{**build, "run_seed": 5})
-    other.load_state_dict(state)
+    other.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["learner"])
     other.replay.restore(tmp_path / "buffer.npz")
     assert other_session.negotiation.engine.matrix[3, 7] == 0.5
     assert len(other.replay) == len(learner.replay) and other.counters() == learner.counters()
     obs = np.zeros((1, OBS_DIM), np.float32)
     session.current = other_session.current = None
     assert np.array_equal(learner.agent.act(obs, np.array([4]), explore=False), other.agent.act(obs, np.array([4]), explore=False))
+
+
+def _built(selection, run_seed, **goal_fields):
+    goals = GoalsConfig(selection=selection, num_landmarks=3, **goal_fields)
+    config = GoalDQNConfig(hidden_sizes=(8,), batch_size=8, learning_starts=8, buffer_size=100)
+    return build_goal_session(goals, config, node_id="agent_0", node_index=0, run_seed=run_seed, env_agent="agent_0",
+                              possible_agents=["agent_0", "agent_1"], obs_dim=OBS_DIM, num_actions=5, topology=full(2))
+
+
+def _goals_of_episodes(session, first, count):
+    """The goals `count` episodes of 3 steps pick, starting at step `first`; the agent improves:
+    the second half of them is rewarded (so learning progress moves)."""
+    goals = []
+    for episode in range(count):
+        start = first + 3 * episode
+        session.on_observation(observation(start, "agent_0", [], start=True), 0.0)
+        goals.append(session.current.goal)
+        achieved = [session.current.goal] if episode >= count // 2 else []
+        for step in (start + 1, start + 2):
+            session.observe(row(step))
+            session.on_observation(observation(step, "agent_0", achieved), 0.0)
+    return goals
+
+
+def _own_goal_module(session):
+    return session.module.inner if session.negotiation is not None else session.module
+
+
+@pytest.mark.parametrize("selection, fields", [
+    ("learning_progress", {"lp_window": 4}),
+    ("negotiation", {"inner": "learning_progress", "lp_window": 4}),  # the agent plays alone: its own goal
+    ("p_aligned", {"p": 0.5}),
+    ("uniform", {}),
+])
+def test_a_checkpoint_restores_the_goal_module_so_the_next_goals_are_the_same(tmp_path, selection, fields):
+    torch.set_num_threads(1)
+    session, learner = _built(selection, 0, **fields)
+    _goals_of_episodes(session, 0, 12)
+    save_checkpoint(tmp_path / "ckpt.pt", {"learner": learner.state_dict()})
+    restarted_session, restarted = _built(selection, 0, **fields)  # a restart: the same run seed
+    restarted.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["learner"])
+    module, restored = _own_goal_module(session), _own_goal_module(restarted_session)
+    if isinstance(module, LearningProgressGoals):
+        assert module.learning_progress().sum() > 0, "the windows hold progress to restore"
+        np.testing.assert_array_equal(restored.learning_progress(), module.learning_progress())
+    expected = [module.propose(e) for e in range(100, 130)]
+    assert [restored.propose(e) for e in range(100, 130)] == expected
+    not_restored = _own_goal_module(_built(selection, 0, **fields)[0])
+    assert [not_restored.propose(e) for e in range(100, 130)] != expected, "without the checkpoint it would start over"
+
+
+def test_a_checkpoint_restores_the_supervisors_draws(tmp_path):
+    session, learner = _built("supervisor", 0)
+    for episode in range(5):
+        session.supervisor_draws.assign(episode, ["agent_0"])
+    save_checkpoint(tmp_path / "ckpt.pt", {"learner": learner.state_dict()})
+    other_session, other = _built("supervisor", 0)
+    other.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["learner"])
+    draws = [session.supervisor_draws.assign(e, ["agent_0"]) for e in range(5, 30)]
+    assert [other_session.supervisor_draws.assign(e, ["agent_0"]) for e in range(5, 30)] == draws
+    assert [_built("supervisor", 0)[0].supervisor_draws.assign(e, ["agent_0"]) for e in range(5, 30)] != draws
+
+
+def test_a_checkpoint_from_before_goal_modules_were_saved_loads_and_leaves_the_module_as_built(tmp_path):
+    session, learner = _built("learning_progress", 0, lp_window=4)
+    _goals_of_episodes(session, 0, 12)
+    old = {key: value for key, value in learner.state_dict().items() if key != "goal_module"}
+    save_checkpoint(tmp_path / "old.pt", {"learner": old})
+    other_session, other = _built("learning_progress", 0, lp_window=4)
+    other.load_state_dict(load_checkpoint(tmp_path / "old.pt")["learner"])
+    assert other.counters() == learner.counters(), "the network part of the checkpoint is restored"
+    assert session.module.learning_progress().sum() > 0 and other_session.module.learning_progress().sum() == 0, "the windows start empty"
+    fresh, _ = _built("learning_progress", 0, lp_window=4)
+    assert [other_session.module.propose(e) for e in range(40)] == [fresh.module.propose(e) for e in range(40)]
 
 
 # ------------------------------------------------------------------------------------------

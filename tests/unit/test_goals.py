@@ -1,10 +1,13 @@
 """Goal modules: chance alignment, LP sampling, p-aligned, supervisor, negotiation adapter,
-the AMIGo reward table and t* schedule, BeBold novelty."""
+their state across a restart, the AMIGo reward table and t* schedule, BeBold novelty."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
+import torch
 
 from agent_node.goals import (
     AmigoTeacher,
@@ -104,6 +107,92 @@ def test_negotiated_goals_adapter_drives_the_engine():
         for name, module in modules.items():
             module.observe_outcome(episode, chosen[name], reward)
     assert np.mean(aligned[:30]) < 0.8 and np.mean(aligned[-50:]) == 1.0
+
+
+# ------------------------------------------------------------------------------------------
+# State across a restart
+# ------------------------------------------------------------------------------------------
+
+GOALS = cooperative_goals(6).tolist()
+
+# Each builder takes a seed, so the restored copy starts from a different stream than the original.
+STATEFUL_MODULES = {
+    "uniform": lambda seed: UniformGoals(GOALS, seed=seed),
+    "learning_progress": lambda seed: LearningProgressGoals(GOALS, seed=seed, window=10, epsilon=0.3),
+    "p_aligned": lambda seed: PAlignedGoals(GOALS, 0.5, team_seed=9, own_seed=seed),
+    "negotiated_lp": lambda seed: NegotiatedGoals(
+        NegotiationEngine("a", num_goals(6), seed=seed, allowed_goals=GOALS), LearningProgressGoals(GOALS, seed=seed, window=10, epsilon=0.3)
+    ),
+}
+
+
+def _through_a_checkpoint(state):
+    """What a node's checkpoint does to a state: torch.save, then torch.load(weights_only=True)."""
+    stream = io.BytesIO()
+    torch.save({"learner": {"goal_module": state}}, stream)
+    stream.seek(0)
+    return torch.load(stream, weights_only=True)["learner"]["goal_module"]
+
+
+def _play(module, episodes, first=0, outcomes_seed=0):
+    """Episodes of proposing and observing; outcomes depend on the goal so that LP moves."""
+    rng = np.random.default_rng(outcomes_seed)
+    chosen = []
+    for episode in range(first, first + episodes):
+        goal = module.inner.propose(episode) if isinstance(module, NegotiatedGoals) else module.propose(episode)
+        chosen.append(goal)
+        reward = float(rng.random() < (0.9 if goal == GOALS[0] and episode > first + episodes // 2 else 0.2))
+        (module.inner if isinstance(module, NegotiatedGoals) else module).observe_outcome(episode, goal, reward)
+    return chosen
+
+
+@pytest.mark.parametrize("kind", sorted(STATEFUL_MODULES))
+def test_a_module_restored_from_its_state_makes_the_same_next_choices(kind):
+    original = STATEFUL_MODULES[kind](seed=1)
+    _play(original, 40)
+    restored = STATEFUL_MODULES[kind](seed=2)
+    restored.load_state_dict(_through_a_checkpoint(original.state_dict()))
+    if kind == "learning_progress":
+        assert original.learning_progress().sum() > 0, "the windows hold progress to restore"
+        np.testing.assert_array_equal(restored.learning_progress(), original.learning_progress())
+    # Same draws and the same windows from here on: both go on identically for 60 more episodes,
+    # which the same module built with the other seed but not restored does not.
+    expected = _play(original, 60, first=40, outcomes_seed=5)
+    assert _play(restored, 60, first=40, outcomes_seed=5) == expected
+    assert _play(STATEFUL_MODULES[kind](seed=2), 60, first=40, outcomes_seed=5) != expected
+
+
+def test_supervisor_draws_restored_from_their_state_go_on_with_the_same_goals():
+    original = SupervisorAssignment(GOALS, seed=1)
+    for episode in range(7):
+        original.assign(episode, ["a", "b"])
+    restored = SupervisorAssignment(GOALS, seed=2)
+    restored.load_state_dict(_through_a_checkpoint(original.state_dict()))
+    assert [restored.assign(e, ["a"])["a"] for e in range(7, 40)] == [original.assign(e, ["a"])["a"] for e in range(7, 40)]
+
+
+def test_a_learning_progress_state_keeps_only_the_window_and_the_order_of_attempts():
+    module = LearningProgressGoals([0, 1], seed=0, window=4, epsilon=0.0)
+    for attempt, reward in enumerate([0, 0, 0, 1, 1, 1]):  # a window of 4 keeps 0 1 1 1
+        module.observe_outcome(attempt, 0, float(reward))
+    state = module.state_dict()
+    assert state["attempts"] == [[0.0, 1.0, 1.0, 1.0], []]
+    restored = LearningProgressGoals([0, 1], seed=3, window=4, epsilon=0.0)
+    restored.load_state_dict(_through_a_checkpoint(state))
+    restored.observe_outcome(6, 0, 1.0)  # the oldest (0) leaves the window: no progress left
+    np.testing.assert_array_equal(restored.learning_progress(), [0.0, 0.0])
+
+
+def test_a_state_of_another_module_or_goal_set_is_refused_with_a_clear_error():
+    lp_state = LearningProgressGoals(GOALS, seed=0, window=10).state_dict()
+    with pytest.raises(ValueError, match="expected a uniform goal module state, got one of kind 'learning_progress'"):
+        UniformGoals(GOALS, seed=0).load_state_dict(lp_state)
+    with pytest.raises(ValueError, match=r"over goals \[6, 7, 8.*this module's goals are \[0, 1, 2\]"):
+        LearningProgressGoals([0, 1, 2], seed=0, window=10).load_state_dict(lp_state)
+    with pytest.raises(ValueError, match="window 10, this module 20"):
+        LearningProgressGoals(GOALS, seed=0, window=20).load_state_dict(lp_state)
+    with pytest.raises(ValueError, match="expected the state of a PCG64 generator"):
+        UniformGoals(GOALS, seed=0).load_state_dict({"kind": "uniform", "goals": GOALS, "rng": {"bit_generator": "MT19937"}})
 
 
 def test_amigo_teacher_reward_table():
