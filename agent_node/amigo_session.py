@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from agent_node.goal_config import AmigoSettings, GoalsConfig
+from agent_node.goal_session import GoalConditionedLearner
 from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -294,33 +295,13 @@ class AmigoSession:
         return records
 
 
-class AmigoLearner:
-    """The `NodeLearner` (agent_node/roles.py) of an AMIGo student: acting goes through the
-    session (conditioned on the current cell goal), rows reach the learner through the session;
-    checkpoints hold the student's network, the teacher and the novelty counts."""
+class AmigoLearner(GoalConditionedLearner):
+    """The `NodeLearner` (agent_node/roles.py) of an AMIGo student: acting and observing go
+    through the session as for any goal agent (goal_session.GoalConditionedLearner), conditioned
+    on the current cell goal; checkpoints hold the student's network, the teacher and the
+    novelty counts."""
 
-    def __init__(self, session: AmigoSession) -> None:
-        self.session = session
-        self.agent = session.agent
-
-    @property
-    def replay(self):
-        return self.agent.replay
-
-    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
-        return self.session.act(obs, explore)
-
-    def observe(self, transition: Transition) -> None:
-        self.session.observe(transition)
-
-    def gradient_steps_due(self) -> int:
-        return self.agent.gradient_steps_due()
-
-    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
-        return self.agent.update(max_gradient_steps)
-
-    def counters(self) -> dict[str, float]:
-        return self.agent.counters()
+    session: AmigoSession
 
     def state_dict(self) -> dict[str, Any]:
         student = self.session.student
