@@ -116,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
               f"score = mean of the last {args.last_evals} greedy evaluations (4 pursuers unless noted)")
         print(f"{'run / ratio':<26} {'mean':>9} {'std':>8}  per seed")
         for key, (mean, std, values) in summary.items():
-            label = key + (" (2 pursuers)" if key == "train_2" else "")
+            label = key + {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}.get(key, "")
             print(f"{label:<26} {mean:>9.3f} {std:>8.3f}  " + ", ".join(f"{v:.3f}" for v in values))
         print("targets (normalized): zero_shot_2 >= 0.6, zero_shot_mix >= 0.9")
+        trained, untrained = summary["train_4"][0], summary["untrained_4"][0]
+        if not trained > untrained + 0.1 * abs(untrained):
+            print("warning: trained-with-4 is within 10% of untrained: nothing was learned at this budget, "
+                  "so the normalized ratios divide by noise")
         print(f"runs in {root}")
     for seed, name, tail in failed:
         print(f"FAILED seed {seed} {name}: {tail[-500:]}", file=sys.stderr)
