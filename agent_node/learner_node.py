@@ -249,8 +249,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     from protocols.config_errors import ConfigError
     from protocols.control import ControlClient, ShutdownRequested
     from protocols.metrics import MetricsWriter
-    from protocols.node_config import bind_address, load_node_config, node_keys
-    from protocols.transport import SocketOptions
+    from protocols.node_config import bind_address, load_node_config, node_hub
 
     try:
         run, identity = load_node_config(config_path, node_id, AgentNodeConfig)
@@ -277,14 +276,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    hub = Hub(
-        sender=node_id,
-        run_id=identity.run_id,
-        options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
-        keys=node_keys(run, node_id),
-        limits=run.protocols.limits,
-        links=run.network.link_table(node_id, identity.run_seed),
-    )
+    hub = node_hub(run, identity)
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / node_id)
     exit_code = 0
     service = None

@@ -84,11 +84,11 @@ from protocols.jsonlines import FileWriteError
 from protocols.negotiation import GoalCommit, NegotiationProposal
 from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
-from protocols.node_config import NodeIdentity, bind_address, node_keys
+from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, LEARNER_NODE_ID, agent_node_ids
 from protocols.spaces import decode_space
 from protocols.topology import build_topology
-from protocols.transport import Channel, Hub, SocketOptions
+from protocols.transport import Channel
 from protocols.wire import Envelope
 
 if TYPE_CHECKING:
@@ -172,14 +172,7 @@ class AgentNode:
         # last observation (run_finished) was handled here; the node waits for it (on_shutdown).
         self.awaiting_final_observation = False
 
-        self.hub = Hub(
-            sender=identity.node_id,
-            run_id=identity.run_id,
-            options=SocketOptions(run.network.zmq_heartbeat_ivl_s, run.network.zmq_heartbeat_timeout_s),
-            keys=node_keys(run, identity.node_id),
-            limits=run.protocols.limits,
-            links=run.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
-        )
+        self.hub = node_hub(run, identity)
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         # Neighbours' DEALERs connect here.
         self.peer_inbox = self.hub.bind_router(

@@ -31,9 +31,9 @@ from protocols import messages as m
 from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault
 from protocols.config_errors import ConfigError
 from protocols.jsonlines import FileWriteError
-from protocols.node_config import bind_address, load_node_config, node_keys
+from protocols.node_config import bind_address, load_node_config, node_hub
 from protocols.seeds import derive_seed
-from protocols.transport import Hub, SocketOptions
+from protocols.transport import Hub
 
 log = logging.getLogger("env_server")
 
@@ -157,14 +157,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     eval_envs = None
     if env_config.eval_every_steps:
         eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False, forward_infos=forward_infos)
-    hub = Hub(
-        sender=node_id,
-        run_id=identity.run_id,
-        options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
-        keys=node_keys(config, node_id),
-        limits=config.protocols.limits,
-        links=config.network.link_table(node_id, identity.run_seed),  # network: link emulation
-    )
+    hub = node_hub(config, identity)
     server = EnvServer(
         envs,
         hub=hub,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -41,6 +41,9 @@ from protocols.settings import (
 )
 from protocols.topology import TopologyConfig
 
+
+if TYPE_CHECKING:
+    from protocols.transport import Hub
 
 class NodeSections(BaseModel):
     """The sections of a resolved config that every node reads."""
@@ -123,6 +126,21 @@ def bind_address(config: NodeSections, node_id: str, purpose: str) -> str:
     if config.runtime.socket_dir is None:
         raise ValueError("runtime.socket_dir: required with network.transport 'ipc', got null")
     return ipc_endpoint(config.runtime.socket_dir, node_id, purpose)
+
+
+def node_hub(config: NodeSections, identity: NodeIdentity) -> Hub:
+    """The transport hub of a node process (agent, env server, learner node): its identity on the
+    wire, the run's zmq heartbeats, keys and message limits, and its emulated links."""
+    from protocols.transport import Hub, SocketOptions  # zmq: only where a node starts, not in config checks
+
+    return Hub(
+        sender=identity.node_id,
+        run_id=identity.run_id,
+        options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
+        keys=node_keys(config, identity.node_id),
+        limits=config.protocols.limits,
+        links=config.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
+    )
 
 
 def node_keys(config: NodeSections, node_id: str) -> NodeKeys | None:

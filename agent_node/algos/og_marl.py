@@ -389,10 +389,8 @@ class OGMARLAgent:
 
     def _advance_refresh_tick(self, rows: int | None = None) -> None:
         """Move the next refresh to the first tick R0 + k * model_every after the row clock."""
-        first, period = self.config.first_refresh_row(), self.config.model_every
-        row = self.sac.rows_observed if rows is None else int(rows)
-        if row >= first:
-            self.next_refresh_row = first + ((row - first) // period + 1) * period
+        if (tick := self.refresh_tick(rows)) is not None:
+            self.next_refresh_row = tick + self.config.model_every
 
     # ------------------------------------------------------------------ checkpoints
 
