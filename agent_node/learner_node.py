@@ -284,7 +284,10 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     reason = "stopped"
     try:
         control = ControlClient(hub, control_endpoint, node_id=node_id)
-        inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
+        # handover: a restarted agent is heard although this ROUTER reads behind (Hub.bind_router).
+        inbox = hub.bind_router(
+            bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host(), handover=True
+        )
         service = LearnerService(run.agents.count, make_core, inbox)
         persistence = LearnerPersistence(identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
                                          replay_save_every_steps=run.agents.replay_save_every_steps)

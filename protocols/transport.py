@@ -17,8 +17,8 @@ A `Channel` wraps one socket and speaks envelopes. Sending encodes a message dat
 frames; receiving decodes and validates them, and a bad message is logged, counted and dropped
 here, so the code above only ever sees well-formed, typed messages. Socket hygiene is decided in
 one place: `LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is
-counted as unroutable, not silently dropped), `ROUTER_HANDOVER` (a restarted node reconnecting
-under its node id replaces its dead predecessor's connection), zmq heartbeats (a frozen TCP peer is noticed), and
+counted as unroutable, not silently dropped), `ROUTER_HANDOVER` where asked for (the learner node:
+a restarted agent reconnecting under its node id replaces its dead predecessor's connection), zmq heartbeats (a frozen TCP peer is noticed), and
 receive deadlines via one poller.
 
 Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
@@ -108,11 +108,6 @@ def _make_socket(
     socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     if kind == zmq.ROUTER:
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A node that comes back (a restarted agent, its DEALER under the same node id) takes
-        # over its routing id at once. Without it, libzmq 4.3 refuses the new connection while
-        # the dead one's pipe still holds unread messages (a ROUTER reading behind, like a busy
-        # learner node) and never reconsiders it: the restarted node is never heard again.
-        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     if identity is not None:
         socket.setsockopt(zmq.IDENTITY, identity)
     socket.setsockopt(zmq.HEARTBEAT_IVL, round(options.heartbeat_ivl_s * 1000))
@@ -540,7 +535,9 @@ class Hub:
 
     # ------------------------------------------------------------------ making channels
 
-    def bind_router(self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True) -> Channel:
+    def bind_router(
+        self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True, handover: bool = False
+    ) -> Channel:
         """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port,
         LOW-HIGH = the lowest free port of that range).
 
@@ -548,8 +545,18 @@ class Hub:
         (e.g. bind 0.0.0.0, advertise the host's reachable name), and a free port is filled in.
         With a link table, replies go through the link to the node named by the routing id, unless
         `emulated=False` (the orchestrator's control socket).
+
+        `handover=True` sets ZMQ_ROUTER_HANDOVER: a peer reconnecting under a routing id takes it
+        over at once. The learner node needs it: it reads behind, and libzmq 4.3 refuses a
+        restarted agent's new connection while the dead one's pipe still holds unread messages,
+        and never reconsiders it. It is off elsewhere because without CURVE (ipc) anyone who can
+        reach the socket could take over a node's routing id the same way and receive what was
+        meant for that node (tests/integration/test_security.py); the env server and the peers'
+        inboxes read promptly, so restarted agents are heard there without it.
         """
         socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None, max_frame_bytes=self.limits.max_frame_bytes)
+        if handover:
+            socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
             if self.keys is not None and address.startswith("tcp://"):
                 self._start_authenticator()

@@ -1,5 +1,5 @@
 """A node that comes back under its node id is heard at once by the ROUTERs it reconnects to
-(protocols/transport.py sets ZMQ_ROUTER_HANDOVER on every ROUTER).
+(ZMQ_ROUTER_HANDOVER, `Hub.bind_router(handover=True)`, which the learner node sets).
 
 The case that stalled centralized runs (issue 12): a ROUTER that reads behind (a busy learner
 node) still holds unread messages from a killed agent when the restarted agent connects with the
@@ -18,7 +18,7 @@ def test_a_reconnecting_dealer_takes_over_its_routing_id_while_its_predecessor_h
     server = Hub(sender="learner", run_id="r")
     first, second = Hub(sender="agent_1", run_id="r"), Hub(sender="agent_1", run_id="r")
     try:
-        inbox = server.bind_router(f"ipc://{tmp_path}/router", name="inbox")
+        inbox = server.bind_router(f"ipc://{tmp_path}/router", name="inbox", handover=True)
         old = first.connect_dealer(inbox.endpoint, name="old", identity="agent_1", close_linger_s=2.0)
         for incarnation in range(50):  # the ROUTER reads none of these yet
             old.send(m.Heartbeat(node_id="agent_1", incarnation=0, state=str(incarnation)))
