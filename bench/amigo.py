@@ -42,10 +42,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from scipy import stats
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
@@ -54,6 +54,7 @@ from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells
 from env_server.envs.treasure_room import TreasureRoomEnv
 from protocols.cell_space import cell_features
 from protocols.seeds import derive_seed
+from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 
 VARIANTS = ("amigo", "uniform", "none")
 WINDOW = 50  # episodes per window of the reach-rate range
@@ -135,15 +136,6 @@ def summarize(variant: str, records: dict, students: dict) -> dict:
     return result
 
 
-def mean_ci(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
-    return float(values.mean()), float(half)
-
-
 def plot_curves(results: dict, path: Path, args: dict, load: float) -> None:
     """Extrinsic success per window of 50 episodes, mean ± 95% CI (Student's t) over seeds."""
     import matplotlib
@@ -155,9 +147,7 @@ def plot_curves(results: dict, path: Path, args: dict, load: float) -> None:
     for variant, runs in results.items():
         length = min(len(run["success_curve"]) for run in runs)
         curves = np.array([run["success_curve"][:length] for run in runs])
-        mean = curves.mean(axis=0)
-        half = (stats.t.ppf(0.975, len(runs) - 1) * curves.std(axis=0, ddof=1) / np.sqrt(len(runs))
-                if len(runs) > 1 else np.zeros(length))
+        mean, half = curve_band(curves)
         episodes = np.arange(length) * WINDOW + WINDOW / 2
         axes.plot(episodes, mean, label=variant)
         axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)

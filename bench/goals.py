@@ -23,7 +23,7 @@ rewarded (both achieve the cooperative goal at the same step, which needs aligne
 This is not the continuous reference environment and not its training budget: compare the
 direction of the results, not their values.
 
-    .venv/bin/python bench/goals.py --seeds 3 --episodes 1500
+    .venv/bin/python bench/goals.py --seeds 5 --episodes 1500 --save goals.json --plot docs/goals_success.png
 
 `--runtime` runs the same comparison through the runtime instead: `orchestrate up` of
 configs/goals_independent.yaml (uniform goals), configs/goals_supervisor.yaml (the team's
@@ -36,12 +36,18 @@ episode lasts `max_steps` (an agent stops itself once rewarded), and the learner
 slices between network events.
 
     .venv/bin/python bench/goals.py --runtime --seeds 2 --steps 8000 --landmarks 3
+
+`--ring N` runs configs/goals_ring.yaml with N agents on a ring (all play every episode, L = 6)
+and prints alignment per ring edge and of the whole team per window of episodes:
+
+    .venv/bin/python bench/goals.py --ring 6 --seeds 1 --steps 8000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,6 +56,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
@@ -60,6 +67,7 @@ from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals, goal_rew
 from protocols.hindsight import HindsightEngine, HindsightRequest
 from protocols.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
+from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 
 MODES = ("independent", "supervisor", "negotiation", "negotiation_hindsight")
 AGENTS = ("agent_0", "agent_1")
@@ -156,6 +164,43 @@ def run(mode: str, seed: int, episodes: int) -> dict:
     return {"success": np.array(successes), "aligned": np.array(aligned), "env_steps": np.array(env_steps_at)}
 
 
+CURVE_WINDOW = 100  # episodes per point of the learning curves
+
+
+def windowed(per_episode: np.ndarray) -> list[float]:
+    """The mean of each whole window of CURVE_WINDOW episodes."""
+    whole = len(per_episode) // CURVE_WINDOW * CURVE_WINDOW
+    return per_episode[:whole].reshape(-1, CURVE_WINDOW).mean(axis=1).tolist()
+
+
+def plot_curves(per_seed: dict, conditions: dict, path: Path) -> None:
+    """Cooperative success and alignment per window of episodes, mean ± 95% CI over seeds, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (success_axes, aligned_axes) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for mode, rows in per_seed.items():
+        length = min(len(row["success_curve"]) for row in rows)
+        episodes = (np.arange(length) + 0.5) * conditions["curve_window_episodes"]
+        for axes, key in ((success_axes, "success_curve"), (aligned_axes, "aligned_curve")):
+            mean, half = curve_band([row[key][:length] for row in rows])
+            axes.plot(episodes, mean, label=mode)
+            axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)
+    aligned_axes.axhline(conditions["chance_alignment"], color="grey", linestyle=":", label="chance")
+    for axes, label in ((success_axes, "cooperative success"), (aligned_axes, "goals aligned")):
+        axes.set_xlabel("episode")
+        axes.set_ylabel(f"{label} (window of {conditions['curve_window_episodes']})")
+        axes.set_ylim(0, 1.03)  # a line at 1 (the supervisor's alignment) stays visible
+    aligned_axes.legend(fontsize=8)
+    figure.suptitle(f"goal-lines L={conditions['landmarks']}, cooperative goals, {len(next(iter(per_seed.values())))} seeds, "
+                    f"mean and 95% CI (in-process bench/goals.py)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def steps_to_fraction_of_final(curve: np.ndarray, env_steps: np.ndarray, fraction: float = 0.8, window: int = 100) -> float:
     """Env steps until the moving success rate first reaches `fraction` of its final value."""
     if len(curve) < window:
@@ -249,6 +294,62 @@ def runtime_main(args) -> None:
               f"{mean['rows_relabelled']:>11.0f}{mean['seconds']:>7.0f}")
 
 
+def ring_main(args) -> None:
+    """`--ring N`: N agents negotiating on a ring (configs/goals_ring.yaml with N agents, all playing
+    every episode), one run per seed; alignment per ring edge and of the whole team per window of
+    episodes, from each agent's per-episode goal records."""
+    agents = [f"agent_{i}" for i in range(args.ring)]
+    edges = [(agents[i], agents[(i + 1) % args.ring]) for i in range(args.ring)]
+    window = 20
+    per_seed = []
+    with tempfile.TemporaryDirectory(prefix="bench_goals_ring_") as scratch:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            run_dir = Path(scratch) / f"ring{args.ring}_{seed}"
+            command = [sys.executable, "-m", "orchestrator", "up", "configs/goals_ring.yaml", "--run-dir", str(run_dir)]
+            for setting in [f"run.seed={seed}", f"run.steps={args.steps}", f"agents.count={args.ring}",
+                            f"env.kwargs.population={args.ring}", *args.set]:
+                command += ["--set", setting]
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"ring seed {seed}: orchestrate up exited {done.returncode}: {done.stderr[-2000:]}")
+            goals: dict[float, dict[str, int]] = defaultdict(dict)
+            timed_out = []
+            for agent in agents:
+                for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
+                    record = json.loads(line)
+                    if "goals/goal" in record:
+                        goals[record["goals/episode"]][agent] = record["goals/goal"]
+                        timed_out.append(record.get("negotiation/timed_out", 0.0))
+            complete = [goals[e] for e in sorted(goals) if len(goals[e]) == args.ring]
+            edge_aligned = np.array([[float(ep[a] == ep[b]) for a, b in edges] for ep in complete])
+            team_aligned = np.array([float(len(set(ep.values())) == 1) for ep in complete])
+            whole = len(complete) // window * window
+            per_seed.append({
+                "seed": seed, "episodes": len(complete), "seconds": time.perf_counter() - started,
+                "timed_out": float(np.mean(timed_out)) if timed_out else 0.0,
+                "edge_aligned_per_edge": edge_aligned.mean(axis=0).tolist(),
+                "edge_curve": edge_aligned[:whole].mean(axis=1).reshape(-1, window).mean(axis=1).tolist(),
+                "team_curve": team_aligned[:whole].reshape(-1, window).mean(axis=1).tolist(),
+            })
+            print(f"# ring seed {seed}: {per_seed[-1]}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"conditions": {"agents": args.ring, "steps": args.steps, "window_episodes": window,
+                                         "overrides": args.set}, "per_seed": per_seed}, indent=2))
+        return
+    print(f"ring of {args.ring} negotiating agents (configs/goals_ring.yaml, L=6, cooperative goals), {args.steps} steps, "
+          f"{args.seeds} seed(s); aligned = both ends of a ring edge (or every agent of the team) pursued the same goal; "
+          f"windows of {window} episodes, mean over seeds")
+    length = min(len(run["edge_curve"]) for run in per_seed)
+    print(f"{'episodes':>10}{'edges aligned':>15}{'team aligned':>14}")
+    for index in range(length):
+        edge = np.mean([run["edge_curve"][index] for run in per_seed])
+        team = np.mean([run["team_curve"][index] for run in per_seed])
+        print(f"{index * window:>4}-{(index + 1) * window - 1:<5}{edge:>15.3f}{team:>14.3f}")
+    per_edge = np.mean([run["edge_aligned_per_edge"] for run in per_seed], axis=0)
+    print("over the whole run, per edge: " + ", ".join(f"{a[6:]}-{b[6:]} {value:.2f}" for (a, b), value in zip(edges, per_edge)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -260,9 +361,19 @@ def main() -> None:
     parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
     parser.add_argument("--steps", type=int, default=8000, help="--runtime: lockstep steps per run (40 per episode)")
     parser.add_argument("--landmarks", type=int, default=6, choices=(3, 6), help="--runtime: L")
+    parser.add_argument("--ring", type=int, default=None, metavar="N",
+                        help="through the runtime: N agents negotiating on a ring; alignment per edge and per team")
+    parser.add_argument("--save", type=Path, help="in-process: also write the results with per-window curves (JSON) here")
+    parser.add_argument("--plot", type=Path, help="in-process: draw the learning curves (mean ± 95%% CI over seeds) into this PNG")
+    parser.add_argument("--replot", type=Path, help="draw --plot from a JSON written by --save, without running")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="--runtime: a config override for every run (orchestrate up --set), repeatable")
     args = parser.parse_args()
+    if args.ring is not None:
+        if args.ring < 3:
+            parser.error(f"--ring: expected at least 3 agents, got {args.ring}")
+        ring_main(args)
+        return
     if args.runtime:
         args.modes = args.modes or ["independent", "negotiation_hindsight"]
         unknown = [mode for mode in args.modes if mode not in RUNTIME_MODES]
@@ -270,10 +381,15 @@ def main() -> None:
             parser.error(f"--runtime runs {sorted(RUNTIME_MODES)}, got {unknown}")
         runtime_main(args)
         return
+    if args.replot is not None:
+        saved = json.loads(args.replot.read_text())
+        plot_curves(saved["per_seed"], saved["conditions"], args.plot or args.replot.with_suffix(".png"))
+        return
     args.modes = args.modes or list(MODES)
     torch.set_num_threads(1)
 
     last = max(100, args.episodes // 5)  # "final" = the last fifth of training
+    load_before = os.getloadavg()[0]
     summary = {}
     for mode in args.modes:
         per_seed = []
@@ -282,40 +398,58 @@ def main() -> None:
             result = run(mode, seed, args.episodes)
             per_seed.append(
                 {
+                    "seed": seed,
                     "success_final": float(result["success"][-last:].mean()),
                     "success_all": float(result["success"].mean()),
                     "aligned_final": float(result["aligned"][-last:].mean()),
                     "steps_to_80pct": steps_to_fraction_of_final(result["success"], result["env_steps"]),
                     "env_steps": int(result["env_steps"][-1]),
                     "seconds": time.perf_counter() - started,
+                    # Per window of CURVE_WINDOW episodes, for the learning curves.
+                    "success_curve": windowed(result["success"]),
+                    "aligned_curve": windowed(result["aligned"]),
+                    "env_steps_curve": [int(result["env_steps"][min(end, len(result["env_steps"])) - 1])
+                                        for end in range(CURVE_WINDOW, len(result["env_steps"]) + 1, CURVE_WINDOW)],
                 }
             )
-            print(f"# {mode} seed {seed}: {per_seed[-1]}", file=sys.stderr, flush=True)
+            print(f"# {mode} seed {seed}: " + json.dumps({k: v for k, v in per_seed[-1].items() if not k.endswith("_curve")}),
+                  file=sys.stderr, flush=True)
         summary[mode] = per_seed
+    conditions = {"seeds": args.seeds, "first_seed": args.first_seed, "episodes": args.episodes, "landmarks": NUM_LANDMARKS,
+                  "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW,
+                  "chance_alignment": 1.0 / (NUM_LANDMARKS * (NUM_LANDMARKS - 1) // 2),
+                  "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
+    if args.save is not None:
+        args.save.write_text(json.dumps({"conditions": conditions, "per_seed": summary}))
+    if args.plot is not None:
+        plot_curves(summary, conditions, args.plot)
 
-    def mean_std(mode, key):
-        values = np.array([row[key] for row in summary[mode]], dtype=float)
-        return float(np.nanmean(values)), float(np.nanstd(values))
+    def mean_half(mode, key):
+        return mean_ci([row[key] for row in summary[mode]])
 
     if args.json:
-        out = {f"coop_success_{mode}": mean_std(mode, "success_final")[0] for mode in summary}
+        out = {f"coop_success_{mode}": mean_half(mode, "success_final")[0] for mode in summary}
         for mode in summary:
             if mode.startswith("negotiation"):
-                out[f"steps_to_80pct_{mode}"] = mean_std(mode, "steps_to_80pct")[0]
+                out[f"steps_to_80pct_{mode}"] = mean_half(mode, "steps_to_80pct")[0]
         if "negotiation" in summary:
-            out["alignment_negotiation"] = mean_std("negotiation", "aligned_final")[0]
-        out["per_seed"] = summary
-        out["conditions"] = {"seeds": args.seeds, "episodes": args.episodes, "final_window_episodes": last}
+            out["alignment_negotiation"] = mean_half("negotiation", "aligned_final")[0]
+        out["per_seed"] = {mode: [{k: v for k, v in row.items() if not k.endswith("_curve")} for row in rows]
+                           for mode, rows in summary.items()}
+        out["conditions"] = conditions
         print(json.dumps(out, indent=2))
         return
-    print(f"goal-lines L=6, cooperative goals, 2 agents, {args.episodes} episodes, {args.seeds} seeds; "
-          f"'final' = mean over the last {last} episodes; mean ± std over seeds")
+    print(f"goal-lines L={NUM_LANDMARKS}, cooperative goals, 2 agents, {args.episodes} episodes, {args.seeds} seeds; "
+          f"'final' = the last {last} episodes; mean ± 95% t-interval over seeds, each seed's success below its row; "
+          f"load average {conditions['load_avg_1m'][0]} -> {conditions['load_avg_1m'][1]}")
     print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}")
-    for mode in summary:
-        success, success_std = mean_std(mode, "success_final")
-        align, align_std = mean_std(mode, "aligned_final")
-        steps, steps_std = mean_std(mode, "steps_to_80pct")
-        print(f"{mode:<24}{success:>14.3f} ± {success_std:.3f}{align:>12.3f} ± {align_std:.3f}{steps:>16.0f} ± {steps_std:.0f}")
+    for mode, rows in summary.items():
+        success, success_half = mean_half(mode, "success_final")
+        align, align_half = mean_half(mode, "aligned_final")
+        steps, steps_half = mean_half(mode, "steps_to_80pct")
+        print(f"{mode:<24}{success:>14.3f} ± {success_half:.3f}{align:>12.3f} ± {align_half:.3f}{steps:>16.0f} ± {steps_half:.0f}")
+        per_seed_success = ", ".join(f"{row['success_final']:.2f}" for row in rows)
+        print(f"{'':<24}  coop success (final) per seed: {per_seed_success}")
 
 
 if __name__ == "__main__":

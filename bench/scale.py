@@ -12,8 +12,11 @@ the agent count, ring topology by default, for a short step budget, and measures
 - zygote_pss   the fork server's own PSS (its share of the pages the agents share with it)
 - exit code    of `orchestrate up`, and the load average before and after (the machine is shared)
 
-Messages and bytes per edge: the agents' metrics carry no per-link counters yet (the `links`
-work adds them); the table says n/a rather than guess.
+- msgs / KB per peer edge: messages and kilobytes one agent sent one neighbour over the run,
+               mean over the directed agent -> agent edges, from the last `link/<a>_to_<b>/sent`
+               and `/bytes` counters in the agents' metrics.jsonl (membership heartbeats and
+               consensus; the env link is given per step: messages and bytes an agent sent the
+               env server per lockstep step, mean over agents)
 
     python bench/scale.py                              # table
     python bench/scale.py --agents 4,32 --json         # JSON
@@ -158,9 +161,36 @@ def run_one(agents: int, steps: int, topology: str, method: str, timeout_s: floa
         result["agents_pss_total_mb_peak"] = round(peak_total_pss, 1)
     if zygote_sample:
         result["zygote_pss_mb"] = round(zygote_sample["pss"], 1)
-    result["msgs_per_edge"] = None  # no per-link counters in the metrics yet
+    result.update(link_totals(run_dir, complete["steps"] if complete is not None else None))
     if process.returncode != 0:
         result["stderr_tail"] = stderr.decode(errors="replace")[-1500:]
+    return result
+
+
+def link_totals(run_dir: Path, steps: int | None) -> dict:
+    """Messages and bytes per directed agent -> agent edge over the run (mean over edges), and per
+    lockstep step on each agent's link to the env server, from the agents' last link counters."""
+    latest: dict[str, float] = {}  # link/<from>_to_<to>/<counter> -> its last (cumulative) value
+    for metrics in sorted((run_dir / "nodes").glob("agent_*/metrics.jsonl")):
+        for line in metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the end of the run
+            latest.update((key, value) for key, value in record.items()
+                          if key.startswith("link/") and key.endswith(("/sent", "/bytes")))
+    peer = {"sent": [], "bytes": []}
+    env = {"sent": [], "bytes": []}
+    for key, value in latest.items():
+        _, edge, counter = key.split("/")
+        (peer if not edge.endswith("_to_env") else env)[counter].append(value)
+    result: dict = {}
+    if peer["sent"]:
+        result["msgs_per_peer_edge"] = round(sum(peer["sent"]) / len(peer["sent"]), 1)
+        result["kb_per_peer_edge"] = round(sum(peer["bytes"]) / len(peer["bytes"]) / 1e3, 1)
+    if env["sent"] and steps:
+        result["env_msgs_per_step"] = round(sum(env["sent"]) / len(env["sent"]) / steps, 2)
+        result["env_bytes_per_step"] = round(sum(env["bytes"]) / len(env["bytes"]) / steps, 1)
     return result
 
 
@@ -169,7 +199,9 @@ def format_table(results: list[dict]) -> str:
         ("agents", "agents"), ("method", "method"), ("topology", "topology"), ("exit", "exit_code"),
         ("ready s", "ready_s"), ("steps/s", "steps_per_s"), ("RSS MB", "rss_mb_mean"),
         ("PSS MB", "pss_mb_mean"), ("PSS max", "pss_mb_max"), ("private MB", "private_mb_mean"),
-        ("zygote PSS", "zygote_pss_mb"), ("load before", "load_before"), ("load after", "load_after"),
+        ("zygote PSS", "zygote_pss_mb"), ("msgs/peer edge", "msgs_per_peer_edge"), ("KB/peer edge", "kb_per_peer_edge"),
+        ("env msgs/step", "env_msgs_per_step"), ("env B/step", "env_bytes_per_step"),
+        ("load before", "load_before"), ("load after", "load_after"),
     ]  # fmt: skip
     rows = [[title for title, _ in columns]]
     for result in results:
@@ -184,8 +216,8 @@ def format_table(results: list[dict]) -> str:
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     lines.append("")
-    lines.append("per agent: mean over agents of the last smaps_rollup sample with every agent alive; "
-                 "msgs/bytes per edge: n/a (no per-link counters in metrics yet)")  # fmt: skip
+    lines.append("per agent: mean over agents of the last smaps_rollup sample with every agent alive; per peer edge: "
+                 "what one agent sent one neighbour over the run; env: what an agent sent the env server per step")  # fmt: skip
     return "\n".join(lines)
 
 
