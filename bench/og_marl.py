@@ -16,7 +16,9 @@ variance, c calibrated to the same mean bonus), og_marl_ref_scale (reference var
 gives the reference code's own bonus size), og_marl_c0, og_marl_local (each agent its own GP,
 no consensus), og_marl_centralized (exact average in one round), og_marl_push_sum, og_marl_one_real
 and og_marl_terminal (one real row per batch as the reference's, bootstrapping through the time
-limit or treating it as terminal as the reference does), sac and sac_terminal.
+limit or treating it as terminal as the reference does), og_marl_lossy (every agent <-> agent link
+200 ms late and 30 % lossy, rounds waiting up to 1 s; its rounds with a missing share are counted,
+not a failure), sac and sac_terminal.
 
 A run FAILS (reported, and the script exits non-zero) when
 - it crashed or timed out;
@@ -24,7 +26,8 @@ A run FAILS (reported, and the script exits non-zero) when
   `--max-pending-fraction` (1 %) of `sac/steps_owed` (the node logs `learner.counters()`, cumulative,
   at every evaluation and when it stops); a run without counters fails too, since the work done
   cannot be checked;
-- any agent logged `consensus/missing_neighbours` > 0 (its average was not the one claimed).
+- any agent logged `consensus/missing_neighbours` > 0 (its average was not the one claimed), except
+  in a lossy-link variant, where those rounds are the experiment and are reported instead.
 A failed run's score is shown but not pooled into the variant's statistics.
 
 Statistics over seeds: mean, sample std (ddof = 1), 95 % t-interval (scipy.stats; scipy comes with
@@ -76,6 +79,9 @@ class Variant:
     learner: str  # "og_marl" | "sac": where the learner's keys live in overrides
     overrides: tuple[str, ...] = ()
     label: str = ""
+    # Lossy peer links drop consensus shares by design: rounds with a missing neighbour are then
+    # counted and reported, not a failure of the run.
+    lossy_links: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -112,6 +118,16 @@ VARIANTS: dict[str, Variant] = {
         ("agents.learner.real_ratio=0.00390625", "agents.learner.sac.bootstrap_on_truncation=false"),
         label="OG-MARL, 1 real row per batch, time limit terminal",
     ),
+    # Issue 9's experiment: every agent <-> agent link (not the env links) delays each message by
+    # 200 ms and drops 30 %; a synchronous round then waits up to 1 s (the shipped 10 s is sized to
+    # move 6.5 MB shares, which take milliseconds on ipc) and averages over the shares that came.
+    "og_marl_lossy": Variant(
+        "configs/og_marl_ring5.yaml",
+        "og_marl",
+        ("network.links=[{role: peer_links, link: {delay_s: 0.2, loss: 0.3}}]", "protocols.consensus.round_timeout_s=1.0"),
+        label="OG-MARL, peer links 200 ms and 30 % loss",
+        lossy_links=True,
+    ),
     "sac": Variant("configs/sac_ring5.yaml", "sac", label="SAC"),
     "sac_terminal": Variant(
         "configs/sac_ring5.yaml", "sac", ("agents.learner.bootstrap_on_truncation=false",), label="SAC, time limit terminal"
@@ -145,6 +161,7 @@ class RunResult:
     model_mse: list[tuple[int, float]] = field(default_factory=list)  # (training step, mean over agents)
     consensus_distance: list[tuple[int, float, float]] = field(default_factory=list)  # (step, max J, max h)
     failures: list[str] = field(default_factory=list)
+    missing_neighbour_rounds: float = float("nan")  # lossy-link variants: consensus rounds with a share missing, mean over agents
 
     @property
     def ok(self) -> bool:
@@ -178,14 +195,19 @@ def check_update_contract(run_dir: Path, max_pending_fraction: float) -> tuple[f
     return worst, failures
 
 
+def missing_neighbour_rounds(run_dir: Path) -> dict[str, list[dict]]:
+    """Per agent, its metric records of consensus rounds averaged without some neighbour's share."""
+    return {agent.name: [r for r in read_jsonl(agent / "metrics.jsonl") if r.get("consensus/missing_neighbours", 0) > 0]
+            for agent in agent_dirs(run_dir)}
+
+
 def check_missing_neighbours(run_dir: Path) -> list[str]:
     failures = []
-    for agent in agent_dirs(run_dir):
-        missed = [r for r in read_jsonl(agent / "metrics.jsonl") if r.get("consensus/missing_neighbours", 0) > 0]
+    for agent, missed in missing_neighbour_rounds(run_dir).items():
         if missed:
             steps = sorted({r["step"] for r in missed})
             failures.append(
-                f"{agent.name}: consensus/missing_neighbours > 0 in {len(missed)} rounds (steps {steps[:5]}"
+                f"{agent}: consensus/missing_neighbours > 0 in {len(missed)} rounds (steps {steps[:5]}"
                 f"{' ...' if len(steps) > 5 else ''}): its average is not the exact one"
             )
     return failures
@@ -228,7 +250,12 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
         result.s_per_1000_train_steps = (end["t"] - start["t"] - eval_time) / trained * 1000
 
     result.pending_fraction, contract_failures = check_update_contract(run_dir, max_pending_fraction)
-    result.failures += contract_failures + check_missing_neighbours(run_dir)
+    result.failures += contract_failures
+    if VARIANTS.get(variant, Variant("", "og_marl")).lossy_links:
+        missed = missing_neighbour_rounds(run_dir)
+        result.missing_neighbour_rounds = float(np.mean([len(rounds) for rounds in missed.values()])) if missed else 0.0
+    else:
+        result.failures += check_missing_neighbours(run_dir)
     steps_done = []
     for agent in agent_dirs(run_dir):
         counters = [r for r in read_jsonl(agent / "metrics.jsonl") if "sac/gradient_steps" in r]
@@ -400,6 +427,7 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
             "gradient_steps_per_agent_in_window": summarize([r.gradient_steps_in_window for r in good]),
             "worst_pending_fraction": max((r.pending_fraction for r in runs if not math.isnan(r.pending_fraction)), default=None),
             "max_consensus_distance_J": max((d[1] for r in good for d in r.consensus_distance), default=None),
+            "missing_neighbour_rounds_per_agent": summarize([r.missing_neighbour_rounds for r in good if not math.isnan(r.missing_neighbour_rounds)]),
         }
     return {
         "setting": setting,
@@ -443,9 +471,11 @@ def print_table(summary: dict) -> None:
             f"{seed}: {'-' if value is None else f'{value:.1f}'}{' FAILED' if int(seed) in row['failed_seeds'] else ''}"
             for seed, value in row["per_seed"].items()
         )
+        missing = row["missing_neighbour_rounds_per_agent"].get("mean")
         print(
             f"{variant:<22}{mean + std:>30}{ci:>22}{(f'{speed:.0f}' if speed else '-'):>22}"
             f"{(f'{steps:.0f}' if steps else '-'):>18}  {seeds}"
+            + (f"; consensus rounds with a share missing: {missing:.0f} per agent" if missing is not None else "")
         )
 
 
