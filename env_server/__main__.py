@@ -171,6 +171,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             eval_every_steps=env_config.eval_every_steps,
             eval_start_step=env_config.eval_start_step,
             episode_start_hold_s=env_config.episode_start_hold_s,
+            step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
         ),
         seed=identity.seed("env"),
         eval_seed=identity.seed("eval_env"),
@@ -200,6 +201,13 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 elif isinstance(envelope.message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
                     log.warning("%s", apply_network_fault(hub.links, envelope.message))
                     server.write_metrics(hub.link_metrics())
+                elif isinstance(envelope.message, m.HoldAtSteps):  # faults.schedule at_step (step_hold.py)
+                    server.step_hold.set_marks(envelope.message.steps)
+                elif isinstance(envelope.message, m.ReleaseStep):
+                    server.release_step(envelope.message.step)
+            for message in server.control_outbox:  # control.step_held
+                control.channel.send(message)
+            server.control_outbox.clear()
             # A final evaluation may still be running after the last training step; the last
             # observations, held back by link emulation (network: delay), go out first: the
             # orchestrator stops every node once it hears the run is complete.

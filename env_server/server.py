@@ -41,11 +41,13 @@ from env_server.episode_hold import EpisodeStartHold
 from env_server.evaluation import EvaluationSchedule
 from env_server.global_view import GlobalView
 from env_server.resume import ResumeFile, ResumePoint
+from env_server.step_hold import HeldStep, StepHold
 from env_server.vector import BatchedStep, VectorizedParallelEnv
 from protocols import messages as m
 from protocols.auth import BadInputLog
 from protocols.metrics import MetricsWriter
 from protocols.seeds import derive_seed
+from protocols.settings import ControlConfig
 from protocols.spaces import encode_space
 from protocols.transport import Hub
 from protocols.wire import Envelope
@@ -73,6 +75,8 @@ class LockstepRules:
     eval_every_steps: int | None = None
     eval_start_step: int = 0
     episode_start_hold_s: float = 0.0
+    # How long a step with a scheduled fault waits for the orchestrator (protocols.control).
+    step_hold_timeout_s: float = field(default_factory=lambda: ControlConfig().step_hold_timeout_s)
 
 
 class EnvServer:
@@ -128,6 +132,10 @@ class EnvServer:
         self.handlers = {m.EnvJoin: self.on_join, m.EnvReset: self.on_reset, m.EnvAction: self.on_action,
                          m.GoalReady: self.on_goal_ready}
         self.episode_hold = EpisodeStartHold(rules.episode_start_hold_s)
+        # Training steps with a fault scheduled at them (step_hold.py), and what the server has to
+        # tell the orchestrator about them; the caller's loop owns the control channel.
+        self.step_hold = StepHold(rules.step_hold_timeout_s)
+        self.control_outbox: list[object] = []
         # Global state and joint action for the clients that ask (issue 12; off until one does).
         self.global_view = GlobalView(envs, eval_envs)
         self.global_view_clients: set[bytes] = set()
@@ -149,7 +157,8 @@ class EnvServer:
         """Wait up to `timeout_s` for messages, handle them, and fire a due deadline."""
         now = self.clock()
         deadlines = [
-            d for d in (self.barrier.next_deadline(), self._join_deadline_if_waiting(), self.episode_hold.next_deadline())
+            d for d in (self.barrier.next_deadline(), self._join_deadline_if_waiting(), self.episode_hold.next_deadline(),
+                        self.step_hold.next_deadline())
             if d is not None
         ]
         if deadlines:
@@ -163,6 +172,8 @@ class EnvServer:
         self._send(self.barrier.on_timer(now))
         if self.episode_hold.on_timer(now):
             self._release_episode_start()
+        if (held := self.step_hold.on_timer(now)) is not None:
+            self._step_on_after_hold(held, now)
         if self.barrier.step_due:
             self._step()
         if self.reset_requested and not self.episode_running and self._may_start(now):
@@ -302,11 +313,30 @@ class EnvServer:
             self.run_finished = True
         if not self.envs.autoreset and self.envs.all_finished:
             self.episode_running = False
+        if self.step_hold.should_hold(self.step):
+            # A fault is scheduled at this step: its observation waits for the orchestrator's go-ahead.
+            self._save_resume_point()
+            self.step_hold.hold(self.step, (result, missing), self.clock())
+            self.control_outbox.append(m.StepHeld(step=self.step))
+            return
+        self._after_training_step(result, missing)
+
+    def _after_training_step(self, result: BatchedStep, missing: list[str]) -> None:
+        """Evaluate if one is due, else send the step's observation (or hold an episode start)."""
         if self.evaluation.due(self.step):
             self._begin_evaluation(result, missing)
         else:
             self._save_resume_point()
             self._broadcast_or_hold(result, missing)
+
+    def release_step(self, step: int) -> None:
+        """The orchestrator has issued the faults of `step` (control.release_step): step on."""
+        if (held := self.step_hold.release(step)) is not None:
+            self._step_on_after_hold(held, self.clock())
+
+    def _step_on_after_hold(self, held: HeldStep, now: float) -> None:
+        self.write_metrics({"env/step_hold_s": now - held.since, "env/step_hold_timed_out": float(held.timed_out)})
+        self._after_training_step(*held.payload)
 
     def _begin_evaluation(self, held_back: BatchedStep, missing: list[str]) -> None:
         self.evaluation.begin(held_back, missing, self.clock())

@@ -101,11 +101,12 @@ class FaultEvent(BaseModel):
     env server's training step reaches `at_step` (exactly one of the two).
 
     `at_step` counts the env server's lockstep training steps (the `step` of its metrics and of
-    `run.steps`). The orchestrator learns that step from the env server's `control.status`
-    reports, so a step fault fires at the first report at or past `at_step`: within one
-    `protocols.control.status_every_s` of the step being reached (lower it for a tighter hit).
-    Its `fault` event records the step that report gave; every fault event records both the
-    seconds since the start (`run_s`) and the env server's last reported step (`step`).
+    `run.steps`). The env server holds that step's observation until the orchestrator has
+    issued the fault (`protocols.control.step_hold_timeout_s` at most), so it hits between step
+    `at_step` and the next: no agent acts on the next observation before it (a network fault's
+    control message is sent by then; each node applies it when it reads it). Every fault event
+    records both the seconds since the start (`run_s`) and the env server's step (`step`; for
+    a step fault, the step held, so `late_steps` is 0 unless the server had passed it already).
 
     Process faults (signals sent by the orchestrator):
 

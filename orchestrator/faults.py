@@ -5,9 +5,11 @@ or a seeded random draw (derive_seed(run.seed, <position in the schedule>, "faul
 before the run, so the same config and seed always hit the same nodes. `FaultClock` hands the
 orchestrator the faults that are due: an `at_s` fault counted from the moment the run started
 (every node ready), an `at_step` fault once the env server's training step has reached it. The
-orchestrator knows that step only from the env server's `control.status` reports (every
-`protocols.control.status_every_s`), so a step fault fires at the first report at or past its
-step: within one status period of the step. The orchestrator (orchestrator/runtime.py)
+orchestrator tells the env server those steps after the start (`control.hold_at_steps`); the
+server holds each of them and says `control.step_held`, so the fault hits between that step
+and the next (env_server/step_hold.py). A step the server had passed before it was told (or
+any step, should the hold not happen) is caught by its `control.status` reports instead, as
+late as one `protocols.control.status_every_s`. The orchestrator (orchestrator/runtime.py)
 executes the due faults and writes a `fault` event for each to events.jsonl, with the seconds
 since the start and the env step last reported.
 

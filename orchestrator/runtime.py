@@ -12,7 +12,9 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
     4. supervise: `control.status` updates the live view; a running node silent for three
        status periods is reported `paused` (stopped, state T) or `unresponsive`, and `resumed`
        when heard again; scheduled faults are executed when due (`at_s` after the start, or
-       `at_step` once the env server's status reports that step) and logged as `fault` events
+       `at_step` when the env server, told those steps after the start, holds that step and
+       says `control.step_held`: between that step and the next; env_server/step_hold.py) and
+       logged as `fault` events
        (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
        the nodes apply to their emulated links and which are replayed to a restarted node);
        a child that exits on its own before the end (not a scheduled kill) fails the run unless
@@ -96,6 +98,7 @@ class NodeRecord:
     goodbye_reason: str | None = None
     exit_code: int | None = None
     last_status: m.Status | None = None
+    held_step: int | None = None  # env server: the last step it held for scheduled faults (control.step_held)
     last_heard: float = 0.0
     # When the node's exit was first seen (unix time; SIGCHLD or a poll), before it is reaped.
     exited_at: float | None = None
@@ -322,10 +325,29 @@ class Orchestrator:
         self.events.write("fault", None, kind=fault.kind, **self._fault_timing(fault), nodes=hit,
                           skipped=skipped, chosen_by=fault.chosen_by, position=fault.position)
 
+    def on_step_held(self, node: NodeRecord, step: int) -> None:
+        """The env server holds training step `step` for its scheduled faults (env_server/step_hold.py):
+        issue them now, between that step and the next, then let it step on."""
+        node.held_step = step
+        for fault in self.faults.due(time.monotonic(), step):
+            self._inject(fault)
+        self.control.send(m.ReleaseStep(step=step), to=node.launch.node_id)
+
+    def _hold_at_step_faults(self, env_server: NodeRecord) -> None:
+        """Tell the env server at which training steps faults are still scheduled, so it holds
+        each of them for us (sent after control.start: before it, a node's start-up drops it)."""
+        steps = sorted({fault.at_step for fault in self.faults.pending_steps})
+        if steps:
+            self.control.send(m.HoldAtSteps(steps=steps), to=env_server.launch.node_id)
+
     def _env_step(self) -> int | None:
-        """The env server's training step as its last status reported it (None before one)."""
+        """The env server's training step: the newer of what its last status reported and the step
+        it last held for faults (None before either)."""
         env = next((n for n in self.nodes.values() if n.launch.role == "env_server"), None)
-        return None if env is None or env.last_status is None else env.last_status.step
+        if env is None:
+            return None
+        steps = [step for step in (None if env.last_status is None else env.last_status.step, env.held_step) if step is not None]
+        return max(steps) if steps else None
 
     def _fault_timing(self, fault: ScheduledFault) -> dict[str, float | int | None]:
         """When a fault fired, on both clocks: seconds since the start (`run_s`) and the env
@@ -396,6 +418,8 @@ class Orchestrator:
             self.on_ready(node, message.resumed_step)
         elif isinstance(message, m.Status):
             node.last_status = message
+        elif isinstance(message, m.StepHeld):
+            self.on_step_held(node, message.step)
         elif isinstance(message, m.RunComplete):
             self.events.write("run_complete", node_id, steps=message.steps)
             self.run_complete = True
@@ -452,6 +476,7 @@ class Orchestrator:
             self.events.write("rejoined", node.launch.node_id, restarts=node.restarts,
                               network_faults_replayed=len(self.network_faults))
             if node.launch.role == "env_server":
+                self._hold_at_step_faults(node)
                 self._env_server_back(node, resumed_step)
             elif self.env_server_down_since is not None and node.launch.role == "agent":
                 # An agent restarted while the env server is down: it waits with the others.
@@ -465,6 +490,9 @@ class Orchestrator:
             # The fault clock starts after the `started` event is stamped, so no fault reads as
             # earlier than its at_s against that event (sending Start to every node takes time).
             self.faults.start(time.monotonic())
+            for node in self.nodes.values():
+                if node.launch.role == "env_server":
+                    self._hold_at_step_faults(node)
 
     def _reap_exited(self) -> None:
         for node_id, node in self.nodes.items():

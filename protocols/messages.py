@@ -397,6 +397,34 @@ class EnvServerBack:
     step: int
 
 
+@register_message("control.hold_at_steps")
+@dataclass(frozen=True)
+class HoldAtSteps:
+    """To the env server: faults are scheduled at these training steps (faults.schedule, at_step).
+    After each of them it holds the step's observation, says `control.step_held`, and sends it
+    out once told `control.release_step` (or after `protocols.control.step_hold_timeout_s`), so
+    the faults take effect between two steps, exactly at their step. Replaces earlier marks."""
+
+    steps: list[int]
+
+
+@register_message("control.step_held")
+@dataclass(frozen=True)
+class StepHeld:
+    """From the env server: training step `step` (one of the marks) is done and its observation
+    held; the orchestrator issues the faults of that step, then releases it."""
+
+    step: int
+
+
+@register_message("control.release_step")
+@dataclass(frozen=True)
+class ReleaseStep:
+    """To the env server: the faults of `step` are issued; send the held observation."""
+
+    step: int
+
+
 @register_message("control.run_complete")
 @dataclass(frozen=True)
 class RunComplete:

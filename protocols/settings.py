@@ -146,6 +146,10 @@ class ControlConfig(BaseModel):
     # orchestrator fails the run otherwise, and a node gives up waiting for its directory or
     # the start signal after as long.
     startup_timeout_s: float = Field(120.0, gt=0)
+    # A fault scheduled at a training step (faults.schedule, at_step) holds the env server at that
+    # step until the orchestrator has issued it; past this long without the orchestrator's
+    # go-ahead the server steps on by itself (an orchestrator that died must not stall the run).
+    step_hold_timeout_s: float = Field(10.0, gt=0)
 
 
 class MembershipConfig(BaseModel):
