@@ -31,8 +31,8 @@ without `cell`, an episode-start hold; and, at the run level
 (`goal_run_problems`, called by the orchestrator's run schema): for goal-lines selections an env other than goal_lines,
 several env copies, evaluation episodes, infos without `achieved_goals`, negotiation without an
 episode-start hold long enough for the negotiation's rounds (or the supervisor's timeout), a hold
-without negotiating or supervised agents, a supervisor on a topology where a team member may not
-be the supervisor's neighbour (it needs a full topology).
+without negotiating or supervised agents, a supervisor in the team on a topology where a team member
+may not be its neighbour (it needs a full topology; an external supervisor does not).
 
 No torch here: the CLI validates a run config in a fraction of a second.
 """
@@ -68,11 +68,15 @@ class NegotiationSettings(BaseModel):
 
 
 class SupervisorSettings(BaseModel):
-    """The supervisor (protocols/supervision.py): the team's smallest node id draws one goal
-    uniformly and sends it to the team; the others wait this long, then draw their own."""
+    """The supervisor (protocols/supervision.py), which draws one goal uniformly per episode for
+    the whole team. `external: true`: a node of its own (`supervisor`, agent_node/supervisor_node.py)
+    that every team member asks; false: the team's smallest node id draws and tells the others
+    (no extra process; the topology must be full). A member waits `timeout_s` for the goal, then
+    pursues a draw of its own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    external: bool = True
     timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)
 
 
@@ -142,8 +146,8 @@ class GoalsConfig(BaseModel):
     # How each episode's goal is chosen: independently and uniformly (the lower bound), by
     # learning progress, p-aligned (a shared stream, no messages), or by negotiation with the
     # partners of the episode (the goal-coordination game).
-    # "supervisor": one goal for the whole team per episode, assigned over the wire by the team
-    # member with the smallest node id (the upper bound; protocols/supervision.py).
+    # "supervisor": one goal for the whole team per episode, assigned over the wire by a supervisor
+    # node of the run (or the team's smallest node id; the upper bound; protocols/supervision.py).
     # "amigo": each agent's own teacher proposes grid cells (the `amigo` settings; treasure_room).
     selection: Literal["uniform", "learning_progress", "p_aligned", "negotiation", "supervisor", "amigo"]
     # goal_lines goals the agent may pursue: the L individual ones, the L(L-1)/2 cooperative
@@ -275,10 +279,10 @@ def goal_run_problems(
                 f"env.episode_start_hold_s: the supervisor's assignment needs the episode start held for its timeout, "
                 f"at least {goals.supervisor.timeout_s} s; got {episode_start_hold_s}"
             )
-        if not topology_complete:
+        if not goals.supervisor.external and not topology_complete:
             problems.append(
-                "topology.kind: selection 'supervisor' needs every team member to be the supervisor's neighbour; "
-                "expected a full topology (or 2 agents)"
+                "topology.kind: a supervisor in the team (supervisor.external: false) needs every team member to be "
+                "its neighbour; expected a full topology (or 2 agents), or an external supervisor"
             )
     elif episode_start_hold_s > 0:
         problems.append(

@@ -68,6 +68,7 @@ from protocols.goal_space import goal_reward, goal_set, num_goals
 from protocols.hindsight import HindsightEngine, HindsightReport, HindsightRequest, HindsightResult
 from protocols.negotiation import GoalCommit, NegotiationEngine, NegotiationProposal
 from protocols.seeds import derive_seed
+from protocols.settings import SUPERVISOR_NODE_ID
 from protocols.supervision import GoalAssignment, SupervisionEngine, SupervisionRequest
 from protocols.topology import Topology
 
@@ -595,7 +596,9 @@ def build_goal_session(
         module = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.selection)
     supervision = supervisor_draws = None
     if goals.selection == "supervisor":
-        supervision = SupervisionEngine(node_id, timeout_s=goals.supervisor.timeout_s)
+        # With an external supervisor node these draws are only this agent's fallback goals.
+        supervision = SupervisionEngine(node_id, timeout_s=goals.supervisor.timeout_s,
+                                        external_supervisor=SUPERVISOR_NODE_ID if goals.supervisor.external else None)
         supervisor_draws = SupervisorAssignment(allowed, seed=derive_seed(run_seed, node_index, "goals/supervisor"))
     hindsight = HindsightEngine(node_id, timeout_s=goals.hindsight.timeout_s) if goals.hindsight is not None else None
     session = GoalSession(

@@ -85,7 +85,7 @@ from protocols.negotiation import GoalCommit, NegotiationProposal
 from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_hub
-from protocols.settings import ENV_NODE_ID, LEARNER_NODE_ID, agent_node_ids
+from protocols.settings import ENV_NODE_ID, LEARNER_NODE_ID, SUPERVISOR_NODE_ID, agent_node_ids
 from protocols.spaces import decode_space
 from protocols.topology import build_topology
 from protocols.transport import Channel
@@ -97,7 +97,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_node")
 
 # Where a message came from: the channel it arrived on (see `AgentNode.HANDLERS`).
-ENV, PEERS, CONTROL, LEARNER = "env server", "neighbour", "orchestrator", "learner node"
+ENV, PEERS, CONTROL, LEARNER, SUPERVISOR = "env server", "neighbour", "orchestrator", "learner node", "goal supervisor"
 
 RUN_BUDGET_SPENT = "run budget spent"  # the stop reason of a run that ended normally
 
@@ -150,6 +150,7 @@ class AgentNode:
         self.training = run.training
         self.centralized = run.training.mode == "centralized"
         self.learner_channel: Channel | None = None
+        self.supervisor_channel: Channel | None = None  # the external goal supervisor (agents.goals.supervisor.external)
         self.state = NodeState.BOOTING
         self.heartbeat_every_s = run.protocols.membership.heartbeat_every_s
         self.peer_timeout_s = run.protocols.membership.timeout_s
@@ -259,6 +260,11 @@ class AgentNode:
                 directory.learner_endpoint, name="learner", identity=self.context.node_id, peer=LEARNER_NODE_ID, close_linger_s=1.0
             )
             self._sources["learner"] = LEARNER
+        if directory.supervisor_endpoint is not None:
+            self.supervisor_channel = self.hub.connect_dealer(
+                directory.supervisor_endpoint, name="supervisor", identity=self.context.node_id, peer=SUPERVISOR_NODE_ID
+            )
+            self._sources["supervisor"] = SUPERVISOR
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._build_learner(welcome)
@@ -475,8 +481,8 @@ class AgentNode:
             self._on_membership_events(events)
             if accepted is None:
                 return  # not a neighbour; the mesh logged and counted it
-        expected_source, handler = self.HANDLERS.get(type(message), (None, None))
-        if handler is None or expected_source != source:
+        expected_sources, handler = self.HANDLERS.get(type(message), ((), None))
+        if handler is None or source not in expected_sources:
             if source != CONTROL:  # the orchestrator's other messages are answers the loop does not wait for
                 log.warning("dropped %s from %s %r: no handler for it from there", envelope.msg_type, source, envelope.sender)
             return
@@ -651,8 +657,14 @@ class AgentNode:
         self._goal_output(self.goals.on_message(sender, message, now))
 
     def _goal_output(self, outgoing: list) -> None:
-        """Send the goal session's peer messages and goal.ready; write its metrics records."""
-        self._send_peers(outgoing)
+        """Send the goal session's messages (to neighbours, or to the external supervisor) and
+        goal.ready; write its metrics records."""
+        for destination, message in outgoing:
+            if destination == SUPERVISOR_NODE_ID:
+                if self.supervisor_channel is None:
+                    raise NodeFailure("the goal session asks the supervisor node, but the directory named none")
+                self.supervisor_channel.send(message)
+        self._send_peers([(destination, message) for destination, message in outgoing if destination != SUPERVISOR_NODE_ID])
         for step in self.goals.take_ready():
             if self.env is not None:  # (none while the env server restarts: its episode is gone)
                 self.env.send(m.GoalReady(step=step, agents=[self.env_agent]))
@@ -703,27 +715,27 @@ class AgentNode:
         self._send_peers(self.consensus.on_message(sender, share, now))
         self._finish_consensus_if_done(now)
 
-    # The one dispatch table: message type -> (where it must come from, its handler).
-    HANDLERS: dict[type, tuple[str, Callable]] = {
-        m.EnvObservation: (ENV, on_env_observation),
-        m.EnvWelcome: (ENV, on_env_welcome),
-        m.ErrorReply: (ENV, on_env_error),
-        m.EnvServerRestarting: (CONTROL, on_env_server_restarting),
-        m.EnvServerBack: (CONTROL, on_env_server_back),
-        m.Shutdown: (CONTROL, on_shutdown),
-        m.Partition: (CONTROL, on_network_fault),
-        m.Heal: (CONTROL, on_network_fault),
-        m.SetLink: (CONTROL, on_network_fault),
-        m.Heartbeat: (PEERS, on_heartbeat),
-        ConsensusShare: (PEERS, on_consensus_share),
-        ConsensusDone: (PEERS, on_consensus_share),
-        PushSumShare: (PEERS, on_consensus_share),
-        m.EnvEpisodeStart: (ENV, on_episode_start),
-        NegotiationProposal: (PEERS, on_goal_message),
-        GoalCommit: (PEERS, on_goal_message),
-        HindsightReport: (PEERS, on_goal_message),
-        GoalAssignment: (PEERS, on_goal_message),
-        CTDEParams: (LEARNER, on_ctde_params),
+    # The one dispatch table: message type -> (the sources it may come from, its handler).
+    HANDLERS: dict[type, tuple[tuple[str, ...], Callable]] = {
+        m.EnvObservation: ((ENV,), on_env_observation),
+        m.EnvWelcome: ((ENV,), on_env_welcome),
+        m.ErrorReply: ((ENV,), on_env_error),
+        m.EnvServerRestarting: ((CONTROL,), on_env_server_restarting),
+        m.EnvServerBack: ((CONTROL,), on_env_server_back),
+        m.Shutdown: ((CONTROL,), on_shutdown),
+        m.Partition: ((CONTROL,), on_network_fault),
+        m.Heal: ((CONTROL,), on_network_fault),
+        m.SetLink: ((CONTROL,), on_network_fault),
+        m.Heartbeat: ((PEERS,), on_heartbeat),
+        ConsensusShare: ((PEERS,), on_consensus_share),
+        ConsensusDone: ((PEERS,), on_consensus_share),
+        PushSumShare: ((PEERS,), on_consensus_share),
+        m.EnvEpisodeStart: ((ENV,), on_episode_start),
+        NegotiationProposal: ((PEERS,), on_goal_message),
+        GoalCommit: ((PEERS,), on_goal_message),
+        HindsightReport: ((PEERS,), on_goal_message),
+        GoalAssignment: ((PEERS, SUPERVISOR), on_goal_message),  # a teammate, or the external supervisor node
+        CTDEParams: ((LEARNER,), on_ctde_params),
     }
 
     # ------------------------------------------------------------------ consensus

@@ -58,6 +58,7 @@ from protocols.seeds import derive_seed
 from protocols.settings import (
     ENV_NODE_ID,
     LEARNER_NODE_ID,
+    SUPERVISOR_NODE_ID,
     NetworkConfig,
     NodeEntry,
     ProtocolsConfig,
@@ -224,7 +225,8 @@ class RestartPolicy(BaseModel):
     - `always`: also a node that exits 0 before the run is complete.
 
     `roles`: the nodes the policy applies to; by default the agents and the `learner` node of a
-    centralized run (it restores its checkpoint). With `env_server` listed, an env server that
+    centralized run (it restores its checkpoint); `supervisor` adds a goal run's external
+    supervisor node (it keeps no state: restarted, it draws again from its seed). With `env_server` listed, an env server that
     dies after the run started is restarted too and resumes the run where it stopped
     (env_server/resume.py) while the agents wait for it. An env server the policy does not cover
     ends the run when it exits (and one that dies during start-up always does).
@@ -235,13 +237,13 @@ class RestartPolicy(BaseModel):
     policy: Literal["never", "on-failure", "always"] = "never"
     max_restarts: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
-    roles: list[Literal["agent", "learner", "env_server"]] = ["agent", "learner"]
+    roles: list[Literal["agent", "learner", "env_server", "supervisor"]] = ["agent", "learner"]
 
     @field_validator("roles")
     @classmethod
     def _roles_once(cls, roles: list[str]) -> list[str]:
         if not roles or len(set(roles)) != len(roles):
-            raise ValueError(f"expected at least one of 'agent', 'learner', 'env_server', each at most once, got {roles}")
+            raise ValueError(f"expected at least one of 'agent', 'learner', 'env_server', 'supervisor', each at most once, got {roles}")
         return roles
 
 
@@ -361,22 +363,25 @@ class RunConfig(BaseModel):
             problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
 
         centralized = self.training.mode == "centralized"
-        valid_ids = run_node_ids(count, with_learner=centralized)
+        supervisor = self.has_external_supervisor
+        valid_ids = run_node_ids(count, with_learner=centralized, with_supervisor=supervisor)
+        id_range = _id_range(count, centralized, supervisor)
         problems.extend(training_problems(self.training, self.agents, self.protocols.consensus))
-        problems.extend(self.network.node_id_problems(valid_ids, _id_range(count, centralized)))
+        problems.extend(self.network.node_id_problems(valid_ids, id_range))
         links = None if topology is None else communication_links(topology, agent_node_ids(count))
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
-                problems.append(f"faults.schedule.{position}.nodes: expected node ids ({_id_range(count, centralized)}), got unknown {unknown}")
-            if LEARNER_NODE_ID in event.nodes and event.kind not in ("kill", "pause", "resume", "restart"):
-                problems.append(
-                    f"faults.schedule.{position}.nodes: expected a process fault (kill, pause, resume, restart) for the "
-                    f"learner node, got {event.kind!r} (network faults on its links are not supported yet)"
-                )
+                problems.append(f"faults.schedule.{position}.nodes: expected node ids ({id_range}), got unknown {unknown}")
+            for field_path, node in event.named_nodes():  # in nodes, a partition's groups or a link's edges
+                if node in (LEARNER_NODE_ID, SUPERVISOR_NODE_ID) and event.kind not in ("kill", "pause", "resume", "restart"):
+                    problems.append(
+                        f"faults.schedule.{position}.{field_path}: expected a process fault (kill, pause, resume, restart) "
+                        f"for the {node} node, got {event.kind!r} (network faults on its links are not supported yet)"
+                    )
             for field_path, node in event.named_nodes():
                 if node not in valid_ids and not field_path.startswith("nodes."):
-                    problems.append(f"faults.schedule.{position}.{field_path}: expected a node id ({_id_range(count, centralized)}), got unknown {node!r}")
+                    problems.append(f"faults.schedule.{position}.{field_path}: expected a node id ({id_range}), got unknown {node!r}")
             for index, (a, b) in enumerate(event.edges):
                 if links is not None and a in valid_ids and b in valid_ids and (a, b) not in links:
                     problems.append(
@@ -427,7 +432,7 @@ class RunConfig(BaseModel):
             for position, host in enumerate(self.launch.hosts):
                 for node in host.nodes:
                     if node not in valid_ids:
-                        problems.append(f"launch.hosts.{position}.nodes: expected node ids ({_id_range(count, centralized)}), got unknown {node!r}")
+                        problems.append(f"launch.hosts.{position}.nodes: expected node ids ({id_range}), got unknown {node!r}")
                     elif node in placed:
                         problems.append(f"launch.hosts.{position}.nodes: {node!r} is already placed on launch.hosts.{placed[node]}")
                     else:
@@ -488,9 +493,17 @@ class RunConfig(BaseModel):
         """The agents' communication graph (validated buildable when the config was loaded)."""
         return build_topology(self.topology, agent_node_ids(self.agents.count))
 
+    @property
+    def has_external_supervisor(self) -> bool:
+        """A goal run whose supervisor is a node of its own (agents.goals.supervisor.external)."""
+        goals = self.agents.goals
+        return goals is not None and goals.selection == "supervisor" and goals.supervisor.external
+
     def node_ids(self) -> list[str]:
-        """`env`, then `agent_0 .. agent_{count-1}`, then `learner` when training centrally."""
-        return run_node_ids(self.agents.count, with_learner=self.training.mode == "centralized")
+        """`env`, then `agent_0 .. agent_{count-1}`, then `learner` when training centrally, then
+        `supervisor` when an external supervisor assigns the goals."""
+        return run_node_ids(self.agents.count, with_learner=self.training.mode == "centralized",
+                            with_supervisor=self.has_external_supervisor)
 
 
 def listeners_per_machine(config: RunConfig) -> dict[str, int]:
@@ -543,9 +556,10 @@ def communication_links(topology: Topology, agent_ids: list[str]) -> set[tuple[s
     return links
 
 
-def _id_range(count: int, with_learner: bool = False) -> str:
+def _id_range(count: int, with_learner: bool = False, with_supervisor: bool = False) -> str:
     agents = f"agent_0 .. agent_{count - 1}" if count > 1 else "agent_0"
-    return f"{ENV_NODE_ID}, {agents}" + (f", {LEARNER_NODE_ID}" if with_learner else "")
+    return (f"{ENV_NODE_ID}, {agents}" + (f", {LEARNER_NODE_ID}" if with_learner else "")
+            + (f", {SUPERVISOR_NODE_ID}" if with_supervisor else ""))
 
 
 def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
@@ -559,7 +573,7 @@ def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
 
 def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
     """Every node of the run with its index, role and base seed: env first, then agents, then
-    the learner node of a centralized run."""
+    the learner node of a centralized run, then an external goal supervisor."""
     count = config.agents.count
     nodes = {
         ENV_NODE_ID: NodeEntry(
@@ -572,6 +586,9 @@ def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
         nodes[LEARNER_NODE_ID] = NodeEntry(
             index=count + 1, role="learner", seed=derive_seed(config.run.seed, count + 1, NODE_SEED_STREAM)
         )
+    if config.has_external_supervisor:
+        index = len(nodes)  # count + 1, or count + 2 after a learner node
+        nodes[SUPERVISOR_NODE_ID] = NodeEntry(index=index, role="supervisor", seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
     return nodes
 
 

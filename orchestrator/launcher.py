@@ -285,4 +285,6 @@ def preload_modules(
     if "learner" in roles:
         # Not agent_node.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
         modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde_learner"]
+    if "supervisor" in roles:
+        modules += ["agent_node.config", "agent_node.goals", "protocols.supervision"]
     return modules

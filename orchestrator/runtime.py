@@ -456,13 +456,15 @@ class Orchestrator:
         env_endpoint = next(n.endpoints["env"] for n in self.nodes.values() if n.launch.role == "env_server")
         # The learner node of a centralized run (training.mode: centralized); agents connect to it.
         learner_endpoint = next((n.endpoints["ctde"] for n in self.nodes.values() if n.launch.role == "learner"), None)
+        # The external goal supervisor of a goal run (agents.goals.supervisor.external); agents ask it.
+        supervisor_endpoint = next((n.endpoints["goals"] for n in self.nodes.values() if n.launch.role == "supervisor"), None)
         agent_ids = list(self.topology.nodes)
         neighbours = {}
         if node.launch.role == "agent":
             index = agent_ids.index(node.launch.node_id)
             neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
         return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids),
-                           learner_endpoint=learner_endpoint)
+                           learner_endpoint=learner_endpoint, supervisor_endpoint=supervisor_endpoint)
 
     def on_ready(self, node: NodeRecord, resumed_step: int | None = None) -> None:
         node.ready = True
@@ -528,7 +530,7 @@ class Orchestrator:
 
     def _should_restart(self, node: NodeRecord, code: int) -> bool:
         # A learner restores its checkpoint; an env server resumes the run (env_server/resume.py).
-        if node.launch.role not in ("agent", "learner", "env_server") or self.run_complete:
+        if node.launch.role not in ("agent", "learner", "env_server", "supervisor") or self.run_complete:
             return False
         if node.launch.role == "env_server" and not self.started:
             return False  # during start-up the agents are still joining it: the run fails instead

@@ -346,6 +346,8 @@ class Directory:
     # Where the learner node of a centralized run takes transitions (None: the run trains
     # decentralized). Agents connect to it; the learner itself is told its own endpoint.
     learner_endpoint: str | None = None
+    # Where the external goal supervisor of a goal run answers (None: no such node in the run).
+    supervisor_endpoint: str | None = None
 
 
 @register_message("control.ready")

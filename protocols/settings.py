@@ -34,7 +34,9 @@ ENV_NODE_ID = "env"
 ORCHESTRATOR_ID = "orchestrator"
 # The centralized learner node of a run that trains centrally (`training.mode: centralized`).
 LEARNER_NODE_ID = "learner"
-NodeRole = Literal["env_server", "agent", "learner"]
+# The external goal supervisor of a goal run (`agents.goals.selection: supervisor`, external).
+SUPERVISOR_NODE_ID = "supervisor"
+NodeRole = Literal["env_server", "agent", "learner", "supervisor"]
 
 
 def agent_node_id(index: int) -> str:
@@ -46,10 +48,11 @@ def agent_node_ids(count: int) -> list[str]:
     return [agent_node_id(i) for i in range(count)]
 
 
-def node_ids(count: int, with_learner: bool = False) -> list[str]:
+def node_ids(count: int, with_learner: bool = False, with_supervisor: bool = False) -> list[str]:
     """Every node of a run with `count` agents: the env server first, then the agents in order,
-    then the learner node when the run trains centrally."""
-    return [ENV_NODE_ID, *agent_node_ids(count), *([LEARNER_NODE_ID] if with_learner else [])]
+    then the learner node when the run trains centrally, then the goal supervisor when it has one."""
+    return [ENV_NODE_ID, *agent_node_ids(count), *([LEARNER_NODE_ID] if with_learner else []),
+            *([SUPERVISOR_NODE_ID] if with_supervisor else [])]
 
 
 # ------------------------------------------------------------------------------------------
@@ -62,7 +65,7 @@ IPC_ENDPOINT_MAX_BYTES = 100
 
 # What a socket is for; the ipc file is named `<node id>.<purpose>`. Kept to a fixed list so the
 # orchestrator can check, before launching, that every socket path of the run fits the limit.
-ENDPOINT_PURPOSES = ("control", "env", "peer", "ctde")
+ENDPOINT_PURPOSES = ("control", "env", "peer", "ctde", "goals")
 # `network.port_range` starts here at the lowest: below it a bind needs root, and Parley's nodes
 # do not run as root.
 MIN_PORT_RANGE_PORT = 1024
@@ -81,7 +84,7 @@ def longest_ipc_endpoint(socket_dir: str, count: int) -> str:
     `agent_10` is always included so that a run dir that fits for 3 agents also fits when an
     override raises the count to a two-digit number.
     """
-    candidates = [*node_ids(count, with_learner=True), ORCHESTRATOR_ID, agent_node_id(max(10, count - 1))]
+    candidates = [*node_ids(count, with_learner=True, with_supervisor=True), ORCHESTRATOR_ID, agent_node_id(max(10, count - 1))]
     return max(
         (ipc_endpoint(socket_dir, node, purpose) for node in candidates for purpose in ENDPOINT_PURPOSES),
         key=lambda endpoint: len(endpoint.encode()),

@@ -1,26 +1,33 @@
-"""A supervisor that assigns one goal to its team each episode, over the wire: a sans-IO engine.
+"""A supervisor that assigns one goal to its team each episode, over the wire: sans-IO engines.
 
 ALGORITHMS.md section 2, "Supervisor: one external draw given to both agents (upper bound;
-alignment 1)". In a run the supervisor is one of the team's nodes: the team member with the
-smallest node id (the same choice on every member, from the team list the env server's
-`env.episode_start` announcement implies). It draws the episode's goal and sends it to every other
-member (`GoalAssignment`); it pursues the goal too. The others wait for the assignment until
-`timeout_s` after their start; one that has not heard by then (or whose supervisor went down)
-falls back to its own goal (`timed_out`). Unlike negotiation nothing is learned: the supervisor
-knows the goal and says it, so alignment is 1 whenever the message arrives. Every member must be
-a neighbour of the supervisor (the run schema asks for a full topology).
+alignment 1)". Two placements, one member engine:
 
-    idle --start(request)--> supervisor: decided, assignment sent
-                             member: waiting --assignment | deadline | supervisor down--> decided
+- **external** (`agents.goals.supervisor.external: true`, the default): the supervisor is a node
+  of its own (`supervisor`, agent_node/supervisor_node.py), started by the orchestrator. Each
+  member of an episode's team asks it (`GoalRequest`: the episode and the whole team); the
+  supervisor draws the team's goal at the first request and answers every member with the same
+  `GoalAssignment` (`SupervisorService`, below). It pursues no goal itself;
+- **in the team** (`external: false`): the team member with the smallest node id (the same choice
+  on every member, from the team list the env server's `env.episode_start` announcement
+  implies) draws the goal, sends it to every other member and pursues it too. Every member must
+  then be a neighbour of it (the run schema asks for a full topology).
 
-Assignments for a later episode (a supervisor that started first) wait in a buffer until that
+A member that has not heard by `timeout_s` after its start (or whose supervisor went down) falls
+back to its own goal (`timed_out`). Unlike negotiation nothing is learned: the supervisor knows
+the goal and says it, so alignment is 1 whenever the message arrives.
+
+    idle --start(request)--> supervising member: decided, assignment sent
+                             other member: waiting --assignment | deadline | supervisor down--> decided
+
+Assignments for a later episode (a supervisor that answered first) wait in a buffer until that
 episode's `start`; earlier or foreign ones are dropped and counted. No sockets, no clock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from protocols.engine import Outgoing
 from protocols.messages import register_message
@@ -33,6 +40,16 @@ class GoalAssignment:
 
     episode: int
     goal: int
+
+
+@register_message("goal.request")
+@dataclass(frozen=True)
+class GoalRequest:
+    """A team member asks the external supervisor for the goal of `episode`; `team` is every
+    member of that episode's team, the asker included (sorted node ids)."""
+
+    episode: int
+    team: list[str]
 
 
 @dataclass(frozen=True)
@@ -61,11 +78,16 @@ class SupervisionEngine:
 
     message_types: ClassVar[tuple[type, ...]] = (GoalAssignment,)
 
-    def __init__(self, node_id: str, *, timeout_s: float = 0.5) -> None:
+    def __init__(self, node_id: str, *, timeout_s: float = 0.5, external_supervisor: str | None = None) -> None:
+        """`external_supervisor`: the node id of the supervisor node to ask (None: the team's
+        smallest node id supervises)."""
         if not timeout_s > 0:
             raise ValueError(f"supervision timeout_s must be > 0 seconds, got {timeout_s}")
+        if external_supervisor == node_id:
+            raise ValueError(f"node {node_id!r} cannot be its own external supervisor")
         self.node_id = node_id
         self.timeout_s = timeout_s
+        self.external_supervisor = external_supervisor
         self._request: SupervisionRequest | None = None
         self._supervisor = ""
         self._deadline: float | None = None
@@ -80,11 +102,14 @@ class SupervisionEngine:
         if self.node_id in request.team:
             raise ValueError(f"node {self.node_id!r} lists itself in its team")
         self._request, self._outcome = request, None
-        self._supervisor = supervisor_of(self.node_id, request.team)
+        self._supervisor = self.external_supervisor or supervisor_of(self.node_id, request.team)
         for episode in [e for e in self._future if e < request.episode]:
             del self._future[episode]
             self.stale_messages += 1
-        if self._supervisor == self.node_id:
+        outgoing: list[Outgoing] = []
+        if self.external_supervisor is not None:
+            outgoing.append((self.external_supervisor, GoalRequest(request.episode, sorted([self.node_id, *request.team]))))
+        elif self._supervisor == self.node_id:
             self._decide(request.draw, timed_out=False)
             assignment = GoalAssignment(request.episode, request.draw)
             self.assignments_sent += len(request.team)
@@ -92,8 +117,8 @@ class SupervisionEngine:
         self._deadline = now + self.timeout_s
         if request.episode in self._future:
             sender, assignment = self._future.pop(request.episode)
-            return self.on_message(sender, assignment, now)
-        return []
+            return outgoing + self.on_message(sender, assignment, now)
+        return outgoing
 
     def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
         if not isinstance(message, GoalAssignment):
@@ -146,3 +171,57 @@ class SupervisionEngine:
             episode=self._request.episode, goal=int(goal), supervisor=self._supervisor,
             supervised=self._supervisor == self.node_id, timed_out=timed_out,
         )
+
+
+class SupervisorService:
+    """The external supervisor node's engine: answers `GoalRequest`s, one draw per (episode, team).
+
+    `draw(episode, team)` picks the team's goal (agent_node/goals.py `SupervisorAssignment`); it is
+    called once per team and episode, at the first member's request, and every member gets the same
+    goal. The draws of the last `keep_episodes` episodes are kept to answer the other members; a
+    request for an episode older than that gets a fresh draw (counted: it means a member was very
+    late). A request whose sender is not in the team it names is refused: no answer, counted.
+    """
+
+    message_types: ClassVar[tuple[type, ...]] = (GoalRequest,)
+
+    def __init__(self, draw: Callable[[int, list[str]], int], *, keep_episodes: int = 64) -> None:
+        if keep_episodes < 1:
+            raise ValueError(f"keep_episodes must be >= 1, got {keep_episodes}")
+        self._draw = draw
+        self.keep_episodes = keep_episodes
+        self._goals: dict[tuple[int, tuple[str, ...]], int] = {}
+        self.requests = 0
+        self.teams_assigned = 0
+        self.refused = 0
+        self.redrawn_for_late_members = 0
+        self._newest_episode = -1
+
+    def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
+        if not isinstance(message, GoalRequest):
+            raise TypeError(f"the supervisor got a {type(message).__name__} from {sender!r}; it takes GoalRequest")
+        self.requests += 1
+        team = tuple(sorted(message.team))
+        if sender not in team:
+            self.refused += 1
+            return []
+        key = (message.episode, team)
+        goal = self._goals.get(key)
+        if goal is None:
+            if message.episode <= self._newest_episode - self.keep_episodes:
+                self.redrawn_for_late_members += 1
+            goal = self._goals[key] = int(self._draw(message.episode, list(team)))
+            self.teams_assigned += 1
+            self._newest_episode = max(self._newest_episode, message.episode)
+            self._forget_old_episodes()
+        return [(sender, GoalAssignment(message.episode, goal))]
+
+    def _forget_old_episodes(self) -> None:
+        oldest_kept = self._newest_episode - self.keep_episodes + 1
+        for key in [key for key in self._goals if key[0] < oldest_kept]:
+            del self._goals[key]
+
+    def metrics(self) -> dict[str, float]:
+        return {"supervisor/requests": float(self.requests), "supervisor/teams_assigned": float(self.teams_assigned),
+                "supervisor/refused_requests": float(self.refused),
+                "supervisor/redrawn_for_late_members": float(self.redrawn_for_late_members)}

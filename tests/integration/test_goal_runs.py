@@ -78,9 +78,31 @@ def test_a_population_of_four_negotiates_only_among_the_drawn_pair(tmp_path):
     assert all(len(agents) == 2 for agents in players.values()), dict(players)
 
 
-def test_a_supervised_pair_pursues_the_assigned_goal(tmp_path):
+def test_a_pair_supervised_by_a_supervisor_node_pursues_the_goal_it_draws(tmp_path):
+    """The default: the supervisor is a process of its own, which both agents ask every episode."""
     steps = 3 * EPISODE
     run_dir = run(tmp_path, "configs/goals_supervisor.yaml", steps)
+    launched = {e["node"]: e["role"] for e in read_events(run_dir) if e["event"] == "launched"}
+    assert launched.get("supervisor") == "supervisor", launched
+    ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
+    for agent in ended:
+        assert [r["supervision/supervised"] for r in ended[agent]] == [0.0] * 3, "no agent supervises"
+    answered = 0
+    for mine, theirs in zip(ended["agent_0"], ended["agent_1"]):
+        assert mine["goals/episode"] == theirs["goals/episode"]
+        if mine["supervision/timed_out"] == 0.0 and theirs["supervision/timed_out"] == 0.0:
+            assert mine["goals/goal"] == theirs["goals/goal"], "the supervisor's goal, on both sides"
+            answered += 1
+    assert answered >= 1, "the supervisor node answered no episode in time"
+    counters = [r for r in records(run_dir, "supervisor") if "supervisor/requests" in r][-1]
+    assert counters["supervisor/teams_assigned"] == 3.0 and counters["supervisor/requests"] == 6.0, counters
+    assert counters["supervisor/refused_requests"] == 0.0
+
+
+def test_a_supervisor_in_the_team_is_its_smallest_node_id_and_no_extra_process_runs(tmp_path):
+    steps = 3 * EPISODE
+    run_dir = run(tmp_path, "configs/goals_supervisor.yaml", steps, "--set", "agents.goals.supervisor.external=false")
+    assert "supervisor" not in {e["node"] for e in read_events(run_dir) if e["event"] == "launched"}
     ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
     assert [r["supervision/supervised"] for r in ended["agent_0"]] == [1.0] * 3, "agent_0, the smallest id, supervises"
     assert [r["supervision/supervised"] for r in ended["agent_1"]] == [0.0] * 3

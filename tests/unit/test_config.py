@@ -382,3 +382,20 @@ def test_true_and_false_are_still_booleans_and_a_bool_field_still_takes_yes() ->
     assert parse_override("a=true") == (["a"], True) and parse_override("a=False") == (["a"], False)
     assert parse_override("a=yes") == (["a"], "yes")
     assert load_config(TINY, ["env.kwargs.continuous_actions=false"]).env.kwargs["continuous_actions"] is False
+
+
+def test_an_external_goal_supervisor_is_a_node_of_the_run_with_its_own_seed(tmp_path):
+    from orchestrator.config import derive_nodes, load_config
+    from orchestrator.plan import ROLE_MODULES
+
+    config = load_config(ROOT / "configs" / "goals_supervisor.yaml")
+    assert config.node_ids() == ["env", "agent_0", "agent_1", "supervisor"]
+    nodes = derive_nodes(config)
+    assert nodes["supervisor"].role == "supervisor" and nodes["supervisor"].index == 3
+    assert len({entry.seed for entry in nodes.values()}) == 4, "every node its own base seed"
+    assert ROLE_MODULES["supervisor"] == "agent_node.supervisor_node"
+    in_team = load_config(ROOT / "configs" / "goals_supervisor.yaml", ["agents.goals.supervisor.external=false"])
+    assert in_team.node_ids() == ["env", "agent_0", "agent_1"]
+    with pytest.raises(ConfigError, match="expected a process fault .* for the supervisor node"):
+        load_config(ROOT / "configs" / "goals_supervisor.yaml",
+                    ["faults.schedule=[{at_s: 1, kind: partition, groups: [[supervisor], [agent_0, agent_1]]}]"])

@@ -459,5 +459,8 @@ def test_run_level_goal_problems_name_the_field_and_what_was_expected():
     supervised = GoalsConfig(selection="supervisor")
     assert problems(goals=supervised) == []
     assert problems(goals=supervised, episode_start_hold_s=0.2)[0].startswith("env.episode_start_hold_s: the supervisor's")
-    assert problems(goals=supervised, topology_complete=False)[0].startswith("topology.kind: selection 'supervisor' needs")
+    assert supervised.supervisor.external, "the supervisor is a node of its own by default"
+    assert problems(goals=supervised, topology_complete=False) == [], "an external supervisor reaches every agent directly"
+    in_team = GoalsConfig(selection="supervisor", supervisor={"external": False})
+    assert problems(goals=in_team, topology_complete=False)[0].startswith("topology.kind: a supervisor in the team")
     assert problems(goals=None)[0].startswith("env.episode_start_hold_s: expected 0 without goal-negotiating agents")

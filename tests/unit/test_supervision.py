@@ -1,4 +1,5 @@
-"""The supervision engine (protocols/supervision.py): the smallest node id assigns the team's goal."""
+"""The supervision engines (protocols/supervision.py): the team's smallest node id, or an external
+supervisor node, assigns the team's goal."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import pytest
 from protocols import wire
 from protocols.engine import Engine
 from protocols.messages import MESSAGE_TYPES
-from protocols.supervision import GoalAssignment, SupervisionEngine, SupervisionRequest, supervisor_of
+from protocols.supervision import (
+    GoalAssignment,
+    GoalRequest,
+    SupervisionEngine,
+    SupervisionRequest,
+    SupervisorService,
+    supervisor_of,
+)
 
 
 def test_is_an_engine_and_the_supervisor_is_the_smallest_node_id():
@@ -56,3 +64,78 @@ def test_the_assignment_round_trips_on_the_wire():
     assert MESSAGE_TYPES["goal.assignment"] is GoalAssignment
     frames = wire.encode(GoalAssignment(3, 11), sender="agent_0", run_id="r", seq=1)
     assert wire.decode([bytes(frame) for frame in frames]).message == GoalAssignment(3, 11)
+
+
+# ---------------------------------------------------------------- an external supervisor node
+
+
+def test_with_an_external_supervisor_a_member_asks_it_and_takes_only_its_answer():
+    engine = SupervisionEngine("agent_1", timeout_s=1.0, external_supervisor="supervisor")
+    sent = engine.start(SupervisionRequest(4, ["agent_2", "agent_0"], draw=3), now=0.0)
+    assert sent == [("supervisor", GoalRequest(4, ["agent_0", "agent_1", "agent_2"]))], "the whole team, sorted"
+    assert not engine.done and engine.next_deadline() == 1.0
+    engine.on_message("agent_0", GoalAssignment(4, 5), now=0.1)  # a teammate is not the supervisor here
+    assert not engine.done and engine.stale_messages == 1
+    engine.on_message("supervisor", GoalAssignment(4, 9), now=0.2)
+    assert engine.result.goal == 9 and not engine.result.supervised and not engine.result.timed_out
+    assert engine.result.supervisor == "supervisor"
+
+
+def test_an_external_supervisor_that_never_answers_leaves_the_own_draw():
+    engine = SupervisionEngine("agent_0", timeout_s=0.5, external_supervisor="supervisor")
+    engine.start(SupervisionRequest(0, ["agent_1"], draw=6), now=0.0)
+    engine.on_timer(0.5)
+    assert engine.result.goal == 6 and engine.result.timed_out
+    with pytest.raises(ValueError, match="cannot be its own external supervisor"):
+        SupervisionEngine("supervisor", external_supervisor="supervisor")
+
+
+def test_an_answer_that_came_before_the_members_own_start_is_taken_at_its_start():
+    engine = SupervisionEngine("agent_1", timeout_s=1.0, external_supervisor="supervisor")
+    engine.on_message("supervisor", GoalAssignment(2, 4), now=0.0)
+    sent = engine.start(SupervisionRequest(2, ["agent_0"], draw=3), now=0.1)
+    assert sent == [("supervisor", GoalRequest(2, ["agent_0", "agent_1"]))] and engine.result.goal == 4
+
+
+def test_the_supervisor_node_draws_once_per_team_and_episode_and_answers_every_member_alike():
+    draws = []
+
+    def draw(episode, team):
+        draws.append((episode, tuple(team)))
+        return 10 + len(draws)
+
+    service = SupervisorService(draw)
+    team = ["agent_0", "agent_1"]
+    first = service.on_message("agent_1", GoalRequest(0, team), now=0.0)
+    second = service.on_message("agent_0", GoalRequest(0, list(reversed(team))), now=0.1)
+    assert first == [("agent_1", GoalAssignment(0, 11))] and second == [("agent_0", GoalAssignment(0, 11))]
+    other_team = service.on_message("agent_2", GoalRequest(0, ["agent_2", "agent_3"]), now=0.2)
+    next_episode = service.on_message("agent_0", GoalRequest(40, team), now=0.3)
+    assert other_team == [("agent_2", GoalAssignment(0, 12))] and next_episode == [("agent_0", GoalAssignment(40, 13))]
+    assert draws == [(0, ("agent_0", "agent_1")), (0, ("agent_2", "agent_3")), (40, ("agent_0", "agent_1"))]
+    assert service.metrics()["supervisor/requests"] == 4.0 and service.metrics()["supervisor/teams_assigned"] == 3.0
+
+
+def test_the_supervisor_node_refuses_a_request_from_outside_the_team_it_names():
+    service = SupervisorService(lambda episode, team: 1)
+    assert service.on_message("agent_5", GoalRequest(0, ["agent_0", "agent_1"]), now=0.0) == []
+    assert service.metrics()["supervisor/refused_requests"] == 1.0 and service.metrics()["supervisor/teams_assigned"] == 0.0
+
+
+def test_the_supervisor_node_forgets_old_episodes_and_redraws_for_a_very_late_member():
+    counter = iter(range(100))
+    service = SupervisorService(lambda episode, team: next(counter), keep_episodes=2)
+    for episode in range(4):
+        service.on_message("agent_0", GoalRequest(episode, ["agent_0", "agent_1"]), now=float(episode))
+    assert service.on_message("agent_1", GoalRequest(3, ["agent_0", "agent_1"]), now=4.0) == [("agent_1", GoalAssignment(3, 3))]
+    late = service.on_message("agent_1", GoalRequest(0, ["agent_0", "agent_1"]), now=5.0)
+    assert late == [("agent_1", GoalAssignment(0, 4))], "episode 0 was forgotten: a new draw"
+    assert service.metrics()["supervisor/redrawn_for_late_members"] == 1.0
+    with pytest.raises(ValueError, match="keep_episodes"):
+        SupervisorService(lambda episode, team: 0, keep_episodes=0)
+
+
+def test_the_request_round_trips_on_the_wire():
+    assert MESSAGE_TYPES["goal.request"] is GoalRequest
+    frames = wire.encode(GoalRequest(3, ["agent_0", "agent_1"]), sender="agent_0", run_id="r", seq=1)
+    assert wire.decode([bytes(frame) for frame in frames]).message == GoalRequest(3, ["agent_0", "agent_1"])

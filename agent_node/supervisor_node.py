@@ -1,0 +1,129 @@
+"""`python -m agent_node.supervisor_node`: the external goal supervisor of a goal run (issue 10).
+
+ALGORITHMS.md section 2's upper bound: one draw from outside the team, given to every member.
+The orchestrator starts this node (node id `supervisor`) in a run with
+`agents.goals.selection: supervisor` and `agents.goals.supervisor.external: true`:
+
+    --config <run dir>/resolved.yaml --node-id supervisor --control <endpoint>
+
+It binds a ROUTER (its `goals` endpoint, which the orchestrator puts in every agent's directory),
+registers, waits for the start like every node, and then answers each `goal.request` of a team
+member with that team's `goal.assignment`: `SupervisorService` (protocols/supervision.py) draws the
+goal uniformly from the run's goal set (`SupervisorAssignment`, seeded from the run seed) at the
+first request of a team for an episode and gives every member the same one. Agents that hear
+nothing within `agents.goals.supervisor.timeout_s` pursue a goal of their own.
+
+It learns nothing and keeps no checkpoint: restarted (faults.restart), it draws again from its
+seed's start. It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`,
+`supervisor/teams_assigned`, ...) every status period and at the end, reports status like any
+node and exits 0 on `control.shutdown`. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+
+log = logging.getLogger("supervisor_node")
+
+# How often the loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
+_WAKE_S = 0.2
+
+
+def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
+    from agent_node.config import AgentNodeConfig
+    from agent_node.goals import SupervisorAssignment
+    from protocols import messages as m
+    from protocols.config_errors import ConfigError
+    from protocols.control import ControlClient, ShutdownRequested
+    from protocols.goal_space import goal_set
+    from protocols.metrics import MetricsWriter
+    from protocols.node_config import bind_address, load_node_config, node_hub
+    from protocols.supervision import GoalRequest, SupervisorService
+
+    try:
+        run, identity = load_node_config(config_path, node_id, AgentNodeConfig)
+    except ConfigError as error:
+        print(f"supervisor {node_id}: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=run.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
+    goals = run.agents.goals
+    if goals is None or goals.selection != "supervisor" or not goals.supervisor.external:
+        log.error("a supervisor node runs only with agents.goals.selection 'supervisor' and supervisor.external true")
+        return 2
+    draws = SupervisorAssignment(goal_set(goals.goal_set, goals.num_landmarks), seed=identity.seed("goals/supervisor"))
+    service = SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
+
+    stop: list[str] = []
+
+    def request_stop(signum, frame):
+        stop.append(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    hub = node_hub(run, identity)
+    metrics = MetricsWriter(identity.node_dir / "metrics.jsonl")
+    control = None
+    reason, exit_code = "stopped", 0
+    try:
+        control = ControlClient(hub, control_endpoint, node_id=node_id)
+        inbox = hub.bind_router(bind_address(run, node_id, "goals"), name="goals", advertise_host=run.network.advertised_host())
+        control.register("supervisor", {"goals": inbox.endpoint})
+        startup_s = run.protocols.control.startup_timeout_s
+        control.wait_for(m.Directory, startup_s)
+        control.ready()
+        control.wait_for(m.Start, startup_s)
+        log.info("supervisor %s running at %s: one goal per team and episode from %s goals", node_id, inbox.endpoint, goals.goal_set)
+        status_every_s = run.protocols.control.status_every_s
+        started = time.monotonic()
+        while not stop:
+            timeout = min(_WAKE_S, max(0.0, control.next_status_at(status_every_s) - time.monotonic()))
+            for channel in hub.wait(timeout):
+                for envelope in channel.recv_all():
+                    if channel is control.channel:
+                        if isinstance(envelope.message, m.Shutdown):
+                            stop.append(envelope.message.reason)
+                    elif isinstance(envelope.message, GoalRequest):
+                        for _, assignment in service.on_message(envelope.sender, envelope.message, time.monotonic()):
+                            inbox.reply(envelope, assignment)
+                    else:
+                        log.warning("dropped %s from %r: the supervisor takes goal.request only", envelope.msg_type, envelope.sender)
+            hub.flush_due()
+            now = time.monotonic()
+            if control.status_due(now, status_every_s):
+                control.send_status(now, state="running", step=service.teams_assigned, episode=0, last_return=None,
+                                    msgs_per_s=service.requests / max(1e-9, now - started), extra=service.metrics())
+                metrics.write(service.teams_assigned, service.metrics())
+        reason = stop[0]
+    except ShutdownRequested as request:
+        reason = request.reason
+    except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero
+        log.exception("supervisor failed: %s", error)
+        reason, exit_code = f"failed: {error}", 1
+    finally:
+        try:
+            metrics.write(service.teams_assigned, service.metrics())
+            log.info("supervisor stopping (%s): %d requests, %d team goals drawn", reason, service.requests, service.teams_assigned)
+            if control is not None:
+                control.goodbye(reason)
+        finally:
+            metrics.close()
+            hub.close()
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent_node.supervisor_node", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="resolved.yaml of the run")
+    parser.add_argument("--control", required=True, help="the orchestrator's control endpoint")
+    parser.add_argument("--node-id", default="supervisor")
+    args = parser.parse_args(argv)
+    return run_in_orchestrated_run(args.config, args.node_id, args.control)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
