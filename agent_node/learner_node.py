@@ -43,7 +43,6 @@ import argparse
 import json
 import logging
 import math
-import signal
 import sys
 import time
 from dataclasses import replace
@@ -247,7 +246,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     from agent_node.training_config import learner_schedule, mixer_config
     from protocols import messages as m
     from protocols.config_errors import ConfigError
-    from protocols.control import ControlClient, ShutdownRequested
+    from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
     from protocols.metrics import MetricsWriter
     from protocols.node_config import bind_address, load_node_config, node_hub
 
@@ -268,14 +267,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         max_pending_rows=training.max_pending_rows, **learner_schedule(dqn),
     )
 
-    stop: list[str] = []
-
-    def request_stop(signum, frame):
-        stop.append(f"signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
+    stop = stop_on_signals()
     hub = node_hub(run, identity)
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / node_id)
     exit_code = 0
@@ -297,11 +289,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
                      restored["learner/restored_gradient_step"], restored["learner/restored_env_step"],
                      restored["learner/restored_replay_rows"])
             metrics.write(service.core.learner.gradient_steps, restored)
-        control.register("learner", {"ctde": inbox.endpoint})
-        startup_s = run.protocols.control.startup_timeout_s
-        control.wait_for(m.Directory, startup_s)
-        control.ready()
-        control.wait_for(m.Start, startup_s)
+        control.join_run("learner", {"ctde": inbox.endpoint}, run.protocols.control.startup_timeout_s)
         log.info("learner %s running: %s mixer for %d agents at %s", node_id, training.mixer, run.agents.count, inbox.endpoint)
         status_every_s = run.protocols.control.status_every_s
         started = time.monotonic()
@@ -386,21 +374,16 @@ def run_standalone(args: argparse.Namespace) -> int:
         args.learning_starts, args.gradient_steps_per_row, args.params_every,
     )
 
-    stop = [False]
+    from protocols.control import stop_on_signals
 
-    def request_stop(signum, frame):
-        stop[0] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
+    stop = stop_on_signals()
     hub = Hub(sender=args.node_id, run_id="standalone")
     service = None
     try:
         inbox = hub.bind_router(args.bind, name="learner")
         service = LearnerService(args.num_agents, make_core, inbox, spaces=spaces)
         print(f"READY {inbox.endpoint}", flush=True)
-        while not stop[0]:
+        while not stop:
             hub.wait(_WAKE_S)
             for envelope in inbox.recv_all():
                 service.handle(envelope)

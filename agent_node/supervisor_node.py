@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 
@@ -38,7 +37,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     from agent_node.goals import SupervisorAssignment
     from protocols import messages as m
     from protocols.config_errors import ConfigError
-    from protocols.control import ControlClient, ShutdownRequested
+    from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
     from protocols.goal_space import goal_set
     from protocols.metrics import MetricsWriter
     from protocols.node_config import bind_address, load_node_config, node_hub
@@ -57,14 +56,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     draws = SupervisorAssignment(goal_set(goals.goal_set, goals.num_landmarks), seed=identity.seed("goals/supervisor"))
     service = SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
 
-    stop: list[str] = []
-
-    def request_stop(signum, frame):
-        stop.append(f"signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
+    stop = stop_on_signals()
     hub = node_hub(run, identity)
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl")
     control = None
@@ -72,11 +64,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     try:
         control = ControlClient(hub, control_endpoint, node_id=node_id)
         inbox = hub.bind_router(bind_address(run, node_id, "goals"), name="goals", advertise_host=run.network.advertised_host())
-        control.register("supervisor", {"goals": inbox.endpoint})
-        startup_s = run.protocols.control.startup_timeout_s
-        control.wait_for(m.Directory, startup_s)
-        control.ready()
-        control.wait_for(m.Start, startup_s)
+        control.join_run("supervisor", {"goals": inbox.endpoint}, run.protocols.control.startup_timeout_s)
         log.info("supervisor %s running at %s: one goal per team and episode from %s goals", node_id, inbox.endpoint, goals.goal_set)
         status_every_s = run.protocols.control.status_every_s
         started = time.monotonic()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
 
@@ -28,7 +27,7 @@ from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
-from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault
+from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault, stop_on_signals
 from protocols.config_errors import ConfigError
 from protocols.jsonlines import FileWriteError
 from protocols.node_config import bind_address, load_node_config, node_hub
@@ -75,17 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_standalone(args)
 
 
-def _stop_on_signals() -> list[bool]:
-    stop = [False]
-
-    def request_stop(signum, frame):
-        stop[0] = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return stop
-
-
 def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: tuple[str, ...] = ()):
     """K copies in this process, or split over `num_workers` processes (forked here, before the
     server makes its hub: a zmq context must not cross a fork)."""
@@ -122,10 +110,10 @@ def run_standalone(args: argparse.Namespace) -> int:
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
         default_action_seed=derive_seed(args.seed, 0, "default_actions"),
     )
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     print(f"READY {server.endpoint}", flush=True)
     try:
-        while not stop[0]:
+        while not stop:
             server.poll_once(_STANDALONE_WAKE_S)
     finally:
         server.close()
@@ -184,20 +172,18 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     )
     resumed = server.resumed_from
     control = ControlClient(hub, control_endpoint, node_id=node_id)
-    stop = _stop_on_signals()
-    reason = "shutdown"
+    stop = stop_on_signals()
     try:
         control.register("env_server", {"env": server.endpoint}, incarnation=server.incarnation)
         control.wait_for(m.Directory, startup_timeout_s)
         control.ready(resumed_step=None if resumed is None else resumed.step)
         reported_complete = False
-        while not stop[0]:
+        while not stop:
             server.poll_once(status_every_s)
             now = time.monotonic()
             for envelope in control.channel.recv_all():
                 if isinstance(envelope.message, m.Shutdown):
-                    reason = envelope.message.reason
-                    stop[0] = True
+                    stop.append(envelope.message.reason)
                 elif isinstance(envelope.message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
                     log.warning("%s", apply_network_fault(hub.links, envelope.message))
                     server.write_metrics(hub.link_metrics())
@@ -225,7 +211,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                     extra=server.status_extra(),
                 )
                 server.write_metrics(hub.link_metrics())  # per-link counters, every status period
-        control.goodbye(reason)
+        control.goodbye(stop[0])
         return 0
     except ShutdownRequested as request:
         log.info("shutdown before start: %s", request.reason)

@@ -143,6 +143,20 @@ class ControlTimeout(TimeoutError):
     pass
 
 
+def stop_on_signals() -> list[str]:
+    """From now on SIGTERM and SIGINT do not kill the process: each appends its name to the
+    returned list, which the node's loop checks to stop cleanly (goodbye, sockets closed). The
+    loop appends the orchestrator's shutdown reason to the same list."""
+    stop: list[str] = []
+
+    def request_stop(signum, frame):
+        stop.append(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
+
+
 class ShutdownRequested(Exception):
     """The orchestrator asked us to stop while we were waiting for something else."""
 
@@ -191,6 +205,15 @@ class ControlClient:
 
     def ready(self, resumed_step: int | None = None) -> None:
         self.channel.send(m.Ready(node_id=self.node_id, resumed_step=resumed_step))
+
+    def join_run(self, role: str, endpoints: dict[str, str], startup_timeout_s: float) -> m.Directory:
+        """The whole start-up of a node that needs nothing between the steps (the learner node,
+        the goal supervisor): register, take the directory, say ready, wait for the start."""
+        self.register(role, endpoints)
+        directory = self.wait_for(m.Directory, startup_timeout_s)
+        self.ready()
+        self.wait_for(m.Start, startup_timeout_s)
+        return directory
 
     def next_status_at(self, every_s: float) -> float:
         """When the next status report is due (a node's loop sleeps no longer than this)."""
