@@ -27,7 +27,7 @@ direction of the results, not their values.
 
 `--runtime` runs the same comparison through the runtime instead: `orchestrate up` of
 configs/goals_independent.yaml (uniform goals), configs/goals_supervisor.yaml (the team's
-smallest node id assigns the goal over the wire; no hindsight) and configs/goals_pair.yaml
+smallest node id assigns the goal over the wire; no hindsight) and configs/goals_negotiation_hindsight.yaml
 (negotiation, with or without hindsight sharing), one process per agent and one env server, the negotiation over the
 peer mesh while the env server holds each episode start. Per episode it joins the two agents'
 `goals/*` records: aligned = both pursued the same goal; cooperative success = both were
@@ -37,7 +37,7 @@ slices between network events.
 
     .venv/bin/python bench/goals.py --runtime --seeds 2 --steps 8000 --landmarks 3
 
-`--ring N` runs configs/goals_ring.yaml with N agents on a ring (all play every episode, L = 6)
+`--ring N` runs configs/goals_ring6.yaml with N agents on a ring (all play every episode, L = 6)
 and prints alignment per ring edge and of the whole team per window of episodes:
 
     .venv/bin/python bench/goals.py --ring 6 --seeds 1 --steps 8000
@@ -217,8 +217,8 @@ def steps_to_fraction_of_final(curve: np.ndarray, env_steps: np.ndarray, fractio
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_MODES = {
     "independent": ("configs/goals_independent.yaml", []),
-    "negotiation": ("configs/goals_pair.yaml", ["agents.goals.hindsight=null"]),
-    "negotiation_hindsight": ("configs/goals_pair.yaml", []),
+    "negotiation": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.hindsight=null"]),
+    "negotiation_hindsight": ("configs/goals_negotiation_hindsight.yaml", []),
     "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null"]),
 }
 
@@ -295,7 +295,7 @@ def runtime_main(args) -> None:
 
 
 def ring_main(args) -> None:
-    """`--ring N`: N agents negotiating on a ring (configs/goals_ring.yaml with N agents, all playing
+    """`--ring N`: N agents negotiating on a ring (configs/goals_ring6.yaml with N agents, all playing
     every episode), one run per seed; alignment per ring edge and of the whole team per window of
     episodes, from each agent's per-episode goal records."""
     agents = [f"agent_{i}" for i in range(args.ring)]
@@ -305,7 +305,7 @@ def ring_main(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_goals_ring_") as scratch:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             run_dir = Path(scratch) / f"ring{args.ring}_{seed}"
-            command = [sys.executable, "-m", "orchestrator", "up", "configs/goals_ring.yaml", "--run-dir", str(run_dir)]
+            command = [sys.executable, "-m", "orchestrator", "up", "configs/goals_ring6.yaml", "--run-dir", str(run_dir)]
             for setting in [f"run.seed={seed}", f"run.steps={args.steps}", f"agents.count={args.ring}",
                             f"env.kwargs.population={args.ring}", *args.set]:
                 command += ["--set", setting]
@@ -337,7 +337,7 @@ def ring_main(args) -> None:
         print(json.dumps({"conditions": {"agents": args.ring, "steps": args.steps, "window_episodes": window,
                                          "overrides": args.set}, "per_seed": per_seed}, indent=2))
         return
-    print(f"ring of {args.ring} negotiating agents (configs/goals_ring.yaml, L=6, cooperative goals), {args.steps} steps, "
+    print(f"ring of {args.ring} negotiating agents (configs/goals_ring6.yaml, L=6, cooperative goals), {args.steps} steps, "
           f"{args.seeds} seed(s); aligned = both ends of a ring edge (or every agent of the team) pursued the same goal; "
           f"windows of {window} episodes, mean over seeds")
     length = min(len(run["edge_curve"]) for run in per_seed)

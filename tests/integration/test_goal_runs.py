@@ -31,7 +31,7 @@ def run(tmp_path, config, steps, *overrides):
 
 def test_a_negotiating_pair_runs_records_negotiation_hindsight_and_relabelling(tmp_path):
     steps = 5 * EPISODE
-    run_dir = run(tmp_path, "configs/goals_pair.yaml", steps)
+    run_dir = run(tmp_path, "configs/goals_negotiation_hindsight.yaml", steps)
     episodes = defaultdict(dict)  # episode id -> agent -> its episode record
     for agent in ("agent_0", "agent_1"):
         mine = records(run_dir, agent)
@@ -112,23 +112,35 @@ def test_a_supervisor_in_the_team_is_its_smallest_node_id_and_no_extra_process_r
             assert mine["goals/goal"] == theirs["goals/goal"], "the assigned goal, on both sides"
 
 
-def test_a_ring_of_four_floods_for_its_diameter_and_records_alignment_per_edge(tmp_path):
+def test_a_ring_of_six_floods_for_its_diameter_and_records_alignment_per_edge(tmp_path):
     steps = 3 * EPISODE
-    run_dir = run(tmp_path, "configs/goals_ring.yaml", steps)
+    run_dir = run(tmp_path, "configs/goals_ring6.yaml", steps)
+    agents = [f"agent_{i}" for i in range(6)]
     goals = defaultdict(dict)
-    for agent in ("agent_0", "agent_1", "agent_2", "agent_3"):
+    for agent in agents:
         ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
         assert [r["goals/episode"] for r in ended] == [float(e) for e in range(0, steps, EPISODE)]
         for record in ended:
-            assert record["goals/team_neighbours"] == 2.0 and record["negotiation/rounds_used"] == 2.0
+            assert record["goals/team_neighbours"] == 2.0 and record["negotiation/rounds_used"] == 3.0, "the ring's diameter"
             if record["negotiation/edges_known"] == 2.0:
                 assert record["negotiation/aligned_edges_fraction"] in (0.0, 0.5, 1.0)
             goals[record["goals/episode"]][agent] = record
     for episode, by_agent in goals.items():
-        assert len(by_agent) == 4, episode
+        assert len(by_agent) == 6, episode
         if not any(r["negotiation/timed_out"] or r["negotiation/rounds_closed_by_deadline"] for r in by_agent.values()):
-            # Both rounds completed everywhere: the best proposal reached all four, one of them led.
+            # Every round completed everywhere: the best proposal reached all six, one of them led.
             assert sum(r["negotiation/led"] for r in by_agent.values()) == 1.0, episode
+
+
+def test_a_negotiating_pair_without_sharing_records_no_hindsight_and_relabels_nothing(tmp_path):
+    run_dir = run(tmp_path, "configs/goals_negotiation.yaml", 2 * EPISODE)
+    for agent in ("agent_0", "agent_1"):
+        mine = records(run_dir, agent)
+        ended = [r for r in mine if "goals/goal" in r]
+        assert len(ended) == 2 and all(r["negotiation/rounds_used"] == 1.0 for r in ended)
+        assert not any(key.startswith("hindsight/") for r in mine for key in r), "no sharing"
+        relabelled = [r["her/rows_relabelled_total"] for r in mine if "her/rows_relabelled_total" in r]
+        assert relabelled and relabelled[-1] == 0.0, "no HER"
 
 
 def test_independent_agents_draw_alone_without_a_hold(tmp_path):
@@ -144,7 +156,7 @@ def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goe
     # matrix was saved as plain lists, loading it (weights_only) crashed the restarted agent.
     run_dir = tmp_path / "run"
     process = orchestrate(
-        "up", "configs/goals_pair.yaml", "--run-dir", str(run_dir), "--set", "run.steps=2000",
+        "up", "configs/goals_negotiation_hindsight.yaml", "--run-dir", str(run_dir), "--set", "run.steps=2000",
         "--set", "agents.learner.learning_starts=80", "--set", "agents.goals.inner=learning_progress",
         "--set", "agents.checkpoint_every_steps=100", "--set", "agents.replay_save_every_steps=100",
         "--set", "protocols.control.status_every_s=0.2",

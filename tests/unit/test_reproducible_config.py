@@ -62,7 +62,7 @@ def test_what_timing_would_decide_is_refused_with_its_reason(overrides, field, r
 def test_centralized_training_and_goal_negotiation_are_refused():
     problems = problems_for(path=ROOT / "configs" / "tiny_qmix.yaml")
     assert any(p.startswith("training.mode: expected 'decentralized'") for p in problems), problems
-    problems = problems_for(path=ROOT / "configs" / "goals_pair.yaml")
+    problems = problems_for(path=ROOT / "configs" / "goals_negotiation_hindsight.yaml")
     assert any(p.startswith("agents.goals: expected none") for p in problems), problems
 
 
