@@ -31,9 +31,9 @@ parameters for the same seed, whereas later sessions differ in number and starti
   distance between the agent's estimate and a neighbour's as that neighbour's pushes carry it,
   at the first push heard from each and at the latest (an estimate from the pushes that
   arrived, not the exact spread);
-- rounds to 1e-3: the first round at which that distance was <= 1e-3 of the first round's (over
-  the agents that got there), and the share of agents that got there within `--rounds` (sync
-  only: push-sum has no rounds; its session lasts `--push-sum-duration-s`);
+- rounds to 1e-3 and to 1e-6: the first round at which that distance was <= 1e-3 (1e-6) of the
+  first round's (over the agents that got there), and the share of agents that got there within
+  `--rounds` (sync only: push-sum has no rounds; its session lasts `--push-sum-duration-s`);
 - session s: wall time of that session; steps/s: lockstep steps per second of the run;
 - return: the mean episode return over each agent's last 20% of episodes (short runs: learning
   has barely started, so this says more about the stalls than about skill);
@@ -72,6 +72,8 @@ COLUMNS = (
     ("consensus_first_disagreement_after", "disagree after", ".2e"),
     ("consensus_first_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
     ("consensus_first_reached_1e-3", "reached", ".0%"),
+    ("consensus_first_rounds_to_1e-6", "rounds to 1e-6", ".3g"),
+    ("consensus_first_reached_1e-6", "reached", ".0%"),
     ("consensus_first_duration_s", "session s", ".3g"),
     ("steps_per_s", "steps/s", ".3g"),
     ("return_last20", "return", ".3g"),

@@ -75,6 +75,8 @@ HEADLINE = (
     ("consensus_disagreement_last", "disagree after", ".2e"),
     ("consensus_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
     ("consensus_reached_1e-3", "reached 1e-3", ".0%"),
+    ("consensus_rounds_to_1e-6", "rounds to 1e-6", ".3g"),
+    ("consensus_reached_1e-6", "reached 1e-6", ".0%"),
     ("consensus_duration_s", "consensus s", ".3g"),
     ("peer_dropped_fraction", "peer drop", ".1%"),
     ("peer_age_p99_ms", "peer p99 ms", ".3g"),
@@ -82,9 +84,10 @@ HEADLINE = (
     ("recovery_s", "back after s", ".3g"),
     ("faults", "faults", "g"),
 )
-# "rounds to 1e-3": in a synchronous session, the first round whose disagreement is at most
-# this fraction of the session's first (the rounds of mixing it took to cut the spread 1000x).
-CONVERGED_FRACTION = 1e-3
+# "rounds to 1e-3" / "1e-6": in a synchronous session, the first round whose disagreement is at
+# most that fraction of the session's first (the rounds of mixing it took to cut the spread 1000x,
+# or a million times).
+CONVERGED_FRACTIONS = {"1e-3": 1e-3, "1e-6": 1e-6}
 
 
 # ------------------------------------------------------------------------------------------
@@ -259,9 +262,9 @@ def _link_summaries(metrics: dict[str, list[dict[str, Any]]], events: list[dict]
     return dict(sorted(links.items()))
 
 
-def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
+def _rounds_to_converge(rows: list[dict[str, Any]], fraction: float) -> list[int | None]:
     """Per synchronous session of one agent (its per-round rows, `consensus/round` from 0): the
-    first round with disagreement <= CONVERGED_FRACTION x the session's first measured one, or
+    first round with disagreement <= `fraction` x the session's first measured one, or
     None if none was. (A round that heard no neighbour has no disagreement in its row: NaN is
     not written.)"""
     sessions: list[list[tuple[int, float]]] = []
@@ -278,9 +281,19 @@ def _rounds_to_converge(rows: list[dict[str, Any]]) -> list[int | None]:
             reached.append(None)
             continue
         base = measured[0][1]
-        target = CONVERGED_FRACTION * base
+        target = fraction * base
         reached.append(next((r for r, value in measured if value <= target), None) if base > 0 else measured[0][0])
     return reached
+
+
+def _convergence(reached: dict[str, list[int | None]]) -> dict[str, float | None]:
+    """`rounds_to_<f>_mean` over the sessions that got to each fraction, and `reached_<f>_fraction`:
+    the share of sessions that did."""
+    summary: dict[str, float | None] = {}
+    for name, rounds in reached.items():
+        summary[f"rounds_to_{name}_mean"] = _mean([r for r in rounds if r is not None])
+        summary[f"reached_{name}_fraction"] = sum(r is not None for r in rounds) / len(rounds) if rounds else None
+    return summary
 
 
 def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
@@ -291,7 +304,8 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
     if not sessions and not durations:
         return None
-    converged = [r for node, rows in metrics.items() if node != ENV_NODE_ID for r in _rounds_to_converge(rows)]
+    converged = {name: [r for node, rows in metrics.items() if node != ENV_NODE_ID for r in _rounds_to_converge(rows, fraction)]
+                 for name, fraction in CONVERGED_FRACTIONS.items()}
     final_by_agent = []
     for node, rows in metrics.items():
         last = [row["consensus/disagreement_last"] for row in rows if "consensus/disagreement_last" in row]
@@ -299,25 +313,25 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
             final_by_agent.append(last[-1])
     # Each agent's first finished session: in a sweep, the one session every point has, started
     # from the same parameters for the same seed (later sessions differ in number and start).
-    first: dict[str, list[float | None]] = {"before": [], "after": [], "rounds": [], "duration": []}
+    first: dict[str, list[float | None]] = {"before": [], "after": [], "duration": [], **{name: [] for name in CONVERGED_FRACTIONS}}
     for node, rows in metrics.items():
         summary_row = next((row for row in rows if "consensus/disagreement_last" in row), None)
         if node == ENV_NODE_ID or summary_row is None:
             continue
         duration_row = next((row for row in rows if "consensus/duration_s" in row), None)
-        reached = _rounds_to_converge(rows)
         first["before"].append(summary_row.get("consensus/disagreement_first"))
         first["after"].append(summary_row.get("consensus/disagreement_last"))
-        if reached:  # sync rounds (push-sum has none: neither rounds to 1e-3 nor a share that got there)
-            first["rounds"].append(reached[0])
+        for name, fraction in CONVERGED_FRACTIONS.items():
+            reached = _rounds_to_converge(rows, fraction)
+            if reached:  # sync rounds (push-sum has none: neither rounds to 1e-3 nor a share that got there)
+                first[name].append(reached[0])
         first["duration"].append(duration_row.get("consensus/duration_s") if duration_row else None)
     return {
         "first_session": {
             "agents": len(first["before"]),
             "disagreement_before_mean": _mean(first["before"]),
             "disagreement_after_mean": _mean(first["after"]),
-            "rounds_to_1e-3_mean": _mean([r for r in first["rounds"] if r is not None]),
-            "reached_1e-3_fraction": (sum(r is not None for r in first["rounds"]) / len(first["rounds"])) if first["rounds"] else None,
+            **_convergence({name: first[name] for name in CONVERGED_FRACTIONS}),
             "duration_s_mean": _mean(first["duration"]),
         },
         "sessions": len(sessions),
@@ -325,8 +339,7 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         "disagreement_first_mean": _mean([row.get("consensus/disagreement_first") for row in sessions]),
         "disagreement_last_mean": _mean([row.get("consensus/disagreement_last") for row in sessions]),
         "disagreement_last_final": _mean(final_by_agent),
-        "rounds_to_1e-3_mean": _mean([r for r in converged if r is not None]),  # over the sessions that got there
-        "reached_1e-3_fraction": sum(r is not None for r in converged) / len(converged) if converged else None,
+        **_convergence(converged),
         "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
         "duration_s_mean": _mean(durations),
         # push-sum reports its own counters instead of rounds
@@ -383,12 +396,13 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "consensus_sessions": _mean([a["consensus_sessions"] for a in agents.values()]) if consensus else None,
         "consensus_disagreement_first": consensus["disagreement_first_mean"] if consensus else None,
         "consensus_disagreement_last": consensus["disagreement_last_mean"] if consensus else None,
-        "consensus_rounds_to_1e-3": consensus["rounds_to_1e-3_mean"] if consensus else None,
-        "consensus_reached_1e-3": consensus["reached_1e-3_fraction"] if consensus else None,
+        **{f"consensus_{kind}_{name}": (consensus[f"{kind}_{name}_{suffix}"] if consensus else None)
+           for name in CONVERGED_FRACTIONS for kind, suffix in (("rounds_to", "mean"), ("reached", "fraction"))},
         "consensus_duration_s": consensus["duration_s_mean"] if consensus else None,
         **{f"consensus_first_{key}": (consensus["first_session"][value] if consensus else None) for key, value in (
             ("disagreement_before", "disagreement_before_mean"), ("disagreement_after", "disagreement_after_mean"),
             ("rounds_to_1e-3", "rounds_to_1e-3_mean"), ("reached_1e-3", "reached_1e-3_fraction"),
+            ("rounds_to_1e-6", "rounds_to_1e-6_mean"), ("reached_1e-6", "reached_1e-6_fraction"),
             ("duration_s", "duration_s_mean"))},  # fmt: skip
         "peer_dropped_fraction": sum(entry.get("dropped") or 0.0 for entry in peer) / peer_sent if peer_sent else None,
         "peer_age_p99_ms": max(ages) if ages else None,

@@ -95,12 +95,14 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
     assert consensus["sessions"] == 2  # one per agent
     assert consensus["rounds_to_1e-3_mean"] == 2.0  # 1e-3 <= 1e-3 * 2.0 at round 2
     assert consensus["reached_1e-3_fraction"] == 1.0
+    assert consensus["rounds_to_1e-6_mean"] is None and consensus["reached_1e-6_fraction"] == 0.0  # 1e-3 of 2.0 is not 1e-6 of it
     assert consensus["disagreement_last_mean"] == 1e-4
     assert consensus["missing_neighbour_rounds"] == 2.0
     assert consensus["duration_s_mean"] == 0.5
     assert consensus["first_session"] == {
         "agents": 2, "disagreement_before_mean": 2.0, "disagreement_after_mean": 1e-4,
-        "rounds_to_1e-3_mean": 2.0, "reached_1e-3_fraction": 1.0, "duration_s_mean": 0.5,
+        "rounds_to_1e-3_mean": 2.0, "reached_1e-3_fraction": 1.0, "rounds_to_1e-6_mean": None, "reached_1e-6_fraction": 0.0,
+        "duration_s_mean": 0.5,
     }  # fmt: skip
 
     headline = summary["headline"]
@@ -211,7 +213,11 @@ def test_rounds_to_converge_splits_sessions_at_round_zero():
     rows += [{"consensus/round": 0.0}, {"consensus/round": 1.0, "consensus/disagreement_max": 2.0},
              {"consensus/round": 2.0, "consensus/disagreement_max": 1e-3}]  # fmt: skip
     rows += [{"consensus/round": 0.0}]  # nothing measured at all
-    assert report._rounds_to_converge(rows) == [2, None, 0, 2, None]
+    assert report._rounds_to_converge(rows, 1e-3) == [2, None, 0, 2, None]
+    # A million times smaller is reached by none of them but the one with nothing to average.
+    assert report._rounds_to_converge(rows, 1e-6) == [None, None, 0, None, None]
+    rows += [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([1.0, 1e-4, 1e-7])]
+    assert report._rounds_to_converge(rows, 1e-6)[-1] == 2 and report._rounds_to_converge(rows, 1e-3)[-1] == 1
 
 
 def test_fault_windows_end_at_the_recovery_of_a_node_they_hit():
