@@ -6,7 +6,7 @@ CONFIG ?= configs/4agents_ring.yaml
 # bench/vs_rllib.py only: ray pins a gymnasium older than ours, so RLlib gets a venv of its own.
 VENV_BENCH ?= .venv-bench
 
-.PHONY: run test test-deps setup bench bench-rllib clean
+.PHONY: run test test-long test-deps setup bench bench-rllib clean
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,15 @@ $(VENV)/.ray-extra: $(BIN)/orchestrate
 	$(BIN)/pip install --quiet -e '.[ray]'
 	touch $@
 
+# The README's test command: every test but the few whole scenarios marked `long` (tens of
+# seconds each; ~4 min together), which keeps it under 15 minutes on a 2-core machine.
 test: setup test-deps $(VENV)/.ray-extra
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not long"
+
+# The long scenarios (a 20 s partition, faults_ring's whole schedule, 1,000 simulated fault
+# schedules, a Ray machine vanishing); CI runs them after `make test`.
+test-long: setup test-deps $(VENV)/.ray-extra
+	$(BIN)/python -m pytest -q -m long
 
 bench: setup
 	$(BIN)/python bench/throughput.py

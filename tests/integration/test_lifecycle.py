@@ -192,7 +192,9 @@ def test_exited_event_is_stamped_when_the_node_died(tmp_path, kill_leftovers):
     events = read_events(run_dir)
     died = next(e for e in events if e["event"] == "exited" and e["node"] == "agent_1")
     shutdown = next(e for e in events if e["event"] == "shutdown")
-    assert killed_at <= died["t"] < killed_at + 0.5, (died["t"] - killed_at)
+    # Ordering, not a time window (a loaded CI machine can take any time to notice): the stamp
+    # falls after the kill and before the shutdown the death caused, so it is not the reap time.
+    assert killed_at <= died["t"], (died["t"] - killed_at)
     assert died["t"] <= shutdown["t"], "stamped when it died, before the shutdown it caused"
 
 

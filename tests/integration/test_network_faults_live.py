@@ -35,6 +35,7 @@ def value_at(points: list[tuple[float, float]], t: float) -> float:
     return before[-1] if before else 0.0
 
 
+@pytest.mark.long
 def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the_heal(tmp_path):
     run_dir = tmp_path / "run"
     steps = 6000  # the others step on while agent_2 is cut off: 2000 steps ended before the heal in CI
@@ -136,6 +137,7 @@ def test_a_killed_env_server_ends_the_run_cleanly_with_the_reason(tmp_path):
     assert_all_reaped(launched_pids(events))
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_back_within_5_s(tmp_path):
     """configs/faults_ring.yaml as the issue asks: a 20 s partition, kill -9 + restart, a pause,

@@ -210,6 +210,7 @@ def test_run_across_three_namespaces_through_ray(ray_cluster_in_namespaces, tmp_
     assert exited == {"env": 0, "agent_0": 0, "agent_1": 0, "agent_2": 0}
 
 
+@pytest.mark.long
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(_netns_reason is not None, reason=f"multi-host tests: {_netns_reason}")
 def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_cluster_in_namespaces, tmp_path):

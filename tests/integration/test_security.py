@@ -37,7 +37,9 @@ class Stranger:
     def __init__(self) -> None:
         self.context = zmq.Context()
         self.sockets: list[zmq.Socket] = []
-        self.unsendable = 0  # messages zmq would not even queue: no handshake ever completed
+        # Sockets zmq would not queue a message on (their pipe died with a refused handshake):
+        # each further send there would only wait out SNDTIMEO, so they are not tried again.
+        self.refused: set[zmq.Socket] = set()
 
     def dealer(self, endpoint: str, identity: str, curve_server_key: bytes | None = None) -> zmq.Socket:
         socket = self.context.socket(zmq.DEALER)
@@ -54,10 +56,12 @@ class Stranger:
         return socket
 
     def send(self, socket: zmq.Socket, message, sender: str, run_id: str) -> None:
+        if socket in self.refused:
+            return
         try:
             socket.send_multipart(wire.encode(message, sender=sender, run_id=run_id, seq=1), copy=False)
         except zmq.Again:
-            self.unsendable += 1
+            self.refused.add(socket)
 
     def received(self, timeout_s: float) -> int:
         poller = zmq.Poller()
