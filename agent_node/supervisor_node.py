@@ -13,8 +13,12 @@ goal uniformly from the run's goal set (`SupervisorAssignment`, seeded from the 
 first request of a team for an episode and gives every member the same one. Agents that hear
 nothing within `agents.goals.supervisor.timeout_s` pursue a goal of their own.
 
-It learns nothing and keeps no checkpoint: restarted (faults.restart), it draws again from its
-seed's start. It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`,
+It learns nothing, but it keeps a checkpoint (`nodes/supervisor/checkpoint.json`): its generator's
+state, the draws of the episodes it still remembers and its counters (as of that draw: requests
+answered from a kept draw since are not saved), written atomically after every new draw and
+before that draw's answer goes out. Restarted (`faults.restart.roles` lists
+`supervisor`, or a scheduled restart), it restores it, so a member asking after the restart gets
+the goal its team was given before, and the draws go on as if it had never stopped. It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`,
 `supervisor/teams_assigned`, ...) every status period and at the end, reports status like any
 node and exits 0 on `control.shutdown`. Imports no torch.
 """
@@ -22,14 +26,46 @@ node and exits 0 on `control.shutdown`. Imports no torch.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("supervisor_node")
 
 # How often the loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
 _WAKE_S = 0.2
+
+CHECKPOINT_FILENAME = "checkpoint.json"
+_CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(path: Path, draws: Any, service: Any) -> None:
+    """Write the supervisor's state to `path` atomically (agent_node/persistence.py: a kill
+    mid-write leaves the previous file); a full disk raises FileWriteError naming `path`."""
+    from agent_node.persistence import atomic_write
+
+    state = {"format": _CHECKPOINT_FORMAT, "draws": draws.state_dict(), "service": service.state_dict()}
+    atomic_write(path, lambda file: file.write(json.dumps(state).encode()))
+
+
+def restore_checkpoint(path: Path, draws: Any, service: Any) -> bool:
+    """Load `path` into `draws` (SupervisorAssignment) and `service` (SupervisorService) if it
+    exists; False when there is none (a first start). A file that cannot be restored is an error
+    naming it, never a silent fresh start (which would give teams goals they were not given)."""
+    if not path.exists():
+        return False
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"expected a JSON object with format {_CHECKPOINT_FORMAT}")
+        draws.load_state_dict(state["draws"])
+        service.load_state_dict(state["service"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"the supervisor's checkpoint {path} cannot be restored: {error}") from None
+    return True
 
 
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
@@ -56,12 +92,17 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     draws = SupervisorAssignment(goal_set(goals.goal_set, goals.num_landmarks), seed=identity.seed("goals/supervisor"))
     service = SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
 
+    checkpoint = identity.node_dir / CHECKPOINT_FILENAME
+
     stop = stop_on_signals()
     hub = node_hub(run, identity)
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl")
     control = None
     reason, exit_code = "stopped", 0
     try:
+        if restore_checkpoint(checkpoint, draws, service):
+            log.info("restored checkpoint %s: %d team goals drawn, %d requests answered", checkpoint,
+                     service.teams_assigned, service.requests)
         control = ControlClient(hub, control_endpoint, node_id=node_id)
         inbox = hub.bind_router(bind_address(run, node_id, "goals"), name="goals", advertise_host=run.network.advertised_host())
         control.join_run("supervisor", {"goals": inbox.endpoint}, run.protocols.control.startup_timeout_s)
@@ -76,7 +117,13 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
                         if isinstance(envelope.message, m.Shutdown):
                             stop.append(envelope.message.reason)
                     elif isinstance(envelope.message, GoalRequest):
-                        for _, assignment in service.on_message(envelope.sender, envelope.message, time.monotonic()):
+                        drawn_before = service.teams_assigned
+                        answers = service.on_message(envelope.sender, envelope.message, time.monotonic())
+                        if service.teams_assigned != drawn_before:
+                            # Saved before the answer leaves: no member ever holds a goal that a
+                            # restarted supervisor would not give its teammates too.
+                            save_checkpoint(checkpoint, draws, service)
+                        for _, assignment in answers:
                             inbox.reply(envelope, assignment)
                     else:
                         log.warning("dropped %s from %r: the supervisor takes goal.request only", envelope.msg_type, envelope.sender)

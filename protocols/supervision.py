@@ -221,6 +221,27 @@ class SupervisorService:
         for key in [key for key in self._goals if key[0] < oldest_kept]:
             del self._goals[key]
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a restarted supervisor needs to answer as this one would: the kept draws (so a
+        member asking after the restart gets its team's goal, not a new one) and the counters.
+        Plain data (JSON)."""
+        return {"keep_episodes": self.keep_episodes, "newest_episode": self._newest_episode,
+                "draws": [[episode, list(team), goal] for (episode, team), goal in self._goals.items()],
+                "requests": self.requests, "teams_assigned": self.teams_assigned, "refused": self.refused,
+                "redrawn_for_late_members": self.redrawn_for_late_members}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            draws = {(int(episode), tuple(str(a) for a in team)): int(goal) for episode, team, goal in state["draws"]}
+            counters = {name: int(state[name]) for name in ("requests", "teams_assigned", "refused", "redrawn_for_late_members")}
+            newest_episode = int(state["newest_episode"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"a supervisor state needs draws [[episode, team, goal], ...], newest_episode and its counters: {error!r}") from None
+        self._goals, self._newest_episode = draws, newest_episode
+        self.requests, self.teams_assigned = counters["requests"], counters["teams_assigned"]
+        self.refused, self.redrawn_for_late_members = counters["refused"], counters["redrawn_for_late_members"]
+        self._forget_old_episodes()  # a state saved with a longer memory than this service keeps
+
     def metrics(self) -> dict[str, float]:
         return {"supervisor/requests": float(self.requests), "supervisor/teams_assigned": float(self.teams_assigned),
                 "supervisor/refused_requests": float(self.refused),

@@ -99,6 +99,39 @@ def test_a_pair_supervised_by_a_supervisor_node_pursues_the_goal_it_draws(tmp_pa
     assert counters["supervisor/refused_requests"] == 0.0
 
 
+def test_a_supervisor_node_killed_mid_run_restores_its_checkpoint_and_teams_still_share_a_goal(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/goals_supervisor.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={8 * EPISODE}",
+        "--set", "agents.learner.learning_starts=80", "--set", "protocols.control.status_every_s=0.2",
+        "--set", "faults.restart={policy: on-failure, max_restarts: 1, backoff_s: 0.5, roles: [supervisor]}",
+        "--set", f"faults.schedule=[{{at_step: {4 * EPISODE}, kind: kill, nodes: [supervisor]}}]",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=280)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    (fault,) = [e for e in events if e["event"] == "fault"]
+    (restarted,) = [e for e in events if e["event"] == "restarted"]
+    assert restarted["node"] == "supervisor"
+    log = (run_dir / "nodes" / "supervisor" / "log").read_text()
+    assert log.count("restored checkpoint") == 1, log[-2000:]
+    # Its counters go on from where the killed one left them (a fresh start would begin at 0).
+    counters = [r for r in records(run_dir, "supervisor") if "supervisor/teams_assigned" in r]
+    before = [r["supervisor/teams_assigned"] for r in counters if r["t"] < restarted["t"]]
+    after = [r["supervisor/teams_assigned"] for r in counters if r["t"] > restarted["t"]]
+    assert before and after and after[0] >= before[-1] > 0, (before, after)
+    # Every episode both members heard the supervisor on, before and after the restart, they
+    # pursued the same goal.
+    ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
+    answered_after = 0
+    for mine, theirs in zip(ended["agent_0"], ended["agent_1"]):
+        assert mine["goals/episode"] == theirs["goals/episode"]
+        if mine["supervision/timed_out"] == 0.0 and theirs["supervision/timed_out"] == 0.0:
+            assert mine["goals/goal"] == theirs["goals/goal"], mine["goals/episode"]
+            answered_after += mine["goals/episode"] > fault["step"]
+    assert answered_after >= 1, "no episode after the restart was answered by the supervisor"
+
+
 def test_a_supervisor_in_the_team_is_its_smallest_node_id_and_no_extra_process_runs(tmp_path):
     steps = 3 * EPISODE
     run_dir = run(tmp_path, "configs/goals_supervisor.yaml", steps, "--set", "agents.goals.supervisor.external=false")

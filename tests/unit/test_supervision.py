@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from agent_node.goals import SupervisorAssignment
+from agent_node.supervisor_node import restore_checkpoint, save_checkpoint
 from protocols import wire
+from protocols.goal_space import goal_set
 from protocols.engine import Engine
 from protocols.messages import MESSAGE_TYPES
 from protocols.supervision import (
@@ -139,3 +142,45 @@ def test_the_request_round_trips_on_the_wire():
     assert MESSAGE_TYPES["goal.request"] is GoalRequest
     frames = wire.encode(GoalRequest(3, ["agent_0", "agent_1"]), sender="agent_0", run_id="r", seq=1)
     assert wire.decode([bytes(frame) for frame in frames]).message == GoalRequest(3, ["agent_0", "agent_1"])
+
+
+def supervisor_pair(seed=7):
+    """The supervisor node's two parts, as agent_node/supervisor_node.py builds them."""
+    draws = SupervisorAssignment(goal_set("all", 3), seed=seed)
+    return draws, SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
+
+
+def test_a_restored_supervisor_answers_late_members_alike_and_draws_on_as_if_never_stopped(tmp_path):
+    team = ["agent_0", "agent_1"]
+    uninterrupted_draws, uninterrupted = supervisor_pair()
+    draws, service = supervisor_pair()
+    for episode in range(5):
+        expected = uninterrupted.on_message("agent_0", GoalRequest(episode, team), now=0.0)
+        assert service.on_message("agent_0", GoalRequest(episode, team), now=0.0) == expected
+    path = tmp_path / "checkpoint.json"
+    save_checkpoint(path, draws, service)
+
+    restored_draws, restored = supervisor_pair(seed=99)  # another seed: everything must come from the file
+    assert restore_checkpoint(path, restored_draws, restored)
+    # agent_1 asks for episode 4 only after the restart: its team's goal, not a new draw.
+    late = restored.on_message("agent_1", GoalRequest(4, team), now=1.0)
+    assert late == uninterrupted.on_message("agent_1", GoalRequest(4, team), now=1.0)
+    assert restored.metrics() == uninterrupted.metrics()
+    for episode in range(5, 30):
+        assert restored.on_message("agent_0", GoalRequest(episode, team), now=2.0) == \
+            uninterrupted.on_message("agent_0", GoalRequest(episode, team), now=2.0)
+
+
+def test_no_checkpoint_is_a_first_start_and_a_broken_one_is_an_error_naming_the_file(tmp_path):
+    draws, service = supervisor_pair()
+    assert not restore_checkpoint(tmp_path / "checkpoint.json", draws, service)
+    broken = tmp_path / "broken.json"
+    for text in ("{not json", '{"format": 0}', '{"format": 1, "draws": {}, "service": {"draws": 3}}'):
+        broken.write_text(text)
+        with pytest.raises(ValueError, match="broken.json cannot be restored"):
+            restore_checkpoint(broken, *supervisor_pair())
+    # A state over another goal set is refused too (SupervisorAssignment checks its goals).
+    other_draws = SupervisorAssignment(goal_set("all", 6), seed=7)
+    save_checkpoint(broken, other_draws, SupervisorService(lambda episode, team: 0))
+    with pytest.raises(ValueError, match="cannot be restored"):
+        restore_checkpoint(broken, *supervisor_pair())
