@@ -506,7 +506,8 @@ class GoalConditionedLearner:
 
     def state_dict(self) -> dict[str, Any]:
         """The node's checkpoint of this agent: the network, and what picks its goals (the goal
-        module's windows and generators, the supervisor's draws, the negotiation matrix)."""
+        module's windows and generators, the supervisor's draws, the negotiation engine's matrix,
+        generator and pending matrix update)."""
         session = self.session
         state = {"goal_dqn": self.agent.state_dict()}
         if session.module is not None and hasattr(session.module, "state_dict"):
@@ -514,14 +515,15 @@ class GoalConditionedLearner:
         if session.supervisor_draws is not None:
             state["supervisor_draws"] = session.supervisor_draws.state_dict()
         if session.negotiation is not None:
-            # Nested lists, not an ndarray: the node loads checkpoints with weights_only=True,
-            # which refuses numpy arrays (a matrix saved as one made the checkpoint unloadable).
-            state["negotiation_matrix"] = session.negotiation.engine.matrix.tolist()
+            # Plain lists, not ndarrays: the node loads checkpoints with weights_only=True, which
+            # refuses numpy arrays (a matrix saved as one made the checkpoint unloadable).
+            state["negotiation"] = session.negotiation.engine.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """A checkpoint from before goal modules were saved has no `goal_module` /
-        `supervisor_draws`: those then start as built (fresh windows, generators at their seed)."""
+        `supervisor_draws`: those then start as built (fresh windows, generators at their seed);
+        one from before the negotiation engine's state was saved has only its matrix."""
         session = self.session
         self.agent.load_state_dict(state["goal_dqn"])
         for key, part in (("goal_module", session.module), ("supervisor_draws", session.supervisor_draws)):
@@ -531,8 +533,12 @@ class GoalConditionedLearner:
                 part.load_state_dict(state[key])
             else:
                 log.info("checkpoint has no %s state: %s starts afresh", key, type(part).__name__)
-        if session.negotiation is not None and "negotiation_matrix" in state:
-            session.negotiation.engine.matrix = np.asarray(state["negotiation_matrix"], dtype=np.float64)
+        if session.negotiation is not None:
+            if "negotiation" in state:
+                session.negotiation.engine.load_state_dict(state["negotiation"])
+            elif "negotiation_matrix" in state:
+                session.negotiation.engine.matrix = np.asarray(state["negotiation_matrix"], dtype=np.float64)
+                log.info("checkpoint has the negotiation matrix only: messages and leaders are drawn afresh")
 
 
 def build_goal_module(goals: GoalsConfig, allowed: np.ndarray, *, run_seed: int, node_index: int, selection: str) -> GoalModule:

@@ -342,6 +342,32 @@ class NegotiationEngine:
             self._episodes_since_update = 0
         return record
 
+    # ------------------------------------------------------------------ Checkpoint
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a restarted agent needs to negotiate as this one would have: the matrix M, the
+        generator that draws messages and priorities, and the M update accumulated since the
+        last one. Plain data (lists, ints, floats), as a weights_only checkpoint needs."""
+        return {"matrix": self.matrix.tolist(), "rng": dict(self._rng.bit_generator.state),
+                "used_since_update": [list(used) for used in self._used_since_update],
+                "episodes_since_update": self._episodes_since_update}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        try:
+            matrix = np.asarray(state["matrix"], dtype=np.float64)
+            used = [(int(goal), int(message), float(reward)) for goal, message, reward in state["used_since_update"]]
+            episodes = int(state["episodes_since_update"])
+            rng_state = dict(state["rng"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"a negotiation state needs matrix, rng, used_since_update and episodes_since_update: {error!r}") from None
+        if matrix.shape != self.matrix.shape:
+            raise ValueError(f"negotiation matrix of shape {matrix.shape} in the state, this engine's is {self.matrix.shape}")
+        generator = type(self._rng.bit_generator).__name__
+        if rng_state.get("bit_generator") != generator:
+            raise ValueError(f"negotiation generator: expected a {generator} state, got {rng_state.get('bit_generator')!r}")
+        self.matrix, self._used_since_update, self._episodes_since_update = matrix, used, episodes
+        self._rng.bit_generator.state = rng_state
+
     # ------------------------------------------------------------------ Engine outputs
 
     def next_deadline(self) -> float | None:

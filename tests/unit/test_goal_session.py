@@ -306,7 +306,7 @@ def test_missing_achieved_goals_infos_are_an_error_naming_the_setting():
         session.on_observation(bare, 0.0)
 
 
-def test_built_learner_checkpoints_the_network_and_the_negotiation_matrix(tmp_path):
+def test_built_learner_checkpoints_the_network_and_the_negotiation_engine(tmp_path):
     torch.set_num_threads(1)
     goals = GoalsConfig(selection="negotiation", num_landmarks=3, hindsight={"timeout_s": 1.0})
     config = GoalDQNConfig(hidden_sizes=(16,), batch_size=8, learning_starts=8, buffer_size=100)
@@ -328,6 +328,9 @@ def test_built_learner_checkpoints_the_network_and_the_negotiation_matrix(tmp_pa
     other.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["learner"])
     other.replay.restore(tmp_path / "buffer.npz")
     assert other_session.negotiation.engine.matrix[3, 7] == 0.5
+    # The generator (messages, leaders) and the pending M update come back too, not just M.
+    assert other_session.negotiation.engine.state_dict() == session.negotiation.engine.state_dict()
+    assert other_session.negotiation.engine._rng.random() == session.negotiation.engine._rng.random()
     assert len(other.replay) == len(learner.replay) and other.counters() == learner.counters()
     obs = np.zeros((1, OBS_DIM), np.float32)
     session.current = other_session.current = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -82,6 +83,28 @@ def test_two_goal_game_converges_to_a_one_to_one_code():
         assert best_messages[0] != best_messages[1]
         for goal in (0, 1):
             assert listener.matrix[:, best_messages[goal]].argmax() == goal
+
+
+def test_a_restored_engine_negotiates_exactly_as_the_one_it_was_saved_from():
+    """What a restarted agent gets from its checkpoint: M, the generator and the pending update."""
+    engines = [NegotiationEngine("a", 3, seed=1), NegotiationEngine("b", 3, seed=2)]
+    draw_goal, coordinated = (lambda r: int(r.integers(3))), (lambda x, y: float(x == y))
+    rng = np.random.default_rng(0)
+    for episode in range(12):  # two M updates (every 5 episodes), two episodes pending
+        _play_pair(engines, draw_goal, rng, coordinated, episode)
+    states = [json.loads(json.dumps(engine.state_dict())) for engine in engines]  # plain data
+    assert [len(state["used_since_update"]) for state in states] == [2, 2]
+    restored = [NegotiationEngine("a", 3, seed=98), NegotiationEngine("b", 3, seed=99)]
+    for engine, state in zip(restored, states):
+        engine.load_state_dict(state)
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    for episode in range(12, 40):
+        assert _play_pair(engines, draw_goal, rng_a, coordinated, episode) == _play_pair(restored, draw_goal, rng_b, coordinated, episode)
+    assert all(np.array_equal(x.matrix, y.matrix) for x, y in zip(engines, restored))
+    with pytest.raises(ValueError, match="shape"):
+        NegotiationEngine("a", 6, seed=1).load_state_dict(states[0])
+    with pytest.raises(ValueError, match="a negotiation state needs"):
+        NegotiationEngine("a", 3, seed=1).load_state_dict({"matrix": [[0.0] * 3] * 3})
 
 
 @pytest.mark.parametrize("num_goals, expected", [(6, 1 / 6), (3, 1 / 3), (15, 1 / 15)])
