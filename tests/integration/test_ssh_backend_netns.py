@@ -38,8 +38,8 @@ def cluster(tmp_path):
         cluster.close()
 
 
-def ssh_run_config(cluster: NamespaceCluster, tmp_path: Path, hosts: dict[str, list[str]]) -> Path:
-    config = yaml.safe_load((REPO / "configs/tiny_star_tcp.yaml").read_text())
+def ssh_run_config(cluster: NamespaceCluster, tmp_path: Path, hosts: dict[str, list[str]], base: str = "configs/tiny_star_tcp.yaml") -> Path:
+    config = yaml.safe_load((REPO / base).read_text())
     config["run"]["name"] = "ssh_netns"
     config["network"] = {"transport": "tcp", "bind_host": "0.0.0.0"}
     config["launch"] = {
@@ -104,6 +104,28 @@ def test_run_across_three_namespaces_over_ssh_exits_0(cluster, tmp_path):
         sshd_pid = str(cluster.hosts[host].sshd.pid)
         leftovers = [p for p in pids if p.decode() != sshd_pid and b"--node-id" in Path(f"/proc/{p.decode()}/cmdline").read_bytes()]
         assert not leftovers, f"{host}: node processes survived the run: {leftovers}"
+
+
+@requires_namespaces
+def test_a_centralized_run_trains_in_a_learner_node_on_another_host(cluster, tmp_path):
+    """Issue 12 over ssh: the agents stream their rows to a learner node on a host of its own
+    and get its parameters back across the bridge (tcp, CURVE)."""
+    placement = {"h1": ["env", "agent_0"], "h2": ["agent_1", "agent_2"], "h3": ["learner"]}
+    run_dir = tmp_path / "run"
+    done = orchestrate_in(cluster, ssh_run_config(cluster, tmp_path, placement, base="configs/tiny_qmix.yaml"), run_dir)
+    assert done.returncode == 0, done.stderr.decode()[-4000:]
+    events = events_of(run_dir)
+    registered = {e["node"]: e["endpoints"] for e in events if e["event"] == "registered"}
+    assert registered["learner"]["ctde"].startswith(f"tcp://{cluster.hosts['h3'].address}:"), registered["learner"]
+    assert all(e["code"] == 0 for e in events if e["event"] == "exited")
+    learner = [json.loads(line) for line in (run_dir / "nodes" / "learner" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = [row for row in learner if "learner/joint_rows" in row][-1]
+    # 150 steps x 2 copies: every agent's piece of every joint row crossed to h3 and joined.
+    assert final["learner/joint_rows"] == 300 and final["learner/agents_joined"] == 3 and final["learner/gradient_steps"] > 0
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        rows = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        counters = [row for row in rows if "ctde/params_updates" in row][-1]
+        assert counters["ctde/rows_sent"] == 300 and counters["ctde/params_updates"] >= 2 and counters["ctde/params_gradient_step"] > 0
 
 
 @requires_namespaces
