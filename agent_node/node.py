@@ -700,6 +700,7 @@ class AgentNode:
         """A run-time partition, heal or link change from the fault schedule: applied to this
         node's outgoing links (protocols/control.py), with the link counters at that moment."""
         log.warning("%s", apply_network_fault(self.hub.links, fault))
+        self.control.channel.send(m.FaultApplied(position=fault.position))  # a held step waits for it
         self.env_client.heard(now)  # the env server's silence is counted from the change
         self.metrics.write(self.step, self.hub.link_metrics())
 

@@ -187,6 +187,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 elif isinstance(envelope.message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
                     log.warning("%s", apply_network_fault(hub.links, envelope.message))
                     server.write_metrics(hub.link_metrics())
+                    control.channel.send(m.FaultApplied(position=envelope.message.position))
                 elif isinstance(envelope.message, m.HoldAtSteps):  # faults.schedule at_step (step_hold.py)
                     server.step_hold.set_marks(envelope.message.steps)
                 elif isinstance(envelope.message, m.ReleaseStep):

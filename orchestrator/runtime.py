@@ -16,7 +16,10 @@ The orchestrator is a ROUTER socket and a loop. Its conversation with every node
        says `control.step_held`: between that step and the next; env_server/step_hold.py) and
        logged as `fault` events
        (signals for kill/pause/resume/restart; control messages for partition/heal/link, which
-       the nodes apply to their emulated links and which are replayed to a restarted node);
+       the nodes apply to their emulated links, answer with `control.fault_applied` (a
+       `fault_applied` event once all have) and which are replayed to a restarted node; a step
+       held for its faults is released once every node applied them, or after
+       FAULT_APPLIED_TIMEOUT_S with a `fault_not_applied` event naming who did not);
        a child that exits on its own before the end (not a scheduled kill) fails the run unless
        the restart policy brings it back (agents, the learner node of a centralized run, which
        restores its checkpoint, and the env server when `faults.restart.roles` lists it: see
@@ -115,6 +118,31 @@ class NodeRecord:
     restart_requested: bool = False  # by the schedule: restart whatever the policy says
 
 
+# How long a step held for its faults waits for every node to say it applied them (at most half
+# of protocols.control.step_hold_timeout_s, after which the env server would step on by itself).
+FAULT_APPLIED_TIMEOUT_S = 2.0
+
+
+@dataclass
+class NetworkFaultSent:
+    """A partition, heal or link change sent to nodes: who has not applied it yet, and after how
+    long each of the others did (control.fault_applied)."""
+
+    issued_at: float
+    waiting: set[str]
+    applied_after_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepAwaitingFaults:
+    """A training step the env server holds while the nodes apply that step's network faults."""
+
+    env_server: str
+    step: int
+    positions: list[int]  # of the network faults issued at that step
+    deadline: float  # monotonic: released then even if a node has not answered
+
+
 class LocalBackend:
     """Runs each node as a child process of the orchestrator on this machine."""
 
@@ -203,6 +231,8 @@ class Orchestrator:
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
         self.network_faults: list[m.Partition | m.Heal | m.SetLink] = []  # sent so far, in order
+        self.network_faults_unapplied: dict[int, NetworkFaultSent] = {}  # by schedule position
+        self.step_awaiting_faults: StepAwaitingFaults | None = None
         # While the env server is being restarted: when it exited (unix time), else None.
         self.env_server_down_since: float | None = None
         self.directories_sent = False
@@ -278,9 +308,12 @@ class Orchestrator:
             restarts_at = [n.restart_at for n in self.nodes.values() if n.restart_at is not None]
             if restarts_at:  # a restart's backoff ends: start it then, not at the next status tick
                 wait_s = max(0.0, min(wait_s, min(restarts_at) - time.monotonic()))
+            if self.step_awaiting_faults is not None:
+                wait_s = max(0.0, min(wait_s, self.step_awaiting_faults.deadline - time.monotonic()))
             if self.hub.wait(wait_s):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
+            self._release_step_once_faults_applied()
             for fault in self.faults.due(time.monotonic(), self._env_step()):
                 self._inject(fault)
             self._reap_exited()
@@ -327,11 +360,43 @@ class Orchestrator:
 
     def on_step_held(self, node: NodeRecord, step: int) -> None:
         """The env server holds training step `step` for its scheduled faults (env_server/step_hold.py):
-        issue them now, between that step and the next, then let it step on."""
+        issue them now, between that step and the next, and let it step on once every node a
+        network fault went to has applied it (so none sees the next observation before the fault)."""
         node.held_step = step
-        for fault in self.faults.due(time.monotonic(), step):
+        issued = self.faults.due(time.monotonic(), step)
+        for fault in issued:
             self._inject(fault)
-        self.control.send(m.ReleaseStep(step=step), to=node.launch.node_id)
+        positions = [fault.position for fault in issued if fault.position in self.network_faults_unapplied]
+        timeout_s = min(FAULT_APPLIED_TIMEOUT_S, self.config.protocols.control.step_hold_timeout_s / 2)
+        self.step_awaiting_faults = StepAwaitingFaults(node.launch.node_id, step, positions, time.monotonic() + timeout_s)
+        self._release_step_once_faults_applied()
+
+    def on_fault_applied(self, node: NodeRecord, position: int) -> None:
+        """A node applied the network fault at `position`; the last one to do so completes it
+        (a `fault_applied` event with each node's delay). A restarted node's replayed faults
+        were complete already and are not counted again."""
+        sent = self.network_faults_unapplied.get(position)
+        node_id = node.launch.node_id
+        if sent is None or node_id not in sent.waiting:
+            return
+        sent.waiting.discard(node_id)
+        sent.applied_after_s[node_id] = round(time.monotonic() - sent.issued_at, 4)
+        if not sent.waiting:
+            del self.network_faults_unapplied[position]
+            self.events.write("fault_applied", None, position=position, applied_after_s=sent.applied_after_s)
+
+    def _release_step_once_faults_applied(self) -> None:
+        held = self.step_awaiting_faults
+        if held is None:
+            return
+        missing = {position: sorted(self.network_faults_unapplied[position].waiting)
+                   for position in held.positions if position in self.network_faults_unapplied}
+        if missing and time.monotonic() < held.deadline:
+            return
+        if missing:  # a node that died or hangs must not stall the run: the step goes on, logged
+            self.events.write("fault_not_applied", None, step=held.step, missing=missing)
+        self.step_awaiting_faults = None
+        self.control.send(m.ReleaseStep(step=held.step), to=held.env_server)
 
     def _hold_at_step_faults(self, env_server: NodeRecord) -> None:
         """Tell the env server at which training steps faults are still scheduled, so it holds
@@ -377,6 +442,8 @@ class Orchestrator:
                 sent[node_id] = node.process.pid
             else:
                 skipped.append(node_id)  # down (or restarting): it gets the history when it is ready
+        if sent:
+            self.network_faults_unapplied[fault.position] = NetworkFaultSent(time.monotonic(), set(sent))
         details = {"groups": [list(g) for g in fault.groups]} if fault.kind == "partition" else {}
         if fault.kind == "link":
             details = {"edges": [list(e) for e in fault.edges], "link": fault.link.model_dump(exclude_defaults=True)}
@@ -420,6 +487,8 @@ class Orchestrator:
             node.last_status = message
         elif isinstance(message, m.StepHeld):
             self.on_step_held(node, message.step)
+        elif isinstance(message, m.FaultApplied):
+            self.on_fault_applied(node, message.position)
         elif isinstance(message, m.RunComplete):
             self.events.write("run_complete", node_id, steps=message.steps)
             self.run_complete = True

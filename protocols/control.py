@@ -10,9 +10,10 @@ Every node (env server or agent) runs the same short conversation with the orche
     control.status    ─────────▶  every status_every_s: state, step, episode, last return
                       ◀─────────  control.partition / control.heal / control.set_link
                                       (run-time network faults from faults.schedule)
+    control.fault_applied ─────▶  (each, once applied to the node's links)
                       ◀─────────  control.hold_at_steps  (env server: the steps with faults)
     control.step_held ─────────▶  (env server, at such a step: the orchestrator issues its faults)
-                      ◀─────────  control.release_step
+                      ◀─────────  control.release_step  (once every node applied them)
                       ◀─────────  control.env_restarting / control.env_back  (agents: the env
                                       server is being restarted / is back; agent_node/node.py)
                       ◀─────────  control.shutdown   (run budget spent, Ctrl-C, a failure)

@@ -419,6 +419,16 @@ class StepHeld:
     step: int
 
 
+@register_message("control.fault_applied")
+@dataclass(frozen=True)
+class FaultApplied:
+    """From a node: it applied the network fault at `position` of faults.schedule (a
+    control.partition, control.heal or control.set_link) to its own links. A step held for its
+    faults is released only once every node the fault went to has said so."""
+
+    position: int
+
+
 @register_message("control.release_step")
 @dataclass(frozen=True)
 class ReleaseStep:

@@ -35,6 +35,35 @@ def value_at(points: list[tuple[float, float]], t: float) -> float:
     return before[-1] if before else 0.0
 
 
+def test_a_step_held_for_a_link_change_waits_for_its_nodes_but_not_for_a_paused_one(tmp_path):
+    """At step 40 agent_1 is paused, then the link agent_1 -> agent_2 changes: agent_2 applies
+    it at once, the paused agent_1 cannot say so; the env server's hold ends after the
+    orchestrator's wait for it (not at the hold's own 10 s timeout), named in events.jsonl."""
+    run_dir = tmp_path / "run"
+    schedule = ("[{at_step: 40, kind: pause, nodes: [agent_1]},"
+                " {at_step: 40, kind: link, edges: [[agent_1, agent_2], [agent_2, agent_1]], link: {delay_s: 0.001}},"
+                " {at_step: 50, kind: resume, nodes: [agent_1]}]")
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=100",
+        "--set", "env.step_deadline_s=0.2", "--set", "env.eval_every_steps=null",
+        "--set", f"faults.schedule={schedule}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=280)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    link = next(e for e in events if e["event"] == "fault" and e["kind"] == "link")
+    assert link["step"] == 40 and link["late_steps"] == 0 and set(link["nodes"]) == {"agent_1", "agent_2"}
+    (not_applied,) = [e for e in events if e["event"] == "fault_not_applied"]
+    assert not_applied["step"] == 40 and not_applied["missing"] == {str(link["position"]): ["agent_1"]}, not_applied
+    # agent_1 applies it once resumed: then the fault is complete, with both delays.
+    (applied,) = [e for e in events if e["event"] == "fault_applied"]
+    assert applied["position"] == link["position"] and set(applied["applied_after_s"]) == {"agent_1", "agent_2"}
+    assert applied["applied_after_s"]["agent_2"] < applied["applied_after_s"]["agent_1"]
+    holds = {r["step"]: r for r in rows(run_dir, "env") if "env/step_hold_s" in r}
+    assert sorted(holds) == [40, 50], holds  # the link change's step and the resume's
+    assert holds[40]["env/step_hold_timed_out"] == 0.0 and 1.0 < holds[40]["env/step_hold_s"] < 5.0, holds[40]
+
+
 @pytest.mark.long
 def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the_heal(tmp_path):
     run_dir = tmp_path / "run"
@@ -164,6 +193,13 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
     holds = [r for r in rows(run_dir, "env") if "env/step_hold_s" in r]
     assert [(r["step"], r["env/step_hold_timed_out"]) for r in holds] == [(1500, 0.0)], holds
     assert holds[0]["env/step_hold_s"] < 5.0, "released by the orchestrator, well before the hold's 10 s timeout"
+    # Both ends of the changed link applied it (control.fault_applied) before step 1501 went out:
+    # the env server's hold ended (its metrics row) after the orchestrator heard the last of them.
+    applied = {e["position"]: e for e in events if e["event"] == "fault_applied"}
+    assert set(applied[at_step["position"]]["applied_after_s"]) == {"agent_0", "agent_3"}, applied
+    assert applied[at_step["position"]]["t"] <= holds[0]["t"]
+    assert not any(e["event"] == "fault_not_applied" for e in events)
+    assert set(applied) == {e["position"] for e in fault_events if e["kind"] in ("partition", "link", "heal")}
     assert not any(e["event"] == "faults_not_fired" for e in events)
     rejoined = next(e for e in events if e["event"] == "rejoined")
     assert rejoined["node"] == "agent_3" and rejoined["network_faults_replayed"] == 2  # the partition and the link change
