@@ -112,3 +112,23 @@ def test_the_learner_node_killed_mid_run_is_restarted_by_policy_restores_its_che
     for agent in ("agent_0", "agent_1", "agent_2"):
         counters = [r for r in metrics(run_dir, agent) if "ctde/params_gradient_step" in r and r["t"] > back_at]
         assert counters and counters[-1]["ctde/params_gradient_step"] > restored_step, agent
+
+
+def test_a_centralized_run_goes_on_across_an_env_server_restart(tmp_path):
+    """The env server restarted at step 80: the agents rejoin it, and the learner node joins every
+    row they sent before and after (none left pending or evicted)."""
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", "run.steps=200",
+        "--set", "faults.schedule=[{at_step: 80, kind: restart, nodes: [env]}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=200)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
+    assert any(e["event"] == "env_server_resumed" for e in events)
+    final = [r for r in metrics(run_dir, "learner") if "learner/joint_rows" in r][-1]
+    sent = {agent: [r for r in metrics(run_dir, agent) if "ctde/rows_sent" in r][-1]["ctde/rows_sent"] for agent in ("agent_0", "agent_1", "agent_2")}
+    assert len(set(sent.values())) == 1 and final["learner/joint_rows"] == sent["agent_0"] >= 390, (sent, final)
+    assert final["learner/rows_evicted"] == 0 and final["learner/pending_keys"] == 0 and final["learner/gradient_steps"] > 0

@@ -205,3 +205,30 @@ def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goe
     assert "restored checkpoint of step" in log
     after = [r for r in records(run_dir, "agent_1") if "goals/goal" in r and r["goals/episode"] > fault["step"]]
     assert after, "the restarted agent plays goal episodes again"
+
+
+def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
+    """The env server restarted at step 150 (mid-episode): the interrupted episode ends there for
+    both agents, with its hindsight exchanged; every episode before and after is negotiated (no
+    timeout) with the partner's hindsight report applied."""
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/goals_negotiation_hindsight.yaml", "--run-dir", str(run_dir), "--set", "run.steps=400",
+        "--set", "agents.learner.learning_starts=80",
+        "--set", "faults.schedule=[{at_step: 150, kind: restart, nodes: [env]}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=280)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
+    assert [e["event"] for e in events if e["event"].startswith("env_server_")] == ["env_server_restarting", "env_server_resumed"]
+    for agent in ("agent_0", "agent_1"):
+        rows = records(run_dir, agent)
+        ended = [r for r in rows if "goals/goal" in r]
+        # Episodes of 40 steps, one cut at the restart (120 -> 150), then 40 steps again.
+        assert [r["goals/episode"] for r in ended] == [0.0, 40.0, 80.0, 120.0, 150.0, 190.0, 230.0, 270.0, 310.0, 350.0]
+        assert all(r["negotiation/timed_out"] == 0.0 for r in ended), agent
+        reports = [r for r in rows if "hindsight/reports_applied_total" in r]
+        assert [r["hindsight/reports_applied_total"] for r in reports] == [float(n) for n in range(1, 11)], agent
+        assert all(r["hindsight/partners_missing"] == 0.0 for r in reports), agent
