@@ -192,6 +192,8 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                     server.step_hold.set_marks(envelope.message.steps)
                 elif isinstance(envelope.message, m.ReleaseStep):
                     server.release_step(envelope.message.step)
+                elif isinstance(envelope.message, m.AgentsGone):  # restarted: who will not rejoin
+                    server.agents_gone(envelope.message.indices)
             for message in server.control_outbox:  # control.step_held
                 control.channel.send(message)
             server.control_outbox.clear()

@@ -120,6 +120,10 @@ class LockstepBarrier:
     def all_claimed(self) -> bool:
         return len(self.owner) == len(self.possible_agents)
 
+    def all_claimed_but(self, gone: set[str]) -> bool:
+        """Every agent has a client, except those in `gone` (whose nodes will not come back)."""
+        return all(agent in self.owner or agent in gone for agent in self.possible_agents)
+
     def client(self, identity: bytes) -> Client | None:
         return self.clients.get(identity)
 

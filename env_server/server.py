@@ -124,6 +124,8 @@ class EnvServer:
         self.counters = ServerCounters()
         self.rejections = BadInputLog(log, "env", one="rejected a request", many="rejected {n} requests")
         self.created_at = clock()
+        # Agents whose nodes will not come back (control.agents_gone, after a restart of this server).
+        self.gone_agents: set[str] = set()
         self.step = 0  # the training step whose actions are being collected
         self.episode_running = False
         self.reset_requested = False
@@ -267,7 +269,19 @@ class EnvServer:
     # ------------------------------------------------------------------ lockstep
 
     def _may_start(self, now: float) -> bool:
-        return self.barrier.all_claimed or now - self.created_at >= self.rules.join_deadline_s
+        return self.barrier.all_claimed_but(self.gone_agents) or now - self.created_at >= self.rules.join_deadline_s
+
+    def agents_gone(self, indices: list[int]) -> None:
+        """The orchestrator says the nodes driving these agents will not come back
+        (control.agents_gone): start without them instead of waiting out the join deadline."""
+        possible = self.barrier.possible_agents
+        bad = [i for i in indices if not 0 <= i < len(possible)]
+        if bad:
+            raise ValueError(f"control.agents_gone: indices {bad} out of range; this env has {len(possible)} agents")
+        self.gone_agents |= {possible[i] for i in indices}
+        log.warning("agents %s are gone for good: not waiting for them to join", sorted(self.gone_agents))
+        if self.reset_requested and not self.episode_running and self._may_start(self.clock()):
+            self._reset()
 
     def _join_deadline_if_waiting(self) -> float | None:
         if self.reset_requested and not self.episode_running:

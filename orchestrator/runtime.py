@@ -655,9 +655,14 @@ class Orchestrator:
         back = m.EnvServerBack(env_endpoint=node.endpoints["env"], step=resumed_step or 0)
         for agent in agents:
             self.control.send(back, to=agent)
+        # Agents down for good (a scheduled kill that no restart follows) will not join it: say so,
+        # or it would wait env.join_deadline_s for them before its first step.
+        gone = [n for n in self.nodes.values() if n.launch.role == "agent" and n.exit_code is not None and n.restart_at is None]
+        if gone:
+            self.control.send(m.AgentsGone(indices=[n.launch.index for n in gone]), to=node.launch.node_id)
         self.events.write("env_server_resumed", node.launch.node_id, step=resumed_step, restarts=node.restarts,
                           downtime_s=None if down_since is None else round(time.time() - down_since, 3),
-                          agents_told=agents)
+                          agents_told=agents, agents_gone=[n.launch.node_id for n in gone])
 
     def _note_exit_times(self) -> None:
         """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),

@@ -429,6 +429,16 @@ class FaultApplied:
     position: int
 
 
+@register_message("control.agents_gone")
+@dataclass(frozen=True)
+class AgentsGone:
+    """To a restarted env server: the agent nodes at these indices (the env agents they drove)
+    are down for good (killed by the schedule, no restart coming), so it starts without waiting
+    `env.join_deadline_s` for them to join."""
+
+    indices: list[int]
+
+
 @register_message("control.release_step")
 @dataclass(frozen=True)
 class ReleaseStep:

@@ -109,3 +109,24 @@ def test_the_env_server_restarts_twice_and_the_run_resumes_where_it_stopped(tmp_
     eval_steps = [r["step"] for r in rows(run_dir, "env") if "eval/return_mean" in r]
     assert eval_steps == list(range(20, steps + 1, 20))
     assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
+def test_a_restarted_env_server_does_not_wait_for_an_agent_killed_for_good(tmp_path):
+    """agent_2 is killed by the schedule (no restart follows), then the env server is restarted:
+    the orchestrator tells it agent_2 is gone (control.agents_gone), so it steps on with the
+    others at once instead of waiting out its 100 s join deadline for a node that never comes."""
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=120",
+        "--set", "env.join_deadline_s=100", "--set", "env.step_deadline_s=0.5", "--set", "env.eval_every_steps=null",
+        "--set", "faults.schedule=[{at_step: 30, kind: kill, nodes: [agent_2]}, {at_step: 60, kind: restart, nodes: [env]}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=90)  # waiting out the join deadline would overrun this
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    events = read_events(run_dir)
+    resumed = next(e for e in events if e["event"] == "env_server_resumed")
+    assert resumed["agents_gone"] == ["agent_2"] and sorted(resumed["agents_told"]) == ["agent_0", "agent_1"]
+    assert "agents ['agent_2'] are gone for good" in (run_dir / "nodes" / "env" / "log").read_text()
+    complete = next(e for e in events if e["event"] == "run_complete")
+    assert complete["steps"] == 120 and complete["t"] - resumed["t"] < 50, "the resumed server did not wait 100 s"

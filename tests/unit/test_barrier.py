@@ -152,6 +152,13 @@ def test_join_by_index_name_or_all_and_refusals():
     assert everything.join(b"z", m.EnvJoin(client_id="z")) == AGENTS and everything.all_claimed
 
 
+def test_agents_gone_for_good_are_not_waited_for():
+    barrier = make_barrier()
+    barrier.join(b"x", m.EnvJoin(client_id="x", agent_indices=[0, 1]))
+    assert not barrier.all_claimed and not barrier.all_claimed_but(set())
+    assert barrier.all_claimed_but({"a2"}) and not barrier.all_claimed_but({"a1"})
+
+
 def test_a_restarted_client_takes_its_agents_over_and_catches_up():
     barrier = make_barrier()
     joined(barrier)
