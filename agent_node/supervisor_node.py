@@ -13,14 +13,16 @@ goal uniformly from the run's goal set (`SupervisorAssignment`, seeded from the 
 first request of a team for an episode and gives every member the same one. Agents that hear
 nothing within `agents.goals.supervisor.timeout_s` pursue a goal of their own.
 
-It learns nothing, but it keeps a checkpoint (`nodes/supervisor/checkpoint.json`): its generator's
-state, the draws of the episodes it still remembers and its counters (as of that draw: requests
-answered from a kept draw since are not saved), written atomically after every new draw and
-before that draw's answer goes out. Restarted (`faults.restart.roles` lists
+It learns nothing, but it keeps a checkpoint (`nodes/supervisor/checkpoint.json`): its
+generator's state, the draws of the episodes it still remembers and its counters (as of that
+draw: requests answered from a kept draw since are not saved), written atomically after every
+new draw and before that draw's answer goes out. Restarted (`faults.restart.roles` lists
 `supervisor`, or a scheduled restart), it restores it, so a member asking after the restart gets
-the goal its team was given before, and the draws go on as if it had never stopped. It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`,
-`supervisor/teams_assigned`, ...) every status period and at the end, reports status like any
-node and exits 0 on `control.shutdown`. Imports no torch.
+the goal its team was given before, and the draws go on as if it had never stopped.
+
+It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`, `supervisor/teams_assigned`,
+...) every status period and at the end, reports status like any node and exits 0 on
+`control.shutdown`. Imports no torch.
 """
 
 from __future__ import annotations

@@ -193,7 +193,10 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 elif isinstance(envelope.message, m.ReleaseStep):
                     server.release_step(envelope.message.step)
                 elif isinstance(envelope.message, m.AgentsGone):  # restarted: who will not rejoin
-                    server.agents_gone(envelope.message.indices)
+                    try:
+                        server.agents_gone(envelope.message.indices)
+                    except ValueError as error:  # the server goes on waiting for them, as before
+                        log.error("%s", error)
             for message in server.control_outbox:  # control.step_held
                 control.channel.send(message)
             server.control_outbox.clear()
