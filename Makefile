@@ -32,12 +32,12 @@ $(VENV)/.ray-extra: $(BIN)/orchestrate
 	touch $@
 
 # The README's test command: every test but the few whole scenarios marked `long` (tens of
-# seconds each; ~4 min together), which keeps it under 15 minutes on a 2-core machine.
+# seconds each; ~3 min together), which keeps it under 15 minutes on a 2-core machine.
 test: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q -m "not long"
 
-# The long scenarios (a 20 s partition, faults_ring's whole schedule, 1,000 simulated fault
-# schedules, a Ray machine vanishing); CI runs them after `make test`.
+# The long scenarios (a 20 s partition over ssh, a partition on live links, a Ray machine
+# vanishing, a disk filling up, vs_rllib without RLlib); CI runs them after `make test`.
 test-long: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q -m long
 

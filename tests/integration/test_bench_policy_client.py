@@ -47,6 +47,7 @@ def rllib_installed() -> bool:
     return True
 
 
+@pytest.mark.long
 @pytest.mark.skipif(rllib_installed(), reason="covers the run without RLlib")
 def test_vs_rllib_without_ray_measures_parley_and_says_how_to_get_rllib():
     run = subprocess.run(

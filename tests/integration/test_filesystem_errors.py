@@ -99,6 +99,7 @@ def test_a_disk_full_before_the_run_exits_1_and_leaves_no_run_dir(tmpfs):
     assert not run_dir.exists()
 
 
+@pytest.mark.long
 def test_a_disk_that_fills_during_the_run_stops_it_cleanly_with_whole_lines(tmpfs):
     run_dir = tmpfs("fills", "size=256k") / "run"
     result = up(run_dir, "--set", "run.steps=1000000")

@@ -166,7 +166,6 @@ def test_a_killed_env_server_ends_the_run_cleanly_with_the_reason(tmp_path):
     assert_all_reaped(launched_pids(events))
 
 
-@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_back_within_5_s(tmp_path):
     """configs/faults_ring.yaml as the issue asks: a 20 s partition, kill -9 + restart, a pause,

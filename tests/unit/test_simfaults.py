@@ -56,7 +56,6 @@ def test_the_checks_catch_a_node_that_never_comes_back(monkeypatch):
 
 # About 100 ms a schedule on our 2 shared cores at load 6-7 (~2 min for the sweep); the
 # project-wide 120 s pytest timeout is too tight when the machine is busier than that.
-@pytest.mark.long
 @pytest.mark.timeout(600)
 def test_a_thousand_seeded_schedules_keep_every_invariant():
     started = time.perf_counter()
