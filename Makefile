@@ -31,13 +31,12 @@ $(VENV)/.ray-extra: $(BIN)/orchestrate
 	$(BIN)/pip install --quiet -e '.[ray]'
 	touch $@
 
-# The README's test command: every test but the few whole scenarios marked `long` (tens of
-# seconds each; ~3 min together), which keeps it under 15 minutes on a 2-core machine.
+# The README's test command: every test but those marked `long` (whole scenarios of tens of
+# seconds each: multi-host over namespaces, ...), which keeps it under 15 minutes on 2 cores.
 test: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q -m "not long"
 
-# The long scenarios (a 20 s partition over ssh, a partition on live links, a Ray machine
-# vanishing, a disk filling up, vs_rllib without RLlib); CI runs them after `make test`.
+# The long scenarios (pytest -m long: see the README); CI runs them after `make test`.
 test-long: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q -m long
 

@@ -213,6 +213,7 @@ def test_both_start_methods_run_to_completion(tmp_path, method):
     assert registered == {e["node"]: e["pid"] for e in launched}
 
 
+@pytest.mark.long
 def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
     from orchestrator.config import load_config
     from orchestrator.faults import plan_faults
@@ -244,6 +245,7 @@ def test_scheduled_kill_pause_and_resume_are_executed_and_logged(tmp_path):
     assert_all_reaped(launched_pids(events))
 
 
+@pytest.mark.long
 @pytest.mark.timeout(330)
 def test_a_killed_agent_is_restarted_by_policy_and_steps_again_from_its_checkpoint(tmp_path):
     run_dir = tmp_path / "run"

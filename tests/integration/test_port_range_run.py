@@ -111,6 +111,7 @@ def cluster(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(300)
 @pytest.mark.skipif(_namespaces_unavailable is not None, reason=f"multi-host tests: {_namespaces_unavailable}")
 def test_an_ssh_run_over_namespaces_keeps_every_endpoint_in_the_range(cluster, tmp_path):

@@ -30,7 +30,7 @@ from tests.integration.netns import NamespaceCluster, unavailable_reason
 
 pytest.importorskip("ray", reason="launch.backend ray needs the [ray] extra (pip install '.[ray]')")
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long]
 
 BIN = Path(sys.executable).parent
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}

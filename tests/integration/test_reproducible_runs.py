@@ -140,6 +140,7 @@ def busy_loop_on_one_core() -> subprocess.Popen:
     )
 
 
+@pytest.mark.long
 def test_one_seed_gives_the_same_rows_and_checkpoints_under_different_timing(tmp_path):
     idle, loaded = run_idle_then_perturbed("configs/tiny_star_tcp.yaml", SETTINGS, tmp_path)
     assert_same_learning(idle, loaded, ("dqn/loss", "env/episode_return", "consensus/disagreement_max"))
@@ -148,6 +149,7 @@ def test_one_seed_gives_the_same_rows_and_checkpoints_under_different_timing(tmp
     assert seeded_rows(loaded, "env") == evaluations
 
 
+@pytest.mark.long
 def test_og_marl_world_models_averaged_in_float64_come_out_the_same(tmp_path):
     idle, loaded = run_idle_then_perturbed("configs/tiny_og_marl.yaml", OG_MARL_SETTINGS, tmp_path)
     assert_same_learning(idle, loaded, ("sac/critic_loss", "og_marl/model_mse", "consensus/disagreement_max"))

@@ -18,7 +18,7 @@ import yaml
 from tests.conftest import REPO
 from tests.integration.netns import NamespaceCluster, unavailable_reason
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(300)]
 
 _reason = unavailable_reason()
 requires_namespaces = pytest.mark.skipif(_reason is not None, reason=f"multi-host tests: {_reason}")
