@@ -225,6 +225,8 @@ class Orchestrator:
         agent_ids = [n.node_id for n in plan.nodes if n.role == "agent"]
         self.topology = build_topology(config.topology, agent_ids)
         self.interrupted: str | None = None
+        self.interrupted_by: tuple[str, float] | None = None  # the signal's name and when it came
+        self.interruption_logged = False
         self.run_complete = False
         self.failure: str | None = None
         self.started = False
@@ -266,6 +268,7 @@ class Orchestrator:
         if unfired:  # the run ended first (or never started): say which faults never happened
             self.events.write("faults_not_fired", None, positions=[f.position for f in unfired],
                               when=[f.when for f in unfired], last_step=self._env_step())
+        self._log_interruption()  # a signal that came during the shutdown itself
         code = self._exit_code()
         self.events.write("run_finished", None, exit_code=code, reason=self.failure or self.interrupted or "budget spent")
         return code
@@ -679,7 +682,16 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ shutdown
 
+    def _log_interruption(self) -> None:
+        """The `interrupted` event, stamped when the signal came, written once from the main
+        thread (see on_signal)."""
+        if self.interrupted_by is not None and not self.interruption_logged:
+            self.interruption_logged = True
+            name, at = self.interrupted_by
+            self.events.write("interrupted", None, at=at, signal=name)
+
     def _shutdown_all(self) -> None:
+        self._log_interruption()
         reason = self.failure or self.interrupted or "run budget spent"
         self.shutting_down = True
         self.events.write("shutdown", None, reason=reason)
@@ -733,10 +745,12 @@ class Orchestrator:
 
     def _install_signal_handlers(self):
         def on_signal(signum, frame):
-            name = signal.Signals(signum).name
+            # Only flags here. A handler runs between two bytecodes of the main thread, which may
+            # be inside EventLog.write holding its lock: writing the event from here deadlocked a
+            # Ctrl-C that came while a `registered` event was written. The shutdown writes it.
             if not self.interrupted:
-                self.interrupted = f"interrupted by {name}"
-                self.events.write("interrupted", None, signal=name)
+                self.interrupted_by = (signal.Signals(signum).name, time.time())
+                self.interrupted = f"interrupted by {self.interrupted_by[0]}"
 
         def on_child_exit(signum, frame):
             self._note_exit_times()
