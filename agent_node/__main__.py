@@ -19,20 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", required=True, help="the orchestrator's control endpoint")
     args = parser.parse_args(argv)
 
-    from agent_node.config import AgentNodeConfig
-    from protocols.config_errors import ConfigError
-    from protocols.node_config import load_node_config
+    from agent_node.config import load_agent_side_config
 
-    try:
-        node_config, identity = load_node_config(args.config, args.node_id, AgentNodeConfig)
-    except ConfigError as error:
-        print(f"agent {args.node_id}: {error}", file=sys.stderr)
+    if (loaded := load_agent_side_config(args.config, args.node_id, "agent")) is None:
         return 2
+    node_config, identity = loaded
     config = node_config.agents
-    logging.basicConfig(
-        level=config.log_level,
-        format=f"%(asctime)s {args.node_id} %(name)s %(levelname)s %(message)s",
-    )
     # Many agents share few cores: one intra-op thread each (set before torch does any work).
     import torch
 

@@ -9,6 +9,8 @@ No torch here: the schemas of the learners and world models are torch-free too.
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,7 +19,8 @@ from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
 from agent_node.goal_config import GoalsConfig
 from agent_node.training_config import DecentralizedTraining, TrainingConfig
 from agent_node.world_models.config import WorldModelConfig
-from protocols.node_config import NodeSections
+from protocols.config_errors import ConfigError
+from protocols.node_config import NodeIdentity, NodeSections, load_node_config
 
 
 class AgentsConfig(BaseModel):
@@ -116,3 +119,16 @@ class AgentNodeConfig(NodeSections):
 
     agents: AgentsConfig
     training: TrainingConfig = DecentralizedTraining()
+
+
+def load_agent_side_config(config_path: str, node_id: str, role: str) -> tuple[AgentNodeConfig, NodeIdentity] | None:
+    """Start-up of every node that reads `AgentNodeConfig` (agent, learner, supervisor): the
+    resolved config validated once, then logging with the node id on every line. A bad config
+    is one line `<role> <node_id>: <what is wrong>` on stderr and None (the caller exits 2)."""
+    try:
+        config, identity = load_node_config(config_path, node_id, AgentNodeConfig)
+    except ConfigError as error:
+        print(f"{role} {node_id}: {error}", file=sys.stderr)
+        return None
+    logging.basicConfig(level=config.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
+    return config, identity

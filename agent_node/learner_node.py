@@ -242,20 +242,16 @@ def make_core_factory(config: MixerConfig, num_agents: int, seed: int, replay_ca
 
 
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
-    from agent_node.config import AgentNodeConfig
+    from agent_node.config import load_agent_side_config
     from agent_node.training_config import learner_schedule, mixer_config
     from protocols import messages as m
-    from protocols.config_errors import ConfigError
     from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
     from protocols.metrics import MetricsWriter
-    from protocols.node_config import bind_address, load_node_config, node_hub
+    from protocols.node_config import bind_address, node_hub
 
-    try:
-        run, identity = load_node_config(config_path, node_id, AgentNodeConfig)
-    except ConfigError as error:
-        print(f"learner {node_id}: {error}", file=sys.stderr)
+    if (loaded := load_agent_side_config(config_path, node_id, "learner")) is None:
         return 2
-    logging.basicConfig(level=run.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
+    run, identity = loaded
     training = run.training
     if training.mode != "centralized":
         print(f"learner {node_id}: training.mode is {training.mode!r}; a learner node runs only with 'centralized'", file=sys.stderr)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,22 +70,18 @@ def restore_checkpoint(path: Path, draws: Any, service: Any) -> bool:
 
 
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
-    from agent_node.config import AgentNodeConfig
+    from agent_node.config import load_agent_side_config
     from agent_node.goals import SupervisorAssignment
     from protocols import messages as m
-    from protocols.config_errors import ConfigError
     from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
     from protocols.goal_space import goal_set
     from protocols.metrics import MetricsWriter
-    from protocols.node_config import bind_address, load_node_config, node_hub
+    from protocols.node_config import bind_address, node_hub
     from protocols.supervision import GoalRequest, SupervisorService
 
-    try:
-        run, identity = load_node_config(config_path, node_id, AgentNodeConfig)
-    except ConfigError as error:
-        print(f"supervisor {node_id}: {error}", file=sys.stderr)
+    if (loaded := load_agent_side_config(config_path, node_id, "supervisor")) is None:
         return 2
-    logging.basicConfig(level=run.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
+    run, identity = loaded
     goals = run.agents.goals
     if goals is None or goals.selection != "supervisor" or not goals.supervisor.external:
         log.error("a supervisor node runs only with agents.goals.selection 'supervisor' and supervisor.external true")
