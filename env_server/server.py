@@ -178,8 +178,7 @@ class EnvServer:
             self._step_on_after_hold(held, now)
         if self.barrier.step_due:
             self._step()
-        if self.reset_requested and not self.episode_running and self._may_start(now):
-            self._reset()
+        self._reset_once_clients_joined(now)
 
     def handle(self, envelope: Envelope) -> None:
         handler = self.handlers.get(type(envelope.message))
@@ -280,7 +279,12 @@ class EnvServer:
             raise ValueError(f"control.agents_gone: indices {bad} out of range; this env has {len(possible)} agents")
         self.gone_agents |= {possible[i] for i in indices}
         log.warning("agents %s are gone for good: not waiting for them to join", sorted(self.gone_agents))
-        if self.reset_requested and not self.episode_running and self._may_start(self.clock()):
+        self._reset_once_clients_joined(self.clock())
+
+    def _reset_once_clients_joined(self, now: float) -> None:
+        """A reset was asked for and waits on the clients: start the episode once every agent
+        still expected has joined, or the join deadline has passed."""
+        if self.reset_requested and not self.episode_running and self._may_start(now):
             self._reset()
 
     def _join_deadline_if_waiting(self) -> float | None:
