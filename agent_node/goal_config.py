@@ -63,8 +63,10 @@ class NegotiationSettings(BaseModel):
     num_messages: int = Field(30, ge=1)
     temperature: float = Field(30.0, gt=0)
     learning_rate: float = Field(0.1, gt=0, le=1)
-    # M is updated over the (goal, message, reward) triples of this many episodes at once.
-    update_every_episodes: int = Field(5, ge=1)
+    # M is updated over the (goal, message, reward) triples of this many episodes at once; unset:
+    # 4 x the goals an agent may choose (60 at L = 6 cooperative), so that every goal is drawn
+    # several times per batch (protocols/negotiation.py says why and what smaller batches did).
+    update_every_episodes: int | None = Field(None, ge=1)
 
 
 class SupervisorSettings(BaseModel):

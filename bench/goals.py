@@ -213,6 +213,68 @@ def steps_to_fraction_of_final(curve: np.ndarray, env_steps: np.ndarray, fractio
     return float(env_steps[index + window - 1])
 
 
+def steps_to_level(success_curve: list[float], env_steps_curve: list[int], level: float) -> float:
+    """Env steps at the end of the first window of CURVE_WINDOW episodes whose success reaches
+    `level` (NaN: no window did, or there was nothing to reach)."""
+    if level <= 0:
+        return float("nan")
+    reached = [steps for success, steps in zip(success_curve, env_steps_curve) if success >= level]
+    return float(reached[0]) if reached else float("nan")
+
+
+def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8) -> None:
+    """ALGORITHMS.md's hindsight target, "the same success in fewer environment steps than no
+    sharing", paired by seed: for both negotiation modes, the env steps until a window's success
+    first reaches `fraction` of the no-sharing negotiation's final success of the same seed."""
+    if "negotiation" not in summary or "negotiation_hindsight" not in summary:
+        return
+    for plain, shared in zip(summary["negotiation"], summary["negotiation_hindsight"]):
+        level = fraction * plain["success_final"]
+        for row in (plain, shared):
+            row["steps_to_negotiation_80pct"] = steps_to_level(row["success_curve"], row["env_steps_curve"], level)
+
+
+def report(summary: dict, conditions: dict, as_json: bool) -> None:
+    """The in-process comparison's table (or JSON)."""
+    add_steps_to_negotiation_level(summary)
+
+    def mean_half(mode, key):
+        return mean_ci([row[key] for row in summary[mode]])
+
+    if as_json:
+        out = {f"coop_success_{mode}": mean_half(mode, "success_final")[0] for mode in summary}
+        for mode in summary:
+            if mode.startswith("negotiation"):
+                out[f"steps_to_80pct_{mode}"] = mean_half(mode, "steps_to_80pct")[0]
+                if "steps_to_negotiation_80pct" in summary[mode][0]:
+                    out[f"steps_to_negotiation_80pct_{mode}"] = mean_half(mode, "steps_to_negotiation_80pct")[0]
+        if "negotiation" in summary:
+            out["alignment_negotiation"] = mean_half("negotiation", "aligned_final")[0]
+        out["per_seed"] = {mode: [{k: v for k, v in row.items() if not k.endswith("_curve")} for row in rows]
+                           for mode, rows in summary.items()}
+        out["conditions"] = conditions
+        print(json.dumps(out, indent=2))
+        return
+    print(f"goal-lines L={conditions['landmarks']}, cooperative goals, 2 agents, {conditions['episodes']} episodes, "
+          f"{conditions['seeds']} seeds; 'final' = the last {conditions['final_window_episodes']} episodes; "
+          f"mean ± 95% t-interval over seeds, each seed's success below its row; "
+          f"load average {conditions['load_avg_1m'][0]} -> {conditions['load_avg_1m'][1]}")
+    print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}")
+    for mode, rows in summary.items():
+        success, success_half = mean_half(mode, "success_final")
+        align, align_half = mean_half(mode, "aligned_final")
+        steps, steps_half = mean_half(mode, "steps_to_80pct")
+        print(f"{mode:<24}{success:>14.3f} ± {success_half:.3f}{align:>12.3f} ± {align_half:.3f}{steps:>16.0f} ± {steps_half:.0f}")
+        per_seed_success = ", ".join(f"{row['success_final']:.2f}" for row in rows)
+        print(f"{'':<24}  coop success (final) per seed: {per_seed_success}")
+    if "steps_to_negotiation_80pct" in summary.get("negotiation", [{}])[0]:
+        print(f"env steps until a {CURVE_WINDOW}-episode window reaches 80% of negotiation's final success (same seed; "
+              "nan: never):")
+        for mode in ("negotiation", "negotiation_hindsight"):
+            per_seed = ", ".join(f"{row['steps_to_negotiation_80pct']:.0f}" for row in summary[mode])
+            print(f"  {mode:<24}{per_seed}")
+
+
 # Runtime mode: which config runs each mode, and its overrides.
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_MODES = {
@@ -384,6 +446,7 @@ def main() -> None:
     if args.replot is not None:
         saved = json.loads(args.replot.read_text())
         plot_curves(saved["per_seed"], saved["conditions"], args.plot or args.replot.with_suffix(".png"))
+        report(saved["per_seed"], saved["conditions"], args.json)
         return
     args.modes = args.modes or list(MODES)
     torch.set_num_threads(1)
@@ -424,32 +487,7 @@ def main() -> None:
     if args.plot is not None:
         plot_curves(summary, conditions, args.plot)
 
-    def mean_half(mode, key):
-        return mean_ci([row[key] for row in summary[mode]])
-
-    if args.json:
-        out = {f"coop_success_{mode}": mean_half(mode, "success_final")[0] for mode in summary}
-        for mode in summary:
-            if mode.startswith("negotiation"):
-                out[f"steps_to_80pct_{mode}"] = mean_half(mode, "steps_to_80pct")[0]
-        if "negotiation" in summary:
-            out["alignment_negotiation"] = mean_half("negotiation", "aligned_final")[0]
-        out["per_seed"] = {mode: [{k: v for k, v in row.items() if not k.endswith("_curve")} for row in rows]
-                           for mode, rows in summary.items()}
-        out["conditions"] = conditions
-        print(json.dumps(out, indent=2))
-        return
-    print(f"goal-lines L={NUM_LANDMARKS}, cooperative goals, 2 agents, {args.episodes} episodes, {args.seeds} seeds; "
-          f"'final' = the last {last} episodes; mean ± 95% t-interval over seeds, each seed's success below its row; "
-          f"load average {conditions['load_avg_1m'][0]} -> {conditions['load_avg_1m'][1]}")
-    print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}")
-    for mode, rows in summary.items():
-        success, success_half = mean_half(mode, "success_final")
-        align, align_half = mean_half(mode, "aligned_final")
-        steps, steps_half = mean_half(mode, "steps_to_80pct")
-        print(f"{mode:<24}{success:>14.3f} ± {success_half:.3f}{align:>12.3f} ± {align_half:.3f}{steps:>16.0f} ± {steps_half:.0f}")
-        per_seed_success = ", ".join(f"{row['success_final']:.2f}" for row in rows)
-        print(f"{'':<24}  coop success (final) per seed: {per_seed_success}")
+    report(summary, conditions, args.json)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,20 @@ n agents on a topology (our extension, as ALGORITHMS.md suggests):
     consensus's, so negotiation always ends within `rounds * round_timeout_s` of its start. An
     agent that heard nothing from anyone by then falls back to its own goal (`timed_out`).
 
-The update runs every `update_every_episodes` episodes (5 by default) over the pairs used since
-the last one. Updating after every single episode lets the code drift: unused entries decay on
-every update, so a goal not drawn for a while loses its message. In the simulator (3 goals,
-`tests/unit/test_negotiation.py`'s game, 1000 episodes, one seed) per-episode updates left edge
-alignment wandering between 0.4 and 0.99 on a pair, ring, star and torus; every 5 episodes all
-four reached 1.0; every 10 or 20, the pair and star reached 1.0 while the ring and the 3x3 torus
-settled near 0.87 (a partly inconsistent code). The reference updates once per training batch.
+The update runs every `update_every_episodes` episodes over the pairs used since the last one;
+by default every `DRAWS_PER_GOAL_PER_UPDATE` (4) x the number of goals the agent may choose
+(60 episodes for L = 6's 15 cooperative goals, 12 for L = 3's 3). The batch must hold several
+draws of every goal: an entry's update is the mean reward of the episodes that used its pair
+*in that batch*, and a goal absent from a batch has its entries decay. A batch much smaller than
+the goal count makes a learned code fade between two draws of the same goal faster than
+successes renew it. The reference updates per training batch (Reytuag/imgc-marl,
+`imgc_marl/policies/full_naming_game_single_matrix.py`, lines 144-173: `M *= 0.9` then
+`M += 0.1 * rewards / counts` per SGD minibatch of 10,000 steps, `scripts/train_population.py`
+line 92), i.e. over dozens of episodes at once. Measured with the matrix game alone
+(`tests/unit/test_negotiation.py`'s `_fixed_success_game`: aligned pairs rewarded with
+probability 0.65, 15 goals, 1,500 episodes, 8 seeds, alignment over the last 300): batches of 5
+episodes stayed at chance (0.09); 15, 30, 60 (the default), 120 reached 0.58, 0.79, 0.80, 0.78.
+With 3 goals over 150 episodes, batches of 3, 5, 12 (the default), 24 gave 0.83, 0.82, 0.84, 0.70.
 
 After deciding, an agent tells its team neighbours its goal (`GoalCommit`). That is for
 measurement only (alignment per edge; per team with `team_alignment` over all agents' results):
@@ -62,6 +69,7 @@ from protocols.messages import register_message
 NUM_MESSAGES = 30
 TEMPERATURE = 30.0
 LEARNING_RATE = 0.1
+DRAWS_PER_GOAL_PER_UPDATE = 4  # default M-update batch: this many episodes per goal the agent may choose (see above)
 
 # ------------------------------------------------------------------------------------------
 # Messages
@@ -211,15 +219,15 @@ class NegotiationEngine:
         num_messages: int = NUM_MESSAGES,
         temperature: float = TEMPERATURE,
         learning_rate: float = LEARNING_RATE,
-        update_every_episodes: int = 5,
+        update_every_episodes: int | None = None,
         round_timeout_s: float = 0.5,
     ) -> None:
         if num_goals < 1 or num_messages < 1:
             raise ValueError(f"num_goals and num_messages must be >= 1, got {num_goals}, {num_messages}")
         if not temperature > 0 or not 0 < learning_rate <= 1:
             raise ValueError(f"temperature must be > 0 and learning_rate in (0, 1], got {temperature}, {learning_rate}")
-        if update_every_episodes < 1:
-            raise ValueError(f"update_every_episodes must be >= 1, got {update_every_episodes}")
+        if update_every_episodes is not None and update_every_episodes < 1:
+            raise ValueError(f"update_every_episodes must be >= 1 (or None: the default batch), got {update_every_episodes}")
         if not round_timeout_s > 0:
             raise ValueError(f"round_timeout_s must be > 0 seconds, got {round_timeout_s}")
         self.node_id = node_id
@@ -230,7 +238,8 @@ class NegotiationEngine:
         self.num_messages = num_messages
         self.temperature = temperature
         self.learning_rate = learning_rate
-        self.update_every_episodes = update_every_episodes
+        self.update_every_episodes = (DRAWS_PER_GOAL_PER_UPDATE * self.allowed_goals.size
+                                      if update_every_episodes is None else update_every_episodes)
         self.round_timeout_s = round_timeout_s
         self.matrix = np.zeros((num_goals, num_messages))
         self._rng = np.random.default_rng(seed)

@@ -31,3 +31,16 @@ def test_steps_to_fraction_of_final():
     # The 100-episode moving mean first reaches 0.8 at episode index 80 of the smoothed curve.
     assert bench.steps_to_fraction_of_final(curve, steps, 0.8, 100) == steps[80 + 99]
     assert np.isnan(bench.steps_to_fraction_of_final(np.zeros(300), steps, 0.8, 100))
+
+
+def test_hindsight_is_timed_to_the_level_of_negotiation_without_sharing_on_the_same_seed():
+    plain = {"success_final": 0.5, "success_curve": [0.0, 0.2, 0.45, 0.5], "env_steps_curve": [100, 200, 300, 400]}
+    shared = {"success_final": 0.6, "success_curve": [0.1, 0.4, 0.6, 0.6], "env_steps_curve": [90, 180, 270, 360]}
+    never = {"success_final": 0.1, "success_curve": [0.0, 0.1, 0.1, 0.1], "env_steps_curve": [90, 180, 270, 360]}
+    summary = {"negotiation": [plain, dict(plain)], "negotiation_hindsight": [shared, never]}
+    bench.add_steps_to_negotiation_level(summary)
+    # The level is 0.8 x 0.5 = 0.4 for both seeds: reached in window 3 without sharing, 2 with.
+    assert plain["steps_to_negotiation_80pct"] == 300
+    assert shared["steps_to_negotiation_80pct"] == 180
+    assert np.isnan(never["steps_to_negotiation_80pct"])
+    assert np.isnan(bench.steps_to_level([0.0, 0.0], [10, 20], 0.0))  # nothing to reach

@@ -87,14 +87,14 @@ def test_two_goal_game_converges_to_a_one_to_one_code():
 
 def test_a_restored_engine_negotiates_exactly_as_the_one_it_was_saved_from():
     """What a restarted agent gets from its checkpoint: M, the generator and the pending update."""
-    engines = [NegotiationEngine("a", 3, seed=1), NegotiationEngine("b", 3, seed=2)]
+    engines = [NegotiationEngine("a", 3, seed=1, update_every_episodes=5), NegotiationEngine("b", 3, seed=2, update_every_episodes=5)]
     draw_goal, coordinated = (lambda r: int(r.integers(3))), (lambda x, y: float(x == y))
     rng = np.random.default_rng(0)
     for episode in range(12):  # two M updates (every 5 episodes), two episodes pending
         _play_pair(engines, draw_goal, rng, coordinated, episode)
     states = [json.loads(json.dumps(engine.state_dict())) for engine in engines]  # plain data
     assert [len(state["used_since_update"]) for state in states] == [2, 2]
-    restored = [NegotiationEngine("a", 3, seed=98), NegotiationEngine("b", 3, seed=99)]
+    restored = [NegotiationEngine("a", 3, seed=98, update_every_episodes=5), NegotiationEngine("b", 3, seed=99, update_every_episodes=5)]
     for engine, state in zip(restored, states):
         engine.load_state_dict(state)
     rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
@@ -105,6 +105,32 @@ def test_a_restored_engine_negotiates_exactly_as_the_one_it_was_saved_from():
         NegotiationEngine("a", 6, seed=1).load_state_dict(states[0])
     with pytest.raises(ValueError, match="a negotiation state needs"):
         NegotiationEngine("a", 3, seed=1).load_state_dict({"matrix": [[0.0] * 3] * 3})
+
+
+def _fixed_success_game(num_goals, episodes, update_every, seed, success_if_aligned=0.65):
+    """The pairwise game with a fixed policy: an aligned episode is rewarded with probability
+    `success_if_aligned`, any other never. The alignment over the last 300 episodes."""
+    engines = [NegotiationEngine(name, num_goals, seed=2 * seed + i, update_every_episodes=update_every) for i, name in enumerate("ab")]
+    rng = np.random.default_rng(seed)
+    reward = lambda x, y: float(x == y and rng.random() < success_if_aligned)  # noqa: E731
+    aligned = [_play_pair(engines, lambda r: int(r.integers(num_goals)), rng, reward, e)[0] for e in range(episodes)]
+    return float(np.mean(aligned[-300:]))
+
+
+def test_default_batch_holds_every_goal_several_times():
+    assert NegotiationEngine("a", 21, seed=0, allowed_goals=range(6, 21)).update_every_episodes == 4 * 15
+    assert NegotiationEngine("a", 3, seed=0).update_every_episodes == 12
+    assert NegotiationEngine("a", 3, seed=0, update_every_episodes=5).update_every_episodes == 5
+
+
+def test_at_15_goals_the_default_batch_learns_a_code_and_5_episode_batches_do_not():
+    """L = 6's cooperative goals. Small batches let a goal's message decay between two draws of
+    that goal faster than successes renew it (protocols/negotiation.py has the sweep)."""
+    default = [_fixed_success_game(15, 1500, None, seed) for seed in range(3)]
+    small = [_fixed_success_game(15, 1500, 5, seed) for seed in range(3)]
+    chance = chance_alignment(15)
+    assert np.mean(default) >= 0.6 and min(default) > 5 * chance, default
+    assert np.mean(small) < 3 * chance, small
 
 
 @pytest.mark.parametrize("num_goals, expected", [(6, 1 / 6), (3, 1 / 3), (15, 1 / 15)])
