@@ -1,7 +1,7 @@
 """QMIX and VDN through the learner node against independent DQN (IQL), through full Parley runs.
 
     python bench/ctde.py [--seeds 0,1] [--steps 600] [--config configs/ctde_spread3.yaml]
-                         [--last-evals 2] [--root DIR] [--json]
+                         [--last-evals 2] [--set KEY=VALUE ...] [--root DIR] [--json]
 
 Each (variant, seed) is one `orchestrate up` of the config, one after the other so they do not
 compete for the cores:
@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every variant's runs (orchestrate up --set), repeatable")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:  # seed-major: an interrupted benchmark still has every variant of the first seeds
         for variant in variants:
             run_dir = root / f"{variant}_seed{seed}"
-            overrides = [f"run.seed={seed}", *VARIANTS[variant]] + ([f"run.steps={args.steps}"] if args.steps else [])
+            overrides = [f"run.seed={seed}", *VARIANTS[variant], *args.set] + ([f"run.steps={args.steps}"] if args.steps else [])
             run = run_and_score(args.config, overrides, run_dir, args.timeout, args.last_evals)
             rows.append({"variant": variant, "seed": seed, **run, "gradient_steps": gradient_steps(run_dir, variant), "run_s": run_seconds(run_dir)})
     summary = {}
@@ -93,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         scores = [r["score"] for r in rows if r["variant"] == variant and not r["failed"]]
         mean, std = mean_std(scores)
         summary[variant] = {"mean": mean, "std": std, "n": len(scores)}
-    result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals,
+    result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals, "overrides": args.set,
               "runs": rows, "summary": summary}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     else:
         print(f"config {args.config}, steps {args.steps or 'config'}, score = mean of last {args.last_evals} evaluations "
-              "(eval/return_mean, higher is better)")
+              "(eval/return_mean, higher is better)" + (f"; overrides {' '.join(args.set)}" if args.set else ""))
         print(f"{'variant':8} {'seed':>4} {'score':>9} {'evals':>5} {'grad steps':>10} {'run s':>6} {'wall s':>7}  status")
         for r in rows:
             score = "-" if r["score"] is None else f"{r['score']:.2f}"

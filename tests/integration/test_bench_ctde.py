@@ -1,0 +1,30 @@
+"""bench/ctde.py end to end at a tiny budget: one variant, one seed, an override reaches the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("bench_ctde", REPO / "bench" / "ctde.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_ctde"] = bench
+spec.loader.exec_module(bench)
+
+
+def test_a_vdn_run_is_scored_with_the_override_applied(tmp_path, capsys):
+    code = bench.main(["--seeds", "0", "--steps", "300", "--variants", "vdn", "--last-evals", "1",
+                       "--set", "agents.learner.target_update_period=50", "--root", str(tmp_path), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0, result
+    (run,) = result["runs"]
+    assert not run["failed"] and run["score"] is not None and run["score"] < 0  # simple_spread pays negative rewards
+    assert run["gradient_steps"] > 0
+    assert result["overrides"] == ["agents.learner.target_update_period=50"]
+    resolved = yaml.safe_load((tmp_path / "vdn_seed0" / "resolved.yaml").read_text())
+    assert resolved["agents"]["learner"]["target_update_period"] == 50
+    assert resolved["training"]["mixer"] == "vdn"
