@@ -41,6 +41,12 @@ slices between network events.
 and prints alignment per ring edge and of the whole team per window of episodes:
 
     .venv/bin/python bench/goals.py --ring 6 --seeds 1 --steps 8000
+
+`--ring N --in-process` runs the ring in one process instead (negotiation flooding for the ring's
+diameter, hindsight to the two ring neighbours, lossless and instant), for budgets of thousands of
+episodes that the runtime cannot run here in minutes:
+
+    .venv/bin/python bench/goals.py --ring 6 --in-process --seeds 2 --episodes 3000
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 
 MODES = ("independent", "supervisor", "negotiation", "negotiation_hindsight")
-AGENTS = ("agent_0", "agent_1")
+AGENTS = ("agent_0", "agent_1")  # the pair (the runtime mode reads their metrics)
 NUM_LANDMARKS = 6
 
 
@@ -81,9 +87,24 @@ def deliver(engines: dict, outgoing: list[tuple[str, str, object]], now: float) 
         outgoing += [(destination, d, m) for d, m in engines[destination].on_message(sender, message, now)]
 
 
-def run(mode: str, seed: int, episodes: int) -> dict:
+def team_graph(num_agents: int) -> dict[str, list[str]]:
+    """Who negotiates and shares hindsight with whom: the pair, or a ring of `num_agents`."""
+    agents = [f"agent_{i}" for i in range(num_agents)]
+    if num_agents == 2:
+        return {"agent_0": ["agent_1"], "agent_1": ["agent_0"]}
+    return {agent: sorted({agents[(i - 1) % num_agents], agents[(i + 1) % num_agents]}) for i, agent in enumerate(agents)}
+
+
+def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
+    """One run of `mode` with a team of `num_agents` (a pair, or a ring that all play every
+    episode); per episode: every agent rewarded (`success`), all on one goal (`aligned`), the
+    fraction of the team graph's edges whose ends share a goal (`edges_aligned`)."""
     torch.manual_seed(seed)
-    env = GoalLinesEnv(num_landmarks=NUM_LANDMARKS, population=2, active_per_episode=2, max_steps=40)
+    graph = team_graph(num_agents)
+    agents = list(graph)
+    edges = [(a, b) for a in graph for b in graph[a] if a < b]
+    rounds = 1 if num_agents == 2 else num_agents // 2  # the graph's diameter
+    env = GoalLinesEnv(num_landmarks=NUM_LANDMARKS, population=num_agents, active_per_episode=num_agents, max_steps=40)
     goals_allowed = cooperative_goals(NUM_LANDMARKS).tolist()
     total_goals = num_goals(NUM_LANDMARKS)
 
@@ -94,37 +115,36 @@ def run(mode: str, seed: int, episodes: int) -> dict:
     obs_dim = env.observation_space("agent_0").shape[0]
     learners = {
         agent: GoalDQNAgent(config, obs_dim, 5, total_goals, reward_fn, seed=derive_seed(seed, index, "policy"))
-        for index, agent in enumerate(AGENTS)
+        for index, agent in enumerate(agents)
     }
-    own_goals = {agent: UniformGoals(goals_allowed, seed=derive_seed(seed, index, "goals")) for index, agent in enumerate(AGENTS)}
+    own_goals = {agent: UniformGoals(goals_allowed, seed=derive_seed(seed, index, "goals")) for index, agent in enumerate(agents)}
     supervisor = SupervisorAssignment(goals_allowed, seed=derive_seed(seed, 99, "supervisor"))
     negotiators = {
         agent: NegotiationEngine(agent, total_goals, seed=derive_seed(seed, index, "negotiation"), allowed_goals=goals_allowed)
-        for index, agent in enumerate(AGENTS)
+        for index, agent in enumerate(agents)
     }
-    hindsight = {agent: HindsightEngine(agent) for agent in AGENTS}
-    partner = {"agent_0": "agent_1", "agent_1": "agent_0"}
+    hindsight = {agent: HindsightEngine(agent) for agent in agents}
 
     env.reset(seed=derive_seed(seed, 0, "env"))
-    successes, aligned, env_steps_at = [], [], []
+    successes, aligned, edges_aligned, env_steps_at = [], [], [], []
     env_steps = 0
     for episode in range(episodes):
         now = float(episode)
         if mode == "independent":
-            goals = {agent: own_goals[agent].propose(episode) for agent in AGENTS}
+            goals = {agent: own_goals[agent].propose(episode) for agent in agents}
         elif mode == "supervisor":
-            goals = supervisor.assign(episode, list(AGENTS))
+            goals = supervisor.assign(episode, list(agents))
         else:
             outgoing = []
-            for agent in AGENTS:
-                request = NegotiationRequest(episode, own_goals[agent].propose(episode), [partner[agent]], rounds=1)
+            for agent in agents:
+                request = NegotiationRequest(episode, own_goals[agent].propose(episode), graph[agent], rounds=rounds)
                 outgoing += [(agent, d, m) for d, m in negotiators[agent].start(request, now)]
             deliver(negotiators, outgoing, now)
-            goals = {agent: negotiators[agent].result.goal for agent in AGENTS}
+            goals = {agent: negotiators[agent].result.goal for agent in agents}
 
         observations, _ = env.reset(options={"goals": goals})
-        trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in AGENTS}
-        episode_reward = {agent: 0.0 for agent in AGENTS}
+        trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in agents}
+        episode_reward = {agent: 0.0 for agent in agents}
         while env.agents:
             live = list(env.agents)
             actions = {agent: int(learners[agent].act(observations[agent][None], np.array([goals[agent]]))[0]) for agent in live}
@@ -140,15 +160,15 @@ def run(mode: str, seed: int, episodes: int) -> dict:
                 episode_reward[agent] = max(episode_reward[agent], rewards[agent])
             observations = next_observations
 
-        partner_events = {agent: [] for agent in AGENTS}
+        partner_events = {agent: [] for agent in agents}
         if mode == "negotiation_hindsight":
             outgoing = []
-            for agent in AGENTS:
-                request = HindsightRequest(episode, [partner[agent]], trajectory[agent]["events"])
+            for agent in agents:
+                request = HindsightRequest(episode, graph[agent], trajectory[agent]["events"])
                 outgoing += [(agent, d, m) for d, m in hindsight[agent].start(request, now)]
             deliver(hindsight, outgoing, now)
-            partner_events = {agent: hindsight[agent].result.events for agent in AGENTS}
-        for agent in AGENTS:
+            partner_events = {agent: hindsight[agent].result.events for agent in agents}
+        for agent in agents:
             record = trajectory[agent]
             learners[agent].observe_episode(
                 np.array(record["obs"]), np.array(record["action"]), np.array(record["next_obs"]),
@@ -158,10 +178,12 @@ def run(mode: str, seed: int, episodes: int) -> dict:
             if mode.startswith("negotiation"):
                 negotiators[agent].end_episode(episode, episode_reward[agent])
                 own_goals[agent].observe_outcome(episode, goals[agent], episode_reward[agent])
-        successes.append(float(all(episode_reward[agent] >= 1.0 for agent in AGENTS)))
-        aligned.append(float(goals["agent_0"] == goals["agent_1"]))
+        successes.append(float(all(episode_reward[agent] >= 1.0 for agent in agents)))
+        aligned.append(float(len(set(goals.values())) == 1))
+        edges_aligned.append(float(np.mean([goals[a] == goals[b] for a, b in edges])))
         env_steps_at.append(env_steps)
-    return {"success": np.array(successes), "aligned": np.array(aligned), "env_steps": np.array(env_steps_at)}
+    return {"success": np.array(successes), "aligned": np.array(aligned), "edges_aligned": np.array(edges_aligned),
+            "env_steps": np.array(env_steps_at)}
 
 
 CURVE_WINDOW = 100  # episodes per point of the learning curves
@@ -356,6 +378,47 @@ def runtime_main(args) -> None:
               f"{mean['rows_relabelled']:>11.0f}{mean['seconds']:>7.0f}")
 
 
+def ring_in_process_main(args) -> None:
+    """`--ring N --in-process`: the in-process comparison with N agents on a ring, all playing every
+    episode (negotiation floods for the ring's diameter; hindsight goes to the two ring neighbours).
+    Alignment per ring edge and of the whole team, and the fraction of episodes in which every
+    agent was rewarded, over the last fifth and per window of CURVE_WINDOW episodes."""
+    torch.set_num_threads(1)
+    modes = args.modes or ["negotiation", "negotiation_hindsight"]
+    last = max(100, args.episodes // 5)
+    rows = {}
+    for mode in modes:
+        rows[mode] = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            started = time.perf_counter()
+            result = run(mode, seed, args.episodes, num_agents=args.ring)
+            rows[mode].append({
+                "seed": seed, "seconds": time.perf_counter() - started, "env_steps": int(result["env_steps"][-1]),
+                "edges_aligned_final": float(result["edges_aligned"][-last:].mean()),
+                "team_aligned_final": float(result["aligned"][-last:].mean()),
+                "success_final": float(result["success"][-last:].mean()),
+                "edges_aligned_curve": windowed(result["edges_aligned"]), "team_aligned_curve": windowed(result["aligned"]),
+                "success_curve": windowed(result["success"]),
+            })
+            print(f"# ring {mode} seed {seed}: " + json.dumps({k: v for k, v in rows[mode][-1].items() if not k.endswith("_curve")}),
+                  file=sys.stderr, flush=True)
+    conditions = {"agents": args.ring, "in_process": True, "episodes": args.episodes, "seeds": args.seeds,
+                  "first_seed": args.first_seed, "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW,
+                  "chance_edge_alignment": 1.0 / (NUM_LANDMARKS * (NUM_LANDMARKS - 1) // 2)}
+    if args.json:
+        print(json.dumps({"conditions": conditions, "per_seed": rows}, indent=2))
+        return
+    print(f"ring of {args.ring}, in one process, goal-lines L={NUM_LANDMARKS}, cooperative goals, {args.episodes} episodes, "
+          f"{args.seeds} seed(s); 'final' = the last {last} episodes; chance per edge {conditions['chance_edge_alignment']:.3f}")
+    print(f"{'mode':<24}{'edges aligned (final)':>22}{'team aligned (final)':>22}{'all rewarded (final)':>22}")
+    for mode, per_seed in rows.items():
+        mean = {key: float(np.mean([r[key] for r in per_seed])) for key in ("edges_aligned_final", "team_aligned_final", "success_final")}
+        print(f"{mode:<24}{mean['edges_aligned_final']:>22.3f}{mean['team_aligned_final']:>22.3f}{mean['success_final']:>22.3f}")
+        for row in per_seed:
+            curve = ", ".join(f"{value:.2f}" for value in row["edges_aligned_curve"])
+            print(f"{'':<4}seed {row['seed']}: edges aligned per {CURVE_WINDOW} episodes: {curve}")
+
+
 def ring_main(args) -> None:
     """`--ring N`: N agents negotiating on a ring (configs/goals_ring6.yaml with N agents, all playing
     every episode), one run per seed; alignment per ring edge and of the whole team per window of
@@ -424,7 +487,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8000, help="--runtime: lockstep steps per run (40 per episode)")
     parser.add_argument("--landmarks", type=int, default=6, choices=(3, 6), help="--runtime: L")
     parser.add_argument("--ring", type=int, default=None, metavar="N",
-                        help="through the runtime: N agents negotiating on a ring; alignment per edge and per team")
+                        help="N agents negotiating on a ring (through the runtime; --in-process: in one process); alignment per edge and per team")
+    parser.add_argument("--in-process", action="store_true",
+                        help="--ring: run the ring in one process (as the pair's default), not through the runtime")
     parser.add_argument("--save", type=Path, help="in-process: also write the results with per-window curves (JSON) here")
     parser.add_argument("--plot", type=Path, help="in-process: draw the learning curves (mean ± 95%% CI over seeds) into this PNG")
     parser.add_argument("--replot", type=Path, help="draw --plot from a JSON written by --save, without running")
@@ -434,7 +499,13 @@ def main() -> None:
     if args.ring is not None:
         if args.ring < 3:
             parser.error(f"--ring: expected at least 3 agents, got {args.ring}")
-        ring_main(args)
+        if args.in_process:
+            unknown = [mode for mode in args.modes or [] if mode not in ("negotiation", "negotiation_hindsight")]
+            if unknown:
+                parser.error(f"--ring --in-process compares negotiation and negotiation_hindsight, got {unknown}")
+            ring_in_process_main(args)
+        else:
+            ring_main(args)
         return
     if args.runtime:
         args.modes = args.modes or ["independent", "negotiation_hindsight"]

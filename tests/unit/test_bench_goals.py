@@ -44,3 +44,19 @@ def test_hindsight_is_timed_to_the_level_of_negotiation_without_sharing_on_the_s
     assert shared["steps_to_negotiation_80pct"] == 180
     assert np.isnan(never["steps_to_negotiation_80pct"])
     assert np.isnan(bench.steps_to_level([0.0, 0.0], [10, 20], 0.0))  # nothing to reach
+
+
+def test_team_graph_is_the_pair_or_a_ring():
+    assert bench.team_graph(2) == {"agent_0": ["agent_1"], "agent_1": ["agent_0"]}
+    ring = bench.team_graph(6)
+    assert ring["agent_0"] == ["agent_1", "agent_5"] and ring["agent_3"] == ["agent_2", "agent_4"]
+    assert all(len(neighbours) == 2 for neighbours in ring.values())
+
+
+@pytest.mark.parametrize("mode", ["negotiation", "negotiation_hindsight"])
+def test_a_ring_of_six_negotiates_every_episode(mode):
+    result = bench.run(mode, seed=0, episodes=4, num_agents=6)
+    assert result["success"].shape == result["aligned"].shape == result["edges_aligned"].shape == (4,)
+    assert np.all((0 <= result["edges_aligned"]) & (result["edges_aligned"] <= 1))
+    # A team on one goal has every edge aligned.
+    assert np.all(result["edges_aligned"][result["aligned"] == 1] == 1)
