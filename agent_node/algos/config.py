@@ -285,9 +285,16 @@ class PMICConfig(BaseModel):
     # critic represent the log density ratio's quadratic terms (see the estimator unit tests).
     mi_embedding_dim: PositiveInt = 32
     mi_hidden_sizes: HiddenSizes = (64,)
+    # Soft bounds (low, high) on the log-variance of CLUB's q(u | s). Unset: the estimator's own
+    # (LOG_VAR_MIN, LOG_VAR_MAX) in agent_node/algos/mutual_information.py, wide enough for the
+    # estimator tests' sharp conditionals. The reference bounds it with tanh to (-1, 1) (variances
+    # 0.37-2.7), which also caps the CLUB estimate a near-deterministic policy's joint actions reach.
+    club_log_var_bounds: tuple[float, float] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PMICConfig:
+        if self.club_log_var_bounds is not None and not self.club_log_var_bounds[0] < self.club_log_var_bounds[1]:
+            raise ValueError(f"club_log_var_bounds must be (low, high) with low < high, got {self.club_log_var_bounds}")
         if self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
         if self.shaping_starts_at > self.superior_capacity:

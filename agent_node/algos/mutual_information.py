@@ -154,14 +154,18 @@ class JSDMutualInformation(nn.Module):
 class GaussianCLUB(nn.Module):
     """CLUB with q(u | s) = N(mu(s), diag(exp(log_var(s)))): fit with `nll_loss`, read with `pointwise`."""
 
-    def __init__(self, state_dim: int, action_dim: int, hidden_sizes: tuple[int, ...]) -> None:
+    def __init__(self, state_dim: int, action_dim: int, hidden_sizes: tuple[int, ...],
+                 log_var_bounds: tuple[float, float] = (LOG_VAR_MIN, LOG_VAR_MAX)) -> None:
         super().__init__()
+        if not log_var_bounds[0] < log_var_bounds[1]:
+            raise ValueError(f"log_var_bounds must be (low, high) with low < high, got {log_var_bounds}")
+        self.log_var_bounds = (float(log_var_bounds[0]), float(log_var_bounds[1]))
         self.mean_net = mlp(state_dim, hidden_sizes, action_dim)
         self.log_var_net = mlp(state_dim, hidden_sizes, action_dim)
 
     def conditional(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(u | s), each (B, action_dim)."""
-        return self.mean_net(state), soft_clamp(self.log_var_net(state), LOG_VAR_MIN, LOG_VAR_MAX)
+        return self.mean_net(state), soft_clamp(self.log_var_net(state), *self.log_var_bounds)
 
     def log_likelihood(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
         """log q(u_i | s_i) for each pair (B,), the full normalized Gaussian density."""

@@ -172,3 +172,23 @@ def test_soft_clamp_stays_inside_its_bounds_and_keeps_a_gradient():
     assert y[2].item() == pytest.approx(0.0, abs=0.05)  # the middle of the range passes almost unchanged
     y.sum().backward()
     assert torch.all(x.grad[1:4] > 0.1)  # one unit beyond either bound there is still a usable gradient
+
+
+def test_club_log_variance_stays_inside_the_bounds_it_is_given():
+    torch.manual_seed(0)
+    club = GaussianCLUB(3, 2, hidden_sizes=(8,), log_var_bounds=(-1.0, 1.0))  # the reference's tanh range
+    with torch.no_grad():
+        club.log_var_net[-1].bias.fill_(-50.0)  # asks for a far sharper q than allowed
+        _, log_var = club.conditional(torch.randn(16, 3))
+    assert log_var.min() >= -1.0 - 1e-6 and log_var.max() <= 1.0
+    with pytest.raises(ValueError, match="low < high"):
+        GaussianCLUB(3, 2, hidden_sizes=(8,), log_var_bounds=(1.0, -1.0))
+
+
+def test_pmic_config_takes_club_bounds_or_refuses_reversed_ones():
+    from agent_node.algos.config import PMICConfig
+
+    assert PMICConfig().club_log_var_bounds is None  # the estimator's own bounds
+    assert PMICConfig(club_log_var_bounds=(-1.0, 1.0)).club_log_var_bounds == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="low < high"):
+        PMICConfig(club_log_var_bounds=(1.0, -1.0))
