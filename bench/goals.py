@@ -244,21 +244,23 @@ def steps_to_level(success_curve: list[float], env_steps_curve: list[int], level
     return float(reached[0]) if reached else float("nan")
 
 
-def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8) -> None:
+def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8) -> bool:
     """ALGORITHMS.md's hindsight target, "the same success in fewer environment steps than no
     sharing", paired by seed: for both negotiation modes, the env steps until a window's success
-    first reaches `fraction` of the no-sharing negotiation's final success of the same seed."""
+    first reaches `fraction` of the no-sharing negotiation's final success of the same seed.
+    False (nothing added) unless both modes ran."""
     if "negotiation" not in summary or "negotiation_hindsight" not in summary:
-        return
+        return False
     for plain, shared in zip(summary["negotiation"], summary["negotiation_hindsight"]):
         level = fraction * plain["success_final"]
         for row in (plain, shared):
             row["steps_to_negotiation_80pct"] = steps_to_level(row["success_curve"], row["env_steps_curve"], level)
+    return True
 
 
 def report(summary: dict, conditions: dict, as_json: bool) -> None:
     """The in-process comparison's table (or JSON)."""
-    add_steps_to_negotiation_level(summary)
+    paired = add_steps_to_negotiation_level(summary)
 
     def mean_half(mode, key):
         return mean_ci([row[key] for row in summary[mode]])
@@ -268,7 +270,7 @@ def report(summary: dict, conditions: dict, as_json: bool) -> None:
         for mode in summary:
             if mode.startswith("negotiation"):
                 out[f"steps_to_80pct_{mode}"] = mean_half(mode, "steps_to_80pct")[0]
-                if "steps_to_negotiation_80pct" in summary[mode][0]:
+                if paired:
                     out[f"steps_to_negotiation_80pct_{mode}"] = mean_half(mode, "steps_to_negotiation_80pct")[0]
         if "negotiation" in summary:
             out["alignment_negotiation"] = mean_half("negotiation", "aligned_final")[0]
@@ -289,7 +291,7 @@ def report(summary: dict, conditions: dict, as_json: bool) -> None:
         print(f"{mode:<24}{success:>14.3f} ± {success_half:.3f}{align:>12.3f} ± {align_half:.3f}{steps:>16.0f} ± {steps_half:.0f}")
         per_seed_success = ", ".join(f"{row['success_final']:.2f}" for row in rows)
         print(f"{'':<24}  coop success (final) per seed: {per_seed_success}")
-    if "steps_to_negotiation_80pct" in summary.get("negotiation", [{}])[0]:
+    if paired:
         print(f"env steps until a {CURVE_WINDOW}-episode window reaches 80% of negotiation's final success (same seed; "
               "nan: never):")
         for mode in ("negotiation", "negotiation_hindsight"):

@@ -155,11 +155,13 @@ class GaussianCLUB(nn.Module):
     """CLUB with q(u | s) = N(mu(s), diag(exp(log_var(s)))): fit with `nll_loss`, read with `pointwise`."""
 
     def __init__(self, state_dim: int, action_dim: int, hidden_sizes: tuple[int, ...],
-                 log_var_bounds: tuple[float, float] = (LOG_VAR_MIN, LOG_VAR_MAX)) -> None:
+                 log_var_bounds: tuple[float, float] | None = None) -> None:
+        """`log_var_bounds`: soft (low, high) bounds on log q's variance; None: (LOG_VAR_MIN, LOG_VAR_MAX)."""
         super().__init__()
-        if not log_var_bounds[0] < log_var_bounds[1]:
+        low, high = (LOG_VAR_MIN, LOG_VAR_MAX) if log_var_bounds is None else log_var_bounds
+        if not low < high:
             raise ValueError(f"log_var_bounds must be (low, high) with low < high, got {log_var_bounds}")
-        self.log_var_bounds = (float(log_var_bounds[0]), float(log_var_bounds[1]))
+        self.log_var_bounds = (float(low), float(high))
         self.mean_net = mlp(state_dim, hidden_sizes, action_dim)
         self.log_var_net = mlp(state_dim, hidden_sizes, action_dim)
 

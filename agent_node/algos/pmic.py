@@ -321,8 +321,7 @@ class PMICAgent:
             self.jsd = JSDMutualInformation(
                 self.state_dim, self.joint_action_dim, config.mi_hidden_sizes, config.mi_embedding_dim
             )
-            bounds = {} if config.club_log_var_bounds is None else {"log_var_bounds": config.club_log_var_bounds}
-            self.club = GaussianCLUB(self.state_dim, self.joint_action_dim, config.mi_hidden_sizes, **bounds)
+            self.club = GaussianCLUB(self.state_dim, self.joint_action_dim, config.mi_hidden_sizes, config.club_log_var_bounds)
         self.actor_target.load_state_dict(self.actor.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.actor_target.requires_grad_(False)

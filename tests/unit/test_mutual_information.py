@@ -192,3 +192,9 @@ def test_pmic_config_takes_club_bounds_or_refuses_reversed_ones():
     assert PMICConfig(club_log_var_bounds=(-1.0, 1.0)).club_log_var_bounds == (-1.0, 1.0)
     with pytest.raises(ValueError, match="low < high"):
         PMICConfig(club_log_var_bounds=(1.0, -1.0))
+
+
+def test_club_without_bounds_takes_the_estimators_own():
+    from agent_node.algos.mutual_information import LOG_VAR_MAX, LOG_VAR_MIN
+
+    assert GaussianCLUB(3, 2, hidden_sizes=(8,)).log_var_bounds == (LOG_VAR_MIN, LOG_VAR_MAX)
