@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import mean_std, records, run_and_score  # noqa: E402  (the shared run helpers)
+from runs import mean_std, plot_evaluations, records, run_and_score  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {
     "qmix": ["training={mode: centralized, mixer: qmix, params_every: 10}"],
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="also draw the evaluation curves (mean and 95%% CI over seeds) into this PNG")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override for every variant's runs (orchestrate up --set), repeatable")
     args = parser.parse_args(argv)
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         summary[variant] = {"mean": mean, "std": std, "n": len(scores)}
     result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals, "overrides": args.set,
               "runs": rows, "summary": summary}  # fmt: skip
+    if args.plot:
+        plot_evaluations({variant: [Path(r["run_dir"]) for r in rows if r["variant"] == variant and not r["failed"]] for variant in variants},
+                         args.plot, f"{args.config}, {args.steps or 'config'} steps, seeds {seeds}, mean and 95% CI")
     if args.json:
         print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     else:

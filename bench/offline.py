@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import REPO, evaluations, mean_std, run_once  # noqa: E402  (the shared run helpers)
+from runs import REPO, evaluations, mean_std, plot_evaluations, run_once  # noqa: E402  (the shared run helpers)
 
 
 def behaviour_return(run_dir: Path) -> float | None:
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=6 * 3600)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="also draw the evaluation curves (mean and 95%% CI over seeds) into this PNG")
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="bench_offline_"))
     hidden = "[" + args.hidden_sizes + "]"
@@ -93,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     columns = ("behaviour_train_return", "behaviour_greedy_eval", "cql", "bc")
     summary = {c: dict(zip(("mean", "std"), mean_std([r[c] for r in rows if r.get(c) is not None]))) for c in columns}
     result = {"config": args.config, "steps": args.steps, "gradient_steps": args.gradient_steps, "rows": rows, "summary": summary, "root": str(root)}
+    if args.plot:
+        # The recording run learns (a curve); the offline learners' evaluation runs do not (a level each).
+        seeds = [r["seed"] for r in rows if "error" not in r]
+        plot_evaluations({"behaviour (the recording run)": [root / f"record_seed{s}" for s in seeds]}, args.plot,
+                         f"{args.config}: recording run; CQL, BC from its dataset; seeds {seeds}, 95% CI",
+                         levels={f"{learner} from the dataset": [root / f"{learner}_seed{s}_eval" for s in seeds] for learner in ("cql", "bc")},
+                         last_evals=args.last_evals)
     if args.json:
         print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     else:

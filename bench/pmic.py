@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import mean_std, run_and_score  # noqa: E402  (the shared run helpers)
+from runs import mean_std, plot_evaluations, run_and_score  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {"pmic": [], "no_mi": ["agents.learner.pmic=false"]}
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds per run")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="also draw the evaluation curves (mean and 95%% CI over seeds) into this PNG")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.root or Path(tempfile.mkdtemp(prefix="bench_pmic_"))
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     improvement = (pmic - base) / abs(base) if base and not (math.isnan(base) or math.isnan(pmic)) else math.nan
     result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals,
               "runs": rows, "summary": summary, "pmic_improvement_fraction": improvement, "target": 0.05}  # fmt: skip
+    if args.plot:
+        plot_evaluations({variant: [Path(r["run_dir"]) for r in rows if r["variant"] == variant and not r["failed"]] for variant in VARIANTS},
+                         args.plot, f"{args.config}, {args.steps or 'config'} steps, seeds {seeds}, mean and 95% CI")
     if args.json:
         print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
     else:

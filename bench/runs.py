@@ -1,9 +1,17 @@
 """Helpers shared by the benches that run whole `orchestrate up` runs and read their metrics
-(bench/pmic.py, bench/ctde.py, bench/offline.py): start one run, read a node's metric records,
-the env server's greedy evaluations, and a mean with its sample standard deviation."""
+(bench/pmic.py, bench/ctde.py, bench/offline.py, bench/transfer.py): start one run, read a node's
+metric records, the env server's greedy evaluations, a mean with its sample standard deviation,
+and a plot of the evaluation curves (each bench's `--plot`).
+
+The plot also draws from finished runs, without running anything (e.g. a bench's `--root`):
+
+    python bench/runs.py plot curves.png --title "..." 'qmix=/tmp/ctde/qmix_seed*' 'iql=/tmp/ctde/iql_seed*' \
+        [--level 'zero-shot=/tmp/transfer/zero_shot_2_seed*' --last-evals 2]
+"""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -62,3 +70,91 @@ def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: f
         "exit_code": code, "failed": failed, "score": sum(last) / len(last) if last else None, "evaluations": evals,
         "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir), **({"stderr_tail": stderr} if failed else {}),
     }
+
+
+def plot_evaluations(curves: dict[str, list[Path]], path: Path, title: str, *,
+                     levels: dict[str, list[Path]] | None = None, last_evals: int = 1) -> list[str]:
+    """Greedy evaluation return against lockstep step, mean and 95% t-interval over the runs of
+    each group in `curves`, one line per group (cut to the group's shortest run). `levels` are
+    groups of evaluation-only runs (a fixed policy: their evaluations only repeat the same test),
+    drawn as a horizontal line at the mean of their scores, with its interval. Returns the labels
+    of the groups left out because none of their runs holds an evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from intervals import curve_band, mean_ci
+
+    figure, axes = plt.subplots(figsize=(6.4, 3.8))
+    left_out = []
+    colors = iter(f"C{index}" for index in range(10))  # axhline does not advance matplotlib's color cycle
+    for label, run_dirs in curves.items():
+        color = next(colors)
+        runs = [evaluations(run_dir) for run_dir in run_dirs]
+        runs = [run for run in runs if run]
+        if not runs:
+            left_out.append(label)
+            continue
+        length = min(len(run) for run in runs)
+        steps = [step for step, _ in runs[0][:length]]
+        mean, half = curve_band([[value for _, value in run[:length]] for run in runs])
+        axes.plot(steps, mean, marker=".", color=color, label=f"{label} ({len(runs)} runs)")
+        axes.fill_between(steps, mean - half, mean + half, color=color, alpha=0.2)
+    for label, run_dirs in (levels or {}).items():
+        scores = [np.mean([value for _, value in run[-last_evals:]]) for run in map(evaluations, run_dirs) if run]
+        if not scores:
+            left_out.append(label)
+            continue
+        mean, half = mean_ci(scores)
+        color = next(colors)
+        axes.axhline(mean, linestyle="--", color=color, label=f"{label} ({len(scores)} runs)")
+        axes.axhspan(mean - half, mean + half, color=color, alpha=0.12)
+    axes.set_xlabel("lockstep step")
+    axes.set_ylabel("greedy evaluation return")
+    axes.legend(fontsize=7)
+    axes.set_title(title, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    if left_out:
+        print(f"{path}: left out {left_out}: none of their runs holds an evaluation", file=sys.stderr)
+    return left_out
+
+
+def _group(spec: str) -> tuple[str, list[Path]]:
+    """LABEL=GLOB -> (label, the matching run directories, sorted)."""
+    label, _, pattern = spec.partition("=")
+    if not label or not pattern:
+        raise SystemExit(f"expected LABEL=GLOB (e.g. 'qmix=/tmp/runs/qmix_seed*'), got {spec!r}")
+    run_dirs = sorted(Path(p) for p in glob.glob(pattern))
+    if not run_dirs:
+        raise SystemExit(f"{label}: no run directory matches {pattern!r}")
+    return label, run_dirs
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python bench/runs.py plot OUT.png --title T LABEL=GLOB ... [--level LABEL=GLOB ...]`: the
+    evaluation curves of finished runs (e.g. a bench's `--root`), without running anything."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["plot"])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("groups", nargs="+", metavar="LABEL=GLOB", help="runs drawn as one curve (mean and 95%% CI)")
+    parser.add_argument("--level", action="append", default=[], metavar="LABEL=GLOB",
+                        help="evaluation-only runs drawn as a level (the mean of their scores)")
+    parser.add_argument("--last-evals", type=int, default=1, help="--level: a run's score is the mean of its last N evaluations")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    left_out = plot_evaluations(dict(map(_group, args.groups)), args.out, args.title,
+                                levels=dict(map(_group, args.level)), last_evals=args.last_evals)
+    if left_out:
+        raise SystemExit(1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/intervals.py
+    main()

@@ -1,7 +1,8 @@
 """Agent-count transfer on pursuit: trained with 2 pursuers, run zero-shot with 4, against trained
 with 4 (ALGORITHMS.md section 5; issue 12), through full Parley runs.
 
-    python bench/transfer.py [--seeds 0,1,2,3,4] [--steps 20000] [--last-evals 2] [--root DIR] [--json]
+    python bench/transfer.py [--seeds 0,1,2,3,4] [--steps 20000] [--last-evals 2] [--eval-episodes 16]
+                             [--root DIR] [--json] [--plot PNG]
 
 Per seed, one `orchestrate up` of configs/transfer_pursuit.yaml after the other (they would
 compete for the cores):
@@ -15,8 +16,11 @@ compete for the cores):
   that learned nothing scores here.
 
 Every run is scored on 4 pursuers except `train_2`'s own score (2 pursuers, shown for reference),
-by the mean of its last `--last-evals` greedy evaluations (`eval/return_mean`: the mean over
-pursuers of the episode return). Pursuit's returns are negative while little is caught (an
+by greedy evaluations (`eval/return_mean`: the mean over pursuers of the episode return): a
+training run by the mean of its last `--last-evals` (4 episodes each, the config's), an
+evaluation-only run by one evaluation of `--eval-episodes` episodes after its first step. (Its
+policy does not change and every evaluation starts from the same seed, so a second evaluation
+would only repeat the first.) Pursuit's returns are negative while little is caught (an
 urgency penalty every step), so a ratio of raw returns can mislead; the table gives both
 `zero-shot / trained-with-4` of the raw returns and the normalized score
 `(zero-shot - untrained) / (trained-with-4 - untrained)`, the part of what training with 4 gained
@@ -37,13 +41,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import mean_std, run_and_score  # noqa: E402  (the shared run helpers)
+from runs import mean_std, plot_evaluations, run_and_score  # noqa: E402  (the shared run helpers)
 
 CONFIG = "configs/transfer_pursuit.yaml"
 FOUR = ["agents.count=4", "env.kwargs.counts=[4]", "env.kwargs.per_count_kwargs={4: {n_evaders: 15}}"]
 MIX = ["agents.count=4", "env.kwargs.counts=[2, 4]", "env.kwargs.per_count_kwargs={2: {n_evaders: 8}, 4: {n_evaders: 15}}"]
 TRAINED = {"train_2": [], "train_4": FOUR, "train_mix": MIX}
-# Evaluation-only runs: learning off, as many steps as the evaluations need.
+# Evaluation-only runs: learning off, one step, then one evaluation of --eval-episodes episodes.
 ZERO_SHOT = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "untrained_4": None}
 
 
@@ -58,16 +62,16 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
         run_dir = root / f"{name}_seed{seed}"
         results[name] = run_and_score(CONFIG, [*common, f"run.steps={args.steps}", *overrides], run_dir, args.timeout, args.last_evals)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name]['wall_s']} s)", file=sys.stderr)
-    eval_steps = args.eval_every * args.last_evals
     for name, source in ZERO_SHOT.items():
         run_dir = root / f"{name}_seed{seed}"
-        overrides = [*common, f"run.steps={eval_steps}", *FOUR, "agents.learning=false"]
+        overrides = [f"run.seed={seed}", "launch.live_view=off", "run.steps=1", "env.eval_every_steps=1",
+                     f"env.eval_episodes={args.eval_episodes}", *FOUR, "agents.learning=false"]
         if source is not None:
             if results[source]["failed"] or not checkpoint_of(Path(results[source]["run_dir"])).exists():
                 results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
                 continue
             overrides.append(f"agents.load_shared_checkpoint={checkpoint_of(Path(results[source]['run_dir']))}")
-        results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, args.last_evals)
+        results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, last_evals=1)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name].get('wall_s')} s)", file=sys.stderr)
     return results
 
@@ -89,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--steps", type=int, default=20000, help="lockstep steps per training run (x4 env copies)")
     parser.add_argument("--eval-every", type=int, default=2500, help="env.eval_every_steps")
-    parser.add_argument("--last-evals", type=int, default=2)
+    parser.add_argument("--last-evals", type=int, default=2, help="a training run's score: the mean of its last N evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=16, help="episodes of an evaluation-only run's one evaluation")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="also draw the evaluation curves (mean and 95%% CI over seeds) into this PNG")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.root or Path(tempfile.mkdtemp(prefix="parley-transfer-"))
@@ -108,12 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         values = [per_ratio[s][key] for s in seeds if not math.isnan(per_ratio[s][key])]
         summary[key] = mean_std(values) + (values,)
 
+    if args.plot:
+        def run_dirs(name: str) -> list[Path]:
+            return [Path(per_seed[s][name]["run_dir"]) for s in seeds if not per_seed[s][name]["failed"]]
+        # Training runs are curves; the zero-shot and untrained runs do not learn (a level each).
+        counts = {"train_2": " (2 pursuers)", "train_4": " (4 pursuers)", "train_mix": " (2 or 4)"}
+        plot_evaluations({name + counts[name]: run_dirs(name) for name in TRAINED}, args.plot,
+                         f"pursuit_v5, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI",
+                         levels={f"{name} (4 pursuers)": run_dirs(name) for name in ZERO_SHOT}, last_evals=1)
     if args.json:
         print(json.dumps({"seeds": seeds, "steps": args.steps, "root": str(root), "runs": per_seed, "ratios": per_ratio,
                           "summary": {k: {"mean": m, "std": s, "values": v} for k, (m, s, v) in summary.items()}}, default=str))
     else:
         print(f"pursuit_v5, shared DQN, {args.steps} training steps x 4 copies, seeds {seeds}, "
-              f"score = mean of the last {args.last_evals} greedy evaluations (4 pursuers unless noted)")
+              f"score = mean of the last {args.last_evals} greedy evaluations of a training run, one of "
+              f"{args.eval_episodes} episodes of an evaluation-only run (4 pursuers unless noted)")
         print(f"{'run / ratio':<26} {'mean':>9} {'std':>8}  per seed")
         for key, (mean, std, values) in summary.items():
             label = key + {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}.get(key, "")
