@@ -47,6 +47,8 @@ CONFIG = "configs/transfer_pursuit.yaml"
 FOUR = ["agents.count=4", "env.kwargs.counts=[4]", "env.kwargs.per_count_kwargs={4: {n_evaders: 15}}"]
 MIX = ["agents.count=4", "env.kwargs.counts=[2, 4]", "env.kwargs.per_count_kwargs={2: {n_evaders: 8}, 4: {n_evaders: 15}}"]
 TRAINED = {"train_2": [], "train_4": FOUR, "train_mix": MIX}
+# The runs not scored on 4 pursuers, as the table and the plot label them.
+OTHER_COUNTS = {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}
 # Evaluation-only runs: learning off, one step, then one evaluation of --eval-episodes episodes.
 ZERO_SHOT = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "untrained_4": None}
 
@@ -118,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         def run_dirs(name: str) -> list[Path]:
             return [Path(per_seed[s][name]["run_dir"]) for s in seeds if not per_seed[s][name]["failed"]]
         # Training runs are curves; the zero-shot and untrained runs do not learn (a level each).
-        counts = {"train_2": " (2 pursuers)", "train_4": " (4 pursuers)", "train_mix": " (2 or 4)"}
-        plot_evaluations({name + counts[name]: run_dirs(name) for name in TRAINED}, args.plot,
-                         f"pursuit_v5, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI",
-                         levels={f"{name} (4 pursuers)": run_dirs(name) for name in ZERO_SHOT}, last_evals=1)
+        plot_evaluations({name + OTHER_COUNTS.get(name, ""): run_dirs(name) for name in TRAINED}, args.plot,
+                         f"pursuit_v5, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI "
+                         "(4 pursuers unless noted)",
+                         levels={name: run_dirs(name) for name in ZERO_SHOT}, last_evals=1)
     if args.json:
         print(json.dumps({"seeds": seeds, "steps": args.steps, "root": str(root), "runs": per_seed, "ratios": per_ratio,
                           "summary": {k: {"mean": m, "std": s, "values": v} for k, (m, s, v) in summary.items()}}, default=str))
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.eval_episodes} episodes of an evaluation-only run (4 pursuers unless noted)")
         print(f"{'run / ratio':<26} {'mean':>9} {'std':>8}  per seed")
         for key, (mean, std, values) in summary.items():
-            label = key + {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}.get(key, "")
+            label = key + OTHER_COUNTS.get(key, "")
             print(f"{label:<26} {mean:>9.3f} {std:>8.3f}  " + ", ".join(f"{v:.3f}" for v in values))
         print("targets (normalized): zero_shot_2 >= 0.6, zero_shot_mix >= 0.9")
         trained, untrained = summary["train_4"][0], summary["untrained_4"][0]
