@@ -98,7 +98,9 @@ def team_graph(num_agents: int) -> dict[str, list[str]]:
 def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
     """One run of `mode` with a team of `num_agents` (a pair, or a ring that all play every
     episode); per episode: every agent rewarded (`success`), all on one goal (`aligned`), the
-    fraction of the team graph's edges whose ends share a goal (`edges_aligned`)."""
+    fraction of the team graph's edges whose ends share a goal (`edges_aligned`), and each agent's
+    `proposals` and `goals` (episodes x agents; a proposal is what the agent's own goal module
+    offered the negotiation, equal to its goal in the other modes)."""
     torch.manual_seed(seed)
     graph = team_graph(num_agents)
     agents = list(graph)
@@ -126,7 +128,7 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
     hindsight = {agent: HindsightEngine(agent) for agent in agents}
 
     env.reset(seed=derive_seed(seed, 0, "env"))
-    successes, aligned, edges_aligned, env_steps_at = [], [], [], []
+    successes, aligned, edges_aligned, env_steps_at, proposals_at, goals_at = [], [], [], [], [], []
     env_steps = 0
     for episode in range(episodes):
         now = float(episode)
@@ -135,12 +137,14 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
         elif mode == "supervisor":
             goals = supervisor.assign(episode, list(agents))
         else:
-            outgoing = []
+            outgoing, proposals = [], {agent: own_goals[agent].propose(episode) for agent in agents}
             for agent in agents:
-                request = NegotiationRequest(episode, own_goals[agent].propose(episode), graph[agent], rounds=rounds)
+                request = NegotiationRequest(episode, proposals[agent], graph[agent], rounds=rounds)
                 outgoing += [(agent, d, m) for d, m in negotiators[agent].start(request, now)]
             deliver(negotiators, outgoing, now)
             goals = {agent: negotiators[agent].result.goal for agent in agents}
+        proposals_at.append([int(proposals[agent]) if mode.startswith("negotiation") else int(goals[agent]) for agent in agents])
+        goals_at.append([int(goals[agent]) for agent in agents])
 
         observations, _ = env.reset(options={"goals": goals})
         trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in agents}
@@ -183,7 +187,41 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
         edges_aligned.append(float(np.mean([goals[a] == goals[b] for a, b in edges])))
         env_steps_at.append(env_steps)
     return {"success": np.array(successes), "aligned": np.array(aligned), "edges_aligned": np.array(edges_aligned),
-            "env_steps": np.array(env_steps_at)}
+            "env_steps": np.array(env_steps_at), "proposals": np.array(proposals_at), "goals": np.array(goals_at)}
+
+
+def per_goal(result: dict, last: int) -> list[dict]:
+    """Per cooperative goal, over the last `last` episodes of one pair's run: how often agent_0
+    proposed it and ended on it, how often the pair aligned on it, and how often the pair succeeded
+    when it did. Tells whether alignment stalls because the pair keeps to the goals it has learned
+    to achieve (high success where aligned, few goals aligned on) or for another reason."""
+    proposals, goals = result["proposals"][-last:], result["goals"][-last:]
+    success = result["success"][-last:]
+    aligned_on = np.where(goals[:, 0] == goals[:, 1], goals[:, 0], -1)
+    rows = []
+    for goal in sorted(set(cooperative_goals(NUM_LANDMARKS).tolist())):
+        on_goal = aligned_on == goal
+        rows.append({
+            "goal": int(goal),
+            "proposed_by_agent_0": float(np.mean(proposals[:, 0] == goal)),
+            "goal_of_agent_0": float(np.mean(goals[:, 0] == goal)),
+            "aligned_on": float(np.mean(on_goal)),
+            "success_when_aligned_on": float(success[on_goal].mean()) if on_goal.any() else float("nan"),
+        })
+    return rows
+
+
+def print_per_goal(summary: dict) -> None:
+    """The per-goal tables of every run that has one (`--per-goal`)."""
+    for mode, rows in summary.items():
+        for row in rows:
+            if "per_goal" not in row:
+                continue
+            print(f"{mode} seed {row['seed']}, final window, per cooperative goal:")
+            print(f"  {'goal':>5}{'proposed (agent_0)':>20}{'goal of agent_0':>17}{'aligned on':>12}{'success when aligned':>22}")
+            for goal in row["per_goal"]:
+                print(f"  {goal['goal']:>5}{goal['proposed_by_agent_0']:>20.3f}{goal['goal_of_agent_0']:>17.3f}"
+                      f"{goal['aligned_on']:>12.3f}{goal['success_when_aligned_on']:>22.3f}")
 
 
 CURVE_WINDOW = 100  # episodes per point of the learning curves
@@ -494,6 +532,9 @@ def main() -> None:
                         help="--ring: run the ring in one process (as the pair's default), not through the runtime")
     parser.add_argument("--save", type=Path, help="in-process: also write the results with per-window curves (JSON) here")
     parser.add_argument("--plot", type=Path, help="in-process: draw the learning curves (mean ± 95%% CI over seeds) into this PNG")
+    parser.add_argument("--per-goal", action="store_true",
+                        help="in-process: also print, per run, each cooperative goal's share of proposals, goals and "
+                             "alignments and the success when aligned on it, over the final window")
     parser.add_argument("--replot", type=Path, help="draw --plot from a JSON written by --save, without running")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="--runtime: a config override for every run (orchestrate up --set), repeatable")
@@ -548,7 +589,10 @@ def main() -> None:
                                         for end in range(CURVE_WINDOW, len(result["env_steps"]) + 1, CURVE_WINDOW)],
                 }
             )
-            print(f"# {mode} seed {seed}: " + json.dumps({k: v for k, v in per_seed[-1].items() if not k.endswith("_curve")}),
+            if args.per_goal:
+                per_seed[-1]["per_goal"] = per_goal(result, last)
+            print(f"# {mode} seed {seed}: " + json.dumps({k: v for k, v in per_seed[-1].items()
+                                                        if not k.endswith("_curve") and k != "per_goal"}),
                   file=sys.stderr, flush=True)
         summary[mode] = per_seed
     conditions = {"seeds": args.seeds, "first_seed": args.first_seed, "episodes": args.episodes, "landmarks": NUM_LANDMARKS,
@@ -561,6 +605,8 @@ def main() -> None:
         plot_curves(summary, conditions, args.plot)
 
     report(summary, conditions, args.json)
+    if args.per_goal and not args.json:  # with --json the tables are in per_seed
+        print_per_goal(summary)
 
 
 if __name__ == "__main__":

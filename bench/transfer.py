@@ -2,7 +2,7 @@
 with 4 (ALGORITHMS.md section 5; issue 12), through full Parley runs.
 
     python bench/transfer.py [--seeds 0,1,2,3,4] [--steps 20000] [--last-evals 2] [--eval-episodes 16]
-                             [--root DIR] [--json] [--plot PNG]
+                             [--grid N] [--root DIR] [--json] [--plot PNG]
 
 Per seed, one `orchestrate up` of configs/transfer_pursuit.yaml after the other (they would
 compete for the cores):
@@ -26,6 +26,12 @@ urgency penalty every step), so a ratio of raw returns can mislead; the table gi
 `(zero-shot - untrained) / (trained-with-4 - untrained)`, the part of what training with 4 gained
 that the transferred policy keeps. The targets (>= 0.6x from 2 pursuers, >= 0.9x from the mix)
 are read on the normalized score.
+
+`--grid N` plays every run on an N x N grid instead of pursuit's 16 x 16 (the reference's, and
+the default here). At 16 x 16 a random team catches almost nothing in 100 cycles, and 20,000
+steps x 4 copies of shared DQN learn nothing there (README, Centralized training and agent-count
+transfer); on 8 x 8 catches are frequent enough to learn from at this budget. A figure taken with
+`--grid` is not the reference's setting and is labelled with its grid.
 
 A run that exits non-zero or evaluates nothing is reported as failed and left out; the script
 then exits 1.
@@ -59,14 +65,15 @@ def checkpoint_of(run_dir: Path) -> Path:
 
 def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
     results: dict[str, dict] = {}
-    common = [f"run.seed={seed}", f"env.eval_every_steps={args.eval_every}", "launch.live_view=off"]
+    grid = [f"env.kwargs.base_kwargs.x_size={args.grid}", f"env.kwargs.base_kwargs.y_size={args.grid}"] if args.grid else []
+    common = [f"run.seed={seed}", f"env.eval_every_steps={args.eval_every}", "launch.live_view=off", *grid]
     for name, overrides in TRAINED.items():
         run_dir = root / f"{name}_seed{seed}"
         results[name] = run_and_score(CONFIG, [*common, f"run.steps={args.steps}", *overrides], run_dir, args.timeout, args.last_evals)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name]['wall_s']} s)", file=sys.stderr)
     for name, source in ZERO_SHOT.items():
         run_dir = root / f"{name}_seed{seed}"
-        overrides = [f"run.seed={seed}", "launch.live_view=off", "run.steps=1", "env.eval_every_steps=1",
+        overrides = [f"run.seed={seed}", "launch.live_view=off", *grid, "run.steps=1", "env.eval_every_steps=1",
                      f"env.eval_episodes={args.eval_episodes}", *FOUR, "agents.learning=false"]
         if source is not None:
             if results[source]["failed"] or not checkpoint_of(Path(results[source]["run_dir"])).exists():
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=2500, help="env.eval_every_steps")
     parser.add_argument("--last-evals", type=int, default=2, help="a training run's score: the mean of its last N evaluations")
     parser.add_argument("--eval-episodes", type=int, default=16, help="episodes of an evaluation-only run's one evaluation")
+    parser.add_argument("--grid", type=int, default=None,
+                        help="play on an N x N grid (default: pursuit's 16 x 16, the reference's); see the module doc")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
@@ -104,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     root = args.root or Path(tempfile.mkdtemp(prefix="parley-transfer-"))
+    grid_label = f"{args.grid}x{args.grid}" if args.grid else "16x16"
     per_seed = {seed: run_seed(seed, args, root) for seed in seeds}
     per_ratio = {seed: ratios(result) for seed, result in per_seed.items()}
     failed = [(seed, name, r.get("stderr_tail", "")) for seed, result in per_seed.items() for name, r in result.items() if r["failed"]]
@@ -121,14 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             return [Path(per_seed[s][name]["run_dir"]) for s in seeds if not per_seed[s][name]["failed"]]
         # Training runs are curves; the zero-shot and untrained runs do not learn (a level each).
         plot_evaluations({name + OTHER_COUNTS.get(name, ""): run_dirs(name) for name in TRAINED}, args.plot,
-                         f"pursuit_v5, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI "
+                         f"pursuit_v5 {grid_label}, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI "
                          "(4 pursuers unless noted)",
                          levels={name: run_dirs(name) for name in ZERO_SHOT}, last_evals=1)
     if args.json:
-        print(json.dumps({"seeds": seeds, "steps": args.steps, "root": str(root), "runs": per_seed, "ratios": per_ratio,
+        print(json.dumps({"seeds": seeds, "steps": args.steps, "grid": grid_label, "root": str(root), "runs": per_seed, "ratios": per_ratio,
                           "summary": {k: {"mean": m, "std": s, "values": v} for k, (m, s, v) in summary.items()}}, default=str))
     else:
-        print(f"pursuit_v5, shared DQN, {args.steps} training steps x 4 copies, seeds {seeds}, "
+        print(f"pursuit_v5 {grid_label}, shared DQN, {args.steps} training steps x 4 copies, seeds {seeds}, "
               f"score = mean of the last {args.last_evals} greedy evaluations of a training run, one of "
               f"{args.eval_episodes} episodes of an evaluation-only run (4 pursuers unless noted)")
         print(f"{'run / ratio':<26} {'mean':>9} {'std':>8}  per seed")

@@ -60,3 +60,32 @@ def test_a_ring_of_six_negotiates_every_episode(mode):
     assert np.all((0 <= result["edges_aligned"]) & (result["edges_aligned"] <= 1))
     # A team on one goal has every edge aligned.
     assert np.all(result["edges_aligned"][result["aligned"] == 1] == 1)
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_each_run_records_every_agents_proposal_and_goal(mode):
+    result = bench.run(mode, seed=0, episodes=5)
+    assert result["proposals"].shape == result["goals"].shape == (5, 2)
+    allowed = set(bench.cooperative_goals(bench.NUM_LANDMARKS).tolist())
+    assert set(result["goals"].ravel()) <= allowed and set(result["proposals"].ravel()) <= allowed
+    if not mode.startswith("negotiation"):  # nothing to negotiate: the proposal is the goal
+        np.testing.assert_array_equal(result["proposals"], result["goals"])
+    np.testing.assert_array_equal(result["aligned"], result["goals"][:, 0] == result["goals"][:, 1])
+
+
+def test_per_goal_counts_proposals_alignments_and_success_per_goal_in_the_final_window():
+    goals = sorted(bench.cooperative_goals(bench.NUM_LANDMARKS).tolist())
+    a, b, c = goals[:3]
+    result = {
+        # The first episode is outside the final window of 4 and must not count.
+        "proposals": np.array([[c, c], [a, b], [a, a], [b, a], [a, c]]),
+        "goals": np.array([[c, c], [a, a], [a, a], [b, a], [b, b]]),
+        "success": np.array([1.0, 1.0, 0.0, 0.0, 1.0]),
+    }
+    rows = {row["goal"]: row for row in bench.per_goal(result, last=4)}
+    assert set(rows) == set(goals)
+    assert rows[a]["proposed_by_agent_0"] == 0.75 and rows[a]["goal_of_agent_0"] == 0.5
+    assert rows[a]["aligned_on"] == 0.5 and rows[a]["success_when_aligned_on"] == 0.5
+    assert rows[b]["proposed_by_agent_0"] == 0.25 and rows[b]["aligned_on"] == 0.25
+    assert rows[b]["success_when_aligned_on"] == 1.0
+    assert rows[c]["aligned_on"] == 0.0 and np.isnan(rows[c]["success_when_aligned_on"])
