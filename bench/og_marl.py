@@ -327,7 +327,10 @@ def summarize(values: list[float]) -> dict:
     if array.size >= 2:
         std = float(array.std(ddof=1))
         summary["std"] = std
-        low, high = stats.t.interval(0.95, df=array.size - 1, loc=array.mean(), scale=std / math.sqrt(array.size))
+        if std > 0:
+            low, high = stats.t.interval(0.95, df=array.size - 1, loc=array.mean(), scale=std / math.sqrt(array.size))
+        else:  # equal values (e.g. the gradient steps every run owes): scipy's interval would be nan
+            low = high = array.mean()
         summary["ci95"] = [float(low), float(high)]
     return summary
 

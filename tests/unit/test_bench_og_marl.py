@@ -123,6 +123,8 @@ def test_summary_uses_the_sample_std_and_a_t_interval():
     assert summary["ci95"] == pytest.approx([390.0 - half_width, 390.0 + half_width])
     assert summary["values"] == [380.0, 390.0, 400.0]
     assert "std" not in bench.summarize([1.0]) and bench.summarize([])["n"] == 0
+    # Equal values (every run's owed gradient steps) have a zero-width interval, not scipy's nan.
+    assert bench.summarize([24000.0] * 5)["ci95"] == [24000.0, 24000.0]
 
 
 def test_every_variant_has_a_config_that_exists():
