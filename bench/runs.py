@@ -58,18 +58,62 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
-def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int) -> dict:
+def finished_exit_code(run_dir: Path) -> int | None:
+    """The exit code the orchestrator recorded when `run_dir`'s run ended (its `run_finished`
+    event), or None if the run never finished (or never started)."""
+    events = run_dir / "events.jsonl"
+    if not events.exists():
+        return None
+    for line in reversed(events.read_text().splitlines()):
+        if '"run_finished"' in line:
+            return int(json.loads(line)["exit_code"])
+    return None
+
+
+def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int,
+                  reuse: bool = False) -> dict:
     """One run, scored by the mean of its last `last_evals` greedy evaluations; `failed` when it
-    exited non-zero or evaluated nothing (with the end of its stderr)."""
+    exited non-zero or evaluated nothing (with the end of its stderr).
+
+    `reuse`: a run that already finished in `run_dir` (an earlier invocation of the bench with
+    the same root) is scored as it is instead of run again (`reused` in the result, no wall
+    time); a run directory left unfinished is renamed `<name>.unfinished-<time>`, not deleted, and
+    the run starts afresh. A finished run made with other settings than `overrides` ask for is
+    refused (ValueError), not scored."""
+    if reuse and run_dir.exists():
+        code = finished_exit_code(run_dir)
+        if code is not None:
+            check_made_with(run_dir, overrides)
+            return {**_scored(run_dir, code, last_evals, "the reused run exited non-zero or evaluated nothing"),
+                    "wall_s": None, "reused": True}
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}"))
     started = time.monotonic()
     code, stderr = run_once(config, overrides, run_dir, timeout_s)
+    return {**_scored(run_dir, code, last_evals, stderr), "wall_s": round(time.monotonic() - started, 1)}
+
+
+def check_made_with(run_dir: Path, overrides: list[str]) -> None:
+    """Raise ValueError unless every `--set` in `overrides` holds in `run_dir`'s resolved.yaml."""
+    sys.path.insert(0, str(REPO))
+    from orchestrator.overrides import load_yaml, parse_override
+
+    resolved = load_yaml((run_dir / "resolved.yaml").read_text())
+    for text in overrides:
+        segments, wanted = parse_override(text)
+        node = resolved
+        for segment in segments:
+            node = node.get(segment) if isinstance(node, dict) else None
+        if node != wanted:
+            raise ValueError(f"{run_dir} cannot be reused: it was run with {'.'.join(segments)}={node!r}, "
+                             f"this invocation asks for {text!r}")
+
+
+def _scored(run_dir: Path, code: int, last_evals: int, stderr: str) -> dict:
     evals = evaluations(run_dir)
     last = [value for _, value in evals[-last_evals:]]
     failed = code != 0 or not last
-    return {
-        "exit_code": code, "failed": failed, "score": sum(last) / len(last) if last else None, "evaluations": evals,
-        "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir), **({"stderr_tail": stderr} if failed else {}),
-    }
+    return {"exit_code": code, "failed": failed, "score": sum(last) / len(last) if last else None, "evaluations": evals,
+            "run_dir": str(run_dir), **({"stderr_tail": stderr} if failed else {})}
 
 
 def plot_evaluations(curves: dict[str, list[Path]], path: Path, title: str, *,

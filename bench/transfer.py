@@ -2,7 +2,7 @@
 with 4 (ALGORITHMS.md section 5; issue 12), through full Parley runs.
 
     python bench/transfer.py [--seeds 0,1,2,3,4] [--steps 20000] [--last-evals 2] [--eval-episodes 16]
-                             [--grid N] [--root DIR] [--json] [--plot PNG]
+                             [--grid N] [--root DIR] [--reuse] [--json] [--plot PNG]
 
 Per seed, one `orchestrate up` of configs/transfer_pursuit.yaml after the other (they would
 compete for the cores):
@@ -10,22 +10,28 @@ compete for the cores):
 - `train_2`: 2 pursuers (8 evaders) learn; `train_4`: 4 pursuers (15 evaders) learn;
   `train_mix`: 4 agent nodes, a count of 2 or 4 pursuers drawn per episode (the variable-count
   wrapper; in a 2-pursuer episode agents 2 and 3 sit it out);
-- `zero_shot_2`, `zero_shot_mix`: 4 pursuers with learning off, every agent loading agent_0's
-  final checkpoint of `train_2` / `train_mix` (`agents.load_shared_checkpoint`);
-- `untrained_4`: 4 pursuers with learning off and freshly initialized networks: what a policy
-  that learned nothing scores here.
+- evaluation-only runs, 4 pursuers with learning off: `zero_shot_2`, `zero_shot_mix` and
+  `trained_4`, every agent loading agent_0's final checkpoint of `train_2` / `train_mix` /
+  `train_4` (`agents.load_shared_checkpoint`), and `untrained_4`, freshly initialized networks:
+  what a policy that learned nothing scores here.
 
-Every run is scored on 4 pursuers except `train_2`'s own score (2 pursuers, shown for reference),
-by greedy evaluations (`eval/return_mean`: the mean over pursuers of the episode return): a
-training run by the mean of its last `--last-evals` (4 episodes each, the config's), an
-evaluation-only run by one evaluation of `--eval-episodes` episodes after its first step. (Its
-policy does not change and every evaluation starts from the same seed, so a second evaluation
-would only repeat the first.) Pursuit's returns are negative while little is caught (an
-urgency penalty every step), so a ratio of raw returns can mislead; the table gives both
-`zero-shot / trained-with-4` of the raw returns and the normalized score
-`(zero-shot - untrained) / (trained-with-4 - untrained)`, the part of what training with 4 gained
-that the transferred policy keeps. The targets (>= 0.6x from 2 pursuers, >= 0.9x from the mix)
-are read on the normalized score.
+A training run is scored by the mean of its last `--last-evals` greedy evaluations (4 episodes
+each, the config's; `eval/return_mean`, the mean over pursuers of the episode return), on 4
+pursuers except `train_2` (2) and `train_mix` (2 or 4 per episode); those scores are shown for
+reference. The transfer is read on the evaluation-only runs, each scored by one evaluation of
+`--eval-episodes` episodes after its first step, all from the same evaluation seed within a
+seed: the zero-shot policies are compared with `trained_4`, the policy trained with 4 evaluated
+the same way, not with its training run's last few 4-episode evaluations. (A fixed policy
+evaluated again from the same seed would only repeat the first evaluation.) Pursuit's returns
+are negative while little is caught (an urgency penalty every step), so a ratio of raw returns
+can mislead; the table gives both `zero-shot / trained_4` of the raw returns and the normalized
+score `(zero-shot - untrained_4) / (trained_4 - untrained_4)`, the part of what training with 4
+gained that the transferred policy keeps. The targets (>= 0.6x from 2 pursuers, >= 0.9x from the
+mix) are read on the normalized score.
+
+`--reuse` scores the runs an earlier invocation with the same `--root` finished instead of running
+them again (and reruns what it left unfinished); a finished run made with other settings is
+refused.
 
 `--grid N` plays every run on an N x N grid instead of pursuit's 16 x 16 (the reference's, and
 the default here). At 16 x 16 a random team catches almost nothing in 100 cycles, and 20,000
@@ -55,8 +61,9 @@ MIX = ["agents.count=4", "env.kwargs.counts=[2, 4]", "env.kwargs.per_count_kwarg
 TRAINED = {"train_2": [], "train_4": FOUR, "train_mix": MIX}
 # The runs not scored on 4 pursuers, as the table and the plot label them.
 OTHER_COUNTS = {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}
-# Evaluation-only runs: learning off, one step, then one evaluation of --eval-episodes episodes.
-ZERO_SHOT = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "untrained_4": None}
+# Evaluation-only runs (learning off, one step, then one evaluation of --eval-episodes episodes on 4
+# pursuers) -> the training run whose agent_0 checkpoint every agent loads (None: untrained).
+EVALUATION_ONLY = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "trained_4": "train_4", "untrained_4": None}
 
 
 def checkpoint_of(run_dir: Path) -> Path:
@@ -69,9 +76,10 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
     common = [f"run.seed={seed}", f"env.eval_every_steps={args.eval_every}", "launch.live_view=off", *grid]
     for name, overrides in TRAINED.items():
         run_dir = root / f"{name}_seed{seed}"
-        results[name] = run_and_score(CONFIG, [*common, f"run.steps={args.steps}", *overrides], run_dir, args.timeout, args.last_evals)
+        results[name] = run_and_score(CONFIG, [*common, f"run.steps={args.steps}", *overrides], run_dir, args.timeout,
+                                      args.last_evals, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name]['wall_s']} s)", file=sys.stderr)
-    for name, source in ZERO_SHOT.items():
+    for name, source in EVALUATION_ONLY.items():
         run_dir = root / f"{name}_seed{seed}"
         overrides = [f"run.seed={seed}", "launch.live_view=off", *grid, "run.steps=1", "env.eval_every_steps=1",
                      f"env.eval_episodes={args.eval_episodes}", *FOUR, "agents.learning=false"]
@@ -80,17 +88,18 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
                 results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
                 continue
             overrides.append(f"agents.load_shared_checkpoint={checkpoint_of(Path(results[source]['run_dir']))}")
-        results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, last_evals=1)
+        results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, last_evals=1, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name].get('wall_s')} s)", file=sys.stderr)
     return results
 
 
 def ratios(result: dict[str, dict]) -> dict[str, float]:
-    """Raw and normalized transfer ratios of one seed (NaN where a run it needs failed)."""
+    """Raw and normalized transfer ratios of one seed against `trained_4` (NaN where a run it
+    needs failed)."""
     score = {name: (r["score"] if not r["failed"] else math.nan) for name, r in result.items()}
     out = {}
     for name in ("zero_shot_2", "zero_shot_mix"):
-        trained, untrained, zero_shot = score["train_4"], score["untrained_4"], score[name]
+        trained, untrained, zero_shot = score["trained_4"], score["untrained_4"], score[name]
         out[f"{name}/raw"] = zero_shot / trained if trained and not math.isnan(trained) else math.nan
         gained = trained - untrained
         out[f"{name}/normalized"] = (zero_shot - untrained) / gained if gained and not math.isnan(gained) else math.nan
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="play on an N x N grid (default: pursuit's 16 x 16, the reference's); see the module doc")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true", help="score the runs an earlier invocation with this --root finished")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, help="also draw the evaluation curves (mean and 95%% CI over seeds) into this PNG")
     args = parser.parse_args(argv)
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [(seed, name, r.get("stderr_tail", "")) for seed, result in per_seed.items() for name, r in result.items() if r["failed"]]
 
     summary = {}
-    for name in [*TRAINED, *ZERO_SHOT]:
+    for name in [*TRAINED, *EVALUATION_ONLY]:
         values = [per_seed[s][name]["score"] for s in seeds if not per_seed[s][name]["failed"]]
         summary[name] = mean_std(values) + (values,)
     for key in ("zero_shot_2/raw", "zero_shot_2/normalized", "zero_shot_mix/raw", "zero_shot_mix/normalized"):
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_evaluations({name + OTHER_COUNTS.get(name, ""): run_dirs(name) for name in TRAINED}, args.plot,
                          f"pursuit_v5 {grid_label}, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI "
                          "(4 pursuers unless noted)",
-                         levels={name: run_dirs(name) for name in ZERO_SHOT}, last_evals=1)
+                         levels={name: run_dirs(name) for name in EVALUATION_ONLY}, last_evals=1)
     if args.json:
         print(json.dumps({"seeds": seeds, "steps": args.steps, "grid": grid_label, "root": str(root), "runs": per_seed, "ratios": per_ratio,
                           "summary": {k: {"mean": m, "std": s, "values": v} for k, (m, s, v) in summary.items()}}, default=str))
@@ -146,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             label = key + OTHER_COUNTS.get(key, "")
             print(f"{label:<26} {mean:>9.3f} {std:>8.3f}  " + ", ".join(f"{v:.3f}" for v in values))
         print("targets (normalized): zero_shot_2 >= 0.6, zero_shot_mix >= 0.9")
-        trained, untrained = summary["train_4"][0], summary["untrained_4"][0]
+        trained, untrained = summary["trained_4"][0], summary["untrained_4"][0]
         if not trained > untrained + 0.1 * abs(untrained):
-            print("warning: trained-with-4 is within 10% of untrained: nothing was learned at this budget, "
+            print("warning: trained_4 is within 10% of untrained_4: nothing was learned at this budget, "
                   "so the normalized ratios divide by noise")
         print(f"runs in {root}")
     for seed, name, tail in failed:

@@ -47,3 +47,46 @@ def test_the_command_line_refuses_a_glob_that_matches_nothing(tmp_path):
         runs.main(["plot", str(tmp_path / "x.png"), f"{tmp_path}/a_seed*"])
     runs.main(["plot", str(tmp_path / "x.png"), f"a={tmp_path}/a_seed*"])
     assert (tmp_path / "x.png").exists()
+
+
+def finish(run_dir: Path, exit_code: int, resolved: str) -> Path:
+    """Mark `run_dir` as a run the orchestrator finished with `exit_code`, made with `resolved`."""
+    (run_dir / "resolved.yaml").write_text(resolved)
+    events = [{"event": "started", "node": None}, {"event": "run_finished", "node": None, "exit_code": exit_code, "reason": "x"}]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
+    return run_dir
+
+
+def test_a_finished_run_is_reused_without_running_it_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "run_once", lambda *args: pytest.fail("a finished run was run again"))
+    run = finish(make_run(tmp_path, "a_seed0", [(100, -3.0), (200, -1.0)]), 0, "run: {seed: 0, steps: 200}\n")
+    result = runs.run_and_score("any.yaml", ["run.seed=0", "run.steps=200"], run, 60, last_evals=2, reuse=True)
+    assert result["reused"] and not result["failed"] and result["score"] == -2.0
+    failed = finish(make_run(tmp_path, "b_seed0", [(100, -3.0)]), 1, "run: {seed: 0}\n")
+    assert runs.run_and_score("any.yaml", [], failed, 60, last_evals=1, reuse=True)["failed"]
+
+
+def test_a_finished_run_made_with_other_settings_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "run_once", lambda *args: pytest.fail("ran"))
+    run = finish(make_run(tmp_path, "a_seed0", [(100, -3.0)]), 0, "run: {seed: 0}\nenv: {kwargs: {base_kwargs: {x_size: 8}}}\n")
+    runs.check_made_with(run, ["run.seed=0", "env.kwargs.base_kwargs.x_size=8"])
+    with pytest.raises(ValueError, match=r"run.seed=0, this invocation asks for 'run.seed=1'"):
+        runs.run_and_score("any.yaml", ["run.seed=1"], run, 60, last_evals=1, reuse=True)
+    with pytest.raises(ValueError, match=r"y_size=None"):  # a setting the run did not have
+        runs.check_made_with(run, ["env.kwargs.base_kwargs.y_size=8"])
+
+
+def test_an_unfinished_run_is_kept_aside_and_run_afresh(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_run_once(config, overrides, run_dir, timeout_s):
+        ran.append(run_dir)
+        make_run(run_dir.parent, run_dir.name, [(100, 5.0)])
+        return 0, ""
+
+    monkeypatch.setattr(runs, "run_once", fake_run_once)
+    unfinished = make_run(tmp_path, "a_seed0", [(100, -3.0)])  # no run_finished event: it was interrupted
+    result = runs.run_and_score("any.yaml", [], unfinished, 60, last_evals=1, reuse=True)
+    assert ran == [unfinished] and result["score"] == 5.0 and "reused" not in result
+    kept = [path.name for path in tmp_path.iterdir() if path.name.startswith("a_seed0.unfinished-")]
+    assert len(kept) == 1 and runs.evaluations(tmp_path / kept[0]) == [(100, -3.0)]
