@@ -11,9 +11,16 @@ compete for the cores):
   `train_mix`: 4 agent nodes, a count of 2 or 4 pursuers drawn per episode (the variable-count
   wrapper; in a 2-pursuer episode agents 2 and 3 sit it out);
 - evaluation-only runs, 4 pursuers with learning off: `zero_shot_2`, `zero_shot_mix` and
-  `trained_4`, every agent loading agent_0's final checkpoint of `train_2` / `train_mix` /
-  `train_4` (`agents.load_shared_checkpoint`), and `untrained_4`, freshly initialized networks:
-  what a policy that learned nothing scores here.
+  `trained_4_agent_0`, every agent loading agent_0's final checkpoint of `train_2` / `train_mix` /
+  `train_4` (`agents.load_shared_checkpoint`); `trained_4`, each agent loading its own final
+  checkpoint of `train_4` (`agents.load_checkpoints`: the team as it ended training); and
+  `untrained_4`, freshly initialized networks: what a policy that learned nothing scores here.
+
+Why two evaluations of `train_4`: the agents' copies of the shared network are averaged every
+500 steps and drift apart in between (each trains on its own pursuer's rows), and a run's last
+checkpoint comes after its last averaging. agent_0's copy then acts for all four pursuers
+noticeably worse than the four copies do for their own (measured: README, Benchmarks, Agent-count
+transfer), so the transfer is compared with the team as it ended, `trained_4`.
 
 A training run is scored by the mean of its last `--last-evals` greedy evaluations (4 episodes
 each, the config's; `eval/return_mean`, the mean over pursuers of the episode return), on 4
@@ -63,11 +70,29 @@ TRAINED = {"train_2": [], "train_4": FOUR, "train_mix": MIX}
 OTHER_COUNTS = {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}
 # Evaluation-only runs (learning off, one step, then one evaluation of --eval-episodes episodes on 4
 # pursuers) -> the training run whose agent_0 checkpoint every agent loads (None: untrained).
-EVALUATION_ONLY = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "trained_4": "train_4", "untrained_4": None}
+EVALUATION_ONLY = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "trained_4": "train_4",
+                   "trained_4_agent_0": "train_4", "untrained_4": None}
+# ... except these, where each agent loads its own final checkpoint of that run.
+OWN_CHECKPOINTS = {"trained_4"}
 
 
-def checkpoint_of(run_dir: Path) -> Path:
-    return run_dir / "nodes" / "agent_0" / "checkpoints" / "latest.pt"
+def checkpoint_of(run_dir: Path, agent: int = 0) -> Path:
+    return run_dir / "nodes" / f"agent_{agent}" / "checkpoints" / "latest.pt"
+
+
+def own_checkpoints(run_dir: Path, count: int) -> Path | None:
+    """A directory in `run_dir` laid out as `agents.load_checkpoints` reads it (<env agent>/latest.pt),
+    linking each pursuer to the final checkpoint of the agent node that drove it (agent_i drives
+    pursuer_i: the nodes claim env agents by index); None if a checkpoint is missing."""
+    if not all(checkpoint_of(run_dir, i).exists() for i in range(count)):
+        return None
+    directory = run_dir / "final_checkpoints"
+    for i in range(count):
+        link = directory / f"pursuer_{i}" / "latest.pt"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(checkpoint_of(run_dir, i).resolve())
+    return directory
 
 
 def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
@@ -84,10 +109,13 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
         overrides = [f"run.seed={seed}", "launch.live_view=off", *grid, "run.steps=1", "env.eval_every_steps=1",
                      f"env.eval_episodes={args.eval_episodes}", *FOUR, "agents.learning=false"]
         if source is not None:
-            if results[source]["failed"] or not checkpoint_of(Path(results[source]["run_dir"])).exists():
+            source_dir = Path(results[source]["run_dir"])
+            own = own_checkpoints(source_dir, 4) if name in OWN_CHECKPOINTS and not results[source]["failed"] else None
+            if results[source]["failed"] or not checkpoint_of(source_dir).exists() or (name in OWN_CHECKPOINTS and own is None):
                 results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
                 continue
-            overrides.append(f"agents.load_shared_checkpoint={checkpoint_of(Path(results[source]['run_dir']))}")
+            overrides.append(f"agents.load_checkpoints={own}" if name in OWN_CHECKPOINTS
+                             else f"agents.load_shared_checkpoint={checkpoint_of(source_dir)}")
         results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, last_evals=1, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name].get('wall_s')} s)", file=sys.stderr)
     return results

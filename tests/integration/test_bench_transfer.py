@@ -1,7 +1,8 @@
 """bench/transfer.py end to end at a tiny budget: the three training runs learn and are scored by
-their evaluations, the evaluation-only runs (zero-shot, trained_4, untrained) run one step and
-evaluate once with --eval-episodes episodes, every run plays on the --grid asked for, the curves
-are drawn, and a second invocation with --reuse scores the finished runs without running them."""
+their evaluations; the evaluation-only runs (zero-shot, trained_4 with each agent's own checkpoint,
+trained_4_agent_0, untrained) run one step and evaluate once with --eval-episodes episodes from
+the checkpoints they name; every run plays on the --grid asked for; the curves are drawn; and a
+second invocation with --reuse scores the finished runs without running them."""
 
 from __future__ import annotations
 
@@ -36,8 +37,16 @@ def test_evaluation_only_runs_evaluate_once_with_the_episodes_asked_for(tmp_path
         resolved = yaml.safe_load((tmp_path / f"{name}_seed0" / "resolved.yaml").read_text())
         assert resolved["run"]["steps"] == 1 and resolved["env"]["eval_episodes"] == 3
         assert resolved["agents"]["learning"] is False and resolved["agents"]["count"] == 4
-        loaded = resolved["agents"].get("load_shared_checkpoint")
-        assert (loaded is None) if source is None else loaded == str(bench.checkpoint_of(tmp_path / f"{source}_seed0")), name
+        shared, own = resolved["agents"].get("load_shared_checkpoint"), resolved["agents"].get("load_checkpoints")
+        if source is None:
+            assert shared is None and own is None, name
+        elif name in bench.OWN_CHECKPOINTS:  # each pursuer its own agent node's final checkpoint
+            assert shared is None, name
+            for i in range(4):
+                link = Path(own) / f"pursuer_{i}" / "latest.pt"
+                assert link.resolve() == bench.checkpoint_of(tmp_path / f"{source}_seed0", i).resolve(), (name, i)
+        else:
+            assert own is None and shared == str(bench.checkpoint_of(tmp_path / f"{source}_seed0")), name
     for name in [*bench.TRAINED, *bench.EVALUATION_ONLY]:
         resolved = yaml.safe_load((tmp_path / f"{name}_seed0" / "resolved.yaml").read_text())
         base_kwargs = resolved["env"]["kwargs"]["base_kwargs"]
