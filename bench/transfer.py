@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             return [Path(per_seed[s][name]["run_dir"]) for s in seeds if not per_seed[s][name]["failed"]]
         # Training runs are curves; the zero-shot and untrained runs do not learn (a level each).
         plot_evaluations({name + OTHER_COUNTS.get(name, ""): run_dirs(name) for name in TRAINED}, args.plot,
-                         f"pursuit_v5 {grid_label}, shared DQN, {args.steps} steps x 4 copies, seeds {seeds}, 95% CI "
-                         "(4 pursuers unless noted)",
+                         f"pursuit_v5 {grid_label}, shared DQN, {args.steps} steps x 4 copies, {len(seeds)} seeds, 95% CI\n"
+                         "(4 pursuers unless noted; dashed: evaluation-only runs)",
                          levels={name: run_dirs(name) for name in EVALUATION_ONLY}, last_evals=1)
     if args.json:
         print(json.dumps({"seeds": seeds, "steps": args.steps, "grid": grid_label, "root": str(root), "runs": per_seed, "ratios": per_ratio,
