@@ -133,9 +133,9 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
     for episode in range(episodes):
         now = float(episode)
         if mode == "independent":
-            goals = {agent: own_goals[agent].propose(episode) for agent in agents}
+            goals = proposals = {agent: own_goals[agent].propose(episode) for agent in agents}
         elif mode == "supervisor":
-            goals = supervisor.assign(episode, list(agents))
+            goals = proposals = supervisor.assign(episode, list(agents))
         else:
             outgoing, proposals = [], {agent: own_goals[agent].propose(episode) for agent in agents}
             for agent in agents:
@@ -143,7 +143,7 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
                 outgoing += [(agent, d, m) for d, m in negotiators[agent].start(request, now)]
             deliver(negotiators, outgoing, now)
             goals = {agent: negotiators[agent].result.goal for agent in agents}
-        proposals_at.append([int(proposals[agent]) if mode.startswith("negotiation") else int(goals[agent]) for agent in agents])
+        proposals_at.append([int(proposals[agent]) for agent in agents])
         goals_at.append([int(goals[agent]) for agent in agents])
 
         observations, _ = env.reset(options={"goals": goals})

@@ -110,12 +110,17 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
                      f"env.eval_episodes={args.eval_episodes}", *FOUR, "agents.learning=false"]
         if source is not None:
             source_dir = Path(results[source]["run_dir"])
-            own = own_checkpoints(source_dir, 4) if name in OWN_CHECKPOINTS and not results[source]["failed"] else None
-            if results[source]["failed"] or not checkpoint_of(source_dir).exists() or (name in OWN_CHECKPOINTS and own is None):
+            if results[source]["failed"]:
+                checkpoint = None
+            elif name in OWN_CHECKPOINTS:
+                checkpoint = own_checkpoints(source_dir, 4)
+            else:
+                checkpoint = checkpoint_of(source_dir) if checkpoint_of(source_dir).exists() else None
+            if checkpoint is None:
                 results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
                 continue
-            overrides.append(f"agents.load_checkpoints={own}" if name in OWN_CHECKPOINTS
-                             else f"agents.load_shared_checkpoint={checkpoint_of(source_dir)}")
+            setting = "load_checkpoints" if name in OWN_CHECKPOINTS else "load_shared_checkpoint"
+            overrides.append(f"agents.{setting}={checkpoint}")
         results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, last_evals=1, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name].get('wall_s')} s)", file=sys.stderr)
     return results
