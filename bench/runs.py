@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the orchestrator's readers (run_finished events, --set overrides), imported where used
 
 
 def run_once(config: str, overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[int, str]:
@@ -61,13 +62,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def finished_exit_code(run_dir: Path) -> int | None:
     """The exit code the orchestrator recorded when `run_dir`'s run ended (its `run_finished`
     event), or None if the run never finished (or never started)."""
-    events = run_dir / "events.jsonl"
-    if not events.exists():
-        return None
-    for line in reversed(events.read_text().splitlines()):
-        if '"run_finished"' in line:
-            return int(json.loads(line)["exit_code"])
-    return None
+    from orchestrator.rundir import EVENTS_FILENAME, read_jsonl
+
+    finished = [event for event in read_jsonl(run_dir / EVENTS_FILENAME) if event.get("event") == "run_finished"]
+    return int(finished[-1]["exit_code"]) if finished else None
 
 
 def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int,
@@ -94,10 +92,10 @@ def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: f
 
 def check_made_with(run_dir: Path, overrides: list[str]) -> None:
     """Raise ValueError unless every `--set` in `overrides` holds in `run_dir`'s resolved.yaml."""
-    sys.path.insert(0, str(REPO))
+    from orchestrator.config import RESOLVED_FILENAME
     from orchestrator.overrides import load_yaml, parse_override
 
-    resolved = load_yaml((run_dir / "resolved.yaml").read_text())
+    resolved = load_yaml((run_dir / RESOLVED_FILENAME).read_text())
     for text in overrides:
         segments, wanted = parse_override(text)
         node = resolved

@@ -95,32 +95,35 @@ def own_checkpoints(run_dir: Path, count: int) -> Path | None:
     return directory
 
 
+def policy_setting(name: str, source_dir: Path) -> str | None:
+    """The override that gives the evaluation-only run `name` its policy from the training run in
+    `source_dir`; None if the checkpoints it needs are missing."""
+    if name in OWN_CHECKPOINTS:
+        directory = own_checkpoints(source_dir, 4)
+        return None if directory is None else f"agents.load_checkpoints={directory}"
+    checkpoint = checkpoint_of(source_dir)
+    return f"agents.load_shared_checkpoint={checkpoint}" if checkpoint.exists() else None
+
+
 def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
     results: dict[str, dict] = {}
     grid = [f"env.kwargs.base_kwargs.x_size={args.grid}", f"env.kwargs.base_kwargs.y_size={args.grid}"] if args.grid else []
-    common = [f"run.seed={seed}", f"env.eval_every_steps={args.eval_every}", "launch.live_view=off", *grid]
+    every_run = [f"run.seed={seed}", "launch.live_view=off", *grid]
     for name, overrides in TRAINED.items():
         run_dir = root / f"{name}_seed{seed}"
-        results[name] = run_and_score(CONFIG, [*common, f"run.steps={args.steps}", *overrides], run_dir, args.timeout,
-                                      args.last_evals, reuse=args.reuse)
+        overrides = [*every_run, f"env.eval_every_steps={args.eval_every}", f"run.steps={args.steps}", *overrides]
+        results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, args.last_evals, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name]['wall_s']} s)", file=sys.stderr)
     for name, source in EVALUATION_ONLY.items():
         run_dir = root / f"{name}_seed{seed}"
-        overrides = [f"run.seed={seed}", "launch.live_view=off", *grid, "run.steps=1", "env.eval_every_steps=1",
-                     f"env.eval_episodes={args.eval_episodes}", *FOUR, "agents.learning=false"]
+        overrides = [*every_run, "run.steps=1", "env.eval_every_steps=1", f"env.eval_episodes={args.eval_episodes}",
+                     *FOUR, "agents.learning=false"]
         if source is not None:
-            source_dir = Path(results[source]["run_dir"])
-            if results[source]["failed"]:
-                checkpoint = None
-            elif name in OWN_CHECKPOINTS:
-                checkpoint = own_checkpoints(source_dir, 4)
-            else:
-                checkpoint = checkpoint_of(source_dir) if checkpoint_of(source_dir).exists() else None
-            if checkpoint is None:
+            setting = None if results[source]["failed"] else policy_setting(name, Path(results[source]["run_dir"]))
+            if setting is None:
                 results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
                 continue
-            setting = "load_checkpoints" if name in OWN_CHECKPOINTS else "load_shared_checkpoint"
-            overrides.append(f"agents.{setting}={checkpoint}")
+            overrides.append(setting)
         results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, last_evals=1, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name].get('wall_s')} s)", file=sys.stderr)
     return results

@@ -89,3 +89,13 @@ def test_per_goal_counts_proposals_alignments_and_success_per_goal_in_the_final_
     assert rows[b]["proposed_by_agent_0"] == 0.25 and rows[b]["aligned_on"] == 0.25
     assert rows[b]["success_when_aligned_on"] == 1.0
     assert rows[c]["aligned_on"] == 0.0 and np.isnan(rows[c]["success_when_aligned_on"])
+
+
+def test_per_goal_tables_are_printed_for_the_runs_that_have_one(capsys):
+    result = bench.run("negotiation", seed=0, episodes=6)
+    rows = bench.per_goal(result, last=6)
+    bench.print_per_goal({"negotiation": [{"seed": 0, "per_goal": rows}, {"seed": 1}]})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "negotiation seed 0, final window, per cooperative goal:"
+    assert len(lines) == 2 + len(rows)  # title, header, one line per goal; seed 1 has no table
+    assert [int(line.split()[0]) for line in lines[2:]] == [row["goal"] for row in rows]
