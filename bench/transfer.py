@@ -10,17 +10,20 @@ compete for the cores):
 - `train_2`: 2 pursuers (8 evaders) learn; `train_4`: 4 pursuers (15 evaders) learn;
   `train_mix`: 4 agent nodes, a count of 2 or 4 pursuers drawn per episode (the variable-count
   wrapper; in a 2-pursuer episode agents 2 and 3 sit it out);
-- evaluation-only runs, 4 pursuers with learning off: `zero_shot_2`, `zero_shot_mix` and
-  `trained_4_agent_0`, every agent loading agent_0's final checkpoint of `train_2` / `train_mix` /
-  `train_4` (`agents.load_shared_checkpoint`); `trained_4`, each agent loading its own final
-  checkpoint of `train_4` (`agents.load_checkpoints`: the team as it ended training); and
-  `untrained_4`, freshly initialized networks: what a policy that learned nothing scores here.
+- evaluation-only runs, 4 pursuers with learning off, each loading a policy from the final
+  checkpoints of a training run: `zero_shot_2` and `zero_shot_mix` (the shared policy of
+  `train_2` / `train_mix`), `trained_4` (the shared policy of `train_4`), and `untrained_4`,
+  freshly initialized networks: what a policy that learned nothing scores here.
 
-Why two evaluations of `train_4`: the agents' copies of the shared network are averaged every
-500 steps and drift apart in between (each trains on its own pursuer's rows), and a run's last
-checkpoint comes after its last averaging. agent_0's copy then acts for all four pursuers
-noticeably worse than the four copies do for their own (measured: README, Benchmarks, Agent-count
-transfer), so the transfer is compared with the team as it ended, `trained_4`.
+Which policy a training run leaves: every agent trains its own copy of the shared network, and
+the copies are averaged every 500 steps; in between they drift apart, and a run's last
+checkpoints come after its last averaging. The shared policy a run leaves is the average of its
+agents' final copies (`agent_node/shared_policy.py`: what one more consensus round would make of
+them), and that is what the zero-shot runs and `trained_4` load for every pursuer, so the
+transfer compares one shared network with one shared network. Beside them, to show what the
+drift costs: `trained_4_team` (each agent its own final copy, `agents.load_checkpoints`: the
+team as it ended) and the `_agent_0` runs (agent_0's copy acting for every pursuer; what this
+bench loaded before 2026-11-24, README, Benchmarks, Agent-count transfer).
 
 A training run is scored by the mean of its last `--last-evals` greedy evaluations (4 episodes
 each, the config's; `eval/return_mean`, the mean over pursuers of the episode return), on 4
@@ -34,7 +37,7 @@ are negative while little is caught (an urgency penalty every step), so a ratio 
 can mislead; the table gives both `zero-shot / trained_4` of the raw returns and the normalized
 score `(zero-shot - untrained_4) / (trained_4 - untrained_4)`, the part of what training with 4
 gained that the transferred policy keeps. The targets (>= 0.6x from 2 pursuers, >= 0.9x from the
-mix) are read on the normalized score.
+mix) are read on the normalized score; the same score against `trained_4_team` is shown beside it.
 
 `--reuse` scores the runs an earlier invocation with the same `--root` finished instead of running
 them again (and reruns what it left unfinished); a finished run made with other settings is
@@ -62,29 +65,48 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs import mean_std, plot_evaluations, run_and_score  # noqa: E402  (the shared run helpers)
 
+from agent_node.shared_policy import average_policy_checkpoints  # noqa: E402  (runs.py put the repository on sys.path)
+
 CONFIG = "configs/transfer_pursuit.yaml"
 FOUR = ["agents.count=4", "env.kwargs.counts=[4]", "env.kwargs.per_count_kwargs={4: {n_evaders: 15}}"]
 MIX = ["agents.count=4", "env.kwargs.counts=[2, 4]", "env.kwargs.per_count_kwargs={2: {n_evaders: 8}, 4: {n_evaders: 15}}"]
 TRAINED = {"train_2": [], "train_4": FOUR, "train_mix": MIX}
 # The runs not scored on 4 pursuers, as the table and the plot label them.
 OTHER_COUNTS = {"train_2": " (2 pursuers)", "train_mix": " (2 or 4)"}
+# Which final checkpoints of a training run an evaluation-only run loads: the average of the agents'
+# copies (the shared policy), each agent its own copy, or agent_0's copy for every agent.
+AVERAGE, OWN, AGENT_0 = "average", "own", "agent_0"
 # Evaluation-only runs (learning off, one step, then one evaluation of --eval-episodes episodes on 4
-# pursuers) -> the training run whose agent_0 checkpoint every agent loads (None: untrained).
-EVALUATION_ONLY = {"zero_shot_2": "train_2", "zero_shot_mix": "train_mix", "trained_4": "train_4",
-                   "trained_4_agent_0": "train_4", "untrained_4": None}
-# ... except these, where each agent loads its own final checkpoint of that run.
-OWN_CHECKPOINTS = {"trained_4"}
+# pursuers) -> (the training run, which of its checkpoints), or (None, None): untrained.
+EVALUATION_ONLY = {
+    "zero_shot_2": ("train_2", AVERAGE),
+    "zero_shot_mix": ("train_mix", AVERAGE),
+    "trained_4": ("train_4", AVERAGE),
+    "untrained_4": (None, None),
+    "trained_4_team": ("train_4", OWN),
+    "zero_shot_2_agent_0": ("train_2", AGENT_0),
+    "zero_shot_mix_agent_0": ("train_mix", AGENT_0),
+    "trained_4_agent_0": ("train_4", AGENT_0),
+}
+
+# The evaluation-only runs the plot draws as levels (the others are in the table).
+PLOTTED_LEVELS = ("zero_shot_2", "zero_shot_mix", "trained_4", "untrained_4", "trained_4_team")
 
 
 def checkpoint_of(run_dir: Path, agent: int = 0) -> Path:
     return run_dir / "nodes" / f"agent_{agent}" / "checkpoints" / "latest.pt"
 
 
-def own_checkpoints(run_dir: Path, count: int) -> Path | None:
+def agent_count(run_dir: Path) -> int:
+    return len(list((run_dir / "nodes").glob("agent_*")))
+
+
+def own_checkpoints(run_dir: Path) -> Path | None:
     """A directory in `run_dir` laid out as `agents.load_checkpoints` reads it (<env agent>/latest.pt),
     linking each pursuer to the final checkpoint of the agent node that drove it (agent_i drives
     pursuer_i: the nodes claim env agents by index); None if a checkpoint is missing."""
-    if not all(checkpoint_of(run_dir, i).exists() for i in range(count)):
+    count = agent_count(run_dir)
+    if count == 0 or not all(checkpoint_of(run_dir, i).exists() for i in range(count)):
         return None
     directory = run_dir / "final_checkpoints"
     for i in range(count):
@@ -95,14 +117,26 @@ def own_checkpoints(run_dir: Path, count: int) -> Path | None:
     return directory
 
 
-def policy_setting(name: str, source_dir: Path) -> str | None:
-    """The override that gives the evaluation-only run `name` its policy from the training run in
-    `source_dir`; None if the checkpoints it needs are missing."""
-    if name in OWN_CHECKPOINTS:
-        directory = own_checkpoints(source_dir, 4)
+def averaged_checkpoint(run_dir: Path) -> Path | None:
+    """`run_dir/shared_policy.pt`, the average of its agents' final copies (written once); None if
+    a checkpoint is missing."""
+    count = agent_count(run_dir)
+    if count == 0 or not all(checkpoint_of(run_dir, i).exists() for i in range(count)):
+        return None
+    path = run_dir / "shared_policy.pt"
+    if not path.exists():
+        average_policy_checkpoints([checkpoint_of(run_dir, i) for i in range(count)], path)
+    return path
+
+
+def policy_setting(which: str, source_dir: Path) -> str | None:
+    """The override that gives an evaluation-only run `which` policy (AVERAGE, OWN, AGENT_0) of the
+    training run in `source_dir`; None if the checkpoints it needs are missing."""
+    if which == OWN:
+        directory = own_checkpoints(source_dir)
         return None if directory is None else f"agents.load_checkpoints={directory}"
-    checkpoint = checkpoint_of(source_dir)
-    return f"agents.load_shared_checkpoint={checkpoint}" if checkpoint.exists() else None
+    checkpoint = averaged_checkpoint(source_dir) if which == AVERAGE else checkpoint_of(source_dir)
+    return f"agents.load_shared_checkpoint={checkpoint}" if checkpoint is not None and checkpoint.exists() else None
 
 
 def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
@@ -114,12 +148,12 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
         overrides = [*every_run, f"env.eval_every_steps={args.eval_every}", f"run.steps={args.steps}", *overrides]
         results[name] = run_and_score(CONFIG, overrides, run_dir, args.timeout, args.last_evals, reuse=args.reuse)
         print(f"seed {seed} {name}: {results[name]['score']} ({results[name]['wall_s']} s)", file=sys.stderr)
-    for name, source in EVALUATION_ONLY.items():
+    for name, (source, which) in EVALUATION_ONLY.items():
         run_dir = root / f"{name}_seed{seed}"
         overrides = [*every_run, "run.steps=1", "env.eval_every_steps=1", f"env.eval_episodes={args.eval_episodes}",
                      *FOUR, "agents.learning=false"]
         if source is not None:
-            setting = None if results[source]["failed"] else policy_setting(name, Path(results[source]["run_dir"]))
+            setting = None if results[source]["failed"] else policy_setting(which, Path(results[source]["run_dir"]))
             if setting is None:
                 results[name] = {"failed": True, "score": None, "stderr_tail": f"{source} left no checkpoint"}
                 continue
@@ -129,16 +163,21 @@ def run_seed(seed: int, args, root: Path) -> dict[str, dict]:
     return results
 
 
+RATIOS = ("zero_shot_2/raw", "zero_shot_2/normalized", "zero_shot_2/normalized_vs_team",
+          "zero_shot_mix/raw", "zero_shot_mix/normalized", "zero_shot_mix/normalized_vs_team")
+
+
 def ratios(result: dict[str, dict]) -> dict[str, float]:
-    """Raw and normalized transfer ratios of one seed against `trained_4` (NaN where a run it
-    needs failed)."""
+    """One seed's transfer ratios (RATIOS): raw and normalized against `trained_4`, normalized
+    against `trained_4_team` (NaN where a run it needs failed)."""
     score = {name: (r["score"] if not r["failed"] else math.nan) for name, r in result.items()}
     out = {}
     for name in ("zero_shot_2", "zero_shot_mix"):
         trained, untrained, zero_shot = score["trained_4"], score["untrained_4"], score[name]
         out[f"{name}/raw"] = zero_shot / trained if trained and not math.isnan(trained) else math.nan
-        gained = trained - untrained
-        out[f"{name}/normalized"] = (zero_shot - untrained) / gained if gained and not math.isnan(gained) else math.nan
+        for suffix, reference in (("", "trained_4"), ("_vs_team", "trained_4_team")):
+            gained = score[reference] - untrained
+            out[f"{name}/normalized{suffix}"] = (zero_shot - untrained) / gained if gained and not math.isnan(gained) else math.nan
     return out
 
 
@@ -168,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [*TRAINED, *EVALUATION_ONLY]:
         values = [per_seed[s][name]["score"] for s in seeds if not per_seed[s][name]["failed"]]
         summary[name] = mean_std(values) + (values,)
-    for key in ("zero_shot_2/raw", "zero_shot_2/normalized", "zero_shot_mix/raw", "zero_shot_mix/normalized"):
+    for key in RATIOS:
         values = [per_ratio[s][key] for s in seeds if not math.isnan(per_ratio[s][key])]
         summary[key] = mean_std(values) + (values,)
 
@@ -179,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_evaluations({name + OTHER_COUNTS.get(name, ""): run_dirs(name) for name in TRAINED}, args.plot,
                          f"pursuit_v5 {grid_label}, shared DQN, {args.steps} steps x 4 copies, {len(seeds)} seeds, 95% CI\n"
                          "(4 pursuers unless noted; dashed: evaluation-only runs)",
-                         levels={name: run_dirs(name) for name in EVALUATION_ONLY}, last_evals=1)
+                         levels={name: run_dirs(name) for name in PLOTTED_LEVELS}, last_evals=1)
     if args.json:
         print(json.dumps({"seeds": seeds, "steps": args.steps, "grid": grid_label, "root": str(root), "runs": per_seed, "ratios": per_ratio,
                           "summary": {k: {"mean": m, "std": s, "values": v} for k, (m, s, v) in summary.items()}}, default=str))

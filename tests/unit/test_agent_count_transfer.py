@@ -208,3 +208,61 @@ def test_builder_and_parameter_names_match_plain_dqn():
     assert all(name.startswith("q_network.") for name in agent.get_params())
     with pytest.raises(ValueError, match="needs agent_index"):
         build_learner(config, PURSUIT_OBS, gym.spaces.Discrete(5), seed=0)
+
+
+# ---------------------------------------------------------------------------------- one policy from the copies
+
+
+def save_as_node_checkpoint(agent, path):
+    from agent_node.persistence import save_checkpoint
+
+    save_checkpoint(path, {"learner": agent.state_dict(), "step": 100, "episodes": 3})
+
+
+def test_the_average_of_the_copies_is_the_mean_of_their_policy_networks(tmp_path):
+    from agent_node.shared_policy import average_policy_checkpoints, main
+
+    copies = [shared(agent_index=i, seed=i) for i in range(3)]
+    for i, copy in enumerate(copies):
+        train_on_random_pursuit_rows(copy, seed=i)  # three copies that drifted apart
+        save_as_node_checkpoint(copy, tmp_path / f"agent_{i}.pt")
+    paths = [tmp_path / f"agent_{i}.pt" for i in range(3)]
+    assert main([*map(str, paths), "--out", str(tmp_path / "average.pt")]) == 0
+
+    loaded = shared(agent_index=3, seed=9)  # a fourth pursuer of another run takes the average
+    from agent_node.persistence import NodePersistence
+
+    assert NodePersistence(tmp_path, checkpoint_every_steps=1, replay_save_every_steps=1).load_initial_checkpoint(
+        loaded, tmp_path / "average.pt"
+    )
+    params = [copy.get_params() for copy in copies]
+    for name, value in loaded.get_params().items():
+        np.testing.assert_allclose(value, np.mean([p[name] for p in params], axis=0), rtol=1e-6, atol=1e-7)
+        assert not np.allclose(params[0][name], params[1][name])  # the copies did differ
+    # Everything else is the first copy's: its target network and counters.
+    for name, value in loaded.dqn.target_network.state_dict().items():
+        torch.testing.assert_close(value, copies[0].dqn.target_network.state_dict()[name])
+    assert loaded.dqn.gradient_steps == copies[0].dqn.gradient_steps
+    # The same input files in another order give the same average (to float32 rounding).
+    state = average_policy_checkpoints(paths[::-1], tmp_path / "reversed.pt")
+    for name, value in state["learner"]["dqn"]["q_network"].items():
+        np.testing.assert_allclose(value.numpy(), loaded.get_params()[f"q_network.{name}"], rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoints_that_cannot_be_averaged_are_refused_by_name(tmp_path, capsys):
+    from agent_node.persistence import save_checkpoint
+    from agent_node.shared_policy import CheckpointMismatch, average_policy_checkpoints, main
+
+    save_as_node_checkpoint(shared(agent_index=0), tmp_path / "four.pt")
+    save_as_node_checkpoint(shared(agent_index=0, max_agents=8), tmp_path / "eight.pt")
+    save_as_node_checkpoint(shared(agent_index=0).dqn, tmp_path / "plain.pt")
+    save_checkpoint(tmp_path / "sac.pt", {"learner": {"algorithm": "sac"}, "step": 1, "episodes": 0})
+    with pytest.raises(CheckpointMismatch, match=r"input layout .* = \(147, 8\), .* has \(147, 4\)"):
+        average_policy_checkpoints([tmp_path / "four.pt", tmp_path / "eight.pt"], tmp_path / "out.pt")
+    with pytest.raises(CheckpointMismatch, match="a 'dqn' checkpoint, .* is 'shared_dqn'"):
+        average_policy_checkpoints([tmp_path / "four.pt", tmp_path / "plain.pt"], tmp_path / "out.pt")
+    with pytest.raises(CheckpointMismatch, match=r"knows the policy networks of \['dqn', 'shared_dqn'\] learners, not 'sac'"):
+        average_policy_checkpoints([tmp_path / "sac.pt"], tmp_path / "out.pt")
+    assert main([str(tmp_path / "four.pt"), str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out.pt")]) == 2
+    assert "cannot average: no checkpoint at" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()
