@@ -16,6 +16,10 @@ engine's summary, and the subject's adoption metrics with the session's duration
 With sharing off (no engine, e.g. an OG-MARL learner that refreshes its world model on its own
 schedule) the session adopts the local tensors at once.
 
+`consensus.average_at_end`: the env server's last observation (`run_finished`, never answered)
+starts one more run, under the run's last step as its tick (`due_at_end`), so that the agents'
+final checkpoints hold the same policy; the node drains when it is over.
+
 Shares can arrive while no session runs (a neighbour began averaging a moment earlier): they go
 to the engine, which buffers them for the epoch it has not started yet and drops stale ones.
 
@@ -47,10 +51,13 @@ class FinishedSession:
 
 
 class ConsensusSession:
-    def __init__(self, engine: ConsensusEngine | None, subject: ConsensusSubject, num_agents: int) -> None:
+    def __init__(
+        self, engine: ConsensusEngine | None, subject: ConsensusSubject, num_agents: int, *, average_at_end: bool = False
+    ) -> None:
         self.engine = engine
         self.subject = subject
         self.num_agents = num_agents
+        self.average_at_end = average_at_end
         self.held: m.EnvObservation | None = None
         self.started_at = 0.0
         self.last_tick: int | None = None  # the newest tick begun (or passed over on the first step)
@@ -73,6 +80,16 @@ class ConsensusSession:
         if tick is None or (self.last_tick is not None and tick <= self.last_tick):
             return None
         return tick
+
+    def due_at_end(self, last_step: int) -> int | None:
+        """The final run's tick at the env server's last observation (its step, the same on every
+        agent), or None: the run does not average at the end, or this session already began a run
+        at that step (the final one, or a periodic tick that fell on it)."""
+        if not self.average_at_end or self.engine is None:
+            return None
+        if self.last_tick is not None and last_step <= self.last_tick:
+            return None
+        return last_step
 
     def begin(self, held: m.EnvObservation, tick: int, now: float) -> list[Outgoing]:
         if self.held is not None:

@@ -143,6 +143,9 @@ class NodeFailure(RuntimeError):
 
 
 class AgentNode:
+    # How long the final average's last shares may take to leave when the node exits.
+    PEER_LINGER_S = 1.0
+
     def __init__(self, identity: NodeIdentity, run: AgentNodeConfig, control_endpoint: str) -> None:
         self.context = identity
         self.config = config = run.agents
@@ -237,9 +240,12 @@ class AgentNode:
         self.control.register("agent", {"peer": self.peer_endpoint})
         directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
         now = time.monotonic()
+        # A run that averages at the end sends its last shares just before the node exits: they
+        # may linger a moment on close instead of being dropped (a neighbour would wait out its round).
+        peer_linger_s = self.PEER_LINGER_S if self.consensus_config.average_at_end else 0.0
         links = {
             neighbour: self.hub.connect_dealer(
-                endpoint, name=f"peer:{neighbour}", identity=self.context.node_id, peer=neighbour
+                endpoint, name=f"peer:{neighbour}", identity=self.context.node_id, peer=neighbour, close_linger_s=peer_linger_s
             )
             for neighbour, endpoint in sorted(directory.neighbours.items())
         }
@@ -302,7 +308,9 @@ class AgentNode:
                 engine = build_consensus_engine(
                     self.consensus_config, self.topology, self.context.node_id, self.max_pending_share_bytes
                 )
-            self.consensus = ConsensusSession(engine, subject, num_agents=len(self.topology.nodes))
+            self.consensus = ConsensusSession(
+                engine, subject, num_agents=len(self.topology.nodes), average_at_end=self.consensus_config.average_at_end
+            )
         self.episodes = TransitionAssembler(self.env_agent, self.num_copies)
         self._restore()
         log.info(
@@ -504,12 +512,25 @@ class AgentNode:
             return
         self._record_transition(message)
         if message.run_finished:
-            self.begin_draining(RUN_BUDGET_SPENT)
+            self._on_run_finished(message)
             return
         if self.consensus is not None and (tick := self.consensus.due(self.step)) is not None:
             self._start_consensus(message, tick)
             return
         self._act(message)
+
+    def _on_run_finished(self, last: m.EnvObservation) -> None:
+        """The env server's last observation (never answered): drain, after one more consensus
+        run if the run averages at the end (`consensus.average_at_end`). That run averages what
+        the agents will checkpoint, so the updates owed for the data seen are taken first."""
+        tick = self.consensus.due_at_end(last.step) if self.consensus is not None else None
+        if tick is None or self.state is not NodeState.RUNNING:
+            self.begin_draining(RUN_BUDGET_SPENT)
+            return
+        if self.config.learning and not self.centralized:
+            self._take_owed_updates()
+        log.info("the run's budget is spent at step %d: averaging once more before the final checkpoint", last.step)
+        self._start_consensus(last, tick)
 
     def _still_holding_an_observation(self) -> bool:
         return self.waiting_for_updates is not None or (self.consensus is not None and self.consensus.averaging)
@@ -528,8 +549,12 @@ class AgentNode:
         self._reproducibility_broken("step_deadline", "the env server played a default action for this agent")
         self.episodes.stepped_without_answer()
         self._record_transition(message)
-        if message.run_finished:
-            self.begin_draining(RUN_BUDGET_SPENT)
+        if message.run_finished and self.waiting_for_updates is not None:
+            self.waiting_for_updates = None
+            self._on_run_finished(message)
+        elif message.run_finished:
+            # Averaging: the session ends with the last observation held, then `_on_run_finished`.
+            self.consensus.replace_held(message)
         elif self.waiting_for_updates is not None:
             self._ask_learner_node_to_acknowledge()
             self.waiting_for_updates = message
@@ -688,10 +713,16 @@ class AgentNode:
         return self.centralized and self.config.learning and self.learner.lagging(self.config.max_pending_gradient_steps)
 
     def on_shutdown(self, sender: str, shutdown: m.Shutdown, now: float) -> None:
-        if self.reproducible and shutdown.reason == RUN_BUDGET_SPENT and self.state is NodeState.RUNNING:
+        averages_at_end = self.consensus is not None and self.consensus.average_at_end
+        if shutdown.reason == RUN_BUDGET_SPENT and (
+            (self.reproducible and self.state is NodeState.RUNNING)
+            or (averages_at_end and self.state in (NodeState.RUNNING, NodeState.AVERAGING))
+        ):
             # The env server sent its last observation before it told the orchestrator, but on
             # another connection: it can be handled after this. Every run with this seed learns
-            # from it, so wait for it (its run_finished drains the node; `_on_timers` bounds the wait).
+            # from it, and it starts the final average, so wait for it (its run_finished drains
+            # the node, after the final average if there is one; `_on_timers` bounds the wait,
+            # the config bounds the average below launch.shutdown_timeout_s).
             self.awaiting_final_observation = True
             return
         self.begin_draining(shutdown.reason)
@@ -759,7 +790,9 @@ class AgentNode:
                 "a consensus round ended without every neighbour's share (a deadline, or a neighbour that finished or moved on)",
             )
         self.transition(NodeState.RUNNING)
-        if (tick := self.consensus.due(finished.held.step)) is not None:
+        if finished.held.run_finished:
+            self._on_run_finished(finished.held)  # the final average next, or (after it) drain
+        elif (tick := self.consensus.due(finished.held.step)) is not None:
             # The env server stepped on past a newer tick while this run went on (a long run, or
             # one this agent began late): catch up with the neighbours before acting.
             self._start_consensus(finished.held, tick)
@@ -847,6 +880,8 @@ class AgentNode:
             self._while_draining("the last metrics", self._write_last_metrics)
             if self.recorder is not None:
                 self._while_draining("the transition recording", self.recorder.close)
+            if self.consensus_config.average_at_end:
+                self._while_draining("the last consensus shares", self._send_delayed_messages)
             self.control.goodbye(self.stop_reason or "stopped")
         except Exception:  # noqa: BLE001 - closing must continue whatever happened above
             log.exception("error while draining")
@@ -882,9 +917,20 @@ class AgentNode:
         """Take the gradient steps still owed for the data seen (at most the contract's bound
         plus one step's worth), then log the final counters: a finished run did all its work."""
         if self.stop_reason == RUN_BUDGET_SPENT and self.exit_code == 0:
-            while self.learner.gradient_steps_due() > 0:
-                self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice)
+            self._take_owed_updates()
         self.metrics.write(self.step, self.learner.counters())
+
+    def _send_delayed_messages(self) -> None:
+        """Let out the messages an emulated link delay still holds (the final average's last
+        shares), waiting at most PEER_LINGER_S for them to come due."""
+        deadline = time.monotonic() + self.PEER_LINGER_S
+        while (due := self.hub.next_due()) is not None and due <= deadline:
+            time.sleep(max(0.0, due - time.monotonic()))
+            self.hub.flush_due()
+
+    def _take_owed_updates(self) -> None:
+        while self.learner.gradient_steps_due() > 0:
+            self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice)
 
     # ------------------------------------------------------------------ helpers
 

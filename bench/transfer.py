@@ -16,14 +16,16 @@ compete for the cores):
   freshly initialized networks: what a policy that learned nothing scores here.
 
 Which policy a training run leaves: every agent trains its own copy of the shared network, and
-the copies are averaged every 500 steps; in between they drift apart, and a run's last
-checkpoints come after its last averaging. The shared policy a run leaves is the average of its
-agents' final copies (`agent_node/shared_policy.py`: what one more consensus round would make of
-them), and that is what the zero-shot runs and `trained_4` load for every pursuer, so the
-transfer compares one shared network with one shared network. Beside them, to show what the
-drift costs: `trained_4_team` (each agent its own final copy, `agents.load_checkpoints`: the
-team as it ended) and the `_agent_0` runs (agent_0's copy acting for every pursuer; what this
-bench loaded before 2026-11-24, README, Benchmarks, Agent-count transfer).
+the copies are averaged every 500 steps; in between they drift apart. The shared policy a run
+leaves is the average of its agents' final copies (`agent_node/shared_policy.py`), and that is
+what the zero-shot runs and `trained_4` load for every pursuer, so the transfer compares one
+shared network with one shared network. The config averages once more when the budget is spent
+(`consensus.average_at_end`), so that the final copies agree and their average is each of them;
+runs made before it had that (2026-11-24) ended 500 steps after their last average, and the
+average of their copies is what one more consensus round would have made. Beside them, to show
+what the drift costs: `trained_4_team` (each agent its own final copy, `agents.load_checkpoints`:
+the team as it ended) and the `_agent_0` runs (agent_0's copy acting for every pursuer; what
+this bench loaded before, README, Benchmarks, Agent-count transfer).
 
 A training run is scored by the mean of its last `--last-evals` greedy evaluations (4 episodes
 each, the config's; `eval/return_mean`, the mean over pursuers of the episode return), on 4

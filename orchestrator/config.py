@@ -471,6 +471,15 @@ class RunConfig(BaseModel):
                     f"degrees ({degrees}); 'uniform' is only doubly stochastic on regular graphs"
                 )
 
+        if consensus.average_at_end and consensus.longest_run_s() >= self.launch.shutdown_timeout_s:
+            # The final average runs after the orchestrator has asked the nodes to stop; it must
+            # end (and the checkpoints be written) before the orchestrator's signals come.
+            problems.append(
+                f"protocols.consensus.average_at_end: expected the final average's bound ({consensus.longest_run_s():g} s: "
+                f"{'rounds x round_timeout_s' if consensus.mode == 'sync' else 'push_sum_duration_s'}) below "
+                f"launch.shutdown_timeout_s ({self.launch.shutdown_timeout_s:g} s); raise launch.shutdown_timeout_s"
+            )
+
         problems.extend(reproducibility_problems(self))  # run.reproducible: what it cannot pin
 
         if self.nodes is not None:

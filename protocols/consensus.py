@@ -141,6 +141,10 @@ class ConsensusConfig(BaseModel):
     round_timeout_s: float = 2.0
     push_sum_period_s: float = 0.05
     push_sum_duration_s: float = 2.0
+    # Average once more when the run's budget is spent, before the final checkpoints: every
+    # agent then ends with the same policy (policy_parameters only; agent_node/node.py,
+    # `_on_run_finished`). Without it the copies drift apart after the last periodic average.
+    average_at_end: bool = False
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "ConsensusConfig":
@@ -153,7 +157,16 @@ class ConsensusConfig(BaseModel):
         for name in ("round_timeout_s", "push_sum_period_s", "push_sum_duration_s"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"consensus.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.average_at_end and not (self.enabled and self.what == "policy_parameters"):
+            raise ValueError(
+                "consensus.average_at_end: expected consensus.enabled with what 'policy_parameters' (the final average "
+                f"is of the agents' policies), got enabled={self.enabled}, what={self.what!r}"
+            )
         return self
+
+    def longest_run_s(self) -> float:
+        """The most a consensus run can take, whatever the network does (the engines' bounds)."""
+        return self.rounds * self.round_timeout_s if self.mode == "sync" else self.push_sum_duration_s
 
 
 # ------------------------------------------------------------------------------------------

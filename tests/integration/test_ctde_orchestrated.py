@@ -127,3 +127,38 @@ def test_a_shared_checkpoint_with_another_layout_is_refused_naming_both(tmp_path
     assert "checkpoint has max_obs_dim 18 and max_agents 3, this agent has 18 and 4" in stderr.decode() + "".join(
         (other / "nodes" / agent / "log").read_text() for agent in ("agent_0", "agent_1")
     )
+
+
+@pytest.mark.parametrize("average_at_end", [True, False])
+def test_a_parameter_shared_run_that_averages_at_end_ends_with_one_policy(tmp_path, average_at_end):
+    """Three agents average their copies every 25 steps; the run's 60th step is its last (and an
+    evaluation's: the last observation comes after it). With `consensus.average_at_end` every
+    agent's final checkpoint holds the same network (a ring of 3 with Metropolis weights averages
+    exactly in one round); without it the copies have trained apart for the 10 steps since the
+    last average."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_shared_dqn.yaml", "--run-dir", str(run_dir), "--set", "run.steps=60",
+        "--set", "env.kwargs.N=3", "--set", "agents.count=3",
+        "--set", "protocols.consensus={enabled: true, what: policy_parameters, period_steps: 25, rounds: 3, "
+                 f"round_timeout_s: 2.0, average_at_end: {str(average_at_end).lower()}}}",
+    )  # fmt: skip
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    networks = [torch.load(run_dir / "nodes" / agent / "checkpoints" / "latest.pt", weights_only=True)["learner"]["dqn"]
+                for agent in AGENTS]
+    assert all(network["gradient_steps"] > 0 for network in networks)
+    averaged_at = {agent: sorted({r["step"] for r in metrics(run_dir, agent) if "consensus/duration_s" in r}) for agent in AGENTS}
+    if average_at_end:
+        for agent in AGENTS:
+            assert averaged_at[agent] == [25, 50, 60], agent
+            assert "averaging once more before the final checkpoint" in (run_dir / "nodes" / agent / "log").read_text()
+        for name, tensor in networks[0]["q_network"].items():
+            for other in networks[1:]:
+                torch.testing.assert_close(other["q_network"][name], tensor, rtol=1e-5, atol=1e-6)
+    else:
+        assert all(steps == [25, 50] for steps in averaged_at.values()), averaged_at
+        assert any(not torch.allclose(networks[0]["q_network"][name], networks[1]["q_network"][name])
+                   for name in networks[0]["q_network"])

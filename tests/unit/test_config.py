@@ -179,6 +179,22 @@ def test_consensus_cross_checks() -> None:
     assert only_problem(
         "topology={kind: star}", "protocols.consensus={enabled: true, what: policy_parameters, weights: uniform}"
     ).startswith("protocols.consensus.weights: expected 'metropolis'")
+    assert only_problem("protocols.consensus={enabled: true, what: world_model_statistics, average_at_end: true}").startswith(
+        "protocols.consensus.average_at_end: expected consensus.enabled with what 'policy_parameters'"
+    )
+    # The final average must end before the orchestrator's signals (launch.shutdown_timeout_s).
+    assert only_problem(
+        "protocols.consensus={enabled: true, what: policy_parameters, rounds: 10, round_timeout_s: 5.0, average_at_end: true}",
+        "launch.shutdown_timeout_s=30",
+    ) == (
+        "protocols.consensus.average_at_end: expected the final average's bound (50 s: rounds x round_timeout_s) below "
+        "launch.shutdown_timeout_s (30 s); raise launch.shutdown_timeout_s"
+    )
+    push_sum = load_config(TINY, [
+        "protocols.consensus={enabled: true, what: policy_parameters, mode: push_sum, push_sum_duration_s: 2.0, average_at_end: true}",
+        "launch.shutdown_timeout_s=30",
+    ])  # fmt: skip
+    assert push_sum.protocols.consensus.longest_run_s() == 2.0
 
 
 def test_several_problems_are_all_reported() -> None:

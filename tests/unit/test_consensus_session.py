@@ -167,3 +167,23 @@ def test_an_agent_that_missed_the_tick_step_averages_with_its_neighbours_under_t
         np.testing.assert_allclose(subjects[name].adopted[0][0]["w"], 2.0)
         summary = next(r for r in finished.records if "consensus/rounds" in r)
         assert summary["consensus/missing_neighbours"] == 0.0
+
+
+def test_the_final_average_is_due_once_at_the_last_step_and_only_when_asked_for():
+    sessions, _ = pair()
+    assert sessions["a"].due_at_end(60) is None  # average_at_end is off
+    subject = RecordingSubject(0.0)
+    session = ConsensusSession(SyncConsensus("a", {"b": 0.5}, 0.5, 2, 1.0), subject, num_agents=2, average_at_end=True)
+    session.begin(held(50), session.due(50), now=0.0)
+    for now in (1.0, 2.0):  # the neighbour never answers: both rounds run out
+        session.on_timer(now)
+    assert session.finish_if_done(now=2.0).held.step == 50
+    assert session.due_at_end(60) == 60  # after the last periodic tick (50): one more run
+    session.begin(held(60), 60, now=10.0)
+    assert session.due_at_end(60) is None  # begun: not again
+    # A last step that is itself a periodic tick already begun needs no final run.
+    session = ConsensusSession(SyncConsensus("a", {"b": 0.5}, 0.5, 2, 1.0), RecordingSubject(0.0), num_agents=2, average_at_end=True)
+    session.begin(held(60), 60, now=0.0)
+    assert session.due_at_end(60) is None
+    # Without an engine (sharing off) there is nothing to average with.
+    assert ConsensusSession(None, RecordingSubject(0.0), num_agents=1, average_at_end=True).due_at_end(60) is None
