@@ -48,6 +48,9 @@ tick as epoch. Every agent reaches the same step, so all average together while 
 waits for their actions. When the engine is done (all rounds, their deadlines, or the
 neighbours moved on to a newer tick) the node adopts the average and answers the held
 observation, or, if the observation held meanwhile reached a newer tick, averages again first.
+With `consensus.average_at_end` the env server's last observation (never answered) starts one
+more run, after the node has taken the updates it owes, and the node drains when it is over:
+every agent's final checkpoint then holds the same policy (`_on_run_finished`).
 """
 
 from __future__ import annotations
