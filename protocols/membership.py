@@ -8,8 +8,11 @@ the mesh collects with `take_events()` and passes on to the other engines as
 runs in the node, in unit tests and in the simulator.
 
 A peer is declared down when nothing arrived from it for `timeout_s`; it is up again on its next
-message. A heartbeat with a higher `incarnation` than before means the peer restarted (its
-in-flight protocol state is gone), which the engines above must hear about.
+message. A peer never heard from is declared down too, `timeout_s` after this node began running
+(RUNNING_STATES; at start-up the nodes boot at their own pace and are not waited for): a node
+restarted while a neighbour is cut off would otherwise wait for that neighbour in every
+consensus round until the cut heals. A heartbeat with a higher `incarnation` than before means
+the peer restarted (its in-flight protocol state is gone), which the engines above must hear about.
 
 Membership runs for the node's whole life: `start` begins it, it is never `done`, and its
 `result` is the set of neighbours alive now.
@@ -44,10 +47,15 @@ class PeerRestarted:
 MembershipEvent = PeerUp | PeerDown | PeerRestarted
 
 
+# The node states (agent_node/node.py NodeState) in which a neighbour never heard from counts as down.
+RUNNING_STATES = frozenset({"running", "negotiating", "sharing", "averaging"})
+
+
 @dataclass
 class _Peer:
     last_heard: float
     alive: bool = False
+    declared_down: bool = False  # a PeerDown went out and no message came since
     incarnation: int = -1
 
 
@@ -82,6 +90,7 @@ class MembershipEngine:
         self._events: list[MembershipEvent] = []
         self._restarts_seen = 0
         self._downs_seen = 0
+        self._running_since: float | None = None  # when `state` first was one of RUNNING_STATES
 
     # ------------------------------------------------------------------ Engine inputs
 
@@ -99,6 +108,7 @@ class MembershipEngine:
         if record is None:
             return []  # not a neighbour: the mesh logs and drops such messages
         record.last_heard = now
+        record.declared_down = False
         if not record.alive:
             record.alive = True
             self._events.append(PeerUp(sender))
@@ -113,13 +123,19 @@ class MembershipEngine:
         """Heartbeats due now; peers silent for too long are declared down (see take_events)."""
         if self._next_heartbeat is None:
             return []
+        if self._running_since is None and self.state in RUNNING_STATES:
+            self._running_since = now
+            for record in self._peers.values():
+                if not record.alive:  # never heard: its silence counts from now
+                    record.last_heard = max(record.last_heard, now)
         for peer, record in self._peers.items():
             silent_for = now - record.last_heard
             # The same expression as next_deadline's, so a timer fired at that deadline
             # acts on it (with `silent_for > timeout_s`, float rounding could leave the
             # deadline in place and a deterministic simulator would fire it forever).
-            if record.alive and now >= record.last_heard + self.timeout_s:
+            if self._watched(record) and now >= record.last_heard + self.timeout_s:
                 record.alive = False
+                record.declared_down = True
                 self._downs_seen += 1
                 self._events.append(PeerDown(peer, silent_for))
         if now < self._next_heartbeat:
@@ -141,8 +157,13 @@ class MembershipEngine:
         if self._next_heartbeat is None:
             return None
         deadlines = [self._next_heartbeat]
-        deadlines += [record.last_heard + self.timeout_s for record in self._peers.values() if record.alive]
+        deadlines += [record.last_heard + self.timeout_s for record in self._peers.values() if self._watched(record)]
         return min(deadlines)
+
+    def _watched(self, record: _Peer) -> bool:
+        """Whether silence from this peer is being timed: it is up, or never heard from (nor
+        declared down) while this node runs."""
+        return record.alive or (self._running_since is not None and not record.declared_down)
 
     @property
     def done(self) -> bool:

@@ -221,12 +221,10 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
     for node in ("agent_1", "agent_2", "agent_3"):
         window = agents[node]["interruptions"][0]
         assert window["acting_after_s"] is not None and window["acting_after_s"] < 5.0, (node, window)
-        # The restarted agent rejoins as absent (the env server does not wait for it) and averages
-        # at once; while agent_2 is cut off every consensus session waits out its round timeouts
-        # (1.5 s per 200 steps), so agent_3 may fall behind the lockstep for a few sessions before
-        # it answers in time and learns again: 6.2 s once (README, Delays, loss, partitions and faults).
-        learning_within_s = 10.0 if window["kind"] == "restart" else 5.0
-        assert window["learning_after_s"] is not None and window["learning_after_s"] < learning_within_s, (node, window)
+        # (The restarted agent_3 never hears agent_2, cut off: its membership declares it down
+        # 2 s after agent_3 runs, so its consensus rounds stop waiting for it. Before that rule the
+        # rounds waited for agent_2 until the heal, and agent_3 learned again only after 6.2 s once.)
+        assert window["learning_after_s"] is not None and window["learning_after_s"] < 5.0, (node, window)
     assert {node: a["metric_rows_lost"] for node, a in agents.items()} == {node: [] for node in agents}
     assert summary["headline"]["metric_rows_lost"] == 0 and summary["headline"]["back_after_fault_s"] < 5.0
     # The cut-off agent_2 saw no step during the partition, so its rows have a gap there (not a

@@ -83,3 +83,20 @@ def test_strangers_are_ignored():
 def test_the_timeout_must_exceed_the_heartbeat_period():
     with pytest.raises(ValueError, match="timeout_s .* must exceed heartbeat_every_s"):
         MembershipEngine("a", ["b"], heartbeat_every_s=1.0, timeout_s=1.0)
+
+
+def test_a_peer_never_heard_is_declared_down_once_the_timeout_passes_while_this_node_runs():
+    membership = engine()
+    membership.on_message("agent_1", beat("agent_1"), 0.5)
+    membership.on_timer(9.0)  # booting: a neighbour that never spoke is not timed yet
+    assert [type(e) for e in membership.take_events()] == [PeerUp, PeerDown]  # agent_1 went silent
+    membership.state = "running"
+    membership.on_timer(10.0)  # from now agent_2's silence counts (a restarted node, its neighbour cut off)
+    assert membership.take_events() == [] and membership.next_deadline() <= 12.0
+    membership.on_timer(12.0)
+    assert membership.take_events() == [PeerDown("agent_2", pytest.approx(2.0))]
+    membership.on_timer(20.0)
+    assert membership.take_events() == []  # declared once
+    assert membership.metrics()["membership/downs_seen"] == 2.0
+    membership.on_message("agent_2", beat("agent_2"), 21.0)
+    assert membership.take_events() == [PeerUp("agent_2")] and membership.is_alive("agent_2")
