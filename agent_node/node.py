@@ -552,17 +552,16 @@ class AgentNode:
         self._reproducibility_broken("step_deadline", "the env server played a default action for this agent")
         self.episodes.stepped_without_answer()
         self._record_transition(message)
-        if message.run_finished and self.waiting_for_updates is not None:
+        if self.waiting_for_updates is None:
+            # Averaging: the session answers the newest observation when it ends (the last one,
+            # run_finished, goes to `_on_run_finished` then).
+            self.consensus.replace_held(message)
+        elif message.run_finished:
             self.waiting_for_updates = None
             self._on_run_finished(message)
-        elif message.run_finished:
-            # Averaging: the session ends with the last observation held, then `_on_run_finished`.
-            self.consensus.replace_held(message)
-        elif self.waiting_for_updates is not None:
+        else:
             self._ask_learner_node_to_acknowledge()
             self.waiting_for_updates = message
-        else:
-            self.consensus.replace_held(message)
 
     def _act(self, message: m.EnvObservation) -> None:
         if self.env_client.restarting or message is self._dead_server_observation:

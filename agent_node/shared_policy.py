@@ -68,9 +68,9 @@ def average_policy_checkpoints(paths: Sequence[Path], out: Path) -> dict[str, An
             )
         networks.append(_network(learner, algorithm))
     reference = networks[0]
+    wanted = {name: tuple(tensor.shape) for name, tensor in reference.items()}
     for path, network in zip(paths[1:], networks[1:]):
         shapes = {name: tuple(tensor.shape) for name, tensor in network.items()}
-        wanted = {name: tuple(tensor.shape) for name, tensor in reference.items()}
         if shapes != wanted:
             raise CheckpointMismatch(f"{path}: policy network {shapes}, {paths[0]} has {wanted}")
     for name in reference:

@@ -103,31 +103,37 @@ def agent_count(run_dir: Path) -> int:
     return len(list((run_dir / "nodes").glob("agent_*")))
 
 
+def final_checkpoints(run_dir: Path) -> list[Path] | None:
+    """Every agent node's final checkpoint in `run_dir`, agent_0 first; None if one is missing."""
+    checkpoints = [checkpoint_of(run_dir, i) for i in range(agent_count(run_dir))]
+    return checkpoints if checkpoints and all(path.exists() for path in checkpoints) else None
+
+
 def own_checkpoints(run_dir: Path) -> Path | None:
     """A directory in `run_dir` laid out as `agents.load_checkpoints` reads it (<env agent>/latest.pt),
     linking each pursuer to the final checkpoint of the agent node that drove it (agent_i drives
     pursuer_i: the nodes claim env agents by index); None if a checkpoint is missing."""
-    count = agent_count(run_dir)
-    if count == 0 or not all(checkpoint_of(run_dir, i).exists() for i in range(count)):
+    checkpoints = final_checkpoints(run_dir)
+    if checkpoints is None:
         return None
     directory = run_dir / "final_checkpoints"
-    for i in range(count):
+    for i, checkpoint in enumerate(checkpoints):
         link = directory / f"pursuer_{i}" / "latest.pt"
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
-            link.symlink_to(checkpoint_of(run_dir, i).resolve())
+            link.symlink_to(checkpoint.resolve())
     return directory
 
 
 def averaged_checkpoint(run_dir: Path) -> Path | None:
     """`run_dir/shared_policy.pt`, the average of its agents' final copies (written once); None if
     a checkpoint is missing."""
-    count = agent_count(run_dir)
-    if count == 0 or not all(checkpoint_of(run_dir, i).exists() for i in range(count)):
+    checkpoints = final_checkpoints(run_dir)
+    if checkpoints is None:
         return None
     path = run_dir / "shared_policy.pt"
     if not path.exists():
-        average_policy_checkpoints([checkpoint_of(run_dir, i) for i in range(count)], path)
+        average_policy_checkpoints(checkpoints, path)
     return path
 
 
