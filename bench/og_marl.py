@@ -2,7 +2,8 @@
 
     python bench/og_marl.py [--variants og_marl,sac,...] [--seeds 0,1,2,3,4] [--steps 2400]
                             [--random-steps 5000] [--penalty 1.0] [--root DIR] [--json]
-    python bench/og_marl.py --analyse DIR [--json]         (tables and plots of finished runs)
+    python bench/og_marl.py --analyse DIR [DIR ...] [--out DIR] [--json]
+                                                     (tables and plots of finished runs)
     python bench/og_marl.py --calibrate-optimism [--seeds 0,1,2,3,4]
 
 Each (variant, seed) is one `orchestrate up` of the variant's config with the budget set from the
@@ -583,7 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pending-fraction", type=float, default=0.01)
     parser.add_argument("--run-timeout-s", type=float, default=3 * 3600)
     parser.add_argument("--root", default=None, help="where the run directories go (default: a temp dir)")
-    parser.add_argument("--analyse", default=None, metavar="DIR", help="analyse the runs under DIR, run nothing")
+    parser.add_argument("--analyse", default=None, nargs="+", metavar="DIR",
+                        help="analyse the runs under these roots (the first holding a variant-seed wins), run nothing")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="with --analyse: where summary.json and plots/ go (default: the first root)")
     parser.add_argument("--calibrate-optimism", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -603,11 +607,12 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[RunResult] = []
     if args.analyse:
-        root = Path(args.analyse)
+        roots = [Path(directory) for directory in args.analyse]
+        root = Path(args.out) if args.out else roots[0]
         for variant in variants:
             for seed in args.seed_list:
-                run_dir = root / f"{variant}-seed{seed}"
-                if run_dir.exists():
+                run_dir = next((r / f"{variant}-seed{seed}" for r in roots if (r / f"{variant}-seed{seed}").exists()), None)
+                if run_dir is not None:
                     results.append(analyse_run(variant, seed, run_dir, args.random_steps, args.max_pending_fraction))
     else:
         root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
@@ -624,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
+    root.mkdir(parents=True, exist_ok=True)
     summary = without_nan(report(results, args, root))
     if results:
         summary["plots"] = plot(results, root / "plots", args.penalty)

@@ -39,8 +39,9 @@ def make_run(
     missing_neighbours: int = 0,
     counters: bool = True,
     probe_after_offset: float = 0.0,
+    name: str = "og_marl-seed0",
 ) -> Path:
-    run_dir = tmp_path / "og_marl-seed0"
+    run_dir = tmp_path / name
     evaluations = [
         {"step": RANDOM_STEPS + 200 * k, "t": 100.0 + 30.0 * k, "eval/return_mean": 10.0 * k, "eval/duration_s": 2.0}
         for k in range(7)
@@ -114,6 +115,20 @@ def test_an_agent_off_the_average_shows_in_its_distance(tmp_path):
     rng = np.random.default_rng(0)
     exact = rng.normal(size=(3, 16)).mean(axis=0)
     assert distance_j == pytest.approx(0.5 * 4 / np.linalg.norm(exact))  # |0.5 * ones(16)| / |exact|
+
+
+def test_analyse_takes_each_run_from_the_first_root_that_holds_it(tmp_path, capsys):
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    make_run(first, pending=[0.0, 0.0])
+    make_run(second, pending=[0.0, 5000.0])  # shadowed by first's seed 0: would fail the contract
+    make_run(second, pending=[0.0, 0.0], name="og_marl-seed1")
+    code = bench.main(["--analyse", str(first), str(second), "--out", str(out), "--variants", "og_marl",
+                       "--seeds", "0,1", "--random-steps", str(RANDOM_STEPS), "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [(run["seed"], Path(run["run_dir"]).parent) for run in summary["runs"]] == [(0, first), (1, second)]
+    assert json.loads((out / "summary.json").read_text())["table"]["og_marl"]["failed_seeds"] == []
+    assert (out / "plots" / "learning_curves.png").exists()
 
 
 def test_summary_uses_the_sample_std_and_a_t_interval():
