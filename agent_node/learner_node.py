@@ -74,7 +74,8 @@ _DRAIN_MAX_S = 5.0
 class LearnerService:
     """The learner node's message handling: joins, transitions, parameters out. Builds its
     `CentralizedLearnerCore` on the first `ctde.join` (the spaces come from the agents), or at
-    once when given the spaces (standalone). An agent's routing id is learned from its messages."""
+    once when given the spaces (standalone). Where an agent's parameters go is learned from its
+    messages (`routes`)."""
 
     def __init__(self, num_agents: int, make_core, inbox: Channel, spaces: tuple | None = None) -> None:
         self.num_agents = num_agents
@@ -83,7 +84,13 @@ class LearnerService:
         # Standalone mode knows the spaces from its command line and builds the core at once.
         self.spaces = spaces
         self.core: CentralizedLearnerCore | None = None if spaces is None else make_core(*spaces)
-        self.routes: dict[int, bytes] = {}  # agent index -> the routing id its messages came from
+        # Agent index -> the routing id its parameters go to: the one its newest message (by the
+        # header's sent_at) came from. Each incarnation of an agent node connects under a routing
+        # id of its own (transport.incarnation_routing_id), so a restarted agent's first message
+        # moves the route, and what a dead incarnation sent before it (read later, from a
+        # connection that is gone) cannot move it back.
+        self.routes: dict[int, bytes] = {}
+        self.route_sent_at: dict[int, float] = {}
         # Flow control (protocols/ctde.py): per agent, the rows_sent of its newest message taken
         # in, and its rows taken in since it was last sent anything (a bare ack is due at params_every).
         self.rows_taken: dict[int, int] = {}
@@ -107,7 +114,7 @@ class LearnerService:
             except ValueError as error:
                 return self._refuse(envelope, str(error))
             agent = int(message.agent_index)
-            self.routes[agent] = envelope.identities[0]
+            self._learn_route(agent, envelope)
             self.rows_taken[agent] = int(message.rows_sent)
             self.rows_unacknowledged[agent] = self.rows_unacknowledged.get(agent, 0) + len(message.reward)
             self.last_env_step = max(self.last_env_step, int(message.env_step))
@@ -138,12 +145,17 @@ class LearnerService:
                      self.core.learner.config.mixer, self.num_agents, *spaces)
         elif spaces != self.spaces:
             return self._refuse(envelope, f"ctde.join: agent {index}'s spaces {spaces} differ from the first agent's {self.spaces}")
-        self.routes[index] = envelope.identities[0]
+        self._learn_route(index, envelope)
         # Everything this agent sent before the join has been taken in by now, or is lost.
         self.rows_taken[index] = int(message.rows_sent)
         learner = self.core.learner
         self._send([(index, CTDEParams(gradient_step=learner.gradient_steps, params=learner.agent_params(index)))])
         return True
+
+    def _learn_route(self, agent: int, envelope) -> None:
+        sent_at = envelope.header.sent_at
+        if sent_at >= self.route_sent_at.get(agent, -math.inf):
+            self.routes[agent], self.route_sent_at[agent] = envelope.identities[0], sent_at
 
     def _send(self, outgoing: list[tuple[int, CTDEParams]]) -> None:
         for agent, params in outgoing:
@@ -272,10 +284,9 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     reason = "stopped"
     try:
         control = ControlClient(hub, control_endpoint, node_id=node_id)
-        # handover: a restarted agent is heard although this ROUTER reads behind (Hub.bind_router).
-        inbox = hub.bind_router(
-            bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host(), handover=True
-        )
+        # The agents connect under routing ids of their incarnations (transport.incarnation_routing_id):
+        # a restarted agent is heard at once although this ROUTER reads behind.
+        inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
         service = LearnerService(run.agents.count, make_core, inbox)
         persistence = LearnerPersistence(identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
                                          replay_save_every_steps=run.agents.replay_save_every_steps)

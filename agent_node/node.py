@@ -91,7 +91,7 @@ from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, LEARNER_NODE_ID, SUPERVISOR_NODE_ID, agent_node_ids
 from protocols.spaces import decode_space
 from protocols.topology import build_topology
-from protocols.transport import Channel
+from protocols.transport import Channel, incarnation_routing_id
 from protocols.wire import Envelope
 
 if TYPE_CHECKING:
@@ -265,8 +265,12 @@ class AgentNode:
         if self.centralized:
             if directory.learner_endpoint is None:
                 raise NodeFailure("training.mode is centralized but the orchestrator's directory names no learner node")
-            self.learner_channel = self.hub.connect_dealer(  # linger: the last transitions still go out at the end
-                directory.learner_endpoint, name="learner", identity=self.context.node_id, peer=LEARNER_NODE_ID, close_linger_s=1.0
+            # A routing id of this incarnation: the learner node reads behind, and a restarted agent
+            # must be heard at once (transport.incarnation_routing_id). Linger: the last
+            # transitions still go out at the end.
+            self.learner_channel = self.hub.connect_dealer(
+                directory.learner_endpoint, name="learner", identity=incarnation_routing_id(self.context.node_id),
+                peer=LEARNER_NODE_ID, close_linger_s=1.0
             )
             self._sources["learner"] = LEARNER
         if directory.supervisor_endpoint is not None:

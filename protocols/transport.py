@@ -17,9 +17,11 @@ A `Channel` wraps one socket and speaks envelopes. Sending encodes a message dat
 frames; receiving decodes and validates them, and a bad message is logged, counted and dropped
 here, so the code above only ever sees well-formed, typed messages. Socket hygiene is decided in
 one place: `LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is
-counted as unroutable, not silently dropped), `ROUTER_HANDOVER` where asked for (the learner node:
-a restarted agent reconnecting under its node id replaces its dead predecessor's connection), zmq heartbeats (a frozen TCP peer is noticed), and
-receive deadlines via one poller.
+counted as unroutable, not silently dropped), zmq heartbeats (a frozen TCP peer is noticed), and
+receive deadlines via one poller. A DEALER's routing id is its node id, or, where a restarted node
+must be heard by a ROUTER that reads behind (an agent at the learner node), a routing id of its
+own incarnation (`incarnation_routing_id`); nothing sets ZMQ_ROUTER_HANDOVER, which would let
+anyone who reaches a socket take over a node's routing id.
 
 Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
 run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port; `LOW-HIGH` the
@@ -72,8 +74,29 @@ from protocols.errors import ProtocolError, SignatureError
 from protocols.links import LinkCounters, LinkTable
 
 UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
+# Between a node id and the random part of an incarnation's routing id; node ids never hold it.
+INCARNATION_SEPARATOR = "~"
 
 log = logging.getLogger(__name__)
+
+
+def incarnation_routing_id(node_id: str) -> str:
+    """A routing id for this process's connection as `node_id`: the node id and 64 random bits.
+
+    For a DEALER whose ROUTER may read behind (the learner node). libzmq 4.3 refuses a connection
+    under a routing id whose previous connection still holds unread messages, and never
+    reconsiders it, so a restarted node reconnecting under its bare node id would not be heard
+    until the dead one's messages were read. ZMQ_ROUTER_HANDOVER would let it take the id over,
+    and let anyone who can reach the socket do the same and receive what is sent to that node
+    (over ipc, signing authenticates messages, not connections). A fresh id per incarnation needs
+    neither: the ROUTER answers the id the node's signed messages came from, which no one else
+    knows or can claim."""
+    return f"{node_id}{INCARNATION_SEPARATOR}{os.urandom(8).hex()}"
+
+
+def node_of_routing_id(routing_id: str) -> str:
+    """The node id a routing id stands for (`incarnation_routing_id` or a bare node id)."""
+    return routing_id.partition(INCARNATION_SEPARATOR)[0]
 
 
 def curve_keypair() -> tuple[str, str]:
@@ -337,7 +360,7 @@ class Channel:
         if destination is None:
             if self.socket.type != zmq.ROUTER:
                 return self._send_frames(frames)  # a DEALER without a peer: never emulated
-            destination = bytes(frames[0]).decode(errors="replace")  # the routing id
+            destination = node_of_routing_id(bytes(frames[0]).decode(errors="replace"))
         now = self.clock()
         deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
         if not deliveries:
@@ -536,27 +559,17 @@ class Hub:
     # ------------------------------------------------------------------ making channels
 
     def bind_router(
-        self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True, handover: bool = False
+        self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True
     ) -> Channel:
         """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port,
         LOW-HIGH = the lowest free port of that range).
 
         Its `endpoint` is the address peers connect to: `advertise_host` replaces the bind host
         (e.g. bind 0.0.0.0, advertise the host's reachable name), and a free port is filled in.
-        With a link table, replies go through the link to the node named by the routing id, unless
-        `emulated=False` (the orchestrator's control socket).
-
-        `handover=True` sets ZMQ_ROUTER_HANDOVER: a peer reconnecting under a routing id takes it
-        over at once. The learner node needs it: it reads behind, and libzmq 4.3 refuses a
-        restarted agent's new connection while the dead one's pipe still holds unread messages,
-        and never reconsiders it. It is off elsewhere because without CURVE (ipc) anyone who can
-        reach the socket could take over a node's routing id the same way and receive what was
-        meant for that node (tests/integration/test_security.py); the env server and the peers'
-        inboxes read promptly, so restarted agents are heard there without it.
+        With a link table, replies go through the link to the node named by the routing id
+        (`node_of_routing_id`), unless `emulated=False` (the orchestrator's control socket).
         """
         socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None, max_frame_bytes=self.limits.max_frame_bytes)
-        if handover:
-            socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
             if self.keys is not None and address.startswith("tcp://"):
                 self._start_authenticator()

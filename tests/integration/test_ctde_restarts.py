@@ -1,7 +1,8 @@
 """Issue 12: a centralized run (configs/tiny_qmix.yaml, a `learner` node) survives restarts.
 
-- an agent restarted mid-run is heard by the learner again (its DEALER takes over its routing id
-  at the learner's ROUTER: protocols/transport.py, ROUTER_HANDOVER) and gets parameters again;
+- an agent restarted mid-run is heard by the learner again (its DEALER connects under a routing
+  id of its new incarnation: protocols/transport.py, incarnation_routing_id) and gets parameters
+  again;
 - the learner node killed mid-run, restarted by the restart policy, restores its checkpoint
   (networks, optimizer, gradient step counter, joint replay) and trains on from it; the agents,
   held while too many of their rows were unacknowledged, join it again and are acknowledged

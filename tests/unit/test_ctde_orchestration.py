@@ -4,6 +4,7 @@ the learner node's message handling (`LearnerService`), without processes."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -179,12 +180,15 @@ def test_the_actor_holds_while_its_rows_in_flight_owe_more_than_its_bound_and_th
 # ---------------------------------------------------------------------------------- the learner node's handling
 
 
-class Envelope:
-    """What LearnerService reads of a received envelope."""
+_CLOCK = itertools.count(1)  # the senders' sent_at: envelopes are sent in the order they are made
 
-    def __init__(self, message, sender: str) -> None:
-        self.message, self.identities, self.msg_type = message, [sender.encode()], message.MSG_TYPE
-        self.header = type("Header", (), {"sender": sender})()
+
+class Envelope:
+    """What LearnerService reads of a received envelope: by default from the routing id `sender`."""
+
+    def __init__(self, message, sender: str, *, routing_id: str | None = None, sent_at: float | None = None) -> None:
+        self.message, self.identities, self.msg_type = message, [(routing_id or sender).encode()], message.MSG_TYPE
+        self.header = type("Header", (), {"sender": sender, "sent_at": float(next(_CLOCK)) if sent_at is None else sent_at})()
 
 
 class Inbox:
@@ -253,6 +257,31 @@ def test_the_learner_acknowledges_joins_and_rows_that_do_not_train_yet():
         assert learner.handle(Envelope(sent[-1], "agent_0"))
     assert [(m.params, m.rows_taken, to) for m, to in inbox.sent] == [({}, 9, b"agent_0"), ({}, 11, b"agent_0"), ({}, 13, b"agent_0")]
     assert learner.metrics()["learner/acks_sent"] == 3 and learner.metrics()["learner/gradient_steps"] == 0
+
+
+def test_parameters_go_where_the_agents_newest_message_came_from():
+    """A restarted agent connects under a routing id of its new incarnation and joins; what its
+    dead predecessor sent before (unread until now, from a connection that is gone) must not send
+    the parameters back there. A restarted learner learns the routes from transitions alone."""
+    learner, inbox = service()
+    old, new = "agent_0~0000000000000000", "agent_0~ffffffffffffffff"
+    assert learner.handle(Envelope(actor([], index=1).join, "agent_1"))
+    sent: list = []
+    dead = actor(sent, index=0)
+    dead.observe_at(0, transition())
+    leftover_transitions = Envelope(sent[-1], "agent_0", routing_id=old)
+    leftover_join = Envelope(dead.join, "agent_0", routing_id=old)
+    assert learner.handle(Envelope(actor([], index=0).join, "agent_0", routing_id=new))
+    assert learner.handle(leftover_join) and learner.handle(leftover_transitions)
+    assert learner.routes[0] == new.encode()
+    assert inbox.sent[-1][1] == new.encode()  # the leftover join was answered at the new connection
+
+    restarted, _ = service()
+    sent.clear()
+    actor(sent, index=0).observe_at(1, transition())
+    restarted.spaces, restarted.core = learner.spaces, learner.core  # as LearnerPersistence.restore: no joins come again
+    assert restarted.handle(Envelope(sent[-1], "agent_0", routing_id=new))
+    assert restarted.routes == {0: new.encode()}
 
 
 def _train(learner: LearnerService, steps: range) -> None:
