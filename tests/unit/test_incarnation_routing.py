@@ -32,6 +32,17 @@ def beat(sender: str, incarnation: int, state: str) -> m.Heartbeat:
     return m.Heartbeat(node_id=sender, incarnation=incarnation, state=state)
 
 
+def heard_agent(server: Hub, agent: Hub, tmp_path):
+    """The server's ROUTER, agent_1's DEALER under a fresh incarnation id, and that id, once the
+    ROUTER has heard the agent (so it knows the connection)."""
+    inbox = server.bind_router(f"ipc://{tmp_path}/router", name="inbox")
+    routing_id = incarnation_routing_id("agent_1")
+    channel = agent.connect_dealer(inbox.endpoint, name="learner", identity=routing_id)
+    channel.send(beat("agent_1", 0, "running"))
+    assert receive(server, inbox, lambda got: bool(got))
+    return inbox, channel, routing_id
+
+
 def test_routing_ids_of_incarnations_name_their_node_and_differ():
     first, second = incarnation_routing_id("agent_1"), incarnation_routing_id("agent_1")
     assert first != second and first.startswith("agent_1~") and len(first) == len("agent_1~") + 16
@@ -72,11 +83,7 @@ def test_a_second_connection_under_a_live_routing_id_receives_nothing(tmp_path):
     have to guess: 64 random bits) is not given that connection's traffic."""
     server, agent, stranger = Hub(sender="learner", run_id="r"), Hub(sender="agent_1", run_id="r"), Hub(sender="x", run_id="r")
     try:
-        inbox = server.bind_router(f"ipc://{tmp_path}/router", name="inbox")
-        routing_id = incarnation_routing_id("agent_1")
-        live = agent.connect_dealer(inbox.endpoint, name="live", identity=routing_id)
-        live.send(beat("agent_1", 0, "running"))
-        assert receive(server, inbox, lambda got: bool(got))
+        inbox, live, routing_id = heard_agent(server, agent, tmp_path)
         impostor = stranger.connect_dealer(inbox.endpoint, name="impostor", identity=routing_id)
         impostor.send(beat("x", 0, "here"))
         time.sleep(0.3)
@@ -93,11 +100,7 @@ def test_a_router_sends_to_an_incarnation_through_its_nodes_link(tmp_path):
     server = Hub(sender="learner", run_id="r", links=net.link_table("learner", run_seed=0))
     agent = Hub(sender="agent_1", run_id="r")
     try:
-        inbox = server.bind_router(f"ipc://{tmp_path}/router", name="inbox")
-        routing_id = incarnation_routing_id("agent_1")
-        channel = agent.connect_dealer(inbox.endpoint, name="learner", identity=routing_id)
-        channel.send(beat("agent_1", 0, "running"))
-        assert receive(server, inbox, lambda got: bool(got))
+        inbox, channel, routing_id = heard_agent(server, agent, tmp_path)
         inbox.send(beat("learner", 0, "lost"), to=routing_id)
         assert server.link_metrics()["link/learner_to_agent_1/dropped_loss"] == 1
         assert receive(agent, channel, lambda got: bool(got), timeout_s=0.5) == []
