@@ -89,7 +89,7 @@ def incarnation_routing_id(node_id: str) -> str:
     until the dead one's messages were read. ZMQ_ROUTER_HANDOVER would let it take the id over,
     and let anyone who can reach the socket do the same and receive what is sent to that node
     (over ipc, signing authenticates messages, not connections). A fresh id per incarnation needs
-    neither: the ROUTER answers the id the node's signed messages came from, which no one else
+    neither: the ROUTER answers the id the node's authenticated messages came from, which no one else
     knows or can claim."""
     return f"{node_id}{INCARNATION_SEPARATOR}{os.urandom(8).hex()}"
 
