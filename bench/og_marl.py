@@ -611,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.out) if args.out else roots[0]
         for variant in variants:
             for seed in args.seed_list:
-                run_dir = next((r / f"{variant}-seed{seed}" for r in roots if (r / f"{variant}-seed{seed}").exists()), None)
+                candidates = (r / f"{variant}-seed{seed}" for r in roots)
+                run_dir = next((candidate for candidate in candidates if candidate.exists()), None)
                 if run_dir is not None:
                     results.append(analyse_run(variant, seed, run_dir, args.random_steps, args.max_pending_fraction))
     else:

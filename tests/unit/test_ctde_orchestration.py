@@ -186,9 +186,9 @@ _CLOCK = itertools.count(1)  # the senders' sent_at: envelopes are sent in the o
 class Envelope:
     """What LearnerService reads of a received envelope: by default from the routing id `sender`."""
 
-    def __init__(self, message, sender: str, *, routing_id: str | None = None, sent_at: float | None = None) -> None:
+    def __init__(self, message, sender: str, *, routing_id: str | None = None) -> None:
         self.message, self.identities, self.msg_type = message, [(routing_id or sender).encode()], message.MSG_TYPE
-        self.header = type("Header", (), {"sender": sender, "sent_at": float(next(_CLOCK)) if sent_at is None else sent_at})()
+        self.header = type("Header", (), {"sender": sender, "sent_at": float(next(_CLOCK))})()
 
 
 class Inbox:
