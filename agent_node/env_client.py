@@ -22,6 +22,11 @@ there) and nothing is answered until the new server's welcome (`answer` refuses)
 drops its connection (messages queued for the dead server must not reach the new one), then
 connects again and sends `rejoin()`; the new server's welcome must grant the same agents,
 copies and spaces as the first one, else `EnvProtocolError` says what changed.
+
+**Packed bodies** (protocols/packed.py): a client made with `packed=True` asks for them at join;
+when the welcome grants them, `packed_layout` is the layout both sides use, and the caller hands
+it to its channel (`Channel.use_packed`) before it sends the reset. Messages stay the same
+`EnvObservation` / `EnvAction` objects on both sides of the channel.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 import gymnasium as gym
 
 from protocols import messages as m
+from protocols.packed import PackedLayout
 from protocols.spaces import decode_space
 
 
@@ -51,9 +57,12 @@ class EnvClient:
         agents: list[str] | None = None,
         agent_indices: list[int] | None = None,
         global_view: bool = False,
+        packed: bool = False,
     ) -> None:
         self.client_id = client_id
         self.global_view = global_view  # ask for the global state and joint action (env_server/global_view.py)
+        self.packed = packed  # ask for packed lockstep bodies (protocols/packed.py)
+        self.packed_layout: PackedLayout | None = None  # granted by the welcome
         self._requested_agents = list(agents or [])
         self._requested_indices = list(agent_indices or [])
         self.welcome: m.EnvWelcome | None = None
@@ -74,6 +83,7 @@ class EnvClient:
             agents=self._requested_agents,
             agent_indices=self._requested_indices,
             global_view=self.global_view,
+            packed=self.packed,
         )
 
     def reset(self, seed: int | None = None) -> m.EnvReset:
@@ -124,7 +134,16 @@ class EnvClient:
         self.agents = list(welcome.agents)
         self.observation_spaces = {a: decode_space(s) for a, s in welcome.observation_spaces.items()}
         self.action_spaces = {a: decode_space(s) for a, s in welcome.action_spaces.items()}
+        self._take_packing(welcome)
         return welcome
+
+    def _take_packing(self, welcome: m.EnvWelcome) -> None:
+        if welcome.packed and not self.packed:
+            raise EnvProtocolError("the env server packs the lockstep's bodies, which this client did not ask for")
+        self.packed_layout = (
+            PackedLayout(self.agents, self.observation_spaces, self.action_spaces, welcome.possible_agents)
+            if welcome.packed else None
+        )
 
     def _on_rejoin_welcome(self, welcome: m.EnvWelcome) -> m.EnvWelcome:
         first = self.welcome
@@ -140,6 +159,7 @@ class EnvClient:
         if changed:
             raise EnvProtocolError(f"the restarted env server changed {changed} (it must serve the run it resumes)")
         self.welcome = welcome  # its step is the one the run resumed at
+        self._take_packing(welcome)  # the new server may decide otherwise (another version, forwarded infos)
         self.restarting = False
         self.rejoins += 1
         return welcome

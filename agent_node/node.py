@@ -204,7 +204,7 @@ class AgentNode:
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
         self.env_client = EnvClient(
-            identity.node_id, agent_indices=[identity.index], global_view=self.global_fields.enabled
+            identity.node_id, agent_indices=[identity.index], global_view=self.global_fields.enabled, packed=True
         )
         self.messages_handled = 0
         self.started_at = time.monotonic()
@@ -280,6 +280,7 @@ class AgentNode:
             self._sources["supervisor"] = SUPERVISOR
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
+        self._pack_env_bodies()
         self._build_learner(welcome)
         self.control.ready()
         self.transition(NodeState.READY)
@@ -287,6 +288,12 @@ class AgentNode:
         self.transition(NodeState.RUNNING)
         self.env.send(self.env_client.reset(seed=None))
         self.env_client.heard(time.monotonic())
+
+    def _pack_env_bodies(self) -> None:
+        """The welcome granted packed lockstep bodies (protocols/packed.py): the env channel
+        reads and writes them from the reset on."""
+        if self.env_client.packed_layout is not None:
+            self.env.use_packed(self.env_client.packed_layout)
 
     def _build_learner(self, welcome: m.EnvWelcome) -> None:
         (self.env_agent,) = welcome.agents
@@ -666,6 +673,7 @@ class AgentNode:
             self.env_client.on_welcome(welcome)
         except EnvRefused as refusal:
             raise NodeFailure(f"the restarted env server refused to let us join: {refusal}") from refusal
+        self._pack_env_bodies()
         self.env.send(self.env_client.reset(seed=None))
         downtime_s = now - self.env_down_since if self.env_down_since is not None else 0.0
         log.info("rejoined the restarted env server at step %d after %.2f s", welcome.step, downtime_s)

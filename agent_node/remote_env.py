@@ -36,9 +36,11 @@ class RemoteParallelEnv(ParallelEnv):
         self._hub = Hub(sender=client_id, run_id="remote")
         self._channel = self._hub.connect_dealer(endpoint, name="env", identity=client_id)
         self._timeout_s = timeout_s
-        self._client = EnvClient(client_id)  # no agents named: claim them all
+        self._client = EnvClient(client_id, packed=True)  # no agents named: claim them all
         self._channel.send(self._client.join())
         welcome = self._wait(m.EnvWelcome, self._client.on_welcome)
+        if self._client.packed_layout is not None:  # protocols/packed.py
+            self._channel.use_packed(self._client.packed_layout)
         if welcome.num_copies != 1 or welcome.autoreset:
             self.close()
             raise RemoteEnvError(

@@ -1,6 +1,6 @@
 """Where the env server's CPU goes per lockstep step, measured inside a real run.
 
-    python bench/lockstep_accounting.py [--steps 8000] [--copies 1] [--json]
+    python bench/lockstep_accounting.py [--steps 8000] [--copies 1] [--bodies packed|messages] [--json]
 
 Starts the real standalone env server (mpe2 simple_spread_v3 N=4) and 4 bench/random_client.py
 processes, as bench/throughput.py does, but the server runs with its main blocks wrapped in
@@ -41,7 +41,7 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
     from env_server import __main__ as server_main
     from env_server import barrier, vector
     from env_server import server as env_server
-    from protocols import transport, wire
+    from protocols import packed, transport, wire
 
     totals: dict[str, list[int]] = {}  # label -> [self ns, calls]
     open_calls: list[int] = []  # per open wrapped call: the ns spent in wrapped calls it made
@@ -70,6 +70,9 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
     timed(vector.VectorizedParallelEnv, "step", "vectorized step, around the env")
     timed(vector.VectorizedParallelEnv, "_batch", "batching the copies' results")
     timed(wire, "encode", "encode (observations)")
+    timed(wire, "encode_packed", "encode (observations), packed head")
+    timed(packed.PackedLayout, "pack", "packed body: pack")
+    timed(packed.PackedLayout, "unpack", "packed body: unpack")
     timed(wire, "decode", "decode (actions)")
     timed(transport.Channel, "_send_frames", "zmq send")
     timed(transport, "_recv_bytes", "zmq receive")
@@ -105,7 +108,7 @@ def warm_env_step_us(steps: int) -> float:
     return (time.process_time() - start) / steps * 1e6
 
 
-def measure(steps: int, copies: int) -> dict:
+def measure(steps: int, copies: int, bodies: str = "packed") -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="parley-accounting-") as folder:
         report = f"{folder}/report.json"
@@ -119,7 +122,7 @@ def measure(steps: int, copies: int) -> dict:
             if not line.startswith("READY "):
                 raise RuntimeError(f"env server did not start: {line!r}")
             endpoint = line.split(" ", 1)[1]
-            clients = [subprocess.Popen([sys.executable, str(REPO / "bench" / "random_client.py"), endpoint, str(i), str(i)],
+            clients = [subprocess.Popen([sys.executable, str(REPO / "bench" / "random_client.py"), endpoint, str(i), str(i), bodies],
                                         stdout=subprocess.PIPE, env=env, cwd=REPO) for i in range(AGENTS)]
             for client in clients:
                 out, _ = client.communicate(timeout=900)
@@ -134,7 +137,7 @@ def measure(steps: int, copies: int) -> dict:
             server.wait(timeout=30)
         data = json.loads(Path(report).read_text())
     blocks = {label: {"self_us": ns / steps / 1e3, "calls_per_step": calls / steps} for label, (ns, calls) in data["totals"].items()}
-    return {"steps": steps, "copies": copies, "main_thread_us": data["main_thread_ns"] / steps / 1e3, "blocks": blocks,
+    return {"steps": steps, "copies": copies, "bodies": bodies, "main_thread_us": data["main_thread_ns"] / steps / 1e3, "blocks": blocks,
             "warm_env_step_us": warm_env_step_us(min(steps * copies, 8000))}
 
 
@@ -144,13 +147,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8000, help="lockstep steps")
     parser.add_argument("--copies", type=int, default=1, help="env copies K in the server")
+    parser.add_argument("--bodies", choices=["packed", "messages"], default="packed",
+                        help="the clients' lockstep bodies (protocols/packed.py) or msgpack messages")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = measure(args.steps, args.copies)
+    result = measure(args.steps, args.copies, args.bodies)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"env server main thread, K={args.copies}, {args.steps} lockstep steps: {result['main_thread_us']:.0f} us of CPU "
+    print(f"env server main thread, K={args.copies}, {args.bodies} bodies, {args.steps} lockstep steps: {result['main_thread_us']:.0f} us of CPU "
           f"per lockstep step (load average {os.getloadavg()[0]:.2f})")
     print(f"{'block':<40} {'self us/step':>12} {'calls/step':>10}")
     for label, block in sorted(result["blocks"].items(), key=lambda item: -item[1]["self_us"]):

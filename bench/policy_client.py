@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from agent_node.env_client import EnvClient
 from protocols import messages as m
-from protocols.spaces import decode_space
 from protocols.transport import Hub
 
 # Every network wait has a deadline; the env server answers within its step deadline (5 s by
@@ -59,13 +59,16 @@ def main(endpoint: str, index: int, seed: int, hidden: int) -> None:
     name = f"bench_{index}"
     hub = Hub(sender=name, run_id="bench")
     channel = hub.connect_dealer(endpoint, name="env", identity=name)
-    channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
-    welcome = channel.wait_for(m.EnvWelcome, timeout_s=RECEIVE_TIMEOUT_S)
+    client = EnvClient(name, agent_indices=[index], packed=True)  # as an agent node joins
+    channel.send(client.join())
+    welcome = channel.wait_for(m.EnvWelcome, m.ErrorReply, timeout_s=RECEIVE_TIMEOUT_S)
     if welcome is None:
         raise SystemExit(f"{name}: no env.welcome from {endpoint} within {RECEIVE_TIMEOUT_S} s")
-    (agent,) = welcome.agents
-    observation_space = decode_space(welcome.observation_spaces[agent])
-    action_space = decode_space(welcome.action_spaces[agent])
+    client.on_welcome(welcome)
+    if client.packed_layout is not None:
+        channel.use_packed(client.packed_layout)
+    (agent,) = client.agents
+    observation_space, action_space = client.observation_spaces[agent], client.action_spaces[agent]
     if not hasattr(action_space, "n") or len(observation_space.shape) != 1:
         raise SystemExit(
             f"{name}: the bench policy needs a flat Box observation and a Discrete action; "
@@ -75,20 +78,21 @@ def main(endpoint: str, index: int, seed: int, hidden: int) -> None:
     with torch.inference_mode():
         # torch's first call allocates and initialises; keep it out of the timed loop.
         sample_actions(policy, np.zeros((welcome.num_copies, observation_space.shape[0]), np.float32))
-        channel.send(m.EnvReset())
+        channel.send(client.reset())
         answered, defaulted, first_at = 0, 0, None
         while True:
             # Blocking (with a deadline): the client has nothing else to do.
-            message = channel.wait_for(m.EnvObservation, timeout_s=RECEIVE_TIMEOUT_S)
+            message = channel.wait_for(m.EnvObservation, m.ErrorReply, timeout_s=RECEIVE_TIMEOUT_S)
             if message is None:
                 raise SystemExit(f"{name}: no env.observation within {RECEIVE_TIMEOUT_S} s")
+            message = client.on_message(message, time.monotonic())
             if first_at is None:
                 first_at = time.perf_counter()
             defaulted += bool(message.missing)
             if message.run_finished:
                 break
             actions = sample_actions(policy, message.observations[agent])
-            channel.send(m.EnvAction(step=message.step, actions={agent: actions.astype(np.int64)}))
+            channel.send(client.answer(message, {agent: actions.astype(np.int64)}))
             answered += 1
     elapsed = time.perf_counter() - first_at
     hub.close()

@@ -1,7 +1,10 @@
 """A bare lockstep client for benchmarks: joins one env agent and answers with random actions.
 
-`python bench/random_client.py ENDPOINT INDEX SEED` — no learning, no orchestrator: what is
-left is the cost of Parley's wire and the env server's barrier. On exit it prints one line,
+`python bench/random_client.py ENDPOINT INDEX SEED [packed|messages]` — no learning, no
+orchestrator: what is left is the cost of Parley's wire and the env server's barrier. It speaks
+through `EnvClient`, as the agent node does, with packed lockstep bodies (protocols/packed.py;
+the default, as in a run) or msgpack messages (`messages`, for a side-by-side comparison). On
+exit it prints one line,
 
     TIMING <answered> <defaulted> <seconds from the first observation to the last> <CPU seconds in that span>
 
@@ -17,39 +20,46 @@ import time
 
 import numpy as np
 
+from agent_node.env_client import EnvClient
 from protocols import messages as m
-from protocols.spaces import decode_space
 from protocols.transport import Hub
 
 # Every network wait has a deadline: the server answers within its step deadline unless gone.
 RECEIVE_TIMEOUT_S = 60.0
 
 
-def main(endpoint: str, index: int, seed: int) -> None:
+def main(endpoint: str, index: int, seed: int, bodies: str = "packed") -> None:
+    if bodies not in ("packed", "messages"):
+        raise SystemExit(f"bodies must be 'packed' or 'messages', got {bodies!r}")
     name = f"bench_{index}"
     hub = Hub(sender=name, run_id="bench")
     channel = hub.connect_dealer(endpoint, name="env", identity=name)
-    channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
-    welcome = channel.wait_for(m.EnvWelcome, timeout_s=RECEIVE_TIMEOUT_S)
+    client = EnvClient(name, agent_indices=[index], packed=bodies == "packed")
+    channel.send(client.join())
+    welcome = channel.wait_for(m.EnvWelcome, m.ErrorReply, timeout_s=RECEIVE_TIMEOUT_S)
     if welcome is None:
         raise SystemExit(f"{name}: no env.welcome from {endpoint} within {RECEIVE_TIMEOUT_S} s")
-    (agent,) = welcome.agents
-    space = decode_space(welcome.action_spaces[agent])
-    copies = welcome.num_copies
+    client.on_welcome(welcome)
+    if client.packed_layout is not None:
+        channel.use_packed(client.packed_layout)
+    (agent,) = client.agents
+    space = client.action_spaces[agent]
+    copies = client.num_copies
     rng = np.random.default_rng(seed)
-    channel.send(m.EnvReset())
+    channel.send(client.reset())
     answered, defaulted, first_at, first_cpu = 0, 0, None, 0.0
     while True:
-        message = channel.wait_for(m.EnvObservation, timeout_s=RECEIVE_TIMEOUT_S)
+        message = channel.wait_for(m.EnvObservation, m.ErrorReply, timeout_s=RECEIVE_TIMEOUT_S)
         if message is None:
             raise SystemExit(f"{name}: no env.observation within {RECEIVE_TIMEOUT_S} s")
+        observation = client.on_message(message, time.monotonic())
         if first_at is None:
             first_at, first_cpu = time.perf_counter(), time.process_time()
-        defaulted += bool(message.missing)
-        if message.run_finished:
+        defaulted += bool(observation.missing)
+        if observation.run_finished:
             break
         actions = rng.integers(0, space.n, size=copies, dtype=np.int64)
-        channel.send(m.EnvAction(step=message.step, actions={agent: actions}))
+        channel.send(client.answer(observation, {agent: actions}))
         answered += 1
     elapsed, cpu = time.perf_counter() - first_at, time.process_time() - first_cpu
     hub.close()
@@ -57,4 +67,4 @@ def main(endpoint: str, index: int, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])

@@ -1,7 +1,7 @@
 """Lockstep throughput: PettingZoo in-process against Parley (env server + N agent processes).
 
     python bench/throughput.py [--agents 4 8 16] [--workers 1 2] [--steps N] [--transport ipc|tcp]
-                               [--baseline DIR] [--json]
+                               [--baseline DIR | --messages-baseline] [--json]
 
 For each agent count N, measured in one run so the ratios compare like with like on a noisy
 machine:
@@ -22,6 +22,9 @@ CPU time): `cpu_ratio` = in-process CPU / Parley CPU, the overhead without the s
 
 The transport is ipc:// by default, as in an orchestrated run on one host; `--transport tcp`
 measures loopback TCP (what several hosts use).
+
+`--messages-baseline` measures this checkout's clients with msgpack lockstep bodies as the `before`
+rows, against packed bodies (protocols/packed.py, what a run uses), side by side the same way.
 
 `--baseline DIR` measures a second checkout of Parley (e.g. `git worktree add /tmp/before main`
 or `git archive main | tar -x -C /tmp/before`) in the same run: for each K its env server and
@@ -84,10 +87,11 @@ def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float
 
 
 def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport: str, workers: int = 1,
-                       repo: Path = REPO) -> tuple[float, int, float]:
+                       repo: Path = REPO, bodies: str = "packed") -> tuple[float, int, float]:
     """(env steps per second, observations that reported a defaulted action, CPU microseconds
     per env step of the server, its workers and every client together), running the env server
-    and clients of the checkout `repo`."""
+    and clients of the checkout `repo`, the clients asking for packed lockstep bodies or not
+    (`bodies`: packed or messages; a checkout from before packed bodies ignores it)."""
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as socket_dir:
         bind = f"ipc://{socket_dir}/env.sock" if transport == "ipc" else "tcp://127.0.0.1:0"
@@ -106,7 +110,7 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
             server_cpu_at_start = process_tree_cpu_s(server.pid)
             clients = [
                 subprocess.Popen(
-                    [sys.executable, str(repo / "bench" / "random_client.py"), endpoint, str(i), str(i)],
+                    [sys.executable, str(repo / "bench" / "random_client.py"), endpoint, str(i), str(i), bodies],
                     stdout=subprocess.PIPE, env=env, cwd=repo,
                 )
                 for i in range(agents)
@@ -133,20 +137,22 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
     return env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6
 
 
-def measure(agents: int, steps: int, transport: str, workers: list[int], baseline: Path | None = None) -> dict:
+def measure(agents: int, steps: int, transport: str, workers: list[int], baseline: tuple[Path, str] | None = None) -> dict:
+    """One table row; `baseline` = (checkout, bodies) measured right before this checkout for each K."""
     # The in-process baseline is taken before, between and after the Parley runs and its median
     # is the denominator: on a shared machine the load drifts during a row.
     runs = [inprocess_steps_per_s(agents, steps)]
     before: dict[str, float] = {}
     if baseline is not None:  # the other checkout right before this one, for each K
-        before["k1"], before["k1_defaulted"], before["k1_cpu"] = parley_steps_per_s(agents, steps, 1, transport, repo=baseline)
+        before["k1"], before["k1_defaulted"], before["k1_cpu"] = parley_steps_per_s(
+            agents, steps, 1, transport, repo=baseline[0], bodies=baseline[1])
     k1, defaulted, k1_cpu = parley_steps_per_s(agents, steps, 1, transport)
     runs.append(inprocess_steps_per_s(agents, steps))
     k8, k8_cpu = {}, {}
     for w in workers:
         if baseline is not None:
             before[f"k8_{w}"], missing, before[f"k8_{w}_cpu"] = parley_steps_per_s(
-                agents, steps // 8, 8, transport, workers=w, repo=baseline)
+                agents, steps // 8, 8, transport, workers=w, repo=baseline[0], bodies=baseline[1])
             before["k1_defaulted"] += missing
         k8[w], missing, k8_cpu[w] = parley_steps_per_s(agents, steps // 8, 8, transport, workers=w)
         defaulted += missing
@@ -201,11 +207,18 @@ def main() -> None:
                         help="K=8 rows with the copies split over W processes (e.g. 1 2)")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout of Parley (e.g. main) measured side by side in the same run")
+    parser.add_argument("--messages-baseline", action="store_true",
+                        help="measure this checkout with msgpack lockstep bodies side by side (the 'before' rows) "
+                             "against packed ones (protocols/packed.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     if args.baseline is not None and not (args.baseline / "bench" / "random_client.py").is_file():
         parser.error(f"--baseline: expected a Parley checkout with bench/random_client.py, got {args.baseline}")
-    baseline = args.baseline.resolve() if args.baseline is not None else None
+    if args.baseline is not None and args.messages_baseline:
+        parser.error("--baseline and --messages-baseline both name the 'before' rows: give one")
+    baseline = (args.baseline.resolve(), "packed") if args.baseline is not None else None
+    if args.messages_baseline:
+        baseline = (REPO, "messages")
     if any(n < 1 for n in args.agents):
         parser.error(f"--agents: expected positive counts, got {args.agents}")
     if any(not 1 <= w <= 8 for w in args.workers):
@@ -224,7 +237,8 @@ def main() -> None:
         print(json.dumps({"transport": args.transport, "rows": rows, "load_avg_1m": round(load[0], 2),
                           "seconds": round(time.time() - started, 1)}))
         return
-    print(f"mpe2 simple_spread_v3, random actions, {args.steps} env steps per row, {args.transport}; "
+    before = "" if baseline is None else (" (before: msgpack bodies)" if args.messages_baseline else f" (before: {baseline[0]})")
+    print(f"mpe2 simple_spread_v3, random actions, {args.steps} env steps per row, {args.transport}{before}; "
           f"load average {load[0]:.2f} after the run")
     k8_columns = [("" if w == 1 else f"_w{w}", f"K=8 W={w}") for w in args.workers]
     print(f"{'N':>3}  {'in-process':>11}  {'Parley K=1':>11}  {'ratio':>6}"
@@ -234,7 +248,7 @@ def main() -> None:
               f"{row['ratio_k1']:>6.2f}"
               + "".join(f"  {row[f'parley_k8{suffix}_steps_per_s']:>11.0f}  {row[f'ratio_k8{suffix}']:>6.2f}" for suffix, _ in k8_columns)
               + f"  {row['defaulted_observations']:>9}")
-        if args.baseline is not None:
+        if baseline is not None:
             print(f"{'':>3}  {'before':>11}  {row['before_k1_steps_per_s']:>11.0f}  {row['before_ratio_k1']:>6.2f}"
                   + "".join(f"  {row[f'before_k8{suffix}_steps_per_s']:>11.0f}  {row[f'before_ratio_k8{suffix}']:>6.2f}" for suffix, _ in k8_columns)
                   + f"  {row['before_defaulted_observations']:>9}")
@@ -242,7 +256,7 @@ def main() -> None:
               f"(ratio {row['cpu_ratio_k1']:.2f})"
               + "".join(f", K=8 W={w} {row[f'parley_k8{s}_cpu_us_per_step']:.0f} (ratio {row[f'cpu_ratio_k8{s}']:.2f})"
                         for (s, _), w in zip(k8_columns, args.workers)))
-        if args.baseline is not None:
+        if baseline is not None:
             print(f"{'':>3}  before: K=1 {row['before_k1_cpu_us_per_step']:.0f} (ratio {row['before_cpu_ratio_k1']:.2f})"
                   + "".join(f", K=8 W={w} {row[f'before_k8{s}_cpu_us_per_step']:.0f} (ratio {row[f'before_cpu_ratio_k8{s}']:.2f})"
                             for (s, _), w in zip(k8_columns, args.workers)))

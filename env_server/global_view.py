@@ -122,21 +122,23 @@ class GlobalView:
         )
         if not self.available:
             return
+        first = envs.copies[0]
+        self.uses_env_state = has_state(first)
+        not_box = [a for a in self.possible_agents if not isinstance(envs.observation_spaces[a], spaces.Box)]
+        if not self.uses_env_state and not_box:
+            # Unavailable, not an error: a server of such an env serves every client that does
+            # not ask for the view (a join that asks is refused with this reason).
+            self.available = False
+            self.unavailable_reason = (f"env without state(): the global view concatenates Box observations, but "
+                                       f"{not_box[0]!r} observes {envs.observation_spaces[not_box[0]]!r}")
+            return
         self.wrap(envs)
         if eval_envs is not None:
             self.wrap(eval_envs)
-        first = envs.copies[0]
-        self.uses_env_state = has_state(first)
         if self.uses_env_state:
             self.state_space: spaces.Box = first.state_space
         else:
             dims = [int(np.prod(envs.observation_spaces[a].shape)) for a in self.possible_agents]
-            for agent in self.possible_agents:
-                if not isinstance(envs.observation_spaces[agent], spaces.Box):
-                    raise TypeError(
-                        f"env without state(): the global view concatenates Box observations, but {agent!r} "
-                        f"observes {envs.observation_spaces[agent]!r}"
-                    )
             self.state_space = spaces.Box(-np.inf, np.inf, (sum(dims),), np.float32)
         self.joint_action_dim = sum(flat_action_dim(envs.action_spaces[a]) for a in self.possible_agents)
         self.global_state: np.ndarray | None = None

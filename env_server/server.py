@@ -46,6 +46,7 @@ from env_server.vector import BatchedStep, VectorizedParallelEnv
 from protocols import messages as m
 from protocols.auth import BadInputLog
 from protocols.metrics import MetricsWriter
+from protocols.packed import PackedLayout
 from protocols.seeds import derive_seed
 from protocols.settings import ControlConfig
 from protocols.spaces import encode_space
@@ -210,6 +211,7 @@ class EnvServer:
         if request.global_view:
             self.global_view_clients.add(identity)
             self.global_view.enable()
+        packed = self._grant_packed(identity, request, agents)
         self.channel.reply(
             envelope,
             m.EnvWelcome(
@@ -225,8 +227,23 @@ class EnvServer:
                 task=self.task,
                 global_view=self.global_view.welcome() if request.global_view else None,
                 env_kwargs=self.env_kwargs,
+                packed=packed,
             ),
         )
+
+    def _grant_packed(self, identity: bytes, request: m.EnvJoin, agents: list[str]) -> bool:
+        """Whether this client's lockstep bodies travel packed (protocols/packed.py): asked for,
+        and nothing but the packed fields travels with its observations. Connections of clients
+        that were taken over (a restarted node joined again) lose their layouts here."""
+        for stale in self.channel.packed_peers - set(self.barrier.clients):
+            self.channel.forget_packed(stale)
+        spaces_refusal = PackedLayout.refusal(agents, self.envs.observation_spaces, self.envs.action_spaces)
+        if not request.packed or request.global_view or self.envs.forward_infos or spaces_refusal is not None:
+            self.channel.forget_packed(identity)
+            return False
+        layout = PackedLayout(agents, self.envs.observation_spaces, self.envs.action_spaces, self.envs.possible_agents)
+        self.channel.use_packed(layout, identity)
+        return True
 
     def on_reset(self, identity: bytes, envelope: Envelope) -> None:
         client = self.barrier.client(identity)

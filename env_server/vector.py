@@ -249,22 +249,45 @@ class VectorizedParallelEnv:
         return result
 
     def _batch(self, observations, rewards, terminated, truncated, finals, starts, ended_returns) -> BatchedStep:
-        result = BatchedStep({}, {}, {}, {}, {}, {}, starts, ended_returns)
-        for agent in self.possible_agents:
-            space = self.observation_spaces[agent]
-            rows = [obs.get(agent) for obs in observations]
-            filler = self._fillers[agent]
-            if isinstance(filler, np.ndarray) and all(type(r) is np.ndarray and r.dtype == filler.dtype for r in rows):
-                result.observations[agent] = np.stack(rows)  # the common case, without per-row casts
-            else:
-                result.observations[agent] = stack(space, rows)
-            result.rewards[agent] = np.array([r.get(agent, 0.0) for r in rewards], dtype=np.float32)
-            result.terminated[agent] = np.array([t.get(agent, False) for t in terminated], dtype=bool)
-            result.truncated[agent] = np.array([t.get(agent, False) for t in truncated], dtype=bool)
-            result.active[agent] = np.array([agent in obs for obs in observations], dtype=bool)
-            if any(final for final in finals):
-                result.final_observations[agent] = stack(space, [final.get(agent) for final in finals])
+        """The copies' per-agent dicts as per-agent arrays with a leading axis of K.
+
+        Runs once per lockstep step on the server's critical path, so the scalars of every agent
+        and copy are written into one fresh (N, K) array per field and each agent gets a row of
+        it (a view), instead of one small array built from a list per agent and field. Fresh
+        arrays every step: a held result (evaluation, episode hold) must not change under it."""
+        agents, index, copies = self.possible_agents, self._agent_index, self.num_copies
+        reward = np.zeros((len(agents), copies), dtype=np.float32)
+        flags = np.zeros((3, len(agents), copies), dtype=bool)  # terminated, truncated, active
+        for copy in range(copies):
+            for agent, value in rewards[copy].items():
+                reward[index[agent], copy] = value
+            for field, per_copy in ((0, terminated), (1, truncated)):
+                for agent, value in per_copy[copy].items():
+                    if value:
+                        flags[field, index[agent], copy] = True
+            for agent in observations[copy]:
+                flags[2, index[agent], copy] = True
+        result = BatchedStep(self._stack_observations(observations), {}, {}, {}, {}, {}, starts, ended_returns)
+        for position, agent in enumerate(agents):
+            result.rewards[agent] = reward[position]
+            result.terminated[agent] = flags[0, position]
+            result.truncated[agent] = flags[1, position]
+            result.active[agent] = flags[2, position]
+        if any(final for final in finals):
+            result.final_observations = self._stack_observations(finals)
         return result
+
+    def _stack_observations(self, per_copy: list[dict[str, Any]]) -> dict[str, Any]:
+        """agent -> its K rows stacked; an agent absent from a copy gets its space's zeros there."""
+        stacked = {}
+        for agent in self.possible_agents:
+            rows = [obs.get(agent) for obs in per_copy]
+            filler = self._fillers[agent]
+            if type(filler) is np.ndarray and all(type(r) is np.ndarray and r.dtype == filler.dtype for r in rows):
+                stacked[agent] = np.stack(rows)  # the common case, without per-row casts
+            else:
+                stacked[agent] = stack(self.observation_spaces[agent], rows)
+        return stacked
 
     def close(self) -> None:
         for env in self.copies:

@@ -519,6 +519,9 @@ class EnvJoin:
     agent_indices: list[int] = field(default_factory=list)
     # Ask for the global state and joint action on every observation (env_server/global_view.py).
     global_view: bool = False
+    # Ask for packed env.observation / env.action bodies (protocols/packed.py); the welcome says
+    # whether the server granted them.
+    packed: bool = False
 
 
 @dataclass(frozen=True)
@@ -561,6 +564,9 @@ class EnvWelcome:
     # `EnvConfig`): a client that records a dataset writes them into its manifest, so it never
     # reads the env section of resolved.yaml itself.
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The lockstep's bodies are packed from now on (the client asked, and protocols/packed.py can
+    # lay out its agents' spaces; never with forwarded infos or a global view).
+    packed: bool = False
 
 
 @register_message("env.reset")

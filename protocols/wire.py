@@ -24,6 +24,15 @@ routing id. The header's constant part (sender, run id, version) and each messag
 are packed once per sender and reused (`_HeaderPrefix`). A peer still speaking version 1 is told
 so (`VersionMismatch`), not left with a layout error.
 
+**Packed messages** (protocols/packed.py): the lockstep's env.observation and env.action, between
+an env server and a client that agreed on a byte layout at join, carry a struct header instead of
+msgpack: the head's payload is `PACKED_MARK` (0xC1, the one byte msgpack never uses, so it cannot
+be mistaken for a msgpack head), then type code, seq, sent_at and the sender's name (`_PACKED_HEAD`),
+and one body frame of raw bytes follows. The signature covers it as any other head and body. A
+packed message has no msg_id, run id or parent (nothing refers to them; the run's keys authenticate
+it), and `decode` returns it as `Packed(msg_type, data)`; the channel that holds the layout turns it
+into the message (transport.py).
+
 Arrays of 64 KiB and more get a frame each and are not copied on send (the frame points at the
 array's memory); smaller ones are packed, 8-byte aligned, into one shared first buffer frame.
 `decode` copies nothing (`np.frombuffer` over the frame it is given), which is why received
@@ -128,6 +137,48 @@ def pack_placeholder(index: int, dtype_str: str, shape: Sequence[int], offset: i
     at byte `offset` of it. Public for tests that lay frames out by hand."""
     kind = _WHOLE if offset is None else _SLICE
     return _PLACEHOLDER.pack(kind, _CODE_OF_DTYPE[dtype_str], len(shape), index, offset or 0) + _SHAPES[len(shape)].pack(*shape)
+
+
+PACKED_MARK = 0xC1  # first byte of a packed head's payload (msgpack's one unused byte)
+# Type codes of packed messages: the code is what travels. Only ever append.
+PACKED_TYPES: tuple[str, ...] = ("env.observation", "env.action")
+_PACKED_CODE = {msg_type: code for code, msg_type in enumerate(PACKED_TYPES)}
+_PACKED_HEAD = struct.Struct("<BBQdB")  # mark, type code, seq, sent_at, length of the sender's name
+
+
+class Packed(NamedTuple):
+    """A packed message as it crossed the wire: its type and its raw body (protocols/packed.py)."""
+
+    msg_type: str
+    data: Any
+
+
+def encode_packed(
+    msg_type: str, data: bytes, *, sender: str, seq: int, identities: Sequence[bytes] = (), key: bytes = b""
+) -> list[Any]:
+    """Frames of a packed message (module docstring): head and one raw body frame."""
+    name = sender.encode()
+    head_payload = _PACKED_HEAD.pack(PACKED_MARK, _PACKED_CODE[msg_type], seq, time.time(), len(name)) + name
+    if key:
+        head = b"".join((MAGIC, _SIGNED, _sign(key, head_payload, data), head_payload))
+    else:
+        head = _UNSIGNED_PREFIX + head_payload
+    return [*identities, head, data]
+
+
+def _decode_packed_head(head_payload: Any) -> Header:
+    if len(head_payload) < _PACKED_HEAD.size:
+        raise MalformedPayload(f"packed head: {len(head_payload)} bytes, shorter than its {_PACKED_HEAD.size}-byte header")
+    _, code, seq, sent_at, name_length = _PACKED_HEAD.unpack_from(head_payload)
+    if code >= len(PACKED_TYPES):
+        raise MalformedPayload(f"packed head: type code {code}; expected 0..{len(PACKED_TYPES) - 1} ({', '.join(PACKED_TYPES)})")
+    if len(head_payload) != _PACKED_HEAD.size + name_length:
+        raise MalformedPayload(f"packed head: a {name_length}-byte sender name needs {_PACKED_HEAD.size + name_length} bytes, got {len(head_payload)}")
+    try:
+        sender = bytes(head_payload[_PACKED_HEAD.size :]).decode()
+    except UnicodeDecodeError:
+        raise MalformedPayload("packed head: the sender's name is not UTF-8") from None
+    return Header("", PACKED_TYPES[code], sender, "", PROTOCOL_VERSION, seq, sent_at)
 
 
 def encode(
@@ -288,11 +339,12 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
     if len(head) < payload_at:
         raise FrameLayoutError(f"head: {len(head)} bytes, too short for a {signature_length}-byte signature")
     head_payload = head[payload_at:]
+    packed_header = _decode_packed_head(head_payload) if head_payload and head_payload[0] == PACKED_MARK else None
 
     if key or signature_length:  # an unsigned run skips hashing; a stray signature is refused
         mismatch = "signature does not match the run key"
         if callable(key):
-            claimed = _unpack_head(head_payload)[0].get("sender")
+            claimed = packed_header.sender if packed_header else _unpack_head(head_payload)[0].get("sender")
             if not isinstance(claimed, str):
                 raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
             key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
@@ -306,6 +358,11 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
         if not hmac.compare_digest(bytes(head[_HEAD_FIXED:payload_at]), expected):
             raise SignatureError(mismatch)
 
+    if packed_header is not None:
+        if buffer_frames:
+            raise FrameLayoutError(f"a packed message is a head and one body frame, got {len(buffer_frames)} more")
+        identities = tuple(bytes(frame) for frame in frames[:split]) if split else ()
+        return Envelope(packed_header, Packed(packed_header.msg_type, body_frame), {}, identities)
     header_map, parent = _unpack_head(head_payload)
     header = _decode_header(header_map)
     buffer_views = [frame if type(frame) is bytes else memoryview(frame).cast("B") for frame in buffer_frames]

@@ -1,0 +1,239 @@
+"""Packed bodies for the lockstep's two hot messages, env.observation and env.action.
+
+Every lockstep step sends each client one env.observation and gets one env.action back. As
+msgpack bodies these are maps of small arrays whose names, dtypes and shapes never change within
+a run, and building and checking those maps was most of the per-message cost of the lockstep
+(bench/PROFILE.md, round 5). So a client may ask for packed bodies when it joins
+(`EnvJoin.packed`), and the server grants them (`EnvWelcome.packed`) when every space of the
+client's agents has a fixed byte layout (`PackedLayout.refusal`) and nothing else travels with
+an observation (no forwarded infos, no global view). Both sides then build the same
+`PackedLayout` from what the welcome says (the client's agents and their spaces, the env's
+possible agents), and the two messages travel as raw bytes behind a fixed struct:
+
+    env.observation  step i64, copies K u32, flags u8 (evaluation, run_finished, finals),
+                     missing: one bit per possible agent, episode_start: K bytes,
+                     per agent of the client, in the welcome's order:
+                         observations (K, *obs_shape), rewards (K,) f32,
+                         terminated, truncated, active (K,) bool
+                     then, with the finals flag, per agent: final_observations (K, *obs_shape)
+    env.action       step i64, copies K u32, flags u8 (evaluation),
+                     per agent: actions (K, *action_shape)
+
+K travels in each body because evaluation copies may differ in number from training copies.
+The transport packs a message of these types for a peer it has a layout for
+(`Channel.use_packed`; protocols/wire.py gives the envelope: the same head and signature, a
+struct header instead of msgpack) and unpacks it back into the same `EnvObservation` /
+`EnvAction`, so no handler sees the difference. A body of the wrong size is a `FieldError` and
+the message is dropped like any malformed one; action values are checked where msgpack ones are
+(the server's barrier: ranges, finiteness). Received arrays are read-only views of the frame.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import gymnasium.spaces as spaces
+import numpy as np
+
+from protocols import messages as m
+from protocols.errors import FieldError
+
+_HEAD = struct.Struct("<qIB")  # step, copies, flags
+_EVALUATION, _RUN_FINISHED, _FINALS = 1, 2, 4
+_BOOL = np.dtype(bool)
+_REWARD = np.dtype(np.float32)
+
+
+def row_layout(space: spaces.Space) -> tuple[np.dtype, tuple[int, ...]] | None:
+    """The dtype and shape of one copy's value in `space`, as the env server batches it
+    (env_server/vector.py), or None when the space has no fixed layout (Dict, Tuple, ...)."""
+    if isinstance(space, spaces.Box):
+        return np.dtype(space.dtype), tuple(space.shape)
+    if isinstance(space, spaces.Discrete):
+        return np.dtype(np.int64), ()
+    if isinstance(space, spaces.MultiDiscrete):
+        return np.dtype(np.int64), tuple(space.shape)
+    if isinstance(space, spaces.MultiBinary):
+        return np.dtype(np.int8), tuple(space.shape)
+    return None
+
+
+class _Field:
+    """One array of a body: whose, which, where and how it is shaped for K copies."""
+
+    __slots__ = ("agent", "name", "dtype", "row_shape", "row_bytes")
+
+    def __init__(self, agent: str, name: str, dtype: np.dtype, row_shape: tuple[int, ...]) -> None:
+        self.agent, self.name, self.dtype, self.row_shape = agent, name, dtype, row_shape
+        self.row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+
+
+class PackedLayout:
+    """The byte layout of one client's env.observation and env.action bodies (module docstring)."""
+
+    def __init__(
+        self,
+        agents: list[str],
+        observation_spaces: dict[str, spaces.Space],
+        action_spaces: dict[str, spaces.Space],
+        possible_agents: list[str],
+    ) -> None:
+        refusal = self.refusal(agents, observation_spaces, action_spaces)
+        if refusal is not None:
+            raise ValueError(refusal)
+        self.agents = list(agents)
+        self.possible_agents = list(possible_agents)
+        self._agent_bit = {agent: index for index, agent in enumerate(self.possible_agents)}
+        self._mask_bytes = (len(self.possible_agents) + 7) // 8
+        self._no_missing = bytes(self._mask_bytes)
+        observed = {agent: row_layout(observation_spaces[agent]) for agent in self.agents}
+        self._step_fields = [
+            _Field(agent, name, dtype, shape)
+            for agent in self.agents
+            for name, (dtype, shape) in (("observations", observed[agent]), ("rewards", (_REWARD, ())),
+                                         ("terminated", (_BOOL, ())), ("truncated", (_BOOL, ())), ("active", (_BOOL, ())))
+        ]
+        self._final_fields = [_Field(agent, "final_observations", *observed[agent]) for agent in self.agents]
+        self._action_fields = [_Field(agent, "actions", *row_layout(action_spaces[agent])) for agent in self.agents]
+        self._observation_bytes = {}  # (copies, finals) -> body size, computed once per K
+
+    @staticmethod
+    def refusal(agents: list[str], observation_spaces: dict[str, spaces.Space],
+                action_spaces: dict[str, spaces.Space]) -> str | None:
+        """Why these agents' messages cannot be packed, or None when they can."""
+        for agent in agents:
+            for what, space in (("observation", observation_spaces[agent]), ("action", action_spaces[agent])):
+                if row_layout(space) is None:
+                    return f"{agent}'s {what} space {space} has no fixed byte layout (Box, Discrete, MultiDiscrete, MultiBinary)"
+        return None
+
+    # ------------------------------------------------------------------ both messages
+
+    def fits(self, message: Any) -> bool:
+        """Whether `message` has the layout's fields and no others: an env.action for each of the
+        client's agents (RemoteParallelEnv leaves out agents that are done: such an action goes as
+        msgpack), an env.observation without infos or global view, with finals for all or none."""
+        if type(message) is m.EnvAction:
+            return len(message.actions) == len(self.agents) and all(agent in message.actions for agent in self.agents)
+        if type(message) is not m.EnvObservation:
+            return False
+        finals = message.final_observations
+        return (not message.infos and message.global_state is None and message.joint_action is None
+                and (not finals or all(agent in finals for agent in self.agents)))
+
+    def pack(self, message: Any) -> bytes:
+        """The body of a message that `fits`."""
+        if type(message) is m.EnvObservation:
+            return self.pack_observation(message)
+        return self.pack_action(message)
+
+    def unpack(self, msg_type: str, data: Any) -> Any:
+        if type(data) is not bytes:  # a zmq frame's memory (CURVE): received arrays must be read-only
+            data = bytes(data)
+        if msg_type == m.EnvObservation.MSG_TYPE:
+            return self.unpack_observation(data)
+        return self.unpack_action(data)
+
+    # ------------------------------------------------------------------ env.observation
+
+    def pack_observation(self, observation: m.EnvObservation) -> bytes:
+        copies = len(observation.episode_start)
+        finals = observation.final_observations
+        flags = (_EVALUATION if observation.evaluation else 0) | (_RUN_FINISHED if observation.run_finished else 0) | (
+            _FINALS if finals else 0)
+        parts = [_HEAD.pack(observation.step, copies, flags), self._missing_mask(observation.missing),
+                 _raw(observation.episode_start, _BOOL, copies, "episode_start")]
+        for field in self._step_fields:
+            parts.append(_raw(getattr(observation, field.name)[field.agent], field.dtype, copies * field.row_bytes, field.name))
+        if finals:
+            for field in self._final_fields:
+                parts.append(_raw(finals[field.agent], field.dtype, copies * field.row_bytes, field.name))
+        return b"".join(parts)
+
+    def unpack_observation(self, data: Any) -> m.EnvObservation:
+        step, copies, flags = self._head(data, "env.observation")
+        finals = bool(flags & _FINALS)
+        expected = self._observation_size(copies, finals)
+        if len(data) != expected:
+            raise FieldError(f"packed env.observation for {copies} copies of {self.agents}: expected {expected} bytes, got {len(data)}")
+        offset = _HEAD.size
+        mask = data[offset : offset + self._mask_bytes]
+        offset += self._mask_bytes
+        missing = [] if not any(mask) else [
+            agent for agent, bit in self._agent_bit.items() if mask[bit >> 3] & (1 << (bit & 7))
+        ]
+        episode_start = np.frombuffer(data, _BOOL, copies, offset)
+        offset += copies
+        fields: dict[str, dict[str, np.ndarray]] = {
+            "observations": {}, "rewards": {}, "terminated": {}, "truncated": {}, "active": {}, "final_observations": {},
+        }
+        for field in (self._step_fields + self._final_fields) if finals else self._step_fields:
+            count = copies * field.row_bytes // field.dtype.itemsize
+            array = np.frombuffer(data, field.dtype, count, offset)
+            fields[field.name][field.agent] = array.reshape(copies, *field.row_shape) if field.row_shape else array
+            offset += copies * field.row_bytes
+        return m.EnvObservation(step=step, episode_start=episode_start, missing=missing, evaluation=bool(flags & _EVALUATION),
+                                run_finished=bool(flags & _RUN_FINISHED), **fields)
+
+    def _observation_size(self, copies: int, finals: bool) -> int:
+        size = self._observation_bytes.get((copies, finals))
+        if size is None:
+            per_copy = 1 + sum(f.row_bytes for f in self._step_fields) + (sum(f.row_bytes for f in self._final_fields) if finals else 0)
+            size = self._observation_bytes[(copies, finals)] = _HEAD.size + self._mask_bytes + copies * per_copy
+        return size
+
+    def _missing_mask(self, missing: list[str]) -> bytes:
+        if not missing:
+            return self._no_missing
+        mask = bytearray(self._mask_bytes)
+        for agent in missing:
+            bit = self._agent_bit[agent]
+            mask[bit >> 3] |= 1 << (bit & 7)
+        return bytes(mask)
+
+    # ------------------------------------------------------------------ env.action
+
+    def pack_action(self, action: m.EnvAction) -> bytes:
+        first = np.asarray(action.actions[self.agents[0]])
+        if first.ndim == 0:
+            raise ValueError(f"actions[{self.agents[0]!r}]: expected a batch shaped (K, ...), got a scalar")
+        copies = len(first)
+        parts = [_HEAD.pack(action.step, copies, _EVALUATION if action.evaluation else 0)]
+        for field in self._action_fields:
+            parts.append(_raw(action.actions[field.agent], field.dtype, copies * field.row_bytes, f"actions[{field.agent!r}]"))
+        return b"".join(parts)
+
+    def unpack_action(self, data: Any) -> m.EnvAction:
+        step, copies, flags = self._head(data, "env.action")
+        expected = _HEAD.size + copies * sum(f.row_bytes for f in self._action_fields)
+        if len(data) != expected:
+            raise FieldError(f"packed env.action for {copies} copies of {self.agents}: expected {expected} bytes, got {len(data)}")
+        actions, offset = {}, _HEAD.size
+        for field in self._action_fields:
+            count = copies * field.row_bytes // field.dtype.itemsize
+            array = np.frombuffer(data, field.dtype, count, offset)
+            actions[field.agent] = array.reshape(copies, *field.row_shape) if field.row_shape else array
+            offset += copies * field.row_bytes
+        return m.EnvAction(step=step, actions=actions, evaluation=bool(flags & _EVALUATION))
+
+    @staticmethod
+    def _head(data: Any, what: str) -> tuple[int, int, int]:
+        if len(data) < _HEAD.size:
+            raise FieldError(f"packed {what}: {len(data)} bytes, shorter than its {_HEAD.size}-byte header")
+        return _HEAD.unpack_from(data)
+
+
+def _raw(value: Any, dtype: np.dtype, nbytes: int, what: str) -> Any:
+    """`value` as contiguous bytes of `dtype` (no copy when it already is), checked to be `nbytes` long."""
+    array = value if type(value) is np.ndarray and value.dtype == dtype else _converted(value, dtype, what)
+    if array.nbytes != nbytes:
+        raise ValueError(f"{what}: {array.shape} of {dtype} is {array.nbytes} bytes, the layout expects {nbytes}")
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _converted(value: Any, dtype: np.dtype, what: str) -> np.ndarray:
+    array = np.asarray(value)
+    if not np.can_cast(array.dtype, dtype, "same_kind"):
+        raise ValueError(f"{what}: expected {dtype} values, got {array.dtype}")
+    return array.astype(dtype, copy=False)
