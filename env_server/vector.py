@@ -127,8 +127,28 @@ def row(batched: Any, index: int) -> Any:
     return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
+def copy_rows(batched: Any, num_copies: int) -> list[Any]:
+    """The K per-copy values of a batched action, as `row` gives them; a batch of integers
+    (Discrete) as Python ints in one call, not K numpy scalars (it runs per agent and step)."""
+    if type(batched) is np.ndarray and batched.ndim == 1 and batched.dtype.kind in "iu":
+        return batched.tolist()
+    return [row(batched, index) for index in range(num_copies)]
+
+
 def check_batched(space: spaces.Space, batched: Any, num_copies: int, where: str) -> None:
-    """Raise ValueError naming what was expected if `batched` is not K valid actions."""
+    """Raise ValueError naming what was expected if `batched` is not K valid actions.
+
+    Runs for every action the env server receives: a Discrete batch, the common case, is
+    checked on its K Python ints (for the few copies of a lockstep, cheaper than numpy's
+    comparisons, ~0.3 against ~2 us)."""
+    if type(space) is spaces.Discrete and type(batched) is np.ndarray and batched.shape == (num_copies,):
+        if batched.dtype.kind not in "iu":
+            raise ValueError(f"{where}: expected integer actions, got dtype {batched.dtype}")
+        low, values = int(space.start), batched.tolist()
+        if min(values) < low or max(values) >= low + int(space.n):
+            index = next(i for i, value in enumerate(values) if not low <= value < low + int(space.n))
+            raise ValueError(f"{where}[{index}]: {batched[index]} is outside {space}")
+        return
     if isinstance(space, spaces.Dict):
         if not isinstance(batched, dict) or set(batched) != set(space.spaces):
             raise ValueError(f"{where}: expected a map with keys {sorted(space.spaces)}")
@@ -184,7 +204,8 @@ class VectorizedParallelEnv:
         self._agent_index = {agent: i for i, agent in enumerate(self.possible_agents)}
         # Filled in once: `_batch` runs every step for every agent.
         self._fillers = {a: zeros_like_space(space) for a, space in self.observation_spaces.items()}
-        self._returns = np.zeros((num_copies, len(self.possible_agents)))
+        # Per copy, per agent: the return of the running episode (Python floats: added to per agent and step).
+        self._returns = [[0.0] * len(self.possible_agents) for _ in range(num_copies)]
         self._finished = [False] * num_copies
         self._last_obs: list[dict[str, Any]] = [{} for _ in range(num_copies)]
 
@@ -202,7 +223,7 @@ class VectorizedParallelEnv:
         if self.forward_infos and not self._info_keys_checked and any(any(c.values()) for c in infos):
             check_info_keys(infos, self.forward_infos)
             self._info_keys_checked = True
-        self._returns[:] = 0.0
+        self._returns = [[0.0] * len(self.possible_agents) for _ in range(self.num_copies)]
         self._finished = [False] * self.num_copies
         self._last_obs = per_copy
         starts = np.ones(self.num_copies, dtype=bool)
@@ -216,12 +237,13 @@ class VectorizedParallelEnv:
         observations, rewards, terminated, truncated, finals, infos = [], [], [], [], [], []
         starts = np.zeros(self.num_copies, dtype=bool)
         ended_returns: list[float] = []
+        rows = {agent: copy_rows(value, self.num_copies) for agent, value in actions.items()}
         for index, env in enumerate(self.copies):
             if self._finished[index]:  # only without autoreset: wait for an explicit reset
                 observations.append({}), rewards.append({}), terminated.append({}), truncated.append({}), finals.append({})
                 infos.append({})
                 continue
-            copy_actions = {agent: row(actions[agent], index) for agent in env.agents}
+            copy_actions = {agent: rows[agent][index] for agent in env.agents}
             obs, rew, term, trunc, copy_infos = env.step(copy_actions)
             infos.append(copy_infos)
             returns = self._returns[index]
@@ -229,8 +251,8 @@ class VectorizedParallelEnv:
                 returns[self._agent_index[agent]] += value
             final = {}
             if not env.agents:  # the episode of this copy is over
-                ended_returns.append(float(self._returns[index].mean()))
-                self._returns[index] = 0.0
+                ended_returns.append(float(np.mean(returns)))
+                self._returns[index] = [0.0] * len(returns)
                 if self.autoreset:
                     final = obs
                     obs, _ = env.reset()
@@ -284,7 +306,7 @@ class VectorizedParallelEnv:
             rows = [obs.get(agent) for obs in per_copy]
             filler = self._fillers[agent]
             if type(filler) is np.ndarray and all(type(r) is np.ndarray and r.dtype == filler.dtype for r in rows):
-                stacked[agent] = np.stack(rows)  # the common case, without per-row casts
+                stacked[agent] = np.array(rows)  # the common case: a copy, ~6x cheaper than np.stack
             else:
                 stacked[agent] = stack(self.observation_spaces[agent], rows)
         return stacked

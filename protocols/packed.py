@@ -96,7 +96,7 @@ class PackedLayout:
         ]
         self._final_fields = [_Field(agent, "final_observations", *observed[agent]) for agent in self.agents]
         self._action_fields = [_Field(agent, "actions", *row_layout(action_spaces[agent])) for agent in self.agents]
-        self._observation_bytes = {}  # (copies, finals) -> body size, computed once per K
+        self._observation_plans: dict[tuple[int, bool], tuple[int, list[tuple]]] = {}  # see _observation_plan
 
     @staticmethod
     def refusal(agents: list[str], observation_spaces: dict[str, spaces.Space],
@@ -154,34 +154,36 @@ class PackedLayout:
     def unpack_observation(self, data: Any) -> m.EnvObservation:
         step, copies, flags = self._head(data, "env.observation")
         finals = bool(flags & _FINALS)
-        expected = self._observation_size(copies, finals)
-        if len(data) != expected:
-            raise FieldError(f"packed env.observation for {copies} copies of {self.agents}: expected {expected} bytes, got {len(data)}")
-        offset = _HEAD.size
-        mask = data[offset : offset + self._mask_bytes]
-        offset += self._mask_bytes
+        size, plan = self._observation_plan(copies, finals)
+        if len(data) != size:
+            raise FieldError(f"packed env.observation for {copies} copies of {self.agents}: expected {size} bytes, got {len(data)}")
+        mask = data[_HEAD.size : _HEAD.size + self._mask_bytes]
         missing = [] if not any(mask) else [
             agent for agent, bit in self._agent_bit.items() if mask[bit >> 3] & (1 << (bit & 7))
         ]
-        episode_start = np.frombuffer(data, _BOOL, copies, offset)
-        offset += copies
         fields: dict[str, dict[str, np.ndarray]] = {
             "observations": {}, "rewards": {}, "terminated": {}, "truncated": {}, "active": {}, "final_observations": {},
         }
-        for field in (self._step_fields + self._final_fields) if finals else self._step_fields:
-            count = copies * field.row_bytes // field.dtype.itemsize
-            array = np.frombuffer(data, field.dtype, count, offset)
-            fields[field.name][field.agent] = array.reshape(copies, *field.row_shape) if field.row_shape else array
-            offset += copies * field.row_bytes
-        return m.EnvObservation(step=step, episode_start=episode_start, missing=missing, evaluation=bool(flags & _EVALUATION),
-                                run_finished=bool(flags & _RUN_FINISHED), **fields)
+        for name, agent, dtype, count, offset, shape in plan:
+            array = np.frombuffer(data, dtype, count, offset)
+            fields[name][agent] = array if shape is None else array.reshape(shape)
+        return m.EnvObservation(step=step, episode_start=np.frombuffer(data, _BOOL, copies, _HEAD.size + self._mask_bytes),
+                                missing=missing, evaluation=bool(flags & _EVALUATION), run_finished=bool(flags & _RUN_FINISHED),
+                                **fields)
 
-    def _observation_size(self, copies: int, finals: bool) -> int:
-        size = self._observation_bytes.get((copies, finals))
-        if size is None:
-            per_copy = 1 + sum(f.row_bytes for f in self._step_fields) + (sum(f.row_bytes for f in self._final_fields) if finals else 0)
-            size = self._observation_bytes[(copies, finals)] = _HEAD.size + self._mask_bytes + copies * per_copy
-        return size
+    def _observation_plan(self, copies: int, finals: bool) -> tuple[int, list[tuple]]:
+        """(body size, where each array lies) for `copies` copies, computed once per K: the
+        receiving side reads every body with it."""
+        plan = self._observation_plans.get((copies, finals))
+        if plan is None:
+            offset = _HEAD.size + self._mask_bytes + copies  # after the head, the mask and episode_start
+            arrays = []
+            for field in (self._step_fields + self._final_fields) if finals else self._step_fields:
+                shape = (copies, *field.row_shape) if field.row_shape else None
+                arrays.append((field.name, field.agent, field.dtype, copies * field.row_bytes // field.dtype.itemsize, offset, shape))
+                offset += copies * field.row_bytes
+            plan = self._observation_plans[(copies, finals)] = (offset, arrays)
+        return plan
 
     def _missing_mask(self, missing: list[str]) -> bytes:
         if not missing:

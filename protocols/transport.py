@@ -726,6 +726,8 @@ class Hub:
 
     def next_due(self) -> float | None:
         """When the earliest delayed (link-emulated) send is due, or None."""
+        if self.links is None:  # only link emulation holds sends back (asked on every wait)
+            return None
         due = [when for channel in self._channels.values() if (when := channel.next_due()) is not None]
         return min(due) if due else None
 

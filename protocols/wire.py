@@ -26,12 +26,13 @@ so (`VersionMismatch`), not left with a layout error.
 
 **Packed messages** (protocols/packed.py): the lockstep's env.observation and env.action, between
 an env server and a client that agreed on a byte layout at join, carry a struct header instead of
-msgpack: the head's payload is `PACKED_MARK` (0xC1, the one byte msgpack never uses, so it cannot
-be mistaken for a msgpack head), then type code, seq, sent_at and the sender's name (`_PACKED_HEAD`),
-and one body frame of raw bytes follows. The signature covers it as any other head and body. A
-packed message has no msg_id, run id or parent (nothing refers to them; the run's keys authenticate
-it), and `decode` returns it as `Packed(msg_type, data)`; the channel that holds the layout turns it
-into the message (transport.py).
+msgpack, and the body in the same frame: the head's payload is `PACKED_MARK` (0xC1, the one byte
+msgpack never uses, so it cannot be mistaken for a msgpack head), then type code, seq, sent_at and
+the sender's name (`_PACKED_HEAD`), then the raw body. One frame instead of three saves a zmq
+message part on both ends. The signature covers the whole payload. A packed message has no msg_id,
+run id or parent (nothing refers to them; the run's keys authenticate it), and `decode` returns it
+as `Packed(msg_type, data)`; the channel that holds the layout turns it into the message
+(transport.py).
 
 Arrays of 64 KiB and more get a frame each and are not copied on send (the frame points at the
 array's memory); smaller ones are packed, 8-byte aligned, into one shared first buffer frame.
@@ -156,29 +157,55 @@ class Packed(NamedTuple):
 def encode_packed(
     msg_type: str, data: bytes, *, sender: str, seq: int, identities: Sequence[bytes] = (), key: bytes = b""
 ) -> list[Any]:
-    """Frames of a packed message (module docstring): head and one raw body frame."""
+    """Frames of a packed message (module docstring): one frame, the head with the body after it."""
     name = sender.encode()
-    head_payload = _PACKED_HEAD.pack(PACKED_MARK, _PACKED_CODE[msg_type], seq, time.time(), len(name)) + name
-    if key:
-        head = b"".join((MAGIC, _SIGNED, _sign(key, head_payload, data), head_payload))
-    else:
-        head = _UNSIGNED_PREFIX + head_payload
-    return [*identities, head, data]
+    payload = b"".join((_PACKED_HEAD.pack(PACKED_MARK, _PACKED_CODE[msg_type], seq, time.time(), len(name)), name, data))
+    head = b"".join((MAGIC, _SIGNED, _sign(key, payload), payload)) if key else _UNSIGNED_PREFIX + payload
+    return [*identities, head]
 
 
-def _decode_packed_head(head_payload: Any) -> Header:
-    if len(head_payload) < _PACKED_HEAD.size:
-        raise MalformedPayload(f"packed head: {len(head_payload)} bytes, shorter than its {_PACKED_HEAD.size}-byte header")
-    _, code, seq, sent_at, name_length = _PACKED_HEAD.unpack_from(head_payload)
+def _decode_packed(frames: Sequence[Any], split: int, signature: Any, payload: Any,
+                   key: bytes | Callable[[str], bytes]) -> Envelope:
+    """A packed message's envelope (module docstring); `payload` is the head frame after the signature."""
+    if len(frames) - split != 1:
+        raise FrameLayoutError(f"a packed message is one frame after the routing ids, got {len(frames) - split}")
+    if len(payload) < _PACKED_HEAD.size:
+        raise MalformedPayload(f"packed head: {len(payload)} bytes, shorter than its {_PACKED_HEAD.size}-byte header")
+    _, code, seq, sent_at, name_length = _PACKED_HEAD.unpack_from(payload)
     if code >= len(PACKED_TYPES):
         raise MalformedPayload(f"packed head: type code {code}; expected 0..{len(PACKED_TYPES) - 1} ({', '.join(PACKED_TYPES)})")
-    if len(head_payload) != _PACKED_HEAD.size + name_length:
-        raise MalformedPayload(f"packed head: a {name_length}-byte sender name needs {_PACKED_HEAD.size + name_length} bytes, got {len(head_payload)}")
+    body_at = _PACKED_HEAD.size + name_length
+    if len(payload) < body_at:
+        raise MalformedPayload(f"packed head: a {name_length}-byte sender name needs {body_at} bytes, got {len(payload)}")
     try:
-        sender = bytes(head_payload[_PACKED_HEAD.size :]).decode()
+        sender = bytes(payload[_PACKED_HEAD.size : body_at]).decode()
     except UnicodeDecodeError:
         raise MalformedPayload("packed head: the sender's name is not UTF-8") from None
-    return Header("", PACKED_TYPES[code], sender, "", PROTOCOL_VERSION, seq, sent_at)
+    if key or signature:
+        _check_signature(key, signature, (payload,), lambda: sender)
+    header = Header("", PACKED_TYPES[code], sender, "", PROTOCOL_VERSION, seq, sent_at)
+    identities = tuple(bytes(frame) for frame in frames[:split]) if split else ()
+    return Envelope(header, Packed(header.msg_type, payload[body_at:]), {}, identities)
+
+
+def _check_signature(key: bytes | Callable[[str], bytes], signature: Any, parts: tuple[Any, ...],
+                     claimed_sender: Callable[[], Any]) -> None:
+    """Raise SignatureError unless `signature` (empty: none) is the HMAC of `parts` under `key`,
+    or under `key(sender)` when the key depends on the sender the header claims."""
+    mismatch = "signature does not match the run key"
+    if callable(key):
+        claimed = claimed_sender()
+        if not isinstance(claimed, str):
+            raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
+        key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
+        if not key:
+            raise SignatureError(f"no signing key for {claimed[:64]!r}, the sender the header claims")
+    if not key:
+        raise SignatureError("unexpected signature: this run is unsigned")
+    if not signature:
+        raise SignatureError("missing signature: this run signs every message")
+    if not hmac.compare_digest(bytes(signature), _sign(key, *parts)):
+        raise SignatureError(mismatch)
 
 
 def encode(
@@ -327,11 +354,7 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
     """
     split = _find_head(frames)
     head = frames[split]
-    if len(frames) - split < 2:
-        raise FrameLayoutError(f"expected a body frame after the head, got {len(frames) - split - 1} frame(s)")
     head = head if type(head) is bytes else memoryview(head).cast("B")
-    body_frame = frames[split + 1]
-    buffer_frames = frames[split + 2 :]
     signature_length = head[len(MAGIC)]
     if signature_length not in (0, SIGNATURE_BYTES):
         raise FrameLayoutError(f"head: signature length must be 0 or {SIGNATURE_BYTES}, got {signature_length}")
@@ -339,30 +362,16 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
     if len(head) < payload_at:
         raise FrameLayoutError(f"head: {len(head)} bytes, too short for a {signature_length}-byte signature")
     head_payload = head[payload_at:]
-    packed_header = _decode_packed_head(head_payload) if head_payload and head_payload[0] == PACKED_MARK else None
-
+    if head_payload and head_payload[0] == PACKED_MARK:
+        return _decode_packed(frames, split, head[_HEAD_FIXED:payload_at], head_payload, key)
+    if len(frames) - split < 2:
+        raise FrameLayoutError(f"expected a body frame after the head, got {len(frames) - split - 1} frame(s)")
+    body_frame = frames[split + 1]
+    buffer_frames = frames[split + 2 :]
     if key or signature_length:  # an unsigned run skips hashing; a stray signature is refused
-        mismatch = "signature does not match the run key"
-        if callable(key):
-            claimed = packed_header.sender if packed_header else _unpack_head(head_payload)[0].get("sender")
-            if not isinstance(claimed, str):
-                raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
-            key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
-            if not key:
-                raise SignatureError(f"no signing key for {claimed[:64]!r}, the sender the header claims")
-        if not key:
-            raise SignatureError("unexpected signature: this run is unsigned")
-        if not signature_length:
-            raise SignatureError("missing signature: this run signs every message")
-        expected = _sign(key, head_payload, body_frame, *buffer_frames)
-        if not hmac.compare_digest(bytes(head[_HEAD_FIXED:payload_at]), expected):
-            raise SignatureError(mismatch)
+        _check_signature(key, head[_HEAD_FIXED:payload_at], (head_payload, body_frame, *buffer_frames),
+                         lambda: _unpack_head(head_payload)[0].get("sender"))
 
-    if packed_header is not None:
-        if buffer_frames:
-            raise FrameLayoutError(f"a packed message is a head and one body frame, got {len(buffer_frames)} more")
-        identities = tuple(bytes(frame) for frame in frames[:split]) if split else ()
-        return Envelope(packed_header, Packed(packed_header.msg_type, body_frame), {}, identities)
     header_map, parent = _unpack_head(head_payload)
     header = _decode_header(header_map)
     buffer_views = [frame if type(frame) is bytes else memoryview(frame).cast("B") for frame in buffer_frames]

@@ -158,6 +158,7 @@ def test_spaces_without_a_fixed_layout_are_refused_with_the_reason():
 
 def test_a_packed_envelope_decodes_to_its_type_sender_and_body():
     frames = wire.encode_packed("env.action", b"body", sender="agent_3", seq=7, identities=[b"id"])
+    assert len(frames) == 2  # the routing id, then head and body in one frame
     envelope = wire.decode(frames)
     assert envelope.identities == (b"id",) and envelope.message == wire.Packed("env.action", b"body")
     assert (envelope.sender, envelope.msg_type, envelope.header.seq) == ("agent_3", "env.action", 7)
@@ -169,7 +170,7 @@ def test_the_signature_covers_a_packed_message_and_names_its_sender():
     frames = wire.encode_packed("env.observation", b"body", sender="agent_3", seq=1, key=keys["agent_3"])
     assert wire.decode(frames, key=keys.get).sender == "agent_3"
     with pytest.raises(SignatureError, match="the sender the header claims"):
-        wire.decode(frames[:-1] + [b"bodx"], key=keys.get)
+        wire.decode([frames[0][:-1] + b"x"], key=keys.get)
     posing = wire.encode_packed("env.observation", b"body", sender="agent_4", seq=1, key=keys["agent_3"])
     with pytest.raises(SignatureError):
         wire.decode(posing, key=keys.get)
@@ -178,14 +179,15 @@ def test_the_signature_covers_a_packed_message_and_names_its_sender():
 
 
 def test_a_malformed_packed_head_is_named():
-    head, body = wire.encode_packed("env.action", b"x", sender="agent_3", seq=1)
-    bad_code = head[:10] + b"\x09" + head[11:]
+    (head,) = wire.encode_packed("env.action", b"x", sender="agent_3", seq=1)
+    payload_at = len(wire.MAGIC) + 1  # unsigned: no signature bytes
+    bad_code = head[: payload_at + 1] + b"\x09" + head[payload_at + 2 :]
     with pytest.raises(MalformedPayload, match=r"type code 9; expected 0..1 \(env.observation, env.action\)"):
-        wire.decode([bad_code, body])
+        wire.decode([bad_code])
     with pytest.raises(MalformedPayload, match="a 7-byte sender name needs"):
-        wire.decode([head[:-1], body])
-    with pytest.raises(FrameLayoutError, match="a packed message is a head and one body frame"):
-        wire.decode([head, body, b"extra"])
+        wire.decode([head[: payload_at + wire._PACKED_HEAD.size + 3]])
+    with pytest.raises(FrameLayoutError, match="a packed message is one frame after the routing ids, got 2"):
+        wire.decode([head, b"extra"])
 
 
 # ------------------------------------------------------------------------------------------
