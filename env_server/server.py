@@ -10,6 +10,10 @@ Message flow (agents are DEALERs, the server is a ROUTER):
                                     or step_deadline_s passed (missing -> default action)
                 ◀─────────────────  env.observation(step=S+1, missing=[...])
 
+A client that asks at join gets env.observation and env.action as packed bodies
+(protocols/packed.py, `_grant_packed`); the channel packs and unpacks them, so nothing below
+sees the difference.
+
 This module is the thin loop. The rules live in sans-IO parts with their own unit tests:
 `barrier.py` (who drives which agent, the open step, its deadline, default actions, the
 absent/rejoin rule, take-over by a restarted node), `episode_hold.py` (announcing who plays an
@@ -237,12 +241,19 @@ class EnvServer:
         that were taken over (a restarted node joined again) lose their layouts here."""
         for stale in self.channel.packed_peers - set(self.barrier.clients):
             self.channel.forget_packed(stale)
-        spaces_refusal = PackedLayout.refusal(agents, self.envs.observation_spaces, self.envs.action_spaces)
-        if not request.packed or request.global_view or self.envs.forward_infos or spaces_refusal is not None:
+        refusal = (
+            "not asked for" if not request.packed
+            else "the global view travels with its observations" if request.global_view
+            else "infos are forwarded (env.forward_infos)" if self.envs.forward_infos
+            else PackedLayout.refusal(agents, self.envs.observation_spaces, self.envs.action_spaces)
+        )
+        if refusal is not None:
             self.channel.forget_packed(identity)
+            log.info("client %s: lockstep bodies in msgpack (%s)", request.client_id, refusal)
             return False
         layout = PackedLayout(agents, self.envs.observation_spaces, self.envs.action_spaces, self.envs.possible_agents)
         self.channel.use_packed(layout, identity)
+        log.info("client %s: lockstep bodies packed", request.client_id)
         return True
 
     def on_reset(self, identity: bytes, envelope: Envelope) -> None:

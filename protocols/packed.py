@@ -20,9 +20,17 @@ possible agents), and the two messages travel as raw bytes behind a fixed struct
                      per agent: actions (K, *action_shape)
 
 K travels in each body because evaluation copies may differ in number from training copies.
+
+The env server's copy workers (env_server/workers.py) use the same layout over every agent for
+their two hot messages:
+
+    env.worker_step    copies K u32, per agent: actions (K, *action_shape)
+    env.worker_result  copies K u32, flags u8 (all_finished, finals), n u32 episode returns,
+                       episode_start: K bytes, the observation's per-agent arrays (finals too),
+                       then the n episode returns as f64
 The transport packs a message of these types for a peer it has a layout for
-(`Channel.use_packed`; protocols/wire.py gives the envelope: the same head and signature, a
-struct header instead of msgpack) and unpacks it back into the same `EnvObservation` /
+(`Channel.use_packed`; protocols/wire.py gives the envelope: one frame, the same magic and
+signature, a struct header instead of msgpack, then this body) and unpacks it back into the same `EnvObservation` /
 `EnvAction`, so no handler sees the difference. A body of the wrong size is a `FieldError` and
 the message is dropped like any malformed one; action values are checked where msgpack ones are
 (the server's barrier: ranges, finiteness). Received arrays are read-only views of the frame.
@@ -40,7 +48,10 @@ from protocols import messages as m
 from protocols.errors import FieldError
 
 _HEAD = struct.Struct("<qIB")  # step, copies, flags
-_EVALUATION, _RUN_FINISHED, _FINALS = 1, 2, 4
+_WORKER_STEP_HEAD = struct.Struct("<I")  # copies
+_WORKER_RESULT_HEAD = struct.Struct("<IBI")  # copies, flags, episode returns
+_EVALUATION, _RUN_FINISHED, _FINALS, _ALL_FINISHED = 1, 2, 4, 8
+_RETURN = np.dtype(np.float64)
 _BOOL = np.dtype(bool)
 _REWARD = np.dtype(np.float32)
 
@@ -96,7 +107,11 @@ class PackedLayout:
         ]
         self._final_fields = [_Field(agent, "final_observations", *observed[agent]) for agent in self.agents]
         self._action_fields = [_Field(agent, "actions", *row_layout(action_spaces[agent])) for agent in self.agents]
-        self._observation_plans: dict[tuple[int, bool], tuple[int, list[tuple]]] = {}  # see _observation_plan
+        self._observation_plans: dict[tuple[int, int, bool], tuple[int, list[tuple]]] = {}  # see _observation_plan
+        self._packers = {m.EnvObservation: self.pack_observation, m.EnvAction: self.pack_action,
+                         m.EnvWorkerStep: self.pack_worker_step, m.EnvWorkerResult: self.pack_worker_result}
+        self._unpackers = {m.EnvObservation.MSG_TYPE: self.unpack_observation, m.EnvAction.MSG_TYPE: self.unpack_action,
+                           m.EnvWorkerStep.MSG_TYPE: self.unpack_worker_step, m.EnvWorkerResult.MSG_TYPE: self.unpack_worker_result}
 
     @staticmethod
     def refusal(agents: list[str], observation_spaces: dict[str, spaces.Space],
@@ -111,29 +126,28 @@ class PackedLayout:
     # ------------------------------------------------------------------ both messages
 
     def fits(self, message: Any) -> bool:
-        """Whether `message` has the layout's fields and no others: an env.action for each of the
-        client's agents (RemoteParallelEnv leaves out agents that are done: such an action goes as
-        msgpack), an env.observation without infos or global view, with finals for all or none."""
-        if type(message) is m.EnvAction:
+        """Whether `message` has the layout's fields and no others: actions for each of the
+        layout's agents (RemoteParallelEnv leaves out agents that are done: such an action goes as
+        msgpack), observations without infos or global view, with finals for all or none."""
+        kind = type(message)
+        if kind is m.EnvAction or kind is m.EnvWorkerStep:
             return len(message.actions) == len(self.agents) and all(agent in message.actions for agent in self.agents)
-        if type(message) is not m.EnvObservation:
+        if kind is m.EnvObservation:
+            if message.global_state is not None or message.joint_action is not None:
+                return False
+        elif kind is not m.EnvWorkerResult:
             return False
         finals = message.final_observations
-        return (not message.infos and message.global_state is None and message.joint_action is None
-                and (not finals or all(agent in finals for agent in self.agents)))
+        return not message.infos and (not finals or all(agent in finals for agent in self.agents))
 
     def pack(self, message: Any) -> bytes:
         """The body of a message that `fits`."""
-        if type(message) is m.EnvObservation:
-            return self.pack_observation(message)
-        return self.pack_action(message)
+        return self._packers[type(message)](message)
 
     def unpack(self, msg_type: str, data: Any) -> Any:
         if type(data) is not bytes:  # a zmq frame's memory (CURVE): received arrays must be read-only
             data = bytes(data)
-        if msg_type == m.EnvObservation.MSG_TYPE:
-            return self.unpack_observation(data)
-        return self.unpack_action(data)
+        return self._unpackers[msg_type](data)
 
     # ------------------------------------------------------------------ env.observation
 
@@ -142,47 +156,59 @@ class PackedLayout:
         finals = observation.final_observations
         flags = (_EVALUATION if observation.evaluation else 0) | (_RUN_FINISHED if observation.run_finished else 0) | (
             _FINALS if finals else 0)
-        parts = [_HEAD.pack(observation.step, copies, flags), self._missing_mask(observation.missing),
-                 _raw(observation.episode_start, _BOOL, copies, "episode_start")]
-        for field in self._step_fields:
-            parts.append(_raw(getattr(observation, field.name)[field.agent], field.dtype, copies * field.row_bytes, field.name))
-        if finals:
-            for field in self._final_fields:
-                parts.append(_raw(finals[field.agent], field.dtype, copies * field.row_bytes, field.name))
+        parts = [_HEAD.pack(observation.step, copies, flags), self._missing_mask(observation.missing)]
+        self._append_step_arrays(parts, observation, copies)
         return b"".join(parts)
+
+    def _append_step_arrays(self, parts: list[Any], message: Any, copies: int) -> None:
+        """episode_start and every agent's arrays of an observation or worker result, in layout order."""
+        parts.append(_raw(message.episode_start, _BOOL, copies, "episode_start"))
+        for field in self._step_fields:
+            parts.append(_raw(getattr(message, field.name)[field.agent], field.dtype, copies * field.row_bytes, field.name))
+        if message.final_observations:
+            for field in self._final_fields:
+                parts.append(_raw(message.final_observations[field.agent], field.dtype, copies * field.row_bytes, field.name))
 
     def unpack_observation(self, data: Any) -> m.EnvObservation:
         step, copies, flags = self._head(data, "env.observation")
-        finals = bool(flags & _FINALS)
-        size, plan = self._observation_plan(copies, finals)
+        start = _HEAD.size + self._mask_bytes
+        size, fields = self._read_step_arrays(data, start, copies, bool(flags & _FINALS))
         if len(data) != size:
             raise FieldError(f"packed env.observation for {copies} copies of {self.agents}: expected {size} bytes, got {len(data)}")
-        mask = data[_HEAD.size : _HEAD.size + self._mask_bytes]
+        mask = data[_HEAD.size : start]
         missing = [] if not any(mask) else [
             agent for agent, bit in self._agent_bit.items() if mask[bit >> 3] & (1 << (bit & 7))
         ]
-        fields: dict[str, dict[str, np.ndarray]] = {
+        return m.EnvObservation(step=step, missing=missing, evaluation=bool(flags & _EVALUATION),
+                                run_finished=bool(flags & _RUN_FINISHED), **fields)
+
+    def _read_step_arrays(self, data: bytes, start: int, copies: int, finals: bool) -> tuple[int, dict[str, Any]]:
+        """(where the arrays end, the message fields they fill) for a body whose episode_start
+        begins at `start`. Only reads within `data`: the caller then checks the body's size."""
+        end, plan = self._observation_plan(start, copies, finals)
+        if len(data) < end:
+            return end, {}
+        fields: dict[str, Any] = {
             "observations": {}, "rewards": {}, "terminated": {}, "truncated": {}, "active": {}, "final_observations": {},
+            "episode_start": np.frombuffer(data, _BOOL, copies, start),
         }
         for name, agent, dtype, count, offset, shape in plan:
             array = np.frombuffer(data, dtype, count, offset)
             fields[name][agent] = array if shape is None else array.reshape(shape)
-        return m.EnvObservation(step=step, episode_start=np.frombuffer(data, _BOOL, copies, _HEAD.size + self._mask_bytes),
-                                missing=missing, evaluation=bool(flags & _EVALUATION), run_finished=bool(flags & _RUN_FINISHED),
-                                **fields)
+        return end, fields
 
-    def _observation_plan(self, copies: int, finals: bool) -> tuple[int, list[tuple]]:
-        """(body size, where each array lies) for `copies` copies, computed once per K: the
-        receiving side reads every body with it."""
-        plan = self._observation_plans.get((copies, finals))
+    def _observation_plan(self, start: int, copies: int, finals: bool) -> tuple[int, list[tuple]]:
+        """(where the arrays end, where each lies) for `copies` copies after episode_start at
+        `start`, computed once per K: the receiving side reads every body with it."""
+        plan = self._observation_plans.get((start, copies, finals))
         if plan is None:
-            offset = _HEAD.size + self._mask_bytes + copies  # after the head, the mask and episode_start
+            offset = start + copies  # after episode_start
             arrays = []
             for field in (self._step_fields + self._final_fields) if finals else self._step_fields:
                 shape = (copies, *field.row_shape) if field.row_shape else None
                 arrays.append((field.name, field.agent, field.dtype, copies * field.row_bytes // field.dtype.itemsize, offset, shape))
                 offset += copies * field.row_bytes
-            plan = self._observation_plans[(copies, finals)] = (offset, arrays)
+            plan = self._observation_plans[(start, copies, finals)] = (offset, arrays)
         return plan
 
     def _missing_mask(self, missing: list[str]) -> bytes:
@@ -197,33 +223,71 @@ class PackedLayout:
     # ------------------------------------------------------------------ env.action
 
     def pack_action(self, action: m.EnvAction) -> bytes:
-        first = np.asarray(action.actions[self.agents[0]])
-        if first.ndim == 0:
-            raise ValueError(f"actions[{self.agents[0]!r}]: expected a batch shaped (K, ...), got a scalar")
-        copies = len(first)
-        parts = [_HEAD.pack(action.step, copies, _EVALUATION if action.evaluation else 0)]
-        for field in self._action_fields:
-            parts.append(_raw(action.actions[field.agent], field.dtype, copies * field.row_bytes, f"actions[{field.agent!r}]"))
-        return b"".join(parts)
+        copies = self._copies_of(action.actions)
+        return b"".join([_HEAD.pack(action.step, copies, _EVALUATION if action.evaluation else 0), *self._action_arrays(action.actions, copies)])
 
     def unpack_action(self, data: Any) -> m.EnvAction:
         step, copies, flags = self._head(data, "env.action")
-        expected = _HEAD.size + copies * sum(f.row_bytes for f in self._action_fields)
+        return m.EnvAction(step=step, actions=self._read_actions(data, _HEAD.size, copies, "env.action"),
+                           evaluation=bool(flags & _EVALUATION))
+
+    def _copies_of(self, actions: dict[str, Any]) -> int:
+        first = np.asarray(actions[self.agents[0]])
+        if first.ndim == 0:
+            raise ValueError(f"actions[{self.agents[0]!r}]: expected a batch shaped (K, ...), got a scalar")
+        return len(first)
+
+    def _action_arrays(self, actions: dict[str, Any], copies: int) -> list[Any]:
+        return [_raw(actions[f.agent], f.dtype, copies * f.row_bytes, f"actions[{f.agent!r}]") for f in self._action_fields]
+
+    def _read_actions(self, data: bytes, start: int, copies: int, what: str) -> dict[str, np.ndarray]:
+        expected = start + copies * sum(f.row_bytes for f in self._action_fields)
         if len(data) != expected:
-            raise FieldError(f"packed env.action for {copies} copies of {self.agents}: expected {expected} bytes, got {len(data)}")
-        actions, offset = {}, _HEAD.size
+            raise FieldError(f"packed {what} for {copies} copies of {self.agents}: expected {expected} bytes, got {len(data)}")
+        actions, offset = {}, start
         for field in self._action_fields:
             count = copies * field.row_bytes // field.dtype.itemsize
             array = np.frombuffer(data, field.dtype, count, offset)
             actions[field.agent] = array.reshape(copies, *field.row_shape) if field.row_shape else array
             offset += copies * field.row_bytes
-        return m.EnvAction(step=step, actions=actions, evaluation=bool(flags & _EVALUATION))
+        return actions
+
+    # ------------------------------------------------------------------ the copy workers' messages
+
+    def pack_worker_step(self, request: m.EnvWorkerStep) -> bytes:
+        copies = self._copies_of(request.actions)
+        return b"".join([_WORKER_STEP_HEAD.pack(copies), *self._action_arrays(request.actions, copies)])
+
+    def unpack_worker_step(self, data: Any) -> m.EnvWorkerStep:
+        (copies,) = _unpack_head(_WORKER_STEP_HEAD, data, "env.worker_step")
+        return m.EnvWorkerStep(actions=self._read_actions(data, _WORKER_STEP_HEAD.size, copies, "env.worker_step"))
+
+    def pack_worker_result(self, result: m.EnvWorkerResult) -> bytes:
+        copies = len(result.episode_start)
+        flags = (_ALL_FINISHED if result.all_finished else 0) | (_FINALS if result.final_observations else 0)
+        parts = [_WORKER_RESULT_HEAD.pack(copies, flags, len(result.episode_returns))]
+        self._append_step_arrays(parts, result, copies)
+        parts.append(np.asarray(result.episode_returns, dtype=_RETURN))
+        return b"".join(parts)
+
+    def unpack_worker_result(self, data: Any) -> m.EnvWorkerResult:
+        copies, flags, returns = _unpack_head(_WORKER_RESULT_HEAD, data, "env.worker_result")
+        end, fields = self._read_step_arrays(data, _WORKER_RESULT_HEAD.size, copies, bool(flags & _FINALS))
+        if len(data) != end + returns * _RETURN.itemsize:
+            raise FieldError(f"packed env.worker_result for {copies} copies and {returns} episode returns: "
+                             f"expected {end + returns * _RETURN.itemsize} bytes, got {len(data)}")
+        return m.EnvWorkerResult(**fields, episode_returns=np.frombuffer(data, _RETURN, returns, end).tolist(),
+                                 all_finished=bool(flags & _ALL_FINISHED))
 
     @staticmethod
     def _head(data: Any, what: str) -> tuple[int, int, int]:
-        if len(data) < _HEAD.size:
-            raise FieldError(f"packed {what}: {len(data)} bytes, shorter than its {_HEAD.size}-byte header")
-        return _HEAD.unpack_from(data)
+        return _unpack_head(_HEAD, data, what)
+
+
+def _unpack_head(head: struct.Struct, data: Any, what: str) -> tuple:
+    if len(data) < head.size:
+        raise FieldError(f"packed {what}: {len(data)} bytes, shorter than its {head.size}-byte header")
+    return head.unpack_from(data)
 
 
 def _raw(value: Any, dtype: np.dtype, nbytes: int, what: str) -> Any:

@@ -28,6 +28,11 @@ run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port; `LO
 lowest free port of that range, for firewalls: `network.port_range`) and records the address to
 advertise to peers.
 
+Packed lockstep bodies (protocols/packed.py): a channel told a peer's `PackedLayout`
+(`use_packed`) sends that peer's env.observation / env.action packed and turns packed ones from
+it back into the same messages; a packed message from a peer without a layout is dropped and
+counted like any malformed one.
+
 Network emulation: a hub made with a `LinkTable` (`protocols/links.py`, built from the run's
 `network:` section) passes every message to another node through the model of that directed
 link: a DEALER channel knows its `peer` (the node id it was connected to), a ROUTER channel sends

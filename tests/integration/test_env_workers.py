@@ -26,6 +26,8 @@ def test_split_copies_shares_them_out_server_first():
 def test_split_copies_step_exactly_like_one_process(autoreset):
     plain = VectorizedParallelEnv(factory, 5, autoreset=autoreset)
     split = SplitVectorEnv(factory, 5, autoreset=autoreset, num_workers=2)
+    # The worker's step requests and results travel packed (protocols/packed.py).
+    assert [channel.packed_peers for channel in split._channels] == [{None}]
     try:
         rng = np.random.default_rng(0)
         results = [plain.reset(seed=11), split.reset(seed=11)]
@@ -60,6 +62,7 @@ def test_split_copies_forward_the_same_infos_as_one_process():
     keys = ("achieved_goals", "landmark")
     plain = VectorizedParallelEnv(build, 5, autoreset=True, forward_infos=keys)
     split = SplitVectorEnv(build, 5, autoreset=True, num_workers=2, forward_infos=keys)
+    assert [channel.packed_peers for channel in split._channels] == [set()]  # infos travel in msgpack only
     try:
         rng = np.random.default_rng(1)
         results = [plain.reset(seed=4), split.reset(seed=4)]

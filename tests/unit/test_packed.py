@@ -70,9 +70,10 @@ def observation(copies: int, *, agents=("a0", "a1"), finals=False, **flags) -> m
 
 def assert_same_message(got, expected) -> None:
     assert type(got) is type(expected)
-    for name in ("step", "run_finished", "evaluation"):
-        assert getattr(got, name) == getattr(expected, name), name
-    assert sorted(got.missing) == sorted(expected.missing)  # a bit mask: back in the env's agent order
+    if type(expected) is m.EnvObservation:
+        for name in ("step", "run_finished", "evaluation"):
+            assert getattr(got, name) == getattr(expected, name), name
+        assert sorted(got.missing) == sorted(expected.missing)  # a bit mask: back in the env's agent order
     for name in ("observations", "rewards", "terminated", "truncated", "active", "final_observations"):
         mine, theirs = getattr(got, name), getattr(expected, name)
         assert list(mine) == list(theirs), name
@@ -112,6 +113,27 @@ def test_an_action_comes_back_as_it_was_packed():
     assert (got.step, got.evaluation, list(got.actions)) == (9, True, AGENTS)
     for agent, action in actions.items():
         assert np.array_equal(got.actions[agent], action) and got.actions[agent].shape == action.shape
+
+
+@pytest.mark.parametrize("finals", [False, True])
+def test_the_copy_workers_messages_come_back_as_they_were_packed(finals):
+    # env_server/workers.py: the layout over every agent carries a worker's requests and results.
+    packer = layout(AGENTS)
+    actions = {"a0": np.full((3, 2), -0.5, np.float32), "a1": np.array([2, 0, 1]), "a2": np.array([[0, 2]] * 3)}
+    got = packer.unpack("env.worker_step", packer.pack(m.EnvWorkerStep(actions=actions)))
+    assert list(got.actions) == AGENTS and all(np.array_equal(got.actions[a], actions[a]) for a in AGENTS)
+
+    fields = observation(3, agents=AGENTS, finals=finals)
+    result = m.EnvWorkerResult(observations=fields.observations, rewards=fields.rewards, terminated=fields.terminated,
+                               truncated=fields.truncated, active=fields.active, final_observations=fields.final_observations,
+                               episode_start=fields.episode_start, episode_returns=[-1.5, 2.25], all_finished=True)
+    assert packer.fits(result) and not packer.fits(m.EnvWorkerResult(**{**vars(result), "infos": {"a0": {"x": np.zeros(3)}}}))
+    body = packer.pack(result)
+    got = packer.unpack("env.worker_result", body)
+    assert_same_message(got, result)
+    assert got.episode_returns == [-1.5, 2.25] and got.all_finished is True
+    with pytest.raises(FieldError, match="packed env.worker_result for 3 copies and 2 episode returns: expected"):
+        packer.unpack("env.worker_result", body[:-8])
 
 
 def test_a_body_of_the_wrong_size_is_a_field_error_naming_the_expected_size():
@@ -182,7 +204,7 @@ def test_a_malformed_packed_head_is_named():
     (head,) = wire.encode_packed("env.action", b"x", sender="agent_3", seq=1)
     payload_at = len(wire.MAGIC) + 1  # unsigned: no signature bytes
     bad_code = head[: payload_at + 1] + b"\x09" + head[payload_at + 2 :]
-    with pytest.raises(MalformedPayload, match=r"type code 9; expected 0..1 \(env.observation, env.action\)"):
+    with pytest.raises(MalformedPayload, match=r"type code 9; expected 0..3 \(env.observation, env.action, env.worker_step"):
         wire.decode([bad_code])
     with pytest.raises(MalformedPayload, match="a 7-byte sender name needs"):
         wire.decode([head[: payload_at + wire._PACKED_HEAD.size + 3]])
