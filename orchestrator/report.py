@@ -353,17 +353,22 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 
 def _metrics_every_steps(run_dir: Path) -> int:
-    """`agents.metrics_every_steps` from the run's resolved.yaml (its default if absent)."""
-    import yaml
+    """`agents.metrics_every_steps` of the run: its resolved.yaml's agents section validated by the
+    schema the nodes use (`AgentsConfig`), which also holds the default for a run dir whose
+    resolved.yaml has no agents section or cannot be read (a partial or foreign one)."""
+    from pydantic import ValidationError
 
     from agent_node.config import AgentsConfig
+    from orchestrator.config import read_yaml
 
     default = AgentsConfig.model_fields["metrics_every_steps"].default
     try:
-        resolved = yaml.safe_load((run_dir / RESOLVED_FILENAME).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        resolved = read_yaml(run_dir / RESOLVED_FILENAME)
+        if not isinstance(resolved, dict) or "agents" not in resolved:
+            return default
+        return AgentsConfig.model_validate(resolved["agents"]).metrics_every_steps
+    except (ConfigError, ValidationError):
         return default
-    return int(((resolved.get("agents") or {}).get("metrics_every_steps")) or default)
 
 
 def summarize_run(path: str | Path) -> dict[str, Any]:

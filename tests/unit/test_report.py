@@ -254,7 +254,7 @@ def test_back_after_a_fault_and_metric_rows_lost_per_agent(tmp_path):
     missing: a row lost. Rows are written every 50 steps (resolved.yaml)."""
     run_dir = tmp_path / "run"
     (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved.yaml").write_text("agents: {metrics_every_steps: 50}\n")
+    (run_dir / "resolved.yaml").write_text("agents: {count: 2, learner: {kind: dqn}, metrics_every_steps: 50}\n")
     write_jsonl(run_dir / "events.jsonl", [
         {"t": T0, "event": "started", "node": None},
         {"t": T0 + 2, "event": "fault", "kind": "partition", "at_s": 2.0, "run_s": 2.0, "step": 100, "position": 0,
