@@ -1,7 +1,7 @@
 """Lockstep throughput: PettingZoo in-process against Parley (env server + N agent processes).
 
     python bench/throughput.py [--agents 4 8 16] [--workers 1 2] [--steps N] [--transport ipc|tcp]
-                               [--baseline DIR | --messages-baseline | --compare-bodies R] [--json]
+                               [--baseline DIR | --messages-baseline] [--alternate R] [--json]
 
 For each agent count N, measured in one run so the ratios compare like with like on a noisy
 machine:
@@ -26,8 +26,8 @@ measures loopback TCP (what several hosts use).
 `--messages-baseline` measures this checkout's clients with msgpack lockstep bodies as the `before`
 rows, against packed bodies (protocols/packed.py, what a run uses), side by side the same way.
 
-`--compare-bodies R` measures only that pair: R runs of each per K, their order swapped every
-round, medians (the figure in bench/PROFILE.md, round 6).
+`--alternate R` (with either of the two above) measures only the pair: R runs of each per K,
+their order swapped every round, medians (the figures in bench/PROFILE.md, round 6).
 
 `--baseline DIR` measures a second checkout of Parley (e.g. `git worktree add /tmp/before main`
 or `git archive main | tar -x -C /tmp/before`) in the same run: for each K its env server and
@@ -140,23 +140,26 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
     return env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6
 
 
-def compare_bodies(agents: int, steps: int, transport: str, workers: list[int], rounds: int) -> list[dict]:
-    """Packed against msgpack lockstep bodies, `rounds` runs of each per K, the order swapped
-    every round (so neither always runs first); medians of steps/s and CPU per env step."""
+def alternate(agents: int, steps: int, transport: str, workers: list[int], rounds: int, before: tuple[Path, str]) -> list[dict]:
+    """This checkout (packed bodies) against `before` = (checkout, bodies), `rounds` runs of each
+    per K, the order swapped every round (so neither always runs first); medians of steps/s and
+    CPU per env step."""
+    sides = {"after": (REPO, "packed"), "before": before}
     rows = []
     for copies, w in [(1, 1)] + [(8, w) for w in workers]:
-        runs: dict[str, list[tuple[float, float]]] = {"packed": [], "messages": []}
+        runs: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
         for round_index in range(rounds):
-            for bodies in ("packed", "messages") if round_index % 2 == 0 else ("messages", "packed"):
-                rate, defaulted, cpu = parley_steps_per_s(agents, steps // copies, copies, transport, workers=w, bodies=bodies)
+            for side in ("after", "before") if round_index % 2 == 0 else ("before", "after"):
+                repo, bodies = sides[side]
+                rate, defaulted, cpu = parley_steps_per_s(agents, steps // copies, copies, transport, workers=w, repo=repo, bodies=bodies)
                 if defaulted:
-                    raise RuntimeError(f"{bodies} K={copies} W={w}: {defaulted} observations reported a defaulted action")
-                runs[bodies].append((rate, cpu))
+                    raise RuntimeError(f"{side} K={copies} W={w}: {defaulted} observations reported a defaulted action")
+                runs[side].append((rate, cpu))
         row = {"agents": agents, "copies": copies, "workers": w, "rounds": rounds}
-        for bodies, measured in runs.items():
-            row[f"{bodies}_steps_per_s"] = round(float(np.median([r for r, _ in measured])), 1)
-            row[f"{bodies}_cpu_us_per_step"] = round(float(np.median([c for _, c in measured])), 1)
-            row[f"{bodies}_steps_per_s_range"] = [round(min(r for r, _ in measured)), round(max(r for r, _ in measured))]
+        for side, measured in runs.items():
+            row[f"{side}_steps_per_s"] = round(float(np.median([r for r, _ in measured])), 1)
+            row[f"{side}_cpu_us_per_step"] = round(float(np.median([c for _, c in measured])), 1)
+            row[f"{side}_steps_per_s_range"] = [round(min(r for r, _ in measured)), round(max(r for r, _ in measured))]
         rows.append(row)
     return rows
 
@@ -234,25 +237,11 @@ def main() -> None:
     parser.add_argument("--messages-baseline", action="store_true",
                         help="measure this checkout with msgpack lockstep bodies side by side (the 'before' rows) "
                              "against packed ones (protocols/packed.py)")
-    parser.add_argument("--compare-bodies", type=int, default=None, metavar="ROUNDS",
-                        help="only packed against msgpack lockstep bodies: ROUNDS runs of each per K, alternating "
-                             "their order; medians (no in-process rows)")
+    parser.add_argument("--alternate", type=int, default=None, metavar="ROUNDS",
+                        help="with --baseline or --messages-baseline: only the two sides, ROUNDS runs of each per K "
+                             "in alternating order; medians (no in-process rows)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
-    if args.compare_bodies is not None:
-        if args.compare_bodies < 1:
-            parser.error(f"--compare-bodies: expected at least 1 round, got {args.compare_bodies}")
-        rows = [row for n in args.agents for row in compare_bodies(n, args.steps, args.transport, args.workers, args.compare_bodies)]
-        if args.json:
-            print(json.dumps({"transport": args.transport, "rows": rows, "load_avg_1m": round(os.getloadavg()[0], 2)}))
-            return
-        print(f"packed against msgpack lockstep bodies, {args.steps} env steps per run, medians of {args.compare_bodies} "
-              f"alternating runs; load average {os.getloadavg()[0]:.2f} after")
-        print(f"{'N':>3} {'K':>2} {'W':>2}  {'packed steps/s':>15} {'msgpack steps/s':>16}  {'packed CPU us':>13} {'msgpack CPU us':>14}")
-        for row in rows:
-            print(f"{row['agents']:>3} {row['copies']:>2} {row['workers']:>2}  {row['packed_steps_per_s']:>15.0f} "
-                  f"{row['messages_steps_per_s']:>16.0f}  {row['packed_cpu_us_per_step']:>13.0f} {row['messages_cpu_us_per_step']:>14.0f}")
-        return
     if args.baseline is not None and not (args.baseline / "bench" / "random_client.py").is_file():
         parser.error(f"--baseline: expected a Parley checkout with bench/random_client.py, got {args.baseline}")
     if args.baseline is not None and args.messages_baseline:
@@ -260,6 +249,21 @@ def main() -> None:
     baseline = (args.baseline.resolve(), "packed") if args.baseline is not None else None
     if args.messages_baseline:
         baseline = (REPO, "messages")
+    if args.alternate is not None:
+        if baseline is None or args.alternate < 1:
+            parser.error(f"--alternate: expected --baseline or --messages-baseline and at least 1 round, got {args.alternate}")
+        rows = [row for n in args.agents for row in alternate(n, args.steps, args.transport, args.workers, args.alternate, baseline)]
+        if args.json:
+            print(json.dumps({"transport": args.transport, "before": [str(baseline[0]), baseline[1]], "rows": rows,
+                              "load_avg_1m": round(os.getloadavg()[0], 2)}))
+            return
+        print(f"this checkout (packed bodies) against {baseline[0]} ({baseline[1]} bodies), {args.steps} env steps per run, "
+              f"medians of {args.alternate} alternating runs; load average {os.getloadavg()[0]:.2f} after")
+        print(f"{'N':>3} {'K':>2} {'W':>2}  {'steps/s':>8} {'before':>8}  {'CPU us/env step':>15} {'before':>8}")
+        for row in rows:
+            print(f"{row['agents']:>3} {row['copies']:>2} {row['workers']:>2}  {row['after_steps_per_s']:>8.0f} "
+                  f"{row['before_steps_per_s']:>8.0f}  {row['after_cpu_us_per_step']:>15.0f} {row['before_cpu_us_per_step']:>8.0f}")
+        return
     if any(n < 1 for n in args.agents):
         parser.error(f"--agents: expected positive counts, got {args.agents}")
     if any(not 1 <= w <= 8 for w in args.workers):

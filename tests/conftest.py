@@ -26,6 +26,44 @@ def hub():
     hub.close()
 
 
+@pytest.fixture
+def hubs():
+    """`make(sender, **hub_options)`: hubs of run "r" speaking as `sender`, all closed at teardown."""
+    made: list[Hub] = []
+
+    def make(sender: str, **kwargs) -> Hub:
+        hub = Hub(sender=sender, run_id="r", **kwargs)
+        made.append(hub)
+        return hub
+
+    yield make
+    for hub in made:
+        hub.close()
+
+
+@pytest.fixture
+def raw_dealer():
+    """`connect(endpoint, identity)`: a bare pyzmq DEALER (no hub, no envelope), for tests that put
+    frames on the wire by hand or read them as they arrived; closed with its context at teardown."""
+    import zmq
+
+    context = zmq.Context()
+    sockets = []
+
+    def connect(endpoint: str, identity: bytes):
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.IDENTITY, identity)
+        socket.connect(endpoint)
+        sockets.append(socket)
+        return socket
+
+    yield connect
+    for socket in sockets:
+        socket.close(linger=0)
+    context.term()
+
+
 def read_line_with_deadline(process: subprocess.Popen, timeout_s: float) -> str:
     """The next stdout line of `process`, or an AssertionError naming what it printed instead."""
     selector = selectors.DefaultSelector()

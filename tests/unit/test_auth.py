@@ -35,18 +35,6 @@ def keys_dir(tmp_path):
     return generate_run_keys(tmp_path / "keys", NODES)
 
 
-@pytest.fixture
-def hubs():
-    made: list[Hub] = []
-
-    def make(sender: str, **kwargs) -> Hub:
-        hub = Hub(sender=sender, run_id="r", **kwargs)
-        made.append(hub)
-        return hub
-
-    yield make
-    for hub in made:
-        hub.close()
 
 
 def nothing_arrives(channel, timeout_s: float = 1.0) -> bool:

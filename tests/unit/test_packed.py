@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 from gymnasium import spaces
 
 from agent_node.env_client import EnvClient, EnvProtocolError
@@ -217,20 +216,6 @@ def test_a_malformed_packed_head_is_named():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hubs():
-    made: list[Hub] = []
-
-    def make(sender: str, **kwargs) -> Hub:
-        hub = Hub(sender=sender, run_id="r", **kwargs)
-        made.append(hub)
-        return hub
-
-    yield make
-    for hub in made:
-        hub.close()
-
-
 def first(hub: Hub, channel, timeout_s: float = 10.0):
     deadline = time.monotonic() + timeout_s
     while (left := deadline - time.monotonic()) > 0:
@@ -267,22 +252,14 @@ def test_a_channel_with_a_layout_sends_packed_and_hands_over_messages(transport,
     assert_same_message(first(client_hub, client).message, sent)
 
 
-def test_a_packed_message_from_a_peer_without_a_layout_is_dropped_and_counted(hubs, tmp_path):
+def test_a_packed_message_from_a_peer_without_a_layout_is_dropped_and_counted(hubs, raw_dealer, tmp_path):
     server_hub = hubs("env")
     inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
-    context = zmq.Context()
-    raw = context.socket(zmq.DEALER)
-    try:
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.setsockopt(zmq.IDENTITY, b"a0")
-        raw.connect(inbox.endpoint)
-        raw.send_multipart(wire.encode_packed("env.action", b"\x00" * 13, sender="a0", seq=1))
-        raw.send_multipart(wire.encode(m.EnvReset(), sender="a0", run_id="r", seq=2))
-        assert isinstance(first(server_hub, inbox).message, m.EnvReset)
-        assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
-    finally:
-        raw.close(linger=0)
-        context.term()
+    raw = raw_dealer(inbox.endpoint, b"a0")
+    raw.send_multipart(wire.encode_packed("env.action", b"\x00" * 13, sender="a0", seq=1))
+    raw.send_multipart(wire.encode(m.EnvReset(), sender="a0", run_id="r", seq=2))
+    assert isinstance(first(server_hub, inbox).message, m.EnvReset)
+    assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import time
 import msgpack
 import numpy as np
 import pytest
-import zmq
 
 from protocols import messages as m
 from protocols import wire
@@ -86,47 +85,31 @@ def test_send_batch_delivers_each_message_to_its_peer(hubs, tmp_path, key):
         assert envelope.message.observations[name].tolist() == [[7.0] * 18]
 
 
-def test_a_lockstep_message_is_three_frames_on_the_wire(hubs, tmp_path):
+def test_a_lockstep_message_is_three_frames_on_the_wire(hubs, raw_dealer, tmp_path):
     server_hub = hubs("env")
     inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
-    context = zmq.Context()
-    raw = context.socket(zmq.DEALER)
-    try:
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.setsockopt(zmq.IDENTITY, b"agent_0")
-        raw.connect(inbox.endpoint)
-        raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=1))
-        assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
-        inbox.send(observation(1, "agent_0"), to=b"agent_0")
-        assert raw.poll(10_000), "no observation arrived"
-        frames = raw.recv_multipart()
-        # head (magic, signature length, [header, parent]), body, one frame of packed small arrays
-        assert len(frames) == 3 and frames[0].startswith(b"PARLEY/2\x00")
-        assert msgpack.unpackb(frames[0][9:])[0]["msg_type"] == "env.observation"
-    finally:
-        raw.close(linger=0)
-        context.term()
+    raw = raw_dealer(inbox.endpoint, b"agent_0")
+    raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=1))
+    assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
+    inbox.send(observation(1, "agent_0"), to=b"agent_0")
+    assert raw.poll(10_000), "no observation arrived"
+    frames = raw.recv_multipart()
+    # head (magic, signature length, [header, parent]), body, one frame of packed small arrays
+    assert len(frames) == 3 and frames[0].startswith(b"PARLEY/2\x00")
+    assert msgpack.unpackb(frames[0][9:])[0]["msg_type"] == "env.observation"
 
 
-def test_a_version_1_peer_is_dropped_and_counted(hubs, tmp_path):
+def test_a_version_1_peer_is_dropped_and_counted(hubs, raw_dealer, tmp_path):
     server_hub = hubs("env")
     inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
-    context = zmq.Context()
-    raw = context.socket(zmq.DEALER)
-    try:
-        raw.setsockopt(zmq.LINGER, 0)
-        raw.setsockopt(zmq.IDENTITY, b"old_agent")
-        raw.connect(inbox.endpoint)
-        header = {"msg_id": "1", "msg_type": "env.reset", "sender": "old_agent", "run_id": "test",
-                  "version": 1, "seq": 1, "sent_at": 1.0}
-        raw.send_multipart([b"<PARLEY|MSG>", b"", msgpack.packb(header), msgpack.packb({}), msgpack.packb({})])
-        # Then a valid message: once it is through, the old one has been handled (dropped).
-        raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=2))
-        assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
-        assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
-    finally:
-        raw.close(linger=0)
-        context.term()
+    raw = raw_dealer(inbox.endpoint, b"old_agent")
+    header = {"msg_id": "1", "msg_type": "env.reset", "sender": "old_agent", "run_id": "test",
+              "version": 1, "seq": 1, "sent_at": 1.0}
+    raw.send_multipart([b"<PARLEY|MSG>", b"", msgpack.packb(header), msgpack.packb({}), msgpack.packb({})])
+    # Then a valid message: once it is through, the old one has been handled (dropped).
+    raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=2))
+    assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
+    assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
 
 
 def test_a_burst_arrives_whole_and_in_order_then_the_channel_reads_empty(hubs, tmp_path):
