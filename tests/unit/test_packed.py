@@ -1,8 +1,9 @@
 """Packed lockstep bodies (protocols/packed.py), their envelope (protocols/wire.py) and the
 channel that packs and unpacks them (protocols/transport.py), on real sockets where it matters.
 
-What they pin down: a packed env.observation / env.action comes back as the same message (every
-field, dtype and shape, for any number of copies, with finals, missing agents and flags); a body
+What they pin down: a packed env.observation / env.action (and a copy worker's step request and
+result) comes back as the same message (every field, dtype and shape, for any number of copies,
+with finals, missing agents and flags); a body
 of the wrong size is refused with a `FieldError` naming what was expected; a message the layout
 cannot carry (an action for some of the client's agents, an observation with infos) goes as
 msgpack instead; the signature covers a packed message like any other (per-node keys on ipc,
