@@ -1,4 +1,5 @@
-"""Packed bodies for the lockstep's two hot messages, env.observation and env.action.
+"""Packed bodies for the lockstep's hot messages: env.observation and env.action (and the env
+server's copy-worker requests and results).
 
 Every lockstep step sends each client one env.observation and gets one env.action back. As
 msgpack bodies these are maps of small arrays whose names, dtypes and shapes never change within
@@ -28,10 +29,11 @@ their two hot messages:
     env.worker_result  copies K u32, flags u8 (all_finished, finals), n u32 episode returns,
                        episode_start: K bytes, the observation's per-agent arrays (finals too),
                        then the n episode returns as f64
+
 The transport packs a message of these types for a peer it has a layout for
 (`Channel.use_packed`; protocols/wire.py gives the envelope: one frame, the same magic and
-signature, a struct header instead of msgpack, then this body) and unpacks it back into the same `EnvObservation` /
-`EnvAction`, so no handler sees the difference. A body of the wrong size is a `FieldError` and
+signature, a struct header instead of msgpack, then this body) and unpacks it back into the
+same message class, so no handler sees the difference. A body of the wrong size is a `FieldError` and
 the message is dropped like any malformed one; action values are checked where msgpack ones are
 (the server's barrier: ranges, finiteness). Received arrays are read-only views of the frame.
 """
@@ -81,7 +83,8 @@ class _Field:
 
 
 class PackedLayout:
-    """The byte layout of one client's env.observation and env.action bodies (module docstring)."""
+    """The byte layout of one client's packed bodies, or of the copy workers' over every agent
+    (module docstring)."""
 
     def __init__(
         self,
@@ -123,7 +126,7 @@ class PackedLayout:
                     return f"{agent}'s {what} space {space} has no fixed byte layout (Box, Discrete, MultiDiscrete, MultiBinary)"
         return None
 
-    # ------------------------------------------------------------------ both messages
+    # ------------------------------------------------------------------ every message
 
     def fits(self, message: Any) -> bool:
         """Whether `message` has the layout's fields and no others: actions for each of the
