@@ -46,7 +46,7 @@ from env_server.evaluation import EvaluationSchedule
 from env_server.global_view import GlobalView
 from env_server.resume import ResumeFile, ResumePoint
 from env_server.step_hold import HeldStep, StepHold
-from env_server.vector import BatchedStep, VectorizedParallelEnv
+from env_server.vector import BatchedStep, VectorizedParallelEnv, packing_refusal
 from protocols import messages as m
 from protocols.auth import BadInputLog
 from protocols.metrics import MetricsWriter
@@ -244,8 +244,7 @@ class EnvServer:
         refusal = (
             "not asked for" if not request.packed
             else "the global view travels with its observations" if request.global_view
-            else "infos are forwarded (env.forward_infos)" if self.envs.forward_infos
-            else PackedLayout.refusal(agents, self.envs.observation_spaces, self.envs.action_spaces)
+            else packing_refusal(self.envs, agents)
         )
         if refusal is not None:
             self.channel.forget_packed(identity)

@@ -34,6 +34,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from protocols.packed import PackedLayout
+
 
 @dataclass
 class BatchedStep:
@@ -127,6 +129,15 @@ def row(batched: Any, index: int) -> Any:
     return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
+def packing_refusal(envs: Any, agents: list[str]) -> str | None:
+    """Why these agents' lockstep messages from `envs` (a vector env, or copies split over
+    workers) cannot travel packed (protocols/packed.py), or None: forwarded infos have no fixed
+    layout, nor have some spaces. The env server and its copy workers both ask it."""
+    if envs.forward_infos:
+        return "infos are forwarded (env.forward_infos)"
+    return PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces)
+
+
 def copy_rows(batched: Any, num_copies: int) -> list[Any]:
     """The K per-copy values of a batched action, as `row` gives them; a batch of integers
     (Discrete) as Python ints in one call, not K numpy scalars (it runs per agent and step)."""
@@ -144,9 +155,9 @@ def check_batched(space: spaces.Space, batched: Any, num_copies: int, where: str
     if type(space) is spaces.Discrete and type(batched) is np.ndarray and batched.shape == (num_copies,):
         if batched.dtype.kind not in "iu":
             raise ValueError(f"{where}: expected integer actions, got dtype {batched.dtype}")
-        low, values = int(space.start), batched.tolist()
-        if min(values) < low or max(values) >= low + int(space.n):
-            index = next(i for i, value in enumerate(values) if not low <= value < low + int(space.n))
+        (low, high), values = _integer_bounds(space), batched.tolist()
+        if min(values) < low or max(values) > high:
+            index = next(i for i, value in enumerate(values) if not low <= value <= high)
             raise ValueError(f"{where}[{index}]: {batched[index]} is outside {space}")
         return
     if isinstance(space, spaces.Dict):

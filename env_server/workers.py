@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from env_server.vector import BatchedStep, VectorizedParallelEnv
+from env_server.vector import BatchedStep, VectorizedParallelEnv, packing_refusal
 from protocols import messages as m
 from protocols.packed import PackedLayout
 from protocols.transport import Hub
@@ -58,7 +58,7 @@ def worker_layout(envs: Any) -> PackedLayout | None:
     """The packed layout of the server's messages with its workers, over every agent; None
     (msgpack) when infos are forwarded or a space has no fixed layout. Both sides decide alike."""
     agents = envs.possible_agents
-    if envs.forward_infos or PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces) is not None:
+    if packing_refusal(envs, agents) is not None:
         return None
     return PackedLayout(agents, envs.observation_spaces, envs.action_spaces, agents)
 

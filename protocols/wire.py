@@ -25,8 +25,8 @@ are packed once per sender and reused (`_HeaderPrefix`). A peer still speaking v
 so (`VersionMismatch`), not left with a layout error.
 
 **Packed messages** (protocols/packed.py): the lockstep's env.observation and env.action, between
-an env server and a client that agreed on a byte layout at join, carry a struct header instead of
-msgpack, and the body in the same frame: the head's payload is `PACKED_MARK` (0xC1, the one byte
+an env server and a client that agreed on a byte layout at join (and the env server's messages
+with its copy workers, `PACKED_TYPES`), carry a struct header instead of msgpack, and the body in the same frame: the head's payload is `PACKED_MARK` (0xC1, the one byte
 msgpack never uses, so it cannot be mistaken for a msgpack head), then type code, seq, sent_at and
 the sender's name (`_PACKED_HEAD`), then the raw body. One frame instead of three saves a zmq
 message part on both ends. The signature covers the whole payload. A packed message has no msg_id,
