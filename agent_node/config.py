@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
 from agent_node.goal_config import GoalsConfig
+from agent_node.landmark_config import LandmarksConfig
 from agent_node.training_config import DecentralizedTraining, TrainingConfig
 from agent_node.world_models.config import WorldModelConfig
 from protocols.config_errors import ConfigError
@@ -77,6 +78,10 @@ class AgentsConfig(BaseModel):
     # Goal-conditioned agents (learner kind goal_dqn): how each episode's goal is chosen,
     # negotiated and shared (agent_node/goal_config.py, agent_node/goal_session.py).
     goals: GoalsConfig | None = None
+    # The main job's goals (agents on mpe2 simple_spread with learner kind dqn): before each
+    # episode the team agrees who covers which landmark, and shares its rows after it
+    # (agent_node/landmark_config.py, agent_node/landmarks.py).
+    landmarks: LandmarksConfig | None = None
     # One checkpoint file every agent starts from (e.g. <run dir>/nodes/agent_0/checkpoints/latest.pt):
     # a parameter-shared policy (learner kind shared_dqn) moved to a run with another agent count.
     load_shared_checkpoint: str | None = None
@@ -94,6 +99,13 @@ class AgentsConfig(BaseModel):
                 "goals: the goal-conditioned learner (learner kind 'goal_dqn') and the goals section go together; "
                 f"got learner kind {self.learner.kind!r} with goals {'set' if self.goals is not None else 'missing'}"
             )
+        if self.landmarks is not None and self.learner.kind != "dqn":
+            raise ValueError(
+                "landmarks: the landmark-conditioned agents learn with learner kind 'dqn' (its input gets the "
+                f"landmark's one-hot); got learner kind {self.learner.kind!r}"
+            )
+        if self.landmarks is not None and self.goals is not None:
+            raise ValueError("landmarks and goals: give one (landmarks is simple_spread's, goals is goal_lines'), got both")
         return self
 
     @model_validator(mode="after")

@@ -23,6 +23,9 @@ through one table (`AgentNode.HANDLERS`: message type -> the source it must come
 - `consensus_session.ConsensusSession` the held observation while the neighbours average
 - `goal_session.GoalSession`        goal agents (agents.goals): each episode's goal, negotiated
                                      before the start the env server holds, hindsight after it
+- `landmarks.LandmarkSession`       the main job (agents.landmarks): who covers which landmark,
+                                     flooded over the topology while the node holds the episode's
+                                     first observation; partners' episode rows after it
 - `peers.PeerMesh`                  links to the neighbours and their liveness (membership)
 - `persistence.NodePersistence`     checkpoint + replay buffer on disk, one atomic-write helper
 
@@ -62,6 +65,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from agent_node.algos import build_learner
 from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
@@ -71,6 +76,7 @@ from agent_node.training_config import learner_schedule
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.global_fields import GlobalFieldTracker
 from agent_node.goal_session import GoalSession, build_goal_session
+from agent_node.landmarks import LandmarkSession, SpreadLayout
 from agent_node.recording import TransitionRecorder
 from agent_node.roles import NodeLearner
 from agent_node.algos.config import NEEDS_GLOBAL_VIEW
@@ -82,7 +88,8 @@ from protocols import messages as m
 from protocols.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
 from protocols.ctde import CTDEParams
-from protocols.hindsight import HindsightReport
+from protocols.flooding import FloodTable
+from protocols.hindsight import HindsightReport, HindsightRows
 from protocols.jsonlines import FileWriteError
 from protocols.negotiation import GoalCommit, NegotiationProposal
 from protocols.supervision import GoalAssignment
@@ -170,6 +177,10 @@ class AgentNode:
         self.consensus: ConsensusSession | None = None
         # Goal agents only (agents.goals): the goal session beside the goal-conditioned learner.
         self.goals: GoalSession | AmigoSession | None = None
+        # The main job's landmarks (agents.landmarks), and the observation held while the team
+        # agrees who covers which.
+        self.landmarks: LandmarkSession | None = None
+        self.held_for_landmarks: m.EnvObservation | None = None
         # An observation answered once the learner owes at most max_pending_gradient_steps.
         self.waiting_for_updates: m.EnvObservation | None = None
         self.evaluating = False  # the env server is running evaluation episodes
@@ -300,6 +311,8 @@ class AgentNode:
         self.num_copies = welcome.num_copies
         observation_space = self.env_client.observation_spaces[self.env_agent]
         action_space = self.env_client.action_spaces[self.env_agent]
+        if self.config.landmarks is not None:
+            observation_space = self._build_landmarks(welcome, observation_space)
         self.learner = (
             self._build_goal_learner(welcome) if self.config.goals is not None
             else self._make_learner(welcome, observation_space, action_space)
@@ -331,6 +344,17 @@ class AgentNode:
             "driving %s over %d copies: obs %s, actions %s, learner %s",
             self.env_agent, self.num_copies, observation_space, action_space, self.config.learner.kind,
         )
+
+    def _build_landmarks(self, welcome: m.EnvWelcome, observation_space):
+        """The landmark session; returns the learner's observation space (the landmark's one-hot appended)."""
+        import gymnasium as gym
+
+        layout = SpreadLayout.for_obs(int(observation_space.shape[0]), len(welcome.possible_agents))
+        self.landmarks = LandmarkSession(
+            self.config.landmarks, node_id=self.context.node_id, topology=self.topology, layout=layout,
+            num_copies=welcome.num_copies,
+        )
+        return gym.spaces.Box(-np.inf, np.inf, (layout.obs_dim + layout.num_landmarks,), np.float32)
 
     def _build_goal_learner(self, welcome: m.EnvWelcome) -> NodeLearner:
         """A goal agent (agents.goals): the goal session and the learner conditioned on its goals."""
@@ -465,6 +489,8 @@ class AgentNode:
             deadlines.append(due)
         if self.goals is not None and (due := self.goals.next_deadline()) is not None:
             deadlines.append(due)
+        if self.landmarks is not None and (due := self.landmarks.next_deadline()) is not None:
+            deadlines.append(due)
         return min(deadlines)
 
     def _on_timers(self, now: float) -> None:
@@ -474,6 +500,9 @@ class AgentNode:
             self._send_status(now)
         if self.goals is not None:
             self._goal_output(self.goals.on_timer(now))
+        if self.landmarks is not None:
+            self.landmarks.on_timer(now)
+            self._landmarks_output()
         if self.state is NodeState.AVERAGING:
             self._send_peers(self.consensus.on_timer(now))
             self._finish_consensus_if_done(now)
@@ -547,7 +576,8 @@ class AgentNode:
         self._start_consensus(last, tick)
 
     def _still_holding_an_observation(self) -> bool:
-        return self.waiting_for_updates is not None or (self.consensus is not None and self.consensus.averaging)
+        return (self.waiting_for_updates is not None or self.held_for_landmarks is not None
+                or (self.consensus is not None and self.consensus.averaging))
 
     def _on_stepped_without_answer(self, message: m.EnvObservation) -> None:
         """A new observation while the last one is still held (averaging, or learning owed
@@ -562,6 +592,18 @@ class AgentNode:
         self.metrics.accumulate({"env/stepped_without_answer": 1.0})
         self._reproducibility_broken("step_deadline", "the env server played a default action for this agent")
         self.episodes.stepped_without_answer()
+        if self.held_for_landmarks is not None:
+            # The team's flooding outlasted the step deadline: decide with what was heard, and
+            # answer the newest observation with it.
+            self.held_for_landmarks = None
+            self.landmarks.close_now(time.monotonic())
+            self._landmarks_output()
+            self._record_transition(message)
+            if message.run_finished:
+                self._on_run_finished(message)
+            else:
+                self._act(message)
+            return
         self._record_transition(message)
         if self.waiting_for_updates is None:
             # Averaging: the session answers the newest observation when it ends (the last one,
@@ -579,6 +621,8 @@ class AgentNode:
             # Held (averaging) across an env-server restart: the server that waited on it is gone.
             log.info("not answering step %d: the env server restarted since it sent it", message.step)
             return
+        if self._hold_for_landmarks(message):
+            return
         if self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._learner_node_behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
             self._ask_learner_node_to_acknowledge()
@@ -586,7 +630,7 @@ class AgentNode:
             return
         agent = self.env_agent
         observations = message.observations[agent]
-        actions = self.learner.act(observations, explore=self.config.learning)
+        actions = self.learner.act(self._learner_input(observations, evaluation=False), explore=self.config.learning)
         self.env.send(self.env_client.answer(message, {agent: actions}))
         self.episodes.acted(observations, actions, message.active[agent])
         self.global_fields.remember(message)
@@ -600,8 +644,10 @@ class AgentNode:
             return
         if message.missing:
             self._reproducibility_broken("step_deadline", f"an evaluation step went on without {sorted(message.missing)}")
+        if self._hold_for_landmarks(message):
+            return
         observations = message.observations[self.env_agent]
-        actions = self.learner.act(observations, explore=False)
+        actions = self.learner.act(self._learner_input(observations, evaluation=True), explore=False)
         self.env.send(self.env_client.answer(message, {self.env_agent: actions}))
 
     def _record_transition(self, message: m.EnvObservation) -> None:
@@ -612,6 +658,12 @@ class AgentNode:
                 transition = replace(transition, **self.global_fields.fields(message, transition.copy_index))
             if self.config.learning and self.centralized:  # streamed to the learner node, keyed by step
                 self.learner.observe_at(message.step, transition)
+            elif self.config.learning and self.landmarks is not None:
+                # Relabelled for every landmark, and the partners' rows: only this agent's own
+                # env rows count toward the update ratio.
+                for index, row in enumerate(self.landmarks.training_rows(transition, message.step)):
+                    self.learner.observe(row, env_rows=len(transition.obs) if index == 0 else 0)
+                self._landmarks_output()
             elif self.config.learning:  # learning: false evaluates (agents.learning)
                 self.learner.observe(transition)
             if self.recorder is not None:
@@ -630,6 +682,7 @@ class AgentNode:
             self._flushed_step = message.step
             self.metrics.flush_means(message.step)
             self.metrics.write(message.step, self.hub.link_metrics())  # per-link counters (network:)
+            self.metrics.write(message.step, self._peer_traffic())
         if self.goals is not None:  # after the learner saw the transition: goal rewards, episode ends
             self._goal_output(self.goals.on_observation(message, time.monotonic()))
 
@@ -688,6 +741,55 @@ class AgentNode:
             log.warning("env.episode_start at step %d, but this agent has no goals section", announcement.step)
             return
         self._goal_output(self.goals.on_episode_start(announcement, now))
+
+    # ------------------------------------------------------------------ landmarks (the main job)
+
+    def _hold_for_landmarks(self, message: m.EnvObservation) -> bool:
+        """An episode starts in some copy: hold the observation while the team agrees who covers
+        which landmark (acted on in `_landmarks_output` once decided). False: act now."""
+        if self.landmarks is None or not self.landmarks.needs_decision(message, self.step):
+            return False
+        self.held_for_landmarks = message
+        self.landmarks.begin(message, message.observations[self.env_agent], time.monotonic(), self.step)
+        self._landmarks_output()
+        return True
+
+    def _peer_traffic(self) -> dict[str, float]:
+        """Messages and bytes sent to each neighbour so far (every kind: heartbeats, agreement,
+        hindsight, consensus), for the report's traffic per edge."""
+        traffic: dict[str, float] = {}
+        if self.mesh is None:
+            return traffic
+        for neighbour, link in self.mesh.links.items():
+            stats = getattr(link, "stats", None)
+            if stats is not None:
+                traffic[f"peer/{neighbour}/sent"] = float(stats.sent)
+                traffic[f"peer/{neighbour}/bytes_sent"] = float(stats.bytes_sent)
+        return traffic
+
+    def _learner_input(self, observations, *, evaluation: bool):
+        return observations if self.landmarks is None else self.landmarks.condition(observations, evaluation)
+
+    def on_landmark_message(self, sender: str, message: Any, now: float) -> None:
+        if self.landmarks is None:
+            log.warning("%s from %s, but this agent has no landmarks section", type(message).__name__, sender)
+            return
+        self.landmarks.on_message(sender, message, now)
+        self._landmarks_output()
+
+    def _landmarks_output(self) -> None:
+        """Send the landmark session's messages, write its records, and answer the held
+        observation once the team has decided."""
+        self._send_peers(self.landmarks.take_outgoing())
+        for record in self.landmarks.take_records():
+            self.metrics.write(self.step, record)
+        held = self.held_for_landmarks
+        if held is not None and not self.landmarks.deciding:
+            self.held_for_landmarks = None
+            if held.evaluation:
+                self.on_evaluation_observation(held)
+            else:
+                self._act(held)
 
     def on_goal_message(self, sender: str, message: Any, now: float) -> None:
         if self.goals is None:
@@ -781,6 +883,8 @@ class AgentNode:
         GoalCommit: ((PEERS,), on_goal_message),
         HindsightReport: ((PEERS,), on_goal_message),
         GoalAssignment: ((PEERS, SUPERVISOR), on_goal_message),  # a teammate, or the external supervisor node
+        FloodTable: ((PEERS,), on_landmark_message),
+        HindsightRows: ((PEERS,), on_landmark_message),
         CTDEParams: ((LEARNER,), on_ctde_params),
     }
 
@@ -834,11 +938,16 @@ class AgentNode:
                     self._send_peers(self.consensus.on_neighbour_down(event.peer, time.monotonic()))
                 if self.goals is not None:
                     self._goal_output(self.goals.on_neighbour_down(event.peer, time.monotonic()))
+                if self.landmarks is not None:
+                    self.landmarks.on_neighbour_down(event.peer, time.monotonic())
+                    self._landmarks_output()
             elif isinstance(event, PeerUp):
                 log.info("neighbour %s is up", event.peer)
                 self.metrics.write(self.step, {"membership/peers_alive": len(self.mesh.alive_peers())})
                 if self.consensus is not None:
                     self._send_peers(self.consensus.on_neighbour_up(event.peer, time.monotonic()))
+                if self.landmarks is not None:
+                    self.landmarks.on_neighbour_up(event.peer, time.monotonic())
             elif isinstance(event, PeerRestarted):
                 log.info("neighbour %s restarted (incarnation %d)", event.peer, event.incarnation)
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.episode_hold import EpisodeStartHold
+from env_server.baselines import baseline_metrics
 from env_server.evaluation import EvaluationSchedule
 from env_server.global_view import GlobalView
 from env_server.resume import ResumeFile, ResumePoint
@@ -125,6 +126,7 @@ class EnvServer:
             step_deadline_s=rules.step_deadline_s,
         )
         self.evaluation = EvaluationSchedule(rules.eval_every_steps if eval_envs is not None else None, rules.eval_start_step)
+        self.baselines_written = False  # eval/random_return_mean (and the oracle's), at the first evaluation
         self.task = None if envs.task_spec is None else m.SiteCollectionTask(**envs.task_spec)
         self.counters = ServerCounters()
         self.rejections = BadInputLog(log, "env", one="rejected a request", many="rejected {n} requests")
@@ -386,6 +388,10 @@ class EnvServer:
     def _begin_evaluation(self, held_back: BatchedStep, missing: list[str]) -> None:
         self.evaluation.begin(held_back, missing, self.clock())
         self._save_resume_point()
+        if not self.baselines_written:
+            # The lines the curve is read against, on the very episodes the agents will play.
+            self.baselines_written = True
+            self.write_metrics(baseline_metrics(self.eval_envs, self.eval_seed, self.env_name))
         # Every evaluation starts from the same seed: the curve compares policies, not luck.
         eval_result = self.eval_envs.reset(self.eval_seed)
         self.global_view.after_reset(eval_result, self.eval_envs)

@@ -262,6 +262,82 @@ def _link_summaries(metrics: dict[str, list[dict[str, Any]]], events: list[dict]
     return dict(sorted(links.items()))
 
 
+def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The env server's greedy evaluations (`eval/return_mean`, per agent per episode) and the
+    random and oracle lines it measured on the same episodes (env_server/baselines.py)."""
+    curve = [(row["step"], row["eval/return_mean"]) for row in rows if "eval/return_mean" in row]
+    if not curve:
+        return None
+    random_line = next((row["eval/random_return_mean"] for row in rows if "eval/random_return_mean" in row), None)
+    oracle_line = next((row["eval/oracle_return_mean"] for row in rows if "eval/oracle_return_mean" in row), None)
+    last5 = _mean([value for _, value in curve[-5:]])
+    gap_closed = None
+    if random_line is not None and oracle_line is not None and oracle_line != random_line:
+        gap_closed = (last5 - random_line) / (oracle_line - random_line)
+    return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve),
+            "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed}
+
+
+def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: int) -> dict[str, Any] | None:
+    """The main job's landmark agreement: per training episode start and env copy, whether the
+    agents' landmarks were all different (from each agent's `landmarks/goals_code`), and how
+    often an agent decided on the whole team's table."""
+    codes: dict[int, dict[str, list[int]]] = {}
+    complete, flood_s = [], []
+    for node, rows in metrics.items():
+        for row in rows:
+            if "landmarks/goals_code" in row and "landmarks/copies" in row:
+                codes.setdefault(row["step"], {})[node] = _decode_goals(row["landmarks/goals_code"], num_landmarks,
+                                                                        int(row["landmarks/copies"]))
+                complete.append(row["landmarks/complete"])
+                if "landmarks/flood_s" in row:
+                    flood_s.append(row["landmarks/flood_s"])
+    agents = sum(1 for node in metrics if node != ENV_NODE_ID)
+    starts = [by_node for by_node in codes.values() if len(by_node) == agents]
+    if not starts:
+        return None
+    distinct = []
+    for by_node in starts:
+        distinct += [len(set(per_copy)) == agents for per_copy in zip(*by_node.values())]
+    return {"episode_starts": len(starts), "distinct_fraction": _mean([float(d) for d in distinct]),
+            "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s)}
+
+
+def _decode_goals(code: float, num_landmarks: int, copies: int) -> list[int]:
+    """`landmarks/goals_code` back to one landmark per copy (base num_landmarks digits, copy 0 lowest)."""
+    code, goals = int(code), []
+    for _ in range(copies):
+        goals.append(code % num_landmarks)
+        code //= num_landmarks
+    return goals
+
+
+def _world_model_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Each agent's world-model error on its own recent data, before and after each consensus
+    session (`world_model/local_mse`, `world_model/averaged_mse`), averaged over sessions."""
+    before, after = [], []
+    for node, rows in metrics.items():
+        for row in rows:
+            if "world_model/local_mse" in row and "world_model/averaged_mse" in row:
+                before.append(row["world_model/local_mse"])
+                after.append(row["world_model/averaged_mse"])
+    if not before:
+        return None
+    return {"sessions": len(before), "mse_before": _mean(before), "mse_after": _mean(after)}
+
+
+def _peer_traffic(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) -> dict[str, dict[str, float]]:
+    """Messages and bytes each agent sent to each neighbour (`peer/<neighbour>/sent`,
+    `peer/<neighbour>/bytes_sent`, cumulative per incarnation), per directed edge."""
+    edges: dict[str, dict[str, float]] = {}
+    for node, rows in metrics.items():
+        restarted_at = [e["t"] for e in events if e.get("event") == "restarted" and e.get("node") == node]
+        for key in sorted({key for row in rows for key in row if key.startswith("peer/")}):
+            _, neighbour, counter = key.split("/", 2)
+            edges.setdefault(f"{node} -> {neighbour}", {})[counter] = _cumulative(rows, key, restarted_at)
+    return edges
+
+
 def _rounds_to_converge(rows: list[dict[str, Any]], fraction: float) -> list[int | None]:
     """Per synchronous session of one agent (its per-round rows, `consensus/round` from 0): the
     first round with disagreement <= `fraction` x the session's first measured one, or
@@ -384,6 +460,10 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     agents = {node: _agent_summary(node, rows, started, events, metrics_every) for node, rows in metrics.items() if node != ENV_NODE_ID}
     links = _link_summaries(metrics, events)
     consensus = _consensus_summary(metrics)
+    evaluation = _evaluation_summary(metrics.get(ENV_NODE_ID, []))
+    landmarks = _landmarks_summary({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, len(agents))
+    world_model = _world_model_summary(metrics)
+    traffic = _peer_traffic({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, events)
     # run_s / step: when it fired on both clocks (older runs' events have only at_s)
     faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "at_step": e.get("at_step"),
                "run_s": e.get("run_s", e["t"] - started if started is not None else None), "step": e.get("step"),
@@ -418,6 +498,12 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "learning_after_fault_s": _max_or_none([a["learning_after_fault_s"] for a in agents.values() if a["interruptions"]]),
         "metric_rows_lost": float(sum(len(a["metric_rows_lost"]) for a in agents.values())),
         "reproducibility_broken": float(any(a["reproducibility_broken_by"] for a in agents.values())),
+        "eval_return_first": evaluation["first"] if evaluation else None,
+        "eval_return_last5": evaluation["last5"] if evaluation else None,
+        "eval_random": evaluation["random"] if evaluation else None,
+        "eval_oracle": evaluation["oracle"] if evaluation else None,
+        "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
+        "landmarks_distinct_fraction": landmarks["distinct_fraction"] if landmarks else None,
     }
     return {
         "run_dir": str(run_dir),
@@ -428,6 +514,10 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "agents": agents,
         "links": links,
         "consensus": consensus,
+        "evaluation": evaluation,
+        "landmarks": landmarks,
+        "world_model": world_model,
+        "peer_traffic": traffic,
         "faults": faults,
         "env_restarts": env_restarts,
         "headline": headline,
@@ -544,6 +634,30 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"rounds missing a neighbour "
             f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_fmt(consensus['duration_s_mean'])} s per session"
         )
+    for line in evaluation_lines(summary):
+        console.print(line)
+    landmarks = summary.get("landmarks")
+    if landmarks:
+        console.print(
+            f"landmarks: {landmarks['episode_starts']} episode starts; every agent on a landmark of its own in "
+            f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy); decided on the whole team's table "
+            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_fmt(landmarks['flood_s_mean'] * 1e3 if landmarks['flood_s_mean'] is not None else None)} ms per agreement"
+        )
+    world_model = summary.get("world_model")
+    if world_model:
+        console.print(
+            f"world model: error on each agent's own recent data {_fmt(world_model['mse_before'], '.3g')} before consensus -> "
+            f"{_fmt(world_model['mse_after'], '.3g')} after (mean over {world_model['sessions']} agent-sessions)"
+        )
+    if summary.get("peer_traffic"):
+        title = "peer traffic (every message to a neighbour: heartbeats, agreement, hindsight, consensus)"
+        traffic = _table(title, markdown)
+        for column in ("edge", "messages", "MB"):
+            traffic.add_column(column, justify="left" if column == "edge" else "right")
+        for edge, counters in summary["peer_traffic"].items():
+            sent_bytes = counters.get("bytes_sent")
+            traffic.add_row(edge, _fmt(counters.get("sent"), "g"), _fmt(sent_bytes / 1e6 if sent_bytes is not None else None, ".3g"))
+        _print_table(console, traffic, title, markdown)
     for fault in summary["faults"]:
         when = f"at step {fault['at_step']} (fired at +{_fmt(fault['run_s'], '.3g')} s, step {_fmt(fault['step'], 'g')})" \
             if fault.get("at_step") is not None else f"at +{_fmt(fault['at_s'], 'g')} s" + (
@@ -565,6 +679,27 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
         if a["reproducibility_broken_by"]:
             console.print(f"{node}: not reproducible (run.reproducible), timing decided: {', '.join(a['reproducibility_broken_by'])}")
+
+
+def evaluation_lines(summary: dict[str, Any]) -> list[str]:
+    """The greedy evaluation at the start and the end against the random and oracle lines (the
+    last lines `orchestrate up` prints)."""
+    evaluation = summary.get("evaluation")
+    if not evaluation:
+        return []
+    curve = evaluation["curve"]
+    line = (f"greedy evaluation (return per agent per episode): {_fmt(evaluation['first'], '.3g')} at step {curve[0][0]} -> "
+            f"{_fmt(evaluation['last5'], '.3g')} (mean of the last {min(5, len(curve))}, to step {curve[-1][0]})")
+    baselines = []
+    if evaluation["random"] is not None:
+        baselines.append(f"random {_fmt(evaluation['random'], '.3g')}")
+    if evaluation["oracle"] is not None:
+        baselines.append(f"scripted oracle {_fmt(evaluation['oracle'], '.3g')}")
+    if baselines:
+        line += "; " + ", ".join(baselines) + " on the same episodes"
+    if evaluation["gap_closed"] is not None:
+        line += f": {_fmt(evaluation['gap_closed'], '.0%')} of the gap from random to the oracle closed"
+    return [line]
 
 
 def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
@@ -649,8 +784,12 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     metrics = {node: read_jsonl(run_dir / NODES_DIRNAME / node / NODE_METRICS_FILENAME) for node in summary["agents"]}
     if start is None:
         start = min((row["t"] for rows in metrics.values() for row in rows if "t" in row), default=0.0)
+    evaluation = summary.get("evaluation")
     panels = 2 if summary["consensus"] else 1
     figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.2 * panels), sharex=True, squeeze=False)
+    paths = []
+    if evaluation:
+        paths.append(plot_evaluation(summary, out_dir))
     returns_axes = axes_list[0][0]
     for node, rows in metrics.items():
         points = [(row["t"] - start, row["env/episode_return"]) for row in rows if "env/episode_return" in row]
@@ -688,7 +827,29 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     path = out_dir / "timeline.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
-    return [path]
+    return [path, *paths]
+
+
+def plot_evaluation(summary: dict[str, Any], out_dir: Path) -> Path:
+    """`report/learning_curve.png`: greedy evaluation over env steps, with the random and
+    oracle lines measured on the same episodes."""
+    plt = _pyplot()
+    evaluation = summary["evaluation"]
+    figure, axes = plt.subplots(figsize=(7, 3.6))
+    axes.plot(*zip(*evaluation["curve"]), marker="o", label="agents, greedy")
+    if evaluation["random"] is not None:
+        axes.axhline(evaluation["random"], color="grey", linestyle="--", label="random policy")
+    if evaluation["oracle"] is not None:
+        axes.axhline(evaluation["oracle"], color="green", linestyle="--", label="scripted oracle")
+    axes.set_xlabel("lockstep env steps")
+    axes.set_ylabel("return per agent per episode")
+    axes.set_title(f"{summary['name']}: greedy evaluation")
+    axes.legend(fontsize=8)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "learning_curve.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
 
 
 def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:

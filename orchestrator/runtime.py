@@ -806,6 +806,13 @@ def write_report(run_dir: Path, events: EventLog, plots: bool = True) -> None:
         written, problems = [], [f"report: {type(error).__name__}: {error}"]
     if written:
         print(f"report: {', '.join(str(path) for path in written)}", file=sys.stderr)
+        try:  # the run's result in a line: the greedy evaluation against random and the oracle
+            from orchestrator.report import evaluation_lines, summarize_run
+
+            for line in evaluation_lines(summarize_run(run_dir)):
+                print(line, file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - the report above is written; this line is a courtesy
+            problems.append(f"evaluation line: {type(error).__name__}: {error}")
     for problem in problems:
         print(f"report not complete: {problem}", file=sys.stderr)
     if problems:

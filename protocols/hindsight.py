@@ -69,6 +69,23 @@ class HindsightReport:
     transition_next_obs: np.ndarray | None = None  # float32 (m, obs_dim)
 
 
+@register_message("hindsight.rows")
+@dataclass(frozen=True)
+class HindsightRows:
+    """One episode of the sender's rows, each with the goal it pursued and the goal its episode
+    reached, so a partner whose dynamics are the same relabels them for itself (the main job:
+    agents share how they reached their landmarks). Sent once, not waited for: it is added to the
+    partner's replay buffer whenever it arrives."""
+
+    episode: str  # the run's key of the episode (e.g. `train:1000`)
+    obs: np.ndarray  # float32 (m, obs_dim)
+    actions: np.ndarray  # int64 (m,)
+    next_obs: np.ndarray  # float32 (m, obs_dim)
+    terminated: np.ndarray  # bool (m,)
+    pursued: np.ndarray  # int64 (m,)
+    reached: np.ndarray  # int64 (m,)
+
+
 @dataclass(frozen=True)
 class SharedTransitions:
     """A batch of one agent's transitions (rows), with the step index of each."""

@@ -151,8 +151,10 @@ class DQNAgent:
 
     # ------------------------------------------------------------------ Learner
 
-    def observe(self, transition: Transition) -> None:
-        """Store K transition rows; each counts as one environment step."""
+    def observe(self, transition: Transition, env_rows: int | None = None) -> None:
+        """Store K transition rows; each counts as one environment step, unless `env_rows` says
+        how many of them do (relabelled copies of a row, or a partner's rows, count as none: the
+        update ratio is per row this agent lived through)."""
         action = np.asarray(transition.action)
         if not np.issubdtype(action.dtype, np.integer):
             raise TypeError(f"DQN actions must be integers, got dtype {action.dtype}")
@@ -160,7 +162,7 @@ class DQNAgent:
         if action.size and (action.min() < low or action.max() > high):
             raise ValueError(f"DQN actions must lie in [{low}, {high}], got values in [{action.min()}, {action.max()}]")
         self.replay.add(dataclasses.replace(transition, action=action.astype(np.int64) - self.action_start))
-        self.rows_observed += action.shape[0]
+        self.rows_observed += action.shape[0] if env_rows is None else env_rows
 
     def gradient_steps_due(self) -> int:
         """Gradient steps owed for the rows observed so far and not yet taken."""

@@ -1,0 +1,396 @@
+"""Who covers which landmark: the main job's goals, agreed by the team before each episode. Sans-IO.
+
+simple_spread (MPE) pays the team for every landmark covered and each agent for every collision,
+and every agent sees every landmark: without talking, two agents head for one landmark and one is
+left bare. Here (issue 31, ARCHITECTURE.md "The main job") each agent
+
+1. at the start of an episode (per env copy, training and evaluation alike) holds its first
+   observation, measures its distance to every landmark (one row of costs), and floods that row
+   over the topology (`protocols/flooding.py`, for the diameter of the graph). Every agent then
+   holds the same table and takes its part of the one assignment the Hungarian method
+   (`scipy.optimize.linear_sum_assignment`) gives on it: one landmark each, team-wide, with no
+   further message. An agent that did not hear every row (loss, a dead neighbour, a round's
+   deadline) assigns over the rows it has and says so (`landmarks/complete` = 0). With
+   `assignment: nearest` it takes its nearest landmark alone (the ablation without talking);
+2. acts with a goal-conditioned policy: the learner sees its observation with the landmark's
+   one-hot appended (`condition`);
+3. learns from its rows relabelled for every landmark (the goal reward below is a function of the
+   next observation, so every landmark's reward is known: hindsight relabelling in full), and,
+   with `share_hindsight`, sends its partners each episode's rows with the landmark it pursued and
+   the one it reached (`protocols/hindsight.py`, `hindsight.rows`); a partner adds them for both
+   (the agents' dynamics are the same, and their observations have the same layout).
+
+The learner's reward is named here and in the report: minus the distance from the agent to its
+landmark, minus `collision_penalty` for each agent it touches (both read from the next
+observation). The env's own reward stays the objective reported (`env/episode_return`,
+`eval/return_mean`).
+
+Episode keys (the flooding run's key, the same on every agent): `train:<step>` for a training
+episode starting at lockstep step `step`, `eval:<training step>:<step>` for an evaluation's (the
+last training step every agent saw, and the evaluation's own step).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from agent_node.landmark_config import LandmarksConfig
+from agent_node.roles import Transition
+from protocols import messages as m
+from protocols.engine import Outgoing
+from protocols.flooding import FloodEngine, FloodRequest, FloodResult, FloodTable
+from protocols.hindsight import HindsightRows
+from protocols.topology import Topology
+
+log = logging.getLogger("agent_node.landmarks")
+
+AGENT_SIZE = 0.15  # simple_spread's agents (mpe2 simple_spread.py make_world); they touch within 2x
+
+
+# ------------------------------------------------------------------------------------------
+# What an observation says (pure)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpreadLayout:
+    """Where things are in a simple_spread observation: own velocity (2), own position (2),
+    each landmark relative to the agent (2 L), each other agent relative to it (2 (N-1)), their
+    communication (2 (N-1))."""
+
+    num_agents: int
+    num_landmarks: int
+
+    @property
+    def obs_dim(self) -> int:
+        return 4 + 2 * self.num_landmarks + 4 * (self.num_agents - 1)
+
+    @classmethod
+    def for_obs(cls, obs_dim: int, num_agents: int) -> SpreadLayout:
+        layout = cls(num_agents, num_agents)  # simple_spread: N landmarks for N agents
+        if layout.obs_dim != obs_dim:
+            raise ValueError(
+                f"agents.landmarks reads simple_spread observations: with {num_agents} agents and {num_agents} "
+                f"landmarks they have {layout.obs_dim} entries, this env's have {obs_dim} (env.name should be "
+                "mpe2.simple_spread_v3)"
+            )
+        return layout
+
+    def landmark_offsets(self, obs: np.ndarray) -> np.ndarray:
+        """(K, L, 2): each landmark's position relative to the agent."""
+        return obs[:, 4:4 + 2 * self.num_landmarks].reshape(len(obs), self.num_landmarks, 2)
+
+    def distances(self, obs: np.ndarray) -> np.ndarray:
+        """(K, L): the agent's distance to each landmark."""
+        return np.linalg.norm(self.landmark_offsets(obs), axis=2)
+
+    def collisions(self, obs: np.ndarray) -> np.ndarray:
+        """(K,): how many other agents this one touches."""
+        start = 4 + 2 * self.num_landmarks
+        others = obs[:, start:start + 2 * (self.num_agents - 1)].reshape(len(obs), self.num_agents - 1, 2)
+        return (np.linalg.norm(others, axis=2) < 2 * AGENT_SIZE).sum(axis=1)
+
+    def goal_reward(self, next_obs: np.ndarray, goals: np.ndarray, collision_penalty: float) -> np.ndarray:
+        """(K,) float32: minus the distance to landmark `goals[k]`, minus the collision penalty."""
+        distance = self.distances(next_obs)[np.arange(len(next_obs)), goals]
+        return (-distance - collision_penalty * self.collisions(next_obs)).astype(np.float32)
+
+
+def assign(table: dict[str, np.ndarray], node_id: str) -> np.ndarray:
+    """This node's landmark per copy from the cost rows it knows (node -> (K, L) distances): the
+    Hungarian method on the rows sorted by node id, so every node with the same table takes its
+    part of the same assignment. Rows missing from the table are simply not assigned."""
+    nodes = sorted(table)
+    me = nodes.index(node_id)
+    costs = np.stack([table[node] for node in nodes]).astype(np.float64)  # (n, K, L)
+    goals = np.empty(costs.shape[1], dtype=np.int64)
+    for copy in range(costs.shape[1]):
+        rows, columns = linear_sum_assignment(costs[:, copy, :])
+        goals[copy] = columns[list(rows).index(me)]
+    return goals
+
+
+def one_hot(goals: np.ndarray, num_goals: int) -> np.ndarray:
+    return np.eye(num_goals, dtype=np.float32)[goals]
+
+
+# ------------------------------------------------------------------------------------------
+# The session the node drives
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Episode:
+    """One training episode's rows (every copy), kept to share them when it ends."""
+
+    key: str
+    obs: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    next_obs: list[np.ndarray] = field(default_factory=list)
+    terminated: list[np.ndarray] = field(default_factory=list)
+    pursued: list[np.ndarray] = field(default_factory=list)
+    copies: list[np.ndarray] = field(default_factory=list)
+
+
+class LandmarkSession:
+    """One agent's landmarks, episode by episode (see the module docstring).
+
+    The node calls `needs_decision` before it acts on an observation; when it does, `begin`
+    starts the team's flooding and the node holds the observation until `decided` (driven by
+    `on_message`, `on_timer`, `on_neighbour_down`), then acts with `condition`. Training rows go
+    through `training_rows`; `take_outgoing` and `take_records` hand the node what to send and to
+    write."""
+
+    message_types = (FloodTable, HindsightRows)
+
+    def __init__(self, config: LandmarksConfig, *, node_id: str, topology: Topology, layout: SpreadLayout,
+                 num_copies: int) -> None:
+        self.config = config
+        self.node_id = node_id
+        self.topology = topology
+        self.layout = layout
+        self.num_goals = layout.num_landmarks
+        index = topology.nodes.index(node_id)
+        self.neighbours = sorted(topology.nodes[j] for j in topology.neighbours(index))
+        self.rounds = max(1, topology_diameter(topology))
+        self.engine = FloodEngine(node_id, round_timeout_s=config.round_timeout_s)
+        self.down: set[str] = set()
+        # The landmark of each copy, for training and for evaluation copies (which may differ in count).
+        self.goals = {False: np.zeros(num_copies, dtype=np.int64), True: np.zeros(0, dtype=np.int64)}
+        self.pending: tuple[str, bool, np.ndarray] | None = None  # key, evaluation, copies starting
+        self.decided_keys: set[str] = set()
+        self.last_train_key: str | None = None
+        self.episode: _Episode | None = None
+        self._outgoing: list[Outgoing] = []
+        self._records: list[dict[str, float]] = []
+        self._partner_rows: list[Transition] = []
+        self.partner_rows_received = 0
+
+    # ------------------------------------------------------------------ deciding
+
+    @staticmethod
+    def key(message: m.EnvObservation, training_step: int) -> str:
+        """The same on every agent: evaluations run between two training steps, so the last
+        training step every agent saw names the evaluation."""
+        if message.evaluation:
+            return f"eval:{training_step}:{message.step}"
+        return f"train:{message.step}"
+
+    def needs_decision(self, message: m.EnvObservation, training_step: int) -> bool:
+        return bool(np.asarray(message.episode_start).any()) and self.key(message, training_step) not in self.decided_keys
+
+    def begin(self, message: m.EnvObservation, obs: np.ndarray, now: float, training_step: int) -> None:
+        """An episode starts in some copies of `message`: find this agent's landmarks there."""
+        key = self.key(message, training_step)
+        starting = np.asarray(message.episode_start, dtype=bool)
+        if message.evaluation and len(self.goals[True]) != len(starting):
+            self.goals[True] = np.zeros(len(starting), dtype=np.int64)
+        self.pending = (key, bool(message.evaluation), starting)
+        costs = self.layout.distances(np.asarray(obs, dtype=np.float32))
+        if self.config.assignment == "nearest":
+            self._decide(key, {self.node_id: costs}, complete=True, flood=None)
+            return
+        live = [node for node in self.neighbours if node not in self.down]
+        request = FloodRequest(key, costs, live, team_size=self.topology.num_nodes, rounds=self.rounds)
+        self._outgoing += self.engine.start(request, now)
+        self._collect()
+
+    @property
+    def deciding(self) -> bool:
+        return self.pending is not None
+
+    def on_message(self, sender: str, message, now: float) -> None:
+        if isinstance(message, HindsightRows):
+            self._on_partner_rows(sender, message)
+            return
+        self._outgoing += self.engine.on_message(sender, message, now)
+        self._collect()
+
+    def on_timer(self, now: float) -> None:
+        self._outgoing += self.engine.on_timer(now)
+        self._collect()
+
+    def on_neighbour_down(self, node: str, now: float) -> None:
+        self.down.add(node)
+        self._outgoing += self.engine.on_neighbour_down(node, now)
+        self._collect()
+
+    def on_neighbour_up(self, node: str, now: float) -> None:
+        self.down.discard(node)
+
+    def next_deadline(self) -> float | None:
+        return self.engine.next_deadline() if self.pending is not None else None
+
+    def close_now(self, now: float) -> None:
+        """The env server moved on without us (its step deadline): decide with what was heard."""
+        while self.pending is not None and not self.engine.done:
+            self._outgoing += self.engine.on_timer(self.engine.next_deadline())
+        self._collect()
+
+    def _collect(self) -> None:
+        if self.pending is None or not self.engine.done or self.engine.result.key != self.pending[0]:
+            return
+        result: FloodResult = self.engine.result
+        self._decide(result.key, result.values, complete=result.complete, flood=result)
+
+    def _decide(self, key: str, table: dict[str, np.ndarray], *, complete: bool, flood: FloodResult | None) -> None:
+        _, evaluation, starting = self.pending
+        goals = assign(table, self.node_id) if len(table) > 1 else table[self.node_id].argmin(axis=1)
+        self.goals[evaluation][starting] = goals[starting]
+        self.pending = None
+        self.decided_keys.add(key)
+        if len(self.decided_keys) > 64:  # only the newest keys can come again
+            self.decided_keys = {key}
+        if evaluation:
+            return
+        self.last_train_key = key
+        record = {
+            "landmarks/complete": float(complete),
+            "landmarks/rows_known": float(len(table)),
+            # Every copy's landmark in one number (base L digits, copy 0 lowest): the report puts
+            # the agents' numbers of one step side by side to see whether any two share one.
+            "landmarks/goals_code": float(sum(int(g) * self.num_goals ** k for k, g in enumerate(self.goals[False]))),
+            "landmarks/copies": float(len(self.goals[False])),
+        }
+        if flood is not None:
+            record["landmarks/flood_s"] = flood.duration_s
+            record["landmarks/rounds_closed_by_deadline"] = float(flood.rounds_closed_by_deadline)
+        self._records.append(record)
+
+    # ------------------------------------------------------------------ acting and learning
+
+    def condition(self, obs: np.ndarray, evaluation: bool) -> np.ndarray:
+        """The learner's input: the observation with its copy's landmark one-hot appended."""
+        goals = self.goals[evaluation]
+        if len(goals) != len(obs):
+            raise ValueError(f"{len(obs)} observations but landmarks for {len(goals)} copies")
+        return np.concatenate([np.asarray(obs, dtype=np.float32), one_hot(goals, self.num_goals)], axis=1)
+
+    def training_rows(self, transition: Transition, step: int) -> list[Transition]:
+        """The learner's rows for one lockstep transition: relabelled for every landmark (the
+        pursued one first), plus the partners' rows that arrived since. Keeps the rows for the
+        episode's hindsight report and sends it when the episode ends."""
+        copies = transition.copy_index if transition.copy_index is not None else np.arange(len(transition.obs))
+        pursued = self.goals[False][copies]
+        obs = np.asarray(transition.obs, dtype=np.float32)
+        next_obs = np.asarray(transition.next_obs, dtype=np.float32)
+        self._remember(transition, obs, next_obs, pursued, copies, step)
+        rows = [self._relabelled(obs, transition.action, next_obs, transition.terminated, transition.truncated, pursued)]
+        for goal in range(self.num_goals):
+            others = pursued != goal
+            if others.any():
+                goals = np.full(int(others.sum()), goal)
+                rows.append(self._relabelled(obs[others], transition.action[others], next_obs[others],
+                                             transition.terminated[others], transition.truncated[others], goals))
+        rows += self._partner_rows
+        self._partner_rows = []
+        return rows
+
+    def _relabelled(self, obs, actions, next_obs, terminated, truncated, goals) -> Transition:
+        code = one_hot(goals, self.num_goals)
+        return Transition(
+            obs=np.concatenate([obs, code], axis=1),
+            action=np.asarray(actions),
+            reward=self.layout.goal_reward(next_obs, goals, self.config.collision_penalty),
+            next_obs=np.concatenate([next_obs, code], axis=1),
+            terminated=np.asarray(terminated, dtype=bool),
+            truncated=np.asarray(truncated, dtype=bool),
+        )
+
+    def _remember(self, transition: Transition, obs, next_obs, pursued, copies, step: int) -> None:
+        if self.episode is None:
+            self.episode = _Episode(key=self.last_train_key or f"train:{step - 1}")
+        episode = self.episode
+        episode.obs.append(obs)
+        episode.actions.append(np.asarray(transition.action, dtype=np.int64))
+        episode.next_obs.append(next_obs)
+        episode.terminated.append(np.asarray(transition.terminated, dtype=bool))
+        episode.pursued.append(pursued)
+        episode.copies.append(copies)
+        ended = np.asarray(transition.terminated, dtype=bool) | np.asarray(transition.truncated, dtype=bool)
+        if ended.all() and len(ended) == len(self.goals[False]):
+            self._end_episode()
+
+    def _end_episode(self) -> None:
+        """Every copy's episode ended (simple_spread's all end together): report it."""
+        episode, self.episode = self.episode, None
+        pursued = np.concatenate(episode.pursued)
+        copies = np.concatenate(episode.copies)
+        final_next_obs = episode.next_obs[-1]
+        reached_per_copy = dict(zip(episode.copies[-1].tolist(), self.layout.distances(final_next_obs).argmin(axis=1).tolist()))
+        reached = np.array([reached_per_copy.get(int(c), -1) for c in copies], dtype=np.int64)
+        final_distance = self.layout.distances(final_next_obs)[np.arange(len(final_next_obs)), episode.pursued[-1]]
+        self._records.append({
+            "landmarks/final_distance": float(final_distance.mean()),
+            "landmarks/reached_pursued": float((reached[-len(final_next_obs):] == episode.pursued[-1]).mean()),
+            "hindsight/partner_rows_received": float(self.partner_rows_received),
+        })
+        if not self.config.share_hindsight:
+            return
+        keep = reached >= 0
+        report = HindsightRows(
+            episode=episode.key,
+            obs=np.concatenate(episode.obs)[keep],
+            actions=np.concatenate(episode.actions)[keep],
+            next_obs=np.concatenate(episode.next_obs)[keep],
+            terminated=np.concatenate(episode.terminated)[keep],
+            pursued=pursued[keep],
+            reached=reached[keep],
+        )
+        self._outgoing += [(node, report) for node in self.neighbours if node not in self.down]
+
+    def _on_partner_rows(self, sender: str, rows: HindsightRows) -> None:
+        """A partner's episode: its rows, for the landmark it pursued and the one it reached."""
+        if not self.config.share_hindsight:
+            log.warning("hindsight.rows from %s, but this run shares no hindsight (agents.landmarks.share_hindsight)", sender)
+            return
+        obs = np.asarray(rows.obs, dtype=np.float32)
+        if obs.ndim != 2 or obs.shape[1] != self.layout.obs_dim or len(rows.next_obs) != len(obs):
+            log.warning("hindsight.rows from %s: expected (m, %d) observations, got %s; dropped",
+                        sender, self.layout.obs_dim, obs.shape)
+            return
+        goals_ok = all(((g >= 0) & (g < self.num_goals)).all() for g in (rows.pursued, rows.reached))
+        if not goals_ok:
+            log.warning("hindsight.rows from %s: landmarks outside [0, %d); dropped", sender, self.num_goals)
+            return
+        next_obs = np.asarray(rows.next_obs, dtype=np.float32)
+        not_truncated = np.zeros(len(obs), dtype=bool)
+        self._partner_rows.append(self._relabelled(obs, rows.actions, next_obs, rows.terminated, not_truncated, rows.pursued))
+        other = rows.reached != rows.pursued
+        if other.any():
+            self._partner_rows.append(self._relabelled(obs[other], rows.actions[other], next_obs[other],
+                                                       rows.terminated[other], not_truncated[other], rows.reached[other]))
+        self.partner_rows_received += len(obs)
+
+    def take_outgoing(self) -> list[Outgoing]:
+        outgoing, self._outgoing = self._outgoing, []
+        return outgoing
+
+    def take_records(self) -> list[dict[str, float]]:
+        records, self._records = self._records, []
+        return records
+
+
+def topology_diameter(topology: Topology) -> int:
+    """The longest shortest path between two nodes (breadth-first from every node)."""
+    longest = 0
+    for source in range(topology.num_nodes):
+        distance = {source: 0}
+        frontier = [source]
+        while frontier:
+            nxt = []
+            for node in frontier:
+                for neighbour in topology.neighbours(node):
+                    if neighbour not in distance:
+                        distance[neighbour] = distance[node] + 1
+                        nxt.append(neighbour)
+            frontier = nxt
+        if len(distance) < topology.num_nodes:
+            raise ValueError(f"the topology is not connected: node {topology.nodes[source]} reaches {len(distance)} of {topology.num_nodes}")
+        longest = max(longest, max(distance.values()))
+    return longest

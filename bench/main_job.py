@@ -1,0 +1,230 @@
+"""The main job (configs/4agents_ring.yaml) against its ablations, random and a scripted oracle.
+
+Every run is an ordinary `orchestrate up` of the default config (four agent processes on a
+ring and an env server, MPE simple_spread N = 4, 8 copies, 10,000 lockstep steps, greedy
+evaluations of 8 episodes every 500 steps), with one change per variant:
+
+- `main`: the config as shipped: landmarks agreed over the ring, hindsight rows shared,
+  world models averaged by consensus;
+- `no_negotiation`: each agent takes its nearest landmark alone (`agents.landmarks.assignment=nearest`);
+- `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
+- `no_model`: no world model and so no consensus (the learner does not use the model in `main`
+  either, so this measures what training and averaging it cost, not a learning effect);
+- `plain_dqn`: the DQN agents of the main job before issue 31 (no landmarks, buffer 100,000).
+
+A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
+episode). The random and oracle lines are the env server's own (env_server/baselines.py), on the
+same evaluation episodes as the agents, averaged over the seeds. Each variant is compared with
+`main` on the same seeds: the paired difference, its 95% t-interval, and the smallest difference
+that many seeds could detect (two-sided 0.05, power 0.8, from the pairs' standard deviation).
+
+    .venv/bin/python bench/main_job.py --seeds 5 --root runs/bench_main_job --save docs/main_job.json --plot docs/main_job.png
+    .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 5     # tables from finished runs
+
+Runs go seed by seed (every variant of seed 0, then of seed 1, ...), so a batch cut short still
+pairs; a finished run under `--root` is reused, not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import mean_ci  # noqa: E402
+from runs import REPO, records, run_and_score  # noqa: E402
+
+CONFIG = "configs/4agents_ring.yaml"
+LAST_EVALS = 5
+VARIANTS: dict[str, list[str]] = {
+    "main": [],
+    "no_negotiation": ["agents.landmarks.assignment=nearest"],
+    "no_hindsight": ["agents.landmarks.share_hindsight=false"],
+    "no_model": ["protocols.consensus.enabled=false", "agents.world_model=null"],
+    "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000"],
+}
+
+
+def minimum_detectable_effect(differences: list[float], alpha: float = 0.05, power: float = 0.8) -> float:
+    """The paired difference a t-test on this many pairs detects with `power` (two-sided `alpha`),
+    given the pairs' sample standard deviation."""
+    n = len(differences)
+    if n < 2:
+        return float("nan")
+    sd = float(np.std(differences, ddof=1))
+    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n))
+
+
+def gap_closed(score: float, random_line: float, oracle_line: float) -> float:
+    return (score - random_line) / (oracle_line - random_line)
+
+
+def distinct_fraction(run_dir: Path) -> float | None:
+    """The fraction of (episode start, copy) in which the four agents took four landmarks."""
+    from orchestrator.report import summarize_run
+
+    landmarks = summarize_run(run_dir).get("landmarks")
+    return landmarks["distinct_fraction"] if landmarks else None
+
+
+def baseline_lines(run_dir: Path) -> tuple[float | None, float | None]:
+    env = records(run_dir, "env")
+    random_line = next((r["eval/random_return_mean"] for r in env if "eval/random_return_mean" in r), None)
+    oracle_line = next((r["eval/oracle_return_mean"] for r in env if "eval/oracle_return_mean" in r), None)
+    return random_line, oracle_line
+
+
+def run_dir_of(root: Path, variant: str, seed: int) -> Path:
+    return root / variant / f"seed_{seed}"
+
+
+def run_batch(root: Path, seeds: list[int], variants: list[str], timeout_s: float) -> None:
+    for seed in seeds:
+        for variant in variants:
+            overrides = [f"run.seed={seed}", "launch.live_view=off", *VARIANTS[variant]]
+            started = time.strftime("%H:%M:%S")
+            result = run_and_score(CONFIG, overrides, run_dir_of(root, variant, seed), timeout_s, LAST_EVALS, reuse=True)
+            state = "FAILED" if result["failed"] else f"score {result['score']:.2f}"
+            print(f"[{started}] {variant} seed {seed}: {state}, wall {result['wall_s']} s", flush=True)
+
+
+def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
+    per_variant: dict[str, dict] = {}
+    random_lines, oracle_lines = [], []
+    for variant in variants:
+        scores, distinct, walls = {}, [], []
+        for seed in seeds:
+            run_dir = run_dir_of(root, variant, seed)
+            evals = [(r["step"], r["eval/return_mean"]) for r in records(run_dir, "env") if "eval/return_mean" in r]
+            if len(evals) < LAST_EVALS or not (run_dir / "report").exists():
+                continue  # not run, or not finished
+            scores[seed] = float(np.mean([value for _, value in evals[-LAST_EVALS:]]))
+            random_line, oracle_line = baseline_lines(run_dir)
+            if random_line is not None:
+                random_lines.append(random_line)
+            if oracle_line is not None:
+                oracle_lines.append(oracle_line)
+            if (fraction := distinct_fraction(run_dir)) is not None:
+                distinct.append(fraction)
+            events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+            started = next((e["t"] for e in events if e.get("event") == "started"), None)
+            finished = next((e["t"] for e in events if e.get("event") == "run_finished"), None)
+            if started is not None and finished is not None:
+                walls.append(finished - started)
+        mean, half = mean_ci(list(scores.values()))
+        per_variant[variant] = {"scores": scores, "mean": mean, "ci95": half,
+                                "distinct_fraction": float(np.mean(distinct)) if distinct else None,
+                                "run_s_mean": float(np.mean(walls)) if walls else None}
+    random_line = float(np.mean(random_lines)) if random_lines else None
+    oracle_line = float(np.mean(oracle_lines)) if oracle_lines else None
+    comparisons = {}
+    main_scores = per_variant.get("main", {}).get("scores", {})
+    for variant, entry in per_variant.items():
+        if variant == "main":
+            continue
+        paired = sorted(set(main_scores) & set(entry["scores"]))
+        differences = [main_scores[seed] - entry["scores"][seed] for seed in paired]
+        mean, half = mean_ci(differences)
+        comparisons[variant] = {"seeds": paired, "main_minus_variant": mean, "ci95": half,
+                                "mde": minimum_detectable_effect(differences)}
+    for entry in per_variant.values():
+        entry["gap_closed"] = (gap_closed(entry["mean"], random_line, oracle_line)
+                               if random_line is not None and oracle_line is not None and np.isfinite(entry["mean"]) else None)
+    return {"config": CONFIG, "seeds": seeds, "last_evals": LAST_EVALS, "random": random_line, "oracle": oracle_line,
+            "variants": per_variant, "paired_with_main": comparisons}
+
+
+def print_tables(summary: dict) -> None:
+    def fmt(value, spec=".2f"):
+        return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
+
+    print(f"\nrandom policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
+          "(return per agent per episode, the env server's, on the evaluation episodes; mean over seeds)")
+    print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | gap closed | distinct landmarks | run s |")
+    print("|---|---|---|---|---|---|")
+    for variant, entry in summary["variants"].items():
+        print(f"| {variant} | {len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])} | "
+              f"{fmt(entry['gap_closed'], '.0%')} | {fmt(entry['distinct_fraction'], '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
+    print("\n| main minus | pairs | difference (95% CI) | smallest detectable (80% power) |")
+    print("|---|---|---|---|")
+    for variant, entry in summary["paired_with_main"].items():
+        print(f"| {variant} | {len(entry['seeds'])} | {fmt(entry['main_minus_variant'])} "
+              f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
+              f"{fmt(entry['mde'])} |")
+    print("\nper seed:")
+    for variant, entry in summary["variants"].items():
+        print(f"  {variant}: " + ", ".join(f"{seed}: {score:.2f}" for seed, score in sorted(entry["scores"].items())))
+
+
+def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path: Path) -> None:
+    curves = {variant: [run_dir_of(root, variant, seed) for seed in seeds if (run_dir_of(root, variant, seed) / "report").exists()]
+              for variant in variants}
+    title = (f"main job, greedy evaluation (mean, 95% CI over seeds); random {summary['random']:.1f}, "
+             f"oracle {summary['oracle']:.1f}" if summary["random"] is not None and summary["oracle"] is not None
+             else "main job, greedy evaluation")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from intervals import curve_band
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for index, (variant, run_dirs) in enumerate((k, v) for k, v in curves.items() if v):
+        runs = [[(r["step"], r["eval/return_mean"]) for r in records(d, "env") if "eval/return_mean" in r] for d in run_dirs]
+        length = min(len(run) for run in runs)
+        steps = [step for step, _ in runs[0][:length]]
+        mean, half = curve_band([[value for _, value in run[:length]] for run in runs])
+        axes.plot(steps, mean, marker=".", color=f"C{index}", label=f"{variant} ({len(runs)} seeds)")
+        axes.fill_between(steps, mean - half, mean + half, color=f"C{index}", alpha=0.15)
+    if summary["random"] is not None:
+        axes.axhline(summary["random"], color="grey", linestyle="--", label="random policy")
+    if summary["oracle"] is not None:
+        axes.axhline(summary["oracle"], color="black", linestyle="--", label="scripted oracle")
+    axes.set_xlabel("lockstep env steps (x 8 copies)")
+    axes.set_ylabel("greedy return per agent per episode")
+    axes.set_title(title, fontsize=8)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--root", type=Path, default=REPO / "runs" / "bench_main_job")
+    parser.add_argument("--analyse", type=Path, metavar="ROOT", help="only read the finished runs under ROOT")
+    parser.add_argument("--timeout-s", type=float, default=3600)
+    parser.add_argument("--save", type=Path, help="the summary as JSON")
+    parser.add_argument("--plot", type=Path, help="the evaluation curves with the random and oracle lines (PNG)")
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    root = args.analyse if args.analyse is not None else args.root
+    if args.analyse is None:
+        run_batch(root, seeds, variants, args.timeout_s)
+    summary = analyse(root, seeds, variants)
+    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print_tables(summary)
+    if args.save:
+        args.save.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {args.save}")
+    if args.plot:
+        plot(root, seeds, variants, summary, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

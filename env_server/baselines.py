@@ -1,0 +1,109 @@
+"""The lines a learning curve is read against: a random policy, and a scripted oracle where the env has one.
+
+At its first evaluation the env server plays these policies itself on the evaluation copies,
+from the same seed every evaluation starts from, and writes their mean return per agent per
+episode beside the agents' (`eval/random_return_mean`, `eval/oracle_return_mean`): the same
+episodes, the same unit, no second program to run. Both take a few tens of milliseconds.
+
+The oracle of simple_spread (MPE, `mpe2.simple_spread_v3`, discrete actions): at the episode's
+start the Hungarian method assigns the landmarks to the agents (one each, least total distance),
+and each agent steers toward its own with the discrete actions, choosing each step the action
+whose predicted resting point (one step of the env's physics, then coasting to a stop under its
+damping) is nearest its landmark. It knows what no agent does at the start (every agent's
+position), so it is a ceiling for agents that agree on an assignment, not the optimum.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from gymnasium import spaces
+from scipy.optimize import linear_sum_assignment
+
+from env_server.vector import BatchedStep, VectorizedParallelEnv
+
+Policy = Callable[[BatchedStep], dict[str, Any]]
+
+# simple_spread's physics (mpe2 core.py World and simple_spread.py make_world): dt 0.1, damping
+# 0.25, unit mass, a discrete action pushes with 5.0 along one axis.
+DT, DAMPING, SENSITIVITY = 0.1, 0.25, 5.0
+PUSH = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.float64) * SENSITIVITY
+
+
+def random_policy(action_spaces: dict[str, spaces.Space], seed: int) -> Policy:
+    rng = np.random.default_rng(seed)
+
+    def act(result: BatchedStep) -> dict[str, Any]:
+        copies = len(result.episode_start)
+        return {agent: np.stack([_sample(space, rng) for _ in range(copies)]) for agent, space in action_spaces.items()}
+
+    return act
+
+
+def _sample(space: spaces.Space, rng: np.random.Generator) -> Any:
+    if isinstance(space, spaces.Discrete):
+        return np.int64(space.start + rng.integers(space.n))
+    if isinstance(space, spaces.Box):
+        return rng.uniform(space.low, space.high).astype(space.dtype)
+    raise TypeError(f"the random baseline samples Discrete and Box actions, not {space!r}")
+
+
+def spread_oracle(agents: list[str]) -> Policy:
+    """The scripted oracle of simple_spread (module docstring); one assignment per episode start."""
+    num_agents = len(agents)
+    assigned: dict[int, np.ndarray] = {}
+
+    def act(result: BatchedStep) -> dict[str, Any]:
+        obs = np.stack([np.asarray(result.observations[agent], dtype=np.float64) for agent in agents])  # (N, K, D)
+        copies = obs.shape[1]
+        offsets = obs[:, :, 4:4 + 2 * num_agents].reshape(num_agents, copies, num_agents, 2)  # landmark - agent
+        for copy in range(copies):
+            if result.episode_start[copy] or copy not in assigned:
+                _, columns = linear_sum_assignment(np.linalg.norm(offsets[:, copy], axis=2))
+                assigned[copy] = columns
+        actions = {}
+        for i, agent in enumerate(agents):
+            velocity = obs[i, :, 0:2]
+            target = np.stack([offsets[i, copy, assigned[copy][i]] for copy in range(copies)])  # (K, 2)
+            actions[agent] = np.array([_steer(velocity[k], target[k]) for k in range(copies)], dtype=np.int64)
+        return actions
+
+    return act
+
+
+def _steer(velocity: np.ndarray, offset: np.ndarray) -> int:
+    """The action whose resting point is nearest the target (`offset`: target minus position)."""
+    next_velocity = velocity * (1 - DAMPING) + PUSH * DT  # (5, 2)
+    moved = next_velocity * DT
+    coast = next_velocity * DT * (1 - DAMPING) / DAMPING  # the geometric sum of the later steps
+    return int(np.argmin(np.linalg.norm(offset - moved - coast, axis=1)))
+
+
+def oracle_for(env_name: str, agents: list[str]) -> Policy | None:
+    """The scripted oracle of a named env, or None where there is none."""
+    if env_name.endswith("simple_spread_v3"):
+        return spread_oracle(agents)
+    return None
+
+
+def play(envs: VectorizedParallelEnv, seed: int, policy: Policy) -> list[float]:
+    """One episode in every copy from `seed` (copy i from seed + i; no autoreset): the mean
+    return per agent of each episode."""
+    if envs.autoreset:
+        raise ValueError("baselines play one episode per copy: give evaluation copies (autoreset off)")
+    result = envs.reset(seed)
+    returns: list[float] = []
+    while not envs.all_finished:
+        result = envs.step(policy(result))
+        returns += result.episode_returns
+    return returns
+
+
+def baseline_metrics(envs: VectorizedParallelEnv, seed: int, env_name: str) -> dict[str, float]:
+    """`eval/random_return_mean` and, where the env has an oracle, `eval/oracle_return_mean`."""
+    metrics = {"eval/random_return_mean": float(np.mean(play(envs, seed, random_policy(envs.action_spaces, seed))))}
+    oracle = oracle_for(env_name, envs.possible_agents)
+    if oracle is not None:
+        metrics["eval/oracle_return_mean"] = float(np.mean(play(envs, seed, oracle)))
+    return metrics

@@ -1,0 +1,149 @@
+"""The main job's landmark session (agent_node/landmarks.py) and the env server's baselines
+(env_server/baselines.py), on real simple_spread observations, without sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpe2 import simple_spread_v3
+
+from agent_node.landmark_config import LandmarksConfig
+from agent_node.landmarks import LandmarkSession, SpreadLayout, assign, topology_diameter
+from agent_node.roles import Transition
+from env_server.baselines import baseline_metrics, play, random_policy, spread_oracle
+from env_server.vector import VectorizedParallelEnv
+from protocols import messages as m
+from protocols.flooding import FloodTable
+from protocols.hindsight import HindsightRows
+from protocols.topology import ring
+
+
+def spread(n: int = 4):
+    return simple_spread_v3.parallel_env(N=n, max_cycles=25, continuous_actions=False)
+
+
+def test_the_layout_reads_distances_and_collisions_off_a_real_observation():
+    env = spread()
+    observations, _ = env.reset(seed=3)
+    world = env.unwrapped.world
+    layout = SpreadLayout.for_obs(24, 4)
+    for index, agent in enumerate(env.possible_agents):
+        obs = observations[agent][None]
+        expected = [np.linalg.norm(landmark.state.p_pos - world.agents[index].state.p_pos) for landmark in world.landmarks]
+        np.testing.assert_allclose(layout.distances(obs)[0], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="simple_spread"):
+        SpreadLayout.for_obs(18, 4)
+    obs = np.zeros((2, 24), np.float32)
+    obs[:, 12:18] = 5.0  # the other three agents far away
+    obs[0, 12:14] = [0.1, 0.0]  # another agent 0.1 away: touching (sizes 0.15 each)
+    obs[1, 12:14] = [0.5, 0.0]
+    np.testing.assert_array_equal(layout.collisions(obs), [1, 0])
+    obs[:, 4:6] = [[3.0, 4.0], [0.0, 1.0]]  # landmark 0 at distance 5 and 1
+    np.testing.assert_allclose(layout.goal_reward(obs, np.array([0, 0]), 1.0), [-6.0, -1.0])
+
+
+def test_assign_is_the_hungarian_assignment_and_the_same_on_every_node():
+    costs = {f"agent_{i}": np.array([[abs(i - j) + 0.1 * j for j in range(4)]], np.float32) for i in range(4)}
+    goals = [int(assign(costs, f"agent_{i}")[0]) for i in range(4)]
+    assert goals == [0, 1, 2, 3]
+    two = {"agent_0": costs["agent_0"], "agent_1": costs["agent_1"]}
+    assert int(assign(two, "agent_1")[0]) == 1  # rows missing: assigned over the rows known
+    assert topology_diameter(ring(4)) == 2 and topology_diameter(ring(6)) == 3
+
+
+def make_session(**settings) -> LandmarkSession:
+    return LandmarkSession(LandmarksConfig(**settings), node_id="agent_1", topology=ring(4),
+                           layout=SpreadLayout(4, 4), num_copies=2)
+
+
+def observation(step: int, obs: np.ndarray, starting, evaluation: bool = False) -> m.EnvObservation:
+    return m.EnvObservation(step=step, observations={"agent_1": obs}, rewards={}, terminated={}, truncated={}, active={},
+                            final_observations={}, episode_start=np.array(starting), evaluation=evaluation)
+
+
+def test_the_session_floods_its_distance_row_and_takes_its_landmark_once_the_ring_has_answered():
+    session = make_session()
+    obs = np.zeros((2, 24), np.float32)
+    obs[:, 4:12] = np.array([[1, 0, 2, 0, 3, 0, 4, 0]] * 2)  # landmark j at distance j + 1
+    message = observation(0, obs, [True, True])
+    assert session.needs_decision(message, 0)
+    session.begin(message, obs, now=0.0, training_step=0)
+    sent = session.take_outgoing()
+    assert sorted(destination for destination, _ in sent) == ["agent_0", "agent_2"] and session.deciding
+    near = np.tile(np.array([0.0, 5, 5, 5], np.float32), (2, 1))  # agents 0, 2, 3 each want landmark 0 most
+    table = FloodTable("train:0", 1, ["agent_0", "agent_3"], np.stack([near, near + [0, 9, 0, 9]]))
+    session.on_message("agent_0", table, 0.01)
+    session.on_message("agent_2", FloodTable("train:0", 1, ["agent_2"], (near + [0, 0, 9, 0])[None]), 0.01)
+    session.take_outgoing()  # round 2 tables
+    session.on_message("agent_0", FloodTable("train:0", 2, ["agent_0", "agent_3"], np.stack([near, near + [0, 9, 0, 9]])), 0.02)
+    session.on_message("agent_2", FloodTable("train:0", 2, ["agent_2"], (near + [0, 0, 9, 0])[None]), 0.02)
+    assert not session.deciding and not session.needs_decision(message, 0)
+    nodes = {"agent_0": near, "agent_1": session.layout.distances(obs), "agent_2": near + [0, 0, 9, 0], "agent_3": near + [0, 9, 0, 9]}
+    np.testing.assert_array_equal(session.goals[False], assign(nodes, "agent_1"))
+    record = session.take_records()[0]
+    assert record["landmarks/complete"] == 1.0 and record["landmarks/rows_known"] == 4.0
+    conditioned = session.condition(obs, evaluation=False)
+    assert conditioned.shape == (2, 28) and (conditioned[:, 24:].sum(axis=1) == 1).all()
+
+
+def test_nearest_decides_alone_and_evaluation_copies_keep_their_own_landmarks():
+    session = make_session(assignment="nearest")
+    obs = np.zeros((3, 24), np.float32)
+    obs[:, 4:12] = [[5, 0, 1, 0, 5, 0, 5, 0], [5, 0, 5, 0, 5, 0, 1, 0], [1, 0, 5, 0, 5, 0, 5, 0]]
+    message = observation(0, obs, [True, True, True], evaluation=True)
+    session.begin(message, obs, 0.0, training_step=500)
+    assert session.take_outgoing() == [] and not session.deciding
+    np.testing.assert_array_equal(session.goals[True], [1, 3, 0])
+    np.testing.assert_array_equal(session.goals[False], [0, 0])  # training copies untouched
+    assert not session.needs_decision(message, 500)
+    assert session.needs_decision(observation(0, obs, [True, True, True], evaluation=True), 1000)  # the next evaluation
+
+
+def rows(copies: int = 2, ended: bool = False) -> Transition:
+    rng = np.random.default_rng(0)
+    flags = np.full(copies, ended)
+    return Transition(obs=rng.normal(size=(copies, 24)).astype(np.float32), action=np.arange(copies), reward=np.zeros(copies, np.float32),
+                      next_obs=rng.normal(size=(copies, 24)).astype(np.float32), terminated=np.zeros(copies, bool), truncated=flags,
+                      copy_index=np.arange(copies))
+
+
+def test_rows_are_relabelled_for_every_landmark_and_an_episode_is_shared_with_the_neighbours():
+    session = make_session()
+    session.goals[False][:] = [2, 3]
+    first = session.training_rows(rows(), step=1)
+    assert sum(len(t.obs) for t in first) == 2 * 4  # each row once per landmark
+    pursued = first[0]
+    np.testing.assert_array_equal(pursued.obs[:, 24:].argmax(axis=1), [2, 3])
+    np.testing.assert_allclose(pursued.reward, SpreadLayout(4, 4).goal_reward(rows().next_obs, np.array([2, 3]), 1.0))
+    session.training_rows(rows(ended=True), step=2)
+    shared = session.take_outgoing()
+    assert sorted(destination for destination, _ in shared) == ["agent_0", "agent_2"]
+    report = shared[0][1]
+    assert isinstance(report, HindsightRows) and len(report.obs) == 4 and list(report.pursued) == [2, 3, 2, 3]
+
+
+def test_a_partners_rows_are_learned_for_what_it_pursued_and_what_it_reached():
+    session = make_session()
+    partner = rows(copies=3)
+    report = HindsightRows("train:0", partner.obs, np.array([0, 1, 2]), partner.next_obs, np.zeros(3, bool),
+                           pursued=np.array([1, 1, 1]), reached=np.array([1, 0, 3]))
+    session.on_message("agent_0", report, 0.0)
+    learned = session.training_rows(rows(), step=1)[4:]  # after this agent's own 4 relabellings
+    assert [len(t.obs) for t in learned] == [3, 2]
+    np.testing.assert_array_equal(learned[1].obs[:, 24:].argmax(axis=1), [0, 3])
+    bad = HindsightRows("train:0", partner.obs, np.array([0, 1, 2]), partner.next_obs, np.zeros(3, bool),
+                        pursued=np.array([1, 1, 7]), reached=np.array([1, 0, 3]))
+    session.on_message("agent_0", bad, 0.0)
+    assert session.training_rows(rows(), step=2)[4:] == []  # an out-of-range landmark: dropped, not learned
+
+
+def test_the_oracle_beats_random_by_far_on_the_same_episodes():
+    envs = VectorizedParallelEnv(spread, 16, autoreset=False)
+    random_returns = play(envs, 7, random_policy(envs.action_spaces, 7))
+    oracle_returns = play(envs, 7, spread_oracle(envs.possible_agents))
+    assert len(random_returns) == len(oracle_returns) == 16
+    # Measured over 200 episodes: random -30.9, oracle -10.4 per agent per episode.
+    assert np.mean(oracle_returns) > -14 > -25 > np.mean(random_returns)
+    metrics = baseline_metrics(envs, 7, "mpe2.simple_spread_v3")
+    assert metrics["eval/oracle_return_mean"] == pytest.approx(np.mean(oracle_returns))
+    assert "eval/oracle_return_mean" not in baseline_metrics(envs, 7, "pursuit_v4")
