@@ -157,7 +157,7 @@ class LandmarkSession:
         self.num_goals = layout.num_landmarks
         index = topology.nodes.index(node_id)
         self.neighbours = sorted(topology.nodes[j] for j in topology.neighbours(index))
-        self.rounds = max(1, topology_diameter(topology))
+        self.rounds = max(1, topology.diameter())
         self.engine = FloodEngine(node_id, round_timeout_s=config.round_timeout_s)
         self.down: set[str] = set()
         # The landmark of each copy, for training and for evaluation copies (which may differ in count).
@@ -374,23 +374,3 @@ class LandmarkSession:
     def take_records(self) -> list[dict[str, float]]:
         records, self._records = self._records, []
         return records
-
-
-def topology_diameter(topology: Topology) -> int:
-    """The longest shortest path between two nodes (breadth-first from every node)."""
-    longest = 0
-    for source in range(topology.num_nodes):
-        distance = {source: 0}
-        frontier = [source]
-        while frontier:
-            nxt = []
-            for node in frontier:
-                for neighbour in topology.neighbours(node):
-                    if neighbour not in distance:
-                        distance[neighbour] = distance[node] + 1
-                        nxt.append(neighbour)
-            frontier = nxt
-        if len(distance) < topology.num_nodes:
-            raise ValueError(f"the topology is not connected: node {topology.nodes[source]} reaches {len(distance)} of {topology.num_nodes}")
-        longest = max(longest, max(distance.values()))
-    return longest

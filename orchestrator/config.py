@@ -459,6 +459,17 @@ class RunConfig(BaseModel):
         ))
 
         consensus = self.protocols.consensus
+        problems.extend(self._landmark_problems(topology))
+        if (self.agents.world_model is not None and self.agents.learner.kind != "og_marl"
+                and not (consensus.enabled and consensus.what.startswith("world_model"))):
+            # Beside a model-free learner the world model is trained to be averaged; with nothing
+            # averaging it, no node would ever train it.
+            problems.append(
+                "agents.world_model: a world model beside learner kind "
+                f"{self.agents.learner.kind!r} is trained only for consensus to average it, but "
+                + ("protocols.consensus.enabled is false" if not consensus.enabled else f"protocols.consensus.what is {consensus.what!r}")
+                + "; set agents.world_model: null, or enable consensus over world_model_parameters or world_model_statistics"
+            )
         if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
             problems.append(
                 f"protocols.consensus.what: {consensus.what!r} averages the world model, but agents.world_model is null"
@@ -495,6 +506,23 @@ class RunConfig(BaseModel):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _landmark_problems(self, topology: Topology | None) -> list[str]:
+        """agents.landmarks reads simple_spread's observations and acts with discrete actions, and
+        its agreement floods over a connected topology with every agent learning on its own."""
+        if self.agents.landmarks is None:
+            return []
+        problems = []
+        if not self.env.name.endswith("simple_spread_v3") or self.env.kwargs.get("continuous_actions", False):
+            problems.append(
+                "agents.landmarks: expected env mpe2.simple_spread_v3 with continuous_actions: false (its observation "
+                f"layout and discrete moves), got {self.env.name} with kwargs {dict(self.env.kwargs)}"
+            )
+        if self.training.mode != "decentralized":
+            problems.append(f"agents.landmarks: expected training.mode 'decentralized', got {self.training.mode!r}")
+        if topology is not None and not topology.is_connected():
+            problems.append("agents.landmarks: the topology must be connected for the team to agree (flooding)")
+        return problems
 
     # -------------------------------------------------------------- derived views
 

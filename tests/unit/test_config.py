@@ -415,3 +415,25 @@ def test_an_external_goal_supervisor_is_a_node_of_the_run_with_its_own_seed(tmp_
     with pytest.raises(ConfigError, match="expected a process fault .* for the supervisor node"):
         load_config(ROOT / "configs" / "goals_supervisor.yaml",
                     ["faults.schedule=[{at_s: 1, kind: partition, groups: [[supervisor], [agent_0, agent_1]]}]"])
+
+
+# ------------------------------------------------------------------------------ the main job's landmarks
+
+MAIN_JOB = ROOT / "configs" / "4agents_ring.yaml"
+
+
+def test_landmarks_are_refused_off_simple_spread_and_with_centralized_training() -> None:
+    problems = problems_for("env.kwargs.continuous_actions=true", path=MAIN_JOB)
+    assert any("agents.landmarks: expected env mpe2.simple_spread_v3 with continuous_actions: false" in p for p in problems)
+    problems = problems_for("agents.learner={kind: sac}", path=MAIN_JOB)
+    assert any("landmark-conditioned agents learn with learner kind 'dqn'" in p for p in problems)
+
+
+def test_a_world_model_that_nothing_would_train_is_refused() -> None:
+    problems = problems_for("protocols.consensus.enabled=false", path=MAIN_JOB)
+    assert problems == [
+        "agents.world_model: a world model beside learner kind 'dqn' is trained only for consensus to average it, but "
+        "protocols.consensus.enabled is false; set agents.world_model: null, or enable consensus over "
+        "world_model_parameters or world_model_statistics"
+    ]
+    load_config(MAIN_JOB, ["protocols.consensus.enabled=false", "agents.world_model=null"])  # the no-model ablation

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_node.landmarks import assign, topology_diameter
+from agent_node.landmarks import assign
 from protocols import wire
 from protocols.flooding import FloodEngine, FloodRequest, FloodTable
 from protocols.links import LinkConfig
@@ -18,7 +18,7 @@ def flood(topology: Topology, values: dict[str, np.ndarray], *, link: LinkConfig
           round_timeout_s: float = 0.5, stagger_s: float = 0.0, crashed=()) -> tuple[dict[str, FloodEngine], NetworkSimulator]:
     engines = {node: FloodEngine(node, round_timeout_s=round_timeout_s) for node in topology.nodes}
     sim = NetworkSimulator(engines, same_link_everywhere(link), seed=seed)
-    rounds = topology_diameter(topology)
+    rounds = topology.diameter()
     for node in crashed:
         sim.crash(node)
     for i, node in enumerate(topology.nodes):
@@ -40,7 +40,7 @@ def cost_rows(topology: Topology, seed: int, copies: int = 3) -> dict[str, np.nd
 def test_lossless_flooding_gives_every_node_every_value_in_diameter_rounds(topology):
     values = cost_rows(topology, seed=1)
     engines, sim = flood(topology, values, link=LinkConfig(delay_s=0.01), seed=0)
-    rounds = topology_diameter(topology)
+    rounds = topology.diameter()
     for node, engine in engines.items():
         result = engine.result
         assert result.complete and set(result.values) == set(topology.nodes)
