@@ -4,6 +4,7 @@ size limits, the aggregated bad-input log, and the byte bounds of consensus buff
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import stat
@@ -18,6 +19,7 @@ from protocols import wire
 from protocols.auth import (
     BadInputLog,
     KeyFileError,
+    MIB,
     LimitsConfig,
     load_node_keys,
     node_signing_key,
@@ -195,6 +197,86 @@ def test_ipc_unsigned_and_wrongly_signed_messages_are_dropped_and_counted(keys_d
     impostor.send(m.Heartbeat(node_id="agent_1", incarnation=9, state="running"))
     assert nothing_arrives(inbox)
     assert inbox.stats.dropped_bad_signature == 3 and inbox.stats.received == 0
+
+
+def test_signing_keys_answer_only_the_run_s_nodes_and_keep_nothing_per_claim(keys_dir):
+    keys = load_node_keys(keys_dir, "env")
+    verify = signing_keys(keys)
+    assert {node: verify(node) for node in NODES} == {node: keys.signing_key(node) for node in NODES}
+    assert verify("agent_7") == b"" and verify("x" * 100_000) == b""
+    # Nothing is cached per claim: what the function holds is the run's node table, and no more
+    # after 100,000 made-up names than before them.
+    held = lambda: sum(len(cell.cell_contents) for cell in verify.__closure__)  # noqa: E731
+    before = held()
+    for index in range(100_000):
+        verify(f"agent_{index}")
+    assert held() == before == len(NODES)
+
+
+def raw_envelope(sender: str, signature: bytes = b"") -> list[bytes]:
+    """A heartbeat's frames written out by hand (wire.encode would cache a header per sender on
+    this side, and that memory would count as the receiver's here)."""
+    import msgpack
+
+    header = {"msg_id": "m", "msg_type": "membership.heartbeat", "sender": sender, "run_id": "r",
+              "version": wire.PROTOCOL_VERSION, "seq": 1, "sent_at": 1.0}
+    head = msgpack.packb([header, {}])
+    body = msgpack.packb({"node_id": "agent_1", "incarnation": 1, "state": "running"})
+    return [wire.MAGIC + bytes([len(signature)]) + signature + head, body]
+
+
+def rss_bytes() -> int:
+    gc.collect()
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def test_ten_thousand_made_up_senders_leave_the_receiver_s_memory_flat(keys_dir, hubs, raw_dealer, tmp_path, caplog):
+    """Issue 33: unsigned and wrongly signed messages, each claiming a sender of its own (4 KiB
+    names, short names of the node-id form that no node has, names over the head's bound), at a
+    keyed ipc ROUTER as a node has: every one is dropped and counted, and the receiving process
+    keeps none of the names (its RSS, from /proc/self/status, measured after a warm-up batch that
+    claims one name). tests/integration/test_security.py does the same to a real run's nodes."""
+    inbox = hubs("agent_0", keys=load_node_keys(keys_dir, "agent_0")).bind_router(f"ipc://{tmp_path}/p.sock", name="peers")
+    stranger = raw_dealer(inbox.endpoint, b"intruder")
+
+    def claims(count: int, distinct: bool):
+        for index in range(count):
+            name = f"{index:06d}".ljust(4096, "n") if distinct else "n" * 4096
+            kind = index % 4
+            if kind == 0:
+                yield raw_envelope(name)  # unsigned
+            elif kind == 1:
+                yield raw_envelope(name, os.urandom(32))  # wrongly signed
+            elif kind == 2:
+                yield raw_envelope(f"agent_{index + 100}" if distinct else "agent_100", os.urandom(32))  # no such node
+            else:
+                yield raw_envelope(name * 5, os.urandom(32))  # a 20 KiB name: over the head's bound
+
+    def send_and_drain(count: int, distinct: bool) -> None:
+        dropped = inbox.stats.dropped_invalid
+        for index, frames in enumerate(claims(count, distinct)):
+            stranger.send_multipart(frames)
+            if index % 200 == 199:  # read as a node's loop does, before zmq's queues fill up
+                list(inbox.recv_all())
+        deadline = time.monotonic() + 30
+        while inbox.stats.dropped_invalid < dropped + count and time.monotonic() < deadline:
+            inbox.socket.poll(100)
+            list(inbox.recv_all())
+        assert inbox.stats.dropped_invalid == dropped + count and inbox.stats.received == 0
+
+    with caplog.at_level(logging.WARNING, logger="protocols.transport"):
+        send_and_drain(1000, distinct=False)
+        before = rss_bytes()
+        send_and_drain(10_000, distinct=True)
+        grown = rss_bytes() - before
+    # 10,000 names of 4 KiB are 40 MiB; a cache of even a tenth of them would show.
+    assert grown < 4 * MIB, f"this process grew {grown / MIB:.1f} MiB receiving 10,000 made-up senders"
+    assert inbox.stats.dropped_bad_signature == 11_000 - 11_000 // 4
+    # One line at once for the source (the stranger's routing id), then at most one per 5 s.
+    lines = [r.getMessage() for r in caplog.records if "invalid message" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, lines
+    assert "b'intruder'" in lines[0]
 
 
 # ------------------------------------------------------------------------------------------
