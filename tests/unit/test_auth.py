@@ -360,6 +360,52 @@ def test_bad_input_left_in_a_window_is_flushed_on_close(caplog):
     assert [r.getMessage() for r in caplog.records][-1].startswith("env: dropped 2 invalid messages from x")
 
 
+def test_the_bad_input_log_is_bounded_in_bytes_whatever_names_arrive():
+    """Sources and reasons come off the wire (a routing id, a message type): 10,000 distinct
+    sources of 2 KiB and 500 distinct reasons leave the log's state under 1 MiB, and its lines
+    at one per source up to `max_sources`, then one aggregated line per window."""
+    import tracemalloc
+
+    class Lines(logging.Handler):  # counts lines without keeping them (caplog would keep them all)
+        def __init__(self) -> None:
+            super().__init__()
+            self.count, self.longest, self.other_sources = 0, 0, 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            line = record.getMessage()
+            self.count += 1
+            self.longest = max(self.longest, len(line))
+            self.other_sources += "from other sources in the last" in line
+
+    logger = logging.getLogger("test.bad3")
+    lines = Lines()
+    logger.addHandler(lines)
+    logger.propagate = False  # pytest's capture would keep every record
+    clock = FakeClock()
+    bad = BadInputLog(logger, "env", interval_s=5.0, clock=clock)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(10_000):
+            clock.now = index * 1e-4
+            bad.record(f"{index:08d}".ljust(2048, "s"), f"reason {index % 500}".ljust(1000, "r"), "detail")
+        kept = tracemalloc.get_traced_memory()[0] - before
+        clock.now = 100.0
+        bad.flush()
+        assert tracemalloc.get_traced_memory()[0] - before < kept  # flushed windows are forgotten
+    finally:
+        tracemalloc.stop()
+        logger.removeHandler(lines)
+        logger.propagate = True
+    assert kept < MIB, f"the bad-input log kept {kept} bytes"
+    assert sum(bad.totals.values()) == 10_000 and len(bad.totals) == BadInputLog.MAX_REASONS + 1
+    # A first line for each of the first `max_sources` sources, one for each of the next
+    # `max_sources` (a window each), and one for all the others together; none carries a whole
+    # 2 KiB name (the longest lists the 65 reasons kept, of ~100 characters each).
+    assert lines.count == 2 * bad.max_sources + 1 and lines.other_sources == 1, lines.count
+    assert lines.longest < 8 * 1024
+
+
 # ------------------------------------------------------------------------------------------
 # Consensus buffers bounded in bytes
 # ------------------------------------------------------------------------------------------
