@@ -22,7 +22,10 @@ pairs (`generate_run_keys`), runs the ZAP handler and applies the keys where it 
 - **ipc**: the socket directory is 0700 (other users cannot even connect), and every message is
   HMAC-SHA256-signed (the envelope's signature frame) with its sender's node key, derived from the
   run's HMAC key and the node id. A message whose signature does not match the key of the node its
-  header names is dropped and counted.
+  header names is dropped and counted. Only the run's own nodes (those of `public.json`) have a
+  key, derived once at start (`signing_keys`); a message without a signature is refused before
+  its claimed sender is read, and a claim that is no node id before any key is looked up, so a
+  made-up sender name costs the receiver nothing it keeps (protocols/wire.py, issue 33).
 
 What this does not defend against: a process of the run itself (it can read the run key), or
 anything running as the same user with access to the run dir. Those can read the keys anyway.

@@ -76,6 +76,12 @@ def test_hub_refuses_the_keys_of_another_node(keys_dir):
         Hub(sender="agent_0", run_id="r", keys=load_node_keys(keys_dir, "agent_1"))
 
 
+@pytest.mark.parametrize("sender", ["", "my env", "x" * 65, "agent_0~1"])
+def test_hub_refuses_a_sender_its_receivers_would_refuse(sender):
+    with pytest.raises(ValueError, match="a hub's sender must be a node id"):
+        Hub(sender=sender, run_id="r")
+
+
 # ------------------------------------------------------------------------------------------
 # Per-node signatures (the envelope's signature frame)
 # ------------------------------------------------------------------------------------------
