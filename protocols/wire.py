@@ -56,9 +56,10 @@ most `MAX_HEAD_BYTES`) and dropped; nothing of it is kept.
 
 **Duplicate keys.** msgpack's unpacker keeps the last value of a repeated key and has no option
 to refuse it, so every map goes through `_map_without_duplicates` (msgpack's `object_pairs_hook`),
-which refuses one. Measured on a 4-agent env.observation in msgpack (bench in the issue 33 note,
-docs/SECURITY_BOUNDS.md): ~2 us more per decode of ~40 us; packed lockstep messages carry no msgpack
-and pay nothing.
+which refuses one. It costs ~0.3-0.5 us per map: +1.3-1.6 us on a heartbeat's decode of ~9 us,
++3.6-4.1 us on a msgpack env.observation of 4 agents x 8 copies (~47 us), +1.5 us on its
+env.action (~15 us), in CPU time (bench/duplicate_keys.py; docs/claimed_senders.md). The packed
+lockstep messages carry no msgpack and pay nothing.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def _decode_packed(frames: Sequence[Any], split: int, signature: Any, payload: A
         raise MalformedPayload("packed head: the sender's name is not UTF-8") from None
     if key or signature:
         _check_signature(key, signature, (payload,), lambda: sender)
-    elif not _is_node_id(sender):
+    if not _is_node_id(sender):  # (with per-node keys, refused above already)
         raise MalformedPayload(f"packed head: {_not_a_node_id(sender)}")
     header = Header("", PACKED_TYPES[code], sender, "", PROTOCOL_VERSION, seq, sent_at)
     identities = tuple(bytes(frame) for frame in frames[:split]) if split else ()

@@ -1028,3 +1028,8 @@ def test_fuzzed_claims_and_duplicate_keys_give_a_protocol_error_or_an_honest_sen
         assert envelope.sender == claimed == signer and not duplicate
     assert all(wire.NODE_ID_FORM.fullmatch(asked) for asked in keys.asked)
     assert len(keys.asked) <= (signer != "nobody")
+
+
+def test_a_packed_sender_under_the_run_key_must_be_a_node_id_too() -> None:
+    with pytest.raises(MalformedPayload, match="packed head: sender 'a b' is not a node id"):
+        wire.decode(wire.encode_packed("env.action", b"", sender="a b", seq=1, key=KEY), key=KEY)
