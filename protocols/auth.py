@@ -22,7 +22,10 @@ pairs (`generate_run_keys`), runs the ZAP handler and applies the keys where it 
 - **ipc**: the socket directory is 0700 (other users cannot even connect), and every message is
   HMAC-SHA256-signed (the envelope's signature frame) with its sender's node key, derived from the
   run's HMAC key and the node id. A message whose signature does not match the key of the node its
-  header names is dropped and counted.
+  header names is dropped and counted. Only the run's own nodes (those of `public.json`) have a
+  key, derived once at start (`signing_keys`); a message without a signature is refused before
+  its claimed sender is read, and a claim that is no node id before any key is looked up, so a
+  made-up sender name costs the receiver nothing it keeps (protocols/wire.py, issue 33).
 
 What this does not defend against: a process of the run itself (it can read the run key), or
 anything running as the same user with access to the run dir. Those can read the keys anyway.
@@ -164,16 +167,16 @@ def node_signing_key(hmac_key: bytes, node_id: str) -> bytes:
 
 
 def signing_keys(keys: NodeKeys) -> Callable[[str], bytes]:
-    """`sender -> key` for `wire.decode`: the key of the node a header claims to be (cached)."""
-    cache: dict[str, bytes] = {}
+    """`sender -> key` for `wire.decode`: the key of the node a header claims to be, and b""
+    (refused: "not a node of this run") for any name that is not one of the run's nodes.
+
+    The keys of every node in `public.json` (all of the run's nodes, fixed at `up`) are derived
+    once, here: a claim is looked up, never stored, so made-up names cost the receiver nothing
+    (a cache filled by claims would grow with whatever names a stranger invents: issue 33)."""
+    known = {node: keys.signing_key(node) for node in keys.node_publics}
 
     def key_for(sender: str) -> bytes:
-        key = cache.get(sender)
-        if key is None:
-            if len(cache) > 4096:  # senders are claimed by the (untrusted) header: bound the cache
-                cache.clear()
-            key = cache[sender] = keys.signing_key(sender)
-        return key
+        return known.get(sender, b"")
 
     return key_for
 
@@ -236,7 +239,20 @@ class BadInputLog:
     signature, 10 oversized"). The first drop from a source is logged at once, with its detail.
 
     `totals` keeps the counts for the whole life of the process (for status and tests).
+
+    Sources and reasons come from what arrived (a routing id, a message type), so what is kept of
+    them is bounded in bytes, whatever arrives: a source or reason is cut to `MAX_NAME_CHARS`
+    characters; at most `max_sources` sources get a first line of their own over the log's life
+    and at most `max_sources` have a window open at once (the rest share one, `OTHER_SOURCES`);
+    at most `MAX_REASONS` distinct reasons are counted (the rest as `OTHER_REASONS`), each kept
+    once and shared by every counter. A window is forgotten once its line is logged. With the
+    defaults that is under 1 MiB (measured in tests/unit/test_auth.py).
     """
+
+    MAX_NAME_CHARS = 96
+    MAX_REASONS = 64
+    OTHER_SOURCES = "other sources"
+    OTHER_REASONS = "other reasons"
 
     def __init__(
         self,
@@ -247,6 +263,7 @@ class BadInputLog:
         one: str = "dropped an invalid message",
         many: str = "dropped {n} invalid messages",
         preposition: str = "from",
+        max_sources: int = 1024,
     ) -> None:
         self.logger = logger
         self.where = where
@@ -256,35 +273,67 @@ class BadInputLog:
         self.preposition = preposition
         self.interval_s = interval_s
         self.clock = clock
+        self.max_sources = max_sources
         self.totals: Counter[str] = Counter()
         self._window: dict[str, Counter[str]] = {}
+        # When each open window started, and when each source's first line was logged (its first
+        # window starts there): entries leave once `interval_s` has passed (`flush`).
         self._window_started: dict[str, float] = {}
         self._seen_sources: set[str] = set()
+        self._reasons: dict[str, str] = {}  # each reason kept once, whatever string brought it
 
     def record(self, source: str, reason: str, detail: str = "") -> None:
         now = self.clock()
+        source = _bounded(source, self.MAX_NAME_CHARS)
+        reason = self._reasons.get(reason) or self._reason(reason)
         self.totals[reason] += 1
-        if source not in self._seen_sources and len(self._seen_sources) < 1024:
+        if source not in self._seen_sources and len(self._seen_sources) < self.max_sources:
             self._seen_sources.add(source)
             self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
                                 f": {detail}" if detail else "")
             self._window_started[source] = now
             return
-        window = self._window.setdefault(source, Counter())
+        window = self._window.get(source)
+        if window is None:
+            if len(self._window) >= self.max_sources:
+                source = self.OTHER_SOURCES
+                window = self._window.get(source)
+            if window is None:
+                window = self._window[source] = Counter()
+                self._window_started.setdefault(source, now)
         window[reason] += 1
-        self._window_started.setdefault(source, now)
-        self.flush(now)
+        if now - self._window_started[source] >= self.interval_s:
+            self._flush_source(source, now)
+
+    def _reason(self, reason: str) -> str:
+        """The one kept copy of `reason` (or of `OTHER_REASONS` once `MAX_REASONS` are kept)."""
+        reason = _bounded(reason, self.MAX_NAME_CHARS)
+        if reason not in self._reasons:
+            if len(self._reasons) >= self.MAX_REASONS:
+                return self._reasons.setdefault(self.OTHER_REASONS, self.OTHER_REASONS)
+            self._reasons[reason] = reason
+        return self._reasons[reason]
 
     def flush(self, now: float | None = None, force: bool = False) -> None:
         """Log the sources whose window has run `interval_s` (all of them with `force`)."""
         now = self.clock() if now is None else now
-        for source in list(self._window):
-            started = self._window_started.get(source, now)
-            if not force and now - started < self.interval_s:
-                continue
-            counts = self._window.pop(source)
-            self._window_started[source] = now
+        for source, started in list(self._window_started.items()):
+            if force or now - started >= self.interval_s:
+                self._flush_source(source, now)
+
+    def _flush_source(self, source: str, now: float) -> None:
+        started = self._window_started.pop(source)
+        counts = self._window.pop(source, None)
+        if counts is not None:  # (None: a first line with nothing after it in `interval_s`)
             total = sum(counts.values())
             reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
             self.logger.warning("%s: %s %s %s in the last %.0f s: %s", self.where, self.many.format(n=total),
                                 self.preposition, source, max(now - started, 0.0), reasons)
+
+
+def _bounded(text: str, limit: int) -> str:
+    """`text`, or its start and how long it was when it has more than `limit` characters."""
+    if len(text) <= limit:
+        return text
+    suffix = f"... ({len(text)} chars)"
+    return text[: limit - len(suffix)] + suffix

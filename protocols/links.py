@@ -314,6 +314,10 @@ class LinkModel:
 
 
 AGE_WINDOW = 4096  # message ages kept per incoming link for the percentiles (the most recent)
+# Senders whose ages are kept. In a keyed run (every orchestrated one) a sender is authenticated
+# before its age is recorded, so only the run's nodes appear; a hub without keys hears whatever
+# names arrive, and this bounds what they can make it keep (at most ~128 KiB of ages each).
+MAX_AGE_SENDERS = 256
 
 
 class LinkTable:
@@ -360,10 +364,12 @@ class LinkTable:
         return model.decide(now, size_bytes)
 
     def record_age(self, sender: str, age_s: float) -> None:
-        self._received[sender] = self._received.get(sender, 0) + 1
         ages = self._ages.get(sender)
         if ages is None:
+            if len(self._ages) >= MAX_AGE_SENDERS:
+                return
             ages = self._ages[sender] = deque(maxlen=AGE_WINDOW)
+        self._received[sender] = self._received.get(sender, 0) + 1
         ages.append(age_s)
 
     def metrics(self) -> dict[str, float]:

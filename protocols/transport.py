@@ -576,6 +576,10 @@ class Hub:
         HMAC signatures on ipc. None: no authentication (tests, benches, a standalone server);
         `key` then optionally signs every message with one shared key. `limits`: the size limits
         of received messages (default `LimitsConfig()`)."""
+        if not wire.NODE_ID_FORM.fullmatch(sender):
+            # Receivers refuse any other sender (wire.py, "What a claimed sender costs"): say so here.
+            raise ValueError(f"a hub's sender must be a node id ({wire.NODE_ID_FORM.pattern}, at most "
+                             f"{wire.NODE_ID_MAX_CHARS} characters), got {sender[:100]!r}")
         if keys is not None and keys.node_id != sender:
             raise ValueError(f"the hub of {sender!r} was given the keys of {keys.node_id!r}")
         self.sender = sender

@@ -39,10 +39,27 @@ array's memory); smaller ones are packed, 8-byte aligned, into one shared first 
 `decode` copies nothing (`np.frombuffer` over the frame it is given), which is why received
 arrays are read-only; the transport hands it frames received as bytes (see transport.py).
 
-`decode` checks, in this order: frame layout, signature, header and version, body msgpack
-(strict: no duplicate keys, string keys, size limits), then field types via `messages.from_body`,
-then buffer dtypes and sizes. Whatever is wrong raises the matching `ProtocolError` subclass and
-nothing else. Pickle never appears. The profile behind these choices is bench/PROFILE.md.
+`decode` checks, in this order: frame layout (a head of at most `MAX_HEAD_BYTES`), signature,
+header and version, body msgpack (strict: no duplicate keys, string keys, size limits), then field
+types via `messages.from_body`, then buffer dtypes and sizes. Whatever is wrong raises the matching
+`ProtocolError` subclass and nothing else. Pickle never appears. The profile behind these choices
+is bench/PROFILE.md.
+
+**What a claimed sender costs.** The header's `sender` is a claim until the signature proves it.
+With per-node keys, `decode` refuses a message without a signature (or with one of the wrong
+length) before it reads the claim at all; then the claim must be a node id (`NODE_ID_FORM`, at
+most `NODE_ID_MAX_CHARS` characters) before the key function is asked for it, and that function
+answers only for the run's own nodes (`auth.signing_keys`: a fixed table, nothing cached per
+claim). Every decoded header, signed or not, carries a sender of that form, so what a receiver
+keys by sender (logs, counters) holds short names only. A made-up name is thus parsed once (at
+most `MAX_HEAD_BYTES`) and dropped; nothing of it is kept.
+
+**Duplicate keys.** msgpack's unpacker keeps the last value of a repeated key and has no option
+to refuse it, so every map goes through `_map_without_duplicates` (msgpack's `object_pairs_hook`),
+which refuses one. It costs ~0.3-0.5 us per map: +1.3-1.6 us on a heartbeat's decode of ~9 us,
++3.6-4.1 us on a msgpack env.observation of 4 agents x 8 copies (~47 us), +1.5 us on its
+env.action (~15 us), in CPU time (bench/duplicate_keys.py; docs/claimed_senders.md). The packed
+lockstep messages carry no msgpack and pay nothing.
 """
 
 from __future__ import annotations
@@ -53,6 +70,7 @@ import hmac
 import itertools
 import math
 import os
+import re
 import struct
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -78,6 +96,15 @@ SIGNATURE_BYTES = 32  # raw HMAC-SHA256
 _ARRAY_EXT = 1  # msgpack extension code of an array placeholder
 _HEADER_FIELDS = {"msg_id": str, "msg_type": str, "sender": str, "run_id": str, "version": int, "seq": int, "sent_at": float}
 _MAX_MAP_LEN = 1 << 20
+# A head holds two small maps (header, parent header) of short strings: a few hundred bytes. The
+# bound keeps a made-up sender name (or any padding) from costing more than this to parse.
+MAX_HEAD_BYTES = 16 * 1024
+# What a sender (a node id) may look like: the run's node ids (`env`, `agent_3`, `learner`,
+# `orchestrator`, ...), standalone clients' and copy workers' names. Checked before a sender is
+# used for anything, a key lookup included.
+NODE_ID_MAX_CHARS = 64
+NODE_ID_FORM = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{NODE_ID_MAX_CHARS - 1}}}")
+_is_node_id = NODE_ID_FORM.fullmatch
 # Arrays below this size share one frame: pyzmq copies frames under 64 KiB anyway, and every
 # extra frame costs several microseconds on both ends.
 SMALL_ARRAY_BYTES = 1 << 16
@@ -183,6 +210,8 @@ def _decode_packed(frames: Sequence[Any], split: int, signature: Any, payload: A
         raise MalformedPayload("packed head: the sender's name is not UTF-8") from None
     if key or signature:
         _check_signature(key, signature, (payload,), lambda: sender)
+    if not _is_node_id(sender):  # (with per-node keys, refused above already)
+        raise MalformedPayload(f"packed head: {_not_a_node_id(sender)}")
     header = Header("", PACKED_TYPES[code], sender, "", PROTOCOL_VERSION, seq, sent_at)
     identities = tuple(bytes(frame) for frame in frames[:split]) if split else ()
     return Envelope(header, Packed(header.msg_type, payload[body_at:]), {}, identities)
@@ -191,21 +220,35 @@ def _decode_packed(frames: Sequence[Any], split: int, signature: Any, payload: A
 def _check_signature(key: bytes | Callable[[str], bytes], signature: Any, parts: tuple[Any, ...],
                      claimed_sender: Callable[[], Any]) -> None:
     """Raise SignatureError unless `signature` (empty: none) is the HMAC of `parts` under `key`,
-    or under `key(sender)` when the key depends on the sender the header claims."""
-    mismatch = "signature does not match the run key"
-    if callable(key):
-        claimed = claimed_sender()
-        if not isinstance(claimed, str):
-            raise MalformedPayload(f"header field 'sender' must be str, got {claimed!r}")
-        key, mismatch = key(claimed), f"signature does not match the key of {claimed[:64]!r}, the sender the header claims"
-        if not key:
-            raise SignatureError(f"no signing key for {claimed[:64]!r}, the sender the header claims")
+    or under `key(sender)` when the key depends on the sender the header claims.
+
+    The claim costs nothing until it can be checked: a missing or wrong-length signature is
+    refused before the claim is read, and a claim that is not a node id before `key` sees it
+    (module docstring, "What a claimed sender costs")."""
     if not key:
         raise SignatureError("unexpected signature: this run is unsigned")
     if not signature:
         raise SignatureError("missing signature: this run signs every message")
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"signature of {len(signature)} bytes; HMAC-SHA256 signatures have {SIGNATURE_BYTES}")
+    mismatch = "signature does not match the run key"
+    if callable(key):
+        claimed = claimed_sender()
+        if not isinstance(claimed, str):
+            raise MalformedPayload(f"header field 'sender' must be str, got {_shown(claimed)}")
+        if not _is_node_id(claimed):
+            raise SignatureError(_not_a_node_id(claimed))
+        key, mismatch = key(claimed), f"signature does not match the key of {claimed!r}, the sender the header claims"
+        if not key:
+            raise SignatureError(f"no signing key for {claimed!r}, the sender the header claims: not a node of this run")
     if not hmac.compare_digest(bytes(signature), _sign(key, *parts)):
         raise SignatureError(mismatch)
+
+
+def _not_a_node_id(sender: str) -> str:
+    """Why `sender` is not a node id, quoting at most its start (a claim may be megabytes long)."""
+    quoted = repr(sender[:NODE_ID_MAX_CHARS]) + (f" ... ({len(sender)} characters)" if len(sender) > NODE_ID_MAX_CHARS else "")
+    return f"sender {quoted} is not a node id (expected {NODE_ID_FORM.pattern}, at most {NODE_ID_MAX_CHARS} characters)"
 
 
 def encode(
@@ -361,6 +404,8 @@ def decode(frames: Sequence[Any], *, key: bytes | Callable[[str], bytes] = b"") 
     payload_at = _HEAD_FIXED + signature_length
     if len(head) < payload_at:
         raise FrameLayoutError(f"head: {len(head)} bytes, too short for a {signature_length}-byte signature")
+    if len(head) > MAX_HEAD_BYTES:
+        raise FrameLayoutError(f"head: {len(head)} bytes, over the {MAX_HEAD_BYTES} bytes a head may have")
     head_payload = head[payload_at:]
     if head_payload and head_payload[0] == PACKED_MARK:
         return _decode_packed(frames, split, head[_HEAD_FIXED:payload_at], head_payload, key)
@@ -467,6 +512,19 @@ def _sign(key: bytes, *parts: Any) -> bytes:
     return mac.digest()
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _map_without_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A decoded msgpack map, refused when a key repeats (msgpack would keep the last value)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[Any] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return result
+
+
 def _unpack(data: Any, what: str, ext_hook=msgpack.ExtType) -> Any:
     try:
         return msgpack.unpackb(
@@ -477,9 +535,14 @@ def _unpack(data: Any, what: str, ext_hook=msgpack.ExtType) -> Any:
             max_map_len=_MAX_MAP_LEN,
             max_array_len=_MAX_MAP_LEN,
             ext_hook=ext_hook,
+            object_pairs_hook=_map_without_duplicates,
         )
     except ProtocolError:
         raise
+    except _DuplicateKey as duplicate:
+        key = duplicate.args[0]
+        shown = repr(key[:NODE_ID_MAX_CHARS]) + ("..." if len(key) > NODE_ID_MAX_CHARS else "")
+        raise MalformedPayload(f"{what}: a msgpack map repeats the key {shown}; keys must be unique") from None
     except Exception as error:  # msgpack raises several unrelated types for bad input
         raise MalformedPayload(f"{what} is not valid msgpack: {type(error).__name__}: {error}") from None
 
@@ -516,6 +579,14 @@ def _decode_header(header: dict[str, Any]) -> Header:
             if kind is float and type(value) is int:
                 continue  # an int where a float is expected is accepted (converted below)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise MalformedPayload(f"header field {name!r} must be {kind.__name__}, got {value!r}")
+                raise MalformedPayload(f"header field {name!r} must be {kind.__name__}, got {_shown(value)}")
         sent_at = float(sent_at)
+    if not _is_node_id(sender):
+        raise MalformedPayload(f"header field 'sender': {_not_a_node_id(sender)}")
     return Header(msg_id, msg_type, sender, run_id, version, seq, sent_at)
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)`, cut short: an error message must not carry a peer's megabytes."""
+    text = repr(value)
+    return text if len(text) <= 2 * NODE_ID_MAX_CHARS else f"{text[:2 * NODE_ID_MAX_CHARS]}... ({len(text)} characters)"

@@ -185,6 +185,90 @@ def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
         assert stat.S_IMODE(os.stat(run_dir / name).st_mode) == 0o600, name
 
 
+def rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def wait_for_metric(run_dir: Path, node: str, name: str, at_least: float, process: subprocess.Popen, timeout_s: float = 90) -> float:
+    """Poll the node's metrics.jsonl (written every status period) until `name` reaches `at_least`."""
+    deadline, value = time.monotonic() + timeout_s, 0.0
+    while time.monotonic() < deadline:
+        path = run_dir / "nodes" / node / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        value = max((row[name] for row in rows if name in row), default=0.0)
+        if value >= at_least:
+            return value
+        assert process.poll() is None, "the run ended during the attack"
+        time.sleep(0.2)
+    raise AssertionError(f"{node}'s {name} reached {value}, not {at_least}, within {timeout_s} s")
+
+
+@pytest.mark.long
+def test_ipc_made_up_senders_leave_a_real_run_s_memory_flat_and_its_log_short(tmp_path):
+    """Issue 33 on a real run: 10,000 unsigned and wrongly signed messages, each claiming a sender
+    name of its own (12 KiB names, and short node-like names that no node has), at the env
+    server's socket and at agent_1's peer socket. Both nodes count every one as a bad signature,
+    log them in aggregate, and keep none of the names: their RSS (/proc/<pid>/status) grows by a
+    few MiB at most, measured after a warm-up of as many messages claiming one name. Before the
+    fix a node kept up to 4,096 claimed names (agent_1 grew 33 MiB here, the env server 4)."""
+    run_dir = tmp_path / "run"
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
+    context = zmq.Context()
+    try:
+        events = wait_for_event(run_dir, "started", process)
+        endpoints = {e["node"]: e["endpoints"] for e in events if e["event"] == "registered"}
+        pids = {e["node"]: e["pid"] for e in events if e["event"] == "launched"}
+        run_id = next(e["run_id"] for e in events if e["event"] == "run_started")
+        targets = {"env": endpoints["env"]["env"], "agent_1": endpoints["agent_1"]["peer"]}
+        sockets = []
+        for endpoint in targets.values():
+            socket = context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDTIMEO, 60_000)  # a node that stopped reading fails the test, not hangs it
+            socket.identity = b"intruder"
+            socket.connect(endpoint)
+            sockets.append(socket)
+        heartbeat = m.Heartbeat(node_id="agent_1", incarnation=1, state="running")
+
+        def attack(count: int, distinct: bool) -> None:
+            for index in range(count):
+                long_name = (f"{index:06d}" if distinct else "").ljust(12 * 1024, "n")
+                sender, key = [(long_name, b""), (long_name, os.urandom(32)),
+                               (f"agent_{100 + (index if distinct else 0)}", os.urandom(32))][index % 3]
+                # Encoded here, not by the stranger's hub: frames of a sender the run never had.
+                frames = wire.encode(heartbeat, sender=sender, run_id=run_id, seq=index, key=key)
+                for socket in sockets:
+                    socket.send_multipart(frames)
+
+        # The warm-up is as long as the attack: zmq queues up to its high-water mark of either
+        # while the node reads, and that peak, not the names, is what the heap keeps afterwards.
+        warmup, distinct = 10_000, 10_000
+        attack(warmup, distinct=False)
+        for node in targets:
+            wait_for_metric(run_dir, node, "security/dropped_bad_signature", warmup, process)
+        before = {node: rss_mib(pids[node]) for node in targets}
+        attack(distinct, distinct=True)
+        for node in targets:
+            wait_for_metric(run_dir, node, "security/dropped_bad_signature", warmup + distinct, process)
+        after = {node: rss_mib(pids[node]) for node in targets}
+    finally:
+        context.destroy(linger=0)
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        finish(process)
+    grown = {node: round(after[node] - before[node], 1) for node in targets}
+    print(f"RSS before {before}, after {after} (MiB): grown {grown}")
+    assert all(growth < 8.0 for growth in grown.values()), grown
+    for node in targets:
+        log = node_log(run_dir, node)
+        # 20,000 bad messages from one routing id in a few seconds: one line at once, then one
+        # aggregated line per 5 s window, never one per message or per claimed name.
+        assert 1 <= log.count("invalid message") <= 2 + 20, log[-3000:]
+        assert "n" * 200 not in log  # no claimed name is written out whole
+    assert_all_reaped(launched_pids(read_events(run_dir)))
+
+
 # ------------------------------------------------------------------------------------------
 # Config errors before launch
 # ------------------------------------------------------------------------------------------

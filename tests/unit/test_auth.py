@@ -4,6 +4,7 @@ size limits, the aggregated bad-input log, and the byte bounds of consensus buff
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import stat
@@ -18,6 +19,7 @@ from protocols import wire
 from protocols.auth import (
     BadInputLog,
     KeyFileError,
+    MIB,
     LimitsConfig,
     load_node_keys,
     node_signing_key,
@@ -72,6 +74,12 @@ def test_keys_of_another_run_do_not_match(tmp_path, keys_dir):
 def test_hub_refuses_the_keys_of_another_node(keys_dir):
     with pytest.raises(ValueError, match="keys of 'agent_1'"):
         Hub(sender="agent_0", run_id="r", keys=load_node_keys(keys_dir, "agent_1"))
+
+
+@pytest.mark.parametrize("sender", ["", "my env", "x" * 65, "agent_0~1"])
+def test_hub_refuses_a_sender_its_receivers_would_refuse(sender):
+    with pytest.raises(ValueError, match="a hub's sender must be a node id"):
+        Hub(sender=sender, run_id="r")
 
 
 # ------------------------------------------------------------------------------------------
@@ -197,6 +205,89 @@ def test_ipc_unsigned_and_wrongly_signed_messages_are_dropped_and_counted(keys_d
     assert inbox.stats.dropped_bad_signature == 3 and inbox.stats.received == 0
 
 
+def test_signing_keys_answer_only_the_run_s_nodes_and_keep_nothing_per_claim(keys_dir):
+    keys = load_node_keys(keys_dir, "env")
+    verify = signing_keys(keys)
+    assert {node: verify(node) for node in NODES} == {node: keys.signing_key(node) for node in NODES}
+    assert verify("agent_7") == b"" and verify("x" * 100_000) == b""
+    # Nothing is cached per claim: what the function holds is the run's node table, and no more
+    # after 100,000 made-up names than before them.
+    held = lambda: sum(len(cell.cell_contents) for cell in verify.__closure__)  # noqa: E731
+    before = held()
+    for index in range(100_000):
+        verify(f"agent_{index}")
+    assert held() == before == len(NODES)
+
+
+def raw_envelope(sender: str, signature: bytes = b"") -> list[bytes]:
+    """A heartbeat's frames written out by hand (wire.encode would cache a header per sender on
+    this side, and that memory would count as the receiver's here)."""
+    import msgpack
+
+    header = {"msg_id": "m", "msg_type": "membership.heartbeat", "sender": sender, "run_id": "r",
+              "version": wire.PROTOCOL_VERSION, "seq": 1, "sent_at": 1.0}
+    head = msgpack.packb([header, {}])
+    body = msgpack.packb({"node_id": "agent_1", "incarnation": 1, "state": "running"})
+    return [wire.MAGIC + bytes([len(signature)]) + signature + head, body]
+
+
+def rss_bytes() -> int:
+    gc.collect()
+    status = open("/proc/self/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def test_ten_thousand_made_up_senders_leave_the_receiver_s_memory_flat(keys_dir, hubs, raw_dealer, tmp_path, caplog):
+    """Issue 33: unsigned and wrongly signed messages, each claiming a sender of its own (4 KiB
+    names, short names of the node-id form that no node has, names over the head's bound), at a
+    keyed ipc ROUTER as a node has: every one is dropped and counted, and the receiving process
+    keeps none of the names (its RSS, from /proc/self/status, measured after a warm-up batch that
+    claims one name as many times). tests/integration/test_security.py does the same to a real run's nodes."""
+    inbox = hubs("agent_0", keys=load_node_keys(keys_dir, "agent_0")).bind_router(f"ipc://{tmp_path}/p.sock", name="peers")
+    stranger = raw_dealer(inbox.endpoint, b"intruder")
+
+    def claims(count: int, distinct: bool):
+        for index in range(count):
+            name = f"{index:06d}".ljust(4096, "n") if distinct else "n" * 4096
+            kind = index % 4
+            if kind == 0:
+                yield raw_envelope(name)  # unsigned
+            elif kind == 1:
+                yield raw_envelope(name, os.urandom(32))  # wrongly signed
+            elif kind == 2:
+                yield raw_envelope(f"agent_{index + 100}" if distinct else "agent_100", os.urandom(32))  # no such node
+            else:
+                yield raw_envelope(name * 5, os.urandom(32))  # a 20 KiB name: over the head's bound
+
+    def send_and_drain(count: int, distinct: bool) -> None:
+        dropped = inbox.stats.dropped_invalid
+        for index, frames in enumerate(claims(count, distinct)):
+            stranger.send_multipart(frames)
+            if index % 100 == 99:  # read as a node's loop does, before zmq's queues fill up
+                list(inbox.recv_all())
+        deadline = time.monotonic() + 30
+        while inbox.stats.dropped_invalid < dropped + count and time.monotonic() < deadline:
+            inbox.socket.poll(100)
+            list(inbox.recv_all())
+        assert inbox.stats.dropped_invalid == dropped + count and inbox.stats.received == 0
+
+    with caplog.at_level(logging.WARNING, logger="protocols.transport"):
+        # As many messages claiming one name first: zmq's queues and the heap reach their peak
+        # for this traffic, so what grows afterwards is what the names cost.
+        send_and_drain(10_000, distinct=False)
+        before = rss_bytes()
+        send_and_drain(10_000, distinct=True)
+        grown = rss_bytes() - before
+    # 10,000 names of 4 KiB are 40 MiB; a cache of even a tenth of them would show. (Measured
+    # here: -4.4 to +1.7 MiB over six runs; before issue 33's fix, +27 and +34 MiB.)
+    assert grown < 6 * MIB, f"this process grew {grown / MIB:.1f} MiB receiving 10,000 made-up senders"
+    assert inbox.stats.dropped_bad_signature == 20_000 - 20_000 // 4
+    # One line at once for the source (the stranger's routing id), then at most one per 5 s.
+    lines = [r.getMessage() for r in caplog.records if "invalid message" in r.getMessage()]
+    assert 1 <= len(lines) <= 3, lines
+    assert "b'intruder'" in lines[0]
+
+
 # ------------------------------------------------------------------------------------------
 # Size limits
 # ------------------------------------------------------------------------------------------
@@ -276,6 +367,52 @@ def test_bad_input_left_in_a_window_is_flushed_on_close(caplog):
             bad.record("x", "MalformedPayload")
         bad.flush(force=True)
     assert [r.getMessage() for r in caplog.records][-1].startswith("env: dropped 2 invalid messages from x")
+
+
+def test_the_bad_input_log_is_bounded_in_bytes_whatever_names_arrive():
+    """Sources and reasons come off the wire (a routing id, a message type): 10,000 distinct
+    sources of 2 KiB and 500 distinct reasons leave the log's state under 1 MiB, and its lines
+    at one per source up to `max_sources`, then one aggregated line per window."""
+    import tracemalloc
+
+    class Lines(logging.Handler):  # counts lines without keeping them (caplog would keep them all)
+        def __init__(self) -> None:
+            super().__init__()
+            self.count, self.longest, self.other_sources = 0, 0, 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            line = record.getMessage()
+            self.count += 1
+            self.longest = max(self.longest, len(line))
+            self.other_sources += "from other sources in the last" in line
+
+    logger = logging.getLogger("test.bad3")
+    lines = Lines()
+    logger.addHandler(lines)
+    logger.propagate = False  # pytest's capture would keep every record
+    clock = FakeClock()
+    bad = BadInputLog(logger, "env", interval_s=5.0, clock=clock)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(10_000):
+            clock.now = index * 1e-4
+            bad.record(f"{index:08d}".ljust(2048, "s"), f"reason {index % 500}".ljust(1000, "r"), "detail")
+        kept = tracemalloc.get_traced_memory()[0] - before
+        clock.now = 100.0
+        bad.flush()
+        assert tracemalloc.get_traced_memory()[0] - before < kept  # flushed windows are forgotten
+    finally:
+        tracemalloc.stop()
+        logger.removeHandler(lines)
+        logger.propagate = True
+    assert kept < MIB, f"the bad-input log kept {kept} bytes"
+    assert sum(bad.totals.values()) == 10_000 and len(bad.totals) == BadInputLog.MAX_REASONS + 1
+    # A first line for each of the first `max_sources` sources, one for each of the next
+    # `max_sources` (a window each), and one for all the others together; none carries a whole
+    # 2 KiB name (the longest lists the 65 reasons kept, of ~100 characters each).
+    assert lines.count == 2 * bad.max_sources + 1 and lines.other_sources == 1, lines.count
+    assert lines.longest < 8 * 1024
 
 
 # ------------------------------------------------------------------------------------------

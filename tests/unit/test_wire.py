@@ -908,3 +908,128 @@ def test_random_bodies_give_a_message_or_a_protocol_error(case: tuple, key: byte
         assert str(error)
     else:
         assert type(envelope.message) is MESSAGE_TYPES[msg_type]
+
+
+# --------------------------------------------------------------------------- duplicate keys and claimed senders
+
+
+def raw_map(pairs: list[tuple[Any, Any]]) -> bytes:
+    """A msgpack map written out pair by pair, so a key may repeat (msgpack.packb of a dict cannot)."""
+    assert len(pairs) < 16
+    return bytes([0x80 | len(pairs)]) + b"".join(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in pairs)
+
+
+def test_a_repeated_body_key_is_malformed_and_named() -> None:
+    body = raw_map([("node_id", "agent_0"), ("state", "running"), ("step", 3), ("episode", 1), ("step", 4)])
+    with pytest.raises(MalformedPayload, match="body: a msgpack map repeats the key 'step'; keys must be unique"):
+        wire.decode(build_frames(None, raw_body=body))
+
+
+def test_a_repeated_key_in_a_nested_map_is_malformed() -> None:
+    nested = raw_map([("agent_0", 1.0), ("agent_0", 2.0)])
+    body = bytes([0x82]) + msgpack.packb("step") + msgpack.packb(1) + msgpack.packb("rewards") + nested
+    with pytest.raises(MalformedPayload, match="repeats the key 'agent_0'"):
+        wire.decode(build_frames(None, header=header_map("env.observation"), raw_body=body))
+
+
+def test_a_repeated_header_key_is_malformed_even_when_signed() -> None:
+    # Two `sender` entries: whichever one a reader took, it would not be the one the other took.
+    header = raw_map([*header_map().items(), ("sender", "agent_1")])
+    frames = build_frames(STATUS_BODY, raw_header=header, key=KEY)
+    with pytest.raises(MalformedPayload, match="head: a msgpack map repeats the key 'sender'"):
+        wire.decode(frames, key=KEY)
+
+
+def test_a_head_over_its_bound_is_refused_before_it_is_parsed() -> None:
+    frames = build_frames(STATUS_BODY, header=header_map(sender="x" * wire.MAX_HEAD_BYTES))
+    with pytest.raises(FrameLayoutError, match=f"over the {wire.MAX_HEAD_BYTES} bytes a head may have"):
+        wire.decode(frames, key=lambda sender: pytest.fail(f"key asked for a {len(sender)}-character sender"))
+
+
+@pytest.mark.parametrize("sender", ["", "x" * 65, "agent 0", "agent_0\n", "../env", "~agent_0", "ägent"])
+def test_a_sender_that_is_not_a_node_id_is_malformed(sender: str) -> None:
+    with pytest.raises(MalformedPayload, match="is not a node id"):
+        wire.decode(build_frames(STATUS_BODY, header=header_map(sender=sender)))
+
+
+def test_the_refusal_of_a_long_sender_quotes_only_its_start() -> None:
+    with pytest.raises(MalformedPayload) as refused:
+        wire.decode(build_frames(STATUS_BODY, header=header_map(sender="y" * 10_000)))
+    assert "(10000 characters)" in str(refused.value) and len(str(refused.value)) < 400
+
+
+class KeyCalls:
+    """A per-node key function that records what it was asked (what `auth.signing_keys` gives)."""
+
+    def __init__(self, nodes: dict[str, bytes]) -> None:
+        self.nodes = nodes
+        self.asked: list[str] = []
+
+    def __call__(self, sender: str) -> bytes:
+        self.asked.append(sender)
+        return self.nodes.get(sender, b"")
+
+
+def test_an_unsigned_message_is_refused_before_the_claimed_sender_is_looked_up() -> None:
+    keys = KeyCalls({"agent_0": KEY})
+    for sender in ("agent_0", "agent_99", "z" * 8000):
+        with pytest.raises(SignatureError, match="missing signature"):
+            wire.decode(build_frames(STATUS_BODY, header=header_map(sender=sender)), key=keys)
+    assert keys.asked == []
+
+
+def test_a_signed_claim_is_looked_up_only_when_it_is_a_node_id() -> None:
+    keys = KeyCalls({"agent_0": KEY})
+    with pytest.raises(SignatureError, match="is not a node id"):
+        wire.decode(build_frames(STATUS_BODY, header=header_map(sender="z" * 8000), key=b"forged" * 6), key=keys)
+    assert keys.asked == []
+    with pytest.raises(SignatureError, match="no signing key for 'agent_99', the sender the header claims: not a node of this run"):
+        wire.decode(build_frames(STATUS_BODY, header=header_map(sender="agent_99"), key=b"forged" * 6), key=keys)
+    assert wire.decode(build_frames(STATUS_BODY, key=KEY), key=keys).sender == "agent_0"
+    assert keys.asked == ["agent_99", "agent_0"]
+
+
+def test_a_packed_claim_is_checked_like_a_header() -> None:
+    keys = KeyCalls({"agent_0": KEY})
+    with pytest.raises(SignatureError, match="missing signature"):
+        wire.decode(wire.encode_packed("env.action", b"", sender="w" * 200, seq=1), key=keys)
+    with pytest.raises(SignatureError, match="is not a node id"):
+        wire.decode(wire.encode_packed("env.action", b"", sender="w" * 200, seq=1, key=KEY), key=keys)
+    assert keys.asked == []
+    with pytest.raises(MalformedPayload, match="packed head: sender 'a b' is not a node id"):
+        wire.decode(wire.encode_packed("env.action", b"", sender="a b", seq=1))
+
+
+_claims = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789.-", min_size=1, max_size=70),
+    st.integers(1, 15_000).map(lambda size: "n" * size),
+    st.sampled_from(["agent_0", "agent_1", "env"]),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(claimed=_claims, signer=st.sampled_from(["agent_0", "agent_1", "env", "nobody"]),
+       duplicate=st.sampled_from([None, "head", "body"]))
+def test_fuzzed_claims_and_duplicate_keys_give_a_protocol_error_or_an_honest_sender(claimed: str, signer: str, duplicate: str | None) -> None:
+    """Any claimed sender, signed by anyone or nobody, with or without a repeated key in the
+    header or the body: the key function sees only node ids and only when a signature came, and
+    what passes was signed by the node it names and repeats no key."""
+    node_keys = {node: hashlib.sha256(node.encode()).digest() for node in ("agent_0", "agent_1", "env")}
+    keys = KeyCalls(node_keys)
+    header = raw_map([*header_map(sender=claimed).items(), *([("seq", 8)] if duplicate == "head" else [])])
+    body = raw_map([*STATUS_BODY.items(), *([("state", "paused")] if duplicate == "body" else [])])
+    frames = build_frames(None, raw_header=header, raw_body=body, key=node_keys.get(signer, b""))
+    try:
+        envelope = wire.decode(frames, key=keys)
+    except ProtocolError as error:
+        assert str(error) and len(str(error)) < 1000  # a claim of 15,000 characters is not echoed back
+    else:
+        assert envelope.sender == claimed == signer and not duplicate
+    assert all(wire.NODE_ID_FORM.fullmatch(asked) for asked in keys.asked)
+    assert len(keys.asked) <= (signer != "nobody")
+
+
+def test_a_packed_sender_under_the_run_key_must_be_a_node_id_too() -> None:
+    with pytest.raises(MalformedPayload, match="packed head: sender 'a b' is not a node id"):
+        wire.decode(wire.encode_packed("env.action", b"", sender="a b", seq=1, key=KEY), key=KEY)
