@@ -644,6 +644,13 @@ class AgentNode:
             return
         if message.missing:
             self._reproducibility_broken("step_deadline", f"an evaluation step went on without {sorted(message.missing)}")
+        held = self.held_for_landmarks
+        if held is not None and held is not message:
+            # The server stepped the evaluation on while the team still agreed (its step deadline):
+            # decide with what was heard; the held observation was answered by default actions.
+            self.held_for_landmarks = None
+            self.landmarks.close_now(time.monotonic())
+            self._landmarks_output()
         if self._hold_for_landmarks(message):
             return
         observations = message.observations[self.env_agent]
