@@ -83,34 +83,13 @@ def describe(config: RunConfig) -> str:
     )
 
 
-# How long the env check may take: building an environment once (imports included).
-ENV_CHECK_TIMEOUT_S = 120.0
-
-
 def check_env_before_launch(config: RunConfig, source: str) -> None:
-    """Raise ConfigError naming the field when `env.name`/`env.kwargs` cannot build the env.
+    """Raise ConfigError naming the field when the env cannot be built, or when the config does
+    not fit the env it builds: the agent count, the learner against the action spaces, the
+    checkpoints to load (orchestrator/prelaunch.py). Before any run dir exists or process starts."""
+    from orchestrator.prelaunch import check_launch, fetch_env_facts
 
-    Runs `python -m env_server.precheck` in a subprocess: the orchestrator imports no env code
-    (heavy, and not its business), and this runs before any run dir exists or process starts.
-    """
-    import json
-    import subprocess
-
-    request = json.dumps({"name": config.env.name, "kwargs": dict(config.env.kwargs)})
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "env_server.precheck", request],
-            capture_output=True, text=True, timeout=ENV_CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise ConfigError([f"env: building {config.env.name!r} to check it took over {ENV_CHECK_TIMEOUT_S:.0f} s"], source) from None
-    try:
-        answer = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError([f"env: the check of {config.env.name!r} failed (exit {done.returncode}): {tail}"], source) from None
-    if not answer.get("ok"):
-        raise ConfigError([f"{answer['field']}: {answer['error']}"], source)
+    check_launch(config, fetch_env_facts(config, source), source)
 
 
 def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
