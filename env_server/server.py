@@ -356,6 +356,8 @@ class EnvServer:
                 return
             held_back, metrics = self.evaluation.finish(self.clock())
             self._save_resume_point()
+            for row in self.evaluation.episode_rows():
+                self.write_metrics(row)
             self.write_metrics(metrics)
             self.global_view.restore_training()
             log.info("evaluation %d at step %d: return %.2f", self.evaluation.completed, self.step, metrics["eval/return_mean"])
