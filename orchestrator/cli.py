@@ -250,7 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not episodes:
         return _fail(f"the evaluation run {evaluation_dir} ended (exit {code}) without finishing its episodes; "
                      f"`orchestrate status {evaluation_dir}` says why", code or EXIT_FAILURE)
-    print(evaluate.summary(run_dir, evaluation_dir, episodes))
+    print(evaluate.summary(run_dir, evaluation_dir, episodes, evaluate.random_baseline(resolved, args.episodes)))
     return code
 
 

@@ -15,7 +15,9 @@ per agent, the env server, the run's topology and transport), made from the run'
 
 The env server writes each evaluation episode's per-agent returns to its metrics
 (`eval/episode_return/<agent>`, env_server/evaluation.py); this module prints them as a table,
-one row per episode and one column per agent, with the mean. The evaluation run's directory is
+one row per episode and one column per agent, with the mean, and beside it the same table for
+uniformly random actions on the same episodes (`python -m env_server.random_policy`, a
+subprocess: the orchestrator imports no env code), the baseline a trained policy has to beat. The evaluation run's directory is
 `<RUN_DIR>/evaluations/<n>`, so the run it evaluates keeps everything about itself.
 
 A run trained centrally (`training.mode: centralized`) is refused: its agents act with the Q-networks
@@ -26,16 +28,21 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, resolve_data, validate_config
 from protocols.config_errors import ConfigError
-from protocols.settings import agent_node_ids
+from protocols.seeds import derive_seed
+from protocols.settings import ENV_NODE_ID, agent_node_ids
 
 EVALUATIONS_DIRNAME = "evaluations"
 EPISODE_KEY = "eval/episode"
 EPISODE_RETURN_PREFIX = "eval/episode_return/"
+# Random actions for a few episodes of a small env: seconds; this bounds a slow or stuck env.
+RANDOM_BASELINE_TIMEOUT_S = 300.0
 
 
 def evaluation_config(run: RunConfig, run_dir: Path, episodes: int) -> RunConfig:
@@ -114,7 +121,42 @@ def load_run(run_dir: Path) -> RunConfig:
     return load_resolved(path)
 
 
-def summary(run_dir: Path, evaluation_dir: Path, episodes: list[dict[str, Any]]) -> str:
+def random_baseline(resolved: RunConfig, episodes: int) -> tuple[list[dict[str, float]] | None, str | None]:
+    """(each agent's return per episode with uniformly random actions, on the evaluation's
+    episodes, None) or (None, why there is none): built and seeded as the env server's
+    evaluation copies (its node's `env_construction` and `eval_env` seeds)."""
+    env_index = resolved.nodes[ENV_NODE_ID].index
+    request = json.dumps({
+        "name": resolved.env.name, "kwargs": dict(resolved.env.kwargs), "episodes": episodes,
+        "construction_seed": derive_seed(resolved.run.seed, env_index, "env_construction"),
+        "eval_seed": derive_seed(resolved.run.seed, env_index, "eval_env"),
+    })
+    try:
+        done = subprocess.run([sys.executable, "-m", "env_server.random_policy", request], capture_output=True,
+                              text=True, timeout=RANDOM_BASELINE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, f"random actions took over {RANDOM_BASELINE_TIMEOUT_S:.0f} s"
+    try:
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None, (done.stderr.strip().splitlines() or [f"exit {done.returncode}, no output"])[-1]
+    if "episodes" not in answer:
+        return None, str(answer.get("error"))
+    return answer["episodes"], None
+
+
+def summary(run_dir: Path, evaluation_dir: Path, episodes: list[dict[str, Any]],
+            random: tuple[list[dict[str, float]] | None, str | None]) -> str:
     nodes = agents_by_env_agent(list(episodes[0]))
-    return (f"greedy evaluation of {run_dir} (each agent's last checkpoint), {len(episodes)} episode(s); "
-            f"return per agent:\n{format_returns(episodes, nodes)}\nevaluation run: {evaluation_dir}")
+    lines = [f"greedy evaluation of {run_dir} (each agent's last checkpoint), {len(episodes)} episode(s); "
+             f"return per agent:", format_returns(episodes, nodes)]
+    random_episodes, why_not = random
+    trained = _mean([_mean(list(episode.values())) for episode in episodes])
+    if random_episodes:
+        baseline = _mean([_mean(list(episode.values())) for episode in random_episodes])
+        lines += ["uniformly random actions on the same episodes:", format_returns(random_episodes, nodes),
+                  f"mean return per agent: {trained:.3f} trained, {baseline:.3f} random"]
+    else:
+        lines.append(f"(no random baseline: {why_not})")
+    lines.append(f"evaluation run: {evaluation_dir}")
+    return "\n".join(lines)

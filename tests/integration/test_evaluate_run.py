@@ -1,5 +1,5 @@
-"""A trained policy looked at after its run: `orchestrate evaluate RUN_DIR` on a real tiny run,
-and the config route (`agents.learning=false`, `agents.load_checkpoints=<run dir>/nodes`)."""
+"""A trained policy looked at after its run: `orchestrate evaluate RUN_DIR` on a real tiny run
+(with its random baseline), and the config route (`agents.learning=false`, `agents.load_checkpoints=<run dir>/nodes`)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def test_evaluate_prints_each_agents_return_per_episode_from_the_last_checkpoint
     assert lines[header].split() == ["episode", "agent_0", "agent_1", "agent_2", "mean"]
     rows = [line.split() for line in lines[header + 1 : header + 5]]
     assert [row[0] for row in rows] == ["0", "1", "2", "mean"]
+    # The baseline: uniformly random actions on the same episodes, and the two means.
+    assert "uniformly random actions on the same episodes:" in lines
+    assert lines[-2].startswith("mean return per agent: ") and lines[-2].endswith(" random")
     evaluation_dir = trained_run / "evaluations" / "1"
     assert lines[-1] == f"evaluation run: {evaluation_dir}"
     # The numbers are the env server's, and each agent started from its node's checkpoint.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
-from orchestrator.evaluate import evaluation_config, format_returns, next_evaluation_dir, read_episode_returns
+from orchestrator.evaluate import evaluation_config, format_returns, next_evaluation_dir, read_episode_returns, summary
 from protocols.config_errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,3 +60,11 @@ def test_the_episode_returns_are_read_from_the_env_servers_rows_and_tabled(tmp_p
     assert table[1].split() == ["0", "-1.000", "3.000", "1.000"]
     assert table[3].split() == ["mean", "0.500", "1.500", "1.000"]
     assert read_episode_returns(tmp_path / "nowhere") == []
+
+
+def test_the_summary_says_why_a_random_baseline_is_missing(tmp_path):
+    episodes = [{"agent_0": 1.0, "agent_1": 3.0}]
+    text = summary(tmp_path, tmp_path / "evaluations" / "1", episodes, (None, "ValueError: no"))
+    assert "(no random baseline: ValueError: no)" in text.splitlines()
+    text = summary(tmp_path, tmp_path / "evaluations" / "1", episodes, ([{"agent_0": 0.0, "agent_1": -1.0}], None))
+    assert "mean return per agent: 2.000 trained, -0.500 random" in text.splitlines()
