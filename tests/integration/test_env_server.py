@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from pettingzoo.test import parallel_api_test
+from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from protocols import messages as m
@@ -31,6 +31,21 @@ def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kw
         parallel_api_test(env, num_cycles=40)
     finally:
         env.close()
+
+
+def test_remote_env_passes_pettingzoo_parallel_seed_test(env_server):
+    opened = []
+    kwargs = json.dumps({"N": 3, "max_cycles": 15})
+
+    def remote():  # each env on a server of its own, as two local envs are two objects
+        opened.append(RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", kwargs, "--no-autoreset")))
+        return opened[-1]
+
+    try:
+        parallel_seed_test(remote, num_cycles=20)
+    finally:
+        for env in opened:
+            env.close()
 
 
 def test_remote_env_seedless_resets_start_new_episodes_and_a_seed_replays_them(env_server):
