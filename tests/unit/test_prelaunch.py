@@ -108,3 +108,19 @@ def test_up_refuses_a_wrong_agent_count_on_pursuit_before_anything_starts(tmp_pa
     assert result.returncode == 2, result.stderr
     assert "agents.count: expected 8" in result.stderr and "got 3" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_env_server_whose_env_has_another_agent_count_exits_2_naming_it(tmp_path):
+    # As if the pre-launch check had been skipped: the env server checks the env it built.
+    from orchestrator.rundir import prepare_run
+
+    config = load_config(TINY, ["env.name=pettingzoo.pursuit_v5", "env.kwargs={}", "env.eval_every_steps=null"])
+    resolved, run_dir = prepare_run(config, tmp_path / "run")
+    result = subprocess.run(
+        [sys.executable, "-m", "env_server", "--config", str(run_dir / "resolved.yaml"), "--node-id", "env",
+         "--control", f"ipc://{tmp_path}/nobody.sock"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "agents.count: expected 8, the possible agents of pettingzoo.pursuit_v5" in result.stderr
+    assert "got 3 agent nodes" in result.stderr
