@@ -3,10 +3,12 @@
 Every `every_steps` training steps (from `start_step` on) the server holds the training copies
 where they are and runs greedy episodes on separate copies through the same barrier, with
 observations flagged `evaluation=True` (agents act deterministically and learn nothing). When
-every evaluation copy has finished its episode, the mean return (and each agent's mean return)
-is written to the server's metrics, with one row per episode giving each agent's return in it
-(`eval/episode`, `eval/episode_return/<agent>`: what `orchestrate evaluate` prints), and training resumes with the observation that was held back. Every evaluation starts
-from the same seed, so the curve compares policies, not luck.
+every evaluation copy has finished its episode, the mean return (and each agent's mean return,
+`eval/return/<agent>`) is written to the server's metrics, after one row per episode with each
+agent's return in it (`eval_episode/index`, `eval_episode/return/<agent>`: what `orchestrate
+evaluate` prints; a prefix of their own, so a reader of the `eval/` rows still sees one row per
+evaluation), and training resumes with the observation that was held back. Every evaluation
+starts from the same seed, so the curve compares policies, not luck.
 
 This object only decides and keeps count: the server steps the copies and sends messages.
 """
@@ -80,6 +82,6 @@ class EvaluationSchedule:
         """One metrics row per episode of the evaluation that just finished: its number (from 0,
         in the order the episodes ended) and each agent's return."""
         return [
-            {"eval/episode": float(index), **{f"eval/episode_return/{agent}": value for agent, value in episode.items()}}
+            {"eval_episode/index": float(index), **{f"eval_episode/return/{agent}": value for agent, value in episode.items()}}
             for index, episode in enumerate(self.agent_returns)
         ]

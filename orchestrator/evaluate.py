@@ -14,7 +14,7 @@ per agent, the env server, the run's topology and transport), made from the run'
 - no faults, no consensus (averaging would move the weights being evaluated), no dataset.
 
 The env server writes each evaluation episode's per-agent returns to its metrics
-(`eval/episode_return/<agent>`, env_server/evaluation.py); this module prints them as a table,
+(`eval_episode/return/<agent>`, env_server/evaluation.py); this module prints them as a table,
 one row per episode and one column per agent, with the mean, and beside it the same table for
 uniformly random actions on the same episodes (`python -m env_server.random_policy`, a
 subprocess: the orchestrator imports no env code), the baseline a trained policy has to beat. The evaluation run's directory is
@@ -39,8 +39,8 @@ from protocols.seeds import derive_seed
 from protocols.settings import ENV_NODE_ID, agent_node_ids
 
 EVALUATIONS_DIRNAME = "evaluations"
-EPISODE_KEY = "eval/episode"
-EPISODE_RETURN_PREFIX = "eval/episode_return/"
+EPISODE_KEY = "eval_episode/index"
+EPISODE_RETURN_PREFIX = "eval_episode/return/"
 # Random actions for a few episodes of a small env: seconds; this bounds a slow or stuck env.
 RANDOM_BASELINE_TIMEOUT_S = 300.0
 

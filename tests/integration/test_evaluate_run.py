@@ -38,8 +38,8 @@ def test_evaluate_prints_each_agents_return_per_episode_from_the_last_checkpoint
     assert lines[-1] == f"evaluation run: {evaluation_dir}"
     # The numbers are the env server's, and each agent started from its node's checkpoint.
     env_rows = [json.loads(line) for line in (evaluation_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
-    episode_rows = [row for row in env_rows if "eval/episode" in row]
-    assert [f"{row['eval/episode_return/agent_1']:.3f}" for row in episode_rows] == [row[2] for row in rows[:3]]
+    episode_rows = [row for row in env_rows if "eval_episode/index" in row]
+    assert [f"{row['eval_episode/return/agent_1']:.3f}" for row in episode_rows] == [row[2] for row in rows[:3]]
     for node in ("agent_0", "agent_1", "agent_2"):
         log = (evaluation_dir / "nodes" / node / "log").read_text()
         assert f"loaded the initial checkpoint {trained_run / 'nodes' / node / 'checkpoints' / 'latest.pt'}" in log

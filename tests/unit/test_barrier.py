@@ -276,6 +276,6 @@ def test_an_evaluation_reports_each_agents_returns_per_episode_and_their_means()
     _, metrics = schedule.finish(now=1.0)
     assert (metrics["eval/return/a0"], metrics["eval/return/a2"]) == (0.0, -2.0)
     assert schedule.episode_rows() == [
-        {"eval/episode": 0.0, "eval/episode_return/a0": -1.0, "eval/episode_return/a1": -2.0, "eval/episode_return/a2": -3.0},
-        {"eval/episode": 1.0, "eval/episode_return/a0": 1.0, "eval/episode_return/a1": 0.0, "eval/episode_return/a2": -1.0},
+        {"eval_episode/index": 0.0, "eval_episode/return/a0": -1.0, "eval_episode/return/a1": -2.0, "eval_episode/return/a2": -3.0},
+        {"eval_episode/index": 1.0, "eval_episode/return/a0": 1.0, "eval_episode/return/a1": 0.0, "eval_episode/return/a2": -1.0},
     ]

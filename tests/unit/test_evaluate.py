@@ -48,8 +48,8 @@ def test_the_episode_returns_are_read_from_the_env_servers_rows_and_tabled(tmp_p
     metrics.parent.mkdir(parents=True)
     rows = [
         {"step": 1, "env/steps_per_s": 3.0},
-        {"step": 1, "eval/episode": 0.0, "eval/episode_return/pursuer_0": -1.0, "eval/episode_return/pursuer_1": 3.0},
-        {"step": 1, "eval/episode": 1.0, "eval/episode_return/pursuer_0": 2.0, "eval/episode_return/pursuer_1": 0.0},
+        {"step": 1, "eval_episode/index": 0.0, "eval_episode/return/pursuer_0": -1.0, "eval_episode/return/pursuer_1": 3.0},
+        {"step": 1, "eval_episode/index": 1.0, "eval_episode/return/pursuer_0": 2.0, "eval_episode/return/pursuer_1": 0.0},
         {"step": 1, "eval/return_mean": 1.0},
     ]
     metrics.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"cut sho')
