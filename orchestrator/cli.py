@@ -33,7 +33,7 @@ from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_
 from protocols.config_errors import ConfigError
 from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
-from orchestrator.plan import build_plan, format_plan
+from orchestrator.plan import LaunchPlan, build_plan, format_plan
 from orchestrator.rundir import (
     RunDirWriteError,
     EVENTS_FILENAME,
@@ -207,7 +207,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return launch(plan, resolved, run_dir)
 
 
-def launch(plan: Any, resolved: RunConfig, run_dir: Path) -> int:
+def launch(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
     """Run a prepared run to its end through the runtime; the exit code of `up`."""
     try:
         from orchestrator.runtime import run
