@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -72,8 +73,9 @@ class AgentsConfig(BaseModel):
     # false: evaluation only. The agents act greedily (no exploration) and never observe or
     # update; with `load_checkpoints` they act with trained weights (e.g. from agent_node.offline).
     learning: bool = True
-    # A directory of <env agent>/latest.pt node checkpoints to start from (the node's own
-    # checkpoint, after a restart, takes precedence).
+    # A directory of checkpoints to start from, one per agent (the node's own checkpoint, after a
+    # restart, takes precedence): <env agent>/latest.pt (agent_node.offline's --out) or a run's
+    # own <run dir>/nodes, with <node id>/checkpoints/latest.pt (`initial_checkpoint`).
     load_checkpoints: str | None = None
     # Goal-conditioned agents (learner kind goal_dqn): how each episode's goal is chosen,
     # negotiated and shared (agent_node/goal_config.py, agent_node/goal_session.py).
@@ -123,6 +125,25 @@ class AgentsConfig(BaseModel):
                 f"is padded to a maximum agent count (learner kind 'shared_dqn'), got kind {self.learner.kind!r}"
             )
         return self
+
+
+# The file name of a node checkpoint, in a run's nodes/<node id>/checkpoints/ and in an offline --out.
+CHECKPOINT_FILENAME = "latest.pt"
+
+
+def initial_checkpoint_candidates(load_checkpoints: str | Path, env_agent: str, node_id: str) -> tuple[Path, Path]:
+    """Where the node `node_id`, driving `env_agent`, looks for its start under `agents.load_checkpoints`,
+    in this order: `<dir>/<env agent>/latest.pt` (what `python -m agent_node.offline --out` writes)
+    and `<dir>/<node id>/checkpoints/latest.pt` (a run's own `<run dir>/nodes`, so a trained run
+    is evaluated by pointing at it). The agent node and the orchestrator's pre-launch check
+    (orchestrator/prelaunch.py) both read the layout from here."""
+    root = Path(load_checkpoints)
+    return root / env_agent / CHECKPOINT_FILENAME, root / node_id / "checkpoints" / CHECKPOINT_FILENAME
+
+
+def initial_checkpoint(load_checkpoints: str | Path, env_agent: str, node_id: str) -> Path | None:
+    """The first of `initial_checkpoint_candidates` that is a file, or None."""
+    return next((path for path in initial_checkpoint_candidates(load_checkpoints, env_agent, node_id) if path.is_file()), None)
 
 
 class AgentNodeConfig(NodeSections):

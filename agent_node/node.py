@@ -70,7 +70,7 @@ import numpy as np
 from agent_node.algos import build_learner
 from agent_node.consensus_session import ConsensusSession
 from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
-from agent_node.config import AgentNodeConfig
+from agent_node.config import AgentNodeConfig, initial_checkpoint, initial_checkpoint_candidates
 from agent_node.ctde_client import CentralizedDQNActor
 from agent_node.training_config import learner_schedule
 from agent_node.env_client import EnvClient, EnvRefused
@@ -980,9 +980,11 @@ class AgentNode:
             # checkpoint are not replayed: the seed no longer decides what this agent learns.
             self._reproducibility_broken("restart", "this agent resumed from its last checkpoint")
         elif self.config.load_checkpoints is not None:
-            initial = Path(self.config.load_checkpoints) / self.env_agent / "latest.pt"
-            if not self.persistence.load_initial_checkpoint(self.learner, initial):
-                raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {initial}")
+            initial = initial_checkpoint(self.config.load_checkpoints, self.env_agent, self.context.node_id)
+            if initial is None or not self.persistence.load_initial_checkpoint(self.learner, initial):
+                looked = " or ".join(map(str, initial_checkpoint_candidates(
+                    self.config.load_checkpoints, self.env_agent, self.context.node_id)))
+                raise NodeFailure(f"agents.load_checkpoints: no checkpoint for {self.env_agent!r} at {looked}")
             log.info("loaded the initial checkpoint %s", initial)
         elif self.config.load_shared_checkpoint is not None:
             shared = Path(self.config.load_shared_checkpoint)  # one parameter-shared policy for every agent

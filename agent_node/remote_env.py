@@ -12,6 +12,14 @@ blocking waits and PettingZoo's dict-per-agent shapes.
 
 It needs a server that does not autoreset and hosts one copy (K = 1): a PettingZoo env is one
 environment whose episodes end until `reset` is called.
+
+Like a local env: `reset()` without a seed starts a new episode from a fresh start (the server
+derives a new seed for each seedless reset, env_server/server.py), and `state()` returns the
+env's global state. For that the proxy joins with the global view (env_server/global_view.py)
+and keeps the state that comes with each observation; `state()` raises NotImplementedError,
+saying why, where the remote env has no `state()` (as the local one would), and
+`RemoteParallelEnv(endpoint, state=False)` skips the view (the lockstep bodies are then packed,
+which the view rules out).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pettingzoo import ParallelEnv
 
 from agent_node.env_client import EnvClient, EnvProtocolError, EnvRefused
 from protocols import messages as m
+from protocols.spaces import decode_space
 from protocols.transport import Hub
 
 
@@ -32,13 +41,22 @@ class RemoteEnvError(RuntimeError):
 
 
 class RemoteParallelEnv(ParallelEnv):
-    def __init__(self, endpoint: str, *, client_id: str = "remote-env", timeout_s: float = 10.0) -> None:
+    def __init__(self, endpoint: str, *, client_id: str = "remote-env", timeout_s: float = 10.0, state: bool = True) -> None:
         self._hub = Hub(sender=client_id, run_id="remote")
         self._channel = self._hub.connect_dealer(endpoint, name="env", identity=client_id)
         self._timeout_s = timeout_s
-        self._client = EnvClient(client_id, packed=True)  # no agents named: claim them all
-        self._channel.send(self._client.join())
-        welcome = self._wait(m.EnvWelcome, self._client.on_welcome)
+        self._no_state = "RemoteParallelEnv was built with state=False"
+        welcome = None
+        if state:
+            try:
+                welcome = self._join(EnvClient(client_id, global_view=True))  # no agents named: claim them all
+            except RemoteEnvError as error:
+                if "global_view_unavailable" not in str(error):
+                    self.close()
+                    raise
+                self._no_state = f"the env server cannot send this env's state ({error})"
+        if welcome is None:
+            welcome = self._join(EnvClient(client_id, packed=True))
         if self._client.packed_layout is not None:  # protocols/packed.py
             self._channel.use_packed(self._client.packed_layout)
         if welcome.num_copies != 1 or welcome.autoreset:
@@ -53,6 +71,26 @@ class RemoteParallelEnv(ParallelEnv):
         self.observation_spaces = self._client.observation_spaces
         self.action_spaces = self._client.action_spaces
         self._last: m.EnvObservation | None = None  # the observation the next step answers
+        view = welcome.global_view
+        if view is not None and view.get("source") != "env.state()":
+            # The view stands in concatenated observations for a state the env does not have.
+            self._no_state = f"the remote env {welcome.env_name} has no state()"
+        elif view is not None:
+            self.state_space = decode_space(view["state_space"], "global_view.state_space")
+            self._no_state = None
+
+    def _join(self, client: EnvClient) -> m.EnvWelcome:
+        self._client = client
+        self._channel.send(client.join())
+        return self._wait(m.EnvWelcome, client.on_welcome)
+
+    def state(self) -> np.ndarray:
+        """The env's global state after the last reset or step, as the remote env's `state()` gave it."""
+        if self._no_state is not None:
+            raise NotImplementedError(f"state(): {self._no_state}")
+        if self._last is None or self._last.global_state is None:
+            raise RemoteEnvError("state() before reset()")
+        return np.array(self._last.global_state[0])
 
     def observation_space(self, agent: str):
         return self.observation_spaces[agent]

@@ -142,6 +142,15 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     forward_infos = tuple(env_config.forward_infos)
     envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers,
                        forward_infos=forward_infos)
+    # One agent node drives each possible agent. The orchestrator checked the count on an env it
+    # built before launch (orchestrator/prelaunch.py); this env, built with the run's construction
+    # seed, is the one the agents will meet, so a mismatch stops the run here, not at a join deadline.
+    agent_nodes = sum(1 for entry in config.nodes.values() if entry.role == "agent")
+    if len(envs.possible_agents) != agent_nodes:
+        log.error("agents.count: expected %d, the possible agents of %s (%s), got %d agent nodes",
+                  len(envs.possible_agents), env_config.name, ", ".join(envs.possible_agents), agent_nodes)
+        envs.close()
+        return 2
     eval_envs = None
     if env_config.eval_every_steps:
         eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False, forward_infos=forward_infos)

@@ -1,10 +1,11 @@
 """The `env` section of a run config: which environment the env server hosts, and how.
 
-This module imports neither pettingzoo nor the environments: the CLI validates a config
+This module imports neither pettingzoo nor the environments: the schema validates a config
 without building anything. Whether `name` is really registered, and whether the environment
-has as many agents as the run, is checked when the env server builds it — except for a few
-well-known environments whose agent count follows from their kwargs alone
-(`static_agent_count`), which the orchestrator checks before launching anything.
+has as many agents as the run, is checked by building it once before launch
+(env_server/precheck.py, orchestrator/prelaunch.py). For a few well-known environments the
+agent count follows from their kwargs alone (`static_agent_count`), and the schema checks it
+already, so even the verbs that build nothing (`graph`, a sweep's dry run) catch it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,11 @@ held-back training observation, the evaluation's metrics). Here: one dispatch ta
 type to handler, the environment copies, the socket, and the episode bookkeeping (reset, run
 budget).
 
+Reset seeds. The first reset of the copies uses the server's seed (or the seed a sole client
+sends with env.reset); each later reset without a seed draws a fresh one,
+`derive_seed(seed, resets since it, "env_reset")`, so successive episodes start differently (as a
+local env's seedless `reset()` does) and the same seed still gives the same sequence of starts.
+
 When `max_steps` lockstep steps have run, the last observation carries `run_finished=True`
 (after a final evaluation, if one is due) and the caller tells the orchestrator.
 
@@ -113,6 +118,7 @@ class EnvServer:
         self.env_kwargs = _string_keys(dict(env_kwargs or {}))
         self.rules = rules
         self.seed = seed
+        self.resets_since_seed = 0  # training resets since `seed` was set: the next one's derived seed
         self.eval_seed = eval_seed
         self.clock = clock
         self.hub = hub
@@ -263,6 +269,7 @@ class EnvServer:
         sole_client = set(client.agents) == set(self.envs.possible_agents)
         if sole_client and envelope.message.seed is not None:
             self.seed = envelope.message.seed
+            self.resets_since_seed = 0
         if not self.episode_running or sole_client or (not self.envs.autoreset and self.envs.all_finished):
             self.reset_requested = True
             self.episode_running = False
@@ -324,7 +331,7 @@ class EnvServer:
     def _reset(self) -> None:
         self.reset_requested = False
         self.episode_running = True
-        result = self.envs.reset(self.seed)
+        result = self.envs.reset(self.next_reset_seed())
         self.global_view.after_reset(result)
         if self.rerun_evaluation:
             # Resumed during an evaluation: it runs again from its start; training resumes after it.
@@ -332,6 +339,13 @@ class EnvServer:
             self._begin_evaluation(result, missing=[])
             return
         self._broadcast_or_hold(result, missing=[])
+
+    def next_reset_seed(self) -> int:
+        """The seed of the next training reset: `seed` for the first since it was set, then a
+        fresh derived one each time (a replayed seed would replay the same episode start)."""
+        seed = self.seed if self.resets_since_seed == 0 else derive_seed(self.seed, self.resets_since_seed, "env_reset")
+        self.resets_since_seed += 1
+        return seed
 
     def _step(self) -> None:
         actions, missing = self.barrier.take_actions()
@@ -344,6 +358,8 @@ class EnvServer:
                 return
             held_back, metrics = self.evaluation.finish(self.clock())
             self._save_resume_point()
+            for row in self.evaluation.episode_rows():
+                self.write_metrics(row)
             self.write_metrics(metrics)
             self.global_view.restore_training()
             log.info("evaluation %d at step %d: return %.2f", self.evaluation.completed, self.step, metrics["eval/return_mean"])
@@ -471,6 +487,7 @@ class EnvServer:
         self.incarnation = point.incarnation + 1
         # New episodes, not a replay of the run's first ones: a seed of this incarnation.
         self.seed = derive_seed(self.seed, self.incarnation, "env_resume")
+        self.resets_since_seed = 0
         self.run_finished = self.rules.max_steps is not None and self.step >= self.rules.max_steps
         self._save_resume_point()  # the incarnation counts even if this one dies before its first step
         log.warning("resumed at step %d (incarnation %d, %d episodes, %d evaluations done%s); every copy starts a new episode",

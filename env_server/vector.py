@@ -50,6 +50,9 @@ class BatchedStep:
     episode_start: np.ndarray
     episode_returns: list[float] = field(default_factory=list)  # mean-over-agents returns of episodes that just ended
     infos: dict[str, dict[str, Any]] = field(default_factory=dict)  # agent -> key -> batched (see the module docstring)
+    # Each agent's return in each episode of `episode_returns`, same order; filled by the copies of
+    # this process (VectorizedParallelEnv: the evaluation copies always are), empty from workers.
+    episode_agent_returns: list[dict[str, float]] = field(default_factory=list)
 
 
 def batch_infos(per_copy: list[dict[str, dict]], agents: list[str], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -248,6 +251,7 @@ class VectorizedParallelEnv:
         observations, rewards, terminated, truncated, finals, infos = [], [], [], [], [], []
         starts = np.zeros(self.num_copies, dtype=bool)
         ended_returns: list[float] = []
+        ended_agent_returns: list[dict[str, float]] = []
         rows = {agent: copy_rows(value, self.num_copies) for agent, value in actions.items()}
         for index, env in enumerate(self.copies):
             if self._finished[index]:  # only without autoreset: wait for an explicit reset
@@ -263,6 +267,7 @@ class VectorizedParallelEnv:
             final = {}
             if not env.agents:  # the episode of this copy is over
                 ended_returns.append(float(np.mean(returns)))
+                ended_agent_returns.append({agent: float(returns[i]) for i, agent in enumerate(self.possible_agents)})
                 self._returns[index] = [0.0] * len(returns)
                 if self.autoreset:
                     final = obs
@@ -274,6 +279,7 @@ class VectorizedParallelEnv:
             observations.append(obs), rewards.append(rew), terminated.append(term), truncated.append(trunc)
             finals.append(final)
         result = self._batch(observations, rewards, terminated, truncated, finals, starts, ended_returns)
+        result.episode_agent_returns = ended_agent_returns
         if self.forward_infos:
             if not self._info_keys_checked:
                 check_info_keys(infos, self.forward_infos)

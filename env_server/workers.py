@@ -85,7 +85,10 @@ def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: boo
                 else:
                     channel.reply(envelope, m.ErrorReply("unexpected_message", f"a copy worker does not accept {envelope.msg_type}"))
                     continue
-                channel.reply(envelope, m.EnvWorkerResult(**vars(result), all_finished=envs.all_finished))
+                # Each agent's episode returns stay here: only an evaluation reads them, and the
+                # evaluation copies live in the server process.
+                fields = {name: value for name, value in vars(result).items() if name != "episode_agent_returns"}
+                channel.reply(envelope, m.EnvWorkerResult(**fields, all_finished=envs.all_finished))
     finally:
         envs.close()
         hub.close()

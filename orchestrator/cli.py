@@ -33,7 +33,7 @@ from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_
 from protocols.config_errors import ConfigError
 from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
-from orchestrator.plan import build_plan, format_plan
+from orchestrator.plan import LaunchPlan, build_plan, format_plan
 from orchestrator.rundir import (
     RunDirWriteError,
     EVENTS_FILENAME,
@@ -83,34 +83,13 @@ def describe(config: RunConfig) -> str:
     )
 
 
-# How long the env check may take: building an environment once (imports included).
-ENV_CHECK_TIMEOUT_S = 120.0
-
-
 def check_env_before_launch(config: RunConfig, source: str) -> None:
-    """Raise ConfigError naming the field when `env.name`/`env.kwargs` cannot build the env.
+    """Raise ConfigError naming the field when the env cannot be built, or when the config does
+    not fit the env it builds: the agent count, the learner against the action spaces, the
+    checkpoints to load (orchestrator/prelaunch.py). Before any run dir exists or process starts."""
+    from orchestrator.prelaunch import check_launch, fetch_env_facts
 
-    Runs `python -m env_server.precheck` in a subprocess: the orchestrator imports no env code
-    (heavy, and not its business), and this runs before any run dir exists or process starts.
-    """
-    import json
-    import subprocess
-
-    request = json.dumps({"name": config.env.name, "kwargs": dict(config.env.kwargs)})
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "env_server.precheck", request],
-            capture_output=True, text=True, timeout=ENV_CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise ConfigError([f"env: building {config.env.name!r} to check it took over {ENV_CHECK_TIMEOUT_S:.0f} s"], source) from None
-    try:
-        answer = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError([f"env: the check of {config.env.name!r} failed (exit {done.returncode}): {tail}"], source) from None
-    if not answer.get("ok"):
-        raise ConfigError([f"{answer['field']}: {answer['error']}"], source)
+    check_launch(config, fetch_env_facts(config, source), source)
 
 
 def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
@@ -225,6 +204,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"\ndry run: nothing launched; {plan.resolved_path} written")
         return EXIT_OK
 
+    return launch(plan, resolved, run_dir)
+
+
+def launch(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
+    """Run a prepared run to its end through the runtime; the exit code of `up`."""
     try:
         from orchestrator.runtime import run
         from protocols.transport import PortRangeExhausted
@@ -244,6 +228,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _fail(f"cannot run in {run_dir}: {error.strerror or error}", EXIT_FAILURE)
     finally:
         remove_temp_socket_dir(resolved.runtime)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from orchestrator import evaluate
+
+    run_dir = find_run_dir(args.run_dir)
+    config = evaluate.evaluation_config(evaluate.load_run(run_dir), run_dir, args.episodes)
+    source = f"the evaluation of {run_dir}"
+    check_bind_host_before_launch(config, source)
+    check_env_before_launch(config, source)  # a checkpoint for every agent, among the rest
+    os.umask(0o077)
+    try:
+        resolved, evaluation_dir = prepare_run(config, evaluate.next_evaluation_dir(run_dir))
+    except RunDirError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except RunDirWriteError as error:
+        return _fail(str(error), EXIT_FAILURE)
+    code = launch(build_plan(resolved, evaluation_dir), resolved, evaluation_dir)
+    episodes = evaluate.read_episode_returns(evaluation_dir)
+    if not episodes:
+        return _fail(f"the evaluation run {evaluation_dir} ended (exit {code}) without finishing its episodes; "
+                     f"`orchestrate status {evaluation_dir}` says why", code or EXIT_FAILURE)
+    print(evaluate.summary(run_dir, evaluation_dir, episodes, evaluate.random_baseline(resolved, args.episodes)))
+    return code
 
 
 # ------------------------------------------------------------------------------------------
@@ -538,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--run-dir", metavar="DIR", help="use this (new or empty) directory instead of runs/<name>/<timestamp>")
     up.add_argument("--dry-run", action="store_true", help="write resolved.yaml, print the launch plan, launch nothing")
     up.set_defaults(handler=cmd_up)
+
+    evaluate = verbs.add_parser(
+        "evaluate", help="run a finished run's policies greedily from its last checkpoints; print the returns per agent"
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
+    evaluate.add_argument("--episodes", "-n", type=int, default=10, metavar="N", help="evaluation episodes (default 10)")
+    evaluate.set_defaults(handler=cmd_evaluate)
 
     status = verbs.add_parser("status", help="summarise a run: per-node last event, exit code, metrics")
     status.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")

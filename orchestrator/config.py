@@ -38,6 +38,7 @@ agents' seeds). A run with `training.mode: centralized` has one more node, `lear
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,7 +51,7 @@ from agent_node.training_config import DecentralizedTraining, TrainingConfig, tr
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement
-from protocols.config_errors import ConfigError, format_validation_error
+from protocols.config_errors import ConfigError, format_validation_error, tagged_member_fields
 from protocols.links import LinkConfig
 from orchestrator.overrides import apply_overrides, load_yaml
 from orchestrator.reproducibility import owe_nothing_by_default, reproducibility_problems
@@ -676,8 +677,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if overrides:
         if not isinstance(data, dict):
             raise ConfigError([f"expected a mapping at the top level, got {_kind(data)}"], str(path))
-        data = apply_overrides(data, list(overrides))
+        notes: list[str] = []
+        data = apply_overrides(data, list(overrides), kind_fields=run_kind_fields, notes=notes)
+        for note in notes:  # a swapped kind dropped keys of the file: say which
+            print(f"note: {note}", file=sys.stderr)
     return validate_config(data, str(path))
+
+
+def run_kind_fields(path: list[str], kind: Any) -> tuple[str, ...] | None:
+    """The keys of the run config's section at `path` when its kind (or mode) is `kind`."""
+    return tagged_member_fields(RunConfig, path, kind)
 
 
 def load_resolved(path: str | Path) -> RunConfig:

@@ -6,17 +6,26 @@ map. Missing intermediates are created: a list when the next segment is a number
 A numeric segment indexes a list (`network.links.0.src=agent_0`); the index may equal the
 list's length, which appends a new entry. Overrides are applied to plain data, before the schema sees it, so the schema validates
 the result exactly as if it had been written in the file.
+
+Swapping a kind. `--set agents.learner.kind=sac` on a file whose learner is `{kind: dqn,
+train_every: 2, batch_size: 16}` changes which model the section is: the DQN keys that SAC does
+not have (`train_every`) are dropped, so the section is SAC's defaults plus the keys both kinds
+share (`batch_size: 16`, which the file set on purpose and SAC reads the same way). Each drop is
+reported in a note (nothing disappears silently), and any key set after the kind, by a later
+`--set`, is validated against the new kind as usual. The same holds for every tagged section
+(`kind` of learners, world models, topologies; `mode` of training); `kind_fields` (given by
+orchestrator/config.py, which knows the schema) says which keys a kind takes.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from protocols.config_errors import ConfigError
+from protocols.config_errors import TAG_FIELDS, ConfigError
 
 _SEGMENT = re.compile(r"^[A-Za-z_][\w-]*$|^\d+$")
 
@@ -69,7 +78,32 @@ def _empty_container(next_segment: str) -> list[Any] | dict[str, Any]:
     return [] if next_segment.isdigit() else {}
 
 
-def _set_path(tree: dict[str, Any], segments: list[str], value: Any, text: str) -> None:
+# (path of a tagged section, its new tag) -> the keys a section with that tag takes, or None
+# when the path is no tagged section.
+KindFields = Callable[[list[str], Any], "tuple[str, ...] | None"]
+
+
+def _swap_kind(node: dict[str, Any], segments: list[str], value: Any, text: str, kind_fields: KindFields) -> str | None:
+    """Before `node[tag] = value` changes a section's kind: drop the keys the new kind does not
+    take; the note saying so, or None when nothing changes."""
+    tag, old = segments[-1], node.get(segments[-1])
+    if old is None or old == value:
+        return None
+    takes = kind_fields(segments[:-1], value)
+    if takes is None:
+        return None
+    dropped = [key for key in node if key not in takes]
+    if not dropped:
+        return None
+    for key in dropped:
+        del node[key]
+    kept = [key for key in node if key != tag]
+    return (f"--set {text}: dropped the {old} key(s) that {tag} {value!r} does not take ({', '.join(dropped)})"
+            + (f"; kept {', '.join(kept)}, which both take" if kept else ""))
+
+
+def _set_path(tree: dict[str, Any], segments: list[str], value: Any, text: str,
+              kind_fields: KindFields | None = None, notes: list[str] | None = None) -> None:
     node: Any = tree
     for depth, segment in enumerate(segments):
         last = depth == len(segments) - 1
@@ -93,6 +127,10 @@ def _set_path(tree: dict[str, Any], segments: list[str], value: Any, text: str) 
                 node = node[index]
         elif isinstance(node, dict):
             if last:
+                if kind_fields is not None and segment in TAG_FIELDS:
+                    note = _swap_kind(node, segments, value, text, kind_fields)
+                    if note is not None and notes is not None:
+                        notes.append(note)
                 node[segment] = value
             else:
                 if node.get(segment) is None:
@@ -104,14 +142,17 @@ def _set_path(tree: dict[str, Any], segments: list[str], value: Any, text: str) 
             )
 
 
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of `tree` with every override applied in order (later ones win)."""
+def apply_overrides(tree: dict[str, Any], overrides: list[str], kind_fields: KindFields | None = None,
+                    notes: list[str] | None = None) -> dict[str, Any]:
+    """A copy of `tree` with every override applied in order (later ones win). With `kind_fields`,
+    an override of a section's `kind` (or `mode`) drops the old kind's keys the new one does not
+    take (see the module docstring), and says so in `notes`."""
     result = copy.deepcopy(tree)
     problems: list[str] = []
     for text in overrides:
         try:
             segments, value = parse_override(text)
-            _set_path(result, segments, value, text)
+            _set_path(result, segments, value, text, kind_fields, notes)
         except ConfigError as error:
             problems.extend(error.problems)
     if problems:

@@ -291,6 +291,7 @@ def validate_runs(base: Path, runs: list[SweepRun], check_env: bool = True, sour
     once with the points it breaks (and the grid values of the first), so the key is named."""
     by_problem: dict[str, list[SweepRun]] = {}
     configs: list[RunConfig] = []
+    loaded: list[SweepRun] = []
     for run in runs:
         try:
             config = load_config(base, run.overrides)
@@ -301,10 +302,13 @@ def validate_runs(base: Path, runs: list[SweepRun], check_env: bool = True, sour
         for problem in refused_faults(config):
             by_problem.setdefault(problem, []).append(run)
         configs.append(config)
+        loaded.append(run)
+    if not by_problem and check_env:
+        for run, problems in zip(loaded, _check_once_per_section(source or str(base), configs)):
+            for problem in problems:
+                by_problem.setdefault(problem, []).append(run)
     if by_problem:
         raise ConfigError([_problem_with_points(problem, failing) for problem, failing in by_problem.items()], source or str(base))
-    if check_env:
-        _check_once_per_section(source or str(base), configs)
     return configs
 
 
@@ -316,21 +320,25 @@ def _problem_with_points(problem: str, failing: list[SweepRun]) -> str:
     return f"{problem} (in {len(points)} point(s): {listed}; the first has {values})"
 
 
-def _check_once_per_section(source: str, configs: list[RunConfig]) -> None:
-    """The env build check and the bind-host check of `orchestrate up`, once per distinct
-    env / network section (a sweep over delays builds the env once, not once per point)."""
-    from orchestrator.cli import check_bind_host_before_launch, check_env_before_launch  # the CLI's own checks
+def _check_once_per_section(source: str, configs: list[RunConfig]) -> list[list[str]]:
+    """The env checks and the bind-host check of `orchestrate up`: the env is built once per
+    distinct env section (a sweep over delays builds it once, not once per point), and every
+    point's config is held against what it built (agent count, learner, checkpoints). Returns
+    each config's problems with its env; raises ConfigError for an env that cannot be built."""
+    from orchestrator.cli import check_bind_host_before_launch  # the CLI's own check
+    from orchestrator.prelaunch import fetch_env_facts, launch_problems
 
-    seen_env, seen_network = set(), set()
+    facts, seen_network, problems = {}, set(), []
     for config in configs:
         env_key = json.dumps(config.env.model_dump(mode="json"), sort_keys=True)
-        if env_key not in seen_env:
-            seen_env.add(env_key)
-            check_env_before_launch(config, source)
+        if env_key not in facts:
+            facts[env_key] = fetch_env_facts(config, source)
+        problems.append(launch_problems(config, facts[env_key]))
         network_key = (config.network.transport, config.network.bind_host)
         if network_key not in seen_network:
             seen_network.add(network_key)
             check_bind_host_before_launch(config, source)
+    return problems
 
 
 # ------------------------------------------------------------------------------------------

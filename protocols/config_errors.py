@@ -90,6 +90,33 @@ def union_tags(annotation: Any) -> list[str]:
     return [tag for member in members if _is_model(member) and (tag := _tag_of(member))]
 
 
+TAG_FIELDS = _TAG_FIELDS
+
+
+def tagged_member_fields(root: type[BaseModel], path: list[str], tag: Any) -> tuple[str, ...] | None:
+    """The keys of the union member tagged `tag` at the YAML path `path` of `root` (the learner
+    models at ['agents', 'learner'], the topologies at ['topology'], ...), or None when `path` is
+    not a tagged union or no member carries `tag`. List indices in `path` step into the items."""
+    current: Any = root
+    for part in path:
+        current = _single_model(current)
+        if _is_model(current):
+            field = current.model_fields.get(part)
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) in (list, tuple) and part.isdigit() and typing.get_args(current):
+            current = typing.get_args(current)[0]
+        elif typing.get_origin(current) is dict and len(typing.get_args(current)) == 2:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+    for member in _union_members(_single_model(current)):
+        if _is_model(member) and _tag_of(member) == tag:
+            return tuple(member.model_fields)
+    return None
+
+
 class _Walk:
     """The schema type at each step of an error location, and the path to show the user."""
 

@@ -430,3 +430,17 @@ LearnerConfig = Annotated[
 NEEDS_GLOBAL_VIEW = frozenset({"pmic"})
 # Learners trained from a dataset, never from a run's own transitions.
 OFFLINE_KINDS = frozenset({"cql", "bc"})
+# The action space each learner acts in: "discrete" (a Discrete space: one of n actions) or "box"
+# (a 1-D Box: a vector of continuous actions). Each learner's constructor refuses any other; the
+# orchestrator holds the env's action spaces against this table before launch
+# (orchestrator/prelaunch.py), so a mismatch is a config error rather than a crash of every node.
+LEARNER_ACTION_SPACE: dict[str, Literal["discrete", "box"]] = {
+    "dqn": "discrete",
+    "shared_dqn": "discrete",
+    "goal_dqn": "discrete",
+    "cql": "discrete",
+    "bc": "discrete",
+    "sac": "box",
+    "og_marl": "box",
+    "pmic": "box",
+}

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from pettingzoo.test import parallel_api_test
+from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from protocols import messages as m
@@ -31,6 +31,62 @@ def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kw
         parallel_api_test(env, num_cycles=40)
     finally:
         env.close()
+
+
+def test_remote_env_passes_pettingzoo_parallel_seed_test(env_server):
+    opened = []
+    kwargs = json.dumps({"N": 3, "max_cycles": 15})
+
+    def remote():  # each env on a server of its own, as two local envs are two objects
+        opened.append(RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", kwargs, "--no-autoreset")))
+        return opened[-1]
+
+    try:
+        parallel_seed_test(remote, num_cycles=20)
+    finally:
+        for env in opened:
+            env.close()
+
+
+def test_remote_env_seedless_resets_start_new_episodes_and_a_seed_replays_them(env_server):
+    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2, "max_cycles": 5}), "--no-autoreset")
+    env = RemoteParallelEnv(endpoint)
+    try:
+        def starts(first_seed: int) -> list[bytes]:
+            observations = [env.reset(seed=first_seed)[0]] + [env.reset()[0] for _ in range(5)]
+            return [obs["agent_0"].tobytes() for obs in observations]
+
+        sequence = starts(3)
+        assert len(set(sequence)) == 6  # every seedless reset a new start, as a local env's
+        assert starts(3) == sequence  # and the seed fixes the whole sequence
+    finally:
+        env.close()
+
+
+def test_remote_env_state_is_the_envs_state_or_says_why_there_is_none(env_server):
+    from env_server.registry import make_env
+
+    kwargs = {"N": 2, "max_cycles": 5}
+    env = RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(kwargs), "--no-autoreset"))
+    local = make_env("mpe2.simple_spread_v3", kwargs)
+    try:
+        env.reset(seed=7)
+        local.reset(seed=7)
+        assert env.state_space == local.state_space
+        np.testing.assert_array_equal(env.state(), local.state())
+        env.step({a: 1 for a in env.agents})
+        local.step({a: 1 for a in local.agents})
+        np.testing.assert_array_equal(env.state(), local.state())
+    finally:
+        env.close()
+        local.close()
+    no_state = RemoteParallelEnv(env_server("--env", "treasure_room_v0", "--no-autoreset"))
+    try:
+        no_state.reset(seed=0)
+        with pytest.raises(NotImplementedError, match="has no state"):
+            no_state.state()
+    finally:
+        no_state.close()
 
 
 def test_remote_env_refuses_a_vectorized_server(env_server):

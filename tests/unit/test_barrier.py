@@ -262,3 +262,20 @@ def test_at_the_deadline_only_clients_with_late_active_agents_become_absent():
     # Next episode a2 is drawn again: it is awaited (it was never marked absent).
     barrier.broadcast(result(), step=1, evaluation=False, run_finished=False, missing=["a1"], wait=True, now=1.0)
     assert sorted(barrier.awaited_agents()) == ["a0", "a2"]
+
+
+def test_an_evaluation_reports_each_agents_returns_per_episode_and_their_means():
+    schedule = EvaluationSchedule(every_steps=10)
+    schedule.begin(result(), [], now=0.0)
+    first = result(returns=[-2.0])
+    first.episode_agent_returns = [{"a0": -1.0, "a1": -2.0, "a2": -3.0}]
+    second = result(returns=[0.0])
+    second.episode_agent_returns = [{"a0": 1.0, "a1": 0.0, "a2": -1.0}]
+    schedule.record(first)
+    schedule.record(second)
+    _, metrics = schedule.finish(now=1.0)
+    assert (metrics["eval/return/a0"], metrics["eval/return/a2"]) == (0.0, -2.0)
+    assert schedule.episode_rows() == [
+        {"eval_episode/index": 0.0, "eval_episode/return/a0": -1.0, "eval_episode/return/a1": -2.0, "eval_episode/return/a2": -3.0},
+        {"eval_episode/index": 1.0, "eval_episode/return/a0": 1.0, "eval_episode/return/a1": 0.0, "eval_episode/return/a2": -1.0},
+    ]

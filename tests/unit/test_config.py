@@ -437,3 +437,29 @@ def test_a_world_model_that_nothing_would_train_is_refused() -> None:
         "world_model_parameters or world_model_statistics"
     ]
     load_config(MAIN_JOB, ["protocols.consensus.enabled=false", "agents.world_model=null"])  # the no-model ablation
+
+
+def test_setting_a_learner_kind_swaps_the_section_and_keeps_the_shared_keys(capsys) -> None:
+    # tiny_ring's learner is {kind: dqn, hidden_sizes: [32], batch_size: 16, buffer_size: 1000,
+    # learning_starts: 32, train_every: 2, target_update_period: 20, epsilon_decay_steps: 100}.
+    config = load_config(TINY, ["agents.learner.kind=sac"])
+    learner = config.agents.learner
+    assert learner.kind == "sac"
+    assert (learner.hidden_sizes, learner.batch_size, learner.buffer_size, learner.learning_starts) == ((32,), 16, 1000, 32)
+    assert learner.random_steps == 5_000  # a SAC default: the file said nothing about it
+    note = capsys.readouterr().err
+    assert "dropped the dqn key(s) that kind 'sac' does not take (train_every, target_update_period, epsilon_decay_steps)" in note
+    assert "kept hidden_sizes, batch_size, buffer_size, learning_starts" in note
+    # A key of the old kind set after the swap is still an unknown key of the new one.
+    (problem,) = problems_for("agents.learner.kind=sac", "agents.learner.train_every=2")
+    assert problem.startswith("agents.learner.train_every: unknown key")
+    # The same for other tagged sections: a ring has no rows, a torus needs them.
+    assert load_config(TINY, ["topology.kind=torus", "topology.rows=1", "topology.cols=3"]).topology.kind == "torus"
+
+
+def test_swapping_a_kind_without_the_schema_changes_only_the_tag() -> None:
+    tree = {"agents": {"learner": {"kind": "dqn", "train_every": 2}}}
+    assert apply_overrides(tree, ["agents.learner.kind=sac"]) == {"agents": {"learner": {"kind": "sac", "train_every": 2}}}
+    notes: list[str] = []
+    swapped = apply_overrides(tree, ["agents.learner.kind=sac"], kind_fields=lambda path, kind: ("kind",), notes=notes)
+    assert swapped == {"agents": {"learner": {"kind": "sac"}}} and len(notes) == 1

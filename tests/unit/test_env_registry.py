@@ -135,3 +135,13 @@ def test_precheck_reports_a_bad_value_under_env_kwargs():
 
 def test_pistonball_is_not_registered_without_its_dependency():
     assert "pettingzoo.pistonball_v6" not in BUILTIN_ENVS and "pistonball_v6" not in ALIASES
+
+
+def test_precheck_refuses_an_aec_env_and_says_how_to_get_a_parallel_one():
+    # pursuit's module has a parallel_env beside its AEC env: the error names it.
+    field, error = check_env("pettingzoo.sisl.pursuit_v5:env", {})
+    assert field == "env.name" and "builds an AEC env" in error
+    assert "set env.name to 'pettingzoo.sisl.pursuit_v5:parallel_env'" in error
+    # tic-tac-toe is turn-based and says it cannot be parallelized: no wrapper helps.
+    field, error = check_env("pettingzoo.classic.tictactoe_v3:env", {})
+    assert field == "env.name" and "builds an AEC env" in error and "cannot be wrapped" in error

@@ -161,7 +161,7 @@ def test_the_cli_refuses_a_sweep_dir_that_holds_files(tmp_path, capsys, monkeypa
     used.mkdir()
     (used / "something").write_text("x")
     # The env check would build the env in a subprocess; this test is about the directory.
-    monkeypatch.setattr("orchestrator.sweep._check_once_per_section", lambda source, configs: None)
+    monkeypatch.setattr("orchestrator.sweep._check_once_per_section", lambda source, configs: [[] for _ in configs])
     assert main(["sweep", str(path), "--sweep-dir", str(used)]) == 2
     assert "expected a new or empty directory" in capsys.readouterr().err
 

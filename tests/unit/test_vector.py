@@ -178,3 +178,17 @@ def test_env_config_forward_infos_defaults_to_nothing_and_refuses_repeats():
         EnvConfig(name="goal_lines_v0", forward_infos=["landmark", "landmark"])
     with pytest.raises(ValidationError, match="non-empty"):
         EnvConfig(name="goal_lines_v0", forward_infos=[""])
+
+
+def test_an_ended_episode_reports_each_agents_return_beside_the_mean():
+    envs = make(2, max_cycles=2)
+    envs.reset(seed=0)
+    rewards = {a: np.zeros(2) for a in envs.possible_agents}
+    for _ in range(2):
+        result = envs.step(zeros(envs))
+        for agent in envs.possible_agents:
+            rewards[agent] += result.rewards[agent]
+    assert len(result.episode_agent_returns) == 2
+    for copy, (mean, per_agent) in enumerate(zip(result.episode_returns, result.episode_agent_returns)):
+        assert per_agent == pytest.approx({a: rewards[a][copy] for a in envs.possible_agents})
+        assert mean == pytest.approx(np.mean(list(per_agent.values())))
