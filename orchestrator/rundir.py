@@ -41,6 +41,7 @@ from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, wit
 from protocols.jsonlines import LineFile, LineWriteError
 from protocols.auth import KEYS_DIRNAME
 from protocols.config_errors import ConfigError
+from protocols.durable_state import EXIT_DAMAGED_STATE
 from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
 EVENTS_FILENAME = "events.jsonl"
@@ -319,6 +320,8 @@ def describe_exit_code(code: int) -> str:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
+    if code == EXIT_DAMAGED_STATE:
+        return f"code {code} (it refused to start from damaged saved state; not restarted)"
     return f"code {code}"
 
 
