@@ -105,3 +105,33 @@ def test_no_good_generation_stops_the_node_naming_the_file_and_the_restart_polic
     checkpoints = run_dir / "nodes" / "agent_1" / "checkpoints"
     assert {p.name: p.read_bytes() for p in checkpoints.iterdir() if p.is_file()} == before
     assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
+def test_a_damaged_env_server_resume_point_stops_the_run_naming_it_never_a_return_to_step_0(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=100000",
+        "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [env]}}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], max_restarts: 3, backoff_s: 1.5}",
+    )  # fmt: skip
+    deadline = time.monotonic() + 150
+    while not any(e["event"] == "exited" and e["node"] == "env" for e in read_events(run_dir)):
+        assert process.poll() is None, f"orchestrator exited early: {process.communicate()[1].decode()[-3000:]}"
+        assert time.monotonic() < deadline, "the env server was not killed within 150 s"
+        time.sleep(0.05)
+    resume = run_dir / "nodes" / "env" / "resume.bin"
+    resume.write_bytes(np.random.default_rng(0).bytes(resume.stat().st_size))
+    damaged = resume.read_bytes()
+    assert not any(e["event"] == "restarted" for e in read_events(run_dir)), "restarted before the file was damaged"
+    _, stderr = process.communicate(timeout=200)
+    stderr = stderr.decode()
+    events = read_events(run_dir)
+    assert process.returncode == 1, stderr[-3000:]
+    env = [e for e in events if e["node"] == "env"]
+    assert [e["code"] for e in env if e["event"] == "exited"] == [-9, EXIT_DAMAGED_STATE]
+    assert [e["event"] for e in env].count("restarted") == 1  # not restarted again: no crash loop
+    assert not [e for e in events if e["event"] == "env_server_resumed"], "the run did not go on from step 0"
+    assert f"damaged state file {resume}: no valid resume point in either slot" in stderr, stderr[-3000:]
+    assert "refused to start from damaged saved state" in stderr
+    assert resume.read_bytes() == damaged
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
