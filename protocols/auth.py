@@ -235,8 +235,16 @@ class BadInputLog:
     every `interval_s` ("dropped 10000 invalid messages from X in the last 5 s: 9990 bad
     signature, 10 oversized"). The first drop from a source is logged at once, with its detail.
 
+    The rate limit is per node, not per source: at most `new_sources_per_interval` sources get
+    that first line of their own in any `interval_s`. A stranger that takes a new identity for
+    every connection would otherwise write one line per identity; past the limit, the drops of
+    new sources are counted together under `NEW_SOURCES` ("dropped 190 invalid messages from 190
+    new sources in the last 5 s: 190 bad signature").
+
     `totals` keeps the counts for the whole life of the process (for status and tests).
     """
+
+    NEW_SOURCES = "new sources"  # the name the drops of sources past the first-line limit go under
 
     def __init__(
         self,
@@ -247,6 +255,7 @@ class BadInputLog:
         one: str = "dropped an invalid message",
         many: str = "dropped {n} invalid messages",
         preposition: str = "from",
+        new_sources_per_interval: int = 3,
     ) -> None:
         self.logger = logger
         self.where = where
@@ -256,20 +265,30 @@ class BadInputLog:
         self.preposition = preposition
         self.interval_s = interval_s
         self.clock = clock
+        self.new_sources_per_interval = new_sources_per_interval
         self.totals: Counter[str] = Counter()
         self._window: dict[str, Counter[str]] = {}
         self._window_started: dict[str, float] = {}
         self._seen_sources: set[str] = set()
+        self._first_lines: list[float] = []  # when each recent first line was written
+        self._new_sources_in_window: set[str] = set()  # distinct sources counted under NEW_SOURCES
 
     def record(self, source: str, reason: str, detail: str = "") -> None:
         now = self.clock()
         self.totals[reason] += 1
-        if source not in self._seen_sources and len(self._seen_sources) < 1024:
-            self._seen_sources.add(source)
-            self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
-                                f": {detail}" if detail else "")
-            self._window_started[source] = now
-            return
+        if source not in self._seen_sources:
+            self._first_lines = [t for t in self._first_lines if now - t < self.interval_s]
+            if len(self._first_lines) < self.new_sources_per_interval:
+                self._first_lines.append(now)
+                if len(self._seen_sources) < 1024:  # bounded memory; later sources count as new
+                    self._seen_sources.add(source)
+                self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
+                                    f": {detail}" if detail else "")
+                self._window_started[source] = now
+                return
+            if len(self._new_sources_in_window) < 100_000:  # bounded memory under a flood of identities
+                self._new_sources_in_window.add(source)
+            source = self.NEW_SOURCES
         window = self._window.setdefault(source, Counter())
         window[reason] += 1
         self._window_started.setdefault(source, now)
@@ -286,5 +305,9 @@ class BadInputLog:
             self._window_started[source] = now
             total = sum(counts.values())
             reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
+            named = source
+            if source == self.NEW_SOURCES:
+                named = f"{len(self._new_sources_in_window)} {self.NEW_SOURCES}"
+                self._new_sources_in_window = set()
             self.logger.warning("%s: %s %s %s in the last %.0f s: %s", self.where, self.many.format(n=total),
-                                self.preposition, source, max(now - started, 0.0), reasons)
+                                self.preposition, named, max(now - started, 0.0), reasons)

@@ -268,6 +268,24 @@ def test_a_burst_of_bad_input_is_one_line_first_and_one_aggregated_line_per_wind
     assert bad.totals == {"bad signature": 9991, "oversized": 10}
 
 
+def test_a_stranger_with_a_new_identity_per_connection_gets_a_few_lines_not_one_per_identity(caplog):
+    clock = FakeClock()
+    bad = BadInputLog(logging.getLogger("test.bad3"), "learner", interval_s=5.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.bad3"):
+        for i in range(200):
+            clock.now = i * 0.01  # 200 identities in 2 s
+            bad.record(f"b'stranger-{i}'", "bad signature")
+        clock.now = 5.1  # the window of the new sources began with the 4th, at 0.03 s
+        bad.flush()
+        clock.now = 6.0  # a window later, one more new identity has a line of its own again
+        bad.record("b'stranger-200'", "bad signature")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[:3] == [f"learner: dropped an invalid message from b'stranger-{i}': bad signature" for i in range(3)]
+    assert lines[3] == "learner: dropped 197 invalid messages from 197 new sources in the last 5 s: 197 bad signature"
+    assert lines[4:] == ["learner: dropped an invalid message from b'stranger-200': bad signature"]
+    assert bad.totals == {"bad signature": 201}
+
+
 def test_bad_input_left_in_a_window_is_flushed_on_close(caplog):
     clock = FakeClock()
     bad = BadInputLog(logging.getLogger("test.bad2"), "env", clock=clock)
