@@ -309,6 +309,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
             """Checkpoint when due, metrics at each new parameter broadcast, status when due. Called
             after every message: a learner behind the agents always has more waiting, and must still report."""
             persistence.maybe_save(service)
+            hub.flush_logs()  # the aggregated lines of a flood, on time although `hub.wait` may not come soon
             core = service.core
             if core is not None and core.params_sent > logged[0]:
                 logged[0] = core.params_sent
@@ -319,6 +320,8 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
                     now, state="running", step=0 if core is None else core.learner.gradient_steps, episode=0, last_return=None,
                     msgs_per_s=service.messages / max(1e-9, now - started), extra=service.metrics(),
                 )
+                # The security drop counters (security/*), every status period like every other node's.
+                metrics.write(0 if core is None else core.learner.gradient_steps, hub.link_metrics())
 
         while not stop:
             timeout = min(_WAKE_S, max(0.0, control.next_status_at(status_every_s) - time.monotonic()))
@@ -351,7 +354,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         try:
             if service is not None:
                 final = service.metrics()
-                metrics.write(0 if service.core is None else service.core.learner.gradient_steps, final)
+                metrics.write(0 if service.core is None else service.core.learner.gradient_steps, {**final, **hub.link_metrics()})
                 log.info("learner stopping (%s): %s", reason, json.dumps(final))
             if control is not None:
                 control.goodbye(reason)

@@ -17,7 +17,8 @@ import pytest
 from protocols.durable_state import EXIT_DAMAGED_STATE
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+# Whole runs of 20-40 s each: `make test-long` (CI runs it after `make test`).
+pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(240)]
 
 KILL_AT_STEP = 30
 
