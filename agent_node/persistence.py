@@ -19,11 +19,12 @@ an `[Errno 22]` from inside torch.load.
 **Generations.** A node keeps its last `keep` good saves of each file (`agents.keep_generations`,
 default 2), named by the lockstep step they hold (`checkpoints/step-000000120.pt`,
 `replay/step-000000120.npz`); `checkpoints/latest.pt` and `replay/buffer.npz` are symbolic links
-to the newest. On restore the newest generation that verifies is used. A generation that fails
-is renamed `<name>.damaged` (kept for the user, never pruned, never written over) and the
-fallback is reported (`Restored.damaged`, the steps of learning lost). When no generation of a
-file verifies, `restore` raises `DamagedStateError` and the node stops (it does not start from
-step 0 over the files it could not read).
+to the newest. On restore the newest generation that verifies is used; the newer ones that
+failed are renamed `<name>.damaged` (kept for the user, never pruned, never written over) and
+the fallback is reported (`Restored.damaged`, the steps of learning lost). When no generation of
+a file verifies, `restore` raises `DamagedStateError` naming them, leaves them as they are, and
+the node stops (it does not start from step 0 over the files it could not read; started again,
+it refuses them again).
 
 `NodePersistence` is the node's bookkeeping around those two files: when each is due (every
 `checkpoint_every_steps` / `replay_save_every_steps` lockstep steps), saving both at the end,
