@@ -23,6 +23,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(240
 KILL_AT_STEP = 30
 
 
+def wait_for_exit(run_dir: Path, process, node: str, timeout_s: float = 150) -> None:
+    """Poll the event log until `node` has exited (the orchestrator reaped it)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(e["event"] == "exited" and e["node"] == node for e in read_events(run_dir)):
+        assert process.poll() is None, f"orchestrator exited early: {process.communicate()[1].decode()[-3000:]}"
+        assert time.monotonic() < deadline, f"{node} was not killed within {timeout_s} s"
+        time.sleep(0.05)
+
+
 def run_killing_agent_1(run_dir: Path, damage) -> tuple[int, str, list[dict]]:
     """Run tiny_ring with agent_1 killed at step 30; `damage(node_dir)` runs once it has exited,
     before the restart. Returns the orchestrator's exit code, its stderr and the events."""
@@ -32,11 +41,7 @@ def run_killing_agent_1(run_dir: Path, damage) -> tuple[int, str, list[dict]]:
         "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [agent_1]}}]",
         "--set", "env.step_deadline_s=1.0", "--set", "faults.restart={policy: on-failure, max_restarts: 3, backoff_s: 1.5}",
     )  # fmt: skip
-    deadline = time.monotonic() + 150
-    while not any(e["event"] == "exited" and e["node"] == "agent_1" for e in read_events(run_dir)):
-        assert process.poll() is None, f"orchestrator exited early: {process.communicate()[1].decode()[-3000:]}"
-        assert time.monotonic() < deadline, "agent_1 was not killed within 150 s"
-        time.sleep(0.05)
+    wait_for_exit(run_dir, process, "agent_1")
     damage(run_dir / "nodes" / "agent_1")
     assert not any(e["event"] == "restarted" for e in read_events(run_dir)), "restarted before the files were damaged"
     _, stderr = process.communicate(timeout=200)
@@ -115,11 +120,7 @@ def test_a_damaged_env_server_resume_point_stops_the_run_naming_it_never_a_retur
         "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [env]}}]",
         "--set", "faults.restart={policy: on-failure, roles: [env_server], max_restarts: 3, backoff_s: 1.5}",
     )  # fmt: skip
-    deadline = time.monotonic() + 150
-    while not any(e["event"] == "exited" and e["node"] == "env" for e in read_events(run_dir)):
-        assert process.poll() is None, f"orchestrator exited early: {process.communicate()[1].decode()[-3000:]}"
-        assert time.monotonic() < deadline, "the env server was not killed within 150 s"
-        time.sleep(0.05)
+    wait_for_exit(run_dir, process, "env")
     resume = run_dir / "nodes" / "env" / "resume.bin"
     resume.write_bytes(np.random.default_rng(0).bytes(resume.stat().st_size))
     damaged = resume.read_bytes()
