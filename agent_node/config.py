@@ -42,6 +42,9 @@ class AgentsConfig(BaseModel):
     # Counted in lockstep environment steps of this agent.
     checkpoint_every_steps: int = Field(5000, ge=1)
     replay_save_every_steps: int = Field(20000, ge=1)
+    # How many good saves of each (checkpoint, replay buffer) a node keeps: a restarted node whose
+    # newest save is damaged falls back to an older one (agent_node/persistence.py).
+    keep_generations: int = Field(2, ge=1)
     # Gradient steps a node takes between two looks at its sockets: small enough that a message
     # waiting meanwhile (an observation, a heartbeat) is answered within a few steps' time.
     # With `run.reproducible: true` the slices change nothing the seed decides: the steps are the

@@ -26,6 +26,7 @@ agents' side is agent_node/ctde_client.py.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import OrderedDict
@@ -34,7 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from agent_node.algos.mixers import CentralizedMixerLearner, JointReplayBuffer
-from agent_node.persistence import atomic_write
+from agent_node.persistence import atomic_write, read_sealed
 from protocols.ctde import CTDEParams, CTDETransitions
 
 
@@ -191,12 +192,13 @@ def save_joint_replay(replay: JointReplayBuffer, path: str | os.PathLike[str]) -
         "rng_state": np.array(json.dumps(replay.rng.bit_generator.state)),
     }
     contents.update({name: values[: replay.size] for name, values in replay.data.items()})
-    atomic_write(path, lambda file: np.savez(file, **contents))
+    atomic_write(path, lambda file: np.savez(file, **contents), sealed=True)
 
 
 def restore_joint_replay(replay: JointReplayBuffer, path: str | os.PathLike[str]) -> None:
-    """Fill `replay` from `path`; its capacity and row shapes must be those saved (else ValueError naming both)."""
-    with np.load(path, allow_pickle=False) as saved:
+    """Fill `replay` from `path`; its capacity and row shapes must be those saved (else ValueError naming both).
+    A file that fails its seal is a `DamagedStateError` naming it (agent_node/persistence.py)."""
+    with np.load(io.BytesIO(read_sealed(path)), allow_pickle=False) as saved:
         version = int(saved["format_version"])
         if version != JOINT_REPLAY_FORMAT_VERSION:
             raise ValueError(f"{path}: joint replay format {version}, expected {JOINT_REPLAY_FORMAT_VERSION}")

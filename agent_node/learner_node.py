@@ -21,7 +21,9 @@ at the end. Started again by `faults.restart` or a scheduled `restart`, it resto
 goes on from that gradient step; the agents' DEALERs reconnect to the same ipc endpoint by
 themselves and the rows they queued meanwhile arrive. What came after the last checkpoint is
 lost: those gradient steps are taken again on newer rows, and agents holding parameters newer
-than the restored step ignore the learner's until it passes them.
+than the restored step ignore the learner's until it passes them. Both files are sealed
+(agent_node/persistence.py): one that fails its check stops the node with exit code 3, naming
+the file, and it is not restarted (one generation only: no fallback yet, unlike an agent's).
 
 Two ways to start it:
 
@@ -57,6 +59,7 @@ from agent_node.algos.mixers import CentralizedMixerLearner
 from agent_node.ctde_learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
 from protocols.seeds import derive_seed
 from protocols.spaces import decode_space, encode_space
 from protocols.transport import Channel, Hub
@@ -306,6 +309,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
             """Checkpoint when due, metrics at each new parameter broadcast, status when due. Called
             after every message: a learner behind the agents always has more waiting, and must still report."""
             persistence.maybe_save(service)
+            hub.flush_logs()  # the aggregated lines of a flood, on time although `hub.wait` may not come soon
             core = service.core
             if core is not None and core.params_sent > logged[0]:
                 logged[0] = core.params_sent
@@ -316,6 +320,8 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
                     now, state="running", step=0 if core is None else core.learner.gradient_steps, episode=0, last_return=None,
                     msgs_per_s=service.messages / max(1e-9, now - started), extra=service.metrics(),
                 )
+                # The security drop counters (security/*), every status period like every other node's.
+                metrics.write(0 if core is None else core.learner.gradient_steps, hub.link_metrics())
 
         while not stop:
             timeout = min(_WAKE_S, max(0.0, control.next_status_at(status_every_s) - time.monotonic()))
@@ -336,6 +342,11 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         persistence.save_all(service)
     except ShutdownRequested as request:
         reason = request.reason
+    except DamagedStateError as error:
+        # Its checkpoint or joint replay cannot be read: nothing was saved over them (saves
+        # happen after the restore); stop, and ask not to be restarted (protocols/durable_state.py).
+        log.error("stopping: %s", error)
+        reason, exit_code = f"failure: {error}", EXIT_DAMAGED_STATE
     except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero
         log.exception("learner failed: %s", error)
         reason, exit_code = f"failed: {error}", 1
@@ -343,7 +354,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         try:
             if service is not None:
                 final = service.metrics()
-                metrics.write(0 if service.core is None else service.core.learner.gradient_steps, final)
+                metrics.write(0 if service.core is None else service.core.learner.gradient_steps, {**final, **hub.link_metrics()})
                 log.info("learner stopping (%s): %s", reason, json.dumps(final))
             if control is not None:
                 control.goodbye(reason)

@@ -88,6 +88,7 @@ from protocols import messages as m
 from protocols.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
 from protocols.control import ControlClient, ShutdownRequested, apply_network_fault
 from protocols.ctde import CTDEParams
+from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
 from protocols.flooding import FloodTable
 from protocols.hindsight import HindsightReport, HindsightRows
 from protocols.jsonlines import FileWriteError
@@ -228,7 +229,9 @@ class AgentNode:
             replay_save_every_steps=config.replay_save_every_steps,
             # learning: false observes nothing; offline learners have no buffer; a centralized agent's is the learner node's
             keep_replay=config.learning and not self.centralized,
+            keep_generations=config.keep_generations,
         )
+        self.state_damaged: str | None = None  # what `_restore` skipped, for the ready message
 
     # ------------------------------------------------------------------ states
 
@@ -293,7 +296,7 @@ class AgentNode:
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._pack_env_bodies()
         self._build_learner(welcome)
-        self.control.ready()
+        self.control.ready(state_damaged=self.state_damaged)
         self.transition(NodeState.READY)
         self.control.wait_for(m.Start, self.startup_timeout_s)
         self.transition(NodeState.RUNNING)
@@ -425,6 +428,14 @@ class AgentNode:
             self.stop_reason = request.reason
         except FileWriteError as error:  # its own files refused (disk full): one line, not a traceback
             self._stop_for_write_error(error)
+            if self.state is not NodeState.DRAINING:
+                self.state = NodeState.DRAINING
+        except DamagedStateError as error:
+            # No good generation of its saved state: stop, say which file, write nothing (the
+            # persistence never restored, so it saves nothing), and ask not to be restarted.
+            log.error("stopping: %s", error)
+            self.stop_reason = f"failure: {error}"
+            self.exit_code = EXIT_DAMAGED_STATE
             if self.state is not NodeState.DRAINING:
                 self.state = NodeState.DRAINING
         except Exception as error:  # noqa: BLE001 - reported, then the node drains and exits non-zero
@@ -976,6 +987,14 @@ class AgentNode:
         restored = self.persistence.restore(self.learner)
         if restored is not None:
             self.episodes.episodes = restored.episodes
+            if restored.damaged:
+                self.state_damaged = restored.describe_damage()
+                log.error("%s", self.state_damaged)
+                self.metrics.write(restored.step, {
+                    "persistence/restored_from_step": float(restored.step),
+                    "persistence/steps_lost": float(restored.steps_lost),
+                    "persistence/damaged_files": float(len(restored.damaged)),
+                })
             # The replay buffer is saved less often than the weights, and the steps since the
             # checkpoint are not replayed: the seed no longer decides what this agent learns.
             self._reproducibility_broken("restart", "this agent resumed from its last checkpoint")

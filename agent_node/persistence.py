@@ -8,10 +8,30 @@ sees the previous file or the new one, never half of one. When the file system r
 previous file stays as it was. Both the checkpoint (`save_checkpoint`)
 and the replay buffer (`ReplayBuffer.save`, which keeps its own file layout) write through it.
 
+**Sealed files** (issue 27). A rename protects against a kill mid-save, not against a file
+damaged afterwards (a disk error, a copy cut short, a user's mistake). So checkpoints and replay
+buffers are *sealed*: `atomic_write(..., sealed=True)` appends a trailer (magic, format version,
+payload length, CRC32 of the payload) and `read_sealed` checks it before anything parses the
+bytes. A file cut short loses its trailer, random bytes have none, a flipped byte fails the CRC:
+each is a `DamagedStateError` naming the file and what is wrong (protocols/durable_state.py), not
+an `[Errno 22]` from inside torch.load.
+
+**Generations.** A node keeps its last `keep` good saves of each file (`agents.keep_generations`,
+default 2), named by the lockstep step they hold (`checkpoints/step-000000120.pt`,
+`replay/step-000000120.npz`); `checkpoints/latest.pt` and `replay/buffer.npz` are symbolic links
+to the newest. On restore the newest generation that verifies is used; the newer ones that
+failed are renamed `<name>.damaged` (kept for the user, never pruned, never written over) and
+the fallback is reported (`Restored.damaged`, the steps of learning lost). When no generation of
+a file verifies, `restore` raises `DamagedStateError` naming them, leaves them as they are, and
+the node stops (it does not start from step 0 over the files it could not read; started again,
+it refuses them again).
+
 `NodePersistence` is the node's bookkeeping around those two files: when each is due (every
 `checkpoint_every_steps` / `replay_save_every_steps` lockstep steps), saving both at the end,
-and restoring them at start. It is handed the learner and never reaches into the replay buffer's
-internals: the buffer saves and restores itself.
+and restoring them at start. It writes nothing before `restore` has succeeded: a node that
+failed before or during its restore must not replace its saved state with an untrained one.
+It is handed the learner and never reaches into the replay buffer's internals: the buffer saves
+and restores itself.
 
 This module imports no torch at module level: the replay buffer (numpy only) imports
 `atomic_write` from here; torch is imported where a checkpoint is written or read.
@@ -19,21 +39,33 @@ This module imports no torch at module level: the replay buffer (numpy only) imp
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-import io
+import re
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Protocol
+from typing import IO, Any, Callable, Mapping, Protocol, TypeVar
 
+from protocols.durable_state import DamagedStateError
 from protocols.jsonlines import FileWriteError
 
 log = logging.getLogger("agent_node.persistence")
 
+# The trailer of a sealed file: magic, format version, payload length, CRC32 of the payload.
+# At the end rather than the start: the payload (np.savez's zip) is written by seeking back.
+SEAL_MAGIC = b"PARLEYSL"
+SEAL_FORMAT_VERSION = 1
+_SEAL = struct.Struct("<8sIQI")
+_CRC_CHUNK = 1 << 20
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Create or replace `path` with what `write(file)` writes, atomically (see the module doc).
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], *, sealed: bool = False) -> None:
+    """Create or replace `path` with what `write(file)` writes, atomically (see the module doc);
+    `sealed`: with the trailer `read_sealed` checks.
 
     An OSError of the file system (ENOSPC, EROFS, EACCES, ...) comes out as `FileWriteError`
     naming `path`; anything else `write` raises comes out as it is."""
@@ -48,6 +80,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()
+            if sealed:
+                _append_seal(file)
             os.fsync(file.fileno())
         os.replace(temporary, target)
     except BaseException as error:
@@ -60,6 +94,47 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             raise FileWriteError.of(target, error) from None
         raise
     _fsync_directory(directory)
+
+
+def _append_seal(file: IO[bytes]) -> None:
+    # The CRC is read back from the file rather than computed while writing: zip writers
+    # (np.savez) seek back to patch their headers, so the bytes written are not the file's.
+    length = os.fstat(file.fileno()).st_size
+    crc, offset = 0, 0
+    while offset < length:
+        chunk = os.pread(file.fileno(), min(_CRC_CHUNK, length - offset), offset)
+        if not chunk:
+            raise OSError(f"read back {offset} of {length} bytes")
+        crc = zlib.crc32(chunk, crc)
+        offset += len(chunk)
+    file.seek(0, os.SEEK_END)
+    file.write(_SEAL.pack(SEAL_MAGIC, SEAL_FORMAT_VERSION, length, crc))
+    file.flush()
+
+
+def read_sealed(path: str | os.PathLike[str]) -> bytes:
+    """The payload of the sealed file at `path`, verified; `DamagedStateError` naming the file and
+    what is wrong when it is cut short, not sealed, of another format version or fails its CRC."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DamagedStateError(path, f"cannot be read: {error.strerror or error}") from None
+    if len(data) < _SEAL.size:
+        raise DamagedStateError(path, f"{len(data)} bytes, shorter than its {_SEAL.size}-byte seal (cut short?)")
+    magic, version, length, crc = _SEAL.unpack_from(data, len(data) - _SEAL.size)
+    if magic != SEAL_MAGIC:
+        raise DamagedStateError(
+            path, f"no Parley seal at its end ({len(data)} bytes): cut short, overwritten, or not written by Parley"
+        )
+    if version != SEAL_FORMAT_VERSION:
+        raise DamagedStateError(path, f"sealed in format version {version}, this Parley reads version {SEAL_FORMAT_VERSION}")
+    payload = memoryview(data)[: len(data) - _SEAL.size]
+    if length != len(payload):
+        raise DamagedStateError(path, f"its seal says {length} bytes of payload, the file holds {len(payload)}")
+    if zlib.crc32(payload) != crc:
+        raise DamagedStateError(path, "its CRC32 does not match its contents (bytes changed after it was written)")
+    return bytes(payload)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -84,16 +159,136 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # that no longer says ENOSPC; a plain write of the bytes fails with the system's errno.
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+    atomic_write(path, lambda file: file.write(buffer.getbuffer()), sealed=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, None when there is none; `DamagedStateError` when it fails its
+    seal or torch cannot read what it holds."""
     if not path.exists():
         return None
+    payload = read_sealed(path)
     import torch
 
-    # weights_only: a checkpoint is data; unpickling arbitrary objects is never needed.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only: a checkpoint is data; unpickling arbitrary objects is never needed.
+        loaded = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever torch says, the file is named with it
+        raise DamagedStateError(path, f"sealed, but torch cannot load it: {error}") from None
+    if not isinstance(loaded, dict):
+        raise DamagedStateError(path, f"holds a {type(loaded).__name__}, not a checkpoint dict")
+    return loaded
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A generation that failed verification on restore, renamed to `kept_as`."""
+
+    path: Path
+    step: int
+    why: str
+    kept_as: Path
+
+
+class Generations:
+    """The last `keep` sealed saves of one file, `<directory>/step-<step><suffix>`, with `latest`
+    a symbolic link to the newest (see the module docstring)."""
+
+    _NAME = re.compile(r"step-(\d+)(\.[a-z]+)$")
+
+    def __init__(self, directory: Path, suffix: str, latest: str, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 generation, got {keep}")
+        self.directory = directory
+        self.suffix = suffix
+        self.latest = directory / latest
+        self.keep = keep
+
+    def path_of(self, step: int) -> Path:
+        return self.directory / f"step-{step:09d}{self.suffix}"
+
+    def steps(self) -> list[int]:
+        """The steps of the generations on disk, newest first (damaged ones, renamed, excluded)."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for entry in self.directory.iterdir():
+            match = self._NAME.fullmatch(entry.name)
+            if match and match.group(2) == self.suffix:
+                found.append(int(match.group(1)))
+        return sorted(found, reverse=True)
+
+    def save(self, step: int, save_at: Callable[[Path], None]) -> None:
+        """Have `save_at(path)` write generation `step` (sealed, atomically), point `latest` at
+        it, drop the oldest beyond `keep`."""
+        save_at(self.path_of(step))
+        self._point_latest_at(self.path_of(step))
+        for old in self.steps()[self.keep :]:
+            try:
+                self.path_of(old).unlink()
+            except FileNotFoundError:
+                pass
+
+    def _point_latest_at(self, path: Path) -> None:
+        # A new link under a temporary name renamed over the old one: readers see one or the other.
+        temporary = self.directory / f".{self.latest.name}.{os.getpid()}.tmp"
+        try:
+            try:
+                temporary.unlink()
+            except FileNotFoundError:
+                pass
+            os.symlink(path.name, temporary)
+            os.replace(temporary, self.latest)
+        except OSError as error:
+            raise FileWriteError.of(self.latest, error) from None
+
+    def remove_leftover_temporaries(self) -> list[Path]:
+        """Delete the temporary files of saves that a kill interrupted (`.<name>.*.tmp`)."""
+        removed = []
+        if self.directory.is_dir():
+            for entry in self.directory.glob(".*.tmp"):
+                try:
+                    entry.unlink()
+                    removed.append(entry)
+                except OSError as error:
+                    log.warning("could not remove the leftover temporary file %s: %s", entry, error)
+        return removed
+
+    def restore_newest(self, read: Callable[[Path], T]) -> tuple[int, T, list[Damaged]] | None:
+        """(step, what `read` made of it, the damaged generations newer than it) for the newest
+        generation that `read` accepts; None when there is none on disk. The generations `read`
+        refused with `DamagedStateError` are then renamed `<name>.damaged`, out of the way of
+        the saves to come. When every one is refused, `DamagedStateError` names them all and
+        they stay as they are: the next attempt refuses them again rather than starting fresh."""
+        refused: list[tuple[int, DamagedStateError]] = []
+        for step in self.steps():
+            path = self.path_of(step)
+            try:
+                value = read(path)
+            except DamagedStateError as error:
+                log.error("DAMAGED: %s", error)
+                refused.append((step, error))
+                continue
+            return step, value, [self._set_aside(step, error) for step, error in refused]
+        if refused:
+            newest = refused[0][1]
+            older = "; ".join(f"{error.path.name}: {error.why}" for _, error in refused[1:]) or "none"
+            raise DamagedStateError(
+                newest.path, f"{newest.why}; no good generation is left in {self.directory} (older ones: {older})"
+            )
+        return None
+
+    def _set_aside(self, step: int, error: DamagedStateError) -> Damaged:
+        kept_as = error.path.with_name(error.path.name + ".damaged")
+        try:
+            os.replace(error.path, kept_as)
+        except OSError as rename_error:
+            log.warning("could not rename the damaged %s: %s", error.path, rename_error)
+            kept_as = error.path
+        return Damaged(path=error.path, step=step, why=error.why, kept_as=kept_as)
 
 
 class SavesItself(Protocol):
@@ -116,20 +311,50 @@ class Restored:
     step: int  # the lockstep step the checkpoint was taken at
     episodes: int  # episodes this agent had finished by then
     replay_rows: int  # transitions restored into the replay buffer (0 when there was no file)
+    # Generations that failed verification and were skipped (newest first), checkpoints and replay.
+    damaged: tuple[Damaged, ...] = ()
+    replay_step: int | None = None  # the step of the replay generation restored
+
+    @property
+    def steps_lost(self) -> int:
+        """Lockstep steps of learning lost to damaged checkpoints: the newest damaged one's step
+        minus the step restored (0 when nothing was damaged)."""
+        newer = [d.step for d in self.damaged if d.path.suffix == ".pt"]
+        return max(0, max(newer) - self.step) if newer else 0
+
+    def describe_damage(self) -> str:
+        """One line for the log, the orchestrator and the report; empty when nothing was damaged."""
+        if not self.damaged:
+            return ""
+        files = "; ".join(f"{d.path} ({d.why}), kept as {d.kept_as.name}" for d in self.damaged)
+        replay = "" if self.replay_step is None else f", replay of step {self.replay_step}"
+        return (f"damaged state skipped: {files}; restored the older generation: checkpoint of step {self.step}"
+                f"{replay}; {self.steps_lost} steps of learning lost")
 
 
 class NodePersistence:
     def __init__(
-        self, node_dir: Path, *, checkpoint_every_steps: int, replay_save_every_steps: int, keep_replay: bool = True
+        self,
+        node_dir: Path,
+        *,
+        checkpoint_every_steps: int,
+        replay_save_every_steps: int,
+        keep_replay: bool = True,
+        keep_generations: int = 2,
     ) -> None:
-        self.checkpoint_path = node_dir / "checkpoints" / "latest.pt"
-        self.replay_path = node_dir / "replay" / "buffer.npz"
+        self.checkpoints = Generations(node_dir / "checkpoints", ".pt", "latest.pt", keep_generations)
+        self.replays = Generations(node_dir / "replay", ".npz", "buffer.npz", keep_generations)
+        self.checkpoint_path = self.checkpoints.latest
+        self.replay_path = self.replays.latest
         self.checkpoint_every_steps = checkpoint_every_steps
         self.replay_save_every_steps = replay_save_every_steps
         # False for a node that learns nothing (agents.learning: false): no buffer is saved or restored.
         self.keep_replay = keep_replay
         self.last_checkpoint_step = 0
         self.last_replay_save_step = 0
+        # Nothing is written until `restore` has run to its end (see the module docstring).
+        self.may_write = False
+        self._refused: set[str] = set()  # what `_writable` refused and said so (once each)
 
     def maybe_save(self, step: int, learner: PersistentLearner, episodes: int) -> None:
         """Save whichever of the two files is due at `step`."""
@@ -143,30 +368,55 @@ class NodePersistence:
         self.save_replay(step, learner)
 
     def save_checkpoint(self, step: int, learner: PersistentLearner, episodes: int) -> None:
-        save_checkpoint(self.checkpoint_path, {"learner": learner.state_dict(), "step": step, "episodes": episodes})
+        if not self._writable("checkpoint"):
+            return
+        state = {"learner": learner.state_dict(), "step": step, "episodes": episodes}
+        self.checkpoints.save(step, lambda path: save_checkpoint(path, state))
         self.last_checkpoint_step = step
 
     def save_replay(self, step: int, learner: PersistentLearner) -> None:
-        if not self.keep_replay:
+        if not self.keep_replay or not self._writable("replay buffer"):
             return
-        learner.replay.save(self.replay_path)
+        self.replays.save(step, learner.replay.save)  # the buffer writes itself, sealed
         self.last_replay_save_step = step
 
+    def _writable(self, what: str) -> bool:
+        if not self.may_write and what not in self._refused:
+            self._refused.add(what)
+            log.warning("not saving the %s: this node never restored its saved state, which stays as it is", what)
+        return self.may_write
+
     def restore(self, learner: PersistentLearner) -> Restored | None:
-        """Load the checkpoint and the replay buffer into `learner`, if they exist; None when
-        there is no checkpoint (a fresh start; a replay file alone is still restored)."""
-        checkpoint = load_checkpoint(self.checkpoint_path)
+        """Load the newest good checkpoint and replay generations into `learner`, if there are
+        any; None when there is no checkpoint (a fresh start; a replay file alone is still
+        restored). `DamagedStateError` when files exist and none verifies."""
+        for generations in (self.checkpoints, self.replays):
+            for leftover in generations.remove_leftover_temporaries():
+                log.info("removed %s, left by a save that was interrupted", leftover)
+        checkpoint = self.checkpoints.restore_newest(_read_checkpoint)
+        damaged: list[Damaged] = []
         if checkpoint is not None:
-            learner.load_state_dict(checkpoint["learner"])
-            log.info("restored checkpoint of step %d", checkpoint["step"])
-        replay_rows = 0
-        if self.keep_replay and self.replay_path.exists():
-            learner.replay.restore(self.replay_path)
-            replay_rows = len(learner.replay)
-            log.info("restored %d replay transitions", replay_rows)
+            step, state, skipped = checkpoint
+            damaged += skipped
+            learner.load_state_dict(state["learner"])
+            log.info("restored checkpoint of step %d", step)
+        replay_rows, replay_step = 0, None
+        if self.keep_replay:
+            replay = self.replays.restore_newest(lambda path: _restore_replay(learner.replay, path))
+            if replay is not None:
+                replay_step, _, skipped = replay
+                damaged += skipped
+                replay_rows = len(learner.replay)
+                log.info("restored %d replay transitions (step %d)", replay_rows, replay_step)
+        self.may_write = True
         if checkpoint is None:
+            if damaged:
+                log.error("restored the replay of step %s after skipping damaged files; no checkpoint", replay_step)
             return None
-        return Restored(step=int(checkpoint["step"]), episodes=int(checkpoint["episodes"]), replay_rows=replay_rows)
+        step, state, _ = checkpoint
+        restored = Restored(step=step, episodes=int(state["episodes"]), replay_rows=replay_rows,
+                            damaged=tuple(damaged), replay_step=replay_step)
+        return restored
 
     def load_initial_checkpoint(self, learner: PersistentLearner, path: Path) -> bool:
         """Start from another run's checkpoint (agents.load_checkpoints); False when it is missing."""
@@ -175,3 +425,20 @@ class NodePersistence:
             return False
         learner.load_state_dict(loaded["learner"])
         return True
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    if state is None:  # removed between the listing and the read
+        raise DamagedStateError(path, "disappeared while it was being restored")
+    missing = {"learner", "step", "episodes"} - set(state)
+    if missing:
+        raise DamagedStateError(path, f"a checkpoint without {sorted(missing)}")
+    return state
+
+
+def _restore_replay(replay: SavesItself, path: Path) -> None:
+    try:
+        replay.restore(path)
+    except (ValueError, KeyError, OSError) as error:  # sealed, yet not a buffer this node can take
+        raise DamagedStateError(path, f"sealed, but not a replay buffer this node can restore: {error}") from None

@@ -16,7 +16,9 @@ Why it looks like this:
 - **Persistence is a plain `.npz` file, never pickle.** `save` writes the filled rows, the ring
   position and the sampling RNG's state through `agent_node.persistence.atomic_write` (temporary
   file in the same directory, fsync, `os.replace`), so a crash mid-save leaves either the
-  previous file or the new one, never a torn file. `load` reads with `allow_pickle=False`.
+  previous file or the new one, never a torn file. The file is sealed (a trailer with a CRC32 and
+  a format version, `persistence.read_sealed`): a file damaged later is refused with a
+  `DamagedStateError` naming it, before numpy parses it. `load` reads with `allow_pickle=False`.
 
 Cost of `save`, measured on the project's 2-core machine (shared with other jobs) for a full buffer
 of 100,000 transitions, uncompressed npz, including the fsync: 16-25 ms with 2-float observations
@@ -27,6 +29,7 @@ few thousand environment steps costs well under 1% of the run. `load` takes abou
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -34,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from agent_node.persistence import atomic_write
+from agent_node.persistence import atomic_write, read_sealed
 from agent_node.roles import Transition
 
 # Bump when the layout of the saved file changes; `load` refuses files of another version.
@@ -172,12 +175,12 @@ class ReplayBuffer:
             # Only filled rows: a ring that has not wrapped yet has all its data in [0, size).
             contents[name] = getattr(self, name)[: self.size]
 
-        atomic_write(target, lambda file: np.savez(file, **contents))
+        atomic_write(target, lambda file: np.savez(file, **contents), sealed=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ReplayBuffer:
         """A new buffer with the capacity, shapes, dtypes, rows, position and RNG state saved at `path`."""
-        with np.load(path, allow_pickle=False) as saved:
+        with np.load(io.BytesIO(read_sealed(path)), allow_pickle=False) as saved:
             header = _read_header(saved, path)
             buffer = cls(
                 capacity=header["capacity"],
@@ -192,7 +195,7 @@ class ReplayBuffer:
 
     def restore(self, path: str | os.PathLike[str]) -> None:
         """Replace this buffer's contents with the file at `path`; capacity, shapes, dtypes must match."""
-        with np.load(path, allow_pickle=False) as saved:
+        with np.load(io.BytesIO(read_sealed(path)), allow_pickle=False) as saved:
             header = _read_header(saved, path)
             mine = {
                 "capacity": self.capacity,

@@ -6,7 +6,8 @@ Two ways to start it:
   it registers its endpoint, reports status, and stops on `control.shutdown`. It saves a resume
   point in its node directory after every step; started again over one (the orchestrator
   restarted it), it resumes the run at that step and says so in its `control.ready`
-  (env_server/resume.py).
+  (env_server/resume.py); over one that cannot be read it exits with code 3
+  (`EXIT_DAMAGED_STATE`, protocols/durable_state.py), naming the file, and is not restarted.
 - standalone (tests, benchmarks, a notebook): `--env NAME [--kwargs JSON] [--copies K]
   [--bind ADDRESS]`; it prints `READY <endpoint>` on stdout once bound and serves until
   SIGTERM / SIGINT.
@@ -29,6 +30,7 @@ from env_server.workers import SplitVectorEnv
 from protocols import messages as m
 from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault, stop_on_signals
 from protocols.config_errors import ConfigError
+from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
 from protocols.jsonlines import FileWriteError
 from protocols.node_config import bind_address, load_node_config, node_hub
 from protocols.seeds import derive_seed
@@ -155,37 +157,48 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     if env_config.eval_every_steps:
         eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False, forward_infos=forward_infos)
     hub = node_hub(config, identity)
-    server = EnvServer(
-        envs,
-        hub=hub,
-        env_name=env_config.name,
-        bind_address=bind_address(config, node_id, "env"),
-        rules=LockstepRules(
-            max_steps=config.run.steps,
-            step_deadline_s=env_config.step_deadline_s,
-            join_deadline_s=env_config.join_deadline_s,
-            default_action=env_config.default_action,
-            eval_every_steps=env_config.eval_every_steps,
-            eval_start_step=env_config.eval_start_step,
-            episode_start_hold_s=env_config.episode_start_hold_s,
-            step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
-        ),
-        seed=identity.seed("env"),
-        eval_seed=identity.seed("eval_env"),
-        default_action_seed=identity.seed("default_actions"),
-        advertise_host=config.network.advertised_host(),
-        eval_envs=eval_envs,
-        metrics_path=identity.node_dir / "metrics.jsonl",
-        env_kwargs=env_config.kwargs,
-        resume=ResumeFile(identity.node_dir / RESUME_FILENAME),
-    )
+    resume = ResumeFile(identity.node_dir / RESUME_FILENAME)
+    try:
+        server = EnvServer(
+            envs,
+            hub=hub,
+            env_name=env_config.name,
+            bind_address=bind_address(config, node_id, "env"),
+            rules=LockstepRules(
+                max_steps=config.run.steps,
+                step_deadline_s=env_config.step_deadline_s,
+                join_deadline_s=env_config.join_deadline_s,
+                default_action=env_config.default_action,
+                eval_every_steps=env_config.eval_every_steps,
+                eval_start_step=env_config.eval_start_step,
+                episode_start_hold_s=env_config.episode_start_hold_s,
+                step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
+            ),
+            seed=identity.seed("env"),
+            eval_seed=identity.seed("eval_env"),
+            default_action_seed=identity.seed("default_actions"),
+            advertise_host=config.network.advertised_host(),
+            eval_envs=eval_envs,
+            metrics_path=identity.node_dir / "metrics.jsonl",
+            env_kwargs=env_config.kwargs,
+            resume=resume,
+        )
+    except DamagedStateError as error:
+        # A resume point that exists but cannot be read: stop here, never a silent restart of
+        # the run from step 0 (resume.py); the orchestrator does not restart this exit code.
+        log.error("stopping: %s", error)
+        envs.close()
+        if eval_envs is not None:
+            eval_envs.close()
+        hub.close()
+        return EXIT_DAMAGED_STATE
     resumed = server.resumed_from
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = stop_on_signals()
     try:
         control.register("env_server", {"env": server.endpoint}, incarnation=server.incarnation)
         control.wait_for(m.Directory, startup_timeout_s)
-        control.ready(resumed_step=None if resumed is None else resumed.step)
+        control.ready(resumed_step=None if resumed is None else resumed.step, state_damaged=resume.damaged)
         reported_complete = False
         while not stop:
             server.poll_once(status_every_s)

@@ -23,9 +23,17 @@ than a lockstep step, so the file instead holds two fixed slots of `SLOT_BYTES` 
 overwrites the older one with a single `pwrite` (16 µs a save at load 5.5): a header (magic, sequence number, payload
 length, CRC32 of the payload) and the JSON payload. Loading takes the valid slot with the highest
 sequence number; a slot torn by a crash mid-write fails its CRC and the other slot, one step
-older, is used. Saves are not fsynced: the point survives the kill of the process (the page
+older, is used (and said: `damaged`, a warning naming the file, the orchestrator's
+`state_damaged` event). Saves are not fsynced: the point survives the kill of the process (the page
 cache keeps it), which is what a restart recovers from; a crash of the whole machine may lose the
 last steps, and then the run resumes from an older step.
+
+**Never a silent step 0** (issue 27). The file is created whole, by a rename, with its first
+point in it, so a file on disk always held a valid slot: a file in which neither slot is valid
+(cut short, overwritten, another program's) is damage, and `load` raises `DamagedStateError`
+naming the file and what is wrong with each slot. The server then stops with
+`EXIT_DAMAGED_STATE` and is not restarted (protocols/durable_state.py), instead of running the
+run's steps a second time from step 0.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from protocols.durable_state import DamagedStateError
 from protocols.jsonlines import FileWriteError
 
 log = logging.getLogger("env_server")
@@ -67,45 +76,82 @@ class ResumeFile:
         self.path = Path(path)
         self._fd: int | None = None
         self._sequence = 0  # of the newest slot on disk
+        self.damaged: str | None = None  # set by `load` when it skipped a slot that failed its check
 
     def load(self) -> ResumePoint | None:
-        """The newest valid point in the file; None when there is no file (a fresh run) or no
-        valid slot (a server killed before its first save finished)."""
+        """The newest valid point in the file; None when there is no file (a fresh run).
+        `DamagedStateError` when the file exists and neither slot is valid. When one slot is
+        valid and the other was written but fails its check, `damaged` says so."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            leftover.unlink(missing_ok=True)  # a creation that a kill interrupted
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as error:
-            raise FileWriteError.of(self.path, error) from None
+            raise DamagedStateError(self.path, f"cannot be read: {error.strerror or error}") from None
+        if len(data) != 2 * SLOT_BYTES:
+            raise DamagedStateError(self.path, f"{len(data)} bytes, where a resume file has {2 * SLOT_BYTES} (two slots)")
         best: tuple[int, ResumePoint] | None = None
+        problems: dict[int, str] = {}
         for slot in (0, 1):
-            decoded = _decode_slot(data[slot * SLOT_BYTES : (slot + 1) * SLOT_BYTES])
-            if decoded is not None and (best is None or decoded[0] > best[0]):
+            raw = data[slot * SLOT_BYTES : (slot + 1) * SLOT_BYTES]
+            decoded = _decode_slot(raw)
+            if isinstance(decoded, str):
+                if raw.count(0) != len(raw):  # an all-zero slot was never written: not damage
+                    problems[slot] = decoded
+            elif best is None or decoded[0] > best[0]:
                 best = decoded
         if best is None:
-            if data:
-                log.warning("%s holds no valid resume point (%d bytes); starting from step 0", self.path, len(data))
-            return None
+            raise DamagedStateError(
+                self.path, "no valid resume point in either slot (" + "; ".join(
+                    f"slot {slot}: {why}" for slot, why in sorted(problems.items())) + ")",
+            )
+        if problems:
+            (slot, why), = problems.items()
+            self.damaged = (f"{self.path}: slot {slot} {why} (torn by a kill mid-save, or damaged); resumed from the "
+                            f"other slot, step {best[1].step}, which may be one step older than the server reached")
+            log.warning("%s", self.damaged)
         self._sequence = best[0]
         return best[1]
 
     def save(self, point: ResumePoint) -> None:
-        """Overwrite the older slot with `point` (one pwrite). A refusing file system raises
-        `FileWriteError` naming the file."""
+        """Overwrite the older slot with `point` (one pwrite; the first save creates the file
+        whole, by a rename). A refusing file system raises `FileWriteError` naming the file."""
         payload = json.dumps(asdict(point), separators=(",", ":")).encode()
         if _HEADER.size + len(payload) > SLOT_BYTES:
             raise ValueError(f"a resume point of {len(payload)} bytes does not fit a {SLOT_BYTES}-byte slot: {point}")
         self._sequence += 1
-        record = _HEADER.pack(_MAGIC, self._sequence, len(payload), zlib.crc32(payload)) + payload
+        record = (_HEADER.pack(_MAGIC, self._sequence, len(payload), zlib.crc32(payload)) + payload).ljust(SLOT_BYTES, b"\0")
+        offset = (self._sequence % 2) * SLOT_BYTES
         try:
-            if self._fd is None:
+            if self._fd is None and not self.path.exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            written = os.pwrite(self._fd, record.ljust(SLOT_BYTES, b"\0"), (self._sequence % 2) * SLOT_BYTES)
-            if written != SLOT_BYTES:
+                self._create(bytes(offset) + record + bytes(SLOT_BYTES - offset))
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+                return
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            if os.pwrite(self._fd, record, offset) != SLOT_BYTES:
                 raise OSError(28, os.strerror(28))  # a short write: the disk filled mid-slot
         except OSError as error:
             raise FileWriteError.of(self.path, error) from None
+
+    def _create(self, contents: bytes) -> None:
+        # Whole or not at all: a file that exists always held a valid slot (see `load`).
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            if os.write(descriptor, contents) != len(contents):
+                raise OSError(28, os.strerror(28))
+            os.close(descriptor)
+            descriptor = -1
+            os.replace(temporary, self.path)
+        except OSError:
+            if descriptor >= 0:
+                os.close(descriptor)
+            temporary.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         if self._fd is not None:
@@ -113,15 +159,17 @@ class ResumeFile:
             self._fd = None
 
 
-def _decode_slot(slot: bytes) -> tuple[int, ResumePoint] | None:
-    """(sequence number, point) of a whole, valid slot; None for an empty, torn or foreign one."""
+def _decode_slot(slot: bytes) -> tuple[int, ResumePoint] | str:
+    """(sequence number, point) of a whole, valid slot; what is wrong with it otherwise."""
     if len(slot) < _HEADER.size:
-        return None
+        return f"is {len(slot)} bytes, shorter than its header"
     magic, sequence, length, crc = _HEADER.unpack_from(slot)
     payload = slot[_HEADER.size : _HEADER.size + length]
-    if magic != _MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
-        return None
+    if magic != _MAGIC:
+        return f"does not start with {_MAGIC!r}"
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        return "fails its CRC32"
     try:
         return sequence, ResumePoint(**json.loads(payload))
-    except (ValueError, TypeError):  # a payload of another version of this file: not ours to read
-        return None
+    except (ValueError, TypeError) as error:  # a payload of another version of this file
+        return f"holds a point this server cannot read ({error})"

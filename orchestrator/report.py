@@ -240,6 +240,8 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
         "reproducibility_broken_by": sorted(
             {key.split("/", 1)[1] for row in rows for key in row if key.startswith("reproducibility/")} - {"broken"}
         ),
+        # Restarts that fell back to an older generation of a damaged saved state (agent_node/persistence.py).
+        "state_damaged": [e["what"] for e in events if e.get("event") == "state_damaged" and e.get("node") == node],
     }
 
 
@@ -679,6 +681,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
         if a["reproducibility_broken_by"]:
             console.print(f"{node}: not reproducible (run.reproducible), timing decided: {', '.join(a['reproducibility_broken_by'])}")
+        for what in a.get("state_damaged", []):
+            console.print(f"{node}: RESTORED OLDER SAVED STATE: {what}")
 
 
 def evaluation_lines(summary: dict[str, Any]) -> list[str]:

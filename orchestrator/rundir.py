@@ -41,6 +41,7 @@ from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, wit
 from protocols.jsonlines import LineFile, LineWriteError
 from protocols.auth import KEYS_DIRNAME
 from protocols.config_errors import ConfigError
+from protocols.durable_state import EXIT_DAMAGED_STATE
 from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
 EVENTS_FILENAME = "events.jsonl"
@@ -96,16 +97,21 @@ def create_run_dir(config: RunConfig, run_dir: str | Path | None = None, now: da
             raise RunDirError(f"--run-dir {path}: cannot write in it: {error.strerror or error}") from None
     else:
         parent = (Path(config.run.root) / config.run.name).absolute()
-        parent.mkdir(parents=True, exist_ok=True)
         base = timestamp_name(now)
         suffix = 0
         while True:
             path = parent / (base if suffix == 0 else f"{base}-{suffix}")
             try:
+                parent.mkdir(parents=True, exist_ok=True)
                 path.mkdir()  # atomic: two runs started at once never share a directory
                 break
             except FileExistsError:
+                if not parent.is_dir():  # run.root (or a directory under it) is a file
+                    raise RunDirError(f"run.root {config.run.root}: cannot create {path}: a file stands in the way "
+                                      f"(expected a directory)") from None
                 suffix += 1
+            except OSError as error:  # a file in the way, no permission, a read-only file system
+                raise RunDirError(f"run.root {config.run.root}: cannot create {path}: {error.strerror or error}") from None
     os.chmod(path, 0o700)  # the endpoints and keys of a run are its user's alone
     for node in config.node_ids():
         (path / NODES_DIRNAME / node).mkdir(parents=True, exist_ok=True)
@@ -319,6 +325,8 @@ def describe_exit_code(code: int) -> str:
             return f"signal {signal.Signals(-code).name}"
         except ValueError:
             return f"signal {-code}"
+    if code == EXIT_DAMAGED_STATE:
+        return f"code {code} (it refused to start from damaged saved state; not restarted)"
     return f"code {code}"
 
 

@@ -46,6 +46,11 @@ with the endpoint, joins it again and resets, and an `env_server_resumed` event 
 step and the downtime. The agents are told rather than left to notice: an agent cannot tell a
 restarting server from a dead one, and the orchestrator, which restarts it, can.
 
+A node whose saved state is damaged (protocols/durable_state.py) either falls back to an older
+generation, which its `control.ready` says (a `state_damaged` event, a line on the terminal at
+the end, a line in the report), or exits with `EXIT_DAMAGED_STATE`, which no restart policy
+restarts: it would read the same files again.
+
 Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
 kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
 interrupted by Ctrl-C / SIGTERM.
@@ -80,6 +85,7 @@ from orchestrator.rundir import EventLog, explain_failure
 from orchestrator.status import StatusView
 from protocols import messages as m
 from protocols.auth import load_node_keys
+from protocols.durable_state import EXIT_DAMAGED_STATE
 from protocols.settings import ORCHESTRATOR_ID
 from protocols.topology import build_topology
 from protocols.transport import Hub, SocketOptions
@@ -229,6 +235,7 @@ class Orchestrator:
         self.interruption_logged = False
         self.run_complete = False
         self.failure: str | None = None
+        self.state_damaged: list[tuple[str, str]] = []  # (node, what) from `control.ready`
         self.started = False
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
@@ -485,6 +492,10 @@ class Orchestrator:
         if isinstance(message, m.Register):
             self.on_register(node, message)
         elif isinstance(message, m.Ready):
+            if message.state_damaged:
+                # A node fell back to an older generation of its saved state (protocols/durable_state.py).
+                self.state_damaged.append((node_id, message.state_damaged))
+                self.events.write("state_damaged", node_id, what=message.state_damaged)
             self.on_ready(node, message.resumed_step)
         elif isinstance(message, m.Status):
             node.last_status = message
@@ -606,6 +617,8 @@ class Orchestrator:
             return False
         if node.launch.role == "env_server" and not self.started:
             return False  # during start-up the agents are still joining it: the run fails instead
+        if code == EXIT_DAMAGED_STATE:
+            return False  # it would read the same damaged files again: a crash loop
         if node.restart_requested:
             return True
         policy = self.config.faults.restart
@@ -777,6 +790,8 @@ def run(plan: LaunchPlan, config: RunConfig) -> int:
     # Why each node that failed said it stopped, from memory (a full disk may have kept it out
     # of events.jsonl): "node agent_0 stopped: cannot write to ...: no space left on its file system".
     node_reasons = {node_id: said for node_id, node in orchestrator.nodes.items() if (said := failure_said(node))}
+    for node_id, what in orchestrator.state_damaged:
+        print(f"node {node_id} restored older saved state: {what}", file=sys.stderr)
     if orchestrator.events.failed is not None:
         print(f"run failed: {orchestrator.events.failed.strerror}", file=sys.stderr)
         for node_id, said in node_reasons.items():

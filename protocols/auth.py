@@ -238,6 +238,12 @@ class BadInputLog:
     every `interval_s` ("dropped 10000 invalid messages from X in the last 5 s: 9990 bad
     signature, 10 oversized"). The first drop from a source is logged at once, with its detail.
 
+    The rate limit is per node, not per source: at most `new_sources_per_interval` sources get
+    that first line of their own in any `interval_s`. A stranger that takes a new identity for
+    every connection would otherwise write one line per identity; past the limit, the drops of
+    new sources are counted together under `NEW_SOURCES` ("dropped 190 invalid messages from 190
+    new sources in the last 5 s: 190 bad signature").
+
     `totals` keeps the counts for the whole life of the process (for status and tests).
 
     Sources and reasons come from what arrived (a routing id, a message type), so what is kept of
@@ -253,6 +259,7 @@ class BadInputLog:
     MAX_REASONS = 64
     OTHER_SOURCES = "other sources"
     OTHER_REASONS = "other reasons"
+    NEW_SOURCES = "new sources"  # the drops of sources past the first-line limit go under this name
 
     def __init__(
         self,
@@ -264,6 +271,7 @@ class BadInputLog:
         many: str = "dropped {n} invalid messages",
         preposition: str = "from",
         max_sources: int = 1024,
+        new_sources_per_interval: int = 3,
     ) -> None:
         self.logger = logger
         self.where = where
@@ -274,6 +282,7 @@ class BadInputLog:
         self.interval_s = interval_s
         self.clock = clock
         self.max_sources = max_sources
+        self.new_sources_per_interval = new_sources_per_interval
         self.totals: Counter[str] = Counter()
         self._window: dict[str, Counter[str]] = {}
         # When each open window started, and when each source's first line was logged (its first
@@ -281,18 +290,30 @@ class BadInputLog:
         self._window_started: dict[str, float] = {}
         self._seen_sources: set[str] = set()
         self._reasons: dict[str, str] = {}  # each reason kept once, whatever string brought it
+        self._first_lines: list[float] = []  # when each recent first line was written
+        # Distinct sources counted under NEW_SOURCES in its open window (at most max_sources kept).
+        self._new_sources_in_window: set[str] = set()
+        self._new_sources_capped = False
 
     def record(self, source: str, reason: str, detail: str = "") -> None:
         now = self.clock()
         source = _bounded(source, self.MAX_NAME_CHARS)
         reason = self._reasons.get(reason) or self._reason(reason)
         self.totals[reason] += 1
-        if source not in self._seen_sources and len(self._seen_sources) < self.max_sources:
-            self._seen_sources.add(source)
-            self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
-                                f": {detail}" if detail else "")
-            self._window_started[source] = now
-            return
+        if source not in self._seen_sources:
+            self._first_lines = [t for t in self._first_lines if now - t < self.interval_s]
+            if len(self._first_lines) < self.new_sources_per_interval and len(self._seen_sources) < self.max_sources:
+                self._first_lines.append(now)
+                self._seen_sources.add(source)
+                self.logger.warning("%s: %s %s %s: %s%s", self.where, self.one, self.preposition, source, reason,
+                                    f": {detail}" if detail else "")
+                self._window_started[source] = now
+                return
+            if len(self._new_sources_in_window) < self.max_sources:
+                self._new_sources_in_window.add(source)
+            else:
+                self._new_sources_capped = True
+            source = self.NEW_SOURCES
         window = self._window.get(source)
         if window is None:
             if len(self._window) >= self.max_sources:
@@ -327,8 +348,13 @@ class BadInputLog:
         if counts is not None:  # (None: a first line with nothing after it in `interval_s`)
             total = sum(counts.values())
             reasons = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
+            named = source
+            if source == self.NEW_SOURCES:
+                distinct = len(self._new_sources_in_window)
+                named = f"{'at least ' if self._new_sources_capped else ''}{distinct} {self.NEW_SOURCES}"
+                self._new_sources_in_window, self._new_sources_capped = set(), False
             self.logger.warning("%s: %s %s %s in the last %.0f s: %s", self.where, self.many.format(n=total),
-                                self.preposition, source, max(now - started, 0.0), reasons)
+                                self.preposition, named, max(now - started, 0.0), reasons)
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -204,8 +204,8 @@ class ControlClient:
             raise ShutdownRequested(message.reason)
         return message
 
-    def ready(self, resumed_step: int | None = None) -> None:
-        self.channel.send(m.Ready(node_id=self.node_id, resumed_step=resumed_step))
+    def ready(self, resumed_step: int | None = None, state_damaged: str | None = None) -> None:
+        self.channel.send(m.Ready(node_id=self.node_id, resumed_step=resumed_step, state_damaged=state_damaged))
 
     def join_run(self, role: str, endpoints: dict[str, str], startup_timeout_s: float) -> m.Directory:
         """The whole start-up of a node that needs nothing between the steps (the learner node,

@@ -357,6 +357,9 @@ class Ready:
     # A restarted env server that took the run up again: the lockstep step it resumed at
     # (env_server/resume.py). None for every other node and for a first start.
     resumed_step: int | None = None
+    # A node that restored an older generation of its saved state because the newest failed
+    # verification: one line naming the files, why, and what was lost (protocols/durable_state.py).
+    state_damaged: str | None = None
 
 
 @register_message("control.start")

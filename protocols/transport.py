@@ -702,14 +702,22 @@ class Hub:
                 self._monitors[socket].drain()
         if due is not None:
             self.flush_due()
+        self.flush_logs()
+        return ready
+
+    def flush_logs(self) -> None:
+        """Write the aggregated bad-input lines whose window is over. `wait` calls it; a loop
+        that may go a long time without calling `wait` (a learner reading behind a stream of
+        transitions, whose `recv_all` never runs dry) calls it too, so a flood's lines come
+        within their window, not at exit."""
         now = time.monotonic()
-        if now >= self._next_log_flush:  # aggregated bad-input lines whose window is over
+        if now >= self._next_log_flush:
             self._next_log_flush = now + _LOG_FLUSH_EVERY_S
             for channel in self._channels.values():
                 channel.bad_input.flush(now)
             for monitor in self._monitors.values():
+                monitor.drain()  # refused handshakes are counted when drained, which `wait` may not reach
                 monitor.log.flush(now)
-        return ready
 
     def _start_authenticator(self) -> None:
         """Start the ZAP handler of this context: it admits the run's node keys only and names

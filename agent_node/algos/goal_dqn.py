@@ -27,6 +27,7 @@ The agent never sees messages or partner goals: goals are an input, the rest is 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -37,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import GoalDQNConfig
-from agent_node.persistence import atomic_write
+from agent_node.persistence import atomic_write, read_sealed
 from protocols.hindsight import achieved_after_each_step, relabel_episode
 
 
@@ -94,15 +95,15 @@ class GoalReplay:
 
     def save(self, path) -> None:
         """The filled rows, ring position and sampling RNG state, as an .npz written atomically
-        (temporary file, fsync, rename; agent_node/persistence.py), never pickled."""
+        (temporary file, fsync, rename) and sealed (agent_node/persistence.py), never pickled."""
         contents = {name: getattr(self, name)[: self.size] for name in self.FIELDS}
         contents["position"] = np.array(self.position, np.int64)
         contents["capacity"] = np.array(self.capacity, np.int64)
         contents["rng_state"] = np.array(json.dumps(self.rng.bit_generator.state))
-        atomic_write(Path(path), lambda file: np.savez(file, **contents))
+        atomic_write(Path(path), lambda file: np.savez(file, **contents), sealed=True)
 
     def restore(self, path) -> None:
-        with np.load(path, allow_pickle=False) as saved:
+        with np.load(io.BytesIO(read_sealed(path)), allow_pickle=False) as saved:
             if int(saved["capacity"]) != self.capacity or saved["obs"].shape[1:] != self.obs.shape[1:]:
                 raise ValueError(
                     f"{path}: a goal replay of capacity {int(saved['capacity'])} and obs {saved['obs'].shape[1:]}, "

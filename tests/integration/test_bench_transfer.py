@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from agent_node.persistence import load_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_transfer", REPO / "bench" / "transfer.py")
 bench = importlib.util.module_from_spec(spec)
@@ -55,8 +57,8 @@ def test_evaluation_only_runs_evaluate_once_with_the_episodes_asked_for(tmp_path
     for source, count in (("train_2", 2), ("train_mix", 4), ("train_4", 4)):
         run_dir = tmp_path / f"{source}_seed0"
         assert bench.agent_count(run_dir) == count
-        average = torch.load(run_dir / "shared_policy.pt", weights_only=True)["learner"]["dqn"]["q_network"]
-        copies = [torch.load(bench.checkpoint_of(run_dir, i), weights_only=True)["learner"]["dqn"]["q_network"]
+        average = load_checkpoint(run_dir / "shared_policy.pt")["learner"]["dqn"]["q_network"]
+        copies = [load_checkpoint(bench.checkpoint_of(run_dir, i))["learner"]["dqn"]["q_network"]
                   for i in range(count)]
         for key, value in average.items():
             torch.testing.assert_close(value, sum(copy[key] for copy in copies) / count, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_node.persistence import load_checkpoint
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -88,7 +89,7 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr.decode()[-3000:]
     checkpoint = trained_dir / "nodes" / "agent_0" / "checkpoints" / "latest.pt"
-    trained = torch.load(checkpoint, weights_only=True)["learner"]
+    trained = load_checkpoint(checkpoint)["learner"]
     assert trained["algorithm"] == "shared_dqn" and trained["dqn"]["gradient_steps"] > 0
 
     # The same policy evaluated by three agents on simple_spread N=3 (observations of 18 entries
@@ -106,7 +107,7 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
     for agent in AGENTS:
         assert "(shared by every agent)" in (three_dir / "nodes" / agent / "log").read_text()
         assert any("env/episode_return" in r for r in metrics(three_dir, agent))
-        ended = torch.load(three_dir / "nodes" / agent / "checkpoints" / "latest.pt", weights_only=True)["learner"]
+        ended = load_checkpoint(three_dir / "nodes" / agent / "checkpoints" / "latest.pt")["learner"]
         for name, tensor in trained["dqn"]["q_network"].items():
             assert torch.equal(ended["dqn"]["q_network"][name], tensor), (agent, name)
 
@@ -147,7 +148,7 @@ def test_a_parameter_shared_run_that_averages_at_end_ends_with_one_policy(tmp_pa
     )  # fmt: skip
     _, stderr = process.communicate(timeout=240)
     assert process.returncode == 0, stderr.decode()[-3000:]
-    networks = [torch.load(run_dir / "nodes" / agent / "checkpoints" / "latest.pt", weights_only=True)["learner"]["dqn"]
+    networks = [load_checkpoint(run_dir / "nodes" / agent / "checkpoints" / "latest.pt")["learner"]["dqn"]
                 for agent in AGENTS]
     assert all(network["gradient_steps"] > 0 for network in networks)
     averaged_at = {agent: sorted({r["step"] for r in metrics(run_dir, agent) if "consensus/duration_s" in r}) for agent in AGENTS}

@@ -72,18 +72,46 @@ def test_a_run_dir_on_a_read_only_file_system_exits_2_naming_the_path(tmpfs):
     assert_one_clear_line(up(run_dir), 2, str(run_dir), "Read-only file system")
 
 
-def test_a_run_dir_without_write_permission_exits_2_naming_the_path(tmp_path):
+def not_mine(directory: Path) -> tuple[str, ...]:
+    """Make `directory`, owned by nobody; return the command prefix that runs the orchestrator
+    as root without the capabilities that ignore file permissions (skips without root/setpriv)."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the orchestrator without CAP_DAC_OVERRIDE")
-    parent = tmp_path / "not_mine"
-    parent.mkdir()
-    os.chown(parent, 65534, 65534)  # nobody's
-    parent.chmod(0o755)
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)  # nobody's
+    directory.chmod(0o755)
     caps = "-dac_override,-dac_read_search,-fowner"
-    prefix = ("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}")
-    run_dir = parent / "run"
+    return ("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}")
+
+
+def test_a_run_dir_without_write_permission_exits_2_naming_the_path(tmp_path):
+    prefix = not_mine(tmp_path / "not_mine")
+    run_dir = tmp_path / "not_mine" / "run"
     assert_one_clear_line(up(run_dir, prefix=prefix), 2, str(run_dir), "Permission denied")
     assert not run_dir.exists()
+
+
+def up_under_root(root: Path, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`orchestrate up` without --run-dir: the run directory goes under `run.root`."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "orchestrator", "up", "configs/tiny_ring.yaml", "--set", f"run.root={root}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+
+
+def test_a_run_root_that_is_a_file_exits_2_naming_the_path(tmp_path):
+    root = tmp_path / "a_file"
+    root.write_text("not a directory")
+    result = up_under_root(root)
+    assert_one_clear_line(result, 2, f"run.root {root}", "Not a directory")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_run_root_without_write_permission_exits_2_naming_the_path(tmp_path):
+    root = tmp_path / "not_mine"
+    result = up_under_root(root, prefix=not_mine(root))
+    assert_one_clear_line(result, 2, f"run.root {root}", "Permission denied")
+    assert list(root.iterdir()) == []
 
 
 def test_a_disk_full_before_the_run_exits_1_and_leaves_no_run_dir(tmpfs):

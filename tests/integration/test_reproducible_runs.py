@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_node.persistence import load_checkpoint
 from tests.integration.test_orchestrate import orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -111,7 +112,7 @@ def seeded_rows(run_dir: Path, node: str) -> list[dict]:
 def checkpoint(run_dir: Path, agent: str) -> dict:
     import torch
 
-    return torch.load(run_dir / "nodes" / agent / "checkpoints" / "latest.pt", weights_only=True)
+    return load_checkpoint(run_dir / "nodes" / agent / "checkpoints" / "latest.pt")
 
 
 def assert_same_state(a, b, path: str = "checkpoint") -> None:

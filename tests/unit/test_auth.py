@@ -359,6 +359,24 @@ def test_a_burst_of_bad_input_is_one_line_first_and_one_aggregated_line_per_wind
     assert bad.totals == {"bad signature": 9991, "oversized": 10}
 
 
+def test_a_stranger_with_a_new_identity_per_connection_gets_a_few_lines_not_one_per_identity(caplog):
+    clock = FakeClock()
+    bad = BadInputLog(logging.getLogger("test.bad3"), "learner", interval_s=5.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="test.bad3"):
+        for i in range(200):
+            clock.now = i * 0.01  # 200 identities in 2 s
+            bad.record(f"b'stranger-{i}'", "bad signature")
+        clock.now = 5.1  # the window of the new sources began with the 4th, at 0.03 s
+        bad.flush()
+        clock.now = 6.0  # a window later, one more new identity has a line of its own again
+        bad.record("b'stranger-200'", "bad signature")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[:3] == [f"learner: dropped an invalid message from b'stranger-{i}': bad signature" for i in range(3)]
+    assert lines[3] == "learner: dropped 197 invalid messages from 197 new sources in the last 5 s: 197 bad signature"
+    assert lines[4:] == ["learner: dropped an invalid message from b'stranger-200': bad signature"]
+    assert bad.totals == {"bad signature": 201}
+
+
 def test_bad_input_left_in_a_window_is_flushed_on_close(caplog):
     clock = FakeClock()
     bad = BadInputLog(logging.getLogger("test.bad2"), "env", clock=clock)
@@ -372,7 +390,8 @@ def test_bad_input_left_in_a_window_is_flushed_on_close(caplog):
 def test_the_bad_input_log_is_bounded_in_bytes_whatever_names_arrive():
     """Sources and reasons come off the wire (a routing id, a message type): 10,000 distinct
     sources of 2 KiB and 500 distinct reasons leave the log's state under 1 MiB, and its lines
-    at one per source up to `max_sources`, then one aggregated line per window."""
+    at one per new source up to `new_sources_per_interval` in a window, then one aggregated line
+    for every other new source."""
     import tracemalloc
 
     class Lines(logging.Handler):  # counts lines without keeping them (caplog would keep them all)
@@ -384,7 +403,7 @@ def test_the_bad_input_log_is_bounded_in_bytes_whatever_names_arrive():
             line = record.getMessage()
             self.count += 1
             self.longest = max(self.longest, len(line))
-            self.other_sources += "from other sources in the last" in line
+            self.other_sources += f"from at least {BadInputLog(logging.getLogger(), '').max_sources} new sources" in line
 
     logger = logging.getLogger("test.bad3")
     lines = Lines()
@@ -408,10 +427,10 @@ def test_the_bad_input_log_is_bounded_in_bytes_whatever_names_arrive():
         logger.propagate = True
     assert kept < MIB, f"the bad-input log kept {kept} bytes"
     assert sum(bad.totals.values()) == 10_000 and len(bad.totals) == BadInputLog.MAX_REASONS + 1
-    # A first line for each of the first `max_sources` sources, one for each of the next
-    # `max_sources` (a window each), and one for all the others together; none carries a whole
-    # 2 KiB name (the longest lists the 65 reasons kept, of ~100 characters each).
-    assert lines.count == 2 * bad.max_sources + 1 and lines.other_sources == 1, lines.count
+    # A first line for each of the first `new_sources_per_interval` sources, and one for all the
+    # others together (counted up to `max_sources` distinct); none carries a whole 2 KiB name (the
+    # longest lists the 65 reasons kept, of ~100 characters each).
+    assert lines.count == bad.new_sources_per_interval + 1 and lines.other_sources == 1, lines.count
     assert lines.longest < 8 * 1024
 
 

@@ -1,10 +1,14 @@
-"""The env server's resume point on disk (env_server/resume.py): two CRC-checked slots, newest wins."""
+"""The env server's resume point on disk (env_server/resume.py): two CRC-checked slots, newest wins;
+a file without a valid slot is refused, never taken for a fresh start."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from env_server.resume import SLOT_BYTES, ResumeFile, ResumePoint
+from protocols.durable_state import DamagedStateError
 from protocols.jsonlines import FileWriteError
 
 
@@ -48,11 +52,60 @@ def test_a_torn_slot_falls_back_to_the_other_one_step_older(tmp_path):
     assert ResumeFile(path).load() == ResumePoint(step=10)
 
 
-@pytest.mark.parametrize("content", [b"", b"\0" * 100, b"garbage" * 200])
-def test_a_file_without_a_valid_slot_is_a_fresh_start(tmp_path, content):
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"", "0 bytes, where a resume file has 1024"),
+        (b"\0" * 100, "100 bytes, where a resume file has 1024"),
+        (bytes(range(256)) * 4, "slot 0: does not start with b'PRSM'; slot 1: does not start with b'PRSM'"),
+    ],
+)
+def test_a_file_without_a_valid_slot_is_refused_naming_it_never_a_fresh_start(tmp_path, content, why):
     path = tmp_path / "resume.bin"
     path.write_bytes(content)
-    assert ResumeFile(path).load() is None
+    with pytest.raises(DamagedStateError, match=f"damaged state file {path}: .*{why}") as refused:
+        ResumeFile(path).load()
+    assert refused.value.path == path
+    assert path.read_bytes() == content  # looked at, not touched
+
+
+def test_random_bytes_over_a_used_file_are_refused(tmp_path):
+    path = tmp_path / "resume.bin"
+    writer = ResumeFile(path)
+    for step in range(1, 30):
+        writer.save(ResumePoint(step=step))
+    writer.close()
+    path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
+    with pytest.raises(DamagedStateError, match="no valid resume point in either slot"):
+        ResumeFile(path).load()
+
+
+def test_the_first_save_creates_the_file_whole_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "env" / "resume.bin"
+    writer = ResumeFile(path)
+    writer.save(ResumePoint(step=0))
+    # Before the second save the file already holds a valid slot and an empty, never-written one.
+    assert path.stat().st_size == 2 * SLOT_BYTES
+    loaded = ResumeFile(path)
+    assert loaded.load() == ResumePoint(step=0) and loaded.damaged is None
+    writer.close()
+    assert [p.name for p in path.parent.iterdir()] == ["resume.bin"]
+
+
+def test_a_damaged_slot_beside_a_good_one_is_said(tmp_path):
+    path = tmp_path / "resume.bin"
+    writer = ResumeFile(path)
+    for step in (10, 11):
+        writer.save(ResumePoint(step=step))
+    writer.close()
+    data = bytearray(path.read_bytes())
+    data[SLOT_BYTES : SLOT_BYTES + 8] = b"garbage!"  # slot 1: not a resume point any more
+    path.write_bytes(bytes(data))
+    reader = ResumeFile(path)
+    point = reader.load()
+    assert reader.damaged == (f"{path}: slot 1 does not start with b'PRSM' (torn by a kill mid-save, or damaged); "
+                              f"resumed from the other slot, step {point.step}, which may be one step older than the "
+                              "server reached")
 
 
 def test_a_refusing_file_system_raises_a_file_write_error_naming_the_file(tmp_path):

@@ -12,8 +12,11 @@ import torch
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent
-from agent_node.persistence import NodePersistence, atomic_write, load_checkpoint, save_checkpoint
+from agent_node.persistence import (
+    SEAL_FORMAT_VERSION, NodePersistence, atomic_write, load_checkpoint, read_sealed, save_checkpoint,
+)
 from agent_node.roles import Transition
+from protocols.durable_state import DamagedStateError
 from protocols.jsonlines import FileWriteError
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -64,6 +67,7 @@ def test_checkpoint_round_trip_and_a_missing_file(tmp_path):
 def test_saves_when_due_and_restores_learner_replay_and_episode_count(tmp_path):
     persistence = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=4)
     agent = small_agent(seed=0)
+    assert persistence.restore(agent) is None  # a fresh start; saves are allowed after it
     agent.observe(some_transitions(6))
     agent.update()
 
@@ -90,6 +94,7 @@ def test_saves_when_due_and_restores_learner_replay_and_episode_count(tmp_path):
 def test_save_all_writes_both_files_at_the_end(tmp_path):
     persistence = NodePersistence(tmp_path, checkpoint_every_steps=1000, replay_save_every_steps=1000)
     agent = small_agent(seed=0)
+    persistence.restore(agent)
     agent.observe(some_transitions(3))
     persistence.save_all(5, agent, episodes=0)
     assert load_checkpoint(persistence.checkpoint_path)["step"] == 5
@@ -100,7 +105,9 @@ def test_a_node_that_learns_nothing_keeps_no_replay_and_can_start_from_another_r
     trained = small_agent(seed=0)
     trained.observe(some_transitions(6))
     trained.update()
-    NodePersistence(tmp_path / "trained", checkpoint_every_steps=1, replay_save_every_steps=1).save_all(9, trained, 3)
+    saving = NodePersistence(tmp_path / "trained", checkpoint_every_steps=1, replay_save_every_steps=1)
+    saving.restore(small_agent(seed=2))
+    saving.save_all(9, trained, 3)
 
     evaluator = NodePersistence(tmp_path / "eval", checkpoint_every_steps=1, replay_save_every_steps=1, keep_replay=False)
     fresh = small_agent(seed=1)
@@ -144,3 +151,117 @@ def test_a_replay_buffer_on_a_full_disk_fails_naming_the_file(full_disk):
     with pytest.raises(FileWriteError, match=f"cannot write to {path}.*: no space left on its file system"):
         agent.replay.save(path)
     assert not path.exists()
+
+
+# ---------------------------------------------------------------- sealed files and generations (issue 27)
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda data: data[: len(data) // 2], "no Parley seal at its end"),  # a copy cut short
+        (lambda data: np.random.default_rng(0).bytes(len(data)), "no Parley seal at its end"),
+        (lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], "CRC32 does not match"),
+        (lambda data: b"", "0 bytes, shorter than its"),
+    ],
+    ids=["half", "random", "one_byte", "empty"],
+)
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_why(tmp_path, damage, why):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.arange(300.0), "step": 7})
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DamagedStateError, match=why) as refused:
+        load_checkpoint(path)
+    assert refused.value.path == path and str(path) in str(refused.value)
+
+
+def test_a_seal_of_another_format_version_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    atomic_write(path, lambda file: file.write(b"payload"), sealed=True)
+    assert read_sealed(path) == b"payload"
+    data = bytearray(path.read_bytes())
+    data[-16:-12] = (SEAL_FORMAT_VERSION + 1).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedStateError, match=f"format version {SEAL_FORMAT_VERSION + 1}"):
+        read_sealed(path)
+
+
+def test_a_damaged_replay_file_is_refused_before_numpy_reads_it(tmp_path):
+    agent = small_agent(seed=0)
+    agent.observe(some_transitions(6))
+    agent.replay.save(tmp_path / "buffer.npz")
+    (tmp_path / "buffer.npz").write_bytes(np.random.default_rng(1).bytes(5000))
+    with pytest.raises(DamagedStateError, match="buffer.npz: no Parley seal"):
+        small_agent(seed=1).replay.restore(tmp_path / "buffer.npz")
+
+
+def saved_twice(tmp_path, keep: int = 2) -> tuple[NodePersistence, DQNAgent]:
+    """A node that saved both files at steps 10 and 20 (its learner after 20 is returned)."""
+    persistence = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10, keep_generations=keep)
+    agent = small_agent(seed=0)
+    assert persistence.restore(agent) is None
+    agent.observe(some_transitions(6))
+    agent.update()
+    persistence.maybe_save(10, agent, episodes=1)
+    agent.observe(some_transitions(4, seed=1))
+    agent.update()
+    persistence.maybe_save(20, agent, episodes=2)
+    return persistence, agent
+
+
+def test_the_last_k_generations_are_kept_and_latest_points_at_the_newest(tmp_path):
+    persistence, agent = saved_twice(tmp_path, keep=2)
+    persistence.maybe_save(30, agent, episodes=3)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest.pt", "step-000000020.pt", "step-000000030.pt"]  # fmt: skip
+    assert os.readlink(persistence.checkpoint_path) == "step-000000030.pt"
+    assert os.readlink(persistence.replay_path) == "step-000000030.npz"
+    assert load_checkpoint(persistence.checkpoint_path)["step"] == 30
+
+
+def test_a_checkpoint_cut_to_half_and_a_replay_of_random_bytes_fall_back_to_the_older_generation(tmp_path):
+    _, agent = saved_twice(tmp_path)
+    checkpoint = tmp_path / "checkpoints" / "step-000000020.pt"
+    replay = tmp_path / "replay" / "step-000000020.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    replay.write_bytes(np.random.default_rng(2).bytes(replay.stat().st_size))
+    leftover = tmp_path / "checkpoints" / ".latest.pt.k3j2.tmp"  # a save killed mid-write
+    leftover.write_bytes(b"half a save")
+    damaged_bytes = checkpoint.read_bytes()
+
+    restarted = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10)
+    fresh = small_agent(seed=1)
+    restored = restarted.restore(fresh)
+    assert (restored.step, restored.episodes, restored.replay_step, restored.replay_rows) == (10, 1, 10, 6)
+    assert restored.steps_lost == 10
+    assert [(d.path, d.step) for d in restored.damaged] == [(checkpoint, 20), (replay, 20)]
+    line = restored.describe_damage()
+    assert str(checkpoint) in line and str(replay) in line and "10 steps of learning lost" in line
+    assert not leftover.exists()
+    # The damaged files are kept aside, byte for byte, and no later save touches them.
+    assert (tmp_path / "checkpoints" / "step-000000020.pt.damaged").read_bytes() == damaged_bytes
+    restarted.save_all(20, fresh, episodes=1)
+    restarted.save_all(30, fresh, episodes=1)
+    restarted.save_all(40, fresh, episodes=1)
+    assert (tmp_path / "checkpoints" / "step-000000020.pt.damaged").read_bytes() == damaged_bytes
+    assert (tmp_path / "replay" / "step-000000020.npz.damaged").exists()
+
+
+def test_no_good_generation_refuses_to_start_and_writes_nothing(tmp_path):
+    saved_twice(tmp_path)
+    for name in ("step-000000010.pt", "step-000000020.pt"):
+        path = tmp_path / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()}
+
+    restarted = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10)
+    fresh = small_agent(seed=1)
+    with pytest.raises(DamagedStateError, match="step-000000020.pt: no Parley seal.*no good generation is left") as refused:
+        restarted.restore(fresh)
+    assert "step-000000010.pt: no Parley seal" in str(refused.value)
+    # What the node does next (agent_node/node.py): it drains, which saves; nothing is written.
+    restarted.save_all(0, fresh, episodes=0)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").iterdir()} == before
+    # Tried again, it refuses again: it never starts fresh over the files it could not read.
+    with pytest.raises(DamagedStateError):
+        NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10).restore(small_agent(seed=1))

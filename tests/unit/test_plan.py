@@ -167,6 +167,19 @@ def test_explicit_run_dir_must_be_new_or_empty(tiny, tmp_path: Path) -> None:
         create_run_dir(tiny, empty)  # now it holds the skeleton
 
 
+@pytest.mark.parametrize("where", ["root", "name"])
+def test_a_run_root_that_is_a_file_is_a_run_dir_error_naming_it(tiny, tmp_path: Path, where: str) -> None:
+    # run.root itself a file, or a file where <run.root>/<run.name> should be a directory.
+    root = tmp_path / "root"
+    if where == "root":
+        root.write_text("a file")
+    else:
+        root.mkdir()
+        (root / "tiny_ring").write_text("a file")
+    with pytest.raises(RunDirError, match=f"run.root {root}: cannot create {root}/tiny_ring/"):
+        create_run_dir(tiny.model_copy(update={"run": tiny.run.model_copy(update={"root": str(root)})}))
+
+
 def test_find_run_dir_picks_the_latest_run(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs" / "tiny_ring"

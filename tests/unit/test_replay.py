@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_node.persistence import atomic_write, read_sealed
 from agent_node.replay import ReplayBuffer, ReplayBufferFileError
 from agent_node.roles import Transition
 
@@ -210,26 +212,32 @@ def test_restore_refuses_a_buffer_of_another_layout(tmp_path):
         other_obs.restore(path)
 
 
+def sealed_npz(path, **contents) -> None:
+    """An .npz sealed as the buffer seals its own (agent_node/persistence.py): what is checked
+    below is the file's contents, past its seal."""
+    atomic_write(path, lambda file: np.savez(file, **contents), sealed=True)
+
+
 def test_load_rejects_foreign_and_pickled_files(tmp_path):
     foreign = tmp_path / "foreign.npz"
-    np.savez(foreign, weights=np.zeros(3))
+    sealed_npz(foreign, weights=np.zeros(3))
     with pytest.raises(ReplayBufferFileError, match="not a replay buffer file"):
         ReplayBuffer.load(foreign)
 
     # A file whose data field needs pickle (object dtype) must not be unpickled.
     path = tmp_path / "replay.npz"
     make_buffer().save(path)
-    with np.load(path) as saved:
+    with np.load(io.BytesIO(read_sealed(path))) as saved:
         contents = {key: saved[key] for key in saved.files}
     contents["reward"] = np.array([object()], dtype=object)
     tampered = tmp_path / "tampered.npz"
-    np.savez(tampered, **contents)
+    sealed_npz(tampered, **contents)
     with pytest.raises(ValueError, match="allow_pickle"):
         ReplayBuffer.load(tampered)
 
     contents = {key: value for key, value in contents.items() if key != "reward"}
     contents["format_version"] = np.array(999)
     future = tmp_path / "future.npz"
-    np.savez(future, **contents, reward=np.zeros(0, np.float32))
+    sealed_npz(future, **contents, reward=np.zeros(0, np.float32))
     with pytest.raises(ReplayBufferFileError, match="format version 999"):
         ReplayBuffer.load(future)

@@ -31,6 +31,7 @@ import msgpack
 import numpy as np
 import pytest
 import struct
+import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -1033,3 +1034,107 @@ def test_fuzzed_claims_and_duplicate_keys_give_a_protocol_error_or_an_honest_sen
 def test_a_packed_sender_under_the_run_key_must_be_a_node_id_too() -> None:
     with pytest.raises(MalformedPayload, match="packed head: sender 'a b' is not a node id"):
         wire.decode(wire.encode_packed("env.action", b"", sender="a b", seq=1, key=KEY), key=KEY)
+
+# --------------------------------------------------------------------------- fuzzing past the signature
+# The fuzz above changes signed frames, so with a key the decoder stops at the signature. Here the
+# changed body and buffers are signed again with the run's key (what a node of the run, or a
+# bug in one, could send): the decoder must get past the header and the signature and still
+# refuse bad array placeholders, dtypes, shapes, offsets and msgpack bombs with a ProtocolError.
+
+MSGPACK_BOMBS = [
+    b"\xdd\xff\xff\xff\xff",  # an array of 4 G elements, none present
+    b"\xdf\xff\xff\xff\xff",  # a map of 4 G pairs
+    b"\xc6\xff\xff\xff\xff",  # 4 GiB of bin
+    b"\xc9\xff\xff\xff\xff\x01",  # an ext of 4 GiB
+    b"\x91" * 100_000 + b"\xc0",  # 100,000 nested arrays
+    b"\x81\xa1k" * 50_000 + b"\xc0",  # 50,000 nested maps
+    b"\x81\xa4step" + b"\xdc\xff\xff" + b"\xc0" * 0xFFFF,  # 65,535 nils where a number belongs
+]
+
+
+def _resigned(frames: list[bytes], n_identities: int, key: bytes) -> list[bytes]:
+    head = frames[n_identities]
+    payload = head[len(b"PARLEY/2") + 1 + head[len(b"PARLEY/2")] :]
+    body, buffers = frames[n_identities + 1], frames[n_identities + 2 :]
+    return [*frames[:n_identities], head_frame(sign(key, payload, body, *buffers), payload), body, *buffers]
+
+
+def _placeholders(value: Any) -> list[msgpack.ExtType]:
+    if isinstance(value, msgpack.ExtType):
+        return [value]
+    if isinstance(value, dict):
+        return [found for item in value.values() for found in _placeholders(item)]
+    if isinstance(value, list):
+        return [found for item in value for found in _placeholders(item)]
+    return []
+
+
+def _replace(value: Any, old: msgpack.ExtType, new: msgpack.ExtType) -> Any:
+    if value is old:
+        return new
+    if isinstance(value, dict):
+        return {name: _replace(item, old, new) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_replace(item, old, new) for item in value]
+    return value
+
+
+@st.composite
+def resigned_bodies(draw: st.DrawFn) -> list[bytes]:
+    msg_type = draw(st.sampled_from(ALL_MSG_TYPES), label="msg_type")
+    message = draw(message_strategy(msg_type), label="message")
+    frames = as_bytes_frames(wire.encode(message, sender="s", run_id="r", seq=1, key=KEY))
+    body = msgpack.unpackb(frames[1], raw=False, strict_map_key=False, ext_hook=msgpack.ExtType)
+    placeholders = _placeholders(body)
+    kinds = ["bomb", "flip_body", "flip_buffer", "field"] + (["placeholder"] if placeholders else [])
+    kind = draw(st.sampled_from(kinds), label="kind")
+    if kind == "bomb":
+        frames[1] = draw(st.sampled_from(MSGPACK_BOMBS))
+    elif kind == "flip_body" and frames[1]:
+        body_bytes = bytearray(frames[1])
+        body_bytes[draw(st.integers(0, len(body_bytes) - 1))] ^= draw(st.integers(1, 255))
+        frames[1] = bytes(body_bytes)
+    elif kind == "flip_buffer" and len(frames) > 2 and frames[2]:
+        buffer = bytearray(frames[2])
+        buffer[draw(st.integers(0, len(buffer) - 1))] ^= draw(st.integers(1, 255))
+        frames[2] = bytes(buffer)
+    elif kind == "field" and isinstance(body, dict) and body:
+        name = draw(st.sampled_from(sorted(body, key=str)))
+        body[name] = draw(st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=8),
+                                    st.binary(max_size=8), st.lists(st.integers(), max_size=3)))
+        frames[1] = msgpack.packb(body, use_bin_type=True)
+    elif kind == "placeholder":
+        old = draw(st.sampled_from(placeholders))
+        data = bytearray(old.data)
+        # kind, dtype code, ndim (one byte each), buffer index (2 bytes), offset (8), then ndim dimensions (8 each)
+        position = draw(st.sampled_from([0, 1, 2, 3, 5, *range(13, len(data), 8)]))
+        width = 1 if position < 3 else 2 if position == 3 else 8
+        value = draw(st.integers(0, 2 ** (8 * width) - 1))
+        data[position : position + width] = value.to_bytes(width, "little")
+        code = draw(st.sampled_from([old.code, old.code, 0, 2, 127]))
+        frames[1] = msgpack.packb(_replace(body, old, msgpack.ExtType(code, bytes(data))), use_bin_type=True)
+    return _resigned(frames, 0, KEY)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(frames=resigned_bodies())
+def test_a_re_signed_bad_body_is_a_protocol_error_past_the_signature(frames: list[bytes]) -> None:
+    try:
+        envelope = wire.decode(frames, key=KEY)
+    except SignatureError as error:  # the frames were signed again: the signature must pass
+        raise AssertionError(f"re-signed frames failed the signature check: {error}") from None
+    except ProtocolError as error:
+        assert str(error), f"{type(error).__name__} without a message"
+        return
+    # Some changes leave a valid message (a flipped bit inside an array buffer or a string).
+    assert envelope.msg_type in MESSAGE_TYPES
+
+
+@pytest.mark.parametrize("bomb", MSGPACK_BOMBS, ids=range(len(MSGPACK_BOMBS)))
+def test_msgpack_bombs_in_a_signed_body_are_refused_quickly(bomb: bytes) -> None:
+    frames = _resigned(as_bytes_frames(wire.encode(Status("n", "s", 1, 1), sender="s", run_id="r", seq=1, key=KEY)), 0, KEY)
+    frames = _resigned([frames[0], bomb], 0, KEY)
+    started = time.monotonic()
+    with pytest.raises((MalformedPayload, FieldError)):
+        wire.decode(frames, key=KEY)
+    assert time.monotonic() - started < 1.0

@@ -1,0 +1,139 @@
+"""A node restarted over damaged saved state (issue 27), through a real run and its restart policy.
+
+configs/tiny_ring.yaml, agent_1 killed at step 30 and restarted by `faults.restart` after a
+backoff long enough for the test to damage its files meanwhile, as a disk error or a bad copy
+would: the newest checkpoint cut to half, the newest replay buffer overwritten with random bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocols.durable_state import EXIT_DAMAGED_STATE
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
+
+# Whole runs of 20-40 s each: `make test-long` (CI runs it after `make test`).
+pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(240)]
+
+KILL_AT_STEP = 30
+
+
+def wait_for_exit(run_dir: Path, process, node: str, timeout_s: float = 150) -> None:
+    """Poll the event log until `node` has exited (the orchestrator reaped it)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(e["event"] == "exited" and e["node"] == node for e in read_events(run_dir)):
+        assert process.poll() is None, f"orchestrator exited early: {process.communicate()[1].decode()[-3000:]}"
+        assert time.monotonic() < deadline, f"{node} was not killed within {timeout_s} s"
+        time.sleep(0.05)
+
+
+def run_killing_agent_1(run_dir: Path, damage) -> tuple[int, str, list[dict]]:
+    """Run tiny_ring with agent_1 killed at step 30; `damage(node_dir)` runs once it has exited,
+    before the restart. Returns the orchestrator's exit code, its stderr and the events."""
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=120",
+        "--set", "agents.checkpoint_every_steps=10", "--set", "agents.replay_save_every_steps=10",
+        "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [agent_1]}}]",
+        "--set", "env.step_deadline_s=1.0", "--set", "faults.restart={policy: on-failure, max_restarts: 3, backoff_s: 1.5}",
+    )  # fmt: skip
+    wait_for_exit(run_dir, process, "agent_1")
+    damage(run_dir / "nodes" / "agent_1")
+    assert not any(e["event"] == "restarted" for e in read_events(run_dir)), "restarted before the files were damaged"
+    _, stderr = process.communicate(timeout=200)
+    return process.returncode, stderr.decode(), read_events(run_dir)
+
+
+def newest(directory: Path, suffix: str) -> Path:
+    return max(directory.glob(f"step-*{suffix}"), key=lambda path: path.name)
+
+
+def test_a_checkpoint_cut_to_half_and_random_replay_bytes_fall_back_to_the_older_generation(tmp_path):
+    run_dir = tmp_path / "run"
+    damaged: dict[str, Path] = {}
+
+    def damage(node_dir: Path) -> None:
+        damaged["checkpoint"] = checkpoint = newest(node_dir / "checkpoints", ".pt")
+        damaged["replay"] = replay = newest(node_dir / "replay", ".npz")
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+        replay.write_bytes(np.random.default_rng(0).bytes(replay.stat().st_size))
+        damaged["bytes"] = checkpoint.read_bytes()
+
+    code, stderr, events = run_killing_agent_1(run_dir, damage)
+    assert code == 0, stderr[-3000:]
+    mine = [e for e in events if e["node"] == "agent_1"]
+    assert [e["event"] for e in mine].count("restarted") == 1
+    # Said to the orchestrator (an event), on the terminal and in the report, naming the files.
+    said = next(e["what"] for e in mine if e["event"] == "state_damaged")
+    assert str(damaged["checkpoint"]) in said and str(damaged["replay"]) in said and "steps of learning lost" in said
+    assert f"node agent_1 restored older saved state: {said}" in stderr
+    report = " ".join((run_dir / "report" / "summary.md").read_text().split())  # the lines wrap
+    assert f"agent_1: RESTORED OLDER SAVED STATE: {said}" in report
+    log = (run_dir / "nodes" / "agent_1" / "log").read_text()
+    assert "DAMAGED" in log and "no Parley seal" in log
+    # The metrics say from which step and how much was lost; the run went on to its end.
+    rows = [json.loads(line) for line in (run_dir / "nodes" / "agent_1" / "metrics.jsonl").read_text().splitlines()]
+    lost = next(r for r in rows if "persistence/steps_lost" in r)
+    damaged_step = int(damaged["checkpoint"].name.split("-")[1].split(".")[0])
+    assert lost["persistence/restored_from_step"] == damaged_step - 10 and lost["persistence/steps_lost"] == 10
+    assert rows[-1]["step"] == 120
+    # The damaged file is kept aside as it was; nothing wrote over it.
+    kept = damaged["checkpoint"].with_name(damaged["checkpoint"].name + ".damaged")
+    assert kept.read_bytes() == damaged["bytes"]
+    assert not list((run_dir / "nodes" / "agent_1" / "checkpoints").glob(".*.tmp"))
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
+def test_no_good_generation_stops_the_node_naming_the_file_and_the_restart_policy_stops(tmp_path):
+    run_dir = tmp_path / "run"
+    before: dict[str, bytes] = {}
+
+    def damage(node_dir: Path) -> None:
+        for checkpoint in (node_dir / "checkpoints").glob("step-*.pt"):
+            checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+        before.update({p.name: p.read_bytes() for p in (node_dir / "checkpoints").iterdir() if p.is_file()})
+
+    code, stderr, events = run_killing_agent_1(run_dir, damage)
+    assert code == 1, stderr[-3000:]
+    mine = [e for e in events if e["node"] == "agent_1"]
+    kinds = [e["event"] for e in mine]
+    assert kinds.count("restarted") == 1 and kinds.count("restart_scheduled") == 1, kinds  # no crash loop
+    why = [line for line in stderr.splitlines() if line.startswith(("run failed", "node "))]
+    assert [e["code"] for e in mine if e["event"] == "exited"][-1] == EXIT_DAMAGED_STATE, "\n".join(why)
+    # One line on the terminal names the file and why; the files are as the damage left them.
+    newest_name = max(before, key=lambda name: name if name.startswith("step-") else "")
+    line = next(line for line in stderr.splitlines() if "damaged state file" in line)
+    assert newest_name in line and "no Parley seal" in line and "no good generation is left" in line, line
+    checkpoints = run_dir / "nodes" / "agent_1" / "checkpoints"
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir() if p.is_file()} == before
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
+def test_a_damaged_env_server_resume_point_stops_the_run_naming_it_never_a_return_to_step_0(tmp_path):
+    run_dir = tmp_path / "run"
+    process = orchestrate(
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=100000",
+        "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [env]}}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], max_restarts: 3, backoff_s: 1.5}",
+    )  # fmt: skip
+    wait_for_exit(run_dir, process, "env")
+    resume = run_dir / "nodes" / "env" / "resume.bin"
+    resume.write_bytes(np.random.default_rng(0).bytes(resume.stat().st_size))
+    damaged = resume.read_bytes()
+    assert not any(e["event"] == "restarted" for e in read_events(run_dir)), "restarted before the file was damaged"
+    _, stderr = process.communicate(timeout=200)
+    stderr = stderr.decode()
+    events = read_events(run_dir)
+    assert process.returncode == 1, stderr[-3000:]
+    env = [e for e in events if e["node"] == "env"]
+    assert [e["code"] for e in env if e["event"] == "exited"] == [-9, EXIT_DAMAGED_STATE]
+    assert [e["event"] for e in env].count("restarted") == 1  # not restarted again: no crash loop
+    assert not [e for e in events if e["event"] == "env_server_resumed"], "the run did not go on from step 0"
+    assert f"damaged state file {resume}: no valid resume point in either slot" in stderr, stderr[-3000:]
+    assert "refused to start from damaged saved state" in stderr
+    assert resume.read_bytes() == damaged
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
