@@ -116,7 +116,7 @@ def same_updates(current_class, baseline_class, env_steps: int = 20) -> dict:
         for (key, a), (_, b) in zip(getattr(current, name).state_dict().items(), getattr(baseline, name).state_dict().items()):
             if not bool((a == b).all()):
                 mismatched.append(f"{name}.{key}")
-    if float(current.log_alpha) != float(baseline.log_alpha):
+    if float(current.log_alpha.detach()) != float(baseline.log_alpha.detach()):
         mismatched.append("log_alpha")
     if current_metrics != baseline_metrics:
         mismatched.append("metrics")
