@@ -85,6 +85,16 @@ def hidden_layers(in_features: int, hidden_sizes: tuple[int, ...]) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def hidden_features(layers: nn.Sequential, inputs: torch.Tensor) -> torch.Tensor:
+    """`layers(inputs)` for a `hidden_layers` stack, computed with F.linear and relu directly: the
+    same operations on the same tensors (bitwise the same values and gradients), without a module
+    call per layer, which the SAC update makes ~40 times per gradient step."""
+    features = inputs
+    for layer in layers:
+        features = F.linear(features, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.relu(features)
+    return features
+
+
 class SoftQNetwork(nn.Module):
     """Q(s, a) from a flattened observation and an action normalized to [-1, 1]."""
 
@@ -94,8 +104,8 @@ class SoftQNetwork(nn.Module):
         self.q_head = nn.Linear(hidden_sizes[-1], 1)
 
     def forward(self, obs: torch.Tensor, unit_action: torch.Tensor) -> torch.Tensor:
-        features = self.hidden(torch.cat([obs.flatten(start_dim=1), unit_action], dim=1))
-        return self.q_head(features).squeeze(1)
+        features = hidden_features(self.hidden, torch.cat([obs.flatten(start_dim=1), unit_action], dim=1))
+        return F.linear(features, self.q_head.weight, self.q_head.bias).squeeze(1)
 
 
 class TanhGaussianActor(nn.Module):
@@ -108,9 +118,9 @@ class TanhGaussianActor(nn.Module):
         self.log_std_head = nn.Linear(hidden_sizes[-1], action_dim)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.hidden(obs.flatten(start_dim=1))
-        log_std = self.log_std_head(features).clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return self.mean_head(features), log_std
+        features = hidden_features(self.hidden, obs.flatten(start_dim=1))
+        log_std = F.linear(features, self.log_std_head.weight, self.log_std_head.bias).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return F.linear(features, self.mean_head.weight, self.mean_head.bias), log_std
 
     def sample(
         self, obs: torch.Tensor, generator: torch.Generator, log_half_range_sum: float
