@@ -71,6 +71,8 @@ from agent_node.roles import Transition
 # log-probability explodes; above 2 the tanh saturates and the action is a coin flip of the bounds.
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
+# The most batches `update` gathers in one go (10 per env step at OG-MARL's ratio).
+_BATCHES_AT_ONCE = 64
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -344,12 +346,20 @@ class SACAgent:
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
         if steps == 0:
             return {"sac/alpha": self.alpha}
-        batches, num_real = self.sample_batches(steps)
-        step_index = iter(range(steps))
+        # Batches are gathered up to _BATCHES_AT_ONCE at a time: a call that owes many steps (a
+        # learner catching up) would otherwise hold all its batches in memory at once.
+        pending: list[tuple[dict[str, torch.Tensor], int]] = []
+        left = steps
 
         def next_step() -> dict[str, float]:
-            index = next(step_index)
-            return self._train_on({name: column[index] for name, column in batches.items()}, num_real)
+            nonlocal left
+            if not pending:
+                count = min(left, _BATCHES_AT_ONCE)
+                batches, num_real = self.sample_batches(count)
+                left -= count
+                pending.extend(({name: column[index] for name, column in batches.items()}, num_real) for index in range(count))
+            batch, num_real = pending.pop(0)
+            return self._train_on(batch, num_real)
 
         metrics = run_gradient_steps(next_step, steps)
         metrics["sac/alpha"] = self.alpha

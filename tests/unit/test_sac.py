@@ -357,3 +357,12 @@ def test_batched_update_takes_the_same_steps_as_one_batch_per_step(real_ratio):
     assert torch.equal(batched.log_alpha.detach(), before.log_alpha.detach())
     # One step through the single-batch entry point is the same step too.
     assert batched._gradient_step() == _one_step_as_before(before)
+    # A call owing more steps than one gather holds (a learner catching up) takes them in chunks.
+    for agent in agents:
+        agent.observe(bandit_transition(np.zeros((7, 1), np.float32), np.full((7, 1), 0.5, np.float32)))
+    owed = batched.gradient_steps_due()
+    assert owed > 64  # more than one gather (the single step above counts against these)
+    metrics = batched.update()
+    steps = [_one_step_as_before(before) for _ in range(owed)]
+    assert metrics["sac/critic_loss"] == sum(step["sac/critic_loss"] for step in steps) / owed
+    assert all(torch.equal(a, b) for a, b in zip(batched.actor.parameters(), before.actor.parameters()))
