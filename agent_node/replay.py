@@ -116,12 +116,17 @@ class ReplayBuffer:
         `rng`: draw with this generator instead of the buffer's own, so a second reader (a world
         model fit beside the learner) keeps its own random stream and leaves the learner's
         minibatch draws as they would have been."""
+        indices = self.draw_indices(batch_size, rng)
+        return {name: getattr(self, name)[indices] for name in _DATA_FIELDS}
+
+    def draw_indices(self, batch_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The row indices `sample` would take (the same draw from the same generator), for a
+        caller that gathers several batches at once."""
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer; add transitions first")
-        indices = (self.rng if rng is None else rng).integers(0, self.size, size=int(batch_size))
-        return {name: getattr(self, name)[indices] for name in _DATA_FIELDS}
+        return (self.rng if rng is None else rng).integers(0, self.size, size=int(batch_size))
 
     def _validated_rows(self, transition: Transition) -> dict[str, np.ndarray]:
         if not isinstance(transition, Transition):

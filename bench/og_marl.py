@@ -7,19 +7,31 @@
     python bench/og_marl.py --calibrate-optimism [--seeds 0,1,2,3,4]
 
 Each (variant, seed) is one `orchestrate up` of the variant's config with the budget set from the
-flags, run one after the other so they do not compete for the cores. The env server evaluates
-every 200 lockstep steps from the end of the random phase, 5 greedy episodes each; a run's score is
-the mean of its last 5 evaluations. Every table and figure names the action-penalty weight
+flags, run one after the other so they do not compete for the cores, with `run.reproducible`
+(`--no-reproducible` turns it off; push-sum and lossy links are refused by it and always run
+without), so that a seed fixes the run and the same seed pairs two variants exactly. The env
+server evaluates every 200 lockstep steps from the end of the random phase, 5 greedy episodes
+each. Per run: the mean of its last 5 evaluations, the area under its evaluation curve (the
+curve's mean return over the training steps, trapezoid rule) and the first training step at
+which an evaluation reached 400. Every table and figure names the action-penalty weight
 (`--penalty`, 1.0 is the reference's `env.py` line 144; 0 switches the penalty off).
 
-Variants (`VARIANTS` below): og_marl (reference variance, c = 0.01), og_marl_epistemic (epistemic
-variance, c calibrated to the same mean bonus), og_marl_ref_scale (reference variance at the c that
-gives the reference code's own bonus size), og_marl_c0, og_marl_local (each agent its own GP,
-no consensus), og_marl_centralized (exact average in one round), og_marl_push_sum, og_marl_one_real
-and og_marl_terminal (one real row per batch as the reference's, bootstrapping through the time
-limit or treating it as terminal as the reference does), og_marl_lossy (every agent <-> agent link
-200 ms late and 30 % lossy, rounds waiting up to 1 s; its rounds with a missing share are counted,
-not a failure), sac and sac_terminal.
+Variants (`VARIANTS` below): og_marl (the shipped config: the reference's kernel on raw inputs and
+its bonus at c = 0.01, refits drawn uniformly, one real row per batch), og_marl_pre23 (the shipped
+setting before issue 23), og_marl_epistemic (epistemic variance, c calibrated to the same mean
+bonus), og_marl_c0, og_marl_local (each agent its own GP, no consensus), og_marl_centralized
+(exact average in one round), og_marl_push_sum, og_marl_terminal (the time limit terminal as the
+reference's), og_marl_lossy (every agent <-> agent link 200 ms late and 30 % lossy, rounds waiting
+up to 1 s; its rounds with a missing share are counted, not a failure), sac (1 update per step),
+sac_utd10 (10 updates per step, OG-MARL's ratio) and sac_terminal. The regimes (`REGIMES`) copy
+some of them with a suffix: `_explore` (1,000 random steps instead of 5,000), `_scarce` (32
+transitions per refit instead of 256), `_equal_eta` (every agent's gain 1).
+
+Paired comparisons (`DEFAULT_COMPARISONS` of the variants that ran, or `--compare A:B,...`), first
+minus second over the seeds where both passed, for each of the three scores: mean and SD of the
+differences, 95 % t-interval, two-sided p, and the minimum detectable effect at 80 % power
+(two-sided 0.05, exact noncentral t) from that SD, i.e. the smallest true difference these seeds
+would likely have shown.
 
 A run FAILS (reported, and the script exits non-zero) when
 - it crashed or timed out;
@@ -83,6 +95,12 @@ class Variant:
     # Lossy peer links drop consensus shares by design: rounds with a missing neighbour are then
     # counted and reported, not a failure of the run.
     lossy_links: bool = False
+    # The random phase of this variant (None: `--random-steps`); the exploration-hard regime
+    # shortens it.
+    random_steps: int | None = None
+    # run.reproducible refuses push-sum and links that drop messages (timing would decide them):
+    # such variants run without it, and say so in their row.
+    reproducible: bool = True
 
 
 VARIANTS: dict[str, Variant] = {
@@ -90,34 +108,35 @@ VARIANTS: dict[str, Variant] = {
     "og_marl_epistemic": Variant(
         "configs/og_marl_ring5_epistemic.yaml", "og_marl", label="OG-MARL (epistemic variance, calibrated c)"
     ),
-    # The reference form at the reference code's own bonus size (its kernel sees raw inputs); c
-    # from `--calibrate-optimism` (c_reference_at_reference_code_scale).
-    "og_marl_ref_scale": Variant(
+    # The shipped setting before issue 23, for continuity with the rows measured then: the
+    # box-scaled kernel without the constant (a near-constant bonus of 0.012-0.015), refits on
+    # the newest 320 rows, no real row per batch.
+    "og_marl_pre23": Variant(
         "configs/og_marl_ring5.yaml",
         "og_marl",
-        ("agents.learner.optimism=0.047",),
-        label="OG-MARL (reference variance, c=0.047: the reference code's bonus)",
+        (
+            "agents.world_model.input_scaling=box",
+            "agents.world_model.linear_constant=0.0",
+            "agents.learner.fit_sampling=latest",
+            "agents.learner.real_ratio=0.0",
+        ),
+        label="OG-MARL as shipped before issue 23 (box kernel, newest rows, no real row)",
     ),
     "og_marl_c0": Variant("configs/og_marl_ring5_no_optimism.yaml", "og_marl", label="OG-MARL c=0"),
     "og_marl_local": Variant("configs/og_marl_ring5_local.yaml", "og_marl", label="OG-MARL, local GP only"),
     "og_marl_centralized": Variant("configs/og_marl_centralized5.yaml", "og_marl", label="OG-MARL, centralized GP"),
     # Needs the node's push-sum fix (another branch); the config and this row are ready for it.
-    "og_marl_push_sum": Variant("configs/og_marl_ring5_push_sum.yaml", "og_marl", label="OG-MARL, push-sum"),
-    # OG-MARL's batches are all imagined (real_ratio 0), and imagined rows are never truncated, so
-    # the time limit reaches its critic only through real rows: these two rows use the reference's
-    # effective batch, one real row of 256 (odmar.py line 917: REAL_RATIO = 0.0 rounds up to 1), bootstrapping
-    # through the time limit and treating it as terminal (the reference's `done = 1`).
-    "og_marl_one_real": Variant(
-        "configs/og_marl_ring5.yaml",
-        "og_marl",
-        ("agents.learner.real_ratio=0.00390625",),
-        label="OG-MARL, 1 real row per batch",
+    "og_marl_push_sum": Variant(
+        "configs/og_marl_ring5_push_sum.yaml", "og_marl", label="OG-MARL, push-sum", reproducible=False
     ),
+    # The time limit reaches OG-MARL's critic only through its one real row per batch (the
+    # reference's, odmar.py line 917, and the shipped default since issue 23): bootstrapping
+    # through it (the default) or treating it as terminal (the reference's `done = 1`).
     "og_marl_terminal": Variant(
         "configs/og_marl_ring5.yaml",
         "og_marl",
-        ("agents.learner.real_ratio=0.00390625", "agents.learner.sac.bootstrap_on_truncation=false"),
-        label="OG-MARL, 1 real row per batch, time limit terminal",
+        ("agents.learner.sac.bootstrap_on_truncation=false",),
+        label="OG-MARL, time limit terminal",
     ),
     # Issue 9's experiment: every agent <-> agent link (not the env links) delays each message by
     # 200 ms and drops 30 %; a synchronous round then waits up to 1 s (the shipped 10 s is sized to
@@ -128,12 +147,65 @@ VARIANTS: dict[str, Variant] = {
         ("network.links=[{role: peer_links, link: {delay_s: 0.2, loss: 0.3}}]", "protocols.consensus.round_timeout_s=1.0"),
         label="OG-MARL, peer links 200 ms and 30 % loss",
         lossy_links=True,
+        reproducible=False,
     ),
     "sac": Variant("configs/sac_ring5.yaml", "sac", label="SAC"),
+    # The update-ratio control: SAC on real data with OG-MARL's 10 gradient steps per env step, so
+    # OG-MARL against it measures the model, not the extra gradient steps.
+    "sac_utd10": Variant("configs/sac_ring5.yaml", "sac", ("agents.learner.updates_per_step=10",), label="SAC, 10 updates per step"),
     "sac_terminal": Variant(
         "configs/sac_ring5.yaml", "sac", ("agents.learner.bootstrap_on_truncation=false",), label="SAC, time limit terminal"
     ),
 }
+
+# Regimes in which the mechanisms can matter (issue 23), each a copy of some variants above:
+# - `_explore`: exploration made hard, EXPLORE_RANDOM_STEPS random steps instead of 5,000, so the
+#   first policies must find the sites themselves (where optimism could pay);
+# - `_scarce`: SCARCE_FIT_TRANSITIONS transitions per refit instead of 256, so one agent's data
+#   identify its dynamics poorly (where sharing could pay);
+# - `_equal_eta`: every agent's gain 1 (`env.kwargs.eta_std=0`), so the other agents' data are
+#   about one's own dynamics (where sharing cannot bias the fused model).
+EXPLORE_RANDOM_STEPS = 1000
+SCARCE_FIT_TRANSITIONS = 32
+REGIMES = {
+    "explore": ("og_marl", "og_marl_c0", "og_marl_epistemic", "sac_utd10"),
+    "scarce": ("og_marl", "og_marl_local", "og_marl_centralized"),
+    "equal_eta": ("og_marl", "og_marl_local"),
+}
+
+
+def _regime_variant(regime: str, base: Variant) -> Variant:
+    if regime == "explore":
+        return Variant(base.config, base.learner, base.overrides, f"{base.label}, {EXPLORE_RANDOM_STEPS} random steps",
+                       base.lossy_links, EXPLORE_RANDOM_STEPS, base.reproducible)
+    if regime == "scarce":
+        return Variant(base.config, base.learner, (*base.overrides, f"agents.learner.fit_transitions={SCARCE_FIT_TRANSITIONS}"),
+                       f"{base.label}, {SCARCE_FIT_TRANSITIONS} rows per refit", base.lossy_links, base.random_steps, base.reproducible)
+    return Variant(base.config, base.learner, (*base.overrides, "env.kwargs.eta_std=0.0"),
+                   f"{base.label}, equal gains", base.lossy_links, base.random_steps, base.reproducible)
+
+
+for _regime, _bases in REGIMES.items():
+    for _base in _bases:
+        VARIANTS[f"{_base}_{_regime}"] = _regime_variant(_regime, VARIANTS[_base])
+
+# The comparisons printed by default (first minus second, paired by seed), where both ran: each
+# isolates one cause.
+DEFAULT_COMPARISONS = (
+    ("og_marl", "og_marl_c0"),  # the reference's optimism
+    ("og_marl_epistemic", "og_marl_c0"),  # an epistemic optimism
+    ("og_marl", "og_marl_local"),  # sharing the world model
+    ("og_marl", "sac_utd10"),  # the model, at an equal update ratio
+    ("sac_utd10", "sac"),  # the update ratio alone
+    ("og_marl", "og_marl_pre23"),  # issue 23's settings against the earlier ones
+    ("og_marl_explore", "og_marl_c0_explore"),
+    ("og_marl_epistemic_explore", "og_marl_c0_explore"),
+    ("og_marl_explore", "sac_utd10_explore"),
+    ("og_marl_scarce", "og_marl_local_scarce"),
+    ("og_marl_centralized_scarce", "og_marl_local_scarce"),
+    ("og_marl_equal_eta", "og_marl_local_equal_eta"),
+)
+THRESHOLD = 400.0  # "steps to 400": the return of the reference's target (ALGORITHMS.md)
 
 
 # ---------------------------------------------------------------------------------- reading runs
@@ -156,6 +228,9 @@ class RunResult:
     run_dir: str
     last5_mean: float = float("nan")
     curve: list[tuple[int, float]] = field(default_factory=list)  # (training step, eval return)
+    area: float = float("nan")  # area under the evaluation curve over its steps (mean return)
+    steps_to_threshold: int | None = None  # first evaluation at >= THRESHOLD; None: never
+    reproducible: bool | None = None  # whether it ran with run.reproducible (None: not known)
     s_per_1000_train_steps: float = float("nan")
     gradient_steps_in_window: float = float("nan")  # per agent, mean over agents
     pending_fraction: float = float("nan")  # worst agent, at its last counters
@@ -244,6 +319,13 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
         return result
     result.curve = [(r["step"] - random_steps, float(r["eval/return_mean"])) for r in evaluations]
     result.last5_mean = float(np.mean([r["eval/return_mean"] for r in evaluations[-LAST_EVALUATIONS:]]))
+    result.area = area_under_curve(result.curve)
+    result.steps_to_threshold = steps_to_threshold(result.curve, THRESHOLD)
+    resolved = run_dir / "resolved.yaml"
+    if resolved.exists():
+        import yaml
+
+        result.reproducible = bool((yaml.safe_load(resolved.read_text()).get("run") or {}).get("reproducible", False))
     start, end = evaluations[0], evaluations[-1]
     trained = end["step"] - start["step"]
     eval_time = sum(r["eval/duration_s"] for r in evaluations if start["step"] < r["step"] <= end["step"])
@@ -274,22 +356,31 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
 # ---------------------------------------------------------------------------------- running
 
 
+def variant_random_steps(variant: str, args: argparse.Namespace) -> int:
+    spec = VARIANTS.get(variant)
+    return spec.random_steps if spec is not None and spec.random_steps is not None else args.random_steps
+
+
 def run_once(variant: str, seed: int, args: argparse.Namespace, root: Path) -> RunResult:
     spec = VARIANTS[variant]
     run_dir = root / f"{variant}-seed{seed}"
     prefix = "agents.learner.sac." if spec.learner == "og_marl" else "agents.learner."
+    random_steps = variant_random_steps(variant, args)
     overrides = [
         f"run.seed={seed}",
-        f"run.steps={args.random_steps + args.steps}",
+        f"run.steps={random_steps + args.steps}",
         f"env.kwargs.action_penalty={'true' if args.penalty > 0 else 'false'}",
         f"env.kwargs.action_penalty_coef={args.penalty if args.penalty > 0 else 1.0}",
         f"env.eval_every_steps={EVAL_EVERY}",
-        f"env.eval_start_step={args.random_steps}",
-        f"{prefix}random_steps={args.random_steps}",
-        f"{prefix}learning_starts={args.random_steps}",
+        f"env.eval_start_step={random_steps}",
+        f"{prefix}random_steps={random_steps}",
+        f"{prefix}learning_starts={random_steps}",
         'launch.live_view="off"',
         *spec.overrides,
     ]
+    if args.reproducible and spec.reproducible:
+        # A run is then a function of its seed (README, Reproducible runs): seeds pair exactly.
+        overrides.append("run.reproducible=true")
     argv = [sys.executable, "-m", "orchestrator", "up", spec.config, "--run-dir", str(run_dir)]
     for override in overrides:
         argv += ["--set", override]
@@ -310,7 +401,7 @@ def run_once(variant: str, seed: int, args: argparse.Namespace, root: Path) -> R
         result = RunResult(variant, seed, str(run_dir))
         result.failures.append(f"orchestrate up exited {completed.returncode}: {completed.stderr[-2000:]}")
         return result
-    return analyse_run(variant, seed, run_dir, args.random_steps, args.max_pending_fraction)
+    return analyse_run(variant, seed, run_dir, random_steps, args.max_pending_fraction)
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -334,6 +425,102 @@ def summarize(values: list[float]) -> dict:
             low = high = array.mean()
         summary["ci95"] = [float(low), float(high)]
     return summary
+
+
+def area_under_curve(curve: list[tuple[int, float]]) -> float:
+    """The area under the evaluation curve by the trapezoid rule, over the span of its steps: the
+    curve's mean return, which weighs how early a run learns as well as where it ends. NaN with
+    fewer than two evaluations."""
+    if len(curve) < 2:
+        return float("nan")
+    steps = np.array([step for step, _ in curve], dtype=np.float64)
+    values = np.array([value for _, value in curve], dtype=np.float64)
+    if np.any(np.diff(steps) <= 0):
+        raise ValueError(f"evaluation steps must increase, got {steps.tolist()}")
+    area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)))
+    return area / float(steps[-1] - steps[0])
+
+
+def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """The training step of the first evaluation at or above `threshold`; None if none reached it."""
+    return next((int(step) for step, value in curve if value >= threshold), None)
+
+
+def minimum_detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects with
+    probability `power`, given the paired differences' SD and n pairs (exact, noncentral t).
+
+    The usual shortcut (t_{1-alpha/2} + t_{power}) * sd / sqrt(n) is a little smaller at small n
+    (at n = 5, 3.72 against 3.76 standard errors; both tend to 2.80 as n grows)."""
+    from scipy import optimize, stats
+
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(noncentrality: float) -> float:
+        # The wrong-sign tail P(T < -critical), written as the upper tail at -noncentrality:
+        # scipy's nct.cdf returns NaN for it at large noncentrality, where it is 0 to rounding.
+        rejects = stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality)
+        return rejects - power
+
+    noncentrality = optimize.brentq(shortfall, 0.0, 50.0, xtol=1e-10)
+    return float(noncentrality * sd / math.sqrt(n))
+
+
+def paired_difference(first: dict[int, float], second: dict[int, float]) -> dict:
+    """first - second over the seeds both have: mean, SD, 95 % t-interval, t, two-sided p and the
+    minimum detectable effect (80 % power, two-sided 0.05) from the differences' SD."""
+    from scipy import stats
+
+    seeds = sorted(set(first) & set(second))
+    differences = np.array([first[seed] - second[seed] for seed in seeds], dtype=np.float64)
+    result: dict = {"n": len(seeds), "seeds": seeds, "differences": [round(float(d), 2) for d in differences]}
+    if not seeds:
+        return result
+    result["mean"] = float(differences.mean())
+    if len(seeds) >= 2:
+        sd = float(differences.std(ddof=1))
+        half = stats.t.ppf(0.975, len(seeds) - 1) * sd / math.sqrt(len(seeds))
+        result.update(
+            sd=sd,
+            ci95=[result["mean"] - half, result["mean"] + half],
+            mde80=minimum_detectable_effect(sd, len(seeds)),
+        )
+        if sd > 0:
+            t_value = result["mean"] / (sd / math.sqrt(len(seeds)))
+            result.update(t=float(t_value), p=float(2 * stats.t.sf(abs(t_value), len(seeds) - 1)))
+    return result
+
+
+def compare(results: list[RunResult], first: str, second: str, train_steps: int) -> dict:
+    """Paired differences first - second of the last-5 mean, the area under the curve and the steps
+    to THRESHOLD, over the seeds where both runs passed. A run that never reached THRESHOLD counts
+    as reaching it one evaluation after the budget (censored; the count is given)."""
+    def by_seed(variant: str) -> dict[int, RunResult]:
+        return {r.seed: r for r in results if r.variant == variant and r.ok}
+
+    runs_first, runs_second = by_seed(first), by_seed(second)
+    censored_at = train_steps + EVAL_EVERY
+
+    def steps(run: RunResult) -> float:
+        return float(censored_at if run.steps_to_threshold is None else run.steps_to_threshold)
+
+    common = set(runs_first) & set(runs_second)
+    return {
+        "first": first,
+        "second": second,
+        "last5": paired_difference({k: r.last5_mean for k, r in runs_first.items()}, {k: r.last5_mean for k, r in runs_second.items()}),
+        "area": paired_difference({k: r.area for k, r in runs_first.items()}, {k: r.area for k, r in runs_second.items()}),
+        "steps_to_threshold": paired_difference({k: steps(r) for k, r in runs_first.items()}, {k: steps(r) for k, r in runs_second.items()}),
+        "never_reached": {
+            first: sum(runs_first[k].steps_to_threshold is None for k in common),
+            second: sum(runs_second[k].steps_to_threshold is None for k in common),
+        },
+    }
 
 
 def pooled_curve(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -425,6 +612,9 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
         table[variant] = {
             "label": VARIANTS[variant].label if variant in VARIANTS else variant,
             "last5": summarize([r.last5_mean for r in good]),
+            "area": summarize([r.area for r in good]),
+            "steps_to_threshold": {r.seed: r.steps_to_threshold for r in good},
+            "reproducible": sorted({str(r.reproducible) for r in runs}),
             "per_seed": {r.seed: round(r.last5_mean, 2) for r in runs},
             "failed_seeds": [r.seed for r in runs if not r.ok],
             "s_per_1000_train_steps": summarize([r.s_per_1000_train_steps for r in good]),
@@ -433,8 +623,14 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
             "max_consensus_distance_J": max((d[1] for r in good for d in r.consensus_distance), default=None),
             "missing_neighbour_rounds_per_agent": summarize([r.missing_neighbour_rounds for r in good if not math.isnan(r.missing_neighbour_rounds)]),
         }
+    present = set(table)
+    pairs = args.comparison_pairs if args.comparison_pairs else [
+        pair for pair in DEFAULT_COMPARISONS if pair[0] in present and pair[1] in present
+    ]
     return {
         "setting": setting,
+        "comparisons": [compare(results, first, second, args.steps) for first, second in pairs],
+        "threshold": THRESHOLD,
         "penalty": args.penalty,
         "seeds": args.seed_list,
         "random_steps": args.random_steps,
@@ -457,6 +653,38 @@ def without_nan(value):
     return value
 
 
+def format_difference(difference: dict, digits: int = 1) -> str:
+    if "mean" not in difference:
+        return "no common seed"
+    text = f"{difference['mean']:+.{digits}f}"
+    if "sd" not in difference:
+        return text + f" (n={difference['n']})"
+    low, high = difference["ci95"]
+    text += f" ± {difference['sd']:.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    if "p" in difference:
+        text += f" p={difference['p']:.2f}"
+    return text + f" MDE {difference['mde80']:.{digits}f} (n={difference['n']})"
+
+
+def print_comparisons(summary: dict) -> None:
+    if not summary.get("comparisons"):
+        return
+    print(
+        "\npaired by seed, first - second: mean ± SD of the differences [95% t-interval], two-sided p, "
+        "and the minimum detectable effect (MDE: 80% power, two-sided 0.05, from that SD)"
+    )
+    for comparison in summary["comparisons"]:
+        never = comparison["never_reached"]
+        print(f"{comparison['first']} - {comparison['second']}:")
+        print(f"  last-5 mean        {format_difference(comparison['last5'])}")
+        print(f"  area under curve   {format_difference(comparison['area'])}")
+        print(
+            f"  steps to {summary['threshold']:.0f}       {format_difference(comparison['steps_to_threshold'], 0)}"
+            f"  (never reached, counted at the budget + {EVAL_EVERY}: {never[comparison['first']]} and "
+            f"{never[comparison['second']]} runs)"
+        )
+
+
 def print_table(summary: dict) -> None:
     print(
         f"reward collection, 5 agents, {summary['setting']}, {summary['random_steps']} random + "
@@ -476,11 +704,21 @@ def print_table(summary: dict) -> None:
             for seed, value in row["per_seed"].items()
         )
         missing = row["missing_neighbour_rounds_per_agent"].get("mean")
+        area = row["area"]
+        reached = [value for value in row["steps_to_threshold"].values() if value is not None]
         print(
             f"{variant:<22}{mean + std:>30}{ci:>22}{(f'{speed:.0f}' if speed else '-'):>22}"
             f"{(f'{steps:.0f}' if steps else '-'):>18}  {seeds}"
             + (f"; consensus rounds with a share missing: {missing:.0f} per agent" if missing is not None else "")
         )
+        print(
+            f"{'':<22}area under the curve {area.get('mean', float('nan')):.1f}"
+            + (f" ± {area['std']:.1f}" if "std" in area else "")
+            + f"; reached {summary['threshold']:.0f} in {len(reached)} of {len(row['steps_to_threshold'])} runs"
+            + (f" (median step {int(np.median(reached))})" if reached else "")
+            + f"; run.reproducible: {', '.join(row['reproducible'])}"
+        )
+    print_comparisons(summary)
 
 
 # ---------------------------------------------------------------------------------- optimism calibration
@@ -501,9 +739,10 @@ def calibrate_optimism(seeds: list[int], penalty: float, random_steps: int) -> d
     shipped = load_config(REPO / "configs" / "og_marl_ring5.yaml")
     learner_config: OGMARLConfig = shipped.agents.learner
     gp_config: SparseGPConfig = shipped.agents.world_model
+    shipped_kernel = "shipped kernel (raw inputs, + 0.1)"
     forms = {
-        "box kernel (shipped)": gp_config,
-        "raw-input kernel (the reference's scale)": gp_config.model_copy(update={"input_scaling": "none"}),
+        shipped_kernel: gp_config,
+        "box-scaled kernel (before issue 23)": gp_config.model_copy(update={"input_scaling": "box", "linear_constant": 0.0}),
     }
     rows = []
     for seed in seeds:
@@ -550,11 +789,10 @@ def calibrate_optimism(seeds: list[int], penalty: float, random_steps: int) -> d
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    shipped = [row for row in rows if row["kernel"] == "box kernel (shipped)"]
-    raw = [row for row in rows if row["kernel"] != "box kernel (shipped)"]
+    shipped = [row for row in rows if row["kernel"] == shipped_kernel]
+    box = [row for row in rows if row["kernel"] != shipped_kernel]
     # Ratios of means over all seeds' imagined rows (each seed weighs the same).
     ratio = np.mean([r["sqrt_var_reference"] for r in shipped]) / np.mean([r["sqrt_var_epistemic"] for r in shipped])
-    raw_scale = np.mean([r["sqrt_var_reference"] for r in raw]) / np.mean([r["sqrt_var_reference"] for r in shipped])
     per_seed = np.array([r["ratio"] for r in shipped])
     return {
         "setting": f"action penalty weight {penalty:g}" if penalty > 0 else "action penalty off",
@@ -563,11 +801,8 @@ def calibrate_optimism(seeds: list[int], penalty: float, random_steps: int) -> d
         "ratio_per_seed_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None,
         # The epistemic c whose mean bonus equals the reference form's at c = 0.01 (shipped kernel).
         "c_epistemic": round(0.01 * float(ratio), 4),
-        # The reference-form c (shipped kernel) whose mean bonus equals the reference code's own
-        # bonus at c = 0.01, whose linear kernel sees raw inputs (k(x,x) = 1 + |x|^2 + ...).
-        "c_reference_at_reference_code_scale": round(0.01 * float(raw_scale), 4),
         "mean_bonus_reference_c0.01": float(np.mean([r["bonus_reference_c0.01"] for r in shipped])),
-        "mean_bonus_reference_code_scale_c0.01": float(np.mean([r["bonus_reference_c0.01"] for r in raw])),
+        "mean_bonus_reference_c0.01_box_kernel": float(np.mean([r["bonus_reference_c0.01"] for r in box])),
     }
 
 
@@ -588,12 +823,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="analyse the runs under these roots (the first holding a variant-seed wins), run nothing")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="with --analyse: where summary.json and plots/ go (default: the first root)")
+    parser.add_argument("--compare", default=None, metavar="A:B,...",
+                        help="paired comparisons to print, first minus second (default: DEFAULT_COMPARISONS present)")
+    parser.add_argument("--reproducible", action=argparse.BooleanOptionalAction, default=True,
+                        help="run with run.reproducible (default on; push-sum and lossy variants always run without)")
     parser.add_argument("--calibrate-optimism", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",")]
     if args.penalty < 0:
         parser.error(f"--penalty must be >= 0, got {args.penalty}")
+    args.comparison_pairs = []
+    for pair in (args.compare.split(",") if args.compare else []):
+        names = pair.split(":")
+        if len(names) != 2 or any(name not in VARIANTS for name in names):
+            parser.error(f"--compare expects pairs A:B of variants from {list(VARIANTS)}, got {pair!r}")
+        args.comparison_pairs.append((names[0], names[1]))
 
     if args.calibrate_optimism:
         calibration = calibrate_optimism(args.seed_list, args.penalty, args.random_steps)
@@ -614,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
                 candidates = (r / f"{variant}-seed{seed}" for r in roots)
                 run_dir = next((candidate for candidate in candidates if candidate.exists()), None)
                 if run_dir is not None:
-                    results.append(analyse_run(variant, seed, run_dir, args.random_steps, args.max_pending_fraction))
+                    results.append(
+                        analyse_run(variant, seed, run_dir, variant_random_steps(variant, args), args.max_pending_fraction)
+                    )
     else:
         root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
         for variant in variants:

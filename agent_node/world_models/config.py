@@ -47,7 +47,8 @@ class SparseGPConfig(BaseModel):
     input_low: list[float] | None = None
     input_high: list[float] | None = None
 
-    # Kernel: outputscale * RBF(lengthscale) + linear_variance * <x, z>, fixed hyperparameters.
+    # Kernel: outputscale * RBF(lengthscale) + linear_variance * <x, z> + linear_constant, fixed
+    # hyperparameters.
     # `lengthscale` is always in raw input units. With input_scaling="box" the kernel sees inputs
     # mapped affinely from the box to [-1, 1]^d (the RBF lengthscale is converted per dimension so
     # the RBF part is unchanged); the linear part then weighs a position and an action on the
@@ -57,6 +58,10 @@ class SparseGPConfig(BaseModel):
     lengthscale: float = Field(default=2.0, gt=0)
     rbf_outputscale: float = Field(default=1.0, gt=0)
     linear_variance: float = Field(default=1.0, ge=0)  # 0 drops the linear kernel
+    # The constant term of the reference's linear kernel, x^T z + 0.1 (`ManuelWendl/OG-MARL`,
+    # odmar.py:93 and :127). 0 (the default) leaves it out. It adds the same 0.1 to every k(x, x),
+    # so it matters to the reference-form variance k(x,x) - k(x,Z) S k(Z,x), not to the mean.
+    linear_constant: float = Field(default=0.0, ge=0)
     input_scaling: Literal["box", "none"] = "box"
 
     noise_variance: float = Field(default=0.01, gt=0)

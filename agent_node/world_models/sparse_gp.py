@@ -69,7 +69,7 @@ _MAX_JITTER_ESCALATIONS = 6
 class StateActionKernel:
     """The GP kernel on `concat(state, action)` inputs, as a gpytorch `covar_module`.
 
-    k(x, z) = outputscale * exp(-|x - z|^2 / (2 lengthscale^2)) + linear_variance * <x~, z~>
+    k(x, z) = outputscale * exp(-|x - z|^2 / (2 lengthscale^2)) + linear_variance * <x~, z~> + linear_constant
 
     With `input_scaling="box"` the kernel sees x~ = (x - box centre) / box half-width, and the RBF
     gets per-dimension lengthscales lengthscale / half-width, so its value in raw units is exactly
@@ -90,13 +90,20 @@ class StateActionKernel:
         rbf = gpytorch.kernels.RBFKernel(ard_num_dims=input_dim)
         rbf_scaled = gpytorch.kernels.ScaleKernel(rbf)
         kernels: list[gpytorch.kernels.Kernel] = [rbf_scaled]
+        linear = constant = None
         if config.linear_variance > 0:
-            kernels.append(gpytorch.kernels.LinearKernel())
+            linear = gpytorch.kernels.LinearKernel()
+            kernels.append(linear)
+        if config.linear_constant > 0:
+            constant = gpytorch.kernels.ConstantKernel()
+            kernels.append(constant)
         covar_module = gpytorch.kernels.AdditiveKernel(*kernels).to(DTYPE)
         rbf.lengthscale = (config.lengthscale / self.input_half_width).reshape(1, input_dim)
         rbf_scaled.outputscale = torch.tensor(config.rbf_outputscale, dtype=DTYPE)
-        if config.linear_variance > 0:
-            kernels[1].variance = torch.tensor(config.linear_variance, dtype=DTYPE)
+        if linear is not None:
+            linear.variance = torch.tensor(config.linear_variance, dtype=DTYPE)
+        if constant is not None:
+            constant.constant = torch.tensor(config.linear_constant, dtype=DTYPE)
         covar_module.requires_grad_(False)
         covar_module.eval()
         self.covar_module = covar_module

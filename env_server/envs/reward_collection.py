@@ -96,7 +96,8 @@ next call must be `reset()`. No episode ends early.
 
 ```python
 parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
-             action_penalty_coef=ACTION_PENALTY_COEF, dynamics_seed=0, render_mode=None)
+             action_penalty_coef=ACTION_PENALTY_COEF, dynamics_seed=0, eta_std=ETA_STD,
+             render_mode=None)
 ```
 
 - `num_agents`: how many agents (at least 1).
@@ -107,6 +108,9 @@ parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
   fills it from the run seed when the config leaves it out (`env_server/registry.py`,
   `CONSTRUCTION_SEED_KWARGS`): the reference draws `eta` afresh per seed, and every copy of one
   run (training and evaluation) must see the same gains.
+- `eta_std`: the standard deviation of the gains around 1 (0.1, the reference's `noise_scale`,
+  `env.py` line 13). 0 gives every agent the gain 1 on both axes: the same dynamics for all,
+  the regime in which pooling the agents' data can only help a world model.
 - `render_mode`: must be `None`; nothing is rendered.
 
 `reset(seed=None, options=None)` accepts a seed and options because PettingZoo's API requires
@@ -256,6 +260,7 @@ class RewardCollectionEnv(ParallelEnv):
         action_penalty: bool = False,
         action_penalty_coef: float = ACTION_PENALTY_COEF,
         dynamics_seed: int = 0,
+        eta_std: float = ETA_STD,
         render_mode: str | None = None,
     ):
         # `num_agents` is a read-only ParallelEnv property (the number of live agents), so the
@@ -279,6 +284,11 @@ class RewardCollectionEnv(ParallelEnv):
             )
         self.action_penalty_coef = float(action_penalty_coef)
         self.dynamics_seed = require_int("dynamics_seed", dynamics_seed, minimum=0)
+        if isinstance(eta_std, bool) or not isinstance(eta_std, numbers.Real):
+            raise TypeError(f"eta_std must be a number, got {type(eta_std).__name__}")
+        if not (np.isfinite(eta_std) and eta_std >= 0):
+            raise ValueError(f"eta_std must be finite and >= 0, got {eta_std}")
+        self.eta_std = float(eta_std)
         if render_mode is not None:
             raise ValueError(
                 "render_mode must be None (reward_collection_v0 renders nothing), "
@@ -291,7 +301,7 @@ class RewardCollectionEnv(ParallelEnv):
 
         # Drawn once here and never again: the gains are the environment, not the episode.
         dynamics_rng = np.random.default_rng(self.dynamics_seed)
-        self._eta = dynamics_rng.normal(ETA_MEAN, ETA_STD, size=(self.n_agents, 2))
+        self._eta = dynamics_rng.normal(ETA_MEAN, self.eta_std, size=(self.n_agents, 2))
 
         self._start_positions = start_positions(self.n_agents)
         self._positions = self._start_positions.copy()
@@ -451,6 +461,7 @@ def parallel_env(
     action_penalty: bool = False,
     action_penalty_coef: float = ACTION_PENALTY_COEF,
     dynamics_seed: int = 0,
+    eta_std: float = ETA_STD,
     render_mode: str | None = None,
 ) -> RewardCollectionEnv:
     """A new `reward_collection_v0` environment (PettingZoo's factory convention)."""
@@ -460,5 +471,6 @@ def parallel_env(
         action_penalty=action_penalty,
         action_penalty_coef=action_penalty_coef,
         dynamics_seed=dynamics_seed,
+        eta_std=eta_std,
         render_mode=render_mode,
     )

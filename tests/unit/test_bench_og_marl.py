@@ -146,3 +146,100 @@ def test_every_variant_has_a_config_that_exists():
     for name, variant in bench.VARIANTS.items():
         assert (REPO / variant.config).exists(), name
         assert variant.learner in ("og_marl", "sac") and variant.label
+
+
+# ------------------------------------------------------------------ issue 23: curve scores, pairs, power
+
+
+def test_area_under_curve_is_the_trapezoid_mean_over_the_span():
+    # 0 -> 100 over 200 steps then flat at 100 for 200 steps: area 10,000 + 20,000 over 400 steps.
+    assert bench.area_under_curve([(0, 0.0), (200, 100.0), (400, 100.0)]) == pytest.approx(75.0)
+    assert bench.area_under_curve([(0, 5.0), (200, 5.0)]) == pytest.approx(5.0)
+    # Uneven spacing weighs each interval by its length.
+    assert bench.area_under_curve([(0, 0.0), (100, 100.0), (400, 100.0)]) == pytest.approx((5000 + 30000) / 400)
+    assert math.isnan(bench.area_under_curve([(0, 1.0)]))
+    with pytest.raises(ValueError, match="must increase"):
+        bench.area_under_curve([(200, 1.0), (0, 2.0)])
+
+
+def test_steps_to_threshold_is_the_first_evaluation_at_or_above_it():
+    curve = [(0, 100.0), (200, 399.9), (400, 400.0), (600, 350.0), (800, 450.0)]
+    assert bench.steps_to_threshold(curve, 400.0) == 400
+    assert bench.steps_to_threshold(curve, 500.0) is None
+
+
+def test_minimum_detectable_effect_matches_power_theory():
+    # Large n: the normal approximation (z_0.975 + z_0.8) * sd / sqrt(n) = 2.8016 standard errors.
+    assert bench.minimum_detectable_effect(10.0, 2000) == pytest.approx(2.8016 * 10.0 / math.sqrt(2000), rel=2e-3)
+    # n = 5, the issue's paired SD of 54 (c = 0 against OG-MARL): ~90 points.
+    effect = bench.minimum_detectable_effect(54.0, 5)
+    assert 85.0 < effect < 95.0
+    # At that effect a paired t-test rejects with probability 0.8, by simulation.
+    rng = np.random.default_rng(0)
+    from scipy import stats
+
+    differences = rng.normal(effect, 54.0, size=(20000, 5))
+    t_values = differences.mean(axis=1) / (differences.std(axis=1, ddof=1) / math.sqrt(5))
+    rejected = np.mean(np.abs(t_values) > stats.t.ppf(0.975, 4))
+    assert rejected == pytest.approx(0.8, abs=0.015)
+    assert bench.minimum_detectable_effect(54.0, 10) < effect  # more seeds, smaller effects
+    assert math.isnan(bench.minimum_detectable_effect(54.0, 1)) and bench.minimum_detectable_effect(0.0, 5) == 0.0
+
+
+def test_paired_difference_uses_common_seeds_and_the_differences_sd():
+    first = {0: 410.0, 1: 420.0, 2: 390.0, 3: 400.0, 7: 0.0}
+    second = {0: 400.0, 1: 400.0, 2: 400.0, 3: 380.0, 9: 0.0}
+    result = bench.paired_difference(first, second)
+    assert result["seeds"] == [0, 1, 2, 3] and result["differences"] == [10.0, 20.0, -10.0, 20.0]
+    assert result["mean"] == pytest.approx(10.0)
+    sd = float(np.std([10.0, 20.0, -10.0, 20.0], ddof=1))
+    assert result["sd"] == pytest.approx(sd)
+    half = 3.182446305284263 * sd / 2.0  # t(0.975, 3) * sd / sqrt(4)
+    assert result["ci95"] == pytest.approx([10.0 - half, 10.0 + half])
+    assert result["t"] == pytest.approx(10.0 / (sd / 2.0))
+    assert result["mde80"] == pytest.approx(bench.minimum_detectable_effect(sd, 4))
+    # One pair: a mean, no spread to test it against.
+    assert bench.paired_difference({0: 1.0}, {0: 0.0}) == {"n": 1, "seeds": [0], "differences": [1.0], "mean": 1.0}
+
+
+def test_compare_counts_a_run_that_never_reached_the_threshold_at_the_budget():
+    def run(variant, seed, curve, ok=True):
+        result = bench.RunResult(variant, seed, "")
+        result.curve = curve
+        result.last5_mean = float(np.mean([v for _, v in curve[-5:]]))
+        result.area = bench.area_under_curve(curve)
+        result.steps_to_threshold = bench.steps_to_threshold(curve, bench.THRESHOLD)
+        if not ok:
+            result.failures.append("broken contract")
+        return result
+
+    fast = [(0, 0.0), (200, 450.0), (400, 450.0)]
+    slow = [(0, 0.0), (200, 100.0), (400, 420.0)]
+    never = [(0, 0.0), (200, 100.0), (400, 300.0)]
+    results = [
+        run("a", 0, fast), run("b", 0, slow),
+        run("a", 1, fast), run("b", 1, never),
+        run("a", 2, fast), run("b", 2, fast, ok=False),  # a failed run leaves its seed out
+    ]
+    comparison = bench.compare(results, "a", "b", train_steps=400)
+    assert comparison["steps_to_threshold"]["differences"] == [-200.0, -400.0]  # never: 400 + 200
+    assert comparison["never_reached"] == {"a": 0, "b": 1}
+    assert comparison["last5"]["seeds"] == [0, 1]
+    assert comparison["area"]["differences"] == pytest.approx(
+        [bench.area_under_curve(fast) - bench.area_under_curve(slow), bench.area_under_curve(fast) - bench.area_under_curve(never)]
+    )
+
+
+def test_regime_variants_change_only_their_regime():
+    variants = bench.VARIANTS
+    assert variants["og_marl_explore"].random_steps == bench.EXPLORE_RANDOM_STEPS == 1000
+    assert variants["og_marl_explore"].overrides == variants["og_marl"].overrides
+    assert variants["og_marl_local_scarce"].overrides == (
+        *variants["og_marl_local"].overrides, f"agents.learner.fit_transitions={bench.SCARCE_FIT_TRANSITIONS}"
+    )
+    assert variants["og_marl_equal_eta"].overrides[-1] == "env.kwargs.eta_std=0.0"
+    assert variants["sac_utd10"].overrides == ("agents.learner.updates_per_step=10",)
+    for first, second in bench.DEFAULT_COMPARISONS:
+        assert first in variants and second in variants
+    # Variants run.reproducible refuses run without it.
+    assert not variants["og_marl_push_sum"].reproducible and not variants["og_marl_lossy"].reproducible

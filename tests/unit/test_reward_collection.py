@@ -234,6 +234,17 @@ def test_eta_is_fixed_across_resets_and_depends_on_the_dynamics_seed():
     assert not np.allclose(parallel_env(dynamics_seed=0).eta, eta)
 
 
+def test_eta_std_zero_gives_every_agent_the_same_gain():
+    env = parallel_env(dynamics_seed=3, eta_std=0.0)
+    np.testing.assert_array_equal(env.eta, np.ones((5, 2)))
+    env.reset()
+    start = env.positions
+    env.step(as_actions(np.full((5, 2), 0.5)))
+    np.testing.assert_allclose(env.positions, np.clip(start + 0.5, -10, 10))
+    # The default is the reference's spread, the same draw as before the argument existed.
+    np.testing.assert_array_equal(parallel_env(dynamics_seed=3, eta_std=0.1).eta, parallel_env(dynamics_seed=3).eta)
+
+
 def test_a_step_moves_each_agent_by_action_times_its_gain():
     env = parallel_env(dynamics_seed=7)
     env.reset()
@@ -380,6 +391,9 @@ def test_bad_actions_raise_clear_errors():
         ({"action_penalty": 1}, TypeError),
         ({"action_penalty_coef": -0.1}, ValueError),
         ({"dynamics_seed": -1}, ValueError),
+        ({"eta_std": -0.1}, ValueError),
+        ({"eta_std": float("nan")}, ValueError),
+        ({"eta_std": "0.1"}, TypeError),
         ({"render_mode": "human"}, ValueError),
     ],
 )

@@ -266,3 +266,103 @@ def test_satisfies_the_role_protocols_and_builder():
     agent = build_learner(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
     assert isinstance(agent, SACAgent)
     assert isinstance(agent, Actor) and isinstance(agent, Learner) and isinstance(agent, ParamSource)
+
+
+def _one_step_as_before(agent: SACAgent) -> dict[str, float]:
+    """The gradient step as SACAgent took it before issue 23 (a batch sampled per step, the
+    critics frozen module by module, Polyak averaging tensor by tensor, one `.item()` per metric):
+    the oracle for the batched update path."""
+    import torch.nn.functional as F
+
+    cfg = agent.config
+    batch, num_real = agent.sample_batch()
+    obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
+    unit_action = torch.as_tensor(agent._to_unit_action(batch["action"]))
+    reward = torch.as_tensor(batch["reward"], dtype=torch.float32)
+    next_obs = torch.as_tensor(batch["next_obs"], dtype=torch.float32)
+    ends = batch["terminated"] if cfg.bootstrap_on_truncation else batch["terminated"] | batch["truncated"]
+    done = torch.as_tensor(ends, dtype=torch.float32)
+    alpha = agent.log_alpha.detach().exp()
+    with torch.no_grad():
+        next_action, next_log_prob = agent.actor.sample(next_obs, agent.noise_generator, agent.log_half_range_sum)
+        next_q = torch.min(agent.q1_target(next_obs, next_action), agent.q2_target(next_obs, next_action))
+        td_target = reward + cfg.gamma * (1.0 - done) * (next_q - alpha * next_log_prob)
+    q1_value, q2_value = agent.q1(obs, unit_action), agent.q2(obs, unit_action)
+    critic_loss = 0.5 * (F.mse_loss(q1_value, td_target) + F.mse_loss(q2_value, td_target))
+    agent.critic_optimizer.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    agent.critic_optimizer.step()
+    new_action, log_prob = agent.actor.sample(obs, agent.noise_generator, agent.log_half_range_sum)
+    agent.q1.requires_grad_(False)
+    agent.q2.requires_grad_(False)
+    actor_loss = (alpha * log_prob - torch.min(agent.q1(obs, new_action), agent.q2(obs, new_action))).mean()
+    agent.actor_optimizer.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    agent.actor_optimizer.step()
+    agent.q1.requires_grad_(True)
+    agent.q2.requires_grad_(True)
+    metrics = {
+        "sac/critic_loss": critic_loss.item(),
+        "sac/actor_loss": actor_loss.item(),
+        "sac/q_mean": q1_value.mean().item(),
+        "sac/entropy": -log_prob.mean().item(),
+        "sac/real_fraction": num_real / cfg.batch_size,
+    }
+    alpha_loss = -(agent.log_alpha * (log_prob.detach() + agent.target_entropy)).mean()
+    agent.alpha_optimizer.zero_grad(set_to_none=True)
+    alpha_loss.backward()
+    agent.alpha_optimizer.step()
+    metrics["sac/alpha_loss"] = alpha_loss.item()
+    with torch.no_grad():
+        for online, target in ((agent.q1, agent.q1_target), (agent.q2, agent.q2_target)):
+            for param, target_param in zip(online.parameters(), target.parameters()):
+                target_param.lerp_(param, cfg.tau)
+    agent.gradient_steps += 1
+    return metrics
+
+
+@pytest.mark.parametrize("real_ratio", [1 / 32, 0.0, None])
+def test_batched_update_takes_the_same_steps_as_one_batch_per_step(real_ratio):
+    # OG-MARL's shape: 10 gradient steps per row, one real row per batch and the rest imagined
+    # (None: real rows only), truncated rows treated as terminal to cover the `done` column.
+    config = SMALL_CONFIG.model_copy(update={"learning_starts": 0, "random_steps": 0, "updates_per_step": 10,
+                                             "bootstrap_on_truncation": False})
+    agents = [SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=3) for _ in range(2)]
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (200, 1)).astype(np.float32)
+    real = Transition(obs, rng.uniform(0, 1, (200, 1)).astype(np.float32), rng.normal(size=200).astype(np.float32),
+                      obs[::-1].copy(), rng.random(200) < 0.05, rng.random(200) < 0.05)
+    imagined = Transition(obs, rng.uniform(0, 1, (200, 1)).astype(np.float32), rng.normal(size=200).astype(np.float32),
+                          obs, np.zeros(200, bool), np.zeros(200, bool))
+    for agent in agents:
+        agent.observe(real)
+        agent.gradient_steps = agent.gradient_steps_due()  # the rows above are history: only the rows below owe steps
+        if real_ratio is not None:
+            buffer = ReplayBuffer(1_000, (1,), np.float32, (1,), np.float32, seed=5)
+            buffer.add(imagined)
+            agent.set_model_buffer(buffer, real_ratio)
+    batched, before = agents
+    for _ in range(4):
+        for agent in agents:
+            agent.observe(bandit_transition(np.zeros((1, 1), np.float32), np.full((1, 1), 0.5, np.float32)))
+        metrics = batched.update()
+        steps = [_one_step_as_before(before) for _ in range(10)]
+        expected = {key: sum(step[key] for step in steps) / 10 for key in steps[0]}
+        assert {key: value for key, value in metrics.items() if key != "sac/alpha"} == expected
+    assert batched.gradient_steps == before.gradient_steps and batched.gradient_steps_due() == 0
+    for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
+        for (key, value), (_, other) in zip(getattr(batched, name).state_dict().items(),
+                                            getattr(before, name).state_dict().items()):
+            assert torch.equal(value, other), f"{name}.{key}"
+    assert torch.equal(batched.log_alpha.detach(), before.log_alpha.detach())
+    # One step through the single-batch entry point is the same step too.
+    assert batched._gradient_step() == _one_step_as_before(before)
+    # A call owing more steps than one gather holds (a learner catching up) takes them in chunks.
+    for agent in agents:
+        agent.observe(bandit_transition(np.zeros((7, 1), np.float32), np.full((7, 1), 0.5, np.float32)))
+    owed = batched.gradient_steps_due()
+    assert owed > 64  # more than one gather (the single step above counts against these)
+    metrics = batched.update()
+    steps = [_one_step_as_before(before) for _ in range(owed)]
+    assert metrics["sac/critic_loss"] == sum(step["sac/critic_loss"] for step in steps) / owed
+    assert all(torch.equal(a, b) for a, b in zip(batched.actor.parameters(), before.actor.parameters()))

@@ -327,15 +327,21 @@ def test_implements_world_model_role():
 
 
 @pytest.mark.parametrize("input_scaling", ["box", "none"])
-def test_kernel_matches_its_formula(input_scaling):
-    model = SparseGPWorldModel(make_config(input_scaling=input_scaling, lengthscale=2.0, linear_variance=0.7), 2, 2)
+@pytest.mark.parametrize("linear_constant", [0.0, 0.1])
+def test_kernel_matches_its_formula(input_scaling, linear_constant):
+    config = make_config(input_scaling=input_scaling, lengthscale=2.0, linear_variance=0.7, linear_constant=linear_constant)
+    model = SparseGPWorldModel(config, 2, 2)
     rng = np.random.default_rng(9)
     a, b = query_inputs(rng, 6).numpy(), query_inputs(rng, 5).numpy()
     squared_distance = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
     half_width = np.array([10.0, 10.0, 1.0, 1.0]) if input_scaling == "box" else np.ones(4)
-    expected = np.exp(-squared_distance / (2 * 2.0**2)) + 0.7 * (a / half_width) @ (b / half_width).T
+    expected = (
+        np.exp(-squared_distance / (2 * 2.0**2)) + 0.7 * (a / half_width) @ (b / half_width).T + linear_constant
+    )
     got = model.kernel(torch.from_numpy(a), torch.from_numpy(b)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    diagonal = model.kernel.diagonal(torch.from_numpy(a)).numpy()
+    np.testing.assert_allclose(diagonal, np.diag(model.kernel(torch.from_numpy(a), torch.from_numpy(a)).numpy()), rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------- inducing points
