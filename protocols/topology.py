@@ -280,6 +280,16 @@ def small_world(n: int, k: int, rewire: float, seed: int, node_ids: Sequence[str
     raise RuntimeError(f"small_world(n={n}, k={k}, rewire={rewire}, seed={seed}) found no connected graph in {max_attempts} draws")
 
 
+def one_peer_hypercube(n: int, node_ids: Sequence[str] | None = None) -> list[Topology]:
+    """The `log2 n` graphs of the one-peer hypercube schedule, `n` a power of two: in graph `k`
+    node `i` has the single neighbour `i XOR 2^k`. Averaging with weights 1/2 over the graphs in
+    turn gives every node the exact average after the last one (protocols/conformance.py)."""
+    _node_ids(n, node_ids)
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"the one-peer hypercube schedule needs n a power of two >= 2, got n={n}")
+    return [_make(n, [(i, i ^ (1 << k)) for i in range(n)], node_ids) for k in range(n.bit_length() - 1)]
+
+
 def _draw_regular_edges(n: int, k: int, rng: np.random.Generator) -> set[tuple[int, int]] | None:
     """One attempt at a k-regular simple graph; None when the pairing got stuck."""
     if k == 0:
