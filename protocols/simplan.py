@@ -462,3 +462,140 @@ def predicted_rounds(topology: Topology, tolerance: float) -> float:
     if slem == 0.0:
         return 1.0
     return math.log(tolerance) / math.log(slem) if slem < 1.0 else math.inf
+
+
+# ------------------------------------------------------------------------------------------
+# Shrinking a failing plan, and replaying it on real processes
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shrunk:
+    plan: FaultPlan  # the smallest failing plan found: no event can be dropped and still fail
+    violations: list[str]  # what it breaks
+    original_events: int
+    runs: int  # simulations spent shrinking
+
+
+def plan_fails(plan: FaultPlan, engine_factory: Callable | None = None) -> list[str]:
+    """The violations of a full run of `plan` (the engines run to their end)."""
+    return run_plan(plan, stop_at=None, engine_factory=engine_factory).violations
+
+
+def shrink_plan(
+    plan: FaultPlan,
+    violations_of: Callable[[FaultPlan], list[str]] = plan_fails,
+    still_failing: Callable[[list[str]], bool] = bool,
+) -> Shrunk:
+    """Cut a failing plan down to a 1-minimal set of events that still fails (ddmin).
+
+    Zeller and Hildebrandt's delta debugging ("Simplifying and isolating failure-inducing input",
+    2002) over the plan's events: try each of `k` chunks alone, then each complement; keep the
+    first that still fails (`still_failing(violations)`, by default any violation; pass a test
+    for one invariant to keep the cause from drifting to another), else split finer; stop when
+    no single event can be removed. The plan with no events is tried first: a failure that needs
+    no fault shrinks to nothing at all.
+    """
+    runs = 0
+
+    def fails(events: Sequence[Fault]) -> list[str] | None:
+        nonlocal runs
+        runs += 1
+        violations = violations_of(plan.with_events(events))
+        return violations if still_failing(violations) else None
+
+    events = list(plan.events)
+    found = fails(events)
+    if found is None:
+        raise ValueError(f"the plan does not fail (seed {plan.seed}, {len(events)} events): nothing to shrink")
+    empty = fails([])
+    if empty is not None:
+        return Shrunk(plan.with_events(()), empty, len(events), runs)
+    granularity = 2
+    while len(events) >= 2:
+        chunks = [events[i * len(events) // granularity:(i + 1) * len(events) // granularity] for i in range(granularity)]
+        reduced = False
+        for chunk in chunks:
+            result = fails(chunk)
+            if result is not None:
+                events, found, granularity, reduced = chunk, result, 2, True
+                break
+        if not reduced and granularity > 2:
+            for chunk in chunks:
+                complement = [event for event in events if event not in chunk]
+                result = fails(complement)
+                if result is not None:
+                    events, found, granularity, reduced = complement, result, max(granularity - 1, 2), True
+                    break
+        if not reduced:
+            if granularity >= len(events):
+                break
+            granularity = min(2 * granularity, len(events))
+    return Shrunk(plan.with_events(events), found, len(plan.events), runs)
+
+
+def replay_sections(plan: FaultPlan) -> dict:
+    """The sections of a run config that replay `plan`'s network and faults on real processes:
+    merge them into a run config whose env takes `len(plan.topology.nodes)` agents.
+
+    Crashes become `pause` / `resume` (SIGSTOP / SIGCONT: the process keeps its state, as the
+    simulated node does); partitions `partition` with the same groups and a `heal` of the first
+    group's links at the heal time; a link spike a `link` change of every topology edge (its extra
+    delay added to the mean delay, its loss combined with the link's) and back. Times are
+    `at_s`, seconds after every node is ready; in the simulation consensus starts at 0, in a run
+    every `consensus.period_steps` steps, so the same faults meet the engines at other moments.
+    """
+    settings = plan.settings
+    topology = plan.topology
+    base_link = plan.link.model_dump(exclude_defaults=True)
+    schedule: list[dict] = []
+    all_edges = [list(edge) for edge in topology.edge_list()]
+    for event in plan.events:
+        if isinstance(event, Crash):
+            schedule.append({"at_s": round(event.at, 3), "kind": "pause", "nodes": [event.node]})
+            schedule.append({"at_s": round(event.revive_at, 3), "kind": "resume", "nodes": [event.node]})
+        elif isinstance(event, Partition):
+            schedule.append({"at_s": round(event.at, 3), "kind": "partition", "groups": [list(group) for group in event.groups]})
+            schedule.append({"at_s": round(event.heal_at, 3), "kind": "heal", "nodes": list(event.groups[0])})
+        elif isinstance(event, LinkSpike):
+            spiked = dict(base_link)
+            spiked["delay_s"] = round(plan.link.delay_s + event.extra_delay_s, 6)
+            spiked["loss"] = round(1.0 - (1.0 - plan.link.loss) * (1.0 - event.loss), 6)
+            schedule.append({"at_s": round(event.at, 3), "kind": "link", "edges": all_edges, "link": spiked})
+            schedule.append({"at_s": round(event.until, 3), "kind": "link", "edges": all_edges, "link": dict(base_link)})
+        else:
+            raise TypeError(f"unknown fault event {event!r}")
+    schedule.sort(key=lambda entry: entry["at_s"])
+    consensus = {"enabled": True, "mode": plan.engine}
+    if plan.engine == "sync":
+        consensus.update(rounds=settings.rounds, round_timeout_s=settings.round_timeout_s)
+    else:
+        consensus.update(push_sum_period_s=settings.push_sum_period_s,
+                         push_sum_duration_s=settings.push_sum_period_s * settings.push_sum_periods)
+    return {
+        "agents": {"count": len(topology.nodes)},
+        "topology": {"kind": "edges", "edges": [list(edge) for edge in sorted(topology.edges)]},
+        "protocols": {
+            "membership": {"heartbeat_every_s": settings.heartbeat_every_s, "timeout_s": settings.membership_timeout_s},
+            "consensus": consensus,
+        },
+        "network": {"links": [{"role": "peer_links", "link": base_link}]},
+        "faults": {"schedule": schedule},
+    }
+
+
+def replay_yaml(shrunk: Shrunk) -> str:
+    """`replay_sections` as YAML, headed by what failed, for `orchestrate up` (merge it into a
+    run config of that many agents; see `replay_sections`)."""
+    import yaml  # only here: the simulator itself needs no YAML
+
+    plan = shrunk.plan
+    header = [
+        f"# Shrunk fault plan: {len(plan.events)} of {shrunk.original_events} events still fail "
+        f"({shrunk.runs} simulations; seed {plan.seed}, {len(plan.topology.nodes)} agents, "
+        f"{plan.topology_name}, {plan.engine}).",
+        *[f"# violation: {violation}" for violation in shrunk.violations[:5]],
+        "# Merge into a run config with an env for this many agents, then: orchestrate up CONFIG",
+    ]
+    body = yaml.safe_dump(replay_sections(plan), sort_keys=False, default_flow_style=None, width=120)
+    return "\n".join(header) + "\n" + body
