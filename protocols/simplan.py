@@ -566,7 +566,8 @@ def replay_sections(plan: FaultPlan) -> dict:
         else:
             raise TypeError(f"unknown fault event {event!r}")
     schedule.sort(key=lambda entry: entry["at_s"])
-    consensus = {"enabled": True, "mode": plan.engine}
+    # What is averaged does not change the protocol; policy parameters are what every learner has.
+    consensus = {"enabled": True, "what": "policy_parameters", "mode": plan.engine}
     if plan.engine == "sync":
         consensus.update(rounds=settings.rounds, round_timeout_s=settings.round_timeout_s)
     else:
