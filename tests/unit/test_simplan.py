@@ -150,3 +150,36 @@ def test_one_peer_hypercube_pairs_every_node_once_per_round():
     assert all(set(graph.degrees().tolist()) == {1} for graph in schedule)
     with pytest.raises(ValueError, match="power of two"):
         one_peer_hypercube(12)
+
+
+def test_the_stacks_kept_membership_deadline_and_the_size_memo_change_nothing(monkeypatch):
+    # ConsensusStack keeps membership's deadline between its timers and _SizeMemo sizes consensus
+    # messages by type; a run that scans membership after every message and sizes every message
+    # afresh must be identical, event for event (only the count of early wake-ups may differ).
+    from protocols import simplan
+    from protocols.netsim import approximate_size
+
+    plan = standard_plan(ring(16), "ring", "push_sum", seed=2, fault_window_s=4.0, settings=PlanSettings(push_sum_periods=50))
+    kept = run_plan(plan, stop_at=None)
+
+    class FreshScan(simplan.ConsensusStack):
+        def next_deadline(self):
+            a, b = self.membership.next_deadline(), self.consensus.next_deadline()
+            return b if a is None else (a if b is None else min(a, b))
+
+    class EveryMessage:
+        def __init__(self):
+            self.total_bytes = 0
+
+        def __call__(self, message):
+            size = approximate_size(message)
+            self.total_bytes += size
+            return size
+
+    monkeypatch.setattr(simplan, "ConsensusStack", FreshScan)
+    monkeypatch.setattr(simplan, "_SizeMemo", EveryMessage)
+    fresh = run_plan(plan, stop_at=None)
+    assert kept.violations == fresh.violations == []
+    assert (kept.disagreement == fresh.disagreement).all()
+    assert kept.bytes_per_node == fresh.bytes_per_node
+    assert {k: v for k, v in kept.stats.items() if k != "timers_fired"} == {k: v for k, v in fresh.stats.items() if k != "timers_fired"}
