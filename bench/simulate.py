@@ -23,7 +23,7 @@ share's weight stays on the node's own value); `ok` whether every invariant held
 (protocols/simplan.py's docstring; the violations are printed below the table).
 
 A row stops when disagreement reached 1e-6 and membership has settled after the heal, or after
-`--rounds` rounds (`--periods` push-sum periods).
+`--rounds` rounds (60; `--periods` push-sum periods, 150).
 
     python bench/simulate.py                                   # 1,024 agents, every topology, both engines, faults
     python bench/simulate.py --agents 64,256 --plans faults,ideal --engines sync
@@ -109,19 +109,24 @@ def _rounds(reached: int | None, predicted: float, run: int) -> str:
     return f"{shown} [{'inf' if math.isinf(predicted) else math.ceil(predicted)}]"
 
 
+def format_row(row: dict) -> str:
+    return (
+        f"{row['agents']:>6} {row['topology']:<15} {row['degree_mean']:>5.1f} {row['lambda_2']:>8.5f} {row['engine']:<8} "
+        f"{row['plan']:<7} {_rounds(row['rounds_to_1e-3'], row['predicted_1e-3'], row['steps_run']):>13} "
+        f"{_rounds(row['rounds_to_1e-6'], row['predicted_1e-6'], row['steps_run']):>15} "
+        f"{row['messages_per_node']:>9.0f} {row['bytes_per_node'] / 1024:>8.1f} {row['simulated_s']:>6.1f} "
+        f"{row['wall_s']:>6.1f} {row['cpu_s']:>6.1f} {row['final_error']:>8.1e} "
+        f"{row['finished_alone'] if row['engine'] == 'sync' else '-':>5} {'yes' if not row['violations'] else 'NO':>3}"
+    )
+
+
 def print_table(rows: list[dict]) -> None:
     header = f"{'agents':>6} {'topology':<15} {'deg':>5} {'|l2|':>8} {'engine':<8} {'plan':<7} {'to 1e-3':>13} {'to 1e-6':>15} " \
              f"{'msgs/node':>9} {'KB/node':>8} {'sim s':>6} {'wall s':>6} {'cpu s':>6} {'err':>8} {'alone':>5} {'ok':>3}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(
-            f"{row['agents']:>6} {row['topology']:<15} {row['degree_mean']:>5.1f} {row['lambda_2']:>8.5f} {row['engine']:<8} "
-            f"{row['plan']:<7} {_rounds(row['rounds_to_1e-3'], row['predicted_1e-3'], row['steps_run']):>13} "
-            f"{_rounds(row['rounds_to_1e-6'], row['predicted_1e-6'], row['steps_run']):>15} "
-            f"{row['messages_per_node']:>9.0f} {row['bytes_per_node'] / 1024:>8.1f} {row['simulated_s']:>6.1f} "
-            f"{row['wall_s']:>6.1f} {row['cpu_s']:>6.1f} {row['final_error']:>8.1e} {row['finished_alone'] if row['engine'] == 'sync' else '-':>5} {'yes' if not row['violations'] else 'NO':>3}"
-        )
+        print(format_row(row))
     for row in rows:
         for violation in row["violations"][:3]:
             print(f"  {row['agents']} {row['topology']} {row['engine']} {row['plan']}: {violation}")
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
     parser.add_argument("--engines", default="sync,push_sum")
     parser.add_argument("--plans", default="faults")
-    parser.add_argument("--rounds", type=int, default=150, help="synchronous rounds per run (0.2 s each)")
+    parser.add_argument("--rounds", type=int, default=60, help="synchronous rounds per run (0.2 s each)")
     parser.add_argument("--periods", type=int, default=150, help="push-sum periods per run (0.1 s each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 for plan_name in args.plans.split(","):
                     rows.append(run_row(n, name, engine, plan_name, args.rounds, args.periods, args.seed))
                     if not args.json:
-                        print(f"  done: {n} {name} {engine} {plan_name} in {rows[-1]['wall_s']:.1f} s", file=sys.stderr)
+                        print(format_row(rows[-1]), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
