@@ -49,7 +49,7 @@ from protocols.membership import MembershipEngine, PeerDown, PeerUp
 from protocols.messages import Heartbeat
 from protocols.netsim import NetworkSimulator, approximate_size
 from protocols.seeds import derive_seed
-from protocols.simfaults import Crash, Fault, LinkSpike, Partition, SpikyLink
+from protocols.simfaults import Crash, Fault, LinkSpike, Partition, SpikyLink, _unpartition, last_fault_end
 from protocols.topology import Topology, metropolis_weights, second_largest_eigenvalue_modulus
 
 EngineKind = Literal["sync", "push_sum"]
@@ -81,8 +81,7 @@ class FaultPlan:
 
     @property
     def heal_time(self) -> float:
-        ends = [getattr(e, "revive_at", None) or getattr(e, "heal_at", None) or getattr(e, "until") for e in self.events]
-        return max(ends, default=0.0)
+        return last_fault_end(self.events)
 
     def with_events(self, events: Sequence[Fault]) -> "FaultPlan":
         return replace(self, events=tuple(events))
@@ -474,14 +473,6 @@ def run_plan(
         violations=violations,
         stats=dict(sim.stats),
     )
-
-
-def _unpartition(sim: NetworkSimulator, groups: tuple[tuple[str, ...], ...]) -> None:
-    for a_index, group_a in enumerate(groups):
-        for group_b in groups[a_index + 1:]:
-            for a in group_a:
-                for b in group_b:
-                    sim.partitions.unblock(a, b)
 
 
 def predicted_rounds(topology: Topology, tolerance: float) -> float:
