@@ -35,6 +35,7 @@ replays on real processes.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -150,6 +151,7 @@ class ConsensusStack:
         # times as with a fresh scan after every message (tested), for one scan per wake-up
         # instead of one per message: with 19 neighbours it was an eighth of the simulation.
         self._membership_deadline = membership.next_deadline()
+        self.observer: Callable[[], None] | None = None  # called after every message and timer
 
     def start_membership(self, now: float) -> list[Outgoing]:
         outgoing = self.membership.start(None, now)
@@ -162,7 +164,10 @@ class ConsensusStack:
             outgoing += self.consensus.on_message(sender, message, now)
         elif not isinstance(message, Heartbeat):
             raise TypeError(f"unexpected message {type(message).__name__} from {sender!r}")
-        return outgoing + self._after(now)
+        outgoing += self._after(now)
+        if self.observer is not None:
+            self.observer()
+        return outgoing
 
     def on_timer(self, now: float) -> list[Outgoing]:
         outgoing: list[Outgoing] = []
@@ -171,7 +176,10 @@ class ConsensusStack:
             if deadline is not None and deadline <= now:
                 outgoing += engine.on_timer(now)
         self._membership_deadline = self.membership.next_deadline()
-        return outgoing + self._after(now)
+        outgoing += self._after(now)
+        if self.observer is not None:
+            self.observer()
+        return outgoing
 
     def next_deadline(self) -> float | None:
         a, b = self._membership_deadline, self.consensus.next_deadline()
@@ -341,26 +349,18 @@ def run_plan(
     settle_at = heal + settings.membership_timeout_s + 2 * settings.heartbeat_every_s
     unseen_pairs: set[tuple[str, str]] = set()  # (node, neighbour) not seen alive since settle_at
 
+    def record_rounds(i: int, engine: SyncConsensus) -> None:
+        """After each event of node i: the values of the rounds it finished since the last one.
+        Rounds finished several at once in one call (shares buffered ahead, or a node closing
+        the rounds it missed) share the values after the last of them (an approximation there)."""
+        if engine.round > recorded[i] or (engine.done and recorded[i] < steps):
+            reached = steps if engine.done else engine.round
+            by_step[recorded[i] + 1: reached + 1, i] = engine.values["x"]
+            recorded[i] = reached
+
     if plan.engine == "sync":
-        # Wrap each node's handlers so a finished round's values are recorded when it ends.
-        # Rounds finished several at once in one call (shares buffered ahead) share the values
-        # after the last of them: recorded disagreement can only be lower than the true one there.
         for node, stack in stacks.items():
-            i = index[node]
-            engine = stack.consensus
-            for name in ("on_message", "on_timer"):
-                inner = getattr(stack, name)
-
-                def recording(*args, inner=inner, engine=engine, i=i):
-                    outgoing = inner(*args)
-                    if engine.round > recorded[i] or (engine.done and recorded[i] < steps):
-                        reached = steps if engine.done else engine.round
-                        current = engine.values["x"]
-                        by_step[recorded[i] + 1: reached + 1, i] = current
-                        recorded[i] = reached
-                    return outgoing
-
-                setattr(stack, name, recording)
+            stack.observer = functools.partial(record_rounds, index[node], stack.consensus)
 
     def disagreement_at(step: int) -> float:
         rows = by_step[step]
@@ -376,7 +376,7 @@ def run_plan(
             sender = stacks[node].consensus
             for destination in sender.out_neighbours:
                 seen = stacks[destination].consensus.received_totals(node)
-                weight += sender._sent_weight[destination] - (0.0 if seen is None else seen[1])
+                weight += sender.sent_totals(destination)[1] - (0.0 if seen is None else seen[1])
         drift = abs(weight - n) / n
         weight_drifts.append(drift)
         if drift > 1e-12:
