@@ -28,6 +28,7 @@ A row stops when disagreement reached 1e-6 and membership has settled after the 
     python bench/simulate.py                                   # 1,024 agents, every topology, both engines, faults
     python bench/simulate.py --agents 64,256 --plans faults,ideal --engines sync
     python bench/simulate.py --topologies exponential --json
+    python bench/simulate.py --agents 16 --shrink              # a failing row's plan, shrunk, as config sections
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
     sys.path.insert(0, str(REPO))
 
 from protocols.links import LinkConfig  # noqa: E402
-from protocols.simplan import HEAVY_TAILED_LOSSY, PlanSettings, predicted_rounds, run_plan, standard_plan  # noqa: E402
+from protocols.simplan import HEAVY_TAILED_LOSSY, PlanSettings, predicted_rounds, replay_yaml, run_plan, shrink_plan, standard_plan  # noqa: E402
 from protocols.topology import exponential, grid, metropolis_weights, random_regular, ring, second_largest_eigenvalue_modulus, small_world  # noqa: E402
 
 TOPOLOGIES = ("ring", "torus", "random_regular", "exponential", "small_world")
@@ -68,7 +69,7 @@ def build(name: str, n: int, seed: int):
     raise SystemExit(f"--topologies: expected some of {', '.join(TOPOLOGIES)}, got {name!r}")
 
 
-def run_row(n: int, name: str, engine: str, plan_name: str, rounds: int, periods: int, seed: int) -> dict:
+def make_plan(n: int, name: str, engine: str, plan_name: str, rounds: int, periods: int, seed: int):
     topology = build(name, n, seed)
     settings = PlanSettings(rounds=rounds, push_sum_periods=periods)
     if plan_name == "faults":
@@ -77,6 +78,12 @@ def run_row(n: int, name: str, engine: str, plan_name: str, rounds: int, periods
         plan = standard_plan(topology, name, engine, seed=seed, crash_fraction=0.0, partitions=0, link=IDEAL_DELAYS, settings=settings)
     else:
         raise SystemExit(f"--plans: expected faults and/or ideal, got {plan_name!r}")
+    return plan
+
+
+def run_row(n: int, name: str, engine: str, plan_name: str, rounds: int, periods: int, seed: int) -> dict:
+    plan = make_plan(n, name, engine, plan_name, rounds, periods, seed)
+    topology = plan.topology
     result = run_plan(plan)
     slem = second_largest_eigenvalue_modulus(metropolis_weights(topology))
     return {
@@ -142,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--periods", type=int, default=150, help="push-sum periods per run (0.1 s each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--shrink", action="store_true",
+                        help="cut each failing row's plan down to its smallest failing form (a full simulation per try) "
+                             "and print it as run config sections for orchestrate up")
     args = parser.parse_args(argv)
     rows = []
     if not args.json:
@@ -160,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print_table(rows)
+    if args.shrink:
+        for row in rows:
+            if row["violations"]:
+                plan = make_plan(row["agents"], row["topology"], row["engine"], row["plan"], args.rounds, args.periods, args.seed)
+                print(f"\n# {row['agents']} {row['topology']} {row['engine']} {row['plan']}: shrinking {len(plan.events)} events")
+                print(replay_yaml(shrink_plan(plan)))
     return 1 if any(row["violations"] for row in rows) else 0
 
 
