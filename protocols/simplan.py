@@ -23,9 +23,11 @@ bytes each node sent, and checks the invariants (`PlanResult.violations`, empty 
   probe, under loss, delay, crashes and partitions;
 - a synchronous run never leaves the range of its inputs (every round is a convex combination);
 - bounded disagreement after the heal: disagreement at the end is no larger than at the heal;
-- every consensus engine finishes within its bound (sync: `rounds * round_timeout_s` after the
-  last revival; push-sum: its duration);
-- membership converges after the heal: every node sees every neighbour alive at the end.
+- every consensus engine finishes within its bound (its run's length after the heal), when the
+  run lasts that long (a row may stop earlier, at the disagreement asked for);
+- membership converges after the heal: every (node, neighbour) pair is seen alive at a probe
+  after the heal has had a timeout and two heartbeats to settle (under loss a neighbour can be
+  declared down by chance at any moment; what must hold is that it comes back).
 
 `shrink_plan` cuts a plan that breaks an invariant down to the fewest events that still break it
 (delta debugging, Zeller and Hildebrandt 2002), and `replay_config` prints the result as the
