@@ -90,8 +90,13 @@ class FaultSchedule:
 
     @property
     def heal_time(self) -> float:
-        ends = [getattr(f, "revive_at", None) or getattr(f, "heal_at", None) or getattr(f, "until") for f in self.faults]
-        return max(ends, default=0.0)
+        return last_fault_end(self.faults)
+
+
+def last_fault_end(faults: tuple[Fault, ...]) -> float:
+    """When the last of these faults is over (0 without faults)."""
+    ends = [getattr(f, "revive_at", None) or getattr(f, "heal_at", None) or getattr(f, "until") for f in faults]
+    return max(ends, default=0.0)
 
 
 def random_schedule(seed: int) -> FaultSchedule:

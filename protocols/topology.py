@@ -239,6 +239,57 @@ def random_regular(n: int, k: int, seed: int, node_ids: Sequence[str] | None = N
     raise RuntimeError(f"random_regular(n={n}, k={k}, seed={seed}) found no connected graph in {max_attempts} draws")
 
 
+def small_world(n: int, k: int, rewire: float, seed: int, node_ids: Sequence[str] | None = None) -> Topology:
+    """A Watts-Strogatz small world, drawn with `seed`: a ring lattice where each node links to its
+    `k/2` nearest nodes on either side, then each lattice edge `(i, i + j)` is moved with
+    probability `rewire` to `(i, m)`, `m` uniform among the nodes `i` is not linked to yet.
+
+    A few long-range shortcuts shrink the diameter of the lattice from `n/k` to about `log n` while
+    most links stay local (Watts and Strogatz 1998). Draws that come out disconnected are redrawn.
+    Not a `topology.kind` of a run config; a run replays one drawn graph as `kind: edges`.
+    """
+    _node_ids(n, node_ids)
+    if k < 2 or k % 2 == 1 or k >= n:
+        raise ValueError(f"small_world needs an even degree 2 <= k < n, got k={k}, n={n}")
+    if not 0.0 <= rewire <= 1.0:
+        raise ValueError(f"small_world rewire is a probability in [0, 1], got {rewire}")
+    rng = np.random.default_rng(seed)
+    max_attempts = 100
+    for _ in range(max_attempts):
+        linked = [set() for _ in range(n)]
+        for i in range(n):
+            for j in range(1, k // 2 + 1):
+                linked[i].add((i + j) % n)
+                linked[(i + j) % n].add(i)
+        for j in range(1, k // 2 + 1):
+            for i in range(n):
+                other = (i + j) % n
+                if other not in linked[i] or rng.random() >= rewire:
+                    continue
+                free = [m for m in range(n) if m != i and m not in linked[i]]
+                if not free:
+                    continue
+                target = free[int(rng.integers(len(free)))]
+                linked[i].discard(other)
+                linked[other].discard(i)
+                linked[i].add(target)
+                linked[target].add(i)
+        candidate = _make(n, [(i, m) for i in range(n) for m in linked[i]], node_ids)
+        if candidate.is_connected():
+            return candidate
+    raise RuntimeError(f"small_world(n={n}, k={k}, rewire={rewire}, seed={seed}) found no connected graph in {max_attempts} draws")
+
+
+def one_peer_hypercube(n: int, node_ids: Sequence[str] | None = None) -> list[Topology]:
+    """The `log2 n` graphs of the one-peer hypercube schedule, `n` a power of two: in graph `k`
+    node `i` has the single neighbour `i XOR 2^k`. Averaging with weights 1/2 over the graphs in
+    turn gives every node the exact average after the last one (protocols/conformance.py)."""
+    _node_ids(n, node_ids)
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"the one-peer hypercube schedule needs n a power of two >= 2, got n={n}")
+    return [_make(n, [(i, i ^ (1 << k)) for i in range(n)], node_ids) for k in range(n.bit_length() - 1)]
+
+
 def _draw_regular_edges(n: int, k: int, rng: np.random.Generator) -> set[tuple[int, int]] | None:
     """One attempt at a k-regular simple graph; None when the pairing got stuck."""
     if k == 0:
