@@ -255,12 +255,15 @@ def load_trained_learner(run_dir: str | Path, node_id: str = "learner") -> Centr
     end, so after a finished run: the final one), rebuilt from the run's resolved.yaml and
     `nodes/<node_id>/checkpoints/latest.pt`. For reading what was learned (bench/ctde_games.py
     prints Q_tot tables from it); ValueError naming the file when there is no checkpoint."""
+    import yaml
+
     from agent_node.config import AgentNodeConfig
     from agent_node.training_config import mixer_config
-    from protocols.node_config import load_node_config
 
     run_dir = Path(run_dir)
-    config, _ = load_node_config(run_dir / "resolved.yaml", node_id, AgentNodeConfig)
+    # Only the learning sections are read (not load_node_config: the run's keys and endpoints do
+    # not matter to reading a checkpoint, and a run directory may have been moved since).
+    config = AgentNodeConfig.model_validate(yaml.safe_load((run_dir / "resolved.yaml").read_text()))
     if config.training.mode != "centralized":
         raise ValueError(f"{run_dir}: training.mode is {config.training.mode!r}; only a centralized run has a learner node")
     path = run_dir / "nodes" / node_id / "checkpoints" / "latest.pt"

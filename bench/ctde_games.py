@@ -62,9 +62,11 @@ GAMES = {
     "nonmonotonic": {"config": "configs/games_nonmonotonic.yaml", "module": nonmonotonic},
     "climbing": {"config": "configs/games_climbing.yaml", "module": climbing},
 }
+# Every game config trains centrally (params_every 10); these pick the mixer or switch it off.
+# Scalar paths, so a reused run is checked field by field against its resolved.yaml.
 LEARNERS = {
-    "qmix": ["training={mode: centralized, mixer: qmix, params_every: 10}"],
-    "vdn": ["training={mode: centralized, mixer: vdn, params_every: 10}"],
+    "qmix": ["training.mode=centralized", "training.mixer=qmix"],
+    "vdn": ["training.mode=centralized", "training.mixer=vdn"],
     "iql": ["training={mode: decentralized}"],
 }
 NUM_AGENTS = 2
