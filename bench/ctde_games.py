@@ -166,7 +166,7 @@ def report(rows: list[dict], args) -> list[str]:
                 ran = sum(counts.values()) + failed
                 hits = counts.get(TARGETS[(game, learner)], 0)
                 needed = math.ceil(0.9 * ran)
-                verdict = "met" if hits >= needed else "MISSED"
+                verdict = "no run" if ran == 0 else "met" if hits >= needed else "MISSED"
                 target = f"{TARGETS[(game, learner)]:g} on >= 90% of seeds: {verdict} ({hits}/{ran}" + (f", {seeds} asked)" if ran < seeds else ")")
             lines.append(f"| {game} | {learner} | {landed} | {expected} | {source} | {target} |")
     if "two_step" in args.games:
