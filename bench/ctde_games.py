@@ -169,6 +169,15 @@ def report(rows: list[dict], args) -> list[str]:
                 verdict = "no run" if ran == 0 else "met" if hits >= needed else "MISSED"
                 target = f"{TARGETS[(game, learner)]:g} on >= 90% of seeds: {verdict} ({hits}/{ran}" + (f", {seeds} asked)" if ran < seeds else ")")
             lines.append(f"| {game} | {learner} | {landed} | {expected} | {source} | {target} |")
+    ran_seeds = sorted({r["seed"] for r in rows})
+    lines += ["", "Per seed: team return of the final greedy evaluation", "",
+              "| game | learner | " + " | ".join(f"seed {seed}" for seed in ran_seeds) + " |", "| --- | --- |" + " --- |" * len(ran_seeds)]
+    for game in args.games:
+        for learner in args.learners:
+            by_seed = {r["seed"]: r for r in rows if r["game"] == game and r["learner"] == learner}
+            cells = ["-" if seed not in by_seed else "failed" if by_seed[seed]["failed"] else f"{by_seed[seed]['team_return']:g}"
+                     for seed in ran_seeds]
+            lines.append(f"| {game} | {learner} | " + " | ".join(cells) + " |")
     if "two_step" in args.games:
         lines += ["", "Two-step game: Q_tot(stage, u_0, u_1), rows u_0 (A, B), columns u_1; learned = mean over seeds (min-max)", "",
                   "| learner | stage | learned, mean over seeds | min over seeds | max over seeds | paper |", "| --- | --- | --- | --- | --- | --- |"]
