@@ -253,6 +253,33 @@ def make_core_factory(config: MixerConfig, num_agents: int, seed: int, replay_ca
     return make_core
 
 
+def load_trained_learner(run_dir: str | Path, node_id: str = "learner") -> CentralizedMixerLearner:
+    """The mixer learner a centralized run's learner node last checkpointed (the node saves at the
+    end, so after a finished run: the final one), rebuilt from the run's resolved.yaml and
+    `nodes/<node_id>/checkpoints/latest.pt`. For reading what was learned (bench/ctde_games.py
+    prints Q_tot tables from it); ValueError naming the file when there is no checkpoint."""
+    import yaml
+
+    from agent_node.config import AgentNodeConfig
+    from agent_node.training_config import mixer_config
+
+    run_dir = Path(run_dir)
+    # Only the learning sections are read (not load_node_config: the run's keys and endpoints do
+    # not matter to reading a checkpoint, and a run directory may have been moved since).
+    config = AgentNodeConfig.model_validate(yaml.safe_load((run_dir / "resolved.yaml").read_text()))
+    if config.training.mode != "centralized":
+        raise ValueError(f"{run_dir}: training.mode is {config.training.mode!r}; only a centralized run has a learner node")
+    path = run_dir / "nodes" / node_id / "checkpoints" / "latest.pt"
+    checkpoint = load_checkpoint(path)
+    if checkpoint is None:
+        raise ValueError(f"{path}: no learner checkpoint (did the run start its learner node?)")
+    spaces = [decode_space(checkpoint["spaces"][name], name) for name in ("observation_space", "action_space", "state_space")]
+    learner = CentralizedMixerLearner(mixer_config(config.training, config.agents.learner), *spaces,
+                                      num_agents=int(checkpoint["num_agents"]), seed=0)
+    learner.load_state_dict(checkpoint["core"]["learner"])
+    return learner
+
+
 # ---------------------------------------------------------------------------------- orchestrated
 
 

@@ -37,6 +37,10 @@ BUILTIN_ENVS: dict[str, str] = {
     "reward_collection_v0": "env_server.envs.reward_collection:parallel_env",
     "goal_lines_v0": "env_server.envs.goal_lines:parallel_env",
     "treasure_room_v0": "env_server.envs.treasure_room:parallel_env",
+    # The matrix games where a learner's answer is known (bench/ctde_games.py).
+    "two_step_v0": "env_server.envs.two_step:parallel_env",
+    "nonmonotonic_matrix_v0": "env_server.envs.nonmonotonic:parallel_env",
+    "climbing_v0": "env_server.envs.climbing:parallel_env",
 }
 # Environments that draw part of the task at construction: registry name -> the factory argument
 # that seeds that draw (see the module docstring). Import paths of the same factories count too.

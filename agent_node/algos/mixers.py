@@ -263,6 +263,19 @@ class CentralizedMixerLearner:
             q_values = self.agent_q_values(torch.as_tensor(obs, dtype=torch.float32).reshape(len(obs), self.num_agents, -1), self.agent_networks)
         return q_values.argmax(dim=2).numpy()
 
+    def joint_q_table(self, obs: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """Q_tot(s, u) of every joint action u for one (N, O) observation and one (S,) state,
+        shaped (num_actions,) * N: entry [u_0, u_1, ...] mixes Q_0(o_0)[u_0], Q_1(o_1)[u_1], ...
+        For reading what was learned (bench/ctde_games.py prints it beside the papers' tables)."""
+        obs = np.asarray(obs, dtype=np.float32).reshape(self.num_agents, self.obs_dim)
+        state = np.asarray(state, dtype=np.float32).reshape(self.state_dim)
+        joint = np.array(np.meshgrid(*[np.arange(self.num_actions)] * self.num_agents, indexing="ij")).reshape(self.num_agents, -1).T
+        with torch.inference_mode():
+            q_values = self.agent_q_values(torch.as_tensor(obs).unsqueeze(0), self.agent_networks)[0]  # (N, A)
+            chosen = q_values[torch.arange(self.num_agents), torch.as_tensor(joint)]  # (A^N, N)
+            totals = self.mixer(chosen, torch.as_tensor(state).expand(len(joint), -1))
+        return totals.numpy().reshape((self.num_actions,) * self.num_agents)
+
     def _tensors(self, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         count = len(np.asarray(batch["reward"]))
         expected = {

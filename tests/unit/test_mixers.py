@@ -165,3 +165,20 @@ def test_state_dict_round_trip_and_bad_batches():
     replay = JointReplayBuffer(capacity=4, num_agents=2, obs_dim=2, state_dim=2, seed=0)
     with pytest.raises(ValueError, match="'obs' must have shape"):
         replay.add({**batch, "obs": batch["obs"][:, :1]})
+
+
+@pytest.mark.parametrize("mixer", ["vdn", "qmix"])
+def test_joint_q_table_mixes_each_joint_actions_agent_values(mixer):
+    box = gym.spaces.Box(0.0, 1.0, (3,), np.float32)
+    learner = CentralizedMixerLearner(MixerConfig(mixer=mixer, agent_hidden_sizes=(8,)), box, gym.spaces.Discrete(2), box, num_agents=2, seed=3)
+    obs, state = np.array([[1, 0, 0], [0, 1, 0]], np.float32), np.array([0, 0, 1], np.float32)
+    table = learner.joint_q_table(obs, state)
+    assert table.shape == (2, 2)
+    with torch.no_grad():
+        q_values = learner.agent_q_values(torch.as_tensor(obs).unsqueeze(0), learner.agent_networks)[0]
+        for u0 in range(2):
+            for u1 in range(2):
+                chosen = torch.stack([q_values[0, u0], q_values[1, u1]]).unsqueeze(0)
+                assert table[u0, u1] == pytest.approx(float(learner.mixer(chosen, torch.as_tensor(state).unsqueeze(0))), abs=1e-6)
+    if mixer == "vdn":
+        assert np.allclose(table, q_values[0].numpy()[:, None] + q_values[1].numpy()[None, :], atol=1e-6)
