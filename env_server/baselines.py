@@ -80,10 +80,12 @@ def _steer(velocity: np.ndarray, offset: np.ndarray) -> int:
     return int(np.argmin(np.linalg.norm(offset - moved - coast, axis=1)))
 
 
-def oracle_for(env_name: str, agents: list[str]) -> Policy | None:
-    """The scripted oracle of a named env, or None where there is none."""
-    if env_name.endswith("simple_spread_v3"):
-        return spread_oracle(agents)
+def oracle_for(env_name: str, action_spaces: dict[str, spaces.Space]) -> Policy | None:
+    """The scripted oracle of a named env, or None where there is none (simple_spread's steers with
+    its five discrete moves: none for continuous actions)."""
+    discrete_moves = all(isinstance(space, spaces.Discrete) and space.n == len(PUSH) for space in action_spaces.values())
+    if env_name.endswith("simple_spread_v3") and discrete_moves:
+        return spread_oracle(list(action_spaces))
     return None
 
 
@@ -103,7 +105,7 @@ def play(envs: VectorizedParallelEnv, seed: int, policy: Policy) -> list[float]:
 def baseline_metrics(envs: VectorizedParallelEnv, seed: int, env_name: str) -> dict[str, float]:
     """`eval/random_return_mean` and, where the env has an oracle, `eval/oracle_return_mean`."""
     metrics = {"eval/random_return_mean": float(np.mean(play(envs, seed, random_policy(envs.action_spaces, seed))))}
-    oracle = oracle_for(env_name, envs.possible_agents)
+    oracle = oracle_for(env_name, {agent: envs.action_spaces[agent] for agent in envs.possible_agents})
     if oracle is not None:
         metrics["eval/oracle_return_mean"] = float(np.mean(play(envs, seed, oracle)))
     return metrics

@@ -90,8 +90,12 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path):
         assert "state running -> draining" in (node_dir / "log").read_text()
         assert list((run_dir / "tb" / agent).glob("events.out.tfevents.*")), "TensorBoard event file"
     env_rows = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
-    evaluations = [row for row in env_rows if any(key.startswith("eval/") for key in row)]  # besides link/ counters
+    evaluations = [row for row in env_rows if "eval/return_mean" in row]  # besides link/ counters
     assert [(e["step"], e["eval/episodes"]) for e in evaluations] == [(20, 2), (40, 2), (60, 2)]
+    # The random line, measured by the env server on the same evaluation episodes (tiny_ring is
+    # simple_spread N=3: its oracle too).
+    (baselines,) = [row for row in env_rows if "eval/random_return_mean" in row]
+    assert baselines["step"] == 20 and baselines["eval/oracle_return_mean"] > baselines["eval/random_return_mean"]
     assert all(-100 < e["eval/return_mean"] < 0 for e in evaluations)
     assert_all_reaped(launched_pids(events))
 

@@ -55,7 +55,6 @@ def test_the_learner_node_joins_the_run_after_the_agents_without_shifting_their_
         (["faults.restart={policy: on-failure}", "network.transport=tcp"], "faults.restart: expected network.transport 'ipc' for restarts"),
         (["training.mode=federated"], "training.mode: expected one of 'decentralized', 'centralized', got 'federated'"),
         (["training.mixers=qmix"], r"training.mixers: unknown key; valid keys: mode, mixer, .* \(did you mean .mixer.\?\)"),
-        (["training.mode=decentralized"], "training.mixer: unknown key; valid keys: mode"),
     ],
 )
 def test_combinations_the_learner_node_does_not_implement_are_refused(overrides, expected):

@@ -146,3 +146,6 @@ def test_the_oracle_beats_random_by_far_on_the_same_episodes():
     metrics = baseline_metrics(envs, 7, "mpe2.simple_spread_v3")
     assert metrics["eval/oracle_return_mean"] == pytest.approx(np.mean(oracle_returns))
     assert "eval/oracle_return_mean" not in baseline_metrics(envs, 7, "pursuit_v4")
+    continuous = VectorizedParallelEnv(lambda: simple_spread_v3.parallel_env(N=4, max_cycles=25, continuous_actions=True), 2,
+                                       autoreset=False)
+    assert set(baseline_metrics(continuous, 7, "mpe2.simple_spread_v3")) == {"eval/random_return_mean"}
