@@ -258,7 +258,7 @@ class LandmarkSession:
             "landmarks/copies": float(len(self.goals[False])),
         }
         if flood is not None:
-            record["landmarks/flood_s"] = flood.duration_s
+            record["landmarks/flood_duration_s"] = flood.duration_s
             record["landmarks/rounds_closed_by_deadline"] = float(flood.rounds_closed_by_deadline)
         self._records.append(record)
 

@@ -190,7 +190,7 @@ def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path:
     axes.set_xlabel("lockstep env steps (x 8 copies)")
     axes.set_ylabel("greedy return per agent per episode")
     axes.set_title(title, fontsize=8)
-    axes.legend(fontsize=7)
+    axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -292,8 +292,8 @@ def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: 
                 codes.setdefault(row["step"], {})[node] = _decode_goals(row["landmarks/goals_code"], num_landmarks,
                                                                         int(row["landmarks/copies"]))
                 complete.append(row["landmarks/complete"])
-                if "landmarks/flood_s" in row:
-                    flood_s.append(row["landmarks/flood_s"])
+                if "landmarks/flood_duration_s" in row:
+                    flood_s.append(row["landmarks/flood_duration_s"])
     agents = sum(1 for node in metrics if node != ENV_NODE_ID)
     starts = [by_node for by_node in codes.values() if len(by_node) == agents]
     if not starts:

@@ -21,6 +21,7 @@ from tests.integration.test_orchestrate import assert_all_reaped, launched_pids,
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(240)]
 
 KILL_AT_STEP = 30
+STEPS = 1200
 
 
 def wait_for_exit(run_dir: Path, process, node: str, timeout_s: float = 150) -> None:
@@ -36,7 +37,10 @@ def run_killing_agent_1(run_dir: Path, damage) -> tuple[int, str, list[dict]]:
     """Run tiny_ring with agent_1 killed at step 30; `damage(node_dir)` runs once it has exited,
     before the restart. Returns the orchestrator's exit code, its stderr and the events."""
     process = orchestrate(
-        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=120",
+        # Enough steps after the kill that the run is still going when the restart comes, on an
+        # idle machine too (120 steps ended within the backoff there).
+        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}",
+        "--set", "env.eval_every_steps=400",
         "--set", "agents.checkpoint_every_steps=10", "--set", "agents.replay_save_every_steps=10",
         "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [agent_1]}}]",
         "--set", "env.step_deadline_s=1.0", "--set", "faults.restart={policy: on-failure, max_restarts: 3, backoff_s: 1.5}",
@@ -80,7 +84,7 @@ def test_a_checkpoint_cut_to_half_and_random_replay_bytes_fall_back_to_the_older
     lost = next(r for r in rows if "persistence/steps_lost" in r)
     damaged_step = int(damaged["checkpoint"].name.split("-")[1].split(".")[0])
     assert lost["persistence/restored_from_step"] == damaged_step - 10 and lost["persistence/steps_lost"] == 10
-    assert rows[-1]["step"] == 120
+    assert rows[-1]["step"] == STEPS
     # The damaged file is kept aside as it was; nothing wrote over it.
     kept = damaged["checkpoint"].with_name(damaged["checkpoint"].name + ".damaged")
     assert kept.read_bytes() == damaged["bytes"]

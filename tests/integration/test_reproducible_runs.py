@@ -56,7 +56,7 @@ PERTURBED = (
     "agents.gradient_steps_per_slice=1",
     "network.default_link={delay_s: 0.003, jitter_s: 0.003}",
 )
-TIMING_PREFIXES = ("link/", "security/", "membership/")
+TIMING_PREFIXES = ("link/", "security/", "membership/", "peer/")
 
 
 def run_config(config: str, run_dir: Path, *settings: str) -> None:
