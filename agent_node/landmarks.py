@@ -141,7 +141,7 @@ class LandmarkSession:
     """One agent's landmarks, episode by episode (see the module docstring).
 
     The node calls `needs_decision` before it acts on an observation; when it does, `begin`
-    starts the team's flooding and the node holds the observation until `decided` (driven by
+    starts the team's flooding and the node holds the observation while `deciding` (driven by
     `on_message`, `on_timer`, `on_neighbour_down`), then acts with `condition`. Training rows go
     through `training_rows`; `take_outgoing` and `take_records` hand the node what to send and to
     write."""
