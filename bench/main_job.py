@@ -38,7 +38,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
-from runs import REPO, records, run_and_score  # noqa: E402
+from runs import REPO, plot_evaluations, run_and_score  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
 LAST_EVALS = 5
@@ -65,19 +65,17 @@ def gap_closed(score: float, random_line: float, oracle_line: float) -> float:
     return (score - random_line) / (oracle_line - random_line)
 
 
-def distinct_fraction(run_dir: Path) -> float | None:
-    """The fraction of (episode start, copy) in which the four agents took four landmarks."""
+def run_summary(run_dir: Path) -> dict | None:
+    """`orchestrate report`'s summary of a finished run (its evaluation curve, the random and
+    oracle lines, the landmark agreement, its duration); None for a run not run or not finished."""
     from orchestrator.report import summarize_run
 
-    landmarks = summarize_run(run_dir).get("landmarks")
-    return landmarks["distinct_fraction"] if landmarks else None
-
-
-def baseline_lines(run_dir: Path) -> tuple[float | None, float | None]:
-    env = records(run_dir, "env")
-    random_line = next((r["eval/random_return_mean"] for r in env if "eval/random_return_mean" in r), None)
-    oracle_line = next((r["eval/oracle_return_mean"] for r in env if "eval/oracle_return_mean" in r), None)
-    return random_line, oracle_line
+    if not (run_dir / "events.jsonl").exists():
+        return None
+    summary = summarize_run(run_dir)
+    evaluation = summary["evaluation"]
+    finished = summary["exit_code"] is not None and evaluation is not None and evaluation["evaluations"] >= LAST_EVALS
+    return summary if finished else None
 
 
 def run_dir_of(root: Path, variant: str, seed: int) -> Path:
@@ -100,23 +98,19 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
     for variant in variants:
         scores, distinct, walls = {}, [], []
         for seed in seeds:
-            run_dir = run_dir_of(root, variant, seed)
-            evals = [(r["step"], r["eval/return_mean"]) for r in records(run_dir, "env") if "eval/return_mean" in r]
-            if len(evals) < LAST_EVALS or not (run_dir / "report").exists():
-                continue  # not run, or not finished
-            scores[seed] = float(np.mean([value for _, value in evals[-LAST_EVALS:]]))
-            random_line, oracle_line = baseline_lines(run_dir)
-            if random_line is not None:
-                random_lines.append(random_line)
-            if oracle_line is not None:
-                oracle_lines.append(oracle_line)
-            if (fraction := distinct_fraction(run_dir)) is not None:
-                distinct.append(fraction)
-            events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
-            started = next((e["t"] for e in events if e.get("event") == "started"), None)
-            finished = next((e["t"] for e in events if e.get("event") == "run_finished"), None)
-            if started is not None and finished is not None:
-                walls.append(finished - started)
+            summary = run_summary(run_dir_of(root, variant, seed))
+            if summary is None:
+                continue
+            evaluation = summary["evaluation"]
+            scores[seed] = evaluation["last5"]  # the report's mean of the last LAST_EVALS evaluations
+            if evaluation["random"] is not None:
+                random_lines.append(evaluation["random"])
+            if evaluation["oracle"] is not None:
+                oracle_lines.append(evaluation["oracle"])
+            if summary["landmarks"] is not None:
+                distinct.append(summary["landmarks"]["distinct_fraction"])
+            if summary["duration_s"] is not None:
+                walls.append(summary["duration_s"])
         mean, half = mean_ci(list(scores.values()))
         per_variant[variant] = {"scores": scores, "mean": mean, "ci95": half,
                                 "distinct_fraction": float(np.mean(distinct)) if distinct else None,
@@ -163,37 +157,13 @@ def print_tables(summary: dict) -> None:
 
 
 def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path: Path) -> None:
-    curves = {variant: [run_dir_of(root, variant, seed) for seed in seeds if (run_dir_of(root, variant, seed) / "report").exists()]
-              for variant in variants}
-    title = (f"main job, greedy evaluation (mean, 95% CI over seeds); random {summary['random']:.1f}, "
-             f"oracle {summary['oracle']:.1f}" if summary["random"] is not None and summary["oracle"] is not None
-             else "main job, greedy evaluation")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from intervals import curve_band
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    for index, (variant, run_dirs) in enumerate((k, v) for k, v in curves.items() if v):
-        runs = [[(r["step"], r["eval/return_mean"]) for r in records(d, "env") if "eval/return_mean" in r] for d in run_dirs]
-        length = min(len(run) for run in runs)
-        steps = [step for step, _ in runs[0][:length]]
-        mean, half = curve_band([[value for _, value in run[:length]] for run in runs])
-        axes.plot(steps, mean, marker=".", color=f"C{index}", label=f"{variant} ({len(runs)} seeds)")
-        axes.fill_between(steps, mean - half, mean + half, color=f"C{index}", alpha=0.15)
-    if summary["random"] is not None:
-        axes.axhline(summary["random"], color="grey", linestyle="--", label="random policy")
-    if summary["oracle"] is not None:
-        axes.axhline(summary["oracle"], color="black", linestyle="--", label="scripted oracle")
-    axes.set_xlabel("lockstep env steps (x 8 copies)")
-    axes.set_ylabel("greedy return per agent per episode")
-    axes.set_title(title, fontsize=8)
-    axes.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    curves = {variant: [run_dir_of(root, variant, seed) for seed in seeds
+                        if run_summary(run_dir_of(root, variant, seed)) is not None] for variant in variants}
+    lines = {label: value for label, value in (("random policy", summary["random"]), ("scripted oracle", summary["oracle"]))
+             if value is not None}
+    title = "main job, greedy evaluation (mean, 95% CI over seeds)" + "".join(
+        f"; {label} {value:.1f}" for label, value in lines.items())
+    plot_evaluations({k: v for k, v in curves.items() if v}, path, title, lines=lines)
 
 
 def main() -> None:

@@ -115,12 +115,14 @@ def _scored(run_dir: Path, code: int, last_evals: int, stderr: str) -> dict:
 
 
 def plot_evaluations(curves: dict[str, list[Path]], path: Path, title: str, *,
-                     levels: dict[str, list[Path]] | None = None, last_evals: int = 1) -> list[str]:
+                     levels: dict[str, list[Path]] | None = None, last_evals: int = 1,
+                     lines: dict[str, float] | None = None) -> list[str]:
     """Greedy evaluation return against lockstep step, mean and 95% t-interval over the runs of
     each group in `curves`, one line per group (cut to the group's shortest run). `levels` are
     groups of evaluation-only runs (a fixed policy: their evaluations only repeat the same test),
     drawn as a horizontal line at the mean of their scores, with its interval. Returns the labels
-    of the groups left out because none of their runs holds an evaluation."""
+    of the groups left out because none of their runs holds an evaluation. `lines` are fixed
+    values drawn as dashed horizontal lines (e.g. the env server's random and oracle returns)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +155,8 @@ def plot_evaluations(curves: dict[str, list[Path]], path: Path, title: str, *,
         color = next(colors)
         axes.axhline(mean, linestyle="--", color=color, label=f"{label} ({len(scores)} runs)")
         axes.axhspan(mean - half, mean + half, color=color, alpha=0.12)
+    for label, value in (lines or {}).items():
+        axes.axhline(value, linestyle="--", color=next(colors), label=label)
     axes.set_xlabel("lockstep step")
     axes.set_ylabel("greedy evaluation return")
     axes.legend(fontsize=7)
