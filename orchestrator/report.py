@@ -922,11 +922,12 @@ def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path
     return path
 
 
-def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], list[str]]:
+def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], list[str], list[str]]:
     """The end of every `orchestrate up`: `report/summary.md` and (with `plots`)
-    `report/timeline.png` in the run's directory. Never raises: what could not be written comes
-    back as one problem line each (the caller logs them; a plot that fails must not fail a run
-    that worked)."""
+    `report/timeline.png` (and `learning_curve.png` where the run evaluated) in the run's
+    directory, and the run's result in a line or none (`evaluation_lines`) for the terminal.
+    Never raises: what could not be written comes back as one problem line each (the caller logs
+    them; a plot that fails must not fail a run that worked)."""
     written: list[Path] = []
     problems: list[str] = []
     target = Path(run_dir) / REPORT_DIRNAME
@@ -934,14 +935,15 @@ def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], lis
         summary = summarize_run(run_dir)
         written.append(write_summary_md(summary, False, target))
     except Exception as error:  # noqa: BLE001 - any failure here is reported, not raised
-        return written, [f"summary: {type(error).__name__}: {error}"]
+        return written, [f"summary: {type(error).__name__}: {error}"], []
+    lines = evaluation_lines(summary)
     if not plots:
-        return written, problems
+        return written, problems, lines
     try:
         written += plot_run(summary, target)
     except Exception as error:  # noqa: BLE001 - e.g. matplotlib missing or a backend error
         problems.append(f"plots: {type(error).__name__}: {error}")
-    return written, problems
+    return written, problems, lines
 
 
 def main(path: Path, as_json: bool = False, save: bool = False, out=None) -> int:

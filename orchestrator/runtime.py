@@ -816,18 +816,13 @@ def write_report(run_dir: Path, events: EventLog, plots: bool = True) -> None:
     try:
         from orchestrator.report import write_run_report
 
-        written, problems = write_run_report(run_dir, plots=plots)
+        written, problems, result_lines = write_run_report(run_dir, plots=plots)
     except Exception as error:  # noqa: BLE001 - write_run_report never raises; its import might
-        written, problems = [], [f"report: {type(error).__name__}: {error}"]
+        written, problems, result_lines = [], [f"report: {type(error).__name__}: {error}"], []
     if written:
         print(f"report: {', '.join(str(path) for path in written)}", file=sys.stderr)
-        try:  # the run's result in a line: the greedy evaluation against random and the oracle
-            from orchestrator.report import evaluation_lines, summarize_run
-
-            for line in evaluation_lines(summarize_run(run_dir)):
-                print(line, file=sys.stderr)
-        except Exception as error:  # noqa: BLE001 - the report above is written; this line is a courtesy
-            problems.append(f"evaluation line: {type(error).__name__}: {error}")
+    for line in result_lines:  # the greedy evaluation against random and the oracle
+        print(line, file=sys.stderr)
     for problem in problems:
         print(f"report not complete: {problem}", file=sys.stderr)
     if problems:

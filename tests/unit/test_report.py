@@ -338,8 +338,8 @@ def test_every_up_writes_the_run_report_and_a_failed_plot_is_an_event_not_a_fail
     assert failed[-1]["written"] == [str(run_dir / "report" / "summary.md")]
     assert "report not complete: plots: RuntimeError: no display backend" in capsys.readouterr().err
     # A run directory the report cannot read: a problem line, not an exception.
-    written, problems = report.write_run_report(tmp_path / "missing")
-    assert written == [] and problems and problems[0].startswith("summary: RunDirError")
+    written, problems, lines = report.write_run_report(tmp_path / "missing")
+    assert written == [] and lines == [] and problems and problems[0].startswith("summary: RunDirError")
 
 
 def test_a_push_sum_run_reports_its_disagreement_estimate_and_no_rounds(tmp_path):
