@@ -19,6 +19,7 @@ from the per-copy reset seeds.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import Any, Callable
 
@@ -65,9 +66,11 @@ def resolve_factory(name: str) -> Callable[..., ParallelEnv]:
     if path is None:
         if ":" not in name:
             known = sorted(BUILTIN_ENVS) + sorted(ALIASES)
+            hint = difflib.get_close_matches(name, known, n=1)
             raise EnvNotFound(
                 f"env.name {name!r} is neither a registered environment ({', '.join(known)}) "
                 "nor an import path of the form 'package.module:factory'"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
             )
         path = name
     module_name, _, attribute = path.partition(":")

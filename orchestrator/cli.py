@@ -127,8 +127,38 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def topology_positions(config: RunConfig) -> dict[int, tuple[float, float]]:
+    """Where `graph --png` draws each agent: a grid and a torus as their lattice (row-major, as
+    protocols/topology.py numbers them), a ring, a line's stretch and a full graph on a circle,
+    a star around its centre, anything else (exponential, random regular, edges) by networkx's
+    force-directed layout, seeded so the picture is the same every time."""
+    import networkx as nx
+
+    topology = config.build_topology()
+    n = topology.num_nodes
+    kind = config.topology.kind
+    if kind in ("grid", "torus"):
+        cols = config.topology.cols
+        # Row 0 on top; a torus's wrap-around edges are drawn as long chords across the lattice.
+        return {i: (float(i % cols), -float(i // cols)) for i in range(n)}
+    if kind == "line":
+        return {i: (float(i), 0.0) for i in range(n)}
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(topology.edges)
+    if kind in ("ring", "full") or n <= 2:
+        # networkx's circle starts at angle 0; start at the top and go clockwise, as a clock.
+        return {i: (math.cos(math.pi / 2 - 2 * math.pi * i / n), math.sin(math.pi / 2 - 2 * math.pi * i / n)) for i in range(n)}
+    if kind == "star":
+        centre = config.topology.center or 0
+        layout = nx.shell_layout(graph, nlist=[[centre], [i for i in range(n) if i != centre]])
+    else:
+        layout = nx.kamada_kawai_layout(graph) if n <= 64 else nx.spring_layout(graph, seed=0)
+    return {i: (float(x), float(y)) for i, (x, y) in layout.items()}
+
+
 def draw_topology_png(config: RunConfig, path: Path) -> None:
-    """Draw the agents' graph on a circle (node i at angle 90° - i * 360°/n) into a PNG."""
+    """Draw the agents' graph into a PNG, laid out by `topology_positions`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,20 +166,21 @@ def draw_topology_png(config: RunConfig, path: Path) -> None:
 
     topology = config.build_topology()
     n = topology.num_nodes
-    angles = [math.pi / 2 - 2 * math.pi * i / n for i in range(n)]
-    xs = [math.cos(angle) for angle in angles]
-    ys = [math.sin(angle) for angle in angles]
-    size = 4 + 0.08 * n
-    figure, axes = plt.subplots(figsize=(size, size))
+    positions = topology_positions(config)
+    xs = [positions[i][0] for i in range(n)]
+    ys = [positions[i][1] for i in range(n)]
+    width = max(xs) - min(xs) or 1.0
+    height = max(ys) - min(ys) or 1.0
+    scale = 4 + 0.08 * n
+    figure, axes = plt.subplots(figsize=(scale * max(1.0, width / height) ** 0.5, scale * max(1.0, height / width) ** 0.5))
     for i, j in sorted(topology.edges):
         axes.plot([xs[i], xs[j]], [ys[i], ys[j]], color="0.55", linewidth=1.2, zorder=1)
-    axes.scatter(xs, ys, s=900, color="#4c72b0", edgecolors="white", zorder=2)
+    axes.scatter(xs, ys, s=900 if n <= 32 else 300, color="#4c72b0", edgecolors="white", zorder=2)
     for i, node in enumerate(topology.nodes):
-        axes.annotate(node.removeprefix("agent_"), (xs[i], ys[i]), ha="center", va="center", color="white", fontsize=9, zorder=3)
+        axes.annotate(node.removeprefix("agent_"), (xs[i], ys[i]), ha="center", va="center", color="white", fontsize=9 if n <= 32 else 6, zorder=3)
     axes.set_title(f"{config.run.name}: {config.topology.kind}, {n} agents, {len(topology.edges)} edges")
     axes.set_aspect("equal")
-    axes.set_xlim(-1.3, 1.3)
-    axes.set_ylim(-1.3, 1.3)
+    axes.margins(0.12)
     axes.axis("off")
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
@@ -305,7 +336,7 @@ def live_run_processes(run_dir: Path) -> dict[str, int]:
     return found
 
 
-def _run_state(run_dir: Path) -> str:
+def _run_state(run_dir: Path, events: list[dict[str, Any]]) -> str:
     pid = orchestrator_pid(run_dir)
     if pid is None:
         return "never launched (no orchestrator.pid; a dry run?)"
@@ -315,14 +346,22 @@ def _run_state(run_dir: Path) -> str:
     if orphans:
         listed = ", ".join(f"{name} (pid {p})" for name, p in orphans.items())
         return f"orchestrator pid {pid} is gone, but these still run: {listed}; stop them with `orchestrate down`"
-    return f"ended (orchestrator pid {pid} is gone)"
+    finished = [record for record in events if record.get("event") == "run_finished"]
+    if not finished:
+        return f"ended without a run_finished event (orchestrator pid {pid} is gone: killed?)"
+    last = finished[-1]
+    reason = f": {last['reason']}" if last.get("reason") else ""
+    return f"ended, exit {last.get('exit_code', '?')}{reason}"
 
 
 def _format_number(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.3g}"
+        # Counters arrive as floats (metrics.jsonl): episode 1600.0 reads "1600", not "1.6e+03".
+        if value.is_integer():
+            return str(int(value))
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3g}"
     return str(value)
 
 
@@ -334,7 +373,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError:
         node_ids = sorted(path.name for path in (run_dir / NODES_DIRNAME).iterdir() if path.is_dir())
     print(f"run      {run_dir}")
-    print(f"state    {_run_state(run_dir)}")
+    print(f"state    {_run_state(run_dir, events)}")
     start = events[0]["t"] if events and isinstance(events[0].get("t"), (int, float)) else None
 
     def when(record: dict[str, Any]) -> str:
@@ -518,11 +557,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("parley")
+    except PackageNotFoundError:  # run from a checkout that was never pip-installed
+        return "not installed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrate",
         description="Run decentralized multi-agent RL: one YAML config, one process per agent.",
     )
+    parser.add_argument("--version", action="version", version=f"orchestrate (parley {_installed_version()})")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def add_config_arguments(sub: argparse.ArgumentParser) -> None:
@@ -599,7 +648,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`orchestrate status RUN | head -1`): what it wanted is printed.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except ConfigError as error:
         return _fail(str(error), EXIT_USAGE)
     except RunDirError as error:

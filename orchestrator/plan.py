@@ -109,10 +109,10 @@ def control_bind_address(config: RunConfig) -> str:
 
 
 def _node_env(threads: int) -> dict[str, str]:
-    pythonpath = str(PROJECT_ROOT)
-    inherited = os.environ.get("PYTHONPATH")
-    if inherited and inherited.split(os.pathsep)[0] != pythonpath:
-        pythonpath = pythonpath + os.pathsep + inherited
+    # The project root first, then whatever the user had (their own env or plugin modules),
+    # every entry of it kept, without repeating the root.
+    inherited = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    pythonpath = os.pathsep.join([str(PROJECT_ROOT)] + [entry for entry in inherited if entry != str(PROJECT_ROOT)])
     return {
         # BLAS/OpenMP pools sized like torch's: many processes share few cores.
         "OMP_NUM_THREADS": str(threads),

@@ -208,7 +208,8 @@ def _run_sort_key(path: Path) -> tuple[str, int, float]:
 
 
 def find_run_dir(path: str | Path) -> Path:
-    """A run directory itself, or the latest run inside `runs/<name>`."""
+    """A run directory itself, or the latest run inside `runs/<name>`: the latest one launched,
+    so a later `up --dry-run` (which writes resolved.yaml and launches nothing) does not hide it."""
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"run directory not found: {path}")
@@ -217,7 +218,8 @@ def find_run_dir(path: str | Path) -> Path:
     runs = [child for child in path.iterdir() if child.is_dir() and (child / RESOLVED_FILENAME).exists()]
     if not runs:
         raise RunDirError(f"{path}: expected a run directory (with {RESOLVED_FILENAME}) or a directory of runs, found neither")
-    return max(runs, key=_run_sort_key)
+    launched = [run for run in runs if (run / PID_FILENAME).exists()]
+    return max(launched or runs, key=_run_sort_key)
 
 
 # ------------------------------------------------------------------------------------------

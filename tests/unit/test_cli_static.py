@@ -68,6 +68,37 @@ def test_graph_png(tmp_path: Path) -> None:
     assert png.stat().st_size > 1000
 
 
+def test_graph_png_lays_a_torus_out_as_its_lattice() -> None:
+    from orchestrator.cli import topology_positions
+    from orchestrator.config import load_config
+
+    torus = load_config(str(RING), ["agents.count=16", "env.kwargs.N=16", "topology={kind: torus, rows: 4, cols: 4}"])
+    positions = topology_positions(torus)
+    assert positions[0] == (0.0, 0.0) and positions[5] == (1.0, -1.0) and positions[15] == (3.0, -3.0)
+    exponential = load_config(str(RING), ["agents.count=16", "env.kwargs.N=16", "topology.kind=exponential"])
+    spread = topology_positions(exponential)
+    assert len(set(spread.values())) == 16  # a force-directed layout: no two agents on one spot
+
+
+def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
+    version = orchestrate("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("orchestrate (parley ")
+    # `orchestrate graph ... | head -1`: the reader leaves after one line; no traceback, exit 0.
+    pipeline = subprocess.run(
+        f"{sys.executable} -m orchestrator graph {RING} --set agents.count=64 --set env.kwargs.N=64 | head -1; "
+        "echo rc=${PIPESTATUS[0]}",
+        shell=True, executable="/bin/bash", cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert pipeline.stdout.splitlines() == ["agent_0 -- agent_1", "rc=0"], pipeline
+    assert "Traceback" not in pipeline.stderr and "BrokenPipe" not in pipeline.stderr, pipeline.stderr
+
+
+def test_an_env_name_typo_gets_a_suggestion(tmp_path: Path) -> None:
+    result = orchestrate("validate", str(TINY), "--set", "env.name=mpe2.simple_sprad_v3", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "did you mean 'mpe2.simple_spread_v3'?" in result.stderr
+
+
 def test_up_dry_run_writes_resolved_yaml_and_prints_the_plan(tmp_path: Path) -> None:
     result = orchestrate("up", str(TINY), "--dry-run", "--set", "run.seed=7", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -132,12 +163,12 @@ def finished_run(tmp_path: Path, capsys) -> Path:
         {"t": 101.5, "event": "launched", "node": "agent_0", "pid": 12},
         {"t": 130.0, "event": "exited", "node": "agent_0", "code": 0, "expected": True},
         {"t": 131.0, "event": "exited", "node": "env", "code": 3, "expected": False},
-        {"t": 132.0, "event": "run_finished", "node": None, "exit_code": 1},
+        {"t": 132.0, "event": "run_finished", "node": None, "exit_code": 1, "reason": "env exited with code 3"},
     ]
     (run_dir / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
     metrics = [
         {"step": 10, "env/episode": 1, "env/episode_return": -3.0},
-        {"step": 50, "env/episode": 5, "env/episode_return": -1.25},
+        {"step": 50, "env/episode": 1600.0, "env/episode_return": -1.25},
         {"step": 60, "dqn/loss": 0.5},  # the latest line need not carry every column
     ]
     (run_dir / "nodes" / "agent_0" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
@@ -153,10 +184,10 @@ def test_status_summarises_events_and_metrics(finished_run: Path, capsys) -> Non
     assert main(["status", str(finished_run.parent)]) == 0  # runs/<name> means its latest run
     out = capsys.readouterr().out
     assert f"run      {finished_run}" in out
-    assert "ended (orchestrator pid" in out
+    assert "state    ended, exit 1: env exited with code 3" in out  # why it failed, not only that it ended
     assert "last run event: run_finished at +32.0s" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("env ", "agent_"))}
-    assert rows["agent_0"] == ["agent_0", "exited", "+30.0s", "0", "60", "5", "-1.25"]
+    assert rows["agent_0"] == ["agent_0", "exited", "+30.0s", "0", "60", "1600", "-1.25"]  # not 1.6e+03
     assert rows["env"][:4] == ["env", "exited", "+31.0s", "3"]
     assert rows["agent_2"] == ["agent_2", "-", "-", "-", "-", "-", "-"]
 

@@ -194,6 +194,30 @@ def test_find_run_dir_picks_the_latest_run(tiny, tmp_path: Path, monkeypatch: py
         find_run_dir(tmp_path)
 
 
+def test_find_run_dir_prefers_a_launched_run_to_a_later_dry_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "tiny_ring"
+    for name in ("20250101-000000", "20250102-000000"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "resolved.yaml").write_text("")
+    (runs / "20250101-000000" / "orchestrator.pid").write_text("1234")  # launched; the later one a dry run
+    assert find_run_dir(runs) == runs / "20250101-000000"
+    (runs / "20250101-000000" / "orchestrator.pid").unlink()  # no run was launched: the latest of all
+    assert find_run_dir(runs) == runs / "20250102-000000"
+
+
+def test_nodes_keep_every_entry_of_the_users_pythonpath(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.plan import PROJECT_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    # The repository root first, as a user who runs from a checkout often has it: their own env
+    # module's directory after it must reach the nodes too.
+    monkeypatch.setenv("PYTHONPATH", f"{PROJECT_ROOT}:/opt/my_envs::/opt/my_plugins")
+    resolved, run_dir = prepare_run(tiny, tmp_path / "run")
+    plan = build_plan(resolved, run_dir)
+    for node in plan.nodes:
+        assert node.env["PYTHONPATH"] == f"{PROJECT_ROOT}:/opt/my_envs:/opt/my_plugins"
+
+
 # ------------------------------------------------------------------------------ event log
 
 
