@@ -15,6 +15,46 @@ from rich.live import Live
 from rich.table import Table
 
 PLAIN_EVERY_S = 10.0
+# The ETA divides the steps left by the step rate over about this many recent seconds: long
+# enough to smooth evaluation pauses, short enough to follow a run that speeds up once its
+# learners' warm-up ends.
+RATE_WINDOW_S = 60.0
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class Progress:
+    """Lockstep steps done out of the run's budget, and when the rest should be done."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self._samples: list[tuple[float, int]] = []  # (monotonic time, step), the last RATE_WINDOW_S
+
+    def observe(self, step: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._samples and step <= self._samples[-1][1]:
+            return  # no news (or a restarted server reporting an older step): the rate stands
+        self._samples.append((now, step))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.pop(0)
+
+    def describe(self) -> str:
+        """`step 928 / 10000 (9%), ETA 3 min 12 s`; the ETA once two steps were seen apart."""
+        if not self._samples:
+            return f"step 0 / {self.total_steps}"
+        step = self._samples[-1][1]
+        text = f"step {step} / {self.total_steps} ({100 * step // self.total_steps}%)"
+        (t0, s0), (t1, s1) = self._samples[0], self._samples[-1]
+        if s1 > s0 and t1 > t0 and step < self.total_steps:
+            text += f", ETA {format_duration((self.total_steps - step) * (t1 - t0) / (s1 - s0))}"
+        return text
 
 
 class StatusView:
@@ -26,6 +66,15 @@ class StatusView:
         self.use_live = live == "on" or (live == "auto" and sys.stderr.isatty())
         self._live: Live | None = None
         self._last_plain = time.monotonic()
+        self.progress = Progress(total_steps)
+
+    def _observe_progress(self) -> None:
+        # The env server's step is the run's lockstep step; runs without one (a service that
+        # failed to start) show none.
+        env = next((node for node_id, node in self.nodes.items() if node_id == "env"), None)
+        status = getattr(env, "last_status", None)
+        if status is not None and status.step is not None:
+            self.progress.observe(int(status.step))
 
     def __enter__(self) -> StatusView:
         if self.use_live:
@@ -41,13 +90,14 @@ class StatusView:
             self._print_plain()
 
     def refresh(self) -> None:
+        self._observe_progress()
         if self._live is not None:
             self._live.update(self.table())
         elif time.monotonic() - self._last_plain >= PLAIN_EVERY_S:
             self._print_plain()
 
     def table(self) -> Table:
-        table = Table(title=f"{self.run_name}: {self.total_steps} lockstep steps")
+        table = Table(title=f"{self.run_name}: {self.progress.describe()}")
         for column in ("node", "state", "step", "episode", "last return", "msgs/s", "pid"):
             table.add_column(column, justify="right" if column not in ("node", "state") else "left")
         for node_id, node in self.nodes.items():
@@ -70,7 +120,7 @@ class StatusView:
 
     def _print_plain(self) -> None:
         self._last_plain = time.monotonic()
-        parts = []
+        parts = [self.progress.describe()]
         for node_id, node in self.nodes.items():
             status = node.last_status
             if node.exit_code is not None:
