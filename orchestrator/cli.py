@@ -3,6 +3,8 @@
     orchestrate validate CONFIG [--set K=V ...]              check a config, print a summary
     orchestrate graph    CONFIG [--set K=V ...] [--png PATH]  the topology's edges (and a drawing)
     orchestrate up       CONFIG [--set K=V ...] [--run-dir DIR] [--dry-run]
+    orchestrate evaluate RUN_DIR [-n EPISODES]                the run's policies, greedily, from its checkpoints
+    orchestrate resume   RUN_DIR                              a stopped run, on from its saved state to its budget
     orchestrate status   RUN_DIR                              per-node summary of a run
     orchestrate logs     RUN_DIR NODE [-n LINES] [--follow]   a node's log
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
@@ -283,6 +285,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                      f"`orchestrate status {evaluation_dir}` says why", code or EXIT_FAILURE)
     print(evaluate.summary(run_dir, evaluation_dir, episodes, evaluate.random_baseline(resolved, args.episodes)))
     return code
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Launch a stopped (Ctrl-C, `down`, a crash, a killed machine) run again in its directory,
+    from what its nodes saved: the env server's resume point (env_server/resume.py) and each
+    learner's checkpoint and replay (agent_node/persistence.py), on to the run's budget."""
+    from env_server.resume import RESUME_FILENAME
+    from orchestrator.rundir import reopen_run
+
+    run_dir = find_run_dir(args.run_dir)
+    pid = orchestrator_pid(run_dir)
+    if pid is not None and process_alive(pid) or live_run_processes(run_dir):
+        return _fail(f"{run_dir} is still running; stop it first (`orchestrate down {run_dir}`)", EXIT_USAGE)
+    events = read_jsonl(run_dir / EVENTS_FILENAME)
+    finished = [record for record in events if record.get("event") == "run_finished"]
+    if finished and finished[-1].get("exit_code") == 0:
+        return _fail(f"{run_dir} finished its budget (exit 0): there is nothing to resume", EXIT_USAGE)
+    if not (run_dir / NODES_DIRNAME / "env" / RESUME_FILENAME).exists():
+        return _fail(f"{run_dir} has no resume point (nodes/env/{RESUME_FILENAME}): it never stepped; "
+                     "start it again with `orchestrate up`", EXIT_USAGE)
+    resolved = reopen_run(run_dir)
+    if resolved.faults.schedule:
+        # The schedule is timed from the run's start and its steps: resumed, faults already
+        # applied would run again or ones that fell in the gap would be skipped, silently.
+        return _fail(f"{run_dir} has a fault schedule (faults.schedule), which a resumed run cannot "
+                     "replay faithfully; resume is for runs without one", EXIT_USAGE)
+    check_bind_host_before_launch(resolved, str(run_dir / "resolved.yaml"))
+    os.umask(0o077)
+    print(f"resuming {run_dir}", file=sys.stderr)
+    return launch(build_plan(resolved, run_dir), resolved, run_dir)
 
 
 # ------------------------------------------------------------------------------------------
@@ -602,6 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
     evaluate.add_argument("--episodes", "-n", type=int, default=10, metavar="N", help="evaluation episodes (default 10)")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    resume = verbs.add_parser(
+        "resume", help="launch a stopped or killed run again in its directory, from its saved state, to its budget"
+    )
+    resume.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
+    resume.set_defaults(handler=cmd_resume)
 
     status = verbs.add_parser("status", help="summarise a run: per-node last event, exit code, metrics")
     status.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")

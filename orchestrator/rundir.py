@@ -15,7 +15,8 @@ The run directory is 0700: endpoints, keys and logs are the user's alone (`orche
 also sets the umask to 077, so every file the run writes is 0600).
 
 A run never reuses a directory: a second run started in the same second gets a `-1`, `-2`, ...
-suffix, and an explicit `--run-dir` must not exist yet or be empty.
+suffix, and an explicit `--run-dir` must not exist yet or be empty. The one exception is
+`orchestrate resume`, which launches a stopped run again in its own directory (`reopen_run`).
 
 **Socket directory.** Unix socket paths are limited to ~107 bytes. If the longest ipc endpoint
 of the run would not fit under `<run dir>/sock/`, the sockets go into a fresh
@@ -193,6 +194,28 @@ def _fill_run_dir(config: RunConfig, path: Path) -> tuple[RunConfig, Path]:
     if load_resolved(path / RESOLVED_FILENAME) != with_nodes(resolved):
         raise ConfigError([f"{path / RESOLVED_FILENAME}: does not load back to the same config"])
     return with_nodes(resolved), path
+
+
+def reopen_run(run_dir: Path) -> RunConfig:
+    """The resolved config of an existing run, ready to be launched again in place (`orchestrate
+    resume`): its socket directory made again, and resolved.yaml rewritten if that directory
+    had to move (a temp dir, removed when the run ended, is drawn afresh; the nodes read its
+    path from resolved.yaml). Keys, checkpoints, resume points, metrics and events stay."""
+    resolved = load_resolved(run_dir / RESOLVED_FILENAME)
+    layout = resolved.runtime
+    assert layout is not None  # load_resolved requires it
+    if layout.socket_dir is None:
+        return resolved  # tcp: nothing on disk to make again
+    if not layout.socket_dir_is_temp:
+        Path(layout.socket_dir).mkdir(mode=0o700, exist_ok=True)
+        os.chmod(layout.socket_dir, 0o700)
+        return resolved
+    socket_dir, socket_dir_is_temp = make_socket_dir(resolved, run_dir)
+    moved = layout.model_copy(update={"socket_dir": None if socket_dir is None else str(socket_dir),
+                                      "socket_dir_is_temp": socket_dir_is_temp})
+    reopened = with_runtime(resolved.model_copy(update={"nodes": None}), moved)
+    write_resolved(reopened, run_dir)
+    return with_nodes(reopened)
 
 
 # ------------------------------------------------------------------------------------------
