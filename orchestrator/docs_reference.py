@@ -1,7 +1,11 @@
-"""The config reference (docs/reference/config.md), written from the schemas themselves.
+"""The reference pages of the docs, written from the code itself.
 
-    python -m orchestrator.docs_reference            # (re)write docs/reference/config.md
-    python -m orchestrator.docs_reference --check    # exit 1 if the committed page is stale
+    python -m orchestrator.docs_reference            # (re)write docs/reference/*.md
+    python -m orchestrator.docs_reference --check    # exit 1 if a committed page is stale
+
+- docs/reference/config.md: every key of a run config (`RunConfig`);
+- docs/reference/messages.md: every message on the wire (`protocols.messages.MESSAGE_TYPES`,
+  filled by the modules of `protocols/` that register them), its fields and their types.
 
 One source: the page is `RunConfig` walked key by key, so it cannot say what the schemas do not.
 Each key gets its type (with its bounds), its default (or "required") and its reason: the field's
@@ -13,15 +17,20 @@ Sections are walked depth-first in declaration order. A union chosen by a tag (`
 gets one section per member; a model used in several places is written once, at its first place,
 and the others point there. `tests/unit/test_docs_reference.py` fails when the committed page
 differs from what this writes, so a new or changed field shows up in review with the page.
+Messages are listed by the module that registers them, in registration order, with the module's
+first paragraph, each message's docstring and its fields' comments, found the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import enum
+import importlib
 import inspect
 import json
+import pkgutil
 import sys
 import textwrap
 import types
@@ -34,10 +43,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+import protocols
 from orchestrator.config import RunConfig
 from protocols.config_errors import _is_model, _tag_of, _unwrap
+from protocols.messages import MESSAGE_TYPES
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "config.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference"
+PAGE = REFERENCE / "config.md"
+MESSAGES_PAGE = REFERENCE / "messages.md"
 
 HEADER = """\
 # Config reference
@@ -60,11 +73,12 @@ swaps it (see the guide's [Configs](../guide/configs.md) page).
 # ------------------------------------------------------------------------------------------
 
 
-def _field_comments(model: type[BaseModel]) -> dict[str, str]:
-    """Field name -> the comment (or string) the class body gives it, for `model` and its bases."""
+def _field_comments(model: type) -> dict[str, str]:
+    """Field name -> the comment (or string) the class body gives it, for `model` and its bases
+    (a pydantic model or a dataclass)."""
     found: dict[str, str] = {}
     for cls in reversed(model.__mro__):
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or cls is BaseModel:
+        if cls is object or cls is BaseModel or cls.__module__.split(".")[0] == "pydantic":
             continue
         try:
             source = textwrap.dedent(inspect.getsource(cls))
@@ -276,21 +290,92 @@ def _quote_doc(doc: str) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in doc.splitlines())
 
 
+# ------------------------------------------------------------------------------------------
+# The messages
+# ------------------------------------------------------------------------------------------
+
+MESSAGES_HEADER = """\
+# Messages
+
+<!-- Written by `python -m orchestrator.docs_reference` from protocols/; do not edit by hand.
+     tests/unit/test_docs_reference.py fails when this page and the code disagree. -->
+
+Every message body that crosses the wire, by its `msg_type`, grouped by the module that
+registers it. A body is a frozen dataclass; the codec (`protocols/wire.py`) sends it as a msgpack
+map inside the envelope (numpy arrays as raw frames) and checks every field against the types
+below on receipt. A received body's unknown extra fields are ignored; a field with a default may
+be left out. How the envelope, the lockstep and the engines use them:
+[How it is built](../guide/architecture.md).
+"""
+
+
+def _register_every_message() -> None:
+    """Imports every module of `protocols/`: each engine registers its messages beside it."""
+    for module in pkgutil.walk_packages(protocols.__path__, "protocols."):
+        importlib.import_module(module.name)
+
+
+def _first_paragraph(doc: str | None) -> str:
+    return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split()) if doc else ""
+
+
+def _dataclass_default(field: dataclasses.Field) -> str:
+    if field.default is not dataclasses.MISSING:
+        return "`" + json.dumps(_plain(field.default), ensure_ascii=False) + "`"
+    if field.default_factory is not dataclasses.MISSING:
+        return "`" + json.dumps(_plain(field.default_factory()), ensure_ascii=False) + "`"
+    return "required"
+
+
+def render_messages() -> str:
+    _register_every_message()
+    by_module: dict[str, list[tuple[str, type]]] = {}
+    for msg_type, cls in MESSAGE_TYPES.items():
+        by_module.setdefault(cls.__module__, []).append((msg_type, cls))
+    out = [MESSAGES_HEADER]
+    for module_name, messages in by_module.items():
+        module = sys.modules[module_name]
+        out.append(f"## `{module_name.replace('.', '/')}.py`\n")
+        intro = _first_paragraph(module.__doc__)
+        if intro:
+            out.append(intro + "\n")
+        for msg_type, cls in messages:
+            out.append(f"### `{msg_type}` {{#{_slug(msg_type)}}}\n")
+            doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else None
+            out.append(f"`{cls.__name__}`" + (f": {' '.join(doc.split())}" if doc else "") + "\n")
+            hints = typing.get_type_hints(cls)
+            comments = _field_comments(cls)
+            for field in dataclasses.fields(cls):
+                line = f"- **`{field.name}`**: {_type_text(hints[field.name], {})}; default {_dataclass_default(field)}."
+                if comments.get(field.name):
+                    line += f" {comments[field.name]}"
+                out.append(line)
+            if not dataclasses.fields(cls):
+                out.append("- (no fields)")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def pages() -> dict[Path, str]:
+    """Each reference page and what the code writes into it."""
+    return {PAGE: render(), MESSAGES_PAGE: render_messages()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.docs_reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the page differs from the schemas' (write nothing)")
-    parser.add_argument("--out", type=Path, default=PAGE, help=f"the page to write or check (default {PAGE})")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a page differs from the code's (write nothing)")
+    parser.add_argument("--out", type=Path, default=REFERENCE, help=f"the folder to write or check (default {REFERENCE})")
     args = parser.parse_args(argv)
-    page = render()
+    written = {args.out / path.name: text for path, text in pages().items()}
     if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != page:
-            print(f"{args.out} is stale: run `python -m orchestrator.docs_reference` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(page)
-    print(f"wrote {args.out}")
+        stale = [path for path, text in written.items() if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path} is stale: run `python -m orchestrator.docs_reference` and commit it", file=sys.stderr)
+        return 1 if stale else 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, text in written.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The config reference page is the schemas' own: committed page == generator output."""
+"""The reference pages are the code's own: each committed page == the generator's output."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ from pydantic import BaseModel, Field
 from orchestrator import docs_reference
 
 
-def test_the_committed_config_reference_is_what_the_schemas_write() -> None:
-    committed = docs_reference.PAGE.read_text()
-    assert committed == docs_reference.render(), (
-        "docs/reference/config.md is stale: run `python -m orchestrator.docs_reference` and commit it"
-    )
+def test_the_committed_reference_pages_are_what_the_code_writes() -> None:
+    for path, text in docs_reference.pages().items():
+        assert path.read_text() == text, f"{path} is stale: run `python -m orchestrator.docs_reference` and commit it"
+
+
+def test_every_registered_message_has_its_entry() -> None:
+    page = docs_reference.render_messages()
+    for msg_type, cls in docs_reference.MESSAGE_TYPES.items():
+        assert f"### `{msg_type}`" in page and f"`{cls.__name__}`" in page, msg_type
 
 
 def test_every_top_level_section_has_its_heading() -> None:
@@ -47,9 +51,9 @@ def test_a_field_s_reason_comes_from_its_description_comments_or_the_string_belo
 
 
 def test_check_reports_a_stale_page(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(docs_reference, "render", lambda: "the schemas' page\n")
-    page = tmp_path / "config.md"
-    page.write_text("old\n")
-    assert docs_reference.main(["--check", "--out", str(page)]) == 1
-    assert docs_reference.main(["--out", str(page)]) == 0
-    assert docs_reference.main(["--check", "--out", str(page)]) == 0
+    monkeypatch.setattr(docs_reference, "pages", lambda: {docs_reference.PAGE: "the schemas' page\n"})
+    (tmp_path / "config.md").write_text("old\n")
+    assert docs_reference.main(["--check", "--out", str(tmp_path)]) == 1
+    assert docs_reference.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "config.md").read_text() == "the schemas' page\n"
+    assert docs_reference.main(["--check", "--out", str(tmp_path)]) == 0
