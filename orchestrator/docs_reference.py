@@ -17,7 +17,7 @@ Sections are walked depth-first in declaration order. A union chosen by a tag (`
 gets one section per member; a model used in several places is written once, at its first place,
 and the others point there. `tests/unit/test_docs_reference.py` fails when the committed page
 differs from what this writes, so a new or changed field shows up in review with the page.
-Messages are listed by the module that registers them, in registration order, with the module's
+Messages are listed by the module that registers them, in source order, with the module's
 first paragraph, each message's docstring and its fields' comments, found the same way.
 """
 
@@ -333,7 +333,11 @@ def render_messages() -> str:
     for msg_type, cls in MESSAGE_TYPES.items():
         by_module.setdefault(cls.__module__, []).append((msg_type, cls))
     out = [MESSAGES_HEADER]
-    for module_name, messages in by_module.items():
+    # The order is the code's, not the imports': protocols/messages.py (the control plane and the
+    # env) first, then the engines' modules by name, each in the order of its source.
+    modules = sorted(by_module, key=lambda name: (name != "protocols.messages", name))
+    for module_name in modules:
+        messages = sorted(by_module[module_name], key=lambda item: inspect.getsourcelines(item[1])[1])
         module = sys.modules[module_name]
         out.append(f"## `{module_name.replace('.', '/')}.py`\n")
         intro = _first_paragraph(module.__doc__)
