@@ -77,9 +77,15 @@ def make_config(agents: int, steps: int, topology: str, method: str, directory: 
     config["run"].update(name=f"scale_{agents}", steps=steps)
     config["env"]["kwargs"]["N"] = agents
     config["agents"]["count"] = agents
-    # A default DQN agent: no world model, no consensus (those are their own benchmarks).
+    # A default DQN agent: no world model, no consensus (those are their own benchmarks), no
+    # landmark assignment.
     config["agents"].pop("world_model", None)
     config["agents"].pop("world_model_fit_transitions", None)
+    # No landmark assignment either: at N agents it floods for the ring's diameter (N / 2 rounds)
+    # before every episode and relabels each row for all N landmarks, so memory and time would
+    # measure the main job's protocol rather than the runtime (a 64-agent run with it on held
+    # 328 MB per agent, 2026-11-25).
+    config["agents"].pop("landmarks", None)
     # Learning starts early so the memory sample includes a training learner.
     config["agents"]["learner"]["learning_starts"] = 256
     config["protocols"]["consensus"] = {"enabled": False}
