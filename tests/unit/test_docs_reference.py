@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import BaseModel, Field
 
 from orchestrator import docs_reference
 
 
-def test_the_committed_reference_pages_are_what_the_code_writes() -> None:
-    for path, text in docs_reference.pages().items():
+@pytest.fixture(scope="module")
+def pages() -> dict:
+    """Rendered once for the module: walking the schemas and importing protocols/ is the cost."""
+    return docs_reference.pages()
+
+
+def test_the_committed_reference_pages_are_what_the_code_writes(pages) -> None:
+    for path, text in pages.items():
         assert path.read_text() == text, f"{path} is stale: run `python -m orchestrator.docs_reference` and commit it"
 
 
-def test_every_registered_message_has_its_entry() -> None:
-    page = docs_reference.render_messages()
+def test_every_registered_message_has_its_entry(pages) -> None:
+    page = pages[docs_reference.MESSAGES_PAGE]
     for msg_type, cls in docs_reference.MESSAGE_TYPES.items():
         assert f"### `{msg_type}`" in page and f"`{cls.__name__}`" in page, msg_type
 
 
-def test_every_top_level_section_has_its_heading() -> None:
-    page = docs_reference.render()
+def test_every_top_level_section_has_its_heading(pages) -> None:
+    page = pages[docs_reference.PAGE]
     for key in docs_reference.RunConfig.model_fields:
         assert f"## `{key}" in page, key
 
