@@ -6,7 +6,7 @@ CONFIG ?= configs/4agents_ring.yaml
 # bench/vs_rllib.py only: ray pins a gymnasium older than ours, so RLlib gets a venv of its own.
 VENV_BENCH ?= .venv-bench
 
-.PHONY: run test test-long test-deps setup bench bench-rllib clean
+.PHONY: run test test-long test-deps setup docs bench bench-rllib clean
 
 $(BIN)/orchestrate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ test: setup test-deps $(VENV)/.ray-extra
 test-long: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q -m long
 
+# The docs site (mkdocs.yml): the config reference must match the schemas, and every page, link
+# and anchor must resolve (--strict). The `[docs]` extra is installed only here.
+$(VENV)/.docs-extra: $(BIN)/orchestrate
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-extra
+	$(BIN)/python -m orchestrator.docs_reference --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 bench: setup
 	$(BIN)/python bench/throughput.py
 
@@ -53,4 +63,4 @@ bench-rllib: $(VENV_BENCH)/bin/ray
 	$(VENV_BENCH)/bin/python bench/vs_rllib.py
 
 clean:
-	rm -rf $(VENV) $(VENV_BENCH) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_BENCH) runs site .pytest_cache

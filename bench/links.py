@@ -1,6 +1,8 @@
 """Consensus round time against the emulated link delay, on real processes and sockets.
 
     python bench/links.py [--delays-ms 0,5,20,50] [--agents 3] [--rounds 20] [--size 10000] [--json]
+                          [--save docs/results/links.json --page docs/results/links.md]
+    python bench/links.py --page-from docs/results/links.json --page docs/results/links.md
 
 For each configured one-way delay, `--agents` processes form a ring; each owns a `Hub` made with
 the run's `LinkTable` (the `network:` section: `default_link.delay_s` = the delay) and runs
@@ -11,6 +13,10 @@ per-link counters and the receivers' measured message ages say.
 
 Fresh processes per delay (the link table is fixed at hub creation, as in a run). Every wait has a
 deadline; the hubs close their sockets with linger 0; every child is joined.
+
+`--save` writes the invocation's record (command, date, machine, load, commit, rows:
+bench/results_page.py) and `--page` the results page rendered from it; `--page-from` renders the
+page of a saved record again without measuring.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import results_page  # noqa: E402  (bench/ is on the path)
 
 from protocols.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
 from protocols.messages import Heartbeat  # noqa: E402
@@ -126,6 +135,33 @@ def measure(delay_ms: float, count: int, rounds: int, size: int) -> dict:
     }
 
 
+PAGE_TITLE = "Consensus round time against the link delay (`bench/links.py`)"
+COLUMNS = [
+    ("delay ms", "right", lambda row: f"{row['delay_ms']:g}"),
+    ("ms per round (mean over processes)", "right", lambda row: f"{row['ms_per_round_mean']:.2f}"),
+    ("slowest process", "right", lambda row: f"{row['ms_per_round_max']:.2f}"),
+    ("round − delay", "right", lambda row: f"{row['ms_per_round_mean'] - row['delay_ms']:.2f}"),
+    ("message age p50 ms", "right", lambda row: f"{row['age_p50_ms']:.2f}"),
+    ("rounds with a share late", "right", lambda row: str(row["late_rounds"])),
+]
+
+
+def render(record: dict, source: str) -> str:
+    """The results page of a saved record."""
+    settings = record["settings"]
+    return (
+        results_page.header(record, PAGE_TITLE, source)
+        + f"Synchronous Metropolis consensus (`SyncConsensus`, the agent nodes' engine) on a ring of "
+        f"{settings['agents']} processes over ipc, {settings['rounds']} rounds of {settings['size']:,} float32 per "
+        f"share, every link emulated with a constant one-way delay (`network.default_link.delay_s`):\n\n"
+        + results_page.table(COLUMNS, record["rows"])
+        + "\nA round needs every neighbour's share, so it cannot take less than the delay: \"round − delay\" "
+        "is what a round costs above that floor. The message age is what the receivers measured (the "
+        "median over processes of each link's p50); a round is counted late when its deadline passed "
+        "before every neighbour's share had come.\n"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--delays-ms", default="0,5,20,50")
@@ -133,8 +169,24 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
+    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
+    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; measure nothing")
     args = parser.parse_args()
+    if args.page_from is not None:
+        if args.page is None:
+            parser.error("--page-from needs --page (where to write the page)")
+        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+        return 0
+    record = results_page.begin("bench/links.py", sys.argv[1:])
+    record["settings"] = {"agents": args.agents, "rounds": args.rounds, "size": args.size}
     table = [measure(float(d), args.agents, args.rounds, args.size) for d in args.delays_ms.split(",")]
+    record["rows"] = table
+    results_page.end(record)
+    if args.save is not None:
+        results_page.save(record, args.save)
+    if args.page is not None:
+        args.page.write_text(render(record, args.save.name if args.save is not None else "its run"))
     if args.json:
         print(json.dumps(table, indent=2))
         return 0

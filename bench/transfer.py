@@ -25,7 +25,7 @@ runs made before it had that (2026-11-24) ended 500 steps after their last avera
 average of their copies is what one more consensus round would have made. Beside them, to show
 what the drift costs: `trained_4_team` (each agent its own final copy, `agents.load_checkpoints`:
 the team as it ended) and the `_agent_0` runs (agent_0's copy acting for every pursuer; what
-this bench loaded before, README, Benchmarks, Agent-count transfer).
+this bench loaded before, docs/results/transfer.md).
 
 A training run is scored by the mean of its last `--last-evals` greedy evaluations (4 episodes
 each, the config's; `eval/return_mean`, the mean over pursuers of the episode return), on 4
@@ -47,8 +47,7 @@ refused.
 
 `--grid N` plays every run on an N x N grid instead of pursuit's 16 x 16 (the reference's, and
 the default here). At 16 x 16 a random team catches almost nothing in 100 cycles, and 20,000
-steps x 4 copies of shared DQN learn nothing there (README, Centralized training and agent-count
-transfer); on 8 x 8 catches are frequent enough to learn from at this budget. A figure taken with
+steps x 4 copies of shared DQN learn nothing there (docs/guide/ctde.md, agent-count transfer); on 8 x 8 catches are frequent enough to learn from at this budget. A figure taken with
 `--grid` is not the reference's setting and is labelled with its grid.
 
 A run that exits non-zero or evaluates nothing is reported as failed and left out; the script

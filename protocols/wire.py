@@ -58,7 +58,7 @@ most `MAX_HEAD_BYTES`) and dropped; nothing of it is kept.
 to refuse it, so every map goes through `_map_without_duplicates` (msgpack's `object_pairs_hook`),
 which refuses one. It costs ~0.3-0.5 us per map: +1.3-1.6 us on a heartbeat's decode of ~9 us,
 +3.6-4.1 us on a msgpack env.observation of 4 agents x 8 copies (~47 us), +1.5 us on its
-env.action (~15 us), in CPU time (bench/duplicate_keys.py; docs/claimed_senders.md). The packed
+env.action (~15 us), in CPU time (bench/probes/duplicate_keys.py; docs/claimed_senders.md). The packed
 lockstep messages carry no msgpack and pay nothing.
 """
 

@@ -1,6 +1,6 @@
 """Where the env server's CPU goes per lockstep step, measured inside a real run.
 
-    python bench/lockstep_accounting.py [--steps 8000] [--copies 1] [--bodies packed|messages] [--json]
+    python bench/probes/lockstep_accounting.py [--steps 8000] [--copies 1] [--bodies packed|messages] [--json]
 
 Starts the real standalone env server (mpe2 simple_spread_v3 N=4) and 4 bench/random_client.py
 processes, as bench/throughput.py does, but the server runs with its main blocks wrapped in
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AGENTS = 4
 ENV_KWARGS = {"N": AGENTS, "max_cycles": 25, "continuous_actions": False}
 

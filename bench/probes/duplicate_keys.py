@@ -1,6 +1,6 @@
 """What refusing duplicate msgpack keys costs `wire.decode` (issue 33).
 
-    python bench/duplicate_keys.py [--repeats 7] [--json]
+    python bench/probes/duplicate_keys.py [--repeats 7] [--json]
 
 msgpack's unpacker has no option to refuse a repeated key, so `wire._unpack` passes every map
 through `_map_without_duplicates` (`object_pairs_hook`). This times `wire.decode` of a few
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from protocols import messages as m  # noqa: E402
 from protocols import wire  # noqa: E402

@@ -1,6 +1,6 @@
 """How fast could a K=1 lockstep be on this machine? Floors under Parley's, side by side.
 
-    python bench/lockstep_floor.py [--steps 8000] [--repeats 3] [--json]
+    python bench/probes/lockstep_floor.py [--steps 8000] [--repeats 3] [--json]
 
 mpe2 simple_spread_v3 N=4, random actions, one env copy, 4 client processes (one per agent),
 each variant stripped of more of what Parley does per message:
@@ -38,7 +38,7 @@ from statistics import median
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 

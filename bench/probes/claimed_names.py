@@ -1,7 +1,7 @@
 """What made-up sender names cost a running node (issue 33): the RSS of the env server and of one
 agent while a stranger sends them messages that each claim a sender name of their own.
 
-    python bench/claimed_names.py [--config configs/4agents_ring.yaml] [--messages 256]
+    python bench/probes/claimed_names.py [--config configs/4agents_ring.yaml] [--messages 256]
                                   [--name-kib 256] [--signed-too] [--repo PATH] [--json]
 
 Starts `orchestrate up CONFIG` (ipc, signed, as every run is), waits until the run has started,
@@ -32,14 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import zmq  # noqa: E402
 
 from protocols import messages as m  # noqa: E402
 from protocols import wire  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rss_mib(pid: int) -> float:

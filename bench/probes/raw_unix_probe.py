@@ -1,6 +1,6 @@
 """Probe, not a transport: what the lockstep would cost over raw unix sockets instead of zmq.
 
-    python bench/raw_unix_probe.py [--steps 3000] [--copies 1]
+    python bench/probes/raw_unix_probe.py [--steps 3000] [--copies 1]
 
 A throwaway lockstep with the same parts as the real one except the socket: Parley's wire codec
 (`wire.encode` / `wire.decode`, envelope and checks unchanged), `VectorizedParallelEnv` over mpe2
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from protocols import messages as m  # noqa: E402
 from protocols import wire  # noqa: E402

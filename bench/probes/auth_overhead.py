@@ -1,6 +1,6 @@
 """What authentication costs: signed vs unsigned envelopes, CURVE vs plain tcp, side by side.
 
-    python bench/auth_overhead.py [--repeats N] [--json]
+    python bench/probes/auth_overhead.py [--repeats N] [--json]
 
 Two measurements, each variant timed interleaved with its baseline in the same run (so a loaded
 machine slows both alike; still, read small differences as noise):
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from protocols import messages as m  # noqa: E402
 from protocols import wire  # noqa: E402
