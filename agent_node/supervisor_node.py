@@ -93,7 +93,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
 
     stop = stop_on_signals()
     hub = node_hub(run, identity)
-    metrics = MetricsWriter(identity.node_dir / "metrics.jsonl")
+    metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
     control = None
     reason, exit_code = "stopped", 0
     try:

@@ -180,6 +180,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             advertise_host=config.network.advertised_host(),
             eval_envs=eval_envs,
             metrics_path=identity.node_dir / "metrics.jsonl",
+            tensorboard_dir=identity.run_dir / "tb" / identity.node_id,  # eval/*, link counters, lockstep
             env_kwargs=env_config.kwargs,
             resume=resume,
         )

@@ -105,6 +105,7 @@ class EnvServer:
         advertise_host: str | None = None,
         eval_envs: VectorizedParallelEnv | None = None,
         metrics_path: Path | None = None,
+        tensorboard_dir: Path | None = None,
         env_kwargs: dict[str, Any] | None = None,
         resume: ResumeFile | None = None,
         clock=time.monotonic,
@@ -124,7 +125,7 @@ class EnvServer:
         self.hub = hub
         self.channel = hub.bind_router(bind_address, name="env", advertise_host=advertise_host)
         self.endpoint = self.channel.endpoint
-        self.metrics = MetricsWriter(metrics_path) if metrics_path is not None else None
+        self.metrics = MetricsWriter(metrics_path, tensorboard_dir) if metrics_path is not None else None
         self.barrier = LockstepBarrier(
             envs.possible_agents,
             envs.action_spaces,

@@ -922,6 +922,51 @@ def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path
     return path
 
 
+# What a run's hparams row in TensorBoard holds: the settings a user compares runs by. Every leaf
+# under these config paths that is a number, a string or a bool (lists and tables are left out:
+# TensorBoard's hparams take scalars only).
+HPARAM_SECTIONS = ("run.seed", "run.steps", "env.name", "env.num_copies", "agents.count", "agents.learner",
+                   "agents.world_model.kind", "agents.landmarks", "agents.goals.selection", "topology.kind",
+                   "protocols.consensus")
+TENSORBOARD_HPARAMS_DIR = "hparams"
+
+
+def run_hparams(resolved: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """The scalar settings under HPARAM_SECTIONS of a resolved config, by dotted key."""
+    hparams: dict[str, bool | int | float | str] = {}
+
+    def visit(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                visit(f"{prefix}.{key}", item)
+        elif isinstance(value, (bool, int, float, str)):
+            hparams[prefix] = value
+
+    for path in HPARAM_SECTIONS:
+        value: Any = resolved
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            visit(path, value)
+    return hparams
+
+
+def write_tensorboard_hparams(summary: dict[str, Any], run_dir: Path) -> Path:
+    """`tb/hparams/`: the run's settings beside its headline results (the report's numbers), so
+    TensorBoard's HPARAMS tab compares the runs of a folder or a sweep side by side."""
+    from tensorboardX import SummaryWriter
+
+    from orchestrator.config import read_yaml
+
+    resolved = read_yaml(Path(run_dir) / RESOLVED_FILENAME)
+    results = {f"result/{key}": float(value) for key, value in summary["headline"].items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    directory = Path(run_dir) / "tb" / TENSORBOARD_HPARAMS_DIR
+    with SummaryWriter(str(directory)) as writer:
+        writer.add_hparams(run_hparams(resolved), results, name=".")
+    return directory
+
+
 def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], list[str], list[str]]:
     """The end of every `orchestrate up`: `report/summary.md` and (with `plots`)
     `report/timeline.png` (and `learning_curve.png` where the run evaluated) in the run's
@@ -937,6 +982,10 @@ def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], lis
     except Exception as error:  # noqa: BLE001 - any failure here is reported, not raised
         return written, [f"summary: {type(error).__name__}: {error}"], []
     lines = evaluation_lines(summary)
+    try:
+        written.append(write_tensorboard_hparams(summary, Path(run_dir)))
+    except Exception as error:  # noqa: BLE001 - TensorBoard's copy must not fail the report
+        problems.append(f"tensorboard hparams: {type(error).__name__}: {error}")
     if not plots:
         return written, problems, lines
     try:

@@ -92,6 +92,9 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path):
     env_rows = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
     evaluations = [row for row in env_rows if "eval/return_mean" in row]  # besides link/ counters
     assert [(e["step"], e["eval/episodes"]) for e in evaluations] == [(20, 2), (40, 2), (60, 2)]
+    # TensorBoard has the env server (its evaluations and link counters) and the run's hparams.
+    assert list((run_dir / "tb" / "env").glob("events.out.tfevents.*")), "the env server's TensorBoard file"
+    assert list((run_dir / "tb" / "hparams").glob("events.out.tfevents.*")), "the run's hparams"
     # The random line, measured by the env server on the same evaluation episodes (tiny_ring is
     # simple_spread N=3: its oracle too).
     (baselines,) = [row for row in env_rows if "eval/random_return_mean" in row]

@@ -1,0 +1,52 @@
+"""TensorBoard gets every run's settings beside its results (`tb/hparams/`), read back from the
+event file as TensorBoard would."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import yaml
+from tensorboardX.proto import event_pb2
+
+from orchestrator.report import run_hparams, write_tensorboard_hparams
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_events(directory: Path) -> list[event_pb2.Event]:
+    """The records of a TFRecord event file: length (8 bytes), its CRC (4), data, data CRC (4)."""
+    (path,) = directory.glob("events.out.tfevents.*")
+    data, at, events = path.read_bytes(), 0, []
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at : at + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[at + 12 : at + 12 + length])
+        events.append(event)
+        at += 12 + length + 4
+    return events
+
+
+def test_the_hparams_are_the_scalar_settings_a_user_compares_runs_by() -> None:
+    resolved = yaml.safe_load((ROOT / "configs" / "4agents_ring.yaml").read_text())
+    hparams = run_hparams(resolved)
+    assert hparams["run.seed"] == 0 and hparams["env.name"] == "mpe2.simple_spread_v3"
+    assert hparams["agents.learner.kind"] == "dqn" and hparams["agents.learner.gamma"] == 0.95
+    assert hparams["agents.landmarks.assignment"] == "negotiated"
+    assert hparams["protocols.consensus.rounds"] == 10 and hparams["topology.kind"] == "ring"
+    assert "agents.learner.hidden_sizes" not in hparams  # a list: TensorBoard takes scalars only
+    assert all(isinstance(value, (bool, int, float, str)) for value in hparams.values())
+
+
+def test_the_run_writes_its_settings_and_headline_results_for_tensorboard(tmp_path: Path) -> None:
+    (tmp_path / "resolved.yaml").write_text((ROOT / "configs" / "4agents_ring.yaml").read_text())
+    summary = {"headline": {"eval_return_last5": -14.06, "eval_gap_closed": 0.81, "consensus_sessions": None,
+                            "faults": 0.0, "restarts": float("nan")}}
+    directory = write_tensorboard_hparams(summary, tmp_path)
+    tags = {value.tag: value for event in read_events(directory) for value in event.summary.value}
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(tags)
+    assert b"agents.landmarks.assignment" in tags["_hparams_/session_start_info"].metadata.plugin_data.content
+    results = {tag: value.simple_value for tag, value in tags.items() if tag.startswith("result/")}
+    # None and NaN are left out; every number is there.
+    assert results.keys() == {"result/eval_return_last5", "result/eval_gap_closed", "result/faults"}
+    assert abs(results["result/eval_return_last5"] + 14.06) < 1e-5
