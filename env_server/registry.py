@@ -27,8 +27,9 @@ from pettingzoo import ParallelEnv
 
 # Registry name -> import path of a factory returning a ParallelEnv. Every entry builds with the
 # declared dependencies (tests/unit/test_env_registry.py builds each one). PettingZoo's butterfly
-# envs (pistonball) need pymunk, which is not a dependency: they are not listed; an import path
-# (`pettingzoo.butterfly.pistonball_v6:parallel_env`) still works where pymunk is installed.
+# envs (pistonball) need pymunk, which only the `butterfly` and `test` extras install: they are not
+# listed; an import path (`pettingzoo.butterfly.pistonball_v6:parallel_env`) works where pymunk is
+# installed (tests/integration/test_image_observations.py runs pistonball that way).
 BUILTIN_ENVS: dict[str, str] = {
     "mpe2.simple_spread_v3": "mpe2.simple_spread_v3:parallel_env",
     "mpe2.simple_tag_v3": "mpe2.simple_tag_v3:parallel_env",

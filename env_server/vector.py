@@ -35,6 +35,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from protocols.packed import PackedLayout
+from protocols.wire import MAX_PACKED_BODY_BYTES
 
 
 @dataclass
@@ -138,7 +139,16 @@ def packing_refusal(envs: Any, agents: list[str]) -> str | None:
     layout, nor have some spaces. The env server and its copy workers both ask it."""
     if envs.forward_infos:
         return "infos are forwarded (env.forward_infos)"
-    return PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces)
+    refusal = PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces)
+    if refusal is not None:
+        return refusal
+    # A packed body travels inside the message's head frame, which a receiver refuses past
+    # MAX_HEAD_BYTES (protocols/wire.py); msgpack bodies carry large arrays in frames of their own.
+    size = PackedLayout.largest_observation_bytes(agents, envs.observation_spaces, envs.num_copies)
+    if size > MAX_PACKED_BODY_BYTES:
+        return (f"an observation of {envs.num_copies} copies takes up to {size} bytes, over the "
+                f"{MAX_PACKED_BODY_BYTES} a packed frame may carry (image observations, say)")
+    return None
 
 
 def copy_rows(batched: Any, num_copies: int) -> list[Any]:

@@ -53,6 +53,9 @@ _HEAD = struct.Struct("<qIB")  # step, copies, flags
 _WORKER_STEP_HEAD = struct.Struct("<I")  # copies
 _WORKER_RESULT_HEAD = struct.Struct("<IBI")  # copies, flags, episode returns
 _EVALUATION, _RUN_FINISHED, _FINALS, _ALL_FINISHED = 1, 2, 4, 8
+# What a packed observation carries besides its arrays (step, flags, the missing-agent mask,
+# episode returns' count), generously: `largest_observation_bytes` is a bound, not a count.
+_FIXED_BODY_ALLOWANCE = 256
 _RETURN = np.dtype(np.float64)
 _BOOL = np.dtype(bool)
 _REWARD = np.dtype(np.float32)
@@ -125,6 +128,16 @@ class PackedLayout:
                 if row_layout(space) is None:
                     return f"{agent}'s {what} space {space} has no fixed byte layout (Box, Discrete, MultiDiscrete, MultiBinary)"
         return None
+
+    @staticmethod
+    def largest_observation_bytes(agents: list[str], observation_spaces: dict[str, spaces.Space], copies: int) -> int:
+        """An upper bound on a packed env.observation's body for `copies` copies: every copy's
+        observation and final observation, reward and flags, per agent, plus the fixed part."""
+        per_copy = 0
+        for agent in agents:
+            dtype, shape = row_layout(observation_spaces[agent])
+            per_copy += 2 * dtype.itemsize * int(np.prod(shape, dtype=np.int64)) + _REWARD.itemsize + 3 * _BOOL.itemsize
+        return _FIXED_BODY_ALLOWANCE + copies * (per_copy + _RETURN.itemsize)
 
     # ------------------------------------------------------------------ every message
 

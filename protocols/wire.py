@@ -99,6 +99,9 @@ _MAX_MAP_LEN = 1 << 20
 # A head holds two small maps (header, parent header) of short strings: a few hundred bytes. The
 # bound keeps a made-up sender name (or any padding) from costing more than this to parse.
 MAX_HEAD_BYTES = 16 * 1024
+# The most a packed body (which travels in the head frame) may hold: the head's limit less the
+# packed header, the sender's name and the signature, which together take well under 256 bytes.
+MAX_PACKED_BODY_BYTES = MAX_HEAD_BYTES - 256
 # What a sender (a node id) may look like: the run's node ids (`env`, `agent_3`, `learner`,
 # `orchestrator`, ...), standalone clients' and copy workers' names. Checked before a sender is
 # used for anything, a key lookup included.

@@ -41,6 +41,10 @@ class DQNConfig(BaseModel):
 
     kind: Literal["dqn"] = "dqn"
     hidden_sizes: HiddenSizes = (64, 64)
+    # What reads the observation before the hidden layers: "auto" takes the DQN paper's CNN for
+    # image observations (a uint8 Box shaped (height, width, channels), at least 36 pixels a
+    # side) and flattens anything else; "mlp" always flattens; "cnn" refuses a non-image space.
+    encoder: Literal["auto", "mlp", "cnn"] = "auto"
     learning_rate: float = Field(5e-4, gt=0)
     gamma: float = Field(0.99, ge=0, le=1)
     batch_size: PositiveInt = 64

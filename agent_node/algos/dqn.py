@@ -45,6 +45,7 @@ from agent_node.algos.learner_parts import (
     trainable_rows,
     update_counters,
 )
+from agent_node.algos.encoders import ConvEncoder, choose_encoder
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 
@@ -53,12 +54,15 @@ from agent_node.roles import Transition
 
 
 class QNetwork(nn.Module):
-    """An MLP from a (flattened) observation to one Q-value per action."""
+    """An MLP from a (flattened) observation to one Q-value per action; with `encoder`, from the
+    encoder's features of the observation (agent_node/algos/encoders.py: a CNN for images)."""
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden_sizes: tuple[int, ...]) -> None:
+    def __init__(self, obs_dim: int, num_actions: int, hidden_sizes: tuple[int, ...],
+                 encoder: nn.Module | None = None) -> None:
         super().__init__()
+        self.encoder = encoder
         layers: list[nn.Module] = []
-        in_features = obs_dim
+        in_features = obs_dim if encoder is None else encoder.out_features
         for width in hidden_sizes:
             layers += [nn.Linear(in_features, width), nn.ReLU()]
             in_features = width
@@ -66,7 +70,8 @@ class QNetwork(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.layers(obs.flatten(start_dim=1))
+        features = obs.flatten(start_dim=1) if self.encoder is None else self.encoder(obs)
+        return self.layers(features)
 
 
 def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
@@ -108,8 +113,14 @@ class DQNAgent:
         with torch.random.fork_rng(devices=[]):  # seed the init without touching global torch RNG
             torch.manual_seed(int(init_seed.generate_state(1)[0]))
             obs_dim = int(np.prod(self.obs_shape))
-            self.q_network = QNetwork(obs_dim, self.num_actions, config.hidden_sizes)
-            self.target_network = QNetwork(obs_dim, self.num_actions, config.hidden_sizes)
+            self.encoder = choose_encoder(config.encoder, observation_space)
+
+            def network() -> QNetwork:
+                encoder = ConvEncoder(self.obs_shape) if self.encoder == "cnn" else None
+                return QNetwork(obs_dim, self.num_actions, config.hidden_sizes, encoder)
+
+            self.q_network = network()
+            self.target_network = network()
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
         # fused=True: one kernel per step instead of one per tensor, about 2x faster on CPU here.

@@ -173,6 +173,33 @@ def test_spaces_without_a_fixed_layout_are_refused_with_the_reason():
         PackedLayout(["a0"], odd, ACTION_SPACES, ["a0"])
 
 
+def test_observations_too_large_for_a_packed_frame_go_as_msgpack():
+    """A packed body rides in the head frame, which receivers refuse past MAX_HEAD_BYTES: images
+    (or many copies of a large vector) must take msgpack's buffer frames instead."""
+    from types import SimpleNamespace
+
+    from env_server.vector import packing_refusal
+
+    def envs(shape: tuple[int, ...], copies: int) -> SimpleNamespace:
+        space = spaces.Box(0, 255, shape, np.uint8)
+        return SimpleNamespace(forward_infos=(), observation_spaces={"a0": space, "a1": space},
+                               action_spaces={"a0": spaces.Discrete(3), "a1": spaces.Discrete(3)}, num_copies=copies)
+
+    assert packing_refusal(envs((24,), 8), ["a0", "a1"]) is None
+    refusal = packing_refusal(envs((457, 120, 3), 1), ["a0", "a1"])
+    assert refusal is not None and f"over the {wire.MAX_PACKED_BODY_BYTES} a packed frame may carry" in refusal
+    # The bound holds what a packed observation really takes, finals included.
+    fits = envs((400,), 8)
+    assert packing_refusal(fits, ["a0", "a1"]) is None
+    full = PackedLayout(["a0", "a1"], fits.observation_spaces, fits.action_spaces, ["a0", "a1"])
+    obs = {a: np.zeros((8, 400), np.uint8) for a in ("a0", "a1")}
+    flags = {a: np.zeros(8, bool) for a in ("a0", "a1")}
+    message = m.EnvObservation(step=3, observations=obs, rewards={a: np.zeros(8, np.float32) for a in obs},
+                               terminated=flags, truncated=flags, final_observations=obs, active=flags,
+                               episode_start=np.zeros(8, bool))
+    assert len(full.pack(message)) <= PackedLayout.largest_observation_bytes(["a0", "a1"], fits.observation_spaces, 8)
+
+
 # ------------------------------------------------------------------------------------------
 # The envelope
 # ------------------------------------------------------------------------------------------
