@@ -133,7 +133,7 @@ def row(batched: Any, index: int) -> Any:
     return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
-def packing_refusal(envs: Any, agents: list[str]) -> str | None:
+def packing_refusal(envs: Any, agents: list[str], copies: int | None = None) -> str | None:
     """Why these agents' lockstep messages from `envs` (a vector env, or copies split over
     workers) cannot travel packed (protocols/packed.py), or None: forwarded infos have no fixed
     layout, nor have some spaces. The env server and its copy workers both ask it."""
@@ -144,9 +144,10 @@ def packing_refusal(envs: Any, agents: list[str]) -> str | None:
         return refusal
     # A packed body travels inside the message's head frame, which a receiver refuses past
     # MAX_HEAD_BYTES (protocols/wire.py); msgpack bodies carry large arrays in frames of their own.
-    size = PackedLayout.largest_observation_bytes(agents, envs.observation_spaces, envs.num_copies)
+    copies = envs.num_copies if copies is None else copies
+    size = PackedLayout.largest_observation_bytes(agents, envs.observation_spaces, copies)
     if size > MAX_PACKED_BODY_BYTES:
-        return (f"an observation of {envs.num_copies} copies takes up to {size} bytes, over the "
+        return (f"an observation of {copies} copies takes up to {size} bytes, over the "
                 f"{MAX_PACKED_BODY_BYTES} a packed frame may carry (image observations, say)")
     return None
 

@@ -54,21 +54,23 @@ def split_copies(num_copies: int, num_workers: int) -> list[int]:
 SERVER_ROUTING_ID = "server"  # how the server's DEALER connects to every worker
 
 
-def worker_layout(envs: Any) -> PackedLayout | None:
+def worker_layout(envs: Any, largest_share: int) -> PackedLayout | None:
     """The packed layout of the server's messages with its workers, over every agent; None
-    (msgpack) when infos are forwarded or a space has no fixed layout. Both sides decide alike."""
+    (msgpack) when infos are forwarded, a space has no fixed layout or the largest worker's
+    share of copies would not fit a packed frame. Both sides decide alike: from the same
+    `largest_share`, not each from its own count."""
     agents = envs.possible_agents
-    if packing_refusal(envs, agents) is not None:
+    if packing_refusal(envs, agents, copies=largest_share) is not None:
         return None
     return PackedLayout(agents, envs.observation_spaces, envs.action_spaces, agents)
 
 
 def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: bool, endpoint: str, parent_pid: int,
-                 forward_infos: tuple[str, ...]) -> None:
+                 forward_infos: tuple[str, ...], largest_share: int) -> None:
     envs = VectorizedParallelEnv(factory, copies, autoreset=autoreset, forward_infos=forward_infos)
     hub = Hub(sender=f"env_worker_{os.getpid()}", run_id="env_workers")
     channel = hub.bind_router(endpoint, name="worker")
-    if (layout := worker_layout(envs)) is not None:
+    if (layout := worker_layout(envs, largest_share)) is not None:
         channel.use_packed(layout, SERVER_ROUTING_ID.encode())
     try:
         while True:
@@ -110,7 +112,8 @@ class SplitVectorEnv:
         for index, share in enumerate(shares[1:], start=1):
             endpoint = f"ipc://{self._socket_dir}/w{index}.sock"
             process = context.Process(
-                target=_worker_main, args=(factory, share, autoreset, endpoint, os.getpid(), tuple(forward_infos)), daemon=True,
+                target=_worker_main, args=(factory, share, autoreset, endpoint, os.getpid(), tuple(forward_infos), max(shares)),
+                daemon=True,
                 name=f"env-worker-{index}",
             )
             process.start()
@@ -126,7 +129,7 @@ class SplitVectorEnv:
         # The workers' hub is the server process's own: made after the forks above.
         self._hub = Hub(sender="env_server", run_id="env_workers")
         self._channels = [self._hub.connect_dealer(e, name=f"worker:{i}", identity=SERVER_ROUTING_ID) for i, e in enumerate(endpoints, 1)]
-        if (layout := worker_layout(self)) is not None:
+        if (layout := worker_layout(self, max(shares))) is not None:
             for channel in self._channels:
                 channel.use_packed(layout)
         self._worker_finished = [False] * len(self._channels)
