@@ -186,21 +186,29 @@ def _copy_tensors(tensors: Mapping[str, np.ndarray], what: str) -> dict[str, np.
             raise TypeError(f"{what}[{name!r}] must be a numpy array, got {type(value).__name__}")
         if not np.issubdtype(value.dtype, np.floating):
             raise TypeError(f"{what}[{name!r}] must have a floating dtype to be averaged, got {value.dtype}")
-        if not np.all(np.isfinite(value)):
+        if not _all_finite(value):
             raise ValueError(f"{what}[{name!r}] contains NaN or infinite values")
         copies[name] = value.copy()
     return copies
 
 
-def _frozen(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Read-only copies to put in a message: the same object may go to several peers (and, in
-    the simulator, be held by the receiver), so nobody may modify it in place."""
-    frozen = {}
-    for name, value in tensors.items():
-        copy = np.array(value, copy=True)
-        copy.flags.writeable = False
-        frozen[name] = copy
-    return frozen
+def _all_finite(value: np.ndarray) -> bool:
+    """No NaN or infinity in `value`, in one pass and without a mask the size of the tensor:
+    the float64 sum of float32 (or smaller) values cannot overflow, and NaN or infinity carries
+    through it. A float64 tensor, whose sum could overflow, is checked element by element."""
+    if value.dtype.itemsize <= 4:
+        return math.isfinite(float(value.sum(dtype=np.float64)))
+    return bool(np.isfinite(value).all())
+
+
+def _read_only(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mark the engine's own tensors read-only and return them. A share then carries them as
+    they are, to every neighbour, without a copy per round: nobody can change them in place (the
+    transport sends arrays of 64 KiB and more without copying, and the simulator hands the very
+    object to the receiver), and each round's mix makes new ones."""
+    for value in tensors.values():
+        value.flags.writeable = False
+    return tensors
 
 
 def _mismatch(reference: Mapping[str, np.ndarray], received: object) -> str | None:
@@ -218,7 +226,7 @@ def _mismatch(reference: Mapping[str, np.ndarray], received: object) -> str | No
                 f"tensor {name!r} has shape {value.shape} and dtype {value.dtype}, "
                 f"expected {expected.shape} and {expected.dtype}"
             )
-        if not np.all(np.isfinite(value)):
+        if not _all_finite(value):
             return f"tensor {name!r} contains NaN or infinite values"
     return None
 
@@ -234,6 +242,40 @@ def _distance(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float
         difference = (a[name] - b[name]).ravel()
         total += float(np.dot(difference, difference))
     return math.sqrt(total)
+
+
+class _RoundScratch:
+    """Buffers a synchronous round reuses, one set per tensor, so that a round over a tensor of
+    a million floats allocates only its result (which must be new: see `_read_only`) instead of
+    a float64 copy, a product per neighbour and a difference per distance."""
+
+    def __init__(self, values: Mapping[str, np.ndarray]) -> None:
+        self._difference = {name: np.empty_like(value) for name, value in values.items()}
+        self._total = {name: np.empty(value.shape, np.float64) for name, value in values.items()}
+        self._term = {name: np.empty_like(value) for name, value in values.items()}
+
+    def distance(self, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+        """`_distance(a, b)` (Euclidean, over all tensors as one vector), into the preallocated
+        difference."""
+        total = 0.0
+        for name, difference in self._difference.items():
+            np.subtract(a[name], b[name], out=difference)
+            flat = difference.reshape(-1)
+            total += float(np.dot(flat, flat))
+        return math.sqrt(total)
+
+    def mix(self, name: str, weighted: list[tuple[float, Mapping[str, np.ndarray]]]) -> np.ndarray:
+        """sum(weight * tensors[name]) over `weighted` (own value first, then the neighbours in
+        sender order), accumulated in float64, returned as a new array of the tensors' dtype.
+        The arithmetic is the allocating form's, operation for operation (own value widened, then
+        each neighbour's product in its own dtype added), so the results are bitwise the same."""
+        total, term = self._total[name], self._term[name]
+        (first_weight, first), *rest = weighted
+        np.multiply(first[name], first_weight, out=total, dtype=np.float64)
+        for weight, tensors in rest:
+            np.multiply(tensors[name], weight, out=term)
+            total += term
+        return total.astype(first[name].dtype)
 
 
 def _is_int(value: object) -> bool:
@@ -327,7 +369,8 @@ class SyncConsensus:
             raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
         if self.epoch is not None and epoch <= self.epoch:
             raise ValueError(f"epoch must increase from run to run: last was {self.epoch}, got {epoch}")
-        self._values = _copy_tensors(tensors, "consensus tensors")
+        self._values = _read_only(_copy_tensors(tensors, "consensus tensors"))
+        self._scratch = _RoundScratch(self._values)
         self._previous_epoch = self.epoch
         self.epoch = int(epoch)
         self.round = 0
@@ -486,7 +529,7 @@ class SyncConsensus:
         self._deadline = self._started_at + (self.round + 1) * self.round_timeout_s
         self._received = {}
         self._expected = {node for node in self._alive if not self._sends_no_more(node)}
-        share = ConsensusShare(epoch=self.epoch, round=self.round, tensors=_frozen(self._values))
+        share = ConsensusShare(epoch=self.epoch, round=self.round, tensors=dict(self._values))
         destinations = sorted(self._expected)
         for destination in destinations:
             self._rounds_sent[(destination, self.epoch)] = self.round + 1
@@ -527,17 +570,12 @@ class SyncConsensus:
         # In sender order, not arrival order: float sums then come out the same in every run
         # with one seed (run.reproducible), however the shares raced.
         received = dict(sorted(self._received.items()))
-        distances = [_distance(self._values, tensors) for tensors in received.values()]
+        distances = [self._scratch.distance(self._values, tensors) for tensors in received.values()]
         missing = tuple(sorted(set(self.neighbour_weights) - received.keys()))
         # A missing neighbour's weight stays on our own value, so the row still sums to 1.
         own_weight = self.self_weight + sum(self.neighbour_weights[name] for name in missing)
-        mixed = {}
-        for name, own in self._values.items():
-            total = own_weight * own.astype(np.float64)
-            for sender, tensors in received.items():
-                total += self.neighbour_weights[sender] * tensors[name]
-            mixed[name] = total.astype(own.dtype)
-        self._values = mixed
+        weighted = [(own_weight, self._values)] + [(self.neighbour_weights[sender], tensors) for sender, tensors in received.items()]
+        self._values = _read_only({name: self._scratch.mix(name, weighted) for name in self._values})
         self.round_metrics.append(
             {
                 "consensus/round": float(self.round),

@@ -583,3 +583,25 @@ def test_a_neighbour_that_began_a_newer_run_is_not_waited_for_in_this_one():
     engine.start(ConsensusRequest(values["A"], 100), 0.0)
     engine.on_share("B", ConsensusShare(epoch=40, round=5 % 3, tensors=values["B"]), 0.0)
     assert not engine.done and engine.metrics()["consensus/moved_on"] == 0.0
+
+
+def test_a_round_mixes_into_reused_buffers_bitwise_as_the_allocating_form_and_shares_without_copies():
+    from protocols.consensus import _RoundScratch
+
+    rng = np.random.default_rng(0)
+    own, left, right = (rng.standard_normal(1_000, dtype=np.float32) for _ in range(3))
+    weights = (0.3333333, 0.3333333, 0.3333334)
+    expected = weights[0] * own.astype(np.float64)
+    expected += weights[1] * left
+    expected += weights[2] * right
+    scratch = _RoundScratch({"w": own})
+    for _ in range(2):  # the buffers are reused from round to round
+        mixed = scratch.mix("w", [(weights[0], {"w": own}), (weights[1], {"w": left}), (weights[2], {"w": right})])
+        assert mixed.dtype == np.float32 and np.array_equal(mixed, expected.astype(np.float32))
+    assert scratch.distance({"w": own}, {"w": left}) == pytest.approx(float(np.linalg.norm(own - left)), rel=1e-6)
+
+    engine = SyncConsensus("a", {"b": 0.5}, 0.5, rounds=2, round_timeout_s=1.0)
+    ((_, share),) = engine.start(ConsensusRequest({"w": own}, epoch=0), now=0.0)
+    # The share carries the engine's own read-only copy: no copy per round, and nobody can change it.
+    assert share.tensors["w"] is engine._values["w"] and not share.tensors["w"].flags.writeable
+    assert np.array_equal(share.tensors["w"], own) and share.tensors["w"] is not own
