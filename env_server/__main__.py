@@ -155,7 +155,14 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         return 2
     eval_envs = None
     if env_config.eval_every_steps:
-        eval_envs = VectorizedParallelEnv(build, env_config.eval_episodes, autoreset=False, forward_infos=forward_infos)
+        def build_evaluation_copy() -> object:
+            kwargs = dict(env_config.kwargs)
+            if env_config.render_evaluation:
+                kwargs.setdefault("render_mode", "rgb_array")
+            return make_env(env_config.name, kwargs, construction_seed=construction_seed)
+
+        eval_envs = VectorizedParallelEnv(build_evaluation_copy, env_config.eval_episodes, autoreset=False,
+                                          forward_infos=forward_infos)
     hub = node_hub(config, identity)
     resume = ResumeFile(identity.node_dir / RESUME_FILENAME)
     try:
@@ -180,6 +187,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             advertise_host=config.network.advertised_host(),
             eval_envs=eval_envs,
             metrics_path=identity.node_dir / "metrics.jsonl",
+            frames_dir=identity.node_dir / "frames" if env_config.render_evaluation else None,
             tensorboard_dir=identity.run_dir / "tb" / identity.node_id,  # eval/*, link counters, lockstep
             env_kwargs=env_config.kwargs,
             resume=resume,

@@ -54,6 +54,10 @@ class EnvConfig(BaseModel):
     eval_episodes: int = Field(5, ge=1)
     # No evaluation before this lockstep step (e.g. while the agents still act at random).
     eval_start_step: int = Field(0, ge=0)
+    # Save the frames of each evaluation's first episode (evaluation copy 0, the env built with
+    # render_mode "rgb_array") to nodes/env/frames/evaluation_<n>.npz; `orchestrate evaluate
+    # --render out.gif` sets it and turns them into a GIF. Needs eval_every_steps.
+    render_evaluation: bool = False
     # Keys of the env's per-agent `infos` to send to the agents with every observation (numbers or
     # numeric arrays only, e.g. goal_lines' [achieved_goals, landmark]). Empty: infos are dropped,
     # and the lockstep pays nothing for them. A key the env does not report stops the server at
@@ -63,6 +67,12 @@ class EnvConfig(BaseModel):
     # their goal negotiation ended, or this long; the server announces who plays first
     # (env.episode_start; env_server/episode_hold.py). 0: no announcement, no hold.
     episode_start_hold_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _rendering_needs_evaluations(self) -> "EnvConfig":
+        if self.render_evaluation and self.eval_every_steps is None:
+            raise ValueError("render_evaluation: renders evaluation episodes, so it needs eval_every_steps; got none")
+        return self
 
     @model_validator(mode="after")
     def _workers_have_copies(self) -> "EnvConfig":

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.episode_hold import EpisodeStartHold
 from env_server.baselines import baseline_metrics
@@ -105,6 +107,7 @@ class EnvServer:
         advertise_host: str | None = None,
         eval_envs: VectorizedParallelEnv | None = None,
         metrics_path: Path | None = None,
+        frames_dir: Path | None = None,
         tensorboard_dir: Path | None = None,
         env_kwargs: dict[str, Any] | None = None,
         resume: ResumeFile | None = None,
@@ -157,6 +160,9 @@ class EnvServer:
         self.global_view_clients: set[bytes] = set()
         # A restarted server resumes from its last saved point (resume.py); None: a fresh run.
         self.resume = resume
+        # Frames of each evaluation's first episode (copy 0), saved when the evaluation ends.
+        self.frames_dir = frames_dir
+        self.frames: list[np.ndarray] = []
         self.incarnation = 0
         self.rerun_evaluation = False  # resumed in the middle of an evaluation
         self.resumed_from = resume.load() if resume is not None else None
@@ -351,13 +357,17 @@ class EnvServer:
     def _step(self) -> None:
         actions, missing = self.barrier.take_actions()
         if self.evaluating:
+            rendering = self.frames_dir is not None and self.eval_envs.copy_running(0)
             result = self.eval_envs.step(actions)
+            if rendering:  # copy 0 played this step (its final frame included)
+                self._render_first_copy()
             self.global_view.after_step(actions, result, self.eval_envs)
             self.evaluation.record(result)
             if not self.eval_envs.all_finished:
                 self._broadcast(result, missing)
                 return
             held_back, metrics = self.evaluation.finish(self.clock())
+            self._save_frames()
             self._save_resume_point()
             for row in self.evaluation.episode_rows():
                 self.write_metrics(row)
@@ -411,6 +421,8 @@ class EnvServer:
             self.write_metrics(baseline_metrics(self.eval_envs, self.eval_seed, self.env_name))
         # Every evaluation starts from the same seed: the curve compares policies, not luck.
         eval_result = self.eval_envs.reset(self.eval_seed)
+        self.frames = []
+        self._render_first_copy()
         self.global_view.after_reset(eval_result, self.eval_envs)
         self._broadcast(eval_result, missing=[])
 
@@ -494,6 +506,24 @@ class EnvServer:
         log.warning("resumed at step %d (incarnation %d, %d episodes, %d evaluations done%s); every copy starts a new episode",
                     point.step, self.incarnation, point.episodes, point.evaluations_completed,
                     ", the interrupted evaluation runs again" if self.rerun_evaluation else "")
+
+    def _render_first_copy(self) -> None:
+        if self.frames_dir is None:
+            return
+        frame = self.eval_envs.copies[0].render()
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3:
+            raise RuntimeError(f"env.render_evaluation: {self.env_name}'s render() with render_mode 'rgb_array' "
+                               f"should give an image (height, width, 3), got {type(frame).__name__}")
+        self.frames.append(frame)
+
+    def _save_frames(self) -> None:
+        if self.frames_dir is None or not self.frames:
+            return
+        self.frames_dir.mkdir(parents=True, exist_ok=True)
+        path = self.frames_dir / f"evaluation_{self.evaluation.completed}.npz"
+        np.savez_compressed(path, frames=np.stack(self.frames))
+        log.info("saved %d frames of evaluation %d to %s", len(self.frames), self.evaluation.completed, path)
+        self.frames = []
 
     # ------------------------------------------------------------------ reporting
 

@@ -238,6 +238,11 @@ class VectorizedParallelEnv:
     def all_finished(self) -> bool:
         return all(self._finished)
 
+    def copy_running(self, index: int) -> bool:
+        """Whether copy `index`'s episode is still going (without autoreset, a copy that ended
+        waits for the next reset)."""
+        return not self._finished[index]
+
     def reset(self, seed: int | None) -> BatchedStep:
         per_copy, infos = [], []
         for index, env in enumerate(self.copies):

@@ -267,7 +267,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from orchestrator import evaluate
 
     run_dir = find_run_dir(args.run_dir)
-    config = evaluate.evaluation_config(evaluate.load_run(run_dir), run_dir, args.episodes)
+    if args.render is not None and Path(args.render).suffix.lower() != ".gif":
+        return _fail(f"--render: expected a path ending in .gif, got {args.render!r}", EXIT_USAGE)
+    config = evaluate.evaluation_config(evaluate.load_run(run_dir), run_dir, args.episodes, render=args.render is not None)
     source = f"the evaluation of {run_dir}"
     check_bind_host_before_launch(config, source)
     check_env_before_launch(config, source)  # a checkpoint for every agent, among the rest
@@ -284,6 +286,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail(f"the evaluation run {evaluation_dir} ended (exit {code}) without finishing its episodes; "
                      f"`orchestrate status {evaluation_dir}` says why", code or EXIT_FAILURE)
     print(evaluate.summary(run_dir, evaluation_dir, episodes, evaluate.random_baseline(resolved, args.episodes)))
+    if args.render is not None:
+        frames = evaluate.write_gif(evaluation_dir, Path(args.render))
+        print(f"rendered the first episode ({frames} frames) to {args.render}")
     return code
 
 
@@ -633,6 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or runs/<name> for its latest run")
     evaluate.add_argument("--episodes", "-n", type=int, default=10, metavar="N", help="evaluation episodes (default 10)")
+    evaluate.add_argument("--render", metavar="OUT.gif", help="also draw the first episode (the env's rgb_array render) into this GIF")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     resume = verbs.add_parser(

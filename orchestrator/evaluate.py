@@ -45,7 +45,7 @@ EPISODE_RETURN_PREFIX = "eval_episode/return/"
 RANDOM_BASELINE_TIMEOUT_S = 300.0
 
 
-def evaluation_config(run: RunConfig, run_dir: Path, episodes: int) -> RunConfig:
+def evaluation_config(run: RunConfig, run_dir: Path, episodes: int, render: bool = False) -> RunConfig:
     """The config of an evaluation of the run in `run_dir` (see the module docstring)."""
     source = str(run_dir / RESOLVED_FILENAME)
     if episodes < 1:
@@ -57,12 +57,27 @@ def evaluation_config(run: RunConfig, run_dir: Path, episodes: int) -> RunConfig
     data.pop("nodes", None)
     data.pop("runtime", None)
     data["run"].update(steps=1, name=f"{run.run.name}-eval")
-    data["env"].update(eval_every_steps=1, eval_episodes=episodes, eval_start_step=0)
+    data["env"].update(eval_every_steps=1, eval_episodes=episodes, eval_start_step=0, render_evaluation=render)
     data["agents"].update(learning=False, load_checkpoints=str((run_dir / "nodes").absolute()),
                           load_shared_checkpoint=None, record_dataset=False)
     data["protocols"]["consensus"]["enabled"] = False
     data["faults"] = {}
     return validate_config(data, source)
+
+
+def write_gif(evaluation_dir: Path, path: Path, frames_per_second: float = 10.0) -> int:
+    """The first episode's frames of an evaluation run (`env.render_evaluation`) as an animated
+    GIF at `path`; returns how many frames it holds."""
+    import numpy as np
+    from PIL import Image  # matplotlib's own dependency
+
+    saved = evaluation_dir / "nodes" / "env" / "frames" / "evaluation_1.npz"
+    if not saved.is_file():
+        raise FileNotFoundError(f"no frames at {saved}: the evaluation did not render")
+    frames = np.load(saved)["frames"]
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / frames_per_second), loop=0)
+    return len(images)
 
 
 def next_evaluation_dir(run_dir: Path) -> Path:

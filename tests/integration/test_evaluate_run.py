@@ -51,3 +51,23 @@ def test_a_run_starts_from_the_checkpoints_of_another_runs_nodes_dir(trained_run
     _, stderr = process.communicate(timeout=150)
     assert process.returncode == 0, stderr.decode()[-3000:]
     assert "loaded the initial checkpoint" in (tmp_path / "greedy" / "nodes" / "agent_2" / "log").read_text()
+
+
+def test_evaluate_renders_the_first_episode_into_a_gif(trained_run, tmp_path):
+    from PIL import Image
+
+    gif = tmp_path / "episode.gif"
+    process = orchestrate("evaluate", str(trained_run), "--episodes", "2", "--render", str(gif))
+    stdout, stderr = process.communicate(timeout=150)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    # tiny_ring's episodes last 10 steps: the reset's frame and one per step.
+    assert "rendered the first episode (11 frames)" in stdout.decode()
+    with Image.open(gif) as image:
+        # Pillow folds a frame identical to the one before it into that one's duration.
+        assert 2 <= image.n_frames <= 11 and image.size[0] > 100
+
+
+def test_evaluate_render_wants_a_gif(trained_run, tmp_path):
+    process = orchestrate("evaluate", str(trained_run), "--render", str(tmp_path / "episode.mp4"))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and "--render: expected a path ending in .gif" in stderr.decode()
