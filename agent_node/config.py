@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
 from agent_node.goal_config import GoalsConfig
-from agent_node.landmark_config import LandmarksConfig
+from agent_node.landmarks.config import LandmarksConfig
 from agent_node.training_config import DecentralizedTraining, TrainingConfig
 from agent_node.world_models.config import WorldModelConfig
 from protocols.config_errors import ConfigError
@@ -71,7 +71,7 @@ class AgentsConfig(BaseModel):
     # transitions (env_server/global_view.py). Learners that need them (pmic) ask in any case;
     # set it for others to record the global view in a dataset.
     global_view: bool = False
-    # Write every transition to an offline dataset under <run dir>/dataset/ (agent_node/recording.py).
+    # Write every transition to an offline dataset under <run dir>/dataset/ (agent_node/offline/recording.py).
     record_dataset: bool = False
     # false: evaluation only. The agents act greedily (no exploration) and never observe or
     # update; with `load_checkpoints` they act with trained weights (e.g. from agent_node.offline).
@@ -85,7 +85,7 @@ class AgentsConfig(BaseModel):
     goals: GoalsConfig | None = None
     # The main job's goals (agents on mpe2 simple_spread with learner kind dqn): before each
     # episode the team agrees who covers which landmark, and shares its rows after it
-    # (agent_node/landmark_config.py, agent_node/landmarks.py).
+    # (agent_node/landmarks/config.py, agent_node/landmarks/session.py).
     landmarks: LandmarksConfig | None = None
     # One checkpoint file every agent starts from (e.g. <run dir>/nodes/agent_0/checkpoints/latest.pt):
     # a parameter-shared policy (learner kind shared_dqn) moved to a run with another agent count.

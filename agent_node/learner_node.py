@@ -5,7 +5,7 @@ and spaces; the node builds its networks from the first and answers every join w
 current Q-network), then sends `ctde.transitions`; the node joins them into joint rows, trains a
 VDN or QMIX mixer over all agents' Q networks and sends each agent its Q-network parameters
 (`ctde.params`) every `params_every` gradient steps, through the routing id that agent's messages
-came from. All the learning logic is in agent_node/ctde_learner.py; this file is the socket loop
+came from. All the learning logic is in agent_node/ctde/learner.py; this file is the socket loop
 around it. Every `ctde.params` also acknowledges the rows taken in from that agent; an agent
 sent nothing while it streamed the rows of `params_every` gradient steps gets a bare
 acknowledgement. The agents keep acting with the newest parameters they have while few enough
@@ -56,7 +56,7 @@ import torch
 
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.mixers import CentralizedMixerLearner
-from agent_node.ctde_learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
+from agent_node.ctde.learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
 from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError

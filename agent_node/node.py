@@ -68,16 +68,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from agent_node.algos import build_learner
-from agent_node.consensus_session import ConsensusSession
-from agent_node.consensus_subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
+from agent_node.consensus.session import ConsensusSession
+from agent_node.consensus.subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.config import AgentNodeConfig, initial_checkpoint, initial_checkpoint_candidates
-from agent_node.ctde_client import CentralizedDQNActor
+from agent_node.ctde.client import CentralizedDQNActor
 from agent_node.training_config import learner_schedule
 from agent_node.env_client import EnvClient, EnvRefused
 from agent_node.global_fields import GlobalFieldTracker
 from agent_node.goal_session import GoalSession, build_goal_session
-from agent_node.landmarks import LandmarkSession, SpreadLayout
-from agent_node.recording import TransitionRecorder
+from agent_node.landmarks.session import LandmarkSession, SpreadLayout
+from agent_node.offline.recording import TransitionRecorder
 from agent_node.roles import NodeLearner
 from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.metrics import MetricsWriter
@@ -205,7 +205,7 @@ class AgentNode:
         self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or self.centralized)
-        self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/recording.py)
+        self.recorder: TransitionRecorder | None = None  # agents.record_dataset (agent_node/offline/recording.py)
         self.env_agent: str = ""
         self.num_copies = 1
         self.step = 0  # lockstep step of the last observation

@@ -284,7 +284,7 @@ def preload_modules(
             modules.append(f"agent_node.world_models.{world_model_kind}")
     if "learner" in roles:
         # Not agent_node.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
-        modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde_learner"]
+        modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde.learner"]
     if "supervisor" in roles:
         modules += ["agent_node.config", "agent_node.goals", "protocols.supervision"]
     return modules

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from agent_node.algos.config import DQNConfig
-from agent_node.ctde_client import CentralizedDQNActor
+from agent_node.ctde.client import CentralizedDQNActor
 from agent_node.learner_node import LearnerService, make_core_factory
 from agent_node.roles import Transition
 from agent_node.training_config import learner_schedule, mixer_config
