@@ -13,14 +13,21 @@ Writing one
 
 A module with a `build(run, node)` function (the entry point) and a `Capability` subclass:
 
+    from dataclasses import dataclass
     from agent_node.capability import PEERS, Capability
+    from protocols.messages import register_message
+
+    @register_message("gossip.best_return")                # a typed wire message
+    @dataclass(frozen=True)
+    class BestReturn:
+        value: float
 
     class Gossip(Capability):
         name = "gossip"
-        handles = {BestReturn: (PEERS,)}             # message type -> the sources it may come from
+        handles = {BestReturn: (PEERS,)}                    # message type -> the sources it may come from
 
         def __init__(self, node, every_s):
-            self.node, self.every_s, self.due_at = node, every_s, 0.0
+            self.node, self.every_s, self.due_at, self.best = node, every_s, 0.0, float("-inf")
 
         def next_deadline(self):
             return self.due_at
@@ -28,10 +35,13 @@ A module with a `build(run, node)` function (the entry point) and a `Capability`
         def on_timer(self, now):
             if now >= self.due_at:
                 self.due_at = now + self.every_s
-                self.node.send_peers([(peer, BestReturn(...)) for peer in self.node.topology.neighbours(...)])
+                topology = self.node.topology
+                me = topology.index_of(self.node.identity.node_id)
+                self.node.send_peers([(topology.nodes[j], BestReturn(self.best)) for j in topology.neighbours(me)])
 
         def on_message(self, sender, message, now):
-            self.node.write_metrics({"gossip/heard": 1.0})
+            self.best = max(self.best, message.value)
+            self.node.write_metrics({"gossip/best_heard": self.best})
 
     def build(run, node):
         return Gossip(node, every_s=1.0) if run.agents.count > 1 else None   # None: not in this run
@@ -39,7 +49,7 @@ A module with a `build(run, node)` function (the entry point) and a `Capability`
 `build` is called once, when the node is made, with the run's typed config (`AgentNodeConfig`)
 and the node's services (`NodeServices`: what a capability may call on the node); it returns
 the capability, or None when the run does not use it. Message types must be registered wire
-messages (`protocols/messages.py`, `@register`), so the wire validates and signs them.
+messages (`protocols/messages.py`, `@register_message`), so the wire validates and signs them.
 
 Lifecycle, in the order the node calls it
 -----------------------------------------
@@ -62,7 +72,9 @@ Lifecycle, in the order the node calls it
    learner itself returns True, e.g. CTDE streams it to the learner node, the landmarks add
    relabelled rows), then `on_transition(message, transition)` for each capability (recording),
    then the episode metrics, then `after_observation(message, now)` (goals: goal rewards,
-   episode ends). Then the observation is answered, unless a capability holds it (below).
+   episode ends). Then the observation is answered, unless a capability holds it (below): the
+   learner acts on the observation as each capability's `condition(obs, evaluation)` passes it
+   on (the landmarks append the agreed landmark's one-hot).
 7. `drain()` when the node stops: close files, let the last messages out.
 8. `state_dict()` / `load_state_dict(state)`: saved in the node's checkpoint (under
    `capabilities/<name>`) and restored from it when the agent restarts; None saves nothing.
@@ -74,17 +86,23 @@ Holding an observation
 While an observation is held, the env server waits for this agent's action (up to its
 `env.step_deadline_s`), so every agent can do something at the same lockstep step: average
 (consensus), agree on landmarks. The node asks each capability in turn, in registration order,
-`hold(message, now)`; one that returns True keeps `held` set to the message, and when it is
-done it calls `node.release(self, message)`: the node asks the same capability again and then
-the ones after it (a capability can begin again: consensus catching up with a newer tick), and
-acts when none holds. `hold_state` names the node state while it holds (consensus: averaging,
-no learning meanwhile); None keeps the node running (learning goes on). If the env server steps
-on meanwhile (its deadline passed and it played a default action), `on_newer_observation` is
-called first: return True to keep holding (the newer observation replaces the held one), False
-to let go (`held` becomes None) so that the node answers the newer one. `holds_at_end(last)`:
-the env server's last observation of the run (never answered) is held by this capability (the
-final average) before the node drains; `waits_for_last_observation` makes the node wait for
-that observation when the orchestrator's stop overtakes it.
+`wants_to_hold(message)`; for the first that says True, the node enters its `hold_state` and
+calls `begin_hold(message, now)`. The capability keeps `held` set to the message, and when it
+is done it calls `node.release(self, message)` (it may do so inside `begin_hold` already): the
+node asks the same capability again and then the ones after it (a capability can begin again:
+consensus catching up with a newer tick), and acts when none holds. `hold_state` names the
+node's state while it holds (consensus: "averaging", no learning meanwhile); None keeps the node
+running (learning goes on).
+
+Evaluation observations are offered too (`message.evaluation`: the landmarks hold them,
+consensus does not), and so is the env server's last observation of the run (`run_finished`,
+never answered): a capability that holds it (the final average) runs before the node drains,
+which it does on the release. `waits_for_last_observation` makes the node wait for that
+observation when the orchestrator's stop overtakes it. If the env server steps on while an
+observation is held (its deadline passed and it played a default action),
+`on_newer_observation(message, now)` is called before the node records the newer one: return
+True to keep holding (the newer observation replaces the held one), False to let go (set `held`
+to None) so that the node answers the newer one.
 
 The update-ratio contract (`agents.max_pending_gradient_steps`) is the node's: an observation
 waits while the learner owes gradient steps. A capability whose learner learns elsewhere says
@@ -117,14 +135,15 @@ if TYPE_CHECKING:
 # capabilities open with `NodeServices.open_channel`).
 ENV, PEERS, CONTROL = "env server", "neighbour", "orchestrator"
 
-# The built-in capabilities, in the order the node asks them to hold an observation (consensus
-# averages first, then the landmarks are agreed on the observation it releases) and to feed the
-# learner (CTDE's stream to the learner node before the landmarks' relabelled rows).
+# The built-in capabilities, in the order the node asks them to build the learner (a goal
+# agent's goal-conditioned learner first), to feed it (CTDE's stream to the learner node before
+# the landmarks' relabelled rows) and to hold an observation (consensus averages first, then the
+# landmarks are agreed on the observation it releases).
 BUILTIN_CAPABILITIES = (
+    "agent_node.goal_capability:build",
     "agent_node.ctde.capability:build",
     "agent_node.consensus.capability:build",
     "agent_node.landmarks.capability:build",
-    "agent_node.goal_capability:build",
     "agent_node.offline.capability:build",
 )
 
@@ -234,13 +253,13 @@ class Capability:
     def after_observation(self, message: m.EnvObservation, now: float) -> None:
         pass
 
-    def hold(self, message: m.EnvObservation, now: float) -> bool:
+    def wants_to_hold(self, message: m.EnvObservation) -> bool:
         return False
+
+    def begin_hold(self, message: m.EnvObservation, now: float) -> None:
+        pass
 
     def on_newer_observation(self, message: m.EnvObservation, now: float) -> bool:
-        return False
-
-    def holds_at_end(self, last: m.EnvObservation) -> bool:
         return False
 
     def behind(self) -> bool:
