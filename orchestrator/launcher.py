@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Protocol
 
+from agent_node.capability import BUILTIN_CAPABILITIES
 from orchestrator.plan import PROJECT_ROOT, NodeLaunch
 
 # prctl(2) option: orphaned descendants are re-parented to us instead of to init.
@@ -278,6 +279,8 @@ def preload_modules(
             modules.append(env_name)  # registry names like mpe2.simple_spread_v3 are modules too
     if "agent" in roles:
         modules += ["torch", "tensorboardX", "agent_node.config", "agent_node.node", "agent_node.algos"]
+        # The built-in capabilities the node loads by import path (agent_node/capability.py).
+        modules += [entry_point.partition(":")[0] for entry_point in BUILTIN_CAPABILITIES]
         if learner_kind:
             modules.append(f"agent_node.algos.{learner_kind}")
         if world_model_kind:
