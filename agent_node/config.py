@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
+from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goal_config import GoalsConfig
-from agent_node.landmark_config import LandmarksConfig
-from agent_node.training_config import DecentralizedTraining, TrainingConfig
+from agent_node.landmarks.config import LandmarksConfig
 from agent_node.world_models.config import WorldModelConfig
 from protocols.config_errors import ConfigError
 from protocols.node_config import NodeIdentity, NodeSections, load_node_config
+
+if TYPE_CHECKING:
+    from protocols.consensus import ConsensusConfig
 
 
 class AgentsConfig(BaseModel):
@@ -71,7 +74,7 @@ class AgentsConfig(BaseModel):
     # transitions (env_server/global_view.py). Learners that need them (pmic) ask in any case;
     # set it for others to record the global view in a dataset.
     global_view: bool = False
-    # Write every transition to an offline dataset under <run dir>/dataset/ (agent_node/recording.py).
+    # Write every transition to an offline dataset under <run dir>/dataset/ (agent_node/offline/recording.py).
     record_dataset: bool = False
     # false: evaluation only. The agents act greedily (no exploration) and never observe or
     # update; with `load_checkpoints` they act with trained weights (e.g. from agent_node.offline).
@@ -85,7 +88,7 @@ class AgentsConfig(BaseModel):
     goals: GoalsConfig | None = None
     # The main job's goals (agents on mpe2 simple_spread with learner kind dqn): before each
     # episode the team agrees who covers which landmark, and shares its rows after it
-    # (agent_node/landmark_config.py, agent_node/landmarks.py).
+    # (agent_node/landmarks/config.py, agent_node/landmarks/session.py).
     landmarks: LandmarksConfig | None = None
     # One checkpoint file every agent starts from (e.g. <run dir>/nodes/agent_0/checkpoints/latest.pt):
     # a parameter-shared policy (learner kind shared_dqn) moved to a run with another agent count.
@@ -168,3 +171,37 @@ def load_agent_side_config(config_path: str, node_id: str, role: str) -> tuple[A
         return None
     logging.basicConfig(level=config.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
     return config, identity
+
+
+def training_problems(
+    training: TrainingConfig, agents: AgentsConfig, consensus: ConsensusConfig
+) -> list[str]:
+    """What the centralized learner does not implement for this run, one message per problem
+    (each starts with its field path); [] when the combination runs."""
+    if training.mode != "centralized":
+        return []
+    problems = []
+    if agents.learner.kind != "dqn":
+        problems.append(
+            f"agents.learner.kind: centralized training trains the agents' DQN Q-networks through a mixer; expected "
+            f"'dqn', got {agents.learner.kind!r} (only decentralized training runs other learners)"
+        )
+    elif agents.learner.target_tau != 1.0:
+        problems.append(
+            "agents.learner.target_tau: the centralized learner copies its target networks every "
+            f"target_update_period steps (tau 1.0); got {agents.learner.target_tau}"
+        )
+    if training.mixer == "vdn" and training.qmix_settings():
+        problems.append(f"training: {', '.join(training.qmix_settings())} set QMIX's mixing network; mixer 'vdn' has none")
+    if not agents.learning:
+        problems.append("agents.learning: centralized training needs learning agents (they stream what they learn from); got false")
+    if agents.world_model is not None:
+        problems.append("agents.world_model: not implemented with centralized training; expected null")
+    if agents.record_dataset:
+        problems.append("agents.record_dataset: not implemented with centralized training yet; expected false")
+    if consensus.enabled:
+        problems.append(
+            "protocols.consensus.enabled: the learner node sets every agent's parameters; averaging them too "
+            "is not implemented with centralized training"
+        )
+    return problems

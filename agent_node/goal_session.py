@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -75,9 +75,6 @@ from protocols.topology import Topology
 log = logging.getLogger("agent_node.goals")
 
 STAY = 0  # goal_lines' action 0: stay in place
-
-if TYPE_CHECKING:  # AMIGo's session: the same calls from the node, cell goals (agent_node/amigo_session.py)
-    from agent_node.amigo_session import AmigoSession
 
 
 class GoalAgent(Protocol):
@@ -566,17 +563,10 @@ def build_goal_session(
     obs_dim: int,
     num_actions: int,
     topology: Topology,
-) -> tuple[GoalSession | AmigoSession, GoalConditionedLearner]:
-    """The session and the learner of one goal agent (imports torch: the learner's)."""
+) -> tuple[GoalSession, GoalConditionedLearner]:
+    """The session and the learner of one goal agent (imports torch: the learner's). AMIGo's
+    cell goals have a session of their own (amigo_session.build_amigo_session)."""
     from agent_node.algos.goal_dqn import GoalDQNAgent
-
-    if goals.selection == "amigo":  # cell goals, each agent its own teacher: a session of its own
-        from agent_node.amigo_session import build_amigo_session
-
-        return build_amigo_session(
-            goals, learner_config, node_index=node_index, run_seed=run_seed, env_agent=env_agent,
-            obs_dim=obs_dim, num_actions=num_actions,
-        )
 
     total = num_goals(goals.num_landmarks)
     allowed = goal_set(goals.goal_set, goals.num_landmarks)

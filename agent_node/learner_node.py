@@ -5,7 +5,7 @@ and spaces; the node builds its networks from the first and answers every join w
 current Q-network), then sends `ctde.transitions`; the node joins them into joint rows, trains a
 VDN or QMIX mixer over all agents' Q networks and sends each agent its Q-network parameters
 (`ctde.params`) every `params_every` gradient steps, through the routing id that agent's messages
-came from. All the learning logic is in agent_node/ctde_learner.py; this file is the socket loop
+came from. All the learning logic is in agent_node/ctde/learner.py; this file is the socket loop
 around it. Every `ctde.params` also acknowledges the rows taken in from that agent; an agent
 sent nothing while it streamed the rows of `params_every` gradient steps gets a bare
 acknowledgement. The agents keep acting with the newest parameters they have while few enough
@@ -33,7 +33,7 @@ Two ways to start it:
   node, writes `nodes/learner/metrics.jsonl` (the `learner/...` counters and `mixer/...` losses at
   every parameter broadcast and at the end) and on `control.shutdown` first takes in what the
   agents sent before they stopped, then exits 0. The mixer and schedule come from the run's
-  `training` and `agents.learner` sections (agent_node/training_config.py).
+  `training` and `agents.learner` sections (agent_node/ctde/config.py).
 - standalone (tests, benchmarks): spaces and hyperparameters from the command line; it prints
   `READY <endpoint>` once bound, serves until SIGTERM / SIGINT, and prints its final metrics as
   one JSON line (`METRICS {...}`) before it exits.
@@ -56,18 +56,17 @@ import torch
 
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.mixers import CentralizedMixerLearner
-from agent_node.ctde_learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
+from agent_node.ctde.learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
 from agent_node.persistence import load_checkpoint, save_checkpoint
+from agent_node.service_loop import WAKE_S
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
-from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
+from protocols.node_config import bind_address
 from protocols.seeds import derive_seed
 from protocols.spaces import decode_space, encode_space
 from protocols.transport import Channel, Hub
 
 log = logging.getLogger("learner_node")
 
-# How often the loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
-_WAKE_S = 0.2
 # After control.shutdown: how long the node keeps taking in what the agents sent before they
 # stopped (their last transitions may still be in flight), once nothing more arrives.
 _DRAIN_QUIET_S = 0.5
@@ -261,7 +260,7 @@ def load_trained_learner(run_dir: str | Path, node_id: str = "learner") -> Centr
     import yaml
 
     from agent_node.config import AgentNodeConfig
-    from agent_node.training_config import mixer_config
+    from agent_node.ctde.config import mixer_config
 
     run_dir = Path(run_dir)
     # Only the learning sections are read (not load_node_config: the run's keys and endpoints do
@@ -283,13 +282,77 @@ def load_trained_learner(run_dir: str | Path, node_id: str = "learner") -> Centr
 # ---------------------------------------------------------------------------------- orchestrated
 
 
+class OrchestratedLearner:
+    """The learner node in an orchestrated run, as the shared service loop runs it
+    (agent_node/service_loop.py): its inbox and checkpoints, a metrics record at each new
+    parameter broadcast, and the rows still in flight taken in at the end."""
+
+    role = "learner"
+    log = log
+
+    def __init__(self, run, identity, make_core, metrics) -> None:
+        self.run, self.identity, self.make_core, self.metrics = run, identity, make_core, metrics
+        self.service: LearnerService | None = None
+        self.hub = self.inbox = self.persistence = None
+        self.logged = 0  # parameter broadcasts already in metrics.jsonl (restored ones too)
+
+    def bind(self, hub: Hub) -> dict[str, str]:
+        run, node_id, training = self.run, self.identity.node_id, self.run.training
+        self.hub = hub
+        # The agents connect under routing ids of their incarnations (transport.incarnation_routing_id):
+        # a restarted agent is heard at once although this ROUTER reads behind.
+        self.inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
+        self.service = service = LearnerService(run.agents.count, self.make_core, self.inbox)
+        self.persistence = LearnerPersistence(self.identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
+                                              replay_save_every_steps=run.agents.replay_save_every_steps)
+        restored = self.persistence.restore(service)
+        if restored is not None:
+            log.info("restored the %s learner: gradient step %d, env step %d, %d joint rows in replay", training.mixer,
+                     restored["learner/restored_gradient_step"], restored["learner/restored_env_step"],
+                     restored["learner/restored_replay_rows"])
+            self.metrics.write(service.core.learner.gradient_steps, restored)
+        self.logged = 0 if service.core is None else service.core.params_sent
+        log.info("learner %s running: %s mixer for %d agents at %s", node_id, training.mixer, run.agents.count, self.inbox.endpoint)
+        return {"ctde": self.inbox.endpoint}
+
+    def handle(self, channel: Channel, envelope) -> None:
+        self.service.handle(envelope)
+
+    def after_message(self) -> None:
+        """Checkpoint when due, metrics at each new parameter broadcast."""
+        self.persistence.maybe_save(self.service)
+        self.hub.flush_logs()  # the aggregated lines of a flood, on time although `hub.wait` may not come soon
+        core = self.service.core
+        if core is not None and core.params_sent > self.logged:
+            self.logged = core.params_sent
+            self.metrics.write(core.learner.gradient_steps, self.service.metrics())
+
+    def _step(self) -> int:
+        return 0 if self.service.core is None else self.service.core.learner.gradient_steps
+
+    def status(self) -> tuple[int, float, dict[str, float]]:
+        return self._step(), self.service.messages, self.service.metrics()
+
+    def status_metrics(self) -> tuple[int, dict[str, float]]:
+        return self._step(), self.hub.link_metrics()  # the security drop counters (security/*), like every node's
+
+    def finish(self, reason: str) -> None:
+        _take_in_the_rest(self.hub, self.inbox, self.service)
+        self.persistence.save_all(self.service)
+
+    def final_metrics(self, reason: str) -> tuple[int, dict[str, float]] | None:
+        if self.service is None:
+            return None
+        final = self.service.metrics()
+        log.info("learner stopping (%s): %s", reason, json.dumps(final))
+        return self._step(), {**final, **self.hub.link_metrics()}
+
+
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
     from agent_node.config import load_agent_side_config
-    from agent_node.training_config import learner_schedule, mixer_config
-    from protocols import messages as m
-    from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
+    from agent_node.ctde.config import learner_schedule, mixer_config
+    from agent_node.service_loop import run_service
     from protocols.metrics import MetricsWriter
-    from protocols.node_config import bind_address, node_hub
 
     if (loaded := load_agent_side_config(config_path, node_id, "learner")) is None:
         return 2
@@ -304,91 +367,8 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         mixer_config(training, dqn), run.agents.count, identity.seed("learner"), params_every=training.params_every,
         max_pending_rows=training.max_pending_rows, **learner_schedule(dqn),
     )
-
-    stop = stop_on_signals()
-    hub = node_hub(run, identity)
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / node_id)
-    exit_code = 0
-    service = None
-    control = None
-    reason = "stopped"
-    try:
-        control = ControlClient(hub, control_endpoint, node_id=node_id)
-        # The agents connect under routing ids of their incarnations (transport.incarnation_routing_id):
-        # a restarted agent is heard at once although this ROUTER reads behind.
-        inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
-        service = LearnerService(run.agents.count, make_core, inbox)
-        persistence = LearnerPersistence(identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
-                                         replay_save_every_steps=run.agents.replay_save_every_steps)
-        restored = persistence.restore(service)
-        if restored is not None:
-            log.info("restored the %s learner: gradient step %d, env step %d, %d joint rows in replay", training.mixer,
-                     restored["learner/restored_gradient_step"], restored["learner/restored_env_step"],
-                     restored["learner/restored_replay_rows"])
-            metrics.write(service.core.learner.gradient_steps, restored)
-        control.join_run("learner", {"ctde": inbox.endpoint}, run.protocols.control.startup_timeout_s)
-        log.info("learner %s running: %s mixer for %d agents at %s", node_id, training.mixer, run.agents.count, inbox.endpoint)
-        status_every_s = run.protocols.control.status_every_s
-        started = time.monotonic()
-        logged = [0 if service.core is None else service.core.params_sent]  # broadcasts already in metrics.jsonl (restored ones too)
-
-        def report() -> None:
-            """Checkpoint when due, metrics at each new parameter broadcast, status when due. Called
-            after every message: a learner behind the agents always has more waiting, and must still report."""
-            persistence.maybe_save(service)
-            hub.flush_logs()  # the aggregated lines of a flood, on time although `hub.wait` may not come soon
-            core = service.core
-            if core is not None and core.params_sent > logged[0]:
-                logged[0] = core.params_sent
-                metrics.write(core.learner.gradient_steps, service.metrics())
-            now = time.monotonic()
-            if control.status_due(now, status_every_s):
-                control.send_status(
-                    now, state="running", step=0 if core is None else core.learner.gradient_steps, episode=0, last_return=None,
-                    msgs_per_s=service.messages / max(1e-9, now - started), extra=service.metrics(),
-                )
-                # The security drop counters (security/*), every status period like every other node's.
-                metrics.write(0 if core is None else core.learner.gradient_steps, hub.link_metrics())
-
-        while not stop:
-            timeout = min(_WAKE_S, max(0.0, control.next_status_at(status_every_s) - time.monotonic()))
-            for channel in hub.wait(timeout):
-                for envelope in channel.recv_all():
-                    if channel is control.channel:
-                        if isinstance(envelope.message, m.Shutdown):
-                            stop.append(envelope.message.reason)
-                    else:
-                        service.handle(envelope)
-                    report()
-                    if stop:
-                        break
-            hub.flush_due()
-            report()
-        reason = stop[0]
-        _take_in_the_rest(hub, inbox, service)
-        persistence.save_all(service)
-    except ShutdownRequested as request:
-        reason = request.reason
-    except DamagedStateError as error:
-        # Its checkpoint or joint replay cannot be read: nothing was saved over them (saves
-        # happen after the restore); stop, and ask not to be restarted (protocols/durable_state.py).
-        log.error("stopping: %s", error)
-        reason, exit_code = f"failure: {error}", EXIT_DAMAGED_STATE
-    except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero
-        log.exception("learner failed: %s", error)
-        reason, exit_code = f"failed: {error}", 1
-    finally:
-        try:
-            if service is not None:
-                final = service.metrics()
-                metrics.write(0 if service.core is None else service.core.learner.gradient_steps, {**final, **hub.link_metrics()})
-                log.info("learner stopping (%s): %s", reason, json.dumps(final))
-            if control is not None:
-                control.goodbye(reason)
-        finally:
-            metrics.close()
-            hub.close()
-    return exit_code
+    return run_service(OrchestratedLearner(run, identity, make_core, metrics), run, identity, control_endpoint, metrics)
 
 
 def _take_in_the_rest(hub: Hub, inbox: Channel, service: LearnerService) -> None:
@@ -429,7 +409,7 @@ def run_standalone(args: argparse.Namespace) -> int:
         service = LearnerService(args.num_agents, make_core, inbox, spaces=spaces)
         print(f"READY {inbox.endpoint}", flush=True)
         while not stop:
-            hub.wait(_WAKE_S)
+            hub.wait(WAKE_S)
             for envelope in inbox.recv_all():
                 service.handle(envelope)
             hub.flush_due()

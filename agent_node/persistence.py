@@ -46,7 +46,7 @@ import re
 import struct
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Protocol, TypeVar
 
@@ -314,6 +314,8 @@ class Restored:
     # Generations that failed verification and were skipped (newest first), checkpoints and replay.
     damaged: tuple[Damaged, ...] = ()
     replay_step: int | None = None  # the step of the replay generation restored
+    # What the node's capabilities saved beside the learner (agent_node/capability.py), by name.
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def steps_lost(self) -> int:
@@ -355,6 +357,9 @@ class NodePersistence:
         # Nothing is written until `restore` has run to its end (see the module docstring).
         self.may_write = False
         self._refused: set[str] = set()  # what `_writable` refused and said so (once each)
+        # The capabilities' states to save beside the learner's (name -> state; none: nothing
+        # is added, so a run without such capabilities writes the checkpoint it always did).
+        self.capability_states: Callable[[], dict[str, Any]] = dict
 
     def maybe_save(self, step: int, learner: PersistentLearner, episodes: int) -> None:
         """Save whichever of the two files is due at `step`."""
@@ -371,6 +376,8 @@ class NodePersistence:
         if not self._writable("checkpoint"):
             return
         state = {"learner": learner.state_dict(), "step": step, "episodes": episodes}
+        if capabilities := self.capability_states():
+            state["capabilities"] = capabilities
         self.checkpoints.save(step, lambda path: save_checkpoint(path, state))
         self.last_checkpoint_step = step
 
@@ -415,7 +422,7 @@ class NodePersistence:
             return None
         step, state, _ = checkpoint
         restored = Restored(step=step, episodes=int(state["episodes"]), replay_rows=replay_rows,
-                            damaged=tuple(damaged), replay_step=replay_step)
+                            damaged=tuple(damaged), replay_step=replay_step, capabilities=state.get("capabilities", {}))
         return restored
 
     def load_initial_checkpoint(self, learner: PersistentLearner, path: Path) -> bool:

@@ -36,9 +36,6 @@ from typing import Any
 
 log = logging.getLogger("supervisor_node")
 
-# How often the loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
-_WAKE_S = 0.2
-
 CHECKPOINT_FILENAME = "checkpoint.json"
 _CHECKPOINT_FORMAT = 1
 
@@ -69,15 +66,71 @@ def restore_checkpoint(path: Path, draws: Any, service: Any) -> bool:
     return True
 
 
+class OrchestratedSupervisor:
+    """The supervisor in the shared service loop (agent_node/service_loop.py): each team
+    member's `goal.request` answered with its team's `goal.assignment`."""
+
+    role = "supervisor"
+    log = log
+
+    def __init__(self, run: Any, identity: Any, draws: Any, service: Any) -> None:
+        self.run, self.identity, self.draws, self.service = run, identity, draws, service
+        self.checkpoint = identity.node_dir / CHECKPOINT_FILENAME
+        self.inbox = None  # its ROUTER, bound in `bind`
+
+    def bind(self, hub: Any) -> dict[str, str]:
+        from protocols.node_config import bind_address
+
+        service, run, node_id = self.service, self.run, self.identity.node_id
+        if restore_checkpoint(self.checkpoint, self.draws, service):
+            log.info("restored checkpoint %s: %d team goals drawn, %d requests answered", self.checkpoint,
+                     service.teams_assigned, service.requests)
+        self.inbox = hub.bind_router(bind_address(run, node_id, "goals"), name="goals", advertise_host=run.network.advertised_host())
+        log.info("supervisor %s running at %s: one goal per team and episode from %s goals", node_id, self.inbox.endpoint,
+                 run.agents.goals.goal_set)
+        return {"goals": self.inbox.endpoint}
+
+    def handle(self, channel: Any, envelope: Any) -> None:
+        from protocols.supervision import GoalRequest
+
+        service = self.service
+        if not isinstance(envelope.message, GoalRequest):
+            log.warning("dropped %s from %r: the supervisor takes goal.request only", envelope.msg_type, envelope.sender)
+            return
+        drawn_before = service.teams_assigned
+        answers = service.on_message(envelope.sender, envelope.message, time.monotonic())
+        if service.teams_assigned != drawn_before:
+            # Saved before the answer leaves: no member ever holds a goal that a
+            # restarted supervisor would not give its teammates too.
+            save_checkpoint(self.checkpoint, self.draws, service)
+        for _, assignment in answers:
+            self.inbox.reply(envelope, assignment)
+
+    def after_message(self) -> None:
+        pass  # everything it saves is saved with the draw that changed it
+
+    def status(self) -> tuple[int, float, dict[str, float]]:
+        return self.service.teams_assigned, self.service.requests, self.service.metrics()
+
+    def status_metrics(self) -> tuple[int, dict[str, float]]:
+        return self.service.teams_assigned, self.service.metrics()
+
+    def finish(self, reason: str) -> None:
+        pass
+
+    def final_metrics(self, reason: str) -> tuple[int, dict[str, float]]:
+        service = self.service
+        log.info("supervisor stopping (%s): %d requests, %d team goals drawn", reason, service.requests, service.teams_assigned)
+        return service.teams_assigned, service.metrics()
+
+
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
     from agent_node.config import load_agent_side_config
     from agent_node.goals import SupervisorAssignment
-    from protocols import messages as m
-    from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
+    from agent_node.service_loop import run_service
     from protocols.goal_space import goal_set
     from protocols.metrics import MetricsWriter
-    from protocols.node_config import bind_address, node_hub
-    from protocols.supervision import GoalRequest, SupervisorService
+    from protocols.supervision import SupervisorService
 
     if (loaded := load_agent_side_config(config_path, node_id, "supervisor")) is None:
         return 2
@@ -88,64 +141,8 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
         return 2
     draws = SupervisorAssignment(goal_set(goals.goal_set, goals.num_landmarks), seed=identity.seed("goals/supervisor"))
     service = SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
-
-    checkpoint = identity.node_dir / CHECKPOINT_FILENAME
-
-    stop = stop_on_signals()
-    hub = node_hub(run, identity)
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
-    control = None
-    reason, exit_code = "stopped", 0
-    try:
-        if restore_checkpoint(checkpoint, draws, service):
-            log.info("restored checkpoint %s: %d team goals drawn, %d requests answered", checkpoint,
-                     service.teams_assigned, service.requests)
-        control = ControlClient(hub, control_endpoint, node_id=node_id)
-        inbox = hub.bind_router(bind_address(run, node_id, "goals"), name="goals", advertise_host=run.network.advertised_host())
-        control.join_run("supervisor", {"goals": inbox.endpoint}, run.protocols.control.startup_timeout_s)
-        log.info("supervisor %s running at %s: one goal per team and episode from %s goals", node_id, inbox.endpoint, goals.goal_set)
-        status_every_s = run.protocols.control.status_every_s
-        started = time.monotonic()
-        while not stop:
-            timeout = min(_WAKE_S, max(0.0, control.next_status_at(status_every_s) - time.monotonic()))
-            for channel in hub.wait(timeout):
-                for envelope in channel.recv_all():
-                    if channel is control.channel:
-                        if isinstance(envelope.message, m.Shutdown):
-                            stop.append(envelope.message.reason)
-                    elif isinstance(envelope.message, GoalRequest):
-                        drawn_before = service.teams_assigned
-                        answers = service.on_message(envelope.sender, envelope.message, time.monotonic())
-                        if service.teams_assigned != drawn_before:
-                            # Saved before the answer leaves: no member ever holds a goal that a
-                            # restarted supervisor would not give its teammates too.
-                            save_checkpoint(checkpoint, draws, service)
-                        for _, assignment in answers:
-                            inbox.reply(envelope, assignment)
-                    else:
-                        log.warning("dropped %s from %r: the supervisor takes goal.request only", envelope.msg_type, envelope.sender)
-            hub.flush_due()
-            now = time.monotonic()
-            if control.status_due(now, status_every_s):
-                control.send_status(now, state="running", step=service.teams_assigned, episode=0, last_return=None,
-                                    msgs_per_s=service.requests / max(1e-9, now - started), extra=service.metrics())
-                metrics.write(service.teams_assigned, service.metrics())
-        reason = stop[0]
-    except ShutdownRequested as request:
-        reason = request.reason
-    except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero
-        log.exception("supervisor failed: %s", error)
-        reason, exit_code = f"failed: {error}", 1
-    finally:
-        try:
-            metrics.write(service.teams_assigned, service.metrics())
-            log.info("supervisor stopping (%s): %d requests, %d team goals drawn", reason, service.requests, service.teams_assigned)
-            if control is not None:
-                control.goodbye(reason)
-        finally:
-            metrics.close()
-            hub.close()
-    return exit_code
+    return run_service(OrchestratedSupervisor(run, identity, draws, service), run, identity, control_endpoint, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ compete for the cores:
 
 All three take the same `agents.learner` DQN hyperparameters (network, learning rate, batch,
 replay size, learning_starts, one gradient step per `train_every` rows, target period, epsilon
-schedule; agent_node/training_config.py) and the same number of env steps; the centralized learner
+schedule; agent_node/ctde/config.py) and the same number of env steps; the centralized learner
 is held to the same update ratio (an agent waits while the rows the learner has not yet
 acknowledged owe too many gradient steps, as a decentralized agent learns first). What differs is what is learned: IQL fits each agent's
 Q to its own reward, QMIX / VDN fit Q_tot to the team reward (the sum of the agents' rewards).

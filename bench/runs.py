@@ -204,3 +204,24 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/intervals.py
     main()
+
+
+# The env and the CPU clock of bench/throughput.py and bench/throughput_hosts.py.
+def env_kwargs(agents: int) -> dict:
+    return {"N": agents, "max_cycles": 25, "continuous_actions": False}
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of `pid` and its live children, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pids = 0.0, [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        pids.extend(int(c) for c in children)
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total

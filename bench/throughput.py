@@ -50,28 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runs import env_kwargs, process_tree_cpu_s  # (the shared bench helpers; bench/ is this script's directory)
+
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_TIMEOUT_S = 900
-
-
-def env_kwargs(agents: int) -> dict:
-    return {"N": agents, "max_cycles": 25, "continuous_actions": False}
-
-
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of `pid` and its live children, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total, pids = 0.0, [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children = (task / "children").read_text().split()
-        pids.extend(int(c) for c in children)
-    for one in pids:
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
 
 
 def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float, float]:

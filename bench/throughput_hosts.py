@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
 from orchestrator.backends.hosts import SshHost  # noqa: E402
 from orchestrator.backends.ssh import ssh_argv  # noqa: E402
 from tests.integration.netns import NamespaceCluster, unavailable_reason  # noqa: E402
-from throughput import env_kwargs, process_tree_cpu_s  # noqa: E402  (bench/ is the script's directory)
+from runs import env_kwargs, process_tree_cpu_s  # noqa: E402  (bench/ is the script's directory)
 
 LAUNCHER = "launcher"
 # Longest wait for the env server's READY line (imports on a loaded machine) and for a client.

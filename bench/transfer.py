@@ -17,7 +17,7 @@ compete for the cores):
 
 Which policy a training run leaves: every agent trains its own copy of the shared network, and
 the copies are averaged every 500 steps; in between they drift apart. The shared policy a run
-leaves is the average of its agents' final copies (`agent_node/shared_policy.py`), and that is
+leaves is the average of its agents' final copies (`agent_node/consensus/shared_policy.py`), and that is
 what the zero-shot runs and `trained_4` load for every pursuer, so the transfer compares one
 shared network with one shared network. The config averages once more when the budget is spent
 (`consensus.average_at_end`), so that the final copies agree and their average is each of them;
@@ -66,7 +66,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runs import mean_std, plot_evaluations, run_and_score  # noqa: E402  (the shared run helpers)
 
-from agent_node.shared_policy import average_policy_checkpoints  # noqa: E402  (runs.py put the repository on sys.path)
+from agent_node.consensus.shared_policy import average_policy_checkpoints  # noqa: E402  (runs.py put the repository on sys.path)
 
 CONFIG = "configs/transfer_pursuit.yaml"
 FOUR = ["agents.count=4", "env.kwargs.counts=[4]", "env.kwargs.per_count_kwargs={4: {n_evaders: 15}}"]

@@ -36,6 +36,7 @@ from protocols.config_errors import ConfigError
 from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import LaunchPlan, build_plan, format_plan
+from orchestrator.prelaunch import check_bind_host_before_launch
 from orchestrator.rundir import (
     RunDirWriteError,
     EVENTS_FILENAME,
@@ -92,33 +93,6 @@ def check_env_before_launch(config: RunConfig, source: str) -> None:
     from orchestrator.prelaunch import check_launch, fetch_env_facts
 
     check_launch(config, fetch_env_facts(config, source), source)
-
-
-def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
-    """With tcp, `network.bind_host` must be an address of this host: bind a throwaway socket
-    to it (port 0) now, so a typo is a config error, not a ZMQError in every node later.
-
-    (Every node of a local run binds this host's address. A backend that places nodes on other
-    hosts checks their addresses there.)
-    """
-    import socket
-
-    if config.network.transport != "tcp":
-        return
-    host = config.network.bind_host
-    try:
-        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as error:
-        raise ConfigError([f"network.bind_host: {host!r} is not an address or a known host name ({error})"], source) from None
-    problems = []
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            try:
-                probe.bind(address)
-                return
-            except OSError as error:
-                problems.append(f"{address[0]}: {error.strerror or error}")
-    raise ConfigError([f"network.bind_host: {host!r} is not an address of this host ({'; '.join(problems)})"], source)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

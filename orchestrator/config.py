@@ -5,7 +5,7 @@ Each package owns the schema of its own section and this module composes them:
     run:        RunSection                     protocols/settings.py
     env:        EnvConfig                      env_server/config.py
     agents:     AgentsConfig                   agent_node/config.py (learner, world model)
-    training:   TrainingConfig                 agent_node/training_config.py (decentralized | centralized)
+    training:   TrainingConfig                 agent_node/ctde/config.py (decentralized | centralized)
     topology:   TopologyConfig                 protocols/topology.py
     protocols:  control, membership, consensus protocols/settings.py, protocols/consensus.py
     network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
@@ -45,9 +45,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent_node.config import AgentsConfig
+from agent_node.config import AgentsConfig, training_problems
+from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goal_config import goal_run_problems
-from agent_node.training_config import DecentralizedTraining, TrainingConfig, training_problems
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement

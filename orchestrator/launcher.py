@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Protocol
 
+from agent_node.capability import BUILTIN_CAPABILITIES
 from orchestrator.plan import PROJECT_ROOT, NodeLaunch
 
 # prctl(2) option: orphaned descendants are re-parented to us instead of to init.
@@ -278,13 +279,15 @@ def preload_modules(
             modules.append(env_name)  # registry names like mpe2.simple_spread_v3 are modules too
     if "agent" in roles:
         modules += ["torch", "tensorboardX", "agent_node.config", "agent_node.node", "agent_node.algos"]
+        # The built-in capabilities the node loads by import path (agent_node/capability.py).
+        modules += [entry_point.partition(":")[0] for entry_point in BUILTIN_CAPABILITIES]
         if learner_kind:
             modules.append(f"agent_node.algos.{learner_kind}")
         if world_model_kind:
             modules.append(f"agent_node.world_models.{world_model_kind}")
     if "learner" in roles:
         # Not agent_node.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
-        modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde_learner"]
+        modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde.learner"]
     if "supervisor" in roles:
         modules += ["agent_node.config", "agent_node.goals", "protocols.supervision"]
     return modules

@@ -161,3 +161,30 @@ def _described(space: dict[str, Any]) -> str:
 
 def _listed(names: tuple[str, ...] | list[str]) -> str:
     return ", ".join(names) if len(names) <= 6 else ", ".join(names[:5]) + f", ... {len(names)} in all"
+
+
+def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
+    """With tcp, `network.bind_host` must be an address of this host: bind a throwaway socket
+    to it (port 0) now, so a typo is a config error, not a ZMQError in every node later.
+
+    (Every node of a local run binds this host's address. A backend that places nodes on other
+    hosts checks their addresses there.)
+    """
+    import socket
+
+    if config.network.transport != "tcp":
+        return
+    host = config.network.bind_host
+    try:
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ConfigError([f"network.bind_host: {host!r} is not an address or a known host name ({error})"], source) from None
+    problems = []
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            try:
+                probe.bind(address)
+                return
+            except OSError as error:
+                problems.append(f"{address[0]}: {error.strerror or error}")
+    raise ConfigError([f"network.bind_host: {host!r} is not an address of this host ({'; '.join(problems)})"], source)

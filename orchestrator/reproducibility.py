@@ -32,12 +32,21 @@ came) is written to that agent's metrics as
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from protocols.links import LinkConfig
 
-if TYPE_CHECKING:  # orchestrator/config.py imports this module
-    from orchestrator.config import RunConfig
+
+class RunSections(Protocol):
+    """The sections of a run config (orchestrator/config.py `RunConfig`, which imports this
+    module to validate itself) that reproducibility reads."""
+
+    run: Any
+    agents: Any
+    training: Any
+    protocols: Any
+    network: Any
+    faults: Any
 
 _WHY = "run.reproducible: true"
 
@@ -56,7 +65,7 @@ def owe_nothing_by_default(data: Any) -> Any:
     return data
 
 
-def reproducibility_problems(config: RunConfig) -> list[str]:
+def reproducibility_problems(config: RunSections) -> list[str]:
     """Every section setting a reproducible run cannot honour, each naming why; [] when not asked."""
     if not config.run.reproducible:
         return []

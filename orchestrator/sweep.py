@@ -325,8 +325,7 @@ def _check_once_per_section(source: str, configs: list[RunConfig]) -> list[list[
     distinct env section (a sweep over delays builds it once, not once per point), and every
     point's config is held against what it built (agent count, learner, checkpoints). Returns
     each config's problems with its env; raises ConfigError for an env that cannot be built."""
-    from orchestrator.cli import check_bind_host_before_launch  # the CLI's own check
-    from orchestrator.prelaunch import fetch_env_facts, launch_problems
+    from orchestrator.prelaunch import check_bind_host_before_launch, fetch_env_facts, launch_problems
 
     facts, seen_network, problems = {}, set(), []
     for config in configs:
@@ -530,9 +529,8 @@ def _stop_orphans(run_dir: Path) -> None:
     """The nodes a killed orchestrator left: `orchestrate down` stops them from their pid files."""
     if not run_dir.is_dir():
         return
-    from orchestrator.cli import main as cli_main  # here: cli imports this module
-
-    cli_main(["down", str(run_dir), "--wait", "5"])
+    # `orchestrate down` in a process of its own (the CLI imports this module, not the reverse).
+    subprocess.run([sys.executable, "-m", "orchestrator", "down", str(run_dir), "--wait", "5"], check=False)
 
 
 def _log_tail(path: Path, lines: int = 5) -> list[str]:

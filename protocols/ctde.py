@@ -19,7 +19,7 @@ QMIX mixer over all agents' Q networks (agent_node/algos/mixers.py).
 (`rows_sent`); each `ctde.params` to an agent carries the count of the newest of its messages
 the learner has taken in (`rows_taken`). Their difference is what is still on its way to the
 learner or waiting in its socket, which is what a slow learner lets grow: the agent holds its
-next action while that exceeds its bound (agent_node/ctde_client.py, `lagging`). Rows that reach
+next action while that exceeds its bound (agent_node/ctde/client.py, `lagging`). Rows that reach
 the learner but never train (an agent that died leaves the others' pieces of its steps
 unjoined; a restarted learner lost what came after its checkpoint) count as taken, so they
 never hold an agent back. Acknowledgements answer messages, so an agent that holds sends no

@@ -12,7 +12,7 @@
                padded one-hot agent index, portable between runs with different agent counts.
 - `mixers.py`   VDN / QMIX mixing networks and `CentralizedMixerLearner`, the update a learner
                node runs over all agents' Q-networks (not an agent-side learner).
-- `cql.py`, `bc.py`  offline learners trained from a recorded dataset (`agent_node/datasets.py`).
+- `cql.py`, `bc.py`  offline learners trained from a recorded dataset (`agent_node/offline/datasets.py`).
 
 Each agent is an `Actor`, a `Learner` and a `ParamSource` (see `agent_node/roles.py`) and owns its
 `ReplayBuffer` as `agent.replay`.

@@ -32,7 +32,7 @@ from agent_node.algos.learner_parts import (
     steps_to_take,
     update_counters,
 )
-from agent_node.datasets import transitions_for_learning
+from agent_node.offline.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
 

@@ -22,7 +22,7 @@ Not taken over from the marl-offline-coordination code (`marlkit/torch/dqn/cql.p
 applies the log-sum-exp to the Q-values already masked to the taken action (`self.qf(obs) *
 actions`), so its regularizer sees zeros for every other action; here it runs over all actions.
 
-How it is used: `load_dataset(arrays)` with one agent's columns (`agent_node/datasets.py`,
+How it is used: `load_dataset(arrays)` with one agent's columns (`agent_node/offline/datasets.py`,
 `transitions_for_learning`), then `update()` until `gradient_steps_due()` is 0; no env server is
 needed. `act` is greedy. `get_params` names the Q-network `q_network.*` like `DQNAgent`, so a
 trained network loads into a DQN agent node for evaluation with `set_params`. An offline learner
@@ -50,7 +50,7 @@ from agent_node.algos.learner_parts import (
     steps_to_take,
     update_counters,
 )
-from agent_node.datasets import transitions_for_learning
+from agent_node.offline.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
 

@@ -17,7 +17,7 @@ What the agents see, and why:
 - **Global state** (`state()`, for the learner node's mixer): the same one-hot.
 - **Reward**: the payoff of the joint action, **split equally** between the agents (each gets
   payoff / 2). The learner node's team reward is the sum of the agents' rewards
-  (agent_node/ctde_learner.py, `JointRowAssembler`), so Q_tot is learned on the paper's scale; an
+  (agent_node/ctde/learner.py, `JointRowAssembler`), so Q_tot is learned on the paper's scale; an
   independent learner's return is half the team's, which changes none of its greedy choices.
 - **Episode**: ends by termination (never truncation) when a stage's payoff has been paid and
   no stage follows.

@@ -31,7 +31,7 @@ def test_tiny_pmic_run_learns_with_the_global_view_and_mi_shaping(tmp_path):
 def test_tiny_run_records_a_dataset_with_the_global_view(tmp_path):
     import numpy as np
 
-    from agent_node.datasets import MultiAgentDataset
+    from agent_node.offline.datasets import MultiAgentDataset
 
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_record.yaml", "--run-dir", str(run_dir))

@@ -220,7 +220,7 @@ def save_as_node_checkpoint(agent, path):
 
 
 def test_the_average_of_the_copies_is_the_mean_of_their_policy_networks(tmp_path):
-    from agent_node.shared_policy import average_policy_checkpoints, main
+    from agent_node.consensus.shared_policy import average_policy_checkpoints, main
 
     copies = [shared(agent_index=i, seed=i) for i in range(3)]
     for i, copy in enumerate(copies):
@@ -251,7 +251,7 @@ def test_the_average_of_the_copies_is_the_mean_of_their_policy_networks(tmp_path
 
 def test_checkpoints_that_cannot_be_averaged_are_refused_by_name(tmp_path, capsys):
     from agent_node.persistence import save_checkpoint
-    from agent_node.shared_policy import CheckpointMismatch, average_policy_checkpoints, main
+    from agent_node.consensus.shared_policy import CheckpointMismatch, average_policy_checkpoints, main
 
     save_as_node_checkpoint(shared(agent_index=0), tmp_path / "four.pt")
     save_as_node_checkpoint(shared(agent_index=0, max_agents=8), tmp_path / "eight.pt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_node.consensus_session import ConsensusSession
+from agent_node.consensus.session import ConsensusSession
 from protocols import messages as m
 from protocols.consensus import SyncConsensus
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from agent_node.consensus_subjects import LocalWorldModel, OGMARLWorldModel, PolicyParameters
+from agent_node.consensus.subjects import LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 from agent_node.world_models.config import SparseGPConfig

@@ -12,7 +12,7 @@ import torch
 from agent_node.algos.config import DQNConfig, MixerConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.algos.mixers import CentralizedMixerLearner
-from agent_node.ctde_learner import CentralizedLearnerCore, JointRowAssembler
+from agent_node.ctde.learner import CentralizedLearnerCore, JointRowAssembler
 from protocols import wire
 from protocols.ctde import CTDEParams, CTDETransitions
 
@@ -145,7 +145,7 @@ def test_agents_loading_the_sent_params_play_the_learned_game(mixer):
 
 
 def test_an_agent_transition_becomes_a_message_and_params_load_newest_first():
-    from agent_node.ctde_client import ParamsReceiver, transitions_message
+    from agent_node.ctde.client import ParamsReceiver, transitions_message
     from agent_node.roles import Transition
 
     without_view = Transition(obs=np.zeros((2, 2)), action=np.zeros(2), reward=np.zeros(2), next_obs=np.zeros((2, 2)),

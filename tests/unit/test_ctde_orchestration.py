@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from agent_node.algos.config import DQNConfig
-from agent_node.ctde_client import CentralizedDQNActor
+from agent_node.ctde.client import CentralizedDQNActor
 from agent_node.learner_node import LearnerService, make_core_factory
 from agent_node.roles import Transition
-from agent_node.training_config import learner_schedule, mixer_config
+from agent_node.ctde.config import learner_schedule, mixer_config
 from orchestrator.config import derive_nodes, load_config, load_resolved
 from orchestrator.plan import build_plan
 from orchestrator.rundir import prepare_run

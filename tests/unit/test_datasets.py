@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agent_node.datasets import (
+from agent_node.offline.datasets import (
     DatasetError,
     DatasetWriter,
     MultiAgentDataset,
@@ -162,7 +162,7 @@ WRITER_SCRIPT = textwrap.dedent(
     import sys
     import numpy as np
     import gymnasium as gym
-    from agent_node.datasets import DatasetWriter, ShardSpec
+    from agent_node.offline.datasets import DatasetWriter, ShardSpec
     from agent_node.roles import Transition
 
     spec = ShardSpec(agent="agent_0", agent_index=0, env_name="test", env_kwargs={}, possible_agents=("agent_0",),
@@ -213,7 +213,7 @@ def test_writers_killed_with_sigkill_leave_only_complete_chunks_and_resume(tmp_p
 def test_a_recording_node_takes_the_env_kwargs_from_the_servers_welcome(tmp_path):
     """The manifest's env kwargs travel in the welcome (the server's typed env section), not
     from a second, untyped read of resolved.yaml by the agent node."""
-    from agent_node.recording import DATASET_DIRNAME, TransitionRecorder
+    from agent_node.offline.recording import DATASET_DIRNAME, TransitionRecorder
     from protocols import messages as m
     from protocols import wire
     from protocols.spaces import encode_space

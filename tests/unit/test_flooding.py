@@ -1,4 +1,4 @@
-"""Flooding (protocols/flooding.py) and the landmark assignment built on it (agent_node/landmarks.py),
+"""Flooding (protocols/flooding.py) and the landmark assignment built on it (agent_node/landmarks/session.py),
 driven by hand and through the deterministic simulator, with and without loss."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_node.landmarks import assign
+from agent_node.landmarks.session import assign
 from protocols import wire
 from protocols.flooding import FloodEngine, FloodRequest, FloodTable
 from protocols.links import LinkConfig

@@ -1,4 +1,4 @@
-"""The main job's landmark session (agent_node/landmarks.py) and the env server's baselines
+"""The main job's landmark session (agent_node/landmarks/session.py) and the env server's baselines
 (env_server/baselines.py), on real simple_spread observations, without sockets."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mpe2 import simple_spread_v3
 
-from agent_node.landmark_config import LandmarksConfig
-from agent_node.landmarks import LandmarkSession, SpreadLayout, assign
+from agent_node.landmarks.config import LandmarksConfig
+from agent_node.landmarks.session import LandmarkSession, SpreadLayout, assign
 from agent_node.roles import Transition
 from env_server.baselines import baseline_metrics, play, random_policy, spread_oracle
 from env_server.vector import VectorizedParallelEnv

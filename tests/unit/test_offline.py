@@ -16,7 +16,7 @@ from agent_node.algos.bc import BCAgent
 from agent_node.algos.config import BCConfig, CQLConfig, DQNConfig
 from agent_node.algos.cql import CQLAgent
 from agent_node.algos.dqn import DQNAgent
-from agent_node.datasets import DatasetWriter, MultiAgentDataset, ShardSpec
+from agent_node.offline.datasets import DatasetWriter, MultiAgentDataset, ShardSpec
 from agent_node.roles import Transition
 
 torch.set_num_threads(1)

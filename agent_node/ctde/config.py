@@ -12,8 +12,8 @@ process), and the learning values (`learning_rate`, `gamma`, `batch_size`, `buff
 `learning_starts`, `train_every`, `target_update_period`, `double_dqn`, `loss`, `max_grad_norm`)
 are taken by the learner node for the joint update instead (`mixer_config`, `learner_schedule`).
 So switching `training.mode` on the same YAML compares independent DQN (IQL) with VDN / QMIX at
-equal hyperparameters. What the centralized learner does not implement is refused here
-(`training_problems`) rather than ignored.
+equal hyperparameters. What the centralized learner does not implement is refused
+(`agent_node.config.training_problems`, which reads the agents' section too) rather than ignored.
 
 No torch here: the orchestrator validates this section in a fraction of a second.
 """
@@ -26,8 +26,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from agent_node.algos.config import DQNConfig, MixerConfig
-    from agent_node.config import AgentsConfig
-    from protocols.consensus import ConsensusConfig
 
 
 class DecentralizedTraining(BaseModel):
@@ -41,7 +39,7 @@ class DecentralizedTraining(BaseModel):
 class CentralizedTraining(BaseModel):
     """A `learner` node joins the agents' transitions of each env step into one joint row with the
     env's global state and trains all agents' Q-networks through a mixer; each agent loads its
-    network's parameters when they come back (agent_node/learner_node.py, agent_node/ctde_client.py)."""
+    network's parameters when they come back (agent_node/learner_node.py, agent_node/ctde/client.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,40 +70,6 @@ class CentralizedTraining(BaseModel):
 
 
 TrainingConfig = Annotated[DecentralizedTraining | CentralizedTraining, Field(discriminator="mode")]
-
-
-def training_problems(
-    training: DecentralizedTraining | CentralizedTraining, agents: AgentsConfig, consensus: ConsensusConfig
-) -> list[str]:
-    """What the centralized learner does not implement for this run, one message per problem
-    (each starts with its field path); [] when the combination runs."""
-    if training.mode != "centralized":
-        return []
-    problems = []
-    if agents.learner.kind != "dqn":
-        problems.append(
-            f"agents.learner.kind: centralized training trains the agents' DQN Q-networks through a mixer; expected "
-            f"'dqn', got {agents.learner.kind!r} (only decentralized training runs other learners)"
-        )
-    elif agents.learner.target_tau != 1.0:
-        problems.append(
-            "agents.learner.target_tau: the centralized learner copies its target networks every "
-            f"target_update_period steps (tau 1.0); got {agents.learner.target_tau}"
-        )
-    if training.mixer == "vdn" and training.qmix_settings():
-        problems.append(f"training: {', '.join(training.qmix_settings())} set QMIX's mixing network; mixer 'vdn' has none")
-    if not agents.learning:
-        problems.append("agents.learning: centralized training needs learning agents (they stream what they learn from); got false")
-    if agents.world_model is not None:
-        problems.append("agents.world_model: not implemented with centralized training; expected null")
-    if agents.record_dataset:
-        problems.append("agents.record_dataset: not implemented with centralized training yet; expected false")
-    if consensus.enabled:
-        problems.append(
-            "protocols.consensus.enabled: the learner node sets every agent's parameters; averaging them too "
-            "is not implemented with centralized training"
-        )
-    return problems
 
 
 def mixer_config(training: CentralizedTraining, dqn: DQNConfig) -> MixerConfig:

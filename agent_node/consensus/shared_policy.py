@@ -1,6 +1,6 @@
-"""`python -m agent_node.shared_policy`: one policy from the agents' copies of a parameter-shared one.
+"""`python -m agent_node.consensus.shared_policy`: one policy from the agents' copies of a parameter-shared one.
 
-    python -m agent_node.shared_policy --out AVERAGE.pt RUN/nodes/agent_*/checkpoints/latest.pt
+    python -m agent_node.consensus.shared_policy --out AVERAGE.pt RUN/nodes/agent_*/checkpoints/latest.pt
 
 In a parameter-shared run (`learner.kind: shared_dqn` with `consensus.what: policy_parameters`)
 every agent trains its own copy of the network, and the copies are averaged every
@@ -90,7 +90,7 @@ def _network(learner: dict[str, Any], algorithm: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent_node.shared_policy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agent_node.consensus.shared_policy", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="the agents' checkpoints (latest.pt)")
     parser.add_argument("--out", required=True, type=Path, help="where the averaged checkpoint is written")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """The `agents.landmarks` section: agents that agree who covers which landmark (the main job).
 
 Torch-free, like every schema, so `orchestrate validate` stays fast. What the settings do is in
-`agent_node/landmarks.py`.
+`agent_node/landmarks/session.py`.
 """
 
 from __future__ import annotations

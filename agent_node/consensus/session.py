@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from agent_node.consensus_subjects import ConsensusSubject
+from agent_node.consensus.subjects import ConsensusSubject
 from protocols import messages as m
 from protocols.consensus import ConsensusRequest, SyncConsensus
 from protocols.engine import Engine, Outgoing

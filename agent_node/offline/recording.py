@@ -2,7 +2,7 @@
 
 With `agents.record_dataset: true` each agent node appends its transitions (with the global state
 and joint action when the node asked for the global view, `agents.global_view`) to its own shard
-of `<run dir>/dataset/` through `agent_node/datasets.py`'s crash-safe `DatasetWriter`. The shards
+of `<run dir>/dataset/` through `agent_node/offline/datasets.py`'s crash-safe `DatasetWriter`. The shards
 of one run form one `MultiAgentDataset` (rows of the same step join on `env_step` and `copy`),
 which the offline learners (`python -m agent_node.offline`) train from with no env server.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent_node.datasets import DatasetWriter, ShardSpec
+from agent_node.offline.datasets import DatasetWriter, ShardSpec
 from agent_node.roles import Transition
 from protocols.messages import EnvWelcome
 from protocols.spaces import decode_space

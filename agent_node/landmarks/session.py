@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from agent_node.landmark_config import LandmarksConfig
+from agent_node.landmarks.config import LandmarksConfig
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.engine import Outgoing

@@ -2,7 +2,7 @@
 
     python -m agent_node.offline --dataset RUN/dataset --learner cql --gradient-steps 5000 --out CKPT
 
-One learner per agent shard of the dataset (`agent_node/datasets.py`; a run records one with
+One learner per agent shard of the dataset (`agent_node/offline/datasets.py`; a run records one with
 `agents.record_dataset: true`), each trained on its own agent's transitions. Each trained agent
 is written as `<out>/<env agent>/latest.pt` in the node's checkpoint format, plus
 `<out>/offline.json` saying what was trained on what. A run then evaluates them with
@@ -38,7 +38,7 @@ def train_offline(
     from agent_node.algos import build_learner
     from agent_node.algos.config import BCConfig, CQLConfig
     from agent_node.persistence import save_checkpoint
-    from agent_node.datasets import MultiAgentDataset
+    from agent_node.offline.datasets import MultiAgentDataset
     from protocols.seeds import derive_seed
 
     torch.set_num_threads(1)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path, help="where <agent>/latest.pt are written")
     args = parser.parse_args(argv)
-    from agent_node.datasets import DatasetError
+    from agent_node.offline.datasets import DatasetError
 
     try:
         hidden = tuple(int(width) for width in args.hidden_sizes.split(","))

@@ -1,0 +1,7 @@
+"""Consensus: an agent averages a world model or its policy with its neighbours.
+
+- `session.py`  one averaging run between two lockstep steps (sans-IO)
+- `subjects.py`  what is averaged: a world model beside the learner, OG-MARL's model, the policy
+- `capability.py`  the node-side part (agent_node/capability.py)
+- `shared_policy.py`  `python -m agent_node.consensus.shared_policy`: average the final copies
+"""

@@ -1,0 +1,158 @@
+"""Consensus as a capability of the node (agent_node/capability.py).
+
+At the lockstep step that reaches a tick of the consensus subject (subjects.py), the node holds
+the observation it just received, enters `averaging`, the subject prepares its tensors, and the
+consensus engine runs with the neighbours under the tick as epoch. Every agent reaches the same
+step, so all average together while the env server waits for their actions. When the engine is
+done (all rounds, their deadlines, or the neighbours moved on to a newer tick) the average is
+adopted and the held observation released; the node asks this capability again first, so an
+observation that meanwhile reached a newer tick is averaged again before it is answered.
+
+With `consensus.average_at_end` the env server's last observation (never answered) starts one
+more run, after the node has taken the updates it owes, and the node drains when it is over:
+every agent's final checkpoint then holds the same policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from agent_node.capability import PEERS, Capability, NodeServices
+from agent_node.consensus.session import ConsensusSession
+from agent_node.consensus.subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
+from protocols import messages as m
+from protocols.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
+
+log = logging.getLogger("agent_node")
+
+# How long the final average's last shares may take to leave when the node exits.
+PEER_LINGER_S = 1.0
+
+
+class ConsensusCapability(Capability):
+    name = "consensus"
+    handles = {ConsensusShare: (PEERS,), ConsensusDone: (PEERS,), PushSumShare: (PEERS,)}
+    hold_state = "averaging"
+
+    def __init__(self, run: Any, node: NodeServices) -> None:
+        self.node = node
+        self.run = run
+        self.config = run.protocols.consensus
+        self.session: ConsensusSession | None = None  # built with the learner (`attach`)
+        self._tick: int | None = None  # the tick `wants_to_hold` found due, begun by `begin_hold`
+        # A run that averages at the end sends its last shares just before the node exits: they
+        # may linger a moment on close instead of being dropped (a neighbour would wait out its round).
+        self.peer_linger_s = PEER_LINGER_S if self.config.average_at_end else 0.0
+        self.waits_for_last_observation = self.config.average_at_end
+
+    @property
+    def held(self) -> m.EnvObservation | None:
+        return self.session.held if self.session is not None else None
+
+    def attach(self, learner, welcome, observation_space, action_space) -> None:
+        engine = None
+        if self.config.enabled:
+            engine = build_consensus_engine(
+                self.config, self.node.topology, self.node.identity.node_id, self.run.protocols.limits.max_pending_share_bytes
+            )
+        self.session = ConsensusSession(
+            engine, self._subject(learner, welcome.num_copies, observation_space, action_space),
+            num_agents=len(self.node.topology.nodes), average_at_end=self.config.average_at_end,
+        )
+
+    def _subject(self, learner, num_copies: int, observation_space, action_space) -> ConsensusSubject:
+        """What this node averages: the OG-MARL learner's world model, a world model trained
+        beside the learner, or the policy."""
+        agents = self.run.agents
+        if agents.learner.kind == "og_marl":
+            return OGMARLWorldModel(learner, num_copies)  # it refreshes its model even without sharing
+        if self.config.what == "policy_parameters":
+            return PolicyParameters(learner, self.config.period_steps)
+        identity = self.node.identity
+        return LocalWorldModel(
+            learner, agents.world_model, observation_space, action_space,
+            period_steps=self.config.period_steps, fit_transitions=agents.world_model_fit_transitions,
+            average=self.config.what, seed=identity.seed("world_model"),
+            sampler_seed=identity.seed("world_model_sampler"), num_copies=num_copies,
+        )
+
+    # -- holding the observation while the neighbours average
+
+    def wants_to_hold(self, message: m.EnvObservation) -> bool:
+        if message.evaluation:
+            return False
+        self._tick = self.session.due_at_end(message.step) if message.run_finished else self.session.due(message.step)
+        return self._tick is not None
+
+    def begin_hold(self, message: m.EnvObservation, now: float) -> None:
+        if message.run_finished:
+            log.info("the run's budget is spent at step %d: averaging once more before the final checkpoint", message.step)
+        self.node.send_peers(self.session.begin(message, self._tick, now))
+        self._finish_if_done(now)
+
+    def on_newer_observation(self, message: m.EnvObservation, now: float) -> bool:
+        # The session answers the newest observation when it ends (the last one, run_finished,
+        # drains the node then). An evaluation observation is answered by the node meanwhile.
+        if not message.evaluation:
+            self.session.replace_held(message)
+        return True
+
+    def _finish_if_done(self, now: float) -> None:
+        finished = self.session.finish_if_done(now)
+        if finished is None:
+            return
+        for record in finished.records:
+            self.node.write_metrics(record)
+        if any(record.get("consensus/missing_neighbours", 0.0) > 0 for record in finished.records):
+            self.node.reproducibility_broken(
+                "consensus_incomplete",
+                "a consensus round ended without every neighbour's share (a deadline, or a neighbour that finished or moved on)",
+            )
+        # Asked again first: the env server may have stepped on past a newer tick while this
+        # run went on (a long run, or one this agent began late).
+        self.node.release(self, finished.held)
+
+    # -- the loop
+
+    def on_message(self, sender: str, message: Any, now: float) -> None:
+        # The engine buffers a share for a round it has not started (a neighbour that began
+        # averaging a moment before us) and drops stale ones.
+        self.node.send_peers(self.session.on_message(sender, message, now))
+        self._finish_if_done(now)
+
+    def next_deadline(self) -> float | None:
+        return self.session.next_deadline()
+
+    def on_timer(self, now: float) -> None:
+        if self.session.averaging:
+            self.node.send_peers(self.session.on_timer(now))
+            self._finish_if_done(now)
+
+    def on_neighbour_down(self, peer: str, now: float) -> None:
+        self.node.send_peers(self.session.on_neighbour_down(peer, now))
+
+    def on_neighbour_up(self, peer: str, now: float) -> None:
+        self.node.send_peers(self.session.on_neighbour_up(peer, now))
+
+    def drain(self) -> None:
+        if self.config.average_at_end:
+            self._send_delayed_messages()
+
+    def _send_delayed_messages(self) -> None:
+        """Let out the messages an emulated link delay still holds (the final average's last
+        shares), waiting at most PEER_LINGER_S for them to come due."""
+        hub = self.node.hub
+        deadline = time.monotonic() + PEER_LINGER_S
+        while (due := hub.next_due()) is not None and due <= deadline:
+            time.sleep(max(0.0, due - time.monotonic()))
+            hub.flush_due()
+
+
+def build(run: Any, node: NodeServices) -> ConsensusCapability | None:
+    """In the run when it shares something, or when the learner refreshes a world model on the
+    consensus schedule (OG-MARL, which does so even without sharing)."""
+    if run.protocols.consensus.enabled or run.agents.learner.kind == "og_marl":
+        return ConsensusCapability(run, node)
+    return None

@@ -1,0 +1,6 @@
+"""The main job's landmarks: the team agrees who covers which landmark, and shares rows after.
+
+- `config.py`  agents.landmarks (its typed schema; imported without torch)
+- `session.py`  the sans-IO session: flooding, the assignment, relabelled and partners' rows
+- `capability.py`  the node-side part (agent_node/capability.py)
+"""

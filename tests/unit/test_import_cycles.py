@@ -1,0 +1,163 @@
+"""No import cycles between Parley's modules, read from the source (no module is imported).
+
+Every import counts: at module level, inside a function (a lazy import that breaks a cycle at
+run time still ties the two modules together for a reader) and under `TYPE_CHECKING`. An
+import of `package.module` is an edge to that module; `from package import name` is an edge to
+`package.name` when that is a module, else to the package. The scripts in bench/ import each
+other by bare name (`from runs import ...`: bench/ is the script's directory), so a bare name
+that is a file of bench/ is that module. A package's `__init__` is not counted as imported by
+its own submodules' imports (Python runs it first, whatever they import).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("agent_node", "env_server", "protocols", "orchestrator", "bench")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_files() -> dict[str, Path]:
+    return {module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
+    """The modules of `modules` that the module `name` (at `path`) imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def add(target: str) -> None:
+        if target in modules:
+            found.add(target)
+        elif name.startswith("bench.") and f"bench.{target.split('.')[0]}" in modules:
+            found.add(f"bench.{target.split('.')[0]}")  # a bench script's sibling, by bare name
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                add(submodule if submodule in modules else source)
+    found.discard(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: imports_of(name, path, set(files)) for name, path in files.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan's algorithm,
+    iterative), each as a path that returns to its first module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    return [_cycle_through(component, graph) for component in components]
+
+
+def _cycle_through(component: list[str], graph: dict[str, set[str]]) -> list[str]:
+    """A shortest path from the component's first module back to itself (breadth first)."""
+    members, start = set(component), component[0]
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for child in sorted(graph[node] & members):
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return [start] + path[::-1][1:] + [start] if len(path) > 1 else [start, start]
+                if child not in previous:
+                    previous[child] = node
+                    following.append(child)
+        frontier = following
+    raise AssertionError(f"no cycle through {component}")
+
+
+def test_no_module_imports_itself_back() -> None:
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_cycle_finder_sees_a_cycle_and_only_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_graph_reads_every_kind_of_import(tmp_path) -> None:
+    """Module-level, lazy and TYPE_CHECKING imports, relative ones, and bench's bare names."""
+    modules = {"agent_node.x", "agent_node.y", "agent_node.z", "agent_node.sub", "agent_node.sub.w", "bench.runs", "bench.main"}
+    source = tmp_path / "x.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from agent_node.y import Y\n"
+        "def f():\n    import agent_node.z\n"
+        "from .sub import w\n"
+    )
+    assert imports_of("agent_node.x", source, modules) == {"agent_node.y", "agent_node.z", "agent_node.sub.w"}
+    script = tmp_path / "main.py"
+    script.write_text("from runs import run_and_score\nimport numpy\n")
+    assert imports_of("bench.main", script, modules) == {"bench.runs"}
+
+
+def test_the_node_names_no_capability() -> None:
+    """agent_node/node.py reaches its capabilities only through agent_node/capability.py."""
+    node_imports = imports_of("agent_node.node", ROOT / "agent_node" / "node.py", set(module_files()))
+    capability_modules = {
+        name for name in module_files()
+        if name.startswith(("agent_node.consensus", "agent_node.ctde", "agent_node.offline", "agent_node.landmarks"))
+        or name.startswith(("agent_node.goal", "agent_node.amigo"))
+    }
+    assert not node_imports & capability_modules
+    assert len((ROOT / "agent_node" / "node.py").read_text(encoding="utf-8").splitlines()) <= 450
