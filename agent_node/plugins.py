@@ -37,7 +37,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, ValidationError, ValidationInfo, WrapValidator
 
-from protocols.config_errors import format_validation_error
+from protocols.config_errors import describe_value, format_validation_error
 
 ActionSpaceKind = Literal["discrete", "box"]
 
@@ -156,10 +156,10 @@ class Registry:
             distribution = getattr(getattr(point, "dist", None), "name", None) or "an installed package"
             return self._entry_for_class(kind, target, f"entry point of {distribution}")
         if ":" not in kind:
+            installed = ", ".join(f"'{name}'" for name in self.installed()) or f"none installed in group {self.group}"
             raise PluginError(
-                f"expected a built-in {self.role} ({', '.join(self.builtins)}), an installed plugin "
-                f"({', '.join(self.installed()) or f'none installed in group {self.group}'}) or an import path "
-                f"'package.module:Class', got {kind!r}"
+                f"expected one of {', '.join(repr(name) for name in self.builtins)}, an installed plugin ({installed}) "
+                f"or an import path 'package.module:Class', got {describe_value(kind)}"
             )
         module_name, _, attribute = kind.partition(":")
         if not module_name or not attribute:
