@@ -44,10 +44,12 @@ ActionSpaceKind = Literal["discrete", "box"]
 # What a learner the node drives must have (agent_node/roles.py: NodeLearner).
 LEARNER_METHODS = ("act", "observe", "gradient_steps_due", "update", "counters", "state_dict", "load_state_dict")
 # What a world model trained beside a learner must have (agent_node/consensus_subjects.py:
-# LocalWorldModel fits it, scores it with predict, and averages its parameters).
-WORLD_MODEL_METHODS = ("fit", "predict", "get_params", "set_params")
-# Needed only where consensus averages the model's sufficient statistics
-# (protocols.consensus.what: world_model_statistics).
+# LocalWorldModel fits it and scores it with predict) ...
+WORLD_MODEL_METHODS = ("fit", "predict")
+# ... and what consensus averages: its parameters (protocols.consensus.what:
+# world_model_parameters) or its sufficient statistics (world_model_statistics). A world model
+# has one pair or both; the run's schema holds `what` against the pairs it has.
+WORLD_MODEL_PARAMETER_METHODS = ("get_params", "set_params")
 WORLD_MODEL_STATISTICS_METHODS = ("export_statistics", "import_statistics")
 
 
@@ -111,7 +113,9 @@ class Entry:
     load_builder: Callable[[], Callable[[Any, Any], Any]]
     source: str  # "built-in", "entry point <dist>", "import path"
     action_space: ActionSpaceKind | None = None
-    has_statistics: bool = True  # world models: export_statistics / import_statistics exist
+    # World models: what consensus can average (WORLD_MODEL_PARAMETER_METHODS, WORLD_MODEL_STATISTICS_METHODS).
+    has_params: bool = True
+    has_statistics: bool = True
 
     def build(self, config: BaseModel, spec: Any) -> Any:
         return self.load_builder()(config, spec)
@@ -205,13 +209,21 @@ class Registry:
             raise PluginError(
                 f"{kind!r}: class {target.__name__}.action_space must be 'discrete', 'box' or None, got {action_space!r}"
             )
+        has_params = all(callable(getattr(target, name, None)) for name in WORLD_MODEL_PARAMETER_METHODS)
+        has_statistics = all(callable(getattr(target, name, None)) for name in WORLD_MODEL_STATISTICS_METHODS)
+        if self.methods == WORLD_MODEL_METHODS and not (has_params or has_statistics):
+            raise PluginError(
+                f"{kind!r}: class {target.__name__} gives consensus nothing to average: expected "
+                f"{' and '.join(WORLD_MODEL_PARAMETER_METHODS)}, or {' and '.join(WORLD_MODEL_STATISTICS_METHODS)}"
+            )
         return Entry(
             name=kind,
             config_model=config_model,
             load_builder=lambda: target,
             source=source,
             action_space=action_space,
-            has_statistics=all(callable(getattr(target, name, None)) for name in WORLD_MODEL_STATISTICS_METHODS),
+            has_params=has_params,
+            has_statistics=has_statistics,
         )
 
     # ------------------------------------------------------------------ config validation

@@ -513,23 +513,29 @@ class RunConfig(BaseModel):
         return self
 
     def _world_model_plugin_problems(self) -> list[str]:
-        """A world model from a plugin (agent_node/plugins.py) where the run needs more of it than
-        the world-model interface promises."""
+        """A world model (a built-in or a plugin, agent_node/plugins.py) where the run needs more
+        of it than it has: what consensus averages, and og_marl's use of a built-in's internals."""
         world_model = self.agents.world_model
-        if world_model is None or world_model.kind in WORLD_MODELS.builtins:
+        if world_model is None:
             return []
         problems = []
-        if self.agents.learner.kind == "og_marl":
+        if self.agents.learner.kind == "og_marl" and world_model.kind not in WORLD_MODELS.builtins:
             problems.append(
                 f"agents.world_model.kind: learner kind 'og_marl' imagines rollouts through a built-in world model "
                 f"(sparse_gp or ensemble: their variances, inducing points and checkpoints), got the plugin {world_model.kind!r}"
             )
         consensus = self.protocols.consensus
-        if consensus.enabled and consensus.what == "world_model_statistics" and not WORLD_MODELS.resolve(world_model.kind).has_statistics:
+        entry = WORLD_MODELS.resolve(world_model.kind)
+        if consensus.enabled and consensus.what == "world_model_statistics" and not entry.has_statistics:
             problems.append(
-                f"protocols.consensus.what: 'world_model_statistics' averages the model's sufficient statistics, and the "
+                f"protocols.consensus.what: 'world_model_statistics' averages the model's sufficient statistics, and "
                 f"world model {world_model.kind!r} has no export_statistics / import_statistics; average "
                 "world_model_parameters instead"
+            )
+        if consensus.enabled and consensus.what == "world_model_parameters" and not entry.has_params:
+            problems.append(
+                f"protocols.consensus.what: 'world_model_parameters' averages the model's parameters, and "
+                f"world model {world_model.kind!r} has no get_params / set_params; average world_model_statistics instead"
             )
         return problems
 

@@ -49,7 +49,8 @@ WORLD_MODELS = Registry(
     "parley.world_models",
     WORLD_MODEL_METHODS,
     {
-        "sparse_gp": builtin("sparse_gp", SparseGPConfig, "agent_node.world_models:_build_sparse_gp"),
+        # The GP is averaged through its natural parameters only; the ensemble both ways.
+        "sparse_gp": builtin("sparse_gp", SparseGPConfig, "agent_node.world_models:_build_sparse_gp", has_params=False),
         "ensemble": builtin("ensemble", EnsembleConfig, "agent_node.world_models:_build_ensemble"),
     },
 )
