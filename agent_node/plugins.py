@@ -35,7 +35,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, ValidationError, ValidationInfo, WrapValidator
+from pydantic import BaseModel, ConfigDict, PlainSerializer, SerializationInfo, ValidationError, ValidationInfo, WrapValidator
 
 from protocols.config_errors import describe_value, format_validation_error
 
@@ -259,8 +259,11 @@ class Registry:
         def _validate(value: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> Any:
             return registry.validate(value, handler, info.field_name or "")
 
-        def _dump(value: BaseModel, info: Any) -> Any:
-            return value.model_dump(mode=info.mode, round_trip=True)
+        def _dump(value: BaseModel, info: SerializationInfo) -> Any:
+            return value.model_dump(
+                mode=info.mode, round_trip=True, by_alias=bool(info.by_alias), exclude_unset=info.exclude_unset,
+                exclude_defaults=info.exclude_defaults, exclude_none=info.exclude_none,
+            )
 
         return Annotated[builtin_union, WrapValidator(_validate), PlainSerializer(_dump)]
 
