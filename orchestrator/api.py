@@ -116,7 +116,10 @@ def launch(config: RunConfig | str | Path, overrides: Overrides = (), *, run_dir
 def _child_env() -> dict[str, str]:
     """This process's environment, with the directories it imports from on the child's
     PYTHONPATH (a notebook that put a plugin's folder on sys.path passes it on)."""
-    paths = [entry for entry in sys.path if entry and Path(entry).is_dir()]
+    # The interpreter's own directories (stdlib, site-packages) the child finds by itself.
+    own = tuple(str(Path(prefix).resolve()) for prefix in {sys.prefix, sys.base_prefix})
+    paths = [entry for entry in sys.path
+             if entry and Path(entry).is_dir() and not str(Path(entry).resolve()).startswith(own)]
     inherited = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([*(p for p in inherited.split(os.pathsep) if p), *paths])}
 
