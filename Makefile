@@ -8,10 +8,13 @@ VENV_BENCH ?= .venv-bench
 
 .PHONY: run test test-long test-deps setup docs bench bench-rllib clean
 
-$(BIN)/orchestrate: pyproject.toml
+# The example plugin (examples/parley_ippo, docs/write_your_own.md) is installed beside Parley, as
+# a user's package would be: its entry point `ippo` is then a learner kind, and the tests use it.
+$(BIN)/orchestrate: pyproject.toml examples/parley_ippo/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps -e examples/parley_ippo
 	touch $@
 
 setup: $(BIN)/orchestrate

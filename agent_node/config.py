@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent_node.algos.config import OFFLINE_KINDS, LearnerConfig
+from agent_node.algos import PluggableLearnerConfig
+from agent_node.algos.config import OFFLINE_KINDS
 from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goal_config import GoalsConfig
 from agent_node.landmarks.config import LandmarksConfig
-from agent_node.world_models.config import WorldModelConfig
+from agent_node.world_models import PluggableWorldModelConfig
 from protocols.config_errors import ConfigError
 from protocols.node_config import NodeIdentity, NodeSections, load_node_config
 
@@ -33,10 +34,13 @@ class AgentsConfig(BaseModel):
 
     # Number of agent nodes; the environment must have exactly this many possible agents.
     count: int = Field(ge=1)
-    # The off-policy learner, chosen by `kind` (dqn | sac | og_marl | pmic | shared_dqn).
-    learner: LearnerConfig
-    # An optional world model, chosen by `kind` (sparse_gp | ensemble); null for model-free runs.
-    world_model: WorldModelConfig | None = None
+    # The learner, chosen by `kind`: a built-in (dqn | sac | og_marl | pmic | shared_dqn | goal_dqn;
+    # cql | bc to evaluate), an installed plugin's entry point, or `package.module:Class`
+    # (agent_node/plugins.py).
+    learner: PluggableLearnerConfig
+    # An optional world model, chosen by `kind` (sparse_gp | ensemble, or a plugin as above); null
+    # for model-free runs.
+    world_model: PluggableWorldModelConfig | None = None
     # Transitions sampled from the replay buffer to fit a world model trained beside a
     # model-free learner (the OG-MARL learner has its own `fit_transitions`).
     world_model_fit_transitions: int = Field(512, ge=1)

@@ -24,12 +24,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the orchestrator's readers (run_finished events, --set overrides), imported where used
 
 
-def run_once(config: str, overrides: list[str], run_dir: Path, timeout_s: float) -> tuple[int, str]:
-    """`orchestrate up CONFIG --set ...` into run_dir; (exit code, the end of its stderr)."""
+def run_once(config: str, overrides: list[str], run_dir: Path, timeout_s: float,
+             extra_paths: tuple[Path, ...] = ()) -> tuple[int, str]:
+    """`orchestrate up CONFIG --set ...` into run_dir; (exit code, the end of its stderr).
+    `extra_paths` go on the run's PYTHONPATH after the repository (a plugin not installed)."""
     argv = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
     for override in overrides:
         argv += ["--set", override]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(path) for path in (REPO, *extra_paths))}
     try:
         done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -69,7 +71,7 @@ def finished_exit_code(run_dir: Path) -> int | None:
 
 
 def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int,
-                  reuse: bool = False) -> dict:
+                  reuse: bool = False, extra_paths: tuple[Path, ...] = ()) -> dict:
     """One run, scored by the mean of its last `last_evals` greedy evaluations; `failed` when it
     exited non-zero or evaluated nothing (with the end of its stderr).
 
@@ -86,7 +88,7 @@ def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: f
                     "wall_s": None, "reused": True}
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}"))
     started = time.monotonic()
-    code, stderr = run_once(config, overrides, run_dir, timeout_s)
+    code, stderr = run_once(config, overrides, run_dir, timeout_s, extra_paths)
     return {**_scored(run_dir, code, last_evals, stderr), "wall_s": round(time.monotonic() - started, 1)}
 
 

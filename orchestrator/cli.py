@@ -96,9 +96,10 @@ def check_env_before_launch(config: RunConfig, source: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
-    check_bind_host_before_launch(config, args.config)
-    check_env_before_launch(config, args.config)
+    from orchestrator import api
+
+    config = api.load(args.config, args.overrides)
+    api.check(config, args.config)
     print(f"ok: {describe(config)}")
     return EXIT_OK
 
@@ -182,18 +183,19 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)
+    from orchestrator import api
+
+    config = api.load(args.config, args.overrides)
     refused = refused_faults(config)
     if refused and not args.dry_run:
         # Running them would silently skip those faults, which would make the experiment a lie.
         raise ConfigError(refused + ["(remove those events, or use --dry-run to see the plan)"], args.config)
-    check_bind_host_before_launch(config, args.config)
-    check_env_before_launch(config, args.config)
+    api.check(config, args.config)
     # Everything the run writes (run dir, events, logs, metrics, keys, checkpoints), here and in
     # the nodes, which inherit the umask, is readable by this user only.
     os.umask(0o077)
     try:
-        resolved, run_dir = prepare_run(config, args.run_dir)
+        resolved, run_dir = api.prepare(config, args.run_dir)
     except RunDirError as error:
         return _fail(str(error), EXIT_USAGE)
     except RunDirWriteError as error:

@@ -48,6 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent_node.config import AgentsConfig, training_problems
 from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goal_config import goal_run_problems
+from agent_node.algos import LEARNERS
+from agent_node.plugins import PluginError
+from agent_node.world_models import WORLD_MODELS
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement
@@ -471,6 +474,7 @@ class RunConfig(BaseModel):
                 + ("protocols.consensus.enabled is false" if not consensus.enabled else f"protocols.consensus.what is {consensus.what!r}")
                 + "; set agents.world_model: null, or enable consensus over world_model_parameters or world_model_statistics"
             )
+        problems.extend(self._world_model_plugin_problems())
         if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
             problems.append(
                 f"protocols.consensus.what: {consensus.what!r} averages the world model, but agents.world_model is null"
@@ -507,6 +511,33 @@ class RunConfig(BaseModel):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _world_model_plugin_problems(self) -> list[str]:
+        """A world model (a built-in or a plugin, agent_node/plugins.py) where the run needs more
+        of it than it has: what consensus averages, and og_marl's use of a built-in's internals."""
+        world_model = self.agents.world_model
+        if world_model is None:
+            return []
+        problems = []
+        if self.agents.learner.kind == "og_marl" and world_model.kind not in WORLD_MODELS.builtins:
+            problems.append(
+                f"agents.world_model.kind: learner kind 'og_marl' imagines rollouts through a built-in world model "
+                f"(sparse_gp or ensemble: their variances, inducing points and checkpoints), got the plugin {world_model.kind!r}"
+            )
+        consensus = self.protocols.consensus
+        entry = WORLD_MODELS.resolve(world_model.kind)
+        if consensus.enabled and consensus.what == "world_model_statistics" and not entry.has_statistics:
+            problems.append(
+                f"protocols.consensus.what: 'world_model_statistics' averages the model's sufficient statistics, and "
+                f"world model {world_model.kind!r} has no export_statistics / import_statistics; average "
+                "world_model_parameters instead"
+            )
+        if consensus.enabled and consensus.what == "world_model_parameters" and not entry.has_params:
+            problems.append(
+                f"protocols.consensus.what: 'world_model_parameters' averages the model's parameters, and "
+                f"world model {world_model.kind!r} has no get_params / set_params; average world_model_statistics instead"
+            )
+        return problems
 
     def _landmark_problems(self, topology: Topology | None) -> list[str]:
         """agents.landmarks reads simple_spread's observations and acts with discrete actions, and
@@ -685,8 +716,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def run_kind_fields(path: list[str], kind: Any) -> tuple[str, ...] | None:
-    """The keys of the run config's section at `path` when its kind (or mode) is `kind`."""
-    return tagged_member_fields(RunConfig, path, kind)
+    """The keys of the run config's section at `path` when its kind (or mode) is `kind`; for a
+    learner or world model from a plugin, the keys of the plugin's config model."""
+    fields = tagged_member_fields(RunConfig, path, kind)
+    registry = {("agents", "learner"): LEARNERS, ("agents", "world_model"): WORLD_MODELS}.get(tuple(path))
+    if fields is None and registry is not None and isinstance(kind, str):
+        try:
+            return tuple(registry.resolve(kind).config_model.model_fields)
+        except PluginError:
+            return None  # the schema names what is wrong with the kind when it validates
+    return fields
 
 
 def load_resolved(path: str | Path) -> RunConfig:

@@ -10,8 +10,9 @@ stay out of its process), and `launch_problems` holds the rest of the config aga
   so the count must equal the env's. With fewer, the env server waits out its join deadline for
   the others and then steps them on default actions; with more, the extra nodes are refused at
   join. Both used to surface only once the run was going, or never.
-- `agents.learner.kind`: each learner acts in one kind of action space
-  (agent_node.algos.config.LEARNER_ACTION_SPACE), and every learner reads Box observations.
+- `agents.learner.kind`: each learner acts in one kind of action space (a built-in's in
+  agent_node.algos.config.LEARNER_ACTION_SPACE, a plugin's in its class attribute `action_space`;
+  both read through the registry, agent_node.algos.LEARNERS), and every learner reads Box observations.
 - `agents.load_checkpoints` / `agents.load_shared_checkpoint`: a checkpoint for every agent,
   where the node will look for it (agent_node.config.initial_checkpoint_candidates).
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_node.algos import LEARNERS
 from agent_node.algos.config import LEARNER_ACTION_SPACE, OFFLINE_KINDS
 from agent_node.config import initial_checkpoint, initial_checkpoint_candidates
 from orchestrator.config import RunConfig
@@ -98,7 +100,7 @@ def launch_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
 def _space_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
     kind = config.agents.learner.kind
     problems = []
-    needed = LEARNER_ACTION_SPACE.get(kind)
+    needed = LEARNERS.resolve(kind).action_space  # resolved once already, when the config validated
     misfits = {a: space for a, space in facts.action_spaces.items() if needed is not None and not _fits(space, needed)}
     if misfits:
         agent, space = next(iter(misfits.items()))

@@ -17,6 +17,11 @@
 Each agent is an `Actor`, a `Learner` and a `ParamSource` (see `agent_node/roles.py`) and owns its
 `ReplayBuffer` as `agent.replay`.
 
+`LEARNERS` is the one registry of learner kinds (agent_node/plugins.py): the built-ins below and
+a user's learners (installed entry points of `parley.learners`, or `package.module:Class` import
+paths) are resolved, validated and built the same way. Each built-in's builder is a function here
+that takes `(config, spec)` like a plugin class's constructor does.
+
 This package's `__init__` deliberately imports nothing that pulls in torch, so that importing
 `agent_node.algos.config` stays fast; `build_learner` imports the chosen algorithm when called.
 """
@@ -26,15 +31,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 from agent_node.algos.config import (
+    LEARNER_ACTION_SPACE,
     BCConfig,
     CQLConfig,
     DQNConfig,
+    GoalDQNConfig,
     LearnerConfig,
     OGMARLConfig,
     PMICConfig,
     SACConfig,
     SharedDQNConfig,
 )
+from agent_node.plugins import LEARNER_METHODS, LearnerSpec, Registry, builtin
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -46,7 +54,7 @@ if TYPE_CHECKING:
     from agent_node.algos.pmic import PMICAgent
     from agent_node.algos.sac import SACAgent
     from agent_node.algos.shared_dqn import SharedDQNAgent
-    from agent_node.world_models.config import EnsembleConfig, SparseGPConfig
+    from agent_node.roles import NodeLearner
 
 __all__ = [
     "BCConfig",
@@ -57,92 +65,149 @@ __all__ = [
     "PMICConfig",
     "SACConfig",
     "SharedDQNConfig",
+    "LEARNERS",
+    "LearnerSpec",
+    "PluggableLearnerConfig",
     "build_learner",
 ]
 
 
+def _build_dqn(config: DQNConfig, spec: LearnerSpec) -> DQNAgent:
+    from agent_node.algos.dqn import DQNAgent
+
+    return DQNAgent(config, spec.observation_space, spec.action_space, spec.seed)
+
+
+def _build_sac(config: SACConfig, spec: LearnerSpec) -> SACAgent:
+    from agent_node.algos.sac import SACAgent
+
+    return SACAgent(config, spec.observation_space, spec.action_space, spec.seed)
+
+
+def _build_og_marl(config: OGMARLConfig, spec: LearnerSpec) -> OGMARLAgent:
+    if spec.world_model_config is None:
+        raise ValueError(
+            "learner kind 'og_marl' needs a world model: set the agent's `world_model` section "
+            "(e.g. kind: sparse_gp); got none"
+        )
+    if spec.task_spec is None:
+        raise ValueError(
+            "learner kind 'og_marl' needs the task's reward function (task_spec), which the env "
+            "server sends as metadata['task'] in env.welcome; this environment sent none"
+        )
+    from agent_node.algos.og_marl import OGMARLAgent
+
+    return OGMARLAgent(
+        config,
+        spec.observation_space,
+        spec.action_space,
+        spec.seed,
+        world_model_config=spec.world_model_config,
+        task_spec=spec.task_spec,
+    )
+
+
+def _build_pmic(config: PMICConfig, spec: LearnerSpec) -> PMICAgent:
+    missing = [
+        name
+        for name, value in (("state_space", spec.state_space), ("num_agents", spec.num_agents), ("agent_index", spec.agent_index))
+        if value is None
+    ]
+    if missing:
+        raise ValueError(
+            f"learner kind 'pmic' needs the global view: {', '.join(missing)} not given (the env server must "
+            "publish the global state and joint action, and the node must know its index in possible_agents)"
+        )
+    from agent_node.algos.pmic import PMICAgent
+
+    return PMICAgent(
+        config, spec.observation_space, spec.action_space, spec.seed,
+        state_space=spec.state_space, num_agents=spec.num_agents, agent_index=spec.agent_index,
+    )
+
+
+def _build_shared_dqn(config: SharedDQNConfig, spec: LearnerSpec) -> SharedDQNAgent:
+    if spec.agent_index is None:
+        raise ValueError("learner kind 'shared_dqn' needs agent_index (this agent's index in possible_agents)")
+    from agent_node.algos.shared_dqn import SharedDQNAgent
+
+    return SharedDQNAgent(config, spec.observation_space, spec.action_space, spec.seed, agent_index=spec.agent_index)
+
+
+def _build_cql(config: CQLConfig, spec: LearnerSpec) -> CQLAgent:
+    from agent_node.algos.cql import CQLAgent
+
+    return CQLAgent(config, spec.observation_space, spec.action_space, spec.seed)
+
+
+def _build_bc(config: BCConfig, spec: LearnerSpec) -> BCAgent:
+    from agent_node.algos.bc import BCAgent
+
+    return BCAgent(config, spec.observation_space, spec.action_space, spec.seed)
+
+
+def _build_goal_dqn(config: GoalDQNConfig, spec: LearnerSpec) -> None:
+    # Its learner is conditioned on the goals its goal session draws, so the session builds both
+    # (agent_node/goal_session.py: build_goal_session); the node never asks the registry for it.
+    raise ValueError("learner kind 'goal_dqn' is built with its goal session (agent_node.goal_session.build_goal_session)")
+
+
+_BUILDERS = {
+    "dqn": (DQNConfig, "_build_dqn"),
+    "sac": (SACConfig, "_build_sac"),
+    "og_marl": (OGMARLConfig, "_build_og_marl"),
+    "pmic": (PMICConfig, "_build_pmic"),
+    "shared_dqn": (SharedDQNConfig, "_build_shared_dqn"),
+    "cql": (CQLConfig, "_build_cql"),
+    "bc": (BCConfig, "_build_bc"),
+    "goal_dqn": (GoalDQNConfig, "_build_goal_dqn"),
+}
+
+# Every learner kind a run may name: these built-ins, then the entry points of `parley.learners`,
+# then import paths (agent_node/plugins.py).
+LEARNERS = Registry(
+    "learner",
+    "parley.learners",
+    LEARNER_METHODS,
+    {
+        name: builtin(name, config_model, f"agent_node.algos:{function}", action_space=LEARNER_ACTION_SPACE[name])
+        for name, (config_model, function) in _BUILDERS.items()
+    },
+)
+
+# The type of `agents.learner`: the built-ins' discriminated union, opened to plugins.
+PluggableLearnerConfig = LEARNERS.config_type(LearnerConfig)
+
+
 def build_learner(
-    config: DQNConfig | SACConfig | OGMARLConfig | PMICConfig | SharedDQNConfig | CQLConfig | BCConfig,
+    config: Any,
     observation_space: gym.spaces.Space,
     action_space: gym.spaces.Space,
     seed: int,
     *,
-    world_model_config: SparseGPConfig | EnsembleConfig | None = None,
+    world_model_config: Any = None,
     task_spec: Mapping[str, Any] | None = None,
     state_space: gym.spaces.Space | None = None,
     num_agents: int | None = None,
     agent_index: int | None = None,
-) -> DQNAgent | SACAgent | OGMARLAgent | PMICAgent | SharedDQNAgent | CQLAgent | BCAgent:
-    """The agent that `config.kind` names, built for these spaces and this seed.
+) -> NodeLearner:
+    """The learner that `config.kind` names (a built-in or a plugin), built for these spaces and
+    this seed through `LEARNERS`.
 
     `world_model_config` (the agent's `world_model` section) and `task_spec` (the reward function
     as data, from the env server's welcome metadata `"task"`) are required by og_marl and ignored
     by the model-free learners. `state_space` (the env's global state space), `num_agents` and
     `agent_index` (this agent's position in `possible_agents`) are required by pmic;
-    `agent_index` by shared_dqn.
+    `agent_index` by shared_dqn. A plugin gets all of them in its `LearnerSpec`.
     """
-    # Imported here, not at module level, so that validating configs never imports torch.
-    if isinstance(config, DQNConfig):
-        from agent_node.algos.dqn import DQNAgent
-
-        return DQNAgent(config, observation_space, action_space, seed)
-    if isinstance(config, SACConfig):
-        from agent_node.algos.sac import SACAgent
-
-        return SACAgent(config, observation_space, action_space, seed)
-    if isinstance(config, OGMARLConfig):
-        if world_model_config is None:
-            raise ValueError(
-                "learner kind 'og_marl' needs a world model: set the agent's `world_model` section "
-                "(e.g. kind: sparse_gp); got none"
-            )
-        if task_spec is None:
-            raise ValueError(
-                "learner kind 'og_marl' needs the task's reward function (task_spec), which the env "
-                "server sends as metadata['task'] in env.welcome; this environment sent none"
-            )
-        from agent_node.algos.og_marl import OGMARLAgent
-
-        return OGMARLAgent(
-            config,
-            observation_space,
-            action_space,
-            seed,
-            world_model_config=world_model_config,
-            task_spec=task_spec,
-        )
-    if isinstance(config, PMICConfig):
-        missing = [
-            name
-            for name, value in (("state_space", state_space), ("num_agents", num_agents), ("agent_index", agent_index))
-            if value is None
-        ]
-        if missing:
-            raise ValueError(
-                f"learner kind 'pmic' needs the global view: {', '.join(missing)} not given (the env server must "
-                "publish the global state and joint action, and the node must know its index in possible_agents)"
-            )
-        from agent_node.algos.pmic import PMICAgent
-
-        return PMICAgent(
-            config, observation_space, action_space, seed,
-            state_space=state_space, num_agents=num_agents, agent_index=agent_index,
-        )
-    if isinstance(config, SharedDQNConfig):
-        if agent_index is None:
-            raise ValueError("learner kind 'shared_dqn' needs agent_index (this agent's index in possible_agents)")
-        from agent_node.algos.shared_dqn import SharedDQNAgent
-
-        return SharedDQNAgent(config, observation_space, action_space, seed, agent_index=agent_index)
-    if isinstance(config, CQLConfig):
-        from agent_node.algos.cql import CQLAgent
-
-        return CQLAgent(config, observation_space, action_space, seed)
-    if isinstance(config, BCConfig):
-        from agent_node.algos.bc import BCAgent
-
-        return BCAgent(config, observation_space, action_space, seed)
-    raise TypeError(
-        "expected a DQNConfig, SACConfig, OGMARLConfig, PMICConfig, SharedDQNConfig, CQLConfig or BCConfig, "
-        f"got {type(config).__name__}"
+    spec = LearnerSpec(
+        observation_space=observation_space,
+        action_space=action_space,
+        seed=seed,
+        num_agents=num_agents,
+        agent_index=agent_index,
+        state_space=state_space,
+        task_spec=task_spec,
+        world_model_config=world_model_config,
     )
+    return LEARNERS.build(config, spec)

@@ -108,6 +108,10 @@ class LocalWorldModel:
         replay rows it is fit on. Separate streams: changing how often the model is fit does not
         change the learner's minibatches or the model's initialization."""
         _require_role(learner, ReplayLearner, f"consensus.what: {average} (a world model fit on the replay buffer)")
+        if not callable(getattr(learner.replay, "sample", None)):
+            # A learner's `replay` may be only what persistence saves (an on-policy rollout).
+            raise TypeError(f"consensus.what: {average} fits the world model on rows sampled from the learner's replay, "
+                            f"and {type(learner).__name__}.replay ({type(learner.replay).__name__}) has no sample()")
         if not isinstance(observation_space, spaces.Box):
             raise TypeError(f"a world model needs a Box observation space, got {observation_space}")
         self.learner = learner

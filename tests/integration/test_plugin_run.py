@@ -1,0 +1,90 @@
+"""A learner plugin through the real runtime: `orchestrate validate` and `orchestrate up` on a config
+that names the example's IPPO learner by import path, its metrics found in the run; and the same
+through the Python API (orchestrator/api.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+EXAMPLE = REPO / "examples" / "parley_ippo"
+IPPO_PATH = "parley_ippo.learner:IPPOLearner"
+# configs/tiny_ring.yaml (3 agents, 60 lockstep steps on 2 copies: 120 rows per agent) with IPPO:
+# a rollout of 16 rows, so 7 updates of 2 x 2 minibatch steps each.
+IPPO = [
+    "--set", f"agents.learner={{kind: '{IPPO_PATH}', hidden_sizes: [16], rollout_rows: 16, epochs: 2, minibatches: 2}}",
+]
+
+
+def orchestrate(*args: str) -> subprocess.CompletedProcess:
+    # The example from its folder, as a user's package on PYTHONPATH (where `make setup`
+    # installed it, the installed copy is the same code).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(EXAMPLE)])}
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=150)
+
+
+def test_validate_and_up_run_the_plugin_learner_and_its_metrics_are_in_the_run(tmp_path, monkeypatch):
+    from orchestrator import api
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # this process reads the resolved config, plugin kind included
+
+    validated = orchestrate("validate", "configs/tiny_ring.yaml", *IPPO)
+    assert validated.returncode == 0, validated.stderr[-3000:]
+    assert f"learner {IPPO_PATH}" in validated.stdout
+
+    run_dir = tmp_path / "run"
+    done = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run = api.open_run(run_dir)
+    assert run.config.agents.learner.kind == IPPO_PATH and run.config.agents.learner.rollout_rows == 16
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        records = list(run.metrics(agent))
+        counters = [r for r in records if "ippo/gradient_steps" in r]
+        assert counters, f"{agent} logged no ippo counters"
+        last = counters[-1]
+        # 120 rows, one update per 16: 7 updates of 4 minibatch steps, none left owed at the end.
+        assert last["ippo/rows_observed"] == 120 and last["ippo/updates"] == 7
+        assert last["ippo/gradient_steps"] == 28 and last["ippo/steps_pending"] == 0
+        assert any("ippo/policy_loss" in r for r in records), f"{agent} logged no IPPO losses"
+        # The rollout in flight is the learner's `replay`, saved by the node's persistence.
+        assert list((run_dir / "nodes" / agent / "replay").glob("step-*.npz"))
+    assert [step for step, _ in run.evaluations()] == [20, 40, 60]
+    assert run.exit_code() == 0 and not run.running()
+    assert run.report()["evaluation"]["evaluations"] == 3
+
+
+@pytest.mark.long  # a second whole run; `up` above already goes through api.load, check and prepare
+def test_the_api_launches_a_run_and_follows_its_metrics(tmp_path, monkeypatch):
+    from orchestrator import api
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # passed on to the run's processes (api._child_env)
+    config = api.load(REPO / "configs" / "tiny_ring.yaml", {
+        "agents.learner": {"kind": IPPO_PATH, "hidden_sizes": [16], "rollout_rows": 16, "epochs": 1, "minibatches": 2},
+        "run.steps": 20,
+        "env.eval_every_steps": 10,
+    })
+    run = api.launch(config, run_dir=tmp_path / "run")
+    evaluations = [r["eval/return_mean"] for r in run.metrics(follow=True, poll_s=0.2) if "eval/return_mean" in r]
+    assert run.wait(timeout_s=60) == 0, (run.run_dir / "orchestrator.log").read_text()[-3000:]
+    assert len(evaluations) == 2  # steps 10 and 20, seen while following
+    assert any("ippo/gradient_steps" in r for r in run.metrics("agent_0"))
+    assert run.report()["exit_code"] == 0
+
+
+def test_launch_refuses_a_bad_plugin_before_making_a_run_dir(tmp_path):
+    from orchestrator import api
+    from protocols.config_errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"agents.learner.kind: 'no_such_package:Learner': cannot import module"):
+        api.launch(REPO / "configs" / "tiny_ring.yaml", ["agents.learner.kind=no_such_package:Learner"],
+                   run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
