@@ -575,10 +575,11 @@ def runtime_main(args) -> None:
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     scratch = Path(tempfile.mkdtemp(prefix="bench_goals_", dir=args.scratch))
+    # Seed by seed, every mode: a batch cut short keeps whole rows of modes over fewer seeds.
     run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last)
-                         for mode in args.modes for seed in seeds], args.jobs, done, save)
+                         for seed in seeds for mode in args.modes], args.jobs, done, save)
     if args.cross_check:
-        run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last) for mode in args.modes for seed in seeds],
+        run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last) for seed in seeds for mode in args.modes],
                  args.jobs, done, save)
     save()
     print(f"(run directories kept under {scratch})", file=sys.stderr)
