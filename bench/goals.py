@@ -1,5 +1,5 @@
-"""Goal alignment on goal-lines, in one process: independent vs supervisor vs negotiation vs
-negotiation + hindsight. Prints a table (or JSON with --json).
+"""Goal alignment on goal-lines: independent vs supervisor vs negotiation vs negotiation +
+hindsight, through the runtime (`--runtime`) or in one process. Prints a table (or JSON with --json).
 
 ALGORITHMS.md section 2. Two agents in the grid room (`goal_lines_v0`, L = 6, cooperative goals
 only, 40 steps), each a goal-conditioned DQN (`agent_node/algos/goal_dqn.py`) of its own. Per
@@ -7,35 +7,43 @@ episode the goal-selection mode picks each agent's goal:
 
 - `independent`: each samples uniformly (alignment at chance, 1/15);
 - `supervisor`: one draw for both (alignment 1);
-- `negotiation`: two `NegotiationEngine`s play the goal-coordination game (messages passed in
-  process, no loss); the matrix update gets each agent's episode reward;
-- `negotiation_hindsight`: the same, and after each episode the two `HindsightEngine`s exchange
-  the achieved goals; each agent relabels its transitions with HER (`future`, k = 4) over its own
-  and its partner's events.
+- `negotiation`: the goal-coordination game (`protocols/negotiation.py`); the matrix update gets
+  each agent's episode reward;
+- `negotiation_her`: the same, and each agent relabels its transitions with HER (`future`,
+  k = 4) over the goals it observed itself (no sharing);
+- `negotiation_hindsight`: the same, and after each episode the agents exchange the achieved
+  goals (`protocols/hindsight.py`); HER relabels over its own and its partner's events.
 
-The first three use no HER (as the reference's agents). Note: on this grid every agent's `infos`
-already hold the joint achieved goals, so the partner's report adds little to what an agent saw
-itself; the fourth mode measures mainly what HER over the joint achievements buys.
+The first three use no HER (as the reference's agents). What an agent observes of the achieved
+goals is goal_lines' `view` (`--view`, default `local` as in the goal configs): with `local` an
+agent's infos hold only the achievements it takes part in, so its partner's report carries the
+landmarks the partner touched alone (`events_from_partners_only`); with `joint` every agent sees
+everything and a report adds nothing.
 
-The env is given the goals at reset, so it pays the Dec-IMSAP reward and ends the episode as the
-reference does. Cooperative success = the fraction of episodes in which the agents were
-rewarded (both achieve the cooperative goal at the same step, which needs aligned goals).
-This is not the continuous reference environment and not its training budget: compare the
-direction of the results, not their values.
+Episodes run the same way in both: the env does not know the goals, every episode lasts
+`max_steps`, each agent computes its goal reward from its infos, stays put (action 0) and stops
+adding rows once rewarded (agent_node/goal_session.py). (`--env-ends-episodes`, in-process only,
+gives the env the goals so that it ends an episode once both are rewarded, as the reference and
+this bench's tables before the runtime comparison did.) Cooperative success = the fraction of
+episodes in which both agents were rewarded (the same cooperative goal at the same step, which
+needs aligned goals). This is not the continuous reference environment and not its training
+budget: compare the direction of the results, not their values.
+
+`--runtime` runs every (mode, seed) as an ordinary run through `orchestrate up` (configs/goals_*.yaml:
+one process per agent, one env server, the supervisor node; negotiation and supervision over the
+peer mesh while the env server holds each episode start), `--jobs` at a time, seed by seed; per
+episode it joins the two agents' `goals/*` records. `--cross-check` then runs the same (mode,
+seed) in-process and says whether each side's mean lies in the other's 95% interval; the speed
+table gives episodes per second (wall) and CPU seconds per episode of both. The JSON (`--save`)
+is rewritten after every run, so a batch cut short keeps what it finished; `--replot` redraws it.
+
+    .venv/bin/python bench/goals.py --runtime --cross-check --seeds 5 --episodes 1500 --jobs 4 \
+        --modes negotiation_hindsight supervisor negotiation independent negotiation_her \
+        --save docs/goals_runtime.json --plot docs/goals_runtime.png
+
+Without `--runtime`, in one process (messages passed in process, no loss):
 
     .venv/bin/python bench/goals.py --seeds 5 --episodes 1500 --save goals.json --plot docs/goals_success.png
-
-`--runtime` runs the same comparison through the runtime instead: `orchestrate up` of
-configs/goals_independent.yaml (uniform goals), configs/goals_supervisor.yaml (the team's
-smallest node id assigns the goal over the wire; no hindsight) and configs/goals_negotiation_hindsight.yaml
-(negotiation, with or without hindsight sharing), one process per agent and one env server, the negotiation over the
-peer mesh while the env server holds each episode start. Per episode it joins the two agents'
-`goals/*` records: aligned = both pursued the same goal; cooperative success = both were
-rewarded. Differences from the in-process mode: the env does not know the goals, so every
-episode lasts `max_steps` (an agent stops itself once rewarded), and the learner learns in
-slices between network events.
-
-    .venv/bin/python bench/goals.py --runtime --seeds 2 --steps 8000 --landmarks 3
 
 `--ring N` runs configs/goals_ring6.yaml with N agents on a ring (all play every episode, L = 6)
 and prints alignment per ring edge and of the whole team per window of episodes:
