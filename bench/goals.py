@@ -357,7 +357,11 @@ def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8, baselin
     both modes ran."""
     if baseline not in summary or "negotiation_hindsight" not in summary:
         return False
-    for plain, shared in zip(summary[baseline], summary["negotiation_hindsight"]):
+    plain_of_seed = {row.get("seed"): row for row in summary[baseline]}
+    for shared in summary["negotiation_hindsight"]:
+        plain = plain_of_seed.get(shared.get("seed"))
+        if plain is None:
+            continue  # the baseline did not run this seed (a batch cut short)
         level = fraction * plain["success_final"]
         for row in (plain, shared):
             row[f"steps_to_{baseline}_80pct"] = steps_to_level(row["success_curve"], row["env_steps_curve"], level)

@@ -76,11 +76,14 @@ def test_steps_to_fraction_of_final():
 
 
 def test_hindsight_is_timed_to_the_level_of_negotiation_without_sharing_on_the_same_seed():
-    plain = {"success_final": 0.5, "success_curve": [0.0, 0.2, 0.45, 0.5], "env_steps_curve": [100, 200, 300, 400]}
-    shared = {"success_final": 0.6, "success_curve": [0.1, 0.4, 0.6, 0.6], "env_steps_curve": [90, 180, 270, 360]}
-    never = {"success_final": 0.1, "success_curve": [0.0, 0.1, 0.1, 0.1], "env_steps_curve": [90, 180, 270, 360]}
-    summary = {"negotiation": [plain, dict(plain)], "negotiation_hindsight": [shared, never]}
+    plain = {"seed": 0, "success_final": 0.5, "success_curve": [0.0, 0.2, 0.45, 0.5], "env_steps_curve": [100, 200, 300, 400]}
+    shared = {"seed": 0, "success_final": 0.6, "success_curve": [0.1, 0.4, 0.6, 0.6], "env_steps_curve": [90, 180, 270, 360]}
+    never = {"seed": 1, "success_final": 0.1, "success_curve": [0.0, 0.1, 0.1, 0.1], "env_steps_curve": [90, 180, 270, 360]}
+    alone = {"seed": 2, "success_final": 0.6, "success_curve": [0.6], "env_steps_curve": [40]}
+    # Paired by seed, not by position: seed 2 has no run without sharing, and gets nothing.
+    summary = {"negotiation": [plain, {**plain, "seed": 1}], "negotiation_hindsight": [alone, shared, never]}
     bench.add_steps_to_negotiation_level(summary)
+    assert "steps_to_negotiation_80pct" not in alone
     # The level is 0.8 x 0.5 = 0.4 for both seeds: reached in window 3 without sharing, 2 with.
     assert plain["steps_to_negotiation_80pct"] == 300
     assert shared["steps_to_negotiation_80pct"] == 180
