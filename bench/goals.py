@@ -540,14 +540,18 @@ def run_jobs(kind: str, jobs: list[tuple], parallel: int, done: dict, save) -> N
 
 
 def cross_check(runtime: dict, in_process: dict) -> list[dict]:
-    """Per mode and measure: whether each side's mean lies in the other's 95% interval."""
+    """Per mode and measure, over the seeds both sides ran: whether each side's mean lies in the
+    other's 95% interval."""
     rows = []
     for mode in runtime:
         if mode not in in_process:
             continue
+        seeds = {r["seed"] for r in runtime[mode]} & {r["seed"] for r in in_process[mode]}
+        if not seeds:
+            continue
         for key in ("success_final", "aligned_final"):
-            (rt, rt_half), (ip, ip_half) = (mean_ci([r[key] for r in side[mode]]) for side in (runtime, in_process))
-            rows.append({"mode": mode, "measure": key, "runtime": rt, "runtime_half": rt_half, "in_process": ip,
+            (rt, rt_half), (ip, ip_half) = (mean_ci([r[key] for r in side[mode] if r["seed"] in seeds]) for side in (runtime, in_process))
+            rows.append({"mode": mode, "measure": key, "seeds": sorted(seeds), "runtime": rt, "runtime_half": rt_half, "in_process": ip,
                          "in_process_half": ip_half, "within": bool(abs(rt - ip) <= rt_half and abs(rt - ip) <= ip_half)})
     return rows
 

@@ -55,6 +55,10 @@ def test_cross_check_says_whether_each_mean_lies_in_the_others_interval():
     assert checks["success_final"]["runtime"] == pytest.approx(0.25)
     assert not {row["measure"]: row for row in bench.cross_check(runtime, far)}["success_final"]["within"]
     assert bench.cross_check(runtime, {}) == []
+    # Only the seeds both sides ran count: seed 2 alone on one side is left out.
+    lopsided = {"negotiation": [_row(0, 0.22), _row(1, 0.28), _row(2, 0.99)]}
+    assert bench.cross_check(lopsided, close)[0]["seeds"] == [0, 1, 2]
+    assert bench.cross_check(lopsided, {"negotiation": close["negotiation"][:2]})[0]["runtime"] == pytest.approx(0.25)
 
 
 def test_speed_is_the_ratio_of_episodes_per_second():
