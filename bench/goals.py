@@ -1,5 +1,5 @@
-"""Goal alignment on goal-lines, in one process: independent vs supervisor vs negotiation vs
-negotiation + hindsight. Prints a table (or JSON with --json).
+"""Goal alignment on goal-lines: independent vs supervisor vs negotiation vs negotiation +
+hindsight, through the runtime (`--runtime`) or in one process. Prints a table (or JSON with --json).
 
 ALGORITHMS.md section 2. Two agents in the grid room (`goal_lines_v0`, L = 6, cooperative goals
 only, 40 steps), each a goal-conditioned DQN (`agent_node/algos/goal_dqn.py`) of its own. Per
@@ -7,35 +7,43 @@ episode the goal-selection mode picks each agent's goal:
 
 - `independent`: each samples uniformly (alignment at chance, 1/15);
 - `supervisor`: one draw for both (alignment 1);
-- `negotiation`: two `NegotiationEngine`s play the goal-coordination game (messages passed in
-  process, no loss); the matrix update gets each agent's episode reward;
-- `negotiation_hindsight`: the same, and after each episode the two `HindsightEngine`s exchange
-  the achieved goals; each agent relabels its transitions with HER (`future`, k = 4) over its own
-  and its partner's events.
+- `negotiation`: the goal-coordination game (`protocols/negotiation.py`); the matrix update gets
+  each agent's episode reward;
+- `negotiation_her`: the same, and each agent relabels its transitions with HER (`future`,
+  k = 4) over the goals it observed itself (no sharing);
+- `negotiation_hindsight`: the same, and after each episode the agents exchange the achieved
+  goals (`protocols/hindsight.py`); HER relabels over its own and its partner's events.
 
-The first three use no HER (as the reference's agents). Note: on this grid every agent's `infos`
-already hold the joint achieved goals, so the partner's report adds little to what an agent saw
-itself; the fourth mode measures mainly what HER over the joint achievements buys.
+The first three use no HER (as the reference's agents). What an agent observes of the achieved
+goals is goal_lines' `view` (`--view`, default `local` as in the goal configs): with `local` an
+agent's infos hold only the achievements it takes part in, so its partner's report carries the
+landmarks the partner touched alone (`events_from_partners_only`); with `joint` every agent sees
+everything and a report adds nothing.
 
-The env is given the goals at reset, so it pays the Dec-IMSAP reward and ends the episode as the
-reference does. Cooperative success = the fraction of episodes in which the agents were
-rewarded (both achieve the cooperative goal at the same step, which needs aligned goals).
-This is not the continuous reference environment and not its training budget: compare the
-direction of the results, not their values.
+Episodes run the same way in both: the env does not know the goals, every episode lasts
+`max_steps`, each agent computes its goal reward from its infos, stays put (action 0) and stops
+adding rows once rewarded (agent_node/goal_session.py). (`--env-ends-episodes`, in-process only,
+gives the env the goals so that it ends an episode once both are rewarded, as the reference and
+this bench's tables before the runtime comparison did.) Cooperative success = the fraction of
+episodes in which both agents were rewarded (the same cooperative goal at the same step, which
+needs aligned goals). This is not the continuous reference environment and not its training
+budget: compare the direction of the results, not their values.
+
+`--runtime` runs every (mode, seed) as an ordinary run through `orchestrate up` (configs/goals_*.yaml:
+one process per agent, one env server, the supervisor node; negotiation and supervision over the
+peer mesh while the env server holds each episode start), `--jobs` at a time, seed by seed; per
+episode it joins the two agents' `goals/*` records. `--cross-check` then runs the same (mode,
+seed) in-process and says whether each side's mean lies in the other's 95% interval; the speed
+table gives episodes per second (wall) and CPU seconds per episode of both. The JSON (`--save`)
+is rewritten after every run, so a batch cut short keeps what it finished; `--replot` redraws it.
+
+    .venv/bin/python bench/goals.py --runtime --cross-check --seeds 5 --episodes 1500 --jobs 4 \
+        --modes negotiation_hindsight supervisor negotiation independent negotiation_her \
+        --save docs/goals_runtime.json --plot docs/goals_runtime.png
+
+Without `--runtime`, in one process (messages passed in process, no loss):
 
     .venv/bin/python bench/goals.py --seeds 5 --episodes 1500 --save goals.json --plot docs/goals_success.png
-
-`--runtime` runs the same comparison through the runtime instead: `orchestrate up` of
-configs/goals_independent.yaml (uniform goals), configs/goals_supervisor.yaml (the team's
-smallest node id assigns the goal over the wire; no hindsight) and configs/goals_negotiation_hindsight.yaml
-(negotiation, with or without hindsight sharing), one process per agent and one env server, the negotiation over the
-peer mesh while the env server holds each episode start. Per episode it joins the two agents'
-`goals/*` records: aligned = both pursued the same goal; cooperative success = both were
-rewarded. Differences from the in-process mode: the env does not know the goals, so every
-episode lasts `max_steps` (an agent stops itself once rewarded), and the learner learns in
-slices between network events.
-
-    .venv/bin/python bench/goals.py --runtime --seeds 2 --steps 8000 --landmarks 3
 
 `--ring N` runs configs/goals_ring6.yaml with N agents on a ring (all play every episode, L = 6)
 and prints alignment per ring edge and of the whole team per window of episodes:
@@ -75,7 +83,10 @@ from protocols.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 
-MODES = ("independent", "supervisor", "negotiation", "negotiation_hindsight")
+MODES = ("independent", "supervisor", "negotiation", "negotiation_her", "negotiation_hindsight")
+HER_MODES = ("negotiation_her", "negotiation_hindsight")  # the others learn without HER, as the reference's agents
+DEFAULT_MODES = ("independent", "supervisor", "negotiation", "negotiation_hindsight")
+STAY = 0  # goal_lines' action 0
 AGENTS = ("agent_0", "agent_1")  # the pair (the runtime mode reads their metrics)
 NUM_LANDMARKS = 6
 
@@ -95,25 +106,34 @@ def team_graph(num_agents: int) -> dict[str, list[str]]:
     return {agent: sorted({agents[(i - 1) % num_agents], agents[(i + 1) % num_agents]}) for i, agent in enumerate(agents)}
 
 
-def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
+def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "joint", env_ends_episodes: bool = False) -> dict:
     """One run of `mode` with a team of `num_agents` (a pair, or a ring that all play every
     episode); per episode: every agent rewarded (`success`), all on one goal (`aligned`), the
-    fraction of the team graph's edges whose ends share a goal (`edges_aligned`), and each agent's
+    fraction of the team graph's edges whose ends share a goal (`edges_aligned`), each agent's
     `proposals` and `goals` (episodes x agents; a proposal is what the agent's own goal module
-    offered the negotiation, equal to its goal in the other modes)."""
+    offered the negotiation, equal to its goal in the other modes), and the events each agent
+    learned only from its partners' reports (`events_from_partners_only`, summed over the team).
+
+    Episodes run as through the runtime (agent_node/goal_session.py): the env does not know the
+    goals, every episode lasts `max_steps`, each agent computes its goal reward from its own
+    `achieved_goals` infos (`view`), stays put (action 0) and stops adding rows once rewarded,
+    and records the achieved goals of every step for hindsight. `env_ends_episodes` gives the
+    env the goals instead, so it pays and ends the episode when every agent is rewarded (the
+    reference's rule, and this bench's before the runtime comparison)."""
     torch.manual_seed(seed)
     graph = team_graph(num_agents)
     agents = list(graph)
     edges = [(a, b) for a in graph for b in graph[a] if a < b]
     rounds = 1 if num_agents == 2 else num_agents // 2  # the graph's diameter
-    env = GoalLinesEnv(num_landmarks=NUM_LANDMARKS, population=num_agents, active_per_episode=num_agents, max_steps=40)
+    env = GoalLinesEnv(num_landmarks=NUM_LANDMARKS, population=num_agents, active_per_episode=num_agents, max_steps=40, view=view)
     goals_allowed = cooperative_goals(NUM_LANDMARKS).tolist()
     total_goals = num_goals(NUM_LANDMARKS)
 
     def reward_fn(goal, achieved):
         return goal_reward(goal, achieved, NUM_LANDMARKS)
 
-    config = GoalDQNConfig(her_strategy="future" if mode == "negotiation_hindsight" else "none")
+    config = GoalDQNConfig(her_strategy="future" if mode in HER_MODES else "none")
+    sharing = mode == "negotiation_hindsight"
     obs_dim = env.observation_space("agent_0").shape[0]
     learners = {
         agent: GoalDQNAgent(config, obs_dim, 5, total_goals, reward_fn, seed=derive_seed(seed, index, "policy"))
@@ -128,7 +148,7 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
     hindsight = {agent: HindsightEngine(agent) for agent in agents}
 
     env.reset(seed=derive_seed(seed, 0, "env"))
-    successes, aligned, edges_aligned, env_steps_at, proposals_at, goals_at = [], [], [], [], [], []
+    successes, aligned, edges_aligned, env_steps_at, proposals_at, goals_at, news_at = [], [], [], [], [], [], []
     env_steps = 0
     for episode in range(episodes):
         now = float(episode)
@@ -146,32 +166,43 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
         proposals_at.append([int(proposals[agent]) for agent in agents])
         goals_at.append([int(goals[agent]) for agent in agents])
 
-        observations, _ = env.reset(options={"goals": goals})
+        observations, _ = env.reset(options={"goals": goals} if env_ends_episodes else None)
         trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in agents}
         episode_reward = {agent: 0.0 for agent in agents}
+        rewarded = set()
+        step = 0
         while env.agents:
             live = list(env.agents)
-            actions = {agent: int(learners[agent].act(observations[agent][None], np.array([goals[agent]]))[0]) for agent in live}
-            next_observations, rewards, _, _, infos = env.step(actions)
+            acting = [agent for agent in live if agent not in rewarded]
+            actions = {agent: STAY for agent in live}  # a rewarded agent stays put, as goal_session's
+            actions.update({agent: int(learners[agent].act(observations[agent][None], np.array([goals[agent]]))[0]) for agent in acting})
+            next_observations, _, _, _, infos = env.step(actions)
             env_steps += 1
             for agent in live:
                 record = trajectory[agent]
-                step = len(record["action"])
+                achieved = infos[agent]["achieved_goals"]
+                record["events"] += [(step, int(goal)) for goal in achieved]
+                if agent in rewarded:
+                    continue
                 record["obs"].append(observations[agent])
                 record["action"].append(actions[agent])
                 record["next_obs"].append(next_observations[agent])
-                record["events"] += [(step, int(goal)) for goal in infos[agent]["achieved_goals"]]
-                episode_reward[agent] = max(episode_reward[agent], rewards[agent])
+                episode_reward[agent] = reward_fn(goals[agent], achieved)
+                if episode_reward[agent] > 0:
+                    rewarded.add(agent)
             observations = next_observations
+            step += 1
 
         partner_events = {agent: [] for agent in agents}
-        if mode == "negotiation_hindsight":
+        if sharing:
             outgoing = []
             for agent in agents:
                 request = HindsightRequest(episode, graph[agent], trajectory[agent]["events"])
                 outgoing += [(agent, d, m) for d, m in hindsight[agent].start(request, now)]
             deliver(hindsight, outgoing, now)
-            partner_events = {agent: hindsight[agent].result.events for agent in agents}
+            partner_events = {agent: [event for events in hindsight[agent].result.from_partners.values() for event in events]
+                              for agent in agents}
+        news_at.append(sum(len(set(partner_events[agent]) - set(trajectory[agent]["events"])) for agent in agents))
         for agent in agents:
             record = trajectory[agent]
             learners[agent].observe_episode(
@@ -187,7 +218,8 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2) -> dict:
         edges_aligned.append(float(np.mean([goals[a] == goals[b] for a, b in edges])))
         env_steps_at.append(env_steps)
     return {"success": np.array(successes), "aligned": np.array(aligned), "edges_aligned": np.array(edges_aligned),
-            "env_steps": np.array(env_steps_at), "proposals": np.array(proposals_at), "goals": np.array(goals_at)}
+            "env_steps": np.array(env_steps_at), "proposals": np.array(proposals_at), "goals": np.array(goals_at),
+            "events_from_partners_only": np.array(news_at, dtype=float)}
 
 
 def per_goal(result: dict, last: int) -> list[dict]:
@@ -227,10 +259,42 @@ def print_per_goal(summary: dict) -> None:
 CURVE_WINDOW = 100  # episodes per point of the learning curves
 
 
+def final_window(episodes: int) -> int:
+    """The episodes "final" means: the last fifth of the run, at least 100 (all of a shorter run)."""
+    return max(100, episodes // 5)
+
+
 def windowed(per_episode: np.ndarray) -> list[float]:
     """The mean of each whole window of CURVE_WINDOW episodes."""
     whole = len(per_episode) // CURVE_WINDOW * CURVE_WINDOW
     return per_episode[:whole].reshape(-1, CURVE_WINDOW).mean(axis=1).tolist()
+
+
+def _draw_curves(axes_pair, per_seed: dict, window: int, linestyle: str = "-", suffix: str = "") -> None:
+    """One line per mode (mean, with its 95% band over seeds) on (success axes, alignment axes)."""
+    for index, (mode, rows) in enumerate(per_seed.items()):
+        length = min(len(row["success_curve"]) for row in rows)
+        episodes = (np.arange(length) + 0.5) * window
+        for axes, key in zip(axes_pair, ("success_curve", "aligned_curve")):
+            mean, half = curve_band([row[key][:length] for row in rows])
+            axes.plot(episodes, mean, linestyle=linestyle, color=f"C{MODES.index(mode)}", label=mode + suffix)
+            axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.15,
+                              color=f"C{MODES.index(mode)}")
+
+
+def _finish(figure, axes_pair, conditions: dict, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    axes_pair[1].axhline(conditions["chance_alignment"], color="grey", linestyle=":", label="chance")
+    for axes, label in zip(axes_pair, ("cooperative success", "goals aligned")):
+        axes.set_xlabel("episode")
+        axes.set_ylabel(f"{label} (window of {conditions['curve_window_episodes']})")
+        axes.set_ylim(0, 1.03)  # a line at 1 (the supervisor's alignment) stays visible
+    axes_pair[1].legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def plot_curves(per_seed: dict, conditions: dict, path: Path) -> None:
@@ -240,25 +304,28 @@ def plot_curves(per_seed: dict, conditions: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (success_axes, aligned_axes) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for mode, rows in per_seed.items():
-        length = min(len(row["success_curve"]) for row in rows)
-        episodes = (np.arange(length) + 0.5) * conditions["curve_window_episodes"]
-        for axes, key in ((success_axes, "success_curve"), (aligned_axes, "aligned_curve")):
-            mean, half = curve_band([row[key][:length] for row in rows])
-            axes.plot(episodes, mean, label=mode)
-            axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)
-    aligned_axes.axhline(conditions["chance_alignment"], color="grey", linestyle=":", label="chance")
-    for axes, label in ((success_axes, "cooperative success"), (aligned_axes, "goals aligned")):
-        axes.set_xlabel("episode")
-        axes.set_ylabel(f"{label} (window of {conditions['curve_window_episodes']})")
-        axes.set_ylim(0, 1.03)  # a line at 1 (the supervisor's alignment) stays visible
-    aligned_axes.legend(fontsize=8)
-    figure.suptitle(f"goal-lines L={conditions['landmarks']}, cooperative goals, {len(next(iter(per_seed.values())))} seeds, "
-                    f"mean and 95% CI (in-process bench/goals.py)", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    figure, axes_pair = plt.subplots(1, 2, figsize=(10, 3.8))
+    _draw_curves(axes_pair, per_seed, conditions["curve_window_episodes"])
+    _finish(figure, axes_pair, conditions,
+            f"goal-lines L={conditions['landmarks']}, cooperative goals, {len(next(iter(per_seed.values())))} seeds, "
+            f"mean and 95% CI (in-process bench/goals.py)", path)
+
+
+def plot_runtime(saved: dict, path: Path) -> None:
+    """A `--runtime` batch's curves: through the runtime (solid) and, when cross-checked, in-process (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = saved["conditions"]
+    figure, axes_pair = plt.subplots(1, 2, figsize=(11, 4.2))
+    _draw_curves(axes_pair, saved.get("runtime", {}), conditions["curve_window_episodes"])
+    _draw_curves(axes_pair, saved.get("in_process", {}), conditions["curve_window_episodes"], "--", " (in-process)")
+    seeds = sorted({row["seed"] for rows in saved.get("runtime", {}).values() for row in rows})
+    _finish(figure, axes_pair, conditions,
+            f"goal-lines L={conditions['landmarks']}, view {conditions['view']}, cooperative goals, seeds {seeds}: "
+            f"through the runtime (solid) and in-process (dashed), mean and 95% CI (bench/goals.py --runtime)", path)
 
 
 def steps_to_fraction_of_final(curve: np.ndarray, env_steps: np.ndarray, fraction: float = 0.8, window: int = 100) -> float:
@@ -282,17 +349,22 @@ def steps_to_level(success_curve: list[float], env_steps_curve: list[int], level
     return float(reached[0]) if reached else float("nan")
 
 
-def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8) -> bool:
+def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8, baseline: str = "negotiation") -> bool:
     """ALGORITHMS.md's hindsight target, "the same success in fewer environment steps than no
-    sharing", paired by seed: for both negotiation modes, the env steps until a window's success
-    first reaches `fraction` of the no-sharing negotiation's final success of the same seed.
-    False (nothing added) unless both modes ran."""
-    if "negotiation" not in summary or "negotiation_hindsight" not in summary:
+    sharing", paired by seed: for `baseline` (a mode without sharing) and negotiation_hindsight,
+    the env steps until a window's success first reaches `fraction` of the baseline's final
+    success of the same seed (row key `steps_to_<baseline>_80pct`). False (nothing added) unless
+    both modes ran."""
+    if baseline not in summary or "negotiation_hindsight" not in summary:
         return False
-    for plain, shared in zip(summary["negotiation"], summary["negotiation_hindsight"]):
+    plain_of_seed = {row.get("seed"): row for row in summary[baseline]}
+    for shared in summary["negotiation_hindsight"]:
+        plain = plain_of_seed.get(shared.get("seed"))
+        if plain is None:
+            continue  # the baseline did not run this seed (a batch cut short)
         level = fraction * plain["success_final"]
         for row in (plain, shared):
-            row["steps_to_negotiation_80pct"] = steps_to_level(row["success_curve"], row["env_steps_curve"], level)
+            row[f"steps_to_{baseline}_80pct"] = steps_to_level(row["success_curve"], row["env_steps_curve"], level)
     return True
 
 
@@ -337,85 +409,247 @@ def report(summary: dict, conditions: dict, as_json: bool) -> None:
             print(f"  {mode:<24}{per_seed}")
 
 
-# Runtime mode: which config runs each mode, and its overrides.
+# Runtime mode: which config runs each mode, and its overrides. HER only where the in-process
+# run has it (HER_MODES): the configs' learners default to HER (`her_strategy: future`).
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME_MODES = {
-    "independent": ("configs/goals_independent.yaml", []),
-    "negotiation": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.hindsight=null"]),
+    "independent": ("configs/goals_independent.yaml", ["agents.learner.her_strategy=none"]),
+    "negotiation": ("configs/goals_negotiation.yaml", []),
+    "negotiation_her": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.hindsight=null"]),
     "negotiation_hindsight": ("configs/goals_negotiation_hindsight.yaml", []),
-    "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null"]),
+    "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null", "agents.learner.her_strategy=none"]),
 }
+EPISODE_STEPS = 40  # goal_lines max_steps in the goal configs and in `run`
 
 
-def runtime_run(mode: str, seed: int, steps: int, landmarks: int, run_dir: Path, extra: list[str] = ()) -> dict:
-    """One `orchestrate up` of `mode`; per-episode alignment and success joined over both agents."""
+def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, run_dir: Path, extra: list[str] = ()) -> dict:
+    """One `orchestrate up` of `mode` for `episodes` episodes; per episode (joined over both
+    agents' `goals/*` records): aligned = both pursued the same goal, success = both were
+    rewarded, the lockstep steps at its end, and the hindsight events the pair learned only from
+    each other's reports. Also the run's wall and CPU seconds (the orchestrator and every process
+    it started and waited for)."""
     config, overrides = RUNTIME_MODES[mode]
-    settings = [f"run.seed={seed}", f"run.steps={steps}", f"env.kwargs.num_landmarks={landmarks}",
+    settings = [f"run.seed={seed}", f"run.steps={episodes * EPISODE_STEPS}", f"env.kwargs.num_landmarks={landmarks}",
+                f"env.kwargs.view={view}", f"env.kwargs.max_steps={EPISODE_STEPS}",
                 f"agents.goals.num_landmarks={landmarks}", *overrides, *extra]
     command = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
     for setting in settings:
         command += ["--set", setting]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    with open(run_dir.parent / f"{run_dir.name}.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        # wait4: the CPU time of the orchestrator and of the nodes it (and its zygote) waited for.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{mode} seed {seed}: orchestrate up exited {done.returncode}: {done.stderr[-2000:]}")
-    episodes: dict[float, dict[str, dict]] = defaultdict(dict)
+    if process.returncode != 0:
+        tail = (run_dir.parent / f"{run_dir.name}.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{mode} seed {seed}: orchestrate up exited {process.returncode}: {tail}")
+    episodes_of: dict[float, dict[str, dict]] = defaultdict(dict)
+    stored: dict[float, float] = defaultdict(float)
     shared = {"reports_applied": 0.0, "partners_missing": 0.0, "rows_relabelled": 0.0}
     for agent in AGENTS:
         for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             if "goals/goal" in record:
-                episodes[record["goals/episode"]][agent] = record
+                episodes_of[record["goals/episode"]][agent] = record
             if "hindsight/reports_applied" in record:
                 shared["reports_applied"] += record["hindsight/reports_applied"]
                 shared["partners_missing"] += record["hindsight/partners_missing"]
+                stored[record["goals/episode"]] += record["hindsight/events_from_partners_only"]
             if "her/rows_relabelled" in record:
                 shared["rows_relabelled"] += record["her/rows_relabelled"]
-    both = [episodes[e] for e in sorted(episodes) if len(episodes[e]) == 2]
-    aligned = np.array([float(ep["agent_0"]["goals/goal"] == ep["agent_1"]["goals/goal"]) for ep in both])
-    success = np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in AGENTS)) for ep in both])
-    timed_out = [ep[a].get("negotiation/timed_out", 0.0) for ep in both for a in AGENTS]
+    starts = [e for e in sorted(episodes_of) if len(episodes_of[e]) == 2]
+    both = [episodes_of[e] for e in starts]
+    timed_out = [ep[a].get("negotiation/timed_out", ep[a].get("supervision/timed_out", 0.0)) for ep in both for a in AGENTS]
     cut = [ep[a].get("negotiation/cut_by_env", 0.0) for ep in both for a in AGENTS]
-    return {"aligned": aligned, "success": success, "timed_out": float(np.mean(timed_out)), "cut_by_env": float(np.mean(cut)),
-            "seconds": seconds, **shared}
+    return {
+        "aligned": np.array([float(ep["agent_0"]["goals/goal"] == ep["agent_1"]["goals/goal"]) for ep in both]),
+        "success": np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in AGENTS)) for ep in both]),
+        "env_steps": np.array([int(start) + EPISODE_STEPS for start in starts]),
+        "events_from_partners_only": np.array([stored.get(start, 0.0) for start in starts]),
+        "timed_out": float(np.mean(timed_out)) if timed_out else 0.0, "cut_by_env": float(np.mean(cut)) if cut else 0.0,
+        "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, **shared,
+    }
+
+
+def summarise(mode: str, seed: int, result: dict, last: int, seconds: float, cpu_seconds: float, load: list[float]) -> dict:
+    """One run's row (in-process or through the runtime): final and overall success and
+    alignment, env steps to 80% of its own final success, speed, and the curves per window."""
+    episodes = int(result["success"].size)
+    return {
+        "seed": seed,
+        "episodes": episodes,
+        "success_final": float(result["success"][-last:].mean()),
+        "success_all": float(result["success"].mean()),
+        "aligned_final": float(result["aligned"][-last:].mean()),
+        "steps_to_80pct": steps_to_fraction_of_final(result["success"], result["env_steps"]),
+        "env_steps": int(result["env_steps"][-1]),
+        "events_from_partners_only_per_episode": float(result["events_from_partners_only"].mean()),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "episodes_per_second": episodes / seconds,
+        "load_avg_1m": load,
+        # Per window of CURVE_WINDOW episodes, for the learning curves.
+        "success_curve": windowed(result["success"]),
+        "aligned_curve": windowed(result["aligned"]),
+        "env_steps_curve": [int(result["env_steps"][end - 1]) for end in range(CURVE_WINDOW, episodes + 1, CURVE_WINDOW)],
+        **{key: result[key] for key in ("timed_out", "cut_by_env", "reports_applied", "partners_missing", "rows_relabelled")
+           if key in result},
+    }
+
+
+def in_process_job(job: tuple) -> dict:
+    """One in-process run (a worker of `--jobs`): (mode, seed, episodes, view, env_ends_episodes, last)."""
+    mode, seed, episodes, view, env_ends_episodes, last = job
+    torch.set_num_threads(1)
+    load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+    result = run(mode, seed, episodes, view=view, env_ends_episodes=env_ends_episodes)
+    return summarise(mode, seed, result, last, time.perf_counter() - started, time.process_time() - cpu,
+                     [round(load, 2), round(os.getloadavg()[0], 2)])
+
+
+def runtime_job(job: tuple) -> dict:
+    """One run through the runtime: (mode, seed, episodes, landmarks, view, scratch, overrides, last)."""
+    mode, seed, episodes, landmarks, view, scratch, overrides, last = job
+    load = os.getloadavg()[0]
+    result = runtime_run(mode, seed, episodes, landmarks, view, Path(scratch) / f"{mode}_{seed}", overrides)
+    return summarise(mode, seed, result, last, result["seconds"], result["cpu_seconds"],
+                     [round(load, 2), round(os.getloadavg()[0], 2)])
+
+
+def run_jobs(kind: str, jobs: list[tuple], parallel: int, done: dict, save) -> None:
+    """Run `jobs` (`kind` "runtime" or "in_process"), `parallel` at a time, in order; each row goes
+    into done[kind][mode] as it ends, and `save()` writes everything so far (a batch cut short
+    keeps the runs it finished)."""
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    # Threads for the runtime (each waits on its own `orchestrate up`); processes in-process.
+    pool = ThreadPoolExecutor(parallel) if kind == "runtime" else ProcessPoolExecutor(parallel)
+    work = runtime_job if kind == "runtime" else in_process_job
+    with pool:
+        futures = {pool.submit(work, job): job for job in jobs}
+        for future in futures:
+            mode = futures[future][0]
+            row = future.result()
+            done.setdefault(kind, {}).setdefault(mode, []).append(row)
+            done[kind][mode].sort(key=lambda r: r["seed"])
+            print(f"# {kind} {mode} seed {row['seed']}: " + json.dumps({k: v for k, v in row.items() if not k.endswith("_curve")}),
+                  file=sys.stderr, flush=True)
+            save()
+
+
+def cross_check(runtime: dict, in_process: dict) -> list[dict]:
+    """Per mode and measure, over the seeds both sides ran: whether each side's mean lies in the
+    other's 95% interval."""
+    rows = []
+    for mode in runtime:
+        if mode not in in_process:
+            continue
+        seeds = {r["seed"] for r in runtime[mode]} & {r["seed"] for r in in_process[mode]}
+        if not seeds:
+            continue
+        for key in ("success_final", "aligned_final"):
+            (rt, rt_half), (ip, ip_half) = (mean_ci([r[key] for r in side[mode] if r["seed"] in seeds]) for side in (runtime, in_process))
+            rows.append({"mode": mode, "measure": key, "seeds": sorted(seeds), "runtime": rt, "runtime_half": rt_half, "in_process": ip,
+                         "in_process_half": ip_half, "within": bool(abs(rt - ip) <= rt_half and abs(rt - ip) <= ip_half)})
+    return rows
+
+
+def speed(runtime: dict, in_process: dict) -> dict:
+    """Episodes per second and CPU seconds per episode, per mode, through the runtime and in-process."""
+    out = {}
+    for mode in runtime:
+        entry = {}
+        for name, side in (("runtime", runtime), ("in_process", in_process)):
+            if mode in side:
+                entry[f"{name}_episodes_per_second"] = float(np.mean([r["episodes_per_second"] for r in side[mode]]))
+                entry[f"{name}_cpu_seconds_per_episode"] = float(np.mean([r["cpu_seconds"] / r["episodes"] for r in side[mode]]))
+        if "in_process_episodes_per_second" in entry:
+            entry["ratio"] = entry["runtime_episodes_per_second"] / entry["in_process_episodes_per_second"]
+        out[mode] = entry
+    return out
 
 
 def runtime_main(args) -> None:
-    last = max(1, (args.steps // 40) // 5)  # "final" = the last fifth of the episodes
-    rows = {}
-    with tempfile.TemporaryDirectory(prefix="bench_goals_") as scratch:
-        for mode in args.modes:
-            per_seed = []
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
-                result = runtime_run(mode, seed, args.steps, args.landmarks, Path(scratch) / f"{mode}_{seed}", args.set)
-                summary = {
-                    "episodes": int(result["aligned"].size),
-                    "aligned_all": float(result["aligned"].mean()), "aligned_final": float(result["aligned"][-last:].mean()),
-                    "success_all": float(result["success"].mean()), "success_final": float(result["success"][-last:].mean()),
-                    "timed_out": result["timed_out"], "cut_by_env": result["cut_by_env"],
-                    "reports_applied": result["reports_applied"], "partners_missing": result["partners_missing"],
-                    "rows_relabelled": result["rows_relabelled"], "seconds": result["seconds"],
-                }
-                per_seed.append(summary)
-                print(f"# {mode} seed {seed}: {summary}", file=sys.stderr, flush=True)
-            rows[mode] = per_seed
-    conditions = {"runtime": True, "seeds": args.seeds, "first_seed": args.first_seed, "steps": args.steps,
-                  "landmarks": args.landmarks, "goal_set": "cooperative", "final_window_episodes": last,
-                  "chance_alignment": 1.0 / (args.landmarks * (args.landmarks - 1) // 2), "overrides": args.set}
-    if args.json:
-        print(json.dumps({"conditions": conditions, "per_seed": rows}, indent=2))
+    """`--runtime`: every (mode, seed) as an ordinary run through `orchestrate up`, and with
+    `--cross-check` the same (mode, seed) in-process; tables, the speed ratio, the cross-check."""
+    last = final_window(args.episodes)
+    conditions = {"runtime": True, "cross_check": args.cross_check, "seeds": args.seeds, "first_seed": args.first_seed,
+                  "episodes": args.episodes, "landmarks": args.landmarks, "view": args.view, "goal_set": "cooperative",
+                  "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW, "jobs": args.jobs,
+                  "chance_alignment": 1.0 / (args.landmarks * (args.landmarks - 1) // 2), "overrides": args.set,
+                  "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                  "load_avg_1m": [round(os.getloadavg()[0], 2), None], "cpus": os.cpu_count()}
+    done: dict = {}
+
+    def save() -> None:
+        conditions["load_avg_1m"][1] = round(os.getloadavg()[0], 2)
+        conditions["ended_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        if args.save is not None:
+            args.save.write_text(json.dumps({"conditions": conditions, **done}))
+
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    scratch = Path(tempfile.mkdtemp(prefix="bench_goals_", dir=args.scratch))
+    # Seed by seed, every mode: a batch cut short keeps whole rows of modes over fewer seeds.
+    run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last)
+                         for seed in seeds for mode in args.modes], args.jobs, done, save)
+    if args.cross_check:
+        run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last) for seed in seeds for mode in args.modes],
+                 args.jobs, done, save)
+    save()
+    print(f"(run directories kept under {scratch})", file=sys.stderr)
+    if args.plot is not None:
+        plot_runtime({"conditions": conditions, **done}, args.plot)
+    runtime_report({"conditions": conditions, **done}, args.json)
+
+
+def runtime_report(saved: dict, as_json: bool) -> None:
+    """The tables of a `--runtime` batch (or of its saved JSON, `--replot`)."""
+    conditions, runtime, in_process = saved["conditions"], saved.get("runtime", {}), saved.get("in_process", {})
+    for side in (runtime, in_process):
+        add_steps_to_negotiation_level(side)
+        add_steps_to_negotiation_level(side, baseline="negotiation_her")
+    checks, speeds = cross_check(runtime, in_process), speed(runtime, in_process)
+    if as_json:
+        strip = {kind: {mode: [{k: v for k, v in r.items() if not k.endswith("_curve")} for r in rows] for mode, rows in side.items()}
+                 for kind, side in (("runtime", runtime), ("in_process", in_process))}
+        print(json.dumps({"conditions": conditions, "cross_check": checks, "speed": speeds, **strip}, indent=2))
         return
-    print(f"through the runtime: goal-lines L={args.landmarks}, cooperative goals, 2 agents, {args.steps} steps per run, "
-          f"{args.seeds} seeds; 'final' = last {last} episodes; chance alignment {conditions['chance_alignment']:.3f}; mean over seeds"
-          + (f"; overrides {' '.join(args.set)}" if args.set else ""))
-    print(f"{'mode':<24}{'aligned all':>12}{'aligned final':>14}{'success all':>12}{'success final':>14}"
-          f"{'timed out':>10}{'reports':>9}{'relabelled':>11}{'s/run':>7}")
-    for mode, per_seed in rows.items():
-        mean = {key: float(np.mean([r[key] for r in per_seed])) for key in per_seed[0]}
-        print(f"{mode:<24}{mean['aligned_all']:>12.3f}{mean['aligned_final']:>14.3f}{mean['success_all']:>12.3f}"
-              f"{mean['success_final']:>14.3f}{mean['timed_out']:>10.3f}{mean['reports_applied']:>9.0f}"
-              f"{mean['rows_relabelled']:>11.0f}{mean['seconds']:>7.0f}")
+    for kind, side in (("through the runtime", runtime), ("in-process", in_process)):
+        if not side:
+            continue
+        print(f"\n{kind}: goal-lines L={conditions['landmarks']}, view {conditions['view']}, cooperative goals, 2 agents, "
+              f"{conditions['episodes']} episodes, seeds {sorted({r['seed'] for rows in side.values() for r in rows})}; "
+              f"'final' = the last {conditions['final_window_episodes']} episodes; mean ± 95% t-interval over seeds")
+        print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}"
+              f"{'partner-only events/ep':>24}{'episodes/s':>12}")
+        for mode, rows in side.items():
+            success, success_half = mean_ci([r["success_final"] for r in rows])
+            align, align_half = mean_ci([r["aligned_final"] for r in rows])
+            steps, steps_half = mean_ci([r["steps_to_80pct"] for r in rows])
+            news = np.mean([r["events_from_partners_only_per_episode"] for r in rows])
+            rate = np.mean([r["episodes_per_second"] for r in rows])
+            print(f"{mode:<24}{success:>14.3f} ± {success_half:.3f}{align:>12.3f} ± {align_half:.3f}"
+                  f"{steps:>16.0f} ± {steps_half:<6.0f}{news:>24.2f}{rate:>12.2f}")
+            print(f"{'':<4}per seed: success " + ", ".join(f"{r['success_final']:.2f}" for r in rows)
+                  + "; alignment " + ", ".join(f"{r['aligned_final']:.2f}" for r in rows)
+                  + "; s " + ", ".join(f"{r['seconds']:.0f}" for r in rows))
+        for baseline in ("negotiation", "negotiation_her"):
+            key = f"steps_to_{baseline}_80pct"
+            if baseline in side and "negotiation_hindsight" in side and key in side["negotiation_hindsight"][0]:
+                print(f"env steps until a {CURVE_WINDOW}-episode window reaches 80% of {baseline}'s final success (same seed):")
+                for mode in (baseline, "negotiation_hindsight"):
+                    print(f"  {mode:<24}" + ", ".join(f"{r[key]:.0f}" for r in side[mode]))
+    if speeds:
+        print("\nspeed (mean over seeds): episodes per second and CPU seconds per episode")
+        for mode, entry in speeds.items():
+            print(f"  {mode:<24}" + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()))
+    if checks:
+        print("\ncross-check (runtime vs in-process, each mean within the other's 95% interval?):")
+        for row in checks:
+            print(f"  {row['mode']:<24}{row['measure']:<15} runtime {row['runtime']:.3f} ± {row['runtime_half']:.3f}, "
+                  f"in-process {row['in_process']:.3f} ± {row['in_process_half']:.3f}: {'yes' if row['within'] else 'NO'}")
 
 
 def ring_in_process_main(args) -> None:
@@ -521,11 +755,21 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=1500)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
-                        help="in-process: all four by default; --runtime: independent, negotiation_hindsight by default")
+                        help=f"default: {' '.join(DEFAULT_MODES)} (negotiation_her: HER over the agent's own "
+                             "achievements, no sharing)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
-    parser.add_argument("--steps", type=int, default=8000, help="--runtime: lockstep steps per run (40 per episode)")
-    parser.add_argument("--landmarks", type=int, default=6, choices=(3, 6), help="--runtime: L")
+    parser.add_argument("--steps", type=int, default=8000, help="--ring (through the runtime): lockstep steps per run (40 per episode)")
+    parser.add_argument("--landmarks", type=int, default=6, choices=(3, 6), help="--runtime: L (--cross-check: 6 only)")
+    parser.add_argument("--view", choices=("joint", "local"), default="local",
+                        help="goal_lines' view: what an agent's achieved_goals infos hold (local: the goal configs')")
+    parser.add_argument("--env-ends-episodes", action="store_true",
+                        help="in-process: the env gets the goals and ends the episode when both are rewarded (this "
+                             "bench's rule before the runtime comparison); by default episodes run as through the runtime")
+    parser.add_argument("--cross-check", action="store_true",
+                        help="--runtime: also run every (mode, seed) in-process, and compare")
+    parser.add_argument("--jobs", type=int, default=1, help="--runtime: runs at once")
+    parser.add_argument("--scratch", type=Path, default=None, help="--runtime: where the run directories go (default: the temp dir)")
     parser.add_argument("--ring", type=int, default=None, metavar="N",
                         help="N agents negotiating on a ring (through the runtime; --in-process: in one process); alignment per edge and per team")
     parser.add_argument("--in-process", action="store_true",
@@ -551,44 +795,36 @@ def main() -> None:
             ring_main(args)
         return
     if args.runtime:
-        args.modes = args.modes or ["independent", "negotiation_hindsight"]
-        unknown = [mode for mode in args.modes if mode not in RUNTIME_MODES]
-        if unknown:
-            parser.error(f"--runtime runs {sorted(RUNTIME_MODES)}, got {unknown}")
+        args.modes = args.modes or list(DEFAULT_MODES)
+        if args.cross_check and args.landmarks != NUM_LANDMARKS:
+            parser.error(f"--cross-check: the in-process runs have L = {NUM_LANDMARKS}, got --landmarks {args.landmarks}")
+        if args.jobs < 1:
+            parser.error(f"--jobs: expected at least 1, got {args.jobs}")
         runtime_main(args)
         return
     if args.replot is not None:
         saved = json.loads(args.replot.read_text())
+        if saved["conditions"].get("runtime"):
+            if args.plot is not None:
+                plot_runtime(saved, args.plot)
+            runtime_report(saved, args.json)
+            return
         plot_curves(saved["per_seed"], saved["conditions"], args.plot or args.replot.with_suffix(".png"))
         report(saved["per_seed"], saved["conditions"], args.json)
         return
-    args.modes = args.modes or list(MODES)
+    args.modes = args.modes or list(DEFAULT_MODES)
     torch.set_num_threads(1)
 
-    last = max(100, args.episodes // 5)  # "final" = the last fifth of training
+    last = final_window(args.episodes)
     load_before = os.getloadavg()[0]
     summary = {}
     for mode in args.modes:
         per_seed = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
-            started = time.perf_counter()
-            result = run(mode, seed, args.episodes)
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "success_final": float(result["success"][-last:].mean()),
-                    "success_all": float(result["success"].mean()),
-                    "aligned_final": float(result["aligned"][-last:].mean()),
-                    "steps_to_80pct": steps_to_fraction_of_final(result["success"], result["env_steps"]),
-                    "env_steps": int(result["env_steps"][-1]),
-                    "seconds": time.perf_counter() - started,
-                    # Per window of CURVE_WINDOW episodes, for the learning curves.
-                    "success_curve": windowed(result["success"]),
-                    "aligned_curve": windowed(result["aligned"]),
-                    "env_steps_curve": [int(result["env_steps"][min(end, len(result["env_steps"])) - 1])
-                                        for end in range(CURVE_WINDOW, len(result["env_steps"]) + 1, CURVE_WINDOW)],
-                }
-            )
+            load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+            result = run(mode, seed, args.episodes, view=args.view, env_ends_episodes=args.env_ends_episodes)
+            per_seed.append(summarise(mode, seed, result, last, time.perf_counter() - started, time.process_time() - cpu,
+                                      [round(load, 2), round(os.getloadavg()[0], 2)]))
             if args.per_goal:
                 per_seed[-1]["per_goal"] = per_goal(result, last)
             print(f"# {mode} seed {seed}: " + json.dumps({k: v for k, v in per_seed[-1].items()
@@ -597,7 +833,8 @@ def main() -> None:
         summary[mode] = per_seed
     conditions = {"seeds": args.seeds, "first_seed": args.first_seed, "episodes": args.episodes, "landmarks": NUM_LANDMARKS,
                   "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW,
-                  "chance_alignment": 1.0 / (NUM_LANDMARKS * (NUM_LANDMARKS - 1) // 2),
+                  "chance_alignment": 1.0 / (NUM_LANDMARKS * (NUM_LANDMARKS - 1) // 2), "view": args.view,
+                  "env_ends_episodes": args.env_ends_episodes,
                   "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     if args.save is not None:
         args.save.write_text(json.dumps({"conditions": conditions, "per_seed": summary}))

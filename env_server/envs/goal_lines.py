@@ -38,10 +38,23 @@ Goal indices (`goal_table(L)` lists them): `0 .. L-1` are the *individual* goals
   that same step (with two agents: exactly that pair).
 
 The environment is goal-agnostic: every step, `infos[agent]["achieved_goals"]` (an int64 array,
-sorted, the same for every active agent) lists the goals the joint state after the step achieves,
-and `infos[agent]["landmark"]` the landmark the agent touches (-1 for none). Agents choose goals and
+sorted) lists the goals achieved after the step that the agent observes, and
+`infos[agent]["landmark"]` the landmark the agent touches (-1 for none). Agents choose goals and
 compute their goal rewards themselves with `goal_reward(goal, achieved_goals, L, beta)`, the one
-source of truth for the reward.
+source of truth for the reward. What an agent observes (`view`):
+
+- `"joint"` (the default): every goal the joint state achieves, the same list for every active
+  agent.
+- `"local"`: only the achievements the agent takes part in: the individual goal of the landmark it
+  touches, and each cooperative goal pairing that landmark with one another agent touches at the
+  same step. A landmark another agent touches while this one touches none (or touches the same
+  one), and a pair two other agents achieve, are outside its view: it learns of them only if its
+  partners tell it (`protocols/hindsight.py`), so a partner's hindsight report carries news. An
+  agent takes part in every cooperative goal it can be rewarded for, so a cooperative goal pays
+  the same under both views (the view changes what HER can relabel with, not what the agent is
+  paid); an individual goal pays under `"local"` only when the agent touches the landmark itself.
+  The reference's agents are paid by the environment and observe no achieved goals at all;
+  `"local"` is about the least an agent must observe to compute its own cooperative reward.
 
 For runs without goal-aware agents (and the in-process benchmark), the episode's goals can be
 given to `reset(options={"goals": {agent: goal}})`: the environment then pays `goal_reward` and
@@ -75,7 +88,7 @@ learner appends it (the environment is goal-agnostic).
 
 ```python
 parallel_env(num_landmarks=6, size=9, max_steps=40, population=2, active_per_episode=2,
-             beta=2.0, render_mode=None)
+             beta=2.0, render_mode=None, view="joint")
 ```
 
 `reset(seed)` seeds the draw of the active agents and of the start cells; a reset without a seed
@@ -83,7 +96,7 @@ continues the same generator, so one seed fixes every later episode.
 
 ## Version history
 
-- v0: first version.
+- v0: first version; `view` added later, its default (`"joint"`) the first version's behaviour.
 """
 
 from __future__ import annotations
@@ -100,6 +113,8 @@ from env_server.envs.arguments import require_int
 # The goal indices and the reward live in protocols/goal_space.py (the agents compute their goal
 # rewards with the same function, and agent_node never imports env_server); re-exported here.
 from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
+
+VIEWS = ("joint", "local")  # what `infos[agent]["achieved_goals"]` holds; see the module documentation
 
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
 
@@ -146,6 +161,19 @@ def achieved_goals(touched: list[int], num_landmarks: int) -> np.ndarray:
     return np.array(sorted(goals), dtype=np.int64)
 
 
+def achieved_in_view(touched: list[int], own: int, num_landmarks: int) -> np.ndarray:
+    """The goals achieved by agents touching `touched` that the agent at index `own` of `touched`
+    takes part in (the `"local"` view): its landmark's individual goal, and every pair of its
+    landmark with a different landmark another agent touches."""
+    mine = touched[own]
+    if mine < 0:
+        return np.zeros(0, dtype=np.int64)
+    others = {landmark for index, landmark in enumerate(touched) if index != own and landmark >= 0 and landmark != mine}
+    index_of_pair = {pair: num_landmarks + k for k, pair in enumerate(itertools.combinations(range(num_landmarks), 2))}
+    goals = [mine] + [index_of_pair[(min(mine, other), max(mine, other))] for other in others]
+    return np.array(sorted(goals), dtype=np.int64)
+
+
 class GoalLinesEnv(ParallelEnv):
     """The Dec-IMSAP goal-lines room on a grid; see the module documentation."""
 
@@ -160,7 +188,11 @@ class GoalLinesEnv(ParallelEnv):
         active_per_episode: int | None = 2,
         beta: float = BETA,
         render_mode: str | None = None,
+        view: str = "joint",
     ) -> None:
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {list(VIEWS)}, got {view!r}")
+        self.view = view
         self.size = require_int("size", size, minimum=7)
         self.num_landmarks = require_int("num_landmarks", num_landmarks, minimum=3)
         self.strips = landmark_cells(self.num_landmarks, self.size)
@@ -227,7 +259,7 @@ class GoalLinesEnv(ParallelEnv):
         self._steps_taken = 0
         starts = self._rng.choice(len(self._free_cells), size=len(self.agents), replace=False)
         self._positions = {agent: self._free_cells[k].copy() for agent, k in zip(self.agents, starts)}
-        infos = {agent: {"achieved_goals": self._achieved(), "landmark": self._touching(agent)} for agent in self.agents}
+        infos = self._infos(self.agents)
         return {agent: self._observe(agent) for agent in self.agents}, infos
 
     def step(self, actions: dict[str, Any]):
@@ -247,7 +279,7 @@ class GoalLinesEnv(ParallelEnv):
                 self._positions[agent] = target
         self._steps_taken += 1
 
-        achieved = self._achieved()
+        achieved = self._achieved()  # the joint achievements: the env's reward is paid on them
         live = list(self.agents)
         rewards = {agent: 0.0 for agent in live}
         terminations = {agent: False for agent in live}
@@ -260,7 +292,7 @@ class GoalLinesEnv(ParallelEnv):
         out_of_time = self._steps_taken >= self.max_steps
         truncations = {agent: out_of_time and not terminations[agent] for agent in live}
         observations = {agent: self._observe(agent) for agent in live}
-        infos = {agent: {"achieved_goals": achieved.copy(), "landmark": self._touching(agent)} for agent in live}
+        infos = self._infos(live, achieved)
         self.agents = [agent for agent in live if not (terminations[agent] or truncations[agent])]
         return observations, rewards, terminations, truncations, infos
 
@@ -304,6 +336,18 @@ class GoalLinesEnv(ParallelEnv):
     def _achieved(self) -> np.ndarray:
         return achieved_goals([self._touching(agent) for agent in self._active], self.num_landmarks)
 
+    def _infos(self, agents: list[str], achieved: np.ndarray | None = None) -> dict[str, dict]:
+        """Each agent's achieved goals in its view (see `view`) and the landmark it touches."""
+        touched = [self._touching(agent) for agent in self._active]
+        if self.view == "joint":
+            joint = self._achieved() if achieved is None else achieved
+            return {agent: {"achieved_goals": joint.copy(), "landmark": self._touching(agent)} for agent in agents}
+        return {
+            agent: {"achieved_goals": achieved_in_view(touched, self._active.index(agent), self.num_landmarks),
+                    "landmark": self._touching(agent)}
+            for agent in agents
+        }
+
     def _observe(self, agent: str) -> np.ndarray:
         scale = float(self.size - 1)
         own = self._positions[agent].astype(np.float64)
@@ -327,6 +371,7 @@ def parallel_env(
     active_per_episode: int | None = 2,
     beta: float = BETA,
     render_mode: str | None = None,
+    view: str = "joint",
 ) -> GoalLinesEnv:
     """A fresh goal-lines environment; see the module documentation for the arguments."""
-    return GoalLinesEnv(num_landmarks, size, max_steps, population, active_per_episode, beta, render_mode)
+    return GoalLinesEnv(num_landmarks, size, max_steps, population, active_per_episode, beta, render_mode, view)

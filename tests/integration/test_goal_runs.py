@@ -56,6 +56,12 @@ def test_a_negotiating_pair_runs_records_negotiation_hindsight_and_relabelling(t
         assert relabelled[-1] > 0, "HER relabelled transitions with achieved goals"
         counters = [r for r in mine if "goal_dqn/gradient_steps" in r]
         assert counters and counters[-1]["goal_dqn/gradient_steps"] > 0 and counters[-1]["goal_dqn/steps_pending"] == 0
+    # The shipped config observes achievements locally (env.kwargs.view: local): what the partner
+    # achieved without this agent reaches it only by the partner's report.
+    assert "view: local" in (run_dir / "resolved.yaml").read_text()
+    news = [r["hindsight/events_from_partners_only"] for agent in ("agent_0", "agent_1")
+            for r in records(run_dir, agent) if "hindsight/events_from_partners_only" in r]
+    assert sum(news) > 0, "a partner's report told the agent something it did not observe"
     for episode, both in episodes.items():
         first, second = both["agent_0"], both["agent_1"]
         if first["negotiation/timed_out"] or second["negotiation/timed_out"]:

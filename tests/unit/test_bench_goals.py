@@ -19,10 +19,56 @@ spec.loader.exec_module(bench)
 @pytest.mark.parametrize("mode", bench.MODES)
 def test_each_mode_runs_and_reports_per_episode(mode):
     result = bench.run(mode, seed=0, episodes=6)
-    assert result["success"].shape == result["aligned"].shape == (6,)
-    assert np.all(np.diff(result["env_steps"]) > 0)
+    assert result["success"].shape == result["aligned"].shape == result["events_from_partners_only"].shape == (6,)
+    # As through the runtime: the env knows no goals, so every episode lasts max_steps.
+    np.testing.assert_array_equal(result["env_steps"], 40 * np.arange(1, 7))
     if mode == "supervisor":
         assert result["aligned"].all()
+    if mode != "negotiation_hindsight":
+        assert not result["events_from_partners_only"].any(), "only sharing brings partners' events"
+
+
+def test_with_the_env_ending_episodes_no_episode_outlasts_max_steps_and_unrewarded_ones_last_it():
+    result = bench.run("supervisor", seed=0, episodes=8, env_ends_episodes=True)
+    lengths = np.diff(np.r_[0, result["env_steps"]])
+    assert lengths.max() <= 40 and np.all(lengths[result["success"] == 0] == 40)
+
+
+def test_partners_reports_are_news_only_under_the_local_view():
+    joint = bench.run("negotiation_hindsight", seed=1, episodes=8, view="joint")
+    local = bench.run("negotiation_hindsight", seed=1, episodes=8, view="local")
+    assert not joint["events_from_partners_only"].any()
+    assert local["events_from_partners_only"].sum() > 0
+
+
+def _row(seed, success, aligned=0.5, seconds=10.0, episodes=100):
+    return {"seed": seed, "success_final": success, "aligned_final": aligned, "seconds": seconds, "episodes": episodes,
+            "cpu_seconds": 2 * seconds, "episodes_per_second": episodes / seconds}
+
+
+def test_cross_check_says_whether_each_mean_lies_in_the_others_interval():
+    runtime = {"negotiation": [_row(0, 0.2), _row(1, 0.3), _row(2, 0.25)]}
+    close = {"negotiation": [_row(0, 0.22), _row(1, 0.28), _row(2, 0.26)]}
+    far = {"negotiation": [_row(0, 0.8), _row(1, 0.82), _row(2, 0.81)]}
+    checks = {row["measure"]: row for row in bench.cross_check(runtime, close)}
+    assert checks["success_final"]["within"] and checks["aligned_final"]["within"]
+    assert checks["success_final"]["runtime"] == pytest.approx(0.25)
+    assert not {row["measure"]: row for row in bench.cross_check(runtime, far)}["success_final"]["within"]
+    assert bench.cross_check(runtime, {}) == []
+    # Only the seeds both sides ran count: seed 2 alone on one side is left out.
+    lopsided = {"negotiation": [_row(0, 0.22), _row(1, 0.28), _row(2, 0.99)]}
+    assert bench.cross_check(lopsided, close)[0]["seeds"] == [0, 1, 2]
+    assert bench.cross_check(lopsided, {"negotiation": close["negotiation"][:2]})[0]["runtime"] == pytest.approx(0.25)
+
+
+def test_speed_is_the_ratio_of_episodes_per_second():
+    runtime = {"supervisor": [_row(0, 0.5, seconds=20.0), _row(1, 0.5, seconds=40.0)]}
+    in_process = {"supervisor": [_row(0, 0.5, seconds=10.0), _row(1, 0.5, seconds=10.0)]}
+    entry = bench.speed(runtime, in_process)["supervisor"]
+    assert entry["runtime_episodes_per_second"] == pytest.approx(3.75)
+    assert entry["in_process_episodes_per_second"] == pytest.approx(10.0)
+    assert entry["ratio"] == pytest.approx(0.375)
+    assert entry["runtime_cpu_seconds_per_episode"] == pytest.approx(0.6)
 
 
 def test_steps_to_fraction_of_final():
@@ -34,11 +80,14 @@ def test_steps_to_fraction_of_final():
 
 
 def test_hindsight_is_timed_to_the_level_of_negotiation_without_sharing_on_the_same_seed():
-    plain = {"success_final": 0.5, "success_curve": [0.0, 0.2, 0.45, 0.5], "env_steps_curve": [100, 200, 300, 400]}
-    shared = {"success_final": 0.6, "success_curve": [0.1, 0.4, 0.6, 0.6], "env_steps_curve": [90, 180, 270, 360]}
-    never = {"success_final": 0.1, "success_curve": [0.0, 0.1, 0.1, 0.1], "env_steps_curve": [90, 180, 270, 360]}
-    summary = {"negotiation": [plain, dict(plain)], "negotiation_hindsight": [shared, never]}
+    plain = {"seed": 0, "success_final": 0.5, "success_curve": [0.0, 0.2, 0.45, 0.5], "env_steps_curve": [100, 200, 300, 400]}
+    shared = {"seed": 0, "success_final": 0.6, "success_curve": [0.1, 0.4, 0.6, 0.6], "env_steps_curve": [90, 180, 270, 360]}
+    never = {"seed": 1, "success_final": 0.1, "success_curve": [0.0, 0.1, 0.1, 0.1], "env_steps_curve": [90, 180, 270, 360]}
+    alone = {"seed": 2, "success_final": 0.6, "success_curve": [0.6], "env_steps_curve": [40]}
+    # Paired by seed, not by position: seed 2 has no run without sharing, and gets nothing.
+    summary = {"negotiation": [plain, {**plain, "seed": 1}], "negotiation_hindsight": [alone, shared, never]}
     bench.add_steps_to_negotiation_level(summary)
+    assert "steps_to_negotiation_80pct" not in alone
     # The level is 0.8 x 0.5 = 0.4 for both seeds: reached in window 3 without sharing, 2 with.
     assert plain["steps_to_negotiation_80pct"] == 300
     assert shared["steps_to_negotiation_80pct"] == 180

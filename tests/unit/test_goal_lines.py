@@ -11,6 +11,7 @@ from pettingzoo.test import parallel_api_test
 from env_server.envs.goal_lines import (
     GoalLinesEnv,
     achieved_goals,
+    achieved_in_view,
     goal_reward,
     goal_table,
     landmark_cells,
@@ -27,6 +28,7 @@ from env_server.registry import make_env
         {"num_landmarks": 6},
         {"num_landmarks": 6, "population": 4, "active_per_episode": 2},
         {"num_landmarks": 3, "population": 6, "active_per_episode": None},
+        {"num_landmarks": 6, "view": "local"},
     ],
 )
 def test_passes_pettingzoo_parallel_api_test(kwargs):
@@ -58,6 +60,48 @@ def test_achievement_rules():
     assert achieved_goals([1, 1], 3).tolist() == [1]
     # Three agents on three landmarks achieve every pair.
     assert achieved_goals([0, 1, 2], 3).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_local_view_holds_only_the_achievements_the_agent_takes_part_in():
+    # L = 3: goals 0,1,2 individual; 3=(0,1), 4=(0,2), 5=(1,2)
+    assert achieved_in_view([0, 2], 0, 3).tolist() == [0, 4]
+    assert achieved_in_view([0, 2], 1, 3).tolist() == [2, 4]
+    # The partner's lone touch is outside the view of an agent touching nothing.
+    assert achieved_in_view([-1, 1], 0, 3).tolist() == []
+    assert achieved_in_view([-1, 1], 1, 3).tolist() == [1]
+    # Same landmark: the individual goal, no pair (as the joint view).
+    assert achieved_in_view([1, 1], 0, 3).tolist() == [1]
+    # Three agents: agent 0 sees its pairs with both others, not the pair (1, 2) they make.
+    assert achieved_in_view([0, 1, 2], 0, 3).tolist() == [0, 3, 4]
+    # Every cooperative goal in the joint view is in the view of both agents that achieve it.
+    for touched in itertools.product(range(-1, 3), repeat=2):
+        joint = set(achieved_goals(list(touched), 3).tolist())
+        for own in (0, 1):
+            local = set(achieved_in_view(list(touched), own, 3).tolist())
+            assert local <= joint
+            assert {g for g in joint if g >= 3} <= local
+
+
+def test_local_view_in_an_episode_reports_each_agents_own_achievements_and_pays_the_same():
+    joint, local = GoalLinesEnv(num_landmarks=3), GoalLinesEnv(num_landmarks=3, view="local")
+    goals = {"agent_0": 4, "agent_1": 4}
+    seen = {"joint": [], "local": []}
+    for env, name in ((joint, "joint"), (local, "local")):
+        env.reset(seed=3, options={"goals": goals})
+        # agent_0 walks to landmark 0 while agent_1 stays; then agent_1 walks to landmark 2.
+        plan_0 = _walk_to(env, "agent_0", env.strips[0][1])
+        plan_1 = _walk_to(env, "agent_1", env.strips[2][1])
+        for a0, a1 in [(a, 0) for a in plan_0] + [(0, a) for a in plan_1]:
+            _, rewards, _, _, infos = env.step({"agent_0": a0, "agent_1": a1})
+            seen[name].append(({a: infos[a]["achieved_goals"].tolist() for a in infos}, rewards))
+    assert [r for _, r in seen["joint"]] == [r for _, r in seen["local"]], "the view changes no reward"
+    # While agent_0 waits alone on landmark 0, only it observes goal 0.
+    waiting = [infos for infos, _ in seen["local"] if infos["agent_0"] == [0]]
+    assert waiting and all(infos["agent_1"] == [] for infos in waiting)
+    assert all(infos["agent_1"] == [0] for infos, _ in seen["joint"] if infos["agent_0"] == [0])
+    # The cooperative goal, reached at the last step, is in both agents' views.
+    assert seen["local"][-1][0] == {"agent_0": [0, 4], "agent_1": [2, 4]}
+    assert seen["joint"][-1][0] == {"agent_0": [0, 2, 4], "agent_1": [0, 2, 4]}
 
 
 def test_goal_reward_values():
@@ -150,6 +194,8 @@ def test_bad_arguments_are_refused_with_the_field_named():
         GoalLinesEnv(population=2, active_per_episode=3)
     with pytest.raises(ValueError, match="beta"):
         GoalLinesEnv(beta=0)
+    with pytest.raises(ValueError, match="view must be one of \\['joint', 'local'\\], got 'near'"):
+        GoalLinesEnv(view="near")
     env = GoalLinesEnv()
     env.reset(seed=0)
     with pytest.raises(ValueError, match="options\\['goals'\\]"):
