@@ -443,6 +443,7 @@ def _negotiation_record(negotiated, cut_by_env: bool) -> dict[str, float]:
     record = {
         "negotiation/rounds_used": float(outcome.rounds_used),
         "negotiation/rounds_closed_by_deadline": float(outcome.rounds_closed_by_deadline),
+        "negotiation/duration_s": float(outcome.duration_s),
         "negotiation/timed_out": float(outcome.timed_out),
         "negotiation/led": float(outcome.led),
         "negotiation/messages_sent": float(negotiated.messages_sent),

@@ -128,6 +128,7 @@ class NegotiationOutcome:
     timed_out: bool  # heard no proposal at all by the deadline: own goal
     rounds_used: int
     rounds_closed_by_deadline: int
+    duration_s: float = 0.0  # from start to decision (what a negotiation costs the episode's start)
 
 
 @dataclass
@@ -468,6 +469,7 @@ class NegotiationEngine:
             timed_out=timed_out,
             rounds_used=min(run.round, request.rounds),
             rounds_closed_by_deadline=run.closed_by_deadline,
+            duration_s=now - run.started_at,
         )
         self._open_records[request.episode] = EpisodeRecord(
             outcome=run.outcome,
