@@ -52,11 +52,21 @@ GOAL_LINES_FIELDS = ("goal_set", "num_landmarks", "beta", "p", "lp_window", "lp_
                      "supervisor", "hindsight", "freeze_when_rewarded")
 
 
+# The naming game's own settings: refused with the team flood, which reads none of them.
+NAMING_GAME_FIELDS = ("num_messages", "temperature", "learning_rate", "update_every_episodes")
+
+
 class NegotiationSettings(BaseModel):
-    """The goal-coordination game (protocols/negotiation.py); defaults are the reference's."""
+    """How negotiating agents agree on a goal. `naming_game`: the goal-coordination game
+    (protocols/negotiation.py; defaults are the reference's), a leader's message decoded by each
+    agent's learned matrix. `team_flood`: every agent's (priority, goal) proposal flooded for the
+    team graph's diameter and the same deterministic pick on every agent
+    (protocols/team_negotiation.py): team-wide agreement on any connected graph, assuming the
+    agents share the goals' names (goal_lines' indices), learning nothing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    protocol: Literal["naming_game", "team_flood"] = "naming_game"
     # Each flooding round ends when every team neighbour's proposal arrived or after this long;
     # a negotiation of `rounds` rounds ends within rounds * round_timeout_s.
     round_timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)
@@ -67,6 +77,13 @@ class NegotiationSettings(BaseModel):
     # 4 x the goals an agent may choose (60 at L = 6 cooperative), so that every goal is drawn
     # several times per batch (protocols/negotiation.py says why and what smaller batches did).
     update_every_episodes: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _read_by_the_protocol(self) -> NegotiationSettings:
+        if self.protocol == "team_flood" and (set_here := _changed_from_default(self, NAMING_GAME_FIELDS)):
+            raise ValueError(f"{', '.join(set_here)}: naming-game settings, which protocol 'team_flood' does not read; "
+                             "remove them (the team flood learns no code)")
+        return self
 
 
 class SupervisorSettings(BaseModel):

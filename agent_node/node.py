@@ -93,6 +93,7 @@ from protocols.flooding import FloodTable
 from protocols.hindsight import HindsightReport, HindsightRows
 from protocols.jsonlines import FileWriteError
 from protocols.negotiation import GoalCommit, NegotiationProposal
+from protocols.team_negotiation import TeamProposals
 from protocols.supervision import GoalAssignment
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.node_config import NodeIdentity, bind_address, node_hub
@@ -898,6 +899,7 @@ class AgentNode:
         PushSumShare: ((PEERS,), on_consensus_share),
         m.EnvEpisodeStart: ((ENV,), on_episode_start),
         NegotiationProposal: ((PEERS,), on_goal_message),
+        TeamProposals: ((PEERS,), on_goal_message),
         GoalCommit: ((PEERS,), on_goal_message),
         HindsightReport: ((PEERS,), on_goal_message),
         GoalAssignment: ((PEERS, SUPERVISOR), on_goal_message),  # a teammate, or the external supervisor node
