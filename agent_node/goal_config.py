@@ -10,7 +10,7 @@ learner: the section configures `agent_node/goal_session.py`, which the node run
         selection: negotiation        # uniform | learning_progress | p_aligned | negotiation
         goal_set: cooperative         # which goal_lines goals may be pursued
         num_landmarks: 6              # must equal env.kwargs.num_landmarks (goal_lines default 6)
-        negotiation: {round_timeout_s: 0.5}
+        negotiation: {round_timeout_s: 0.5}   # protocol: naming_game (default) | team_flood
         hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
 
 AMIGo (ALGORITHMS.md section 3) is the other kind of goal: each agent's own teacher proposes grid
@@ -23,7 +23,9 @@ cells, on the treasure_room grid (`agent_node/amigo_session.py`):
         amigo: {grid_size: 9, max_steps: 40}   # must equal env.kwargs.size and max_steps
 
 What is refused (validation errors, not silent no-ops): hindsight sharing with
-`her_strategy: none` (the partners' goals would never be used); with `amigo`, any goal-lines
+`her_strategy: none` (the partners' goals would never be used); the naming game's settings
+(num_messages, temperature, learning_rate, update_every_episodes) with `protocol: team_flood`,
+which learns no code; with `amigo`, any goal-lines
 field set to other than its default (goal_set, num_landmarks, beta, p, lp_*, inner, negotiation, supervisor, hindsight,
 freeze_when_rewarded), `her_strategy` other than none (the student's reward depends on the time
 since the proposal, which HER's relabelling does not know), an env other than treasure_room, infos

@@ -5,8 +5,9 @@ learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` sect
 (`agent_node/goal_config.py`). Per episode it
 
 1. picks the goal: the goal module's draw (uniform, learning progress, p-aligned), or a goal
-   negotiated with the partners of the episode (`protocols/negotiation.py`'s engine over the
-   peer mesh). For negotiation the env server holds the episode's first observation
+   negotiated with the partners of the episode over the peer mesh (`protocols/negotiation.py`'s
+   naming game, or with `negotiation.protocol: team_flood` `protocols/team_negotiation.py`'s
+   flood of every member's proposal, which gives a connected team one goal). For negotiation the env server holds the episode's first observation
    (`env.episode_start_hold_s`): it announces who plays (`env.episode_start`), the session
    negotiates with the team neighbours that play too, and says `goal.ready` when decided (the
    server also starts at its hold deadline; a negotiation still undecided when the observation

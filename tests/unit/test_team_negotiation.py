@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 
 from agent_node.goal_config import GoalsConfig
+from agent_node.goal_session import GoalSession
+from agent_node.goals import NegotiatedGoals, UniformGoals
 from protocols import wire
 from protocols.links import LinkConfig
 from protocols.negotiation import GoalCommit, NegotiationRequest
 from protocols.netsim import NetworkSimulator, same_link_everywhere
 from protocols.team_negotiation import TeamNegotiationEngine, TeamProposals, team_choice
 from protocols.topology import Topology, grid, ring
+from tests.unit.test_goal_session import COOPERATIVE, RecordingAgent, _built, announcement, deliver, observation, reward_fn
 
 NUM_GOALS = 15
 ROUND_TIMEOUT_S = 0.5
@@ -162,3 +165,37 @@ def test_the_team_flood_is_a_negotiation_protocol_that_refuses_the_naming_games_
         GoalsConfig(selection="negotiation", negotiation={"protocol": "team_flood", "update_every_episodes": 10})
     with pytest.raises(ValueError, match="protocol"):
         GoalsConfig(selection="negotiation", negotiation={"protocol": "max_consensus"})
+
+
+def test_goal_sessions_on_a_ring_negotiate_one_goal_for_the_team_and_record_whether_they_heard_everyone():
+    topology = ring(4)
+    names = tuple(topology.nodes)
+    sessions = {}
+    for index, node in enumerate(names):
+        engine = TeamNegotiationEngine(node, 6, seed=20 + index, allowed_goals=COOPERATIVE, round_timeout_s=0.5)
+        negotiation = NegotiatedGoals(engine, UniformGoals(COOPERATIVE, seed=index))
+        sessions[node] = GoalSession(node_id=node, env_agent=node, agent=RecordingAgent(), module=negotiation, topology=topology,
+                                     env_agents=list(names), reward_fn=reward_fn, negotiation=negotiation)
+    for episode_start in (0, 5):
+        outgoing = {node: s.on_episode_start(announcement(episode_start, active=names, names=names), 0.0) for node, s in sessions.items()}
+        deliver(sessions, outgoing, 0.0)
+        assert all(s.take_ready() == [episode_start] for s in sessions.values()), "goal.ready once the flood decided"
+        for node, session in sessions.items():
+            session.on_observation(observation(episode_start, node, [], start=True), 0.0)
+        assert len({s.current.goal for s in sessions.values()}) == 1
+        for node, session in sessions.items():  # the episode ends at the next start
+            session.on_observation(observation(episode_start + 5, node, [], truncated=True), 0.0)
+    for session in sessions.values():
+        ended = [r for r in session.take_records() if "goals/goal" in r]
+        assert len(ended) == 2
+        assert all(r["negotiation/team_complete"] == 1.0 and r["negotiation/team_size"] == 4.0 for r in ended)
+        assert all(r["negotiation/rounds_used"] == 2.0 and r["negotiation/aligned"] == 1.0 for r in ended)
+
+
+def test_the_builder_runs_the_team_flood_when_asked_and_refuses_a_naming_games_checkpoint():
+    session, learner = _built("negotiation", 0, negotiation={"protocol": "team_flood"})
+    assert isinstance(session.negotiation.engine, TeamNegotiationEngine)
+    assert learner.state_dict()["negotiation"] == {"protocol": "team_flood"}
+    _, naming_game = _built("negotiation", 0)
+    with pytest.raises(ValueError, match="team-flood negotiation state was expected"):
+        learner.load_state_dict(naming_game.state_dict())
