@@ -604,7 +604,8 @@ def build_goal_session(
         settings = goals.negotiation
         if settings.protocol == "team_flood":
             engine = TeamNegotiationEngine(node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"),
-                                           allowed_goals=allowed.tolist(), round_timeout_s=settings.round_timeout_s)
+                                           allowed_goals=allowed.tolist(), round_timeout_s=settings.round_timeout_s,
+                                           extra_rounds=settings.extra_rounds)
         else:
             engine = NegotiationEngine(
                 node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"), allowed_goals=allowed.tolist(),

@@ -7,7 +7,7 @@ the fraction of negotiations in which the whole team took one goal, the fraction
 heard every proposal (`team_complete`), of agents that heard nobody (`timed_out`), and the
 negotiation time (start to decision, mean and max, against the bound rounds x 0.5 s).
 
-    PYTHONPATH=. .venv/bin/python bench/goals_team.py --simulate --seeds 500
+    PYTHONPATH=. .venv/bin/python bench/goals_team.py --simulate --seeds 500 --extra-rounds 0 1 2
 
 `--runtime`: `orchestrate up` of configs/goals_ring6_team.yaml and configs/goals_torus9_team.yaml
 (every agent its own process, all playing every episode of goal_lines L = 6, hindsight shared
@@ -48,14 +48,15 @@ NUM_GOALS = 15  # goal_lines L = 6, cooperative goals
 ROUND_TIMEOUT_S = 0.5
 
 
-def simulate_once(topology: Topology, loss: float, seed: int) -> dict:
-    engines = {node: TeamNegotiationEngine(node, NUM_GOALS, seed=1000 * seed + i, round_timeout_s=ROUND_TIMEOUT_S)
+def simulate_once(topology: Topology, loss: float, seed: int, extra_rounds: int) -> dict:
+    engines = {node: TeamNegotiationEngine(node, NUM_GOALS, seed=1000 * seed + i, round_timeout_s=ROUND_TIMEOUT_S,
+                                           extra_rounds=extra_rounds)
                for i, node in enumerate(topology.nodes)}
     sim = NetworkSimulator(engines, same_link_everywhere(LinkConfig(delay_s=0.005, jitter_s=0.003, loss=loss)), seed=seed)
     rng = np.random.default_rng(seed)
     for i, node in enumerate(topology.nodes):
         neighbours = [topology.nodes[j] for j in topology.neighbours(i)]
-        request = NegotiationRequest(0, int(rng.integers(NUM_GOALS)), neighbours, topology.diameter(), team_size=topology.num_nodes)
+        request = NegotiationRequest(0, int(rng.integers(NUM_GOALS)), neighbours, topology.diameter(), team_size=topology.num_nodes)  # + extra in the engine
         sim.schedule(i * 0.002, lambda node=node, request=request: sim.call(node, lambda engine, now: engine.start(request, now)))
     sim.run()
     outcomes = [engine.result for engine in engines.values()]
@@ -66,15 +67,18 @@ def simulate_once(topology: Topology, loss: float, seed: int) -> dict:
 def simulate_main(args) -> None:
     print(f"team flood in the network simulator: 5 ms links (+ up to 3 ms jitter), Bernoulli loss, starts staggered 2 ms, "
           f"rounds of {ROUND_TIMEOUT_S} s; {args.seeds} negotiations per cell")
-    print("| topology | loss | team aligned | agents that heard everyone | agents that heard no one | negotiation s mean | max | bound |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| topology | loss | extra rounds | team aligned | agents that heard everyone | agents that heard no one "
+          "| negotiation s mean | max | bound |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, (_, topology) in CONFIGS.items():
         for loss in args.losses:
-            runs = [simulate_once(topology, loss, seed) for seed in range(args.seeds)]
-            durations = [d for run in runs for d in run["duration_s"]]
-            print(f"| {name} | {loss:.0%} | {np.mean([r['team_aligned'] for r in runs]):.3f} "
-                  f"| {np.mean([c for r in runs for c in r['complete']]):.3f} | {np.mean([t for r in runs for t in r['timed_out']]):.3f} "
-                  f"| {np.mean(durations):.3f} | {np.max(durations):.3f} | {topology.diameter() * ROUND_TIMEOUT_S:.1f} |", flush=True)
+            for extra in args.extra_rounds:
+                runs = [simulate_once(topology, loss, seed, extra) for seed in range(args.seeds)]
+                durations = [d for run in runs for d in run["duration_s"]]
+                print(f"| {name} | {loss:.0%} | {extra} | {np.mean([r['team_aligned'] for r in runs]):.3f} "
+                      f"| {np.mean([c for r in runs for c in r['complete']]):.3f} | {np.mean([t for r in runs for t in r['timed_out']]):.3f} "
+                      f"| {np.mean(durations):.3f} | {np.max(durations):.3f} | {(topology.diameter() + extra) * ROUND_TIMEOUT_S:.1f} |",
+                      flush=True)
 
 
 def score_run(run_dir: Path, topology: Topology) -> dict:
@@ -151,6 +155,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--losses", type=float, nargs="+", default=[0.0, 0.1, 0.3])
+    parser.add_argument("--extra-rounds", type=int, nargs="+", default=[0, 1, 2], help="--simulate: rounds beyond the diameter")
     parser.add_argument("--topologies", nargs="+", choices=sorted(CONFIGS), default=["ring6", "torus9"])
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
