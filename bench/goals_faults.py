@@ -152,7 +152,7 @@ def report(results: dict) -> None:
     print(f"goal negotiation + hindsight under peer-link faults ({c['config']}, goal_lines L={c['landmarks']}, 2 agents, "
           f"{c['steps']} steps = {c['episodes_per_run']} episodes per run, seeds {c['seeds']}; 'final' = last fifth; "
           f"mean over seeds{'; overrides ' + ' '.join(c['overrides']) if c['overrides'] else ''})")
-    header = ("cell", "aligned all", "aligned final", "success all", "success final", "negot. s mean", "negot. s p90",
+    header = ("cell", "seeds", "aligned all", "aligned final", "success all", "success final", "negot. s mean", "negot. s p90",
               "timed out", "cut by env", "hs missing/ep", "joined eps", "wall s")
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
@@ -165,8 +165,21 @@ def report(results: dict) -> None:
                                            "hindsight_missing_per_episode")]
         failed = [run["seed"] for run in runs if run["exit_code"] != 0]
         name = cell["name"] + (f" (exit != 0: seeds {failed})" if failed else "")
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values)
+        print(f"| {name} | {','.join(str(run['seed']) for run in runs)} | " + " | ".join(f"{v:.3f}" for v in values)
               + f" | {_mean(runs, 'episodes_joined'):.0f} | {_mean(runs, 'wall_s'):.0f} |")
+
+
+def report_per_seed(results: dict) -> None:
+    keys = ("aligned_all", "aligned_final", "success_all", "success_final", "negotiation_s_mean", "timed_out",
+            "hindsight_missing_per_episode")
+    print("| cell | seed | exit | " + " | ".join(keys) + " | joined eps | one side only | wall s |")
+    print("|" + " --- |" * (len(keys) + 6))
+    for cell in results["cells"]:
+        for run in cell["per_seed"]:
+            extra = f" (rejoined {run['restarted']}x)" if "restarted" in run else ""
+            print(f"| {cell['name']}{extra} | {run['seed']} | {run['exit_code']} | "
+                  + " | ".join("–" if run.get(k) is None else f"{run[k]:.3f}" for k in keys)
+                  + f" | {run['episodes_joined']} | {run['episodes_one_side_only']} | {run['wall_s']:.0f} |")
 
 
 def plot(results: dict, path: Path) -> None:
@@ -194,8 +207,9 @@ def plot(results: dict, path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     c = results["conditions"]
+    seeds = sorted({run["seed"] for cell in results["cells"] for run in cell["per_seed"]})
     figure.suptitle(f"negotiation + hindsight through the runtime, goal_lines L={c['landmarks']}, {c['episodes_per_run']} episodes, "
-                    f"seeds {c['seeds']}", fontsize=10)
+                    f"seeds {seeds} (mean; kill: dashed)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -215,6 +229,7 @@ def main() -> None:
     parser.add_argument("--save", default=None, help="write the results as JSON here (after every cell)")
     parser.add_argument("--plot", default=None, help="draw alignment, success, negotiation time and missing reports here")
     parser.add_argument("--replot", default=None, metavar="JSON", help="print and plot a saved result; run nothing")
+    parser.add_argument("--per-seed", action="store_true", help="also print one row per run")
     args = parser.parse_args()
     for loss in args.losses:
         if not 0.0 <= loss <= 1.0:
@@ -223,6 +238,8 @@ def main() -> None:
         parser.error(f"--delays: expected seconds >= 0, got {args.delays}")
     results = json.loads(Path(args.replot).read_text()) if args.replot else run_all(args)
     report(results)
+    if args.per_seed:
+        report_per_seed(results)
     if args.plot:
         plot(results, Path(args.plot))
 
