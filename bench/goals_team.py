@@ -105,7 +105,9 @@ def score_run(run_dir: Path, topology: Topology) -> dict:
         "team_complete": float(np.mean([r.get("negotiation/team_complete", np.nan) for r in per_agent])),
         "timed_out": float(np.mean([r.get("negotiation/timed_out", np.nan) for r in per_agent])),
         "cut_by_env": float(np.mean([r.get("negotiation/cut_by_env", np.nan) for r in per_agent])),
-        "negotiation_s_mean": float(np.mean(durations)), "negotiation_s_max": float(np.max(durations)),
+        # (none with a supervisor, e.g. --set agents.goals.selection=supervisor: the comparison)
+        "negotiation_s_mean": float(np.mean(durations)) if durations else float("nan"),
+        "negotiation_s_max": float(np.max(durations)) if durations else float("nan"),
     }
 
 
