@@ -71,7 +71,7 @@ class NegotiationSettings(BaseModel):
     protocol: Literal["naming_game", "team_flood"] = "naming_game"
     # team_flood only: flooding rounds beyond the team graph's diameter. Each one lets a table
     # lost in an earlier round arrive still (in the simulator at 30% loss on a ring of 6, the
-    # whole team agreed in 0.72 of negotiations with 0 extra rounds, 0.96 with 1, 0.995 with 2);
+    # whole team agreed in 0.72 of negotiations with 0 extra rounds, 0.95 with 1, 0.99 with 2);
     # the hold must cover (diameter + extra_rounds) x round_timeout_s.
     extra_rounds: int = Field(0, ge=0)
     # Each flooding round ends when every team neighbour's proposal arrived or after this long;

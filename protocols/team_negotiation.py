@@ -23,10 +23,10 @@ metrics), so a run counts how often that fallback decided. An agent that heard n
 own goal (`timed_out`). Rounds are FloodEngine's: each closes when every live neighbour's table of
 that round came, or `round_timeout_s` after it began, so a negotiation ends within
 `rounds * round_timeout_s` of its start whatever the loss. `extra_rounds` beyond the diameter
-let a table lost in one round arrive in a later one; measured in the simulator (5 ms links, 200
-negotiations each, `bench/goals_team.py --simulate`), the whole team agreed at 30% loss in 0.72 /
-0.96 / 0.995 of negotiations with 0 / 1 / 2 extra rounds on a ring of 6, 0.79 / 0.995 / 1.0 on a
-3 x 3 torus; at 10% loss 0.97 / 1.0 and 0.98 / 1.0 with 0 / 1.
+let a table lost in one round arrive in a later one; measured in the simulator (5 ms links, 500
+negotiations each, `bench/goals_team.py --simulate`), the whole team agreed at 30% loss in 0.720 /
+0.946 / 0.992 of negotiations with 0 / 1 / 2 extra rounds on a ring of 6, 0.782 / 0.998 / 1.000 on
+a 3 x 3 torus; at 10% loss 0.976 / 1.000 and 0.984 / 1.000 with 0 / 1.
 
 Who leads is a fair lottery (each member wins with probability 1 / team size), so the team's goal
 is a random member's own draw: with uniform goal modules, one uniform goal for the whole team, as
