@@ -90,8 +90,8 @@ def score_run(run_dir: Path) -> dict:
     }
 
 
-def cells(delays: list[float], losses: list[float], with_kill: bool) -> list[tuple[str, float, float, bool]]:
-    out = [(f"delay {d * 1000:g} ms, loss {l * 100:g}%", d, l, False) for d in delays for l in losses]
+def cells(delays: list[float], losses: list[float], with_kill: bool, with_sweep: bool = True) -> list[tuple[str, float, float, bool]]:
+    out = [(f"delay {d * 1000:g} ms, loss {l * 100:g}%", d, l, False) for d in delays for l in losses] if with_sweep else []
     if with_kill:
         out.append(("kill + restart agent_1 (no delay, no loss)", 0.0, 0.0, True))
     return out
@@ -104,7 +104,7 @@ def run_all(args) -> dict:
         "kill_at_step": args.steps // 2, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }, "cells": []}
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench_goals_faults_"))
-    plan = cells(args.delays, args.losses, not args.no_kill)
+    plan = cells(args.delays, args.losses, not args.no_kill, not args.no_sweep)
     results["cells"] = [{"name": name, "delay_s": delay_s, "loss": loss, "kill": kill, "per_seed": []}
                         for name, delay_s, loss, kill in plan]
     # Seed by seed, every cell: a sweep cut off by the clock has whole sweeps of the first seeds.
@@ -132,6 +132,17 @@ def run_all(args) -> dict:
     if args.save:
         Path(args.save).write_text(json.dumps(results, indent=1))
     return results
+
+
+def merge(results: dict, more: dict) -> None:
+    """Add `more`'s runs to `results`' cells of the same name (a cell `results` lacks is appended)."""
+    by_name = {cell["name"]: cell for cell in results["cells"]}
+    for cell in more["cells"]:
+        if cell["name"] in by_name:
+            by_name[cell["name"]]["per_seed"] += cell["per_seed"]
+        else:
+            results["cells"].append(cell)
+    results["conditions"].setdefault("merged", []).append(more["conditions"])
 
 
 def _restarts(run_dir: Path) -> int:
@@ -223,6 +234,9 @@ def main() -> None:
     parser.add_argument("--delays", type=float, nargs="+", default=[0.0, 0.05, 0.2], help="peer-link delays, seconds")
     parser.add_argument("--losses", type=float, nargs="+", default=[0.0, 0.1, 0.3], help="peer-link loss probabilities")
     parser.add_argument("--no-kill", action="store_true", help="leave out the kill + restart cell")
+    parser.add_argument("--no-sweep", action="store_true", help="run the kill + restart cell only")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="with --replot: add these saved results' runs to the replotted one, cell by cell (by name)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra override for every run")
     parser.add_argument("--root", default=None, help="keep the run directories here (default: a temporary folder, kept)")
     parser.add_argument("--timeout-s", type=float, default=1800.0, help="per run")
@@ -236,7 +250,11 @@ def main() -> None:
             parser.error(f"--losses: expected probabilities in [0, 1], got {loss}")
     if any(delay < 0 for delay in args.delays):
         parser.error(f"--delays: expected seconds >= 0, got {args.delays}")
+    if args.no_kill and args.no_sweep:
+        parser.error("--no-kill with --no-sweep leaves nothing to run")
     results = json.loads(Path(args.replot).read_text()) if args.replot else run_all(args)
+    for path in args.merge or []:
+        merge(results, json.loads(Path(path).read_text()))
     report(results)
     if args.per_seed:
         report_per_seed(results)
