@@ -161,8 +161,8 @@ def _mean(per_seed: list[dict], key: str) -> float:
 def report(results: dict) -> None:
     c = results["conditions"]
     print(f"goal negotiation + hindsight under peer-link faults ({c['config']}, goal_lines L={c['landmarks']}, 2 agents, "
-          f"{c['steps']} steps = {c['episodes_per_run']} episodes per run, seeds {c['seeds']}; 'final' = last fifth; "
-          f"mean over seeds{'; overrides ' + ' '.join(c['overrides']) if c['overrides'] else ''})")
+          f"{c['steps']} steps = {c['episodes_per_run']} episodes per run; 'final' = last fifth; "
+          f"mean over the seeds that ran (column 'seeds'){'; overrides ' + ' '.join(c['overrides']) if c['overrides'] else ''})")
     header = ("cell", "seeds", "aligned all", "aligned final", "success all", "success final", "negot. s mean", "negot. s p90",
               "timed out", "cut by env", "hs missing/ep", "joined eps", "wall s")
     print("| " + " | ".join(header) + " |")
