@@ -239,8 +239,7 @@ def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
         assert all(r["hindsight/partners_missing"] == 0.0 for r in reports), agent
 
 
-# 6 and 9 agent processes: 50-60 s each on the shared 2-core machine (load ~40), hence long.
-@pytest.mark.long
+# 6 and 9 agent processes: 6-7 s each at load ~2 (50-60 s at load ~40).
 @pytest.mark.parametrize("config, agents, diameter, degree", [
     pytest.param("configs/goals_ring6_team.yaml", 6, 3, 2, id="ring6"),
     pytest.param("configs/goals_torus9_team.yaml", 9, 2, 4, id="torus9"),
