@@ -20,6 +20,7 @@ from protocols.hindsight import HindsightReport
 from protocols.negotiation import GoalCommit, NegotiationProposal
 from protocols.settings import SUPERVISOR_NODE_ID
 from protocols.supervision import GoalAssignment
+from protocols.team_negotiation import TeamProposals
 
 SUPERVISOR = "goal supervisor"  # the source of what arrives from the external supervisor node
 
@@ -30,6 +31,7 @@ class GoalsCapability(Capability):
         m.EnvEpisodeStart: (ENV,),
         NegotiationProposal: (PEERS,),
         GoalCommit: (PEERS,),
+        TeamProposals: (PEERS,),  # agents.goals.negotiation.protocol: team_flood
         HindsightReport: (PEERS,),
         GoalAssignment: (PEERS, SUPERVISOR),  # a teammate, or the external supervisor node
     }

@@ -5,8 +5,9 @@ learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` sect
 (`agent_node/goal_config.py`). Per episode it
 
 1. picks the goal: the goal module's draw (uniform, learning progress, p-aligned), or a goal
-   negotiated with the partners of the episode (`protocols/negotiation.py`'s engine over the
-   peer mesh). For negotiation the env server holds the episode's first observation
+   negotiated with the partners of the episode over the peer mesh (`protocols/negotiation.py`'s
+   naming game, or with `negotiation.protocol: team_flood` `protocols/team_negotiation.py`'s
+   flood of every member's proposal, which gives a connected team one goal). For negotiation the env server holds the episode's first observation
    (`env.episode_start_hold_s`): it announces who plays (`env.episode_start`), the session
    negotiates with the team neighbours that play too, and says `goal.ready` when decided (the
    server also starts at its hold deadline; a negotiation still undecided when the observation
@@ -70,6 +71,7 @@ from protocols.negotiation import GoalCommit, NegotiationEngine, NegotiationProp
 from protocols.seeds import derive_seed
 from protocols.settings import SUPERVISOR_NODE_ID
 from protocols.supervision import GoalAssignment, SupervisionEngine, SupervisionRequest
+from protocols.team_negotiation import TeamNegotiationEngine, TeamNegotiationOutcome, TeamProposals
 from protocols.topology import Topology
 
 log = logging.getLogger("agent_node.goals")
@@ -178,14 +180,14 @@ class GoalSession:
         return self._decide(announcement.step, active, now, announced=True)
 
     def _decide(self, episode: int, active: Mapping[str, bool], now: float, *, announced: bool) -> list[Outgoing]:
-        team, rounds = self.team(active)
+        team, rounds, team_size = self._team(active)
         self.decision = decision = _Decision(episode, team, rounds, announced)
         outgoing: list[Outgoing] = []
         if self.supervision is not None:
             draw = self.supervisor_draws.assign(episode, [self.node_id, *team])[self.node_id]
             outgoing = self.supervision.start(SupervisionRequest(episode, team, draw), now)
         elif self.negotiation is not None:
-            request = self.negotiation.request(episode, team, rounds)
+            request = self.negotiation.request(episode, team, rounds, team_size)
             outgoing = self.negotiation.engine.start(request, now)
         else:
             decision.goal = self.module.propose(episode)
@@ -193,7 +195,7 @@ class GoalSession:
         return outgoing
 
     @property
-    def _coordination(self) -> NegotiationEngine | SupervisionEngine | None:
+    def _coordination(self) -> NegotiationEngine | TeamNegotiationEngine | SupervisionEngine | None:
         """The engine that decides goals with the peers, if any."""
         if self.supervision is not None:
             return self.supervision
@@ -203,13 +205,18 @@ class GoalSession:
         """This episode's team neighbours (topology neighbours that play too) and the number of
         flooding rounds: the diameter of the connected part of the playing agents' graph that
         holds this node (1 at least)."""
+        neighbours, rounds, _ = self._team(active)
+        return neighbours, rounds
+
+    def _team(self, active: Mapping[str, bool]) -> tuple[list[str], int, int]:
+        """`team`, and how many agents the connected part holds (this one included)."""
         playing = {self.node_of_env_agent[agent] for agent, plays in active.items() if plays and agent in self.node_of_env_agent}
         index = {node: i for i, node in enumerate(self.topology.nodes)}
         adjacency = {node: [self.topology.nodes[j] for j in self.topology.neighbours(index[node]) if self.topology.nodes[j] in playing]
                      for node in playing}
         component = _reachable(self.node_id, adjacency)
         diameter = max(max(_reachable(node, adjacency).values()) for node in component)
-        return sorted(adjacency.get(self.node_id, [])), max(1, diameter)
+        return sorted(adjacency.get(self.node_id, [])), max(1, diameter), len(component)
 
     def _collect_decision(self) -> None:
         """Take the negotiated goal once decided; queue goal.ready when the server waits for it."""
@@ -230,7 +237,7 @@ class GoalSession:
 
     # ------------------------------------------------------------------ peers and timers
 
-    message_types = (NegotiationProposal, GoalCommit, HindsightReport, GoalAssignment)
+    message_types = (NegotiationProposal, TeamProposals, GoalCommit, HindsightReport, GoalAssignment)
 
     def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
         if isinstance(message, HindsightReport):
@@ -440,6 +447,7 @@ def _negotiation_record(negotiated, cut_by_env: bool) -> dict[str, float]:
     record = {
         "negotiation/rounds_used": float(outcome.rounds_used),
         "negotiation/rounds_closed_by_deadline": float(outcome.rounds_closed_by_deadline),
+        "negotiation/duration_s": float(outcome.duration_s),
         "negotiation/timed_out": float(outcome.timed_out),
         "negotiation/led": float(outcome.led),
         "negotiation/messages_sent": float(negotiated.messages_sent),
@@ -450,6 +458,12 @@ def _negotiation_record(negotiated, cut_by_env: bool) -> dict[str, float]:
     if known:
         record["negotiation/aligned"] = float(all(known))  # every team edge of this agent agrees
         record["negotiation/aligned_edges_fraction"] = float(np.mean(known))
+    if isinstance(outcome, TeamNegotiationOutcome):
+        # Whether this agent heard every team member's proposal (if not, it decided on part of
+        # the table and agrees with the team only if the winner's proposal reached it).
+        record["negotiation/team_complete"] = float(outcome.team_complete)
+        record["negotiation/proposals_known"] = float(outcome.proposals_known)
+        record["negotiation/team_size"] = float(outcome.team_size)
     return record
 
 
@@ -578,11 +592,16 @@ def build_goal_session(
     negotiation = None
     if goals.selection == "negotiation":
         settings = goals.negotiation
-        engine = NegotiationEngine(
-            node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"), allowed_goals=allowed.tolist(),
-            num_messages=settings.num_messages, temperature=settings.temperature, learning_rate=settings.learning_rate,
-            update_every_episodes=settings.update_every_episodes, round_timeout_s=settings.round_timeout_s,
-        )
+        if settings.protocol == "team_flood":
+            engine = TeamNegotiationEngine(node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"),
+                                           allowed_goals=allowed.tolist(), round_timeout_s=settings.round_timeout_s,
+                                           extra_rounds=settings.extra_rounds)
+        else:
+            engine = NegotiationEngine(
+                node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"), allowed_goals=allowed.tolist(),
+                num_messages=settings.num_messages, temperature=settings.temperature, learning_rate=settings.learning_rate,
+                update_every_episodes=settings.update_every_episodes, round_timeout_s=settings.round_timeout_s,
+            )
         inner = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.inner or "uniform")
         negotiation = NegotiatedGoals(engine, inner)
         module: GoalModule = negotiation

@@ -42,6 +42,7 @@ from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from protocols.negotiation import NegotiationEngine, NegotiationOutcome, NegotiationRequest
+from protocols.team_negotiation import TeamNegotiationEngine
 
 
 @runtime_checkable
@@ -263,20 +264,21 @@ class SupervisedGoals:
 
 
 class NegotiatedGoals:
-    """Adapter between the node and `NegotiationEngine`.
+    """Adapter between the node and `NegotiationEngine` (the naming game) or
+    `TeamNegotiationEngine` (protocols/team_negotiation.py, the team flood).
 
-    Per episode: `request(episode, team_neighbours, rounds)` draws the own goal from `inner` and
+    Per episode: `request(episode, team_neighbours, rounds, team_size)` draws the own goal from `inner` and
     returns the `NegotiationRequest` the node passes to `engine.start`; once `engine.done`,
     `propose(episode)` returns the negotiated goal; after the episode `observe_outcome` closes the
     engine's record (feeding the M update) and tells `inner`.
     """
 
-    def __init__(self, engine: NegotiationEngine, inner: GoalModule) -> None:
+    def __init__(self, engine: NegotiationEngine | TeamNegotiationEngine, inner: GoalModule) -> None:
         self.engine = engine
         self.inner = inner
 
-    def request(self, episode: int, team_neighbours: Sequence[str], rounds: int) -> NegotiationRequest:
-        return NegotiationRequest(episode, self.inner.propose(episode), list(team_neighbours), rounds)
+    def request(self, episode: int, team_neighbours: Sequence[str], rounds: int, team_size: int | None = None) -> NegotiationRequest:
+        return NegotiationRequest(episode, self.inner.propose(episode), list(team_neighbours), rounds, team_size)
 
     def propose(self, episode: int) -> int:
         if not self.engine.done:

@@ -114,6 +114,10 @@ class NegotiationRequest:
     own_goal: int
     team_neighbours: Sequence[str]
     rounds: int
+    # The agents of this agent's connected team, itself included: the team flood
+    # (protocols/team_negotiation.py) needs it to know whether it heard everyone; the naming
+    # game does not read it.
+    team_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,7 @@ class NegotiationOutcome:
     timed_out: bool  # heard no proposal at all by the deadline: own goal
     rounds_used: int
     rounds_closed_by_deadline: int
+    duration_s: float = 0.0  # from start to decision (what a negotiation costs the episode's start)
 
 
 @dataclass
@@ -185,6 +190,55 @@ def edge_alignment(goals: Mapping[str, int], edges: Sequence[tuple[str, str]]) -
 def chance_alignment(num_goals_allowed: int) -> float:
     """Probability that two independent uniform draws from `num_goals_allowed` goals agree."""
     return 1.0 / num_goals_allowed
+
+
+class AlignmentLedger:
+    """Per episode, the goals the team neighbours committed to (`GoalCommit`), joined with this
+    agent's decision into an `EpisodeRecord`: alignment per edge, for measurement only. Shared
+    by the naming game and the team flood (protocols/team_negotiation.py)."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, EpisodeRecord] = {}
+        self._early: dict[int, dict[str, int]] = {}  # commits that came before this agent decided
+        self.records: list[EpisodeRecord] = []  # closed episodes, oldest first
+
+    def open(self, outcome: NegotiationOutcome, neighbours: Sequence[str], messages_sent: int, messages_received: int) -> EpisodeRecord:
+        record = EpisodeRecord(
+            outcome=outcome,
+            neighbour_goals=dict(self._early.pop(outcome.episode, {})),
+            aligned_per_edge={neighbour: None for neighbour in neighbours},
+            messages_sent=messages_sent,
+            messages_received=messages_received,
+            reward=0.0,
+        )
+        self._open[outcome.episode] = record
+        return record
+
+    def on_commit(self, sender: str, commit: GoalCommit, current_episode: int) -> bool:
+        """Record a neighbour's goal; False when it belongs to no episode still open (stale)."""
+        record = self._open.get(commit.episode)
+        if record is not None:
+            record.neighbour_goals[sender] = commit.goal
+        elif commit.episode == current_episode:
+            # Decided before us: keep it until our own decision opens the record.
+            self._early.setdefault(commit.episode, {})[sender] = commit.goal
+        else:
+            return False
+        return True
+
+    def close(self, episode: int, reward: float) -> EpisodeRecord:
+        record = self._open.pop(episode, None)
+        if record is None:
+            raise ValueError(f"no decided negotiation for episode {episode} (open: {sorted(self._open)})")
+        record.reward = float(reward)
+        for neighbour, goal in self._early.pop(episode, {}).items():
+            record.neighbour_goals[neighbour] = goal
+        record.aligned_per_edge = {
+            neighbour: (record.neighbour_goals[neighbour] == record.outcome.goal if neighbour in record.neighbour_goals else None)
+            for neighbour in record.aligned_per_edge
+        }
+        self.records.append(record)
+        return record
 
 
 # ------------------------------------------------------------------------------------------
@@ -251,9 +305,7 @@ class NegotiationEngine:
         self._run: _Run | None = None
         self._last_episode = -1
         self._future: dict[int, list[tuple[str, Any]]] = {}
-        self._late_commits: dict[int, dict[str, int]] = {}
-        self._open_records: dict[int, EpisodeRecord] = {}
-        self.records: list[EpisodeRecord] = []  # closed episodes, oldest first
+        self._ledger = AlignmentLedger()
         self._used_since_update: list[tuple[int, int, float]] = []
         self._episodes_since_update = 0
         self.stale_messages = 0
@@ -334,19 +386,14 @@ class NegotiationEngine:
     def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
         return []  # it takes part again from the next episode's request
 
+    @property
+    def records(self) -> list[EpisodeRecord]:
+        """Closed episodes, oldest first."""
+        return self._ledger.records
+
     def end_episode(self, episode: int, reward: float) -> EpisodeRecord:
         """The episode is over with this agent's `reward`: close its record, feed the M update."""
-        record = self._open_records.pop(episode, None)
-        if record is None:
-            raise ValueError(f"no decided negotiation for episode {episode} (open: {sorted(self._open_records)})")
-        record.reward = float(reward)
-        for neighbour, goal in self._late_commits.pop(episode, {}).items():
-            record.neighbour_goals[neighbour] = goal
-        record.aligned_per_edge = {
-            neighbour: (record.neighbour_goals[neighbour] == record.outcome.goal if neighbour in record.neighbour_goals else None)
-            for neighbour in record.aligned_per_edge
-        }
-        self.records.append(record)
+        record = self._ledger.close(episode, reward)
         if record.outcome.message is not None:
             self._used_since_update.append((record.outcome.goal, record.outcome.message, record.reward))
         self._episodes_since_update += 1
@@ -468,27 +515,14 @@ class NegotiationEngine:
             timed_out=timed_out,
             rounds_used=min(run.round, request.rounds),
             rounds_closed_by_deadline=run.closed_by_deadline,
-        )
-        self._open_records[request.episode] = EpisodeRecord(
-            outcome=run.outcome,
-            neighbour_goals=dict(self._late_commits.pop(request.episode, {})),
-            aligned_per_edge={neighbour: None for neighbour in request.team_neighbours},
-            messages_sent=run.messages_sent,
-            messages_received=run.messages_received,
-            reward=0.0,
+            duration_s=now - run.started_at,
         )
         commit = GoalCommit(episode=request.episode, goal=goal, timed_out=timed_out)
         run.messages_sent += len(request.team_neighbours)
-        self._open_records[request.episode].messages_sent = run.messages_sent
+        self._ledger.open(run.outcome, request.team_neighbours, run.messages_sent, run.messages_received)
         return [(neighbour, commit) for neighbour in request.team_neighbours]
 
     def _on_commit(self, sender: str, message: GoalCommit) -> list[Outgoing]:
-        record = self._open_records.get(message.episode)
-        if record is not None:
-            record.neighbour_goals[sender] = message.goal
-        elif message.episode == self._last_episode:
-            # Decided before us: keep it until our own decision opens the record.
-            self._late_commits.setdefault(message.episode, {})[sender] = message.goal
-        else:
+        if not self._ledger.on_commit(sender, message, self._last_episode):
             self.stale_messages += 1
         return []

@@ -243,3 +243,30 @@ def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
         reports = [r for r in rows if "hindsight/reports_applied_total" in r]
         assert [r["hindsight/reports_applied_total"] for r in reports] == [float(n) for n in range(1, 11)], agent
         assert all(r["hindsight/partners_missing"] == 0.0 for r in reports), agent
+
+
+# 6 and 9 agent processes: 6-7 s each at load ~2 (50-60 s at load ~40).
+@pytest.mark.parametrize("config, agents, diameter, degree", [
+    pytest.param("configs/goals_ring6_team.yaml", 6, 3, 2, id="ring6"),
+    pytest.param("configs/goals_torus9_team.yaml", 9, 2, 4, id="torus9"),
+])
+def test_a_team_flood_gives_the_whole_team_one_goal_in_every_episode(tmp_path, config, agents, diameter, degree):
+    steps = 3 * EPISODE
+    run_dir = run(tmp_path, config, steps)
+    goals = defaultdict(dict)
+    for agent in [f"agent_{i}" for i in range(agents)]:
+        ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
+        assert [r["goals/episode"] for r in ended] == [float(e) for e in range(0, steps, EPISODE)]
+        for record in ended:
+            assert record["goals/team_neighbours"] == degree and record["negotiation/rounds_used"] == diameter
+            assert record["negotiation/team_size"] == agents
+            goals[record["goals/episode"]][agent] = record
+    for episode, by_agent in goals.items():
+        assert len(by_agent) == agents, episode
+        if all(r["negotiation/team_complete"] == 1.0 for r in by_agent.values()):
+            # Every agent heard every proposal: one goal, one leader, every edge aligned.
+            assert len({r["goals/goal"] for r in by_agent.values()}) == 1, episode
+            assert sum(r["negotiation/led"] for r in by_agent.values()) == 1.0, episode
+            assert all(r["negotiation/aligned"] == 1.0 for r in by_agent.values() if r["negotiation/edges_known"] == degree)
+    # Loopback loses nothing: at most an episode start cut by the env's hold under heavy load.
+    assert sum(all(r["negotiation/team_complete"] == 1.0 for r in by_agent.values()) for by_agent in goals.values()) >= 2
