@@ -170,13 +170,12 @@ class TanhGaussianActor(nn.Module):
 def adam_step(optimizer: torch.optim.Adam, grads: list[torch.Tensor]) -> None:
     """`optimizer.step()` with `grads` as the gradients of its one parameter group, in order.
 
-    The same update as setting each `param.grad` and calling `step()` (the same functional Adam,
-    `torch.optim.adam.adam`, with the group's settings and the optimizer's own state tensors,
-    under no_grad as `step()` runs it),
-    without `step()`'s per-call wrapper (profiling hooks, closure handling, the lazy-state walk) and
-    without a `zero_grad`: together about 0.5 ms of a SAC gradient step that takes three of them.
-    The first call on a parameter without state goes through `step()` itself, so the state is
-    created exactly as Adam creates it (a loaded checkpoint's state is used as it is).
+    The same update as setting each `param.grad` and calling `step()`: the same functional Adam
+    (`torch.optim.adam.adam`) with the group's settings and the optimizer's own state tensors,
+    under no_grad as `step()` runs it, but without `step()`'s per-call wrapper (profiling hooks,
+    closure handling, the lazy-state walk) and without a `zero_grad`; a SAC gradient step takes
+    three. The first call on a parameter without state goes through `step()` itself, so the state
+    is created exactly as Adam creates it (a loaded checkpoint's state is used as it is).
     """
     (group,) = optimizer.param_groups
     params, state = group["params"], optimizer.state
