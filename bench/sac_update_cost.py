@@ -18,7 +18,7 @@ OG-MARL run's update path, 5 agents on this machine's 2 cores: 5 x that / 2 (the
 share the cores; the env server, acting, refreshes and consensus come on top and are not in it).
 The 1-minute load average before and after is printed: only numbers of one invocation compare.
 Under load the wall time mostly measures the scheduler; the CPU time of the timing thread
-(`time.thread_time`) is printed beside it, and is what compares the two implementations then
+(`time.thread_time`) is printed beside it, and is what compares the implementations then
 (cache and frequency effects of the other jobs remain in it).
 
 Before timing, it checks that every baseline does the same updates as the current code: both
