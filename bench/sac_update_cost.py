@@ -1,15 +1,16 @@
 """The cost of OG-MARL's update path, old against new, side by side in one process.
 
-    python bench/sac_update_cost.py [--baseline-ref 87ef093] [--env-steps 200] [--blocks 6]
+    python bench/sac_update_cost.py [--baseline-ref 87ef093,26411d9] [--env-steps 200] [--blocks 6]
                                     [--profile] [--json]
 
 OG-MARL's agents each take 10 SAC gradient steps of batch 256 per environment step (1 real row and
 255 imagined ones, the reference's batch). This bench builds one SAC agent with the current code
-and one with `agent_node/algos/sac.py` as it was at `--baseline-ref` (read with `git show`, loaded
-as a module of its own), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and
+and one with `agent_node/algos/sac.py` as it was at each commit of `--baseline-ref` (read with
+`git show`, loaded as a module of its own; by default 87ef093, before issue 23, and 26411d9, after
+its first session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and
 times `update()` after each new real row, exactly as the agent node drives it: `--env-steps`
-environment steps (10 gradient steps each) per block, the two implementations alternating block by
-block so that a change of load hits both. One thread (as the agents run).
+environment steps (10 gradient steps each) per block, the implementations taking turns block by
+block so that a change of load hits all of them. One thread (as the agents run).
 
 Reported per implementation: the median over blocks of milliseconds per gradient step and of
 seconds per 1,000 training steps for one agent (10,000 gradient steps), and the projection to the
@@ -17,12 +18,12 @@ OG-MARL run's update path, 5 agents on this machine's 2 cores: 5 x that / 2 (the
 share the cores; the env server, acting, refreshes and consensus come on top and are not in it).
 The 1-minute load average before and after is printed: only numbers of one invocation compare.
 Under load the wall time mostly measures the scheduler; the CPU time of the timing thread
-(`time.thread_time`) is printed beside it, and is what compares the two implementations then
+(`time.thread_time`) is printed beside it, and is what compares the implementations then
 (cache and frequency effects of the other jobs remain in it).
 
-Before timing, it checks that the two implementations do the same updates: both agents, from the
-same seed, take 200 gradient steps, and every parameter and every logged loss must be bitwise
-equal (`identical` in the output; the bench exits non-zero otherwise).
+Before timing, it checks that every baseline does the same updates as the current code: both
+agents, from the same seed, take 200 gradient steps, and every parameter and every logged loss
+must be bitwise equal (`identical` in the output; the bench exits non-zero otherwise).
 
 `--profile` prints cProfile's top functions (by CPU time of the thread) of the current
 implementation's update loop.
@@ -46,22 +47,23 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# The commit before the update path was reworked (issue 23).
-DEFAULT_BASELINE_REF = "87ef093"
+# The commit before the update path was reworked (issue 23), and the end of its first session.
+DEFAULT_BASELINE_REFS = "87ef093,26411d9"
 UPDATES_PER_STEP = 10
 REAL_ROWS, IMAGINED_ROWS = 6000, 20000
 
 
 def load_baseline(ref: str):
-    """`agent_node/algos/sac.py` at `ref`, as a module named `sac_baseline`."""
+    """`agent_node/algos/sac.py` at `ref`, as a module named `sac_baseline_<ref>`."""
     source = subprocess.run(
         ["git", "show", f"{ref}:agent_node/algos/sac.py"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
-    path = Path(tempfile.mkdtemp(prefix="parley-sac-baseline-")) / "sac_baseline.py"
+    name = f"sac_baseline_{ref}"
+    path = Path(tempfile.mkdtemp(prefix="parley-sac-baseline-")) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("sac_baseline", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["sac_baseline"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -133,7 +135,7 @@ def same_updates(current_class, baseline_class, env_steps: int = 20) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE_REF)
+    parser.add_argument("--baseline-ref", default=DEFAULT_BASELINE_REFS, help="commits to compare with, comma-separated")
     parser.add_argument("--env-steps", type=int, default=200, help="environment steps per timed block")
     parser.add_argument("--blocks", type=int, default=6, help="timed blocks per implementation (alternating)")
     parser.add_argument("--profile", action="store_true")
@@ -145,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from agent_node.algos.sac import SACAgent
 
-    baseline = load_baseline(args.baseline_ref)
+    refs = [ref.strip() for ref in args.baseline_ref.split(",") if ref.strip()]
+    if not refs:
+        parser.error(f"--baseline-ref needs at least one commit, got {args.baseline_ref!r}")
+    baselines = {ref: load_baseline(ref) for ref in refs}
     load_before = os.getloadavg()[0]
-    check = same_updates(SACAgent, baseline.SACAgent)
+    checks = {ref: same_updates(SACAgent, module.SACAgent) for ref, module in baselines.items()}
 
-    implementations = {"baseline": baseline.SACAgent, "current": SACAgent}
+    implementations = {**{ref: module.SACAgent for ref, module in baselines.items()}, "current": SACAgent}
     agents = {name: make_agent(agent_class, seed=1) for name, agent_class in implementations.items()}
     for agent, data in agents.values():  # warm-up: allocator, optimizer state
         drive(agent, data, 5)
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
 
     result = {
-        "baseline_ref": args.baseline_ref,
-        "same_updates": check,
+        "baseline_refs": refs,
+        "same_updates": checks,
         "load_average_1min": [round(load_before, 2), round(load_after, 2)],
         "cpus": os.cpu_count(),
         "implementations": {},
@@ -183,10 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             "s_per_1000_training_steps_5_agents_2_cores": round(median * UPDATES_PER_STEP * 1000 * 5 / 2, 1),
             "cpu_s_per_1000_training_steps_5_agents_2_cores": round(cpu_median * UPDATES_PER_STEP * 1000 * 5 / 2, 1),
         }
-    result["current_over_baseline"] = round(float(np.median(times["current"]) / np.median(times["baseline"])), 3)
-    result["cpu_current_over_baseline"] = round(
-        float(np.median(cpu_times["current"]) / np.median(cpu_times["baseline"])), 3
-    )
+    # Per baseline, current / baseline of the medians: below 1 is faster.
+    result["current_over_baseline"] = {
+        ref: round(float(np.median(times["current"]) / np.median(times[ref])), 3) for ref in refs
+    }
+    result["cpu_current_over_baseline"] = {
+        ref: round(float(np.median(cpu_times["current"]) / np.median(cpu_times[ref])), 3) for ref in refs
+    }
+    identical = all(check["identical"] for check in checks.values())
 
     if args.profile:
         import cProfile
@@ -205,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.blocks} alternating blocks of {args.env_steps} env steps; load average "
             f"{result['load_average_1min'][0]} -> {result['load_average_1min'][1]} on {result['cpus']} CPUs"
         )
-        print(f"same updates as {args.baseline_ref} ({check['gradient_steps']} gradient steps): {check['identical']}"
-              + (f", differing: {check['mismatched']}" if check["mismatched"] else ""))
+        for ref, check in checks.items():
+            print(f"same updates as {ref} ({check['gradient_steps']} gradient steps): {check['identical']}"
+                  + (f", differing: {check['mismatched']}" if check["mismatched"] else ""))
         print(
             f"{'':<10}{'ms / gradient step':>20}{'s / 1000 steps, 1 agent':>26}{'5 agents / 2 cores':>22}"
             f"{'CPU ms / step':>16}{'CPU: 5 agents / 2 cores':>26}  blocks (wall ms; CPU ms)"
@@ -218,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['cpu_s_per_1000_training_steps_5_agents_2_cores']:>26.1f}  {row['ms_per_gradient_step_blocks']}; "
                 f"{row['cpu_ms_per_gradient_step_blocks']}"
             )
-        print(
-            f"current / baseline: {result['current_over_baseline']:.3f} (wall), "
-            f"{result['cpu_current_over_baseline']:.3f} (CPU time of this thread)"
-        )
-    return 0 if check["identical"] else 1
+        for ref in refs:
+            print(
+                f"current / {ref}: {result['current_over_baseline'][ref]:.3f} (wall), "
+                f"{result['cpu_current_over_baseline'][ref]:.3f} (CPU time of this thread)"
+            )
+    return 0 if identical else 1
 
 
 if __name__ == "__main__":

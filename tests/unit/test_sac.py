@@ -270,8 +270,8 @@ def test_satisfies_the_role_protocols_and_builder():
 
 def _one_step_as_before(agent: SACAgent) -> dict[str, float]:
     """The gradient step as SACAgent took it before issue 23 (a batch sampled per step, the
-    critics frozen module by module, Polyak averaging tensor by tensor, one `.item()` per metric):
-    the oracle for the batched update path."""
+    critics frozen module by module, `backward()` and `step()` per loss, Polyak averaging tensor by
+    tensor, one `.item()` per metric): the oracle for the batched update path."""
     import torch.nn.functional as F
 
     cfg = agent.config
@@ -308,11 +308,12 @@ def _one_step_as_before(agent: SACAgent) -> dict[str, float]:
         "sac/entropy": -log_prob.mean().item(),
         "sac/real_fraction": num_real / cfg.batch_size,
     }
-    alpha_loss = -(agent.log_alpha * (log_prob.detach() + agent.target_entropy)).mean()
-    agent.alpha_optimizer.zero_grad(set_to_none=True)
-    alpha_loss.backward()
-    agent.alpha_optimizer.step()
-    metrics["sac/alpha_loss"] = alpha_loss.item()
+    if cfg.autotune_alpha:
+        alpha_loss = -(agent.log_alpha * (log_prob.detach() + agent.target_entropy)).mean()
+        agent.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        agent.alpha_optimizer.step()
+        metrics["sac/alpha_loss"] = alpha_loss.item()
     with torch.no_grad():
         for online, target in ((agent.q1, agent.q1_target), (agent.q2, agent.q2_target)):
             for param, target_param in zip(online.parameters(), target.parameters()):
@@ -321,12 +322,14 @@ def _one_step_as_before(agent: SACAgent) -> dict[str, float]:
     return metrics
 
 
-@pytest.mark.parametrize("real_ratio", [1 / 32, 0.0, None])
-def test_batched_update_takes_the_same_steps_as_one_batch_per_step(real_ratio):
+@pytest.mark.parametrize(("real_ratio", "autotune_alpha"), [(1 / 32, True), (0.0, True), (None, True), (1 / 32, False)])
+def test_batched_update_takes_the_same_steps_as_one_batch_per_step(real_ratio, autotune_alpha):
     # OG-MARL's shape: 10 gradient steps per row, one real row per batch and the rest imagined
     # (None: real rows only), truncated rows treated as terminal to cover the `done` column.
+    # Bitwise equal: the update path's gradients (autograd.grad, one pass for actor and alpha)
+    # and Adam steps (`adam_step`) must be the same numbers as backward() and step().
     config = SMALL_CONFIG.model_copy(update={"learning_starts": 0, "random_steps": 0, "updates_per_step": 10,
-                                             "bootstrap_on_truncation": False})
+                                             "bootstrap_on_truncation": False, "autotune_alpha": autotune_alpha})
     agents = [SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=3) for _ in range(2)]
     rng = np.random.default_rng(0)
     obs = rng.uniform(-1, 1, (200, 1)).astype(np.float32)
@@ -366,3 +369,11 @@ def test_batched_update_takes_the_same_steps_as_one_batch_per_step(real_ratio):
     steps = [_one_step_as_before(before) for _ in range(owed)]
     assert metrics["sac/critic_loss"] == sum(step["sac/critic_loss"] for step in steps) / owed
     assert all(torch.equal(a, b) for a, b in zip(batched.actor.parameters(), before.actor.parameters()))
+
+
+def test_adam_step_refuses_a_gradient_list_of_the_wrong_length():
+    from agent_node.algos.sac import adam_step
+
+    agent = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
+    with pytest.raises(ValueError, match=r"one gradient per parameter \(1\), got 2"):
+        adam_step(agent.alpha_optimizer, [torch.zeros(()), torch.zeros(())])
