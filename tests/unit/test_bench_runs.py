@@ -79,7 +79,7 @@ def test_a_finished_run_made_with_other_settings_is_refused(tmp_path, monkeypatc
 def test_an_unfinished_run_is_kept_aside_and_run_afresh(tmp_path, monkeypatch):
     ran = []
 
-    def fake_run_once(config, overrides, run_dir, timeout_s):
+    def fake_run_once(config, overrides, run_dir, timeout_s, extra_paths=None):
         ran.append(run_dir)
         make_run(run_dir.parent, run_dir.name, [(100, 5.0)])
         return 0, ""
