@@ -32,7 +32,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved, validate_config
 from orchestrator.overrides import apply_overrides
-from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl, remove_temp_socket_dir
+from orchestrator.backends import BackendUnavailable
+from orchestrator.plan import LaunchPlan
+from orchestrator.rundir import (
+    EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, PID_FILENAME, RunDirError, find_run_dir, read_jsonl,
+    remove_temp_socket_dir,
+)
 from protocols.config_errors import ConfigError
 
 Overrides = Mapping[str, Any] | Sequence[str]
@@ -66,7 +71,7 @@ def load(config: str | Path | Mapping[str, Any], overrides: Overrides = ()) -> R
 def check(config: RunConfig, source: str = "<config>") -> None:
     """What `validate` and `up` check beyond the schema, before anything starts: the bind host
     and the environment the config names (agent count, action spaces, checkpoints)."""
-    from orchestrator.cli import check_bind_host_before_launch, check_env_before_launch
+    from orchestrator.prelaunch import check_bind_host_before_launch, check_env_before_launch
 
     check_bind_host_before_launch(config, source)
     check_env_before_launch(config, source)
@@ -235,21 +240,16 @@ def _read_new(path: Path, offsets: dict[str, int], key: str) -> Iterator[dict[st
 
 
 def _orchestrator_pid(run_dir: Path) -> int | None:
-    from orchestrator.cli import orchestrator_pid
-
     return orchestrator_pid(run_dir)
 
 
 def _orchestrator_alive(run_dir: Path) -> bool:
-    from orchestrator.cli import process_alive
-
     pid = _orchestrator_pid(run_dir)
     return pid is not None and process_alive(pid)
 
 
 def _run_prepared(run_dir: str) -> int:
     """The child of `launch`: run the prepared run in `run_dir` as `up` does."""
-    from orchestrator.cli import launch as run_launched
     from orchestrator.plan import build_plan
 
     os.umask(0o077)
@@ -259,7 +259,7 @@ def _run_prepared(run_dir: str) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    return run_launched(build_plan(resolved, path), resolved, path)
+    return launch(build_plan(resolved, path), resolved, path)
 
 
 if __name__ == "__main__":
@@ -267,3 +267,68 @@ if __name__ == "__main__":
         print("usage: python -m orchestrator.api RUN_DIR   (a run prepared by orchestrator.api.launch)", file=sys.stderr)
         sys.exit(2)
     sys.exit(_run_prepared(sys.argv[1]))
+
+
+# ------------------------------------------------------------------------------------------
+# Running a prepared run, and whether a run's orchestrator lives (the CLI's `up`, `resume`,
+# `status` and `down` use these too)
+# ------------------------------------------------------------------------------------------
+
+
+EXIT_FAILURE = 1  # a runtime failure, as `orchestrate` reports it
+
+
+def _failed(message: str, code: int) -> int:
+    print(message, file=sys.stderr)
+    return code
+
+
+def launch(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
+    """Run a prepared run to its end through the runtime; the exit code of `up`."""
+    try:
+        from orchestrator.runtime import run
+        from protocols.transport import PortRangeExhausted
+    except ImportError as error:
+        remove_temp_socket_dir(resolved.runtime)
+        return _failed(f"cannot start the run: orchestrator.runtime is not available ({error})", EXIT_FAILURE)
+    try:
+        return int(run(plan, resolved))
+    except KeyboardInterrupt:
+        return _failed("interrupted", EXIT_FAILURE)
+    except BackendUnavailable as error:
+        return _failed(f"cannot start the run: {error}", EXIT_FAILURE)
+    except PortRangeExhausted as error:  # the control socket's bind, before any node started
+        return _failed(f"cannot start the run: {error}", EXIT_FAILURE)
+    except OSError as error:
+        # The run dir became unwritable (disk full, read-only remount) before any node started.
+        return _failed(f"cannot run in {run_dir}: {error.strerror or error}", EXIT_FAILURE)
+    finally:
+        remove_temp_socket_dir(resolved.runtime)
+
+
+def orchestrator_pid(run_dir: Path) -> int | None:
+    """The pid in `orchestrator.pid`, or None if there is no such file."""
+    path = run_dir / PID_FILENAME
+    if not path.exists():
+        return None
+    text = path.read_text().strip()
+    if not text.isdigit():
+        raise RunDirError(f"{path}: expected a process id, got {text!r}")
+    return int(text)
+
+
+def process_alive(pid: int) -> bool:
+    """True if `pid` runs and (where /proc tells) is an orchestrator, not a recycled pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # The state follows the parenthesised command name; "Z": exited, not yet reaped.
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except (OSError, IndexError):
+        return True
+    return state != "Z" and b"orchestrat" in cmdline

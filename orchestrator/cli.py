@@ -36,7 +36,8 @@ from protocols.config_errors import ConfigError
 from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import LaunchPlan, build_plan, format_plan
-from orchestrator.prelaunch import check_bind_host_before_launch
+from orchestrator.api import launch, orchestrator_pid, process_alive
+from orchestrator.prelaunch import check_bind_host_before_launch, check_env_before_launch
 from orchestrator.rundir import (
     RunDirWriteError,
     EVENTS_FILENAME,
@@ -84,15 +85,6 @@ def describe(config: RunConfig) -> str:
         f"consensus {'on (' + consensus.mode + ')' if consensus.enabled else 'off'}, "
         f"transport {config.network.transport}, {config.run.steps} steps"
     )
-
-
-def check_env_before_launch(config: RunConfig, source: str) -> None:
-    """Raise ConfigError naming the field when the env cannot be built, or when the config does
-    not fit the env it builds: the agent count, the learner against the action spaces, the
-    checkpoints to load (orchestrator/prelaunch.py). Before any run dir exists or process starts."""
-    from orchestrator.prelaunch import check_launch, fetch_env_facts
-
-    check_launch(config, fetch_env_facts(config, source), source)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -216,29 +208,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     return launch(plan, resolved, run_dir)
 
 
-def launch(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
-    """Run a prepared run to its end through the runtime; the exit code of `up`."""
-    try:
-        from orchestrator.runtime import run
-        from protocols.transport import PortRangeExhausted
-    except ImportError as error:
-        remove_temp_socket_dir(resolved.runtime)
-        return _fail(f"cannot start the run: orchestrator.runtime is not available ({error})", EXIT_FAILURE)
-    try:
-        return int(run(plan, resolved))
-    except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_FAILURE)
-    except BackendUnavailable as error:
-        return _fail(f"cannot start the run: {error}", EXIT_FAILURE)
-    except PortRangeExhausted as error:  # the control socket's bind, before any node started
-        return _fail(f"cannot start the run: {error}", EXIT_FAILURE)
-    except OSError as error:
-        # The run dir became unwritable (disk full, read-only remount) before any node started.
-        return _fail(f"cannot run in {run_dir}: {error.strerror or error}", EXIT_FAILURE)
-    finally:
-        remove_temp_socket_dir(resolved.runtime)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from orchestrator import evaluate
 
@@ -301,34 +270,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 # status, logs, down
 # ------------------------------------------------------------------------------------------
-
-
-def orchestrator_pid(run_dir: Path) -> int | None:
-    """The pid in `orchestrator.pid`, or None if there is no such file."""
-    path = run_dir / PID_FILENAME
-    if not path.exists():
-        return None
-    text = path.read_text().strip()
-    if not text.isdigit():
-        raise RunDirError(f"{path}: expected a process id, got {text!r}")
-    return int(text)
-
-
-def process_alive(pid: int) -> bool:
-    """True if `pid` runs and (where /proc tells) is an orchestrator, not a recycled pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        # The state follows the parenthesised command name; "Z": exited, not yet reaped.
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except (OSError, IndexError):
-        return True
-    return state != "Z" and b"orchestrat" in cmdline
 
 
 def live_run_processes(run_dir: Path) -> dict[str, int]:

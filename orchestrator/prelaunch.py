@@ -190,3 +190,10 @@ def check_bind_host_before_launch(config: RunConfig, source: str) -> None:
             except OSError as error:
                 problems.append(f"{address[0]}: {error.strerror or error}")
     raise ConfigError([f"network.bind_host: {host!r} is not an address of this host ({'; '.join(problems)})"], source)
+
+
+def check_env_before_launch(config: RunConfig, source: str) -> None:
+    """Raise ConfigError naming the field when the env cannot be built, or when the config does
+    not fit the env it builds: the agent count, the learner against the action spaces, the
+    checkpoints to load (orchestrator/prelaunch.py). Before any run dir exists or process starts."""
+    check_launch(config, fetch_env_facts(config, source), source)

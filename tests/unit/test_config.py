@@ -92,7 +92,7 @@ def test_unknown_key_lists_valid_keys_and_suggests() -> None:
 def test_unknown_key_inside_a_union_member_lists_that_members_keys() -> None:
     problem = only_problem("agents.learner.lr=0.1")
     # The union tag ('dqn') is not part of the YAML path and must not show up in it.
-    assert problem.startswith("agents.learner.lr: unknown key; valid keys: kind, hidden_sizes, learning_rate")
+    assert problem.startswith("agents.learner.lr: unknown key; valid keys: kind, hidden_sizes, encoder, learning_rate")
 
 
 def test_bad_literal_lists_values() -> None:

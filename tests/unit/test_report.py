@@ -335,7 +335,7 @@ def test_every_up_writes_the_run_report_and_a_failed_plot_is_an_event_not_a_fail
     runtime.write_report(run_dir, events)  # must not raise
     failed = [e for e in read_jsonl(run_dir / "events.jsonl") if e["event"] == "report_failed"]
     assert failed and failed[-1]["problems"] == ["plots: RuntimeError: no display backend"]
-    assert failed[-1]["written"] == [str(run_dir / "report" / "summary.md")]
+    assert failed[-1]["written"] == [str(run_dir / "report" / "summary.md"), str(run_dir / "tb" / "hparams")]
     assert "report not complete: plots: RuntimeError: no display backend" in capsys.readouterr().err
     # A run directory the report cannot read: a problem line, not an exception.
     written, problems, lines = report.write_run_report(tmp_path / "missing")
