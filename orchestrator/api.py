@@ -259,14 +259,7 @@ def _run_prepared(run_dir: str) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    return launch(build_plan(resolved, path), resolved, path)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m orchestrator.api RUN_DIR   (a run prepared by orchestrator.api.launch)", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_run_prepared(sys.argv[1]))
+    return run_prepared(build_plan(resolved, path), resolved, path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,8 +276,9 @@ def _failed(message: str, code: int) -> int:
     return code
 
 
-def launch(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
-    """Run a prepared run to its end through the runtime; the exit code of `up`."""
+def run_prepared(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
+    """Run a prepared run to its end through the runtime, in this process; the exit code of
+    `up` (`launch` starts one in a child process and returns at once)."""
     try:
         from orchestrator.runtime import run
         from protocols.transport import PortRangeExhausted
@@ -332,3 +326,9 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z" and b"orchestrat" in cmdline
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print("usage: python -m orchestrator.api RUN_DIR   (a run prepared by orchestrator.api.launch)", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_run_prepared(sys.argv[1]))

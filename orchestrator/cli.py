@@ -36,7 +36,7 @@ from protocols.config_errors import ConfigError
 from orchestrator.faults import plan_faults, refused_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import LaunchPlan, build_plan, format_plan
-from orchestrator.api import launch, orchestrator_pid, process_alive
+from orchestrator.api import orchestrator_pid, process_alive, run_prepared
 from orchestrator.prelaunch import check_bind_host_before_launch, check_env_before_launch
 from orchestrator.rundir import (
     RunDirWriteError,
@@ -205,7 +205,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"\ndry run: nothing launched; {plan.resolved_path} written")
         return EXIT_OK
 
-    return launch(plan, resolved, run_dir)
+    return run_prepared(plan, resolved, run_dir)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -225,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _fail(str(error), EXIT_USAGE)
     except RunDirWriteError as error:
         return _fail(str(error), EXIT_FAILURE)
-    code = launch(build_plan(resolved, evaluation_dir), resolved, evaluation_dir)
+    code = run_prepared(build_plan(resolved, evaluation_dir), resolved, evaluation_dir)
     episodes = evaluate.read_episode_returns(evaluation_dir)
     if not episodes:
         return _fail(f"the evaluation run {evaluation_dir} ended (exit {code}) without finishing its episodes; "
@@ -264,7 +264,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     check_bind_host_before_launch(resolved, str(run_dir / "resolved.yaml"))
     os.umask(0o077)
     print(f"resuming {run_dir}", file=sys.stderr)
-    return launch(build_plan(resolved, run_dir), resolved, run_dir)
+    return run_prepared(build_plan(resolved, run_dir), resolved, run_dir)
 
 
 # ------------------------------------------------------------------------------------------
