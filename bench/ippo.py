@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
 from main_job import CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, run_dir_of, run_summary  # noqa: E402
-from runs import REPO, plot_evaluations, run_and_score  # noqa: E402
+from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
 
 IPPO_CONFIG = "examples/parley_ippo/configs/spread4_ippo.yaml"
 EXAMPLE = REPO / "examples" / "parley_ippo"
@@ -102,9 +102,6 @@ def analyse(root: Path, dqn_root: Path, seeds: list[int]) -> dict:
 
 
 def print_tables(summary: dict) -> None:
-    def fmt(value, spec=".2f"):
-        return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
-
     print(f"random policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
           "(return per agent per episode on the evaluation episodes, mean over the runs)")
     print(f"\n| learner | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | run s |")

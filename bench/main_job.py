@@ -38,7 +38,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
-from runs import REPO, plot_evaluations, run_and_score  # noqa: E402
+from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
 LAST_EVALS = 5
@@ -135,9 +135,6 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
 
 
 def print_tables(summary: dict) -> None:
-    def fmt(value, spec=".2f"):
-        return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
-
     print(f"\nrandom policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
           "(return per agent per episode, the env server's, on the evaluation episodes; mean over seeds)")
     print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | gap closed | distinct landmarks | run s |")

@@ -227,3 +227,8 @@ def process_tree_cpu_s(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return total
+
+
+def fmt(value, spec: str = ".2f") -> str:
+    """A table cell: `value` formatted by `spec`, or "-" when it is missing or not finite."""
+    return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)
