@@ -12,8 +12,8 @@ acknowledgement. The agents keep acting with the newest parameters they have whi
 of their rows are unacknowledged (protocols/ctde.py, flow control).
 
 **Restarts.** In an orchestrated run the node keeps a checkpoint in its node dir
-(`checkpoints/latest.pt`: the spaces, every agent's Q network and target, the mixer and its
-target, the optimizer, the gradient step counter; `replay/joint.npz`: the joint replay buffer),
+(`checkpoints/`: the spaces, every agent's Q network and target, the mixer and its
+target, the optimizer, the gradient step counter; `replay/`: the joint replay buffer),
 on the agents' schedule (`agents.checkpoint_every_steps` / `agents.replay_save_every_steps`
 lockstep steps, counted by the env steps of the transitions it receives), once as soon as the
 first agent has joined (so a restarted learner knows the spaces: agents do not join again), and
@@ -21,9 +21,14 @@ at the end. Started again by `faults.restart` or a scheduled `restart`, it resto
 goes on from that gradient step; the agents' DEALERs reconnect to the same ipc endpoint by
 themselves and the rows they queued meanwhile arrive. What came after the last checkpoint is
 lost: those gradient steps are taken again on newer rows, and agents holding parameters newer
-than the restored step ignore the learner's until it passes them. Both files are sealed
-(agent_node/persistence.py): one that fails its check stops the node with exit code 3, naming
-the file, and it is not restarted (one generation only: no fallback yet, unlike an agent's).
+than the restored step ignore the learner's until it passes them. Both files are kept as an
+agent's are (agent_node/persistence.py): sealed, in `agents.keep_generations` generations named by
+env step (`checkpoints/step-<env step>.pt` and `replay/step-<env step>.npz`, with `latest.pt` and
+`joint.npz` links to the newest). A damaged newest generation is set aside (`.damaged`) and the
+newest good one restored, said in its log, its metrics (`persistence/restored_from_step`,
+`persistence/steps_lost`, in env steps), its `control.ready` and so the run's report; with no good
+generation it stops with exit code 3 naming the file and is not restarted, or, with
+`run.on_corrupt_state: start_fresh`, starts from scratch and says so.
 
 Two ways to start it:
 
@@ -57,9 +62,10 @@ import torch
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.mixers import CentralizedMixerLearner
 from agent_node.ctde.learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
-from agent_node.persistence import load_checkpoint, save_checkpoint
+from agent_node.persistence import Generations, load_checkpoint, save_checkpoint, state_notice
 from agent_node.service_loop import WAKE_S
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.durable_state import DamagedStateError, StateNotice
 from protocols.node_config import bind_address
 from protocols.seeds import derive_seed
 from protocols.spaces import decode_space, encode_space
@@ -180,15 +186,22 @@ class LearnerService:
 
 class LearnerPersistence:
     """The learner node's checkpoint and joint replay in its node dir (see the module doc), due by
-    the env steps of the transitions it takes in, like an agent's by its lockstep steps."""
+    the env steps of the transitions it takes in, like an agent's by its lockstep steps. Both are
+    kept as an agent's are (agent_node/persistence.py `Generations`): sealed, the last
+    `keep_generations` good saves of each, named by the env step they hold, a damaged one set
+    aside and the newest good one restored; `notice` says what was skipped and lost."""
 
-    def __init__(self, node_dir: Path, *, checkpoint_every_steps: int, replay_save_every_steps: int) -> None:
-        self.checkpoint_path = node_dir / "checkpoints" / "latest.pt"
-        self.replay_path = node_dir / "replay" / "joint.npz"
+    def __init__(self, node_dir: Path, *, checkpoint_every_steps: int, replay_save_every_steps: int,
+                 keep_generations: int = 2, start_fresh: bool = False) -> None:
+        self.checkpoints = Generations(node_dir / "checkpoints", ".pt", "latest.pt", keep_generations)
+        self.replays = Generations(node_dir / "replay", ".npz", "joint.npz", keep_generations)
+        self.checkpoint_path, self.replay_path = self.checkpoints.latest, self.replays.latest
         self.checkpoint_every_steps = checkpoint_every_steps
         self.replay_save_every_steps = replay_save_every_steps
+        self.start_fresh = start_fresh  # run.on_corrupt_state: start_fresh
         self.last_checkpoint_step: int | None = None  # None: nothing saved by this incarnation yet
         self.last_replay_step: int | None = None
+        self.notice: StateNotice | None = None  # set by `restore` when damaged files were met
 
     def maybe_save(self, service: LearnerService) -> None:
         """Save what is due: the first checkpoint as soon as the core exists, then on schedule."""
@@ -207,39 +220,79 @@ class LearnerPersistence:
             self.save_checkpoint(service)
             self.save_replay(service)
 
+    @staticmethod
+    def _generation(service: LearnerService) -> int:
+        # The first checkpoint comes with the first join, before any transition (env step -1).
+        return max(0, service.last_env_step)
+
     def save_checkpoint(self, service: LearnerService) -> None:
         spaces = dict(zip(("observation_space", "action_space", "state_space"), service.spaces))
-        save_checkpoint(self.checkpoint_path, {
+        state = {
             "spaces": {name: encode_space(space, name) for name, space in spaces.items()},
             "num_agents": service.num_agents,
             "core": service.core.state_dict(),
             "env_step": service.last_env_step,
-        })
+        }
+        self.checkpoints.save(self._generation(service), lambda path: save_checkpoint(path, state))
         self.last_checkpoint_step = service.last_env_step
 
     def save_replay(self, service: LearnerService) -> None:
-        save_joint_replay(service.core.replay, self.replay_path)
+        self.replays.save(self._generation(service), lambda path: save_joint_replay(service.core.replay, path))
         self.last_replay_step = service.last_env_step
 
     def restore(self, service: LearnerService) -> dict[str, float] | None:
-        """Build `service`'s core from the checkpoint and fill its replay; None when there is none."""
-        checkpoint = load_checkpoint(self.checkpoint_path)
+        """Build `service`'s core from the newest good checkpoint and fill its replay from the newest
+        good joint replay; None when there is no checkpoint. `DamagedStateError` when one of them
+        exists and no generation of it verifies (unless `start_fresh`: then `notice` says so)."""
+        for generations in (self.checkpoints, self.replays):
+            for leftover in generations.remove_leftover_temporaries():
+                log.info("removed %s, left by a save that was interrupted", leftover)
+        checkpoint = self.checkpoints.restore_newest(lambda path: self._read_checkpoint(path, service.num_agents),
+                                                     start_fresh=self.start_fresh)
+        skipped: list = []
+        replay_step = None
+        if checkpoint is not None:
+            step, state, skipped = checkpoint
+            service.spaces = tuple(decode_space(state["spaces"][name], name) for name in ("observation_space", "action_space", "state_space"))
+            service.core = service.make_core(*service.spaces)
+            service.core.load_state_dict(state["core"])
+            service.last_env_step = int(state["env_step"])
+            replay = self.replays.restore_newest(lambda path: _restore_joint(service.core.replay, path), start_fresh=self.start_fresh)
+            if replay is not None:
+                replay_step, _, replay_skipped = replay
+                skipped = skipped + replay_skipped
+        restored = "nothing" if checkpoint is None else f"checkpoint of env step {checkpoint[0]}" + (
+            "" if replay_step is None else f", joint replay of env step {replay_step}")
+        self.notice = state_notice(skipped, self.checkpoints.started_fresh + self.replays.started_fresh,
+                                   restored_step=0 if checkpoint is None else checkpoint[0], restored=restored,
+                                   primary_suffix=".pt", unit="env steps of learning")
         if checkpoint is None:
             return None
-        if checkpoint["num_agents"] != service.num_agents:
-            raise ValueError(f"{self.checkpoint_path}: saved for {checkpoint['num_agents']} agents, this run has {service.num_agents}")
-        service.spaces = tuple(decode_space(checkpoint["spaces"][name], name) for name in ("observation_space", "action_space", "state_space"))
-        service.core = service.make_core(*service.spaces)
-        service.core.load_state_dict(checkpoint["core"])
-        service.last_env_step = int(checkpoint["env_step"])
-        if self.replay_path.exists():
-            restore_joint_replay(service.core.replay, self.replay_path)
         self.last_checkpoint_step = self.last_replay_step = service.last_env_step
         return {
             "learner/restored_gradient_step": float(service.core.learner.gradient_steps),
             "learner/restored_env_step": float(service.last_env_step),
             "learner/restored_replay_rows": float(len(service.core.replay)),
         }
+
+    @staticmethod
+    def _read_checkpoint(path: Path, num_agents: int) -> dict:
+        checkpoint = load_checkpoint(path)
+        if checkpoint is None:  # removed between the listing and the read
+            raise DamagedStateError(path, "disappeared while it was being restored")
+        missing = {"spaces", "num_agents", "core", "env_step"} - set(checkpoint)
+        if missing:
+            raise DamagedStateError(path, f"a learner checkpoint without {sorted(missing)}")
+        if checkpoint["num_agents"] != num_agents:  # a config mistake, not damage: refused, not set aside
+            raise ValueError(f"{path}: saved for {checkpoint['num_agents']} agents, this run has {num_agents}")
+        return checkpoint
+
+
+def _restore_joint(replay, path: Path) -> None:
+    try:
+        restore_joint_replay(replay, path)
+    except (ValueError, KeyError, OSError) as error:  # sealed, yet not a joint buffer this learner can take
+        raise DamagedStateError(path, f"sealed, but not a joint replay this learner can restore: {error}") from None
 
 
 def make_core_factory(config: MixerConfig, num_agents: int, seed: int, replay_capacity: int, learning_starts: int,
@@ -290,6 +343,11 @@ class OrchestratedLearner:
     role = "learner"
     log = log
 
+    @property
+    def state_notice(self) -> StateNotice | None:
+        """What its restore met (agent_node/service_loop.py puts it in the node's control.ready)."""
+        return None if self.persistence is None else self.persistence.notice
+
     def __init__(self, run, identity, make_core, metrics) -> None:
         self.run, self.identity, self.make_core, self.metrics = run, identity, make_core, metrics
         self.service: LearnerService | None = None
@@ -304,8 +362,13 @@ class OrchestratedLearner:
         self.inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
         self.service = service = LearnerService(run.agents.count, self.make_core, self.inbox)
         self.persistence = LearnerPersistence(self.identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
-                                              replay_save_every_steps=run.agents.replay_save_every_steps)
+                                              replay_save_every_steps=run.agents.replay_save_every_steps,
+                                              keep_generations=run.agents.keep_generations,
+                                              start_fresh=run.run.on_corrupt_state == "start_fresh")
         restored = self.persistence.restore(service)
+        if (notice := self.persistence.notice) is not None:  # damaged files skipped or set aside: said, and counted
+            log.error("%s", notice.what)
+            self.metrics.write(notice.restored_from_step, notice.metrics())
         if restored is not None:
             log.info("restored the %s learner: gradient step %d, env step %d, %d joint rows in replay", training.mixer,
                      restored["learner/restored_gradient_step"], restored["learner/restored_env_step"],

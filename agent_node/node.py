@@ -50,7 +50,7 @@ from agent_node.roles import NodeLearner
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.control import ControlClient, ShutdownRequested
-from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
+from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
 from protocols.jsonlines import FileWriteError
 from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, agent_node_ids
@@ -146,9 +146,9 @@ class AgentNode(EnvLink, Services):
             replay_save_every_steps=config.replay_save_every_steps, keep_generations=config.keep_generations,
             # learning: false observes nothing; offline learners have no buffer; a capability may keep it elsewhere
             keep_replay=config.learning and all(c.keeps_replay_here for c in self.capabilities),
-        )
+            start_fresh=run.run.on_corrupt_state == "start_fresh")
         self.persistence.capability_states = self._capability_states
-        self.state_damaged: str | None = None  # what `restore_node` skipped, for the ready message
+        self.state_notice: StateNotice | None = None  # what `restore_node` skipped, for the ready message
 
     # ------------------------------------------------------------------ states
 
@@ -190,7 +190,7 @@ class AgentNode(EnvLink, Services):
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
         self._pack_env_bodies()
         build_node_learner(self, welcome)
-        self.control.ready(state_damaged=self.state_damaged)
+        self.control.ready(notice=self.state_notice)
         self.transition(NodeState.READY)
         self.control.wait_for(m.Start, self.startup_timeout_s)
         self.transition(NodeState.RUNNING)

@@ -266,19 +266,15 @@ def restore_node(node) -> None:
     initial checkpoint the config names (`agents.load_checkpoints`, `load_shared_checkpoint`)."""
     config, node_id = node.config, node.identity.node_id
     restored = node.persistence.restore(node.learner)
+    node.state_notice = notice = node.persistence.notice(restored)
+    if notice is not None:  # damaged files skipped, or (run.on_corrupt_state: start_fresh) set aside
+        log.error("%s", notice.what)
+        node.metrics.write(notice.restored_from_step, notice.metrics())
     if restored is not None:
         node.episodes.episodes = restored.episodes
         for capability in node.capabilities:
             if capability.name in restored.capabilities:
                 capability.load_state_dict(restored.capabilities[capability.name])
-        if restored.damaged:
-            node.state_damaged = restored.describe_damage()
-            log.error("%s", node.state_damaged)
-            node.metrics.write(restored.step, {
-                "persistence/restored_from_step": float(restored.step),
-                "persistence/steps_lost": float(restored.steps_lost),
-                "persistence/damaged_files": float(len(restored.damaged)),
-            })
         # The replay buffer is saved less often than the weights, and the steps since the
         # checkpoint are not replayed: the seed no longer decides what this agent learns.
         node.reproducibility_broken("restart", "this agent resumed from its last checkpoint")

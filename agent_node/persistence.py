@@ -24,7 +24,15 @@ failed are renamed `<name>.damaged` (kept for the user, never pruned, never writ
 the fallback is reported (`Restored.damaged`, the steps of learning lost). When no generation of
 a file verifies, `restore` raises `DamagedStateError` naming them, leaves them as they are, and
 the node stops (it does not start from step 0 over the files it could not read; started again,
-it refuses them again).
+it refuses them again). Unless the run says `run.on_corrupt_state: start_fresh`: then every
+generation that failed is renamed `<name>.damaged` (kept, never written over) and the node starts
+from scratch, saying so (`Generations.started_fresh`, `describe_fresh_start`; the orchestrator
+puts it in the report's headline).
+
+The same `Generations` keep the learner node's checkpoint and joint replay
+(agent_node/learner_node.py) and the goal supervisor's checkpoint (agent_node/supervisor_node.py);
+the recorded datasets' chunks and manifests are sealed with the same trailer
+(agent_node/offline/datasets.py).
 
 `NodePersistence` is the node's bookkeeping around those two files: when each is due (every
 `checkpoint_every_steps` / `replay_save_every_steps` lockstep steps), saving both at the end,
@@ -50,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Protocol, TypeVar
 
-from protocols.durable_state import DamagedStateError
+from protocols.durable_state import DamagedStateError, StateNotice
 from protocols.jsonlines import FileWriteError
 
 log = logging.getLogger("agent_node.persistence")
@@ -206,6 +214,9 @@ class Generations:
         self.suffix = suffix
         self.latest = directory / latest
         self.keep = keep
+        # Set by `restore_newest(..., start_fresh=True)` when no generation verified: the ones set
+        # aside, newest first (the node starts from scratch; see the module docstring).
+        self.started_fresh: list[Damaged] = []
 
     def path_of(self, step: int) -> Path:
         return self.directory / f"step-{step:09d}{self.suffix}"
@@ -257,12 +268,14 @@ class Generations:
                     log.warning("could not remove the leftover temporary file %s: %s", entry, error)
         return removed
 
-    def restore_newest(self, read: Callable[[Path], T]) -> tuple[int, T, list[Damaged]] | None:
+    def restore_newest(self, read: Callable[[Path], T], *, start_fresh: bool = False) -> tuple[int, T, list[Damaged]] | None:
         """(step, what `read` made of it, the damaged generations newer than it) for the newest
         generation that `read` accepts; None when there is none on disk. The generations `read`
         refused with `DamagedStateError` are then renamed `<name>.damaged`, out of the way of
         the saves to come. When every one is refused, `DamagedStateError` names them all and
-        they stay as they are: the next attempt refuses them again rather than starting fresh."""
+        they stay as they are: the next attempt refuses them again rather than starting fresh.
+        With `start_fresh` (run.on_corrupt_state) they are renamed instead, listed in
+        `started_fresh`, and None is returned: the caller starts from scratch and says so."""
         refused: list[tuple[int, DamagedStateError]] = []
         for step in self.steps():
             path = self.path_of(step)
@@ -273,6 +286,10 @@ class Generations:
                 refused.append((step, error))
                 continue
             return step, value, [self._set_aside(step, error) for step, error in refused]
+        if refused and start_fresh:
+            self.started_fresh = [self._set_aside(step, error) for step, error in refused]
+            log.error("no good generation left in %s: starting from scratch (run.on_corrupt_state: start_fresh)", self.directory)
+            return None
         if refused:
             newest = refused[0][1]
             older = "; ".join(f"{error.path.name}: {error.why}" for _, error in refused[1:]) or "none"
@@ -289,6 +306,47 @@ class Generations:
             log.warning("could not rename the damaged %s: %s", error.path, rename_error)
             kept_as = error.path
         return Damaged(path=error.path, step=step, why=error.why, kept_as=kept_as)
+
+
+def describe_fresh_start(damaged: list[Damaged] | tuple[Damaged, ...], unit: str = "steps of learning") -> str:
+    """One line for the log, the orchestrator and the report: a node that found no good generation
+    of its saved state and started from scratch (run.on_corrupt_state: start_fresh)."""
+    files = "; ".join(f"{d.path} ({d.why}), kept as {d.kept_as.name}" for d in damaged)
+    lost = max((d.step for d in damaged), default=0)
+    return (f"no good generation of its saved state: {files}; started from scratch (run.on_corrupt_state: "
+            f"start_fresh): {lost} {unit} lost")
+
+
+def describe_fallback(damaged: list[Damaged] | tuple[Damaged, ...], restored: str, steps_lost: int,
+                      unit: str = "steps of learning") -> str:
+    """One line for the log, the orchestrator and the report: a node that skipped damaged
+    generations and restored older ones (`restored`: what it restored, e.g. "checkpoint of step 10")."""
+    files = "; ".join(f"{d.path} ({d.why}), kept as {d.kept_as.name}" for d in damaged)
+    return f"damaged state skipped: {files}; restored the older generation: {restored}; {steps_lost} {unit} lost"
+
+
+def steps_lost(damaged: list[Damaged] | tuple[Damaged, ...], restored_step: int, suffix: str) -> int:
+    """Steps lost to the damaged generations of the files ending in `suffix`: the newest damaged
+    one's step minus the step restored (0 when none of them was damaged)."""
+    newer = [d.step for d in damaged if d.path.suffix == suffix]
+    return max(0, max(newer) - restored_step) if newer else 0
+
+
+def state_notice(skipped: list[Damaged] | tuple[Damaged, ...], fresh: list[Damaged] | tuple[Damaged, ...], *,
+                 restored_step: int, restored: str, primary_suffix: str, unit: str = "steps of learning") -> StateNotice | None:
+    """What a node tells the run after a restore (protocols/durable_state.py): `skipped`, the
+    damaged generations it fell back past; `fresh`, those of files with no good generation that
+    it set aside to start them from scratch; `restored`, what it restored, for the line. Steps
+    lost are counted on the files ending in `primary_suffix` (the checkpoint: what was learned).
+    None when nothing was damaged."""
+    if not skipped and not fresh:
+        return None
+    fresh_primary = [d.step for d in fresh if d.path.suffix == primary_suffix]
+    lost = max(fresh_primary) if fresh_primary else steps_lost(skipped, restored_step, primary_suffix)
+    lines = [describe_fallback(skipped, restored, steps_lost(skipped, restored_step, primary_suffix), unit)] if skipped else []
+    lines += [describe_fresh_start(fresh, unit)] if fresh else []
+    return StateNotice(what="; ".join(lines), restored_from_step=0 if fresh_primary else restored_step, steps_lost=lost,
+                       damaged_files=len(skipped) + len(fresh), started_fresh=bool(fresh))
 
 
 class SavesItself(Protocol):
@@ -321,17 +379,16 @@ class Restored:
     def steps_lost(self) -> int:
         """Lockstep steps of learning lost to damaged checkpoints: the newest damaged one's step
         minus the step restored (0 when nothing was damaged)."""
-        newer = [d.step for d in self.damaged if d.path.suffix == ".pt"]
-        return max(0, max(newer) - self.step) if newer else 0
+        return steps_lost(self.damaged, self.step, ".pt")
 
     def describe_damage(self) -> str:
         """One line for the log, the orchestrator and the report; empty when nothing was damaged."""
         if not self.damaged:
             return ""
-        files = "; ".join(f"{d.path} ({d.why}), kept as {d.kept_as.name}" for d in self.damaged)
-        replay = "" if self.replay_step is None else f", replay of step {self.replay_step}"
-        return (f"damaged state skipped: {files}; restored the older generation: checkpoint of step {self.step}"
-                f"{replay}; {self.steps_lost} steps of learning lost")
+        return describe_fallback(self.damaged, self.what_was_restored(), self.steps_lost)
+
+    def what_was_restored(self) -> str:
+        return f"checkpoint of step {self.step}" + ("" if self.replay_step is None else f", replay of step {self.replay_step}")
 
 
 class NodePersistence:
@@ -343,7 +400,9 @@ class NodePersistence:
         replay_save_every_steps: int,
         keep_replay: bool = True,
         keep_generations: int = 2,
+        start_fresh: bool = False,
     ) -> None:
+        self.start_fresh = start_fresh  # run.on_corrupt_state: start_fresh (see the module docstring)
         self.checkpoints = Generations(node_dir / "checkpoints", ".pt", "latest.pt", keep_generations)
         self.replays = Generations(node_dir / "replay", ".npz", "buffer.npz", keep_generations)
         self.checkpoint_path = self.checkpoints.latest
@@ -356,6 +415,10 @@ class NodePersistence:
         self.last_replay_save_step = 0
         # Nothing is written until `restore` has run to its end (see the module docstring).
         self.may_write = False
+        # What `restore` set aside to start from scratch (run.on_corrupt_state: start_fresh): the
+        # generations of a file none of which verified. A file that did verify beside it (a
+        # checkpoint whose replay is gone, or a replay whose checkpoint is) is still restored.
+        self.fresh_start: tuple[Damaged, ...] = ()
         self._refused: set[str] = set()  # what `_writable` refused and said so (once each)
         # The capabilities' states to save beside the learner's (name -> state; none: nothing
         # is added, so a run without such capabilities writes the checkpoint it always did).
@@ -396,11 +459,12 @@ class NodePersistence:
     def restore(self, learner: PersistentLearner) -> Restored | None:
         """Load the newest good checkpoint and replay generations into `learner`, if there are
         any; None when there is no checkpoint (a fresh start; a replay file alone is still
-        restored). `DamagedStateError` when files exist and none verifies."""
+        restored). `DamagedStateError` when files exist and none verifies, unless `start_fresh`:
+        then those are set aside and listed in `fresh_start`."""
         for generations in (self.checkpoints, self.replays):
             for leftover in generations.remove_leftover_temporaries():
                 log.info("removed %s, left by a save that was interrupted", leftover)
-        checkpoint = self.checkpoints.restore_newest(_read_checkpoint)
+        checkpoint = self.checkpoints.restore_newest(_read_checkpoint, start_fresh=self.start_fresh)
         damaged: list[Damaged] = []
         if checkpoint is not None:
             step, state, skipped = checkpoint
@@ -409,12 +473,13 @@ class NodePersistence:
             log.info("restored checkpoint of step %d", step)
         replay_rows, replay_step = 0, None
         if self.keep_replay:
-            replay = self.replays.restore_newest(lambda path: _restore_replay(learner.replay, path))
+            replay = self.replays.restore_newest(lambda path: _restore_replay(learner.replay, path), start_fresh=self.start_fresh)
             if replay is not None:
                 replay_step, _, skipped = replay
                 damaged += skipped
                 replay_rows = len(learner.replay)
                 log.info("restored %d replay transitions (step %d)", replay_rows, replay_step)
+        self.fresh_start = tuple(self.checkpoints.started_fresh + self.replays.started_fresh)
         self.may_write = True
         if checkpoint is None:
             if damaged:
@@ -424,6 +489,13 @@ class NodePersistence:
         restored = Restored(step=step, episodes=int(state["episodes"]), replay_rows=replay_rows,
                             damaged=tuple(damaged), replay_step=replay_step, capabilities=state.get("capabilities", {}))
         return restored
+
+    def notice(self, restored: Restored | None) -> StateNotice | None:
+        """What to tell the run about the restore that returned `restored` (None: nothing damaged)."""
+        skipped = () if restored is None else restored.damaged
+        what = "nothing" if restored is None else restored.what_was_restored()
+        return state_notice(skipped, self.fresh_start, restored_step=0 if restored is None else restored.step,
+                            restored=what, primary_suffix=self.checkpoints.suffix)
 
     def load_initial_checkpoint(self, learner: PersistentLearner, path: Path) -> bool:
         """Start from another run's checkpoint (agents.load_checkpoints); False when it is missing."""

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Protocol
 
 from protocols import messages as m
 from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
-from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
+from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
 from protocols.node_config import NodeIdentity, node_hub
 from protocols.transport import Channel, Hub
 from protocols.wire import Envelope
@@ -30,6 +30,8 @@ class Service(Protocol):
 
     role: str  # its role in the run ("learner", "supervisor"): the name it registers under
     log: logging.Logger
+    # What its restore in `bind` met (damaged files skipped or set aside), None when nothing.
+    state_notice: StateNotice | None
 
     def bind(self, hub: Hub) -> dict[str, str]:
         """Restore what it saved, bind its inbox; returns its endpoints for the directory."""
@@ -66,7 +68,10 @@ def run_service(service: Service, run: Any, identity: NodeIdentity, control_endp
     try:
         control = ControlClient(hub, control_endpoint, node_id=identity.node_id)
         endpoints = service.bind(hub)
-        control.join_run(service.role, endpoints, run.protocols.control.startup_timeout_s)
+        # What its restore met, if anything (a damaged file skipped, or a fresh start): said in its
+        # control.ready, so the orchestrator records it (protocols/durable_state.py).
+        control.join_run(service.role, endpoints, run.protocols.control.startup_timeout_s,
+                         notice=service.state_notice)
         started = time.monotonic()
 
         def report() -> None:

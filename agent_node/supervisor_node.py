@@ -13,15 +13,17 @@ goal uniformly from the run's goal set (`SupervisorAssignment`, seeded from the 
 first request of a team for an episode and gives every member the same one. Agents that hear
 nothing within `agents.goals.supervisor.timeout_s` pursue a goal of their own.
 
-It learns nothing, but it keeps a checkpoint (`nodes/supervisor/checkpoint.json`): its
-generator's state, the draws of the episodes it still remembers and its counters (as of that
-draw: requests answered from a kept draw since are not saved), written atomically after every
-new draw and before that draw's answer goes out. Restarted (`faults.restart.roles` lists
-`supervisor`, or a scheduled restart), it restores it, so a member asking after the restart gets
-the goal its team was given before, and the draws go on as if it had never stopped.
+It learns nothing, but it keeps a checkpoint (`nodes/supervisor/checkpoints/`, `latest.json` the
+newest): its generator's state, the draws of the episodes it still remembers and its counters (as
+of that draw: requests answered from a kept draw since are not saved), written atomically and
+sealed after every new draw and before that draw's answer goes out, in `agents.keep_generations`
+generations (`SupervisorPersistence`). Restarted (`faults.restart.roles` lists `supervisor`, or a
+scheduled restart), it restores the newest good one, so a member asking after the restart gets
+the goal its team was given before, and the draws go on as if it had never stopped. A damaged
+checkpoint is handled as an agent's is (agent_node/persistence.py, protocols/durable_state.py).
 
 It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`, `supervisor/teams_assigned`,
-...) every status period and at the end, reports status like any node and exits 0 on
+..., and the `security/*` drop counters of its sockets) every status period and at the end, reports status like any node and exits 0 on
 `control.shutdown`. Imports no torch.
 """
 
@@ -36,34 +38,72 @@ from typing import Any
 
 log = logging.getLogger("supervisor_node")
 
-CHECKPOINT_FILENAME = "checkpoint.json"
+CHECKPOINT_DIRNAME = "checkpoints"
 _CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(path: Path, draws: Any, service: Any) -> None:
-    """Write the supervisor's state to `path` atomically (agent_node/persistence.py: a kill
-    mid-write leaves the previous file); a full disk raises FileWriteError naming `path`."""
+    """Write the supervisor's state to `path` atomically and sealed (agent_node/persistence.py: a
+    kill mid-write leaves the previous file, damage later fails the seal); a full disk raises
+    FileWriteError naming `path`."""
     from agent_node.persistence import atomic_write
 
     state = {"format": _CHECKPOINT_FORMAT, "draws": draws.state_dict(), "service": service.state_dict()}
-    atomic_write(path, lambda file: file.write(json.dumps(state).encode()))
+    atomic_write(path, lambda file: file.write(json.dumps(state).encode()), sealed=True)
 
 
 def restore_checkpoint(path: Path, draws: Any, service: Any) -> bool:
     """Load `path` into `draws` (SupervisorAssignment) and `service` (SupervisorService) if it
-    exists; False when there is none (a first start). A file that cannot be restored is an error
-    naming it, never a silent fresh start (which would give teams goals they were not given)."""
+    exists; False when there is none (a first start). A file that fails its seal or cannot be
+    restored is a `DamagedStateError` naming it and why, never a silent fresh start (which would
+    give teams goals they were not given)."""
+    from agent_node.persistence import read_sealed
+    from protocols.durable_state import DamagedStateError
+
     if not path.exists():
         return False
+    payload = read_sealed(path)
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(payload)
         if not isinstance(state, dict) or state.get("format") != _CHECKPOINT_FORMAT:
             raise ValueError(f"expected a JSON object with format {_CHECKPOINT_FORMAT}")
         draws.load_state_dict(state["draws"])
         service.load_state_dict(state["service"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"the supervisor's checkpoint {path} cannot be restored: {error}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise DamagedStateError(path, f"sealed, but the supervisor's state cannot be restored from it: {error}") from None
     return True
+
+
+class SupervisorPersistence:
+    """The supervisor's checkpoints (`nodes/supervisor/checkpoints/step-<draws>.json`, `latest.json`
+    the newest), kept as an agent's are (agent_node/persistence.py `Generations`): the last
+    `keep_generations` good saves, named by the number of team goals drawn; a damaged newest one is
+    set aside and the newest good one restored, and `notice` says which and how many draws were
+    lost; none good: `DamagedStateError`, or with `start_fresh` a fresh start, said."""
+
+    def __init__(self, node_dir: Path, keep_generations: int = 2, start_fresh: bool = False) -> None:
+        from agent_node.persistence import Generations
+
+        self.generations = Generations(node_dir / CHECKPOINT_DIRNAME, ".json", "latest.json", keep_generations)
+        self.start_fresh = start_fresh
+        self.notice: Any = None  # a protocols.durable_state.StateNotice once `restore` met damage
+
+    def save(self, draws: Any, service: Any) -> None:
+        self.generations.save(service.teams_assigned, lambda path: save_checkpoint(path, draws, service))
+
+    def restore(self, draws: Any, service: Any) -> bool:
+        """Restore the newest good generation into `draws` and `service`; False when there is none."""
+        from agent_node.persistence import state_notice
+
+        for leftover in self.generations.remove_leftover_temporaries():
+            log.info("removed %s, left by a save that was interrupted", leftover)
+        restored = self.generations.restore_newest(lambda path: restore_checkpoint(path, draws, service),
+                                                   start_fresh=self.start_fresh)
+        step = 0 if restored is None else restored[0]
+        self.notice = state_notice([] if restored is None else restored[2], self.generations.started_fresh,
+                                   restored_step=step, restored="nothing" if restored is None else f"checkpoint of {step} draws",
+                                   primary_suffix=".json", unit="team goal draws")
+        return restored is not None
 
 
 class OrchestratedSupervisor:
@@ -73,18 +113,29 @@ class OrchestratedSupervisor:
     role = "supervisor"
     log = log
 
-    def __init__(self, run: Any, identity: Any, draws: Any, service: Any) -> None:
-        self.run, self.identity, self.draws, self.service = run, identity, draws, service
-        self.checkpoint = identity.node_dir / CHECKPOINT_FILENAME
-        self.inbox = None  # its ROUTER, bound in `bind`
+    def __init__(self, run: Any, identity: Any, draws: Any, service: Any, metrics: Any = None) -> None:
+        self.run, self.identity, self.draws, self.service, self.metrics = run, identity, draws, service, metrics
+        self.persistence = SupervisorPersistence(identity.node_dir, run.agents.keep_generations,
+                                                 start_fresh=run.run.on_corrupt_state == "start_fresh")
+        self.inbox = self.hub = None  # its ROUTER and the node's hub, from `bind`
+
+    @property
+    def state_notice(self) -> Any:
+        """What its restore met (agent_node/service_loop.py puts it in the node's control.ready)."""
+        return self.persistence.notice
 
     def bind(self, hub: Any) -> dict[str, str]:
         from protocols.node_config import bind_address
 
         service, run, node_id = self.service, self.run, self.identity.node_id
-        if restore_checkpoint(self.checkpoint, self.draws, service):
-            log.info("restored checkpoint %s: %d team goals drawn, %d requests answered", self.checkpoint,
+        self.hub = hub
+        if self.persistence.restore(self.draws, service):
+            log.info("restored checkpoint %s: %d team goals drawn, %d requests answered", self.persistence.generations.latest,
                      service.teams_assigned, service.requests)
+        if (notice := self.persistence.notice) is not None:  # damaged files skipped or set aside: said, and counted
+            log.error("%s", notice.what)
+            if self.metrics is not None:
+                self.metrics.write(notice.restored_from_step, notice.metrics())
         self.inbox = hub.bind_router(bind_address(run, node_id, "goals"), name="goals", advertise_host=run.network.advertised_host())
         log.info("supervisor %s running at %s: one goal per team and episode from %s goals", node_id, self.inbox.endpoint,
                  run.agents.goals.goal_set)
@@ -102,18 +153,21 @@ class OrchestratedSupervisor:
         if service.teams_assigned != drawn_before:
             # Saved before the answer leaves: no member ever holds a goal that a
             # restarted supervisor would not give its teammates too.
-            save_checkpoint(self.checkpoint, self.draws, service)
+            self.persistence.save(self.draws, service)
         for _, assignment in answers:
             self.inbox.reply(envelope, assignment)
 
     def after_message(self) -> None:
-        pass  # everything it saves is saved with the draw that changed it
+        # Everything it saves is saved with the draw that changed it. The aggregated lines of a
+        # flood of invalid messages go out on their 5 s timer although `hub.wait` may not come soon.
+        self.hub.flush_logs()
 
     def status(self) -> tuple[int, float, dict[str, float]]:
         return self.service.teams_assigned, self.service.requests, self.service.metrics()
 
     def status_metrics(self) -> tuple[int, dict[str, float]]:
-        return self.service.teams_assigned, self.service.metrics()
+        # With the security drop counters (security/*), like every node's.
+        return self.service.teams_assigned, {**self.service.metrics(), **self.hub.link_metrics()}
 
     def finish(self, reason: str) -> None:
         pass
@@ -121,7 +175,7 @@ class OrchestratedSupervisor:
     def final_metrics(self, reason: str) -> tuple[int, dict[str, float]]:
         service = self.service
         log.info("supervisor stopping (%s): %d requests, %d team goals drawn", reason, service.requests, service.teams_assigned)
-        return service.teams_assigned, service.metrics()
+        return service.teams_assigned, {**service.metrics(), **self.hub.link_metrics()}
 
 
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
@@ -142,7 +196,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     draws = SupervisorAssignment(goal_set(goals.goal_set, goals.num_landmarks), seed=identity.seed("goals/supervisor"))
     service = SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
     metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
-    return run_service(OrchestratedSupervisor(run, identity, draws, service), run, identity, control_endpoint, metrics)
+    return run_service(OrchestratedSupervisor(run, identity, draws, service, metrics), run, identity, control_endpoint, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -471,6 +471,10 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
                "run_s": e.get("run_s", e["t"] - started if started is not None else None), "step": e.get("step"),
                "nodes": sorted(fault_targets(e)), "skipped": e.get("skipped") or []}
               for e in events if e.get("event") == "fault"]  # fmt: skip
+    # Every node that met damaged saved state (agents, learner, env server, supervisor): fell back
+    # to an older generation, or started from scratch (run.on_corrupt_state: start_fresh).
+    state_damaged = [{"node": e.get("node"), "what": e.get("what"), "started_fresh": bool(e.get("started_fresh"))}
+                     for e in events if e.get("event") == "state_damaged"]
     env_restarts = [{"run_s": e["t"] - started if started is not None else None, "step": e.get("step"),
                      "downtime_s": e.get("downtime_s")} for e in events if e.get("event") == "env_server_resumed"]
     peer = [entry for entry in links.values() if ENV_NODE_ID not in (entry["src"], entry["dst"])]
@@ -500,6 +504,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "learning_after_fault_s": _max_or_none([a["learning_after_fault_s"] for a in agents.values() if a["interruptions"]]),
         "metric_rows_lost": float(sum(len(a["metric_rows_lost"]) for a in agents.values())),
         "reproducibility_broken": float(any(a["reproducibility_broken_by"] for a in agents.values())),
+        # Nodes that found no good saved state and started from scratch (run.on_corrupt_state).
+        "state_started_fresh": float(sum(d["started_fresh"] for d in state_damaged)),
         "eval_return_first": evaluation["first"] if evaluation else None,
         "eval_return_last5": evaluation["last5"] if evaluation else None,
         "eval_random": evaluation["random"] if evaluation else None,
@@ -522,6 +528,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "peer_traffic": traffic,
         "faults": faults,
         "env_restarts": env_restarts,
+        "state_damaged": state_damaged,
         "headline": headline,
     }
 
@@ -598,6 +605,11 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
 
     console.print(f"{summary['run_dir']}: exit {summary['exit_code']} ({summary['reason']})"
                   + (f", {summary['duration_s']:.1f} s after start" if summary["duration_s"] is not None else ""))  # fmt: skip
+    for damaged in summary.get("state_damaged", []):  # at the top: the run is not what its config says
+        if damaged["started_fresh"]:
+            console.print(f"{damaged['node']}: STARTED FROM SCRATCH OVER DAMAGED SAVED STATE: {damaged['what']}")
+        else:
+            console.print(f"{damaged['node']}: RESTORED OLDER SAVED STATE: {damaged['what']}")
     agents = _table("agents", markdown)
     for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "back after s",
                    "faults", "consensus sessions"):  # fmt: skip
@@ -681,8 +693,6 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
         if a["reproducibility_broken_by"]:
             console.print(f"{node}: not reproducible (run.reproducible), timing decided: {', '.join(a['reproducibility_broken_by'])}")
-        for what in a.get("state_damaged", []):
-            console.print(f"{node}: RESTORED OLDER SAVED STATE: {what}")
 
 
 def evaluation_lines(summary: dict[str, Any]) -> list[str]:

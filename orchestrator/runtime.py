@@ -49,7 +49,8 @@ restarting server from a dead one, and the orchestrator, which restarts it, can.
 A node whose saved state is damaged (protocols/durable_state.py) either falls back to an older
 generation, which its `control.ready` says (a `state_damaged` event, a line on the terminal at
 the end, a line in the report), or exits with `EXIT_DAMAGED_STATE`, which no restart policy
-restarts: it would read the same files again.
+restarts: it would read the same files again; with `run.on_corrupt_state: start_fresh` it starts
+from scratch instead and says so the same way (and in the report's headline).
 
 Exit codes: 0 the run finished its budget and every node exited cleanly (or by a scheduled
 kill); 1 a runtime failure (a node died, start-up timed out, a node exited non-zero); 130
@@ -235,7 +236,7 @@ class Orchestrator:
         self.interruption_logged = False
         self.run_complete = False
         self.failure: str | None = None
-        self.state_damaged: list[tuple[str, str]] = []  # (node, what) from `control.ready`
+        self.state_damaged: list[tuple[str, str, bool]] = []  # (node, what, started fresh) from `control.ready`
         self.started = False
         self.shutting_down = False
         self.faults = FaultClock(plan_faults(config))
@@ -493,9 +494,11 @@ class Orchestrator:
             self.on_register(node, message)
         elif isinstance(message, m.Ready):
             if message.state_damaged:
-                # A node fell back to an older generation of its saved state (protocols/durable_state.py).
-                self.state_damaged.append((node_id, message.state_damaged))
-                self.events.write("state_damaged", node_id, what=message.state_damaged)
+                # A node fell back to an older generation of its saved state, or found none and
+                # started from scratch (run.on_corrupt_state: start_fresh; protocols/durable_state.py).
+                self.state_damaged.append((node_id, message.state_damaged, message.state_started_fresh))
+                self.events.write("state_damaged", node_id, what=message.state_damaged,
+                                  started_fresh=message.state_started_fresh)
             self.on_ready(node, message.resumed_step)
         elif isinstance(message, m.Status):
             node.last_status = message
@@ -790,8 +793,9 @@ def run(plan: LaunchPlan, config: RunConfig) -> int:
     # Why each node that failed said it stopped, from memory (a full disk may have kept it out
     # of events.jsonl): "node agent_0 stopped: cannot write to ...: no space left on its file system".
     node_reasons = {node_id: said for node_id, node in orchestrator.nodes.items() if (said := failure_said(node))}
-    for node_id, what in orchestrator.state_damaged:
-        print(f"node {node_id} restored older saved state: {what}", file=sys.stderr)
+    for node_id, what, started_fresh in orchestrator.state_damaged:
+        said = "STARTED FROM SCRATCH over damaged saved state" if started_fresh else "restored older saved state"
+        print(f"node {node_id} {said}: {what}", file=sys.stderr)
     if orchestrator.events.failed is not None:
         print(f"run failed: {orchestrator.events.failed.strerror}", file=sys.stderr)
         for node_id, said in node_reasons.items():

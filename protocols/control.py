@@ -49,6 +49,7 @@ import threading
 from typing import Any
 
 from protocols import messages as m
+from protocols.durable_state import StateNotice
 from protocols.links import LinkConfig, LinkTable
 from protocols.transport import Hub
 
@@ -204,15 +205,20 @@ class ControlClient:
             raise ShutdownRequested(message.reason)
         return message
 
-    def ready(self, resumed_step: int | None = None, state_damaged: str | None = None) -> None:
-        self.channel.send(m.Ready(node_id=self.node_id, resumed_step=resumed_step, state_damaged=state_damaged))
+    def ready(self, resumed_step: int | None = None, notice: StateNotice | None = None) -> None:
+        """Say ready; `notice`: what the node did about damaged saved state (protocols/durable_state.py)."""
+        self.channel.send(m.Ready(
+            node_id=self.node_id, resumed_step=resumed_step, state_damaged=None if notice is None else notice.what,
+            state_started_fresh=notice is not None and notice.started_fresh,
+        ))
 
-    def join_run(self, role: str, endpoints: dict[str, str], startup_timeout_s: float) -> m.Directory:
+    def join_run(self, role: str, endpoints: dict[str, str], startup_timeout_s: float,
+                 notice: StateNotice | None = None) -> m.Directory:
         """The whole start-up of a node that needs nothing between the steps (the learner node,
         the goal supervisor): register, take the directory, say ready, wait for the start."""
         self.register(role, endpoints)
         directory = self.wait_for(m.Directory, startup_timeout_s)
-        self.ready()
+        self.ready(notice=notice)
         self.wait_for(m.Start, startup_timeout_s)
         return directory
 

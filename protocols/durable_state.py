@@ -8,11 +8,18 @@ falls back to an older good copy and says so, or, when none is left, stops with
 `EXIT_DAMAGED_STATE`. The orchestrator does not restart a node that exited with that code:
 restarting it would read the same files and fail the same way (a crash loop), or, worse, start
 it from step 0 over the files the user may still want to rescue.
+
+`run.on_corrupt_state: start_fresh` (protocols/settings.py) changes the last case only: with no
+good copy left, the node renames the damaged files `<name>.damaged` (kept, never written over)
+and starts from scratch. Either way the node says what happened in its `control.ready`
+(`StateNotice`): the orchestrator writes a `state_damaged` event, prints the line on the
+terminal, and the report carries it (a fresh start in its headline, `state_started_fresh`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 # The exit code of a node that refused to start from damaged state (not 1: the orchestrator's
@@ -27,3 +34,26 @@ class DamagedStateError(RuntimeError):
         self.path = Path(path)
         self.why = why
         super().__init__(f"damaged state file {self.path}: {why}")
+
+
+@dataclass(frozen=True)
+class StateNotice:
+    """What a node that met damaged saved state tells the run: `what`, one line naming the files,
+    why, and what it restored instead; the step it restored (0 for a fresh start) and the steps
+    lost, in the node's own unit (lockstep steps for agents and the env server, env steps of the
+    rows for the learner node, draws for the supervisor)."""
+
+    what: str
+    restored_from_step: int
+    steps_lost: int
+    damaged_files: int
+    started_fresh: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        """The `persistence/*` record every such node writes in its metrics."""
+        return {
+            "persistence/restored_from_step": float(self.restored_from_step),
+            "persistence/steps_lost": float(self.steps_lost),
+            "persistence/damaged_files": float(self.damaged_files),
+            "persistence/started_fresh": float(self.started_fresh),
+        }

@@ -360,6 +360,9 @@ class Ready:
     # A node that restored an older generation of its saved state because the newest failed
     # verification: one line naming the files, why, and what was lost (protocols/durable_state.py).
     state_damaged: str | None = None
+    # True when no good generation was left and the node started from scratch instead of
+    # stopping (run.on_corrupt_state: start_fresh); `state_damaged` says which files.
+    state_started_fresh: bool = False
 
 
 @register_message("control.start")

@@ -125,6 +125,14 @@ class RunSection(BaseModel):
     # is written as `reproducibility/broken` in the node's metrics. It lives in `run`, beside the
     # seed it makes binding, because it constrains several sections and every node reads `run`.
     reproducible: bool = False
+    # What a node does when it restarts and no good copy of its saved state is left (every
+    # generation of its checkpoint, replay buffer, supervisor state or resume point fails its
+    # check; protocols/durable_state.py). "stop": it exits with code 3 naming the file, and no
+    # restart policy restarts it. "start_fresh": it renames the damaged files `<name>.damaged`
+    # (kept, never written over), starts that node from scratch and says so (a `state_damaged`
+    # event, the terminal, `state_started_fresh` in the report's headline). A damaged newest copy
+    # beside a good older one is always restored from the older one, whatever this says.
+    on_corrupt_state: Literal["stop", "start_fresh"] = "stop"
 
     @field_validator("name")
     @classmethod

@@ -7,6 +7,7 @@ import pytest
 
 from agent_node.goals import SupervisorAssignment
 from agent_node.supervisor_node import restore_checkpoint, save_checkpoint
+from protocols.durable_state import DamagedStateError
 from protocols import wire
 from protocols.goal_space import goal_set
 from protocols.engine import Engine
@@ -172,15 +173,81 @@ def test_a_restored_supervisor_answers_late_members_alike_and_draws_on_as_if_nev
 
 
 def test_no_checkpoint_is_a_first_start_and_a_broken_one_is_an_error_naming_the_file(tmp_path):
+    from agent_node.persistence import atomic_write
+
     draws, service = supervisor_pair()
     assert not restore_checkpoint(tmp_path / "checkpoint.json", draws, service)
     broken = tmp_path / "broken.json"
+    # Unsealed (another program's, or cut short): refused before JSON reads it.
+    broken.write_text('{"format": 1, "draws": {}, "service": {}}')
+    with pytest.raises(DamagedStateError, match="broken.json: no Parley seal"):
+        restore_checkpoint(broken, *supervisor_pair())
+    # Sealed, but not a state this supervisor can take.
     for text in ("{not json", '{"format": 0}', '{"format": 1, "draws": {}, "service": {"draws": 3}}'):
-        broken.write_text(text)
-        with pytest.raises(ValueError, match="broken.json cannot be restored"):
+        atomic_write(broken, lambda file: file.write(text.encode()), sealed=True)
+        with pytest.raises(DamagedStateError, match="broken.json: sealed, but the supervisor's state cannot be restored"):
             restore_checkpoint(broken, *supervisor_pair())
     # A state over another goal set is refused too (SupervisorAssignment checks its goals).
     other_draws = SupervisorAssignment(goal_set("all", 6), seed=7)
     save_checkpoint(broken, other_draws, SupervisorService(lambda episode, team: 0))
-    with pytest.raises(ValueError, match="cannot be restored"):
+    with pytest.raises(DamagedStateError, match="cannot be restored"):
         restore_checkpoint(broken, *supervisor_pair())
+
+
+def _draw(service, episodes) -> None:
+    team = ["agent_0", "agent_1"]
+    for episode in episodes:
+        service.on_message("agent_0", GoalRequest(episode, team), now=0.0)
+
+
+def test_the_supervisor_keeps_k_generations_and_falls_back_past_a_damaged_one_counting_the_draws_lost(tmp_path):
+    from agent_node.supervisor_node import SupervisorPersistence
+
+    draws, service = supervisor_pair()
+    saving = SupervisorPersistence(tmp_path, keep_generations=2)
+    for episode in range(4):
+        _draw(service, [episode])
+        saving.save(draws, service)
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest.json", "step-000000003.json", "step-000000004.json"]
+    newest = checkpoints / "step-000000004.json"
+    newest.write_bytes(newest.read_bytes()[:-5])  # cut short
+    damaged = newest.read_bytes()
+
+    restoring = SupervisorPersistence(tmp_path, keep_generations=2)
+    restored_draws, restored = supervisor_pair(seed=99)
+    assert restoring.restore(restored_draws, restored)
+    assert restored.teams_assigned == 3
+    notice = restoring.notice
+    assert notice.restored_from_step == 3 and notice.steps_lost == 1 and not notice.started_fresh
+    assert str(newest) in notice.what and "1 team goal draws lost" in notice.what
+    # Set aside as it was, never written over; the next save takes its place.
+    assert (checkpoints / "step-000000004.json.damaged").read_bytes() == damaged
+    _draw(restored, [3])
+    restoring.save(restored_draws, restored)
+    assert (checkpoints / "step-000000004.json.damaged").read_bytes() == damaged
+    assert restore_checkpoint(checkpoints / "latest.json", *supervisor_pair())
+
+
+def test_the_supervisor_with_no_good_generation_stops_or_with_start_fresh_starts_from_scratch_saying_so(tmp_path):
+    from agent_node.supervisor_node import SupervisorPersistence
+
+    draws, service = supervisor_pair()
+    saving = SupervisorPersistence(tmp_path)
+    for episode in range(2):
+        _draw(service, [episode])
+        saving.save(draws, service)
+    for path in (tmp_path / "checkpoints").glob("step-*.json"):
+        path.write_bytes(b"random bytes, not a checkpoint")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").glob("step-*")}
+    with pytest.raises(DamagedStateError, match="no good generation is left"):
+        SupervisorPersistence(tmp_path).restore(*supervisor_pair())
+    assert {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").glob("step-*")} == before  # untouched
+
+    fresh = SupervisorPersistence(tmp_path, start_fresh=True)
+    fresh_draws, fresh_service = supervisor_pair()
+    assert not fresh.restore(fresh_draws, fresh_service)
+    assert fresh_service.teams_assigned == 0
+    assert fresh.notice.started_fresh and fresh.notice.steps_lost == 2 and fresh.notice.restored_from_step == 0
+    assert "started from scratch (run.on_corrupt_state: start_fresh)" in fresh.notice.what
+    assert {p.name.removesuffix(".damaged"): p.read_bytes() for p in (tmp_path / "checkpoints").glob("*.damaged")} == before
