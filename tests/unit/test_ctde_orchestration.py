@@ -336,3 +336,46 @@ def test_a_learner_checkpoint_for_another_agent_count_is_refused_naming_both(tmp
     three, _ = service(num_agents=3)
     with pytest.raises(ValueError, match="saved for 2 agents, this run has 3"):
         LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5).restore(three)
+
+
+def test_a_restarted_learner_falls_back_past_a_damaged_checkpoint_and_replay_to_the_older_generation(tmp_path):
+    from agent_node.learner_node import LearnerPersistence
+    from protocols.durable_state import DamagedStateError
+
+    def persistence(**kwargs) -> LearnerPersistence:
+        return LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5, keep_generations=2, **kwargs)
+
+    learner, _ = service()
+    saving = persistence()
+    assert learner.handle(Envelope(actor([], index=0).join, "agent_0"))
+    _train(learner, range(6))
+    saving.save_all(learner)  # env step 5
+    _train(learner, range(6, 12))
+    saving.save_all(learner)  # env step 11
+    checkpoints, replays = tmp_path / "checkpoints", tmp_path / "replay"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest.pt", "step-000000005.pt", "step-000000011.pt"]
+    newest = checkpoints / "step-000000011.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    (replays / "step-000000011.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+
+    restarted, _ = service()
+    restoring = persistence()
+    restored = restoring.restore(restarted)
+    assert restored["learner/restored_env_step"] == 5.0 and restarted.last_env_step == 5
+    notice = restoring.notice
+    assert notice.restored_from_step == 5 and notice.steps_lost == 6 and notice.damaged_files == 2
+    assert str(newest) in notice.what and "no Parley seal" in notice.what and "6 env steps of learning lost" in notice.what
+    assert (checkpoints / "step-000000011.pt.damaged").exists() and (replays / "step-000000011.npz.damaged").exists()
+
+    # Every generation damaged: it stops (the service loop exits 3), touching nothing ...
+    for path in checkpoints.glob("step-*.pt"):
+        path.write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in checkpoints.iterdir() if p.is_file()}
+    with pytest.raises(DamagedStateError, match="no good generation is left"):
+        persistence().restore(service()[0])
+    assert {p.name: p.read_bytes() for p in checkpoints.iterdir() if p.is_file()} == before
+    # ... or, with run.on_corrupt_state: start_fresh, builds its learner from the first join again.
+    fresh, _ = service()
+    starting = persistence(start_fresh=True)
+    assert starting.restore(fresh) is None and fresh.core is None
+    assert starting.notice.started_fresh and starting.notice.restored_from_step == 0

@@ -265,3 +265,46 @@ def test_no_good_generation_refuses_to_start_and_writes_nothing(tmp_path):
     # Tried again, it refuses again: it never starts fresh over the files it could not read.
     with pytest.raises(DamagedStateError):
         NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10).restore(small_agent(seed=1))
+
+
+def flat_tensors(state, prefix="") -> dict:
+    """The tensors of a nested state dict, by their path."""
+    found = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            found.update(flat_tensors(value, f"{prefix}{key}."))
+        elif isinstance(value, torch.Tensor):
+            found[f"{prefix}{key}"] = value.clone()
+    return found
+
+
+def test_with_start_fresh_no_good_generation_sets_the_files_aside_and_starts_from_scratch_saying_so(tmp_path):
+    saved_twice(tmp_path)
+    for name in ("step-000000010.pt", "step-000000020.pt"):
+        path = tmp_path / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "checkpoints").glob("step-*")}
+
+    restarted = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10, start_fresh=True)
+    fresh = small_agent(seed=1)
+    untrained = flat_tensors(fresh.state_dict())
+    assert untrained, "the learner state holds its networks"
+    assert restarted.restore(fresh) is None  # no checkpoint restored: the learner is as built
+    now = flat_tensors(fresh.state_dict())
+    assert now.keys() == untrained.keys() and all(torch.equal(now[key], untrained[key]) for key in now)
+    assert len(fresh.replay) == 6 + 4  # the replay verified: its transitions are still used
+    notice = restarted.notice(None)
+    assert notice.started_fresh and notice.restored_from_step == 0 and notice.steps_lost == 20 and notice.damaged_files == 2
+    assert "step-000000020.pt (no Parley seal" in notice.what and "run.on_corrupt_state: start_fresh" in notice.what
+    assert notice.metrics()["persistence/started_fresh"] == 1.0
+    # Set aside byte for byte; the saves to come write beside them, never over them.
+    assert {p.name.removesuffix(".damaged"): p.read_bytes() for p in (tmp_path / "checkpoints").glob("*.damaged")} == before
+    restarted.save_all(30, fresh, episodes=0)
+    assert {p.name.removesuffix(".damaged"): p.read_bytes() for p in (tmp_path / "checkpoints").glob("*.damaged")} == before
+    assert load_checkpoint(restarted.checkpoint_path)["step"] == 30
+
+
+def test_without_damage_a_restore_has_nothing_to_say(tmp_path):
+    saved_twice(tmp_path)
+    restarted = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10)
+    assert restarted.notice(restarted.restore(small_agent(seed=1))) is None
