@@ -120,6 +120,12 @@ def _append_seal(file: IO[bytes]) -> None:
     file.flush()
 
 
+def is_sealed(data: bytes) -> bool:
+    """Whether `data` ends in a Parley seal (its magic; whether the rest checks is `read_sealed`'s
+    job). For readers of formats that were once written unsealed (datasets of format version 1)."""
+    return len(data) >= _SEAL.size and data[len(data) - _SEAL.size : len(data) - _SEAL.size + len(SEAL_MAGIC)] == SEAL_MAGIC
+
+
 def read_sealed(path: str | os.PathLike[str]) -> bytes:
     """The payload of the sealed file at `path`, verified; `DamagedStateError` naming the file and
     what is wrong when it is cut short, not sealed, of another format version or fails its CRC."""

@@ -22,7 +22,7 @@ since the issue asks for its format where it fits. It does not fit the multi-age
 So Parley defines its own format below: numpy `.npz` files and a JSON manifest per agent, both
 readable without Parley.
 
-## The format (version 1)
+## The format (version 2)
 
     <dataset>/
       <agent id>/                     one shard per agent (e.g. agent_0/, pursuer_3/)
@@ -33,7 +33,7 @@ readable without Parley.
 `manifest.json` (Python's `json`; unbounded Box bounds appear as `Infinity` / `-Infinity`):
 
     format             "parley-marl-dataset"
-    format_version     1
+    format_version     2 (1: the same, unsealed; see below)
     agent              the agent's id in the env (`agent_0`) and `agent_index`, its position in
                        possible_agents
     env                {"name": the env's registry name or import path, "kwargs": {...},
@@ -57,6 +57,14 @@ Each chunk is an `.npz` (no pickle) with one array per column, all with the same
     terminated, truncated bool the step ended the episode (no bootstrap / time limit)
     global_state, next_global_state, joint_action   only in shards that record the global view
 
+Every file of a shard (manifest and chunks) ends in a 24-byte *seal* (agent_node/persistence.py:
+the magic `PARLEYSL`, a seal format version, the length of what precedes it and its CRC32), which
+the reader checks before it parses anything: a chunk cut short, overwritten or changed after it
+was written is a `DamagedDatasetFile` naming it and why, never rows read from damaged bytes.
+Without Parley, `np.load` reads a chunk as it is (a zip is found from its end), and the manifest
+is the JSON in all but the file's last 24 bytes. Format version 1 (before issue 27) was the same
+unsealed; it is still read, without the check.
+
 Rows of different agents for the same environment step share (`env_step`, `copy`), which is how
 `MultiAgentDataset.joint` lines them up for centralized offline training. An episode of one copy
 is the run of rows with that `copy` up to and including a row with `terminated` or `truncated`.
@@ -68,13 +76,18 @@ The writer keeps rows in memory and writes them as a whole chunk every `chunk_ro
 the shard directory, fsync, `os.replace` onto the chunk's name, fsync of the directory. `os.replace` is atomic on POSIX, so a process killed at any
 moment leaves complete chunks only (the rows not yet flushed are lost, at most `chunk_rows - 1`),
 plus possibly a `.tmp` file, which the reader ignores and a writer reopening the shard deletes. A
-writer reopening an existing shard checks that its manifest matches and continues with the next
-chunk number, so a restarted agent node appends to its own shard.
+writer reopening an existing shard checks that its manifest matches, verifies every chunk's seal
+(it counts their rows) and continues with the next chunk number, so a restarted agent node
+appends to its own shard; it never writes over a file it found damaged. A dataset has no older
+generations to fall back to: a recording agent that finds its shard damaged stops (exit code 3,
+the file named; protocols/durable_state.py), whatever `run.on_corrupt_state` says, and the file
+stays for the user to rescue or remove.
 """
 
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import re
@@ -85,13 +98,15 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from agent_node.persistence import atomic_write
+from agent_node.persistence import atomic_write, is_sealed, read_sealed
 from agent_node.roles import Transition
+from protocols.durable_state import DamagedStateError
 from protocols.errors import ProtocolError
 from protocols.spaces import decode_space, encode_space
 
 FORMAT_NAME = "parley-marl-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+UNSEALED_FORMAT_VERSION = 1  # written before the files were sealed; still read, unchecked
 MANIFEST_NAME = "manifest.json"
 CHUNK_PATTERN = re.compile(r"^chunk-(\d{6})\.npz$")
 GLOBAL_VIEW_COLUMNS = ("global_state", "next_global_state", "joint_action")
@@ -101,6 +116,19 @@ _VOLATILE_MANIFEST_KEYS = ("created_at",)
 
 class DatasetError(ValueError):
     """A dataset directory, manifest or chunk that is missing, malformed or does not match."""
+
+
+class DamagedDatasetFile(DamagedStateError, DatasetError):
+    """A manifest or chunk that fails its seal (cut short, overwritten, changed): a `DatasetError`
+    to a reader, and damaged saved state to a recording agent node, which then stops rather than
+    append to a shard it cannot read (protocols/durable_state.py)."""
+
+
+def _sealed_payload(path: Path) -> bytes:
+    try:
+        return read_sealed(path)
+    except DamagedStateError as error:
+        raise DamagedDatasetFile(error.path, error.why) from None
 
 
 # ---------------------------------------------------------------------------------- manifest
@@ -193,18 +221,43 @@ def space_from_json(encoded: Any, where: str) -> gym.spaces.Space:
 
 
 def read_manifest(shard: Path) -> dict[str, Any]:
+    """The shard's manifest, its seal verified (format version 2; version 1 was written unsealed)."""
     path = shard / MANIFEST_NAME
     try:
-        manifest = json.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError(f"{shard}: not a dataset shard, {MANIFEST_NAME} is missing") from None
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON: {error}") from error
+    except OSError as error:
+        raise DamagedDatasetFile(path, f"cannot be read: {error.strerror or error}") from None
+    sealed = is_sealed(data)
+    try:
+        manifest = json.loads(_sealed_payload(path) if sealed else data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        if sealed:
+            raise DamagedDatasetFile(path, f"sealed, but not valid JSON: {error}") from None
+        # Not sealed and not JSON: a version-2 manifest cut short or overwritten, most likely.
+        raise DamagedDatasetFile(path, f"neither sealed nor valid JSON ({len(data)} bytes): cut short or overwritten?") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise DatasetError(f"{path}: expected format {FORMAT_NAME!r}, got {manifest.get('format') if isinstance(manifest, dict) else manifest!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{path}: format_version {manifest.get('format_version')!r}, this code reads version {FORMAT_VERSION}")
+    version = manifest.get("format_version")
+    if version not in (FORMAT_VERSION, UNSEALED_FORMAT_VERSION):
+        raise DatasetError(f"{path}: format_version {version!r}, this code reads versions {UNSEALED_FORMAT_VERSION} and {FORMAT_VERSION}")
+    if sealed != (version == FORMAT_VERSION):
+        raise DamagedDatasetFile(path, f"format_version {version} but {'a' if sealed else 'no'} Parley seal at its end "
+                                       f"(version {FORMAT_VERSION} files are sealed, version {UNSEALED_FORMAT_VERSION} ones not)")
     return manifest
+
+
+def read_chunk(path: Path, sealed: bool) -> dict[str, np.ndarray]:
+    """The arrays of one chunk; its seal verified first when the shard's format seals them."""
+    try:
+        source = io.BytesIO(_sealed_payload(path)) if sealed else path
+        with np.load(source, allow_pickle=False) as chunk:
+            return {name: chunk[name] for name in chunk.files}
+    except DamagedDatasetFile:
+        raise
+    except (OSError, ValueError, EOFError) as error:  # sealed (or v1) but not an .npz numpy reads
+        raise DamagedDatasetFile(path, f"not a chunk numpy can read: {error}") from None
 
 
 # ---------------------------------------------------------------------------------- writer
@@ -221,8 +274,11 @@ class DatasetWriter:
         self.chunk_rows = chunk_rows
         self.columns = spec.columns()
         manifest = spec.manifest()
+        self.sealed = True  # what this writer writes; a reopened version-1 shard goes on unsealed
         if (self.shard / MANIFEST_NAME).exists():
             existing = read_manifest(self.shard)
+            self.sealed = existing["format_version"] == FORMAT_VERSION
+            manifest["format_version"] = existing["format_version"]
             mismatched = sorted(
                 key for key in set(existing) | set(manifest)
                 if key not in _VOLATILE_MANIFEST_KEYS and existing.get(key) != json.loads(json.dumps(manifest.get(key)))
@@ -235,11 +291,11 @@ class DatasetWriter:
             leftover.unlink()  # a write cut short by a crash; nothing in it was ever committed
         if not (self.shard / MANIFEST_NAME).exists():
             manifest_bytes = json.dumps(manifest, indent=2).encode()
-            atomic_write(self.shard / MANIFEST_NAME, lambda file: file.write(manifest_bytes))
+            atomic_write(self.shard / MANIFEST_NAME, lambda file: file.write(manifest_bytes), sealed=True)
         self.next_chunk = len(_chunk_paths(self.shard))
         self.pending: list[dict[str, np.ndarray]] = []
         self.pending_rows = 0
-        self.rows_written = sum(_chunk_rows(path) for path in _chunk_paths(self.shard))
+        self.rows_written = sum(len(read_chunk(path, self.sealed)["reward"]) for path in _chunk_paths(self.shard))
 
     def append(self, env_step: int, transition: Transition) -> None:
         """Buffer the K rows of `transition` (which must carry `copy_index`), flushing a chunk when full."""
@@ -254,7 +310,7 @@ class DatasetWriter:
         if not self.pending_rows:
             return
         contents = {name: np.concatenate([rows[name] for rows in self.pending]) for name in self.columns}
-        atomic_write(self.shard / f"chunk-{self.next_chunk:06d}.npz", lambda file: np.savez(file, **contents))
+        atomic_write(self.shard / f"chunk-{self.next_chunk:06d}.npz", lambda file: np.savez(file, **contents), sealed=self.sealed)
         self.next_chunk += 1
         self.rows_written += self.pending_rows
         self.pending, self.pending_rows = [], 0
@@ -340,20 +396,20 @@ class MultiAgentDataset:
             columns = manifest["columns"]
             parts: dict[str, list[np.ndarray]] = {name: [] for name in columns}
             for path in _chunk_paths(shard):
-                with np.load(path, allow_pickle=False) as chunk:
-                    count = None
-                    for name, column in columns.items():
-                        if name not in chunk.files:
-                            raise DatasetError(f"{path}: column {name!r} is missing")
-                        array = chunk[name]
-                        count = len(array) if count is None else count
-                        expected = (count, *column["shape"])
-                        if array.shape != expected or array.dtype != np.dtype(column["dtype"]):
-                            raise DatasetError(
-                                f"{path}: column {name!r} should be {expected} {np.dtype(column['dtype'])}, "
-                                f"found {array.shape} {array.dtype}"
-                            )
-                        parts[name].append(array)
+                chunk = read_chunk(path, sealed=manifest["format_version"] == FORMAT_VERSION)
+                count = None
+                for name, column in columns.items():
+                    if name not in chunk:
+                        raise DatasetError(f"{path}: column {name!r} is missing")
+                    array = chunk[name]
+                    count = len(array) if count is None else count
+                    expected = (count, *column["shape"])
+                    if array.shape != expected or array.dtype != np.dtype(column["dtype"]):
+                        raise DatasetError(
+                            f"{path}: column {name!r} should be {expected} {np.dtype(column['dtype'])}, "
+                            f"found {array.shape} {array.dtype}"
+                        )
+                    parts[name].append(array)
             self._cache[agent] = {
                 name: np.concatenate(chunks) if chunks else np.zeros((0, *columns[name]["shape"]), np.dtype(columns[name]["dtype"]))
                 for name, chunks in parts.items()
@@ -442,7 +498,3 @@ def _chunk_paths(shard: Path) -> list[Path]:
             raise DatasetError(f"{shard}: chunk {expected:06d} is missing (found {path.name}); chunks must be numbered without gaps")
     return [path for _, path in numbered]
 
-
-def _chunk_rows(path: Path) -> int:
-    with np.load(path, allow_pickle=False) as chunk:
-        return len(chunk["reward"])

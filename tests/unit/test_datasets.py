@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 
 from agent_node.offline.datasets import (
+    DamagedDatasetFile,
     DatasetError,
     DatasetWriter,
     MultiAgentDataset,
     ShardSpec,
+    read_manifest,
     space_from_json,
     transitions_for_learning,
 )
@@ -79,8 +81,12 @@ def test_round_trip_in_chunks_with_the_global_view(tmp_path):
 
     observation_space, action_space = dataset.spaces("agent_0")
     assert observation_space == OBS_SPACE and action_space == ACTION_SPACE
-    manifest = json.loads((tmp_path / "agent_0" / "manifest.json").read_text())
-    assert manifest["format"] == "parley-marl-dataset" and manifest["format_version"] == 1
+    manifest = read_manifest(tmp_path / "agent_0")
+    assert manifest["format"] == "parley-marl-dataset" and manifest["format_version"] == 2
+    # Readable without Parley: numpy reads a sealed chunk as it is; the manifest is all but its seal.
+    with np.load(tmp_path / "agent_0" / "chunk-000000.npz") as chunk:
+        np.testing.assert_array_equal(chunk["reward"], arrays["reward"][:6])
+    assert json.loads((tmp_path / "agent_0" / "manifest.json").read_bytes()[:-24]) == manifest
     assert manifest["env"] == {"name": "mpe2.simple_spread_v3", "kwargs": {"N": 2}, "possible_agents": ["agent_0", "agent_1"]}
     assert manifest["seeds"] == {"run_seed": 7, "node_seed": 1234}
     assert space_from_json(manifest["global_state_space"], "state") == STATE_SPACE  # non-uniform bounds survive
@@ -228,7 +234,7 @@ def test_a_recording_node_takes_the_env_kwargs_from_the_servers_welcome(tmp_path
     recorder = TransitionRecorder.for_node(tmp_path, welcome, "agent_0", 0, {"run_seed": 7}, {"kind": "dqn"})
     recorder.record(1, rows(np.random.default_rng(0), [0, 1]))
     recorder.close()
-    manifest = json.loads((tmp_path / DATASET_DIRNAME / "agent_0" / "manifest.json").read_text())
+    manifest = read_manifest(tmp_path / DATASET_DIRNAME / "agent_0")
     assert manifest["env"] == {"name": "mpe2.simple_spread_v3", "kwargs": {"N": 2, "max_cycles": 25, "continuous_actions": False},
                                "possible_agents": ["agent_0", "agent_1"]}
 
@@ -255,3 +261,63 @@ def test_env_kwargs_with_int_keys_reach_the_client_with_string_keys():
         wire.decode(wire.encode(welcome(kwargs), sender="env", run_id="r", seq=1))
     received = wire.decode(wire.encode(welcome(_string_keys(kwargs)), sender="env", run_id="r", seq=1)).message
     assert received.env_kwargs == {"counts": [2, 4], "per_count_kwargs": {"2": {"n_evaders": 8}, "4": {"n_evaders": 15}}}
+
+
+def _small_shard(tmp_path, chunks: int = 2) -> None:
+    rng = np.random.default_rng(5)
+    with DatasetWriter(tmp_path, spec(), chunk_rows=2) as writer:
+        for step in range(chunks):
+            writer.append(step, rows(rng, [0, 1]))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda data: data[: len(data) // 2], "no Parley seal"),
+    (lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], "its CRC32 does not match"),
+    (lambda data: np.random.default_rng(0).bytes(len(data)), "no Parley seal"),
+])
+def test_a_damaged_chunk_is_refused_naming_it_and_a_writer_never_appends_after_it(tmp_path, damage, why):
+    _small_shard(tmp_path)
+    chunk = tmp_path / "agent_0" / "chunk-000001.npz"
+    chunk.write_bytes(damage(chunk.read_bytes()))
+    damaged = chunk.read_bytes()
+    with pytest.raises(DamagedDatasetFile, match=f"{chunk}: {why}") as refused:
+        MultiAgentDataset(tmp_path).arrays("agent_0")
+    assert isinstance(refused.value, DatasetError)  # the offline trainer's one-line refusal
+    # A recording node restarted over it stops (DamagedStateError: exit 3), writing nothing.
+    from protocols.durable_state import DamagedStateError
+
+    with pytest.raises(DamagedStateError, match="chunk-000001.npz"):
+        DatasetWriter(tmp_path, spec(), chunk_rows=2)
+    assert sorted(p.name for p in (tmp_path / "agent_0").iterdir()) == ["chunk-000000.npz", "chunk-000001.npz", "manifest.json"]
+    assert chunk.read_bytes() == damaged
+
+
+def test_a_damaged_manifest_is_refused_naming_it(tmp_path):
+    _small_shard(tmp_path)
+    manifest = tmp_path / "agent_0" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:-30])
+    with pytest.raises(DamagedDatasetFile, match=f"{manifest}: neither sealed nor valid JSON"):
+        MultiAgentDataset(tmp_path)
+    # The JSON alone, its seal cut off: a version-2 manifest is sealed, so this one was damaged.
+    _small_shard(tmp_path / "again")
+    manifest = tmp_path / "again" / "agent_0" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:-24])
+    with pytest.raises(DamagedDatasetFile, match="format_version 2 but no Parley seal"):
+        MultiAgentDataset(tmp_path / "again")
+
+
+def test_a_dataset_of_format_version_1_written_unsealed_is_still_read_and_appended_to_unsealed(tmp_path):
+    rng = np.random.default_rng(6)
+    shard = tmp_path / "agent_0"
+    shard.mkdir()
+    manifest = {**spec().manifest(), "format_version": 1}
+    (shard / "manifest.json").write_text(json.dumps(manifest))
+    first = rows(rng, [0, 1])
+    np.savez(shard / "chunk-000000.npz", env_step=np.zeros(2, np.int64), copy=np.array([0, 1]),
+             **{name: getattr(first, name) for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated")})
+    assert len(MultiAgentDataset(tmp_path).arrays("agent_0")["reward"]) == 2
+    with DatasetWriter(tmp_path, spec(), chunk_rows=2) as writer:
+        assert writer.rows_written == 2 and not writer.sealed
+        writer.append(1, rows(rng, [0, 1]))
+    assert read_manifest(shard)["format_version"] == 1
+    assert len(MultiAgentDataset(tmp_path).arrays("agent_0")["reward"]) == 4
