@@ -164,7 +164,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         eval_envs = VectorizedParallelEnv(build_evaluation_copy, env_config.eval_episodes, autoreset=False,
                                           forward_infos=forward_infos)
     hub = node_hub(config, identity)
-    resume = ResumeFile(identity.node_dir / RESUME_FILENAME)
+    resume = ResumeFile(identity.node_dir / RESUME_FILENAME, start_fresh=config.run.on_corrupt_state == "start_fresh")
     try:
         server = EnvServer(
             envs,
@@ -202,12 +202,14 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         hub.close()
         return EXIT_DAMAGED_STATE
     resumed = server.resumed_from
+    if resume.notice is not None:  # a damaged slot skipped, or the file set aside: in its metrics, like an agent's
+        server.write_metrics(resume.notice.metrics())
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = stop_on_signals()
     try:
         control.register("env_server", {"env": server.endpoint}, incarnation=server.incarnation)
         control.wait_for(m.Directory, startup_timeout_s)
-        control.ready(resumed_step=None if resumed is None else resumed.step, state_damaged=resume.damaged)
+        control.ready(resumed_step=None if resumed is None else resumed.step, notice=resume.notice)
         reported_complete = False
         while not stop:
             server.poll_once(status_every_s)

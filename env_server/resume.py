@@ -33,7 +33,11 @@ point in it, so a file on disk always held a valid slot: a file in which neither
 (cut short, overwritten, another program's) is damage, and `load` raises `DamagedStateError`
 naming the file and what is wrong with each slot. The server then stops with
 `EXIT_DAMAGED_STATE` and is not restarted (protocols/durable_state.py), instead of running the
-run's steps a second time from step 0.
+run's steps a second time from step 0. Only with `run.on_corrupt_state: start_fresh` does it
+start the run again from step 0: the file is renamed `resume.bin.damaged` (kept, never written
+over) and that is said like a fallback is. Either way `notice` (a `StateNotice`) carries what
+happened to the server's `control.ready` and its metrics (`persistence/restored_from_step`,
+`persistence/steps_lost`: the steps that may be run a second time, 1 at most after a torn slot).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from protocols.durable_state import DamagedStateError
+from protocols.durable_state import DamagedStateError, StateNotice
 from protocols.jsonlines import FileWriteError
 
 log = logging.getLogger("env_server")
@@ -72,11 +76,13 @@ class ResumePoint:
 class ResumeFile:
     """The two-slot file of `ResumePoint`s. Not thread-safe (the server's loop is its one user)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, start_fresh: bool = False) -> None:
         self.path = Path(path)
+        self.start_fresh = start_fresh  # run.on_corrupt_state: start_fresh (see the module docstring)
         self._fd: int | None = None
         self._sequence = 0  # of the newest slot on disk
         self.damaged: str | None = None  # set by `load` when it skipped a slot that failed its check
+        self.notice: StateNotice | None = None  # the same, for the run (and a fresh start over a damaged file)
 
     def load(self) -> ResumePoint | None:
         """The newest valid point in the file; None when there is no file (a fresh run).
@@ -103,17 +109,40 @@ class ResumeFile:
             elif best is None or decoded[0] > best[0]:
                 best = decoded
         if best is None:
-            raise DamagedStateError(
+            error = DamagedStateError(
                 self.path, "no valid resume point in either slot (" + "; ".join(
                     f"slot {slot}: {why}" for slot, why in sorted(problems.items())) + ")",
             )
+            if not self.start_fresh:
+                raise error
+            return self._start_fresh(error)
         if problems:
             (slot, why), = problems.items()
             self.damaged = (f"{self.path}: slot {slot} {why} (torn by a kill mid-save, or damaged); resumed from the "
                             f"other slot, step {best[1].step}, which may be one step older than the server reached")
             log.warning("%s", self.damaged)
+            # The damaged slot was the older one when its header still says so; else it may have
+            # held the step after the one resumed (saves alternate slots, one per step at most).
+            header = data[slot * SLOT_BYTES : slot * SLOT_BYTES + _HEADER.size]
+            older = header[:4] == _MAGIC and _HEADER.unpack(header)[1] < best[0]
+            self.notice = StateNotice(what=self.damaged, restored_from_step=best[1].step, steps_lost=0 if older else 1,
+                                      damaged_files=1)
         self._sequence = best[0]
         return best[1]
+
+    def _start_fresh(self, error: DamagedStateError) -> None:
+        """run.on_corrupt_state: start_fresh with no valid slot: set the file aside, start at step 0."""
+        kept_as = self.path.with_name(self.path.name + ".damaged")
+        try:
+            os.replace(self.path, kept_as)
+        except OSError as rename_error:  # it cannot be moved out of the way: it is not written over either
+            raise DamagedStateError(self.path, f"{error.why}; and it cannot be set aside to start fresh: {rename_error}") from None
+        what = (f"no good resume point: {error}, kept as {kept_as.name}; the run started again from step 0 "
+                "(run.on_corrupt_state: start_fresh)")
+        log.error("%s", what)
+        # How far the run had gone is not known: no slot could be read.
+        self.notice = StateNotice(what=what, restored_from_step=0, steps_lost=None, damaged_files=1, started_fresh=True)
+        return None
 
     def save(self, point: ResumePoint) -> None:
         """Overwrite the older slot with `point` (one pwrite; the first save creates the file

@@ -45,15 +45,17 @@ class StateNotice:
 
     what: str
     restored_from_step: int
-    steps_lost: int
+    steps_lost: int | None  # None: not known (nothing readable said how far it had gone)
     damaged_files: int
     started_fresh: bool = False
 
     def metrics(self) -> dict[str, float]:
         """The `persistence/*` record every such node writes in its metrics."""
-        return {
+        metrics = {
             "persistence/restored_from_step": float(self.restored_from_step),
-            "persistence/steps_lost": float(self.steps_lost),
             "persistence/damaged_files": float(self.damaged_files),
             "persistence/started_fresh": float(self.started_fresh),
         }
+        if self.steps_lost is not None:
+            metrics["persistence/steps_lost"] = float(self.steps_lost)
+        return metrics

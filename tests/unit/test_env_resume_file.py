@@ -113,3 +113,49 @@ def test_a_refusing_file_system_raises_a_file_write_error_naming_the_file(tmp_pa
     blocked.write_text("a file where the directory should be")
     with pytest.raises(FileWriteError, match="not_a_dir"):
         ResumeFile(blocked / "resume.bin").save(ResumePoint(step=1))
+
+
+def test_the_loss_of_a_torn_slot_is_reported_like_an_agents(tmp_path):
+    path = tmp_path / "resume.bin"
+    writer = ResumeFile(path)
+    for step in (10, 11):
+        writer.save(ResumePoint(step=step))
+    writer.close()
+    data = bytearray(path.read_bytes())
+    newest = 0 if b'"step":11' in data[:SLOT_BYTES] else 1
+    data[newest * SLOT_BYTES + 30] ^= 0xFF  # the newer slot's payload: its header still says it is newer
+    path.write_bytes(bytes(data))
+    reader = ResumeFile(path)
+    assert reader.load() == ResumePoint(step=10)
+    assert reader.notice.metrics() == {"persistence/restored_from_step": 10.0, "persistence/steps_lost": 1.0,
+                                       "persistence/damaged_files": 1.0, "persistence/started_fresh": 0.0}
+    assert reader.notice.what == reader.damaged and str(path) in reader.notice.what
+
+    # The older slot damaged instead: nothing was lost, and it says 0.
+    data = bytearray(path.read_bytes())
+    data[newest * SLOT_BYTES + 30] ^= 0xFF
+    data[(1 - newest) * SLOT_BYTES + 30] ^= 0xFF
+    path.write_bytes(bytes(data))
+    reader = ResumeFile(path)
+    assert reader.load() == ResumePoint(step=11) and reader.notice.steps_lost == 0
+
+
+def test_with_start_fresh_a_file_without_a_valid_slot_is_set_aside_and_the_run_starts_again_saying_so(tmp_path):
+    path = tmp_path / "resume.bin"
+    writer = ResumeFile(path)
+    for step in range(1, 30):
+        writer.save(ResumePoint(step=step))
+    writer.close()
+    damaged = random.Random(0).randbytes(path.stat().st_size)
+    path.write_bytes(damaged)
+    reader = ResumeFile(path, start_fresh=True)
+    assert reader.load() is None  # a fresh run: step 0
+    notice = reader.notice
+    assert notice.started_fresh and notice.restored_from_step == 0 and notice.steps_lost is None
+    assert "no valid resume point in either slot" in notice.what and "run.on_corrupt_state: start_fresh" in notice.what
+    assert "persistence/steps_lost" not in notice.metrics()  # not known: not made up
+    kept = tmp_path / "resume.bin.damaged"
+    assert kept.read_bytes() == damaged and not path.exists()
+    reader.save(ResumePoint(step=0))  # a new file beside it, never over it
+    reader.close()
+    assert kept.read_bytes() == damaged and ResumeFile(path).load() == ResumePoint(step=0)
