@@ -99,6 +99,17 @@ def test_bad_literal_lists_values() -> None:
     assert only_problem("network.transport=udp") == "network.transport: expected one of 'ipc', 'tcp', got 'udp' (str)"
 
 
+@pytest.mark.parametrize("value", ["restart", "true", "START_FRESH", "1"])
+def test_a_bad_on_corrupt_state_is_refused_listing_the_two_it_takes(value: str) -> None:
+    assert only_problem(f"run.on_corrupt_state={value}").startswith(
+        "run.on_corrupt_state: expected one of 'stop', 'start_fresh', got ")
+
+
+def test_on_corrupt_state_is_stop_unless_the_config_says_start_fresh() -> None:
+    assert load_config(TINY, []).run.on_corrupt_state == "stop"
+    assert load_config(TINY, ["run.on_corrupt_state=start_fresh"]).run.on_corrupt_state == "start_fresh"
+
+
 def test_bad_learner_kind_lists_kinds() -> None:
     # The built-ins, the installed plugins (which depend on the venv: examples/parley_ippo's `ippo`
     # where `make setup` installed it) and the import-path form (agent_node/plugins.py).

@@ -396,3 +396,26 @@ def test_env_server_restarts_are_reported_with_their_step_and_downtime(tmp_path)
     assert report.main(run_dir, out=out) == 0
     assert "env server: back at +6 s after 0.7 s down, resumed at step 60" in out.getvalue()
     assert report.summarize_run(make_run(tmp_path / "plain"))["env_restarts"] == []
+
+
+def test_damaged_saved_state_is_reported_for_every_node_and_a_fresh_start_in_the_headline(tmp_path):
+    run_dir = make_run(tmp_path / "run")
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    events[-1:-1] = [
+        {"t": T0 + 4.5, "event": "state_damaged", "node": "agent_0", "started_fresh": False,
+         "what": "damaged state skipped: .../step-000000020.pt (no Parley seal); 10 steps of learning lost"},
+        {"t": T0 + 5, "event": "state_damaged", "node": "learner", "started_fresh": True,
+         "what": "no good generation of its saved state: ...; started from scratch (run.on_corrupt_state: start_fresh)"},
+    ]
+    write_jsonl(run_dir / "events.jsonl", events)
+    summary = report.summarize_run(run_dir)
+    assert summary["headline"]["state_started_fresh"] == 1.0
+    assert [(d["node"], d["started_fresh"]) for d in summary["state_damaged"]] == [("agent_0", False), ("learner", True)]
+    out = io.StringIO()
+    assert report.main(run_dir, out=out) == 0
+    lines = out.getvalue().splitlines()
+    # Right under the run's first line: what the run is, is not what its config says.
+    assert lines[1].startswith("agent_0: RESTORED OLDER SAVED STATE: damaged state skipped: ")
+    assert lines[2].startswith("learner: STARTED FROM SCRATCH OVER DAMAGED SAVED STATE: no good generation")
+    clean = report.summarize_run(make_run(tmp_path / "clean"))
+    assert clean["headline"]["state_started_fresh"] == 0.0 and clean["state_damaged"] == []
