@@ -56,6 +56,7 @@ _EVALUATION, _RUN_FINISHED, _FINALS, _ALL_FINISHED = 1, 2, 4, 8
 # What a packed observation carries besides its arrays (step, flags, the missing-agent mask,
 # episode returns' count), generously: `largest_observation_bytes` is a bound, not a count.
 _FIXED_BODY_ALLOWANCE = 256
+_MAX_PLANS = 16  # observation plans kept per layout (see `_observation_plan`)
 _RETURN = np.dtype(np.float64)
 _BOOL = np.dtype(bool)
 _REWARD = np.dtype(np.float32)
@@ -218,6 +219,10 @@ class PackedLayout:
         `start`, computed once per K: the receiving side reads every body with it."""
         plan = self._observation_plans.get((start, copies, finals))
         if plan is None:
+            if len(self._observation_plans) >= _MAX_PLANS:
+                # A run uses one or two K (training and evaluation copies); a body claiming ever
+                # new ones (signed, yet wrong) must not grow this cache without bound.
+                self._observation_plans.clear()
             offset = start + copies  # after episode_start
             arrays = []
             for field in (self._step_fields + self._final_fields) if finals else self._step_fields:
