@@ -50,7 +50,8 @@ class AgentsConfig(BaseModel):
     checkpoint_every_steps: int = Field(5000, ge=1)
     replay_save_every_steps: int = Field(20000, ge=1)
     # How many good saves of each (checkpoint, replay buffer) a node keeps: a restarted node whose
-    # newest save is damaged falls back to an older one (agent_node/persistence.py).
+    # newest save is damaged falls back to an older one (agent_node/persistence.py). The same K
+    # for the learner node's checkpoint and joint replay and the goal supervisor's checkpoint.
     keep_generations: int = Field(2, ge=1)
     # Gradient steps a node takes between two looks at its sockets: small enough that a message
     # waiting meanwhile (an observation, a heartbeat) is answered within a few steps' time.

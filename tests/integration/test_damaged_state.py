@@ -33,20 +33,23 @@ def wait_for_exit(run_dir: Path, process, node: str, timeout_s: float = 150) -> 
         time.sleep(0.05)
 
 
-def run_killing_agent_1(run_dir: Path, damage) -> tuple[int, str, list[dict]]:
-    """Run tiny_ring with agent_1 killed at step 30; `damage(node_dir)` runs once it has exited,
-    before the restart. Returns the orchestrator's exit code, its stderr and the events."""
+def run_killing_agent_1(run_dir: Path, damage, *extra: str, node: str = "agent_1", config: str = "configs/tiny_ring.yaml",
+                        roles: str = "[agent, learner]") -> tuple[int, str, list[dict]]:
+    """Run tiny_ring with agent_1 (or `node` of `config`) killed at step 30; `damage(node_dir)`
+    runs once it has exited, before the restart. Returns the orchestrator's exit code, its stderr
+    and the events."""
     process = orchestrate(
         # Enough steps after the kill that the run is still going when the restart comes, on an
         # idle machine too (120 steps ended within the backoff there).
-        "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}",
+        "up", config, "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}",
         "--set", "env.eval_every_steps=400",
         "--set", "agents.checkpoint_every_steps=10", "--set", "agents.replay_save_every_steps=10",
-        "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [agent_1]}}]",
-        "--set", "env.step_deadline_s=1.0", "--set", "faults.restart={policy: on-failure, max_restarts: 3, backoff_s: 1.5}",
+        "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [{node}]}}]",
+        "--set", "env.step_deadline_s=1.0",
+        "--set", f"faults.restart={{policy: on-failure, max_restarts: 3, backoff_s: 1.5, roles: {roles}}}", *extra,
     )  # fmt: skip
-    wait_for_exit(run_dir, process, "agent_1")
-    damage(run_dir / "nodes" / "agent_1")
+    wait_for_exit(run_dir, process, node)
+    damage(run_dir / "nodes" / node)
     assert not any(e["event"] == "restarted" for e in read_events(run_dir)), "restarted before the files were damaged"
     _, stderr = process.communicate(timeout=200)
     return process.returncode, stderr.decode(), read_events(run_dir)
@@ -140,4 +143,66 @@ def test_a_damaged_env_server_resume_point_stops_the_run_naming_it_never_a_retur
     assert f"damaged state file {resume}: no valid resume point in either slot" in stderr, stderr[-3000:]
     assert "refused to start from damaged saved state" in stderr
     assert resume.read_bytes() == damaged
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
+def test_with_start_fresh_an_agent_with_no_good_generation_starts_from_scratch_and_the_report_says_so(tmp_path):
+    run_dir = tmp_path / "run"
+    before: dict[str, bytes] = {}
+
+    def damage(node_dir: Path) -> None:
+        for checkpoint in (node_dir / "checkpoints").glob("step-*.pt"):
+            checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+            before[checkpoint.name] = checkpoint.read_bytes()
+
+    code, stderr, events = run_killing_agent_1(run_dir, damage, "--set", "run.on_corrupt_state=start_fresh")
+    assert code == 0, stderr[-3000:]
+    mine = [e for e in events if e["node"] == "agent_1"]
+    assert [e["event"] for e in mine].count("restarted") == 1
+    said = next(e for e in mine if e["event"] == "state_damaged")
+    assert said["started_fresh"] is True and "started from scratch (run.on_corrupt_state: start_fresh)" in said["what"]
+    assert all(name in said["what"] for name in before), said["what"]
+    assert f"node agent_1 STARTED FROM SCRATCH over damaged saved state: {said['what']}" in stderr
+    report = " ".join((run_dir / "report" / "summary.md").read_text().split())
+    assert f"agent_1: STARTED FROM SCRATCH OVER DAMAGED SAVED STATE: {said['what']}" in report
+    from orchestrator import report as reporting
+
+    assert reporting.summarize_run(run_dir)["headline"]["state_started_fresh"] == 1.0
+    rows = [json.loads(line) for line in (run_dir / "nodes" / "agent_1" / "metrics.jsonl").read_text().splitlines()]
+    fresh = next(r for r in rows if "persistence/started_fresh" in r)
+    assert fresh["persistence/started_fresh"] == 1.0 and fresh["persistence/restored_from_step"] == 0
+    assert fresh["persistence/steps_lost"] == max(int(name.split("-")[1].split(".")[0]) for name in before)
+    assert rows[-1]["step"] == STEPS
+    # Every damaged generation is kept aside, byte for byte; the new saves are beside them.
+    checkpoints = run_dir / "nodes" / "agent_1" / "checkpoints"
+    assert {p.name.removesuffix(".damaged"): p.read_bytes() for p in checkpoints.glob("*.damaged")} == before
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
+def test_a_learner_node_restarted_over_a_damaged_checkpoint_falls_back_to_the_older_generation(tmp_path):
+    run_dir = tmp_path / "run"
+    damaged: dict[str, Path] = {}
+
+    def damage(node_dir: Path) -> None:
+        damaged["checkpoint"] = checkpoint = newest(node_dir / "checkpoints", ".pt")
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+        damaged["bytes"] = checkpoint.read_bytes()
+
+    code, stderr, events = run_killing_agent_1(run_dir, damage, node="learner", config="configs/tiny_qmix.yaml")
+    assert code == 0, stderr[-3000:]
+    mine = [e for e in events if e["node"] == "learner"]
+    assert [e["event"] for e in mine].count("restarted") == 1
+    said = next(e["what"] for e in mine if e["event"] == "state_damaged")
+    assert str(damaged["checkpoint"]) in said and "no Parley seal" in said and "env steps of learning lost" in said
+    assert f"node learner restored older saved state: {said}" in stderr
+    report = " ".join((run_dir / "report" / "summary.md").read_text().split())
+    assert f"learner: RESTORED OLDER SAVED STATE: {said}" in report
+    rows = [json.loads(line) for line in (run_dir / "nodes" / "learner" / "metrics.jsonl").read_text().splitlines()]
+    lost = next(r for r in rows if "persistence/steps_lost" in r)
+    damaged_step = int(damaged["checkpoint"].name.split("-")[1].split(".")[0])
+    assert 0 < lost["persistence/restored_from_step"] < damaged_step
+    assert lost["persistence/steps_lost"] == damaged_step - lost["persistence/restored_from_step"]
+    assert lost["persistence/started_fresh"] == 0.0
+    kept = damaged["checkpoint"].with_name(damaged["checkpoint"].name + ".damaged")
+    assert kept.read_bytes() == damaged["bytes"]
     assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})

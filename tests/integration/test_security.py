@@ -345,18 +345,26 @@ def test_a_failed_run_says_on_the_terminal_which_node_died_how_and_what_it_logge
     assert_all_reaped(pids)
 
 
-@pytest.mark.long  # a CTDE run of ~40 s
-def test_a_learner_node_under_a_flood_of_forged_messages_logs_them_within_its_5_s_window_and_counts_them(tmp_path):
-    """configs/tiny_vdn.yaml's learner node, flooded with 2,000 unsigned messages from 200
-    identities (a new one per connection) while it trains: every drop is in its log once its 5 s
-    window is over (not at exit: the node reads behind its agents' transitions and must still
-    flush), in 7 lines rather than 200, and in its `security/*` metrics while the run goes on."""
+@pytest.mark.long  # a run of ~40 s each
+@pytest.mark.parametrize("config, node, inbox", [
+    ("configs/tiny_vdn.yaml", "learner", "ctde"),
+    ("configs/goals_supervisor.yaml", "supervisor", "goals"),
+    ("configs/tiny_ring.yaml", "env", "env"),
+], ids=["learner", "supervisor", "env_server"])  # fmt: skip
+def test_a_node_under_a_flood_of_forged_messages_logs_them_within_its_5_s_window_and_counts_them(tmp_path, config, node, inbox):
+    """A node that accepts messages (the learner node of configs/tiny_vdn.yaml, the goal
+    supervisor of goals_supervisor.yaml, the env server), flooded with 2,000 unsigned messages from
+    200 identities (a new one per connection) while the run goes: every drop is in its log once
+    its 5 s window is over (not at exit: a learner reads behind its agents' transitions and must
+    still flush), in 7 lines rather than 200 (the rate limit is per node, not per identity), and in
+    its `security/*` metrics while the run goes on. The same accounting (protocols/auth.py,
+    Hub.flush_logs, Hub.link_metrics) at every such node."""
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_vdn.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
+    process = orchestrate("up", config, "--run-dir", str(run_dir), "--set", "run.steps=1000000")
     stranger = Stranger()
     try:
         events = wait_for_event(run_dir, "started", process)
-        endpoint = next(e["endpoints"]["ctde"] for e in events if e["event"] == "registered" and e["node"] == "learner")
+        endpoint = next(e["endpoints"][inbox] for e in events if e["event"] == "registered" and e["node"] == node)
         run_id = next(e["run_id"] for e in events if e["event"] == "run_started")
         forged = m.Heartbeat(node_id="agent_0", incarnation=0, state="running")
         sockets = [stranger.dealer(endpoint, f"stranger-{i}") for i in range(200)]
@@ -367,20 +375,20 @@ def test_a_learner_node_under_a_flood_of_forged_messages_logs_them_within_its_5_
         counted = 0
         while time.monotonic() - sent_at < 7.0 and counted < 2000:  # the 5 s window, and a margin
             time.sleep(0.2)
-            counted = sum(int(n) for n in re.findall(r"dropped (\d+) invalid messages", node_log(run_dir, "learner")))
-            counted += node_log(run_dir, "learner").count("dropped an invalid message")
-        assert counted == 2000, node_log(run_dir, "learner")[-3000:]
-        lines = [line for line in node_log(run_dir, "learner").splitlines() if "invalid message" in line]
+            counted = sum(int(n) for n in re.findall(r"dropped (\d+) invalid messages", node_log(run_dir, node)))
+            counted += node_log(run_dir, node).count("dropped an invalid message")
+        assert counted == 2000, node_log(run_dir, node)[-3000:]
+        lines = [line for line in node_log(run_dir, node).splitlines() if "invalid message" in line]
         # 3 identities by name (a first line, then their window's line), the other 197 in one line.
         assert len(lines) == 7 and any("dropped 1970 invalid messages from 197 new sources" in line for line in lines), lines
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            rows = [json.loads(line) for line in (run_dir / "nodes" / "learner" / "metrics.jsonl").read_text().splitlines()]
+            rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
             if [r for r in rows if r.get("security/dropped_bad_signature") == 2000]:
                 break
             time.sleep(0.2)
         else:
-            raise AssertionError(f"no security/dropped_bad_signature == 2000 in the learner's metrics: {rows[-3:]}")
+            raise AssertionError(f"no security/dropped_bad_signature == 2000 in {node}'s metrics: {rows[-3:]}")
     finally:
         stranger.close()
         process.send_signal(signal.SIGINT)
