@@ -314,11 +314,10 @@ class Generations:
         return Damaged(path=error.path, step=step, why=error.why, kept_as=kept_as)
 
 
-def describe_fresh_start(damaged: list[Damaged] | tuple[Damaged, ...], unit: str = "steps of learning") -> str:
+def describe_fresh_start(damaged: list[Damaged] | tuple[Damaged, ...], lost: int, unit: str = "steps of learning") -> str:
     """One line for the log, the orchestrator and the report: a node that found no good generation
     of its saved state and started from scratch (run.on_corrupt_state: start_fresh)."""
     files = "; ".join(f"{d.path} ({d.why}), kept as {d.kept_as.name}" for d in damaged)
-    lost = max((d.step for d in damaged), default=0)
     return (f"no good generation of its saved state: {files}; started from scratch (run.on_corrupt_state: "
             f"start_fresh): {lost} {unit} lost")
 
@@ -350,7 +349,7 @@ def state_notice(skipped: list[Damaged] | tuple[Damaged, ...], fresh: list[Damag
     fresh_primary = [d.step for d in fresh if d.path.suffix == primary_suffix]
     lost = max(fresh_primary) if fresh_primary else steps_lost(skipped, restored_step, primary_suffix)
     lines = [describe_fallback(skipped, restored, steps_lost(skipped, restored_step, primary_suffix), unit)] if skipped else []
-    lines += [describe_fresh_start(fresh, unit)] if fresh else []
+    lines += [describe_fresh_start(fresh, lost, unit)] if fresh else []
     return StateNotice(what="; ".join(lines), restored_from_step=0 if fresh_primary else restored_step, steps_lost=lost,
                        damaged_files=len(skipped) + len(fresh), started_fresh=bool(fresh))
 

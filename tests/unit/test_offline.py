@@ -138,3 +138,17 @@ def test_resume_parameters_and_refusals():
     np.testing.assert_array_equal(dqn.q_values(arrays["obs"]), cql.q_values(arrays["obs"]))
     with pytest.raises(TypeError, match="Discrete action spaces"):
         CQLAgent(CQLConfig(), OBS_SPACE, gym.spaces.Box(-1, 1, (2,)), seed=0)
+
+
+def test_offline_training_on_a_damaged_chunk_is_one_line_naming_it_and_exit_2(tmp_path, capsys):
+    from agent_node.offline.train import main
+
+    record_chain_dataset(tmp_path / "data", rows=400)
+    chunk = sorted((tmp_path / "data").glob("*/chunk-*.npz"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[200] ^= 0xFF  # one changed byte
+    chunk.write_bytes(bytes(data))
+    assert main(["--dataset", str(tmp_path / "data"), "--gradient-steps", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(chunk) in err[0] and "its CRC32 does not match its contents" in err[0], err
+    assert not (tmp_path / "out").exists()
