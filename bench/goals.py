@@ -422,16 +422,22 @@ RUNTIME_MODES = {
 EPISODE_STEPS = 40  # goal_lines max_steps in the goal configs and in `run`
 
 
-def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, run_dir: Path, extra: list[str] = ()) -> dict:
-    """One `orchestrate up` of `mode` for `episodes` episodes; per episode (joined over both
-    agents' `goals/*` records): aligned = both pursued the same goal, success = both were
-    rewarded, the lockstep steps at its end, and the hindsight events the pair learned only from
-    each other's reports. Also the run's wall and CPU seconds (the orchestrator and every process
-    it started and waited for)."""
+def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, run_dir: Path, extra: list[str] = (),
+                team: int = 2) -> dict:
+    """One `orchestrate up` of `mode` for `episodes` episodes; per episode (joined over the
+    agents' `goals/*` records): aligned = every agent pursued the same goal, success = every agent
+    was rewarded, the lockstep steps at its end, and the hindsight events the agents learned only
+    from each other's reports. Also the run's wall and CPU seconds (the orchestrator and every
+    process it started and waited for). `team` agents play every episode together (2: the pair
+    of the configs; more: a population of that size, all active, on a full graph)."""
     config, overrides = RUNTIME_MODES[mode]
+    agents = tuple(f"agent_{i}" for i in range(team))
     settings = [f"run.seed={seed}", f"run.steps={episodes * EPISODE_STEPS}", f"env.kwargs.num_landmarks={landmarks}",
                 f"env.kwargs.view={view}", f"env.kwargs.max_steps={EPISODE_STEPS}",
                 f"agents.goals.num_landmarks={landmarks}", *overrides, *extra]
+    if team != 2:
+        settings += [f"agents.count={team}", f"env.kwargs.population={team}", f"env.kwargs.active_per_episode={team}",
+                     "topology.kind=full"]
     command = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
     for setting in settings:
         command += ["--set", setting]
@@ -448,7 +454,7 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
     episodes_of: dict[float, dict[str, dict]] = defaultdict(dict)
     stored: dict[float, float] = defaultdict(float)
     shared = {"reports_applied": 0.0, "partners_missing": 0.0, "rows_relabelled": 0.0}
-    for agent in AGENTS:
+    for agent in agents:
         for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             if "goals/goal" in record:
@@ -459,13 +465,13 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
                 stored[record["goals/episode"]] += record["hindsight/events_from_partners_only"]
             if "her/rows_relabelled" in record:
                 shared["rows_relabelled"] += record["her/rows_relabelled"]
-    starts = [e for e in sorted(episodes_of) if len(episodes_of[e]) == 2]
+    starts = [e for e in sorted(episodes_of) if len(episodes_of[e]) == team]
     both = [episodes_of[e] for e in starts]
-    timed_out = [ep[a].get("negotiation/timed_out", ep[a].get("supervision/timed_out", 0.0)) for ep in both for a in AGENTS]
-    cut = [ep[a].get("negotiation/cut_by_env", 0.0) for ep in both for a in AGENTS]
+    timed_out = [ep[a].get("negotiation/timed_out", ep[a].get("supervision/timed_out", 0.0)) for ep in both for a in agents]
+    cut = [ep[a].get("negotiation/cut_by_env", 0.0) for ep in both for a in agents]
     return {
-        "aligned": np.array([float(ep["agent_0"]["goals/goal"] == ep["agent_1"]["goals/goal"]) for ep in both]),
-        "success": np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in AGENTS)) for ep in both]),
+        "aligned": np.array([float(len({ep[a]["goals/goal"] for a in agents}) == 1) for ep in both]),
+        "success": np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in agents)) for ep in both]),
         "env_steps": np.array([int(start) + EPISODE_STEPS for start in starts]),
         "events_from_partners_only": np.array([stored.get(start, 0.0) for start in starts]),
         "timed_out": float(np.mean(timed_out)) if timed_out else 0.0, "cut_by_env": float(np.mean(cut)) if cut else 0.0,
@@ -510,10 +516,10 @@ def in_process_job(job: tuple) -> dict:
 
 
 def runtime_job(job: tuple) -> dict:
-    """One run through the runtime: (mode, seed, episodes, landmarks, view, scratch, overrides, last)."""
-    mode, seed, episodes, landmarks, view, scratch, overrides, last = job
+    """One run through the runtime: (mode, seed, episodes, landmarks, view, scratch, overrides, last, team)."""
+    mode, seed, episodes, landmarks, view, scratch, overrides, last, team = job
     load = os.getloadavg()[0]
-    result = runtime_run(mode, seed, episodes, landmarks, view, Path(scratch) / f"{mode}_{seed}", overrides)
+    result = runtime_run(mode, seed, episodes, landmarks, view, Path(scratch) / f"{mode}_{seed}", overrides, team)
     return summarise(mode, seed, result, last, result["seconds"], result["cpu_seconds"],
                      [round(load, 2), round(os.getloadavg()[0], 2)])
 
@@ -575,7 +581,7 @@ def runtime_main(args) -> None:
     """`--runtime`: every (mode, seed) as an ordinary run through `orchestrate up`, and with
     `--cross-check` the same (mode, seed) in-process; tables, the speed ratio, the cross-check."""
     last = final_window(args.episodes)
-    conditions = {"runtime": True, "cross_check": args.cross_check, "seeds": args.seeds, "first_seed": args.first_seed,
+    conditions = {"runtime": True, "team": args.team, "cross_check": args.cross_check, "seeds": args.seeds, "first_seed": args.first_seed,
                   "episodes": args.episodes, "landmarks": args.landmarks, "view": args.view, "goal_set": "cooperative",
                   "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW, "jobs": args.jobs,
                   "chance_alignment": 1.0 / (args.landmarks * (args.landmarks - 1) // 2), "overrides": args.set,
@@ -592,7 +598,7 @@ def runtime_main(args) -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     scratch = Path(tempfile.mkdtemp(prefix="bench_goals_", dir=args.scratch))
     # Seed by seed, every mode: a batch cut short keeps whole rows of modes over fewer seeds.
-    run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last)
+    run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last, args.team)
                          for seed in seeds for mode in args.modes], args.jobs, done, save)
     if args.cross_check:
         run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last) for seed in seeds for mode in args.modes],
@@ -619,7 +625,7 @@ def runtime_report(saved: dict, as_json: bool) -> None:
     for kind, side in (("through the runtime", runtime), ("in-process", in_process)):
         if not side:
             continue
-        print(f"\n{kind}: goal-lines L={conditions['landmarks']}, view {conditions['view']}, cooperative goals, 2 agents, "
+        print(f"\n{kind}: goal-lines L={conditions['landmarks']}, view {conditions['view']}, cooperative goals, {conditions.get('team', 2)} agents, "
               f"{conditions['episodes']} episodes, seeds {sorted({r['seed'] for rows in side.values() for r in rows})}; "
               f"'final' = the last {conditions['final_window_episodes']} episodes; mean ± 95% t-interval over seeds")
         print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}"
@@ -769,6 +775,9 @@ def main() -> None:
     parser.add_argument("--cross-check", action="store_true",
                         help="--runtime: also run every (mode, seed) in-process, and compare")
     parser.add_argument("--jobs", type=int, default=1, help="--runtime: runs at once")
+    parser.add_argument("--team", type=int, default=2,
+                        help="--runtime: agents playing every episode together (more than 2: a population of that size, "
+                             "all active, on a full graph; then a partner's report can carry a pair this agent did not see)")
     parser.add_argument("--scratch", type=Path, default=None, help="--runtime: where the run directories go (default: the temp dir)")
     parser.add_argument("--ring", type=int, default=None, metavar="N",
                         help="N agents negotiating on a ring (through the runtime; --in-process: in one process); alignment per edge and per team")
@@ -800,6 +809,10 @@ def main() -> None:
             parser.error(f"--cross-check: the in-process runs have L = {NUM_LANDMARKS}, got --landmarks {args.landmarks}")
         if args.jobs < 1:
             parser.error(f"--jobs: expected at least 1, got {args.jobs}")
+        if args.team < 2:
+            parser.error(f"--team: expected at least 2 agents, got {args.team}")
+        if args.cross_check and args.team != 2:
+            parser.error(f"--cross-check: the in-process runs are a pair, got --team {args.team}")
         runtime_main(args)
         return
     if args.replot is not None:
