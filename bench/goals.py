@@ -610,6 +610,36 @@ def runtime_main(args) -> None:
     runtime_report({"conditions": conditions, **done}, args.json)
 
 
+def merge_runtime_batches(batches: list[dict], names: list[str]) -> dict:
+    """One `--runtime` result from several batches of the same settings (seeds run at different
+    times): runtime rows per mode, and in-process rows (a batch's cross-check, or a plain in-process
+    run's `per_seed`) as the cross-check. A (mode, seed) run twice is refused, not silently chosen."""
+    runtime_batches = [b for b in batches if b["conditions"].get("runtime")]
+    if not runtime_batches:
+        raise SystemExit("--merge: expected at least one --runtime result")
+    conditions = dict(runtime_batches[0]["conditions"])
+    for key in ("episodes", "landmarks", "view", "team", "final_window_episodes", "curve_window_episodes"):
+        values = {b["conditions"].get(key, 2 if key == "team" else None) for b in batches}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the batches differ in {key}: {sorted(values, key=str)}")
+    conditions["batches"] = [{"file": name, **{k: b["conditions"].get(k) for k in
+                                               ("started_utc", "ended_utc", "first_seed", "seeds", "jobs", "load_avg_1m")}}
+                             for name, b in zip(names, batches)]
+    merged: dict = {"conditions": conditions, "runtime": {}, "in_process": {}}
+    for batch in batches:
+        sides = {"runtime": batch.get("runtime", {}), "in_process": batch.get("in_process", batch.get("per_seed", {}))}
+        for side, modes in sides.items():
+            for mode, rows in modes.items():
+                kept = merged[side].setdefault(mode, [])
+                for row in rows:
+                    if any(r["seed"] == row["seed"] for r in kept):
+                        raise SystemExit(f"--merge: {side} {mode} seed {row['seed']} is in two batches")
+                    kept.append(row)
+                kept.sort(key=lambda r: r["seed"])
+    conditions["cross_check"] = bool(merged["in_process"])
+    return merged
+
+
 def runtime_report(saved: dict, as_json: bool) -> None:
     """The tables of a `--runtime` batch (or of its saved JSON, `--replot`)."""
     conditions, runtime, in_process = saved["conditions"], saved.get("runtime", {}), saved.get("in_process", {})
@@ -645,8 +675,8 @@ def runtime_report(saved: dict, as_json: bool) -> None:
             key = f"steps_to_{baseline}_80pct"
             if baseline in side and "negotiation_hindsight" in side and key in side["negotiation_hindsight"][0]:
                 print(f"env steps until a {CURVE_WINDOW}-episode window reaches 80% of {baseline}'s final success (same seed):")
-                for mode in (baseline, "negotiation_hindsight"):
-                    print(f"  {mode:<24}" + ", ".join(f"{r[key]:.0f}" for r in side[mode]))
+                for mode in (baseline, "negotiation_hindsight"):  # seeds both modes ran
+                    print(f"  {mode:<24}" + ", ".join(f"seed {r['seed']} {r[key]:.0f}" for r in side[mode] if key in r))
     if speeds:
         print("\nspeed (mean over seeds): episodes per second and CPU seconds per episode")
         for mode, entry in speeds.items():
@@ -789,6 +819,9 @@ def main() -> None:
                         help="in-process: also print, per run, each cooperative goal's share of proposals, goals and "
                              "alignments and the success when aligned on it, over the final window")
     parser.add_argument("--replot", type=Path, help="draw --plot from a JSON written by --save, without running")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="join the --save JSONs of --runtime batches (and of in-process runs of the same settings, "
+                             "as their cross-check) into one result, written to --save and reported; runs nothing")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="--runtime: a config override for every run (orchestrate up --set), repeatable")
     args = parser.parse_args()
@@ -814,6 +847,14 @@ def main() -> None:
         if args.cross_check and args.team != 2:
             parser.error(f"--cross-check: the in-process runs are a pair, got --team {args.team}")
         runtime_main(args)
+        return
+    if args.merge is not None:
+        merged = merge_runtime_batches([json.loads(path.read_text()) for path in args.merge], [str(p) for p in args.merge])
+        if args.save is not None:
+            args.save.write_text(json.dumps(merged))
+        if args.plot is not None:
+            plot_runtime(merged, args.plot)
+        runtime_report(merged, args.json)
         return
     if args.replot is not None:
         saved = json.loads(args.replot.read_text())
