@@ -40,11 +40,17 @@ messages and KB per live agent per episode, virtual, wall and CPU seconds, and `
     python bench/simulate.py --topologies exponential --json
     python bench/simulate.py --agents 16 --shrink              # a failing row's plan, shrunk, as config sections
     python bench/simulate.py --engines team_flood,hindsight --topologies exponential,torus,random_regular
+
+`--save R.json --page R.md` keeps the invocation's record and renders its results page from it
+(bench/results_page.py); `--page-from R.json --page R.md` renders a saved record again. The goal
+protocols' table at 1,024 agents is docs/results/simulate_goals.md, written so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -54,7 +60,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+import results_page  # noqa: E402  (bench/results_page.py)
 from protocols.links import LinkConfig  # noqa: E402
 from protocols.simgoals import run_goal_plan  # noqa: E402
 from protocols.simplan import HEAVY_TAILED_LOSSY, PlanSettings, predicted_rounds, replay_yaml, run_plan, shrink_plan, standard_plan  # noqa: E402
@@ -165,6 +173,20 @@ def print_goal_table(rows: list[dict]) -> None:
             print(f"  {row['agents']} {row['topology']} {row['engine']} {row['plan']}: {violation}")
 
 
+def render(record: dict, source: str) -> str:
+    """The results page of a saved record: the table(s) as the terminal shows them."""
+    rows = [row for row in record["rows"] if "lambda_2" in row]
+    goal_rows = [row for row in record["rows"] if row.get("engine") in GOAL_ENGINES]
+    page = results_page.header(record, "Many simulated agents under faults (bench/simulate.py)", source)
+    for title, printer, selected in (("Consensus engines", print_table, rows), ("Goal protocols", print_goal_table, goal_rows)):
+        if selected:
+            captured = io.StringIO()
+            with contextlib.redirect_stdout(captured):
+                printer(selected)
+            page += f"## {title}\n\n" + "".join(f"    {line}\n" for line in captured.getvalue().splitlines()) + "\n"
+    return page + "What each column means: the docstring of bench/simulate.py.\n"
+
+
 def _rounds(reached: int | None, predicted: float, run: int) -> str:
     shown = f">{run}" if reached is None else str(reached)
     return f"{shown} [{'inf' if math.isinf(predicted) else math.ceil(predicted)}]"
@@ -203,11 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--periods", type=int, default=150, help="push-sum periods per run (0.1 s each)")
     parser.add_argument("--episodes", type=int, default=1, help="team_flood / hindsight: runs one after another per row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
+    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
+    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; simulate nothing")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--shrink", action="store_true",
                         help="cut each failing row's plan down to its smallest failing form (a full simulation per try) "
                              "and print it as run config sections for orchestrate up")
     args = parser.parse_args(argv)
+    if args.page_from is not None:
+        if args.page is None:
+            parser.error("--page-from needs --page (where to write the page)")
+        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+        return 0
+    record = results_page.begin("bench/simulate.py", sys.argv[1:] if argv is None else argv)
     rows, goal_rows = [], []
     if not args.json:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, cpus {os.cpu_count()}")
@@ -225,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(run_row(n, name, engine, plan_name, args.rounds, args.periods, args.seed))
                     if not args.json:
                         print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    record["rows"] = rows + goal_rows
+    results_page.end(record)
+    if args.save is not None:
+        results_page.save(record, args.save)
+    if args.page is not None:
+        args.page.write_text(render(record, args.save.name if args.save is not None else "its run"))
     if args.json:
         print(json.dumps(rows + goal_rows, indent=1))
     else:
