@@ -418,7 +418,12 @@ RUNTIME_MODES = {
     "negotiation_her": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.hindsight=null"]),
     "negotiation_hindsight": ("configs/goals_negotiation_hindsight.yaml", []),
     "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null", "agents.learner.her_strategy=none"]),
+    # The team flood (protocols/team_negotiation.py) in place of the naming game: agreement by a
+    # lottery over the agents' own draws, nothing learned. Through the runtime only.
+    "flood": ("configs/goals_negotiation.yaml", ["agents.goals.negotiation.protocol=team_flood"]),
+    "flood_hindsight": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.negotiation.protocol=team_flood"]),
 }
+RUNTIME_ONLY_MODES = ("flood", "flood_hindsight")
 EPISODE_STEPS = 40  # goal_lines max_steps in the goal configs and in `run`
 
 
@@ -790,9 +795,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=1500)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES + RUNTIME_ONLY_MODES,
                         help=f"default: {' '.join(DEFAULT_MODES)} (negotiation_her: HER over the agent's own "
-                             "achievements, no sharing)")
+                             "achievements, no sharing; flood, flood_hindsight: the team flood instead of the "
+                             "naming game, --runtime only)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
     parser.add_argument("--steps", type=int, default=8000, help="--ring (through the runtime): lockstep steps per run (40 per episode)")
@@ -846,6 +852,8 @@ def main() -> None:
             parser.error(f"--team: expected at least 2 agents, got {args.team}")
         if args.cross_check and args.team != 2:
             parser.error(f"--cross-check: the in-process runs are a pair, got --team {args.team}")
+        if args.cross_check and set(args.modes) & set(RUNTIME_ONLY_MODES):
+            parser.error(f"--cross-check: the in-process bench has no {sorted(set(args.modes) & set(RUNTIME_ONLY_MODES))}")
         runtime_main(args)
         return
     if args.merge is not None:
@@ -867,6 +875,8 @@ def main() -> None:
         report(saved["per_seed"], saved["conditions"], args.json)
         return
     args.modes = args.modes or list(DEFAULT_MODES)
+    if set(args.modes) & set(RUNTIME_ONLY_MODES):
+        parser.error(f"--modes {sorted(set(args.modes) & set(RUNTIME_ONLY_MODES))}: through the runtime only (--runtime)")
     torch.set_num_threads(1)
 
     last = final_window(args.episodes)
