@@ -246,7 +246,7 @@ def goal_run_problems(
     env_name: str,
     env_kwargs: dict[str, Any],
     num_copies: int,
-    forward_infos: list[str],
+    forward_infos: list[str] | str,
     episode_start_hold_s: float,
     eval_every_steps: int | None,
     topology_diameter: int | None,
@@ -285,7 +285,7 @@ def goal_run_problems(
             problems.append(f"agents.goals.{key}: expected env.kwargs.{key} ({env_value}), got {getattr(goals, key)}")
     if num_copies != 1:
         problems.append(f"env.num_copies: expected 1 with agents.goals (one goal per agent and episode), got {num_copies}")
-    if "achieved_goals" not in forward_infos:
+    if forward_infos != "all" and "achieved_goals" not in forward_infos:
         problems.append(
             f"env.forward_infos: expected 'achieved_goals' (goal agents compute their rewards from it), got {forward_infos}"
         )
@@ -328,7 +328,7 @@ def _amigo_run_problems(
     env_name: str,
     env_kwargs: dict[str, Any],
     num_copies: int,
-    forward_infos: list[str],
+    forward_infos: list[str] | str,
     episode_start_hold_s: float,
     eval_every_steps: int | None,
 ) -> list[str]:
@@ -347,7 +347,7 @@ def _amigo_run_problems(
             problems.append(f"agents.goals.amigo.{field_name}: expected env.kwargs.{key} ({env_value}), got {getattr(settings, field_name)}")
     if num_copies != 1:
         problems.append(f"env.num_copies: expected 1 with selection 'amigo' (one goal at a time per agent), got {num_copies}")
-    if "cell" not in forward_infos:
+    if forward_infos != "all" and "cell" not in forward_infos:
         problems.append(f"env.forward_infos: expected 'cell' (AMIGo agents check their goal cells with it), got {forward_infos}")
     if episode_start_hold_s > 0:
         problems.append(

@@ -19,7 +19,10 @@ env's global state. For that the proxy joins with the global view (env_server/gl
 and keeps the state that comes with each observation; `state()` raises NotImplementedError,
 saying why, where the remote env has no `state()` (as the local one would), and
 `RemoteParallelEnv(endpoint, state=False)` skips the view (the lockstep bodies are then packed,
-which the view rules out).
+which the view rules out). The infos are those the server forwards: the standalone server
+(`python -m env_server`) forwards every numeric info key by default (`--forward-infos all`), so
+`step` and `reset` return the infos a local env would, less any value that is not a number or a
+numeric array (named in the server's log).
 """
 
 from __future__ import annotations
@@ -147,8 +150,8 @@ def _first_row(batched: Any) -> Any:
 
 
 def _first_infos(reply: m.EnvObservation, agents: list[str]) -> dict[str, dict[str, Any]]:
-    """Copy 0's forwarded infos (the server's `forward_infos`; empty without it): a Python
-    number for a scalar, else a writable array."""
+    """Copy 0's forwarded infos (the server's `forward_infos`): a Python number for a scalar,
+    else a writable array."""
     infos: dict[str, dict[str, Any]] = {a: {} for a in agents}
     for agent in agents:
         for key, batched in reply.infos.get(agent, {}).items():

@@ -418,20 +418,31 @@ RUNTIME_MODES = {
     "negotiation_her": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.hindsight=null"]),
     "negotiation_hindsight": ("configs/goals_negotiation_hindsight.yaml", []),
     "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null", "agents.learner.her_strategy=none"]),
+    # The team flood (protocols/team_negotiation.py) in place of the naming game: agreement by a
+    # lottery over the agents' own draws, nothing learned. Through the runtime only.
+    "flood": ("configs/goals_negotiation.yaml", ["agents.goals.negotiation.protocol=team_flood"]),
+    "flood_hindsight": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.negotiation.protocol=team_flood"]),
 }
+RUNTIME_ONLY_MODES = ("flood", "flood_hindsight")
 EPISODE_STEPS = 40  # goal_lines max_steps in the goal configs and in `run`
 
 
-def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, run_dir: Path, extra: list[str] = ()) -> dict:
-    """One `orchestrate up` of `mode` for `episodes` episodes; per episode (joined over both
-    agents' `goals/*` records): aligned = both pursued the same goal, success = both were
-    rewarded, the lockstep steps at its end, and the hindsight events the pair learned only from
-    each other's reports. Also the run's wall and CPU seconds (the orchestrator and every process
-    it started and waited for)."""
+def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, run_dir: Path, extra: list[str] = (),
+                team: int = 2) -> dict:
+    """One `orchestrate up` of `mode` for `episodes` episodes; per episode (joined over the
+    agents' `goals/*` records): aligned = every agent pursued the same goal, success = every agent
+    was rewarded, the lockstep steps at its end, and the hindsight events the agents learned only
+    from each other's reports. Also the run's wall and CPU seconds (the orchestrator and every
+    process it started and waited for). `team` agents play every episode together (2: the pair
+    of the configs; more: a population of that size, all active, on a full graph)."""
     config, overrides = RUNTIME_MODES[mode]
+    agents = tuple(f"agent_{i}" for i in range(team))
     settings = [f"run.seed={seed}", f"run.steps={episodes * EPISODE_STEPS}", f"env.kwargs.num_landmarks={landmarks}",
                 f"env.kwargs.view={view}", f"env.kwargs.max_steps={EPISODE_STEPS}",
                 f"agents.goals.num_landmarks={landmarks}", *overrides, *extra]
+    if team != 2:
+        settings += [f"agents.count={team}", f"env.kwargs.population={team}", f"env.kwargs.active_per_episode={team}",
+                     "topology.kind=full"]
     command = [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir)]
     for setting in settings:
         command += ["--set", setting]
@@ -448,7 +459,7 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
     episodes_of: dict[float, dict[str, dict]] = defaultdict(dict)
     stored: dict[float, float] = defaultdict(float)
     shared = {"reports_applied": 0.0, "partners_missing": 0.0, "rows_relabelled": 0.0}
-    for agent in AGENTS:
+    for agent in agents:
         for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             if "goals/goal" in record:
@@ -459,13 +470,13 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
                 stored[record["goals/episode"]] += record["hindsight/events_from_partners_only"]
             if "her/rows_relabelled" in record:
                 shared["rows_relabelled"] += record["her/rows_relabelled"]
-    starts = [e for e in sorted(episodes_of) if len(episodes_of[e]) == 2]
+    starts = [e for e in sorted(episodes_of) if len(episodes_of[e]) == team]
     both = [episodes_of[e] for e in starts]
-    timed_out = [ep[a].get("negotiation/timed_out", ep[a].get("supervision/timed_out", 0.0)) for ep in both for a in AGENTS]
-    cut = [ep[a].get("negotiation/cut_by_env", 0.0) for ep in both for a in AGENTS]
+    timed_out = [ep[a].get("negotiation/timed_out", ep[a].get("supervision/timed_out", 0.0)) for ep in both for a in agents]
+    cut = [ep[a].get("negotiation/cut_by_env", 0.0) for ep in both for a in agents]
     return {
-        "aligned": np.array([float(ep["agent_0"]["goals/goal"] == ep["agent_1"]["goals/goal"]) for ep in both]),
-        "success": np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in AGENTS)) for ep in both]),
+        "aligned": np.array([float(len({ep[a]["goals/goal"] for a in agents}) == 1) for ep in both]),
+        "success": np.array([float(all(ep[a]["goals/reward"] >= 1.0 for a in agents)) for ep in both]),
         "env_steps": np.array([int(start) + EPISODE_STEPS for start in starts]),
         "events_from_partners_only": np.array([stored.get(start, 0.0) for start in starts]),
         "timed_out": float(np.mean(timed_out)) if timed_out else 0.0, "cut_by_env": float(np.mean(cut)) if cut else 0.0,
@@ -510,10 +521,10 @@ def in_process_job(job: tuple) -> dict:
 
 
 def runtime_job(job: tuple) -> dict:
-    """One run through the runtime: (mode, seed, episodes, landmarks, view, scratch, overrides, last)."""
-    mode, seed, episodes, landmarks, view, scratch, overrides, last = job
+    """One run through the runtime: (mode, seed, episodes, landmarks, view, scratch, overrides, last, team)."""
+    mode, seed, episodes, landmarks, view, scratch, overrides, last, team = job
     load = os.getloadavg()[0]
-    result = runtime_run(mode, seed, episodes, landmarks, view, Path(scratch) / f"{mode}_{seed}", overrides)
+    result = runtime_run(mode, seed, episodes, landmarks, view, Path(scratch) / f"{mode}_{seed}", overrides, team)
     return summarise(mode, seed, result, last, result["seconds"], result["cpu_seconds"],
                      [round(load, 2), round(os.getloadavg()[0], 2)])
 
@@ -575,7 +586,7 @@ def runtime_main(args) -> None:
     """`--runtime`: every (mode, seed) as an ordinary run through `orchestrate up`, and with
     `--cross-check` the same (mode, seed) in-process; tables, the speed ratio, the cross-check."""
     last = final_window(args.episodes)
-    conditions = {"runtime": True, "cross_check": args.cross_check, "seeds": args.seeds, "first_seed": args.first_seed,
+    conditions = {"runtime": True, "team": args.team, "cross_check": args.cross_check, "seeds": args.seeds, "first_seed": args.first_seed,
                   "episodes": args.episodes, "landmarks": args.landmarks, "view": args.view, "goal_set": "cooperative",
                   "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW, "jobs": args.jobs,
                   "chance_alignment": 1.0 / (args.landmarks * (args.landmarks - 1) // 2), "overrides": args.set,
@@ -592,7 +603,7 @@ def runtime_main(args) -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     scratch = Path(tempfile.mkdtemp(prefix="bench_goals_", dir=args.scratch))
     # Seed by seed, every mode: a batch cut short keeps whole rows of modes over fewer seeds.
-    run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last)
+    run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last, args.team)
                          for seed in seeds for mode in args.modes], args.jobs, done, save)
     if args.cross_check:
         run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last) for seed in seeds for mode in args.modes],
@@ -602,6 +613,36 @@ def runtime_main(args) -> None:
     if args.plot is not None:
         plot_runtime({"conditions": conditions, **done}, args.plot)
     runtime_report({"conditions": conditions, **done}, args.json)
+
+
+def merge_runtime_batches(batches: list[dict], names: list[str]) -> dict:
+    """One `--runtime` result from several batches of the same settings (seeds run at different
+    times): runtime rows per mode, and in-process rows (a batch's cross-check, or a plain in-process
+    run's `per_seed`) as the cross-check. A (mode, seed) run twice is refused, not silently chosen."""
+    runtime_batches = [b for b in batches if b["conditions"].get("runtime")]
+    if not runtime_batches:
+        raise SystemExit("--merge: expected at least one --runtime result")
+    conditions = dict(runtime_batches[0]["conditions"])
+    for key in ("episodes", "landmarks", "view", "team", "final_window_episodes", "curve_window_episodes"):
+        values = {b["conditions"].get(key, 2 if key == "team" else None) for b in batches}
+        if len(values) > 1:
+            raise SystemExit(f"--merge: the batches differ in {key}: {sorted(values, key=str)}")
+    conditions["batches"] = [{"file": name, **{k: b["conditions"].get(k) for k in
+                                               ("started_utc", "ended_utc", "first_seed", "seeds", "jobs", "load_avg_1m")}}
+                             for name, b in zip(names, batches)]
+    merged: dict = {"conditions": conditions, "runtime": {}, "in_process": {}}
+    for batch in batches:
+        sides = {"runtime": batch.get("runtime", {}), "in_process": batch.get("in_process", batch.get("per_seed", {}))}
+        for side, modes in sides.items():
+            for mode, rows in modes.items():
+                kept = merged[side].setdefault(mode, [])
+                for row in rows:
+                    if any(r["seed"] == row["seed"] for r in kept):
+                        raise SystemExit(f"--merge: {side} {mode} seed {row['seed']} is in two batches")
+                    kept.append(row)
+                kept.sort(key=lambda r: r["seed"])
+    conditions["cross_check"] = bool(merged["in_process"])
+    return merged
 
 
 def runtime_report(saved: dict, as_json: bool) -> None:
@@ -619,7 +660,7 @@ def runtime_report(saved: dict, as_json: bool) -> None:
     for kind, side in (("through the runtime", runtime), ("in-process", in_process)):
         if not side:
             continue
-        print(f"\n{kind}: goal-lines L={conditions['landmarks']}, view {conditions['view']}, cooperative goals, 2 agents, "
+        print(f"\n{kind}: goal-lines L={conditions['landmarks']}, view {conditions['view']}, cooperative goals, {conditions.get('team', 2)} agents, "
               f"{conditions['episodes']} episodes, seeds {sorted({r['seed'] for rows in side.values() for r in rows})}; "
               f"'final' = the last {conditions['final_window_episodes']} episodes; mean ± 95% t-interval over seeds")
         print(f"{'mode':<24}{'coop success (final)':>22}{'alignment (final)':>20}{'steps to 80% of final':>24}"
@@ -639,8 +680,8 @@ def runtime_report(saved: dict, as_json: bool) -> None:
             key = f"steps_to_{baseline}_80pct"
             if baseline in side and "negotiation_hindsight" in side and key in side["negotiation_hindsight"][0]:
                 print(f"env steps until a {CURVE_WINDOW}-episode window reaches 80% of {baseline}'s final success (same seed):")
-                for mode in (baseline, "negotiation_hindsight"):
-                    print(f"  {mode:<24}" + ", ".join(f"{r[key]:.0f}" for r in side[mode]))
+                for mode in (baseline, "negotiation_hindsight"):  # seeds both modes ran
+                    print(f"  {mode:<24}" + ", ".join(f"seed {r['seed']} {r[key]:.0f}" for r in side[mode] if key in r))
     if speeds:
         print("\nspeed (mean over seeds): episodes per second and CPU seconds per episode")
         for mode, entry in speeds.items():
@@ -754,9 +795,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=1500)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
-    parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES + RUNTIME_ONLY_MODES,
                         help=f"default: {' '.join(DEFAULT_MODES)} (negotiation_her: HER over the agent's own "
-                             "achievements, no sharing)")
+                             "achievements, no sharing; flood, flood_hindsight: the team flood instead of the "
+                             "naming game, --runtime only)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
     parser.add_argument("--steps", type=int, default=8000, help="--ring (through the runtime): lockstep steps per run (40 per episode)")
@@ -769,6 +811,9 @@ def main() -> None:
     parser.add_argument("--cross-check", action="store_true",
                         help="--runtime: also run every (mode, seed) in-process, and compare")
     parser.add_argument("--jobs", type=int, default=1, help="--runtime: runs at once")
+    parser.add_argument("--team", type=int, default=2,
+                        help="--runtime: agents playing every episode together (more than 2: a population of that size, "
+                             "all active, on a full graph; then a partner's report can carry a pair this agent did not see)")
     parser.add_argument("--scratch", type=Path, default=None, help="--runtime: where the run directories go (default: the temp dir)")
     parser.add_argument("--ring", type=int, default=None, metavar="N",
                         help="N agents negotiating on a ring (through the runtime; --in-process: in one process); alignment per edge and per team")
@@ -780,6 +825,9 @@ def main() -> None:
                         help="in-process: also print, per run, each cooperative goal's share of proposals, goals and "
                              "alignments and the success when aligned on it, over the final window")
     parser.add_argument("--replot", type=Path, help="draw --plot from a JSON written by --save, without running")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="join the --save JSONs of --runtime batches (and of in-process runs of the same settings, "
+                             "as their cross-check) into one result, written to --save and reported; runs nothing")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="--runtime: a config override for every run (orchestrate up --set), repeatable")
     args = parser.parse_args()
@@ -800,7 +848,21 @@ def main() -> None:
             parser.error(f"--cross-check: the in-process runs have L = {NUM_LANDMARKS}, got --landmarks {args.landmarks}")
         if args.jobs < 1:
             parser.error(f"--jobs: expected at least 1, got {args.jobs}")
+        if args.team < 2:
+            parser.error(f"--team: expected at least 2 agents, got {args.team}")
+        if args.cross_check and args.team != 2:
+            parser.error(f"--cross-check: the in-process runs are a pair, got --team {args.team}")
+        if args.cross_check and set(args.modes) & set(RUNTIME_ONLY_MODES):
+            parser.error(f"--cross-check: the in-process bench has no {sorted(set(args.modes) & set(RUNTIME_ONLY_MODES))}")
         runtime_main(args)
+        return
+    if args.merge is not None:
+        merged = merge_runtime_batches([json.loads(path.read_text()) for path in args.merge], [str(p) for p in args.merge])
+        if args.save is not None:
+            args.save.write_text(json.dumps(merged))
+        if args.plot is not None:
+            plot_runtime(merged, args.plot)
+        runtime_report(merged, args.json)
         return
     if args.replot is not None:
         saved = json.loads(args.replot.read_text())
@@ -813,6 +875,8 @@ def main() -> None:
         report(saved["per_seed"], saved["conditions"], args.json)
         return
     args.modes = args.modes or list(DEFAULT_MODES)
+    if set(args.modes) & set(RUNTIME_ONLY_MODES):
+        parser.error(f"--modes {sorted(set(args.modes) & set(RUNTIME_ONLY_MODES))}: through the runtime only (--runtime)")
     torch.set_num_threads(1)
 
     last = final_window(args.episodes)

@@ -25,15 +25,32 @@ share's weight stays on the node's own value); `ok` whether every invariant held
 A row stops when disagreement reached 1e-6 and membership has settled after the heal, or after
 `--rounds` rounds (60; `--periods` push-sum periods, 150).
 
+The goal protocols (`--engines team_flood,hindsight`, protocols/simgoals.py) get a table of their
+own: the same topologies and links (`faults`: 30% loss, Pareto delays, 5% of the agents crashed
+for the whole plan; `ideal`: the delays only), `--episodes` negotiations or hindsight exchanges
+one after another. Columns: `live` agents and the connected groups they form (`groups`: crashed
+agents can cut a ring), `follow` the fraction of live agents that followed their group's winner
+(team flood), `aligned` the episodes in which every live agent pursued one goal, `decide s` the
+mean and largest negotiation time against its bound (rounds x 0.5 s), `applied` / `missing` the
+fraction of hindsight reports between live neighbours applied / missing at the deadline, then
+messages and KB per live agent per episode, virtual, wall and CPU seconds, and `ok` the invariants.
+
     python bench/simulate.py                                   # 1,024 agents, every topology, both engines, faults
     python bench/simulate.py --agents 64,256 --plans faults,ideal --engines sync
     python bench/simulate.py --topologies exponential --json
     python bench/simulate.py --agents 16 --shrink              # a failing row's plan, shrunk, as config sections
+    python bench/simulate.py --engines team_flood,hindsight --topologies exponential,torus,random_regular
+
+`--save R.json --page R.md` keeps the invocation's record and renders its results page from it
+(bench/results_page.py); `--page-from R.json --page R.md` renders a saved record again. The goal
+protocols' table at 1,024 agents is docs/results/simulate_goals.md, written so.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -43,8 +60,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+import results_page  # noqa: E402  (bench/results_page.py)
 from protocols.links import LinkConfig  # noqa: E402
+from protocols.simgoals import run_goal_plan  # noqa: E402
 from protocols.simplan import HEAVY_TAILED_LOSSY, PlanSettings, predicted_rounds, replay_yaml, run_plan, shrink_plan, standard_plan  # noqa: E402
 from protocols.topology import exponential, grid, metropolis_weights, random_regular, ring, second_largest_eigenvalue_modulus, small_world  # noqa: E402
 
@@ -111,6 +131,62 @@ def run_row(n: int, name: str, engine: str, plan_name: str, rounds: int, periods
     }
 
 
+GOAL_ENGINES = ("team_flood", "hindsight")
+
+
+def run_goal_row(n: int, name: str, engine: str, plan_name: str, episodes: int, seed: int) -> dict:
+    topology = build(name, n, seed)
+    if plan_name == "faults":
+        result = run_goal_plan(topology, engine, seed=seed, episodes=episodes, link=HEAVY_TAILED_LOSSY, crash_fraction=0.05)
+    elif plan_name == "ideal":
+        result = run_goal_plan(topology, engine, seed=seed, episodes=episodes, link=IDEAL_DELAYS, crash_fraction=0.0)
+    else:
+        raise SystemExit(f"--plans: expected faults and/or ideal, got {plan_name!r}")
+    return {"topology": name, "plan": plan_name, **result.__dict__}
+
+
+def format_goal_row(row: dict) -> str:
+    flood = row["engine"] == "team_flood"
+    follow = f"{row['follow_winner']:.3f}" if flood else "-"
+    aligned = f"{row['team_aligned']:.2f}" if flood else "-"
+    decide = f"{row['decision_s_mean']:.2f}/{row['decision_s_max']:.2f} [{row['decision_bound_s']:.1f}]" if flood else "-"
+    applied = "-" if flood else f"{row['reports_applied']:.3f}"
+    missing = "-" if flood else f"{row['reports_missing']:.3f}"
+    return (
+        f"{row['agents']:>6} {row['topology']:<15} {row['engine']:<10} {row['plan']:<7} {row['live_agents']:>5} {row['live_components']:>6} "
+        f"{follow:>7} {aligned:>7} {decide:>19} {applied:>7} {missing:>7} "
+        f"{row['messages_per_agent']:>9.1f} {row['bytes_per_agent'] / 1024:>8.1f} {row['simulated_s']:>6.1f} "
+        f"{row['wall_s']:>6.1f} {row['cpu_s']:>6.1f} {'yes' if not row['violations'] else 'NO':>3}"
+    )
+
+
+def print_goal_table(rows: list[dict]) -> None:
+    header = (f"{'agents':>6} {'topology':<15} {'engine':<10} {'plan':<7} {'live':>5} {'groups':>6} {'follow':>7} {'aligned':>7} "
+              f"{'decide s [bound]':>19} {'applied':>7} {'missing':>7} {'msgs/node':>9} {'KB/node':>8} {'sim s':>6} "
+              f"{'wall s':>6} {'cpu s':>6} {'ok':>3}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(format_goal_row(row))
+    for row in rows:
+        for violation in row["violations"][:3]:
+            print(f"  {row['agents']} {row['topology']} {row['engine']} {row['plan']}: {violation}")
+
+
+def render(record: dict, source: str) -> str:
+    """The results page of a saved record: the table(s) as the terminal shows them."""
+    rows = [row for row in record["rows"] if "lambda_2" in row]
+    goal_rows = [row for row in record["rows"] if row.get("engine") in GOAL_ENGINES]
+    page = results_page.header(record, "Many simulated agents under faults (bench/simulate.py)", source)
+    for title, printer, selected in (("Consensus engines", print_table, rows), ("Goal protocols", print_goal_table, goal_rows)):
+        if selected:
+            captured = io.StringIO()
+            with contextlib.redirect_stdout(captured):
+                printer(selected)
+            page += f"## {title}\n\n" + "".join(f"    {line}\n" for line in captured.getvalue().splitlines()) + "\n"
+    return page + "What each column means: the docstring of bench/simulate.py.\n"
+
+
 def _rounds(reached: int | None, predicted: float, run: int) -> str:
     shown = f">{run}" if reached is None else str(reached)
     return f"{shown} [{'inf' if math.isinf(predicted) else math.ceil(predicted)}]"
@@ -147,36 +223,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plans", default="faults")
     parser.add_argument("--rounds", type=int, default=60, help="synchronous rounds per run (0.2 s each)")
     parser.add_argument("--periods", type=int, default=150, help="push-sum periods per run (0.1 s each)")
+    parser.add_argument("--episodes", type=int, default=1, help="team_flood / hindsight: runs one after another per row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
+    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
+    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; simulate nothing")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--shrink", action="store_true",
                         help="cut each failing row's plan down to its smallest failing form (a full simulation per try) "
                              "and print it as run config sections for orchestrate up")
     args = parser.parse_args(argv)
-    rows = []
+    if args.page_from is not None:
+        if args.page is None:
+            parser.error("--page-from needs --page (where to write the page)")
+        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+        return 0
+    record = results_page.begin("bench/simulate.py", sys.argv[1:] if argv is None else argv)
+    rows, goal_rows = [], []
     if not args.json:
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, cpus {os.cpu_count()}")
     for n in [int(value) for value in args.agents.split(",")]:
         for name in args.topologies.split(","):
             for engine in args.engines.split(","):
-                if engine not in ("sync", "push_sum"):
-                    raise SystemExit(f"--engines: expected sync and/or push_sum, got {engine!r}")
+                if engine not in ("sync", "push_sum", *GOAL_ENGINES):
+                    raise SystemExit(f"--engines: expected some of sync, push_sum, {', '.join(GOAL_ENGINES)}; got {engine!r}")
                 for plan_name in args.plans.split(","):
+                    if engine in GOAL_ENGINES:
+                        goal_rows.append(run_goal_row(n, name, engine, plan_name, args.episodes, args.seed))
+                        if not args.json:
+                            print(format_goal_row(goal_rows[-1]), file=sys.stderr, flush=True)
+                        continue
                     rows.append(run_row(n, name, engine, plan_name, args.rounds, args.periods, args.seed))
                     if not args.json:
                         print(format_row(rows[-1]), file=sys.stderr, flush=True)
+    record["rows"] = rows + goal_rows
+    results_page.end(record)
+    if args.save is not None:
+        results_page.save(record, args.save)
+    if args.page is not None:
+        args.page.write_text(render(record, args.save.name if args.save is not None else "its run"))
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows + goal_rows, indent=1))
     else:
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print_table(rows)
+        if rows:
+            print_table(rows)
+        if goal_rows:
+            print_goal_table(goal_rows)
     if args.shrink:
         for row in rows:
             if row["violations"]:
                 plan = make_plan(row["agents"], row["topology"], row["engine"], row["plan"], args.rounds, args.periods, args.seed)
                 print(f"\n# {row['agents']} {row['topology']} {row['engine']} {row['plan']}: shrinking {len(plan.events)} events")
                 print(replay_yaml(shrink_plan(plan)))
-    return 1 if any(row["violations"] for row in rows) else 0
+    return 1 if any(row["violations"] for row in rows + goal_rows) else 0
 
 
 if __name__ == "__main__":

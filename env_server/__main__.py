@@ -25,7 +25,7 @@ from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
 from env_server.server import EnvServer, LockstepRules
-from env_server.vector import VectorizedParallelEnv
+from env_server.vector import ALL_INFOS, InfoKeys, VectorizedParallelEnv, info_keys
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
 from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault, stop_on_signals
@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         "--join-deadline", type=float, default=_DEFAULTS["join_deadline_s"],
         help="standalone: how long the first reset waits for every agent to join (s)",
     )
-    parser.add_argument("--forward-infos", default="", help="standalone: comma-separated info keys to send to agents")
+    parser.add_argument("--forward-infos", default=ALL_INFOS,
+                        help="standalone: comma-separated info keys to send to agents, 'all' (every numeric key, "
+                             "as a local env hands them over: the default) or '' (none; lockstep bodies may then be packed)")
     parser.add_argument("--episode-start-hold", type=float, default=0.0,
                         help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_standalone(args)
 
 
-def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: tuple[str, ...] = ()):
+def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: InfoKeys = ()):
     """K copies in this process, or split over `num_workers` processes (forked here, before the
     server makes its hub: a zmq context must not cross a fork)."""
     if num_workers == 1:
@@ -92,7 +94,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     envs = make_copies(
         lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies,
         autoreset=not args.no_autoreset, num_workers=args.workers,
-        forward_infos=tuple(k for k in args.forward_infos.split(",") if k),
+        forward_infos=info_keys(ALL_INFOS if args.forward_infos == ALL_INFOS else [k for k in args.forward_infos.split(",") if k]),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
     server = EnvServer(
@@ -141,7 +143,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     def build() -> object:
         return make_env(env_config.name, dict(env_config.kwargs), construction_seed=construction_seed)
 
-    forward_infos = tuple(env_config.forward_infos)
+    forward_infos = info_keys(env_config.forward_infos)
     envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers,
                        forward_infos=forward_infos)
     # One agent node drives each possible agent. The orchestrator checked the count on an env it

@@ -59,10 +59,11 @@ class EnvConfig(BaseModel):
     # --render out.gif` sets it and turns them into a GIF. Needs eval_every_steps.
     render_evaluation: bool = False
     # Keys of the env's per-agent `infos` to send to the agents with every observation (numbers or
-    # numeric arrays only, e.g. goal_lines' [achieved_goals, landmark]). Empty: infos are dropped,
-    # and the lockstep pays nothing for them. A key the env does not report stops the server at
-    # the first reset/step with an error naming it.
-    forward_infos: list[str] = []
+    # numeric arrays only, e.g. goal_lines' [achieved_goals, landmark]), or "all": every key whose
+    # value is numeric (others are named once in the server's log). Empty: infos are dropped,
+    # and the lockstep pays nothing for them (its bodies can be packed). A named key the env does
+    # not report stops the server at the first reset/step with an error naming it.
+    forward_infos: list[str] | Literal["all"] = []
     # Hold each episode's first observation until the active agents report (goal.ready) that
     # their goal negotiation ended, or this long; the server announces who plays first
     # (env.episode_start; env_server/episode_hold.py). 0: no announcement, no hold.
@@ -84,7 +85,9 @@ class EnvConfig(BaseModel):
 
     @field_validator("forward_infos")
     @classmethod
-    def _info_keys(cls, keys: list[str]) -> list[str]:
+    def _info_keys(cls, keys: list[str] | str) -> list[str] | str:
+        if isinstance(keys, str):  # "all": the Literal checked it
+            return keys
         empty = [k for k in keys if not k.strip()]
         if empty:
             raise ValueError(f"forward_infos: expected non-empty info key names, got {keys!r}")

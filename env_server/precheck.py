@@ -36,6 +36,7 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
 from env_server.registry import EnvNotFound, construction_kwargs, resolve_factory
+from protocols.spaces import is_image_space
 
 _UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
 
@@ -84,9 +85,10 @@ def env_facts(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def space_summary(space: spaces.Space) -> dict[str, Any]:
-    """What the pre-launch checks need of a space: its kind, and a Box's shape or a Discrete's n."""
+    """What the pre-launch checks need of a space: its kind, and a Box's shape (and whether it holds
+    images) or a Discrete's n."""
     if isinstance(space, spaces.Box):
-        return {"kind": "box", "shape": [int(n) for n in space.shape]}
+        return {"kind": "box", "shape": [int(n) for n in space.shape], "image": is_image_space(space)}
     if isinstance(space, spaces.Discrete):
         return {"kind": "discrete", "n": int(space.n)}
     kinds = {spaces.MultiDiscrete: "multi_discrete", spaces.MultiBinary: "multi_binary", spaces.Dict: "dict", spaces.Tuple: "tuple"}

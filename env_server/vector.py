@@ -11,7 +11,10 @@ first observation of the new episode, the last observation of the old one in
 `final_observations`, and `episode_start` marks that copy.
 
 Infos: PettingZoo's per-agent `infos` are dropped unless `forward_infos` names keys to keep
-(the env section's `forward_infos`), so the lockstep hot path pays nothing for them. A kept key
+(the env section's `forward_infos`), so the lockstep hot path pays nothing for them, or is
+`"all"` (`ALL_INFOS`): every key whose value is a number or a numeric array, as a local env would
+hand them over (the standalone server's default, for `RemoteParallelEnv`); keys holding anything
+else (strings, nested dicts) are left out and named once in the log. A kept key
 must hold a number or a numeric array; it is batched per agent as `infos[agent][key]`:
 
 - an array shaped (K, ...) when every copy reported it for the agent with one shape and dtype
@@ -21,14 +24,15 @@ must hold a number or a numeric array; it is batched per agent as `infos[agent][
 
 Both are msgpack-safe (arrays travel as raw frames). With autoreset, a copy that just reset carries
 the infos of the step that ended its episode (like its rewards), not those of the new reset.
-A key no agent reports at the first reset (or, if the env reports no infos at reset, at the
-first step) is refused there with a ValueError naming it.
+A named key no agent reports at the first reset (or, if the env reports no infos at reset, at
+the first step) is refused there with a ValueError naming it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Union
 
 import numpy as np
 from gymnasium import spaces
@@ -36,6 +40,17 @@ from pettingzoo import ParallelEnv
 
 from protocols.packed import PackedLayout
 from protocols.wire import MAX_PACKED_BODY_BYTES
+
+log = logging.getLogger(__name__)
+
+# `forward_infos` either names the keys to keep or is ALL_INFOS: every numeric key.
+ALL_INFOS = "all"
+InfoKeys = Union[tuple[str, ...], Literal["all"]]
+
+
+def info_keys(setting: Any) -> InfoKeys:
+    """The env section's `forward_infos` (a list of names, or "all") as the vector env takes it."""
+    return ALL_INFOS if setting == ALL_INFOS else tuple(setting)
 
 
 @dataclass
@@ -56,16 +71,27 @@ class BatchedStep:
     episode_agent_returns: list[dict[str, float]] = field(default_factory=list)
 
 
-def batch_infos(per_copy: list[dict[str, dict]], agents: list[str], keys: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def batch_infos(per_copy: list[dict[str, dict]], agents: list[str], keys: InfoKeys,
+                skipped: set[str] | None = None) -> dict[str, dict[str, Any]]:
     """`infos[agent][key]` over K copies: an array (K, ...) if every copy has one shape and dtype,
-    else a list of K arrays (None where the agent did not report the key)."""
+    else a list of K arrays (None where the agent did not report the key). With `keys` ALL_INFOS,
+    every key some copy reports for the agent; one that holds anything but numbers is left out
+    and added to `skipped` (a named key must be numeric: ValueError)."""
     batched: dict[str, dict[str, Any]] = {}
     for agent in agents:
         entries: dict[str, Any] = {}
-        for key in keys:
+        agent_keys = keys
+        if keys == ALL_INFOS:
+            agent_keys = sorted({key for copy_infos in per_copy for key in copy_infos.get(agent, {})})
+        for key in agent_keys:
             rows = []
             for copy_infos in per_copy:
                 value = copy_infos.get(agent, {}).get(key)
+                if value is not None and keys == ALL_INFOS and not is_numeric_info(value):
+                    if skipped is not None:
+                        skipped.add(key)
+                    rows = [None]
+                    break
                 rows.append(None if value is None else numeric_info(value, agent, key))
             if all(r is None for r in rows):
                 continue
@@ -79,6 +105,13 @@ def batch_infos(per_copy: list[dict[str, dict]], agents: list[str], keys: tuple[
     return batched
 
 
+def is_numeric_info(value: Any) -> bool:
+    try:
+        return np.asarray(value).dtype.kind in "biuf"
+    except (ValueError, TypeError):  # ragged nested lists
+        return False
+
+
 def numeric_info(value: Any, agent: str, key: str) -> np.ndarray:
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
@@ -89,8 +122,10 @@ def numeric_info(value: Any, agent: str, key: str) -> np.ndarray:
     return array
 
 
-def check_info_keys(per_copy: list[dict[str, dict]], keys: tuple[str, ...]) -> None:
+def check_info_keys(per_copy: list[dict[str, dict]], keys: InfoKeys) -> None:
     """Refuse forwarded keys that no agent of any copy reports (at the first reset)."""
+    if keys == ALL_INFOS:
+        return
     reported = {key for copy_infos in per_copy for agent_infos in copy_infos.values() for key in agent_infos}
     unknown = [key for key in keys if key not in reported]
     if unknown:
@@ -210,14 +245,15 @@ def _integer_bounds(space: spaces.Space) -> tuple[Any, Any]:
 
 class VectorizedParallelEnv:
     def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool,
-                 forward_infos: tuple[str, ...] = ()) -> None:
+                 forward_infos: Any = ()) -> None:
         if num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
         self.copies = [factory() for _ in range(num_copies)]
         self.num_copies = num_copies
         self.autoreset = autoreset
-        self.forward_infos = tuple(forward_infos)
+        self.forward_infos = info_keys(forward_infos)
         self._info_keys_checked = False
+        self._skipped_infos: set[str] = set()  # non-numeric keys left out under ALL_INFOS, logged once each
         first = self.copies[0]
         self.possible_agents: list[str] = list(first.possible_agents)
         self.observation_spaces = {a: first.observation_space(a) for a in self.possible_agents}
@@ -260,8 +296,17 @@ class VectorizedParallelEnv:
         result = self._batch(per_copy, [{}] * self.num_copies, [{}] * self.num_copies, [{}] * self.num_copies,
                              [{}] * self.num_copies, starts, [])
         if self.forward_infos:
-            result.infos = batch_infos(infos, self.possible_agents, self.forward_infos)
+            result.infos = self._batch_infos(infos)
         return result
+
+    def _batch_infos(self, infos: list[dict[str, dict]]) -> dict[str, dict[str, Any]]:
+        skipped: set[str] = set()
+        batched = batch_infos(infos, self.possible_agents, self.forward_infos, skipped)
+        if skipped - self._skipped_infos:
+            log.warning("forward_infos: all: info keys %s hold values other than numbers and are not forwarded",
+                        sorted(skipped - self._skipped_infos))
+            self._skipped_infos |= skipped
+        return batched
 
     def step(self, actions: dict[str, Any]) -> BatchedStep:
         observations, rewards, terminated, truncated, finals, infos = [], [], [], [], [], []
@@ -300,7 +345,7 @@ class VectorizedParallelEnv:
             if not self._info_keys_checked:
                 check_info_keys(infos, self.forward_infos)
                 self._info_keys_checked = True
-            result.infos = batch_infos(infos, self.possible_agents, self.forward_infos)
+            result.infos = self._batch_infos(infos)
         return result
 
     def _batch(self, observations, rewards, terminated, truncated, finals, starts, ended_returns) -> BatchedStep:

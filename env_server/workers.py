@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from env_server.vector import BatchedStep, VectorizedParallelEnv, packing_refusal
+from env_server.vector import BatchedStep, InfoKeys, VectorizedParallelEnv, info_keys, packing_refusal
 from protocols import messages as m
 from protocols.packed import PackedLayout
 from protocols.transport import Hub
@@ -66,7 +66,7 @@ def worker_layout(envs: Any, largest_share: int) -> PackedLayout | None:
 
 
 def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: bool, endpoint: str, parent_pid: int,
-                 forward_infos: tuple[str, ...], largest_share: int) -> None:
+                 forward_infos: InfoKeys, largest_share: int) -> None:
     envs = VectorizedParallelEnv(factory, copies, autoreset=autoreset, forward_infos=forward_infos)
     hub = Hub(sender=f"env_worker_{os.getpid()}", run_id="env_workers")
     channel = hub.bind_router(endpoint, name="worker")
@@ -100,7 +100,7 @@ class SplitVectorEnv:
     """`VectorizedParallelEnv`'s interface over W processes. See the module docstring."""
 
     def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool, num_workers: int,
-                 forward_infos: tuple[str, ...] = ()) -> None:
+                 forward_infos: InfoKeys = ()) -> None:
         shares = split_copies(num_copies, num_workers)
         self.num_copies = num_copies
         self.autoreset = autoreset
@@ -112,7 +112,7 @@ class SplitVectorEnv:
         for index, share in enumerate(shares[1:], start=1):
             endpoint = f"ipc://{self._socket_dir}/w{index}.sock"
             process = context.Process(
-                target=_worker_main, args=(factory, share, autoreset, endpoint, os.getpid(), tuple(forward_infos), max(shares)),
+                target=_worker_main, args=(factory, share, autoreset, endpoint, os.getpid(), info_keys(forward_infos), max(shares)),
                 daemon=True,
                 name=f"env-worker-{index}",
             )
@@ -120,7 +120,7 @@ class SplitVectorEnv:
             self._processes.append(process)
             endpoints.append(endpoint)
         self.local = VectorizedParallelEnv(factory, shares[0], autoreset=autoreset, forward_infos=forward_infos)
-        self.forward_infos = tuple(forward_infos)
+        self.forward_infos = info_keys(forward_infos)
         self.possible_agents = self.local.possible_agents
         self.observation_spaces = self.local.observation_spaces
         self.action_spaces = self.local.action_spaces

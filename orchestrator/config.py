@@ -351,27 +351,40 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
-        # Every problem on its own line, each starting with its field path; the error
-        # formatter turns them into separate entries.
-        problems: list[str] = []
+        """What the sections say against each other. Every problem on its own line, each starting
+        with its field path; the error formatter turns them into separate entries."""
         count = self.agents.count
-
+        problems: list[str] = []
         known = static_agent_count(self.env)
         if known is not None and known[0] != count:
             problems.append(f"agents.count: expected {known[0]} ({known[1]}), got {count}")
-
         topology = None
         try:
             topology = build_topology(self.topology, agent_node_ids(count))
         except (ValueError, TypeError, RuntimeError) as error:
             problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
-
         centralized = self.training.mode == "centralized"
-        supervisor = self.has_external_supervisor
-        valid_ids = run_node_ids(count, with_learner=centralized, with_supervisor=supervisor)
-        id_range = _id_range(count, centralized, supervisor)
-        problems.extend(training_problems(self.training, self.agents, self.protocols.consensus))
-        problems.extend(self.network.node_id_problems(valid_ids, id_range))
+        valid_ids = run_node_ids(count, with_learner=centralized, with_supervisor=self.has_external_supervisor)
+        id_range = _id_range(count, centralized, self.has_external_supervisor)
+
+        problems += training_problems(self.training, self.agents, self.protocols.consensus)
+        problems += self.network.node_id_problems(valid_ids, id_range)
+        problems += self._fault_problems(topology, valid_ids, id_range)
+        problems += self._launch_problems(valid_ids, id_range)
+        problems += port_range_problems(self)
+        problems += self._goal_problems(topology)
+        problems += self._landmark_problems(topology)
+        problems += self._model_and_consensus_problems(topology)
+        problems += reproducibility_problems(self)  # run.reproducible: what it cannot pin
+        problems += self._resolved_section_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _fault_problems(self, topology: Topology | None, valid_ids: list[str], id_range: str) -> list[str]:
+        """The fault schedule against the run's nodes, links and budget, and restarts against the transport."""
+        problems: list[str] = []
+        count = self.agents.count
         links = None if topology is None else communication_links(topology, agent_node_ids(count))
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
@@ -410,6 +423,11 @@ class RunConfig(BaseModel):
                 f"at the endpoint the others know; with tcp it gets a new port), got {self.network.transport!r}"
             )
 
+        return problems
+
+    def _launch_problems(self, valid_ids: list[str], id_range: str) -> list[str]:
+        """Several machines (ssh, Ray): the transport, addresses and where each node runs."""
+        problems: list[str] = []
         if self.launch.backend in ("ssh", "ray"):
             backend = self.launch.backend
             if self.network.transport != "tcp":
@@ -445,25 +463,34 @@ class RunConfig(BaseModel):
             if missing:
                 problems.append(f"launch.hosts: expected every node placed on a host, missing {missing}")
 
-        problems.extend(port_range_problems(self))
+        return problems
 
+    def _goal_problems(self, topology: Topology | None) -> list[str]:
+        """The goal section (agent_node/goal_config.py) against the env, learner and topology; and
+        how long an agent may hear nothing from the env server."""
+        problems: list[str] = []
+        count = self.agents.count
         if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
             problems.append(
                 f"agents.env_silence_timeout_s: expected more than env.step_deadline_s ({self.env.step_deadline_s}), "
                 f"got {self.agents.env_silence_timeout_s}: an agent would give up on a server that is waiting for a slow agent"
             )
-
-        problems.extend(goal_run_problems(
+        problems += goal_run_problems(
             self.agents.goals, self.agents.learner.kind, getattr(self.agents.learner, "her_strategy", None),
             env_name=self.env.name, env_kwargs=self.env.kwargs, num_copies=self.env.num_copies,
             forward_infos=self.env.forward_infos, episode_start_hold_s=self.env.episode_start_hold_s,
             eval_every_steps=self.env.eval_every_steps,
             topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
             topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
-        ))
+        )
+        return problems
 
+    def _model_and_consensus_problems(self, topology: Topology | None) -> list[str]:
+        """The world model against the learner and what consensus averages; consensus weights
+        against the topology; the final average against the shutdown timeout."""
+        problems: list[str] = []
+        count = self.agents.count
         consensus = self.protocols.consensus
-        problems.extend(self._landmark_problems(topology))
         if (self.agents.world_model is not None and self.agents.learner.kind != "og_marl"
                 and not (consensus.enabled and consensus.what.startswith("world_model"))):
             # Beside a model-free learner the world model is trained to be averaged; with nothing
@@ -495,9 +522,11 @@ class RunConfig(BaseModel):
                 f"{'rounds x round_timeout_s' if consensus.mode == 'sync' else 'push_sum_duration_s'}) below "
                 f"launch.shutdown_timeout_s ({self.launch.shutdown_timeout_s:g} s); raise launch.shutdown_timeout_s"
             )
+        return problems
 
-        problems.extend(reproducibility_problems(self))  # run.reproducible: what it cannot pin
-
+    def _resolved_section_problems(self) -> list[str]:
+        """The sections the orchestrator fills in resolved.yaml (nodes, runtime) against the run."""
+        problems: list[str] = []
         if self.nodes is not None:
             expected = derive_nodes(self)
             if self.nodes != expected:
@@ -508,9 +537,7 @@ class RunConfig(BaseModel):
         if self.runtime is not None and self.network.transport == "ipc" and self.runtime.socket_dir is None:
             problems.append("runtime.socket_dir: expected a directory for network.transport 'ipc', got null")
 
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
+        return problems
 
     def _world_model_plugin_problems(self) -> list[str]:
         """A world model (a built-in or a plugin, agent_node/plugins.py) where the run needs more

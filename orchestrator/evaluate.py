@@ -22,6 +22,9 @@ subprocess: the orchestrator imports no env code), the baseline a trained policy
 
 A run trained centrally (`training.mode: centralized`) is refused: its agents act with the Q-networks
 the learner node sends them, and evaluating those from the agents' checkpoints is not implemented.
+So is a run of goal-conditioned agents (`agents.goals`: negotiation, a supervisor, AMIGo): its
+env pays no reward of its own, and evaluation episodes choose no goals; the run's report holds
+what those agents achieved while training (`goals/*`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ def evaluation_config(run: RunConfig, run_dir: Path, episodes: int, render: bool
     if run.training.mode == "centralized":
         raise ConfigError(["training.mode: evaluating a centrally trained run is not implemented (its agents act with "
                            "the learner node's Q-networks); expected 'decentralized', got 'centralized'"], source)
+    if run.agents.goals is not None:
+        raise ConfigError(["agents.goals: evaluating goal-conditioned agents is not implemented (evaluation episodes "
+                           "choose no goals, and the env pays no reward without them); the run's report holds what they "
+                           "achieved while training (goals/*); expected a run without a goals section"], source)
     data = resolve_data(run)
     data.pop("nodes", None)
     data.pop("runtime", None)

@@ -12,7 +12,8 @@ stay out of its process), and `launch_problems` holds the rest of the config aga
   join. Both used to surface only once the run was going, or never.
 - `agents.learner.kind`: each learner acts in one kind of action space (a built-in's in
   agent_node.algos.config.LEARNER_ACTION_SPACE, a plugin's in its class attribute `action_space`;
-  both read through the registry, agent_node.algos.LEARNERS), and every learner reads Box observations.
+  both read through the registry, agent_node.algos.LEARNERS), and every learner reads Box observations;
+  image observations only a built-in learner with a CNN reads (IMAGE_ENCODER_KINDS).
 - `agents.load_checkpoints` / `agents.load_shared_checkpoint`: a checkpoint for every agent,
   where the node will look for it (agent_node.config.initial_checkpoint_candidates).
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_node.algos import LEARNERS
-from agent_node.algos.config import LEARNER_ACTION_SPACE, OFFLINE_KINDS
+from agent_node.algos.config import IMAGE_ENCODER_KINDS, LEARNER_ACTION_SPACE, OFFLINE_KINDS
 from agent_node.config import initial_checkpoint, initial_checkpoint_candidates
 from orchestrator.config import RunConfig
 from protocols.config_errors import ConfigError
@@ -45,7 +46,7 @@ class EnvFacts:
     """What the built env says about itself (env_server/precheck.py prints it)."""
 
     agents: tuple[str, ...]
-    # Per possible agent: {"kind": "box", "shape": [...]}, {"kind": "discrete", "n": 5}, or {"kind": ...}.
+    # Per possible agent: {"kind": "box", "shape": [...], "image": bool}, {"kind": "discrete", "n": 5}, or {"kind": ...}.
     observation_spaces: dict[str, dict[str, Any]]
     action_spaces: dict[str, dict[str, Any]]
 
@@ -116,6 +117,14 @@ def _space_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
         problems.append(
             f"env.name: every learner reads a Box observation; {config.env.name} gives {_described(space)} to {agent}"
             + (f" and {len(not_box) - 1} other agent(s)" if len(not_box) > 1 else "")
+        )
+    images = {a: space for a, space in facts.observation_spaces.items() if space.get("image")}
+    if images and kind in LEARNER_ACTION_SPACE and kind not in IMAGE_ENCODER_KINDS:
+        agent, space = next(iter(images.items()))
+        problems.append(
+            f"agents.learner.kind: {config.env.name} gives image observations ({_described(space)}, uint8 pixels) to "
+            f"{agent}; {kind!r} would flatten them into its first layer, and only "
+            f"{_listed(sorted(IMAGE_ENCODER_KINDS))} reads images through a CNN (agents.learner.encoder)"
         )
     return problems
 

@@ -48,6 +48,13 @@ MAX_BOX_ENTRIES = 1 << 24
 # --------------------------------------------------------------------------- encode
 
 
+def is_image_space(space: spaces.Space) -> bool:
+    """A Box of uint8 pixels shaped (height, width, channels) with 1, 3 or 4 channels (PettingZoo's
+    convention for image observations: pistonball, cooperative_pong, ...)."""
+    return (isinstance(space, spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8
+            and space.shape[2] in (1, 3, 4))
+
+
 def encode_space(space: spaces.Space, where: str = "space") -> dict[str, Any]:
     """A msgpack-able map describing `space` (numpy arrays inside are sent as wire buffers)."""
     if isinstance(space, spaces.Box):

@@ -8,8 +8,12 @@ of the mixing matrix `W`. A ring of `n` agents has `lambda_2 -> 1` quickly as `n
 a 2-D torus less so, and an exponential graph (links to nodes 1, 2, 4, ... away) stays fast
 with only `O(log n)` neighbours per agent.
 
-Everything here is plain numpy on purpose: the orchestrator validates and builds topologies
-without importing a graph library, and a topology is small (tens to hundreds of nodes).
+The standard graphs (ring, line, star, full, grid, torus) come from networkx's generators and
+the graph questions (connected? diameter?) from its algorithms; what is Parley's own is what
+networkx has no same graph for: the exponential graph, and the seeded random regular and small
+world draws (their seeds name the graphs that runs, tests and benches replay), and the mixing
+weights below. networkx is imported where it is used, so a node that only reads a topology
+does not pay for its import.
 
 Conventions:
 - nodes are indexed `0..n-1`; `Topology.nodes[i]` is the node id the rest of Parley uses
@@ -19,7 +23,6 @@ Conventions:
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
@@ -73,16 +76,27 @@ class Topology:
             matrix[i, j] = matrix[j, i] = 1.0
         return matrix
 
+    def to_networkx(self):
+        """The graph as a networkx Graph over the indices 0..n-1 (node ids as attribute `id`)."""
+        import networkx as nx
+
+        graph = nx.Graph()
+        graph.add_nodes_from((i, {"id": node}) for i, node in enumerate(self.nodes))
+        graph.add_edges_from(self.edges)
+        return graph
+
     def is_connected(self) -> bool:
-        if self.num_nodes == 0:
-            return True
-        return len(self._bfs_distances(0)) == self.num_nodes
+        import networkx as nx
+
+        return self.num_nodes == 0 or nx.is_connected(self.to_networkx())
 
     def diameter(self) -> int:
         """Largest shortest-path length between two nodes; raises if the graph is disconnected."""
+        import networkx as nx
+
         if not self.is_connected():
             raise ValueError("the diameter of a disconnected topology is infinite")
-        return max((max(self._bfs_distances(i).values()) for i in range(self.num_nodes)), default=0)
+        return nx.diameter(self.to_networkx()) if self.num_nodes > 1 else 0
 
     def edge_list(self) -> list[tuple[str, str]]:
         """Edges as pairs of node ids, sorted by index."""
@@ -93,21 +107,6 @@ class Topology:
             return self.nodes.index(node_id)
         except ValueError:
             raise ValueError(f"node {node_id!r} is not in the topology (nodes: {list(self.nodes)})") from None
-
-    def _bfs_distances(self, source: int) -> dict[int, int]:
-        adjacency_lists = {i: [] for i in range(self.num_nodes)}
-        for i, j in self.edges:
-            adjacency_lists[i].append(j)
-            adjacency_lists[j].append(i)
-        distances = {source: 0}
-        queue = deque([source])
-        while queue:
-            node = queue.popleft()
-            for other in adjacency_lists[node]:
-                if other not in distances:
-                    distances[other] = distances[node] + 1
-                    queue.append(other)
-        return distances
 
     def _check_index(self, i: int) -> None:
         if not 0 <= i < self.num_nodes:
@@ -139,47 +138,57 @@ def _make(n: int, pairs: Iterable[tuple[int, int]], node_ids: Sequence[str] | No
     return Topology(nodes=_node_ids(n, node_ids), edges=edges)
 
 
+def _from_networkx(graph, n: int, node_ids: Sequence[str] | None) -> Topology:
+    """A topology from a networkx graph whose nodes are the indices 0..n-1."""
+    return _make(n, graph.edges, node_ids)
+
+
 def ring(n: int, node_ids: Sequence[str] | None = None) -> Topology:
     """Node i linked to i-1 and i+1 (mod n)."""
+    import networkx as nx
+
     _node_ids(n, node_ids)
-    return _make(n, [(i, (i + 1) % n) for i in range(n)], node_ids)
+    return _from_networkx(nx.cycle_graph(n), n, node_ids)
 
 
 def line(n: int, node_ids: Sequence[str] | None = None) -> Topology:
     """A path 0 - 1 - ... - (n-1)."""
+    import networkx as nx
+
     _node_ids(n, node_ids)
-    return _make(n, [(i, i + 1) for i in range(n - 1)], node_ids)
+    return _from_networkx(nx.path_graph(n), n, node_ids)
 
 
 def star(n: int, center: int = 0, node_ids: Sequence[str] | None = None) -> Topology:
     """Every node linked to `center` only."""
+    import networkx as nx
+
     _node_ids(n, node_ids)
     if not 0 <= center < n:
         raise ValueError(f"star center must be a node index in [0, {n}), got {center}")
-    return _make(n, [(center, i) for i in range(n) if i != center], node_ids)
+    # networkx's star has its hub at 0: swap labels 0 and `center`.
+    hub_first = nx.star_graph(n - 1)
+    return _from_networkx(nx.relabel_nodes(hub_first, {0: center, center: 0}), n, node_ids)
 
 
 def full(n: int, node_ids: Sequence[str] | None = None) -> Topology:
     """Every pair of nodes linked."""
+    import networkx as nx
+
     _node_ids(n, node_ids)
-    return _make(n, [(i, j) for i in range(n) for j in range(i + 1, n)], node_ids)
+    return _from_networkx(nx.complete_graph(n), n, node_ids)
 
 
 def grid(rows: int, cols: int, torus: bool = False, node_ids: Sequence[str] | None = None) -> Topology:
     """A `rows x cols` lattice, nodes numbered row-major; `torus=True` wraps both axes."""
+    import networkx as nx
+
     if rows < 1 or cols < 1:
         raise ValueError(f"grid needs rows >= 1 and cols >= 1, got rows={rows}, cols={cols}")
     n = rows * cols
     _node_ids(n, node_ids)
-    pairs = []
-    for r in range(rows):
-        for c in range(cols):
-            here = r * cols + c
-            if c + 1 < cols or torus:
-                pairs.append((here, r * cols + (c + 1) % cols))
-            if r + 1 < rows or torus:
-                pairs.append((here, ((r + 1) % rows) * cols + c))
-    return _make(n, pairs, node_ids)
+    lattice = nx.grid_2d_graph(rows, cols, periodic=torus)  # nodes (r, c)
+    return _make(n, [(r * cols + c, r2 * cols + c2) for (r, c), (r2, c2) in lattice.edges], node_ids)
 
 
 def exponential(n: int, node_ids: Sequence[str] | None = None) -> Topology:

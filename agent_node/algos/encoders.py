@@ -17,18 +17,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from protocols.spaces import is_image_space
+
 EncoderKind = Literal["auto", "mlp", "cnn"]
 
 # (out channels, kernel, stride) of each convolution: the DQN paper's torso.
 CONV_LAYERS = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 # The smallest side those three layers accept: 8 + 4*(4 - 1) + 4*2*(3 - 1) = 36 pixels.
 MIN_IMAGE_SIDE = 36
-
-
-def is_image_space(space: gym.Space) -> bool:
-    """A Box of uint8 pixels shaped (height, width, channels) with 1, 3 or 4 channels."""
-    return (isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8
-            and space.shape[2] in (1, 3, 4))
 
 
 def choose_encoder(kind: EncoderKind, space: gym.spaces.Box) -> Literal["mlp", "cnn"]:

@@ -51,12 +51,13 @@ def test_a_drawn_population_steps_without_waiting_for_the_agents_that_sit_out(en
         env.close()
 
 
-def test_forwarded_infos_reach_the_client_and_match_a_local_env(env_server):
+@pytest.mark.parametrize("forwarding", [[], ["--forward-infos", "achieved_goals,landmark"]], ids=["default", "named"])
+def test_forwarded_infos_reach_the_client_and_match_a_local_env(env_server, forwarding):
+    # By default the standalone server forwards every numeric info key, as a local env hands over its infos.
     from env_server.envs.goal_lines import parallel_env as goal_lines_env
 
     kwargs = {"num_landmarks": 3, "max_steps": 15, "population": 4, "active_per_episode": 2}
-    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", json.dumps(kwargs), "--no-autoreset",
-                          "--forward-infos", "achieved_goals,landmark")
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", json.dumps(kwargs), "--no-autoreset", *forwarding)
     env = RemoteParallelEnv(endpoint, timeout_s=10.0)
     local = goal_lines_env(**kwargs)
     try:
@@ -66,6 +67,7 @@ def test_forwarded_infos_reach_the_client_and_match_a_local_env(env_server):
             assert sorted(infos) == sorted(local_infos) == sorted(env.agents)
             while env.agents:
                 for agent in infos:
+                    assert sorted(infos[agent]) == sorted(local_infos[agent])
                     assert infos[agent]["landmark"] == local_infos[agent]["landmark"]
                     assert infos[agent]["achieved_goals"].tolist() == local_infos[agent]["achieved_goals"].tolist()
                 actions = {a: env.action_space(a).sample() for a in env.agents}

@@ -34,6 +34,9 @@ def test_the_evaluation_refuses_what_it_cannot_do(tmp_path):
         evaluation_config(load_config(TINY), tmp_path, episodes=0)
     with pytest.raises(ConfigError, match="training.mode: evaluating a centrally trained run is not implemented"):
         evaluation_config(load_config(CTDE), tmp_path, episodes=2)
+    for goal_config in ("goals_negotiation_hindsight.yaml", "amigo_pair.yaml"):
+        with pytest.raises(ConfigError, match="agents.goals: evaluating goal-conditioned agents is not implemented"):
+            evaluation_config(load_config(ROOT / "configs" / goal_config), tmp_path, episodes=2)
 
 
 def test_evaluation_dirs_are_numbered_in_the_run(tmp_path):

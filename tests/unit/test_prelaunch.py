@@ -59,6 +59,17 @@ def test_an_observation_that_is_not_a_box_is_refused():
     assert problem.startswith("env.name: every learner reads a Box observation") and "a dict space" in problem
 
 
+def test_image_observations_are_refused_to_a_learner_without_a_cnn():
+    pixels = {"kind": "box", "shape": [64, 64, 3], "image": True}
+    assert launch_problems(load_config(TINY), facts(3, DISCRETE, pixels)) == []  # DQN's encoder: auto -> CNN
+    (problem,) = launch_problems(load_config(TINY, ["agents.learner={kind: sac}"]), facts(3, BOX, pixels))
+    assert problem.startswith("agents.learner.kind: mpe2.simple_spread_v3 gives image observations (a Box of shape (64, 64, 3)")
+    assert "'sac' would flatten them" in problem and "only dqn reads images through a CNN" in problem
+    # A Box of three axes that is not uint8 pixels (a feature map, say) is not an image.
+    assert launch_problems(load_config(TINY, ["agents.learner={kind: sac}"]),
+                           facts(3, BOX, {"kind": "box", "shape": [4, 4, 3], "image": False})) == []
+
+
 def test_load_checkpoints_must_hold_one_checkpoint_per_agent_in_either_layout(tmp_path):
     def problems(path: Path) -> list[str]:
         return launch_problems(load_config(TINY, [f"agents.load_checkpoints={path}"]), facts(3, DISCRETE))
@@ -95,8 +106,9 @@ def test_the_precheck_reports_the_agents_and_spaces_the_checks_use():
     assert spread["agents"] == ["agent_0", "agent_1"]
     assert spread["action_spaces"]["agent_0"] == {"kind": "discrete", "n": 5}
     assert spread["observation_spaces"]["agent_1"]["kind"] == "box"
+    assert spread["observation_spaces"]["agent_1"]["image"] is False
     continuous = env_facts("mpe2.simple_spread_v3", {"N": 2, "continuous_actions": True})
-    assert continuous["action_spaces"]["agent_0"] == {"kind": "box", "shape": [5]}
+    assert continuous["action_spaces"]["agent_0"] == {"kind": "box", "shape": [5], "image": False}
 
 
 def test_up_refuses_a_wrong_agent_count_on_pursuit_before_anything_starts(tmp_path):

@@ -159,6 +159,37 @@ def test_unknown_or_non_numeric_info_keys_are_refused_at_the_first_reset():
         envs.reset(seed=0)
 
 
+def test_all_forwards_every_numeric_key_and_names_the_others_once(caplog):
+    def texty():
+        env = goal_lines_env(num_landmarks=3)
+        reset = env.reset
+
+        def reset_with_text(seed=None, options=None):
+            observations, infos = reset(seed=seed, options=options)
+            return observations, {a: {**i, "note": "hello", "score": 0.5} for a, i in infos.items()}
+
+        env.reset = reset_with_text
+        return env
+
+    envs = VectorizedParallelEnv(texty, 2, autoreset=True, forward_infos="all")
+    with caplog.at_level("WARNING", logger="env_server.vector"):
+        first = envs.reset(seed=0)
+        envs.reset(seed=1)
+    for agent in envs.possible_agents:
+        assert sorted(first.infos[agent]) == ["achieved_goals", "landmark", "score"]
+        assert first.infos[agent]["score"].tolist() == [0.5, 0.5]
+    warnings = [r.getMessage() for r in caplog.records if "not forwarded" in r.getMessage()]
+    assert len(warnings) == 1 and "['note']" in warnings[0]
+    # The step's infos (goal_lines reports achieved_goals and landmark) come through as well.
+    stepped = envs.step({a: np.zeros(2, np.int64) for a in envs.possible_agents})
+    assert sorted(stepped.infos["agent_0"]) == ["achieved_goals", "landmark"]
+    # An env that reports no infos forwards nothing, and is not refused.
+    spread = VectorizedParallelEnv(lambda: simple_spread_v3.parallel_env(N=2, max_cycles=3), 1, autoreset=True,
+                                   forward_infos="all")
+    spread.reset(seed=0)
+    assert spread.step(zeros(spread)).infos == {}
+
+
 def test_an_env_without_reset_infos_is_checked_at_the_first_step():
     envs = VectorizedParallelEnv(lambda: simple_spread_v3.parallel_env(N=2, max_cycles=3), 1, autoreset=True,
                                  forward_infos=("achieved_goals",))
@@ -178,6 +209,9 @@ def test_env_config_forward_infos_defaults_to_nothing_and_refuses_repeats():
         EnvConfig(name="goal_lines_v0", forward_infos=["landmark", "landmark"])
     with pytest.raises(ValidationError, match="non-empty"):
         EnvConfig(name="goal_lines_v0", forward_infos=[""])
+    assert EnvConfig(name="goal_lines_v0", forward_infos="all").forward_infos == "all"
+    with pytest.raises(ValidationError, match="all"):
+        EnvConfig(name="goal_lines_v0", forward_infos="everything")
 
 
 def test_an_ended_episode_reports_each_agents_return_beside_the_mean():
