@@ -133,11 +133,15 @@ def _import_attribute(path: str) -> Any:
 class Registry:
     """The kinds of one role (learners, or world models): built-ins, entry points, import paths."""
 
-    def __init__(self, role: str, group: str, methods: tuple[str, ...], builtins: Mapping[str, Entry]) -> None:
-        self.role = role  # "learner" | "world model", for messages
+    def __init__(self, role: str, group: str, methods: tuple[str, ...], builtins: Mapping[str, Entry],
+                 check_class: Callable[[str, type], None] | None = None) -> None:
+        self.role = role  # "learner" | "world model" | "peer protocol", for messages
         self.group = group  # the entry-point group
         self.methods = methods
         self.builtins = dict(builtins)
+        # What else a plugin class of this role must have (a peer protocol: registered message
+        # types); raises PluginError naming what is wrong.
+        self.check_class = check_class
 
     # ------------------------------------------------------------------ resolution
 
@@ -161,8 +165,9 @@ class Registry:
             return self._entry_for_class(kind, target, f"entry point of {distribution}")
         if ":" not in kind:
             installed = ", ".join(f"'{name}'" for name in self.installed()) or f"none installed in group {self.group}"
+            builtins = f"one of {', '.join(repr(name) for name in self.builtins)}, " if self.builtins else ""
             raise PluginError(
-                f"expected one of {', '.join(repr(name) for name in self.builtins)}, an installed plugin ({installed}) "
+                f"expected {builtins}an installed plugin ({installed}) "
                 f"or an import path 'package.module:Class', got {describe_value(kind)}"
             )
         module_name, _, attribute = kind.partition(":")
@@ -209,6 +214,8 @@ class Registry:
             raise PluginError(
                 f"{kind!r}: class {target.__name__}.action_space must be 'discrete', 'box' or None, got {action_space!r}"
             )
+        if self.check_class is not None:
+            self.check_class(kind, target)
         has_params = all(callable(getattr(target, name, None)) for name in WORLD_MODEL_PARAMETER_METHODS)
         has_statistics = all(callable(getattr(target, name, None)) for name in WORLD_MODEL_STATISTICS_METHODS)
         if self.methods == WORLD_MODEL_METHODS and not (has_params or has_statistics):

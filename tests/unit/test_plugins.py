@@ -265,6 +265,11 @@ def test_consensus_is_held_against_what_the_world_model_can_average():
         ("agents.learner.kind=parley_ippo.learner:NoSuchLearner", "has no attribute 'NoSuchLearner'"),
         (f"agents.learner.kind={HERE}:HalfALearner", "does not implement the learner interface"),
         (f"{IPPO_SECTION.replace('epochs: 2', 'epochs: 0')}", "agents.learner.epochs: expected greater than 0, got 0 (int)"),
+        # a peer protocol (agents.protocols): a wrong import path, a bad setting
+        ("agents.protocols=[{kind: 'parley_ippo.gossip:NoSuchGossip'}]",
+         "agents.protocols.0.kind: 'parley_ippo.gossip:NoSuchGossip': module 'parley_ippo.gossip' has no attribute 'NoSuchGossip'"),
+        ("agents.protocols=[{kind: 'parley_ippo.gossip:ReturnGossip', every_steps: -1}]",
+         "agents.protocols.0.every_steps: expected greater than 0, got -1 (int)"),
     ],
 )
 @pytest.mark.parametrize("verb", ["validate", "up"])
@@ -290,6 +295,18 @@ def test_the_entry_point_in_the_example_pyproject_names_the_learner():
     pyproject = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
     assert pyproject["project"]["entry-points"]["parley.learners"] == {"ippo": IPPO_PATH}
     assert LEARNERS.resolve(IPPO_PATH).config_model.__name__ == "IPPOConfig"
+    from agent_node.peer_protocols import PROTOCOLS
+
+    assert pyproject["project"]["entry-points"]["parley.protocols"] == {"return_gossip": "parley_ippo.gossip:ReturnGossip"}
+    assert PROTOCOLS.resolve("parley_ippo.gossip:ReturnGossip").config_model.__name__ == "GossipConfig"
+
+
+def test_the_example_protocol_is_found_by_its_entry_point_where_it_is_installed():
+    from agent_node.peer_protocols import PROTOCOLS
+
+    if "return_gossip" not in PROTOCOLS.installed():
+        pytest.skip("examples/parley_ippo (with its protocol) is not installed in this venv (make setup installs it)")
+    assert PROTOCOLS.resolve("return_gossip").config_model.__name__ == "GossipConfig"
 
 
 def test_importing_the_schema_of_a_built_in_run_imports_no_torch():
