@@ -76,7 +76,8 @@ class LearnerSpec:
     - `num_agents`, `agent_index`: the env's possible agents and this node's place among them;
     - `state_space`: the env's global state space, when the env server publishes the global view;
     - `task_spec`: the task's reward function as data, when the env sends one (og_marl needs it);
-    - `world_model_config`: the agent's `world_model` section, or None.
+    - `world_model_config`: the agent's `world_model` section, or None;
+    - `goals`: the goal space a goal capability conditions its learner on (`goal_dqn`), or None.
     """
 
     observation_space: Any
@@ -87,6 +88,19 @@ class LearnerSpec:
     state_space: Any = None
     task_spec: Mapping[str, Any] | None = None
     world_model_config: BaseModel | None = None
+    goals: GoalSpace | None = None
+
+
+@dataclass(frozen=True)
+class GoalSpace:
+    """The goals a goal-conditioned learner acts towards, given by the capability that owns it
+    (agent_node/goal_session.py, amigo_session.py): how many, the reward of reaching one (for
+    hindsight relabelling: `reward_fn(goal, achieved)`), and what the network sees of each
+    (one row per goal; None: one-hot)."""
+
+    num_goals: int
+    reward_fn: Callable[[int, Any], float]
+    goal_features: Any = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,9 @@ class Entry:
     # World models: what consensus can average (WORLD_MODEL_PARAMETER_METHODS, WORLD_MODEL_STATISTICS_METHODS).
     has_params: bool = True
     has_statistics: bool = True
+    # What the built object must have, where it is not the role's own methods: a learner that a
+    # capability wraps before the node drives it (goal_dqn inside its goal session).
+    methods: tuple[str, ...] | None = None
 
     def build(self, config: BaseModel, spec: Any) -> Any:
         return self.load_builder()(config, spec)
@@ -284,11 +301,12 @@ class Registry:
                 f"{self.role} kind {config.kind!r}: expected a {entry.config_model.__name__}, got {type(config).__name__}"
             )
         built = entry.build(config, spec)
-        missing = [name for name in self.methods if not callable(getattr(built, name, None))]
+        methods = entry.methods or self.methods
+        missing = [name for name in methods if not callable(getattr(built, name, None))]
         if missing:
             raise TypeError(
                 f"{self.role} kind {config.kind!r} built a {type(built).__name__}, which lacks {', '.join(missing)} "
-                f"(the {self.role} interface: {', '.join(self.methods)})"
+                f"(the {self.role} interface: {', '.join(methods)})"
             )
         return built
 
