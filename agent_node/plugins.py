@@ -1,7 +1,9 @@
-"""Learners and world models that Parley does not ship: found by name, checked, built.
+"""Learners, world models and peer protocols that Parley does not ship: found by name, checked, built.
 
 Every learner and every world model of a run, Parley's own and a user's alike, is reached through
-one `Registry` (`agent_node.algos.LEARNERS`, `agent_node.world_models.WORLD_MODELS`). The
+one `Registry` (`agent_node.algos.LEARNERS`, `agent_node.world_models.WORLD_MODELS`); a user's
+peer protocols through a third (`agent_node.peer_protocols.PROTOCOLS`, group `parley.protocols`,
+no built-ins: Parley's own protocols are capabilities with sections of their own). The
 `kind` of the YAML section names it in one of three ways, tried in this order:
 
 1. a built-in short name (`dqn`, `sac`, `ensemble`, ...): the registry's own table;

@@ -94,7 +94,8 @@ def _check_protocol_class(kind: str, cls: type) -> None:
         msg_type = getattr(message_type, "MSG_TYPE", None)
         if not inspect.isclass(message_type) or MESSAGE_TYPES.get(msg_type) is not message_type:
             raise PluginError(
-                f"{kind!r}: message type {message_type!r} of {cls.__name__} is not a registered wire message; "
+                f"{kind!r}: message type {getattr(message_type, '__name__', repr(message_type))} of {cls.__name__} "
+                "is not a registered wire message; "
                 "decorate its frozen dataclass with @protocols.messages.register_message('<package>.<name>')"
             )
         if message_type.__module__.split(".")[0] in _PARLEY_PACKAGES:
