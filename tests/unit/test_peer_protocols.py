@@ -257,3 +257,10 @@ def test_the_node_drives_the_engine_and_hands_its_result_to_the_learner(gossip):
 def test_a_run_without_protocols_builds_none():
     run = types.SimpleNamespace(agents=types.SimpleNamespace(count=3, protocols=()), run=types.SimpleNamespace(seed=0))
     assert load_capabilities(run, StandInNode(), ["agent_node.peer_protocols.capability:build"]) == []
+
+
+def test_an_agent_with_no_live_neighbour_ends_its_round_at_once(gossip):
+    (engine, *_) = engines(gossip, 3).values()
+    for neighbour in ("agent_1", "agent_2"):
+        engine.on_neighbour_down(neighbour, 0.0)
+    assert engine.start((0, -1.0), 0.0) == [] and engine.done and engine.result.heard == {}

@@ -111,6 +111,7 @@ class ReturnGossip:
         self.deadline = now + self.config.timeout_s
         self.rounds += 1
         message = MeanReturn(round=round_number, mean_return=own, episodes=len(self.recent))
+        self._check_done()  # (every live neighbour spoke first, or none is alive)
         return [(neighbour, message) for neighbour in sorted(self.alive)]
 
     def on_message(self, sender: str, message: MeanReturn, now: float) -> list[tuple[str, object]]:
