@@ -43,8 +43,9 @@ import numpy as np
 import torch
 
 from agent_node.goal_config import AmigoSettings, GoalsConfig
-from agent_node.goal_session import GoalConditionedLearner
+from agent_node.goal_session import GoalConditionedLearner, build_goal_agent
 from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
+from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.cell_space import cell_features, cell_of_observation, manhattan
@@ -346,8 +347,6 @@ def build_amigo_session(
     num_actions: int,
 ) -> tuple[AmigoSession, AmigoLearner]:
     """The session and the learner of one AMIGo student (imports torch: the learner's)."""
-    from agent_node.algos.goal_dqn import GoalDQNAgent
-
     settings = goals.amigo
     size = settings.grid_size
     features = cell_features(size) if settings.goal_encoding == "coordinates" else None
@@ -355,10 +354,8 @@ def build_amigo_session(
     def no_relabelling(goal: int, achieved: np.ndarray) -> float:
         raise RuntimeError("AMIGo's student stores rows with their rewards (observe_rows); nothing relabels them")
 
-    agent = GoalDQNAgent(
-        learner_config, obs_dim, num_actions, size * size, no_relabelling,
-        seed=derive_seed(run_seed, node_index, "learner"), goal_features=features,
-    )
+    agent = build_goal_agent(learner_config, obs_dim, num_actions, derive_seed(run_seed, node_index, "learner"),
+                             GoalSpace(size * size, no_relabelling, goal_features=features))
     proposer = build_proposer(settings, seed=derive_seed(run_seed, node_index, "goals/amigo_teacher"))
     novelty = BeBoldNovelty() if settings.novelty == "bebold" else None
     student = AmigoStudent(agent, proposer, size=size, max_steps=settings.max_steps, novelty=novelty, novelty_scale=settings.novelty_scale)

@@ -48,7 +48,8 @@ A module with a `build(run, node)` function (the entry point) and a `Capability`
 
 `build` is called once, when the node is made, with the run's typed config (`AgentNodeConfig`)
 and the node's services (`NodeServices`: what a capability may call on the node); it returns
-the capability, or None when the run does not use it. Message types must be registered wire
+the capability, None when the run does not use it, or a list of several (one per entry of
+`agents.protocols`: agent_node/peer_protocols/capability.py). Message types must be registered wire
 messages (`protocols/messages.py`, `@register_message`), so the wire validates and signs them.
 
 Lifecycle, in the order the node calls it
@@ -145,6 +146,7 @@ BUILTIN_CAPABILITIES = (
     "agent_node.consensus.capability:build",
     "agent_node.landmarks.capability:build",
     "agent_node.offline.capability:build",
+    "agent_node.peer_protocols.capability:build",  # agents.protocols: a user's peer protocols
 )
 
 
@@ -301,15 +303,15 @@ def load_capabilities(run: AgentNodeConfig, node: NodeServices, paths: Iterable[
     """Build every capability this run uses, in the order of `paths`."""
     capabilities: list[Capability] = []
     for path in paths:
-        capability = load_entry_point(path)(run, node)
-        if capability is None:
-            continue
-        if not isinstance(capability, Capability):
-            raise TypeError(f"capability entry point {path!r} built a {type(capability).__name__}, not a Capability")
-        names = [other.name for other in capabilities]
-        if not capability.name or capability.name in names:
-            raise ValueError(f"capability entry point {path!r}: its name {capability.name!r} is empty or taken ({names})")
-        capabilities.append(capability)
+        built = load_entry_point(path)(run, node)
+        # None: the run does not use it; a list: several of a kind (one per plugin protocol).
+        for capability in built if isinstance(built, list) else [] if built is None else [built]:
+            if not isinstance(capability, Capability):
+                raise TypeError(f"capability entry point {path!r} built a {type(capability).__name__}, not a Capability")
+            names = [other.name for other in capabilities]
+            if not capability.name or capability.name in names:
+                raise ValueError(f"capability entry point {path!r}: its name {capability.name!r} is empty or taken ({names})")
+            capabilities.append(capability)
     return capabilities
 
 

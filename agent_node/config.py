@@ -21,6 +21,7 @@ from agent_node.algos.config import OFFLINE_KINDS
 from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goal_config import GoalsConfig
 from agent_node.landmarks.config import LandmarksConfig
+from agent_node.peer_protocols import ProtocolConfigs
 from agent_node.world_models import PluggableWorldModelConfig
 from protocols.config_errors import ConfigError
 from protocols.node_config import NodeIdentity, NodeSections, load_node_config
@@ -41,6 +42,11 @@ class AgentsConfig(BaseModel):
     # An optional world model, chosen by `kind` (sparse_gp | ensemble, or a plugin as above); null
     # for model-free runs.
     world_model: PluggableWorldModelConfig | None = None
+    # Peer protocols of your own that every agent runs with its topology neighbours, each
+    # `{kind: <installed entry point of parley.protocols, or package.module:Class>, <its settings>}`
+    # (agent_node/peer_protocols/__init__.py). Parley's own protocols have their sections under
+    # `protocols` and the agents' own keys (consensus, landmarks, goals).
+    protocols: ProtocolConfigs = ()
     # Transitions sampled from the replay buffer to fit a world model trained beside a
     # model-free learner (the OG-MARL learner has its own `fit_transitions`).
     world_model_fit_transitions: int = Field(512, ge=1)
@@ -119,6 +125,17 @@ class AgentsConfig(BaseModel):
             )
         if self.landmarks is not None and self.goals is not None:
             raise ValueError("landmarks and goals: give one (landmarks is simple_spread's, goals is goal_lines'), got both")
+        return self
+
+    @model_validator(mode="after")
+    def _each_protocol_once(self) -> AgentsConfig:
+        kinds = [protocol.kind for protocol in self.protocols]
+        repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
+        if repeated:
+            raise ValueError(
+                f"protocols: each protocol runs once per agent (its message types have one handler); "
+                f"got {', '.join(repr(kind) for kind in repeated)} more than once"
+            )
         return self
 
     @model_validator(mode="after")

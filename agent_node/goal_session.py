@@ -62,6 +62,7 @@ from agent_node.goals import (
     SupervisorAssignment,
     UniformGoals,
 )
+from agent_node.plugins import GoalSpace, LearnerSpec
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.engine import Outgoing
@@ -565,6 +566,18 @@ def build_goal_module(goals: GoalsConfig, allowed: np.ndarray, *, run_seed: int,
     raise ValueError(f"goals.selection {selection!r} has no goal module in a node")
 
 
+def build_goal_agent(learner_config, obs_dim: int, num_actions: int, seed: int, goals: GoalSpace):
+    """The goal-conditioned agent (`agents.learner`, kind goal_dqn), built through the learner
+    registry like every learner; the session wraps it into the learner the node drives."""
+    import gymnasium as gym
+
+    from agent_node.algos import LEARNERS
+
+    spec = LearnerSpec(observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
+                       action_space=gym.spaces.Discrete(num_actions), seed=seed, goals=goals)
+    return LEARNERS.build(learner_config, spec)
+
+
 def build_goal_session(
     goals: GoalsConfig,
     learner_config,
@@ -580,15 +593,14 @@ def build_goal_session(
 ) -> tuple[GoalSession, GoalConditionedLearner]:
     """The session and the learner of one goal agent (imports torch: the learner's). AMIGo's
     cell goals have a session of their own (amigo_session.build_amigo_session)."""
-    from agent_node.algos.goal_dqn import GoalDQNAgent
-
     total = num_goals(goals.num_landmarks)
     allowed = goal_set(goals.goal_set, goals.num_landmarks)
 
     def reward_fn(goal: int, achieved: np.ndarray) -> float:
         return goal_reward(goal, achieved, goals.num_landmarks, goals.beta)
 
-    agent = GoalDQNAgent(learner_config, obs_dim, num_actions, total, reward_fn, seed=derive_seed(run_seed, node_index, "learner"))
+    agent = build_goal_agent(learner_config, obs_dim, num_actions, derive_seed(run_seed, node_index, "learner"),
+                             GoalSpace(total, reward_fn))
     negotiation = None
     if goals.selection == "negotiation":
         settings = goals.negotiation

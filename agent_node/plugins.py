@@ -1,7 +1,9 @@
-"""Learners and world models that Parley does not ship: found by name, checked, built.
+"""Learners, world models and peer protocols that Parley does not ship: found by name, checked, built.
 
 Every learner and every world model of a run, Parley's own and a user's alike, is reached through
-one `Registry` (`agent_node.algos.LEARNERS`, `agent_node.world_models.WORLD_MODELS`). The
+one `Registry` (`agent_node.algos.LEARNERS`, `agent_node.world_models.WORLD_MODELS`); a user's
+peer protocols through a third (`agent_node.peer_protocols.PROTOCOLS`, group `parley.protocols`,
+no built-ins: Parley's own protocols are capabilities with sections of their own). The
 `kind` of the YAML section names it in one of three ways, tried in this order:
 
 1. a built-in short name (`dqn`, `sac`, `ensemble`, ...): the registry's own table;
@@ -76,7 +78,8 @@ class LearnerSpec:
     - `num_agents`, `agent_index`: the env's possible agents and this node's place among them;
     - `state_space`: the env's global state space, when the env server publishes the global view;
     - `task_spec`: the task's reward function as data, when the env sends one (og_marl needs it);
-    - `world_model_config`: the agent's `world_model` section, or None.
+    - `world_model_config`: the agent's `world_model` section, or None;
+    - `goals`: the goal space a goal capability conditions its learner on (`goal_dqn`), or None.
     """
 
     observation_space: Any
@@ -87,6 +90,19 @@ class LearnerSpec:
     state_space: Any = None
     task_spec: Mapping[str, Any] | None = None
     world_model_config: BaseModel | None = None
+    goals: GoalSpace | None = None
+
+
+@dataclass(frozen=True)
+class GoalSpace:
+    """The goals a goal-conditioned learner acts towards, given by the capability that owns it
+    (agent_node/goal_session.py, amigo_session.py): how many, the reward of reaching one (for
+    hindsight relabelling: `reward_fn(goal, achieved)`), and what the network sees of each
+    (one row per goal; None: one-hot)."""
+
+    num_goals: int
+    reward_fn: Callable[[int, Any], float]
+    goal_features: Any = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,9 @@ class Entry:
     # World models: what consensus can average (WORLD_MODEL_PARAMETER_METHODS, WORLD_MODEL_STATISTICS_METHODS).
     has_params: bool = True
     has_statistics: bool = True
+    # What the built object must have, where it is not the role's own methods: a learner that a
+    # capability wraps before the node drives it (goal_dqn inside its goal session).
+    methods: tuple[str, ...] | None = None
 
     def build(self, config: BaseModel, spec: Any) -> Any:
         return self.load_builder()(config, spec)
@@ -133,11 +152,15 @@ def _import_attribute(path: str) -> Any:
 class Registry:
     """The kinds of one role (learners, or world models): built-ins, entry points, import paths."""
 
-    def __init__(self, role: str, group: str, methods: tuple[str, ...], builtins: Mapping[str, Entry]) -> None:
-        self.role = role  # "learner" | "world model", for messages
+    def __init__(self, role: str, group: str, methods: tuple[str, ...], builtins: Mapping[str, Entry],
+                 check_class: Callable[[str, type], None] | None = None) -> None:
+        self.role = role  # "learner" | "world model" | "peer protocol", for messages
         self.group = group  # the entry-point group
         self.methods = methods
         self.builtins = dict(builtins)
+        # What else a plugin class of this role must have (a peer protocol: registered message
+        # types); raises PluginError naming what is wrong.
+        self.check_class = check_class
 
     # ------------------------------------------------------------------ resolution
 
@@ -161,8 +184,9 @@ class Registry:
             return self._entry_for_class(kind, target, f"entry point of {distribution}")
         if ":" not in kind:
             installed = ", ".join(f"'{name}'" for name in self.installed()) or f"none installed in group {self.group}"
+            builtins = f"one of {', '.join(repr(name) for name in self.builtins)}, " if self.builtins else ""
             raise PluginError(
-                f"expected one of {', '.join(repr(name) for name in self.builtins)}, an installed plugin ({installed}) "
+                f"expected {builtins}an installed plugin ({installed}) "
                 f"or an import path 'package.module:Class', got {describe_value(kind)}"
             )
         module_name, _, attribute = kind.partition(":")
@@ -209,6 +233,8 @@ class Registry:
             raise PluginError(
                 f"{kind!r}: class {target.__name__}.action_space must be 'discrete', 'box' or None, got {action_space!r}"
             )
+        if self.check_class is not None:
+            self.check_class(kind, target)
         has_params = all(callable(getattr(target, name, None)) for name in WORLD_MODEL_PARAMETER_METHODS)
         has_statistics = all(callable(getattr(target, name, None)) for name in WORLD_MODEL_STATISTICS_METHODS)
         if self.methods == WORLD_MODEL_METHODS and not (has_params or has_statistics):
@@ -277,11 +303,12 @@ class Registry:
                 f"{self.role} kind {config.kind!r}: expected a {entry.config_model.__name__}, got {type(config).__name__}"
             )
         built = entry.build(config, spec)
-        missing = [name for name in self.methods if not callable(getattr(built, name, None))]
+        methods = entry.methods or self.methods
+        missing = [name for name in methods if not callable(getattr(built, name, None))]
         if missing:
             raise TypeError(
                 f"{self.role} kind {config.kind!r} built a {type(built).__name__}, which lacks {', '.join(missing)} "
-                f"(the {self.role} interface: {', '.join(self.methods)})"
+                f"(the {self.role} interface: {', '.join(methods)})"
             )
         return built
 

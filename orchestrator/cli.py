@@ -83,7 +83,8 @@ def describe(config: RunConfig) -> str:
         + (f" trained centrally ({config.training.mixer} in a learner node)" if config.training.mode == "centralized" else "")
         + f", world model {world_model}, "
         f"consensus {'on (' + consensus.mode + ')' if consensus.enabled else 'off'}, "
-        f"transport {config.network.transport}, {config.run.steps} steps"
+        + (f"protocols {', '.join(protocol.kind for protocol in config.agents.protocols)}, " if config.agents.protocols else "")
+        + f"transport {config.network.transport}, {config.run.steps} steps"
     )
 
 

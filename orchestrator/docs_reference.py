@@ -327,10 +327,17 @@ def _dataclass_default(field: dataclasses.Field) -> str:
     return "required"
 
 
+def parleys_messages() -> dict[str, type]:
+    """The registered messages that are Parley's own (defined under protocols/). A plugin's
+    messages (an installed protocol's, a test's) register in the same table, and are its own to
+    document."""
+    return {msg_type: cls for msg_type, cls in MESSAGE_TYPES.items() if cls.__module__.startswith("protocols.")}
+
+
 def render_messages() -> str:
     _register_every_message()
     by_module: dict[str, list[tuple[str, type]]] = {}
-    for msg_type, cls in MESSAGE_TYPES.items():
+    for msg_type, cls in parleys_messages().items():
         by_module.setdefault(cls.__module__, []).append((msg_type, cls))
     out = [MESSAGES_HEADER]
     # The order is the code's, not the imports': protocols/messages.py (the control plane and the

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from agent_node.algos.bc import BCAgent
     from agent_node.algos.cql import CQLAgent
     from agent_node.algos.dqn import DQNAgent
+    from agent_node.algos.goal_dqn import GoalDQNAgent
     from agent_node.algos.og_marl import OGMARLAgent
     from agent_node.algos.pmic import PMICAgent
     from agent_node.algos.sac import SACAgent
@@ -146,11 +147,24 @@ def _build_bc(config: BCConfig, spec: LearnerSpec) -> BCAgent:
     return BCAgent(config, spec.observation_space, spec.action_space, spec.seed)
 
 
-def _build_goal_dqn(config: GoalDQNConfig, spec: LearnerSpec) -> None:
-    # Its learner is conditioned on the goals its goal session draws, so the session builds both
-    # (agent_node/goal_session.py: build_goal_session); the node never asks the registry for it.
-    raise ValueError("learner kind 'goal_dqn' is built with its goal session (agent_node.goal_session.build_goal_session)")
+def _build_goal_dqn(config: GoalDQNConfig, spec: LearnerSpec) -> GoalDQNAgent:
+    # Conditioned on the goals its goal session draws: the session (agent_node/goal_session.py,
+    # amigo_session.py) gives the goal space and wraps the agent in the learner the node drives.
+    if spec.goals is None:
+        raise ValueError(
+            "learner kind 'goal_dqn' needs the goal space that its goal session gives (agents.goals); got none"
+        )
+    from agent_node.algos.goal_dqn import GoalDQNAgent
 
+    return GoalDQNAgent(
+        config, int(spec.observation_space.shape[0]), int(spec.action_space.n), spec.goals.num_goals,
+        spec.goals.reward_fn, seed=spec.seed, goal_features=spec.goals.goal_features,
+    )
+
+
+# What goal_dqn's agent has: its goal session wraps it into the learner the node drives (it
+# observes whole episodes, relabelled, rather than the node's transitions).
+GOAL_LEARNER_METHODS = ("act", "observe_episode", "gradient_steps_due", "update", "counters", "state_dict", "load_state_dict")
 
 _BUILDERS = {
     "dqn": (DQNConfig, "_build_dqn"),
@@ -170,7 +184,8 @@ LEARNERS = Registry(
     "parley.learners",
     LEARNER_METHODS,
     {
-        name: builtin(name, config_model, f"agent_node.algos:{function}", action_space=LEARNER_ACTION_SPACE[name])
+        name: builtin(name, config_model, f"agent_node.algos:{function}", action_space=LEARNER_ACTION_SPACE[name],
+                      **({"methods": GOAL_LEARNER_METHODS} if name == "goal_dqn" else {}))
         for name, (config_model, function) in _BUILDERS.items()
     },
 )

@@ -20,7 +20,9 @@ import gymnasium as gym
 import numpy as np
 
 from agent_node.algos.config import DQNConfig
+from agent_node.algos import LEARNERS
 from agent_node.algos.dqn import DQNAgent, linear_schedule
+from agent_node.plugins import LearnerSpec
 from agent_node.roles import Transition
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
 from protocols.spaces import encode_space
@@ -126,7 +128,8 @@ class CentralizedDQNActor:
             raise TypeError(f"centralized training acts with a DQN Q-network; config must be a DQNConfig, got {type(config).__name__}")
         self.config = config
         self.agent_index = int(agent_index)
-        self.dqn = DQNAgent(config, observation_space, action_space, seed)
+        # The agent's `agents.learner` (kind dqn), built through the learner registry like every learner.
+        self.dqn: DQNAgent = LEARNERS.build(config, LearnerSpec(observation_space, action_space, seed))
         self.receiver = ParamsReceiver(self.dqn)
         self.send = send
         self.explore_rng = np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(4)[3])

@@ -1,6 +1,6 @@
-"""A learner plugin through the real runtime: `orchestrate validate` and `orchestrate up` on a config
-that names the example's IPPO learner by import path, its metrics found in the run; and the same
-through the Python API (orchestrator/api.py)."""
+"""Plugins through the real runtime: `orchestrate validate` and `orchestrate up` on a config that
+names the example's IPPO learner and its return-gossip protocol by import path, both their
+metrics found in the run; and the same through the Python API (orchestrator/api.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ IPPO_PATH = "parley_ippo.learner:IPPOLearner"
 IPPO = [
     "--set", f"agents.learner={{kind: '{IPPO_PATH}', hidden_sizes: [16], rollout_rows: 16, epochs: 2, minibatches: 2}}",
 ]
+# The example's peer protocol: a round of return gossip every 10 steps (episodes are 10 steps long,
+# so from step 10 on every agent has a mean to tell), raising the entropy of an agent that trails.
+# A round waits up to 20 s for both neighbours: long enough for a loaded machine, and a round still
+# open when the run ends is not logged.
+GOSSIP_PATH = "parley_ippo.gossip:ReturnGossip"
+GOSSIP = ["--set", f"agents.protocols=[{{kind: '{GOSSIP_PATH}', every_steps: 10, timeout_s: 20.0, entropy_boost: 0.5}}]"]
 
 
 def orchestrate(*args: str) -> subprocess.CompletedProcess:
@@ -31,23 +37,34 @@ def orchestrate(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=150)
 
 
-def test_validate_and_up_run_the_plugin_learner_and_its_metrics_are_in_the_run(tmp_path, monkeypatch):
+def test_validate_and_up_run_the_plugin_learner_and_protocol_and_their_metrics_are_in_the_run(tmp_path, monkeypatch):
     from orchestrator import api
 
-    monkeypatch.syspath_prepend(str(EXAMPLE))  # this process reads the resolved config, plugin kind included
+    monkeypatch.syspath_prepend(str(EXAMPLE))  # this process reads the resolved config, plugin kinds included
 
-    validated = orchestrate("validate", "configs/tiny_ring.yaml", *IPPO)
+    validated = orchestrate("validate", "configs/tiny_ring.yaml", *IPPO, *GOSSIP)
     assert validated.returncode == 0, validated.stderr[-3000:]
-    assert f"learner {IPPO_PATH}" in validated.stdout
+    assert f"learner {IPPO_PATH}" in validated.stdout and f"protocols {GOSSIP_PATH}" in validated.stdout
 
     run_dir = tmp_path / "run"
-    done = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, "--run-dir", str(run_dir))
+    done = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, *GOSSIP, "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = api.open_run(run_dir)
     assert run.config.agents.learner.kind == IPPO_PATH and run.config.agents.learner.rollout_rows == 16
+    (protocol,) = run.config.agents.protocols
+    assert protocol.kind == GOSSIP_PATH and protocol.every_steps == 10 and protocol.entropy_boost == 0.5
+    neighbours = 2  # on a ring of 3, each agent's two others
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = list(run.metrics(agent))
+        # The protocol's rounds, as the node wrote them when each finished: one per 10-step window
+        # from the first finished episode on, each hearing the agent's two neighbours (no one
+        # is down in this run), with the learner's entropy coefficient the round left it at.
+        rounds = [r for r in records if "gossip/rounds" in r]
+        assert len(rounds) >= 4, f"{agent} logged {len(rounds)} gossip rounds"
+        assert [r["gossip/rounds"] for r in rounds] == list(range(1, len(rounds) + 1))
+        assert all(r["gossip/heard"] == neighbours and "gossip/neighbour_best" in r for r in rounds)
+        assert all(r["gossip/entropy_coef"] in (pytest.approx(0.01), pytest.approx(0.015)) for r in rounds)
         counters = [r for r in records if "ippo/gradient_steps" in r]
         assert counters, f"{agent} logged no ippo counters"
         last = counters[-1]

@@ -265,6 +265,11 @@ def test_consensus_is_held_against_what_the_world_model_can_average():
         ("agents.learner.kind=parley_ippo.learner:NoSuchLearner", "has no attribute 'NoSuchLearner'"),
         (f"agents.learner.kind={HERE}:HalfALearner", "does not implement the learner interface"),
         (f"{IPPO_SECTION.replace('epochs: 2', 'epochs: 0')}", "agents.learner.epochs: expected greater than 0, got 0 (int)"),
+        # a peer protocol (agents.protocols): a wrong import path, a bad setting
+        ("agents.protocols=[{kind: 'parley_ippo.gossip:NoSuchGossip'}]",
+         "agents.protocols.0.kind: 'parley_ippo.gossip:NoSuchGossip': module 'parley_ippo.gossip' has no attribute 'NoSuchGossip'"),
+        ("agents.protocols=[{kind: 'parley_ippo.gossip:ReturnGossip', every_steps: -1}]",
+         "agents.protocols.0.every_steps: expected greater than 0, got -1 (int)"),
     ],
 )
 @pytest.mark.parametrize("verb", ["validate", "up"])
@@ -290,6 +295,18 @@ def test_the_entry_point_in_the_example_pyproject_names_the_learner():
     pyproject = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
     assert pyproject["project"]["entry-points"]["parley.learners"] == {"ippo": IPPO_PATH}
     assert LEARNERS.resolve(IPPO_PATH).config_model.__name__ == "IPPOConfig"
+    from agent_node.peer_protocols import PROTOCOLS
+
+    assert pyproject["project"]["entry-points"]["parley.protocols"] == {"return_gossip": "parley_ippo.gossip:ReturnGossip"}
+    assert PROTOCOLS.resolve("parley_ippo.gossip:ReturnGossip").config_model.__name__ == "GossipConfig"
+
+
+def test_the_example_protocol_is_found_by_its_entry_point_where_it_is_installed():
+    from agent_node.peer_protocols import PROTOCOLS
+
+    if "return_gossip" not in PROTOCOLS.installed():
+        pytest.skip("examples/parley_ippo (with its protocol) is not installed in this venv (make setup installs it)")
+    assert PROTOCOLS.resolve("return_gossip").config_model.__name__ == "GossipConfig"
 
 
 def test_importing_the_schema_of_a_built_in_run_imports_no_torch():
@@ -299,3 +316,48 @@ def test_importing_the_schema_of_a_built_in_run_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code, TINY], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ one build path for the built-ins
+
+# Each built-in learner and world model class, and where the registry's builder makes it.
+BUILT_BY_THE_REGISTRY = {
+    "DQNAgent": "agent_node/algos/__init__.py", "SACAgent": "agent_node/algos/__init__.py",
+    "OGMARLAgent": "agent_node/algos/__init__.py", "PMICAgent": "agent_node/algos/__init__.py",
+    "SharedDQNAgent": "agent_node/algos/__init__.py", "CQLAgent": "agent_node/algos/__init__.py",
+    "BCAgent": "agent_node/algos/__init__.py", "GoalDQNAgent": "agent_node/algos/__init__.py",
+    "SparseGPWorldModel": "agent_node/world_models/__init__.py", "EnsembleWorldModel": "agent_node/world_models/__init__.py",
+}
+# An algorithm made of another one builds its part itself (the part is not a run's learner).
+PARTS = {("agent_node/algos/shared_dqn.py", "DQNAgent"), ("agent_node/algos/og_marl.py", "SACAgent")}
+
+
+def test_no_module_of_the_runtime_builds_a_built_in_learner_or_world_model_around_the_registry():
+    """Read from the source: a built-in class is constructed only by its registry builder, so the
+    node, the capabilities (CTDE's actor, the goal sessions) and the offline trainer all go
+    through `LEARNERS.build` / `WORLD_MODELS.build`, as a plugin does."""
+    import ast
+
+    found = []
+    for package in ("agent_node", "orchestrator", "env_server"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            where = str(path.relative_to(REPO))
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in BUILT_BY_THE_REGISTRY:
+                    if BUILT_BY_THE_REGISTRY[node.func.id] != where and (where, node.func.id) not in PARTS:
+                        found.append(f"{where}:{node.lineno} {node.func.id}(...)")
+    assert found == []
+
+
+def test_goal_dqn_builds_through_the_registry_with_the_goal_space_its_session_gives():
+    import gymnasium as gym
+
+    from agent_node.algos.config import GoalDQNConfig
+    from agent_node.plugins import GoalSpace, LearnerSpec
+
+    spec = LearnerSpec(gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(3), seed=0)
+    with pytest.raises(ValueError, match="'goal_dqn' needs the goal space that its goal session gives"):
+        LEARNERS.build(GoalDQNConfig(), spec)
+    agent = LEARNERS.build(GoalDQNConfig(), LearnerSpec(spec.observation_space, spec.action_space, 0,
+                                                        goals=GoalSpace(5, lambda goal, achieved: 0.0)))
+    assert type(agent).__name__ == "GoalDQNAgent" and (agent.obs_dim, agent.num_actions, agent.num_goals) == (4, 3, 5)

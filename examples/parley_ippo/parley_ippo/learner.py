@@ -158,6 +158,9 @@ class IPPOLearner:
         self.rows_observed = 0
         self.gradient_steps = 0
         self.updates = 0  # rollouts trained on
+        # The entropy bonus's weight: config.entropy_coef, until a peer protocol sets another
+        # (parley_ippo/gossip.py raises it while this agent trails its neighbours).
+        self.entropy_coef = float(config.entropy_coef)
 
     # ------------------------------------------------------------------ Actor
 
@@ -288,7 +291,7 @@ class IPPOLearner:
         policy_loss = torch.max(-advantage * ratio, -advantage * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
         value_loss = 0.5 * (self.critic(obs).squeeze(1) - self._batch["return"][picked]).pow(2).mean()
         entropy = distribution.entropy().mean()
-        loss = policy_loss - cfg.entropy_coef * entropy + cfg.value_coef * value_loss
+        loss = policy_loss - self.entropy_coef * entropy + cfg.value_coef * value_loss
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -329,6 +332,7 @@ class IPPOLearner:
             "rows_observed": self.rows_observed,
             "gradient_steps": self.gradient_steps,
             "updates": self.updates,
+            "entropy_coef": self.entropy_coef,
             "act_generator": self.act_generator.get_state(),
             "shuffle_rng": self.shuffle_rng.bit_generator.state,
         }
@@ -342,6 +346,7 @@ class IPPOLearner:
         self.rows_observed = int(state["rows_observed"])
         self.gradient_steps = int(state["gradient_steps"])
         self.updates = int(state["updates"])
+        self.entropy_coef = float(state.get("entropy_coef", self.config.entropy_coef))
         self.act_generator.set_state(state["act_generator"])
         self.shuffle_rng.bit_generator.state = state["shuffle_rng"]
         self._batch, self._order, self._acted = None, [], None
