@@ -164,13 +164,7 @@ def print_goal_table(rows: list[dict]) -> None:
     header = (f"{'agents':>6} {'topology':<15} {'engine':<10} {'plan':<7} {'live':>5} {'groups':>6} {'follow':>7} {'aligned':>7} "
               f"{'decide s [bound]':>19} {'applied':>7} {'missing':>7} {'msgs/node':>9} {'KB/node':>8} {'sim s':>6} "
               f"{'wall s':>6} {'cpu s':>6} {'ok':>3}")
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        print(format_goal_row(row))
-    for row in rows:
-        for violation in row["violations"][:3]:
-            print(f"  {row['agents']} {row['topology']} {row['engine']} {row['plan']}: {violation}")
+    _print_rows(header, format_goal_row, rows)
 
 
 def render(record: dict, source: str) -> str:
@@ -206,10 +200,16 @@ def format_row(row: dict) -> str:
 def print_table(rows: list[dict]) -> None:
     header = f"{'agents':>6} {'topology':<15} {'deg':>5} {'|l2|':>8} {'engine':<8} {'plan':<7} {'to 1e-3':>13} {'to 1e-6':>15} " \
              f"{'msgs/node':>9} {'KB/node':>8} {'sim s':>6} {'wall s':>6} {'cpu s':>6} {'err':>8} {'alone':>5} {'ok':>3}"
+    _print_rows(header, format_row, rows)
+
+
+def _print_rows(header: str, format_line, rows: list[dict]) -> None:
+    """A table as the terminal shows it: the header, a rule, a line per row, then the first
+    three invariant violations of each row."""
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(format_row(row))
+        print(format_line(row))
     for row in rows:
         for violation in row["violations"][:3]:
             print(f"  {row['agents']} {row['topology']} {row['engine']} {row['plan']}: {violation}")
