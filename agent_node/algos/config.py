@@ -438,11 +438,6 @@ OFFLINE_KINDS = frozenset({"cql", "bc"})
 # (a 1-D Box: a vector of continuous actions). Each learner's constructor refuses any other; the
 # orchestrator holds the env's action spaces against this table before launch
 # (orchestrator/prelaunch.py), so a mismatch is a config error rather than a crash of every node.
-# The built-in learners that read image observations through a CNN (agent_node/algos/encoders.py).
-# The others would flatten the pixels into their first layer (tens of millions of weights for
-# pistonball, and no locality), so the orchestrator refuses them on image observations before
-# launch. A plugin learner encodes its observations itself and is not checked.
-IMAGE_ENCODER_KINDS = frozenset({"dqn"})
 LEARNER_ACTION_SPACE: dict[str, Literal["discrete", "box"]] = {
     "dqn": "discrete",
     "shared_dqn": "discrete",
@@ -453,3 +448,8 @@ LEARNER_ACTION_SPACE: dict[str, Literal["discrete", "box"]] = {
     "og_marl": "box",
     "pmic": "box",
 }
+# The built-in learners that read image observations through a CNN (agent_node/algos/encoders.py).
+# The others would flatten the pixels into their first layer (tens of millions of weights for
+# pistonball, and no locality), so the orchestrator refuses them on image observations before
+# launch. A plugin learner encodes its observations itself and is not checked.
+IMAGE_ENCODER_KINDS = frozenset({"dqn"})
