@@ -24,7 +24,7 @@ import time
 from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
-from env_server.server import EnvServer, LockstepRules
+from env_server.server import EnvServer, LockstepRules, TransportRefused
 from env_server.vector import VectorizedParallelEnv
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-infos", default="", help="standalone: comma-separated info keys to send to agents")
     parser.add_argument("--episode-start-hold", type=float, default=0.0,
                         help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
+    parser.add_argument("--transport", choices=("auto", "shm", "zmq"), default=_DEFAULTS["transport"],
+                        help="standalone: how lockstep bodies reach clients on this host (env.transport)")
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -107,6 +109,7 @@ def run_standalone(args: argparse.Namespace) -> int:
             join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
             default_action=_DEFAULTS["default_action"],
             episode_start_hold_s=args.episode_start_hold,
+            transport=args.transport,
         ),
         seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
@@ -180,6 +183,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 eval_start_step=env_config.eval_start_step,
                 episode_start_hold_s=env_config.episode_start_hold_s,
                 step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
+                transport=env_config.transport,
             ),
             seed=identity.seed("env"),
             eval_seed=identity.seed("eval_env"),
@@ -201,6 +205,13 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             eval_envs.close()
         hub.close()
         return EXIT_DAMAGED_STATE
+    except TransportRefused as error:  # env.transport: shm where it cannot work
+        log.error("%s", error)
+        envs.close()
+        if eval_envs is not None:
+            eval_envs.close()
+        hub.close()
+        return 2
     resumed = server.resumed_from
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = stop_on_signals()

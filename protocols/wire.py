@@ -173,7 +173,8 @@ def pack_placeholder(index: int, dtype_str: str, shape: Sequence[int], offset: i
 PACKED_MARK = 0xC1  # first byte of a packed head's payload (msgpack's one unused byte)
 # Type codes of packed messages: the code is what travels. Only ever append.
 PACKED_TYPES: tuple[str, ...] = ("env.observation", "env.action", "env.worker_step", "env.worker_result")
-_PACKED_CODE = {msg_type: code for code, msg_type in enumerate(PACKED_TYPES)}
+PACKED_CODE = {msg_type: code for code, msg_type in enumerate(PACKED_TYPES)}
+_PACKED_CODE = PACKED_CODE
 _PACKED_HEAD = struct.Struct("<BBQdB")  # mark, type code, seq, sent_at, length of the sender's name
 
 
