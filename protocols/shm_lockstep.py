@@ -172,6 +172,7 @@ class ShmLink:
         self._signal_prefix = SIGNAL_MAGIC + token
         self.closed = False
         self.sent_by_shm = self.sent_by_zmq = 0  # how this side's messages went (for tests and logs)
+        self.received_by_shm = 0
 
     # ------------------------------------------------------------------ making and mapping
 
@@ -276,6 +277,7 @@ class ShmLink:
             raise ValueError(f"a shared-memory body of {length} bytes in a slot of {capacity}")
         body = bytes(self._view[at : at + length])
         head[_READ] = generation
+        self.received_by_shm += 1
         return code, sent_at, body
 
     def skip_unread(self) -> None:
