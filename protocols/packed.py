@@ -160,14 +160,6 @@ class PackedLayout:
         """The body of a message that `fits`."""
         return self._packers[type(message)](message)
 
-    def pack_parts(self, message: Any) -> list[Any]:
-        """The body of an env.observation or env.action that `fits`, as its parts in order (bytes
-        and contiguous arrays): what the shared-memory path copies straight into its slot."""
-        if type(message) is m.EnvObservation:
-            return self._observation_parts(message)
-        copies = self._copies_of(message.actions)
-        return [_HEAD.pack(message.step, copies, _EVALUATION if message.evaluation else 0), *self._action_arrays(message.actions, copies)]
-
     def largest_action_bytes(self, copies: int) -> int:
         """A packed env.action's body for `copies` copies (the shared-memory slot's capacity)."""
         return _HEAD.size + copies * sum(field.row_bytes for field in self._action_fields)
@@ -180,16 +172,13 @@ class PackedLayout:
     # ------------------------------------------------------------------ env.observation
 
     def pack_observation(self, observation: m.EnvObservation) -> bytes:
-        return b"".join(self._observation_parts(observation))
-
-    def _observation_parts(self, observation: m.EnvObservation) -> list[Any]:
         copies = len(observation.episode_start)
         finals = observation.final_observations
         flags = (_EVALUATION if observation.evaluation else 0) | (_RUN_FINISHED if observation.run_finished else 0) | (
             _FINALS if finals else 0)
         parts = [_HEAD.pack(observation.step, copies, flags), self._missing_mask(observation.missing)]
         self._append_step_arrays(parts, observation, copies)
-        return parts
+        return b"".join(parts)
 
     def _append_step_arrays(self, parts: list[Any], message: Any, copies: int) -> None:
         """episode_start and every agent's arrays of an observation or worker result, in layout order."""

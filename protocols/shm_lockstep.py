@@ -37,7 +37,7 @@ the larger of the training and evaluation copy counts. A body is exactly the pac
 (protocols/packed.py): step, flags, missing mask, the arrays.
 
 **One step.** The writer checks the slot was read (`read == written`), copies the body into it
-(one copy per array, no intermediate bytes), bumps `written` to a new generation g and sends a
+(one copy of the packed body), bumps `written` to a new generation g and sends a
 **signal frame** over the existing zmq socket: 4 magic bytes, the token, the message's type code,
 g and the send time (37 bytes; no msgpack, no signature: the token proves it comes from whoever
 read the welcome, and the socket is the one the join authenticated). The reader, on that frame,
@@ -72,8 +72,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger("protocols.shm")
 
 SHM_DIR = Path("/dev/shm")
@@ -81,8 +79,10 @@ SIGNAL_MAGIC = b"PSHM"
 TOKEN_BYTES = 16
 _SIGNAL_TAIL = struct.Struct("<BQd")  # packed type code, generation, sent_at
 SIGNAL_BYTES = len(SIGNAL_MAGIC) + TOKEN_BYTES + _SIGNAL_TAIL.size
+_TOKEN_END = len(SIGNAL_MAGIC) + TOKEN_BYTES
 _HEADER_BYTES = 64  # per slot: written, read, length (u64), padded to a cache line
-_WRITTEN, _READ, _LENGTH = 0, 1, 2
+_HEAD = struct.Struct("<QQQ")  # written, read, length
+_READ_FIELD = struct.Struct("<Q")
 DOWN, UP = 0, 1  # the slots: server -> client, client -> server
 _PREFIX = "parley-"
 
@@ -164,11 +164,11 @@ class ShmLink:
         self.owner = owner  # the server: it unlinks the name if the client has not
         self._memory = memory
         self._view = memoryview(memory)
-        self._heads = np.frombuffer(memory, np.uint64, 2 * _HEADER_BYTES // 8).reshape(2, _HEADER_BYTES // 8)
         body_at = 2 * _HEADER_BYTES
         down, up = capacities
-        self._bodies = {DOWN: (body_at, down), UP: (body_at + _aligned(down), up)}
-        self._writes, self._reads = writes, 1 - writes
+        bodies = {DOWN: (body_at, down), UP: (body_at + _aligned(down), up)}
+        self._write_head, self._read_head = writes * _HEADER_BYTES, (1 - writes) * _HEADER_BYTES
+        self._write_body, self._read_body = bodies[writes], bodies[1 - writes]
         self._signal_prefix = SIGNAL_MAGIC + token
         self.closed = False
         self.sent_by_shm = self.sent_by_zmq = 0  # how this side's messages went (for tests and logs)
@@ -227,7 +227,6 @@ class ShmLink:
         self.closed = True
         if self.owner:
             self.unlink()
-        self._heads = None
         self._view.release()
         try:
             self._memory.close()
@@ -236,55 +235,45 @@ class ShmLink:
 
     # ------------------------------------------------------------------ the hot path
 
-    def write(self, code: int, parts: list[Any]) -> bytes | None:
-        """Copy a packed body (its parts, in order) into this side's slot; the signal frame to
-        send, or None when the slot is still unread or the body does not fit (send it by zmq)."""
-        slot = self._writes
-        head = self._heads[slot]
-        written = int(head[_WRITTEN])
-        if int(head[_READ]) != written:
+    def write(self, code: int, body: bytes) -> bytes | None:
+        """Copy a packed body into this side's slot; the signal frame to send, or None when the
+        slot is still unread or the body does not fit (send it by zmq instead)."""
+        memory, head_at = self._memory, self._write_head
+        written, read, _ = _HEAD.unpack_from(memory, head_at)
+        at, capacity = self._write_body
+        size = len(body)
+        if read != written or size > capacity:
             self.sent_by_zmq += 1
             return None
-        at, capacity = self._bodies[slot]
-        offset, view = at, self._view
-        for part in parts:
-            data = part if type(part) is bytes else memoryview(part).cast("B")
-            size = len(data)
-            if offset + size > at + capacity:
-                self.sent_by_zmq += 1
-                return None
-            view[offset : offset + size] = data
-            offset += size
-        head[_LENGTH] = offset - at
-        head[_WRITTEN] = written + 1  # after the body: the reader acts on the signal, which follows
+        self._view[at : at + size] = body
+        # The length and the new generation after the body: the reader acts on the signal, which follows.
+        _HEAD.pack_into(memory, head_at, written + 1, read, size)
         self.sent_by_shm += 1
         return self._signal_prefix + _SIGNAL_TAIL.pack(code, written + 1, time.time())
 
     def read(self, signal: Any) -> tuple[int, float, bytes]:
         """(type code, sent_at, a copy of the body) for a signal frame; ValueError if the frame
         is not a signal of this link or the slot does not hold what it announces."""
-        if len(signal) != SIGNAL_BYTES or not hmac.compare_digest(bytes(signal[: len(self._signal_prefix)]), self._signal_prefix):
+        if len(signal) != SIGNAL_BYTES or not hmac.compare_digest(bytes(signal[:_TOKEN_END]), self._signal_prefix):
             raise ValueError("a shared-memory signal frame with a wrong token")
-        code, generation, sent_at = _SIGNAL_TAIL.unpack_from(signal, len(self._signal_prefix))
-        slot = self._reads
-        head = self._heads[slot]
-        if int(head[_WRITTEN]) != generation or int(head[_READ]) >= generation:
-            raise ValueError(f"a shared-memory signal for generation {generation}; the slot holds "
-                             f"{int(head[_WRITTEN])} (read up to {int(head[_READ])})")
-        at, capacity = self._bodies[slot]
-        length = int(head[_LENGTH])
+        code, generation, sent_at = _SIGNAL_TAIL.unpack_from(signal, _TOKEN_END)
+        memory, head_at = self._memory, self._read_head
+        written, read, length = _HEAD.unpack_from(memory, head_at)
+        if written != generation or read >= generation:
+            raise ValueError(f"a shared-memory signal for generation {generation}; the slot holds {written} (read up to {read})")
+        at, capacity = self._read_body
         if length > capacity:
             raise ValueError(f"a shared-memory body of {length} bytes in a slot of {capacity}")
-        body = bytes(self._view[at : at + length])
-        head[_READ] = generation
+        body = self._view[at : at + length].tobytes()
+        _READ_FIELD.pack_into(memory, head_at + 8, generation)
         self.received_by_shm += 1
         return code, sent_at, body
 
     def skip_unread(self) -> None:
         """A packed zmq frame came from the peer: whatever it wrote before was signalled before
         that frame, so the slot counts as read (module docstring)."""
-        head = self._heads[self._reads]
-        head[_READ] = head[_WRITTEN]
+        written, _, _ = _HEAD.unpack_from(self._memory, self._read_head)
+        _READ_FIELD.pack_into(self._memory, self._read_head + 8, written)
 
 
 def is_signal(frame: Any) -> bool:

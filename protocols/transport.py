@@ -393,7 +393,7 @@ class Channel:
         identities = () if identity is None else (identity,)
         if self._packed and (layout := self._packed.get(identity)) is not None and layout.fits(message):
             if self._shm and (link := self._shm.get(identity)) is not None and type(message) in _SHM_TYPES:
-                signal = link.write(wire.PACKED_CODE[message.MSG_TYPE], layout.pack_parts(message))
+                signal = link.write(wire.PACKED_CODE[message.MSG_TYPE], layout.pack(message))
                 if signal is not None:
                     return [*identities, signal]
             return wire.encode_packed(message.MSG_TYPE, layout.pack(message), sender=self.sender, seq=next(self._seq),
@@ -519,7 +519,7 @@ class Channel:
 
     def _read_shm(self, frames: list[Any], views: list[Any]) -> wire.Envelope | None:
         """The message a signal frame announces, read from the peer's segment (None: dropped)."""
-        identities = tuple(bytes(view) for view in views[:-1])
+        identities = tuple(bytes(view) for view in views[:-1]) if self.check_user_id else tuple(views[:-1])
         identity = identities[0] if identities else None
         link, layout = self._shm.get(identity), self._packed.get(identity)
         if link is None or layout is None:

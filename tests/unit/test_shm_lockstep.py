@@ -48,39 +48,39 @@ def test_the_segment_is_private_and_its_name_goes_once_the_client_mapped_it():
 
 def test_a_body_crosses_in_both_directions_and_the_signal_names_it(pair):
     server, client = pair
-    signal = server.write(PACKED_CODE["env.observation"], [b"head", np.arange(3, dtype=np.float32)])
+    signal = server.write(PACKED_CODE["env.observation"], b"head" + np.arange(3, dtype=np.float32).tobytes())
     assert is_signal(signal)
     code, sent_at, body = client.read(signal)
     assert code == PACKED_CODE["env.observation"] and sent_at > 0
     assert body == b"head" + np.arange(3, dtype=np.float32).tobytes()
-    up = client.write(PACKED_CODE["env.action"], [b"\x01\x02"])
+    up = client.write(PACKED_CODE["env.action"], b"\x01\x02")
     assert server.read(up)[2] == b"\x01\x02"
 
 
 def test_an_unread_slot_is_never_overwritten_and_a_zmq_frame_frees_it(pair):
     server, client = pair
-    first = server.write(0, [b"first"])
-    assert server.write(0, [b"second"]) is None, "the client has not read the first: the second goes by zmq"
+    first = server.write(0, b"first")
+    assert server.write(0, b"second") is None, "the client has not read the first: the second goes by zmq"
     assert server.sent_by_shm == 1 and server.sent_by_zmq == 1
     assert client.read(first)[2] == b"first"
     client.skip_unread()  # (the zmq frame arrived after it: nothing else was written)
-    assert client.read(server.write(0, [b"third"]))[2] == b"third"
+    assert client.read(server.write(0, b"third"))[2] == b"third"
     # A signal that was lost with its connection: the zmq frame after it frees the slot.
-    server.write(0, [b"lost"])
+    server.write(0, b"lost")
     client.skip_unread()
-    assert client.read(server.write(0, [b"fourth"]))[2] == b"fourth"
+    assert client.read(server.write(0, b"fourth"))[2] == b"fourth"
 
 
 def test_a_forged_stale_or_oversized_signal_is_refused(pair):
     server, client = pair
-    signal = server.write(0, [b"x" * 10])
+    signal = server.write(0, b"x" * 10)
     forged = signal[:4] + bytes(16) + signal[20:]
     with pytest.raises(ValueError, match="token"):
         client.read(forged)
     client.read(signal)
     with pytest.raises(ValueError, match="generation"):
         client.read(signal)  # read already: a replay
-    assert server.write(0, [b"y" * (CAPACITIES[0] + 1)]) is None, "too large for the slot: zmq"
+    assert server.write(0, b"y" * (CAPACITIES[0] + 1)) is None, "too large for the slot: zmq"
 
 
 def test_attaching_checks_name_token_and_size():
@@ -170,6 +170,6 @@ def test_a_channel_pair_passes_the_lockstep_through_shared_memory_and_falls_back
 def test_a_signal_from_a_peer_without_a_segment_is_dropped(channels, hubs, tmp_path):
     router, _dealer, server_link, _client_link = channels
     stranger = hubs("agent_1").connect_dealer(router.endpoint, name="env", identity="agent_1")
-    stranger.socket.send(server_link.write(0, [b"x"]))  # a valid-looking signal, on another connection
+    stranger.socket.send(server_link.write(0, b"x"))  # a valid-looking signal, on another connection
     assert router.wait_for(object, timeout_s=0.5) is None
     assert router.stats.dropped_invalid == 1
