@@ -296,8 +296,10 @@ class EnvServer:
             return
         reap_stale_segments(self.hub.run_id)
         if self.rules.transport == "shm":
-            refusal = ("there is no /dev/shm on this machine" if not self.host_key
-                       else packing_refusal(self.envs, list(self.envs.possible_agents), self._most_copies()))
+            # (per agent: a client of one agent is the least any client asks for; one that claims
+            # several is refused at its join if their observations together cannot be packed)
+            refusal = "there is no /dev/shm on this machine" if not self.host_key else next(
+                (r for agent in self.envs.possible_agents if (r := packing_refusal(self.envs, [agent], self._most_copies()))), None)
             if refusal is not None:
                 raise TransportRefused(f"env.transport: shm cannot work here: {refusal}; use auto or zmq")
 
@@ -317,7 +319,9 @@ class EnvServer:
             return "the client did not offer shared memory"
         if request.shm_host != self.host_key:
             return "the client is on another host"
-        return None
+        possible = self.envs.possible_agents  # the agents it claims (barrier.join refuses bad ones)
+        claimed = request.agents + [possible[i] for i in request.agent_indices if 0 <= i < len(possible)] or list(possible)
+        return packing_refusal(self.envs, [a for a in claimed if a in possible], self._most_copies())
 
     def _grant_transport(self, identity: bytes, request: m.EnvJoin, agents: list[str], packed: bool) -> dict[str, Any]:
         """The welcome's shared-memory fields for this client: a new segment when it may have one."""
