@@ -97,7 +97,26 @@ def run_standalone(args: argparse.Namespace) -> int:
         forward_infos=tuple(k for k in args.forward_infos.split(",") if k),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
-    server = EnvServer(
+    try:
+        server = _standalone_server(args, envs, hub)
+    except TransportRefused as error:  # --transport shm where it cannot work
+        log.error("%s", error)
+        envs.close()
+        hub.close()
+        return 2
+    stop = stop_on_signals()
+    print(f"READY {server.endpoint}", flush=True)
+    try:
+        while not stop:
+            server.poll_once(_STANDALONE_WAKE_S)
+    finally:
+        server.close()
+        hub.close()
+    return 0
+
+
+def _standalone_server(args: argparse.Namespace, envs, hub: Hub) -> EnvServer:
+    return EnvServer(
         envs,
         hub=hub,
         env_name=args.env,
@@ -115,15 +134,6 @@ def run_standalone(args: argparse.Namespace) -> int:
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
         default_action_seed=derive_seed(args.seed, 0, "default_actions"),
     )
-    stop = stop_on_signals()
-    print(f"READY {server.endpoint}", flush=True)
-    try:
-        while not stop:
-            server.poll_once(_STANDALONE_WAKE_S)
-    finally:
-        server.close()
-        hub.close()
-    return 0
 
 
 def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> int:

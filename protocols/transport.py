@@ -31,7 +31,9 @@ advertise to peers.
 Packed lockstep bodies (protocols/packed.py): a channel told a peer's `PackedLayout`
 (`use_packed`) sends that peer's env.observation / env.action packed and turns packed ones from
 it back into the same messages; a packed message from a peer without a layout is dropped and
-counted like any malformed one.
+counted like any malformed one. A packed peer on this host may also have a shared-memory segment
+(`use_shm`, protocols/shm_lockstep.py): those two messages then go into the segment with a
+signal frame on the socket, or as packed frames when the peer has not read the last one yet.
 
 Network emulation: a hub made with a `LinkTable` (`protocols/links.py`, built from the run's
 `network:` section) passes every message to another node through the model of that directed
