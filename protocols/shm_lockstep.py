@@ -27,8 +27,9 @@ env.reset; the server unlinks it too when that reset arrives (whichever comes fi
 other finds nothing). From then on nothing is left in /dev/shm: the kernel frees the memory when
 the last process that maps it exits, so a `kill -9` of either side leaves no segment. What the
 window between the welcome and the reset can leave (a server killed there) is removed by the
-next server of the same run at its start (`reap_stale_segments`: segments of this run whose
-server pid is dead), and a server unlinks all of its own at close.
+next server of the same run at its start and by the orchestrator when the run ends
+(`reap_stale_segments`: segments of this run whose server pid is dead, on that host), and a
+server unlinks all of its own at close.
 
 **Layout.** Two slots, one per direction: `down` (server to client: env.observation) and `up`
 (client to server: env.action). Each slot is a 64-byte header (written u64, read u64, length
