@@ -27,6 +27,12 @@ copies and spaces as the first one, else `EnvProtocolError` says what changed.
 when the welcome grants them, `packed_layout` is the layout both sides use, and the caller hands
 it to its channel (`Channel.use_packed`) before it sends the reset. Messages stay the same
 `EnvObservation` / `EnvAction` objects on both sides of the channel.
+
+**Shared memory** (protocols/shm_lockstep.py): with packed bodies the client also offers its
+machine's `host_key()`; a server on the same host may then grant a segment for the lockstep's
+bodies (`EnvWelcome.shm_segment`). `use_lockstep_transport(channel, client)` is the one step
+that touches anything outside this class: after each welcome it hands the channel the packing
+layout and maps the granted segment.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import gymnasium as gym
 
 from protocols import messages as m
 from protocols.packed import PackedLayout
+from protocols.shm_lockstep import ShmLink, ShmUnavailable, host_key
 from protocols.spaces import decode_space
 
 
@@ -58,11 +65,14 @@ class EnvClient:
         agent_indices: list[int] | None = None,
         global_view: bool = False,
         packed: bool = False,
+        shm: bool = True,
     ) -> None:
         self.client_id = client_id
         self.global_view = global_view  # ask for the global state and joint action (env_server/global_view.py)
         self.packed = packed  # ask for packed lockstep bodies (protocols/packed.py)
         self.packed_layout: PackedLayout | None = None  # granted by the welcome
+        # Offer shared memory with packed bodies (protocols/shm_lockstep.py); the env server decides.
+        self.shm = shm
         self._requested_agents = list(agents or [])
         self._requested_indices = list(agent_indices or [])
         self.welcome: m.EnvWelcome | None = None
@@ -84,6 +94,7 @@ class EnvClient:
             agent_indices=self._requested_indices,
             global_view=self.global_view,
             packed=self.packed,
+            shm_host=host_key() if self.packed and self.shm else "",
         )
 
     def reset(self, seed: int | None = None) -> m.EnvReset:
@@ -140,6 +151,8 @@ class EnvClient:
     def _take_packing(self, welcome: m.EnvWelcome) -> None:
         if welcome.packed and not self.packed:
             raise EnvProtocolError("the env server packs the lockstep's bodies, which this client did not ask for")
+        if welcome.shm_segment and not (welcome.packed and self.packed and self.shm):
+            raise EnvProtocolError("the env server granted a shared-memory segment, which this client did not ask for")
         self.packed_layout = (
             PackedLayout(self.agents, self.observation_spaces, self.action_spaces, welcome.possible_agents)
             if welcome.packed else None
@@ -207,3 +220,28 @@ class EnvClient:
     def _require_welcome(self, action: str) -> None:
         if self.welcome is None:
             raise EnvProtocolError(f"cannot {action} before the env server's welcome (call join, then on_welcome)")
+
+
+def use_lockstep_transport(channel: Any, client: EnvClient, server: str = "env") -> str:
+    """Apply the latest welcome's grants to the env channel: the packed layout, and the shared-
+    memory segment mapped (its name is unlinked at once). Returns how the lockstep's bodies
+    travel: "shm", "zmq packed" or "zmq msgpack". Call it before sending env.reset."""
+    welcome = client.welcome
+    if client.packed_layout is None:
+        channel.forget_shm()
+        channel.forget_packed()
+        return "zmq msgpack"
+    channel.use_packed(client.packed_layout)
+    if not welcome.shm_segment:
+        channel.forget_shm()
+        return "zmq packed"
+    if len(welcome.shm_capacities) != 2:
+        raise EnvProtocolError(f"env.welcome: shm_capacities should be [down, up] bytes, got {welcome.shm_capacities}")
+    try:
+        link = ShmLink.attach(welcome.shm_segment, bytes.fromhex(welcome.shm_token),
+                              capacities=tuple(welcome.shm_capacities), peer_sender=server)
+    except (ShmUnavailable, ValueError, TypeError) as error:
+        raise EnvProtocolError(f"the env server granted shared memory, which this process cannot use ({error}); "
+                               "set env.transport: zmq") from error
+    channel.use_shm(link)
+    return "shm"

@@ -135,9 +135,8 @@ class AgentNode(EnvLink, Services):
             config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or any(c.needs_global_view for c in self.capabilities)
         )
         # Agent i drives the env's i-th agent; its name arrives with the welcome.
-        self.env_client = EnvClient(
-            identity.node_id, agent_indices=[identity.index], global_view=self.global_fields.enabled, packed=True
-        )
+        self.env_client = EnvClient(identity.node_id, agent_indices=[identity.index], global_view=self.global_fields.enabled,
+                                    packed=True, shm=self.hub.links.model_for(ENV_NODE_ID).config.is_ideal)  # (no delays on shm)
         self.messages_handled, self.started_at = 0, time.monotonic()
         self.stop_reason, self.exit_code = "", 0
         self._write_errors_logged: set[str] = set()  # a refusing file says the same thing each time

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from agent_node.algos import build_learner
 from agent_node.config import initial_checkpoint, initial_checkpoint_candidates
-from agent_node.env_client import EnvRefused
+from agent_node.env_client import EnvProtocolError, EnvRefused, use_lockstep_transport
 from agent_node.roles import NodeLearner
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
@@ -51,10 +51,14 @@ class EnvLink:
             raise NodeFailure(f"env server refused to let us join: {refusal}") from refusal
 
     def _pack_env_bodies(self) -> None:
-        """The welcome granted packed lockstep bodies (protocols/packed.py): the env channel
-        reads and writes them from the reset on."""
-        if self.env_client.packed_layout is not None:
-            self.env.use_packed(self.env_client.packed_layout)
+        """The welcome granted packed lockstep bodies (protocols/packed.py), perhaps through
+        shared memory (protocols/shm_lockstep.py): the env channel reads and writes them so from
+        the reset on."""
+        try:
+            transport = use_lockstep_transport(self.env, self.env_client, ENV_NODE_ID)
+        except EnvProtocolError as error:
+            raise NodeFailure(str(error)) from error
+        log.info("lockstep bodies: %s", transport)
 
     def on_env_server_restarting(self, sender: str, message: m.EnvServerRestarting, now: float) -> None:
         """The orchestrator is restarting the env server: wait for `control.env_back` instead

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from agent_node.env_client import EnvClient, EnvProtocolError, EnvRefused
+from agent_node.env_client import EnvClient, EnvProtocolError, EnvRefused, use_lockstep_transport
 from protocols import messages as m
 from protocols.spaces import decode_space
 from protocols.transport import Hub
@@ -54,14 +54,14 @@ class RemoteParallelEnv(ParallelEnv):
             try:
                 welcome = self._join(EnvClient(client_id, global_view=True))  # no agents named: claim them all
             except RemoteEnvError as error:
-                if "global_view_unavailable" not in str(error):
+                # (a server with env.transport: shm refuses the global view's join: it cannot travel packed)
+                if "global_view_unavailable" not in str(error) and "shm_unavailable" not in str(error):
                     self.close()
                     raise
                 self._no_state = f"the env server cannot send this env's state ({error})"
         if welcome is None:
             welcome = self._join(EnvClient(client_id, packed=True))
-        if self._client.packed_layout is not None:  # protocols/packed.py
-            self._channel.use_packed(self._client.packed_layout)
+        use_lockstep_transport(self._channel, self._client)  # packed bodies, shared memory on this host
         if welcome.num_copies != 1 or welcome.autoreset:
             self.close()
             raise RemoteEnvError(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent_node.env_client import EnvClient
+from agent_node.env_client import EnvClient, use_lockstep_transport
 from protocols import messages as m
 from protocols.transport import Hub
 
@@ -65,8 +65,7 @@ def main(endpoint: str, index: int, seed: int, hidden: int) -> None:
     if welcome is None:
         raise SystemExit(f"{name}: no env.welcome from {endpoint} within {RECEIVE_TIMEOUT_S} s")
     client.on_welcome(welcome)
-    if client.packed_layout is not None:
-        channel.use_packed(client.packed_layout)
+    use_lockstep_transport(channel, client)
     (agent,) = client.agents
     observation_space, action_space = client.observation_spaces[agent], client.action_spaces[agent]
     if not hasattr(action_space, "n") or len(observation_space.shape) != 1:

@@ -113,7 +113,7 @@ def lockstep(launcher: SshLauncher, placement: list[str], server_host: str, lock
             timing = [row for row in out.decode().splitlines() if row.startswith("TIMING ")]
             if client.returncode != 0 or not timing:
                 raise RuntimeError(f"bench client {i} on {placement[i]} failed (exit {client.returncode}): {err.decode()[-500:]!r}")
-            _, _answered, missing, seconds, cpu_seconds = timing[-1].split()
+            _, _answered, missing, seconds, cpu_seconds = timing[-1].split()[:5]
             spans.append(float(seconds))
             defaulted += int(missing)
             client_cpu += float(cpu_seconds)

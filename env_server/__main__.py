@@ -24,7 +24,7 @@ import time
 from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
-from env_server.server import EnvServer, LockstepRules
+from env_server.server import EnvServer, LockstepRules, TransportRefused
 from env_server.vector import ALL_INFOS, InfoKeys, VectorizedParallelEnv, info_keys
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                              "as a local env hands them over: the default) or '' (none; lockstep bodies may then be packed)")
     parser.add_argument("--episode-start-hold", type=float, default=0.0,
                         help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
+    parser.add_argument("--transport", choices=("auto", "shm", "zmq"), default=_DEFAULTS["transport"],
+                        help="standalone: how lockstep bodies reach clients on this host (env.transport)")
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -97,7 +99,26 @@ def run_standalone(args: argparse.Namespace) -> int:
         forward_infos=info_keys(ALL_INFOS if args.forward_infos == ALL_INFOS else [k for k in args.forward_infos.split(",") if k]),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
-    server = EnvServer(
+    try:
+        server = _standalone_server(args, envs, hub)
+    except TransportRefused as error:  # --transport shm where it cannot work
+        log.error("%s", error)
+        envs.close()
+        hub.close()
+        return 2
+    stop = stop_on_signals()
+    print(f"READY {server.endpoint}", flush=True)
+    try:
+        while not stop:
+            server.poll_once(_STANDALONE_WAKE_S)
+    finally:
+        server.close()
+        hub.close()
+    return 0
+
+
+def _standalone_server(args: argparse.Namespace, envs, hub: Hub) -> EnvServer:
+    return EnvServer(
         envs,
         hub=hub,
         env_name=args.env,
@@ -109,20 +130,12 @@ def run_standalone(args: argparse.Namespace) -> int:
             join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
             default_action=_DEFAULTS["default_action"],
             episode_start_hold_s=args.episode_start_hold,
+            transport=args.transport,
         ),
         seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
         default_action_seed=derive_seed(args.seed, 0, "default_actions"),
     )
-    stop = stop_on_signals()
-    print(f"READY {server.endpoint}", flush=True)
-    try:
-        while not stop:
-            server.poll_once(_STANDALONE_WAKE_S)
-    finally:
-        server.close()
-        hub.close()
-    return 0
 
 
 def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> int:
@@ -182,6 +195,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 eval_start_step=env_config.eval_start_step,
                 episode_start_hold_s=env_config.episode_start_hold_s,
                 step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
+                transport=env_config.transport,
             ),
             seed=identity.seed("env"),
             eval_seed=identity.seed("eval_env"),
@@ -203,6 +217,13 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             eval_envs.close()
         hub.close()
         return EXIT_DAMAGED_STATE
+    except TransportRefused as error:  # env.transport: shm where it cannot work
+        log.error("%s", error)
+        envs.close()
+        if eval_envs is not None:
+            eval_envs.close()
+        hub.close()
+        return 2
     resumed = server.resumed_from
     if resume.notice is not None:  # a damaged slot skipped, or the file set aside: in its metrics, like an agent's
         server.write_metrics(resume.notice.metrics())

@@ -68,11 +68,24 @@ class EnvConfig(BaseModel):
     # their goal negotiation ended, or this long; the server announces who plays first
     # (env.episode_start; env_server/episode_hold.py). 0: no announcement, no hold.
     episode_start_hold_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # How the lockstep's bodies reach agents on the env server's host (protocols/shm_lockstep.py):
+    # `auto` passes them through shared memory when the agent is on this host and its spaces
+    # pack (a fixed byte layout, no forwarded infos, no global view), else through zmq; `shm`
+    # insists (the server does not start, or refuses the join, where it cannot work, naming why);
+    # `zmq` never uses shared memory. Joining, control, peers and other hosts always use zmq.
+    transport: Literal["auto", "shm", "zmq"] = "auto"
 
     @model_validator(mode="after")
     def _rendering_needs_evaluations(self) -> "EnvConfig":
         if self.render_evaluation and self.eval_every_steps is None:
             raise ValueError("render_evaluation: renders evaluation episodes, so it needs eval_every_steps; got none")
+        return self
+
+    @model_validator(mode="after")
+    def _shm_needs_packing(self) -> "EnvConfig":
+        if self.transport == "shm" and self.forward_infos:
+            raise ValueError("transport: shm passes packed bodies, which carry no infos; forward_infos "
+                             f"{self.forward_infos} needs transport auto or zmq")
         return self
 
     @model_validator(mode="after")

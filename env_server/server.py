@@ -12,7 +12,8 @@ Message flow (agents are DEALERs, the server is a ROUTER):
 
 A client that asks at join gets env.observation and env.action as packed bodies
 (protocols/packed.py, `_grant_packed`); the channel packs and unpacks them, so nothing below
-sees the difference.
+sees the difference. A packed client on this host may get them through shared memory instead
+(protocols/shm_lockstep.py, `_grant_transport`, `env.transport`): again below the channel.
 
 This module is the thin loop. The rules live in sans-IO parts with their own unit tests:
 `barrier.py` (who drives which agent, the open step, its deadline, default actions, the
@@ -61,11 +62,18 @@ from protocols.metrics import MetricsWriter
 from protocols.packed import PackedLayout
 from protocols.seeds import derive_seed
 from protocols.settings import ControlConfig
+from protocols.shm_lockstep import ShmLink, ShmUnavailable, host_key, reap_stale_segments
 from protocols.spaces import encode_space
 from protocols.transport import Hub
 from protocols.wire import Envelope
 
 log = logging.getLogger("env_server")
+
+TRANSPORTS = ("auto", "shm", "zmq")  # env.transport (protocols/shm_lockstep.py)
+
+
+class TransportRefused(ValueError):
+    """env.transport asks for what this server cannot do (shm with unpackable spaces, say)."""
 
 
 @dataclass
@@ -90,6 +98,8 @@ class LockstepRules:
     episode_start_hold_s: float = 0.0
     # How long a step with a scheduled fault waits for the orchestrator (protocols.control).
     step_hold_timeout_s: float = field(default_factory=lambda: ControlConfig().step_hold_timeout_s)
+    # How the lockstep's bodies travel to clients on this host: auto | shm | zmq (env_server/config.py).
+    transport: str = "auto"
 
 
 class EnvServer:
@@ -126,6 +136,7 @@ class EnvServer:
         self.eval_seed = eval_seed
         self.clock = clock
         self.hub = hub
+        self._setup_transport()  # (before binding: a refused env.transport leaves no socket behind)
         self.channel = hub.bind_router(bind_address, name="env", advertise_host=advertise_host)
         self.endpoint = self.channel.endpoint
         self.metrics = MetricsWriter(metrics_path, tensorboard_dir) if metrics_path is not None else None
@@ -226,11 +237,14 @@ class EnvServer:
             raise Refused("not_your_id", f"client_id {request.client_id!r} is not the sender {envelope.sender!r}")
         if request.global_view and not self.global_view.available:
             raise Refused("global_view_unavailable", self.global_view.unavailable_reason)
+        if self.rules.transport == "shm" and (refusal := self._shm_refusal(request)) is not None:
+            raise Refused("shm_unavailable", f"env.transport is shm and this client cannot have it: {refusal}")
         agents = self.barrier.join(identity, request)
         if request.global_view:
             self.global_view_clients.add(identity)
             self.global_view.enable()
         packed = self._grant_packed(identity, request, agents)
+        shm = self._grant_transport(identity, request, agents, packed)
         self.channel.reply(
             envelope,
             m.EnvWelcome(
@@ -247,6 +261,7 @@ class EnvServer:
                 global_view=self.global_view.welcome() if request.global_view else None,
                 env_kwargs=self.env_kwargs,
                 packed=packed,
+                **shm,
             ),
         )
 
@@ -270,8 +285,74 @@ class EnvServer:
         log.info("client %s: lockstep bodies packed", request.client_id)
         return True
 
+    def _setup_transport(self) -> None:
+        """Check `env.transport` against what this server can do (shm: packable spaces, no
+        forwarded infos), and remove segments a killed server of this run left behind."""
+        if self.rules.transport not in TRANSPORTS:
+            raise TransportRefused(f"env.transport must be one of {', '.join(TRANSPORTS)}, got {self.rules.transport!r}")
+        self.host_key = host_key() if self.rules.transport != "zmq" else ""
+        self.segments_made = 0
+        if self.rules.transport == "zmq":
+            return
+        reap_stale_segments(self.hub.run_id)
+        if self.rules.transport == "shm":
+            # (per agent: a client of one agent is the least any client asks for; one that claims
+            # several is refused at its join if their observations together cannot be packed)
+            refusal = "there is no /dev/shm on this machine" if not self.host_key else next(
+                (r for agent in self.envs.possible_agents if (r := packing_refusal(self.envs, [agent], self._most_copies()))), None)
+            if refusal is not None:
+                raise TransportRefused(f"env.transport: shm cannot work here: {refusal}; use auto or zmq")
+
+    def _most_copies(self) -> int:
+        return max(self.envs.num_copies, self.eval_envs.num_copies if self.eval_envs is not None else 0)
+
+    def _shm_refusal(self, request: m.EnvJoin) -> str | None:
+        """Why this join cannot have the shared-memory path (before packing: what packing refuses
+        is checked at the server's start), or None."""
+        if self.rules.transport == "zmq":
+            return "env.transport is zmq"
+        if not request.packed:
+            return "the client did not ask for packed bodies"
+        if request.global_view:
+            return "the global view travels with its observations"
+        if not request.shm_host:
+            return "the client did not offer shared memory"
+        if request.shm_host != self.host_key:
+            return "the client is on another host"
+        possible = self.envs.possible_agents  # the agents it claims (barrier.join refuses bad ones)
+        claimed = request.agents + [possible[i] for i in request.agent_indices if 0 <= i < len(possible)] or list(possible)
+        return packing_refusal(self.envs, [a for a in claimed if a in possible], self._most_copies())
+
+    def _grant_transport(self, identity: bytes, request: m.EnvJoin, agents: list[str], packed: bool) -> dict[str, Any]:
+        """The welcome's shared-memory fields for this client: a new segment when it may have one."""
+        self.channel.forget_shm(identity)  # a client that joins again gets a new segment
+        for stale in self.channel.shm_peers - set(self.barrier.clients):
+            self.channel.forget_shm(stale)  # taken over: the dead incarnation's segment goes
+        refusal = self._shm_refusal(request) or (None if packed else "its bodies are not packed")
+        if refusal is not None:
+            if packed:
+                log.info("client %s: lockstep over zmq (%s)", request.client_id, refusal)
+            return {}
+        copies = self._most_copies()
+        layout = self.channel.packed_layout(identity)
+        capacities = (PackedLayout.largest_observation_bytes(agents, self.envs.observation_spaces, copies),
+                      layout.largest_action_bytes(copies))
+        self.segments_made += 1
+        try:
+            link = ShmLink.create(self.hub.run_id, self.segments_made, capacities=capacities, peer_sender=request.client_id)
+        except ShmUnavailable as error:
+            if self.rules.transport == "shm":
+                raise Refused("shm_unavailable", str(error)) from None
+            log.warning("client %s: lockstep over zmq (%s)", request.client_id, error)
+            return {}
+        self.channel.use_shm(link, identity)
+        log.info("client %s: lockstep through shared memory (%s)", request.client_id, link.name)
+        return {"shm_segment": link.name, "shm_token": link.token.hex(), "shm_capacities": list(capacities)}
+
     def on_reset(self, identity: bytes, envelope: Envelope) -> None:
         client = self.barrier.client(identity)
+        if (link := self.channel.shm_link(identity)) is not None:
+            link.unlink()  # the client mapped it before this reset (protocols/shm_lockstep.py)
         client.absent = False
         sole_client = set(client.agents) == set(self.envs.possible_agents)
         if sole_client and envelope.message.seed is not None:

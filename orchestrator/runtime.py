@@ -88,6 +88,7 @@ from protocols import messages as m
 from protocols.auth import load_node_keys
 from protocols.durable_state import EXIT_DAMAGED_STATE
 from protocols.settings import ORCHESTRATOR_ID
+from protocols.shm_lockstep import reap_stale_segments
 from protocols.topology import build_topology
 from protocols.transport import Hub, SocketOptions
 
@@ -269,6 +270,9 @@ class Orchestrator:
                 finally:
                     self._shutdown_all()
                     self.backend.close()
+                    # Shared-memory segments an env server killed between a welcome and the
+                    # agent's mapping left in this host's /dev/shm (protocols/shm_lockstep.py).
+                    reap_stale_segments(self.plan.run_id)
         finally:
             self._restore_signal_handlers(previous_handlers)
             self.hub.close()

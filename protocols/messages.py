@@ -528,6 +528,10 @@ class EnvJoin:
     # Ask for packed env.observation / env.action bodies (protocols/packed.py); the welcome says
     # whether the server granted them.
     packed: bool = False
+    # This machine's shared memory (protocols/shm_lockstep.py `host_key`), offered with `packed`:
+    # an env server on the same host may then pass the lockstep's bodies through shared memory.
+    # Empty: zmq only.
+    shm_host: str = ""
 
 
 @dataclass(frozen=True)
@@ -573,6 +577,11 @@ class EnvWelcome:
     # The lockstep's bodies are packed from now on (the client asked, and protocols/packed.py can
     # lay out its agents' spaces; never with forwarded infos or a global view).
     packed: bool = False
+    # The shared-memory path (protocols/shm_lockstep.py), when granted: the segment to map, the
+    # token its signal frames carry (hex), and its two slots' capacities in bytes (down, up).
+    shm_segment: str = ""
+    shm_token: str = ""
+    shm_capacities: list[int] = field(default_factory=list)
 
 
 @register_message("env.reset")

@@ -161,6 +161,10 @@ class PackedLayout:
         """The body of a message that `fits`."""
         return self._packers[type(message)](message)
 
+    def largest_action_bytes(self, copies: int) -> int:
+        """A packed env.action's body for `copies` copies (the shared-memory slot's capacity)."""
+        return _HEAD.size + copies * sum(field.row_bytes for field in self._action_fields)
+
     def unpack(self, msg_type: str, data: Any) -> Any:
         if type(data) is not bytes:  # a zmq frame's memory (CURVE): received arrays must be read-only
             data = bytes(data)

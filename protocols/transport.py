@@ -31,7 +31,9 @@ advertise to peers.
 Packed lockstep bodies (protocols/packed.py): a channel told a peer's `PackedLayout`
 (`use_packed`) sends that peer's env.observation / env.action packed and turns packed ones from
 it back into the same messages; a packed message from a peer without a layout is dropped and
-counted like any malformed one.
+counted like any malformed one. A packed peer on this host may also have a shared-memory segment
+(`use_shm`, protocols/shm_lockstep.py): those two messages then go into the segment with a
+signal frame on the socket, or as packed frames when the peer has not read the last one yet.
 
 Network emulation: a hub made with a `LinkTable` (`protocols/links.py`, built from the run's
 `network:` section) passes every message to another node through the model of that directed
@@ -73,11 +75,14 @@ from typing import Any, Callable, Iterable
 import zmq
 from zmq.utils import z85
 
+from protocols import PROTOCOL_VERSION
+from protocols import messages as m
 from protocols import wire
 from protocols.auth import ZAP_DOMAIN, BadInputLog, LimitsConfig, NodeKeys, signing_keys, write_run_keys
 from protocols.errors import ProtocolError, SignatureError
 from protocols.links import LinkCounters, LinkTable
 from protocols.packed import PackedLayout
+from protocols.shm_lockstep import ShmLink, is_signal
 
 UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
 # Between a node id and the random part of an incarnation's routing id; node ids never hold it.
@@ -334,11 +339,34 @@ class Channel:
         # Peers that agreed on packed lockstep bodies (protocols/packed.py): routing id (None on
         # a DEALER: its one peer) -> their layout.
         self._packed: dict[bytes | None, PackedLayout] = {}
+        # Peers on this host whose packed bodies go through shared memory (protocols/shm_lockstep.py).
+        self._shm: dict[bytes | None, ShmLink] = {}
+
+    def use_shm(self, link: ShmLink, identity: bytes | None = None) -> None:
+        """Send this (packed) peer's env.observation / env.action through `link`'s segment with a
+        signal frame, and read its signal frames from it (protocols/shm_lockstep.py)."""
+        if (old := self._shm.get(identity)) is not None and old is not link:
+            old.close()
+        self._shm[identity] = link
+
+    def forget_shm(self, identity: bytes | None = None) -> None:
+        if (link := self._shm.pop(identity, None)) is not None:
+            link.close()
+
+    def shm_link(self, identity: bytes | None = None) -> ShmLink | None:
+        return self._shm.get(identity)
+
+    @property
+    def shm_peers(self) -> set[bytes | None]:
+        return set(self._shm)
 
     def use_packed(self, layout: PackedLayout, identity: bytes | None = None) -> None:
         """Send this peer's env.observation / env.action packed with `layout`, and read packed
         ones from it with the same layout (on a ROUTER, the peer with routing id `identity`)."""
         self._packed[identity] = layout
+
+    def packed_layout(self, identity: bytes | None = None) -> PackedLayout | None:
+        return self._packed.get(identity)
 
     def forget_packed(self, identity: bytes | None = None) -> None:
         self._packed.pop(identity, None)
@@ -366,6 +394,10 @@ class Channel:
         identity = None if to is None else (to.encode() if type(to) is str else to)
         identities = () if identity is None else (identity,)
         if self._packed and (layout := self._packed.get(identity)) is not None and layout.fits(message):
+            if self._shm and (link := self._shm.get(identity)) is not None and type(message) in _SHM_TYPES:
+                signal = link.write(wire.PACKED_CODE[message.MSG_TYPE], layout.pack(message))
+                if signal is not None:
+                    return [*identities, signal]
             return wire.encode_packed(message.MSG_TYPE, layout.pack(message), sender=self.sender, seq=next(self._seq),
                                       identities=identities, key=self.key)
         return wire.encode(
@@ -445,6 +477,12 @@ class Channel:
             if size > self.limits.max_message_bytes:
                 self._drop(frames, "oversized", f"{size} bytes, over max_message_bytes {self.limits.max_message_bytes}")
                 continue
+            if self._shm and is_signal(views[-1]):
+                envelope = self._read_shm(frames, views)
+                if envelope is None:
+                    continue
+                self.stats.received += 1
+                return envelope
             try:
                 envelope = wire.decode(views, key=self.verify_key)
             except SignatureError as error:
@@ -468,6 +506,8 @@ class Channel:
                 except ProtocolError as error:
                     self._drop(frames, type(error).__name__, str(error))
                     continue
+                if self._shm and (link := self._shm.get(identity)) is not None:
+                    link.skip_unread()  # the peer found its slot unread: see protocols/shm_lockstep.py
             if self.check_user_id:
                 authenticated = frames[-1].get("User-Id")
                 if authenticated != envelope.sender:
@@ -478,6 +518,28 @@ class Channel:
             if self.links is not None:
                 self.links.record_age(envelope.header.sender, time.time() - envelope.header.sent_at)
             return envelope
+
+    def _read_shm(self, frames: list[Any], views: list[Any]) -> wire.Envelope | None:
+        """The message a signal frame announces, read from the peer's segment (None: dropped)."""
+        identities = tuple(bytes(view) for view in views[:-1]) if self.check_user_id else tuple(views[:-1])
+        identity = identities[0] if identities else None
+        link, layout = self._shm.get(identity), self._packed.get(identity)
+        if link is None or layout is None:
+            self._drop(frames, "FieldError", "a shared-memory signal from a peer that was granted no segment")
+            return None
+        if self.check_user_id and frames[-1].get("User-Id") != link.peer_sender:
+            self._drop(frames, "bad signature", f"a shared-memory signal for {link.peer_sender!r} on the connection of "
+                                                f"{frames[-1].get('User-Id')!r}")
+            return None
+        try:
+            code, sent_at, body = link.read(views[-1])
+            msg_type = wire.PACKED_TYPES[code]
+            message = layout.unpack(msg_type, body)
+        except (ValueError, IndexError, ProtocolError) as error:
+            self._drop(frames, "FieldError", f"shared-memory signal: {error}")
+            return None
+        header = wire.Header("", msg_type, link.peer_sender, self.run_id, PROTOCOL_VERSION, 0, sent_at)
+        return wire.Envelope(header, message, {}, identities)
 
     def _drop(self, frames: list[Any], reason: str, detail: str) -> None:
         self.stats.dropped_invalid += 1
@@ -522,6 +584,8 @@ class Channel:
 
     def close(self) -> None:
         """Close the socket; waits up to `close_linger_s` for queued messages (0: drops them)."""
+        for identity in list(self._shm):
+            self.forget_shm(identity)
         if self.handshakes is not None:
             self.handshakes.close()
         if not self.socket.closed:
@@ -803,6 +867,8 @@ class Hub:
 _RawSocket = next(base for base in zmq.Socket.__mro__[1:] if "send" in vars(base) and "recv" in vars(base))
 _raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.get
 # Plain ints: `events & zmq.POLLIN` with pyzmq's flag enum builds an enum member per call (~1 us).
+# The messages that may go through a peer's shared-memory segment (protocols/shm_lockstep.py).
+_SHM_TYPES = frozenset({m.EnvObservation, m.EnvAction})
 _SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(flag) for flag in (zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN))
 _LOG_FLUSH_EVERY_S = 0.25  # the bad-input logs aggregate over seconds: no need to look every wake-up
 

@@ -173,7 +173,7 @@ def pack_placeholder(index: int, dtype_str: str, shape: Sequence[int], offset: i
 PACKED_MARK = 0xC1  # first byte of a packed head's payload (msgpack's one unused byte)
 # Type codes of packed messages: the code is what travels. Only ever append.
 PACKED_TYPES: tuple[str, ...] = ("env.observation", "env.action", "env.worker_step", "env.worker_result")
-_PACKED_CODE = {msg_type: code for code, msg_type in enumerate(PACKED_TYPES)}
+PACKED_CODE = {msg_type: code for code, msg_type in enumerate(PACKED_TYPES)}
 _PACKED_HEAD = struct.Struct("<BBQdB")  # mark, type code, seq, sent_at, length of the sender's name
 
 
@@ -189,7 +189,7 @@ def encode_packed(
 ) -> list[Any]:
     """Frames of a packed message (module docstring): one frame, the head with the body after it."""
     name = sender.encode()
-    payload = b"".join((_PACKED_HEAD.pack(PACKED_MARK, _PACKED_CODE[msg_type], seq, time.time(), len(name)), name, data))
+    payload = b"".join((_PACKED_HEAD.pack(PACKED_MARK, PACKED_CODE[msg_type], seq, time.time(), len(name)), name, data))
     head = b"".join((MAGIC, _SIGNED, _sign(key, payload), payload)) if key else _UNSIGNED_PREFIX + payload
     return [*identities, head]
 

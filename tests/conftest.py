@@ -105,6 +105,12 @@ def spawn():
             process.wait(timeout=10)
 
 
+@pytest.fixture(params=["zmq", "shm"])
+def lockstep_transport(request) -> str:
+    """Run the test once per path of the lockstep's bodies (tests/integration/lockstep_paths.py)."""
+    return request.param
+
+
 @pytest.fixture
 def env_server(spawn):
     """Start a standalone env server; returns its endpoint once it printed READY."""

@@ -1,6 +1,7 @@
 """Where the env server's CPU goes per lockstep step, measured inside a real run.
 
-    python bench/probes/lockstep_accounting.py [--steps 8000] [--copies 1] [--bodies packed|messages] [--json]
+    python bench/probes/lockstep_accounting.py [--steps 8000] [--copies 1] [--bodies packed|messages]
+                                               [--lockstep auto|shm|zmq] [--json]
 
 Starts the real standalone env server (mpe2 simple_spread_v3 N=4) and 4 bench/random_client.py
 processes, as bench/throughput.py does, but the server runs with its main blocks wrapped in
@@ -41,7 +42,7 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
     from env_server import __main__ as server_main
     from env_server import barrier, vector
     from env_server import server as env_server
-    from protocols import packed, transport, wire
+    from protocols import packed, shm_lockstep, transport, wire
 
     totals: dict[str, list[int]] = {}  # label -> [self ns, calls]
     open_calls: list[int] = []  # per open wrapped call: the ns spent in wrapped calls it made
@@ -74,6 +75,9 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
     timed(packed.PackedLayout, "pack", "packed body: pack")
     timed(packed.PackedLayout, "unpack", "packed body: unpack")
     timed(wire, "decode", "decode (actions)")
+    timed(shm_lockstep.ShmLink, "write", "shared memory: write a body")
+    timed(shm_lockstep.ShmLink, "read", "shared memory: read a body")
+    timed(transport.Channel, "_read_shm", "shared memory: signal to message")
     timed(transport.Channel, "_send_frames", "zmq send")
     timed(transport, "_recv_bytes", "zmq receive")
     timed(transport, "wait_readable", "zmq poll (CPU, not the wait)")
@@ -108,13 +112,13 @@ def warm_env_step_us(steps: int) -> float:
     return (time.process_time() - start) / steps * 1e6
 
 
-def measure(steps: int, copies: int, bodies: str = "packed") -> dict:
+def measure(steps: int, copies: int, bodies: str = "packed", lockstep: str = "auto") -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="parley-accounting-") as folder:
         report = f"{folder}/report.json"
         server = subprocess.Popen(
             [sys.executable, __file__, "--serve", report, "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(ENV_KWARGS),
-             "--copies", str(copies), "--max-steps", str(steps), "--bind", f"ipc://{folder}/env.sock"],
+             "--copies", str(copies), "--max-steps", str(steps), "--bind", f"ipc://{folder}/env.sock", "--transport", lockstep],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
         clients = []
         try:
@@ -137,7 +141,7 @@ def measure(steps: int, copies: int, bodies: str = "packed") -> dict:
             server.wait(timeout=30)
         data = json.loads(Path(report).read_text())
     blocks = {label: {"self_us": ns / steps / 1e3, "calls_per_step": calls / steps} for label, (ns, calls) in data["totals"].items()}
-    return {"steps": steps, "copies": copies, "bodies": bodies, "main_thread_us": data["main_thread_ns"] / steps / 1e3, "blocks": blocks,
+    return {"steps": steps, "copies": copies, "bodies": bodies, "lockstep": lockstep, "main_thread_us": data["main_thread_ns"] / steps / 1e3, "blocks": blocks,
             "warm_env_step_us": warm_env_step_us(min(steps * copies, 8000))}
 
 
@@ -149,13 +153,15 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1, help="env copies K in the server")
     parser.add_argument("--bodies", choices=["packed", "messages"], default="packed",
                         help="the clients' lockstep bodies (protocols/packed.py) or msgpack messages")
+    parser.add_argument("--lockstep", choices=["auto", "shm", "zmq"], default="auto",
+                        help="the env server's --transport: bodies through shared memory or zmq (protocols/shm_lockstep.py)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = measure(args.steps, args.copies, args.bodies)
+    result = measure(args.steps, args.copies, args.bodies, args.lockstep)
     if args.json:
         print(json.dumps(result))
         return
-    print(f"env server main thread, K={args.copies}, {args.bodies} bodies, {args.steps} lockstep steps: {result['main_thread_us']:.0f} us of CPU "
+    print(f"env server main thread, K={args.copies}, {args.bodies} bodies, lockstep {args.lockstep}, {args.steps} lockstep steps: {result['main_thread_us']:.0f} us of CPU "
           f"per lockstep step (load average {os.getloadavg()[0]:.2f})")
     print(f"{'block':<40} {'self us/step':>12} {'calls/step':>10}")
     for label, block in sorted(result["blocks"].items(), key=lambda item: -item[1]["self_us"]):

@@ -280,7 +280,7 @@ def _zmq_variant(steps: int, parley_codec: bool) -> dict:
 def parley(steps: int) -> dict:
     from throughput import parley_steps_per_s  # bench/ is on the path
 
-    rate, defaulted, cpu_per_step = parley_steps_per_s(AGENTS, steps, 1, "ipc")
+    rate, defaulted, cpu_per_step = parley_steps_per_s(AGENTS, steps, 1, "ipc")[:3]
     if defaulted:
         raise RuntimeError(f"the Parley run defaulted {defaulted} observations: not a valid row")
     # throughput.py measures the CPU of all processes together (per env step), not split.

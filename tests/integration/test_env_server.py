@@ -11,6 +11,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from protocols import messages as m
 from protocols.transport import Hub
+from tests.integration.lockstep_paths import env_client, take_welcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -24,8 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
         ("pettingzoo.multiwalker_v9", {"max_cycles": 20}),
     ],
 )
-def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kwargs):
-    endpoint = env_server("--env", env_name, "--kwargs", json.dumps(kwargs), "--no-autoreset")
+def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kwargs, lockstep_transport):
+    endpoint = env_server("--env", env_name, "--kwargs", json.dumps(kwargs), "--no-autoreset", "--transport", lockstep_transport)
     env = RemoteParallelEnv(endpoint)
     try:
         parallel_api_test(env, num_cycles=40)
@@ -96,12 +97,15 @@ def test_remote_env_refuses_a_vectorized_server(env_server):
 
 
 class Client:
-    """A bare agent-side client: joins one env agent and talks lockstep."""
+    """A bare agent-side client: joins one env agent and talks lockstep over `transport`
+    (tests/integration/lockstep_paths.py)."""
 
-    def __init__(self, hub: Hub, endpoint: str, name: str, index: int) -> None:
+    def __init__(self, hub: Hub, endpoint: str, name: str, index: int, transport: str = "zmq") -> None:
         self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
-        self.channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
+        client = env_client(transport, name, [index])
+        self.channel.send(client.join())
         self.welcome = self.expect(m.EnvWelcome)
+        take_welcome(self.channel, client, self.welcome, transport)
         (self.agent,) = self.welcome.agents
 
     def expect(self, message_type: type, timeout_s: float = 20.0):
@@ -115,13 +119,13 @@ class Client:
         self.channel.send(m.EnvAction(step=step, actions={self.agent: actions}))
 
 
-def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, hub):
+def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, hub, lockstep_transport):
     endpoint = env_server(
         "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 3, "max_cycles": 10}),
-        "--copies", "2", "--step-deadline", "0.3",
+        "--copies", "2", "--step-deadline", "0.3", "--transport", lockstep_transport,
     )
-    alive = [Client(hub, endpoint, f"agent_{i}", i) for i in range(2)]
-    silent = Client(hub, endpoint, "agent_2", 2)  # joins, then never acts
+    alive = [Client(hub, endpoint, f"agent_{i}", i, lockstep_transport) for i in range(2)]
+    silent = Client(hub, endpoint, "agent_2", 2, lockstep_transport)  # joins, then never acts
     for client in alive:
         client.channel.send(m.EnvReset())
     first = [client.expect(m.EnvObservation) for client in alive]
@@ -139,12 +143,12 @@ def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, hub):
             assert reply.missing == ["agent_2"], "the silent agent's action is defaulted and recorded"
 
 
-def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, hub):
+def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, hub, lockstep_transport):
     endpoint = env_server(
         "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2, "max_cycles": 10}),
-        "--step-deadline", "0.3",
+        "--step-deadline", "0.3", "--transport", lockstep_transport,
     )
-    good, bad = Client(hub, endpoint, "agent_0", 0), Client(hub, endpoint, "agent_1", 1)
+    good, bad = Client(hub, endpoint, "agent_0", 0, lockstep_transport), Client(hub, endpoint, "agent_1", 1, lockstep_transport)
     for client in (good, bad):
         client.channel.send(m.EnvReset())
         client.expect(m.EnvObservation)
@@ -156,9 +160,9 @@ def test_bad_actions_get_an_error_reply_and_the_step_still_happens(env_server, h
     assert reply.step == 1 and reply.missing == ["agent_1"]
 
 
-def test_joining_an_unknown_agent_is_refused(env_server, hub):
-    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2}))
+def test_joining_an_unknown_agent_is_refused(env_server, hub, lockstep_transport):
+    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2}), "--transport", lockstep_transport)
     channel = hub.connect_dealer(endpoint, name="x", identity="x")
-    channel.send(m.EnvJoin(client_id="x", agent_indices=[7]))
+    channel.send(env_client(lockstep_transport, "x", [7]).join())
     reply = channel.wait_for(object, timeout_s=20)
     assert isinstance(reply, m.ErrorReply) and reply.code == "unknown_agent" and "out of range" in reply.message

@@ -17,19 +17,20 @@ from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
 from protocols import messages as m
 from protocols.transport import Hub
+from tests.integration.lockstep_paths import env_client, take_welcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 KWARGS = {"N": 2, "max_cycles": 5, "continuous_actions": False}
 
 
-def start_server(tmp_path, endpoint: str) -> tuple[EnvServer, Hub]:
+def start_server(tmp_path, endpoint: str, transport: str) -> tuple[EnvServer, Hub]:
     build = lambda: make_env("mpe2.simple_spread_v3", KWARGS, construction_seed=0)
     hub = Hub(sender="env", run_id="test")
     server = EnvServer(
         VectorizedParallelEnv(build, 2, autoreset=True), hub=hub, env_name="mpe2.simple_spread_v3",
         bind_address=endpoint, rules=LockstepRules(max_steps=12, step_deadline_s=5.0, join_deadline_s=5.0,
-                                                   eval_every_steps=4, eval_start_step=4),
+                                                   eval_every_steps=4, eval_start_step=4, transport=transport),
         seed=11, eval_seed=12, default_action_seed=13,
         eval_envs=VectorizedParallelEnv(build, 1, autoreset=False), metrics_path=tmp_path / "metrics.jsonl",
         resume=ResumeFile(tmp_path / "resume.bin"),
@@ -40,12 +41,15 @@ def start_server(tmp_path, endpoint: str) -> tuple[EnvServer, Hub]:
 class Clients:
     """Two bare agents, each driving one env agent; `exchange` pumps the server meanwhile."""
 
-    def __init__(self, hub: Hub, server: EnvServer, tag: str) -> None:
+    def __init__(self, hub: Hub, server: EnvServer, tag: str, transport: str) -> None:
         self.server = server
         self.channels = [hub.connect_dealer(server.endpoint, name=f"{tag}{i}", identity=f"agent_{i}") for i in range(2)]
-        for i, channel in enumerate(self.channels):
-            channel.send(m.EnvJoin(client_id=f"agent_{i}", agent_indices=[i]))
+        clients = [env_client(transport, f"agent_{i}", [i]) for i in range(2)]  # (tests/integration/lockstep_paths.py)
+        for client, channel in zip(clients, self.channels):
+            channel.send(client.join())
         self.welcomes = self.receive()
+        for client, channel, welcome in zip(clients, self.channels, self.welcomes):
+            take_welcome(channel, client, welcome, transport)
 
     def receive(self) -> list:
         answers = []
@@ -73,11 +77,11 @@ class Clients:
             hub.close_channel(channel)
 
 
-def test_a_resumed_server_reruns_the_interrupted_evaluation_and_trains_on_from_its_step(tmp_path, hub):
+def test_a_resumed_server_reruns_the_interrupted_evaluation_and_trains_on_from_its_step(tmp_path, hub, lockstep_transport):
     endpoint = f"ipc://{tmp_path}/env.sock"
-    server, server_hub = start_server(tmp_path, endpoint)
+    server, server_hub = start_server(tmp_path, endpoint, lockstep_transport)
     assert server.resumed_from is None and server.incarnation == 0
-    clients = Clients(hub, server, "first")
+    clients = Clients(hub, server, "first", lockstep_transport)
     assert [w.step for w in clients.welcomes] == [0, 0]
     first_start = seen = clients.reset()
     for _ in range(4):  # steps 0..3; after step 4 the first evaluation begins
@@ -90,10 +94,10 @@ def test_a_resumed_server_reruns_the_interrupted_evaluation_and_trains_on_from_i
     assert ResumeFile(tmp_path / "resume.bin").load() == ResumePoint(
         step=4, episodes=0, last_return=None, evaluations_completed=0, evaluation_running=True, incarnation=0)
 
-    server, server_hub = start_server(tmp_path, endpoint)
+    server, server_hub = start_server(tmp_path, endpoint, lockstep_transport)
     try:
         assert server.resumed_from.step == 4 and server.incarnation == 1 and server.counters.steps == 4
-        clients = Clients(hub, server, "second")
+        clients = Clients(hub, server, "second", lockstep_transport)
         assert [w.step for w in clients.welcomes] == [4, 4], "the welcome says where the run resumed"
         seen = clients.reset()
         assert all(o.evaluation and o.step == 0 for o in seen), "the interrupted evaluation runs again, from its start"

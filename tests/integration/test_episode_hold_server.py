@@ -11,6 +11,7 @@ import pytest
 
 from protocols import messages as m
 from protocols.transport import Hub
+from tests.integration.lockstep_paths import env_client, take_welcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -20,11 +21,13 @@ KWARGS = json.dumps({"num_landmarks": 3, "max_steps": 3})
 class Client:
     """A bare agent-side client driving one env agent."""
 
-    def __init__(self, hub: Hub, endpoint: str, index: int) -> None:
+    def __init__(self, hub: Hub, endpoint: str, index: int, transport: str) -> None:
         name = f"client_{index}"
         self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
-        self.channel.send(m.EnvJoin(client_id=name, agent_indices=[index]))
+        client = env_client(transport, name, [index])  # (tests/integration/lockstep_paths.py)
+        self.channel.send(client.join())
         self.welcome = self.expect(m.EnvWelcome)
+        take_welcome(self.channel, client, self.welcome, transport)
         (self.agent,) = self.welcome.agents
 
     def expect(self, message_type: type, timeout_s: float = 20.0):
@@ -47,10 +50,10 @@ def hub():
     hub.close()
 
 
-def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_server, hub):
+def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_server, hub, lockstep_transport):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--copies", "2",
-                          "--episode-start-hold", "30", "--step-deadline", "30")
-    first, late = Client(hub, endpoint, 0), Client(hub, endpoint, 1)
+                          "--episode-start-hold", "30", "--step-deadline", "30", "--transport", lockstep_transport)
+    first, late = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
     for client in (first, late):
         client.channel.send(m.EnvReset(seed=1))
     for client in (first, late):
@@ -89,10 +92,10 @@ def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_serv
         assert observation.step == 3 and observation.episode_start.tolist() == [True, True]
 
 
-def test_an_agent_that_never_reports_holds_the_start_only_until_the_deadline(env_server, hub):
+def test_an_agent_that_never_reports_holds_the_start_only_until_the_deadline(env_server, hub, lockstep_transport):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--episode-start-hold", "1.5",
-                          "--step-deadline", "30")
-    ready, silent = Client(hub, endpoint, 0), Client(hub, endpoint, 1)
+                          "--step-deadline", "30", "--transport", lockstep_transport)
+    ready, silent = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
     for client in (ready, silent):
         client.channel.send(m.EnvReset(seed=1))
     for client in (ready, silent):
@@ -110,9 +113,9 @@ def test_an_agent_that_never_reports_holds_the_start_only_until_the_deadline(env
         assert client.expect(m.EnvObservation).step == 1
 
 
-def test_without_a_hold_nothing_is_announced_and_goal_ready_is_refused(env_server, hub):
-    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS)
-    first, second = Client(hub, endpoint, 0), Client(hub, endpoint, 1)
+def test_without_a_hold_nothing_is_announced_and_goal_ready_is_refused(env_server, hub, lockstep_transport):
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--transport", lockstep_transport)
+    first, second = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
     for client in (first, second):
         client.channel.send(m.EnvReset(seed=1))
     for client in (first, second):

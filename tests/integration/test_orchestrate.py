@@ -60,9 +60,10 @@ def assert_all_reaped(pids: dict[str, int]) -> None:
         assert not survivor, f"{node} (pid {pid}) survived the run"
 
 
-def test_up_runs_a_tiny_ring_to_completion(tmp_path):
+@pytest.mark.parametrize("transport", ["shm", "zmq"])
+def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir))
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"env.transport={transport}")
     _, stderr = process.communicate(timeout=150)
     assert process.returncode == 0, stderr.decode()[-3000:]
 
@@ -88,6 +89,8 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path):
         assert (node_dir / "checkpoints" / "latest.pt").is_file()
         assert (node_dir / "replay" / "buffer.npz").is_file()
         assert "state running -> draining" in (node_dir / "log").read_text()
+        # The lockstep's bodies went the way env.transport says (protocols/shm_lockstep.py).
+        assert f"lockstep bodies: {'shm' if transport == 'shm' else 'zmq packed'}" in (node_dir / "log").read_text()
         assert list((run_dir / "tb" / agent).glob("events.out.tfevents.*")), "TensorBoard event file"
     env_rows = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
     evaluations = [row for row in env_rows if "eval/return_mean" in row]  # besides link/ counters
@@ -101,6 +104,8 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path):
     assert baselines["step"] == 20 and baselines["eval/oracle_return_mean"] > baselines["eval/random_return_mean"]
     assert all(-100 < e["eval/return_mean"] < 0 for e in evaluations)
     assert_all_reaped(launched_pids(events))
+    env_pid = launched_pids(events)["env"]
+    assert not [p.name for p in Path("/dev/shm").glob(f"parley-*-{env_pid}-*")], "no shared-memory segment is left"
 
 
 def test_up_over_tcp(tmp_path):
