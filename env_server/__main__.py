@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         "--join-deadline", type=float, default=_DEFAULTS["join_deadline_s"],
         help="standalone: how long the first reset waits for every agent to join (s)",
     )
-    parser.add_argument("--forward-infos", default=ALL_INFOS,
+    parser.add_argument("--forward-infos", default=None,
                         help="standalone: comma-separated info keys to send to agents, 'all' (every numeric key, "
-                             "as a local env hands them over: the default) or '' (none; lockstep bodies may then be packed)")
+                             "as a local env hands them over: the default, but with --transport shm, whose packed "
+                             "bodies carry no infos) or '' (none; lockstep bodies may then be packed)")
     parser.add_argument("--episode-start-hold", type=float, default=0.0,
                         help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
     parser.add_argument("--transport", choices=("auto", "shm", "zmq"), default=_DEFAULTS["transport"],
@@ -78,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.env:
         parser.error("give --config (orchestrated) or --env (standalone)")
     return run_standalone(args)
+
+
+def standalone_info_keys(option: str | None, transport: str) -> InfoKeys:
+    """`--forward-infos` as the vector env takes it: unset, every numeric key (as a local env hands
+    its infos over), unless the lockstep must travel in shared memory, whose bodies carry none."""
+    if option is None:
+        return () if transport == "shm" else ALL_INFOS
+    return info_keys(ALL_INFOS if option == ALL_INFOS else [key for key in option.split(",") if key])
 
 
 def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: InfoKeys = ()):
@@ -96,7 +105,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     envs = make_copies(
         lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies,
         autoreset=not args.no_autoreset, num_workers=args.workers,
-        forward_infos=info_keys(ALL_INFOS if args.forward_infos == ALL_INFOS else [k for k in args.forward_infos.split(",") if k]),
+        forward_infos=standalone_info_keys(args.forward_infos, args.transport),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
     try:
