@@ -213,3 +213,26 @@ def test_a_student_with_a_network_teacher_runs_on_minigrid_and_logs_t_star():
             student.begin_episode(int(infos["agent_0"]["cell"]), observations["agent_0"])
     assert len(records) == 5 and all(record["amigo/goals_proposed"] >= 1 for record in records)
     assert records[-1]["amigo/t_star"] >= 7 and records[-1]["amigo/teacher_updates"] >= 1
+
+
+def test_a_node_checkpoint_restores_the_network_teacher(tmp_path):
+    from agent_node.algos.config import GoalDQNConfig
+    from agent_node.persistence import load_checkpoint, save_checkpoint
+
+    goals = GoalsConfig(selection="amigo", amigo={"teacher": "network", "grid_size": SIZE, "max_steps": 20, "teacher_batch_size": 1})
+    config = GoalDQNConfig(her_strategy="none", hidden_sizes=(8,), batch_size=4, learning_starts=0)
+    build = lambda seed: build_amigo_session(goals, config, node_index=0, run_seed=seed, env_agent="agent_0",
+                                             obs_dim=grid_observation_size(SIZE), num_actions=7)
+    session, learner = build(1)
+    student = session.student
+    student.begin_episode(0, grid_observation(12))
+    for _ in range(3):  # reach each proposed goal at once: three teacher updates
+        student.step(grid_observation(12), 0, 0.0, grid_observation(12, agent_cell=student.goal), student.goal, False, False)
+    assert student.proposer.updates == 3
+    save_checkpoint(tmp_path / "ckpt.pt", {"learner": learner.state_dict()})
+    other_session, other = build(2)
+    other.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["learner"])
+    restored, before = other_session.student.proposer, student.proposer
+    assert (restored.updates, restored.t_star) == (before.updates, before.t_star)
+    observation = grid_observation(3)
+    assert np.allclose(restored.policy(observation, 0), before.policy(observation, 0))
