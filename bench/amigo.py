@@ -18,7 +18,7 @@ runs (`agent_node/amigo_session.py` `AmigoStudent`):
 Measured per variant, over seeds and agents: the extrinsic success (the fraction of episodes in
 which the agent reached the treasure) over the whole run and over its last 20% of episodes, the
 episode of the first treasure, and for the goal variants the goal reach rate after the first 10%
-of episodes (the lowest and highest over windows of 50 episodes) and the proposed goals' Manhattan
+of episodes (the lowest and highest over windows of 50 episodes, `--window`) and the proposed goals' Manhattan
 distance; for `amigo`, t* at the end. Window curves (`success_curve`, per 50 episodes) are in
 `--json`. The issue's targets are checked and printed as met or not:
 t* rises by >= 5 from 7; the teacher's reach rate stays within [0.2, 0.9] after the first 10% of
@@ -58,7 +58,7 @@ from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 
 VARIANTS = ("amigo", "uniform", "none")
-WINDOW = 50  # episodes per window of the reach-rate range
+WINDOW = 50  # episodes per window of the curves and the reach-rate range (--window sets it)
 
 
 def make_env(args):
@@ -157,7 +157,7 @@ def summarize(variant: str, records: dict, students: dict) -> dict:
 
 
 def plot_curves(results: dict, path: Path, args: dict, load: float) -> None:
-    """Extrinsic success per window of 50 episodes, mean ± 95% CI (Student's t) over seeds."""
+    """Extrinsic success per window of WINDOW episodes, mean ± 95% CI (Student's t) over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +172,7 @@ def plot_curves(results: dict, path: Path, args: dict, load: float) -> None:
         axes.plot(episodes, mean, label=variant)
         axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.2)
     axes.set_xlabel("episode (per agent)")
-    axes.set_ylabel("extrinsic success (window of 50)")
+    axes.set_ylabel(f"extrinsic success (window of {WINDOW})")
     axes.set_ylim(0, 1)
     where = args["env_id"] if args.get("env") == "minigrid" else f"treasure_room {args['size']}x{args['size']}"
     axes.set_title(f"{where}, {args.get('teacher', 'table')} teacher, {len(next(iter(results.values())))} seeds, "
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--teacher-lr", type=float, help="unset: 0.5 (table), 0.001 (network)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="the student's hidden layers")
     parser.add_argument("--gamma", type=float, default=0.95)
+    parser.add_argument("--window", type=int, default=WINDOW, help="episodes per window (curves, reach-rate range)")
     parser.add_argument("--bebold", action="store_true", help="add BeBold novelty to every variant's student reward")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--json", action="store_true")
@@ -217,14 +218,18 @@ def main() -> None:
                         help="report (and --plot, --save) the variants of several JSONs written by --save, e.g. two "
                              "processes run side by side with --variants amigo and --variants none; runs nothing")
     args = parser.parse_args()
+    global WINDOW
+    WINDOW = args.window
     if args.replot:
         saved = json.loads(args.replot.read_text())
+        WINDOW = saved["args"].get("window", 50)
         plot_curves(saved["results"], args.plot or args.replot.with_suffix(".png"), saved["args"], saved["load_before"][0])
         return
     if args.merge:
         saved = [json.loads(path.read_text()) for path in args.merge]
         outputs = {"plot": args.plot, "save": args.save, "json": args.json}
         args = argparse.Namespace(**{**saved[0]["args"], **outputs, "variants": [v for run in saved for v in run["results"]]})
+        WINDOW = saved[0]["args"].get("window", 50)
         results = {variant: runs for run in saved for variant, runs in run["results"].items()}
         load_before = tuple(max(run["load_before"][k] for run in saved) for k in range(3))
         load_after = tuple(max(run["load_after"][k] for run in saved) for k in range(3))
@@ -258,7 +263,7 @@ def main() -> None:
             cells.append(f"{'-':>24}" if np.isnan(mean) else f"{mean:>16.3f} ± {half:<5.3f}")
         print(f"{variant:<9}" + "".join(cells))
     print("(mean ± 95% CI over seeds, Student's t; each seed's value is the mean over its agents; first_treasure_episode counts"
-          " episodes; reach rate min/max over windows of 50 episodes after the first 10%)")
+          f" episodes; reach rate min/max over windows of {WINDOW} episodes after the first 10%)")
     print("per seed (success, success_last20" + (", reach_rate, t_star_final)" if "amigo" in results else ")"))
     for variant, runs in results.items():
         keys = ("success", "success_last20", "reach_rate", "t_star_final") if variant == "amigo" else ("success", "success_last20")
