@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--teacher-lr", type=float, help="unset: 0.5 (table), 0.001 (network)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="the student's hidden layers")
     parser.add_argument("--gamma", type=float, default=0.95)
-    parser.add_argument("--window", type=int, default=WINDOW, help="episodes per window (curves, reach-rate range)")
+    parser.add_argument("--window", type=int, default=50, help="episodes per window (curves, reach-rate range)")
     parser.add_argument("--bebold", action="store_true", help="add BeBold novelty to every variant's student reward")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--json", action="store_true")
