@@ -46,9 +46,9 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import torch
 
+from agent_node.amigo_teacher import NetworkTeacher
 from agent_node.goal_config import AmigoSettings, GoalsConfig
 from agent_node.goal_session import GoalConditionedLearner
-from agent_node.amigo_teacher import NetworkTeacher
 from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
 from agent_node.roles import Transition
 from protocols import messages as m
