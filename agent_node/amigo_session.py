@@ -3,7 +3,9 @@
 ALGORITHMS.md section 3 (AMIGo; Campero et al., arXiv 2006.12122), issue 10. The node runs it
 beside the goal-conditioned learner (`agent_node/algos/goal_dqn.py`) when the run's
 `agents.goals.selection` is `amigo` (`agent_node/goal_config.py`); the env is a cell grid that
-reports, every step, the cell each agent stands on (`infos[agent]["cell"]`, treasure_room_v0).
+reports, every step, the cell each agent stands on (`infos[agent]["cell"]`: treasure_room_v0, or a
+MiniGrid task through minigrid_v0). The teacher is a table (`goals.AmigoTeacher`, open rooms) or,
+as in the paper, a network over the observed grid (`agent_node/amigo_teacher.py`, minigrid_v0).
 
 How it differs from the goal-lines session (`agent_node/goal_session.py`): a goal is a cell, and it
 changes *within* an episode. The teacher proposes a cell at the episode's start and proposes again
@@ -13,7 +15,9 @@ episode ends. Nothing goes over the wire: every agent has its own teacher.
 Per step (transition `obs, action -> next_obs` with extrinsic reward `r_ext`, the student now on
 `cell`, `t` steps since the goal was proposed):
 - reached = `cell == goal` (AMIGo: the goal cell's contents changed; on an open grid whose only
-  content is the agents, that is the student stepping on it);
+  content is the agents, that is the student stepping on it; on MiniGrid, standing on a key's or a
+  locked door's cell needs the key picked up or the door opened first, so stepping on the cell
+  stands for the change, but a change seen from afar, e.g. a box moved, is not counted);
 - the student's reward: `clip(r_ext + r_int, -1, 1) + [r_ext > 0]`, `r_int = 1 - 0.9 t / T_max`
   when reached (`goals.amigo_student_reward`), plus `novelty_scale` times BeBold's novelty of
   `cell` when `novelty: bebold`;
@@ -42,13 +46,14 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import torch
 
+from agent_node.amigo_teacher import NetworkTeacher
 from agent_node.goal_config import AmigoSettings, GoalsConfig
 from agent_node.goal_session import GoalConditionedLearner, build_goal_agent
 from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
 from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
 from protocols import messages as m
-from protocols.cell_space import cell_features, cell_of_observation, manhattan
+from protocols.cell_space import cell_features, cell_of_observation, grid_observation_size, manhattan
 from protocols.engine import Outgoing
 from protocols.seeds import derive_seed
 
@@ -88,7 +93,7 @@ class AmigoStudent:
     def __init__(
         self,
         agent: CellStudent,
-        proposer: AmigoTeacher | UniformCells | None,
+        proposer: AmigoTeacher | NetworkTeacher | UniformCells | None,
         *,
         size: int,
         max_steps: int,
@@ -104,6 +109,7 @@ class AmigoStudent:
         self.goal = NO_GOAL
         self.episode: _EpisodeTally | None = None
         self._cell = -1  # where the student stands now
+        self._observation: np.ndarray | None = None  # what it sees now (the network teacher proposes from it)
         self._goal_from = -1  # where it stood when the goal was proposed
         self._steps_since_proposal = 0
         self._extrinsic_in_goal = False
@@ -112,9 +118,9 @@ class AmigoStudent:
     def in_episode(self) -> bool:
         return self.episode is not None
 
-    def begin_episode(self, start_cell: int) -> None:
+    def begin_episode(self, start_cell: int, observation: np.ndarray | None = None) -> None:
         self.episode = _EpisodeTally(start_cell=start_cell)
-        self._cell = start_cell
+        self._cell, self._observation = start_cell, observation
         if self.novelty is not None:
             self.novelty.start_episode(start_cell)
         self._propose()
@@ -143,7 +149,7 @@ class AmigoStudent:
         episode.extrinsic_return += float(extrinsic)
         episode.student_return += reward
         self._extrinsic_in_goal |= extrinsic > 0
-        self._cell, self._steps_since_proposal = cell, t
+        self._cell, self._steps_since_proposal, self._observation = cell, t, next_obs
         if reached:
             self._close_goal(reached=True)
             if not (terminated or truncated):
@@ -175,7 +181,7 @@ class AmigoStudent:
         })
         if episode.steps_to_reach:
             record["amigo/steps_to_reach"] = float(np.mean(episode.steps_to_reach))
-        if isinstance(self.proposer, AmigoTeacher):
+        if isinstance(self.proposer, (AmigoTeacher, NetworkTeacher)):
             teacher = self.proposer
             record.update({
                 "amigo/t_star": float(teacher.t_star),
@@ -190,7 +196,7 @@ class AmigoStudent:
     def _propose(self) -> None:
         if self.proposer is None:
             return
-        self.goal = self.proposer.propose_cell(self._cell)
+        self.goal = self.proposer.propose_cell(self._cell, self._observation)
         self._goal_from, self._steps_since_proposal, self._extrinsic_in_goal = self._cell, 0, False
         self.episode.proposed += 1
         self.episode.distances.append(manhattan(self._cell, self.goal, self.size))
@@ -247,13 +253,14 @@ class AmigoSession:
                 self.student.step(row.obs[0], row.action[0], float(row.reward[0]), row.next_obs[0], cell, terminated, truncated)
             else:
                 extrinsic = float(np.asarray(message.rewards[agent])[0])
-                self.student.step(None, None, extrinsic, None, cell, terminated, truncated, store=False)
+                seen = None if starting else np.asarray(message.observations[agent])[0]  # at a start: the next episode's
+                self.student.step(None, None, extrinsic, seen, cell, terminated, truncated, store=False)
             if terminated or truncated or starting:
                 self.episodes_finished += 1
                 self._records.append({"amigo/episode_end_step": float(message.step), **self.student.end_episode()})
         if starting and not message.run_finished and bool(np.asarray(message.active[agent])[0]):
-            start_cell = cell_of_observation(np.asarray(message.observations[agent])[0], self.student.size)
-            self.student.begin_episode(start_cell)
+            observation = np.asarray(message.observations[agent])[0]
+            self.student.begin_episode(cell_of_observation(observation, self.student.size), observation)
             self._episode_began_at = message.step
         return []
 
@@ -310,6 +317,8 @@ class AmigoLearner(GoalConditionedLearner):
         if isinstance(student.proposer, AmigoTeacher):
             teacher = student.proposer.state_dict()
             state["teacher"] = {**teacher, "logits": torch.as_tensor(teacher["logits"])}
+        elif isinstance(student.proposer, NetworkTeacher):
+            state["teacher_network"] = student.proposer.state_dict()
         if student.novelty is not None:
             cells = sorted(student.novelty.counts)
             state["novelty_counts"] = torch.tensor([[cell, student.novelty.counts[cell]] for cell in cells], dtype=torch.int64).reshape(-1, 2)
@@ -321,19 +330,24 @@ class AmigoLearner(GoalConditionedLearner):
         if isinstance(student.proposer, AmigoTeacher) and "teacher" in state:
             teacher = dict(state["teacher"])
             student.proposer.load_state_dict({**teacher, "logits": np.asarray(teacher["logits"])})
+        if isinstance(student.proposer, NetworkTeacher) and "teacher_network" in state:
+            student.proposer.load_state_dict(state["teacher_network"])
         if student.novelty is not None and "novelty_counts" in state:
             student.novelty.counts = {int(cell): int(count) for cell, count in np.asarray(state["novelty_counts"]).tolist()}
 
 
-def build_proposer(settings: AmigoSettings, *, seed: int) -> AmigoTeacher | UniformCells:
+def build_proposer(settings: AmigoSettings, *, seed: int) -> AmigoTeacher | NetworkTeacher | UniformCells:
     num_cells = settings.grid_size ** 2
     if settings.proposer == "uniform":
         return UniformCells(num_cells, seed)
-    return AmigoTeacher(
-        num_cells, seed, t_star=settings.t_star, t_star_max=settings.t_star_max, alpha=settings.teacher_alpha,
-        beta=settings.teacher_beta, learning_rate=settings.teacher_learning_rate, batch_size=settings.teacher_batch_size,
+    common = dict(
+        t_star=settings.t_star, t_star_max=settings.t_star_max, alpha=settings.teacher_alpha, beta=settings.teacher_beta,
+        learning_rate=settings.learning_rate(), batch_size=settings.teacher_batch_size,
         difficulty_threshold=settings.difficulty_threshold, difficulty_counts=settings.difficulty_counts,
     )
+    if settings.teacher == "network":
+        return NetworkTeacher(settings.grid_size, seed, entropy_cost=settings.entropy_cost(), channels=settings.channels(), **common)
+    return AmigoTeacher(num_cells, seed, **common)
 
 
 def build_amigo_session(
@@ -349,6 +363,14 @@ def build_amigo_session(
     """The session and the learner of one AMIGo student (imports torch: the learner's)."""
     settings = goals.amigo
     size = settings.grid_size
+    if obs_dim not in (2, grid_observation_size(size)):
+        raise ValueError(
+            f"agents.goals.amigo.grid_size: {size} does not fit the env's observations of {obs_dim} entries (a cell grid's "
+            f"position has 2; a {size}x{size} grid observation of minigrid_v0 has {grid_observation_size(size)}); "
+            "for minigrid_v0, grid_size is the task's max(width, height)"
+        )
+    if settings.teacher == "network" and obs_dim != grid_observation_size(size):
+        raise ValueError(f"agents.goals.amigo.teacher: 'network' proposes from a grid observation (minigrid_v0), got observations of {obs_dim} entries")
     features = cell_features(size) if settings.goal_encoding == "coordinates" else None
 
     def no_relabelling(goal: int, achieved: np.ndarray) -> float:

@@ -14,7 +14,7 @@ learner: the section configures `agent_node/goal_session.py`, which the node run
         hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
 
 AMIGo (ALGORITHMS.md section 3) is the other kind of goal: each agent's own teacher proposes grid
-cells, on the treasure_room grid (`agent_node/amigo_session.py`):
+cells, on the treasure_room grid or a MiniGrid task (minigrid_v0) (`agent_node/amigo_session.py`):
 
     agents:
       learner: {kind: goal_dqn, her_strategy: none}
@@ -28,7 +28,8 @@ What is refused (validation errors, not silent no-ops): hindsight sharing with
 which learns no code; with `amigo`, any goal-lines
 field set to other than its default (goal_set, num_landmarks, beta, p, lp_*, inner, negotiation, supervisor, hindsight,
 freeze_when_rewarded), `her_strategy` other than none (the student's reward depends on the time
-since the proposal, which HER's relabelling does not know), an env other than treasure_room, infos
+since the proposal, which HER's relabelling does not know), an env other than treasure_room or
+minigrid_v0, the network teacher on treasure_room (no grid in its observation), infos
 without `cell`, an episode-start hold; and, at the run level
 (`goal_run_problems`, called by the orchestrator's run schema): for goal-lines selections an env other than goal_lines,
 several env copies, evaluation episodes, infos without `achieved_goals`, negotiation without an
@@ -49,6 +50,9 @@ GOAL_LINES_NAMES = ("goal_lines_v0", "env_server.envs.goal_lines:parallel_env")
 GOAL_LINES_DEFAULTS = {"num_landmarks": 6, "beta": 2.0}
 CELL_GRID_NAMES = ("treasure_room_v0", "env_server.envs.treasure_room:parallel_env")
 CELL_GRID_DEFAULTS = {"size": 9, "max_steps": 40}
+# MiniGrid tasks, one copy per agent (env_server/envs/minigrid_task.py): the grid side depends on
+# the task, so the node checks grid_size against the observations' length when it starts.
+MINIGRID_NAMES = ("minigrid_v0", "env_server.envs.minigrid_task:parallel_env")
 # The GoalsConfig fields that only goal-lines selections read (refused when set with amigo).
 GOAL_LINES_FIELDS = ("goal_set", "num_landmarks", "beta", "p", "lp_window", "lp_epsilon", "inner", "negotiation",
                      "supervisor", "hindsight", "freeze_when_rewarded")
@@ -126,9 +130,9 @@ def _changed_from_default(model: BaseModel, names) -> list[str]:
 
 
 class AmigoSettings(BaseModel):
-    """AMIGo's teacher and student (agent_node/amigo_session.py, agent_node/goals.py); defaults
-    are the paper's (ALGORITHMS.md section 3) except the teacher's batch and learning rate, which
-    belong to the tabular teacher used here."""
+    """AMIGo's teacher and student (agent_node/amigo_session.py, agent_node/goals.py,
+    agent_node/amigo_teacher.py); defaults are the paper's (ALGORITHMS.md section 3) except the
+    tabular teacher's batch and learning rate, and the network teacher's layers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -138,6 +142,10 @@ class AmigoSettings(BaseModel):
     # "teacher": AMIGo's teacher; "uniform": a goal cell drawn uniformly each time (the
     # no-curriculum baseline, same student and rewards).
     proposer: Literal["teacher", "uniform"] = "teacher"
+    # The teacher: "table", logits per (student cell, goal cell) (open rooms: treasure_room);
+    # "network", the paper's, a convolutional policy over the observed grid (minigrid_v0 only: it
+    # needs the whole grid in the observation; every episode's layout differs there).
+    teacher: Literal["table", "network"] = "table"
     teacher_alpha: float = Field(0.7, ge=0)  # teacher reward for a goal reached in >= t* steps
     teacher_beta: float = Field(0.3, ge=0)  # teacher penalty otherwise
     t_star: int = Field(7, ge=0)  # the starting target difficulty
@@ -147,7 +155,12 @@ class AmigoSettings(BaseModel):
     difficulty_threshold: float = -0.5
     difficulty_counts: int = Field(10, ge=1)
     teacher_batch_size: int = Field(32, ge=1)  # goal episodes per teacher update (REINFORCE)
-    teacher_learning_rate: float = Field(0.5, gt=0)
+    # unset: 0.5 for the table (plain gradient steps on logits), 0.001 for the network (Adam)
+    teacher_learning_rate: float | None = Field(None, gt=0)
+    # network teacher only: the entropy bonus of its REINFORCE loss (unset: 0.05) and the width
+    # of its convolutions (unset: 16).
+    teacher_entropy_cost: float | None = Field(None, ge=0)
+    teacher_channels: int | None = Field(None, ge=1)
     # How the student sees its goal: the cell's normalized (row, col), or one-hot over the cells.
     goal_encoding: Literal["coordinates", "one_hot"] = "coordinates"
     # BeBold's novelty (`max(1/N(s') - 1/N(s), 0)` on first visits in an episode) added to the
@@ -160,13 +173,27 @@ class AmigoSettings(BaseModel):
         if self.t_star_max < self.t_star:
             raise ValueError(f"t_star_max: expected at least t_star ({self.t_star}), got {self.t_star_max}")
         if self.proposer == "uniform":
-            teacher_fields = {"teacher_alpha", "teacher_beta", "t_star", "t_star_max", "difficulty_threshold",
-                              "difficulty_counts", "teacher_batch_size", "teacher_learning_rate"}
+            teacher_fields = {"teacher", "teacher_alpha", "teacher_beta", "t_star", "t_star_max", "difficulty_threshold",
+                              "difficulty_counts", "teacher_batch_size", "teacher_learning_rate", "teacher_entropy_cost",
+                              "teacher_channels"}
             if set_here := _changed_from_default(self, sorted(teacher_fields)):
                 raise ValueError(f"{', '.join(set_here)}: teacher settings, but proposer is 'uniform' (no teacher)")
         if self.novelty == "none" and _changed_from_default(self, ["novelty_scale"]):
             raise ValueError("novelty_scale: set only with novelty 'bebold'")
+        if self.teacher == "table" and (set_here := _changed_from_default(self, ["teacher_entropy_cost", "teacher_channels"])):
+            raise ValueError(f"{', '.join(set_here)}: network-teacher settings, but teacher is 'table'")
         return self
+
+    def learning_rate(self) -> float:
+        if self.teacher_learning_rate is not None:
+            return self.teacher_learning_rate
+        return 0.001 if self.teacher == "network" else 0.5
+
+    def entropy_cost(self) -> float:
+        return 0.05 if self.teacher_entropy_cost is None else self.teacher_entropy_cost
+
+    def channels(self) -> int:
+        return 16 if self.teacher_channels is None else self.teacher_channels
 
 
 class GoalsConfig(BaseModel):
@@ -177,7 +204,7 @@ class GoalsConfig(BaseModel):
     # partners of the episode (the goal-coordination game).
     # "supervisor": one goal for the whole team per episode, assigned over the wire by a supervisor
     # node of the run (or the team's smallest node id; the upper bound; protocols/supervision.py).
-    # "amigo": each agent's own teacher proposes grid cells (the `amigo` settings; treasure_room).
+    # "amigo": each agent's own teacher proposes grid cells (the `amigo` settings; treasure_room or minigrid_v0).
     selection: Literal["uniform", "learning_progress", "p_aligned", "negotiation", "supervisor", "amigo"]
     # goal_lines goals the agent may pursue: the L individual ones, the L(L-1)/2 cooperative
     # ones, or all.
@@ -338,13 +365,28 @@ def _amigo_run_problems(
             f"agents.learner.her_strategy: expected 'none' with selection 'amigo' (the student's reward depends on the "
             f"time since the goal was proposed, which HER's relabelling does not know), got {her_strategy!r}"
         )
-    if env_name not in CELL_GRID_NAMES:
-        problems.append(f"env.name: selection 'amigo' runs on the cell grid ({' or '.join(CELL_GRID_NAMES)}), got {env_name!r}")
+    if env_name in MINIGRID_NAMES:
+        # The task's own limit depends on the task (MiniGrid's registry, not imported here): say it.
+        if env_kwargs.get("max_steps") != settings.max_steps:
+            problems.append(
+                f"env.kwargs.max_steps: expected agents.goals.amigo.max_steps ({settings.max_steps}) set explicitly on minigrid_v0 "
+                f"(T_max of the student's reward), got {env_kwargs.get('max_steps')!r}"
+            )
+    elif env_name in CELL_GRID_NAMES:
+        if settings.teacher == "network":
+            problems.append(
+                "agents.goals.amigo.teacher: 'network' proposes from the whole observed grid, which treasure_room's "
+                "observation (the agent's position) does not hold; use 'table' there, or env minigrid_v0"
+            )
+        for key, field_name in (("size", "grid_size"), ("max_steps", "max_steps")):
+            env_value = env_kwargs.get(key, CELL_GRID_DEFAULTS[key])
+            if env_value != getattr(settings, field_name):
+                problems.append(f"agents.goals.amigo.{field_name}: expected env.kwargs.{key} ({env_value}), got {getattr(settings, field_name)}")
+    else:
+        problems.append(
+            f"env.name: selection 'amigo' runs on the cell grid ({' or '.join(CELL_GRID_NAMES + MINIGRID_NAMES)}), got {env_name!r}"
+        )
         return problems
-    for key, field_name in (("size", "grid_size"), ("max_steps", "max_steps")):
-        env_value = env_kwargs.get(key, CELL_GRID_DEFAULTS[key])
-        if env_value != getattr(settings, field_name):
-            problems.append(f"agents.goals.amigo.{field_name}: expected env.kwargs.{key} ({env_value}), got {getattr(settings, field_name)}")
     if num_copies != 1:
         problems.append(f"env.num_copies: expected 1 with selection 'amigo' (one goal at a time per agent), got {num_copies}")
     if forward_infos != "all" and "cell" not in forward_infos:

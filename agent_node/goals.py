@@ -18,7 +18,8 @@ Modules:
   (`protocols/supervision.py`, driven by `agent_node/goal_session.py`).
 - `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
   agent's own goal (kept when it leads or hears nothing).
-- `AmigoTeacher`: AMIGo's teacher over cells (the `t*` curriculum, teacher and student rewards);
+- `AmigoTeacher`: AMIGo's teacher over cells, tabular (the `t*` curriculum, teacher and student
+  rewards; the paper's network teacher, which needs torch, is `agent_node/amigo_teacher.py`);
   `UniformCells`, its no-curriculum baseline. A node runs them through
   `agent_node/amigo_session.py` (goals that change within an episode, on treasure_room's cells).
 - `BeBoldNovelty`: BeBold's count-based intrinsic reward (an alternative to a teacher).
@@ -323,6 +324,17 @@ def amigo_teacher_reward(reached: bool, steps_to_reach: int, t_star: int, extrin
     return alpha if reached and steps_to_reach >= t_star else -beta
 
 
+def advance_difficulty(t_star: int, counter: int, batch_reward: float, *, threshold: float, counts: int, t_star_max: int) -> tuple[int, int]:
+    """AMIGo's t* rule after one teacher update, shared by the tabular and the network teacher:
+    the counter of consecutive updates whose mean teacher reward is at least `threshold` goes up
+    (or resets to 0 below it); at `counts` it restarts and `t* += 1`, capped at `t_star_max`.
+    Returns the new (t*, counter)."""
+    counter = counter + 1 if batch_reward >= threshold else 0
+    if counter >= counts:
+        return min(t_star + 1, t_star_max), 0
+    return t_star, counter
+
+
 class AmigoTeacher:
     """AMIGo's teacher over a grid's cells, tabular: logits per (student start cell, goal cell).
 
@@ -384,7 +396,8 @@ class AmigoTeacher:
         probabilities = np.exp(logits - logits.max())
         return probabilities / probabilities.sum()
 
-    def propose_cell(self, start_cell: int) -> int:
+    def propose_cell(self, start_cell: int, observation: np.ndarray | None = None) -> int:
+        # The table is indexed by the start cell alone; the observation is the network teacher's.
         return int(self._rng.choice(self.num_cells, p=self.policy(start_cell)))
 
     def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> float:
@@ -409,10 +422,10 @@ class AmigoTeacher:
         self.logits += self.learning_rate * gradient / len(self._batch)
         self.updates += 1
         self.last_batch_reward = float(baseline)
-        self.counter = self.counter + 1 if baseline >= self.difficulty_threshold else 0
-        if self.counter >= self.difficulty_counts:
-            self.t_star = min(self.t_star + 1, self.t_star_max)
-            self.counter = 0
+        self.t_star, self.counter = advance_difficulty(
+            self.t_star, self.counter, float(baseline), threshold=self.difficulty_threshold,
+            counts=self.difficulty_counts, t_star_max=self.t_star_max,
+        )
         self._batch = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -437,7 +450,7 @@ class UniformCells:
         self._rng = np.random.default_rng(seed)
         self.reach_history: list[bool] = []
 
-    def propose_cell(self, start_cell: int) -> int:
+    def propose_cell(self, start_cell: int, observation: np.ndarray | None = None) -> int:
         choices = self.cells[self.cells != start_cell] if len(self.cells) > 1 else self.cells
         return int(self._rng.choice(choices))
 

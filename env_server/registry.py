@@ -39,6 +39,8 @@ BUILTIN_ENVS: dict[str, str] = {
     "reward_collection_v0": "env_server.envs.reward_collection:parallel_env",
     "goal_lines_v0": "env_server.envs.goal_lines:parallel_env",
     "treasure_room_v0": "env_server.envs.treasure_room:parallel_env",
+    # needs the minigrid package (make setup installs it; env_server/envs/minigrid_task.py says why --no-deps)
+    "minigrid_v0": "env_server.envs.minigrid_task:parallel_env",
     # The matrix games where a learner's answer is known (bench/ctde_games.py).
     "two_step_v0": "env_server.envs.two_step:parallel_env",
     "nonmonotonic_matrix_v0": "env_server.envs.nonmonotonic:parallel_env",

@@ -45,3 +45,32 @@ def cell_features(size: int) -> np.ndarray:
 def manhattan(cell_a: int, cell_b: int, size: int) -> int:
     (row_a, col_a), (row_b, col_b) = cell_coordinates(cell_a, size), cell_coordinates(cell_b, size)
     return abs(row_a - row_b) + abs(col_a - col_b)
+
+
+# -- grid observations (minigrid_v0): the whole grid after the agent's own position
+#
+# A grid-observation env (env_server/envs/minigrid_task.py) pads its grid to `size x size` and
+# sends, per agent: `(row, col) / (size - 1)` (as above), the agent's direction one-hot (4), what it
+# carries (object and colour codes, scaled as below; 0 for nothing), then every cell's (object, colour, state) code scaled to [0, 1], row-major. AMIGo's network teacher
+# (agent_node/amigo_teacher.py) reads the grid back from the observation with `grid_of_observation`.
+
+GRID_HEADER = 2 + 4 + 2  # position, direction one-hot, carried object and colour
+GRID_CHANNELS = 3  # object, colour, state (MiniGrid's encoding)
+# The largest code of each channel in MiniGrid's encoding (11 object kinds, 6 colours, door
+# states 0-2 and the agent's direction 0-3): dividing by these puts every code in [0, 1].
+GRID_CODE_SCALE = (10.0, 5.0, 3.0)
+
+
+def grid_observation_size(size: int) -> int:
+    """The length of a grid observation of a `size x size` (padded) grid."""
+    return GRID_HEADER + GRID_CHANNELS * size * size
+
+
+def grid_of_observation(observation: np.ndarray, size: int) -> np.ndarray:
+    """The (size, size, 3) scaled cell codes of a grid observation (or a batch: (..., size, size, 3))."""
+    observation = np.asarray(observation)
+    if observation.shape[-1] != grid_observation_size(size):
+        raise ValueError(
+            f"a grid observation of a {size}x{size} grid has {grid_observation_size(size)} entries, got {observation.shape[-1]}"
+        )
+    return observation[..., GRID_HEADER:].reshape(*observation.shape[:-1], size, size, GRID_CHANNELS)

@@ -1,0 +1,50 @@
+"""Issue 24 through `orchestrate up`: configs/amigo_minigrid.yaml, two AMIGo students in their own
+processes, each on its own copy of MiniGrid's KeyCorridorS3R3 with a network teacher of its own;
+the teacher's t* and the goal metrics are logged. Needs the minigrid package."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.test_orchestrate import REPO, read_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(170), pytest.mark.long]
+
+EPISODE = 30  # env.kwargs.max_steps below, shortened from the config's 270 to see several episodes
+
+
+def test_amigo_on_minigrid_runs_with_network_teachers_and_logs_t_star(tmp_path):
+    pytest.importorskip("minigrid")
+    run_dir = tmp_path / "run"
+    steps = 10 * EPISODE
+    # The run's processes import minigrid where this test does (a venv, or a PYTHONPATH entry).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    # A teacher update per goal episode and t* += 1 after every 2 updates whose mean reward is
+    # >= -0.5 (always, with alpha 0.7 and beta 0.3): the curriculum moves within a short run.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "up", "configs/amigo_minigrid.yaml", "--run-dir", str(run_dir),
+         "--set", f"run.steps={steps}", "--set", f"env.kwargs.max_steps={EPISODE}",
+         "--set", f"agents.goals.amigo.max_steps={EPISODE}", "--set", "agents.learner.learning_starts=60",
+         "--set", "agents.goals.amigo.teacher_batch_size=1", "--set", "agents.goals.amigo.difficulty_counts=2"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    _, stderr = process.communicate(timeout=160)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
+    for agent in ("agent_0", "agent_1"):
+        mine = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        ended = [r for r in mine if "amigo/t_star" in r]
+        assert len(ended) >= steps // EPISODE and ended[-1]["amigo/episode_end_step"] == steps
+        for record in ended:
+            assert record["amigo/goals_proposed"] >= 1 and 0 <= record["amigo/goals_reached"] <= record["amigo/goals_proposed"]
+            assert 1 <= record["amigo/goal_distance"] <= 12, "a cell of the 7x7 grid, never the student's own"
+        updates = ended[-1]["amigo/teacher_updates"]
+        assert updates == sum(r["amigo/goals_proposed"] for r in ended), "one update per goal episode (batch of 1)"
+        assert ended[-1]["amigo/t_star"] == 7 + updates // 2, "the t* schedule ran in the node"
+        counters = [r for r in mine if "goal_dqn/gradient_steps" in r]
+        assert counters and counters[-1]["goal_dqn/gradient_steps"] > 0, "the student learned"
