@@ -273,13 +273,16 @@ def windowed(per_episode: np.ndarray) -> list[float]:
 def _draw_curves(axes_pair, per_seed: dict, window: int, linestyle: str = "-", suffix: str = "") -> None:
     """One line per mode (mean, with its 95% band over seeds) on (success axes, alignment axes)."""
     for index, (mode, rows) in enumerate(per_seed.items()):
+        rows = [row for row in rows if "success_curve" in row]  # rows taken from a bench's log carry no curves
+        if not rows:
+            continue
         length = min(len(row["success_curve"]) for row in rows)
         episodes = (np.arange(length) + 0.5) * window
         for axes, key in zip(axes_pair, ("success_curve", "aligned_curve")):
             mean, half = curve_band([row[key][:length] for row in rows])
-            axes.plot(episodes, mean, linestyle=linestyle, color=f"C{MODES.index(mode)}", label=mode + suffix)
-            axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.15,
-                              color=f"C{MODES.index(mode)}")
+            color = f"C{(MODES + RUNTIME_ONLY_MODES).index(mode)}"
+            axes.plot(episodes, mean, linestyle=linestyle, color=color, label=mode + suffix)
+            axes.fill_between(episodes, np.clip(mean - half, 0, 1), np.clip(mean + half, 0, 1), alpha=0.15, color=color)
 
 
 def _finish(figure, axes_pair, conditions: dict, title: str, path: Path) -> None:
@@ -360,8 +363,8 @@ def add_steps_to_negotiation_level(summary: dict, fraction: float = 0.8, baselin
     plain_of_seed = {row.get("seed"): row for row in summary[baseline]}
     for shared in summary["negotiation_hindsight"]:
         plain = plain_of_seed.get(shared.get("seed"))
-        if plain is None:
-            continue  # the baseline did not run this seed (a batch cut short)
+        if plain is None or "success_curve" not in plain or "success_curve" not in shared:
+            continue  # the baseline did not run this seed (a batch cut short), or a row without curves
         level = fraction * plain["success_final"]
         for row in (plain, shared):
             row[f"steps_to_{baseline}_80pct"] = steps_to_level(row["success_curve"], row["env_steps_curve"], level)
