@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(str(s) for s in range(10)))
     parser.add_argument("--games", default=",".join(GAMES))
     parser.add_argument("--learners", default=",".join(LEARNERS))
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds per run (a non-monotonic run took 12 min on the loaded 2-core machine)")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir); finished runs there are reused")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: score the runs that finished in --root (e.g. from invocations that ran one game each) and print the tables")
