@@ -99,17 +99,11 @@ def q_tot_tables(run_dir: Path, module) -> dict[str, list[list[float]]]:
     return tables
 
 
-def replay_projection(run_dir: Path, payoff) -> list[list[float]]:
+def replay_projection(run_dir: Path) -> list[list[float]]:
     """The least-squares additive fit Q_0(u_0) + Q_1(u_1) of the team rewards in the learner's saved
     joint replay: what VDN fits when it fits the rows it trained on exactly."""
     with np.load(run_dir / "nodes" / "learner" / "replay" / "joint.npz", allow_pickle=False) as saved:
-        actions, rewards = saved["action"].astype(np.int64), saved["reward"].astype(np.float64)
-    n = len(payoff)
-    design = np.zeros((len(rewards), 2 * n))
-    design[np.arange(len(rewards)), actions[:, 0]] = 1.0
-    design[np.arange(len(rewards)), n + actions[:, 1]] = 1.0
-    coefficients = np.linalg.lstsq(design, rewards, rcond=None)[0]
-    return (coefficients[:n, None] + coefficients[None, n:]).tolist()
+        return nonmonotonic.empirical_additive_fit(saved["action"], saved["reward"]).tolist()
 
 
 def run_all(args) -> list[dict]:
@@ -128,7 +122,7 @@ def run_all(args) -> list[dict]:
                 if not run["failed"] and learner != "iql" and game in ("two_step", "nonmonotonic"):
                     row["q_tot"] = q_tot_tables(run_dir, spec["module"])
                     if game == "nonmonotonic" and learner == "vdn":
-                        row["replay_projection"] = replay_projection(run_dir, nonmonotonic.PAYOFF)
+                        row["replay_projection"] = replay_projection(run_dir)
                 rows.append(row)
                 print(f"{game} {learner} seed {seed}: team return {row['team_return']}, {run.get('wall_s')} s"
                       + (" (reused)" if run.get("reused") else "") + (f" FAILED (exit {run['exit_code']})" if run["failed"] else ""),
@@ -220,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=",".join(str(s) for s in range(10)))
     parser.add_argument("--games", default=",".join(GAMES))
     parser.add_argument("--learners", default=",".join(LEARNERS))
-    parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    parser.add_argument("--timeout", type=float, default=1800,
+                        help="seconds per run (a non-monotonic run took 12 min on the loaded 2-core machine)")
     parser.add_argument("--root", type=Path, default=None, help="where the runs go (default: a temp dir); finished runs there are reused")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: score the runs that finished in --root (e.g. from invocations that ran one game each) and print the tables")

@@ -46,6 +46,11 @@ class DQNConfig(BaseModel):
     # side) and flattens anything else; "mlp" always flattens; "cnn" refuses a non-image space.
     encoder: Literal["auto", "mlp", "cnn"] = "auto"
     learning_rate: float = Field(5e-4, gt=0)
+    # With both set, the rate falls linearly from learning_rate to learning_rate_end over the
+    # first learning_rate_decay_steps gradient steps, then stays there (so a fit to a fixed
+    # dataset settles instead of jittering with the batch's noise); neither set: constant.
+    learning_rate_end: Annotated[float, Field(gt=0)] | None = None
+    learning_rate_decay_steps: PositiveInt | None = None
     gamma: float = Field(0.99, ge=0, le=1)
     batch_size: PositiveInt = 64
     buffer_size: PositiveInt = 100_000
@@ -72,7 +77,17 @@ class DQNConfig(BaseModel):
     def _buffer_holds_a_batch(self) -> DQNConfig:
         if self.buffer_size < self.batch_size:
             raise ValueError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
+        check_learning_rate_schedule(self.learning_rate_end, self.learning_rate_decay_steps)
         return self
+
+
+def check_learning_rate_schedule(end: float | None, decay_steps: int | None) -> None:
+    """A learning-rate schedule needs both its end and its length (one alone would do nothing)."""
+    if (end is None) != (decay_steps is None):
+        raise ValueError(
+            "learning_rate_end and learning_rate_decay_steps go together (a linear decay needs its end and its length); "
+            f"got learning_rate_end={end!r}, learning_rate_decay_steps={decay_steps!r}"
+        )
 
 
 class SACConfig(BaseModel):
@@ -333,6 +348,9 @@ class MixerConfig(BaseModel):
     hypernet_layers: Literal[1, 2] = 2
     hypernet_hidden: PositiveInt = 64
     learning_rate: float = Field(5e-4, gt=0)
+    # Linear decay of the rate over gradient steps, as DQNConfig's (both or neither).
+    learning_rate_end: Annotated[float, Field(gt=0)] | None = None
+    learning_rate_decay_steps: PositiveInt | None = None
     gamma: float = Field(0.99, ge=0, le=1)
     batch_size: PositiveInt = 256
     # Hard copy of online to target networks every this many gradient steps.
@@ -344,6 +362,11 @@ class MixerConfig(BaseModel):
     loss: Literal["mse", "huber"] = "mse"
     # Clip the global gradient norm; None disables clipping.
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 10.0
+
+    @model_validator(mode="after")
+    def _schedule_is_whole(self) -> MixerConfig:
+        check_learning_rate_schedule(self.learning_rate_end, self.learning_rate_decay_steps)
+        return self
 
 
 class SharedDQNConfig(BaseModel):

@@ -41,6 +41,8 @@ from agent_node.algos.learner_parts import (
     checked_obs,
     load_optimizer,
     run_gradient_steps,
+    scheduled_learning_rate,
+    set_learning_rate,
     steps_to_take,
     trainable_rows,
     update_counters,
@@ -225,6 +227,8 @@ class DQNAgent:
         loss.backward()
         if cfg.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.q_network.parameters(), cfg.max_grad_norm)
+        set_learning_rate(self.optimizer, scheduled_learning_rate(
+            cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))
         self.optimizer.step()
         self.gradient_steps += 1
 

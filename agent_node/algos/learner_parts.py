@@ -9,6 +9,8 @@ and not another copy of the bookkeeping around it.
 - `check_algorithm`: a state dict handed to `load_state_dict` is of this learner.
 - `load_optimizer`: restore an optimizer from a checkpoint, with the learning rate the config
   (not the checkpoint) sets, so a resumed run can change its rate.
+- `scheduled_learning_rate` / `set_learning_rate`: a learning rate decayed linearly over gradient
+  steps (DQN's and the centralized mixer learner's `learning_rate_end`).
 - `checked_obs`: a batch of observations has the shape (K, *obs_shape).
 - `check_seed`: a learner's seed is a non-negative int (a bool is not one).
 
@@ -72,6 +74,23 @@ def load_optimizer(optimizer: Any, state: Mapping[str, Any], learning_rate: floa
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate  # the config, not the checkpoint, sets the rate
+
+
+def scheduled_learning_rate(start: float, end: float | None, decay_steps: int | None, gradient_steps: int) -> float:
+    """The rate for the next gradient step: linear from `start` to `end` over the first
+    `decay_steps` gradient steps, then `end`; `start` throughout when `end` is None (no schedule).
+    A decaying rate lets a stochastic-gradient fit settle where the loss is least, instead of
+    jittering around it with an amplitude set by the constant rate and the batch's noise."""
+    if end is None or decay_steps is None:
+        return start
+    fraction = min(1.0, gradient_steps / decay_steps)
+    return start + fraction * (end - start)
+
+
+def set_learning_rate(optimizer: Any, learning_rate: float) -> None:
+    """Put `learning_rate` on every parameter group of `optimizer`."""
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
 
 
 def checked_obs(obs: np.ndarray, obs_shape: tuple[int, ...], name: str = "obs") -> np.ndarray:

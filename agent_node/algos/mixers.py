@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.dqn import QNetwork
+from agent_node.algos.learner_parts import scheduled_learning_rate, set_learning_rate
 from agent_node.algos.params import module_params
 
 # ---------------------------------------------------------------------------------- mixers
@@ -245,6 +246,8 @@ class CentralizedMixerLearner:
         loss.backward()
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.parameters, max_norm)
+        set_learning_rate(self.optimizer, scheduled_learning_rate(
+            self.config.learning_rate, self.config.learning_rate_end, self.config.learning_rate_decay_steps, self.gradient_steps))
         self.optimizer.step()
         self.gradient_steps += 1
         if self.gradient_steps % self.config.target_update_period == 0:
@@ -255,6 +258,7 @@ class CentralizedMixerLearner:
             "mixer/q_total_mean": total.mean().item(),
             "mixer/target_mean": target.mean().item(),
             "mixer/grad_norm": float(grad_norm),
+            "mixer/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
         }
 
     def greedy_actions(self, obs: np.ndarray) -> np.ndarray:

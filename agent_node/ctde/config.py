@@ -8,7 +8,7 @@
 **One set of hyperparameters, two ways to train.** In centralized mode the agents' learner stays
 `agents.learner: {kind: dqn, ...}` and its values keep their meaning: `hidden_sizes` shapes every
 agent's Q-network, the epsilon schedule drives each agent's exploration (it still acts in its own
-process), and the learning values (`learning_rate`, `gamma`, `batch_size`, `buffer_size`,
+process), and the learning values (`learning_rate` and its schedule, `gamma`, `batch_size`, `buffer_size`,
 `learning_starts`, `train_every`, `target_update_period`, `double_dqn`, `loss`, `max_grad_norm`)
 are taken by the learner node for the joint update instead (`mixer_config`, `learner_schedule`).
 So switching `training.mode` on the same YAML compares independent DQN (IQL) with VDN / QMIX at
@@ -80,6 +80,8 @@ def mixer_config(training: CentralizedTraining, dqn: DQNConfig) -> MixerConfig:
         mixer=training.mixer,
         agent_hidden_sizes=dqn.hidden_sizes,
         learning_rate=dqn.learning_rate,
+        learning_rate_end=dqn.learning_rate_end,
+        learning_rate_decay_steps=dqn.learning_rate_decay_steps,
         gamma=dqn.gamma,
         batch_size=dqn.batch_size,
         target_update_period=dqn.target_update_period,

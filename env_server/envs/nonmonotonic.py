@@ -61,6 +61,21 @@ def additive_projection(payoff) -> np.ndarray:
     return payoff.mean(axis=1, keepdims=True) + payoff.mean(axis=0, keepdims=True) - payoff.mean()
 
 
+def empirical_additive_fit(actions, rewards, num_actions: int = 3) -> np.ndarray:
+    """The least-squares fit f(u_0) + g(u_1) of `rewards` (R,) over the joint `actions` (R, 2) drawn:
+    what VDN fits when it fits these rows exactly. Equal to `additive_projection` only when every
+    joint action was drawn equally often; uniformly *drawn* actions never quite are."""
+    actions = np.asarray(actions, dtype=np.int64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[1] != 2 or len(actions) != len(rewards):
+        raise ValueError(f"expected actions (R, 2) and rewards (R,), got {actions.shape} and {rewards.shape}")
+    design = np.zeros((len(rewards), 2 * num_actions))
+    design[np.arange(len(rewards)), actions[:, 0]] = 1.0
+    design[np.arange(len(rewards)), num_actions + actions[:, 1]] = 1.0
+    coefficients = np.linalg.lstsq(design, rewards, rcond=None)[0]
+    return coefficients[:num_actions, None] + coefficients[None, num_actions:]
+
+
 def parallel_env(render_mode: str | None = None) -> MatrixGameEnv:
     """A new `nonmonotonic_matrix_v0` environment (PettingZoo's factory convention)."""
     return MatrixGameEnv("nonmonotonic_matrix_v0", [Stage("matrix", payoff=PAYOFF)], render_mode=render_mode)

@@ -1,6 +1,9 @@
 """Issue 34 through `orchestrate up`: the QMIX paper's two-step game, trained under uniform
 exploration by the learner node, lands where the paper says (QMIX 8, VDN 7), and the final
-checkpoint's Q_tot table is QMIX's (the true Q* with gamma 0.99) or additive (VDN)."""
+checkpoint's Q_tot table is QMIX's (the true Q* with gamma 0.99) or additive (VDN); on the
+non-monotonic game VDN's Q_tot is the least-squares additive projection of the payoffs: at a small
+budget, of the rows it trained on (the optimizer converges), and at the bench's budget within 0.1
+of the analytic projection (the data are then near enough to uniform)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from env_server.envs import two_step
+from env_server.envs import nonmonotonic, two_step
 from tests.integration.test_orchestrate import orchestrate
 
-pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def final_team_return(run_dir: Path) -> float:
@@ -22,6 +25,7 @@ def final_team_return(run_dir: Path) -> float:
     return 2 * evaluations[-1]  # the mean over the two agents, each paid half of the team's payoff
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("mixer", ["qmix", "vdn"])
 def test_two_step_game_through_the_learner_node_lands_where_the_paper_says(tmp_path, mixer):
     from agent_node.learner_node import load_trained_learner
@@ -46,3 +50,41 @@ def test_two_step_game_through_the_learner_node_lands_where_the_paper_says(tmp_p
         for table in tables.values():
             assert table[0, 0] + table[1, 1] == pytest.approx(table[0, 1] + table[1, 0], abs=1e-4)
         assert tables["2B"][1, 1] < 7.0 and tables["1"][0].max() > tables["1"][1].max()
+
+
+def nonmonotonic_vdn_run(run_dir: Path, *overrides: str, timeout_s: float = 570) -> tuple[np.ndarray, np.ndarray]:
+    """(VDN's final Q_tot table, the least-squares additive fit of the rows in its replay)."""
+    from agent_node.learner_node import load_trained_learner
+
+    sets = [arg for override in ("training.mixer=vdn", *overrides) for arg in ("--set", override)]
+    process = orchestrate("up", "configs/games_nonmonotonic.yaml", "--run-dir", str(run_dir), *sets)
+    _, stderr = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    assert final_team_return(run_dir) == 0.0  # the projection's greedy cell lies in the zero block
+    obs = nonmonotonic.parallel_env().stage_observation("matrix")
+    learned = load_trained_learner(run_dir).joint_q_table(np.stack([obs, obs]), obs)
+    with np.load(run_dir / "nodes" / "learner" / "replay" / "joint.npz", allow_pickle=False) as saved:
+        data_fit = nonmonotonic.empirical_additive_fit(saved["action"], saved["reward"])
+    return learned, data_fit
+
+
+def test_nonmonotonic_game_vdn_fits_the_least_squares_projection_of_its_rows_at_a_small_budget(tmp_path):
+    # 32 copies x 400 steps = 12,800 rows, one gradient step per 4 (2,944 steps at batch 1,024), the
+    # rate decayed to 1e-5 over them. Too few rows for the analytic table (the fit of 12,800 drawn
+    # rows misses it by a median 0.22: bench/vdn_projection.py data), but VDN must land on the fit
+    # of the rows it had, within the issue's 0.1. (Not much closer at this budget: the rate is
+    # already low when the last rows come in; it was 0.07 when this was written.)
+    learned, data_fit = nonmonotonic_vdn_run(
+        tmp_path / "run", "run.steps=400", "env.num_copies=32", "env.eval_every_steps=400",
+        "agents.learner.buffer_size=12800", "agents.learner.train_every=4", "agents.learner.learning_rate_decay_steps=2944")
+    np.testing.assert_allclose(learned, data_fit, atol=0.1)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1500)
+def test_nonmonotonic_game_vdn_lands_within_0_1_of_the_analytic_projection(tmp_path):
+    # The bench's config as it is: 819,200 rows, the decaying rate (minutes on two cores; seed 0's
+    # rows fit the projection to 0.02, and the learned table was 0.05 from that fit when this was written).
+    learned, data_fit = nonmonotonic_vdn_run(tmp_path / "run", timeout_s=1440)  # 4.7 min of CPU; 8-12 min loaded
+    np.testing.assert_allclose(learned, nonmonotonic.additive_projection(nonmonotonic.PAYOFF), atol=0.1)
+    np.testing.assert_allclose(learned, data_fit, atol=0.1)

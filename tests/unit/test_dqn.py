@@ -185,6 +185,26 @@ def test_gradient_steps_follow_rows_not_calls():
         one_call.update(max_gradient_steps=-1)
 
 
+def test_learning_rate_decays_linearly_over_gradient_steps_then_holds():
+    config = DQNConfig(batch_size=8, buffer_size=100, learning_starts=8, hidden_sizes=(8,), learning_rate=1e-2,
+                       learning_rate_end=1e-3, learning_rate_decay_steps=10)
+    space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    agent = DQNAgent(config, space, gym.spaces.Discrete(2), seed=0)
+    rates = []
+    for _ in range(20):  # one row a call; one gradient step per row once 8 rows are in: 12 steps
+        obs = np.zeros((1, 1), np.float32)
+        agent.observe(Transition(obs, np.zeros(1, np.int64), np.ones(1, np.float32), obs, np.ones(1, bool), np.zeros(1, bool)))
+        before = agent.gradient_steps
+        agent.update()
+        if agent.gradient_steps > before:
+            rates.append(agent.optimizer.param_groups[0]["lr"])
+    # The step taken after k earlier ones runs at 1e-2 - (k / 10) * 9e-3; from the 11th on at 1e-3.
+    expected = [1e-2 - min(k, 10) / 10 * 9e-3 for k in range(12)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-9)
+    constant = DQNAgent(DQNConfig(learning_rate=1e-2), space, gym.spaces.Discrete(2), seed=0)
+    assert constant.optimizer.param_groups[0]["lr"] == 1e-2  # no schedule: the rate never moves
+
+
 def test_state_dict_round_trip_resumes_identically(tmp_path):
     agent = DQNAgent(SMALL_CONFIG, CHAIN_OBS_SPACE, gym.spaces.Discrete(2), seed=0)
     run_chain(agent, rows=400)
@@ -272,6 +292,9 @@ def test_config_schema():
         DQNConfig(learning_rat=1e-3)  # typo: unknown keys are errors that name the field
     with pytest.raises(pydantic.ValidationError, match="buffer_size .* must be at least batch_size"):
         DQNConfig(batch_size=64, buffer_size=10)
+    for half in ({"learning_rate_end": 1e-4}, {"learning_rate_decay_steps": 100}):
+        with pytest.raises(pydantic.ValidationError, match="learning_rate_end and learning_rate_decay_steps go together"):
+            DQNConfig(**half)
     with pytest.raises(pydantic.ValidationError):
         adapter.validate_python({"kind": "ppo"})
     with pytest.raises(pydantic.ValidationError):

@@ -11,6 +11,7 @@ from agent_node.algos.learner_parts import (
     check_seed,
     checked_obs,
     run_gradient_steps,
+    scheduled_learning_rate,
     steps_to_take,
     trainable_rows,
     update_counters,
@@ -30,6 +31,11 @@ def test_steps_to_take_caps_and_refuses_a_bad_cap():
     for bad in (-1, 2.0, "3", None.__class__):
         with pytest.raises(ValueError, match="max_gradient_steps must be None or a non-negative int"):
             steps_to_take(5, bad)
+
+
+def test_scheduled_learning_rate_is_linear_then_flat_and_constant_without_a_schedule():
+    assert [scheduled_learning_rate(1.0, 0.5, 4, k) for k in (0, 1, 2, 4, 9)] == [1.0, 0.875, 0.75, 0.5, 0.5]
+    assert scheduled_learning_rate(1e-3, None, None, 10_000) == 1e-3
 
 
 def test_state_dict_of_another_learner_is_refused_naming_both():

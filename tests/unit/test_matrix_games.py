@@ -91,6 +91,20 @@ def test_the_additive_projection_is_the_issues_table_and_the_least_squares_fit()
     assert np.allclose(coefficients[:3, None] + coefficients[None, 3:], projection)
 
 
+def test_the_empirical_fit_is_the_projection_on_balanced_rows_and_moves_with_unequal_counts():
+    grid = np.array([(r, c) for r in range(3) for c in range(3)])
+    payoff = np.asarray(nonmonotonic.PAYOFF, float)
+    balanced = np.repeat(grid, 5, axis=0)
+    np.testing.assert_allclose(nonmonotonic.empirical_additive_fit(balanced, payoff[balanced[:, 0], balanced[:, 1]]),
+                               nonmonotonic.additive_projection(payoff), atol=1e-9)
+    # One more draw of (0, 0) than of the other cells pulls the fit towards its 8.
+    unequal = np.vstack([balanced, [[0, 0]]])
+    fit = nonmonotonic.empirical_additive_fit(unequal, payoff[unequal[:, 0], unequal[:, 1]])
+    assert fit[0, 0] > nonmonotonic.additive_projection(payoff)[0, 0] + 0.1
+    with pytest.raises(ValueError, match=r"expected actions \(R, 2\) and rewards \(R,\)"):
+        nonmonotonic.empirical_additive_fit(grid[:, :1], payoff.ravel())
+
+
 def test_bad_actions_and_bad_games_are_refused_naming_what_was_expected():
     env = climbing.parallel_env()
     env.reset()

@@ -84,6 +84,22 @@ def test_loss_falls_and_greedy_actions_solve_a_cooperative_matrix_game(mixer):
     np.testing.assert_array_equal(learner.greedy_actions(obs), [[0, 0], [2, 2]])
 
 
+def test_learning_rate_schedule_reaches_the_mixer_learner_from_the_agents_dqn_settings():
+    from agent_node.ctde.config import CentralizedTraining, mixer_config
+
+    dqn = DQNConfig(learning_rate=1e-2, learning_rate_end=1e-3, learning_rate_decay_steps=4)
+    config = mixer_config(CentralizedTraining(mode="centralized", mixer="vdn"), dqn)
+    assert (config.learning_rate_end, config.learning_rate_decay_steps) == (1e-3, 4)
+    learner = CentralizedMixerLearner(config, gym.spaces.Box(0, 1, (2,), np.float32), gym.spaces.Discrete(3),
+                                      gym.spaces.Box(0, 1, (2,), np.float32), num_agents=2, seed=0)
+    replay = learner.make_replay(capacity=64)
+    replay.add(matrix_game_batch(np.random.default_rng(0), 64))
+    rates = [learner.train_step(replay.sample(16))["mixer/learning_rate"] for _ in range(6)]
+    np.testing.assert_allclose(rates, [1e-2, 7.75e-3, 5.5e-3, 3.25e-3, 1e-3, 1e-3], rtol=1e-9)
+    with pytest.raises(ValueError, match="learning_rate_end and learning_rate_decay_steps go together"):
+        MixerConfig(learning_rate_decay_steps=4)
+
+
 def test_td_target_uses_online_argmax_target_values_and_the_target_mixer():
     config = MixerConfig(mixer="vdn", agent_hidden_sizes=(8,), gamma=0.9)
     learner = CentralizedMixerLearner(config, gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(4),
