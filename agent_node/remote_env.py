@@ -20,7 +20,8 @@ and keeps the state that comes with each observation; `state()` raises NotImplem
 saying why, where the remote env has no `state()` (as the local one would), and
 `RemoteParallelEnv(endpoint, state=False)` skips the view (the lockstep bodies are then packed,
 which the view rules out). The infos are those the server forwards: the standalone server
-(`python -m env_server`) forwards every numeric info key by default (`--forward-infos all`), so
+(`python -m env_server --no-autoreset`, the server it needs) forwards every numeric info key by
+default (`--forward-infos all`), so
 `step` and `reset` return the infos a local env would, less any value that is not a number or a
 numeric array (named in the server's log).
 """

@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         help="standalone: how long the first reset waits for every agent to join (s)",
     )
     parser.add_argument("--forward-infos", default=None,
-                        help="standalone: comma-separated info keys to send to agents, 'all' (every numeric key, "
-                             "as a local env hands them over: the default, but with --transport shm, whose packed "
-                             "bodies carry no infos) or '' (none; lockstep bodies may then be packed)")
+                        help="standalone: comma-separated info keys to send to agents, 'all' (every numeric key, as "
+                             "a local env hands them over: the default with --no-autoreset, the RemoteParallelEnv "
+                             "server) or '' (none: the default otherwise, so that lockstep bodies can be packed)")
     parser.add_argument("--episode-start-hold", type=float, default=0.0,
                         help="standalone: hold each episode's first observation up to this long for goal.ready (s)")
     parser.add_argument("--transport", choices=("auto", "shm", "zmq"), default=_DEFAULTS["transport"],
@@ -81,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_standalone(args)
 
 
-def standalone_info_keys(option: str | None, transport: str) -> InfoKeys:
-    """`--forward-infos` as the vector env takes it: unset, every numeric key (as a local env hands
-    its infos over), unless the lockstep must travel in shared memory, whose bodies carry none."""
+def standalone_info_keys(option: str | None, transport: str, autoreset: bool) -> InfoKeys:
+    """`--forward-infos` as the vector env takes it. Unset: a server for one client driving every
+    agent (`--no-autoreset`, what RemoteParallelEnv needs) forwards every numeric key, as a local
+    env hands its infos over; a lockstep server for agent processes forwards none, so that its
+    bodies can be packed (and travel through shared memory), unless asked."""
     if option is None:
-        return () if transport == "shm" else ALL_INFOS
+        return ALL_INFOS if not autoreset and transport != "shm" else ()
     return info_keys(ALL_INFOS if option == ALL_INFOS else [key for key in option.split(",") if key])
 
 
@@ -105,7 +107,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     envs = make_copies(
         lambda: make_env(args.env, kwargs, construction_seed=construction_seed), args.copies,
         autoreset=not args.no_autoreset, num_workers=args.workers,
-        forward_infos=standalone_info_keys(args.forward_infos, args.transport),
+        forward_infos=standalone_info_keys(args.forward_infos, args.transport, autoreset=not args.no_autoreset),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
     try:

@@ -69,10 +69,11 @@ def test_a_kill_9_of_the_env_server_leaves_no_segment(spawn, tmp_path):
 
 
 def test_a_kill_9_of_an_agent_leaves_no_segment_and_the_lockstep_steps_on_without_it(spawn, tmp_path):
-    server, endpoint = start_server(spawn, tmp_path, "--transport", "shm", "--max-steps", "600")
+    # A budget the pair cannot finish before the kill, even idle (~1,000-2,000 steps/s at N = 2).
+    server, endpoint = start_server(spawn, tmp_path, "--transport", "shm", "--max-steps", "6000")
     clients = start_clients(spawn, endpoint)
     wait_for_log(tmp_path / "server.log", "lockstep through shared memory", 2)
-    time.sleep(1.0)
+    time.sleep(0.5)
     os.kill(clients[1].pid, signal.SIGKILL)
     clients[1].wait(timeout=10)
     assert segments_of(server.pid) == []

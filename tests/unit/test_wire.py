@@ -1101,7 +1101,7 @@ def resigned_bodies(draw: st.DrawFn) -> list[bytes]:
     elif kind == "field" and isinstance(body, dict) and body:
         name = draw(st.sampled_from(sorted(body, key=str)))
         body[name] = draw(st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=8),
-                                    st.binary(max_size=8), st.lists(st.integers(), max_size=3)))
+                                    st.binary(max_size=8), st.lists(st.integers(-(2**63), 2**64 - 1), max_size=3)))
         frames[1] = msgpack.packb(body, use_bin_type=True)
     elif kind == "placeholder":
         old = draw(st.sampled_from(placeholders))
