@@ -29,7 +29,10 @@ def env_step(run_dir: Path) -> int:
 
 def test_a_stopped_run_resumes_from_its_saved_state_to_its_budget(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    overrides = ["--set", "run.steps=400", "--set", "agents.checkpoint_every_steps=50",
+    # A budget the first run cannot finish between reaching step 150 and `down` taking effect,
+    # even idle (a 400-step budget was spent in that window on an idle machine).
+    budget = 1500
+    overrides = ["--set", f"run.steps={budget}", "--set", "agents.checkpoint_every_steps=50",
                  "--set", "agents.replay_save_every_steps=50"]
     first = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *overrides)
     deadline = time.monotonic() + 240
@@ -41,7 +44,7 @@ def test_a_stopped_run_resumes_from_its_saved_state_to_its_budget(tmp_path: Path
     first.communicate(timeout=90)
     assert first.returncode == 130  # stopped by SIGTERM, not finished
     stopped_at = env_step(run_dir)
-    assert stopped_at < 400
+    assert stopped_at < budget
 
     second = orchestrate("resume", str(run_dir))
     _, stderr = second.communicate(timeout=400)
@@ -50,7 +53,7 @@ def test_a_stopped_run_resumes_from_its_saved_state_to_its_budget(tmp_path: Path
     events = read_events(run_dir)
     assert [e["event"] for e in events].count("run_started") == 2
     assert events[-1]["event"] == "run_finished" and events[-1]["exit_code"] == 0
-    assert env_step(run_dir) == 400
+    assert env_step(run_dir) == budget
     # The env server went on from its resume point (not from step 0), and every agent from its
     # checkpoint and replay buffer.
     env_log = (run_dir / "nodes" / "env" / "log").read_text()
