@@ -17,6 +17,8 @@ check; the seeds are fixed, so the outcome is deterministic anyway.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,38 +26,15 @@ import torch
 
 from agent_node.algos.mutual_information import GaussianCLUB, JSDMutualInformation, jsd_pointwise, soft_clamp
 
+# The Gaussian pairs, their true MI and the JSD bound at the optimal critic: one definition, the estimator bench's.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from mi_estimators import gaussian_pairs, optimal_jsd, true_mi  # noqa: E402
+
 torch.set_num_threads(1)
 
 HELD_OUT = 4_096
 TRAIN_STEPS = 600
 TRAIN_BATCH = 256
-
-
-def true_mi(rho: float, dims: int) -> float:
-    return -0.5 * dims * math.log(1.0 - rho**2)
-
-
-def correlated_pairs(rng: np.random.Generator, count: int, dims: int, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
-    state = rng.standard_normal((count, dims))
-    action = rho * state + math.sqrt(1.0 - rho**2) * rng.standard_normal((count, dims))
-    return torch.as_tensor(state, dtype=torch.float32), torch.as_tensor(action, dtype=torch.float32)
-
-
-def optimal_jsd_bound(rho: float, dims: int, samples: int = 400_000) -> float:
-    """2 * JSD between the joint and the product of marginals, by Monte Carlo (seeded)."""
-    rng = np.random.default_rng(12345)
-    state = rng.standard_normal((samples, dims))
-    joint_action = rho * state + math.sqrt(1.0 - rho**2) * rng.standard_normal((samples, dims))
-    independent_action = rng.standard_normal((samples, dims))
-
-    def log_ratio(s: np.ndarray, u: np.ndarray) -> np.ndarray:  # log p(s,u) / (p(s) p(u))
-        quadratic = (rho**2 * s**2 - 2.0 * rho * s * u + rho**2 * u**2) / (2.0 * (1.0 - rho**2))
-        return (-quadratic - 0.5 * math.log(1.0 - rho**2)).sum(axis=1)
-
-    log_2 = math.log(2.0)
-    on_joint = np.mean(log_2 - np.logaddexp(0.0, -log_ratio(state, joint_action)))
-    on_product = np.mean(log_2 - np.logaddexp(0.0, log_ratio(state, independent_action)))
-    return float(on_joint + on_product)
 
 
 def fit_and_read(rho: float, dims: int, seed: int = 0) -> dict[str, float]:
@@ -68,14 +47,14 @@ def fit_and_read(rho: float, dims: int, seed: int = 0) -> dict[str, float]:
     jsd_optimizer = torch.optim.Adam(jsd.parameters(), lr=1e-3)
     club_optimizer = torch.optim.Adam(club.parameters(), lr=1e-3)
     for _ in range(TRAIN_STEPS):
-        state, action = correlated_pairs(rng, TRAIN_BATCH, dims, rho)
+        state, action = gaussian_pairs(rng, TRAIN_BATCH, dims, rho)
         jsd_optimizer.zero_grad()
         jsd.loss(state, action).backward()
         jsd_optimizer.step()
         club_optimizer.zero_grad()
         club.nll_loss(state, action).backward()
         club_optimizer.step()
-    state, action = correlated_pairs(rng, HELD_OUT, dims, rho)
+    state, action = gaussian_pairs(rng, HELD_OUT, dims, rho)
     with torch.no_grad():
         jsd_terms = jsd.pointwise(state, action)
         club_terms = club.pointwise(state, action)
@@ -96,7 +75,7 @@ def test_jsd_estimate_is_below_the_true_mi_and_close_to_its_own_optimum():
     rho, dims = 0.8, 2
     read = fit_and_read(rho, dims)
     truth = true_mi(rho, dims)  # 1.022 nats
-    optimum = optimal_jsd_bound(rho, dims)  # ~0.48 nats: the best any critic can do
+    optimum = optimal_jsd(rho, dims)  # ~0.48 nats: the best any critic can do
     slack = 3.0 * read["jsd_se"]
     assert read["jsd"] <= truth + slack, read
     assert read["jsd"] <= optimum + slack + 0.01, (read, optimum)  # 0.01: the Monte Carlo oracle's own error
