@@ -279,6 +279,9 @@ def preload_modules(
             modules.append(env_name)  # registry names like mpe2.simple_spread_v3 are modules too
     if "agent" in roles:
         modules += ["torch", "tensorboardX", "agent_node.config", "agent_node.node", "agent_node.algos"]
+        # The node builds its topology at start-up through networkx (protocols/topology.py imports
+        # it where it is used): imported once here rather than in every agent.
+        modules.append("networkx")
         # The built-in capabilities the node loads by import path (agent_node/capability.py).
         modules += [entry_point.partition(":")[0] for entry_point in BUILTIN_CAPABILITIES]
         if learner_kind:
