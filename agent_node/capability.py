@@ -141,7 +141,7 @@ ENV, PEERS, CONTROL = "env server", "neighbour", "orchestrator"
 # the landmarks' relabelled rows) and to hold an observation (consensus averages first, then the
 # landmarks are agreed on the observation it releases).
 BUILTIN_CAPABILITIES = (
-    "agent_node.goal_capability:build",
+    "agent_node.goals.capability:build",
     "agent_node.ctde.capability:build",
     "agent_node.consensus.capability:build",
     "agent_node.landmarks.capability:build",

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agent_node.algos import PluggableLearnerConfig
 from agent_node.algos.config import OFFLINE_KINDS
 from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
-from agent_node.goal_config import GoalsConfig
+from agent_node.goals.config import GoalsConfig
 from agent_node.landmarks.config import LandmarksConfig
 from agent_node.peer_protocols import ProtocolConfigs
 from agent_node.world_models import PluggableWorldModelConfig
@@ -95,7 +95,7 @@ class AgentsConfig(BaseModel):
     # own <run dir>/nodes, with <node id>/checkpoints/latest.pt (`initial_checkpoint`).
     load_checkpoints: str | None = None
     # Goal-conditioned agents (learner kind goal_dqn): how each episode's goal is chosen,
-    # negotiated and shared (agent_node/goal_config.py, agent_node/goal_session.py).
+    # negotiated and shared (agent_node/goals/config.py, agent_node/goals/session.py).
     goals: GoalsConfig | None = None
     # The main job's goals (agents on mpe2 simple_spread with learner kind dqn): before each
     # episode the team agrees who covers which landmark, and shares its rows after it

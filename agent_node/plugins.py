@@ -96,7 +96,7 @@ class LearnerSpec:
 @dataclass(frozen=True)
 class GoalSpace:
     """The goals a goal-conditioned learner acts towards, given by the capability that owns it
-    (agent_node/goal_session.py, amigo_session.py): how many, the reward of reaching one (for
+    (agent_node/goals/session.py, agent_node/amigo/session.py): how many, the reward of reaching one (for
     hindsight relabelling: `reward_fn(goal, achieved)`), and what the network sees of each
     (one row per goal; None: one-hot)."""
 

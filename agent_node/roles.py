@@ -14,7 +14,7 @@ algorithm file implements it by having the methods, without inheriting from anyt
                  (persistence saves it, a world model trained beside the learner samples it).
 - `NodeLearner`  what an agent node drives: an `Actor` and a `Learner` in one object.
 - (`GoalModule`, how a goal agent picks each episode's goal, lives with its implementations in
-  `agent_node/goals.py`; the goal session, `agent_node/goal_session.py`, drives it.)
+  `agent_node/goals/modules.py`; the goal session, `agent_node/goals/session.py`, drives it.)
 
 Arrays cross these interfaces as numpy, never torch: the node's event loop, the replay buffer
 and the protocol engines stay free of torch, and the learner converts at its own boundary.

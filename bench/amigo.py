@@ -6,7 +6,7 @@ in the far corner, extrinsic reward 1 there; a uniformly random walk finds it in
 2000, while on the env's default 9x9 room plain DQN finds and learns it within a few dozen
 episodes, leaving a curriculum nothing to do) is a goal-conditioned DQN student
 (`agent_node/algos/goal_dqn.py`, goals as cell coordinates) driven by the same core the agent node
-runs (`agent_node/amigo_session.py` `AmigoStudent`):
+runs (`agent_node/amigo/session.py` `AmigoStudent`):
 
 - `amigo`: each agent's own AMIGo teacher proposes cells (the t* curriculum; alpha 0.7, beta 0.3,
   t* from 7, +1 after 10 updates with mean teacher reward >= -0.5; tabular teacher, batches of
@@ -49,9 +49,9 @@ import torch
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
-from agent_node.amigo_session import AmigoStudent
-from agent_node.amigo_teacher import NetworkTeacher
-from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells
+from agent_node.amigo.session import AmigoStudent
+from agent_node.amigo.teacher import NetworkTeacher
+from agent_node.goals.modules import AmigoTeacher, BeBoldNovelty, UniformCells
 from env_server.envs.treasure_room import TreasureRoomEnv
 from protocols.cell_space import cell_features
 from protocols.seeds import derive_seed

@@ -22,7 +22,7 @@ everything and a report adds nothing.
 
 Episodes run the same way in both: the env does not know the goals, every episode lasts
 `max_steps`, each agent computes its goal reward from its infos, stays put (action 0) and stops
-adding rows once rewarded (agent_node/goal_session.py). (`--env-ends-episodes`, in-process only,
+adding rows once rewarded (agent_node/goals/session.py). (`--env-ends-episodes`, in-process only,
 gives the env the goals so that it ends an episode once both are rewarded, as the reference and
 this bench's tables before the runtime comparison did.) Cooperative success = the fraction of
 episodes in which both agents were rewarded (the same cooperative goal at the same step, which
@@ -76,7 +76,7 @@ import numpy as np
 import torch
 
 from agent_node.algos.goal_dqn import GoalDQNAgent, GoalDQNConfig
-from agent_node.goals import SupervisorAssignment, UniformGoals
+from agent_node.goals.modules import SupervisorAssignment, UniformGoals
 from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals, goal_reward, num_goals
 from protocols.hindsight import HindsightEngine, HindsightRequest
 from protocols.negotiation import NegotiationEngine, NegotiationRequest
@@ -114,7 +114,7 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
     offered the negotiation, equal to its goal in the other modes), and the events each agent
     learned only from its partners' reports (`events_from_partners_only`, summed over the team).
 
-    Episodes run as through the runtime (agent_node/goal_session.py): the env does not know the
+    Episodes run as through the runtime (agent_node/goals/session.py): the env does not know the
     goals, every episode lasts `max_steps`, each agent computes its goal reward from its own
     `achieved_goals` infos (`view`), stays put (action 0) and stops adding rows once rewarded,
     and records the achieved goals of every step for hindsight. `env_ends_episodes` gives the

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent_node.config import AgentsConfig, training_problems
 from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
-from agent_node.goal_config import goal_run_problems
+from agent_node.goals.config import goal_run_problems
 from agent_node.algos import LEARNERS
 from agent_node.plugins import PluginError
 from agent_node.world_models import WORLD_MODELS
@@ -466,7 +466,7 @@ class RunConfig(BaseModel):
         return problems
 
     def _goal_problems(self, topology: Topology | None) -> list[str]:
-        """The goal section (agent_node/goal_config.py) against the env, learner and topology; and
+        """The goal section (agent_node/goals/config.py) against the env, learner and topology; and
         how long an agent may hear nothing from the env server."""
         problems: list[str] = []
         count = self.agents.count

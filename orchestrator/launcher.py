@@ -292,5 +292,5 @@ def preload_modules(
         # Not agent_node.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
         modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde.learner"]
     if "supervisor" in roles:
-        modules += ["agent_node.config", "agent_node.goals", "protocols.supervision"]
+        modules += ["agent_node.config", "agent_node.goals.modules", "protocols.supervision"]
     return modules

@@ -35,7 +35,7 @@ from protocols.settings import ORCHESTRATOR_ID, IPC_ENDPOINT_MAX_BYTES, ipc_dir_
 # The module each role runs as (`python -m <module>`); the learner node runs only in a run with
 # `training.mode: centralized` (a name, not an import: the orchestrator imports no learning code).
 ROLE_MODULES = {"env_server": "env_server", "agent": "agent_node", "learner": "agent_node.learner_node",
-                "supervisor": "agent_node.supervisor_node"}
+                "supervisor": "agent_node.goals.supervisor"}
 # The root of the source tree, put on the nodes' PYTHONPATH so `python -m agent_node` works
 # whether or not Parley is installed into the interpreter.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

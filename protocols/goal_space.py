@@ -1,7 +1,7 @@
 """The goal space of goal_lines (ALGORITHMS.md section 2), shared by the environment and the agents.
 
 The environment (`env_server/envs/goal_lines.py`) reports which goals the joint state achieves;
-the agents (`agent_node/goal_session.py`) choose goals and compute their own goal rewards. The
+the agents (`agent_node/goals/session.py`) choose goals and compute their own goal rewards. The
 two packages never import each other, so the goal indices and the reward, the one definition
 both rely on, live here.
 

@@ -4,7 +4,7 @@ ALGORITHMS.md section 2, "Supervisor: one external draw given to both agents (up
 alignment 1)". Two placements, one member engine:
 
 - **external** (`agents.goals.supervisor.external: true`, the default): the supervisor is a node
-  of its own (`supervisor`, agent_node/supervisor_node.py), started by the orchestrator. Each
+  of its own (`supervisor`, agent_node/goals/supervisor.py), started by the orchestrator. Each
   member of an episode's team asks it (`GoalRequest`: the episode and the whole team); the
   supervisor draws the team's goal at the first request and answers every member with the same
   `GoalAssignment` (`SupervisorService`, below). It pursues no goal itself;
@@ -176,7 +176,7 @@ class SupervisionEngine:
 class SupervisorService:
     """The external supervisor node's engine: answers `GoalRequest`s, one draw per (episode, team).
 
-    `draw(episode, team)` picks the team's goal (agent_node/goals.py `SupervisorAssignment`); it is
+    `draw(episode, team)` picks the team's goal (agent_node/goals/modules.py `SupervisorAssignment`); it is
     called once per team and episode, at the first member's request, and every member gets the same
     goal. The draws of the last `keep_episodes` episodes are kept to answer the other members; a
     request for an episode older than that gets a fresh draw (counted: it means a member was very

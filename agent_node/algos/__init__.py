@@ -148,8 +148,8 @@ def _build_bc(config: BCConfig, spec: LearnerSpec) -> BCAgent:
 
 
 def _build_goal_dqn(config: GoalDQNConfig, spec: LearnerSpec) -> GoalDQNAgent:
-    # Conditioned on the goals its goal session draws: the session (agent_node/goal_session.py,
-    # amigo_session.py) gives the goal space and wraps the agent in the learner the node drives.
+    # Conditioned on the goals its goal session draws: the session (agent_node/goals/session.py,
+    # agent_node/amigo/session.py) gives the goal space and wraps the agent in the learner the node drives.
     if spec.goals is None:
         raise ValueError(
             "learner kind 'goal_dqn' needs the goal space that its goal session gives (agents.goals); got none"

@@ -425,8 +425,8 @@ class BCConfig(BaseModel):
 class GoalDQNConfig(BaseModel):
     """Goal-conditioned DQN with hindsight relabelling (agent_node/algos/goal_dqn.py; issue 10).
 
-    In `LearnerConfig`: an agent node runs it with its goal session (agent_node/goal_session.py),
-    which the run's `agents.goals` section configures (agent_node/goal_config.py); a run with
+    In `LearnerConfig`: an agent node runs it with its goal session (agent_node/goals/session.py),
+    which the run's `agents.goals` section configures (agent_node/goals/config.py); a run with
     this learner and no goals section, or the reverse, is refused.
     """
 

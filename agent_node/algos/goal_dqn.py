@@ -12,7 +12,7 @@ References, to check this file against:
   targets, Huber loss (as `agent_node/algos/dqn.py`).
 
 How it is used (the goal-lines benchmark, and the agent node through
-`agent_node/goal_session.py`, which conditions it on each episode's goal):
+`agent_node/goals/session.py`, which conditions it on each episode's goal):
 - `act(obs, goals)`: epsilon-greedy actions for K observations, each with its goal.
 - `observe_episode(...)`: at the end of an episode, the agent's transitions (up to the step it
   terminated), the goal it pursued and the achieved-goal events `(step, goal)` (its own and its

@@ -16,7 +16,7 @@ for AMIGo (ALGORITHMS.md section 3; Campero et al., arXiv 2006.12122, trains on 
 and ObstructedMaze-1Dl among others). MiniGrid has one agent per grid, so **each agent gets its own
 copy of the task** (its own layout, drawn from its own seed): the agents do not meet; they are
 independent students learning the same kind of task side by side, as on treasure_room. AMIGo's
-protocol needs nothing more, since each agent's teacher is its own (agent_node/amigo_session.py).
+protocol needs nothing more, since each agent's teacher is its own (agent_node/amigo/session.py).
 
 ## Observation
 

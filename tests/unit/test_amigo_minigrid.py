@@ -9,10 +9,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from agent_node.amigo_session import AmigoStudent, build_amigo_session
-from agent_node.amigo_teacher import NetworkTeacher
-from agent_node.goal_config import AmigoSettings, GoalsConfig, goal_run_problems
-from agent_node.goals import advance_difficulty
+from agent_node.amigo.session import AmigoStudent, build_amigo_session
+from agent_node.amigo.teacher import NetworkTeacher
+from agent_node.goals.config import AmigoSettings, GoalsConfig, goal_run_problems
+from agent_node.goals.modules import advance_difficulty
 from protocols.cell_space import GRID_HEADER, cell_of_observation, grid_observation_size, grid_of_observation
 
 SIZE = 5

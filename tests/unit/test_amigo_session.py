@@ -1,4 +1,4 @@
-"""AMIGo in a node (agent_node/amigo_session.py): cell goals proposed, reached and re-proposed
+"""AMIGo in a node (agent_node/amigo/session.py): cell goals proposed, reached and re-proposed
 within an episode, the student's and the teacher's rewards, the env's `cell` infos, checkpoints,
 and what the run schema refuses; scripted messages, no sockets."""
 
@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
-from agent_node.amigo_session import AmigoSession, AmigoStudent, build_amigo_session
-from agent_node.goal_config import AmigoSettings, GoalsConfig, goal_run_problems
-from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells
+from agent_node.amigo.session import AmigoSession, AmigoStudent, build_amigo_session
+from agent_node.goals.config import AmigoSettings, GoalsConfig, goal_run_problems
+from agent_node.goals.modules import AmigoTeacher, BeBoldNovelty, UniformCells
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
 from protocols import messages as m

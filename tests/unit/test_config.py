@@ -425,7 +425,7 @@ def test_an_external_goal_supervisor_is_a_node_of_the_run_with_its_own_seed(tmp_
     nodes = derive_nodes(config)
     assert nodes["supervisor"].role == "supervisor" and nodes["supervisor"].index == 3
     assert len({entry.seed for entry in nodes.values()}) == 4, "every node its own base seed"
-    assert ROLE_MODULES["supervisor"] == "agent_node.supervisor_node"
+    assert ROLE_MODULES["supervisor"] == "agent_node.goals.supervisor"
     in_team = load_config(ROOT / "configs" / "goals_supervisor.yaml", ["agents.goals.supervisor.external=false"])
     assert in_team.node_ids() == ["env", "agent_0", "agent_1"]
     with pytest.raises(ConfigError, match="expected a process fault .* for the supervisor node"):

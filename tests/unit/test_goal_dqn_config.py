@@ -1,5 +1,5 @@
 """GoalDQNConfig lives with the other learner configs (no torch); a run config picks it together
-with an agents.goals section (the node runs it with agent_node/goal_session.py)."""
+with an agents.goals section (the node runs it with agent_node/goals/session.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The goal session (agent_node/goal_session.py): goals decided and negotiated per episode, goal
+"""The goal session (agent_node/goals/session.py): goals decided and negotiated per episode, goal
 rewards from the env's achieved goals, hindsight after the episode; lists of messages, no sockets."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pydantic import ValidationError
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.config import AgentsConfig
-from agent_node.goal_config import GoalsConfig, goal_run_problems
-from agent_node.goal_session import STAY, GoalSession, build_goal_session
-from agent_node.goals import LearningProgressGoals, NegotiatedGoals, SupervisorAssignment, UniformGoals
+from agent_node.goals.config import GoalsConfig, goal_run_problems
+from agent_node.goals.session import STAY, GoalSession, build_goal_session
+from agent_node.goals.modules import LearningProgressGoals, NegotiatedGoals, SupervisorAssignment, UniformGoals
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -420,7 +420,7 @@ def test_goals_section_refuses_what_is_not_implemented():
     assert GoalsConfig(selection="supervisor").supervisor.timeout_s == 0.5
     with pytest.raises(ValidationError, match="supervisor: set only with selection 'supervisor'"):
         GoalsConfig(selection="uniform", supervisor={})
-    assert GoalsConfig(selection="amigo").amigo.t_star == 7, "AMIGo runs in a node (agent_node/amigo_session.py)"
+    assert GoalsConfig(selection="amigo").amigo.t_star == 7, "AMIGo runs in a node (agent_node/amigo/session.py)"
     with pytest.raises(ValidationError, match="goal_set.*selection 'amigo'"):
         GoalsConfig(selection="amigo", goal_set="individual")
     with pytest.raises(ValidationError, match="amigo: set only with selection 'amigo'"):

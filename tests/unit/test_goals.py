@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent_node.goals import (
+from agent_node.goals.modules import (
     AmigoTeacher,
     BeBoldNovelty,
     GoalModule,

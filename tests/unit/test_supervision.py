@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent_node.goals import SupervisorAssignment
-from agent_node.supervisor_node import restore_checkpoint, save_checkpoint
+from agent_node.goals.modules import SupervisorAssignment
+from agent_node.goals.supervisor import restore_checkpoint, save_checkpoint
 from protocols.durable_state import DamagedStateError
 from protocols import wire
 from protocols.goal_space import goal_set
@@ -146,7 +146,7 @@ def test_the_request_round_trips_on_the_wire():
 
 
 def supervisor_pair(seed=7):
-    """The supervisor node's two parts, as agent_node/supervisor_node.py builds them."""
+    """The supervisor node's two parts, as agent_node/goals/supervisor.py builds them."""
     draws = SupervisorAssignment(goal_set("all", 3), seed=seed)
     return draws, SupervisorService(lambda episode, team: draws.assign(episode, team)[team[0]])
 
@@ -201,7 +201,7 @@ def _draw(service, episodes) -> None:
 
 
 def test_the_supervisor_keeps_k_generations_and_falls_back_past_a_damaged_one_counting_the_draws_lost(tmp_path):
-    from agent_node.supervisor_node import SupervisorPersistence
+    from agent_node.goals.supervisor import SupervisorPersistence
 
     draws, service = supervisor_pair()
     saving = SupervisorPersistence(tmp_path, keep_generations=2)
@@ -230,7 +230,7 @@ def test_the_supervisor_keeps_k_generations_and_falls_back_past_a_damaged_one_co
 
 
 def test_the_supervisor_with_no_good_generation_stops_or_with_start_fresh_starts_from_scratch_saying_so(tmp_path):
-    from agent_node.supervisor_node import SupervisorPersistence
+    from agent_node.goals.supervisor import SupervisorPersistence
 
     draws, service = supervisor_pair()
     saving = SupervisorPersistence(tmp_path)

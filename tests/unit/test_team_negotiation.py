@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent_node.goal_config import GoalsConfig, goal_run_problems
-from agent_node.goal_session import GoalSession
-from agent_node.goals import NegotiatedGoals, UniformGoals
+from agent_node.goals.config import GoalsConfig, goal_run_problems
+from agent_node.goals.session import GoalSession
+from agent_node.goals.modules import NegotiatedGoals, UniformGoals
 from protocols import wire
 from protocols.links import LinkConfig
 from protocols.negotiation import GoalCommit, NegotiationRequest

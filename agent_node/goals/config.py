@@ -2,7 +2,7 @@
 
 Issue 10, ALGORITHMS.md section 2. A run whose agents use the goal-conditioned learner
 (`learner.kind: goal_dqn`) must have this section, and a run with this section must use that
-learner: the section configures `agent_node/goal_session.py`, which the node runs beside it.
+learner: the section configures `agent_node/goals/session.py`, which the node runs beside it.
 
     agents:
       learner: {kind: goal_dqn, her_strategy: future}
@@ -14,7 +14,7 @@ learner: the section configures `agent_node/goal_session.py`, which the node run
         hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
 
 AMIGo (ALGORITHMS.md section 3) is the other kind of goal: each agent's own teacher proposes grid
-cells, on the treasure_room grid or a MiniGrid task (minigrid_v0) (`agent_node/amigo_session.py`):
+cells, on the treasure_room grid or a MiniGrid task (minigrid_v0) (`agent_node/amigo/session.py`):
 
     agents:
       learner: {kind: goal_dqn, her_strategy: none}
@@ -102,7 +102,7 @@ class NegotiationSettings(BaseModel):
 
 class SupervisorSettings(BaseModel):
     """The supervisor (protocols/supervision.py), which draws one goal uniformly per episode for
-    the whole team. `external: true`: a node of its own (`supervisor`, agent_node/supervisor_node.py)
+    the whole team. `external: true`: a node of its own (`supervisor`, agent_node/goals/supervisor.py)
     that every team member asks; false: the team's smallest node id draws and tells the others
     (no extra process; the topology must be full). A member waits `timeout_s` for the goal, then
     pursues a draw of its own."""
@@ -130,8 +130,8 @@ def _changed_from_default(model: BaseModel, names) -> list[str]:
 
 
 class AmigoSettings(BaseModel):
-    """AMIGo's teacher and student (agent_node/amigo_session.py, agent_node/goals.py,
-    agent_node/amigo_teacher.py); defaults are the paper's (ALGORITHMS.md section 3) except the
+    """AMIGo's teacher and student (agent_node/amigo/session.py, agent_node/goals/modules.py,
+    agent_node/amigo/teacher.py); defaults are the paper's (ALGORITHMS.md section 3) except the
     tabular teacher's batch and learning rate, and the network teacher's layers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

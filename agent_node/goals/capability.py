@@ -1,6 +1,6 @@
 """Goals (agents.goals) as a capability of the node (agent_node/capability.py).
 
-The goal session (goal_session.py, or amigo_session.py for AMIGo) owns the goal-conditioned
+The goal session (session.py, or agent_node/amigo/session.py for AMIGo) owns the goal-conditioned
 learner and each episode's goal: negotiated with the neighbours (or assigned by the external
 goal supervisor) before the start the env server holds, told to the env server with
 `goal.ready`, and shared in hindsight after the episode. This module only connects it to the
@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from agent_node.capability import ENV, PEERS, Capability, NodeServices
-from agent_node.amigo_session import build_amigo_session
-from agent_node.goal_session import build_goal_session
+from agent_node.amigo.session import build_amigo_session
+from agent_node.goals.session import build_goal_session
 from protocols import messages as m
 from protocols.hindsight import HindsightReport
 from protocols.negotiation import GoalCommit, NegotiationProposal

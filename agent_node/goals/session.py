@@ -2,7 +2,7 @@
 
 ALGORITHMS.md section 2 (Dec-IMSAP), issue 10. The node runs it beside the goal-conditioned
 learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` section
-(`agent_node/goal_config.py`). Per episode it
+(`agent_node/goals/config.py`). Per episode it
 
 1. picks the goal: the goal module's draw (uniform, learning progress, p-aligned), or a goal
    negotiated with the partners of the episode over the peer mesh (`protocols/negotiation.py`'s
@@ -53,8 +53,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from agent_node.goal_config import GoalsConfig
-from agent_node.goals import (
+from agent_node.goals.config import GoalsConfig
+from agent_node.goals.modules import (
     GoalModule,
     LearningProgressGoals,
     NegotiatedGoals,
@@ -592,7 +592,7 @@ def build_goal_session(
     topology: Topology,
 ) -> tuple[GoalSession, GoalConditionedLearner]:
     """The session and the learner of one goal agent (imports torch: the learner's). AMIGo's
-    cell goals have a session of their own (amigo_session.build_amigo_session)."""
+    cell goals have a session of their own (agent_node/amigo/session.py: build_amigo_session)."""
     total = num_goals(goals.num_landmarks)
     allowed = goal_set(goals.goal_set, goals.num_landmarks)
 

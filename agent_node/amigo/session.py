@@ -2,12 +2,12 @@
 
 ALGORITHMS.md section 3 (AMIGo; Campero et al., arXiv 2006.12122), issue 10. The node runs it
 beside the goal-conditioned learner (`agent_node/algos/goal_dqn.py`) when the run's
-`agents.goals.selection` is `amigo` (`agent_node/goal_config.py`); the env is a cell grid that
+`agents.goals.selection` is `amigo` (`agent_node/goals/config.py`); the env is a cell grid that
 reports, every step, the cell each agent stands on (`infos[agent]["cell"]`: treasure_room_v0, or a
-MiniGrid task through minigrid_v0). The teacher is a table (`goals.AmigoTeacher`, open rooms) or,
-as in the paper, a network over the observed grid (`agent_node/amigo_teacher.py`, minigrid_v0).
+MiniGrid task through minigrid_v0). The teacher is a table (`agent_node/goals/modules.py` `AmigoTeacher`, open rooms) or,
+as in the paper, a network over the observed grid (`agent_node/amigo/teacher.py`, minigrid_v0).
 
-How it differs from the goal-lines session (`agent_node/goal_session.py`): a goal is a cell, and it
+How it differs from the goal-lines session (`agent_node/goals/session.py`): a goal is a cell, and it
 changes *within* an episode. The teacher proposes a cell at the episode's start and proposes again
 whenever the student reaches it; a goal episode ends when the student reaches the goal or the env
 episode ends. Nothing goes over the wire: every agent has its own teacher.
@@ -46,10 +46,10 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import torch
 
-from agent_node.amigo_teacher import NetworkTeacher
-from agent_node.goal_config import AmigoSettings, GoalsConfig
-from agent_node.goal_session import GoalConditionedLearner, build_goal_agent
-from agent_node.goals import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
+from agent_node.amigo.teacher import NetworkTeacher
+from agent_node.goals.config import AmigoSettings, GoalsConfig
+from agent_node.goals.session import GoalConditionedLearner, build_goal_agent
+from agent_node.goals.modules import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
 from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -305,7 +305,7 @@ class AmigoSession:
 
 class AmigoLearner(GoalConditionedLearner):
     """The `NodeLearner` (agent_node/roles.py) of an AMIGo student: acting and observing go
-    through the session as for any goal agent (goal_session.GoalConditionedLearner), conditioned
+    through the session as for any goal agent (agent_node/goals/session.py's GoalConditionedLearner), conditioned
     on the current cell goal; checkpoints hold the student's network, the teacher and the
     novelty counts."""
 

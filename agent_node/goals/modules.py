@@ -15,13 +15,13 @@ Modules:
 - `SupervisorAssignment` (the supervisor's logic: one goal per team per episode) and
   `SupervisedGoals` (the agent's side: pursue what the supervisor assigned). In a run the
   supervisor is the team member with the smallest node id, which sends its draw over the wire
-  (`protocols/supervision.py`, driven by `agent_node/goal_session.py`).
+  (`protocols/supervision.py`, driven by `agent_node/goals/session.py`).
 - `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
   agent's own goal (kept when it leads or hears nothing).
 - `AmigoTeacher`: AMIGo's teacher over cells, tabular (the `t*` curriculum, teacher and student
-  rewards; the paper's network teacher, which needs torch, is `agent_node/amigo_teacher.py`);
+  rewards; the paper's network teacher, which needs torch, is `agent_node/amigo/teacher.py`);
   `UniformCells`, its no-curriculum baseline. A node runs them through
-  `agent_node/amigo_session.py` (goals that change within an episode, on treasure_room's cells).
+  `agent_node/amigo/session.py` (goals that change within an episode, on treasure_room's cells).
 - `BeBoldNovelty`: BeBold's count-based intrinsic reward (an alternative to a teacher).
 
 Every module takes its seed from the caller, who derives it with

@@ -1,7 +1,7 @@
 """AMIGo's teacher as the paper has it: a network over the grid that proposes a cell.
 
 ALGORITHMS.md section 3 (Campero et al., arXiv 2006.12122). The tabular teacher
-(`agent_node/goals.py` `AmigoTeacher`) fits an open room whose only content is the student; on
+(`agent_node/goals/modules.py` `AmigoTeacher`) fits an open room whose only content is the student; on
 MiniGrid tasks (env_server/envs/minigrid_task.py) every episode has a new layout of walls, doors,
 keys and balls, which a table indexed by the student's cell cannot see. This teacher reads the
 fully observed grid (`protocols/cell_space.py` `grid_of_observation`) and outputs one logit per
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent_node.goals import advance_difficulty, amigo_teacher_reward
+from agent_node.goals.modules import advance_difficulty, amigo_teacher_reward
 from protocols.cell_space import GRID_CODE_SCALE, grid_of_observation
 
 

@@ -1,4 +1,4 @@
-"""`python -m agent_node.supervisor_node`: the external goal supervisor of a goal run (issue 10).
+"""`python -m agent_node.goals.supervisor`: the external goal supervisor of a goal run (issue 10).
 
 ALGORITHMS.md section 2's upper bound: one draw from outside the team, given to every member.
 The orchestrator starts this node (node id `supervisor`) in a run with
@@ -180,7 +180,7 @@ class OrchestratedSupervisor:
 
 def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: str) -> int:
     from agent_node.config import load_agent_side_config
-    from agent_node.goals import SupervisorAssignment
+    from agent_node.goals.modules import SupervisorAssignment
     from agent_node.service_loop import run_service
     from protocols.goal_space import goal_set
     from protocols.metrics import MetricsWriter
@@ -200,7 +200,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent_node.supervisor_node", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agent_node.goals.supervisor", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="resolved.yaml of the run")
     parser.add_argument("--control", required=True, help="the orchestrator's control endpoint")
     parser.add_argument("--node-id", default="supervisor")
