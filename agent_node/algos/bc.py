@@ -27,6 +27,8 @@ from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
     check_algorithm,
+    check_config,
+    check_space,
     checked_obs,
     load_optimizer,
     steps_to_take,
@@ -40,12 +42,9 @@ class BCAgent:
     """Actor, offline Learner and ParamSource for behaviour cloning."""
 
     def __init__(self, config: BCConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
-        if not isinstance(config, BCConfig):
-            raise TypeError(f"config must be a BCConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"behaviour cloning needs a Box observation space, got {observation_space!r}")
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise TypeError(f"this behaviour cloning is for Discrete action spaces, got {action_space!r}")
+        check_config(config, BCConfig)
+        check_space(observation_space, gym.spaces.Box, "behaviour cloning needs a Box observation space")
+        check_space(action_space, gym.spaces.Discrete, "this behaviour cloning is for Discrete action spaces")
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space

@@ -44,6 +44,8 @@ from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
     check_algorithm,
+    check_config,
+    check_space,
     checked_obs,
     load_optimizer,
     run_gradient_steps,
@@ -58,12 +60,9 @@ class CQLAgent:
     """Actor, offline Learner and ParamSource for discrete CQL (see the module docstring)."""
 
     def __init__(self, config: CQLConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
-        if not isinstance(config, CQLConfig):
-            raise TypeError(f"config must be a CQLConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"CQL needs a Box observation space, got {observation_space!r}")
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise TypeError(f"this CQL is for Discrete action spaces, got {action_space!r}")
+        check_config(config, CQLConfig)
+        check_space(observation_space, gym.spaces.Box, "CQL needs a Box observation space")
+        check_space(action_space, gym.spaces.Discrete, "this CQL is for Discrete action spaces")
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space

@@ -37,7 +37,9 @@ from agent_node.algos.config import DQNConfig
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
     check_algorithm,
+    check_config,
     check_seed,
+    check_space,
     checked_obs,
     load_optimizer,
     run_gradient_steps,
@@ -95,12 +97,9 @@ class DQNAgent:
         action_space: gym.spaces.Space,
         seed: int,
     ) -> None:
-        if not isinstance(config, DQNConfig):
-            raise TypeError(f"config must be a DQNConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"DQN needs a Box observation space, got {observation_space!r}")
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise TypeError(f"DQN needs a Discrete action space, got {action_space!r}")
+        check_config(config, DQNConfig)
+        check_space(observation_space, gym.spaces.Box, "DQN needs a Box observation space")
+        check_space(action_space, gym.spaces.Discrete, "DQN needs a Discrete action space")
         check_seed(seed)
         self.config = config
         self.observation_space = observation_space

@@ -34,30 +34,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import GoalDQNConfig
+# DQN's network, its input the observation and the goal's features side by side.
+from agent_node.algos.dqn import QNetwork
+from agent_node.algos.learner_parts import check_config
 from agent_node.persistence import atomic_write, read_sealed
 from protocols.hindsight import achieved_after_each_step, relabel_episode
 
 
 RewardFn = Callable[[int, np.ndarray], float]
-
-
-class QNetwork(nn.Module):
-    def __init__(self, input_dim: int, num_actions: int, hidden_sizes: tuple[int, ...]) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width_in = input_dim
-        for width in hidden_sizes:
-            layers += [nn.Linear(width_in, width), nn.ReLU()]
-            width_in = width
-        layers.append(nn.Linear(width_in, num_actions))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, obs_and_goal: torch.Tensor) -> torch.Tensor:
-        return self.layers(obs_and_goal)
 
 
 class GoalReplay:
@@ -123,8 +110,7 @@ class GoalDQNAgent:
         self, config: GoalDQNConfig, obs_dim: int, num_actions: int, num_goals: int, reward_fn: RewardFn, seed: int,
         goal_features: np.ndarray | None = None,
     ) -> None:
-        if not isinstance(config, GoalDQNConfig):
-            raise TypeError(f"config must be a GoalDQNConfig, got {type(config).__name__}")
+        check_config(config, GoalDQNConfig)
         self.config = config
         self.obs_dim, self.num_actions, self.num_goals = obs_dim, num_actions, num_goals
         self.reward_fn = reward_fn

@@ -13,6 +13,8 @@ and not another copy of the bookkeeping around it.
   steps (DQN's and the centralized mixer learner's `learning_rate_end`).
 - `checked_obs`: a batch of observations has the shape (K, *obs_shape).
 - `check_seed`: a learner's seed is a non-negative int (a bool is not one).
+- `check_config` / `check_space`: a constructor refuses another learner's config, or a space of
+  a kind the algorithm cannot handle, with a TypeError naming what it needs.
 
 No torch import: these only call methods of the objects they are given.
 """
@@ -105,3 +107,17 @@ def check_seed(seed: object) -> None:
     """Refuse a seed that is not a non-negative int (numpy ints count; bools do not)."""
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+
+
+def check_config(config: object, config_type: type) -> None:
+    """Refuse a config of another learner: "config must be a DQNConfig, got SACConfig"."""
+    if not isinstance(config, config_type):
+        article = "an" if config_type.__name__[:1].upper() in "AEIOU" else "a"
+        raise TypeError(f"config must be {article} {config_type.__name__}, got {type(config).__name__}")
+
+
+def check_space(space: object, space_type: type, needs: str) -> None:
+    """Refuse a space that is not a `space_type`; `needs` says what the learner needs, e.g.
+    "DQN needs a Box observation space" (the message goes on ", got <the space>")."""
+    if not isinstance(space, space_type):
+        raise TypeError(f"{needs}, got {space!r}")

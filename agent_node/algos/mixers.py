@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import MixerConfig
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.learner_parts import scheduled_learning_rate, set_learning_rate
+from agent_node.algos.learner_parts import check_config, check_space, scheduled_learning_rate, set_learning_rate
 from agent_node.algos.params import module_params
 
 # ---------------------------------------------------------------------------------- mixers
@@ -162,14 +162,10 @@ class CentralizedMixerLearner:
         num_agents: int,
         seed: int,
     ) -> None:
-        if not isinstance(config, MixerConfig):
-            raise TypeError(f"config must be a MixerConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"the agents' Q-networks need a Box observation space, got {observation_space!r}")
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise TypeError(f"value decomposition needs a Discrete action space, got {action_space!r}")
-        if not isinstance(state_space, gym.spaces.Box):
-            raise TypeError(f"the mixer needs a Box global state space, got {state_space!r}")
+        check_config(config, MixerConfig)
+        check_space(observation_space, gym.spaces.Box, "the agents' Q-networks need a Box observation space")
+        check_space(action_space, gym.spaces.Discrete, "value decomposition needs a Discrete action space")
+        check_space(state_space, gym.spaces.Box, "the mixer needs a Box global state space")
         if not isinstance(num_agents, int) or num_agents < 1:
             raise ValueError(f"num_agents must be a positive int, got {num_agents!r}")
         self.config = config

@@ -115,7 +115,7 @@ import numpy as np
 import torch
 
 from agent_node.algos.config import OGMARLConfig
-from agent_node.algos.learner_parts import check_algorithm, check_seed
+from agent_node.algos.learner_parts import check_algorithm, check_config, check_seed
 from agent_node.algos.sac import SACAgent
 from agent_node.replay import ReplayBuffer
 from agent_node.reward_models import reward_model_from_spec
@@ -139,8 +139,7 @@ class OGMARLAgent:
         world_model_config: SparseGPConfig | EnsembleConfig,
         task_spec: Mapping[str, Any],
     ) -> None:
-        if not isinstance(config, OGMARLConfig):
-            raise TypeError(f"config must be an OGMARLConfig, got {type(config).__name__}")
+        check_config(config, OGMARLConfig)
         if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
             raise TypeError(f"OG-MARL needs a 1-D Box observation space (the agent's state), got {observation_space!r}")
         if not (np.all(np.isfinite(observation_space.low)) and np.all(np.isfinite(observation_space.high))):

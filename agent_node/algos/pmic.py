@@ -95,7 +95,9 @@ import torch.nn.functional as F
 from agent_node.algos.config import PMICConfig
 from agent_node.algos.learner_parts import (
     check_algorithm,
+    check_config,
     check_seed,
+    check_space,
     load_optimizer,
     run_gradient_steps,
     steps_to_take,
@@ -264,12 +266,9 @@ class PMICAgent:
         num_agents: int,
         agent_index: int,
     ) -> None:
-        if not isinstance(config, PMICConfig):
-            raise TypeError(f"config must be a PMICConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"PMIC needs a Box observation space, got {observation_space!r}")
-        if not isinstance(state_space, gym.spaces.Box):
-            raise TypeError(f"PMIC needs a Box global state space (the env server's state), got {state_space!r}")
+        check_config(config, PMICConfig)
+        check_space(observation_space, gym.spaces.Box, "PMIC needs a Box observation space")
+        check_space(state_space, gym.spaces.Box, "PMIC needs a Box global state space (the env server's state)")
         if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
             raise TypeError(
                 f"PMIC (a deterministic-actor learner) needs a 1-D Box action space, got {action_space!r}; "

@@ -57,7 +57,9 @@ from agent_node.algos.config import SACConfig
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
     check_algorithm,
+    check_config,
     check_seed,
+    check_space,
     checked_obs,
     load_optimizer,
     run_gradient_steps,
@@ -226,10 +228,8 @@ class SACAgent:
         action_space: gym.spaces.Space,
         seed: int,
     ) -> None:
-        if not isinstance(config, SACConfig):
-            raise TypeError(f"config must be a SACConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"SAC needs a Box observation space, got {observation_space!r}")
+        check_config(config, SACConfig)
+        check_space(observation_space, gym.spaces.Box, "SAC needs a Box observation space")
         if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
             raise TypeError(f"SAC needs a 1-D Box action space, got {action_space!r}")
         if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):

@@ -36,7 +36,7 @@ import torch
 
 from agent_node.algos.config import SharedDQNConfig
 from agent_node.algos.dqn import DQNAgent
-from agent_node.algos.learner_parts import check_algorithm, checked_obs
+from agent_node.algos.learner_parts import check_algorithm, check_config, check_space, checked_obs
 from agent_node.roles import Transition
 
 
@@ -78,10 +78,8 @@ class SharedDQNAgent:
         *,
         agent_index: int,
     ) -> None:
-        if not isinstance(config, SharedDQNConfig):
-            raise TypeError(f"config must be a SharedDQNConfig, got {type(config).__name__}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise TypeError(f"shared DQN needs a Box observation space, got {observation_space!r}")
+        check_config(config, SharedDQNConfig)
+        check_space(observation_space, gym.spaces.Box, "shared DQN needs a Box observation space")
         self.config = config
         self.encoding = AgentIndexEncoding(observation_space.shape, config.max_obs_dim, config.max_agents, agent_index)
         encoded_space = gym.spaces.Box(-np.inf, np.inf, (self.encoding.width,), np.float32)
