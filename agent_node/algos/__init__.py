@@ -28,6 +28,7 @@ This package's `__init__` deliberately imports nothing that pulls in torch, so t
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any, Mapping
 
 from agent_node.algos.config import (
@@ -47,13 +48,9 @@ from agent_node.plugins import LEARNER_METHODS, LearnerSpec, Registry, builtin
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from agent_node.algos.bc import BCAgent
-    from agent_node.algos.cql import CQLAgent
-    from agent_node.algos.dqn import DQNAgent
     from agent_node.algos.goal_dqn import GoalDQNAgent
     from agent_node.algos.og_marl import OGMARLAgent
     from agent_node.algos.pmic import PMICAgent
-    from agent_node.algos.sac import SACAgent
     from agent_node.algos.shared_dqn import SharedDQNAgent
     from agent_node.roles import NodeLearner
 
@@ -73,16 +70,21 @@ __all__ = [
 ]
 
 
-def _build_dqn(config: DQNConfig, spec: LearnerSpec) -> DQNAgent:
-    from agent_node.algos.dqn import DQNAgent
+# The learners built from their spaces and seed alone: kind -> module and class, imported when
+# one is built (so that importing this package pulls in no torch).
+_SPACES_AND_SEED = {
+    "dqn": ("agent_node.algos.dqn", "DQNAgent"),
+    "sac": ("agent_node.algos.sac", "SACAgent"),
+    "cql": ("agent_node.algos.cql", "CQLAgent"),
+    "bc": ("agent_node.algos.bc", "BCAgent"),
+}
 
-    return DQNAgent(config, spec.observation_space, spec.action_space, spec.seed)
 
-
-def _build_sac(config: SACConfig, spec: LearnerSpec) -> SACAgent:
-    from agent_node.algos.sac import SACAgent
-
-    return SACAgent(config, spec.observation_space, spec.action_space, spec.seed)
+def _build_from_spaces(config: DQNConfig | SACConfig | CQLConfig | BCConfig, spec: LearnerSpec) -> Any:
+    """DQN, SAC, CQL or BC (by `config.kind`): `Agent(config, observation space, action space, seed)`."""
+    module, name = _SPACES_AND_SEED[config.kind]
+    agent_class = getattr(importlib.import_module(module), name)
+    return agent_class(config, spec.observation_space, spec.action_space, spec.seed)
 
 
 def _build_og_marl(config: OGMARLConfig, spec: LearnerSpec) -> OGMARLAgent:
@@ -135,18 +137,6 @@ def _build_shared_dqn(config: SharedDQNConfig, spec: LearnerSpec) -> SharedDQNAg
     return SharedDQNAgent(config, spec.observation_space, spec.action_space, spec.seed, agent_index=spec.agent_index)
 
 
-def _build_cql(config: CQLConfig, spec: LearnerSpec) -> CQLAgent:
-    from agent_node.algos.cql import CQLAgent
-
-    return CQLAgent(config, spec.observation_space, spec.action_space, spec.seed)
-
-
-def _build_bc(config: BCConfig, spec: LearnerSpec) -> BCAgent:
-    from agent_node.algos.bc import BCAgent
-
-    return BCAgent(config, spec.observation_space, spec.action_space, spec.seed)
-
-
 def _build_goal_dqn(config: GoalDQNConfig, spec: LearnerSpec) -> GoalDQNAgent:
     # Conditioned on the goals its goal session draws: the session (agent_node/goals/session.py,
     # agent_node/amigo/session.py) gives the goal space and wraps the agent in the learner the node drives.
@@ -167,13 +157,13 @@ def _build_goal_dqn(config: GoalDQNConfig, spec: LearnerSpec) -> GoalDQNAgent:
 GOAL_LEARNER_METHODS = ("act", "observe_episode", "gradient_steps_due", "update", "counters", "state_dict", "load_state_dict")
 
 _BUILDERS = {
-    "dqn": (DQNConfig, "_build_dqn"),
-    "sac": (SACConfig, "_build_sac"),
+    "dqn": (DQNConfig, "_build_from_spaces"),
+    "sac": (SACConfig, "_build_from_spaces"),
     "og_marl": (OGMARLConfig, "_build_og_marl"),
     "pmic": (PMICConfig, "_build_pmic"),
     "shared_dqn": (SharedDQNConfig, "_build_shared_dqn"),
-    "cql": (CQLConfig, "_build_cql"),
-    "bc": (BCConfig, "_build_bc"),
+    "cql": (CQLConfig, "_build_from_spaces"),
+    "bc": (BCConfig, "_build_from_spaces"),
     "goal_dqn": (GoalDQNConfig, "_build_goal_dqn"),
 }
 

@@ -26,16 +26,20 @@ from agent_node.algos.config import BCConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
-    check_algorithm,
+    StateLayout,
     check_config,
     check_space,
     checked_obs,
-    load_optimizer,
     steps_to_take,
     update_counters,
 )
 from agent_node.offline.datasets import transitions_for_learning
 from agent_node.roles import Transition
+
+
+# What a BC checkpoint holds (agent_node/algos/learner_parts.py).
+_STATE = StateLayout("bc", "BC", modules=("policy",), optimizers=("optimizer",), counters=("gradient_steps",),
+                     generators=("sample_rng",))
 
 
 class BCAgent:
@@ -105,20 +109,10 @@ class BCAgent:
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "algorithm": "bc",
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "gradient_steps": self.gradient_steps,
-            "sample_rng_state": self.sample_rng.bit_generator.state,
-        }
+        return _STATE.save(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_algorithm(state, "bc", "BC")
-        self.policy.load_state_dict(state["policy"])
-        load_optimizer(self.optimizer, state["optimizer"], self.config.learning_rate)
-        self.gradient_steps = int(state["gradient_steps"])
-        self.sample_rng.bit_generator.state = state["sample_rng_state"]
+        _STATE.load(self, state, {"optimizer": self.config.learning_rate})
 
     def get_params(self) -> dict[str, np.ndarray]:
         return module_params(self.policy, "policy")

@@ -43,17 +43,21 @@ from agent_node.algos.config import CQLConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
-    check_algorithm,
+    StateLayout,
     check_config,
     check_space,
     checked_obs,
-    load_optimizer,
     run_gradient_steps,
     steps_to_take,
     update_counters,
 )
 from agent_node.offline.datasets import transitions_for_learning
 from agent_node.roles import Transition
+
+
+# What a CQL checkpoint holds (agent_node/algos/learner_parts.py).
+_STATE = StateLayout("cql", "CQL", modules=("q_network", "target_network"), optimizers=("optimizer",),
+                     counters=("gradient_steps",), generators=("sample_rng",))
 
 
 class CQLAgent:
@@ -155,22 +159,10 @@ class CQLAgent:
     # ------------------------------------------------------------------ persistence, ParamSource
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "algorithm": "cql",
-            "q_network": self.q_network.state_dict(),
-            "target_network": self.target_network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "gradient_steps": self.gradient_steps,
-            "sample_rng_state": self.sample_rng.bit_generator.state,
-        }
+        return _STATE.save(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_algorithm(state, "cql", "CQL")
-        self.q_network.load_state_dict(state["q_network"])
-        self.target_network.load_state_dict(state["target_network"])
-        load_optimizer(self.optimizer, state["optimizer"], self.config.learning_rate)
-        self.gradient_steps = int(state["gradient_steps"])
-        self.sample_rng.bit_generator.state = state["sample_rng_state"]
+        _STATE.load(self, state, {"optimizer": self.config.learning_rate})
 
     def get_params(self) -> dict[str, np.ndarray]:
         return module_params(self.q_network, "q_network")

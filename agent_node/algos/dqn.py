@@ -36,12 +36,11 @@ import torch.nn.functional as F
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
-    check_algorithm,
+    StateLayout,
     check_config,
     check_seed,
     check_space,
     checked_obs,
-    load_optimizer,
     run_gradient_steps,
     scheduled_learning_rate,
     set_learning_rate,
@@ -85,6 +84,11 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
 
 
 # ---------------------------------------------------------------------------------- agent
+
+
+# What a DQN checkpoint holds (agent_node/algos/learner_parts.py); the replay buffer is saved apart.
+_STATE = StateLayout("dqn", "DQN", modules=("q_network", "target_network"), optimizers=("optimizer",),
+                     counters=("rows_observed", "gradient_steps"), generators=("explore_rng",))
 
 
 class DQNAgent:
@@ -245,24 +249,10 @@ class DQNAgent:
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizer, counters and the exploration RNG; the replay buffer is saved separately
         (`self.replay.save`). Loadable with `torch.load(..., weights_only=True)`."""
-        return {
-            "algorithm": "dqn",
-            "q_network": self.q_network.state_dict(),
-            "target_network": self.target_network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rows_observed": self.rows_observed,
-            "gradient_steps": self.gradient_steps,
-            "explore_rng_state": self.explore_rng.bit_generator.state,
-        }
+        return _STATE.save(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_algorithm(state, "dqn", "DQN")
-        self.q_network.load_state_dict(state["q_network"])
-        self.target_network.load_state_dict(state["target_network"])
-        load_optimizer(self.optimizer, state["optimizer"], self.config.learning_rate)
-        self.rows_observed = int(state["rows_observed"])
-        self.gradient_steps = int(state["gradient_steps"])
-        self.explore_rng.bit_generator.state = state["explore_rng_state"]
+        _STATE.load(self, state, {"optimizer": self.config.learning_rate})
 
     # ------------------------------------------------------------------ ParamSource
 

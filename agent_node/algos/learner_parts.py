@@ -9,6 +9,8 @@ and not another copy of the bookkeeping around it.
 - `check_algorithm`: a state dict handed to `load_state_dict` is of this learner.
 - `load_optimizer`: restore an optimizer from a checkpoint, with the learning rate the config
   (not the checkpoint) sets, so a resumed run can change its rate.
+- `StateLayout`: what a learner's checkpoint holds (networks, optimizers, counters, random
+  generators, by attribute name), saved and restored in one place.
 - `scheduled_learning_rate` / `set_learning_rate`: a learning rate decayed linearly over gradient
   steps (DQN's and the centralized mixer learner's `learning_rate_end`).
 - `checked_obs`: a batch of observations has the shape (K, *obs_shape).
@@ -21,6 +23,7 @@ No torch import: these only call methods of the objects they are given.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -76,6 +79,55 @@ def load_optimizer(optimizer: Any, state: Mapping[str, Any], learning_rate: floa
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate  # the config, not the checkpoint, sets the rate
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The parts of a learner's checkpoint, each named by the learner's attribute:
+
+    - `modules`: torch modules, saved with `state_dict()` under their own name;
+    - `optimizers`: optimizers, restored with the config's learning rate (`load_optimizer`);
+    - `counters`: ints (rows observed, gradient steps, ...);
+    - `generators`: random generators, saved under `<name>_state`: a numpy `Generator`'s bit
+      generator state, or a torch `Generator`'s `get_state()`.
+
+    The dict starts with `"algorithm": algorithm`, which `load` checks first (`check_algorithm`,
+    `name` in its message). A learner with more to save adds its own keys around these.
+    """
+
+    algorithm: str
+    name: str
+    modules: tuple[str, ...] = ()
+    optimizers: tuple[str, ...] = ()
+    counters: tuple[str, ...] = ()
+    generators: tuple[str, ...] = ()
+
+    def save(self, learner: Any) -> dict[str, Any]:
+        state: dict[str, Any] = {"algorithm": self.algorithm}
+        for name in self.modules + self.optimizers:
+            state[name] = getattr(learner, name).state_dict()
+        for name in self.counters:
+            state[name] = getattr(learner, name)
+        for name in self.generators:
+            generator = getattr(learner, name)
+            state[f"{name}_state"] = generator.bit_generator.state if hasattr(generator, "bit_generator") else generator.get_state()
+        return state
+
+    def load(self, learner: Any, state: Mapping[str, Any], learning_rates: Mapping[str, float]) -> None:
+        """Restore every part; `learning_rates` gives each optimizer's rate (from the config)."""
+        check_algorithm(state, self.algorithm, self.name)
+        for name in self.modules:
+            getattr(learner, name).load_state_dict(state[name])
+        for name in self.optimizers:
+            load_optimizer(getattr(learner, name), state[name], learning_rates[name])
+        for name in self.counters:
+            setattr(learner, name, int(state[name]))
+        for name in self.generators:
+            generator = getattr(learner, name)
+            if hasattr(generator, "bit_generator"):
+                generator.bit_generator.state = state[f"{name}_state"]
+            else:
+                generator.set_state(state[f"{name}_state"])
 
 
 def scheduled_learning_rate(start: float, end: float | None, decay_steps: int | None, gradient_steps: int) -> float:

@@ -56,12 +56,11 @@ from torch.optim.adam import adam as functional_adam
 from agent_node.algos.config import SACConfig
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.algos.learner_parts import (
-    check_algorithm,
+    StateLayout,
     check_config,
     check_seed,
     check_space,
     checked_obs,
-    load_optimizer,
     run_gradient_steps,
     steps_to_take,
     trainable_rows,
@@ -216,6 +215,17 @@ def adam_step(optimizer: torch.optim.Adam, grads: list[torch.Tensor]) -> None:
 
 
 # ---------------------------------------------------------------------------------- agent
+
+
+# What a SAC checkpoint holds besides the temperature `log_alpha` (agent_node/algos/learner_parts.py);
+# the replay buffer is saved apart.
+_STATE = StateLayout(
+    "sac", "SAC",
+    modules=("actor", "q1", "q2", "q1_target", "q2_target"),
+    optimizers=("actor_optimizer", "critic_optimizer", "alpha_optimizer"),
+    counters=("rows_observed", "gradient_steps"),
+    generators=("noise_generator", "explore_rng"),
+)
 
 
 class SACAgent:
@@ -522,40 +532,17 @@ class SACAgent:
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizers, temperature, counters and RNG states; the replay buffer is saved
         separately (`self.replay.save`). Loadable with `torch.load(..., weights_only=True)`."""
-        return {
-            "algorithm": "sac",
-            "actor": self.actor.state_dict(),
-            "q1": self.q1.state_dict(),
-            "q2": self.q2.state_dict(),
-            "q1_target": self.q1_target.state_dict(),
-            "q2_target": self.q2_target.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "rows_observed": self.rows_observed,
-            "gradient_steps": self.gradient_steps,
-            "noise_generator_state": self.noise_generator.get_state(),
-            "explore_rng_state": self.explore_rng.bit_generator.state,
-        }
+        return {**_STATE.save(self), "log_alpha": self.log_alpha.detach().clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_algorithm(state, "sac", "SAC")
-        for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
-            getattr(self, name).load_state_dict(state[name])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
         learning_rates = {
             "actor_optimizer": self.config.actor_lr,
             "critic_optimizer": self.config.critic_lr,
             "alpha_optimizer": self.config.alpha_lr,
         }
-        for name, learning_rate in learning_rates.items():
-            load_optimizer(getattr(self, name), state[name], learning_rate)
-        self.rows_observed = int(state["rows_observed"])
-        self.gradient_steps = int(state["gradient_steps"])
-        self.noise_generator.set_state(state["noise_generator_state"])
-        self.explore_rng.bit_generator.state = state["explore_rng_state"]
+        _STATE.load(self, state, learning_rates)
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
 
     # ------------------------------------------------------------------ ParamSource
 

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from agent_node.algos.learner_parts import (
+    StateLayout,
     check_algorithm,
+    check_config,
+    check_space,
     check_seed,
     checked_obs,
     run_gradient_steps,
@@ -73,3 +76,41 @@ def test_trainable_rows_wait_for_learning_starts_and_one_batch():
     assert trainable_rows(rows_observed=100, learning_starts=50, batch_size=64) == 36
     assert trainable_rows(rows_observed=100, learning_starts=0, batch_size=64) == 36  # a batch first
     assert trainable_rows(rows_observed=10, learning_starts=50, batch_size=4) == 0
+
+
+def test_a_state_layout_saves_and_restores_every_part_and_refuses_another_learners_state():
+    import torch
+
+    class Learner:
+        def __init__(self, seed: int) -> None:
+            torch.manual_seed(seed)
+            self.net = torch.nn.Linear(2, 1)
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.1)
+            self.steps = seed
+            self.rng = np.random.default_rng(seed)
+            self.noise = torch.Generator().manual_seed(seed)
+
+    layout = StateLayout("toy", "Toy", modules=("net",), optimizers=("optimizer",), counters=("steps",), generators=("rng", "noise"))
+    saved_learner = Learner(1)
+    saved_learner.rng.random(3)
+    state = layout.save(saved_learner)
+    assert sorted(state) == ["algorithm", "net", "noise_state", "optimizer", "rng_state", "steps"]
+    restored = Learner(2)
+    layout.load(restored, state, {"optimizer": 0.5})
+    assert torch.equal(restored.net.weight, saved_learner.net.weight) and restored.steps == 1
+    assert restored.rng.random() == saved_learner.rng.random()
+    assert torch.rand(1, generator=restored.noise).item() == torch.rand(1, generator=saved_learner.noise).item()
+    assert restored.optimizer.param_groups[0]["lr"] == 0.5  # the config's rate, not the checkpoint's
+    with pytest.raises(ValueError, match="expected a Toy state dict"):
+        layout.load(restored, {**state, "algorithm": "other"}, {"optimizer": 0.5})
+
+
+def test_a_learner_refuses_another_learners_config_and_a_space_it_cannot_handle():
+    class OGConfig:
+        pass
+
+    check_config(OGConfig(), OGConfig)
+    with pytest.raises(TypeError, match="config must be an OGConfig, got int"):
+        check_config(3, OGConfig)
+    with pytest.raises(TypeError, match="X needs a list, got 'abc'"):
+        check_space("abc", list, "X needs a list")
