@@ -15,7 +15,7 @@ is positive; no env server needed; `observe` refuses online transitions.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import BCConfig
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -37,13 +37,14 @@ from agent_node.offline.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
 
-# What a BC checkpoint holds (agent_node/algos/learner_parts.py).
-_STATE = StateLayout("bc", "BC", modules=("policy",), optimizers=("optimizer",), counters=("gradient_steps",),
-                     generators=("sample_rng",))
-
-
-class BCAgent:
+class BCAgent(ModuleLearner):
     """Actor, offline Learner and ParamSource for behaviour cloning."""
+
+    # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
+    # parameters consensus averages (get_params / set_params, agent_node/algos/params.py).
+    STATE = StateLayout("bc", "BC", modules=("policy",), optimizers=("optimizer",), counters=("gradient_steps",),
+                        generators=("sample_rng",))
+    PARAMS = "policy"
 
     def __init__(self, config: BCConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
         check_config(config, BCConfig)
@@ -108,14 +109,3 @@ class BCAgent:
         index = self.action_probabilities(obs).argmax(axis=1)
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
 
-    def state_dict(self) -> dict[str, Any]:
-        return _STATE.save(self)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _STATE.load(self, state, {"optimizer": self.config.learning_rate})
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        return module_params(self.policy, "policy")
-
-    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        load_module_params(self.policy, "policy", params)

@@ -31,7 +31,7 @@ takes no online transitions: `observe` refuses them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import CQLConfig
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -55,13 +55,14 @@ from agent_node.offline.datasets import transitions_for_learning
 from agent_node.roles import Transition
 
 
-# What a CQL checkpoint holds (agent_node/algos/learner_parts.py).
-_STATE = StateLayout("cql", "CQL", modules=("q_network", "target_network"), optimizers=("optimizer",),
-                     counters=("gradient_steps",), generators=("sample_rng",))
-
-
-class CQLAgent:
+class CQLAgent(ModuleLearner):
     """Actor, offline Learner and ParamSource for discrete CQL (see the module docstring)."""
+
+    # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
+    # parameters consensus averages (get_params / set_params, agent_node/algos/params.py).
+    STATE = StateLayout("cql", "CQL", modules=("q_network", "target_network"), optimizers=("optimizer",),
+                        counters=("gradient_steps",), generators=("sample_rng",))
+    PARAMS = "q_network"
 
     def __init__(self, config: CQLConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
         check_config(config, CQLConfig)
@@ -156,16 +157,3 @@ class CQLAgent:
         index = self.q_values(obs).argmax(axis=1)
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
 
-    # ------------------------------------------------------------------ persistence, ParamSource
-
-    def state_dict(self) -> dict[str, Any]:
-        return _STATE.save(self)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _STATE.load(self, state, {"optimizer": self.config.learning_rate})
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        return module_params(self.q_network, "q_network")
-
-    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        load_module_params(self.q_network, "q_network", params)

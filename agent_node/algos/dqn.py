@@ -25,7 +25,6 @@ A `truncated` row (a time-limit cut) still bootstraps, because the state had a f
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -34,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
-from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -86,13 +85,14 @@ def linear_schedule(start: float, end: float, duration: int, step: int) -> float
 # ---------------------------------------------------------------------------------- agent
 
 
-# What a DQN checkpoint holds (agent_node/algos/learner_parts.py); the replay buffer is saved apart.
-_STATE = StateLayout("dqn", "DQN", modules=("q_network", "target_network"), optimizers=("optimizer",),
-                     counters=("rows_observed", "gradient_steps"), generators=("explore_rng",))
-
-
-class DQNAgent:
+class DQNAgent(ModuleLearner):
     """Actor, Learner and ParamSource for Double DQN (see the module docstring)."""
+
+    # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
+    # parameters consensus averages (get_params / set_params, agent_node/algos/params.py).
+    STATE = StateLayout("dqn", "DQN", modules=("q_network", "target_network"), optimizers=("optimizer",),
+                        counters=("rows_observed", "gradient_steps"), generators=("explore_rng",))
+    PARAMS = "q_network"
 
     def __init__(
         self,
@@ -245,24 +245,6 @@ class DQNAgent:
             "dqn/q_mean": q_taken.mean().item(),
             "dqn/target_mean": td_target.mean().item(),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Networks, optimizer, counters and the exploration RNG; the replay buffer is saved separately
-        (`self.replay.save`). Loadable with `torch.load(..., weights_only=True)`."""
-        return _STATE.save(self)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _STATE.load(self, state, {"optimizer": self.config.learning_rate})
-
-    # ------------------------------------------------------------------ ParamSource
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        """The online Q-network's parameters, named `q_network.<layer>.<weight|bias>` (copies)."""
-        return module_params(self.q_network, "q_network")
-
-    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Overwrite the online Q-network; names, shapes and dtypes must match `get_params`."""
-        load_module_params(self.q_network, "q_network", params)
 
     # ------------------------------------------------------------------ helpers
 

@@ -3,6 +3,10 @@
 Consensus averages plain numpy arrays; a learner exposes one of its networks under a prefix
 (`q_network.fc1.weight`, `actor.mean.bias`, …) and takes averaged arrays back, checked by name,
 shape and dtype before anything is written.
+
+`ModuleLearner` is the base of the learners whose checkpoint is a `StateLayout`
+(agent_node/algos/learner_parts.py) and whose shared parameters are one network's: it gives them
+`state_dict`, `load_state_dict`, `get_params` and `set_params`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,36 @@ def load_module_params(module: nn.Module, prefix: str, params: Mapping[str, np.n
     with torch.no_grad():
         for full_name, value in params.items():
             own[full_name.removeprefix(f"{prefix}.")].copy_(torch.from_numpy(np.asarray(value)))
+
+
+class ModuleLearner:
+    """`STATE`: what the checkpoint holds (a `StateLayout`); `PARAMS`: the attribute naming the
+    network that `get_params` / `set_params` expose, which is also the parameters' name prefix
+    (`q_network.layers.0.weight`). `learning_rates()` gives each optimizer of `STATE` the rate
+    the config sets, as a restored optimizer takes the config's rate, not the checkpoint's."""
+
+    STATE: Any
+    PARAMS: str
+    config: Any
+
+    def learning_rates(self) -> dict[str, float]:
+        return {"optimizer": self.config.learning_rate}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Loadable with `torch.load(..., weights_only=True)`; a replay buffer is saved apart
+        (`self.replay.save`)."""
+        return self.STATE.save(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.STATE.load(self, state, self.learning_rates())
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        """The `PARAMS` network's parameters, named `<PARAMS>.<module>.<weight|bias>` (copies)."""
+        return module_params(getattr(self, self.PARAMS), self.PARAMS)
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Overwrite the `PARAMS` network; names, shapes and dtypes must match `get_params`."""
+        load_module_params(getattr(self, self.PARAMS), self.PARAMS, params)
 
 
 def _check_param(name: str, value: Any, param: torch.Tensor) -> None:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 
 from agent_node.algos.config import SACConfig
-from agent_node.algos.params import load_module_params, module_params
+from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -217,19 +217,20 @@ def adam_step(optimizer: torch.optim.Adam, grads: list[torch.Tensor]) -> None:
 # ---------------------------------------------------------------------------------- agent
 
 
-# What a SAC checkpoint holds besides the temperature `log_alpha` (agent_node/algos/learner_parts.py);
-# the replay buffer is saved apart.
-_STATE = StateLayout(
-    "sac", "SAC",
-    modules=("actor", "q1", "q2", "q1_target", "q2_target"),
-    optimizers=("actor_optimizer", "critic_optimizer", "alpha_optimizer"),
-    counters=("rows_observed", "gradient_steps"),
-    generators=("noise_generator", "explore_rng"),
-)
-
-
-class SACAgent:
+class SACAgent(ModuleLearner):
     """Actor, Learner and ParamSource for soft actor-critic (see the module docstring)."""
+
+    # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
+    # parameters consensus averages (get_params / set_params, agent_node/algos/params.py).
+    # log_alpha, the temperature, is saved beside these (state_dict below).
+    STATE = StateLayout(
+        "sac", "SAC",
+        modules=("actor", "q1", "q2", "q1_target", "q2_target"),
+        optimizers=("actor_optimizer", "critic_optimizer", "alpha_optimizer"),
+        counters=("rows_observed", "gradient_steps"),
+        generators=("noise_generator", "explore_rng"),
+    )
+    PARAMS = "actor"
 
     def __init__(
         self,
@@ -532,27 +533,19 @@ class SACAgent:
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizers, temperature, counters and RNG states; the replay buffer is saved
         separately (`self.replay.save`). Loadable with `torch.load(..., weights_only=True)`."""
-        return {**_STATE.save(self), "log_alpha": self.log_alpha.detach().clone()}
+        return {**super().state_dict(), "log_alpha": self.log_alpha.detach().clone()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        learning_rates = {
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+
+    def learning_rates(self) -> dict[str, float]:
+        return {
             "actor_optimizer": self.config.actor_lr,
             "critic_optimizer": self.config.critic_lr,
             "alpha_optimizer": self.config.alpha_lr,
         }
-        _STATE.load(self, state, learning_rates)
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-
-    # ------------------------------------------------------------------ ParamSource
-
-    def get_params(self) -> dict[str, np.ndarray]:
-        """The actor's parameters, named `actor.<module>.<weight|bias>` (copies)."""
-        return module_params(self.actor, "actor")
-
-    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Overwrite the actor; names, shapes and dtypes must match `get_params`."""
-        load_module_params(self.actor, "actor", params)
 
     # ------------------------------------------------------------------ helpers
 
