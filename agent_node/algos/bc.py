@@ -24,20 +24,18 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import BCConfig
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
     check_space,
     checked_obs,
     steps_to_take,
-    update_counters,
 )
+from agent_node.algos.params import OfflineLearner
 from agent_node.offline.datasets import transitions_for_learning
-from agent_node.roles import Transition
 
 
-class BCAgent(ModuleLearner):
+class BCAgent(OfflineLearner):
     """Actor, offline Learner and ParamSource for behaviour cloning."""
 
     # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
@@ -45,6 +43,7 @@ class BCAgent(ModuleLearner):
     STATE = StateLayout("bc", "BC", modules=("policy",), optimizers=("optimizer",), counters=("gradient_steps",),
                         generators=("sample_rng",))
     PARAMS = "policy"
+    NAME, PREFIX = "behaviour cloning", "bc"
 
     def __init__(self, config: BCConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
         check_config(config, BCConfig)
@@ -67,17 +66,6 @@ class BCAgent(ModuleLearner):
     def load_dataset(self, arrays: Mapping[str, np.ndarray]) -> None:
         converted = transitions_for_learning(arrays, self.observation_space, self.action_space)
         self.data = {"obs": torch.as_tensor(converted["obs"]), "action": torch.as_tensor(converted["action"])}
-
-    def observe(self, transition: Transition) -> None:
-        raise TypeError("behaviour cloning is an offline learner: it trains from load_dataset(...), not from online transitions")
-
-    def gradient_steps_due(self) -> int:
-        return 0 if self.data is None else self.config.gradient_steps - self.gradient_steps
-
-    def counters(self) -> dict[str, float]:
-        """The update contract (roles.Learner.counters): an offline learner owes its configured
-        gradient steps once a dataset is loaded; it observes no rows online."""
-        return update_counters("bc", self.gradient_steps, self.gradient_steps_due())
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
@@ -104,8 +92,5 @@ class BCAgent(ModuleLearner):
         with torch.inference_mode():
             return torch.softmax(self.policy(torch.as_tensor(obs, dtype=torch.float32)), dim=1).numpy()
 
-    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
-        """The most likely action; `explore` changes nothing for an offline policy."""
-        index = self.action_probabilities(obs).argmax(axis=1)
-        return (index + int(self.action_space.start)).astype(self.action_space.dtype)
+    action_scores = action_probabilities  # `act` takes the most likely action
 

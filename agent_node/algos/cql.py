@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import CQLConfig
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -49,13 +48,12 @@ from agent_node.algos.learner_parts import (
     checked_obs,
     run_gradient_steps,
     steps_to_take,
-    update_counters,
 )
+from agent_node.algos.params import OfflineLearner
 from agent_node.offline.datasets import transitions_for_learning
-from agent_node.roles import Transition
 
 
-class CQLAgent(ModuleLearner):
+class CQLAgent(OfflineLearner):
     """Actor, offline Learner and ParamSource for discrete CQL (see the module docstring)."""
 
     # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
@@ -63,6 +61,7 @@ class CQLAgent(ModuleLearner):
     STATE = StateLayout("cql", "CQL", modules=("q_network", "target_network"), optimizers=("optimizer",),
                         counters=("gradient_steps",), generators=("sample_rng",))
     PARAMS = "q_network"
+    NAME, PREFIX = "CQL", "cql"
 
     def __init__(self, config: CQLConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
         check_config(config, CQLConfig)
@@ -92,17 +91,6 @@ class CQLAgent(ModuleLearner):
         """Take one agent's dataset columns (obs, action, reward, next_obs, terminated)."""
         converted = transitions_for_learning(arrays, self.observation_space, self.action_space)
         self.data = {name: torch.as_tensor(values) for name, values in converted.items()}
-
-    def observe(self, transition: Transition) -> None:
-        raise TypeError("CQL is an offline learner: it trains from load_dataset(...), not from online transitions")
-
-    def gradient_steps_due(self) -> int:
-        return 0 if self.data is None else self.config.gradient_steps - self.gradient_steps
-
-    def counters(self) -> dict[str, float]:
-        """The update contract (roles.Learner.counters): an offline learner owes its configured
-        gradient steps once a dataset is loaded; it observes no rows online."""
-        return update_counters("cql", self.gradient_steps, self.gradient_steps_due())
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         steps = steps_to_take(self.gradient_steps_due(), max_gradient_steps)
@@ -152,8 +140,5 @@ class CQLAgent(ModuleLearner):
         with torch.inference_mode():
             return self.q_network(torch.as_tensor(obs, dtype=torch.float32)).numpy()
 
-    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
-        """Greedy actions; an offline policy has no exploration schedule, so `explore` changes nothing."""
-        index = self.q_values(obs).argmax(axis=1)
-        return (index + int(self.action_space.start)).astype(self.action_space.dtype)
+    action_scores = q_values  # `act` is greedy
 

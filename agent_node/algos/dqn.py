@@ -33,7 +33,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
-from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -47,6 +46,7 @@ from agent_node.algos.learner_parts import (
     trainable_rows,
     update_counters,
 )
+from agent_node.algos.params import ModuleLearner
 from agent_node.algos.encoders import ConvEncoder, choose_encoder
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition

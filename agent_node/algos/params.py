@@ -6,7 +6,9 @@ shape and dtype before anything is written.
 
 `ModuleLearner` is the base of the learners whose checkpoint is a `StateLayout`
 (agent_node/algos/learner_parts.py) and whose shared parameters are one network's: it gives them
-`state_dict`, `load_state_dict`, `get_params` and `set_params`.
+`state_dict`, `load_state_dict`, `get_params` and `set_params`. `OfflineLearner` adds what the
+offline learners (CQL, BC) share: no online rows, a fixed number of gradient steps once a dataset
+is loaded, and the greedy discrete action.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from agent_node.algos.learner_parts import update_counters
 
 
 def module_params(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
@@ -66,6 +70,37 @@ class ModuleLearner:
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
         """Overwrite the `PARAMS` network; names, shapes and dtypes must match `get_params`."""
         load_module_params(getattr(self, self.PARAMS), self.PARAMS, params)
+
+
+class OfflineLearner(ModuleLearner):
+    """`NAME`: the learner's name in messages ("CQL"); `PREFIX`: its metric prefix ("cql").
+    A subclass sets `data` (None until `load_dataset`), `gradient_steps`, `action_space` and
+    `config.gradient_steps`, and gives `action_scores(obs)`, one score per action (K, n)."""
+
+    NAME: str
+    PREFIX: str
+    data: Any
+    gradient_steps: int
+    action_space: Any
+
+    def observe(self, transition: Any) -> None:
+        raise TypeError(f"{self.NAME} is an offline learner: it trains from load_dataset(...), not from online transitions")
+
+    def gradient_steps_due(self) -> int:
+        return 0 if self.data is None else self.config.gradient_steps - self.gradient_steps
+
+    def counters(self) -> dict[str, float]:
+        """The update contract (roles.Learner.counters): an offline learner owes its configured
+        gradient steps once a dataset is loaded; it observes no rows online."""
+        return update_counters(self.PREFIX, self.gradient_steps, self.gradient_steps_due())
+
+    def action_scores(self, obs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
+        """The best-scored actions; an offline policy has no exploration, so `explore` changes nothing."""
+        index = self.action_scores(obs).argmax(axis=1)
+        return (index + int(self.action_space.start)).astype(self.action_space.dtype)
 
 
 def _check_param(name: str, value: Any, param: torch.Tensor) -> None:

@@ -54,7 +54,6 @@ import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 
 from agent_node.algos.config import SACConfig
-from agent_node.algos.params import ModuleLearner
 from agent_node.algos.learner_parts import (
     StateLayout,
     check_config,
@@ -66,6 +65,7 @@ from agent_node.algos.learner_parts import (
     trainable_rows,
     update_counters,
 )
+from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 

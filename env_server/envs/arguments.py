@@ -1,7 +1,9 @@
-"""Checks of the arguments Parley's own environments are built with.
+"""Checks of the arguments Parley's own environments are built and called with.
 
 The env server passes `env.kwargs` from YAML to an environment's factory: a `3.0` or a `true`
 where an int belongs must fail at construction, naming the argument, not later in an array shape.
+A `reset(seed=...)` and an agent name are checked the same way in every env (`check_seed`,
+`SpacesPerAgent`).
 """
 
 from __future__ import annotations
@@ -18,3 +20,30 @@ def require_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_seed(seed: Any) -> None:
+    """A `reset` seed is an int or None (a bool is neither); TypeError otherwise."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+
+
+class SpacesPerAgent:
+    """PettingZoo's `observation_space(agent)` / `action_space(agent)` over the env's
+    `observation_spaces` / `action_spaces` dicts, refusing an agent the env does not have with a
+    KeyError that lists `possible_agents`."""
+
+    observation_spaces: dict[str, Any]
+    action_spaces: dict[str, Any]
+    possible_agents: list[str]
+
+    def observation_space(self, agent: str) -> Any:
+        return self.observation_spaces[self._known_agent(agent)]
+
+    def action_space(self, agent: str) -> Any:
+        return self.action_spaces[self._known_agent(agent)]
+
+    def _known_agent(self, agent: str) -> str:
+        if agent not in self.observation_spaces:
+            raise KeyError(f"unknown agent {agent!r}; agents are {self.possible_agents}")
+        return agent

@@ -109,7 +109,7 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
-from env_server.envs.arguments import require_int
+from env_server.envs.arguments import SpacesPerAgent, check_seed, require_int
 # The goal indices and the reward live in protocols/goal_space.py (the agents compute their goal
 # rewards with the same function, and agent_node never imports env_server); re-exported here.
 from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
@@ -174,7 +174,7 @@ def achieved_in_view(touched: list[int], own: int, num_landmarks: int) -> np.nda
     return np.array(sorted(goals), dtype=np.int64)
 
 
-class GoalLinesEnv(ParallelEnv):
+class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
     """The Dec-IMSAP goal-lines room on a grid; see the module documentation."""
 
     metadata = {"name": "goal_lines_v0", "render_modes": [], "is_parallelizable": True}
@@ -235,20 +235,11 @@ class GoalLinesEnv(ParallelEnv):
         self._finished: set[str] = set()
         self._steps_taken = 0
 
-    # --- spaces -------------------------------------------------------------------------------
-
-    def observation_space(self, agent: str) -> Box:
-        return self.observation_spaces[self._known_agent(agent)]
-
-    def action_space(self, agent: str) -> Discrete:
-        return self.action_spaces[self._known_agent(agent)]
-
     # --- episode ------------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        check_seed(seed)
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
             self._rng = np.random.default_rng(int(seed))
         # Other option keys are ignored: PettingZoo's API test passes arbitrary options.
         options = dict(options or {})
@@ -356,11 +347,6 @@ class GoalLinesEnv(ParallelEnv):
             if partner != agent:
                 parts.append((self._positions[partner] - own) / scale)
         return np.concatenate(parts).astype(np.float32)
-
-    def _known_agent(self, agent: str) -> str:
-        if agent not in self.observation_spaces:
-            raise KeyError(f"unknown agent {agent!r}; agents are {self.possible_agents}")
-        return agent
 
 
 def parallel_env(

@@ -28,13 +28,14 @@ for the API and checked for type.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
+
+from env_server.envs.arguments import check_seed
 
 NUM_AGENTS = 2
 AGENTS = [f"agent_{index}" for index in range(NUM_AGENTS)]
@@ -92,8 +93,7 @@ class MatrixGameEnv(ParallelEnv):
         return float(self.stages[stage].payoff[joint_action[0]][joint_action[1]])
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        check_seed(seed)
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"options must be a mapping or None, got {type(options).__name__}")
         self.agents = list(AGENTS)

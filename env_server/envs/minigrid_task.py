@@ -58,14 +58,13 @@ env never does. Install it without its dependencies: `pip install --no-deps mini
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
-from env_server.envs.arguments import require_int
+from env_server.envs.arguments import SpacesPerAgent, check_seed, require_int
 from protocols.cell_space import GRID_CODE_SCALE, cell_index, grid_observation_size
 from protocols.seeds import derive_seed
 
@@ -91,7 +90,7 @@ def _make_task(env_id: str, max_steps: int | None):
     return gymnasium.make(env_id, **kwargs).unwrapped  # no wrappers: the grid is read directly
 
 
-class MiniGridTaskEnv(ParallelEnv):
+class MiniGridTaskEnv(SpacesPerAgent, ParallelEnv):
     """One MiniGrid task per agent, fully observed; see the module documentation."""
 
     metadata = {"name": "minigrid_v0", "render_modes": [], "is_parallelizable": True}
@@ -117,15 +116,8 @@ class MiniGridTaskEnv(ParallelEnv):
         self.action_spaces = {agent: Discrete(int(first.action_space.n)) for agent in self.possible_agents}
         self._scale = np.asarray(GRID_CODE_SCALE, dtype=np.float32)
 
-    def observation_space(self, agent: str) -> Box:
-        return self.observation_spaces[self._known_agent(agent)]
-
-    def action_space(self, agent: str) -> Discrete:
-        return self.action_spaces[self._known_agent(agent)]
-
     def reset(self, seed: int | None = None, options: dict | None = None):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        check_seed(seed)
         self.agents = list(self.possible_agents)
         for index, agent in enumerate(self.agents):
             # Each copy its own layout stream; seed None continues it.
@@ -172,11 +164,6 @@ class MiniGridTaskEnv(ParallelEnv):
             carried[:] = np.asarray(task.carrying.encode()[:2], dtype=np.float32) / self._scale[:2]
         position = np.array([row, col], dtype=np.float32) / (self.size - 1)
         return np.concatenate([position, direction, carried, grid.ravel()])
-
-    def _known_agent(self, agent: str) -> str:
-        if agent not in self.observation_spaces:
-            raise KeyError(f"unknown agent {agent!r}; agents are {self.possible_agents}")
-        return agent
 
 
 def parallel_env(env_id: str = "MiniGrid-KeyCorridorS3R1-v0", num_agents: int = 2, max_steps: int | None = None,

@@ -153,7 +153,7 @@ import numpy as np
 from gymnasium.spaces import Box
 from pettingzoo import ParallelEnv
 
-from env_server.envs.arguments import require_int
+from env_server.envs.arguments import check_seed, require_int
 
 WORLD_LOW = -10.0
 WORLD_HIGH = 10.0
@@ -318,8 +318,6 @@ class RewardCollectionEnv(ParallelEnv):
         }
         self.state_space = Box(WORLD_LOW, WORLD_HIGH, shape=(2 * self.n_agents,), dtype=np.float32)
 
-    # --- spaces -------------------------------------------------------------------------------
-
     def observation_space(self, agent: str) -> Box:
         return self.observation_spaces[self._known_agent(agent)]
 
@@ -343,8 +341,7 @@ class RewardCollectionEnv(ParallelEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
         # Both arguments are part of PettingZoo's signature; a reset here has nothing random
         # to seed and no options, so they are checked for type and otherwise unused.
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        check_seed(seed)
         if options is not None and not isinstance(options, Mapping):
             raise TypeError(f"options must be a mapping or None, got {type(options).__name__}")
         self.agents = list(self.possible_agents)

@@ -46,20 +46,19 @@ generator, so one seed fixes every later episode.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
-from env_server.envs.arguments import require_int
+from env_server.envs.arguments import SpacesPerAgent, check_seed, require_int
 from protocols.cell_space import cell_index
 
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
 
 
-class TreasureRoomEnv(ParallelEnv):
+class TreasureRoomEnv(SpacesPerAgent, ParallelEnv):
     """Agents in an open room, a treasure in the far corner; see the module documentation."""
 
     metadata = {"name": "treasure_room_v0", "render_modes": [], "is_parallelizable": True}
@@ -83,16 +82,9 @@ class TreasureRoomEnv(ParallelEnv):
         self._positions: dict[str, np.ndarray] = {}
         self._steps_taken = 0
 
-    def observation_space(self, agent: str) -> Box:
-        return self.observation_spaces[self._known_agent(agent)]
-
-    def action_space(self, agent: str) -> Discrete:
-        return self.action_spaces[self._known_agent(agent)]
-
     def reset(self, seed: int | None = None, options: dict | None = None):
+        check_seed(seed)
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
             self._rng = np.random.default_rng(int(seed))
         self.agents = list(self.possible_agents)
         self._steps_taken = 0
@@ -134,11 +126,6 @@ class TreasureRoomEnv(ParallelEnv):
 
     def _observe(self, agent: str) -> np.ndarray:
         return (self._positions[agent] / float(self.size - 1)).astype(np.float32)
-
-    def _known_agent(self, agent: str) -> str:
-        if agent not in self.observation_spaces:
-            raise KeyError(f"unknown agent {agent!r}; agents are {self.possible_agents}")
-        return agent
 
 
 def parallel_env(num_agents: int = 2, size: int = 9, max_steps: int = 40, start_region: int = 3, render_mode: str | None = None) -> TreasureRoomEnv:
