@@ -16,7 +16,7 @@ here, and the grid that covers it is computed by a pure function of the config
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -201,3 +201,12 @@ class EnsembleConfig(BaseModel):
 
 
 WorldModelConfig = Annotated[SparseGPConfig | EnsembleConfig, Field(discriminator="kind")]
+
+
+def check_model_arguments(config: Any, config_type: type, state_dim: Any, action_dim: Any) -> None:
+    """What a world model's constructor checks: its own config type, and positive int dimensions."""
+    if not isinstance(config, config_type):
+        raise TypeError(f"config: expected {config_type.__name__}, got {type(config).__name__}")
+    for name, value in (("state_dim", state_dim), ("action_dim", action_dim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent_node.world_models.config import EnsembleConfig
+from agent_node.world_models.config import EnsembleConfig, check_model_arguments
 
 _MIN_INPUT_STD = 1e-8  # inputs with a smaller spread are not rescaled (e.g. a constant feature)
 
@@ -121,11 +121,7 @@ class EnsembleWorldModel:
     """
 
     def __init__(self, config: EnsembleConfig, state_dim: int, action_dim: int, seed: int = 0):
-        if not isinstance(config, EnsembleConfig):
-            raise TypeError(f"config: expected EnsembleConfig, got {type(config).__name__}")
-        for name, value in (("state_dim", state_dim), ("action_dim", action_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_model_arguments(config, EnsembleConfig, state_dim, action_dim)
         self.config = config
         self.state_dim = state_dim
         self.action_dim = action_dim

@@ -57,7 +57,7 @@ import gpytorch
 import numpy as np
 import torch
 
-from agent_node.world_models.config import SparseGPConfig, inducing_grid_shape
+from agent_node.world_models.config import SparseGPConfig, check_model_arguments, inducing_grid_shape
 
 logger = logging.getLogger(__name__)
 
@@ -255,11 +255,7 @@ class SparseGPWorldModel:
     """
 
     def __init__(self, config: SparseGPConfig, state_dim: int, action_dim: int):
-        if not isinstance(config, SparseGPConfig):
-            raise TypeError(f"config: expected SparseGPConfig, got {type(config).__name__}")
-        for name, value in (("state_dim", state_dim), ("action_dim", action_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        check_model_arguments(config, SparseGPConfig, state_dim, action_dim)
         self.config = config
         self.state_dim = state_dim
         self.action_dim = action_dim
@@ -357,13 +353,7 @@ class SparseGPWorldModel:
         The variance is k(x, Z) S k(Z, x), the same for every state dimension (the outputs share
         one kernel); it excludes the observation noise `noise_variance`.
         """
-        states_t = _as_float64_matrix("states", states, self.state_dim)
-        actions_t = _as_float64_matrix("actions", actions, self.action_dim)
-        if states_t.shape[0] != actions_t.shape[0]:
-            raise ValueError(
-                f"states and actions must have the same batch size; got {states.shape[0]} and {actions.shape[0]}"
-            )
-        inputs = torch.cat([states_t, actions_t], dim=1)
+        states_t, inputs = self._query_inputs(states, actions)
         kernel_zx = self.kernel(self.inducing_points, inputs)
         mean_delta = kernel_zx.T @ self.posterior_mean_weights
         whitened = torch.linalg.solve_triangular(self.posterior_factor, kernel_zx, upper=False)
@@ -380,13 +370,7 @@ class SparseGPWorldModel:
         It is non-negative in exact arithmetic: S <= K_ZZ^-1, so it is at least the Nystrom
         residual k(x, x) - k(x, Z) K_ZZ^-1 k(Z, x) >= 0.
         """
-        states_t = _as_float64_matrix("states", states, self.state_dim)
-        actions_t = _as_float64_matrix("actions", actions, self.action_dim)
-        if states_t.shape[0] != actions_t.shape[0]:
-            raise ValueError(
-                f"states and actions must have the same batch size; got {states.shape[0]} and {actions.shape[0]}"
-            )
-        inputs = torch.cat([states_t, actions_t], dim=1)
+        _, inputs = self._query_inputs(states, actions)
         kernel_zx = self.kernel(self.inducing_points, inputs)
         whitened = torch.linalg.solve_triangular(self.posterior_factor, kernel_zx, upper=False)
         explained = (whitened**2).sum(dim=0)
@@ -475,6 +459,17 @@ class SparseGPWorldModel:
         )
 
     # ----------------------------------------------------------------------------- helpers
+
+    def _query_inputs(self, states: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states (B, state_dim) and the GP's inputs, states and actions side by side (B, input_dim),
+        float64; a ValueError when the two batches differ in size."""
+        states_t = _as_float64_matrix("states", states, self.state_dim)
+        actions_t = _as_float64_matrix("actions", actions, self.action_dim)
+        if states_t.shape[0] != actions_t.shape[0]:
+            raise ValueError(
+                f"states and actions must have the same batch size; got {states.shape[0]} and {actions.shape[0]}"
+            )
+        return states_t, torch.cat([states_t, actions_t], dim=1)
 
     def _validate_transitions(
         self, states: np.ndarray, actions: np.ndarray, next_states: np.ndarray

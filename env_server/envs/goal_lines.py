@@ -109,7 +109,7 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
-from env_server.envs.arguments import SpacesPerAgent, check_seed, require_int
+from env_server.envs.arguments import SpacesPerAgent, check_seed, checked_moves, require_int
 # The goal indices and the reward live in protocols/goal_space.py (the agents compute their goal
 # rewards with the same function, and agent_node never imports env_server); re-exported here.
 from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
@@ -254,15 +254,7 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
         return {agent: self._observe(agent) for agent in self.agents}, infos
 
     def step(self, actions: dict[str, Any]):
-        missing = set(self.agents) - set(actions)
-        if missing:
-            raise ValueError(f"step needs an action for every live agent; missing {sorted(missing)}")
-        for agent, action in actions.items():
-            if agent not in self.agents:
-                continue  # PettingZoo's test may send actions for agents already done
-            move = int(np.asarray(action))
-            if not 0 <= move < len(MOVES):
-                raise ValueError(f"action of {agent} must be in [0, {len(MOVES)}), got {action!r}")
+        for agent, move in checked_moves(self.agents, actions, len(MOVES)).items():
             if agent in self._finished:
                 continue  # a rewarded agent stays where it is (the reference stops done agents)
             target = self._positions[agent] + MOVES[move]

@@ -52,7 +52,7 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
-from env_server.envs.arguments import SpacesPerAgent, check_seed, require_int
+from env_server.envs.arguments import SpacesPerAgent, check_seed, checked_moves, require_int
 from protocols.cell_space import cell_index
 
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
@@ -93,15 +93,7 @@ class TreasureRoomEnv(SpacesPerAgent, ParallelEnv):
         return {agent: self._observe(agent) for agent in self.agents}, {agent: self._info(agent) for agent in self.agents}
 
     def step(self, actions: dict[str, Any]):
-        missing = set(self.agents) - set(actions)
-        if missing:
-            raise ValueError(f"step needs an action for every live agent; missing {sorted(missing)}")
-        for agent, action in actions.items():
-            if agent not in self.agents:
-                continue  # PettingZoo's test may send actions for agents already done
-            move = int(np.asarray(action))
-            if not 0 <= move < len(MOVES):
-                raise ValueError(f"action of {agent} must be in [0, {len(MOVES)}), got {action!r}")
+        for agent, move in checked_moves(self.agents, actions, len(MOVES)).items():
             target = self._positions[agent] + MOVES[move]
             if 0 <= target[0] < self.size and 0 <= target[1] < self.size:
                 self._positions[agent] = target
