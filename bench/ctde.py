@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import mean_std, plot_evaluations, records, run_and_score  # noqa: E402  (the shared run helpers)
+from runs import plot_variants, print_json, records, run_and_score, summarize_variants  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {
     "qmix": ["training={mode: centralized, mixer: qmix, params_every: 10}"],
@@ -91,18 +90,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"run.seed={seed}", *VARIANTS[variant], *args.set] + ([f"run.steps={args.steps}"] if args.steps else [])
             run = run_and_score(args.config, overrides, run_dir, args.timeout, args.last_evals)
             rows.append({"variant": variant, "seed": seed, **run, "gradient_steps": gradient_steps(run_dir, variant), "run_s": run_seconds(run_dir)})
-    summary = {}
-    for variant in variants:
-        scores = [r["score"] for r in rows if r["variant"] == variant and not r["failed"]]
-        mean, std = mean_std(scores)
-        summary[variant] = {"mean": mean, "std": std, "n": len(scores)}
+    summary = summarize_variants(rows, variants)
     result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals, "overrides": args.set,
               "runs": rows, "summary": summary}  # fmt: skip
     if args.plot:
-        plot_evaluations({variant: [Path(r["run_dir"]) for r in rows if r["variant"] == variant and not r["failed"]] for variant in variants},
-                         args.plot, f"{args.config}, {args.steps or 'config'} steps, seeds {seeds}, mean and 95% CI")
+        plot_variants(rows, variants, args.plot, args.config, args.steps, seeds)
     if args.json:
-        print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        print_json(result)
     else:
         print(f"config {args.config}, steps {args.steps or 'config'}, score = mean of last {args.last_evals} evaluations "
               "(eval/return_mean, higher is better)" + (f"; overrides {' '.join(args.set)}" if args.set else ""))

@@ -182,11 +182,7 @@ def main() -> int:
     record["settings"] = {"agents": args.agents, "rounds": args.rounds, "size": args.size}
     table = [measure(float(d), args.agents, args.rounds, args.size) for d in args.delays_ms.split(",")]
     record["rows"] = table
-    results_page.end(record)
-    if args.save is not None:
-        results_page.save(record, args.save)
-    if args.page is not None:
-        args.page.write_text(render(record, args.save.name if args.save is not None else "its run"))
+    results_page.finish(record, args.save, args.page, render)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import REPO, evaluations, mean_std, plot_evaluations, run_once  # noqa: E402  (the shared run helpers)
+from runs import REPO, evaluations, mean_std, plot_evaluations, print_json, run_once  # noqa: E402  (the shared run helpers)
 
 
 def behaviour_return(run_dir: Path) -> float | None:
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                          levels={f"{learner} from the dataset": [root / f"{learner}_seed{s}_eval" for s in seeds] for learner in ("cql", "bc")},
                          last_evals=args.last_evals)
     if args.json:
-        print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        print_json(result)
     else:
         print(f"config {args.config}; offline gradient steps {args.gradient_steps}; scores = mean of last {args.last_evals} greedy evaluations")
         print(f"{'seed':>4} {'behaviour (train)':>18} {'behaviour (greedy)':>19} {'CQL':>9} {'BC':>9}")

@@ -21,14 +21,13 @@ the script then exits 1.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import mean_std, plot_evaluations, run_and_score  # noqa: E402  (the shared run helpers)
+from runs import plot_variants, print_json, run_and_score, summarize_variants  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {"pmic": [], "no_mi": ["agents.learner.pmic=false"]}
 
@@ -53,21 +52,16 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"run.seed={seed}", *extra] + ([f"run.steps={args.steps}"] if args.steps else [])
             run = run_and_score(args.config, overrides, run_dir, args.timeout, args.last_evals)
             rows.append({"variant": variant, "seed": seed, **run})
-    summary = {}
-    for variant in VARIANTS:
-        scores = [r["score"] for r in rows if r["variant"] == variant and not r["failed"]]
-        mean, std = mean_std(scores)
-        summary[variant] = {"mean": mean, "std": std, "n": len(scores)}
+    summary = summarize_variants(rows, VARIANTS)
     base, pmic = summary["no_mi"]["mean"], summary["pmic"]["mean"]
     # Returns are negative; PMIC is better when its return is higher: (pmic - base) / |base|.
     improvement = (pmic - base) / abs(base) if base and not (math.isnan(base) or math.isnan(pmic)) else math.nan
     result = {"config": args.config, "steps": args.steps, "seeds": seeds, "last_evals": args.last_evals,
               "runs": rows, "summary": summary, "pmic_improvement_fraction": improvement, "target": 0.05}  # fmt: skip
     if args.plot:
-        plot_evaluations({variant: [Path(r["run_dir"]) for r in rows if r["variant"] == variant and not r["failed"]] for variant in VARIANTS},
-                         args.plot, f"{args.config}, {args.steps or 'config'} steps, seeds {seeds}, mean and 95% CI")
+        plot_variants(rows, VARIANTS, args.plot, args.config, args.steps, seeds)
     if args.json:
-        print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        print_json(result)
     else:
         print(f"config {args.config}, steps {args.steps or 'config'}, score = mean of last {args.last_evals} evaluations")
         print(f"{'variant':8} {'seed':>4} {'score':>10} {'evals':>5} {'wall s':>7}  status")

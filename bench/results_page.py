@@ -73,6 +73,17 @@ def end(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def finish(record: dict[str, Any], save_path: Path | None, page_path: Path | None,
+           render: Callable[[dict[str, Any], str], str]) -> None:
+    """End the record, then a bench's `--save` (the record as JSON) and `--page` (the markdown
+    page `render(record, source)` writes, its source the saved file's name), each when given."""
+    end(record)
+    if save_path is not None:
+        save(record, save_path)
+    if page_path is not None:
+        page_path.write_text(render(record, save_path.name if save_path is not None else "its run"))
+
+
 def save(record: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")

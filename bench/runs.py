@@ -229,6 +229,28 @@ def process_tree_cpu_s(pid: int) -> float:
     return total
 
 
+def summarize_variants(rows: list[dict], variants) -> dict[str, dict]:
+    """Per variant, the mean, sample standard deviation and count of its runs' scores (rows of
+    `run_and_score` with a "variant" key; failed runs left out)."""
+    summary = {}
+    for variant in variants:
+        scores = [r["score"] for r in rows if r["variant"] == variant and not r["failed"]]
+        mean, std = mean_std(scores)
+        summary[variant] = {"mean": mean, "std": std, "n": len(scores)}
+    return summary
+
+
+def plot_variants(rows: list[dict], variants, path: Path, config: str, steps: int | None, seeds: list[int]) -> None:
+    """`plot_evaluations` of each variant's runs that did not fail (a bench's `--plot`)."""
+    plot_evaluations({variant: [Path(r["run_dir"]) for r in rows if r["variant"] == variant and not r["failed"]] for variant in variants},
+                     path, f"{config}, {steps or 'config'} steps, seeds {seeds}, mean and 95% CI")
+
+
+def print_json(result: dict) -> None:
+    """A bench's `--json`: the result with NaN written as null."""
+    print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+
+
 def fmt(value, spec: str = ".2f") -> str:
     """A table cell: `value` formatted by `spec`, or "-" when it is missing or not finite."""
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)

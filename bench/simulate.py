@@ -257,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                     if not args.json:
                         print(format_row(rows[-1]), file=sys.stderr, flush=True)
     record["rows"] = rows + goal_rows
-    results_page.end(record)
-    if args.save is not None:
-        results_page.save(record, args.save)
-    if args.page is not None:
-        args.page.write_text(render(record, args.save.name if args.save is not None else "its run"))
+    results_page.finish(record, args.save, args.page, render)
     if args.json:
         print(json.dumps(rows + goal_rows, indent=1))
     else:
