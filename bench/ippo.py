@@ -30,11 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
-from main_job import CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, run_dir_of, run_summary  # noqa: E402
+from main_job import (  # noqa: E402
+    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, reference_line, run_dir_of, scored,
+)
 from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
 
 IPPO_CONFIG = "examples/parley_ippo/configs/spread4_ippo.yaml"
@@ -74,30 +74,17 @@ def run_batch(root: Path, dqn_root: Path, seeds: list[int], timeout_s: float) ->
 
 def analyse(root: Path, dqn_root: Path, seeds: list[int]) -> dict:
     learners: dict[str, dict] = {}
-    lines: dict[str, list[float]] = {"random": [], "oracle": []}
+    every_run: list[dict] = []
     for name, where in (("ippo", root), ("plain_dqn", dqn_root)):
-        scores, walls, dirs = {}, [], {}
-        for seed in seeds:
-            summary = run_summary(run_dir_of(where, name, seed))
-            if summary is None:
-                continue
-            scores[seed] = summary["evaluation"]["last5"]
-            dirs[seed] = str(run_dir_of(where, name, seed))
-            for line in lines:
-                if summary["evaluation"][line] is not None:
-                    lines[line].append(summary["evaluation"][line])
-            if summary["duration_s"] is not None:
-                walls.append(summary["duration_s"])
-        mean, half = mean_ci(list(scores.values()))
-        learners[name] = {"scores": scores, "mean": mean, "ci95": half, "run_dirs": dirs,
-                          "run_s_mean": float(np.mean(walls)) if walls else None}
+        summaries = finished_runs(where, name, seeds)
+        every_run += summaries.values()
+        learners[name] = {**scored(summaries), "run_dirs": {seed: str(run_dir_of(where, name, seed)) for seed in summaries}}
     paired = sorted(set(learners["ippo"]["scores"]) & set(learners["plain_dqn"]["scores"]))
     differences = [learners["ippo"]["scores"][s] - learners["plain_dqn"]["scores"][s] for s in paired]
     mean, half = mean_ci(differences)
     return {"ippo_config": IPPO_CONFIG, "dqn_config": DQN_CONFIG, "dqn_overrides": VARIANTS["plain_dqn"],
             "seeds": seeds, "last_evals": LAST_EVALS,
-            "random": float(np.mean(lines["random"])) if lines["random"] else None,
-            "oracle": float(np.mean(lines["oracle"])) if lines["oracle"] else None,
+            "random": reference_line(every_run, "random"), "oracle": reference_line(every_run, "oracle"),
             "learners": learners, "ippo_minus_dqn": {"seeds": paired, "mean": mean, "ci95": half}}
 
 
@@ -111,9 +98,7 @@ def print_tables(summary: dict) -> None:
     diff = summary["ippo_minus_dqn"]
     print(f"\nIPPO minus DQN, paired over {len(diff['seeds'])} seeds: {fmt(diff['mean'])} "
           f"[{fmt(diff['mean'] - diff['ci95'])}, {fmt(diff['mean'] + diff['ci95'])}] (95% t-interval)")
-    print("\nper seed:")
-    for name, entry in summary["learners"].items():
-        print(f"  {name}: " + ", ".join(f"{seed}: {score:.2f}" for seed, score in sorted(entry["scores"].items())))
+    print_per_seed(summary["learners"])
 
 
 def main() -> None:

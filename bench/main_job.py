@@ -82,6 +82,33 @@ def run_dir_of(root: Path, variant: str, seed: int) -> Path:
     return root / variant / f"seed_{seed}"
 
 
+def finished_runs(root: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
+    """The summaries of `variant`'s finished runs under `root`, by seed (`run_summary`)."""
+    summaries = {seed: run_summary(run_dir_of(root, variant, seed)) for seed in seeds}
+    return {seed: summary for seed, summary in summaries.items() if summary is not None}
+
+
+def scored(summaries: dict[int, dict]) -> dict:
+    """A variant's entry: each seed's score (the report's mean of the last LAST_EVALS
+    evaluations), their mean and 95% t-interval half-width, and the mean run time."""
+    scores = {seed: summary["evaluation"]["last5"] for seed, summary in summaries.items()}
+    walls = [summary["duration_s"] for summary in summaries.values() if summary["duration_s"] is not None]
+    mean, half = mean_ci(list(scores.values()))
+    return {"scores": scores, "mean": mean, "ci95": half, "run_s_mean": float(np.mean(walls)) if walls else None}
+
+
+def reference_line(summaries: list[dict], line: str) -> float | None:
+    """The runs' mean `random` or `oracle` evaluation line; None when no run has it."""
+    values = [summary["evaluation"][line] for summary in summaries if summary["evaluation"][line] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def print_per_seed(entries: dict[str, dict]) -> None:
+    print("\nper seed:")
+    for name, entry in entries.items():
+        print(f"  {name}: " + ", ".join(f"{seed}: {score:.2f}" for seed, score in sorted(entry["scores"].items())))
+
+
 def run_batch(root: Path, seeds: list[int], variants: list[str], timeout_s: float) -> None:
     for seed in seeds:
         for variant in variants:
@@ -94,29 +121,13 @@ def run_batch(root: Path, seeds: list[int], variants: list[str], timeout_s: floa
 
 def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
     per_variant: dict[str, dict] = {}
-    random_lines, oracle_lines = [], []
+    every_run: list[dict] = []
     for variant in variants:
-        scores, distinct, walls = {}, [], []
-        for seed in seeds:
-            summary = run_summary(run_dir_of(root, variant, seed))
-            if summary is None:
-                continue
-            evaluation = summary["evaluation"]
-            scores[seed] = evaluation["last5"]  # the report's mean of the last LAST_EVALS evaluations
-            if evaluation["random"] is not None:
-                random_lines.append(evaluation["random"])
-            if evaluation["oracle"] is not None:
-                oracle_lines.append(evaluation["oracle"])
-            if summary["landmarks"] is not None:
-                distinct.append(summary["landmarks"]["distinct_fraction"])
-            if summary["duration_s"] is not None:
-                walls.append(summary["duration_s"])
-        mean, half = mean_ci(list(scores.values()))
-        per_variant[variant] = {"scores": scores, "mean": mean, "ci95": half,
-                                "distinct_fraction": float(np.mean(distinct)) if distinct else None,
-                                "run_s_mean": float(np.mean(walls)) if walls else None}
-    random_line = float(np.mean(random_lines)) if random_lines else None
-    oracle_line = float(np.mean(oracle_lines)) if oracle_lines else None
+        summaries = finished_runs(root, variant, seeds)
+        every_run += summaries.values()
+        distinct = [s["landmarks"]["distinct_fraction"] for s in summaries.values() if s["landmarks"] is not None]
+        per_variant[variant] = {**scored(summaries), "distinct_fraction": float(np.mean(distinct)) if distinct else None}
+    random_line, oracle_line = reference_line(every_run, "random"), reference_line(every_run, "oracle")
     comparisons = {}
     main_scores = per_variant.get("main", {}).get("scores", {})
     for variant, entry in per_variant.items():
@@ -148,9 +159,7 @@ def print_tables(summary: dict) -> None:
         print(f"| {variant} | {len(entry['seeds'])} | {fmt(entry['main_minus_variant'])} "
               f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
               f"{fmt(entry['mde'])} |")
-    print("\nper seed:")
-    for variant, entry in summary["variants"].items():
-        print(f"  {variant}: " + ", ".join(f"{seed}: {score:.2f}" for seed, score in sorted(entry["scores"].items())))
+    print_per_seed(summary["variants"])
 
 
 def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path: Path) -> None:
