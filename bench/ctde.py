@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import plot_variants, print_json, records, run_and_score, summarize_variants  # noqa: E402  (the shared run helpers)
+from runs import plot_variants, print_json, print_summaries, records, run_and_score, run_cells, summarize_variants  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {
     "qmix": ["training={mode: centralized, mixer: qmix, params_every: 10}"],
@@ -102,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
               "(eval/return_mean, higher is better)" + (f"; overrides {' '.join(args.set)}" if args.set else ""))
         print(f"{'variant':8} {'seed':>4} {'score':>9} {'evals':>5} {'grad steps':>10} {'run s':>6} {'wall s':>7}  status")
         for r in rows:
-            score = "-" if r["score"] is None else f"{r['score']:.2f}"
+            score, status = run_cells(r)
             steps = "-" if r["gradient_steps"] is None else f"{r['gradient_steps']:.0f}"
-            status = f"FAILED (exit {r['exit_code']})" if r["failed"] else "ok"
             print(f"{r['variant']:8} {r['seed']:>4} {score:>9} {len(r['evaluations']):>5} {steps:>10} {r['run_s'] or '-':>6} {r['wall_s']:>7}  {status}")
-        for variant, s in summary.items():
-            print(f"{variant:8} mean {s['mean']:.2f}  std {s['std']:.2f}  n={s['n']}")
+        print_summaries(summary)
         print(f"runs in {root}")
     return 1 if any(r["failed"] for r in rows) else 0
 

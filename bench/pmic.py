@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import plot_variants, print_json, run_and_score, summarize_variants  # noqa: E402  (the shared run helpers)
+from runs import plot_variants, print_json, print_summaries, run_and_score, run_cells, summarize_variants  # noqa: E402  (the shared run helpers)
 
 VARIANTS = {"pmic": [], "no_mi": ["agents.learner.pmic=false"]}
 
@@ -66,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config {args.config}, steps {args.steps or 'config'}, score = mean of last {args.last_evals} evaluations")
         print(f"{'variant':8} {'seed':>4} {'score':>10} {'evals':>5} {'wall s':>7}  status")
         for r in rows:
-            score = "-" if r["score"] is None else f"{r['score']:.2f}"
-            status = f"FAILED (exit {r['exit_code']})" if r["failed"] else "ok"
+            score, status = run_cells(r)
             print(f"{r['variant']:8} {r['seed']:>4} {score:>10} {len(r['evaluations']):>5} {r['wall_s']:>7}  {status}")
-        for variant, s in summary.items():
-            print(f"{variant:8} mean {s['mean']:.2f}  std {s['std']:.2f}  n={s['n']}")
+        print_summaries(summary)
         print(f"PMIC vs no MI: {improvement:+.1%} (target >= +5 %)")
         print(f"runs in {root}")
     return 1 if any(r["failed"] for r in rows) else 0

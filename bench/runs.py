@@ -246,6 +246,18 @@ def plot_variants(rows: list[dict], variants, path: Path, config: str, steps: in
                      path, f"{config}, {steps or 'config'} steps, seeds {seeds}, mean and 95% CI")
 
 
+def run_cells(row: dict) -> tuple[str, str]:
+    """A run's score ("-" when it has none) and status ("ok", or "FAILED (exit N)") as table cells."""
+    score = "-" if row["score"] is None else f"{row['score']:.2f}"
+    return score, f"FAILED (exit {row['exit_code']})" if row["failed"] else "ok"
+
+
+def print_summaries(summary: dict[str, dict]) -> None:
+    """One line per variant of `summarize_variants`: mean, standard deviation, runs."""
+    for variant, s in summary.items():
+        print(f"{variant:8} mean {s['mean']:.2f}  std {s['std']:.2f}  n={s['n']}")
+
+
 def print_json(result: dict) -> None:
     """A bench's `--json`: the result with NaN written as null."""
     print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
