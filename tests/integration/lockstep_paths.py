@@ -3,9 +3,13 @@
 through a shared-memory segment, protocols/shm_lockstep.py). The `lockstep_transport` fixture
 (tests/conftest.py) runs a test once per path; the server is started with `--transport` of the
 same name, so an shm test cannot pass over zmq (the server refuses a client it cannot give
-shared memory)."""
+shared memory).
+
+`LockstepClient` is such a bare client: it joins one env agent and acts on it."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from agent_node.env_client import EnvClient, use_lockstep_transport
 from protocols import messages as m
@@ -25,3 +29,31 @@ def take_welcome(channel, client: EnvClient, welcome: m.EnvWelcome, transport: s
     client.on_welcome(welcome)
     path = use_lockstep_transport(channel, client)
     assert path == ("shm" if transport == "shm" else "zmq msgpack"), path
+
+
+class LockstepClient:
+    """A bare agent-side client: joins one env agent (index `index`) as `name` and talks
+    lockstep over `transport`."""
+
+    def __init__(self, hub, endpoint: str, name: str, index: int, transport: str = "zmq") -> None:
+        self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
+        client = env_client(transport, name, [index])
+        self.channel.send(client.join())
+        self.welcome = self.expect(m.EnvWelcome)
+        take_welcome(self.channel, client, self.welcome, transport)
+        (self.agent,) = self.welcome.agents
+
+    def expect(self, message_type: type, timeout_s: float = 20.0):
+        message = self.channel.wait_for(object, timeout_s=timeout_s)  # the next message, whatever it is
+        assert message is not None, f"no {message_type.MSG_TYPE} within {timeout_s} s"
+        assert isinstance(message, message_type), message
+        return message
+
+    def act(self, step: int, value: int = 0) -> None:
+        """Action `value` for every copy of the agent."""
+        actions = np.full((self.welcome.num_copies,), value, dtype=np.int64)
+        self.channel.send(m.EnvAction(step=step, actions={self.agent: actions}))
+
+    def ready(self, step: int) -> None:
+        """The agent's goal is decided (the episode-start hold, env.episode_start)."""
+        self.channel.send(m.GoalReady(step=step, agents=[self.agent]))

@@ -11,7 +11,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from protocols import messages as m
 from protocols.transport import Hub
-from tests.integration.lockstep_paths import env_client, take_welcome
+from tests.integration.lockstep_paths import LockstepClient, env_client
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -96,27 +96,7 @@ def test_remote_env_refuses_a_vectorized_server(env_server):
         RemoteParallelEnv(endpoint)
 
 
-class Client:
-    """A bare agent-side client: joins one env agent and talks lockstep over `transport`
-    (tests/integration/lockstep_paths.py)."""
-
-    def __init__(self, hub: Hub, endpoint: str, name: str, index: int, transport: str = "zmq") -> None:
-        self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
-        client = env_client(transport, name, [index])
-        self.channel.send(client.join())
-        self.welcome = self.expect(m.EnvWelcome)
-        take_welcome(self.channel, client, self.welcome, transport)
-        (self.agent,) = self.welcome.agents
-
-    def expect(self, message_type: type, timeout_s: float = 20.0):
-        message = self.channel.wait_for(object, timeout_s=timeout_s)  # the next message, whatever it is
-        assert message is not None, f"no {message_type.MSG_TYPE} within {timeout_s} s"
-        assert isinstance(message, message_type), message
-        return message
-
-    def act(self, step: int, value: int = 0) -> None:
-        actions = np.full((self.welcome.num_copies,), value, dtype=np.int64)
-        self.channel.send(m.EnvAction(step=step, actions={self.agent: actions}))
+Client = LockstepClient  # (tests/integration/lockstep_paths.py)
 
 
 def test_lockstep_steps_without_a_missing_agent_and_records_it(env_server, hub, lockstep_transport):

@@ -6,41 +6,20 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 
 from protocols import messages as m
 from protocols.transport import Hub
-from tests.integration.lockstep_paths import env_client, take_welcome
+from tests.integration.lockstep_paths import LockstepClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 KWARGS = json.dumps({"num_landmarks": 3, "max_steps": 3})
 
 
-class Client:
-    """A bare agent-side client driving one env agent."""
-
-    def __init__(self, hub: Hub, endpoint: str, index: int, transport: str) -> None:
-        name = f"client_{index}"
-        self.channel = hub.connect_dealer(endpoint, name=name, identity=name)
-        client = env_client(transport, name, [index])  # (tests/integration/lockstep_paths.py)
-        self.channel.send(client.join())
-        self.welcome = self.expect(m.EnvWelcome)
-        take_welcome(self.channel, client, self.welcome, transport)
-        (self.agent,) = self.welcome.agents
-
-    def expect(self, message_type: type, timeout_s: float = 20.0):
-        message = self.channel.wait_for(object, timeout_s=timeout_s)  # the next message, whatever it is
-        assert message is not None, f"no {message_type.MSG_TYPE} within {timeout_s} s"
-        assert isinstance(message, message_type), message
-        return message
-
-    def act(self, step: int) -> None:
-        self.channel.send(m.EnvAction(step=step, actions={self.agent: np.zeros(self.welcome.num_copies, np.int64)}))
-
-    def ready(self, step: int) -> None:
-        self.channel.send(m.GoalReady(step=step, agents=[self.agent]))
+def Client(hub: Hub, endpoint: str, index: int, transport: str) -> LockstepClient:
+    """A bare agent-side client driving env agent `index` (tests/integration/lockstep_paths.py)."""
+    return LockstepClient(hub, endpoint, f"client_{index}", index, transport)
 
 
 @pytest.fixture
