@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -147,13 +148,24 @@ def test_ctrl_c_while_nodes_start_leaves_no_child_after_5_s(tmp_path, kill_lefto
     interrupt_and_expect_no_child_after_5_s(process, run_dir, kill_leftovers)
 
 
-def test_a_paused_node_is_detected_and_shown_and_resumes(tmp_path, kill_leftovers):
-    run_dir = tmp_path / "run"
+@contextmanager
+def tiny_ring_started(run_dir: Path, kill_leftovers: list[int]):
+    """`orchestrate up` of the tiny ring for long (LONG); yields the process and the nodes' pids
+    once every node has started, and kills the orchestrator if it is still running after."""
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *LONG)
     try:
-        events = wait_for_event(run_dir, "started", process)
-        pids = launched_pids(events)
+        pids = launched_pids(wait_for_event(run_dir, "started", process))
         kill_leftovers.extend(pids.values())
+        yield process, pids
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_a_paused_node_is_detected_and_shown_and_resumes(tmp_path, kill_leftovers):
+    run_dir = tmp_path / "run"
+    with tiny_ring_started(run_dir, kill_leftovers) as (process, pids):
         os.kill(pids["agent_1"], signal.SIGSTOP)
         events = wait_for_event(run_dir, "paused", process, timeout_s=30)
         paused = [e for e in events if e["event"] == "paused"]
@@ -166,28 +178,16 @@ def test_a_paused_node_is_detected_and_shown_and_resumes(tmp_path, kill_leftover
         assert [e for e in events if e["event"] == "resumed"][0]["node"] == "agent_1"
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 130
     assert_all_reaped(pids)
 
 
 def test_exited_event_is_stamped_when_the_node_died(tmp_path, kill_leftovers):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *LONG)
-    try:
-        events = wait_for_event(run_dir, "started", process)
-        pids = launched_pids(events)
-        kill_leftovers.extend(pids.values())
+    with tiny_ring_started(run_dir, kill_leftovers) as (process, pids):
         killed_at = time.time()
         os.kill(pids["agent_1"], signal.SIGKILL)
         process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 1
     events = read_events(run_dir)
     died = next(e for e in events if e["event"] == "exited" and e["node"] == "agent_1")
