@@ -12,6 +12,15 @@ from protocols.durable_state import DamagedStateError
 from protocols.jsonlines import FileWriteError
 
 
+def saved_file(path, points) -> bytearray:
+    """Save `points` into a resume file at `path` in order, close it, and return its bytes."""
+    writer = ResumeFile(path)
+    for point in points:
+        writer.save(point)
+    writer.close()
+    return bytearray(path.read_bytes())
+
+
 def test_no_file_is_a_fresh_run(tmp_path):
     assert ResumeFile(tmp_path / "resume.bin").load() is None
 
@@ -41,11 +50,7 @@ def test_a_resumed_writer_goes_on_numbering_after_the_loaded_point(tmp_path):
 
 def test_a_torn_slot_falls_back_to_the_other_one_step_older(tmp_path):
     path = tmp_path / "resume.bin"
-    writer = ResumeFile(path)
-    writer.save(ResumePoint(step=10))
-    writer.save(ResumePoint(step=11, evaluation_running=True))
-    writer.close()
-    data = bytearray(path.read_bytes())
+    data = saved_file(path, [ResumePoint(step=10), ResumePoint(step=11, evaluation_running=True)])
     newest = 0 if b'"step":11' in data[:SLOT_BYTES] else 1
     data[newest * SLOT_BYTES + 30] ^= 0xFF  # a byte of its payload changed: the CRC no longer matches
     path.write_bytes(bytes(data))
@@ -71,10 +76,7 @@ def test_a_file_without_a_valid_slot_is_refused_naming_it_never_a_fresh_start(tm
 
 def test_random_bytes_over_a_used_file_are_refused(tmp_path):
     path = tmp_path / "resume.bin"
-    writer = ResumeFile(path)
-    for step in range(1, 30):
-        writer.save(ResumePoint(step=step))
-    writer.close()
+    saved_file(path, [ResumePoint(step=step) for step in range(1, 30)])
     path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
     with pytest.raises(DamagedStateError, match="no valid resume point in either slot"):
         ResumeFile(path).load()
@@ -94,11 +96,7 @@ def test_the_first_save_creates_the_file_whole_and_leaves_no_temporary(tmp_path)
 
 def test_a_damaged_slot_beside_a_good_one_is_said(tmp_path):
     path = tmp_path / "resume.bin"
-    writer = ResumeFile(path)
-    for step in (10, 11):
-        writer.save(ResumePoint(step=step))
-    writer.close()
-    data = bytearray(path.read_bytes())
+    data = saved_file(path, [ResumePoint(step=10), ResumePoint(step=11)])
     data[SLOT_BYTES : SLOT_BYTES + 8] = b"garbage!"  # slot 1: not a resume point any more
     path.write_bytes(bytes(data))
     reader = ResumeFile(path)
@@ -117,11 +115,7 @@ def test_a_refusing_file_system_raises_a_file_write_error_naming_the_file(tmp_pa
 
 def test_the_loss_of_a_torn_slot_is_reported_like_an_agents(tmp_path):
     path = tmp_path / "resume.bin"
-    writer = ResumeFile(path)
-    for step in (10, 11):
-        writer.save(ResumePoint(step=step))
-    writer.close()
-    data = bytearray(path.read_bytes())
+    data = saved_file(path, [ResumePoint(step=10), ResumePoint(step=11)])
     newest = 0 if b'"step":11' in data[:SLOT_BYTES] else 1
     data[newest * SLOT_BYTES + 30] ^= 0xFF  # the newer slot's payload: its header still says it is newer
     path.write_bytes(bytes(data))
@@ -142,10 +136,7 @@ def test_the_loss_of_a_torn_slot_is_reported_like_an_agents(tmp_path):
 
 def test_with_start_fresh_a_file_without_a_valid_slot_is_set_aside_and_the_run_starts_again_saying_so(tmp_path):
     path = tmp_path / "resume.bin"
-    writer = ResumeFile(path)
-    for step in range(1, 30):
-        writer.save(ResumePoint(step=step))
-    writer.close()
+    saved_file(path, [ResumePoint(step=step) for step in range(1, 30)])
     damaged = random.Random(0).randbytes(path.stat().st_size)
     path.write_bytes(damaged)
     reader = ResumeFile(path, start_fresh=True)
