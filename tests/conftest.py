@@ -128,6 +128,15 @@ def env_server(spawn):
     return start
 
 
+def fill_disk(path, chunk_bytes: int = 4096) -> None:
+    """Write `path` until its file system is full (the OSError that says so is expected)."""
+    with pytest.raises(OSError):
+        with open(path, "wb") as file:
+            while True:
+                file.write(b"x" * chunk_bytes)
+                file.flush()
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 64 KiB tmpfs (root only: skipped otherwise), for disks that fill up; always unmounted."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, fill_disk
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -116,12 +116,7 @@ def test_a_run_root_without_write_permission_exits_2_naming_the_path(tmp_path):
 
 def test_a_disk_full_before_the_run_exits_1_and_leaves_no_run_dir(tmpfs):
     disk = tmpfs("full", "size=256k")
-    filler = disk / "filler"
-    with pytest.raises(OSError):
-        with open(filler, "wb") as file:
-            while True:
-                file.write(b"x" * 4096)
-                file.flush()
+    fill_disk(disk / "filler")
     run_dir = disk / "run"
     assert_one_clear_line(up(run_dir), 1, str(run_dir), "No space left on device")
     assert not run_dir.exists()
