@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.integration.test_orchestrate import REPO, read_events
+from tests.integration.test_orchestrate import REPO, finished_ok, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(170), pytest.mark.long]
 
@@ -33,8 +33,7 @@ def test_amigo_on_minigrid_runs_with_network_teachers_and_logs_t_star(tmp_path):
          "--set", "agents.goals.amigo.teacher_batch_size=1", "--set", "agents.goals.amigo.difficulty_counts=2"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    _, stderr = process.communicate(timeout=160)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=160)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
     for agent in ("agent_0", "agent_1"):
         mine = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.integration.test_orchestrate import orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -29,8 +29,7 @@ def test_an_amigo_pair_runs_and_logs_t_star_goal_difficulty_and_success(tmp_path
         "--set", "agents.learner.learning_starts=80", "--set", "agents.goals.amigo.teacher_batch_size=1",
         "--set", "agents.goals.amigo.difficulty_counts=2",
     )
-    _, stderr = process.communicate(timeout=110)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=110)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
     for agent in ("agent_0", "agent_1"):
         mine = records(run_dir, agent)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from env_server.envs import nonmonotonic, two_step
-from tests.integration.test_orchestrate import orchestrate
+from tests.integration.test_orchestrate import finished_ok, orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -32,8 +32,7 @@ def test_two_step_game_through_the_learner_node_lands_where_the_paper_says(tmp_p
 
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/games_two_step.yaml", "--run-dir", str(run_dir), "--set", f"training.mixer={mixer}")
-    _, stderr = process.communicate(timeout=540)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=540)
     assert final_team_return(run_dir) == {"qmix": 8.0, "vdn": 7.0}[mixer]
 
     learner = load_trained_learner(run_dir)
@@ -58,8 +57,7 @@ def nonmonotonic_vdn_run(run_dir: Path, *overrides: str, timeout_s: float = 570)
 
     sets = [arg for override in ("training.mixer=vdn", *overrides) for arg in ("--set", override)]
     process = orchestrate("up", "configs/games_nonmonotonic.yaml", "--run-dir", str(run_dir), *sets)
-    _, stderr = process.communicate(timeout=timeout_s)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=timeout_s)
     assert final_team_return(run_dir) == 0.0  # the projection's greedy cell lies in the zero block
     obs = nonmonotonic.parallel_env().stage_observation("matrix")
     learned = load_trained_learner(run_dir).joint_q_table(np.stack([obs, obs]), obs)

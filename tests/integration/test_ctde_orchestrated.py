@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent_node.persistence import load_checkpoint
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
+from tests.integration.test_orchestrate import (
+    assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events, wait_for_event,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -29,8 +31,7 @@ def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_it
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", f"training.mixer={mixer}",
                           "--set", f"network.transport={transport}")
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=240)
     events = read_events(run_dir)
     assert {e["node"]: e["role"] for e in events if e["event"] == "launched"}["learner"] == "learner"
     assert all(e["code"] == 0 for e in events if e["event"] == "exited") and len([e for e in events if e["event"] == "exited"]) == 5
@@ -86,8 +87,7 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
 
     trained_dir = tmp_path / "two"
     process = orchestrate("up", "configs/tiny_shared_dqn.yaml", "--run-dir", str(trained_dir))
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=240)
     checkpoint = trained_dir / "nodes" / "agent_0" / "checkpoints" / "latest.pt"
     trained = load_checkpoint(checkpoint)["learner"]
     assert trained["algorithm"] == "shared_dqn" and trained["dqn"]["gradient_steps"] > 0
@@ -100,8 +100,7 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
         "--set", "env.kwargs.N=3", "--set", "agents.count=3", "--set", "agents.learning=false",
         "--set", f"agents.load_shared_checkpoint={checkpoint}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=240)
     evaluations = [r for r in metrics(three_dir, "env") if "eval/return_mean" in r]
     assert [r["step"] for r in evaluations] == [20, 40, 60]
     for agent in AGENTS:
@@ -115,8 +114,7 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
 def test_a_shared_checkpoint_with_another_layout_is_refused_naming_both(tmp_path):
     trained_dir = tmp_path / "two"
     process = orchestrate("up", "configs/tiny_shared_dqn.yaml", "--run-dir", str(trained_dir), "--set", "run.steps=20")
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=240)
     checkpoint = trained_dir / "nodes" / "agent_0" / "checkpoints" / "latest.pt"
     other = tmp_path / "other"
     process = orchestrate(
@@ -146,8 +144,7 @@ def test_a_parameter_shared_run_that_averages_at_end_ends_with_one_policy(tmp_pa
         "--set", "protocols.consensus={enabled: true, what: policy_parameters, period_steps: 25, rounds: 3, "
                  f"round_timeout_s: 2.0, average_at_end: {str(average_at_end).lower()}}}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=240)
     networks = [load_checkpoint(run_dir / "nodes" / agent / "checkpoints" / "latest.pt")["learner"]["dqn"]
                 for agent in AGENTS]
     assert all(network["gradient_steps"] > 0 for network in networks)

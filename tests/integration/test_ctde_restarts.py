@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_orchestrate import launched_pids, orchestrate, read_events, wait_for_event
+from tests.integration.test_orchestrate import finished_ok, launched_pids, orchestrate, read_events, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -124,8 +124,7 @@ def test_a_centralized_run_goes_on_across_an_env_server_restart(tmp_path):
         "--set", "faults.schedule=[{at_step: 80, kind: restart, nodes: [env]}]",
         "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=200)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=200)
     events = read_events(run_dir)
     assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
     assert any(e["event"] == "env_server_resumed" for e in events)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.integration.test_orchestrate import orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -14,8 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 def test_tiny_pmic_run_learns_with_the_global_view_and_mi_shaping(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_pmic.yaml", "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=200)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=200)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
@@ -35,8 +34,7 @@ def test_tiny_run_records_a_dataset_with_the_global_view(tmp_path):
 
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_record.yaml", "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=200)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=200)
     dataset = MultiAgentDataset(run_dir / "dataset")
     assert dataset.agents == ["agent_0", "agent_1", "agent_2"]
     # 60 lockstep steps x 2 copies: the observations of steps 1..60 each end 2 transitions.
@@ -58,8 +56,7 @@ def test_offline_cql_from_a_recorded_run_then_evaluated_by_orchestrate_up(tmp_pa
 
     record_dir = tmp_path / "record"
     process = orchestrate("up", "configs/tiny_record.yaml", "--run-dir", str(record_dir))
-    _, stderr = process.communicate(timeout=200)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=200)
     checkpoints = tmp_path / "offline"
     trained = subprocess.run(
         [sys.executable, "-m", "agent_node.offline", "--dataset", str(record_dir / "dataset"), "--learner", "cql",
@@ -76,8 +73,7 @@ def test_offline_cql_from_a_recorded_run_then_evaluated_by_orchestrate_up(tmp_pa
         "--set", "agents.learner={kind: cql, hidden_sizes: [32]}", "--set", "agents.learning=false",
         "--set", f"agents.load_checkpoints={checkpoints}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=200)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=200)
     evaluations = [json.loads(line) for line in (eval_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evaluations if "eval/return_mean" in e] == [20, 40, 60]
     for agent in ("agent_0", "agent_1", "agent_2"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_orchestrate import orchestrate
+from tests.integration.test_orchestrate import finished_ok, orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(400)]
 
@@ -17,8 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(400
 def trained_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("evaluate") / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=150)
     return run_dir
 
 
@@ -48,8 +47,7 @@ def test_evaluate_prints_each_agents_return_per_episode_from_the_last_checkpoint
 def test_a_run_starts_from_the_checkpoints_of_another_runs_nodes_dir(trained_run, tmp_path):
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(tmp_path / "greedy"),
                           "--set", "agents.learning=false", "--set", f"agents.load_checkpoints={trained_run / 'nodes'}")
-    _, stderr = process.communicate(timeout=150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=150)
     assert "loaded the initial checkpoint" in (tmp_path / "greedy" / "nodes" / "agent_2" / "log").read_text()
 
 

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.integration.test_orchestrate import orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -24,8 +24,7 @@ def run(tmp_path, config, steps, *overrides):
     run_dir = tmp_path / "run"
     process = orchestrate("up", config, "--run-dir", str(run_dir), "--set", f"run.steps={steps}",
                           "--set", "agents.learner.learning_starts=80", *overrides)
-    _, stderr = process.communicate(timeout=280)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=280)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
     return run_dir
 
@@ -114,8 +113,7 @@ def test_a_supervisor_node_killed_mid_run_restores_its_checkpoint_and_teams_stil
         "--set", "faults.restart={policy: on-failure, max_restarts: 1, backoff_s: 0.5, roles: [supervisor]}",
         "--set", f"faults.schedule=[{{at_step: {4 * EPISODE}, kind: kill, nodes: [supervisor]}}]",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=280)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=280)
     events = read_events(run_dir)
     (fault,) = [e for e in events if e["event"] == "fault"]
     (restarted,) = [e for e in events if e["event"] == "restarted"]
@@ -207,8 +205,7 @@ def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goe
         "--set", "faults.restart={policy: on-failure, max_restarts: 1, backoff_s: 0.5}",
         "--set", "faults.schedule=[{at_step: 300, kind: kill, nodes: [agent_1]}]",
     )
-    _, stderr = process.communicate(timeout=280)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=280)
     events = read_events(run_dir)
     (fault,) = [e for e in events if e["event"] == "fault"]
     assert [e["node"] for e in events if e["event"] == "restarted"] == ["agent_1"]
@@ -229,8 +226,7 @@ def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
         "--set", "faults.schedule=[{at_step: 150, kind: restart, nodes: [env]}]",
         "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=280)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=280)
     events = read_events(run_dir)
     assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
     assert [e["event"] for e in events if e["event"].startswith("env_server_")] == ["env_server_restarting", "env_server_resumed"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from tests.integration.test_orchestrate import orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(400)]
 
@@ -32,8 +32,7 @@ def test_pistonball_runs_with_a_cnn_and_unpacked_bodies(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(CONFIG))
     run_dir = tmp_path / "run"
     process = orchestrate("up", str(config), "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=360)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=360)
     assert read_events(run_dir)[-1]["reason"] == "budget spent"
     env_log = (run_dir / "nodes" / "env" / "log").read_text()
     assert env_log.count("lockstep bodies in msgpack (an observation of 1 copies takes up to") == 2

@@ -20,7 +20,9 @@ import pytest
 
 from orchestrator.launcher import NODE_PID_FILENAME, process_start_time
 from tests.conftest import REPO
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
+from tests.integration.test_orchestrate import (
+    assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events, wait_for_event,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -202,8 +204,7 @@ def test_exited_event_is_stamped_when_the_node_died(tmp_path, kill_leftovers):
 def test_both_start_methods_run_to_completion(tmp_path, method):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"launch.start_method={method}")
-    _, stderr = process.communicate(timeout=150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=150)
     events = read_events(run_dir)
     launched = [e for e in events if e["event"] == "launched"]
     assert {e["start_method"] for e in launched} == {method}
@@ -257,8 +258,7 @@ def test_a_killed_agent_is_restarted_by_policy_and_steps_again_from_its_checkpoi
         "--set", "faults.schedule=[{at_s: 2, kind: kill, nodes: [agent_1]}, {at_s: 3, kind: restart, nodes: [agent_2]}]",
         "--set", "faults.restart={policy: on-failure, max_restarts: 2, backoff_s: 0.5}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=300)
     events = read_events(run_dir)
     for agent, requested in (("agent_1", False), ("agent_2", True)):
         mine = [e for e in events if e["node"] == agent]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
+from tests.integration.test_orchestrate import assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -48,8 +48,7 @@ def test_a_step_held_for_a_link_change_waits_for_its_nodes_but_not_for_a_paused_
         "--set", "env.step_deadline_s=0.2", "--set", "env.eval_every_steps=null",
         "--set", f"faults.schedule={schedule}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=280)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=280)
     events = read_events(run_dir)
     link = next(e for e in events if e["event"] == "fault" and e["kind"] == "link")
     assert link["step"] == 40 and link["late_steps"] == 0 and set(link["nodes"]) == {"agent_1", "agent_2"}
@@ -79,8 +78,7 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
         "--set", "protocols.membership={heartbeat_every_s: 0.5, timeout_s: 2.0}",
         "--set", f"faults.schedule={schedule}",
     )  # fmt: skip
-    _, stderr = process.communicate(timeout=540)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=540)
     events = read_events(run_dir)
     started = next(e["t"] for e in events if e["event"] == "started")
     faults = [e for e in events if e["event"] == "fault"]
@@ -175,8 +173,7 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
     run_dir = tmp_path / "run"
     started_at = time.monotonic()
     process = orchestrate("up", "configs/faults_ring.yaml", "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=280)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=280)
     events = read_events(run_dir)
     # In schedule order (the step fault fires before or after the heal, as the machine's speed has it).
     fault_events = sorted((e for e in events if e["event"] == "fault"), key=lambda e: e["position"])

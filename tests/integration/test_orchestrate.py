@@ -25,6 +25,14 @@ def orchestrate(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+def finished_ok(process: subprocess.Popen, timeout_s: float) -> bytes:
+    """Wait for `orchestrate` to exit, assert it exited 0 (showing the end of its stderr if not),
+    and return its stderr."""
+    _, stderr = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    return stderr
+
+
 def read_events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.exists():
@@ -64,8 +72,7 @@ def assert_all_reaped(pids: dict[str, int]) -> None:
 def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"env.transport={transport}")
-    _, stderr = process.communicate(timeout=150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=150)
 
     events = read_events(run_dir)
     nodes = {"env", "agent_0", "agent_1", "agent_2"}
@@ -111,8 +118,7 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
 def test_up_over_tcp(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=150)
     registered = [e for e in read_events(run_dir) if e["event"] == "registered"]
     assert registered and all(ep.startswith("tcp://127.0.0.1:") for e in registered for ep in e["endpoints"].values())
 
@@ -166,8 +172,7 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     """Three OG-MARL agents on a ring refit their GPs, average them over real sockets, imagine."""
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_og_marl.yaml", "--run-dir", str(run_dir))
-    _, stderr = process.communicate(timeout=170)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=170)
     finals = {}
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
@@ -192,8 +197,7 @@ def test_og_marl_agents_average_by_push_sum(tmp_path):
     process = orchestrate(
         "up", "configs/tiny_og_marl.yaml", "--run-dir", str(run_dir), "--set", "protocols.consensus.mode=push_sum"
     )
-    _, stderr = process.communicate(timeout=170)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=170)
     for agent in ("agent_0", "agent_1", "agent_2"):
         records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
         summaries = [r for r in records if "consensus/pushes" in r]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from agent_node.persistence import load_checkpoint
-from tests.integration.test_orchestrate import orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -62,8 +62,7 @@ TIMING_PREFIXES = ("link/", "security/", "membership/", "peer/")
 def run_config(config: str, run_dir: Path, *settings: str) -> None:
     overrides = [arg for setting in settings for arg in ("--set", setting)]
     process = orchestrate("up", config, "--run-dir", str(run_dir), *overrides)
-    _, stderr = process.communicate(timeout=150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=150)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
 
 

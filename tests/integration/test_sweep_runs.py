@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, read_events
+from tests.integration.test_orchestrate import assert_all_reaped, finished_ok, launched_pids, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,8 +43,7 @@ def test_a_two_point_loss_sweep_runs_and_reports(tmp_path):
     )  # fmt: skip
     sweep_dir = tmp_path / "sweep"
     process = orchestrate("sweep", str(path), "--sweep-dir", str(sweep_dir), "--parallel", "2")
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr.decode()[-3000:]
+    stderr = finished_ok(process, timeout_s=240)
 
     index = json.loads((sweep_dir / "sweep.json").read_text())
     assert index["state"] == "finished"
