@@ -537,6 +537,23 @@ def pooled_curve(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.
     return np.array(common), mean, half
 
 
+def _legend_or_say_empty(axis, fontsize: int) -> None:
+    """The axis's legend, or a note in its middle when no passing run drew on it."""
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=fontsize)
+    else:
+        axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=axis.transAxes)
+
+
+def _save(figure, path: Path, written: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    written.append(str(path))
+    plt.close(figure)
+
+
 def plot(results: list[RunResult], out: Path, penalty: float) -> list[str]:
     import matplotlib
 
@@ -559,14 +576,8 @@ def plot(results: list[RunResult], out: Path, penalty: float) -> list[str]:
     axis.set_xlabel("training steps after the random phase")
     axis.set_ylabel("evaluation return (5 greedy episodes)")
     axis.set_title(f"Reward collection, 5 agents, {setting}: mean and 95% CI over seeds")
-    if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=8)
-    else:
-        axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=axis.transAxes)
-    figure.tight_layout()
-    figure.savefig(out / "learning_curves.png", dpi=120)
-    written.append(str(out / "learning_curves.png"))
-    plt.close(figure)
+    _legend_or_say_empty(axis, fontsize=8)
+    _save(figure, out / "learning_curves.png", written)
 
     figure, (mse_axis, distance_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
     for variant in variants:
@@ -584,22 +595,13 @@ def plot(results: list[RunResult], out: Path, penalty: float) -> list[str]:
     mse_axis.set_xlabel("training steps")
     mse_axis.set_ylabel("held-out one-step MSE (mean over agents)")
     mse_axis.set_title(f"GP error per refresh ({setting})")
-    if mse_axis.get_legend_handles_labels()[0]:
-        mse_axis.legend(fontsize=7)
-    else:
-        mse_axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=mse_axis.transAxes)
+    _legend_or_say_empty(mse_axis, fontsize=7)
     distance_axis.set_yscale("log")
     distance_axis.set_xlabel("training steps")
     distance_axis.set_ylabel("max over agents of |J_i - Jbar| / |Jbar| (probe estimate)")
     distance_axis.set_title("distance to the exact average after consensus (rounding floor ~1e-15)")
-    if distance_axis.get_legend_handles_labels()[0]:
-        distance_axis.legend(fontsize=7)
-    else:
-        distance_axis.text(0.5, 0.5, 'no passing run to show', ha='center', transform=distance_axis.transAxes)
-    figure.tight_layout()
-    figure.savefig(out / "gp_error_per_refresh.png", dpi=120)
-    written.append(str(out / "gp_error_per_refresh.png"))
-    plt.close(figure)
+    _legend_or_say_empty(distance_axis, fontsize=7)
+    _save(figure, out / "gp_error_per_refresh.png", written)
     return written
 
 

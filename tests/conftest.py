@@ -128,6 +128,19 @@ def env_server(spawn):
     return start
 
 
+def through_a_checkpoint(state):
+    """What a node's checkpoint does to a state dict: torch.save, then torch.load(weights_only=True)
+    (so a state that needs arbitrary pickling fails here as it would on resume)."""
+    import io
+
+    import torch
+
+    stream = io.BytesIO()
+    torch.save(state, stream)
+    stream.seek(0)
+    return torch.load(stream, weights_only=True)
+
+
 def fill_disk(path, chunk_bytes: int = 4096) -> None:
     """Write `path` until its file system is full (the OSError that says so is expected)."""
     with pytest.raises(OSError):

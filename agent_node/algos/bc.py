@@ -26,8 +26,6 @@ from agent_node.algos.config import BCConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.learner_parts import (
     StateLayout,
-    check_config,
-    check_space,
     checked_obs,
     steps_to_take,
 )
@@ -43,16 +41,11 @@ class BCAgent(OfflineLearner):
     STATE = StateLayout("bc", "BC", modules=("policy",), optimizers=("optimizer",), counters=("gradient_steps",),
                         generators=("sample_rng",))
     PARAMS = "policy"
+    CONFIG = BCConfig
     NAME, PREFIX = "behaviour cloning", "bc"
 
     def __init__(self, config: BCConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
-        check_config(config, BCConfig)
-        check_space(observation_space, gym.spaces.Box, "behaviour cloning needs a Box observation space")
-        check_space(action_space, gym.spaces.Discrete, "this behaviour cloning is for Discrete action spaces")
-        self.config = config
-        self.observation_space = observation_space
-        self.action_space = action_space
-        self.obs_shape = tuple(observation_space.shape)
+        super().__init__(config, observation_space, action_space)
         init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(init_seed.generate_state(1)[0]))

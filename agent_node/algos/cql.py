@@ -43,8 +43,6 @@ from agent_node.algos.config import CQLConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.learner_parts import (
     StateLayout,
-    check_config,
-    check_space,
     checked_obs,
     run_gradient_steps,
     steps_to_take,
@@ -61,16 +59,11 @@ class CQLAgent(OfflineLearner):
     STATE = StateLayout("cql", "CQL", modules=("q_network", "target_network"), optimizers=("optimizer",),
                         counters=("gradient_steps",), generators=("sample_rng",))
     PARAMS = "q_network"
+    CONFIG = CQLConfig
     NAME, PREFIX = "CQL", "cql"
 
     def __init__(self, config: CQLConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
-        check_config(config, CQLConfig)
-        check_space(observation_space, gym.spaces.Box, "CQL needs a Box observation space")
-        check_space(action_space, gym.spaces.Discrete, "this CQL is for Discrete action spaces")
-        self.config = config
-        self.observation_space = observation_space
-        self.action_space = action_space
-        self.obs_shape = tuple(observation_space.shape)
+        super().__init__(config, observation_space, action_space)
         self.num_actions = int(action_space.n)
         init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
         obs_dim = int(np.prod(self.obs_shape))

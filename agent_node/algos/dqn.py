@@ -33,21 +33,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
-from agent_node.algos.learner_parts import (
-    StateLayout,
-    check_config,
-    check_seed,
-    check_space,
-    checked_obs,
-    run_gradient_steps,
-    scheduled_learning_rate,
-    set_learning_rate,
-    steps_to_take,
-    trainable_rows,
-    update_counters,
-)
-from agent_node.algos.params import ModuleLearner
 from agent_node.algos.encoders import ConvEncoder, choose_encoder
+from agent_node.algos.learner_parts import (StateLayout, check_config, check_seed, check_space, checked_obs, run_gradient_steps,
+                                            scheduled_learning_rate, set_learning_rate, steps_to_take, trainable_rows,
+                                            update_counters)
+from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
-from agent_node.algos.learner_parts import update_counters
+from agent_node.algos.learner_parts import check_config, check_space, update_counters
 
 
 def module_params(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
@@ -73,15 +74,25 @@ class ModuleLearner:
 
 
 class OfflineLearner(ModuleLearner):
-    """`NAME`: the learner's name in messages ("CQL"); `PREFIX`: its metric prefix ("cql").
-    A subclass sets `data` (None until `load_dataset`), `gradient_steps`, `action_space` and
-    `config.gradient_steps`, and gives `action_scores(obs)`, one score per action (K, n)."""
+    """`NAME`: the learner's name in messages ("CQL"); `PREFIX`: its metric prefix ("cql");
+    `CONFIG`: its config class. `__init__` checks and keeps the config and the spaces (a Box
+    observation, Discrete actions); a subclass then builds its networks, sets `data` (None until
+    `load_dataset`) and `gradient_steps`, and gives `action_scores(obs)`, one score per action."""
 
     NAME: str
     PREFIX: str
+    CONFIG: type
     data: Any
     gradient_steps: int
-    action_space: Any
+
+    def __init__(self, config: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> None:
+        check_config(config, self.CONFIG)
+        check_space(observation_space, gym.spaces.Box, f"{self.NAME} needs a Box observation space")
+        check_space(action_space, gym.spaces.Discrete, f"this {self.NAME} is for Discrete action spaces")
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.obs_shape = tuple(observation_space.shape)
 
     def observe(self, transition: Any) -> None:
         raise TypeError(f"{self.NAME} is an offline learner: it trains from load_dataset(...), not from online transitions")

@@ -54,17 +54,8 @@ import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 
 from agent_node.algos.config import SACConfig
-from agent_node.algos.learner_parts import (
-    StateLayout,
-    check_config,
-    check_seed,
-    check_space,
-    checked_obs,
-    run_gradient_steps,
-    steps_to_take,
-    trainable_rows,
-    update_counters,
-)
+from agent_node.algos.learner_parts import (StateLayout, check_config, check_seed, check_space, checked_obs, run_gradient_steps,
+                                            steps_to_take, trainable_rows, update_counters)
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition

@@ -4,7 +4,6 @@ between runs with different agent counts."""
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import gymnasium as gym
@@ -20,6 +19,7 @@ from agent_node.roles import Transition
 from env_server.envs.variable_count import VariableCountEnv, parallel_env
 from env_server.registry import make_env
 from env_server.vector import VectorizedParallelEnv
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -182,10 +182,7 @@ def test_index_weights_of_agents_never_seen_stay_zero_through_training():
 def test_a_checkpoint_trained_with_two_agents_runs_as_agent_three_of_four():
     trained = shared(agent_index=1)  # agent 1 of a 2-pursuer run, network sized for up to 4
     train_on_random_pursuit_rows(trained)
-    stream = io.BytesIO()
-    torch.save(trained.state_dict(), stream)
-    stream.seek(0)
-    checkpoint = torch.load(stream, weights_only=True)
+    checkpoint = through_a_checkpoint(trained.state_dict())
 
     newcomer = shared(agent_index=3, seed=5)  # agent 3 of a 4-pursuer run
     newcomer.load_state_dict(checkpoint)

@@ -3,7 +3,6 @@ config schema validates without torch."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from agent_node.algos import build_learner
 from agent_node.algos.config import DQNConfig, LearnerConfig, SACConfig
 from agent_node.algos.dqn import DQNAgent, linear_schedule
 from agent_node.roles import Actor, Learner, ParamSource, Transition
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -208,10 +208,7 @@ def test_learning_rate_decays_linearly_over_gradient_steps_then_holds():
 def test_state_dict_round_trip_resumes_identically(tmp_path):
     agent = DQNAgent(SMALL_CONFIG, CHAIN_OBS_SPACE, gym.spaces.Discrete(2), seed=0)
     run_chain(agent, rows=400)
-    stream = io.BytesIO()
-    torch.save(agent.state_dict(), stream)
-    stream.seek(0)
-    state = torch.load(stream, weights_only=True)  # no arbitrary pickle needed to resume
+    state = through_a_checkpoint(agent.state_dict())  # no arbitrary pickle needed to resume
     agent.replay.save(tmp_path / "replay.npz")
 
     resumed = DQNAgent(SMALL_CONFIG, CHAIN_OBS_SPACE, gym.spaces.Discrete(2), seed=123)

@@ -3,7 +3,6 @@ their state across a restart, the AMIGo reward table and t* schedule, BeBold nov
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from agent_node.goals.modules import (
 )
 from env_server.envs.goal_lines import cooperative_goals, num_goals
 from protocols.negotiation import NegotiationEngine
+from tests.conftest import through_a_checkpoint
 
 
 def _alignment(module_a, module_b, episodes=6000):
@@ -128,10 +128,7 @@ STATEFUL_MODULES = {
 
 def _through_a_checkpoint(state):
     """What a node's checkpoint does to a state: torch.save, then torch.load(weights_only=True)."""
-    stream = io.BytesIO()
-    torch.save({"learner": {"goal_module": state}}, stream)
-    stream.seek(0)
-    return torch.load(stream, weights_only=True)["learner"]["goal_module"]
+    return through_a_checkpoint({"learner": {"goal_module": state}})["learner"]["goal_module"]
 
 
 def _play(module, episodes, first=0, outcomes_seed=0):

@@ -3,7 +3,6 @@ docstring says, the loss falls on a tiny cooperative game, and agents can load t
 
 from __future__ import annotations
 
-import io
 
 import gymnasium as gym
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from agent_node.algos.config import DQNConfig, MixerConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.algos.mixers import CentralizedMixerLearner, JointReplayBuffer, QMIXMixer, VDNMixer
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -166,11 +166,9 @@ def test_state_dict_round_trip_and_bad_batches():
     learner = CentralizedMixerLearner(config, obs_space, action_space, state_space, num_agents=2, seed=4)
     batch = matrix_game_batch(np.random.default_rng(4), 16)
     learner.train_step(batch)
-    stream = io.BytesIO()
-    torch.save(learner.state_dict(), stream)
-    stream.seek(0)
+    state = through_a_checkpoint(learner.state_dict())
     resumed = CentralizedMixerLearner(config, obs_space, action_space, state_space, num_agents=2, seed=5)
-    resumed.load_state_dict(torch.load(stream, weights_only=True))
+    resumed.load_state_dict(state)
     assert resumed.train_step(batch) == learner.train_step(batch)
     with pytest.raises(ValueError, match=r"'action' must have shape \(16, 2\)"):
         learner.train_step({**batch, "action": batch["action"][:, :1]})

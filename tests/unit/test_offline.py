@@ -4,7 +4,6 @@ ones; both resume exactly and refuse online transitions."""
 
 from __future__ import annotations
 
-import io
 
 import gymnasium as gym
 import numpy as np
@@ -18,6 +17,7 @@ from agent_node.algos.cql import CQLAgent
 from agent_node.algos.dqn import DQNAgent
 from agent_node.offline.datasets import DatasetWriter, MultiAgentDataset, ShardSpec
 from agent_node.roles import Transition
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -118,12 +118,10 @@ def test_resume_parameters_and_refusals():
         assert agent.gradient_steps_due() == 0  # nothing to learn from before a dataset is loaded
         agent.load_dataset(arrays)
         agent.update(max_gradient_steps=4)
-        stream = io.BytesIO()
-        torch.save(agent.state_dict(), stream)
-        stream.seek(0)
+        state = through_a_checkpoint(agent.state_dict())
         resumed = make(7)
         resumed.load_dataset(arrays)
-        resumed.load_state_dict(torch.load(stream, weights_only=True))
+        resumed.load_state_dict(state)
         assert resumed.gradient_steps_due() == 6
         assert resumed.update() == agent.update()
         np.testing.assert_array_equal(resumed.act(arrays["obs"]), agent.act(arrays["obs"]))

@@ -3,7 +3,6 @@ shaped critic target, gradient steps, learning on a tiny team task, and an exact
 
 from __future__ import annotations
 
-import io
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +13,7 @@ from agent_node.algos import build_learner
 from agent_node.algos.config import PMICConfig
 from agent_node.algos.pmic import ExperienceSorter, InferiorBuffer, PMICAgent, SuperiorBuffer
 from agent_node.roles import Actor, Learner, ParamSource, Transition
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -303,10 +303,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
     for episode in range(12):
         feed_episode(agent, rng, episode_return=float(rng.normal()), copy=0)
     agent.update(max_gradient_steps=5)
-    stream = io.BytesIO()
-    torch.save(agent.state_dict(), stream)
-    stream.seek(0)
-    state = torch.load(stream, weights_only=True)  # no arbitrary pickle needed to resume
+    state = through_a_checkpoint(agent.state_dict())  # no arbitrary pickle needed to resume
     agent.replay.save(tmp_path / "replay.npz")
 
     resumed = make_agent(seed=123, superior_capacity=30, shaping_starts_at=10, return_average_min_episodes=2)

@@ -4,7 +4,6 @@ and resumes exactly from its state dict."""
 
 from __future__ import annotations
 
-import io
 
 import gymnasium as gym
 import numpy as np
@@ -16,6 +15,7 @@ from agent_node.algos.config import DQNConfig, SACConfig
 from agent_node.algos.sac import SACAgent
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Actor, Learner, ParamSource, Transition
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -207,10 +207,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
     config = SMALL_CONFIG.model_copy(update={"learning_starts": 50, "random_steps": 50})
     agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
     train_bandit(agent, rows=80)
-    stream = io.BytesIO()
-    torch.save(agent.state_dict(), stream)
-    stream.seek(0)
-    state = torch.load(stream, weights_only=True)  # no arbitrary pickle needed to resume
+    state = through_a_checkpoint(agent.state_dict())  # no arbitrary pickle needed to resume
     agent.replay.save(tmp_path / "replay.npz")
 
     resumed = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=77)
