@@ -132,17 +132,25 @@ def last_metric(run_dir: Path, node: str, name: str) -> float:
     return values[-1]
 
 
-def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
-    run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}")
+def attacked_run(run_dir: Path, config: str, curve: bool) -> str:
+    """Run `config` for STEPS steps while strangers `attack` it: the run still exits 0, nothing
+    comes back to the strangers, and agent_0 (the real one) joined the env server once. Returns
+    the env server's log."""
+    process = orchestrate("up", config, "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}")
     try:
-        received = attack(run_dir, process, curve=True)
+        received = attack(run_dir, process, curve=curve)
     finally:
         code, stderr = finish(process)
     assert code == 0, stderr[-3000:]
-    assert received == 0  # CURVE: no handshake, nothing comes back
+    assert received == 0  # CURVE: no handshake; IPC: dropped unsigned
     env_log = node_log(run_dir, "env")
-    assert env_log.count("client agent_0 joined") == 1, env_log[-3000:]  # the real one, once
+    assert env_log.count("client agent_0 joined") == 1, env_log[-3000:]
+    return env_log
+
+
+def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
+    run_dir = tmp_path / "run"
+    env_log = attacked_run(run_dir, "configs/tiny_star_tcp.yaml", curve=True)
     # The refused handshakes are counted per socket (2 plain DEALERs, 1 with a key of its own) and
     # logged in aggregate: one line at once, the rest per 5 s window, never one line each.
     assert "env: refused a handshake on env: " in env_log, env_log[-3000:]
@@ -160,15 +168,7 @@ def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
 
 def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}")
-    try:
-        received = attack(run_dir, process, curve=False)
-    finally:
-        code, stderr = finish(process)
-    assert code == 0, stderr[-3000:]
-    assert received == 0
-    env_log = node_log(run_dir, "env")
-    assert env_log.count("client agent_0 joined") == 1, env_log[-3000:]
+    env_log = attacked_run(run_dir, "configs/tiny_ring.yaml", curve=False)
     assert "dropped an invalid message from b'intruder': bad signature" in env_log
     for node in ("agent_0", "agent_2"):
         log = node_log(run_dir, node)
