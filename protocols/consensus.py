@@ -278,6 +278,14 @@ class _RoundScratch:
         return total.astype(first[name].dtype)
 
 
+def _check_next_epoch(epoch: object, last: int | None) -> None:
+    """A run's epoch: an int >= 0, above the last run's (`last`, None before the first run)."""
+    if not _is_int(epoch) or epoch < 0:
+        raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+    if last is not None and epoch <= last:
+        raise ValueError(f"epoch must increase from run to run: last was {last}, got {epoch}")
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -365,10 +373,7 @@ class SyncConsensus:
     def start(self, request: ConsensusRequest, now: float) -> list[Outgoing]:
         """Begin consensus run `request.epoch` from `request.tensors`; returns the round-0 shares."""
         tensors, epoch = request.tensors, request.epoch
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        if self.epoch is not None and epoch <= self.epoch:
-            raise ValueError(f"epoch must increase from run to run: last was {self.epoch}, got {epoch}")
+        _check_next_epoch(epoch, self.epoch)
         self._values = _read_only(_copy_tensors(tensors, "consensus tensors"))
         self._scratch = _RoundScratch(self._values)
         self._previous_epoch = self.epoch
@@ -694,10 +699,7 @@ class PushSumConsensus:
     def start(self, request: ConsensusRequest, now: float) -> list[Outgoing]:
         """Begin push-sum run `request.epoch` from `request.tensors`; pushes once immediately."""
         tensors, epoch = request.tensors, request.epoch
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        if self.epoch is not None and epoch <= self.epoch:
-            raise ValueError(f"epoch must increase from run to run: last was {self.epoch}, got {epoch}")
+        _check_next_epoch(epoch, self.epoch)
         initial = _copy_tensors(tensors, "push-sum tensors")
         self.epoch = int(epoch)
         self._state = "running"
