@@ -263,6 +263,14 @@ def print_json(result: dict) -> None:
     print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
 
 
+def ready_endpoint(line: str) -> str:
+    """The endpoint an env server prints on its `READY <endpoint>` line, its first line of
+    stdout; a RuntimeError saying what came instead ("did not start")."""
+    if not line.startswith("READY "):
+        raise RuntimeError(f"env server did not start: {line!r}")
+    return line.split(" ", 1)[1]
+
+
 def fmt(value, spec: str = ".2f") -> str:
     """A table cell: `value` formatted by `spec`, or "-" when it is missing or not finite."""
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, spec)

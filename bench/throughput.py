@@ -61,7 +61,7 @@ import numpy as np
 
 from typing import NamedTuple
 
-from runs import env_kwargs, process_tree_cpu_s  # (the shared bench helpers; bench/ is this script's directory)
+from runs import env_kwargs, process_tree_cpu_s, ready_endpoint  # (the shared bench helpers; bench/ is this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_TIMEOUT_S = 900
@@ -107,10 +107,7 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
         )
         clients: list[subprocess.Popen] = []
         try:
-            line = server.stdout.readline().decode().strip()
-            if not line.startswith("READY "):
-                raise RuntimeError(f"env server did not start: {line!r}")
-            endpoint = line.split(" ", 1)[1]
+            endpoint = ready_endpoint(server.stdout.readline().decode().strip())
             server_cpu_at_start = process_tree_cpu_s(server.pid)
             clients = [
                 subprocess.Popen(

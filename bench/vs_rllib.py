@@ -76,6 +76,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from policy_client import mlp_policy, sample_actions  # noqa: E402
+from runs import ready_endpoint  # noqa: E402
 from protocols.seeds import derive_seed  # noqa: E402
 
 ENV_NAME = "mpe2.simple_spread_v3"
@@ -142,10 +143,7 @@ def measure_parley(lockstep_steps: int, copies: int, hidden: int) -> Row:
     )
     clients: list[subprocess.Popen] = []
     try:
-        line = server.stdout.readline().decode().strip()
-        if not line.startswith("READY "):
-            raise RuntimeError(f"env server did not start: {line!r}")
-        endpoint = line.split(" ", 1)[1]
+        endpoint = ready_endpoint(server.stdout.readline().decode().strip())
         clients = [
             subprocess.Popen(
                 [sys.executable, str(REPO / "bench" / "policy_client.py"), endpoint, str(index),
