@@ -33,6 +33,17 @@ def finished_ok(process: subprocess.Popen, timeout_s: float) -> bytes:
     return stderr
 
 
+def stderr_after_exit(process: subprocess.Popen, timeout_s: float) -> bytes:
+    """Wait for `orchestrate` to exit and return its stderr; killed if it outlives `timeout_s`."""
+    try:
+        _, stderr = process.communicate(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return stderr
+
+
 def read_events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.exists():

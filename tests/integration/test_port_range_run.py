@@ -3,35 +3,21 @@ one host and (as root, skipped otherwise) over ssh across network namespaces."""
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
 from tests.integration.netns import NamespaceCluster, unavailable_reason
+from tests.integration.test_orchestrate import orchestrate, read_events, stderr_after_exit
 from tests.unit.test_port_range import free_port_block
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 # tiny_star_tcp: env server + 3 agents, each with one listener, and the orchestrator's control.
 LISTENERS = 5
-
-
-def orchestrate(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-
-
-def read_events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
 def port_of(endpoint: str) -> int:
@@ -44,12 +30,7 @@ def test_every_endpoint_of_a_tcp_run_is_in_a_range_just_big_enough(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir),
                           "--set", "run.steps=20", "--set", f"network.port_range=[{low},{high}]")
-    try:
-        _, stderr = process.communicate(timeout=150)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    stderr = stderr_after_exit(process, timeout_s=150)
     assert process.returncode == 0, stderr.decode()[-3000:]
 
     resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text())
@@ -81,12 +62,7 @@ def test_a_range_held_by_other_programs_fails_the_run_before_any_node_starts(tmp
         run_dir = tmp_path / "run"
         process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir),
                               "--set", f"network.port_range=[{low},{high}]")
-        try:
-            _, stderr = process.communicate(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        stderr = stderr_after_exit(process, timeout_s=60)
     finally:
         for holder in holders:
             holder.close()
