@@ -78,6 +78,7 @@ import torch
 from agent_node.algos.goal_dqn import GoalDQNAgent, GoalDQNConfig
 from agent_node.goals.modules import SupervisorAssignment, UniformGoals
 from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals, goal_reward, num_goals
+from protocols.goal_space import complete_events
 from protocols.hindsight import HindsightEngine, HindsightRequest
 from protocols.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
@@ -106,7 +107,8 @@ def team_graph(num_agents: int) -> dict[str, list[str]]:
     return {agent: sorted({agents[(i - 1) % num_agents], agents[(i + 1) % num_agents]}) for i, agent in enumerate(agents)}
 
 
-def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "joint", env_ends_episodes: bool = False) -> dict:
+def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "joint", env_ends_episodes: bool = False,
+        env_pays: bool | None = None) -> dict:
     """One run of `mode` with a team of `num_agents` (a pair, or a ring that all play every
     episode); per episode: every agent rewarded (`success`), all on one goal (`aligned`), the
     fraction of the team graph's edges whose ends share a goal (`edges_aligned`), each agent's
@@ -120,6 +122,10 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
     and records the achieved goals of every step for hindsight. `env_ends_episodes` gives the
     env the goals instead, so it pays and ends the episode when every agent is rewarded (the
     reference's rule, and this bench's before the runtime comparison)."""
+    if env_pays is None:
+        env_pays = view == "own"  # under "own" an agent cannot compute its cooperative reward
+    if view == "own" and not env_pays:
+        raise ValueError("view 'own' needs the env to pay the goals (env_pays): an agent cannot see its cooperative reward")
     torch.manual_seed(seed)
     graph = team_graph(num_agents)
     agents = list(graph)
@@ -167,6 +173,8 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
         goals_at.append([int(goals[agent]) for agent in agents])
 
         observations, _ = env.reset(options={"goals": goals} if env_ends_episodes else None)
+        if env_pays and not env_ends_episodes:
+            env.assign_goals(goals)
         trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in agents}
         episode_reward = {agent: 0.0 for agent in agents}
         rewarded = set()
@@ -176,7 +184,7 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
             acting = [agent for agent in live if agent not in rewarded]
             actions = {agent: STAY for agent in live}  # a rewarded agent stays put, as goal_session's
             actions.update({agent: int(learners[agent].act(observations[agent][None], np.array([goals[agent]]))[0]) for agent in acting})
-            next_observations, _, _, _, infos = env.step(actions)
+            next_observations, env_rewards, _, _, infos = env.step(actions)
             env_steps += 1
             for agent in live:
                 record = trajectory[agent]
@@ -187,7 +195,13 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
                 record["obs"].append(observations[agent])
                 record["action"].append(actions[agent])
                 record["next_obs"].append(next_observations[agent])
-                episode_reward[agent] = reward_fn(goals[agent], achieved)
+                if env_pays:
+                    # The env's word that the goal was achieved is an achieved goal the agent saw.
+                    episode_reward[agent] = float(env_rewards[agent])
+                    if episode_reward[agent] > 0:
+                        record["events"].append((step, int(goals[agent])))
+                else:
+                    episode_reward[agent] = reward_fn(goals[agent], achieved)
                 if episode_reward[agent] > 0:
                     rewarded.add(agent)
             observations = next_observations
@@ -202,6 +216,10 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
             deliver(hindsight, outgoing, now)
             partner_events = {agent: [event for events in hindsight[agent].result.from_partners.values() for event in events]
                               for agent in agents}
+            if env_pays:
+                # What the reports imply beyond themselves: the pairs of landmarks touched at one step.
+                partner_events = {agent: sorted(set(complete_events(trajectory[agent]["events"] + partner_events[agent], NUM_LANDMARKS))
+                                                - set(trajectory[agent]["events"])) for agent in agents}
         news_at.append(sum(len(set(partner_events[agent]) - set(trajectory[agent]["events"])) for agent in agents))
         for agent in agents:
             record = trajectory[agent]
@@ -443,6 +461,10 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
     settings = [f"run.seed={seed}", f"run.steps={episodes * EPISODE_STEPS}", f"env.kwargs.num_landmarks={landmarks}",
                 f"env.kwargs.view={view}", f"env.kwargs.max_steps={EPISODE_STEPS}",
                 f"agents.goals.num_landmarks={landmarks}", *overrides, *extra]
+    if view == "own":
+        # An agent that sees only its own landmark cannot compute a cooperative reward: the env
+        # pays the goal named in goal.ready, which needs the episode-start hold in every mode.
+        settings += ["agents.goals.paid_by=env"] + (["env.episode_start_hold_s=1.0"] if mode == "independent" else [])
     if team != 2:
         settings += [f"agents.count={team}", f"env.kwargs.population={team}", f"env.kwargs.active_per_episode={team}",
                      "topology.kind=full"]
@@ -806,8 +828,9 @@ def main() -> None:
     parser.add_argument("--runtime", action="store_true", help="run each mode through `orchestrate up` (see the docstring)")
     parser.add_argument("--steps", type=int, default=8000, help="--ring (through the runtime): lockstep steps per run (40 per episode)")
     parser.add_argument("--landmarks", type=int, default=6, choices=(3, 6), help="--runtime: L (--cross-check: 6 only)")
-    parser.add_argument("--view", choices=("joint", "local"), default="local",
-                        help="goal_lines' view: what an agent's achieved_goals infos hold (local: the goal configs')")
+    parser.add_argument("--view", choices=("joint", "local", "own"), default="local",
+                        help="goal_lines' view: what an agent's achieved_goals infos hold (local: the goal configs'; "
+                             "own: only its own landmark, the env pays the goals)")
     parser.add_argument("--env-ends-episodes", action="store_true",
                         help="in-process: the env gets the goals and ends the episode when both are rewarded (this "
                              "bench's rule before the runtime comparison); by default episodes run as through the runtime")

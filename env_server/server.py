@@ -386,8 +386,29 @@ class EnvServer:
             raise Refused("not_your_agent", f"{client.client_id} does not drive {foreign}")
         if not self.episode_hold.enabled:
             raise Refused("no_episode_hold", "goal.ready needs env.episode_start_hold_s > 0 on the env server")
+        if request.goals:
+            self._assign_goals(request)
         if self.episode_hold.on_ready(request.agents, request.step):
             self._release_episode_start()
+
+    def _assign_goals(self, request: m.GoalReady) -> None:
+        """The env pays these agents their goals in the held episode (`agents.goals.paid_by: env`).
+        Only while that episode's first observation is held: a goal that comes after the
+        episode started would be paid for part of it, so it is refused and the agent earns
+        nothing this episode."""
+        if len(request.goals) != len(request.agents):
+            raise Refused("bad_goals", f"goal.ready names {len(request.agents)} agents and {len(request.goals)} goals")
+        held = self.episode_hold.held
+        if held is None or held.step != request.step:
+            raise Refused("late_goals", f"goal.ready for step {request.step} came after that episode started: "
+                                        "the env pays no goal in it")
+        starting = np.flatnonzero(held.result.episode_start)
+        if len(starting) != 1:
+            raise Refused("bad_goals", f"paid goals need one starting env copy, got {len(starting)}")
+        try:
+            self.envs.assign_goals(int(starting[0]), dict(zip(request.agents, (int(g) for g in request.goals))))
+        except ValueError as error:
+            raise Refused("bad_goals", str(error)) from None
 
     # ------------------------------------------------------------------ lockstep
 

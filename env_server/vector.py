@@ -279,6 +279,14 @@ class VectorizedParallelEnv:
         waits for the next reset)."""
         return not self._finished[index]
 
+    def assign_goals(self, index: int, goals: dict[str, int]) -> None:
+        """Give copy `index`'s env the goals to pay in its running episode (goal_lines'
+        `assign_goals`); ValueError when the env takes no goals or refuses these."""
+        env = getattr(self.copies[index], "unwrapped", self.copies[index])
+        if not hasattr(env, "assign_goals"):
+            raise ValueError(f"{type(env).__name__} takes no goals to pay (it has no assign_goals method)")
+        env.assign_goals(goals)
+
     def reset(self, seed: int | None) -> BatchedStep:
         per_copy, infos = [], []
         for index, env in enumerate(self.copies):

@@ -138,6 +138,13 @@ class SplitVectorEnv:
     def all_finished(self) -> bool:
         return self.local.all_finished and all(self._worker_finished)
 
+    def assign_goals(self, index: int, goals: dict[str, int]) -> None:
+        """Goals for copy `index` to pay (`VectorizedParallelEnv.assign_goals`): only the copies
+        this process steps itself, the first share (goal runs have one copy)."""
+        if not 0 <= index < self._bounds[1]:
+            raise ValueError(f"copy {index} runs in a worker process; only copies 0..{self._bounds[1] - 1} take goals")
+        self.local.assign_goals(index, goals)
+
     def reset(self, seed: int | None) -> BatchedStep:
         for channel, first in zip(self._channels, self._bounds[1:]):
             channel.send(m.EnvWorkerReset(seed=None if seed is None else seed + first))

@@ -50,6 +50,24 @@ def goal_set(kind: str, num_landmarks: int) -> np.ndarray:
     raise ValueError(f"goal set must be 'cooperative', 'individual' or 'all', got {kind!r}")
 
 
+def complete_events(events, num_landmarks: int) -> list[tuple[int, int]]:
+    """`events` ((step, goal) pairs, possibly merged from several agents' reports) plus every
+    cooperative goal they imply: at each step, the pair of any two distinct landmarks whose
+    individual goals were achieved then. Landmarks never overlap, so two distinct touched
+    landmarks were touched by two different agents: the joint state achieved their pair. With
+    every active agent's report, this rebuilds exactly what the joint view lists; with some
+    missing, the pairs those agents took part in stay unknown. Sorted, without duplicates."""
+    completed = {(int(step), int(goal)) for step, goal in events}
+    touched_at: dict[int, set[int]] = {}
+    for step, goal in completed:
+        if goal < num_landmarks:
+            touched_at.setdefault(step, set()).add(goal)
+    pair_index = {pair: num_landmarks + k for k, pair in enumerate(itertools.combinations(range(num_landmarks), 2))}
+    for step, landmarks in touched_at.items():
+        completed |= {(step, pair_index[pair]) for pair in itertools.combinations(sorted(landmarks), 2)}
+    return sorted(completed)
+
+
 def goal_reward(goal: int, achieved: np.ndarray, num_landmarks: int, beta: float = BETA) -> float:
     """1 for an achieved cooperative goal, 1/beta for an achieved individual goal, else 0."""
     if not 0 <= goal < num_goals(num_landmarks):

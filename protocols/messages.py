@@ -655,6 +655,9 @@ class GoalReady:
 
     step: int
     agents: list[str]
+    # The goal of each of `agents`, for the env to pay (`agents.goals.paid_by: env`; the env must
+    # take goals: goal_lines' `assign_goals`); empty when the agents compute their rewards.
+    goals: list[int] = field(default_factory=list)
 
 
 # Env server <-> its own copy workers (env_server/workers.py): a server that splits its K copies

@@ -295,7 +295,7 @@ class AmigoSession:
     def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
         return []
 
-    def take_ready(self) -> list[int]:
+    def take_ready(self) -> list[tuple[int, int | None]]:
         return []
 
     def take_records(self) -> list[dict[str, float]]:

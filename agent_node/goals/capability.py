@@ -92,8 +92,9 @@ class GoalsCapability(Capability):
                     self.node.fail("the goal session asks the supervisor node, but the directory named none")
                 self.supervisor.send(message)
         self.node.send_peers([(destination, message) for destination, message in outgoing if destination != SUPERVISOR_NODE_ID])
-        for step in self.session.take_ready():
-            self.node.send_env(m.GoalReady(step=step, agents=[self.node.env_agent]))
+        for step, paid_goal in self.session.take_ready():
+            goals = [] if paid_goal is None else [paid_goal]
+            self.node.send_env(m.GoalReady(step=step, agents=[self.node.env_agent], goals=goals))
         for record in self.session.take_records():
             self.node.write_metrics(record)
 

@@ -55,7 +55,7 @@ CELL_GRID_DEFAULTS = {"size": 9, "max_steps": 40}
 MINIGRID_NAMES = ("minigrid_v0", "env_server.envs.minigrid_task:parallel_env")
 # The GoalsConfig fields that only goal-lines selections read (refused when set with amigo).
 GOAL_LINES_FIELDS = ("goal_set", "num_landmarks", "beta", "p", "lp_window", "lp_epsilon", "inner", "negotiation",
-                     "supervisor", "hindsight", "freeze_when_rewarded")
+                     "supervisor", "hindsight", "freeze_when_rewarded", "paid_by")
 
 
 # The naming game's own settings: refused with the team flood, which reads none of them.
@@ -230,6 +230,13 @@ class GoalsConfig(BaseModel):
     # agents are done once rewarded; goal_lines cannot end one agent's episode early when the
     # goals are the agents' own, so the agent stops itself).
     freeze_when_rewarded: bool = True
+    # Who computes an agent's goal reward: the agent, from its `achieved_goals` infos ("agent"),
+    # or the env, told each episode's goal in goal.ready ("env", the reference's arrangement: its
+    # env pays its agents). "env" is what goal_lines' view "own" needs (an agent there cannot see
+    # a cooperative goal achieved); it needs an episode-start hold, in which the goal reaches the
+    # env before the first step. Under "env", hindsight relabels with the cooperative goals that
+    # the partners' reports imply (protocols/goal_space.py complete_events).
+    paid_by: Literal["agent", "env"] = "agent"
 
     @model_validator(mode="before")
     @classmethod
@@ -312,6 +319,16 @@ def goal_run_problems(
             problems.append(f"agents.goals.{key}: expected env.kwargs.{key} ({env_value}), got {getattr(goals, key)}")
     if num_copies != 1:
         problems.append(f"env.num_copies: expected 1 with agents.goals (one goal per agent and episode), got {num_copies}")
+    if env_kwargs.get("view") == "own" and goals.paid_by != "env":
+        problems.append(
+            "agents.goals.paid_by: env.kwargs.view 'own' shows an agent no cooperative goal, so it cannot compute its "
+            "reward; expected 'env' (the env pays the goal named in goal.ready), got 'agent'"
+        )
+    if goals.paid_by == "env" and not episode_start_hold_s > 0:
+        problems.append(
+            "env.episode_start_hold_s: agents.goals.paid_by 'env' sends each episode's goal to the env before its first "
+            f"step, in the episode-start hold; expected > 0, got {episode_start_hold_s}"
+        )
     if forward_infos != "all" and "achieved_goals" not in forward_infos:
         problems.append(
             f"env.forward_infos: expected 'achieved_goals' (goal agents compute their rewards from it), got {forward_infos}"
@@ -340,10 +357,10 @@ def goal_run_problems(
                 "topology.kind: a supervisor in the team (supervisor.external: false) needs every team member to be "
                 "its neighbour; expected a full topology (or 2 agents), or an external supervisor"
             )
-    elif episode_start_hold_s > 0:
+    elif episode_start_hold_s > 0 and goals.paid_by != "env":
         problems.append(
-            f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor' wait for goal.ready; expected 0 "
-            f"with {goals.selection!r}, got {episode_start_hold_s}"
+            f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor', or goals paid by the env, wait "
+            f"for goal.ready; expected 0 with {goals.selection!r}, got {episode_start_hold_s}"
         )
     return problems
 

@@ -18,11 +18,14 @@ learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` sect
    the reference's agents are done once rewarded, and goal_lines cannot end one agent's episode
    on the agent's own goal;
 3. computes the goal reward from the env's `achieved_goals` infos (`protocols/goal_space.py`;
-   the env pays nothing: it does not know the goals);
+   the env pays nothing: it does not know the goals); or, with `paid_by: env`, names the goal in
+   its `goal.ready` and takes the env's reward (an env reward is recorded as the goal achieved
+   at that step, which is what it says);
 4. after the episode, runs the hindsight engine (`protocols/hindsight.py`) with the partners:
    each sends the goals the joint trajectory achieved and when; once every report arrived (or
    the hindsight deadline passed) the episode goes to the learner, relabelled by HER with its
-   own and its partners' achieved goals. Each report is applied once (the engine deduplicates).
+   own and its partners' achieved goals (with `paid_by: env`, also the cooperative goals those
+   reports imply together: `complete_events`). Each report is applied once (the engine deduplicates).
    The node does not wait for it: the next episode runs meanwhile.
 
 Episode ids are the lockstep step at which the episode starts: the same number on every agent,
@@ -66,7 +69,7 @@ from agent_node.plugins import GoalSpace, LearnerSpec
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.engine import Outgoing
-from protocols.goal_space import goal_reward, goal_set, num_goals
+from protocols.goal_space import complete_events, goal_reward, goal_set, num_goals
 from protocols.hindsight import HindsightEngine, HindsightReport, HindsightRequest, HindsightResult
 from protocols.negotiation import GoalCommit, NegotiationEngine, NegotiationProposal
 from protocols.seeds import derive_seed
@@ -136,6 +139,8 @@ class GoalSession:
         supervision: SupervisionEngine | None = None,
         supervisor_draws: SupervisorAssignment | None = None,
         freeze_when_rewarded: bool = True,
+        paid_by_env: bool = False,
+        num_landmarks: int | None = None,
     ) -> None:
         if (supervision is None) != (supervisor_draws is None):
             raise ValueError("supervision and supervisor_draws go together")
@@ -157,6 +162,10 @@ class GoalSession:
         self.supervision = supervision
         self.supervisor_draws = supervisor_draws
         self.freeze_when_rewarded = freeze_when_rewarded
+        if paid_by_env and num_landmarks is None:
+            raise ValueError("paid_by_env needs num_landmarks (to rebuild the cooperative goals partners imply)")
+        self.paid_by_env = paid_by_env
+        self.num_landmarks = num_landmarks
         self.decision: _Decision | None = None
         self.current: GoalEpisode | None = None
         self.sharing: GoalEpisode | None = None  # the episode waiting for its partners' reports
@@ -229,10 +238,11 @@ class GoalSession:
             decision.goal = engine.result.goal
         if decision.goal is not None and decision.announced and not decision.ready_sent:
             decision.ready_sent = True
-            self._ready.append(decision.episode)
+            self._ready.append((decision.episode, decision.goal if self.paid_by_env else None))
 
-    def take_ready(self) -> list[int]:
-        """The episode starts (lockstep steps) to send `goal.ready` for, oldest first."""
+    def take_ready(self) -> list[tuple[int, int | None]]:
+        """The episode starts (lockstep steps) to send `goal.ready` for, oldest first, each with
+        the goal the env is to pay (None: the agent computes its reward)."""
         ready, self._ready = list(self._ready), deque()
         return ready
 
@@ -321,7 +331,12 @@ class GoalSession:
                     episode.actions.append(row.action[0])
                     episode.next_obs.append(row.next_obs[0])
             if episode.rewarded_at is None:
-                reward = self.reward_fn(episode.goal, achieved)
+                if self.paid_by_env:
+                    reward = float(np.asarray(message.rewards[agent])[0])
+                    if reward > 0:  # the env's word that the goal was achieved at t
+                        episode.events.append((t, episode.goal))
+                else:
+                    reward = self.reward_fn(episode.goal, achieved)
                 if reward > 0:
                     episode.reward, episode.rewarded_at, episode.rows_closed = reward, t, True
             ended = bool(np.asarray(message.terminated[agent])[0] or np.asarray(message.truncated[agent])[0])
@@ -410,6 +425,11 @@ class GoalSession:
         copies over its own and (when shared) its partners' achieved goals."""
         before = self.agent.rows_relabelled
         partner_events = [event for events in shared.from_partners.values() for event in events] if shared else []
+        if shared is not None and self.paid_by_env:
+            # Under the env's (joint) reward, the landmarks partners touched at the step this
+            # agent touched another are a cooperative goal achieved: the reports imply it.
+            partner_events = sorted(set(complete_events(list(episode.events) + partner_events, self.num_landmarks))
+                                    - set(episode.events))
         if episode.actions:
             self.agent.observe_episode(
                 np.asarray(episode.obs), np.asarray(episode.actions), np.asarray(episode.next_obs),
@@ -632,5 +652,6 @@ def build_goal_session(
         node_id=node_id, env_agent=env_agent, agent=agent, module=module, topology=topology,
         env_agents=possible_agents, reward_fn=reward_fn, negotiation=negotiation, hindsight=hindsight,
         supervision=supervision, supervisor_draws=supervisor_draws, freeze_when_rewarded=goals.freeze_when_rewarded,
+        paid_by_env=goals.paid_by == "env", num_landmarks=goals.num_landmarks,
     )
     return session, GoalConditionedLearner(session)

@@ -7,7 +7,7 @@
 | Parallel API | yes (`ParallelEnv`; there is no AEC version) |
 | Agents | `possible_agents = ["agent_0", ..., "agent_{P-1}"]` (the population); `agents` holds the ones drawn for this episode |
 | Observation space | `Box(-1, 1, (2 + 2L + 2(A-1),), float32)`: own position, offset to each landmark, offset to each partner |
-| Reward | 0, unless the episode's goals were given to `reset` (then the Dec-IMSAP reward, see below) |
+| Reward | 0, unless the episode's goals were given to `reset` or `assign_goals` (then the Dec-IMSAP reward, see below) |
 | Episode | `max_steps = 40` steps, then truncation; with goals given, an agent terminates once rewarded |
 
 The grid version of the Dec-IMSAP room (ALGORITHMS.md section 2; Nisioti et al., arXiv 2211.06082,
@@ -55,12 +55,27 @@ source of truth for the reward. What an agent observes (`view`):
   paid); an individual goal pays under `"local"` only when the agent touches the landmark itself.
   The reference's agents are paid by the environment and observe no achieved goals at all;
   `"local"` is about the least an agent must observe to compute its own cooperative reward.
+- `"own"`: only the individual goal of the landmark the agent touches, nothing else. The agent
+  cannot tell from it whether any cooperative goal was achieved, so it cannot compute its own
+  reward: the env pays it (`assign_goals`, below), as the reference's env pays its agents. What
+  the joint state achieved, the cooperative goals included, an agent learns only from its
+  partners' reports (`protocols/goal_space.py` `complete_events` rebuilds the pairs from the
+  landmarks every partner reports touching at the same step). This is the setting in which
+  hindsight sharing is what turns a cooperative goal achieved by accident into training signal
+  (ALGORITHMS.md section 2, "Hindsight").
 
 For runs without goal-aware agents (and the in-process benchmark), the episode's goals can be
 given to `reset(options={"goals": {agent: goal}})`: the environment then pays `goal_reward` and
 applies the reference's episode rule: an agent terminates the step it is first rewarded, and is
 then frozen in place (it keeps touching its landmark); the episode ends when every active agent
 has terminated or at `max_steps`.
+
+`assign_goals({agent: goal})`, called after `reset` and before the episode's first step (the env
+server calls it when a goal agent's `goal.ready` names its goal, `agents.goals.paid_by: env`),
+makes the env pay those agents `goal_reward` on the joint achievements at every step, and
+changes nothing else: no agent terminates early, every episode lasts `max_steps`, and the agents
+themselves stay put once rewarded (`agent_node/goal_session.py`), so the lockstep's membership
+never changes within an episode. An agent not named is paid nothing.
 
 ## Reward (`goal_reward`)
 
@@ -114,7 +129,7 @@ from env_server.envs.arguments import SpacesPerAgent, check_seed, checked_moves,
 # rewards with the same function, and agent_node never imports env_server); re-exported here.
 from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
 
-VIEWS = ("joint", "local")  # what `infos[agent]["achieved_goals"]` holds; see the module documentation
+VIEWS = ("joint", "local", "own")  # what `infos[agent]["achieved_goals"]` holds; see the module documentation
 
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
 
@@ -172,6 +187,11 @@ def achieved_in_view(touched: list[int], own: int, num_landmarks: int) -> np.nda
     index_of_pair = {pair: num_landmarks + k for k, pair in enumerate(itertools.combinations(range(num_landmarks), 2))}
     goals = [mine] + [index_of_pair[(min(mine, other), max(mine, other))] for other in others]
     return np.array(sorted(goals), dtype=np.int64)
+
+
+def own_achievement(landmark: int) -> np.ndarray:
+    """The `"own"` view: the individual goal of the landmark the agent touches (-1: none)."""
+    return np.array([landmark] if landmark >= 0 else [], dtype=np.int64)
 
 
 class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
@@ -232,6 +252,7 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
         self._positions: dict[str, np.ndarray] = {}
         self._active: list[str] = []
         self._goals: dict[str, int] | None = None
+        self._paid_goals: dict[str, int] = {}  # assign_goals: paid, without the episode rule
         self._finished: set[str] = set()
         self._steps_taken = 0
 
@@ -246,6 +267,7 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
         self._active = self._draw_active(options.get("active"))
         self.agents = list(self._active)
         self._goals = self._check_goals(options.get("goals"))
+        self._paid_goals = {}
         self._finished = set()
         self._steps_taken = 0
         starts = self._rng.choice(len(self._free_cells), size=len(self.agents), replace=False)
@@ -272,12 +294,32 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
                 if rewards[agent] > 0:
                     terminations[agent] = True
                     self._finished.add(agent)
+        for agent, goal in self._paid_goals.items():
+            if agent in rewards:
+                rewards[agent] = goal_reward(goal, achieved, self.num_landmarks, self.beta)
         out_of_time = self._steps_taken >= self.max_steps
         truncations = {agent: out_of_time and not terminations[agent] for agent in live}
         observations = {agent: self._observe(agent) for agent in live}
         infos = self._infos(live, achieved)
         self.agents = [agent for agent in live if not (terminations[agent] or truncations[agent])]
         return observations, rewards, terminations, truncations, infos
+
+    def assign_goals(self, goals: dict[str, int]) -> None:
+        """Pay these active agents `goal_reward` for their goals from the next step on, until the
+        episode ends (see the module documentation). Only before the episode's first step: a
+        goal given later would be paid for part of an episode."""
+        if self._steps_taken:
+            raise ValueError(f"assign_goals only before the episode's first step; {self._steps_taken} steps were taken")
+        if self._goals is not None:
+            raise ValueError("this episode's goals were given to reset already")
+        unknown = sorted(set(goals) - set(self.agents))
+        if unknown:
+            raise ValueError(f"assign_goals: {unknown} are not active in this episode; active: {self.agents}")
+        for agent, goal in goals.items():
+            goal = int(goal)
+            if not 0 <= goal < self.num_goals:
+                raise ValueError(f"goal of {agent} must be in [0, {self.num_goals}), got {goal}")
+            self._paid_goals[agent] = goal
 
     def close(self) -> None:
         pass
@@ -325,6 +367,9 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
         if self.view == "joint":
             joint = self._achieved() if achieved is None else achieved
             return {agent: {"achieved_goals": joint.copy(), "landmark": self._touching(agent)} for agent in agents}
+        if self.view == "own":
+            return {agent: {"achieved_goals": own_achievement(self._touching(agent)), "landmark": self._touching(agent)}
+                    for agent in agents}
         return {
             agent: {"achieved_goals": achieved_in_view(touched, self._active.index(agent), self.num_landmarks),
                     "landmark": self._touching(agent)}

@@ -102,3 +102,28 @@ def test_without_a_hold_nothing_is_announced_and_goal_ready_is_refused(env_serve
     first.ready(0)
     refusal = first.expect(m.ErrorReply)
     assert refusal.code == "no_episode_hold" and "episode_start_hold_s" in refusal.message
+
+
+def test_goals_in_goal_ready_are_paid_only_while_their_episode_is_held(env_server, hub, lockstep_transport):
+    """`agents.goals.paid_by: env`: goal.ready names the goal; the env server hands it to the env
+    (goal_lines' assign_goals) while the start is held, and refuses it once the episode runs."""
+    kwargs = json.dumps({"num_landmarks": 3, "max_steps": 3, "view": "own"})
+    endpoint = env_server("--env", "goal_lines_v0", "--kwargs", kwargs, "--episode-start-hold", "30",
+                          "--step-deadline", "30", "--transport", lockstep_transport)
+    first, second = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
+    for client in (first, second):
+        client.channel.send(m.EnvReset(seed=1))
+    for client in (first, second):
+        client.expect(m.EnvEpisodeStart)
+    first.channel.send(m.GoalReady(step=0, agents=[first.agent], goals=[3, 4]))
+    refusal = first.expect(m.ErrorReply)
+    assert refusal.code == "bad_goals" and "1 agents and 2 goals" in refusal.message
+    first.channel.send(m.GoalReady(step=0, agents=[first.agent], goals=[9]))
+    assert first.expect(m.ErrorReply).code == "bad_goals", "goal_lines L = 3 has goals 0..5"
+    for client, goal in ((first, 3), (second, 3)):
+        client.channel.send(m.GoalReady(step=0, agents=[client.agent], goals=[goal]))
+    for client in (first, second):
+        assert client.expect(m.EnvObservation).step == 0, "accepted goals release the hold"
+    first.channel.send(m.GoalReady(step=0, agents=[first.agent], goals=[3]))
+    refusal = first.expect(m.ErrorReply)
+    assert refusal.code == "late_goals" and "after that episode started" in refusal.message

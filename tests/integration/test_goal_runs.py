@@ -266,3 +266,23 @@ def test_a_team_flood_gives_the_whole_team_one_goal_in_every_episode(tmp_path, c
             assert all(r["negotiation/aligned"] == 1.0 for r in by_agent.values() if r["negotiation/edges_known"] == degree)
     # Loopback loses nothing: at most an episode start cut by the env's hold under heavy load.
     assert sum(all(r["negotiation/team_complete"] == 1.0 for r in by_agent.values()) for by_agent in goals.values()) >= 2
+
+
+def test_under_the_own_view_the_env_pays_the_goals_and_partners_reports_carry_the_pairs(tmp_path):
+    """configs/goals_own_view_hindsight.yaml: each agent sees only its own landmark, the env pays
+    the goal each agent named in goal.ready, and the partner's report is the only way a pair both
+    touched becomes a relabel goal. Individual goals here, so random play earns some rewards."""
+    steps = 25 * EPISODE
+    run_dir = run(tmp_path, "configs/goals_own_view_hindsight.yaml", steps, "--set", "agents.goals.goal_set=individual")
+    paid, news = [], []
+    for agent in ("agent_0", "agent_1"):
+        mine = records(run_dir, agent)
+        ended = [r for r in mine if "goals/goal" in r]
+        assert len(ended) == 25 and all(0 <= r["goals/goal"] <= 5 for r in ended)
+        assert all(r["goals/reward"] in (0.0, 0.5) for r in ended), "the env pays an individual goal 1/beta"
+        paid += [r["goals/reward"] for r in ended]
+        news += [r["hindsight/events_from_partners_only"] for r in mine if "hindsight/events_from_partners_only" in r]
+    assert sum(paid) > 0, "the env paid some goals it was told in goal.ready"
+    assert sum(news) > 0, "partners reported landmarks this agent could not see"
+    assert not re.search(r"late_goals|bad_goals", (run_dir / "nodes" / "env" / "log").read_text()), \
+        "every goal reached the env in its episode's hold"

@@ -46,6 +46,13 @@ def _row(seed, success, aligned=0.5, seconds=10.0, episodes=100):
             "cpu_seconds": 2 * seconds, "episodes_per_second": episodes / seconds}
 
 
+def test_under_the_own_view_the_env_pays_and_reports_imply_cooperative_goals():
+    own = bench.run("negotiation_hindsight", seed=1, episodes=8, view="own")
+    assert own["events_from_partners_only"].sum() > 0, "every landmark a partner touched is news"
+    with pytest.raises(ValueError, match="needs the env to pay"):
+        bench.run("negotiation_hindsight", seed=1, episodes=1, view="own", env_pays=False)
+
+
 def test_cross_check_says_whether_each_mean_lies_in_the_others_interval():
     runtime = {"negotiation": [_row(0, 0.2), _row(1, 0.3), _row(2, 0.25)]}
     close = {"negotiation": [_row(0, 0.22), _row(1, 0.28), _row(2, 0.26)]}

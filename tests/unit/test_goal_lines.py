@@ -29,6 +29,7 @@ from env_server.registry import make_env
         {"num_landmarks": 6, "population": 4, "active_per_episode": 2},
         {"num_landmarks": 3, "population": 6, "active_per_episode": None},
         {"num_landmarks": 6, "view": "local"},
+        {"num_landmarks": 6, "view": "own"},
     ],
 )
 def test_passes_pettingzoo_parallel_api_test(kwargs):
@@ -143,6 +144,46 @@ def test_cooperative_goal_pays_both_and_ends_the_episode_when_goals_are_given():
     assert env.agents == []
 
 
+def test_own_view_shows_only_the_own_landmark_and_assigned_goals_are_paid_without_ending_the_episode():
+    env = GoalLinesEnv(num_landmarks=3, view="own", max_steps=30)
+    env.reset(seed=3)
+    env.assign_goals({"agent_0": 4, "agent_1": 4})  # the pair (0, 2)
+    plan_0 = _walk_to(env, "agent_0", env.strips[0][1])
+    plan_1 = _walk_to(env, "agent_1", env.strips[2][1])
+    length = max(len(plan_0), len(plan_1))
+    plan_0, plan_1 = [0] * (length - len(plan_0)) + plan_0, [0] * (length - len(plan_1)) + plan_1
+    for a0, a1 in zip(plan_0, plan_1):
+        _, rewards, terminations, truncations, infos = env.step({"agent_0": a0, "agent_1": a1})
+    assert rewards == {"agent_0": 1.0, "agent_1": 1.0}, "the env pays the cooperative goal on the joint state"
+    assert {a: infos[a]["achieved_goals"].tolist() for a in infos} == {"agent_0": [0], "agent_1": [2]}, \
+        "each sees only its own landmark, not the pair"
+    assert not any(terminations.values()) and env.agents == ["agent_0", "agent_1"], "paid, but the episode goes on"
+    _, rewards, *_ = env.step({"agent_0": 2, "agent_1": 0})  # agent_0 steps off its strip
+    assert rewards == {"agent_0": 0.0, "agent_1": 0.0}
+    for _ in range(30 - length - 1):
+        *_, truncations, _ = env.step({"agent_0": 0, "agent_1": 0})
+    assert all(truncations.values()) and env.agents == []
+    env.reset(seed=4)
+    assert env.step({"agent_0": 0, "agent_1": 0})[1] == {"agent_0": 0.0, "agent_1": 0.0}, "a reset forgets the goals"
+
+
+def test_assign_goals_refuses_what_it_could_not_pay_for_a_whole_episode():
+    env = GoalLinesEnv(num_landmarks=3, population=4, active_per_episode=2)
+    env.reset(seed=0)
+    idle = next(agent for agent in env.possible_agents if agent not in env.agents)
+    with pytest.raises(ValueError, match="not active in this episode"):
+        env.assign_goals({idle: 3})
+    with pytest.raises(ValueError, match=r"must be in \[0, 6\), got 6"):
+        env.assign_goals({env.agents[0]: 6})
+    env.step({agent: 0 for agent in env.agents})
+    with pytest.raises(ValueError, match="before the episode's first step"):
+        env.assign_goals({env.agents[0]: 3})
+    pair = GoalLinesEnv(num_landmarks=3)
+    pair.reset(seed=1, options={"goals": {"agent_0": 3, "agent_1": 3}})
+    with pytest.raises(ValueError, match="given to reset already"):
+        pair.assign_goals({"agent_0": 3})
+
+
 def test_without_goals_the_env_pays_nothing_and_truncates_at_the_limit():
     env = GoalLinesEnv(num_landmarks=6, max_steps=5)
     env.reset(seed=0)
@@ -194,7 +235,7 @@ def test_bad_arguments_are_refused_with_the_field_named():
         GoalLinesEnv(population=2, active_per_episode=3)
     with pytest.raises(ValueError, match="beta"):
         GoalLinesEnv(beta=0)
-    with pytest.raises(ValueError, match="view must be one of \\['joint', 'local'\\], got 'near'"):
+    with pytest.raises(ValueError, match="view must be one of \\['joint', 'local', 'own'\\], got 'near'"):
         GoalLinesEnv(view="near")
     env = GoalLinesEnv()
     env.reset(seed=0)

@@ -48,7 +48,7 @@ class RecordingAgent:
         self.rows_relabelled += 3  # any count: the session reports the difference
 
 
-def make_pair(*, negotiate=True, hindsight=True, seed=0):
+def make_pair(*, negotiate=True, hindsight=True, seed=0, paid_by_env=False):
     topology = full(2)
     agents, sessions = {}, {}
     for index, node in enumerate(topology.nodes):
@@ -62,6 +62,7 @@ def make_pair(*, negotiate=True, hindsight=True, seed=0):
         sessions[node] = GoalSession(
             node_id=node, env_agent=node, agent=agent, module=module, topology=topology, env_agents=list(topology.nodes),
             reward_fn=reward_fn, negotiation=negotiation, hindsight=HindsightEngine(node, timeout_s=1.0) if hindsight else None,
+            paid_by_env=paid_by_env, num_landmarks=L,
         )
         agents[node] = agent
     return sessions, agents
@@ -84,10 +85,10 @@ def announcement(step, active=("agent_0", "agent_1"), names=("agent_0", "agent_1
                              active={a: np.array([a in active]) for a in names}, hold_s=2.0)
 
 
-def observation(step, agent, achieved, *, start=False, truncated=False, active=True):
+def observation(step, agent, achieved, *, start=False, truncated=False, active=True, reward=0.0):
     return m.EnvObservation(
         step=step, observations={agent: np.full((1, OBS_DIM), float(step), np.float32)},
-        rewards={agent: np.zeros(1, np.float32)}, terminated={agent: np.zeros(1, bool)},
+        rewards={agent: np.full(1, reward, np.float32)}, terminated={agent: np.zeros(1, bool)},
         truncated={agent: np.array([truncated])}, active={agent: np.array([active])},
         final_observations={}, episode_start=np.array([start]),
         infos={agent: {"achieved_goals": np.array([achieved], dtype=np.int64).reshape(1, -1)}},
@@ -114,7 +115,7 @@ def start_episode(sessions, step, now=0.0):
 def test_a_negotiated_pair_says_ready_once_decided_and_follows_the_leaders_goal_or_keeps_its_own():
     sessions, _ = make_pair()
     goals, ready = start_episode(sessions, 0)
-    assert ready == {"agent_0": [0], "agent_1": [0]}, "goal.ready for the held start, once per agent"
+    assert ready == {"agent_0": [(0, None)], "agent_1": [(0, None)]}, "goal.ready for the held start, once per agent"
     assert all(goal in COOPERATIVE for goal in goals.values())
     results = {node: s.negotiation.engine.result for node, s in sessions.items()}
     leaders = {r.leader for r in results.values()}
@@ -187,6 +188,37 @@ def test_hindsight_after_the_episode_applies_the_partners_report_once_even_when_
         node: s.negotiation.engine.result.goal for node, s in sessions.items()}, "episode 4 runs with its negotiated goal"
 
 
+def test_paid_by_env_names_the_goal_takes_the_env_reward_and_relabels_with_the_pairs_the_reports_imply():
+    """`paid_by: env` under goal_lines' "own" view: goal.ready carries the goal; the env's reward,
+    not the infos, decides when the agent is rewarded (and is recorded as its goal achieved);
+    the partner's report of the landmark it touched makes the pair both touched a relabel goal."""
+    sessions, agents = make_pair(paid_by_env=True)
+    goals, ready = start_episode(sessions, 0)
+    assert ready == {node: [(0, goals[node])] for node in sessions}, "goal.ready names the goal the env is to pay"
+    outgoing = {node: s.on_episode_start(announcement(4), 0.0) for node, s in sessions.items()}
+    deliver(sessions, outgoing, 0.0)
+    # Step 2: agent_0 touches landmark 0, agent_1 landmark 2 (the pair (0, 2), goal 4); each sees
+    # only its own landmark. The env pays agent_0 at step 3, whatever its infos say.
+    own = {"agent_0": {2: [0]}, "agent_1": {2: [2]}}
+    reports = {}
+    for step in range(1, 5):
+        for node, session in sessions.items():
+            session.observe(row(step))
+            reward = 1.0 if (node, step) == ("agent_0", 3) else 0.0
+            reports.setdefault(node, [])
+            reports[node] += session.on_observation(
+                observation(step, node, own[node].get(step, []), start=step == 4, reward=reward), 0.0)
+    deliver(sessions, reports, 0.1)
+    first, second = agents["agent_0"].episodes[0], agents["agent_1"].episodes[0]
+    assert len(first["actions"]) == 3, "rows end at the step the env paid"
+    assert first["events"] == [(1, 0), (2, goals["agent_0"])], "the env's reward is the goal achieved at that step"
+    assert len(second["actions"]) == 4 and second["events"] == [(1, 2)]
+    assert sorted(first["extra"]) == [(1, 2), (1, 4)], "the partner's landmark, and the pair both touched"
+    assert sorted(second["extra"]) == sorted({(1, 0), (1, 4), (2, goals["agent_0"])} - {(1, 2)})
+    records = {node: next(r for r in s.take_records() if "goals/goal" in r) for node, s in sessions.items()}
+    assert records["agent_0"]["goals/reward"] == 1.0 and records["agent_1"]["goals/reward"] == 0.0
+
+
 def make_supervised(names=("agent_0", "agent_1", "agent_2")):
     topology = full(len(names))
     return {
@@ -205,9 +237,9 @@ def test_a_supervised_team_pursues_the_goal_its_smallest_node_id_assigns_over_th
         sessions = make_supervised(names)
         outgoing = {node: s.on_episode_start(announcement(episode, active=names, names=names), 0.0) for node, s in sessions.items()}
         assert [dest for dest, _ in outgoing["agent_0"]] == ["agent_1", "agent_2"] and outgoing["agent_1"] == []
-        assert sessions["agent_1"].take_ready() == [] and sessions["agent_0"].take_ready() == [episode]
+        assert sessions["agent_1"].take_ready() == [] and sessions["agent_0"].take_ready() == [(episode, None)]
         deliver(sessions, outgoing, 0.0, duplicate=True)  # the duplicate assignment is dropped, counted
-        assert {node: s.take_ready() for node, s in list(sessions.items())[1:]} == {"agent_1": [episode], "agent_2": [episode]}
+        assert {node: s.take_ready() for node, s in list(sessions.items())[1:]} == {"agent_1": [(episode, None)], "agent_2": [(episode, None)]}
         for node, session in sessions.items():
             session.on_observation(observation(episode, node, [], start=True), 0.0)
         goals = {node: s.current.goal for node, s in sessions.items()}
@@ -223,7 +255,7 @@ def test_a_member_that_hears_no_assignment_falls_back_to_its_own_draw():
     member.on_episode_start(announcement(0), 0.0)
     assert member.next_deadline() == 0.5
     member.on_timer(0.5)
-    assert member.take_ready() == [0]
+    assert member.take_ready() == [(0, None)]
     member.on_observation(observation(0, "agent_1", [], start=True), 0.6)
     assert member.current.goal in COOPERATIVE and member.current.supervision["supervision/timed_out"] == 1.0
     # An assignment for an episode already decided is stale, and changes nothing.
@@ -467,3 +499,8 @@ def test_run_level_goal_problems_name_the_field_and_what_was_expected():
     in_team = GoalsConfig(selection="supervisor", supervisor={"external": False})
     assert problems(goals=in_team, topology_complete=False)[0].startswith("topology.kind: a supervisor in the team")
     assert problems(goals=None)[0].startswith("env.episode_start_hold_s: expected 0 without goal-negotiating agents")
+    # The "own" view needs the env to pay; the env is told the goal in the episode-start hold.
+    assert problems(env_kwargs={"view": "own"})[0].startswith("agents.goals.paid_by: env.kwargs.view 'own'")
+    paid = GoalsConfig(selection="uniform", paid_by="env")
+    assert problems(goals=paid, her="future", env_kwargs={"view": "own"}) == [], "a hold without negotiation, for the goal"
+    assert problems(goals=paid, episode_start_hold_s=0.0)[0].startswith("env.episode_start_hold_s: agents.goals.paid_by 'env'")

@@ -180,3 +180,24 @@ def test_in_the_simulator_every_report_is_applied_exactly_once(link, expect_all)
     if not expect_all:
         assert sim.stats["lost_on_link"] > 0
         assert missing_reports > 0  # lost reports are missing, never applied twice or wrongly
+
+
+def test_complete_events_rebuilds_the_joint_view_from_every_agents_own_landmarks():
+    """What `complete_events` makes of the agents' "own" views equals what the joint view lists,
+    step by step, for random placements of 2 to 4 agents."""
+    import itertools as _itertools
+
+    from env_server.envs.goal_lines import achieved_goals
+    from protocols.goal_space import complete_events
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        agents = int(rng.integers(2, 5))
+        touched_per_step = [rng.integers(-1, 6, size=agents).tolist() for _ in range(5)]
+        own_reports = [(step, landmark) for step, touched in enumerate(touched_per_step) for landmark in touched if landmark >= 0]
+        joint = sorted((step, int(goal)) for step, touched in enumerate(touched_per_step) for goal in achieved_goals(touched, 6))
+        assert complete_events(own_reports, 6) == joint
+    # One agent's report alone implies no pair; cooperative events pass through unchanged.
+    assert complete_events([(0, 1), (0, 1)], 6) == [(0, 1)]
+    assert complete_events([(3, 7)], 6) == [(3, 7)]
+    assert complete_events([(2, 0), (2, 5)], 6) == [(2, 0), (2, 5), (2, 6 + list(_itertools.combinations(range(6), 2)).index((0, 5)))]

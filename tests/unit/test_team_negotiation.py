@@ -192,7 +192,7 @@ def test_goal_sessions_on_a_ring_negotiate_one_goal_for_the_team_and_record_whet
     for episode_start in (0, 5):
         outgoing = {node: s.on_episode_start(announcement(episode_start, active=names, names=names), 0.0) for node, s in sessions.items()}
         deliver(sessions, outgoing, 0.0)
-        assert all(s.take_ready() == [episode_start] for s in sessions.values()), "goal.ready once the flood decided"
+        assert all(s.take_ready() == [(episode_start, None)] for s in sessions.values()), "goal.ready once the flood decided"
         for node, session in sessions.items():
             session.on_observation(observation(episode_start, node, [], start=True), 0.0)
         assert len({s.current.goal for s in sessions.values()}) == 1
