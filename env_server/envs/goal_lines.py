@@ -74,7 +74,7 @@ has terminated or at `max_steps`.
 server calls it when a goal agent's `goal.ready` names its goal, `agents.goals.paid_by: env`),
 makes the env pay those agents `goal_reward` on the joint achievements at every step, and
 changes nothing else: no agent terminates early, every episode lasts `max_steps`, and the agents
-themselves stay put once rewarded (`agent_node/goal_session.py`), so the lockstep's membership
+themselves stay put once rewarded (`agent_node/goals/session.py`), so the lockstep's membership
 never changes within an episode. An agent not named is paid nothing.
 
 ## Reward (`goal_reward`)
