@@ -78,7 +78,7 @@ import torch
 from agent_node.algos.goal_dqn import GoalDQNAgent, GoalDQNConfig
 from agent_node.goals.modules import SupervisorAssignment, UniformGoals
 from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals, goal_reward, num_goals
-from protocols.goal_space import complete_events
+from protocols.goal_space import events_reports_add
 from protocols.hindsight import HindsightEngine, HindsightRequest
 from protocols.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
@@ -218,8 +218,8 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
                               for agent in agents}
             if env_pays:
                 # What the reports imply beyond themselves: the pairs of landmarks touched at one step.
-                partner_events = {agent: sorted(set(complete_events(trajectory[agent]["events"] + partner_events[agent], NUM_LANDMARKS))
-                                                - set(trajectory[agent]["events"])) for agent in agents}
+                partner_events = {agent: events_reports_add(trajectory[agent]["events"], partner_events[agent], NUM_LANDMARKS)
+                                  for agent in agents}
         news_at.append(sum(len(set(partner_events[agent]) - set(trajectory[agent]["events"])) for agent in agents))
         for agent in agents:
             record = trajectory[agent]

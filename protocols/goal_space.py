@@ -68,6 +68,14 @@ def complete_events(events, num_landmarks: int) -> list[tuple[int, int]]:
     return sorted(completed)
 
 
+def events_reports_add(own_events, partner_events, num_landmarks: int) -> list[tuple[int, int]]:
+    """What the partners' reports add to an agent's own events once completed (`complete_events`):
+    the events they carry and the pairs that their landmarks and the agent's own imply; what HER
+    relabels with beside the agent's own events when the env pays on the joint state."""
+    own = {(int(step), int(goal)) for step, goal in own_events}
+    return sorted(set(complete_events([*own, *partner_events], num_landmarks)) - own)
+
+
 def goal_reward(goal: int, achieved: np.ndarray, num_landmarks: int, beta: float = BETA) -> float:
     """1 for an achieved cooperative goal, 1/beta for an achieved individual goal, else 0."""
     if not 0 <= goal < num_goals(num_landmarks):

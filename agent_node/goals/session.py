@@ -69,7 +69,7 @@ from agent_node.plugins import GoalSpace, LearnerSpec
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.engine import Outgoing
-from protocols.goal_space import complete_events, goal_reward, goal_set, num_goals
+from protocols.goal_space import events_reports_add, goal_reward, goal_set, num_goals
 from protocols.hindsight import HindsightEngine, HindsightReport, HindsightRequest, HindsightResult
 from protocols.negotiation import GoalCommit, NegotiationEngine, NegotiationProposal
 from protocols.seeds import derive_seed
@@ -428,8 +428,7 @@ class GoalSession:
         if shared is not None and self.paid_by_env:
             # Under the env's (joint) reward, the landmarks partners touched at the step this
             # agent touched another are a cooperative goal achieved: the reports imply it.
-            partner_events = sorted(set(complete_events(list(episode.events) + partner_events, self.num_landmarks))
-                                    - set(episode.events))
+            partner_events = events_reports_add(episode.events, partner_events, self.num_landmarks)
         if episode.actions:
             self.agent.observe_episode(
                 np.asarray(episode.obs), np.asarray(episode.actions), np.asarray(episode.next_obs),

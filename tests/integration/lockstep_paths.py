@@ -54,6 +54,7 @@ class LockstepClient:
         actions = np.full((self.welcome.num_copies,), value, dtype=np.int64)
         self.channel.send(m.EnvAction(step=step, actions={self.agent: actions}))
 
-    def ready(self, step: int) -> None:
-        """The agent's goal is decided (the episode-start hold, env.episode_start)."""
-        self.channel.send(m.GoalReady(step=step, agents=[self.agent]))
+    def ready(self, step: int, goals: list[int] = ()) -> None:
+        """The agent's goal is decided (the episode-start hold, env.episode_start); `goals`: the
+        goal for the env to pay (`agents.goals.paid_by: env`), none by default."""
+        self.channel.send(m.GoalReady(step=step, agents=[self.agent], goals=list(goals)))

@@ -22,6 +22,14 @@ def Client(hub: Hub, endpoint: str, index: int, transport: str) -> LockstepClien
     return LockstepClient(hub, endpoint, f"client_{index}", index, transport)
 
 
+def reset_pair(hub: Hub, endpoint: str, transport: str) -> tuple[LockstepClient, LockstepClient]:
+    """Clients driving agents 0 and 1, each having asked for the first reset."""
+    pair = Client(hub, endpoint, 0, transport), Client(hub, endpoint, 1, transport)
+    for client in pair:
+        client.channel.send(m.EnvReset(seed=1))
+    return pair
+
+
 @pytest.fixture
 def hub():
     hub = Hub(sender="test", run_id="hold")
@@ -32,9 +40,7 @@ def hub():
 def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_server, hub, lockstep_transport):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--copies", "2",
                           "--episode-start-hold", "30", "--step-deadline", "30", "--transport", lockstep_transport)
-    first, late = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
-    for client in (first, late):
-        client.channel.send(m.EnvReset(seed=1))
+    first, late = reset_pair(hub, endpoint, lockstep_transport)
     for client in (first, late):
         announcement = client.expect(m.EnvEpisodeStart)
         assert announcement.step == 0 and announcement.episode_start.tolist() == [True, True]
@@ -74,9 +80,7 @@ def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_serv
 def test_an_agent_that_never_reports_holds_the_start_only_until_the_deadline(env_server, hub, lockstep_transport):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--episode-start-hold", "1.5",
                           "--step-deadline", "30", "--transport", lockstep_transport)
-    ready, silent = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
-    for client in (ready, silent):
-        client.channel.send(m.EnvReset(seed=1))
+    ready, silent = reset_pair(hub, endpoint, lockstep_transport)
     for client in (ready, silent):
         client.expect(m.EnvEpisodeStart)
     announced_at = time.monotonic()
@@ -94,9 +98,7 @@ def test_an_agent_that_never_reports_holds_the_start_only_until_the_deadline(env
 
 def test_without_a_hold_nothing_is_announced_and_goal_ready_is_refused(env_server, hub, lockstep_transport):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--transport", lockstep_transport)
-    first, second = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
-    for client in (first, second):
-        client.channel.send(m.EnvReset(seed=1))
+    first, second = reset_pair(hub, endpoint, lockstep_transport)
     for client in (first, second):
         assert client.expect(m.EnvObservation).step == 0
     first.ready(0)
@@ -110,20 +112,18 @@ def test_goals_in_goal_ready_are_paid_only_while_their_episode_is_held(env_serve
     kwargs = json.dumps({"num_landmarks": 3, "max_steps": 3, "view": "own"})
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", kwargs, "--episode-start-hold", "30",
                           "--step-deadline", "30", "--transport", lockstep_transport)
-    first, second = Client(hub, endpoint, 0, lockstep_transport), Client(hub, endpoint, 1, lockstep_transport)
-    for client in (first, second):
-        client.channel.send(m.EnvReset(seed=1))
+    first, second = reset_pair(hub, endpoint, lockstep_transport)
     for client in (first, second):
         client.expect(m.EnvEpisodeStart)
-    first.channel.send(m.GoalReady(step=0, agents=[first.agent], goals=[3, 4]))
+    first.ready(0, goals=[3, 4])
     refusal = first.expect(m.ErrorReply)
     assert refusal.code == "bad_goals" and "1 agents and 2 goals" in refusal.message
-    first.channel.send(m.GoalReady(step=0, agents=[first.agent], goals=[9]))
+    first.ready(0, goals=[9])
     assert first.expect(m.ErrorReply).code == "bad_goals", "goal_lines L = 3 has goals 0..5"
-    for client, goal in ((first, 3), (second, 3)):
-        client.channel.send(m.GoalReady(step=0, agents=[client.agent], goals=[goal]))
+    for client in (first, second):
+        client.ready(0, goals=[3])
     for client in (first, second):
         assert client.expect(m.EnvObservation).step == 0, "accepted goals release the hold"
-    first.channel.send(m.GoalReady(step=0, agents=[first.agent], goals=[3]))
+    first.ready(0, goals=[3])
     refusal = first.expect(m.ErrorReply)
     assert refusal.code == "late_goals" and "after that episode started" in refusal.message
