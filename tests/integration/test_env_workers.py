@@ -82,3 +82,27 @@ def test_split_copies_forward_the_same_infos_as_one_process():
     finally:
         split.close()
         plain.close()
+
+
+def test_goals_reach_only_the_copies_the_server_process_steps():
+    """Paid goals (goal.ready under `agents.goals.paid_by: env`) go to an env object in this
+    process; a copy stepped by a worker is refused, as is an env that takes no goals."""
+    from env_server.envs.goal_lines import parallel_env as goal_lines_env
+
+    split = SplitVectorEnv(lambda: goal_lines_env(num_landmarks=3, view="own"), 4, autoreset=True, num_workers=2)
+    try:
+        split.reset(seed=0)
+        local = split._bounds[1]
+        split.assign_goals(0, {"agent_0": 3})
+        assert split.local.copies[0].unwrapped._paid_goals == {"agent_0": 3}
+        with pytest.raises(ValueError, match=f"copy {local} runs in a worker process"):
+            split.assign_goals(local, {"agent_0": 3})
+    finally:
+        split.close()
+    spread = VectorizedParallelEnv(factory, 1, autoreset=True)
+    try:
+        spread.reset(seed=0)
+        with pytest.raises(ValueError, match="takes no goals to pay"):
+            spread.assign_goals(0, {"agent_0": 3})
+    finally:
+        spread.close()
