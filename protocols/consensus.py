@@ -216,7 +216,7 @@ def _mismatch(reference: Mapping[str, np.ndarray], received: object) -> str | No
     """Why `received` cannot be combined with `reference`, or None if it can."""
     # `collections.abc.Mapping`, whose isinstance check is several times cheaper than
     # `typing.Mapping`'s (this runs for every share received); key views compare as sets.
-    if not isinstance(received, abc.Mapping):
+    if type(received) is not dict and not isinstance(received, abc.Mapping):
         return f"tensors must be a dict, got {type(received).__name__}"
     if received.keys() != reference.keys():
         return f"tensor names {sorted(received)} differ from expected {sorted(reference)}"
@@ -290,6 +290,8 @@ def _check_next_epoch(epoch: object, last: int | None) -> None:
 
 
 def _is_int(value: object) -> bool:
+    if type(value) is int:  # the common case, checked first (every share's epoch and seq)
+        return True
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 

@@ -225,7 +225,9 @@ class NetworkSimulator:
         if self.trace is not None:
             self.trace.append(DeliveryRecord(self.now, sender, destination, message))
         outgoing = self.engines[destination].on_message(sender, message, self.now)
-        self._send(destination, outgoing)
+        for receiver, reply in outgoing:
+            self._transmit(destination, receiver, reply)
+        self._schedule_timer(destination)
 
     def _fire_timer(self, node: str) -> None:
         if self._timer_scheduled_at.get(node) != self.now or node in self._crashed:
