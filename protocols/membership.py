@@ -156,9 +156,16 @@ class MembershipEngine:
     def next_deadline(self) -> float | None:
         if self._next_heartbeat is None:
             return None
-        deadlines = [self._next_heartbeat]
-        deadlines += [record.last_heard + self.timeout_s for record in self._peers.values() if self._watched(record)]
-        return min(deadlines)
+        # `_watched` written out: this runs after every timer of every node, over every peer.
+        timing_unheard = self._running_since is not None
+        timeout_s = self.timeout_s
+        deadline = self._next_heartbeat
+        for record in self._peers.values():
+            if record.alive or (timing_unheard and not record.declared_down):
+                silence_ends = record.last_heard + timeout_s
+                if silence_ends < deadline:
+                    deadline = silence_ends
+        return deadline
 
     def _watched(self, record: _Peer) -> bool:
         """Whether silence from this peer is being timed: it is up, or never heard from (nor

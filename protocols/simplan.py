@@ -173,10 +173,16 @@ class ConsensusStack:
 
     def on_timer(self, now: float) -> list[Outgoing]:
         outgoing: list[Outgoing] = []
-        for engine in (self.membership, self.consensus):
-            deadline = engine.next_deadline()
+        # Membership is due only if its kept deadline (a lower bound; None before it starts) is:
+        # ask it then, not on every wake-up (most are the consensus engine's, and each of
+        # membership's answers is a scan over every neighbour).
+        if self._membership_deadline is None or self._membership_deadline <= now:
+            deadline = self.membership.next_deadline()
             if deadline is not None and deadline <= now:
-                outgoing += engine.on_timer(now)
+                outgoing += self.membership.on_timer(now)
+        deadline = self.consensus.next_deadline()
+        if deadline is not None and deadline <= now:
+            outgoing += self.consensus.on_timer(now)
         self._membership_deadline = self.membership.next_deadline()
         outgoing += self._after(now)
         if self.observer is not None:

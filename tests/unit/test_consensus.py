@@ -605,3 +605,17 @@ def test_a_round_mixes_into_reused_buffers_bitwise_as_the_allocating_form_and_sh
     # The share carries the engine's own read-only copy: no copy per round, and nobody can change it.
     assert share.tensors["w"] is engine._values["w"] and not share.tensors["w"].flags.writeable
     assert np.array_equal(share.tensors["w"], own) and share.tensors["w"] is not own
+
+
+def test_the_finiteness_check_agrees_with_numpy_on_every_size_and_dtype():
+    # `_all_finite` loops in Python over small tensors and reduces large ones: both paths must
+    # say what `np.isfinite(...).all()` says, overflowing sums and extended precision included.
+    from protocols.consensus import _all_finite
+
+    cases = [np.zeros(0), np.array(2.0), np.array([1.0, np.nan]), np.array([np.inf, 1.0]), np.array([1e308, 1e308]),
+             np.zeros((2, 3)), np.array([np.nan], dtype=np.float32), np.array([6e4, 6e4], dtype=np.float16),
+             np.array([np.nan], dtype=np.longdouble),
+             np.array([1e300], dtype=np.longdouble) * np.longdouble(1e300),  # finite where long double is wider
+             np.full(100, 1.0), np.append(np.ones(99), -np.inf), np.ones((4, 4))[:, ::2]]
+    for value in cases:
+        assert _all_finite(value) == bool(np.isfinite(value).all()), (value.dtype, value.shape)

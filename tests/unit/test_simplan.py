@@ -183,3 +183,19 @@ def test_the_stacks_kept_membership_deadline_and_the_size_memo_change_nothing(mo
     assert (kept.disagreement == fresh.disagreement).all()
     assert kept.bytes_per_node == fresh.bytes_per_node
     assert {k: v for k, v in kept.stats.items() if k != "timers_fired"} == {k: v for k, v in fresh.stats.items() if k != "timers_fired"}
+
+
+@pytest.mark.parametrize("engine", ["push_sum", "sync"])
+def test_the_same_seed_gives_the_same_figures_and_another_seed_other_ones(engine):
+    # The bench's figures are a function of the plan and its seed alone: nothing carried between
+    # runs in one process (the size memo, message-layout caches, link streams) may change them.
+    def figures(seed):
+        plan = standard_plan(grid(4, 4, torus=True), "torus", engine, seed=seed, fault_window_s=4.0,
+                             settings=PlanSettings(rounds=20, push_sum_periods=40))
+        result = run_plan(plan, stop_at=None)
+        return (result.disagreement.tolist(), result.rounds_to, result.messages_per_node, result.bytes_per_node,
+                result.simulated_s, result.final_error, result.stats)
+
+    first = figures(3)
+    assert figures(3) == first
+    assert figures(4) != first
