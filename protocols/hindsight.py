@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing
+from protocols.engine import Outgoing, OutcomeOnceDone
 from protocols.messages import register_message
 
 Event = tuple[int, int]  # (step, goal)
@@ -203,10 +203,11 @@ class _Run:
     result: HindsightResult | None = None
 
 
-class HindsightEngine:
+class HindsightEngine(OutcomeOnceDone[HindsightResult]):
     """One agent's side of hindsight sharing. See the module docstring."""
 
     message_types: ClassVar[tuple[type, ...]] = (HindsightReport,)
+    not_done_message = "hindsight has not finished"
 
     def __init__(self, node_id: str, *, timeout_s: float = 1.0) -> None:
         if not timeout_s > 0:
@@ -289,15 +290,8 @@ class HindsightEngine:
         run = self._run
         return run.deadline if run is not None and run.result is None else None
 
-    @property
-    def done(self) -> bool:
-        return self._run is not None and self._run.result is not None
-
-    @property
-    def result(self) -> HindsightResult:
-        if not self.done:
-            raise RuntimeError("hindsight has not finished")
-        return self._run.result
+    def _outcome_so_far(self) -> HindsightResult | None:
+        return None if self._run is None else self._run.result
 
     def metrics(self) -> dict[str, float]:
         metrics = {

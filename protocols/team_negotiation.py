@@ -50,10 +50,11 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing
+from protocols.engine import Outgoing, OutcomeOnceDone
 from protocols.flooding import FloodEngine, FloodRequest, FloodTable
 from protocols.messages import register_message
-from protocols.negotiation import AlignmentLedger, EpisodeRecord, GoalCommit, NegotiationOutcome, NegotiationRequest
+from protocols.negotiation import (AlignmentLedger, EpisodeRecord, GoalCommit, NegotiationOutcome, NegotiationRequest,
+                                   allowed_goal_array)
 
 PRIORITY, GOAL = 0, 1  # the columns of a proposal
 
@@ -87,12 +88,13 @@ def team_choice(proposals: Mapping[str, np.ndarray], allowed_goals: np.ndarray) 
     return leader, int(proposals[leader][GOAL])
 
 
-class TeamNegotiationEngine:
+class TeamNegotiationEngine(OutcomeOnceDone[TeamNegotiationOutcome]):
     """One agent's side of the team flood. See the module docstring. The same calls as
     `NegotiationEngine` (start, on_message, on_timer, end_episode, records, ...), so the goal
     session drives either."""
 
     message_types: ClassVar[tuple[type, ...]] = (TeamProposals, GoalCommit)
+    not_done_message = "team negotiation has not decided yet"
 
     def __init__(self, node_id: str, num_goals: int, *, seed: int, allowed_goals: Sequence[int] | None = None,
                  round_timeout_s: float = 0.5, extra_rounds: int = 0) -> None:
@@ -103,9 +105,7 @@ class TeamNegotiationEngine:
         self.extra_rounds = extra_rounds
         self.node_id = node_id
         self.num_goals = num_goals
-        self.allowed_goals = np.arange(num_goals) if allowed_goals is None else np.array(sorted(set(allowed_goals)), dtype=np.int64)
-        if self.allowed_goals.size == 0 or self.allowed_goals.min() < 0 or self.allowed_goals.max() >= num_goals:
-            raise ValueError(f"allowed_goals must be a non-empty subset of [0, {num_goals}), got {allowed_goals!r}")
+        self.allowed_goals = allowed_goal_array(num_goals, allowed_goals)
         self.seed = seed
         self._flood = FloodEngine(node_id, round_timeout_s=round_timeout_s)  # checks round_timeout_s
         self._ledger = AlignmentLedger()
@@ -198,14 +198,7 @@ class TeamNegotiationEngine:
     def next_deadline(self) -> float | None:
         return None if self._request is None or self._outcome is not None else self._flood.next_deadline()
 
-    @property
-    def done(self) -> bool:
-        return self._outcome is not None
-
-    @property
-    def result(self) -> TeamNegotiationOutcome:
-        if self._outcome is None:
-            raise RuntimeError("team negotiation has not decided yet")
+    def _outcome_so_far(self) -> TeamNegotiationOutcome | None:
         return self._outcome
 
     def metrics(self) -> dict[str, float]:
