@@ -123,6 +123,16 @@ def relu_mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int)
     return mlp(in_features, hidden_sizes, out_features, activation=nn.ReLU)
 
 
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: tuple[nn.Module, float] | None = None) -> None:
+    """One step of `optimizer` down `loss`; with `clip` (network, max norm), that network's gradient
+    norm is clipped first."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(clip[0].parameters(), clip[1])
+    optimizer.step()
+
+
 class TanhMLP(nn.Module):
     """A ReLU MLP squashed into [-1, 1] by tanh. Two of PMIC's networks: the actor mu(o), own
     observation -> action in [-1, 1]^A, and the teammate model m(s), global state -> the other
@@ -437,16 +447,12 @@ class PMICAgent:
         if use_club:
             states, actions = self.sorter.inferior.sample(self.buffer_rng, cfg.batch_size)
             club_loss = self.club.nll_loss(torch.as_tensor(states), torch.as_tensor(actions))
-            self.club_optimizer.zero_grad(set_to_none=True)
-            club_loss.backward()
-            self.club_optimizer.step()
+            descend(self.club_optimizer, club_loss)
             metrics["pmic/club_nll"] = club_loss.item()
         if use_jsd:
             states, actions = self.sorter.superior.sample(self.buffer_rng, cfg.batch_size)
             jsd_loss = self.jsd.loss(torch.as_tensor(states), torch.as_tensor(actions))
-            self.jsd_optimizer.zero_grad(set_to_none=True)
-            jsd_loss.backward()
-            self.jsd_optimizer.step()
+            descend(self.jsd_optimizer, jsd_loss)
             metrics["pmic/jsd_superior_estimate"] = -jsd_loss.item()
 
         batch = self.replay.sample(cfg.batch_size)
@@ -465,26 +471,18 @@ class PMICAgent:
         metrics.update(shaping_metrics)
         q_value = self.critic(state, joint_action)
         critic_loss = F.mse_loss(q_value, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-        self.critic_optimizer.step()
+        descend(self.critic_optimizer, critic_loss, clip=(self.critic, cfg.max_grad_norm))
 
         # 3. The actor through the critic, teammates' actions as they were taken.
         own_action = self.actor(obs)
         others = torch.cat([joint_action[:, : self.own_slice.start], joint_action[:, self.own_slice.stop :]], dim=1)
         actor_loss = -self.critic(state, self._with_own_action(others, own_action)).mean()
         actor_loss = actor_loss + cfg.action_l2 * own_action.pow(2).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-        self.actor_optimizer.step()
+        descend(self.actor_optimizer, actor_loss, clip=(self.actor, cfg.max_grad_norm))
 
         # 4. The teammate model: regress the others' actions on the state.
         teammate_loss = F.mse_loss(self.teammates(state), others)
-        self.teammate_optimizer.zero_grad(set_to_none=True)
-        teammate_loss.backward()
-        self.teammate_optimizer.step()
+        descend(self.teammate_optimizer, teammate_loss)
 
         with torch.no_grad():
             for target_net, online in ((self.critic_target, self.critic), (self.actor_target, self.actor)):
