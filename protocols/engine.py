@@ -103,3 +103,19 @@ class OutcomeOnceDone(Generic[Outcome]):
         if outcome is None:
             raise RuntimeError(self.not_done_message)
         return outcome
+
+
+class EpisodeRuns(OutcomeOnceDone[Outcome]):
+    """OutcomeOnceDone for an engine run once per episode (goal negotiation, team negotiation,
+    hindsight sharing). The engine keeps `_last_episode`, the episode of its latest run (-1: none)."""
+
+    # Who refuses a start while a run goes on, e.g. "negotiation".
+    runs_what: ClassVar[str]
+    _last_episode: int
+
+    def _check_next_episode(self, episode: int) -> None:
+        """A run starts only once the latest is done, and for a later episode."""
+        if self._last_episode >= 0 and not self.done:
+            raise RuntimeError(f"{self.runs_what} of episode {self._last_episode} is still running")
+        if episode <= self._last_episode:
+            raise ValueError(f"episode numbers must increase: got {episode} after {self._last_episode}")

@@ -68,7 +68,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing, OutcomeOnceDone
+from protocols.engine import EpisodeRuns, Outgoing
 from protocols.messages import register_message
 
 NUM_MESSAGES = 30
@@ -272,11 +272,12 @@ class _Run:
     messages_received: int = 0
 
 
-class NegotiationEngine(OutcomeOnceDone[NegotiationOutcome]):
+class NegotiationEngine(EpisodeRuns[NegotiationOutcome]):
     """One agent's side of goal negotiation. See the module docstring."""
 
     message_types: ClassVar[tuple[type, ...]] = (NegotiationProposal, GoalCommit)
     not_done_message = "negotiation has not decided yet"
+    runs_what = "negotiation"
 
     def __init__(
         self,
@@ -321,10 +322,7 @@ class NegotiationEngine(OutcomeOnceDone[NegotiationOutcome]):
     # ------------------------------------------------------------------ Engine inputs
 
     def start(self, request: NegotiationRequest, now: float) -> list[Outgoing]:
-        if self._run is not None and self._run.outcome is None:
-            raise RuntimeError(f"negotiation of episode {self._run.request.episode} is still running")
-        if request.episode <= self._last_episode:
-            raise ValueError(f"episode numbers must increase: got {request.episode} after {self._last_episode}")
+        self._check_next_episode(request.episode)
         if request.own_goal not in self.allowed_goals:
             raise ValueError(f"own_goal {request.own_goal} is not among the allowed goals {self.allowed_goals.tolist()}")
         if request.rounds < 1:

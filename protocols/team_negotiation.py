@@ -50,7 +50,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing, OutcomeOnceDone
+from protocols.engine import EpisodeRuns, Outgoing
 from protocols.flooding import FloodEngine, FloodRequest, FloodTable
 from protocols.messages import register_message
 from protocols.negotiation import (AlignmentLedger, EpisodeRecord, GoalCommit, NegotiationOutcome, NegotiationRequest,
@@ -88,13 +88,14 @@ def team_choice(proposals: Mapping[str, np.ndarray], allowed_goals: np.ndarray) 
     return leader, int(proposals[leader][GOAL])
 
 
-class TeamNegotiationEngine(OutcomeOnceDone[TeamNegotiationOutcome]):
+class TeamNegotiationEngine(EpisodeRuns[TeamNegotiationOutcome]):
     """One agent's side of the team flood. See the module docstring. The same calls as
     `NegotiationEngine` (start, on_message, on_timer, end_episode, records, ...), so the goal
     session drives either."""
 
     message_types: ClassVar[tuple[type, ...]] = (TeamProposals, GoalCommit)
     not_done_message = "team negotiation has not decided yet"
+    runs_what = "team negotiation"
 
     def __init__(self, node_id: str, num_goals: int, *, seed: int, allowed_goals: Sequence[int] | None = None,
                  round_timeout_s: float = 0.5, extra_rounds: int = 0) -> None:
@@ -126,10 +127,7 @@ class TeamNegotiationEngine(OutcomeOnceDone[TeamNegotiationOutcome]):
     # ------------------------------------------------------------------ Engine inputs
 
     def start(self, request: NegotiationRequest, now: float) -> list[Outgoing]:
-        if self._request is not None and self._outcome is None:
-            raise RuntimeError(f"team negotiation of episode {self._request.episode} is still running")
-        if request.episode <= self._last_episode:
-            raise ValueError(f"episode numbers must increase: got {request.episode} after {self._last_episode}")
+        self._check_next_episode(request.episode)
         if request.own_goal not in self.allowed_goals:
             raise ValueError(f"own_goal {request.own_goal} is not among the allowed goals {self.allowed_goals.tolist()}")
         if self.node_id in request.team_neighbours:
