@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
 from main_job import (  # noqa: E402
-    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, reference_line, run_dir_of, scored,
+    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, reference_line, references, run_dir_of, scored,
+    seeds_and_score,
 )
 from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
 
@@ -89,12 +90,11 @@ def analyse(root: Path, dqn_root: Path, seeds: list[int]) -> dict:
 
 
 def print_tables(summary: dict) -> None:
-    print(f"random policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
-          "(return per agent per episode on the evaluation episodes, mean over the runs)")
+    print(f"{references(summary)} (return per agent per episode on the evaluation episodes, mean over the runs)")
     print(f"\n| learner | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | run s |")
     print("|---|---|---|---|")
     for name, entry in summary["learners"].items():
-        print(f"| {name} | {len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])} | {fmt(entry['run_s_mean'], '.0f')} |")
+        print(f"| {name} | {seeds_and_score(entry)} | {fmt(entry['run_s_mean'], '.0f')} |")
     diff = summary["ippo_minus_dqn"]
     print(f"\nIPPO minus DQN, paired over {len(diff['seeds'])} seeds: {fmt(diff['mean'])} "
           f"[{fmt(diff['mean'] - diff['ci95'])}, {fmt(diff['mean'] + diff['ci95'])}] (95% t-interval)")

@@ -145,13 +145,23 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
             "variants": per_variant, "paired_with_main": comparisons}
 
 
+def references(summary: dict) -> str:
+    """What every score here is read against: the random policy's and the scripted oracle's."""
+    return f"random policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])}"
+
+
+def seeds_and_score(entry: dict) -> str:
+    """The table cells `seeds | last-N eval (mean ± 95% CI)` of one variant or learner."""
+    return f"{len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])}"
+
+
 def print_tables(summary: dict) -> None:
-    print(f"\nrandom policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
+    print(f"\n{references(summary)} "
           "(return per agent per episode, the env server's, on the evaluation episodes; mean over seeds)")
     print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | gap closed | distinct landmarks | run s |")
     print("|---|---|---|---|---|---|")
     for variant, entry in summary["variants"].items():
-        print(f"| {variant} | {len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])} | "
+        print(f"| {variant} | {seeds_and_score(entry)} | "
               f"{fmt(entry['gap_closed'], '.0%')} | {fmt(entry['distinct_fraction'], '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
     print("\n| main minus | pairs | difference (95% CI) | smallest detectable (80% power) |")
     print("|---|---|---|---|")
