@@ -67,6 +67,20 @@ def launched_pids(events: list[dict]) -> dict[str, int]:
     return {e["node"]: e["pid"] for e in events if e["event"] == "launched"}
 
 
+def kill_once_started(process: subprocess.Popen, run_dir: Path, node: str, *, start_timeout_s: float = 90,
+                      exit_timeout_s: float = 60) -> bytes:
+    """SIGKILL `node` once the run has started, and return the orchestrator's stderr after it
+    exits (it is killed if it outlives `exit_timeout_s`)."""
+    try:
+        events = wait_for_event(run_dir, "started", process, timeout_s=start_timeout_s)
+        os.kill(launched_pids(events)[node], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=exit_timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return stderr
+
+
 def assert_all_reaped(pids: dict[str, int]) -> None:
     for node, pid in pids.items():
         cmdline = Path(f"/proc/{pid}/cmdline")
@@ -154,14 +168,7 @@ def test_ctrl_c_stops_the_run_and_reaps_every_child(tmp_path):
 def test_a_node_that_dies_fails_the_run_cleanly(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
-        events = wait_for_event(run_dir, "started", process)
-        pids = launched_pids(events)
-        os.kill(pids["agent_1"], signal.SIGKILL)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = kill_once_started(process, run_dir, "agent_1")
     assert process.returncode == 1
     assert "agent_1 exited unexpectedly" in stderr.decode() or any(
         "agent_1" in str(e.get("reason", "")) for e in read_events(run_dir)
