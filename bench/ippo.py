@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
 from main_job import (  # noqa: E402
-    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, reference_line, references, run_dir_of, scored,
-    seeds_and_score,
+    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, publish, reference_line, references, run_dir_of,
+    scored, seeds_and_score,
 )
 from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
 
@@ -116,11 +115,7 @@ def main() -> None:
     if not args.analyse:
         run_batch(args.root, args.dqn_root, seeds, args.timeout_s)
     summary = analyse(args.root, args.dqn_root, seeds)
-    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print_tables(summary)
-    if args.save:
-        args.save.write_text(json.dumps(summary, indent=1))
-        print(f"wrote {args.save}")
+    publish(summary, print_tables, args.save)
     if args.plot:
         curves = {name: [Path(d) for d in entry["run_dirs"].values()] for name, entry in summary["learners"].items()}
         lines = {label: summary[key] for label, key in (("random policy", "random"), ("scripted oracle", "oracle"))

@@ -32,6 +32,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import stats
@@ -172,6 +173,16 @@ def print_tables(summary: dict) -> None:
     print_per_seed(summary["variants"])
 
 
+def publish(summary: dict, print_tables: Callable[[dict], None], save: Path | None) -> None:
+    """Stamp `summary` with the time it was measured, print its tables, and write it as JSON to
+    `save` when given."""
+    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print_tables(summary)
+    if save:
+        save.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {save}")
+
+
 def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path: Path) -> None:
     curves = {variant: [run_dir_of(root, variant, seed) for seed in seeds
                         if run_summary(run_dir_of(root, variant, seed)) is not None] for variant in variants}
@@ -202,11 +213,7 @@ def main() -> None:
     if args.analyse is None:
         run_batch(root, seeds, variants, args.timeout_s)
     summary = analyse(root, seeds, variants)
-    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print_tables(summary)
-    if args.save:
-        args.save.write_text(json.dumps(summary, indent=1))
-        print(f"wrote {args.save}")
+    publish(summary, print_tables, args.save)
     if args.plot:
         plot(root, seeds, variants, summary, args.plot)
         print(f"wrote {args.plot}")
