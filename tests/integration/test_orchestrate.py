@@ -44,6 +44,14 @@ def stderr_after_exit(process: subprocess.Popen, timeout_s: float) -> bytes:
     return stderr
 
 
+def run_to_its_end(run_dir: Path, config: str, *settings: str) -> list[dict]:
+    """Run `config`, with each of `settings` as a `--set`, to its end (exit 0 within 150 s);
+    returns its events."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    finished_ok(orchestrate("up", config, "--run-dir", str(run_dir), *sets), timeout_s=150)
+    return read_events(run_dir)
+
+
 def read_events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.exists():
@@ -96,10 +104,7 @@ def assert_all_reaped(pids: dict[str, int]) -> None:
 @pytest.mark.parametrize("transport", ["shm", "zmq"])
 def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"env.transport={transport}")
-    stderr = finished_ok(process, timeout_s=150)
-
-    events = read_events(run_dir)
+    events = run_to_its_end(run_dir, "configs/tiny_ring.yaml", f"env.transport={transport}")
     nodes = {"env", "agent_0", "agent_1", "agent_2"}
     for kind in ("launched", "registered", "ready", "exited"):
         assert {e["node"] for e in events if e["event"] == kind} == nodes, kind
@@ -142,9 +147,7 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
 
 def test_up_over_tcp(tmp_path):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir))
-    stderr = finished_ok(process, timeout_s=150)
-    registered = [e for e in read_events(run_dir) if e["event"] == "registered"]
+    registered = [e for e in run_to_its_end(run_dir, "configs/tiny_star_tcp.yaml") if e["event"] == "registered"]
     assert registered and all(ep.startswith("tcp://127.0.0.1:") for e in registered for ep in e["endpoints"].values())
 
 
