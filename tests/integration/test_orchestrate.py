@@ -173,12 +173,11 @@ def test_a_node_that_dies_fails_the_run_cleanly(tmp_path):
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
     stderr = kill_once_started(process, run_dir, "agent_1")
     assert process.returncode == 1
-    assert "agent_1 exited unexpectedly" in stderr.decode() or any(
-        "agent_1" in str(e.get("reason", "")) for e in read_events(run_dir)
-    )
-    died = [e for e in read_events(run_dir) if e["event"] == "exited" and e["node"] == "agent_1"]
+    events = read_events(run_dir)
+    assert "agent_1 exited unexpectedly" in stderr.decode() or any("agent_1" in str(e.get("reason", "")) for e in events)
+    died = [e for e in events if e["event"] == "exited" and e["node"] == "agent_1"]
     assert died[0]["code"] == -signal.SIGKILL and died[0]["expected"] is False
-    assert_all_reaped(pids)
+    assert_all_reaped(launched_pids(events))
 
 
 def test_up_with_a_bad_config_exits_2_naming_the_field(tmp_path):
