@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import mean_ci  # noqa: E402
 from main_job import (  # noqa: E402
-    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, reference_line, run_dir_of, scored,
+    CONFIG as DQN_CONFIG, LAST_EVALS, VARIANTS, finished_runs, print_per_seed, publish, reference_line, references, run_dir_of,
+    scored, seeds_and_score,
 )
 from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
 
@@ -89,12 +89,11 @@ def analyse(root: Path, dqn_root: Path, seeds: list[int]) -> dict:
 
 
 def print_tables(summary: dict) -> None:
-    print(f"random policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
-          "(return per agent per episode on the evaluation episodes, mean over the runs)")
+    print(f"{references(summary)} (return per agent per episode on the evaluation episodes, mean over the runs)")
     print(f"\n| learner | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | run s |")
     print("|---|---|---|---|")
     for name, entry in summary["learners"].items():
-        print(f"| {name} | {len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])} | {fmt(entry['run_s_mean'], '.0f')} |")
+        print(f"| {name} | {seeds_and_score(entry)} | {fmt(entry['run_s_mean'], '.0f')} |")
     diff = summary["ippo_minus_dqn"]
     print(f"\nIPPO minus DQN, paired over {len(diff['seeds'])} seeds: {fmt(diff['mean'])} "
           f"[{fmt(diff['mean'] - diff['ci95'])}, {fmt(diff['mean'] + diff['ci95'])}] (95% t-interval)")
@@ -116,11 +115,7 @@ def main() -> None:
     if not args.analyse:
         run_batch(args.root, args.dqn_root, seeds, args.timeout_s)
     summary = analyse(args.root, args.dqn_root, seeds)
-    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print_tables(summary)
-    if args.save:
-        args.save.write_text(json.dumps(summary, indent=1))
-        print(f"wrote {args.save}")
+    publish(summary, print_tables, args.save)
     if args.plot:
         curves = {name: [Path(d) for d in entry["run_dirs"].values()] for name, entry in summary["learners"].items()}
         lines = {label: summary[key] for label, key in (("random policy", "random"), ("scripted oracle", "oracle"))

@@ -32,6 +32,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import stats
@@ -145,13 +146,23 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
             "variants": per_variant, "paired_with_main": comparisons}
 
 
+def references(summary: dict) -> str:
+    """What every score here is read against: the random policy's and the scripted oracle's."""
+    return f"random policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])}"
+
+
+def seeds_and_score(entry: dict) -> str:
+    """The table cells `seeds | last-N eval (mean ± 95% CI)` of one variant or learner."""
+    return f"{len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])}"
+
+
 def print_tables(summary: dict) -> None:
-    print(f"\nrandom policy {fmt(summary['random'])}, scripted oracle {fmt(summary['oracle'])} "
+    print(f"\n{references(summary)} "
           "(return per agent per episode, the env server's, on the evaluation episodes; mean over seeds)")
     print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | gap closed | distinct landmarks | run s |")
     print("|---|---|---|---|---|---|")
     for variant, entry in summary["variants"].items():
-        print(f"| {variant} | {len(entry['scores'])} | {fmt(entry['mean'])} ± {fmt(entry['ci95'])} | "
+        print(f"| {variant} | {seeds_and_score(entry)} | "
               f"{fmt(entry['gap_closed'], '.0%')} | {fmt(entry['distinct_fraction'], '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
     print("\n| main minus | pairs | difference (95% CI) | smallest detectable (80% power) |")
     print("|---|---|---|---|")
@@ -160,6 +171,16 @@ def print_tables(summary: dict) -> None:
               f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
               f"{fmt(entry['mde'])} |")
     print_per_seed(summary["variants"])
+
+
+def publish(summary: dict, print_tables: Callable[[dict], None], save: Path | None) -> None:
+    """Stamp `summary` with the time it was measured, print its tables, and write it as JSON to
+    `save` when given."""
+    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print_tables(summary)
+    if save:
+        save.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {save}")
 
 
 def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path: Path) -> None:
@@ -192,11 +213,7 @@ def main() -> None:
     if args.analyse is None:
         run_batch(root, seeds, variants, args.timeout_s)
     summary = analyse(root, seeds, variants)
-    summary["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print_tables(summary)
-    if args.save:
-        args.save.write_text(json.dumps(summary, indent=1))
-        print(f"wrote {args.save}")
+    publish(summary, print_tables, args.save)
     if args.plot:
         plot(root, seeds, variants, summary, args.plot)
         print(f"wrote {args.plot}")

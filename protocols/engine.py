@@ -27,7 +27,7 @@ neighbour up/down notices that every other engine receives.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 Outgoing = tuple[str, object]  # (destination node id, message)
 
@@ -78,3 +78,44 @@ class Engine(Protocol[Request, Result]):
     def metrics(self) -> dict[str, float]:
         """Scalars describing the latest run, namespaced (`consensus/rounds`, ...)."""
         ...
+
+
+Outcome = TypeVar("Outcome")
+
+
+class OutcomeOnceDone(Generic[Outcome]):
+    """`done` and `result` for an engine that keeps its latest run's outcome, None while the run
+    goes on: it is done when there is one, and `result` refuses before (the Engine contract)."""
+
+    # What `result` says before the run is done, e.g. "negotiation has not decided yet".
+    not_done_message: ClassVar[str]
+
+    def _outcome_so_far(self) -> Outcome | None:
+        raise NotImplementedError
+
+    @property
+    def done(self) -> bool:
+        return self._outcome_so_far() is not None
+
+    @property
+    def result(self) -> Outcome:
+        outcome = self._outcome_so_far()
+        if outcome is None:
+            raise RuntimeError(self.not_done_message)
+        return outcome
+
+
+class EpisodeRuns(OutcomeOnceDone[Outcome]):
+    """OutcomeOnceDone for an engine run once per episode (goal negotiation, team negotiation,
+    hindsight sharing). The engine keeps `_last_episode`, the episode of its latest run (-1: none)."""
+
+    # Who refuses a start while a run goes on, e.g. "negotiation".
+    runs_what: ClassVar[str]
+    _last_episode: int
+
+    def _check_next_episode(self, episode: int) -> None:
+        """A run starts only once the latest is done, and for a later episode."""
+        if self._last_episode >= 0 and not self.done:
+            raise RuntimeError(f"{self.runs_what} of episode {self._last_episode} is still running")
+        if episode <= self._last_episode:
+            raise ValueError(f"episode numbers must increase: got {episode} after {self._last_episode}")

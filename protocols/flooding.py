@@ -33,7 +33,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing
+from protocols.engine import Outgoing, OutcomeOnceDone
 from protocols.messages import register_message
 
 
@@ -79,10 +79,11 @@ class _Run:
     result: FloodResult | None = None
 
 
-class FloodEngine:
+class FloodEngine(OutcomeOnceDone[FloodResult]):
     """One node's side of flooding. See the module docstring."""
 
     message_types: ClassVar[tuple[type, ...]] = (FloodTable,)
+    not_done_message = "the flooding run has not finished"
 
     def __init__(self, node_id: str, *, round_timeout_s: float = 0.5, max_buffered_keys: int = 8,
                  max_finished_keys: int = 64) -> None:
@@ -121,15 +122,8 @@ class FloodEngine:
             return []
         return self._begin_round(now) + self._advance(now)  # neighbours' round-1 tables may be here
 
-    @property
-    def done(self) -> bool:
-        return self._run is not None and self._run.result is not None
-
-    @property
-    def result(self) -> FloodResult:
-        if not self.done:
-            raise RuntimeError("the flooding run has not finished")
-        return self._run.result
+    def _outcome_so_far(self) -> FloodResult | None:
+        return None if self._run is None else self._run.result
 
     def on_message(self, sender: str, message: FloodTable, now: float) -> list[Outgoing]:
         self.messages_received += 1

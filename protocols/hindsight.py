@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing
+from protocols.engine import EpisodeRuns, Outgoing
 from protocols.messages import register_message
 
 Event = tuple[int, int]  # (step, goal)
@@ -203,10 +203,12 @@ class _Run:
     result: HindsightResult | None = None
 
 
-class HindsightEngine:
+class HindsightEngine(EpisodeRuns[HindsightResult]):
     """One agent's side of hindsight sharing. See the module docstring."""
 
     message_types: ClassVar[tuple[type, ...]] = (HindsightReport,)
+    not_done_message = "hindsight has not finished"
+    runs_what = "hindsight"
 
     def __init__(self, node_id: str, *, timeout_s: float = 1.0) -> None:
         if not timeout_s > 0:
@@ -224,10 +226,7 @@ class HindsightEngine:
     # ------------------------------------------------------------------ Engine inputs
 
     def start(self, request: HindsightRequest, now: float) -> list[Outgoing]:
-        if self._run is not None and self._run.result is None:
-            raise RuntimeError(f"hindsight of episode {self._run.request.episode} is still running")
-        if request.episode <= self._last_episode:
-            raise ValueError(f"episode numbers must increase: got {request.episode} after {self._last_episode}")
+        self._check_next_episode(request.episode)
         if self.node_id in request.partners:
             raise ValueError(f"node {self.node_id!r} lists itself among its partners")
         self._last_episode = request.episode
@@ -289,15 +288,8 @@ class HindsightEngine:
         run = self._run
         return run.deadline if run is not None and run.result is None else None
 
-    @property
-    def done(self) -> bool:
-        return self._run is not None and self._run.result is not None
-
-    @property
-    def result(self) -> HindsightResult:
-        if not self.done:
-            raise RuntimeError("hindsight has not finished")
-        return self._run.result
+    def _outcome_so_far(self) -> HindsightResult | None:
+        return None if self._run is None else self._run.result
 
     def metrics(self) -> dict[str, float]:
         metrics = {

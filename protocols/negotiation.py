@@ -68,7 +68,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing
+from protocols.engine import EpisodeRuns, Outgoing
 from protocols.messages import register_message
 
 NUM_MESSAGES = 30
@@ -246,6 +246,15 @@ class AlignmentLedger:
 # ------------------------------------------------------------------------------------------
 
 
+def allowed_goal_array(num_goals: int, allowed_goals: Sequence[int] | None) -> np.ndarray:
+    """The goals an agent may pick, sorted and without repeats (all of [0, num_goals) when None);
+    refused unless a non-empty subset of [0, num_goals)."""
+    allowed = np.arange(num_goals) if allowed_goals is None else np.array(sorted(set(allowed_goals)), dtype=np.int64)
+    if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= num_goals:
+        raise ValueError(f"allowed_goals must be a non-empty subset of [0, {num_goals}), got {allowed_goals!r}")
+    return allowed
+
+
 @dataclass
 class _Run:
     request: NegotiationRequest
@@ -263,10 +272,12 @@ class _Run:
     messages_received: int = 0
 
 
-class NegotiationEngine:
+class NegotiationEngine(EpisodeRuns[NegotiationOutcome]):
     """One agent's side of goal negotiation. See the module docstring."""
 
     message_types: ClassVar[tuple[type, ...]] = (NegotiationProposal, GoalCommit)
+    not_done_message = "negotiation has not decided yet"
+    runs_what = "negotiation"
 
     def __init__(
         self,
@@ -291,9 +302,7 @@ class NegotiationEngine:
             raise ValueError(f"round_timeout_s must be > 0 seconds, got {round_timeout_s}")
         self.node_id = node_id
         self.num_goals = num_goals
-        self.allowed_goals = np.arange(num_goals) if allowed_goals is None else np.array(sorted(set(allowed_goals)), dtype=np.int64)
-        if self.allowed_goals.size == 0 or self.allowed_goals.min() < 0 or self.allowed_goals.max() >= num_goals:
-            raise ValueError(f"allowed_goals must be a non-empty subset of [0, {num_goals}), got {allowed_goals!r}")
+        self.allowed_goals = allowed_goal_array(num_goals, allowed_goals)
         self.num_messages = num_messages
         self.temperature = temperature
         self.learning_rate = learning_rate
@@ -313,10 +322,7 @@ class NegotiationEngine:
     # ------------------------------------------------------------------ Engine inputs
 
     def start(self, request: NegotiationRequest, now: float) -> list[Outgoing]:
-        if self._run is not None and self._run.outcome is None:
-            raise RuntimeError(f"negotiation of episode {self._run.request.episode} is still running")
-        if request.episode <= self._last_episode:
-            raise ValueError(f"episode numbers must increase: got {request.episode} after {self._last_episode}")
+        self._check_next_episode(request.episode)
         if request.own_goal not in self.allowed_goals:
             raise ValueError(f"own_goal {request.own_goal} is not among the allowed goals {self.allowed_goals.tolist()}")
         if request.rounds < 1:
@@ -437,15 +443,8 @@ class NegotiationEngine:
             return None
         return self._round_deadline(run)
 
-    @property
-    def done(self) -> bool:
-        return self._run is not None and self._run.outcome is not None
-
-    @property
-    def result(self) -> NegotiationOutcome:
-        if not self.done:
-            raise RuntimeError("negotiation has not decided yet")
-        return self._run.outcome
+    def _outcome_so_far(self) -> NegotiationOutcome | None:
+        return None if self._run is None else self._run.outcome
 
     def metrics(self) -> dict[str, float]:
         if not self.done:

@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
-from protocols.engine import Outgoing
+from protocols.engine import Outgoing, OutcomeOnceDone
 from protocols.messages import register_message
 
 
@@ -73,10 +73,11 @@ def supervisor_of(node_id: str, team: Sequence[str]) -> str:
     return min([node_id, *team])
 
 
-class SupervisionEngine:
+class SupervisionEngine(OutcomeOnceDone[SupervisionOutcome]):
     """One node's side of supervision. See the module docstring."""
 
     message_types: ClassVar[tuple[type, ...]] = (GoalAssignment,)
+    not_done_message = "supervision has not decided yet"
 
     def __init__(self, node_id: str, *, timeout_s: float = 0.5, external_supervisor: str | None = None) -> None:
         """`external_supervisor`: the node id of the supervisor node to ask (None: the team's
@@ -149,14 +150,7 @@ class SupervisionEngine:
     def next_deadline(self) -> float | None:
         return None if self._request is None or self.done else self._deadline
 
-    @property
-    def done(self) -> bool:
-        return self._outcome is not None
-
-    @property
-    def result(self) -> SupervisionOutcome:
-        if self._outcome is None:
-            raise RuntimeError("supervision has not decided yet")
+    def _outcome_so_far(self) -> SupervisionOutcome | None:
         return self._outcome
 
     def metrics(self) -> dict[str, float]:

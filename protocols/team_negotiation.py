@@ -50,10 +50,11 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from protocols.engine import Outgoing
+from protocols.engine import EpisodeRuns, Outgoing
 from protocols.flooding import FloodEngine, FloodRequest, FloodTable
 from protocols.messages import register_message
-from protocols.negotiation import AlignmentLedger, EpisodeRecord, GoalCommit, NegotiationOutcome, NegotiationRequest
+from protocols.negotiation import (AlignmentLedger, EpisodeRecord, GoalCommit, NegotiationOutcome, NegotiationRequest,
+                                   allowed_goal_array)
 
 PRIORITY, GOAL = 0, 1  # the columns of a proposal
 
@@ -87,12 +88,14 @@ def team_choice(proposals: Mapping[str, np.ndarray], allowed_goals: np.ndarray) 
     return leader, int(proposals[leader][GOAL])
 
 
-class TeamNegotiationEngine:
+class TeamNegotiationEngine(EpisodeRuns[TeamNegotiationOutcome]):
     """One agent's side of the team flood. See the module docstring. The same calls as
     `NegotiationEngine` (start, on_message, on_timer, end_episode, records, ...), so the goal
     session drives either."""
 
     message_types: ClassVar[tuple[type, ...]] = (TeamProposals, GoalCommit)
+    not_done_message = "team negotiation has not decided yet"
+    runs_what = "team negotiation"
 
     def __init__(self, node_id: str, num_goals: int, *, seed: int, allowed_goals: Sequence[int] | None = None,
                  round_timeout_s: float = 0.5, extra_rounds: int = 0) -> None:
@@ -103,9 +106,7 @@ class TeamNegotiationEngine:
         self.extra_rounds = extra_rounds
         self.node_id = node_id
         self.num_goals = num_goals
-        self.allowed_goals = np.arange(num_goals) if allowed_goals is None else np.array(sorted(set(allowed_goals)), dtype=np.int64)
-        if self.allowed_goals.size == 0 or self.allowed_goals.min() < 0 or self.allowed_goals.max() >= num_goals:
-            raise ValueError(f"allowed_goals must be a non-empty subset of [0, {num_goals}), got {allowed_goals!r}")
+        self.allowed_goals = allowed_goal_array(num_goals, allowed_goals)
         self.seed = seed
         self._flood = FloodEngine(node_id, round_timeout_s=round_timeout_s)  # checks round_timeout_s
         self._ledger = AlignmentLedger()
@@ -126,10 +127,7 @@ class TeamNegotiationEngine:
     # ------------------------------------------------------------------ Engine inputs
 
     def start(self, request: NegotiationRequest, now: float) -> list[Outgoing]:
-        if self._request is not None and self._outcome is None:
-            raise RuntimeError(f"team negotiation of episode {self._request.episode} is still running")
-        if request.episode <= self._last_episode:
-            raise ValueError(f"episode numbers must increase: got {request.episode} after {self._last_episode}")
+        self._check_next_episode(request.episode)
         if request.own_goal not in self.allowed_goals:
             raise ValueError(f"own_goal {request.own_goal} is not among the allowed goals {self.allowed_goals.tolist()}")
         if self.node_id in request.team_neighbours:
@@ -198,14 +196,7 @@ class TeamNegotiationEngine:
     def next_deadline(self) -> float | None:
         return None if self._request is None or self._outcome is not None else self._flood.next_deadline()
 
-    @property
-    def done(self) -> bool:
-        return self._outcome is not None
-
-    @property
-    def result(self) -> TeamNegotiationOutcome:
-        if self._outcome is None:
-            raise RuntimeError("team negotiation has not decided yet")
+    def _outcome_so_far(self) -> TeamNegotiationOutcome | None:
         return self._outcome
 
     def metrics(self) -> dict[str, float]:

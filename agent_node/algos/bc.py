@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,17 +43,9 @@ class BCAgent(OfflineLearner):
     CONFIG = BCConfig
     NAME, PREFIX = "behaviour cloning", "bc"
 
-    def __init__(self, config: BCConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
-        super().__init__(config, observation_space, action_space)
-        init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(init_seed.generate_state(1)[0]))
-            # An MLP from observation to one output per action; here the outputs are logits.
-            self.policy = QNetwork(int(np.prod(self.obs_shape)), int(action_space.n), config.hidden_sizes)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, fused=True)
-        self.sample_rng = np.random.default_rng(sample_seed)
-        self.data: dict[str, torch.Tensor] | None = None
-        self.gradient_steps = 0
+    def build_networks(self) -> None:
+        # An MLP from observation to one output per action; here the outputs are logits.
+        self.policy = QNetwork(int(np.prod(self.obs_shape)), int(self.action_space.n), self.config.hidden_sizes)
 
     def load_dataset(self, arrays: Mapping[str, np.ndarray]) -> None:
         converted = transitions_for_learning(arrays, self.observation_space, self.action_space)

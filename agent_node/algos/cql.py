@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
@@ -62,21 +61,13 @@ class CQLAgent(OfflineLearner):
     CONFIG = CQLConfig
     NAME, PREFIX = "CQL", "cql"
 
-    def __init__(self, config: CQLConfig, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
-        super().__init__(config, observation_space, action_space)
-        self.num_actions = int(action_space.n)
-        init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
+    def build_networks(self) -> None:
+        self.num_actions = int(self.action_space.n)
         obs_dim = int(np.prod(self.obs_shape))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(init_seed.generate_state(1)[0]))
-            self.q_network = QNetwork(obs_dim, self.num_actions, config.hidden_sizes)
-            self.target_network = QNetwork(obs_dim, self.num_actions, config.hidden_sizes)
+        self.q_network = QNetwork(obs_dim, self.num_actions, self.config.hidden_sizes)
+        self.target_network = QNetwork(obs_dim, self.num_actions, self.config.hidden_sizes)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate, fused=True)
-        self.sample_rng = np.random.default_rng(sample_seed)
-        self.data: dict[str, torch.Tensor] | None = None
-        self.gradient_steps = 0
 
     # ------------------------------------------------------------------ data and training
 

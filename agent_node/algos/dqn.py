@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.encoders import ConvEncoder, choose_encoder
-from agent_node.algos.learner_parts import (StateLayout, check_config, check_seed, check_space, checked_obs, run_gradient_steps,
-                                            scheduled_learning_rate, set_learning_rate, steps_to_take, trainable_rows,
-                                            update_counters)
+from agent_node.algos.learner_parts import (StateLayout, check_config, check_seed, check_space, checked_obs, linear_schedule,
+                                            run_gradient_steps, scheduled_learning_rate, set_learning_rate, steps_to_take,
+                                            trainable_rows, update_counters)
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -64,12 +64,6 @@ class QNetwork(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         features = obs.flatten(start_dim=1) if self.encoder is None else self.encoder(obs)
         return self.layers(features)
-
-
-def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
-    """`start` at step 0, moving linearly to `end` at `duration`, then staying at `end`."""
-    fraction = min(step / duration, 1.0)
-    return start + fraction * (end - start)
 
 
 # ---------------------------------------------------------------------------------- agent

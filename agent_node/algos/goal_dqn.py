@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from agent_node.algos.config import GoalDQNConfig
 # DQN's network, its input the observation and the goal's features side by side.
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.learner_parts import check_config
+from agent_node.algos.learner_parts import check_config, linear_schedule
 from agent_node.persistence import atomic_write, read_sealed
 from protocols.hindsight import achieved_after_each_step, relabel_episode
 
@@ -140,8 +140,7 @@ class GoalDQNAgent:
     @property
     def epsilon(self) -> float:
         cfg = self.config
-        fraction = min(self.env_steps / cfg.epsilon_decay_steps, 1.0)
-        return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
+        return linear_schedule(cfg.epsilon_start, cfg.epsilon_end, cfg.epsilon_decay_steps, self.env_steps)
 
     def _inputs(self, obs: np.ndarray, goals: np.ndarray) -> torch.Tensor:
         goals = np.asarray(goals, dtype=np.int64)

@@ -130,6 +130,13 @@ class StateLayout:
                 generator.set_state(state[f"{name}_state"])
 
 
+def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+    """`start` at step 0, moving linearly to `end` at `duration`, then staying at `end` (exploration
+    rates, exploration noise, learning rates)."""
+    fraction = min(step / duration, 1.0)
+    return start + fraction * (end - start)
+
+
 def scheduled_learning_rate(start: float, end: float | None, decay_steps: int | None, gradient_steps: int) -> float:
     """The rate for the next gradient step: linear from `start` to `end` over the first
     `decay_steps` gradient steps, then `end`; `start` throughout when `end` is None (no schedule).
@@ -137,8 +144,7 @@ def scheduled_learning_rate(start: float, end: float | None, decay_steps: int | 
     jittering around it with an amplitude set by the constant rate and the batch's noise."""
     if end is None or decay_steps is None:
         return start
-    fraction = min(1.0, gradient_steps / decay_steps)
-    return start + fraction * (end - start)
+    return linear_schedule(start, end, decay_steps, gradient_steps)
 
 
 def set_learning_rate(optimizer: Any, learning_rate: float) -> None:

@@ -83,11 +83,12 @@ LOG_VAR_MIN = -10.0
 LOG_VAR_MAX = 4.0
 
 
-def mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int) -> nn.Sequential:
-    """Linear + leaky ReLU per hidden width, then a linear output layer."""
+def mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int,
+        activation: type[nn.Module] = nn.LeakyReLU) -> nn.Sequential:
+    """Linear + `activation` (leaky ReLU unless told) per hidden width, then a linear output layer."""
     layers: list[nn.Module] = []
     for width in hidden_sizes:
-        layers += [nn.Linear(in_features, width), nn.LeakyReLU()]
+        layers += [nn.Linear(in_features, width), activation()]
         in_features = width
     layers.append(nn.Linear(in_features, out_features))
     return nn.Sequential(*layers)

@@ -76,8 +76,10 @@ class ModuleLearner:
 class OfflineLearner(ModuleLearner):
     """`NAME`: the learner's name in messages ("CQL"); `PREFIX`: its metric prefix ("cql");
     `CONFIG`: its config class. `__init__` checks and keeps the config and the spaces (a Box
-    observation, Discrete actions); a subclass then builds its networks, sets `data` (None until
-    `load_dataset`) and `gradient_steps`, and gives `action_scores(obs)`, one score per action."""
+    observation, Discrete actions), builds the networks (`build_networks`, on a torch stream of
+    their own drawn from `seed`) and an Adam optimizer over the `PARAMS` network, and keeps the
+    dataset's sampler (the other stream of `seed`); `data` is None until `load_dataset`. A
+    subclass gives `build_networks()` and `action_scores(obs)`, one score per action."""
 
     NAME: str
     PREFIX: str
@@ -85,7 +87,7 @@ class OfflineLearner(ModuleLearner):
     data: Any
     gradient_steps: int
 
-    def __init__(self, config: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> None:
+    def __init__(self, config: Any, observation_space: gym.spaces.Space, action_space: gym.spaces.Space, seed: int) -> None:
         check_config(config, self.CONFIG)
         check_space(observation_space, gym.spaces.Box, f"{self.NAME} needs a Box observation space")
         check_space(action_space, gym.spaces.Discrete, f"this {self.NAME} is for Discrete action spaces")
@@ -93,6 +95,18 @@ class OfflineLearner(ModuleLearner):
         self.observation_space = observation_space
         self.action_space = action_space
         self.obs_shape = tuple(observation_space.shape)
+        init_seed, sample_seed = np.random.SeedSequence(int(seed)).spawn(2)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(init_seed.generate_state(1)[0]))
+            self.build_networks()
+        self.optimizer = torch.optim.Adam(getattr(self, self.PARAMS).parameters(), lr=config.learning_rate, fused=True)
+        self.sample_rng = np.random.default_rng(sample_seed)
+        self.data = None
+        self.gradient_steps = 0
+
+    def build_networks(self) -> None:
+        """Set the learner's networks (the torch stream is already seeded)."""
+        raise NotImplementedError
 
     def observe(self, transition: Any) -> None:
         raise TypeError(f"{self.NAME} is an offline learner: it trains from load_dataset(...), not from online transitions")

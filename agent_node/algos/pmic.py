@@ -98,13 +98,14 @@ from agent_node.algos.learner_parts import (
     check_config,
     check_seed,
     check_space,
+    linear_schedule,
     load_optimizer,
     run_gradient_steps,
     steps_to_take,
     trainable_rows,
     update_counters,
 )
-from agent_node.algos.mutual_information import GaussianCLUB, JSDMutualInformation
+from agent_node.algos.mutual_information import GaussianCLUB, JSDMutualInformation, mlp
 from agent_node.algos.params import load_module_params, module_params
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -117,24 +118,32 @@ ACTION_MATCH_TOLERANCE = 1e-5
 # ---------------------------------------------------------------------------------- networks
 
 
-def mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden_sizes:
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
-        in_features = width
-    layers.append(nn.Linear(in_features, out_features))
-    return nn.Sequential(*layers)
+def relu_mlp(in_features: int, hidden_sizes: tuple[int, ...], out_features: int) -> nn.Sequential:
+    """PMIC's networks use plain ReLU (the estimators in mutual_information use leaky ReLU)."""
+    return mlp(in_features, hidden_sizes, out_features, activation=nn.ReLU)
 
 
-class DeterministicActor(nn.Module):
-    """mu(o): own observation -> action in [-1, 1]^A (tanh)."""
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, clip: tuple[nn.Module, float] | None = None) -> None:
+    """One step of `optimizer` down `loss`; with `clip` (network, max norm), that network's gradient
+    norm is clipped first."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(clip[0].parameters(), clip[1])
+    optimizer.step()
 
-    def __init__(self, obs_dim: int, action_dim: int, hidden_sizes: tuple[int, ...]) -> None:
+
+class TanhMLP(nn.Module):
+    """A ReLU MLP squashed into [-1, 1] by tanh. Two of PMIC's networks: the actor mu(o), own
+    observation -> action in [-1, 1]^A, and the teammate model m(s), global state -> the other
+    agents' normalized actions, (B, (N-1) * A)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_sizes: tuple[int, ...]) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden_sizes, action_dim)
+        self.net = relu_mlp(in_features, hidden_sizes, out_features)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(x))
 
 
 class CentralizedCritic(nn.Module):
@@ -142,21 +151,10 @@ class CentralizedCritic(nn.Module):
 
     def __init__(self, state_dim: int, joint_action_dim: int, hidden_sizes: tuple[int, ...]) -> None:
         super().__init__()
-        self.net = mlp(state_dim + joint_action_dim, hidden_sizes, 1)
+        self.net = relu_mlp(state_dim + joint_action_dim, hidden_sizes, 1)
 
     def forward(self, state: torch.Tensor, joint_action: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([state, joint_action], dim=1)).squeeze(1)
-
-
-class TeammateModel(nn.Module):
-    """m(s): global state -> the other agents' normalized actions, (B, (N-1) * A)."""
-
-    def __init__(self, state_dim: int, others_action_dim: int, hidden_sizes: tuple[int, ...]) -> None:
-        super().__init__()
-        self.net = mlp(state_dim, hidden_sizes, others_action_dim)
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(state))
 
 
 # ---------------------------------------------------------------------------------- PMIC buffers
@@ -285,9 +283,7 @@ class PMICAgent:
         check_seed(seed)
 
         self.config = config
-        self.observation_space = observation_space
         self.action_space = action_space
-        self.state_space = state_space
         self.num_agents = num_agents
         self.agent_index = agent_index
         self.obs_shape = tuple(observation_space.shape)
@@ -312,11 +308,11 @@ class PMICAgent:
         others_dim = self.joint_action_dim - self.action_dim
         with torch.random.fork_rng(devices=[]):  # seed the init without touching global torch RNG
             torch.manual_seed(int(init_seed.generate_state(1)[0]))
-            self.actor = DeterministicActor(self.obs_dim, self.action_dim, config.actor_hidden_sizes)
-            self.actor_target = DeterministicActor(self.obs_dim, self.action_dim, config.actor_hidden_sizes)
+            self.actor = TanhMLP(self.obs_dim, self.action_dim, config.actor_hidden_sizes)
+            self.actor_target = TanhMLP(self.obs_dim, self.action_dim, config.actor_hidden_sizes)
             self.critic = CentralizedCritic(self.state_dim, self.joint_action_dim, config.critic_hidden_sizes)
             self.critic_target = CentralizedCritic(self.state_dim, self.joint_action_dim, config.critic_hidden_sizes)
-            self.teammates = TeammateModel(self.state_dim, others_dim, config.teammate_hidden_sizes)
+            self.teammates = TanhMLP(self.state_dim, others_dim, config.teammate_hidden_sizes)
             self.jsd = JSDMutualInformation(
                 self.state_dim, self.joint_action_dim, config.mi_hidden_sizes, config.mi_embedding_dim
             )
@@ -362,8 +358,7 @@ class PMICAgent:
     @property
     def noise_std(self) -> float:
         cfg = self.config
-        fraction = min(self.rows_observed / cfg.noise_decay_rows, 1.0)
-        return cfg.noise_start + fraction * (cfg.noise_end - cfg.noise_start)
+        return linear_schedule(cfg.noise_start, cfg.noise_end, cfg.noise_decay_rows, self.rows_observed)
 
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         """Actions (K, action_dim) within the Box bounds; Gaussian noise on [-1, 1] when exploring."""
@@ -452,16 +447,12 @@ class PMICAgent:
         if use_club:
             states, actions = self.sorter.inferior.sample(self.buffer_rng, cfg.batch_size)
             club_loss = self.club.nll_loss(torch.as_tensor(states), torch.as_tensor(actions))
-            self.club_optimizer.zero_grad(set_to_none=True)
-            club_loss.backward()
-            self.club_optimizer.step()
+            descend(self.club_optimizer, club_loss)
             metrics["pmic/club_nll"] = club_loss.item()
         if use_jsd:
             states, actions = self.sorter.superior.sample(self.buffer_rng, cfg.batch_size)
             jsd_loss = self.jsd.loss(torch.as_tensor(states), torch.as_tensor(actions))
-            self.jsd_optimizer.zero_grad(set_to_none=True)
-            jsd_loss.backward()
-            self.jsd_optimizer.step()
+            descend(self.jsd_optimizer, jsd_loss)
             metrics["pmic/jsd_superior_estimate"] = -jsd_loss.item()
 
         batch = self.replay.sample(cfg.batch_size)
@@ -480,26 +471,18 @@ class PMICAgent:
         metrics.update(shaping_metrics)
         q_value = self.critic(state, joint_action)
         critic_loss = F.mse_loss(q_value, target)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
-        self.critic_optimizer.step()
+        descend(self.critic_optimizer, critic_loss, clip=(self.critic, cfg.max_grad_norm))
 
         # 3. The actor through the critic, teammates' actions as they were taken.
         own_action = self.actor(obs)
         others = torch.cat([joint_action[:, : self.own_slice.start], joint_action[:, self.own_slice.stop :]], dim=1)
         actor_loss = -self.critic(state, self._with_own_action(others, own_action)).mean()
         actor_loss = actor_loss + cfg.action_l2 * own_action.pow(2).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-        self.actor_optimizer.step()
+        descend(self.actor_optimizer, actor_loss, clip=(self.actor, cfg.max_grad_norm))
 
         # 4. The teammate model: regress the others' actions on the state.
         teammate_loss = F.mse_loss(self.teammates(state), others)
-        self.teammate_optimizer.zero_grad(set_to_none=True)
-        teammate_loss.backward()
-        self.teammate_optimizer.step()
+        descend(self.teammate_optimizer, teammate_loss)
 
         with torch.no_grad():
             for target_net, online in ((self.critic_target, self.critic), (self.actor_target, self.actor)):

@@ -21,7 +21,8 @@ import numpy as np
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos import LEARNERS
-from agent_node.algos.dqn import DQNAgent, linear_schedule
+from agent_node.algos.dqn import DQNAgent
+from agent_node.algos.learner_parts import linear_schedule
 from agent_node.plugins import LearnerSpec
 from agent_node.roles import Transition
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions

@@ -72,24 +72,18 @@ class CentralizedTraining(BaseModel):
 TrainingConfig = Annotated[DecentralizedTraining | CentralizedTraining, Field(discriminator="mode")]
 
 
+# The DQN settings a MixerConfig takes under the same name.
+_TAKEN_FROM_DQN = ("learning_rate", "learning_rate_end", "learning_rate_decay_steps", "gamma", "batch_size",
+                   "target_update_period", "loss", "max_grad_norm")
+
+
 def mixer_config(training: CentralizedTraining, dqn: DQNConfig) -> MixerConfig:
     """The learner node's MixerConfig: the mixer from `training`, the rest from the agents' DQN."""
     from agent_node.algos.config import MixerConfig
 
-    return MixerConfig(
-        mixer=training.mixer,
-        agent_hidden_sizes=dqn.hidden_sizes,
-        learning_rate=dqn.learning_rate,
-        learning_rate_end=dqn.learning_rate_end,
-        learning_rate_decay_steps=dqn.learning_rate_decay_steps,
-        gamma=dqn.gamma,
-        batch_size=dqn.batch_size,
-        target_update_period=dqn.target_update_period,
-        double_q=dqn.double_dqn,
-        loss=dqn.loss,
-        max_grad_norm=dqn.max_grad_norm,
-        **training.qmix_settings(),
-    )
+    same_name = {name: getattr(dqn, name) for name in _TAKEN_FROM_DQN}
+    return MixerConfig(mixer=training.mixer, agent_hidden_sizes=dqn.hidden_sizes, double_q=dqn.double_dqn, **same_name,
+                       **training.qmix_settings())
 
 
 def learner_schedule(dqn: DQNConfig) -> dict[str, float | int]:

@@ -91,6 +91,9 @@ def _goal_array(goals: Sequence[int]) -> np.ndarray:
 class UniformGoals:
     """Each episode a goal drawn uniformly from `goals`, independently of everyone else."""
 
+    KIND = "uniform"  # the state's kind (a checkpoint of another module is refused)
+    DRAWS = "uniform goals"  # whose generator a bad saved state is named after
+
     def __init__(self, goals: Sequence[int], seed: int) -> None:
         self.goals = _goal_array(goals)
         self._rng = np.random.default_rng(seed)
@@ -102,11 +105,11 @@ class UniformGoals:
         pass  # uniform sampling learns nothing
 
     def state_dict(self) -> dict[str, Any]:
-        return {"kind": "uniform", "goals": self.goals.tolist(), "rng": _rng_state(self._rng)}
+        return {"kind": self.KIND, "goals": self.goals.tolist(), "rng": _rng_state(self._rng)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_kind(state, "uniform", self.goals)
-        _load_rng_state(self._rng, state["rng"], "uniform goals")
+        _check_kind(state, self.KIND, self.goals)
+        _load_rng_state(self._rng, state["rng"], self.DRAWS)
 
 
 class LearningProgressGoals:
@@ -216,25 +219,18 @@ class PAlignedGoals:
 # ------------------------------------------------------------------------------------------
 
 
-class SupervisorAssignment:
-    """The supervisor's logic: one goal, drawn uniformly, for the whole team each episode."""
+class SupervisorAssignment(UniformGoals):
+    """The supervisor's logic: one goal, drawn uniformly (UniformGoals' draw), for the whole team
+    each episode."""
 
-    def __init__(self, goals: Sequence[int], seed: int) -> None:
-        self.goals = _goal_array(goals)
-        self._rng = np.random.default_rng(seed)
+    KIND = "supervisor"
+    DRAWS = "supervisor draws"
 
     def assign(self, episode: int, team: Sequence[str]) -> dict[str, int]:
         if not team:
             raise ValueError(f"episode {episode}: a supervisor assigns goals to a non-empty team")
-        goal = int(self._rng.choice(self.goals))
+        goal = self.propose(episode)
         return {agent: goal for agent in team}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": "supervisor", "goals": self.goals.tolist(), "rng": _rng_state(self._rng)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        _check_kind(state, "supervisor", self.goals)
-        _load_rng_state(self._rng, state["rng"], "supervisor draws")
 
 
 class SupervisedGoals:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agent_node.world_models.batches import as_matrix
 from agent_node.world_models.config import EnsembleConfig, check_model_arguments
 
 _MIN_INPUT_STD = 1e-8  # inputs with a smaller spread are not rescaled (e.g. a constant feature)
@@ -239,8 +240,8 @@ class EnsembleWorldModel:
 
     def member_predictions(self, states: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every member's mean next state and aleatoric variance, each (E, B, state_dim)."""
-        states_t = _as_float32_matrix("states", states, self.state_dim)
-        actions_t = _as_float32_matrix("actions", actions, self.action_dim)
+        states_t = as_matrix("states", states, self.state_dim, np.float32)
+        actions_t = as_matrix("actions", actions, self.action_dim, np.float32)
         if states_t.shape[0] != actions_t.shape[0]:
             raise ValueError(
                 "states and actions must have the same batch size; "
@@ -331,9 +332,9 @@ class EnsembleWorldModel:
     def _transitions_to_tensors(
         self, states: np.ndarray, actions: np.ndarray, next_states: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        states_t = _as_float32_matrix("states", states, self.state_dim)
-        actions_t = _as_float32_matrix("actions", actions, self.action_dim)
-        next_states_t = _as_float32_matrix("next_states", next_states, self.state_dim)
+        states_t = as_matrix("states", states, self.state_dim, np.float32)
+        actions_t = as_matrix("actions", actions, self.action_dim, np.float32)
+        next_states_t = as_matrix("next_states", next_states, self.state_dim, np.float32)
         sizes = (states_t.shape[0], actions_t.shape[0], next_states_t.shape[0])
         if len(set(sizes)) != 1:
             raise ValueError(
@@ -343,19 +344,6 @@ class EnsembleWorldModel:
         if sizes[0] == 0:
             raise ValueError("fit needs at least one transition, got an empty batch")
         return torch.cat([states_t, actions_t], dim=1), next_states_t - states_t
-
-
-def _as_float32_matrix(name: str, array: Any, columns: int) -> torch.Tensor:
-    """Validate a 2-D finite numeric array with `columns` columns and convert it to float32."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(array).__name__}")
-    if array.ndim != 2 or array.shape[1] != columns:
-        raise ValueError(f"{name}: expected shape (batch, {columns}), got {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"{name}: expected a real numeric dtype, got {array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 __all__ = ["EnsembleLinear", "EnsembleWorldModel", "GaussianEnsemble"]

@@ -57,6 +57,7 @@ import gpytorch
 import numpy as np
 import torch
 
+from agent_node.world_models.batches import as_matrix
 from agent_node.world_models.config import SparseGPConfig, check_model_arguments, inducing_grid_shape
 
 logger = logging.getLogger(__name__)
@@ -169,21 +170,6 @@ def cholesky_with_jitter(matrix: torch.Tensor, context: str) -> tuple[torch.Tens
             logger.warning("%s: Cholesky needed extra jitter %.3g (mean diagonal %.3g)", context, extra, scale)
             return factor, extra
     raise np.linalg.LinAlgError(f"{context}: matrix is not positive definite even with jitter {extra:.3g}")
-
-
-def _as_float64_matrix(name: str, array: Any, columns: int | None = None) -> torch.Tensor:
-    """Validate a 2-D finite numeric array and convert it to a float64 tensor."""
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(array).__name__}")
-    if array.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (batch, features), got shape {array.shape}")
-    if columns is not None and array.shape[1] != columns:
-        raise ValueError(f"{name}: expected {columns} columns, got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise TypeError(f"{name}: expected a real numeric dtype, got {array.dtype}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name}: contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
 
 
 def centralized_posterior(
@@ -463,8 +449,8 @@ class SparseGPWorldModel:
     def _query_inputs(self, states: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The states (B, state_dim) and the GP's inputs, states and actions side by side (B, input_dim),
         float64; a ValueError when the two batches differ in size."""
-        states_t = _as_float64_matrix("states", states, self.state_dim)
-        actions_t = _as_float64_matrix("actions", actions, self.action_dim)
+        states_t = as_matrix("states", states, self.state_dim, np.float64)
+        actions_t = as_matrix("actions", actions, self.action_dim, np.float64)
         if states_t.shape[0] != actions_t.shape[0]:
             raise ValueError(
                 f"states and actions must have the same batch size; got {states.shape[0]} and {actions.shape[0]}"
@@ -474,9 +460,9 @@ class SparseGPWorldModel:
     def _validate_transitions(
         self, states: np.ndarray, actions: np.ndarray, next_states: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        states_t = _as_float64_matrix("states", states, self.state_dim)
-        actions_t = _as_float64_matrix("actions", actions, self.action_dim)
-        next_states_t = _as_float64_matrix("next_states", next_states, self.state_dim)
+        states_t = as_matrix("states", states, self.state_dim, np.float64)
+        actions_t = as_matrix("actions", actions, self.action_dim, np.float64)
+        next_states_t = as_matrix("next_states", next_states, self.state_dim, np.float64)
         sizes = {states_t.shape[0], actions_t.shape[0], next_states_t.shape[0]}
         if len(sizes) != 1:
             raise ValueError(

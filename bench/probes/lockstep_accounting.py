@@ -67,25 +67,28 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
 
         setattr(owner, name, wrapper)
 
-    timed(conversions.aec_to_parallel_wrapper, "step", "env step (PettingZoo)")
-    timed(vector.VectorizedParallelEnv, "step", "vectorized step, around the env")
-    timed(vector.VectorizedParallelEnv, "_batch", "batching the copies' results")
-    timed(wire, "encode", "encode (observations)")
-    timed(wire, "encode_packed", "encode (observations), packed head")
-    timed(packed.PackedLayout, "pack", "packed body: pack")
-    timed(packed.PackedLayout, "unpack", "packed body: unpack")
-    timed(wire, "decode", "decode (actions)")
-    timed(shm_lockstep.ShmLink, "write", "shared memory: write a body")
-    timed(shm_lockstep.ShmLink, "read", "shared memory: read a body")
-    timed(transport.Channel, "_read_shm", "shared memory: signal to message")
-    timed(transport.Channel, "_send_frames", "zmq send")
-    timed(transport, "_recv_bytes", "zmq receive")
-    timed(transport, "wait_readable", "zmq poll (CPU, not the wait)")
-    timed(barrier.LockstepBarrier, "on_action", "barrier: on_action")
-    timed(barrier.LockstepBarrier, "broadcast", "barrier: broadcast (observation_for)")
-    timed(barrier.LockstepBarrier, "take_actions", "barrier: take_actions")
-    timed(env_server.EnvServer, "_step", "server: _step")
-    timed(env_server.EnvServer, "poll_once", "server: poll_once (the loop)")
+    for owner, name, label in (
+        (conversions.aec_to_parallel_wrapper, "step", "env step (PettingZoo)"),
+        (vector.VectorizedParallelEnv, "step", "vectorized step, around the env"),
+        (vector.VectorizedParallelEnv, "_batch", "batching the copies' results"),
+        (wire, "encode", "encode (observations)"),
+        (wire, "encode_packed", "encode (observations), packed head"),
+        (packed.PackedLayout, "pack", "packed body: pack"),
+        (packed.PackedLayout, "unpack", "packed body: unpack"),
+        (wire, "decode", "decode (actions)"),
+        (shm_lockstep.ShmLink, "write", "shared memory: write a body"),
+        (shm_lockstep.ShmLink, "read", "shared memory: read a body"),
+        (transport.Channel, "_read_shm", "shared memory: signal to message"),
+        (transport.Channel, "_send_frames", "zmq send"),
+        (transport, "_recv_bytes", "zmq receive"),
+        (transport, "wait_readable", "zmq poll (CPU, not the wait)"),
+        (barrier.LockstepBarrier, "on_action", "barrier: on_action"),
+        (barrier.LockstepBarrier, "broadcast", "barrier: broadcast (observation_for)"),
+        (barrier.LockstepBarrier, "take_actions", "barrier: take_actions"),
+        (env_server.EnvServer, "_step", "server: _step"),
+        (env_server.EnvServer, "poll_once", "server: poll_once (the loop)"),
+    ):
+        timed(owner, name, label)
     started = time.thread_time_ns()
 
     @atexit.register

@@ -3,12 +3,7 @@
 | | |
 | --- | --- |
 | Import | `from env_server.envs.climbing import parallel_env` |
-| Agents | `agent_0`, `agent_1` |
-| Actions | `Discrete(3)` each |
-| Observation | `Box(0, 1, (1,))`: `[1.0]` during the step, `[0.0]` after it |
-| Global state | the same (`state()`) |
-| Reward | the team payoff split equally: each agent gets payoff / 2 |
-| Episode | 1 step, then termination |
+| Layout | `agent_0` and `agent_1`, `Discrete(3)` each, one step: the one-step 3 x 3 game of `matrix_game.py` (its table: observation, state, reward) |
 
 The game of Claus & Boutilier 1998, "The Dynamics of Reinforcement Learning in Cooperative
 Multiagent Systems" (AAAI), section 4:

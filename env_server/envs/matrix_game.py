@@ -22,6 +22,18 @@ What the agents see, and why:
 - **Episode**: ends by termination (never truncation) when a stage's payoff has been paid and
   no stage follows.
 
+The one-step games with a 3 x 3 matrix (`nonmonotonic_matrix_v0`, `climbing_v0`) all look alike
+from the agents' side:
+
+| | |
+| --- | --- |
+| Agents | `agent_0`, `agent_1` |
+| Actions | `Discrete(3)` each |
+| Observation | `Box(0, 1, (1,))`: `[1.0]` during the step, `[0.0]` after it |
+| Global state | the same (`state()`) |
+| Reward | the team payoff split equally: each agent gets payoff / 2 |
+| Episode | 1 step, then termination |
+
 `reset(seed)` has nothing random to seed (every episode starts in the first stage); it is accepted
 for the API and checked for type.
 """

@@ -3,12 +3,7 @@
 | | |
 | --- | --- |
 | Import | `from env_server.envs.nonmonotonic import parallel_env` |
-| Agents | `agent_0`, `agent_1` |
-| Actions | `Discrete(3)` each |
-| Observation | `Box(0, 1, (1,))`: `[1.0]` during the step, `[0.0]` after it |
-| Global state | the same (`state()`) |
-| Reward | the team payoff split equally: each agent gets payoff / 2 |
-| Episode | 1 step, then termination |
+| Layout | `agent_0` and `agent_1`, `Discrete(3)` each, one step: the one-step 3 x 3 game of `matrix_game.py` (its table: observation, state, reward) |
 
 The example of Rashid et al. 2020, "Weighted QMIX: Expanding Monotonic Value Function
 Factorisation for Deep Multi-Agent Reinforcement Learning" (NeurIPS, arXiv 2006.10800):

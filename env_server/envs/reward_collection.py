@@ -452,22 +452,6 @@ class RewardCollectionEnv(ParallelEnv):
         return np.stack(rows)
 
 
-def parallel_env(
-    num_agents: int = 5,
-    max_cycles: int = 100,
-    action_penalty: bool = False,
-    action_penalty_coef: float = ACTION_PENALTY_COEF,
-    dynamics_seed: int = 0,
-    eta_std: float = ETA_STD,
-    render_mode: str | None = None,
-) -> RewardCollectionEnv:
-    """A new `reward_collection_v0` environment (PettingZoo's factory convention)."""
-    return RewardCollectionEnv(
-        num_agents=num_agents,
-        max_cycles=max_cycles,
-        action_penalty=action_penalty,
-        action_penalty_coef=action_penalty_coef,
-        dynamics_seed=dynamics_seed,
-        eta_std=eta_std,
-        render_mode=render_mode,
-    )
+# PettingZoo's factory convention: `parallel_env(**kwargs)` builds the environment. The class is the
+# factory, so its signature (what env.kwargs may name, and the defaults) is stated once.
+parallel_env = RewardCollectionEnv

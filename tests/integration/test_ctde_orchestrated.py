@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from agent_node.persistence import load_checkpoint
 from tests.integration.test_orchestrate import (
-    assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events, wait_for_event,
+    assert_all_reaped, finished_ok, kill_once_started, launched_pids, orchestrate, read_events,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -65,21 +64,15 @@ def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_it
 def test_a_learner_node_that_dies_fails_the_run_naming_it(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
-        events = wait_for_event(run_dir, "started", process, timeout_s=180)
-        pids = launched_pids(events)
-        os.kill(pids["learner"], signal.SIGKILL)
-        _, stderr = process.communicate(timeout=90)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = kill_once_started(process, run_dir, "learner", start_timeout_s=180, exit_timeout_s=90)
     assert process.returncode == 1
     message = stderr.decode()
     assert "node learner exited unexpectedly with code -9" in message, message[-3000:]
     assert "cannot go on without their learner node" in message
-    died = [e for e in read_events(run_dir) if e["event"] == "exited" and e["node"] == "learner"]
+    events = read_events(run_dir)
+    died = [e for e in events if e["event"] == "exited" and e["node"] == "learner"]
     assert died[0]["code"] == -signal.SIGKILL and died[0]["expected"] is False
-    assert_all_reaped(pids)
+    assert_all_reaped(launched_pids(events))
 
 
 def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent_run(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from orchestrator.launcher import NODE_PID_FILENAME, process_start_time
 from tests.conftest import REPO
 from tests.integration.test_orchestrate import (
-    assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events, wait_for_event,
+    assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events, run_to_its_end, wait_for_event,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -203,9 +203,7 @@ def test_exited_event_is_stamped_when_the_node_died(tmp_path, kill_leftovers):
 @pytest.mark.parametrize("method", ["fork_server", "spawn"])
 def test_both_start_methods_run_to_completion(tmp_path, method):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"launch.start_method={method}")
-    stderr = finished_ok(process, timeout_s=150)
-    events = read_events(run_dir)
+    events = run_to_its_end(run_dir, "configs/tiny_ring.yaml", f"launch.start_method={method}")
     launched = [e for e in events if e["event"] == "launched"]
     assert {e["start_method"] for e in launched} == {method}
     assert (run_dir / "zygote.pid").exists() == (method == "fork_server")

@@ -44,6 +44,14 @@ def stderr_after_exit(process: subprocess.Popen, timeout_s: float) -> bytes:
     return stderr
 
 
+def run_to_its_end(run_dir: Path, config: str, *settings: str) -> list[dict]:
+    """Run `config`, with each of `settings` as a `--set`, to its end (exit 0 within 150 s);
+    returns its events."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    finished_ok(orchestrate("up", config, "--run-dir", str(run_dir), *sets), timeout_s=150)
+    return read_events(run_dir)
+
+
 def read_events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.exists():
@@ -67,6 +75,20 @@ def launched_pids(events: list[dict]) -> dict[str, int]:
     return {e["node"]: e["pid"] for e in events if e["event"] == "launched"}
 
 
+def kill_once_started(process: subprocess.Popen, run_dir: Path, node: str, *, start_timeout_s: float = 90,
+                      exit_timeout_s: float = 60) -> bytes:
+    """SIGKILL `node` once the run has started, and return the orchestrator's stderr after it
+    exits (it is killed if it outlives `exit_timeout_s`)."""
+    try:
+        events = wait_for_event(run_dir, "started", process, timeout_s=start_timeout_s)
+        os.kill(launched_pids(events)[node], signal.SIGKILL)
+        _, stderr = process.communicate(timeout=exit_timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return stderr
+
+
 def assert_all_reaped(pids: dict[str, int]) -> None:
     for node, pid in pids.items():
         cmdline = Path(f"/proc/{pid}/cmdline")
@@ -82,10 +104,7 @@ def assert_all_reaped(pids: dict[str, int]) -> None:
 @pytest.mark.parametrize("transport", ["shm", "zmq"])
 def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", f"env.transport={transport}")
-    stderr = finished_ok(process, timeout_s=150)
-
-    events = read_events(run_dir)
+    events = run_to_its_end(run_dir, "configs/tiny_ring.yaml", f"env.transport={transport}")
     nodes = {"env", "agent_0", "agent_1", "agent_2"}
     for kind in ("launched", "registered", "ready", "exited"):
         assert {e["node"] for e in events if e["event"] == kind} == nodes, kind
@@ -128,9 +147,7 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
 
 def test_up_over_tcp(tmp_path):
     run_dir = tmp_path / "run"
-    process = orchestrate("up", "configs/tiny_star_tcp.yaml", "--run-dir", str(run_dir))
-    stderr = finished_ok(process, timeout_s=150)
-    registered = [e for e in read_events(run_dir) if e["event"] == "registered"]
+    registered = [e for e in run_to_its_end(run_dir, "configs/tiny_star_tcp.yaml") if e["event"] == "registered"]
     assert registered and all(ep.startswith("tcp://127.0.0.1:") for e in registered for ep in e["endpoints"].values())
 
 
@@ -154,21 +171,13 @@ def test_ctrl_c_stops_the_run_and_reaps_every_child(tmp_path):
 def test_a_node_that_dies_fails_the_run_cleanly(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
-        events = wait_for_event(run_dir, "started", process)
-        pids = launched_pids(events)
-        os.kill(pids["agent_1"], signal.SIGKILL)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = kill_once_started(process, run_dir, "agent_1")
     assert process.returncode == 1
-    assert "agent_1 exited unexpectedly" in stderr.decode() or any(
-        "agent_1" in str(e.get("reason", "")) for e in read_events(run_dir)
-    )
-    died = [e for e in read_events(run_dir) if e["event"] == "exited" and e["node"] == "agent_1"]
+    events = read_events(run_dir)
+    assert "agent_1 exited unexpectedly" in stderr.decode() or any("agent_1" in str(e.get("reason", "")) for e in events)
+    died = [e for e in events if e["event"] == "exited" and e["node"] == "agent_1"]
     assert died[0]["code"] == -signal.SIGKILL and died[0]["expected"] is False
-    assert_all_reaped(pids)
+    assert_all_reaped(launched_pids(events))
 
 
 def test_up_with_a_bad_config_exits_2_naming_the_field(tmp_path):

@@ -15,7 +15,8 @@ import torch
 
 from agent_node.algos import build_learner
 from agent_node.algos.config import DQNConfig, LearnerConfig, SACConfig
-from agent_node.algos.dqn import DQNAgent, linear_schedule
+from agent_node.algos.dqn import DQNAgent
+from agent_node.algos.learner_parts import linear_schedule
 from agent_node.roles import Actor, Learner, ParamSource, Transition
 from tests.conftest import through_a_checkpoint
 

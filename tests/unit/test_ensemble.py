@@ -194,7 +194,7 @@ def test_shape_mismatch_raises_clear_error():
 def test_bad_transition_shapes_raise_clear_errors():
     model = EnsembleWorldModel(small_config(), 2, 2)
     good = np.zeros((4, 2), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"actions: expected shape \(batch, 2\), got \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"actions: expected a 2-D array of shape \(batch, 2\), got shape \(4, 3\)"):
         model.fit(good, np.zeros((4, 3)), good)
     with pytest.raises(ValueError, match="same batch size"):
         model.predict(good, np.zeros((3, 2)))

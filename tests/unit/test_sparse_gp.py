@@ -381,7 +381,7 @@ def test_grid_shape_for_reference_budget():
 def test_bad_shapes_raise_clear_errors():
     model = SparseGPWorldModel(make_config(), 2, 2)
     good = np.zeros((4, 2))
-    with pytest.raises(ValueError, match=r"actions: expected 2 columns, got shape \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"actions: expected a 2-D array of shape \(batch, 2\), got shape \(4, 3\)"):
         model.fit(good, np.zeros((4, 3)), good)
     with pytest.raises(ValueError, match="same batch size"):
         model.fit(good, np.zeros((5, 2)), good)

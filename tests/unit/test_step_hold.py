@@ -25,10 +25,16 @@ def test_new_marks_replace_the_old_ones():
     assert not hold.should_hold(5) and not hold.should_hold(9) and hold.should_hold(12)
 
 
+def holding(step: int, *, timeout_s: float, now: float) -> StepHold:
+    """A hold marked at `step` alone and holding the payload "held" there since `now`."""
+    hold = StepHold(timeout_s=timeout_s)
+    hold.set_marks([step])
+    hold.hold(step, "held", now=now)
+    return hold
+
+
 def test_a_release_for_another_step_or_a_second_release_is_ignored():
-    hold = StepHold(timeout_s=10.0)
-    hold.set_marks([5])
-    hold.hold(5, "held", now=0.0)
+    hold = holding(5, timeout_s=10.0, now=0.0)
     assert hold.release(4) is None and hold.holding
     released = hold.release(5)
     assert released.step == 5 and released.payload == "held" and not released.timed_out
@@ -37,9 +43,7 @@ def test_a_release_for_another_step_or_a_second_release_is_ignored():
 
 
 def test_the_hold_ends_by_itself_at_its_deadline():
-    hold = StepHold(timeout_s=2.5)
-    hold.set_marks([3])
-    hold.hold(3, "held", now=10.0)
+    hold = holding(3, timeout_s=2.5, now=10.0)
     assert hold.on_timer(12.4) is None and hold.holding
     released = hold.on_timer(12.5)
     assert released.payload == "held" and released.timed_out and released.since == 10.0
