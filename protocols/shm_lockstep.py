@@ -47,12 +47,17 @@ may hold an observation for several steps, the slot is reused next step), sets `
 unpacks it into the same message class a packed zmq frame gives. The wake-up is the zmq frame,
 so the reader blocks in its usual poll: there is no busy-wait.
 
-**Never a torn read, never a reordering.** The writer never overwrites a slot that was not read:
-when the reader is behind (a client holding an observation past the deadline, a dead client), the
-message goes as a packed zmq frame instead, on the same socket, so it arrives after the signal of
-the one before it. A reader that gets such a frame marks the slot read (everything written to it
-was signalled before that frame, so it has been delivered or lost with the connection), and the
-next message goes through shared memory again.
+**Never a torn read, never a reordering, never a lost message.** The writer never overwrites a
+slot that was not read: when the reader is behind (a client holding an observation past the
+deadline, a dead client), the message goes as a packed zmq frame instead, on the same socket, so
+it arrives after the signal of the one before it. A reader that gets such a frame marks the slot
+read (everything written to it was signalled before that frame, so it has been delivered or lost
+with the connection) and counts the frame in the slot's header (`fallbacks seen`). The writer
+goes back to shared memory only once the reader has seen every zmq frame it sent: otherwise a
+reader that caught up on the slot *before* reaching a zmq frame queued behind it would, on
+reaching it, mark read a new generation whose signal is still on its way, and drop that message
+as stale (seen in a run: the step's observation lost). A zmq frame that never reaches the reader
+leaves the link on zmq for good: slower, nothing lost.
 
 What this does not do: the server still builds one `EnvObservation` per client and the barrier
 handles one `EnvAction` per client (the lockstep's rules live there); the per-step saving is the
@@ -81,9 +86,10 @@ TOKEN_BYTES = 16
 _SIGNAL_TAIL = struct.Struct("<BQd")  # packed type code, generation, sent_at
 SIGNAL_BYTES = len(SIGNAL_MAGIC) + TOKEN_BYTES + _SIGNAL_TAIL.size
 _TOKEN_END = len(SIGNAL_MAGIC) + TOKEN_BYTES
-_HEADER_BYTES = 64  # per slot: written, read, length (u64), padded to a cache line
-_HEAD = struct.Struct("<QQQ")  # written, read, length
-_READ_FIELD = struct.Struct("<Q")
+_HEADER_BYTES = 64  # per slot: written, read, length, fallbacks seen (u64), padded to a cache line
+_HEAD = struct.Struct("<QQQQ")  # written, read, length, fallbacks seen (zmq frames the reader got instead)
+_FIELD = struct.Struct("<Q")  # one of them, written alone (each side writes only its own fields)
+_WRITTEN_AT, _READ_AT, _LENGTH_AT, _SEEN_AT = 0, 8, 16, 24
 DOWN, UP = 0, 1  # the slots: server -> client, client -> server
 _PREFIX = "parley-"
 
@@ -240,15 +246,16 @@ class ShmLink:
         """Copy a packed body into this side's slot; the signal frame to send, or None when the
         slot is still unread or the body does not fit (send it by zmq instead)."""
         memory, head_at = self._memory, self._write_head
-        written, read, _ = _HEAD.unpack_from(memory, head_at)
+        written, read, _, fallbacks_seen = _HEAD.unpack_from(memory, head_at)
         at, capacity = self._write_body
         size = len(body)
-        if read != written or size > capacity:
-            self.sent_by_zmq += 1
+        if read != written or fallbacks_seen != self.sent_by_zmq or size > capacity:
+            self.sent_by_zmq += 1  # the caller sends it as a packed zmq frame, which the reader counts
             return None
         self._view[at : at + size] = body
         # The length and the new generation after the body: the reader acts on the signal, which follows.
-        _HEAD.pack_into(memory, head_at, written + 1, read, size)
+        _FIELD.pack_into(memory, head_at + _LENGTH_AT, size)
+        _FIELD.pack_into(memory, head_at + _WRITTEN_AT, written + 1)
         self.sent_by_shm += 1
         return self._signal_prefix + _SIGNAL_TAIL.pack(code, written + 1, time.time())
 
@@ -259,22 +266,25 @@ class ShmLink:
             raise ValueError("a shared-memory signal frame with a wrong token")
         code, generation, sent_at = _SIGNAL_TAIL.unpack_from(signal, _TOKEN_END)
         memory, head_at = self._memory, self._read_head
-        written, read, length = _HEAD.unpack_from(memory, head_at)
+        written, read, length, _ = _HEAD.unpack_from(memory, head_at)
         if written != generation or read >= generation:
             raise ValueError(f"a shared-memory signal for generation {generation}; the slot holds {written} (read up to {read})")
         at, capacity = self._read_body
         if length > capacity:
             raise ValueError(f"a shared-memory body of {length} bytes in a slot of {capacity}")
         body = self._view[at : at + length].tobytes()
-        _READ_FIELD.pack_into(memory, head_at + 8, generation)
+        _FIELD.pack_into(memory, head_at + _READ_AT, generation)
         self.received_by_shm += 1
         return code, sent_at, body
 
     def skip_unread(self) -> None:
         """A packed zmq frame came from the peer: whatever it wrote before was signalled before
-        that frame, so the slot counts as read (module docstring)."""
-        written, _, _ = _HEAD.unpack_from(self._memory, self._read_head)
-        _READ_FIELD.pack_into(self._memory, self._read_head + 8, written)
+        that frame, so the slot counts as read, and the frame counts as seen (module docstring).
+        (The peer writes nothing new to the slot while one of its zmq frames is unseen, so
+        `written` is what it was when that frame was sent.)"""
+        written, _, _, fallbacks_seen = _HEAD.unpack_from(self._memory, self._read_head)
+        _FIELD.pack_into(self._memory, self._read_head + _READ_AT, written)
+        _FIELD.pack_into(self._memory, self._read_head + _SEEN_AT, fallbacks_seen + 1)
 
 
 def is_signal(frame: Any) -> bool:

@@ -68,8 +68,27 @@ def test_an_unread_slot_is_never_overwritten_and_a_zmq_frame_frees_it(pair):
     assert client.read(server.write(0, b"third"))[2] == b"third"
     # A signal that was lost with its connection: the zmq frame after it frees the slot.
     server.write(0, b"lost")
+    assert server.write(0, b"by zmq") is None
     client.skip_unread()
     assert client.read(server.write(0, b"fourth"))[2] == b"fourth"
+
+
+def test_a_reader_that_caught_up_before_a_queued_zmq_frame_loses_nothing(pair):
+    # The race a faults run hit: the client read the slot, then the server (seeing it read) wrote
+    # the next observation there, whose signal queued behind a zmq frame sent while the slot was
+    # still unread. Reaching that zmq frame must not mark the new one read: its signal still comes.
+    server, client = pair
+    first = server.write(0, b"first")
+    assert server.write(0, b"second") is None, "unread: by zmq"
+    assert client.read(first)[2] == b"first"
+    third = server.write(0, b"third")
+    assert third is None, "the client has not reached the zmq frame yet: still by zmq, nothing written"
+    client.skip_unread()  # "second" arrives
+    fourth = server.write(0, b"fourth")
+    assert fourth is None, "one zmq frame ('third') still unseen"
+    client.skip_unread()  # "third"
+    client.skip_unread()  # "fourth"
+    assert client.read(server.write(0, b"fifth"))[2] == b"fifth", "every zmq frame seen: shared memory again"
 
 
 def test_a_forged_stale_or_oversized_signal_is_refused(pair):
