@@ -53,6 +53,27 @@ def require_ray() -> None:
         raise BackendUnavailable("launch.backend 'ray' needs Ray, which is not installed: pip install '.[ray]' (ray==2.60.0)")
 
 
+def extract_replacing(tar: tarfile.TarFile, directory: Path) -> None:
+    """Unpack `tar` into `directory`, each file written beside its place and renamed over it.
+    Several nodes of a run may share one machine and so one run directory: each runner unpacks the
+    same resolved.yaml there while the nodes started before it read it. `extractall` truncates
+    and rewrites in place, and a node reading at that moment got an empty config (seen in the Ray
+    tests across namespaces, which share a file system); a rename is never seen half done."""
+    for member in tar.getmembers():
+        member = tarfile.data_filter(member, str(directory))  # the checks `filter="data"` made
+        target = directory / member.name
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        if not member.isfile():
+            raise ValueError(f"a shipped archive holds files and folders only, got {member.name!r} of type {member.type!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        with tar.extractfile(member) as source, open(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, member.mode & 0o777), "wb") as out:
+            out.write(source.read())
+        os.replace(staging, target)
+
+
 class NodeRunnerImpl:
     """Runs one Parley node as a subprocess on the Ray machine it was placed on."""
 
@@ -75,7 +96,7 @@ class NodeRunnerImpl:
         old_umask = os.umask(0o077)
         try:
             with tarfile.open(fileobj=io.BytesIO(files)) as tar:
-                tar.extractall(run_dir, filter="data")
+                extract_replacing(tar, Path(run_dir))
         finally:
             os.umask(old_umask)
         self.log_path = str(node_dir / "ray.log")

@@ -13,6 +13,8 @@ import sys
 import tarfile
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -84,3 +86,31 @@ def test_shipped_files_hold_the_nodes_own_key_only(tmp_path):
     assert resolved.runtime.keys_dir, "tcp runs have CURVE keys"
     # The run's shared key files and this node's own key, never another node's secret key.
     assert names == ["keys/nodes/agent_1.json", "keys/public.json", "keys/run.json", "resolved.yaml"]
+
+
+def test_shipped_files_are_renamed_into_place_never_rewritten_where_a_node_reads_them(tmp_path):
+    # Nodes sharing a machine share the run directory: the second runner's unpacking must not
+    # truncate the resolved.yaml a node started by the first is reading (a Ray run once read it empty).
+    from orchestrator.backends.ray import extract_replacing
+
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in (("resolved.yaml", b"run: {name: x}\n"), ("keys/agent_0.secret", b"key")):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "resolved.yaml").write_bytes(b"run: {name: x}\n")
+    before = (tmp_path / "resolved.yaml").stat().st_ino
+    with tarfile.open(fileobj=io.BytesIO(archive.getvalue())) as tar:
+        extract_replacing(tar, tmp_path)
+    assert (tmp_path / "resolved.yaml").stat().st_ino != before, "a new file renamed over the old one"
+    assert (tmp_path / "keys" / "agent_0.secret").read_bytes() == b"key"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["agent_0.secret", "keys", "resolved.yaml"], "no staging file left"
+
+    with_link = io.BytesIO()
+    with tarfile.open(fileobj=with_link, mode="w") as tar:
+        link = tarfile.TarInfo("escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with tarfile.open(fileobj=io.BytesIO(with_link.getvalue())) as tar, pytest.raises((ValueError, tarfile.FilterError)):
+        extract_replacing(tar, tmp_path)
