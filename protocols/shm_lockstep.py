@@ -244,7 +244,8 @@ class ShmLink:
 
     def write(self, code: int, body: bytes) -> bytes | None:
         """Copy a packed body into this side's slot; the signal frame to send, or None when the
-        slot is still unread or the body does not fit (send it by zmq instead)."""
+        slot is still unread, a zmq frame sent before is still unseen, or the body does not fit
+        (send it by zmq instead)."""
         memory, head_at = self._memory, self._write_head
         written, read, _, fallbacks_seen = _HEAD.unpack_from(memory, head_at)
         at, capacity = self._write_body
