@@ -39,6 +39,7 @@ try:
 except ImportError:  # the optional extra is not installed
     ray = None
 
+from agent_node.persistence import atomic_write
 from orchestrator.backends import BackendUnavailable
 from orchestrator.backends.ray_config import placement_bundles
 from orchestrator.backends.ssh import shipped_files
@@ -67,11 +68,8 @@ def extract_replacing(tar: tarfile.TarFile, directory: Path) -> None:
             continue
         if not member.isfile():
             raise ValueError(f"a shipped archive holds files and folders only, got {member.name!r} of type {member.type!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
-        with tar.extractfile(member) as source, open(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, member.mode & 0o777), "wb") as out:
-            out.write(source.read())
-        os.replace(staging, target)
+        with tar.extractfile(member) as source:
+            atomic_write(target, lambda file: file.write(source.read()))  # 0600, as under the runner's umask 077
 
 
 class NodeRunnerImpl:
