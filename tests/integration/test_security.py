@@ -208,11 +208,15 @@ def wait_for_metric(run_dir: Path, node: str, name: str, at_least: float, proces
 @pytest.mark.long
 def test_ipc_made_up_senders_leave_a_real_run_s_memory_flat_and_its_log_short(tmp_path):
     """Issue 33 on a real run: 10,000 unsigned and wrongly signed messages, each claiming a sender
-    name of its own (12 KiB names, and short node-like names that no node has), at the env
-    server's socket and at agent_1's peer socket. Both nodes count every one as a bad signature,
-    log them in aggregate, and keep none of the names: their RSS (/proc/<pid>/status) grows by a
-    few MiB at most, measured after a warm-up of as many messages claiming one name. Before the
-    fix a node kept up to 4,096 claimed names (agent_1 grew 33 MiB here, the env server 4)."""
+    name of its own (15 KiB names, just under the head's 16 KiB bound, and short node-like names
+    that no node has), at the env server's socket and at agent_1's peer socket. Both nodes count
+    every one as a bad signature, log them in aggregate, and keep none of the names: their RSS
+    (/proc/<pid>/status) grows by less than 16 MiB, measured after a warm-up of as many messages
+    claiming one name. Before the fix a node kept up to 4,096 claimed names (with 12 KiB names
+    agent_1 grew 22-34 MiB here). A live node's RSS moves by up to ~10 MiB either way without
+    keeping anything (a CI run saw +9.5 MiB at the env server and -7.8 at agent_1), so the bound
+    sits between that noise and what the names cost; the exact "keeps nothing" checks are the
+    unit tests in tests/unit/test_auth.py."""
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
     context = zmq.Context()
@@ -234,7 +238,7 @@ def test_ipc_made_up_senders_leave_a_real_run_s_memory_flat_and_its_log_short(tm
 
         def attack(count: int, distinct: bool) -> None:
             for index in range(count):
-                long_name = (f"{index:06d}" if distinct else "").ljust(12 * 1024, "n")
+                long_name = (f"{index:06d}" if distinct else "").ljust(15 * 1024, "n")
                 sender, key = [(long_name, b""), (long_name, os.urandom(32)),
                                (f"agent_{100 + (index if distinct else 0)}", os.urandom(32))][index % 3]
                 # Encoded here, not by the stranger's hub: frames of a sender the run never had.
@@ -260,7 +264,7 @@ def test_ipc_made_up_senders_leave_a_real_run_s_memory_flat_and_its_log_short(tm
         finish(process)
     grown = {node: round(after[node] - before[node], 1) for node in targets}
     print(f"RSS before {before}, after {after} (MiB): grown {grown}")
-    assert all(growth < 8.0 for growth in grown.values()), grown
+    assert all(growth < 16.0 for growth in grown.values()), grown
     for node in targets:
         log = node_log(run_dir, node)
         # 20,000 bad messages from one routing id in a few seconds: one line at once, then one
