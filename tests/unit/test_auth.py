@@ -278,9 +278,10 @@ def test_ten_thousand_made_up_senders_leave_the_receiver_s_memory_flat(keys_dir,
         before = rss_bytes()
         send_and_drain(10_000, distinct=True)
         grown = rss_bytes() - before
-    # 10,000 names of 4 KiB are 40 MiB; a cache of even a tenth of them would show. (Measured
-    # here: -4.4 to +1.7 MiB over six runs; before issue 33's fix, +27 and +34 MiB.)
-    assert grown < 6 * MIB, f"this process grew {grown / MIB:.1f} MiB receiving 10,000 made-up senders"
+    # 10,000 names of 4 KiB are 40 MiB; a cache of a third of them would show. (Measured here:
+    # -4.4 to +1.7 MiB over six runs; before issue 33's fix, +27 and +34 MiB. The bound sits
+    # midway, clear of the ~10 MiB a busy process's RSS can move by itself.)
+    assert grown < 12 * MIB, f"this process grew {grown / MIB:.1f} MiB receiving 10,000 made-up senders"
     assert inbox.stats.dropped_bad_signature == 20_000 - 20_000 // 4
     # One line at once for the source (the stranger's routing id), then at most one per 5 s.
     lines = [r.getMessage() for r in caplog.records if "invalid message" in r.getMessage()]
