@@ -39,9 +39,9 @@ try:
 except ImportError:  # the optional extra is not installed
     ray = None
 
-from agent_node.persistence import atomic_write
 from orchestrator.backends import BackendUnavailable
 from orchestrator.backends.ray_config import placement_bundles
+from orchestrator.backends.shipping import extract_replacing
 from orchestrator.backends.ssh import shipped_files
 from protocols.settings import node_ids as run_node_ids
 
@@ -52,24 +52,6 @@ PLACEMENT_TIMEOUT_S = 60.0
 def require_ray() -> None:
     if ray is None:
         raise BackendUnavailable("launch.backend 'ray' needs Ray, which is not installed: pip install '.[ray]' (ray==2.60.0)")
-
-
-def extract_replacing(tar: tarfile.TarFile, directory: Path) -> None:
-    """Unpack `tar` into `directory`, each file written beside its place and renamed over it.
-    Several nodes of a run may share one machine and so one run directory: each runner unpacks the
-    same resolved.yaml there while the nodes started before it read it. `extractall` truncates
-    and rewrites in place, and a node reading at that moment got an empty config (seen in the Ray
-    tests across namespaces, which share a file system); a rename is never seen half done."""
-    for member in tar.getmembers():
-        member = tarfile.data_filter(member, str(directory))  # the checks `filter="data"` made
-        target = directory / member.name
-        if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        if not member.isfile():
-            raise ValueError(f"a shipped archive holds files and folders only, got {member.name!r} of type {member.type!r}")
-        with tar.extractfile(member) as source:
-            atomic_write(target, lambda file: file.write(source.read()))  # 0600, as under the runner's umask 077
 
 
 class NodeRunnerImpl:

@@ -10,7 +10,8 @@ event loop per connection to the orchestrator's single loop.
 What travels where:
 - shipped before start: `resolved.yaml`, with `runtime.run_dir` (and `keys_dir`) rewritten to
   the host's `<workdir>/<run id>`, and with authentication on the run's key files and the node's
-  own key (a tar stream over ssh's stdin, files 0600 under umask 077);
+  own key (a tar stream over ssh's stdin, unpacked on the host by `backends/shipping.py`, each
+  file renamed into place, 0600 under umask 077);
 - streamed while running: the node's stdout and stderr, through ssh into the local
   `nodes/<id>/log`, so `orchestrate logs` follows a remote node like a local one; its status
   reaches `orchestrate status` through the control channel as for a local node;
@@ -173,10 +174,13 @@ class SshBackend:
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         node.log_file = launch.log_path.open("ab")
         try:
+            # Unpacked by Parley on the host, each file renamed into place (backends/shipping.py):
+            # `tar -x` would rewrite the resolved.yaml a node started before on this host reads.
             ship = (
                 f"umask 077 && mkdir -p {shlex.quote(node_dir)}/checkpoints {shlex.quote(node_dir)}/replay "
                 f"{shlex.quote(run_dir)}/tb {shlex.quote(run_dir)}/{KEYS_DIRNAME}/{NODE_KEYS_DIRNAME} "
-                f"&& tar -xf - -C {shlex.quote(run_dir)}"
+                f"&& PYTHONPATH={shlex.quote(host.project_root)} {shlex.quote(host.python)} "
+                f"-m orchestrator.backends.shipping {shlex.quote(run_dir)}"
             )
             run_over_ssh(host, ship, stdin=self.shipped_files(launch.node_id))
         except SshError as error:

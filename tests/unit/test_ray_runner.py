@@ -91,7 +91,7 @@ def test_shipped_files_hold_the_nodes_own_key_only(tmp_path):
 def test_shipped_files_are_renamed_into_place_never_rewritten_where_a_node_reads_them(tmp_path):
     # Nodes sharing a machine share the run directory: the second runner's unpacking must not
     # truncate the resolved.yaml a node started by the first is reading (a Ray run once read it empty).
-    from orchestrator.backends.ray import extract_replacing
+    from orchestrator.backends.shipping import extract_replacing
 
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:

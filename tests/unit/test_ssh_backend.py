@@ -168,3 +168,43 @@ def test_ray_backend_without_ray_installed_says_what_to_install(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "launch.backend 'ray' needs Ray, which is not installed: pip install '.[ray]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_ship_command_renames_each_file_into_place_on_the_host(tmp_path, monkeypatch):
+    """The command `start` runs on a host, run here by `sh` in place of ssh: it unpacks the node's
+    files with Parley's unpacker (backends/shipping.py), so a second node on the same host
+    replaces resolved.yaml by a rename (a new inode), never rewriting the file a node reads."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import orchestrator.backends.ssh as ssh
+    from orchestrator.rundir import EventLog
+
+    data = ssh_config()
+    data["launch"]["hosts"][0].update(python=sys.executable, project_root=str(REPO), workdir=str(tmp_path / "host"))
+    resolved, run_dir = prepare_run(validate_config(data), tmp_path / "run")
+    plan = build_plan(resolved, run_dir)
+    backend = ssh.SshBackend(resolved, EventLog(tmp_path / "events.jsonl"))
+    commands = []
+
+    def run_here(host, command, stdin=b""):
+        commands.append(command)
+        subprocess.run(["sh", "-c", command], input=stdin, check=True, capture_output=True)
+        return b""
+
+    monkeypatch.setattr(ssh, "run_over_ssh", run_here)
+    started = SimpleNamespace(pid=1, poll=lambda: None)  # the node itself is not run here
+    monkeypatch.setattr(ssh, "subprocess", SimpleNamespace(Popen=lambda *args, **kwargs: started,
+                                                           DEVNULL=subprocess.DEVNULL, STDOUT=subprocess.STDOUT))
+    remote = Path(backend.remote_run_dir("agent_0"))
+    inodes = []
+    for node_id in ("agent_0", "agent_1"):
+        backend.start(SimpleNamespace(launch=plan.node(node_id), process=None, log_file=None))
+        inodes.append((remote / "resolved.yaml").stat().st_ino)
+    assert all("-m orchestrator.backends.shipping" in command and "tar -x" not in command for command in commands)
+    assert yaml.safe_load((remote / "resolved.yaml").read_text())["runtime"]["run_dir"] == str(remote)
+    assert inodes[0] != inodes[1], "the second node's resolved.yaml was renamed over the first, not rewritten"
+    assert sorted(p.name for p in (remote / "keys" / "nodes").iterdir()) == ["agent_0.json", "agent_1.json"]
+    assert ((remote / "resolved.yaml").stat().st_mode & 0o777) == 0o600
+    assert not [p for p in remote.rglob("*") if p.name.startswith(".")], "no staging file left"
