@@ -2,8 +2,9 @@
 
     python bench/og_marl.py [--variants og_marl,sac,...] [--seeds 0,1,2,3,4] [--steps 2400]
                             [--random-steps 5000] [--penalty 1.0] [--root DIR] [--json]
-    python bench/og_marl.py --analyse DIR [DIR ...] [--out DIR] [--json]
-                                                     (tables and plots of finished runs)
+    python bench/og_marl.py --analyse DIR [DIR ...] [--saved SUMMARY ...] [--out DIR] [--json]
+                                                     (tables and plots of finished runs; --saved
+                                                     pools the runs a summary.json recorded)
     python bench/og_marl.py --calibrate-optimism [--seeds 0,1,2,3,4]
 
 Each (variant, seed) is one `orchestrate up` of the variant's config with the budget set from the
@@ -354,6 +355,24 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
 
 
 # ---------------------------------------------------------------------------------- running
+
+
+def saved_runs(paths: list[str]) -> list[RunResult]:
+    """The runs a saved summary.json recorded (`report`'s "runs": each RunResult's fields), so an
+    analysis can pool them with run directories measured later. Tuples come back from JSON as
+    lists; the fields are otherwise as analysed then."""
+    records = []
+    for path in paths:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            fields = {**run, "curve": [tuple(point) for point in run.get("curve", [])],
+                      "model_mse": [tuple(point) for point in run.get("model_mse", [])],
+                      "consensus_distance": [tuple(point) for point in run.get("consensus_distance", [])]}
+            records.append(RunResult(**{k: (float("nan") if v is None and k in _NAN_FIELDS else v) for k, v in fields.items()}))
+    return records
+
+
+_NAN_FIELDS = ("last5_mean", "area", "s_per_1000_train_steps", "gradient_steps_in_window", "pending_fraction",
+               "missing_neighbour_rounds")  # saved as null by `without_nan`
 
 
 def variant_random_steps(variant: str, args: argparse.Namespace) -> int:
@@ -823,6 +842,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None, help="where the run directories go (default: a temp dir)")
     parser.add_argument("--analyse", default=None, nargs="+", metavar="DIR",
                         help="analyse the runs under these roots (the first holding a variant-seed wins), run nothing")
+    parser.add_argument("--saved", default=None, nargs="+", metavar="SUMMARY",
+                        help="with --analyse: also the runs recorded in these summary.json files (their "
+                             "run directories may be gone); a variant-seed found under a root wins")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="with --analyse: where summary.json and plots/ go (default: the first root)")
     parser.add_argument("--compare", default=None, metavar="A:B,...",
@@ -864,6 +886,12 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(
                         analyse_run(variant, seed, run_dir, variant_random_steps(variant, args), args.max_pending_fraction)
                     )
+        found = {(r.variant, r.seed) for r in results}
+        for record in saved_runs(args.saved or []):
+            if record.variant in variants and record.seed in args.seed_list and (record.variant, record.seed) not in found:
+                results.append(record)
+                found.add((record.variant, record.seed))
+        results.sort(key=lambda r: (variants.index(r.variant), args.seed_list.index(r.seed)))
     else:
         root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
         for variant in variants:

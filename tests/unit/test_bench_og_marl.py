@@ -131,6 +131,26 @@ def test_analyse_takes_each_run_from_the_first_root_that_holds_it(tmp_path, caps
     assert (out / "plots" / "learning_curves.png").exists()
 
 
+def test_saved_runs_pool_with_run_directories_and_keep_their_figures(tmp_path, capsys):
+    # A summary.json keeps each run's figures; its run directories may be gone by the time more
+    # seeds are run. --saved pools those records with new directories, a directory winning.
+    first, out = tmp_path / "first", tmp_path / "out"
+    make_run(first, pending=[0.0, 0.0], name="og_marl-seed1")
+    make_run(tmp_path / "old", pending=[0.0, 0.0])  # seed 0, analysed, saved, then deleted
+    assert bench.main(["--analyse", str(tmp_path / "old"), "--variants", "og_marl", "--seeds", "0",
+                       "--random-steps", str(RANDOM_STEPS), "--json"]) == 0
+    saved_summary = json.loads(capsys.readouterr().out)
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(saved_summary))
+    code = bench.main(["--analyse", str(first), "--saved", str(saved), "--out", str(out), "--variants", "og_marl",
+                       "--seeds", "0,1", "--random-steps", str(RANDOM_STEPS), "--json"])
+    pooled = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [run["seed"] for run in pooled["runs"]] == [0, 1]
+    assert pooled["runs"][0] == saved_summary["runs"][0]  # the saved record, unchanged
+    assert pooled["table"]["og_marl"]["last5"]["n"] == 2
+
+
 def test_summary_uses_the_sample_std_and_a_t_interval():
     summary = bench.summarize([380.0, 390.0, 400.0])
     assert summary["mean"] == pytest.approx(390.0) and summary["std"] == pytest.approx(10.0)  # ddof=1
