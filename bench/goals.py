@@ -34,7 +34,13 @@ one process per agent, one env server, the supervisor node; negotiation and supe
 peer mesh while the env server holds each episode start), `--jobs` at a time, seed by seed; per
 episode it joins the two agents' `goals/*` records. `--cross-check` then runs the same (mode,
 seed) in-process and says whether each side's mean lies in the other's 95% interval; the speed
-table gives episodes per second (wall) and CPU seconds per episode of both. The JSON (`--save`)
+table gives episodes per second (wall) and CPU seconds per episode of both. The cross-check's
+in-process runs draw their random streams as the runtime's nodes do (`--streams runtime`): the same
+goals, env starts, initial weights and generators at a seed. What still differs is when gradient
+steps are taken: a node acts while its learner owes up to `agents.max_pending_gradient_steps` (64),
+so the steps an episode earns come during the next episode's first steps; in-process they come
+before it. With `--set agents.max_pending_gradient_steps=0` a supervisor run is the same run on
+both sides, row for row (tests/integration/test_goal_runs.py). The JSON (`--save`)
 is rewritten after every run, so a batch cut short keeps what it finished; `--replot` redraws it.
 
     .venv/bin/python bench/goals.py --runtime --cross-check --seeds 5 --episodes 1500 --jobs 4 \
@@ -741,7 +747,9 @@ def runtime_report(saved: dict, as_json: bool) -> None:
         for mode, entry in speeds.items():
             print(f"  {mode:<24}" + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()))
     if checks:
-        print("\ncross-check (runtime vs in-process, each mean within the other's 95% interval?):")
+        # Batches before --streams existed seeded the in-process side with the bench's own streams.
+        streams = conditions.get("in_process_streams") or "bench"
+        print(f"\ncross-check (runtime vs in-process with the {streams} streams, each mean within the other's 95% interval?):")
         for row in checks:
             print(f"  {row['mode']:<24}{row['measure']:<15} runtime {row['runtime']:.3f} ± {row['runtime_half']:.3f}, "
                   f"in-process {row['in_process']:.3f} ± {row['in_process_half']:.3f}: {'yes' if row['within'] else 'NO'}")
