@@ -702,6 +702,10 @@ def merge_runtime_batches(batches: list[dict], names: list[str]) -> dict:
                     kept.append(row)
                 kept.sort(key=lambda r: r["seed"])
     conditions["cross_check"] = bool(merged["in_process"])
+    # Which streams the in-process rows were drawn with (a batch from before --streams: the bench's own).
+    streams = sorted({(b["conditions"].get("in_process_streams") if b["conditions"].get("runtime") else b["conditions"].get("streams"))
+                      or "bench" for b in batches if b.get("in_process") or b.get("per_seed")})
+    conditions["in_process_streams"] = None if not streams else streams[0] if len(streams) == 1 else "mixed (" + ", ".join(streams) + ")"
     return merged
 
 

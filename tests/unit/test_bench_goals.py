@@ -193,3 +193,16 @@ def test_runtime_streams_start_the_first_episode_on_the_env_servers_seeded_reset
     assert result["goals"].tolist() == [[goal, goal] for goal in (draws.propose(0), draws.propose(1))]
     np.testing.assert_array_equal(seen[0], first["agent_0"])
     np.testing.assert_array_equal(seen[2], second["agent_0"])
+
+
+def test_a_merged_result_says_which_streams_its_in_process_rows_were_drawn_with():
+    same = {"episodes": 100, "landmarks": 6, "view": "local", "team": 2, "final_window_episodes": 100, "curve_window_episodes": 100}
+    runtime_batch = {"conditions": {**same, "runtime": True, "in_process_streams": "runtime"},
+                     "runtime": {"supervisor": [{"seed": 0}]}, "in_process": {"supervisor": [{"seed": 0}]}}
+    older_batch = {"conditions": {**same, "runtime": True}, "runtime": {"supervisor": [{"seed": 1}]},
+                   "in_process": {"supervisor": [{"seed": 1}]}}  # from before --streams: the bench's own
+    plain = {"conditions": {**same, "streams": "runtime"}, "per_seed": {"supervisor": [{"seed": 2}]}}
+    assert bench.merge_runtime_batches([runtime_batch, plain], ["a", "b"])["conditions"]["in_process_streams"] == "runtime"
+    merged = bench.merge_runtime_batches([runtime_batch, older_batch], ["a", "b"])
+    assert merged["conditions"]["in_process_streams"] == "mixed (bench, runtime)"
+    assert [r["seed"] for r in merged["in_process"]["supervisor"]] == [0, 1]
