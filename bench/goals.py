@@ -34,7 +34,13 @@ one process per agent, one env server, the supervisor node; negotiation and supe
 peer mesh while the env server holds each episode start), `--jobs` at a time, seed by seed; per
 episode it joins the two agents' `goals/*` records. `--cross-check` then runs the same (mode,
 seed) in-process and says whether each side's mean lies in the other's 95% interval; the speed
-table gives episodes per second (wall) and CPU seconds per episode of both. The JSON (`--save`)
+table gives episodes per second (wall) and CPU seconds per episode of both. The cross-check's
+in-process runs draw their random streams as the runtime's nodes do (`--streams runtime`): the same
+goals, env starts, initial weights and generators at a seed. What still differs is when gradient
+steps are taken: a node acts while its learner owes up to `agents.max_pending_gradient_steps` (64),
+so the steps an episode earns come during the next episode's first steps; in-process they come
+before it. With `--set agents.max_pending_gradient_steps=0` a supervisor run is the same run on
+both sides, row for row (tests/integration/test_goal_runs.py). The JSON (`--save`)
 is rewritten after every run, so a batch cut short keeps what it finished; `--replot` redraws it.
 
     .venv/bin/python bench/goals.py --runtime --cross-check --seeds 5 --episodes 1500 --jobs 4 \
@@ -107,8 +113,31 @@ def team_graph(num_agents: int) -> dict[str, list[str]]:
     return {agent: sorted({agents[(i - 1) % num_agents], agents[(i + 1) % num_agents]}) for i, agent in enumerate(agents)}
 
 
+STREAMS = ("bench", "runtime")  # how `run` derives its random streams from the seed (`stream_seeds`)
+
+
+def stream_seeds(seed: int, num_agents: int, streams: str) -> dict:
+    """The seeds of a run's random streams. "bench": this bench's own derivation (every in-process
+    figure before the runtime cross-check). "runtime": as an orchestrated run of the goal configs
+    derives them (orchestrator/config.py `derive_nodes`: agents 0 .. n-1, the env server n, the
+    external supervisor n + 1; agent_node/goals/session.py `build_goal_session`; the env server's
+    first reset seed), so that at the same seed both benches draw the same supervisor goals, env
+    starts, initial weights and exploration, replay and HER generators. With `streams="runtime"`
+    and the runtime's agents taking their owed gradient steps before acting
+    (`agents.max_pending_gradient_steps=0`), a supervisor run is the same run on both sides, row
+    for row (tests/integration/test_goal_runs.py)."""
+    if streams == "bench":
+        return {"learner": [derive_seed(seed, index, "policy") for index in range(num_agents)],
+                "env": derive_seed(seed, 0, "env"), "supervisor": derive_seed(seed, 99, "supervisor"), "first_reset_is_an_episode": False}
+    if streams == "runtime":
+        return {"learner": [derive_seed(seed, index, "learner") for index in range(num_agents)],
+                "env": derive_seed(seed, num_agents, "env"), "supervisor": derive_seed(seed, num_agents + 1, "goals/supervisor"),
+                "first_reset_is_an_episode": True}
+    raise ValueError(f"streams must be one of {list(STREAMS)}, got {streams!r}")
+
+
 def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "joint", env_ends_episodes: bool = False,
-        env_pays: bool | None = None) -> dict:
+        env_pays: bool | None = None, streams: str = "bench") -> dict:
     """One run of `mode` with a team of `num_agents` (a pair, or a ring that all play every
     episode); per episode: every agent rewarded (`success`), all on one goal (`aligned`), the
     fraction of the team graph's edges whose ends share a goal (`edges_aligned`), each agent's
@@ -121,7 +150,9 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
     `achieved_goals` infos (`view`), stays put (action 0) and stops adding rows once rewarded,
     and records the achieved goals of every step for hindsight. `env_ends_episodes` gives the
     env the goals instead, so it pays and ends the episode when every agent is rewarded (the
-    reference's rule, and this bench's before the runtime comparison)."""
+    reference's rule, and this bench's before the runtime comparison). `streams`: how the random
+    streams are seeded (`stream_seeds`)."""
+    seeds = stream_seeds(seed, num_agents, streams)
     if env_pays is None:
         env_pays = view == "own"  # under "own" an agent cannot compute its cooperative reward
     if view == "own" and not env_pays:
@@ -142,18 +173,19 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
     sharing = mode == "negotiation_hindsight"
     obs_dim = env.observation_space("agent_0").shape[0]
     learners = {
-        agent: GoalDQNAgent(config, obs_dim, 5, total_goals, reward_fn, seed=derive_seed(seed, index, "policy"))
+        agent: GoalDQNAgent(config, obs_dim, 5, total_goals, reward_fn, seed=seeds["learner"][index])
         for index, agent in enumerate(agents)
     }
     own_goals = {agent: UniformGoals(goals_allowed, seed=derive_seed(seed, index, "goals")) for index, agent in enumerate(agents)}
-    supervisor = SupervisorAssignment(goals_allowed, seed=derive_seed(seed, 99, "supervisor"))
+    supervisor = SupervisorAssignment(goals_allowed, seed=seeds["supervisor"])
     negotiators = {
         agent: NegotiationEngine(agent, total_goals, seed=derive_seed(seed, index, "negotiation"), allowed_goals=goals_allowed)
         for index, agent in enumerate(agents)
     }
     hindsight = {agent: HindsightEngine(agent) for agent in agents}
 
-    env.reset(seed=derive_seed(seed, 0, "env"))
+    if not seeds["first_reset_is_an_episode"]:
+        env.reset(seed=seeds["env"])  # this bench's own streams: a seeded reset before the first episode
     successes, aligned, edges_aligned, env_steps_at, proposals_at, goals_at, news_at = [], [], [], [], [], [], []
     env_steps = 0
     for episode in range(episodes):
@@ -172,7 +204,9 @@ def run(mode: str, seed: int, episodes: int, num_agents: int = 2, view: str = "j
         proposals_at.append([int(proposals[agent]) for agent in agents])
         goals_at.append([int(goals[agent]) for agent in agents])
 
-        observations, _ = env.reset(options={"goals": goals} if env_ends_episodes else None)
+        # (The env server's first episode starts on its seeded reset, the later ones continue its generator.)
+        first_seed = seeds["env"] if seeds["first_reset_is_an_episode"] and episode == 0 else None
+        observations, _ = env.reset(seed=first_seed, options={"goals": goals} if env_ends_episodes else None)
         if env_pays and not env_ends_episodes:
             env.assign_goals(goals)
         trajectory = {agent: {"obs": [], "action": [], "next_obs": [], "events": []} for agent in agents}
@@ -536,11 +570,11 @@ def summarise(mode: str, seed: int, result: dict, last: int, seconds: float, cpu
 
 
 def in_process_job(job: tuple) -> dict:
-    """One in-process run (a worker of `--jobs`): (mode, seed, episodes, view, env_ends_episodes, last)."""
-    mode, seed, episodes, view, env_ends_episodes, last = job
+    """One in-process run (a worker of `--jobs`): (mode, seed, episodes, view, env_ends_episodes, last, streams)."""
+    mode, seed, episodes, view, env_ends_episodes, last, streams = job
     torch.set_num_threads(1)
     load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-    result = run(mode, seed, episodes, view=view, env_ends_episodes=env_ends_episodes)
+    result = run(mode, seed, episodes, view=view, env_ends_episodes=env_ends_episodes, streams=streams)
     return summarise(mode, seed, result, last, time.perf_counter() - started, time.process_time() - cpu,
                      [round(load, 2), round(os.getloadavg()[0], 2)])
 
@@ -615,6 +649,7 @@ def runtime_main(args) -> None:
                   "episodes": args.episodes, "landmarks": args.landmarks, "view": args.view, "goal_set": "cooperative",
                   "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW, "jobs": args.jobs,
                   "chance_alignment": 1.0 / (args.landmarks * (args.landmarks - 1) // 2), "overrides": args.set,
+                  "in_process_streams": args.streams if args.cross_check else None,
                   "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
                   "load_avg_1m": [round(os.getloadavg()[0], 2), None], "cpus": os.cpu_count()}
     done: dict = {}
@@ -631,7 +666,7 @@ def runtime_main(args) -> None:
     run_jobs("runtime", [(mode, seed, args.episodes, args.landmarks, args.view, str(scratch), args.set, last, args.team)
                          for seed in seeds for mode in args.modes], args.jobs, done, save)
     if args.cross_check:
-        run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last) for seed in seeds for mode in args.modes],
+        run_jobs("in_process", [(mode, seed, args.episodes, args.view, False, last, args.streams) for seed in seeds for mode in args.modes],
                  args.jobs, done, save)
     save()
     print(f"(run directories kept under {scratch})", file=sys.stderr)
@@ -667,6 +702,10 @@ def merge_runtime_batches(batches: list[dict], names: list[str]) -> dict:
                     kept.append(row)
                 kept.sort(key=lambda r: r["seed"])
     conditions["cross_check"] = bool(merged["in_process"])
+    # Which streams the in-process rows were drawn with (a batch from before --streams: the bench's own).
+    streams = sorted({(b["conditions"].get("in_process_streams") if b["conditions"].get("runtime") else b["conditions"].get("streams"))
+                      or "bench" for b in batches if b.get("in_process") or b.get("per_seed")})
+    conditions["in_process_streams"] = None if not streams else streams[0] if len(streams) == 1 else "mixed (" + ", ".join(streams) + ")"
     return merged
 
 
@@ -712,7 +751,9 @@ def runtime_report(saved: dict, as_json: bool) -> None:
         for mode, entry in speeds.items():
             print(f"  {mode:<24}" + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()))
     if checks:
-        print("\ncross-check (runtime vs in-process, each mean within the other's 95% interval?):")
+        # Batches before --streams existed seeded the in-process side with the bench's own streams.
+        streams = conditions.get("in_process_streams") or "bench"
+        print(f"\ncross-check (runtime vs in-process with the {streams} streams, each mean within the other's 95% interval?):")
         for row in checks:
             print(f"  {row['mode']:<24}{row['measure']:<15} runtime {row['runtime']:.3f} ± {row['runtime_half']:.3f}, "
                   f"in-process {row['in_process']:.3f} ± {row['in_process_half']:.3f}: {'yes' if row['within'] else 'NO'}")
@@ -731,7 +772,7 @@ def ring_in_process_main(args) -> None:
         rows[mode] = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             started = time.perf_counter()
-            result = run(mode, seed, args.episodes, num_agents=args.ring)
+            result = run(mode, seed, args.episodes, num_agents=args.ring, streams=args.streams)
             rows[mode].append({
                 "seed": seed, "seconds": time.perf_counter() - started, "env_steps": int(result["env_steps"][-1]),
                 "edges_aligned_final": float(result["edges_aligned"][-last:].mean()),
@@ -836,6 +877,10 @@ def main() -> None:
                              "bench's rule before the runtime comparison); by default episodes run as through the runtime")
     parser.add_argument("--cross-check", action="store_true",
                         help="--runtime: also run every (mode, seed) in-process, and compare")
+    parser.add_argument("--streams", choices=STREAMS, default=None,
+                        help="in-process: how the random streams derive from the seed (bench: this bench's own, the "
+                             "default; runtime: as an orchestrated run's, the default of --cross-check, so both sides "
+                             "of a seed draw the same goals, env starts, initial weights and generators)")
     parser.add_argument("--jobs", type=int, default=1, help="--runtime: runs at once")
     parser.add_argument("--team", type=int, default=2,
                         help="--runtime: agents playing every episode together (more than 2: a population of that size, "
@@ -857,6 +902,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="--runtime: a config override for every run (orchestrate up --set), repeatable")
     args = parser.parse_args()
+    if args.streams is not None and ((args.runtime and not args.cross_check) or (args.ring is not None and not args.in_process)
+                                     or args.merge is not None or args.replot is not None):
+        parser.error("--streams: sets the in-process runs' streams; this command runs none in-process "
+                     "(expected no --runtime without --cross-check, no --ring without --in-process, no --merge or --replot)")
+    if args.streams is None:
+        args.streams = "runtime" if args.runtime and args.cross_check else "bench"
     if args.ring is not None:
         if args.ring < 3:
             parser.error(f"--ring: expected at least 3 agents, got {args.ring}")
@@ -912,7 +963,7 @@ def main() -> None:
         per_seed = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             load, started, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-            result = run(mode, seed, args.episodes, view=args.view, env_ends_episodes=args.env_ends_episodes)
+            result = run(mode, seed, args.episodes, view=args.view, env_ends_episodes=args.env_ends_episodes, streams=args.streams)
             per_seed.append(summarise(mode, seed, result, last, time.perf_counter() - started, time.process_time() - cpu,
                                       [round(load, 2), round(os.getloadavg()[0], 2)]))
             if args.per_goal:
@@ -924,7 +975,7 @@ def main() -> None:
     conditions = {"seeds": args.seeds, "first_seed": args.first_seed, "episodes": args.episodes, "landmarks": NUM_LANDMARKS,
                   "final_window_episodes": last, "curve_window_episodes": CURVE_WINDOW,
                   "chance_alignment": 1.0 / (NUM_LANDMARKS * (NUM_LANDMARKS - 1) // 2), "view": args.view,
-                  "env_ends_episodes": args.env_ends_episodes,
+                  "env_ends_episodes": args.env_ends_episodes, "streams": args.streams,
                   "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     if args.save is not None:
         args.save.write_text(json.dumps({"conditions": conditions, "per_seed": summary}))

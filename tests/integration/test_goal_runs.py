@@ -286,3 +286,65 @@ def test_under_the_own_view_the_env_pays_the_goals_and_partners_reports_carry_th
     assert sum(news) > 0, "partners reported landmarks this agent could not see"
     assert not re.search(r"late_goals|bad_goals", (run_dir / "nodes" / "env" / "log").read_text()), \
         "every goal reached the env in its episode's hold"
+
+
+def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_for_row(tmp_path):
+    # Issue 24: the two benches' supervisor figures disagreed. With the in-process run seeded as an
+    # orchestrated run is (bench/goals.py `streams="runtime"`) and the agents taking their owed
+    # gradient steps before acting (max_pending_gradient_steps 0; by default they act on while up
+    # to 64 are owed), both are the same run: same goals, same rows in every agent's replay,
+    # bit for bit, through learning (gradient steps from row 1,000, episode 26 on), and the same
+    # network at the end.
+    import importlib.util
+    import io
+    import sys
+
+    import numpy as np
+
+    import torch
+
+    from agent_node.persistence import load_checkpoint, read_sealed
+    from tests.integration.test_orchestrate import REPO
+
+    episodes = 40
+    run_dir = tmp_path / "run"
+    settings = ["run.seed=5", f"run.steps={episodes * EPISODE}", "agents.goals.hindsight=null",
+                "agents.learner.her_strategy=none", "agents.max_pending_gradient_steps=0"]
+    process = orchestrate("up", "configs/goals_supervisor.yaml", "--run-dir", str(run_dir),
+                          *[arg for setting in settings for arg in ("--set", setting)])
+    finished_ok(process, timeout_s=280)
+
+    spec = importlib.util.spec_from_file_location("bench_goals_for_runtime_check", REPO / "bench" / "goals.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    learners = []
+    original = bench.GoalDQNAgent.__init__
+
+    def keep(agent, *args, **kwargs):
+        original(agent, *args, **kwargs)
+        learners.append(agent)
+
+    bench.GoalDQNAgent.__init__ = keep
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the nodes (agents.torch_threads) and the bench's jobs: the same float sums
+    try:
+        in_process = bench.run("supervisor", 5, episodes, view="local", streams="runtime")
+    finally:
+        bench.GoalDQNAgent.__init__ = original
+        torch.set_num_threads(threads)
+    rewarded = []
+    for index, learner in enumerate(learners):
+        ended = [r for r in records(run_dir, f"agent_{index}") if "goals/goal" in r]
+        assert [int(r["goals/goal"]) for r in ended] == in_process["goals"][:, index].tolist()
+        rewarded.append([r["goals/reward"] >= 1.0 for r in ended])
+        assert learner.gradient_steps > 0
+        with np.load(io.BytesIO(read_sealed(run_dir / "nodes" / f"agent_{index}" / "replay" / "buffer.npz")), allow_pickle=False) as saved:
+            for field in learner.replay.FIELDS:
+                np.testing.assert_array_equal(saved[field], getattr(learner.replay, field)[: learner.replay.size], err_msg=field)
+        # The node saves its checkpoint at the end: the same network, weight for weight.
+        saved = load_checkpoint(run_dir / "nodes" / f"agent_{index}" / "checkpoints" / "latest.pt")["learner"]["goal_dqn"]
+        assert saved["gradient_steps"] == learner.gradient_steps
+        for name, weights in learner.q_network.state_dict().items():
+            assert torch.equal(saved["q_network"][name], weights), name
+    assert [float(all(both)) for both in zip(*rewarded)] == in_process["success"].tolist()

@@ -155,3 +155,54 @@ def test_per_goal_tables_are_printed_for_the_runs_that_have_one(capsys):
     assert lines[0] == "negotiation seed 0, final window, per cooperative goal:"
     assert len(lines) == 2 + len(rows)  # title, header, one line per goal; seed 1 has no table
     assert [int(line.split()[0]) for line in lines[2:]] == [row["goal"] for row in rows]
+
+
+def test_runtime_streams_are_seeded_from_the_node_indices_an_orchestrated_supervisor_run_gives():
+    # The indices `stream_seeds` assumes (agents 0..n-1, env server n, external supervisor n + 1)
+    # are the orchestrator's for the supervisor config the bench's --runtime runs.
+    from orchestrator.config import derive_nodes, load_config
+    from protocols.seeds import derive_seed
+
+    nodes = derive_nodes(load_config(REPO / "configs" / "goals_supervisor.yaml", ["run.seed=7"]))
+    seeds = bench.stream_seeds(7, 2, "runtime")
+    assert seeds["learner"] == [derive_seed(7, nodes[f"agent_{i}"].index, "learner") for i in range(2)]
+    assert seeds["env"] == derive_seed(7, nodes["env"].index, "env")
+    assert seeds["supervisor"] == derive_seed(7, nodes["supervisor"].index, "goals/supervisor")
+    with pytest.raises(ValueError, match="streams must be one of"):
+        bench.stream_seeds(7, 2, "other")
+
+
+def test_runtime_streams_start_the_first_episode_on_the_env_servers_seeded_reset_and_its_supervisor_draws(monkeypatch):
+    from agent_node.goals.modules import SupervisorAssignment
+    from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals
+
+    seeds = bench.stream_seeds(3, 2, "runtime")
+    draws = SupervisorAssignment(cooperative_goals(6), seed=seeds["supervisor"])
+    env = GoalLinesEnv(num_landmarks=6, view="local")
+    first = env.reset(seed=seeds["env"])[0]
+    second = env.reset()[0]
+    seen = []
+    original = bench.GoalDQNAgent.observe_episode
+
+    def record(agent, obs, *args, **kwargs):
+        seen.append(obs[0])  # the first observation of each stored episode
+        return original(agent, obs, *args, **kwargs)
+
+    monkeypatch.setattr(bench.GoalDQNAgent, "observe_episode", record)
+    result = bench.run("supervisor", 3, 2, view="local", streams="runtime")
+    assert result["goals"].tolist() == [[goal, goal] for goal in (draws.propose(0), draws.propose(1))]
+    np.testing.assert_array_equal(seen[0], first["agent_0"])
+    np.testing.assert_array_equal(seen[2], second["agent_0"])
+
+
+def test_a_merged_result_says_which_streams_its_in_process_rows_were_drawn_with():
+    same = {"episodes": 100, "landmarks": 6, "view": "local", "team": 2, "final_window_episodes": 100, "curve_window_episodes": 100}
+    runtime_batch = {"conditions": {**same, "runtime": True, "in_process_streams": "runtime"},
+                     "runtime": {"supervisor": [{"seed": 0}]}, "in_process": {"supervisor": [{"seed": 0}]}}
+    older_batch = {"conditions": {**same, "runtime": True}, "runtime": {"supervisor": [{"seed": 1}]},
+                   "in_process": {"supervisor": [{"seed": 1}]}}  # from before --streams: the bench's own
+    plain = {"conditions": {**same, "streams": "runtime"}, "per_seed": {"supervisor": [{"seed": 2}]}}
+    assert bench.merge_runtime_batches([runtime_batch, plain], ["a", "b"])["conditions"]["in_process_streams"] == "runtime"
+    merged = bench.merge_runtime_batches([runtime_batch, older_batch], ["a", "b"])
+    assert merged["conditions"]["in_process_streams"] == "mixed (bench, runtime)"
+    assert [r["seed"] for r in merged["in_process"]["supervisor"]] == [0, 1]
