@@ -74,7 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -357,22 +357,26 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
 # ---------------------------------------------------------------------------------- running
 
 
+# Saved as JSON by `report` (via `without_nan`): these RunResult fields come back as lists of lists
+# (their points were tuples), and the float fields whose "not measured" is NaN come back as null.
+_POINT_LIST_FIELDS = ("curve", "model_mse", "consensus_distance")
+_NAN_DEFAULT_FIELDS = tuple(f.name for f in fields(RunResult) if isinstance(f.default, float) and math.isnan(f.default))
+
+
 def saved_runs(paths: list[str]) -> list[RunResult]:
     """The runs a saved summary.json recorded (`report`'s "runs": each RunResult's fields), so an
-    analysis can pool them with run directories measured later. Tuples come back from JSON as
-    lists; the fields are otherwise as analysed then."""
+    analysis can pool them with run directories measured later."""
     records = []
     for path in paths:
         for run in json.loads(Path(path).read_text())["runs"]:
-            fields = {**run, "curve": [tuple(point) for point in run.get("curve", [])],
-                      "model_mse": [tuple(point) for point in run.get("model_mse", [])],
-                      "consensus_distance": [tuple(point) for point in run.get("consensus_distance", [])]}
-            records.append(RunResult(**{k: (float("nan") if v is None and k in _NAN_FIELDS else v) for k, v in fields.items()}))
+            restored = dict(run)
+            for name in _POINT_LIST_FIELDS:
+                restored[name] = [tuple(point) for point in run.get(name, [])]
+            for name in _NAN_DEFAULT_FIELDS:
+                if restored.get(name) is None:
+                    restored[name] = float("nan")
+            records.append(RunResult(**restored))
     return records
-
-
-_NAN_FIELDS = ("last5_mean", "area", "s_per_1000_train_steps", "gradient_steps_in_window", "pending_fraction",
-               "missing_neighbour_rounds")  # saved as null by `without_nan`
 
 
 def variant_random_steps(variant: str, args: argparse.Namespace) -> int:
