@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import selectors
 import signal
@@ -16,6 +17,18 @@ import pytest
 from protocols.transport import Hub
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench(script: str | Path, module_name: str | None = None):
+    """A bench script (`bench/<name>.py`, not a package) imported as a module, registered under
+    `module_name` (default `bench_<name>`): dataclasses and pickling look their module up there."""
+    path = Path(script) if Path(script).is_absolute() else REPO / "bench" / script
+    name = module_name or f"bench_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

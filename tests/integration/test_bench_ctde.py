@@ -3,18 +3,12 @@ the evaluation curve is drawn."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import yaml
+from tests.conftest import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_ctde", REPO / "bench" / "ctde.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_ctde"] = bench
-spec.loader.exec_module(bench)
+bench = load_bench("ctde.py")
 
 
 def test_a_vdn_run_is_scored_with_the_override_applied(tmp_path, capsys):

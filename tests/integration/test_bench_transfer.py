@@ -6,9 +6,7 @@ second invocation with --reuse scores the finished runs without running them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,9 @@ import torch
 import yaml
 
 from agent_node.persistence import load_checkpoint
+from tests.conftest import load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_transfer", REPO / "bench" / "transfer.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_transfer"] = bench
-spec.loader.exec_module(bench)
+bench = load_bench("transfer.py")
 
 # Eleven whole runs (~70 s on an idle 2-core machine, minutes under load).
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(600)]

@@ -30,13 +30,6 @@ def reset_pair(hub: Hub, endpoint: str, transport: str) -> tuple[LockstepClient,
     return pair
 
 
-@pytest.fixture
-def hub():
-    hub = Hub(sender="test", run_id="hold")
-    yield hub
-    hub.close()
-
-
 def test_late_goal_ready_releases_the_first_observation_of_each_episode(env_server, hub, lockstep_transport):
     endpoint = env_server("--env", "goal_lines_v0", "--kwargs", KWARGS, "--copies", "2",
                           "--episode-start-hold", "30", "--step-deadline", "30", "--transport", lockstep_transport)

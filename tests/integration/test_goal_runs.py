@@ -295,16 +295,13 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
     # to 64 are owed), both are the same run: same goals, same rows in every agent's replay,
     # bit for bit, through learning (gradient steps from row 1,000, episode 26 on), and the same
     # network at the end.
-    import importlib.util
     import io
-    import sys
 
     import numpy as np
-
     import torch
 
     from agent_node.persistence import load_checkpoint, read_sealed
-    from tests.integration.test_orchestrate import REPO
+    from tests.conftest import load_bench
 
     episodes = 40
     run_dir = tmp_path / "run"
@@ -314,10 +311,7 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
                           *[arg for setting in settings for arg in ("--set", setting)])
     finished_ok(process, timeout_s=280)
 
-    spec = importlib.util.spec_from_file_location("bench_goals_for_runtime_check", REPO / "bench" / "goals.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    spec.loader.exec_module(bench)
+    bench = load_bench("goals.py", "bench_goals_for_runtime_check")  # its own copy: GoalDQNAgent is patched below
     learners = []
     original = bench.GoalDQNAgent.__init__
 

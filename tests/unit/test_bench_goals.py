@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import REPO, load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_goals", REPO / "bench" / "goals.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_goals"] = bench
-spec.loader.exec_module(bench)
+bench = load_bench("goals.py")
 
 
 @pytest.mark.parametrize("mode", bench.MODES)

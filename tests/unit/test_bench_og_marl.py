@@ -8,20 +8,15 @@ the agent nodes write), so each verdict is checked on a case that must pass and 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import REPO, load_bench
 
-REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_og_marl", REPO / "bench" / "og_marl.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_og_marl"] = bench  # dataclasses look their module up while the class is built
-spec.loader.exec_module(bench)
+bench = load_bench("og_marl.py")
 
 RANDOM_STEPS = 1000
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import REPO, load_bench
 
-REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402
@@ -20,11 +19,7 @@ RECORDS = sorted((REPO / "docs" / "results").glob("*.json"))
 
 def _bench(record: dict):
     """The bench module whose command made `record` (its `render` writes the page)."""
-    script = REPO / shlex.split(record["command"])[1]
-    spec = importlib.util.spec_from_file_location(f"bench_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(REPO / shlex.split(record["command"])[1])
 
 
 @pytest.mark.parametrize("path", RECORDS, ids=[path.name for path in RECORDS])
