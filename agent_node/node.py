@@ -117,7 +117,8 @@ class AgentNode(EnvLink, Services):
         self.hub = node_hub(run, identity)
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
         self.peer_inbox = self.hub.bind_router(  # neighbours' DEALERs connect here
-            bind_address(run, identity.node_id, "peer"), name="peers", advertise_host=run.network.advertised_host()
+            bind_address(run, identity.node_id, "peer"), name="peers", advertise_host=run.network.advertised_host(),
+            zero_copy=True,  # consensus and model shares: arrays of megabytes, read where they arrived
         )
         self.env: Channel | None = None
         self.mesh: PeerMesh | None = None  # links to the neighbours and their liveness, once known

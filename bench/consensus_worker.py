@@ -128,7 +128,7 @@ class ParleyPeer:
         self.neighbour_weights = neighbour_weights
         self.self_weight = self_weight
         self.hub = Hub(sender=node, run_id=RUN_ID, keys=keys)  # keys: CURVE on every tcp socket
-        self.inbox = self.hub.bind_router(addresses.endpoint("parley", node), name="inbox")
+        self.inbox = self.hub.bind_router(addresses.endpoint("parley", node), name="inbox", zero_copy=True)  # as an agent node's
         links = {
             neighbour: self.hub.connect_dealer(addresses.endpoint("parley", neighbour), name=neighbour, identity=node)
             for neighbour in sorted(neighbour_weights)
@@ -252,11 +252,11 @@ class RawPeer:
                     received[sender] = array
                 else:
                     early[(message_round, sender)] = array
-            # The same weighted sum as `SyncConsensus`: accumulated in float64, stored as float32.
-            mixed = self.self_weight * own.astype(np.float64)
+            # The same weighted sum as `SyncConsensus`, operation for operation (in float32, own
+            # value first, neighbours in sender order), so both modes end bitwise equal.
+            own = self.self_weight * own
             for sender in sorted(received):
-                mixed += self.neighbour_weights[sender] * received[sender]
-            own = mixed.astype(np.float32)
+                own += self.neighbour_weights[sender] * received[sender]
         return own, time.monotonic() - start
 
     def _receive(self, deadline: float, waiting_for: str) -> tuple[str, int, int, memoryview]:

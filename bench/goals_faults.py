@@ -41,7 +41,7 @@ import numpy as np
 
 from runs import records, run_once  # noqa: E402  (bench/runs.py)
 
-CONFIG = "configs/goals_negotiation_hindsight.yaml"
+CONFIG = "configs/goals_negotiation_hindsight.yaml"  # the default; --config configs/goals_own_view_hindsight.yaml for the own view
 AGENTS = ("agent_0", "agent_1")
 KILLED = "agent_1"
 
@@ -99,7 +99,7 @@ def cells(delays: list[float], losses: list[float], with_kill: bool, with_sweep:
 
 def run_all(args) -> dict:
     results = {"conditions": {
-        "config": CONFIG, "steps": args.steps, "episodes_per_run": args.steps // 40, "landmarks": args.landmarks,
+        "config": args.config, "steps": args.steps, "episodes_per_run": args.steps // 40, "landmarks": args.landmarks,
         "seeds": list(range(args.first_seed, args.first_seed + args.seeds)), "overrides": args.set,
         "kill_at_step": args.steps // 2, "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
     }, "cells": []}
@@ -116,7 +116,7 @@ def run_all(args) -> dict:
                          f"agents.goals.num_landmarks={args.landmarks}", *args.set,
                          *cell_overrides(delay_s, loss, args.steps // 2 if kill else None)]
             started = time.monotonic()
-            code, stderr = run_once(CONFIG, overrides, run_dir, args.timeout_s)
+            code, stderr = run_once(args.config, overrides, run_dir, args.timeout_s)
             scored = {"seed": seed, "exit_code": code, "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
                       **score_run(run_dir)}
             if kill:
@@ -227,6 +227,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=CONFIG, help="a two-agent goal config (goal_lines; default %(default)s)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=8000, help="lockstep steps per run (40 per episode)")

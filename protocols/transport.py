@@ -307,6 +307,7 @@ class Channel:
         key: bytes = b"",
         verify_key: bytes | Callable[[str], bytes] | None = None,
         check_user_id: bool = False,
+        zero_copy: bool = False,
         limits: LimitsConfig | None = None,
         bad_input: BadInputLog | None = None,
         links: LinkTable | None = None,
@@ -323,6 +324,10 @@ class Channel:
         self.key = key  # what this channel signs with (empty: unsigned)
         self.verify_key = key if verify_key is None else verify_key  # what received messages must be signed with
         self.check_user_id = check_user_id  # CURVE server: the header's sender must be the authenticated node
+        # Frames received as zmq.Frame objects (arrays then decode as views of zmq's own buffer)
+        # rather than copied into bytes: CURVE needs them (the authenticated User-Id is a frame
+        # property), and a channel of large arrays (`zero_copy`) saves a copy per message.
+        self.receives_frames = check_user_id or zero_copy
         self.limits = limits if limits is not None else LimitsConfig()
         self.bad_input = bad_input if bad_input is not None else BadInputLog(log, name or "channel")
         self.links = links  # None: no emulation on this channel
@@ -456,9 +461,9 @@ class Channel:
             try:
                 # Without CURVE (every ipc run) frames arrive as bytes: for the small messages of
                 # the lockstep a zmq.Frame object per frame costs more than the copy (measured:
-                # ~20 us per 6-frame message); a large array pays one memcpy (~0.3 ms per MiB).
-                # CURVE needs the Frame objects: the authenticated User-Id is a frame property.
-                if self.check_user_id:
+                # ~20 us per 6-frame message); a large array pays one memcpy (~0.3 ms per MiB)
+                # and a fresh allocation, which a `zero_copy` channel avoids.
+                if self.receives_frames:
                     frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                 else:
                     frames = _recv_bytes(self.socket)
@@ -466,7 +471,7 @@ class Channel:
                 return None
             if frames is None:
                 return None
-            if self.check_user_id:
+            if self.receives_frames:
                 views = [frame.buffer for frame in frames]
                 size = sum(view.nbytes for view in views)
             else:
@@ -521,7 +526,7 @@ class Channel:
 
     def _read_shm(self, frames: list[Any], views: list[Any]) -> wire.Envelope | None:
         """The message a signal frame announces, read from the peer's segment (None: dropped)."""
-        identities = tuple(bytes(view) for view in views[:-1]) if self.check_user_id else tuple(views[:-1])
+        identities = tuple(bytes(view) for view in views[:-1]) if self.receives_frames else tuple(views[:-1])
         identity = identities[0] if identities else None
         link, layout = self._shm.get(identity), self._packed.get(identity)
         if link is None or layout is None:
@@ -664,7 +669,7 @@ class Hub:
     # ------------------------------------------------------------------ making channels
 
     def bind_router(
-        self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True
+        self, address: str, *, name: str, advertise_host: str | None = None, emulated: bool = True, zero_copy: bool = False
     ) -> Channel:
         """A ROUTER bound to `address` (ipc://PATH or tcp://HOST:PORT; port 0 = any free port,
         LOW-HIGH = the lowest free port of that range).
@@ -673,6 +678,8 @@ class Hub:
         (e.g. bind 0.0.0.0, advertise the host's reachable name), and a free port is filled in.
         With a link table, replies go through the link to the node named by the routing id
         (`node_of_routing_id`), unless `emulated=False` (the orchestrator's control socket).
+        `zero_copy`: received arrays are views of zmq's buffers, not copies (for channels of large
+        arrays, such as the peers' consensus shares; small messages cost a little more).
         """
         socket = _make_socket(self._context, zmq.ROUTER, self.options, identity=None, max_frame_bytes=self.limits.max_frame_bytes)
         try:
@@ -687,7 +694,8 @@ class Hub:
             socket.close(linger=0)
             raise
         channel = self._register(
-            socket, name=name, endpoint=endpoint, close_linger_s=0.0, tcp=address.startswith("tcp://"), emulated=emulated, peer=None
+            socket, name=name, endpoint=endpoint, close_linger_s=0.0, tcp=address.startswith("tcp://"), emulated=emulated, peer=None,
+            zero_copy=zero_copy,
         )
         if socket.curve_server:  # strangers knock here: count the handshakes refused
             channel.handshakes = HandshakeMonitor(socket, name, self.sender)
@@ -719,7 +727,8 @@ class Hub:
         )
 
     def _register(
-        self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, tcp: bool, emulated: bool, peer: str | None
+        self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, tcp: bool, emulated: bool, peer: str | None,
+        zero_copy: bool = False,
     ) -> Channel:
         if self.keys is None:
             key, verify_key, check_user_id = self.key, None, False
@@ -736,6 +745,7 @@ class Hub:
             key=key,
             verify_key=verify_key,
             check_user_id=check_user_id,
+            zero_copy=zero_copy,
             limits=self.limits,
             clock=self.clock,
             close_linger_s=close_linger_s,

@@ -183,15 +183,41 @@ def test_bad_shares_are_rejected_with_a_reason():
     assert "shape (3,)" in engine.last_rejection and "expected (2,)" in engine.last_rejection
     engine.on_share("b", ConsensusShare(epoch=0, round=0, tensors={"y": np.zeros(2)}), now=0.0)
     assert "names ['y']" in engine.last_rejection
-    engine.on_share("b", ConsensusShare(epoch=0, round=0, tensors={"x": np.array([np.nan, 0.0])}), now=0.0)
-    assert "NaN" in engine.last_rejection
     engine.on_share("z", share(0, 0, 1.0), now=0.0)
     assert "not a neighbour" in engine.last_rejection
     engine.on_share("b", share(0, 5, 1.0), now=0.0)
     assert "outside 0..1" in engine.last_rejection
     engine.on_message("b", "not a share", now=0.0)
     assert "unexpected message type str" in engine.last_rejection
-    assert engine.counters["rejected"] == 6 and engine.round == 0
+    assert engine.counters["rejected"] == 5 and engine.round == 0
+    # Values are checked as the round is mixed: a NaN share is refused and the round mixes
+    # without it, as if it had not come (its weight stays on the node's own value).
+    engine.on_share("b", ConsensusShare(epoch=0, round=0, tensors={"x": np.array([np.nan, 0.0])}), now=0.0)
+    assert "'x' contains NaN" in engine.last_rejection and engine.counters["rejected"] == 6
+    assert engine.round == 1 and engine.missing_by_round == [("b",)] and engine.values["x"].tolist() == [0.0, 0.0]
+    assert math.isnan(engine.round_metrics[0]["consensus/disagreement_max"])
+
+
+def test_a_large_share_with_nan_is_rejected_and_one_whose_distance_overflows_is_not():
+    # Above a few entries the NaN check rides on the disagreement probe (a non-finite distance
+    # is checked entry by entry): a NaN deep inside is still refused, and finite values whose
+    # squared distance overflows float32 are still mixed.
+    engine = SyncConsensus("a", {"b": 0.25, "c": 0.25}, self_weight=0.5, rounds=2, round_timeout_s=1.0)
+    size = 100_000  # several of the mix's blocks
+    engine.start(ConsensusRequest({"w": np.zeros((2, 3), np.float32), "x": np.zeros(size, np.float32)}, 0), now=0.0)
+    poisoned = np.ones(size, np.float32)
+    poisoned[size - 7] = np.nan  # in the last block
+    engine.on_share("b", ConsensusShare(epoch=0, round=0, tensors={"w": np.ones((2, 3), np.float32), "x": poisoned}), now=0.0)
+    engine.on_share("c", ConsensusShare(epoch=0, round=0, tensors={"w": np.ones((2, 3), np.float32), "x": np.ones(size, np.float32)}), now=0.0)
+    assert "from 'b': tensor 'x' contains NaN or infinite values" in engine.last_rejection and engine.round == 1
+    assert engine.missing_by_round == [("b",)] and np.all(engine.values["x"] == 0.25) and np.all(engine.values["w"] == 0.25)
+    assert engine.round_metrics[0]["consensus/disagreement_max"] == pytest.approx(math.sqrt(size + 6))  # c's ones against zeros
+    huge = np.full(size, 3e38, np.float32)  # its squared distance overflows; the mix does not
+    for sender in ("b", "c"):
+        engine.on_share(sender, ConsensusShare(epoch=0, round=1, tensors={"w": np.zeros((2, 3), np.float32), "x": huge}), now=0.0)
+    assert engine.done and engine.counters["rejected"] == 1 and engine.missing_by_round[1] == ()
+    assert np.all(np.isfinite(engine.result["x"])) and engine.result["x"][0] == pytest.approx(0.5 * 0.25 + 0.5 * 3e38, rel=1e-6)
+    assert engine.round_metrics[1]["consensus/disagreement_max"] == math.inf
 
 
 def test_missing_neighbour_round_closes_at_the_deadline():
@@ -594,14 +620,23 @@ def test_a_round_mixes_into_reused_buffers_bitwise_as_the_allocating_form_and_sh
     rng = np.random.default_rng(0)
     own, left, right = (rng.standard_normal(1_000, dtype=np.float32) for _ in range(3))
     weights = (0.3333333, 0.3333333, 0.3333334)
-    expected = weights[0] * own.astype(np.float64)
+    # The allocating form in the tensors' own dtype (what bench/consensus_worker.py's raw mode does).
+    expected = weights[0] * own
     expected += weights[1] * left
     expected += weights[2] * right
     scratch = _RoundScratch({"w": own})
     for _ in range(2):  # the buffers are reused from round to round
-        mixed = scratch.mix("w", [(weights[0], {"w": own}), (weights[1], {"w": left}), (weights[2], {"w": right})])
-        assert mixed.dtype == np.float32 and np.array_equal(mixed, expected.astype(np.float32))
-    assert scratch.distance({"w": own}, {"w": left}) == pytest.approx(float(np.linalg.norm(own - left)), rel=1e-6)
+        mixed, distances = scratch.mix(weights[0], {"w": own}, [(weights[1], {"w": left}), (weights[2], {"w": right})])
+        assert mixed["w"].dtype == np.float32 and np.array_equal(mixed["w"], expected)
+        # Within a few float32 roundings of the exact (float64) mix.
+        exact = weights[0] * own.astype(np.float64) + weights[1] * left + weights[2] * right
+        assert np.max(np.abs(mixed["w"] - exact)) < 4 * np.finfo(np.float32).eps * np.max(np.abs(exact))
+        assert distances == pytest.approx([float(np.linalg.norm(own - left)), float(np.linalg.norm(own - right))], rel=1e-6)
+    # float16 tensors are summed in float32 and come back as float16.
+    half_own, half_left = own.astype(np.float16), left.astype(np.float16)
+    half, _ = _RoundScratch({"h": half_own}).mix(0.5, {"h": half_own}, [(0.5, {"h": half_left})])
+    assert half["h"].dtype == np.float16
+    assert np.array_equal(half["h"], (0.5 * half_own.astype(np.float32) + 0.5 * half_left.astype(np.float32)).astype(np.float16))
 
     engine = SyncConsensus("a", {"b": 0.5}, 0.5, rounds=2, round_timeout_s=1.0)
     ((_, share),) = engine.start(ConsensusRequest({"w": own}, epoch=0), now=0.0)

@@ -14,6 +14,7 @@ import time
 import msgpack
 import numpy as np
 import pytest
+import zmq
 
 from protocols import messages as m
 from protocols import wire
@@ -126,6 +127,31 @@ def test_a_burst_arrives_whole_and_in_order_then_the_channel_reads_empty(hubs, t
     assert all(e.message.observations["agent_0"].tolist() == [[float(e.message.step)] * 18] for e in got[:20])
     assert np.array_equal(got[20].message.observations["agent_0"], big)
     assert channel.recv() is None and channel.stats.received == 21
+
+
+@pytest.mark.parametrize("key", [b"", b"run-key-0123456789abcdef"])
+def test_a_zero_copy_router_hands_out_views_of_zmq_buffers_with_the_same_contents(hubs, tmp_path, key):
+    # The peers' inbox (`zero_copy=True`): a large array decodes as a view of the received
+    # frame, not a private copy; small arrays and plain messages decode as on any channel, a
+    # signed run still checks signatures, and a bad message is still dropped and counted.
+    from protocols.consensus import ConsensusShare
+
+    hub_a, hub_b = hubs("agent_0", key), hubs("agent_1", key)
+    inbox = hub_a.bind_router(f"ipc://{tmp_path}/peer.sock", name="peers", zero_copy=True)
+    dealer = hub_b.connect_dealer(inbox.endpoint, name="agent_0", identity="agent_1")
+    big = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
+    dealer.send(ConsensusShare(epoch=3, round=1, tensors={"big": big, "small": np.arange(4, dtype=np.float32)}))
+    dealer.send(m.EnvReset())
+    share, reset = receive(hub_a, inbox, 2)
+    assert inbox.receives_frames and share.sender == "agent_1" and type(reset.message) is m.EnvReset
+    received = share.message.tensors["big"]
+    assert np.array_equal(received, big)
+    # A view of the zmq.Frame the message arrived in (on a default channel: of a bytes copy).
+    assert type(received.base) is memoryview and type(received.base.obj) is zmq.Frame
+    assert share.message.tensors["small"].tolist() == [0.0, 1.0, 2.0, 3.0] and share.message.epoch == 3
+    dealer.socket.send_multipart([b"not", b"an envelope"])
+    dealer.send(m.EnvReset())
+    assert len(receive(hub_a, inbox, 1)) == 1 and inbox.stats.dropped_invalid == 1
 
 
 def test_message_ids_stay_unique_in_a_forked_child():
