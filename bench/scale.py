@@ -21,6 +21,12 @@ the agent count, ring topology by default, for a short step budget, and measures
     python bench/scale.py                              # table
     python bench/scale.py --agents 4,32 --json         # JSON
     python bench/scale.py --methods fork_server --steps 300 --topology exponential
+    python bench/scale.py --default-job                # the default job's memory, process by process
+
+`--default-job` runs configs/4agents_ring.yaml as shipped (ensemble world model, consensus,
+landmark assignment, its replay and its full step budget unless `--steps` is given) and prints
+the RSS and PSS of every process: the env server, each agent, the fork server, from the last
+sample in which all of them were alive, and each agent's peak PSS over the run.
 """
 
 from __future__ import annotations
@@ -72,6 +78,18 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
+def default_job_config(steps: int | None, directory: Path) -> Path:
+    """configs/4agents_ring.yaml as shipped: only the run's name, optionally its budget, and no live view."""
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["run"]["name"] = "scale_default_job"
+    if steps is not None:
+        config["run"]["steps"] = steps
+    config["launch"] = {**config.get("launch", {}), "live_view": "off"}
+    path = directory / "default_job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def make_config(agents: int, steps: int, topology: str, method: str, directory: Path) -> Path:
     config = yaml.safe_load(BASE_CONFIG.read_text())
     config["run"].update(name=f"scale_{agents}", steps=steps)
@@ -96,10 +114,15 @@ def make_config(agents: int, steps: int, topology: str, method: str, directory: 
     return path
 
 
-def run_one(agents: int, steps: int, topology: str, method: str, timeout_s: float, keep: Path | None) -> dict:
+def run_one(agents: int, steps: int | None, topology: str, method: str, timeout_s: float, keep: Path | None,
+            default_job: bool = False) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="parley-scale-")) if keep is None else keep
-    config_path = make_config(agents, steps, topology, method, workdir)
-    run_dir = workdir / f"run_{method}_{agents}"
+    if default_job:
+        config_path = default_job_config(steps, workdir)
+        run_dir = workdir / "run_default_job"
+    else:
+        config_path = make_config(agents, steps, topology, method, workdir)
+        run_dir = workdir / f"run_{method}_{agents}"
     load_before = os.getloadavg()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     launched_at = time.time()
@@ -109,6 +132,8 @@ def run_one(agents: int, steps: int, topology: str, method: str, timeout_s: floa
     )  # fmt: skip
     events_path = run_dir / "events.jsonl"
     last_full_sample: dict[str, dict] | None = None
+    every_process: dict[str, dict] | None = None  # node (or "fork_server") -> role and memory, all alive
+    agent_peaks: dict[str, float] = {}
     zygote_sample = None
     peak_total_pss = 0.0
     deadline = time.monotonic() + timeout_s
@@ -121,14 +146,21 @@ def run_one(agents: int, steps: int, topology: str, method: str, timeout_s: floa
         events = read_events(events_path)
         names = {e["event"] for e in events}
         if "started" in names and "run_complete" not in names and "shutdown" not in names:
-            pids = {e["node"]: e["pid"] for e in events if e["event"] == "launched" and e.get("role") == "agent"}
-            sample = {node: smaps_rollup_mb(pid) for node, pid in pids.items()}
+            launched = {e["node"]: (e["pid"], e.get("role")) for e in events if e["event"] == "launched"}
+            memory = {node: smaps_rollup_mb(pid) for node, (pid, _) in launched.items()}
+            sample = {node: memory[node] for node, (_, role) in launched.items() if role == "agent"}
             if len(sample) == agents and all(value is not None for value in sample.values()):
                 last_full_sample = sample
                 peak_total_pss = max(peak_total_pss, sum(v["pss"] for v in sample.values()))
+                for node, value in sample.items():
+                    agent_peaks[node] = max(agent_peaks.get(node, 0.0), value["pss"])
                 zygote = next((e for e in events if e["event"] == "zygote_ready"), None)
                 if zygote is not None:
                     zygote_sample = smaps_rollup_mb(zygote["pid"]) or zygote_sample
+                if all(value is not None for value in memory.values()):
+                    every_process = {node: {"role": launched[node][1], **memory[node]} for node in sorted(memory)}
+                    if zygote_sample is not None:
+                        every_process["fork_server"] = {"role": "fork_server", **zygote_sample}
         time.sleep(1.0)
     try:
         _, stderr = process.communicate(timeout=120)
@@ -167,6 +199,11 @@ def run_one(agents: int, steps: int, topology: str, method: str, timeout_s: floa
         result["agents_pss_total_mb_peak"] = round(peak_total_pss, 1)
     if zygote_sample:
         result["zygote_pss_mb"] = round(zygote_sample["pss"], 1)
+    if every_process:
+        result["processes"] = {node: {key: round(value, 1) if isinstance(value, float) else value for key, value in fields.items()}
+                               for node, fields in every_process.items()}
+        for node, peak in agent_peaks.items():
+            result["processes"][node]["pss_peak"] = round(peak, 1)
     result.update(link_totals(run_dir, complete["steps"] if complete is not None else None))
     if process.returncode != 0:
         result["stderr_tail"] = stderr.decode(errors="replace")[-1500:]
@@ -227,6 +264,20 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_processes(result: dict) -> str:
+    """The default job's memory, one row per process."""
+    lines = [f"{'process':<14} {'role':<12} {'RSS MB':>8} {'PSS MB':>8} {'private MB':>11} {'PSS peak':>9}"]
+    for node, fields in result.get("processes", {}).items():
+        peak = fields.get("pss_peak")
+        lines.append(f"{node:<14} {fields['role'] or '-':<12} {fields['rss']:>8.1f} {fields['pss']:>8.1f} "
+                     f"{fields['private']:>11.1f} {'-' if peak is None else f'{peak:.1f}':>9}")
+    lines.append("")
+    lines.append(f"exit {result['exit_code']}, ready {result.get('ready_s', '-')} s, {result.get('steps_per_s', '-')} steps/s, "
+                 f"load {result['load_before'][0]:.2f} -> {result['load_after'][0]:.2f}; the last sample with every process "
+                 "alive (PSS peak: the agent's largest sample over the run)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--agents", default="4,8,16,32", help="comma-separated agent counts")
@@ -235,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         "--spawn-max-agents", type=int, default=16,
         help="skip spawn above this many agents (32 spawned agents need ~10 GB on a shared machine)",
     )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=200, help="lockstep steps per run")
+    parser.add_argument("--steps", type=int, default=None, help="lockstep steps per run (default 200; --default-job: the config's)")
+    parser.add_argument("--default-job", action="store_true", help="the shipped default config, memory per process")
     parser.add_argument("--topology", default="ring", help="topology.kind")
     parser.add_argument("--timeout", type=float, default=600.0, help="per run, seconds")
     parser.add_argument("--keep", type=Path, help="write configs and run dirs here instead of a temp dir")
@@ -243,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
+    if args.default_job:
+        count = yaml.safe_load(BASE_CONFIG.read_text())["agents"]["count"]
+        result = run_one(count, args.steps, "", "", args.timeout, args.keep, default_job=True)
+        print(json.dumps(result, indent=2) if args.json else format_processes(result))
+        return 0 if result["exit_code"] == 0 else 1
+    args.steps = 200 if args.steps is None else args.steps
     results = []
     for agents in [int(x) for x in args.agents.split(",")]:
         for method in args.methods.split(","):
