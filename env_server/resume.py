@@ -38,6 +38,13 @@ start the run again from step 0: the file is renamed `resume.bin.damaged` (kept,
 over) and that is said like a fallback is. Either way `notice` (a `StateNotice`) carries what
 happened to the server's `control.ready` and its metrics (`persistence/restored_from_step`,
 `persistence/steps_lost`: the steps that may be run a second time, 1 at most after a torn slot).
+
+**Its format.** Each payload carries `format` (`RESUME_FORMAT`); a payload written before the
+field existed has format 1's fields and reads as format 1. A whole slot (magic and CRC right)
+of another format is refused by name ("written in resume format 2; this server reads format
+1"), not taken for damage, and when the run starts fresh over it (`start_fresh`) the step it
+had reached is read from it, so the steps run again are counted (`steps_lost`); only over a
+file with no whole slot are they not known.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ RESUME_FILENAME = "resume.bin"
 SLOT_BYTES = 512
 _MAGIC = b"PRSM"
 _HEADER = struct.Struct("<4sQII")  # magic, sequence number, payload length, CRC32 of the payload
+RESUME_FORMAT = 1  # the payload's `format`; see the module docstring
 
 
 @dataclass(frozen=True)
@@ -100,12 +108,15 @@ class ResumeFile:
             raise DamagedStateError(self.path, f"{len(data)} bytes, where a resume file has {2 * SLOT_BYTES} (two slots)")
         best: tuple[int, ResumePoint] | None = None
         problems: dict[int, str] = {}
+        steps_reached: list[int] = []  # of whole slots this server cannot use (another format)
         for slot in (0, 1):
             raw = data[slot * SLOT_BYTES : (slot + 1) * SLOT_BYTES]
             decoded = _decode_slot(raw)
             if isinstance(decoded, str):
                 if raw.count(0) != len(raw):  # an all-zero slot was never written: not damage
                     problems[slot] = decoded
+                    if (step := _step_of_whole_slot(raw)) is not None:
+                        steps_reached.append(step)
             elif best is None or decoded[0] > best[0]:
                 best = decoded
         if best is None:
@@ -115,7 +126,7 @@ class ResumeFile:
             )
             if not self.start_fresh:
                 raise error
-            return self._start_fresh(error)
+            return self._start_fresh(error, max(steps_reached) if steps_reached else None)
         if problems:
             (slot, why), = problems.items()
             self.damaged = (f"{self.path}: slot {slot} {why} (torn by a kill mid-save, or damaged); resumed from the "
@@ -130,8 +141,9 @@ class ResumeFile:
         self._sequence = best[0]
         return best[1]
 
-    def _start_fresh(self, error: DamagedStateError) -> None:
-        """run.on_corrupt_state: start_fresh with no valid slot: set the file aside, start at step 0."""
+    def _start_fresh(self, error: DamagedStateError, step_reached: int | None) -> None:
+        """run.on_corrupt_state: start_fresh with no valid slot: set the file aside, start at step 0.
+        `step_reached`: the step a whole slot of another format had reached (None: not known)."""
         kept_as = self.path.with_name(self.path.name + ".damaged")
         try:
             os.replace(self.path, kept_as)
@@ -140,14 +152,14 @@ class ResumeFile:
         what = (f"no good resume point: {error}, kept as {kept_as.name}; the run started again from step 0 "
                 "(run.on_corrupt_state: start_fresh)")
         log.error("%s", what)
-        # How far the run had gone is not known: no slot could be read.
-        self.notice = StateNotice(what=what, restored_from_step=0, steps_lost=None, damaged_files=1, started_fresh=True)
+        # How far the run had gone is known only from a whole slot of another format.
+        self.notice = StateNotice(what=what, restored_from_step=0, steps_lost=step_reached, damaged_files=1, started_fresh=True)
         return None
 
     def save(self, point: ResumePoint) -> None:
         """Overwrite the older slot with `point` (one pwrite; the first save creates the file
         whole, by a rename). A refusing file system raises `FileWriteError` naming the file."""
-        payload = json.dumps(asdict(point), separators=(",", ":")).encode()
+        payload = json.dumps({"format": RESUME_FORMAT, **asdict(point)}, separators=(",", ":")).encode()
         if _HEADER.size + len(payload) > SLOT_BYTES:
             raise ValueError(f"a resume point of {len(payload)} bytes does not fit a {SLOT_BYTES}-byte slot: {point}")
         self._sequence += 1
@@ -190,6 +202,24 @@ class ResumeFile:
 
 def _decode_slot(slot: bytes) -> tuple[int, ResumePoint] | str:
     """(sequence number, point) of a whole, valid slot; what is wrong with it otherwise."""
+    whole = _whole_payload(slot)
+    if isinstance(whole, str):
+        return whole
+    sequence, fields = whole
+    if not isinstance(fields, dict):
+        return f"holds a {type(fields).__name__}, not a resume point"
+    written_in = fields.pop("format", 1)  # before the field existed: format 1's fields
+    if written_in != RESUME_FORMAT:
+        return f"was written in resume format {written_in!r}; this server reads format {RESUME_FORMAT}"
+    try:
+        return sequence, ResumePoint(**fields)
+    except TypeError as error:
+        return f"holds a point this server cannot read ({error})"
+
+
+def _whole_payload(slot: bytes) -> tuple[int, object] | str:
+    """(sequence number, decoded JSON payload) of a slot whose magic and CRC are right; what is
+    wrong with it otherwise."""
     if len(slot) < _HEADER.size:
         return f"is {len(slot)} bytes, shorter than its header"
     magic, sequence, length, crc = _HEADER.unpack_from(slot)
@@ -199,6 +229,15 @@ def _decode_slot(slot: bytes) -> tuple[int, ResumePoint] | str:
     if len(payload) != length or zlib.crc32(payload) != crc:
         return "fails its CRC32"
     try:
-        return sequence, ResumePoint(**json.loads(payload))
-    except (ValueError, TypeError) as error:  # a payload of another version of this file
-        return f"holds a point this server cannot read ({error})"
+        return sequence, json.loads(payload)
+    except ValueError as error:
+        return f"holds a payload that is not JSON ({error})"
+
+
+def _step_of_whole_slot(slot: bytes) -> int | None:
+    """The `step` a whole slot records, whatever its format (None: not a whole slot, or no int step)."""
+    whole = _whole_payload(slot)
+    if isinstance(whole, str) or not isinstance(whole[1], dict):
+        return None
+    step = whole[1].get("step")
+    return step if type(step) is int and step >= 0 else None

@@ -150,3 +150,40 @@ def test_with_start_fresh_a_file_without_a_valid_slot_is_set_aside_and_the_run_s
     reader.save(ResumePoint(step=0))  # a new file beside it, never over it
     reader.close()
     assert kept.read_bytes() == damaged and ResumeFile(path).load() == ResumePoint(step=0)
+
+
+def slot_bytes(sequence: int, payload: dict) -> bytes:
+    """A whole slot (magic, sequence, length, CRC) holding `payload` as this file writes one."""
+    import json
+    import struct
+    import zlib
+
+    body = json.dumps(payload).encode()
+    return (struct.pack("<4sQII", b"PRSM", sequence, len(body), zlib.crc32(body)) + body).ljust(SLOT_BYTES, b"\0")
+
+
+def test_every_save_names_its_format_and_a_file_from_before_the_field_still_loads(tmp_path):
+    import json
+
+    path = tmp_path / "resume.bin"
+    data = saved_file(path, [ResumePoint(step=7, episodes=2)])
+    start = data.index(b"{")
+    assert json.loads(data[start : data.index(b"\0", start)])["format"] == 1
+    # Written before `format` existed: the same fields, no format.
+    path.write_bytes(slot_bytes(4, {"step": 9, "episodes": 3, "last_return": -1.5, "evaluations_completed": 1,
+                                    "evaluation_running": False, "incarnation": 2}) + bytes(SLOT_BYTES))
+    assert ResumeFile(path).load() == ResumePoint(step=9, episodes=3, last_return=-1.5, evaluations_completed=1, incarnation=2)
+
+
+def test_a_file_of_another_format_is_refused_by_name_and_a_fresh_start_over_it_counts_the_steps_run_again(tmp_path):
+    path = tmp_path / "resume.bin"
+    future = slot_bytes(11, {"format": 2, "step": 120, "shards": [1, 2]}) + slot_bytes(12, {"format": 2, "step": 121})
+    path.write_bytes(future)
+    with pytest.raises(DamagedStateError, match="written in resume format 2; this server reads format 1"):
+        ResumeFile(path).load()
+    assert path.read_bytes() == future  # looked at, not touched
+    reader = ResumeFile(path, start_fresh=True)
+    assert reader.load() is None
+    assert reader.notice.started_fresh and reader.notice.steps_lost == 121  # run again from step 0
+    assert reader.notice.metrics()["persistence/steps_lost"] == 121
+    assert (tmp_path / "resume.bin.damaged").read_bytes() == future
