@@ -640,12 +640,13 @@ class SyncConsensus:
             # A distance that is not finite: a NaN or infinity in the share (refused, and the
             # round mixed again without it, as if it had not come), or finite values whose
             # squared distance overflows (kept).
-            poisoned = [sender for sender, distance in zip(received, distances)
-                        if not math.isfinite(distance) and _non_finite_tensor(received[sender]) is not None]
+            poisoned = {sender: name for sender, distance in zip(received, distances)
+                        if not math.isfinite(distance) and (name := _non_finite_tensor(received[sender])) is not None}
             if not poisoned:
                 break
-            for sender in poisoned:
-                self._reject(f"share from {sender!r}: {_not_finite(_non_finite_tensor(received.pop(sender)))}")
+            for sender, name in poisoned.items():
+                del received[sender]
+                self._reject(f"share from {sender!r}: {_not_finite(name)}")
         self._values = _read_only(mixed)
         self.round_metrics.append(
             {
