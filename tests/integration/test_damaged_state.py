@@ -34,17 +34,17 @@ def wait_for_exit(run_dir: Path, process, node: str, timeout_s: float = 150) -> 
 
 
 def run_killing_agent_1(run_dir: Path, damage, *extra: str, node: str = "agent_1", config: str = "configs/tiny_ring.yaml",
-                        roles: str = "[agent, learner]") -> tuple[int, str, list[dict]]:
-    """Run tiny_ring with agent_1 (or `node` of `config`) killed at step 30; `damage(node_dir)`
-    runs once it has exited, before the restart. Returns the orchestrator's exit code, its stderr
-    and the events."""
+                        roles: str = "[agent, learner]", kill_at_step: int = KILL_AT_STEP) -> tuple[int, str, list[dict]]:
+    """Run tiny_ring with agent_1 (or `node` of `config`) killed at step 30 (`kill_at_step`);
+    `damage(node_dir)` runs once it has exited, before the restart. Returns the orchestrator's
+    exit code, its stderr and the events."""
     process = orchestrate(
         # Enough steps after the kill that the run is still going when the restart comes, on an
         # idle machine too (120 steps ended within the backoff there).
         "up", config, "--run-dir", str(run_dir), "--set", f"run.steps={STEPS}",
         "--set", "env.eval_every_steps=400",
         "--set", "agents.checkpoint_every_steps=10", "--set", "agents.replay_save_every_steps=10",
-        "--set", f"faults.schedule=[{{at_step: {KILL_AT_STEP}, kind: kill, nodes: [{node}]}}]",
+        "--set", f"faults.schedule=[{{at_step: {kill_at_step}, kind: kill, nodes: [{node}]}}]",
         "--set", "env.step_deadline_s=1.0",
         "--set", f"faults.restart={{policy: on-failure, max_restarts: 3, backoff_s: 1.5, roles: {roles}}}", *extra,
     )  # fmt: skip
@@ -184,11 +184,17 @@ def test_a_learner_node_restarted_over_a_damaged_checkpoint_falls_back_to_the_ol
     damaged: dict[str, Path] = {}
 
     def damage(node_dir: Path) -> None:
+        generations = sorted((node_dir / "checkpoints").glob("step-*.pt"))
+        assert len(generations) >= 2, f"only {[g.name for g in generations]} saved before the kill: nothing older to fall back to"
         damaged["checkpoint"] = checkpoint = newest(node_dir / "checkpoints", ".pt")
         checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
         damaged["bytes"] = checkpoint.read_bytes()
 
-    code, stderr, events = run_killing_agent_1(run_dir, damage, node="learner", config="configs/tiny_qmix.yaml")
+    # The learner's checkpoint clock is the newest env step of the rows it has taken in, which
+    # lag the lockstep by up to an episode or more under load: at step 30 it had once saved only
+    # its first checkpoint (step 0, load ~10), so it is killed later than the agents are.
+    code, stderr, events = run_killing_agent_1(run_dir, damage, node="learner", config="configs/tiny_qmix.yaml",
+                                               kill_at_step=200)
     assert code == 0, stderr[-3000:]
     mine = [e for e in events if e["node"] == "learner"]
     assert [e["event"] for e in mine].count("restarted") == 1
