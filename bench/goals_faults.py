@@ -3,7 +3,9 @@ through the runtime. Prints a table (and saves JSON, and a plot with --plot).
 
 Issue 24. Two goal-conditioned agents on goal_lines (configs/goals_negotiation_hindsight.yaml:
 the naming game for each episode's goal while the env server holds the episode start, then the
-achieved goals shared for HER), one `orchestrate up` per cell and seed, with
+achieved goals shared for HER; `--config configs/goals_own_view_hindsight.yaml` for the own
+view, where each agent sees only the landmark it touches and a partner's report is the only
+news of a pair achieved by accident), one `orchestrate up` per cell and seed, with
 
 - every peer link (agent <-> agent; the env links and the control channel are not emulated)
   given a constant delay and Bernoulli loss (`network.links: [{role: peer_links, ...}]`,
@@ -41,7 +43,7 @@ import numpy as np
 
 from runs import records, run_once  # noqa: E402  (bench/runs.py)
 
-CONFIG = "configs/goals_negotiation_hindsight.yaml"  # the default; --config configs/goals_own_view_hindsight.yaml for the own view
+CONFIG = "configs/goals_negotiation_hindsight.yaml"  # the default of --config
 AGENTS = ("agent_0", "agent_1")
 KILLED = "agent_1"
 
