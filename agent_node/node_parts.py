@@ -127,12 +127,15 @@ class Services:
 
     def reproducibility_broken(self, cause: str, what: str) -> None:
         """Timing decided something in a reproducible run: say so once per cause, in the metrics
-        (`reproducibility/broken` and `reproducibility/<cause>`) and the log."""
+        (`reproducibility/broken` and `reproducibility/<cause>`), the log, and at once to the
+        orchestrator (a status whose extras name every cause so far: its `reproducibility_broken`
+        event)."""
         if not self.reproducible or cause in self._broken_causes:
             return
         self._broken_causes.add(cause)
         log.warning("run.reproducible: this run is no longer a function of its seed from step %d: %s", self.step, what)
         self.metrics.write(self.step, {"reproducibility/broken": 1.0, f"reproducibility/{cause}": 1.0})
+        self._send_status(time.monotonic())
 
     def open_channel(self, endpoint: str, *, name: str, source: str, identity: str, peer: str,
                      close_linger_s: float = 0.0) -> Channel:
@@ -220,7 +223,8 @@ class Services:
         self.control.send_status(
             now, state=self.state.value, step=self.step, episode=self.episodes.episodes if self.episodes else 0,
             last_return=self.episodes.last_return if self.episodes else None, msgs_per_s=self.messages_handled / elapsed,
-            extra={"membership/peers_alive": float(len(self.mesh.alive_peers()))} if self.mesh else {},
+            extra={**({"membership/peers_alive": float(len(self.mesh.alive_peers()))} if self.mesh else {}),
+                   **{f"reproducibility/{cause}": 1.0 for cause in sorted(self._broken_causes)}},
         )
 
     def _peer_traffic(self) -> dict[str, float]:

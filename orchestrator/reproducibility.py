@@ -27,7 +27,8 @@ What cannot be made reproducible is refused here, one line per problem (`reprodu
 What can still go wrong at run time (an agent slower than `env.step_deadline_s`, a consensus round
 without every share, an agent restarted from its last checkpoint, a last observation that never
 came) is written to that agent's metrics as
-`reproducibility/broken` with the cause, so a user sees that this run's seed no longer pins it.
+`reproducibility/broken` with the cause, and to the run's events as `reproducibility_broken`, so
+a user sees that this run's seed no longer pins it.
 """
 
 from __future__ import annotations

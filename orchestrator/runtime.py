@@ -109,6 +109,9 @@ class NodeRecord:
     goodbye_reason: str | None = None
     exit_code: int | None = None
     last_status: m.Status | None = None
+    # Why a run.reproducible run stopped being a function of its seed on this node, as its
+    # statuses said (each cause gets one `reproducibility_broken` event).
+    reproducibility_broken: set[str] = field(default_factory=set)
     held_step: int | None = None  # env server: the last step it held for scheduled faults (control.step_held)
     last_heard: float = 0.0
     # When the node's exit was first seen (unix time; SIGCHLD or a poll), before it is reaped.
@@ -506,6 +509,10 @@ class Orchestrator:
             self.on_ready(node, message.resumed_step)
         elif isinstance(message, m.Status):
             node.last_status = message
+            causes = {key.split("/", 1)[1] for key in message.extra if key.startswith("reproducibility/")}
+            if new_causes := causes - node.reproducibility_broken:
+                node.reproducibility_broken |= new_causes
+                self.events.write("reproducibility_broken", node_id, causes=sorted(new_causes), step=message.step)
         elif isinstance(message, m.StepHeld):
             self.on_step_held(node, message.step)
         elif isinstance(message, m.FaultApplied):

@@ -173,3 +173,6 @@ def test_a_deadline_that_runs_out_is_recorded_as_broken_reproducibility(tmp_path
         assert causes == {"reproducibility/step_deadline", "reproducibility/consensus_incomplete"}, broken
         assert len(broken) == 2  # once per cause, not once per late step
         assert "run.reproducible: this run is no longer a function of its seed" in (run_dir / "nodes" / agent / "log").read_text()
+        # And in the run's event log, once per cause, as the node said it.
+        said = [event for event in read_events(run_dir) if event["event"] == "reproducibility_broken" and event["node"] == agent]
+        assert sorted(cause for event in said for cause in event["causes"]) == ["consensus_incomplete", "step_deadline"], said
