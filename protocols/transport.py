@@ -737,20 +737,10 @@ class Hub:
         else:  # ipc: every message signed with its sender's key
             key, verify_key, check_user_id = self.keys.signing_key(self.sender), signing_keys(self.keys), False
         channel = Channel(
-            socket,
-            sender=self.sender,
-            run_id=self.run_id,
-            name=name,
-            endpoint=endpoint,
-            key=key,
-            verify_key=verify_key,
-            check_user_id=check_user_id,
-            zero_copy=zero_copy,
-            limits=self.limits,
-            clock=self.clock,
-            close_linger_s=close_linger_s,
-            links=self.links if emulated else None,
-            peer=peer,
+            socket, sender=self.sender, run_id=self.run_id, name=name, endpoint=endpoint,
+            key=key, verify_key=verify_key, check_user_id=check_user_id, zero_copy=zero_copy,
+            limits=self.limits, clock=self.clock, close_linger_s=close_linger_s,
+            links=self.links if emulated else None, peer=peer,
         )
         self._poller.register(socket, zmq.POLLIN)
         self._channels[socket] = channel
