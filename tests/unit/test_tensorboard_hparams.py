@@ -15,15 +15,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_events(directory: Path) -> list[event_pb2.Event]:
-    """The records of a TFRecord event file: length (8 bytes), its CRC (4), data, data CRC (4)."""
-    (path,) = directory.glob("events.out.tfevents.*")
-    data, at, events = path.read_bytes(), 0, []
-    while at < len(data):
-        (length,) = struct.unpack("<Q", data[at : at + 8])
-        event = event_pb2.Event()
-        event.ParseFromString(data[at + 12 : at + 12 + length])
-        events.append(event)
-        at += 12 + length + 4
+    """The records of every TFRecord event file in `directory`, as TensorBoard reads them: length
+    (8 bytes), its CRC (4), data, data CRC (4). tensorboardX's `add_hparams` opens a second
+    writer, whose file has a name of its own when the clock's second turned in between."""
+    events = []
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[at + 12 : at + 12 + length])
+            events.append(event)
+            at += 12 + length + 4
+    assert events, f"no event file in {directory}"
     return events
 
 
