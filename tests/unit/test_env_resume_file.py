@@ -3,7 +3,10 @@ a file without a valid slot is refused, never taken for a fresh start."""
 
 from __future__ import annotations
 
+import json
 import random
+import struct
+import zlib
 
 import pytest
 
@@ -153,18 +156,13 @@ def test_with_start_fresh_a_file_without_a_valid_slot_is_set_aside_and_the_run_s
 
 
 def slot_bytes(sequence: int, payload: dict) -> bytes:
-    """A whole slot (magic, sequence, length, CRC) holding `payload` as this file writes one."""
-    import json
-    import struct
-    import zlib
-
+    """A whole slot (magic, sequence, length, CRC) holding `payload` as this file writes one,
+    packed here independently of env_server/resume.py."""
     body = json.dumps(payload).encode()
     return (struct.pack("<4sQII", b"PRSM", sequence, len(body), zlib.crc32(body)) + body).ljust(SLOT_BYTES, b"\0")
 
 
 def test_every_save_names_its_format_and_a_file_from_before_the_field_still_loads(tmp_path):
-    import json
-
     path = tmp_path / "resume.bin"
     data = saved_file(path, [ResumePoint(step=7, episodes=2)])
     start = data.index(b"{")
