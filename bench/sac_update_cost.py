@@ -4,11 +4,13 @@
                                     [--profile] [--json]
 
 OG-MARL's agents each take 10 SAC gradient steps of batch 256 per environment step (1 real row and
-255 imagined ones, the reference's batch). This bench builds one SAC agent with the current code
-and one with `agent_node/algos/sac.py` as it was at each commit of `--baseline-ref` (read with
-`git show`, loaded as a module of its own; by default 87ef093, before issue 23, and 26411d9, after
-its first session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and
-times `update()` after each new real row, exactly as the agent node drives it: `--env-steps`
+255 imagined ones, the reference's batch). This bench builds SAC agents with the current code,
+once with its wide layers' products through oneDNN (`current`, what the agents run where torch has
+oneDNN) and once through torch's own products (`current, torch products`), and one with
+`agent_node/algos/sac.py` as it was at each commit of `--baseline-ref` (read with `git show`,
+loaded as a module of its own; by default 87ef093, before issue 23, and 26411d9, after its first
+session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and times
+`update()` after each new real row, exactly as the agent node drives it: `--env-steps`
 environment steps (10 gradient steps each) per block, the implementations taking turns block by
 block so that a change of load hits all of them. One thread (as the agents run).
 
@@ -21,9 +23,14 @@ Under load the wall time mostly measures the scheduler; the CPU time of the timi
 (`time.thread_time`) is printed beside it, and is what compares the implementations then
 (cache and frequency effects of the other jobs remain in it).
 
-Before timing, it checks that every baseline does the same updates as the current code: both
-agents, from the same seed, take 200 gradient steps, and every parameter and every logged loss
-must be bitwise equal (`identical` in the output; the bench exits non-zero otherwise).
+Before timing, two checks (the bench exits non-zero if either fails):
+- every baseline does the same updates as the current code with torch's products: both agents,
+  from the same seed, take 200 gradient steps, and every parameter and every logged loss must be
+  bitwise equal (`identical`);
+- the oneDNN products give the same updates as torch's up to float32 rounding: from one seed,
+  the largest relative difference of any parameter tensor after 10 gradient steps is below
+  `ONE_STEP_TOLERANCE` (printed, with the difference after 200 steps, where SAC's updates have
+  carried the rounding on).
 
 `--profile` prints cProfile's top functions (by CPU time of the thread) of the current
 implementation's update loop.
@@ -32,6 +39,7 @@ implementation's update loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -112,10 +120,13 @@ def drive(agent, data, env_steps: int) -> list[dict[str, float]]:
 
 
 def same_updates(current_class, baseline_class, env_steps: int = 20) -> dict:
-    """Both implementations from one seed: parameters and losses bitwise equal after the steps."""
-    current, current_data = make_agent(current_class)
+    """Both implementations from one seed: parameters and losses bitwise equal after the steps.
+    The current code runs with torch's own products here (`_USE_ONEDNN` off), as the baselines
+    do: this checks that nothing else changed; `onednn_against_torch` checks the products."""
+    with products("torch"):
+        current, current_data = make_agent(current_class)
+        current_metrics = drive(current, current_data, env_steps)
     baseline, baseline_data = make_agent(baseline_class)
-    current_metrics = drive(current, current_data, env_steps)
     baseline_metrics = drive(baseline, baseline_data, env_steps)
     mismatched = []
     for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
@@ -131,6 +142,64 @@ def same_updates(current_class, baseline_class, env_steps: int = 20) -> dict:
         "identical": not mismatched and current.gradient_steps == baseline.gradient_steps,
         "mismatched": mismatched,
     }
+
+
+def onednn_against_torch(current_class, env_steps: int = 20) -> dict:
+    """The current code with the wide layers' products through oneDNN against torch's own, from
+    one seed: the largest relative difference of any parameter tensor (max |a - b| / max |b|)
+    after one environment step (10 gradient steps) and after `env_steps`. The products differ
+    only in the order of their additions, so after one step the difference is float32 rounding;
+    over many steps SAC's updates carry it on (reported, not a pass criterion)."""
+    from agent_node.algos import sac
+
+    if not sac._onednn_linear_available():
+        return {"available": False}
+    runs = {}
+    for kind in ("onednn", "torch"):
+        with products(kind):
+            agent, data = make_agent(current_class)
+            drive(agent, data, 1)
+            after_one = parameters(agent)
+            drive(agent, data, env_steps - 1)
+            runs[kind] = (after_one, parameters(agent))
+
+    def largest_relative(a: dict, b: dict) -> float:
+        return max(float((a[key] - b[key]).abs().max() / b[key].abs().max().clamp_min(1e-30)) for key in b)
+
+    one = largest_relative(runs["onednn"][0], runs["torch"][0])
+    return {
+        "available": True,
+        "after_one_env_step": one,
+        f"after_{env_steps}_env_steps": largest_relative(runs["onednn"][1], runs["torch"][1]),
+        "within_float32_rounding": one < ONE_STEP_TOLERANCE,
+    }
+
+
+# After 10 gradient steps from one state, the two products' runs may differ by float32 rounding
+# carried through Adam's normalized steps; a real difference in the update is orders larger.
+ONE_STEP_TOLERANCE = 1e-4
+
+
+def parameters(agent) -> dict:
+    import torch
+
+    tensors = {f"{name}.{key}": value.detach().clone() for name in ("actor", "q1", "q2", "q1_target", "q2_target")
+               for key, value in getattr(agent, name).state_dict().items()}
+    tensors["log_alpha"] = agent.log_alpha.detach().clone().reshape(1)
+    return {key: value.to(torch.float64) for key, value in tensors.items()}
+
+
+@contextlib.contextmanager
+def products(kind: str):
+    """Run the current SAC code with its wide products on `kind` ("onednn" or "torch")."""
+    from agent_node.algos import sac
+
+    before = sac._USE_ONEDNN
+    sac._USE_ONEDNN = kind == "onednn" and sac._onednn_linear_available()
+    try:
+        yield
+    finally:
+        sac._USE_ONEDNN = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,20 +222,28 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {ref: load_baseline(ref) for ref in refs}
     load_before = os.getloadavg()[0]
     checks = {ref: same_updates(SACAgent, module.SACAgent) for ref, module in baselines.items()}
+    products_check = onednn_against_torch(SACAgent)
 
-    implementations = {**{ref: module.SACAgent for ref, module in baselines.items()}, "current": SACAgent}
-    agents = {name: make_agent(agent_class, seed=1) for name, agent_class in implementations.items()}
-    for agent, data in agents.values():  # warm-up: allocator, optimizer state
-        drive(agent, data, 5)
+    # name -> (agent class, the current code's products): the baselines use torch's products.
+    implementations = {**{ref: (module.SACAgent, "torch") for ref, module in baselines.items()},
+                       "current, torch products": (SACAgent, "torch")}
+    if products_check["available"]:
+        implementations["current"] = (SACAgent, "onednn")
+    agents = {}
+    for name, (agent_class, kind) in implementations.items():
+        with products(kind):
+            agents[name] = make_agent(agent_class, seed=1)
+            drive(*agents[name], 5)  # warm-up: allocator, optimizer state
     times: dict[str, list[float]] = {name: [] for name in implementations}
     cpu_times: dict[str, list[float]] = {name: [] for name in implementations}
     for _ in range(args.blocks):
         for name, (agent, data) in agents.items():
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            drive(agent, data, args.env_steps)
-            steps = args.env_steps * UPDATES_PER_STEP
-            times[name].append((time.perf_counter() - started) / steps)
-            cpu_times[name].append((time.thread_time() - cpu_started) / steps)
+            with products(implementations[name][1]):
+                started, cpu_started = time.perf_counter(), time.thread_time()
+                drive(agent, data, args.env_steps)
+                steps = args.env_steps * UPDATES_PER_STEP
+                times[name].append((time.perf_counter() - started) / steps)
+                cpu_times[name].append((time.thread_time() - cpu_started) / steps)
     load_after = os.getloadavg()[0]
 
     result = {
@@ -188,22 +265,27 @@ def main(argv: list[str] | None = None) -> int:
             "s_per_1000_training_steps_5_agents_2_cores": round(median * UPDATES_PER_STEP * 1000 * 5 / 2, 1),
             "cpu_s_per_1000_training_steps_5_agents_2_cores": round(cpu_median * UPDATES_PER_STEP * 1000 * 5 / 2, 1),
         }
-    # Per baseline, current / baseline of the medians: below 1 is faster.
+    # Current over each baseline (and over its own torch products), medians: below 1 is faster.
+    current = "current" if "current" in agents else "current, torch products"
+    others = [name for name in implementations if name != current]
     result["current_over_baseline"] = {
-        ref: round(float(np.median(times["current"]) / np.median(times[ref])), 3) for ref in refs
+        name: round(float(np.median(times[current]) / np.median(times[name])), 3) for name in others
     }
     result["cpu_current_over_baseline"] = {
-        ref: round(float(np.median(cpu_times["current"]) / np.median(cpu_times[ref])), 3) for ref in refs
+        name: round(float(np.median(cpu_times[current]) / np.median(cpu_times[name])), 3) for name in others
     }
+    result["onednn_against_torch"] = products_check
     identical = all(check["identical"] for check in checks.values())
+    products_agree = products_check.get("within_float32_rounding", True)
 
     if args.profile:
         import cProfile
         import pstats
 
-        agent, data = agents["current"]
+        agent, data = agents[current]
         profiler = cProfile.Profile(time.thread_time)  # CPU time: under load, wall time is the scheduler's
-        profiler.runcall(drive, agent, data, args.env_steps)
+        with products(implementations[current][1]):
+            profiler.runcall(drive, agent, data, args.env_steps)
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(20)
 
     if args.json:
@@ -215,25 +297,33 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['load_average_1min'][0]} -> {result['load_average_1min'][1]} on {result['cpus']} CPUs"
         )
         for ref, check in checks.items():
-            print(f"same updates as {ref} ({check['gradient_steps']} gradient steps): {check['identical']}"
-                  + (f", differing: {check['mismatched']}" if check["mismatched"] else ""))
+            print(f"same updates as {ref}, torch products ({check['gradient_steps']} gradient steps, bitwise): "
+                  f"{check['identical']}" + (f", differing: {check['mismatched']}" if check["mismatched"] else ""))
+        if products_check["available"]:
+            print(
+                "oneDNN against torch products, largest relative parameter difference: after 10 gradient steps "
+                f"{products_check['after_one_env_step']:.2e} (within float32 rounding, < {ONE_STEP_TOLERANCE:g}: "
+                f"{products_agree}), after 200 {products_check['after_20_env_steps']:.2e}"
+            )
+        else:
+            print("oneDNN products: not available in this torch (the current code uses torch's own)")
         print(
-            f"{'':<10}{'ms / gradient step':>20}{'s / 1000 steps, 1 agent':>26}{'5 agents / 2 cores':>22}"
+            f"{'':<26}{'ms / gradient step':>20}{'s / 1000 steps, 1 agent':>26}{'5 agents / 2 cores':>22}"
             f"{'CPU ms / step':>16}{'CPU: 5 agents / 2 cores':>26}  blocks (wall ms; CPU ms)"
         )
         for name, row in result["implementations"].items():
             print(
-                f"{name:<10}{row['ms_per_gradient_step']:>20.3f}{row['s_per_1000_training_steps_one_agent']:>26.1f}"
+                f"{name:<26}{row['ms_per_gradient_step']:>20.3f}{row['s_per_1000_training_steps_one_agent']:>26.1f}"
                 f"{row['s_per_1000_training_steps_5_agents_2_cores']:>22.1f}{row['cpu_ms_per_gradient_step']:>16.3f}"
                 f"{row['cpu_s_per_1000_training_steps_5_agents_2_cores']:>26.1f}  {row['ms_per_gradient_step_blocks']}; "
                 f"{row['cpu_ms_per_gradient_step_blocks']}"
             )
-        for ref in refs:
+        for name in others:
             print(
-                f"current / {ref}: {result['current_over_baseline'][ref]:.3f} (wall), "
-                f"{result['cpu_current_over_baseline'][ref]:.3f} (CPU time of this thread)"
+                f"{current} / {name}: {result['current_over_baseline'][name]:.3f} (wall), "
+                f"{result['cpu_current_over_baseline'][name]:.3f} (CPU time of this thread)"
             )
-    return 0 if identical else 1
+    return 0 if identical and products_agree else 1
 
 
 if __name__ == "__main__":

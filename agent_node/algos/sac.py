@@ -88,16 +88,83 @@ def linear_params(layers: nn.Sequential) -> list[tuple[nn.Parameter, nn.Paramete
 
 
 def hidden_features(params: list[tuple[torch.Tensor, torch.Tensor]], inputs: torch.Tensor) -> torch.Tensor:
-    """A `hidden_layers` stack (its `linear_params`) on `inputs`, computed with F.linear and relu
-    directly: the same operations on the same tensors (bitwise the same values and gradients),
-    without a module call, a type test and a module attribute lookup per layer, which the SAC
-    update makes ~40 times per gradient step. The relu runs in place on the product it follows:
-    nothing else holds that product (a linear layer's backward keeps its input and weight, not
-    its output), and it saves allocating a 256 x 256 result per layer."""
+    """A `hidden_layers` stack (its `linear_params`) on `inputs`, computed with `linear` and relu
+    directly: the same operations on the same tensors as the modules' forward, without a module
+    call, a type test and a module attribute lookup per layer, which the SAC update makes ~40
+    times per gradient step. The relu runs in place on the product it follows: nothing else
+    holds that product (a linear layer's backward keeps its input and weight, not its output),
+    and it saves allocating a 256 x 256 result per layer."""
     features = inputs
     for weight, bias in params:
-        features = F.linear(features, weight, bias).relu_()
+        features = linear(features, weight, bias).relu_()
     return features
+
+
+# ------------------------------------------------------------ wide products through oneDNN
+#
+# torch's CPU wheel sends a float32 matrix product to MKL's sgemm. On the AMD EPYC processors
+# these benchmarks run on, MKL takes a slower path than the processor allows: one thread, a
+# 256 x 256 by 256 x 256 product costs 0.31 ms through MKL (F.linear) and 0.15 ms through oneDNN
+# (`torch.ops.mkldnn._linear_pointwise`), the other matrix library torch ships, which picks
+# its kernels by instruction set rather than by vendor (bench/sac_update_cost.py measures both).
+# A SAC gradient step at OG-MARL's width makes 16 such products, forward and backward. So a
+# hidden layer at least `_WIDE_PRODUCT` wide on both sides computes its products, forward and
+# backward, through oneDNN. It is the same float32 product: only the order of the additions
+# inside each dot product differs (a relative difference of ~5e-7 per product, measured).
+# Narrow layers (the observation's first layer, the heads) stay on F.linear: there the autograd
+# function's Python costs more than the product.
+
+_WIDE_PRODUCT = 64
+
+
+def _onednn_linear_available() -> bool:
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def _onednn_product(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """inputs @ weight.T + bias through oneDNN (strided operands are fine: it reads them as they are)."""
+    return torch.ops.mkldnn._linear_pointwise(inputs, weight, bias, "none", [], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """F.linear on 2-D float32 tensors with its three products (forward, input and weight
+    gradients) through oneDNN; the bias gradient is the column sum, as F.linear's."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inputs, weight)
+        return _onednn_product(inputs, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        inputs, weight = ctx.saved_tensors
+        needs_inputs, needs_weight, needs_bias = ctx.needs_input_grad
+        # d/d inputs = grad_output @ weight; d/d weight = grad_output.T @ inputs (as x @ w.T).
+        grad_inputs = _onednn_product(grad_output, weight.t(), None) if needs_inputs else None
+        grad_weight = _onednn_product(grad_output.t(), inputs.t(), None) if needs_weight else None
+        grad_bias = grad_output.sum(0) if needs_bias else None
+        return grad_inputs, grad_weight, grad_bias
+
+
+def linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """F.linear, with a wide float32 layer's products through oneDNN where torch has it (see above)."""
+    if (
+        _USE_ONEDNN
+        and weight.shape[0] >= _WIDE_PRODUCT
+        and weight.shape[1] >= _WIDE_PRODUCT
+        and inputs.dim() == 2
+        and inputs.dtype == weight.dtype == torch.float32
+    ):
+        return OneDNNLinear.apply(inputs, weight, bias)
+    return F.linear(inputs, weight, bias)
+
+
+# Read at import; tests and bench/sac_update_cost.py set it to compare with torch's own products.
+_USE_ONEDNN = _onednn_linear_available()
 
 
 class SoftQNetwork(nn.Module):
@@ -112,9 +179,15 @@ class SoftQNetwork(nn.Module):
     def forward(self, obs: torch.Tensor, unit_action: torch.Tensor) -> torch.Tensor:
         return self.on_inputs(critic_inputs(obs, unit_action))
 
-    def on_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Q of `critic_inputs(obs, unit_action)`: twin critics share one concatenation."""
+    def on_inputs(self, inputs: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """Q of `critic_inputs(obs, unit_action)`: twin critics share one concatenation.
+
+        `frozen`: the parameters enter as detached views, so a backward pass through this Q
+        computes the gradient to `inputs` only (the actor's pass). The values are the same."""
         hidden, head_weight, head_bias = self._params
+        if frozen:
+            hidden = [(weight.detach(), bias.detach()) for weight, bias in hidden]
+            head_weight, head_bias = head_weight.detach(), head_bias.detach()
         return F.linear(hidden_features(hidden, inputs), head_weight, head_bias).squeeze(1)
 
 
@@ -471,12 +544,13 @@ class SACAgent(ModuleLearner):
         adam_step(self.critic_optimizer, torch.autograd.grad(critic_loss, self._critic_params))
 
         # Actor: maximize the soft value, i.e. min-Q of a reparameterized action minus alpha * log pi.
-        # The gradient flows through the critics to the action only: asking autograd for the
-        # actor's gradients alone skips the critics' (unused) weight gradients, about a tenth of
-        # the step's work, without freezing and unfreezing the critics.
+        # The gradient flows through the critics to the action only. Autograd skips the critics'
+        # weight gradients of its own layers when asked for the actor's gradients alone, but not
+        # those of an autograd function (`OneDNNLinear` sees only that the weight requires a
+        # gradient): the critics enter with detached parameters, the same values, no copy.
         new_unit_action, log_prob = self.actor.sample(obs, self.noise_generator, self.log_half_range_sum)
         new_inputs = critic_inputs(obs, new_unit_action)
-        new_q = torch.min(self.q1.on_inputs(new_inputs), self.q2.on_inputs(new_inputs))
+        new_q = torch.min(self.q1.on_inputs(new_inputs, frozen=True), self.q2.on_inputs(new_inputs, frozen=True))
         actor_loss = (alpha * log_prob - new_q).mean()
         reported = [critic_loss, actor_loss, q1_value.mean(), -log_prob.mean()]
         if cfg.autotune_alpha:

@@ -12,6 +12,7 @@ import torch
 
 from agent_node.algos import build_learner
 from agent_node.algos.config import DQNConfig, SACConfig
+from agent_node.algos import sac as sac_module
 from agent_node.algos.sac import SACAgent
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Actor, Learner, ParamSource, Transition
@@ -374,3 +375,70 @@ def test_adam_step_refuses_a_gradient_list_of_the_wrong_length():
     agent = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
     with pytest.raises(ValueError, match=r"one gradient per parameter \(1\), got 2"):
         adam_step(agent.alpha_optimizer, [torch.zeros(()), torch.zeros(())])
+
+
+# ------------------------------------------------------------------ wide products through oneDNN
+
+needs_onednn = pytest.mark.skipif(not sac_module._onednn_linear_available(), reason="this torch has no oneDNN linear")
+
+
+@needs_onednn
+def test_onednn_linear_is_f_linear_up_to_the_order_of_additions():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(300, 128, generator=generator, requires_grad=True)
+    weight = torch.randn(96, 128, generator=generator, requires_grad=True)
+    bias = torch.randn(96, generator=generator, requires_grad=True)
+    upstream = torch.randn(300, 96, generator=generator)
+    results = []
+    for product in (sac_module.OneDNNLinear.apply, torch.nn.functional.linear):
+        output = product(inputs, weight, bias)
+        results.append((output.detach(), *torch.autograd.grad(output, [inputs, weight, bias], upstream)))
+    for ours, torchs in zip(*results):
+        assert ours.shape == torchs.shape
+        torch.testing.assert_close(ours, torchs, rtol=1e-5, atol=1e-5 * float(torchs.abs().max()))
+    # A detached weight (the actor's pass through the critics) asks for the input gradient only.
+    output = sac_module.OneDNNLinear.apply(inputs, weight.detach(), bias.detach())
+    (grad_inputs,) = torch.autograd.grad(output, [inputs], upstream)
+    torch.testing.assert_close(grad_inputs, results[1][1], rtol=1e-5, atol=1e-5 * float(results[1][1].abs().max()))
+
+
+def test_narrow_layers_and_other_dtypes_stay_on_f_linear(monkeypatch):
+    calls = []
+    monkeypatch.setattr(sac_module, "_onednn_product", lambda *args: calls.append(args) or torch.nn.functional.linear(*args))
+    monkeypatch.setattr(sac_module, "_USE_ONEDNN", True)
+    narrow = (torch.randn(8, 4), torch.randn(256, 4), torch.randn(256))  # the observation's layer: 4 inputs
+    assert torch.equal(sac_module.linear(*narrow), torch.nn.functional.linear(*narrow))
+    wide64 = (torch.randn(8, 128, dtype=torch.float64), torch.randn(128, 128, dtype=torch.float64), torch.randn(128, dtype=torch.float64))
+    assert torch.equal(sac_module.linear(*wide64), torch.nn.functional.linear(*wide64))
+    assert calls == []
+    sac_module.linear(torch.randn(8, 128), torch.randn(128, 128), torch.randn(128))
+    assert len(calls) == 1
+    monkeypatch.setattr(sac_module, "_USE_ONEDNN", False)  # switched off: torch's own products
+    sac_module.linear(torch.randn(8, 128), torch.randn(128, 128), torch.randn(128))
+    assert len(calls) == 1
+
+
+@needs_onednn
+def test_a_wide_sac_takes_the_same_steps_with_onednn_products(monkeypatch):
+    # 10 gradient steps of a 128-wide SAC from one seed, the wide layer's products through oneDNN
+    # and through torch: the same updates up to float32 rounding (the bench checks OG-MARL's width).
+    config = SMALL_CONFIG.model_copy(update={"hidden_sizes": (128, 128), "learning_starts": 0, "random_steps": 0,
+                                             "updates_per_step": 10, "batch_size": 64})
+    products = []
+    recorded = sac_module._onednn_product
+    monkeypatch.setattr(sac_module, "_onednn_product", lambda *args: products.append(1) or recorded(*args))
+    parameters = {}
+    for use_onednn in (True, False):
+        monkeypatch.setattr(sac_module, "_USE_ONEDNN", use_onednn)
+        agent = SACAgent(config, OBS_SPACE, BANDIT_ACTION_SPACE, seed=4)
+        rng = np.random.default_rng(1)
+        agent.observe(bandit_transition(rng.uniform(-1, 1, (64, 1)).astype(np.float32), rng.uniform(0, 1, (64, 1)).astype(np.float32)))
+        agent.gradient_steps = agent.gradient_steps_due()  # these rows are history: the next row owes 10 steps
+        agent.observe(bandit_transition(np.zeros((1, 1), np.float32), np.full((1, 1), 0.5, np.float32)))
+        agent.update()
+        assert agent.gradient_steps_due() == 0
+        parameters[use_onednn] = torch.cat([p.detach().flatten() for p in [*agent.actor.parameters(), *agent.q1.parameters(), *agent.q2.parameters()]])
+    # Per step: forward 8 wide products (2 targets, 2 critics, 2 critics on new actions, actor twice),
+    # backward 8 (critics: input and weight each; the frozen critics: input only; actor: both).
+    assert len(products) == 10 * (8 + 2 * 2 + 2 + 2)
+    torch.testing.assert_close(parameters[True], parameters[False], rtol=1e-4, atol=1e-4 * float(parameters[False].abs().max()))
