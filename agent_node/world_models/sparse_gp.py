@@ -240,6 +240,10 @@ class SparseGPWorldModel:
        one's data is counted twice.
     """
 
+    # J is symmetric (bitwise: `fit` makes it so): consensus sends its upper triangle, half the
+    # bytes (agent_node/consensus/subjects.py).
+    symmetric_statistics: tuple[str, ...] = ("J",)
+
     def __init__(self, config: SparseGPConfig, state_dim: int, action_dim: int):
         check_model_arguments(config, SparseGPConfig, state_dim, action_dim)
         self.config = config

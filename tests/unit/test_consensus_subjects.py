@@ -93,3 +93,39 @@ def test_ticks_come_from_the_env_step_alone():
     assert model.tick(37) is None and model.tick(38) == 150  # tick 100 done; 38 x 4 = 152 rows
     local = local_model(ReplayOnly(seed=5), sampler_seed=2)  # every 10 steps, once 20 rows are there
     assert [local.tick(step) for step in (10, 19, 20, 35)] == [None, None, 20, 30]
+
+
+def test_a_gp_precision_travels_as_its_upper_triangle_and_averages_to_the_same_bits():
+    # Three agents' GP statistics, averaged with a ring's weights once as full matrices and once
+    # as the subject hands them to the engine: the adopted J is bitwise the same, from half the bytes.
+    subjects = [local_model(ReplayOnly(seed=seed), sampler_seed=seed) for seed in range(3)]
+    wire = [subject.prepare(10) for subject in subjects]
+    full = [subject.model.export_statistics() for subject in subjects]  # what prepare fit
+    size = GP.num_inducing
+    assert wire[0]["J"].shape == (size * (size + 1) // 2,) and wire[0]["h"].shape == full[0]["h"].shape
+    assert not np.array_equal(full[0]["J"], full[1]["J"])
+
+    def weighted(tensors, name):  # one synchronous round's arithmetic, in the engine's order
+        total = tensors[0][name] * 0.5
+        for share in tensors[1:]:
+            total = total + share[name] * 0.25
+        return total
+
+    averaged_wire = {name: weighted(wire, name) for name in ("J", "h")}
+    rebuilt = subjects[0].wire.unpack(averaged_wire)
+    np.testing.assert_array_equal(rebuilt["J"], weighted(full, "J"))
+    np.testing.assert_array_equal(rebuilt["h"], weighted(full, "h"))
+    subjects[0].adopt(averaged_wire, num_agents=3)  # the model takes the rebuilt matrix
+    # A triangle of the wrong length is refused, naming the matrix it should rebuild.
+    with pytest.raises(ValueError, match=rf"averaged 'J': expected the upper triangle of a {size} x {size} matrix"):
+        subjects[0].wire.unpack({"J": np.zeros(5), "h": averaged_wire["h"]})
+
+
+def test_ensemble_parameters_travel_as_they_are():
+    from agent_node.world_models.config import EnsembleConfig
+
+    subject = LocalWorldModel(ReplayOnly(seed=1), EnsembleConfig(), OBS, ACTIONS, period_steps=10, fit_transitions=20,
+                              average="world_model_parameters", seed=1, sampler_seed=1)
+    tensors = subject.prepare(10)
+    params = subject.model.get_params()
+    assert tensors.keys() == params.keys() and all(np.array_equal(tensors[k], params[k]) for k in params)
