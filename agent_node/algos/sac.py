@@ -102,17 +102,16 @@ def hidden_features(params: list[tuple[torch.Tensor, torch.Tensor]], inputs: tor
 
 # ------------------------------------------------------------ wide products through oneDNN
 #
-# torch's CPU wheel sends a float32 matrix product to MKL's sgemm. On the AMD EPYC processors
-# these benchmarks run on, MKL takes a slower path than the processor allows: one thread, a
-# 256 x 256 by 256 x 256 product costs 0.31 ms through MKL (F.linear) and 0.15 ms through oneDNN
-# (`torch.ops.mkldnn._linear_pointwise`), the other matrix library torch ships, which picks
-# its kernels by instruction set rather than by vendor (bench/sac_update_cost.py measures both).
-# A SAC gradient step at OG-MARL's width makes 16 such products, forward and backward. So a
-# hidden layer at least `_WIDE_PRODUCT` wide on both sides computes its products, forward and
-# backward, through oneDNN. It is the same float32 product: only the order of the additions
-# inside each dot product differs (a relative difference of ~5e-7 per product, measured).
-# Narrow layers (the observation's first layer, the heads) stay on F.linear: there the autograd
-# function's Python costs more than the product.
+# torch's CPU wheel sends a float32 matrix product to MKL's sgemm, which on the AMD EPYC
+# processors these benchmarks run on is half as fast as torch's other matrix library, oneDNN
+# (`torch.ops.mkldnn._linear_pointwise`): one thread, a 256 x 256 by 256 x 256 product costs
+# 0.31 ms through F.linear and 0.15 ms through oneDNN (measured; bench/sac_update_cost.py times
+# the whole update both ways). A SAC gradient step at OG-MARL's width makes 16 such products,
+# forward and backward. So a hidden layer at least `_WIDE_PRODUCT` wide on both sides computes
+# its products, forward and backward, through oneDNN. It is the same float32 product: only the
+# order of the additions inside each dot product differs (a relative difference of ~5e-7 per
+# product, measured). Narrow layers (the observation's first layer, the heads) stay on F.linear:
+# there oneDNN is slower (measured: 17 against 10 us for the first layer's forward).
 
 _WIDE_PRODUCT = 64
 
