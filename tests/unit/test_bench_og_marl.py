@@ -258,3 +258,30 @@ def test_regime_variants_change_only_their_regime():
         assert first in variants and second in variants
     # Variants run.reproducible refuses run without it.
     assert not variants["og_marl_push_sum"].reproducible and not variants["og_marl_lossy"].reproducible
+
+
+def test_the_reference_codes_logs_are_scored_on_the_evaluations_both_sides_have(tmp_path):
+    reference = load_bench("og_marl_reference.py")
+    log = tmp_path / "seed3.log"
+    # The reference's log as its wrapper writes it: timestamps, training episodes, evaluations.
+    log.write_text("".join(f"05:00:0{i} Episode {i}: Reward = -300.00, Steps = 100\n"
+                           f"05:00:0{i} Step {200 * i}: Eval reward = {value}\n"
+                           for i, value in enumerate([-24.32, 100.0, 420.5, 380.0, 410.0, 390.0, 400.0, 405.0], start=1)))
+    stopped = tmp_path / "seed4.log"
+    stopped.write_text("05:00:01 Step 200: Eval reward = -5.0\n")
+    saved = tmp_path / "summary.json"
+    saved.write_text(json.dumps({"runs": [
+        {"variant": "og_marl", "seed": 0, "curve": [[0, -300.0], [200, 0.0], [1600, 400.0]]},
+        {"variant": "og_marl", "seed": 1, "curve": [[0, -300.0], [200, 100.0], [1600, 300.0]]},
+        {"variant": "og_marl_c0", "seed": 0, "curve": [[0, 0.0], [1600, 0.0]]},
+    ]}))
+    result = reference.analyse([log, stopped], saved, budget=1600)
+    assert result["unfinished_reference_runs"] == {4: 200}  # left out, and said so
+    last5 = result["scores"]["last-5 mean"]
+    assert last5["reference"]["n"] == 1 and last5["reference"]["mean"] == pytest.approx((380 + 410 + 390 + 400 + 405) / 5)
+    assert last5["parley"]["mean"] == pytest.approx(200.0)  # og_marl runs only, points from step 200
+    area = result["scores"]["area, steps 200 on"]
+    assert area["parley"]["mean"] == pytest.approx((200.0 + 200.0) / 2)  # Parley's step-0 point left out
+    assert result["reached_400"]["reference"] == {3: 600, 4: None}
+    with pytest.raises(ValueError, match="no evaluation lines"):
+        reference.evaluations(tmp_path / "summary.json")
