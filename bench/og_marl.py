@@ -239,6 +239,9 @@ class RunResult:
     consensus_distance: list[tuple[int, float, float]] = field(default_factory=list)  # (step, max J, max h)
     failures: list[str] = field(default_factory=list)
     missing_neighbour_rounds: float = float("nan")  # lossy-link variants: consensus rounds with a share missing, mean over agents
+    # Which code ran it (the run_started event's `code`: Parley's commit, torch's version, ...);
+    # None for runs recorded before runs said so.
+    code: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -318,6 +321,8 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
     if not evaluations:
         result.failures.append(f"no evaluations at or after step {random_steps} in {run_dir}")
         return result
+    started = next((r for r in read_jsonl(run_dir / "events.jsonl") if r.get("event") == "run_started"), {})
+    result.code = started.get("code")
     result.curve = [(r["step"] - random_steps, float(r["eval/return_mean"])) for r in evaluations]
     result.last5_mean = float(np.mean([r["eval/return_mean"] for r in evaluations[-LAST_EVALUATIONS:]]))
     result.area = area_under_curve(result.curve)
@@ -536,6 +541,9 @@ def compare(results: list[RunResult], first: str, second: str, train_steps: int)
     return {
         "first": first,
         "second": second,
+        # Pairs whose two runs ran different code: a seed still fixes the env's draws (the
+        # agents' gains, the start states) for both, but not every rounding of the updates.
+        "pairs_across_commits": sorted(k for k in common if code_commit(runs_first[k]) != code_commit(runs_second[k])),
         "last5": paired_difference({k: r.last5_mean for k, r in runs_first.items()}, {k: r.last5_mean for k, r in runs_second.items()}),
         "area": paired_difference({k: r.area for k, r in runs_first.items()}, {k: r.area for k, r in runs_second.items()}),
         "steps_to_threshold": paired_difference({k: steps(r) for k, r in runs_first.items()}, {k: steps(r) for k, r in runs_second.items()}),
@@ -544,6 +552,14 @@ def compare(results: list[RunResult], first: str, second: str, train_steps: int)
             second: sum(runs_second[k].steps_to_threshold is None for k in common),
         },
     }
+
+
+def code_commit(run: RunResult) -> str:
+    """The run's Parley commit ("unknown" for runs recorded before runs said; "+dirty" when
+    tracked files differed from it)."""
+    if not run.code or not run.code.get("git_commit"):
+        return "unknown"
+    return run.code["git_commit"][:12] + ("+dirty" if run.code.get("git_dirty") else "")
 
 
 def pooled_curve(series: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -708,6 +724,8 @@ def print_comparisons(summary: dict) -> None:
             f"  (never reached, counted at the budget + {EVAL_EVERY}: {never[comparison['first']]} and "
             f"{never[comparison['second']]} runs)"
         )
+        if comparison.get("pairs_across_commits"):
+            print(f"  seeds whose two runs ran different Parley commits: {comparison['pairs_across_commits']}")
 
 
 def print_table(summary: dict) -> None:

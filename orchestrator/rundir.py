@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -67,6 +69,35 @@ class RunDirWriteError(RuntimeError):
 # ------------------------------------------------------------------------------------------
 # Creating a run
 # ------------------------------------------------------------------------------------------
+
+
+def code_identity() -> dict[str, Any]:
+    """Which code ran: Parley's version, its git commit when it runs from a checkout (with
+    `dirty` when tracked files differ from it), Python's and torch's versions. It goes into the
+    run's `run_started` event: `run.reproducible` promises the same run for the same seed *and
+    code*, and a matrix library's rounding (torch's build, Parley's choice of products) is code.
+    Read without importing torch (the orchestrator never does)."""
+    from importlib import metadata
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    identity: dict[str, Any] = {"parley": version("parley"), "python": platform.python_version(),
+                                "torch": version("torch"), "git_commit": None, "git_dirty": None}
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=10, check=True).stdout.strip()
+            changes = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+                                     capture_output=True, text=True, timeout=10, check=True).stdout
+            identity.update(git_commit=commit, git_dirty=bool(changes.strip()))
+        except (OSError, subprocess.SubprocessError):
+            pass  # no git on this machine, or not a checkout git can read: the versions remain
+    return identity
 
 
 def timestamp_name(now: datetime | None = None) -> str:

@@ -82,7 +82,7 @@ from orchestrator.launcher import (
     write_pid_file,
 )
 from orchestrator.plan import LaunchPlan, NodeLaunch
-from orchestrator.rundir import EventLog, explain_failure
+from orchestrator.rundir import EventLog, code_identity, explain_failure
 from orchestrator.status import StatusView
 from protocols import messages as m
 from protocols.auth import load_node_keys
@@ -259,7 +259,7 @@ class Orchestrator:
         (self.plan.run_dir / "orchestrator.pid").write_text(str(os.getpid()))
         previous_handlers = self._install_signal_handlers()
         self.events.write("run_started", None, run_id=self.plan.run_id, run_dir=str(self.plan.run_dir),
-                          start_method=self.config.launch.start_method)
+                          start_method=self.config.launch.start_method, code=code_identity())
         try:
             # The view closes after the shutdown, so its last table shows every exit code.
             with self.status_view:

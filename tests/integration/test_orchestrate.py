@@ -208,6 +208,11 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
         assert last["consensus/disagreement_max"] < 1e-9 * max(1.0, first["consensus/disagreement_max"])
         finals[agent] = [r["og_marl/model_mse"] for r in adoptions]
     assert all(mse[-1] < 0.05 for mse in finals.values()), finals
+    # The run says which code ran it (a seed fixes a run only for the same code).
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    code = next(e for e in events if e["event"] == "run_started")["code"]
+    assert code["torch"] and code["python"] and code["parley"]
+    assert code["git_commit"] is None or len(code["git_commit"]) == 40  # None outside a git checkout
 
 
 def test_og_marl_agents_average_by_push_sum(tmp_path):

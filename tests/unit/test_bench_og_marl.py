@@ -240,6 +240,7 @@ def test_compare_counts_a_run_that_never_reached_the_threshold_at_the_budget():
     assert comparison["steps_to_threshold"]["differences"] == [-200.0, -400.0]  # never: 400 + 200
     assert comparison["never_reached"] == {"a": 0, "b": 1}
     assert comparison["last5"]["seeds"] == [0, 1]
+    assert comparison["pairs_across_commits"] == []  # neither side recorded its code: not told apart
     assert comparison["area"]["differences"] == pytest.approx(
         [bench.area_under_curve(fast) - bench.area_under_curve(slow), bench.area_under_curve(fast) - bench.area_under_curve(never)]
     )
@@ -285,3 +286,15 @@ def test_the_reference_codes_logs_are_scored_on_the_evaluations_both_sides_have(
     assert result["reached_400"]["reference"] == {3: 600, 4: None}
     with pytest.raises(ValueError, match="no evaluation lines"):
         reference.evaluations(tmp_path / "summary.json")
+
+
+def test_a_run_records_the_code_that_ran_it_and_pairs_across_commits_are_named(tmp_path):
+    run_dir = make_run(tmp_path, pending=[0.0, 0.0])
+    code = {"parley": "0.1.0", "git_commit": "8fed29e" + "0" * 33, "git_dirty": False, "torch": "2.13.0+cpu"}
+    write_lines(run_dir / "events.jsonl", [{"t": 1.0, "event": "run_started", "node": None, "code": code}])
+    result = analyse(run_dir)
+    assert result.code == code and bench.code_commit(result) == "8fed29e00000"
+    older = bench.RunResult("og_marl_c0", 0, "", curve=result.curve, last5_mean=1.0, area=1.0)  # recorded before runs said
+    assert bench.code_commit(older) == "unknown"
+    comparison = bench.compare([result, older], "og_marl", "og_marl_c0", train_steps=1200)
+    assert comparison["pairs_across_commits"] == [0]
