@@ -10,7 +10,8 @@ evaluations set beside Parley's OG-MARL runs.
         --steps 1600 --out REF/runs > REF/runs/seed0.log
 
     # the table: the reference's logs against a bench/og_marl.py summary (its og_marl runs)
-    python bench/og_marl_reference.py analyse REF/runs/seed*.log --saved docs/og_marl_c0_pairs10.json [--json]
+    python bench/og_marl_reference.py analyse REF/runs/seed*.log --saved docs/og_marl_c0_pairs10.json \
+        [--plot FILE.png] [--json]
 
 `run` calls the reference's unchanged `odmar.main(seed)` with three things set from outside:
 `odmar.MAX_TRAINING_STEPS` (odmar.py line 22 has 10,000; Parley's bench runs 1,600), one torch
@@ -146,7 +147,38 @@ def analyse(logs: list[Path], saved: Path, budget: int) -> dict:
         "parley": {seed: s["steps_to_threshold"] for seed, s in sorted(parley.items())},
     }
     result["reference_curves"] = {seed: s["curve"] for seed, s in sorted(reference.items())}
+    result["parley_curves"] = {seed: s["curve"] for seed, s in sorted(parley.items())}
     return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Each reference run's evaluations, and Parley's mean with its 95 % t-band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy import stats
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    curves = list(result["parley_curves"].values())
+    steps = [step for step, _ in curves[0]]
+    values = np.array([[value for _, value in curve] for curve in curves])
+    mean = values.mean(axis=0)
+    half = stats.t.ppf(0.975, len(curves) - 1) * values.std(axis=0, ddof=1) / math.sqrt(len(curves))
+    axis.plot(steps, mean, color="tab:blue", label=f"Parley OG-MARL, mean of {len(curves)} seeds")
+    axis.fill_between(steps, mean - half, mean + half, color="tab:blue", alpha=0.2)
+    for seed, curve in result["reference_curves"].items():
+        axis.plot(*zip(*curve), color="tab:orange", alpha=0.8, linestyle="--", marker=".",
+                  label="reference code (odmar.py), one run per seed" if seed == min(result["reference_curves"]) else None)
+    axis.axhline(THRESHOLD, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xlabel("training step (after 5,000 random steps)")
+    axis.set_ylabel("evaluation return (5 episodes)")
+    axis.set_title("OG-MARL: the reference code against Parley, same budget")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def print_table(result: dict) -> None:
@@ -181,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     analyse_parser.add_argument("logs", type=Path, nargs="+", help="one log per seed, the seed the first number of its name")
     analyse_parser.add_argument("--saved", type=Path, required=True, help="a bench/og_marl.py summary with og_marl runs")
     analyse_parser.add_argument("--budget", type=int, default=1600, help="the training steps every run should reach")
+    analyse_parser.add_argument("--plot", type=Path, default=None, help="write the curves to this PNG")
     analyse_parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -189,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args.src, args.seed, args.steps, args.out)
         return 0
     result = analyse(args.logs, args.saved, args.budget)
+    if args.plot:
+        plot(result, args.plot)
     if args.json:
         print(json.dumps(result))
     else:
