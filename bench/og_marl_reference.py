@@ -81,43 +81,37 @@ def evaluations(log: Path) -> list[tuple[int, float]]:
     return curve
 
 
-def scores(curve: list[tuple[int, float]]) -> dict:
-    """The bench's scores (bench/og_marl.py) on the points from step 200 on."""
+def bench_og_marl():
+    """bench/og_marl.py as a module: its scores and statistics are the ones used here too."""
     if str(BENCH) not in sys.path:
         sys.path.insert(0, str(BENCH))
-    from og_marl import area_under_curve, steps_to_threshold
+    import og_marl
 
+    return og_marl
+
+
+def scores(curve: list[tuple[int, float]]) -> dict:
+    """The bench's scores (bench/og_marl.py) on the points from step 200 on."""
+    bench = bench_og_marl()
     points = [(step, value) for step, value in curve if step >= 200]
     return {
         "last_step": points[-1][0],
         "last5_mean": sum(value for _, value in points[-LAST_EVALUATIONS:]) / min(LAST_EVALUATIONS, len(points)),
-        "area_from_200": area_under_curve(points),
-        "steps_to_threshold": steps_to_threshold(points, THRESHOLD),
+        "area_from_200": bench.area_under_curve(points),
+        "steps_to_threshold": bench.steps_to_threshold(points, THRESHOLD),
         "curve": points,
     }
-
-
-def interval(values: list[float]) -> dict:
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"n": n, "mean": mean}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
 
 
 def welch(first: list[float], second: list[float]) -> dict:
     """mean(first) - mean(second) with Welch's 95 % interval."""
     from scipy import stats
 
-    a, b = interval(first), interval(second)
+    a, b = bench_og_marl().summarize(first), bench_og_marl().summarize(second)
     difference = a["mean"] - b["mean"]
     if a["n"] < 2 or b["n"] < 2:
         return {"difference": difference}
-    va, vb = a["sd"] ** 2 / a["n"], b["sd"] ** 2 / b["n"]
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
     df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
     half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     return {"difference": difference, "ci95": [difference - half, difference + half], "df": df}
@@ -137,9 +131,9 @@ def analyse(logs: list[Path], saved: Path, budget: int) -> dict:
         ref_values = [s[key] for seed, s in sorted(reference.items()) if seed not in unfinished]
         parley_values = [s[key] for _, s in sorted(parley.items())]
         result["scores"][name] = {
-            "reference": interval(ref_values) if ref_values else {"n": 0},
+            "reference": bench_og_marl().summarize(ref_values),
             "reference_per_seed": {seed: round(s[key], 1) for seed, s in sorted(reference.items())},
-            "parley": interval(parley_values),
+            "parley": bench_og_marl().summarize(parley_values),
             "reference_minus_parley": welch(ref_values, parley_values) if ref_values else {},
         }
     result["reached_400"] = {
@@ -157,15 +151,10 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-    from scipy import stats
 
     figure, axis = plt.subplots(figsize=(7, 4.2))
     curves = list(result["parley_curves"].values())
-    steps = [step for step, _ in curves[0]]
-    values = np.array([[value for _, value in curve] for curve in curves])
-    mean = values.mean(axis=0)
-    half = stats.t.ppf(0.975, len(curves) - 1) * values.std(axis=0, ddof=1) / math.sqrt(len(curves))
+    steps, mean, half = bench_og_marl().pooled_curve(curves)
     axis.plot(steps, mean, color="tab:blue", label=f"Parley OG-MARL, mean of {len(curves)} seeds")
     axis.fill_between(steps, mean - half, mean + half, color="tab:blue", alpha=0.2)
     for seed, curve in result["reference_curves"].items():

@@ -197,32 +197,33 @@ class SymmetricPacking:
     triangle (row by row, diagonal included), everything else as it is. See the module docstring."""
 
     def __init__(self, names: tuple[str, ...], tensors: Mapping[str, np.ndarray]) -> None:
-        self.shapes: dict[str, tuple[int, int]] = {}
+        # name -> (rows, columns) of the upper triangle, the order its entries travel in.
+        self.triangles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name in names:
             matrix = tensors.get(name)
             if matrix is None:
                 continue
             if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
                 raise ValueError(f"{name!r} is declared symmetric but has shape {matrix.shape} (expected a square matrix)")
-            self.shapes[name] = matrix.shape
+            self.triangles[name] = np.triu_indices(matrix.shape[0])
 
     def pack(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         packed = dict(tensors)
-        for name, (size, _) in self.shapes.items():
-            packed[name] = tensors[name][np.triu_indices(size)]
+        for name, triangle in self.triangles.items():
+            packed[name] = tensors[name][triangle]
         return packed
 
     def unpack(self, averaged: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         unpacked = dict(averaged)
-        for name, (size, _) in self.shapes.items():
-            triangle = averaged[name]
-            if triangle.shape != (size * (size + 1) // 2,):
+        for name, (rows, columns) in self.triangles.items():
+            values = averaged[name]
+            size = int(rows[-1]) + 1
+            if values.shape != rows.shape:
                 raise ValueError(f"averaged {name!r}: expected the upper triangle of a {size} x {size} matrix "
-                                 f"({size * (size + 1) // 2} entries), got shape {triangle.shape}")
-            matrix = np.empty((size, size), triangle.dtype)
-            rows, columns = np.triu_indices(size)
-            matrix[rows, columns] = triangle
-            matrix[columns, rows] = triangle
+                                 f"({rows.size} entries), got shape {values.shape}")
+            matrix = np.empty((size, size), values.dtype)
+            matrix[rows, columns] = values
+            matrix[columns, rows] = values
             unpacked[name] = matrix
         return unpacked
 
