@@ -5,8 +5,9 @@
 
 OG-MARL's agents each take 10 SAC gradient steps of batch 256 per environment step (1 real row and
 255 imagined ones, the reference's batch). This bench builds SAC agents with the current code,
-once with its wide layers' products through oneDNN (`current`, what the agents run where torch has
-oneDNN) and once through torch's own products (`current, torch products`), and one with
+once with its products the fast way (`current`, what the agents run where torch has oneDNN: the
+wide layers' products through oneDNN, the narrow first layer's backward products transposed; see
+`agent_node/algos/sac.py`) and once through torch's own products (`current, torch products`), and one with
 `agent_node/algos/sac.py` as it was at each commit of `--baseline-ref` (read with `git show`,
 loaded as a module of its own; by default 87ef093, before issue 23, and 26411d9, after its first
 session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and times
@@ -119,15 +120,16 @@ def drive(agent, data, env_steps: int) -> list[dict[str, float]]:
     return metrics
 
 
-def same_updates(current_class, baseline_class, env_steps: int = 20) -> dict:
+def same_updates(current_class, baseline_module, env_steps: int = 20) -> dict:
     """Both implementations from one seed: parameters and losses bitwise equal after the steps.
-    The current code runs with torch's own products here (`_USE_ONEDNN` off), as the baselines
-    do: this checks that nothing else changed; `onednn_against_torch` checks the products."""
+    Both run with torch's own products here (`_USE_ONEDNN` off, in a baseline that has it too):
+    this checks that nothing else changed; `onednn_against_torch` checks the fast products."""
     with products("torch"):
         current, current_data = make_agent(current_class)
         current_metrics = drive(current, current_data, env_steps)
-    baseline, baseline_data = make_agent(baseline_class)
-    baseline_metrics = drive(baseline, baseline_data, env_steps)
+    with products("torch", baseline_module):
+        baseline, baseline_data = make_agent(baseline_module.SACAgent)
+        baseline_metrics = drive(baseline, baseline_data, env_steps)
     mismatched = []
     for name in ("actor", "q1", "q2", "q1_target", "q2_target"):
         for (key, a), (_, b) in zip(getattr(current, name).state_dict().items(), getattr(baseline, name).state_dict().items()):
@@ -190,16 +192,20 @@ def parameters(agent) -> dict:
 
 
 @contextlib.contextmanager
-def products(kind: str):
-    """Run the current SAC code with its wide products on `kind` ("onednn" or "torch")."""
-    from agent_node.algos import sac
-
-    before = sac._USE_ONEDNN
-    sac._USE_ONEDNN = kind == "onednn" and sac._onednn_linear_available()
+def products(kind: str, module=None):
+    """Run SAC code (the current module, or a baseline's) with its products the fast way
+    ("onednn") or torch's own ("torch"); a baseline from before the fast products has only torch's."""
+    if module is None:
+        from agent_node.algos import sac as module
+    if not hasattr(module, "_USE_ONEDNN"):
+        yield
+        return
+    before = module._USE_ONEDNN
+    module._USE_ONEDNN = kind == "onednn" and module._onednn_linear_available()
     try:
         yield
     finally:
-        sac._USE_ONEDNN = before
+        module._USE_ONEDNN = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--baseline-ref needs at least one commit, got {args.baseline_ref!r}")
     baselines = {ref: load_baseline(ref) for ref in refs}
     load_before = os.getloadavg()[0]
-    checks = {ref: same_updates(SACAgent, module.SACAgent) for ref, module in baselines.items()}
+    checks = {ref: same_updates(SACAgent, module) for ref, module in baselines.items()}
     products_check = onednn_against_torch(SACAgent)
 
-    # name -> (agent class, the current code's products): the baselines use torch's products.
+    # name -> (agent class, the current code's products); a baseline runs as it was at its commit.
     implementations = {**{ref: (module.SACAgent, "torch") for ref, module in baselines.items()},
                        "current, torch products": (SACAgent, "torch")}
     if products_check["available"]:

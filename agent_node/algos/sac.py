@@ -110,8 +110,9 @@ def hidden_features(params: list[tuple[torch.Tensor, torch.Tensor]], inputs: tor
 # forward and backward. So a hidden layer at least `_WIDE_PRODUCT` wide on both sides computes
 # its products, forward and backward, through oneDNN. It is the same float32 product: only the
 # order of the additions inside each dot product differs (a relative difference of ~5e-7 per
-# product, measured). Narrow layers (the observation's first layer, the heads) stay on F.linear:
-# there oneDNN is slower (measured: 17 against 10 us for the first layer's forward).
+# product, measured). Narrow layers (the observation's first layer, the heads) stay off oneDNN:
+# there it is slower (measured: 17 against 10 us for the first layer's forward); the first
+# layer's backward is transposed instead (`NarrowInputLinear`).
 
 _WIDE_PRODUCT = 64
 
@@ -149,16 +150,41 @@ class OneDNNLinear(torch.autograd.Function):
         return grad_inputs, grad_weight, grad_bias
 
 
+class NarrowInputLinear(torch.autograd.Function):
+    """F.linear for a layer with a narrow input and a wide output (the first layer: a few
+    observation and action features to 256), with its backward products transposed.
+
+    Both gradients reduce over a short side: d/d inputs = grad_output @ weight (256 wide to 4),
+    d/d weight = grad_output.T @ inputs (over the batch, to 256 x 4). MKL computes those shapes
+    4-5x slower than the same products written the other way round: 50-54 us against 12 for a
+    batch of 256 and 4 inputs, one thread (measured). So the backward computes (weight.T @
+    grad_output.T).T and (inputs.T @ grad_output).T: the same sums, added in another order. The
+    forward is F.linear's own addmm."""
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inputs, weight)
+        return torch.addmm(bias, inputs, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        inputs, weight = ctx.saved_tensors
+        needs_inputs, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_inputs = torch.mm(weight.t(), grad_output.t()).t() if needs_inputs else None
+        grad_weight = torch.mm(inputs.t(), grad_output).t().contiguous() if needs_weight else None
+        grad_bias = grad_output.sum(0) if needs_bias else None
+        return grad_inputs, grad_weight, grad_bias
+
+
 def linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """F.linear, with a wide float32 layer's products through oneDNN where torch has it (see above)."""
-    if (
-        _USE_ONEDNN
-        and weight.shape[0] >= _WIDE_PRODUCT
-        and weight.shape[1] >= _WIDE_PRODUCT
-        and inputs.dim() == 2
-        and inputs.dtype == weight.dtype == torch.float32
-    ):
-        return OneDNNLinear.apply(inputs, weight, bias)
+    """F.linear, with a float32 hidden layer's products computed the fastest way this machine has
+    (see above): wide layers through oneDNN, a narrow first layer's backward transposed."""
+    if _USE_ONEDNN and inputs.dim() == 2 and inputs.dtype == weight.dtype == torch.float32:
+        wide_output = weight.shape[0] >= _WIDE_PRODUCT
+        if wide_output and weight.shape[1] >= _WIDE_PRODUCT:
+            return OneDNNLinear.apply(inputs, weight, bias)
+        if wide_output:
+            return NarrowInputLinear.apply(inputs, weight, bias)
     return F.linear(inputs, weight, bias)
 
 

@@ -402,12 +402,32 @@ def test_onednn_linear_is_f_linear_up_to_the_order_of_additions():
     torch.testing.assert_close(grad_inputs, results[1][1], rtol=1e-5, atol=1e-5 * float(results[1][1].abs().max()))
 
 
-def test_narrow_layers_and_other_dtypes_stay_on_f_linear(monkeypatch):
+def test_narrow_input_linear_is_f_linear_up_to_the_order_of_additions():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(256, 4, generator=generator, requires_grad=True)
+    weight = torch.randn(256, 4, generator=generator, requires_grad=True)
+    bias = torch.randn(256, generator=generator, requires_grad=True)
+    upstream = torch.randn(256, 256, generator=generator)
+    ours = sac_module.NarrowInputLinear.apply(inputs, weight, bias)
+    torchs = torch.nn.functional.linear(inputs, weight, bias)
+    assert torch.equal(ours, torchs)  # the forward is F.linear's own addmm
+    references = torch.autograd.grad(torchs, [inputs, weight, bias], upstream)
+    for mine, reference in zip(torch.autograd.grad(ours, [inputs, weight, bias], upstream), references):
+        assert mine.shape == reference.shape
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
+    # A detached weight (the actor's pass through the frozen critics) asks for the input gradient only.
+    (grad_inputs,) = torch.autograd.grad(sac_module.NarrowInputLinear.apply(inputs, weight.detach(), bias.detach()), [inputs], upstream)
+    torch.testing.assert_close(grad_inputs, references[0], rtol=1e-5, atol=1e-5 * float(references[0].abs().max()))
+
+
+def test_narrow_layers_and_other_dtypes_stay_off_onednn(monkeypatch):
     calls = []
     monkeypatch.setattr(sac_module, "_onednn_product", lambda *args: calls.append(args) or torch.nn.functional.linear(*args))
     monkeypatch.setattr(sac_module, "_USE_ONEDNN", True)
     narrow = (torch.randn(8, 4), torch.randn(256, 4), torch.randn(256))  # the observation's layer: 4 inputs
     assert torch.equal(sac_module.linear(*narrow), torch.nn.functional.linear(*narrow))
+    head = (torch.randn(8, 256), torch.randn(1, 256), torch.randn(1))  # a critic's head: 1 output
+    assert torch.equal(sac_module.linear(*head), torch.nn.functional.linear(*head))
     wide64 = (torch.randn(8, 128, dtype=torch.float64), torch.randn(128, 128, dtype=torch.float64), torch.randn(128, dtype=torch.float64))
     assert torch.equal(sac_module.linear(*wide64), torch.nn.functional.linear(*wide64))
     assert calls == []
