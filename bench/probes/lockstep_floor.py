@@ -11,6 +11,9 @@ each variant stripped of more of what Parley does per message:
 - `floor_raw`: the server steps the env and sends each client its observation as raw bytes
   behind a 16-byte struct over AF_UNIX SOCK_SEQPACKET; the client answers with a struct. No
   codec, no message objects, no zmq: the least a process per agent can cost;
+- `floor_shm`: no socket at all: the observations in one shared (N, obs) array written in one
+  copy, the actions in one (N,) array, an eventfd per wake-up (one per client per step, and the
+  clients' count on the server's): the least an array-based barrier could cost;
 - `floor_zmq`: the same bytes over zmq ROUTER/DEALER on ipc (zmq's I/O threads, no codec);
 - `codec_zmq`: zmq, and every message a real `EnvObservation` / `EnvAction` through Parley's
   codec (`wire.encode` / `wire.decode`), but no hub, barrier or vectorized env;
@@ -212,6 +215,71 @@ def floor_raw(steps: int) -> dict:
     return {"steps_per_s": steps / wall, "server_cpu_us": cpu / steps * 1e6, "client_cpu_us": client_cpu}
 
 
+def floor_shm(steps: int) -> dict:
+    """The lockstep through arrays in shared memory with an eventfd per wake-up: what an
+    array-based barrier (issue 28) could reach at best. The server writes all N observations
+    into one (N, obs) array in one copy and wakes each client through its eventfd; each client
+    copies its row out, writes its action into its slot of one (N,) array, then counts itself
+    in on the server's eventfd; the server reads the N actions from that array once the count
+    reaches N. No message objects, no zmq, no barrier rules."""
+    import mmap
+
+    env = make_env()
+    observations, _ = env.reset(seed=0)
+    agents = list(env.possible_agents)
+    obs_size = len(observations[agents[0]])
+    # One anonymous shared mapping, made before the fork: the observations, then per client its
+    # action, then the step each observation belongs to (-1: the run is over).
+    memory = mmap.mmap(-1, 4 * AGENTS * obs_size + 16 * AGENTS + 8)
+    shared_obs = np.frombuffer(memory, np.float32, AGENTS * obs_size, 0).reshape(AGENTS, obs_size)
+    shared_actions = np.frombuffer(memory, np.int64, AGENTS, 4 * AGENTS * obs_size)
+    shared_step = np.frombuffer(memory, np.int64, 1, 4 * AGENTS * obs_size + 8 * AGENTS)
+    wake_client = [os.eventfd(0) for _ in range(AGENTS)]
+    wake_server = os.eventfd(0)
+
+    def client(index: int, report_fd: int) -> None:
+        rng = np.random.default_rng(index)
+        first_cpu, answered = None, 0
+        while True:
+            os.eventfd_read(wake_client[index])
+            if first_cpu is None:
+                first_cpu = time.process_time()
+            step = int(shared_step[0])
+            if step < 0:
+                break
+            shared_obs[index].copy()  # the observation, as a client would keep it
+            shared_actions[index] = int(rng.integers(5))
+            os.eventfd_write(wake_server, 1)
+            answered += 1
+        os.write(report_fd, struct.pack("<d", (time.process_time() - first_cpu) / max(1, answered)))
+
+    pids, read_fd = _fork_clients(client)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for step in range(steps + 1):
+        finished = step == steps
+        shared_step[0] = -1 if finished else step
+        if not finished:
+            shared_obs[:] = np.array([observations[agent] for agent in agents])  # all N rows, one copy
+        for fd in wake_client:
+            os.eventfd_write(fd, 1)
+        if finished:
+            break
+        arrived = 0
+        while arrived < AGENTS:  # eventfd_read returns (and resets) the count of clients that answered
+            arrived += os.eventfd_read(wake_server)
+        actions = dict(zip(agents, shared_actions.tolist()))
+        observations, *_ = env.step(actions)
+        if not env.agents:
+            observations, _ = env.reset()
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    client_cpu = _reap(pids, read_fd)
+    for fd in [*wake_client, wake_server]:
+        os.close(fd)
+    del shared_obs, shared_actions, shared_step
+    memory.close()
+    return {"steps_per_s": steps / wall, "server_cpu_us": cpu / steps * 1e6, "client_cpu_us": client_cpu}
+
+
 def _zmq_variant(steps: int, parley_codec: bool) -> dict:
     import zmq  # a probe of zmq itself; Parley's own code reaches zmq only through protocols/transport.py
 
@@ -301,6 +369,7 @@ VARIANTS = {
     "inprocess": lambda steps: inprocess(steps),
     "inprocess_8_copies": lambda steps: inprocess(steps, copies=8),
     "floor_raw": floor_raw,
+    "floor_shm": floor_shm,
     "floor_zmq": lambda steps: _zmq_variant(steps, parley_codec=False),
     "codec_zmq": lambda steps: _zmq_variant(steps, parley_codec=True),
     "parley": parley,
