@@ -1,14 +1,16 @@
 """OG-MARL and its ablations against independent SAC on reward collection, through full Parley runs.
 
     python bench/og_marl.py [--variants og_marl,sac,...] [--seeds 0,1,2,3,4] [--steps 2400]
-                            [--random-steps 5000] [--penalty 1.0] [--root DIR] [--json]
+                            [--random-steps 5000] [--penalty 1.0] [--root DIR] [--jobs 1] [--json]
     python bench/og_marl.py --analyse DIR [DIR ...] [--saved SUMMARY ...] [--out DIR] [--json]
                                                      (tables and plots of finished runs; --saved
                                                      pools the runs a summary.json recorded)
     python bench/og_marl.py --calibrate-optimism [--seeds 0,1,2,3,4]
 
 Each (variant, seed) is one `orchestrate up` of the variant's config with the budget set from the
-flags, run one after the other so they do not compete for the cores, with `run.reproducible`
+flags, run one after the other so they do not compete for the cores (`--jobs N` runs N at once, seed
+by seed, on a machine with the cores for it; the runs' results do not change, their seconds per
+1,000 steps do), with `run.reproducible`
 (`--no-reproducible` turns it off; push-sum and lossy links are refused by it and always run
 without), so that a seed fixes the run and the same seed pairs two variants exactly. The env
 server evaluates every 200 lockstep steps from the end of the random phase, 5 greedy episodes
@@ -67,6 +69,7 @@ c = 0.01 at that refresh. It also reports the reference form under the raw-input
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -677,6 +680,8 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
         "random_steps": args.random_steps,
         "train_steps": args.steps,
         "max_pending_fraction": args.max_pending_fraction,
+        # Runs at once (None: analysed, not run here); above 1 the seconds per 1,000 steps shared the cores.
+        "jobs": None if args.analyse else args.jobs,
         "table": table,
         "runs": [r.__dict__ for r in results],
         "root": str(root),
@@ -861,6 +866,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--penalty", type=float, default=1.0, help="action-penalty weight; 0 switches it off")
     parser.add_argument("--max-pending-fraction", type=float, default=0.01)
     parser.add_argument("--run-timeout-s", type=float, default=3 * 3600)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (default 1: one after the other; more only where the cores allow, "
+                             "and then the seconds per 1,000 steps measure shared cores)")
     parser.add_argument("--root", default=None, help="where the run directories go (default: a temp dir)")
     parser.add_argument("--analyse", default=None, nargs="+", metavar="DIR",
                         help="analyse the runs under these roots (the first holding a variant-seed wins), run nothing")
@@ -877,6 +885,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.seed_list = [int(s) for s in args.seeds.split(",")]
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.penalty < 0:
         parser.error(f"--penalty must be >= 0, got {args.penalty}")
     args.comparison_pairs = []
@@ -916,18 +926,26 @@ def main(argv: list[str] | None = None) -> int:
         results.sort(key=lambda r: (variants.index(r.variant), args.seed_list.index(r.seed)))
     else:
         root = Path(args.root or tempfile.mkdtemp(prefix="parley-bench-og-marl-"))
-        for variant in variants:
-            for seed in args.seed_list:
-                started = time.monotonic()
-                result = run_once(variant, seed, args, root)
-                results.append(result)
-                status = "ok" if result.ok else "FAILED: " + " | ".join(result.failures)
-                print(
-                    f"# {variant} seed {seed}: last-5 {result.last5_mean:.1f}, "
-                    f"{result.s_per_1000_train_steps:.0f} s/1000 steps, {time.monotonic() - started:.0f} s wall, {status}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        # Seed by seed, every variant of a seed before the next seed: a batch stopped early
+        # leaves whole pairs. With --jobs > 1, that many runs at once (a machine with many cores).
+        tasks = [(variant, seed) for seed in args.seed_list for variant in variants]
+
+        def run_and_tell(task: tuple[str, int]) -> RunResult:
+            variant, seed = task
+            started = time.monotonic()
+            result = run_once(variant, seed, args, root)
+            status = "ok" if result.ok else "FAILED: " + " | ".join(result.failures)
+            print(
+                f"# {variant} seed {seed}: last-5 {result.last5_mean:.1f}, "
+                f"{result.s_per_1000_train_steps:.0f} s/1000 steps, {time.monotonic() - started:.0f} s wall, {status}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return result
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(run_and_tell, tasks))
+        results.sort(key=lambda r: (variants.index(r.variant), args.seed_list.index(r.seed)))
 
     root.mkdir(parents=True, exist_ok=True)
     summary = without_nan(report(results, args, root))

@@ -298,3 +298,40 @@ def test_a_run_records_the_code_that_ran_it_and_pairs_across_commits_are_named(t
     assert bench.code_commit(older) == "unknown"
     comparison = bench.compare([result, older], "og_marl", "og_marl_c0", train_steps=1200)
     assert comparison["pairs_across_commits"] == [0]
+
+
+def test_runs_go_seed_by_seed_and_several_at_once_with_jobs(tmp_path, capsys, monkeypatch):
+    # `orchestrate up` is replaced by a run directory written here: what is checked is the order
+    # the runs start in (whole pairs first), that --jobs 2 has two in flight, and the report's order.
+    import threading
+
+    started, in_flight, most_in_flight, lock = [], [0], [0], threading.Lock()
+    both_started = threading.Barrier(2, timeout=10)
+
+    def fake_run_once(variant, seed, args, root):
+        with lock:
+            started.append((variant, seed))
+            in_flight[0] += 1
+            most_in_flight[0] = max(most_in_flight[0], in_flight[0])
+        if len(started) <= 2:
+            both_started.wait()  # the first two must be running together
+        run_dir = make_run(root, pending=[0.0, 0.0], name=f"{variant}-seed{seed}")
+        with lock:
+            in_flight[0] -= 1
+        return bench.analyse_run(variant, seed, run_dir, RANDOM_STEPS, args.max_pending_fraction)
+
+    monkeypatch.setattr(bench, "run_once", fake_run_once)
+    code = bench.main(["--variants", "og_marl,og_marl_c0", "--seeds", "0,1", "--random-steps", str(RANDOM_STEPS),
+                       "--root", str(tmp_path / "runs"), "--jobs", "2", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(started[:2]) == {("og_marl", 0), ("og_marl_c0", 0)} and set(started[2:]) == {("og_marl", 1), ("og_marl_c0", 1)}
+    assert most_in_flight[0] == 2
+    assert [(run["variant"], run["seed"]) for run in summary["runs"]] == [
+        ("og_marl", 0), ("og_marl", 1), ("og_marl_c0", 0), ("og_marl_c0", 1)]
+    assert summary["jobs"] == 2
+
+
+def test_jobs_must_be_positive():
+    with pytest.raises(SystemExit):
+        bench.main(["--jobs", "0"])
