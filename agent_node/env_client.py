@@ -238,8 +238,7 @@ def use_lockstep_transport(channel: Any, client: EnvClient, server: str = "env")
     if len(welcome.shm_capacities) != 2:
         raise EnvProtocolError(f"env.welcome: shm_capacities should be [down, up] bytes, got {welcome.shm_capacities}")
     try:
-        link = ShmLink.attach(welcome.shm_segment, bytes.fromhex(welcome.shm_token),
-                              capacities=tuple(welcome.shm_capacities), peer_sender=server)
+        link = ShmLink.attach(welcome.shm_segment, capacities=tuple(welcome.shm_capacities), peer_sender=server)
     except (ShmUnavailable, ValueError, TypeError) as error:
         raise EnvProtocolError(f"the env server granted shared memory, which this process cannot use ({error}); "
                                "set env.transport: zmq") from error

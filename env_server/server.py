@@ -244,7 +244,7 @@ class EnvServer:
             self.global_view_clients.add(identity)
             self.global_view.enable()
         packed = self._grant_packed(identity, request, agents)
-        shm = self._grant_transport(identity, request, agents, packed)
+        shm, link = self._grant_transport(identity, request, agents, packed)
         self.channel.reply(
             envelope,
             m.EnvWelcome(
@@ -264,6 +264,10 @@ class EnvServer:
                 **shm,
             ),
         )
+        if link is not None:
+            # From the message after the welcome on: the client counts the zmq messages it gets
+            # from the moment it maps the segment, which is after the welcome (protocols/shm_lockstep.py).
+            self.channel.use_shm(link, identity)
 
     def _grant_packed(self, identity: bytes, request: m.EnvJoin, agents: list[str]) -> bool:
         """Whether this client's lockstep bodies travel packed (protocols/packed.py): asked for,
@@ -323,8 +327,10 @@ class EnvServer:
         claimed = request.agents + [possible[i] for i in request.agent_indices if 0 <= i < len(possible)] or list(possible)
         return packing_refusal(self.envs, [a for a in claimed if a in possible], self._most_copies())
 
-    def _grant_transport(self, identity: bytes, request: m.EnvJoin, agents: list[str], packed: bool) -> dict[str, Any]:
-        """The welcome's shared-memory fields for this client: a new segment when it may have one."""
+    def _grant_transport(self, identity: bytes, request: m.EnvJoin, agents: list[str],
+                         packed: bool) -> tuple[dict[str, Any], ShmLink | None]:
+        """The welcome's shared-memory fields for this client and its new segment, when it may
+        have one (the caller puts it to use once the welcome is sent)."""
         self.channel.forget_shm(identity)  # a client that joins again gets a new segment
         for stale in self.channel.shm_peers - set(self.barrier.clients):
             self.channel.forget_shm(stale)  # taken over: the dead incarnation's segment goes
@@ -332,7 +338,7 @@ class EnvServer:
         if refusal is not None:
             if packed:
                 log.info("client %s: lockstep over zmq (%s)", request.client_id, refusal)
-            return {}
+            return {}, None
         copies = self._most_copies()
         layout = self.channel.packed_layout(identity)
         capacities = (PackedLayout.largest_observation_bytes(agents, self.envs.observation_spaces, copies),
@@ -344,10 +350,9 @@ class EnvServer:
             if self.rules.transport == "shm":
                 raise Refused("shm_unavailable", str(error)) from None
             log.warning("client %s: lockstep over zmq (%s)", request.client_id, error)
-            return {}
-        self.channel.use_shm(link, identity)
+            return {}, None
         log.info("client %s: lockstep through shared memory (%s)", request.client_id, link.name)
-        return {"shm_segment": link.name, "shm_token": link.token.hex(), "shm_capacities": list(capacities)}
+        return {"shm_segment": link.name, "shm_capacities": list(capacities)}, link
 
     def on_reset(self, identity: bytes, envelope: Envelope) -> None:
         client = self.barrier.client(identity)

@@ -169,8 +169,12 @@ class LinkConfig(BaseModel):
 
     @property
     def is_ideal(self) -> bool:
-        """True when the link changes nothing (no emulation needed at all)."""
-        return self == LinkConfig()
+        """True when the link changes nothing (no emulation needed at all). Compares the fields,
+        not the models: a trace's loaded delays are a private array, which `==` cannot compare."""
+        return self.model_dump() == _IDEAL_FIELDS
+
+
+_IDEAL_FIELDS = LinkConfig().model_dump()
 
 
 def link_seed(run_seed: int, src: str, dst: str) -> int:
@@ -208,6 +212,7 @@ class LinkModel:
         if not isinstance(config, LinkConfig):
             raise TypeError(f"LinkModel needs a LinkConfig, got {type(config).__name__}")
         self.config = config
+        self.ideal = config.is_ideal  # asked per message by the shared-memory lockstep (protocols/transport.py)
         self.counters = LinkCounters()
         self._rng = np.random.default_rng(seed)
         self._ge_bad = False

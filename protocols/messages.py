@@ -577,10 +577,9 @@ class EnvWelcome:
     # The lockstep's bodies are packed from now on (the client asked, and protocols/packed.py can
     # lay out its agents' spaces; never with forwarded infos or a global view).
     packed: bool = False
-    # The shared-memory path (protocols/shm_lockstep.py), when granted: the segment to map, the
-    # token its signal frames carry (hex), and its two slots' capacities in bytes (down, up).
+    # The shared-memory path (protocols/shm_lockstep.py), when granted: the segment to map (its
+    # wake-up pipes are named after it), and its two slots' capacities in bytes (down, up).
     shm_segment: str = ""
-    shm_token: str = ""
     shm_capacities: list[int] = field(default_factory=list)
 
 

@@ -1,4 +1,4 @@
-"""The same-host lockstep through shared memory: packed bodies in a mapped segment, a signal frame on zmq.
+"""The same-host lockstep through shared memory: packed bodies in a mapped segment, a wake-up outside zmq.
 
 An agent on the env server's machine need not send its lockstep bodies through zmq: the two
 processes can share memory. This module is that path, below the channel, so nothing above it
@@ -16,58 +16,65 @@ is refused (`shm_unavailable`, naming why) and a server whose spaces cannot be p
 forwards infos, does not start. `zmq` never grants it. The server logs its decision per client,
 as it does for packing.
 
-**The segment.** One per granted join (a take-over or a restarted server makes a new one), made
-by the server: a file in /dev/shm (what `shm_open` makes; `multiprocessing.shared_memory` is not
-used because on Python 3.11 its resource tracker also "cleans up" segments a process merely
-attached to, bpo-39959), created with O_EXCL and mode 0600, named
-`parley-<run id>-<server pid>-<n>-<random>`. Its name and a 16-byte token travel only in the
-welcome, which is signed (and, with CURVE, encrypted) like every message: joining stays the
-signed zmq exchange it was. The client maps it and **unlinks it at once**, before it sends
-env.reset; the server unlinks it too when that reset arrives (whichever comes first wins, the
-other finds nothing). From then on nothing is left in /dev/shm: the kernel frees the memory when
-the last process that maps it exits, so a `kill -9` of either side leaves no segment. What the
-window between the welcome and the reset can leave (a server killed there) is removed by the
-next server of the same run at its start and by the orchestrator when the run ends
-(`reap_stale_segments`: segments of this run whose server pid is dead, on that host), and a
-server unlinks all of its own at close.
+**The segment and its two wake-up pipes.** One segment per granted join (a take-over or a
+restarted server makes a new one), made by the server: a file in /dev/shm (what `shm_open`
+makes; `multiprocessing.shared_memory` is not used because on Python 3.11 its resource tracker
+also "cleans up" segments a process merely attached to, bpo-39959), created with O_EXCL and mode
+0600, named `parley-<run id>-<server pid>-<n>-<random>`, and beside it two named pipes (FIFOs,
+mode 0600) with the same name and `.down` / `.up` appended: each side writes one byte into its
+peer's pipe after each message it puts into the segment, and polls its own pipe with its zmq
+sockets. The segment's name travels only in the welcome, which is signed (and, with CURVE,
+encrypted) like every message: joining stays the signed zmq exchange it was. The client maps the
+segment, opens both pipes and **unlinks all three at once**, before it sends env.reset; the
+server unlinks them too when that reset arrives (whichever comes first wins, the other finds
+nothing). From then on nothing is left in /dev/shm: the kernel frees the memory and the pipes
+when the last process that holds them exits, so a `kill -9` of either side leaves nothing. What
+the window between the welcome and the reset can leave (a server killed there) is removed by
+the next server of the same run at its start and by the orchestrator when the run ends
+(`reap_stale_segments`: names of this run whose server pid is dead, on that host), and a server
+unlinks all of its own at close. Both sides open both pipes read-write and non-blocking, so no
+open blocks, no write fails for want of a reader, and a wake-up nobody reads (a dead peer) fills
+the pipe and is then skipped.
 
 **Layout.** Two slots, one per direction: `down` (server to client: env.observation) and `up`
-(client to server: env.action). Each slot is a 64-byte header (written u64, read u64, length
-u64) and a body of a fixed capacity, the largest packed body the client's layout can produce for
-the larger of the training and evaluation copy counts. A body is exactly the packed body
-(protocols/packed.py): step, flags, missing mask, the arrays.
+(client to server: env.action). Each slot is a 64-byte header (written, read, zmq messages
+seen, and the message's length, type code and send time) and a body of a fixed capacity, the
+largest packed body the client's layout can produce for the larger of the training and
+evaluation copy counts. A body is exactly the packed body (protocols/packed.py): step, flags,
+missing mask, the arrays.
 
 **One step.** The writer checks the slot was read (`read == written`), copies the body into it
-(one copy of the packed body), bumps `written` to a new generation g and sends a
-**signal frame** over the existing zmq socket: 4 magic bytes, the token, the message's type code,
-g and the send time (37 bytes; no msgpack, no signature: the token proves it comes from whoever
-read the welcome, and the socket is the one the join authenticated). The reader, on that frame,
-checks the token and that the slot holds g, copies the body out (a few hundred bytes: the node
-may hold an observation for several steps, the slot is reused next step), sets `read = g` and
-unpacks it into the same message class a packed zmq frame gives. The wake-up is the zmq frame,
-so the reader blocks in its usual poll: there is no busy-wait.
+(one copy of the packed body), writes the length, type code and send time, bumps `written` and
+writes one byte into the peer's pipe. The reader, woken by its pipe, empties the pipe, and when
+the slot holds a message it has not read, copies the body out (a few hundred bytes: the node may
+hold an observation for several steps, the slot is reused next step), sets `read = written` and
+unpacks it into the same message class a packed zmq frame gives. Nobody spins: the reader blocks
+in its usual poll, on its zmq sockets and its pipe together. A message through shared memory
+costs no zmq call, no envelope and no signature on either side.
 
-**Never a torn read, never a reordering, never a lost message.** The writer never overwrites a
-slot that was not read: when the reader is behind (a client holding an observation past the
-deadline, a dead client), the message goes as a packed zmq frame instead, on the same socket, so
-it arrives after the signal of the one before it. A reader that gets such a frame marks the slot
-read (everything written to it was signalled before that frame, so it has been delivered or lost
-with the connection) and counts the frame in the slot's header (`fallbacks seen`). The writer
-goes back to shared memory only once the reader has seen every zmq frame it sent: otherwise a
-reader that caught up on the slot *before* reaching a zmq frame queued behind it would, on
-reaching it, mark read a new generation whose signal is still on its way, and drop that message
-as stale (seen in a run: the step's observation lost). A zmq frame that never reaches the reader
-leaves the link on zmq for good: slower, nothing lost.
+**Never a torn read, never a reordering, never a lost message.** Two paths between the same two
+processes can reorder messages; two counters keep them in order. Every message the writer sends
+its peer by zmq (env.reset, an error, the welcome of a take-over, or a lockstep body that could
+not go through the segment) is counted by the writer (`sent_by_zmq`), and the reader counts
+every zmq message it receives from that peer in the slot's header (`zmq seen`). The writer puts a
+message into the segment only when the slot was read **and** the reader has seen every zmq
+message sent before it; otherwise the message goes by zmq, as a packed frame. So a message in
+the segment never overtakes a zmq message sent before it. And the reader, before it delivers a
+zmq message from a peer, first delivers what that peer's slot holds unread: whatever is in the
+slot was written before the zmq message was sent (the writer would otherwise have used the
+slot), so a zmq message never overtakes a message in the segment either. The writer never
+overwrites a slot that was not read (a client holding an observation past the deadline, a dead
+client): that message goes by zmq. A zmq message that never reaches the reader leaves the link
+on zmq for good: slower, nothing lost.
 
 What this does not do: the server still builds one `EnvObservation` per client and the barrier
 handles one `EnvAction` per client (the lockstep's rules live there); the per-step saving is the
-envelope, the signature and the frame payloads, not the per-client Python. bench/PROFILE.md says
-what that leaves (docs/results/shm_lockstep.md measures it).
+envelope, the signature and zmq's calls and threads, not the per-client Python. bench/PROFILE.md
+says what that leaves (docs/results/shm_lockstep.md measures it).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import mmap
 import os
@@ -76,21 +83,19 @@ import secrets
 import struct
 import time
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("protocols.shm")
 
 SHM_DIR = Path("/dev/shm")
-SIGNAL_MAGIC = b"PSHM"
-TOKEN_BYTES = 16
-_SIGNAL_TAIL = struct.Struct("<BQd")  # packed type code, generation, sent_at
-SIGNAL_BYTES = len(SIGNAL_MAGIC) + TOKEN_BYTES + _SIGNAL_TAIL.size
-_TOKEN_END = len(SIGNAL_MAGIC) + TOKEN_BYTES
-_HEADER_BYTES = 64  # per slot: written, read, length, fallbacks seen (u64), padded to a cache line
-_HEAD = struct.Struct("<QQQQ")  # written, read, length, fallbacks seen (zmq frames the reader got instead)
-_FIELD = struct.Struct("<Q")  # one of them, written alone (each side writes only its own fields)
-_WRITTEN_AT, _READ_AT, _LENGTH_AT, _SEEN_AT = 0, 8, 16, 24
+_HEADER_BYTES = 64  # per slot, padded to a cache line
+# written, read, zmq messages the reader has seen from the writer, then the message: length, type
+# code (u64) and sent_at (f64). The writer writes `written` and the message, the reader the rest.
+_HEAD = struct.Struct("<QQQQQd")
+_FIELD = struct.Struct("<Q")
+_MESSAGE = struct.Struct("<QQd")  # length, type code, sent_at: written before `written` moves
+_WRITTEN_AT, _READ_AT, _SEEN_AT, _MESSAGE_AT = 0, 8, 16, 24
 DOWN, UP = 0, 1  # the slots: server -> client, client -> server
+_PIPE_SUFFIXES = (".down", ".up")  # the wake-up pipes: the client reads .down, the server reads .up
 _PREFIX = "parley-"
 
 
@@ -128,9 +133,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def reap_stale_segments(run_id: str) -> list[str]:
-    """Unlink this run's segments whose server is dead (a server killed between a welcome and
-    the client's mapping of it); returns their names."""
-    pattern = re.compile(re.escape(f"{_PREFIX}{_run_tag(run_id)}-") + r"(\d+)-\d+-[0-9a-f]+$")
+    """Unlink this run's segments and wake-up pipes whose server is dead (a server killed between
+    a welcome and the client's mapping of it); returns their names."""
+    pattern = re.compile(re.escape(f"{_PREFIX}{_run_tag(run_id)}-") + r"(\d+)-\d+-[0-9a-f]+(\.down|\.up)?$")
     reaped = []
     try:
         entries = list(SHM_DIR.iterdir())
@@ -157,18 +162,19 @@ def _unlink(name: str) -> None:
 
 
 class ShmLink:
-    """One client's segment, from one side: writes its own slot, reads the other's (module docstring).
+    """One client's segment and wake-up pipes, from one side: writes its own slot, reads the
+    other's (module docstring).
 
     `peer_sender` is the node name messages read from the segment are attributed to (the client's
-    id on the server, the server's on the client); `token` authenticates signal frames.
+    id on the server, the server's on the client). `wake_fd` is the pipe to poll: readable when the
+    peer has written a message (or wrote one that was already read; `take` sorts that out).
     """
 
-    def __init__(self, name: str, memory: mmap.mmap, *, writes: int, token: bytes, peer_sender: str,
+    def __init__(self, name: str, memory: mmap.mmap, pipes: tuple[int, int], *, writes: int, peer_sender: str,
                  capacities: tuple[int, int], owner: bool) -> None:
         self.name = name
-        self.token = token
         self.peer_sender = peer_sender
-        self.owner = owner  # the server: it unlinks the name if the client has not
+        self.owner = owner  # the server: it unlinks the names if the client has not
         self._memory = memory
         self._view = memoryview(memory)
         body_at = 2 * _HEADER_BYTES
@@ -176,18 +182,20 @@ class ShmLink:
         bodies = {DOWN: (body_at, down), UP: (body_at + _aligned(down), up)}
         self._write_head, self._read_head = writes * _HEADER_BYTES, (1 - writes) * _HEADER_BYTES
         self._write_body, self._read_body = bodies[writes], bodies[1 - writes]
-        self._signal_prefix = SIGNAL_MAGIC + token
+        # pipes[DOWN] wakes the client, pipes[UP] the server: this side polls the one it reads.
+        self._pipes = pipes
+        self.wake_fd, self._notify_fd = pipes[1 - writes], pipes[writes]
         self.closed = False
-        self.sent_by_shm = self.sent_by_zmq = 0  # how this side's messages went (for tests and logs)
+        self.sent_by_shm = self.sent_by_zmq = 0  # how this side's messages to the peer went
         self.received_by_shm = 0
 
     # ------------------------------------------------------------------ making and mapping
 
     @classmethod
     def create(cls, run_id: str, number: int, *, capacities: tuple[int, int], peer_sender: str) -> ShmLink:
-        """The server's side of a new segment (mode 0600, a name nobody else holds)."""
+        """The server's side of a new segment and its pipes (mode 0600, names nobody else holds)."""
         name = segment_name(run_id, number)
-        size = 2 * _HEADER_BYTES + _aligned(capacities[0]) + _aligned(capacities[1])
+        size = _segment_bytes(capacities)
         try:
             fd = os.open(SHM_DIR / name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as error:
@@ -195,22 +203,23 @@ class ShmLink:
         try:
             os.ftruncate(fd, size)
             memory = mmap.mmap(fd, size)
+            for suffix in _PIPE_SUFFIXES:
+                os.mkfifo(SHM_DIR / (name + suffix), 0o600)
+            pipes = _open_pipes(name)
         except OSError as error:
-            _unlink(name)
-            raise ShmUnavailable(f"cannot size or map the shared-memory segment {name} ({size} bytes): {error}") from error
+            _unlink_all(name)
+            raise ShmUnavailable(f"cannot size, map or make the pipes of shared-memory segment {name} ({size} bytes): {error}") from error
         finally:
             os.close(fd)
-        return cls(name, memory, writes=DOWN, token=secrets.token_bytes(TOKEN_BYTES), peer_sender=peer_sender,
-                   capacities=capacities, owner=True)
+        return cls(name, memory, pipes, writes=DOWN, peer_sender=peer_sender, capacities=capacities, owner=True)
 
     @classmethod
-    def attach(cls, name: str, token: bytes, *, capacities: tuple[int, int], peer_sender: str) -> ShmLink:
-        """The client's side: map the segment the welcome named, then unlink its name."""
+    def attach(cls, name: str, *, capacities: tuple[int, int], peer_sender: str) -> ShmLink:
+        """The client's side: map the segment the welcome named and open its pipes, then unlink
+        all three names."""
         if "/" in name or not name.startswith(_PREFIX):
             raise ShmUnavailable(f"the welcome names shared-memory segment {name!r}, not one of Parley's ({_PREFIX}...)")
-        if len(token) != TOKEN_BYTES:
-            raise ShmUnavailable(f"the welcome's shared-memory token has {len(token)} bytes, expected {TOKEN_BYTES}")
-        size = 2 * _HEADER_BYTES + _aligned(capacities[0]) + _aligned(capacities[1])
+        size = _segment_bytes(capacities)
         try:
             fd = os.open(SHM_DIR / name, os.O_RDWR)
         except OSError as error:
@@ -221,12 +230,17 @@ class ShmLink:
             memory = mmap.mmap(fd, size)
         finally:
             os.close(fd)
-        _unlink(name)  # mapped: nothing needs the name any more (module docstring)
-        return cls(name, memory, writes=UP, token=token, peer_sender=peer_sender, capacities=capacities, owner=False)
+        try:
+            pipes = _open_pipes(name)
+        except OSError as error:
+            memory.close()
+            raise ShmUnavailable(f"cannot open the wake-up pipes of shared-memory segment {name}: {error}") from error
+        _unlink_all(name)  # mapped and opened: nothing needs the names any more (module docstring)
+        return cls(name, memory, pipes, writes=UP, peer_sender=peer_sender, capacities=capacities, owner=False)
 
     def unlink(self) -> None:
-        """Remove the name (both sides may: the second finds nothing). The mapping stays."""
-        _unlink(self.name)
+        """Remove the names (both sides may: the second finds nothing). The mapping stays."""
+        _unlink_all(self.name)
 
     def close(self) -> None:
         if self.closed:
@@ -234,6 +248,8 @@ class ShmLink:
         self.closed = True
         if self.owner:
             self.unlink()
+        for fd in self._pipes:
+            os.close(fd)
         self._view.release()
         try:
             self._memory.close()
@@ -242,54 +258,80 @@ class ShmLink:
 
     # ------------------------------------------------------------------ the hot path
 
-    def write(self, code: int, body: bytes) -> bytes | None:
-        """Copy a packed body into this side's slot; the signal frame to send, or None when the
-        slot is still unread, a zmq frame sent before is still unseen, or the body does not fit
-        (send it by zmq instead)."""
+    def write(self, code: int, body: bytes) -> bool:
+        """Copy a packed body into this side's slot and wake the peer. False when the slot is
+        still unread, the peer has not seen every zmq message sent to it, or the body does not
+        fit: the caller sends it by zmq instead (and counts it, `sent_zmq`)."""
         memory, head_at = self._memory, self._write_head
-        written, read, _, fallbacks_seen = _HEAD.unpack_from(memory, head_at)
+        written, read, zmq_seen = _HEAD.unpack_from(memory, head_at)[:3]
         at, capacity = self._write_body
         size = len(body)
-        if read != written or fallbacks_seen != self.sent_by_zmq or size > capacity:
-            self.sent_by_zmq += 1  # the caller sends it as a packed zmq frame, which the reader counts
-            return None
+        if read != written or zmq_seen != self.sent_by_zmq or size > capacity:
+            return False
         self._view[at : at + size] = body
-        # The length and the new generation after the body: the reader acts on the signal, which follows.
-        _FIELD.pack_into(memory, head_at + _LENGTH_AT, size)
+        # Length, type and time, then the new generation: the reader trusts the slot once it moved.
+        _MESSAGE.pack_into(memory, head_at + _MESSAGE_AT, size, code, time.time())
         _FIELD.pack_into(memory, head_at + _WRITTEN_AT, written + 1)
         self.sent_by_shm += 1
-        return self._signal_prefix + _SIGNAL_TAIL.pack(code, written + 1, time.time())
+        try:
+            os.write(self._notify_fd, b"\x01")
+        except BlockingIOError:
+            pass  # the pipe is full: the peer has not read for 64 KiB of wake-ups (dead); nothing to wake
+        return True
 
-    def read(self, signal: Any) -> tuple[int, float, bytes]:
-        """(type code, sent_at, a copy of the body) for a signal frame; ValueError if the frame
-        is not a signal of this link or the slot does not hold what it announces."""
-        if len(signal) != SIGNAL_BYTES or not hmac.compare_digest(bytes(signal[:_TOKEN_END]), self._signal_prefix):
-            raise ValueError("a shared-memory signal frame with a wrong token")
-        code, generation, sent_at = _SIGNAL_TAIL.unpack_from(signal, _TOKEN_END)
+    def sent_zmq(self) -> None:
+        """This side sent its peer a message by zmq (any message): see the module docstring."""
+        self.sent_by_zmq += 1
+
+    def drain_wake(self) -> None:
+        """Empty this side's wake-up pipe; call it before `take`, so a message written after the
+        drain wakes the poll again."""
+        try:
+            while len(os.read(self.wake_fd, 4096)) == 4096:
+                pass
+        except BlockingIOError:
+            pass
+
+    def take(self) -> tuple[int, float, bytes] | None:
+        """(type code, sent_at, a copy of the body) of the message the peer's slot holds unread,
+        or None; ValueError if the slot announces more than it can hold."""
         memory, head_at = self._memory, self._read_head
-        written, read, length, _ = _HEAD.unpack_from(memory, head_at)
-        if written != generation or read >= generation:
-            raise ValueError(f"a shared-memory signal for generation {generation}; the slot holds {written} (read up to {read})")
+        written, read, _, length, code, sent_at = _HEAD.unpack_from(memory, head_at)
+        if written == read:
+            return None
         at, capacity = self._read_body
         if length > capacity:
             raise ValueError(f"a shared-memory body of {length} bytes in a slot of {capacity}")
         body = self._view[at : at + length].tobytes()
-        _FIELD.pack_into(memory, head_at + _READ_AT, generation)
+        _FIELD.pack_into(memory, head_at + _READ_AT, written)
         self.received_by_shm += 1
         return code, sent_at, body
 
-    def skip_unread(self) -> None:
-        """A packed zmq frame came from the peer: whatever it wrote before was signalled before
-        that frame, so the slot counts as read, and the frame counts as seen (module docstring).
-        (The peer writes nothing new to the slot while one of its zmq frames is unseen, so
-        `written` is what it was when that frame was sent.)"""
-        written, _, _, fallbacks_seen = _HEAD.unpack_from(self._memory, self._read_head)
-        _FIELD.pack_into(self._memory, self._read_head + _READ_AT, written)
-        _FIELD.pack_into(self._memory, self._read_head + _SEEN_AT, fallbacks_seen + 1)
+    def saw_zmq(self) -> None:
+        """A zmq message from the peer was received: counted where the peer's writer checks it."""
+        head_at = self._read_head
+        (seen,) = _FIELD.unpack_from(self._memory, head_at + _SEEN_AT)
+        _FIELD.pack_into(self._memory, head_at + _SEEN_AT, seen + 1)
 
 
-def is_signal(frame: Any) -> bool:
-    return len(frame) == SIGNAL_BYTES and bytes(frame[:4]) == SIGNAL_MAGIC
+def _segment_bytes(capacities: tuple[int, int]) -> int:
+    return 2 * _HEADER_BYTES + _aligned(capacities[0]) + _aligned(capacities[1])
+
+
+def _open_pipes(name: str) -> tuple[int, int]:
+    """Both wake-up pipes, read-write and non-blocking (module docstring): (down, up)."""
+    down = os.open(SHM_DIR / (name + _PIPE_SUFFIXES[DOWN]), os.O_RDWR | os.O_NONBLOCK)
+    try:
+        up = os.open(SHM_DIR / (name + _PIPE_SUFFIXES[UP]), os.O_RDWR | os.O_NONBLOCK)
+    except OSError:
+        os.close(down)
+        raise
+    return down, up
+
+
+def _unlink_all(name: str) -> None:
+    for suffix in ("", *_PIPE_SUFFIXES):
+        _unlink(name + suffix)
 
 
 def _aligned(size: int) -> int:

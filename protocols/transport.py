@@ -32,8 +32,9 @@ Packed lockstep bodies (protocols/packed.py): a channel told a peer's `PackedLay
 (`use_packed`) sends that peer's env.observation / env.action packed and turns packed ones from
 it back into the same messages; a packed message from a peer without a layout is dropped and
 counted like any malformed one. A packed peer on this host may also have a shared-memory segment
-(`use_shm`, protocols/shm_lockstep.py): those two messages then go into the segment with a
-signal frame on the socket, or as packed frames when the peer has not read the last one yet.
+(`use_shm`, protocols/shm_lockstep.py): those two messages then go into the segment, with a byte
+into the peer's wake-up pipe instead of a zmq message, or as packed frames when they may not
+(the module's ordering rules); the pipe is polled with the sockets (`Hub.wait`, `wait_for`).
 
 Network emulation: a hub made with a `LinkTable` (`protocols/links.py`, built from the run's
 `network:` section) passes every message to another node through the model of that directed
@@ -60,6 +61,7 @@ A context must not cross a fork: make the hub in the process that uses it.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -82,7 +84,7 @@ from protocols.auth import ZAP_DOMAIN, BadInputLog, LimitsConfig, NodeKeys, sign
 from protocols.errors import ProtocolError, SignatureError
 from protocols.links import LinkCounters, LinkTable
 from protocols.packed import PackedLayout
-from protocols.shm_lockstep import ShmLink, is_signal
+from protocols.shm_lockstep import ShmLink
 
 UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes including the terminating NUL
 # Between a node id and the random part of an incarnation's routing id; node ids never hold it.
@@ -339,24 +341,44 @@ class Channel:
         # Held (link-emulated) copies: (due time, tiebreak, frames, the link's counters).
         self._delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
         self._tiebreak = itertools.count()
-        self._poller = zmq.Poller()  # for `wait_for`, which waits on this socket alone
+        self._poller = zmq.Poller()  # for `wait_for`, which waits on this socket (and its wake-up pipes) alone
         self._poller.register(socket, zmq.POLLIN)
+        self._is_router = socket.type == zmq.ROUTER
         # Peers that agreed on packed lockstep bodies (protocols/packed.py): routing id (None on
         # a DEALER: its one peer) -> their layout.
         self._packed: dict[bytes | None, PackedLayout] = {}
-        # Peers on this host whose packed bodies go through shared memory (protocols/shm_lockstep.py).
+        # Peers on this host whose packed bodies go through shared memory (protocols/shm_lockstep.py),
+        # the peer of each wake-up pipe, the peers whose pipe the last poll found readable, and
+        # zmq messages held back while a peer's slot is delivered first (the ordering rule).
         self._shm: dict[bytes | None, ShmLink] = {}
+        self._shm_of_pipe: dict[int, bytes | None] = {}
+        self._shm_woken: list[bytes | None] = []
+        self._held: collections.deque[wire.Envelope] = collections.deque()
+        self.watch_pipe: Callable[[int, Channel | None], None] | None = None  # set by the hub: poll this pipe too
 
     def use_shm(self, link: ShmLink, identity: bytes | None = None) -> None:
-        """Send this (packed) peer's env.observation / env.action through `link`'s segment with a
-        signal frame, and read its signal frames from it (protocols/shm_lockstep.py)."""
+        """Send this (packed) peer's env.observation / env.action through `link`'s segment, and
+        read what it writes there when its wake-up pipe is readable (protocols/shm_lockstep.py)."""
         if (old := self._shm.get(identity)) is not None and old is not link:
-            old.close()
+            self.forget_shm(identity)
         self._shm[identity] = link
+        self._shm_of_pipe[link.wake_fd] = identity
+        self._poller.register(link.wake_fd, zmq.POLLIN)
+        if self.watch_pipe is not None:
+            self.watch_pipe(link.wake_fd, self)
 
     def forget_shm(self, identity: bytes | None = None) -> None:
         if (link := self._shm.pop(identity, None)) is not None:
+            self._shm_of_pipe.pop(link.wake_fd, None)
+            self._poller.unregister(link.wake_fd)
+            if self.watch_pipe is not None:
+                self.watch_pipe(link.wake_fd, None)
             link.close()
+
+    def pipe_readable(self, fd: int) -> None:
+        """The hub's poll found this channel's wake-up pipe `fd` readable: `recv` reads that slot."""
+        if (identity := self._shm_of_pipe.get(fd, _NO_PEER)) is not _NO_PEER:
+            self._shm_woken.append(identity)
 
     def shm_link(self, identity: bytes | None = None) -> ShmLink | None:
         return self._shm.get(identity)
@@ -385,7 +407,8 @@ class Channel:
 
         Returns False when a ROUTER has no such peer (counted, never raised: a peer may be gone).
         """
-        return self._transmit(self._encode(message, to, parent))
+        frames = self._encode(message, to, parent)
+        return True if frames is None else self._transmit(frames)
 
     def send_batch(self, outgoing: list[tuple[str | bytes | None, Any]]) -> list[bool]:
         """Send `(to, message)` pairs: every message is encoded first, then all are sent back to
@@ -393,27 +416,50 @@ class Channel:
         busy machine can take the CPU from this one, so the encoding is done by then and the
         clients get their observations close together. Returns `send`'s answer for each."""
         encoded = [self._encode(message, to, None) for to, message in outgoing]
-        return [self._transmit(frames) for frames in encoded]
+        return [True if frames is None else self._transmit(frames) for frames in encoded]
 
-    def _encode(self, message: Any, to: str | bytes | None, parent: wire.Header | None) -> list[Any]:
+    def _encode(self, message: Any, to: str | bytes | None, parent: wire.Header | None) -> list[Any] | None:
+        """The frames for zmq, or None when the message went through the peer's shared memory."""
         identity = None if to is None else (to.encode() if type(to) is str else to)
         identities = () if identity is None else (identity,)
+        link = self._shm.get(identity) if self._shm else None
         if self._packed and (layout := self._packed.get(identity)) is not None and layout.fits(message):
-            if self._shm and (link := self._shm.get(identity)) is not None and type(message) in _SHM_TYPES:
-                signal = link.write(wire.PACKED_CODE[message.MSG_TYPE], layout.pack(message))
-                if signal is not None:
-                    return [*identities, signal]
-            return wire.encode_packed(message.MSG_TYPE, layout.pack(message), sender=self.sender, seq=next(self._seq),
-                                      identities=identities, key=self.key)
-        return wire.encode(
-            message,
-            sender=self.sender,
-            run_id=self.run_id,
-            seq=next(self._seq),
-            parent=parent,
-            identities=identities,
-            key=self.key,
-        )
+            body = layout.pack(message)
+            if (link is not None and type(message) in _SHM_TYPES and self._emulation_lets_through(identity)
+                    and link.write(wire.PACKED_CODE[message.MSG_TYPE], body)):
+                self._count_on_link(identity, len(body))
+                return None
+            frames = wire.encode_packed(message.MSG_TYPE, body, sender=self.sender, seq=next(self._seq),
+                                        identities=identities, key=self.key)
+        else:
+            frames = wire.encode(message, sender=self.sender, run_id=self.run_id, seq=next(self._seq), parent=parent,
+                                 identities=identities, key=self.key)
+        if link is not None:
+            link.sent_zmq()  # the peer must see it before this side writes its slot again
+        return frames
+
+    def _emulation_lets_through(self, identity: bytes | None) -> bool:
+        """Whether a message to this peer may skip the link emulation (and so go through shared
+        memory): no emulation, or an ideal link that no partition blocks now. Otherwise it goes
+        by zmq, where the emulation delays, loses or blocks it as it would any message."""
+        if self.links is None or (destination := self._destination(identity)) is None:
+            return True
+        return self.links.model_for(destination).ideal and not self.links.partitions.blocks(self.links.src, destination)
+
+    def _count_on_link(self, identity: bytes | None, size: int) -> None:
+        """A message that went through shared memory, counted on its (ideal) link as zmq's would be:
+        the same draw from the link's random stream, delivered at once."""
+        if self.links is not None and (destination := self._destination(identity)) is not None:
+            self.links.decide(destination, self.clock(), size)
+            self.links.model_for(destination).counters.delivered += 1
+
+    def _destination(self, identity: bytes | None) -> str | None:
+        """The node a message to `identity` goes to, for the link emulation (None: not emulated)."""
+        if self.peer is not None:
+            return self.peer
+        if identity is None or not self._is_router:
+            return None  # a DEALER without a peer: never emulated
+        return node_of_routing_id(identity.decode(errors="replace"))
 
     def _transmit(self, frames: list[Any]) -> bool:
         if self.links is None:
@@ -427,6 +473,8 @@ class Channel:
         deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
         if not deliveries:
             self.stats.dropped_by_link += 1
+            if self._shm and (link := self._shm.get(bytes(frames[0]) if self._is_router else None)) is not None:
+                link.sent_by_zmq -= 1  # lost on the way: the peer will never see it (protocols/shm_lockstep.py)
             return True
         counters = self.links.model_for(destination).counters
         sent = True
@@ -457,6 +505,11 @@ class Channel:
 
     def recv(self) -> wire.Envelope | None:
         """One message if one is waiting (never blocks); invalid frames are logged and dropped."""
+        if self._held:
+            return self._held.popleft()
+        while self._shm_woken:
+            if (envelope := self._take_shm(self._shm_woken.pop(), drain=True)) is not None:
+                return envelope
         while True:
             try:
                 # Without CURVE (every ipc run) frames arrive as bytes: for the small messages of
@@ -479,72 +532,79 @@ class Channel:
                 size = 0
                 for frame in frames:
                     size += len(frame)
-            if size > self.limits.max_message_bytes:
-                self._drop(frames, "oversized", f"{size} bytes, over max_message_bytes {self.limits.max_message_bytes}")
-                continue
-            if self._shm and is_signal(views[-1]):
-                envelope = self._read_shm(frames, views)
-                if envelope is None:
-                    continue
-                self.stats.received += 1
+            if self._shm and (link := self._shm.get(identity := bytes(views[0]) if self._is_router else None)) is not None:
+                # A zmq message from a peer with a segment (protocols/shm_lockstep.py): counted as
+                # seen, valid or not, and whatever the peer's slot holds unread was written before
+                # it was sent, so that goes first.
+                link.saw_zmq()
+                if (first := self._take_shm(identity, drain=False)) is not None:
+                    if (envelope := self._envelope_of(frames, views, size)) is not None:
+                        self._held.append(envelope)
+                    return first
+            if (envelope := self._envelope_of(frames, views, size)) is not None:
                 return envelope
-            try:
-                envelope = wire.decode(views, key=self.verify_key)
-            except SignatureError as error:
-                self._drop(frames, "bad signature", str(error))
-                continue
-            except ProtocolError as error:
-                self._drop(frames, type(error).__name__, str(error))
-                continue
-            if size > (limit := self.limits.max_bytes_for(envelope.msg_type)):
-                self._drop(frames, "oversized", f"{envelope.msg_type} of {size} bytes, over its limit of {limit}")
-                continue
-            if type(envelope.message) is wire.Packed:
-                identity = envelope.identities[0] if envelope.identities else None
-                layout = self._packed.get(identity)
-                if layout is None:
-                    self._drop(frames, "FieldError", f"a packed {envelope.msg_type} from a peer that agreed on no packed layout")
-                    continue
-                try:
-                    envelope = wire.Envelope(envelope.header, layout.unpack(envelope.msg_type, envelope.message.data), {},
-                                             envelope.identities)
-                except ProtocolError as error:
-                    self._drop(frames, type(error).__name__, str(error))
-                    continue
-                if self._shm and (link := self._shm.get(identity)) is not None:
-                    link.skip_unread()  # the peer found its slot unread: see protocols/shm_lockstep.py
-            if self.check_user_id:
-                authenticated = frames[-1].get("User-Id")
-                if authenticated != envelope.sender:
-                    self._drop(frames, "bad signature",
-                               f"header claims sender {envelope.sender!r}, the connection authenticated as {authenticated!r}")
-                    continue
-            self.stats.received += 1
-            if self.links is not None:
-                self.links.record_age(envelope.header.sender, time.time() - envelope.header.sent_at)
-            return envelope
 
-    def _read_shm(self, frames: list[Any], views: list[Any]) -> wire.Envelope | None:
-        """The message a signal frame announces, read from the peer's segment (None: dropped)."""
-        identities = tuple(bytes(view) for view in views[:-1]) if self.receives_frames else tuple(views[:-1])
-        identity = identities[0] if identities else None
-        link, layout = self._shm.get(identity), self._packed.get(identity)
-        if link is None or layout is None:
-            self._drop(frames, "FieldError", "a shared-memory signal from a peer that was granted no segment")
-            return None
-        if self.check_user_id and frames[-1].get("User-Id") != link.peer_sender:
-            self._drop(frames, "bad signature", f"a shared-memory signal for {link.peer_sender!r} on the connection of "
-                                                f"{frames[-1].get('User-Id')!r}")
+    def _envelope_of(self, frames: list[Any], views: list[Any], size: int) -> wire.Envelope | None:
+        """The message of one received zmq message, checked; None when it was dropped."""
+        if size > self.limits.max_message_bytes:
+            self._drop(frames, "oversized", f"{size} bytes, over max_message_bytes {self.limits.max_message_bytes}")
             return None
         try:
-            code, sent_at, body = link.read(views[-1])
+            envelope = wire.decode(views, key=self.verify_key)
+        except SignatureError as error:
+            self._drop(frames, "bad signature", str(error))
+            return None
+        except ProtocolError as error:
+            self._drop(frames, type(error).__name__, str(error))
+            return None
+        if size > (limit := self.limits.max_bytes_for(envelope.msg_type)):
+            self._drop(frames, "oversized", f"{envelope.msg_type} of {size} bytes, over its limit of {limit}")
+            return None
+        if type(envelope.message) is wire.Packed:
+            identity = envelope.identities[0] if envelope.identities else None
+            layout = self._packed.get(identity)
+            if layout is None:
+                self._drop(frames, "FieldError", f"a packed {envelope.msg_type} from a peer that agreed on no packed layout")
+                return None
+            try:
+                envelope = wire.Envelope(envelope.header, layout.unpack(envelope.msg_type, envelope.message.data), {},
+                                         envelope.identities)
+            except ProtocolError as error:
+                self._drop(frames, type(error).__name__, str(error))
+                return None
+        if self.check_user_id:
+            authenticated = frames[-1].get("User-Id")
+            if authenticated != envelope.sender:
+                self._drop(frames, "bad signature",
+                           f"header claims sender {envelope.sender!r}, the connection authenticated as {authenticated!r}")
+                return None
+        self.stats.received += 1
+        if self.links is not None:
+            self.links.record_age(envelope.header.sender, time.time() - envelope.header.sent_at)
+        return envelope
+
+    def _take_shm(self, identity: bytes | None, *, drain: bool) -> wire.Envelope | None:
+        """The message `identity`'s slot holds unread, as a packed zmq frame would give it (None:
+        nothing unread, or dropped). `drain`: empty its wake-up pipe first (woken by the poll)."""
+        link, layout = self._shm.get(identity), self._packed.get(identity)
+        if link is None or layout is None:
+            return None
+        if drain:
+            link.drain_wake()
+        try:
+            taken = link.take()
+            if taken is None:
+                return None
+            code, sent_at, body = taken
             msg_type = wire.PACKED_TYPES[code]
             message = layout.unpack(msg_type, body)
-        except (ValueError, IndexError, ProtocolError) as error:
-            self._drop(frames, "FieldError", f"shared-memory signal: {error}")
+        except (ValueError, IndexError, KeyError, ProtocolError) as error:
+            self.stats.dropped_invalid += 1
+            self.bad_input.record(link.peer_sender, "FieldError", f"shared-memory slot: {error}"[:300])
             return None
+        self.stats.received += 1
         header = wire.Header("", msg_type, link.peer_sender, self.run_id, PROTOCOL_VERSION, 0, sent_at)
-        return wire.Envelope(header, message, {}, identities)
+        return wire.Envelope(header, message, {}, () if identity is None else (identity,))
 
     def _drop(self, frames: list[Any], reason: str, detail: str) -> None:
         self.stats.dropped_invalid += 1
@@ -574,6 +634,9 @@ class Channel:
             self.flush_due()
             if not ready:
                 continue
+            for item in ready:
+                if type(item) is int:  # a wake-up pipe (protocols/shm_lockstep.py)
+                    self.pipe_readable(item)
             for envelope in self.recv_all():
                 if isinstance(envelope.message, message_types):
                     return envelope.message
@@ -663,6 +726,7 @@ class Hub:
         self._next_log_flush = 0.0  # `wait` flushes the aggregated bad-input logs at most this often
         self._poller = zmq.Poller()
         self._channels: dict[zmq.Socket, Channel] = {}
+        self._pipes: dict[int, Channel] = {}  # shared-memory wake-up pipes -> their channel
         self._monitors: dict[zmq.Socket, HandshakeMonitor] = {}  # monitor PAIR socket -> its monitor
         self._authenticator: Any = None  # the ZAP handler, started with the first CURVE server
 
@@ -744,7 +808,17 @@ class Hub:
         )
         self._poller.register(socket, zmq.POLLIN)
         self._channels[socket] = channel
+        channel.watch_pipe = self._watch_pipe
         return channel
+
+    def _watch_pipe(self, fd: int, channel: Channel | None) -> None:
+        """Poll a channel's shared-memory wake-up pipe with the sockets (None: stop)."""
+        if channel is None:
+            if self._pipes.pop(fd, None) is not None:
+                self._poller.unregister(fd)
+        else:
+            self._pipes[fd] = channel
+            self._poller.register(fd, zmq.POLLIN)
 
     # ------------------------------------------------------------------ the loop's calls
 
@@ -762,6 +836,10 @@ class Hub:
             channel = self._channels.get(socket)
             if channel is not None:
                 ready.append(channel)
+            elif (channel := self._pipes.get(socket)) is not None:  # a wake-up pipe (protocols/shm_lockstep.py)
+                channel.pipe_readable(socket)
+                if channel not in ready:
+                    ready.append(channel)
             else:  # a handshake monitor's events: counted here, never seen by the caller
                 self._monitors[socket].drain()
         if due is not None:
@@ -869,6 +947,7 @@ _raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.ge
 # Plain ints: `events & zmq.POLLIN` with pyzmq's flag enum builds an enum member per call (~1 us).
 # The messages that may go through a peer's shared-memory segment (protocols/shm_lockstep.py).
 _SHM_TYPES = frozenset({m.EnvObservation, m.EnvAction})
+_NO_PEER = object()  # a pipe no peer owns any more (forgotten between the poll and `pipe_readable`)
 _SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(flag) for flag in (zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN))
 _LOG_FLUSH_EVERY_S = 0.25  # the bad-input logs aggregate over seconds: no need to look every wake-up
 
@@ -885,8 +964,9 @@ def _recv_bytes(socket: zmq.Socket) -> list[bytes] | None:
     return parts
 
 
-def wait_readable(poller: zmq.Poller, timeout_s: float) -> set[zmq.Socket]:
-    """Block until a registered socket is readable or `timeout_s` passes (never busy-waits)."""
+def wait_readable(poller: zmq.Poller, timeout_s: float) -> set[zmq.Socket | int]:
+    """Block until a registered socket (or file descriptor: a wake-up pipe) is readable or
+    `timeout_s` passes (never busy-waits)."""
     # Round up: a deadline 0.3 ms away must not turn into a zero timeout and a spin.
     timeout_ms = max(0, math.ceil(timeout_s * 1000))
     return {socket for socket, _ in poller.poll(timeout_ms)}

@@ -97,7 +97,10 @@ def test_a_client_that_falls_behind_gets_every_observation_in_order(env_server, 
     steps = [slow.expect(m.EnvObservation) for _ in range(5)]
     assert [o.step for o in steps] == [0, 1, 2, 3, 4], "the first through its slot, the rest by zmq, in order"
     assert all(o.missing == ["agent_1"] for o in steps[1:])
-    assert slow.channel.shm_link().received_by_shm == 1
+    # Steps 1-3 were sent while step 0 sat unread in the slot: by zmq. Step 4 too, unless the
+    # slow client had read the others before the server came to it (it may: a broadcast sends one
+    # client after the other, and order is kept either way).
+    assert slow.channel.shm_link().received_by_shm in (1, 2)
     # Back in step: its actions count again (once one arrives before the step: the absent client
     # is not waited for), and its observations come through shared memory again.
     for step in range(4, 10):

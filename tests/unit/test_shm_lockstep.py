@@ -1,9 +1,11 @@
-"""The shared-memory lockstep path (protocols/shm_lockstep.py): the segment, its slots, the
-signal frames, and a channel pair that passes env.observation / env.action through it."""
+"""The shared-memory lockstep path (protocols/shm_lockstep.py): the segment and its wake-up pipes,
+its slots, the ordering counters, and a channel pair that passes env.observation / env.action
+through it."""
 
 from __future__ import annotations
 
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from gymnasium import spaces
 
 from protocols import messages as m
 from protocols.packed import PackedLayout
-from protocols.shm_lockstep import SHM_DIR, ShmLink, ShmUnavailable, host_key, is_signal, reap_stale_segments
+from protocols.shm_lockstep import SHM_DIR, ShmLink, ShmUnavailable, host_key, reap_stale_segments
 from protocols.wire import PACKED_CODE
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm on this machine")
@@ -25,93 +27,86 @@ CAPACITIES = (256, 64)
 
 @pytest.fixture
 def pair():
-    """A server's link and the client's, mapped from it (the client unlinks the name)."""
+    """A server's link and the client's, mapped from it (the client unlinks the names)."""
     server = ShmLink.create("unit test", 1, capacities=CAPACITIES, peer_sender="agent_0")
-    client = ShmLink.attach(server.name, server.token, capacities=CAPACITIES, peer_sender="env")
+    client = ShmLink.attach(server.name, capacities=CAPACITIES, peer_sender="env")
     yield server, client
     client.close()
     server.close()
 
 
-def test_the_segment_is_private_and_its_name_goes_once_the_client_mapped_it():
+def readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_the_segment_and_its_pipes_are_private_and_go_once_the_client_mapped_them():
     server = ShmLink.create("unit test", 1, capacities=CAPACITIES, peer_sender="agent_0")
+    names = [server.name, server.name + ".down", server.name + ".up"]
     try:
-        path = SHM_DIR / server.name
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        for name in names:
+            assert stat.S_IMODE((SHM_DIR / name).stat().st_mode) == 0o600
+        assert stat.S_ISFIFO((SHM_DIR / names[1]).stat().st_mode) and stat.S_ISFIFO((SHM_DIR / names[2]).stat().st_mode)
         assert server.name.startswith("parley-unit_test-")
-        client = ShmLink.attach(server.name, server.token, capacities=CAPACITIES, peer_sender="env")
-        assert not path.exists(), "mapped: nothing is left in /dev/shm"
+        client = ShmLink.attach(server.name, capacities=CAPACITIES, peer_sender="env")
+        assert not any((SHM_DIR / name).exists() for name in names), "mapped: nothing is left in /dev/shm"
         client.close()
     finally:
         server.close()
-    assert not (SHM_DIR / server.name).exists()
+    assert not any((SHM_DIR / name).exists() for name in names)
 
 
-def test_a_body_crosses_in_both_directions_and_the_signal_names_it(pair):
+def test_a_body_crosses_in_both_directions_and_wakes_the_reader(pair):
     server, client = pair
-    signal = server.write(PACKED_CODE["env.observation"], b"head" + np.arange(3, dtype=np.float32).tobytes())
-    assert is_signal(signal)
-    code, sent_at, body = client.read(signal)
-    assert code == PACKED_CODE["env.observation"] and sent_at > 0
+    assert not readable(client.wake_fd) and client.take() is None
+    assert server.write(PACKED_CODE["env.observation"], b"head" + np.arange(3, dtype=np.float32).tobytes())
+    assert readable(client.wake_fd) and not readable(server.wake_fd)
+    client.drain_wake()
+    assert not readable(client.wake_fd)
+    code, sent_at, body = client.take()
+    assert code == PACKED_CODE["env.observation"] and 0 < sent_at <= time.time()
     assert body == b"head" + np.arange(3, dtype=np.float32).tobytes()
-    up = client.write(PACKED_CODE["env.action"], b"\x01\x02")
-    assert server.read(up)[2] == b"\x01\x02"
+    assert client.take() is None, "read once"
+    assert client.write(PACKED_CODE["env.action"], b"\x01\x02")
+    assert readable(server.wake_fd)
+    assert server.take()[2] == b"\x01\x02"
 
 
-def test_an_unread_slot_is_never_overwritten_and_a_zmq_frame_frees_it(pair):
+def test_an_unread_slot_is_never_overwritten(pair):
     server, client = pair
-    first = server.write(0, b"first")
-    assert server.write(0, b"second") is None, "the client has not read the first: the second goes by zmq"
+    assert server.write(0, b"first")
+    assert not server.write(0, b"second"), "the client has not read the first: the second goes by zmq"
+    server.sent_zmq()
     assert server.sent_by_shm == 1 and server.sent_by_zmq == 1
-    assert client.read(first)[2] == b"first"
-    client.skip_unread()  # (the zmq frame arrived after it: nothing else was written)
-    assert client.read(server.write(0, b"third"))[2] == b"third"
-    # A signal that was lost with its connection: the zmq frame after it frees the slot.
-    server.write(0, b"lost")
-    assert server.write(0, b"by zmq") is None
-    client.skip_unread()
-    assert client.read(server.write(0, b"fourth"))[2] == b"fourth"
+    assert client.take()[2] == b"first"
+    assert not server.write(0, b"third"), "read, but the zmq message is not seen yet: by zmq, nothing written"
+    server.sent_zmq()
+    client.saw_zmq()  # "second"
+    assert not server.write(0, b"fourth"), "one zmq message ('third') still unseen"
+    server.sent_zmq()
+    client.saw_zmq()  # "third"
+    client.saw_zmq()  # "fourth"
+    assert server.write(0, b"fifth"), "every zmq message seen: shared memory again"
+    assert client.take()[2] == b"fifth"
+    assert not server.write(0, b"y" * (CAPACITIES[0] + 1)), "too large for the slot: zmq"
 
 
-def test_a_reader_that_caught_up_before_a_queued_zmq_frame_loses_nothing(pair):
-    # The race a faults run hit: the client read the slot, then the server (seeing it read) wrote
-    # the next observation there, whose signal queued behind a zmq frame sent while the slot was
-    # still unread. Reaching that zmq frame must not mark the new one read: its signal still comes.
+def test_a_slot_that_announces_more_than_it_holds_is_refused(pair):
     server, client = pair
-    first = server.write(0, b"first")
-    assert server.write(0, b"second") is None, "unread: by zmq"
-    assert client.read(first)[2] == b"first"
-    third = server.write(0, b"third")
-    assert third is None, "the client has not reached the zmq frame yet: still by zmq, nothing written"
-    client.skip_unread()  # "second" arrives
-    fourth = server.write(0, b"fourth")
-    assert fourth is None, "one zmq frame ('third') still unseen"
-    client.skip_unread()  # "third"
-    client.skip_unread()  # "fourth"
-    assert client.read(server.write(0, b"fifth"))[2] == b"fifth", "every zmq frame seen: shared memory again"
+    assert server.write(0, b"x" * 10)
+    head = memoryview(server._memory)[:64]  # the down slot's header: written, read, zmq seen, length, ...
+    head[24:32] = (CAPACITIES[0] + 1).to_bytes(8, "little")
+    head.release()
+    with pytest.raises(ValueError, match="bytes in a slot of"):
+        client.take()
 
 
-def test_a_forged_stale_or_oversized_signal_is_refused(pair):
-    server, client = pair
-    signal = server.write(0, b"x" * 10)
-    forged = signal[:4] + bytes(16) + signal[20:]
-    with pytest.raises(ValueError, match="token"):
-        client.read(forged)
-    client.read(signal)
-    with pytest.raises(ValueError, match="generation"):
-        client.read(signal)  # read already: a replay
-    assert server.write(0, b"y" * (CAPACITIES[0] + 1)) is None, "too large for the slot: zmq"
-
-
-def test_attaching_checks_name_token_and_size():
+def test_attaching_checks_name_and_size():
     server = ShmLink.create("unit test", 1, capacities=CAPACITIES, peer_sender="agent_0")
     try:
         with pytest.raises(ShmUnavailable, match="not one of Parley's"):
-            ShmLink.attach("../etc/passwd", server.token, capacities=CAPACITIES, peer_sender="env")
-        with pytest.raises(ShmUnavailable, match="token"):
-            ShmLink.attach(server.name, b"short", capacities=CAPACITIES, peer_sender="env")
+            ShmLink.attach("../etc/passwd", capacities=CAPACITIES, peer_sender="env")
         with pytest.raises(ShmUnavailable, match="layout needs"):
-            ShmLink.attach(server.name, server.token, capacities=(512, 64), peer_sender="env")
+            ShmLink.attach(server.name, capacities=(512, 64), peer_sender="env")
     finally:
         server.close()
 
@@ -121,17 +116,21 @@ def test_segments_of_a_dead_server_of_this_run_are_reaped_and_live_ones_kept():
     dead_pid = int(dead.stdout)
     stale = SHM_DIR / f"parley-reap_test-{dead_pid}-1-00ff00ff"
     stale.write_bytes(b"")
+    stale_pipe = SHM_DIR / f"parley-reap_test-{dead_pid}-1-00ff00ff.up"
+    os.mkfifo(stale_pipe, 0o600)
     live = ShmLink.create("reap test", 1, capacities=CAPACITIES, peer_sender="agent_0")  # this process: alive
     other_run = SHM_DIR / f"parley-another_run-{dead_pid}-1-00ff00ff"
     other_run.write_bytes(b"")
     try:
-        assert reap_stale_segments("reap test") == [stale.name]
-        assert not stale.exists() and (SHM_DIR / live.name).exists() and other_run.exists()
+        assert sorted(reap_stale_segments("reap test")) == sorted([stale.name, stale_pipe.name])
+        assert not stale.exists() and not stale_pipe.exists()
+        assert (SHM_DIR / live.name).exists() and (SHM_DIR / (live.name + ".up")).exists() and other_run.exists()
     finally:
         live.close()
         other_run.unlink()
-        if stale.exists():
-            stale.unlink()
+        for leftover in (stale, stale_pipe):
+            if leftover.exists():
+                leftover.unlink()
 
 
 def test_host_key_names_this_machines_shared_memory():
@@ -161,7 +160,7 @@ def channels(hubs, tmp_path):
     router = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
     dealer = client_hub.connect_dealer(router.endpoint, name="env", identity="agent_0")
     server_link = ShmLink.create("r", 1, capacities=(1024, 256), peer_sender="agent_0")
-    client_link = ShmLink.attach(server_link.name, server_link.token, capacities=(1024, 256), peer_sender="env")
+    client_link = ShmLink.attach(server_link.name, capacities=(1024, 256), peer_sender="env")
     router.use_packed(layout(), b"agent_0")
     router.use_shm(server_link, b"agent_0")
     dealer.use_packed(layout())
@@ -189,11 +188,58 @@ def test_a_channel_pair_passes_the_lockstep_through_shared_memory_and_falls_back
     assert received.step == 2 and list(received.actions["a0"]) == [4, 1]
 
 
-def test_a_signal_from_a_peer_without_a_segment_is_dropped(channels, hubs, tmp_path):
-    router, _dealer, server_link, _client_link = channels
-    stranger = hubs("agent_1").connect_dealer(router.endpoint, name="env", identity="agent_1")
-    stranger.socket.send(server_link.write(0, b"x"))  # a valid-looking signal, on another connection
+def hub_of(channel):
+    return channel.watch_pipe.__self__  # the hub that made the channel polls its pipes
+
+
+def test_zmq_messages_and_shared_memory_keep_the_order_they_were_sent_in(channels):
+    router, dealer, server_link, _client_link = channels
+    router.send(observation(0), to=b"agent_0")  # through the segment
+    router.send(m.ErrorReply(code="x", message="after step 0"), to=b"agent_0")  # by zmq, after it
+    router.send(observation(1), to=b"agent_0")  # the error is unseen: by zmq too, behind it
+    assert (server_link.sent_by_shm, server_link.sent_by_zmq) == (1, 2)
+    received, hub = [], hub_of(dealer)
     deadline = time.monotonic() + 30
-    while router.stats.dropped_invalid == 0 and time.monotonic() < deadline:
-        assert router.wait_for(object, timeout_s=0.2) is None, "nothing is delivered from it"
-    assert router.stats.dropped_invalid == 1
+    while len(received) < 3 and time.monotonic() < deadline:
+        hub.wait(0.05)  # on the socket and the pipe
+        received += [envelope.message for envelope in dealer.recv_all()]
+    assert [type(message).__name__ for message in received] == ["EnvObservation", "ErrorReply", "EnvObservation"]
+    assert (received[0].step, received[2].step) == (0, 1)
+    router.send(observation(2), to=b"agent_0")
+    assert server_link.sent_by_shm == 2, "both zmq messages seen, the slot read: shared memory again"
+
+
+def test_the_hub_wakes_on_the_pipe(channels):
+    router, dealer, _server_link, _client_link = channels
+    hub = hub_of(dealer)
+    router.send(observation(5), to=b"agent_0")  # through the segment: no zmq message at all
+    assert dealer in hub.wait(30)
+    (envelope,) = list(dealer.recv_all())
+    assert envelope.message.step == 5 and envelope.sender == "env"
+
+
+def test_the_link_emulation_counts_shared_memory_and_a_partition_blocks_it(hubs, tmp_path):
+    from protocols.links import LinkConfig, LinkTable
+
+    links = LinkTable("env", 0, lambda src, dst: LinkConfig())  # ideal links, but emulated: partitions apply
+    router = hubs("env", links=links).bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    dealer = hubs("agent_0").connect_dealer(router.endpoint, name="env", identity="agent_0")
+    server_link = ShmLink.create("r", 1, capacities=(1024, 256), peer_sender="agent_0")
+    client_link = ShmLink.attach(server_link.name, capacities=(1024, 256), peer_sender="env")
+    for channel, link, identity in ((router, server_link, b"agent_0"), (dealer, client_link, None)):
+        channel.use_packed(layout(), identity)
+        channel.use_shm(link, identity)
+    dealer.send(m.EnvReset())
+    assert isinstance(router.wait_for(m.EnvReset, timeout_s=30), m.EnvReset)
+    router.send(observation(0), to=b"agent_0")
+    counters = links.model_for("agent_0").counters
+    assert server_link.sent_by_shm == 1 and (counters.sent, counters.delivered) == (1, 1), "counted as zmq's would be"
+    assert dealer.wait_for(m.EnvObservation, timeout_s=30).step == 0
+    links.partitions.block("env", "agent_0")
+    router.send(observation(1), to=b"agent_0")
+    assert server_link.sent_by_shm == 1 and counters.dropped_partition == 1, "blocked: not through the segment either"
+    assert dealer.wait_for(m.EnvObservation, timeout_s=0.5) is None
+    links.partitions.unblock("env", "agent_0")
+    router.send(observation(2), to=b"agent_0")
+    assert server_link.sent_by_shm == 2, "what the partition lost is not waited for: shared memory again once healed"
+    assert dealer.wait_for(m.EnvObservation, timeout_s=30).step == 2
