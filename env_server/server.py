@@ -278,7 +278,7 @@ class EnvServer:
         refusal = (
             "not asked for" if not request.packed
             else "the global view travels with its observations" if request.global_view
-            else packing_refusal(self.envs, agents)
+            else packing_refusal(self.envs, agents, shared_memory=self._shm_refusal(request) is None)
         )
         if refusal is not None:
             self.channel.forget_packed(identity)
@@ -303,7 +303,8 @@ class EnvServer:
             # (per agent: a client of one agent is the least any client asks for; one that claims
             # several is refused at its join if their observations together cannot be packed)
             refusal = "there is no /dev/shm on this machine" if not self.host_key else next(
-                (r for agent in self.envs.possible_agents if (r := packing_refusal(self.envs, [agent], self._most_copies()))), None)
+                (r for agent in self.envs.possible_agents
+                 if (r := packing_refusal(self.envs, [agent], self._most_copies(), shared_memory=True))), None)
             if refusal is not None:
                 raise TransportRefused(f"env.transport: shm cannot work here: {refusal}; use auto or zmq")
 
@@ -325,7 +326,7 @@ class EnvServer:
             return "the client is on another host"
         possible = self.envs.possible_agents  # the agents it claims (barrier.join refuses bad ones)
         claimed = request.agents + [possible[i] for i in request.agent_indices if 0 <= i < len(possible)] or list(possible)
-        return packing_refusal(self.envs, [a for a in claimed if a in possible], self._most_copies())
+        return packing_refusal(self.envs, [a for a in claimed if a in possible], self._most_copies(), shared_memory=True)
 
     def _grant_transport(self, identity: bytes, request: m.EnvJoin, agents: list[str],
                          packed: bool) -> tuple[dict[str, Any], ShmLink | None]:

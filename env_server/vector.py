@@ -168,10 +168,14 @@ def row(batched: Any, index: int) -> Any:
     return value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
 
 
-def packing_refusal(envs: Any, agents: list[str], copies: int | None = None) -> str | None:
+def packing_refusal(envs: Any, agents: list[str], copies: int | None = None, *, shared_memory: bool = False) -> str | None:
     """Why these agents' lockstep messages from `envs` (a vector env, or copies split over
     workers) cannot travel packed (protocols/packed.py), or None: forwarded infos have no fixed
-    layout, nor have some spaces. The env server and its copy workers both ask it."""
+    layout, nor have some spaces. The env server and its copy workers both ask it.
+
+    `shared_memory`: the client may have the shared-memory path (protocols/shm_lockstep.py),
+    whose slots hold a body of any size: no bound on the size then (a body too large for a
+    packed frame that cannot go through the segment goes as msgpack, protocols/transport.py)."""
     if envs.forward_infos:
         return "infos are forwarded (env.forward_infos)"
     refusal = PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces)
@@ -181,7 +185,7 @@ def packing_refusal(envs: Any, agents: list[str], copies: int | None = None) -> 
     # MAX_HEAD_BYTES (protocols/wire.py); msgpack bodies carry large arrays in frames of their own.
     copies = envs.num_copies if copies is None else copies
     size = PackedLayout.largest_observation_bytes(agents, envs.observation_spaces, copies)
-    if size > MAX_PACKED_BODY_BYTES:
+    if size > MAX_PACKED_BODY_BYTES and not shared_memory:
         return (f"an observation of {copies} copies takes up to {size} bytes, over the "
                 f"{MAX_PACKED_BODY_BYTES} a packed frame may carry (image observations, say)")
     return None

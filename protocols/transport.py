@@ -429,9 +429,12 @@ class Channel:
                     and link.write(wire.PACKED_CODE[message.MSG_TYPE], body)):
                 self._count_on_link(identity, len(body))
                 return None
+        else:
+            body = None
+        if body is not None and len(body) <= wire.MAX_PACKED_BODY_BYTES:
             frames = wire.encode_packed(message.MSG_TYPE, body, sender=self.sender, seq=next(self._seq),
                                         identities=identities, key=self.key)
-        else:
+        else:  # not packed, or too large for a packed frame (only a shared-memory peer gets such bodies)
             frames = wire.encode(message, sender=self.sender, run_id=self.run_id, seq=next(self._seq), parent=parent,
                                  identities=identities, key=self.key)
         if link is not None:

@@ -139,3 +139,24 @@ def test_transport_shm_with_forwarded_infos_does_not_start(spawn):
     _, err = server.communicate(timeout=60)
     assert server.returncode == 2
     assert "env.transport: shm cannot work here: infos are forwarded" in err.decode() and "Traceback" not in err.decode()
+
+
+def test_observations_too_large_for_a_packed_frame_go_through_shared_memory_and_msgpack(env_server, hub):
+    # 160 copies of a 12-float observation: 18,016 bytes a body, over the 16,128 a packed zmq
+    # frame may carry. Through the segment they pass whole; the ones a slow client leaves the
+    # slot full for go as msgpack bodies, in order.
+    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", KWARGS, "--copies", "160",
+                          "--step-deadline", "0.3", "--transport", "shm")
+    fast, slow = Client(hub, endpoint, "agent_0", 0, "shm"), Client(hub, endpoint, "agent_1", 1, "shm")
+    assert fast.welcome.packed and fast.welcome.shm_segment and fast.welcome.shm_capacities[0] > 16_128
+    for client in (fast, slow):
+        client.channel.send(m.EnvReset())
+    first = fast.expect(m.EnvObservation)
+    assert first.step == 0 and first.observations["agent_0"].shape == (160, 12)
+    for step in range(2):  # the slow client reads nothing meanwhile
+        fast.act(step)
+        assert fast.expect(m.EnvObservation).step == step + 1
+    assert fast.channel.shm_link().received_by_shm == 3, "the fast client's came through the segment"
+    steps = [slow.expect(m.EnvObservation) for _ in range(3)]
+    assert [o.step for o in steps] == [0, 1, 2] and all(o.observations["agent_1"].shape == (160, 12) for o in steps)
+    assert slow.channel.shm_link().received_by_shm in (1, 2), "step 0 through the segment, what followed by zmq"
