@@ -655,6 +655,7 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
         good = [r for r in runs if r.ok]
         table[variant] = {
             "label": VARIANTS[variant].label if variant in VARIANTS else variant,
+            "random_steps": variant_random_steps(variant, args) if variant in VARIANTS else args.random_steps,
             "last5": summarize([r.last5_mean for r in good]),
             "area": summarize([r.area for r in good]),
             "steps_to_threshold": {r.seed: r.steps_to_threshold for r in good},
@@ -668,6 +669,9 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
             "missing_neighbour_rounds_per_agent": summarize([r.missing_neighbour_rounds for r in good if not math.isnan(r.missing_neighbour_rounds)]),
         }
     present = set(table)
+    # The random phase: one number when every variant had the same, else per variant (a regime's own).
+    phases = {row["random_steps"] for row in table.values()} or {args.random_steps}
+    random_phase = phases.pop() if len(phases) == 1 else {variant: row["random_steps"] for variant, row in table.items()}
     pairs = args.comparison_pairs if args.comparison_pairs else [
         pair for pair in DEFAULT_COMPARISONS if pair[0] in present and pair[1] in present
     ]
@@ -677,7 +681,7 @@ def report(results: list[RunResult], args: argparse.Namespace, root: Path) -> di
         "threshold": THRESHOLD,
         "penalty": args.penalty,
         "seeds": args.seed_list,
-        "random_steps": args.random_steps,
+        "random_steps": random_phase,
         "train_steps": args.steps,
         "max_pending_fraction": args.max_pending_fraction,
         # Runs at once (None: analysed, not run here); above 1 the seconds per 1,000 steps shared the cores.
@@ -735,7 +739,7 @@ def print_comparisons(summary: dict) -> None:
 
 def print_table(summary: dict) -> None:
     print(
-        f"reward collection, 5 agents, {summary['setting']}, {summary['random_steps']} random + "
+        f"reward collection, 5 agents, {summary['setting']}, {summary['random_steps']} random steps + "
         f"{summary['train_steps']} training steps, seeds {summary['seeds']}"
     )
     header = f"{'variant':<22}{'last-5 eval return':>30}{'95% CI':>22}{'s / 1000 train steps':>22}{'grad steps/agent':>18}  per seed"
