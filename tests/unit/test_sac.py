@@ -382,41 +382,27 @@ def test_adam_step_refuses_a_gradient_list_of_the_wrong_length():
 needs_onednn = pytest.mark.skipif(not sac_module._onednn_linear_available(), reason="this torch has no oneDNN linear")
 
 
-@needs_onednn
-def test_onednn_linear_is_f_linear_up_to_the_order_of_additions():
+@pytest.mark.parametrize("product, batch, fan_in, fan_out", [
+    pytest.param("OneDNNLinear", 300, 128, 96, marks=needs_onednn, id="wide, through oneDNN"),
+    pytest.param("NarrowInputLinear", 256, 4, 256, id="narrow input, backward transposed"),
+])
+def test_a_fast_linear_is_f_linear_up_to_the_order_of_additions(product, batch, fan_in, fan_out):
+    fast = getattr(sac_module, product).apply
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(300, 128, generator=generator, requires_grad=True)
-    weight = torch.randn(96, 128, generator=generator, requires_grad=True)
-    bias = torch.randn(96, generator=generator, requires_grad=True)
-    upstream = torch.randn(300, 96, generator=generator)
-    results = []
-    for product in (sac_module.OneDNNLinear.apply, torch.nn.functional.linear):
-        output = product(inputs, weight, bias)
-        results.append((output.detach(), *torch.autograd.grad(output, [inputs, weight, bias], upstream)))
-    for ours, torchs in zip(*results):
-        assert ours.shape == torchs.shape
-        torch.testing.assert_close(ours, torchs, rtol=1e-5, atol=1e-5 * float(torchs.abs().max()))
-    # A detached weight (the actor's pass through the critics) asks for the input gradient only.
-    output = sac_module.OneDNNLinear.apply(inputs, weight.detach(), bias.detach())
-    (grad_inputs,) = torch.autograd.grad(output, [inputs], upstream)
-    torch.testing.assert_close(grad_inputs, results[1][1], rtol=1e-5, atol=1e-5 * float(results[1][1].abs().max()))
-
-
-def test_narrow_input_linear_is_f_linear_up_to_the_order_of_additions():
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(256, 4, generator=generator, requires_grad=True)
-    weight = torch.randn(256, 4, generator=generator, requires_grad=True)
-    bias = torch.randn(256, generator=generator, requires_grad=True)
-    upstream = torch.randn(256, 256, generator=generator)
-    ours = sac_module.NarrowInputLinear.apply(inputs, weight, bias)
-    torchs = torch.nn.functional.linear(inputs, weight, bias)
-    assert torch.equal(ours, torchs)  # the forward is F.linear's own addmm
+    inputs = torch.randn(batch, fan_in, generator=generator, requires_grad=True)
+    weight = torch.randn(fan_out, fan_in, generator=generator, requires_grad=True)
+    bias = torch.randn(fan_out, generator=generator, requires_grad=True)
+    upstream = torch.randn(batch, fan_out, generator=generator)
+    ours, torchs = fast(inputs, weight, bias), torch.nn.functional.linear(inputs, weight, bias)
+    if product == "NarrowInputLinear":
+        assert torch.equal(ours, torchs)  # its forward is F.linear's own addmm
     references = torch.autograd.grad(torchs, [inputs, weight, bias], upstream)
-    for mine, reference in zip(torch.autograd.grad(ours, [inputs, weight, bias], upstream), references):
+    for mine, reference in zip((ours.detach(), *torch.autograd.grad(ours, [inputs, weight, bias], upstream)),
+                               (torchs.detach(), *references)):
         assert mine.shape == reference.shape
         torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
     # A detached weight (the actor's pass through the frozen critics) asks for the input gradient only.
-    (grad_inputs,) = torch.autograd.grad(sac_module.NarrowInputLinear.apply(inputs, weight.detach(), bias.detach()), [inputs], upstream)
+    (grad_inputs,) = torch.autograd.grad(fast(inputs, weight.detach(), bias.detach()), [inputs], upstream)
     torch.testing.assert_close(grad_inputs, references[0], rtol=1e-5, atol=1e-5 * float(references[0].abs().max()))
 
 
