@@ -30,9 +30,9 @@ it to its channel (`Channel.use_packed`) before it sends the reset. Messages sta
 
 **Shared memory** (protocols/shm_lockstep.py): with packed bodies the client also offers its
 machine's `host_key()`; a server on the same host may then grant a segment for the lockstep's
-bodies (`EnvWelcome.shm_segment`). `use_lockstep_transport(channel, client)` is the one step
-that touches anything outside this class: after each welcome it hands the channel the packing
-layout and maps the granted segment.
+bodies (`EnvWelcome.shm_segment`, with its two wake-up pipes). `use_lockstep_transport(channel,
+client)` is the one step that touches anything outside this class: after each welcome it hands
+the channel the packing layout and the granted segment.
 """
 
 from __future__ import annotations
@@ -224,8 +224,9 @@ class EnvClient:
 
 def use_lockstep_transport(channel: Any, client: EnvClient, server: str = "env") -> str:
     """Apply the latest welcome's grants to the env channel: the packed layout, and the shared-
-    memory segment mapped (its name is unlinked at once). Returns how the lockstep's bodies
-    travel: "shm", "zmq packed" or "zmq msgpack". Call it before sending env.reset."""
+    memory segment mapped and its wake-up pipes opened (their names unlinked at once). Returns how
+    the lockstep's bodies travel: "shm", "zmq packed" or "zmq msgpack". Call it before sending
+    env.reset: the channel counts its zmq messages to the server from then on."""
     welcome = client.welcome
     if client.packed_layout is None:
         channel.forget_shm()
