@@ -160,6 +160,21 @@ def become_node(request: dict, close_fds: list[int]) -> None:
             os._exit(code)
 
 
+def wait_to_be_adopted(away_from: int, timeout_s: float = 10.0) -> None:
+    """Block until this new node's parent is no longer the intermediate process `away_from`.
+
+    The node must start as the orchestrator's child: it decides once, at start-up, whether its
+    parent pid can tell it of the orchestrator's death (`OrchestratorWatch.from_environment`).
+    On a loaded machine the node can get there before the intermediate has exited, and would then
+    run unwatched (CI saw one such agent outlive its killed orchestrator). Re-parenting happens as
+    the intermediate exits, right after it reports our pid, so this wait is normally under a
+    millisecond; after `timeout_s` the node starts anyway, as it did before this wait.
+    """
+    give_up_at = time.monotonic() + timeout_s
+    while os.getppid() == away_from and time.monotonic() < give_up_at:
+        time.sleep(0.001)
+
+
 def fork_node(request: dict, orchestrator_socket: socket.socket) -> int:
     """Fork the node through an intermediate process (see the module docstring); its pid."""
     if (threads := thread_count()) != 1:
@@ -171,8 +186,10 @@ def fork_node(request: dict, orchestrator_socket: socket.socket) -> int:
     if intermediate == 0:
         try:
             os.close(read_fd)
+            intermediate_pid = os.getpid()
             node = os.fork()
             if node == 0:
+                wait_to_be_adopted(away_from=intermediate_pid)
                 become_node(request, close_fds=[write_fd, orchestrator_socket.fileno()])
             os.write(write_fd, str(node).encode())
             os._exit(0)
