@@ -425,10 +425,11 @@ class Channel:
         link = self._shm.get(identity) if self._shm else None
         if self._packed and (layout := self._packed.get(identity)) is not None and layout.fits(message):
             body = layout.pack(message)
-            if (link is not None and type(message) in _SHM_TYPES and self._emulation_lets_through(identity)
-                    and link.write(wire.PACKED_CODE[message.MSG_TYPE], body)):
-                self._count_on_link(identity, len(body))
-                return None
+            if link is not None and type(message) in _SHM_TYPES:
+                destination = self._destination(identity) if self.links is not None else None
+                if self._emulation_lets_through(destination) and link.write(wire.PACKED_CODE[message.MSG_TYPE], body):
+                    self._count_on_link(destination, len(body))
+                    return None
         else:
             body = None
         if body is not None and len(body) <= wire.MAX_PACKED_BODY_BYTES:
@@ -441,18 +442,19 @@ class Channel:
             link.sent_zmq()  # the peer must see it before this side writes its slot again
         return frames
 
-    def _emulation_lets_through(self, identity: bytes | None) -> bool:
-        """Whether a message to this peer may skip the link emulation (and so go through shared
-        memory): no emulation, or an ideal link that no partition blocks now. Otherwise it goes
-        by zmq, where the emulation delays, loses or blocks it as it would any message."""
-        if self.links is None or (destination := self._destination(identity)) is None:
+    def _emulation_lets_through(self, destination: str | None) -> bool:
+        """Whether a message to node `destination` (None: not emulated) may skip the link
+        emulation, and so go through shared memory: no emulation, or an ideal link that no
+        partition blocks now. Otherwise it goes by zmq, where the emulation delays, loses or
+        blocks it as it would any message."""
+        if destination is None:
             return True
         return self.links.model_for(destination).ideal and not self.links.partitions.blocks(self.links.src, destination)
 
-    def _count_on_link(self, identity: bytes | None, size: int) -> None:
+    def _count_on_link(self, destination: str | None, size: int) -> None:
         """A message that went through shared memory, counted on its (ideal) link as zmq's would be:
         the same draw from the link's random stream, delivered at once."""
-        if self.links is not None and (destination := self._destination(identity)) is not None:
+        if destination is not None:
             self.links.decide(destination, self.clock(), size)
             self.links.model_for(destination).counters.delivered += 1
 
