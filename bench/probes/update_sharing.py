@@ -1,0 +1,109 @@
+"""What a SAC gradient step costs when five agents' updates share this machine's cores, against one alone.
+
+    python bench/probes/update_sharing.py [--agents 5] [--env-steps 100] [--rounds 3] [--json]
+
+`bench/sac_update_cost.py` times OG-MARL's update path in one process on an otherwise idle core
+and projects the run's update path as 5 agents x that / 2 cores. In a run the five agent
+processes update at the same time on the two cores, and the kernel switches between them every
+few milliseconds, so each one's caches are refilled after every switch. This probe measures
+what that costs: it starts `--agents` processes at once, each building the same OG-MARL-shaped
+SAC agent as `sac_update_cost.py` (batch 256, 10 gradient steps per environment step) and
+driving `--env-steps` environment steps, and compares the CPU time per gradient step each
+process spent (its own `time.process_time`) with that of one process run alone. The two set-ups
+take turns `--rounds` times, so a change of load hits both. Run it on an idle machine: another
+job's processes would share the cores too.
+
+Printed per set-up: the median over rounds of CPU ms per gradient step (each round's value the
+median over its processes) and of the wall time of the round, and the ratio shared / alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER_FLAG = "--worker"
+
+
+def worker(env_steps: int, seed: int) -> None:
+    """One agent's updates; prints the CPU seconds they took and the gradient steps taken."""
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "bench"))
+    import torch
+
+    torch.set_num_threads(1)
+    from agent_node.algos.sac import SACAgent
+    from sac_update_cost import drive, make_agent
+
+    agent, data = make_agent(SACAgent, seed)
+    drive(agent, data, 5)  # warm-up: first calls allocate
+    before_steps, started = agent.gradient_steps, time.process_time()
+    drive(agent, data, env_steps)
+    print(json.dumps({"cpu_s": time.process_time() - started, "gradient_steps": agent.gradient_steps - before_steps}))
+
+
+def run_set(processes: int, env_steps: int) -> dict:
+    """`processes` workers started together; CPU ms per gradient step (median over them) and wall s."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.monotonic()
+    children = [
+        subprocess.Popen([sys.executable, __file__, WORKER_FLAG, str(env_steps), str(seed)],
+                         stdout=subprocess.PIPE, env=env, cwd=REPO)
+        for seed in range(processes)
+    ]
+    per_step = []
+    for child in children:
+        out, _ = child.communicate(timeout=3600)
+        if child.returncode != 0:
+            raise RuntimeError(f"a worker failed (exit {child.returncode})")
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        per_step.append(1000 * report["cpu_s"] / report["gradient_steps"])
+    return {"cpu_ms_per_gradient_step": float(np.median(per_step)), "per_process": per_step,
+            "wall_s": time.monotonic() - started}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--agents", type=int, default=5, help="processes updating at once in the shared set-up")
+    parser.add_argument("--env-steps", type=int, default=100, help="environment steps per process (10 gradient steps each)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    rounds = {"alone": [], "shared": []}
+    for _ in range(args.rounds):
+        rounds["alone"].append(run_set(1, args.env_steps))
+        rounds["shared"].append(run_set(args.agents, args.env_steps))
+    summary = {
+        setup: {"cpu_ms_per_gradient_step": float(np.median([r["cpu_ms_per_gradient_step"] for r in runs])),
+                "wall_s": float(np.median([r["wall_s"] for r in runs])), "rounds": runs}
+        for setup, runs in rounds.items()
+    }
+    summary.update(agents=args.agents, env_steps=args.env_steps, cores=os.cpu_count(),
+                   load_before=load_before, load_after=os.getloadavg()[0],
+                   ratio=summary["shared"]["cpu_ms_per_gradient_step"] / summary["alone"]["cpu_ms_per_gradient_step"])
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"SAC gradient steps (batch 256), {args.env_steps} env steps x 10 per process, {args.rounds} rounds, "
+          f"{os.cpu_count()} cores, load {load_before:.1f} -> {summary['load_after']:.1f}")
+    print(f"{'set-up':>28}  {'CPU ms / gradient step':>22}  {'wall s':>7}")
+    for setup, label in (("alone", "1 process"), ("shared", f"{args.agents} processes at once")):
+        print(f"{label:>28}  {summary[setup]['cpu_ms_per_gradient_step']:22.2f}  {summary[setup]['wall_s']:7.1f}")
+    print(f"CPU per gradient step, shared / alone: {summary['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == WORKER_FLAG:
+        worker(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        sys.exit(main())
