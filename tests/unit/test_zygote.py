@@ -62,3 +62,48 @@ def test_the_orchestrator_pid_variable_is_the_one_nodes_watch() -> None:
     from protocols.control import ORCHESTRATOR_PID_ENV as control_name
 
     assert launcher_name == control_name
+
+
+# The intermediate process exits late (a loaded machine): the node must still start as the
+# subreaper's child, else it decides it has no orchestrator to watch (protocols/control.py).
+LATE_INTERMEDIATE = textwrap.dedent(
+    """
+    import ctypes, json, os, time
+    from orchestrator.launcher import PR_SET_CHILD_SUBREAPER
+    from orchestrator.zygote import wait_to_be_adopted
+
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    read_fd, write_fd = os.pipe()
+    intermediate = os.fork()
+    if intermediate == 0:
+        intermediate_pid = os.getpid()
+        if os.fork() == 0:  # the node
+            started = time.monotonic()
+            first_parent = os.getppid()
+            wait_to_be_adopted(away_from=intermediate_pid)
+            os.write(write_fd, json.dumps({"first_parent": first_parent, "parent": os.getppid(),
+                                           "intermediate": intermediate_pid,
+                                           "waited_s": time.monotonic() - started}).encode())
+            os._exit(0)
+        time.sleep(0.5)
+        os._exit(0)
+    os.close(write_fd)
+    os.waitpid(intermediate, 0)
+    with os.fdopen(read_fd) as pipe:
+        seen = json.loads(pipe.read())
+    os.wait()  # the node, now ours
+    print(json.dumps({"me": os.getpid(), **seen}))
+    """
+)
+
+
+def test_a_node_starts_only_once_the_orchestrator_has_adopted_it():
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_INTERMEDIATE],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["first_parent"] == seen["intermediate"], "the node began under the intermediate (the race set up)"
+    assert seen["parent"] == seen["me"], "it went on only once re-parented to the subreaper"
+    assert seen["waited_s"] >= 0.3
