@@ -1,4 +1,4 @@
-"""What a SAC gradient step costs when five agents' updates share this machine's cores, against one alone.
+"""What a SAC gradient step costs when five agents update at once on this machine's cores, against one alone.
 
     python bench/probes/update_sharing.py [--agents 5] [--env-steps 100] [--rounds 3] [--json]
 
@@ -9,12 +9,15 @@ few milliseconds, so each one's caches are refilled after every switch. This pro
 what that costs: it starts `--agents` processes at once, each building the same OG-MARL-shaped
 SAC agent as `sac_update_cost.py` (batch 256, 10 gradient steps per environment step) and
 driving `--env-steps` environment steps, and compares the CPU time per gradient step each
-process spent (its own `time.process_time`) with that of one process run alone. The two set-ups
-take turns `--rounds` times, so a change of load hits both. Run it on an idle machine: another
-job's processes would share the cores too.
+process spent (its own `time.process_time`) with that of one process run alone. A third set-up
+runs the same processes gated: a named pipe holds one token per core, and each process takes a
+token for each environment step's 10 gradient steps and puts it back after, so no more update at
+once than there are cores. The set-ups take turns `--rounds` times, so a change of load hits all
+three. Run it on an idle machine: another job's processes would share the cores too.
 
 Printed per set-up: the median over rounds of CPU ms per gradient step (each round's value the
-median over its processes) and of the wall time of the round, and the ratio shared / alone.
+median over its processes) and of the wall time of the round (start-up included), and the
+ratios shared / alone and gated / alone.
 """
 
 from __future__ import annotations
