@@ -51,8 +51,6 @@ def worker(env_steps: int, seed: int, gate_path: str) -> None:
     from agent_node.algos.sac import SACAgent
     from sac_update_cost import drive, make_agent
 
-    from sac_update_cost import rows
-
     agent, data = make_agent(SACAgent, seed)
     drive(agent, data, 5)  # warm-up: first calls allocate
     gate = os.open(gate_path, os.O_RDWR) if gate_path != "-" else None
@@ -61,9 +59,8 @@ def worker(env_steps: int, seed: int, gate_path: str) -> None:
         drive(agent, data, env_steps)
     else:
         for _ in range(env_steps):
-            agent.observe(rows(data, 1))
             os.read(gate, 1)  # blocks until a core's token is free
-            agent.update()
+            drive(agent, data, 1)
             os.write(gate, b"x")
     print(json.dumps({"cpu_s": time.process_time() - started, "gradient_steps": agent.gradient_steps - before_steps}))
 
@@ -72,9 +69,9 @@ def run_set(processes: int, env_steps: int, gate_tokens: int = 0) -> dict:
     """`processes` workers started together; CPU ms per gradient step (median over them) and wall s.
     `gate_tokens` > 0: at most that many update at once (see `worker`)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    gate_dir = tempfile.mkdtemp(prefix="parley-update-gate-")
     gate_path = "-"
     if gate_tokens:
+        gate_dir = tempfile.mkdtemp(prefix="parley-update-gate-")
         gate_path = os.path.join(gate_dir, "gate")
         os.mkfifo(gate_path, 0o600)
         holder = os.open(gate_path, os.O_RDWR)  # keeps the pipe (and its tokens) alive
@@ -96,7 +93,7 @@ def run_set(processes: int, env_steps: int, gate_tokens: int = 0) -> dict:
     if gate_tokens:
         os.close(holder)
         os.unlink(gate_path)
-    os.rmdir(gate_dir)
+        os.rmdir(gate_dir)
     return {"cpu_ms_per_gradient_step": float(np.median(per_step)), "per_process": per_step, "wall_s": wall_s}
 
 
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": float(np.median([r["wall_s"] for r in runs])), "rounds": runs}
         for setup, runs in rounds.items()
     }
-    summary.update(agents=args.agents, env_steps=args.env_steps, cores=os.cpu_count(),
+    summary.update(agents=args.agents, env_steps=args.env_steps, cores=cores,
                    load_before=load_before, load_after=os.getloadavg()[0],
                    ratio=summary["shared"]["cpu_ms_per_gradient_step"] / summary["alone"]["cpu_ms_per_gradient_step"],
                    gated_ratio=summary["gated"]["cpu_ms_per_gradient_step"] / summary["alone"]["cpu_ms_per_gradient_step"])
@@ -127,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=1))
         return 0
     print(f"SAC gradient steps (batch 256), {args.env_steps} env steps x 10 per process, {args.rounds} rounds, "
-          f"{os.cpu_count()} cores, load {load_before:.1f} -> {summary['load_after']:.1f}")
+          f"{cores} cores, load {load_before:.1f} -> {summary['load_after']:.1f}")
     print(f"{'set-up':>28}  {'CPU ms / gradient step':>22}  {'wall s':>7}")
     for setup, label in (("alone", "1 process"), ("shared", f"{args.agents} processes at once"),
                          ("gated", f"{args.agents}, at most {cores} updating")):
