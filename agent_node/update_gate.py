@@ -19,13 +19,12 @@ no longer exists is dropped whenever the file is read, so a node killed while it
 waits in the queue (kill -9 included) blocks nobody; the kernel drops its lock too.
 
 **Waiting does not stop the node.** `take_turn` never blocks: a node whose turn has not come goes
-back to its loop, which polls its sockets and its own wake-up pipe (`wake_fd`, a named pipe
-`wake-<pid>` beside the queue) together and asks again when either has something, so it still
-answers observations and heartbeats while it waits. A release writes one byte into the pipe of
-each node whose turn it made (the first queued, as many as tokens are free), so one release wakes
-one waiter, not all of them (64 agents on two cores queue 62 deep). A waiter also asks again every
-`RECHECK_S` (a dead holder wakes nobody), and after `WAIT_LIMIT_S` without a turn it updates
-without one and counts it (`update_gate/timeouts`): a gate can slow a run down, never stop it.
+back to its loop, which polls its sockets and the gate's wake-up pipe (`wake_fd`) together and
+asks again when either has something, so it still answers observations and heartbeats while it
+waits. A release writes one byte into the pipe when someone is queued; every waiter that wakes
+empties it and asks. A waiter also asks again every `RECHECK_S` (a dead holder writes no byte),
+and after `WAIT_LIMIT_S` without a turn it updates without one and counts it
+(`update_gate/timeouts`): a gate can slow a run down, never stop it.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 # A waiter asks again at least this often (see the module docstring).
 RECHECK_S = 0.02
@@ -91,17 +90,15 @@ class UpdateGate:
         self.tokens = tokens
         self.clock = clock
         self.pid = os.getpid() if pid is None else pid  # (tests stand in several nodes in one process)
-        self.directory = directory
-        # Created by whichever node comes first (O_CREAT without O_EXCL).
+        # Created by whichever node comes first (O_CREAT without O_EXCL, a tolerated FileExistsError).
         self._queue_fd = os.open(directory / "queue", os.O_RDWR | os.O_CREAT, 0o600)
-        self._wake_path = self._wake_path_of(self.pid)
         try:
-            os.mkfifo(self._wake_path, 0o600)
-        except FileExistsError:  # left by an earlier process with this pid, killed before it could remove it
+            os.mkfifo(directory / "wake", 0o600)
+        except FileExistsError:
             pass
-        # Read-write and non-blocking: the open never waits for a peer, and it keeps a reader on
-        # the pipe, so a releaser's write never fails for want of one.
-        self.wake_fd = os.open(self._wake_path, os.O_RDWR | os.O_NONBLOCK)
+        # Read-write and non-blocking: the open never waits for a peer, and a release never blocks
+        # on a full pipe (its byte is then dropped: the waiters are awake already).
+        self.wake_fd = os.open(directory / "wake", os.O_RDWR | os.O_NONBLOCK)
         self.held = False
         self._waiting_since: float | None = None
         # For the metrics: turns taken, of those how many waited, seconds waited, waits given up.
@@ -139,13 +136,16 @@ class UpdateGate:
         return False
 
     def release(self) -> None:
-        """Give the turn back, or leave the queue; wake the nodes whose turn that makes."""
+        """Give the turn back, or leave the queue; wake the waiters if someone is queued."""
         if not self.held and self._waiting_since is None:
             return
         self._end_wait(self.clock())
         self.held = False
-        for pid in self._change_queue(self._leave):
-            self._wake(pid)
+        if self._change_queue(self._leave):
+            try:
+                os.write(self.wake_fd, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups nobody read: the waiters are awake already
 
     def acquire(self, timeout_s: float = WAIT_LIMIT_S) -> bool:
         """Block until `take_turn` says yes, at most `timeout_s` (for a node with nothing else to
@@ -178,7 +178,6 @@ class UpdateGate:
         self.release()
         os.close(self._queue_fd)
         os.close(self.wake_fd)
-        self._wake_path.unlink(missing_ok=True)
 
     def _end_wait(self, now: float) -> None:
         if self._waiting_since is not None:
@@ -187,40 +186,25 @@ class UpdateGate:
 
     # ------------------------------------------------------------------ the queue file
 
-    # Both run under the queue file's lock (`_change_queue`) and change its two lists in place.
-    # Only the pids that decide the answer are checked for life: the holders, and the queued ones
-    # ahead of the asking node or about to be woken (a dead one is dropped, never waited for).
-
     def _take_or_queue(self, holders: list[int], queued: list[int]) -> bool:
-        holders[:] = [pid for pid in holders if _alive(pid)]
         if self.pid not in queued:
             queued.append(self.pid)
-        position = queued.index(self.pid)
-        ahead = [pid for pid in queued[:position] if _alive(pid)]
-        queued[:position + 1] = [*ahead, self.pid]
-        if len(ahead) < self.tokens - len(holders):  # a free token, and no one asked before this node
+        free = self.tokens - len(holders)
+        if self.pid in queued[:max(0, free)]:  # a free token, and no one asked before this node
             queued.remove(self.pid)
             holders.append(self.pid)
             return True
         return False
 
-    def _leave(self, holders: list[int], queued: list[int]) -> list[int]:
-        """Out of both lists; the queued pids whose turn it is now (to be woken)."""
-        holders[:] = [pid for pid in holders if pid != self.pid and _alive(pid)]
-        if self.pid in queued:
-            queued.remove(self.pid)
-        free, to_wake = self.tokens - len(holders), []
-        for pid in list(queued):
-            if len(to_wake) >= free:
-                break
-            if _alive(pid):
-                to_wake.append(pid)
-            else:
-                queued.remove(pid)
-        return to_wake
+    def _leave(self, holders: list[int], queued: list[int]) -> bool:
+        """Out of both lists; whether someone is still queued (then a release wakes them)."""
+        for pids in (holders, queued):
+            if self.pid in pids:
+                pids.remove(self.pid)
+        return bool(queued)
 
-    def _change_queue(self, change: Callable[[list[int], list[int]], Any]) -> Any:
-        """Read the queue file under its lock, apply `change`, write it back."""
+    def _change_queue(self, change: Callable[[list[int], list[int]], bool]) -> bool:
+        """Read the queue file under its lock, drop the dead, apply `change`, write it back."""
         fcntl.flock(self._queue_fd, fcntl.LOCK_EX)
         try:
             holders, queued = self._read_queue()
@@ -241,20 +225,4 @@ class UpdateGate:
         if len(raw) != _COUNTS.size + 4 * (holding + waiting):
             return [], []  # torn by a writer killed mid-write: start the queue afresh
         pids = list(struct.unpack_from(f"<{holding + waiting}i", raw, _COUNTS.size))
-        return pids[:holding], pids[holding:]
-
-    def _wake_path_of(self, pid: int) -> Path:
-        return self.directory / f"wake-{pid}"
-
-    def _wake(self, pid: int) -> None:
-        """One byte into `pid`'s wake-up pipe; nothing if it is gone or its pipe is full."""
-        try:
-            fd = os.open(self._wake_path_of(pid), os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # no such pipe (the node closed its gate), or no reader (it died)
-            return
-        try:
-            os.write(fd, b"x")
-        except BlockingIOError:
-            pass  # full of wake-ups it has not read: it is awake already
-        finally:
-            os.close(fd)
+        return [p for p in pids[:holding] if _alive(p)], [p for p in pids[holding:] if _alive(p)]
