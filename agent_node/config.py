@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.algos import PluggableLearnerConfig
 from agent_node.algos.config import OFFLINE_KINDS
@@ -64,13 +64,6 @@ class AgentsConfig(BaseModel):
     # With `run.reproducible: true` the slices change nothing the seed decides: the steps are the
     # same, and the learner metrics are averaged per gradient step rather than per slice.
     gradient_steps_per_slice: int = Field(4, ge=1)
-    # How many of the run's agents on one host may take gradient steps at the same time
-    # (agent_node/update_gate.py): "cores", one per core the agent may run on; a number; or
-    # "off". Turns are one slice each (gradient_steps_per_slice), first come first served, so a
-    # slice keeps its core and caches while the others wait; a waiting agent still answers
-    # messages. It decides when gradient steps run, never which (a reproducible run is the same
-    # either way).
-    update_gate: Literal["cores", "off"] | PositiveInt = "cores"
     # The update-ratio contract: an agent does not answer an observation while its learner owes
     # more than this many gradient steps; it learns first. Without it a learner slower than the
     # lockstep silently skips updates (its ratio of updates to env steps falls below the

@@ -48,7 +48,6 @@ from agent_node.peers import PeerMesh
 from agent_node.persistence import NodePersistence
 from agent_node.roles import NodeLearner
 from agent_node.transitions import TransitionAssembler
-from agent_node.update_gate import open_update_gate
 from protocols import messages as m
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
@@ -150,7 +149,6 @@ class AgentNode(EnvLink, Services):
             start_fresh=run.run.on_corrupt_state == "start_fresh")
         self.persistence.capability_states = self._capability_states
         self.state_notice: StateNotice | None = None  # what `restore_node` skipped, for the ready message
-        self.update_gate = open_update_gate(config.update_gate, identity.run_dir) if config.learning else None  # (turns)
 
     # ------------------------------------------------------------------ states
 
@@ -226,8 +224,12 @@ class AgentNode(EnvLink, Services):
 
     def _iterate(self) -> None:
         now = time.monotonic()
-        learning_now = self._learning_turn()  # (else wait for messages and timers, with no spinning)
-        timeout = 0.0 if learning_now else max(0.0, self._next_deadline() - now)
+        # Learn only while running (a hold_state blocks on the network: a zero timeout with
+        # nothing to do would spin). Evaluation episodes pause learning too: they measure the
+        # policy, and the gradient steps owed meanwhile are taken once training resumes.
+        learning_due = (self.state is NodeState.RUNNING and not self.evaluating and self.config.learning
+                        and self.learner.gradient_steps_due() > 0)
+        timeout = 0.0 if learning_due else max(0.0, self._next_deadline() - now)
         for channel in self.hub.wait(timeout):
             if channel.closed:
                 continue  # the env server's old connection, dropped by a handler just now (restart)
@@ -235,7 +237,7 @@ class AgentNode(EnvLink, Services):
             for envelope in channel.recv_all():
                 self._dispatch(source, envelope)
         self._on_timers(time.monotonic())
-        if learning_now and self.state is NodeState.RUNNING:
+        if learning_due and self.state is NodeState.RUNNING:
             self._learn_one_slice()
             if self.waiting_for_updates is not None:
                 self.env_client.heard(time.monotonic())  # the env server is waiting for us, not silent
@@ -244,7 +246,7 @@ class AgentNode(EnvLink, Services):
     def _next_deadline(self) -> float:
         deadlines = [self.mesh.next_deadline(), self.control.next_status_at(self.status_every_s),
                      self.env_client.silence_deadline(self.config.env_silence_timeout_s), self.hub.next_due()]
-        deadlines += [capability.next_deadline() for capability in self.capabilities] + [self._gate_recheck_at()]
+        deadlines += [capability.next_deadline() for capability in self.capabilities]
         return min(deadline for deadline in deadlines if deadline is not None)
 
     def _on_timers(self, now: float) -> None:
@@ -296,7 +298,7 @@ class AgentNode(EnvLink, Services):
         message = self.env_client.on_message(message, now)
         if message.evaluation and not self.evaluating:
             # An evaluation begins: record how much of the owed learning was done by now.
-            self.metrics.write(self.step, self.learning_counters())
+            self.metrics.write(self.step, self.learner.counters())
         self.evaluating = message.evaluation
         if message.evaluation:
             self.on_evaluation_observation(message)

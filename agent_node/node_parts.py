@@ -17,7 +17,6 @@ from agent_node.config import initial_checkpoint, initial_checkpoint_candidates
 from agent_node.env_client import EnvProtocolError, EnvRefused, use_lockstep_transport
 from agent_node.roles import NodeLearner
 from agent_node.transitions import TransitionAssembler
-from agent_node.update_gate import RECHECK_S
 from protocols import messages as m
 from protocols.control import apply_network_fault
 from protocols.jsonlines import FileWriteError
@@ -150,45 +149,10 @@ class Services:
     def _capability_states(self) -> dict[str, Any]:
         return {c.name: state for c in self.capabilities if (state := c.state_dict()) is not None}
 
-    def _learning_turn(self) -> bool:
-        """Whether the loop takes a slice of the owed gradient steps in this turn.
-
-        Only while running (a hold_state blocks on the network: a zero timeout with nothing to do
-        would spin). Evaluation episodes pause learning too: they measure the policy, and the
-        gradient steps owed meanwhile are taken once training resumes. Under an update gate
-        (`agents.update_gate`), only once this node has its turn: while it waits, the gate's pipe
-        is polled with the sockets (and `_gate_recheck_at` bounds the wait), so the loop
-        wakes when a turn comes free and answers messages meanwhile; with nothing owed it holds no
-        token and waits for none."""
-        learning_due = (self.state.value == "running" and not self.evaluating and self.config.learning
-                        and self.learner.gradient_steps_due() > 0)
-        gate = self.update_gate
-        if gate is None:
-            return learning_due
-        if learning_due:
-            turn = gate.take_turn()
-        else:
-            gate.release()
-            turn = False
-        self.hub.watch_fd(gate.wake_fd, gate.drain_wake_ups if gate.waiting else None)
-        return turn
-
-    def _gate_recheck_at(self) -> float | None:
-        if self.update_gate is None or not self.update_gate.waiting:
-            return None
-        return time.monotonic() + RECHECK_S
-
     def _learn_one_slice(self) -> None:
-        """Up to `gradient_steps_per_slice` of the gradient steps owed; under an update gate, as one
-        turn (given back after it: a node with more to do queues again, behind those waiting)."""
-        self._update_slice()
-        if self.update_gate is not None:
-            self.update_gate.release()
-
-    def _update_slice(self) -> None:
-        """A reproducible run takes the slice's gradient steps one `update` call each, so the metric
-        means it accumulates are per gradient step whatever the slicing (the steps themselves are
-        the same either way)."""
+        """Up to `gradient_steps_per_slice` of the gradient steps owed. A reproducible run takes
+        them one `update` call each, so the metric means it accumulates are per gradient step
+        whatever the slicing (the steps themselves are the same either way)."""
         if not self.reproducible:
             self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
             return
@@ -198,17 +162,8 @@ class Services:
             self.metrics.accumulate(self.learner.update(max_gradient_steps=1))
 
     def _take_owed_updates(self) -> None:
-        if self.update_gate is not None:
-            self.update_gate.acquire()  # (blocking: nothing else to do until they are taken)
         while self.learner.gradient_steps_due() > 0:
             self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice)
-        if self.update_gate is not None:
-            self.update_gate.release()
-
-    def learning_counters(self) -> dict[str, float]:
-        """The learner's cumulative counters and, with a gate, its own (`update_gate/...`)."""
-        gate = {} if self.update_gate is None else self.update_gate.metrics()
-        return {**self.learner.counters(), **gate}
 
     def _flush_metrics(self, step: int) -> None:
         """The periodic metrics: the means accumulated, the link and peer counters, the
@@ -366,9 +321,6 @@ def drain_node(node, *, finished: bool) -> None:
         log.exception("error while draining")
         node.exit_code = 1
     finally:
-        if node.update_gate is not None:
-            node.hub.watch_fd(node.update_gate.wake_fd, None)
-            node.update_gate.close()
         node.metrics.close()
         node.hub.close()
 
@@ -383,7 +335,7 @@ def _finish_owed_updates(node, finished: bool) -> None:
     plus one step's worth), then log the final counters: a finished run did all its work."""
     if finished and node.exit_code == 0:
         node._take_owed_updates()
-    node.metrics.write(node.step, node.learning_counters())
+    node.metrics.write(node.step, node.learner.counters())
 
 
 def _while_draining(node, what: str, action: Callable[[], None]) -> None:

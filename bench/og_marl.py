@@ -20,8 +20,7 @@ which an evaluation reached 400. Every table and figure names the action-penalty
 (`--penalty`, 1.0 is the reference's `env.py` line 144; 0 switches the penalty off).
 
 Variants (`VARIANTS` below): og_marl (the shipped config: the reference's kernel on raw inputs and
-its bonus at c = 0.01, refits drawn uniformly, one real row per batch), og_marl_ungated (the same
-without the host's update gate: same scores, other seconds), og_marl_pre23 (the shipped
+its bonus at c = 0.01, refits drawn uniformly, one real row per batch), og_marl_pre23 (the shipped
 setting before issue 23), og_marl_epistemic (epistemic variance, c calibrated to the same mean
 bonus), og_marl_c0, og_marl_local (each agent its own GP, no consensus), og_marl_centralized
 (exact average in one round), og_marl_push_sum, og_marl_terminal (the time limit terminal as the
@@ -126,12 +125,6 @@ VARIANTS: dict[str, Variant] = {
             "agents.learner.real_ratio=0.0",
         ),
         label="OG-MARL as shipped before issue 23 (box kernel, newest rows, no real row)",
-    ),
-    # The shipped run with every agent updating whenever it owes (no host update gate,
-    # agent_node/update_gate.py): the same gradient steps, so the same scores with the same seed;
-    # only its seconds per 1,000 training steps should differ.
-    "og_marl_ungated": Variant(
-        "configs/og_marl_ring5.yaml", "og_marl", ("agents.update_gate=off",), label="OG-MARL, no update gate"
     ),
     "og_marl_c0": Variant("configs/og_marl_ring5_no_optimism.yaml", "og_marl", label="OG-MARL c=0"),
     "og_marl_local": Variant("configs/og_marl_ring5_local.yaml", "og_marl", label="OG-MARL, local GP only"),

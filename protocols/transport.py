@@ -732,7 +732,6 @@ class Hub:
         self._poller = zmq.Poller()
         self._channels: dict[zmq.Socket, Channel] = {}
         self._pipes: dict[int, Channel] = {}  # shared-memory wake-up pipes -> their channel
-        self._watched: dict[int, Callable[[], None]] = {}  # the caller's own descriptors (`watch_fd`)
         self._monitors: dict[zmq.Socket, HandshakeMonitor] = {}  # monitor PAIR socket -> its monitor
         self._authenticator: Any = None  # the ZAP handler, started with the first CURVE server
 
@@ -826,18 +825,6 @@ class Hub:
             self._pipes[fd] = channel
             self._poller.register(fd, zmq.POLLIN)
 
-    def watch_fd(self, fd: int, on_readable: Callable[[], None] | None) -> None:
-        """Poll one of the caller's file descriptors with the sockets: `wait` also ends when it is
-        readable, and calls `on_readable`, which must read it (None: stop watching; watching an
-        fd already watched only replaces its callback)."""
-        if on_readable is None:
-            if self._watched.pop(fd, None) is not None:
-                self._poller.unregister(fd)
-        else:
-            if fd not in self._watched:
-                self._poller.register(fd, zmq.POLLIN)
-            self._watched[fd] = on_readable
-
     # ------------------------------------------------------------------ the loop's calls
 
     def wait(self, timeout_s: float) -> list[Channel]:
@@ -858,8 +845,6 @@ class Hub:
                 channel.pipe_readable(socket)
                 if channel not in ready:
                     ready.append(channel)
-            elif (on_readable := self._watched.get(socket)) is not None:
-                on_readable()
             else:  # a handshake monitor's events: counted here, never seen by the caller
                 self._monitors[socket].drain()
         if due is not None:

@@ -123,8 +123,6 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
         assert [r["step"] for r in counters] == [19, 39, 59, 60]
         assert counters[-1]["dqn/steps_pending"] == 0 and counters[-1]["dqn/gradient_steps"] > 0
         assert all(r["dqn/steps_pending"] <= 64 for r in counters)
-        # Its gradient steps went through the host's update gate (agents.update_gate: cores).
-        assert counters[-1]["update_gate/acquired"] > 0 and counters[-1]["update_gate/timeouts"] == 0
         assert (node_dir / "checkpoints" / "latest.pt").is_file()
         assert (node_dir / "replay" / "buffer.npz").is_file()
         assert "state running -> draining" in (node_dir / "log").read_text()
@@ -142,8 +140,6 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
     (baselines,) = [row for row in env_rows if "eval/random_return_mean" in row]
     assert baselines["step"] == 20 and baselines["eval/oracle_return_mean"] > baselines["eval/random_return_mean"]
     assert all(-100 < e["eval/return_mean"] < 0 for e in evaluations)
-    (gate,) = (run_dir / "update_gate").iterdir()  # one host
-    assert sorted(path.name for path in gate.iterdir()) == ["queue", "wake"]
     assert_all_reaped(launched_pids(events))
     env_pid = launched_pids(events)["env"]
     assert not [p.name for p in Path("/dev/shm").glob(f"parley-*-{env_pid}-*")], "no shared-memory segment is left"
