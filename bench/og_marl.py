@@ -324,8 +324,15 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
     if not evaluations:
         result.failures.append(f"no evaluations at or after step {random_steps} in {run_dir}")
         return result
-    started = next((r for r in read_jsonl(run_dir / "events.jsonl") if r.get("event") == "run_started"), {})
+    events = read_jsonl(run_dir / "events.jsonl")
+    started = next((r for r in events if r.get("event") == "run_started"), {})
     result.code = started.get("code")
+    # A run still going (or killed) has evaluations too: only a finished run may enter a table.
+    finished = next((r for r in events if r.get("event") == "run_finished"), None)
+    if finished is None:
+        result.failures.append(f"the run did not finish (no run_finished event in {run_dir / 'events.jsonl'})")
+    elif finished.get("exit_code") != 0:
+        result.failures.append(f"the run finished with exit code {finished.get('exit_code')} ({finished.get('reason')})")
     result.curve = [(r["step"] - random_steps, float(r["eval/return_mean"])) for r in evaluations]
     result.last5_mean = float(np.mean([r["eval/return_mean"] for r in evaluations[-LAST_EVALUATIONS:]]))
     result.area = area_under_curve(result.curve)
@@ -763,9 +770,11 @@ def print_table(summary: dict) -> None:
             f"{(f'{steps:.0f}' if steps else '-'):>18}  {seeds}"
             + (f"; consensus rounds with a share missing: {missing:.0f} per agent" if missing is not None else "")
         )
+        # `without_nan` has turned a NaN (a run that never evaluated) into None.
+        area_mean = "-" if area.get("mean") is None else f"{area['mean']:.1f}"
         print(
-            f"{'':<22}area under the curve {area.get('mean', float('nan')):.1f}"
-            + (f" ± {area['std']:.1f}" if "std" in area else "")
+            f"{'':<22}area under the curve {area_mean}"
+            + (f" ± {area['std']:.1f}" if area.get("std") is not None else "")
             + f"; reached {summary['threshold']:.0f} in {len(reached)} of {len(row['steps_to_threshold'])} runs"
             + (f" (median step {int(np.median(reached))})" if reached else "")
             + f"; run.reproducible: {', '.join(row['reproducible'])}"

@@ -35,8 +35,14 @@ def make_run(
     counters: bool = True,
     probe_after_offset: float = 0.0,
     name: str = "og_marl-seed0",
+    exit_code: int | None = 0,
 ) -> Path:
+    """`exit_code` None: a run still going (or killed), with no run_finished event."""
     run_dir = tmp_path / name
+    events = [{"t": 90.0, "event": "run_started", "code": {"git_commit": "abc"}}]
+    if exit_code is not None:
+        events.append({"t": 400.0, "event": "run_finished", "exit_code": exit_code, "reason": "budget spent" if exit_code == 0 else "failed"})
+    write_lines(run_dir / "events.jsonl", events)
     evaluations = [
         {"step": RANDOM_STEPS + 200 * k, "t": 100.0 + 30.0 * k, "eval/return_mean": 10.0 * k, "eval/duration_s": 2.0}
         for k in range(7)
@@ -84,6 +90,26 @@ def test_a_run_with_every_update_done_passes_and_is_timed(tmp_path):
     assert result.model_mse == [(250, pytest.approx(2e-3))]
     (step, distance_j, distance_h), = result.consensus_distance
     assert step == 250 and distance_j < 1e-12 and math.isnan(distance_h)
+
+
+def test_a_run_that_did_not_finish_or_exited_non_zero_fails(tmp_path):
+    """`--analyse` over a root where a run is still going (or was killed) must not count its
+    evaluations so far as a result."""
+    going = analyse(make_run(tmp_path, pending=[0.0, 0.0], exit_code=None, name="going"))
+    assert not going.ok and any("did not finish" in failure for failure in going.failures)
+    failed = analyse(make_run(tmp_path, pending=[0.0, 0.0], exit_code=3, name="failed"))
+    assert not failed.ok and any("exit code 3" in failure for failure in failed.failures)
+
+
+def test_the_table_prints_a_variant_whose_area_is_unknown(capsys):
+    """A variant whose runs never evaluated has a NaN area, which the summary stores as None."""
+    nothing = {"n": 0, "values": []}
+    row = {"last5": nothing, "area": {"n": 1, "values": [None], "mean": None}, "steps_to_threshold": {},
+           "reproducible": ["True"], "per_seed": {0: None}, "failed_seeds": [0], "s_per_1000_train_steps": nothing,
+           "gradient_steps_per_agent_in_window": nothing, "missing_neighbour_rounds_per_agent": nothing}
+    bench.print_table({"setting": "action penalty weight 1", "random_steps": 1000, "train_steps": 1200, "seeds": [0],
+                       "threshold": 400.0, "table": {"og_marl": row}, "comparisons": []})
+    assert "area under the curve -; reached 400 in 0 of 0 runs" in capsys.readouterr().out
 
 
 def test_a_run_that_skipped_owed_updates_fails(tmp_path):
@@ -291,7 +317,8 @@ def test_the_reference_codes_logs_are_scored_on_the_evaluations_both_sides_have(
 def test_a_run_records_the_code_that_ran_it_and_pairs_across_commits_are_named(tmp_path):
     run_dir = make_run(tmp_path, pending=[0.0, 0.0])
     code = {"parley": "0.1.0", "git_commit": "8fed29e" + "0" * 33, "git_dirty": False, "torch": "2.13.0+cpu"}
-    write_lines(run_dir / "events.jsonl", [{"t": 1.0, "event": "run_started", "node": None, "code": code}])
+    write_lines(run_dir / "events.jsonl", [{"t": 1.0, "event": "run_started", "node": None, "code": code},
+                                           {"t": 9.0, "event": "run_finished", "node": None, "exit_code": 0}])
     result = analyse(run_dir)
     assert result.code == code and bench.code_commit(result) == "8fed29e00000"
     older = bench.RunResult("og_marl_c0", 0, "", curve=result.curve, last5_mean=1.0, area=1.0)  # recorded before runs said
