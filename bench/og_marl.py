@@ -37,7 +37,8 @@ differences, 95 % t-interval, two-sided p, and the minimum detectable effect at 
 would likely have shown.
 
 A run FAILS (reported, and the script exits non-zero) when
-- it crashed or timed out;
+- it crashed or timed out, or (with `--analyse`) its run directory has no `run_finished` event
+  with exit code 0 (a run still going, or killed: its evaluations so far are not a result);
 - an agent's update-ratio contract is broken: at its last counters, `sac/steps_pending` exceeds
   `--max-pending-fraction` (1 %) of `sac/steps_owed` (the node logs `learner.counters()`, cumulative,
   at every evaluation and when it stops); a run without counters fails too, since the work done

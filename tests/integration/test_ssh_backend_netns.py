@@ -157,7 +157,7 @@ def consensus_episodes(metrics_path: Path) -> list[list[dict]]:
 
 @requires_namespaces
 @pytest.mark.long
-@pytest.mark.timeout(420)  # 6000 steps: ~37 s idle (2026-11-26); a stalled run fails at 300 s
+@pytest.mark.timeout(420)  # 6000 steps: ~41 s idle (2026-11-26); a stalled run fails at 300 s
 def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
     """Cut agent_2's host off the bridge for longer than the membership timeout, heal it, and
     check that consensus rounds after the heal include every neighbour and converge."""
