@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from gymnasium import spaces
@@ -57,6 +57,11 @@ class Client:
     absent: bool = False  # missed a deadline; not waited for until it acts again
     has_current: bool = False  # got the latest observation (else it joined after it was sent)
     unreachable: bool = False  # the last send found no connection (logged once, not per step)
+
+
+# Hands a client its observation without a message: (client, result, step, missing, run_finished,
+# evaluation) -> delivered (LockstepBarrier.broadcast).
+Deliver = Callable[[Client, BatchedStep, int, list[str], bool, bool], bool]
 
 
 class DefaultActions:
@@ -163,19 +168,25 @@ class LockstepBarrier:
     # ------------------------------------------------------------------ the open step
 
     def broadcast(self, result: BatchedStep, *, step: int, evaluation: bool, run_finished: bool,
-                  missing: list[str], wait: bool, now: float) -> list[Outgoing]:
-        """Each client's observation of `result`; opens `step` for actions when `wait`."""
+                  missing: list[str], wait: bool, now: float, deliver: Deliver | None = None) -> list[Outgoing]:
+        """Each client's observation of `result`; opens `step` for actions when `wait`.
+
+        `deliver(client, result, step, missing, run_finished, evaluation)` may hand a client its
+        rows without a message (the server's write into a shared-memory slot): a client it
+        returns True for is left out of the returned messages."""
         self.pending = {}
         self.step_due = False
         self.open_step = step if wait else None
         self.open_evaluation = evaluation
         self.num_copies = len(result.episode_start)
-        self.active_agents = {a for a, rows in result.active.items() if rows.any()}
+        # (`any` of a list: for the few copies of a lockstep, ~4x cheaper than ndarray.any)
+        self.active_agents = {a for a, rows in result.active.items() if any(rows.tolist())}
         self.deadline = now + self.step_deadline_s if wait else None
         self._last = (result, step, missing, run_finished, evaluation)
         return [
-            (client.identity, observation_for(client.agents, result, *self._last[1:]))
+            (client.identity, observation_for(client.agents, result, step, missing, run_finished, evaluation))
             for client in self.clients.values()
+            if deliver is None or not deliver(client, result, step, missing, run_finished, evaluation)
         ]
 
     def catch_up(self, identity: bytes) -> list[Outgoing]:
@@ -192,22 +203,35 @@ class LockstepBarrier:
 
     def on_action(self, identity: bytes, request: m.EnvAction, now: float) -> list[Outgoing]:
         """Record a client's actions; sets `step_due` once every awaited agent has acted."""
+        return self.on_actions(identity, request.step, request.evaluation, request.actions, now)
+
+    def on_actions(self, identity: bytes, step: int, evaluation: bool, actions: dict[str, Any], now: float) -> list[Outgoing]:
+        """`on_action` on an env.action's fields (the server's shared-memory path has no message)."""
         client = self.clients[identity]
         client.absent = False
-        if self.open_step is None or request.step != self.open_step or request.evaluation != self.open_evaluation:
+        if self.open_step is None or step != self.open_step or evaluation != self.open_evaluation:
             self.stale_actions += 1
             return []
-        for agent, action in request.actions.items():
+        for agent, action in actions.items():
             if agent not in client.agents:
                 raise Refused("not_your_agent", f"{client.client_id} does not drive {agent!r}")
             try:
                 check_batched(self.action_spaces[agent], action, self.num_copies, f"actions[{agent!r}]")
             except ValueError as error:
                 raise Refused("bad_action", str(error)) from None
-        self.pending.update(request.actions)
-        if all(agent in self.pending for agent in self.awaited_agents()):
+        self.pending.update(actions)
+        if self._every_awaited_agent_acted():
             self.step_due = True
         return []
+
+    def _every_awaited_agent_acted(self) -> bool:
+        """`all(a in pending for a in awaited_agents())`, stopping at the first that has not
+        acted: it runs on every action, and a scan of all N agents each time cost O(N²) per step."""
+        pending, clients, active = self.pending, self.clients, self.active_agents
+        for agent, identity in self.owner.items():
+            if agent not in pending and agent in active and not clients[identity].absent:
+                return False
+        return True
 
     def next_deadline(self) -> float | None:
         return None if self.step_due else self.deadline

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from env_server.barrier import DefaultActions, LockstepBarrier, Outgoing, Refused
+from env_server.barrier import Client, DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.episode_hold import EpisodeStartHold
 from env_server.baselines import baseline_metrics
 from env_server.evaluation import EvaluationSchedule
@@ -138,6 +138,7 @@ class EnvServer:
         self.hub = hub
         self._setup_transport()  # (before binding: a refused env.transport leaves no socket behind)
         self.channel = hub.bind_router(bind_address, name="env", advertise_host=advertise_host)
+        self.channel.on_shm_action = self.on_action_in_memory
         self.endpoint = self.channel.endpoint
         self.metrics = MetricsWriter(metrics_path, tensorboard_dir) if metrics_path is not None else None
         self.barrier = LockstepBarrier(
@@ -221,10 +222,24 @@ class EnvServer:
                 raise Refused("not_joined", f"send env.join before {envelope.msg_type}")
             handler(identity, envelope)
         except Refused as refused:
-            self.counters.rejected_requests += 1
-            # Aggregated per sender: a client repeating a bad request does not flood the log.
-            self.rejections.record(envelope.sender, f"{envelope.msg_type} ({refused.code})", refused.text)
+            self._refused(envelope.sender, envelope.msg_type, refused)
             self.channel.reply(envelope, m.ErrorReply(code=refused.code, message=refused.text))
+
+    def _refused(self, sender: str, msg_type: str, refused: Refused) -> None:
+        self.counters.rejected_requests += 1
+        # Aggregated per sender: a client repeating a bad request does not flood the log.
+        self.rejections.record(sender, f"{msg_type} ({refused.code})", refused.text)
+
+    def on_action_in_memory(self, identity: bytes, sender: str, step: int, actions: dict[str, Any], evaluation: bool) -> None:
+        """An env.action read from a client's shared-memory slot (`Channel.on_shm_action`): what
+        `handle` and `on_action` do with the message, on its fields (no envelope, no message)."""
+        try:
+            if self.barrier.client(identity) is None:
+                raise Refused("not_joined", "send env.join before env.action")
+            self._actions(identity, step, actions, evaluation)
+        except Refused as refused:
+            self._refused(sender, m.EnvAction.MSG_TYPE, refused)
+            self.channel.send(m.ErrorReply(code=refused.code, message=refused.text), to=identity)
 
     # ------------------------------------------------------------------ handlers
 
@@ -377,10 +392,14 @@ class EnvServer:
             self._send(self.barrier.catch_up(identity))
 
     def on_action(self, identity: bytes, envelope: Envelope) -> None:
+        request: m.EnvAction = envelope.message
+        self._actions(identity, request.step, request.actions, request.evaluation)
+
+    def _actions(self, identity: bytes, step: int, actions: dict[str, Any], evaluation: bool) -> None:
         if self.run_finished and not self.evaluating:
             self.barrier.client(identity).absent = False
             return
-        self._send(self.barrier.on_action(identity, envelope.message, self.clock()))
+        self._send(self.barrier.on_actions(identity, step, evaluation, actions, self.clock()))
         if self.barrier.step_due:
             self._step()
 
@@ -565,8 +584,23 @@ class EnvServer:
                 missing=missing,
                 wait=waiting,
                 now=self.clock(),
+                deliver=self._write_to_shared_memory if self.channel.shm_peers_any else None,
             )
         )
+
+    def _write_to_shared_memory(self, client: Client, result: BatchedStep, step: int, missing: list[str],
+                                run_finished: bool, evaluation: bool) -> bool:
+        """A shared-memory client's observation packed straight into its slot, without the
+        `EnvObservation` the barrier would build (the lockstep's hot path: that message and the
+        channel's layers around it were a fifth of the server's own time per client and step,
+        bench/PROFILE.md round 9); False: the message goes the usual way."""
+        if client.identity in self.global_view_clients:
+            return False
+        written = self.channel.write_step_result(client.identity, result, step=step, missing=missing,
+                                                 run_finished=run_finished, evaluation=evaluation)
+        if written:
+            self._delivered(client, True)
+        return written
 
     def _send(self, outgoing: list[Outgoing]) -> None:
         if not outgoing:
@@ -581,13 +615,18 @@ class EnvServer:
         for (identity, message), delivered in zip(outgoing, self.channel.send_batch(outgoing)):
             client = self.barrier.client(identity)
             if client is not None and isinstance(message, m.EnvObservation):
-                client.has_current = delivered
-                if delivered == client.unreachable:  # log the changes, not every step
-                    client.unreachable = not delivered
-                    if client.unreachable:
-                        log.warning("client %s is unreachable; its observations are dropped until it is back", client.client_id)
-                    else:
-                        log.info("client %s is reachable again", client.client_id)
+                self._delivered(client, delivered)
+
+    @staticmethod
+    def _delivered(client: Client, delivered: bool) -> None:
+        """Whether `client` got the latest observation (a send can find no connection)."""
+        client.has_current = delivered
+        if delivered == client.unreachable:  # log the changes, not every step
+            client.unreachable = not delivered
+            if client.unreachable:
+                log.warning("client %s is unreachable; its observations are dropped until it is back", client.client_id)
+            else:
+                log.info("client %s is reachable again", client.client_id)
 
     # ------------------------------------------------------------------ resuming (resume.py)
 

@@ -173,12 +173,19 @@ class PackedLayout:
     # ------------------------------------------------------------------ env.observation
 
     def pack_observation(self, observation: m.EnvObservation) -> bytes:
-        copies = len(observation.episode_start)
-        finals = observation.final_observations
-        flags = (_EVALUATION if observation.evaluation else 0) | (_RUN_FINISHED if observation.run_finished else 0) | (
-            _FINALS if finals else 0)
-        parts = [_HEAD.pack(observation.step, copies, flags), self._missing_mask(observation.missing)]
-        self._append_step_arrays(parts, observation, copies)
+        return self.pack_step_result(observation, step=observation.step, missing=observation.missing,
+                                     run_finished=observation.run_finished, evaluation=observation.evaluation)
+
+    def pack_step_result(self, result: Any, *, step: int, missing: list[str], run_finished: bool, evaluation: bool) -> bytes:
+        """The env.observation body of `result`'s rows for the layout's agents. `result` is an
+        `EnvObservation`, or the env server's whole `BatchedStep` (same field names, every agent's
+        rows): the server's write into a client's shared-memory slot packs straight from the
+        step, without the per-client message (env_server/server.py). Either gives the same bytes."""
+        copies = len(result.episode_start)
+        finals = result.final_observations
+        flags = (_EVALUATION if evaluation else 0) | (_RUN_FINISHED if run_finished else 0) | (_FINALS if finals else 0)
+        parts = [_HEAD.pack(step, copies, flags), self._missing_mask(missing)]
+        self._append_step_arrays(parts, result, copies)
         return b"".join(parts)
 
     def _append_step_arrays(self, parts: list[Any], message: Any, copies: int) -> None:
@@ -252,9 +259,13 @@ class PackedLayout:
         return b"".join([_HEAD.pack(action.step, copies, _EVALUATION if action.evaluation else 0), *self._action_arrays(action.actions, copies)])
 
     def unpack_action(self, data: Any) -> m.EnvAction:
+        return m.EnvAction(*self.unpack_action_fields(data))
+
+    def unpack_action_fields(self, data: Any) -> tuple[int, dict[str, np.ndarray], bool]:
+        """An env.action body's step, actions and evaluation flag, without the message object
+        (the env server reads shared-memory slots this way: `Channel.on_shm_action`)."""
         step, copies, flags = self._head(data, "env.action")
-        return m.EnvAction(step=step, actions=self._read_actions(data, _HEAD.size, copies, "env.action"),
-                           evaluation=bool(flags & _EVALUATION))
+        return step, self._read_actions(data, _HEAD.size, copies, "env.action"), bool(flags & _EVALUATION)
 
     def _copies_of(self, actions: dict[str, Any]) -> int:
         first = np.asarray(actions[self.agents[0]])

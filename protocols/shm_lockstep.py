@@ -67,10 +67,16 @@ overwrites a slot that was not read (a client holding an observation past the de
 client): that message goes by zmq. A zmq message that never reaches the reader leaves the link
 on zmq for good: slower, nothing lost.
 
-What this does not do: the server still builds one `EnvObservation` per client and the barrier
-handles one `EnvAction` per client (the lockstep's rules live there); the per-step saving is the
-envelope, the signature and zmq's calls and threads, not the per-client Python. bench/PROFILE.md
-says what that leaves (docs/results/shm_lockstep.md measures it).
+**No message objects on the env server.** The server's side skips the message classes for the two
+hot messages: an observation is packed straight from the step's arrays into the client's slot
+(`Channel.write_step_result`, which the barrier's broadcast calls per client), and an action read
+from a slot reaches the barrier as its fields (`Channel.on_shm_action`), at the point in the
+stream where its message would have been delivered. Whatever cannot go that way (a slot not read
+yet, an emulated link that is not ideal) falls back to the message and the rules above.
+
+What this does not do: the barrier still keeps its rules per client and per agent, the server
+packs and writes one body and one wake-up per client, and the client side builds its messages as
+before; bench/PROFILE.md says what that leaves (docs/results/shm_lockstep.md measures it).
 """
 
 from __future__ import annotations

@@ -355,6 +355,10 @@ class Channel:
         self._shm_woken: list[bytes | None] = []
         self._held: collections.deque[wire.Envelope] = collections.deque()
         self.watch_pipe: Callable[[int, Channel | None], None] | None = None  # set by the hub: poll this pipe too
+        # The env server's handler of an env.action read from a shared-memory slot: (routing id,
+        # sender, step, actions, evaluation). Called from `recv` in the order the messages came,
+        # instead of returning an `Envelope` of an `EnvAction` (the lockstep's hot path).
+        self.on_shm_action: Callable[[bytes | None, str, int, dict[str, Any], bool], None] | None = None
 
     def use_shm(self, link: ShmLink, identity: bytes | None = None) -> None:
         """Send this (packed) peer's env.observation / env.action through `link`'s segment, and
@@ -386,6 +390,10 @@ class Channel:
     @property
     def shm_peers(self) -> set[bytes | None]:
         return set(self._shm)
+
+    @property
+    def shm_peers_any(self) -> bool:
+        return bool(self._shm)
 
     def use_packed(self, layout: PackedLayout, identity: bytes | None = None) -> None:
         """Send this peer's env.observation / env.action packed with `layout`, and read packed
@@ -441,6 +449,26 @@ class Channel:
         if link is not None:
             link.sent_zmq()  # the peer must see it before this side writes its slot again
         return frames
+
+    def write_step_result(self, identity: bytes, result: Any, *, step: int, missing: list[str], run_finished: bool,
+                          evaluation: bool) -> bool:
+        """The lockstep's hot path on the env server: `identity`'s env.observation of `result` (a
+        `BatchedStep`) packed straight into its shared-memory slot, with no `EnvObservation`
+        built. False when it cannot go that way now (no segment, infos travel, the slot not read
+        yet, an emulated link that is not ideal): the caller then sends the message, which takes
+        the usual way (`_encode`)."""
+        link, layout = self._shm.get(identity), self._packed.get(identity)
+        if link is None or layout is None or result.infos:
+            return False
+        destination = self._destination(identity) if self.links is not None else None
+        if not self._emulation_lets_through(destination):
+            return False
+        body = layout.pack_step_result(result, step=step, missing=missing, run_finished=run_finished,
+                                                       evaluation=evaluation)
+        if not link.write(_OBSERVATION_CODE, body):
+            return False
+        self._count_on_link(destination, len(body))
+        return True
 
     def _emulation_lets_through(self, destination: str | None) -> bool:
         """Whether a message to node `destination` (None: not emulated) may skip the link
@@ -596,18 +624,25 @@ class Channel:
             return None
         if drain:
             link.drain_wake()
+        action_fields = None
         try:
             taken = link.take()
             if taken is None:
                 return None
             code, sent_at, body = taken
             msg_type = wire.PACKED_TYPES[code]
-            message = layout.unpack(msg_type, body)
+            if code == _ACTION_CODE and self.on_shm_action is not None:
+                action_fields = layout.unpack_action_fields(body)
+            else:
+                message = layout.unpack(msg_type, body)
         except (ValueError, IndexError, KeyError, ProtocolError) as error:
             self.stats.dropped_invalid += 1
             self.bad_input.record(link.peer_sender, "FieldError", f"shared-memory slot: {error}"[:300])
             return None
         self.stats.received += 1
+        if action_fields is not None:  # handled here, in the order received (see `on_shm_action`)
+            self.on_shm_action(identity, link.peer_sender, *action_fields)
+            return None
         header = wire.Header("", msg_type, link.peer_sender, self.run_id, PROTOCOL_VERSION, 0, sent_at)
         return wire.Envelope(header, message, {}, () if identity is None else (identity,))
 
@@ -952,6 +987,7 @@ _raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.ge
 # Plain ints: `events & zmq.POLLIN` with pyzmq's flag enum builds an enum member per call (~1 us).
 # The messages that may go through a peer's shared-memory segment (protocols/shm_lockstep.py).
 _SHM_TYPES = frozenset({m.EnvObservation, m.EnvAction})
+_OBSERVATION_CODE, _ACTION_CODE = wire.PACKED_CODE[m.EnvObservation.MSG_TYPE], wire.PACKED_CODE[m.EnvAction.MSG_TYPE]
 _NO_PEER = object()  # a pipe no peer owns any more (forgotten between the poll and `pipe_readable`)
 _SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(flag) for flag in (zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN))
 _LOG_FLUSH_EVERY_S = 0.25  # the bad-input logs aggregate over seconds: no need to look every wake-up

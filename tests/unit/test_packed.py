@@ -98,6 +98,22 @@ def test_an_observation_comes_back_as_it_was_packed(copies, finals):
     assert got.missing == ["a0", "a2"]  # in the env's agent order
 
 
+@pytest.mark.parametrize("finals", [False, True])
+def test_a_whole_step_packs_to_the_bytes_of_the_clients_message(finals):
+    """The env server packs a shared-memory client's rows straight from the step (every agent's
+    arrays) without building its EnvObservation: the same bytes as the message would give."""
+    from env_server.barrier import observation_for
+    from env_server.vector import BatchedStep
+
+    every = observation(3, agents=AGENTS, finals=finals)
+    step = BatchedStep(every.observations, every.rewards, every.terminated, every.truncated, every.active,
+                       every.final_observations, every.episode_start)
+    for agents in (["a0", "a1"], ["a2"]):
+        message = observation_for(agents, step, 7, ["a1"], False, True)
+        direct = layout(agents).pack_step_result(step, step=7, missing=["a1"], run_finished=False, evaluation=True)
+        assert direct == layout(agents).pack(message)
+
+
 def test_the_number_of_copies_may_change_between_messages():
     # Evaluation copies differ in number from training copies: K travels in every body.
     packer, unpacker = layout(), layout()
