@@ -13,7 +13,10 @@ Message flow (agents are DEALERs, the server is a ROUTER):
 A client that asks at join gets env.observation and env.action as packed bodies
 (protocols/packed.py, `_grant_packed`); the channel packs and unpacks them, so nothing below
 sees the difference. A packed client on this host may get them through shared memory instead
-(protocols/shm_lockstep.py, `_grant_transport`, `env.transport`): again below the channel.
+(protocols/shm_lockstep.py, `_grant_transport`, `env.transport`), and for such a client the
+server skips the message objects of the hot path: the barrier's broadcast writes its rows
+straight into its slot (`_write_to_shared_memory`), and its actions arrive as fields
+(`on_action_in_memory`), under the same rules as `on_action`.
 
 This module is the thin loop. The rules live in sans-IO parts with their own unit tests:
 `barrier.py` (who drives which agent, the open step, its deadline, default actions, the
@@ -591,9 +594,9 @@ class EnvServer:
     def _write_to_shared_memory(self, client: Client, result: BatchedStep, step: int, missing: list[str],
                                 run_finished: bool, evaluation: bool) -> bool:
         """A shared-memory client's observation packed straight into its slot, without the
-        `EnvObservation` the barrier would build (the lockstep's hot path: that message and the
-        channel's layers around it were a fifth of the server's own time per client and step,
-        bench/PROFILE.md round 9); False: the message goes the usual way."""
+        `EnvObservation` the barrier would build and the channel's layers around it (the
+        lockstep's hot path; bench/PROFILE.md round 9 measures the saving); False: the message
+        goes the usual way."""
         if client.identity in self.global_view_clients:
             return False
         written = self.channel.write_step_result(client.identity, result, step=step, missing=missing,
