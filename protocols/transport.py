@@ -463,8 +463,7 @@ class Channel:
         destination = self._destination(identity) if self.links is not None else None
         if not self._emulation_lets_through(destination):
             return False
-        body = layout.pack_step_result(result, step=step, missing=missing, run_finished=run_finished,
-                                                       evaluation=evaluation)
+        body = layout.pack_step_result(result, step=step, missing=missing, run_finished=run_finished, evaluation=evaluation)
         if not link.write(_OBSERVATION_CODE, body):
             return False
         self._count_on_link(destination, len(body))
@@ -987,6 +986,7 @@ _raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.ge
 # Plain ints: `events & zmq.POLLIN` with pyzmq's flag enum builds an enum member per call (~1 us).
 # The messages that may go through a peer's shared-memory segment (protocols/shm_lockstep.py).
 _SHM_TYPES = frozenset({m.EnvObservation, m.EnvAction})
+# ... and their type codes in a slot's header (the server's hot path writes and reads them directly).
 _OBSERVATION_CODE, _ACTION_CODE = wire.PACKED_CODE[m.EnvObservation.MSG_TYPE], wire.PACKED_CODE[m.EnvAction.MSG_TYPE]
 _NO_PEER = object()  # a pipe no peer owns any more (forgotten between the poll and `pipe_readable`)
 _SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(flag) for flag in (zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN))
