@@ -279,3 +279,24 @@ def test_an_evaluation_reports_each_agents_returns_per_episode_and_their_means()
         {"eval_episode/index": 0.0, "eval_episode/return/a0": -1.0, "eval_episode/return/a1": -2.0, "eval_episode/return/a2": -3.0},
         {"eval_episode/index": 1.0, "eval_episode/return/a0": 1.0, "eval_episode/return/a1": 0.0, "eval_episode/return/a2": -1.0},
     ]
+
+
+def test_the_step_is_due_exactly_when_every_awaited_agent_has_acted():
+    """The due check stops at the first awaited agent without an action; it must agree with
+    its definition (every agent of `awaited_agents()` acted) whatever is absent or inactive."""
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        barrier = make_barrier()
+        joined(barrier)
+        step = result()
+        step.active = {a: rng.random(K) < 0.8 for a in AGENTS}
+        barrier.broadcast(step, step=trial, evaluation=False, run_finished=False, missing=[], wait=True, now=0.0)
+        for agent in AGENTS:
+            barrier.clients[agent.encode()].absent = bool(rng.random() < 0.3)
+        for agent in rng.permutation(AGENTS):
+            if rng.random() < 0.3:
+                continue  # never acts this step
+            absent = {a: barrier.clients[a.encode()].absent for a in AGENTS}
+            barrier.on_action(agent.encode(), act(agent, trial), now=0.0)
+            expected = all(a in barrier.pending for a in barrier.awaited_agents())
+            assert barrier.step_due == expected, (trial, agent, absent, sorted(barrier.pending))
