@@ -221,12 +221,16 @@ class EnvServer:
             if handler is None:
                 raise Refused("unexpected_message", f"the env server does not accept {envelope.msg_type}")
             identity = envelope.identities[0]
-            if not isinstance(envelope.message, m.EnvJoin) and self.barrier.client(identity) is None:
-                raise Refused("not_joined", f"send env.join before {envelope.msg_type}")
+            if not isinstance(envelope.message, m.EnvJoin):
+                self._require_joined(identity, envelope.msg_type)
             handler(identity, envelope)
         except Refused as refused:
             self._refused(envelope.sender, envelope.msg_type, refused)
             self.channel.reply(envelope, m.ErrorReply(code=refused.code, message=refused.text))
+
+    def _require_joined(self, identity: bytes, msg_type: str) -> None:
+        if self.barrier.client(identity) is None:
+            raise Refused("not_joined", f"send env.join before {msg_type}")
 
     def _refused(self, sender: str, msg_type: str, refused: Refused) -> None:
         self.counters.rejected_requests += 1
@@ -237,8 +241,7 @@ class EnvServer:
         """An env.action read from a client's shared-memory slot (`Channel.on_shm_action`): what
         `handle` and `on_action` do with the message, on its fields (no envelope, no message)."""
         try:
-            if self.barrier.client(identity) is None:
-                raise Refused("not_joined", "send env.join before env.action")
+            self._require_joined(identity, m.EnvAction.MSG_TYPE)
             self._actions(identity, step, actions, evaluation)
         except Refused as refused:
             self._refused(sender, m.EnvAction.MSG_TYPE, refused)

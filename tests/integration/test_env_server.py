@@ -146,3 +146,12 @@ def test_joining_an_unknown_agent_is_refused(env_server, hub, lockstep_transport
     channel.send(env_client(lockstep_transport, "x", [7]).join())
     reply = channel.wait_for(object, timeout_s=20)
     assert isinstance(reply, m.ErrorReply) and reply.code == "unknown_agent" and "out of range" in reply.message
+
+
+def test_a_request_before_joining_is_refused_as_not_joined(env_server, hub):
+    endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2}))
+    channel = hub.connect_dealer(endpoint, name="x", identity="x")
+    channel.send(m.EnvAction(step=0, actions={"agent_0": np.zeros(1, np.int64)}))
+    reply = channel.wait_for(object, timeout_s=20)
+    assert isinstance(reply, m.ErrorReply) and reply.code == "not_joined"
+    assert reply.message == "send env.join before env.action"
