@@ -69,7 +69,8 @@ on zmq for good: slower, nothing lost.
 
 **No message objects on the env server.** The server's side skips the message classes for the two
 hot messages: an observation is packed straight from the step's arrays into the client's slot
-(`Channel.write_step_result`, which the barrier's broadcast calls per client), and an action read
+(`Channel.write_step_result`, called per client from the barrier's broadcast through the server's
+`deliver` callback), and an action read
 from a slot reaches the barrier as its fields (`Channel.on_shm_action`), at the point in the
 stream where its message would have been delivered. Whatever cannot go that way (a slot not read
 yet, an emulated link that is not ideal) falls back to the message and the rules above.

@@ -55,6 +55,24 @@ def test_broadcast_sends_each_client_its_own_agents_and_opens_the_step():
     assert barrier.open_step == 4 and barrier.next_deadline() == 11.0
 
 
+def test_a_client_handed_its_rows_directly_gets_no_message_and_the_step_still_opens():
+    """The env server writes a shared-memory client's rows into its slot (`deliver`): that client
+    is left out of the messages, the others get theirs, and the step opens for everyone."""
+    barrier = make_barrier()
+    joined(barrier)
+    handed = []
+
+    def deliver(client, step_result, step, missing, run_finished, evaluation):
+        handed.append((client.client_id, step, missing, run_finished, evaluation))
+        return client.client_id == "a1"
+
+    outgoing = barrier.broadcast(result(), step=4, evaluation=True, run_finished=False, missing=["a2"], wait=True,
+                                 now=10.0, deliver=deliver)
+    assert [identity for identity, _ in outgoing] == [b"a0", b"a2"]
+    assert handed == [(a, 4, ["a2"], False, True) for a in AGENTS]
+    assert barrier.open_step == 4 and barrier.open_evaluation
+
+
 def test_the_step_is_due_when_every_agent_has_acted():
     barrier = make_barrier()
     joined(barrier)
