@@ -25,8 +25,9 @@ orchestrator's death (protocols/control.py).
 **Fork safety.** Forking copies only the calling thread, so the zygote must have no other
 thread and no state that a thread or a socket owns: it is started with OMP/MKL/OpenBLAS thread
 counts of 1 (numpy's OpenBLAS would otherwise start a worker thread at import), never creates
-a zmq context, runs torch only single-threaded (one warm-up step, see `warm_up_torch`, so no intra-op pool
-exists), and checks that it is single-threaded before every fork. After the fork the node re-seeds Python's, numpy's and
+a zmq context, runs torch only single-threaded (one warm-up step, tried in a throwaway child
+first, and skipped where it starts threads: `warm_up_torch_if_fork_safe`), and checks that it is
+single-threaded before every fork. After the fork the node re-seeds Python's, numpy's and
 torch's global generators from its own seed (they would otherwise be the zygote's state, the
 same in every node), moves into its own session like a subprocess-started node, points stdout
 and stderr at its log and runs its module as `__main__`, exactly as `python -m` would.
@@ -51,6 +52,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 # prctl(2) option: set the calling thread's name (/proc/<pid>/comm, 15 bytes), so `ps` and the
 # tests can tell forked nodes apart (their /proc/<pid>/cmdline is still the zygote's).
@@ -100,8 +102,60 @@ def warm_up_torch() -> None:
     optimizer.step()
 
 
+def warm_up_torch_if_fork_safe() -> str | None:
+    """Run `warm_up_torch` here if it leaves this process single-threaded; None when it ran, or
+    why it was skipped (the nodes then initialise torch themselves: more memory, nothing else).
+
+    It is tried first in a forked child, because a thread it starts cannot be undone and would
+    make every later fork unsafe. A CUDA build of torch on a machine with a GPU does start
+    threads: the warm-up's backward and Adam's step ask how many devices there are, which starts
+    the CUDA driver's thread and an autograd thread per device (seen with torch 2.11+cu130 on an
+    H100: 'cuda00001800007' and 'pt_autograd_0'; with CUDA_VISIBLE_DEVICES empty the driver's
+    thread still starts). Before this probe such a zygote refused to fork: `orchestrate up` with
+    the default `launch.start_method` failed on that machine, as it would wherever a CUDA build
+    of torch sees a GPU."""
+    if sys.modules.get("torch") is None:
+        return None
+    read_fd, write_fd = os.pipe()
+    probe = os.fork()
+    if probe == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            warm_up_torch()
+            names = thread_names()
+            os.write(write_fd, f"{len(names) - 1} thread(s) besides the main one; all: {', '.join(names)}".encode())
+            code = 0 if len(names) == 1 else 2
+        except BaseException as error:  # noqa: BLE001 - reported to the zygote through the pipe
+            os.write(write_fd, f"{type(error).__name__}: {error}".encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        said = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(probe, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 2:
+        return f"it starts {said}; forking would be unsafe"
+    if code != 0:
+        return f"it failed in a probe process: {said or f'exit {code}'}"
+    warm_up_torch()
+    return None
+
+
 def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
+
+
+def thread_names() -> list[str]:
+    """This process's threads by name (/proc/self/task/*/comm), for the reports."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+        except OSError:
+            names.append(task)  # a thread that ended while we looked
+    return sorted(names)
 
 
 def reseed(seed: int) -> None:
@@ -209,12 +263,15 @@ def fork_node(request: dict, orchestrator_socket: socket.socket) -> int:
 def serve(orchestrator_socket: socket.socket, preload_modules: list[str]) -> int:
     started = time.monotonic()
     loaded, failed = preload(preload_modules)
-    try:
-        warm_up_torch()
-    except Exception as error:  # noqa: BLE001 - reported; the nodes then initialise torch themselves
-        failed["<torch warm-up>"] = f"{type(error).__name__}: {error}"
+    if thread_count() == 1:
+        try:
+            skipped = warm_up_torch_if_fork_safe()
+        except Exception as error:  # noqa: BLE001 - reported; the nodes then initialise torch themselves
+            skipped = f"{type(error).__name__}: {error}"
+        if skipped is not None:
+            failed["<torch warm-up>"] = f"skipped: {skipped}"
     if threading.active_count() != 1 or thread_count() != 1:
-        failed["<threads>"] = f"{thread_count()} threads after preloading; forking would be unsafe"
+        failed["<threads>"] = f"{thread_count()} threads after preloading ({', '.join(thread_names())}); forking would be unsafe"
         _send(orchestrator_socket, {"ready": False, "failed": failed})
         return 1
     # Objects that exist now are never collected in the nodes: keep the collector from writing

@@ -107,3 +107,32 @@ def test_a_node_starts_only_once_the_orchestrator_has_adopted_it():
     assert seen["first_parent"] == seen["intermediate"], "the node began under the intermediate (the race set up)"
     assert seen["parent"] == seen["me"], "it went on only once re-parented to the subreaper"
     assert seen["waited_s"] >= 0.3
+
+
+# A torch build whose warm-up starts a thread (a CUDA build on a GPU machine does: the driver's
+# thread and an autograd device thread), played by a warm-up that starts one.
+THREADED_WARM_UP = textwrap.dedent(
+    """
+    import json, sys, threading, time, types
+    from orchestrator import zygote
+
+    sys.modules.setdefault("torch", types.ModuleType("torch"))  # the check only asks whether torch is loaded
+    def warm_up_that_starts_a_thread():
+        threading.Thread(target=time.sleep, args=(60,), name="fake-gpu-events", daemon=True).start()
+    zygote.warm_up_torch = warm_up_that_starts_a_thread
+    skipped = zygote.warm_up_torch_if_fork_safe()
+    print(json.dumps({"skipped": skipped, "threads_after": zygote.thread_count()}))
+    """
+)
+
+
+def test_a_warm_up_that_would_start_threads_is_skipped_and_the_zygote_stays_forkable():
+    done = subprocess.run(
+        [sys.executable, "-c", THREADED_WARM_UP],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["skipped"] is not None and seen["skipped"].startswith("it starts 1 thread(s) besides the main one"), seen
+    assert "forking would be unsafe" in seen["skipped"]
+    assert seen["threads_after"] == 1, "the thread started only in the throwaway probe"
