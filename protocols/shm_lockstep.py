@@ -48,8 +48,11 @@ missing mask, the arrays.
 writes one byte into the peer's pipe. The reader, woken by its pipe, empties the pipe, and when
 the slot holds a message it has not read, copies the body out (a few hundred bytes: the node may
 hold an observation for several steps, the slot is reused next step), sets `read = written` and
-unpacks it into the same message class a packed zmq frame gives. Nobody spins: the reader blocks
-in its usual poll, on its zmq sockets and its pipe together. A message through shared memory
+unpacks it into the same message class a packed zmq frame gives. Before it goes back to its poll,
+a reader also looks at every slot it reads (one read of the header each) and takes what was
+written since the poll returned, emptying that pipe with it: the actions that reach the env server
+while it handles the first need no wake-up of their own (1.5 instead of 2.7 a K=1 step at N = 4).
+Nobody spins: the reader blocks in its usual poll, on its zmq sockets and its pipes together. A message through shared memory
 costs no zmq call, no envelope and no signature on either side.
 
 **Never a torn read, never a reordering, never a lost message.** Two paths between the same two
@@ -99,6 +102,7 @@ _HEADER_BYTES = 64  # per slot, padded to a cache line
 # code (u64) and sent_at (f64). The writer writes `written` and the message, the reader the rest.
 _HEAD = struct.Struct("<QQQQQd")
 _FIELD = struct.Struct("<Q")
+_COUNTERS = struct.Struct("<QQ")  # written, read: a slot holds an unread message when they differ
 _MESSAGE = struct.Struct("<QQd")  # length, type code, sent_at: written before `written` moves
 _WRITTEN_AT, _READ_AT, _SEEN_AT, _MESSAGE_AT = 0, 8, 16, 24
 DOWN, UP = 0, 1  # the slots: server -> client, client -> server
@@ -298,6 +302,12 @@ class ShmLink:
                 pass
         except BlockingIOError:
             pass
+
+    def unread(self) -> bool:
+        """Whether the peer's slot holds a message this side has not taken (one read of the
+        header: cheap enough to ask of every link before going back to the poll)."""
+        written, read = _COUNTERS.unpack_from(self._memory, self._read_head)
+        return written != read
 
     def take(self) -> tuple[int, float, bytes] | None:
         """(type code, sent_at, a copy of the body) of the message the peer's slot holds unread,

@@ -248,6 +248,21 @@ def test_the_hub_wakes_on_the_pipe(channels):
     assert envelope.message.step == 5 and envelope.sender == "env"
 
 
+def test_a_message_written_after_the_poll_is_taken_without_another_wake_up(channels):
+    """`recv_all` ends by looking at every slot: what a peer wrote after the poll returned is
+    taken then, and its wake-up byte is emptied with it, so the next poll does not wake for a
+    message already taken."""
+    router, dealer, server_link, _client_link = channels
+    hub = hub_of(dealer)
+    assert list(dealer.recv_all()) == [], "nothing yet (no poll has run)"
+    router.send(observation(6), to=b"agent_0")  # through the segment, its byte in the pipe
+    assert server_link.sent_by_shm == 1
+    (envelope,) = list(dealer.recv_all())  # no wait: the slot is read all the same
+    assert envelope.message.step == 6
+    assert not readable(dealer.shm_link().wake_fd), "the byte went with the message"
+    assert hub.wait(0.05) == [], "no wake-up for a message already taken"
+
+
 def test_the_link_emulation_counts_shared_memory_and_a_partition_blocks_it(hubs, tmp_path):
     from protocols.links import LinkConfig, LinkTable
 
