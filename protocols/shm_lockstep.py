@@ -52,8 +52,8 @@ unpacks it into the same message class a packed zmq frame gives. Before it goes 
 a reader also looks at every slot it reads (one read of the header each) and takes what was
 written since the poll returned, emptying that pipe with it: the actions that reach the env server
 while it handles the first need no wake-up of their own (1.5 instead of 2.7 a K=1 step at N = 4).
-Nobody spins: the reader blocks in its usual poll, on its zmq sockets and its pipes together. A message through shared memory
-costs no zmq call, no envelope and no signature on either side.
+Nobody spins: the reader blocks in its usual poll, on its zmq sockets and its pipes together. A
+message through shared memory costs no zmq call, no envelope and no signature on either side.
 
 **Never a torn read, never a reordering, never a lost message.** Two paths between the same two
 processes can reorder messages; two counters keep them in order. Every message the writer sends

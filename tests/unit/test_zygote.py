@@ -118,7 +118,7 @@ THREADED_WARM_UP = textwrap.dedent(
 
     sys.modules.setdefault("torch", types.ModuleType("torch"))  # the check only asks whether torch is loaded
     def warm_up_that_starts_a_thread():
-        threading.Thread(target=time.sleep, args=(60,), name="fake-gpu-events", daemon=True).start()
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
     zygote.warm_up_torch = warm_up_that_starts_a_thread
     skipped = zygote.warm_up_torch_if_fork_safe()
     print(json.dumps({"skipped": skipped, "threads_after": zygote.thread_count()}))
