@@ -43,6 +43,9 @@ or `git archive main | tar -x -C /tmp/before`) in the same run: for each K its e
 clients run right before this checkout's, against the same in-process baseline, so a before /
 after comparison is side by side under the same load (`before_*` keys, `before` table rows).
 
+Each measurement is also printed on stderr as it is taken, so a run stopped at a time limit (on a
+slower machine, say) keeps what it measured; the table comes at the end.
+
 Profile of the hot path and the measurements behind the README's table: bench/PROFILE.md.
 """
 
@@ -79,7 +82,15 @@ def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float
         if not env.agents:
             env.reset()
         env.step({agent: int(rng.integers(5)) for agent in env.agents})
-    return steps / (time.perf_counter() - start), (time.process_time() - start_cpu) / steps * 1e6
+    rate, cpu_us = steps / (time.perf_counter() - start), (time.process_time() - start_cpu) / steps * 1e6
+    progress(f"in-process N={agents}: {rate:.0f} steps/s, {cpu_us:.0f} CPU us per step")
+    return rate, cpu_us
+
+
+def progress(line: str) -> None:
+    """One measurement as it is taken, on stderr: a run stopped at a time limit keeps what it
+    measured (the table comes only at the end)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 class ParleyRun(NamedTuple):
@@ -139,6 +150,9 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
             server.terminate()
             server.wait(timeout=30)
     env_steps = lockstep_steps * copies
+    progress(f"Parley N={agents} K={copies} W={workers} ({repo.name}, {bodies} bodies, lockstep {lockstep or 'auto'}): "
+             f"{env_steps / max(spans):.0f} steps/s, {(server_cpu + client_cpu) / env_steps * 1e6:.0f} CPU us per env step, "
+             f"{defaulted} defaulted")
     return ParleyRun(env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6,
                      float(np.median(p50s)) if p50s else float("nan"), float(np.median(p99s)) if p99s else float("nan"),
                      "+".join(sorted(paths)) or "?")
