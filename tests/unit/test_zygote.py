@@ -37,13 +37,19 @@ DRIVER = textwrap.dedent(
 )
 
 
-def test_forked_nodes_are_our_children_reseeded_with_their_own_exit_codes(tmp_path):
+def last_json_line_of(script: str, *args: str, timeout_s: float = 60) -> dict:
+    """Run `script` in a fresh interpreter (it may fork or make itself a subreaper, which a pytest
+    process should not) and return what its last line of output says."""
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(tmp_path)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script, *args],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=timeout_s,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_forked_nodes_are_our_children_reseeded_with_their_own_exit_codes(tmp_path):
+    report = last_json_line_of(DRIVER, str(tmp_path), timeout_s=120)
     seen = {name: json.loads((tmp_path / f"{name}.log").read_text().strip().splitlines()[-1]) for name in "abc"}
     assert {name: r["code"] for name, r in report["results"].items()} == {"a": 0, "b": 3, "c": 0}
     for name, probe in seen.items():
@@ -98,12 +104,7 @@ LATE_INTERMEDIATE = textwrap.dedent(
 
 
 def test_a_node_starts_only_once_the_orchestrator_has_adopted_it():
-    done = subprocess.run(
-        [sys.executable, "-c", LATE_INTERMEDIATE],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = last_json_line_of(LATE_INTERMEDIATE)
     assert seen["first_parent"] == seen["intermediate"], "the node began under the intermediate (the race set up)"
     assert seen["parent"] == seen["me"], "it went on only once re-parented to the subreaper"
     assert seen["waited_s"] >= 0.3
@@ -127,12 +128,7 @@ THREADED_WARM_UP = textwrap.dedent(
 
 
 def test_a_warm_up_that_would_start_threads_is_skipped_and_the_zygote_stays_forkable():
-    done = subprocess.run(
-        [sys.executable, "-c", THREADED_WARM_UP],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = last_json_line_of(THREADED_WARM_UP)
     assert seen["skipped"] is not None and seen["skipped"].startswith("it starts 1 thread(s) besides the main one"), seen
     assert "forking would be unsafe" in seen["skipped"]
     assert seen["threads_after"] == 1, "the thread started only in the throwaway probe"
