@@ -106,15 +106,19 @@ def warm_up_torch_if_fork_safe() -> str | None:
     """Run `warm_up_torch` here if it leaves this process single-threaded; None when it ran, or
     why it was skipped (the nodes then initialise torch themselves: more memory, nothing else).
 
-    It is tried first in a forked child, because a thread it starts cannot be undone and would
-    make every later fork unsafe. A CUDA build of torch on a machine with a GPU does start
-    threads: the warm-up's backward and Adam's step ask how many devices there are, which starts
-    the CUDA driver's thread and an autograd thread per device (seen with torch 2.11+cu130 on an
-    H100: 'cuda00001800007' and 'pt_autograd_0'; with CUDA_VISIBLE_DEVICES empty the driver's
-    thread still starts). Before this probe such a zygote refused to fork: `orchestrate up` with
-    the default `launch.start_method` failed on that machine, as it would wherever a CUDA build
-    of torch sees a GPU."""
-    if sys.modules.get("torch") is None:
+    A torch build with a device runtime (CUDA, ROCm) starts threads on a machine with a GPU: the
+    warm-up's backward and Adam's step ask how many devices there are, which starts the driver's
+    thread and an autograd thread per device (seen with torch 2.11+cu130 on an H100:
+    'cuda00001800007' and 'pt_autograd_0'; with CUDA_VISIBLE_DEVICES empty the driver's thread
+    still starts). A thread cannot be undone and would make every later fork unsafe, so with such
+    a build the warm-up is tried first in a throwaway forked child (~1 s). Before this, such a
+    zygote refused to fork: `orchestrate up` with the default `launch.start_method` failed on that
+    machine, as it would wherever a CUDA build of torch sees a GPU. A CPU build warms up directly."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if not _has_device_runtime(torch):
+        warm_up_torch()
         return None
     read_fd, write_fd = os.pipe()
     probe = os.fork()
@@ -141,6 +145,12 @@ def warm_up_torch_if_fork_safe() -> str | None:
         return f"it failed in a probe process: {said or f'exit {code}'}"
     warm_up_torch()
     return None
+
+
+def _has_device_runtime(torch) -> bool:
+    """Whether this torch build carries a GPU runtime that may start threads (CUDA or ROCm)."""
+    version = getattr(torch, "version", None)
+    return bool(getattr(version, "cuda", None) or getattr(version, "hip", None))
 
 
 def thread_count() -> int:

@@ -8,6 +8,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -117,7 +120,9 @@ THREADED_WARM_UP = textwrap.dedent(
     import json, sys, threading, time, types
     from orchestrator import zygote
 
-    sys.modules.setdefault("torch", types.ModuleType("torch"))  # the check only asks whether torch is loaded
+    torch = types.ModuleType("torch")  # a CUDA build, as far as the zygote asks
+    torch.version = types.SimpleNamespace(cuda="13.0", hip=None)
+    sys.modules["torch"] = torch
     def warm_up_that_starts_a_thread():
         threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
     zygote.warm_up_torch = warm_up_that_starts_a_thread
@@ -132,3 +137,16 @@ def test_a_warm_up_that_would_start_threads_is_skipped_and_the_zygote_stays_fork
     assert seen["skipped"] is not None and seen["skipped"].startswith("it starts 1 thread(s) besides the main one"), seen
     assert "forking would be unsafe" in seen["skipped"]
     assert seen["threads_after"] == 1, "the thread started only in the throwaway probe"
+
+
+def test_a_cpu_build_of_torch_warms_up_in_the_zygote_itself_with_no_probe(monkeypatch):
+    from orchestrator import zygote
+
+    ran_in = []
+    cpu_build = types.ModuleType("torch")
+    cpu_build.version = types.SimpleNamespace(cuda=None, hip=None)
+    monkeypatch.setitem(sys.modules, "torch", cpu_build)
+    monkeypatch.setattr(zygote, "warm_up_torch", lambda: ran_in.append(os.getpid()))
+    monkeypatch.setattr(os, "fork", lambda: pytest.fail("a CPU build needs no probe process"))
+    assert zygote.warm_up_torch_if_fork_safe() is None
+    assert ran_in == [os.getpid()]
