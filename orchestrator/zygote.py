@@ -102,6 +102,9 @@ def warm_up_torch() -> None:
     optimizer.step()
 
 
+_PROBE_STARTED_THREADS = 2  # the probe's exit code when the warm-up left threads behind
+
+
 def warm_up_torch_if_fork_safe() -> str | None:
     """Run `warm_up_torch` here if it leaves this process single-threaded; None when it ran, or
     why it was skipped (the nodes then initialise torch themselves: more memory, nothing else).
@@ -129,7 +132,7 @@ def warm_up_torch_if_fork_safe() -> str | None:
             warm_up_torch()
             names = thread_names()
             os.write(write_fd, f"{len(names) - 1} thread(s) besides the main one; all: {', '.join(names)}".encode())
-            code = 0 if len(names) == 1 else 2
+            code = 0 if len(names) == 1 else _PROBE_STARTED_THREADS
         except BaseException as error:  # noqa: BLE001 - reported to the zygote through the pipe
             os.write(write_fd, f"{type(error).__name__}: {error}".encode())
         finally:
@@ -139,7 +142,7 @@ def warm_up_torch_if_fork_safe() -> str | None:
         said = pipe.read().decode(errors="replace")
     _, status = os.waitpid(probe, 0)
     code = os.waitstatus_to_exitcode(status)
-    if code == 2:
+    if code == _PROBE_STARTED_THREADS:
         return f"it starts {said}; forking would be unsafe"
     if code != 0:
         return f"it failed in a probe process: {said or f'exit {code}'}"
