@@ -14,6 +14,10 @@ each variant stripped of more of what Parley does per message:
 - `floor_shm`: no socket at all: the observations in one shared (N, obs) array written in one
   copy, the actions in one (N,) array, an eventfd per wake-up (one per client per step, and the
   clients' count on the server's): the least an array-based barrier could cost;
+- `array_sketch`: `floor_shm` with what the issue's array design would keep in Python: the real
+  vectorized env and its batching, the step's reward and flag arrays copied too, zmq polls beside
+  the wake-ups, the barrier's due check and action check on arrays, clients that build the
+  `EnvObservation` / `EnvAction` a node gets (how far that design could go; not built);
 - `floor_zmq`: the same bytes over zmq ROUTER/DEALER on ipc (zmq's I/O threads, no codec);
 - `codec_zmq`: zmq, and every message a real `EnvObservation` / `EnvAction` through Parley's
   codec (`wire.encode` / `wire.decode`), but no hub, barrier or vectorized env;
@@ -280,6 +284,112 @@ def floor_shm(steps: int) -> dict:
     return {"steps_per_s": steps / wall, "server_cpu_us": cpu / steps * 1e6, "client_cpu_us": client_cpu}
 
 
+def array_sketch(steps: int) -> dict:
+    """A sketch of the issue's array design (issue 28), with what such a Parley would still do
+    per step and `floor_shm` leaves out: the server steps the real `VectorizedParallelEnv` (K=1,
+    its batching included), copies the step's observation, reward and flag arrays into shared
+    arrays (one copy each: the vector env's (N, K) arrays as they are), waits in a zmq poll with
+    an idle ROUTER beside the wake-up eventfd (the hub's control channel), and keeps the
+    barrier's rules on arrays: every action stamped with its step, the step due when every
+    awaited agent's stamp is the open step, the actions checked against the action space in one
+    comparison. Each client polls its eventfd the same way, builds the `EnvObservation` of its
+    rows and an `EnvAction` (what `RemoteParallelEnv` hands a node), writes its action and stamp,
+    and wakes the server. Not built in Parley: what it measures is how far the design could go."""
+    import mmap
+
+    import zmq
+
+    from env_server.vector import VectorizedParallelEnv
+    from protocols import messages as m
+
+    envs = VectorizedParallelEnv(make_env, 1, autoreset=True)
+    agents = envs.possible_agents
+    result = envs.reset(seed=0)
+    obs_size = result.observations[agents[0]].shape[1]
+    n = len(agents)
+    layout = [("obs", np.float32, n * obs_size), ("reward", np.float32, n), ("flags", np.bool_, 3 * n),
+              ("start", np.bool_, 8), ("action", np.int64, n), ("stamp", np.int64, n), ("step", np.int64, 1)]
+    memory = mmap.mmap(-1, sum(np.dtype(dtype).itemsize * count + 8 for _, dtype, count in layout))
+    shared, offset = {}, 0
+    for name, dtype, count in layout:
+        shared[name] = np.frombuffer(memory, dtype, count, offset)
+        offset += np.dtype(dtype).itemsize * count + 8
+    shared_obs, shared_flags = shared["obs"].reshape(n, obs_size), shared["flags"].reshape(3, n)
+    shared["stamp"][:] = -1
+    wake_client = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(n)]
+    wake_server = os.eventfd(0, os.EFD_NONBLOCK)
+    high = envs.action_spaces[agents[0]].n  # Discrete: the check is 0 <= a < n for every row
+
+    def client(index: int, report_fd: int) -> None:
+        context = zmq.Context()
+        idle = context.socket(zmq.DEALER)  # the client's other socket, polled with its wake-up
+        poller = zmq.Poller()
+        poller.register(idle, zmq.POLLIN)
+        poller.register(wake_client[index], zmq.POLLIN)
+        agent, rng = agents[index], np.random.default_rng(index)
+        first_cpu, answered = None, 0
+        while True:
+            poller.poll()
+            os.eventfd_read(wake_client[index])
+            if first_cpu is None:
+                first_cpu = time.process_time()
+            step = int(shared["step"][0])
+            if step < 0:
+                break
+            row = lambda array: {agent: array[index : index + 1].copy()}  # noqa: E731
+            m.EnvObservation(step=step, observations={agent: shared_obs[index : index + 1].copy()},
+                             rewards=row(shared["reward"]), terminated=row(shared_flags[0]), truncated=row(shared_flags[1]),
+                             active=row(shared_flags[2]), final_observations={}, episode_start=shared["start"][:1].copy())
+            action = m.EnvAction(step=step, actions={agent: np.array([rng.integers(5)])})
+            shared["action"][index] = action.actions[agent][0]
+            shared["stamp"][index] = step
+            os.eventfd_write(wake_server, 1)
+            answered += 1
+        os.write(report_fd, struct.pack("<d", (time.process_time() - first_cpu) / max(1, answered)))
+        idle.close(0)
+        context.term()
+
+    pids, read_fd = _fork_clients(client)
+    context = zmq.Context()
+    control = context.socket(zmq.ROUTER)  # the hub's control channel: polled, never used here
+    poller = zmq.Poller()
+    poller.register(control, zmq.POLLIN)
+    poller.register(wake_server, zmq.POLLIN)
+    awaited = np.arange(n)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for step in range(steps + 1):
+        finished = step == steps
+        if not finished:
+            np.concatenate([result.observations[agent] for agent in agents], out=shared_obs)
+            shared["reward"][:] = result.rewards[agents[0]].base[:, 0]
+            shared_flags[:] = result.terminated[agents[0]].base[:, :, 0]
+            shared["start"][:1] = result.episode_start
+        shared["step"][0] = -1 if finished else step
+        for fd in wake_client:
+            os.eventfd_write(fd, 1)
+        if finished:
+            break
+        while not (shared["stamp"][awaited] == step).all():  # the barrier's due check, on arrays
+            poller.poll(1000)  # the step deadline would bound this wait
+            try:
+                os.eventfd_read(wake_server)
+            except BlockingIOError:
+                pass
+        actions = shared["action"].copy()
+        if ((actions < 0) | (actions >= high)).any():
+            raise ValueError(f"an action outside Discrete({high}): {actions}")
+        result = envs.step({agent: actions[i : i + 1] for i, agent in enumerate(agents)})
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    client_cpu = _reap(pids, read_fd)
+    for fd in [*wake_client, wake_server]:
+        os.close(fd)
+    control.close(0)
+    context.term()
+    del shared, shared_obs, shared_flags
+    memory.close()
+    return {"steps_per_s": steps / wall, "server_cpu_us": cpu / steps * 1e6, "client_cpu_us": client_cpu}
+
+
 def _zmq_variant(steps: int, parley_codec: bool) -> dict:
     import zmq  # a probe of zmq itself; Parley's own code reaches zmq only through protocols/transport.py
 
@@ -370,6 +480,7 @@ VARIANTS = {
     "inprocess_8_copies": lambda steps: inprocess(steps, copies=8),
     "floor_raw": floor_raw,
     "floor_shm": floor_shm,
+    "array_sketch": array_sketch,
     "floor_zmq": lambda steps: _zmq_variant(steps, parley_codec=False),
     "codec_zmq": lambda steps: _zmq_variant(steps, parley_codec=True),
     "parley": parley,
