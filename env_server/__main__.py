@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("auto", "shm", "zmq"), default=_DEFAULTS["transport"],
                         help="standalone: how lockstep bodies reach clients on this host (env.transport)")
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
+    parser.add_argument("--max-steps-per-s", type=float, default=None,
+                        help="standalone: at most this many training lockstep steps per second (env.max_steps_per_s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.max_steps_per_s is not None and not (math.isfinite(args.max_steps_per_s) and args.max_steps_per_s > 0):
+        parser.error(f"--max-steps-per-s: expected a positive number of steps per second, got {args.max_steps_per_s}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.config:
         if not args.control:
@@ -142,6 +147,7 @@ def _standalone_server(args: argparse.Namespace, envs, hub: Hub) -> EnvServer:
             default_action=_DEFAULTS["default_action"],
             episode_start_hold_s=args.episode_start_hold,
             transport=args.transport,
+            max_steps_per_s=args.max_steps_per_s,
         ),
         seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
@@ -200,6 +206,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             rules=LockstepRules(
                 max_steps=config.run.steps,
                 step_deadline_s=env_config.step_deadline_s,
+                max_steps_per_s=env_config.max_steps_per_s,
                 join_deadline_s=env_config.join_deadline_s,
                 default_action=env_config.default_action,
                 eval_every_steps=env_config.eval_every_steps,

@@ -42,6 +42,11 @@ class EnvConfig(BaseModel):
     autoreset: bool = True
     # A step happens when every live agent's action arrived, or after this long.
     step_deadline_s: float = Field(5.0, gt=0)
+    # At most this many training lockstep steps per second (each steps the K copies); None: as
+    # fast as the agents and the env go. It paces a run to the wall clock, so that a fault
+    # schedule in seconds (`faults.schedule[].at_s`) meets the same steps on a fast machine as on
+    # a slow one. Evaluation steps are not paced.
+    max_steps_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     # How long the server waits for every agent to join before the first reset.
     join_deadline_s: float = Field(120.0, gt=0)
     # What a missing agent's action becomes: the action space's no-op (zeros / action 0) or a

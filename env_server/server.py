@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ class LockstepRules:
     step_hold_timeout_s: float = field(default_factory=lambda: ControlConfig().step_hold_timeout_s)
     # How the lockstep's bodies travel to clients on this host: auto | shm | zmq (env_server/config.py).
     transport: str = "auto"
+    # At most this many training steps per second (env.max_steps_per_s); None: unpaced.
+    max_steps_per_s: float | None = None
 
 
 class EnvServer:
@@ -133,6 +136,8 @@ class EnvServer:
         # only string map keys (protocols/wire.py), and YAML gives ints where a config writes
         # `per_count_kwargs: {2: ...}` (variable_count accepts both).
         self.env_kwargs = _string_keys(dict(env_kwargs or {}))
+        if rules.max_steps_per_s is not None and not (math.isfinite(rules.max_steps_per_s) and rules.max_steps_per_s > 0):
+            raise ValueError(f"max_steps_per_s: expected a positive number of steps per second, got {rules.max_steps_per_s}")
         self.rules = rules
         self.seed = seed
         self.resets_since_seed = 0  # training resets since `seed` was set: the next one's derived seed
@@ -159,6 +164,8 @@ class EnvServer:
         # Agents whose nodes will not come back (control.agents_gone, after a restart of this server).
         self.gone_agents: set[str] = set()
         self.step = 0  # the training step whose actions are being collected
+        # With env.max_steps_per_s: the earliest time the next training step may be taken.
+        self.next_step_at: float | None = None
         self.episode_running = False
         self.reset_requested = False
         self.run_finished = False
@@ -195,7 +202,7 @@ class EnvServer:
         now = self.clock()
         deadlines = [
             d for d in (self.barrier.next_deadline(), self._join_deadline_if_waiting(), self.episode_hold.next_deadline(),
-                        self.step_hold.next_deadline())
+                        self.step_hold.next_deadline(), self._paced_step_at())
             if d is not None
         ]
         if deadlines:
@@ -487,7 +494,21 @@ class EnvServer:
         self.resets_since_seed += 1
         return seed
 
+    def _paced_step_at(self) -> float | None:
+        """When a due training step that env.max_steps_per_s holds back may be taken (the loop's
+        wake-up for it), or None."""
+        if self.next_step_at is not None and self.barrier.step_due and not self.evaluating:
+            return self.next_step_at
+        return None
+
     def _step(self) -> None:
+        if self.rules.max_steps_per_s is not None and not self.evaluating:
+            # Paced: a due step waits for its time (`poll_once` wakes for it); the actions wait
+            # in the barrier, and a deadline no longer runs for them.
+            now = self.clock()
+            if self.next_step_at is not None and now < self.next_step_at:
+                return
+            self.next_step_at = now + 1.0 / self.rules.max_steps_per_s
         actions, missing = self.barrier.take_actions()
         if self.evaluating:
             rendering = self.frames_dir is not None and self.eval_envs.copy_running(0)
