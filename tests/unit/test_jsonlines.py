@@ -72,3 +72,32 @@ def test_a_read_only_file_system_is_named_in_the_error(tmp_path):
             LineFile(Path(mount_point) / "events.jsonl")
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.timeout(60)
+def test_a_tensorboard_mirror_on_a_full_disk_says_so_in_one_line_and_never_blocks_the_node(tmp_path, small_tmpfs,
+                                                                                          caplog, capsys):
+    import threading
+    import time
+
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", small_tmpfs / "tb")
+    fill_disk(small_tmpfs / "filler")
+    mirror_threads = [t for t in threading.enumerate() if type(t).__module__.startswith("tensorboardX")]
+    assert mirror_threads, "tensorboardX writes from a thread of its own"
+    deadline = time.monotonic() + 30
+    step = 0
+    while any(t.is_alive() for t in mirror_threads) and time.monotonic() < deadline:
+        writer.write(step, {"learner/loss": float(step)})  # metrics.jsonl is on a disk with room
+        step += 1
+        if step % 500 == 0:
+            time.sleep(0.05)
+    assert not any(t.is_alive() for t in mirror_threads), "the full disk stopped the mirror's thread"
+    warnings = [r.getMessage() for r in caplog.records if "TensorBoard mirror stopped writing" in r.getMessage()]
+    assert len(warnings) == 1 and str(small_tmpfs / "tb") in warnings[0] and "no space left" in warnings[0], warnings
+    assert "Traceback" not in capsys.readouterr().err
+    # The dead thread empties its bounded queue no more: the writer drops the mirror instead of
+    # blocking on it at the next scalars (it did, for good), and the record goes on.
+    for extra in range(100):
+        writer.write(step + extra, {"learner/loss": 0.0, "learner/q": 1.0})
+    writer.close()  # never raises, never blocks
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == step + 100
