@@ -42,9 +42,10 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter  # a light import; torch's writer needs tensorflow's tensorboard
 
             threads_before = set(threading.enumerate())
-            self._tensorboard = SummaryWriter(str(tensorboard_dir), flush_secs=10)
-            # The thread that writes its files: once it is dead, nothing empties its bounded queue,
-            # and the next few scalars would block this node for good (see `_mirror_alive`).
+            # An unbounded queue (max_queue 0): a scalar never waits for the writer thread, which
+            # a full disk kills; a bounded one, full when it died, would block this node for good.
+            self._tensorboard = SummaryWriter(str(tensorboard_dir), max_queue=0, flush_secs=10)
+            # That thread: once it is dead the mirror is dropped (`_mirror_alive`).
             self._mirror_threads = [thread for thread in threading.enumerate()
                                     if thread not in threads_before and _is_tensorboard_thread(thread)]
             _one_line_when_the_mirror_fails()
@@ -97,9 +98,9 @@ class MetricsWriter:
     def _abandon_tensorboard(self) -> None:
         """The disk refused the mirror (its thread died, or its close failed): what tensorboardX
         still holds cannot be written, so its writers are marked closed, or its own exit handler
-        would try again (blocking on the dead thread's full queue, or printing the same failure as
-        a traceback when the process ends). (tensorboardX's event writers keep that state in
-        `_closed`; where a version does not, the handler runs as before.)"""
+        would try again and print the same failure as a traceback when the process ends.
+        (tensorboardX's event writers keep that state in `_closed`; where a version does not, the
+        handler runs as before.)"""
         for file_writer in (getattr(self._tensorboard, "all_writers", None) or {}).values():
             event_writer = getattr(file_writer, "event_writer", None)
             if event_writer is not None and hasattr(event_writer, "_closed"):
