@@ -150,10 +150,10 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
             server.terminate()
             server.wait(timeout=30)
     env_steps = lockstep_steps * copies
+    rate, cpu_us = env_steps / max(spans), (server_cpu + client_cpu) / env_steps * 1e6
     progress(f"Parley N={agents} K={copies} W={workers} ({repo.name}, {bodies} bodies, lockstep {lockstep or 'auto'}): "
-             f"{env_steps / max(spans):.0f} steps/s, {(server_cpu + client_cpu) / env_steps * 1e6:.0f} CPU us per env step, "
-             f"{defaulted} defaulted")
-    return ParleyRun(env_steps / max(spans), defaulted, (server_cpu + client_cpu) / env_steps * 1e6,
+             f"{rate:.0f} steps/s, {cpu_us:.0f} CPU us per env step, {defaulted} defaulted")
+    return ParleyRun(rate, defaulted, cpu_us,
                      float(np.median(p50s)) if p50s else float("nan"), float(np.median(p99s)) if p99s else float("nan"),
                      "+".join(sorted(paths)) or "?")
 

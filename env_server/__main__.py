@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 
 from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
-from env_server.server import EnvServer, LockstepRules, TransportRefused
+from env_server.server import EnvServer, LockstepRules, TransportRefused, pace_refusal
 from env_server.vector import ALL_INFOS, InfoKeys, VectorizedParallelEnv, info_keys
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
@@ -74,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="standalone: at most this many training lockstep steps per second (env.max_steps_per_s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.max_steps_per_s is not None and not (math.isfinite(args.max_steps_per_s) and args.max_steps_per_s > 0):
-        parser.error(f"--max-steps-per-s: expected a positive number of steps per second, got {args.max_steps_per_s}")
+    if (refusal := pace_refusal(args.max_steps_per_s)) is not None:
+        parser.error(f"--max-steps-per-s: {refusal}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.config:
         if not args.control:

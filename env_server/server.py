@@ -108,6 +108,13 @@ class LockstepRules:
     max_steps_per_s: float | None = None
 
 
+def pace_refusal(max_steps_per_s: float | None) -> str | None:
+    """Why `max_steps_per_s` cannot pace the lockstep, or None (None itself: unpaced)."""
+    if max_steps_per_s is None or (math.isfinite(max_steps_per_s) and max_steps_per_s > 0):
+        return None
+    return f"expected a positive number of steps per second, got {max_steps_per_s}"
+
+
 class EnvServer:
     def __init__(
         self,
@@ -136,8 +143,8 @@ class EnvServer:
         # only string map keys (protocols/wire.py), and YAML gives ints where a config writes
         # `per_count_kwargs: {2: ...}` (variable_count accepts both).
         self.env_kwargs = _string_keys(dict(env_kwargs or {}))
-        if rules.max_steps_per_s is not None and not (math.isfinite(rules.max_steps_per_s) and rules.max_steps_per_s > 0):
-            raise ValueError(f"max_steps_per_s: expected a positive number of steps per second, got {rules.max_steps_per_s}")
+        if (refusal := pace_refusal(rules.max_steps_per_s)) is not None:
+            raise ValueError(f"max_steps_per_s: {refusal}")
         self.rules = rules
         self.seed = seed
         self.resets_since_seed = 0  # training resets since `seed` was set: the next one's derived seed
