@@ -105,6 +105,19 @@ observation is held (its deadline passed and it played a default action),
 True to keep holding (the newer observation replaces the held one), False to let go (set `held`
 to None) so that the node answers the newer one.
 
+Talking in env steps
+--------------------
+
+With `protocols.talk: env_steps` (ARCHITECTURE.md, "Time") talking takes env time and nothing
+holds the env. A capability that supports it says so with `talks_in_env_steps`; the node then
+holds the peer messages it handles until the step they are due at (agent_node/step_talk.py) and
+hands them, at the start of that step and before the observation is recorded or answered, to
+`on_env_step(message, delivered)`, never to `on_message`; its protocol's clock is the step
+(`message.step`, of training or of the evaluation under way), so its timers fire there too, not
+in `on_timer`. It must not hold observations: it answers with what it knows now and applies what
+its protocol decides when it lands. What it sends during a step leaves when the node answers
+it. A run that talks in env steps refuses capabilities with peer messages that do not support it.
+
 The update-ratio contract (`agents.max_pending_gradient_steps`) is the node's: an observation
 waits while the learner owes gradient steps. A capability whose learner learns elsewhere says
 when it is behind with `behind()` and asks to catch up with `catch_up()` (CTDE); it calls
@@ -210,6 +223,8 @@ class Capability:
     waits_for_last_observation: bool = False
     # The observation this capability holds, or None.
     held: m.EnvObservation | None = None
+    # Its peer protocol runs on the env-step clock when the run talks in env steps (see above).
+    talks_in_env_steps: ClassVar[bool] = False
 
     # -- wiring
     def connect(self, directory: m.Directory) -> None:
@@ -263,6 +278,10 @@ class Capability:
 
     def on_newer_observation(self, message: m.EnvObservation, now: float) -> bool:
         return False
+
+    def on_env_step(self, message: m.EnvObservation, delivered: list[tuple[str, Any]]) -> None:
+        """protocols.talk: env_steps only: the start of `message`'s step; `delivered` are the
+        `(sender, message)` pairs due by now, in delivery order (see "Talking in env steps")."""
 
     def behind(self) -> bool:
         return False

@@ -47,6 +47,7 @@ from agent_node.node_parts import (
 from agent_node.peers import PeerMesh
 from agent_node.persistence import NodePersistence
 from agent_node.roles import NodeLearner
+from agent_node.step_talk import EnvStepTalk
 from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.control import ControlClient, ShutdownRequested
@@ -54,6 +55,7 @@ from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, State
 from protocols.jsonlines import FileWriteError
 from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, agent_node_ids
+from protocols.step_links import PeerStepMark
 from protocols.topology import build_topology
 from protocols.transport import Channel
 from protocols.wire import Envelope
@@ -131,6 +133,14 @@ class AgentNode(EnvLink, Services):
         self._sources: dict[str, str] = {"env": ENV, "peers": PEERS, "control": CONTROL}  # channel name -> source
         self.capabilities: list[Capability] = load_capabilities(run, self)
         self.dispatch = dispatch_table(self.capabilities, self.HANDLERS)
+        # protocols.talk: env_steps: peer messages take env steps (agent_node/step_talk.py).
+        self.talk: EnvStepTalk | None = None
+        if run.protocols.talk == "env_steps":
+            me = self.topology.index_of(identity.node_id)
+            self.talk = EnvStepTalk(
+                identity.node_id, [self.topology.nodes[j] for j in self.topology.neighbours(me)], identity.run_seed,
+                config_for=run.network.link_in_steps_between, blocked=self.hub.links.partitions.blocks,
+                mark_timeout_s=self.membership.timeout_s)
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(
             config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or any(c.needs_global_view for c in self.capabilities)
@@ -188,6 +198,8 @@ class AgentNode(EnvLink, Services):
             capability.connect(directory)
         self.env.send(self.env_client.join())
         welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
+        if self.talk is not None:
+            self.talk.know_env_agents(self.topology.nodes, list(welcome.possible_agents))
         self._pack_env_bodies()
         build_node_learner(self, welcome)
         self.control.ready(notice=self.state_notice)
@@ -246,6 +258,8 @@ class AgentNode(EnvLink, Services):
     def _next_deadline(self) -> float:
         deadlines = [self.mesh.next_deadline(), self.control.next_status_at(self.status_every_s),
                      self.env_client.silence_deadline(self.config.env_silence_timeout_s), self.hub.next_due()]
+        if self.talk is not None and self.talk.parked is not None:
+            deadlines.append(self.talk.parked_since + self.talk.mark_timeout_s)
         deadlines += [capability.next_deadline() for capability in self.capabilities]
         return min(deadline for deadline in deadlines if deadline is not None)
 
@@ -259,6 +273,8 @@ class AgentNode(EnvLink, Services):
             capability.on_timer(now)
         if holding:
             self.env_client.heard(now)  # the env server is waiting for us, not silent
+        if self.talk is not None and self.talk.parked is not None and now - self.talk.parked_since > self.talk.mark_timeout_s:
+            self._handle_parked_observation(waited_out=True)
         silent_for = self.env_client.silent_for(now)
         if self.awaiting_final_observation and silent_for > self.config.env_silence_timeout_s:
             self.reproducibility_broken("run_end", "the env server's last observation never arrived")
@@ -282,6 +298,8 @@ class AgentNode(EnvLink, Services):
             self._on_membership_events(events)
             if accepted is None:
                 return  # not a neighbour; the mesh logged and counted it
+            if self.talk is not None and self._on_step_talk(envelope.sender, message):
+                return
         expected_sources, handler = self.HANDLERS.get(type(message)) or self.dispatch.get(type(message)) or ((), None)
         if handler is None or source not in expected_sources:
             if source != CONTROL:  # the orchestrator's other messages are answers the loop does not wait for
@@ -296,6 +314,62 @@ class AgentNode(EnvLink, Services):
 
     def on_env_observation(self, sender: str, message: m.EnvObservation, now: float) -> None:
         message = self.env_client.on_message(message, now)
+        if self.talk is not None:
+            if self.talk.parked is not None:  # the server stepped on: handle the older one without its marks
+                self._handle_parked_observation(waited_out=True)
+            self.talk.parked, self.talk.parked_since = message, now
+            self._handle_parked_observation(waited_out=False)
+            return
+        self._handle_observation(message)
+
+    # ------------------------------------------------------------------ talking in env steps
+
+    def _on_step_talk(self, sender: str, message) -> bool:
+        """A neighbour's message in a run that talks in env steps: a mark, or a message for a
+        capability that talks in steps, is held for its step (True); others go on (False)."""
+        if isinstance(message, PeerStepMark):
+            self.talk.on_mark(sender, message)
+            if self.talk.parked is not None:
+                self._handle_parked_observation(waited_out=False)
+            return True
+        owner = self.dispatch.get(type(message))
+        if owner is None or not owner[1].talks_in_env_steps:
+            return False
+        self.talk.on_peer_message(sender, message)
+        return True
+
+    def _handle_parked_observation(self, *, waited_out: bool) -> None:
+        """Handle the observation that waits for its step's marks once they are here (or, with
+        `waited_out`, without the missing ones), after handing each capability the peer messages
+        due by its step."""
+        message = self.talk.parked
+        clock = self.talk.clock_of(message, self.step)
+        down = self.mesh.membership.is_declared_down
+        missing = self.talk.missing_marks(message, clock, down)
+        if missing and not waited_out:
+            return
+        if missing:
+            self.talk.marks_missed += len(missing)
+            log.warning("step %d: no mark of the step before from %s; going on without it", message.step, missing)
+            self.reproducibility_broken("step_marks", f"a neighbour's messages of a step did not come ({missing})")
+        self.talk.parked = None
+        self.talk.due_now = self.talk.begin_step(message, clock)
+        self._handle_observation(message)
+
+    def _begin_talk_step(self, message: m.EnvObservation) -> None:
+        """Hand each capability that talks in env steps the messages due at this step, once the
+        transition this observation closes was recorded (it was acted on before they landed)."""
+        if self.talk is None or self.talk.due_now is None:
+            return
+        delivered, self.talk.due_now = self.talk.due_now, None
+        for capability in self.capabilities:
+            if capability.talks_in_env_steps:
+                mine = [(sender, item) for sender, item in delivered if self.dispatch.get(type(item), (None, None))[1] is capability]
+                capability.on_env_step(message, mine)
+
+    # ------------------------------------------------------------------ observations
+
+    def _handle_observation(self, message: m.EnvObservation) -> None:
         if message.evaluation and not self.evaluating:
             # An evaluation begins: record how much of the owed learning was done by now.
             self.metrics.write(self.step, self.learner.counters())
@@ -309,6 +383,7 @@ class AgentNode(EnvLink, Services):
             self._on_stepped_without_answer(message, holders)
             return
         self._record_transition(message)
+        self._begin_talk_step(message)
         self._hand_on(message, 0)
 
     def _hand_on(self, message: m.EnvObservation, start: int) -> None:
@@ -372,6 +447,7 @@ class AgentNode(EnvLink, Services):
         now = time.monotonic()
         kept = [capability.on_newer_observation(message, now) for capability in holders]  # (each: keep holding?)
         self._record_transition(message)
+        self._begin_talk_step(message)
         if any(kept):
             return  # the holder answers the newest observation when its hold ends
         if holders:
@@ -396,6 +472,7 @@ class AgentNode(EnvLink, Services):
         for capability in self.capabilities:
             if capability.held is not None and capability.held is not message:
                 capability.on_newer_observation(message, now)  # the server stepped on meanwhile (answered anyway)
+        self._begin_talk_step(message)
         self._hand_on(message, 0)
 
     def _answer(self, message: m.EnvObservation, *, explore: bool) -> None:
@@ -404,6 +481,8 @@ class AgentNode(EnvLink, Services):
         for capability in self.capabilities:
             conditioned = capability.condition(conditioned, message.evaluation)
         actions = self.learner.act(conditioned, explore=explore)
+        if self.talk is not None:  # what the protocols sent during this step leaves now, with the step's marks
+            self.mesh.send(self.talk.close_step(self.talk.clock_of(message, self.step), message.step))
         self.env.send(self.env_client.answer(message, {self.env_agent: actions}))
         if not message.evaluation:
             self.episodes.acted(observations, actions, message.active[self.env_agent])

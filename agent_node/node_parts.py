@@ -113,7 +113,10 @@ class Services:
     status, the link counters at a network fault, neighbours that come and go."""
 
     def send_peers(self, outgoing: Iterable) -> None:
-        self.mesh.send(list(outgoing))
+        if self.talk is not None:  # talking in env steps: it leaves when this node answers its step
+            self.talk.queue(outgoing)
+        else:
+            self.mesh.send(list(outgoing))
 
     def send_env(self, message: Any) -> None:
         if self.env is not None:  # (none while the env server restarts: its episode is gone)
@@ -172,6 +175,8 @@ class Services:
         self.metrics.flush_means(step)
         self.metrics.write(step, self.hub.link_metrics())  # per-link counters (network:)
         self.metrics.write(step, self._peer_traffic())
+        if self.talk is not None:
+            self.metrics.write(step, self.talk.metrics())
         for capability in self.capabilities:
             if record := capability.metrics():
                 self.metrics.write(step, record)

@@ -290,6 +290,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                     extra=server.status_extra(),
                 )
                 server.write_metrics(hub.link_metrics())  # per-link counters, every status period
+                server.write_metrics(server.default_action_metrics())
         control.goodbye(stop[0])
         return 0
     except ShutdownRequested as request:
@@ -306,6 +307,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
     finally:
         try:
             server.write_metrics(hub.link_metrics())
+            server.write_metrics(server.default_action_metrics())
         except FileWriteError as error:
             log.error("the last metrics were not written: %s", error.strerror)
         server.close()

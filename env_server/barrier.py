@@ -117,6 +117,7 @@ class LockstepBarrier:
         self.step_due = False
         self._last: tuple | None = None  # the latest broadcast, for clients that join late
         self.missing_actions = 0
+        self.default_actions: dict[str, int] = {}  # agent -> steps its action was defaulted (dead, paused or late)
         self.stale_actions = 0
 
     # ------------------------------------------------------------------ membership
@@ -254,6 +255,8 @@ class LockstepBarrier:
             if agent not in actions:  # missing, or inactive in every copy (the env ignores it)
                 actions[agent] = self.defaults.batched(agent, self.num_copies)
         self.missing_actions += len(missing)
+        for agent in missing:
+            self.default_actions[agent] = self.default_actions.get(agent, 0) + 1
         self.close_step()
         return actions, missing
 

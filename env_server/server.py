@@ -712,6 +712,13 @@ class EnvServer:
         if self.metrics is not None:
             self.metrics.write(self.step, values)
 
+    def default_action_metrics(self) -> dict[str, float]:
+        """`env/default_actions/<agent>`: the steps each agent's action was defaulted because it was
+        dead, paused or late from its own compute (the env never waits on a protocol when talking
+        takes env steps), every possible agent listed, 0 included."""
+        counts = self.barrier.default_actions
+        return {f"env/default_actions/{agent}": float(counts.get(agent, 0)) for agent in self.barrier.possible_agents}
+
     def status_extra(self) -> dict[str, float]:
         elapsed = max(1e-9, self.clock() - self.counters.started_at)
         return {

@@ -69,6 +69,7 @@ from protocols.settings import (
     RunLayout,
     RunSection,
     agent_node_ids,
+    is_agent_node_id,
 )
 from protocols.settings import node_ids as run_node_ids
 from protocols.topology import Topology, TopologyConfig, build_topology
@@ -374,6 +375,7 @@ class RunConfig(BaseModel):
         problems += port_range_problems(self)
         problems += self._goal_problems(topology)
         problems += self._landmark_problems(topology)
+        problems += self._talk_problems(topology, valid_ids)
         problems += self._model_and_consensus_problems(topology)
         problems += reproducibility_problems(self)  # run.reproducible: what it cannot pin
         problems += self._resolved_section_problems()
@@ -581,6 +583,52 @@ class RunConfig(BaseModel):
             problems.append(f"agents.landmarks: expected training.mode 'decentralized', got {self.training.mode!r}")
         if topology is not None and not topology.is_connected():
             problems.append("agents.landmarks: the topology must be connected for the team to agree (flooding)")
+        return problems
+
+    def _talk_problems(self, topology: Topology | None, valid_ids: list[str]) -> list[str]:
+        """Links whose delay counts env steps (`delay_steps`) need a run that talks in env steps,
+        and only peer links between agents can count steps (the env link is the clock itself); a
+        run that talks in env steps needs every peer protocol it runs to talk that way."""
+        problems = []
+        talk_in_steps = self.protocols.talk == "env_steps"
+        if self.network.default_link.counts_steps:
+            problems.append(
+                "network.default_link.delay_steps: the default link is every env link too, and the env link is the "
+                "clock that env-step delays count; set delay_steps on a link override with role: peer_links instead"
+            )
+        for position, override in enumerate(self.network.links):
+            if not override.link.counts_steps:
+                continue
+            field = f"network.links.{position}.link.delay_steps"
+            if not talk_in_steps:
+                problems.append(f"{field}: counts delay in env steps, which needs protocols.talk: env_steps "
+                                "(got free: talking is free in env time)")
+            pairs = [(a, b) for a in valid_ids for b in valid_ids if a != b and override.matches(a, b)]
+            not_peers = sorted({f"{a} -> {b}" for a, b in pairs if not (is_agent_node_id(a) and is_agent_node_id(b))})
+            if not_peers:
+                problems.append(f"{field}: only links between two agents can count env steps, but this override also "
+                                f"selects {', '.join(not_peers[:3])}{' ...' if len(not_peers) > 3 else ''} (select role: peer_links)")
+        if not talk_in_steps:
+            return problems
+        if topology is not None:
+            wall_fields = ("delay_s", "jitter_s", "reorder", "in_order", "bandwidth_bytes_per_s")
+            for src, dst in topology.edge_list():
+                link = self.network.link_between(src, dst)
+                given = [name for name in wall_fields if not link.counts_steps and getattr(link, name) != LinkConfig.model_fields[name].default]
+                if given:
+                    problems.append(
+                        f"network: the peer link {src} -> {dst} sets {', '.join(given)}, wall-clock settings, but "
+                        "protocols.talk: env_steps counts peer delays in steps: set delay_steps on it instead")
+                    break
+        if self.agents.goals is not None:
+            problems.append("agents.goals: goal negotiation does not talk in env steps yet (it holds each episode start "
+                            "on the env server); with goals use protocols.talk: free")
+        if self.agents.protocols:
+            problems.append("agents.protocols: a user's peer protocols do not talk in env steps yet; with them use "
+                            "protocols.talk: free")
+        if self.protocols.consensus.average_at_end:
+            problems.append("protocols.consensus.average_at_end: the final average runs after the last env step, when "
+                            "no step is left to carry its messages; with protocols.talk: env_steps turn it off")
         return problems
 
     # -------------------------------------------------------------- derived views

@@ -72,7 +72,7 @@ def reproducibility_problems(config: RunSections) -> list[str]:
         return []
     problems: list[str] = []
     consensus = config.protocols.consensus
-    if consensus.enabled and consensus.mode == "push_sum":
+    if consensus.enabled and consensus.mode == "push_sum" and config.protocols.talk != "env_steps":
         problems.append(
             f"protocols.consensus.mode: expected 'sync' with {_WHY}, got 'push_sum': push-sum is asynchronous (each "
             "node pushes every push_sum_period_s for push_sum_duration_s of wall time), so how many exchanges an "
@@ -113,7 +113,11 @@ def reproducibility_problems(config: RunSections) -> list[str]:
 
 
 def _link_problems(path: str, link: LinkConfig) -> list[str]:
-    """Drops and duplicates change what arrives, and timing decides which message they hit."""
+    """Drops and duplicates change what arrives, and timing decides which message they hit. Not
+    on a link whose delay counts env steps: its draws are made in the step clock, for the
+    protocols' messages only (protocols/step_links.py)."""
+    if link.counts_steps:
+        return []
     shared_draws = (
         "the link draws it from its own seeded stream, but heartbeats sent on a clock take draws from that "
         "stream too, so which message it hits depends on timing"

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocols.engine import Outgoing
 from protocols.messages import register_message
@@ -142,6 +142,11 @@ class ConsensusConfig(BaseModel):
     round_timeout_s: float = 2.0
     push_sum_period_s: float = 0.05
     push_sum_duration_s: float = 2.0
+    # When talking takes env steps (protocols.talk: env_steps) the engines' clock is the env step,
+    # and these replace the three timings above, in steps.
+    round_timeout_steps: int = Field(5, ge=1)
+    push_sum_period_steps: int = Field(1, ge=1)
+    push_sum_duration_steps: int = Field(20, ge=1)
     # Average once more when the run's budget is spent, before the final checkpoints: every
     # agent then ends with the same policy (policy_parameters only; agent_node/node.py,
     # `_on_run_finished`). Without it the copies drift apart after the last periodic average.
@@ -1014,12 +1019,19 @@ def mixing_matrix(topology: Topology, config: ConsensusConfig) -> np.ndarray:
 
 
 def build_consensus_engine(
-    config: ConsensusConfig, topology: Topology, node_id: str, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    config: ConsensusConfig, topology: Topology, node_id: str, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+    in_steps: bool = False,
 ) -> SyncConsensus | PushSumConsensus:
     """The engine one node runs, from the run's consensus config and topology (and the byte
-    bound of early shares, `protocols.limits.max_pending_share_bytes`)."""
+    bound of early shares, `protocols.limits.max_pending_share_bytes`). `in_steps`: the engine's
+    clock is the env step (protocols.talk: env_steps), so its timings are the `*_steps` ones; the
+    engine itself only compares the times it is given."""
     index = topology.index_of(node_id)
     neighbours = [topology.nodes[j] for j in topology.neighbours(index)]
+    if in_steps:
+        config = config.model_copy(update={"round_timeout_s": float(config.round_timeout_steps),
+                                           "push_sum_period_s": float(config.push_sum_period_steps),
+                                           "push_sum_duration_s": float(config.push_sum_duration_steps)})
     if config.mode == "push_sum":
         return PushSumConsensus(node_id, neighbours, config.push_sum_period_s, config.push_sum_duration_s, max_buffered_bytes)
     weights = mixing_matrix(topology, config)

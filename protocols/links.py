@@ -47,6 +47,7 @@ transport consults before a message enters its link.
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,12 @@ DelayDistribution = Literal["constant", "uniform", "normal", "lognormal", "paret
 
 
 def _read_trace_ms(path: str) -> np.ndarray:
+    """A trace of one-way delays in milliseconds, as seconds."""
+    return _read_trace(path, "milliseconds") / 1000.0
+
+
+def _read_trace(path: str, unit: str) -> np.ndarray:
+    """The delays of a trace file, one per line (`#` starts a comment), in the file's own unit."""
     try:
         text = Path(path).read_text()
     except OSError as error:
@@ -74,13 +81,13 @@ def _read_trace_ms(path: str) -> np.ndarray:
         try:
             value = float(line)
         except ValueError:
-            raise ValueError(f"delay_trace {path}:{number}: expected a delay in milliseconds, got {line!r}") from None
+            raise ValueError(f"delay_trace {path}:{number}: expected a delay in {unit}, got {line!r}") from None
         if not (value >= 0.0 and math.isfinite(value)):
-            raise ValueError(f"delay_trace {path}:{number}: expected a finite delay >= 0 ms, got {value}")
+            raise ValueError(f"delay_trace {path}:{number}: expected a finite delay >= 0 {unit}, got {value}")
         values.append(value)
     if not values:
-        raise ValueError(f"delay_trace {path}: expected at least one delay in milliseconds, got an empty file")
-    return np.asarray(values) / 1000.0
+        raise ValueError(f"delay_trace {path}: expected at least one delay in {unit}, got an empty file")
+    return np.asarray(values, dtype=np.float64)
 
 
 class LinkConfig(BaseModel):
@@ -106,10 +113,19 @@ class LinkConfig(BaseModel):
     bandwidth_bytes_per_s: float | None = None
     burst_bytes: float = 0.0
     queue_limit_bytes: float | None = None
+    # Delay counted in env steps instead of seconds (protocols.talk: env_steps; a peer link
+    # only): a message sent while its sender handles lockstep step t reaches the receiver's
+    # protocols at the start of step t + d, d >= 1, whatever the machines' speed
+    # (protocols/step_links.py). `delay_steps` is the mean of `delay_distribution` (its std
+    # `delay_steps_std`; a trace file then holds delays in steps); each draw is rounded to whole
+    # steps, at least 1. Loss and duplication apply per message as above, drawn in the same
+    # order. The wall-clock fields (delay_s, jitter, reordering, bandwidth) do not apply.
+    delay_steps: float | None = None
+    delay_steps_std: float = 0.0
 
     _trace_s: np.ndarray | None = PrivateAttr(default=None)
 
-    @field_validator("delay_s", "jitter_s", "delay_std_s", "burst_bytes")
+    @field_validator("delay_s", "jitter_s", "delay_std_s", "burst_bytes", "delay_steps_std")
     @classmethod
     def _non_negative(cls, value: float, info) -> float:
         if not (value >= 0.0 and math.isfinite(value)):  # also rejects NaN and inf
@@ -130,8 +146,22 @@ class LinkConfig(BaseModel):
             raise ValueError(f"{info.field_name} must be > 0 (or null for no cap), got {value}")
         return value
 
+    @field_validator("delay_steps")
+    @classmethod
+    def _at_least_one_step(cls, value: float | None) -> float | None:
+        if value is not None and not (value >= 1.0 and math.isfinite(value)):
+            raise ValueError(
+                f"delay_steps must be >= 1 (a message is heard at the earliest the step after it was sent; "
+                f"'free talk' is protocols.talk: free, not delay_steps 0), got {value}"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> "LinkConfig":
+        if self.delay_steps is not None:
+            return self._consistent_in_steps()
+        if self.delay_steps_std != 0.0:
+            raise ValueError(f"delay_steps_std={self.delay_steps_std} is the spread of delay_steps; set delay_steps too")
         if self.reorder > 0.0 and self.delay_s == 0.0 and self.delay_distribution != "trace":
             raise ValueError(
                 f"reorder={self.reorder} needs delay_s > 0: a reordered message overtakes delayed ones, "
@@ -166,6 +196,43 @@ class LinkConfig(BaseModel):
         if (self.burst_bytes > 0.0 or self.queue_limit_bytes is not None) and self.bandwidth_bytes_per_s is None:
             raise ValueError("burst_bytes and queue_limit_bytes shape a bandwidth cap; set bandwidth_bytes_per_s too")
         return self
+
+    def _consistent_in_steps(self) -> "LinkConfig":
+        """A link whose delay counts env steps: only the fields that make sense in steps."""
+        wall_clock = {"delay_s": 0.0, "delay_std_s": 0.0, "jitter_s": 0.0, "reorder": 0.0, "in_order": False,
+                      "bandwidth_bytes_per_s": None, "burst_bytes": 0.0, "queue_limit_bytes": None}
+        given = [name for name, unset in wall_clock.items() if getattr(self, name) != unset]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: wall-clock link settings, which do not apply to a link whose delay counts env "
+                "steps (delay_steps); use delay_steps with delay_distribution and delay_steps_std instead"
+            )
+        copy = self.model_copy(update={"delay_steps": None, "delay_steps_std": 0.0, "delay_s": self.delay_steps,
+                                       "delay_std_s": self.delay_steps_std})
+        try:
+            LinkConfig._consistent(copy)  # the same distribution and loss rules, in steps
+        except ValueError as error:
+            in_steps = re.sub(r"\bdelay_s\b", "delay_steps", str(error).replace("delay_std_s", "delay_steps_std"))
+            raise ValueError(in_steps) from None
+        if self.delay_distribution == "trace":
+            self._trace_s = _read_trace(self.delay_trace, "steps")
+        return self
+
+    def in_steps_as_seconds(self) -> "LinkConfig":
+        """This env-step link with its step fields in the seconds fields: `LinkModel` draws the
+        delays of an env-step link from it (protocols/step_links.py) with the same rules and the
+        same number of draws per message."""
+        if self.delay_steps is None:
+            raise ValueError("in_steps_as_seconds: this link's delay counts seconds, not env steps")
+        copy = self.model_copy(update={"delay_steps": None, "delay_steps_std": 0.0, "delay_s": self.delay_steps,
+                                       "delay_std_s": self.delay_steps_std})
+        copy._trace_s = self._trace_s
+        return copy
+
+    @property
+    def counts_steps(self) -> bool:
+        """The link's delay counts env steps (protocols.talk: env_steps)."""
+        return self.delay_steps is not None
 
     @property
     def is_ideal(self) -> bool:
@@ -349,15 +416,26 @@ class LinkTable:
         self._config_for = config_for  # (src, dst) -> LinkConfig
         self.partitions = partitions if partitions is not None else PartitionTable()
         self._models: dict[str, LinkModel] = {}
+        self._counts_steps: dict[str, bool] = {}
         self._ages: dict[str, deque[float]] = {}
         self._received: dict[str, int] = {}
 
     def model_for(self, dst: str) -> LinkModel:
         model = self._models.get(dst)
         if model is None:
-            model = LinkModel(self._config_for(self.src, dst), link_seed(self.run_seed, self.src, dst))
+            config = self._config_for(self.src, dst)
+            # A link whose delay counts env steps is ideal in wall time: its delays, losses and
+            # partitions are applied in steps, by the node's env-step layer (protocols/step_links.py).
+            model = LinkModel(LinkConfig() if config.counts_steps else config, link_seed(self.run_seed, self.src, dst))
             self._models[dst] = model
         return model
+
+    def counts_steps(self, dst: str) -> bool:
+        """The link to `dst` counts its delay in env steps (see `model_for`)."""
+        counts = self._counts_steps.get(dst)
+        if counts is None:
+            counts = self._counts_steps[dst] = self._config_for(self.src, dst).counts_steps
+        return counts
 
     def set_config(self, dst: str, config: LinkConfig) -> None:
         """Change the link to `dst` from now on (a link profile change); counters carry over,
@@ -370,7 +448,7 @@ class LinkTable:
 
     def decide(self, dst: str, now: float, size_bytes: int) -> list[float]:
         model = self.model_for(dst)
-        if self.partitions.blocks(self.src, dst):
+        if self.partitions.blocks(self.src, dst) and not self.counts_steps(dst):
             model.counters.sent += 1
             model.counters.dropped_partition += 1
             return []

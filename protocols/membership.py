@@ -202,5 +202,9 @@ class MembershipEngine:
     def is_alive(self, peer: str) -> bool:
         return self._peers[peer].alive
 
+    def is_declared_down(self, peer: str) -> bool:
+        """Membership declared `peer` down (silent past the timeout) and has not heard it since."""
+        return self._peers[peer].declared_down
+
     def alive_peers(self) -> list[str]:
         return [peer for peer, record in self._peers.items() if record.alive]

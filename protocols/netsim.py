@@ -298,3 +298,62 @@ class NetworkSimulator:
     def _check_node(self, node: str) -> None:
         if node not in self.engines:
             raise ValueError(f"unknown node {node!r}; simulated nodes are {list(self.engines)}")
+
+
+class StepNetwork:
+    """The env-step rule of a run that talks in env steps (`protocols.talk: env_steps`,
+    protocols/step_links.py), played for a set of engines in lockstep.
+
+    Each `step()` is one lockstep step: every node, in id order, gets the messages due by this
+    step (`on_message` with the step as the time) and its timers (`on_timer`), and what its
+    engine sends meanwhile is queued in its `StepOutbox`; then every node closes the step, so its
+    messages leave with their fates decided and its marks after them, into the receivers'
+    `StepInbox`es. These are the classes a live node uses (agent_node/step_talk.py), with the
+    same link seeds (`step_link_seed`), so a simulation and a real run with the same run seed
+    and the same sends decide every message alike. `begin(node, method, *args)` calls anything
+    else on an engine (starting a run) during the next step, after its deliveries and timers, as
+    a live node begins a protocol run when it handles a step. Every delivery is kept in
+    `deliveries` as (step, sender, receiver, message)."""
+
+    def __init__(self, engines: Mapping[str, SimulatedEngine], neighbours: Mapping[str, list[str]], run_seed: int,
+                 config_for: Callable[[str, str], LinkConfig], clock: str = "train") -> None:
+        from protocols.step_links import StepInbox, StepOutbox
+
+        self.engines = dict(engines)
+        self.neighbours = {node: sorted(neighbours[node]) for node in self.engines}
+        self.clock = clock
+        self.step_number = 0
+        self.partitions = PartitionTable()
+        self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks) for node in self.engines}
+        self.inboxes = {node: StepInbox() for node in self.engines}
+        self.deliveries: list[tuple[int, str, str, object]] = []
+        self._begins: dict[str, list[tuple[Callable[..., list[Outgoing]], tuple]]] = {node: [] for node in self.engines}
+
+    def begin(self, node: str, method: Callable[..., list[Outgoing]], *args) -> None:
+        self._begins[node].append((method, args))
+
+    def step(self) -> None:
+        from protocols.step_links import PeerStepMark
+
+        now = float(self.step_number)
+        for node in sorted(self.engines):
+            engine, outbox = self.engines[node], self.outboxes[node]
+            for sender, message in self.inboxes[node].take_due(self.clock, self.step_number):
+                self.deliveries.append((self.step_number, sender, node, message))
+                outbox.queue(engine.on_message(sender, message, now))
+            outbox.queue(engine.on_timer(now))
+            for method, args in self._begins[node]:
+                outbox.queue(method(*args))
+            self._begins[node] = []
+        for node in sorted(self.engines):
+            for destination, message in self.outboxes[node].close_step(self.clock, self.step_number, self.neighbours[node]):
+                inbox = self.inboxes[destination]
+                if isinstance(message, PeerStepMark):
+                    inbox.on_mark(node, message)
+                else:
+                    inbox.on_message(node, message)
+        self.step_number += 1
+
+    def run_steps(self, count: int) -> None:
+        for _ in range(count):
+            self.step()

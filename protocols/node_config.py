@@ -139,7 +139,8 @@ def node_hub(config: NodeSections, identity: NodeIdentity) -> Hub:
         options=SocketOptions(config.network.zmq_heartbeat_ivl_s, config.network.zmq_heartbeat_timeout_s),
         keys=node_keys(config, identity.node_id),
         limits=config.protocols.limits,
-        links=config.network.link_table(identity.node_id, identity.run_seed),  # network: link emulation
+        links=config.network.link_table(identity.node_id, identity.run_seed,  # network: link emulation
+                                         talk_in_steps=config.protocols.talk == "env_steps"),
     )
 
 

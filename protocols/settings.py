@@ -44,6 +44,10 @@ def agent_node_id(index: int) -> str:
     return f"agent_{index}"
 
 
+def is_agent_node_id(node_id: str) -> bool:
+    return re.fullmatch(r"agent_\d+", node_id) is not None
+
+
 def agent_node_ids(count: int) -> list[str]:
     return [agent_node_id(i) for i in range(count)]
 
@@ -191,6 +195,15 @@ class ProtocolsConfig(BaseModel):
     membership: MembershipConfig = MembershipConfig()
     consensus: ConsensusConfig = ConsensusConfig()
     limits: LimitsConfig = LimitsConfig()
+    # What talking between agents costs in the world's time:
+    # "free": talking is free in env time. A protocol holds the agent's answer until it is done
+    #   (the landmark agreement, a synchronous consensus session) and the env server waits for it
+    #   (up to env.step_deadline_s), so delay costs wall time, never return.
+    # "env_steps": talking takes env steps. A peer message sent while its sender handles step t
+    #   reaches the receiver at the start of step t + d (the link's delay_steps, 1 when unset),
+    #   whatever the machines' speed (protocols/step_links.py), and no protocol holds the env:
+    #   each agent acts on what it knows now and applies a decision when it lands.
+    talk: Literal["free", "env_steps"] = "free"
 
 
 LinkSelectorRole = Literal["env_links", "peer_links"]
@@ -364,6 +377,14 @@ class NetworkConfig(BaseModel):
                 chosen = override.link
         return chosen
 
+    def link_in_steps_between(self, src: str, dst: str) -> LinkConfig:
+        """`link_between` for a run that talks in env steps (protocols.talk: env_steps): a link
+        between two agents counts its delay in steps, one step when it names no delay_steps."""
+        link = self.link_between(src, dst)
+        if is_agent_node_id(src) and is_agent_node_id(dst) and not link.counts_steps:
+            return link.model_copy(update={"delay_steps": 1.0})
+        return link
+
     def node_id_problems(self, valid_ids: list[str], expected: str | None = None) -> list[str]:
         """Messages for every node id in `links` and `partitions` that is not one of `valid_ids`
         (`expected` describes them in the message; default: the list)."""
@@ -379,12 +400,13 @@ class NetworkConfig(BaseModel):
                     problems.append(f"network.partitions.{position}: expected node ids ({expected}), got {node!r}")
         return problems
 
-    def link_table(self, node_id: str, run_seed: int) -> LinkTable:
-        """The outgoing links of node `node_id`, for its transport hub."""
+    def link_table(self, node_id: str, run_seed: int, talk_in_steps: bool = False) -> LinkTable:
+        """The outgoing links of node `node_id`, for its transport hub (`talk_in_steps`: the run's
+        protocols.talk is env_steps, so the links between agents count steps)."""
         partitions = PartitionTable()
         if self.partitions:
             partitions.partition(self.partitions)
-        return LinkTable(node_id, run_seed, self.link_between, partitions)
+        return LinkTable(node_id, run_seed, self.link_in_steps_between if talk_in_steps else self.link_between, partitions)
 
 
 class NodeEntry(BaseModel):

@@ -8,6 +8,12 @@ done (all rounds, their deadlines, or the neighbours moved on to a newer tick) t
 adopted and the held observation released; the node asks this capability again first, so an
 observation that meanwhile reached a newer tick is averaged again before it is answered.
 
+When talking takes env steps (`protocols.talk: env_steps`) nothing is held: at the tick's step
+the run begins and the agent goes on acting and learning; the shares arrive at the step starts
+they are due (`on_env_step`), where the rounds' deadlines (in steps) fire too, and the average is
+adopted when the run ends, its age in steps written (`consensus/decision_age_steps`); the policy
+keeps what it learned meanwhile (subjects.py, `PolicyParameters`).
+
 With `consensus.average_at_end` the env server's last observation (never answered) starts one
 more run, after the node has taken the updates it owes, and the node drains when it is over:
 every agent's final checkpoint then holds the same policy.
@@ -35,11 +41,13 @@ class ConsensusCapability(Capability):
     name = "consensus"
     handles = {ConsensusShare: (PEERS,), ConsensusDone: (PEERS,), PushSumShare: (PEERS,)}
     hold_state = "averaging"
+    talks_in_env_steps = True
 
     def __init__(self, run: Any, node: NodeServices) -> None:
         self.node = node
         self.run = run
         self.config = run.protocols.consensus
+        self.in_steps = run.protocols.talk == "env_steps"
         self.session: ConsensusSession | None = None  # built with the learner (`attach`)
         self._tick: int | None = None  # the tick `wants_to_hold` found due, begun by `begin_hold`
         # A run that averages at the end sends its last shares just before the node exits: they
@@ -55,7 +63,8 @@ class ConsensusCapability(Capability):
         engine = None
         if self.config.enabled:
             engine = build_consensus_engine(
-                self.config, self.node.topology, self.node.identity.node_id, self.run.protocols.limits.max_pending_share_bytes
+                self.config, self.node.topology, self.node.identity.node_id, self.run.protocols.limits.max_pending_share_bytes,
+                in_steps=self.in_steps,
             )
         self.session = ConsensusSession(
             engine, self._subject(learner, welcome.num_copies, observation_space, action_space),
@@ -69,7 +78,7 @@ class ConsensusCapability(Capability):
         if agents.learner.kind == "og_marl":
             return OGMARLWorldModel(learner, num_copies)  # it refreshes its model even without sharing
         if self.config.what == "policy_parameters":
-            return PolicyParameters(learner, self.config.period_steps)
+            return PolicyParameters(learner, self.config.period_steps, keep_local_progress=self.in_steps)
         identity = self.node.identity
         return LocalWorldModel(
             learner, agents.world_model, observation_space, action_space,
@@ -81,7 +90,7 @@ class ConsensusCapability(Capability):
     # -- holding the observation while the neighbours average
 
     def wants_to_hold(self, message: m.EnvObservation) -> bool:
-        if message.evaluation:
+        if message.evaluation or self.in_steps:
             return False
         self._tick = self.session.due_at_end(message.step) if message.run_finished else self.session.due(message.step)
         return self._tick is not None
@@ -91,6 +100,22 @@ class ConsensusCapability(Capability):
             log.info("the run's budget is spent at step %d: averaging once more before the final checkpoint", message.step)
         self.node.send_peers(self.session.begin(message, self._tick, now))
         self._finish_if_done(now)
+
+    def on_env_step(self, message: m.EnvObservation, delivered: list[tuple[str, Any]]) -> None:
+        """Talking in env steps: the shares due now and the rounds' deadlines at this step, in
+        the training clock (an evaluation's steps are not the training's time), then a tick
+        reached at this step begins its run while the agent acts."""
+        if message.evaluation:
+            return
+        step = float(message.step)
+        session = self.session
+        for sender, share in delivered:
+            self.node.send_peers(session.on_message(sender, share, step))
+        self.node.send_peers(session.on_timer(step))
+        self._finish_if_done(step)
+        if not message.run_finished and not session.averaging and (tick := session.due(message.step)) is not None:
+            self.node.send_peers(session.begin(None, tick, step))
+            self._finish_if_done(step)
 
     def on_newer_observation(self, message: m.EnvObservation, now: float) -> bool:
         # The session answers the newest observation when it ends (the last one, run_finished,
@@ -112,7 +137,8 @@ class ConsensusCapability(Capability):
             )
         # Asked again first: the env server may have stepped on past a newer tick while this
         # run went on (a long run, or one this agent began late).
-        self.node.release(self, finished.held)
+        if finished.held is not None:
+            self.node.release(self, finished.held)
 
     # -- the loop
 
@@ -123,17 +149,19 @@ class ConsensusCapability(Capability):
         self._finish_if_done(now)
 
     def next_deadline(self) -> float | None:
-        return self.session.next_deadline()
+        return None if self.in_steps else self.session.next_deadline()  # (in steps: at the step starts)
 
     def on_timer(self, now: float) -> None:
-        if self.session.averaging:
+        if self.session.averaging and not self.in_steps:
             self.node.send_peers(self.session.on_timer(now))
             self._finish_if_done(now)
 
     def on_neighbour_down(self, peer: str, now: float) -> None:
+        now = float(self.node.step) if self.in_steps else now  # (in steps: the run's own clock)
         self.node.send_peers(self.session.on_neighbour_down(peer, now))
 
     def on_neighbour_up(self, peer: str, now: float) -> None:
+        now = float(self.node.step) if self.in_steps else now
         self.node.send_peers(self.session.on_neighbour_up(peer, now))
 
     def drain(self) -> None:

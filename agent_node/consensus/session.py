@@ -23,6 +23,10 @@ final checkpoints hold the same policy; the node drains when it is over.
 Shares can arrive while no session runs (a neighbour began averaging a moment earlier): they go
 to the engine, which buffers them for the epoch it has not started yet and drops stale ones.
 
+When talking takes env steps (`protocols.talk: env_steps`) nothing is held: `begin` gets no
+observation, the agent acts and learns while the shares travel, `now` is the env step, and
+`finish_if_done` adopts the result when it lands (`FinishedSession.held` is None then).
+
 It never touches a socket or a clock: `now` is always passed in.
 """
 
@@ -46,7 +50,7 @@ ConsensusEngine = Engine[ConsensusRequest, Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class FinishedSession:
-    held: m.EnvObservation  # the observation to answer now
+    held: m.EnvObservation | None  # the observation to answer now (None: nothing was held)
     records: list[dict[str, float]]  # metrics records for the held observation's step, in order
 
 
@@ -59,14 +63,15 @@ class ConsensusSession:
         self.num_agents = num_agents
         self.average_at_end = average_at_end
         self.held: m.EnvObservation | None = None
+        self.running = False  # a run is under way (holding `held`, or, talking in env steps, nothing)
         self.started_at = 0.0
         self.last_tick: int | None = None  # the newest tick begun (or passed over on the first step)
         self.seen_a_step = False
 
     @property
     def averaging(self) -> bool:
-        """An observation is held while the neighbours average."""
-        return self.held is not None
+        """A run is under way (while it holds an observation, or none, talking in env steps)."""
+        return self.running
 
     def due(self, step: int) -> int | None:
         """The tick to average at this step, or None: the subject's latest tick at or before it,
@@ -91,14 +96,13 @@ class ConsensusSession:
             return None
         return last_step
 
-    def begin(self, held: m.EnvObservation, tick: int, now: float) -> list[Outgoing]:
-        if self.held is not None:
-            raise RuntimeError(
-                f"consensus session began at step {held.step} while still holding step {self.held.step}"
-            )
+    def begin(self, held: m.EnvObservation | None, tick: int, now: float) -> list[Outgoing]:
+        """Start the run of `tick`, holding `held` (None: talking in env steps holds nothing)."""
+        if self.running:
+            raise RuntimeError(f"consensus session began tick {tick} while the run of tick {self.last_tick} goes on")
         if self.last_tick is not None and tick <= self.last_tick:
             raise ValueError(f"consensus tick {tick} began again (the last was {self.last_tick}); ticks must increase")
-        self.held = held
+        self.held, self.running = held, True
         self.started_at = now
         self.last_tick = tick
         tensors = self.subject.prepare(tick)
@@ -137,7 +141,7 @@ class ConsensusSession:
 
     def finish_if_done(self, now: float) -> FinishedSession | None:
         """Adopt the result and release the held observation once the run is over; else None."""
-        if self.held is None:
+        if not self.running:
             return None
         records: list[dict[str, float]] = []
         if self.engine is None:
@@ -150,7 +154,7 @@ class ConsensusSession:
         else:
             return None
         adopted = self.subject.adopt(averaged, self.num_agents)
-        adopted["consensus/duration_s"] = now - self.started_at
+        adopted["consensus/duration_s" if self.held is not None else "consensus/decision_age_steps"] = now - self.started_at
         records.append(adopted)
-        held, self.held = self.held, None
+        held, self.held, self.running = self.held, None, False
         return FinishedSession(held, records)

@@ -83,21 +83,38 @@ class OGMARLWorldModel:
 
 
 class PolicyParameters:
-    def __init__(self, learner: ParamSource, period_steps: int) -> None:
+    """The policy's parameters. With `keep_local_progress` (talking in env steps: the average
+    lands some steps after the tick, while the learner went on learning) the agent adopts the
+    average as a change, params + (average - params at the tick), and keeps what it learned
+    meanwhile; otherwise (the run held the learner) it takes the average itself."""
+
+    def __init__(self, learner: ParamSource, period_steps: int, keep_local_progress: bool = False) -> None:
         _require_role(learner, ParamSource, "consensus.what: policy_parameters")
         self.learner = learner
         self.period_steps = period_steps
+        self.keep_local_progress = keep_local_progress
+        self._at_tick: dict[str, np.ndarray] = {}
 
     def tick(self, step: int) -> int | None:
         return _period_tick(step, self.period_steps)
 
     def prepare(self, tick: int) -> dict[str, np.ndarray]:
-        return self.learner.get_params()
+        params = self.learner.get_params()
+        if self.keep_local_progress:
+            self._at_tick = {name: np.array(value, copy=True) for name, value in params.items()}
+        return params
 
     def adopt(self, averaged, num_agents):
-        if averaged is not None:
+        if averaged is None:
+            return {}
+        if not self.keep_local_progress:
             self.learner.set_params(averaged)
-        return {}
+            return {}
+        now = self.learner.get_params()
+        self.learner.set_params({name: now[name] + (averaged[name] - self._at_tick[name]).astype(now[name].dtype)
+                                 for name in averaged})
+        drift = sum(float(np.sum((now[name] - self._at_tick[name]) ** 2)) for name in averaged) ** 0.5
+        return {"consensus/local_drift_since_tick": drift}
 
 
 class LocalWorldModel:

@@ -1,9 +1,11 @@
 """The main job's landmarks as a capability of the node (agent_node/capability.py).
 
-When an episode starts in some env copy, the node holds that observation (training or
-evaluation) while the team floods its distance tables over the topology and each agent takes its
-part of one assignment (session.py); the learner acts on the observation with its landmark's
-one-hot appended (`condition`). Its transitions are relabelled for every landmark, and the
+When an episode starts in some env copy, the team floods its distance tables over the topology
+and each agent takes its part of one assignment (session.py); the learner acts on the
+observation with its landmark's one-hot appended (`condition`). When talk is free in env time
+(`protocols.talk: free`) the node holds that observation (training or evaluation) until the team
+has decided; when talking takes env steps it holds nothing: the agent acts on its own nearest
+landmark and the tables travel as the steps go by (`on_env_step`), until the assignment lands. Its transitions are relabelled for every landmark, and the
 partners' rows shared after an episode are added (`feed_learner`): only this agent's own env rows
 count toward the update ratio. Learning goes on while the team agrees (no `hold_state`).
 """
@@ -24,12 +26,15 @@ from protocols.hindsight import HindsightRows
 class LandmarksCapability(Capability):
     name = "landmarks"
     handles = {FloodTable: (PEERS,), HindsightRows: (PEERS,)}
+    talks_in_env_steps = True
 
-    def __init__(self, config: Any, node: NodeServices) -> None:
+    def __init__(self, config: Any, node: NodeServices, in_steps: bool = False) -> None:
         self.config = config
         self.node = node
+        self.in_steps = in_steps  # protocols.talk: env_steps
         self.session: LandmarkSession | None = None  # built from the welcome
         self.held: m.EnvObservation | None = None
+        self._steps_now = {False: 0.0, True: 0.0}  # in steps: the last step of each clock
 
     def observation_space(self, welcome: m.EnvWelcome, space: Any) -> Any:
         """The session; the learner's observation space is the env's with the landmark's one-hot appended."""
@@ -38,7 +43,7 @@ class LandmarksCapability(Capability):
         layout = SpreadLayout.for_obs(int(space.shape[0]), len(welcome.possible_agents))
         self.session = LandmarkSession(
             self.config, node_id=self.node.identity.node_id, topology=self.node.topology, layout=layout,
-            num_copies=welcome.num_copies,
+            num_copies=welcome.num_copies, in_steps=self.in_steps,
         )
         return gym.spaces.Box(-np.inf, np.inf, (layout.obs_dim + layout.num_landmarks,), np.float32)
 
@@ -54,7 +59,22 @@ class LandmarksCapability(Capability):
     # -- holding the episode's first observation while the team agrees
 
     def wants_to_hold(self, message: m.EnvObservation) -> bool:
+        if self.in_steps:
+            return False
         return not message.run_finished and self.session.needs_decision(message, self.node.step)
+
+    def on_env_step(self, message: m.EnvObservation, delivered: list[tuple[str, Any]]) -> None:
+        """Talking in env steps: the tables and rows due now, the rounds' deadlines at this
+        step, then an episode that starts here begins its agreement (acting meanwhile). The
+        transition this observation closes is recorded by now, with the landmark it was acted on."""
+        step = float(message.step)
+        self._steps_now = {False: float(self.node.step), True: step} if message.evaluation else {False: step, True: 0.0}
+        for sender, item in delivered:
+            self.session.on_message(sender, item, step)
+        self.session.on_timer(step, evaluation=bool(message.evaluation))
+        if not message.run_finished and self.session.needs_decision(message, self.node.step):
+            self.session.begin(message, message.observations[self.node.env_agent], step, self.node.step)
+        self._output()
 
     def begin_hold(self, message: m.EnvObservation, now: float) -> None:
         self.held = message
@@ -87,14 +107,16 @@ class LandmarksCapability(Capability):
         self._output()
 
     def next_deadline(self) -> float | None:
-        return self.session.next_deadline()
+        return None if self.in_steps else self.session.next_deadline()  # (in steps: at the step starts)
 
     def on_timer(self, now: float) -> None:
-        self.session.on_timer(now)
-        self._output()
+        if not self.in_steps:
+            self.session.on_timer(now)
+            self._output()
 
     def on_neighbour_down(self, peer: str, now: float) -> None:
-        self.session.on_neighbour_down(peer, now)
+        # In steps, each flooding goes on in its own clock, at the step it last saw.
+        self.session.on_neighbour_down(peer, self._steps_now if self.in_steps else now)
         self._output()
 
     def on_neighbour_up(self, peer: str, now: float) -> None:
@@ -103,4 +125,6 @@ class LandmarksCapability(Capability):
 
 def build(run: Any, node: NodeServices) -> LandmarksCapability | None:
     """In the run when `agents.landmarks` is set (the main job)."""
-    return None if run.agents.landmarks is None else LandmarksCapability(run.agents.landmarks, node)
+    if run.agents.landmarks is None:
+        return None
+    return LandmarksCapability(run.agents.landmarks, node, in_steps=run.protocols.talk == "env_steps")

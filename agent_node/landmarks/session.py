@@ -137,32 +137,60 @@ class _Episode:
     copies: list[np.ndarray] = field(default_factory=list)
 
 
+@dataclass
+class _Decision:
+    """A team decision under way: for the episode that starts at `started_at` in `copies`."""
+
+    key: str
+    evaluation: bool
+    copies: np.ndarray  # (K,) bool: the copies whose episode starts
+    started_at: float  # when the flooding began (seconds, or the step when talking takes env steps)
+    start_step: int  # the lockstep step of the episode's first observation (of its clock)
+
+
 class LandmarkSession:
     """One agent's landmarks, episode by episode (see the module docstring).
 
-    The node calls `needs_decision` before it acts on an observation; when it does, `begin`
-    starts the team's flooding and the node holds the observation while `deciding` (driven by
-    `on_message`, `on_timer`, `on_neighbour_down`), then acts with `condition`. Training rows go
-    through `training_rows`; `take_outgoing` and `take_records` hand the node what to send and to
-    write."""
+    Talk that is free in env time (`protocols.talk: free`): the node calls `needs_decision`
+    before it acts on an observation; when it does, `begin` starts the team's flooding and the
+    node holds the observation while `deciding` (driven by `on_message`, `on_timer`,
+    `on_neighbour_down`), then acts with `condition`.
+
+    Talk that takes env steps (`in_steps`): nothing is held. At an episode start each copy acts
+    on the agent's own nearest landmark at once while the team floods (`begin`, with the step as
+    the time); the tables come at the step starts they are due (`on_message`, `on_timer` with the
+    step), and the assignment, once it lands, replaces the own choice in the copies still playing
+    that episode. Its age in steps is written (`landmarks/decision_age_steps`), and a decision
+    that lands after its episode ended changes nothing (`landmarks/decided_after_episode`).
+    Training and evaluation have clocks of their own, so each has its own flooding.
+
+    Training rows go through `training_rows`; `take_outgoing` and `take_records` hand the node
+    what to send and to write."""
 
     message_types = (FloodTable, HindsightRows)
 
     def __init__(self, config: LandmarksConfig, *, node_id: str, topology: Topology, layout: SpreadLayout,
-                 num_copies: int) -> None:
+                 num_copies: int, in_steps: bool = False) -> None:
         self.config = config
         self.node_id = node_id
         self.topology = topology
         self.layout = layout
         self.num_goals = layout.num_landmarks
+        self.in_steps = in_steps
         index = topology.nodes.index(node_id)
         self.neighbours = sorted(topology.nodes[j] for j in topology.neighbours(index))
         self.rounds = max(1, topology.diameter())
-        self.engine = FloodEngine(node_id, round_timeout_s=config.round_timeout_s)
+        timeout = config.round_timeout_steps if in_steps else config.round_timeout_s
+        training_engine = FloodEngine(node_id, round_timeout_s=timeout)
+        # One flooding at a time while the node holds; in steps, one per clock.
+        self.engines = {False: training_engine, True: FloodEngine(node_id, round_timeout_s=timeout) if in_steps else training_engine}
         self.down: set[str] = set()
         # The landmark of each copy, for training and for evaluation copies (which may differ in count).
         self.goals = {False: np.zeros(num_copies, dtype=np.int64), True: np.zeros(0, dtype=np.int64)}
-        self.pending: tuple[str, bool, np.ndarray] | None = None  # key, evaluation, copies starting
+        # The step at which each copy's current episode began (in steps: a late decision applies
+        # only to the copies still playing its episode).
+        self.episode_start_step = {False: np.zeros(num_copies, dtype=np.int64), True: np.zeros(0, dtype=np.int64)}
+        self.pending: dict[bool, _Decision] = {}  # evaluation? -> the decision under way
         self.decided_keys: set[str] = set()
         self.last_train_key: str | None = None
         self.episode: _Episode | None = None
@@ -185,70 +213,107 @@ class LandmarkSession:
         return bool(np.asarray(message.episode_start).any()) and self.key(message, training_step) not in self.decided_keys
 
     def begin(self, message: m.EnvObservation, obs: np.ndarray, now: float, training_step: int) -> None:
-        """An episode starts in some copies of `message`: find this agent's landmarks there."""
+        """An episode starts in some copies of `message`: find this agent's landmarks there.
+        In steps, `now` is the step, and the copies take the agent's own nearest landmark until
+        the team's assignment lands."""
         key = self.key(message, training_step)
+        evaluation = bool(message.evaluation)
         starting = np.asarray(message.episode_start, dtype=bool)
-        if message.evaluation and len(self.goals[True]) != len(starting):
+        if evaluation and len(self.goals[True]) != len(starting):
             self.goals[True] = np.zeros(len(starting), dtype=np.int64)
-        self.pending = (key, bool(message.evaluation), starting)
+            self.episode_start_step[True] = np.zeros(len(starting), dtype=np.int64)
+        self.episode_start_step[evaluation][starting] = message.step
         costs = self.layout.distances(np.asarray(obs, dtype=np.float32))
+        if self.in_steps:
+            self.goals[evaluation][starting] = costs.argmin(axis=1)[starting]
+        if evaluation in self.pending:  # a newer episode supersedes the one still deciding
+            self._collect_superseded(evaluation, now)
+        decision = self.pending[evaluation] = _Decision(key, evaluation, starting, now, message.step)
         if self.config.assignment == "nearest":
-            self._decide(key, {self.node_id: costs}, complete=True, flood=None)
+            self._decide(decision, {self.node_id: costs}, complete=True, flood=None, now=now)
             return
         live = [node for node in self.neighbours if node not in self.down]
         request = FloodRequest(key, costs, live, team_size=self.topology.num_nodes, rounds=self.rounds)
-        self._outgoing += self.engine.start(request, now)
-        self._collect()
+        self._outgoing += self.engines[evaluation].start(request, now)
+        self._collect(evaluation, now)
 
     @property
     def deciding(self) -> bool:
-        return self.pending is not None
+        return bool(self.pending)
 
     def on_message(self, sender: str, message, now: float) -> None:
         if isinstance(message, HindsightRows):
             self._on_partner_rows(sender, message)
             return
-        self._outgoing += self.engine.on_message(sender, message, now)
-        self._collect()
+        evaluation = message.key.startswith("eval:")
+        self._outgoing += self.engines[evaluation].on_message(sender, message, now)
+        self._collect(evaluation, now)
 
-    def on_timer(self, now: float) -> None:
-        self._outgoing += self.engine.on_timer(now)
-        self._collect()
+    def on_timer(self, now: float, evaluation: bool | None = None) -> None:
+        """The engines' deadlines due by `now` (in steps: only the clock `evaluation` names)."""
+        for clock in self._clocks(evaluation):
+            self._outgoing += self.engines[clock].on_timer(now)
+            self._collect(clock, now)
 
-    def on_neighbour_down(self, node: str, now: float) -> None:
+    def on_neighbour_down(self, node: str, now: float | dict[bool, float]) -> None:
+        """`now` per clock in steps (each flooding's own time), else seconds."""
         self.down.add(node)
-        self._outgoing += self.engine.on_neighbour_down(node, now)
-        self._collect()
+        for clock in self._clocks(None):
+            clock_now = now[clock] if isinstance(now, dict) else now
+            self._outgoing += self.engines[clock].on_neighbour_down(node, clock_now)
+            self._collect(clock, clock_now)
 
     def on_neighbour_up(self, node: str, now: float) -> None:
         self.down.discard(node)
 
     def next_deadline(self) -> float | None:
-        return self.engine.next_deadline() if self.pending is not None else None
+        deadlines = [self.engines[clock].next_deadline() for clock in self.pending]
+        return min((d for d in deadlines if d is not None), default=None)
 
     def close_now(self, now: float) -> None:
         """The env server moved on without us (its step deadline): decide with what was heard."""
-        while self.pending is not None and not self.engine.done:
-            self._outgoing += self.engine.on_timer(self.engine.next_deadline())
-        self._collect()
+        for clock in list(self.pending):
+            engine = self.engines[clock]
+            while clock in self.pending and not engine.done:
+                self._outgoing += engine.on_timer(engine.next_deadline())
+            self._collect(clock, now)
 
-    def _collect(self) -> None:
-        if self.pending is None or not self.engine.done or self.engine.result.key != self.pending[0]:
+    def _clocks(self, evaluation: bool | None) -> list[bool]:
+        if not self.in_steps:
+            return [False]  # one engine for both
+        return [False, True] if evaluation is None else [evaluation]
+
+    def _collect(self, clock: bool, now: float) -> None:
+        decision = self.pending.get(clock) if self.in_steps else next(iter(self.pending.values()), None)
+        engine = self.engines[clock]
+        if decision is None or not engine.done or engine.result.key != decision.key:
             return
-        result: FloodResult = self.engine.result
-        self._decide(result.key, result.values, complete=result.complete, flood=result)
+        result: FloodResult = engine.result
+        self._decide(decision, result.values, complete=result.complete, flood=result, now=now)
 
-    def _decide(self, key: str, table: dict[str, np.ndarray], *, complete: bool, flood: FloodResult | None) -> None:
-        _, evaluation, starting = self.pending
+    def _collect_superseded(self, clock: bool, now: float) -> None:
+        """A decision still under way when the next episode starts (talk in steps, long delays):
+        its flooding closes with what it heard; the decision lands on no copy."""
+        decision = self.pending.pop(clock)  # (the engine closes its run when the next one starts)
+        self.decided_keys.add(decision.key)
+        if not decision.evaluation:
+            self._records.append({"landmarks/complete": 0.0, "landmarks/decision_age_steps": float(now - decision.started_at),
+                                  "landmarks/decided_after_episode": 1.0})
+
+    def _decide(self, decision: _Decision, table: dict[str, np.ndarray], *, complete: bool, flood: FloodResult | None,
+                now: float) -> None:
+        evaluation, starting = decision.evaluation, decision.copies
         goals = assign(table, self.node_id) if len(table) > 1 else table[self.node_id].argmin(axis=1)
-        self.goals[evaluation][starting] = goals[starting]
-        self.pending = None
-        self.decided_keys.add(key)
+        # The copies still playing the episode this decision is for (all of them while the node holds).
+        playing = starting & (self.episode_start_step[evaluation] == decision.start_step)
+        self.goals[evaluation][playing] = goals[playing]
+        del self.pending[evaluation]
+        self.decided_keys.add(decision.key)
         if len(self.decided_keys) > 64:  # only the newest keys can come again
-            self.decided_keys = {key}
+            self.decided_keys = {decision.key}
         if evaluation:
             return
-        self.last_train_key = key
+        self.last_train_key = decision.key
         record = {
             "landmarks/complete": float(complete),
             "landmarks/rows_known": float(len(table)),
@@ -257,8 +322,12 @@ class LandmarkSession:
             "landmarks/goals_code": float(sum(int(g) * self.num_goals ** k for k, g in enumerate(self.goals[False]))),
             "landmarks/copies": float(len(self.goals[False])),
         }
+        if self.in_steps:
+            record["landmarks/decision_age_steps"] = float(now - decision.started_at)
+            record["landmarks/decided_after_episode"] = float(not playing.any())
         if flood is not None:
-            record["landmarks/flood_duration_s"] = flood.duration_s
+            duration_key = "landmarks/flood_duration_steps" if self.in_steps else "landmarks/flood_duration_s"
+            record[duration_key] = flood.duration_s
             record["landmarks/rounds_closed_by_deadline"] = float(flood.rounds_closed_by_deadline)
         self._records.append(record)
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from agent_node.consensus.session import ConsensusSession
+from agent_node.consensus.subjects import PolicyParameters
 from protocols import messages as m
 from protocols.consensus import SyncConsensus
+from protocols.links import LinkConfig
+from protocols.netsim import StepNetwork
 
 
 class RecordingSubject:
@@ -115,7 +118,7 @@ def test_without_an_engine_the_local_tensors_are_adopted_at_once():
 def test_beginning_twice_without_finishing_is_refused():
     sessions, _ = pair()
     sessions["a"].begin(held(10), 10, now=0.0)
-    with pytest.raises(RuntimeError, match="began at step 20 while still holding step 10"):
+    with pytest.raises(RuntimeError, match="began tick 20 while the run of tick 10 goes on"):
         sessions["a"].begin(held(20), 20, now=0.1)
 
 
@@ -187,3 +190,45 @@ def test_the_final_average_is_due_once_at_the_last_step_and_only_when_asked_for(
     assert session.due_at_end(60) is None
     # Without an engine (sharing off) there is nothing to average with.
     assert ConsensusSession(None, RecordingSubject(0.0), num_agents=1, average_at_end=True).due_at_end(60) is None
+
+
+def test_talking_in_steps_a_session_holds_nothing_and_adopts_when_the_shares_land():
+    sessions, subjects = pair(rounds=2, timeout=5.0)
+    network = StepNetwork(sessions, {"a": ["b"], "b": ["a"]}, run_seed=0, config_for=lambda s, d: LinkConfig(delay_steps=3))
+    network.run_steps(20)
+    network.begin("a", sessions["a"].begin, None, 20, 20.0)
+    network.begin("b", sessions["b"].begin, None, 20, 20.0)
+    network.step()  # step 20, the tick: both begin, holding nothing
+    assert sessions["a"].averaging and sessions["a"].held is None
+    finished = None
+    while finished is None:
+        network.step()
+        finished = sessions["a"].finish_if_done(float(network.step_number - 1))
+    assert finished.held is None  # nothing to release: the agent acted meanwhile
+    assert network.step_number - 1 == 26  # two rounds of three steps
+    np.testing.assert_allclose(subjects["a"].adopted[-1][0]["w"], np.full(3, 2.0))
+    assert finished.records[-1]["consensus/decision_age_steps"] == 6.0
+
+
+class Learner:
+    def __init__(self, value: float) -> None:
+        self.w = np.full(2, value, dtype=np.float32)
+
+    def get_params(self):
+        return {"w": self.w.copy()}
+
+    def set_params(self, params):
+        self.w = params["w"].copy()
+
+
+def test_a_late_average_keeps_what_the_policy_learned_since_its_tick():
+    learner = Learner(1.0)
+    subject = PolicyParameters(learner, period_steps=10, keep_local_progress=True)
+    sent = subject.prepare(10)
+    learner.w += 0.5  # learning went on while the shares travelled
+    metrics = subject.adopt({"w": sent["w"] + 2.0}, num_agents=4)  # the average moved it by +2
+    np.testing.assert_allclose(learner.w, [3.5, 3.5])
+    assert metrics["consensus/local_drift_since_tick"] == pytest.approx(0.5 * 2 ** 0.5)
+    holding = PolicyParameters(Learner(1.0), period_steps=10)
+    holding.adopt({"w": np.full(2, 7.0, np.float32)}, 4)
+    np.testing.assert_allclose(holding.learner.w, [7.0, 7.0])  # free talk: the average itself

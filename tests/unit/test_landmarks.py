@@ -149,3 +149,41 @@ def test_the_oracle_beats_random_by_far_on_the_same_episodes():
     continuous = VectorizedParallelEnv(lambda: simple_spread_v3.parallel_env(N=4, max_cycles=25, continuous_actions=True), 2,
                                        autoreset=False)
     assert set(baseline_metrics(continuous, 7, "mpe2.simple_spread_v3")) == {"eval/random_return_mean"}
+
+
+def test_talking_in_steps_the_agent_acts_on_its_nearest_landmark_until_the_teams_assignment_lands():
+    session = LandmarkSession(LandmarksConfig(), node_id="agent_1", topology=ring(4), layout=SpreadLayout(4, 4),
+                              num_copies=2, in_steps=True)
+    obs = np.zeros((2, 24), np.float32)
+    obs[:, 4:12] = np.array([[1, 0, 2, 0, 3, 0, 4, 0]] * 2)  # landmark 0 nearest
+    session.begin(observation(25, obs, [True, True]), obs, now=25.0, training_step=25)
+    np.testing.assert_array_equal(session.goals[False], [0, 0])  # its own choice, at once
+    assert session.deciding and session.take_outgoing()
+    near = np.tile(np.array([0.0, 5, 5, 5], np.float32), (2, 1))  # the others want landmark 0 more
+    for round_, at in ((1, 27.0), (2, 29.0)):
+        session.on_message("agent_0", FloodTable("train:25", round_, ["agent_0", "agent_3"], np.stack([near, near + [0, 9, 0, 9]])), at)
+        session.on_message("agent_2", FloodTable("train:25", round_, ["agent_2"], (near + [0, 0, 9, 0])[None]), at)
+    assert not session.deciding
+    assert (session.goals[False] != 0).all()  # the assignment replaced the own choice
+    record = session.take_records()[-1]
+    assert record["landmarks/decision_age_steps"] == 4.0 and record["landmarks/decided_after_episode"] == 0.0
+
+
+def test_talking_in_steps_a_decision_that_lands_after_its_episode_ended_changes_nothing():
+    session = LandmarkSession(LandmarksConfig(round_timeout_steps=30), node_id="agent_1", topology=ring(4),
+                              layout=SpreadLayout(4, 4), num_copies=2, in_steps=True)
+    obs = np.zeros((2, 24), np.float32)
+    obs[:, 4:12] = np.array([[1, 0, 2, 0, 3, 0, 4, 0]] * 2)
+    session.begin(observation(0, obs, [True, False]), obs, now=0.0, training_step=0)
+    later = obs.copy()
+    later[:, 4:12] = np.array([[4, 0, 3, 0, 2, 0, 1, 0]] * 2)  # the next episode of copy 0: landmark 3 nearest
+    session.episode_start_step[False][0] = 25  # copy 0's episode ended and another began (its own flooding elsewhere)
+    session.goals[False][0] = 3
+    near = np.tile(np.array([0.0, 5, 5, 5], np.float32), (2, 1))
+    for round_ in (1, 2):
+        session.on_message("agent_0", FloodTable("train:0", round_, ["agent_0", "agent_3"], np.stack([near, near + [0, 9, 0, 9]])), 26.0)
+        session.on_message("agent_2", FloodTable("train:0", round_, ["agent_2"], (near + [0, 0, 9, 0])[None]), 26.0)
+    assert not session.deciding
+    np.testing.assert_array_equal(session.goals[False], [3, 0])  # neither copy was playing that episode's start
+    record = session.take_records()[-1]
+    assert record["landmarks/decided_after_episode"] == 1.0 and record["landmarks/decision_age_steps"] == 26.0

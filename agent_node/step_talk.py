@@ -1,0 +1,84 @@
+"""The agent node's side of talking in env steps (`protocols.talk: env_steps`). Sans-IO.
+
+The rule and the marks are protocols/step_links.py's; this part applies them to one node:
+
+- what the node's capabilities send to neighbours is queued (`queue`) and leaves when the node
+  answers a step (`close_step`), each message with its fate decided in the step clock and
+  followed by the link's mark;
+- what neighbours send is held (`on_peer_message`, `on_mark`) until the step it is due at;
+- an observation is handled only once the marks of the previous step are here
+  (`missing_marks`): from every neighbour that acted then (the env server did not default its
+  action) and that membership has not declared down, and only when this node handled that step
+  too (a node that just started or restarted cannot know what was sent before it was there);
+  then `take_due` gives the messages due by this step, in their fixed order.
+
+A mark that does not come (a real network cut, a neighbour frozen after it answered) is waited
+for at most `mark_timeout_s`; then the node goes on without it and says so (`talk/marks_missed`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from protocols import messages as m
+from protocols.engine import Outgoing
+from protocols.links import LinkConfig
+from protocols.step_links import TRAINING_CLOCK, PeerStepMark, StepInbox, StepOutbox, evaluation_clock
+
+
+class EnvStepTalk:
+    def __init__(self, node_id: str, neighbours: Iterable[str], run_seed: int,
+                 config_for: Callable[[str, str], LinkConfig], blocked: Callable[[str, str], bool],
+                 mark_timeout_s: float) -> None:
+        self.node_id = node_id
+        self.neighbours = sorted(neighbours)
+        self.outbox = StepOutbox(node_id, run_seed, config_for, blocked)
+        self.inbox = StepInbox()
+        self.mark_timeout_s = mark_timeout_s
+        self.env_agent_of: dict[str, str] = {}  # neighbour node id -> the env agent it drives (from the welcome)
+        self._last_handled: dict[str, int] = {}  # clock -> the last step this node handled in it
+        self.parked: m.EnvObservation | None = None  # an observation waiting for marks
+        self.parked_since = 0.0
+        self.due_now: list[tuple[str, Any]] | None = None  # what is due at the step being handled
+        self.marks_missed = 0
+
+    @staticmethod
+    def clock_of(message: m.EnvObservation, training_step: int) -> str:
+        return evaluation_clock(training_step) if message.evaluation else TRAINING_CLOCK
+
+    def know_env_agents(self, node_ids: list[str], possible_agents: list[str]) -> None:
+        """Agent node i drives the env's i-th agent (the welcome's `possible_agents`)."""
+        self.env_agent_of = dict(zip(node_ids, possible_agents))
+
+    # ------------------------------------------------------------------ sending
+
+    def queue(self, outgoing: Iterable[Outgoing]) -> None:
+        self.outbox.queue(outgoing)
+
+    def close_step(self, clock: str, step: int) -> list[Outgoing]:
+        return self.outbox.close_step(clock, step, self.neighbours)
+
+    # ------------------------------------------------------------------ receiving
+
+    def on_peer_message(self, sender: str, message: Any) -> None:
+        self.inbox.on_message(sender, message)
+
+    def on_mark(self, sender: str, mark: PeerStepMark) -> None:
+        self.inbox.on_mark(sender, mark)
+
+    def missing_marks(self, message: m.EnvObservation, clock: str, down: Callable[[str], bool]) -> list[str]:
+        """The neighbours whose mark of the step before `message` this node must still wait for."""
+        if self._last_handled.get(clock) != message.step - 1:
+            return []
+        skipped = set(message.missing)
+        expected = [n for n in self.neighbours if self.env_agent_of.get(n) not in skipped and not down(n)]
+        return self.inbox.missing_marks(clock, message.step, expected)
+
+    def begin_step(self, message: m.EnvObservation, clock: str) -> list[tuple[str, Any]]:
+        """The node handles `message` now: the peer messages due by its step, in delivery order."""
+        self._last_handled[clock] = message.step
+        self.inbox.end_clocks_except(clock)
+        return self.inbox.take_due(clock, message.step)
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.inbox.metrics(), **self.outbox.metrics(), "talk/marks_missed": float(self.marks_missed)}

@@ -1,0 +1,56 @@
+"""`protocols.talk` and `delay_steps` in a run config: what validate accepts and what it refuses,
+naming the field (orchestrator/config.py `_talk_problems`, orchestrator/reproducibility.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
+from protocols.config_errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN_JOB = ROOT / "configs" / "4agents_ring.yaml"
+GOALS = ROOT / "configs" / "goals_negotiation.yaml"
+IN_STEPS = "protocols.talk=env_steps"
+PEER_DELAY_5 = "network.links=[{role: peer_links, link: {delay_steps: 5, loss: 0.2}}]"
+
+
+def problems(path: Path, *overrides: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, list(overrides))
+    return list(caught.value.problems)
+
+
+def test_the_main_job_talks_in_steps_on_peer_links_and_reproducibly_with_loss_in_the_step_clock():
+    config = load_config(MAIN_JOB, [IN_STEPS, PEER_DELAY_5, "run.reproducible=true"])
+    assert config.protocols.talk == "env_steps"
+    assert config.network.link_in_steps_between("agent_0", "agent_1").delay_steps == 5
+    # A peer link that names no delay counts one step; an env link never counts steps.
+    plain = load_config(MAIN_JOB, [IN_STEPS])
+    assert plain.network.link_in_steps_between("agent_0", "agent_1").delay_steps == 1
+    assert not plain.network.link_in_steps_between("agent_0", "env").counts_steps
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ((PEER_DELAY_5,), "network.links.0.link.delay_steps: counts delay in env steps, which needs protocols.talk: env_steps"),
+    ((IN_STEPS, "network.default_link.delay_steps=3"), "network.default_link.delay_steps: the default link is every env link too"),
+    ((IN_STEPS, "network.links=[{node: agent_1, link: {delay_steps: 3}}]"), "only links between two agents can count env steps"),
+    ((IN_STEPS, "network.links=[{role: peer_links, link: {delay_s: 0.1}}]"), "sets delay_s, wall-clock settings"),
+    ((IN_STEPS, "protocols.consensus={enabled: true, what: policy_parameters, average_at_end: true}"),
+     "protocols.consensus.average_at_end: the final average runs after the last env step"),
+    ((IN_STEPS, "network.links=[{role: peer_links, link: {delay_steps: 0}}]"), "network.links.0.link.delay_steps: must be >= 1"),
+])
+def test_validate_refuses_what_talking_in_steps_cannot_do_naming_the_field(overrides, expected):
+    assert any(expected in problem for problem in problems(MAIN_JOB, *overrides)), problems(MAIN_JOB, *overrides)
+
+
+def test_goal_negotiation_is_refused_when_talking_in_steps():
+    assert any(problem.startswith("agents.goals: goal negotiation does not talk in env steps")
+               for problem in problems(GOALS, IN_STEPS))
+
+
+def test_wall_clock_loss_on_an_env_link_stays_refused_in_a_reproducible_run():
+    found = problems(MAIN_JOB, IN_STEPS, "run.reproducible=true", "network.links=[{role: env_links, link: {loss: 0.1}}]")
+    assert any(problem.startswith("network.links.0.link.loss: expected no drops") for problem in found)
