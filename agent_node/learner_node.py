@@ -64,6 +64,7 @@ from agent_node.algos.mixers import CentralizedMixerLearner
 from agent_node.ctde.learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
 from agent_node.persistence import Generations, load_checkpoint, save_checkpoint, state_notice
 from agent_node.service_loop import WAKE_S
+from protocols.auth import BadInputLog
 from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
 from protocols.durable_state import DamagedStateError, StateNotice
 from protocols.node_config import bind_address
@@ -85,8 +86,13 @@ class LearnerService:
     once when given the spaces (standalone). Where an agent's parameters go is learned from its
     messages (`routes`)."""
 
-    def __init__(self, num_agents: int, make_core, inbox: Channel, spaces: tuple | None = None) -> None:
+    def __init__(self, num_agents: int, make_core, inbox: Channel, spaces: tuple | None = None,
+                 refusals: BadInputLog | None = None) -> None:
+        """`refusals`: where refused messages are recorded (the node's `Hub.refusals`: one line
+        per agent per 5 s, counted in security/refused_messages); by default a log of its own."""
         self.num_agents = num_agents
+        self.refusals = refusals if refusals is not None else BadInputLog(log, "learner", one="refused a message",
+                                                                          many="refused {n} messages")
         self.make_core = make_core  # (observation_space, action_space, state_space) -> CentralizedLearnerCore
         self.inbox = inbox
         # Standalone mode knows the spaces from its command line and builds the core at once.
@@ -173,7 +179,7 @@ class LearnerService:
 
     def _refuse(self, envelope, why: str) -> bool:
         self.refused += 1
-        log.warning("refused a message from %s: %s", envelope.header.sender, why)
+        self.refusals.record(envelope.header.sender, envelope.msg_type, why)
         return False
 
     def metrics(self) -> dict[str, float]:
@@ -360,7 +366,7 @@ class OrchestratedLearner:
         # The agents connect under routing ids of their incarnations (transport.incarnation_routing_id):
         # a restarted agent is heard at once although this ROUTER reads behind.
         self.inbox = hub.bind_router(bind_address(run, node_id, "ctde"), name="transitions", advertise_host=run.network.advertised_host())
-        self.service = service = LearnerService(run.agents.count, self.make_core, self.inbox)
+        self.service = service = LearnerService(run.agents.count, self.make_core, self.inbox, refusals=hub.refusals)
         self.persistence = LearnerPersistence(self.identity.node_dir, checkpoint_every_steps=run.agents.checkpoint_every_steps,
                                               replay_save_every_steps=run.agents.replay_save_every_steps,
                                               keep_generations=run.agents.keep_generations,
@@ -469,7 +475,7 @@ def run_standalone(args: argparse.Namespace) -> int:
     service = None
     try:
         inbox = hub.bind_router(args.bind, name="learner")
-        service = LearnerService(args.num_agents, make_core, inbox, spaces=spaces)
+        service = LearnerService(args.num_agents, make_core, inbox, spaces=spaces, refusals=hub.refusals)
         print(f"READY {inbox.endpoint}", flush=True)
         while not stop:
             hub.wait(WAKE_S)

@@ -190,7 +190,7 @@ class AgentNode(EnvLink, Services):
             for neighbour, endpoint in sorted(directory.neighbours.items())
         }  # (peers only ever write to our inbox, never reply on the DEALERs we connected to them)
         self.mesh = PeerMesh(self.identity.node_id, links, heartbeat_every_s=self.membership.heartbeat_every_s,
-                             timeout_s=self.membership.timeout_s)
+                             timeout_s=self.membership.timeout_s, refusals=self.hub.refusals)
         self.mesh.set_state(self.state.value)
         self.mesh.start(time.monotonic())
         self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.identity.node_id, peer=ENV_NODE_ID)
@@ -297,13 +297,14 @@ class AgentNode(EnvLink, Services):
             accepted, events = self.mesh.accept(envelope.sender, message, now)
             self._on_membership_events(events)
             if accepted is None:
-                return  # not a neighbour; the mesh logged and counted it
+                return  # not a neighbour; the mesh counted it in the hub's refusals
             if self.talk is not None and self._on_step_talk(envelope.sender, message):
                 return
         expected_sources, handler = self.HANDLERS.get(type(message)) or self.dispatch.get(type(message)) or ((), None)
         if handler is None or source not in expected_sources:
             if source != CONTROL:  # the orchestrator's other messages are answers the loop does not wait for
-                log.warning("dropped %s from %s %r: no handler for it from there", envelope.msg_type, source, envelope.sender)
+                # Counted, and logged once per source per 5 s: a peer's flood cannot fill the log.
+                self.hub.refusals.record(envelope.sender, f"{envelope.msg_type} from {source}: no handler for it from there")
             return
         if isinstance(handler, Capability):
             handler.on_message(envelope.sender, message, now)

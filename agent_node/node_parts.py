@@ -267,18 +267,26 @@ def build_node_learner(node, welcome: m.EnvWelcome) -> None:
     for capability in node.capabilities:
         capability.attach(node.learner, welcome, observation_space, action_space)
     node.episodes = TransitionAssembler(node.env_agent, welcome.num_copies)
-    restore_node(node)
+    restore_node(node, joined_at_step=welcome.step)
     log.info(
         "driving %s over %d copies: obs %s, actions %s, learner %s",
         node.env_agent, welcome.num_copies, observation_space, action_space, node.config.learner.kind,
     )
 
 
-def restore_node(node) -> None:
+def restore_node(node, joined_at_step: int = 0) -> None:
     """The node's saved state after a restart (learner, replay buffer, capabilities), or the
-    initial checkpoint the config names (`agents.load_checkpoints`, `load_shared_checkpoint`)."""
+    initial checkpoint the config names (`agents.load_checkpoints`, `load_shared_checkpoint`).
+    `joined_at_step`: the env server's step at this agent's welcome; past 0 (a restart, or a
+    resumed run) the agent says what it lost: the steps between its checkpoint and that step."""
     config, node_id = node.config, node.identity.node_id
     restored = node.persistence.restore(node.learner)
+    if joined_at_step > 0:
+        saved_step = 0 if restored is None else restored.step
+        kept = "no checkpoint: started from scratch" if restored is None else (
+            f"restored checkpoint of step {restored.step} and {restored.replay_rows} replay rows")
+        log.warning("lost on restart: %s, joined the run at step %d: %d steps of learning lost", kept, joined_at_step,
+                    max(0, joined_at_step - saved_step))
     node.state_notice = notice = node.persistence.notice(restored)
     if notice is not None:  # damaged files skipped, or (run.on_corrupt_state: start_fresh) set aside
         log.error("%s", notice.what)

@@ -8,7 +8,9 @@ way (`accept`), and gets the same up/down/restarted events (`on_timer`, `accept`
 
 It holds no socket logic of its own: a link is anything with `send(message)` (a transport
 `Channel` in production, a recording list in the unit tests), and time is passed in.
-Messages from a node that is not a neighbour are dropped and counted, never handled.
+Messages from a node that is not a neighbour are dropped and counted, never handled, and logged
+through the node's refusal log (`Hub.refusals`: one line per source per 5 s, counted in
+`security/refused_messages`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
+from protocols.auth import BadInputLog
 from protocols.engine import Outgoing
 from protocols.membership import MembershipEngine, MembershipEvent
 
@@ -35,9 +38,14 @@ class PeerMessage:
 
 class PeerMesh:
     def __init__(
-        self, node_id: str, links: Mapping[str, Link], *, heartbeat_every_s: float, timeout_s: float, incarnation: int = 0
+        self, node_id: str, links: Mapping[str, Link], *, heartbeat_every_s: float, timeout_s: float, incarnation: int = 0,
+        refusals: BadInputLog | None = None,
     ) -> None:
+        """`refusals`: where a stranger's messages are recorded (the node's `Hub.refusals`); by
+        default a log of the mesh's own."""
         self.node_id = node_id
+        self.refusals = refusals if refusals is not None else BadInputLog(log, node_id, one="refused a message",
+                                                                          many="refused {n} messages")
         self.links = dict(links)
         self.membership = MembershipEngine(
             node_id, sorted(self.links), heartbeat_every_s=heartbeat_every_s, timeout_s=timeout_s, incarnation=incarnation
@@ -72,7 +80,7 @@ class PeerMesh:
         dispatch (None when the sender is not a neighbour) and the membership events it caused."""
         if sender not in self.links:
             self.dropped_from_strangers += 1
-            log.warning("dropped %s from %r, which is not a neighbour", type(message).__name__, sender)
+            self.refusals.record(sender, f"{getattr(message, 'MSG_TYPE', type(message).__name__)} from a node that is not a neighbour")
             return None, []
         self.membership.on_message(sender, message, now)
         return PeerMessage(sender, message), self.membership.take_events()

@@ -135,7 +135,8 @@ class ParleyPeer:
         }
         # The agent node's peer mesh; its heartbeats serve as the hello of the handshake, and
         # their period is long enough that none goes out during the timed runs.
-        self.mesh = PeerMesh(node, links, heartbeat_every_s=HELLO_ONLY_HEARTBEAT_S, timeout_s=2 * HELLO_ONLY_HEARTBEAT_S)
+        self.mesh = PeerMesh(node, links, heartbeat_every_s=HELLO_ONLY_HEARTBEAT_S, timeout_s=2 * HELLO_ONLY_HEARTBEAT_S,
+                              refusals=self.hub.refusals)
 
     def handshake(self, timeout_s: float) -> None:
         """Say hello to every neighbour and wait for theirs: afterwards both directions of every

@@ -61,7 +61,6 @@ from env_server.resume import ResumeFile, ResumePoint
 from env_server.step_hold import HeldStep, StepHold
 from env_server.vector import BatchedStep, VectorizedParallelEnv, packing_refusal
 from protocols import messages as m
-from protocols.auth import BadInputLog
 from protocols.metrics import MetricsWriter
 from protocols.packed import PackedLayout
 from protocols.seeds import derive_seed
@@ -166,7 +165,6 @@ class EnvServer:
         self.baselines_written = False  # eval/random_return_mean (and the oracle's), at the first evaluation
         self.task = None if envs.task_spec is None else m.SiteCollectionTask(**envs.task_spec)
         self.counters = ServerCounters()
-        self.rejections = BadInputLog(log, "env", one="rejected a request", many="rejected {n} requests")
         self.created_at = clock()
         # Agents whose nodes will not come back (control.agents_gone, after a restart of this server).
         self.gone_agents: set[str] = set()
@@ -219,7 +217,6 @@ class EnvServer:
             for envelope in self.channel.recv_all():
                 self.handle(envelope)
         now = self.clock()
-        self.rejections.flush(now)
         self._send(self.barrier.on_timer(now))
         if self.episode_hold.on_timer(now):
             self._release_episode_start()
@@ -248,8 +245,9 @@ class EnvServer:
 
     def _refused(self, sender: str, msg_type: str, refused: Refused) -> None:
         self.counters.rejected_requests += 1
-        # Aggregated per sender: a client repeating a bad request does not flood the log.
-        self.rejections.record(sender, f"{msg_type} ({refused.code})", refused.text)
+        # Aggregated per sender in the hub's refusals (counted in security/refused_messages too):
+        # a client repeating a bad request does not flood the log.
+        self.hub.refusals.record(sender, f"{msg_type} ({refused.code})", refused.text)
 
     def on_action_in_memory(self, identity: bytes, sender: str, step: int, actions: dict[str, Any], evaluation: bool) -> None:
         """An env.action read from a client's shared-memory slot (`Channel.on_shm_action`): what
@@ -729,7 +727,6 @@ class EnvServer:
         }
 
     def close(self) -> None:
-        self.rejections.flush(force=True)
         if self.resume is not None:
             self.resume.close()
         self.hub.close_channel(self.channel)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 from orchestrator.backends import BackendUnavailable
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
 from protocols.config_errors import ConfigError
-from orchestrator.faults import plan_faults, refused_faults
+from orchestrator.faults import fired_positions, plan_faults, refused_faults, unresumable_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import LaunchPlan, build_plan, format_plan
 from orchestrator.api import orchestrator_pid, process_alive, run_prepared
@@ -257,11 +257,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return _fail(f"{run_dir} has no resume point (nodes/env/{RESUME_FILENAME}): it never stepped; "
                      "start it again with `orchestrate up`", EXIT_USAGE)
     resolved = reopen_run(run_dir)
-    if resolved.faults.schedule:
-        # The schedule is timed from the run's start and its steps: resumed, faults already
-        # applied would run again or ones that fell in the gap would be skipped, silently.
-        return _fail(f"{run_dir} has a fault schedule (faults.schedule), which a resumed run cannot "
-                     "replay faithfully; resume is for runs without one", EXIT_USAGE)
+    # The faults already fired are not fired again (their events say which); the rest fire at
+    # their steps, which go on from the resume point. A time cannot be resumed: a resumed run's
+    # clock starts at 0 again, so an at_s fault not yet fired would hit at another moment.
+    if problems := unresumable_faults(plan_faults(resolved), fired_positions(events)):
+        return _fail(f"{run_dir} cannot be resumed faithfully: " + "; ".join(problems), EXIT_USAGE)
     check_bind_host_before_launch(resolved, str(run_dir / "resolved.yaml"))
     os.umask(0o077)
     print(f"resuming {run_dir}", file=sys.stderr)

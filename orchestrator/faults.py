@@ -20,6 +20,12 @@ delays what it sends: a partition goes to every node of its groups, a heal to ev
 link change to the source node of each directed edge. Their plans carry the resolved
 `groups` and directed `edges`. The semantics of each kind are in `FaultEvent`'s docstring
 (orchestrator/config.py).
+
+A resumed run (`orchestrate resume`) goes on with the faults its earlier orchestrators had not
+fired yet (`fired_positions`, from the `fault` events of events.jsonl), and hands its nodes,
+all started fresh, the network faults already fired, in the order they fired. Only `at_step`
+faults resume faithfully (the env server's step goes on from its resume point, a time does
+not), so `orchestrate resume` refuses a run with an `at_s` fault that has not fired.
 """
 
 from __future__ import annotations
@@ -183,3 +189,22 @@ class FaultClock:
     def run_s(self, now: float) -> float | None:
         """Seconds since the run started, or None before it."""
         return None if self.started_at is None else now - self.started_at
+
+
+def fired_positions(events: list[dict]) -> list[int]:
+    """The schedule positions of the faults fired so far in a run directory's events.jsonl
+    records (a resumed run's earlier orchestrators), in the order they fired, each once."""
+    fired: list[int] = []
+    for record in events:
+        position = record.get("position")
+        if record.get("event") == "fault" and isinstance(position, int) and position not in fired:
+            fired.append(position)
+    return fired
+
+
+def unresumable_faults(planned: list[ScheduledFault], fired: list[int]) -> list[str]:
+    """One problem per fault a resumed run could not fire faithfully: an `at_s` fault that has
+    not fired (the resumed run's clock starts again at 0, so it would hit at another moment)."""
+    return [f"faults.schedule.{fault.position} ({fault.kind} at_s {fault.at_s:g}) has not fired, and a time "
+            "cannot be resumed (use at_step, which goes on from the resume point)"
+            for fault in planned if fault.at_s is not None and fault.position not in fired]

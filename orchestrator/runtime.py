@@ -69,7 +69,7 @@ from typing import IO
 
 from orchestrator.backends import BackendUnavailable
 from orchestrator.config import RunConfig
-from orchestrator.faults import FaultClock, ScheduledFault, plan_faults
+from orchestrator.faults import FaultClock, ScheduledFault, fired_positions, plan_faults
 from orchestrator.launcher import (
     NODE_PID_FILENAME,
     ORCHESTRATOR_PID_ENV,
@@ -82,7 +82,7 @@ from orchestrator.launcher import (
     write_pid_file,
 )
 from orchestrator.plan import LaunchPlan, NodeLaunch
-from orchestrator.rundir import EventLog, code_identity, explain_failure
+from orchestrator.rundir import EventLog, code_identity, explain_failure, read_jsonl
 from orchestrator.status import StatusView
 from protocols import messages as m
 from protocols.auth import load_node_keys
@@ -243,8 +243,13 @@ class Orchestrator:
         self.state_damaged: list[tuple[str, str, bool]] = []  # (node, what, started fresh) from `control.ready`
         self.started = False
         self.shutting_down = False
-        self.faults = FaultClock(plan_faults(config))
-        self.network_faults: list[m.Partition | m.Heal | m.SetLink] = []  # sent so far, in order
+        # A resumed run (its events.jsonl already has fault events) goes on with the faults not
+        # fired yet; its nodes, all fresh, get the network faults fired before (orchestrator/faults.py).
+        planned = {fault.position: fault for fault in plan_faults(config)}
+        fired = fired_positions(read_jsonl(plan.run_dir / "events.jsonl")) if planned else []
+        self.faults = FaultClock([fault for position, fault in planned.items() if position not in fired])
+        self.network_faults: list[m.Partition | m.Heal | m.SetLink] = [  # sent so far, in order
+            planned[position].network_message() for position in fired if position in planned and planned[position].is_network]
         self.network_faults_unapplied: dict[int, NetworkFaultSent] = {}  # by schedule position
         self.step_awaiting_faults: StepAwaitingFaults | None = None
         # While the env server is being restarted: when it exited (unix time), else None.
@@ -585,7 +590,11 @@ class Orchestrator:
             self.started = True
             for node_id in self.nodes:
                 self.control.send(m.Start(), to=node_id)
-            self.events.write("started", None)
+                # A resumed run: the network faults its earlier orchestrators fired, as a
+                # restarted node gets them (after the start, which its start-up waits for).
+                for message in self.network_faults:
+                    self.control.send(message, to=node_id)
+            self.events.write("started", None, network_faults_replayed=len(self.network_faults))
             # The fault clock starts after the `started` event is stamped, so no fault reads as
             # earlier than its at_s against that event (sending Start to every node takes time).
             self.faults.start(time.monotonic())

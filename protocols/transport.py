@@ -56,6 +56,12 @@ authenticated (tcp: zmq's `User-Id`; ipc: the signing key) is dropped and counte
 message over the size limits of `LimitsConfig`; bad input is logged through a rate-limited
 `BadInputLog`, never once per message.
 
+Well-formed, authentic messages that a node's own logic refuses (a type with no handler from
+where it came, a sender that is not a neighbour, a request out of turn) are a peer's bad input
+too: the node hands them to `hub.refusals`, the same `BadInputLog`, so a buggy or compromised peer
+of the run gets one line per 5 s, not one per message, and they are counted in
+`security/refused_messages` beside the transport's drops.
+
 A context must not cross a fork: make the hub in the process that uses it.
 """
 
@@ -778,6 +784,9 @@ class Hub:
         self.clock = clock
         self._context = zmq.Context()
         self._next_log_flush = 0.0  # `wait` flushes the aggregated bad-input logs at most this often
+        # What the node's own logic refused of well-formed messages (see the module doc): the
+        # reason names the message type and why, the source is the claimed (authenticated) sender.
+        self.refusals = BadInputLog(log, sender, one="refused a message", many="refused {n} messages")
         self._poller = zmq.Poller()
         self._channels: dict[zmq.Socket, Channel] = {}
         self._pipes: dict[int, Channel] = {}  # shared-memory wake-up pipes -> their channel
@@ -914,6 +923,7 @@ class Hub:
             for monitor in self._monitors.values():
                 monitor.drain()  # refused handshakes are counted when drained, which `wait` may not reach
                 monitor.log.flush(now)
+            self.refusals.flush(now)
 
     def _start_authenticator(self) -> None:
         """Start the ZAP handler of this context: it admits the run's node keys only and names
@@ -955,8 +965,9 @@ class Hub:
         the security drop counters of every channel of this hub, summed (always):
         `security/dropped_bad_signature` and `security/dropped_oversized`, and the CURVE
         handshakes refused (`security/refused_handshakes`, and per server socket
-        `security/refused_handshakes/<channel name>`). Nodes write this dict into their
-        metrics.jsonl every status period, so the drops show up without node code."""
+        `security/refused_handshakes/<channel name>`), and the well-formed messages the node
+        refused (`security/refused_messages`, through `refusals`). Nodes write this dict into
+        their metrics.jsonl every status period, so the drops show up without node code."""
         metrics = dict(self.links.metrics()) if self.links is not None else {}
         channels = list(self._channels.values())
         metrics["security/dropped_bad_signature"] = float(sum(c.stats.dropped_bad_signature for c in channels))
@@ -966,6 +977,7 @@ class Hub:
         metrics["security/refused_handshakes"] = float(sum(m.total for m in self._monitors.values()))
         for monitor in self._monitors.values():
             metrics[f"security/refused_handshakes/{monitor.channel_name}"] = float(monitor.total)
+        metrics["security/refused_messages"] = float(sum(self.refusals.totals.values()))
         return metrics
 
     @property
@@ -984,6 +996,7 @@ class Hub:
 
     def close(self) -> None:
         """Close every channel (each with its own linger) and the context. Idempotent."""
+        self.refusals.flush(force=True)
         for channel in list(self._channels.values()):
             channel.bad_input.flush(force=True)
             self.close_channel(channel)

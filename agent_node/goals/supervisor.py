@@ -146,7 +146,8 @@ class OrchestratedSupervisor:
 
         service = self.service
         if not isinstance(envelope.message, GoalRequest):
-            log.warning("dropped %s from %r: the supervisor takes goal.request only", envelope.msg_type, envelope.sender)
+            # Counted (security/refused_messages) and logged once per source per 5 s.
+            self.hub.refusals.record(envelope.sender, envelope.msg_type, "the supervisor takes goal.request only")
             return
         drawn_before = service.teams_assigned
         answers = service.on_message(envelope.sender, envelope.message, time.monotonic())

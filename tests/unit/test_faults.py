@@ -201,3 +201,18 @@ def test_step_faults_fire_when_the_reported_env_step_reaches_them() -> None:
     assert [f.kind for f in clock.due(12.1, env_step=31)] == ["heal"]
     assert clock.pending == [] and clock.pending_steps == [] and clock.seconds_to_next(13.0) is None
     assert clock.run_s(13.0) == 3.0
+
+
+def test_a_resumed_run_goes_on_with_the_step_faults_not_fired_and_refuses_an_unfired_time() -> None:
+    from orchestrator.faults import fired_positions, unresumable_faults
+
+    config = config_with("{at_step: 10, kind: partition, nodes: [agent_1]}", "{at_s: 2, kind: pause, nodes: [agent_2]}",
+                         "{at_step: 30, kind: heal}", "{at_s: 9, kind: resume, nodes: [agent_2]}")
+    planned = plan_faults(config)
+    events = [{"event": "started"}, {"event": "fault", "kind": "pause", "position": 1},
+              {"event": "fault", "kind": "partition", "position": 0}, {"event": "fault_applied", "position": 0},
+              {"event": "fault", "kind": "partition", "position": 0}]
+    assert fired_positions(events) == [1, 0]  # in the order fired, each once; only `fault` events count
+    (problem,) = unresumable_faults(planned, fired_positions(events))
+    assert problem.startswith("faults.schedule.3 (resume at_s 9) has not fired")
+    assert unresumable_faults(planned, [1, 0, 3]) == []  # the heal at a step resumes faithfully

@@ -1,0 +1,41 @@
+"""The chaos soak's plan (bench/chaos.py) without processes: seeded, a fault every 10-30 s, the
+schedule `orchestrate up` takes, a written plan read back, and the shrinker reused on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.chaos import KINDS, ChaosFault, draw_plan, load_plan, overrides_of, plan_yaml
+from orchestrator.config import load_config
+from protocols.simplan import shrink_plan
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "4agents_ring.yaml"
+
+
+def test_the_plan_is_seeded_and_spaced_10_to_30_s_apart():
+    plan = draw_plan(seed=3, minutes=20, steps_per_s=10)
+    assert plan == draw_plan(seed=3, minutes=20, steps_per_s=10) and plan != draw_plan(seed=4, minutes=20, steps_per_s=10)
+    steps = [fault.at_step for fault in plan.events]
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert len(plan.events) >= 40 and all(100 <= gap <= 301 for gap in gaps), gaps
+    assert {fault.kind for fault in plan.events} == set(KINDS)
+
+
+def test_the_schedule_is_a_valid_config_and_a_written_plan_reads_back(tmp_path):
+    plan = draw_plan(seed=1, minutes=5, steps_per_s=10)
+    sections = overrides_of(plan)
+    overrides = [f"{section}.{key}={value!r}".replace("'", '"').replace("None", "null")
+                 for section, values in sections.items() for key, value in values.items()]
+    config = load_config(CONFIG, overrides)  # a ConfigError naming the field if the schedule were wrong
+    assert len(config.faults.schedule) >= len([f for f in plan.events if f.kind != "kill_orchestrator"])
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan_yaml(plan, ["no env step run twice"]))
+    assert load_plan(path) == plan
+
+
+def test_the_simulator_s_shrinker_cuts_a_chaos_plan_to_the_fault_that_fails():
+    plan = draw_plan(seed=2, minutes=10, steps_per_s=10)
+    culprit = ChaosFault(at_step=1234, kind="kill_env", node="env")
+    plan = plan.with_events(plan.events + (culprit,))
+    shrunk = shrink_plan(plan, lambda p: ["restores"] if culprit in p.events else [])
+    assert shrunk.plan.events == (culprit,)
