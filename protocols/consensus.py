@@ -194,10 +194,11 @@ class ConsensusConfig(BaseModel):
     # agent then ends with the same policy (policy_parameters only; agent_node/node.py,
     # `_on_run_finished`). Without it the copies drift apart after the last periodic average.
     average_at_end: bool = False
-    # What a share carries (protocols/compression.py; "Compressed shares" above): the tensors as
+    # What a share carries (protocols/compression.py; "Compressed shares" in protocols/consensus.py): the tensors as
     # they are (none), or compressed with error feedback as float16, int8 with a per-tensor
     # scale, or the `topk_fraction` of entries of largest magnitude.
     compression: Literal["none", "fp16", "int8", "topk"] = "none"
+    # With compression 'topk': the fraction of each tensor's entries a share keeps (at least one).
     topk_fraction: float = 0.1
     # Sync rounds with compression: the step `gamma` of `x += gamma * sum_j W_ij (x_hat_j - x_hat_i)`.
     # 1 is plain gossip when nothing is lost; a coarse codec (top-k of a small fraction) needs less.
