@@ -225,7 +225,8 @@ class ConsensusConfig(BaseModel):
             raise ValueError(f"consensus.compressed_step_size must be in (0, 1], got {self.compressed_step_size}")
         if self.push_sum_full_every < 1:
             raise ValueError(f"consensus.push_sum_full_every must be >= 1 push, got {self.push_sum_full_every}")
-        # A setting that would do nothing is refused rather than ignored.
+        # A setting that would do nothing is refused rather than ignored. Compared with its
+        # default rather than "was it given": a resolved config (run directory) spells out every key.
         for name, applies, expected in (
             ("topk_fraction", self.compression == "topk", "consensus.compression 'topk'"),
             ("compressed_step_size", self.compression != "none" and self.mode == "sync",
@@ -233,7 +234,7 @@ class ConsensusConfig(BaseModel):
             ("push_sum_full_every", self.compression != "none" and self.mode == "push_sum",
              "consensus.mode 'push_sum' with a consensus.compression other than 'none'"),
         ):
-            if name in self.model_fields_set and not applies:
+            if getattr(self, name) != type(self).model_fields[name].default and not applies:
                 raise ValueError(
                     f"consensus.{name} applies only with {expected}; got compression={self.compression!r}, mode={self.mode!r}"
                 )

@@ -333,6 +333,12 @@ def test_push_sum_refuses_increments_it_cannot_decode():
 # -- config ---------------------------------------------------------------------------------
 
 
+def test_config_with_every_key_spelled_out_at_its_default_is_valid():
+    """A resolved config writes every key; the settings that apply only with compression then
+    hold their defaults, which must not count as set."""
+    assert ConsensusConfig(**ConsensusConfig().model_dump()) == ConsensusConfig()
+
+
 def test_config_builds_compressed_engines():
     topology = ring(4)
     sync = build_consensus_engine(ConsensusConfig(compression="topk", topk_fraction=0.05, compressed_step_size=0.4), topology, "agent_0")
@@ -344,7 +350,7 @@ def test_config_builds_compressed_engines():
 @pytest.mark.parametrize(("fields", "match"), [
     ({"compression": "bf16"}, "compression"),
     ({"compression": "topk", "topk_fraction": 0.0}, r"consensus.topk_fraction must be in \(0, 1\]"),
-    ({"compression": "int8", "topk_fraction": 0.1}, "consensus.topk_fraction applies only with consensus.compression 'topk'"),
+    ({"compression": "int8", "topk_fraction": 0.2}, "consensus.topk_fraction applies only with consensus.compression 'topk'"),
     ({"compression": "int8", "compressed_step_size": 1.5}, r"consensus.compressed_step_size must be in \(0, 1\]"),
     ({"compressed_step_size": 0.5}, "consensus.compressed_step_size applies only with consensus.mode 'sync' with"),
     ({"compression": "fp16", "push_sum_full_every": 5}, "consensus.push_sum_full_every applies only with consensus.mode 'push_sum'"),
