@@ -35,6 +35,41 @@ node. Two engines do this:
     when it comes back. It needs no symmetric weights, so it works on directed graphs (strongly
     connected), and it has no rounds to wait for: delay only slows it down.
 
+Compressed shares (`compression`: fp16, int8, topk; protocols/compression.py). A compressed
+share is not exact, so each engine compresses a *difference* with error feedback, arranged so
+that the quantity the engine must conserve stays exact:
+
+- Sync rounds follow CHOCO-Gossip (Koloskova, Stich and Jaggi 2019). Every node keeps a public
+  copy `x_hat` of its own tensors and of each neighbour's, all starting at 0 each run. In a
+  round it sends `q = C(x - x_hat_own)`; sender and receivers add the same `decode(q)` to their
+  copy of the sender, so all copies of a node agree bitwise. Then
+  `x += gamma * sum_j W_ij (x_hat_j - x_hat_own)` (`compressed_step_size` = gamma). Exact: with
+  a symmetric W (Metropolis, or uniform on a regular graph) the sum over nodes of that step is 0
+  whatever the codec did, so the average of `x` is preserved, up to float rounding, as in the
+  uncompressed rounds. What compression costs is speed: `x - x_hat_own` is the residual still to
+  send (`consensus/compression_residual`), and with gamma = 1 and an exact codec the round is
+  the plain `x <- W x`. fp16 and int8 (relative errors) converge like uncompressed rounds; top-k
+  of a small fraction needs gamma < 1 and more rounds (bench/consensus_compression.py). A
+  neighbour whose share a round lacks has a stale copy for the rest of the run: it is left out
+  from then on (its weight stays on our value) and named in `missing_neighbours`.
+- Push-sum keeps its weights exact: every push carries the exact float64 cumulative weight
+  total. The values go as the compressed increment of the running value total towards that
+  receiver since the sender's push `base_seq` to it; the sender's `sent_totals` move by what the
+  receiver will decode, and what compression left out stays in the sender's residual for the
+  next push (error feedback). The receiver absorbs an increment only if it absorbed `base_seq`
+  (else, after a loss or a reordering, it waits), together with the weight, so its value and
+  weight masses always hold the same pushes. Every `push_sum_full_every`-th push carries the
+  exact totals (residual included, which clears it), so a receiver that waited catches up and
+  nothing is lost for good. Exact invariant, per tensor and for the weights: mass held by the
+  nodes + (sent totals - totals absorbed, over every edge) + residuals held by senders = the
+  initial total (weights: without residuals, = the number of nodes). So once everything sent is
+  absorbed the network's average of the value mass misses the true average by exactly the sum
+  of the residuals over the number of nodes; each node reports the norm of what it holds back as
+  `consensus/compression_residual` (0 right after a full push), and `consensus/gaps` counts the
+  increments that waited for a full push. A residual is one compression error of one push's
+  share (plus the previous residual), not an accumulation; push-sum's shares do not shrink as
+  the estimates converge, so this error does not vanish before a full push.
+
 Sans-IO: the engines never touch a socket or a clock. Inputs are messages with their sender and
 the current time `now` (float seconds); outputs are lists of `(destination node id, message)`
 to send, plus `next_deadline()`, the time at which the caller must call `on_timer`. The node's
@@ -51,6 +86,8 @@ from typing import ClassVar, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from protocols.compression import NO_COMPRESSION, Compression, CompressedTensors, ErrorFeedback, mismatch as compressed_mismatch
+from protocols.compression import decode as decode_compressed, encode as encode_compressed
 from protocols.engine import Outgoing
 from protocols.messages import register_message
 from protocols.topology import Topology, metropolis_weights, second_largest_eigenvalue_modulus, uniform_neighbour_weights
@@ -63,11 +100,17 @@ from protocols.topology import Topology, metropolis_weights, second_largest_eige
 @register_message("consensus.share")
 @dataclass(frozen=True)
 class ConsensusShare:
-    """A node's tensors at the start of synchronous round `round` of consensus run `epoch`."""
+    """A node's tensors at the start of synchronous round `round` of consensus run `epoch`.
+
+    With compression (`protocols.consensus.compression` other than none) `tensors` is empty and
+    `compressed` carries the compressed difference between the sender's tensors and its public
+    copy (see "Compressed shares" in the module docstring).
+    """
 
     epoch: int
     round: int
     tensors: dict[str, np.ndarray]
+    compressed: CompressedTensors | None = None
 
 
 @register_message("consensus.done")
@@ -99,6 +142,10 @@ class PushSumShare:
     seq: int
     weight_total: float
     value_totals: dict[str, np.ndarray]
+    # With compression, most pushes carry no `value_totals` but the compressed increment of the
+    # value totals since the sender's push `base_seq` to this receiver (see "Compressed shares").
+    compressed: CompressedTensors | None = None
+    base_seq: int = 0
 
 
 # The default of `protocols.limits.max_pending_share_bytes` (protocols/auth.py): early shares
@@ -106,8 +153,9 @@ class PushSumShare:
 DEFAULT_MAX_BUFFERED_BYTES = 64 << 20
 
 
-def _share_bytes(tensors: Mapping[str, np.ndarray]) -> int:
-    return sum(getattr(value, "nbytes", 0) for value in tensors.values())
+def _share_bytes(tensors: Mapping[str, np.ndarray], compressed: CompressedTensors | None = None) -> int:
+    payload = sum(getattr(value, "nbytes", 0) for value in tensors.values())
+    return payload + (compressed.nbytes if isinstance(compressed, CompressedTensors) else 0)
 
 
 @dataclass(frozen=True)
@@ -151,6 +199,19 @@ class ConsensusConfig(BaseModel):
     # agent then ends with the same policy (policy_parameters only; agent_node/node.py,
     # `_on_run_finished`). Without it the copies drift apart after the last periodic average.
     average_at_end: bool = False
+    # What a share carries (protocols/compression.py; "Compressed shares" in protocols/consensus.py): the tensors as
+    # they are (none), or compressed with error feedback as float16, int8 with a per-tensor
+    # scale, or the `topk_fraction` of entries of largest magnitude.
+    compression: Literal["none", "fp16", "int8", "topk"] = "none"
+    # With compression 'topk': the fraction of each tensor's entries a share keeps (at least one).
+    topk_fraction: float = 0.1
+    # Sync rounds with compression: the step `gamma` of `x += gamma * sum_j W_ij (x_hat_j - x_hat_i)`.
+    # 1 is plain gossip when nothing is lost; a coarse codec (top-k of a small fraction) needs less.
+    compressed_step_size: float = 1.0
+    # Push-sum with compression: every this many pushes a share carries the exact totals again,
+    # so a receiver that missed an increment (loss, reordering) catches up, and the sender's
+    # residual is cleared.
+    push_sum_full_every: int = 10
 
     @model_validator(mode="after")
     def _check_ranges(self) -> "ConsensusConfig":
@@ -163,12 +224,34 @@ class ConsensusConfig(BaseModel):
         for name in ("round_timeout_s", "push_sum_period_s", "push_sum_duration_s"):
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"consensus.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if not 0.0 < self.topk_fraction <= 1.0:
+            raise ValueError(f"consensus.topk_fraction must be in (0, 1], got {self.topk_fraction}")
+        if not 0.0 < self.compressed_step_size <= 1.0:
+            raise ValueError(f"consensus.compressed_step_size must be in (0, 1], got {self.compressed_step_size}")
+        if self.push_sum_full_every < 1:
+            raise ValueError(f"consensus.push_sum_full_every must be >= 1 push, got {self.push_sum_full_every}")
+        # A setting that would do nothing is refused rather than ignored. Compared with its
+        # default rather than "was it given": a resolved config (run directory) spells out every key.
+        for name, applies, expected in (
+            ("topk_fraction", self.compression == "topk", "consensus.compression 'topk'"),
+            ("compressed_step_size", self.compression != "none" and self.mode == "sync",
+             "consensus.mode 'sync' with a consensus.compression other than 'none'"),
+            ("push_sum_full_every", self.compression != "none" and self.mode == "push_sum",
+             "consensus.mode 'push_sum' with a consensus.compression other than 'none'"),
+        ):
+            if getattr(self, name) != type(self).model_fields[name].default and not applies:
+                raise ValueError(
+                    f"consensus.{name} applies only with {expected}; got compression={self.compression!r}, mode={self.mode!r}"
+                )
         if self.average_at_end and not (self.enabled and self.what == "policy_parameters"):
             raise ValueError(
                 "consensus.average_at_end: expected consensus.enabled with what 'policy_parameters' (the final average "
                 f"is of the agents' policies), got enabled={self.enabled}, what={self.what!r}"
             )
         return self
+
+    def compression_settings(self) -> Compression:
+        return Compression(self.compression, self.topk_fraction)
 
     def longest_run_s(self) -> float:
         """The most a consensus run can take, whatever the network does (the engines' bounds)."""
@@ -372,6 +455,8 @@ class SyncConsensus:
         rounds: int,
         round_timeout_s: float,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        compression: Compression = NO_COMPRESSION,
+        step_size: float = 1.0,
     ) -> None:
         if node_id in neighbour_weights:
             raise ValueError(f"node {node_id!r} lists itself as a neighbour; put its weight in self_weight")
@@ -389,8 +474,17 @@ class SyncConsensus:
             raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
         if not round_timeout_s > 0.0:
             raise ValueError(f"round_timeout_s must be > 0, got {round_timeout_s}")
+        if not 0.0 < step_size <= 1.0:
+            raise ValueError(f"step_size must be in (0, 1], got {step_size}")
 
         self.node_id = node_id
+        self.compression = compression
+        self.step_size = float(step_size)
+        # Compressed shares: the public copies x_hat of this node's and each neighbour's tensors
+        # (identical on every node that holds one), and the neighbours whose copy went stale this
+        # run (a round without their share) and are no longer mixed in.
+        self._public: dict[str, dict[str, np.ndarray]] = {}
+        self._cut_off: set[str] = set()
         self.neighbour_weights = dict(neighbour_weights)
         self.self_weight = float(self_weight)
         self.rounds = int(rounds)
@@ -434,6 +528,10 @@ class SyncConsensus:
         _check_next_epoch(epoch, self.epoch)
         self._values = _read_only(_copy_tensors(tensors, "consensus tensors"))
         self._scratch = _RoundScratch(self._values)
+        if self.compression.enabled:
+            zeros = {name: np.zeros(value.shape, _mixing_dtype(value.dtype)) for name, value in self._values.items()}
+            self._public = {node: dict(zeros) for node in (self.node_id, *self.neighbour_weights)}
+            self._cut_off = set()
         self._previous_epoch = self.epoch
         self.epoch = int(epoch)
         self.round = 0
@@ -482,7 +580,7 @@ class SyncConsensus:
         if sender in self._received:
             self.counters["duplicates_dropped"] += 1
             return []
-        if not self._take_share(sender, share.tensors, "share"):
+        if not self._take_share(sender, share, "share"):
             return []
         return self._finish_completed_rounds(now)
 
@@ -578,6 +676,8 @@ class SyncConsensus:
         if rounds:
             summary["consensus/disagreement_first"] = rounds[0]["consensus/disagreement_max"]
             summary["consensus/disagreement_last"] = rounds[-1]["consensus/disagreement_max"]
+            if self.compression.enabled:
+                summary["consensus/compression_residual"] = rounds[-1]["consensus/compression_residual"]
         if self._finished_at is not None:
             summary["consensus/engine_duration_s"] = self._finished_at - self._started_at
         return summary
@@ -589,21 +689,41 @@ class SyncConsensus:
         self._deadline = self._started_at + (self.round + 1) * self.round_timeout_s
         self._received = {}
         self._expected = {node for node in self._alive if not self._sends_no_more(node)}
-        share = ConsensusShare(epoch=self.epoch, round=self.round, tensors=dict(self._values))
+        if self.compression.enabled:
+            share = self._compressed_share()
+        else:
+            share = ConsensusShare(epoch=self.epoch, round=self.round, tensors=dict(self._values))
         destinations = sorted(self._expected)
         for destination in destinations:
             self._rounds_sent[(destination, self.epoch)] = self.round + 1
-        self._bytes_this_round = len(destinations) * sum(value.nbytes for value in self._values.values())
+        self._bytes_this_round = len(destinations) * _share_bytes(share.tensors, share.compressed)
         # Shares for this round that arrived early are now current.
         for key in sorted(k for k in self._buffer if k[0] == self.epoch and k[1] == self.round):
-            self._take_share(key[2], self._buffer.pop(key).tensors, "buffered share")
+            self._take_share(key[2], self._buffer.pop(key), "buffered share")
         return [(destination, share) for destination in destinations]
 
-    def _take_share(self, sender: str, tensors: object, what: str) -> bool:
-        """Keep `sender`'s tensors for the round in progress if their names, shapes and dtypes
-        match this node's, else reject them (False). Their values are checked for NaN and
-        infinity when the round is mixed (`_finish_round`), in the same pass."""
-        problem = _mismatch(self._values, tensors, check_finite=False)
+    def _compressed_share(self) -> ConsensusShare:
+        """This round's share with compression: `q = C(x - x_hat)`, and our public copy moves by
+        what every neighbour will decode from it, `x_hat += decode(q)` (module docstring)."""
+        own_copy = self._public[self.node_id]
+        encoded = encode_compressed({name: value - own_copy[name] for name, value in self._values.items()}, self.compression)
+        decoded = decode_compressed(encoded, own_copy)
+        self._public[self.node_id] = {name: own_copy[name] + decoded[name] for name in own_copy}
+        return ConsensusShare(epoch=self.epoch, round=self.round, tensors={}, compressed=encoded)
+
+    def _take_share(self, sender: str, share: ConsensusShare, what: str) -> bool:
+        """Keep `sender`'s share for the round in progress if its names, shapes and dtypes match
+        this node's (and its compression this node's), else reject it (False). Uncompressed
+        values are checked for NaN and infinity when the round is mixed (`_finish_round`), in the
+        same pass; a compressed share is checked and decoded here (the increment of `sender`'s
+        public copy)."""
+        if self.compression.enabled:
+            problem = compressed_mismatch(share.compressed, self._public[sender], codec=self.compression.codec)
+            tensors = None if problem else decode_compressed(share.compressed, self._public[sender])
+        elif share.compressed is not None:
+            problem, tensors = "a compressed share, but this node's protocols.consensus.compression is 'none'", None
+        else:
+            problem, tensors = _mismatch(self._values, share.tensors, check_finite=False), share.tensors
         if problem is not None:
             self._reject(f"{what} from {sender!r}: {problem}")
             return False
@@ -633,6 +753,8 @@ class SyncConsensus:
         return outgoing
 
     def _finish_round(self, now: float) -> list[Outgoing]:
+        if self.compression.enabled:
+            return self._finish_compressed_round(now)
         # In sender order, not arrival order: float sums then come out the same in every run
         # with one seed (run.reproducible), however the shares raced.
         received = dict(sorted(self._received.items()))
@@ -664,6 +786,50 @@ class SyncConsensus:
             }
         )
         self.missing_by_round.append(missing)
+        return self._next_round(now)
+
+    def _finish_compressed_round(self, now: float) -> list[Outgoing]:
+        """CHOCO-Gossip's step: every public copy takes its increment, then
+        `x += gamma * sum_j W_ij (x_hat_j - x_hat_i)` over the neighbours whose copy is current.
+        A neighbour whose share this round lacks has a stale copy from now on: it is left out
+        (its weight stays on our value) for the rest of the run."""
+        received = dict(sorted(self._received.items()))
+        self._cut_off |= set(self.neighbour_weights) - received.keys()
+        for sender, increment in received.items():
+            if sender not in self._cut_off:
+                copy = self._public[sender]
+                self._public[sender] = {name: copy[name] + increment[name] for name in copy}
+        own_copy = self._public[self.node_id]
+        mixed, distances = {}, [0.0] * len(self.neighbour_weights)
+        current = [node for node in sorted(self.neighbour_weights) if node not in self._cut_off]
+        for name, value in self._values.items():
+            step = np.zeros(value.shape, _mixing_dtype(value.dtype))
+            for index, node in enumerate(current):
+                copy = self._public[node][name]
+                step += self.neighbour_weights[node] * (copy - own_copy[name])
+                difference = (copy - value).ravel()
+                distances[index] += float(np.dot(difference, difference))
+            mixed[name] = (value + self.step_size * step).astype(value.dtype, copy=False)
+        distances = [math.sqrt(total) for total in distances[: len(current)]]
+        self._values = _read_only(mixed)
+        missing = tuple(sorted(self._cut_off))
+        residual = sum(float(np.dot(d, d)) for d in ((self._values[n] - own_copy[n]).ravel() for n in own_copy))
+        self.round_metrics.append(
+            {
+                "consensus/round": float(self.round),
+                "consensus/disagreement_max": max(distances) if distances else math.nan,
+                "consensus/disagreement_mean": float(np.mean(distances)) if distances else math.nan,
+                "consensus/bytes_sent": float(self._bytes_this_round),
+                "consensus/round_duration_s": now - self._round_started_at,
+                "consensus/missing_neighbours": float(len(missing)),
+                # What our public copy still lacks of our tensors: next round's residual.
+                "consensus/compression_residual": math.sqrt(residual),
+            }
+        )
+        self.missing_by_round.append(missing)
+        return self._next_round(now)
+
+    def _next_round(self, now: float) -> list[Outgoing]:
         self.round += 1
         if self.round == self.rounds:
             self._state = "done"
@@ -683,10 +849,11 @@ class SyncConsensus:
         if key in self._buffer:
             self.counters["duplicates_dropped"] += 1
             return []
-        held = sum(_share_bytes(held.tensors) for k, held in self._buffer.items() if k[2] == sender)
-        if held + _share_bytes(share.tensors) > self.max_buffered_bytes_per_sender:
+        held = sum(_share_bytes(held.tensors, held.compressed) for k, held in self._buffer.items() if k[2] == sender)
+        incoming = _share_bytes(share.tensors, share.compressed)
+        if held + incoming > self.max_buffered_bytes_per_sender:
             self._reject(
-                f"early shares from {sender!r} would hold {held + _share_bytes(share.tensors)} bytes, over "
+                f"early shares from {sender!r} would hold {held + incoming} bytes, over "
                 f"{self.max_buffered_bytes_per_sender}; dropping epoch {share.epoch} round {share.round}"
             )
             return []
@@ -722,6 +889,8 @@ class PushSumConsensus:
         period_s: float,
         duration_s: float,
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        compression: Compression = NO_COMPRESSION,
+        full_every: int = 10,
     ) -> None:
         out_neighbours = list(out_neighbours)
         if node_id in out_neighbours:
@@ -732,7 +901,15 @@ class PushSumConsensus:
             raise ValueError(f"period_s must be > 0, got {period_s}")
         if not duration_s > 0.0:
             raise ValueError(f"duration_s must be > 0, got {duration_s}")
+        if not _is_int(full_every) or full_every < 1:
+            raise ValueError(f"full_every must be an int >= 1, got {full_every!r}")
         self.node_id = node_id
+        self.compression = compression
+        self.full_every = int(full_every)
+        # Compressed pushes, per out-neighbour: the residual of what we meant to push and have
+        # not got across, and the seq of our last push to it (the next increment's base).
+        self._feedback: dict[str, ErrorFeedback] = {}
+        self._last_seq_to: dict[str, int] = {}
         self.out_neighbours = out_neighbours
         self.period_s = float(period_s)
         self.duration_s = float(duration_s)
@@ -753,7 +930,9 @@ class PushSumConsensus:
         self._seq = 0
         self._next_push_at = 0.0
         self._ends_at = 0.0
-        self._future: dict[int, dict[str, PushSumShare]] = {}  # epoch -> sender -> newest share
+        # epoch -> sender -> shares to apply in seq order: the newest full one, and (compressed)
+        # the increments after it.
+        self._future: dict[int, dict[str, list[PushSumShare]]] = {}
         self._result: dict[str, np.ndarray] | None = None
         self._started_at = 0.0
         self._last_change = math.nan  # how far the estimate moved over the last push period
@@ -763,7 +942,7 @@ class PushSumConsensus:
         self._first_distance: dict[str, float] = {}
         self._last_distance: dict[str, float] = {}
 
-        self.counters = {"stale_dropped": 0, "applied": 0, "buffered": 0, "rejected": 0, "pushes": 0}
+        self.counters = {"stale_dropped": 0, "applied": 0, "buffered": 0, "rejected": 0, "pushes": 0, "gaps": 0, "bytes_sent": 0}
         self.last_rejection: str | None = None
 
     # -- inputs --------------------------------------------------------------------------
@@ -782,6 +961,10 @@ class PushSumConsensus:
         self._sent_values = {node: {name: np.zeros_like(v) for name, v in self._value.items()} for node in self.out_neighbours}
         self._sent_weight = {node: 0.0 for node in self.out_neighbours}
         self._seen_values, self._seen_weight, self._seen_seq = {}, {}, {}
+        if self.compression.enabled:
+            self._feedback = {node: ErrorFeedback(self.compression, self._value) for node in self.out_neighbours}
+            self._last_seq_to = {node: 0 for node in self.out_neighbours}
+        self.counters["gaps"] = self.counters["bytes_sent"] = 0
         self._seq = 0
         self._started_at = now
         self._ends_at = now + self.duration_s
@@ -792,7 +975,8 @@ class PushSumConsensus:
         early = self._future.pop(self.epoch, {})
         self._future = {e: shares for e, shares in self._future.items() if e > self.epoch}
         for sender in sorted(early):
-            self._apply(sender, early[sender])
+            for share in sorted(early[sender], key=lambda held: held.seq):
+                self._apply(sender, share)
         return self.on_timer(now)
 
     def on_message(self, sender: str, message: object, now: float) -> list[Outgoing]:
@@ -817,17 +1001,22 @@ class PushSumConsensus:
             if share.epoch not in self._future and len(self._future) >= 2:
                 self._reject(f"share from {sender!r} for epoch {share.epoch}: already holding shares of 2 future runs")
                 return []
+            full = share.compressed is None  # exact totals: they make every earlier share redundant
             held = sum(
-                _share_bytes(held.value_totals)
-                for e, shares in self._future.items() for s, held in shares.items()
-                if (e, s) != (share.epoch, sender)
+                _share_bytes(one.value_totals, one.compressed)
+                for e, shares in self._future.items() for s, kept in shares.items()
+                if not (full and (e, s) == (share.epoch, sender)) for one in kept
             )
-            if held + _share_bytes(share.value_totals) > self.max_buffered_bytes:
+            if held + _share_bytes(share.value_totals, share.compressed) > self.max_buffered_bytes:
                 self._reject(f"share from {sender!r} for epoch {share.epoch}: future shares would hold over {self.max_buffered_bytes} bytes")
                 return []
             waiting = self._future.setdefault(int(share.epoch), {})
-            if sender not in waiting or share.seq > waiting[sender].seq:
-                waiting[sender] = share
+            kept = waiting.get(sender, [])
+            if full and all(share.seq > one.seq for one in kept):
+                waiting[sender] = [share]
+                self.counters["buffered"] += 1
+            elif not full:
+                waiting[sender] = kept + [share]
                 self.counters["buffered"] += 1
             return []
         if self._state == "done":
@@ -913,7 +1102,21 @@ class PushSumConsensus:
             "consensus/disagreement_first": max(self._first_distance.values(), default=math.nan),
             "consensus/disagreement_last": max(self._last_distance.values(), default=math.nan),
             "consensus/engine_duration_s": self.duration_s if self.done else float("nan"),
+            "consensus/bytes_sent": float(self.counters["bytes_sent"]),
+            **(self._compression_metrics() if self.compression.enabled else {}),
         }
+
+    def _compression_metrics(self) -> dict[str, float]:
+        """`compression_residual`: the value mass this node meant to push and has not got across
+        (the norm of its residuals summed over out-neighbours). Summed over all nodes and divided
+        by the number of nodes, it is exactly how far the network's average of the value mass
+        falls short of the initial average (module docstring). `gaps`: increments not applied
+        because one before them went missing (the next full push catches up)."""
+        held_back = None
+        for feedback in self._feedback.values():
+            held_back = dict(feedback.residual) if held_back is None else {n: held_back[n] + feedback.residual[n] for n in held_back}
+        norm = 0.0 if held_back is None else math.sqrt(sum(float(np.dot(v.ravel(), v.ravel())) for v in held_back.values()))
+        return {"consensus/compression_residual": norm, "consensus/gaps": float(self.counters["gaps"])}
 
     @property
     def weight_mass(self) -> float:
@@ -926,6 +1129,13 @@ class PushSumConsensus:
     def sent_totals(self, destination: str) -> tuple[dict[str, np.ndarray], float]:
         """Cumulative (value, weight) mass pushed to `destination` in this run."""
         return {n: v.copy() for n, v in self._sent_values[destination].items()}, self._sent_weight[destination]
+
+    def residual(self, destination: str) -> dict[str, np.ndarray]:
+        """Value mass meant for `destination` that compression has not got across yet (zeros
+        without compression)."""
+        if destination not in self._feedback:
+            return {name: np.zeros_like(value) for name, value in self._value.items()}
+        return {name: value.copy() for name, value in self._feedback[destination].residual.items()}
 
     def received_totals(self, sender: str) -> tuple[dict[str, np.ndarray], float] | None:
         """Last cumulative (value, weight) mass absorbed from `sender`, or None if nothing came yet."""
@@ -952,20 +1162,45 @@ class PushSumConsensus:
         outgoing = []
         sent_values, sent_weight, epoch, seq = self._sent_values, self._sent_weight, self.epoch, self._seq
         for node in targets:
+            weight_total = sent_weight[node] + share_weight
+            sent_weight[node] = weight_total
+            if self.compression.enabled and seq % self.full_every != 0:
+                outgoing.append((node, self._compressed_push(node, share_value, weight_total)))
+                continue
             # New arrays rather than in-place adds: earlier messages hold the old totals.
             sent = sent_values[node]
-            totals = {name: sent[name] + share_value[name] for name in share_value}
+            if self.compression.enabled:  # a full push: the exact totals, residual included
+                feedback = self._feedback[node]
+                totals = {name: sent[name] + (share_value[name] + feedback.residual[name]) for name in share_value}
+                feedback.residual = {name: np.zeros_like(value) for name, value in feedback.residual.items()}
+                self._last_seq_to[node] = seq
+            else:
+                totals = {name: sent[name] + share_value[name] for name in share_value}
             for total in totals.values():
                 total.setflags(write=False)  # fresh arrays, now shared with the message
             sent_values[node] = totals
-            weight_total = sent_weight[node] + share_weight
-            sent_weight[node] = weight_total
+            self.counters["bytes_sent"] += 8 + _share_bytes(totals)
             outgoing.append((node, PushSumShare(epoch=epoch, seq=seq, weight_total=weight_total, value_totals=totals)))
         return outgoing
+
+    def _compressed_push(self, node: str, share_value: dict[str, np.ndarray], weight_total: float) -> PushSumShare:
+        """The compressed increment of our value totals towards `node` since our last push to it:
+        `share + residual`, compressed; the totals we record move by what `node` will decode."""
+        encoded, decoded = self._feedback[node].send(share_value)
+        sent = self._sent_values[node]
+        self._sent_values[node] = {name: sent[name] + decoded[name] for name in sent}
+        base_seq, self._last_seq_to[node] = self._last_seq_to[node], self._seq
+        self.counters["bytes_sent"] += 8 + encoded.nbytes
+        return PushSumShare(
+            epoch=self.epoch, seq=self._seq, weight_total=weight_total, value_totals={}, compressed=encoded, base_seq=base_seq
+        )
 
     def _apply(self, sender: str, share: PushSumShare) -> None:
         if share.seq <= self._seen_seq.get(sender, 0):
             self.counters["stale_dropped"] += 1  # a duplicate, or overtaken by a newer total
+            return
+        if share.compressed is not None:
+            self._apply_increment(sender, share)
             return
         problem = _mismatch(self._value, share.value_totals)
         if problem is None and not (isinstance(share.weight_total, (int, float)) and math.isfinite(share.weight_total)):
@@ -984,6 +1219,40 @@ class PushSumConsensus:
             self._value[name] = self._value[name] + part
         self._weight += new_weight
         self._seen_values[sender] = {name: np.asarray(total, dtype=np.float64) for name, total in share.value_totals.items()}
+        self._seen_weight[sender] = float(share.weight_total)
+        self._seen_seq[sender] = int(share.seq)
+        self.counters["applied"] += 1
+
+    def _apply_increment(self, sender: str, share: PushSumShare) -> None:
+        """Absorb a compressed push: the decoded increment of the sender's value totals since its
+        push `base_seq`, if that is the last one we absorbed from it; otherwise one in between
+        went missing, and we wait for its next full push (its exact totals) to catch up. The
+        weight total is exact in every push, and absorbed with the increment or not at all, so
+        our value and weight masses always hold the same pushes."""
+        if not self.compression.enabled:
+            self._reject(f"push-sum share from {sender!r}: compressed, but this node's protocols.consensus.compression is 'none'")
+            return
+        problem = compressed_mismatch(share.compressed, self._value, codec=self.compression.codec)
+        if problem is None and not (isinstance(share.weight_total, (int, float)) and math.isfinite(share.weight_total)):
+            problem = f"weight_total must be a finite float, got {share.weight_total!r}"
+        if problem is None and share.weight_total < self._seen_weight.get(sender, 0.0):
+            problem = f"weight_total {share.weight_total} decreased (cumulative totals only grow)"
+        if problem is None and not (_is_int(share.base_seq) and 0 <= share.base_seq < share.seq):
+            problem = f"base_seq must be an int in 0..{share.seq - 1}, got {share.base_seq!r}"
+        if problem is not None:
+            self._reject(f"push-sum share from {sender!r}: {problem}")
+            return
+        if share.base_seq != self._seen_seq.get(sender, 0):
+            self.counters["gaps"] += 1
+            return
+        increment = decode_compressed(share.compressed, self._value)
+        new_weight = float(share.weight_total) - self._seen_weight.get(sender, 0.0)
+        self._measure_disagreement(sender, increment, new_weight)
+        seen = self._seen_values.get(sender)
+        for name, part in increment.items():
+            self._value[name] = self._value[name] + part
+        self._weight += new_weight
+        self._seen_values[sender] = {name: part + (0.0 if seen is None else seen[name]) for name, part in increment.items()}
         self._seen_weight[sender] = float(share.weight_total)
         self._seen_seq[sender] = int(share.seq)
         self.counters["applied"] += 1
@@ -1032,8 +1301,12 @@ def build_consensus_engine(
         config = config.model_copy(update={"round_timeout_s": float(config.round_timeout_steps),
                                            "push_sum_period_s": float(config.push_sum_period_steps),
                                            "push_sum_duration_s": float(config.push_sum_duration_steps)})
+    compression = config.compression_settings()
     if config.mode == "push_sum":
-        return PushSumConsensus(node_id, neighbours, config.push_sum_period_s, config.push_sum_duration_s, max_buffered_bytes)
+        return PushSumConsensus(
+            node_id, neighbours, config.push_sum_period_s, config.push_sum_duration_s, max_buffered_bytes,
+            compression=compression, full_every=config.push_sum_full_every,
+        )
     weights = mixing_matrix(topology, config)
     return SyncConsensus(
         node_id,
@@ -1042,6 +1315,8 @@ def build_consensus_engine(
         rounds=config.rounds,
         round_timeout_s=config.round_timeout_s,
         max_buffered_bytes=max_buffered_bytes,
+        compression=compression,
+        step_size=config.compressed_step_size,
     )
 
 
