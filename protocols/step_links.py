@@ -226,5 +226,4 @@ class StepInbox:
             "talk/late": float(self.late),
             "talk/unpaired": float(self.unpaired),
             "talk/dropped_with_clock": float(self.dropped_with_clock),
-            "talk/in_flight": float(self.in_flight()),
-        }
+        }  # (not what is in flight: how much of it has arrived at a given moment is timing)

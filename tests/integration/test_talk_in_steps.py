@@ -1,0 +1,92 @@
+"""Talking in env steps (`protocols.talk: env_steps`) on real processes: the main job, shrunk,
+with peer links that delay every message by 3 env steps and lose 20% of them.
+
+- Run twice with `run.reproducible`, the second time under load (a busy loop on one core, one
+  gradient step per look at the sockets, jittered env links): the same metrics row for row,
+  landmark agreements, hindsight and policy averages included, and the same checkpoints.
+- The first landmark agreement of every agent is what the deterministic simulator
+  (protocols/netsim.py `StepNetwork`) decides for the same seeded links: the simulator and a real
+  run agree on what each message's link did.
+- Nothing held the env: no agent's action was defaulted (`env/default_actions/*` 0).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protocols.flooding import FloodEngine, FloodRequest
+from protocols.links import LinkConfig
+from protocols.netsim import StepNetwork
+from tests.integration.test_reproducible_runs import (
+    PATIENT, PERTURBED, assert_same_state, busy_loop_on_one_core, checkpoint, run_config, seeded_rows,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+AGENTS = [f"agent_{i}" for i in range(4)]
+SEED = 3
+DELAY_STEPS, LOSS, ROUND_TIMEOUT_STEPS = 3, 0.2, 5
+SETTINGS = (
+    *PATIENT,
+    f"run.seed={SEED}",
+    "run.steps=90",
+    "env.num_copies=2",
+    "env.eval_every_steps=60",
+    "env.eval_episodes=2",
+    "agents.learner.learning_starts=64",
+    "agents.learner.batch_size=32",
+    "agents.world_model=null",
+    "agents.checkpoint_every_steps=90",
+    f"agents.landmarks.round_timeout_steps={ROUND_TIMEOUT_STEPS}",
+    "protocols.talk=env_steps",
+    f"network.links=[{{role: peer_links, link: {{delay_steps: {DELAY_STEPS}, loss: {LOSS}}}}}]",
+    "protocols.consensus={enabled: true, what: policy_parameters, period_steps: 40, rounds: 2, mode: sync}",
+)
+
+
+def metrics(run_dir: Path, node: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulator(tmp_path):
+    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
+    run_config("configs/4agents_ring.yaml", idle, *SETTINGS)
+    spinner = busy_loop_on_one_core()
+    try:
+        run_config("configs/4agents_ring.yaml", loaded, *SETTINGS, *PERTURBED)
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=10)
+
+    for agent in AGENTS:
+        rows = seeded_rows(idle, agent)
+        for key in ("landmarks/decision_age_steps", "consensus/decision_age_steps", "hindsight/partner_rows_received",
+                    "talk/delivered", "dqn/loss"):
+            assert any(key in row for row in rows), f"{agent} wrote no {key}"
+        assert not any("reproducibility/broken" in row for row in rows), f"{agent}: something ran on the wall clock"
+        assert seeded_rows(loaded, agent) == rows, f"{agent}: the metrics rows differ under load"
+        assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
+
+    # Nothing held the env: every action came from its agent.
+    env_rows = [row for row in metrics(idle, "env") if any(key.startswith("env/default_actions/") for key in row)]
+    assert env_rows and all(value == 0.0 for key, value in env_rows[-1].items() if key.startswith("env/default_actions/"))
+
+    # The simulator, on the same seeded links, decides the first agreement as the real run did.
+    ring = {agent: [AGENTS[(i - 1) % 4], AGENTS[(i + 1) % 4]] for i, agent in enumerate(AGENTS)}
+    engines = {agent: FloodEngine(agent, round_timeout_s=ROUND_TIMEOUT_STEPS) for agent in AGENTS}
+    network = StepNetwork(engines, ring, SEED, lambda src, dst: LinkConfig(delay_steps=DELAY_STEPS, loss=LOSS))
+    for agent in AGENTS:
+        request = FloodRequest("train:0", np.zeros((2, 4)), ring[agent], team_size=4, rounds=2)
+        network.begin(agent, engines[agent].start, request, 0.0)
+    network.run_steps(25)
+    for agent in AGENTS:
+        real = next(row for row in metrics(idle, agent) if "landmarks/decision_age_steps" in row)
+        simulated = engines[agent].result
+        assert (real["landmarks/decision_age_steps"], real["landmarks/rows_known"], real["landmarks/complete"],
+                real["landmarks/rounds_closed_by_deadline"]) == (
+            simulated.duration_s, float(len(simulated.values)), float(simulated.complete),
+            float(simulated.rounds_closed_by_deadline)), agent
