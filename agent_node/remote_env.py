@@ -94,7 +94,11 @@ class RemoteParallelEnv(ParallelEnv):
             raise NotImplementedError(f"state(): {self._no_state}")
         if self._last is None or self._last.global_state is None:
             raise RemoteEnvError("state() before reset()")
-        return np.array(self._last.global_state[0])
+        state = np.array(self._last.global_state[0])
+        if np.isnan(state).all():  # env_server/global_view.py: the env's state() raised there
+            raise RemoteEnvError("state(): the remote env's state() raised on the env server at this step "
+                                 "(the server's log names the error)")
+        return state
 
     def observation_space(self, agent: str):
         return self.observation_spaces[agent]
