@@ -24,6 +24,10 @@ which the view rules out). The infos are those the server forwards: the standalo
 default (`--forward-infos all`), so
 `step` and `reset` return the infos a local env would, less any value that is not a number or a
 numeric array (named in the server's log).
+
+Rewards come back as Python floats of float32 values: the lockstep carries rewards as float32
+(protocols/packed.py, env_server/vector.py), which is what the learners train on, so a float64
+env's reward is rounded (a relative difference under 6e-8), not passed bit for bit.
 """
 
 from __future__ import annotations
