@@ -24,6 +24,10 @@ which the view rules out). The infos are those the server forwards: the standalo
 default (`--forward-infos all`), so
 `step` and `reset` return the infos a local env would, less any value that is not a number or a
 numeric array (named in the server's log).
+
+Rewards come back as Python floats of float32 values: the lockstep carries rewards as float32
+(protocols/packed.py, env_server/vector.py), which is what the learners train on, so a float64
+env's reward is rounded (a relative difference under 6e-8), not passed bit for bit.
 """
 
 from __future__ import annotations
@@ -94,7 +98,11 @@ class RemoteParallelEnv(ParallelEnv):
             raise NotImplementedError(f"state(): {self._no_state}")
         if self._last is None or self._last.global_state is None:
             raise RemoteEnvError("state() before reset()")
-        return np.array(self._last.global_state[0])
+        state = np.array(self._last.global_state[0])
+        if np.isnan(state).all():  # env_server/global_view.py: the env's state() raised there
+            raise RemoteEnvError("state(): the remote env's state() raised on the env server at this step "
+                                 "(the server's log names the error)")
+        return state
 
     def observation_space(self, agent: str):
         return self.observation_spaces[agent]

@@ -126,6 +126,11 @@ def run_standalone(args: argparse.Namespace) -> int:
     try:
         while not stop:
             server.poll_once(_STANDALONE_WAKE_S)
+    except Exception as error:
+        # Its clients (RemoteParallelEnv) would otherwise learn of it only at their timeout. (An
+        # orchestrated server says nothing: the orchestrator may restart it, and its agents wait.)
+        server.tell_clients_it_stopped(f"the env server stopped on an error: {type(error).__name__}: {error}")
+        raise
     finally:
         server.close()
         hub.close()

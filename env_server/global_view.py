@@ -26,6 +26,9 @@ What is published with the observation of step S (after the actions of step S-1)
   (including defaulted ones), in `possible_agents` order, Box actions flattened as they are and
   Discrete ones one-hot. `None` right after a reset.
 
+Where the env's `state()` raises (a legal env may have no state at some moments), that copy's
+state is NaN and the server's log says why, once per kind of failure; the server goes on.
+
 The final state of an autoreset copy is gone once the copy is reset, so the view wraps each env
 copy in `StateTracking`, which remembers the state right after each `step` (before the vector env
 may reset it). The wrapper only calls `state()` once the view is enabled.
@@ -33,12 +36,15 @@ may reset it). The wrapper only calls `state()` once the view is enabled.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from protocols.spaces import encode_space
+
+log = logging.getLogger(__name__)
 
 
 def flat_action_dim(space: spaces.Space) -> int:
@@ -76,6 +82,25 @@ def has_state(env: Any) -> bool:
     return callable(getattr(env, "state", None)) and isinstance(getattr(env, "state_space", None), spaces.Box)
 
 
+_failures_logged: set[str] = set()
+
+
+def read_state(env: Any) -> np.ndarray:
+    """`env.state()` as float32, or NaN of the state's shape where it raises: a legal env may
+    have no state at some moments (multiwalker_v9's `state()` raises AttributeError once its
+    walkers are gone at an episode's end), and that must not stop the server. Each kind of
+    failure is logged once, naming the env and the exception."""
+    try:
+        return np.asarray(env.state(), dtype=np.float32)
+    except Exception as error:  # noqa: BLE001 - any env's own bug; said in the log, NaN on the wire
+        what = f"{type(error).__name__}: {error}"
+        if what not in _failures_logged:
+            _failures_logged.add(what)
+            log.error("the env's state() raised %s; the global view sends NaN for that state "
+                      "(logged once per kind of failure)", what)
+        return np.full(env.state_space.shape, np.nan, dtype=np.float32)
+
+
 class StateTracking:
     """A thin ParallelEnv wrapper that remembers the global state right after each `step`.
 
@@ -91,7 +116,7 @@ class StateTracking:
     def step(self, actions):
         result = self.env.step(actions)
         if self.track and has_state(self.env):
-            self.state_after_step = np.asarray(self.env.state(), dtype=np.float32)
+            self.state_after_step = read_state(self.env)
         return result
 
     def reset(self, *args, **kwargs):
@@ -230,7 +255,7 @@ class GlobalView:
     def _current_states(self, observations: dict[str, Any], envs: Any | None = None) -> np.ndarray:
         envs = envs if envs is not None else self.envs
         if self.uses_env_state:
-            return np.stack([np.asarray(copy.state(), dtype=np.float32) for copy in envs.copies])
+            return np.stack([read_state(copy) for copy in envs.copies])
         return self._concatenated(observations)
 
     def _concatenated(self, observations: dict[str, Any]) -> np.ndarray:

@@ -726,6 +726,14 @@ class EnvServer:
             "env/rejected_requests": float(self.counters.rejected_requests),
         }
 
+    def tell_clients_it_stopped(self, why: str) -> None:
+        """Every joined client hears at once that this server is gone (an `error` reply, code
+        `env_server_stopped`), instead of waiting out its own timeout; the channel then lingers
+        up to a second on close so the replies leave."""
+        for identity in list(self.barrier.clients):
+            self.channel.send(m.ErrorReply(code="env_server_stopped", message=why), to=identity)
+        self.channel.close_linger_s = max(self.channel.close_linger_s, 1.0)
+
     def close(self) -> None:
         if self.resume is not None:
             self.resume.close()

@@ -493,10 +493,8 @@ class RunConfig(BaseModel):
         problems: list[str] = []
         count = self.agents.count
         consensus = self.protocols.consensus
-        if (self.agents.world_model is not None and self.agents.learner.kind != "og_marl"
-                and not (consensus.enabled and consensus.what.startswith("world_model"))):
-            # Beside a model-free learner the world model is trained to be averaged; with nothing
-            # averaging it, no node would ever train it.
+        if self.world_model_only_for_consensus and not (consensus.enabled and consensus.what.startswith("world_model")):
+            # With nothing averaging it, no node would ever train it.
             problems.append(
                 "agents.world_model: a world model beside learner kind "
                 f"{self.agents.learner.kind!r} is trained only for consensus to average it, but "
@@ -636,6 +634,12 @@ class RunConfig(BaseModel):
     def build_topology(self) -> Topology:
         """The agents' communication graph (validated buildable when the config was loaded)."""
         return build_topology(self.topology, agent_node_ids(self.agents.count))
+
+    @property
+    def world_model_only_for_consensus(self) -> bool:
+        """A world model beside a model-free learner: the learner never reads it; it is built and
+        trained only for consensus to average it (agent_node/consensus/subjects.py)."""
+        return self.agents.world_model is not None and self.agents.learner.kind != "og_marl"
 
     @property
     def has_external_supervisor(self) -> bool:

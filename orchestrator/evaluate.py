@@ -11,7 +11,8 @@ per agent, the env server, the run's topology and transport), made from the run'
 - one training step, then one evaluation of `--episodes` episodes on as many evaluation copies
   (`env.eval_every_steps: 1`, `env.eval_episodes: N`), each copy reset from the run's evaluation
   seed plus its index, so the episodes differ and the same command gives the same episodes;
-- no faults, no consensus (averaging would move the weights being evaluated), no dataset.
+- no faults, no consensus (averaging would move the weights being evaluated), no dataset; a world
+  model that only consensus trained (beside a model-free learner, as in the main job) is not built.
 
 The env server writes each evaluation episode's per-agent returns to its metrics
 (`eval_episode/return/<agent>`, env_server/evaluation.py); this module prints them as a table,
@@ -67,7 +68,10 @@ def evaluation_config(run: RunConfig, run_dir: Path, episodes: int, render: bool
     data["env"].update(eval_every_steps=1, eval_episodes=episodes, eval_start_step=0, render_evaluation=render)
     data["agents"].update(learning=False, load_checkpoints=str((run_dir / "nodes").absolute()),
                           load_shared_checkpoint=None, record_dataset=False)
-    data["protocols"]["consensus"]["enabled"] = False
+    data["protocols"]["consensus"].update(enabled=False, average_at_end=False)
+    if run.world_model_only_for_consensus:
+        # Built only for consensus to average, and there is none: the agents act without it.
+        data["agents"]["world_model"] = None
     data["faults"] = {}
     return validate_config(data, source)
 

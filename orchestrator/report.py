@@ -823,7 +823,7 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                                     color=line.get_color() if after else None)  # fmt: skip
         consensus_axes.set_yscale("log")
         consensus_axes.set_ylabel("consensus disagreement")
-        consensus_axes.legend(fontsize=7, ncol=2)
+        _legend(consensus_axes, "no consensus session finished", fontsize=7, ncol=2)
     windows = fault_windows(events)
     for index, (begin, end, label) in enumerate(windows):
         for row in axes_list:
@@ -836,12 +836,21 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                               fontsize=6, color="red", va="bottom", annotation_clip=False)  # fmt: skip
     axes_list[-1][0].set_xlabel("seconds since the run started (faults in red)")
     returns_axes.set_title(f"{summary['name']}", pad=8 + 9 * min(len(windows), 4))
-    returns_axes.legend(fontsize=7)
+    _legend(returns_axes, "no episode finished", fontsize=7)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "timeline.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return [path, *paths]
+
+
+def _legend(axes: Any, nothing: str, **options: Any) -> None:
+    """The axes' legend, or, when nothing was drawn (a run that failed early), `nothing` written
+    across them: matplotlib warns on a legend without labelled artists."""
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(**options)
+    else:
+        axes.text(0.5, 0.5, nothing, transform=axes.transAxes, ha="center", va="center", color="grey")
 
 
 def plot_evaluation(summary: dict[str, Any], out_dir: Path) -> Path:
@@ -898,7 +907,7 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             axes.set_yscale("log")
         axes.set_xlabel(x_key)
         axes.set_ylabel(label)
-        axes.legend(fontsize=8)
+        _legend(axes, "no point has this metric", fontsize=8)
     figure.suptitle(f"sweep {summary['sweep']}: mean ± std over seeds {summary['seeds']}")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "sweep.png"

@@ -90,6 +90,40 @@ def test_remote_env_state_is_the_envs_state_or_says_why_there_is_none(env_server
         no_state.close()
 
 
+def test_a_standalone_server_that_fails_tells_its_client_at_once(env_server):
+    endpoint = env_server("--env", "tests.integration.failing_env:parallel_env", "--kwargs", json.dumps({"N": 2}),
+                          "--no-autoreset")
+    env = RemoteParallelEnv(endpoint, timeout_s=60)  # what it hears comes from the server, not its timeout
+    try:
+        env.reset(seed=0)
+        env.step({a: 0 for a in env.agents})
+        with pytest.raises(RemoteEnvError, match="env_server_stopped: .*RuntimeError: the env broke on step 3"):
+            for _ in range(2):
+                env.step({a: 0 for a in env.agents})
+    finally:
+        env.close()
+
+
+def test_an_env_whose_state_raises_leaves_the_server_serving_and_says_so(env_server):
+    # multiwalker_v9's state() raises AttributeError once a walker has fallen (its bodies are gone);
+    # its episodes end when one falls, so an episode of random actions ends there.
+    env = RemoteParallelEnv(env_server("--env", "pettingzoo.sisl.multiwalker_v9:parallel_env", "--no-autoreset"))
+    try:
+        env.reset(seed=0)
+        assert np.isfinite(env.state()).all()
+        for _ in range(500):
+            _, _, terminated, _, _ = env.step({a: env.action_space(a).sample() for a in env.agents})
+            if any(terminated.values()):
+                break
+        assert any(terminated.values())
+        with pytest.raises(RemoteEnvError, match="state\\(\\) raised on the env server"):
+            env.state()
+        env.reset(seed=1)  # and the server is still there
+        assert np.isfinite(env.state()).all()
+    finally:
+        env.close()
+
+
 def test_remote_env_refuses_a_vectorized_server(env_server):
     endpoint = env_server("--env", "mpe2.simple_spread_v3", "--copies", "2")
     with pytest.raises(RemoteEnvError, match="one copy and no autoreset"):

@@ -185,6 +185,20 @@ def test_the_cli_reports_a_sweep_as_a_table_or_json(tmp_path, capsys):
     assert [p["point"] for p in data["points"]] == ["p00-loss0.0", "p01-loss0.3"]
 
 
+def test_the_timeline_of_a_run_that_failed_before_any_episode_ended_draws_without_a_warning(tmp_path):
+    import warnings
+
+    run_dir = tmp_path / "run"
+    (run_dir / "nodes" / "agent_0").mkdir(parents=True)
+    (run_dir / "resolved.yaml").write_text("#\n")
+    write_jsonl(run_dir / "events.jsonl", [{"t": T0, "event": "started", "node": None}])
+    write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", [{"step": 5, "t": T0 + 1, "dqn/loss": 0.1}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
+        (path,) = report.plot_run(report.summarize_run(run_dir), run_dir / "report")
+    assert path.stat().st_size > 1000
+
+
 def test_save_writes_summary_md_and_plots_into_report(tmp_path, capsys):
     make_sweep(tmp_path)
     assert main(["report", str(tmp_path), "--save"]) == 0
