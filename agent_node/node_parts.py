@@ -20,6 +20,7 @@ from agent_node.transitions import TransitionAssembler
 from protocols import messages as m
 from protocols.control import apply_network_fault
 from protocols.jsonlines import FileWriteError
+from protocols.links import LinkConfig
 from protocols.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.settings import ENV_NODE_ID
 from protocols.spaces import decode_space
@@ -203,6 +204,10 @@ class Services:
         """A run-time partition, heal or link change from the fault schedule: applied to this
         node's outgoing links (protocols/control.py), with the link counters at that moment."""
         log.warning("%s", apply_network_fault(self.hub.links, fault))
+        if self.talk is not None and isinstance(fault, m.SetLink):  # links between agents count steps
+            for src, dst in fault.edges:
+                if src == self.identity.node_id and dst in self.talk.neighbours:
+                    self.talk.outbox.set_config(dst, LinkConfig.model_validate(fault.link))
         self.control.channel.send(m.FaultApplied(position=fault.position))  # a held step waits for it
         self.env_client.heard(now)  # the env server's silence is counted from the change
         self.metrics.write(self.step, self.hub.link_metrics())

@@ -441,10 +441,11 @@ class LinkTable:
         """Change the link to `dst` from now on (a link profile change); counters carry over,
         the random stream continues where it was."""
         model = self.model_for(dst)
-        replacement = LinkModel(config, 0)
+        replacement = LinkModel(LinkConfig() if config.counts_steps else config, 0)  # (steps: see `model_for`)
         replacement._rng = model._rng
         replacement.counters = model.counters
         self._models[dst] = replacement
+        self._counts_steps[dst] = config.counts_steps
 
     def decide(self, dst: str, now: float, size_bytes: int) -> list[float]:
         model = self.model_for(dst)

@@ -109,6 +109,16 @@ class StepOutbox:
             model = self._models[dst] = StepLinkModel(config, step_link_seed(self.run_seed, self.src, dst))
         return model
 
+    def set_config(self, dst: str, config: LinkConfig) -> None:
+        """Change the link to `dst` from the next step on (a link change of the fault schedule);
+        its counters and its random stream carry over."""
+        model = self.model_for(dst)
+        if not config.counts_steps:
+            config = config.model_copy(update={"delay_steps": 1.0})
+        replacement = StepLinkModel(config, 0)
+        replacement._model._rng, replacement._model.counters = model._model._rng, model._model.counters
+        self._models[dst] = replacement
+
     def queue(self, outgoing: Iterable[Outgoing]) -> None:
         for destination, message in outgoing:
             self._queued[destination].append(message)

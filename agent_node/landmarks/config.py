@@ -20,10 +20,10 @@ class LandmarksConfig(BaseModel):
     #   table (one landmark each);
     # "nearest": each agent alone takes its nearest landmark (no messages; two may pick one).
     assignment: Literal["negotiated", "nearest"] = "negotiated"
-    # How long a flooding round waits for a neighbour's table before it goes on without it:
-    # in seconds when talk is free in env time (protocols.talk: free), in env steps when
-    # talking takes them (protocols.talk: env_steps).
+    # How long a flooding round waits for a neighbour's table before it goes on without it, in
+    # seconds, when talk is free in env time (protocols.talk: free) ...
     round_timeout_s: float = Field(0.5, gt=0)
+    # ... and in env steps when talking takes them (protocols.talk: env_steps).
     round_timeout_steps: int = Field(5, ge=1)
     # After each episode, send the partners this agent's rows with the landmark it pursued and
     # the one it reached, so they learn from them too (protocols/hindsight.py, hindsight.rows).

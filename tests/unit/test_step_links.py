@@ -159,3 +159,11 @@ def test_the_simulator_floods_a_ring_in_steps_and_every_node_agrees():
     assert all(engine.done and engine.result.complete for engine in engines.values())
     assert {engine.result.duration_s for engine in engines.values()} == {4.0}
     assert min(step for step, *_ in network.deliveries) == 2
+
+
+def test_a_link_change_takes_effect_at_the_next_step_and_the_links_stream_goes_on():
+    outbox, inbox = StepOutbox("a", 1, lambda src, dst: link(delay_steps=2)), StepInbox()
+    assert send_and_mark(outbox, inbox, 0, ["m"]) == [2]
+    outbox.set_config("b", link(delay_steps=7, loss=0.0))
+    assert send_and_mark(outbox, inbox, 1, ["m"]) == [8]
+    assert outbox.model_for("b").counters.sent == 2  # counted on, not restarted
