@@ -484,6 +484,13 @@ class NodePersistence:
                 damaged += skipped
                 replay_rows = len(learner.replay)
                 log.info("restored %d replay transitions (step %d)", replay_rows, replay_step)
+        if checkpoint is not None and self.keep_replay and replay_rows == 0:
+            # The buffer is saved less often than the weights: the checkpoint counts rows the
+            # buffer no longer holds, and the gradient steps owed for them cannot be taken.
+            owed = learner.gradient_steps_due()
+            if owed > 0 and hasattr(learner, "forgive_gradient_steps"):
+                learner.forgive_gradient_steps(owed)
+                log.warning("the replay buffer was lost with the process: %d gradient steps owed for its rows are forgiven", owed)
         self.fresh_start = tuple(self.checkpoints.started_fresh + self.replays.started_fresh)
         self.may_write = True
         if checkpoint is None:

@@ -169,6 +169,11 @@ class DQNAgent(ModuleLearner):
         cfg = self.config
         return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
 
+    def forgive_gradient_steps(self, steps: int) -> None:
+        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
+        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
+        self.gradient_steps += steps
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.
 

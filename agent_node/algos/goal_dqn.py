@@ -202,6 +202,11 @@ class GoalDQNAgent:
         trainable = max(0, self.env_steps - max(cfg.learning_starts, cfg.batch_size))
         return trainable // cfg.train_every - self.gradient_steps
 
+    def forgive_gradient_steps(self, steps: int) -> None:
+        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
+        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
+        self.gradient_steps += steps
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         steps = max(self.gradient_steps_due(), 0)
         if max_gradient_steps is not None:

@@ -221,6 +221,9 @@ class OGMARLAgent:
     def gradient_steps_due(self) -> int:
         return self.sac.gradient_steps_due()
 
+    def forgive_gradient_steps(self, steps: int) -> None:
+        self.sac.forgive_gradient_steps(steps)
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """SAC's gradient steps due (`updates_per_step` per row), on mixed real/imagined batches."""
         return self.sac.update(max_gradient_steps)

@@ -116,6 +116,9 @@ class SharedDQNAgent:
     def gradient_steps_due(self) -> int:
         return self.dqn.gradient_steps_due()
 
+    def forgive_gradient_steps(self, steps: int) -> None:
+        self.dqn.forgive_gradient_steps(steps)
+
     def counters(self) -> dict[str, float]:
         """The wrapped DQN's update-ratio contract (roles.Learner.counters)."""
         return self.dqn.counters()

@@ -308,3 +308,18 @@ def test_without_damage_a_restore_has_nothing_to_say(tmp_path):
     saved_twice(tmp_path)
     restarted = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=10)
     assert restarted.notice(restarted.restore(small_agent(seed=1))) is None
+
+
+def test_a_checkpoint_newer_than_the_replay_buffer_restores_a_learner_that_owes_nothing_it_cannot_learn(tmp_path):
+    persistence = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=1000)
+    agent = small_agent(seed=0)
+    persistence.restore(agent)
+    agent.observe(some_transitions(12))  # owes gradient steps it has not taken
+    assert agent.gradient_steps_due() > 0
+    persistence.maybe_save(10, agent, episodes=1)  # the checkpoint, no replay buffer yet
+    fresh = small_agent(seed=1)
+    restored = NodePersistence(tmp_path, checkpoint_every_steps=10, replay_save_every_steps=1000).restore(fresh)
+    assert restored.replay_rows == 0 and len(fresh.replay) == 0
+    assert fresh.gradient_steps_due() == 0  # before: the node's next slice sampled an empty buffer and the agent died
+    fresh.observe(some_transitions(3, seed=2))
+    assert fresh.gradient_steps_due() == 3 and fresh.update()["dqn/loss"] >= 0.0
