@@ -286,3 +286,30 @@ def test_every_shipped_sweep_validates(path, tmp_path):
     spec, base = load_sweep(path)
     runs = expand(spec, tmp_path)
     assert len(validate_runs(base, runs, check_env=False)) == len(runs) > 1
+
+
+def test_the_main_job_fault_sweep_has_the_points_it_says():
+    """configs/sweeps/main_job_faults.yaml: the delay x loss grid under env-step talk, free talk
+    at delay 0, a Gilbert-Elliott row, a crash at 40% of the budget at every delay, no talk."""
+    path = REPO / "configs" / "sweeps" / "main_job_faults.yaml"
+    spec, base = load_sweep(path)
+    runs = expand(spec, Path("/nonexistent"))
+    points = {run.point: run for run in runs if run.seed == 0}
+    assert len(points) == 5 * 4 + 1 + 5 + 6 + 2 and spec.seeds == [0, 1, 2, 3, 4]
+    overrides = {name: dict(text.split("=", 1) for text in run.overrides) for name, run in points.items()}
+    grid = [name for name, run in points.items() if run.line is None and run.role is None and "loss" in name]
+    assert len(grid) == 20 and all(overrides[name]["protocols.talk"] == "env_steps" for name in grid)
+    assert all(overrides[name]["run.reproducible"] == "true" for name in grid)
+    assert points["p20-free_talk"].coordinates == {"network.links.0.link.delay_steps": 0, "network.links.0.link.loss": 0.0}
+    assert overrides["p20-free_talk"]["protocols.talk"] == "free"
+    crashes = [name for name in points if "crash" in name]
+    budget = yaml.safe_load(base.read_text())["run"]["steps"]
+    for name in crashes:
+        (fault,) = yaml.safe_load(overrides[name]["faults.schedule"])
+        assert fault == {"at_step": int(0.4 * budget), "kind": "kill", "random": {"count": 1}}
+        assert overrides[name]["run.reproducible"] == "false"  # a fault schedule cannot be
+    assert [points[name].coordinates for name in crashes[:6]] == [
+        {"network.links.0.link.delay_steps": d} for d in (0, 1, 2, 5, 10, 25)]
+    assert [run.point for run in points.values() if run.role == "no_talk"] == ["p32-no_talk"]
+    assert overrides["p32-no_talk"]["agents.landmarks.assignment"] == "nearest"
+    assert overrides["p33-no_talk_crash"]["agents.landmarks.assignment"] == "nearest"
