@@ -33,6 +33,12 @@ Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row 
 each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
 95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
 
+Beside these (orchestrator/sweep_effects.py, where each figure is defined): a sweep's return
+against each numeric axis of its grid with the no-talk, random and oracle levels and 95%
+intervals, D50 per line (where half of what talking adds is lost) with a bootstrap interval,
+and each crashed point's dip and recovery; a run's crash (dip, steps to recover) and the
+default actions the env server played per agent (`env/default_actions/<agent>`).
+
 Every `orchestrate up` writes its run's report when the run ends (`write_run_report`: the
 summary and the timeline plot; a failure there is logged as a `report_failed` event and never
 changes the run's exit code; after Ctrl-C only the summary, so that `up` returns at once).
@@ -57,6 +63,7 @@ from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME
 from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
+from orchestrator import sweep_effects
 from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index
 from protocols.config_errors import ConfigError
 from protocols.settings import ENV_NODE_ID
@@ -280,6 +287,15 @@ def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed}
 
 
+def _default_actions(rows: list[dict[str, Any]], events: list[dict]) -> dict[str, float | None]:
+    """The default actions the env server played for each agent (`env/default_actions/<agent>`:
+    a dead, paused or late agent's), counted from zero by each env-server incarnation like the
+    link counters, so the last value of each is added. {} for a run whose server wrote none."""
+    restarted_at = [e["t"] for e in events if e.get("event") == "restarted" and e.get("node") == ENV_NODE_ID]
+    keys = sorted({key for row in rows for key in row if key.startswith(sweep_effects.DEFAULT_ACTIONS_PREFIX)})
+    return {key.removeprefix(sweep_effects.DEFAULT_ACTIONS_PREFIX): _cumulative(rows, key, restarted_at) for key in keys}
+
+
 def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: int) -> dict[str, Any] | None:
     """The main job's landmark agreement: per training episode start and env copy, whether the
     agents' landmarks were all different (from each agent's `landmarks/goals_code`), and how
@@ -463,6 +479,9 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     links = _link_summaries(metrics, events)
     consensus = _consensus_summary(metrics)
     evaluation = _evaluation_summary(metrics.get(ENV_NODE_ID, []))
+    # a crash's dip and recovery, and the env's default actions (orchestrator/sweep_effects.py)
+    crash = sweep_effects.crash_recovery(metrics.get(ENV_NODE_ID, []), events, evaluation["random"] if evaluation else None)
+    default_actions = _default_actions(metrics.get(ENV_NODE_ID, []), events)
     landmarks = _landmarks_summary({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, len(agents))
     world_model = _world_model_summary(metrics)
     traffic = _peer_traffic({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, events)
@@ -512,6 +531,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "eval_oracle": evaluation["oracle"] if evaluation else None,
         "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
         "landmarks_distinct_fraction": landmarks["distinct_fraction"] if landmarks else None,
+        "default_actions": sweep_effects.default_actions_total(default_actions),
+        **sweep_effects.crash_headline(crash),
     }
     return {
         "run_dir": str(run_dir),
@@ -529,6 +550,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "faults": faults,
         "env_restarts": env_restarts,
         "state_damaged": state_damaged,
+        "crash": crash,
+        "default_actions": default_actions,
         "headline": headline,
     }
 
@@ -558,7 +581,10 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     index = read_index(sweep_dir)
     points: dict[str, dict[str, Any]] = {}
     for run in index["runs"]:
-        point = points.setdefault(run["point"], {"point": run["point"], "grid_values": run["grid_values"], "runs": []})
+        point = points.setdefault(run["point"], {"point": run["point"], "grid_values": run["grid_values"], "runs": [],
+                                                 # how the effects read it (a sweep from before points: its grid values)
+                                                 "coordinates": run.get("coordinates", run["grid_values"]),
+                                                 "line": run.get("line"), "role": run.get("role")})  # fmt: skip
         run_dir = Path(run["run_dir"])
         if not (run_dir / RESOLVED_FILENAME).exists():
             run_dir = sweep_dir / run_dir.name  # the sweep dir was moved, or given relative to another cwd
@@ -573,7 +599,8 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         point["metrics"] = {key: _aggregate([r["headline"][key] for r in finished]) for key in keys}
         rows.append(point)
     return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
-            "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows}  # fmt: skip
+            "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows,
+            "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------
@@ -693,6 +720,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
         if a["reproducibility_broken_by"]:
             console.print(f"{node}: not reproducible (run.reproducible), timing decided: {', '.join(a['reproducibility_broken_by'])}")
+    for line in sweep_effects.run_effect_lines(summary.get("crash"), summary.get("default_actions") or {}):
+        console.print(line)
 
 
 def evaluation_lines(summary: dict[str, Any]) -> list[str]:
@@ -718,7 +747,7 @@ def evaluation_lines(summary: dict[str, Any]) -> list[str]:
 
 def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
 
-    keys = list(summary["grid"])
+    keys = sweep_effects.table_keys(summary["grid"], summary["points"])
     title = f"sweep {summary['sweep']} ({summary['state']}): mean ± std over seeds {summary['seeds']}"
     table = _table(title, markdown)
     table.add_column("point", no_wrap=True)
@@ -730,8 +759,9 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
     for _, column, _ in shown:
         table.add_column(column, justify="right", overflow="fold")
     for point in summary["points"]:
-        cells = [point["point"].split("-", 1)[0]]
-        cells += [str(point["grid_values"][key]) for key in keys]
+        # a point beside the grid by its whole name (its lists and tables are in it)
+        cells = [point["point"].split("-", 1)[0] if point["grid_values"].keys() <= summary["grid"].keys() else point["point"]]
+        cells += [str(point["grid_values"].get(key, "")) for key in keys]
         cells.append(f"{point['ok']}/{len(point['runs'])}")
         for key, _, spec in shown:
             aggregate = point["metrics"][key]
@@ -743,6 +773,18 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
                 cells.append(_fmt(aggregate["mean"], spec))
         table.add_row(*cells)
     _print_table(console, table, title, markdown)
+    _render_effects(summary, console, markdown)
+
+
+def _render_effects(summary: dict[str, Any], console, markdown: bool) -> None:
+    """The return against each numeric axis with D50, and the crashes (orchestrator/sweep_effects.py)."""
+    for title, columns, rows in sweep_effects.effect_tables(summary["effects"]):
+        table = _table(title, markdown)
+        for position, column in enumerate(columns):
+            table.add_column(column, justify="left" if position == 0 else "right", overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        _print_table(console, table, title, markdown)
 
 
 # ------------------------------------------------------------------------------------------
@@ -879,22 +921,25 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     """Return, first-session disagreement and duration against the first swept key, a line per
     combination of the other keys, error bars one std over seeds."""
     plt = _pyplot()
+    paths = sweep_effects.plot_effects(summary["effects"], out_dir, plt)
     keys = list(summary["grid"])
+    if not keys:
+        return paths
     x_key, others = keys[0], keys[1:]
     panels = [("return_last20", "return, last 20% of episodes", False),
               ("consensus_first_disagreement_after", "disagreement after 1st session", True),
               ("consensus_first_duration_s", "1st consensus session, s", False)]  # fmt: skip
     panels = [p for p in panels if any(pt["metrics"][p[0]]["mean"] is not None for pt in summary["points"])]
     if not panels:
-        return []
+        return paths
     figure, axes_list = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for (metric, label, log_scale), axes in zip(panels, axes_list[0]):
         lines: dict[str, list[tuple[Any, float, float]]] = {}
         for point in summary["points"]:
             aggregate = point["metrics"][metric]
-            if aggregate["mean"] is None:
+            if aggregate["mean"] is None or x_key not in point["grid_values"]:
                 continue
-            line = ", ".join(f"{k.split('.')[-1]}={point['grid_values'][k]}" for k in others) or "all"
+            line = ", ".join(f"{k.split('.')[-1]}={point['grid_values'].get(k)}" for k in others) or "all"
             lines.setdefault(line, []).append((point["grid_values"][x_key], aggregate["mean"], aggregate["std"] or 0.0))
         for line, values in lines.items():
             values.sort(key=lambda v: v[0])
@@ -913,7 +958,7 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     path = out_dir / "sweep.png"
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
-    return [path]
+    return [path, *paths]
 
 
 # ------------------------------------------------------------------------------------------

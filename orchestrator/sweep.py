@@ -24,6 +24,28 @@ Layout of the sweep directory:
 
 `<point>` is `p<index>-<short key><value>_...`, e.g. `p01-delay_s0.0_loss0.1`.
 
+**Points beside the grid.** An experiment is often not a rectangle: a delay x loss grid plus
+one run with talking free, one without talking, one with a crash. `points:` lists them, after
+the grid's (a sweep may have only `points:`):
+
+    points:
+      - set: {protocols.talk: free}                       # its overrides, after the sweep's `set`
+        name: free_talk                                   # its name: p20-free_talk
+        at: {network.links.0.link.delay_steps: 0, network.links.0.link.loss: 0.0}
+      - set: {agents.landmarks.assignment: nearest}
+        name: no_talk
+        role: no_talk
+
+A point's `set` is applied after the sweep's `set` and may replace a key of it (the free-talk
+point above replaces a `protocols.talk: env_steps` that every grid point has); it may name grid
+keys too. Two points that would run the same overrides are refused. The rest only tells
+`orchestrate report` how to read the point (orchestrator/sweep_effects.py): `at` places it on
+the grid's axes (grid keys only; by default the grid keys its `set` gives), for a setting that
+stands for an axis value no config can take (free talk as delay 0); `line` names a line of its
+own on those axes (a crash at every delay); `role: no_talk` marks the run without the
+communication under test, drawn as a level on every axis and the floor D50 is measured from
+(at most one point).
+
 Without a sweep file, a run config and the command line do the same:
 
     orchestrate sweep configs/tiny_ring.yaml --grid network.default_link.loss=0,0.1,0.3 --seeds 0-2
@@ -64,10 +86,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.config import RunConfig, load_config, read_yaml
 from orchestrator.faults import refused_faults
@@ -87,23 +109,68 @@ EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class ExtraPoint(BaseModel):
+    """One point beside the grid (`points:`; see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    set: dict[str, Any] = Field(min_length=1)  # its overrides, after the sweep's `set` (may replace its keys)
+    name: str | None = Field(None, min_length=1, max_length=60, pattern=r"^[A-Za-z0-9._+-]+$")
+    at: dict[str, Any] | None = None  # where the report draws it: grid keys and values
+    line: str | None = Field(None, min_length=1)  # a line of its own on the grid's axes
+    role: Literal["no_talk"] | None = None
+
+    @field_validator("set")
+    @classmethod
+    def _no_seed(cls, overrides: dict[str, Any]) -> dict[str, Any]:
+        if SEED_KEY in overrides:
+            raise ValueError(f"{SEED_KEY}: sweep seeds with `seeds:`, not in a point")
+        return overrides
+
+    @field_validator("at")
+    @classmethod
+    def _scalar_coordinates(cls, at: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key, value in (at or {}).items():
+            if isinstance(value, (list, dict)):
+                raise ValueError(f"{key}: expected a single value (where on that axis the report draws the point), got {value!r}")
+        return at
+
+
 class SweepSpec(BaseModel):
-    """A sweep file: a base config, a grid of overrides, seeds, fixed overrides."""
+    """A sweep file: a base config, a grid of overrides, points beside it, seeds, fixed overrides."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = Field(None, min_length=1)  # default: the sweep file's stem
     base: str = Field(min_length=1)  # the run config; a relative path is relative to the sweep file
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]] = {}
+    points: list[ExtraPoint] = []
     seeds: list[int] = [0]
     set: dict[str, Any] = {}
     parallel: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def _some_point(self) -> SweepSpec:
+        if not self.grid and not self.points:
+            raise ValueError("grid: expected at least one KEY: [VALUES] entry (or a `points:` list), got an empty grid")
+        for position, point in enumerate(self.points):
+            outside = sorted(set(point.at or {}) - set(self.grid))
+            if outside:
+                raise ValueError(f"points.{position}.at: expected keys of the grid ({', '.join(self.grid) or 'none'}): "
+                                 f"`at` places the point on the grid's axes; got {', '.join(outside)}")  # fmt: skip
+        roles = [position for position, point in enumerate(self.points) if point.role is not None]
+        if len(roles) > 1:
+            raise ValueError(f"points.{roles[1]}.role: at most one point has role no_talk (the floor D50 is "
+                             f"measured from); points {', '.join(map(str, roles))} have it")  # fmt: skip
+        names = [point.name for point in self.points if point.name is not None]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"points: each name once, got {', '.join(repeated)} more than once")
+        return self
+
     @field_validator("grid")
     @classmethod
     def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        if not grid:
-            raise ValueError("expected at least one KEY: [VALUES] entry, got an empty grid")
         for key, values in grid.items():
             if not values:
                 raise ValueError(f"{key}: expected a non-empty list of values, got []")
@@ -133,10 +200,15 @@ class SweepRun:
     point: str
     point_index: int
     seed: int
-    grid_values: dict[str, Any]  # the swept keys only
+    grid_values: dict[str, Any]  # the swept keys only (a point beside the grid: its own `set`)
     overrides: list[str]  # every --set given to `orchestrate up`, in order
     run_dir: str
     log: str
+    # How `orchestrate report` reads the point (ExtraPoint): where it is on the grid's axes, the
+    # line it belongs to there (None: the grid's own), its role (None, or "no_talk").
+    coordinates: dict[str, Any] = field(default_factory=dict)
+    line: str | None = None
+    role: str | None = None
     status: str = "pending"  # pending | running | ok | failed | interrupted | not_started
     exit_code: int | None = None
     started_at: float | None = None
@@ -249,9 +321,10 @@ def point_name(index: int, grid_values: dict[str, Any], short: dict[str, str]) -
 
 
 def expand(spec: SweepSpec, sweep_dir: Path) -> list[SweepRun]:
-    """Every (point, seed) of the sweep, points in grid order (the last key fastest), seeds inner."""
+    """Every (point, seed) of the sweep: the grid's points in grid order (the last key fastest),
+    then `points:` in their order; seeds innermost."""
     problems = []
-    for key in [*spec.set, *spec.grid]:
+    for key in [*spec.set, *spec.grid, *(key for point in spec.points for key in point.set)]:
         try:
             parse_override(f"{key}=0")
         except ConfigError as error:
@@ -263,20 +336,35 @@ def expand(spec: SweepSpec, sweep_dir: Path) -> list[SweepRun]:
         problems.append(f"set.{SEED_KEY}: give seeds with `seeds:`, not as a fixed override")
     if problems:
         raise ConfigError(problems)
+    # (name, its swept values, the sweep's fixed overrides it keeps, coordinates, line, role)
+    points: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any], str | None, str | None]] = []
     keys = list(spec.grid)
     short = _short_names(keys)
-    fixed = [override_text(key, value) for key, value in spec.set.items()]
-    runs = []
-    for index, values in enumerate(itertools.product(*(spec.grid[key] for key in keys))):
-        grid_values = dict(zip(keys, values))
-        name = point_name(index, grid_values, short)
-        swept = [override_text(key, value) for key, value in grid_values.items()]
+    if keys:
+        for values in itertools.product(*(spec.grid[key] for key in keys)):
+            grid_values = dict(zip(keys, values))
+            points.append((point_name(len(points), grid_values, short), grid_values, spec.set, grid_values, None, None))
+    for extra in spec.points:
+        index = len(points)
+        name = f"p{index:02d}-{extra.name}" if extra.name else point_name(index, extra.set, _short_names(list(extra.set)))
+        kept = {key: value for key, value in spec.set.items() if key not in extra.set}
+        at = extra.at if extra.at is not None else {key: value for key, value in extra.set.items() if key in spec.grid}
+        points.append((name, extra.set, kept, at, extra.line, extra.role))
+    runs, seen = [], {}
+    for index, (name, swept_values, kept, coordinates, line, role) in enumerate(points):
+        fixed = [override_text(key, value) for key, value in kept.items()]
+        swept = [override_text(key, value) for key, value in swept_values.items()]
+        config = tuple(sorted({text.partition("=")[0]: text for text in [*fixed, *swept]}.items()))
+        if config in seen:
+            raise ConfigError([f"points {seen[config]} and {name} run the same overrides; give each point once"])
+        seen[config] = name
         for seed in spec.seeds:
             run_name = f"{name}-seed{seed}"
             runs.append(SweepRun(
-                point=name, point_index=index, seed=seed, grid_values=grid_values,
+                point=name, point_index=index, seed=seed, grid_values=swept_values,
                 overrides=[*fixed, *swept, override_text(SEED_KEY, seed)],
                 run_dir=str(sweep_dir / run_name), log=str(sweep_dir / SWEEP_LOGS_DIRNAME / f"{run_name}.log"),
+                coordinates=coordinates, line=line, role=role,
             ))  # fmt: skip
     return runs
 
@@ -353,6 +441,7 @@ def write_index(sweep_dir: Path, spec: SweepSpec, base: Path, runs: list[SweepRu
         "sweep": spec.name,
         "base_config": str(base),
         "grid": spec.grid,
+        "points": [point.model_dump(exclude_none=True) for point in spec.points],
         "seeds": spec.seeds,
         "set": spec.set,
         "parallel": parallel,  # as run (the CLI's --parallel wins over the file's)
