@@ -268,21 +268,8 @@ def test_a_bad_value_in_a_point_names_the_key_and_the_point(tmp_path):
     assert problem.startswith("network.default_link.loss:") and "1 point(s): p01-broken" in problem
 
 
-def _uses_names_this_schema_lacks(path: Path) -> bool:
-    """main_job_faults.yaml sweeps env-step peer links (`protocols.talk`, a link's `delay_steps`),
-    which the config schema gains with them; until then it cannot validate here."""
-    from protocols.links import LinkConfig
-    from protocols.settings import ProtocolsConfig
-
-    text = path.read_text()
-    return ("protocols.talk" in text and "talk" not in ProtocolsConfig.model_fields) or (
-        "delay_steps" in text and "delay_steps" not in LinkConfig.model_fields)
-
-
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_sweep_validates(path, tmp_path):
-    if _uses_names_this_schema_lacks(path):
-        pytest.skip("the env-step link settings (protocols.talk, delay_steps) are not in this schema yet")
     spec, base = load_sweep(path)
     runs = expand(spec, tmp_path)
     assert len(validate_runs(base, runs, check_env=False)) == len(runs) > 1
