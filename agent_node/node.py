@@ -1,15 +1,13 @@
-"""One learning agent as one process: the event loop, its states and its dispatch.
-
-    booting ─▶ connecting ─▶ ready ─▶ running ─▶ draining ─▶ stopped
-                   │           │        │  ▲
-                   │           │        ▼  │  (averaging, negotiating, sharing: a capability
-                   └───────────┴──▶ draining   holds the observation meanwhile)
+"""One learning agent as one process: the event loop, its states (agent_node/node_states.py) and
+its dispatch.
 
 The loop (`run`) waits on every socket at once with a deadline taken from the nearest timer,
 so it never busy-waits and never blocks past a heartbeat. An `env.observation` closes a
 transition (learner, capabilities, episode metrics), may be held by a capability, and is
 answered with the Actor's `env.action`; while the env server waits for the other agents the
-node takes a few gradient steps (Learner).
+node takes a few gradient steps (Learner). When talking takes env steps (`protocols.talk:
+env_steps`, agent_node/step_talk.py) nothing holds it: an observation waits only for the marks of
+its neighbours' previous step, and the peer messages due at its step reach the capabilities then.
 
 The node is built from sans-IO parts, each unit-tested without sockets (`env_client.EnvClient`,
 `transitions.TransitionAssembler`, `peers.PeerMesh`, `persistence.NodePersistence`), and from
@@ -29,7 +27,6 @@ reproducibility.py refuses the settings that cannot be reproducible.
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from dataclasses import replace
@@ -41,6 +38,7 @@ from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient
 from agent_node.global_fields import GlobalFieldTracker
 from agent_node.metrics import MetricsWriter
+from agent_node.node_states import NodeState, check_transition
 from agent_node.node_parts import (
     RUN_BUDGET_SPENT, EnvLink, NodeFailure, Services, build_node_learner, drain_node, stop_for_write_error,
 )
@@ -55,48 +53,11 @@ from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, State
 from protocols.jsonlines import FileWriteError
 from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, agent_node_ids
-from protocols.step_links import PeerStepMark
 from protocols.topology import build_topology
 from protocols.transport import Channel
 from protocols.wire import Envelope
 
 log = logging.getLogger("agent_node")
-
-
-class NodeState(enum.Enum):
-    BOOTING = "booting"
-    CONNECTING = "connecting"
-    READY = "ready"
-    NEGOTIATING = "negotiating"
-    RUNNING = "running"
-    SHARING = "sharing"
-    AVERAGING = "averaging"
-    DRAINING = "draining"
-    STOPPED = "stopped"
-
-
-S = NodeState
-ALLOWED_TRANSITIONS: dict[NodeState, set[NodeState]] = {
-    S.BOOTING: {S.CONNECTING, S.STOPPED},
-    S.CONNECTING: {S.READY, S.DRAINING},
-    S.READY: {S.RUNNING, S.DRAINING},
-    S.RUNNING: {S.NEGOTIATING, S.SHARING, S.AVERAGING, S.DRAINING},
-    S.NEGOTIATING: {S.RUNNING, S.DRAINING},
-    S.SHARING: {S.RUNNING, S.DRAINING},
-    S.AVERAGING: {S.RUNNING, S.DRAINING},
-    S.DRAINING: {S.STOPPED},
-    S.STOPPED: set(),
-}
-
-
-class IllegalTransition(RuntimeError):
-    pass
-
-
-def check_transition(old: NodeState, new: NodeState) -> None:
-    if new not in ALLOWED_TRANSITIONS[old]:
-        allowed = ", ".join(sorted(state.value for state in ALLOWED_TRANSITIONS[old])) or "none"
-        raise IllegalTransition(f"{old.value} -> {new.value} is not an allowed transition (from {old.value}: {allowed})")
 
 
 class AgentNode(EnvLink, Services):
@@ -134,13 +95,7 @@ class AgentNode(EnvLink, Services):
         self.capabilities: list[Capability] = load_capabilities(run, self)
         self.dispatch = dispatch_table(self.capabilities, self.HANDLERS)
         # protocols.talk: env_steps: peer messages take env steps (agent_node/step_talk.py).
-        self.talk: EnvStepTalk | None = None
-        if run.protocols.talk == "env_steps":
-            me = self.topology.index_of(identity.node_id)
-            self.talk = EnvStepTalk(
-                identity.node_id, [self.topology.nodes[j] for j in self.topology.neighbours(me)], identity.run_seed,
-                config_for=run.network.link_in_steps_between, blocked=self.hub.links.partitions.blocks,
-                mark_timeout_s=self.membership.timeout_s)
+        self.talk = EnvStepTalk.for_node(self) if run.protocols.talk == "env_steps" else None
         # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(
             config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or any(c.needs_global_view for c in self.capabilities)
@@ -258,8 +213,8 @@ class AgentNode(EnvLink, Services):
     def _next_deadline(self) -> float:
         deadlines = [self.mesh.next_deadline(), self.control.next_status_at(self.status_every_s),
                      self.env_client.silence_deadline(self.config.env_silence_timeout_s), self.hub.next_due()]
-        if self.talk is not None and self.talk.parked is not None:
-            deadlines.append(self.talk.parked_since + self.talk.mark_timeout_s)
+        if self.talk is not None:
+            deadlines.append(self.talk.next_deadline())
         deadlines += [capability.next_deadline() for capability in self.capabilities]
         return min(deadline for deadline in deadlines if deadline is not None)
 
@@ -273,7 +228,7 @@ class AgentNode(EnvLink, Services):
             capability.on_timer(now)
         if holding:
             self.env_client.heard(now)  # the env server is waiting for us, not silent
-        if self.talk is not None and self.talk.parked is not None and now - self.talk.parked_since > self.talk.mark_timeout_s:
+        if self.talk is not None and self.talk.waited_out(now):
             self._handle_parked_observation(waited_out=True)
         silent_for = self.env_client.silent_for(now)
         if self.awaiting_final_observation and silent_for > self.config.env_silence_timeout_s:
@@ -298,7 +253,8 @@ class AgentNode(EnvLink, Services):
             self._on_membership_events(events)
             if accepted is None:
                 return  # not a neighbour; the mesh counted it in the hub's refusals
-            if self.talk is not None and self._on_step_talk(envelope.sender, message):
+            if self.talk is not None and self.talk.holds(envelope.sender, message, self.dispatch):
+                self._handle_parked_observation(waited_out=False)  # (a mark may complete a step's)
                 return
         expected_sources, handler = self.HANDLERS.get(type(message)) or self.dispatch.get(type(message)) or ((), None)
         if handler is None or source not in expected_sources:
@@ -315,60 +271,23 @@ class AgentNode(EnvLink, Services):
 
     def on_env_observation(self, sender: str, message: m.EnvObservation, now: float) -> None:
         message = self.env_client.on_message(message, now)
-        if self.talk is not None:
-            if self.talk.parked is not None:  # the server stepped on: handle the older one without its marks
-                self._handle_parked_observation(waited_out=True)
-            self.talk.parked, self.talk.parked_since = message, now
-            self._handle_parked_observation(waited_out=False)
+        if self.talk is None:
+            self._handle_observation(message)
             return
-        self._handle_observation(message)
-
-    # ------------------------------------------------------------------ talking in env steps
-
-    def _on_step_talk(self, sender: str, message) -> bool:
-        """A neighbour's message in a run that talks in env steps: a mark, or a message for a
-        capability that talks in steps, is held for its step (True); others go on (False)."""
-        if isinstance(message, PeerStepMark):
-            self.talk.on_mark(sender, message)
-            if self.talk.parked is not None:
-                self._handle_parked_observation(waited_out=False)
-            return True
-        owner = self.dispatch.get(type(message))
-        if owner is None or not owner[1].talks_in_env_steps:
-            return False
-        self.talk.on_peer_message(sender, message)
-        return True
+        if self.talk.parked is not None:  # the server stepped on: the older one goes without its marks
+            self._handle_parked_observation(waited_out=True)
+        self.talk.park(message, now)
+        self._handle_parked_observation(waited_out=False)
 
     def _handle_parked_observation(self, *, waited_out: bool) -> None:
-        """Handle the observation that waits for its step's marks once they are here (or, with
-        `waited_out`, without the missing ones), after handing each capability the peer messages
-        due by its step."""
-        message = self.talk.parked
-        clock = self.talk.clock_of(message, self.step)
-        down = self.mesh.membership.is_declared_down
-        missing = self.talk.missing_marks(message, clock, down)
-        if missing and not waited_out:
+        """Handle the observation waiting for its step's marks once they came (or `waited_out`)."""
+        ready = self.talk.take_parked(self.step, self.mesh.membership.is_declared_down, waited_out)
+        if ready is None:
             return
+        message, missing = ready
         if missing:
-            self.talk.marks_missed += len(missing)
-            log.warning("step %d: no mark of the step before from %s; going on without it", message.step, missing)
             self.reproducibility_broken("step_marks", f"a neighbour's messages of a step did not come ({missing})")
-        self.talk.parked = None
-        self.talk.due_now = self.talk.begin_step(message, clock)
         self._handle_observation(message)
-
-    def _begin_talk_step(self, message: m.EnvObservation) -> None:
-        """Hand each capability that talks in env steps the messages due at this step, once the
-        transition this observation closes was recorded (it was acted on before they landed)."""
-        if self.talk is None or self.talk.due_now is None:
-            return
-        delivered, self.talk.due_now = self.talk.due_now, None
-        for capability in self.capabilities:
-            if capability.talks_in_env_steps:
-                mine = [(sender, item) for sender, item in delivered if self.dispatch.get(type(item), (None, None))[1] is capability]
-                capability.on_env_step(message, mine)
-
-    # ------------------------------------------------------------------ observations
 
     def _handle_observation(self, message: m.EnvObservation) -> None:
         if message.evaluation and not self.evaluating:
@@ -384,7 +303,6 @@ class AgentNode(EnvLink, Services):
             self._on_stepped_without_answer(message, holders)
             return
         self._record_transition(message)
-        self._begin_talk_step(message)
         self._hand_on(message, 0)
 
     def _hand_on(self, message: m.EnvObservation, start: int) -> None:
@@ -448,7 +366,6 @@ class AgentNode(EnvLink, Services):
         now = time.monotonic()
         kept = [capability.on_newer_observation(message, now) for capability in holders]  # (each: keep holding?)
         self._record_transition(message)
-        self._begin_talk_step(message)
         if any(kept):
             return  # the holder answers the newest observation when its hold ends
         if holders:
@@ -473,7 +390,8 @@ class AgentNode(EnvLink, Services):
         for capability in self.capabilities:
             if capability.held is not None and capability.held is not message:
                 capability.on_newer_observation(message, now)  # the server stepped on meanwhile (answered anyway)
-        self._begin_talk_step(message)
+        if self.talk is not None:  # the peer messages due at this step, once the transition it closes is recorded
+            self.talk.hand_out(message, self.capabilities, self.dispatch)
         self._hand_on(message, 0)
 
     def _answer(self, message: m.EnvObservation, *, explore: bool) -> None:
@@ -513,6 +431,8 @@ class AgentNode(EnvLink, Services):
         now = time.monotonic()
         for capability in self.capabilities:
             capability.after_observation(message, now)
+        if self.talk is not None:  # the peer messages due at this step, once the transition it closes is recorded
+            self.talk.hand_out(message, self.capabilities, self.dispatch)
 
     # The node's own dispatch: message type -> (the sources it may come from, its handler).
     # Capabilities add theirs (`Capability.handles`, see `dispatch_table`).

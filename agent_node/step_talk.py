@@ -18,12 +18,15 @@ for at most `mark_timeout_s`; then the node goes on without it and says so (`tal
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import logging
+from typing import Any, Callable, Iterable, Mapping
 
 from protocols import messages as m
 from protocols.engine import Outgoing
 from protocols.links import LinkConfig
 from protocols.step_links import TRAINING_CLOCK, PeerStepMark, StepInbox, StepOutbox, evaluation_clock
+
+log = logging.getLogger("agent_node.step_talk")
 
 
 class EnvStepTalk:
@@ -41,6 +44,16 @@ class EnvStepTalk:
         self.parked_since = 0.0
         self.due_now: list[tuple[str, Any]] | None = None  # what is due at the step being handled
         self.marks_missed = 0
+
+    @classmethod
+    def for_node(cls, node) -> EnvStepTalk:
+        """The part for an agent node (agent_node/node.py): its neighbours, its run's links in
+        steps, its emulated partitions; a missing mark is waited for a membership timeout."""
+        topology, identity = node.topology, node.identity
+        me = topology.index_of(identity.node_id)
+        return cls(identity.node_id, [topology.nodes[j] for j in topology.neighbours(me)], identity.run_seed,
+                   config_for=node.run_config.network.link_in_steps_between, blocked=node.hub.links.partitions.blocks,
+                   mark_timeout_s=node.membership.timeout_s)
 
     @staticmethod
     def clock_of(message: m.EnvObservation, training_step: int) -> str:
@@ -60,11 +73,58 @@ class EnvStepTalk:
 
     # ------------------------------------------------------------------ receiving
 
-    def on_peer_message(self, sender: str, message: Any) -> None:
+    def holds(self, sender: str, message: Any, dispatch: Mapping[type, tuple[Any, Any]]) -> bool:
+        """A neighbour's message: a mark, or one for a capability that talks in env steps, is
+        held for its step (True); any other goes on to the node's dispatch (False)."""
+        if isinstance(message, PeerStepMark):
+            self.inbox.on_mark(sender, message)
+            return True
+        owner = dispatch.get(type(message))
+        if owner is None or not getattr(owner[1], "talks_in_env_steps", False):
+            return False
         self.inbox.on_message(sender, message)
+        return True
 
-    def on_mark(self, sender: str, mark: PeerStepMark) -> None:
-        self.inbox.on_mark(sender, mark)
+    def park(self, message: m.EnvObservation, now: float) -> None:
+        """An observation to handle once its step's marks are here."""
+        self.parked, self.parked_since = message, now
+
+    def next_deadline(self) -> float | None:
+        return None if self.parked is None else self.parked_since + self.mark_timeout_s
+
+    def waited_out(self, now: float) -> bool:
+        return self.parked is not None and now - self.parked_since > self.mark_timeout_s
+
+    def take_parked(self, training_step: int, down: Callable[[str], bool],
+                    waited_out: bool) -> tuple[m.EnvObservation, list[str]] | None:
+        """The parked observation and the neighbours whose marks it goes without, once every mark
+        it waits for came (or `waited_out`); None while it must wait. The messages due at its
+        step are kept for `hand_out`."""
+        message = self.parked
+        if message is None:
+            return None
+        clock = self.clock_of(message, training_step)
+        missing = self.missing_marks(message, clock, down)
+        if missing and not waited_out:
+            return None
+        if missing:
+            self.marks_missed += len(missing)
+            log.warning("step %d: no mark of the step before from %s; going on without it", message.step, missing)
+        self.parked = None
+        self.due_now = self.begin_step(message, clock)
+        return message, missing
+
+    def hand_out(self, message: m.EnvObservation, capabilities: Iterable[Any], dispatch: Mapping[type, tuple[Any, Any]]) -> None:
+        """Hand each capability that talks in env steps the messages due at `message`'s step, in
+        delivery order (the node calls it once the transition the observation closes is recorded:
+        it was acted on before they landed)."""
+        if self.due_now is None:
+            return
+        delivered, self.due_now = self.due_now, None
+        for capability in capabilities:
+            if capability.talks_in_env_steps:
+                mine = [(sender, item) for sender, item in delivered if dispatch.get(type(item), (None, None))[1] is capability]
+                capability.on_env_step(message, mine)
 
     def missing_marks(self, message: m.EnvObservation, clock: str, down: Callable[[str], bool]) -> list[str]:
         """The neighbours whose mark of the step before `message` this node must still wait for."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent_node.node import ALLOWED_TRANSITIONS, IllegalTransition, NodeState, check_transition
+from agent_node.node_states import ALLOWED_TRANSITIONS, IllegalTransition, NodeState, check_transition
 
 
 def test_the_happy_path_is_allowed():
