@@ -1,6 +1,7 @@
 """Means over seeds with 95 % confidence intervals (Student's t), for the benches' tables and plots,
 and beside them the field's protocol (orchestrator/intervals.py, which `orchestrate report` uses
-too): the IQM with its stratified-bootstrap interval and the probability of improvement (rliable).
+too): the IQM with its stratified-bootstrap interval and the probability of improvement, as
+rliable defines them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def mean_ci(values) -> tuple[float, float]:
 
 def field_protocol(values, seed: int = 0) -> dict:
     """A variant's scores as the field reports them: {"iqm", "iqm_ci95": [low, high], "n"} (None
-    for no scores). Without rliable: ImportError naming the extra that installs it."""
+    for no scores)."""
     finite = [float(v) for v in values if v is not None and np.isfinite(v)]
     if not finite:
         return {"iqm": None, "iqm_ci95": None, "n": 0}
@@ -33,14 +34,13 @@ def field_protocol(values, seed: int = 0) -> dict:
 
 
 def improvement(x, y, seed: int = 0) -> dict:
-    """P(a run of x beats a run of y) with its bootstrap interval (rliable); None without runs on
-    either side."""
+    """P(a run of x beats a run of y) with its bootstrap interval; None without runs on either side."""
     x = [float(v) for v in x if v is not None and np.isfinite(v)]
     y = [float(v) for v in y if v is not None and np.isfinite(v)]
     if not x or not y:
-        return {"probability_of_improvement": None, "ci95": None}
+        return {"probability_of_improvement": None, "poi_ci95": None}
     p, low, high = probability_of_improvement(x, y, seed=seed)
-    return {"probability_of_improvement": p, "ci95": [low, high]}
+    return {"probability_of_improvement": p, "poi_ci95": [low, high]}
 
 
 def curve_band(curves) -> tuple[np.ndarray, np.ndarray]:
