@@ -71,10 +71,21 @@ def finished_exit_code(run_dir: Path) -> int | None:
 
 
 def run_record(run_dir: Path, process_exit_code: int | None = None) -> dict:
-    """orchestrator/run_records.py's `run_record`: the one rule every bench's scores go through."""
+    """orchestrator/run_records.py's `run_record`: the one rule every bench's scores go through
+    (`refused`: why a run may not be scored, None when it may) and what a saved result holds about
+    a run (its exit code, budget, commit, run.reproducible)."""
     from orchestrator.run_records import run_record as record_of
 
     return record_of(run_dir, process_exit_code)
+
+
+def run_and_record(config: str, overrides: list[str], run_dir: Path, timeout_s: float,
+                   extra_paths: tuple[Path, ...] = ()) -> dict:
+    """`run_once`, then the run's `run_record` (with `stderr_tail` when it is refused): for the
+    benches that score a run from its metrics in their own way."""
+    code, stderr = run_once(config, overrides, run_dir, timeout_s, extra_paths)
+    record = run_record(run_dir, code)
+    return {**record, "stderr_tail": stderr} if record["refused"] is not None else record
 
 
 def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int,
