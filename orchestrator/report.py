@@ -280,19 +280,33 @@ def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     random_line = next((row["eval/random_return_mean"] for row in rows if "eval/random_return_mean" in row), None)
     oracle_line = next((row["eval/oracle_return_mean"] for row in rows if "eval/oracle_return_mean" in row), None)
     last5 = _mean([value for _, value in curve[-5:]])
+    # Landmarks covered at the end of the evaluation episodes (simple_spread only:
+    # env_server/evaluation.py), over the same last 5 evaluations as the return.
+    covered = [row for row in rows if "eval/landmarks_covered" in row][-5:]
     gap_closed = None
     if random_line is not None and oracle_line is not None and oracle_line != random_line:
         gap_closed = (last5 - random_line) / (oracle_line - random_line)
     return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve),
-            "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed}
+            "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed,
+            "covered_fraction": _mean([row["eval/landmarks_covered"] for row in covered]),
+            "all_covered_fraction": _mean([row["eval/all_landmarks_covered"] for row in covered])}
 
 
 def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: int) -> dict[str, Any] | None:
     """The main job's landmark agreement: per training episode start and env copy, whether the
-    agents' landmarks were all different (from each agent's `landmarks/goals_code`), and how
-    often an agent decided on the whole team's table."""
+    agents' landmarks were all different (from each agent's `landmarks/goals_code`; the Hungarian
+    method makes them so whenever the agents decide on the same table, so this share is a check
+    of the agreement, not of the agents), and how often an agent decided on the whole team's table;
+    and whether the agents got there: over the last 20% of each agent's training episodes, how
+    often its nearest landmark at the end was the one it pursued (`landmarks/reached_pursued`) and
+    its mean distance to it then (`landmarks/final_distance`)."""
     codes: dict[int, dict[str, list[int]]] = {}
-    complete, flood_s = [], []
+    complete, flood_s, reached, distance = [], [], [], []
+    for rows in metrics.values():
+        ends = [row for row in rows if "landmarks/reached_pursued" in row]
+        ends = ends[-max(1, math.ceil(len(ends) * LAST_FRACTION)):] if ends else []
+        reached += [row["landmarks/reached_pursued"] for row in ends]
+        distance += [row["landmarks/final_distance"] for row in ends if "landmarks/final_distance" in row]
     for node, rows in metrics.items():
         for row in rows:
             if "landmarks/goals_code" in row and "landmarks/copies" in row:
@@ -309,7 +323,8 @@ def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: 
     for by_node in starts:
         distinct += [len(set(per_copy)) == agents for per_copy in zip(*by_node.values())]
     return {"episode_starts": len(starts), "distinct_fraction": _mean([float(d) for d in distinct]),
-            "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s)}
+            "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s),
+            "reached_pursued": _mean(reached), "final_distance": _mean(distance)}
 
 
 def _decode_goals(code: float, num_landmarks: int, copies: int) -> list[int]:
@@ -519,6 +534,9 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "eval_oracle": evaluation["oracle"] if evaluation else None,
         "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
         "landmarks_distinct_fraction": landmarks["distinct_fraction"] if landmarks else None,
+        "landmarks_reached_pursued": landmarks["reached_pursued"] if landmarks else None,
+        "eval_landmarks_covered": evaluation["covered_fraction"] if evaluation else None,
+        "eval_all_landmarks_covered": evaluation["all_covered_fraction"] if evaluation else None,
     }
     return {
         "run_dir": str(run_dir),
@@ -717,9 +735,19 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
     landmarks = summary.get("landmarks")
     if landmarks:
         console.print(
-            f"landmarks: {landmarks['episode_starts']} episode starts; every agent on a landmark of its own in "
-            f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy); decided on the whole team's table "
-            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_fmt(landmarks['flood_s_mean'] * 1e3 if landmarks['flood_s_mean'] is not None else None)} ms per agreement"
+            f"landmarks: {landmarks['episode_starts']} episode starts; the assignment gave every agent a landmark of its own in "
+            f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy) (by construction when the agents decide on one "
+            f"table: the Hungarian method); decided on the whole team's table "
+            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_fmt(landmarks['flood_s_mean'] * 1e3 if landmarks['flood_s_mean'] is not None else None)} ms per agreement; "
+            f"at the end of its training episodes (last 20%) each agent nearest its pursued landmark in "
+            f"{_fmt(landmarks.get('reached_pursued'), '.1%')}, {_fmt(landmarks.get('final_distance'))} from it on average"
+        )
+    evaluation = summary.get("evaluation")
+    if evaluation and evaluation.get("covered_fraction") is not None:
+        console.print(
+            f"landmarks at the end of the greedy evaluation episodes (last 5 evaluations; covered: an agent within 0.1, "
+            f"mpe2's occupied landmarks): {_fmt(evaluation['covered_fraction'], '.1%')} of landmarks covered, all covered in "
+            f"{_fmt(evaluation['all_covered_fraction'], '.1%')} of episodes"
         )
     world_model = summary.get("world_model")
     if world_model:
