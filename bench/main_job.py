@@ -38,14 +38,13 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conventions import PARLEY_CONVENTION  # noqa: E402
 from intervals import field_protocol, holm, improvement, mean_ci, paired_t_test  # noqa: E402
 from runs import REPO, fmt, plot_evaluations, run_and_score, run_record  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
 LAST_EVALS = 5
-# What every return here is (docs/results/return_conventions.md converts it to other projects'):
-RETURN_CONVENTION = ("Parley's convention: the env's reward per agent summed over a 25-step episode, averaged over "
-                     "the 4 agents and the evaluation episodes")
+RETURN_CONVENTION = PARLEY_CONVENTION  # what every return here is (docs/results/return_conventions.md)
 VARIANTS: dict[str, list[str]] = {
     "main": [],
     "no_negotiation": ["agents.landmarks.assignment=nearest"],

@@ -289,7 +289,9 @@ def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve),
             "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed,
             "covered_fraction": _mean([row["eval/landmarks_covered"] for row in covered]),
-            "all_covered_fraction": _mean([row["eval/all_landmarks_covered"] for row in covered])}
+            "all_covered_fraction": _mean([row["eval/all_landmarks_covered"] for row in covered]),
+            "random_covered": next((row["eval/random_landmarks_covered"] for row in rows if "eval/random_landmarks_covered" in row), None),
+            "oracle_covered": next((row["eval/oracle_landmarks_covered"] for row in rows if "eval/oracle_landmarks_covered" in row), None)}
 
 
 def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: int) -> dict[str, Any] | None:
@@ -747,7 +749,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
         console.print(
             f"landmarks at the end of the greedy evaluation episodes (last 5 evaluations; covered: an agent within 0.1, "
             f"mpe2's occupied landmarks): {_fmt(evaluation['covered_fraction'], '.1%')} of landmarks covered, all covered in "
-            f"{_fmt(evaluation['all_covered_fraction'], '.1%')} of episodes"
+            f"{_fmt(evaluation['all_covered_fraction'], '.1%')} of episodes; random {_fmt(evaluation.get('random_covered'), '.1%')}, "
+            f"scripted oracle {_fmt(evaluation.get('oracle_covered'), '.1%')} of landmarks on the same episodes"
         )
     world_model = summary.get("world_model")
     if world_model:

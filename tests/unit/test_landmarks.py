@@ -145,7 +145,11 @@ def test_the_oracle_beats_random_by_far_on_the_same_episodes():
     assert np.mean(oracle_returns) > -14 > -25 > np.mean(random_returns)
     metrics = baseline_metrics(envs, 7, "mpe2.simple_spread_v3")
     assert metrics["eval/oracle_return_mean"] == pytest.approx(np.mean(oracle_returns))
+    # The landmarks each leaves covered at the end (an agent within 0.1): the oracle steers one
+    # agent onto each, random play covers almost none.
+    assert metrics["eval/oracle_landmarks_covered"] > 0.5 > 0.1 > metrics["eval/random_landmarks_covered"]
     assert "eval/oracle_return_mean" not in baseline_metrics(envs, 7, "pursuit_v4")
     continuous = VectorizedParallelEnv(lambda: simple_spread_v3.parallel_env(N=4, max_cycles=25, continuous_actions=True), 2,
                                        autoreset=False)
-    assert set(baseline_metrics(continuous, 7, "mpe2.simple_spread_v3")) == {"eval/random_return_mean"}
+    assert set(baseline_metrics(continuous, 7, "mpe2.simple_spread_v3")) == {"eval/random_return_mean",
+                                                                           "eval/random_landmarks_covered"}
