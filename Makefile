@@ -13,7 +13,7 @@ VENV_BENCH ?= .venv-bench
 $(BIN)/orchestrate: pyproject.toml examples/parley_ippo/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,stats]'
 	# MiniGrid (env minigrid_v0) without its pygame dependency: pygame would overwrite the
 	# pygame-ce that mpe2 installs under the same module name; MiniGrid only draws with it.
 	$(BIN)/pip install --quiet --no-deps 'minigrid==3.0.0'

@@ -89,6 +89,7 @@ from protocols.hindsight import HindsightEngine, HindsightRequest
 from protocols.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
+from runs import run_record  # noqa: E402  (bench/runs.py: which runs may be scored, and their records)
 
 MODES = ("independent", "supervisor", "negotiation", "negotiation_her", "negotiation_hindsight")
 HER_MODES = ("negotiation_her", "negotiation_hindsight")  # the others learn without HER, as the reference's agents
@@ -512,9 +513,10 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    if process.returncode != 0:
+    record = run_record(run_dir, process.returncode)  # bench/runs.py: exit 0 and the budget done, or not scored
+    if record["refused"] is not None:
         tail = (run_dir.parent / f"{run_dir.name}.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{mode} seed {seed}: orchestrate up exited {process.returncode}: {tail}")
+        raise RuntimeError(f"{mode} seed {seed}: run refused: {record['refused']}: {tail}")
     episodes_of: dict[float, dict[str, dict]] = defaultdict(dict)
     stored: dict[float, float] = defaultdict(float)
     shared = {"reports_applied": 0.0, "partners_missing": 0.0, "rows_relabelled": 0.0}
@@ -539,7 +541,7 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
         "env_steps": np.array([int(start) + EPISODE_STEPS for start in starts]),
         "events_from_partners_only": np.array([stored.get(start, 0.0) for start in starts]),
         "timed_out": float(np.mean(timed_out)) if timed_out else 0.0, "cut_by_env": float(np.mean(cut)) if cut else 0.0,
-        "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, **shared,
+        "seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, **shared, "record": record,
     }
 
 
@@ -564,7 +566,8 @@ def summarise(mode: str, seed: int, result: dict, last: int, seconds: float, cpu
         "success_curve": windowed(result["success"]),
         "aligned_curve": windowed(result["aligned"]),
         "env_steps_curve": [int(result["env_steps"][end - 1]) for end in range(CURVE_WINDOW, episodes + 1, CURVE_WINDOW)],
-        **{key: result[key] for key in ("timed_out", "cut_by_env", "reports_applied", "partners_missing", "rows_relabelled")
+        **{key: result[key] for key in ("timed_out", "cut_by_env", "reports_applied", "partners_missing", "rows_relabelled",
+                                        "record")  # record: a runtime run's (exit code, commit, run.reproducible)
            if key in result},
     }
 
@@ -817,8 +820,9 @@ def ring_main(args) -> None:
                 command += ["--set", setting]
             started = time.perf_counter()
             done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"ring seed {seed}: orchestrate up exited {done.returncode}: {done.stderr[-2000:]}")
+            record = run_record(run_dir, done.returncode)  # bench/runs.py: exit 0 and the budget done, or not scored
+            if record["refused"] is not None:
+                raise RuntimeError(f"ring seed {seed}: run refused: {record['refused']}: {done.stderr[-2000:]}")
             goals: dict[float, dict[str, int]] = defaultdict(dict)
             timed_out = []
             for agent in agents:
@@ -832,7 +836,7 @@ def ring_main(args) -> None:
             team_aligned = np.array([float(len(set(ep.values())) == 1) for ep in complete])
             whole = len(complete) // window * window
             per_seed.append({
-                "seed": seed, "episodes": len(complete), "seconds": time.perf_counter() - started,
+                "seed": seed, "record": record, "episodes": len(complete), "seconds": time.perf_counter() - started,
                 "timed_out": float(np.mean(timed_out)) if timed_out else 0.0,
                 "edge_aligned_per_edge": edge_aligned.mean(axis=0).tolist(),
                 "edge_curve": edge_aligned[:whole].mean(axis=1).reshape(-1, window).mean(axis=1).tolist(),

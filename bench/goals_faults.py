@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 
-from runs import records, run_once  # noqa: E402  (bench/runs.py)
+from runs import records, run_and_record  # noqa: E402  (bench/runs.py)
 
 CONFIG = "configs/goals_negotiation_hindsight.yaml"  # the default of --config
 AGENTS = ("agent_0", "agent_1")
@@ -118,13 +118,11 @@ def run_all(args) -> dict:
                          f"agents.goals.num_landmarks={args.landmarks}", *args.set,
                          *cell_overrides(delay_s, loss, args.steps // 2 if kill else None)]
             started = time.monotonic()
-            code, stderr = run_once(args.config, overrides, run_dir, args.timeout_s)
-            scored = {"seed": seed, "exit_code": code, "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
-                      **score_run(run_dir)}
+            record = run_and_record(args.config, overrides, run_dir, args.timeout_s)
+            scored = {"seed": seed, "exit_code": record["exit_code"], "refused": record["refused"], "record": record,
+                      "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir), **score_run(run_dir)}
             if kill:
                 scored["restarted"] = _restarts(run_dir)
-            if code != 0:
-                scored["stderr_tail"] = stderr
             cell["per_seed"].append(scored)
             print(f"# {cell['name']} seed {seed}: " + json.dumps({k: v for k, v in scored.items() if not k.endswith("_curve")}),
                   file=sys.stderr, flush=True)
@@ -155,8 +153,14 @@ def _restarts(run_dir: Path) -> int:
                if event.get("event") == "rejoined" and event.get("node") == KILLED)
 
 
+def scorable(run: dict) -> bool:
+    """A run counts in a cell's means only when the shared rule accepted it (bench/runs.py,
+    `run_record`); a result saved before runs were recorded so: when it exited 0."""
+    return run.get("refused") is None and run.get("exit_code") == 0
+
+
 def _mean(per_seed: list[dict], key: str) -> float:
-    values = [run[key] for run in per_seed if run.get(key) is not None]
+    values = [run[key] for run in per_seed if scorable(run) and run.get(key) is not None]
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -176,9 +180,9 @@ def report(results: dict) -> None:
         values = [_mean(runs, k) for k in ("aligned_all", "aligned_final", "success_all", "success_final",
                                            "negotiation_s_mean", "negotiation_s_p90", "timed_out", "cut_by_env",
                                            "hindsight_missing_per_episode")]
-        failed = [run["seed"] for run in runs if run["exit_code"] != 0]
-        name = cell["name"] + (f" (exit != 0: seeds {failed})" if failed else "")
-        print(f"| {name} | {','.join(str(run['seed']) for run in runs)} | " + " | ".join(f"{v:.3f}" for v in values)
+        failed = [run["seed"] for run in runs if not scorable(run)]
+        name = cell["name"] + (f" (refused, left out: seeds {failed})" if failed else "")
+        print(f"| {name} | {','.join(str(run['seed']) for run in runs if scorable(run))} | " + " | ".join(f"{v:.3f}" for v in values)
               + f" | {_mean(runs, 'episodes_joined'):.0f} | {_mean(runs, 'wall_s'):.0f} |")
 
 

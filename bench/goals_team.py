@@ -41,7 +41,7 @@ from protocols.negotiation import NegotiationRequest
 from protocols.netsim import NetworkSimulator, same_link_everywhere
 from protocols.team_negotiation import TeamNegotiationEngine
 from protocols.topology import Topology, grid, ring
-from runs import records, run_once  # noqa: E402  (bench/runs.py)
+from runs import records, run_and_record  # noqa: E402  (bench/runs.py)
 
 CONFIGS = {"ring6": ("configs/goals_ring6_team.yaml", ring(6)), "torus9": ("configs/goals_torus9_team.yaml", grid(3, 3, torus=True))}
 NUM_GOALS = 15  # goal_lines L = 6, cooperative goals
@@ -120,11 +120,10 @@ def runtime_main(args) -> None:
             config, topology = CONFIGS[name]
             run_dir = root / f"{name}_s{seed}"
             started = time.monotonic()
-            code, stderr = run_once(config, [f"run.seed={seed}", f"run.steps={args.steps}", *args.set], run_dir, args.timeout_s)
-            row = {"topology": name, "seed": seed, "exit_code": code, "wall_s": round(time.monotonic() - started, 1),
-                   "run_dir": str(run_dir), **score_run(run_dir, topology)}
-            if code != 0:
-                row["stderr_tail"] = stderr
+            record = run_and_record(config, [f"run.seed={seed}", f"run.steps={args.steps}", *args.set], run_dir, args.timeout_s)
+            row = {"topology": name, "seed": seed, "exit_code": record["exit_code"], "refused": record["refused"],
+                   "record": record, "wall_s": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
+                   **score_run(run_dir, topology)}
             results["runs"].append(row)
             print(f"# {json.dumps(row)}", file=sys.stderr, flush=True)
             if args.save:
@@ -144,6 +143,9 @@ def report(results: dict) -> None:
     print("| topology | seed | exit | episodes | " + " | ".join(keys) + " | wall s |")
     print("|" + " --- |" * (len(keys) + 5))
     for row in results["runs"]:
+        if row.get("refused") is not None or row["exit_code"] != 0:  # bench/runs.py's rule: not scored
+            print(f"| {row['topology']} | {row['seed']} | {row['exit_code']} | refused: {row.get('refused') or 'exit != 0'} |")
+            continue
         print(f"| {row['topology']} | {row['seed']} | {row['exit_code']} | {row['episodes_joined']} | "
               + " | ".join(f"{row[k]:.3f}" for k in keys) + f" | {row['wall_s']:.0f} |")
 

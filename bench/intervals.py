@@ -1,21 +1,46 @@
-"""Means over seeds with 95 % confidence intervals (Student's t), for the benches' tables and plots."""
+"""Means over seeds with 95 % confidence intervals (Student's t), for the benches' tables and plots,
+and beside them the field's protocol (orchestrator/intervals.py, which `orchestrate report` uses
+too): the IQM with its stratified-bootstrap interval and the probability of improvement, as
+rliable defines them.
+"""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: orchestrator.intervals
+from orchestrator.intervals import (  # noqa: E402,F401  (re-exported for the benches)
+    holm, iqm_interval, paired_t_test, probability_of_improvement, t_interval,
+)
+
 
 def mean_ci(values) -> tuple[float, float]:
     """(mean, half-width of the 95 % t-interval) of the finite values; half-width 0 for one value."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan")
-    if values.size == 1:
-        return float(values[0]), 0.0
-    half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
-    return float(values.mean()), float(half)
+    return t_interval(values)
+
+
+def field_protocol(values, seed: int = 0) -> dict:
+    """A variant's scores as the field reports them: {"iqm", "iqm_ci95": [low, high], "n"} (None
+    for no scores)."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return {"iqm": None, "iqm_ci95": None, "n": 0}
+    iqm, low, high = iqm_interval(finite, seed=seed)
+    return {"iqm": iqm, "iqm_ci95": [low, high], "n": len(finite)}
+
+
+def improvement(x, y, seed: int = 0) -> dict:
+    """P(a run of x beats a run of y) with its bootstrap interval; None without runs on either side."""
+    x = [float(v) for v in x if v is not None and np.isfinite(v)]
+    y = [float(v) for v in y if v is not None and np.isfinite(v)]
+    if not x or not y:
+        return {"probability_of_improvement": None, "poi_ci95": None}
+    p, low, high = probability_of_improvement(x, y, seed=seed)
+    return {"probability_of_improvement": p, "poi_ci95": [low, high]}
 
 
 def curve_band(curves) -> tuple[np.ndarray, np.ndarray]:

@@ -38,11 +38,13 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intervals import mean_ci  # noqa: E402
-from runs import REPO, fmt, plot_evaluations, run_and_score  # noqa: E402
+from conventions import PARLEY_CONVENTION  # noqa: E402
+from intervals import field_protocol, holm, improvement, mean_ci, paired_t_test  # noqa: E402
+from runs import REPO, fmt, plot_evaluations, run_and_score, run_record  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
 LAST_EVALS = 5
+RETURN_CONVENTION = PARLEY_CONVENTION  # what every return here is (docs/results/return_conventions.md)
 VARIANTS: dict[str, list[str]] = {
     "main": [],
     "no_negotiation": ["agents.landmarks.assignment=nearest"],
@@ -67,16 +69,24 @@ def gap_closed(score: float, random_line: float, oracle_line: float) -> float:
 
 
 def run_summary(run_dir: Path) -> dict | None:
-    """`orchestrate report`'s summary of a finished run (its evaluation curve, the random and
-    oracle lines, the landmark agreement, its duration); None for a run not run or not finished."""
+    """`orchestrate report`'s summary of a run that may be scored (its evaluation curve, the
+    random and oracle lines, the landmark agreement, its duration) with its `record`
+    (bench/runs.py, `run_record`: exit code, commit, run.reproducible); None for a run not run,
+    one refused (not exit 0, or its budget not done: said on stderr) or with fewer than
+    LAST_EVALS evaluations."""
     from orchestrator.report import summarize_run
 
     if not (run_dir / "events.jsonl").exists():
         return None
+    record = run_record(run_dir)
+    if record["refused"] is not None:
+        print(f"{run_dir}: not scored: {record['refused']}", file=sys.stderr)
+        return None
     summary = summarize_run(run_dir)
     evaluation = summary["evaluation"]
-    finished = summary["exit_code"] is not None and evaluation is not None and evaluation["evaluations"] >= LAST_EVALS
-    return summary if finished else None
+    if evaluation is None or evaluation["evaluations"] < LAST_EVALS:
+        return None
+    return {**summary, "record": record}
 
 
 def run_dir_of(root: Path, variant: str, seed: int) -> Path:
@@ -95,7 +105,9 @@ def scored(summaries: dict[int, dict]) -> dict:
     scores = {seed: summary["evaluation"]["last5"] for seed, summary in summaries.items()}
     walls = [summary["duration_s"] for summary in summaries.values() if summary["duration_s"] is not None]
     mean, half = mean_ci(list(scores.values()))
-    return {"scores": scores, "mean": mean, "ci95": half, "run_s_mean": float(np.mean(walls)) if walls else None}
+    return {"scores": scores, "mean": mean, "ci95": half, **field_protocol(list(scores.values())),
+            "run_s_mean": float(np.mean(walls)) if walls else None,
+            "runs": {seed: summary["record"] for seed, summary in summaries.items()}}
 
 
 def reference_line(summaries: list[dict], line: str) -> float | None:
@@ -120,14 +132,39 @@ def run_batch(root: Path, seeds: list[int], variants: list[str], timeout_s: floa
             print(f"[{started}] {variant} seed {seed}: {state}, wall {result['wall_s']} s", flush=True)
 
 
+def refused_runs(root: Path, variant: str, seeds: list[int]) -> dict[int, dict]:
+    """The records of `variant`'s runs under `root` that exist but may not be scored, by seed."""
+    records = {seed: run_record(run_dir_of(root, variant, seed)) for seed in seeds
+               if (run_dir_of(root, variant, seed) / "events.jsonl").exists()}
+    return {seed: record for seed, record in records.items() if record["refused"] is not None}
+
+
+def landmark_coverage(summaries: dict[int, dict]) -> dict:
+    """A variant's landmark figures, each the mean over its runs (None where no run has it): the
+    share of (episode start, copy) whose assignment gave every agent a landmark of its own
+    (`distinct_fraction`: the Hungarian method makes this 1 by construction whenever the agents
+    decide on the same table), the share of agreements decided on the whole team's table
+    (`complete_fraction`), each agent nearest its pursued landmark at the end of its training
+    episodes (`reached_pursued`), and at the end of the evaluation episodes the landmarks
+    covered (`eval_covered_fraction`: within the env's 0.1) and the episodes with all covered."""
+    def mean_of(section: str, key: str) -> float | None:
+        values = [s[section][key] for s in summaries.values() if s.get(section) and s[section].get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    return {key: mean_of(section, key) for section, key in (
+        ("landmarks", "distinct_fraction"), ("landmarks", "complete_fraction"), ("landmarks", "reached_pursued"),
+        ("evaluation", "covered_fraction"), ("evaluation", "all_covered_fraction"))}
+
+
 def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
     per_variant: dict[str, dict] = {}
     every_run: list[dict] = []
     for variant in variants:
         summaries = finished_runs(root, variant, seeds)
         every_run += summaries.values()
-        distinct = [s["landmarks"]["distinct_fraction"] for s in summaries.values() if s["landmarks"] is not None]
-        per_variant[variant] = {**scored(summaries), "distinct_fraction": float(np.mean(distinct)) if distinct else None}
+        coverage = landmark_coverage(summaries)
+        per_variant[variant] = {**scored(summaries), "distinct_fraction": coverage.pop("distinct_fraction"), **coverage,
+                                "refused": {seed: record["refused"] for seed, record in refused_runs(root, variant, seeds).items()}}
     random_line, oracle_line = reference_line(every_run, "random"), reference_line(every_run, "oracle")
     comparisons = {}
     main_scores = per_variant.get("main", {}).get("scores", {})
@@ -136,14 +173,17 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
             continue
         paired = sorted(set(main_scores) & set(entry["scores"]))
         differences = [main_scores[seed] - entry["scores"][seed] for seed in paired]
-        mean, half = mean_ci(differences)
-        comparisons[variant] = {"seeds": paired, "main_minus_variant": mean, "ci95": half,
-                                "mde": minimum_detectable_effect(differences)}
+        mean, half, p_value = paired_t_test(differences)
+        poi = improvement([main_scores[s] for s in paired], [entry["scores"][s] for s in paired])
+        comparisons[variant] = {"seeds": paired, "main_minus_variant": mean, "ci95": half, "p_value": p_value,
+                                "mde": minimum_detectable_effect(differences), **poi}
+    for entry, kept in zip(comparisons.values(), holm([entry["p_value"] for entry in comparisons.values()])):
+        entry["holm_rejects_zero"] = kept
     for entry in per_variant.values():
         entry["gap_closed"] = (gap_closed(entry["mean"], random_line, oracle_line)
                                if random_line is not None and oracle_line is not None and np.isfinite(entry["mean"]) else None)
     return {"config": CONFIG, "seeds": seeds, "last_evals": LAST_EVALS, "random": random_line, "oracle": oracle_line,
-            "variants": per_variant, "paired_with_main": comparisons}
+            "return_convention": RETURN_CONVENTION, "variants": per_variant, "paired_with_main": comparisons}
 
 
 def references(summary: dict) -> str:
@@ -157,20 +197,44 @@ def seeds_and_score(entry: dict) -> str:
 
 
 def print_tables(summary: dict) -> None:
-    print(f"\n{references(summary)} "
-          "(return per agent per episode, the env server's, on the evaluation episodes; mean over seeds)")
-    print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% CI) | gap closed | distinct landmarks | run s |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n{references(summary)} ({summary.get('return_convention', RETURN_CONVENTION)}; mean over seeds)")
+    print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% t-CI) | IQM [95% bootstrap CI] | gap closed "
+          "| distinct assignments | complete tables | at pursued landmark | landmarks covered (eval) | run s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for variant, entry in summary["variants"].items():
-        print(f"| {variant} | {seeds_and_score(entry)} | "
-              f"{fmt(entry['gap_closed'], '.0%')} | {fmt(entry['distinct_fraction'], '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
-    print("\n| main minus | pairs | difference (95% CI) | smallest detectable (80% power) |")
-    print("|---|---|---|---|")
-    for variant, entry in summary["paired_with_main"].items():
+        print(f"| {variant} | {seeds_and_score(entry)} | {iqm_cell(entry)} | "
+              f"{fmt(entry['gap_closed'], '.0%')} | {fmt(entry['distinct_fraction'], '.1%')} | "
+              f"{fmt(entry.get('complete_fraction'), '.1%')} | {fmt(entry.get('reached_pursued'), '.1%')} | "
+              f"{fmt(entry.get('covered_fraction'), '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
+    comparisons = summary["paired_with_main"]
+    print(f"\n{len(comparisons)} comparisons with main, paired by seed; 'Holm': the difference is non-zero after "
+          "Holm's correction for all of them at 0.05")
+    print("| main minus | pairs | difference (95% t-CI) | p | Holm | P(main run > variant run) [95% CI] | smallest detectable (80% power) |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, entry in comparisons.items():
         print(f"| {variant} | {len(entry['seeds'])} | {fmt(entry['main_minus_variant'])} "
               f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
-              f"{fmt(entry['mde'])} |")
+              f"{fmt(entry.get('p_value'), '.3g')} | {'yes' if entry.get('holm_rejects_zero') else 'no'} | "
+              f"{improvement_cell(entry)} | {fmt(entry['mde'])} |")
+    for variant, entry in summary["variants"].items():
+        for seed, why in (entry.get("refused") or {}).items():
+            print(f"refused: {variant} seed {seed}: {why}")
     print_per_seed(summary["variants"])
+
+
+def iqm_cell(entry: dict) -> str:
+    """`IQM [low, high]` of a variant's scores, "-" when it has none."""
+    if entry.get("iqm") is None:
+        return "-"
+    low, high = entry["iqm_ci95"]
+    return f"{fmt(entry['iqm'])} [{fmt(low)}, {fmt(high)}]"
+
+
+def improvement_cell(entry: dict) -> str:
+    if entry.get("probability_of_improvement") is None:
+        return "-"
+    low, high = entry["poi_ci95"]
+    return f"{fmt(entry['probability_of_improvement'])} [{fmt(low)}, {fmt(high)}]"
 
 
 def publish(summary: dict, print_tables: Callable[[dict], None], save: Path | None) -> None:

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runs import REPO, evaluations, mean_std, plot_evaluations, print_json, run_once  # noqa: E402  (the shared run helpers)
+from runs import REPO, evaluations, mean_std, plot_evaluations, print_json, run_and_record  # noqa: E402  (the shared run helpers)
 
 
 def behaviour_return(run_dir: Path) -> float | None:
@@ -55,9 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         row: dict = {"seed": seed}
         record_dir = root / f"record_seed{seed}"
-        code, stderr = run_once(args.config, [f"run.seed={seed}"] + ([f"run.steps={args.steps}"] if args.steps else []), record_dir, args.timeout)
-        if code != 0:
-            row["error"] = f"recording run exit {code}: {stderr[-500:]}"
+        record = run_and_record(args.config, [f"run.seed={seed}"] + ([f"run.steps={args.steps}"] if args.steps else []), record_dir, args.timeout)
+        row["records"] = {"recording": record}
+        if record["refused"] is not None:
+            row["error"] = f"recording run refused: {record['refused']}: {record['stderr_tail'][-500:]}"
             rows.append(row)
             failed = True
             continue
@@ -81,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"run.seed={seed}", f"agents.learner={{kind: {learner}, hidden_sizes: {hidden}}}",
                          "agents.learning=false", "agents.record_dataset=false", f"agents.load_checkpoints={out}"]  # fmt: skip
             overrides += [f"run.steps={args.eval_steps}"] if args.eval_steps else []
-            code, stderr = run_once(args.config, overrides, eval_dir, args.timeout)
+            record = row["records"][learner] = run_and_record(args.config, overrides, eval_dir, args.timeout)
             scores = [v for _, v in evaluations(eval_dir)[-args.last_evals :]]
-            if code != 0 or not scores:
+            if record["refused"] is not None or not scores:
                 row[learner] = None
-                row["error"] = f"{learner} evaluation exit {code}: {stderr[-500:]}"
+                row["error"] = f"{learner} evaluation refused: {record['refused'] or 'it evaluated nothing'}: {record.get('stderr_tail', '')[-500:]}"
                 failed = True
                 continue
             row[learner] = sum(scores) / len(scores)

@@ -83,6 +83,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import field_protocol, improvement  # noqa: E402  (bench/intervals.py)
+from runs import run_record  # noqa: E402  (bench/runs.py: which runs may be scored, and their records)
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -246,6 +250,8 @@ class RunResult:
     # Which code ran it (the run_started event's `code`: Parley's commit, torch's version, ...);
     # None for runs recorded before runs said so.
     code: dict | None = None
+    exit_code: int | None = None  # the orchestrator's (or the process's, when it failed first)
+    record: dict | None = None  # bench/runs.py's run_record: exit code, budget, commit, run.reproducible
 
     @property
     def ok(self) -> bool:
@@ -325,24 +331,18 @@ def analyse_run(variant: str, seed: int, run_dir: Path, random_steps: int, max_p
     if not evaluations:
         result.failures.append(f"no evaluations at or after step {random_steps} in {run_dir}")
         return result
-    events = read_jsonl(run_dir / "events.jsonl")
-    started = next((r for r in events if r.get("event") == "run_started"), {})
-    result.code = started.get("code")
-    # A run still going (or killed) has evaluations too: only a finished run may enter a table.
-    finished = next((r for r in events if r.get("event") == "run_finished"), None)
-    if finished is None:
-        result.failures.append(f"the run did not finish (no run_finished event in {run_dir / 'events.jsonl'})")
-    elif finished.get("exit_code") != 0:
-        result.failures.append(f"the run finished with exit code {finished.get('exit_code')} ({finished.get('reason')})")
+    # A run still going (or killed, or stopped short of its budget) has evaluations too: only a
+    # run the shared rule accepts (bench/runs.py, `refusal`) may enter a table.
+    record = run_record(run_dir)
+    result.code = next((r for r in read_jsonl(run_dir / "events.jsonl") if r.get("event") == "run_started"), {}).get("code")
+    result.exit_code, result.record = record["exit_code"], record
+    if record["refused"] is not None:
+        result.failures.append(f"refused: {record['refused']}")
     result.curve = [(r["step"] - random_steps, float(r["eval/return_mean"])) for r in evaluations]
     result.last5_mean = float(np.mean([r["eval/return_mean"] for r in evaluations[-LAST_EVALUATIONS:]]))
     result.area = area_under_curve(result.curve)
     result.steps_to_threshold = steps_to_threshold(result.curve, THRESHOLD)
-    resolved = run_dir / "resolved.yaml"
-    if resolved.exists():
-        import yaml
-
-        result.reproducible = bool((yaml.safe_load(resolved.read_text()).get("run") or {}).get("reproducible", False))
+    result.reproducible = record["reproducible"]
     start, end = evaluations[0], evaluations[-1]
     trained = end["step"] - start["step"]
     eval_time = sum(r["eval/duration_s"] for r in evaluations if start["step"] < r["step"] <= end["step"])
@@ -433,11 +433,12 @@ def run_once(variant: str, seed: int, args: argparse.Namespace, root: Path) -> R
             timeout=args.run_timeout_s,
         )
     except subprocess.TimeoutExpired:
-        result = RunResult(variant, seed, str(run_dir))
+        result = RunResult(variant, seed, str(run_dir), exit_code=124)
         result.failures.append(f"timed out after {args.run_timeout_s} s")
         return result
     if completed.returncode != 0:
-        result = RunResult(variant, seed, str(run_dir))
+        result = RunResult(variant, seed, str(run_dir), exit_code=completed.returncode)
+        result.record = run_record(run_dir, completed.returncode) if (run_dir / "events.jsonl").exists() else None
         result.failures.append(f"orchestrate up exited {completed.returncode}: {completed.stderr[-2000:]}")
         return result
     return analyse_run(variant, seed, run_dir, random_steps, args.max_pending_fraction)
@@ -562,6 +563,12 @@ def compare(results: list[RunResult], first: str, second: str, train_steps: int)
             first: sum(runs_first[k].steps_to_threshold is None for k in common),
             second: sum(runs_second[k].steps_to_threshold is None for k in common),
         },
+        # The field's protocol beside the t-intervals (bench/intervals.py, rliable): each side's
+        # IQM of the last-5 return over the common seeds, and P(a first run beats a second run).
+        "last5_iqm": {first: field_protocol([runs_first[k].last5_mean for k in sorted(common)]),
+                      second: field_protocol([runs_second[k].last5_mean for k in sorted(common)])},
+        "last5_improvement": improvement([runs_first[k].last5_mean for k in sorted(common)],
+                                         [runs_second[k].last5_mean for k in sorted(common)]),
     }
 
 

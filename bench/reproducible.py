@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.runs import mean_std, records, run_once  # noqa: E402
+from bench.runs import mean_std, records, run_and_record  # noqa: E402
 
 
 def steps_per_second(run_dir: Path) -> float:
@@ -65,9 +65,9 @@ def main() -> int:
                 overrides = [f"run.steps={args.steps}", f"run.seed={args.seed}", "launch.live_view=off", *args.overrides]
                 if mode == "reproducible":
                     overrides.append("run.reproducible=true")
-                code, stderr = run_once(args.config, overrides, run_dir, args.timeout_s)
-                if code != 0:
-                    print(f"{mode} run {repeat} failed ({code}):\n{stderr}", file=sys.stderr)
+                record = run_and_record(args.config, overrides, run_dir, args.timeout_s)
+                if record["refused"] is not None:
+                    print(f"{mode} run {repeat} refused: {record['refused']}:\n{record['stderr_tail']}", file=sys.stderr)
                     return 1
                 results[mode].append((steps_per_second(run_dir), gradient_steps(run_dir)))
                 loads.append(os.getloadavg()[0])

@@ -70,10 +70,29 @@ def finished_exit_code(run_dir: Path) -> int | None:
     return int(finished[-1]["exit_code"]) if finished else None
 
 
+def run_record(run_dir: Path, process_exit_code: int | None = None) -> dict:
+    """orchestrator/run_records.py's `run_record`: the one rule every bench's scores go through
+    (`refused`: why a run may not be scored, None when it may) and what a saved result holds about
+    a run (its exit code, budget, commit, run.reproducible)."""
+    from orchestrator.run_records import run_record as record_of
+
+    return record_of(run_dir, process_exit_code)
+
+
+def run_and_record(config: str, overrides: list[str], run_dir: Path, timeout_s: float,
+                   extra_paths: tuple[Path, ...] = ()) -> dict:
+    """`run_once`, then the run's `run_record` (with `stderr_tail` when it is refused): for the
+    benches that score a run from its metrics in their own way."""
+    code, stderr = run_once(config, overrides, run_dir, timeout_s, extra_paths)
+    record = run_record(run_dir, code)
+    return {**record, "stderr_tail": stderr} if record["refused"] is not None else record
+
+
 def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: float, last_evals: int,
                   reuse: bool = False, extra_paths: tuple[Path, ...] = ()) -> dict:
-    """One run, scored by the mean of its last `last_evals` greedy evaluations; `failed` when it
-    exited non-zero or evaluated nothing (with the end of its stderr).
+    """One run, scored by the mean of its last `last_evals` greedy evaluations; `failed` (and no
+    score) when it is refused (`refusal`: not exit 0, or its budget not done) or evaluated nothing,
+    with the end of its stderr; `record` is its `run_record`.
 
     `reuse`: a run that already finished in `run_dir` (an earlier invocation of the bench with
     the same root) is scored as it is instead of run again (`reused` in the result, no wall
@@ -109,11 +128,15 @@ def check_made_with(run_dir: Path, overrides: list[str]) -> None:
 
 
 def _scored(run_dir: Path, code: int, last_evals: int, stderr: str) -> dict:
+    """A run's score and its record (`run_record`): `failed` when the run is refused or
+    evaluated nothing, and then no score."""
+    record = run_record(run_dir, code)
     evals = evaluations(run_dir)
     last = [value for _, value in evals[-last_evals:]]
-    failed = code != 0 or not last
-    return {"exit_code": code, "failed": failed, "score": sum(last) / len(last) if last else None, "evaluations": evals,
-            "run_dir": str(run_dir), **({"stderr_tail": stderr} if failed else {})}
+    failed = record["refused"] is not None or not last
+    return {"exit_code": record["exit_code"], "failed": failed, "score": None if failed else sum(last) / len(last),
+            "evaluations": evals, "run_dir": str(run_dir), "record": record,
+            **({"stderr_tail": stderr, "refused": record["refused"] or "it evaluated nothing"} if failed else {})}
 
 
 def plot_evaluations(curves: dict[str, list[Path]], path: Path, title: str, *,
@@ -247,9 +270,10 @@ def plot_variants(rows: list[dict], variants, path: Path, config: str, steps: in
 
 
 def run_cells(row: dict) -> tuple[str, str]:
-    """A run's score ("-" when it has none) and status ("ok", or "FAILED (exit N)") as table cells."""
+    """A run's score ("-" when it has none) and status ("ok", or "FAILED: why") as table cells."""
     score = "-" if row["score"] is None else f"{row['score']:.2f}"
-    return score, f"FAILED (exit {row['exit_code']})" if row["failed"] else "ok"
+    why = row.get("refused") or f"exit {row['exit_code']}"
+    return score, f"FAILED: {why}" if row["failed"] else "ok"
 
 
 def print_summaries(summary: dict[str, dict]) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from gymnasium import spaces
 from scipy.optimize import linear_sum_assignment
 
+from env_server.evaluation import landmarks_covered, spread_end_state
 from env_server.vector import BatchedStep, VectorizedParallelEnv
 
 Policy = Callable[[BatchedStep], dict[str, Any]]
@@ -102,10 +103,25 @@ def play(envs: VectorizedParallelEnv, seed: int, policy: Policy) -> list[float]:
     return returns
 
 
+def covered_at_end(envs: VectorizedParallelEnv) -> float | None:
+    """The share of landmarks covered at the end of the episode every copy just played (simple_spread
+    only: env_server/evaluation.py), None for other envs."""
+    ends = [spread_end_state(env) for env in envs.copies]
+    if any(end is None for end in ends):
+        return None
+    return float(np.mean([landmarks_covered(agents, landmarks) / len(landmarks) for agents, landmarks in ends]))
+
+
 def baseline_metrics(envs: VectorizedParallelEnv, seed: int, env_name: str) -> dict[str, float]:
-    """`eval/random_return_mean` and, where the env has an oracle, `eval/oracle_return_mean`."""
+    """`eval/random_return_mean` and, where the env has an oracle, `eval/oracle_return_mean`; on
+    simple_spread also the landmarks each covered at the end (`eval/random_landmarks_covered`,
+    `eval/oracle_landmarks_covered`), the lines the agents' `eval/landmarks_covered` is read against."""
     metrics = {"eval/random_return_mean": float(np.mean(play(envs, seed, random_policy(envs.action_spaces, seed))))}
+    if (covered := covered_at_end(envs)) is not None:
+        metrics["eval/random_landmarks_covered"] = covered
     oracle = oracle_for(env_name, {agent: envs.action_spaces[agent] for agent in envs.possible_agents})
     if oracle is not None:
         metrics["eval/oracle_return_mean"] = float(np.mean(play(envs, seed, oracle)))
+        if (covered := covered_at_end(envs)) is not None:
+            metrics["eval/oracle_landmarks_covered"] = covered
     return metrics

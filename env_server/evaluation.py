@@ -10,6 +10,14 @@ evaluate` prints; a prefix of their own, so a reader of the `eval/` rows still s
 evaluation), and training resumes with the observation that was held back. Every evaluation
 starts from the same seed, so the curve compares policies, not luck.
 
+Where the env is MPE's simple_spread, the server also reads each evaluation copy's world at the
+end of its episode (`spread_end_state`) and the evaluation reports the landmarks covered then, as
+the env itself counts them (mpe2's `simple_spread.Scenario.benchmark_data`: a landmark is
+occupied when some agent is within 0.1 of it): `eval/landmarks_covered`, the share of landmarks
+covered at the end of an episode, and `eval/all_landmarks_covered`, the share of episodes that
+ended with every landmark covered. Unlike the agents' assignment (distinct by construction), these
+fail when the agents do not get there.
+
 This object only decides and keeps count: the server steps the copies and sends messages.
 """
 
@@ -20,6 +28,28 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from env_server.vector import BatchedStep
+
+# mpe2 simple_spread's benchmark_data counts a landmark as occupied when an agent is within this.
+OCCUPIED_DISTANCE = 0.1
+
+
+def landmarks_covered(agent_positions, landmark_positions, within: float = OCCUPIED_DISTANCE) -> int:
+    """How many landmarks have some agent closer than `within` (positions: (agents, 2), (landmarks, 2))."""
+    agents = np.asarray(agent_positions, dtype=np.float64)
+    landmarks = np.asarray(landmark_positions, dtype=np.float64)
+    distances = np.linalg.norm(landmarks[:, None, :] - agents[None, :, :], axis=2)  # (landmarks, agents)
+    return int((distances.min(axis=1) < within).sum())
+
+
+def spread_end_state(env) -> tuple[np.ndarray, np.ndarray] | None:
+    """(agent positions, landmark positions) of an MPE simple_spread env's world as it stands,
+    None for any other env."""
+    raw = getattr(env, "unwrapped", env)
+    scenario, world = getattr(raw, "scenario", None), getattr(raw, "world", None)
+    if world is None or not type(scenario).__module__.endswith("simple_spread"):
+        return None
+    return (np.array([agent.state.p_pos for agent in world.agents]),
+            np.array([landmark.state.p_pos for landmark in world.landmarks]))
 
 
 @dataclass
@@ -60,8 +90,10 @@ class EvaluationSchedule:
         self.returns.extend(result.episode_returns)
         self.agent_returns.extend(result.episode_agent_returns)
 
-    def finish(self, now: float) -> tuple[HeldBack, dict[str, float]]:
-        """End the evaluation: the held-back training observation and the metrics to write."""
+    def finish(self, now: float, end_states: list[tuple[np.ndarray, np.ndarray] | None] = ()) -> tuple[HeldBack, dict[str, float]]:
+        """End the evaluation: the held-back training observation and the metrics to write.
+        `end_states`: each episode's (agent positions, landmark positions) at its end where the env
+        is simple_spread (`spread_end_state`), for the landmarks covered."""
         if not self.running or self.held_back is None:
             raise RuntimeError("finish() without a running evaluation")
         returns = np.asarray(self.returns, dtype=float)
@@ -73,6 +105,11 @@ class EvaluationSchedule:
         }
         for agent in self.agent_returns[0] if self.agent_returns else ():
             metrics[f"eval/return/{agent}"] = float(np.mean([episode[agent] for episode in self.agent_returns]))
+        ends = [state for state in end_states if state is not None]
+        if ends:
+            covered = [landmarks_covered(agents, landmarks) / len(landmarks) for agents, landmarks in ends]
+            metrics["eval/landmarks_covered"] = float(np.mean(covered))
+            metrics["eval/all_landmarks_covered"] = float(np.mean([fraction == 1.0 for fraction in covered]))
         held_back = self.held_back
         self.running, self.held_back = False, None
         self.completed += 1

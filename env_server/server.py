@@ -55,7 +55,7 @@ import numpy as np
 from env_server.barrier import Client, DefaultActions, LockstepBarrier, Outgoing, Refused
 from env_server.episode_hold import EpisodeStartHold
 from env_server.baselines import baseline_metrics
-from env_server.evaluation import EvaluationSchedule
+from env_server.evaluation import EvaluationSchedule, spread_end_state
 from env_server.global_view import GlobalView
 from env_server.resume import ResumeFile, ResumePoint
 from env_server.step_hold import HeldStep, StepHold
@@ -525,7 +525,8 @@ class EnvServer:
             if not self.eval_envs.all_finished:
                 self._broadcast(result, missing)
                 return
-            held_back, metrics = self.evaluation.finish(self.clock())
+            # Every evaluation copy played one episode and is not reset until the next evaluation.
+            held_back, metrics = self.evaluation.finish(self.clock(), [spread_end_state(env) for env in self.eval_envs.copies])
             self._save_frames()
             self._save_resume_point()
             for row in self.evaluation.episode_rows():

@@ -30,8 +30,13 @@ Per run:
   session every point of a sweep has from the same start).
 
 Per sweep (a directory with `sweep.json`, made by `orchestrate sweep`): one row per point with
-each headline number's mean ± sample std over the seeds that produced it (and, with `--json`, a
-95% Student-t interval from scipy when there are at least two seeds), plus how many runs exited 0.
+each headline number's mean ± sample std over the seeds whose runs may be scored (exit 0, the
+budget done: orchestrator/run_records.py; the others listed with why), and with `--json` a 95%
+Student-t interval when there are at least two; then every point against the first, paired by
+seed on the evaluation return (else the training return): how many comparisons the sweep holds,
+each difference with its t-interval and p-value, which survive Holm's correction over all of
+them, and beside them each point's IQM with its stratified-bootstrap interval and the probability
+of improvement (orchestrator/intervals.py: rliable's definitions).
 
 Beside these (orchestrator/sweep_effects.py, where each figure is defined): a sweep's return
 against each numeric axis of its grid with the no-talk, random and oracle levels and 95%
@@ -62,6 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME
+from orchestrator.intervals import holm, iqm_interval, paired_t_test, probability_of_improvement
+from orchestrator.run_records import run_record
 from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
 from orchestrator import sweep_effects
 from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index
@@ -280,11 +287,18 @@ def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     random_line = next((row["eval/random_return_mean"] for row in rows if "eval/random_return_mean" in row), None)
     oracle_line = next((row["eval/oracle_return_mean"] for row in rows if "eval/oracle_return_mean" in row), None)
     last5 = _mean([value for _, value in curve[-5:]])
+    # Landmarks covered at the end of the evaluation episodes (simple_spread only:
+    # env_server/evaluation.py), over the same last 5 evaluations as the return.
+    covered = [row for row in rows if "eval/landmarks_covered" in row][-5:]
     gap_closed = None
     if random_line is not None and oracle_line is not None and oracle_line != random_line:
         gap_closed = (last5 - random_line) / (oracle_line - random_line)
     return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve),
-            "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed}
+            "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed,
+            "covered_fraction": _mean([row["eval/landmarks_covered"] for row in covered]),
+            "all_covered_fraction": _mean([row["eval/all_landmarks_covered"] for row in covered]),
+            "random_covered": next((row["eval/random_landmarks_covered"] for row in rows if "eval/random_landmarks_covered" in row), None),
+            "oracle_covered": next((row["eval/oracle_landmarks_covered"] for row in rows if "eval/oracle_landmarks_covered" in row), None)}
 
 
 def _default_actions(rows: list[dict[str, Any]], events: list[dict]) -> dict[str, float | None]:
@@ -298,10 +312,19 @@ def _default_actions(rows: list[dict[str, Any]], events: list[dict]) -> dict[str
 
 def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: int) -> dict[str, Any] | None:
     """The main job's landmark agreement: per training episode start and env copy, whether the
-    agents' landmarks were all different (from each agent's `landmarks/goals_code`), and how
-    often an agent decided on the whole team's table."""
+    agents' landmarks were all different (from each agent's `landmarks/goals_code`; the Hungarian
+    method makes them so whenever the agents decide on the same table, so this share is a check
+    of the agreement, not of the agents), and how often an agent decided on the whole team's table;
+    and whether the agents got there: over the last 20% of each agent's training episodes, how
+    often its nearest landmark at the end was the one it pursued (`landmarks/reached_pursued`) and
+    its mean distance to it then (`landmarks/final_distance`)."""
     codes: dict[int, dict[str, list[int]]] = {}
-    complete, flood_s = [], []
+    complete, flood_s, reached, distance = [], [], [], []
+    for rows in metrics.values():
+        ends = [row for row in rows if "landmarks/reached_pursued" in row]
+        ends = ends[-max(1, math.ceil(len(ends) * LAST_FRACTION)):] if ends else []
+        reached += [row["landmarks/reached_pursued"] for row in ends]
+        distance += [row["landmarks/final_distance"] for row in ends if "landmarks/final_distance" in row]
     for node, rows in metrics.items():
         for row in rows:
             if "landmarks/goals_code" in row and "landmarks/copies" in row:
@@ -318,7 +341,8 @@ def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: 
     for by_node in starts:
         distinct += [len(set(per_copy)) == agents for per_copy in zip(*by_node.values())]
     return {"episode_starts": len(starts), "distinct_fraction": _mean([float(d) for d in distinct]),
-            "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s)}
+            "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s),
+            "reached_pursued": _mean(reached), "final_distance": _mean(distance)}
 
 
 def _decode_goals(code: float, num_landmarks: int, copies: int) -> list[int]:
@@ -531,6 +555,9 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "eval_oracle": evaluation["oracle"] if evaluation else None,
         "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
         "landmarks_distinct_fraction": landmarks["distinct_fraction"] if landmarks else None,
+        "landmarks_reached_pursued": landmarks["reached_pursued"] if landmarks else None,
+        "eval_landmarks_covered": evaluation["covered_fraction"] if evaluation else None,
+        "eval_all_landmarks_covered": evaluation["all_covered_fraction"] if evaluation else None,
         "default_actions": sweep_effects.default_actions_total(default_actions),
         **sweep_effects.crash_headline(crash),
     }
@@ -577,6 +604,9 @@ def _aggregate(values: list[float]) -> dict[str, Any]:
 
 
 def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """Every point of a sweep over its seeds. A run counts in a point's numbers only when the
+    shared rule accepts it (orchestrator/run_records.py: exit 0, its budget done); the others are
+    listed with why (`refused`)."""
     sweep_dir = Path(sweep_dir)
     index = read_index(sweep_dir)
     points: dict[str, dict[str, Any]] = {}
@@ -588,19 +618,72 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         run_dir = Path(run["run_dir"])
         if not (run_dir / RESOLVED_FILENAME).exists():
             run_dir = sweep_dir / run_dir.name  # the sweep dir was moved, or given relative to another cwd
-        summary = summarize_run(run_dir) if (run_dir / RESOLVED_FILENAME).exists() else None
+        exists = (run_dir / RESOLVED_FILENAME).exists()
+        summary = summarize_run(run_dir) if exists else None
+        record = run_record(run_dir, run["exit_code"]) if exists else None
+        refused = record["refused"] if record else f"no run directory (the sweep says {run['status']})"
         point["runs"].append({"seed": run["seed"], "status": run["status"], "exit_code": run["exit_code"],
-                              "run_dir": str(run_dir), "headline": summary["headline"] if summary else None})  # fmt: skip
+                              "run_dir": str(run_dir), "refused": refused, "record": record,
+                              "headline": summary["headline"] if summary else None})  # fmt: skip
     rows = []
     for point in points.values():
-        finished = [r for r in point["runs"] if r["headline"] is not None]
-        point["ok"] = sum(r["status"] == "ok" for r in point["runs"])
-        keys = list(finished[0]["headline"]) if finished else [key for key, _, _ in HEADLINE]
-        point["metrics"] = {key: _aggregate([r["headline"][key] for r in finished]) for key in keys}
+        scored = [r for r in point["runs"] if r["headline"] is not None and r["refused"] is None]
+        point["ok"] = len(scored)
+        keys = list(scored[0]["headline"]) if scored else [key for key, _, _ in HEADLINE]
+        point["metrics"] = {key: _aggregate([r["headline"][key] for r in scored]) for key in keys}
         rows.append(point)
     return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
             "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows,
-            "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
+            "comparisons": compare_points(rows), "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
+
+
+# The number a sweep's points are compared on: the greedy evaluation where the runs have one,
+# else the agents' training return.
+COMPARED_METRICS = ("eval_return_last5", "return_last20")
+HOLM_ALPHA = 0.05
+
+
+def _scores_by_seed(point: dict[str, Any], metric: str) -> dict[int, float]:
+    return {r["seed"]: r["headline"][metric] for r in point["runs"]
+            if r["refused"] is None and r["headline"] is not None and r["headline"].get(metric) is not None
+            and math.isfinite(r["headline"][metric])}
+
+
+def compare_points(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Every point of a sweep against its first (the grid's first value of every key: in the
+    shipped sweeps the point without the fault), on one metric (COMPARED_METRICS), paired by seed:
+    the mean difference with its 95% t-interval and p-value, which differences Holm's correction
+    for all of them keeps at HOLM_ALPHA, and beside them the field's protocol
+    (orchestrator/intervals.py, rliable's definitions): each point's IQM with its
+    stratified-bootstrap 95% interval and P(a run of the point beats a run of the first). None for a sweep of one point or with no metric on its first point."""
+    if len(points) < 2:
+        return None
+    baseline = points[0]
+    metric = next((m for m in COMPARED_METRICS if _scores_by_seed(baseline, m)), None)
+    if metric is None:
+        return None
+    base = _scores_by_seed(baseline, metric)
+    rows = []
+    for point in points:
+        scores = _scores_by_seed(point, metric)
+        row: dict[str, Any] = {"point": point["point"], "n": len(scores)}
+        if scores:
+            row["iqm"], low, high = iqm_interval(list(scores.values()))
+            row["iqm_ci95"] = [low, high]
+        if point is not baseline:
+            seeds = sorted(set(base) & set(scores))
+            mean, half, p_value = paired_t_test([scores[s] - base[s] for s in seeds])
+            row.update(seeds=seeds, difference=mean, difference_ci95=[mean - half, mean + half] if seeds else None,
+                       p_value=p_value)
+            if seeds:
+                row["probability_of_improvement"], low, high = probability_of_improvement(
+                    [scores[s] for s in seeds], [base[s] for s in seeds])
+                row["poi_ci95"] = [low, high]
+        rows.append(row)
+    compared = [row for row in rows if "p_value" in row]
+    for row, kept in zip(compared, holm([row["p_value"] for row in compared], HOLM_ALPHA)):
+        row["survives_holm"] = kept
+    return {"metric": metric, "baseline": baseline["point"], "count": len(compared), "alpha": HOLM_ALPHA, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------
@@ -680,9 +763,20 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
     landmarks = summary.get("landmarks")
     if landmarks:
         console.print(
-            f"landmarks: {landmarks['episode_starts']} episode starts; every agent on a landmark of its own in "
-            f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy); decided on the whole team's table "
-            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_fmt(landmarks['flood_s_mean'] * 1e3 if landmarks['flood_s_mean'] is not None else None)} ms per agreement"
+            f"landmarks: {landmarks['episode_starts']} episode starts; the assignment gave every agent a landmark of its own in "
+            f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy) (by construction when the agents decide on one "
+            f"table: the Hungarian method); decided on the whole team's table "
+            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_fmt(landmarks['flood_s_mean'] * 1e3 if landmarks['flood_s_mean'] is not None else None)} ms per agreement; "
+            f"at the end of its training episodes (last 20%) each agent nearest its pursued landmark in "
+            f"{_fmt(landmarks.get('reached_pursued'), '.1%')}, {_fmt(landmarks.get('final_distance'))} from it on average"
+        )
+    evaluation = summary.get("evaluation")
+    if evaluation and evaluation.get("covered_fraction") is not None:
+        console.print(
+            f"landmarks at the end of the greedy evaluation episodes (last 5 evaluations; covered: an agent within 0.1, "
+            f"mpe2's occupied landmarks): {_fmt(evaluation['covered_fraction'], '.1%')} of landmarks covered, all covered in "
+            f"{_fmt(evaluation['all_covered_fraction'], '.1%')} of episodes; random {_fmt(evaluation.get('random_covered'), '.1%')}, "
+            f"scripted oracle {_fmt(evaluation.get('oracle_covered'), '.1%')} of landmarks on the same episodes"
         )
     world_model = summary.get("world_model")
     if world_model:
@@ -773,6 +867,11 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
                 cells.append(_fmt(aggregate["mean"], spec))
         table.add_row(*cells)
     _print_table(console, table, title, markdown)
+    for point in summary["points"]:
+        for run in point["runs"]:
+            if run["refused"] is not None:
+                console.print(f"not counted: {point['point']} seed {run['seed']}: {run['refused']}")
+    render_comparisons(summary.get("comparisons"), console, markdown)
     _render_effects(summary, console, markdown)
 
 
@@ -785,6 +884,36 @@ def _render_effects(summary: dict[str, Any], console, markdown: bool) -> None:
         for row in rows:
             table.add_row(*row)
         _print_table(console, table, title, markdown)
+
+
+def render_comparisons(comparisons: dict[str, Any] | None, console, markdown: bool = False) -> None:
+    """The sweep's comparisons with its first point, how many there are, and which survive Holm."""
+    if not comparisons:
+        return
+    kept = [row["point"] for row in comparisons["rows"] if row.get("survives_holm")]
+    title = (f"{comparisons['count']} comparisons: each point minus {comparisons['baseline']} on {comparisons['metric']}, "
+             f"paired by seed; Holm's correction over all {comparisons['count']} at {comparisons['alpha']}: "
+             f"{len(kept)} survive" + (f" ({', '.join(p.split('-', 1)[0] for p in kept)})" if kept else ""))
+    console.print(title, soft_wrap=True)  # the count and the verdict, unwrapped: a reader greps for them
+    title = f"comparisons with {comparisons['baseline']}"
+    table = _table(title, markdown)
+    for column in ("point", "runs", "IQM [95% bootstrap CI]", "minus first [95% t-CI]", "p", "survives Holm",
+                   "P(improvement) [95% CI]"):
+        table.add_column(column, justify="left" if column == "point" else "right")
+
+    def interval(value: Any, bounds: list[float] | None) -> str:
+        if value is None:
+            return "-"
+        return _fmt(value) + (f" [{_fmt(bounds[0])}, {_fmt(bounds[1])}]" if bounds else "")
+
+    for row in comparisons["rows"]:
+        compared = "p_value" in row
+        table.add_row(row["point"].split("-", 1)[0], str(row["n"]), interval(row.get("iqm"), row.get("iqm_ci95")),
+                      interval(row.get("difference"), row.get("difference_ci95")) if compared else "(first)",
+                      _fmt(row.get("p_value"), ".3g") if compared else "",
+                      ("yes" if row["survives_holm"] else "no") if compared else "",
+                      interval(row.get("probability_of_improvement"), row.get("poi_ci95")) if compared else "")
+    _print_table(console, table, title, markdown)
 
 
 # ------------------------------------------------------------------------------------------

@@ -36,13 +36,18 @@ def make_run(
     probe_after_offset: float = 0.0,
     name: str = "og_marl-seed0",
     exit_code: int | None = 0,
+    steps_done: int | None = RANDOM_STEPS + 1200,
 ) -> Path:
-    """`exit_code` None: a run still going (or killed), with no run_finished event."""
+    """`exit_code` None: a run still going (or killed), with no run_finished event; `steps_done`:
+    the steps its env server reported done (None: none), of a budget of RANDOM_STEPS + 1200."""
     run_dir = tmp_path / name
     events = [{"t": 90.0, "event": "run_started", "code": {"git_commit": "abc"}}]
+    if steps_done is not None:
+        events.append({"t": 399.0, "event": "run_complete", "node": "env", "steps": steps_done})
     if exit_code is not None:
         events.append({"t": 400.0, "event": "run_finished", "exit_code": exit_code, "reason": "budget spent" if exit_code == 0 else "failed"})
     write_lines(run_dir / "events.jsonl", events)
+    (run_dir / "resolved.yaml").write_text(f"run: {{seed: 0, steps: {RANDOM_STEPS + 1200}, reproducible: true}}\n")
     evaluations = [
         {"step": RANDOM_STEPS + 200 * k, "t": 100.0 + 30.0 * k, "eval/return_mean": 10.0 * k, "eval/duration_s": 2.0}
         for k in range(7)
@@ -98,7 +103,10 @@ def test_a_run_that_did_not_finish_or_exited_non_zero_fails(tmp_path):
     going = analyse(make_run(tmp_path, pending=[0.0, 0.0], exit_code=None, name="going"))
     assert not going.ok and any("did not finish" in failure for failure in going.failures)
     failed = analyse(make_run(tmp_path, pending=[0.0, 0.0], exit_code=3, name="failed"))
-    assert not failed.ok and any("exit code 3" in failure for failure in failed.failures)
+    assert not failed.ok and any("exited 3" in failure for failure in failed.failures)
+    assert failed.exit_code == 3 and failed.record["git_commit"] == "abc" and failed.record["reproducible"]
+    short = analyse(make_run(tmp_path, pending=[0.0, 0.0], steps_done=RANDOM_STEPS + 600, name="short"))
+    assert not short.ok and any("before its budget" in failure for failure in short.failures)
 
 
 def test_the_table_prints_a_variant_whose_area_is_unknown(capsys):
@@ -318,6 +326,7 @@ def test_a_run_records_the_code_that_ran_it_and_pairs_across_commits_are_named(t
     run_dir = make_run(tmp_path, pending=[0.0, 0.0])
     code = {"parley": "0.1.0", "git_commit": "8fed29e" + "0" * 33, "git_dirty": False, "torch": "2.13.0+cpu"}
     write_lines(run_dir / "events.jsonl", [{"t": 1.0, "event": "run_started", "node": None, "code": code},
+                                           {"t": 8.0, "event": "run_complete", "node": "env", "steps": RANDOM_STEPS + 1200},
                                            {"t": 9.0, "event": "run_finished", "node": None, "exit_code": 0}])
     result = analyse(run_dir)
     assert result.code == code and bench.code_commit(result) == "8fed29e00000"

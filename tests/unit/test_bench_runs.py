@@ -49,10 +49,18 @@ def test_the_command_line_refuses_a_glob_that_matches_nothing(tmp_path):
     assert (tmp_path / "x.png").exists()
 
 
-def finish(run_dir: Path, exit_code: int, resolved: str) -> Path:
-    """Mark `run_dir` as a run the orchestrator finished with `exit_code`, made with `resolved`."""
+def finish(run_dir: Path, exit_code: int | None, resolved: str, steps_done: int | None = 200,
+           extra_events: tuple[dict, ...] = ()) -> Path:
+    """Mark `run_dir` as a run the orchestrator finished with `exit_code` (None: no run_finished
+    event) after its env server reported `steps_done` steps (None: no run_complete), made with
+    `resolved`, by commit abc123."""
     (run_dir / "resolved.yaml").write_text(resolved)
-    events = [{"event": "started", "node": None}, {"event": "run_finished", "node": None, "exit_code": exit_code, "reason": "x"}]
+    events = [{"event": "run_started", "node": None, "code": {"git_commit": "abc123", "git_dirty": False}},
+              {"event": "started", "node": None}, *extra_events]
+    if steps_done is not None:
+        events.append({"event": "run_complete", "node": "env", "steps": steps_done})
+    if exit_code is not None:
+        events.append({"event": "run_finished", "node": None, "exit_code": exit_code, "reason": "x"})
     (run_dir / "events.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
     return run_dir
 
@@ -81,7 +89,7 @@ def test_an_unfinished_run_is_kept_aside_and_run_afresh(tmp_path, monkeypatch):
 
     def fake_run_once(config, overrides, run_dir, timeout_s, extra_paths=None):
         ran.append(run_dir)
-        make_run(run_dir.parent, run_dir.name, [(100, 5.0)])
+        finish(make_run(run_dir.parent, run_dir.name, [(100, 5.0)]), 0, "run: {seed: 0, steps: 200}\n")
         return 0, ""
 
     monkeypatch.setattr(runs, "run_once", fake_run_once)
@@ -90,3 +98,40 @@ def test_an_unfinished_run_is_kept_aside_and_run_afresh(tmp_path, monkeypatch):
     assert ran == [unfinished] and result["score"] == 5.0 and "reused" not in result
     kept = [path.name for path in tmp_path.iterdir() if path.name.startswith("a_seed0.unfinished-")]
     assert len(kept) == 1 and runs.evaluations(tmp_path / kept[0]) == [(100, -3.0)]
+
+
+def test_a_run_is_scored_only_after_exit_0_with_its_budget_done(tmp_path):
+    """The one rule every bench's scores go through (run_record / refusal)."""
+    resolved = "run: {seed: 0, steps: 200, reproducible: true}\n"
+    good = runs.run_record(finish(make_run(tmp_path, "good", [(100, -1.0)]), 0, resolved))
+    assert good["refused"] is None and good["exit_code"] == 0 and good["budget_spent"]
+    assert (good["git_commit"], good["git_dirty"], good["reproducible"]) == ("abc123", False, True)
+    broken = finish(make_run(tmp_path, "broken", [(100, -1.0)]), 0, resolved,
+                    extra_events=({"event": "reproducibility_broken", "node": "agent_0", "causes": ["a late share"]},))
+    assert runs.run_record(broken)["reproducibility_broken_by"] == ["a late share"]
+
+    failed = runs.run_record(finish(make_run(tmp_path, "failed", [(100, -1.0)]), 1, resolved))
+    assert failed["refused"].startswith("it exited 1") and failed["exit_code"] == 1
+    short = runs.run_record(finish(make_run(tmp_path, "short", [(100, -1.0)]), 0, resolved, steps_done=150))
+    assert short["refused"] == "it stopped before its budget: 150 steps of 200"
+    silent = runs.run_record(finish(make_run(tmp_path, "silent", [(100, -1.0)]), 0, resolved, steps_done=None))
+    assert silent["refused"] == "it stopped before its budget: no step reported of 200"
+    killed = runs.run_record(finish(make_run(tmp_path, "killed", [(100, -1.0)]), None, resolved, steps_done=None))
+    assert "did not finish" in killed["refused"]
+    # The orchestrator wrote exit 0, but the process that ran it (as the bench saw it) did not exit 0.
+    crashed = runs.run_record(finish(make_run(tmp_path, "crashed", [(100, -1.0)]), 0, resolved), process_exit_code=124)
+    assert crashed["exit_code"] == 124 and crashed["refused"].startswith("it exited 124")
+
+
+def test_run_and_score_refuses_a_failed_run_and_saves_its_record(tmp_path, monkeypatch):
+    def fake_run_once(config, overrides, run_dir, timeout_s, extra_paths=None):
+        finish(make_run(run_dir.parent, run_dir.name, [(100, 5.0), (200, 6.0)]), 1, "run: {seed: 0, steps: 200}\n")
+        return 1, "a node died"
+
+    monkeypatch.setattr(runs, "run_once", fake_run_once)
+    result = runs.run_and_score("any.yaml", [], tmp_path / "a_seed0", 60, last_evals=2)
+    assert result["failed"] and result["score"] is None and result["refused"].startswith("it exited 1")
+    assert result["record"]["exit_code"] == 1 and result["record"]["git_commit"] == "abc123"
+    assert runs.run_cells(result) == ("-", "FAILED: it exited 1 (x)")
+    # Every score a bench averages leaves the refused run out.
+    assert runs.summarize_variants([{**result, "variant": "v"}], ["v"])["v"]["n"] == 0

@@ -145,10 +145,14 @@ def test_the_oracle_beats_random_by_far_on_the_same_episodes():
     assert np.mean(oracle_returns) > -14 > -25 > np.mean(random_returns)
     metrics = baseline_metrics(envs, 7, "mpe2.simple_spread_v3")
     assert metrics["eval/oracle_return_mean"] == pytest.approx(np.mean(oracle_returns))
+    # The landmarks each leaves covered at the end (an agent within 0.1): the oracle steers one
+    # agent onto each, random play covers almost none.
+    assert metrics["eval/oracle_landmarks_covered"] > 0.5 > 0.1 > metrics["eval/random_landmarks_covered"]
     assert "eval/oracle_return_mean" not in baseline_metrics(envs, 7, "pursuit_v4")
     continuous = VectorizedParallelEnv(lambda: simple_spread_v3.parallel_env(N=4, max_cycles=25, continuous_actions=True), 2,
                                        autoreset=False)
-    assert set(baseline_metrics(continuous, 7, "mpe2.simple_spread_v3")) == {"eval/random_return_mean"}
+    assert set(baseline_metrics(continuous, 7, "mpe2.simple_spread_v3")) == {"eval/random_return_mean",
+                                                                           "eval/random_landmarks_covered"}
 
 
 def test_talking_in_steps_the_agent_acts_on_its_nearest_landmark_until_the_teams_assignment_lands():
@@ -175,10 +179,8 @@ def test_talking_in_steps_a_decision_that_lands_after_its_episode_ended_changes_
     obs = np.zeros((2, 24), np.float32)
     obs[:, 4:12] = np.array([[1, 0, 2, 0, 3, 0, 4, 0]] * 2)
     session.begin(observation(0, obs, [True, False]), obs, now=0.0, training_step=0)
-    later = obs.copy()
-    later[:, 4:12] = np.array([[4, 0, 3, 0, 2, 0, 1, 0]] * 2)  # the next episode of copy 0: landmark 3 nearest
     session.episode_start_step[False][0] = 25  # copy 0's episode ended and another began (its own flooding elsewhere)
-    session.goals[False][0] = 3
+    session.goals[False][0] = 3  # ... whose own landmark is another
     near = np.tile(np.array([0.0, 5, 5, 5], np.float32), (2, 1))
     for round_ in (1, 2):
         session.on_message("agent_0", FloodTable("train:0", round_, ["agent_0", "agent_3"], np.stack([near, near + [0, 9, 0, 9]])), 26.0)

@@ -24,13 +24,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def make_run(run_dir: Path, returns=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0), loss_drops=(1, 3)) -> Path:
-    """A two-agent run: agent_0 restarted once (its link counters start again from zero) and was
-    hit by one fault; both ran one 4-round consensus session."""
+def make_run(run_dir: Path, returns=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0), loss_drops=(1, 3),
+             steps_done: int = 100) -> Path:
+    """A two-agent run of 100 steps (its env server reported `steps_done` of them): agent_0
+    restarted once (its link counters start again from zero) and was hit by one fault; both ran
+    one 4-round consensus session."""
     (run_dir / "resolved.yaml").parent.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved.yaml").write_text("# stand-in: report reads events and metrics only\n")
+    (run_dir / "resolved.yaml").write_text("run: {steps: 100}  # stand-in: report reads events and metrics only\n")
     write_jsonl(run_dir / "events.jsonl", [
         {"t": T0 - 5, "event": "run_started", "node": None},
+        {"t": T0 + 9.9, "event": "run_complete", "node": "env", "steps": steps_done},
         {"t": T0, "event": "started", "node": None},
         {"t": T0 + 3, "event": "fault", "node": None, "kind": "kill", "at_s": 3.0, "nodes": {"agent_0": 123}, "skipped": []},
         {"t": T0 + 3.1, "event": "exited", "node": "agent_0", "code": -9},
@@ -180,6 +183,8 @@ def test_the_cli_reports_a_sweep_as_a_table_or_json(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "sweep demo" in table and "0.5 ± 0.707" in table and "1/2" in table
+    assert "not counted: p01-loss0.3 seed 1: no run directory (the sweep says failed)" in table
+    assert "1 comparisons: each point minus p00-loss0.0 on return_last20" in table
     assert main(["report", str(tmp_path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [p["point"] for p in data["points"]] == ["p00-loss0.0", "p01-loss0.3"]
@@ -433,3 +438,45 @@ def test_damaged_saved_state_is_reported_for_every_node_and_a_fresh_start_in_the
     assert lines[2].startswith("learner: STARTED FROM SCRATCH OVER DAMAGED SAVED STATE: no good generation")
     clean = report.summarize_run(make_run(tmp_path / "clean"))
     assert clean["headline"]["state_started_fresh"] == 0.0 and clean["state_damaged"] == []
+
+
+def make_grid_sweep(sweep_dir: Path, point_returns: list[list[float]], steps_done: dict | None = None) -> None:
+    """One point per entry of `point_returns`, one seed per value in it (the run's return)."""
+    runs = []
+    for index, returns in enumerate(point_returns):
+        for seed, value in enumerate(returns):
+            name = f"p{index:02d}-delay{index}-seed{seed}"
+            make_run(sweep_dir / name, returns=[value] * 5, steps_done=(steps_done or {}).get((index, seed), 100))
+            runs.append({"point": f"p{index:02d}-delay{index}", "point_index": index, "seed": seed,
+                         "grid_values": {"network.default_link.delay_s": index}, "overrides": [],
+                         "run_dir": str(sweep_dir / name), "log": "", "status": "ok", "exit_code": 0})
+    (sweep_dir / "sweep.json").write_text(json.dumps({
+        "sweep": "grid", "base_config": "x.yaml", "grid": {"network.default_link.delay_s": list(range(len(point_returns)))},
+        "seeds": list(range(len(point_returns[0]))), "set": {}, "state": "finished", "runs": runs}))
+
+
+def test_a_sweep_counts_its_comparisons_and_marks_those_that_survive_holm(tmp_path, capsys):
+    # Point 1 is lower on every seed by 5 (p ~ 1e-8); point 2 by 1 with the noise of the seeds
+    # (p = 0.033: below 0.05 alone, not below Holm's 0.05 / 2 at its step); point 3 is noise.
+    base = [10.0, 12.0, 11.0, 13.0, 9.0]
+    make_grid_sweep(tmp_path, [base, [v - 5 + d for v, d in zip(base, [0.1, -0.1, 0.0, 0.05, -0.05])],
+                               [v - 1 + d for v, d in zip(base, [0.9, -0.9, 0.4, -0.4, 0.0])],
+                               [v + d for v, d in zip(base, [0.5, -0.5, 0.2, -0.3, 0.1])]])
+    comparisons = report.summarize_sweep(tmp_path)["comparisons"]
+    assert comparisons["count"] == 3 and comparisons["metric"] == "return_last20"
+    first, strong, weak, noise = comparisons["rows"]
+    assert "p_value" not in first and first["iqm"] == pytest.approx(11.0)  # the middle half of 9..13
+    assert strong["difference"] == pytest.approx(-5.0) and strong["survives_holm"]
+    assert weak["p_value"] == pytest.approx(0.0326, abs=1e-3) and not weak["survives_holm"]
+    assert noise["p_value"] > 0.5 and not noise["survives_holm"]
+    assert strong["probability_of_improvement"] < weak["probability_of_improvement"] < noise["probability_of_improvement"]
+    assert main(["report", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "3 comparisons: each point minus p00-delay0 on return_last20" in table and "1 survive (p01)" in table
+
+
+def test_a_sweep_leaves_out_a_run_that_stopped_before_its_budget(tmp_path):
+    make_grid_sweep(tmp_path, [[1.0, 2.0], [3.0, 50.0]], steps_done={(1, 1): 60})
+    point = report.summarize_sweep(tmp_path)["points"][1]
+    assert point["ok"] == 1 and point["metrics"]["return_last20"]["mean"] == pytest.approx(3.0)
+    assert point["runs"][1]["refused"] == "it stopped before its budget: 60 steps of 100"

@@ -28,14 +28,16 @@ def make_run(run_dir: Path, curve: list[tuple[int, float]], fault_step: int | No
     """A one-agent run whose env server wrote the greedy evaluations `curve` [(step, return)] and
     the random and oracle levels; with `fault_step`, agent_0 was killed at that step."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "resolved.yaml").write_text("# stand-in: report reads events and metrics only\n")
+    budget = max(step for step, _ in curve)
+    (run_dir / "resolved.yaml").write_text(f"run: {{name: stand_in, steps: {budget}}}\n")  # the report reads the budget
     events = [{"t": T0, "event": "started", "node": None}]
     if fault_step is not None:
         events += [{"t": T0 + 5, "event": "fault", "node": None, "kind": "kill", "at_step": fault_step, "step": fault_step,
                     "run_s": 5.0, "nodes": {"agent_0": 123}, "skipped": []},
                    {"t": T0 + 5.1, "event": "exited", "node": "agent_0", "code": -9},
                    {"t": T0 + 6, "event": "restarted", "node": "agent_0", "pid": 124, "restarts": 1}]  # fmt: skip
-    events += [*extra_events, {"t": T0 + 20, "event": "run_finished", "node": None, "exit_code": 0, "reason": "budget spent"}]
+    events += [*extra_events, {"t": T0 + 19, "event": "run_complete", "node": "env", "steps": budget},
+               {"t": T0 + 20, "event": "run_finished", "node": None, "exit_code": 0, "reason": "budget spent"}]
     write_jsonl(run_dir / "events.jsonl", events)
     write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", [{"step": 25, "t": T0 + 1, "env/episode_return": -20.0}])
     evaluations = [{"step": step, "t": T0 + 1 + i, "eval/return_mean": value} for i, (step, value) in enumerate(curve)]
