@@ -241,7 +241,7 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
         "restarts": sum(1 for e in events if e.get("event") == "restarted" and e.get("node") == node),
         "faults": len(faults),
         # finished consensus sessions (a session cut short by the end of the run writes none)
-        "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row),
+        "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row or "consensus/decision_age_steps" in row),
         # After each fault that stopped it (see `interruptions`): the longest time to acting and
         # to learning again (None: nothing ended such a fault, or it never acted again: see
         # "interruptions"), and the periodic metric rows lost (see `missing_metric_rows`).
@@ -319,7 +319,7 @@ def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: 
     often its nearest landmark at the end was the one it pursued (`landmarks/reached_pursued`) and
     its mean distance to it then (`landmarks/final_distance`)."""
     codes: dict[int, dict[str, list[int]]] = {}
-    complete, flood_s, reached, distance = [], [], [], []
+    complete, flood_s, reached, distance, age_steps, after_episode = [], [], [], [], [], []
     for rows in metrics.values():
         ends = [row for row in rows if "landmarks/reached_pursued" in row]
         ends = ends[-max(1, math.ceil(len(ends) * LAST_FRACTION)):] if ends else []
@@ -333,6 +333,9 @@ def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: 
                 complete.append(row["landmarks/complete"])
                 if "landmarks/flood_duration_s" in row:
                     flood_s.append(row["landmarks/flood_duration_s"])
+                if "landmarks/decision_age_steps" in row:  # talking in env steps
+                    age_steps.append(row["landmarks/decision_age_steps"])
+                    after_episode.append(row.get("landmarks/decided_after_episode", 0.0))
     agents = sum(1 for node in metrics if node != ENV_NODE_ID)
     starts = [by_node for by_node in codes.values() if len(by_node) == agents]
     if not starts:
@@ -342,6 +345,7 @@ def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: 
         distinct += [len(set(per_copy)) == agents for per_copy in zip(*by_node.values())]
     return {"episode_starts": len(starts), "distinct_fraction": _mean([float(d) for d in distinct]),
             "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s),
+            "decision_age_steps_mean": _mean(age_steps), "decided_after_episode_fraction": _mean(after_episode),
             "reached_pursued": _mean(reached), "final_distance": _mean(distance)}
 
 
@@ -420,7 +424,9 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
                 if "consensus/rounds" in row or "consensus/pushes" in row]  # fmt: skip
     durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
-    if not sessions and not durations:
+    ages = [row["consensus/decision_age_steps"] for rows in metrics.values() for row in rows
+            if "consensus/decision_age_steps" in row]  # talking in env steps
+    if not sessions and not durations and not ages:
         return None
     converged = {name: [r for node, rows in metrics.items() if node != ENV_NODE_ID for r in _rounds_to_converge(rows, fraction)]
                  for name, fraction in CONVERGED_FRACTIONS.items()}
@@ -460,9 +466,25 @@ def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
         **_convergence(converged),
         "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
         "duration_s_mean": _mean(durations),
+        "age_steps_mean": _mean(ages),
         # push-sum reports its own counters instead of rounds
         "weight_mass_mean": _mean([row.get("consensus/weight_mass") for row in sessions]),
     }
+
+
+def _agreement_time(landmarks: dict[str, Any]) -> str:
+    """How long an agreement took: wall time while talk is free, env steps while talking takes them."""
+    if landmarks.get("decision_age_steps_mean") is not None:
+        return (f"landing {_fmt(landmarks['decision_age_steps_mean'])} env steps after the episode start "
+                f"(after its episode ended: {_fmt(landmarks['decided_after_episode_fraction'], '.1%')})")
+    flood_s = landmarks["flood_s_mean"]
+    return f"{_fmt(flood_s * 1e3 if flood_s is not None else None)} ms per agreement"
+
+
+def _session_time(consensus: dict[str, Any]) -> str:
+    if consensus.get("age_steps_mean") is not None:
+        return f"each average landing {_fmt(consensus['age_steps_mean'])} env steps after its tick"
+    return f"{_fmt(consensus['duration_s_mean'])} s per session"
 
 
 def _max_or_none(values: list[float | None]) -> float | None:
@@ -746,7 +768,7 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), disagreement estimate "
             f"{_fmt(consensus['disagreement_first_mean'], '.2e')} at the first pushes heard -> "
             f"{_fmt(consensus['disagreement_last_mean'], '.2e')} at the last (mean over sessions), "
-            f"{_fmt(consensus['duration_s_mean'])} s per session"
+            f"{_session_time(consensus)}"
         )
     elif consensus:
         console.print(
@@ -756,7 +778,7 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"final {_fmt(consensus['disagreement_last_final'], '.2e')}; spread cut 1000x in "
             f"{_fmt(consensus['rounds_to_1e-3_mean'])} rounds ({_fmt(consensus['reached_1e-3_fraction'], '.0%')} of sessions got there); "
             f"rounds missing a neighbour "
-            f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_fmt(consensus['duration_s_mean'])} s per session"
+            f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_session_time(consensus)}"
         )
     for line in evaluation_lines(summary):
         console.print(line)
@@ -766,7 +788,7 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"landmarks: {landmarks['episode_starts']} episode starts; the assignment gave every agent a landmark of its own in "
             f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy) (by construction when the agents decide on one "
             f"table: the Hungarian method); decided on the whole team's table "
-            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_fmt(landmarks['flood_s_mean'] * 1e3 if landmarks['flood_s_mean'] is not None else None)} ms per agreement; "
+            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_agreement_time(landmarks)}; "
             f"at the end of its training episodes (last 20%) each agent nearest its pursued landmark in "
             f"{_fmt(landmarks.get('reached_pursued'), '.1%')}, {_fmt(landmarks.get('final_distance'))} from it on average"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orchestrator.report import summarize_run
 from protocols.flooding import FloodEngine, FloodRequest
 from protocols.links import LinkConfig
 from protocols.netsim import StepNetwork
@@ -74,6 +75,11 @@ def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulat
     # Nothing held the env: every action came from its agent.
     env_rows = [row for row in metrics(idle, "env") if any(key.startswith("env/default_actions/") for key in row)]
     assert env_rows and all(value == 0.0 for key, value in env_rows[-1].items() if key.startswith("env/default_actions/"))
+
+    # The report says when decisions landed, in env steps, and that the env never defaulted an action.
+    summary = summarize_run(idle)
+    assert summary["landmarks"]["decision_age_steps_mean"] >= 2 * DELAY_STEPS  # two rounds of tables
+    assert summary["consensus"]["age_steps_mean"] >= 2 * DELAY_STEPS and summary["headline"]["default_actions"] == 0
 
     # The simulator, on the same seeded links, decides the first agreement as the real run did.
     ring = {agent: [AGENTS[(i - 1) % 4], AGENTS[(i + 1) % 4]] for i, agent in enumerate(AGENTS)}
