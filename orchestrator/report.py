@@ -610,6 +610,10 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 
 
+# What a point none of whose runs finished has for any number (a sweep still running, or stopped).
+NO_AGGREGATE: dict[str, Any] = {"mean": None, "std": None, "n": 0}
+
+
 def _aggregate(values: list[float]) -> dict[str, Any]:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -871,7 +875,7 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
         table.add_column(key.split(".")[-1], justify="right", overflow="fold")
     table.add_column("ok", justify="right", no_wrap=True)
     shown = [(key, title, spec) for key, title, spec in HEADLINE
-             if any(point["metrics"][key]["mean"] is not None for point in summary["points"])]  # fmt: skip
+             if any(point["metrics"].get(key, {}).get("mean") is not None for point in summary["points"])]  # fmt: skip
     for _, column, _ in shown:
         table.add_column(column, justify="right", overflow="fold")
     for point in summary["points"]:
@@ -880,7 +884,7 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
         cells += [str(point["grid_values"].get(key, "")) for key in keys]
         cells.append(f"{point['ok']}/{len(point['runs'])}")
         for key, _, spec in shown:
-            aggregate = point["metrics"][key]
+            aggregate = point["metrics"].get(key, NO_AGGREGATE)
             if aggregate["mean"] is None:
                 cells.append("-")
             elif aggregate["n"] > 1:
@@ -1080,14 +1084,15 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     panels = [("return_last20", "return, last 20% of episodes", False),
               ("consensus_first_disagreement_after", "disagreement after 1st session", True),
               ("consensus_first_duration_s", "1st consensus session, s", False)]  # fmt: skip
-    panels = [p for p in panels if any(pt["metrics"][p[0]]["mean"] is not None for pt in summary["points"])]
+    # (a point none of whose runs finished, in a sweep still running or stopped, has no metrics)
+    panels = [p for p in panels if any(pt["metrics"].get(p[0], {}).get("mean") is not None for pt in summary["points"])]
     if not panels:
         return paths
     figure, axes_list = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for (metric, label, log_scale), axes in zip(panels, axes_list[0]):
         lines: dict[str, list[tuple[Any, float, float]]] = {}
         for point in summary["points"]:
-            aggregate = point["metrics"][metric]
+            aggregate = point["metrics"].get(metric, NO_AGGREGATE)
             if aggregate["mean"] is None or x_key not in point["grid_values"]:
                 continue
             line = ", ".join(f"{k.split('.')[-1]}={point['grid_values'].get(k)}" for k in others) or "all"

@@ -1,0 +1,128 @@
+"""What delay, loss and a crash cost the main job when talking takes env steps: its results page.
+
+Runs a sweep file (default `configs/sweeps/main_job_talk.yaml`; the whole grid:
+`configs/sweeps/main_job_faults.yaml`) with `orchestrate sweep`, or reads one that ran
+(`--sweep-dir`), and writes what `orchestrate report` computes from it (orchestrator/report.py,
+orchestrator/sweep_effects.py) as a record and a page: the return per point with its seeds, the
+return against each axis beside talking free in env time and no talking, each line's D50, and
+after the crash the dip and the steps to recover. Only runs that exited 0 with their budget done
+are scored (orchestrator/run_records.py); the others are listed with why.
+
+    python bench/talk_sweep.py --save docs/results/main_job_talk.json --page docs/results/main_job_talk.md
+    python bench/talk_sweep.py --sweep-dir runs/sweeps/main_job_talk-<time> --save ... --page ...
+
+Returns are the env's reward per agent per episode (25 steps of simple_spread, N = 4), the mean of
+the last 5 greedy evaluations of 8 episodes each (the main job's convention:
+docs/results/return_conventions.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import results_page  # noqa: E402
+
+from orchestrator.report import plot_sweep, summarize_sweep  # noqa: E402
+from orchestrator.sweep_effects import effect_tables  # noqa: E402
+
+DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
+RETURN = "eval_return_last5"
+
+
+def run_sweep(sweep_file: str, sweep_dir: Path) -> None:
+    command = [sys.executable, "-m", "orchestrator", "sweep", sweep_file, "--sweep-dir", str(sweep_dir)]
+    subprocess.run(command, cwd=REPO, check=False)  # a failed run is recorded in sweep.json and refused below
+
+
+def _utc(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
+    """The record: the bench's own fields (results_page), the sweep's times, and per point its
+    runs (seed, return, why refused) and the report's effects (axes, D50, crashes)."""
+    record = results_page.begin("bench/talk_sweep.py", argv)
+    index = json.loads((sweep_dir / "sweep.json").read_text())
+    runs = index["runs"]
+    started = min(run["started_at"] for run in runs if run.get("started_at"))
+    finished = max(run["started_at"] + run["duration_s"] for run in runs if run.get("duration_s"))
+    summary = summarize_sweep(sweep_dir)
+    record["sweep"] = {"file": index["sweep"], "dir": str(sweep_dir), "grid": index["grid"], "seeds": index["seeds"],
+                       "runs_started_utc": _utc(started), "runs_finished_utc": _utc(finished),
+                       "run_seconds_mean": sum(r["duration_s"] for r in runs if r.get("duration_s")) / len(runs)}
+    record["rows"] = [
+        {"point": point["point"], "runs": [
+            {"seed": run["seed"], "return": (run["headline"] or {}).get(RETURN), "refused": run["refused"],
+             "default_actions": (run["headline"] or {}).get("default_actions")}
+            for run in point["runs"]]}
+        for point in summary["points"]
+    ]
+    record["effects"] = [[title, columns, rows] for title, columns, rows in effect_tables(summary["effects"])]
+    record["comparisons"] = summary.get("comparisons")
+    results_page.end(record)
+    return record
+
+
+def render(record: dict[str, Any], source: str) -> str:
+    sweep = record["sweep"]
+    lines = [results_page.header(record, "The main job when talking takes env steps", source),
+             f"The runs: `{sweep['file']}`, seeds {sweep['seeds']}, run "
+             f"{sweep['runs_started_utc']} to {sweep['runs_finished_utc']} UTC, one at a time, "
+             f"{sweep['run_seconds_mean']:.0f} s a run on average (the machine's load in that time is not recorded; "
+             "the times above are the page's). Returns: per agent per episode, the mean of the last 5 greedy "
+             "evaluations (8 episodes each), the env's reward; only runs that exited 0 with their budget done.\n"]
+
+    def cell(run: dict[str, Any]) -> str:
+        if run["refused"] is not None:
+            return f"seed {run['seed']}: refused ({run['refused']})"
+        return f"seed {run['seed']}: {run['return']:.2f}" if run["return"] is not None else f"seed {run['seed']}: -"
+
+    lines.append(results_page.table(
+        [("point", "left", lambda row: row["point"]), ("runs", "left", lambda row: "; ".join(cell(r) for r in row["runs"]))],
+        record["rows"]))
+    for title, columns, rows in record["effects"]:
+        lines.append(f"\n**{title}**\n")
+        lines.append("| " + " | ".join(columns) + " |")
+        lines.append("| " + " | ".join("---" for _ in columns) + " |")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sweep", default=DEFAULT_SWEEP, help="the sweep file to run (without --sweep-dir)")
+    parser.add_argument("--sweep-dir", type=Path, help="read this sweep directory instead of running one")
+    parser.add_argument("--save", type=Path, help="write the record (JSON) here")
+    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
+    parser.add_argument("--plot", type=Path, help="copy the report's return-against-axes plot here")
+    args = parser.parse_args(argv)
+    sweep_dir = args.sweep_dir
+    if sweep_dir is None:
+        sweep_dir = REPO / "runs" / "sweeps" / f"talk-{dt.datetime.now():%Y%m%d-%H%M%S}"
+        run_sweep(args.sweep, sweep_dir)
+    record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv)
+    print(render(record, "stdout"))
+    if args.plot is not None:
+        plots = {path.name: path for path in plot_sweep(summarize_sweep(sweep_dir), sweep_dir / "report")}
+        if "sweep_axes.png" in plots:
+            shutil.copyfile(plots["sweep_axes.png"], args.plot)
+    if args.save is not None:
+        results_page.save(record, args.save)
+    if args.page is not None:
+        args.page.write_text(render(record, args.save.name if args.save is not None else "its run"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
