@@ -15,7 +15,7 @@ from env_server.server import LockstepRules, clock_refusal
 from orchestrator.config import load_config
 from protocols.config_errors import ConfigError
 from tests.conftest import REPO
-from tests.unit.test_barrier import AGENTS, K, act, joined, result
+from tests.unit.test_barrier import AGENTS, act, joined, result
 
 PERIOD = 0.1  # 10 steps per second
 
