@@ -109,7 +109,11 @@ class TransitionAssembler:
                 starts.reshape(-1, *([1] * (observations.ndim - 1))), message.final_observations[agent], observations
             )
         transition = None
-        if took_part.any() and self.last_action_applied:
+        # The env server names in `missing` the agents whose action it replaced at the step before
+        # (the answer came after the step deadline, or after a realtime clock's step time): the
+        # next observation does not follow from `last_action` then either.
+        applied = self.last_action_applied and agent not in message.missing
+        if took_part.any() and applied:
             rows = np.flatnonzero(took_part)
             transition = Transition(
                 obs=self.last_obs[rows],

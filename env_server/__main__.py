@@ -24,7 +24,7 @@ import time
 from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
-from env_server.server import EnvServer, LockstepRules, TransportRefused, pace_refusal
+from env_server.server import EnvServer, LockstepRules, TransportRefused, clock_refusal, pace_refusal
 from env_server.vector import ALL_INFOS, InfoKeys, VectorizedParallelEnv, info_keys
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
@@ -71,10 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="standalone: lockstep budget")
     parser.add_argument("--max-steps-per-s", type=float, default=None,
                         help="standalone: at most this many training lockstep steps per second (env.max_steps_per_s)")
+    parser.add_argument("--clock", choices=("lockstep", "realtime"), default=_DEFAULTS["clock"],
+                        help="standalone: lockstep, or realtime: step at --steps-per-s whatever the agents do "
+                             "(env.clock; evaluation steps on the same clock)")
+    parser.add_argument("--steps-per-s", type=float, default=None, help="standalone: the realtime clock's rate (env.steps_per_s)")
+    parser.add_argument("--late-action", choices=("last", "default"), default=_DEFAULTS["late_action"],
+                        help="standalone: what a realtime clock plays for an agent whose action is late (env.late_action)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if (refusal := pace_refusal(args.max_steps_per_s)) is not None:
         parser.error(f"--max-steps-per-s: {refusal}")
+    if args.steps_per_s is not None and args.clock != "realtime":
+        parser.error("--steps-per-s: sets the rate of --clock realtime; got --clock lockstep")
+    if (refusal := clock_refusal(_standalone_rules(args))) is not None:
+        setting, _, why = refusal.partition(": ")
+        parser.error(f"--{setting.replace('_', '-')}: {why}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.config:
         if not args.control:
@@ -137,22 +148,30 @@ def run_standalone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _standalone_rules(args: argparse.Namespace) -> LockstepRules:
+    return LockstepRules(
+        max_steps=args.max_steps,
+        step_deadline_s=args.step_deadline,
+        # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
+        join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
+        default_action=_DEFAULTS["default_action"],
+        episode_start_hold_s=args.episode_start_hold,
+        transport=args.transport,
+        max_steps_per_s=args.max_steps_per_s,
+        clock=args.clock,
+        eval_clock=args.clock,
+        steps_per_s=args.steps_per_s,
+        late_action=args.late_action,
+    )
+
+
 def _standalone_server(args: argparse.Namespace, envs, hub: Hub) -> EnvServer:
     return EnvServer(
         envs,
         hub=hub,
         env_name=args.env,
         bind_address=args.bind,
-        rules=LockstepRules(
-            max_steps=args.max_steps,
-            step_deadline_s=args.step_deadline,
-            # Without autoreset a single client (RemoteParallelEnv) drives every agent: no waiting.
-            join_deadline_s=0.0 if args.no_autoreset else args.join_deadline,
-            default_action=_DEFAULTS["default_action"],
-            episode_start_hold_s=args.episode_start_hold,
-            transport=args.transport,
-            max_steps_per_s=args.max_steps_per_s,
-        ),
+        rules=_standalone_rules(args),
         seed=derive_seed(args.seed, 0, "env"),
         eval_seed=derive_seed(args.seed, 0, "eval_env"),
         default_action_seed=derive_seed(args.seed, 0, "default_actions"),
@@ -218,6 +237,10 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 episode_start_hold_s=env_config.episode_start_hold_s,
                 step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
                 transport=env_config.transport,
+                clock=env_config.clock,
+                eval_clock=env_config.evaluation_clock,
+                steps_per_s=env_config.steps_per_s,
+                late_action=env_config.late_action,
             ),
             seed=identity.seed("env"),
             eval_seed=identity.seed("eval_env"),
@@ -296,6 +319,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                 )
                 server.write_metrics(hub.link_metrics())  # per-link counters, every status period
                 server.write_metrics(server.default_action_metrics())
+                server.write_metrics(server.clock_metrics())
         control.goodbye(stop[0])
         return 0
     except ShutdownRequested as request:
@@ -313,6 +337,7 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         try:
             server.write_metrics(hub.link_metrics())
             server.write_metrics(server.default_action_metrics())
+            server.write_metrics(server.clock_metrics())
         except FileWriteError as error:
             log.error("the last metrics were not written: %s", error.strerror)
         server.close()

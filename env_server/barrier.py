@@ -213,6 +213,15 @@ class LockstepBarrier:
         if self.open_step is None or step != self.open_step or evaluation != self.open_evaluation:
             self.stale_actions += 1
             return []
+        self._check_actions(client, actions)
+        self.pending.update(actions)
+        if self._every_awaited_agent_acted():
+            self.step_due = True
+        return []
+
+    def _check_actions(self, client: Client, actions: dict[str, Any]) -> None:
+        """Raises `Refused` (not_your_agent, bad_action) unless every action is the client's own
+        agent's and fits its space over the open step's copies."""
         for agent, action in actions.items():
             if agent not in client.agents:
                 raise Refused("not_your_agent", f"{client.client_id} does not drive {agent!r}")
@@ -220,10 +229,10 @@ class LockstepBarrier:
                 check_batched(self.action_spaces[agent], action, self.num_copies, f"actions[{agent!r}]")
             except ValueError as error:
                 raise Refused("bad_action", str(error)) from None
-        self.pending.update(actions)
-        if self._every_awaited_agent_acted():
-            self.step_due = True
-        return []
+
+    def restart_clock(self) -> None:
+        """The next step's time counts from its broadcast, not from the last step's (after a step
+        hold). The lockstep has no step times: nothing to do (a realtime barrier has them)."""
 
     def _every_awaited_agent_acted(self) -> bool:
         """`all(a in pending for a in awaited_agents())`, stopping at the first that has not

@@ -47,6 +47,26 @@ class EnvConfig(BaseModel):
     # schedule in seconds (`faults.schedule[].at_s`) meets the same steps on a fast machine as on
     # a slow one. Evaluation steps are not paced.
     max_steps_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # Who decides when a training step happens. `lockstep`: the env steps when every awaited
+    # agent's action has arrived (or step_deadline_s passed). `realtime`: the env steps
+    # `steps_per_s` times a second whatever the agents do, as a robot's world does not wait: an
+    # action not there at its step's time is replaced (`late_action`), the agent is named in the
+    # next observation's `missing`, counted (`env/late_actions/<agent>`), and the age in steps
+    # of each action played is logged (`env/action_age_steps/<agent>`, mean and max per status
+    # period). See env_server/realtime.py.
+    clock: Literal["lockstep", "realtime"] = "lockstep"
+    # How evaluation episodes step: on the same clock as training (None), or the other one (e.g.
+    # train in the lockstep and evaluate at a real-time rate). Needs eval_every_steps.
+    eval_clock: Literal["lockstep", "realtime"] | None = None
+    # The rate of a realtime clock (training and evaluation alike), in env steps per second
+    # (each steps the K copies). Needed by a realtime clock, refused without one.
+    steps_per_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # What a realtime clock plays for an agent whose action for a step is not there: `last`
+    # repeats the newest action it sent (a zero-order hold; its age grows step by step), `default`
+    # plays `default_action`. Either way an action that arrives after its step's time is played at
+    # the next step (its age: how many steps late it is), as a robot's late command is applied
+    # when it lands. An agent that has sent nothing yet gets `default_action`.
+    late_action: Literal["last", "default"] = "last"
     # How long the server waits for every agent to join before the first reset.
     join_deadline_s: float = Field(120.0, gt=0)
     # What a missing agent's action becomes: the action space's no-op (zeros / action 0) or a
@@ -84,6 +104,37 @@ class EnvConfig(BaseModel):
     def _rendering_needs_evaluations(self) -> "EnvConfig":
         if self.render_evaluation and self.eval_every_steps is None:
             raise ValueError("render_evaluation: renders evaluation episodes, so it needs eval_every_steps; got none")
+        return self
+
+    @property
+    def evaluation_clock(self) -> str:
+        """The clock evaluation episodes step on (`eval_clock`, or `clock` when unset)."""
+        return self.eval_clock or self.clock
+
+    @property
+    def realtime_anywhere(self) -> bool:
+        """Training or evaluation runs on the realtime clock."""
+        return "realtime" in (self.clock, self.evaluation_clock)
+
+    @model_validator(mode="after")
+    def _clock_settings_agree(self) -> "EnvConfig":
+        if self.realtime_anywhere and self.steps_per_s is None:
+            which = "clock" if self.clock == "realtime" else "eval_clock"
+            raise ValueError(f"steps_per_s: {which} realtime steps the env at this rate; expected a positive "
+                             "number of steps per second, got none")
+        if not self.realtime_anywhere and self.steps_per_s is not None:
+            raise ValueError(f"steps_per_s: sets the rate of a realtime clock, but clock and eval_clock are lockstep; "
+                             f"got {self.steps_per_s} (to pace the lockstep, use max_steps_per_s)")
+        if self.clock == "realtime" and self.max_steps_per_s is not None:
+            raise ValueError(f"max_steps_per_s: paces the lockstep; with clock realtime the rate is steps_per_s, "
+                             f"expected none, got {self.max_steps_per_s}")
+        if self.clock == "realtime" and self.episode_start_hold_s > 0:
+            raise ValueError(f"episode_start_hold_s: holds each episode's first observation for goal negotiation, "
+                             f"which a realtime clock does not do (the world does not wait); expected 0 with clock "
+                             f"realtime, got {self.episode_start_hold_s}")
+        if self.eval_clock is not None and self.eval_every_steps is None:
+            raise ValueError(f"eval_clock: sets how evaluation episodes step, so it needs eval_every_steps; "
+                             f"got eval_clock {self.eval_clock!r} and no evaluations")
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,7 @@ from env_server.episode_hold import EpisodeStartHold
 from env_server.baselines import baseline_metrics
 from env_server.evaluation import EvaluationSchedule, spread_end_state
 from env_server.global_view import GlobalView
+from env_server.realtime import LATE_ACTIONS, RealtimeBarrier
 from env_server.resume import ResumeFile, ResumePoint
 from env_server.step_hold import HeldStep, StepHold
 from env_server.vector import BatchedStep, VectorizedParallelEnv, packing_refusal
@@ -105,6 +106,31 @@ class LockstepRules:
     transport: str = "auto"
     # At most this many training steps per second (env.max_steps_per_s); None: unpaced.
     max_steps_per_s: float | None = None
+    # The clocks of training and evaluation steps: lockstep | realtime (env.clock, env.eval_clock
+    # resolved), the realtime rate and what a late agent gets (env.steps_per_s, env.late_action).
+    clock: str = "lockstep"
+    eval_clock: str = "lockstep"
+    steps_per_s: float | None = None
+    late_action: str = "last"
+
+
+def clock_refusal(rules: LockstepRules) -> str | None:
+    """Why the server cannot run `rules`' clocks (the env section's checks, for a server started
+    without it), or None."""
+    clocks = (rules.clock, rules.eval_clock)
+    if any(clock not in ("lockstep", "realtime") for clock in clocks):
+        return f"clock: expected lockstep or realtime for training and evaluation, got {clocks}"
+    if "realtime" not in clocks:
+        return None
+    if rules.steps_per_s is None or not (math.isfinite(rules.steps_per_s) and rules.steps_per_s > 0):
+        return f"steps_per_s: a realtime clock needs a positive number of steps per second, got {rules.steps_per_s}"
+    if rules.clock == "realtime" and rules.max_steps_per_s is not None:
+        return "max_steps_per_s: paces the lockstep; a realtime clock steps at steps_per_s"
+    if rules.clock == "realtime" and rules.episode_start_hold_s > 0:
+        return "episode_start_hold_s: a realtime clock does not hold episode starts"
+    if rules.late_action not in LATE_ACTIONS:
+        return f"late_action: expected one of {LATE_ACTIONS}, got {rules.late_action!r}"
+    return None
 
 
 def pace_refusal(max_steps_per_s: float | None) -> str | None:
@@ -144,6 +170,8 @@ class EnvServer:
         self.env_kwargs = _string_keys(dict(env_kwargs or {}))
         if (refusal := pace_refusal(rules.max_steps_per_s)) is not None:
             raise ValueError(f"max_steps_per_s: {refusal}")
+        if (refusal := clock_refusal(rules)) is not None:
+            raise ValueError(refusal)
         self.rules = rules
         self.seed = seed
         self.resets_since_seed = 0  # training resets since `seed` was set: the next one's derived seed
@@ -155,12 +183,16 @@ class EnvServer:
         self.channel.on_shm_action = self.on_action_in_memory
         self.endpoint = self.channel.endpoint
         self.metrics = MetricsWriter(metrics_path, tensorboard_dir) if metrics_path is not None else None
-        self.barrier = LockstepBarrier(
-            envs.possible_agents,
-            envs.action_spaces,
-            DefaultActions(envs.action_spaces, rules.default_action, default_action_seed),
-            step_deadline_s=rules.step_deadline_s,
-        )
+        defaults = DefaultActions(envs.action_spaces, rules.default_action, default_action_seed)
+        if "realtime" in (rules.clock, rules.eval_clock):  # (realtime.py; the lockstep is the plain barrier)
+            self.barrier: LockstepBarrier = RealtimeBarrier(
+                envs.possible_agents, envs.action_spaces, defaults, step_deadline_s=rules.step_deadline_s,
+                steps_per_s=rules.steps_per_s, late_action=rules.late_action,
+                realtime_for={False: rules.clock == "realtime", True: rules.eval_clock == "realtime"},
+            )
+        else:
+            self.barrier = LockstepBarrier(envs.possible_agents, envs.action_spaces, defaults,
+                                           step_deadline_s=rules.step_deadline_s)
         self.evaluation = EvaluationSchedule(rules.eval_every_steps if eval_envs is not None else None, rules.eval_start_step)
         self.baselines_written = False  # eval/random_return_mean (and the oracle's), at the first evaluation
         self.task = None if envs.task_spec is None else m.SiteCollectionTask(**envs.task_spec)
@@ -527,6 +559,7 @@ class EnvServer:
                 return
             # Every evaluation copy played one episode and is not reset until the next evaluation.
             held_back, metrics = self.evaluation.finish(self.clock(), [spread_end_state(env) for env in self.eval_envs.copies])
+            metrics.update(self._evaluation_clock_metrics())
             self._save_frames()
             self._save_resume_point()
             for row in self.evaluation.episode_rows():
@@ -570,6 +603,7 @@ class EnvServer:
 
     def _step_on_after_hold(self, held: HeldStep, now: float) -> None:
         self.write_metrics({"env/step_hold_s": now - held.since, "env/step_hold_timed_out": float(held.timed_out)})
+        self.barrier.restart_clock()  # a realtime clock pauses for the fault's hold
         self._after_training_step(*held.payload)
 
     def _begin_evaluation(self, held_back: BatchedStep, missing: list[str]) -> None:
@@ -708,7 +742,7 @@ class EnvServer:
     # ------------------------------------------------------------------ reporting
 
     def write_metrics(self, values: dict[str, float]) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and values:
             self.metrics.write(self.step, values)
 
     def default_action_metrics(self) -> dict[str, float]:
@@ -717,6 +751,32 @@ class EnvServer:
         takes env steps), every possible agent listed, 0 included."""
         counts = self.barrier.default_actions
         return {f"env/default_actions/{agent}": float(counts.get(agent, 0)) for agent in self.barrier.possible_agents}
+
+    def clock_metrics(self) -> dict[str, float]:
+        """With a realtime training clock (realtime.py): `env/late_actions/<agent>`, the training
+        steps each agent's action was not there at its time (cumulative, every possible agent,
+        0 included); `env/action_age_steps/<agent>` and `env/action_age_steps_max/<agent>`, the
+        mean and largest age in steps of the actions played since the last call; and
+        `env/clock_slips`, the steps the server itself was too slow to open on time. Nothing in
+        the lockstep."""
+        barrier = self.barrier
+        if not isinstance(barrier, RealtimeBarrier) or not barrier.realtime_for[False]:
+            return {}
+        late = barrier.late_actions()
+        return {
+            **{f"env/late_actions/{agent}": float(late.get(agent, 0)) for agent in barrier.possible_agents},
+            **barrier.age_metrics(),
+            "env/clock_slips": float(barrier.clock_slips),
+        }
+
+    def _evaluation_clock_metrics(self) -> dict[str, float]:
+        """An evaluation on the realtime clock: how many of its agent-steps had an action that
+        was not there at its time (`eval/late_actions`) and their share (`eval/late_action_share`)."""
+        barrier = self.barrier
+        if not isinstance(barrier, RealtimeBarrier) or not barrier.realtime_for[True]:
+            return {}
+        counts = barrier.counts[True]
+        return {"eval/late_actions": float(counts.late), "eval/late_action_share": counts.late / max(1, counts.played)}
 
     def status_extra(self) -> dict[str, float]:
         elapsed = max(1e-9, self.clock() - self.counters.started_at)

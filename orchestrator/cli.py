@@ -85,7 +85,17 @@ def describe(config: RunConfig) -> str:
         f"consensus {'on (' + consensus.mode + ')' if consensus.enabled else 'off'}, "
         + (f"protocols {', '.join(protocol.kind for protocol in config.agents.protocols)}, " if config.agents.protocols else "")
         + f"transport {config.network.transport}, {config.run.steps} steps"
+        + (f", {_clocks(config.env)}" if config.env.realtime_anywhere else "")
     )
+
+
+def _clocks(env) -> str:
+    """The realtime clock of a run's summary: `realtime clock at 20 steps/s` (with the other
+    clock where training and evaluation differ)."""
+    rate = f"at {env.steps_per_s:g} steps/s"
+    if env.clock == env.evaluation_clock:
+        return f"realtime clock {rate} (late actions: {env.late_action})"
+    return f"training {env.clock}, evaluation {env.evaluation_clock} {rate} (late actions: {env.late_action})"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

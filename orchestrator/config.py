@@ -376,6 +376,7 @@ class RunConfig(BaseModel):
         problems += self._goal_problems(topology)
         problems += self._landmark_problems(topology)
         problems += self._talk_problems(topology, valid_ids)
+        problems += self._clock_problems()
         problems += self._model_and_consensus_problems(topology)
         problems += reproducibility_problems(self)  # run.reproducible: what it cannot pin
         problems += self._resolved_section_problems()
@@ -581,6 +582,22 @@ class RunConfig(BaseModel):
             problems.append(f"agents.landmarks: expected training.mode 'decentralized', got {self.training.mode!r}")
         if topology is not None and not topology.is_connected():
             problems.append("agents.landmarks: the topology must be connected for the team to agree (flooding)")
+        return problems
+
+    def _clock_problems(self) -> list[str]:
+        """What a realtime training clock (env.clock, env_server/realtime.py) cannot do with the
+        other sections (the env section checks its own fields; run.reproducible is
+        reproducibility.py's)."""
+        if self.env.clock != "realtime":
+            return []
+        problems = []
+        if self.training.mode == "centralized":
+            problems.append(
+                "env.clock: expected 'lockstep' with training.mode 'centralized', got 'realtime': the learner node "
+                "trains on joint rows, every agent's transition of each step with the action the env played, and a "
+                "realtime clock replaces a late agent's action, so the rows would pair observations with actions "
+                "that were not played (train decentralized, or keep the lockstep)"
+            )
         return problems
 
     def _talk_problems(self, topology: Topology | None, valid_ids: list[str]) -> list[str]:

@@ -43,6 +43,7 @@ class RunSections(Protocol):
     module to validate itself) that reproducibility reads."""
 
     run: Any
+    env: Any
     agents: Any
     training: Any
     protocols: Any
@@ -78,6 +79,12 @@ def reproducibility_problems(config: RunSections) -> list[str]:
             "node pushes every push_sum_period_s for push_sum_duration_s of wall time), so how many exchanges an "
             "average mixes, and in which order, is decided by timing"
         )
+    for field in ("clock", "eval_clock"):
+        if getattr(config.env, field) == "realtime":
+            problems.append(
+                f"env.{field}: expected 'lockstep' with {_WHY}, got 'realtime': the env steps at its own rate, so "
+                "which agents' actions are late, and what is played instead, is decided by timing"
+            )
     if config.training.mode == "centralized":
         problems.append(
             f"training.mode: expected 'decentralized' with {_WHY}, got 'centralized': the learner node trains on its "

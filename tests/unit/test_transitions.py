@@ -163,6 +163,22 @@ def test_a_step_taken_without_our_answer_yields_no_transition_but_keeps_rewards_
     assert assembler.observe(observation(3, [[6, 6], [7, 7]])).transition is not None
 
 
+def test_an_answer_the_env_server_replaced_yields_no_transition():
+    """Our answer came, but after the step's deadline or a realtime clock's step time: the env
+    played another action, and says so by naming us in the next observation's `missing`."""
+    assembler = TransitionAssembler(AGENT, num_copies=2)
+    first = observation(0, [[0, 0], [1, 1]])
+    assembler.observe(first)
+    act(assembler, first, [3, 4])
+    late = observation(1, [[2, 2], [3, 3]], reward=1.0)
+    late = m.EnvObservation(**{**late.__dict__, "missing": [AGENT]})
+    step = assembler.observe(late)
+    assert step.transition is None and assembler.returns.tolist() == [1.0, 1.0]
+    act(assembler, late, [5, 6])
+    others_late = m.EnvObservation(**{**observation(2, [[4, 4], [5, 5]]).__dict__, "missing": ["agent_1"]})
+    assert assembler.observe(others_late).transition is not None, "another agent's lateness is not ours"
+
+
 def test_an_env_server_restart_cuts_the_episodes_and_never_glues_the_old_to_the_new():
     assembler = TransitionAssembler(AGENT, num_copies=2, episodes_finished=4)
     first = observation(10, [[0, 0], [1, 1]])

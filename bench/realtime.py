@@ -1,0 +1,170 @@
+"""The main job on a realtime clock: the share of late actions and the return against the rate.
+
+    python bench/realtime.py [--config configs/4agents_ring.yaml] [--rates 10,20,40] [--pauses-s 0,2]
+                             [--steps 400] [--seeds 0] [--runs-dir DIR]
+                             [--save docs/results/realtime.json --page docs/results/realtime.md]
+    python bench/realtime.py --page-of docs/results/realtime.json     # the page of a saved record, nothing run
+
+Each point is an ordinary `orchestrate up` of the config (real processes, real sockets) for
+`--steps` training steps with one greedy evaluation at the end, on the lockstep (the baseline:
+the env waits for every agent) and at each rate of `--rates` (`env.clock: realtime`,
+`env.steps_per_s`, `env.late_action: last`; the evaluation on the same clock). The second axis is
+a straggler: with `--pauses-s P` > 0, agent_1 is paused (SIGSTOP, the fault schedule's `pause`)
+from 1 s after the start for P seconds: the lockstep waits for it (up to env.step_deadline_s a
+step), a realtime clock does not.
+
+Columns (from the env server's metrics, nodes/env/metrics.jsonl):
+- steps/s: training steps per second between the first and the last status row before the end;
+- late share: late agent-steps (`env/late_actions/*`, the last row) over steps x agents; in the
+  lockstep, the defaulted ones (`env/default_actions/*`);
+- age mean / max: the action age in steps (`env/action_age_steps[_max]/*`), the mean of the
+  per-period means and the largest, over agents;
+- slips: steps the server itself opened after their time (`env/clock_slips`);
+- eval return: `eval/return_mean` of the final evaluation (per agent per episode).
+
+Runs of a few hundred steps on a shared machine say how the mechanism behaves, not what an agent
+learns at a rate: the learning measurement (a full budget, several seeds, intervals) is the
+bench's own run with `--steps 10000 --seeds 0,1,2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+import results_page  # noqa: E402
+
+STRAGGLER = "agent_1"
+PAUSE_AT_S = 1.0
+
+
+def numbers(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
+def point_settings(rate: float | None, pause_s: float, steps: int, seed: int) -> list[str]:
+    """The `--set` overrides of one point (rate None: the lockstep)."""
+    settings = [f"run.seed={seed}", f"run.steps={steps}", f"env.eval_every_steps={steps}", "launch.live_view=off"]
+    if rate is not None:
+        settings += ["env.clock=realtime", f"env.steps_per_s={rate:g}", "env.late_action=last"]
+    if pause_s > 0:
+        settings.append(f"faults.schedule=[{{at_s: {PAUSE_AT_S:g}, kind: pause, nodes: [{STRAGGLER}]}}, "
+                        f"{{at_s: {PAUSE_AT_S + pause_s:g}, kind: resume, nodes: [{STRAGGLER}]}}]")
+    return settings
+
+
+def run_point(config: str, run_dir: Path, settings: list[str]) -> int:
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    process = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "up", config, "--run-dir", str(run_dir), *overrides],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    if process.returncode != 0:
+        print(process.stderr.decode()[-2000:], file=sys.stderr)
+    return process.returncode
+
+
+def measure(run_dir: Path, steps: int) -> dict[str, Any]:
+    """The point's columns, from the env server's metrics."""
+    path = run_dir / "nodes" / "env" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    status = [row for row in rows if any(key.startswith("env/default_actions/") for key in row)]
+    training = [row for row in status if 0 < row["step"] < steps]
+    rate = None
+    if len(training) >= 2:
+        rate = (training[-1]["step"] - training[0]["step"]) / max(1e-9, training[-1]["t"] - training[0]["t"])
+    last = status[-1] if status else {}
+    late_rows = [row for row in rows if any(key.startswith("env/late_actions/") for key in row)]
+    counted = late_rows[-1] if late_rows else last
+    prefix = "env/late_actions/" if late_rows else "env/default_actions/"
+    late = {key[len(prefix):]: value for key, value in counted.items() if key.startswith(prefix)}
+    means = [value for row in rows for key, value in row.items() if key.startswith("env/action_age_steps/")]
+    largest = [value for row in rows for key, value in row.items() if key.startswith("env/action_age_steps_max/")]
+    evaluations = [row["eval/return_mean"] for row in rows if "eval/return_mean" in row]
+    return {
+        "steps_per_s": rate,
+        "late_share": sum(late.values()) / max(1, steps * len(late)) if late else None,
+        "late_by_agent": late,
+        "age_mean": sum(means) / len(means) if means else None,
+        "age_max": max(largest) if largest else None,
+        "clock_slips": max((row["env/clock_slips"] for row in rows if "env/clock_slips" in row), default=None),
+        "eval_return": evaluations[-1] if evaluations else None,
+    }
+
+
+def render(record: dict[str, Any], source: str) -> str:
+    settings = record["settings"]
+    fmt = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
+    columns = [
+        ("clock", "left", lambda row: "lockstep" if row["rate"] is None else f"realtime {row['rate']:g}/s"),
+        ("straggler pause s", "right", lambda row: f"{row['pause_s']:g}"),
+        ("seed", "right", lambda row: str(row["seed"])),
+        ("ok", "left", lambda row: "yes" if row["returncode"] == 0 else f"exit {row['returncode']}"),
+        ("steps/s", "right", lambda row: fmt(row["steps_per_s"], ".3g")),
+        ("late share", "right", lambda row: fmt(row["late_share"], ".1%")),
+        ("late of agent_1", "right", lambda row: fmt(row["late_by_agent"].get(STRAGGLER), "g")),
+        ("age mean", "right", lambda row: fmt(row["age_mean"], ".2g")),
+        ("age max", "right", lambda row: fmt(row["age_max"], "g")),
+        ("slips", "right", lambda row: fmt(row["clock_slips"], "g")),
+        ("eval return", "right", lambda row: fmt(row["eval_return"], ".4g")),
+    ]
+    return (
+        results_page.header(record, "The main job on a realtime clock", source)
+        + f"{settings['config']}, {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
+        f"clock plays a late agent's newest action (`env.late_action: last`). Straggler: {STRAGGLER} paused "
+        f"{PAUSE_AT_S:g} s after the start for the given seconds. The columns are bench/realtime.py's docstring's.\n\n"
+        + results_page.table(columns, record["rows"])
+        + f"\n{record.get('note', '')}\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/4agents_ring.yaml")
+    parser.add_argument("--rates", default="10,20,40", help="realtime steps per second, comma-separated (the lockstep always runs too)")
+    parser.add_argument("--pauses-s", default="0,2", help="how long the straggler is paused, comma-separated (0: none)")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--runs-dir", help="where the runs go (default: a new temporary directory, kept)")
+    parser.add_argument("--note", default="", help="a sentence for the page (what this run is and is not)")
+    parser.add_argument("--save", type=Path, help="write the record (JSON) here")
+    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
+    parser.add_argument("--page-of", type=Path, metavar="RECORD", help="run nothing: write --page (or print) from a saved record")
+    args = parser.parse_args()
+    if args.page_of:
+        record = results_page.load(args.page_of)
+        page = render(record, args.page_of.name)
+        args.page.write_text(page) if args.page else print(page)
+        return 0
+
+    record = results_page.begin("bench/realtime.py", sys.argv[1:])
+    record["settings"] = {"config": args.config, "steps": args.steps}
+    record["note"] = args.note
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="parley-bench-realtime-"))
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for pause_s in numbers(args.pauses_s):
+            for rate in [None, *numbers(args.rates)]:
+                name = f"seed{seed}_pause{pause_s:g}_" + ("lockstep" if rate is None else f"rt{rate:g}")
+                returncode = run_point(args.config, runs_dir / name, point_settings(rate, pause_s, args.steps, seed))
+                row = {"rate": rate, "pause_s": pause_s, "seed": seed, "returncode": returncode, "run": name,
+                       **measure(runs_dir / name, args.steps)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    record["rows"] = rows
+    results_page.finish(record, args.save, args.page, render)
+    print(f"runs: {runs_dir}")
+    return 0 if all(row["returncode"] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
