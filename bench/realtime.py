@@ -41,7 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-import results_page  # noqa: E402
+import results_page
+from orchestrator.run_records import run_record  # noqa: E402
 
 STRAGGLER = "agent_1"
 PAUSE_AT_S = 1.0
@@ -108,7 +109,8 @@ def render(record: dict[str, Any], source: str) -> str:
         ("clock", "left", lambda row: "lockstep" if row["rate"] is None else f"realtime {row['rate']:g}/s"),
         ("straggler pause s", "right", lambda row: f"{row['pause_s']:g}"),
         ("seed", "right", lambda row: str(row["seed"])),
-        ("ok", "left", lambda row: "yes" if row["returncode"] == 0 else f"exit {row['returncode']}"),
+        ("ok", "left", lambda row: f"refused: {row['refused']}" if row.get("refused")
+         else "yes" if row["returncode"] == 0 else f"exit {row['returncode']}"),
         ("steps/s", "right", lambda row: fmt(row["steps_per_s"], ".3g")),
         ("late share", "right", lambda row: fmt(row["late_share"], ".1%")),
         ("late of agent_1", "right", lambda row: fmt(row["late_by_agent"].get(STRAGGLER), "g")),
@@ -156,8 +158,12 @@ def main() -> int:
             for rate in [None, *numbers(args.rates)]:
                 name = f"seed{seed}_pause{pause_s:g}_" + ("lockstep" if rate is None else f"rt{rate:g}")
                 returncode = run_point(args.config, runs_dir / name, point_settings(rate, pause_s, args.steps, seed))
+                # A run that did not exit 0 with its budget done is shown, never scored (its return is left out).
+                refused = run_record(runs_dir / name, returncode)["refused"]
                 row = {"rate": rate, "pause_s": pause_s, "seed": seed, "returncode": returncode, "run": name,
-                       **measure(runs_dir / name, args.steps)}
+                       "refused": refused, **measure(runs_dir / name, args.steps)}
+                if refused is not None:
+                    row["eval_return"] = None
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     record["rows"] = rows
