@@ -40,7 +40,6 @@ from agent_node.capability import CONTROL, ENV, PEERS, Capability, dispatch_tabl
 from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient
 from agent_node.global_fields import GlobalFieldTracker
-from agent_node.metrics import MetricsWriter
 from agent_node.node_parts import (
     RUN_BUDGET_SPENT, EnvLink, NodeFailure, Services, build_node_learner, drain_node, stop_for_write_error,
 )
@@ -53,6 +52,7 @@ from protocols import messages as m
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
 from protocols.jsonlines import FileWriteError
+from protocols.metrics import MetricsWriter
 from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, agent_node_ids
 from protocols.step_links import PeerStepMark
