@@ -5,7 +5,7 @@ Several nodes of a run may share a machine and so one run directory there: each 
 are unpacked into it while the nodes started before read theirs. Writing a file in place
 (`tarfile.extractall`, or `tar -x`, which unlinks and rewrites) lets such a node read it empty or
 half written (a Ray run across namespaces once read an empty resolved.yaml). So every file is
-written beside its place and renamed over it (`agent_node.persistence.atomic_write`): a reader
+written beside its place and renamed over it (`protocols.files.atomic_write`): a reader
 sees the old file or the new one, never a part.
 
 The ray backend calls `extract_replacing` in its runner; the ssh backend runs this module on the
@@ -22,7 +22,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from agent_node.persistence import atomic_write
+from protocols.files import atomic_write
 
 
 def extract_replacing(tar: tarfile.TarFile, directory: Path) -> None:

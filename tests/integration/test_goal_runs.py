@@ -300,7 +300,8 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
     import numpy as np
     import torch
 
-    from agent_node.persistence import load_checkpoint, read_sealed
+    from agent_node.persistence import load_checkpoint
+    from protocols.files import read_sealed
     from tests.conftest import load_bench
 
     episodes = 40
