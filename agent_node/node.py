@@ -141,7 +141,7 @@ class AgentNode(EnvLink, Services):
                 identity.node_id, [self.topology.nodes[j] for j in self.topology.neighbours(me)], identity.run_seed,
                 config_for=run.network.link_in_steps_between, blocked=self.hub.links.partitions.blocks,
                 mark_timeout_s=self.membership.timeout_s)
-        # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
+        # Global state and joint action in the transitions (agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(
             config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or any(c.needs_global_view for c in self.capabilities)
         )

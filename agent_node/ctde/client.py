@@ -1,4 +1,4 @@
-"""The agent side of centralized training (CTDE, issue 12): what an agent node sends to a learner
+"""The agent side of centralized training (CTDE): what an agent node sends to a learner
 node and how it takes the parameters that come back.
 
 An agent node of a run with `training.mode: centralized` keeps acting in its own process with its

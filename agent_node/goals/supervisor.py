@@ -1,4 +1,4 @@
-"""`python -m agent_node.goals.supervisor`: the external goal supervisor of a goal run (issue 10).
+"""`python -m agent_node.goals.supervisor`: the external goal supervisor of a goal run.
 
 ALGORITHMS.md section 2's upper bound: one draw from outside the team, given to every member.
 The orchestrator starts this node (node id `supervisor`) in a run with

@@ -62,7 +62,7 @@ the magic `PARLEYSL`, a seal format version, the length of what precedes it and 
 the reader checks before it parses anything: a chunk cut short, overwritten or changed after it
 was written is a `DamagedDatasetFile` naming it and why, never rows read from damaged bytes.
 Without Parley, `np.load` reads a chunk as it is (a zip is found from its end), and the manifest
-is the JSON in all but the file's last 24 bytes. Format version 1 (before issue 27) was the same
+is the JSON in all but the file's last 24 bytes. Format version 1 (before files were sealed) was the same
 unsealed; it is still read, without the check.
 
 Rows of different agents for the same environment step share (`env_step`, `copy`), which is how

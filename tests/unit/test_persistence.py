@@ -152,7 +152,7 @@ def test_a_replay_buffer_on_a_full_disk_fails_naming_the_file(full_disk):
     assert not path.exists()
 
 
-# ---------------------------------------------------------------- sealed files and generations (issue 27)
+# ---------------------------------------------------------------- sealed files and generations
 
 
 @pytest.mark.parametrize(
