@@ -289,9 +289,6 @@ class Capability:
     def catch_up(self) -> None:
         pass
 
-    def on_env_restarting(self, now: float) -> None:
-        pass
-
     # -- the end, checkpoints, metrics
     def drain(self) -> None:
         pass

@@ -1,4 +1,4 @@
-"""`python -m agent_node.learner_node`: the centralized learner process (CTDE, issue 12).
+"""`python -m agent_node.learner_node`: the centralized learner process (CTDE).
 
 A ROUTER that agent nodes connect DEALERs to. Each agent announces itself (`ctde.join`: its index
 and spaces; the node builds its networks from the first and answers every join with that agent's

@@ -37,7 +37,6 @@ from agent_node.capability import CONTROL, ENV, PEERS, Capability, dispatch_tabl
 from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient
 from agent_node.global_fields import GlobalFieldTracker
-from agent_node.metrics import MetricsWriter
 from agent_node.node_states import NodeState, check_transition
 from agent_node.node_parts import (
     RUN_BUDGET_SPENT, EnvLink, NodeFailure, Services, build_node_learner, drain_node, stop_for_write_error,
@@ -51,6 +50,7 @@ from protocols import messages as m
 from protocols.control import ControlClient, ShutdownRequested
 from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
 from protocols.jsonlines import FileWriteError
+from protocols.metrics import MetricsWriter
 from protocols.node_config import NodeIdentity, bind_address, node_hub
 from protocols.settings import ENV_NODE_ID, agent_node_ids
 from protocols.topology import build_topology
@@ -96,7 +96,7 @@ class AgentNode(EnvLink, Services):
         self.dispatch = dispatch_table(self.capabilities, self.HANDLERS)
         # protocols.talk: env_steps: peer messages take env steps (agent_node/step_talk.py).
         self.talk = EnvStepTalk.for_node(self) if run.protocols.talk == "env_steps" else None
-        # Global state and joint action in the transitions (issue 12, agent_node/global_fields.py).
+        # Global state and joint action in the transitions (agent_node/global_fields.py).
         self.global_fields = GlobalFieldTracker(
             config.global_view or config.learner.kind in NEEDS_GLOBAL_VIEW or any(c.needs_global_view for c in self.capabilities)
         )

@@ -383,7 +383,8 @@ def check_processes(run_dir: Path) -> Verdict:
 
 
 def check_files(run_dir: Path) -> Verdict:
-    from agent_node.persistence import load_checkpoint, read_sealed
+    from agent_node.persistence import load_checkpoint
+    from protocols.files import read_sealed
     from env_server.resume import SLOT_BYTES, _decode_slot
 
     problems, counts, torn = [], Counter(), 0

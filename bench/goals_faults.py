@@ -1,7 +1,7 @@
 """Goal negotiation and hindsight sharing under peer-link delay, loss and a crashed partner,
 through the runtime. Prints a table (and saves JSON, and a plot with --plot).
 
-Issue 24. Two goal-conditioned agents on goal_lines (configs/goals_negotiation_hindsight.yaml:
+Two goal-conditioned agents on goal_lines (configs/goals_negotiation_hindsight.yaml:
 the naming game for each episode's goal while the env server holds the episode start, then the
 achieved goals shared for HER; `--config configs/goals_own_view_hindsight.yaml` for the own
 view, where each agent sees only the landmark it touches and a partner's report is the only

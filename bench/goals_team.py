@@ -1,7 +1,7 @@
 """Team-wide goal agreement by the team flood (protocols/team_negotiation.py) on a ring of 6 and a
 3 x 3 torus: in the deterministic network simulator under loss, and through the runtime.
 
-Issue 24. `--simulate`: the engines alone in protocols/netsim.py (5 ms links with 3 ms jitter,
+`--simulate`: the engines alone in protocols/netsim.py (5 ms links with 3 ms jitter,
 starts staggered by 2 ms a node, rounds of 0.5 s), one negotiation per seed; per topology and loss:
 the fraction of negotiations in which the whole team took one goal, the fraction of agents that
 heard every proposal (`team_complete`), of agents that heard nobody (`timed_out`), and the

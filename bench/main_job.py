@@ -10,7 +10,7 @@ evaluations of 8 episodes every 500 steps), with one change per variant:
 - `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
 - `no_model`: no world model and so no consensus (the learner does not use the model in `main`
   either, so this measures what training and averaging it cost, not a learning effect);
-- `plain_dqn`: the DQN agents of the main job before issue 31 (no landmarks, buffer 100,000).
+- `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, buffer 100,000).
 
 A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
 episode). The random and oracle lines are the env server's own (env_server/baselines.py), on the

@@ -20,9 +20,9 @@ which an evaluation reached 400. Every table and figure names the action-penalty
 (`--penalty`, 1.0 is the reference's `env.py` line 144; 0 switches the penalty off).
 
 Variants (`VARIANTS` below): og_marl (the shipped config: the reference's kernel on raw inputs and
-its bonus at c = 0.01, refits drawn uniformly, one real row per batch), og_marl_pre23 (the shipped
-setting before issue 23), og_marl_epistemic (epistemic variance, c calibrated to the same mean
-bonus), og_marl_c0, og_marl_local (each agent its own GP, no consensus), og_marl_centralized
+its bonus at c = 0.01, refits drawn uniformly, one real row per batch), og_marl_previous (the
+setting shipped before the reference-matching rework), og_marl_epistemic (epistemic variance, c
+calibrated to the same mean bonus), og_marl_c0, og_marl_local (each agent its own GP, no consensus), og_marl_centralized
 (exact average in one round), og_marl_push_sum, og_marl_terminal (the time limit terminal as the
 reference's), og_marl_lossy (every agent <-> agent link 200 ms late and 30 % lossy, rounds waiting
 up to 1 s; its rounds with a missing share are counted, not a failure), sac (1 update per step),
@@ -117,10 +117,10 @@ VARIANTS: dict[str, Variant] = {
     "og_marl_epistemic": Variant(
         "configs/og_marl_ring5_epistemic.yaml", "og_marl", label="OG-MARL (epistemic variance, calibrated c)"
     ),
-    # The shipped setting before issue 23, for continuity with the rows measured then: the
+    # The setting shipped before the reference-matching rework, for continuity with the rows measured then: the
     # box-scaled kernel without the constant (a near-constant bonus of 0.012-0.015), refits on
     # the newest 320 rows, no real row per batch.
-    "og_marl_pre23": Variant(
+    "og_marl_previous": Variant(
         "configs/og_marl_ring5.yaml",
         "og_marl",
         (
@@ -129,7 +129,7 @@ VARIANTS: dict[str, Variant] = {
             "agents.learner.fit_sampling=latest",
             "agents.learner.real_ratio=0.0",
         ),
-        label="OG-MARL as shipped before issue 23 (box kernel, newest rows, no real row)",
+        label="OG-MARL as shipped before the reference-matching rework (box kernel, newest rows, no real row)",
     ),
     "og_marl_c0": Variant("configs/og_marl_ring5_no_optimism.yaml", "og_marl", label="OG-MARL c=0"),
     "og_marl_local": Variant("configs/og_marl_ring5_local.yaml", "og_marl", label="OG-MARL, local GP only"),
@@ -139,7 +139,7 @@ VARIANTS: dict[str, Variant] = {
         "configs/og_marl_ring5_push_sum.yaml", "og_marl", label="OG-MARL, push-sum", reproducible=False
     ),
     # The time limit reaches OG-MARL's critic only through its one real row per batch (the
-    # reference's, odmar.py line 917, and the shipped default since issue 23): bootstrapping
+    # reference's, odmar.py line 917, and the shipped default since the reference-matching rework): bootstrapping
     # through it (the default) or treating it as terminal (the reference's `done = 1`).
     "og_marl_terminal": Variant(
         "configs/og_marl_ring5.yaml",
@@ -147,7 +147,7 @@ VARIANTS: dict[str, Variant] = {
         ("agents.learner.sac.bootstrap_on_truncation=false",),
         label="OG-MARL, time limit terminal",
     ),
-    # Issue 9's experiment: every agent <-> agent link (not the env links) delays each message by
+    # The fault experiments' lossy setting: every agent <-> agent link (not the env links) delays each message by
     # 200 ms and drops 30 %; a synchronous round then waits up to 1 s (the shipped 10 s is sized to
     # move 6.5 MB shares, which take milliseconds on ipc) and averages over the shares that came.
     "og_marl_lossy": Variant(
@@ -167,7 +167,7 @@ VARIANTS: dict[str, Variant] = {
     ),
 }
 
-# Regimes in which the mechanisms can matter (issue 23), each a copy of some variants above:
+# Regimes in which the mechanisms can matter, each a copy of some variants above:
 # - `_explore`: exploration made hard, EXPLORE_RANDOM_STEPS random steps instead of 5,000, so the
 #   first policies must find the sites themselves (where optimism could pay);
 # - `_scarce`: SCARCE_FIT_TRANSITIONS transitions per refit instead of 256, so one agent's data
@@ -206,7 +206,7 @@ DEFAULT_COMPARISONS = (
     ("og_marl", "og_marl_local"),  # sharing the world model
     ("og_marl", "sac_utd10"),  # the model, at an equal update ratio
     ("sac_utd10", "sac"),  # the update ratio alone
-    ("og_marl", "og_marl_pre23"),  # issue 23's settings against the earlier ones
+    ("og_marl", "og_marl_previous"),  # the reference's settings against the earlier ones
     ("og_marl_explore", "og_marl_c0_explore"),
     ("og_marl_epistemic_explore", "og_marl_c0_explore"),
     ("og_marl_explore", "sac_utd10_explore"),
@@ -811,7 +811,7 @@ def calibrate_optimism(seeds: list[int], penalty: float, random_steps: int) -> d
     shipped_kernel = "shipped kernel (raw inputs, + 0.1)"
     forms = {
         shipped_kernel: gp_config,
-        "box-scaled kernel (before issue 23)": gp_config.model_copy(update={"input_scaling": "box", "linear_constant": 0.0}),
+        "box-scaled kernel (the earlier default)": gp_config.model_copy(update={"input_scaling": "box", "linear_constant": 0.0}),
     }
     rows = []
     for seed in seeds:

@@ -9,8 +9,8 @@ once with its products the fast way (`current`, what the agents run where torch 
 wide layers' products through oneDNN, the narrow first layer's backward products transposed; see
 `agent_node/algos/sac.py`) and once through torch's own products (`current, torch products`), and one with
 `agent_node/algos/sac.py` as it was at each commit of `--baseline-ref` (read with `git show`,
-loaded as a module of its own; by default 87ef093, before issue 23, and 26411d9, after its first
-session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and times
+loaded as a module of its own; by default 87ef093, before the update path was reworked, and 26411d9,
+after the rework's first session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and times
 `update()` after each new real row, exactly as the agent node drives it: `--env-steps`
 environment steps (10 gradient steps each) per block, the implementations taking turns block by
 block so that a change of load hits all of them. One thread (as the agents run).
@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# The commit before the update path was reworked (issue 23), and the end of its first session.
+# The commit before the update path was reworked, and the end of the rework's first session.
 DEFAULT_BASELINE_REFS = "87ef093,26411d9"
 UPDATES_PER_STEP = 10
 REAL_ROWS, IMAGINED_ROWS = 6000, 20000

@@ -1,4 +1,4 @@
-"""How `orchestrate up` scales with the number of agent processes (issue 6, "Scale").
+"""How `orchestrate up` scales with the number of agent processes.
 
 For each agent count (default 4, 8, 16, 32) and each start method (`launch.start_method`:
 fork_server, spawn), runs a real `orchestrate up` of DQN agents on MPE simple_spread with N =

@@ -1,5 +1,5 @@
 """Agent-count transfer on pursuit: trained with 2 pursuers, run zero-shot with 4, against trained
-with 4 (ALGORITHMS.md section 5; issue 12), through full Parley runs.
+with 4 (ALGORITHMS.md section 5), through full Parley runs.
 
     python bench/transfer.py [--seeds 0,1,2,3,4] [--steps 20000] [--last-evals 2] [--eval-episodes 16]
                              [--grid N] [--root DIR] [--reuse] [--json] [--plot PNG]

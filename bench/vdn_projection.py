@@ -1,5 +1,5 @@
 """Why VDN's Q_tot on the non-monotonic game misses the analytic projection: the data's share and
-the optimizer's, measured apart (issue 34; docs/ctde_games.md).
+the optimizer's, measured apart (docs/ctde_games.md).
 
     python bench/vdn_projection.py data [--rows 51200,204800,819200] [--draws 2000]
     python bench/vdn_projection.py optimizer [--rows 819200] [--seeds 0,1,2] [--train-every 256]

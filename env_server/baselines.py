@@ -5,6 +5,20 @@ from the same seed every evaluation starts from, and writes their mean return pe
 episode beside the agents' (`eval/random_return_mean`, `eval/oracle_return_mean`): the same
 episodes, the same unit, no second program to run. Both take a few tens of milliseconds.
 
+`orchestrate evaluate` prints the same random baseline episode by episode, from this module run
+as a command (a subprocess: the orchestrator imports no env code):
+
+    python -m env_server.baselines '{"name": "mpe2.simple_spread_v3", "kwargs": {"N": 3},
+        "construction_seed": C, "eval_seed": S, "episodes": 5}'
+
+prints one JSON object, `{"episodes": [{"agent_0": -12.5, ...}, ...]}` (each agent's return in
+each episode), or `{"error": "..."}` with exit 2. It builds the copies as the env server builds
+its evaluation copies (`make_env` with the run's construction seed, copy i reset from
+`eval_seed + i`) and plays them with the same `random_policy`, whose actions for copy i come
+from their own stream derived from `eval_seed` and i: so the command and
+`eval/random_return_mean` give one number for one run, and episode i's random return does not
+depend on how many episodes are played beside it.
+
 The oracle of simple_spread (MPE, `mpe2.simple_spread_v3`, discrete actions): at the episode's
 start the Hungarian method assigns the landmarks to the agents (one each, least total distance),
 and each agent steers toward its own with the discrete actions, choosing each step the action
@@ -15,6 +29,8 @@ position), so it is a ceiling for agents that agree on an assignment, not the op
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -22,7 +38,9 @@ from gymnasium import spaces
 from scipy.optimize import linear_sum_assignment
 
 from env_server.evaluation import landmarks_covered, spread_end_state
+from env_server.registry import make_env
 from env_server.vector import BatchedStep, VectorizedParallelEnv
+from protocols.seeds import derive_seed
 
 Policy = Callable[[BatchedStep], dict[str, Any]]
 
@@ -33,11 +51,16 @@ PUSH = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], dtype=np.float64) * 
 
 
 def random_policy(action_spaces: dict[str, spaces.Space], seed: int) -> Policy:
-    rng = np.random.default_rng(seed)
+    """Uniformly random actions; copy i draws from its own generator, seeded
+    `derive_seed(seed, i, "random_actions")`, so its episode is the same however many copies play."""
+    generators: list[np.random.Generator] = []
 
     def act(result: BatchedStep) -> dict[str, Any]:
         copies = len(result.episode_start)
-        return {agent: np.stack([_sample(space, rng) for _ in range(copies)]) for agent, space in action_spaces.items()}
+        while len(generators) < copies:
+            generators.append(np.random.default_rng(derive_seed(seed, len(generators), "random_actions")))
+        return {agent: np.stack([_sample(space, generators[copy]) for copy in range(copies)])
+                for agent, space in action_spaces.items()}
 
     return act
 
@@ -90,17 +113,28 @@ def oracle_for(env_name: str, action_spaces: dict[str, spaces.Space]) -> Policy 
     return None
 
 
-def play(envs: VectorizedParallelEnv, seed: int, policy: Policy) -> list[float]:
-    """One episode in every copy from `seed` (copy i from seed + i; no autoreset): the mean
-    return per agent of each episode."""
+def play(envs: VectorizedParallelEnv, seed: int, policy: Policy) -> list[dict[str, float]]:
+    """One episode in every copy from `seed` (copy i from seed + i; no autoreset): each agent's
+    return in each episode, in copy order."""
     if envs.autoreset:
         raise ValueError("baselines play one episode per copy: give evaluation copies (autoreset off)")
     result = envs.reset(seed)
-    returns: list[float] = []
+    returns: list[dict[str, float] | None] = [None] * envs.num_copies
     while not envs.all_finished:
+        running = [copy for copy in range(envs.num_copies) if envs.copy_running(copy)]
         result = envs.step(policy(result))
-        returns += result.episode_returns
-    return returns
+        # The copies that ended in this step report in copy order (VectorizedParallelEnv.step).
+        ended = [copy for copy in running if not envs.copy_running(copy)]
+        for copy, agent_returns in zip(ended, result.episode_agent_returns, strict=True):
+            returns[copy] = agent_returns
+    return returns  # type: ignore[return-value]  # every copy ended
+
+
+def mean_return_per_agent(episodes: list[dict[str, float]]) -> float:
+    """The mean over episodes of the mean over agents, in plain floats and in this order, as
+    `orchestrate evaluate` computes it from the command's rows: the same number to the last bit."""
+    per_episode = [sum(episode.values()) / len(episode) for episode in episodes]
+    return sum(per_episode) / len(per_episode)
 
 
 def covered_at_end(envs: VectorizedParallelEnv) -> float | None:
@@ -116,12 +150,40 @@ def baseline_metrics(envs: VectorizedParallelEnv, seed: int, env_name: str) -> d
     """`eval/random_return_mean` and, where the env has an oracle, `eval/oracle_return_mean`; on
     simple_spread also the landmarks each covered at the end (`eval/random_landmarks_covered`,
     `eval/oracle_landmarks_covered`), the lines the agents' `eval/landmarks_covered` is read against."""
-    metrics = {"eval/random_return_mean": float(np.mean(play(envs, seed, random_policy(envs.action_spaces, seed))))}
+    metrics = {"eval/random_return_mean": mean_return_per_agent(play(envs, seed, random_policy(envs.action_spaces, seed)))}
     if (covered := covered_at_end(envs)) is not None:
         metrics["eval/random_landmarks_covered"] = covered
     oracle = oracle_for(env_name, {agent: envs.action_spaces[agent] for agent in envs.possible_agents})
     if oracle is not None:
-        metrics["eval/oracle_return_mean"] = float(np.mean(play(envs, seed, oracle)))
+        metrics["eval/oracle_return_mean"] = mean_return_per_agent(play(envs, seed, oracle))
         if (covered := covered_at_end(envs)) is not None:
             metrics["eval/oracle_landmarks_covered"] = covered
     return metrics
+
+
+def random_returns(name: str, kwargs: dict[str, Any], construction_seed: int, eval_seed: int,
+                   episodes: int) -> list[dict[str, float]]:
+    """Each agent's return in each of `episodes` episodes of `random_policy`, on copies built and
+    reset as the env server's evaluation copies (the module docstring)."""
+    envs = VectorizedParallelEnv(lambda: make_env(name, kwargs, construction_seed=construction_seed), episodes,
+                                 autoreset=False)
+    try:
+        return play(envs, eval_seed, random_policy(envs.action_spaces, eval_seed))
+    finally:
+        envs.close()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        request = json.loads(argv[0])
+        rows = random_returns(request["name"], request.get("kwargs") or {}, request["construction_seed"],
+                              request["eval_seed"], request["episodes"])
+    except Exception as error:  # any failure is reported to the orchestrator as one line
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+        return 2
+    print(json.dumps({"episodes": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

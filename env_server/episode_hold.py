@@ -1,6 +1,6 @@
 """Holding an episode's first observation while the agents negotiate, sans-IO.
 
-Goal-conditioned agents (issue 10, ALGORITHMS.md sections 2-3) agree on goals with the partners
+Goal-conditioned agents (ALGORITHMS.md sections 2-3) agree on goals with the partners
 they play with before the episode's first step. Who plays is decided by the environment's reset
 (a population env draws its agents), so the server announces it: when a copy's episode starts
 (the first reset, or an autoreset inside a step) and `env.episode_start_hold_s` > 0, the server

@@ -28,7 +28,7 @@ older, is used (and said: `damaged`, a warning naming the file, the orchestrator
 cache keeps it), which is what a restart recovers from; a crash of the whole machine may lose the
 last steps, and then the run resumes from an older step.
 
-**Never a silent step 0** (issue 27). The file is created whole, by a rename, with its first
+**Never a silent step 0.** The file is created whole, by a rename, with its first
 point in it, so a file on disk always held a valid slot: a file in which neither slot is valid
 (cut short, overwritten, another program's) is damage, and `load` raises `DamagedStateError`
 naming the file and what is wrong with each slot. The server then stops with

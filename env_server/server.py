@@ -214,7 +214,7 @@ class EnvServer:
         # tell the orchestrator about them; the caller's loop owns the control channel.
         self.step_hold = StepHold(rules.step_hold_timeout_s)
         self.control_outbox: list[object] = []
-        # Global state and joint action for the clients that ask (issue 12; off until one does).
+        # Global state and joint action for the clients that ask (centralized training; off until one does).
         self.global_view = GlobalView(envs, eval_envs)
         self.global_view_clients: set[bytes] = set()
         # A restarted server resumes from its last saved point (resume.py); None: a fresh run.

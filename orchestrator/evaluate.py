@@ -17,9 +17,11 @@ per agent, the env server, the run's topology and transport), made from the run'
 The env server writes each evaluation episode's per-agent returns to its metrics
 (`eval_episode/return/<agent>`, env_server/evaluation.py); this module prints them as a table,
 one row per episode and one column per agent, with the mean, and beside it the same table for
-uniformly random actions on the same episodes (`python -m env_server.random_policy`, a
-subprocess: the orchestrator imports no env code), the baseline a trained policy has to beat. The evaluation run's directory is
-`<RUN_DIR>/evaluations/<n>`, so the run it evaluates keeps everything about itself.
+uniformly random actions on the same episodes (`python -m env_server.baselines`, a subprocess:
+the orchestrator imports no env code), the baseline a trained policy has to beat: the same
+function and seeds as the env server's `eval/random_return_mean`, so both give one number. The
+evaluation run's directory is `<RUN_DIR>/evaluations/<n>`, so the run it evaluates keeps
+everything about itself.
 
 A run trained centrally (`training.mode: centralized`) is refused: its agents act with the Q-networks
 the learner node sends them, and evaluating those from the agents' checkpoints is not implemented.
@@ -131,6 +133,12 @@ def format_returns(episodes: list[dict[str, float]], nodes: dict[str, str]) -> s
     return "\n".join(lines)
 
 
+def mean_return_per_agent(episodes: list[dict[str, float]]) -> float:
+    """The mean over episodes of the mean over agents (env_server/baselines.py computes the
+    server's `eval/random_return_mean` the same way, in the same order)."""
+    return _mean([_mean(list(episode.values())) for episode in episodes])
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -158,7 +166,7 @@ def random_baseline(resolved: RunConfig, episodes: int) -> tuple[list[dict[str, 
         "eval_seed": derive_seed(resolved.run.seed, env_index, "eval_env"),
     })
     try:
-        done = subprocess.run([sys.executable, "-m", "env_server.random_policy", request], capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "env_server.baselines", request], capture_output=True,
                               text=True, timeout=RANDOM_BASELINE_TIMEOUT_S, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return None, f"random actions took over {RANDOM_BASELINE_TIMEOUT_S:.0f} s"
@@ -177,9 +185,9 @@ def summary(run_dir: Path, evaluation_dir: Path, episodes: list[dict[str, Any]],
     lines = [f"greedy evaluation of {run_dir} (each agent's last checkpoint), {len(episodes)} episode(s); "
              f"return per agent:", format_returns(episodes, nodes)]
     random_episodes, why_not = random
-    trained = _mean([_mean(list(episode.values())) for episode in episodes])
+    trained = mean_return_per_agent(episodes)
     if random_episodes:
-        baseline = _mean([_mean(list(episode.values())) for episode in random_episodes])
+        baseline = mean_return_per_agent(random_episodes)
         lines += ["uniformly random actions on the same episodes:", format_returns(random_episodes, nodes),
                   f"mean return per agent: {trained:.3f} trained, {baseline:.3f} random"]
     else:

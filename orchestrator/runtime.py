@@ -197,7 +197,7 @@ def make_backend(plan: LaunchPlan, config: RunConfig, events: EventLog):
     if config.launch.backend == "ssh":
         from orchestrator.backends.ssh import SshBackend
 
-        return SshBackend(config, events)
+        return SshBackend(config.runtime, config.launch.hosts, events)
     if config.launch.backend == "ray":
         from orchestrator.backends.ray import RayBackend
 

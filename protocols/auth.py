@@ -25,7 +25,7 @@ pairs (`generate_run_keys`), runs the ZAP handler and applies the keys where it 
   header names is dropped and counted. Only the run's own nodes (those of `public.json`) have a
   key, derived once at start (`signing_keys`); a message without a signature is refused before
   its claimed sender is read, and a claim that is no node id before any key is looked up, so a
-  made-up sender name costs the receiver nothing it keeps (protocols/wire.py, issue 33).
+  made-up sender name costs the receiver nothing it keeps (protocols/wire.py).
 
 What this does not defend against: a process of the run itself (it can read the run key), or
 anything running as the same user with access to the run dir. Those can read the keys anyway.
@@ -172,7 +172,7 @@ def signing_keys(keys: NodeKeys) -> Callable[[str], bytes]:
 
     The keys of every node in `public.json` (all of the run's nodes, fixed at `up`) are derived
     once, here: a claim is looked up, never stored, so made-up names cost the receiver nothing
-    (a cache filled by claims would grow with whatever names a stranger invents: issue 33)."""
+    (a cache filled by claims would grow with whatever names a stranger invents)."""
     known = {node: keys.signing_key(node) for node in keys.node_publics}
 
     def key_for(sender: str) -> bytes:

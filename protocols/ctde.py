@@ -1,4 +1,4 @@
-"""Messages between agent nodes and a centralized learner node (issue 12, CTDE).
+"""Messages between agent nodes and a centralized learner node (CTDE).
 
 Centralized training, decentralized execution: each agent node keeps acting with its own local Q
 network in its own process, streams what it saw and did to one `learner` node, and loads the

@@ -1,4 +1,4 @@
-"""What a node does when the state it saved on disk cannot be read back (issue 27).
+"""What a node does when the state it saved on disk cannot be read back.
 
 Every node that resumes from its own files (an agent's checkpoints and replay buffer,
 agent_node/persistence.py; the env server's resume point, env_server/resume.py) verifies them

@@ -1,6 +1,6 @@
 """Team-wide goal agreement on any graph: every agent's proposal flooded for the diameter, sans-IO.
 
-Issue 24, ALGORITHMS.md section 2 (our extension). The naming game (protocols/negotiation.py)
+ALGORITHMS.md section 2 (our extension). The naming game (protocols/negotiation.py)
 aligns neighbours through learned codes; on a ring of 6 its edge alignment reached 0.16 and the
 whole team never agreed (README, Goals): each follower decodes the leader's message with its own
 matrix, and six matrices learn six codes from weak evidence. This protocol gives up the learned

@@ -228,7 +228,7 @@ class OGMARLConfig(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------------
-# Learners of issue 12 (PMIC, centralized mixing, agent-count transfer, offline RL). PMIC and the
+# The centralized-training learners (PMIC, centralized mixing, agent-count transfer, offline RL). PMIC and the
 # shared DQN are in `LearnerConfig` (the node gives them the global view and their agent index).
 # CQL and BC are in it for evaluation only: they train from a dataset (`python -m
 # agent_node.offline`), and a run's agents may name them only with `learning: false` and
@@ -423,7 +423,7 @@ class BCConfig(BaseModel):
 
 
 class GoalDQNConfig(BaseModel):
-    """Goal-conditioned DQN with hindsight relabelling (agent_node/algos/goal_dqn.py; issue 10).
+    """Goal-conditioned DQN with hindsight relabelling (agent_node/algos/goal_dqn.py).
 
     In `LearnerConfig`: an agent node runs it with its goal session (agent_node/goals/session.py),
     which the run's `agents.goals` section configures (agent_node/goals/config.py); a run with

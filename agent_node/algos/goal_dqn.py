@@ -40,7 +40,7 @@ from agent_node.algos.config import GoalDQNConfig
 # DQN's network, its input the observation and the goal's features side by side.
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.learner_parts import check_config, linear_schedule
-from agent_node.persistence import atomic_write, read_sealed
+from protocols.files import atomic_write, read_sealed
 from protocols.hindsight import achieved_after_each_step, relabel_episode
 
 

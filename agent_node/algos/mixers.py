@@ -92,9 +92,6 @@ class QMIXMixer(nn.Module):
 # ---------------------------------------------------------------------------------- joint replay
 
 
-JOINT_FIELDS = ("state", "obs", "action", "reward", "next_state", "next_obs", "terminated", "active", "next_active")
-
-
 class JointReplayBuffer:
     """A ring of joint transitions (all agents of one env step in one row), sampled uniformly.
 

@@ -1,6 +1,6 @@
 """The AMIGo session: one student agent and its own teacher, whose goals are grid cells, sans-IO.
 
-ALGORITHMS.md section 3 (AMIGo; Campero et al., arXiv 2006.12122), issue 10. The node runs it
+ALGORITHMS.md section 3 (AMIGo; Campero et al., arXiv 2006.12122). The node runs it
 beside the goal-conditioned learner (`agent_node/algos/goal_dqn.py`) when the run's
 `agents.goals.selection` is `amigo` (`agent_node/goals/config.py`); the env is a cell grid that
 reports, every step, the cell each agent stands on (`infos[agent]["cell"]`: treasure_room_v0, or a

@@ -4,7 +4,7 @@ At a lockstep step by which the `ConsensusSubject` reached a tick it has not ave
 names that tick and the node hands the observation it just received to `begin`: the session
 holds it (the env server waits for this agent's action while the neighbours average), asks the
 subject for its tensors, and starts the consensus engine with the tick as the epoch (computed
-from the env server's step, so the same number on every agent, see consensus_subjects.py). Each
+from the env server's step, so the same number on every agent, see agent_node/consensus/subjects.py). Each
 tick runs at most once; the first step a (re)started agent sees does not start a tick that lies
 before it (its neighbours averaged it without this agent long ago). Peer shares, timers and
 neighbour up/down notices go in; the messages to send come out as `(destination, message)`

@@ -1,4 +1,4 @@
-"""The agent side of centralized training (CTDE, issue 12): what an agent node sends to a learner
+"""The agent side of centralized training (CTDE): what an agent node sends to a learner
 node and how it takes the parameters that come back.
 
 An agent node of a run with `training.mode: centralized` keeps acting in its own process with its
@@ -7,8 +7,8 @@ own Q-network (epsilon-greedy, the epsilon schedule of `agents.learner`), but ne
 whose `observe_at` streams each recorded `Transition` to the learner node as `ctde.transitions`
 (`transitions_message`) and whose Q-network takes every `ctde.params` that comes back
 (`ParamsReceiver`). It owes no gradient steps: the learner node takes them (agent_node/learner_node.py).
-The node only builds it, connects its channel, and routes `ctde.params` to it (small hooks in
-agent_node/node.py).
+The CTDE capability (agent_node/ctde/capability.py) builds it, opens its channel to the learner
+node and hands it each `ctde.params`; the node itself names none of this.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The `training` section of a run config: decentralized (every agent trains itself) or centralized
-(a `learner` node trains every agent's Q-network through a VDN or QMIX mixer; issue 12).
+(a `learner` node trains every agent's Q-network through a VDN or QMIX mixer).
 
     training: {mode: decentralized}                      # the default: each agent node learns alone
     training: {mode: centralized, mixer: qmix}           # CTDE through a learner node

@@ -35,8 +35,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from agent_node.algos.mixers import CentralizedMixerLearner, JointReplayBuffer
-from agent_node.persistence import atomic_write, read_sealed
 from protocols.ctde import CTDEParams, CTDETransitions
+from protocols.files import atomic_write, read_sealed
 
 
 class JointRowAssembler:

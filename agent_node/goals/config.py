@@ -1,6 +1,6 @@
 """The `agents.goals` section: how goal-conditioned agents pick, agree on and share goals.
 
-Issue 10, ALGORITHMS.md section 2. A run whose agents use the goal-conditioned learner
+ALGORITHMS.md section 2. A run whose agents use the goal-conditioned learner
 (`learner.kind: goal_dqn`) must have this section, and a run with this section must use that
 learner: the section configures `agent_node/goals/session.py`, which the node runs beside it.
 

@@ -1,6 +1,6 @@
 """The goal session: one goal-conditioned agent's goals, episode by episode, sans-IO.
 
-ALGORITHMS.md section 2 (Dec-IMSAP), issue 10. The node runs it beside the goal-conditioned
+ALGORITHMS.md section 2 (Dec-IMSAP). The node runs it beside the goal-conditioned
 learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` section
 (`agent_node/goals/config.py`). Per episode it
 

@@ -1,4 +1,4 @@
-"""`python -m agent_node.goals.supervisor`: the external goal supervisor of a goal run (issue 10).
+"""`python -m agent_node.goals.supervisor`: the external goal supervisor of a goal run.
 
 ALGORITHMS.md section 2's upper bound: one draw from outside the team, given to every member.
 The orchestrator starts this node (node id `supervisor`) in a run with
@@ -46,7 +46,7 @@ def save_checkpoint(path: Path, draws: Any, service: Any) -> None:
     """Write the supervisor's state to `path` atomically and sealed (agent_node/persistence.py: a
     kill mid-write leaves the previous file, damage later fails the seal); a full disk raises
     FileWriteError naming `path`."""
-    from agent_node.persistence import atomic_write
+    from protocols.files import atomic_write
 
     state = {"format": _CHECKPOINT_FORMAT, "draws": draws.state_dict(), "service": service.state_dict()}
     atomic_write(path, lambda file: file.write(json.dumps(state).encode()), sealed=True)
@@ -57,7 +57,7 @@ def restore_checkpoint(path: Path, draws: Any, service: Any) -> bool:
     exists; False when there is none (a first start). A file that fails its seal or cannot be
     restored is a `DamagedStateError` naming it and why, never a silent fresh start (which would
     give teams goals they were not given)."""
-    from agent_node.persistence import read_sealed
+    from protocols.files import read_sealed
     from protocols.durable_state import DamagedStateError
 
     if not path.exists():

@@ -2,7 +2,7 @@
 
 simple_spread (MPE) pays the team for every landmark covered and each agent for every collision,
 and every agent sees every landmark: without talking, two agents head for one landmark and one is
-left bare. Here (issue 31, ARCHITECTURE.md "The main job") each agent
+left bare. Here (ARCHITECTURE.md "The main job") each agent
 
 1. at the start of an episode (per env copy, training and evaluation alike) holds its first
    observation, measures its distance to every landmark (one row of costs), and floods that row

@@ -62,7 +62,7 @@ the magic `PARLEYSL`, a seal format version, the length of what precedes it and 
 the reader checks before it parses anything: a chunk cut short, overwritten or changed after it
 was written is a `DamagedDatasetFile` naming it and why, never rows read from damaged bytes.
 Without Parley, `np.load` reads a chunk as it is (a zip is found from its end), and the manifest
-is the JSON in all but the file's last 24 bytes. Format version 1 (before issue 27) was the same
+is the JSON in all but the file's last 24 bytes. Format version 1 (before files were sealed) was the same
 unsealed; it is still read, without the check.
 
 Rows of different agents for the same environment step share (`env_step`, `copy`), which is how
@@ -72,7 +72,7 @@ is the run of rows with that `copy` up to and including a row with `terminated` 
 ## Crash safety
 
 The writer keeps rows in memory and writes them as a whole chunk every `chunk_rows` rows (and on
-`flush` / `close`) through `agent_node/persistence.py`'s `atomic_write`: to a temporary file in
+`flush` / `close`) through `protocols/files.py`'s `atomic_write`: to a temporary file in
 the shard directory, fsync, `os.replace` onto the chunk's name, fsync of the directory. `os.replace` is atomic on POSIX, so a process killed at any
 moment leaves complete chunks only (the rows not yet flushed are lost, at most `chunk_rows - 1`),
 plus possibly a `.tmp` file, which the reader ignores and a writer reopening the shard deletes. A
@@ -98,10 +98,10 @@ from typing import Any, Mapping
 import gymnasium as gym
 import numpy as np
 
-from agent_node.persistence import atomic_write, is_sealed, read_sealed
 from agent_node.roles import Transition
 from protocols.durable_state import DamagedStateError
 from protocols.errors import ProtocolError
+from protocols.files import atomic_write, is_sealed, read_sealed
 from protocols.spaces import decode_space, encode_space
 
 FORMAT_NAME = "parley-marl-dataset"

@@ -1,4 +1,4 @@
-"""What made-up sender names cost a running node (issue 33): the RSS of the env server and of one
+"""What made-up sender names cost a running node: the RSS of the env server and of one
 agent while a stranger sends them messages that each claim a sender name of their own.
 
     python bench/probes/claimed_names.py [--config configs/4agents_ring.yaml] [--messages 256]

@@ -1,4 +1,4 @@
-"""What refusing duplicate msgpack keys costs `wire.decode` (issue 33).
+"""What refusing duplicate msgpack keys costs `wire.decode`.
 
     python bench/probes/duplicate_keys.py [--repeats 7] [--json]
 

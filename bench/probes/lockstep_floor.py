@@ -221,7 +221,7 @@ def floor_raw(steps: int) -> dict:
 
 def floor_shm(steps: int) -> dict:
     """The lockstep through arrays in shared memory with an eventfd per wake-up: what an
-    array-based barrier (issue 28) could reach at best. The server writes all N observations
+    array-based barrier could reach at best. The server writes all N observations
     into one (N, obs) array in one copy and wakes each client through its eventfd; each client
     copies its row out, writes its action into its slot of one (N,) array, then counts itself
     in on the server's eventfd; the server reads the N actions from that array once the count
@@ -285,7 +285,7 @@ def floor_shm(steps: int) -> dict:
 
 
 def array_sketch(steps: int) -> dict:
-    """A sketch of the issue's array design (issue 28), with what such a Parley would still do
+    """A sketch of the array-based lockstep design, with what such a Parley would still do
     per step and `floor_shm` leaves out: the server steps the real `VectorizedParallelEnv` (K=1,
     its batching included), copies the step's observation, reward and flag arrays into shared
     arrays (one copy each: the vector env's (N, K) arrays as they are), waits in a zmq poll with

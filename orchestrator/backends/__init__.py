@@ -14,28 +14,14 @@ and, for backends whose nodes run elsewhere (optional; the runtime checks with h
                               place of the host the node bound (e.g. 0.0.0.0) in its endpoints;
     finish(node)              after the node exited: bring its files back into the local run dir.
 
-`launch.backend` picks one: `local` (runtime.LocalBackend) or `ssh` (`backends/ssh.py`).
+`launch.backend` picks one: `local` (runtime.LocalBackend), `ssh` (`backends/ssh.py`) or `ray`
+(`backends/ray.py`).
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 
 class BackendUnavailable(RuntimeError):
     """The chosen backend cannot run here (e.g. its optional extra is not installed); the message
     says what to install. The CLI prints it as one line."""
 
-
-class NodeHandle(Protocol):
-    pid: int
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-class LaunchBackend(Protocol):
-    def start(self, node) -> None: ...
-
-    def signal(self, node, signum: int) -> None: ...

@@ -41,8 +41,7 @@ except ImportError:  # the optional extra is not installed
 
 from orchestrator.backends import BackendUnavailable
 from orchestrator.backends.ray_config import placement_bundles
-from orchestrator.backends.shipping import extract_replacing
-from orchestrator.backends.ssh import shipped_files
+from orchestrator.backends.shipping import extract_replacing, shipped_files
 from protocols.settings import node_ids as run_node_ids
 
 # Longest wait for the cluster to grant the placement group (calls to the runners: launch.ray.call_timeout_s).
@@ -243,7 +242,7 @@ class RayBackend:
         env = {**launch.env, "PYTHONPATH": self.placement.project_root}
         actor = self.actors[launch.node_id]
         pid, niceness = ray.get(
-            actor.start.remote(self.remote_run_dir, shipped_files(self.config, self.remote_run_dir, launch.node_id), argv, env, launch.node_id),
+            actor.start.remote(self.remote_run_dir, shipped_files(self.config.runtime, self.remote_run_dir, launch.node_id), argv, env, launch.node_id),
             timeout=self.placement.call_timeout_s,
         )
         if niceness != 0:

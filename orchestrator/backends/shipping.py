@@ -1,11 +1,11 @@
-"""Unpacking a node's shipped files on the machine it runs on (the ssh and ray backends).
+"""A node's files for the machine it runs on (the ssh and ray backends): packed here, unpacked there.
 
-A node on another machine gets a tar of its resolved.yaml and its keys (`ssh.shipped_files`).
+A node on another machine gets a tar of its resolved.yaml and its keys (`shipped_files`).
 Several nodes of a run may share a machine and so one run directory there: each node's files
 are unpacked into it while the nodes started before read theirs. Writing a file in place
 (`tarfile.extractall`, or `tar -x`, which unlinks and rewrites) lets such a node read it empty or
 half written (a Ray run across namespaces once read an empty resolved.yaml). So every file is
-written beside its place and renamed over it (`agent_node.persistence.atomic_write`): a reader
+written beside its place and renamed over it (`protocols.files.atomic_write`): a reader
 sees the old file or the new one, never a part.
 
 The ray backend calls `extract_replacing` in its runner; the ssh backend runs this module on the
@@ -22,7 +22,39 @@ import sys
 import tarfile
 from pathlib import Path
 
-from agent_node.persistence import atomic_write
+import yaml
+
+from protocols.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME, PUBLIC_KEYS_FILENAME, RUN_KEYS_FILENAME
+from protocols.files import atomic_write
+from protocols.settings import RunLayout
+
+
+def shipped_config(local_run_dir: Path, remote_run_dir: str) -> bytes:
+    """resolved.yaml as a node on another machine reads it: `runtime.run_dir` (and `keys_dir`)
+    rewritten to that machine's copy of the run dir."""
+    data = yaml.safe_load((local_run_dir / "resolved.yaml").read_text())
+    data["runtime"]["run_dir"] = remote_run_dir
+    if data["runtime"].get("keys_dir"):
+        data["runtime"]["keys_dir"] = f"{remote_run_dir}/{KEYS_DIRNAME}"
+    return yaml.safe_dump(data, sort_keys=False).encode()
+
+
+def shipped_files(runtime: RunLayout, remote_run_dir: str, node_id: str) -> bytes:
+    """A tar of what `node_id` needs on another machine: its resolved.yaml and, with
+    authentication on, the run's key files and its own key (never another node's secret key)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        def add(name: str, content: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(content), 0o600
+            tar.addfile(info, io.BytesIO(content))
+
+        add("resolved.yaml", shipped_config(Path(runtime.run_dir), remote_run_dir))
+        keys_dir = runtime.keys_dir
+        if keys_dir:
+            for relative in (RUN_KEYS_FILENAME, PUBLIC_KEYS_FILENAME, f"{NODE_KEYS_DIRNAME}/{node_id}.json"):
+                add(f"{KEYS_DIRNAME}/{relative}", (Path(keys_dir) / relative).read_bytes())
+    return buffer.getvalue()
 
 
 def extract_replacing(tar: tarfile.TarFile, directory: Path) -> None:

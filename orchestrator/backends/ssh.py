@@ -36,11 +36,10 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-import yaml
-
 from orchestrator.backends.hosts import SshHost
-from orchestrator.config import RunConfig
-from protocols.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME, PUBLIC_KEYS_FILENAME, RUN_KEYS_FILENAME
+from orchestrator.backends.shipping import shipped_config, shipped_files
+from protocols.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME
+from protocols.settings import RunLayout
 
 CONNECT_TIMEOUT_S = 5
 ALIVE_INTERVAL_S = 2
@@ -86,36 +85,6 @@ def run_over_ssh(host: SshHost, remote_command: str, stdin: bytes = b"") -> byte
     return done.stdout
 
 
-def shipped_config(local_run_dir: Path, remote_run_dir: str) -> bytes:
-    """resolved.yaml as a node on another machine reads it: `runtime.run_dir` (and `keys_dir`)
-    rewritten to that machine's copy of the run dir."""
-    data = yaml.safe_load((local_run_dir / "resolved.yaml").read_text())
-    data["runtime"]["run_dir"] = remote_run_dir
-    if data["runtime"].get("keys_dir"):
-        data["runtime"]["keys_dir"] = f"{remote_run_dir}/{KEYS_DIRNAME}"
-    return yaml.safe_dump(data, sort_keys=False).encode()
-
-
-def shipped_files(config: RunConfig, remote_run_dir: str, node_id: str) -> bytes:
-    """A tar of what `node_id` needs on another machine: its resolved.yaml and, with
-    authentication on, the run's key files and its own key (never another node's secret key).
-    Shared by the ssh and ray backends."""
-    assert config.runtime is not None, "shipping needs a resolved config"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        def add(name: str, content: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(content), 0o600
-            tar.addfile(info, io.BytesIO(content))
-
-        add("resolved.yaml", shipped_config(Path(config.runtime.run_dir), remote_run_dir))
-        keys_dir = config.runtime.keys_dir
-        if keys_dir:
-            for relative in (RUN_KEYS_FILENAME, PUBLIC_KEYS_FILENAME, f"{NODE_KEYS_DIRNAME}/{node_id}.json"):
-                add(f"{KEYS_DIRNAME}/{relative}", (Path(keys_dir) / relative).read_bytes())
-    return buffer.getvalue()
-
-
 class DeadOnArrival:
     """The handle of a node whose host could not be reached: already exited with ssh's 255."""
 
@@ -133,13 +102,13 @@ class SshBackend:
     """Starts, signals and gathers nodes over ssh; same duck type as the runtime's LocalBackend
     (`start(node)` sets `node.process`, a handle with pid/poll/wait, and `node.log_file`)."""
 
-    def __init__(self, config: RunConfig, events) -> None:
-        assert config.runtime is not None, "the ssh backend needs a resolved config"
-        self.config = config
+    def __init__(self, runtime: RunLayout, hosts: list[SshHost], events) -> None:
+        """`runtime`: the resolved run's layout; `hosts`: `launch.hosts`, which node runs where."""
+        self.runtime = runtime
         self.events = events
-        self.run_id = config.runtime.run_id
-        self.local_run_dir = Path(config.runtime.run_dir)
-        self.host_of = {node: host for host in config.launch.hosts for node in host.nodes}
+        self.run_id = runtime.run_id
+        self.local_run_dir = Path(runtime.run_dir)
+        self.host_of = {node: host for host in hosts for node in host.nodes}
 
     # ------------------------------------------------------------------ where things are
 
@@ -155,8 +124,8 @@ class SshBackend:
         return shipped_config(self.local_run_dir, self.remote_run_dir(node_id))
 
     def shipped_files(self, node_id: str) -> bytes:
-        """A tar of what the node needs on its host (shipped_files below)."""
-        return shipped_files(self.config, self.remote_run_dir(node_id), node_id)
+        """A tar of what the node needs on its host (shipping.shipped_files)."""
+        return shipped_files(self.runtime, self.remote_run_dir(node_id), node_id)
 
     # ------------------------------------------------------------------ the backend interface
 

@@ -1,4 +1,4 @@
-"""Issue 24 through `orchestrate up`: configs/amigo_minigrid.yaml, two AMIGo students in their own
+"""AMIGo on MiniGrid through `orchestrate up`: configs/amigo_minigrid.yaml, two AMIGo students in their own
 processes, each on its own copy of MiniGrid's KeyCorridorS3R3 with a network teacher of its own;
 the teacher's t* and the goal metrics are logged. Needs the minigrid package."""
 

@@ -1,4 +1,4 @@
-"""Issue 10 through `orchestrate up`: AMIGo students in their own processes, each with a teacher of
+"""AMIGo through `orchestrate up`: AMIGo students in their own processes, each with a teacher of
 its own proposing treasure_room cells (configs/amigo_pair.yaml); the teacher's metrics are logged."""
 
 from __future__ import annotations

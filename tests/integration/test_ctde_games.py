@@ -1,4 +1,4 @@
-"""Issue 34 through `orchestrate up`: the QMIX paper's two-step game, trained under uniform
+"""The matrix games through `orchestrate up`: the QMIX paper's two-step game, trained under uniform
 exploration by the learner node, lands where the paper says (QMIX 8, VDN 7), and the final
 checkpoint's Q_tot table is QMIX's (the true Q* with gamma 0.99) or additive (VDN); on the
 non-monotonic game VDN's Q_tot is the least-squares additive projection of the payoffs: at a small

@@ -1,4 +1,4 @@
-"""Issue 12 through `orchestrate up`: centralized training with a `learner` node (QMIX and VDN),
+"""Through `orchestrate up`: centralized training with a `learner` node (QMIX and VDN),
 the run failing clearly when that learner dies, and a parameter-shared checkpoint from a run
 with 2 agents starting every agent of a run with 3."""
 

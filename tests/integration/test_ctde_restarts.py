@@ -1,4 +1,4 @@
-"""Issue 12: a centralized run (configs/tiny_qmix.yaml, a `learner` node) survives restarts.
+"""A centralized run (configs/tiny_qmix.yaml, a `learner` node) survives restarts.
 
 - an agent restarted mid-run is heard by the learner again (its DEALER connects under a routing
   id of its new incarnation: protocols/transport.py, incarnation_routing_id) and gets parameters

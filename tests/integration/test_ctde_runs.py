@@ -1,4 +1,4 @@
-"""Issue 12 runs through `orchestrate up`: PMIC agents fed by the env server's global view."""
+"""Centralized-training runs through `orchestrate up`: PMIC agents fed by the env server's global view."""
 
 from __future__ import annotations
 

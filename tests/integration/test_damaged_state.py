@@ -1,4 +1,4 @@
-"""A node restarted over damaged saved state (issue 27), through a real run and its restart policy.
+"""A node restarted over damaged saved state, through a real run and its restart policy.
 
 configs/tiny_ring.yaml, agent_1 killed at step 30 and restarted by `faults.restart` after a
 backoff long enough for the test to damage its files meanwhile, as a disk error or a bad copy

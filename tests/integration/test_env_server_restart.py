@@ -1,4 +1,4 @@
-"""An env-server restart resumes the run (issue 9), on real processes: `orchestrate up` of
+"""An env-server restart resumes the run, on real processes: `orchestrate up` of
 configs/tiny_ring.yaml whose env server is restarted by the schedule, then crashes (kill -9 from
 the test) and is restarted by the restart policy. The agents wait for it, rejoin, and the run reaches its budget with every
 lockstep step run once."""

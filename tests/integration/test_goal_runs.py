@@ -1,4 +1,4 @@
-"""Issue 10 through `orchestrate up`: goal agents negotiate each episode's goal while the env
+"""Goals between agents through `orchestrate up`: goal agents negotiate each episode's goal while the env
 server holds the start, and share achieved goals for HER after it (configs/goals_*.yaml)."""
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def test_under_the_own_view_the_env_pays_the_goals_and_partners_reports_carry_th
 
 
 def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_for_row(tmp_path):
-    # Issue 24: the two benches' supervisor figures disagreed. With the in-process run seeded as an
+    # The two benches' supervisor figures once disagreed. With the in-process run seeded as an
     # orchestrated run is (bench/goals.py `streams="runtime"`) and the agents taking their owed
     # gradient steps before acting (max_pending_gradient_steps 0; by default they act on while up
     # to 64 are owed), both are the same run: same goals, same rows in every agent's replay,
@@ -300,7 +300,8 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
     import numpy as np
     import torch
 
-    from agent_node.persistence import load_checkpoint, read_sealed
+    from agent_node.persistence import load_checkpoint
+    from protocols.files import read_sealed
     from tests.conftest import load_bench
 
     episodes = 40

@@ -1,4 +1,4 @@
-"""Lifecycle of a run on real processes (issue 9): the orchestrator's death, `down` without an
+"""Lifecycle of a run on real processes: the orchestrator's death, `down` without an
 orchestrator, Ctrl-C during start-up, a paused node, exit times; and the fork server itself.
 
 Every test uses configs/tiny_ring.yaml (env server + 3 DQN agents) with a budget too long to

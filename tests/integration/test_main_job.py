@@ -1,4 +1,4 @@
-"""Issue 31 through `orchestrate up`: the main job (configs/4agents_ring.yaml) agrees who covers
+"""The main job through `orchestrate up`: the main job (configs/4agents_ring.yaml) agrees who covers
 which landmark before every episode, shares its rows after it, evaluates against the env
 server's random and oracle lines, and reports all of it."""
 

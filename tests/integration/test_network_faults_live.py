@@ -1,4 +1,4 @@
-"""Run-time network faults on real processes (issue 9): `orchestrate up` with partition, heal and
+"""Run-time network faults on real processes: `orchestrate up` with partition, heal and
 link changes in the schedule; a scheduled kill of the env server; configs/faults_ring.yaml.
 
 What is checked is what the nodes wrote: per-link counters (`link/SRC_to_DST/...`), membership

@@ -207,7 +207,7 @@ def wait_for_metric(run_dir: Path, node: str, name: str, at_least: float, proces
 
 @pytest.mark.long
 def test_ipc_made_up_senders_leave_a_real_run_s_memory_flat_and_its_log_short(tmp_path):
-    """Issue 33 on a real run: 10,000 unsigned and wrongly signed messages, each claiming a sender
+    """Made-up sender names on a real run: 10,000 unsigned and wrongly signed messages, each claiming a sender
     name of its own (15 KiB names, just under the head's 16 KiB bound, and short node-like names
     that no node has), at the env server's socket and at agent_1's peer socket. Both nodes count
     every one as a bad signature, log them in aggregate, and keep none of the names: their RSS

@@ -108,7 +108,7 @@ def test_run_across_three_namespaces_over_ssh_exits_0(cluster, tmp_path):
 
 @requires_namespaces
 def test_a_centralized_run_trains_in_a_learner_node_on_another_host(cluster, tmp_path):
-    """Issue 12 over ssh: the agents stream their rows to a learner node on a host of its own
+    """Centralized training over ssh: the agents stream their rows to a learner node on a host of its own
     and get its parameters back across the bridge (tcp, CURVE)."""
     placement = {"h1": ["env", "agent_0"], "h2": ["agent_1", "agent_2"], "h3": ["learner"]}
     run_dir = tmp_path / "run"

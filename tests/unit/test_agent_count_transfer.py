@@ -105,8 +105,8 @@ def test_env_server_batching_marks_absent_agents_inactive():
         # Within an episode an absent agent gets nothing. (In a step that ends an episode and
         # autoresets, `active` describes the *new* episode while the rewards belong to the old one:
         # an agent of the old episode that sits out the new one shows a reward but is inactive.
-        # The node's `last_active & active` rule then drops that agent's final transition; see the
-        # wiring notes of issue 12.)
+        # The node's `last_active & active` rule (agent_node/transitions.py) then drops that
+        # agent's final transition.)
         within = ~step.episode_start
         assert np.all(step.rewards["pursuer_3"][within & ~step.active["pursuer_3"]] == 0)
 

@@ -238,7 +238,7 @@ def rss_bytes() -> int:
 
 
 def test_ten_thousand_made_up_senders_leave_the_receiver_s_memory_flat(keys_dir, hubs, raw_dealer, tmp_path, caplog):
-    """Issue 33: unsigned and wrongly signed messages, each claiming a sender of its own (4 KiB
+    """Sender names bounded before any cache: unsigned and wrongly signed messages, each claiming a sender of its own (4 KiB
     names, short names of the node-id form that no node has, names over the head's bound), at a
     keyed ipc ROUTER as a node has: every one is dropped and counted, and the receiving process
     keeps none of the names (its RSS, from /proc/self/status, measured after a warm-up batch that
@@ -279,7 +279,7 @@ def test_ten_thousand_made_up_senders_leave_the_receiver_s_memory_flat(keys_dir,
         send_and_drain(10_000, distinct=True)
         grown = rss_bytes() - before
     # 10,000 names of 4 KiB are 40 MiB; a cache of a third of them would show. (Measured here:
-    # -4.4 to +1.7 MiB over six runs; before issue 33's fix, +27 and +34 MiB. The bound sits
+    # -4.4 to +1.7 MiB over six runs; before sender names were bounded ahead of any cache, +27 and +34 MiB. The bound sits
     # midway, clear of the ~10 MiB a busy process's RSS can move by itself.)
     assert grown < 12 * MIB, f"this process grew {grown / MIB:.1f} MiB receiving 10,000 made-up senders"
     assert inbox.stats.dropped_bad_signature == 20_000 - 20_000 // 4

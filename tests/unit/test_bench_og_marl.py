@@ -197,7 +197,7 @@ def test_every_variant_has_a_config_that_exists():
         assert variant.learner in ("og_marl", "sac") and variant.label
 
 
-# ------------------------------------------------------------------ issue 23: curve scores, pairs, power
+# ------------------------------------------------------------------ curve scores, pairs, power
 
 
 def test_area_under_curve_is_the_trapezoid_mean_over_the_span():

@@ -1,4 +1,4 @@
-"""Centralized training as a run setting (issue 12): the `training` section's schema and refusals,
+"""Centralized training as a run setting: the `training` section's schema and refusals,
 the `learner` node in the run's nodes and launch plan, the agent side (`CentralizedDQNActor`) and
 the learner node's message handling (`LearnerService`), without processes."""
 

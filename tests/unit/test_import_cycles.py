@@ -161,3 +161,13 @@ def test_the_node_names_no_capability() -> None:
     }
     assert not node_imports & capability_modules
     assert len((ROOT / "agent_node" / "node.py").read_text(encoding="utf-8").splitlines()) <= 450
+
+
+def test_the_launch_backends_import_nothing_from_the_orchestrator_above_them() -> None:
+    """orchestrator/backends/ is below the orchestrator: the config and the runtime import the
+    backends (their launch schemas, the backend to start), never the other way round. A backend
+    is handed what it needs (the run's layout, its hosts) instead of the whole RunConfig."""
+    graph = import_graph()
+    upward = {(name, target) for name, targets in graph.items() if name.startswith("orchestrator.backends")
+              for target in targets if target.startswith("orchestrator") and not target.startswith("orchestrator.backends")}
+    assert not upward, f"backends importing from the orchestrator above them: {sorted(upward)}"

@@ -1,12 +1,12 @@
 """Routing ids per incarnation (`transport.incarnation_routing_id`), which agents use at the
 learner node.
 
-The case that stalled centralized runs (issue 12): a ROUTER that reads behind (a busy learner
+The case that stalled centralized runs: a ROUTER that reads behind (a busy learner
 node) still holds unread messages from a killed agent when the restarted agent connects. libzmq
 4.3 refuses a new connection under a routing id whose old connection still holds messages, and
 never reconsiders it. ZMQ_ROUTER_HANDOVER would let the new connection take the id over, and
 would let any process that reaches the socket do the same and receive what was meant for the
-agent (issue 8). With a routing id of its own per incarnation the restarted agent is heard at
+agent. With a routing id of its own per incarnation the restarted agent is heard at
 once, and nothing can take over a connection's id: zmq keeps the first connection of an id."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from mpe2 import simple_spread_v3
 from agent_node.landmarks.config import LandmarksConfig
 from agent_node.landmarks.session import LandmarkSession, SpreadLayout, assign
 from agent_node.roles import Transition
-from env_server.baselines import baseline_metrics, play, random_policy, spread_oracle
+from env_server.baselines import baseline_metrics, mean_return_per_agent, play, random_policy, spread_oracle
 from env_server.vector import VectorizedParallelEnv
 from protocols import messages as m
 from protocols.flooding import FloodTable
@@ -142,9 +142,10 @@ def test_the_oracle_beats_random_by_far_on_the_same_episodes():
     oracle_returns = play(envs, 7, spread_oracle(envs.possible_agents))
     assert len(random_returns) == len(oracle_returns) == 16
     # Measured over 200 episodes: random -30.9, oracle -10.4 per agent per episode.
-    assert np.mean(oracle_returns) > -14 > -25 > np.mean(random_returns)
+    assert mean_return_per_agent(oracle_returns) > -14 > -25 > mean_return_per_agent(random_returns)
     metrics = baseline_metrics(envs, 7, "mpe2.simple_spread_v3")
-    assert metrics["eval/oracle_return_mean"] == pytest.approx(np.mean(oracle_returns))
+    assert metrics["eval/oracle_return_mean"] == mean_return_per_agent(oracle_returns)
+    assert metrics["eval/random_return_mean"] == mean_return_per_agent(random_returns)
     # The landmarks each leaves covered at the end (an agent within 0.1): the oracle steers one
     # agent onto each, random play covers almost none.
     assert metrics["eval/oracle_landmarks_covered"] > 0.5 > 0.1 > metrics["eval/random_landmarks_covered"]

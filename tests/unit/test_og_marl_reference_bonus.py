@@ -1,4 +1,4 @@
-"""The shipped OG-MARL optimism bonus is the reference code's, site by site (issue 23).
+"""The shipped OG-MARL optimism bonus is the reference code's, site by site.
 
 The reference (`ManuelWendl/OG-MARL` at dc6f4a7, `odmar.py`) adds OPTIMISM_SCALE * sqrt(var) to
 every imagined reward (:771) with var = diag(k(X,X) - k(X,Z) S k(Z,X)) (:260), S = (K_ZZ + N

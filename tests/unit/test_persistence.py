@@ -12,11 +12,10 @@ import torch
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent
-from agent_node.persistence import (
-    SEAL_FORMAT_VERSION, NodePersistence, atomic_write, load_checkpoint, read_sealed, save_checkpoint,
-)
+from agent_node.persistence import NodePersistence, load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
 from protocols.durable_state import DamagedStateError
+from protocols.files import SEAL_FORMAT_VERSION, atomic_write, read_sealed
 from protocols.jsonlines import FileWriteError
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -153,7 +152,7 @@ def test_a_replay_buffer_on_a_full_disk_fails_naming_the_file(full_disk):
     assert not path.exists()
 
 
-# ---------------------------------------------------------------- sealed files and generations (issue 27)
+# ---------------------------------------------------------------- sealed files and generations
 
 
 @pytest.mark.parametrize(

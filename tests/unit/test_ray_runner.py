@@ -72,13 +72,13 @@ def test_runner_starts_the_node_streams_its_log_and_gathers_its_files(tmp_path):
 
 
 def test_shipped_files_hold_the_nodes_own_key_only(tmp_path):
-    from orchestrator.backends.ssh import shipped_files
+    from orchestrator.backends.shipping import shipped_files
     from orchestrator.config import load_config
     from orchestrator.rundir import prepare_run
 
     config = load_config(REPO / "configs/tiny_star_tcp.yaml")
     resolved, _run_dir = prepare_run(config, run_dir=tmp_path / "run")
-    archive = shipped_files(resolved, "/srv/parley/run1", "agent_1")
+    archive = shipped_files(resolved.runtime, "/srv/parley/run1", "agent_1")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         names = sorted(tar.getnames())
         shipped = tar.extractfile("resolved.yaml").read().decode()

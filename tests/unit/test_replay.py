@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_node.persistence import atomic_write, read_sealed
 from agent_node.replay import ReplayBuffer, ReplayBufferFileError
 from agent_node.roles import Transition
+from protocols.files import atomic_write, read_sealed
 
 OBS_SHAPE = (3,)
 ACTION_SHAPE = (2,)

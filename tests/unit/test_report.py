@@ -1,6 +1,6 @@
 """`orchestrate report` on run and sweep directories written here with known contents, so every
 number the report prints can be checked against a hand computation. (The integration test
-tests/integration/test_sweep.py reports on real runs.)"""
+tests/integration/test_sweep_runs.py reports on real runs.)"""
 
 from __future__ import annotations
 

@@ -267,7 +267,7 @@ def test_satisfies_the_role_protocols_and_builder():
 
 
 def _one_step_as_before(agent: SACAgent) -> dict[str, float]:
-    """The gradient step as SACAgent took it before issue 23 (a batch sampled per step, the
+    """The gradient step as SACAgent took it before its update path was reworked (a batch sampled per step, the
     critics frozen module by module, `backward()` and `step()` per loss, Polyak averaging tensor by
     tensor, one `.item()` per metric): the oracle for the batched update path."""
     import torch.nn.functional as F

@@ -74,7 +74,7 @@ def test_local_and_push_sum_variants_change_only_the_consensus():
 
 
 def test_every_og_marl_variant_runs_the_references_kernel_and_sampling():
-    # Issue 23: the reference's kernel on raw inputs (odmar.py:90-93, :120-131), refits drawn
+    # The reference's kernel on raw inputs (odmar.py:90-93, :120-131), refits drawn
     # uniformly from the buffer (:794), one real row per batch of 256 (:917); the ablations differ
     # from OG-MARL only where they say, so they share these too.
     for path in OG_MARL_VARIANTS[:-1]:

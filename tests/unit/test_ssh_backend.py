@@ -76,7 +76,7 @@ def test_backend_ships_a_config_pointing_at_the_hosts_workdir_and_runs_the_node_
 
     resolved, run_dir = prepare_run(validate_config(ssh_config()), tmp_path / "run")
     plan = build_plan(resolved, run_dir)
-    backend = SshBackend(resolved, EventLog(tmp_path / "events.jsonl"))
+    backend = SshBackend(resolved.runtime, resolved.launch.hosts, EventLog(tmp_path / "events.jsonl"))
     shipped = yaml.safe_load(backend.shipped_config("agent_1"))
     remote_run_dir = f"/srv/parley/{resolved.runtime.run_id}"
     assert shipped["runtime"]["run_dir"] == remote_run_dir
@@ -105,7 +105,7 @@ def test_shipped_files_hold_the_nodes_own_key_only(tmp_path):
 
     resolved, run_dir = prepare_run(validate_config(ssh_config()), tmp_path / "run")
     assert resolved.runtime.keys_dir, "orchestrate up makes keys for every run"
-    backend = SshBackend(resolved, EventLog(tmp_path / "events.jsonl"))
+    backend = SshBackend(resolved.runtime, resolved.launch.hosts, EventLog(tmp_path / "events.jsonl"))
     with tarfile.open(fileobj=io.BytesIO(backend.shipped_files("agent_1"))) as tar:
         names = sorted(tar.getnames())
         modes = {member.mode for member in tar.getmembers()}
@@ -185,7 +185,7 @@ def test_the_ship_command_renames_each_file_into_place_on_the_host(tmp_path, mon
     data["launch"]["hosts"][0].update(python=sys.executable, project_root=str(REPO), workdir=str(tmp_path / "host"))
     resolved, run_dir = prepare_run(validate_config(data), tmp_path / "run")
     plan = build_plan(resolved, run_dir)
-    backend = ssh.SshBackend(resolved, EventLog(tmp_path / "events.jsonl"))
+    backend = ssh.SshBackend(resolved.runtime, resolved.launch.hosts, EventLog(tmp_path / "events.jsonl"))
     commands = []
 
     def run_here(host, command, stdin=b""):

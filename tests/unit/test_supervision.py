@@ -173,7 +173,7 @@ def test_a_restored_supervisor_answers_late_members_alike_and_draws_on_as_if_nev
 
 
 def test_no_checkpoint_is_a_first_start_and_a_broken_one_is_an_error_naming_the_file(tmp_path):
-    from agent_node.persistence import atomic_write
+    from protocols.files import atomic_write
 
     draws, service = supervisor_pair()
     assert not restore_checkpoint(tmp_path / "checkpoint.json", draws, service)
