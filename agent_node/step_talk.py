@@ -1,16 +1,18 @@
-"""The agent node's side of talking in env steps (`protocols.talk: env_steps`). Sans-IO.
+"""The agent node's side of talking in env steps (`protocols.talk: env_steps`).
 
-The rule and the marks are protocols/step_links.py's; this part applies them to one node:
+The rule and the marks are protocols/step_links.py's; this part applies them to one node, which
+calls it at four points of its loop:
 
-- what the node's capabilities send to neighbours is queued (`queue`) and leaves when the node
-  answers a step (`close_step`), each message with its fate decided in the step clock and
-  followed by the link's mark;
-- what neighbours send is held (`on_peer_message`, `on_mark`) until the step it is due at;
-- an observation is handled only once the marks of the previous step are here
-  (`missing_marks`): from every neighbour that acted then (the env server did not default its
-  action) and that membership has not declared down, and only when this node handled that step
-  too (a node that just started or restarted cannot know what was sent before it was there);
-  then `take_due` gives the messages due by this step, in their fixed order.
+- `queue`: what its capabilities send to neighbours waits, and `close_step`, when the node answers
+  a step, lets it out, each message's fate decided in the step clock, the link's mark after it;
+- `holds`: a neighbour's mark, or a message for a capability that talks in env steps, is kept
+  until the step it is due at;
+- `park` / `take_parked`: an observation is handled only once the marks of the step before it are
+  here, from every neighbour that acted then (the env server did not default its action) and that
+  membership has not declared down, and only when this node handled that step too (a node that
+  just started or restarted cannot know what was sent before it was there);
+- `hand_out`: once the transition the observation closes is recorded, each capability gets the
+  messages due by its step, in their fixed order (`on_env_step`).
 
 A mark that does not come (a real network cut, a neighbour frozen after it answered) is waited
 for at most `mark_timeout_s`; then the node goes on without it and says so (`talk/marks_missed`).

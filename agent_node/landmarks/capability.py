@@ -5,9 +5,10 @@ and each agent takes its part of one assignment (session.py); the learner acts o
 observation with its landmark's one-hot appended (`condition`). When talk is free in env time
 (`protocols.talk: free`) the node holds that observation (training or evaluation) until the team
 has decided; when talking takes env steps it holds nothing: the agent acts on its own nearest
-landmark and the tables travel as the steps go by (`on_env_step`), until the assignment lands. Its transitions are relabelled for every landmark, and the
-partners' rows shared after an episode are added (`feed_learner`): only this agent's own env rows
-count toward the update ratio. Learning goes on while the team agrees (no `hold_state`).
+landmark and the tables travel as the steps go by (`on_env_step`), until the assignment lands.
+Its transitions are relabelled for every landmark, and the partners' rows shared after an episode
+are added (`feed_learner`): only this agent's own env rows count toward the update ratio.
+Learning goes on while the team agrees (no `hold_state`).
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ class _Episode:
 
 @dataclass
 class _Decision:
-    """A team decision under way: for the episode that starts at `started_at` in `copies`."""
+    """A team decision under way, for the episode that starts at step `start_step` in `copies`."""
 
     key: str
     evaluation: bool
