@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 import pytest
+from pettingzoo.test.state_test import state_test
+from pettingzoo.utils.conversions import parallel_to_aec
 
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from tests.conftest import read_line_with_deadline
@@ -40,11 +42,13 @@ def test_state_is_computed_only_when_the_proxy_asks(env_server):
         env.close()
 
 
-def test_the_proxys_state_follows_the_local_env_step_by_step(env_server):
+def test_the_proxys_state_follows_the_local_env_step_by_step(env_server, lockstep_transport):
     from env_server.registry import make_env
 
     kwargs = {"N": 3, "max_cycles": 10}
-    env = RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(kwargs), "--no-autoreset"))
+    # (with shm the observations come through shared memory and the state replies by zmq)
+    env = RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(kwargs), "--no-autoreset",
+                                       "--transport", lockstep_transport))
     local = make_env("mpe2.simple_spread_v3", kwargs)
     try:
         env.reset(seed=11)
@@ -61,6 +65,14 @@ def test_the_proxys_state_follows_the_local_env_step_by_step(env_server):
     finally:
         env.close()
         local.close()
+
+
+def test_the_proxy_passes_pettingzoos_state_test(env_server):
+    env = RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", SPREAD, "--no-autoreset"))
+    try:
+        state_test(parallel_to_aec(env), env, num_cycles=10)
+    finally:
+        env.close()
 
 
 def test_a_state_that_raises_gets_an_error_reply_and_the_next_step_works(env_server):
