@@ -9,6 +9,8 @@ Message flow (agents are DEALERs, the server is a ROUTER):
     env.action(step=S) ──────────▶  barrier: every awaited agent's action for S has arrived,
                                     or step_deadline_s passed (missing -> default action)
                 ◀─────────────────  env.observation(step=S+1, missing=[...])
+    env.state   ─────────────────▶  every copy's state(), for this request only ──▶ env.state_reply
+                                    (or error state_failed, naming what the env raised)
 
 A client that asks at join gets env.observation and env.action as packed bodies
 (protocols/packed.py, `_grant_packed`); the channel packs and unpacks them, so nothing below
