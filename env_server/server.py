@@ -9,6 +9,8 @@ Message flow (agents are DEALERs, the server is a ROUTER):
     env.action(step=S) ──────────▶  barrier: every awaited agent's action for S has arrived,
                                     or step_deadline_s passed (missing -> default action)
                 ◀─────────────────  env.observation(step=S+1, missing=[...])
+    env.state   ─────────────────▶  every copy's state(), for this request only ──▶ env.state_reply
+                                    (or error state_failed, naming what the env raised)
 
 A client that asks at join gets env.observation and env.action as packed bodies
 (protocols/packed.py, `_grant_packed`); the channel packs and unpacks them, so nothing below
@@ -56,7 +58,7 @@ from env_server.barrier import Client, DefaultActions, LockstepBarrier, Outgoing
 from env_server.episode_hold import EpisodeStartHold
 from env_server.baselines import baseline_metrics
 from env_server.evaluation import EvaluationSchedule, spread_end_state
-from env_server.global_view import GlobalView
+from env_server.global_view import GlobalView, has_state
 from env_server.realtime import LATE_ACTIONS, RealtimeBarrier
 from env_server.resume import ResumeFile, ResumePoint
 from env_server.step_hold import HeldStep, StepHold
@@ -112,6 +114,15 @@ class LockstepRules:
     eval_clock: str = "lockstep"
     steps_per_s: float | None = None
     late_action: str = "last"
+
+
+def state_refusal(envs: Any, eval_envs: Any | None, env_name: str) -> str | None:
+    """Why the server cannot answer `env.state` for these copies (training and evaluation), or None."""
+    if not hasattr(envs, "copies") or (eval_envs is not None and not hasattr(eval_envs, "copies")):
+        return "the env copies run in worker processes (env.num_workers > 1); env.state needs them in the server process"
+    if not has_state(envs.copies[0]):
+        return f"the env {env_name} has no state() (with a Box state_space)"
+    return None
 
 
 def clock_refusal(rules: LockstepRules) -> str | None:
@@ -208,7 +219,7 @@ class EnvServer:
         self.run_finished = False
         # One dispatch table: message type -> handler (each handler is named after its message).
         self.handlers = {m.EnvJoin: self.on_join, m.EnvReset: self.on_reset, m.EnvAction: self.on_action,
-                         m.GoalReady: self.on_goal_ready}
+                         m.GoalReady: self.on_goal_ready, m.EnvStateRequest: self.on_state_request}
         self.episode_hold = EpisodeStartHold(rules.episode_start_hold_s)
         # Training steps with a fault scheduled at them (step_hold.py), and what the server has to
         # tell the orchestrator about them; the caller's loop owns the control channel.
@@ -217,6 +228,8 @@ class EnvServer:
         # Global state and joint action for the clients that ask (centralized training; off until one does).
         self.global_view = GlobalView(envs, eval_envs)
         self.global_view_clients: set[bytes] = set()
+        # Why `env.state` cannot be answered, or None (then the welcome tells every client the state space).
+        self.state_unavailable = state_refusal(envs, eval_envs, env_name)
         # A restarted server resumes from its last saved point (resume.py); None: a fresh run.
         self.resume = resume
         # Frames of each evaluation's first episode (copy 0), saved when the evaluation ends.
@@ -324,6 +337,8 @@ class EnvServer:
                 step=self.step,
                 task=self.task,
                 global_view=self.global_view.welcome() if request.global_view else None,
+                state_space=None if self.state_unavailable else encode_space(self.envs.copies[0].state_space),
+                state_unavailable=self.state_unavailable or "",
                 env_kwargs=self.env_kwargs,
                 packed=packed,
                 **shm,
@@ -452,6 +467,28 @@ class EnvServer:
         self._send(self.barrier.on_actions(identity, step, evaluation, actions, self.clock()))
         if self.barrier.step_due:
             self._step()
+
+    def on_state_request(self, identity: bytes, envelope: Envelope) -> None:
+        """`env.state`: every copy's `state()`, called now and only for this request (a client
+        that needs the state every step joins with the global view instead). An env whose
+        `state()` raises gets a `state_failed` error reply naming the exception; the server goes
+        on serving (a legal env may have no state at some moments: multiwalker_v9's raises once
+        its walkers are gone)."""
+        if self.state_unavailable:
+            raise Refused("state_unavailable", self.state_unavailable)
+        envs = self.eval_envs if self.evaluating else self.envs
+        try:
+            state = np.stack([np.asarray(copy.state()) for copy in envs.copies])
+        except Exception as error:  # noqa: BLE001 - the env's own failure, told to the client that asked
+            what = f"{type(error).__name__}: {error}"
+            log.info("the env's state() raised %s; answered env.state with state_failed", what)
+            self.channel.reply(envelope, m.ErrorReply(code="state_failed", message=f"the env's state() raised {what}"))
+            return
+        if state.dtype.str not in m.WIRE_DTYPES:
+            raise Refused("state_failed", f"the env's state() gave dtype {state.dtype}, which the wire cannot carry "
+                                          "(a numeric or boolean array is expected)")
+        step = self.evaluation.step if self.evaluating else self.step
+        self.channel.reply(envelope, m.EnvStateReply(step=step, evaluation=self.evaluating, state=state))
 
     def on_goal_ready(self, identity: bytes, envelope: Envelope) -> None:
         request: m.GoalReady = envelope.message

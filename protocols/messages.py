@@ -570,6 +570,11 @@ class EnvWelcome:
     # Only for a client that joined with `global_view=True` (env_server/global_view.py): the global
     # state space (encoded with protocols.spaces), where it comes from, and the joint action width.
     global_view: dict[str, Any] | None = None
+    # The env's own `state_space` (encoded with protocols.spaces), to every client, where the env
+    # has `state()` and its copies run in the server's process; `env.state` then asks for the
+    # state. None: the server cannot compute it (`state_unavailable` says why).
+    state_space: dict[str, Any] | None = None
+    state_unavailable: str = ""  # why `state_space` is None, in words (empty when it is given)
     # The keyword arguments the env was built with (`env.kwargs`, validated by the server's typed
     # `EnvConfig`): a client that records a dataset writes them into its manifest, so it never
     # reads the env section of resolved.yaml itself.
@@ -631,6 +636,27 @@ class EnvObservation:
     global_state: np.ndarray | None = None  # (K, *state_shape) after this step
     final_global_state: np.ndarray | None = None  # (K, *state_shape); the ended episode's last state where episode_start
     joint_action: np.ndarray | None = None  # (K, joint_action_dim) of step `step - 1`; None after a reset
+
+
+@register_message("env.state")
+@dataclass(frozen=True)
+class EnvStateRequest:
+    """Ask for the env's global state now: the server calls `state()` of every copy for this
+    request (and at no other time for a client that did not join with `global_view`).
+
+    Answered with `env.state_reply`, or an `error`: `state_unavailable` (the env has no
+    `state()`, or its copies run in worker processes), `state_failed` (the env's `state()`
+    raised; the message names the exception, and the server goes on serving)."""
+
+
+@register_message("env.state_reply")
+@dataclass(frozen=True)
+class EnvStateReply:
+    """The answer to `env.state`: each copy's `state()` as the env returned it, stacked."""
+
+    step: int  # the lockstep step the copies are at (the evaluation's step while one runs)
+    evaluation: bool  # the state is of the evaluation copies
+    state: np.ndarray  # (K, *state_shape), in the env's dtype
 
 
 @register_message("env.episode_start")

@@ -18,10 +18,13 @@ frames; receiving decodes and validates them, and a bad message is logged, count
 here, so the code above only ever sees well-formed, typed messages. Socket hygiene is decided in
 one place: `LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to an unknown peer is
 counted as unroutable, not silently dropped), zmq heartbeats (a frozen TCP peer is noticed), and
-receive deadlines via one poller. A DEALER's routing id is its node id, or, where a restarted node
-must be heard by a ROUTER that reads behind (an agent at the learner node), a routing id of its
-own incarnation (`incarnation_routing_id`); nothing sets ZMQ_ROUTER_HANDOVER, which would let
-anyone who reaches a socket take over a node's routing id.
+receive deadlines via one poller. A DEALER's routing id is its node id, or, where a restarted
+node must be heard by a ROUTER that reads behind (an agent at the learner node), a routing id of
+its own incarnation (`incarnation_routing_id`); nothing sets ZMQ_ROUTER_HANDOVER, which would let
+anyone who reaches a socket take over a node's routing id. A DEALER made with `watch_peer`
+watches its connection through a socket monitor (`PeerWatch`): `channel.peer_lost()` says when
+its peer went (a killed process at once, a frozen one after the heartbeat timeout), and
+`wait_for` stops waiting then.
 
 Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
 run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port; `LOW-HIGH` the
@@ -285,6 +288,59 @@ class HandshakeMonitor:
         self.events.close(linger=0)
 
 
+# The monitor events of a DEALER's connection to its peer: the ZMTP handshake done (the peer is
+# there and speaks zmq), and the connection dropped (closed by the peer's kernel when the process
+# died, or by zmq when the peer stopped answering heartbeats).
+PEER_WATCH_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+class PeerWatch:
+    """Whether a DEALER's connection to its one peer is up, through a zmq socket monitor.
+
+    zmq hides a lost connection from the application: it reconnects in the background, and a
+    client blocked on an answer waits out its own timeout for a peer that is gone. The monitor
+    says at once. A peer process that dies (even by SIGKILL) has its end closed by its kernel,
+    and the drop is an event within milliseconds; a peer that froze, or a host that vanished,
+    stops answering zmq's heartbeats (`SocketOptions`), and zmq drops the connection after
+    `heartbeat_timeout_s`. `lost_at` is when the connection dropped, None while it is up (or
+    before the first handshake: a peer not there yet is the caller's timeout to judge). A new
+    handshake (a server back at the same endpoint) clears it.
+    """
+
+    def __init__(self, socket: zmq.Socket, clock: Callable[[], float]) -> None:
+        self.socket = socket
+        self.clock = clock
+        self.events = socket.get_monitor_socket(PEER_WATCH_EVENTS)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.lost_at: float | None = None
+        self.ever_connected = False
+
+    def drain(self) -> None:
+        """Take every event waiting (never blocks)."""
+        while True:
+            try:
+                frames = self.events.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2 or len(frames[0]) != 6:
+                continue  # not a monitor event (cannot happen on an inproc PAIR of our own)
+            event, _ = struct.unpack("=Hi", frames[0])
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.ever_connected, self.lost_at = True, None
+            elif event == zmq.EVENT_DISCONNECTED and self.ever_connected and self.lost_at is None:
+                self.lost_at = self.clock()
+
+    def close(self) -> None:
+        if not self.socket.closed:
+            self.socket.disable_monitor()
+        self.events.close(linger=0)
+
+
+# After a lost connection, how long `wait_for` still waits for a message the peer sent before
+# it went (zmq may report the drop a moment before it hands over the last message read).
+_PEER_LOST_GRACE_S = 0.05
+
+
 @dataclass
 class ChannelStats:
     sent: int = 0
@@ -343,6 +399,7 @@ class Channel:
         self.clock = clock
         self.stats = ChannelStats()
         self.handshakes: HandshakeMonitor | None = None  # failed CURVE handshakes (CURVE servers only)
+        self.peer_watch: PeerWatch | None = None  # the connection to the peer (DEALERs made with watch_peer)
         self._seq = itertools.count(1)
         # Held (link-emulated) copies: (due time, tiebreak, frames, the link's counters).
         self._delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
@@ -677,15 +734,33 @@ class Channel:
         source = repr(bytes(first[:64])) if self.socket.type == zmq.ROUTER and len(frames) > 1 else "the peer"
         self.bad_input.record(source, reason, detail[:300])
 
+    def use_peer_watch(self, watch: PeerWatch) -> None:
+        """Watch this DEALER's connection with `watch` (made by `Hub.connect_dealer(watch_peer=True)`)."""
+        self.peer_watch = watch
+        self._poller.register(watch.events, zmq.POLLIN)  # `wait_for` wakes when the connection drops
+
+    def peer_lost(self) -> float | None:
+        """When (this channel's clock) the connection to the peer dropped, if it is down now;
+        None while it is up, before it first came up, or on a channel made without `watch_peer`.
+        Never blocks."""
+        if self.peer_watch is None:
+            return None
+        self.peer_watch.drain()
+        return self.peer_watch.lost_at
+
     def wait_for(self, *message_types: type, timeout_s: float) -> Any | None:
         """Block until a message of one of `message_types` arrives and return it; messages of
-        other types are dropped on the way. None when `timeout_s` passes first.
+        other types are dropped on the way. None when `timeout_s` passes first, or, on a
+        channel made with `watch_peer`, as soon as the connection to the peer is lost (after
+        the messages it sent before it went; `peer_lost()` then says when).
 
         For the short request/answer exchanges before a node's main loop runs (join, welcome,
         directory); inside the loop, a node polls all its sockets together instead.
         """
         deadline = self.clock() + timeout_s
         while (remaining := deadline - self.clock()) > 0:
+            if self.peer_lost() is not None:
+                return self._last_messages_of_lost_peer(message_types)
             # This channel's own held (link-emulated) sends, e.g. the request being answered,
             # must leave while we wait for the answer.
             if (due := self.next_due()) is not None:
@@ -702,6 +777,16 @@ class Channel:
                     return envelope.message
         return None
 
+    def _last_messages_of_lost_peer(self, message_types: tuple[type, ...]) -> Any | None:
+        """A message of `message_types` that the lost peer sent before it went, or None."""
+        for item in wait_readable(self._poller, _PEER_LOST_GRACE_S):
+            if type(item) is int:  # a wake-up pipe (protocols/shm_lockstep.py)
+                self.pipe_readable(item)
+        for envelope in self.recv_all():
+            if isinstance(envelope.message, message_types):
+                return envelope.message
+        return None
+
     def recv_all(self) -> Iterable[wire.Envelope]:
         while (envelope := self.recv()) is not None:
             yield envelope
@@ -716,6 +801,8 @@ class Channel:
             self.forget_shm(identity)
         if self.handshakes is not None:
             self.handshakes.close()
+        if self.peer_watch is not None:
+            self.peer_watch.close()
         if not self.socket.closed:
             self.socket.close(linger=round(self.close_linger_s * 1000))
 
@@ -791,6 +878,7 @@ class Hub:
         self._channels: dict[zmq.Socket, Channel] = {}
         self._pipes: dict[int, Channel] = {}  # shared-memory wake-up pipes -> their channel
         self._monitors: dict[zmq.Socket, HandshakeMonitor] = {}  # monitor PAIR socket -> its monitor
+        self._peer_watches: dict[zmq.Socket, Channel] = {}  # a PeerWatch's monitor PAIR socket -> its channel
         self._authenticator: Any = None  # the ZAP handler, started with the first CURVE server
 
     # ------------------------------------------------------------------ making channels
@@ -831,14 +919,19 @@ class Hub:
         return channel
 
     def connect_dealer(
-        self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0, peer: str | None = None
+        self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0, peer: str | None = None,
+        watch_peer: bool = False,
     ) -> Channel:
         """A DEALER connected to `endpoint`, known to the ROUTER there by `identity`.
 
         `close_linger_s` > 0 lets the last messages out when the channel closes (a goodbye).
         `peer`: the node id at the other end; with a link table, sends go through that link.
+        `watch_peer`: watch the connection (`PeerWatch`): `channel.peer_lost()` says when it
+        dropped, `wait_for` returns as soon as it does, and `wait` returns the channel then.
         """
         socket = _make_socket(self._context, zmq.DEALER, self.options, identity=identity.encode(), max_frame_bytes=self.limits.max_frame_bytes)
+        # (before connecting: the monitor must see the first handshake)
+        watch = PeerWatch(socket, self.clock) if watch_peer else None
         tcp = endpoint.startswith("tcp://")
         if self.keys is not None and tcp:
             socket.curve_serverkey = self.keys.server_public
@@ -847,11 +940,18 @@ class Hub:
         try:
             socket.connect(endpoint)
         except BaseException:
+            if watch is not None:
+                watch.close()
             socket.close(linger=0)
             raise
-        return self._register(
+        channel = self._register(
             socket, name=name, endpoint=None, close_linger_s=close_linger_s, tcp=tcp, emulated=peer is not None, peer=peer
         )
+        if watch is not None:
+            channel.use_peer_watch(watch)
+            self._peer_watches[watch.events] = channel
+            self._poller.register(watch.events, zmq.POLLIN)
+        return channel
 
     def _register(
         self, socket: zmq.Socket, *, name: str, endpoint: str | None, close_linger_s: float, tcp: bool, emulated: bool, peer: str | None,
@@ -903,6 +1003,10 @@ class Hub:
                 channel.pipe_readable(socket)
                 if channel not in ready:
                     ready.append(channel)
+            elif (channel := self._peer_watches.get(socket)) is not None:  # its connection came up or dropped
+                channel.peer_watch.drain()
+                if channel.peer_watch.lost_at is not None and channel not in ready:
+                    ready.append(channel)  # the caller asks `peer_lost()`
             else:  # a handshake monitor's events: counted here, never seen by the caller
                 self._monitors[socket].drain()
         if due is not None:
@@ -992,6 +1096,9 @@ class Hub:
         if channel.handshakes is not None and channel.handshakes.events in self._monitors:
             self._poller.unregister(channel.handshakes.events)
             del self._monitors[channel.handshakes.events]
+        if channel.peer_watch is not None and channel.peer_watch.events in self._peer_watches:
+            self._poller.unregister(channel.peer_watch.events)
+            del self._peer_watches[channel.peer_watch.events]
         channel.close()
 
     def close(self) -> None:

@@ -169,3 +169,39 @@ def test_message_ids_stay_unique_in_a_forked_child():
     os.waitpid(pid, 0)
     assert child_id.rpartition("-")[0] != parent_id.rpartition("-")[0], (parent_id, child_id)
     assert wire._next_msg_id().rpartition("-")[0] == parent_id.rpartition("-")[0]
+
+
+def test_a_watched_dealer_hears_the_last_words_of_a_peer_that_went_then_stops_waiting(hubs, tmp_path):
+    server_hub, client_hub = hubs("env"), hubs("client")
+    inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    channel = client_hub.connect_dealer(inbox.endpoint, name="env", identity="client", watch_peer=True)
+    unwatched = client_hub.connect_dealer(inbox.endpoint, name="env2", identity="client2")
+    channel.send(m.EnvReset())
+    (request,) = receive(server_hub, inbox, 1)
+    assert channel.peer_lost() is None  # up
+    inbox.reply(request, m.ErrorReply(code="stopping", message="last words"))
+    inbox.close_linger_s = 1.0  # (as a server that tells its clients it stopped)
+    server_hub.close_channel(inbox)  # to its peers, a closed socket is a process that went
+
+    reply = channel.wait_for(m.ErrorReply, timeout_s=10)
+    assert reply is not None and reply.message == "last words"
+    started = time.monotonic()
+    assert channel.wait_for(m.EnvObservation, timeout_s=30) is None
+    assert time.monotonic() - started < 10, "wait_for should stop at the lost connection, not its timeout"
+    lost_at = channel.peer_lost()
+    assert lost_at is not None and lost_at <= time.monotonic()
+    assert unwatched.peer_lost() is None  # (a channel made without watch_peer knows nothing)
+
+
+def test_the_hubs_wait_returns_a_watched_channel_whose_peer_went(hubs, tmp_path):
+    server_hub, client_hub = hubs("env"), hubs("client")
+    inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
+    channel = client_hub.connect_dealer(inbox.endpoint, name="env", identity="client", watch_peer=True)
+    channel.send(m.EnvReset())
+    receive(server_hub, inbox, 1)
+    server_hub.close_channel(inbox)
+    deadline = time.monotonic() + 10
+    while channel.peer_watch.lost_at is None and (left := deadline - time.monotonic()) > 0:
+        if channel in client_hub.wait(left):  # woken by the monitor's event, which `wait` takes in
+            assert list(channel.recv_all()) == []
+    assert channel.peer_watch.lost_at is not None
