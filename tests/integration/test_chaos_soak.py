@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.long
+@pytest.mark.integration
+@pytest.mark.timeout(900)  # the soak's 2 minutes, its start and its checks, on a loaded machine
 def test_a_two_minute_soak_keeps_every_invariant(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "chaos.py"), "--minutes", "2", "--seed", "1", "--soak-dir", str(tmp_path),

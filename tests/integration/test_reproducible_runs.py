@@ -56,7 +56,8 @@ PERTURBED = (
     "agents.gradient_steps_per_slice=1",
     "network.default_link={delay_s: 0.003, jitter_s: 0.003}",
 )
-TIMING_PREFIXES = ("link/", "security/", "membership/", "peer/")
+# (The env server writes its default actions per agent every status period: when is timing.)
+TIMING_PREFIXES = ("link/", "security/", "membership/", "peer/", "env/default_actions/")
 
 
 def run_config(config: str, run_dir: Path, *settings: str) -> None:
