@@ -85,6 +85,9 @@ def succeeded(result: subprocess.CompletedProcess, what: str) -> str:
     return result.stdout
 
 
+# Each checks its env too (~2 s a config, ~100 s in all): in the long suite, beside the chain it
+# shrinks for. The shipped configs at their own budget are validated in tests/unit/test_config.py.
+@pytest.mark.long
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS)
 def test_every_shipped_config_validates_at_the_tiny_budget(path):
     from orchestrator.cli import main
