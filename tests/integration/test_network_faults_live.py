@@ -164,6 +164,9 @@ def test_a_killed_env_server_ends_the_run_cleanly_with_the_reason(tmp_path):
     assert_all_reaped(launched_pids(events))
 
 
+# A whole scenario paced to the wall clock (faults_ring.yaml at 150 steps/s: ~65 s): in the long
+# suite, which keeps the README's test command under 15 minutes.
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_back_within_5_s(tmp_path):
     """configs/faults_ring.yaml as the issue asks: a 20 s partition, kill -9 + restart, a pause,
