@@ -229,6 +229,11 @@ class LinkConfig(BaseModel):
         copy._trace_s = self._trace_s
         return copy
 
+    def counting_steps(self) -> "LinkConfig":
+        """This link as a link between agents that talk in env steps: its own `delay_steps`, or
+        one step when it names none (a message is heard at the earliest the step after)."""
+        return self if self.counts_steps else self.model_copy(update={"delay_steps": 1.0})
+
     @property
     def counts_steps(self) -> bool:
         """The link's delay counts env steps (protocols.talk: env_steps)."""

@@ -381,9 +381,7 @@ class NetworkConfig(BaseModel):
         """`link_between` for a run that talks in env steps (protocols.talk: env_steps): a link
         between two agents counts its delay in steps, one step when it names no delay_steps."""
         link = self.link_between(src, dst)
-        if is_agent_node_id(src) and is_agent_node_id(dst) and not link.counts_steps:
-            return link.model_copy(update={"delay_steps": 1.0})
-        return link
+        return link.counting_steps() if is_agent_node_id(src) and is_agent_node_id(dst) else link
 
     def node_id_problems(self, valid_ids: list[str], expected: str | None = None) -> list[str]:
         """Messages for every node id in `links` and `partitions` that is not one of `valid_ids`

@@ -103,9 +103,7 @@ class StepOutbox:
     def model_for(self, dst: str) -> StepLinkModel:
         model = self._models.get(dst)
         if model is None:
-            config = self._config_for(self.src, dst)
-            if not config.counts_steps:
-                config = config.model_copy(update={"delay_steps": 1.0})
+            config = self._config_for(self.src, dst).counting_steps()
             model = self._models[dst] = StepLinkModel(config, step_link_seed(self.run_seed, self.src, dst))
         return model
 
@@ -113,9 +111,7 @@ class StepOutbox:
         """Change the link to `dst` from the next step on (a link change of the fault schedule);
         its counters and its random stream carry over."""
         model = self.model_for(dst)
-        if not config.counts_steps:
-            config = config.model_copy(update={"delay_steps": 1.0})
-        replacement = StepLinkModel(config, 0)
+        replacement = StepLinkModel(config.counting_steps(), 0)
         replacement._model._rng, replacement._model.counters = model._model._rng, model._model.counters
         self._models[dst] = replacement
 
