@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.chaos import KINDS, ChaosFault, draw_plan, load_plan, overrides_of, plan_yaml
+from bench.chaos import KINDS, ChaosFault, check_memory, draw_plan, load_plan, overrides_of, plan_yaml, plant_dir
 from orchestrator.config import load_config
 from protocols.simplan import shrink_plan
 
@@ -27,10 +27,45 @@ def test_the_schedule_is_a_valid_config_and_a_written_plan_reads_back(tmp_path):
     overrides = [f"{section}.{key}={value!r}".replace("'", '"').replace("None", "null")
                  for section, values in sections.items() for key, value in values.items()]
     config = load_config(CONFIG, overrides)  # a ConfigError naming the field if the schedule were wrong
-    assert len(config.faults.schedule) >= len([f for f in plan.events if f.kind != "kill_orchestrator"])
+    assert len(config.faults.schedule) >= len([f for f in plan.events if f.kind not in ("kill_orchestrator", "disk")])
     path = tmp_path / "plan.yaml"
     path.write_text(plan_yaml(plan, ["no env step run twice"]))
-    assert load_plan(path) == plan
+    assert load_plan(path) == (plan, None)
+    path.write_text(plan_yaml(plan, ["no env step run twice"], "skip-resume-point"))
+    assert load_plan(path) == (plan, "skip-resume-point")
+
+
+def test_the_gap_between_faults_and_the_kinds_are_settable():
+    plan = draw_plan(seed=3, minutes=20, steps_per_s=10, every_s=(5, 10), kinds=("kill_agent", "disk"))
+    steps = [fault.at_step for fault in plan.events]
+    assert len(plan.events) >= 100 and all(50 <= b - a <= 101 for a, b in zip(steps, steps[1:]))
+    assert {fault.kind for fault in plan.events} == {"kill_agent", "disk"}
+    disk = [fault for fault in plan.events if fault.kind == "disk"]
+    assert all(fault.node == "" and fault.until_step > fault.at_step for fault in disk)  # the run's disk, filled then freed
+
+
+def test_memory_that_grows_or_passes_its_bound_fails_and_steady_memory_passes():
+    mb = 2**20
+    steady = {"agent_0": [(t, 400 * mb + (t % 3) * mb) for t in range(40)]}
+    growing = {"agent_0": [(t, (300 + 20 * t) * mb) for t in range(40)]}
+    assert check_memory(steady, 1500).passed
+    assert not check_memory(growing, 5000).passed  # grows without passing the bound
+    assert not check_memory(steady, 300).passed  # passes the bound without growing
+    assert not check_memory({}, 1500).passed  # nothing sampled proves nothing
+
+
+def test_the_planted_bug_is_a_sitecustomize_that_disables_the_resume_point(tmp_path):
+    directory = plant_dir("skip-resume-point", tmp_path)
+    source = (directory / "sitecustomize.py").read_text()
+    namespace: dict = {}
+    import env_server.resume as resume
+
+    original = resume.ResumeFile.save
+    try:
+        exec(compile(source, "sitecustomize.py", "exec"), namespace)
+        assert resume.ResumeFile.save is not original  # the name the env server calls is the one replaced
+    finally:
+        resume.ResumeFile.save = original
 
 
 def test_the_simulator_s_shrinker_cuts_a_chaos_plan_to_the_fault_that_fails():
