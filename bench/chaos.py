@@ -257,7 +257,7 @@ class RunDisk:
         if keep_to is not None:
             import shutil
 
-            shutil.copytree(self.mount_point, keep_to, symlinks=True, dirs_exist_ok=True,
+            shutil.copytree(self.mount_point / "run", keep_to, symlinks=True, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("sock", "*.sock"))
         subprocess.run(["umount", "-l", str(self.mount_point)], check=False)
         self.mounted = False
@@ -306,6 +306,7 @@ def run_plan(plan: ChaosPlan, run_dir: Path, deadline_s: float, *, beside: Path,
     trace = RunTrace()
     full_until: tuple[int, float] | None = None  # while the disk is full: (until step, until monotonic time)
     resumes_after_disk = 0
+    said_from = log_path.stat().st_size if log_path.exists() else 0  # where this orchestrator's output begins
     process = orchestrate(*args, log_path=log_path, plant=plant)
     give_up = time.monotonic() + deadline_s
     next_sample = 0.0
@@ -326,11 +327,16 @@ def run_plan(plan: ChaosPlan, run_dir: Path, deadline_s: float, *, beside: Path,
             trace.disk_fills[-1]["freed_at_step"] = step
             full_until = None
         if process.poll() is not None:
-            if process.returncode != 0 and trace.disk_fills and resumes_after_disk < RESUMES_AFTER_DISK \
+            with log_path.open("rb") as log:
+                log.seek(said_from)
+                stopped_by_disk = b"no space left" in log.read()
+            if process.returncode != 0 and stopped_by_disk and resumes_after_disk < RESUMES_AFTER_DISK \
                     and step < plan.steps and not live_processes(run_dir):
                 # A full disk stops a run cleanly (exit 1, whole lines): resume it, as an operator would.
                 resumes_after_disk += 1
-                trace.disk_fills[-1]["run_stopped"] = True
+                if trace.disk_fills:
+                    trace.disk_fills[-1]["run_stopped"] = True
+                said_from = log_path.stat().st_size
                 process = orchestrate("resume", str(run_dir), log_path=log_path, plant=plant)
                 continue
             break  # this orchestrator ended: the run's end
@@ -355,6 +361,7 @@ def run_plan(plan: ChaosPlan, run_dir: Path, deadline_s: float, *, beside: Path,
                 trace.problems.append(f"nodes still alive {ORPHAN_WAIT_S:.0f} s after the orchestrator's kill -9: {left} "
                                       "(stopped with `orchestrate down`)")
                 orchestrate("down", str(run_dir), "--wait", "10", log_path=log_path).wait()
+            said_from = log_path.stat().st_size
             process = orchestrate("resume", str(run_dir), log_path=log_path, plant=plant)
     if full_until is not None:
         disk.free()
@@ -480,9 +487,15 @@ def check_exit(events: list[dict], resolved: dict) -> Verdict:
 
 
 def check_env_steps(run_dir: Path, events: list[dict]) -> Verdict:
-    """Each env-server incarnation's first step against the newest step recorded before it."""
-    resumes = [(when, int(re.search(r"resumed at step (\d+)", line).group(1)))
-               for when, line in log_lines(run_dir / "nodes" / "env" / "log") if "resumed at step" in line]
+    """Each env-server incarnation's first step against the newest step recorded before it: an
+    incarnation that says "resumed at step N" starts at N, one that does not starts at step 0."""
+    lines = log_lines(run_dir / "nodes" / "env" / "log")
+    starts = [when for when, line in lines if " starting: " in line and "env server" in line]
+    resumes = []
+    for index, started in enumerate(starts[1:], 1):  # the first incarnation starts the run (or resumes it)
+        until = starts[index + 1] if index + 1 < len(starts) else float("inf")
+        said = [line for when, line in lines if started <= when < until and "resumed at step" in line]
+        resumes.append((started, int(re.search(r"resumed at step (\d+)", said[0]).group(1)) if said else 0))
     rows = read_jsonl(run_dir / "nodes" / "env" / "metrics.jsonl")
     rerun, gaps = [], []
     for when, step in resumes:
@@ -492,7 +505,7 @@ def check_env_steps(run_dir: Path, events: list[dict]) -> Verdict:
             rerun.append(f"resumed at {step} after recording {newest}")
         gaps.append(step - newest)
     ok = not rerun
-    figures = (f"{len(resumes)} env incarnations resumed; first step minus newest recorded: {gaps or '-'}"
+    figures = (f"{len(resumes)} env incarnations after the first; first step minus newest recorded: {gaps or '-'}"
                + (f"; RUN TWICE: {rerun}" if rerun else "") + " (a skip within the gap between two env metrics rows is not visible)")
     return Verdict("no env step run twice", ok, figures)
 
