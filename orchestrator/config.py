@@ -485,6 +485,7 @@ class RunConfig(BaseModel):
             eval_every_steps=self.env.eval_every_steps,
             topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
             topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
+            talk_in_steps=self.protocols.talk == "env_steps",
         )
         return problems
 
@@ -635,9 +636,6 @@ class RunConfig(BaseModel):
                         f"network: the peer link {src} -> {dst} sets {', '.join(given)}, wall-clock settings, but "
                         "protocols.talk: env_steps counts peer delays in steps: set delay_steps on it instead")
                     break
-        if self.agents.goals is not None:
-            problems.append("agents.goals: goal negotiation does not talk in env steps yet (it holds each episode start "
-                            "on the env server); with goals use protocols.talk: free")
         if self.agents.protocols:
             problems.append("agents.protocols: a user's peer protocols do not talk in env steps yet; with them use "
                             "protocols.talk: free")

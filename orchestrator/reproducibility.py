@@ -90,11 +90,12 @@ def reproducibility_problems(config: RunSections) -> list[str]:
             f"training.mode: expected 'decentralized' with {_WHY}, got 'centralized': the learner node trains on its "
             "own clock and the agents act with whichever parameters arrived last"
         )
-    if config.agents.goals is not None:
+    if config.agents.goals is not None and config.protocols.talk != "env_steps":
         problems.append(
-            f"agents.goals: expected none with {_WHY}: goal negotiation, the env server's hold of each episode start "
-            "for it (env.episode_start_hold_s, which needs goals) and hindsight sharing end at wall-clock deadlines, "
-            "so which goal an episode gets can depend on timing"
+            f"agents.goals: expected none with {_WHY} while talking is free in env time: goal negotiation, the env "
+            "server's hold of each episode start for it (env.episode_start_hold_s) and hindsight sharing end at "
+            "wall-clock deadlines, so which goal an episode gets can depend on timing (with protocols.talk: "
+            "env_steps their deadlines count steps)"
         )
     if config.agents.max_pending_gradient_steps != 0:
         problems.append(

@@ -5,7 +5,9 @@ learner and each episode's goal: negotiated with the neighbours (or assigned by 
 goal supervisor) before the start the env server holds, told to the env server with
 `goal.ready`, and shared in hindsight after the episode. This module only connects it to the
 node: its messages, its timers, the supervisor's channel, and what it says after each
-observation (goal rewards, episode ends).
+observation (goal rewards, episode ends). When talking takes env steps (`protocols.talk:
+env_steps`) nothing is held: the session's time is the step, its messages come at the step
+starts they are due (`on_env_step`) and its deadlines are checked there.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class GoalsCapability(Capability):
     def __init__(self, run: Any, node: NodeServices) -> None:
         self.run = run
         self.node = node
+        self.talks_in_env_steps = run.protocols.talk == "env_steps"
+        self._step_now = 0  # in steps: the step of the latest observation (the session's time)
         self.session = None  # a GoalSession or AmigoSession, built with the learner
         self.supervisor = None  # the external goal supervisor's channel (agents.goals.supervisor.external)
 
@@ -61,6 +65,7 @@ class GoalsCapability(Capability):
             agents.goals, agents.learner, node_id=node.identity.node_id, node_index=node.identity.index,
             run_seed=node.identity.run_seed, env_agent=node.env_agent, possible_agents=welcome.possible_agents,
             obs_dim=int(observation_space.shape[0]), num_actions=int(action_space.n), topology=node.topology,
+            in_steps=self.talks_in_env_steps,
         )
         return learner
 
@@ -71,17 +76,27 @@ class GoalsCapability(Capability):
             self._output(self.session.on_message(sender, message, now))
 
     def after_observation(self, message: m.EnvObservation, now: float) -> None:
-        # After the learner saw the transition: goal rewards, episode ends.
+        # After the learner saw the transition: goal rewards, episode ends (and starts).
+        if self.talks_in_env_steps:
+            now = self._step_now = int(message.step)
         self._output(self.session.on_observation(message, now))
 
+    def on_env_step(self, message: m.EnvObservation, delivered: list[tuple[str, Any]]) -> None:
+        """Talking in env steps: the messages due at this step, then the deadlines due by it."""
+        step = self._step_now = int(message.step)
+        for sender, item in delivered:
+            self._output(self.session.on_message(sender, item, step))
+        self._output(self.session.on_timer(step))
+
     def next_deadline(self) -> float | None:
-        return self.session.next_deadline()
+        return None if self.talks_in_env_steps else self.session.next_deadline()  # (in steps: at the step starts)
 
     def on_timer(self, now: float) -> None:
-        self._output(self.session.on_timer(now))
+        if not self.talks_in_env_steps:
+            self._output(self.session.on_timer(now))
 
     def on_neighbour_down(self, peer: str, now: float) -> None:
-        self._output(self.session.on_neighbour_down(peer, now))
+        self._output(self.session.on_neighbour_down(peer, self._step_now if self.talks_in_env_steps else now))
 
     def _output(self, outgoing: list) -> None:
         """Send the session's messages (to neighbours, or to the external supervisor) and

@@ -81,6 +81,8 @@ class NegotiationSettings(BaseModel):
     # Each flooding round ends when every team neighbour's proposal arrived or after this long;
     # a negotiation of `rounds` rounds ends within rounds * round_timeout_s.
     round_timeout_s: float = Field(0.5, gt=0, allow_inf_nan=False)
+    # The same deadline in env steps, when talking takes them (protocols.talk: env_steps).
+    round_timeout_steps: int = Field(5, ge=1)
     num_messages: int = Field(30, ge=1)
     temperature: float = Field(30.0, gt=0)
     learning_rate: float = Field(0.1, gt=0, le=1)
@@ -121,6 +123,8 @@ class HindsightSettings(BaseModel):
     # A partner's report that has not arrived this long after the episode ended is given up on
     # (counted as missing); the episode is stored with the goals known by then.
     timeout_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+    # The same in env steps, when talking takes them (protocols.talk: env_steps).
+    timeout_steps: int = Field(10, ge=1)
 
 
 def _changed_from_default(model: BaseModel, names) -> list[str]:
@@ -285,6 +289,7 @@ def goal_run_problems(
     eval_every_steps: int | None,
     topology_diameter: int | None,
     topology_complete: bool = True,
+    talk_in_steps: bool = False,
 ) -> list[str]:
     """What is wrong with a run's goal settings across sections, one problem per line, each
     starting with its field path (the orchestrator's run schema reports them)."""
@@ -338,6 +343,8 @@ def goal_run_problems(
             "env.eval_every_steps: evaluation episodes of goal-conditioned agents are not implemented (no goal is chosen "
             f"for them); expected null, got {eval_every_steps}"
         )
+    if talk_in_steps:
+        return problems + _talk_in_steps_problems(goals, episode_start_hold_s, env_kwargs)
     if goals.selection == "negotiation":
         rounds = max(1, topology_diameter or 1) + goals.negotiation.extra_rounds
         needed = rounds * goals.negotiation.round_timeout_s
@@ -362,6 +369,26 @@ def goal_run_problems(
             f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor', or goals paid by the env, wait "
             f"for goal.ready; expected 0 with {goals.selection!r}, got {episode_start_hold_s}"
         )
+    return problems
+
+
+def _talk_in_steps_problems(goals: GoalsConfig, episode_start_hold_s: float, env_kwargs: dict[str, Any]) -> list[str]:
+    """Talking in env steps nothing holds an episode's start: what needs the hold is refused."""
+    problems = []
+    population, playing = env_kwargs.get("population"), env_kwargs.get("active_per_episode")
+    if population is not None and playing is not None and playing < population:
+        problems.append(f"env.kwargs.active_per_episode: with protocols.talk: env_steps an agent cannot learn who plays "
+                        f"an episode (only a held start's announcement says it); expected every agent of the "
+                        f"population to play ({population}), got {playing}")
+    if episode_start_hold_s > 0:
+        problems.append(f"env.episode_start_hold_s: protocols.talk: env_steps holds no episode start (the team "
+                        f"negotiates while it acts); expected 0, got {episode_start_hold_s}")
+    if goals.selection == "supervisor":
+        problems.append("agents.goals.selection: 'supervisor' assigns each goal before the episode's first step, in a "
+                        "hold that talking in env steps does not have; use negotiation, or protocols.talk: free")
+    if goals.paid_by == "env":
+        problems.append("agents.goals.paid_by: 'env' names each goal to the env before the episode's first step, in a "
+                        "hold that talking in env steps does not have; use 'agent', or protocols.talk: free")
     return problems
 
 

@@ -41,6 +41,17 @@ The team of an episode: the topology neighbours that are active in it (goal_line
 agents of a population per episode); the negotiation floods for the diameter of the team's
 connected part. An agent whose team is empty decides alone (its own goal, not timed out).
 
+Talking in env steps (`protocols.talk: env_steps`, `in_steps`): nothing holds the episode start.
+The node passes env steps as the time (`now`), the engines' deadlines count steps
+(`negotiation.round_timeout_steps`, `hindsight.timeout_steps`), and an episode starts at once on
+the agent's own proposal (its goal module's draw) while the team negotiates; the negotiated goal
+replaces it when it lands (`negotiation/decision_age_steps`: steps from the episode's start; the
+rows acted on the own proposal are stored under the goal the episode ends with, as off-policy
+rows). A negotiation still open when its episode ends is closed then, as its deadlines would
+(`negotiation/cut_by_episode_end`), so that no decision outlives its episode; one that lands after
+the agent was rewarded changes nothing (`negotiation/decided_after_reward`). The supervisor and
+the env's payment name a goal before the first step, so they stay with talk that is free.
+
 Only one env copy (the run schema refuses more). The node feeds: `on_episode_start`,
 `observe` (through `GoalConditionedLearner`), `on_observation`, peer messages, timers,
 neighbour up/down; it sends the returned peer messages, `take_ready()` to the env server, and
@@ -108,6 +119,11 @@ class GoalEpisode:
     rewarded_at: int | None = None
     rows_closed: bool = False  # rewarded, or a step without a transition (later rows would not line up)
     cut_by_env: bool = False  # the observation arrived before the negotiation had decided
+    # Talking in env steps: the step at which the team's goal replaced the own proposal (None:
+    # not yet, or decided alone), and whether the episode ended before the team had decided.
+    decided_at: int | None = None
+    cut_at_end: bool = False
+    decided_after_reward: bool = False
     supervision: dict[str, float] = field(default_factory=dict)  # supervisor mode: how the goal came
 
 
@@ -121,6 +137,7 @@ class _Decision:
     announced: bool  # the server holds the start for goal.ready (env.episode_start came)
     goal: int | None = None
     ready_sent: bool = False
+    own_goal: int | None = None  # this agent's proposal (talking in env steps: acted on until the goal lands)
 
 
 class GoalSession:
@@ -141,11 +158,14 @@ class GoalSession:
         freeze_when_rewarded: bool = True,
         paid_by_env: bool = False,
         num_landmarks: int | None = None,
+        in_steps: bool = False,
     ) -> None:
         if (supervision is None) != (supervisor_draws is None):
             raise ValueError("supervision and supervisor_draws go together")
         if (module is None) == (supervision is None):
             raise ValueError("a goal session has either a goal module or supervision, not both or neither")
+        if in_steps and (supervision is not None or paid_by_env):
+            raise ValueError("talking in env steps holds no episode start: the supervisor and the env's payment need one")
         if len(env_agents) != topology.num_nodes:
             raise ValueError(
                 f"the env has {len(env_agents)} possible agents {list(env_agents)}, the topology {topology.num_nodes} nodes"
@@ -166,8 +186,10 @@ class GoalSession:
             raise ValueError("paid_by_env needs num_landmarks (to rebuild the cooperative goals partners imply)")
         self.paid_by_env = paid_by_env
         self.num_landmarks = num_landmarks
+        self.in_steps = in_steps
         self.decision: _Decision | None = None
         self.current: GoalEpisode | None = None
+        self._step_now = 0  # talking in env steps: the step of the latest call (their `now`)
         self.sharing: GoalEpisode | None = None  # the episode waiting for its partners' reports
         self._pending_row: Transition | None = None
         self._ready: deque[int] = deque()
@@ -198,6 +220,7 @@ class GoalSession:
             outgoing = self.supervision.start(SupervisionRequest(episode, team, draw), now)
         elif self.negotiation is not None:
             request = self.negotiation.request(episode, team, rounds, team_size)
+            decision.own_goal = request.own_goal
             outgoing = self.negotiation.engine.start(request, now)
         else:
             decision.goal = self.module.propose(episode)
@@ -236,9 +259,23 @@ class GoalSession:
         engine = self._coordination
         if decision.goal is None and engine is not None and engine.done and engine.result.episode == decision.episode:
             decision.goal = engine.result.goal
+            if self.in_steps:
+                self._goal_landed(decision)
         if decision.goal is not None and decision.announced and not decision.ready_sent:
             decision.ready_sent = True
             self._ready.append((decision.episode, decision.goal if self.paid_by_env else None))
+
+    def _goal_landed(self, decision: _Decision) -> None:
+        """Talking in env steps: the team's goal replaces the own proposal in the episode it was
+        for (unless the agent was rewarded already: that episode is over for it)."""
+        episode = self.current
+        if episode is None or episode.episode != decision.episode or episode.decided_at is not None or episode.cut_at_end:
+            return  # another episode's, or closed at its episode's end: acted on the own proposal throughout
+        episode.decided_at = self._step_now
+        if episode.rewarded_at is not None:
+            episode.decided_after_reward = True
+        else:
+            episode.goal = int(decision.goal)
 
     def take_ready(self) -> list[tuple[int, int | None]]:
         """The episode starts (lockstep steps) to send `goal.ready` for, oldest first, each with
@@ -251,6 +288,7 @@ class GoalSession:
     message_types = (NegotiationProposal, TeamProposals, GoalCommit, HindsightReport, GoalAssignment)
 
     def on_message(self, sender: str, message: Any, now: float) -> list[Outgoing]:
+        self._clock(now)
         if isinstance(message, HindsightReport):
             if self.hindsight is None:
                 log.warning("hindsight report from %s, but this run shares no hindsight", sender)
@@ -268,6 +306,7 @@ class GoalSession:
         return outgoing
 
     def on_timer(self, now: float) -> list[Outgoing]:
+        self._clock(now)
         outgoing: list[Outgoing] = []
         if self._coordination is not None:
             outgoing += self._coordination.on_timer(now)
@@ -298,6 +337,10 @@ class GoalSession:
     def on_neighbour_up(self, node: str, now: float) -> list[Outgoing]:
         return []  # a neighbour back up takes part from the next episode's team
 
+    def _clock(self, now: float) -> None:
+        if self.in_steps:
+            self._step_now = int(now)
+
     # ------------------------------------------------------------------ acting and observing
 
     def act(self, obs: np.ndarray, explore: bool) -> np.ndarray:
@@ -315,6 +358,7 @@ class GoalSession:
         """A training observation, after its transition went through `observe`: record the
         achieved goals and the reward, end the episode that ended, begin the one that starts."""
         self._check_one_copy(message.episode_start, "env.observation")
+        self._clock(now)
         row, self._pending_row = self._pending_row, None
         outgoing: list[Outgoing] = []
         agent = self.env_agent
@@ -358,6 +402,10 @@ class GoalSession:
     def _begin_episode(self, message: m.EnvObservation, now: float) -> list[Outgoing]:
         step = message.step
         active = {agent: bool(np.asarray(rows)[0]) for agent, rows in message.active.items()}
+        if self.in_steps:
+            # Who else plays comes only with a held start's announcement; talking in env steps the
+            # run schema allows only envs where every agent plays every episode.
+            active = {**{agent: True for agent in self.node_of_env_agent}, **active}
         if not active.get(self.env_agent, False):
             self.current, self.decision = None, None
             return []
@@ -367,6 +415,13 @@ class GoalSession:
             # No announcement for this start (no hold): decide now.
             outgoing += self._decide(step, active, now, announced=False)
             decision = self.decision
+        if self.in_steps:
+            # Nothing holds the start: act on the own proposal until the team's goal lands.
+            goal = decision.goal if decision.goal is not None else decision.own_goal
+            self.current = GoalEpisode(episode=step, goal=int(goal), team=list(decision.team))
+            if decision.goal is not None and decision.own_goal is not None:
+                self.current.decided_at = step  # decided at once (alone, or every round closed already)
+            return outgoing
         cut_by_env = decision.goal is None
         if cut_by_env:
             # The server started before the negotiation ended (its hold deadline): close the
@@ -384,6 +439,15 @@ class GoalSession:
     # ------------------------------------------------------------------ episode end
 
     def _end_episode(self, now: float) -> list[Outgoing]:
+        outgoing: list[Outgoing] = []
+        if self.in_steps and self.decision is not None and self.decision.goal is None \
+                and self.decision.episode == self.current.episode and self._coordination is not None:
+            # Talking in env steps: no decision outlives its episode; close the rounds with what was heard.
+            self.current.cut_at_end = True
+            engine = self._coordination
+            while not engine.done:
+                outgoing += engine.on_timer(engine.next_deadline())
+            self._collect_decision()
         episode, self.current = self.current, None
         self.episodes_finished += 1
         record = {
@@ -400,18 +464,25 @@ class GoalSession:
         if self.negotiation is not None:
             negotiated = self.negotiation.engine.records[-1] if self.negotiation.engine.records else None
             if negotiated is not None and negotiated.outcome.episode == episode.episode:
-                record.update(_negotiation_record(negotiated, episode.cut_by_env))
+                record.update(_negotiation_record(negotiated, episode.cut_by_env, self.in_steps))
+            if self.in_steps:
+                record.update({
+                    "negotiation/cut_by_episode_end": float(episode.cut_at_end),
+                    "negotiation/decided_after_reward": float(episode.decided_after_reward),
+                })
+                if episode.decided_at is not None:
+                    record["negotiation/decision_age_steps"] = float(episode.decided_at - episode.episode)
         self._records.append(record)
         if self.hindsight is None or not episode.team:
             self._store(episode, None)
-            return []
+            return outgoing
         if self.sharing is not None:
             # The previous episode's reports are overdue (its deadline has not passed yet):
             # close it now with what arrived.
             self.hindsight.on_timer(self.hindsight.next_deadline())
             self._store_if_shared()
         self.sharing = episode
-        outgoing = self.hindsight.start(HindsightRequest(episode.episode, episode.team, list(episode.events)), now)
+        outgoing += self.hindsight.start(HindsightRequest(episode.episode, episode.team, list(episode.events)), now)
         self._store_if_shared()
         return outgoing
 
@@ -461,20 +532,22 @@ class GoalSession:
             raise ValueError(f"{what}: goal agents run on one env copy (env.num_copies: 1), got {np.asarray(episode_start).shape[0]} copies")
 
 
-def _negotiation_record(negotiated, cut_by_env: bool) -> dict[str, float]:
+def _negotiation_record(negotiated, cut_by_env: bool, in_steps: bool = False) -> dict[str, float]:
     outcome = negotiated.outcome
     known = [aligned for aligned in negotiated.aligned_per_edge.values() if aligned is not None]
     record = {
         "negotiation/rounds_used": float(outcome.rounds_used),
         "negotiation/rounds_closed_by_deadline": float(outcome.rounds_closed_by_deadline),
-        "negotiation/duration_s": float(outcome.duration_s),
+        # the engine's clock: env steps when talking takes them, else seconds
+        "negotiation/duration_steps" if in_steps else "negotiation/duration_s": float(outcome.duration_s),
         "negotiation/timed_out": float(outcome.timed_out),
         "negotiation/led": float(outcome.led),
         "negotiation/messages_sent": float(negotiated.messages_sent),
         "negotiation/messages_received": float(negotiated.messages_received),
         "negotiation/edges_known": float(len(known)),
-        "negotiation/cut_by_env": float(cut_by_env),
     }
+    if not in_steps:  # (talking in env steps nothing holds the start, so nothing cuts it)
+        record["negotiation/cut_by_env"] = float(cut_by_env)
     if known:
         record["negotiation/aligned"] = float(all(known))  # every team edge of this agent agrees
         record["negotiation/aligned_edges_fraction"] = float(np.mean(known))
@@ -609,6 +682,7 @@ def build_goal_session(
     obs_dim: int,
     num_actions: int,
     topology: Topology,
+    in_steps: bool = False,
 ) -> tuple[GoalSession, GoalConditionedLearner]:
     """The session and the learner of one goal agent (imports torch: the learner's). AMIGo's
     cell goals have a session of their own (agent_node/amigo/session.py: build_amigo_session)."""
@@ -623,15 +697,17 @@ def build_goal_session(
     negotiation = None
     if goals.selection == "negotiation":
         settings = goals.negotiation
+        # Talking in env steps, the engines' time is the step: their deadlines count steps.
+        round_timeout = settings.round_timeout_steps if in_steps else settings.round_timeout_s
         if settings.protocol == "team_flood":
             engine = TeamNegotiationEngine(node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"),
-                                           allowed_goals=allowed.tolist(), round_timeout_s=settings.round_timeout_s,
+                                           allowed_goals=allowed.tolist(), round_timeout_s=round_timeout,
                                            extra_rounds=settings.extra_rounds)
         else:
             engine = NegotiationEngine(
                 node_id, total, seed=derive_seed(run_seed, node_index, "negotiation"), allowed_goals=allowed.tolist(),
                 num_messages=settings.num_messages, temperature=settings.temperature, learning_rate=settings.learning_rate,
-                update_every_episodes=settings.update_every_episodes, round_timeout_s=settings.round_timeout_s,
+                update_every_episodes=settings.update_every_episodes, round_timeout_s=round_timeout,
             )
         inner = build_goal_module(goals, allowed, run_seed=run_seed, node_index=node_index, selection=goals.inner or "uniform")
         negotiation = NegotiatedGoals(engine, inner)
@@ -646,11 +722,13 @@ def build_goal_session(
         supervision = SupervisionEngine(node_id, timeout_s=goals.supervisor.timeout_s,
                                         external_supervisor=SUPERVISOR_NODE_ID if goals.supervisor.external else None)
         supervisor_draws = SupervisorAssignment(allowed, seed=derive_seed(run_seed, node_index, "goals/supervisor"))
-    hindsight = HindsightEngine(node_id, timeout_s=goals.hindsight.timeout_s) if goals.hindsight is not None else None
+    hindsight = None
+    if goals.hindsight is not None:
+        hindsight = HindsightEngine(node_id, timeout_s=goals.hindsight.timeout_steps if in_steps else goals.hindsight.timeout_s)
     session = GoalSession(
         node_id=node_id, env_agent=env_agent, agent=agent, module=module, topology=topology,
         env_agents=possible_agents, reward_fn=reward_fn, negotiation=negotiation, hindsight=hindsight,
         supervision=supervision, supervisor_draws=supervisor_draws, freeze_when_rewarded=goals.freeze_when_rewarded,
-        paid_by_env=goals.paid_by == "env", num_landmarks=goals.num_landmarks,
+        paid_by_env=goals.paid_by == "env", num_landmarks=goals.num_landmarks, in_steps=in_steps,
     )
     return session, GoalConditionedLearner(session)

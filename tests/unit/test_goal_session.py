@@ -48,7 +48,7 @@ class RecordingAgent:
         self.rows_relabelled += 3  # any count: the session reports the difference
 
 
-def make_pair(*, negotiate=True, hindsight=True, seed=0, paid_by_env=False):
+def make_pair(*, negotiate=True, hindsight=True, seed=0, paid_by_env=False, in_steps=False):
     topology = full(2)
     agents, sessions = {}, {}
     for index, node in enumerate(topology.nodes):
@@ -62,7 +62,7 @@ def make_pair(*, negotiate=True, hindsight=True, seed=0, paid_by_env=False):
         sessions[node] = GoalSession(
             node_id=node, env_agent=node, agent=agent, module=module, topology=topology, env_agents=list(topology.nodes),
             reward_fn=reward_fn, negotiation=negotiation, hindsight=HindsightEngine(node, timeout_s=1.0) if hindsight else None,
-            paid_by_env=paid_by_env, num_landmarks=L,
+            paid_by_env=paid_by_env, num_landmarks=L, in_steps=in_steps,
         )
         agents[node] = agent
     return sessions, agents
@@ -297,6 +297,88 @@ def test_a_run_without_a_hold_decides_alone_at_the_first_observation():
     session = sessions["agent_1"]
     session.on_observation(observation(0, "agent_1", [], start=True), 0.0)
     assert session.current.goal in COOPERATIVE and session.take_ready() == []
+
+
+# -- talking in env steps: the time is the step, deadlines count steps (round_timeout 0.5 -> here
+# the engines of make_pair time out after 0.5 "steps", i.e. at the next step), nothing is held
+
+
+def _step(sessions, step, in_flight, *, start=False, truncated=False, deliver_now=True):
+    """One env step for both agents: the transition it closes, its observation, then the messages
+    sent at the step before (delivered at this one) and the deadlines due by it. Returns what
+    they sent during this step."""
+    sent = {}
+    for node, session in sessions.items():
+        if step > 0:
+            session.observe(row(step))
+        sent[node] = list(session.on_observation(observation(step, node, [], start=start, truncated=truncated), float(step)))
+    if deliver_now:
+        for sender, outgoing in in_flight.items():
+            for destination, message in outgoing:
+                sent[destination] += sessions[destination].on_message(sender, message, float(step))
+    for node, session in sessions.items():
+        sent[node] += session.on_timer(float(step))
+    return sent
+
+
+def test_talking_in_steps_acts_on_the_own_proposal_until_the_team_goal_lands():
+    sessions, agents = make_pair(in_steps=True, hindsight=False)
+    sent = _step(sessions, 0, {}, start=True)
+    own = {node: s.decision.own_goal for node, s in sessions.items()}
+    assert {node: s.current.goal for node, s in sessions.items()} == own, "nothing held: the episode starts on the own proposal"
+    assert all(s.take_ready() == [] for s in sessions.values()), "no goal.ready: the env holds nothing"
+    sessions["agent_0"].act(np.zeros((1, OBS_DIM)), explore=True)
+    assert agents["agent_0"].last_goals.tolist() == [own["agent_0"]]
+    landed = None
+    for step in range(1, 6):  # each message takes one step
+        sent = _step(sessions, step, sent)
+        if landed is None and all(s.current.decided_at is not None for s in sessions.values()):
+            landed = step
+    assert landed is not None and 1 <= landed <= 3
+    results = {node: s.negotiation.engine.result for node, s in sessions.items()}
+    assert {node: s.current.goal for node, s in sessions.items()} == {node: r.goal for node, r in results.items()}, \
+        "the negotiated goal (the leader's, or the follower's reading of its message) replaced the own proposal"
+    assert sum(r.led for r in results.values()) == 1 and not any(r.timed_out for r in results.values())
+    _step(sessions, 6, sent, start=True, truncated=True)  # the episode ends; the next starts
+    for session in sessions.values():
+        record = next(r for r in session.take_records() if "goals/goal" in r)
+        assert record["negotiation/decision_age_steps"] == session.negotiation.engine.records[0].outcome.duration_s + 0 >= 1
+        assert record["negotiation/cut_by_episode_end"] == 0.0 and "negotiation/duration_steps" in record
+    assert [a.episodes[0]["goal"] for a in agents.values()] == [r.goal for r in results.values()], \
+        "rows stored under the goal the episode ended with"
+
+
+def test_talking_in_steps_a_negotiation_open_at_its_episode_end_is_closed_there_and_changes_nothing():
+    sessions, agents = make_pair(in_steps=True, hindsight=False)
+    _step(sessions, 0, {}, start=True)
+    own = {node: s.current.goal for node, s in sessions.items()}
+    # Every message is lost: step 1 passes its deadlines and the naming game goes on to commit;
+    # the episode ends at step 1 before anything landed.
+    _step(sessions, 1, {}, start=True, truncated=True, deliver_now=False)
+    for node, session in sessions.items():
+        record = next(r for r in session.take_records() if "goals/goal" in r)
+        assert record["goals/goal"] == own[node], "the episode kept the own proposal it acted on"
+        assert session.negotiation.engine.records[0].outcome.episode == 0, "its negotiation closed with the episode"
+        assert record["negotiation/cut_by_episode_end"] == 1.0 and "negotiation/decision_age_steps" not in record
+    assert [a.episodes[0]["goal"] for a in agents.values()] == list(own.values())
+
+
+def test_talking_in_steps_refuses_what_needs_an_episode_start_hold():
+    common = dict(env_name="goal_lines_v0", env_kwargs={"num_landmarks": L}, num_copies=1, forward_infos=["achieved_goals"],
+                  eval_every_steps=None, topology_diameter=1, talk_in_steps=True)
+    negotiation = GoalsConfig(selection="negotiation", num_landmarks=L)
+    assert goal_run_problems(negotiation, "goal_dqn", "final", episode_start_hold_s=0.0, **common) == []
+    held = goal_run_problems(negotiation, "goal_dqn", "final", episode_start_hold_s=1.5, **common)
+    assert len(held) == 1 and held[0].startswith("env.episode_start_hold_s: protocols.talk: env_steps holds no episode start")
+    supervisor = goal_run_problems(GoalsConfig(selection="supervisor", num_landmarks=L), "goal_dqn", "final",
+                                   episode_start_hold_s=0.0, **common)
+    assert [p.split(":")[0] for p in supervisor] == ["agents.goals.selection"]
+    paid = goal_run_problems(GoalsConfig(selection="negotiation", num_landmarks=L, paid_by="env"), "goal_dqn", "final",
+                             episode_start_hold_s=0.0, **common)
+    assert "agents.goals.paid_by" in [p.split(":")[0] for p in paid]
+    drawn = goal_run_problems(negotiation, "goal_dqn", "final", episode_start_hold_s=0.0,
+                              **{**common, "env_kwargs": {"num_landmarks": L, "population": 4, "active_per_episode": 2}})
+    assert [p.split(":")[0] for p in drawn] == ["env.kwargs.active_per_episode"], "who plays is known only from a held start"
 
 
 def test_teams_are_the_playing_topology_neighbours_and_rounds_their_diameter():

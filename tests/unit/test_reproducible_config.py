@@ -66,6 +66,13 @@ def test_centralized_training_and_goal_negotiation_are_refused():
     assert any(p.startswith("agents.goals: expected none") for p in problems), problems
 
 
+def test_goal_negotiation_talking_in_env_steps_is_reproducible():
+    config = load_config(ROOT / "configs" / "goals_negotiation_hindsight.yaml", [
+        "run.reproducible=true", "protocols.talk=env_steps", "env.episode_start_hold_s=0",
+        "network.links=[{role: peer_links, link: {delay_steps: 2, loss: 0.2}}]"])
+    assert config.run.reproducible and config.agents.goals.selection == "negotiation"
+
+
 def test_what_only_changes_when_a_message_arrives_is_allowed():
     config = load_config(TINY, [
         REPRODUCIBLE,

@@ -46,9 +46,11 @@ def test_validate_refuses_what_talking_in_steps_cannot_do_naming_the_field(overr
     assert any(expected in problem for problem in problems(MAIN_JOB, *overrides)), problems(MAIN_JOB, *overrides)
 
 
-def test_goal_negotiation_is_refused_when_talking_in_steps():
-    assert any(problem.startswith("agents.goals: goal negotiation does not talk in env steps")
-               for problem in problems(GOALS, IN_STEPS))
+def test_goal_negotiation_talks_in_steps_without_the_episode_start_hold():
+    found = problems(GOALS, IN_STEPS)  # the shipped config holds each episode start for its negotiation
+    assert [problem.split(":")[0] for problem in found] == ["env.episode_start_hold_s"], found
+    config = load_config(GOALS, [IN_STEPS, "env.episode_start_hold_s=0", PEER_DELAY_5])
+    assert config.agents.goals.negotiation.round_timeout_steps == 5
 
 
 def test_wall_clock_loss_on_an_env_link_stays_refused_in_a_reproducible_run():
