@@ -49,6 +49,7 @@ from agent_node.config import AgentsConfig, training_problems
 from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goals.config import goal_run_problems
 from agent_node.algos import LEARNERS
+from agent_node.peer_protocols import talks_in_env_steps
 from agent_node.plugins import PluginError
 from agent_node.world_models import WORLD_MODELS
 from env_server.config import EnvConfig, static_agent_count
@@ -636,9 +637,12 @@ class RunConfig(BaseModel):
                         f"network: the peer link {src} -> {dst} sets {', '.join(given)}, wall-clock settings, but "
                         "protocols.talk: env_steps counts peer delays in steps: set delay_steps on it instead")
                     break
-        if self.agents.protocols:
-            problems.append("agents.protocols: a user's peer protocols do not talk in env steps yet; with them use "
-                            "protocols.talk: free")
+        for position, protocol in enumerate(self.agents.protocols):
+            if not talks_in_env_steps(protocol):
+                problems.append(
+                    f"agents.protocols.{position}.kind: {protocol.kind!r} does not say it runs with env steps as its "
+                    "clock (a class attribute talks_in_env_steps = True; its deadlines are presumably in seconds); "
+                    "use protocols.talk: free with it")
         if self.protocols.consensus.average_at_end:
             problems.append("protocols.consensus.average_at_end: the final average runs after the last env step, when "
                             "no step is left to carry its messages; with protocols.talk: env_steps turn it off")

@@ -21,7 +21,12 @@ object. On top of the engine interface it has
     the last call, and the learner;
   - `give(learner, result)`: once a run is `done`, its `result`, for the protocol to hand to
     the learner (set a coefficient, load parameters), or to keep.
-- optionally `state_dict()` / `load_state_dict(state)`, saved in the node's checkpoint.
+- optionally `state_dict()` / `load_state_dict(state)`, saved in the node's checkpoint;
+- optionally `talks_in_env_steps = True` (a class attribute): it runs in a run whose peer messages
+  take env steps (`protocols.talk: env_steps`), where the node passes it env steps as `now`
+  (`spec.clock` says which unit it gets), hands it its messages at the step starts they are due
+  and checks its deadline there. A class without it is refused in such a run, naming
+  `agents.protocols.<i>.kind`: its deadlines are presumably in seconds.
 
 The node writes the engine's `metrics()` to the agent's metrics when a run finishes. Resolving
 a kind imports its module, at `orchestrate validate`, `up` and in each node; a wrong path, a
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Literal, Mapping, Sequence
 
 from pydantic import BeforeValidator, SerializeAsAny
 
@@ -57,13 +62,16 @@ class ProtocolSpec:
     - `node_id`: this agent node (`agent_3`);
     - `neighbours`: its topology neighbours, the nodes it may send to and hear from;
     - `seed`: `derive_seed(run.seed, node index, "protocol/<kind>")`, for the engine's randomness;
-    - `num_agents`: the agent nodes of the run.
+    - `num_agents`: the agent nodes of the run;
+    - `clock`: the unit of every `now` the node passes: "seconds" (a monotonic clock), or
+      "env_steps" (the lockstep step, when peer messages take env steps).
     """
 
     node_id: str
     neighbours: tuple[str, ...]
     seed: int
     num_agents: int
+    clock: Literal["seconds", "env_steps"] = "seconds"
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,12 @@ def _validate_protocols(value: Any) -> Any:
     if problems:
         raise ValueError("\n".join(problems))
     return tuple(built)
+
+
+def talks_in_env_steps(config: PluginConfig) -> bool:
+    """Whether the protocol `config` names declares it runs with env steps as its clock."""
+    builder = PROTOCOLS.resolve(config.kind).load_builder()
+    return bool(getattr(builder, "talks_in_env_steps", False))
 
 
 # The type of `agents.protocols`: each entry the protocol's own config model, after resolution,

@@ -7,7 +7,10 @@ up/down notices are passed on, and whatever it returns is sent over the peer mes
 the learner hook: after each training observation, while the engine is idle, `request(view)`
 may start a run; when a run is done, `give(learner, result)` and the engine's `metrics()` are
 written to the agent's metrics. The engine never holds an observation: the agent keeps acting
-and learning while its protocol talks.
+and learning while its protocol talks. When peer messages take env steps (`protocols.talk:
+env_steps`; only for an engine that says `talks_in_env_steps`), its time is the step: its
+messages come at the step starts they are due (`on_env_step`), its deadline is checked there,
+and what it gives the learner no longer depends on timing.
 
 This module is one of the node's built-in capabilities (`agent_node/capability.py`:
 `BUILTIN_CAPABILITIES`), so a plugin protocol is loaded on the same path as Parley's own.
@@ -55,8 +58,10 @@ class EpisodeReturns:
 class ProtocolCapability(Capability):
     """One plugin protocol engine, driven by the agent node (see the module docstring)."""
 
-    def __init__(self, node: NodeServices, kind: str, engine: Any) -> None:
+    def __init__(self, node: NodeServices, kind: str, engine: Any, in_steps: bool = False) -> None:
         self.node = node
+        self.talks_in_env_steps = in_steps
+        self._step_now = 0  # in steps: the step of the latest observation (the engine's time)
         self.name = f"protocol {kind}"
         self.kind = kind
         self.engine = engine
@@ -67,9 +72,20 @@ class ProtocolCapability(Capability):
 
     # -- the engine, driven like the simulator drives it
     def next_deadline(self) -> float | None:
-        return self.engine.next_deadline()
+        return None if self.talks_in_env_steps else self.engine.next_deadline()  # (in steps: at the step starts)
 
     def on_timer(self, now: float) -> None:
+        if not self.talks_in_env_steps:  # (in steps the node's wall-clock ticks are not the engine's time)
+            self._deadline_due(now)
+
+    def on_env_step(self, message: m.EnvObservation, delivered: list[tuple[str, Any]]) -> None:
+        """Talking in env steps: the messages due at this step, then the deadline if it is due."""
+        self._step_now = int(message.step)
+        for sender, item in delivered:
+            self.on_message(sender, item, self._step_now)
+        self._deadline_due(self._step_now)
+
+    def _deadline_due(self, now: float) -> None:
         deadline = self.engine.next_deadline()
         if deadline is not None and now >= deadline:
             self._send(self.engine.on_timer(now))
@@ -78,10 +94,13 @@ class ProtocolCapability(Capability):
         self._send(self.engine.on_message(sender, message, now))
 
     def on_neighbour_down(self, peer: str, now: float) -> None:
-        self._send(self.engine.on_neighbour_down(peer, now))
+        self._send(self.engine.on_neighbour_down(peer, self._now(now)))
 
     def on_neighbour_up(self, peer: str, now: float) -> None:
-        self._send(self.engine.on_neighbour_up(peer, now))
+        self._send(self.engine.on_neighbour_up(peer, self._now(now)))
+
+    def _now(self, seconds: float) -> float:
+        return self._step_now if self.talks_in_env_steps else seconds
 
     def _send(self, outgoing: list) -> None:
         if outgoing:
@@ -93,6 +112,8 @@ class ProtocolCapability(Capability):
         self.returns.add(transition)
 
     def after_observation(self, message: m.EnvObservation, now: float) -> None:
+        if self.talks_in_env_steps and not message.evaluation:
+            now = self._step_now = int(message.step)
         if not self.has_hook or self.running or self.node.learner is None:
             return
         request = self.engine.request(LearnerView(step=message.step, episode_returns=self.returns.take(), learner=self.node.learner))
@@ -106,8 +127,9 @@ class ProtocolCapability(Capability):
         self.running = False
         if self.has_hook and self.node.learner is not None:
             self.engine.give(self.node.learner, self.engine.result)
-            # What the neighbours said, and when it arrived, decides what the learner gets.
-            self.node.reproducibility_broken("peer_protocol", f"peer protocol {self.kind!r} gave its learner a result")
+            if not self.talks_in_env_steps:
+                # What the neighbours said, and when it arrived, decides what the learner gets.
+                self.node.reproducibility_broken("peer_protocol", f"peer protocol {self.kind!r} gave its learner a result")
         metrics = self.engine.metrics()
         if metrics:
             self.node.write_metrics(metrics)
@@ -128,11 +150,13 @@ def build(run: AgentNodeConfig, node: NodeServices) -> list[ProtocolCapability]:
     topology = node.topology
     index = topology.index_of(node.identity.node_id)
     neighbours = tuple(topology.nodes[j] for j in topology.neighbours(index))
+    in_steps = run.protocols.talk == "env_steps"
     capabilities = []
     for config in run.agents.protocols:
         spec = ProtocolSpec(node_id=node.identity.node_id, neighbours=neighbours, num_agents=run.agents.count,
-                            seed=derive_seed(run.run.seed, index, f"protocol/{config.kind}"))
+                            seed=derive_seed(run.run.seed, index, f"protocol/{config.kind}"),
+                            clock="env_steps" if in_steps else "seconds")
         engine = PROTOCOLS.build(config, spec)
         log.info("peer protocol %s with neighbours %s", config.kind, ", ".join(neighbours) or "none")
-        capabilities.append(ProtocolCapability(node, config.kind, engine))
+        capabilities.append(ProtocolCapability(node, config.kind, engine, in_steps=in_steps))
     return capabilities

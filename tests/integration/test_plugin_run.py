@@ -105,3 +105,27 @@ def test_launch_refuses_a_bad_plugin_before_making_a_run_dir(tmp_path):
         api.launch(REPO / "configs" / "tiny_ring.yaml", ["agents.learner.kind=no_such_package:Learner"],
                    run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.long
+def test_the_plugin_protocol_talks_in_env_steps_and_holds_nothing(tmp_path, monkeypatch):
+    """The return gossip with peer messages that take 2 env steps: every round hears both
+    neighbours (each message lands 2 steps after it left, inside the 5-step deadline), nothing
+    holds the env, and the learner hook's results do not break a reproducible run."""
+    from orchestrator import api
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    gossip = ["--set", f"agents.protocols=[{{kind: '{GOSSIP_PATH}', every_steps: 10, timeout_steps: 5, entropy_boost: 0.5}}]"]
+    in_steps = ["--set", "protocols.talk=env_steps", "--set", "network.links=[{role: peer_links, link: {delay_steps: 2}}]",
+                "--set", "run.reproducible=true"]
+    run_dir = tmp_path / "run"
+    done = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, *gossip, *in_steps, "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = api.open_run(run_dir)
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        records = list(run.metrics(agent))
+        rounds = [r for r in records if "gossip/rounds" in r]
+        assert len(rounds) >= 4 and all(r["gossip/heard"] == 2 for r in rounds), rounds
+        assert not any("reproducibility/broken" in r for r in records)
+    env_rows = list(run.metrics("env"))
+    assert all(value == 0 for row in env_rows for key, value in row.items() if key.startswith("env/default_actions/"))

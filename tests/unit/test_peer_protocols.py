@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_agents_protocols_holds_each_protocols_own_config_and_dumps_it_again(gos
     (protocol,) = agents.protocols
     assert isinstance(protocol, gossip.GossipConfig) and (protocol.every_steps, protocol.window) == (7, 20)
     dumped = agents.model_dump(mode="json")["protocols"]
-    assert dumped == [{"kind": GOSSIP, "every_steps": 7, "window": 20, "timeout_s": 2.0, "entropy_boost": 0.5}]
+    assert dumped == [{"kind": GOSSIP, "every_steps": 7, "window": 20, "timeout_s": 2.0, "timeout_steps": 5, "entropy_boost": 0.5}]
     assert agents_section([]).protocols == () and agents_section(None).protocols == ()
 
 
@@ -230,7 +231,7 @@ def transition(rewards, ended, copies=(0, 1)) -> Transition:
 
 def test_the_node_drives_the_engine_and_hands_its_result_to_the_learner(gossip):
     run = types.SimpleNamespace(
-        run=types.SimpleNamespace(seed=0),
+        run=types.SimpleNamespace(seed=0), protocols=types.SimpleNamespace(talk="free"),
         agents=types.SimpleNamespace(count=3, protocols=(gossip.GossipConfig(kind=GOSSIP, every_steps=10, entropy_boost=1.0),)),
     )
     node = StandInNode()
@@ -254,8 +255,46 @@ def test_the_node_drives_the_engine_and_hands_its_result_to_the_learner(gossip):
     assert node.broken == ["peer_protocol"]  # a reproducible run says what timing decided
 
 
+def test_talking_in_env_steps_the_engine_s_time_is_the_step_and_its_messages_come_at_step_starts(gossip):
+    run = types.SimpleNamespace(
+        run=types.SimpleNamespace(seed=0), protocols=types.SimpleNamespace(talk="env_steps"),
+        agents=types.SimpleNamespace(count=3, protocols=(gossip.GossipConfig(kind=GOSSIP, every_steps=10, timeout_steps=4),)),
+    )
+    node = StandInNode()
+    (capability,) = load_capabilities(run, node, ["agent_node.peer_protocols.capability:build"])
+    assert capability.talks_in_env_steps and capability.engine.timeout == 4, "spec.clock told the engine its unit"
+    capability.on_transition(None, transition([-1.0, -2.0], [True, True]))
+    capability.after_observation(types.SimpleNamespace(step=10, evaluation=False), now=12345.6)  # wall time ignored
+    assert capability.engine.deadline == 14 and capability.next_deadline() is None, "in steps: checked at the step starts"
+    capability.on_timer(12345.7)  # the node's wall-clock tick is not the engine's time
+    assert not capability.engine.done
+    capability.on_env_step(types.SimpleNamespace(step=11), [("agent_1", gossip.MeanReturn(round=1, mean_return=-1.0, episodes=5))])
+    assert not capability.engine.done
+    capability.on_env_step(types.SimpleNamespace(step=14), [])  # agent_2 never spoke: the round ends at its deadline
+    (record,) = node.records
+    assert record["gossip/neighbour_best"] == -1.0 and node.broken == [], "in steps timing decides nothing"
+
+
+def test_a_protocol_that_does_not_say_it_talks_in_steps_is_refused_there(gossip):
+    from orchestrator.config import load_config
+    from protocols.config_errors import ConfigError
+
+    main_job = Path(__file__).resolve().parents[2] / "configs" / "4agents_ring.yaml"
+    gossip_entry = f"{{kind: '{GOSSIP}', every_steps: 10}}"
+    load_config(main_job, ["protocols.talk=env_steps", f"agents.protocols=[{gossip_entry}]"])
+    gossip.ReturnGossip.talks_in_env_steps = False
+    try:
+        with pytest.raises(ConfigError) as caught:
+            load_config(main_job, ["protocols.talk=env_steps", f"agents.protocols=[{gossip_entry}]"])
+    finally:
+        gossip.ReturnGossip.talks_in_env_steps = True
+    assert any(problem.startswith("agents.protocols.0.kind:") and "talks_in_env_steps" in problem
+               for problem in caught.value.problems), caught.value.problems
+
+
 def test_a_run_without_protocols_builds_none():
-    run = types.SimpleNamespace(agents=types.SimpleNamespace(count=3, protocols=()), run=types.SimpleNamespace(seed=0))
+    run = types.SimpleNamespace(agents=types.SimpleNamespace(count=3, protocols=()), run=types.SimpleNamespace(seed=0),
+                                protocols=types.SimpleNamespace(talk="free"))
     assert load_capabilities(run, StandInNode(), ["agent_node.peer_protocols.capability:build"]) == []
 
 

@@ -2,7 +2,8 @@
 
 Every `every_steps` lockstep steps, each agent tells its topology neighbours the mean return of
 its last `window` episodes, and listens for theirs. A round ends when every live neighbour was
-heard, or `timeout_s` after it began. The agent then logs what it heard (`gossip/*` metrics)
+heard, or `timeout_s` after it began (`timeout_steps` env steps when peer messages take env
+steps: `protocols.talk: env_steps`, where the node's time is the step). The agent then logs what it heard (`gossip/*` metrics)
 and, with `entropy_boost > 0`, adapts its learner: while its own mean trails the best of its
 neighbourhood it explores more, with the learner's entropy coefficient raised to
 `base * (1 + entropy_boost)`; otherwise the coefficient returns to the base it started from.
@@ -46,6 +47,7 @@ class GossipConfig(PluginConfig):
     every_steps: int = Field(50, gt=0)  # lockstep steps between two rounds
     window: int = Field(20, gt=0)  # episodes in the mean an agent tells
     timeout_s: float = Field(2.0, gt=0)  # a round ends this long after it began, whoever was heard
+    timeout_steps: int = Field(5, gt=0)  # the same in env steps, when talking takes them
     # 0: only log what the neighbourhood says; > 0: raise the learner's `entropy_coef` by this
     # fraction while this agent trails its best neighbour (the learner must have `entropy_coef`).
     entropy_boost: float = Field(0.0, ge=0)
@@ -65,9 +67,11 @@ class ReturnGossip:
 
     config_model: ClassVar[type[GossipConfig]] = GossipConfig
     message_types: ClassVar[tuple[type, ...]] = (MeanReturn,)
+    talks_in_env_steps: ClassVar[bool] = True  # its only deadline has a setting in steps
 
     def __init__(self, config: GossipConfig, spec: ProtocolSpec) -> None:
         self.config = config
+        self.timeout = config.timeout_steps if spec.clock == "env_steps" else config.timeout_s
         self.alive = set(spec.neighbours)  # membership tells us who goes down and comes back
         self.recent: deque[float] = deque(maxlen=config.window)
         self.last_round = -1
@@ -108,7 +112,7 @@ class ReturnGossip:
         heard = self.early.pop(round_number, {})
         self.early = {r: values for r, values in self.early.items() if r > round_number}  # older rounds are over
         self.current = Round(round_number, own, heard)
-        self.deadline = now + self.config.timeout_s
+        self.deadline = now + self.timeout
         self.rounds += 1
         message = MeanReturn(round=round_number, mean_return=own, episodes=len(self.recent))
         self._check_done()  # (every live neighbour spoke first, or none is alive)
