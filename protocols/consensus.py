@@ -199,6 +199,12 @@ class ConsensusConfig(BaseModel):
     # agent then ends with the same policy (policy_parameters only; agent_node/node.py,
     # `_on_run_finished`). Without it the copies drift apart after the last periodic average.
     average_at_end: bool = False
+    # A newcomer (an agent that joins the run after step 0 without saved state: its checkpoint
+    # lost, or set aside by run.on_corrupt_state: start_fresh) starts from the mean of its
+    # neighbours' current policies instead of from scratch (protocols/bootstrap.py): it asks them,
+    # and waits for their answers up to twice round_timeout_s (or round_timeout_steps). Whatever
+    # `what` averages: the policy is what a newcomer lacks most.
+    bootstrap_newcomers: bool = False
     # What a share carries (protocols/compression.py; "Compressed shares" in protocols/consensus.py): the tensors as
     # they are (none), or compressed with error feedback as float16, int8 with a per-tensor
     # scale, or the `topk_fraction` of entries of largest magnitude.
@@ -243,6 +249,9 @@ class ConsensusConfig(BaseModel):
                 raise ValueError(
                     f"consensus.{name} applies only with {expected}; got compression={self.compression!r}, mode={self.mode!r}"
                 )
+        if self.bootstrap_newcomers and not self.enabled:
+            raise ValueError("consensus.bootstrap_newcomers: expected consensus.enabled (the newcomer's ask is a consensus "
+                             "message), got enabled=False")
         if self.average_at_end and not (self.enabled and self.what == "policy_parameters"):
             raise ValueError(
                 "consensus.average_at_end: expected consensus.enabled with what 'policy_parameters' (the final average "

@@ -14,6 +14,13 @@ they are due (`on_env_step`), where the rounds' deadlines (in steps) fire too, a
 adopted when the run ends, its age in steps written (`consensus/decision_age_steps`); the policy
 keeps what it learned meanwhile (subjects.py, `PolicyParameters`).
 
+With `consensus.bootstrap_newcomers` an agent that joins the run past step 0 without saved
+state (nothing restored: a lost checkpoint, or one set aside) asks its neighbours for their
+policies before it acts (protocols/bootstrap.py): with talk free in env time it holds its first
+observation until every live neighbour answered or the round trip's deadline passed, then takes
+their mean; talking in env steps it acts meanwhile and takes the mean when it lands. Every agent
+answers a neighbour's request with its policy as it is.
+
 With `consensus.average_at_end` the env server's last observation (never answered) starts one
 more run, after the node has taken the updates it owes, and the node drains when it is over:
 every agent's final checkpoint then holds the same policy.
@@ -29,6 +36,7 @@ from agent_node.capability import PEERS, Capability, NodeServices
 from agent_node.consensus.session import ConsensusSession
 from agent_node.consensus.subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
 from protocols import messages as m
+from protocols.bootstrap import BootstrapRequest, BootstrapShare, NewcomerBootstrap, answer
 from protocols.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
 
 log = logging.getLogger("agent_node")
@@ -39,7 +47,8 @@ PEER_LINGER_S = 1.0
 
 class ConsensusCapability(Capability):
     name = "consensus"
-    handles = {ConsensusShare: (PEERS,), ConsensusDone: (PEERS,), PushSumShare: (PEERS,)}
+    handles = {ConsensusShare: (PEERS,), ConsensusDone: (PEERS,), PushSumShare: (PEERS,),
+               BootstrapRequest: (PEERS,), BootstrapShare: (PEERS,)}
     hold_state = "averaging"
     talks_in_env_steps = True
 
@@ -54,9 +63,20 @@ class ConsensusCapability(Capability):
         # may linger a moment on close instead of being dropped (a neighbour would wait out its round).
         self.peer_linger_s = PEER_LINGER_S if self.config.average_at_end else 0.0
         self.waits_for_last_observation = self.config.average_at_end
+        # A newcomer's first ask of its neighbours (consensus.bootstrap_newcomers): made at most once,
+        # not by an agent that restored its saved state (`load_state_dict`).
+        round_trip = 2 * (self.config.round_timeout_steps if self.in_steps else self.config.round_timeout_s)
+        self.bootstrap = NewcomerBootstrap(round_trip) if self.config.bootstrap_newcomers else None
+        self.restored = False
+        self._bootstrap_held: m.EnvObservation | None = None
+        self._bootstrap_taken = False
+        self._down: set[str] = set()  # neighbours membership declared down (not asked)
+        self.joined_mid_run = False  # known from the welcome (`attach`)
 
     @property
     def held(self) -> m.EnvObservation | None:
+        if self._bootstrap_held is not None:
+            return self._bootstrap_held
         return self.session.held if self.session is not None else None
 
     def attach(self, learner, welcome, observation_space, action_space) -> None:
@@ -66,6 +86,11 @@ class ConsensusCapability(Capability):
                 self.config, self.node.topology, self.node.identity.node_id, self.run.protocols.limits.max_pending_share_bytes,
                 in_steps=self.in_steps,
             )
+        self.joined_mid_run = welcome.step > 0  # a restart (or a resumed run): the env server is past step 0
+        if self.bootstrap is not None and not (callable(getattr(learner, "get_params", None))
+                                               and callable(getattr(learner, "set_params", None))):
+            self.node.fail(f"consensus.bootstrap_newcomers needs a learner with get_params/set_params (its policy), "
+                           f"got {type(learner).__name__}")
         self.session = ConsensusSession(
             engine, self._subject(learner, welcome.num_copies, observation_space, action_space),
             num_agents=len(self.node.topology.nodes), average_at_end=self.config.average_at_end,
@@ -92,10 +117,16 @@ class ConsensusCapability(Capability):
     def wants_to_hold(self, message: m.EnvObservation) -> bool:
         if message.evaluation or self.in_steps:
             return False
+        if self._newcomer_at(message):
+            return True
         self._tick = self.session.due_at_end(message.step) if message.run_finished else self.session.due(message.step)
         return self._tick is not None
 
     def begin_hold(self, message: m.EnvObservation, now: float) -> None:
+        if self._newcomer_at(message):
+            self._bootstrap_held = message
+            self._ask_neighbours(message.step, now)
+            return
         if message.run_finished:
             log.info("the run's budget is spent at step %d: averaging once more before the final checkpoint", message.step)
         self.node.send_peers(self.session.begin(message, self._tick, now))
@@ -110,7 +141,12 @@ class ConsensusCapability(Capability):
         step = float(message.step)
         session = self.session
         for sender, share in delivered:
-            self.node.send_peers(session.on_message(sender, share, step))
+            self.on_message(sender, share, step)
+        if self._newcomer_at(message):  # (acting meanwhile: the mean is taken when it lands)
+            self._ask_neighbours(message.step, step)
+        if self.bootstrap is not None and self.bootstrap.started:
+            self.bootstrap.on_timer(step)
+            self._take_bootstrap_if_done(step)
         self.node.send_peers(session.on_timer(step))
         self._finish_if_done(step)
         if not message.run_finished and not session.averaging and (tick := session.due(message.step)) is not None:
@@ -143,29 +179,89 @@ class ConsensusCapability(Capability):
         if finished.held is not None:
             self.node.release(self, finished.held)
 
+    # -- a newcomer's start from its neighbours' policies
+
+    def _newcomer_at(self, message: m.EnvObservation) -> bool:
+        """This training observation is the first of an agent that joined past step 0 without
+        saved state, in a run that bootstraps newcomers."""
+        return (self.bootstrap is not None and self.joined_mid_run and not self.restored and not self.bootstrap.started
+                and not message.evaluation and not message.run_finished)
+
+    def _ask_neighbours(self, joined_at: int, now: float) -> None:
+        topology, me = self.node.topology, self.node.identity.node_id
+        live = [topology.nodes[j] for j in topology.neighbours(topology.index_of(me)) if topology.nodes[j] not in self._down]
+        log.info("joined the run at step %d without saved state: asking %s for their policies", joined_at, live or "nobody")
+        self.node.send_peers(self.bootstrap.start(joined_at, live, now))
+        self._take_bootstrap_if_done(now)
+
+    def _take_bootstrap_if_done(self, now: float) -> None:
+        bootstrap = self.bootstrap
+        if bootstrap is None or not bootstrap.done or self._bootstrap_taken:
+            return
+        self._bootstrap_taken = True
+        if bootstrap.result is not None:
+            self.node.learner.set_params(bootstrap.result)
+        record = bootstrap.metrics()
+        record["consensus/bootstrap_age_steps" if self.in_steps else "consensus/bootstrap_duration_s"] = now - bootstrap.started_at
+        self.node.write_metrics(record)
+        log.info("took the mean of %d neighbours' policies (%d did not answer)", len(bootstrap.shares), len(bootstrap.waiting))
+        held, self._bootstrap_held = self._bootstrap_held, None
+        if held is not None:
+            self.node.release(self, held)
+
     # -- the loop
 
     def on_message(self, sender: str, message: Any, now: float) -> None:
+        if isinstance(message, BootstrapRequest):
+            # A neighbour's newcomer asks: our policy as it is now (whatever else we are doing).
+            self.node.send_peers([(sender, answer(message, self.node.learner.get_params()))])
+            return
+        if isinstance(message, BootstrapShare):
+            if self.bootstrap is not None:
+                self.bootstrap.on_message(sender, message, now)
+                self._take_bootstrap_if_done(now)
+            return
         # The engine buffers a share for a round it has not started (a neighbour that began
         # averaging a moment before us) and drops stale ones.
         self.node.send_peers(self.session.on_message(sender, message, now))
         self._finish_if_done(now)
 
     def next_deadline(self) -> float | None:
-        return None if self.in_steps else self.session.next_deadline()  # (in steps: at the step starts)
+        if self.in_steps:
+            return None  # (in steps: at the step starts)
+        deadlines = [d for d in (self.session.next_deadline(), self.bootstrap and self.bootstrap.next_deadline()) if d is not None]
+        return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
-        if self.session.averaging and not self.in_steps:
+        if self.in_steps:
+            return
+        if self.bootstrap is not None and self.bootstrap.started:
+            self.bootstrap.on_timer(now)
+            self._take_bootstrap_if_done(now)
+        if self.session.averaging:
             self.node.send_peers(self.session.on_timer(now))
             self._finish_if_done(now)
 
     def on_neighbour_down(self, peer: str, now: float) -> None:
         now = float(self.node.step) if self.in_steps else now  # (in steps: the run's own clock)
+        self._down.add(peer)
+        if self.bootstrap is not None and self.bootstrap.started:
+            self.bootstrap.on_neighbour_down(peer, now)
+            self._take_bootstrap_if_done(now)
         self.node.send_peers(self.session.on_neighbour_down(peer, now))
 
     def on_neighbour_up(self, peer: str, now: float) -> None:
         now = float(self.node.step) if self.in_steps else now
+        self._down.discard(peer)
         self.node.send_peers(self.session.on_neighbour_up(peer, now))
+
+    # -- checkpoints: a restarted agent that restores one is no newcomer
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return {"last_tick": self.session.last_tick} if self.session is not None else None
+
+    def load_state_dict(self, state) -> None:
+        self.restored = True
 
     def drain(self) -> None:
         if self.config.average_at_end:
