@@ -229,13 +229,19 @@ def transition(rewards, ended, copies=(0, 1)) -> Transition:
                       copy_index=np.asarray(copies, np.int64))
 
 
-def test_the_node_drives_the_engine_and_hands_its_result_to_the_learner(gossip):
+def gossip_capability(gossip, talk: str, **settings):
+    """The return gossip as agent_0's capability in a ring of 3, and the stand-in node around it."""
     run = types.SimpleNamespace(
-        run=types.SimpleNamespace(seed=0), protocols=types.SimpleNamespace(talk="free"),
-        agents=types.SimpleNamespace(count=3, protocols=(gossip.GossipConfig(kind=GOSSIP, every_steps=10, entropy_boost=1.0),)),
+        run=types.SimpleNamespace(seed=0), protocols=types.SimpleNamespace(talk=talk),
+        agents=types.SimpleNamespace(count=3, protocols=(gossip.GossipConfig(kind=GOSSIP, every_steps=10, **settings),)),
     )
     node = StandInNode()
     (capability,) = load_capabilities(run, node, ["agent_node.peer_protocols.capability:build"])
+    return capability, node
+
+
+def test_the_node_drives_the_engine_and_hands_its_result_to_the_learner(gossip):
+    capability, node = gossip_capability(gossip, "free", entropy_boost=1.0)
     assert dispatch_table([capability], {})[gossip.MeanReturn][0] == (PEERS,)
     observation = types.SimpleNamespace(step=10)
     capability.on_transition(observation, transition([-1.0, -2.0], [False, False]))
@@ -256,12 +262,7 @@ def test_the_node_drives_the_engine_and_hands_its_result_to_the_learner(gossip):
 
 
 def test_talking_in_env_steps_the_engine_s_time_is_the_step_and_its_messages_come_at_step_starts(gossip):
-    run = types.SimpleNamespace(
-        run=types.SimpleNamespace(seed=0), protocols=types.SimpleNamespace(talk="env_steps"),
-        agents=types.SimpleNamespace(count=3, protocols=(gossip.GossipConfig(kind=GOSSIP, every_steps=10, timeout_steps=4),)),
-    )
-    node = StandInNode()
-    (capability,) = load_capabilities(run, node, ["agent_node.peer_protocols.capability:build"])
+    capability, node = gossip_capability(gossip, "env_steps", timeout_steps=4)
     assert capability.talks_in_env_steps and capability.engine.timeout == 4, "spec.clock told the engine its unit"
     capability.on_transition(None, transition([-1.0, -2.0], [True, True]))
     capability.after_observation(types.SimpleNamespace(step=10, evaluation=False), now=12345.6)  # wall time ignored
