@@ -88,6 +88,7 @@ AGENTS = ["agent_0", "agent_1", "agent_2", "agent_3"]
 KINDS = ("kill_agent", "kill_env", "pause", "partition", "link", "disk", "kill_orchestrator")
 DISK_MB = 1024  # the tmpfs the run directory lives on when disk faults are drawn (a light run writes ~300 MB)
 # Planted bugs (`--plant`): a sitecustomize module each process of the run imports at start-up.
+PLANT_SAYS = {"skip-resume-point": "the env server never saves its resume point, so a restarted one starts the run over"}
 PLANTS = {
     "skip-resume-point": (
         "from env_server import resume as _resume\n"
@@ -674,9 +675,15 @@ def print_verdicts(verdicts: list[Verdict]) -> None:
 
 
 def render(record: dict, source: str) -> str:
-    page = results_page.header(record, "Chaos soak: the main job under faults", source)
+    plant = record.get("plant")
+    title = "Chaos soak: the main job under faults" + (f", with the planted bug {plant}" if plant else "")
+    page = results_page.header(record, title, source)
+    if plant:
+        page += (f"The bug is planted on purpose ({plant}: {PLANT_SAYS[plant]}); the soak must FAIL, and the plan it "
+                 "shrinks to must fail again when replayed (`--replay`).\n\n")
     page += (f"Faults injected by kind: {record['faults_by_kind']} ({record['faults']} in all, plan seed "
-             f"{record['seed']}, {record['minutes']} min at {record['steps_per_s']} steps/s).\n\n")
+             f"{record['seed']}, {record['minutes']} min of paced env time at {record['steps_per_s']} steps/s, a fault "
+             f"every {record.get('fault_every_s', [10, 30])[0]:g}-{record.get('fault_every_s', [10, 30])[1]:g} s).\n\n")
     page += results_page.table([("invariant", "left", lambda r: r["name"]), ("verdict", "left", lambda r: r["verdict"]),
                                 ("figures", "left", lambda r: r["figures"])], record["rows"])
     page += "\nNot checked: a skipped env step counted (no per-step record).\n"
