@@ -16,9 +16,9 @@ A client that asks at join gets env.observation and env.action as packed bodies
 (protocols/packed.py, `_grant_packed`); the channel packs and unpacks them, so nothing below
 sees the difference. A packed client on this host may get them through shared memory instead
 (protocols/shm_lockstep.py, `_grant_transport`, `env.transport`), and for such a client the
-server skips the message objects of the hot path: the barrier's broadcast writes its rows
-straight into its slot (`_write_to_shared_memory`), and its actions arrive as fields
-(`on_action_in_memory`), under the same rules as `on_action`.
+server skips the observation objects of the hot path: the barrier's broadcast writes its rows
+straight into its slot (`_write_to_shared_memory`); its actions come out of the channel as
+env.action envelopes and take the one dispatch, as those that come by zmq do.
 
 This module is the thin loop. The rules live in sans-IO parts with their own unit tests:
 `barrier.py` (who drives which agent, the open step, its deadline, default actions, the
@@ -191,7 +191,6 @@ class EnvServer:
         self.hub = hub
         self._setup_transport()  # (before binding: a refused env.transport leaves no socket behind)
         self.channel = hub.bind_router(bind_address, name="env", advertise_host=advertise_host)
-        self.channel.on_shm_action = self.on_action_in_memory
         self.endpoint = self.channel.endpoint
         self.metrics = MetricsWriter(metrics_path, tensorboard_dir) if metrics_path is not None else None
         defaults = DefaultActions(envs.action_spaces, rules.default_action, default_action_seed)
@@ -293,16 +292,6 @@ class EnvServer:
         # Aggregated per sender in the hub's refusals (counted in security/refused_messages too):
         # a client repeating a bad request does not flood the log.
         self.hub.refusals.record(sender, f"{msg_type} ({refused.code})", refused.text)
-
-    def on_action_in_memory(self, identity: bytes, sender: str, step: int, actions: dict[str, Any], evaluation: bool) -> None:
-        """An env.action read from a client's shared-memory slot (`Channel.on_shm_action`): what
-        `handle` and `on_action` do with the message, on its fields (no envelope, no message)."""
-        try:
-            self._require_joined(identity, m.EnvAction.MSG_TYPE)
-            self._actions(identity, step, actions, evaluation)
-        except Refused as refused:
-            self._refused(sender, m.EnvAction.MSG_TYPE, refused)
-            self.channel.send(m.ErrorReply(code=refused.code, message=refused.text), to=identity)
 
     # ------------------------------------------------------------------ handlers
 
@@ -698,10 +687,10 @@ class EnvServer:
         `EnvObservation` the barrier would build and the channel's layers around it (the
         lockstep's hot path; bench/PROFILE.md round 9 measures the saving); False: the message
         goes the usual way."""
-        if client.identity in self.global_view_clients:
+        if client.identity in self.global_view_clients or result.infos:  # (infos do not pack)
             return False
-        written = self.channel.write_step_result(client.identity, result, step=step, missing=missing,
-                                                 run_finished=run_finished, evaluation=evaluation)
+        written = self.channel.write_packed(client.identity, m.EnvObservation.MSG_TYPE, lambda layout: layout.pack_step_result(
+            result, step=step, missing=missing, run_finished=run_finished, evaluation=evaluation))
         if written:
             self._delivered(client, True)
         return written

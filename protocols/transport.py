@@ -418,10 +418,6 @@ class Channel:
         self._shm_woken: list[bytes | None] = []
         self._held: collections.deque[wire.Envelope] = collections.deque()
         self.watch_pipe: Callable[[int, Channel | None], None] | None = None  # set by the hub: poll this pipe too
-        # The env server's handler of an env.action read from a shared-memory slot: (routing id,
-        # sender, step, actions, evaluation). Called from `recv` in the order the messages came,
-        # instead of returning an `Envelope` of an `EnvAction` (the lockstep's hot path).
-        self.on_shm_action: Callable[[bytes | None, str, int, dict[str, Any], bool], None] | None = None
 
     def use_shm(self, link: ShmLink, identity: bytes | None = None) -> None:
         """Send this (packed) peer's env.observation / env.action through `link`'s segment, and
@@ -513,21 +509,20 @@ class Channel:
             link.sent_zmq()  # the peer must see it before this side writes its slot again
         return frames
 
-    def write_step_result(self, identity: bytes, result: Any, *, step: int, missing: list[str], run_finished: bool,
-                          evaluation: bool) -> bool:
-        """The lockstep's hot path on the env server: `identity`'s env.observation of `result` (a
-        `BatchedStep`) packed straight into its shared-memory slot, with no `EnvObservation`
-        built. False when it cannot go that way now (no segment, infos travel, the slot not read
-        yet, an emulated link that is not ideal): the caller then sends the message, which takes
-        the usual way (`_encode`)."""
+    def write_packed(self, identity: bytes | None, msg_type: str, pack: Callable[[PackedLayout], bytes]) -> bool:
+        """A packed `msg_type` body for `identity` written straight into its shared-memory slot,
+        `pack` making it with the peer's layout: no message object on the way (the env server's
+        lockstep hot path: it packs a step's rows for each client). False when it cannot go that
+        way now (no segment or layout, the slot not read yet, an emulated link that is not
+        ideal): the caller then sends the message, which takes the usual way (`_encode`)."""
         link, layout = self._shm.get(identity), self._packed.get(identity)
-        if link is None or layout is None or result.infos:
+        if link is None or layout is None:
             return False
         destination = self._destination(identity) if self.links is not None else None
         if not self._emulation_lets_through(destination):
             return False
-        body = layout.pack_step_result(result, step=step, missing=missing, run_finished=run_finished, evaluation=evaluation)
-        if not link.write(_OBSERVATION_CODE, body):
+        body = pack(layout)
+        if not link.write(wire.PACKED_CODE[msg_type], body):
             return False
         self._count_on_link(destination, len(body))
         return True
@@ -701,25 +696,18 @@ class Channel:
             return None
         if drain:
             link.drain_wake()
-        action_fields = None
         try:
             taken = link.take()
             if taken is None:
                 return None
             code, sent_at, body = taken
             msg_type = wire.PACKED_TYPES[code]
-            if code == _ACTION_CODE and self.on_shm_action is not None:
-                action_fields = layout.unpack_action_fields(body)
-            else:
-                message = layout.unpack(msg_type, body)
+            message = layout.unpack(msg_type, body)
         except (ValueError, IndexError, KeyError, ProtocolError) as error:
             self.stats.dropped_invalid += 1
             self.bad_input.record(link.peer_sender, "FieldError", f"shared-memory slot: {error}"[:300])
             return None
         self.stats.received += 1
-        if action_fields is not None:  # handled here, in the order received (see `on_shm_action`)
-            self.on_shm_action(identity, link.peer_sender, *action_fields)
-            return None
         header = wire.Header("", msg_type, link.peer_sender, self.run_id, PROTOCOL_VERSION, 0, sent_at)
         return wire.Envelope(header, message, {}, () if identity is None else (identity,))
 
@@ -1122,7 +1110,6 @@ _raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.ge
 # The messages that may go through a peer's shared-memory segment (protocols/shm_lockstep.py).
 _SHM_TYPES = frozenset({m.EnvObservation, m.EnvAction})
 # ... and their type codes in a slot's header (the server's hot path writes and reads them directly).
-_OBSERVATION_CODE, _ACTION_CODE = wire.PACKED_CODE[m.EnvObservation.MSG_TYPE], wire.PACKED_CODE[m.EnvAction.MSG_TYPE]
 _NO_PEER = object()  # a pipe no peer owns any more (forgotten between the poll and `pipe_readable`)
 _SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(flag) for flag in (zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN))
 _LOG_FLUSH_EVERY_S = 0.25  # the bad-input logs aggregate over seconds: no need to look every wake-up
