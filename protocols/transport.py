@@ -341,6 +341,68 @@ class PeerWatch:
 _PEER_LOST_GRACE_S = 0.05
 
 
+class LinkEmulation:
+    """How one channel's sends pass the link emulation (protocols/links.py): the node each goes
+    to, what the model of that link decides for it (lost, now, later), and the copies it holds
+    until they are due. A channel made without a `LinkTable` has none."""
+
+    def __init__(self, links: LinkTable, peer: str | None, is_router: bool) -> None:
+        self.links, self.peer, self.is_router = links, peer, is_router
+        # Held copies: (due time, tiebreak, frames, the link's counters).
+        self.delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
+        self._tiebreak = itertools.count()
+
+    def destination(self, identity: bytes | None) -> str | None:
+        """The node a message to `identity` goes to (None: not emulated)."""
+        if self.peer is not None:
+            return self.peer
+        if identity is None or not self.is_router:
+            return None  # a DEALER without a peer: never emulated
+        return node_of_routing_id(identity.decode(errors="replace"))
+
+    def lets_through(self, destination: str) -> bool:
+        """Whether a message to node `destination` may skip the emulation, and so go through
+        shared memory: an ideal link that no partition blocks now. Otherwise it goes by zmq,
+        where the emulation delays, loses or blocks it as it would any message."""
+        return self.links.model_for(destination).ideal and not self.links.partitions.blocks(self.links.src, destination)
+
+    def count_delivered_now(self, destination: str, size: int, now: float) -> None:
+        """A message that went through shared memory, counted on its (ideal) link as zmq's would be:
+        the same draw from the link's random stream, delivered at once."""
+        self.links.decide(destination, now, size)
+        self.links.model_for(destination).counters.delivered += 1
+
+    def decide(self, destination: str, frames: list[Any], now: float) -> int | None:
+        """How many copies of `frames` go out now (None: lost, or blocked by a partition); the
+        later ones are held until `take_due` gives them."""
+        deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
+        if not deliveries:
+            return None
+        counters = self.links.model_for(destination).counters
+        copies_now = 0
+        for when in deliveries:
+            if when <= now:
+                counters.delivered += 1
+                copies_now += 1
+            else:
+                counters.in_flight += 1
+                heapq.heappush(self.delayed, (when, next(self._tiebreak), frames, counters))
+        return copies_now
+
+    def take_due(self, now: float) -> list[list[Any]]:
+        """The held copies due by `now`, in order, counted as delivered."""
+        due = []
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, frames, counters = heapq.heappop(self.delayed)
+            counters.in_flight -= 1
+            counters.delivered += 1
+            due.append(frames)
+        return due
+
+    def next_due(self) -> float | None:
+        return self.delayed[0][0] if self.delayed else None
+
+
 @dataclass
 class ChannelStats:
     sent: int = 0
@@ -401,12 +463,10 @@ class Channel:
         self.handshakes: HandshakeMonitor | None = None  # failed CURVE handshakes (CURVE servers only)
         self.peer_watch: PeerWatch | None = None  # the connection to the peer (DEALERs made with watch_peer)
         self._seq = itertools.count(1)
-        # Held (link-emulated) copies: (due time, tiebreak, frames, the link's counters).
-        self._delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
-        self._tiebreak = itertools.count()
+        self._is_router = socket.type == zmq.ROUTER
+        self.emulation = LinkEmulation(links, peer, self._is_router) if links is not None else None
         self._poller = zmq.Poller()  # for `wait_for`, which waits on this socket (and its wake-up pipes) alone
         self._poller.register(socket, zmq.POLLIN)
-        self._is_router = socket.type == zmq.ROUTER
         # Peers that agreed on packed lockstep bodies (protocols/packed.py): routing id (None on
         # a DEALER: its one peer) -> their layout.
         self._packed: dict[bytes | None, PackedLayout] = {}
@@ -492,11 +552,8 @@ class Channel:
         link = self._shm.get(identity) if self._shm else None
         if self._packed and (layout := self._packed.get(identity)) is not None and layout.fits(message):
             body = layout.pack(message)
-            if link is not None and type(message) in _SHM_TYPES:
-                destination = self._destination(identity) if self.links is not None else None
-                if self._emulation_lets_through(destination) and link.write(wire.PACKED_CODE[message.MSG_TYPE], body):
-                    self._count_on_link(destination, len(body))
-                    return None
+            if link is not None and type(message) in _SHM_TYPES and self._write_slot(link, identity, message.MSG_TYPE, lambda: body):
+                return None
         else:
             body = None
         if body is not None and len(body) <= wire.MAX_PACKED_BODY_BYTES:
@@ -518,63 +575,36 @@ class Channel:
         link, layout = self._shm.get(identity), self._packed.get(identity)
         if link is None or layout is None:
             return False
-        destination = self._destination(identity) if self.links is not None else None
-        if not self._emulation_lets_through(destination):
+        return self._write_slot(link, identity, msg_type, lambda: pack(layout))
+
+    def _write_slot(self, link: ShmLink, identity: bytes | None, msg_type: str, pack: Callable[[], bytes]) -> bool:
+        """Write the body `pack` gives into `link`'s slot, if the link emulation lets it skip zmq
+        (`LinkEmulation.lets_through`) and the slot is free (packed only then)."""
+        emulation = self.emulation
+        destination = emulation.destination(identity) if emulation is not None else None
+        if destination is not None and not emulation.lets_through(destination):
             return False
-        body = pack(layout)
+        body = pack()
         if not link.write(wire.PACKED_CODE[msg_type], body):
             return False
-        self._count_on_link(destination, len(body))
+        if destination is not None:
+            emulation.count_delivered_now(destination, len(body), self.clock())
         return True
 
-    def _emulation_lets_through(self, destination: str | None) -> bool:
-        """Whether a message to node `destination` (None: not emulated) may skip the link
-        emulation, and so go through shared memory: no emulation, or an ideal link that no
-        partition blocks now. Otherwise it goes by zmq, where the emulation delays, loses or
-        blocks it as it would any message."""
-        if destination is None:
-            return True
-        return self.links.model_for(destination).ideal and not self.links.partitions.blocks(self.links.src, destination)
-
-    def _count_on_link(self, destination: str | None, size: int) -> None:
-        """A message that went through shared memory, counted on its (ideal) link as zmq's would be:
-        the same draw from the link's random stream, delivered at once."""
-        if destination is not None:
-            self.links.decide(destination, self.clock(), size)
-            self.links.model_for(destination).counters.delivered += 1
-
-    def _destination(self, identity: bytes | None) -> str | None:
-        """The node a message to `identity` goes to, for the link emulation (None: not emulated)."""
-        if self.peer is not None:
-            return self.peer
-        if identity is None or not self._is_router:
-            return None  # a DEALER without a peer: never emulated
-        return node_of_routing_id(identity.decode(errors="replace"))
-
     def _transmit(self, frames: list[Any]) -> bool:
-        if self.links is None:
-            return self._send_frames(frames)
-        destination = self.peer
+        emulation = self.emulation
+        destination = None if emulation is None else emulation.destination(bytes(frames[0]) if self._is_router else None)
         if destination is None:
-            if self.socket.type != zmq.ROUTER:
-                return self._send_frames(frames)  # a DEALER without a peer: never emulated
-            destination = node_of_routing_id(bytes(frames[0]).decode(errors="replace"))
-        now = self.clock()
-        deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
-        if not deliveries:
+            return self._send_frames(frames)  # not emulated
+        copies_now = emulation.decide(destination, frames, self.clock())
+        if copies_now is None:
             self.stats.dropped_by_link += 1
             if self._shm and (link := self._shm.get(bytes(frames[0]) if self._is_router else None)) is not None:
                 link.sent_by_zmq -= 1  # lost on the way: the peer will never see it (protocols/shm_lockstep.py)
             return True
-        counters = self.links.model_for(destination).counters
         sent = True
-        for when in deliveries:
-            if when <= now:
-                counters.delivered += 1
-                sent = self._send_frames(frames) and sent
-            else:
-                counters.in_flight += 1
-                heapq.heappush(self._delayed, (when, next(self._tiebreak), frames, counters))
+        for _ in range(copies_now):
+            sent = self._send_frames(frames) and sent
         return sent
 
     def reply(self, request: wire.Envelope, message: Any) -> bool:
@@ -583,15 +613,12 @@ class Channel:
         return self.send(message, to=to, parent=request.header)
 
     def flush_due(self, now: float | None = None) -> None:
-        now = self.clock() if now is None else now
-        while self._delayed and self._delayed[0][0] <= now:
-            _, _, frames, counters = heapq.heappop(self._delayed)
-            counters.in_flight -= 1
-            counters.delivered += 1
-            self._send_frames(frames)
+        if self.emulation is not None:
+            for frames in self.emulation.take_due(self.clock() if now is None else now):
+                self._send_frames(frames)
 
     def next_due(self) -> float | None:
-        return self._delayed[0][0] if self._delayed else None
+        return self.emulation.next_due() if self.emulation is not None else None
 
     def recv(self) -> wire.Envelope | None:
         """One message if one is waiting (never blocks); invalid frames are logged and dropped."""
