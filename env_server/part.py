@@ -25,7 +25,8 @@ The core drives every part the same way, as an agent node drives its capabilitie
   `on_message(identity, envelope)` gets it; a `Refused` it raises becomes the client's error
   reply, counted in `env/rejected_requests`.
 - `next_deadline()` / `on_timer(now)`: the loop sleeps until the nearest deadline of all
-  (barrier, parts, join) and then calls every part's `on_timer`, in the order of `parts`.
+  (barrier, parts, join) and then calls every part's `on_timer`, in the order of `parts` (a
+  part that overrides neither is left out of both, on the lockstep's hot path).
 - `metrics()`: a record written every status period and when the server stops.
 - `close()`: when the server closes.
 
@@ -37,15 +38,28 @@ only through `ServerServices`.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Protocol
 
 if TYPE_CHECKING:
     from env_server.barrier import LockstepBarrier, Outgoing
     from env_server.global_view import GlobalView
-    from env_server.server import LockstepRules, ServerCounters
+    from env_server.rules import LockstepRules
     from env_server.vector import BatchedStep, VectorizedParallelEnv
     from protocols.transport import Channel
     from protocols.wire import Envelope
+
+
+@dataclass
+class ServerCounters:
+    """The core's counters, which parts read (status reports) and the resume point keeps."""
+
+    steps: int = 0  # lockstep steps (each steps K copies)
+    rejected_requests: int = 0
+    episodes: int = 0
+    last_return: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class ServerServices(Protocol):
@@ -105,6 +119,12 @@ class ServerPart:
 
     def close(self) -> None:
         pass
+
+    @property
+    def has_timer(self) -> bool:
+        """Whether this part has deadlines or timers (the loop asks only those, every poll)."""
+        own = type(self)
+        return own.next_deadline is not ServerPart.next_deadline or own.on_timer is not ServerPart.on_timer
 
 
 def dispatch_table(parts: Iterable[ServerPart], core: Mapping[type, Any]) -> dict[type, Any]:

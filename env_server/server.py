@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,7 +44,7 @@ from env_server.fault_hold import FaultHold
 from env_server.global_view import GlobalView
 from env_server.goal_support import GoalSupport
 from env_server.pacing import Pacing
-from env_server.part import dispatch_table
+from env_server.part import ServerCounters, dispatch_table
 from env_server.rendering import Rendering
 from env_server.reporting import LockstepReport
 from env_server.resume import ResumeFile
@@ -65,15 +64,6 @@ log = logging.getLogger("env_server")
 # (Importable from here as before the parts had modules of their own.)
 __all__ = ["EnvServer", "LockstepRules", "ServerCounters", "TRANSPORTS", "TransportRefused", "clock_refusal",
            "pace_refusal", "state_refusal"]
-
-
-@dataclass
-class ServerCounters:
-    steps: int = 0  # lockstep steps (each steps K copies)
-    rejected_requests: int = 0
-    episodes: int = 0
-    last_return: float | None = None
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class EnvServer:
@@ -128,6 +118,7 @@ class EnvServer:
         self.resumption = Resumption(self, resume, self.evaluator)
         self.report = LockstepReport(self)
         self.parts = [self.report, self.pacing, self.goals, self.fault_hold, self.state, self.bodies, self.evaluator, self.resumption]
+        self.timed_parts = [part for part in self.parts if part.has_timer]  # (the loop asks only these, every poll)
         # One dispatch table: message type -> handler (each handler is named after its message).
         self.handlers = dispatch_table(self.parts, {m.EnvJoin: self.on_join, m.EnvReset: self.on_reset, m.EnvAction: self.on_action})
         self.channel = hub.bind_router(bind_address, name="env", advertise_host=advertise_host)
@@ -145,7 +136,7 @@ class EnvServer:
         """Wait up to `timeout_s` for messages, handle them, and fire a due deadline."""
         now = self.clock()
         deadlines = [d for d in (self.barrier.next_deadline(), self._join_deadline_if_waiting(),
-                                 *(part.next_deadline() for part in self.parts)) if d is not None]
+                                 *(part.next_deadline() for part in self.timed_parts)) if d is not None]
         if deadlines:
             timeout_s = max(0.0, min(timeout_s, min(deadlines) - now))
         # The hub's other channels (the control channel) also end the wait; the caller reads them.
@@ -154,7 +145,7 @@ class EnvServer:
                 self.handle(envelope)
         now = self.clock()
         self.send(self.barrier.on_timer(now))
-        for part in self.parts:
+        for part in self.timed_parts:
             part.on_timer(now)
         if self.barrier.step_due:
             self._step()

@@ -11,7 +11,7 @@ who may join) is the zmq path's, because it is the same code.
 `host_key()` with env.join (`EnvJoin.shm_host`): the boot id of the kernel and the device and
 inode of /dev/shm, so two containers on one host with private /dev/shm mounts do not match. The
 server grants the shared-memory path when `env.transport` is `auto` or `shm`, packing was
-granted, and the keys match (`EnvServer._grant_transport`); with `shm`, a client it cannot grant
+granted, and the keys match (`ClientBodies.grant_shared_memory`, env_server/client_bodies.py); with `shm`, a client it cannot grant
 is refused (`shm_unavailable`, naming why) and a server whose spaces cannot be packed, or that
 forwards infos, does not start. `zmq` never grants it. The server logs its decision per client,
 as it does for packing.
