@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
+from agent_node.env_client import EnvClient, use_lockstep_transport
 from env_server.part import ServerPart, dispatch_table
 from env_server.registry import make_env
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
 from protocols import messages as m
-from tests.integration.lockstep_paths import env_client, take_welcome
 
 
 def test_a_message_type_claimed_twice_is_an_error_naming_both():
@@ -67,7 +67,8 @@ def test_an_action_comes_in_through_the_one_dispatch_by_either_path(transport, h
     server.handle = lambda envelope: (handled.append(envelope.msg_type), handle(envelope))[1]
     client_hub = hubs("clients")
     channels = [client_hub.connect_dealer(server.endpoint, name=f"c{i}", identity=f"agent_{i}") for i in range(2)]
-    clients = [env_client(transport, f"agent_{i}", [i]) for i in range(2)]
+    shm = transport == "shm"
+    clients = [EnvClient(f"agent_{i}", agent_indices=[i], packed=shm, shm=shm) for i in range(2)]
 
     def receive() -> list:
         answers = []
@@ -83,7 +84,8 @@ def test_an_action_comes_in_through_the_one_dispatch_by_either_path(transport, h
         for client, channel in zip(clients, channels):
             channel.send(client.join())
         for client, channel, welcome in zip(clients, channels, receive()):
-            take_welcome(channel, client, welcome, transport)
+            client.on_welcome(welcome)
+            assert use_lockstep_transport(channel, client) == ("shm" if shm else "zmq msgpack")
         for channel in channels:
             channel.send(m.EnvReset())
         seen = receive()
