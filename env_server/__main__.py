@@ -11,6 +11,11 @@ Two ways to start it:
 - standalone (tests, benchmarks, a notebook): `--env NAME [--kwargs JSON] [--copies K]
   [--bind ADDRESS]`; it prints `READY <endpoint>` on stdout once bound and serves until
   SIGTERM / SIGINT.
+
+Both start the server the same way (`start_server`: the exit code of a server that refuses to
+start) and run the same loop (`serve`); an orchestrated server does its duties to the
+orchestrator after each poll (`OrchestratorDuties`: control messages, held steps, the run's end,
+status and periodic metrics).
 """
 
 from __future__ import annotations
@@ -248,38 +253,41 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                                           forward_infos=forward_infos)
     hub = node_hub(config, identity)
     resume = ResumeFile(identity.node_dir / RESUME_FILENAME, start_fresh=config.run.on_corrupt_state == "start_fresh")
-    server = start_server(lambda: EnvServer(
-        envs,
-        hub=hub,
-        env_name=env_config.name,
-        bind_address=bind_address(config, node_id, "env"),
-        rules=LockstepRules(
-            max_steps=config.run.steps,
-            step_deadline_s=env_config.step_deadline_s,
-            max_steps_per_s=env_config.max_steps_per_s,
-            join_deadline_s=env_config.join_deadline_s,
-            default_action=env_config.default_action,
-            eval_every_steps=env_config.eval_every_steps,
-            eval_start_step=env_config.eval_start_step,
-            episode_start_hold_s=env_config.episode_start_hold_s,
-            step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
-            transport=env_config.transport,
-            clock=env_config.clock,
-            eval_clock=env_config.evaluation_clock,
-            steps_per_s=env_config.steps_per_s,
-            late_action=env_config.late_action,
-        ),
-        seed=identity.seed("env"),
-        eval_seed=identity.seed("eval_env"),
-        default_action_seed=identity.seed("default_actions"),
-        advertise_host=config.network.advertised_host(),
-        eval_envs=eval_envs,
-        metrics_path=identity.node_dir / "metrics.jsonl",
-        frames_dir=identity.node_dir / "frames" if env_config.render_evaluation else None,
-        tensorboard_dir=identity.run_dir / "tb" / identity.node_id,  # eval/*, link counters, lockstep
-        env_kwargs=env_config.kwargs,
-        resume=resume,
-    ), hub, envs, eval_envs)
+    def make_server() -> EnvServer:
+        return EnvServer(
+            envs,
+            hub=hub,
+            env_name=env_config.name,
+            bind_address=bind_address(config, node_id, "env"),
+            rules=LockstepRules(
+                max_steps=config.run.steps,
+                step_deadline_s=env_config.step_deadline_s,
+                max_steps_per_s=env_config.max_steps_per_s,
+                join_deadline_s=env_config.join_deadline_s,
+                default_action=env_config.default_action,
+                eval_every_steps=env_config.eval_every_steps,
+                eval_start_step=env_config.eval_start_step,
+                episode_start_hold_s=env_config.episode_start_hold_s,
+                step_hold_timeout_s=config.protocols.control.step_hold_timeout_s,
+                transport=env_config.transport,
+                clock=env_config.clock,
+                eval_clock=env_config.evaluation_clock,
+                steps_per_s=env_config.steps_per_s,
+                late_action=env_config.late_action,
+            ),
+            seed=identity.seed("env"),
+            eval_seed=identity.seed("eval_env"),
+            default_action_seed=identity.seed("default_actions"),
+            advertise_host=config.network.advertised_host(),
+            eval_envs=eval_envs,
+            metrics_path=identity.node_dir / "metrics.jsonl",
+            frames_dir=identity.node_dir / "frames" if env_config.render_evaluation else None,
+            tensorboard_dir=identity.run_dir / "tb" / identity.node_id,  # eval/*, link counters, lockstep
+            env_kwargs=env_config.kwargs,
+            resume=resume,
+        )
+
+    server = start_server(make_server, hub, envs, eval_envs)
     if isinstance(server, int):
         return server
     resumed = server.resumption.resumed_from
