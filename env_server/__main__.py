@@ -11,6 +11,11 @@ Two ways to start it:
 - standalone (tests, benchmarks, a notebook): `--env NAME [--kwargs JSON] [--copies K]
   [--bind ADDRESS]`; it prints `READY <endpoint>` on stdout once bound and serves until
   SIGTERM / SIGINT.
+
+Both start the server the same way (`start_server`: the exit code of a server that refuses to
+start) and run the same loop (`serve`); an orchestrated server does its duties to the
+orchestrator after each poll (`OrchestratorDuties`: control messages, held steps, the run's end,
+status and periodic metrics).
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import json
 import logging
 import sys
 import time
+from typing import Callable
 
 from env_server.config import EnvConfig, EnvNodeConfig
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
-from env_server.server import EnvServer, LockstepRules, TransportRefused, clock_refusal, pace_refusal
+from env_server.client_bodies import TransportRefused
+from env_server.rules import LockstepRules, clock_refusal, pace_refusal
+from env_server.server import EnvServer
 from env_server.vector import ALL_INFOS, InfoKeys, VectorizedParallelEnv, info_keys
 from env_server.workers import SplitVectorEnv
 from protocols import messages as m
@@ -125,18 +133,13 @@ def run_standalone(args: argparse.Namespace) -> int:
         forward_infos=standalone_info_keys(args.forward_infos, args.transport, autoreset=not args.no_autoreset),
     )
     hub = Hub(sender=args.node_id, run_id="standalone")
-    try:
-        server = _standalone_server(args, envs, hub)
-    except TransportRefused as error:  # --transport shm where it cannot work
-        log.error("%s", error)
-        envs.close()
-        hub.close()
-        return 2
+    server = start_server(lambda: _standalone_server(args, envs, hub), hub, envs)
+    if isinstance(server, int):
+        return server
     stop = stop_on_signals()
     print(f"READY {server.endpoint}", flush=True)
     try:
-        while not stop:
-            server.poll_once(_STANDALONE_WAKE_S)
+        serve(server, stop, _STANDALONE_WAKE_S)
     except Exception as error:
         # Its clients (RemoteParallelEnv) would otherwise learn of it only at their timeout. (An
         # orchestrated server says nothing: the orchestrator may restart it, and its agents wait.)
@@ -146,6 +149,36 @@ def run_standalone(args: argparse.Namespace) -> int:
         server.close()
         hub.close()
     return 0
+
+
+def start_server(build: Callable[[], EnvServer], hub: Hub, *envs: object) -> EnvServer | int:
+    """The server `build` makes, or, when it refuses to start, the exit code (its copies and hub
+    closed): 2 for an env.transport it cannot have, `EXIT_DAMAGED_STATE` for a resume point that
+    exists but cannot be read (never a silent restart of the run from step 0: resume.py; the
+    orchestrator does not restart this exit code)."""
+    try:
+        return build()
+    except DamagedStateError as error:
+        log.error("stopping: %s", error)
+        code = EXIT_DAMAGED_STATE
+    except TransportRefused as error:  # env.transport: shm where it cannot work
+        log.error("%s", error)
+        code = 2
+    for copies in envs:
+        if copies is not None:
+            copies.close()
+    hub.close()
+    return code
+
+
+def serve(server: EnvServer, stop: list[str], wake_s: float, after_poll: Callable[[], None] | None = None) -> None:
+    """The loop of both entry points: poll the server (it sleeps until its next deadline, at most
+    `wake_s`) until something appends to `stop` (a signal, the orchestrator's shutdown); an
+    orchestrated server does its duties to the orchestrator after each poll (`after_poll`)."""
+    while not stop:
+        server.poll_once(wake_s)
+        if after_poll is not None:
+            after_poll()
 
 
 def _standalone_rules(args: argparse.Namespace) -> LockstepRules:
@@ -220,8 +253,8 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
                                           forward_infos=forward_infos)
     hub = node_hub(config, identity)
     resume = ResumeFile(identity.node_dir / RESUME_FILENAME, start_fresh=config.run.on_corrupt_state == "start_fresh")
-    try:
-        server = EnvServer(
+    def make_server() -> EnvServer:
+        return EnvServer(
             envs,
             hub=hub,
             env_name=env_config.name,
@@ -253,73 +286,20 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
             env_kwargs=env_config.kwargs,
             resume=resume,
         )
-    except DamagedStateError as error:
-        # A resume point that exists but cannot be read: stop here, never a silent restart of
-        # the run from step 0 (resume.py); the orchestrator does not restart this exit code.
-        log.error("stopping: %s", error)
-        envs.close()
-        if eval_envs is not None:
-            eval_envs.close()
-        hub.close()
-        return EXIT_DAMAGED_STATE
-    except TransportRefused as error:  # env.transport: shm where it cannot work
-        log.error("%s", error)
-        envs.close()
-        if eval_envs is not None:
-            eval_envs.close()
-        hub.close()
-        return 2
-    resumed = server.resumed_from
+
+    server = start_server(make_server, hub, envs, eval_envs)
+    if isinstance(server, int):
+        return server
+    resumed = server.resumption.resumed_from
     if resume.notice is not None:  # a damaged slot skipped, or the file set aside: in its metrics, like an agent's
         server.write_metrics(resume.notice.metrics())
     control = ControlClient(hub, control_endpoint, node_id=node_id)
     stop = stop_on_signals()
     try:
-        control.register("env_server", {"env": server.endpoint}, incarnation=server.incarnation)
+        control.register("env_server", {"env": server.endpoint}, incarnation=server.resumption.incarnation)
         control.wait_for(m.Directory, startup_timeout_s)
         control.ready(resumed_step=None if resumed is None else resumed.step, notice=resume.notice)
-        reported_complete = False
-        while not stop:
-            server.poll_once(status_every_s)
-            now = time.monotonic()
-            for envelope in control.channel.recv_all():
-                if isinstance(envelope.message, m.Shutdown):
-                    stop.append(envelope.message.reason)
-                elif isinstance(envelope.message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
-                    log.warning("%s", apply_network_fault(hub.links, envelope.message))
-                    server.write_metrics(hub.link_metrics())
-                    control.channel.send(m.FaultApplied(position=envelope.message.position))
-                elif isinstance(envelope.message, m.HoldAtSteps):  # faults.schedule at_step (step_hold.py)
-                    server.step_hold.set_marks(envelope.message.steps)
-                elif isinstance(envelope.message, m.ReleaseStep):
-                    server.release_step(envelope.message.step)
-                elif isinstance(envelope.message, m.AgentsGone):  # restarted: who will not rejoin
-                    try:
-                        server.agents_gone(envelope.message.indices)
-                    except ValueError as error:  # the server goes on waiting for them, as before
-                        log.error("%s", error)
-            for message in server.control_outbox:  # control.step_held
-                control.channel.send(message)
-            server.control_outbox.clear()
-            # A final evaluation may still be running after the last training step; the last
-            # observations, held back by link emulation (network: delay), go out first: the
-            # orchestrator stops every node once it hears the run is complete.
-            if server.run_finished and not server.evaluating and not reported_complete and hub.next_due() is None:
-                control.channel.send(m.RunComplete(steps=server.counters.steps))
-                reported_complete = True
-            if control.status_due(now, status_every_s):
-                control.send_status(
-                    now,
-                    state="finished" if server.run_finished else ("running" if server.episode_running else "waiting"),
-                    step=server.counters.steps,
-                    episode=server.counters.episodes,
-                    last_return=server.counters.last_return,
-                    msgs_per_s=server.channel.stats.received / max(1e-9, now - server.created_at),
-                    extra=server.status_extra(),
-                )
-                server.write_metrics(hub.link_metrics())  # per-link counters, every status period
-                server.write_metrics(server.default_action_metrics())
-                server.write_metrics(server.clock_metrics())
+        serve(server, stop, status_every_s, OrchestratorDuties(server, control, stop, status_every_s).after_poll)
         control.goodbye(stop[0])
         return 0
     except ShutdownRequested as request:
@@ -335,13 +315,65 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         return 1
     finally:
         try:
-            server.write_metrics(hub.link_metrics())
-            server.write_metrics(server.default_action_metrics())
-            server.write_metrics(server.clock_metrics())
+            server.write_periodic_metrics()
         except FileWriteError as error:
             log.error("the last metrics were not written: %s", error.strerror)
         server.close()
         hub.close()
+
+
+class OrchestratorDuties:
+    """What an orchestrated server does after each poll: obey the control messages (shutdown,
+    network faults, fault holds, agents gone), tell the orchestrator of held steps and of the
+    run's end, and report its status and periodic metrics."""
+
+    def __init__(self, server: EnvServer, control: ControlClient, stop: list[str], status_every_s: float) -> None:
+        self.server, self.control, self.stop, self.status_every_s = server, control, stop, status_every_s
+        self.reported_complete = False
+
+    def after_poll(self) -> None:
+        server, control, hub = self.server, self.control, self.server.hub
+        now = time.monotonic()
+        for envelope in control.channel.recv_all():
+            self.obey(envelope.message)
+        for message in server.fault_hold.control_outbox:  # control.step_held
+            control.channel.send(message)
+        server.fault_hold.control_outbox.clear()
+        # A final evaluation may still be running after the last training step; the last
+        # observations, held back by link emulation (network: delay), go out first: the
+        # orchestrator stops every node once it hears the run is complete.
+        if server.run_finished and not server.evaluating and not self.reported_complete and hub.next_due() is None:
+            control.channel.send(m.RunComplete(steps=server.counters.steps))
+            self.reported_complete = True
+        if control.status_due(now, self.status_every_s):
+            control.send_status(
+                now,
+                state="finished" if server.run_finished else ("running" if server.episode_running else "waiting"),
+                step=server.counters.steps,
+                episode=server.counters.episodes,
+                last_return=server.counters.last_return,
+                msgs_per_s=server.channel.stats.received / max(1e-9, now - server.created_at),
+                extra=server.report.status(),
+            )
+            server.write_periodic_metrics()  # per-link counters, defaulted actions, the clock's
+
+    def obey(self, message: object) -> None:
+        server = self.server
+        if isinstance(message, m.Shutdown):
+            self.stop.append(message.reason)
+        elif isinstance(message, NETWORK_FAULTS):  # faults.schedule: partition, heal, link
+            log.warning("%s", apply_network_fault(server.hub.links, message))
+            server.write_metrics(server.hub.link_metrics())
+            self.control.channel.send(m.FaultApplied(position=message.position))
+        elif isinstance(message, m.HoldAtSteps):  # faults.schedule at_step (fault_hold.py)
+            server.fault_hold.set_marks(message.steps)
+        elif isinstance(message, m.ReleaseStep):
+            server.fault_hold.release_step(message.step)
+        elif isinstance(message, m.AgentsGone):  # restarted: who will not rejoin
+            try:
+                server.agents_gone(message.indices)
+            except ValueError as error:  # the server goes on waiting for them, as before
+                log.error("%s", error)
 
 
 if __name__ == "__main__":

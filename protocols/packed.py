@@ -180,7 +180,7 @@ class PackedLayout:
         """The env.observation body of `result`'s rows for the layout's agents. `result` is an
         `EnvObservation`, or the env server's whole `BatchedStep` (same field names, every agent's
         rows): the server's write into a client's shared-memory slot packs straight from the
-        step, without the per-client message (env_server/server.py). Either gives the same bytes."""
+        step, without the per-client message (`Channel.write_packed`). Either gives the same bytes."""
         copies = len(result.episode_start)
         finals = result.final_observations
         flags = (_EVALUATION if evaluation else 0) | (_RUN_FINISHED if run_finished else 0) | (_FINALS if finals else 0)
@@ -262,8 +262,7 @@ class PackedLayout:
         return m.EnvAction(*self.unpack_action_fields(data))
 
     def unpack_action_fields(self, data: Any) -> tuple[int, dict[str, np.ndarray], bool]:
-        """An env.action body's step, actions and evaluation flag, without the message object
-        (the env server reads shared-memory slots this way: `Channel.on_shm_action`)."""
+        """An env.action body's step, actions and evaluation flag, without the message object."""
         step, copies, flags = self._head(data, "env.action")
         return step, self._read_actions(data, _HEAD.size, copies, "env.action"), bool(flags & _EVALUATION)
 

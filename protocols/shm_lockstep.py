@@ -11,7 +11,7 @@ who may join) is the zmq path's, because it is the same code.
 `host_key()` with env.join (`EnvJoin.shm_host`): the boot id of the kernel and the device and
 inode of /dev/shm, so two containers on one host with private /dev/shm mounts do not match. The
 server grants the shared-memory path when `env.transport` is `auto` or `shm`, packing was
-granted, and the keys match (`EnvServer._grant_transport`); with `shm`, a client it cannot grant
+granted, and the keys match (`ClientBodies.grant_shared_memory`, env_server/client_bodies.py); with `shm`, a client it cannot grant
 is refused (`shm_unavailable`, naming why) and a server whose spaces cannot be packed, or that
 forwards infos, does not start. `zmq` never grants it. The server logs its decision per client,
 as it does for packing.
@@ -70,12 +70,12 @@ overwrites a slot that was not read (a client holding an observation past the de
 client): that message goes by zmq. A zmq message that never reaches the reader leaves the link
 on zmq for good: slower, nothing lost.
 
-**No message objects on the env server.** The server's side skips the message classes for the two
-hot messages: an observation is packed straight from the step's arrays into the client's slot
-(`Channel.write_step_result`, called per client from the barrier's broadcast through the server's
-`deliver` callback), and an action read
-from a slot reaches the barrier as its fields (`Channel.on_shm_action`), at the point in the
-stream where its message would have been delivered. Whatever cannot go that way (a slot not read
+**No observation objects on the env server.** The server packs an observation straight from the
+step's arrays into the client's slot (`Channel.write_packed`, called per client from the
+barrier's broadcast through the server's `deliver` callback), without the per-client message.
+An action read from a slot comes out of `Channel.recv` as the envelope of an `EnvAction`, at
+the point in the stream where its zmq message would have been, and the server dispatches it as
+it does one that came by zmq (one way in). Whatever cannot go through the slot (a slot not read
 yet, an emulated link that is not ideal) falls back to the message and the rules above.
 
 What this does not do: the barrier still keeps its rules per client and per agent, the server

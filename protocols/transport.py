@@ -341,6 +341,68 @@ class PeerWatch:
 _PEER_LOST_GRACE_S = 0.05
 
 
+class LinkEmulation:
+    """How one channel's sends pass the link emulation (protocols/links.py): the node each goes
+    to, what the model of that link decides for it (lost, now, later), and the copies it holds
+    until they are due. A channel made without a `LinkTable` has none."""
+
+    def __init__(self, links: LinkTable, peer: str | None, is_router: bool) -> None:
+        self.links, self.peer, self.is_router = links, peer, is_router
+        # Held copies: (due time, tiebreak, frames, the link's counters).
+        self.delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
+        self._tiebreak = itertools.count()
+
+    def destination(self, identity: bytes | None) -> str | None:
+        """The node a message to `identity` goes to (None: not emulated)."""
+        if self.peer is not None:
+            return self.peer
+        if identity is None or not self.is_router:
+            return None  # a DEALER without a peer: never emulated
+        return node_of_routing_id(identity.decode(errors="replace"))
+
+    def lets_through(self, destination: str) -> bool:
+        """Whether a message to node `destination` may skip the emulation, and so go through
+        shared memory: an ideal link that no partition blocks now. Otherwise it goes by zmq,
+        where the emulation delays, loses or blocks it as it would any message."""
+        return self.links.model_for(destination).ideal and not self.links.partitions.blocks(self.links.src, destination)
+
+    def count_delivered_now(self, destination: str, size: int, now: float) -> None:
+        """A message that went through shared memory, counted on its (ideal) link as zmq's would be:
+        the same draw from the link's random stream, delivered at once."""
+        self.links.decide(destination, now, size)
+        self.links.model_for(destination).counters.delivered += 1
+
+    def decide(self, destination: str, frames: list[Any], now: float) -> int | None:
+        """How many copies of `frames` go out now (None: lost, or blocked by a partition); the
+        later ones are held until `take_due` gives them."""
+        deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
+        if not deliveries:
+            return None
+        counters = self.links.model_for(destination).counters
+        copies_now = 0
+        for when in deliveries:
+            if when <= now:
+                counters.delivered += 1
+                copies_now += 1
+            else:
+                counters.in_flight += 1
+                heapq.heappush(self.delayed, (when, next(self._tiebreak), frames, counters))
+        return copies_now
+
+    def take_due(self, now: float) -> list[list[Any]]:
+        """The held copies due by `now`, in order, counted as delivered."""
+        due = []
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, frames, counters = heapq.heappop(self.delayed)
+            counters.in_flight -= 1
+            counters.delivered += 1
+            due.append(frames)
+        return due
+
+    def next_due(self) -> float | None:
+        return self.delayed[0][0] if self.delayed else None
+
+
 @dataclass
 class ChannelStats:
     sent: int = 0
@@ -401,12 +463,10 @@ class Channel:
         self.handshakes: HandshakeMonitor | None = None  # failed CURVE handshakes (CURVE servers only)
         self.peer_watch: PeerWatch | None = None  # the connection to the peer (DEALERs made with watch_peer)
         self._seq = itertools.count(1)
-        # Held (link-emulated) copies: (due time, tiebreak, frames, the link's counters).
-        self._delayed: list[tuple[float, int, list[Any], LinkCounters]] = []
-        self._tiebreak = itertools.count()
+        self._is_router = socket.type == zmq.ROUTER
+        self.emulation = LinkEmulation(links, peer, self._is_router) if links is not None else None
         self._poller = zmq.Poller()  # for `wait_for`, which waits on this socket (and its wake-up pipes) alone
         self._poller.register(socket, zmq.POLLIN)
-        self._is_router = socket.type == zmq.ROUTER
         # Peers that agreed on packed lockstep bodies (protocols/packed.py): routing id (None on
         # a DEALER: its one peer) -> their layout.
         self._packed: dict[bytes | None, PackedLayout] = {}
@@ -418,10 +478,6 @@ class Channel:
         self._shm_woken: list[bytes | None] = []
         self._held: collections.deque[wire.Envelope] = collections.deque()
         self.watch_pipe: Callable[[int, Channel | None], None] | None = None  # set by the hub: poll this pipe too
-        # The env server's handler of an env.action read from a shared-memory slot: (routing id,
-        # sender, step, actions, evaluation). Called from `recv` in the order the messages came,
-        # instead of returning an `Envelope` of an `EnvAction` (the lockstep's hot path).
-        self.on_shm_action: Callable[[bytes | None, str, int, dict[str, Any], bool], None] | None = None
 
     def use_shm(self, link: ShmLink, identity: bytes | None = None) -> None:
         """Send this (packed) peer's env.observation / env.action through `link`'s segment, and
@@ -496,11 +552,8 @@ class Channel:
         link = self._shm.get(identity) if self._shm else None
         if self._packed and (layout := self._packed.get(identity)) is not None and layout.fits(message):
             body = layout.pack(message)
-            if link is not None and type(message) in _SHM_TYPES:
-                destination = self._destination(identity) if self.links is not None else None
-                if self._emulation_lets_through(destination) and link.write(wire.PACKED_CODE[message.MSG_TYPE], body):
-                    self._count_on_link(destination, len(body))
-                    return None
+            if link is not None and type(message) in _SHM_TYPES and self._write_slot(link, identity, message.MSG_TYPE, lambda: body):
+                return None
         else:
             body = None
         if body is not None and len(body) <= wire.MAX_PACKED_BODY_BYTES:
@@ -513,73 +566,45 @@ class Channel:
             link.sent_zmq()  # the peer must see it before this side writes its slot again
         return frames
 
-    def write_step_result(self, identity: bytes, result: Any, *, step: int, missing: list[str], run_finished: bool,
-                          evaluation: bool) -> bool:
-        """The lockstep's hot path on the env server: `identity`'s env.observation of `result` (a
-        `BatchedStep`) packed straight into its shared-memory slot, with no `EnvObservation`
-        built. False when it cannot go that way now (no segment, infos travel, the slot not read
-        yet, an emulated link that is not ideal): the caller then sends the message, which takes
-        the usual way (`_encode`)."""
+    def write_packed(self, identity: bytes | None, msg_type: str, pack: Callable[[PackedLayout], bytes]) -> bool:
+        """A packed `msg_type` body for `identity` written straight into its shared-memory slot,
+        `pack` making it with the peer's layout: no message object on the way (the env server's
+        lockstep hot path: it packs a step's rows for each client). False when it cannot go that
+        way now (no segment or layout, the slot not read yet, an emulated link that is not
+        ideal): the caller then sends the message, which takes the usual way (`_encode`)."""
         link, layout = self._shm.get(identity), self._packed.get(identity)
-        if link is None or layout is None or result.infos:
+        if link is None or layout is None:
             return False
-        destination = self._destination(identity) if self.links is not None else None
-        if not self._emulation_lets_through(destination):
+        return self._write_slot(link, identity, msg_type, lambda: pack(layout))
+
+    def _write_slot(self, link: ShmLink, identity: bytes | None, msg_type: str, pack: Callable[[], bytes]) -> bool:
+        """Write the body `pack` gives into `link`'s slot, if the link emulation lets it skip zmq
+        (`LinkEmulation.lets_through`) and the slot is free (packed only then)."""
+        emulation = self.emulation
+        destination = emulation.destination(identity) if emulation is not None else None
+        if destination is not None and not emulation.lets_through(destination):
             return False
-        body = layout.pack_step_result(result, step=step, missing=missing, run_finished=run_finished, evaluation=evaluation)
-        if not link.write(_OBSERVATION_CODE, body):
+        body = pack()
+        if not link.write(wire.PACKED_CODE[msg_type], body):
             return False
-        self._count_on_link(destination, len(body))
+        if destination is not None:
+            emulation.count_delivered_now(destination, len(body), self.clock())
         return True
 
-    def _emulation_lets_through(self, destination: str | None) -> bool:
-        """Whether a message to node `destination` (None: not emulated) may skip the link
-        emulation, and so go through shared memory: no emulation, or an ideal link that no
-        partition blocks now. Otherwise it goes by zmq, where the emulation delays, loses or
-        blocks it as it would any message."""
-        if destination is None:
-            return True
-        return self.links.model_for(destination).ideal and not self.links.partitions.blocks(self.links.src, destination)
-
-    def _count_on_link(self, destination: str | None, size: int) -> None:
-        """A message that went through shared memory, counted on its (ideal) link as zmq's would be:
-        the same draw from the link's random stream, delivered at once."""
-        if destination is not None:
-            self.links.decide(destination, self.clock(), size)
-            self.links.model_for(destination).counters.delivered += 1
-
-    def _destination(self, identity: bytes | None) -> str | None:
-        """The node a message to `identity` goes to, for the link emulation (None: not emulated)."""
-        if self.peer is not None:
-            return self.peer
-        if identity is None or not self._is_router:
-            return None  # a DEALER without a peer: never emulated
-        return node_of_routing_id(identity.decode(errors="replace"))
-
     def _transmit(self, frames: list[Any]) -> bool:
-        if self.links is None:
-            return self._send_frames(frames)
-        destination = self.peer
+        emulation = self.emulation
+        destination = None if emulation is None else emulation.destination(bytes(frames[0]) if self._is_router else None)
         if destination is None:
-            if self.socket.type != zmq.ROUTER:
-                return self._send_frames(frames)  # a DEALER without a peer: never emulated
-            destination = node_of_routing_id(bytes(frames[0]).decode(errors="replace"))
-        now = self.clock()
-        deliveries = self.links.decide(destination, now, sum(memoryview(f).nbytes for f in frames))
-        if not deliveries:
+            return self._send_frames(frames)  # not emulated
+        copies_now = emulation.decide(destination, frames, self.clock())
+        if copies_now is None:
             self.stats.dropped_by_link += 1
             if self._shm and (link := self._shm.get(bytes(frames[0]) if self._is_router else None)) is not None:
                 link.sent_by_zmq -= 1  # lost on the way: the peer will never see it (protocols/shm_lockstep.py)
             return True
-        counters = self.links.model_for(destination).counters
         sent = True
-        for when in deliveries:
-            if when <= now:
-                counters.delivered += 1
-                sent = self._send_frames(frames) and sent
-            else:
-                counters.in_flight += 1
-                heapq.heappush(self._delayed, (when, next(self._tiebreak), frames, counters))
+        for _ in range(copies_now):
+            sent = self._send_frames(frames) and sent
         return sent
 
     def reply(self, request: wire.Envelope, message: Any) -> bool:
@@ -588,15 +613,12 @@ class Channel:
         return self.send(message, to=to, parent=request.header)
 
     def flush_due(self, now: float | None = None) -> None:
-        now = self.clock() if now is None else now
-        while self._delayed and self._delayed[0][0] <= now:
-            _, _, frames, counters = heapq.heappop(self._delayed)
-            counters.in_flight -= 1
-            counters.delivered += 1
-            self._send_frames(frames)
+        if self.emulation is not None:
+            for frames in self.emulation.take_due(self.clock() if now is None else now):
+                self._send_frames(frames)
 
     def next_due(self) -> float | None:
-        return self._delayed[0][0] if self._delayed else None
+        return self.emulation.next_due() if self.emulation is not None else None
 
     def recv(self) -> wire.Envelope | None:
         """One message if one is waiting (never blocks); invalid frames are logged and dropped."""
@@ -701,25 +723,18 @@ class Channel:
             return None
         if drain:
             link.drain_wake()
-        action_fields = None
         try:
             taken = link.take()
             if taken is None:
                 return None
             code, sent_at, body = taken
             msg_type = wire.PACKED_TYPES[code]
-            if code == _ACTION_CODE and self.on_shm_action is not None:
-                action_fields = layout.unpack_action_fields(body)
-            else:
-                message = layout.unpack(msg_type, body)
+            message = layout.unpack(msg_type, body)
         except (ValueError, IndexError, KeyError, ProtocolError) as error:
             self.stats.dropped_invalid += 1
             self.bad_input.record(link.peer_sender, "FieldError", f"shared-memory slot: {error}"[:300])
             return None
         self.stats.received += 1
-        if action_fields is not None:  # handled here, in the order received (see `on_shm_action`)
-            self.on_shm_action(identity, link.peer_sender, *action_fields)
-            return None
         header = wire.Header("", msg_type, link.peer_sender, self.run_id, PROTOCOL_VERSION, 0, sent_at)
         return wire.Envelope(header, message, {}, () if identity is None else (identity,))
 
@@ -1122,7 +1137,6 @@ _raw_send, _raw_recv, _raw_get = _RawSocket.send, _RawSocket.recv, _RawSocket.ge
 # The messages that may go through a peer's shared-memory segment (protocols/shm_lockstep.py).
 _SHM_TYPES = frozenset({m.EnvObservation, m.EnvAction})
 # ... and their type codes in a slot's header (the server's hot path writes and reads them directly).
-_OBSERVATION_CODE, _ACTION_CODE = wire.PACKED_CODE[m.EnvObservation.MSG_TYPE], wire.PACKED_CODE[m.EnvAction.MSG_TYPE]
 _NO_PEER = object()  # a pipe no peer owns any more (forgotten between the poll and `pipe_readable`)
 _SNDMORE, _RCVMORE, _NOBLOCK, _EVENTS, _POLLIN = (int(flag) for flag in (zmq.SNDMORE, zmq.RCVMORE, zmq.NOBLOCK, zmq.EVENTS, zmq.POLLIN))
 _LOG_FLUSH_EVERY_S = 0.25  # the bad-input logs aggregate over seconds: no need to look every wake-up

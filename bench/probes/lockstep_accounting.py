@@ -80,7 +80,7 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
         (shm_lockstep.ShmLink, "take", "shared memory: read a body"),
         (shm_lockstep.ShmLink, "drain_wake", "shared memory: empty the wake-up pipe"),
         (transport.Channel, "_take_shm", "shared memory: slot to message or handler"),
-        (transport.Channel, "write_step_result", "shared memory: observation into a slot"),
+        (transport.Channel, "write_packed", "shared memory: observation into a slot"),
         (transport.Channel, "_send_frames", "zmq send"),
         (transport, "_recv_bytes", "zmq receive"),
         (transport, "wait_readable", "zmq poll (CPU, not the wait)"),
@@ -88,7 +88,7 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
         (barrier.LockstepBarrier, "broadcast", "barrier: broadcast (observation_for)"),
         (barrier.LockstepBarrier, "take_actions", "barrier: take_actions"),
         (env_server.EnvServer, "_step", "server: _step"),
-        (env_server.EnvServer, "on_action_in_memory", "server: an action from shared memory"),
+        (env_server.EnvServer, "on_action", "server: an action (zmq or shared memory)"),
         (env_server.EnvServer, "poll_once", "server: poll_once (the loop)"),
     ):
         timed(owner, name, label)

@@ -125,13 +125,13 @@ def main() -> None:
                 setattr(owner, name, wrapper)
 
             for owner, name in ((env_server.EnvServer, "_step"), (vector.VectorizedParallelEnv, "step"),
-                                (env_server.EnvServer, "_broadcast")):
+                                (env_server.EnvServer, "broadcast")):
                 timed(owner, name)
             total = lockstep.run(args.steps)
             per = {name: spent / args.steps / 1000 for name, spent in totals.items()}
             print(f"split: the actions and the loop reading them {total - per['_step']:.1f} us, "
-                  f"the broadcast {per['_broadcast']:.1f}, the vectorized step {per['step']:.1f}, "
-                  f"the rest of _step {per['_step'] - per['step'] - per['_broadcast']:.1f}")
+                  f"the broadcast {per['broadcast']:.1f}, the vectorized step {per['step']:.1f}, "
+                  f"the rest of _step {per['_step'] - per['step'] - per['broadcast']:.1f}")
 
 
 if __name__ == "__main__":

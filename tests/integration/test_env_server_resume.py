@@ -80,7 +80,7 @@ class Clients:
 def test_a_resumed_server_reruns_the_interrupted_evaluation_and_trains_on_from_its_step(tmp_path, hub, lockstep_transport):
     endpoint = f"ipc://{tmp_path}/env.sock"
     server, server_hub = start_server(tmp_path, endpoint, lockstep_transport)
-    assert server.resumed_from is None and server.incarnation == 0
+    assert server.resumption.resumed_from is None and server.resumption.incarnation == 0
     clients = Clients(hub, server, "first", lockstep_transport)
     assert [w.step for w in clients.welcomes] == [0, 0]
     first_start = seen = clients.reset()
@@ -96,7 +96,7 @@ def test_a_resumed_server_reruns_the_interrupted_evaluation_and_trains_on_from_i
 
     server, server_hub = start_server(tmp_path, endpoint, lockstep_transport)
     try:
-        assert server.resumed_from.step == 4 and server.incarnation == 1 and server.counters.steps == 4
+        assert server.resumption.resumed_from.step == 4 and server.resumption.incarnation == 1 and server.counters.steps == 4
         clients = Clients(hub, server, "second", lockstep_transport)
         assert [w.step for w in clients.welcomes] == [4, 4], "the welcome says where the run resumed"
         seen = clients.reset()

@@ -314,7 +314,7 @@ def test_simulator_and_live_transport_make_the_same_decisions(hubs, tmp_path):
         live.extend((t, index) for _ in range(channel.stats.sent - before))
     while (due := channel.next_due()) is not None:
         fake_now[0] = due
-        pending = [entry for entry in channel._delayed if entry[0] <= due]
+        pending = [entry for entry in channel.emulation.delayed if entry[0] <= due]
         indices = sorted(_incarnation(entry[2]) for entry in pending)
         channel.flush_due(due)
         live.extend((due, index) for index in indices)

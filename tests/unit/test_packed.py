@@ -361,7 +361,7 @@ def test_the_server_grants_packing_only_where_nothing_else_travels(space, forwar
     client.on_welcome(welcome)
     assert (client.packed_layout is not None) is granted
     # A client that also asks for the global view gets its fields in msgpack (its layout is dropped).
-    assert not server._grant_packed(b"c0", m.EnvJoin(client_id="c0", packed=True, global_view=True), ["a0"])
+    assert not server.bodies.grant_packed(b"c0", m.EnvJoin(client_id="c0", packed=True, global_view=True), ["a0"])
     assert server.channel.packed_peers == set()
 
 

@@ -188,34 +188,38 @@ def test_a_channel_pair_passes_the_lockstep_through_shared_memory_and_falls_back
     assert received.step == 2 and list(received.actions["a0"]) == [4, 1]
 
 
-def test_the_server_writes_a_step_into_the_slot_and_takes_actions_as_fields_in_order(channels):
-    """The env server's hot path: `write_step_result` packs a step straight into the client's
-    slot (no EnvObservation); with `on_shm_action` set, an action read from a slot goes to the
-    handler as its fields, before a zmq message the client sent after it."""
+def test_the_server_writes_a_step_into_the_slot_and_takes_actions_in_order(channels):
+    """The env server's hot path: `write_packed` packs a step straight into the client's slot
+    (no EnvObservation); an action read from a slot comes out of `recv` as an env.action
+    envelope, as one by zmq would, before a zmq message the client sent after it."""
     from env_server.vector import BatchedStep
 
     router, dealer, server_link, _client_link = channels
     sent = observation(3)
     step = BatchedStep(sent.observations, sent.rewards, sent.terminated, sent.truncated, sent.active, {}, sent.episode_start)
-    assert router.write_step_result(b"agent_0", step, step=3, missing=["a1"], run_finished=False, evaluation=False)
-    assert not router.write_step_result(b"agent_0", step, step=4, missing=[], run_finished=False, evaluation=False), \
+
+    def packed_step(number, missing):
+        return lambda layout: layout.pack_step_result(step, step=number, missing=missing, run_finished=False, evaluation=False)
+
+    assert router.write_packed(b"agent_0", m.EnvObservation.MSG_TYPE, packed_step(3, ["a1"]))
+    assert not router.write_packed(b"agent_0", m.EnvObservation.MSG_TYPE, packed_step(4, [])), \
         "the slot is unread: the caller sends the message instead"
+    assert not router.write_packed(b"stranger", m.EnvObservation.MSG_TYPE, packed_step(4, [])), "no segment"
     got = dealer.wait_for(m.EnvObservation, timeout_s=30)
     assert got.step == 3 and got.missing == ["a1"]
     np.testing.assert_array_equal(got.observations["a0"], sent.observations["a0"])
 
     received, hub = [], hub_of(router)
-    router.on_shm_action = lambda *fields: received.append(fields)
     dealer.send(m.EnvAction(step=3, actions={"a0": np.array([4, 1])}))  # through the segment
     dealer.send(m.EnvReset())  # by zmq, after it
     deadline = time.monotonic() + 30
     while len(received) < 2 and time.monotonic() < deadline:
         hub.wait(0.05)
-        received += [envelope.message for envelope in router.recv_all()]
-    assert [type(item).__name__ for item in received] == ["tuple", "EnvReset"], "the action's fields, then the reset"
-    (identity, sender, action_step, actions, evaluation) = received[0]
-    assert (identity, sender, action_step, evaluation) == (b"agent_0", "agent_0", 3, False)
-    assert list(actions["a0"]) == [4, 1]
+        received += list(router.recv_all())
+    assert [type(envelope.message).__name__ for envelope in received] == ["EnvAction", "EnvReset"], "the action, then the reset"
+    action = received[0]
+    assert (action.identities, action.sender, action.message.step, action.message.evaluation) == ((b"agent_0",), "agent_0", 3, False)
+    assert list(action.message.actions["a0"]) == [4, 1]
 
 
 def hub_of(channel):

@@ -1,0 +1,60 @@
+"""The env section's lockstep settings as the env server uses them, and their checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from env_server.realtime import LATE_ACTIONS
+from protocols.settings import ControlConfig
+
+
+@dataclass(frozen=True)
+class LockstepRules:
+    """The env section's lockstep settings, as the server uses them (see env_server/config.py)."""
+
+    max_steps: int | None
+    step_deadline_s: float
+    join_deadline_s: float
+    default_action: str = "noop"
+    eval_every_steps: int | None = None
+    eval_start_step: int = 0
+    episode_start_hold_s: float = 0.0
+    # How long a step with a scheduled fault waits for the orchestrator (protocols.control).
+    step_hold_timeout_s: float = field(default_factory=lambda: ControlConfig().step_hold_timeout_s)
+    # How the lockstep's bodies travel to clients on this host: auto | shm | zmq (env_server/config.py).
+    transport: str = "auto"
+    # At most this many training steps per second (env.max_steps_per_s); None: unpaced.
+    max_steps_per_s: float | None = None
+    # The clocks of training and evaluation steps: lockstep | realtime (env.clock, env.eval_clock
+    # resolved), the realtime rate and what a late agent gets (env.steps_per_s, env.late_action).
+    clock: str = "lockstep"
+    eval_clock: str = "lockstep"
+    steps_per_s: float | None = None
+    late_action: str = "last"
+
+
+def clock_refusal(rules: LockstepRules) -> str | None:
+    """Why the server cannot run `rules`' clocks (the env section's checks, for a server started
+    without it), or None."""
+    clocks = (rules.clock, rules.eval_clock)
+    if any(clock not in ("lockstep", "realtime") for clock in clocks):
+        return f"clock: expected lockstep or realtime for training and evaluation, got {clocks}"
+    if "realtime" not in clocks:
+        return None
+    if rules.steps_per_s is None or not (math.isfinite(rules.steps_per_s) and rules.steps_per_s > 0):
+        return f"steps_per_s: a realtime clock needs a positive number of steps per second, got {rules.steps_per_s}"
+    if rules.clock == "realtime" and rules.max_steps_per_s is not None:
+        return "max_steps_per_s: paces the lockstep; a realtime clock steps at steps_per_s"
+    if rules.clock == "realtime" and rules.episode_start_hold_s > 0:
+        return "episode_start_hold_s: a realtime clock does not hold episode starts"
+    if rules.late_action not in LATE_ACTIONS:
+        return f"late_action: expected one of {LATE_ACTIONS}, got {rules.late_action!r}"
+    return None
+
+
+def pace_refusal(max_steps_per_s: float | None) -> str | None:
+    """Why `max_steps_per_s` cannot pace the lockstep, or None (None itself: unpaced)."""
+    if max_steps_per_s is None or (math.isfinite(max_steps_per_s) and max_steps_per_s > 0):
+        return None
+    return f"expected a positive number of steps per second, got {max_steps_per_s}"
