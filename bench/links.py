@@ -169,14 +169,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
-    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
-    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; measure nothing")
+    results_page.add_page_options(parser)
     args = parser.parse_args()
-    if args.page_from is not None:
-        if args.page is None:
-            parser.error("--page-from needs --page (where to write the page)")
-        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+    if results_page.render_saved_page(parser, args, render):
         return 0
     record = results_page.begin("bench/links.py", sys.argv[1:])
     record["settings"] = {"agents": args.agents, "rounds": args.rounds, "size": args.size}
