@@ -149,17 +149,18 @@ COLUMNS = [
 def render(record: dict, source: str) -> str:
     """The results page of a saved record."""
     settings = record["settings"]
-    return (
-        results_page.header(record, PAGE_TITLE, source)
-        + f"Synchronous Metropolis consensus (`SyncConsensus`, the agent nodes' engine) on a ring of "
+    intro = (
+        f"Synchronous Metropolis consensus (`SyncConsensus`, the agent nodes' engine) on a ring of "
         f"{settings['agents']} processes over ipc, {settings['rounds']} rounds of {settings['size']:,} float32 per "
-        f"share, every link emulated with a constant one-way delay (`network.default_link.delay_s`):\n\n"
-        + results_page.table(COLUMNS, record["rows"])
-        + "\nA round needs every neighbour's share, so it cannot take less than the delay: \"round − delay\" "
+        f"share, every link emulated with a constant one-way delay (`network.default_link.delay_s`):"
+    )
+    reading = (
+        "A round needs every neighbour's share, so it cannot take less than the delay: \"round − delay\" "
         "is what a round costs above that floor. The message age is what the receivers measured (the "
         "median over processes of each link's p50); a round is counted late when its deadline passed "
-        "before every neighbour's share had come.\n"
+        "before every neighbour's share had come."
     )
+    return results_page.page(record, PAGE_TITLE, source, intro, COLUMNS, reading)
 
 
 def main() -> int:

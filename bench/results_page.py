@@ -11,7 +11,8 @@ never edited by hand, so its figures, date and load cannot part from the run tha
     record["rows"] = ...                                       # the bench's measurements
     results_page.end(record)                                   # load after, finish time
     results_page.save(record, json_path)
-    page = results_page.header(record, title) + results_page.table(columns, record["rows"])
+    page = results_page.header(record, title, source) + results_page.table(columns, record["rows"])
+    page = results_page.page(record, title, source, intro, columns, reading)  # header, intro, table, reading
 
 A bench with a page takes the same three options (`add_page_options`) and, given `--page-from`,
 renders a saved record instead of measuring (`render_saved_page`).
@@ -134,6 +135,13 @@ def header(record: dict[str, Any], title: str, source: str) -> str:
         f"(1, 5, 15 min) {load_before} before and {load_after} after. The command:\n\n"
         f"    {record['command']}\n\n"
     )
+
+
+def page(record: dict[str, Any], title: str, source: str, intro: str,
+         columns: Sequence[tuple[str, str, Callable[[dict[str, Any]], str]]], reading: str) -> str:
+    """A one-table results page: the header, `intro` (what was measured and how), the table of the
+    record's rows, then `reading` (how to read it)."""
+    return header(record, title, source) + intro + "\n\n" + table(columns, record["rows"]) + "\n" + reading + "\n"
 
 
 def table(columns: Sequence[tuple[str, str, Callable[[dict[str, Any]], str]]], rows: Sequence[dict[str, Any]]) -> str:
