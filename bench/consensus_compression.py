@@ -154,26 +154,27 @@ COLUMNS = [
 
 def render(record: dict, source: str) -> str:
     settings = record["settings"]
-    return (
-        results_page.header(record, PAGE_TITLE, source)
-        + f"A ring of {settings['agents']} engines in the network simulator (no loss), each starting from a seeded "
+    intro = (
+        f"A ring of {settings['agents']} engines in the network simulator (no loss), each starting from a seeded "
         f"Gaussian float32 tensor of {settings['size']:,} entries with its own mean, averaged by sync rounds "
         f"(Metropolis weights) and by push-sum (one push every {PUSH_PERIOD_S:g} s, R pushes, a full push every "
         f"{FULL_EVERY}), with each `protocols.consensus.compression`. Bytes are those of the messages as "
         "protocols/wire.py frames them (envelope included, unsigned). Consensus error: the distance of the nodes' "
         "results to the true average relative to where they started; average drift: the largest entry of "
         "|mean of results − true mean|; largest residual: the largest `consensus/compression_residual` "
-        "a node reported at the end.\n\n"
-        + results_page.table(COLUMNS, record["rows"])
-        + "\nHow to read it. Sync rounds keep the average whatever the codec (drift at float rounding): "
+        "a node reported at the end."
+    )
+    reading = (
+        "How to read it. Sync rounds keep the average whatever the codec (drift at float rounding): "
         "compression costs only speed. fp16 and int8 err relative to what is left to send, so they converge as "
         "the uncompressed rounds do at 2x and 4x fewer bytes; top-k moves a fraction of the difference per round "
         "and, at the plain step, can be slower than that or move away; a smaller step (gamma) keeps it going. "
         "Push-sum's uncompressed shares are float64 running sums (8 bytes an entry), so its ratios are against "
         "that; one push in ten is full (exact totals), which bounds what compression saves and clears the "
         "residuals. Its shares do not shrink as the estimates converge, so compression leaves an error floor "
-        "(the residuals over the number of nodes) until the next full push.\n"
+        "(the residuals over the number of nodes) until the next full push."
     )
+    return results_page.page(record, PAGE_TITLE, source, intro, COLUMNS, reading)
 
 
 def main() -> int:
@@ -181,14 +182,9 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--rounds", default="12,35,95", help="comma-separated numbers of rounds R (push-sum: not multiples of its full-push period, so a run does not end just after one)")
-    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
-    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
-    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; measure nothing")
+    results_page.add_page_options(parser)
     args = parser.parse_args()
-    if args.page_from is not None:
-        if args.page is None:
-            parser.error("--page-from needs --page (where to write the page)")
-        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+    if results_page.render_saved_page(parser, args, render):
         return 0
     record = results_page.begin("bench/consensus_compression.py", sys.argv[1:])
     rounds_list = [int(r) for r in args.rounds.split(",")]

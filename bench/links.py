@@ -149,17 +149,18 @@ COLUMNS = [
 def render(record: dict, source: str) -> str:
     """The results page of a saved record."""
     settings = record["settings"]
-    return (
-        results_page.header(record, PAGE_TITLE, source)
-        + f"Synchronous Metropolis consensus (`SyncConsensus`, the agent nodes' engine) on a ring of "
+    intro = (
+        f"Synchronous Metropolis consensus (`SyncConsensus`, the agent nodes' engine) on a ring of "
         f"{settings['agents']} processes over ipc, {settings['rounds']} rounds of {settings['size']:,} float32 per "
-        f"share, every link emulated with a constant one-way delay (`network.default_link.delay_s`):\n\n"
-        + results_page.table(COLUMNS, record["rows"])
-        + "\nA round needs every neighbour's share, so it cannot take less than the delay: \"round − delay\" "
+        f"share, every link emulated with a constant one-way delay (`network.default_link.delay_s`):"
+    )
+    reading = (
+        "A round needs every neighbour's share, so it cannot take less than the delay: \"round − delay\" "
         "is what a round costs above that floor. The message age is what the receivers measured (the "
         "median over processes of each link's p50); a round is counted late when its deadline passed "
-        "before every neighbour's share had come.\n"
+        "before every neighbour's share had come."
     )
+    return results_page.page(record, PAGE_TITLE, source, intro, COLUMNS, reading)
 
 
 def main() -> int:
@@ -169,14 +170,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--size", type=int, default=10000)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
-    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
-    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; measure nothing")
+    results_page.add_page_options(parser)
     args = parser.parse_args()
-    if args.page_from is not None:
-        if args.page is None:
-            parser.error("--page-from needs --page (where to write the page)")
-        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+    if results_page.render_saved_page(parser, args, render):
         return 0
     record = results_page.begin("bench/links.py", sys.argv[1:])
     record["settings"] = {"agents": args.agents, "rounds": args.rounds, "size": args.size}

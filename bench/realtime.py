@@ -119,14 +119,12 @@ def render(record: dict[str, Any], source: str) -> str:
         ("slips", "right", lambda row: fmt(row["clock_slips"], "g")),
         ("eval return", "right", lambda row: fmt(row["eval_return"], ".4g")),
     ]
-    return (
-        results_page.header(record, "The main job on a realtime clock", source)
-        + f"{settings['config']}, {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
+    intro = (
+        f"{settings['config']}, {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
         f"clock plays a late agent's newest action (`env.late_action: last`). Straggler: {STRAGGLER} paused "
-        f"{PAUSE_AT_S:g} s after the start for the given seconds. The columns are bench/realtime.py's docstring's.\n\n"
-        + results_page.table(columns, record["rows"])
-        + f"\n{record.get('note', '')}\n"
+        f"{PAUSE_AT_S:g} s after the start for the given seconds. The columns are bench/realtime.py's docstring's."
     )
+    return results_page.page(record, "The main job on a realtime clock", source, intro, columns, record.get("note", ""))
 
 
 def main() -> int:

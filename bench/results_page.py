@@ -11,11 +11,16 @@ never edited by hand, so its figures, date and load cannot part from the run tha
     record["rows"] = ...                                       # the bench's measurements
     results_page.end(record)                                   # load after, finish time
     results_page.save(record, json_path)
-    page = results_page.header(record, title) + results_page.table(columns, record["rows"])
+    page = results_page.header(record, title, source) + results_page.table(columns, record["rows"])
+    page = results_page.page(record, title, source, intro, columns, reading)  # header, intro, table, reading
+
+A bench with a page takes the same three options (`add_page_options`) and, given `--page-from`,
+renders a saved record instead of measuring (`render_saved_page`).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -84,6 +89,26 @@ def finish(record: dict[str, Any], save_path: Path | None, page_path: Path | Non
         page_path.write_text(render(record, save_path.name if save_path is not None else "its run"))
 
 
+def add_page_options(parser: argparse.ArgumentParser, skipped: str = "measure nothing") -> None:
+    """`--save` (the record as JSON), `--page` (the markdown page) and `--page-from` (render
+    `--page` from a saved record; `skipped` says what the bench then does not do)."""
+    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
+    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
+    parser.add_argument("--page-from", type=Path, help=f"render --page from this saved record; {skipped}")
+
+
+def render_saved_page(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      render: Callable[[dict[str, Any], str], str]) -> bool:
+    """With `--page-from`: write `--page` from that saved record and return True (the bench then
+    stops); without it: False. `--page-from` without `--page` is a usage error."""
+    if args.page_from is None:
+        return False
+    if args.page is None:
+        parser.error("--page-from needs --page (where to write the page)")
+    args.page.write_text(render(load(args.page_from), args.page_from.name))
+    return True
+
+
 def save(record: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -110,6 +135,13 @@ def header(record: dict[str, Any], title: str, source: str) -> str:
         f"(1, 5, 15 min) {load_before} before and {load_after} after. The command:\n\n"
         f"    {record['command']}\n\n"
     )
+
+
+def page(record: dict[str, Any], title: str, source: str, intro: str,
+         columns: Sequence[tuple[str, str, Callable[[dict[str, Any]], str]]], reading: str) -> str:
+    """A one-table results page: the header, `intro` (what was measured and how), the table of the
+    record's rows, then `reading` (how to read it)."""
+    return header(record, title, source) + intro + "\n\n" + table(columns, record["rows"]) + "\n" + reading + "\n"
 
 
 def table(columns: Sequence[tuple[str, str, Callable[[dict[str, Any]], str]]], rows: Sequence[dict[str, Any]]) -> str:

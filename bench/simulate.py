@@ -225,18 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--periods", type=int, default=150, help="push-sum periods per run (0.1 s each)")
     parser.add_argument("--episodes", type=int, default=1, help="team_flood / hindsight: runs one after another per row")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save", type=Path, help="write this invocation's record (JSON) here")
-    parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
-    parser.add_argument("--page-from", type=Path, help="render --page from this saved record; simulate nothing")
+    results_page.add_page_options(parser, skipped="simulate nothing")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--shrink", action="store_true",
                         help="cut each failing row's plan down to its smallest failing form (a full simulation per try) "
                              "and print it as run config sections for orchestrate up")
     args = parser.parse_args(argv)
-    if args.page_from is not None:
-        if args.page is None:
-            parser.error("--page-from needs --page (where to write the page)")
-        args.page.write_text(render(results_page.load(args.page_from), args.page_from.name))
+    if results_page.render_saved_page(parser, args, render):
         return 0
     record = results_page.begin("bench/simulate.py", sys.argv[1:] if argv is None else argv)
     rows, goal_rows = [], []

@@ -784,18 +784,7 @@ class SyncConsensus:
                 del received[sender]
                 self._reject(f"share from {sender!r}: {_not_finite(name)}")
         self._values = _read_only(mixed)
-        self.round_metrics.append(
-            {
-                "consensus/round": float(self.round),
-                "consensus/disagreement_max": max(distances) if distances else math.nan,
-                "consensus/disagreement_mean": float(np.mean(distances)) if distances else math.nan,
-                "consensus/bytes_sent": float(self._bytes_this_round),
-                "consensus/round_duration_s": now - self._round_started_at,
-                "consensus/missing_neighbours": float(len(missing)),
-            }
-        )
-        self.missing_by_round.append(missing)
-        return self._next_round(now)
+        return self._close_round(now, distances, missing)
 
     def _finish_compressed_round(self, now: float) -> list[Outgoing]:
         """CHOCO-Gossip's step: every public copy takes its increment, then
@@ -823,6 +812,13 @@ class SyncConsensus:
         self._values = _read_only(mixed)
         missing = tuple(sorted(self._cut_off))
         residual = sum(float(np.dot(d, d)) for d in ((self._values[n] - own_copy[n]).ravel() for n in own_copy))
+        # What our public copy still lacks of our tensors: next round's residual.
+        return self._close_round(now, distances, missing, {"consensus/compression_residual": math.sqrt(residual)})
+
+    def _close_round(self, now: float, distances: Sequence[float], missing: tuple[str, ...],
+                     extra_metrics: Mapping[str, float] | None = None) -> list[Outgoing]:
+        """Record the round just mixed (its metrics: the distances to the neighbours mixed in,
+        the bytes sent, how long it took, who was missing), then go on to the next."""
         self.round_metrics.append(
             {
                 "consensus/round": float(self.round),
@@ -831,8 +827,7 @@ class SyncConsensus:
                 "consensus/bytes_sent": float(self._bytes_this_round),
                 "consensus/round_duration_s": now - self._round_started_at,
                 "consensus/missing_neighbours": float(len(missing)),
-                # What our public copy still lacks of our tensors: next round's residual.
-                "consensus/compression_residual": math.sqrt(residual),
+                **(extra_metrics or {}),
             }
         )
         self.missing_by_round.append(missing)

@@ -154,6 +154,18 @@ def through_a_checkpoint(state):
     return torch.load(stream, weights_only=True)
 
 
+def assert_goes_on_alike(original, resumed, transition) -> None:
+    """Both learners observe `transition` and update: the same metrics, then the same parameters
+    (a learner resumed from a checkpoint goes on exactly as the original would)."""
+    import numpy as np
+
+    for learner in (original, resumed):
+        learner.observe(transition)
+    assert resumed.update() == original.update()
+    for name, value in original.get_params().items():
+        np.testing.assert_array_equal(resumed.get_params()[name], value)
+
+
 def fill_disk(path, chunk_bytes: int = 4096) -> None:
     """Write `path` until its file system is full (the OSError that says so is expected)."""
     with pytest.raises(OSError):

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.encoders import ConvEncoder, choose_encoder
-from agent_node.algos.learner_parts import (StateLayout, check_config, check_seed, check_space, checked_obs, linear_schedule,
-                                            run_gradient_steps, scheduled_learning_rate, set_learning_rate, steps_to_take,
-                                            trainable_rows, update_counters)
+from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, check_seed, check_space,
+                                            checked_obs, linear_schedule, run_gradient_steps, scheduled_learning_rate,
+                                            set_learning_rate, steps_to_take, trainable_rows, update_counters)
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -69,7 +69,7 @@ class QNetwork(nn.Module):
 # ---------------------------------------------------------------------------------- agent
 
 
-class DQNAgent(ModuleLearner):
+class DQNAgent(ModuleLearner, OwesGradientSteps):
     """Actor, Learner and ParamSource for Double DQN (see the module docstring)."""
 
     # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
@@ -168,11 +168,6 @@ class DQNAgent(ModuleLearner):
         """Gradient steps owed for the rows observed so far and not yet taken."""
         cfg = self.config
         return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
-
-    def forgive_gradient_steps(self, steps: int) -> None:
-        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
-        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
-        self.gradient_steps += steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from agent_node.algos.config import GoalDQNConfig
 # DQN's network, its input the observation and the goal's features side by side.
 from agent_node.algos.dqn import QNetwork
-from agent_node.algos.learner_parts import check_config, linear_schedule
+from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, linear_schedule, steps_to_take,
+                                            trainable_rows, update_counters)
 from protocols.files import atomic_write, read_sealed
 from protocols.hindsight import achieved_after_each_step, relabel_episode
 
@@ -103,8 +104,11 @@ class GoalReplay:
             self.rng.bit_generator.state = json.loads(str(saved["rng_state"]))
 
 
-class GoalDQNAgent:
+class GoalDQNAgent(OwesGradientSteps):
     """Actor and learner for goal-conditioned Double DQN with HER (see the module docstring)."""
+
+    STATE = StateLayout("goal_dqn", "goal DQN", modules=("q_network", "target_network"), optimizers=("optimizer",),
+                        counters=("env_steps", "gradient_steps", "rows_relabelled"))
 
     def __init__(
         self, config: GoalDQNConfig, obs_dim: int, num_actions: int, num_goals: int, reward_fn: RewardFn, seed: int,
@@ -199,18 +203,10 @@ class GoalDQNAgent:
 
     def gradient_steps_due(self) -> int:
         cfg = self.config
-        trainable = max(0, self.env_steps - max(cfg.learning_starts, cfg.batch_size))
-        return trainable // cfg.train_every - self.gradient_steps
-
-    def forgive_gradient_steps(self, steps: int) -> None:
-        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
-        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
-        self.gradient_steps += steps
+        return trainable_rows(self.env_steps, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
-        steps = max(self.gradient_steps_due(), 0)
-        if max_gradient_steps is not None:
-            steps = min(steps, max_gradient_steps)
+        steps = steps_to_take(max(self.gradient_steps_due(), 0), max_gradient_steps)
         losses = [self._gradient_step() for _ in range(steps)]
         # Steps of this call; the cumulative count is counters()["goal_dqn/gradient_steps"].
         metrics = {"goal_dqn/epsilon": self.epsilon, "goal_dqn/gradient_steps_this_update": float(len(losses))}
@@ -220,32 +216,15 @@ class GoalDQNAgent:
 
     def counters(self) -> dict[str, float]:
         """The update-ratio contract (agent_node/roles.py `Learner.counters`)."""
-        pending = float(max(self.gradient_steps_due(), 0))
-        return {
-            "goal_dqn/gradient_steps": float(self.gradient_steps),
-            "goal_dqn/steps_pending": pending,
-            "goal_dqn/steps_owed": float(self.gradient_steps) + pending,
-            "goal_dqn/rows_observed": float(self.env_steps),
-            "goal_dqn/rows_relabelled": float(self.rows_relabelled),
-        }
+        counters = update_counters("goal_dqn", self.gradient_steps, max(self.gradient_steps_due(), 0), self.env_steps)
+        return {**counters, "goal_dqn/rows_relabelled": float(self.rows_relabelled)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "q_network": self.q_network.state_dict(),
-            "target_network": self.target_network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "env_steps": self.env_steps,
-            "gradient_steps": self.gradient_steps,
-            "rows_relabelled": self.rows_relabelled,
-        }
+        """Networks, optimizer and counters (`STATE`); the replay buffer is saved apart."""
+        return self.STATE.save(self)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.q_network.load_state_dict(state["q_network"])
-        self.target_network.load_state_dict(state["target_network"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.env_steps = int(state["env_steps"])
-        self.gradient_steps = int(state["gradient_steps"])
-        self.rows_relabelled = int(state["rows_relabelled"])
+        self.STATE.load(self, state, {"optimizer": self.config.learning_rate})
 
     def _gradient_step(self) -> float:
         cfg = self.config

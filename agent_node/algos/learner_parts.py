@@ -6,6 +6,7 @@ and not another copy of the bookkeeping around it.
 - `steps_to_take`: how many gradient steps one `update(max_gradient_steps)` call runs.
 - `run_gradient_steps`: run them and average each metric over them.
 - `trainable_rows`: the observed rows that count towards gradient steps (online learners).
+- `OwesGradientSteps`: the gradient steps taken, and forgiving those whose rows were lost.
 - `check_algorithm`: a state dict handed to `load_state_dict` is of this learner.
 - `load_optimizer`: restore an optimizer from a checkpoint, with the learning rate the config
   (not the checkpoint) sets, so a resumed run can change its rate.
@@ -65,6 +66,18 @@ def trainable_rows(rows_observed: int, learning_starts: int, batch_size: int) ->
     and for at least one batch in the buffer. Each learner turns them into steps its own way
     (DQN, PMIC: one per `train_every` rows; SAC: `updates_per_step` per row)."""
     return max(0, rows_observed - max(learning_starts, batch_size))
+
+
+class OwesGradientSteps:
+    """An online learner that counts the gradient steps it took in `gradient_steps`: it owes those
+    its observed rows earn (its `gradient_steps_due`) less those taken."""
+
+    gradient_steps: int
+
+    def forgive_gradient_steps(self, steps: int) -> None:
+        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
+        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
+        self.gradient_steps += steps
 
 
 def check_algorithm(state: Mapping[str, Any], algorithm: str, name: str) -> None:

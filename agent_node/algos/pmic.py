@@ -94,6 +94,7 @@ import torch.nn.functional as F
 
 from agent_node.algos.config import PMICConfig
 from agent_node.algos.learner_parts import (
+    OwesGradientSteps,
     check_algorithm,
     check_config,
     check_seed,
@@ -250,7 +251,7 @@ class ExperienceSorter:
 # ---------------------------------------------------------------------------------- agent
 
 
-class PMICAgent:
+class PMICAgent(OwesGradientSteps):
     """Actor, Learner and ParamSource for PMIC-MADDPG (or plain MADDPG with `pmic: false`)."""
 
     def __init__(
@@ -416,11 +417,6 @@ class PMICAgent:
     def gradient_steps_due(self) -> int:
         cfg = self.config
         return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) // cfg.train_every - self.gradient_steps
-
-    def forgive_gradient_steps(self, steps: int) -> None:
-        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
-        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
-        self.gradient_steps += steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them."""

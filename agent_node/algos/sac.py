@@ -54,8 +54,9 @@ import torch.nn.functional as F
 from torch.optim.adam import adam as functional_adam
 
 from agent_node.algos.config import SACConfig
-from agent_node.algos.learner_parts import (StateLayout, check_config, check_seed, check_space, checked_obs, run_gradient_steps,
-                                            steps_to_take, trainable_rows, update_counters)
+from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, check_seed, check_space,
+                                            checked_obs, run_gradient_steps, steps_to_take, trainable_rows,
+                                            update_counters)
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -306,7 +307,7 @@ def adam_step(optimizer: torch.optim.Adam, grads: list[torch.Tensor]) -> None:
 # ---------------------------------------------------------------------------------- agent
 
 
-class SACAgent(ModuleLearner):
+class SACAgent(ModuleLearner, OwesGradientSteps):
     """Actor, Learner and ParamSource for soft actor-critic (see the module docstring)."""
 
     # What a checkpoint holds (agent_node/algos/learner_parts.py), and the network whose
@@ -506,11 +507,6 @@ class SACAgent(ModuleLearner):
         """Gradient steps owed for the rows observed so far and not yet taken."""
         cfg = self.config
         return trainable_rows(self.rows_observed, cfg.learning_starts, cfg.batch_size) * cfg.updates_per_step - self.gradient_steps
-
-    def forgive_gradient_steps(self, steps: int) -> None:
-        """Owe `steps` fewer gradient steps: the rows they were owed for were lost with the
-        replay buffer (a restart from a checkpoint newer than the buffer's last save)."""
-        self.gradient_steps += steps
 
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         """Take the gradient steps due (at most `max_gradient_steps`); metrics averaged over them.

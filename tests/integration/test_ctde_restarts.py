@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, launched_pids, orchestrate, read_events, wait_for_event
+from tests.integration.test_orchestrate import launched_pids, orchestrate, read_events, run_restarting_the_env_server, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -119,14 +119,7 @@ def test_a_centralized_run_goes_on_across_an_env_server_restart(tmp_path):
     """The env server restarted at step 80: the agents rejoin it, and the learner node joins every
     row they sent before and after (none left pending or evicted)."""
     run_dir = tmp_path / "run"
-    process = orchestrate(
-        "up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", "run.steps=200",
-        "--set", "faults.schedule=[{at_step: 80, kind: restart, nodes: [env]}]",
-        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
-    )  # fmt: skip
-    stderr = finished_ok(process, timeout_s=200)
-    events = read_events(run_dir)
-    assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
+    events = run_restarting_the_env_server(run_dir, "configs/tiny_qmix.yaml", 80, "run.steps=200", timeout_s=200)
     assert any(e["event"] == "env_server_resumed" for e in events)
     final = [r for r in metrics(run_dir, "learner") if "learner/joint_rows" in r][-1]
     sent = {agent: [r for r in metrics(run_dir, agent) if "ctde/rows_sent" in r][-1]["ctde/rows_sent"] for agent in ("agent_0", "agent_1", "agent_2")}

@@ -55,6 +55,21 @@ def run_killing_agent_1(run_dir: Path, damage, *extra: str, node: str = "agent_1
     return process.returncode, stderr.decode(), read_events(run_dir)
 
 
+def halve_every_checkpoint(node_dir: Path) -> dict[str, bytes]:
+    """Cut each of the node's checkpoints to half its size (its seal gone: no good generation is
+    left); returns what each halved file now holds, by name."""
+    halved = {}
+    for checkpoint in (node_dir / "checkpoints").glob("step-*.pt"):
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+        halved[checkpoint.name] = checkpoint.read_bytes()
+    return halved
+
+
+def assert_every_process_reaped(events: list[dict]) -> None:
+    """Every process the run launched or restarted is gone."""
+    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+
+
 def newest(directory: Path, suffix: str) -> Path:
     return max(directory.glob(f"step-*{suffix}"), key=lambda path: path.name)
 
@@ -92,7 +107,7 @@ def test_a_checkpoint_cut_to_half_and_random_replay_bytes_fall_back_to_the_older
     kept = damaged["checkpoint"].with_name(damaged["checkpoint"].name + ".damaged")
     assert kept.read_bytes() == damaged["bytes"]
     assert not list((run_dir / "nodes" / "agent_1" / "checkpoints").glob(".*.tmp"))
-    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+    assert_every_process_reaped(events)
 
 
 def test_no_good_generation_stops_the_node_naming_the_file_and_the_restart_policy_stops(tmp_path):
@@ -100,8 +115,7 @@ def test_no_good_generation_stops_the_node_naming_the_file_and_the_restart_polic
     before: dict[str, bytes] = {}
 
     def damage(node_dir: Path) -> None:
-        for checkpoint in (node_dir / "checkpoints").glob("step-*.pt"):
-            checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+        halve_every_checkpoint(node_dir)
         before.update({p.name: p.read_bytes() for p in (node_dir / "checkpoints").iterdir() if p.is_file()})
 
     code, stderr, events = run_killing_agent_1(run_dir, damage)
@@ -117,7 +131,7 @@ def test_no_good_generation_stops_the_node_naming_the_file_and_the_restart_polic
     assert newest_name in line and "no Parley seal" in line and "no good generation is left" in line, line
     checkpoints = run_dir / "nodes" / "agent_1" / "checkpoints"
     assert {p.name: p.read_bytes() for p in checkpoints.iterdir() if p.is_file()} == before
-    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+    assert_every_process_reaped(events)
 
 
 def test_a_damaged_env_server_resume_point_stops_the_run_naming_it_never_a_return_to_step_0(tmp_path):
@@ -143,7 +157,7 @@ def test_a_damaged_env_server_resume_point_stops_the_run_naming_it_never_a_retur
     assert f"damaged state file {resume}: no valid resume point in either slot" in stderr, stderr[-3000:]
     assert "refused to start from damaged saved state" in stderr
     assert resume.read_bytes() == damaged
-    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+    assert_every_process_reaped(events)
 
 
 def test_with_start_fresh_an_agent_with_no_good_generation_starts_from_scratch_and_the_report_says_so(tmp_path):
@@ -151,9 +165,7 @@ def test_with_start_fresh_an_agent_with_no_good_generation_starts_from_scratch_a
     before: dict[str, bytes] = {}
 
     def damage(node_dir: Path) -> None:
-        for checkpoint in (node_dir / "checkpoints").glob("step-*.pt"):
-            checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
-            before[checkpoint.name] = checkpoint.read_bytes()
+        before.update(halve_every_checkpoint(node_dir))
 
     code, stderr, events = run_killing_agent_1(run_dir, damage, "--set", "run.on_corrupt_state=start_fresh")
     assert code == 0, stderr[-3000:]
@@ -176,7 +188,7 @@ def test_with_start_fresh_an_agent_with_no_good_generation_starts_from_scratch_a
     # Every damaged generation is kept aside, byte for byte; the new saves are beside them.
     checkpoints = run_dir / "nodes" / "agent_1" / "checkpoints"
     assert {p.name.removesuffix(".damaged"): p.read_bytes() for p in checkpoints.glob("*.damaged")} == before
-    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+    assert_every_process_reaped(events)
 
 
 def test_a_learner_node_restarted_over_a_damaged_checkpoint_falls_back_to_the_older_generation(tmp_path):
@@ -211,4 +223,4 @@ def test_a_learner_node_restarted_over_a_damaged_checkpoint_falls_back_to_the_ol
     assert lost["persistence/started_fresh"] == 0.0
     kept = damaged["checkpoint"].with_name(damaged["checkpoint"].name + ".damaged")
     assert kept.read_bytes() == damaged["bytes"]
-    assert_all_reaped(launched_pids(events) | {e["node"]: e["pid"] for e in events if e["event"] == "restarted"})
+    assert_every_process_reaped(events)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
 import numpy as np
 import pytest
-from pettingzoo.test import parallel_api_test, parallel_seed_test
+from pettingzoo.test import parallel_api_test
 
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
 from protocols import messages as m
 from protocols.transport import Hub
 from tests.integration.lockstep_paths import LockstepClient, env_client
+from tests.integration.remote_envs import seed_test_through_the_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -27,32 +29,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 )
 def test_remote_env_passes_pettingzoo_parallel_api_test(env_server, env_name, kwargs, lockstep_transport):
     endpoint = env_server("--env", env_name, "--kwargs", json.dumps(kwargs), "--no-autoreset", "--transport", lockstep_transport)
-    env = RemoteParallelEnv(endpoint)
-    try:
+    with closing(RemoteParallelEnv(endpoint)) as env:
         parallel_api_test(env, num_cycles=40)
-    finally:
-        env.close()
 
 
 def test_remote_env_passes_pettingzoo_parallel_seed_test(env_server):
-    opened = []
     kwargs = json.dumps({"N": 3, "max_cycles": 15})
-
-    def remote():  # each env on a server of its own, as two local envs are two objects
-        opened.append(RemoteParallelEnv(env_server("--env", "mpe2.simple_spread_v3", "--kwargs", kwargs, "--no-autoreset")))
-        return opened[-1]
-
-    try:
-        parallel_seed_test(remote, num_cycles=20)
-    finally:
-        for env in opened:
-            env.close()
+    seed_test_through_the_proxy(lambda: env_server("--env", "mpe2.simple_spread_v3", "--kwargs", kwargs, "--no-autoreset"))
 
 
 def test_remote_env_seedless_resets_start_new_episodes_and_a_seed_replays_them(env_server):
     endpoint = env_server("--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps({"N": 2, "max_cycles": 5}), "--no-autoreset")
-    env = RemoteParallelEnv(endpoint)
-    try:
+    with closing(RemoteParallelEnv(endpoint)) as env:
         def starts(first_seed: int) -> list[bytes]:
             observations = [env.reset(seed=first_seed)[0]] + [env.reset()[0] for _ in range(5)]
             return [obs["agent_0"].tobytes() for obs in observations]
@@ -60,40 +48,31 @@ def test_remote_env_seedless_resets_start_new_episodes_and_a_seed_replays_them(e
         sequence = starts(3)
         assert len(set(sequence)) == 6  # every seedless reset a new start, as a local env's
         assert starts(3) == sequence  # and the seed fixes the whole sequence
-    finally:
-        env.close()
 
 
 def test_remote_env_state_says_why_there_is_none(env_server):
     # (its values: tests/integration/test_remote_env.py)
-    no_state = RemoteParallelEnv(env_server("--env", "treasure_room_v0", "--no-autoreset"))
-    try:
+    with closing(RemoteParallelEnv(env_server("--env", "treasure_room_v0", "--no-autoreset"))) as no_state:
         no_state.reset(seed=0)
         with pytest.raises(NotImplementedError, match="treasure_room_v0 has no state"):
             no_state.state()
-    finally:
-        no_state.close()
 
 
 def test_a_standalone_server_that_fails_tells_its_client_at_once(env_server):
     endpoint = env_server("--env", "tests.integration.failing_env:parallel_env", "--kwargs", json.dumps({"N": 2}),
                           "--no-autoreset")
-    env = RemoteParallelEnv(endpoint, timeout_s=60)  # what it hears comes from the server, not its timeout
-    try:
+    with closing(RemoteParallelEnv(endpoint, timeout_s=60)) as env:  # what it hears comes from the server, not its timeout
         env.reset(seed=0)
         env.step({a: 0 for a in env.agents})
         with pytest.raises(RemoteEnvError, match="env_server_stopped: .*RuntimeError: the env broke on step 3"):
             for _ in range(2):
                 env.step({a: 0 for a in env.agents})
-    finally:
-        env.close()
 
 
 def test_an_env_whose_state_raises_leaves_the_server_serving_and_says_so(env_server):
     # multiwalker_v9's state() raises AttributeError once a walker has fallen (its bodies are gone);
     # its episodes end when one falls, so an episode of random actions ends there.
-    env = RemoteParallelEnv(env_server("--env", "pettingzoo.sisl.multiwalker_v9:parallel_env", "--no-autoreset"))
-    try:
+    with closing(RemoteParallelEnv(env_server("--env", "pettingzoo.sisl.multiwalker_v9:parallel_env", "--no-autoreset"))) as env:
         env.reset(seed=0)
         assert np.isfinite(env.state()).all()
         for _ in range(500):
@@ -105,8 +84,6 @@ def test_an_env_whose_state_raises_leaves_the_server_serving_and_says_so(env_ser
             env.state()
         env.reset(seed=1)  # and the server is still there
         assert np.isfinite(env.state()).all()
-    finally:
-        env.close()
 
 
 def test_remote_env_refuses_a_vectorized_server(env_server):

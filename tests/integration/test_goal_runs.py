@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events, run_restarting_the_env_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -220,15 +220,8 @@ def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
     both agents, with its hindsight exchanged; every episode before and after is negotiated (no
     timeout) with the partner's hindsight report applied."""
     run_dir = tmp_path / "run"
-    process = orchestrate(
-        "up", "configs/goals_negotiation_hindsight.yaml", "--run-dir", str(run_dir), "--set", "run.steps=400",
-        "--set", "agents.learner.learning_starts=80",
-        "--set", "faults.schedule=[{at_step: 150, kind: restart, nodes: [env]}]",
-        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
-    )  # fmt: skip
-    stderr = finished_ok(process, timeout_s=280)
-    events = read_events(run_dir)
-    assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
+    events = run_restarting_the_env_server(run_dir, "configs/goals_negotiation_hindsight.yaml", 150, "run.steps=400",
+                                           "agents.learner.learning_starts=80", timeout_s=280)
     assert [e["event"] for e in events if e["event"].startswith("env_server_")] == ["env_server_restarting", "env_server_resumed"]
     for agent in ("agent_0", "agent_1"):
         rows = records(run_dir, agent)

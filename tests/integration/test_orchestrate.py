@@ -52,6 +52,22 @@ def run_to_its_end(run_dir: Path, config: str, *settings: str) -> list[dict]:
     return read_events(run_dir)
 
 
+def run_restarting_the_env_server(run_dir: Path, config: str, at_step: int, *settings: str, timeout_s: float) -> list[dict]:
+    """Run `config`, with each of `settings` as a `--set`, its env server restarted at `at_step`
+    (restart policy on-failure, 0.2 s backoff), to a clean exit within `timeout_s`; returns its
+    events, once checked that the env server, and only it, was restarted."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    process = orchestrate(
+        "up", config, "--run-dir", str(run_dir), *sets,
+        "--set", f"faults.schedule=[{{at_step: {at_step}, kind: restart, nodes: [env]}}]",
+        "--set", "faults.restart={policy: on-failure, roles: [env_server], backoff_s: 0.2}",
+    )  # fmt: skip
+    finished_ok(process, timeout_s=timeout_s)
+    events = read_events(run_dir)
+    assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
+    return events
+
+
 def read_events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.exists():

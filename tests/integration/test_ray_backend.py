@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.integration.netns import NamespaceCluster, unavailable_reason
+from tests.integration.test_orchestrate import wait_for_event
 
 pytest.importorskip("ray", reason="launch.backend ray needs the [ray] extra (pip install '.[ray]')")
 
@@ -230,11 +231,7 @@ def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_c
         "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}", *[arg for pin in pins for arg in ("--set", pin)],
         "--set", "launch.ray.call_timeout_s=8", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        deadline = time.monotonic() + 240
-        while not (run_dir / "events.jsonl").exists() or '"started"' not in (run_dir / "events.jsonl").read_text():
-            assert orchestrator.poll() is None, orchestrator.stderr.read().decode()[-4000:]
-            assert time.monotonic() < deadline, "the run did not start within 240 s"
-            time.sleep(0.2)
+        wait_for_event(run_dir, "started", orchestrator, timeout_s=240)
         time.sleep(2.0)
         cluster.cut("h3")  # not healed: the machine is gone for the rest of the run
         stderr = orchestrator.communicate(timeout=300)[1].decode()

@@ -7,14 +7,16 @@ these are long."""
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 
 import pytest
-from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test
+from pettingzoo.test import api_test, parallel_api_test
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from agent_node.remote_env import RemoteParallelEnv
 from orchestrator.config import load_config
+from tests.integration.remote_envs import seed_test_through_the_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(300)]
 
@@ -45,32 +47,16 @@ def serve(env_server, name: str, kwargs: dict) -> str:
 
 @pytest.mark.parametrize("name", ENVS)
 def test_parallel_api_test_through_the_proxy(env_server, name):
-    env = RemoteParallelEnv(serve(env_server, name, ENVS[name]))
-    try:
+    with closing(RemoteParallelEnv(serve(env_server, name, ENVS[name]))) as env:
         parallel_api_test(env, num_cycles=200)
-    finally:
-        env.close()
 
 
 @pytest.mark.parametrize("name", ENVS)
 def test_parallel_seed_test_through_the_proxy(env_server, name):
-    opened = []
-
-    def remote():  # each env on a server of its own, as two local envs are two objects
-        opened.append(RemoteParallelEnv(serve(env_server, name, ENVS[name])))
-        return opened[-1]
-
-    try:
-        parallel_seed_test(remote, num_cycles=20)
-    finally:
-        for env in opened:
-            env.close()
+    seed_test_through_the_proxy(lambda: serve(env_server, name, ENVS[name]))
 
 
 @pytest.mark.parametrize("name", ENVS)
 def test_the_proxy_as_an_aec_env_passes_the_aec_api_test(env_server, name):
-    env = RemoteParallelEnv(serve(env_server, name, ENVS[name]))
-    try:
+    with closing(RemoteParallelEnv(serve(env_server, name, ENVS[name]))) as env:
         api_test(parallel_to_aec(env), num_cycles=50)
-    finally:
-        env.close()

@@ -17,6 +17,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.integration.netns import NamespaceCluster, unavailable_reason
+from tests.integration.test_orchestrate import wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(300)]
 
@@ -187,11 +188,7 @@ def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not (run_dir / "events.jsonl").exists() or '"started"' not in (run_dir / "events.jsonl").read_text():
-            assert orchestrator.poll() is None, orchestrator.stderr.read().decode()[-4000:]
-            assert time.monotonic() < deadline, "the run did not start within 180 s"
-            time.sleep(0.2)
+        wait_for_event(run_dir, "started", orchestrator, timeout_s=180)
         time.sleep(5.0)  # a few consensus rounds with everyone connected first
         cluster.cut("h3")
         cut_at = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -56,3 +57,22 @@ def test_a_record_without_its_rows_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"command": "python bench/links.py"}))
     with pytest.raises(ValueError, match="expected a bench record with started_utc"):
         results_page.load(tmp_path / "bad.json")
+
+
+def test_page_from_renders_the_saved_record_and_needs_page(tmp_path: Path) -> None:
+    record = results_page.end(results_page.begin("bench/links.py", []))
+    record["rows"] = []
+    results_page.save(record, tmp_path / "x.json")
+    parser = argparse.ArgumentParser()
+    results_page.add_page_options(parser)
+
+    def render(saved: dict, source: str) -> str:
+        return f"{saved['command']} from {source}"
+
+    args = parser.parse_args(["--page-from", str(tmp_path / "x.json"), "--page", str(tmp_path / "x.md")])
+    assert results_page.render_saved_page(parser, args, render)
+    assert (tmp_path / "x.md").read_text() == "python bench/links.py from x.json"
+    assert not results_page.render_saved_page(parser, parser.parse_args(["--page", str(tmp_path / "y.md")]), render)
+    assert not (tmp_path / "y.md").exists()
+    with pytest.raises(SystemExit):  # argparse's usage error: --page-from without --page
+        results_page.render_saved_page(parser, parser.parse_args(["--page-from", str(tmp_path / "x.json")]), render)

@@ -10,15 +10,8 @@ import pytest
 
 from protocols import wire
 from protocols.compression import Compression, CompressedTensors, ErrorFeedback, decode, encode
-from protocols.consensus import (
-    ConsensusConfig,
-    ConsensusRequest,
-    ConsensusShare,
-    PushSumConsensus,
-    PushSumShare,
-    SyncConsensus,
-    build_consensus_engine,
-)
+from protocols.consensus import (ConsensusConfig, ConsensusRequest, ConsensusShare, PushSumConsensus, PushSumShare,
+                                 SyncConsensus, build_consensus_engine)
 from protocols.links import LinkConfig
 from protocols.netsim import NetworkSimulator, same_link_everywhere
 from protocols.topology import Topology, metropolis_weights, ring

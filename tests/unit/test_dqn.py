@@ -18,7 +18,7 @@ from agent_node.algos.config import DQNConfig, LearnerConfig, SACConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.algos.learner_parts import linear_schedule
 from agent_node.roles import Actor, Learner, ParamSource, Transition
-from tests.conftest import through_a_checkpoint
+from tests.conftest import assert_goes_on_alike, through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -222,12 +222,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
     many_obs = np.repeat(obs, 40, axis=0)
     np.testing.assert_array_equal(resumed.act(many_obs), agent.act(many_obs))  # same exploration RNG
     # Training continues in lockstep: same batches, same optimizer moments, same parameters.
-    transition = VectorChain(4, seed=5).step(np.array([1, 0, 1, 1]))
-    for learner in (agent, resumed):
-        learner.observe(transition)
-    assert resumed.update() == agent.update()
-    for name, value in agent.get_params().items():
-        np.testing.assert_array_equal(resumed.get_params()[name], value)
+    assert_goes_on_alike(agent, resumed, VectorChain(4, seed=5).step(np.array([1, 0, 1, 1])))
 
     with pytest.raises(ValueError, match="expected a DQN state dict"):
         resumed.load_state_dict({"algorithm": "sac"})

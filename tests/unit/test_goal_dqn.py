@@ -8,6 +8,7 @@ import torch
 
 from agent_node.algos.goal_dqn import GoalDQNAgent, GoalDQNConfig
 from env_server.envs.goal_lines import GoalLinesEnv, goal_reward, individual_goals
+from tests.conftest import through_a_checkpoint
 
 torch.set_num_threads(1)
 L = 3
@@ -64,6 +65,20 @@ def test_act_checks_goals_and_update_runs_due_steps():
     metrics = agent.update()
     assert metrics["goal_dqn/gradient_steps_this_update"] == 4.0 and "goal_dqn/loss" in metrics
     assert agent.update()["goal_dqn/gradient_steps_this_update"] == 0.0
+
+
+def test_a_checkpoint_restores_networks_and_counters_and_refuses_another_learners_state():
+    agent = make_agent("future", learning_starts=0, batch_size=4, train_every=1)
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    agent.observe_episode(obs, np.zeros(8, np.int64), obs, goal=0, events=[(7, 0)])
+    agent.update()
+    restored = make_agent("future", learning_starts=0, batch_size=4, train_every=1)
+    restored.load_state_dict(through_a_checkpoint(agent.state_dict()))
+    assert restored.counters() == agent.counters() and restored.counters()["goal_dqn/gradient_steps"] == 4.0
+    np.testing.assert_array_equal(restored.act(obs, np.zeros(8, np.int64), explore=False),
+                                  agent.act(obs, np.zeros(8, np.int64), explore=False))
+    with pytest.raises(ValueError, match="expected a goal DQN state dict"):
+        restored.load_state_dict({"algorithm": "dqn"})
 
 
 def run_single_agent(episodes, seed, strategy):

@@ -25,6 +25,7 @@ from agent_node.reward_models import TaskSpecError
 from agent_node.roles import Actor, Learner, ParamSource, Transition
 from agent_node.world_models import SparseGPConfig
 from env_server.envs.reward_collection import parallel_env
+from tests.conftest import assert_goes_on_alike
 
 torch.set_num_threads(1)
 
@@ -357,12 +358,7 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path):
 
     # The same calls on both give the same results: adoption, imagination, gradient steps.
     assert clone.adopt_world_model(None, 1) == agent.adopt_world_model(None, 1)
-    transition = unscored(probe[:1], np.zeros((1, 2), np.float32), probe[:1])
-    for learner in (agent, clone):
-        learner.observe(transition)
-    assert clone.update() == agent.update()
-    for name, value in agent.get_params().items():
-        np.testing.assert_array_equal(clone.get_params()[name], value)
+    assert_goes_on_alike(agent, clone, unscored(probe[:1], np.zeros((1, 2), np.float32), probe[:1]))
 
     with pytest.raises(ValueError, match="algorithm 'og_marl'"):
         clone.load_state_dict(agent.sac.state_dict())

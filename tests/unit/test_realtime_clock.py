@@ -50,6 +50,16 @@ def take_when_due(barrier: RealtimeBarrier) -> tuple[dict, list[str], float]:
     return {agent: int(np.asarray(a)[0]) for agent, a in actions.items()}, late, due
 
 
+def everyone_acts(barrier: RealtimeBarrier, step: int, value: int, now: float) -> float:
+    """Open `step` at `now`, every agent answers `value` 10 ms later, the step is taken at its
+    time; returns that time."""
+    open_step(barrier, step, now=now)
+    for agent in AGENTS:
+        send(barrier, agent, step, value=value, now=now + 0.01)
+    _, _, due = take_when_due(barrier)
+    return due
+
+
 def test_every_action_in_does_not_end_the_wait_and_the_step_comes_at_its_time():
     barrier = make_clock()
     open_step(barrier, 0, now=10.0)
@@ -78,10 +88,7 @@ def test_a_missing_action_does_not_hold_the_step_and_its_agent_is_named_missing(
 
 def test_last_repeats_the_newest_action_and_its_age_grows():
     barrier = make_clock(late_action="last")
-    open_step(barrier, 0, now=0.0)
-    for agent in AGENTS:
-        send(barrier, agent, 0, value=4, now=0.01)
-    _, _, due = take_when_due(barrier)
+    due = everyone_acts(barrier, 0, value=4, now=0.0)
     played = []
     for step in (1, 2, 3):  # a2 stalls (a pause, a long learner update): its step-0 action is held
         open_step(barrier, step, now=due)
@@ -99,10 +106,7 @@ def test_last_repeats_the_newest_action_and_its_age_grows():
 
 def test_default_plays_the_default_once_the_newest_action_was_played():
     barrier = make_clock(late_action="default")
-    open_step(barrier, 0, now=0.0)
-    for agent in AGENTS:
-        send(barrier, agent, 0, value=4, now=0.01)
-    _, _, due = take_when_due(barrier)
+    due = everyone_acts(barrier, 0, value=4, now=0.0)
     open_step(barrier, 1, now=due)
     actions, late, _ = take_when_due(barrier)
     assert late == AGENTS and set(actions.values()) == {0}
@@ -112,10 +116,7 @@ def test_default_plays_the_default_once_the_newest_action_was_played():
 @pytest.mark.parametrize("late_action", ["last", "default"])
 def test_an_action_late_for_its_step_is_played_at_the_next_with_age_one(late_action):
     barrier = make_clock(late_action=late_action)
-    open_step(barrier, 0, now=0.0)
-    for agent in AGENTS:
-        send(barrier, agent, 0, value=1, now=0.01)
-    _, _, due = take_when_due(barrier)
+    due = everyone_acts(barrier, 0, value=1, now=0.0)
     open_step(barrier, 1, now=due)
     send(barrier, "a0", 1, value=2, now=due + 0.01)
     send(barrier, "a1", 1, value=2, now=due + 0.01)
@@ -158,10 +159,7 @@ def test_the_clock_slips_when_the_server_itself_is_late_and_restarts_after_a_hol
 
 def test_evaluation_is_a_clock_of_its_own_and_may_run_in_the_lockstep():
     barrier = make_clock(evaluation=False)
-    open_step(barrier, 7, now=0.0)
-    for agent in AGENTS:
-        send(barrier, agent, 7, value=4, now=0.01)
-    _, _, due = take_when_due(barrier)
+    due = everyone_acts(barrier, 7, value=4, now=0.0)
     # The evaluation runs in the lockstep: due once everyone acted, before any step time.
     open_step(barrier, 0, now=due, evaluation=True)
     assert barrier.next_deadline() == pytest.approx(due + 5.0), "the lockstep's step deadline"

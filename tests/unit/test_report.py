@@ -120,12 +120,18 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
                                   "nodes": ["agent_0"], "skipped": []}]
 
 
-def test_a_run_without_consensus_or_an_end_reports_what_is_there(tmp_path):
-    run_dir = tmp_path / "run"
+def started_run(run_dir: Path) -> Path:
+    """A run directory as a run that started and then stopped leaves it: the started event and
+    one metrics row of one agent, no consensus, no end."""
     (run_dir / "nodes" / "agent_0").mkdir(parents=True)
     (run_dir / "resolved.yaml").write_text("#\n")
     write_jsonl(run_dir / "events.jsonl", [{"t": T0, "event": "started", "node": None}])
     write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", [{"step": 5, "t": T0 + 1, "dqn/loss": 0.1}])
+    return run_dir
+
+
+def test_a_run_without_consensus_or_an_end_reports_what_is_there(tmp_path):
+    run_dir = started_run(tmp_path / "run")
     summary = report.summarize_run(run_dir)
     assert summary["exit_code"] is None and "no run_finished event" in summary["reason"]
     assert summary["consensus"] is None
@@ -193,11 +199,7 @@ def test_the_cli_reports_a_sweep_as_a_table_or_json(tmp_path, capsys):
 def test_the_timeline_of_a_run_that_failed_before_any_episode_ended_draws_without_a_warning(tmp_path):
     import warnings
 
-    run_dir = tmp_path / "run"
-    (run_dir / "nodes" / "agent_0").mkdir(parents=True)
-    (run_dir / "resolved.yaml").write_text("#\n")
-    write_jsonl(run_dir / "events.jsonl", [{"t": T0, "event": "started", "node": None}])
-    write_jsonl(run_dir / "nodes" / "agent_0" / "metrics.jsonl", [{"step": 5, "t": T0 + 1, "dqn/loss": 0.1}])
+    run_dir = started_run(tmp_path / "run")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib's "No artists with labels found to put in legend"
         (path,) = report.plot_run(report.summarize_run(run_dir), run_dir / "report")

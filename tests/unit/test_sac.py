@@ -16,7 +16,7 @@ from agent_node.algos import sac as sac_module
 from agent_node.algos.sac import SACAgent
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Actor, Learner, ParamSource, Transition
-from tests.conftest import through_a_checkpoint
+from tests.conftest import assert_goes_on_alike, through_a_checkpoint
 
 torch.set_num_threads(1)
 
@@ -219,9 +219,7 @@ def test_state_dict_round_trip_resumes_identically(tmp_path):
     np.testing.assert_array_equal(resumed.act(obs, explore=False), agent.act(obs, explore=False))
     np.testing.assert_array_equal(resumed.act(obs), agent.act(obs))  # same noise generator state
     assert resumed.alpha == agent.alpha
-    for learner in (agent, resumed):
-        learner.observe(bandit_transition(obs[:2], np.full((2, 1), 0.4, np.float32)))
-    assert resumed.update() == agent.update()
+    assert_goes_on_alike(agent, resumed, bandit_transition(obs[:2], np.full((2, 1), 0.4, np.float32)))
     np.testing.assert_array_equal(resumed.critic_values(obs, np.zeros((20, 1))), agent.critic_values(obs, np.zeros((20, 1))))
 
     with pytest.raises(ValueError, match="expected a SAC state dict"):
