@@ -602,6 +602,11 @@ class GoalConditionedLearner:
     def gradient_steps_due(self) -> int:
         return self.agent.gradient_steps_due()
 
+    def forgive_gradient_steps(self, steps: int) -> None:
+        """The replay buffer was lost with the process (agent_node/persistence.py): the steps
+        owed for its rows cannot be taken."""
+        self.agent.forgive_gradient_steps(steps)
+
     def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
         return self.agent.update(max_gradient_steps)
 

@@ -451,6 +451,23 @@ def test_built_learner_checkpoints_the_network_and_the_negotiation_engine(tmp_pa
     assert np.array_equal(learner.agent.act(obs, np.array([4]), explore=False), other.agent.act(obs, np.array([4]), explore=False))
 
 
+def test_the_gradient_steps_owed_for_a_lost_replay_buffer_are_forgiven_through_the_session_s_learner():
+    """As for every other learner (agent_node/persistence.py forgives them after a restart that
+    lost the buffer): without it a goal agent would owe steps for rows it no longer has."""
+    goals = GoalsConfig(selection="uniform", num_landmarks=3)
+    config = GoalDQNConfig(hidden_sizes=(16,), batch_size=8, learning_starts=8, buffer_size=100)
+    session, learner = build_goal_session(goals, config, node_id="agent_0", node_index=0, run_seed=0, env_agent="agent_0",
+                                          possible_agents=["agent_0", "agent_1"], obs_dim=OBS_DIM, num_actions=5,
+                                          topology=full(2))
+    session.on_observation(observation(0, "agent_0", [], start=True), 0.0)
+    for step in range(1, 13):
+        learner.observe(row(step))
+        session.on_observation(observation(step, "agent_0", [], start=step == 12), 0.0)
+    assert learner.gradient_steps_due() == 2
+    learner.forgive_gradient_steps(2)
+    assert learner.gradient_steps_due() == 0
+
+
 def _built(selection, run_seed, **goal_fields):
     goals = GoalsConfig(selection=selection, num_landmarks=3, **goal_fields)
     config = GoalDQNConfig(hidden_sizes=(8,), batch_size=8, learning_starts=8, buffer_size=100)
