@@ -10,6 +10,11 @@ are scored (orchestrator/run_records.py); the others are listed with why.
 
     python bench/talk_sweep.py --save docs/results/main_job_talk.json --page docs/results/main_job_talk.md
     python bench/talk_sweep.py --sweep-dir runs/sweeps/main_job_talk-<time> --save ... --page ...
+    python bench/talk_sweep.py --sweep configs/sweeps/main_job_newcomer.yaml --title "..." --save ... --page ...
+
+Any sweep of the main job reads the same way (`--title` names the page): the newcomer sweep
+(`configs/sweeps/main_job_newcomer.yaml`, a crash without saved state, cold or bootstrapped by
+the neighbours) uses only its crash table.
 
 Returns are the env's reward per agent per episode (25 steps of simple_spread, N = 4), the mean of
 the last 5 greedy evaluations of 8 episodes each (the main job's convention:
@@ -37,6 +42,7 @@ from orchestrator.report import plot_sweep, summarize_sweep  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
 
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
+DEFAULT_TITLE = "The main job when talking takes env steps"
 RETURN = "eval_return_last5"
 
 
@@ -76,7 +82,7 @@ def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
 
 def render(record: dict[str, Any], source: str) -> str:
     sweep = record["sweep"]
-    lines = [results_page.header(record, "The main job when talking takes env steps", source),
+    lines = [results_page.header(record, record.get("title", DEFAULT_TITLE), source),
              f"The runs: `{sweep['file']}`, seeds {sweep['seeds']}, run "
              f"{sweep['runs_started_utc']} to {sweep['runs_finished_utc']} UTC, one at a time, "
              f"{sweep['run_seconds_mean']:.0f} s a run on average (the machine's load in that time is not recorded; "
@@ -106,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path, help="write the record (JSON) here")
     parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
     parser.add_argument("--plot", type=Path, help="copy the report's return-against-axes plot here")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="the page's title")
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir
     if sweep_dir is None:
         sweep_dir = REPO / "runs" / "sweeps" / f"talk-{dt.datetime.now():%Y%m%d-%H%M%S}"
         run_sweep(args.sweep, sweep_dir)
     record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv)
+    record["title"] = args.title
     print(render(record, "stdout"))
     if args.plot is not None:
         plots = {path.name: path for path in plot_sweep(summarize_sweep(sweep_dir), sweep_dir / "report")}
