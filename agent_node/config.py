@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,13 +22,10 @@ from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goals.config import GoalsConfig
 from agent_node.landmarks.config import LandmarksConfig
 from agent_node.peer_protocols import ProtocolConfigs
+from agent_node.registry import CapabilityConfigs
 from agent_node.world_models import PluggableWorldModelConfig
 from protocols.config_errors import ConfigError
 from protocols.node_config import NodeIdentity, NodeSections, load_node_config
-
-if TYPE_CHECKING:
-    from protocols.consensus import ConsensusConfig
-
 
 class AgentsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -176,10 +173,12 @@ def initial_checkpoint(load_checkpoints: str | Path, env_agent: str, node_id: st
 
 class AgentNodeConfig(NodeSections):
     """What an agent node (and a learner node) reads from its resolved config: the shared
-    sections, `agents` and `training`."""
+    sections, `agents`, `training` and a user's `capabilities`."""
 
     agents: AgentsConfig
     training: TrainingConfig = DecentralizedTraining()
+    # A user's capabilities (agent_node/registry.py), each built by the node beside Parley's own.
+    capabilities: CapabilityConfigs = ()
 
 
 def load_agent_side_config(config_path: str, node_id: str, role: str) -> tuple[AgentNodeConfig, NodeIdentity] | None:
@@ -193,37 +192,3 @@ def load_agent_side_config(config_path: str, node_id: str, role: str) -> tuple[A
         return None
     logging.basicConfig(level=config.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
     return config, identity
-
-
-def training_problems(
-    training: TrainingConfig, agents: AgentsConfig, consensus: ConsensusConfig
-) -> list[str]:
-    """What the centralized learner does not implement for this run, one message per problem
-    (each starts with its field path); [] when the combination runs."""
-    if training.mode != "centralized":
-        return []
-    problems = []
-    if agents.learner.kind != "dqn":
-        problems.append(
-            f"agents.learner.kind: centralized training trains the agents' DQN Q-networks through a mixer; expected "
-            f"'dqn', got {agents.learner.kind!r} (only decentralized training runs other learners)"
-        )
-    elif agents.learner.target_tau != 1.0:
-        problems.append(
-            "agents.learner.target_tau: the centralized learner copies its target networks every "
-            f"target_update_period steps (tau 1.0); got {agents.learner.target_tau}"
-        )
-    if training.mixer == "vdn" and training.qmix_settings():
-        problems.append(f"training: {', '.join(training.qmix_settings())} set QMIX's mixing network; mixer 'vdn' has none")
-    if not agents.learning:
-        problems.append("agents.learning: centralized training needs learning agents (they stream what they learn from); got false")
-    if agents.world_model is not None:
-        problems.append("agents.world_model: not implemented with centralized training; expected null")
-    if agents.record_dataset:
-        problems.append("agents.record_dataset: not implemented with centralized training yet; expected false")
-    if consensus.enabled:
-        problems.append(
-            "protocols.consensus.enabled: the learner node sets every agent's parameters; averaging them too "
-            "is not implemented with centralized training"
-        )
-    return problems

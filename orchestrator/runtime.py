@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import IO
 
 from orchestrator.backends import BackendUnavailable
+from agent_node.registry import extra_nodes
 from orchestrator.config import RunConfig
 from orchestrator.faults import FaultClock, ScheduledFault, fired_positions, plan_faults
 from orchestrator.launcher import (
@@ -189,6 +190,7 @@ def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | F
         learner_kind=config.agents.learner.kind,
         world_model_kind=None if world_model is None else world_model.kind,
         env_name=config.env.name,
+        capability_modules=tuple(module for node in extra_nodes(config) for module in node.preload),
     )
     return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
 
@@ -556,17 +558,14 @@ class Orchestrator:
 
     def _directory_for(self, node: NodeRecord) -> m.Directory:
         env_endpoint = next(n.endpoints["env"] for n in self.nodes.values() if n.launch.role == "env_server")
-        # The learner node of a centralized run (training.mode: centralized); agents connect to it.
-        learner_endpoint = next((n.endpoints["ctde"] for n in self.nodes.values() if n.launch.role == "learner"), None)
-        # The external goal supervisor of a goal run (agents.goals.supervisor.external); agents ask it.
-        supervisor_endpoint = next((n.endpoints["goals"] for n in self.nodes.values() if n.launch.role == "supervisor"), None)
+        # The nodes the run's capabilities added (a learner node, a goal supervisor), by service.
+        services = {extra.service: self.nodes[extra.node_id].endpoints[extra.service] for extra in extra_nodes(self.config)}
         agent_ids = list(self.topology.nodes)
         neighbours = {}
         if node.launch.role == "agent":
             index = agent_ids.index(node.launch.node_id)
             neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
-        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids),
-                           learner_endpoint=learner_endpoint, supervisor_endpoint=supervisor_endpoint)
+        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids), services=services)
 
     def on_ready(self, node: NodeRecord, resumed_step: int | None = None) -> None:
         node.ready = True
