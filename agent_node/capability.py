@@ -18,8 +18,7 @@ capability's description:
 
     from dataclasses import dataclass
     from agent_node.capability import PEERS, Capability
-    from agent_node.plugins import PluginConfig
-    from agent_node.registry import CapabilityDescription, settings
+    from agent_node.registry import CapabilityConfig, CapabilityDescription, settings
     from protocols.messages import register_message
 
     @register_message("gossip.best_return")                # a typed wire message
@@ -48,7 +47,7 @@ capability's description:
             self.best = max(self.best, message.value)
             self.node.write_metrics({"gossip/best_heard": self.best})
 
-    class GossipConfig(PluginConfig):                       # its section: {kind: ..., every_s: 2.0}
+    class GossipConfig(CapabilityConfig):                   # its section: {kind: ..., every_s: 2.0}
         every_s: float = 1.0
 
     CAPABILITY = CapabilityDescription(name="gossip", section="capabilities", config_model=GossipConfig,

@@ -8,7 +8,7 @@ interface; everything else of the run reads its `CapabilityDescription`:
 - `section` and `config_model`: where its settings live in a run config and their schema. A
   built-in's section is a field of the run's schema (`agents.landmarks`, `protocols.consensus`,
   `training`); a user's is its entry in the run's `capabilities` list, `{kind: <its name>,
-  <its settings>}`, validated by its `config_model` (a `PluginConfig`, unknown keys refused);
+  <its settings>}`, validated by its `config_model` (a `CapabilityConfig`, unknown keys refused);
 - `problems(run, topology)`: its cross-checks against the rest of the config, one message per
   problem starting with the field path; `orchestrate validate` and `up` run them before anything
   starts, with the run's other checks (orchestrator/config.py, `RunConfig`);
@@ -17,7 +17,8 @@ interface; everything else of the run reads its `CapabilityDescription`:
   directory under the capability's service name (`Directory.services`);
 - `node_side`: the import path of its `build(run, node)` (agent_node/capability.py), or None;
 - `report`: its section of `orchestrate report`: a summary of its agents' metrics, the lines
-  printed, and the headline numbers a sweep aggregates (`ReportSection`).
+  printed, the headline numbers a sweep aggregates, its plots (`ReportSection`); `hparams`:
+  its settings that TensorBoard shows beside the headline.
 
 Parley's own descriptions and a user's are found the same way, by `CAPABILITIES` (the `Registry`
 of agent_node/plugins.py that learners and world models use): a built-in name, an installed
@@ -80,6 +81,18 @@ class HeadlineColumn:
 
 
 @dataclass(frozen=True)
+class TimelinePanel:
+    """A panel of a run's timeline plot (`orchestrate report --save`): for each agent, each
+    series `(metric key, label)` over seconds since the start, the first as points joined by a
+    line, the others dotted in the same colour."""
+
+    ylabel: str
+    series: tuple[tuple[str, str], ...]
+    log_scale: bool = False
+    nothing: str = "nothing to show"  # written across the panel when no agent has a value
+
+
+@dataclass(frozen=True)
 class ReportSection:
     """A capability's part of a run's report (orchestrator/report.py reads it).
 
@@ -87,13 +100,17 @@ class ReportSection:
       the run did not use the capability (nothing of it in the metrics);
     - `lines(summary)`: what `orchestrate report` prints of it;
     - `headline(summary)`: its headline numbers (None for each when `summary` is None), the
-      ones in `columns` shown in a sweep's table too.
+      ones in `columns` shown in a sweep's table too;
+    - `timeline`: a panel of its own under the run's timeline plot, when the run used it;
+    - `sweep_panels`: `(headline key, label, log scale)` drawn against a sweep's first axis.
     """
 
     summarize: Callable[[AgentMetrics], dict[str, Any] | None]
     lines: Callable[[dict[str, Any]], list[str]]
     headline: Callable[[dict[str, Any] | None], dict[str, float | None]] = lambda summary: {}
     columns: tuple[HeadlineColumn, ...] = ()
+    timeline: TimelinePanel | None = None
+    sweep_panels: tuple[tuple[str, str, bool], ...] = ()
 
 
 # The share of an agent's training episodes a report section calls "the last 20%".
@@ -132,12 +149,14 @@ class CapabilityDescription:
     name: str
     # Where its settings live in a run config (a dotted path, for messages and the docs).
     section: str
-    # The schema of that section: a built-in's field type, or a user's `PluginConfig` subclass.
+    # The schema of that section: a built-in's field type, or a user's `CapabilityConfig` subclass.
     config_model: type[BaseModel] | None = None
     node_side: str | None = None  # `package.module:build`, the node-side part
     problems: Callable[[Any, Topology | None], list[str]] = _no_problems
     extra_nodes: Callable[[Any], list[ExtraNode]] = _no_nodes
     report: ReportSection | None = None
+    # Config paths whose scalar settings go beside the run's headline in TensorBoard's hparams.
+    hparams: tuple[str, ...] = ()
 
 
 # Parley's own capabilities, by import path (imported when first asked for), in the order the
@@ -155,6 +174,13 @@ BUILTIN_DESCRIPTIONS = {
 }
 
 
+class CapabilityConfig(PluginConfig):
+    """A user's capability (agent_node/registry.py), one entry of the run's `capabilities` list:
+    `kind` names it (an installed entry point of the group `parley.capabilities`, or an import
+    path `package.module:NAME` to its `CapabilityDescription`), and the other keys are its own
+    settings, validated by its `config_model`, a subclass of this class."""
+
+
 def _import(path: str) -> Any:
     module_name, _, attribute = path.partition(":")
     return getattr(importlib.import_module(module_name), attribute)
@@ -164,10 +190,10 @@ def _check_description(kind: str, target: Any) -> CapabilityDescription:
     if not isinstance(target, CapabilityDescription):
         raise PluginError(f"{kind!r}: expected an agent_node.registry.CapabilityDescription, got {type(target).__name__} {target!r}")
     model = target.config_model
-    if not (inspect.isclass(model) and issubclass(model, PluginConfig)):
+    if not (inspect.isclass(model) and issubclass(model, CapabilityConfig)):
         raise PluginError(
             f"{kind!r}: capability {target.name!r} must give its settings' schema as `config_model`, a subclass of "
-            f"agent_node.plugins.PluginConfig (its section in a run is {{kind: {kind}, <settings>}}); got {model!r}"
+            f"agent_node.registry.CapabilityConfig (its section in a run is {{kind: {kind}, <settings>}}); got {model!r}"
         )
     if target.name in BUILTIN_DESCRIPTIONS:
         raise PluginError(f"{kind!r}: the name {target.name!r} is Parley's own capability's; give yours another")
@@ -202,7 +228,7 @@ def run_descriptions(run: Any) -> list[CapabilityDescription]:
     return builtin_descriptions() + [CAPABILITIES.describe(config.kind) for config in getattr(run, "capabilities", ())]
 
 
-def settings(run: Any, description: CapabilityDescription) -> PluginConfig | None:
+def settings(run: Any, description: CapabilityDescription) -> CapabilityConfig | None:
     """A user capability's own section of `run` (its entry in `capabilities`), or None."""
     return next((config for config in getattr(run, "capabilities", ()) if isinstance(config, description.config_model)), None)
 
@@ -225,8 +251,8 @@ def node_builds(run: Any) -> list[str]:
 # ------------------------------------------------------------------ the `capabilities` section
 
 
-def _validate_one(item: Any, section: str) -> PluginConfig:
-    if isinstance(item, PluginConfig):
+def _validate_one(item: Any, section: str) -> CapabilityConfig:
+    if isinstance(item, CapabilityConfig):
         return item
     if not isinstance(item, Mapping):
         raise ValueError(f"{section}: expected a mapping {{kind: ..., <the capability's settings>}}, got {describe_value(item)}")
@@ -238,7 +264,7 @@ def _validate_one(item: Any, section: str) -> PluginConfig:
     if item["kind"] in BUILTIN_DESCRIPTIONS:
         raise ValueError(f"{section}.kind: {item['kind']!r} is Parley's own capability, configured in its own section; "
                          "this list takes a user's capabilities")
-    return CAPABILITIES.validate(item, lambda data: PluginConfig.model_validate(data), section)
+    return CAPABILITIES.validate(item, lambda data: CapabilityConfig.model_validate(data), section)
 
 
 def _validate_capabilities(value: Any) -> Any:
@@ -265,4 +291,4 @@ def _validate_capabilities(value: Any) -> Any:
 
 # The type of a run's `capabilities`: each entry the capability's own config model, dumped with its
 # own fields (so the resolved config names the capability and its settings again).
-CapabilityConfigs = Annotated[tuple[SerializeAsAny[PluginConfig], ...], BeforeValidator(_validate_capabilities)]
+CapabilityConfigs = Annotated[tuple[SerializeAsAny[CapabilityConfig], ...], BeforeValidator(_validate_capabilities)]

@@ -101,4 +101,5 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.consensus.capability:build",
     problems=problems,
     report=REPORT,
+    hparams=("protocols.consensus",),
 )

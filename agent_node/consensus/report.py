@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_node.registry import AgentMetrics, HeadlineColumn, ReportSection, fmt, mean_of
+from agent_node.registry import AgentMetrics, HeadlineColumn, ReportSection, TimelinePanel, fmt, mean_of
 
 CONVERGED_FRACTIONS = {"1e-3": 1e-3, "1e-6": 1e-6}
 
@@ -190,4 +190,10 @@ REPORT = ReportSection(
         HeadlineColumn("consensus_reached_1e-6", "reached 1e-6", ".0%"),
         HeadlineColumn("consensus_duration_s", "consensus s", ".3g"),
     ),
+    # (a value that was NaN, e.g. a round that heard no neighbour, is absent from its row)
+    timeline=TimelinePanel("consensus disagreement", (("consensus/disagreement_last", "after"),
+                                                      ("consensus/disagreement_first", "before")),
+                           log_scale=True, nothing="no consensus session finished"),
+    sweep_panels=(("consensus_first_disagreement_after", "disagreement after 1st session", True),
+                  ("consensus_first_duration_s", "1st consensus session, s", False)),
 )

@@ -60,4 +60,5 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.goals.capability:build",
     problems=problems,
     extra_nodes=extra_nodes,
+    hparams=("agents.goals.selection",),
 )

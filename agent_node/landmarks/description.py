@@ -38,4 +38,5 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.landmarks.capability:build",
     problems=problems,
     report=REPORT,
+    hparams=("agents.landmarks",),
 )
