@@ -1,5 +1,9 @@
 """The `agents` section of a run config: how many agent nodes, and what each one runs.
 
+The agent side's other sections are composed here too, for the run's schema
+(orchestrator/config.py) and the node alike: `training` (agent_node/ctde/config.py) and a user's
+`capabilities` (agent_node/registry.py).
+
 Every agent node of a run runs the same learner and world model configuration; they differ by
 node id (`agent_i` drives the environment's i-th possible agent) and by their derived seeds.
 `AgentNodeConfig` is what an agent process validates from its resolved config: the sections

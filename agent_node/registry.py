@@ -16,6 +16,7 @@ interface; everything else of the run reads its `CapabilityDescription`:
   goals' external supervisor), each with the endpoint it advertises in the orchestrator's
   directory under the capability's service name (`Directory.services`);
 - `node_side`: the import path of its `build(run, node)` (agent_node/capability.py), or None;
+- `summary(run)`: a few words for `orchestrate validate`'s line about the run, or None;
 - `report`: its section of `orchestrate report`: a summary of its agents' metrics, the lines
   printed, the headline numbers a sweep aggregates, its plots (`ReportSection`); `hparams`:
   its settings that TensorBoard shows beside the headline.
@@ -155,6 +156,8 @@ class CapabilityDescription:
     problems: Callable[[Any, Topology | None], list[str]] = _no_problems
     extra_nodes: Callable[[Any], list[ExtraNode]] = _no_nodes
     report: ReportSection | None = None
+    # What `orchestrate validate` says of it in its one-line summary of the run (None: nothing).
+    summary: Callable[[Any], str | None] = lambda run: None
     # Config paths whose scalar settings go beside the run's headline in TensorBoard's hparams.
     hparams: tuple[str, ...] = ()
 
@@ -273,11 +276,11 @@ def _validate_capabilities(value: Any) -> Any:
     if value is None:
         return ()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"expected a list of {{kind: ..., <settings>}}, got {describe_value(value)}")
+        raise ValueError(f"capabilities: expected a list of {{kind: ..., <settings>}}, got {describe_value(value)}")
     built, problems = [], []
     for index, item in enumerate(value):
         try:
-            built.append(_validate_one(item, str(index)))
+            built.append(_validate_one(item, f"capabilities.{index}"))
         except ValueError as error:
             problems.append(str(error))
     if problems:
@@ -285,7 +288,7 @@ def _validate_capabilities(value: Any) -> Any:
     names = [CAPABILITIES.describe(config.kind).name for config in built]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"each capability runs once per agent; got {', '.join(repr(name) for name in repeated)} more than once")
+        raise ValueError(f"capabilities: each capability runs once per agent; got {', '.join(repr(name) for name in repeated)} more than once")
     return tuple(built)
 
 

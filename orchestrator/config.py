@@ -5,7 +5,7 @@ Each package owns the schema of its own section and this module composes them:
     run:        RunSection                     protocols/settings.py
     env:        EnvConfig                      env_server/config.py
     agents:     AgentsConfig                   agent_node/config.py (learner, world model)
-    training:   TrainingConfig                 agent_node/ctde/config.py (decentralized | centralized)
+    training:   TrainingConfig                 agent_node/config.py (decentralized | centralized)
     topology:   TopologyConfig                 protocols/topology.py
     protocols:  control, membership, consensus protocols/settings.py, protocols/consensus.py
     network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
@@ -52,8 +52,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent_node.config import AgentsConfig
-from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
+from agent_node.config import AgentsConfig, DecentralizedTraining, TrainingConfig
 from agent_node.algos import LEARNERS
 from agent_node.plugins import PluginError
 from agent_node.registry import CapabilityConfigs, capability_problems, extra_nodes

@@ -101,5 +101,6 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.consensus.capability:build",
     problems=problems,
     report=REPORT,
+    summary=lambda run: f"consensus {'on (' + run.protocols.consensus.mode + ')' if run.protocols.consensus.enabled else 'off'}",
     hparams=("protocols.consensus",),
 )

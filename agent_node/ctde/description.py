@@ -78,4 +78,5 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.ctde.capability:build",
     problems=problems,
     extra_nodes=extra_nodes,
+    summary=lambda run: f"trained centrally ({run.training.mixer} in a learner node)" if run.training.mode == "centralized" else None,
 )

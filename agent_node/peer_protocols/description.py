@@ -27,4 +27,5 @@ CAPABILITY = CapabilityDescription(
     section="agents.protocols",
     node_side="agent_node.peer_protocols.capability:build",
     problems=problems,
+    summary=lambda run: f"protocols {', '.join(protocol.kind for protocol in run.agents.protocols)}" if run.agents.protocols else None,
 )
