@@ -17,6 +17,7 @@ interface; everything else of the run reads its `CapabilityDescription`:
   directory under the capability's service name (`Directory.services`);
 - `node_side`: the import path of its `build(run, node)` (agent_node/capability.py), or None;
 - `summary(run)`: a few words for `orchestrate validate`'s line about the run, or None;
+  `for_evaluation(run, data)`: what `orchestrate evaluate` turns off of it, or why it refuses;
 - `report`: its section of `orchestrate report`: a summary of its agents' metrics, the lines
   printed, the headline numbers a sweep aggregates, its plots (`ReportSection`); `hparams`:
   its settings that TensorBoard shows beside the headline.
@@ -156,6 +157,10 @@ class CapabilityDescription:
     problems: Callable[[Any, Topology | None], list[str]] = _no_problems
     extra_nodes: Callable[[Any], list[ExtraNode]] = _no_nodes
     report: ReportSection | None = None
+    # `orchestrate evaluate`: what an evaluation of a finished run changes of the capability in
+    # the run's resolved data (in place: the agents act greedily from their checkpoints and
+    # nothing may move their weights), or why such a run cannot be evaluated (field-path lines).
+    for_evaluation: Callable[[Any, dict[str, Any]], list[str]] = lambda run, data: []
     # What `orchestrate validate` says of it in its one-line summary of the run (None: nothing).
     summary: Callable[[Any], str | None] = lambda run: None
     # Config paths whose scalar settings go beside the run's headline in TensorBoard's hparams.

@@ -635,7 +635,7 @@ class Orchestrator:
 
     def _should_restart(self, node: NodeRecord, code: int) -> bool:
         # A learner restores its checkpoint; an env server resumes the run (env_server/resume.py).
-        if node.launch.role not in ("agent", "learner", "env_server", "supervisor") or self.run_complete:
+        if self.run_complete:
             return False
         if node.launch.role == "env_server" and not self.started:
             return False  # during start-up the agents are still joining it: the run fails instead

@@ -94,6 +94,15 @@ def _world_model_plugin_problems(run: Any) -> list[str]:
     return found
 
 
+def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:
+    """No consensus in an evaluation (averaging would move the weights being evaluated); a world
+    model only consensus trained is not built."""
+    data["protocols"]["consensus"].update(enabled=False, average_at_end=False)
+    if world_model_only_for_consensus(run):
+        data["agents"]["world_model"] = None
+    return []
+
+
 CAPABILITY = CapabilityDescription(
     name="consensus",
     section="protocols.consensus",
@@ -101,6 +110,7 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.consensus.capability:build",
     problems=problems,
     report=REPORT,
+    for_evaluation=for_evaluation,
     summary=lambda run: f"consensus {'on (' + run.protocols.consensus.mode + ')' if run.protocols.consensus.enabled else 'off'}",
     hparams=("protocols.consensus",),
 )

@@ -71,6 +71,13 @@ def extra_nodes(run: Any) -> list[ExtraNode]:
                       preload=("torch", "agent_node.algos.mixers", "agent_node.ctde.learner"))]
 
 
+def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:
+    if run.training.mode == "centralized":
+        return ["training.mode: evaluating a centrally trained run is not implemented (its agents act with the "
+                "learner node's Q-networks); expected 'decentralized', got 'centralized'"]
+    return []
+
+
 CAPABILITY = CapabilityDescription(
     name="ctde",
     section="training",
@@ -78,5 +85,6 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.ctde.capability:build",
     problems=problems,
     extra_nodes=extra_nodes,
+    for_evaluation=for_evaluation,
     summary=lambda run: f"trained centrally ({run.training.mixer} in a learner node)" if run.training.mode == "centralized" else None,
 )

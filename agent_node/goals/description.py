@@ -53,6 +53,14 @@ def extra_nodes(run: Any) -> list[ExtraNode]:
                       preload=("agent_node.config", "agent_node.goals.modules", "protocols.supervision"))]
 
 
+def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:
+    if run.agents.goals is not None:
+        return ["agents.goals: evaluating goal-conditioned agents is not implemented (evaluation episodes choose no "
+                "goals, and the env pays no reward without them); the run's report holds what they achieved while "
+                "training (goals/*); expected a run without a goals section"]
+    return []
+
+
 CAPABILITY = CapabilityDescription(
     name="goals",
     section="agents.goals",
@@ -60,5 +68,6 @@ CAPABILITY = CapabilityDescription(
     node_side="agent_node.goals.capability:build",
     problems=problems,
     extra_nodes=extra_nodes,
+    for_evaluation=for_evaluation,
     hparams=("agents.goals.selection",),
 )

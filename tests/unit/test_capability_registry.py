@@ -12,6 +12,7 @@ import ast
 import importlib.metadata
 import io
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -32,8 +33,11 @@ KIND = "parley_ippo.best_return:CAPABILITY"
 
 @pytest.fixture
 def example(monkeypatch):
-    """The example package on the path from its own folder, as a user's package would be."""
+    """The example package on the path from its own folder, as a user's package would be (an
+    installed copy that another test imported already is set aside for the test)."""
     monkeypatch.syspath_prepend(str(EXAMPLE))
+    for name in [name for name in sys.modules if name == "parley_ippo" or name.startswith("parley_ippo.")]:
+        monkeypatch.delitem(sys.modules, name)
 
 
 def with_capability(**settings) -> list[str]:
