@@ -108,24 +108,14 @@ class AgentsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _offline_learners_only_evaluate(self) -> AgentsConfig:
+        # (Each capability's checks against the learner, e.g. goals' goal_dqn, are its own:
+        # agent_node/<capability>/description.py.)
         if self.learner.kind in OFFLINE_KINDS and (self.learning or self.load_checkpoints is None):
             raise ValueError(
                 f"learner kind {self.learner.kind!r} trains from a dataset (python -m agent_node.offline), not in a "
                 f"run: set learning: false and load_checkpoints: <its --out directory>; got learning={self.learning}, "
                 f"load_checkpoints={self.load_checkpoints!r}"
             )
-        if (self.learner.kind == "goal_dqn") != (self.goals is not None):
-            raise ValueError(
-                "goals: the goal-conditioned learner (learner kind 'goal_dqn') and the goals section go together; "
-                f"got learner kind {self.learner.kind!r} with goals {'set' if self.goals is not None else 'missing'}"
-            )
-        if self.landmarks is not None and self.learner.kind != "dqn":
-            raise ValueError(
-                "landmarks: the landmark-conditioned agents learn with learner kind 'dqn' (its input gets the "
-                f"landmark's one-hot); got learner kind {self.learner.kind!r}"
-            )
-        if self.landmarks is not None and self.goals is not None:
-            raise ValueError("landmarks and goals: give one (landmarks is simple_spread's, goals is goal_lines'), got both")
         return self
 
     @model_validator(mode="after")

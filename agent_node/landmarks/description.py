@@ -14,11 +14,19 @@ if TYPE_CHECKING:
 
 
 def problems(run: Any, topology: Topology | None) -> list[str]:
-    """agents.landmarks reads simple_spread's observations and acts with discrete actions, and
-    its agreement floods over a connected topology with every agent learning on its own."""
+    """agents.landmarks conditions a DQN learner, reads simple_spread's observations and acts with
+    discrete actions, and its agreement floods over a connected topology with every agent
+    learning on its own."""
     if run.agents.landmarks is None:
         return []
     found = []
+    if run.agents.learner.kind != "dqn":
+        found.append(
+            "agents.landmarks: the landmark-conditioned agents learn with learner kind 'dqn' (its input gets the "
+            f"landmark's one-hot); got learner kind {run.agents.learner.kind!r}"
+        )
+    if run.agents.goals is not None:
+        found.append("agents.landmarks: give landmarks or goals (landmarks is simple_spread's, goals is goal_lines'), got both")
     if not run.env.name.endswith("simple_spread_v3") or run.env.kwargs.get("continuous_actions", False):
         found.append(
             "agents.landmarks: expected env mpe2.simple_spread_v3 with continuous_actions: false (its observation "
