@@ -148,10 +148,11 @@ def build_plan(config: RunConfig, run_dir: str | Path, python: str = sys.executa
     nodes = []
     for node_id, entry in (config.nodes or derive_nodes(config)).items():
         node_dir = run_dir / NODES_DIRNAME / node_id
-        extra = capability_nodes.get(node_id)
-        threads = extra.torch_threads if extra else config.agents.torch_threads if entry.role == "agent" else 1
+        extra = capability_nodes.get(node_id)  # a capability's own node (a learner node, a supervisor)
+        module = extra.module if extra else ROLE_MODULES[entry.role]
+        threads = extra.torch_threads if extra else (config.agents.torch_threads if entry.role == "agent" else 1)
         argv = (
-            python, "-m", extra.module if extra else ROLE_MODULES[entry.role],
+            python, "-m", module,
             "--config", str(resolved_path),
             "--node-id", node_id,
             "--control", control,

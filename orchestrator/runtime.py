@@ -65,8 +65,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.backends import BackendUnavailable
 from agent_node.registry import extra_nodes
+from orchestrator.backends import BackendUnavailable
 from orchestrator.config import RunConfig
 from orchestrator.fault_injection import FaultInjector
 from orchestrator.launcher import (
