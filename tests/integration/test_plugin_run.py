@@ -46,6 +46,8 @@ def test_validate_and_up_run_the_plugin_learner_and_protocol_and_their_metrics_a
     from orchestrator import api
 
     monkeypatch.syspath_prepend(str(EXAMPLE))  # this process reads the resolved config, plugin kinds included
+    if "parley_ippo" in sys.modules:  # imported by an earlier test from an installed copy: this folder's modules first
+        monkeypatch.setattr(sys.modules["parley_ippo"], "__path__", [str(EXAMPLE / "parley_ippo"), *sys.modules["parley_ippo"].__path__])
 
     validated = orchestrate("validate", "configs/tiny_ring.yaml", *IPPO, *GOSSIP, *BEST)
     assert validated.returncode == 0, validated.stderr[-3000:]

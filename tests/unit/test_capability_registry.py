@@ -33,11 +33,12 @@ KIND = "parley_ippo.best_return:CAPABILITY"
 
 @pytest.fixture
 def example(monkeypatch):
-    """The example package on the path from its own folder, as a user's package would be (an
-    installed copy that another test imported already is set aside for the test)."""
+    """The example package on the path from its own folder, as a user's package would be (where
+    another test imported it already from an installed copy, this folder's modules come first)."""
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    for name in [name for name in sys.modules if name == "parley_ippo" or name.startswith("parley_ippo.")]:
-        monkeypatch.delitem(sys.modules, name)
+    if "parley_ippo" in sys.modules:
+        package = sys.modules["parley_ippo"]
+        monkeypatch.setattr(package, "__path__", [str(EXAMPLE / "parley_ippo"), *package.__path__])
 
 
 def with_capability(**settings) -> list[str]:
