@@ -5,16 +5,20 @@ neighbours (consensus), agree who covers which landmark, negotiate goals, train 
 learner node (CTDE), record its transitions. The node (agent_node/node.py) is a loop, a state
 table and a dispatch table; it names no capability. Each capability is an object of a
 `Capability` subclass that declares what it needs from the loop, and the node drives every one
-the same way. The built-in ones are listed by import path in `BUILTIN_CAPABILITIES` and loaded
-by `load_capabilities`, the same path a user's capability can take (`package.module:build`).
+the same way. Each capability is described once (agent_node/registry.py: its config section,
+its checks, the nodes it adds, its report section), and the description names its node-side
+`build` by import path; `load_capabilities` builds those of the run, Parley's own and a user's
+alike.
 
 Writing one
 -----------
 
-A module with a `build(run, node)` function (the entry point) and a `Capability` subclass:
+A module with a `Capability` subclass, a `build(run, node)` function that makes it, and the
+capability's description:
 
     from dataclasses import dataclass
     from agent_node.capability import PEERS, Capability
+    from agent_node.registry import CapabilityConfig, CapabilityDescription, settings
     from protocols.messages import register_message
 
     @register_message("gossip.best_return")                # a typed wire message
@@ -43,10 +47,24 @@ A module with a `build(run, node)` function (the entry point) and a `Capability`
             self.best = max(self.best, message.value)
             self.node.write_metrics({"gossip/best_heard": self.best})
 
-    def build(run, node):
-        return Gossip(node, every_s=1.0) if run.agents.count > 1 else None   # None: not in this run
+    class GossipConfig(CapabilityConfig):                   # its section: {kind: ..., every_s: 2.0}
+        every_s: float = 1.0
 
-`build` is called once, when the node is made, with the run's typed config (`AgentNodeConfig`)
+    CAPABILITY = CapabilityDescription(name="gossip", section="capabilities", config_model=GossipConfig,
+                                       node_side="my_package.gossip:build")
+
+    def build(run, node):
+        config = settings(run, CAPABILITY)                  # its entry in the run's `capabilities`
+        return Gossip(node, config.every_s) if run.agents.count > 1 else None   # None: not in this run
+
+The description (agent_node/registry.py) is what makes it part of a run: the run names it in its
+`capabilities` list (by import path `my_package.gossip:CAPABILITY`, or by an entry point of the
+group `parley.capabilities`), and through it the capability can have its own config section,
+checks before launch and a section of the report (examples/parley_ippo/parley_ippo/best_return.py
+has all three).
+
+`build` is called once, when the node is made, with the run's typed config (`AgentNodeConfig`;
+a user's capability finds its own section with `agent_node.registry.settings(run, CAPABILITY)`)
 and the node's services (`NodeServices`: what a capability may call on the node); it returns
 the capability, None when the run does not use it, or a list of several (one per entry of
 `agents.protocols`: agent_node/peer_protocols/capability.py). Message types must be registered wire
@@ -148,20 +166,6 @@ if TYPE_CHECKING:
 # Where a message came from: the channel it arrived on (the node's three, and the ones
 # capabilities open with `NodeServices.open_channel`).
 ENV, PEERS, CONTROL = "env server", "neighbour", "orchestrator"
-
-# The built-in capabilities, in the order the node asks them to build the learner (a goal
-# agent's goal-conditioned learner first), to feed it (CTDE's stream to the learner node before
-# the landmarks' relabelled rows) and to hold an observation (consensus averages first, then the
-# landmarks are agreed on the observation it releases).
-BUILTIN_CAPABILITIES = (
-    "agent_node.goals.capability:build",
-    "agent_node.ctde.capability:build",
-    "agent_node.consensus.capability:build",
-    "agent_node.landmarks.capability:build",
-    "agent_node.offline.capability:build",
-    "agent_node.peer_protocols.capability:build",  # agents.protocols: a user's peer protocols
-)
-
 
 class NodeServices(Protocol):
     """What an agent node offers its capabilities (agent_node/node.py implements it)."""
@@ -315,8 +319,13 @@ def load_entry_point(path: str) -> Any:
         raise ValueError(f"capability entry point {path!r}: module {module_name} has no {attribute!r}") from None
 
 
-def load_capabilities(run: AgentNodeConfig, node: NodeServices, paths: Iterable[str] = BUILTIN_CAPABILITIES) -> list[Capability]:
-    """Build every capability this run uses, in the order of `paths`."""
+def load_capabilities(run: AgentNodeConfig, node: NodeServices, paths: Iterable[str] | None = None) -> list[Capability]:
+    """Build every capability this run uses, in the order of `paths`: by default the node-side
+    builds of the run's capabilities, in their registration order (agent_node/registry.py)."""
+    if paths is None:
+        from agent_node.registry import node_builds
+
+        paths = node_builds(run)
     capabilities: list[Capability] = []
     for path in paths:
         built = load_entry_point(path)(run, node)

@@ -1,5 +1,9 @@
 """The `agents` section of a run config: how many agent nodes, and what each one runs.
 
+The agent side's other sections are composed here too, for the run's schema
+(orchestrator/config.py) and the node alike: `training` (agent_node/ctde/config.py) and a user's
+`capabilities` (agent_node/registry.py).
+
 Every agent node of a run runs the same learner and world model configuration; they differ by
 node id (`agent_i` drives the environment's i-th possible agent) and by their derived seeds.
 `AgentNodeConfig` is what an agent process validates from its resolved config: the sections
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,13 +26,10 @@ from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
 from agent_node.goals.config import GoalsConfig
 from agent_node.landmarks.config import LandmarksConfig
 from agent_node.peer_protocols import ProtocolConfigs
+from agent_node.registry import CapabilityConfigs
 from agent_node.world_models import PluggableWorldModelConfig
 from protocols.config_errors import ConfigError
 from protocols.node_config import NodeIdentity, NodeSections, load_node_config
-
-if TYPE_CHECKING:
-    from protocols.consensus import ConsensusConfig
-
 
 class AgentsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -107,24 +108,14 @@ class AgentsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _offline_learners_only_evaluate(self) -> AgentsConfig:
+        # (Each capability's checks against the learner, e.g. goals' goal_dqn, are its own:
+        # agent_node/<capability>/description.py.)
         if self.learner.kind in OFFLINE_KINDS and (self.learning or self.load_checkpoints is None):
             raise ValueError(
                 f"learner kind {self.learner.kind!r} trains from a dataset (python -m agent_node.offline), not in a "
                 f"run: set learning: false and load_checkpoints: <its --out directory>; got learning={self.learning}, "
                 f"load_checkpoints={self.load_checkpoints!r}"
             )
-        if (self.learner.kind == "goal_dqn") != (self.goals is not None):
-            raise ValueError(
-                "goals: the goal-conditioned learner (learner kind 'goal_dqn') and the goals section go together; "
-                f"got learner kind {self.learner.kind!r} with goals {'set' if self.goals is not None else 'missing'}"
-            )
-        if self.landmarks is not None and self.learner.kind != "dqn":
-            raise ValueError(
-                "landmarks: the landmark-conditioned agents learn with learner kind 'dqn' (its input gets the "
-                f"landmark's one-hot); got learner kind {self.learner.kind!r}"
-            )
-        if self.landmarks is not None and self.goals is not None:
-            raise ValueError("landmarks and goals: give one (landmarks is simple_spread's, goals is goal_lines'), got both")
         return self
 
     @model_validator(mode="after")
@@ -176,10 +167,12 @@ def initial_checkpoint(load_checkpoints: str | Path, env_agent: str, node_id: st
 
 class AgentNodeConfig(NodeSections):
     """What an agent node (and a learner node) reads from its resolved config: the shared
-    sections, `agents` and `training`."""
+    sections, `agents`, `training` and a user's `capabilities`."""
 
     agents: AgentsConfig
     training: TrainingConfig = DecentralizedTraining()
+    # A user's capabilities (agent_node/registry.py), each built by the node beside Parley's own.
+    capabilities: CapabilityConfigs = ()
 
 
 def load_agent_side_config(config_path: str, node_id: str, role: str) -> tuple[AgentNodeConfig, NodeIdentity] | None:
@@ -193,37 +186,3 @@ def load_agent_side_config(config_path: str, node_id: str, role: str) -> tuple[A
         return None
     logging.basicConfig(level=config.agents.log_level, format=f"%(asctime)s {node_id} %(name)s %(levelname)s %(message)s")
     return config, identity
-
-
-def training_problems(
-    training: TrainingConfig, agents: AgentsConfig, consensus: ConsensusConfig
-) -> list[str]:
-    """What the centralized learner does not implement for this run, one message per problem
-    (each starts with its field path); [] when the combination runs."""
-    if training.mode != "centralized":
-        return []
-    problems = []
-    if agents.learner.kind != "dqn":
-        problems.append(
-            f"agents.learner.kind: centralized training trains the agents' DQN Q-networks through a mixer; expected "
-            f"'dqn', got {agents.learner.kind!r} (only decentralized training runs other learners)"
-        )
-    elif agents.learner.target_tau != 1.0:
-        problems.append(
-            "agents.learner.target_tau: the centralized learner copies its target networks every "
-            f"target_update_period steps (tau 1.0); got {agents.learner.target_tau}"
-        )
-    if training.mixer == "vdn" and training.qmix_settings():
-        problems.append(f"training: {', '.join(training.qmix_settings())} set QMIX's mixing network; mixer 'vdn' has none")
-    if not agents.learning:
-        problems.append("agents.learning: centralized training needs learning agents (they stream what they learn from); got false")
-    if agents.world_model is not None:
-        problems.append("agents.world_model: not implemented with centralized training; expected null")
-    if agents.record_dataset:
-        problems.append("agents.record_dataset: not implemented with centralized training yet; expected false")
-    if consensus.enabled:
-        problems.append(
-            "protocols.consensus.enabled: the learner node sets every agent's parameters; averaging them too "
-            "is not implemented with centralized training"
-        )
-    return problems

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.backends import BackendUnavailable
+from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
 from protocols.config_errors import ConfigError
 from orchestrator.faults import fired_positions, plan_faults, refused_faults, unresumable_faults
@@ -75,15 +76,13 @@ def describe(config: RunConfig) -> str:
     """One line: what the run is."""
     topology = config.build_topology()
     world_model = config.agents.world_model.kind if config.agents.world_model is not None else "none"
-    consensus = config.protocols.consensus
+    # what each capability says of itself (agent_node/registry.py)
+    capabilities = [said for description in run_descriptions(config) if (said := description.summary(config))]
     return (
         f"{config.run.name}, {config.agents.count} agents, topology {config.topology.kind} "
         f"({len(topology.edges)} edges), env {config.env.name} x{config.env.num_copies}, "
-        f"learner {config.agents.learner.kind}"
-        + (f" trained centrally ({config.training.mixer} in a learner node)" if config.training.mode == "centralized" else "")
-        + f", world model {world_model}, "
-        f"consensus {'on (' + consensus.mode + ')' if consensus.enabled else 'off'}, "
-        + (f"protocols {', '.join(protocol.kind for protocol in config.agents.protocols)}, " if config.agents.protocols else "")
+        f"learner {config.agents.learner.kind}, world model {world_model}, "
+        + "".join(f"{said}, " for said in capabilities)
         + f"transport {config.network.transport}, {config.run.steps} steps"
         + (f", {_clocks(config.env)}" if config.env.realtime_anywhere else "")
     )

@@ -5,12 +5,13 @@ Each package owns the schema of its own section and this module composes them:
     run:        RunSection                     protocols/settings.py
     env:        EnvConfig                      env_server/config.py
     agents:     AgentsConfig                   agent_node/config.py (learner, world model)
-    training:   TrainingConfig                 agent_node/ctde/config.py (decentralized | centralized)
+    training:   TrainingConfig                 agent_node/config.py (decentralized | centralized)
     topology:   TopologyConfig                 protocols/topology.py
     protocols:  control, membership, consensus protocols/settings.py, protocols/consensus.py
     network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
     faults:     FaultsConfig                   (here)
     launch:     LaunchConfig                   (here)
+    capabilities: [{kind, ...}]                a user's capabilities (agent_node/registry.py)
     nodes:      {node id: NodeEntry}           filled by the orchestrator, see below
     runtime:    RunLayout                      filled by the orchestrator, see below
 
@@ -32,25 +33,29 @@ silently disagree with the run seed. `load_resolved` insists on both.
 **Node ids.** The env server is `env`; agents are `agent_0 .. agent_{count-1}`, and `agent_i`
 drives the environment's i-th possible agent. For seed derivation agents have index i and the
 env server has index `count` (after the agents, so adding an env-side index never shifts the
-agents' seeds). A run with `training.mode: centralized` has one more node, `learner`, index
-`count + 1`. The node ids and ipc endpoint names are defined in `protocols/settings.py`.
+agents' seeds). A capability may add nodes of its own after them (agent_node/registry.py: a run
+with `training.mode: centralized` has `learner`, index `count + 1`). The node ids and ipc
+endpoint names are defined in `protocols/settings.py`.
+
+**Capabilities.** What each capability (consensus, the landmarks, goals, ...: a user's too)
+checks against the rest of the config, and the nodes it adds, come from its description
+(agent_node/registry.py); this module names none of them. A user's capabilities have their
+sections in `capabilities`.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent_node.config import AgentsConfig, training_problems
-from agent_node.ctde.config import DecentralizedTraining, TrainingConfig
-from agent_node.goals.config import goal_run_problems
+from agent_node.config import AgentsConfig, DecentralizedTraining, TrainingConfig
 from agent_node.algos import LEARNERS
-from agent_node.peer_protocols import talks_in_env_steps
 from agent_node.plugins import PluginError
+from agent_node.registry import CapabilityConfigs, capability_problems, extra_nodes
 from agent_node.world_models import WORLD_MODELS
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
@@ -62,17 +67,15 @@ from orchestrator.reproducibility import owe_nothing_by_default, reproducibility
 from protocols.seeds import derive_seed
 from protocols.settings import (
     ENV_NODE_ID,
-    LEARNER_NODE_ID,
-    SUPERVISOR_NODE_ID,
     NetworkConfig,
     NodeEntry,
+    NodeRole,
     ProtocolsConfig,
     RunLayout,
     RunSection,
     agent_node_ids,
     is_agent_node_id,
 )
-from protocols.settings import node_ids as run_node_ids
 from protocols.topology import Topology, TopologyConfig, build_topology
 
 RESOLVED_FILENAME = "resolved.yaml"
@@ -243,13 +246,14 @@ class RestartPolicy(BaseModel):
     policy: Literal["never", "on-failure", "always"] = "never"
     max_restarts: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
-    roles: list[Literal["agent", "learner", "env_server", "supervisor"]] = ["agent", "learner"]
+    roles: list[NodeRole] = ["agent", "learner"]
 
     @field_validator("roles")
     @classmethod
     def _roles_once(cls, roles: list[str]) -> list[str]:
         if not roles or len(set(roles)) != len(roles):
-            raise ValueError(f"expected at least one of 'agent', 'learner', 'env_server', 'supervisor', each at most once, got {roles}")
+            valid = ", ".join(repr(role) for role in get_args(NodeRole))
+            raise ValueError(f"expected at least one of {valid}, each at most once, got {roles}")
         return roles
 
 
@@ -342,6 +346,10 @@ class RunConfig(BaseModel):
     network: NetworkConfig = NetworkConfig()
     faults: FaultsConfig = FaultsConfig()
     launch: LaunchConfig = LaunchConfig()
+    # A user's capabilities, each `{kind: <installed entry point of parley.capabilities, or
+    # package.module:NAME>, <its settings>}` (agent_node/registry.py); Parley's own capabilities
+    # have their sections above.
+    capabilities: CapabilityConfigs = ()
     # Filled by the orchestrator in resolved.yaml; leave them out of your configs.
     nodes: dict[str, NodeEntry] | None = None
     runtime: RunLayout | None = None
@@ -365,20 +373,16 @@ class RunConfig(BaseModel):
             topology = build_topology(self.topology, agent_node_ids(count))
         except (ValueError, TypeError, RuntimeError) as error:
             problems.append(f"topology: cannot build a {self.topology.kind!r} topology for agents.count={count}: {error}")
-        centralized = self.training.mode == "centralized"
-        valid_ids = run_node_ids(count, with_learner=centralized, with_supervisor=self.has_external_supervisor)
-        id_range = _id_range(count, centralized, self.has_external_supervisor)
+        valid_ids = self.node_ids()
+        id_range = _id_range(valid_ids)
 
-        problems += training_problems(self.training, self.agents, self.protocols.consensus)
         problems += self.network.node_id_problems(valid_ids, id_range)
         problems += self._fault_problems(topology, valid_ids, id_range)
         problems += self._launch_problems(valid_ids, id_range)
         problems += port_range_problems(self)
-        problems += self._goal_problems(topology)
-        problems += self._landmark_problems(topology)
+        problems += self._silence_problems()
         problems += self._talk_problems(topology, valid_ids)
-        problems += self._clock_problems()
-        problems += self._model_and_consensus_problems(topology)
+        problems += capability_problems(self, topology)  # each capability's own (agent_node/registry.py)
         problems += reproducibility_problems(self)  # run.reproducible: what it cannot pin
         problems += self._resolved_section_problems()
         if problems:
@@ -390,12 +394,13 @@ class RunConfig(BaseModel):
         problems: list[str] = []
         count = self.agents.count
         links = None if topology is None else communication_links(topology, agent_node_ids(count))
+        capability_nodes = {node.node_id for node in extra_nodes(self)}  # the learner node, a supervisor
         for position, event in enumerate(self.faults.schedule):
             unknown = [node for node in event.nodes if node not in valid_ids]
             if unknown:
                 problems.append(f"faults.schedule.{position}.nodes: expected node ids ({id_range}), got unknown {unknown}")
             for field_path, node in event.named_nodes():  # in nodes, a partition's groups or a link's edges
-                if node in (LEARNER_NODE_ID, SUPERVISOR_NODE_ID) and event.kind not in ("kill", "pause", "resume", "restart"):
+                if node in capability_nodes and event.kind not in ("kill", "pause", "resume", "restart"):
                     problems.append(
                         f"faults.schedule.{position}.{field_path}: expected a process fault (kill, pause, resume, restart) "
                         f"for the {node} node, got {event.kind!r} (network faults on its links are not supported yet)"
@@ -469,63 +474,14 @@ class RunConfig(BaseModel):
 
         return problems
 
-    def _goal_problems(self, topology: Topology | None) -> list[str]:
-        """The goal section (agent_node/goals/config.py) against the env, learner and topology; and
-        how long an agent may hear nothing from the env server."""
-        problems: list[str] = []
-        count = self.agents.count
+    def _silence_problems(self) -> list[str]:
+        """How long an agent may hear nothing from the env server, against how long the server waits."""
         if self.agents.env_silence_timeout_s <= self.env.step_deadline_s:
-            problems.append(
+            return [
                 f"agents.env_silence_timeout_s: expected more than env.step_deadline_s ({self.env.step_deadline_s}), "
                 f"got {self.agents.env_silence_timeout_s}: an agent would give up on a server that is waiting for a slow agent"
-            )
-        problems += goal_run_problems(
-            self.agents.goals, self.agents.learner.kind, getattr(self.agents.learner, "her_strategy", None),
-            env_name=self.env.name, env_kwargs=self.env.kwargs, num_copies=self.env.num_copies,
-            forward_infos=self.env.forward_infos, episode_start_hold_s=self.env.episode_start_hold_s,
-            eval_every_steps=self.env.eval_every_steps,
-            topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
-            topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
-            talk_in_steps=self.protocols.talk == "env_steps",
-        )
-        return problems
-
-    def _model_and_consensus_problems(self, topology: Topology | None) -> list[str]:
-        """The world model against the learner and what consensus averages; consensus weights
-        against the topology; the final average against the shutdown timeout."""
-        problems: list[str] = []
-        count = self.agents.count
-        consensus = self.protocols.consensus
-        if self.world_model_only_for_consensus and not (consensus.enabled and consensus.what.startswith("world_model")):
-            # With nothing averaging it, no node would ever train it.
-            problems.append(
-                "agents.world_model: a world model beside learner kind "
-                f"{self.agents.learner.kind!r} is trained only for consensus to average it, but "
-                + ("protocols.consensus.enabled is false" if not consensus.enabled else f"protocols.consensus.what is {consensus.what!r}")
-                + "; set agents.world_model: null, or enable consensus over world_model_parameters or world_model_statistics"
-            )
-        problems.extend(self._world_model_plugin_problems())
-        if consensus.enabled and consensus.what.startswith("world_model") and self.agents.world_model is None:
-            problems.append(
-                f"protocols.consensus.what: {consensus.what!r} averages the world model, but agents.world_model is null"
-            )
-        if consensus.enabled and consensus.weights == "uniform" and topology is not None and count > 1:
-            degrees = sorted(set(topology.degrees().tolist()))
-            if len(degrees) > 1:
-                problems.append(
-                    "protocols.consensus.weights: expected 'metropolis' for a topology whose nodes have different "
-                    f"degrees ({degrees}); 'uniform' is only doubly stochastic on regular graphs"
-                )
-
-        if consensus.average_at_end and consensus.longest_run_s() >= self.launch.shutdown_timeout_s:
-            # The final average runs after the orchestrator has asked the nodes to stop; it must
-            # end (and the checkpoints be written) before the orchestrator's signals come.
-            problems.append(
-                f"protocols.consensus.average_at_end: expected the final average's bound ({consensus.longest_run_s():g} s: "
-                f"{'rounds x round_timeout_s' if consensus.mode == 'sync' else 'push_sum_duration_s'}) below "
-                f"launch.shutdown_timeout_s ({self.launch.shutdown_timeout_s:g} s); raise launch.shutdown_timeout_s"
-            )
-        return problems
+            ]
+        return []
 
     def _resolved_section_problems(self) -> list[str]:
         """The sections the orchestrator fills in resolved.yaml (nodes, runtime) against the run."""
@@ -540,66 +496,6 @@ class RunConfig(BaseModel):
         if self.runtime is not None and self.network.transport == "ipc" and self.runtime.socket_dir is None:
             problems.append("runtime.socket_dir: expected a directory for network.transport 'ipc', got null")
 
-        return problems
-
-    def _world_model_plugin_problems(self) -> list[str]:
-        """A world model (a built-in or a plugin, agent_node/plugins.py) where the run needs more
-        of it than it has: what consensus averages, and og_marl's use of a built-in's internals."""
-        world_model = self.agents.world_model
-        if world_model is None:
-            return []
-        problems = []
-        if self.agents.learner.kind == "og_marl" and world_model.kind not in WORLD_MODELS.builtins:
-            problems.append(
-                f"agents.world_model.kind: learner kind 'og_marl' imagines rollouts through a built-in world model "
-                f"(sparse_gp or ensemble: their variances, inducing points and checkpoints), got the plugin {world_model.kind!r}"
-            )
-        consensus = self.protocols.consensus
-        entry = WORLD_MODELS.resolve(world_model.kind)
-        if consensus.enabled and consensus.what == "world_model_statistics" and not entry.has_statistics:
-            problems.append(
-                f"protocols.consensus.what: 'world_model_statistics' averages the model's sufficient statistics, and "
-                f"world model {world_model.kind!r} has no export_statistics / import_statistics; average "
-                "world_model_parameters instead"
-            )
-        if consensus.enabled and consensus.what == "world_model_parameters" and not entry.has_params:
-            problems.append(
-                f"protocols.consensus.what: 'world_model_parameters' averages the model's parameters, and "
-                f"world model {world_model.kind!r} has no get_params / set_params; average world_model_statistics instead"
-            )
-        return problems
-
-    def _landmark_problems(self, topology: Topology | None) -> list[str]:
-        """agents.landmarks reads simple_spread's observations and acts with discrete actions, and
-        its agreement floods over a connected topology with every agent learning on its own."""
-        if self.agents.landmarks is None:
-            return []
-        problems = []
-        if not self.env.name.endswith("simple_spread_v3") or self.env.kwargs.get("continuous_actions", False):
-            problems.append(
-                "agents.landmarks: expected env mpe2.simple_spread_v3 with continuous_actions: false (its observation "
-                f"layout and discrete moves), got {self.env.name} with kwargs {dict(self.env.kwargs)}"
-            )
-        if self.training.mode != "decentralized":
-            problems.append(f"agents.landmarks: expected training.mode 'decentralized', got {self.training.mode!r}")
-        if topology is not None and not topology.is_connected():
-            problems.append("agents.landmarks: the topology must be connected for the team to agree (flooding)")
-        return problems
-
-    def _clock_problems(self) -> list[str]:
-        """What a realtime training clock (env.clock, env_server/realtime.py) cannot do with the
-        other sections (the env section checks its own fields; run.reproducible is
-        reproducibility.py's)."""
-        if self.env.clock != "realtime":
-            return []
-        problems = []
-        if self.training.mode == "centralized":
-            problems.append(
-                "env.clock: expected 'lockstep' with training.mode 'centralized', got 'realtime': the learner node "
-                "trains on joint rows, every agent's transition of each step with the action the env played, and a "
-                "realtime clock replaces a late agent's action, so the rows would pair observations with actions "
-                "that were not played (train decentralized, or keep the lockstep)"
-            )
         return problems
 
     def _talk_problems(self, topology: Topology | None, valid_ids: list[str]) -> list[str]:
@@ -637,15 +533,6 @@ class RunConfig(BaseModel):
                         f"network: the peer link {src} -> {dst} sets {', '.join(given)}, wall-clock settings, but "
                         "protocols.talk: env_steps counts peer delays in steps: set delay_steps on it instead")
                     break
-        for position, protocol in enumerate(self.agents.protocols):
-            if not talks_in_env_steps(protocol):
-                problems.append(
-                    f"agents.protocols.{position}.kind: {protocol.kind!r} does not say it runs with env steps as its "
-                    "clock (a class attribute talks_in_env_steps = True; its deadlines are presumably in seconds); "
-                    "use protocols.talk: free with it")
-        if self.protocols.consensus.average_at_end:
-            problems.append("protocols.consensus.average_at_end: the final average runs after the last env step, when "
-                            "no step is left to carry its messages; with protocols.talk: env_steps turn it off")
         return problems
 
     # -------------------------------------------------------------- derived views
@@ -654,23 +541,10 @@ class RunConfig(BaseModel):
         """The agents' communication graph (validated buildable when the config was loaded)."""
         return build_topology(self.topology, agent_node_ids(self.agents.count))
 
-    @property
-    def world_model_only_for_consensus(self) -> bool:
-        """A world model beside a model-free learner: the learner never reads it; it is built and
-        trained only for consensus to average it (agent_node/consensus/subjects.py)."""
-        return self.agents.world_model is not None and self.agents.learner.kind != "og_marl"
-
-    @property
-    def has_external_supervisor(self) -> bool:
-        """A goal run whose supervisor is a node of its own (agents.goals.supervisor.external)."""
-        goals = self.agents.goals
-        return goals is not None and goals.selection == "supervisor" and goals.supervisor.external
-
     def node_ids(self) -> list[str]:
-        """`env`, then `agent_0 .. agent_{count-1}`, then `learner` when training centrally, then
-        `supervisor` when an external supervisor assigns the goals."""
-        return run_node_ids(self.agents.count, with_learner=self.training.mode == "centralized",
-                            with_supervisor=self.has_external_supervisor)
+        """`env`, then `agent_0 .. agent_{count-1}`, then the nodes the run's capabilities add (the
+        learner node of a centralized run, an external goal supervisor: agent_node/registry.py)."""
+        return [ENV_NODE_ID, *agent_node_ids(self.agents.count), *(node.node_id for node in extra_nodes(self))]
 
 
 def listeners_per_machine(config: RunConfig) -> dict[str, int]:
@@ -723,10 +597,11 @@ def communication_links(topology: Topology, agent_ids: list[str]) -> set[tuple[s
     return links
 
 
-def _id_range(count: int, with_learner: bool = False, with_supervisor: bool = False) -> str:
-    agents = f"agent_0 .. agent_{count - 1}" if count > 1 else "agent_0"
-    return (f"{ENV_NODE_ID}, {agents}" + (f", {LEARNER_NODE_ID}" if with_learner else "")
-            + (f", {SUPERVISOR_NODE_ID}" if with_supervisor else ""))
+def _id_range(node_ids: list[str]) -> str:
+    agents = [node for node in node_ids if is_agent_node_id(node)]
+    others = [node for node in node_ids if not is_agent_node_id(node)]
+    shown = others[:1] + ([f"{agents[0]} .. {agents[-1]}"] if len(agents) > 1 else agents) + others[1:]
+    return ", ".join(shown)
 
 
 def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
@@ -740,7 +615,8 @@ def _nodes_summary(nodes: dict[str, NodeEntry]) -> str:
 
 def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
     """Every node of the run with its index, role and base seed: env first, then agents, then
-    the learner node of a centralized run, then an external goal supervisor."""
+    the nodes of the run's capabilities (a centralized run's learner node at `count + 1`, then an
+    external goal supervisor)."""
     count = config.agents.count
     nodes = {
         ENV_NODE_ID: NodeEntry(
@@ -749,13 +625,9 @@ def derive_nodes(config: RunConfig) -> dict[str, NodeEntry]:
     }
     for index, node in enumerate(agent_node_ids(count)):
         nodes[node] = NodeEntry(index=index, role="agent", seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
-    if config.training.mode == "centralized":
-        nodes[LEARNER_NODE_ID] = NodeEntry(
-            index=count + 1, role="learner", seed=derive_seed(config.run.seed, count + 1, NODE_SEED_STREAM)
-        )
-    if config.has_external_supervisor:
-        index = len(nodes)  # count + 1, or count + 2 after a learner node
-        nodes[SUPERVISOR_NODE_ID] = NodeEntry(index=index, role="supervisor", seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
+    for extra in extra_nodes(config):  # the nodes of the run's capabilities, after the agents and the env server
+        index = len(nodes)
+        nodes[extra.node_id] = NodeEntry(index=index, role=extra.role, seed=derive_seed(config.run.seed, index, NODE_SEED_STREAM))
     return nodes
 
 

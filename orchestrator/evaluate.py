@@ -11,8 +11,10 @@ per agent, the env server, the run's topology and transport), made from the run'
 - one training step, then one evaluation of `--episodes` episodes on as many evaluation copies
   (`env.eval_every_steps: 1`, `env.eval_episodes: N`), each copy reset from the run's evaluation
   seed plus its index, so the episodes differ and the same command gives the same episodes;
-- no faults, no consensus (averaging would move the weights being evaluated), no dataset; a world
-  model that only consensus trained (beside a model-free learner, as in the main job) is not built.
+- no faults; and each capability turns off what would move the weights or write beside them
+  (agent_node/registry.py `for_evaluation`): no consensus (averaging would move the weights being
+  evaluated), no dataset; a world model that only consensus trained (beside a model-free
+  learner, as in the main job) is not built.
 
 The env server writes each evaluation episode's per-agent returns to its metrics
 (`eval_episode/return/<agent>`, env_server/evaluation.py); this module prints them as a table,
@@ -23,11 +25,9 @@ function and seeds as the env server's `eval/random_return_mean`, so both give o
 evaluation run's directory is `<RUN_DIR>/evaluations/<n>`, so the run it evaluates keeps
 everything about itself.
 
-A run trained centrally (`training.mode: centralized`) is refused: its agents act with the Q-networks
-the learner node sends them, and evaluating those from the agents' checkpoints is not implemented.
-So is a run of goal-conditioned agents (`agents.goals`: negotiation, a supervisor, AMIGo): its
-env pays no reward of its own, and evaluation episodes choose no goals; the run's report holds
-what those agents achieved while training (`goals/*`).
+A capability may refuse the evaluation instead: a run trained centrally (its agents act with the
+Q-networks the learner node sends them), a run of goal-conditioned agents (its env pays no reward
+of its own, and evaluation episodes choose no goals).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, resolve_data, validate_config
 from protocols.config_errors import ConfigError
 from protocols.seeds import derive_seed
@@ -56,24 +57,16 @@ def evaluation_config(run: RunConfig, run_dir: Path, episodes: int, render: bool
     source = str(run_dir / RESOLVED_FILENAME)
     if episodes < 1:
         raise ConfigError([f"--episodes: expected at least 1, got {episodes}"], source)
-    if run.training.mode == "centralized":
-        raise ConfigError(["training.mode: evaluating a centrally trained run is not implemented (its agents act with "
-                           "the learner node's Q-networks); expected 'decentralized', got 'centralized'"], source)
-    if run.agents.goals is not None:
-        raise ConfigError(["agents.goals: evaluating goal-conditioned agents is not implemented (evaluation episodes "
-                           "choose no goals, and the env pays no reward without them); the run's report holds what they "
-                           "achieved while training (goals/*); expected a run without a goals section"], source)
     data = resolve_data(run)
     data.pop("nodes", None)
     data.pop("runtime", None)
     data["run"].update(steps=1, name=f"{run.run.name}-eval")
     data["env"].update(eval_every_steps=1, eval_episodes=episodes, eval_start_step=0, render_evaluation=render)
-    data["agents"].update(learning=False, load_checkpoints=str((run_dir / "nodes").absolute()),
-                          load_shared_checkpoint=None, record_dataset=False)
-    data["protocols"]["consensus"].update(enabled=False, average_at_end=False)
-    if run.world_model_only_for_consensus:
-        # Built only for consensus to average, and there is none: the agents act without it.
-        data["agents"]["world_model"] = None
+    data["agents"].update(learning=False, load_checkpoints=str((run_dir / "nodes").absolute()), load_shared_checkpoint=None)
+    # What each capability turns off for an evaluation, or why it refuses one (agent_node/registry.py).
+    problems = [problem for description in run_descriptions(run) for problem in description.for_evaluation(run, data)]
+    if problems:
+        raise ConfigError(problems, source)
     data["faults"] = {}
     return validate_config(data, source)
 

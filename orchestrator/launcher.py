@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Protocol
 
-from agent_node.capability import BUILTIN_CAPABILITIES
+from agent_node.registry import builtin_descriptions
 from orchestrator.plan import PROJECT_ROOT, NodeLaunch
 
 # prctl(2) option: orphaned descendants are re-parented to us instead of to init.
@@ -268,10 +268,12 @@ class ForkServerLauncher:
 
 
 def preload_modules(
-    roles: set[str], learner_kind: str | None, world_model_kind: str | None, env_name: str | None = None
+    roles: set[str], learner_kind: str | None, world_model_kind: str | None, env_name: str | None = None,
+    capability_modules: tuple[str, ...] = (),
 ) -> list[str]:
-    """What the zygote imports: what the run's roles import at start-up (named as strings: the
-    orchestrator itself never imports learning code)."""
+    """What the zygote imports: what the run's roles import at start-up, and what the nodes its
+    capabilities add import (`capability_modules`: agent_node/registry.py `ExtraNode.preload`),
+    named as strings: the orchestrator itself never imports learning code."""
     modules = ["numpy", "msgpack", "zmq", "pydantic", "yaml", "protocols.transport", "protocols.node_config"]
     if "env_server" in roles:
         modules += ["pettingzoo", "env_server.server", "env_server.registry", "env_server.vector", "env_server.config"]
@@ -283,14 +285,10 @@ def preload_modules(
         # it where it is used): imported once here rather than in every agent.
         modules.append("networkx")
         # The built-in capabilities the node loads by import path (agent_node/capability.py).
-        modules += [entry_point.partition(":")[0] for entry_point in BUILTIN_CAPABILITIES]
+        modules += [d.node_side.partition(":")[0] for d in builtin_descriptions() if d.node_side is not None]
         if learner_kind:
             modules.append(f"agent_node.algos.{learner_kind}")
         if world_model_kind:
             modules.append(f"agent_node.world_models.{world_model_kind}")
-    if "learner" in roles:
-        # Not agent_node.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
-        modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde.learner"]
-    if "supervisor" in roles:
-        modules += ["agent_node.config", "agent_node.goals.modules", "protocols.supervision"]
+    modules += [module for module in capability_modules if module not in modules]
     return modules

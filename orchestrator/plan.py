@@ -8,7 +8,7 @@ executes a plan; `orchestrate up --dry-run` prints it with `format_plan`.
 
 Every node is started the same way:
 
-    python -m env_server|agent_node|agent_node.learner_node --config <run dir>/resolved.yaml --node-id <id> --control <endpoint>
+    python -m env_server|agent_node|<a capability's node> --config <run dir>/resolved.yaml --node-id <id> --control <endpoint>
 
 and learns everything else (its seed, its socket directory, its neighbours' addresses) from
 `resolved.yaml` and from the orchestrator's rendezvous directory.
@@ -28,14 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from agent_node.registry import extra_nodes
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, derive_nodes
 from orchestrator.rundir import EVENTS_FILENAME, NODE_LOG_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, PID_FILENAME
 from protocols.settings import ORCHESTRATOR_ID, IPC_ENDPOINT_MAX_BYTES, ipc_dir_fits, ipc_endpoint, longest_ipc_endpoint
 
-# The module each role runs as (`python -m <module>`); the learner node runs only in a run with
-# `training.mode: centralized` (a name, not an import: the orchestrator imports no learning code).
-ROLE_MODULES = {"env_server": "env_server", "agent": "agent_node", "learner": "agent_node.learner_node",
-                "supervisor": "agent_node.goals.supervisor"}
+# The module each role of every run runs as (`python -m <module>`: a name, not an import, as
+# the orchestrator imports no learning code); a capability's own nodes name theirs
+# (agent_node/registry.py `ExtraNode`).
+ROLE_MODULES = {"env_server": "env_server", "agent": "agent_node"}
 # The root of the source tree, put on the nodes' PYTHONPATH so `python -m agent_node` works
 # whether or not Parley is installed into the interpreter.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ class NodeLaunch:
     """One process of the run."""
 
     node_id: str
-    role: str  # "env_server" | "agent" | "learner" | "supervisor"
+    role: str  # "env_server" | "agent" | a capability's node role ("learner", "supervisor")
     index: int  # seed derivation index (agents 0..n-1, env server n)
     seed: int
     argv: tuple[str, ...]
@@ -143,12 +144,15 @@ def build_plan(config: RunConfig, run_dir: str | Path, python: str = sys.executa
 
     resolved_path = run_dir / RESOLVED_FILENAME
     control = control_bind_address(config)
+    capability_nodes = {node.node_id: node for node in extra_nodes(config)}
     nodes = []
     for node_id, entry in (config.nodes or derive_nodes(config)).items():
         node_dir = run_dir / NODES_DIRNAME / node_id
-        threads = {"agent": config.agents.torch_threads, "learner": getattr(config.training, "torch_threads", 1)}.get(entry.role, 1)
+        extra = capability_nodes.get(node_id)  # a capability's own node (a learner node, a supervisor)
+        module = extra.module if extra else ROLE_MODULES[entry.role]
+        threads = extra.torch_threads if extra else (config.agents.torch_threads if entry.role == "agent" else 1)
         argv = (
-            python, "-m", ROLE_MODULES[entry.role],
+            python, "-m", module,
             "--config", str(resolved_path),
             "--node-id", node_id,
             "--control", control,

@@ -66,6 +66,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent_node.plugins import PluginError
+from agent_node.registry import CAPABILITIES, builtin_descriptions, fmt, mean_of
 from orchestrator.config import RESOLVED_FILENAME
 from orchestrator.intervals import holm, iqm_interval, paired_t_test, probability_of_improvement
 from orchestrator.run_records import run_record
@@ -79,29 +81,26 @@ REPORT_DIRNAME = "report"
 LAST_FRACTION = 0.2  # "last 20%" of an agent's episodes
 LINK_COUNTERS = ("sent", "delivered", "dropped", "dropped_loss", "dropped_queue", "dropped_partition", "duplicated", "bytes")
 
-# The headline numbers of a run: (key, column title, format). A sweep aggregates these.
+# The headline numbers of every run: (key, column title, format). A sweep aggregates these, and
+# the columns of the capabilities' report sections (agent_node/registry.py), shown after
+# steps/s; see `headline_columns`.
 HEADLINE = (
     ("return_last20", "return last20%", ".3g"),
     ("return_final", "final return", ".3g"),
     ("steps_per_s", "steps/s", ".3g"),
-    ("consensus_sessions", "sessions/agent", ".3g"),
-    ("consensus_disagreement_first", "disagree before", ".2e"),
-    ("consensus_disagreement_last", "disagree after", ".2e"),
-    ("consensus_rounds_to_1e-3", "rounds to 1e-3", ".3g"),
-    ("consensus_reached_1e-3", "reached 1e-3", ".0%"),
-    ("consensus_rounds_to_1e-6", "rounds to 1e-6", ".3g"),
-    ("consensus_reached_1e-6", "reached 1e-6", ".0%"),
-    ("consensus_duration_s", "consensus s", ".3g"),
     ("peer_dropped_fraction", "peer drop", ".1%"),
     ("peer_age_p99_ms", "peer p99 ms", ".3g"),
     ("restarts", "restarts", "g"),
     ("recovery_s", "back after s", ".3g"),
     ("faults", "faults", "g"),
 )
-# "rounds to 1e-3" / "1e-6": in a synchronous session, the first round whose disagreement is at
-# most that fraction of the session's first (the rounds of mixing it took to cut the spread 1000x,
-# or a million times).
-CONVERGED_FRACTIONS = {"1e-3": 1e-3, "1e-6": 1e-6}
+
+
+def headline_columns() -> list[tuple[str, str, str]]:
+    """HEADLINE with the columns of Parley's own capabilities' report sections after steps/s."""
+    capability_columns = [(column.key, column.title, column.format) for description in builtin_descriptions()
+                          if description.report for column in description.report.columns]
+    return [*HEADLINE[:3], *capability_columns, *HEADLINE[3:]]
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,9 +108,7 @@ CONVERGED_FRACTIONS = {"1e-3": 1e-3, "1e-6": 1e-6}
 # ------------------------------------------------------------------------------------------
 
 
-def _mean(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(values) if values else None
+_mean = mean_of
 
 
 def _cumulative(rows: list[dict[str, Any]], key: str, restarted_at: list[float]) -> float | None:
@@ -240,8 +237,6 @@ def _agent_summary(node: str, rows: list[dict[str, Any]], started_t: float | Non
         "steps_per_s": steps / elapsed if steps and elapsed and elapsed > 0 else None,
         "restarts": sum(1 for e in events if e.get("event") == "restarted" and e.get("node") == node),
         "faults": len(faults),
-        # finished consensus sessions (a session cut short by the end of the run writes none)
-        "consensus_sessions": sum(1 for row in rows if "consensus/duration_s" in row or "consensus/decision_age_steps" in row),
         # After each fault that stopped it (see `interruptions`): the longest time to acting and
         # to learning again (None: nothing ended such a fault, or it never acted again: see
         # "interruptions"), and the periodic metric rows lost (see `missing_metric_rows`).
@@ -310,68 +305,6 @@ def _default_actions(rows: list[dict[str, Any]], events: list[dict]) -> dict[str
     return {key.removeprefix(sweep_effects.DEFAULT_ACTIONS_PREFIX): _cumulative(rows, key, restarted_at) for key in keys}
 
 
-def _landmarks_summary(metrics: dict[str, list[dict[str, Any]]], num_landmarks: int) -> dict[str, Any] | None:
-    """The main job's landmark agreement: per training episode start and env copy, whether the
-    agents' landmarks were all different (from each agent's `landmarks/goals_code`; the Hungarian
-    method makes them so whenever the agents decide on the same table, so this share is a check
-    of the agreement, not of the agents), and how often an agent decided on the whole team's table;
-    and whether the agents got there: over the last 20% of each agent's training episodes, how
-    often its nearest landmark at the end was the one it pursued (`landmarks/reached_pursued`) and
-    its mean distance to it then (`landmarks/final_distance`)."""
-    codes: dict[int, dict[str, list[int]]] = {}
-    complete, flood_s, reached, distance, age_steps, after_episode = [], [], [], [], [], []
-    for rows in metrics.values():
-        ends = [row for row in rows if "landmarks/reached_pursued" in row]
-        ends = ends[-max(1, math.ceil(len(ends) * LAST_FRACTION)):] if ends else []
-        reached += [row["landmarks/reached_pursued"] for row in ends]
-        distance += [row["landmarks/final_distance"] for row in ends if "landmarks/final_distance" in row]
-    for node, rows in metrics.items():
-        for row in rows:
-            if "landmarks/goals_code" in row and "landmarks/copies" in row:
-                codes.setdefault(row["step"], {})[node] = _decode_goals(row["landmarks/goals_code"], num_landmarks,
-                                                                        int(row["landmarks/copies"]))
-                complete.append(row["landmarks/complete"])
-                if "landmarks/flood_duration_s" in row:
-                    flood_s.append(row["landmarks/flood_duration_s"])
-                if "landmarks/decision_age_steps" in row:  # talking in env steps
-                    age_steps.append(row["landmarks/decision_age_steps"])
-                    after_episode.append(row.get("landmarks/decided_after_episode", 0.0))
-    agents = sum(1 for node in metrics if node != ENV_NODE_ID)
-    starts = [by_node for by_node in codes.values() if len(by_node) == agents]
-    if not starts:
-        return None
-    distinct = []
-    for by_node in starts:
-        distinct += [len(set(per_copy)) == agents for per_copy in zip(*by_node.values())]
-    return {"episode_starts": len(starts), "distinct_fraction": _mean([float(d) for d in distinct]),
-            "complete_fraction": _mean(complete), "flood_s_mean": _mean(flood_s),
-            "decision_age_steps_mean": _mean(age_steps), "decided_after_episode_fraction": _mean(after_episode),
-            "reached_pursued": _mean(reached), "final_distance": _mean(distance)}
-
-
-def _decode_goals(code: float, num_landmarks: int, copies: int) -> list[int]:
-    """`landmarks/goals_code` back to one landmark per copy (base num_landmarks digits, copy 0 lowest)."""
-    code, goals = int(code), []
-    for _ in range(copies):
-        goals.append(code % num_landmarks)
-        code //= num_landmarks
-    return goals
-
-
-def _world_model_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    """Each agent's world-model error on its own recent data, before and after each consensus
-    session (`world_model/local_mse`, `world_model/averaged_mse`), averaged over sessions."""
-    before, after = [], []
-    for node, rows in metrics.items():
-        for row in rows:
-            if "world_model/local_mse" in row and "world_model/averaged_mse" in row:
-                before.append(row["world_model/local_mse"])
-                after.append(row["world_model/averaged_mse"])
-    if not before:
-        return None
-    return {"sessions": len(before), "mse_before": _mean(before), "mse_after": _mean(after)}
-
-
 def _peer_traffic(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) -> dict[str, dict[str, float]]:
     """Messages and bytes each agent sent to each neighbour (`peer/<neighbour>/sent`,
     `peer/<neighbour>/bytes_sent`, cumulative per incarnation), per directed edge."""
@@ -382,109 +315,6 @@ def _peer_traffic(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) 
             _, neighbour, counter = key.split("/", 2)
             edges.setdefault(f"{node} -> {neighbour}", {})[counter] = _cumulative(rows, key, restarted_at)
     return edges
-
-
-def _rounds_to_converge(rows: list[dict[str, Any]], fraction: float) -> list[int | None]:
-    """Per synchronous session of one agent (its per-round rows, `consensus/round` from 0): the
-    first round with disagreement <= `fraction` x the session's first measured one, or
-    None if none was. (A round that heard no neighbour has no disagreement in its row: NaN is
-    not written.)"""
-    sessions: list[list[tuple[int, float]]] = []
-    for row in rows:
-        if "consensus/round" not in row:
-            continue
-        if row["consensus/round"] == 0 or not sessions:
-            sessions.append([])
-        if "consensus/disagreement_max" in row:
-            sessions[-1].append((int(row["consensus/round"]), row["consensus/disagreement_max"]))
-    reached: list[int | None] = []
-    for measured in sessions:
-        if not measured:
-            reached.append(None)
-            continue
-        base = measured[0][1]
-        target = fraction * base
-        reached.append(next((r for r, value in measured if value <= target), None) if base > 0 else measured[0][0])
-    return reached
-
-
-def _convergence(reached: dict[str, list[int | None]]) -> dict[str, float | None]:
-    """`rounds_to_<f>_mean` over the sessions that got to each fraction, and `reached_<f>_fraction`:
-    the share of sessions that did."""
-    summary: dict[str, float | None] = {}
-    for name, rounds in reached.items():
-        summary[f"rounds_to_{name}_mean"] = _mean([r for r in rounds if r is not None])
-        summary[f"reached_{name}_fraction"] = sum(r is not None for r in rounds) / len(rounds) if rounds else None
-    return summary
-
-
-def _consensus_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
-    # One summary row per finished session: sync rounds write `consensus/rounds`, push-sum its
-    # `consensus/pushes` (and, as disagreement, its estimate from the pushes it heard).
-    sessions = [row for node, rows in metrics.items() if node != ENV_NODE_ID for row in rows
-                if "consensus/rounds" in row or "consensus/pushes" in row]  # fmt: skip
-    durations = [row["consensus/duration_s"] for rows in metrics.values() for row in rows if "consensus/duration_s" in row]
-    ages = [row["consensus/decision_age_steps"] for rows in metrics.values() for row in rows
-            if "consensus/decision_age_steps" in row]  # talking in env steps
-    if not sessions and not durations and not ages:
-        return None
-    converged = {name: [r for node, rows in metrics.items() if node != ENV_NODE_ID for r in _rounds_to_converge(rows, fraction)]
-                 for name, fraction in CONVERGED_FRACTIONS.items()}
-    final_by_agent = []
-    for node, rows in metrics.items():
-        last = [row["consensus/disagreement_last"] for row in rows if "consensus/disagreement_last" in row]
-        if last:
-            final_by_agent.append(last[-1])
-    # Each agent's first finished session: in a sweep, the one session every point has, started
-    # from the same parameters for the same seed (later sessions differ in number and start).
-    first: dict[str, list[float | None]] = {"before": [], "after": [], "duration": [], **{name: [] for name in CONVERGED_FRACTIONS}}
-    for node, rows in metrics.items():
-        summary_row = next((row for row in rows if "consensus/disagreement_last" in row), None)
-        if node == ENV_NODE_ID or summary_row is None:
-            continue
-        duration_row = next((row for row in rows if "consensus/duration_s" in row), None)
-        first["before"].append(summary_row.get("consensus/disagreement_first"))
-        first["after"].append(summary_row.get("consensus/disagreement_last"))
-        for name, fraction in CONVERGED_FRACTIONS.items():
-            reached = _rounds_to_converge(rows, fraction)
-            if reached:  # sync rounds (push-sum has none: neither rounds to 1e-3 nor a share that got there)
-                first[name].append(reached[0])
-        first["duration"].append(duration_row.get("consensus/duration_s") if duration_row else None)
-    return {
-        "first_session": {
-            "agents": len(first["before"]),
-            "disagreement_before_mean": _mean(first["before"]),
-            "disagreement_after_mean": _mean(first["after"]),
-            **_convergence({name: first[name] for name in CONVERGED_FRACTIONS}),
-            "duration_s_mean": _mean(first["duration"]),
-        },
-        "sessions": len(sessions),
-        "rounds_mean": _mean([row.get("consensus/rounds") for row in sessions]),
-        "disagreement_first_mean": _mean([row.get("consensus/disagreement_first") for row in sessions]),
-        "disagreement_last_mean": _mean([row.get("consensus/disagreement_last") for row in sessions]),
-        "disagreement_last_final": _mean(final_by_agent),
-        **_convergence(converged),
-        "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
-        "duration_s_mean": _mean(durations),
-        "age_steps_mean": _mean(ages),
-        # push-sum reports its own counters instead of rounds
-        "weight_mass_mean": _mean([row.get("consensus/weight_mass") for row in sessions]),
-    }
-
-
-def _agreement_time(landmarks: dict[str, Any]) -> str:
-    """How long an agreement took: wall time while talk is free, env steps while talking takes them."""
-    if landmarks.get("decision_age_steps_mean") is not None:
-        return (f"landing {_fmt(landmarks['decision_age_steps_mean'])} env steps after the episode start "
-                f"(after its episode ended: {_fmt(landmarks['decided_after_episode_fraction'], '.1%')})")
-    flood_s = landmarks["flood_s_mean"]
-    return f"{_fmt(flood_s * 1e3 if flood_s is not None else None)} ms per agreement"
-
-
-def _session_time(consensus: dict[str, Any]) -> str:
-    if consensus.get("age_steps_mean") is not None:
-        return f"each average landing {_fmt(consensus['age_steps_mean'])} env steps after its tick"
-    return f"{_fmt(consensus['duration_s_mean'])} s per session"
 
 
 def _max_or_none(values: list[float | None]) -> float | None:
@@ -511,6 +341,30 @@ def _metrics_every_steps(run_dir: Path) -> int:
         return default
 
 
+def run_capabilities(run_dir: Path) -> tuple[list[Any], list[tuple[str, str]], list[str]]:
+    """The run's capabilities whose report sections the report shows (agent_node/registry.py):
+    Parley's own, then a user's that its resolved.yaml lists; `(kind, why)` for a user's that
+    cannot be imported here (its package is not on this machine's path); and the user's kinds."""
+    from orchestrator.config import read_yaml
+
+    descriptions, unreadable, kinds = builtin_descriptions(), [], []
+    try:
+        resolved = read_yaml(run_dir / RESOLVED_FILENAME)
+    except ConfigError:
+        return descriptions, unreadable, kinds
+    listed = resolved.get("capabilities") if isinstance(resolved, dict) else None
+    for entry in listed if isinstance(listed, list) else []:
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if not isinstance(kind, str):
+            continue
+        try:
+            descriptions.append(CAPABILITIES.describe(kind))
+            kinds.append(kind)
+        except PluginError as error:
+            unreadable.append((kind, str(error)))
+    return descriptions, unreadable, kinds
+
+
 def summarize_run(path: str | Path) -> dict[str, Any]:
     """Everything `report` shows for one run, as JSON-ready data."""
     run_dir = find_run_dir(path)
@@ -523,13 +377,14 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     metrics_every = _metrics_every_steps(run_dir)
     agents = {node: _agent_summary(node, rows, started, events, metrics_every) for node, rows in metrics.items() if node != ENV_NODE_ID}
     links = _link_summaries(metrics, events)
-    consensus = _consensus_summary(metrics)
     evaluation = _evaluation_summary(metrics.get(ENV_NODE_ID, []))
     # a crash's dip and recovery, and the env's default actions (orchestrator/sweep_effects.py)
     crash = sweep_effects.crash_recovery(metrics.get(ENV_NODE_ID, []), events, evaluation["random"] if evaluation else None)
     default_actions = _default_actions(metrics.get(ENV_NODE_ID, []), events)
-    landmarks = _landmarks_summary({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, len(agents))
-    world_model = _world_model_summary(metrics)
+    # Each capability's own section (agent_node/registry.py), under its name.
+    descriptions, unreadable, kinds = run_capabilities(run_dir)
+    sections = {d.name: d.report.summarize({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID})
+                for d in descriptions if d.report is not None}
     traffic = _peer_traffic({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, events)
     # run_s / step: when it fired on both clocks (older runs' events have only at_s)
     faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "at_step": e.get("at_step"),
@@ -549,17 +404,6 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "return_last20": _mean([a["return_last20"] for a in agents.values()]),
         "return_final": _mean([a["return_final"] for a in agents.values()]),
         "steps_per_s": _mean([a["steps_per_s"] for a in agents.values()]),
-        "consensus_sessions": _mean([a["consensus_sessions"] for a in agents.values()]) if consensus else None,
-        "consensus_disagreement_first": consensus["disagreement_first_mean"] if consensus else None,
-        "consensus_disagreement_last": consensus["disagreement_last_mean"] if consensus else None,
-        **{f"consensus_{kind}_{name}": (consensus[f"{kind}_{name}_{suffix}"] if consensus else None)
-           for name in CONVERGED_FRACTIONS for kind, suffix in (("rounds_to", "mean"), ("reached", "fraction"))},
-        "consensus_duration_s": consensus["duration_s_mean"] if consensus else None,
-        **{f"consensus_first_{key}": (consensus["first_session"][value] if consensus else None) for key, value in (
-            ("disagreement_before", "disagreement_before_mean"), ("disagreement_after", "disagreement_after_mean"),
-            ("rounds_to_1e-3", "rounds_to_1e-3_mean"), ("reached_1e-3", "reached_1e-3_fraction"),
-            ("rounds_to_1e-6", "rounds_to_1e-6_mean"), ("reached_1e-6", "reached_1e-6_fraction"),
-            ("duration_s", "duration_s_mean"))},  # fmt: skip
         "peer_dropped_fraction": sum(entry.get("dropped") or 0.0 for entry in peer) / peer_sent if peer_sent else None,
         "peer_age_p99_ms": max(ages) if ages else None,
         "restarts": float(sum(a["restarts"] for a in agents.values())),
@@ -576,12 +420,11 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "eval_random": evaluation["random"] if evaluation else None,
         "eval_oracle": evaluation["oracle"] if evaluation else None,
         "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
-        "landmarks_distinct_fraction": landmarks["distinct_fraction"] if landmarks else None,
-        "landmarks_reached_pursued": landmarks["reached_pursued"] if landmarks else None,
         "eval_landmarks_covered": evaluation["covered_fraction"] if evaluation else None,
         "eval_all_landmarks_covered": evaluation["all_covered_fraction"] if evaluation else None,
         "default_actions": sweep_effects.default_actions_total(default_actions),
         **sweep_effects.crash_headline(crash),
+        **{key: value for d in descriptions if d.report is not None for key, value in d.report.headline(sections[d.name]).items()},
     }
     return {
         "run_dir": str(run_dir),
@@ -591,10 +434,12 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "duration_s": (finished["t"] - started) if finished and started is not None else None,
         "agents": agents,
         "links": links,
-        "consensus": consensus,
         "evaluation": evaluation,
-        "landmarks": landmarks,
-        "world_model": world_model,
+        **sections,
+        # the capabilities whose sections are above, and a user's that this process cannot import
+        "capabilities": [d.name for d in descriptions if d.report is not None],
+        "capability_kinds": kinds,
+        "capabilities_unreadable": unreadable,
         "peer_traffic": traffic,
         "faults": faults,
         "env_restarts": env_restarts,
@@ -655,7 +500,7 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     for point in points.values():
         scored = [r for r in point["runs"] if r["headline"] is not None and r["refused"] is None]
         point["ok"] = len(scored)
-        keys = list(scored[0]["headline"]) if scored else [key for key, _, _ in HEADLINE]
+        keys = list(scored[0]["headline"]) if scored else [key for key, _, _ in headline_columns()]
         point["metrics"] = {key: _aggregate([r["headline"][key] for r in scored]) for key in keys}
         rows.append(point)
     return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
@@ -717,10 +562,7 @@ def compare_points(points: list[dict[str, Any]]) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, spec: str = ".3g") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
+_fmt = fmt
 
 
 def _table(title: str, markdown: bool):
@@ -748,12 +590,11 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             console.print(f"{damaged['node']}: RESTORED OLDER SAVED STATE: {damaged['what']}")
     agents = _table("agents", markdown)
     for column in ("agent", "episodes", "final return", "return last 20%", "steps", "steps/s", "restarts", "back after s",
-                   "faults", "consensus sessions"):  # fmt: skip
+                   "faults"):  # fmt: skip
         agents.add_column(column, justify="left" if column == "agent" else "right")
     for node, a in summary["agents"].items():
         agents.add_row(node, str(a["episodes"]), _fmt(a["return_final"]), _fmt(a["return_last20"]), _fmt(a["steps"], "g"),
-                       _fmt(a["steps_per_s"]), str(a["restarts"]), _fmt(a["recovery_s"]), str(a["faults"]),
-                       str(a["consensus_sessions"]))  # fmt: skip
+                       _fmt(a["steps_per_s"]), str(a["restarts"]), _fmt(a["recovery_s"]), str(a["faults"]))  # fmt: skip
     _print_table(console, agents, "agents", markdown)
     if summary["links"]:
         title = "links (counters from the sender, ages measured by the receiver)"
@@ -765,37 +606,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                           _fmt(entry.get("dropped"), "g"), _fmt(entry.get("dropped_fraction"), ".1%"),
                           _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
         _print_table(console, links, title, markdown)
-    consensus = summary["consensus"]
-    if consensus and consensus["rounds_mean"] is None:  # push-sum: no rounds; its disagreement is an estimate
-        console.print(
-            f"consensus (push-sum): {consensus['sessions']} finished sessions (all agents), weight mass "
-            f"{_fmt(consensus['weight_mass_mean'], '.6g')} (1: no mass lost), disagreement estimate "
-            f"{_fmt(consensus['disagreement_first_mean'], '.2e')} at the first pushes heard -> "
-            f"{_fmt(consensus['disagreement_last_mean'], '.2e')} at the last (mean over sessions), "
-            f"{_session_time(consensus)}"
-        )
-    elif consensus:
-        console.print(
-            f"consensus: {consensus['sessions']} finished sessions (all agents), {_fmt(consensus['rounds_mean'])} rounds each, "
-            f"disagreement {_fmt(consensus['disagreement_first_mean'], '.2e')} before -> "
-            f"{_fmt(consensus['disagreement_last_mean'], '.2e')} after (mean over sessions), "
-            f"final {_fmt(consensus['disagreement_last_final'], '.2e')}; spread cut 1000x in "
-            f"{_fmt(consensus['rounds_to_1e-3_mean'])} rounds ({_fmt(consensus['reached_1e-3_fraction'], '.0%')} of sessions got there); "
-            f"rounds missing a neighbour "
-            f"{_fmt(consensus['missing_neighbour_rounds'], 'g')}; {_session_time(consensus)}"
-        )
     for line in evaluation_lines(summary):
         console.print(line)
-    landmarks = summary.get("landmarks")
-    if landmarks:
-        console.print(
-            f"landmarks: {landmarks['episode_starts']} episode starts; the assignment gave every agent a landmark of its own in "
-            f"{_fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy) (by construction when the agents decide on one "
-            f"table: the Hungarian method); decided on the whole team's table "
-            f"{_fmt(landmarks['complete_fraction'], '.1%')} of the time, {_agreement_time(landmarks)}; "
-            f"at the end of its training episodes (last 20%) each agent nearest its pursued landmark in "
-            f"{_fmt(landmarks.get('reached_pursued'), '.1%')}, {_fmt(landmarks.get('final_distance'))} from it on average"
-        )
     evaluation = summary.get("evaluation")
     if evaluation and evaluation.get("covered_fraction") is not None:
         console.print(
@@ -804,12 +616,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"{_fmt(evaluation['all_covered_fraction'], '.1%')} of episodes; random {_fmt(evaluation.get('random_covered'), '.1%')}, "
             f"scripted oracle {_fmt(evaluation.get('oracle_covered'), '.1%')} of landmarks on the same episodes"
         )
-    world_model = summary.get("world_model")
-    if world_model:
-        console.print(
-            f"world model: error on each agent's own recent data {_fmt(world_model['mse_before'], '.3g')} before consensus -> "
-            f"{_fmt(world_model['mse_after'], '.3g')} after (mean over {world_model['sessions']} agent-sessions)"
-        )
+    for line in capability_lines(summary):
+        console.print(line)
     if summary.get("peer_traffic"):
         title = "peer traffic (every message to a neighbour: heartbeats, agreement, hindsight, consensus)"
         traffic = _table(title, markdown)
@@ -865,6 +673,28 @@ def evaluation_lines(summary: dict[str, Any]) -> list[str]:
     return [line]
 
 
+def capability_lines(summary: dict[str, Any]) -> list[str]:
+    """The sections of the run's capabilities that it used (agent_node/registry.py), in
+    registration order, and a note for each of a user's that could not be imported here."""
+    found = [f"capability {kind}: its report section is left out: {why}" for kind, why in summary.get("capabilities_unreadable", [])]
+    for description, _ in _described(summary):
+        if summary.get(description.name):
+            found += description.report.lines(summary[description.name])
+    return found
+
+
+def _described(summary: dict[str, Any]) -> list[tuple[Any, dict[str, Any] | None]]:
+    """(description, section) of the capabilities whose sections the summary holds."""
+    descriptions = {d.name: d for d in builtin_descriptions()}
+    for kind in summary.get("capability_kinds", []):
+        try:
+            description = CAPABILITIES.describe(kind)
+        except PluginError:
+            continue
+        descriptions[description.name] = description
+    return [(descriptions[name], summary.get(name)) for name in summary.get("capabilities", []) if name in descriptions]
+
+
 def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> None:
 
     keys = sweep_effects.table_keys(summary["grid"], summary["points"])
@@ -874,7 +704,7 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
     for key in keys:
         table.add_column(key.split(".")[-1], justify="right", overflow="fold")
     table.add_column("ok", justify="right", no_wrap=True)
-    shown = [(key, title, spec) for key, title, spec in HEADLINE
+    shown = [(key, title, spec) for key, title, spec in headline_columns()
              if any(point["metrics"].get(key, {}).get("mean") is not None for point in summary["points"])]  # fmt: skip
     for _, column, _ in shown:
         table.add_column(column, justify="right", overflow="fold")
@@ -996,7 +826,8 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     if start is None:
         start = min((row["t"] for rows in metrics.values() for row in rows if "t" in row), default=0.0)
     evaluation = summary.get("evaluation")
-    panels = 2 if summary["consensus"] else 1
+    capability_panels = [d.report.timeline for d, section in _described(summary) if section and d.report.timeline]
+    panels = 1 + len(capability_panels)
     figure, axes_list = plt.subplots(panels, 1, figsize=(8, 3.2 * panels), sharex=True, squeeze=False)
     paths = []
     if evaluation:
@@ -1007,20 +838,8 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         if points:
             returns_axes.plot(*zip(*points), marker=".", linestyle="none", label=node)
     returns_axes.set_ylabel("episode return")
-    if summary["consensus"]:
-        consensus_axes = axes_list[1][0]
-        for node, rows in metrics.items():
-            # (a value that was NaN, e.g. a round that heard no neighbour, is absent from its row)
-            after = [(r["t"] - start, r["consensus/disagreement_last"]) for r in rows if "consensus/disagreement_last" in r]
-            before = [(r["t"] - start, r["consensus/disagreement_first"]) for r in rows if "consensus/disagreement_first" in r]
-            if after:
-                line, = consensus_axes.plot(*zip(*after), marker="o", linewidth=1, label=f"{node} after")
-            if before:
-                consensus_axes.plot(*zip(*before), marker="x", linestyle=":", label=f"{node} before",
-                                    color=line.get_color() if after else None)  # fmt: skip
-        consensus_axes.set_yscale("log")
-        consensus_axes.set_ylabel("consensus disagreement")
-        _legend(consensus_axes, "no consensus session finished", fontsize=7, ncol=2)
+    for panel, row in zip(capability_panels, axes_list[1:]):
+        _plot_timeline_panel(row[0], panel, metrics, start)
     windows = fault_windows(events)
     for index, (begin, end, label) in enumerate(windows):
         for row in axes_list:
@@ -1039,6 +858,23 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return [path, *paths]
+
+
+def _plot_timeline_panel(axes: Any, panel: Any, metrics: dict[str, list[dict[str, Any]]], start: float) -> None:
+    """A capability's panel (agent_node/registry.py `TimelinePanel`): its series per agent."""
+    for node, rows in metrics.items():
+        colour = None
+        for position, (key, label) in enumerate(panel.series):
+            points = [(row["t"] - start, row[key]) for row in rows if key in row]
+            if not points:
+                continue
+            style = {"marker": "o", "linewidth": 1} if position == 0 else {"marker": "x", "linestyle": ":"}
+            line, = axes.plot(*zip(*points), label=f"{node} {label}", color=colour, **style)
+            colour = line.get_color()
+    if panel.log_scale:
+        axes.set_yscale("log")
+    axes.set_ylabel(panel.ylabel)
+    _legend(axes, panel.nothing, fontsize=7, ncol=2)
 
 
 def _legend(axes: Any, nothing: str, **options: Any) -> None:
@@ -1081,9 +917,8 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     if not keys:
         return paths
     x_key, others = keys[0], keys[1:]
-    panels = [("return_last20", "return, last 20% of episodes", False),
-              ("consensus_first_disagreement_after", "disagreement after 1st session", True),
-              ("consensus_first_duration_s", "1st consensus session, s", False)]  # fmt: skip
+    panels = [("return_last20", "return, last 20% of episodes", False)]
+    panels += [panel for description in builtin_descriptions() if description.report for panel in description.report.sweep_panels]
     # (a point none of whose runs finished, in a sweep still running or stopped, has no metrics)
     panels = [p for p in panels if any(pt["metrics"].get(p[0], {}).get("mean") is not None for pt in summary["points"])]
     if not panels:
@@ -1145,9 +980,9 @@ def write_summary_md(summary: dict[str, Any], sweep: bool, target: Path) -> Path
 # What a run's hparams row in TensorBoard holds: the settings a user compares runs by. Every leaf
 # under these config paths that is a number, a string or a bool (lists and tables are left out:
 # TensorBoard's hparams take scalars only).
+# The capabilities add theirs (agent_node/registry.py `CapabilityDescription.hparams`).
 HPARAM_SECTIONS = ("run.seed", "run.steps", "env.name", "env.num_copies", "agents.count", "agents.learner",
-                   "agents.world_model.kind", "agents.landmarks", "agents.goals.selection", "topology.kind",
-                   "protocols.consensus")
+                   "agents.world_model.kind", "topology.kind")
 TENSORBOARD_HPARAMS_DIR = "hparams"
 
 
@@ -1162,7 +997,8 @@ def run_hparams(resolved: dict[str, Any]) -> dict[str, bool | int | float | str]
         elif isinstance(value, (bool, int, float, str)):
             hparams[prefix] = value
 
-    for path in HPARAM_SECTIONS:
+    capability_sections = [path for description in builtin_descriptions() for path in description.hparams]
+    for path in [*HPARAM_SECTIONS, *capability_sections]:
         value: Any = resolved
         for part in path.split("."):
             value = value.get(part) if isinstance(value, dict) else None

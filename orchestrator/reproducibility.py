@@ -23,7 +23,9 @@ observation. What is deterministic without it:
   it says or whether it arrives; the lockstep and the consensus rounds wait for it (unless a
   deadline runs out, which the node records).
 
-What cannot be made reproducible is refused here, one line per problem (`reproducibility_problems`).
+What cannot be made reproducible is refused here, one line per problem (`reproducibility_problems`),
+and by each capability's own checks for what is its own (agent_node/registry.py: push-sum
+consensus, centralized training and goal negotiation each run on wall-clock time).
 What can still go wrong at run time (an agent slower than `env.step_deadline_s`, a consensus round
 without every share, an agent restarted from its last checkpoint, a last observation that never
 came) is written to that agent's metrics as
@@ -72,31 +74,12 @@ def reproducibility_problems(config: RunSections) -> list[str]:
     if not config.run.reproducible:
         return []
     problems: list[str] = []
-    consensus = config.protocols.consensus
-    if consensus.enabled and consensus.mode == "push_sum" and config.protocols.talk != "env_steps":
-        problems.append(
-            f"protocols.consensus.mode: expected 'sync' with {_WHY}, got 'push_sum': push-sum is asynchronous (each "
-            "node pushes every push_sum_period_s for push_sum_duration_s of wall time), so how many exchanges an "
-            "average mixes, and in which order, is decided by timing"
-        )
     for field in ("clock", "eval_clock"):
         if getattr(config.env, field) == "realtime":
             problems.append(
                 f"env.{field}: expected 'lockstep' with {_WHY}, got 'realtime': the env steps at its own rate, so "
                 "which agents' actions are late, and what is played instead, is decided by timing"
             )
-    if config.training.mode == "centralized":
-        problems.append(
-            f"training.mode: expected 'decentralized' with {_WHY}, got 'centralized': the learner node trains on its "
-            "own clock and the agents act with whichever parameters arrived last"
-        )
-    if config.agents.goals is not None and config.protocols.talk != "env_steps":
-        problems.append(
-            f"agents.goals: expected none with {_WHY} while talking is free in env time: goal negotiation, the env "
-            "server's hold of each episode start for it (env.episode_start_hold_s) and hindsight sharing end at "
-            "wall-clock deadlines, so which goal an episode gets can depend on timing (with protocols.talk: "
-            "env_steps their deadlines count steps)"
-        )
     if config.agents.max_pending_gradient_steps != 0:
         problems.append(
             f"agents.max_pending_gradient_steps: expected 0 (its default with {_WHY}), got "

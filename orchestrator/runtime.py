@@ -63,26 +63,25 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
+from agent_node.registry import extra_nodes
 from orchestrator.backends import BackendUnavailable
 from orchestrator.config import RunConfig
-from orchestrator.faults import FaultClock, ScheduledFault, fired_positions, plan_faults
+from orchestrator.fault_injection import FaultInjector
 from orchestrator.launcher import (
     NODE_PID_FILENAME,
     ORCHESTRATOR_PID_ENV,
     ForkServerLauncher,
-    NodeProcess,
     SubprocessLauncher,
     ZygoteError,
     preload_modules,
     process_state,
     write_pid_file,
 )
-from orchestrator.plan import LaunchPlan, NodeLaunch
-from orchestrator.rundir import EventLog, code_identity, explain_failure, read_jsonl
+from orchestrator.node_record import NodeRecord, mark_silent
+from orchestrator.plan import LaunchPlan
+from orchestrator.rundir import EventLog, code_identity, explain_failure
 from orchestrator.status import StatusView
 from protocols import messages as m
 from protocols.auth import load_node_keys
@@ -93,65 +92,6 @@ from protocols.topology import build_topology
 from protocols.transport import Hub, SocketOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
-
-
-@dataclass
-class NodeRecord:
-    launch: NodeLaunch
-    process: NodeProcess | None = None
-    log_file: IO | None = None
-    endpoints: dict[str, str] = field(default_factory=dict)
-    registered: bool = False
-    ready: bool = False
-    said_goodbye: bool = False
-    # The reason its goodbye gave ("failure: cannot write to ...: no space left ..."), kept in
-    # memory: events.jsonl may be on the same full disk as the node's files.
-    goodbye_reason: str | None = None
-    exit_code: int | None = None
-    last_status: m.Status | None = None
-    # Why a run.reproducible run stopped being a function of its seed on this node, as its
-    # statuses said (each cause gets one `reproducibility_broken` event).
-    reproducibility_broken: set[str] = field(default_factory=set)
-    held_step: int | None = None  # env server: the last step it held for scheduled faults (control.step_held)
-    last_heard: float = 0.0
-    # When the node's exit was first seen (unix time; SIGCHLD or a poll), before it is reaped.
-    exited_at: float | None = None
-    # "paused" (SIGSTOP: state T) or "unresponsive" while it has been silent too long.
-    silent: str | None = None
-    # Set by the fault schedule: a scheduled kill is an expected exit; a scheduled pause is
-    # continued before the shutdown.
-    killed_by_schedule: bool = False
-    killed_by_fault: ScheduledFault | None = None  # which one (for the env server's failure reason)
-    paused_by_schedule: bool = False
-    # Restarts (faults.restart, or a scheduled restart): how many so far, when the next is due.
-    restarts: int = 0
-    restart_at: float | None = None
-    restart_requested: bool = False  # by the schedule: restart whatever the policy says
-
-
-# How long a step held for its faults waits for every node to say it applied them (at most half
-# of protocols.control.step_hold_timeout_s, after which the env server would step on by itself).
-FAULT_APPLIED_TIMEOUT_S = 2.0
-
-
-@dataclass
-class NetworkFaultSent:
-    """A partition, heal or link change sent to nodes: who has not applied it yet, and after how
-    long each of the others did (control.fault_applied)."""
-
-    issued_at: float
-    waiting: set[str]
-    applied_after_s: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class StepAwaitingFaults:
-    """A training step the env server holds while the nodes apply that step's network faults."""
-
-    env_server: str
-    step: int
-    positions: list[int]  # of the network faults issued at that step
-    deadline: float  # monotonic: released then even if a node has not answered
 
 
 class LocalBackend:
@@ -189,6 +129,7 @@ def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | F
         learner_kind=config.agents.learner.kind,
         world_model_kind=None if world_model is None else world_model.kind,
         env_name=config.env.name,
+        capability_modules=tuple(module for node in extra_nodes(config) for module in node.preload),
     )
     return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
 
@@ -243,15 +184,7 @@ class Orchestrator:
         self.state_damaged: list[tuple[str, str, bool]] = []  # (node, what, started fresh) from `control.ready`
         self.started = False
         self.shutting_down = False
-        # A resumed run (its events.jsonl already has fault events) goes on with the faults not
-        # fired yet; its nodes, all fresh, get the network faults fired before (orchestrator/faults.py).
-        planned = {fault.position: fault for fault in plan_faults(config)}
-        fired = fired_positions(read_jsonl(plan.run_dir / "events.jsonl")) if planned else []
-        self.faults = FaultClock([fault for position, fault in planned.items() if position not in fired])
-        self.network_faults: list[m.Partition | m.Heal | m.SetLink] = [  # sent so far, in order
-            planned[position].network_message() for position in fired if position in planned and planned[position].is_network]
-        self.network_faults_unapplied: dict[int, NetworkFaultSent] = {}  # by schedule position
-        self.step_awaiting_faults: StepAwaitingFaults | None = None
+        self.faults = FaultInjector(config, plan.run_dir, self.nodes, self.backend, self.control, self.events)
         # While the env server is being restarted: when it exited (unix time), else None.
         self.env_server_down_since: float | None = None
         self.directories_sent = False
@@ -284,10 +217,10 @@ class Orchestrator:
         finally:
             self._restore_signal_handlers(previous_handlers)
             self.hub.close()
-        unfired = self.faults.pending + self.faults.pending_steps
+        unfired = self.faults.clock.pending + self.faults.clock.pending_steps
         if unfired:  # the run ended first (or never started): say which faults never happened
             self.events.write("faults_not_fired", None, positions=[f.position for f in unfired],
-                              when=[f.when for f in unfired], last_step=self._env_step())
+                              when=[f.when for f in unfired], last_step=self.faults.env_step())
         self._log_interruption()  # a signal that came during the shutdown itself
         code = self._exit_code()
         self.events.write("run_finished", None, exit_code=code, reason=self.failure or self.interrupted or "budget spent")
@@ -325,25 +258,22 @@ class Orchestrator:
         startup_deadline = time.monotonic() + startup_timeout_s
         while not (self.run_complete or self.failure or self.interrupted):
             wait_s = self.config.launch.status_every_s / 2
-            next_fault_s = self.faults.seconds_to_next(time.monotonic())
+            next_fault_s = self.faults.seconds_to_next()  # a fault due, or a held step to release
             if next_fault_s is not None:
                 wait_s = min(wait_s, next_fault_s)
             restarts_at = [n.restart_at for n in self.nodes.values() if n.restart_at is not None]
             if restarts_at:  # a restart's backoff ends: start it then, not at the next status tick
                 wait_s = max(0.0, min(wait_s, min(restarts_at) - time.monotonic()))
-            if self.step_awaiting_faults is not None:
-                wait_s = max(0.0, min(wait_s, self.step_awaiting_faults.deadline - time.monotonic()))
             if self.hub.wait(wait_s):
                 for envelope in self.control.recv_all():
                     self._handle(envelope)
-            self._release_step_once_faults_applied()
-            for fault in self.faults.due(time.monotonic(), self._env_step()):
-                self._inject(fault)
+            self.faults.fire_due()
             self._reap_exited()
             self._restart_due()
             if self.events.failed is not None and not self.failure:
                 self.failure = self.events.failed.strerror
-            self._check_silence()
+            if self.started:  # nodes report every status_every_s once running: three missed is a silence
+                mark_silent(self.nodes, 3 * self.config.protocols.control.status_every_s, self.events)
             if self.nodes and all(
                 n.exit_code is not None and n.restart_at is None for n in self.nodes.values() if n.launch.role == "agent"
             ):
@@ -353,143 +283,6 @@ class Orchestrator:
                 self.failure = f"start-up timed out after {startup_timeout_s:.0f} s; not ready: {missing}"
                 self.events.write("startup_timeout", None, not_ready=missing)
             self.status_view.refresh()
-
-    def _inject(self, fault: ScheduledFault) -> None:
-        """Execute one scheduled fault now and record it in events.jsonl."""
-        if fault.is_network:
-            self._inject_network(fault)
-            return
-        signum = {"kill": signal.SIGKILL, "restart": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[fault.kind]
-        hit, skipped = {}, []
-        for node_id in fault.targets:
-            node = self.nodes[node_id]
-            if fault.kind == "restart":
-                node.restart_requested = True
-            if node.process is None or node.exit_code is not None or node.process.poll() is not None:
-                if fault.kind == "restart" and node.exit_code is not None and node.restart_at is None:
-                    node.restart_at = time.monotonic()  # down already: start it again now
-                    hit[node_id] = None
-                else:
-                    skipped.append(node_id)  # already gone: nothing to kill, pause or resume
-                continue
-            if fault.kind in ("kill", "restart"):
-                node.killed_by_schedule = True
-                node.killed_by_fault = fault
-            node.paused_by_schedule = fault.kind == "pause"
-            self.backend.signal(node, signum)
-            hit[node_id] = node.process.pid
-        self.events.write("fault", None, kind=fault.kind, **self._fault_timing(fault), nodes=hit,
-                          skipped=skipped, chosen_by=fault.chosen_by, position=fault.position)
-
-    def on_step_held(self, node: NodeRecord, step: int) -> None:
-        """The env server holds training step `step` for its scheduled faults (env_server/step_hold.py):
-        issue them now, between that step and the next, and let it step on once every node a
-        network fault went to has applied it (so none sees the next observation before the fault)."""
-        node.held_step = step
-        issued = self.faults.due(time.monotonic(), step)
-        for fault in issued:
-            self._inject(fault)
-        positions = [fault.position for fault in issued if fault.position in self.network_faults_unapplied]
-        timeout_s = min(FAULT_APPLIED_TIMEOUT_S, self.config.protocols.control.step_hold_timeout_s / 2)
-        self.step_awaiting_faults = StepAwaitingFaults(node.launch.node_id, step, positions, time.monotonic() + timeout_s)
-        self._release_step_once_faults_applied()
-
-    def on_fault_applied(self, node: NodeRecord, position: int) -> None:
-        """A node applied the network fault at `position`; the last one to do so completes it
-        (a `fault_applied` event with each node's delay). A restarted node's replayed faults
-        were complete already and are not counted again."""
-        sent = self.network_faults_unapplied.get(position)
-        node_id = node.launch.node_id
-        if sent is None or node_id not in sent.waiting:
-            return
-        sent.waiting.discard(node_id)
-        sent.applied_after_s[node_id] = round(time.monotonic() - sent.issued_at, 4)
-        if not sent.waiting:
-            del self.network_faults_unapplied[position]
-            self.events.write("fault_applied", None, position=position, applied_after_s=sent.applied_after_s)
-
-    def _release_step_once_faults_applied(self) -> None:
-        held = self.step_awaiting_faults
-        if held is None:
-            return
-        missing = {position: sorted(self.network_faults_unapplied[position].waiting)
-                   for position in held.positions if position in self.network_faults_unapplied}
-        if missing and time.monotonic() < held.deadline:
-            return
-        if missing:  # a node that died or hangs must not stall the run: the step goes on, logged
-            self.events.write("fault_not_applied", None, step=held.step, missing=missing)
-        self.step_awaiting_faults = None
-        self.control.send(m.ReleaseStep(step=held.step), to=held.env_server)
-
-    def _hold_at_step_faults(self, env_server: NodeRecord) -> None:
-        """Tell the env server at which training steps faults are still scheduled, so it holds
-        each of them for us (sent after control.start: before it, a node's start-up drops it)."""
-        steps = sorted({fault.at_step for fault in self.faults.pending_steps})
-        if steps:
-            self.control.send(m.HoldAtSteps(steps=steps), to=env_server.launch.node_id)
-
-    def _env_step(self) -> int | None:
-        """The env server's training step: the newer of what its last status reported and the step
-        it last held for faults (None before either)."""
-        env = next((n for n in self.nodes.values() if n.launch.role == "env_server"), None)
-        if env is None:
-            return None
-        steps = [step for step in (None if env.last_status is None else env.last_status.step, env.held_step) if step is not None]
-        return max(steps) if steps else None
-
-    def _fault_timing(self, fault: ScheduledFault) -> dict[str, float | int | None]:
-        """When a fault fired, on both clocks: seconds since the start (`run_s`) and the env
-        server's last reported step (`step`), with how late it was on the clock it was set on
-        (`late_s` for an `at_s` fault; `late_steps` for an `at_step` one, at most the steps of
-        one status period)."""
-        run_s = self.faults.run_s(time.monotonic()) or 0.0
-        step = self._env_step()
-        timing: dict[str, float | int | None] = {"run_s": round(run_s, 3), "step": step}
-        if fault.at_s is not None:
-            timing.update(at_s=fault.at_s, late_s=round(run_s - fault.at_s, 3))
-        else:
-            timing.update(at_step=fault.at_step, late_steps=None if step is None else step - fault.at_step)
-        return timing
-
-    def _inject_network(self, fault: ScheduledFault) -> None:
-        """A partition, heal or link change: its control message to every node whose outgoing
-        links it changes (a node drops or delays what it sends). It is kept for nodes that
-        restart later, whose fresh link tables get every network fault so far (`on_ready`)."""
-        message = fault.network_message()
-        self.network_faults.append(message)
-        sent, skipped = {}, []
-        for node_id in fault.recipients(list(self.nodes)):
-            node = self.nodes[node_id]
-            if node.registered and node.exit_code is None and node.process is not None and node.process.poll() is None:
-                self.control.send(message, to=node_id)
-                sent[node_id] = node.process.pid
-            else:
-                skipped.append(node_id)  # down (or restarting): it gets the history when it is ready
-        if sent:
-            self.network_faults_unapplied[fault.position] = NetworkFaultSent(time.monotonic(), set(sent))
-        details = {"groups": [list(g) for g in fault.groups]} if fault.kind == "partition" else {}
-        if fault.kind == "link":
-            details = {"edges": [list(e) for e in fault.edges], "link": fault.link.model_dump(exclude_defaults=True)}
-        self.events.write("fault", None, kind=fault.kind, **self._fault_timing(fault), targets=list(fault.targets),
-                          nodes=sent, skipped=skipped, chosen_by=fault.chosen_by, position=fault.position, **details)
-
-    def _silence_limit_s(self) -> float:
-        # Nodes report every status_every_s once running; three missed reports is a silence.
-        return 3 * self.config.protocols.control.status_every_s
-
-    def _check_silence(self) -> None:
-        """A running node that stopped reporting: paused (SIGSTOP, state T) or unresponsive."""
-        if not self.started:
-            return
-        now = time.monotonic()
-        for node_id, node in self.nodes.items():
-            if node.exit_code is not None or node.process is None or node.silent is not None or not node.ready:
-                continue  # (a restarted node reports status only once it runs again)
-            silent_s = now - node.last_heard
-            if silent_s > self._silence_limit_s():
-                state = process_state(node.process.pid)
-                node.silent = "paused" if state in ("T", "t") else "unresponsive"
-                self.events.write(node.silent, node_id, silent_s=round(silent_s, 2), process_state=state)
 
     def _handle(self, envelope) -> None:
         node_id = envelope.identities[0].decode(errors="replace")
@@ -519,9 +312,9 @@ class Orchestrator:
                 node.reproducibility_broken |= new_causes
                 self.events.write("reproducibility_broken", node_id, causes=sorted(new_causes), step=message.step)
         elif isinstance(message, m.StepHeld):
-            self.on_step_held(node, message.step)
+            self.faults.on_step_held(node, message.step)
         elif isinstance(message, m.FaultApplied):
-            self.on_fault_applied(node, message.position)
+            self.faults.on_fault_applied(node, message.position)
         elif isinstance(message, m.RunComplete):
             self.events.write("run_complete", node_id, steps=message.steps)
             self.run_complete = True
@@ -556,17 +349,14 @@ class Orchestrator:
 
     def _directory_for(self, node: NodeRecord) -> m.Directory:
         env_endpoint = next(n.endpoints["env"] for n in self.nodes.values() if n.launch.role == "env_server")
-        # The learner node of a centralized run (training.mode: centralized); agents connect to it.
-        learner_endpoint = next((n.endpoints["ctde"] for n in self.nodes.values() if n.launch.role == "learner"), None)
-        # The external goal supervisor of a goal run (agents.goals.supervisor.external); agents ask it.
-        supervisor_endpoint = next((n.endpoints["goals"] for n in self.nodes.values() if n.launch.role == "supervisor"), None)
+        # The nodes the run's capabilities added (a learner node, a goal supervisor), by service.
+        services = {extra.service: self.nodes[extra.node_id].endpoints[extra.service] for extra in extra_nodes(self.config)}
         agent_ids = list(self.topology.nodes)
         neighbours = {}
         if node.launch.role == "agent":
             index = agent_ids.index(node.launch.node_id)
             neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
-        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids),
-                           learner_endpoint=learner_endpoint, supervisor_endpoint=supervisor_endpoint)
+        return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids), services=services)
 
     def on_ready(self, node: NodeRecord, resumed_step: int | None = None) -> None:
         node.ready = True
@@ -575,12 +365,12 @@ class Orchestrator:
             self.control.send(m.Start(), to=node.launch.node_id)  # a restarted node rejoins the running run
             # Its link table is fresh from the config: replay the run-time network faults so far,
             # after the start (before it, the node's start-up waits drop other control messages).
-            for message in self.network_faults:
+            for message in self.faults.network_faults:
                 self.control.send(message, to=node.launch.node_id)
             self.events.write("rejoined", node.launch.node_id, restarts=node.restarts,
-                              network_faults_replayed=len(self.network_faults))
+                              network_faults_replayed=len(self.faults.network_faults))
             if node.launch.role == "env_server":
-                self._hold_at_step_faults(node)
+                self.faults.hold_at_step_faults(node)
                 self._env_server_back(node, resumed_step)
             elif self.env_server_down_since is not None and node.launch.role == "agent":
                 # An agent restarted while the env server is down: it waits with the others.
@@ -592,15 +382,15 @@ class Orchestrator:
                 self.control.send(m.Start(), to=node_id)
                 # A resumed run: the network faults its earlier orchestrators fired, as a
                 # restarted node gets them (after the start, which its start-up waits for).
-                for message in self.network_faults:
+                for message in self.faults.network_faults:
                     self.control.send(message, to=node_id)
-            self.events.write("started", None, network_faults_replayed=len(self.network_faults))
+            self.events.write("started", None, network_faults_replayed=len(self.faults.network_faults))
             # The fault clock starts after the `started` event is stamped, so no fault reads as
             # earlier than its at_s against that event (sending Start to every node takes time).
-            self.faults.start(time.monotonic())
+            self.faults.clock.start(time.monotonic())
             for node in self.nodes.values():
                 if node.launch.role == "env_server":
-                    self._hold_at_step_faults(node)
+                    self.faults.hold_at_step_faults(node)
 
     def _reap_exited(self) -> None:
         for node_id, node in self.nodes.items():
@@ -636,7 +426,7 @@ class Orchestrator:
 
     def _should_restart(self, node: NodeRecord, code: int) -> bool:
         # A learner restores its checkpoint; an env server resumes the run (env_server/resume.py).
-        if node.launch.role not in ("agent", "learner", "env_server", "supervisor") or self.run_complete:
+        if self.run_complete:
             return False
         if node.launch.role == "env_server" and not self.started:
             return False  # during start-up the agents are still joining it: the run fails instead

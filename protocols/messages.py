@@ -343,11 +343,10 @@ class Directory:
     env_endpoint: str
     neighbours: dict[str, str]  # neighbour node id -> its peer endpoint
     num_agents: int
-    # Where the learner node of a centralized run takes transitions (None: the run trains
-    # decentralized). Agents connect to it; the learner itself is told its own endpoint.
-    learner_endpoint: str | None = None
-    # Where the external goal supervisor of a goal run answers (None: no such node in the run).
-    supervisor_endpoint: str | None = None
+    # Where the nodes a capability added to the run answer, by the capability's service name
+    # (agent_node/registry.py `ExtraNode`): "ctde" for a centralized run's learner node (the
+    # learner itself is told its own), "goals" for a goal run's external supervisor.
+    services: dict[str, str] = field(default_factory=dict)
 
 
 @register_message("control.ready")

@@ -15,6 +15,7 @@ from typing import Any
 from agent_node.capability import Capability, NodeServices
 from agent_node.ctde.client import CentralizedDQNActor
 from agent_node.ctde.config import learner_schedule
+from agent_node.ctde.description import SERVICE
 from protocols import messages as m
 from protocols.ctde import CTDEParams
 from protocols.settings import LEARNER_NODE_ID
@@ -36,14 +37,15 @@ class CentralizedTraining(Capability):
         self.channel = None
 
     def connect(self, directory: m.Directory) -> None:
-        if directory.learner_endpoint is None:
+        endpoint = directory.services.get(SERVICE)
+        if endpoint is None:
             self.node.fail("training.mode is centralized but the orchestrator's directory names no learner node")
         # A routing id of this incarnation: the learner node reads behind, and a restarted agent
         # must be heard at once (transport.incarnation_routing_id). Linger: the last
         # transitions still go out at the end.
         node_id = self.node.identity.node_id
         self.channel = self.node.open_channel(
-            directory.learner_endpoint, name="learner", source=LEARNER, identity=incarnation_routing_id(node_id),
+            endpoint, name="learner", source=LEARNER, identity=incarnation_routing_id(node_id),
             peer=LEARNER_NODE_ID, close_linger_s=1.0,
         )
 

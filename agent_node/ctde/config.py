@@ -13,7 +13,7 @@ process), and the learning values (`learning_rate` and its schedule, `gamma`, `b
 are taken by the learner node for the joint update instead (`mixer_config`, `learner_schedule`).
 So switching `training.mode` on the same YAML compares independent DQN (IQL) with VDN / QMIX at
 equal hyperparameters. What the centralized learner does not implement is refused
-(`agent_node.config.training_problems`, which reads the agents' section too) rather than ignored.
+(agent_node/ctde/description.py, which reads the other sections too) rather than ignored.
 
 No torch here: the orchestrator validates this section in a fraction of a second.
 """

@@ -5,6 +5,8 @@
   negotiated, the supervisor's draw, AMIGo's tabular teacher)
 - `session.py`  the sans-IO goal session beside the goal-conditioned learner
 - `capability.py`  the node-side part (agent_node/capability.py)
+- `description.py`  what the run knows of it (agent_node/registry.py): its section, checks,
+  the external supervisor node it adds
 - `supervisor.py`  `python -m agent_node.goals.supervisor`: the external goal supervisor's node
 
 AMIGo's cell goals have a session of their own, in agent_node/amigo/.

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent_node.capability import ENV, PEERS, Capability, NodeServices
 from agent_node.amigo.session import build_amigo_session
+from agent_node.goals.description import SERVICE
 from agent_node.goals.session import build_goal_session
 from protocols import messages as m
 from protocols.hindsight import HindsightReport
@@ -47,9 +48,10 @@ class GoalsCapability(Capability):
         self.supervisor = None  # the external goal supervisor's channel (agents.goals.supervisor.external)
 
     def connect(self, directory: m.Directory) -> None:
-        if directory.supervisor_endpoint is not None:
+        endpoint = directory.services.get(SERVICE)
+        if endpoint is not None:
             self.supervisor = self.node.open_channel(
-                directory.supervisor_endpoint, name="supervisor", source=SUPERVISOR,
+                endpoint, name="supervisor", source=SUPERVISOR,
                 identity=self.node.identity.node_id, peer=SUPERVISOR_NODE_ID,
             )
 

@@ -4,4 +4,5 @@
 - `recording.py`  an agent writes the transitions it learns from (agents.record_dataset)
 - `train.py`  `python -m agent_node.offline`: CQL / BC per agent shard
 - `capability.py`  the node-side part (agent_node/capability.py)
+- `description.py`  what the run knows of it (agent_node/registry.py): its section, checks
 """

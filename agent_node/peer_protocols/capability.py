@@ -12,8 +12,9 @@ env_steps`; only for an engine that says `talks_in_env_steps`), its time is the 
 messages come at the step starts they are due (`on_env_step`), its deadline is checked there,
 and what it gives the learner no longer depends on timing.
 
-This module is one of the node's built-in capabilities (`agent_node/capability.py`:
-`BUILTIN_CAPABILITIES`), so a plugin protocol is loaded on the same path as Parley's own.
+This module is the node side of one of the built-in capabilities (described in
+agent_node/peer_protocols/description.py, agent_node/registry.py), so a plugin protocol is
+loaded on the same path as Parley's own.
 """
 
 from __future__ import annotations

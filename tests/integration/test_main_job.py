@@ -54,7 +54,7 @@ def test_the_main_job_agrees_on_distinct_landmarks_every_episode_and_reports_its
     evaluation = summary["evaluation"]
     assert evaluation["evaluations"] == steps // 50
     assert evaluation["oracle"] > evaluation["random"]
-    assert summary["world_model"]["sessions"] > 0
+    assert summary["consensus"]["world_model"]["sessions"] > 0
     traffic = summary["peer_traffic"]
     assert set(traffic) == {f"agent_{i} -> agent_{j}" for i in range(4) for j in ((i + 1) % 4, (i - 1) % 4)}
     assert all(counters["bytes_sent"] > 0 for counters in traffic.values())

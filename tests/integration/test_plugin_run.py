@@ -1,6 +1,7 @@
 """Plugins through the real runtime: `orchestrate validate` and `orchestrate up` on a config that
-names the example's IPPO learner and its return-gossip protocol by import path, both their
-metrics found in the run; and the same through the Python API (orchestrator/api.py)."""
+names the example's IPPO learner, its return-gossip protocol and its best-return capability by
+import path, their metrics found in the run and the capability's check and report section at
+work; and the same through the Python API (orchestrator/api.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ IPPO = [
 # open when the run ends is not logged.
 GOSSIP_PATH = "parley_ippo.gossip:ReturnGossip"
 GOSSIP = ["--set", f"agents.protocols=[{{kind: '{GOSSIP_PATH}', every_steps: 10, timeout_s: 20.0, entropy_boost: 0.5}}]"]
+# The example's own capability (agent_node/registry.py): its section in the run's `capabilities`,
+# a record every 20 steps of the mean of each agent's last 2 episodes.
+BEST_PATH = "parley_ippo.best_return:CAPABILITY"
+BEST = ["--set", f"capabilities=[{{kind: '{BEST_PATH}', every_steps: 20, window: 2}}]"]
 
 
 def orchestrate(*args: str) -> subprocess.CompletedProcess:
@@ -41,13 +46,21 @@ def test_validate_and_up_run_the_plugin_learner_and_protocol_and_their_metrics_a
     from orchestrator import api
 
     monkeypatch.syspath_prepend(str(EXAMPLE))  # this process reads the resolved config, plugin kinds included
+    if "parley_ippo" in sys.modules:  # imported by an earlier test from an installed copy: this folder's modules first
+        monkeypatch.setattr(sys.modules["parley_ippo"], "__path__", [str(EXAMPLE / "parley_ippo"), *sys.modules["parley_ippo"].__path__])
 
-    validated = orchestrate("validate", "configs/tiny_ring.yaml", *IPPO, *GOSSIP)
+    validated = orchestrate("validate", "configs/tiny_ring.yaml", *IPPO, *GOSSIP, *BEST)
     assert validated.returncode == 0, validated.stderr[-3000:]
     assert f"learner {IPPO_PATH}" in validated.stdout and f"protocols {GOSSIP_PATH}" in validated.stdout
+    assert "best return every 20 steps" in validated.stdout
+    # The capability's own check, before anything starts: tiny_ring runs 60 steps.
+    refused = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, "--set", f"capabilities=[{{kind: '{BEST_PATH}', every_steps: 61}}]",
+                          "--run-dir", str(tmp_path / "refused"))
+    assert refused.returncode == 2 and "capabilities.0.every_steps: expected at most run.steps (60), got 61" in refused.stderr
+    assert not (tmp_path / "refused").exists()
 
     run_dir = tmp_path / "run"
-    done = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, *GOSSIP, "--run-dir", str(run_dir))
+    done = orchestrate("up", "configs/tiny_ring.yaml", *IPPO, *GOSSIP, *BEST, "--run-dir", str(run_dir))
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = api.open_run(run_dir)
@@ -74,9 +87,17 @@ def test_validate_and_up_run_the_plugin_learner_and_protocol_and_their_metrics_a
         assert any("ippo/policy_loss" in r for r in records), f"{agent} logged no IPPO losses"
         # The rollout in flight is the learner's `replay`, saved by the node's persistence.
         assert list((run_dir / "nodes" / agent / "replay").glob("step-*.npz"))
+        # The capability's records: from step 20 on (each copy has ended an episode by step 10).
+        best = [r for r in records if "best_return/best" in r]
+        assert [r["step"] for r in best][:2] == [20, 40], f"{agent} best_return records at {[r['step'] for r in best]}"
+        assert all(r["best_return/best"] >= r["best_return/window_mean"] for r in best)
     assert [step for step, _ in run.evaluations()] == [20, 40, 60]
     assert run.exit_code() == 0 and not run.running()
-    assert run.report()["evaluation"]["evaluations"] == 3
+    summary = run.report()
+    assert summary["evaluation"]["evaluations"] == 3
+    assert sorted(summary["best_return"]["best_by_agent"]) == ["agent_0", "agent_1", "agent_2"]
+    shown = orchestrate("report", str(run_dir))
+    assert shown.returncode == 0 and "best return (mean of an agent's recent episodes): team best" in shown.stdout
 
 
 @pytest.mark.long  # a second whole run; `up` above already goes through api.load, check and prepare

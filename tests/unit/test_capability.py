@@ -13,9 +13,8 @@ import pytest
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent
-from agent_node.capability import (
-    BUILTIN_CAPABILITIES, PEERS, Capability, dispatch_table, load_capabilities, load_entry_point,
-)
+from agent_node.capability import PEERS, Capability, dispatch_table, load_capabilities, load_entry_point
+from agent_node.registry import builtin_descriptions
 from agent_node.persistence import NodePersistence, load_checkpoint
 from protocols import messages as m
 from protocols.flooding import FloodTable
@@ -80,7 +79,8 @@ def test_a_message_type_has_one_handler():
 
 
 def test_every_builtin_entry_point_resolves():
-    assert all(callable(load_entry_point(path)) for path in BUILTIN_CAPABILITIES)
+    paths = [description.node_side for description in builtin_descriptions()]
+    assert len(paths) == 6 and all(callable(load_entry_point(path)) for path in paths)
 
 
 def test_a_capabilitys_state_rides_in_the_checkpoint_and_only_when_it_has_one(tmp_path):
@@ -115,7 +115,7 @@ def test_the_example_in_the_interfaces_docstring_works(forget_the_example_messag
     from protocols.topology import TopologyConfig, build_topology
 
     doc = capability_module.__doc__
-    code = doc[doc.index("    from dataclasses import dataclass"):doc.index("`build` is called once")]
+    code = doc[doc.index("    from dataclasses import dataclass"):doc.index("The description (agent_node/registry.py)")]
     namespace: dict = {}
     exec(textwrap.dedent(code), namespace)  # noqa: S102 - the documentation's own example
 
@@ -133,7 +133,9 @@ def test_the_example_in_the_interfaces_docstring_works(forget_the_example_messag
             self.records.append(record)
 
     node = StandInNode()
-    gossip = namespace["build"](types.SimpleNamespace(agents=types.SimpleNamespace(count=3)), node)
+    config = namespace["GossipConfig"](kind="my_package.gossip:CAPABILITY")
+    run = types.SimpleNamespace(agents=types.SimpleNamespace(count=3), capabilities=(config,))
+    gossip = namespace["build"](run, node)
     assert load_capabilities(None, node, []) == [] and isinstance(gossip, Capability)
     gossip.on_timer(0.0)
     assert sorted(peer for peer, _ in node.sent) == ["agent_1", "agent_2"] and gossip.next_deadline() == 1.0

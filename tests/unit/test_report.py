@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from agent_node.consensus.report import rounds_to_converge
 from orchestrator import report
 from orchestrator.cli import main
 
@@ -86,7 +87,7 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
     # down at +3.1 s (exited), its first row after the restart (+4 s) is the episode at +5 s
     assert agent_0["recovery_s"] == pytest.approx(1.9)
     assert agent_1["recovery_s"] is None
-    assert agent_0["consensus_sessions"] == 1
+    assert summary["consensus"]["sessions_per_agent"]["agent_0"] == 1
 
     link = summary["links"]["agent_0_to_agent_1"]
     assert (link["sent"], link["delivered"], link["dropped"]) == (30.0, 26.0, 4.0)  # 20 + 10, 19 + 7, 1 + 3
@@ -234,11 +235,11 @@ def test_rounds_to_converge_splits_sessions_at_round_zero():
     rows += [{"consensus/round": 0.0}, {"consensus/round": 1.0, "consensus/disagreement_max": 2.0},
              {"consensus/round": 2.0, "consensus/disagreement_max": 1e-3}]  # fmt: skip
     rows += [{"consensus/round": 0.0}]  # nothing measured at all
-    assert report._rounds_to_converge(rows, 1e-3) == [2, None, 0, 2, None]
+    assert rounds_to_converge(rows, 1e-3) == [2, None, 0, 2, None]
     # A million times smaller is reached by none of them but the one with nothing to average.
-    assert report._rounds_to_converge(rows, 1e-6) == [None, None, 0, None, None]
+    assert rounds_to_converge(rows, 1e-6) == [None, None, 0, None, None]
     rows += [{"consensus/round": float(r), "consensus/disagreement_max": d} for r, d in enumerate([1.0, 1e-4, 1e-7])]
-    assert report._rounds_to_converge(rows, 1e-6)[-1] == 2 and report._rounds_to_converge(rows, 1e-3)[-1] == 1
+    assert rounds_to_converge(rows, 1e-6)[-1] == 2 and rounds_to_converge(rows, 1e-3)[-1] == 1
 
 
 def test_fault_windows_end_at_the_recovery_of_a_node_they_hit():

@@ -1,0 +1,50 @@
+"""The landmarks as the run sees them (agent_node/registry.py): their section, their checks
+against the env, the training mode and the topology, and their part of the report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agent_node.landmarks.config import LandmarksConfig
+from agent_node.landmarks.report import REPORT
+from agent_node.registry import CapabilityDescription
+
+if TYPE_CHECKING:
+    from protocols.topology import Topology
+
+
+def problems(run: Any, topology: Topology | None) -> list[str]:
+    """agents.landmarks conditions a DQN learner, reads simple_spread's observations and acts with
+    discrete actions, and its agreement floods over a connected topology with every agent
+    learning on its own."""
+    if run.agents.landmarks is None:
+        return []
+    found = []
+    if run.agents.learner.kind != "dqn":
+        found.append(
+            "agents.landmarks: the landmark-conditioned agents learn with learner kind 'dqn' (its input gets the "
+            f"landmark's one-hot); got learner kind {run.agents.learner.kind!r}"
+        )
+    if run.agents.goals is not None:
+        found.append("agents.landmarks: give landmarks or goals (landmarks is simple_spread's, goals is goal_lines'), got both")
+    if not run.env.name.endswith("simple_spread_v3") or run.env.kwargs.get("continuous_actions", False):
+        found.append(
+            "agents.landmarks: expected env mpe2.simple_spread_v3 with continuous_actions: false (its observation "
+            f"layout and discrete moves), got {run.env.name} with kwargs {dict(run.env.kwargs)}"
+        )
+    if run.training.mode != "decentralized":
+        found.append(f"agents.landmarks: expected training.mode 'decentralized', got {run.training.mode!r}")
+    if topology is not None and not topology.is_connected():
+        found.append("agents.landmarks: the topology must be connected for the team to agree (flooding)")
+    return found
+
+
+CAPABILITY = CapabilityDescription(
+    name="landmarks",
+    section="agents.landmarks",
+    config_model=LandmarksConfig,
+    node_side="agent_node.landmarks.capability:build",
+    problems=problems,
+    report=REPORT,
+    hparams=("agents.landmarks",),
+)
