@@ -562,6 +562,19 @@ def check_noticed(run_dir: Path, events: list[dict], resolved: dict) -> Verdict:
                 if seen is None or seen > bound:
                     late.append(f"{kind} {node}: {want} after {seen if seen is None else round(seen, 2)} s (bound {bound:g} s)")
                 counted[kind] += 1
+        elif kind == "resume":  # a SIGCONT: the node is seen running again (if it was ever seen paused)
+            for node in fault.get("nodes", {}):
+                paused_at = max((e["t"] for e in events if e["event"] == "fault" and e["kind"] == "pause"
+                                 and node in e.get("nodes", {}) and e["t"] <= t), default=None)
+                seen_paused = paused_at is not None and any(
+                    e["event"] == "paused" and e["node"] == node and paused_at <= e["t"] <= t + 0.05 for e in events)
+                counted[kind] += 1
+                if not seen_paused:
+                    continue  # resumed before the orchestrator could tell it from a slow node: nothing to notice
+                seen = next((e["t"] - t for e in later if e["event"] == "resumed" and e["node"] == node), None)
+                if seen is None or seen > silence_bound:
+                    late.append(f"resume {node}: resumed after {seen if seen is None else round(seen, 2)} s "
+                                f"(bound {silence_bound:g} s)")
         elif fault.get("nodes"):
             position = fault["position"]
             applied = next((e for e in later if e["event"] == "fault_applied" and e["position"] == position), None)
