@@ -289,7 +289,7 @@ def preload_modules(
         if world_model_kind:
             modules.append(f"agent_node.world_models.{world_model_kind}")
     if "learner" in roles:
-        # Not agent_node.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
+        # Not agent_node.ctde.learner_node itself: the zygote runs it as __main__ (runpy warns about a preloaded one).
         modules += ["torch", "agent_node.algos.mixers", "agent_node.ctde.learner"]
     if "supervisor" in roles:
         modules += ["agent_node.config", "agent_node.goals.modules", "protocols.supervision"]

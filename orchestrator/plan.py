@@ -8,7 +8,7 @@ executes a plan; `orchestrate up --dry-run` prints it with `format_plan`.
 
 Every node is started the same way:
 
-    python -m env_server|agent_node|agent_node.learner_node --config <run dir>/resolved.yaml --node-id <id> --control <endpoint>
+    python -m env_server|agent_node|agent_node.ctde.learner_node --config <run dir>/resolved.yaml --node-id <id> --control <endpoint>
 
 and learns everything else (its seed, its socket directory, its neighbours' addresses) from
 `resolved.yaml` and from the orchestrator's rendezvous directory.
@@ -34,7 +34,7 @@ from protocols.settings import ORCHESTRATOR_ID, IPC_ENDPOINT_MAX_BYTES, ipc_dir_
 
 # The module each role runs as (`python -m <module>`); the learner node runs only in a run with
 # `training.mode: centralized` (a name, not an import: the orchestrator imports no learning code).
-ROLE_MODULES = {"env_server": "env_server", "agent": "agent_node", "learner": "agent_node.learner_node",
+ROLE_MODULES = {"env_server": "env_server", "agent": "agent_node", "learner": "agent_node.ctde.learner_node",
                 "supervisor": "agent_node.goals.supervisor"}
 # The root of the source tree, put on the nodes' PYTHONPATH so `python -m agent_node` works
 # whether or not Parley is installed into the interpreter.

@@ -3,6 +3,6 @@
 - `client.py`  the agent's side: acts here, streams transitions, takes the newest parameters
 - `learner.py`  the learner node's core (joint rows, mixer updates, replay), sans sockets
 - `capability.py`  the node-side part (agent_node/capability.py)
-
-The learner node's process is agent_node/learner_node.py.
+- `learner_node.py`  `python -m agent_node.ctde.learner_node`: the learner node's process (the
+  orchestrator's `learner` role) around the core, with its persistence
 """

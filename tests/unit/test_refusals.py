@@ -91,7 +91,7 @@ def test_the_supervisor_counts_and_aggregates_what_it_does_not_take(hub, caplog)
 
 
 def test_the_learner_node_counts_refusals_in_its_own_and_the_security_counters(hub, caplog):
-    from agent_node.learner_node import LearnerService
+    from agent_node.ctde.learner_node import LearnerService
 
     caplog.set_level(logging.WARNING)
     learner = LearnerService(2, make_core=None, inbox=RecordingLink(), refusals=hub.refusals)
