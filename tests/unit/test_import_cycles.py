@@ -152,15 +152,21 @@ def test_the_graph_reads_every_kind_of_import(tmp_path) -> None:
 
 
 def test_the_node_names_no_capability() -> None:
-    """agent_node/node.py reaches its capabilities only through agent_node/capability.py."""
-    node_imports = imports_of("agent_node.node", ROOT / "agent_node" / "node.py", set(module_files()))
+    """agent_node/node.py and its parts (its start and drain, its own handlers, its reports)
+    reach the capabilities only through agent_node/capability.py; the node's class stays
+    readable (at most 450 lines, as every class of the runtime)."""
+    modules = set(module_files())
     capability_modules = {
-        name for name in module_files()
+        name for name in modules
         if name.startswith(("agent_node.consensus", "agent_node.ctde", "agent_node.offline", "agent_node.landmarks"))
         or name.startswith(("agent_node.goal", "agent_node.amigo"))
     }
-    assert not node_imports & capability_modules
-    assert len((ROOT / "agent_node" / "node.py").read_text(encoding="utf-8").splitlines()) <= 450
+    for part in ("node", "node_lifecycle", "node_handlers", "node_reporting"):
+        imported = imports_of(f"agent_node.{part}", ROOT / "agent_node" / f"{part}.py", modules)
+        assert not imported & capability_modules, f"agent_node/{part}.py imports {sorted(imported & capability_modules)}"
+    tree = ast.parse((ROOT / "agent_node" / "node.py").read_text(encoding="utf-8"))
+    (node_class,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "AgentNode"]
+    assert node_class.end_lineno - node_class.lineno + 1 <= 450
 
 
 def test_the_launch_backends_import_nothing_from_the_orchestrator_above_them() -> None:
