@@ -8,7 +8,7 @@ VENV_BENCH ?= .venv-bench
 
 .PHONY: run test test-long test-matrix test-deps setup docs bench bench-rllib clean
 
-# The example plugin (examples/parley_ippo, docs/write_your_own.md) is installed beside Parley, as
+# The example plugin (examples/parley_ippo, docs/guide/your_own.md) is installed beside Parley, as
 # a user's package would be: its entry point `ippo` is then a learner kind, and the tests use it.
 $(BIN)/orchestrate: pyproject.toml examples/parley_ippo/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

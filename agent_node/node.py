@@ -30,17 +30,18 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from agent_node.algos.config import NEEDS_GLOBAL_VIEW
 from agent_node.capability import CONTROL, ENV, PEERS, Capability, dispatch_table, load_capabilities
 from agent_node.config import AgentNodeConfig
 from agent_node.env_client import EnvClient
 from agent_node.global_fields import GlobalFieldTracker
+from agent_node import node_handlers as handlers
+from agent_node.node_handlers import on_membership_events
+from agent_node.node_lifecycle import RUN_BUDGET_SPENT, NodeFailure, connect_node, drain_node, stop_for_write_error
+from agent_node.node_reporting import flush_metrics, send_status
 from agent_node.node_states import NodeState, check_transition
-from agent_node.node_parts import (
-    RUN_BUDGET_SPENT, EnvLink, NodeFailure, Services, build_node_learner, drain_node, stop_for_write_error,
-)
 from agent_node.peers import PeerMesh
 from agent_node.persistence import NodePersistence
 from agent_node.roles import NodeLearner
@@ -60,9 +61,10 @@ from protocols.wire import Envelope
 log = logging.getLogger("agent_node")
 
 
-class AgentNode(EnvLink, Services):
-    """The loop, its states and its dispatch. What capabilities may call (`capability.NodeServices`)
-    is `node_parts.Services`; the env server's side of the dispatch is `node_parts.EnvLink`."""
+class AgentNode:
+    """The loop, its states, its dispatch and the observation's path; what capabilities may call
+    (`capability.NodeServices`). Its start and drain are agent_node/node_lifecycle.py, its own
+    handlers agent_node/node_handlers.py, its reports agent_node/node_reporting.py."""
 
     def __init__(self, identity: NodeIdentity, run: AgentNodeConfig, control_endpoint: str) -> None:
         self.identity = identity
@@ -75,7 +77,7 @@ class AgentNode(EnvLink, Services):
         self.waiting_for_updates: m.EnvObservation | None = None  # (the update-ratio contract)
         self.evaluating = False  # the env server is running evaluation episodes
         self.reproducible = run.run.reproducible  # run.reproducible (module docstring)
-        self._broken_causes: set[str] = set()  # why this run stopped being a function of its seed
+        self.broken_causes: set[str] = set()  # why this run stopped being a function of its seed
         self.awaiting_final_observation = False  # the stop came before the last observation (on_shutdown)
         self.hub = node_hub(run, identity)
         self.control = ControlClient(self.hub, control_endpoint, node_id=identity.node_id)
@@ -84,12 +86,15 @@ class AgentNode(EnvLink, Services):
             zero_copy=True,  # consensus and model shares: arrays of megabytes, read where they arrived
         )
         self.env: Channel | None = None
+        self.env_down_since: float | None = None  # while the env server restarts
+        # The observation a capability held when the env server died: never answered.
+        self.dead_server_observation: m.EnvObservation | None = None
         self.mesh: PeerMesh | None = None  # links to the neighbours and their liveness, once known
         self.metrics = MetricsWriter(identity.node_dir / "metrics.jsonl", identity.run_dir / "tb" / identity.node_id)
         self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         self.env_agent: str = ""
         self.step = 0  # lockstep step of the last observation
-        self._flushed_step = -1  # of the last periodic metrics flush
+        self.flushed_step = -1  # of the last periodic metrics flush
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         self._sources: dict[str, str] = {"env": ENV, "peers": PEERS, "control": CONTROL}  # channel name -> source
         self.capabilities: list[Capability] = load_capabilities(run, self)
@@ -105,7 +110,7 @@ class AgentNode(EnvLink, Services):
                                     packed=True, shm=self.hub.links.model_for(ENV_NODE_ID).config.is_ideal)  # (no delays on shm)
         self.messages_handled, self.started_at = 0, time.monotonic()
         self.stop_reason, self.exit_code = "", 0
-        self._write_errors_logged: set[str] = set()  # a refusing file says the same thing each time
+        self.write_errors_logged: set[str] = set()  # a refusing file says the same thing each time
         self.persistence = NodePersistence(
             identity.node_dir, checkpoint_every_steps=config.checkpoint_every_steps,
             replay_save_every_steps=config.replay_save_every_steps, keep_generations=config.keep_generations,
@@ -131,45 +136,12 @@ class AgentNode(EnvLink, Services):
         self.stop_reason = reason
         self.transition(NodeState.DRAINING)
 
-    # ------------------------------------------------------------------ start-up
-
-    def connect(self) -> None:
-        """Register, learn the neighbours and the env server, join the env, report ready."""
-        self.transition(NodeState.CONNECTING)
-        self.control.register("agent", {"peer": self.peer_inbox.endpoint})
-        directory: m.Directory = self.control.wait_for(m.Directory, self.startup_timeout_s)
-        linger_s = max([0.0] + [c.peer_linger_s for c in self.capabilities])
-        links = {
-            neighbour: self.open_channel(endpoint, name=f"peer:{neighbour}", source=PEERS, identity=self.identity.node_id,
-                                         peer=neighbour, close_linger_s=linger_s)
-            for neighbour, endpoint in sorted(directory.neighbours.items())
-        }  # (peers only ever write to our inbox, never reply on the DEALERs we connected to them)
-        self.mesh = PeerMesh(self.identity.node_id, links, heartbeat_every_s=self.membership.heartbeat_every_s,
-                             timeout_s=self.membership.timeout_s, refusals=self.hub.refusals)
-        self.mesh.set_state(self.state.value)
-        self.mesh.start(time.monotonic())
-        self.env = self.hub.connect_dealer(directory.env_endpoint, name="env", identity=self.identity.node_id, peer=ENV_NODE_ID)
-        for capability in self.capabilities:
-            capability.connect(directory)
-        self.env.send(self.env_client.join())
-        welcome = self._wait_env(m.EnvWelcome, self.env_client.on_welcome)
-        if self.talk is not None:
-            self.talk.know_env_agents(self.topology.nodes, list(welcome.possible_agents))
-        self._pack_env_bodies()
-        build_node_learner(self, welcome)
-        self.control.ready(notice=self.state_notice)
-        self.transition(NodeState.READY)
-        self.control.wait_for(m.Start, self.startup_timeout_s)
-        self.transition(NodeState.RUNNING)
-        self.env.send(self.env_client.reset(seed=None))
-        self.env_client.heard(time.monotonic())
-
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> int:
         """Run until the budget is spent or the orchestrator says stop; return the exit code."""
         try:
-            self.connect()
+            connect_node(self)
             while self.state not in (NodeState.DRAINING, NodeState.STOPPED):
                 self._iterate()
         except ShutdownRequested as request:
@@ -220,9 +192,9 @@ class AgentNode(EnvLink, Services):
 
     def _on_timers(self, now: float) -> None:
         self.hub.flush_due(now)
-        self._on_membership_events(self.mesh.on_timer(now))
+        on_membership_events(self, self.mesh.on_timer(now))
         if self.control.status_due(now, self.status_every_s):
-            self._send_status(now)
+            send_status(self, now)
         holding = self.state.value in {c.hold_state for c in self.capabilities}
         for capability in self.capabilities:
             capability.on_timer(now)
@@ -250,7 +222,7 @@ class AgentNode(EnvLink, Services):
             self.env_client.heard(now)
         elif source == PEERS:
             accepted, events = self.mesh.accept(envelope.sender, message, now)
-            self._on_membership_events(events)
+            on_membership_events(self, events)
             if accepted is None:
                 return  # not a neighbour; the mesh counted it in the hub's refusals
             if self.talk is not None and self.talk.holds(envelope.sender, message, self.dispatch):
@@ -266,6 +238,64 @@ class AgentNode(EnvLink, Services):
             handler.on_message(envelope.sender, message, now)
         else:
             handler(self, envelope.sender, message, now)
+
+    # ------------------------------------------------------------------ what capabilities may call
+
+    def send_peers(self, outgoing: Iterable) -> None:
+        if self.talk is not None:  # talking in env steps: it leaves when this node answers its step
+            self.talk.queue(outgoing)
+        else:
+            self.mesh.send(list(outgoing))
+
+    def send_env(self, message: Any) -> None:
+        if self.env is not None:  # (none while the env server restarts: its episode is gone)
+            self.env.send(message)
+
+    def write_metrics(self, record: Mapping[str, float]) -> None:
+        self.metrics.write(self.step, record)
+
+    def accumulate_metrics(self, record: Mapping[str, float]) -> None:
+        self.metrics.accumulate(record)
+
+    def reproducibility_broken(self, cause: str, what: str) -> None:
+        """Timing decided something in a reproducible run: say so once per cause, in the metrics
+        (`reproducibility/broken` and `reproducibility/<cause>`), the log, and at once to the
+        orchestrator (a status whose extras name every cause so far: its `reproducibility_broken`
+        event)."""
+        if not self.reproducible or cause in self.broken_causes:
+            return
+        self.broken_causes.add(cause)
+        log.warning("run.reproducible: this run is no longer a function of its seed from step %d: %s", self.step, what)
+        self.metrics.write(self.step, {"reproducibility/broken": 1.0, f"reproducibility/{cause}": 1.0})
+        send_status(self, time.monotonic())
+
+    def open_channel(self, endpoint: str, *, name: str, source: str, identity: str, peer: str,
+                     close_linger_s: float = 0.0) -> Channel:
+        channel = self.hub.connect_dealer(endpoint, name=name, identity=identity, peer=peer, close_linger_s=close_linger_s)
+        self._sources[name] = source
+        return channel
+
+    def fail(self, why: str) -> None:
+        raise NodeFailure(why)
+
+    def _capability_states(self) -> dict[str, Any]:
+        return {c.name: state for c in self.capabilities if (state := c.state_dict()) is not None}
+
+    def _learn_one_slice(self) -> None:
+        """Up to `gradient_steps_per_slice` of the gradient steps owed. A reproducible run takes
+        them one `update` call each, so the metric means it accumulates are per gradient step
+        whatever the slicing (the steps themselves are the same either way)."""
+        if not self.reproducible:
+            self.metrics.accumulate(self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice))
+            return
+        for _ in range(self.config.gradient_steps_per_slice):
+            if self.learner.gradient_steps_due() <= 0:
+                return
+            self.metrics.accumulate(self.learner.update(max_gradient_steps=1))
+
+    def take_owed_updates(self) -> None:
+        while self.learner.gradient_steps_due() > 0:
+            self.learner.update(max_gradient_steps=self.config.gradient_steps_per_slice)
 
     # ------------------------------------------------------------------ observations
 
@@ -309,7 +339,7 @@ class AgentNode(EnvLink, Services):
         """Offer the observation to the capabilities from `start` on (all of them for the env
         server's last one: the final average comes first); answer it if none holds it."""
         start = 0 if message.run_finished else start
-        if not message.run_finished and (self.env_client.restarting or message is self._dead_server_observation):
+        if not message.run_finished and (self.env_client.restarting or message is self.dead_server_observation):
             # Held across an env-server restart: the server that waited on it is gone.
             log.info("not answering step %d: the env server restarted since it sent it", message.step)
             return
@@ -319,7 +349,7 @@ class AgentNode(EnvLink, Services):
             if message.run_finished and self.state is not NodeState.RUNNING:
                 break
             if message.run_finished and self.config.learning:
-                self._take_owed_updates()  # what the final hold (the average) sees is the finished learner's
+                self.take_owed_updates()  # what the final hold (the average) sees is the finished learner's
             if capability.hold_state is not None:
                 self.transition(NodeState(capability.hold_state))
             capability.begin_hold(message, time.monotonic())
@@ -426,8 +456,8 @@ class AgentNode(EnvLink, Services):
             self.reproducibility_broken("step_deadline", f"the env server stepped without {sorted(message.missing)}")
         # (> the last flushed step: a resumed env server's first observation may repeat the step
         # of the last one the old server sent.)
-        if message.step % self.config.metrics_every_steps == 0 and message.step > self._flushed_step:
-            self._flush_metrics(message.step)
+        if message.step % self.config.metrics_every_steps == 0 and message.step > self.flushed_step:
+            flush_metrics(self, message.step)
         now = time.monotonic()
         for capability in self.capabilities:
             capability.after_observation(message, now)
@@ -438,13 +468,13 @@ class AgentNode(EnvLink, Services):
     # Capabilities add theirs (`Capability.handles`, see `dispatch_table`).
     HANDLERS: dict[type, tuple[tuple[str, ...], Callable]] = {
         m.EnvObservation: ((ENV,), on_env_observation),
-        m.EnvWelcome: ((ENV,), EnvLink.on_env_welcome),
-        m.ErrorReply: ((ENV,), EnvLink.on_env_error),
-        m.EnvServerRestarting: ((CONTROL,), EnvLink.on_env_server_restarting),
-        m.EnvServerBack: ((CONTROL,), EnvLink.on_env_server_back),
-        m.Shutdown: ((CONTROL,), Services.on_shutdown),
-        m.Partition: ((CONTROL,), Services.on_network_fault),
-        m.Heal: ((CONTROL,), Services.on_network_fault),
-        m.SetLink: ((CONTROL,), Services.on_network_fault),
-        m.Heartbeat: ((PEERS,), Services.on_heartbeat),
+        m.EnvWelcome: ((ENV,), handlers.on_env_welcome),
+        m.ErrorReply: ((ENV,), handlers.on_env_error),
+        m.EnvServerRestarting: ((CONTROL,), handlers.on_env_server_restarting),
+        m.EnvServerBack: ((CONTROL,), handlers.on_env_server_back),
+        m.Shutdown: ((CONTROL,), handlers.on_shutdown),
+        m.Partition: ((CONTROL,), handlers.on_network_fault),
+        m.Heal: ((CONTROL,), handlers.on_network_fault),
+        m.SetLink: ((CONTROL,), handlers.on_network_fault),
+        m.Heartbeat: ((PEERS,), handlers.on_heartbeat),
     }

@@ -20,7 +20,7 @@ from scratch, saying so (`Generations.started_fresh`, `describe_fresh_start`; th
 puts it in the report's headline).
 
 The same `Generations` keep the learner node's checkpoint and joint replay
-(agent_node/learner_node.py) and the goal supervisor's checkpoint (agent_node/goals/supervisor.py);
+(agent_node/ctde/learner_node.py) and the goal supervisor's checkpoint (agent_node/goals/supervisor.py);
 the recorded datasets' chunks and manifests are sealed with the same trailer
 (agent_node/offline/datasets.py).
 

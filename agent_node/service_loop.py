@@ -1,5 +1,5 @@
-"""The one loop of the service nodes: the learner node (learner_node.py) and the goal supervisor
-(goals/supervisor.py).
+"""The one loop of the service nodes: the learner node (agent_node/ctde/learner_node.py) and the
+goal supervisor (agent_node/goals/supervisor.py).
 
 A service node binds its inbox, joins the run (register, directory, ready, start), then serves
 messages until the orchestrator's `control.shutdown` or a signal, reporting status every

@@ -50,8 +50,9 @@ import torch
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
 from agent_node.amigo.session import AmigoStudent
-from agent_node.amigo.teacher import NetworkTeacher
-from agent_node.goals.modules import AmigoTeacher, BeBoldNovelty, UniformCells
+from agent_node.amigo.network_teacher import NetworkTeacher
+from agent_node.amigo.novelty import BeBoldNovelty
+from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells
 from env_server.envs.treasure_room import TreasureRoomEnv
 from protocols.cell_space import cell_features
 from protocols.seeds import derive_seed
@@ -73,8 +74,8 @@ def make_env(args):
 
 def make_teacher(args, size: int, seed: int):
     if args.teacher == "network":
-        return NetworkTeacher(size, seed, batch_size=args.teacher_batch, learning_rate=args.teacher_lr or 0.001)
-    return AmigoTeacher(size * size, seed, batch_size=args.teacher_batch, learning_rate=args.teacher_lr or 0.5)
+        return NetworkTeacher(size, seed, Curriculum(batch_size=args.teacher_batch), learning_rate=args.teacher_lr or 0.001)
+    return AmigoTeacher(size * size, seed, Curriculum(batch_size=args.teacher_batch), learning_rate=args.teacher_lr or 0.5)
 
 
 def run_one(variant: str, seed: int, args) -> dict:

@@ -14,7 +14,7 @@ Three tables:
    |total weight - n| / n over probes every 10 push periods (held weight plus weight in flight).
 
     python bench/conformance.py                       # sizes 16,64,256,1024
-    python bench/conformance.py --sizes 16,64 --markdown --plot docs/consensus_conformance.png
+    python bench/conformance.py --sizes 16,64 --markdown --plot docs/results/data/consensus_conformance.png
 """
 
 from __future__ import annotations

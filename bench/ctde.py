@@ -8,7 +8,7 @@ compete for the cores:
 
 - `qmix`: `training: {mode: centralized, mixer: qmix}`: the agents act with their own Q-networks
   and stream transitions to a `learner` node, which trains all of them through a QMIX mixer on
-  the env's global state and sends each its network back (agent_node/learner_node.py);
+  the env's global state and sends each its network back (agent_node/ctde/learner_node.py);
 - `vdn`: the same with `mixer: vdn` (Q_tot = the sum of the agents' Q-values);
 - `iql`: `training: {mode: decentralized}`: every agent trains its own DQN on its own reward.
 

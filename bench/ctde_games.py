@@ -22,7 +22,7 @@ the run (`eval/return_mean`, the mean over the two agents, times 2: each agent i
 the team's payoff). The games are deterministic, so it is the payoff of the greedy joint policy.
 
 **Q_tot tables** come from the learner node's final checkpoint (it saves at the end;
-`agent_node.learner_node.load_trained_learner`, `CentralizedMixerLearner.joint_q_table`): for
+`agent_node.ctde.learner_node.load_trained_learner`, `CentralizedMixerLearner.joint_q_table`): for
 every stage, the mixer's value of each joint action with both agents observing that stage. On
 the non-monotonic game VDN's table is set against the analytic least-squares additive projection
 of the payoffs, and, to tell the data's share of the distance from the optimizer's, against the
@@ -88,7 +88,7 @@ PROJECTION_TOLERANCE = 0.1
 
 def q_tot_tables(run_dir: Path, module) -> dict[str, list[list[float]]]:
     """The final learner's Q_tot(stage, u_0, u_1) for every stage of the game."""
-    from agent_node.learner_node import load_trained_learner
+    from agent_node.ctde.learner_node import load_trained_learner
 
     learner = load_trained_learner(run_dir)
     env = module.parallel_env()

@@ -45,11 +45,11 @@ is rewritten after every run, so a batch cut short keeps what it finished; `--re
 
     .venv/bin/python bench/goals.py --runtime --cross-check --seeds 5 --episodes 1500 --jobs 4 \
         --modes negotiation_hindsight supervisor negotiation independent negotiation_her \
-        --save docs/goals_runtime.json --plot docs/goals_runtime.png
+        --save docs/results/data/goals_runtime.json --plot docs/results/data/goals_runtime.png
 
 Without `--runtime`, in one process (messages passed in process, no loss):
 
-    .venv/bin/python bench/goals.py --seeds 5 --episodes 1500 --save goals.json --plot docs/goals_success.png
+    .venv/bin/python bench/goals.py --seeds 5 --episodes 1500 --save goals.json --plot docs/results/data/goals_success.png
 
 `--ring N` runs configs/goals_ring6.yaml with N agents on a ring (all play every episode, L = 6)
 and prints alignment per ring edge and of the whole team per window of episodes:

@@ -22,7 +22,7 @@ fraction of negotiations that heard no proposal (`timed_out`) or were cut by the
 deadline, and hindsight reports missing per stored episode (`hindsight/partners_missing`).
 
     PYTHONPATH=. .venv/bin/python bench/goals_faults.py --seeds 1 --steps 8000 --landmarks 3 \\
-        --save goals_faults.json --plot docs/goals_faults.png
+        --save goals_faults.json --plot docs/results/data/goals_faults.png
 
 `--replot goals_faults.json` draws and prints a saved result without running anything.
 """

@@ -15,7 +15,7 @@ as in bench/main_job.py; the seeds are paired (the same seed gives both the same
 episodes), and the table gives each learner's mean with its 95% t-interval and the paired
 difference IPPO minus DQN with its interval.
 
-    .venv/bin/python bench/ippo.py --seeds 5 --root runs/bench_ippo --dqn-root runs/bench_main_job --save docs/ippo.json
+    .venv/bin/python bench/ippo.py --seeds 5 --root runs/bench_ippo --dqn-root runs/bench_main_job --save docs/results/data/ippo.json
     .venv/bin/python bench/ippo.py --seeds 5 --analyse                   # tables from finished runs
 
 The plugin is imported from examples/parley_ippo when it is not installed.

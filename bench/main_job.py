@@ -18,7 +18,7 @@ same evaluation episodes as the agents, averaged over the seeds. Each variant is
 `main` on the same seeds: the paired difference, its 95% t-interval, and the smallest difference
 that many seeds could detect (two-sided 0.05, power 0.8, from the pairs' standard deviation).
 
-    .venv/bin/python bench/main_job.py --seeds 5 --root runs/bench_main_job --save docs/main_job.json --plot docs/main_job.png
+    .venv/bin/python bench/main_job.py --seeds 5 --root runs/bench_main_job --save docs/results/data/main_job.json --plot docs/results/data/main_job.png
     .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 5     # tables from finished runs
 
 Runs go seed by seed (every variant of seed 0, then of seed 1, ...), so a batch cut short still

@@ -10,7 +10,7 @@ evaluations set beside Parley's OG-MARL runs.
         --steps 1600 --out REF/runs > REF/runs/seed0.log
 
     # the table: the reference's logs against a bench/og_marl.py summary (its og_marl runs)
-    python bench/og_marl_reference.py analyse REF/runs/seed*.log --saved docs/og_marl_c0_pairs10.json \
+    python bench/og_marl_reference.py analyse REF/runs/seed*.log --saved docs/results/data/og_marl_c0_pairs10.json \
         [--plot FILE.png] [--json]
 
 `run` calls the reference's unchanged `odmar.main(seed)` with three things set from outside:

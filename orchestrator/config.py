@@ -130,7 +130,7 @@ class FaultEvent(BaseModel):
       checkpoint and replay, joins the env server at the current step and is re-introduced to
       its neighbours at the same ipc endpoint; the run-time network faults so far are replayed
       to it. The `learner` node of a centralized run restores its checkpoint and joint replay at
-      the same ipc endpoint (agent_node/learner_node.py). The env server resumes the run at the
+      the same ipc endpoint (agent_node/ctde/learner_node.py). The env server resumes the run at the
       step after its last finished one (same budget and evaluation schedule, fresh episodes:
       env_server/resume.py) at the same ipc endpoint; meanwhile the agents wait (told over the
       control channel), then join it again and end the episodes it cut as truncated.

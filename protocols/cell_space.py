@@ -52,7 +52,7 @@ def manhattan(cell_a: int, cell_b: int, size: int) -> int:
 # A grid-observation env (env_server/envs/minigrid_task.py) pads its grid to `size x size` and
 # sends, per agent: `(row, col) / (size - 1)` (as above), the agent's direction one-hot (4), what it
 # carries (object and colour codes, scaled as below; 0 for nothing), then every cell's (object, colour, state) code scaled to [0, 1], row-major. AMIGo's network teacher
-# (agent_node/amigo/teacher.py) reads the grid back from the observation with `grid_of_observation`.
+# (agent_node/amigo/network_teacher.py) reads the grid back from the observation with `grid_of_observation`.
 
 GRID_HEADER = 2 + 4 + 2  # position, direction one-hot, carried object and colour
 GRID_CHANNELS = 3  # object, colour, state (MiniGrid's encoding)

@@ -274,3 +274,10 @@ def format_validation_error(error: ValidationError, root: type[BaseModel]) -> li
             if line not in lines:
                 lines.append(line)
     return lines
+
+
+def changed_from_default(model: BaseModel, names: Iterable[str]) -> list[str]:
+    """The fields among `names` whose value is not their default: the ones a "set only with ..."
+    check names. (Not `model_fields_set`: the resolved config, written with every default, is
+    validated again by each process.)"""
+    return [name for name in names if getattr(model, name) != type(model).model_fields[name].default]

@@ -28,8 +28,7 @@ from agent_node.algos.learner_parts import (
     checked_obs,
     steps_to_take,
 )
-from agent_node.algos.params import OfflineLearner
-from agent_node.offline.datasets import transitions_for_learning
+from agent_node.algos.params import OfflineLearner, transitions_for_learning
 
 
 class BCAgent(OfflineLearner):

@@ -22,8 +22,8 @@ Not taken over from the marl-offline-coordination code (`marlkit/torch/dqn/cql.p
 applies the log-sum-exp to the Q-values already masked to the taken action (`self.qf(obs) *
 actions`), so its regularizer sees zeros for every other action; here it runs over all actions.
 
-How it is used: `load_dataset(arrays)` with one agent's columns (`agent_node/offline/datasets.py`,
-`transitions_for_learning`), then `update()` until `gradient_steps_due()` is 0; no env server is
+How it is used: `load_dataset(arrays)` with one agent's columns (`agent_node/offline/datasets.py`;
+checked by `params.transitions_for_learning`), then `update()` until `gradient_steps_due()` is 0; no env server is
 needed. `act` is greedy. `get_params` names the Q-network `q_network.*` like `DQNAgent`, so a
 trained network loads into a DQN agent node for evaluation with `set_params`. An offline learner
 takes no online transitions: `observe` refuses them.
@@ -46,8 +46,7 @@ from agent_node.algos.learner_parts import (
     run_gradient_steps,
     steps_to_take,
 )
-from agent_node.algos.params import OfflineLearner
-from agent_node.offline.datasets import transitions_for_learning
+from agent_node.algos.params import OfflineLearner, transitions_for_learning
 
 
 class CQLAgent(OfflineLearner):

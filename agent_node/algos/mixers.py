@@ -29,7 +29,7 @@ mixer input keeps its fixed width `num_agents`.
 
 ## Where it runs
 
-In a `learner` node (agent_node/learner_node.py, `training.mode: centralized`): agents act in their own processes, send transitions, and
+In a `learner` node (agent_node/ctde/learner_node.py, `training.mode: centralized`): agents act in their own processes, send transitions, and
 receive their Q-network's parameters back. `agent_params(i)` names them exactly as
 `DQNAgent.get_params` does (`q_network.layers.<k>.<weight|bias>`), so an agent node running DQN
 for acting can take them with `set_params`. Everything here takes numpy batches and is tested

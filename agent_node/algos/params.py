@@ -8,7 +8,8 @@ shape and dtype before anything is written.
 (agent_node/algos/learner_parts.py) and whose shared parameters are one network's: it gives them
 `state_dict`, `load_state_dict`, `get_params` and `set_params`. `OfflineLearner` adds what the
 offline learners (CQL, BC) share: no online rows, a fixed number of gradient steps once a dataset
-is loaded, and the greedy discrete action.
+is loaded, and the greedy discrete action; `transitions_for_learning` checks and converts the
+columns of a dataset (agent_node/offline/datasets.py) for them.
 """
 
 from __future__ import annotations
@@ -126,6 +127,46 @@ class OfflineLearner(ModuleLearner):
         """The best-scored actions; an offline policy has no exploration, so `explore` changes nothing."""
         index = self.action_scores(obs).argmax(axis=1)
         return (index + int(self.action_space.start)).astype(self.action_space.dtype)
+
+
+class UnusableDataset(ValueError):
+    """A dataset whose columns do not fit the offline learner's spaces (or hold nothing)."""
+
+
+def transitions_for_learning(
+    arrays: Mapping[str, np.ndarray], observation_space: gym.spaces.Space, action_space: gym.spaces.Space
+) -> dict[str, np.ndarray]:
+    """One agent's columns checked against the learner's spaces and converted for training:
+    float32 observations, int64 action indices from 0 (a Discrete `start` subtracted), float32
+    rewards, bool flags."""
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise UnusableDataset(f"offline learners here need a Box observation space, got {observation_space!r}")
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise UnusableDataset(f"offline learners here need a Discrete action space, got {action_space!r}")
+    required = ("obs", "action", "reward", "next_obs", "terminated")
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise UnusableDataset(f"dataset arrays lack columns {missing}")
+    count = len(arrays["reward"])
+    if count == 0:
+        raise UnusableDataset("the dataset holds no transitions")
+    obs_shape = (count, *observation_space.shape)
+    for name in ("obs", "next_obs"):
+        if arrays[name].shape != obs_shape:
+            raise UnusableDataset(f"dataset column {name!r} has shape {arrays[name].shape}, the learner expects {obs_shape}")
+    actions = np.asarray(arrays["action"])
+    if actions.shape != (count,) or not np.issubdtype(actions.dtype, np.integer):
+        raise UnusableDataset(f"dataset actions must be ({count},) integers, got {actions.shape} {actions.dtype}")
+    index = actions.astype(np.int64) - int(action_space.start)
+    if index.min() < 0 or index.max() >= int(action_space.n):
+        raise UnusableDataset(f"dataset actions lie in [{actions.min()}, {actions.max()}], outside {action_space}")
+    return {
+        "obs": arrays["obs"].astype(np.float32).reshape(count, -1),
+        "action": index,
+        "reward": arrays["reward"].astype(np.float32),
+        "next_obs": arrays["next_obs"].astype(np.float32).reshape(count, -1),
+        "terminated": arrays["terminated"].astype(bool),
+    }
 
 
 def _check_param(name: str, value: Any, param: torch.Tensor) -> None:

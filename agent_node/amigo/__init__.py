@@ -1,8 +1,11 @@
 """AMIGo (agents.goals.selection: amigo): a student agent and its own teacher, whose goals are cells.
 
+- `config.py`  agents.goals.amigo (its typed schema and its run checks; imported without torch)
+- `teacher.py`  the rewards, the t* curriculum, the tabular teacher and the uniform baseline (numpy)
+- `network_teacher.py`  the paper's network teacher over the observed grid (MiniGrid tasks; torch)
+- `novelty.py`  BeBold's count-based novelty, an intrinsic reward for the student
 - `session.py`  the sans-IO session: the teacher proposes a cell, the student pursues it
-- `teacher.py`  the paper's network teacher over the observed grid (MiniGrid tasks)
 
-Its settings are agents.goals.amigo (agent_node/goals/config.py) and the goals' capability
-(agent_node/goals/capability.py) runs it; the tabular teacher is in agent_node/goals/modules.py.
+The goals' capability (agent_node/goals/capability.py) runs it; the goal-conditioned agent it
+drives is agent_node/goal_agent.py's. Nothing here imports agent_node/goals/.
 """

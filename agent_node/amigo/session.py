@@ -2,10 +2,10 @@
 
 ALGORITHMS.md section 3 (AMIGo; Campero et al., arXiv 2006.12122). The node runs it
 beside the goal-conditioned learner (`agent_node/algos/goal_dqn.py`) when the run's
-`agents.goals.selection` is `amigo` (`agent_node/goals/config.py`); the env is a cell grid that
+`agents.goals.selection` is `amigo` (`agent_node/amigo/config.py`); the env is a cell grid that
 reports, every step, the cell each agent stands on (`infos[agent]["cell"]`: treasure_room_v0, or a
-MiniGrid task through minigrid_v0). The teacher is a table (`agent_node/goals/modules.py` `AmigoTeacher`, open rooms) or,
-as in the paper, a network over the observed grid (`agent_node/amigo/teacher.py`, minigrid_v0).
+MiniGrid task through minigrid_v0). The teacher is a table (`agent_node/amigo/teacher.py` `AmigoTeacher`, open rooms) or,
+as in the paper, a network over the observed grid (`agent_node/amigo/network_teacher.py`, minigrid_v0).
 
 How it differs from the goal-lines session (`agent_node/goals/session.py`): a goal is a cell, and it
 changes *within* an episode. The teacher proposes a cell at the episode's start and proposes again
@@ -19,12 +19,12 @@ Per step (transition `obs, action -> next_obs` with extrinsic reward `r_ext`, th
   locked door's cell needs the key picked up or the door opened first, so stepping on the cell
   stands for the change, but a change seen from afar, e.g. a box moved, is not counted);
 - the student's reward: `clip(r_ext + r_int, -1, 1) + [r_ext > 0]`, `r_int = 1 - 0.9 t / T_max`
-  when reached (`goals.amigo_student_reward`), plus `novelty_scale` times BeBold's novelty of
+  when reached (`teacher.amigo_student_reward`), plus `novelty_scale` times BeBold's novelty of
   `cell` when `novelty: bebold`;
 - the row is stored with the goal the student pursued, and terminates when the goal is reached or
   the env terminated the agent (a truncation bootstraps);
 - a reached goal ends its goal episode: the teacher gets `+alpha` if `t >= t*`, `-beta` otherwise,
-  `+1` if an extrinsic reward came during it (`goals.amigo_teacher_reward`), and proposes anew from
+  `+1` if an extrinsic reward came during it (`teacher.amigo_teacher_reward`), and proposes anew from
   `cell`. The goal still open when the env episode ends is scored as not reached.
 
 The start cell of an episode comes from the observation's first entries (`protocols/cell_space.py`):
@@ -46,10 +46,11 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 import torch
 
-from agent_node.amigo.teacher import NetworkTeacher
-from agent_node.goals.config import AmigoSettings, GoalsConfig
-from agent_node.goals.session import GoalConditionedLearner, build_goal_agent
-from agent_node.goals.modules import AmigoTeacher, BeBoldNovelty, UniformCells, amigo_student_reward
+from agent_node.amigo.config import AmigoSettings
+from agent_node.amigo.network_teacher import NetworkTeacher
+from agent_node.amigo.novelty import BeBoldNovelty
+from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells, amigo_student_reward
+from agent_node.goal_agent import SessionLearner, build_goal_agent
 from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -303,9 +304,9 @@ class AmigoSession:
         return records
 
 
-class AmigoLearner(GoalConditionedLearner):
+class AmigoLearner(SessionLearner):
     """The `NodeLearner` (agent_node/roles.py) of an AMIGo student: acting and observing go
-    through the session as for any goal agent (agent_node/goals/session.py's GoalConditionedLearner), conditioned
+    through the session as for any goal agent (agent_node/goal_agent.py's SessionLearner), conditioned
     on the current cell goal; checkpoints hold the student's network, the teacher and the
     novelty counts."""
 
@@ -340,18 +341,19 @@ def build_proposer(settings: AmigoSettings, *, seed: int) -> AmigoTeacher | Netw
     num_cells = settings.grid_size ** 2
     if settings.proposer == "uniform":
         return UniformCells(num_cells, seed)
-    common = dict(
+    curriculum = Curriculum(
         t_star=settings.t_star, t_star_max=settings.t_star_max, alpha=settings.teacher_alpha, beta=settings.teacher_beta,
-        learning_rate=settings.learning_rate(), batch_size=settings.teacher_batch_size,
-        difficulty_threshold=settings.difficulty_threshold, difficulty_counts=settings.difficulty_counts,
+        batch_size=settings.teacher_batch_size, difficulty_threshold=settings.difficulty_threshold,
+        difficulty_counts=settings.difficulty_counts,
     )
     if settings.teacher == "network":
-        return NetworkTeacher(settings.grid_size, seed, entropy_cost=settings.entropy_cost(), channels=settings.channels(), **common)
-    return AmigoTeacher(num_cells, seed, **common)
+        return NetworkTeacher(settings.grid_size, seed, curriculum, learning_rate=settings.learning_rate(),
+                              entropy_cost=settings.entropy_cost(), channels=settings.channels())
+    return AmigoTeacher(num_cells, seed, curriculum, learning_rate=settings.learning_rate())
 
 
 def build_amigo_session(
-    goals: GoalsConfig,
+    settings: AmigoSettings,
     learner_config,
     *,
     node_index: int,
@@ -361,7 +363,6 @@ def build_amigo_session(
     num_actions: int,
 ) -> tuple[AmigoSession, AmigoLearner]:
     """The session and the learner of one AMIGo student (imports torch: the learner's)."""
-    settings = goals.amigo
     size = settings.grid_size
     if obs_dim not in (2, grid_observation_size(size)):
         raise ValueError(

@@ -1,172 +1,188 @@
-"""AMIGo's teacher as the paper has it: a network over the grid that proposes a cell.
+"""AMIGo's teacher side without torch: its rewards, its t* curriculum, the tabular teacher and
+the uniform baseline.
 
-ALGORITHMS.md section 3 (Campero et al., arXiv 2006.12122). The tabular teacher
-(`agent_node/goals/modules.py` `AmigoTeacher`) fits an open room whose only content is the student; on
-MiniGrid tasks (env_server/envs/minigrid_task.py) every episode has a new layout of walls, doors,
-keys and balls, which a table indexed by the student's cell cannot see. This teacher reads the
-fully observed grid (`protocols/cell_space.py` `grid_of_observation`) and outputs one logit per
-cell with a small fully convolutional network (the paper's teacher is also convolutional with a
-logit per cell; its exact layers and sizes are not reproduced here), so it can learn, e.g., that
-the cell behind a locked door is hard to reach in any layout.
+ALGORITHMS.md section 3 (Campero et al., arXiv 2006.12122). A teacher proposes a goal cell to its
+student and is rewarded by how the goal episode went (`amigo_teacher_reward`); the student's
+reward is `amigo_student_reward`. Both teachers, the tabular `AmigoTeacher` here and the paper's
+network teacher (`agent_node/amigo/network_teacher.py`), learn on batches of completed goal
+episodes and raise the target difficulty t* by one rule (`advance_difficulty`), with the settings
+of one `Curriculum`; what they share of their bookkeeping is `CurriculumTeacher`.
 
-Learning is the tabular teacher's: a one-step problem, REINFORCE on batches of `batch_size`
-completed goal episodes with the batch mean as baseline, plus an entropy bonus (`entropy_cost`)
-that keeps it from collapsing onto one cell early (on a synthetic test with learning rate 0.01
-and batches of 16 it did collapse onto one cell whatever the layout; `tests/unit/test_amigo_minigrid.py`
-uses 0.003 and entropy 0.1); the teacher reward and the t* rule are shared
-with it (`goals.amigo_teacher_reward`, `goals.advance_difficulty`). The student's own cell is
-never proposed. Adam, as for the node's other networks.
+Every proposer has the same interface (`propose_cell`, `observe_goal_episode`, `reach_history`,
+`state_dict`, `load_state_dict`), and takes its seed from the caller, who derives it with
+`derive_seed(run_seed, node_index, stream)`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-
-from agent_node.goals.modules import advance_difficulty, amigo_teacher_reward
-from protocols.cell_space import GRID_CODE_SCALE, grid_of_observation
 
 
-# Each cell's (object, colour, state) codes become one-hots (the paper embeds them): a scaled
-# scalar code would put a key (5) between a door (4) and a ball (6), an order that means nothing.
-CODE_COUNTS = tuple(int(scale) + 1 for scale in GRID_CODE_SCALE)  # 11 objects, 6 colours, 4 states
+def amigo_student_reward(extrinsic: float, reached: bool, steps_since_proposal: int, max_steps: int) -> float:
+    """The student's reward for one step: `clip(r_ext + r_int, -1, 1)`, plus 1 when the
+    extrinsic reward is positive; `r_int = 1 - 0.9 * t / T_max` on reaching the goal, else 0."""
+    intrinsic = 1.0 - 0.9 * steps_since_proposal / max_steps if reached else 0.0
+    total = float(np.clip(extrinsic + intrinsic, -1.0, 1.0))
+    return total + (1.0 if extrinsic > 0 else 0.0)
 
 
-def one_hot_codes(grid: torch.Tensor) -> torch.Tensor:
-    """Scaled codes (batch, size, size, 3) -> one-hot channels (batch, sum(CODE_COUNTS), size, size)."""
-    codes = torch.round(grid * torch.tensor(GRID_CODE_SCALE)).long()
-    parts = [nn.functional.one_hot(codes[..., k].clamp(0, count - 1), count) for k, count in enumerate(CODE_COUNTS)]
-    return torch.cat(parts, dim=-1).permute(0, 3, 1, 2).float()
+def amigo_teacher_reward(reached: bool, steps_to_reach: int, t_star: int, extrinsic_positive: bool, *, alpha: float = 0.7, beta: float = 0.3) -> float:
+    """`+1` when the extrinsic reward was positive; else `+alpha` if the goal was reached in at
+    least `t*` steps, `-beta` otherwise (too easy, or never reached)."""
+    if extrinsic_positive:
+        return 1.0
+    return alpha if reached and steps_to_reach >= t_star else -beta
 
 
-class CellPolicy(nn.Module):
-    """Grid codes (batch, size, size, 3) -> one logit per cell (batch, size * size)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        # ELU rather than ReLU: no unit can go dead and leave the logits constant
-        self.body = nn.Sequential(
-            nn.Conv2d(sum(CODE_COUNTS), channels, 3, padding=1), nn.ELU(),
-            # dilated: each cell's logit also sees cells a few steps away (a door, a key)
-            nn.Conv2d(channels, channels, 3, padding=2, dilation=2), nn.ELU(),
-            nn.Conv2d(channels, channels, 3, padding=4, dilation=4), nn.ELU(),
-            nn.Conv2d(channels, 1, 1),
-        )
-
-    def forward(self, grid: torch.Tensor) -> torch.Tensor:
-        return self.body(one_hot_codes(grid)).flatten(1)
+def advance_difficulty(t_star: int, counter: int, batch_reward: float, *, threshold: float, counts: int, t_star_max: int) -> tuple[int, int]:
+    """AMIGo's t* rule after one teacher update, shared by the tabular and the network teacher:
+    the counter of consecutive updates whose mean teacher reward is at least `threshold` goes up
+    (or resets to 0 below it); at `counts` it restarts and `t* += 1`, capped at `t_star_max`.
+    Returns the new (t*, counter)."""
+    counter = counter + 1 if batch_reward >= threshold else 0
+    if counter >= counts:
+        return min(t_star + 1, t_star_max), 0
+    return t_star, counter
 
 
-class NetworkTeacher:
-    """Proposes a cell from the observation when the goal is set; see the module docstring.
-    Same interface as the tabular `AmigoTeacher` (propose_cell, observe_goal_episode, t_star,
-    counter, updates, last_batch_reward, reach_history, state_dict), with the observation required."""
+@dataclass(frozen=True)
+class Curriculum:
+    """How a teacher is rewarded and how its target difficulty rises; defaults are the paper's
+    (ALGORITHMS.md section 3). After each update on `batch_size` goal episodes: if the batch's mean
+    teacher reward >= `difficulty_threshold` a counter goes up, else it resets; at
+    `difficulty_counts`, `t* += 1` (capped at `t_star_max`) and the counter restarts. Note: with
+    alpha 0.7 and beta 0.3 no batch mean falls below -0.3, so with the threshold -0.5 the counter
+    never resets and t* rises every 10 updates whatever the student does."""
 
-    def __init__(
-        self,
-        size: int,
-        seed: int,
-        *,
-        t_star: int = 7,
-        t_star_max: int = 100,
-        alpha: float = 0.7,
-        beta: float = 0.3,
-        learning_rate: float = 1e-3,
-        batch_size: int = 32,
-        entropy_cost: float = 0.05,
-        channels: int = 16,
-        difficulty_threshold: float = -0.5,
-        difficulty_counts: int = 10,
-    ) -> None:
-        if size < 2 or batch_size < 1 or difficulty_counts < 1 or channels < 1 or not learning_rate > 0 or entropy_cost < 0:
-            raise ValueError(
-                f"size >= 2, batch_size, difficulty_counts, channels >= 1, learning_rate > 0, entropy_cost >= 0 expected; got "
-                f"{size}, {batch_size}, {difficulty_counts}, {channels}, {learning_rate}, {entropy_cost}"
-            )
-        self.size = size
-        self.num_cells = size * size
-        self.t_star, self.t_star_max = t_star, t_star_max
-        self.alpha, self.beta = alpha, beta
-        self.batch_size = batch_size
-        self.entropy_cost = entropy_cost
-        self.difficulty_threshold, self.difficulty_counts = difficulty_threshold, difficulty_counts
-        with torch.random.fork_rng():  # the weights follow `seed` without touching the process's torch stream
-            torch.manual_seed(seed)
-            self.network = CellPolicy(channels)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=learning_rate)
-        self._rng = np.random.default_rng(seed)
-        self._proposal: tuple[np.ndarray, int, int] | None = None  # (grid, start cell, goal) of the open goal
-        self._batch: list[tuple[np.ndarray, int, int, float]] = []
+    t_star: int = 7  # the starting target difficulty
+    t_star_max: int = 100
+    alpha: float = 0.7  # teacher reward for a goal reached in >= t* steps
+    beta: float = 0.3  # teacher penalty otherwise
+    batch_size: int = 32  # goal episodes per update
+    difficulty_threshold: float = -0.5
+    difficulty_counts: int = 10
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.difficulty_counts < 1:
+            raise ValueError(f"batch_size and difficulty_counts: expected >= 1, got {self.batch_size} and {self.difficulty_counts}")
+
+
+class CurriculumTeacher:
+    """What both teachers keep the same way: t* and its counter, the count of updates, the last
+    batch's mean reward, and which goals were reached. A teacher scores each goal episode with
+    `_score` and, after an update on a full batch, calls `_updated` with the batch's mean reward."""
+
+    def __init__(self, curriculum: Curriculum) -> None:
+        self.curriculum = curriculum
+        self.t_star = curriculum.t_star
         self.counter = 0
         self.updates = 0
-        self.last_batch_reward = float("nan")
+        self.last_batch_reward = float("nan")  # the mean teacher reward of the last update's batch
         self.reach_history: list[bool] = []
 
-    def _masked_logits(self, grids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        logits = self.network(grids)
-        own = torch.zeros_like(logits, dtype=torch.bool)
-        own[torch.arange(len(starts)), starts] = True  # the student's own cell is no goal
-        return logits.masked_fill(own, float("-inf"))
+    def _score(self, reached: bool, steps_to_reach: int, extrinsic_positive: bool) -> float:
+        self.reach_history.append(bool(reached))
+        curriculum = self.curriculum
+        return amigo_teacher_reward(reached, steps_to_reach, self.t_star, extrinsic_positive, alpha=curriculum.alpha, beta=curriculum.beta)
 
-    def policy(self, observation: np.ndarray, start_cell: int) -> np.ndarray:
-        grid = torch.as_tensor(grid_of_observation(observation, self.size), dtype=torch.float32)[None]
-        with torch.no_grad():
-            probabilities = torch.softmax(self._masked_logits(grid, torch.tensor([start_cell])), dim=1)[0]
-        probabilities = probabilities.double().numpy()
+    def _updated(self, batch_reward: float) -> None:
+        curriculum = self.curriculum
+        self.updates += 1
+        self.last_batch_reward = float(batch_reward)
+        self.t_star, self.counter = advance_difficulty(
+            self.t_star, self.counter, self.last_batch_reward, threshold=curriculum.difficulty_threshold,
+            counts=curriculum.difficulty_counts, t_star_max=curriculum.t_star_max,
+        )
+
+
+class AmigoTeacher(CurriculumTeacher):
+    """AMIGo's teacher over a grid's cells, tabular: logits per (student start cell, goal cell).
+
+    The paper's teacher is a network over the full grid; on an open grid whose only content is
+    the agents (treasure_room), a table indexed by the student's cell when the goal is proposed
+    is the same information for one student. It never proposes the cell the student stands on
+    (that goal would need no move). One-step problem, no discount: REINFORCE with the batch mean
+    as baseline on batches of `curriculum.batch_size` completed goal episodes, plain gradient
+    steps of `learning_rate` on the logits.
+    """
+
+    def __init__(self, num_cells: int, seed: int, curriculum: Curriculum = Curriculum(), *, learning_rate: float = 0.5) -> None:
+        if num_cells < 1 or not learning_rate > 0:
+            raise ValueError(f"num_cells >= 1 and learning_rate > 0 expected, got {num_cells} and {learning_rate}")
+        super().__init__(curriculum)
+        self.num_cells = num_cells
+        self.learning_rate = learning_rate
+        self.logits = np.zeros((num_cells, num_cells))
+        self._rng = np.random.default_rng(seed)
+        self._batch: list[tuple[int, int, float]] = []
+
+    def policy(self, start_cell: int) -> np.ndarray:
+        logits = self.logits[start_cell].copy()
+        if self.num_cells > 1:
+            logits[start_cell] = -np.inf  # the student's own cell is no goal
+        probabilities = np.exp(logits - logits.max())
         return probabilities / probabilities.sum()
 
     def propose_cell(self, start_cell: int, observation: np.ndarray | None = None) -> int:
-        if observation is None:
-            raise ValueError("the network teacher proposes from the observation (a grid observation, minigrid_v0), got none")
-        goal = int(self._rng.choice(self.num_cells, p=self.policy(observation, start_cell)))
-        self._proposal = (grid_of_observation(observation, self.size).astype(np.float32), int(start_cell), goal)
-        return goal
+        # The table is indexed by the start cell alone; the observation is the network teacher's.
+        return int(self._rng.choice(self.num_cells, p=self.policy(start_cell)))
 
     def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> float:
-        """The open goal's episode ended; returns the teacher reward and updates when a batch is full."""
-        if self._proposal is None or self._proposal[1:] != (int(start_cell), int(goal_cell)):
-            raise RuntimeError(f"goal episode ({start_cell} -> {goal_cell}) that this teacher did not propose last")
-        reward = amigo_teacher_reward(reached, steps_to_reach, self.t_star, extrinsic_positive, alpha=self.alpha, beta=self.beta)
-        grid, start, goal = self._proposal
-        self._proposal = None
-        self._batch.append((grid, start, goal, reward))
-        self.reach_history.append(bool(reached))
-        if len(self._batch) >= self.batch_size:
+        """One goal episode ended (reached, or the episode ended first); returns the teacher
+        reward and runs an update when a batch is full."""
+        reward = self._score(reached, steps_to_reach, extrinsic_positive)
+        self._batch.append((start_cell, goal_cell, reward))
+        if len(self._batch) >= self.curriculum.batch_size:
             self._update()
         return reward
 
     def _update(self) -> None:
-        grids = torch.as_tensor(np.stack([row[0] for row in self._batch]))
-        starts = torch.tensor([row[1] for row in self._batch])
-        goals = torch.tensor([row[2] for row in self._batch])
-        rewards = torch.tensor([row[3] for row in self._batch], dtype=torch.float32)
+        rewards = np.array([reward for _, _, reward in self._batch])
         baseline = rewards.mean()
-        log_probabilities = torch.log_softmax(self._masked_logits(grids, starts), dim=1)
-        chosen = log_probabilities.gather(1, goals[:, None])[:, 0]
-        probabilities = log_probabilities.exp()
-        # 0 * -inf is nan: the masked cell adds nothing to the entropy
-        entropy = -(probabilities * log_probabilities.masked_fill(probabilities == 0, 0.0)).sum(1)
-        loss = -((rewards - baseline) * chosen).mean() - self.entropy_cost * entropy.mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.updates += 1
-        self.last_batch_reward = float(baseline)
-        self.t_star, self.counter = advance_difficulty(
-            self.t_star, self.counter, self.last_batch_reward, threshold=self.difficulty_threshold,
-            counts=self.difficulty_counts, t_star_max=self.t_star_max,
-        )
+        gradient = np.zeros_like(self.logits)
+        for (start, goal, reward) in self._batch:
+            # d log pi(goal | start) / d logits[start] = onehot(goal) - pi(. | start)
+            grad_log = -self.policy(start)
+            grad_log[goal] += 1.0
+            gradient[start] += (reward - baseline) * grad_log
+        self.logits += self.learning_rate * gradient / len(self._batch)
         self._batch = []
+        self._updated(float(baseline))
 
     def state_dict(self) -> dict[str, Any]:
-        """What a restarted agent needs to go on teaching (the pending batch and open goal are lost)."""
-        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "t_star": self.t_star, "counter": self.counter, "updates": self.updates}
+        """What a restarted agent needs to go on teaching where it stopped (the pending batch is lost)."""
+        return {"logits": self.logits.copy(), "t_star": self.t_star, "counter": self.counter, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        logits = np.asarray(state["logits"], dtype=np.float64)
+        if logits.shape != self.logits.shape:
+            raise ValueError(f"teacher logits of shape {logits.shape}, this teacher has {self.logits.shape}")
+        self.logits = logits
         self.t_star, self.counter, self.updates = int(state["t_star"]), int(state["counter"]), int(state["updates"])
+
+
+class UniformCells:
+    """The baseline proposer: a goal cell drawn uniformly (never the student's own cell), no
+    curriculum. Same interface as `AmigoTeacher`'s proposing side."""
+
+    def __init__(self, num_cells: int, seed: int) -> None:
+        self.num_cells = num_cells
+        self.cells = np.arange(num_cells)
+        self._rng = np.random.default_rng(seed)
+        self.reach_history: list[bool] = []
+
+    def propose_cell(self, start_cell: int, observation: np.ndarray | None = None) -> int:
+        choices = self.cells[self.cells != start_cell] if len(self.cells) > 1 else self.cells
+        return int(self._rng.choice(choices))
+
+    def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> None:
+        self.reach_history.append(bool(reached))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

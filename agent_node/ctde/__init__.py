@@ -5,6 +5,6 @@
 - `capability.py`  the node-side part (agent_node/capability.py)
 - `description.py`  what the run knows of it (agent_node/registry.py): its section, checks,
   the learner node it adds
-
-The learner node's process is agent_node/learner_node.py.
+- `learner_node.py`  `python -m agent_node.ctde.learner_node`: the learner node's process (the
+  orchestrator's `learner` role) around the core, with its persistence
 """

@@ -6,7 +6,7 @@ own Q-network (epsilon-greedy, the epsilon schedule of `agents.learner`), but ne
 `CentralizedDQNActor` is the node's learner object (an `Actor` and a `Learner`, agent_node/roles.py)
 whose `observe_at` streams each recorded `Transition` to the learner node as `ctde.transitions`
 (`transitions_message`) and whose Q-network takes every `ctde.params` that comes back
-(`ParamsReceiver`). It owes no gradient steps: the learner node takes them (agent_node/learner_node.py).
+(`ParamsReceiver`). It owes no gradient steps: the learner node takes them (agent_node/ctde/learner_node.py).
 The CTDE capability (agent_node/ctde/capability.py) builds it, opens its channel to the learner
 node and hands it each `ctde.params`; the node itself names none of this.
 """

@@ -39,7 +39,7 @@ class DecentralizedTraining(BaseModel):
 class CentralizedTraining(BaseModel):
     """A `learner` node joins the agents' transitions of each env step into one joint row with the
     env's global state and trains all agents' Q-networks through a mixer; each agent loads its
-    network's parameters when they come back (agent_node/learner_node.py, agent_node/ctde/client.py)."""
+    network's parameters when they come back (agent_node/ctde/learner_node.py, agent_node/ctde/client.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

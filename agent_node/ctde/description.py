@@ -66,7 +66,7 @@ def extra_nodes(run: Any) -> list[ExtraNode]:
     """The learner node, in a run that trains centrally."""
     if run.training.mode != "centralized":
         return []
-    return [ExtraNode(node_id=LEARNER_NODE_ID, role="learner", module="agent_node.learner_node", service=SERVICE,
+    return [ExtraNode(node_id=LEARNER_NODE_ID, role="learner", module="agent_node.ctde.learner_node", service=SERVICE,
                       torch_threads=run.training.torch_threads,
                       preload=("torch", "agent_node.algos.mixers", "agent_node.ctde.learner"))]
 

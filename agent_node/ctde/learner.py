@@ -20,7 +20,7 @@ step counter) and the core's counters; `save_joint_replay` / `restore_joint_repl
 joint replay buffer (its rows, ring position and sampling RNG) in an .npz, written atomically
 like an agent's replay (agent_node/persistence.py). Rows waiting for other agents' pieces are
 not kept: the agents stream on, and the pieces of the steps around the restart never join.
-The process around it is agent_node/learner_node.py (the orchestrator's `learner` role); the
+The process around it is agent_node/ctde/learner_node.py (the orchestrator's `learner` role); the
 agents' side is agent_node/ctde/client.py.
 """
 

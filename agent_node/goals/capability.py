@@ -59,7 +59,7 @@ class GoalsCapability(Capability):
         node, agents = self.node, self.run.agents
         if agents.goals.selection == "amigo":  # cell goals, each agent its own teacher: a session of its own
             self.session, learner = build_amigo_session(
-                agents.goals, agents.learner, node_index=node.identity.index, run_seed=node.identity.run_seed,
+                agents.goals.amigo, agents.learner, node_index=node.identity.index, run_seed=node.identity.run_seed,
                 env_agent=node.env_agent, obs_dim=int(observation_space.shape[0]), num_actions=int(action_space.n),
             )
             return learner

@@ -14,7 +14,8 @@ learner: the section configures `agent_node/goals/session.py`, which the node ru
         hindsight: {timeout_s: 1.0}   # share achieved goals after each episode (null: no sharing)
 
 AMIGo (ALGORITHMS.md section 3) is the other kind of goal: each agent's own teacher proposes grid
-cells, on the treasure_room grid or a MiniGrid task (minigrid_v0) (`agent_node/amigo/session.py`):
+cells, on the treasure_room grid or a MiniGrid task (minigrid_v0) (`agent_node/amigo/`; its
+settings and their checks are `agent_node/amigo/config.py`):
 
     agents:
       learner: {kind: goal_dqn, her_strategy: none}
@@ -27,10 +28,7 @@ What is refused (validation errors, not silent no-ops): hindsight sharing with
 (num_messages, temperature, learning_rate, update_every_episodes) with `protocol: team_flood`,
 which learns no code; with `amigo`, any goal-lines
 field set to other than its default (goal_set, num_landmarks, beta, p, lp_*, inner, negotiation, supervisor, hindsight,
-freeze_when_rewarded), `her_strategy` other than none (the student's reward depends on the time
-since the proposal, which HER's relabelling does not know), an env other than treasure_room or
-minigrid_v0, the network teacher on treasure_room (no grid in its observation), infos
-without `cell`, an episode-start hold; and, at the run level
+freeze_when_rewarded); and, at the run level
 (`goal_run_problems`, called by the orchestrator's run schema): for goal-lines selections an env other than goal_lines,
 several env copies, evaluation episodes, infos without `achieved_goals`, negotiation without an
 episode-start hold long enough for the negotiation's rounds (or the supervisor's timeout), a hold
@@ -46,13 +44,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent_node.amigo.config import AmigoSettings, amigo_run_problems
+from protocols.config_errors import changed_from_default
+
 GOAL_LINES_NAMES = ("goal_lines_v0", "env_server.envs.goal_lines:parallel_env")
 GOAL_LINES_DEFAULTS = {"num_landmarks": 6, "beta": 2.0}
-CELL_GRID_NAMES = ("treasure_room_v0", "env_server.envs.treasure_room:parallel_env")
-CELL_GRID_DEFAULTS = {"size": 9, "max_steps": 40}
-# MiniGrid tasks, one copy per agent (env_server/envs/minigrid_task.py): the grid side depends on
-# the task, so the node checks grid_size against the observations' length when it starts.
-MINIGRID_NAMES = ("minigrid_v0", "env_server.envs.minigrid_task:parallel_env")
 # The GoalsConfig fields that only goal-lines selections read (refused when set with amigo).
 GOAL_LINES_FIELDS = ("goal_set", "num_landmarks", "beta", "p", "lp_window", "lp_epsilon", "inner", "negotiation",
                      "supervisor", "hindsight", "freeze_when_rewarded", "paid_by")
@@ -93,7 +89,7 @@ class NegotiationSettings(BaseModel):
 
     @model_validator(mode="after")
     def _read_by_the_protocol(self) -> NegotiationSettings:
-        if self.protocol == "team_flood" and (set_here := _changed_from_default(self, NAMING_GAME_FIELDS)):
+        if self.protocol == "team_flood" and (set_here := changed_from_default(self, NAMING_GAME_FIELDS)):
             raise ValueError(f"{', '.join(set_here)}: naming-game settings, which protocol 'team_flood' does not read; "
                              "remove them (the team flood learns no code)")
         if self.protocol == "naming_game" and self.extra_rounds != 0:
@@ -125,79 +121,6 @@ class HindsightSettings(BaseModel):
     timeout_s: float = Field(1.0, gt=0, allow_inf_nan=False)
     # The same in env steps, when talking takes them (protocols.talk: env_steps).
     timeout_steps: int = Field(10, ge=1)
-
-
-def _changed_from_default(model: BaseModel, names) -> list[str]:
-    """The fields among `names` whose value is not their default. (Not `model_fields_set`: the
-    resolved config, written with every default, is validated again by each process.)"""
-    return [name for name in names if getattr(model, name) != type(model).model_fields[name].default]
-
-
-class AmigoSettings(BaseModel):
-    """AMIGo's teacher and student (agent_node/amigo/session.py, agent_node/goals/modules.py,
-    agent_node/amigo/teacher.py); defaults are the paper's (ALGORITHMS.md section 3) except the
-    tabular teacher's batch and learning rate, and the network teacher's layers."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # The cell grid: must equal the env's `size` and `max_steps` (T_max of the student's reward).
-    grid_size: int = Field(9, ge=2)
-    max_steps: int = Field(40, ge=1)
-    # "teacher": AMIGo's teacher; "uniform": a goal cell drawn uniformly each time (the
-    # no-curriculum baseline, same student and rewards).
-    proposer: Literal["teacher", "uniform"] = "teacher"
-    # The teacher: "table", logits per (student cell, goal cell) (open rooms: treasure_room);
-    # "network", the paper's, a convolutional policy over the observed grid (minigrid_v0 only: it
-    # needs the whole grid in the observation; every episode's layout differs there).
-    teacher: Literal["table", "network"] = "table"
-    teacher_alpha: float = Field(0.7, ge=0)  # teacher reward for a goal reached in >= t* steps
-    teacher_beta: float = Field(0.3, ge=0)  # teacher penalty otherwise
-    t_star: int = Field(7, ge=0)  # the starting target difficulty
-    t_star_max: int = Field(100, ge=0)
-    # t* += 1 after `difficulty_counts` consecutive updates whose mean teacher reward is at least
-    # `difficulty_threshold`.
-    difficulty_threshold: float = -0.5
-    difficulty_counts: int = Field(10, ge=1)
-    teacher_batch_size: int = Field(32, ge=1)  # goal episodes per teacher update (REINFORCE)
-    # unset: 0.5 for the table (plain gradient steps on logits), 0.001 for the network (Adam)
-    teacher_learning_rate: float | None = Field(None, gt=0)
-    # network teacher only: the entropy bonus of its REINFORCE loss (unset: 0.05) and the width
-    # of its convolutions (unset: 16).
-    teacher_entropy_cost: float | None = Field(None, ge=0)
-    teacher_channels: int | None = Field(None, ge=1)
-    # How the student sees its goal: the cell's normalized (row, col), or one-hot over the cells.
-    goal_encoding: Literal["coordinates", "one_hot"] = "coordinates"
-    # BeBold's novelty (`max(1/N(s') - 1/N(s), 0)` on first visits in an episode) added to the
-    # student's reward, times novelty_scale; "none": AMIGo's rewards alone.
-    novelty: Literal["none", "bebold"] = "none"
-    novelty_scale: float = Field(1.0, gt=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AmigoSettings:
-        if self.t_star_max < self.t_star:
-            raise ValueError(f"t_star_max: expected at least t_star ({self.t_star}), got {self.t_star_max}")
-        if self.proposer == "uniform":
-            teacher_fields = {"teacher", "teacher_alpha", "teacher_beta", "t_star", "t_star_max", "difficulty_threshold",
-                              "difficulty_counts", "teacher_batch_size", "teacher_learning_rate", "teacher_entropy_cost",
-                              "teacher_channels"}
-            if set_here := _changed_from_default(self, sorted(teacher_fields)):
-                raise ValueError(f"{', '.join(set_here)}: teacher settings, but proposer is 'uniform' (no teacher)")
-        if self.novelty == "none" and _changed_from_default(self, ["novelty_scale"]):
-            raise ValueError("novelty_scale: set only with novelty 'bebold'")
-        if self.teacher == "table" and (set_here := _changed_from_default(self, ["teacher_entropy_cost", "teacher_channels"])):
-            raise ValueError(f"{', '.join(set_here)}: network-teacher settings, but teacher is 'table'")
-        return self
-
-    def learning_rate(self) -> float:
-        if self.teacher_learning_rate is not None:
-            return self.teacher_learning_rate
-        return 0.001 if self.teacher == "network" else 0.5
-
-    def entropy_cost(self) -> float:
-        return 0.05 if self.teacher_entropy_cost is None else self.teacher_entropy_cost
-
-    def channels(self) -> int:
-        return 16 if self.teacher_channels is None else self.teacher_channels
 
 
 class GoalsConfig(BaseModel):
@@ -255,7 +178,7 @@ class GoalsConfig(BaseModel):
     @model_validator(mode="after")
     def _implemented(self) -> GoalsConfig:
         if self.selection == "amigo":
-            if goal_lines_set := _changed_from_default(self, GOAL_LINES_FIELDS):
+            if goal_lines_set := changed_from_default(self, GOAL_LINES_FIELDS):
                 raise ValueError(
                     f"{', '.join(goal_lines_set)}: goal-lines settings, which selection 'amigo' (cell goals) does not read; "
                     "remove them (AMIGo's settings go under goals.amigo)"
@@ -306,7 +229,7 @@ def goal_run_problems(
     if learner_kind != "goal_dqn":
         problems.append(f"agents.learner.kind: agents.goals needs the goal-conditioned learner 'goal_dqn', got {learner_kind!r}")
     if goals.selection == "amigo":
-        return problems + _amigo_run_problems(
+        return problems + amigo_run_problems(
             goals.amigo, her_strategy, env_name=env_name, env_kwargs=env_kwargs, num_copies=num_copies,
             forward_infos=forward_infos, episode_start_hold_s=episode_start_hold_s, eval_every_steps=eval_every_steps,
         )
@@ -391,57 +314,3 @@ def _talk_in_steps_problems(goals: GoalsConfig, episode_start_hold_s: float, env
                         "hold that talking in env steps does not have; use 'agent', or protocols.talk: free")
     return problems
 
-
-def _amigo_run_problems(
-    settings: AmigoSettings,
-    her_strategy: str | None,
-    *,
-    env_name: str,
-    env_kwargs: dict[str, Any],
-    num_copies: int,
-    forward_infos: list[str] | str,
-    episode_start_hold_s: float,
-    eval_every_steps: int | None,
-) -> list[str]:
-    problems: list[str] = []
-    if her_strategy not in (None, "none"):
-        problems.append(
-            f"agents.learner.her_strategy: expected 'none' with selection 'amigo' (the student's reward depends on the "
-            f"time since the goal was proposed, which HER's relabelling does not know), got {her_strategy!r}"
-        )
-    if env_name in MINIGRID_NAMES:
-        # The task's own limit depends on the task (MiniGrid's registry, not imported here): say it.
-        if env_kwargs.get("max_steps") != settings.max_steps:
-            problems.append(
-                f"env.kwargs.max_steps: expected agents.goals.amigo.max_steps ({settings.max_steps}) set explicitly on minigrid_v0 "
-                f"(T_max of the student's reward), got {env_kwargs.get('max_steps')!r}"
-            )
-    elif env_name in CELL_GRID_NAMES:
-        if settings.teacher == "network":
-            problems.append(
-                "agents.goals.amigo.teacher: 'network' proposes from the whole observed grid, which treasure_room's "
-                "observation (the agent's position) does not hold; use 'table' there, or env minigrid_v0"
-            )
-        for key, field_name in (("size", "grid_size"), ("max_steps", "max_steps")):
-            env_value = env_kwargs.get(key, CELL_GRID_DEFAULTS[key])
-            if env_value != getattr(settings, field_name):
-                problems.append(f"agents.goals.amigo.{field_name}: expected env.kwargs.{key} ({env_value}), got {getattr(settings, field_name)}")
-    else:
-        problems.append(
-            f"env.name: selection 'amigo' runs on the cell grid ({' or '.join(CELL_GRID_NAMES + MINIGRID_NAMES)}), got {env_name!r}"
-        )
-        return problems
-    if num_copies != 1:
-        problems.append(f"env.num_copies: expected 1 with selection 'amigo' (one goal at a time per agent), got {num_copies}")
-    if forward_infos != "all" and "cell" not in forward_infos:
-        problems.append(f"env.forward_infos: expected 'cell' (AMIGo agents check their goal cells with it), got {forward_infos}")
-    if episode_start_hold_s > 0:
-        problems.append(
-            f"env.episode_start_hold_s: expected 0 with selection 'amigo' (each agent's teacher decides alone), got {episode_start_hold_s}"
-        )
-    if eval_every_steps is not None:
-        problems.append(
-            "env.eval_every_steps: evaluation episodes of AMIGo students are not implemented (no goal is proposed "
-            f"for them); expected null, got {eval_every_steps}"
-        )
-    return problems

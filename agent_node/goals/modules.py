@@ -1,10 +1,10 @@
 """Goal modules: how an autotelic agent picks the goal it pursues in an episode.
 
-ALGORITHMS.md sections 2 (Dec-IMSAP) and 3 (AMIGo). Every module plays one role, `GoalModule`:
+ALGORITHMS.md section 2 (Dec-IMSAP). Every module plays one role, `GoalModule`:
 `propose(episode)` gives the goal for the coming episode and `observe_outcome(episode, goal,
-reward)` tells it how that went. Goals are integer indices (goal_lines: `goal_table(L)`; AMIGo:
-cell indices). The modules are plain Python and numpy, so the agent node, the in-process
-benchmark and the tests drive the same objects; the ones that talk to peers (negotiation) wrap a
+reward)` tells it how that went. Goals are integer indices (goal_lines: `goal_table(L)`). The
+modules are plain Python and numpy, so the agent node, the in-process benchmark and the tests
+drive the same objects; the ones that talk to peers (negotiation) wrap a
 sans-IO engine of `protocols/` and leave the sending to the node.
 
 Modules:
@@ -18,11 +18,6 @@ Modules:
   (`protocols/supervision.py`, driven by `agent_node/goals/session.py`).
 - `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
   agent's own goal (kept when it leads or hears nothing).
-- `AmigoTeacher`: AMIGo's teacher over cells, tabular (the `t*` curriculum, teacher and student
-  rewards; the paper's network teacher, which needs torch, is `agent_node/amigo/teacher.py`);
-  `UniformCells`, its no-curriculum baseline. A node runs them through
-  `agent_node/amigo/session.py` (goals that change within an episode, on treasure_room's cells).
-- `BeBoldNovelty`: BeBold's count-based intrinsic reward (an alternative to a teacher).
 
 Every module takes its seed from the caller, who derives it with
 `derive_seed(run_seed, node_index, stream)`.
@@ -38,7 +33,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import Any, Hashable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -297,192 +292,3 @@ class NegotiatedGoals:
         if state.get("kind") != "negotiated":
             raise ValueError(f"expected a negotiated goal module state, got one of kind {state.get('kind')!r}")
         self.inner.load_state_dict(state["inner"])
-
-
-# ------------------------------------------------------------------------------------------
-# AMIGo teacher
-# ------------------------------------------------------------------------------------------
-
-
-def amigo_student_reward(extrinsic: float, reached: bool, steps_since_proposal: int, max_steps: int) -> float:
-    """The student's reward for one step: `clip(r_ext + r_int, -1, 1)`, plus 1 when the
-    extrinsic reward is positive; `r_int = 1 - 0.9 * t / T_max` on reaching the goal, else 0."""
-    intrinsic = 1.0 - 0.9 * steps_since_proposal / max_steps if reached else 0.0
-    total = float(np.clip(extrinsic + intrinsic, -1.0, 1.0))
-    return total + (1.0 if extrinsic > 0 else 0.0)
-
-
-def amigo_teacher_reward(reached: bool, steps_to_reach: int, t_star: int, extrinsic_positive: bool, *, alpha: float = 0.7, beta: float = 0.3) -> float:
-    """`+1` when the extrinsic reward was positive; else `+alpha` if the goal was reached in at
-    least `t*` steps, `-beta` otherwise (too easy, or never reached)."""
-    if extrinsic_positive:
-        return 1.0
-    return alpha if reached and steps_to_reach >= t_star else -beta
-
-
-def advance_difficulty(t_star: int, counter: int, batch_reward: float, *, threshold: float, counts: int, t_star_max: int) -> tuple[int, int]:
-    """AMIGo's t* rule after one teacher update, shared by the tabular and the network teacher:
-    the counter of consecutive updates whose mean teacher reward is at least `threshold` goes up
-    (or resets to 0 below it); at `counts` it restarts and `t* += 1`, capped at `t_star_max`.
-    Returns the new (t*, counter)."""
-    counter = counter + 1 if batch_reward >= threshold else 0
-    if counter >= counts:
-        return min(t_star + 1, t_star_max), 0
-    return t_star, counter
-
-
-class AmigoTeacher:
-    """AMIGo's teacher over a grid's cells, tabular: logits per (student start cell, goal cell).
-
-    The paper's teacher is a network over the full grid; on an open grid whose only content is
-    the agents (treasure_room), a table indexed by the student's cell when the goal is proposed
-    is the same information for one student. It never proposes the cell the student stands on
-    (that goal would need no move). One-step problem, no discount: REINFORCE with the batch mean
-    as baseline on batches of `batch_size` completed goal episodes. After each update: if the
-    batch's mean teacher reward >= `difficulty_threshold` (-0.5) a counter goes up, else it
-    resets; at `difficulty_counts` (10), `t* += 1` (capped at `t_star_max`, 100) and the counter
-    restarts. Note: with alpha 0.7 and beta 0.3 no batch mean falls below -0.3, so with the
-    threshold -0.5 (ALGORITHMS.md's values) the counter never resets and t* rises every 10 updates whatever the
-    student does.
-    """
-
-    def __init__(
-        self,
-        num_cells: int,
-        seed: int,
-        *,
-        t_star: int = 7,
-        t_star_max: int = 100,
-        alpha: float = 0.7,
-        beta: float = 0.3,
-        learning_rate: float = 0.5,
-        batch_size: int = 32,
-        allowed_cells: Sequence[int] | None = None,
-        difficulty_threshold: float = -0.5,
-        difficulty_counts: int = 10,
-    ) -> None:
-        if num_cells < 1 or batch_size < 1 or difficulty_counts < 1 or not learning_rate > 0:
-            raise ValueError(
-                f"num_cells, batch_size, difficulty_counts must be >= 1 and learning_rate > 0, got "
-                f"{num_cells}, {batch_size}, {difficulty_counts}, {learning_rate}"
-            )
-        self.num_cells = num_cells
-        self.t_star = t_star
-        self.t_star_max = t_star_max
-        self.difficulty_threshold = difficulty_threshold
-        self.difficulty_counts = difficulty_counts
-        self.last_batch_reward = float("nan")  # the mean teacher reward of the last update's batch
-        self.alpha = alpha
-        self.beta = beta
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.logits = np.zeros((num_cells, num_cells))
-        self._mask = np.full(num_cells, -np.inf)
-        self._mask[_goal_array(allowed_cells) if allowed_cells is not None else np.arange(num_cells)] = 0.0
-        self._rng = np.random.default_rng(seed)
-        self._batch: list[tuple[int, int, float]] = []
-        self.counter = 0
-        self.updates = 0
-        self.reach_history: list[bool] = []
-
-    def policy(self, start_cell: int) -> np.ndarray:
-        logits = self.logits[start_cell] + self._mask
-        if np.isfinite(logits).sum() > 1:
-            logits[start_cell] = -np.inf  # the student's own cell is no goal
-        probabilities = np.exp(logits - logits.max())
-        return probabilities / probabilities.sum()
-
-    def propose_cell(self, start_cell: int, observation: np.ndarray | None = None) -> int:
-        # The table is indexed by the start cell alone; the observation is the network teacher's.
-        return int(self._rng.choice(self.num_cells, p=self.policy(start_cell)))
-
-    def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> float:
-        """One goal episode ended (reached, or the episode ended first); returns the teacher
-        reward and runs an update when a batch is full."""
-        reward = amigo_teacher_reward(reached, steps_to_reach, self.t_star, extrinsic_positive, alpha=self.alpha, beta=self.beta)
-        self._batch.append((start_cell, goal_cell, reward))
-        self.reach_history.append(bool(reached))
-        if len(self._batch) >= self.batch_size:
-            self._update()
-        return reward
-
-    def _update(self) -> None:
-        rewards = np.array([reward for _, _, reward in self._batch])
-        baseline = rewards.mean()
-        gradient = np.zeros_like(self.logits)
-        for (start, goal, reward) in self._batch:
-            # d log pi(goal | start) / d logits[start] = onehot(goal) - pi(. | start)
-            grad_log = -self.policy(start)
-            grad_log[goal] += 1.0
-            gradient[start] += (reward - baseline) * grad_log
-        self.logits += self.learning_rate * gradient / len(self._batch)
-        self.updates += 1
-        self.last_batch_reward = float(baseline)
-        self.t_star, self.counter = advance_difficulty(
-            self.t_star, self.counter, float(baseline), threshold=self.difficulty_threshold,
-            counts=self.difficulty_counts, t_star_max=self.t_star_max,
-        )
-        self._batch = []
-
-    def state_dict(self) -> dict[str, Any]:
-        """What a restarted agent needs to go on teaching where it stopped (the pending batch is lost)."""
-        return {"logits": self.logits.copy(), "t_star": self.t_star, "counter": self.counter, "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        logits = np.asarray(state["logits"], dtype=np.float64)
-        if logits.shape != self.logits.shape:
-            raise ValueError(f"teacher logits of shape {logits.shape}, this teacher has {self.logits.shape}")
-        self.logits = logits
-        self.t_star, self.counter, self.updates = int(state["t_star"]), int(state["counter"]), int(state["updates"])
-
-
-class UniformCells:
-    """The baseline proposer: a goal cell drawn uniformly (never the student's own cell), no
-    curriculum. Same interface as `AmigoTeacher`'s proposing side."""
-
-    def __init__(self, num_cells: int, seed: int, *, allowed_cells: Sequence[int] | None = None) -> None:
-        self.num_cells = num_cells
-        self.cells = _goal_array(allowed_cells) if allowed_cells is not None else np.arange(num_cells)
-        self._rng = np.random.default_rng(seed)
-        self.reach_history: list[bool] = []
-
-    def propose_cell(self, start_cell: int, observation: np.ndarray | None = None) -> int:
-        choices = self.cells[self.cells != start_cell] if len(self.cells) > 1 else self.cells
-        return int(self._rng.choice(choices))
-
-    def observe_goal_episode(self, start_cell: int, goal_cell: int, reached: bool, steps_to_reach: int, extrinsic_positive: bool = False) -> None:
-        self.reach_history.append(bool(reached))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-# ------------------------------------------------------------------------------------------
-# BeBold novelty
-# ------------------------------------------------------------------------------------------
-
-
-class BeBoldNovelty:
-    """BeBold's intrinsic reward, `max(1/N(s') - 1/N(s), 0)` when `s'` is visited for the first
-    time in the episode, else 0; `N` counts lifelong visits (including the current one)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[Hashable, int] = {}
-        self._episode_visits: set[Hashable] = set()
-
-    def start_episode(self, first_state: Hashable) -> None:
-        self._episode_visits = {first_state}
-        self.counts[first_state] = self.counts.get(first_state, 0) + 1
-
-    def reward(self, state: Hashable, next_state: Hashable) -> float:
-        if state not in self.counts:
-            raise ValueError(f"state {state!r} was never visited: call start_episode first")
-        self.counts[next_state] = self.counts.get(next_state, 0) + 1
-        first_visit = next_state not in self._episode_visits
-        self._episode_visits.add(next_state)
-        if not first_visit:
-            return 0.0
-        return max(1.0 / self.counts[next_state] - 1.0 / self.counts[state], 0.0)

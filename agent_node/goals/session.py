@@ -76,7 +76,8 @@ from agent_node.goals.modules import (
     SupervisorAssignment,
     UniformGoals,
 )
-from agent_node.plugins import GoalSpace, LearnerSpec
+from agent_node.goal_agent import SessionLearner, build_goal_agent
+from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
 from protocols import messages as m
 from protocols.engine import Outgoing
@@ -580,38 +581,11 @@ def _reachable(source: str, adjacency: Mapping[str, list[str]]) -> dict[str, int
 # ------------------------------------------------------------------------------------------
 
 
-class GoalConditionedLearner:
-    """The `NodeLearner` (agent_node/roles.py) of a goal agent: the node acts and observes
-    through it as with any learner; acting is conditioned on the session's goal, and the rows
-    reach the goal-conditioned learner through the session at the episode's end."""
+class GoalConditionedLearner(SessionLearner):
+    """The learner of a goal-lines agent (agent_node/goal_agent.py's SessionLearner); its
+    checkpoints also hold what picks its goals."""
 
-    def __init__(self, session: GoalSession) -> None:
-        self.session = session
-        self.agent = session.agent
-
-    @property
-    def replay(self):
-        return self.agent.replay
-
-    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
-        return self.session.act(obs, explore)
-
-    def observe(self, transition: Transition) -> None:
-        self.session.observe(transition)
-
-    def gradient_steps_due(self) -> int:
-        return self.agent.gradient_steps_due()
-
-    def forgive_gradient_steps(self, steps: int) -> None:
-        """The replay buffer was lost with the process (agent_node/persistence.py): the steps
-        owed for its rows cannot be taken."""
-        self.agent.forgive_gradient_steps(steps)
-
-    def update(self, max_gradient_steps: int | None = None) -> dict[str, float]:
-        return self.agent.update(max_gradient_steps)
-
-    def counters(self) -> dict[str, float]:
-        return self.agent.counters()
+    session: GoalSession
 
     def state_dict(self) -> dict[str, Any]:
         """The node's checkpoint of this agent: the network, and what picks its goals (the goal
@@ -661,18 +635,6 @@ def build_goal_module(goals: GoalsConfig, allowed: np.ndarray, *, run_seed: int,
         # One team stream for the whole run: every agent seeds it the same way (index 0).
         return PAlignedGoals(allowed, goals.p, team_seed=derive_seed(run_seed, 0, "goals/p_aligned_team"), own_seed=own_seed)
     raise ValueError(f"goals.selection {selection!r} has no goal module in a node")
-
-
-def build_goal_agent(learner_config, obs_dim: int, num_actions: int, seed: int, goals: GoalSpace):
-    """The goal-conditioned agent (`agents.learner`, kind goal_dqn), built through the learner
-    registry like every learner; the session wraps it into the learner the node drives."""
-    import gymnasium as gym
-
-    from agent_node.algos import LEARNERS
-
-    spec = LearnerSpec(observation_space=gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32),
-                       action_space=gym.spaces.Discrete(num_actions), seed=seed, goals=goals)
-    return LEARNERS.build(learner_config, spec)
 
 
 def build_goal_session(

@@ -452,42 +452,6 @@ class MultiAgentDataset:
         return self.manifests[agent]
 
 
-def transitions_for_learning(
-    arrays: Mapping[str, np.ndarray], observation_space: gym.spaces.Space, action_space: gym.spaces.Space
-) -> dict[str, np.ndarray]:
-    """One agent's columns checked against the learner's spaces and converted for training:
-    float32 observations, int64 action indices from 0 (a Discrete `start` subtracted), float32
-    rewards, bool flags."""
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise DatasetError(f"offline learners here need a Box observation space, got {observation_space!r}")
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise DatasetError(f"offline learners here need a Discrete action space, got {action_space!r}")
-    required = ("obs", "action", "reward", "next_obs", "terminated")
-    missing = [name for name in required if name not in arrays]
-    if missing:
-        raise DatasetError(f"dataset arrays lack columns {missing}")
-    count = len(arrays["reward"])
-    if count == 0:
-        raise DatasetError("the dataset holds no transitions")
-    obs_shape = (count, *observation_space.shape)
-    for name in ("obs", "next_obs"):
-        if arrays[name].shape != obs_shape:
-            raise DatasetError(f"dataset column {name!r} has shape {arrays[name].shape}, the learner expects {obs_shape}")
-    actions = np.asarray(arrays["action"])
-    if actions.shape != (count,) or not np.issubdtype(actions.dtype, np.integer):
-        raise DatasetError(f"dataset actions must be ({count},) integers, got {actions.shape} {actions.dtype}")
-    index = actions.astype(np.int64) - int(action_space.start)
-    if index.min() < 0 or index.max() >= int(action_space.n):
-        raise DatasetError(f"dataset actions lie in [{actions.min()}, {actions.max()}], outside {action_space}")
-    return {
-        "obs": arrays["obs"].astype(np.float32).reshape(count, -1),
-        "action": index,
-        "reward": arrays["reward"].astype(np.float32),
-        "next_obs": arrays["next_obs"].astype(np.float32).reshape(count, -1),
-        "terminated": arrays["terminated"].astype(bool),
-    }
-
-
 # ---------------------------------------------------------------------------------- files
 
 

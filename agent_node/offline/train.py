@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=Path, help="where <agent>/latest.pt are written")
     args = parser.parse_args(argv)
+    from agent_node.algos.params import UnusableDataset
     from agent_node.offline.datasets import DatasetError
 
     try:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         results = train_offline(args.dataset, args.learner, args.gradient_steps, hidden, args.seed, args.out)
-    except DatasetError as error:
+    except (DatasetError, UnusableDataset) as error:
         print(f"dataset {args.dataset}: {error}", file=sys.stderr)
         return 2
     for agent, metrics in results.items():

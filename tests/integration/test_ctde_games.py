@@ -28,7 +28,7 @@ def final_team_return(run_dir: Path) -> float:
 @pytest.mark.long
 @pytest.mark.parametrize("mixer", ["qmix", "vdn"])
 def test_two_step_game_through_the_learner_node_lands_where_the_paper_says(tmp_path, mixer):
-    from agent_node.learner_node import load_trained_learner
+    from agent_node.ctde.learner_node import load_trained_learner
 
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/games_two_step.yaml", "--run-dir", str(run_dir), "--set", f"training.mixer={mixer}")
@@ -53,7 +53,7 @@ def test_two_step_game_through_the_learner_node_lands_where_the_paper_says(tmp_p
 
 def nonmonotonic_vdn_run(run_dir: Path, *overrides: str, timeout_s: float = 570) -> tuple[np.ndarray, np.ndarray]:
     """(VDN's final Q_tot table, the least-squares additive fit of the rows in its replay)."""
-    from agent_node.learner_node import load_trained_learner
+    from agent_node.ctde.learner_node import load_trained_learner
 
     sets = [arg for override in ("training.mixer=vdn", *overrides) for arg in ("--set", override)]
     process = orchestrate("up", "configs/games_nonmonotonic.yaml", "--run-dir", str(run_dir), *sets)

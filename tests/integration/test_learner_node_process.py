@@ -1,4 +1,4 @@
-"""`python -m agent_node.learner_node` as a real process: two agent DEALERs stream transitions of a
+"""`python -m agent_node.ctde.learner_node` as a real process: two agent DEALERs stream transitions of a
 one-step cooperative game over real sockets, each gets its own Q-network parameters back, and the
 parameters it got make it play the game; the node's final metrics count its gradient steps."""
 
@@ -22,7 +22,7 @@ from tests.conftest import read_line_with_deadline
 
 def test_learner_node_trains_from_streamed_transitions_and_sends_params_back(spawn, hub):
     process = spawn(
-        [sys.executable, "-m", "agent_node.learner_node", "--mixer", "qmix", "--num-agents", "2", "--obs-dim", "2",
+        [sys.executable, "-m", "agent_node.ctde.learner_node", "--mixer", "qmix", "--num-agents", "2", "--obs-dim", "2",
          "--num-actions", "2", "--state-dim", "2", "--batch-size", "32", "--learning-starts", "32",
          "--gradient-steps-per-row", "1", "--params-every", "50"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -10,9 +10,10 @@ import torch
 from pydantic import ValidationError
 
 from agent_node.amigo.session import AmigoStudent, build_amigo_session
-from agent_node.amigo.teacher import NetworkTeacher
-from agent_node.goals.config import AmigoSettings, GoalsConfig, goal_run_problems
-from agent_node.goals.modules import advance_difficulty
+from agent_node.amigo.config import AmigoSettings
+from agent_node.amigo.network_teacher import NetworkTeacher
+from agent_node.amigo.teacher import Curriculum, advance_difficulty
+from agent_node.goals.config import GoalsConfig, goal_run_problems
 from protocols.cell_space import GRID_HEADER, cell_of_observation, grid_observation_size, grid_of_observation
 
 SIZE = 5
@@ -54,7 +55,7 @@ def test_t_star_rises_after_counts_good_updates_resets_on_a_bad_one_and_stops_at
 
 
 def test_the_network_teacher_applies_the_t_star_rule_to_its_batch_rewards():
-    teacher = NetworkTeacher(SIZE, seed=0, batch_size=2, difficulty_threshold=0.0, difficulty_counts=3)
+    teacher = NetworkTeacher(SIZE, seed=0, curriculum=Curriculum(batch_size=2, difficulty_threshold=0.0, difficulty_counts=3))
     observation = grid_observation(12)
 
     def goal_episode(reached: bool, steps: int) -> float:
@@ -76,7 +77,7 @@ def test_the_network_teacher_learns_which_cell_pays_from_what_it_sees():
     other cell too fast: the teacher must learn to propose the marker's cell in layouts it was trained on,
     wherever the marker lies, which a table indexed by the student's cell cannot."""
     rng = np.random.default_rng(0)
-    teacher = NetworkTeacher(SIZE, seed=1, batch_size=16, learning_rate=0.003, entropy_cost=0.1)
+    teacher = NetworkTeacher(SIZE, seed=1, curriculum=Curriculum(batch_size=16), learning_rate=0.003, entropy_cost=0.1)
     markers = [8, 16]
     before = np.mean([teacher.policy(grid_observation(marker), 0)[marker] for marker in markers])
     for _ in range(16 * 40):
@@ -99,7 +100,7 @@ def test_the_network_teacher_never_proposes_the_students_cell_and_needs_the_obse
 
 
 def test_the_network_teacher_state_round_trips():
-    teacher = NetworkTeacher(SIZE, seed=0, batch_size=1, difficulty_threshold=-1.0, difficulty_counts=1)
+    teacher = NetworkTeacher(SIZE, seed=0, curriculum=Curriculum(batch_size=1, difficulty_threshold=-1.0, difficulty_counts=1))
     for marker in (1, 2, 3):
         goal = teacher.propose_cell(0, grid_observation(marker))
         teacher.observe_goal_episode(0, goal, True, 9)
@@ -147,10 +148,10 @@ def test_the_node_refuses_a_grid_size_that_does_not_fit_the_observations():
     from agent_node.algos.config import GoalDQNConfig
 
     with pytest.raises(ValueError, match="grid_size: 6 does not fit the env's observations of 155 entries"):
-        build_amigo_session(goals, GoalDQNConfig(her_strategy="none"), node_index=0, run_seed=0, env_agent="agent_0",
+        build_amigo_session(goals.amigo, GoalDQNConfig(her_strategy="none"), node_index=0, run_seed=0, env_agent="agent_0",
                             obs_dim=155, num_actions=7)
     with pytest.raises(ValueError, match="'network' proposes from a grid observation"):
-        build_amigo_session(goals, GoalDQNConfig(her_strategy="none"), node_index=0, run_seed=0, env_agent="agent_0",
+        build_amigo_session(goals.amigo, GoalDQNConfig(her_strategy="none"), node_index=0, run_seed=0, env_agent="agent_0",
                             obs_dim=2, num_actions=5)
 
 
@@ -193,7 +194,7 @@ def test_a_student_with_a_network_teacher_runs_on_minigrid_and_logs_t_star():
 
     env = make_env("minigrid_v0", {"env_id": "MiniGrid-KeyCorridorS3R3-v0", "num_agents": 1, "max_steps": 40})
     goals = GoalsConfig(selection="amigo", amigo={"teacher": "network", "grid_size": 7, "max_steps": 40, "teacher_batch_size": 4})
-    session, _ = build_amigo_session(goals, GoalDQNConfig(her_strategy="none", learning_starts=50), node_index=0, run_seed=0,
+    session, _ = build_amigo_session(goals.amigo, GoalDQNConfig(her_strategy="none", learning_starts=50), node_index=0, run_seed=0,
                                      env_agent="agent_0", obs_dim=grid_observation_size(7), num_actions=7)
     student: AmigoStudent = session.student
     assert isinstance(student.proposer, NetworkTeacher)
@@ -221,7 +222,7 @@ def test_a_node_checkpoint_restores_the_network_teacher(tmp_path):
 
     goals = GoalsConfig(selection="amigo", amigo={"teacher": "network", "grid_size": SIZE, "max_steps": 20, "teacher_batch_size": 1})
     config = GoalDQNConfig(her_strategy="none", hidden_sizes=(8,), batch_size=4, learning_starts=0)
-    build = lambda seed: build_amigo_session(goals, config, node_index=0, run_seed=seed, env_agent="agent_0",
+    build = lambda seed: build_amigo_session(goals.amigo, config, node_index=0, run_seed=seed, env_agent="agent_0",
                                              obs_dim=grid_observation_size(SIZE), num_actions=7)
     session, learner = build(1)
     student = session.student

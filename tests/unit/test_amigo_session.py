@@ -12,8 +12,10 @@ from pydantic import ValidationError
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.goal_dqn import GoalDQNAgent
 from agent_node.amigo.session import AmigoSession, AmigoStudent, build_amigo_session
-from agent_node.goals.config import AmigoSettings, GoalsConfig, goal_run_problems
-from agent_node.goals.modules import AmigoTeacher, BeBoldNovelty, UniformCells
+from agent_node.amigo.config import AmigoSettings
+from agent_node.amigo.novelty import BeBoldNovelty
+from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells
+from agent_node.goals.config import GoalsConfig, goal_run_problems
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
 from protocols import messages as m
@@ -37,8 +39,8 @@ class RecordingStudent:
         self.rows.append((int(goals[0]), float(rewards[0]), bool(terminated[0])))
 
 
-def teacher(**kwargs):
-    return AmigoTeacher(SIZE * SIZE, seed=0, batch_size=100, **kwargs)
+def teacher():
+    return AmigoTeacher(SIZE * SIZE, seed=0, curriculum=Curriculum(batch_size=100))
 
 
 def walk(student, cells, *, extrinsic=None, last_ends=False):
@@ -84,7 +86,7 @@ def test_a_goal_reached_too_soon_or_with_extrinsic_reward_scores_the_teacher_as_
 
 
 def test_t_star_rises_through_the_session_and_is_logged():
-    proposer = AmigoTeacher(SIZE * SIZE, seed=0, batch_size=1)  # one goal episode per update
+    proposer = AmigoTeacher(SIZE * SIZE, seed=0, curriculum=Curriculum(batch_size=1))  # one goal episode per update
     student = AmigoStudent(RecordingStudent(), proposer, size=SIZE, max_steps=T_MAX)
     student.begin_episode(start_cell=0)
     for _ in range(10):
@@ -180,7 +182,7 @@ def test_the_session_refuses_missing_cell_infos_and_several_copies():
 def test_a_checkpoint_restores_the_student_the_teacher_and_the_novelty_counts(tmp_path):
     goals = GoalsConfig(selection="amigo", amigo={"grid_size": SIZE, "max_steps": T_MAX, "novelty": "bebold", "teacher_batch_size": 1})
     config = GoalDQNConfig(her_strategy="none", hidden_sizes=(8,), batch_size=4, learning_starts=0)
-    session, learner = build_amigo_session(goals, config, node_index=0, run_seed=1, env_agent="agent_0", obs_dim=2, num_actions=5)
+    session, learner = build_amigo_session(goals.amigo, config, node_index=0, run_seed=1, env_agent="agent_0", obs_dim=2, num_actions=5)
     session.on_observation(observation(0, 0, start=True), now=0.0)
     for step in range(1, 12):
         session.act(np.zeros((1, 2), np.float32), explore=True)
@@ -190,7 +192,7 @@ def test_a_checkpoint_restores_the_student_the_teacher_and_the_novelty_counts(tm
     teacher_before = session.student.proposer
     assert teacher_before.updates > 0 and len(learner.replay) == 11
     save_checkpoint(tmp_path / "ckpt.pt", {"learner": learner.state_dict()})
-    other_session, other = build_amigo_session(goals, config, node_index=0, run_seed=2, env_agent="agent_0", obs_dim=2, num_actions=5)
+    other_session, other = build_amigo_session(goals.amigo, config, node_index=0, run_seed=2, env_agent="agent_0", obs_dim=2, num_actions=5)
     other.load_state_dict(load_checkpoint(tmp_path / "ckpt.pt")["learner"])
     restored = other_session.student.proposer
     assert np.array_equal(restored.logits, teacher_before.logits) and restored.t_star == teacher_before.t_star

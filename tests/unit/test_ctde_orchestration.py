@@ -14,7 +14,7 @@ import pytest
 
 from agent_node.algos.config import DQNConfig
 from agent_node.ctde.client import CentralizedDQNActor
-from agent_node.learner_node import LearnerService, make_core_factory
+from agent_node.ctde.learner_node import LearnerService, make_core_factory
 from agent_node.roles import Transition
 from agent_node.ctde.config import learner_schedule, mixer_config
 from orchestrator.config import derive_nodes, load_config, load_resolved
@@ -92,7 +92,7 @@ def test_the_plan_launches_the_learner_node_with_its_own_threads(tmp_path):
     resolved, run_dir = prepare_run(load_config(QMIX, ["training.torch_threads=2"]), tmp_path / "run")
     plan = build_plan(resolved, run_dir)
     learner = plan.node("learner")
-    assert learner.argv[1:3] == ("-m", "agent_node.learner_node") and learner.argv[0] == sys.executable
+    assert learner.argv[1:3] == ("-m", "agent_node.ctde.learner_node") and learner.argv[0] == sys.executable
     assert learner.argv[3:] == ("--config", str(run_dir / "resolved.yaml"), "--node-id", "learner", "--control", plan.control_endpoint)
     assert learner.env["OMP_NUM_THREADS"] == "2" and plan.node("agent_0").env["OMP_NUM_THREADS"] == "1"
     from protocols.auth import load_node_keys
@@ -294,7 +294,7 @@ def _train(learner: LearnerService, steps: range) -> None:
 
 
 def test_a_restarted_learner_restores_its_networks_optimizer_and_replay_and_trains_on_as_if_never_stopped(tmp_path):
-    from agent_node.learner_node import LearnerPersistence
+    from agent_node.ctde.learner_node import LearnerPersistence
 
     def persistence() -> LearnerPersistence:
         return LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5)
@@ -328,7 +328,7 @@ def test_a_restarted_learner_restores_its_networks_optimizer_and_replay_and_trai
 
 
 def test_a_learner_checkpoint_for_another_agent_count_is_refused_naming_both(tmp_path):
-    from agent_node.learner_node import LearnerPersistence
+    from agent_node.ctde.learner_node import LearnerPersistence
 
     learner, _ = service()
     assert learner.handle(Envelope(actor([], index=0).join, "agent_0"))
@@ -339,7 +339,7 @@ def test_a_learner_checkpoint_for_another_agent_count_is_refused_naming_both(tmp
 
 
 def test_a_restarted_learner_falls_back_past_a_damaged_checkpoint_and_replay_to_the_older_generation(tmp_path):
-    from agent_node.learner_node import LearnerPersistence
+    from agent_node.ctde.learner_node import LearnerPersistence
     from protocols.durable_state import DamagedStateError
 
     def persistence(**kwargs) -> LearnerPersistence:

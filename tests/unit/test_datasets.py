@@ -23,8 +23,8 @@ from agent_node.offline.datasets import (
     ShardSpec,
     read_manifest,
     space_from_json,
-    transitions_for_learning,
 )
+from agent_node.algos.params import UnusableDataset, transitions_for_learning
 from agent_node.roles import Transition
 from tests.conftest import read_line_with_deadline
 
@@ -157,9 +157,9 @@ def test_transitions_for_learning_checks_against_the_learner_spaces():
               "next_obs": np.zeros((4, 3), np.float32), "terminated": np.zeros(4, bool)}
     converted = transitions_for_learning(arrays, OBS_SPACE, gym.spaces.Discrete(4, start=1))
     np.testing.assert_array_equal(converted["action"], [0, 1, 2, 3])
-    with pytest.raises(DatasetError, match=r"outside Discrete\(4\)"):
+    with pytest.raises(UnusableDataset, match=r"outside Discrete\(4\)"):
         transitions_for_learning(arrays, OBS_SPACE, ACTION_SPACE)
-    with pytest.raises(DatasetError, match=r"the learner expects \(4, 5\)"):
+    with pytest.raises(UnusableDataset, match=r"the learner expects \(4, 5\)"):
         transitions_for_learning(arrays, gym.spaces.Box(0, 1, (5,)), gym.spaces.Discrete(4, start=1))
 
 

@@ -107,3 +107,10 @@ def test_the_checker_finds_stale_names_and_passes_live_ones(tmp_path: Path) -> N
     source = tmp_path / "module.py"
     source.write_text('"""See agent_node/datasets.py."""\n\ndef f():\n    """Uses protocols/wire.py."""\n')
     assert missing_names(docstrings(source), source) == ["agent_node/datasets.py"]
+
+
+def test_docs_root_holds_pages_only() -> None:
+    """Data and figures live under docs/results/ (bench records beside their pages, the others in
+    docs/results/data/), written there by the benches that make them, not loose beside the pages."""
+    loose = sorted(path.name for path in (REPO / "docs").iterdir() if path.is_file() and path.suffix != ".md")
+    assert not loose, f"files at the root of docs/ that are not pages: {loose}"

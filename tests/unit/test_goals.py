@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from agent_node.amigo.novelty import BeBoldNovelty
+from agent_node.amigo.teacher import AmigoTeacher, Curriculum, amigo_student_reward, amigo_teacher_reward
 from agent_node.goals.modules import (
-    AmigoTeacher,
-    BeBoldNovelty,
     GoalModule,
     LearningProgressGoals,
     NegotiatedGoals,
@@ -18,8 +18,6 @@ from agent_node.goals.modules import (
     SupervisedGoals,
     SupervisorAssignment,
     UniformGoals,
-    amigo_student_reward,
-    amigo_teacher_reward,
 )
 from env_server.envs.goal_lines import cooperative_goals, num_goals
 from protocols.negotiation import NegotiationEngine
@@ -215,7 +213,7 @@ def test_amigo_student_reward():
 
 
 def test_t_star_schedule_rises_after_ten_good_updates_and_resets_on_a_bad_one():
-    teacher = AmigoTeacher(num_cells=4, seed=0, batch_size=1)
+    teacher = AmigoTeacher(num_cells=4, seed=0, curriculum=Curriculum(batch_size=1))
     assert teacher.t_star == 7
     for _ in range(9):
         teacher.observe_goal_episode(0, 1, reached=True, steps_to_reach=8)  # +0.7
@@ -228,11 +226,11 @@ def test_t_star_schedule_rises_after_ten_good_updates_and_resets_on_a_bad_one():
     assert teacher.counter == 6
     # A batch whose mean is below -0.5 resets the counter (only possible with the extrinsic
     # case excluded, so use a teacher with a harsher beta).
-    harsh = AmigoTeacher(num_cells=4, seed=0, batch_size=1, beta=0.8)
+    harsh = AmigoTeacher(num_cells=4, seed=0, curriculum=Curriculum(batch_size=1, beta=0.8))
     harsh.observe_goal_episode(0, 1, True, 9)
     harsh.observe_goal_episode(0, 1, False, 40)
     assert harsh.counter == 0
-    capped = AmigoTeacher(num_cells=4, seed=0, batch_size=1, t_star=100)
+    capped = AmigoTeacher(num_cells=4, seed=0, curriculum=Curriculum(batch_size=1, t_star=100))
     for _ in range(10):
         capped.observe_goal_episode(0, 1, True, 200)
     assert capped.t_star == 100
@@ -241,7 +239,7 @@ def test_t_star_schedule_rises_after_ten_good_updates_and_resets_on_a_bad_one():
 def test_teacher_learns_to_propose_cells_reached_after_t_star_steps():
     """A scripted student reaches cell c in c steps (never for c >= 20): the teacher should move
     its mass to cells with c >= t*, c < 20."""
-    teacher = AmigoTeacher(num_cells=25, seed=1, batch_size=16, learning_rate=1.0)
+    teacher = AmigoTeacher(num_cells=25, seed=1, curriculum=Curriculum(batch_size=16), learning_rate=1.0)
     for _ in range(16 * 60):
         cell = teacher.propose_cell(0)
         teacher.observe_goal_episode(0, cell, reached=cell < 20, steps_to_reach=cell)

@@ -58,9 +58,9 @@ def test_an_agent_refusing_400_messages_writes_a_line_per_source_then_one_per_5_
     caplog.set_level(logging.WARNING)
     mesh = PeerMesh("agent_1", {"agent_0": RecordingLink(), "agent_2": RecordingLink()}, heartbeat_every_s=1.0,
                     timeout_s=3.0, refusals=hub.refusals)
-    # The node's dispatch, on a node that has only what `_dispatch` reads.
+    # The node's dispatch, on a node that has only what `_dispatch` and the membership events read.
     node = SimpleNamespace(messages_handled=0, mesh=mesh, hub=hub, HANDLERS=AgentNode.HANDLERS, dispatch={}, talk=None,
-                           _on_membership_events=lambda events: None)
+                           step=0, capabilities=[], metrics=SimpleNamespace(write=lambda step, record: None))
     for _ in range(200):
         AgentNode._dispatch(node, PEERS, envelope("agent_0", m.EnvReset(seed=1)))
         AgentNode._dispatch(node, PEERS, envelope("agent_7", m.Heartbeat(node_id="agent_7", incarnation=0, state="running")))
@@ -91,7 +91,7 @@ def test_the_supervisor_counts_and_aggregates_what_it_does_not_take(hub, caplog)
 
 
 def test_the_learner_node_counts_refusals_in_its_own_and_the_security_counters(hub, caplog):
-    from agent_node.learner_node import LearnerService
+    from agent_node.ctde.learner_node import LearnerService
 
     caplog.set_level(logging.WARNING)
     learner = LearnerService(2, make_core=None, inbox=RecordingLink(), refusals=hub.refusals)

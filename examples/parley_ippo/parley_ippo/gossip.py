@@ -1,4 +1,4 @@
-"""Return gossip: a small peer protocol, as a Parley plugin (docs/write_your_own.md).
+"""Return gossip: a small peer protocol, as a Parley plugin (docs/guide/your_own.md).
 
 Every `every_steps` lockstep steps, each agent tells its topology neighbours the mean return of
 its last `window` episodes, and listens for theirs. A round ends when every live neighbour was

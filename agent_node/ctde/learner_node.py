@@ -1,4 +1,4 @@
-"""`python -m agent_node.learner_node`: the centralized learner process (CTDE).
+"""`python -m agent_node.ctde.learner_node`: the centralized learner process (CTDE).
 
 A ROUTER that agent nodes connect DEALERs to. Each agent announces itself (`ctde.join`: its index
 and spaces; the node builds its networks from the first and answers every join with that agent's
@@ -489,7 +489,7 @@ def run_standalone(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent_node.learner_node", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m agent_node.ctde.learner_node", description=__doc__.split("\n")[0])
     orchestrated = parser.add_argument_group("started by the orchestrator")
     orchestrated.add_argument("--config", help="resolved.yaml of the run (then --node-id and --control; no standalone options)")
     orchestrated.add_argument("--control", help="the orchestrator's control endpoint")
