@@ -63,6 +63,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -432,6 +433,34 @@ def check_run(run_dir: Path, memory_bound_mb: float = 1500.0, fault_free: Path |
     return verdicts
 
 
+def faults_of_run(run_dir: Path) -> dict:
+    """What a run went through, from its directory: the scheduled faults by kind (an undo, a
+    resume or heal, counted with its fault), the orchestrator's kills (each resumed run after the
+    first that did not follow a clean end) and the disk fills (`memory.json` beside it)."""
+    events = read_jsonl(run_dir / "events.jsonl")
+    resolved = yaml.safe_load((run_dir / "resolved.yaml").read_text())
+    kinds: Counter = Counter()
+    for event in events:
+        if event["event"] != "fault" or event["kind"] in ("resume", "heal"):
+            continue
+        if event["kind"] == "kill":
+            kinds["kill_env" if "env" in (event.get("nodes") or {}) else "kill_agent"] += 1
+        elif event["kind"] == "link":
+            kinds["link"] += 0.5  # a degradation and its repair are one fault
+        else:
+            kinds[event["kind"]] += 1
+    starts = sum(event["event"] == "run_started" for event in events)
+    trace = run_dir.parent / "memory.json"
+    fills = json.loads(trace.read_text()).get("disk_fills", []) if trace.exists() else []
+    stopped_by_disk = sum(fill.get("run_stopped", False) for fill in fills)
+    kinds["kill_orchestrator"] = starts - 1 - stopped_by_disk
+    kinds["disk"] = len(fills)
+    counts = {kind: int(count) for kind, count in sorted(kinds.items()) if count}
+    return {"run_dir": str(run_dir), "faults_by_kind": counts, "faults": sum(counts.values()),
+            "env_steps": resolved["run"]["steps"], "steps_per_s": resolved["env"]["max_steps_per_s"],
+            "seed": resolved["run"]["seed"], "wall_s": round(events[-1]["t"] - events[0]["t"], 1)}
+
+
 def check_memory(samples: dict[str, list[tuple[float, int]]], bound_mb: float) -> Verdict:
     """Each node's resident memory under the bound, and not growing: the median of its last quarter
     of samples at most 1.3x (or 100 MB over) the median of its second quarter."""
@@ -694,9 +723,15 @@ def render(record: dict, source: str) -> str:
     if plant:
         page += (f"The bug is planted on purpose ({plant}: {PLANT_SAYS[plant]}); the soak must FAIL, and the plan it "
                  "shrinks to must fail again when replayed (`--replay`).\n\n")
-    page += (f"Faults injected by kind: {record['faults_by_kind']} ({record['faults']} in all, plan seed "
-             f"{record['seed']}, {record['minutes']} min of paced env time at {record['steps_per_s']} steps/s, a fault "
-             f"every {record.get('fault_every_s', [10, 30])[0]:g}-{record.get('fault_every_s', [10, 30])[1]:g} s).\n\n")
+    if "run_dir" in record:  # `--check`: what the run went through, from its directory
+        page += (f"The invariants of the soak's run directory ({record['run_dir']}), checked after it ended; faults "
+                 f"injected by kind, from its events: {record['faults_by_kind']} ({record['faults']} in all, over "
+                 f"{record['env_steps']} env steps paced at {record['steps_per_s']} steps/s, run seed {record['seed']}, "
+                 f"{record['wall_s'] / 60:.0f} min of wall time from its first event to its last).\n\n")
+    else:
+        page += (f"Faults injected by kind: {record['faults_by_kind']} ({record['faults']} in all, plan seed "
+                 f"{record['seed']}, {record['minutes']} min of paced env time at {record['steps_per_s']} steps/s, a "
+                 f"fault every {record.get('fault_every_s', [10, 30])[0]:g}-{record.get('fault_every_s', [10, 30])[1]:g} s).\n\n")
     page += results_page.table([("invariant", "left", lambda r: r["name"]), ("verdict", "left", lambda r: r["verdict"]),
                                 ("figures", "left", lambda r: r["figures"])], record["rows"])
     page += "\nNot checked: a skipped env step counted (no per-step record).\n"
@@ -741,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.check is not None:
         verdicts = check_run(args.check, args.memory_bound_mb)
         print_verdicts(verdicts)
+        if args.save or args.page:  # a record of this check, what the run went through read from its directory
+            record = results_page.begin("bench/chaos.py", argv if argv is not None else sys.argv[1:])
+            record.update(faults_of_run(args.check))
+            record["rows"] = [{"name": v.name, "verdict": "PASS" if v.passed else "FAIL", "figures": v.figures}
+                              for v in verdicts]
+            results_page.finish(record, args.save, args.page, render)
         return 0 if all(v.passed for v in verdicts) else 1
     record = results_page.begin("bench/chaos.py", argv if argv is not None else sys.argv[1:])
     kinds = KINDS if RunDisk.available() else tuple(kind for kind in KINDS if kind != "disk")

@@ -161,12 +161,12 @@ def test_the_capabilities_own_nodes_come_from_their_descriptions():
     goals = load_config(ROOT / "configs" / "goals_supervisor.yaml")
     assert [(n.node_id, n.role, n.service) for n in extra_nodes(goals)] == [("supervisor", "supervisor", "goals")]
     centralized = load_config(TINY, ["training.mode=centralized", "protocols.consensus.enabled=false"])
-    assert [(n.node_id, n.module, n.service) for n in extra_nodes(centralized)] == [("learner", "agent_node.learner_node", "ctde")]
+    assert [(n.node_id, n.module, n.service) for n in extra_nodes(centralized)] == [("learner", "agent_node.ctde.learner_node", "ctde")]
 
 
 # The rooms of Parley's own capabilities: the orchestrator reaches them only through the registry.
 CAPABILITY_MODULES = ("agent_node.consensus", "agent_node.landmarks", "agent_node.goals", "agent_node.amigo",
-                      "agent_node.ctde", "agent_node.offline", "agent_node.peer_protocols", "agent_node.learner_node")
+                      "agent_node.ctde", "agent_node.offline", "agent_node.peer_protocols")
 
 
 def test_no_module_of_the_orchestrator_imports_a_capability():
