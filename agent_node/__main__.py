@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         random.seed(global_seed)
 
     from agent_node.node import AgentNode, NodeState
-    from protocols.control import ShutdownRequested
+    from protocols.run.control import ShutdownRequested
 
     node = AgentNode(identity, node_config, args.control)
 

@@ -19,7 +19,7 @@ capability's description:
     from dataclasses import dataclass
     from agent_node.capability import PEERS, Capability
     from agent_node.registry import CapabilityConfig, CapabilityDescription, settings
-    from protocols.messages import register_message
+    from protocols.codec.messages import register_message
 
     @register_message("gossip.best_return")                # a typed wire message
     @dataclass(frozen=True)
@@ -68,7 +68,7 @@ a user's capability finds its own section with `agent_node.registry.settings(run
 and the node's services (`NodeServices`: what a capability may call on the node); it returns
 the capability, None when the run does not use it, or a list of several (one per entry of
 `agents.protocols`: agent_node/peer_protocols/capability.py). Message types must be registered wire
-messages (`protocols/messages.py`, `@register_message`), so the wire validates and signs them.
+messages (`protocols/codec/messages.py`, `@register_message`), so the wire validates and signs them.
 
 Lifecycle, in the order the node calls it
 -----------------------------------------
@@ -157,11 +157,11 @@ import numpy as np
 if TYPE_CHECKING:
     from agent_node.config import AgentNodeConfig
     from agent_node.roles import NodeLearner, Transition
-    from protocols import messages as m
-    from protocols.engine import Outgoing
-    from protocols.node_config import NodeIdentity
-    from protocols.topology import Topology
-    from protocols.transport import Channel, Hub
+    from protocols.codec import messages as m
+    from protocols.engines.engine import Outgoing
+    from protocols.run.node_config import NodeIdentity
+    from protocols.engines.topology import Topology
+    from protocols.net.transport import Channel, Hub
 
 # Where a message came from: the channel it arrived on (the node's three, and the ones
 # capabilities open with `NodeServices.open_channel`).

@@ -7,7 +7,7 @@ The agent side's other sections are composed here too, for the run's schema
 Every agent node of a run runs the same learner and world model configuration; they differ by
 node id (`agent_i` drives the environment's i-th possible agent) and by their derived seeds.
 `AgentNodeConfig` is what an agent process validates from its resolved config: the sections
-every node reads (protocols/node_config.py) plus this one.
+every node reads (protocols/run/node_config.py) plus this one.
 No torch here: the schemas of the learners and world models are torch-free too.
 """
 
@@ -28,8 +28,8 @@ from agent_node.landmarks.config import LandmarksConfig
 from agent_node.peer_protocols import ProtocolConfigs
 from agent_node.registry import CapabilityConfigs
 from agent_node.world_models import PluggableWorldModelConfig
-from protocols.config_errors import ConfigError
-from protocols.node_config import NodeIdentity, NodeSections, load_node_config
+from protocols.run.config_errors import ConfigError
+from protocols.run.node_config import NodeIdentity, NodeSections, load_node_config
 
 class AgentsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

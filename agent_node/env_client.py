@@ -23,12 +23,12 @@ drops its connection (messages queued for the dead server must not reach the new
 connects again and sends `rejoin()`; the new server's welcome must grant the same agents,
 copies and spaces as the first one, else `EnvProtocolError` says what changed.
 
-**Packed bodies** (protocols/packed.py): a client made with `packed=True` asks for them at join;
+**Packed bodies** (protocols/codec/packed.py): a client made with `packed=True` asks for them at join;
 when the welcome grants them, `packed_layout` is the layout both sides use, and the caller hands
 it to its channel (`Channel.use_packed`) before it sends the reset. Messages stay the same
 `EnvObservation` / `EnvAction` objects on both sides of the channel.
 
-**Shared memory** (protocols/shm_lockstep.py): with packed bodies the client also offers its
+**Shared memory** (protocols/net/shm_lockstep.py): with packed bodies the client also offers its
 machine's `host_key()`; a server on the same host may then grant a segment for the lockstep's
 bodies (`EnvWelcome.shm_segment`, with its two wake-up pipes). `use_lockstep_transport(channel,
 client)` is the one step that touches anything outside this class: after each welcome it hands
@@ -42,10 +42,10 @@ from typing import Any
 
 import gymnasium as gym
 
-from protocols import messages as m
-from protocols.packed import PackedLayout
-from protocols.shm_lockstep import ShmLink, ShmUnavailable, host_key
-from protocols.spaces import decode_space
+from protocols.codec import messages as m
+from protocols.codec.packed import PackedLayout
+from protocols.net.shm_lockstep import ShmLink, ShmUnavailable, host_key
+from protocols.codec.spaces import decode_space
 
 
 class EnvRefused(RuntimeError):
@@ -69,9 +69,9 @@ class EnvClient:
     ) -> None:
         self.client_id = client_id
         self.global_view = global_view  # ask for the global state and joint action (env_server/global_view.py)
-        self.packed = packed  # ask for packed lockstep bodies (protocols/packed.py)
+        self.packed = packed  # ask for packed lockstep bodies (protocols/codec/packed.py)
         self.packed_layout: PackedLayout | None = None  # granted by the welcome
-        # Offer shared memory with packed bodies (protocols/shm_lockstep.py); the env server decides.
+        # Offer shared memory with packed bodies (protocols/net/shm_lockstep.py); the env server decides.
         self.shm = shm
         self._requested_agents = list(agents or [])
         self._requested_indices = list(agent_indices or [])

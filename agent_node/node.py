@@ -47,16 +47,16 @@ from agent_node.persistence import NodePersistence
 from agent_node.roles import NodeLearner
 from agent_node.step_talk import EnvStepTalk
 from agent_node.transitions import TransitionAssembler
-from protocols import messages as m
-from protocols.control import ControlClient, ShutdownRequested
-from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
-from protocols.jsonlines import FileWriteError
-from protocols.metrics import MetricsWriter
-from protocols.node_config import NodeIdentity, bind_address, node_hub
-from protocols.settings import ENV_NODE_ID, agent_node_ids
-from protocols.topology import build_topology
-from protocols.transport import Channel
-from protocols.wire import Envelope
+from protocols.codec import messages as m
+from protocols.run.control import ControlClient, ShutdownRequested
+from protocols.storage.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
+from protocols.storage.jsonlines import FileWriteError
+from protocols.storage.metrics import MetricsWriter
+from protocols.run.node_config import NodeIdentity, bind_address, node_hub
+from protocols.run.settings import ENV_NODE_ID, agent_node_ids
+from protocols.engines.topology import build_topology
+from protocols.net.transport import Channel
+from protocols.codec.wire import Envelope
 
 log = logging.getLogger("agent_node")
 

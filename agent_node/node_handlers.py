@@ -14,11 +14,11 @@ import time
 
 from agent_node.env_client import EnvRefused
 from agent_node.node_lifecycle import RUN_BUDGET_SPENT, NodeFailure, pack_env_bodies
-from protocols import messages as m
-from protocols.control import apply_network_fault
-from protocols.links import LinkConfig
-from protocols.membership import PeerDown, PeerRestarted, PeerUp
-from protocols.settings import ENV_NODE_ID
+from protocols.codec import messages as m
+from protocols.run.control import apply_network_fault
+from protocols.net.links import LinkConfig
+from protocols.engines.membership import PeerDown, PeerRestarted, PeerUp
+from protocols.run.settings import ENV_NODE_ID
 
 log = logging.getLogger("agent_node")
 
@@ -102,7 +102,7 @@ def on_heartbeat(node, sender: str, heartbeat: m.Heartbeat, now: float) -> None:
 
 def on_network_fault(node, sender: str, fault: m.Partition | m.Heal | m.SetLink, now: float) -> None:
     """A run-time partition, heal or link change from the fault schedule: applied to this
-    node's outgoing links (protocols/control.py), with the link counters at that moment."""
+    node's outgoing links (protocols/run/control.py), with the link counters at that moment."""
     log.warning("%s", apply_network_fault(node.hub.links, fault))
     if node.talk is not None and isinstance(fault, m.SetLink):  # links between agents count steps
         for src, dst in fault.edges:

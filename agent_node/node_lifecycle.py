@@ -22,10 +22,10 @@ from agent_node.node_states import NodeState
 from agent_node.peers import PeerMesh
 from agent_node.roles import NodeLearner
 from agent_node.transitions import TransitionAssembler
-from protocols import messages as m
-from protocols.jsonlines import FileWriteError
-from protocols.settings import ENV_NODE_ID
-from protocols.spaces import decode_space
+from protocols.codec import messages as m
+from protocols.storage.jsonlines import FileWriteError
+from protocols.run.settings import ENV_NODE_ID
+from protocols.codec.spaces import decode_space
 
 log = logging.getLogger("agent_node")
 
@@ -81,8 +81,8 @@ def wait_env(node, message_type: type, take: Callable[[Any], Any]) -> Any:
 
 
 def pack_env_bodies(node) -> None:
-    """The welcome granted packed lockstep bodies (protocols/packed.py), perhaps through
-    shared memory (protocols/shm_lockstep.py): the env channel reads and writes them so from
+    """The welcome granted packed lockstep bodies (protocols/codec/packed.py), perhaps through
+    shared memory (protocols/net/shm_lockstep.py): the env channel reads and writes them so from
     the reset on."""
     try:
         transport = use_lockstep_transport(node.env, node.env_client, ENV_NODE_ID)

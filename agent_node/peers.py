@@ -19,9 +19,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
-from protocols.auth import BadInputLog
-from protocols.engine import Outgoing
-from protocols.membership import MembershipEngine, MembershipEvent
+from protocols.net.auth import BadInputLog
+from protocols.engines.engine import Outgoing
+from protocols.engines.membership import MembershipEngine, MembershipEvent
 
 log = logging.getLogger("agent_node.peers")
 

@@ -1,6 +1,6 @@
 """What an agent node keeps on disk: its learner checkpoint and its replay buffer.
 
-Every file is written whole through `protocols.files.atomic_write` and sealed (a trailer with a
+Every file is written whole through `protocols.storage.files.atomic_write` and sealed (a trailer with a
 CRC32 that `read_sealed` checks before anything parses the bytes): a node killed mid-save leaves
 the previous file or the new one, and a file damaged later is refused with a `DamagedStateError`
 naming it. Both the checkpoint (`save_checkpoint`) and the replay buffer (`ReplayBuffer.save`,
@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
-from protocols.durable_state import DamagedStateError, StateNotice
-from protocols.files import atomic_write, read_sealed
-from protocols.jsonlines import FileWriteError
+from protocols.storage.durable_state import DamagedStateError, StateNotice
+from protocols.storage.files import atomic_write, read_sealed
+from protocols.storage.jsonlines import FileWriteError
 
 log = logging.getLogger("agent_node.persistence")
 
@@ -226,7 +226,7 @@ def steps_lost(damaged: list[Damaged] | tuple[Damaged, ...], restored_step: int,
 
 def state_notice(skipped: list[Damaged] | tuple[Damaged, ...], fresh: list[Damaged] | tuple[Damaged, ...], *,
                  restored_step: int, restored: str, primary_suffix: str, unit: str = "steps of learning") -> StateNotice | None:
-    """What a node tells the run after a restore (protocols/durable_state.py): `skipped`, the
+    """What a node tells the run after a restore (protocols/storage/durable_state.py): `skipped`, the
     damaged generations it fell back past; `fresh`, those of files with no good generation that
     it set aside to start them from scratch; `restored`, what it restored, for the line. Steps
     lost are counted on the files ending in `primary_suffix` (the checkpoint: what was learned).

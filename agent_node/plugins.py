@@ -39,7 +39,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, SerializationInfo, ValidationError, ValidationInfo, WrapValidator
 
-from protocols.config_errors import describe_value, format_validation_error
+from protocols.run.config_errors import describe_value, format_validation_error
 
 ActionSpaceKind = Literal["discrete", "box"]
 

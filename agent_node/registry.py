@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Mapping, Sequence
 from pydantic import BaseModel, BeforeValidator, SerializeAsAny
 
 from agent_node.plugins import Entry, PluginConfig, PluginError, Registry
-from protocols.config_errors import describe_value
+from protocols.run.config_errors import describe_value
 
 if TYPE_CHECKING:
-    from protocols.topology import Topology
+    from protocols.engines.topology import Topology
 
 # An agent's metrics records, by node id (`orchestrate report` reads them from
 # <run dir>/nodes/<node id>/metrics.jsonl); the env server's are not among them.
@@ -64,9 +64,9 @@ class ExtraNode:
     in `Directory.services[service]`."""
 
     node_id: str
-    role: str  # protocols/settings.py NodeRole
+    role: str  # protocols/run/settings.py NodeRole
     module: str
-    service: str  # an endpoint purpose of protocols/settings.py
+    service: str  # an endpoint purpose of protocols/run/settings.py
     torch_threads: int = 1
     # What the orchestrator's fork server imports ahead for it (not `module` itself: the fork
     # server runs that as __main__, and runpy warns about a preloaded one).

@@ -26,14 +26,14 @@ default (`--forward-infos all`), so
 `step` and `reset` return the infos a local env would, less any value that is not a number or a
 numeric array (named in the server's log).
 
-A server that dies is noticed at once: the proxy's connection is watched (protocols/transport.py
+A server that dies is noticed at once: the proxy's connection is watched (protocols/net/transport.py
 `PeerWatch`), so a server killed even by SIGKILL (its kernel closes the connection) or frozen for
 `heartbeat_timeout_s` (zmq's heartbeats go unanswered) makes the waiting call raise
 `RemoteEnvError` naming the endpoint and how long ago the server was last heard, instead of
 waiting out `timeout_s`; a server that fails on an error says so itself (`env_server_stopped`).
 
 Rewards come back as Python floats of float32 values: the lockstep carries rewards as float32
-(protocols/packed.py, env_server/vector.py), which is what the learners train on, so a float64
+(protocols/codec/packed.py, env_server/vector.py), which is what the learners train on, so a float64
 env's reward is rounded (a relative difference under 6e-8), not passed bit for bit.
 """
 
@@ -46,9 +46,9 @@ import numpy as np
 from pettingzoo import ParallelEnv
 
 from agent_node.env_client import EnvClient, EnvProtocolError, EnvRefused, use_lockstep_transport
-from protocols import messages as m
-from protocols.spaces import decode_space
-from protocols.transport import Hub, SocketOptions
+from protocols.codec import messages as m
+from protocols.codec.spaces import decode_space
+from protocols.net.transport import Hub, SocketOptions
 
 
 class RemoteEnvError(RuntimeError):

@@ -14,10 +14,10 @@ Why it looks like this:
 - **numpy only, no torch.** The buffer lives in the node's event loop and in its checkpoints;
   learners convert sampled batches at their own boundary.
 - **Persistence is a plain `.npz` file, never pickle.** `save` writes the filled rows, the ring
-  position and the sampling RNG's state through `protocols.files.atomic_write` (temporary
+  position and the sampling RNG's state through `protocols.storage.files.atomic_write` (temporary
   file in the same directory, fsync, `os.replace`), so a crash mid-save leaves either the
   previous file or the new one, never a torn file. The file is sealed (a trailer with a CRC32 and
-  a format version, `protocols.files.read_sealed`): a file damaged later is refused with a
+  a format version, `protocols.storage.files.read_sealed`): a file damaged later is refused with a
   `DamagedStateError` naming it, before numpy parses it. `load` reads with `allow_pickle=False`.
 
 Cost of `save`, measured on the project's 2-core machine (shared with other jobs) for a full buffer
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from agent_node.roles import Transition
-from protocols.files import atomic_write, read_sealed
+from protocols.storage.files import atomic_write, read_sealed
 
 # Bump when the layout of the saved file changes; `load` refuses files of another version.
 REPLAY_FILE_FORMAT_VERSION = 1

@@ -14,12 +14,12 @@ import logging
 import time
 from typing import Any, Mapping, Protocol
 
-from protocols import messages as m
-from protocols.control import ControlClient, ShutdownRequested, stop_on_signals
-from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
-from protocols.node_config import NodeIdentity, node_hub
-from protocols.transport import Channel, Hub
-from protocols.wire import Envelope
+from protocols.codec import messages as m
+from protocols.run.control import ControlClient, ShutdownRequested, stop_on_signals
+from protocols.storage.durable_state import EXIT_DAMAGED_STATE, DamagedStateError, StateNotice
+from protocols.run.node_config import NodeIdentity, node_hub
+from protocols.net.transport import Channel, Hub
+from protocols.codec.wire import Envelope
 
 # How often the loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
 WAKE_S = 0.2
@@ -69,7 +69,7 @@ def run_service(service: Service, run: Any, identity: NodeIdentity, control_endp
         control = ControlClient(hub, control_endpoint, node_id=identity.node_id)
         endpoints = service.bind(hub)
         # What its restore met, if anything (a damaged file skipped, or a fresh start): said in its
-        # control.ready, so the orchestrator records it (protocols/durable_state.py).
+        # control.ready, so the orchestrator records it (protocols/storage/durable_state.py).
         control.join_run(service.role, endpoints, run.protocols.control.startup_timeout_s,
                          notice=service.state_notice)
         started = time.monotonic()
@@ -103,7 +103,7 @@ def run_service(service: Service, run: Any, identity: NodeIdentity, control_endp
         reason = request.reason
     except DamagedStateError as error:
         # Its saved state cannot be read: nothing was saved over it (saves happen after the
-        # restore); stop, and ask not to be restarted (protocols/durable_state.py).
+        # restore); stop, and ask not to be restarted (protocols/storage/durable_state.py).
         log.error("stopping: %s", error)
         reason, exit_code = f"failure: {error}", EXIT_DAMAGED_STATE
     except Exception as error:  # noqa: BLE001 - reported, then the node exits non-zero

@@ -1,6 +1,6 @@
 """The agent node's side of talking in env steps (`protocols.talk: env_steps`).
 
-The rule and the marks are protocols/step_links.py's; this part applies them to one node, which
+The rule and the marks are protocols/engines/step_links.py's; this part applies them to one node, which
 calls it at four points of its loop:
 
 - `queue`: what its capabilities send to neighbours waits, and `close_step`, when the node answers
@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
-from protocols import messages as m
-from protocols.engine import Outgoing
-from protocols.links import LinkConfig
-from protocols.step_links import TRAINING_CLOCK, PeerStepMark, StepInbox, StepOutbox, evaluation_clock
+from protocols.codec import messages as m
+from protocols.engines.engine import Outgoing
+from protocols.net.links import LinkConfig
+from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepInbox, StepOutbox, evaluation_clock
 
 log = logging.getLogger("agent_node.step_talk")
 

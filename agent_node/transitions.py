@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent_node.roles import Transition
-from protocols import messages as m
+from protocols.codec import messages as m
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from agent_node.amigo.network_teacher import NetworkTeacher
 from agent_node.amigo.novelty import BeBoldNovelty
 from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells
 from env_server.envs.treasure_room import TreasureRoomEnv
-from protocols.cell_space import cell_features
+from protocols.goal_spaces.cell_space import cell_features
 from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 

@@ -48,7 +48,7 @@ with an env server that never saves its resume point (a `sitecustomize` put firs
 PYTHONPATH; Parley's code is not touched), so a restarted env server starts over and steps run
 twice; the soak must FAIL and its shrunk plan must fail again when replayed.
 
-When an invariant fails, the plan is shrunk by delta debugging (protocols/simplan.py's
+When an invariant fails, the plan is shrunk by delta debugging (protocols/sim/simplan.py's
 `shrink_plan`, the simulator's, on real processes here: each try is a whole run, so
 `--shrink-runs` caps them) and the smallest failing plan is written as YAML that
 `orchestrate up configs/4agents_ring.yaml` takes as overrides (with `--replay` for its
@@ -101,7 +101,7 @@ PLANTS = {
 # steps is a plan in seconds.
 LIGHT = ["env.num_copies=2", "env.eval_every_steps=400", "env.eval_episodes=2", "agents.checkpoint_every_steps=100",
          "agents.replay_save_every_steps=100", "agents.metrics_every_steps=50", "launch.live_view=off"]
-ORPHAN_WAIT_S = 25.0  # nodes stop on their own within 15 s of the orchestrator's death (protocols/control.py)
+ORPHAN_WAIT_S = 25.0  # nodes stop on their own within 15 s of the orchestrator's death (protocols/run/control.py)
 
 
 @dataclass(frozen=True)
@@ -634,7 +634,7 @@ def check_processes(run_dir: Path) -> Verdict:
 
 def check_files(run_dir: Path) -> Verdict:
     from agent_node.persistence import load_checkpoint
-    from protocols.files import read_sealed
+    from protocols.storage.files import read_sealed
     from env_server.resume import SLOT_BYTES, _decode_slot
 
     problems, counts, torn = [], Counter(), 0
@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [v.name for v in verdicts if not v.passed]
     shrunk_text, shrunk_file = "", ""
     if failed and args.shrink_runs > 0 and plan.events:
-        from protocols.simplan import shrink_plan
+        from protocols.sim.simplan import shrink_plan
 
         tries = iter(range(args.shrink_runs))
 

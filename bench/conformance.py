@@ -1,4 +1,4 @@
-"""Consensus conformance sheet: the real engines against the theory (protocols/conformance.py).
+"""Consensus conformance sheet: the real engines against the theory (protocols/sim/conformance.py).
 
 Three tables:
 
@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
 
-from protocols.conformance import contraction, one_peer_schedule, push_sum_weight_drift  # noqa: E402
-from protocols.topology import exponential, grid, random_regular, ring, small_world  # noqa: E402
+from protocols.sim.conformance import contraction, one_peer_schedule, push_sum_weight_drift  # noqa: E402
+from protocols.engines.topology import exponential, grid, random_regular, ring, small_world  # noqa: E402
 
 TOPOLOGIES = ("ring", "torus", "random_regular", "exponential", "small_world")
 

@@ -59,8 +59,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPO))
 
-from protocols.consensus import rounds_predicted_by_spectrum, rounds_to_tolerance  # noqa: E402
-from protocols.topology import (  # noqa: E402
+from protocols.engines.consensus import rounds_predicted_by_spectrum, rounds_to_tolerance  # noqa: E402
+from protocols.engines.topology import (  # noqa: E402
     Topology,
     exponential,
     grid,
@@ -157,7 +157,7 @@ class WorkerRing:
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         tcp_args: list[str] = []
         if self.hosts is not None:
-            from protocols.transport import generate_run_keys
+            from protocols.net.transport import generate_run_keys
 
             keys_dir = generate_run_keys(Path(self.socket_dir) / "keys", self.nodes)
             tcp_args = ["--tcp-hosts", ",".join(address for _, address in self.hosts), "--keys-dir", str(keys_dir)]

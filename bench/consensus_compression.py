@@ -6,12 +6,12 @@
     python bench/consensus_compression.py --page-from docs/results/consensus_compression.json \
                                           --page docs/results/consensus_compression.md
 
-A ring of `--agents` engines in the deterministic network simulator (protocols/netsim.py, ideal
+A ring of `--agents` engines in the deterministic network simulator (protocols/sim/netsim.py, ideal
 links: nothing lost), each starting from its own seeded Gaussian float32 tensor of `--size`
 entries (a different mean per node), averages it with sync rounds (Metropolis weights) and with
 push-sum, for each codec of `protocols.consensus.compression`: none, fp16, int8, top-k of 10% and
 of 1% (top-k at the plain step gamma = 1 and at a smaller one). Bytes are counted on the wire:
-every message the simulator carries is encoded with `protocols/wire.py` (envelope included, no
+every message the simulator carries is encoded with `protocols/codec/wire.py` (envelope included, no
 signature) and its frames measured. Per variant and per number of rounds R (push-sum: R pushes,
 one per `push_sum_period_s`):
 
@@ -41,12 +41,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402  (bench/ is on the path)
 
-from protocols import wire  # noqa: E402
-from protocols.compression import Compression  # noqa: E402
-from protocols.consensus import ConsensusRequest, PushSumConsensus, SyncConsensus  # noqa: E402
-from protocols.links import LinkConfig  # noqa: E402
-from protocols.netsim import NetworkSimulator, same_link_everywhere  # noqa: E402
-from protocols.topology import metropolis_weights, ring  # noqa: E402
+from protocols.codec import wire  # noqa: E402
+from protocols.engines.compression import Compression  # noqa: E402
+from protocols.engines.consensus import ConsensusRequest, PushSumConsensus, SyncConsensus  # noqa: E402
+from protocols.net.links import LinkConfig  # noqa: E402
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere  # noqa: E402
+from protocols.engines.topology import metropolis_weights, ring  # noqa: E402
 
 PAGE_TITLE = "Compressed consensus shares: bytes against error"
 PUSH_PERIOD_S = 0.05
@@ -70,7 +70,7 @@ def initial_tensors(agents: int, size: int) -> list[dict[str, np.ndarray]]:
 
 
 class WireCounter:
-    """The simulator's `message_size`: a message's bytes as protocols/wire.py frames it, summed."""
+    """The simulator's `message_size`: a message's bytes as protocols/codec/wire.py frames it, summed."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -159,7 +159,7 @@ def render(record: dict, source: str) -> str:
         f"Gaussian float32 tensor of {settings['size']:,} entries with its own mean, averaged by sync rounds "
         f"(Metropolis weights) and by push-sum (one push every {PUSH_PERIOD_S:g} s, R pushes, a full push every "
         f"{FULL_EVERY}), with each `protocols.consensus.compression`. Bytes are those of the messages as "
-        "protocols/wire.py frames them (envelope included, unsigned). Consensus error: the distance of the nodes' "
+        "protocols/codec/wire.py frames them (envelope included, unsigned). Consensus error: the distance of the nodes' "
         "results to the true average relative to where they started; average drift: the largest entry of "
         "|mean of results − true mean|; largest residual: the largest `consensus/compression_residual` "
         "a node reported at the end."

@@ -59,11 +59,11 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
     sys.path.insert(0, str(REPO))
 
 from agent_node.peers import PeerMesh  # noqa: E402
-from protocols.auth import NodeKeys, load_node_keys  # noqa: E402
-from protocols.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
-from protocols.messages import Heartbeat  # noqa: E402
-from protocols.topology import metropolis_weights, ring  # noqa: E402
-from protocols.transport import Hub  # noqa: E402
+from protocols.net.auth import NodeKeys, load_node_keys  # noqa: E402
+from protocols.engines.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
+from protocols.codec.messages import Heartbeat  # noqa: E402
+from protocols.engines.topology import metropolis_weights, ring  # noqa: E402
+from protocols.net.transport import Hub  # noqa: E402
 
 RUN_ID = "bench-consensus"
 # Generous on purpose: a healthy run never reaches it, and a round that does is reported as an
@@ -350,7 +350,7 @@ def main() -> int:
     parser.add_argument("--socket-dir", required=True, help="directory for the ipc socket files")
     parser.add_argument("--control", required=True, help="endpoint of the parent's ROUTER")
     parser.add_argument("--tcp-hosts", default=None, help="comma-separated address of each node (tcp with CURVE instead of ipc)")
-    parser.add_argument("--keys-dir", default=None, help="the run's key files (protocols/auth.py), with --tcp-hosts")
+    parser.add_argument("--keys-dir", default=None, help="the run's key files (protocols/net/auth.py), with --tcp-hosts")
     args = parser.parse_args()
     if not 0 <= args.index < args.ring:
         raise ValueError(f"--index must be in [0, {args.ring}), got {args.index}")

@@ -7,7 +7,7 @@
     python bench/faults.py --table-of SWEEP_DIR      # the table of an earlier run, nothing run
 
 It writes a sweep file and runs `orchestrate sweep` on it (every point an ordinary `orchestrate
-up`: real processes, real sockets, the emulated links of protocols/links.py), then reads the runs
+up`: real processes, real sockets, the emulated links of protocols/net/links.py), then reads the runs
 back with `orchestrate report`'s summaries (orchestrator/report.py) and prints one row per
 (consensus mode, delay, loss): the base is configs/tiny_ring_links.yaml (DQN agents on a ring,
 simple_spread, consensus on the policy parameters every 20 steps) with `--agents` agents (4: a
@@ -27,7 +27,7 @@ parameters for the same seed, whereas later sessions differ in number and starti
   the run's budget is spent writes none);
 - disagree before / after: sync, the largest distance between an agent's parameters and a
   neighbour's at the first round of the session, and at its last round; push-sum, its
-  disagreement estimate (protocols/consensus.py, `PushSumConsensus.metrics`): the largest
+  disagreement estimate (protocols/engines/consensus.py, `PushSumConsensus.metrics`): the largest
   distance between the agent's estimate and a neighbour's as that neighbour's pushes carry it,
   at the first push heard from each and at the latest (an estimate from the pushes that
   arrived, not the exact spread);

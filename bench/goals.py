@@ -7,12 +7,12 @@ episode the goal-selection mode picks each agent's goal:
 
 - `independent`: each samples uniformly (alignment at chance, 1/15);
 - `supervisor`: one draw for both (alignment 1);
-- `negotiation`: the goal-coordination game (`protocols/negotiation.py`); the matrix update gets
+- `negotiation`: the goal-coordination game (`protocols/engines/negotiation.py`); the matrix update gets
   each agent's episode reward;
 - `negotiation_her`: the same, and each agent relabels its transitions with HER (`future`,
   k = 4) over the goals it observed itself (no sharing);
 - `negotiation_hindsight`: the same, and after each episode the agents exchange the achieved
-  goals (`protocols/hindsight.py`); HER relabels over its own and its partner's events.
+  goals (`protocols/engines/hindsight.py`); HER relabels over its own and its partner's events.
 
 The first three use no HER (as the reference's agents). What an agent observes of the achieved
 goals is goal_lines' `view` (`--view`, default `local` as in the goal configs): with `local` an
@@ -84,9 +84,9 @@ import torch
 from agent_node.algos.goal_dqn import GoalDQNAgent, GoalDQNConfig
 from agent_node.goals.modules import SupervisorAssignment, UniformGoals
 from env_server.envs.goal_lines import GoalLinesEnv, cooperative_goals, goal_reward, num_goals
-from protocols.goal_space import events_reports_add
-from protocols.hindsight import HindsightEngine, HindsightRequest
-from protocols.negotiation import NegotiationEngine, NegotiationRequest
+from protocols.goal_spaces.goal_space import events_reports_add
+from protocols.engines.hindsight import HindsightEngine, HindsightRequest
+from protocols.engines.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
 from runs import run_record  # noqa: E402  (bench/runs.py: which runs may be scored, and their records)
@@ -474,7 +474,7 @@ RUNTIME_MODES = {
     "negotiation_her": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.hindsight=null"]),
     "negotiation_hindsight": ("configs/goals_negotiation_hindsight.yaml", []),
     "supervisor": ("configs/goals_supervisor.yaml", ["agents.goals.hindsight=null", "agents.learner.her_strategy=none"]),
-    # The team flood (protocols/team_negotiation.py) in place of the naming game: agreement by a
+    # The team flood (protocols/engines/team_negotiation.py) in place of the naming game: agreement by a
     # lottery over the agents' own draws, nothing learned. Through the runtime only.
     "flood": ("configs/goals_negotiation.yaml", ["agents.goals.negotiation.protocol=team_flood"]),
     "flood_hindsight": ("configs/goals_negotiation_hindsight.yaml", ["agents.goals.negotiation.protocol=team_flood"]),

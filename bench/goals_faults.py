@@ -9,7 +9,7 @@ news of a pair achieved by accident), one `orchestrate up` per cell and seed, wi
 
 - every peer link (agent <-> agent; the env links and the control channel are not emulated)
   given a constant delay and Bernoulli loss (`network.links: [{role: peer_links, ...}]`,
-  protocols/links.py), swept over `--delays` x `--losses`;
+  protocols/net/links.py), swept over `--delays` x `--losses`;
 - a `kill` cell: no delay or loss, agent_1 killed (SIGKILL) at the middle training step and
   restarted by the on-failure policy (`faults:`, orchestrator/faults.py); it restores its last
   checkpoint (every `agents.checkpoint_every_steps`) and rejoins at the current step.

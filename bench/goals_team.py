@@ -1,7 +1,7 @@
-"""Team-wide goal agreement by the team flood (protocols/team_negotiation.py) on a ring of 6 and a
+"""Team-wide goal agreement by the team flood (protocols/engines/team_negotiation.py) on a ring of 6 and a
 3 x 3 torus: in the deterministic network simulator under loss, and through the runtime.
 
-`--simulate`: the engines alone in protocols/netsim.py (5 ms links with 3 ms jitter,
+`--simulate`: the engines alone in protocols/sim/netsim.py (5 ms links with 3 ms jitter,
 starts staggered by 2 ms a node, rounds of 0.5 s), one negotiation per seed; per topology and loss:
 the fraction of negotiations in which the whole team took one goal, the fraction of agents that
 heard every proposal (`team_complete`), of agents that heard nobody (`timed_out`), and the
@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 
-from protocols.links import LinkConfig
-from protocols.negotiation import NegotiationRequest
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.team_negotiation import TeamNegotiationEngine
-from protocols.topology import Topology, grid, ring
+from protocols.net.links import LinkConfig
+from protocols.engines.negotiation import NegotiationRequest
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.team_negotiation import TeamNegotiationEngine
+from protocols.engines.topology import Topology, grid, ring
 from runs import records, run_and_record  # noqa: E402  (bench/runs.py)
 
 CONFIGS = {"ring6": ("configs/goals_ring6_team.yaml", ring(6)), "torus9": ("configs/goals_torus9_team.yaml", grid(3, 3, torus=True))}

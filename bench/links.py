@@ -38,11 +38,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402  (bench/ is on the path)
 
-from protocols.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
-from protocols.messages import Heartbeat  # noqa: E402
-from protocols.settings import NetworkConfig  # noqa: E402
-from protocols.topology import metropolis_weights, ring  # noqa: E402
-from protocols.transport import Hub  # noqa: E402
+from protocols.engines.consensus import ConsensusRequest, SyncConsensus  # noqa: E402
+from protocols.codec.messages import Heartbeat  # noqa: E402
+from protocols.run.settings import NetworkConfig  # noqa: E402
+from protocols.engines.topology import metropolis_weights, ring  # noqa: E402
+from protocols.net.transport import Hub  # noqa: E402
 
 RUN_SEED = 0
 TIMEOUT_S = 60.0

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from agent_node.env_client import EnvClient, use_lockstep_transport
-from protocols import messages as m
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.net.transport import Hub
 
 # Every network wait has a deadline; the env server answers within its step deadline (5 s by
 # default) unless it is gone, and start-up on a loaded 2-core machine can take a while.

@@ -2,7 +2,7 @@
 
 `python bench/random_client.py ENDPOINT INDEX SEED [packed|messages]` — no learning, no
 orchestrator: what is left is the cost of Parley's wire and the env server's barrier. It speaks
-through `EnvClient`, as the agent node does, with packed lockstep bodies (protocols/packed.py;
+through `EnvClient`, as the agent node does, with packed lockstep bodies (protocols/codec/packed.py;
 the default, as in a run) or msgpack messages (`messages`, for a side-by-side comparison). On
 exit it prints one line,
 
@@ -26,8 +26,8 @@ import time
 import numpy as np
 
 from agent_node.env_client import EnvClient, use_lockstep_transport
-from protocols import messages as m
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.net.transport import Hub
 
 # Every network wait has a deadline: the server answers within its step deadline unless gone.
 RECEIVE_TIMEOUT_S = 60.0

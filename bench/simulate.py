@@ -1,5 +1,5 @@
 """Many simulated agents under faults: the real membership and consensus engines in the network
-simulator (protocols/simplan.py), one row per agents x topology x engine x plan.
+simulator (protocols/sim/simplan.py), one row per agents x topology x engine x plan.
 
 Each simulated node runs `MembershipEngine` and one consensus engine (`sync`: synchronous rounds
 with Metropolis weights; `push_sum`), unchanged, over links that lose and delay messages. Plans:
@@ -20,12 +20,12 @@ process (the machine is shared: see the load printed around the table; CPU time 
 figure); `err` the largest distance of a
 node's final value to the true average, relative to the start (sync under loss drifts: a missing
 share's weight stays on the node's own value); `ok` whether every invariant held
-(protocols/simplan.py's docstring; the violations are printed below the table).
+(protocols/sim/simplan.py's docstring; the violations are printed below the table).
 
 A row stops when disagreement reached 1e-6 and membership has settled after the heal, or after
 `--rounds` rounds (60; `--periods` push-sum periods, 150).
 
-The goal protocols (`--engines team_flood,hindsight`, protocols/simgoals.py) get a table of their
+The goal protocols (`--engines team_flood,hindsight`, protocols/sim/simgoals.py) get a table of their
 own: the same topologies and links (`faults`: 30% loss, Pareto delays, 5% of the agents crashed
 for the whole plan; `ideal`: the delays only), `--episodes` negotiations or hindsight exchanges
 one after another. Columns: `live` agents and the connected groups they form (`groups`: crashed
@@ -63,10 +63,10 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
 sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402  (bench/results_page.py)
-from protocols.links import LinkConfig  # noqa: E402
-from protocols.simgoals import run_goal_plan  # noqa: E402
-from protocols.simplan import HEAVY_TAILED_LOSSY, PlanSettings, predicted_rounds, replay_yaml, run_plan, shrink_plan, standard_plan  # noqa: E402
-from protocols.topology import exponential, grid, metropolis_weights, random_regular, ring, second_largest_eigenvalue_modulus, small_world  # noqa: E402
+from protocols.net.links import LinkConfig  # noqa: E402
+from protocols.sim.simgoals import run_goal_plan  # noqa: E402
+from protocols.sim.simplan import HEAVY_TAILED_LOSSY, PlanSettings, predicted_rounds, replay_yaml, run_plan, shrink_plan, standard_plan  # noqa: E402
+from protocols.engines.topology import exponential, grid, metropolis_weights, random_regular, ring, second_largest_eigenvalue_modulus, small_world  # noqa: E402
 
 TOPOLOGIES = ("ring", "torus", "random_regular", "exponential", "small_world")
 IDEAL_DELAYS = LinkConfig(delay_s=0.01, delay_distribution="pareto", pareto_shape=1.5)

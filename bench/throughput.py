@@ -24,11 +24,11 @@ The transport is ipc:// by default, as in an orchestrated run on one host; `--tr
 measures loopback TCP (what several hosts use).
 
 `--messages-baseline` measures this checkout's clients with msgpack lockstep bodies as the `before`
-rows, against packed bodies (protocols/packed.py, what a run uses), side by side the same way.
+rows, against packed bodies (protocols/codec/packed.py, what a run uses), side by side the same way.
 
 `--zmq-baseline` measures the two lockstep paths of this checkout side by side: the `before` rows
 with the env server's `--transport zmq` (packed bodies over zmq), the others with `--transport
-shm` (packed bodies through shared memory, protocols/shm_lockstep.py; what `auto` picks on one
+shm` (packed bodies through shared memory, protocols/net/shm_lockstep.py; what `auto` picks on one
 host).
 
 Every row also gives the round trip of a step as the clients see it (from sending an action to
@@ -244,10 +244,10 @@ def main() -> None:
                         help="another checkout of Parley (e.g. main) measured side by side in the same run")
     parser.add_argument("--messages-baseline", action="store_true",
                         help="measure this checkout with msgpack lockstep bodies side by side (the 'before' rows) "
-                             "against packed ones (protocols/packed.py)")
+                             "against packed ones (protocols/codec/packed.py)")
     parser.add_argument("--zmq-baseline", action="store_true",
                         help="measure this checkout's zmq lockstep (env server --transport zmq) side by side (the 'before' "
-                             "rows) against its shared-memory one (--transport shm, protocols/shm_lockstep.py)")
+                             "rows) against its shared-memory one (--transport shm, protocols/net/shm_lockstep.py)")
     parser.add_argument("--alternate", type=int, default=None, metavar="ROUNDS",
                         help="with --baseline or --messages-baseline: only the two sides, ROUNDS runs of each per K "
                              "in alternating order; medians (no in-process rows)")

@@ -7,7 +7,7 @@ Two ways to start it:
   point in its node directory after every step; started again over one (the orchestrator
   restarted it), it resumes the run at that step and says so in its `control.ready`
   (env_server/resume.py); over one that cannot be read it exits with code 3
-  (`EXIT_DAMAGED_STATE`, protocols/durable_state.py), naming the file, and is not restarted.
+  (`EXIT_DAMAGED_STATE`, protocols/storage/durable_state.py), naming the file, and is not restarted.
 - standalone (tests, benchmarks, a notebook): `--env NAME [--kwargs JSON] [--copies K]
   [--bind ADDRESS]`; it prints `READY <endpoint>` on stdout once bound and serves until
   SIGTERM / SIGINT.
@@ -35,14 +35,14 @@ from env_server.rules import LockstepRules, clock_refusal, pace_refusal
 from env_server.server import EnvServer
 from env_server.vector import ALL_INFOS, InfoKeys, VectorizedParallelEnv, info_keys
 from env_server.workers import SplitVectorEnv
-from protocols import messages as m
-from protocols.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault, stop_on_signals
-from protocols.config_errors import ConfigError
-from protocols.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
-from protocols.jsonlines import FileWriteError
-from protocols.node_config import bind_address, load_node_config, node_hub
+from protocols.codec import messages as m
+from protocols.run.control import NETWORK_FAULTS, ControlClient, ControlTimeout, ShutdownRequested, apply_network_fault, stop_on_signals
+from protocols.run.config_errors import ConfigError
+from protocols.storage.durable_state import EXIT_DAMAGED_STATE, DamagedStateError
+from protocols.storage.jsonlines import FileWriteError
+from protocols.run.node_config import bind_address, load_node_config, node_hub
 from protocols.seeds import derive_seed
-from protocols.transport import Hub
+from protocols.net.transport import Hub
 
 log = logging.getLogger("env_server")
 

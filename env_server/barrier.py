@@ -34,7 +34,7 @@ import numpy as np
 from gymnasium import spaces
 
 from env_server.vector import BatchedStep, check_batched, zeros_like_space
-from protocols import messages as m
+from protocols.codec import messages as m
 
 log = logging.getLogger("env_server")
 

@@ -1,9 +1,9 @@
 """How each client's lockstep bodies travel, a part of the env server (env_server/part.py).
 
 A client that asks at join gets env.observation and env.action as packed bodies
-(protocols/packed.py, `grant_packed`): the channel packs and unpacks them, so nothing above it
+(protocols/codec/packed.py, `grant_packed`): the channel packs and unpacks them, so nothing above it
 sees the difference. A packed client on this host may get them through shared memory instead
-(protocols/shm_lockstep.py, `grant_shared_memory`, `env.transport`): the barrier's broadcast then
+(protocols/net/shm_lockstep.py, `grant_shared_memory`, `env.transport`): the barrier's broadcast then
 writes its rows straight into its slot (`deliver`), without the per-client message, and its
 actions come out of the channel as any message does, into the core's one dispatch.
 
@@ -20,13 +20,13 @@ from typing import Any
 from env_server.barrier import Client, Refused
 from env_server.part import ServerPart, ServerServices
 from env_server.vector import BatchedStep, VectorizedParallelEnv, packing_refusal
-from protocols import messages as m
-from protocols.packed import PackedLayout
-from protocols.shm_lockstep import ShmLink, ShmUnavailable, host_key, reap_stale_segments
+from protocols.codec import messages as m
+from protocols.codec.packed import PackedLayout
+from protocols.net.shm_lockstep import ShmLink, ShmUnavailable, host_key, reap_stale_segments
 
 log = logging.getLogger("env_server")
 
-TRANSPORTS = ("auto", "shm", "zmq")  # env.transport (protocols/shm_lockstep.py)
+TRANSPORTS = ("auto", "shm", "zmq")  # env.transport (protocols/net/shm_lockstep.py)
 
 
 class TransportRefused(ValueError):
@@ -62,7 +62,7 @@ class ClientBodies(ServerPart):
             raise Refused("shm_unavailable", f"env.transport is shm and this client cannot have it: {refusal}")
 
     def grant_packed(self, identity: bytes, request: m.EnvJoin, agents: list[str]) -> bool:
-        """Whether this client's lockstep bodies travel packed (protocols/packed.py): asked for,
+        """Whether this client's lockstep bodies travel packed (protocols/codec/packed.py): asked for,
         and nothing but the packed fields travels with its observations. Connections of clients
         that were taken over (a restarted node joined again) lose their layouts here."""
         channel = self.server.channel
@@ -129,12 +129,12 @@ class ClientBodies(ServerPart):
     def use_after_welcome(self, identity: bytes, link: ShmLink | None) -> None:
         if link is not None:
             # From the message after the welcome on: the client counts the zmq messages it gets
-            # from the moment it maps the segment, which is after the welcome (protocols/shm_lockstep.py).
+            # from the moment it maps the segment, which is after the welcome (protocols/net/shm_lockstep.py).
             self.server.channel.use_shm(link, identity)
 
     def on_reset(self, identity: bytes) -> None:
         if (link := self.server.channel.shm_link(identity)) is not None:
-            link.unlink()  # the client mapped it before this reset (protocols/shm_lockstep.py)
+            link.unlink()  # the client mapped it before this reset (protocols/net/shm_lockstep.py)
 
     def deliver(self, client: Client, result: BatchedStep, step: int, missing: list[str], run_finished: bool,
                 evaluation: bool) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from protocols.node_config import NodeSections
+from protocols.run.node_config import NodeSections
 
 # `package.module:factory`, or a registry name such as `mpe2.simple_spread_v3`.
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -93,7 +93,7 @@ class EnvConfig(BaseModel):
     # their goal negotiation ended, or this long; the server announces who plays first
     # (env.episode_start; env_server/episode_hold.py). 0: no announcement, no hold.
     episode_start_hold_s: float = Field(0.0, ge=0, allow_inf_nan=False)
-    # How the lockstep's bodies reach agents on the env server's host (protocols/shm_lockstep.py):
+    # How the lockstep's bodies reach agents on the env server's host (protocols/net/shm_lockstep.py):
     # `auto` passes them through shared memory when the agent is on this host and its spaces
     # pack (a fixed byte layout, no forwarded infos, no global view), else through zmq; `shm`
     # insists (the server does not start, or refuses the join, where it cannot work, naming why);

@@ -15,7 +15,7 @@ from env_server.pacing import Pacing
 from env_server.part import ServerPart, ServerServices
 from env_server.step_hold import HeldStep, StepHold
 from env_server.vector import BatchedStep
-from protocols import messages as m
+from protocols.codec import messages as m
 
 
 class FaultHold(ServerPart):

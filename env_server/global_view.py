@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from protocols.spaces import encode_space
+from protocols.codec.spaces import encode_space
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from env_server.barrier import Refused
 from env_server.episode_hold import EpisodeStartHold
 from env_server.part import ServerPart, ServerServices
 from env_server.vector import BatchedStep
-from protocols import messages as m
-from protocols.wire import Envelope
+from protocols.codec import messages as m
+from protocols.codec.wire import Envelope
 
 
 class GoalSupport(ServerPart):

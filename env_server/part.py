@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from env_server.global_view import GlobalView
     from env_server.rules import LockstepRules
     from env_server.vector import BatchedStep, VectorizedParallelEnv
-    from protocols.transport import Channel
-    from protocols.wire import Envelope
+    from protocols.net.transport import Channel
+    from protocols.codec.wire import Envelope
 
 
 @dataclass

@@ -14,7 +14,7 @@ It prints one JSON object and exits 0 or 2: `{"ok": false, "field": "env.kwargs.
 (`orchestrator/prelaunch.py`: one agent node per possible agent, a learner that fits the action
 space, a checkpoint for every agent). A space is summarised as `{"kind": "box", "shape": [18]}`,
 `{"kind": "discrete", "n": 5}`, or `{"kind": "<other kind>"}` (the kind names of
-protocols/spaces.py). `env_facts` and `check_env` are the same check in-process.
+protocols/codec/spaces.py). `env_facts` and `check_env` are the same check in-process.
 
 How: the factory's signature is checked without calling it when it names its parameters; most
 PettingZoo factories take `**kwargs` and pass them on, so for those the env is built once (with
@@ -36,7 +36,7 @@ from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 
 from env_server.registry import EnvNotFound, construction_kwargs, resolve_factory
-from protocols.spaces import is_image_space
+from protocols.codec.spaces import is_image_space
 
 _UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
 

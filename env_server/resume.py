@@ -32,7 +32,7 @@ last steps, and then the run resumes from an older step.
 point in it, so a file on disk always held a valid slot: a file in which neither slot is valid
 (cut short, overwritten, another program's) is damage, and `load` raises `DamagedStateError`
 naming the file and what is wrong with each slot. The server then stops with
-`EXIT_DAMAGED_STATE` and is not restarted (protocols/durable_state.py), instead of running the
+`EXIT_DAMAGED_STATE` and is not restarted (protocols/storage/durable_state.py), instead of running the
 run's steps a second time from step 0. Only with `run.on_corrupt_state: start_fresh` does it
 start the run again from step 0: the file is renamed `resume.bin.damaged` (kept, never written
 over) and that is said like a fallback is. Either way `notice` (a `StateNotice`) carries what
@@ -57,8 +57,8 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from protocols.durable_state import DamagedStateError, StateNotice
-from protocols.jsonlines import FileWriteError
+from protocols.storage.durable_state import DamagedStateError, StateNotice
+from protocols.storage.jsonlines import FileWriteError
 
 log = logging.getLogger("env_server")
 

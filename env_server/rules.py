@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from env_server.realtime import LATE_ACTIONS
-from protocols.settings import ControlConfig
+from protocols.run.settings import ControlConfig
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,12 @@ from env_server.resumption import Resumption
 from env_server.rules import LockstepRules, clock_refusal, pace_refusal
 from env_server.state_queries import StateQueries, state_refusal
 from env_server.vector import BatchedStep, VectorizedParallelEnv
-from protocols import messages as m
-from protocols.metrics import MetricsWriter
+from protocols.codec import messages as m
+from protocols.storage.metrics import MetricsWriter
 from protocols.seeds import derive_seed
-from protocols.spaces import encode_space
-from protocols.transport import Hub
-from protocols.wire import Envelope
+from protocols.codec.spaces import encode_space
+from protocols.net.transport import Hub
+from protocols.codec.wire import Envelope
 
 log = logging.getLogger("env_server")
 
@@ -91,7 +91,7 @@ class EnvServer:
     ) -> None:
         self.envs, self.env_name, self.rules, self.clock, self.hub = envs, env_name, rules, clock, hub
         # Told to clients in the welcome (dataset manifests), with string keys: the wire carries
-        # only string map keys (protocols/wire.py), and YAML gives ints where a config writes
+        # only string map keys (protocols/codec/wire.py), and YAML gives ints where a config writes
         # `per_count_kwargs: {2: ...}` (variable_count accepts both).
         self.env_kwargs = _string_keys(dict(env_kwargs or {}))
         self.seed = seed
@@ -174,7 +174,7 @@ class EnvServer:
         request: m.EnvJoin = envelope.message
         if self.hub.keys is not None and request.client_id != envelope.sender:
             # With the run's keys the sender is what the transport authenticated (CURVE key or
-            # HMAC signing key, see protocols/auth.py); the client id in the body is only a claim.
+            # HMAC signing key, see protocols/net/auth.py); the client id in the body is only a claim.
             # (A hub without keys, a standalone server, has nothing to check it against.)
             raise Refused("not_your_id", f"client_id {request.client_id!r} is not the sender {envelope.sender!r}")
         self.state.check_join(request)

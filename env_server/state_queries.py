@@ -18,9 +18,9 @@ from env_server.barrier import Outgoing, Refused
 from env_server.evaluator import Evaluator
 from env_server.global_view import GlobalView, has_state
 from env_server.part import ServerPart, ServerServices
-from protocols import messages as m
-from protocols.spaces import encode_space
-from protocols.wire import Envelope
+from protocols.codec import messages as m
+from protocols.codec.spaces import encode_space
+from protocols.codec.wire import Envelope
 
 log = logging.getLogger("env_server")
 

@@ -38,8 +38,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from protocols.packed import PackedLayout
-from protocols.wire import MAX_PACKED_BODY_BYTES
+from protocols.codec.packed import PackedLayout
+from protocols.codec.wire import MAX_PACKED_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -170,19 +170,19 @@ def row(batched: Any, index: int) -> Any:
 
 def packing_refusal(envs: Any, agents: list[str], copies: int | None = None, *, shared_memory: bool = False) -> str | None:
     """Why these agents' lockstep messages from `envs` (a vector env, or copies split over
-    workers) cannot travel packed (protocols/packed.py), or None: forwarded infos have no fixed
+    workers) cannot travel packed (protocols/codec/packed.py), or None: forwarded infos have no fixed
     layout, nor have some spaces. The env server and its copy workers both ask it.
 
-    `shared_memory`: the client may have the shared-memory path (protocols/shm_lockstep.py),
+    `shared_memory`: the client may have the shared-memory path (protocols/net/shm_lockstep.py),
     whose slots hold a body of any size: no bound on the size then (a body too large for a
-    packed frame that cannot go through the segment goes as msgpack, protocols/transport.py)."""
+    packed frame that cannot go through the segment goes as msgpack, protocols/net/transport.py)."""
     if envs.forward_infos:
         return "infos are forwarded (env.forward_infos)"
     refusal = PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces)
     if refusal is not None:
         return refusal
     # A packed body travels inside the message's head frame, which a receiver refuses past
-    # MAX_HEAD_BYTES (protocols/wire.py); msgpack bodies carry large arrays in frames of their own.
+    # MAX_HEAD_BYTES (protocols/codec/wire.py); msgpack bodies carry large arrays in frames of their own.
     copies = envs.num_copies if copies is None else copies
     size = PackedLayout.largest_observation_bytes(agents, envs.observation_spaces, copies)
     if size > MAX_PACKED_BODY_BYTES and not shared_memory:

@@ -10,7 +10,7 @@ reset with `seed + i` wherever it lives, so a split run sees the same episodes a
 
 It pays only when cores are free: the workers compete with the agent processes for the CPU.
 Workers talk over the transport hub and the wire like every Parley process (ipc sockets in a
-private temporary directory), their step requests and results packed (protocols/packed.py, a
+private temporary directory), their step requests and results packed (protocols/codec/packed.py, a
 layout over every agent: decoding a msgpack result cost the server ~50 us per step, warm) unless
 infos are forwarded or a space has no fixed layout; they are forked before the server makes its own hub (a zmq
 context must not cross a fork), are reaped on `close`, and exit when the server's socket goes
@@ -30,9 +30,9 @@ import numpy as np
 from pettingzoo import ParallelEnv
 
 from env_server.vector import BatchedStep, InfoKeys, VectorizedParallelEnv, info_keys, packing_refusal
-from protocols import messages as m
-from protocols.packed import PackedLayout
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.codec.packed import PackedLayout
+from protocols.net.transport import Hub
 
 log = logging.getLogger("env_server")
 

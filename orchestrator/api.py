@@ -38,7 +38,7 @@ from orchestrator.rundir import (
     EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, PID_FILENAME, RunDirError, find_run_dir, read_jsonl,
     remove_temp_socket_dir,
 )
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 
 Overrides = Mapping[str, Any] | Sequence[str]
 
@@ -281,7 +281,7 @@ def run_prepared(plan: LaunchPlan, resolved: RunConfig, run_dir: Path) -> int:
     `up` (`launch` starts one in a child process and returns at once)."""
     try:
         from orchestrator.runtime import run
-        from protocols.transport import PortRangeExhausted
+        from protocols.net.transport import PortRangeExhausted
     except ImportError as error:
         remove_temp_socket_dir(resolved.runtime)
         return _failed(f"cannot start the run: orchestrator.runtime is not available ({error})", EXIT_FAILURE)

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 from orchestrator.backends import BackendUnavailable
 from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from orchestrator.faults import fired_positions, plan_faults, refused_faults, unresumable_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import LaunchPlan, build_plan, format_plan
@@ -108,7 +108,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def topology_positions(config: RunConfig) -> dict[int, tuple[float, float]]:
     """Where `graph --png` draws each agent: a grid and a torus as their lattice (row-major, as
-    protocols/topology.py numbers them), a ring, a line's stretch and a full graph on a circle,
+    protocols/engines/topology.py numbers them), a ring, a line's stretch and a full graph on a circle,
     a star around its centre, anything else (exponential, random regular, edges) by networkx's
     force-directed layout, seeded so the picture is the same every time."""
     import networkx as nx

@@ -2,13 +2,13 @@
 
 Each package owns the schema of its own section and this module composes them:
 
-    run:        RunSection                     protocols/settings.py
+    run:        RunSection                     protocols/run/settings.py
     env:        EnvConfig                      env_server/config.py
     agents:     AgentsConfig                   agent_node/config.py (learner, world model)
     training:   TrainingConfig                 agent_node/config.py (decentralized | centralized)
-    topology:   TopologyConfig                 protocols/topology.py
-    protocols:  control, membership, consensus protocols/settings.py, protocols/consensus.py
-    network:    NetworkConfig                  protocols/settings.py (links: protocols/links.py)
+    topology:   TopologyConfig                 protocols/engines/topology.py
+    protocols:  control, membership, consensus protocols/run/settings.py, protocols/engines/consensus.py
+    network:    NetworkConfig                  protocols/run/settings.py (links: protocols/net/links.py)
     faults:     FaultsConfig                   (here)
     launch:     LaunchConfig                   (here)
     capabilities: [{kind, ...}]                a user's capabilities (agent_node/registry.py)
@@ -21,7 +21,7 @@ so `orchestrate validate` answers in a fraction of a second.
 **Resolution.** `orchestrate up` validates the user's file (plus `--set` overrides), then
 writes the fully expanded config — every default filled in — to `<run dir>/resolved.yaml`. That
 file is the one source of truth every node reads with these same section schemas: a node does
-not import the orchestrator, it validates the sections it needs (`protocols/node_config.py`: the
+not import the orchestrator, it validates the sections it needs (`protocols/run/node_config.py`: the
 shared sections plus its own package's, `EnvConfig` or `AgentsConfig`); `load_resolved` here
 reads and validates the whole file.
 
@@ -35,7 +35,7 @@ drives the environment's i-th possible agent. For seed derivation agents have in
 env server has index `count` (after the agents, so adding an env-side index never shifts the
 agents' seeds). A capability may add nodes of its own after them (agent_node/registry.py: a run
 with `training.mode: centralized` has `learner`, index `count + 1`). The node ids and ipc
-endpoint names are defined in `protocols/settings.py`.
+endpoint names are defined in `protocols/run/settings.py`.
 
 **Capabilities.** What each capability (consensus, the landmarks, goals, ...: a user's too)
 checks against the rest of the config, and the nodes it adds, come from its description
@@ -60,12 +60,12 @@ from agent_node.world_models import WORLD_MODELS
 from env_server.config import EnvConfig, static_agent_count
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement
-from protocols.config_errors import ConfigError, format_validation_error, tagged_member_fields
-from protocols.links import LinkConfig
+from protocols.run.config_errors import ConfigError, format_validation_error, tagged_member_fields
+from protocols.net.links import LinkConfig
 from orchestrator.overrides import apply_overrides, load_yaml
 from orchestrator.reproducibility import owe_nothing_by_default, reproducibility_problems
 from protocols.seeds import derive_seed
-from protocols.settings import (
+from protocols.run.settings import (
     ENV_NODE_ID,
     NetworkConfig,
     NodeEntry,
@@ -76,7 +76,7 @@ from protocols.settings import (
     agent_node_ids,
     is_agent_node_id,
 )
-from protocols.topology import Topology, TopologyConfig, build_topology
+from protocols.engines.topology import Topology, TopologyConfig, build_topology
 
 RESOLVED_FILENAME = "resolved.yaml"
 # The stream name of a node's base seed; a node derives its other streams itself with

@@ -4,7 +4,7 @@
     python -m orchestrator.docs_reference --check    # exit 1 if a committed page is stale
 
 - docs/reference/config.md: every key of a run config (`RunConfig`);
-- docs/reference/messages.md: every message on the wire (`protocols.messages.MESSAGE_TYPES`,
+- docs/reference/messages.md: every message on the wire (`protocols.codec.messages.MESSAGE_TYPES`,
   filled by the modules of `protocols/` that register them), its fields and their types.
 
 One source: the page is `RunConfig` walked key by key, so it cannot say what the schemas do not.
@@ -45,8 +45,8 @@ from pydantic_core import PydanticUndefined
 
 import protocols
 from orchestrator.config import RunConfig
-from protocols.config_errors import _is_model, _tag_of, _unwrap
-from protocols.messages import MESSAGE_TYPES
+from protocols.run.config_errors import _is_model, _tag_of, _unwrap
+from protocols.codec.messages import MESSAGE_TYPES
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference"
 PAGE = REFERENCE / "config.md"
@@ -301,7 +301,7 @@ MESSAGES_HEADER = """\
      tests/unit/test_docs_reference.py fails when this page and the code disagree. -->
 
 Every message body that crosses the wire, by its `msg_type`, grouped by the module that
-registers it. A body is a frozen dataclass; the codec (`protocols/wire.py`) sends it as a msgpack
+registers it. A body is a frozen dataclass; the codec (`protocols/codec/wire.py`) sends it as a msgpack
 map inside the envelope (numpy arrays as raw frames) and checks every field against the types
 below on receipt. A received body's unknown extra fields are ignored; a field with a default may
 be left out. How the envelope, the lockstep and the engines use them:
@@ -340,9 +340,9 @@ def render_messages() -> str:
     for msg_type, cls in parleys_messages().items():
         by_module.setdefault(cls.__module__, []).append((msg_type, cls))
     out = [MESSAGES_HEADER]
-    # The order is the code's, not the imports': protocols/messages.py (the control plane and the
+    # The order is the code's, not the imports': protocols/codec/messages.py (the control plane and the
     # env) first, then the engines' modules by name, each in the order of its source.
-    modules = sorted(by_module, key=lambda name: (name != "protocols.messages", name))
+    modules = sorted(by_module, key=lambda name: (name != "protocols.codec.messages", name))
     for module_name in modules:
         messages = sorted(by_module[module_name], key=lambda item: inspect.getsourcelines(item[1])[1])
         module = sys.modules[module_name]

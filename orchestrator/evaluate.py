@@ -41,9 +41,9 @@ from typing import Any
 
 from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, resolve_data, validate_config
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from protocols.seeds import derive_seed
-from protocols.settings import ENV_NODE_ID, agent_node_ids
+from protocols.run.settings import ENV_NODE_ID, agent_node_ids
 
 EVALUATIONS_DIRNAME = "evaluations"
 EPISODE_KEY = "eval_episode/index"

@@ -22,7 +22,7 @@ from orchestrator.config import RunConfig
 from orchestrator.faults import FaultClock, ScheduledFault, fired_positions, plan_faults
 from orchestrator.node_record import NodeRecord
 from orchestrator.rundir import EventLog, read_jsonl
-from protocols import messages as m
+from protocols.codec import messages as m
 
 
 # How long a step held for its faults waits for every node to say it applied them (at most half

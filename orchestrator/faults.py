@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from orchestrator.config import EXECUTED_FAULTS, NETWORK_FAULT_KINDS, REFUSED_FAULTS, RunConfig, communication_links
-from protocols import messages as m
-from protocols.links import LinkConfig
+from protocols.codec import messages as m
+from protocols.net.links import LinkConfig
 from protocols.seeds import derive_seed
-from protocols.settings import ENV_NODE_ID, agent_node_ids
+from protocols.run.settings import ENV_NODE_ID, agent_node_ids
 
 FAULT_SEED_STREAM = "faults"
 

@@ -32,7 +32,7 @@ from orchestrator.plan import PROJECT_ROOT, NodeLaunch
 # prctl(2) option: orphaned descendants are re-parented to us instead of to init.
 PR_SET_CHILD_SUBREAPER = 36
 # Every node learns the orchestrator's pid from this variable; its control client watches for
-# the orchestrator's death by comparing it with its parent pid (protocols/control.py reads the
+# the orchestrator's death by comparing it with its parent pid (protocols/run/control.py reads the
 # same name; not imported from there so that the CLI's `status`/`down` never load zmq).
 ORCHESTRATOR_PID_ENV = "PARLEY_ORCHESTRATOR_PID"
 NODE_PID_FILENAME = "pid"
@@ -274,14 +274,14 @@ def preload_modules(
     """What the zygote imports: what the run's roles import at start-up, and what the nodes its
     capabilities add import (`capability_modules`: agent_node/registry.py `ExtraNode.preload`),
     named as strings: the orchestrator itself never imports learning code."""
-    modules = ["numpy", "msgpack", "zmq", "pydantic", "yaml", "protocols.transport", "protocols.node_config"]
+    modules = ["numpy", "msgpack", "zmq", "pydantic", "yaml", "protocols.net.transport", "protocols.run.node_config"]
     if "env_server" in roles:
         modules += ["pettingzoo", "env_server.server", "env_server.registry", "env_server.vector", "env_server.config"]
         if env_name and ":" not in env_name and "." in env_name:
             modules.append(env_name)  # registry names like mpe2.simple_spread_v3 are modules too
     if "agent" in roles:
         modules += ["torch", "tensorboardX", "agent_node.config", "agent_node.node", "agent_node.algos"]
-        # The node builds its topology at start-up through networkx (protocols/topology.py imports
+        # The node builds its topology at start-up through networkx (protocols/engines/topology.py imports
         # it where it is used): imported once here rather than in every agent.
         modules.append("networkx")
         # The built-in capabilities the node loads by import path (agent_node/capability.py).

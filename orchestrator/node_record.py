@@ -10,7 +10,7 @@ from orchestrator.faults import ScheduledFault
 from orchestrator.launcher import NodeProcess, process_state
 from orchestrator.plan import NodeLaunch
 from orchestrator.rundir import EventLog
-from protocols import messages as m
+from protocols.codec import messages as m
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import yaml
 
-from protocols.config_errors import TAG_FIELDS, ConfigError
+from protocols.run.config_errors import TAG_FIELDS, ConfigError
 
 _SEGMENT = re.compile(r"^[A-Za-z_][\w-]*$|^\d+$")
 

@@ -31,7 +31,7 @@ from typing import Mapping
 from agent_node.registry import extra_nodes
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, derive_nodes
 from orchestrator.rundir import EVENTS_FILENAME, NODE_LOG_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, PID_FILENAME
-from protocols.settings import ORCHESTRATOR_ID, IPC_ENDPOINT_MAX_BYTES, ipc_dir_fits, ipc_endpoint, longest_ipc_endpoint
+from protocols.run.settings import ORCHESTRATOR_ID, IPC_ENDPOINT_MAX_BYTES, ipc_dir_fits, ipc_endpoint, longest_ipc_endpoint
 
 # The module each role of every run runs as (`python -m <module>`: a name, not an import, as
 # the orchestrator imports no learning code); a capability's own nodes name theirs

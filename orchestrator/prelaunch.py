@@ -34,8 +34,8 @@ from agent_node.algos import LEARNERS
 from agent_node.algos.config import IMAGE_ENCODER_KINDS, LEARNER_ACTION_SPACE, OFFLINE_KINDS
 from agent_node.config import initial_checkpoint, initial_checkpoint_candidates
 from orchestrator.config import RunConfig
-from protocols.config_errors import ConfigError
-from protocols.settings import agent_node_ids
+from protocols.run.config_errors import ConfigError
+from protocols.run.settings import agent_node_ids
 
 # How long the env check may take: building an environment once (imports included).
 ENV_CHECK_TIMEOUT_S = 120.0

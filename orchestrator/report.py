@@ -15,7 +15,7 @@ Per run:
   periodic metric rows (every `agents.metrics_every_steps`) are lost: missing, and not in a
   stretch of steps a fault kept it from seeing;
 - per directed link: sent, delivered, dropped (from the sender's counters), the dropped fraction,
-  and the message age p50/p99 the receiver measured (protocols/links.py, `LinkTable.metrics`:
+  and the message age p50/p99 the receiver measured (protocols/net/links.py, `LinkTable.metrics`:
   ages over its last window of messages). A node that restarted starts its counters at zero
   again, so its rows are split at its `restarted` events and each incarnation's last value added;
 - consensus, if the agents ran it: sessions, rounds per session, disagreement (max distance to
@@ -74,8 +74,8 @@ from orchestrator.run_records import run_record
 from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
 from orchestrator import sweep_effects
 from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index
-from protocols.config_errors import ConfigError
-from protocols.settings import ENV_NODE_ID
+from protocols.run.config_errors import ConfigError
+from protocols.run.settings import ENV_NODE_ID
 
 REPORT_DIRNAME = "report"
 LAST_FRACTION = 0.2  # "last 20%" of an agent's episodes

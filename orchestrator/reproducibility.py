@@ -16,7 +16,7 @@ observation. What is deterministic without it:
 - synchronous consensus: it starts at a lockstep step, each agent's tensors are taken before
   that step's updates (the same point in every run), and a round that has every share mixes the
   same numbers in the same (sender) order, so its float sums do not depend on which share came
-  first (protocols/consensus.py `_finish_round`). A round that runs out (`round_timeout_s`)
+  first (protocols/engines/consensus.py `_finish_round`). A round that runs out (`round_timeout_s`)
   mixes without the missing share: that is timing, and the node writes it as broken
   reproducibility;
 - link delay, jitter, reordering and bandwidth: they change when a message arrives, never what
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from protocols.links import LinkConfig
+from protocols.net.links import LinkConfig
 
 
 class RunSections(Protocol):
@@ -106,7 +106,7 @@ def reproducibility_problems(config: RunSections) -> list[str]:
 def _link_problems(path: str, link: LinkConfig) -> list[str]:
     """Drops and duplicates change what arrives, and timing decides which message they hit. Not
     on a link whose delay counts env steps: its draws are made in the step clock, for the
-    protocols' messages only (protocols/step_links.py)."""
+    protocols' messages only (protocols/engines/step_links.py)."""
     if link.counts_steps:
         return []
     shared_draws = (

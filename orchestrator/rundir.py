@@ -7,7 +7,7 @@
       run.claim           created exclusively by the run that owns an explicit --run-dir
       nodes/<node id>/    log, metrics.jsonl, and for agents checkpoints/, replay/
       sock/               ipc sockets (mode 0700), unless the path is too long (see below)
-      keys/               the run's keys (protocols/auth.py): 0700, every file 0600
+      keys/               the run's keys (protocols/net/auth.py): 0700, every file 0600
       tb/                 TensorBoard event files
       report/             plots and summary.md
 
@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
-from protocols.jsonlines import LineFile, LineWriteError
-from protocols.auth import KEYS_DIRNAME
-from protocols.config_errors import ConfigError
-from protocols.durable_state import EXIT_DAMAGED_STATE
-from protocols.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
+from protocols.storage.jsonlines import LineFile, LineWriteError
+from protocols.net.auth import KEYS_DIRNAME
+from protocols.run.config_errors import ConfigError
+from protocols.storage.durable_state import EXIT_DAMAGED_STATE
+from protocols.run.settings import ENV_NODE_ID, ORCHESTRATOR_ID, RunLayout, ipc_dir_fits
 
 EVENTS_FILENAME = "events.jsonl"
 PID_FILENAME = "orchestrator.pid"
@@ -205,9 +205,9 @@ def prepare_run(config: RunConfig, run_dir: str | Path | None = None) -> tuple[R
 
 
 def _fill_run_dir(config: RunConfig, path: Path) -> tuple[RunConfig, Path]:
-    # Imported here: drawing CURVE keys takes zmq (protocols/transport.py), which `validate`
+    # Imported here: drawing CURVE keys takes zmq (protocols/net/transport.py), which `validate`
     # and the CLI's start never need.
-    from protocols.transport import generate_run_keys
+    from protocols.net.transport import generate_run_keys
 
     socket_dir, socket_dir_is_temp = make_socket_dir(config, path)
     keys_dir = generate_run_keys(path / KEYS_DIRNAME, [*config.node_ids(), ORCHESTRATOR_ID])

@@ -46,7 +46,7 @@ with the endpoint, joins it again and resets, and an `env_server_resumed` event 
 step and the downtime. The agents are told rather than left to notice: an agent cannot tell a
 restarting server from a dead one, and the orchestrator, which restarts it, can.
 
-A node whose saved state is damaged (protocols/durable_state.py) either falls back to an older
+A node whose saved state is damaged (protocols/storage/durable_state.py) either falls back to an older
 generation, which its `control.ready` says (a `state_damaged` event, a line on the terminal at
 the end, a line in the report), or exits with `EXIT_DAMAGED_STATE`, which no restart policy
 restarts: it would read the same files again; with `run.on_corrupt_state: start_fresh` it starts
@@ -83,13 +83,13 @@ from orchestrator.node_record import NodeRecord, mark_silent
 from orchestrator.plan import LaunchPlan
 from orchestrator.rundir import EventLog, code_identity, explain_failure
 from orchestrator.status import StatusView
-from protocols import messages as m
-from protocols.auth import load_node_keys
-from protocols.durable_state import EXIT_DAMAGED_STATE
-from protocols.settings import ORCHESTRATOR_ID
-from protocols.shm_lockstep import reap_stale_segments
-from protocols.topology import build_topology
-from protocols.transport import Hub, SocketOptions
+from protocols.codec import messages as m
+from protocols.net.auth import load_node_keys
+from protocols.storage.durable_state import EXIT_DAMAGED_STATE
+from protocols.run.settings import ORCHESTRATOR_ID
+from protocols.net.shm_lockstep import reap_stale_segments
+from protocols.engines.topology import build_topology
+from protocols.net.transport import Hub, SocketOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -212,7 +212,7 @@ class Orchestrator:
                     self._shutdown_all()
                     self.backend.close()
                     # Shared-memory segments an env server killed between a welcome and the
-                    # agent's mapping left in this host's /dev/shm (protocols/shm_lockstep.py).
+                    # agent's mapping left in this host's /dev/shm (protocols/net/shm_lockstep.py).
                     reap_stale_segments(self.plan.run_id)
         finally:
             self._restore_signal_handlers(previous_handlers)
@@ -300,7 +300,7 @@ class Orchestrator:
         elif isinstance(message, m.Ready):
             if message.state_damaged:
                 # A node fell back to an older generation of its saved state, or found none and
-                # started from scratch (run.on_corrupt_state: start_fresh; protocols/durable_state.py).
+                # started from scratch (run.on_corrupt_state: start_fresh; protocols/storage/durable_state.py).
                 self.state_damaged.append((node_id, message.state_damaged, message.state_started_fresh))
                 self.events.write("state_damaged", node_id, what=message.state_damaged,
                                   started_fresh=message.state_started_fresh)

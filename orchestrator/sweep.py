@@ -94,7 +94,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.config import RunConfig, load_config, read_yaml
 from orchestrator.faults import refused_faults
 from orchestrator.overrides import parse_override
-from protocols.config_errors import ConfigError, format_validation_error
+from protocols.run.config_errors import ConfigError, format_validation_error
 
 SWEEP_INDEX_FILENAME = "sweep.json"
 SWEEP_LOGS_DIRNAME = "logs"

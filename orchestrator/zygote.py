@@ -20,7 +20,7 @@ subreaper (PR_SET_CHILD_SUBREAPER) before starting us; we fork an intermediate p
 forks the node and exits at once. The orphaned node is re-parented to the nearest subreaper —
 the orchestrator — which can then wait for it, read its exit code and signal it like any child
 it started itself; and the node's parent pid is the orchestrator's, which is how it notices the
-orchestrator's death (protocols/control.py).
+orchestrator's death (protocols/run/control.py).
 
 **Fork safety.** Forking copies only the calling thread, so the zygote must have no other
 thread and no state that a thread or a socket owns: it is started with OMP/MKL/OpenBLAS thread

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols.transport import Hub
+from protocols.net.transport import Hub
 
 REPO = Path(__file__).resolve().parents[1]
 

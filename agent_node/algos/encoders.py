@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from protocols.spaces import is_image_space
+from protocols.codec.spaces import is_image_space
 
 EncoderKind = Literal["auto", "mlp", "cnn"]
 

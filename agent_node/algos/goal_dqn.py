@@ -6,7 +6,7 @@ References, to check this file against:
   cell's coordinates: `goal_features`).
 - Andrychowicz et al. 2017, "Hindsight Experience Replay": store each episode a second time with
   goals it achieved (`final`, `future` with k draws per transition), so sparse goal rewards turn
-  into signal. The relabelling itself is `protocols/hindsight.py`'s `relabel_episode`, shared with
+  into signal. The relabelling itself is `protocols/engines/hindsight.py`'s `relabel_episode`, shared with
   the hindsight engine, so goals learned from partners go through the same code.
 - Mnih et al. 2015 / van Hasselt et al. 2016: replay, target network, epsilon-greedy, Double-DQN
   targets, Huber loss (as `agent_node/algos/dqn.py`).
@@ -41,8 +41,8 @@ from agent_node.algos.config import GoalDQNConfig
 from agent_node.algos.dqn import QNetwork
 from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, linear_schedule, steps_to_take,
                                             trainable_rows, update_counters)
-from protocols.files import atomic_write, read_sealed
-from protocols.hindsight import achieved_after_each_step, relabel_episode
+from protocols.storage.files import atomic_write, read_sealed
+from protocols.engines.hindsight import achieved_after_each_step, relabel_episode
 
 
 RewardFn = Callable[[int, np.ndarray], float]
@@ -119,7 +119,7 @@ class GoalDQNAgent(OwesGradientSteps):
         self.obs_dim, self.num_actions, self.num_goals = obs_dim, num_actions, num_goals
         self.reward_fn = reward_fn
         # Row g: what the network sees of goal g. One-hot by default; AMIGo's cell goals may use
-        # the cell's coordinates instead (protocols/cell_space.py `cell_features`).
+        # the cell's coordinates instead (protocols/goal_spaces/cell_space.py `cell_features`).
         self.goal_features = np.eye(num_goals, dtype=np.float32) if goal_features is None else np.asarray(goal_features, np.float32)
         if self.goal_features.ndim != 2 or self.goal_features.shape[0] != num_goals:
             raise ValueError(f"goal_features must have one row per goal, shape ({num_goals}, d); got {self.goal_features.shape}")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from protocols.config_errors import changed_from_default
+from protocols.run.config_errors import changed_from_default
 
 CELL_GRID_NAMES = ("treasure_room_v0", "env_server.envs.treasure_room:parallel_env")
 CELL_GRID_DEFAULTS = {"size": 9, "max_steps": 40}

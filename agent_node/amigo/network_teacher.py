@@ -4,7 +4,7 @@ ALGORITHMS.md section 3 (Campero et al., arXiv 2006.12122). The tabular teacher
 (`agent_node/amigo/teacher.py` `AmigoTeacher`) fits an open room whose only content is the student; on
 MiniGrid tasks (env_server/envs/minigrid_task.py) every episode has a new layout of walls, doors,
 keys and balls, which a table indexed by the student's cell cannot see. This teacher reads the
-fully observed grid (`protocols/cell_space.py` `grid_of_observation`) and outputs one logit per
+fully observed grid (`protocols/goal_spaces/cell_space.py` `grid_of_observation`) and outputs one logit per
 cell with a small fully convolutional network (the paper's teacher is also convolutional with a
 logit per cell; its exact layers and sizes are not reproduced here), so it can learn, e.g., that
 the cell behind a locked door is hard to reach in any layout.
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from agent_node.amigo.teacher import Curriculum, CurriculumTeacher
-from protocols.cell_space import GRID_CODE_SCALE, grid_of_observation
+from protocols.goal_spaces.cell_space import GRID_CODE_SCALE, grid_of_observation
 
 
 # Each cell's (object, colour, state) codes become one-hots (the paper embeds them): a scaled

@@ -27,7 +27,7 @@ Per step (transition `obs, action -> next_obs` with extrinsic reward `r_ext`, th
   `+1` if an extrinsic reward came during it (`teacher.amigo_teacher_reward`), and proposes anew from
   `cell`. The goal still open when the env episode ends is scored as not reached.
 
-The start cell of an episode comes from the observation's first entries (`protocols/cell_space.py`):
+The start cell of an episode comes from the observation's first entries (`protocols/goal_spaces/cell_space.py`):
 with autoreset, the observation that starts an episode carries the infos of the previous episode's
 last step, so the infos cannot tell it. Every later cell comes from the env's infos.
 
@@ -53,9 +53,9 @@ from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells, ami
 from agent_node.goal_agent import SessionLearner, build_goal_agent
 from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
-from protocols import messages as m
-from protocols.cell_space import cell_features, cell_of_observation, grid_observation_size, manhattan
-from protocols.engine import Outgoing
+from protocols.codec import messages as m
+from protocols.goal_spaces.cell_space import cell_features, cell_of_observation, grid_observation_size, manhattan
+from protocols.engines.engine import Outgoing
 from protocols.seeds import derive_seed
 
 log = logging.getLogger("agent_node.amigo")

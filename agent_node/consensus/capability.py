@@ -16,7 +16,7 @@ keeps what it learned meanwhile (subjects.py, `PolicyParameters`).
 
 With `consensus.bootstrap_newcomers` an agent that joins the run past step 0 without saved
 state (nothing restored: a lost checkpoint, or one set aside) asks its neighbours for their
-policies before it acts (protocols/bootstrap.py): with talk free in env time it holds its first
+policies before it acts (protocols/engines/bootstrap.py): with talk free in env time it holds its first
 observation until every live neighbour answered or the round trip's deadline passed, then takes
 their mean; talking in env steps it acts meanwhile and takes the mean when it lands. Every agent
 answers a neighbour's request with its policy as it is.
@@ -35,9 +35,9 @@ from typing import Any
 from agent_node.capability import PEERS, Capability, NodeServices
 from agent_node.consensus.session import ConsensusSession
 from agent_node.consensus.subjects import ConsensusSubject, LocalWorldModel, OGMARLWorldModel, PolicyParameters
-from protocols import messages as m
-from protocols.bootstrap import BootstrapRequest, BootstrapShare, NewcomerBootstrap, answer
-from protocols.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.codec import messages as m
+from protocols.engines.bootstrap import BootstrapRequest, BootstrapShare, NewcomerBootstrap, answer
+from protocols.engines.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
 
 log = logging.getLogger("agent_node")
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from agent_node.consensus.report import REPORT
 from agent_node.registry import CapabilityDescription
 from agent_node.world_models import WORLD_MODELS
-from protocols.consensus import ConsensusConfig
+from protocols.engines.consensus import ConsensusConfig
 
 if TYPE_CHECKING:
-    from protocols.topology import Topology
+    from protocols.engines.topology import Topology
 
 
 def world_model_only_for_consensus(run: Any) -> bool:

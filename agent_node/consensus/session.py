@@ -39,9 +39,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from agent_node.consensus.subjects import ConsensusSubject
-from protocols import messages as m
-from protocols.consensus import ConsensusRequest, SyncConsensus
-from protocols.engine import Engine, Outgoing
+from protocols.codec import messages as m
+from protocols.engines.consensus import ConsensusRequest, SyncConsensus
+from protocols.engines.engine import Engine, Outgoing
 
 log = logging.getLogger("agent_node.consensus")
 

@@ -34,7 +34,7 @@ own step (cut off by a partition while the env server played its default action,
 averaging while it stepped on): it starts the run at the first step it does see, under the same
 epoch. A count of the agent's own rows drifts in exactly those cases, and runs with different
 epochs wait for each other's shares until their rounds time out (`ConsensusSession` starts each
-tick at most once; see `protocols/consensus.py` for a run the neighbours have moved past).
+tick at most once; see `protocols/engines/consensus.py` for a run the neighbours have moved past).
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from agent_node.capability import Capability, NodeServices
 from agent_node.ctde.client import CentralizedDQNActor
 from agent_node.ctde.config import learner_schedule
 from agent_node.ctde.description import SERVICE
-from protocols import messages as m
-from protocols.ctde import CTDEParams
-from protocols.settings import LEARNER_NODE_ID
-from protocols.spaces import decode_space
-from protocols.transport import incarnation_routing_id
+from protocols.codec import messages as m
+from protocols.codec.ctde import CTDEParams
+from protocols.run.settings import LEARNER_NODE_ID
+from protocols.codec.spaces import decode_space
+from protocols.net.transport import incarnation_routing_id
 
 LEARNER = "learner node"  # the source of what arrives on the learner node's channel
 
@@ -72,7 +72,7 @@ class CentralizedTraining(Capability):
 
     def catch_up(self) -> None:
         """Join the learner node again, so it acknowledges what it took in (rows a restarted
-        learner lost are acknowledged too; see protocols/ctde.py, flow control)."""
+        learner lost are acknowledged too; see protocols/codec/ctde.py, flow control)."""
         if self.behind():
             self.node.learner.hello()
 

@@ -25,8 +25,8 @@ from agent_node.algos.dqn import DQNAgent
 from agent_node.algos.learner_parts import linear_schedule
 from agent_node.plugins import LearnerSpec
 from agent_node.roles import Transition
-from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
-from protocols.spaces import encode_space
+from protocols.codec.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.codec.spaces import encode_space
 
 
 def transitions_message(agent_index: int, env_step: int, transition: Transition, rows_sent_before: int = 0) -> CTDETransitions:
@@ -96,7 +96,7 @@ class CentralizedDQNActor:
     the rows the agents streamed (`schedule["gradient_steps_per_row"]`, from
     training_config.learner_schedule). An agent that streamed on however slow its learner would let
     it fall behind unnoticed and do its training after the run. The learner acknowledges, in every
-    `ctde.params`, how many of this agent's rows it has taken in (protocols/ctde.py, flow
+    `ctde.params`, how many of this agent's rows it has taken in (protocols/codec/ctde.py, flow
     control); `lagging(bound)` says when the rows not yet taken in owe more than `bound` gradient
     steps (plus the `params_every` between two acknowledgements), and the node then holds its
     observation until the learner catches up, as a decentralized agent learns first when its
@@ -148,7 +148,7 @@ class CentralizedDQNActor:
     def hello(self) -> None:
         """Announce this agent to the learner node (it answers with its current parameters and
         acknowledges the rows sent before). The node calls it again while it holds for the learner
-        (protocols/ctde.py, flow control)."""
+        (protocols/codec/ctde.py, flow control)."""
         self.send(replace(self.join, rows_sent=self.rows_sent))
 
     # ------------------------------------------------------------------ Actor

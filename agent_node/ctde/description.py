@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent_node.ctde.config import TrainingConfig
 from agent_node.registry import CapabilityDescription, ExtraNode
-from protocols.settings import LEARNER_NODE_ID
+from protocols.run.settings import LEARNER_NODE_ID
 
 if TYPE_CHECKING:
-    from protocols.topology import Topology
+    from protocols.engines.topology import Topology
 
 # The service the learner node advertises and the agents connect to (an endpoint purpose).
 SERVICE = "ctde"

@@ -1,7 +1,7 @@
 """The socket-free core of a centralized learner node: join agents' transitions, train a mixer,
 hand out parameters.
 
-Agents send `protocols.ctde.CTDETransitions` (one agent, one env step, one row per env copy it
+Agents send `protocols.codec.ctde.CTDETransitions` (one agent, one env step, one row per env copy it
 took part in). `JointRowAssembler` keeps the pieces of each (env_step, copy) until every agent's
 piece has come, then emits one joint row in `JointReplayBuffer` layout (agent_node/algos/mixers.py):
 obs/action/next_obs stacked in agent-index order, the global state taken from the pieces (all
@@ -35,8 +35,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from agent_node.algos.mixers import CentralizedMixerLearner, JointReplayBuffer
-from protocols.ctde import CTDEParams, CTDETransitions
-from protocols.files import atomic_write, read_sealed
+from protocols.codec.ctde import CTDEParams, CTDETransitions
+from protocols.storage.files import atomic_write, read_sealed
 
 
 class JointRowAssembler:

@@ -9,7 +9,7 @@ came from. All the learning logic is in agent_node/ctde/learner.py; this file is
 around it. Every `ctde.params` also acknowledges the rows taken in from that agent; an agent
 sent nothing while it streamed the rows of `params_every` gradient steps gets a bare
 acknowledgement. The agents keep acting with the newest parameters they have while few enough
-of their rows are unacknowledged (protocols/ctde.py, flow control).
+of their rows are unacknowledged (protocols/codec/ctde.py, flow control).
 
 **Restarts.** In an orchestrated run the node keeps a checkpoint in its node dir
 (`checkpoints/`: the spaces, every agent's Q network and target, the mixer and its
@@ -64,13 +64,13 @@ from agent_node.algos.mixers import CentralizedMixerLearner
 from agent_node.ctde.learner import CentralizedLearnerCore, restore_joint_replay, save_joint_replay
 from agent_node.persistence import Generations, load_checkpoint, save_checkpoint, state_notice
 from agent_node.service_loop import WAKE_S
-from protocols.auth import BadInputLog
-from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
-from protocols.durable_state import DamagedStateError, StateNotice
-from protocols.node_config import bind_address
+from protocols.net.auth import BadInputLog
+from protocols.codec.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.storage.durable_state import DamagedStateError, StateNotice
+from protocols.run.node_config import bind_address
 from protocols.seeds import derive_seed
-from protocols.spaces import decode_space, encode_space
-from protocols.transport import Channel, Hub
+from protocols.codec.spaces import decode_space, encode_space
+from protocols.net.transport import Channel, Hub
 
 log = logging.getLogger("learner_node")
 
@@ -105,7 +105,7 @@ class LearnerService:
         # connection that is gone) cannot move it back.
         self.routes: dict[int, bytes] = {}
         self.route_sent_at: dict[int, float] = {}
-        # Flow control (protocols/ctde.py): per agent, the rows_sent of its newest message taken
+        # Flow control (protocols/codec/ctde.py): per agent, the rows_sent of its newest message taken
         # in, and its rows taken in since it was last sent anything (a bare ack is due at params_every).
         self.rows_taken: dict[int, int] = {}
         self.rows_unacknowledged: dict[int, int] = {}
@@ -421,7 +421,7 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     from agent_node.config import load_agent_side_config
     from agent_node.ctde.config import learner_schedule, mixer_config
     from agent_node.service_loop import run_service
-    from protocols.metrics import MetricsWriter
+    from protocols.storage.metrics import MetricsWriter
 
     if (loaded := load_agent_side_config(config_path, node_id, "learner")) is None:
         return 2
@@ -468,7 +468,7 @@ def run_standalone(args: argparse.Namespace) -> int:
         args.learning_starts, args.gradient_steps_per_row, args.params_every,
     )
 
-    from protocols.control import stop_on_signals
+    from protocols.run.control import stop_on_signals
 
     stop = stop_on_signals()
     hub = Hub(sender=args.node_id, run_id="standalone")

@@ -18,12 +18,12 @@ from agent_node.capability import ENV, PEERS, Capability, NodeServices
 from agent_node.amigo.session import build_amigo_session
 from agent_node.goals.description import SERVICE
 from agent_node.goals.session import build_goal_session
-from protocols import messages as m
-from protocols.hindsight import HindsightReport
-from protocols.negotiation import GoalCommit, NegotiationProposal
-from protocols.settings import SUPERVISOR_NODE_ID
-from protocols.supervision import GoalAssignment
-from protocols.team_negotiation import TeamProposals
+from protocols.codec import messages as m
+from protocols.engines.hindsight import HindsightReport
+from protocols.engines.negotiation import GoalCommit, NegotiationProposal
+from protocols.run.settings import SUPERVISOR_NODE_ID
+from protocols.engines.supervision import GoalAssignment
+from protocols.engines.team_negotiation import TeamProposals
 
 SUPERVISOR = "goal supervisor"  # the source of what arrives from the external supervisor node
 

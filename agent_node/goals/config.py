@@ -45,7 +45,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_node.amigo.config import AmigoSettings, amigo_run_problems
-from protocols.config_errors import changed_from_default
+from protocols.run.config_errors import changed_from_default
 
 GOAL_LINES_NAMES = ("goal_lines_v0", "env_server.envs.goal_lines:parallel_env")
 GOAL_LINES_DEFAULTS = {"num_landmarks": 6, "beta": 2.0}
@@ -60,10 +60,10 @@ NAMING_GAME_FIELDS = ("num_messages", "temperature", "learning_rate", "update_ev
 
 class NegotiationSettings(BaseModel):
     """How negotiating agents agree on a goal. `naming_game`: the goal-coordination game
-    (protocols/negotiation.py; defaults are the reference's), a leader's message decoded by each
+    (protocols/engines/negotiation.py; defaults are the reference's), a leader's message decoded by each
     agent's learned matrix. `team_flood`: every agent's (priority, goal) proposal flooded for the
     team graph's diameter and the same deterministic pick on every agent
-    (protocols/team_negotiation.py): team-wide agreement on any connected graph, assuming the
+    (protocols/engines/team_negotiation.py): team-wide agreement on any connected graph, assuming the
     agents share the goals' names (goal_lines' indices), learning nothing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -84,7 +84,7 @@ class NegotiationSettings(BaseModel):
     learning_rate: float = Field(0.1, gt=0, le=1)
     # M is updated over the (goal, message, reward) triples of this many episodes at once; unset:
     # 4 x the goals an agent may choose (60 at L = 6 cooperative), so that every goal is drawn
-    # several times per batch (protocols/negotiation.py says why and what smaller batches did).
+    # several times per batch (protocols/engines/negotiation.py says why and what smaller batches did).
     update_every_episodes: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -99,7 +99,7 @@ class NegotiationSettings(BaseModel):
 
 
 class SupervisorSettings(BaseModel):
-    """The supervisor (protocols/supervision.py), which draws one goal uniformly per episode for
+    """The supervisor (protocols/engines/supervision.py), which draws one goal uniformly per episode for
     the whole team. `external: true`: a node of its own (`supervisor`, agent_node/goals/supervisor.py)
     that every team member asks; false: the team's smallest node id draws and tells the others
     (no extra process; the topology must be full). A member waits `timeout_s` for the goal, then
@@ -112,7 +112,7 @@ class SupervisorSettings(BaseModel):
 
 
 class HindsightSettings(BaseModel):
-    """Sharing the goals an episode achieved with the partners (protocols/hindsight.py)."""
+    """Sharing the goals an episode achieved with the partners (protocols/engines/hindsight.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -130,7 +130,7 @@ class GoalsConfig(BaseModel):
     # learning progress, p-aligned (a shared stream, no messages), or by negotiation with the
     # partners of the episode (the goal-coordination game).
     # "supervisor": one goal for the whole team per episode, assigned over the wire by a supervisor
-    # node of the run (or the team's smallest node id; the upper bound; protocols/supervision.py).
+    # node of the run (or the team's smallest node id; the upper bound; protocols/engines/supervision.py).
     # "amigo": each agent's own teacher proposes grid cells (the `amigo` settings; treasure_room or minigrid_v0).
     selection: Literal["uniform", "learning_progress", "p_aligned", "negotiation", "supervisor", "amigo"]
     # goal_lines goals the agent may pursue: the L individual ones, the L(L-1)/2 cooperative
@@ -162,7 +162,7 @@ class GoalsConfig(BaseModel):
     # env pays its agents). "env" is what goal_lines' view "own" needs (an agent there cannot see
     # a cooperative goal achieved); it needs an episode-start hold, in which the goal reaches the
     # env before the first step. Under "env", hindsight relabels with the cooperative goals that
-    # the partners' reports imply (protocols/goal_space.py complete_events).
+    # the partners' reports imply (protocols/goal_spaces/goal_space.py complete_events).
     paid_by: Literal["agent", "env"] = "agent"
 
     @model_validator(mode="before")

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent_node.goals.config import GoalsConfig, goal_run_problems
 from agent_node.registry import CapabilityDescription, ExtraNode
-from protocols.settings import SUPERVISOR_NODE_ID
+from protocols.run.settings import SUPERVISOR_NODE_ID
 
 if TYPE_CHECKING:
-    from protocols.topology import Topology
+    from protocols.engines.topology import Topology
 
 # The service the external supervisor advertises and the agents ask (an endpoint purpose).
 SERVICE = "goals"
@@ -50,7 +50,7 @@ def extra_nodes(run: Any) -> list[ExtraNode]:
     if not has_external_supervisor(run):
         return []
     return [ExtraNode(node_id=SUPERVISOR_NODE_ID, role="supervisor", module="agent_node.goals.supervisor", service=SERVICE,
-                      preload=("agent_node.config", "agent_node.goals.modules", "protocols.supervision"))]
+                      preload=("agent_node.config", "agent_node.goals.modules", "protocols.engines.supervision"))]
 
 
 def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:

@@ -15,8 +15,8 @@ Modules:
 - `SupervisorAssignment` (the supervisor's logic: one goal per team per episode) and
   `SupervisedGoals` (the agent's side: pursue what the supervisor assigned). In a run the
   supervisor is the team member with the smallest node id, which sends its draw over the wire
-  (`protocols/supervision.py`, driven by `agent_node/goals/session.py`).
-- `NegotiatedGoals`: adapter to `protocols/negotiation.py`'s engine; an inner module draws the
+  (`protocols/engines/supervision.py`, driven by `agent_node/goals/session.py`).
+- `NegotiatedGoals`: adapter to `protocols/engines/negotiation.py`'s engine; an inner module draws the
   agent's own goal (kept when it leads or hears nothing).
 
 Every module takes its seed from the caller, who derives it with
@@ -37,8 +37,8 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from protocols.negotiation import NegotiationEngine, NegotiationOutcome, NegotiationRequest
-from protocols.team_negotiation import TeamNegotiationEngine
+from protocols.engines.negotiation import NegotiationEngine, NegotiationOutcome, NegotiationRequest
+from protocols.engines.team_negotiation import TeamNegotiationEngine
 
 
 @runtime_checkable
@@ -257,7 +257,7 @@ class SupervisedGoals:
 
 class NegotiatedGoals:
     """Adapter between the node and `NegotiationEngine` (the naming game) or
-    `TeamNegotiationEngine` (protocols/team_negotiation.py, the team flood).
+    `TeamNegotiationEngine` (protocols/engines/team_negotiation.py, the team flood).
 
     Per episode: `request(episode, team_neighbours, rounds, team_size)` draws the own goal from `inner` and
     returns the `NegotiationRequest` the node passes to `engine.start`; once `engine.done`,

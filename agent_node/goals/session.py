@@ -5,23 +5,23 @@ learner (`agent_node/algos/goal_dqn.py`) when the run has an `agents.goals` sect
 (`agent_node/goals/config.py`). Per episode it
 
 1. picks the goal: the goal module's draw (uniform, learning progress, p-aligned), or a goal
-   negotiated with the partners of the episode over the peer mesh (`protocols/negotiation.py`'s
-   naming game, or with `negotiation.protocol: team_flood` `protocols/team_negotiation.py`'s
+   negotiated with the partners of the episode over the peer mesh (`protocols/engines/negotiation.py`'s
+   naming game, or with `negotiation.protocol: team_flood` `protocols/engines/team_negotiation.py`'s
    flood of every member's proposal, which gives a connected team one goal). For negotiation the env server holds the episode's first observation
    (`env.episode_start_hold_s`): it announces who plays (`env.episode_start`), the session
    negotiates with the team neighbours that play too, and says `goal.ready` when decided (the
    server also starts at its hold deadline; a negotiation still undecided when the observation
    arrives is closed at once, as at its own deadline, and counted as `negotiation/cut_by_env`);
    or, with `selection: supervisor`, the goal the team's supervisor (its smallest node id)
-   assigns over the wire (`protocols/supervision.py`), under the same hold;
+   assigns over the wire (`protocols/engines/supervision.py`), under the same hold;
 2. conditions the learner on it (`act`), and stops the agent (action 0, stay) once rewarded:
    the reference's agents are done once rewarded, and goal_lines cannot end one agent's episode
    on the agent's own goal;
-3. computes the goal reward from the env's `achieved_goals` infos (`protocols/goal_space.py`;
+3. computes the goal reward from the env's `achieved_goals` infos (`protocols/goal_spaces/goal_space.py`;
    the env pays nothing: it does not know the goals); or, with `paid_by: env`, names the goal in
    its `goal.ready` and takes the env's reward (an env reward is recorded as the goal achieved
    at that step, which is what it says);
-4. after the episode, runs the hindsight engine (`protocols/hindsight.py`) with the partners:
+4. after the episode, runs the hindsight engine (`protocols/engines/hindsight.py`) with the partners:
    each sends the goals the joint trajectory achieved and when; once every report arrived (or
    the hindsight deadline passed) the episode goes to the learner, relabelled by HER with its
    own and its partners' achieved goals (with `paid_by: env`, also the cooperative goals those
@@ -79,16 +79,16 @@ from agent_node.goals.modules import (
 from agent_node.goal_agent import SessionLearner, build_goal_agent
 from agent_node.plugins import GoalSpace
 from agent_node.roles import Transition
-from protocols import messages as m
-from protocols.engine import Outgoing
-from protocols.goal_space import events_reports_add, goal_reward, goal_set, num_goals
-from protocols.hindsight import HindsightEngine, HindsightReport, HindsightRequest, HindsightResult
-from protocols.negotiation import GoalCommit, NegotiationEngine, NegotiationProposal
+from protocols.codec import messages as m
+from protocols.engines.engine import Outgoing
+from protocols.goal_spaces.goal_space import events_reports_add, goal_reward, goal_set, num_goals
+from protocols.engines.hindsight import HindsightEngine, HindsightReport, HindsightRequest, HindsightResult
+from protocols.engines.negotiation import GoalCommit, NegotiationEngine, NegotiationProposal
 from protocols.seeds import derive_seed
-from protocols.settings import SUPERVISOR_NODE_ID
-from protocols.supervision import GoalAssignment, SupervisionEngine, SupervisionRequest
-from protocols.team_negotiation import TeamNegotiationEngine, TeamNegotiationOutcome, TeamProposals
-from protocols.topology import Topology
+from protocols.run.settings import SUPERVISOR_NODE_ID
+from protocols.engines.supervision import GoalAssignment, SupervisionEngine, SupervisionRequest
+from protocols.engines.team_negotiation import TeamNegotiationEngine, TeamNegotiationOutcome, TeamProposals
+from protocols.engines.topology import Topology
 
 log = logging.getLogger("agent_node.goals")
 

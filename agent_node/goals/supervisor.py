@@ -8,7 +8,7 @@ The orchestrator starts this node (node id `supervisor`) in a run with
 
 It binds a ROUTER (its `goals` endpoint, which the orchestrator puts in every agent's directory),
 registers, waits for the start like every node, and then answers each `goal.request` of a team
-member with that team's `goal.assignment`: `SupervisorService` (protocols/supervision.py) draws the
+member with that team's `goal.assignment`: `SupervisorService` (protocols/engines/supervision.py) draws the
 goal uniformly from the run's goal set (`SupervisorAssignment`, seeded from the run seed) at the
 first request of a team for an episode and gives every member the same one. Agents that hear
 nothing within `agents.goals.supervisor.timeout_s` pursue a goal of their own.
@@ -20,7 +20,7 @@ sealed after every new draw and before that draw's answer goes out, in `agents.k
 generations (`SupervisorPersistence`). Restarted (`faults.restart.roles` lists `supervisor`, or a
 scheduled restart), it restores the newest good one, so a member asking after the restart gets
 the goal its team was given before, and the draws go on as if it had never stopped. A damaged
-checkpoint is handled as an agent's is (agent_node/persistence.py, protocols/durable_state.py).
+checkpoint is handled as an agent's is (agent_node/persistence.py, protocols/storage/durable_state.py).
 
 It writes `nodes/supervisor/metrics.jsonl` (`supervisor/requests`, `supervisor/teams_assigned`,
 ..., and the `security/*` drop counters of its sockets) every status period and at the end, reports status like any node and exits 0 on
@@ -46,7 +46,7 @@ def save_checkpoint(path: Path, draws: Any, service: Any) -> None:
     """Write the supervisor's state to `path` atomically and sealed (agent_node/persistence.py: a
     kill mid-write leaves the previous file, damage later fails the seal); a full disk raises
     FileWriteError naming `path`."""
-    from protocols.files import atomic_write
+    from protocols.storage.files import atomic_write
 
     state = {"format": _CHECKPOINT_FORMAT, "draws": draws.state_dict(), "service": service.state_dict()}
     atomic_write(path, lambda file: file.write(json.dumps(state).encode()), sealed=True)
@@ -57,8 +57,8 @@ def restore_checkpoint(path: Path, draws: Any, service: Any) -> bool:
     exists; False when there is none (a first start). A file that fails its seal or cannot be
     restored is a `DamagedStateError` naming it and why, never a silent fresh start (which would
     give teams goals they were not given)."""
-    from protocols.files import read_sealed
-    from protocols.durable_state import DamagedStateError
+    from protocols.storage.files import read_sealed
+    from protocols.storage.durable_state import DamagedStateError
 
     if not path.exists():
         return False
@@ -86,7 +86,7 @@ class SupervisorPersistence:
 
         self.generations = Generations(node_dir / CHECKPOINT_DIRNAME, ".json", "latest.json", keep_generations)
         self.start_fresh = start_fresh
-        self.notice: Any = None  # a protocols.durable_state.StateNotice once `restore` met damage
+        self.notice: Any = None  # a protocols.storage.durable_state.StateNotice once `restore` met damage
 
     def save(self, draws: Any, service: Any) -> None:
         self.generations.save(service.teams_assigned, lambda path: save_checkpoint(path, draws, service))
@@ -125,7 +125,7 @@ class OrchestratedSupervisor:
         return self.persistence.notice
 
     def bind(self, hub: Any) -> dict[str, str]:
-        from protocols.node_config import bind_address
+        from protocols.run.node_config import bind_address
 
         service, run, node_id = self.service, self.run, self.identity.node_id
         self.hub = hub
@@ -142,7 +142,7 @@ class OrchestratedSupervisor:
         return {"goals": self.inbox.endpoint}
 
     def handle(self, channel: Any, envelope: Any) -> None:
-        from protocols.supervision import GoalRequest
+        from protocols.engines.supervision import GoalRequest
 
         service = self.service
         if not isinstance(envelope.message, GoalRequest):
@@ -183,9 +183,9 @@ def run_in_orchestrated_run(config_path: str, node_id: str, control_endpoint: st
     from agent_node.config import load_agent_side_config
     from agent_node.goals.modules import SupervisorAssignment
     from agent_node.service_loop import run_service
-    from protocols.goal_space import goal_set
-    from protocols.metrics import MetricsWriter
-    from protocols.supervision import SupervisorService
+    from protocols.goal_spaces.goal_space import goal_set
+    from protocols.storage.metrics import MetricsWriter
+    from protocols.engines.supervision import SupervisorService
 
     if (loaded := load_agent_side_config(config_path, node_id, "supervisor")) is None:
         return 2

@@ -19,9 +19,9 @@ import numpy as np
 
 from agent_node.capability import PEERS, Capability, NodeServices
 from agent_node.landmarks.session import LandmarkSession, SpreadLayout
-from protocols import messages as m
-from protocols.flooding import FloodTable
-from protocols.hindsight import HindsightRows
+from protocols.codec import messages as m
+from protocols.engines.flooding import FloodTable
+from protocols.engines.hindsight import HindsightRows
 
 
 class LandmarksCapability(Capability):

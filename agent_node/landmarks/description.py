@@ -10,7 +10,7 @@ from agent_node.landmarks.report import REPORT
 from agent_node.registry import CapabilityDescription
 
 if TYPE_CHECKING:
-    from protocols.topology import Topology
+    from protocols.engines.topology import Topology
 
 
 def problems(run: Any, topology: Topology | None) -> list[str]:

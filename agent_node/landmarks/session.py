@@ -6,7 +6,7 @@ left bare. Here (ARCHITECTURE.md "The main job") each agent
 
 1. at the start of an episode (per env copy, training and evaluation alike) holds its first
    observation, measures its distance to every landmark (one row of costs), and floods that row
-   over the topology (`protocols/flooding.py`, for the diameter of the graph). Every agent then
+   over the topology (`protocols/engines/flooding.py`, for the diameter of the graph). Every agent then
    holds the same table and takes its part of the one assignment the Hungarian method
    (`scipy.optimize.linear_sum_assignment`) gives on it: one landmark each, team-wide, with no
    further message. An agent that did not hear every row (loss, a dead neighbour, a round's
@@ -17,7 +17,7 @@ left bare. Here (ARCHITECTURE.md "The main job") each agent
 3. learns from its rows relabelled for every landmark (the goal reward below is a function of the
    next observation, so every landmark's reward is known: hindsight relabelling in full), and,
    with `share_hindsight`, sends its partners each episode's rows with the landmark it pursued and
-   the one it reached (`protocols/hindsight.py`, `hindsight.rows`); a partner adds them for both
+   the one it reached (`protocols/engines/hindsight.py`, `hindsight.rows`); a partner adds them for both
    (the agents' dynamics are the same, and their observations have the same layout).
 
 The learner's reward is named here and in the report: minus the distance from the agent to its
@@ -41,11 +41,11 @@ from scipy.optimize import linear_sum_assignment
 
 from agent_node.landmarks.config import LandmarksConfig
 from agent_node.roles import Transition
-from protocols import messages as m
-from protocols.engine import Outgoing
-from protocols.flooding import FloodEngine, FloodRequest, FloodResult, FloodTable
-from protocols.hindsight import HindsightRows
-from protocols.topology import Topology
+from protocols.codec import messages as m
+from protocols.engines.engine import Outgoing
+from protocols.engines.flooding import FloodEngine, FloodRequest, FloodResult, FloodTable
+from protocols.engines.hindsight import HindsightRows
+from protocols.engines.topology import Topology
 
 log = logging.getLogger("agent_node.landmarks")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from agent_node.capability import Capability, NodeServices
 from agent_node.offline.recording import TransitionRecorder
-from protocols import messages as m
+from protocols.codec import messages as m
 
 
 class DatasetRecording(Capability):

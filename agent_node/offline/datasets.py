@@ -39,7 +39,7 @@ readable without Parley.
     env                {"name": the env's registry name or import path, "kwargs": {...},
                         "possible_agents": [...]}
     observation_space, action_space, global_state_space (or null)
-                       spaces as `protocols/spaces.py` encodes them for the wire, with numpy arrays
+                       spaces as `protocols/codec/spaces.py` encodes them for the wire, with numpy arrays
                        written as {"array": nested lists, "dtype": "<f4"}
     joint_action_dim   width of the recorded joint action (or null)
     seeds              the seeds of the run that made the data ({"run_seed": 0, "node_seed": ...})
@@ -72,7 +72,7 @@ is the run of rows with that `copy` up to and including a row with `terminated` 
 ## Crash safety
 
 The writer keeps rows in memory and writes them as a whole chunk every `chunk_rows` rows (and on
-`flush` / `close`) through `protocols/files.py`'s `atomic_write`: to a temporary file in
+`flush` / `close`) through `protocols/storage/files.py`'s `atomic_write`: to a temporary file in
 the shard directory, fsync, `os.replace` onto the chunk's name, fsync of the directory. `os.replace` is atomic on POSIX, so a process killed at any
 moment leaves complete chunks only (the rows not yet flushed are lost, at most `chunk_rows - 1`),
 plus possibly a `.tmp` file, which the reader ignores and a writer reopening the shard deletes. A
@@ -80,7 +80,7 @@ writer reopening an existing shard checks that its manifest matches, verifies ev
 (it counts their rows) and continues with the next chunk number, so a restarted agent node
 appends to its own shard; it never writes over a file it found damaged. A dataset has no older
 generations to fall back to: a recording agent that finds its shard damaged stops (exit code 3,
-the file named; protocols/durable_state.py), whatever `run.on_corrupt_state` says, and the file
+the file named; protocols/storage/durable_state.py), whatever `run.on_corrupt_state` says, and the file
 stays for the user to rescue or remove.
 """
 
@@ -99,10 +99,10 @@ import gymnasium as gym
 import numpy as np
 
 from agent_node.roles import Transition
-from protocols.durable_state import DamagedStateError
-from protocols.errors import ProtocolError
-from protocols.files import atomic_write, is_sealed, read_sealed
-from protocols.spaces import decode_space, encode_space
+from protocols.storage.durable_state import DamagedStateError
+from protocols.codec.errors import ProtocolError
+from protocols.storage.files import atomic_write, is_sealed, read_sealed
+from protocols.codec.spaces import decode_space, encode_space
 
 FORMAT_NAME = "parley-marl-dataset"
 FORMAT_VERSION = 2
@@ -121,7 +121,7 @@ class DatasetError(ValueError):
 class DamagedDatasetFile(DamagedStateError, DatasetError):
     """A manifest or chunk that fails its seal (cut short, overwritten, changed): a `DatasetError`
     to a reader, and damaged saved state to a recording agent node, which then stops rather than
-    append to a shard it cannot read (protocols/durable_state.py)."""
+    append to a shard it cannot read (protocols/storage/durable_state.py)."""
 
 
 def _sealed_payload(path: Path) -> bytes:

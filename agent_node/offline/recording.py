@@ -18,8 +18,8 @@ from typing import Any
 
 from agent_node.offline.datasets import DatasetWriter, ShardSpec
 from agent_node.roles import Transition
-from protocols.messages import EnvWelcome
-from protocols.spaces import decode_space
+from protocols.codec.messages import EnvWelcome
+from protocols.codec.spaces import decode_space
 
 DATASET_DIRNAME = "dataset"
 

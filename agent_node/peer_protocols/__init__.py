@@ -4,14 +4,14 @@
 `PROTOCOLS`, the same `Registry` (agent_node/plugins.py) as learners and world models: an
 installed entry point of the group `parley.protocols`, or an import path `package.module:Class`.
 
-A protocol class is an engine of `protocols/engine.py`'s interface, sans-IO like Parley's own
+A protocol class is an engine of `protocols/engines/engine.py`'s interface, sans-IO like Parley's own
 (consensus, negotiation, membership): messages and time go in, `(neighbour, message)` pairs come
-out, so the node loop and the deterministic simulator (`protocols/netsim.py`) drive the same
+out, so the node loop and the deterministic simulator (`protocols/sim/netsim.py`) drive the same
 object. On top of the engine interface it has
 
 - `config_model`: its `PluginConfig` subclass (unknown keys refused, like every config section);
 - `message_types`: the frozen dataclasses it sends and receives, each registered with
-  `protocols.messages.register_message`, so the wire validates their fields and the envelope's
+  `protocols.codec.messages.register_message`, so the wire validates their fields and the envelope's
   signature covers them like any other message; no two protocols may claim one type;
 - a constructor `Class(config, spec)`, `spec` a `ProtocolSpec` (its node, its neighbours, a seed);
 - optionally the learner hook, two methods the node calls (agent_node/peer_protocols/capability.py):
@@ -43,9 +43,9 @@ from typing import Annotated, Any, Literal, Mapping, Sequence
 from pydantic import BeforeValidator, SerializeAsAny
 
 from agent_node.plugins import PluginConfig, PluginError, Registry
-from protocols.config_errors import describe_value
+from protocols.run.config_errors import describe_value
 
-# What a protocol engine has (protocols/engine.py: Engine), besides `message_types`, `done`
+# What a protocol engine has (protocols/engines/engine.py: Engine), besides `message_types`, `done`
 # and `result`, which are checked as attributes.
 PROTOCOL_METHODS = ("start", "on_message", "on_timer", "on_neighbour_down", "on_neighbour_up", "next_deadline", "metrics")
 # Optional: the learner hook.
@@ -87,7 +87,7 @@ class LearnerView:
 
 def _check_protocol_class(kind: str, cls: type) -> None:
     """What `Registry` checks of a protocol class beyond its methods and `config_model`."""
-    from protocols.messages import MESSAGE_TYPES
+    from protocols.codec.messages import MESSAGE_TYPES
 
     for attribute in ("done", "result"):
         if not hasattr(cls, attribute):
@@ -104,7 +104,7 @@ def _check_protocol_class(kind: str, cls: type) -> None:
             raise PluginError(
                 f"{kind!r}: message type {getattr(message_type, '__name__', repr(message_type))} of {cls.__name__} "
                 "is not a registered wire message; "
-                "decorate its frozen dataclass with @protocols.messages.register_message('<package>.<name>')"
+                "decorate its frozen dataclass with @protocols.codec.messages.register_message('<package>.<name>')"
             )
         if message_type.__module__.split(".")[0] in _PARLEY_PACKAGES:
             raise PluginError(

@@ -1,7 +1,7 @@
 """The node's side of a plugin peer protocol: one capability per entry of `agents.protocols`.
 
 `ProtocolCapability` drives a user's engine (agent_node/peer_protocols/__init__.py) from the node
-loop exactly as `protocols/netsim.py` drives it in a simulation: the engine's message types
+loop exactly as `protocols/sim/netsim.py` drives it in a simulation: the engine's message types
 arrive from the neighbours only (`PEERS`), its deadline joins the loop's timers, membership's
 up/down notices are passed on, and whatever it returns is sent over the peer mesh. Around that,
 the learner hook: after each training observation, while the engine is idle, `request(view)`
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from agent_node.capability import NodeServices
     from agent_node.config import AgentNodeConfig
     from agent_node.roles import Transition
-    from protocols import messages as m
+    from protocols.codec import messages as m
 
 log = logging.getLogger("agent_node.peer_protocols")
 

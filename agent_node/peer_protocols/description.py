@@ -9,7 +9,7 @@ from agent_node.peer_protocols import talks_in_env_steps
 from agent_node.registry import CapabilityDescription
 
 if TYPE_CHECKING:
-    from protocols.topology import Topology
+    from protocols.engines.topology import Topology
 
 
 def problems(run: Any, topology: Topology | None) -> list[str]:

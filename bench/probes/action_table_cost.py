@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from env_server.barrier import DefaultActions, LockstepBarrier  # noqa: E402
 from env_server.vector import check_batched  # noqa: E402
-from protocols import messages as m  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
 
 
 def measure(count: int, rounds: int) -> float:

@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocols import messages as m  # noqa: E402
-from protocols import wire  # noqa: E402
-from protocols.auth import load_node_keys, signing_keys  # noqa: E402
-from protocols.consensus import ConsensusShare  # noqa: E402
-from protocols.transport import Hub, generate_run_keys  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
+from protocols.codec import wire  # noqa: E402
+from protocols.net.auth import load_node_keys, signing_keys  # noqa: E402
+from protocols.engines.consensus import ConsensusShare  # noqa: E402
+from protocols.net.transport import Hub, generate_run_keys  # noqa: E402
 
 
 def sample_messages() -> dict[str, object]:

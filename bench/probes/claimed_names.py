@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import zmq  # noqa: E402
 
-from protocols import messages as m  # noqa: E402
-from protocols import wire  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
+from protocols.codec import wire  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ through `_map_without_duplicates` (`object_pairs_hook`). This times `wire.decode
 messages with that hook and with msgpack's own dict building (the hook swapped out for this
 bench only), interleaved, best of `--repeats`, in CPU time of this process
 (`time.process_time`: on a shared machine, time spent waiting for a core does not count); each variant decodes signed frames as an ipc
-channel does (per-node key function). Packed lockstep messages (protocols/packed.py) carry no
+channel does (per-node key function). Packed lockstep messages (protocols/codec/packed.py) carry no
 msgpack and are not affected; they are listed for comparison.
 """
 
@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocols import messages as m  # noqa: E402
-from protocols import wire  # noqa: E402
-from protocols.consensus import ConsensusShare  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
+from protocols.codec import wire  # noqa: E402
+from protocols.engines.consensus import ConsensusShare  # noqa: E402
 
 
 def samples() -> dict[str, list[bytes]]:

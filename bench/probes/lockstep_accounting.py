@@ -42,7 +42,8 @@ def instrumented_server(argv: list[str], report_path: str) -> int:
     from env_server import __main__ as server_main
     from env_server import barrier, vector
     from env_server import server as env_server
-    from protocols import packed, shm_lockstep, transport, wire
+    from protocols.codec import packed, wire
+    from protocols.net import shm_lockstep, transport
 
     totals: dict[str, list[int]] = {}  # label -> [self ns, calls]
     open_calls: list[int] = []  # per open wrapped call: the ns spent in wrapped calls it made
@@ -158,9 +159,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8000, help="lockstep steps")
     parser.add_argument("--copies", type=int, default=1, help="env copies K in the server")
     parser.add_argument("--bodies", choices=["packed", "messages"], default="packed",
-                        help="the clients' lockstep bodies (protocols/packed.py) or msgpack messages")
+                        help="the clients' lockstep bodies (protocols/codec/packed.py) or msgpack messages")
     parser.add_argument("--lockstep", choices=["auto", "shm", "zmq"], default="auto",
-                        help="the env server's --transport: bodies through shared memory or zmq (protocols/shm_lockstep.py)")
+                        help="the env server's --transport: bodies through shared memory or zmq (protocols/net/shm_lockstep.py)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = measure(args.steps, args.copies, args.bodies, args.lockstep)

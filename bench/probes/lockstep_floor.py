@@ -107,8 +107,8 @@ def _struct_codec(index: int):
 
 
 def _parley_codec(index: int):
-    from protocols import messages as m
-    from protocols import wire
+    from protocols.codec import messages as m
+    from protocols.codec import wire
 
     agent, sender, seq = f"agent_{index}", f"client_{index}", iter(range(1, 1 << 62))
 
@@ -300,7 +300,7 @@ def array_sketch(steps: int) -> dict:
     import zmq
 
     from env_server.vector import VectorizedParallelEnv
-    from protocols import messages as m
+    from protocols.codec import messages as m
 
     envs = VectorizedParallelEnv(make_env, 1, autoreset=True)
     agents = envs.possible_agents
@@ -391,7 +391,7 @@ def array_sketch(steps: int) -> dict:
 
 
 def _zmq_variant(steps: int, parley_codec: bool) -> dict:
-    import zmq  # a probe of zmq itself; Parley's own code reaches zmq only through protocols/transport.py
+    import zmq  # a probe of zmq itself; Parley's own code reaches zmq only through protocols/net/transport.py
 
     with tempfile.TemporaryDirectory(prefix="parley-floor-") as folder:
         endpoint = f"ipc://{folder}/env.sock"
@@ -421,8 +421,8 @@ def _zmq_variant(steps: int, parley_codec: bool) -> dict:
         for _ in range(AGENTS):
             router.recv_multipart()
         if parley_codec:
-            from protocols import messages as m
-            from protocols import wire
+            from protocols.codec import messages as m
+            from protocols.codec import wire
 
             seq = iter(range(1, 1 << 62))
             flags = np.zeros(1, bool)

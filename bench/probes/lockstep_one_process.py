@@ -29,8 +29,8 @@ from agent_node.env_client import EnvClient, use_lockstep_transport  # noqa: E40
 from env_server import server as env_server  # noqa: E402
 from env_server import vector  # noqa: E402
 from env_server.registry import make_env  # noqa: E402
-from protocols import messages as m  # noqa: E402
-from protocols.transport import Hub  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
+from protocols.net.transport import Hub  # noqa: E402
 
 AGENTS = 4
 ENV_KWARGS = {"N": AGENTS, "max_cycles": 25, "continuous_actions": False}

@@ -28,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from protocols import messages as m  # noqa: E402
-from protocols import wire  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
+from protocols.codec import wire  # noqa: E402
 
 _COUNT = struct.Struct("<I")
 

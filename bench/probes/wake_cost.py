@@ -4,7 +4,7 @@ writer's thread CPU time.
 
     python bench/probes/wake_cost.py [--rounds 20000]
 
-Why it exists: on the shared-memory lockstep (protocols/shm_lockstep.py) the env server writes one
+Why it exists: on the shared-memory lockstep (protocols/net/shm_lockstep.py) the env server writes one
 such byte per client per step and each client one per action; what a wake-up costs bounds what
 any design with a wake-up per client can save (bench/PROFILE.md, round 11). Measured 2026-11-27
 ~01:55 and 02:15 UTC on the 2-core development machine (a Firecracker VM): 0.3–0.7 µs with

@@ -49,7 +49,7 @@ source of truth for the reward. What an agent observes (`view`):
   touches, and each cooperative goal pairing that landmark with one another agent touches at the
   same step. A landmark another agent touches while this one touches none (or touches the same
   one), and a pair two other agents achieve, are outside its view: it learns of them only if its
-  partners tell it (`protocols/hindsight.py`), so a partner's hindsight report carries news. An
+  partners tell it (`protocols/engines/hindsight.py`), so a partner's hindsight report carries news. An
   agent takes part in every cooperative goal it can be rewarded for, so a cooperative goal pays
   the same under both views (the view changes what HER can relabel with, not what the agent is
   paid); an individual goal pays under `"local"` only when the agent touches the landmark itself.
@@ -59,7 +59,7 @@ source of truth for the reward. What an agent observes (`view`):
   cannot tell from it whether any cooperative goal was achieved, so it cannot compute its own
   reward: the env pays it (`assign_goals`, below), as the reference's env pays its agents. What
   the joint state achieved, the cooperative goals included, an agent learns only from its
-  partners' reports (`protocols/goal_space.py` `complete_events` rebuilds the pairs from the
+  partners' reports (`protocols/goal_spaces/goal_space.py` `complete_events` rebuilds the pairs from the
   landmarks every partner reports touching at the same step). This is the setting in which
   hindsight sharing is what turns a cooperative goal achieved by accident into training signal
   (ALGORITHMS.md section 2, "Hindsight").
@@ -125,9 +125,9 @@ from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
 from env_server.envs.arguments import SpacesPerAgent, check_seed, checked_moves, require_int
-# The goal indices and the reward live in protocols/goal_space.py (the agents compute their goal
+# The goal indices and the reward live in protocols/goal_spaces/goal_space.py (the agents compute their goal
 # rewards with the same function, and agent_node never imports env_server); re-exported here.
-from protocols.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
+from protocols.goal_spaces.goal_space import BETA, cooperative_goals, goal_reward, goal_table, individual_goals, num_goals  # noqa: F401
 
 VIEWS = ("joint", "local", "own")  # what `infos[agent]["achieved_goals"]` holds; see the module documentation
 

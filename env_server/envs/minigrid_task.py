@@ -22,7 +22,7 @@ protocol needs nothing more, since each agent's teacher is its own (agent_node/a
 
 Fully observed, as the paper's agents see it (not MiniGrid's default 7x7 partial view). The grid
 (`width x height`) is padded with empty codes to `S x S`, `S = max(width, height)`, and every
-agent observes (the layout of `protocols/cell_space.py`, which the teacher reads back):
+agent observes (the layout of `protocols/goal_spaces/cell_space.py`, which the teacher reads back):
 
 - its cell `(row, col) / (S - 1)` (row = MiniGrid's y, col = its x);
 - its direction, one-hot over MiniGrid's 4 (right, down, left, up);
@@ -31,7 +31,7 @@ agent observes (the layout of `protocols/cell_space.py`, which the teacher reads
   own cell coded as the agent (as MiniGrid's `FullyObsWrapper` does).
 
 `infos[agent]["cell"]` is the agent's cell `row * S + col` every step (the cells AMIGo's teacher
-proposes, numbered as in `protocols/cell_space.py`).
+proposes, numbered as in `protocols/goal_spaces/cell_space.py`).
 
 ## Arguments
 
@@ -65,7 +65,7 @@ from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
 from env_server.envs.arguments import SpacesPerAgent, check_seed, require_int
-from protocols.cell_space import GRID_CODE_SCALE, cell_index, grid_observation_size
+from protocols.goal_spaces.cell_space import GRID_CODE_SCALE, cell_index, grid_observation_size
 from protocols.seeds import derive_seed
 
 AGENT_CODE = 10  # MiniGrid's OBJECT_TO_IDX["agent"]

@@ -13,7 +13,7 @@
 A small grid for AMIGo's teacher (ALGORITHMS.md section 3; Campero et al., arXiv 2006.12122):
 the goals the teacher proposes are cells, so the environment reports, every step, which cell each
 agent stands on (`infos[agent]["cell"]`, an int64 index `row * size + col`, numbered as in
-`protocols/cell_space.py`). It knows nothing of goals: the agents compute their goal rewards
+`protocols/goal_spaces/cell_space.py`). It knows nothing of goals: the agents compute their goal rewards
 themselves, as on goal_lines.
 
 ## Room
@@ -53,7 +53,7 @@ from gymnasium.spaces import Box, Discrete
 from pettingzoo import ParallelEnv
 
 from env_server.envs.arguments import SpacesPerAgent, check_seed, checked_moves, require_int
-from protocols.cell_space import cell_index
+from protocols.goal_spaces.cell_space import cell_index
 
 MOVES = np.array([(0, 0), (-1, 0), (1, 0), (0, -1), (0, 1)], dtype=np.int64)  # stay, up, down, left, right
 

@@ -42,7 +42,7 @@ except ImportError:  # the optional extra is not installed
 from orchestrator.backends import BackendUnavailable
 from orchestrator.backends.ray_config import placement_bundles
 from orchestrator.backends.shipping import extract_replacing, shipped_files
-from protocols.settings import node_ids as run_node_ids
+from protocols.run.settings import node_ids as run_node_ids
 
 # Longest wait for the cluster to grant the placement group (calls to the runners: launch.ray.call_timeout_s).
 PLACEMENT_TIMEOUT_S = 60.0

@@ -5,7 +5,7 @@ Several nodes of a run may share a machine and so one run directory there: each 
 are unpacked into it while the nodes started before read theirs. Writing a file in place
 (`tarfile.extractall`, or `tar -x`, which unlinks and rewrites) lets such a node read it empty or
 half written (a Ray run across namespaces once read an empty resolved.yaml). So every file is
-written beside its place and renamed over it (`protocols.files.atomic_write`): a reader
+written beside its place and renamed over it (`protocols.storage.files.atomic_write`): a reader
 sees the old file or the new one, never a part.
 
 The ray backend calls `extract_replacing` in its runner; the ssh backend runs this module on the
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import yaml
 
-from protocols.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME, PUBLIC_KEYS_FILENAME, RUN_KEYS_FILENAME
-from protocols.files import atomic_write
-from protocols.settings import RunLayout
+from protocols.net.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME, PUBLIC_KEYS_FILENAME, RUN_KEYS_FILENAME
+from protocols.storage.files import atomic_write
+from protocols.run.settings import RunLayout
 
 
 def shipped_config(local_run_dir: Path, remote_run_dir: str) -> bytes:

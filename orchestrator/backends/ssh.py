@@ -38,8 +38,8 @@ from pathlib import Path
 
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.shipping import shipped_config, shipped_files
-from protocols.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME
-from protocols.settings import RunLayout
+from protocols.net.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME
+from protocols.run.settings import RunLayout
 
 CONNECT_TIMEOUT_S = 5
 ALIVE_INTERVAL_S = 2

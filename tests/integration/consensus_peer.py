@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from protocols.consensus import ConsensusRequest, ConsensusShare, SyncConsensus
-from protocols.topology import metropolis_weights, ring
-from protocols.transport import Hub
+from protocols.engines.consensus import ConsensusRequest, ConsensusShare, SyncConsensus
+from protocols.engines.topology import metropolis_weights, ring
+from protocols.net.transport import Hub
 
 
 def main() -> None:

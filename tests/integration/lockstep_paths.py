@@ -1,6 +1,6 @@
 """The two paths of the lockstep's bodies, for tests that run an env server with bare clients:
 `zmq` (msgpack bodies over the socket, what these tests always sent) and `shm` (packed bodies
-through a shared-memory segment, protocols/shm_lockstep.py). The `lockstep_transport` fixture
+through a shared-memory segment, protocols/net/shm_lockstep.py). The `lockstep_transport` fixture
 (tests/conftest.py) runs a test once per path; the server is started with `--transport` of the
 same name, so an shm test cannot pass over zmq (the server refuses a client it cannot give
 shared memory).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent_node.env_client import EnvClient, use_lockstep_transport
-from protocols import messages as m
+from protocols.codec import messages as m
 
 TRANSPORTS = ("zmq", "shm")
 

@@ -1,12 +1,12 @@
 """A centralized run (configs/tiny_qmix.yaml, a `learner` node) survives restarts.
 
 - an agent restarted mid-run is heard by the learner again (its DEALER connects under a routing
-  id of its new incarnation: protocols/transport.py, incarnation_routing_id) and gets parameters
+  id of its new incarnation: protocols/net/transport.py, incarnation_routing_id) and gets parameters
   again;
 - the learner node killed mid-run, restarted by the restart policy, restores its checkpoint
   (networks, optimizer, gradient step counter, joint replay) and trains on from it; the agents,
   held while too many of their rows were unacknowledged, join it again and are acknowledged
-  (protocols/ctde.py, flow control).
+  (protocols/codec/ctde.py, flow control).
 
 Both runs must finish their budget with exit 0: before these fixes, each stalled (every agent
 held its observations for good and the lockstep crawled at one step per `env.step_deadline_s`).

@@ -86,7 +86,7 @@ def test_offline_cql_from_a_recorded_run_then_evaluated_by_orchestrate_up(tmp_pa
 
 
 def test_offline_learner_in_a_learning_run_is_refused():
-    from protocols.config_errors import ConfigError
+    from protocols.run.config_errors import ConfigError
     from orchestrator.config import load_config
 
     with pytest.raises(ConfigError, match="trains from a dataset"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocols.durable_state import EXIT_DAMAGED_STATE
+from protocols.storage.durable_state import EXIT_DAMAGED_STATE
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
 
 # Whole runs of 20-40 s each: `make test-long` (CI runs it after `make test`).

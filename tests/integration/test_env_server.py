@@ -10,8 +10,8 @@ import pytest
 from pettingzoo.test import parallel_api_test
 
 from agent_node.remote_env import RemoteEnvError, RemoteParallelEnv
-from protocols import messages as m
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.net.transport import Hub
 from tests.integration.lockstep_paths import LockstepClient, env_client
 from tests.integration.remote_envs import seed_test_through_the_proxy
 

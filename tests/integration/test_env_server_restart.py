@@ -70,7 +70,7 @@ def test_the_env_server_restarts_twice_and_the_run_resumes_where_it_stopped(tmp_
     fault_times = [next(e["t"] for e in events if e["event"] == "fault"), crashed_at]
     env_log = (run_dir / "nodes" / "env" / "log").read_text()
     assert f"resumed at step {first_step} (incarnation 1" in env_log and f"resumed at step {second_step} (incarnation 2" in env_log
-    # Every agent's lockstep bodies are packed (protocols/packed.py), and again after each rejoin.
+    # Every agent's lockstep bodies are packed (protocols/codec/packed.py), and again after each rejoin.
     for agent in AGENTS:
         assert env_log.count(f"client {agent}: lockstep bodies packed") == 3, agent
 

@@ -15,8 +15,8 @@ from env_server.registry import make_env
 from env_server.resume import ResumeFile, ResumePoint
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
-from protocols import messages as m
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.net.transport import Hub
 from tests.integration.lockstep_paths import env_client, take_welcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -26,7 +26,7 @@ def test_split_copies_shares_them_out_server_first():
 def test_split_copies_step_exactly_like_one_process(autoreset):
     plain = VectorizedParallelEnv(factory, 5, autoreset=autoreset)
     split = SplitVectorEnv(factory, 5, autoreset=autoreset, num_workers=2)
-    # The worker's step requests and results travel packed (protocols/packed.py).
+    # The worker's step requests and results travel packed (protocols/codec/packed.py).
     assert [channel.packed_peers for channel in split._channels] == [{None}]
     try:
         rng = np.random.default_rng(0)

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from protocols import messages as m
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.net.transport import Hub
 from tests.integration.lockstep_paths import LockstepClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

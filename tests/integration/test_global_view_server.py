@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from protocols import messages as m
-from protocols.spaces import decode_space
+from protocols.codec import messages as m
+from protocols.codec.spaces import decode_space
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -294,7 +294,7 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
     import torch
 
     from agent_node.persistence import load_checkpoint
-    from protocols.files import read_sealed
+    from protocols.storage.files import read_sealed
     from tests.conftest import load_bench
 
     episodes = 40

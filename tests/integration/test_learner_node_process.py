@@ -16,7 +16,7 @@ import numpy as np
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent
-from protocols.ctde import CTDEParams, CTDETransitions
+from protocols.codec.ctde import CTDEParams, CTDETransitions
 from tests.conftest import read_line_with_deadline
 
 

@@ -142,7 +142,7 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
         assert (node_dir / "checkpoints" / "latest.pt").is_file()
         assert (node_dir / "replay" / "buffer.npz").is_file()
         assert "state running -> draining" in (node_dir / "log").read_text()
-        # The lockstep's bodies went the way env.transport says (protocols/shm_lockstep.py).
+        # The lockstep's bodies went the way env.transport says (protocols/net/shm_lockstep.py).
         assert f"lockstep bodies: {'shm' if transport == 'shm' else 'zmq packed'}" in (node_dir / "log").read_text()
         assert list((run_dir / "tb" / agent).glob("events.out.tfevents.*")), "TensorBoard event file"
     env_rows = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]

@@ -120,7 +120,7 @@ def test_the_api_launches_a_run_and_follows_its_metrics(tmp_path, monkeypatch):
 
 def test_launch_refuses_a_bad_plugin_before_making_a_run_dir(tmp_path):
     from orchestrator import api
-    from protocols.config_errors import ConfigError
+    from protocols.run.config_errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"agents.learner.kind: 'no_such_package:Learner': cannot import module"):
         api.launch(REPO / "configs" / "tiny_ring.yaml", ["agents.learner.kind=no_such_package:Learner"],

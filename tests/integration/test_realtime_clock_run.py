@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols import messages as m
+from protocols.codec import messages as m
 from tests.integration.lockstep_paths import LockstepClient
 from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import zmq
 
-from protocols import messages as m
-from protocols import wire
-from protocols.consensus import ConsensusShare
+from protocols.codec import messages as m
+from protocols.codec import wire
+from protocols.engines.consensus import ConsensusShare
 from tests.conftest import REPO
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
 
@@ -361,7 +361,7 @@ def test_a_node_under_a_flood_of_forged_messages_logs_them_within_its_5_s_window
     200 identities (a new one per connection) while the run goes: every drop is in its log once
     its 5 s window is over (not at exit: a learner reads behind its agents' transitions and must
     still flush), in 7 lines rather than 200 (the rate limit is per node, not per identity), and in
-    its `security/*` metrics while the run goes on. The same accounting (protocols/auth.py,
+    its `security/*` metrics while the run goes on. The same accounting (protocols/net/auth.py,
     Hub.flush_logs, Hub.link_metrics) at every such node."""
     run_dir = tmp_path / "run"
     process = orchestrate("up", config, "--run-dir", str(run_dir), "--set", "run.steps=1000000")

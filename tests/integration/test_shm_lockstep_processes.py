@@ -1,4 +1,4 @@
-"""The shared-memory lockstep path on real processes (protocols/shm_lockstep.py): nothing is left
+"""The shared-memory lockstep path on real processes (protocols/net/shm_lockstep.py): nothing is left
 in /dev/shm after a kill -9 of the server or of an agent, a client that falls behind still gets
 every observation in order, and `env.transport: shm` refuses what it cannot serve, naming why."""
 
@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from protocols import messages as m
-from protocols.shm_lockstep import SHM_DIR
+from protocols.codec import messages as m
+from protocols.net.shm_lockstep import SHM_DIR
 from tests.conftest import REPO, read_line_with_deadline
 from tests.integration.test_env_server import Client
 

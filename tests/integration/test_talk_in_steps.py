@@ -5,7 +5,7 @@ with peer links that delay every message by 3 env steps and lose 20% of them.
   gradient step per look at the sockets, jittered env links): the same metrics row for row,
   landmark agreements, hindsight and policy averages included, and the same checkpoints.
 - The first landmark agreement of every agent is what the deterministic simulator
-  (protocols/netsim.py `StepNetwork`) decides for the same seeded links: the simulator and a real
+  (protocols/sim/netsim.py `StepNetwork`) decides for the same seeded links: the simulator and a real
   run agree on what each message's link did.
 - Nothing held the env: no agent's action was defaulted (`env/default_actions/*` 0).
 """
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from orchestrator.report import summarize_run
-from protocols.flooding import FloodEngine, FloodRequest
-from protocols.links import LinkConfig
-from protocols.netsim import StepNetwork
+from protocols.engines.flooding import FloodEngine, FloodRequest
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import StepNetwork
 from tests.integration.test_reproducible_runs import (
     PATIENT, PERTURBED, assert_same_state, busy_loop_on_one_core, checkpoint, run_config, seeded_rows,
 )

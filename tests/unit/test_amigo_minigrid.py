@@ -14,7 +14,7 @@ from agent_node.amigo.config import AmigoSettings
 from agent_node.amigo.network_teacher import NetworkTeacher
 from agent_node.amigo.teacher import Curriculum, advance_difficulty
 from agent_node.goals.config import GoalsConfig, goal_run_problems
-from protocols.cell_space import GRID_HEADER, cell_of_observation, grid_observation_size, grid_of_observation
+from protocols.goal_spaces.cell_space import GRID_HEADER, cell_of_observation, grid_observation_size, grid_of_observation
 
 SIZE = 5
 

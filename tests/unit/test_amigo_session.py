@@ -18,8 +18,8 @@ from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells
 from agent_node.goals.config import GoalsConfig, goal_run_problems
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
-from protocols import messages as m
-from protocols.cell_space import cell_features, cell_index, manhattan
+from protocols.codec import messages as m
+from protocols.goal_spaces.cell_space import cell_features, cell_index, manhattan
 
 SIZE, T_MAX = 5, 20
 

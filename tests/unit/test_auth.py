@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import zmq
 
-from protocols import messages as m
-from protocols import wire
-from protocols.auth import (
+from protocols.codec import messages as m
+from protocols.codec import wire
+from protocols.net.auth import (
     BadInputLog,
     KeyFileError,
     MIB,
@@ -25,9 +25,9 @@ from protocols.auth import (
     node_signing_key,
     signing_keys,
 )
-from protocols.consensus import ConsensusShare, PushSumConsensus, PushSumShare, SyncConsensus
-from protocols.errors import SignatureError
-from protocols.transport import Hub, generate_run_keys, handshake_failure_reason
+from protocols.engines.consensus import ConsensusShare, PushSumConsensus, PushSumShare, SyncConsensus
+from protocols.codec.errors import SignatureError
+from protocols.net.transport import Hub, generate_run_keys, handshake_failure_reason
 
 NODES = ["env", "agent_0", "agent_1", "orchestrator"]
 
@@ -271,7 +271,7 @@ def test_ten_thousand_made_up_senders_leave_the_receiver_s_memory_flat(keys_dir,
             list(inbox.recv_all())
         assert inbox.stats.dropped_invalid == dropped + count and inbox.stats.received == 0
 
-    with caplog.at_level(logging.WARNING, logger="protocols.transport"):
+    with caplog.at_level(logging.WARNING, logger="protocols.net.transport"):
         # As many messages claiming one name first: zmq's queues and the heap reach their peak
         # for this traffic, so what grows afterwards is what the names cost.
         send_and_drain(10_000, distinct=False)
@@ -471,7 +471,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from protocols import PROTOCOL_VERSION  # noqa: E402
-from protocols.errors import ProtocolError  # noqa: E402
+from protocols.codec.errors import ProtocolError  # noqa: E402
 
 FUZZ_KEYS = {node: node_signing_key(b"r" * 32, node) for node in ("agent_0", "agent_1", "env")}
 FUZZ_MESSAGES = [
@@ -568,7 +568,7 @@ def test_tcp_refused_handshakes_are_counted_per_socket_and_logged_in_aggregate(k
     context = zmq.Context()
     strangers = []
     try:
-        with caplog.at_level(logging.WARNING, logger="protocols.transport"):
+        with caplog.at_level(logging.WARNING, logger="protocols.net.transport"):
             for _ in range(20):  # keys of their own, and the run's server key: unknown to the ZAP handler
                 socket = context.socket(zmq.DEALER)
                 socket.setsockopt(zmq.LINGER, 0)

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from env_server.barrier import DefaultActions, LockstepBarrier, Refused
 from env_server.evaluation import EvaluationSchedule
 from env_server.vector import BatchedStep
-from protocols import messages as m
+from protocols.codec import messages as m
 
 AGENTS = ["a0", "a1", "a2"]
 K = 2

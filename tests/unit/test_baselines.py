@@ -14,8 +14,8 @@ from env_server.registry import make_env
 from env_server.vector import VectorizedParallelEnv
 from orchestrator.config import load_config, with_nodes, with_runtime, write_resolved
 from orchestrator.evaluate import evaluation_config, mean_return_per_agent, random_baseline
-from protocols.node_config import load_node_config
-from protocols.settings import ENV_NODE_ID, RunLayout
+from protocols.run.node_config import load_node_config
+from protocols.run.settings import ENV_NODE_ID, RunLayout
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_ring.yaml"
 KWARGS = {"N": 2, "max_cycles": 5}

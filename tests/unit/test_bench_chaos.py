@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench.chaos import KINDS, ChaosFault, check_memory, draw_plan, load_plan, overrides_of, plan_yaml, plant_dir
 from orchestrator.config import load_config
-from protocols.simplan import shrink_plan
+from protocols.sim.simplan import shrink_plan
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "4agents_ring.yaml"
 

@@ -1,4 +1,4 @@
-"""What neighbours give a newcomer (protocols/bootstrap.py): one request to the live neighbours,
+"""What neighbours give a newcomer (protocols/engines/bootstrap.py): one request to the live neighbours,
 the mean of the shares that come back by the deadline, and the neighbour's side, on the wire."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocols import wire
-from protocols.bootstrap import BootstrapRequest, BootstrapShare, NewcomerBootstrap, answer
+from protocols.codec import wire
+from protocols.engines.bootstrap import BootstrapRequest, BootstrapShare, NewcomerBootstrap, answer
 
 
 def share(value: float, joined_at: int = 40) -> BootstrapShare:

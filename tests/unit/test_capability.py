@@ -16,8 +16,8 @@ from agent_node.algos.dqn import DQNAgent
 from agent_node.capability import PEERS, Capability, dispatch_table, load_capabilities, load_entry_point
 from agent_node.registry import builtin_descriptions
 from agent_node.persistence import NodePersistence, load_checkpoint
-from protocols import messages as m
-from protocols.flooding import FloodTable
+from protocols.codec import messages as m
+from protocols.engines.flooding import FloodTable
 
 
 def small_agent(seed: int) -> DQNAgent:
@@ -100,7 +100,7 @@ def test_a_capabilitys_state_rides_in_the_checkpoint_and_only_when_it_has_one(tm
 def forget_the_example_message():
     """The example registers `gossip.best_return` in the process-wide message table; take it out
     afterwards, or later tests (the generated message reference) would find a stranger in it."""
-    from protocols.messages import MESSAGE_TYPES
+    from protocols.codec.messages import MESSAGE_TYPES
 
     yield
     MESSAGE_TYPES.pop("gossip.best_return", None)
@@ -111,8 +111,8 @@ def test_the_example_in_the_interfaces_docstring_works(forget_the_example_messag
     import textwrap
 
     import agent_node.capability as capability_module
-    from protocols.settings import agent_node_ids
-    from protocols.topology import TopologyConfig, build_topology
+    from protocols.run.settings import agent_node_ids
+    from protocols.engines.topology import TopologyConfig, build_topology
 
     doc = capability_module.__doc__
     code = doc[doc.index("    from dataclasses import dataclass"):doc.index("The description (agent_node/registry.py)")]

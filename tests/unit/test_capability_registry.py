@@ -23,7 +23,7 @@ from agent_node.capability import load_capabilities, load_entry_point
 from agent_node.registry import CAPABILITIES, BUILTIN_DESCRIPTIONS, builtin_descriptions, extra_nodes, node_builds
 from orchestrator import report
 from orchestrator.config import load_config
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "parley_ippo"

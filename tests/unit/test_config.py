@@ -21,7 +21,7 @@ from orchestrator.config import (
     with_nodes,
     write_resolved,
 )
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from orchestrator.overrides import apply_overrides, parse_override
 from protocols.seeds import derive_seed
 

@@ -1,12 +1,12 @@
-"""The consensus conformance sheet at small sizes (protocols/conformance.py; the full sheet is
+"""The consensus conformance sheet at small sizes (protocols/sim/conformance.py; the full sheet is
 bench/conformance.py): contraction against lambda_2, the one-peer schedule, push-sum's weight."""
 
 from __future__ import annotations
 
 import pytest
 
-from protocols.conformance import contraction, one_peer_schedule, push_sum_weight_drift
-from protocols.topology import exponential, grid, random_regular, ring, small_world
+from protocols.sim.conformance import contraction, one_peer_schedule, push_sum_weight_drift
+from protocols.engines.topology import exponential, grid, random_regular, ring, small_world
 
 SMALL = {
     "ring": lambda: ring(16),

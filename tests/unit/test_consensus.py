@@ -9,7 +9,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from protocols.consensus import (
+from protocols.engines.consensus import (
     ConsensusDone,
     ConsensusConfig,
     ConsensusRequest,
@@ -21,11 +21,11 @@ from protocols.consensus import (
     rounds_predicted_by_spectrum,
     rounds_to_tolerance,
 )
-from protocols import wire
-from protocols.links import LinkConfig
-from protocols.messages import MESSAGE_TYPES
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.topology import (
+from protocols.codec import wire
+from protocols.net.links import LinkConfig
+from protocols.codec.messages import MESSAGE_TYPES
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.topology import (
     Topology,
     exponential,
     grid,
@@ -517,7 +517,7 @@ def test_rounds_to_tolerance_matches_the_spectral_worst_case(topology, expected_
 
 
 def test_both_engines_implement_the_engine_interface_and_summarize_a_run():
-    from protocols.engine import Engine
+    from protocols.engines.engine import Engine
 
     topology = ring(4)
     initial = random_tensors(4, seed=3)
@@ -615,7 +615,7 @@ def test_a_neighbour_that_began_a_newer_run_is_not_waited_for_in_this_one():
 
 
 def test_a_round_mixes_into_reused_buffers_bitwise_as_the_allocating_form_and_shares_without_copies():
-    from protocols.consensus import _RoundScratch
+    from protocols.engines.consensus import _RoundScratch
 
     rng = np.random.default_rng(0)
     own, left, right = (rng.standard_normal(1_000, dtype=np.float32) for _ in range(3))
@@ -648,7 +648,7 @@ def test_a_round_mixes_into_reused_buffers_bitwise_as_the_allocating_form_and_sh
 def test_the_finiteness_check_agrees_with_numpy_on_every_size_and_dtype():
     # `_all_finite` loops in Python over small tensors and reduces large ones: both paths must
     # say what `np.isfinite(...).all()` says, overflowing sums and extended precision included.
-    from protocols.consensus import _all_finite
+    from protocols.engines.consensus import _all_finite
 
     cases = [np.zeros(0), np.array(2.0), np.array([1.0, np.nan]), np.array([np.inf, 1.0]), np.array([1e308, 1e308]),
              np.zeros((2, 3)), np.array([np.nan], dtype=np.float32), np.array([6e4, 6e4], dtype=np.float16),

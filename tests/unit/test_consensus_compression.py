@@ -8,13 +8,13 @@ import numpy as np
 import pydantic
 import pytest
 
-from protocols import wire
-from protocols.compression import Compression, CompressedTensors, ErrorFeedback, decode, encode
-from protocols.consensus import (ConsensusConfig, ConsensusRequest, ConsensusShare, PushSumConsensus, PushSumShare,
+from protocols.codec import wire
+from protocols.engines.compression import Compression, CompressedTensors, ErrorFeedback, decode, encode
+from protocols.engines.consensus import (ConsensusConfig, ConsensusRequest, ConsensusShare, PushSumConsensus, PushSumShare,
                                  SyncConsensus, build_consensus_engine)
-from protocols.links import LinkConfig
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.topology import Topology, metropolis_weights, ring
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.topology import Topology, metropolis_weights, ring
 
 CODECS = [Compression("fp16"), Compression("int8"), Compression("topk", 0.1), Compression("topk", 0.01)]
 CODEC_IDS = ["fp16", "int8", "topk0.1", "topk0.01"]

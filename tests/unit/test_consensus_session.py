@@ -7,10 +7,10 @@ import pytest
 
 from agent_node.consensus.session import ConsensusSession
 from agent_node.consensus.subjects import PolicyParameters
-from protocols import messages as m
-from protocols.consensus import SyncConsensus
-from protocols.links import LinkConfig
-from protocols.netsim import StepNetwork
+from protocols.codec import messages as m
+from protocols.engines.consensus import SyncConsensus
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import StepNetwork
 
 
 class RecordingSubject:

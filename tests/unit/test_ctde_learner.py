@@ -13,8 +13,8 @@ from agent_node.algos.config import DQNConfig, MixerConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.algos.mixers import CentralizedMixerLearner
 from agent_node.ctde.learner import CentralizedLearnerCore, JointRowAssembler
-from protocols import wire
-from protocols.ctde import CTDEParams, CTDETransitions
+from protocols.codec import wire
+from protocols.codec.ctde import CTDEParams, CTDETransitions
 
 torch.set_num_threads(1)
 

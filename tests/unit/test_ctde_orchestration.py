@@ -20,9 +20,9 @@ from agent_node.ctde.config import learner_schedule, mixer_config
 from orchestrator.config import derive_nodes, load_config, load_resolved
 from orchestrator.plan import build_plan
 from orchestrator.rundir import prepare_run
-from protocols.config_errors import ConfigError
-from protocols.ctde import CTDEJoin, CTDEParams, CTDETransitions
-from protocols.spaces import encode_space
+from protocols.run.config_errors import ConfigError
+from protocols.codec.ctde import CTDEJoin, CTDEParams, CTDETransitions
+from protocols.codec.spaces import encode_space
 
 ROOT = Path(__file__).resolve().parents[2]
 QMIX = ROOT / "configs" / "tiny_qmix.yaml"
@@ -95,7 +95,7 @@ def test_the_plan_launches_the_learner_node_with_its_own_threads(tmp_path):
     assert learner.argv[1:3] == ("-m", "agent_node.ctde.learner_node") and learner.argv[0] == sys.executable
     assert learner.argv[3:] == ("--config", str(run_dir / "resolved.yaml"), "--node-id", "learner", "--control", plan.control_endpoint)
     assert learner.env["OMP_NUM_THREADS"] == "2" and plan.node("agent_0").env["OMP_NUM_THREADS"] == "1"
-    from protocols.auth import load_node_keys
+    from protocols.net.auth import load_node_keys
 
     assert load_node_keys(resolved.runtime.keys_dir, "learner") is not None  # the learner signs and verifies like any node
     assert load_resolved(run_dir / "resolved.yaml").nodes["learner"].role == "learner"
@@ -340,7 +340,7 @@ def test_a_learner_checkpoint_for_another_agent_count_is_refused_naming_both(tmp
 
 def test_a_restarted_learner_falls_back_past_a_damaged_checkpoint_and_replay_to_the_older_generation(tmp_path):
     from agent_node.ctde.learner_node import LearnerPersistence
-    from protocols.durable_state import DamagedStateError
+    from protocols.storage.durable_state import DamagedStateError
 
     def persistence(**kwargs) -> LearnerPersistence:
         return LearnerPersistence(tmp_path, checkpoint_every_steps=5, replay_save_every_steps=5, keep_generations=2, **kwargs)

@@ -220,9 +220,9 @@ def test_a_recording_node_takes_the_env_kwargs_from_the_servers_welcome(tmp_path
     """The manifest's env kwargs travel in the welcome (the server's typed env section), not
     from a second, untyped read of resolved.yaml by the agent node."""
     from agent_node.offline.recording import DATASET_DIRNAME, TransitionRecorder
-    from protocols import messages as m
-    from protocols import wire
-    from protocols.spaces import encode_space
+    from protocols.codec import messages as m
+    from protocols.codec import wire
+    from protocols.codec.spaces import encode_space
 
     sent = m.EnvWelcome(
         env_name="mpe2.simple_spread_v3", num_copies=2, agents=["agent_0"], possible_agents=["agent_0", "agent_1"],
@@ -244,9 +244,9 @@ def test_env_kwargs_with_int_keys_reach_the_client_with_string_keys():
     only string map keys, so an unconverted welcome was dropped by every agent as malformed and
     the run timed out at start-up (seen with configs/transfer_pursuit.yaml)."""
     from env_server.server import _string_keys
-    from protocols import messages as m
-    from protocols import wire
-    from protocols.spaces import encode_space
+    from protocols.codec import messages as m
+    from protocols.codec import wire
+    from protocols.codec.spaces import encode_space
 
     kwargs = {"counts": [2, 4], "per_count_kwargs": {2: {"n_evaders": 8}, 4: {"n_evaders": 15}}}
 
@@ -284,7 +284,7 @@ def test_a_damaged_chunk_is_refused_naming_it_and_a_writer_never_appends_after_i
         MultiAgentDataset(tmp_path).arrays("agent_0")
     assert isinstance(refused.value, DatasetError)  # the offline trainer's one-line refusal
     # A recording node restarted over it stops (DamagedStateError: exit 3), writing nothing.
-    from protocols.durable_state import DamagedStateError
+    from protocols.storage.durable_state import DamagedStateError
 
     with pytest.raises(DamagedStateError, match="chunk-000001.npz"):
         DatasetWriter(tmp_path, spec(), chunk_rows=2)

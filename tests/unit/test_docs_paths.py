@@ -95,7 +95,7 @@ def test_every_path_a_docstring_names_exists() -> None:
 def test_the_checker_finds_stale_names_and_passes_live_ones(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     text = (
-        "`agent_node/persistence.py` and protocols/files.py:40, `configs/*.yaml`, `python -m orchestrator.cli`,\n"
+        "`agent_node/persistence.py` and protocols/storage/files.py:40, `configs/*.yaml`, `python -m orchestrator.cli`,\n"
         "subjects.py, odmar.py line 917, resolved.yaml;\n"
         "stale: `agent_node/landmarks.py`, (configs/nowhere.yaml), `python -m agent_node.shared_policy`,\n"
         "consensus_subjects.py, training_config.py\n"
@@ -105,7 +105,7 @@ def test_the_checker_finds_stale_names_and_passes_live_ones(tmp_path: Path) -> N
         "consensus_subjects.py", "training_config.py",
     ]
     source = tmp_path / "module.py"
-    source.write_text('"""See agent_node/datasets.py."""\n\ndef f():\n    """Uses protocols/wire.py."""\n')
+    source.write_text('"""See agent_node/datasets.py."""\n\ndef f():\n    """Uses protocols/codec/wire.py."""\n')
     assert missing_names(docstrings(source), source) == ["agent_node/datasets.py"]
 
 

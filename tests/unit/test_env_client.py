@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from agent_node.env_client import EnvClient, EnvProtocolError, EnvRefused
-from protocols import messages as m
-from protocols.spaces import encode_space
+from protocols.codec import messages as m
+from protocols.codec.spaces import encode_space
 
 BOX = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 DISCRETE = gym.spaces.Discrete(5)

@@ -11,8 +11,8 @@ import zlib
 import pytest
 
 from env_server.resume import SLOT_BYTES, ResumeFile, ResumePoint
-from protocols.durable_state import DamagedStateError
-from protocols.jsonlines import FileWriteError
+from protocols.storage.durable_state import DamagedStateError
+from protocols.storage.jsonlines import FileWriteError
 
 
 def saved_file(path, points) -> bytearray:

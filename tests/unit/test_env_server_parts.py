@@ -13,7 +13,7 @@ from env_server.part import ServerPart, dispatch_table
 from env_server.registry import make_env
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
-from protocols import messages as m
+from protocols.codec import messages as m
 
 
 def test_a_message_type_claimed_twice_is_an_error_naming_both():

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.config import load_config
 from orchestrator.evaluate import evaluation_config, format_returns, next_evaluation_dir, read_episode_returns, summary
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_ring.yaml"

@@ -10,11 +10,11 @@ import pytest
 
 from orchestrator.config import EXECUTED_FAULTS, REFUSED_FAULTS, FaultEvent, load_config
 from orchestrator.faults import FaultClock, plan_faults, refused_faults
-from protocols import messages as m
-from protocols import wire
-from protocols.config_errors import ConfigError
-from protocols.errors import FieldError
-from protocols.links import LinkConfig
+from protocols.codec import messages as m
+from protocols.codec import wire
+from protocols.run.config_errors import ConfigError
+from protocols.codec.errors import FieldError
+from protocols.net.links import LinkConfig
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_ring.yaml"
 

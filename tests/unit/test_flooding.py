@@ -1,4 +1,4 @@
-"""Flooding (protocols/flooding.py) and the landmark assignment built on it (agent_node/landmarks/session.py),
+"""Flooding (protocols/engines/flooding.py) and the landmark assignment built on it (agent_node/landmarks/session.py),
 driven by hand and through the deterministic simulator, with and without loss."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from agent_node.landmarks.session import assign
-from protocols import wire
-from protocols.flooding import FloodEngine, FloodRequest, FloodTable
-from protocols.links import LinkConfig
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.topology import Topology, grid, ring
+from protocols.codec import wire
+from protocols.engines.flooding import FloodEngine, FloodRequest, FloodTable
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.topology import Topology, grid, ring
 
 
 def flood(topology: Topology, values: dict[str, np.ndarray], *, link: LinkConfig, seed: int,

@@ -14,12 +14,12 @@ from agent_node.goals.session import STAY, GoalSession, build_goal_session
 from agent_node.goals.modules import LearningProgressGoals, NegotiatedGoals, SupervisorAssignment, UniformGoals
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
-from protocols import messages as m
-from protocols.goal_space import goal_reward
-from protocols.hindsight import HindsightEngine, HindsightReport
-from protocols.negotiation import NegotiationEngine
-from protocols.supervision import GoalAssignment, SupervisionEngine
-from protocols.topology import full, ring
+from protocols.codec import messages as m
+from protocols.goal_spaces.goal_space import goal_reward
+from protocols.engines.hindsight import HindsightEngine, HindsightReport
+from protocols.engines.negotiation import NegotiationEngine
+from protocols.engines.supervision import GoalAssignment, SupervisionEngine
+from protocols.engines.topology import full, ring
 
 L = 3  # goals 0..2 individual, 3 = (0,1), 4 = (0,2), 5 = (1,2)
 COOPERATIVE = [3, 4, 5]
@@ -566,7 +566,7 @@ def test_goals_section_refuses_what_is_not_implemented():
 
 def test_the_goal_learner_and_the_goals_section_go_together():
     from orchestrator.config import load_config
-    from protocols.config_errors import ConfigError
+    from protocols.run.config_errors import ConfigError
     from tests.conftest import REPO
 
     goals = REPO / "configs" / "goals_supervisor.yaml"

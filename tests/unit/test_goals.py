@@ -20,7 +20,7 @@ from agent_node.goals.modules import (
     UniformGoals,
 )
 from env_server.envs.goal_lines import cooperative_goals, num_goals
-from protocols.negotiation import NegotiationEngine
+from protocols.engines.negotiation import NegotiationEngine
 from tests.conftest import through_a_checkpoint
 
 

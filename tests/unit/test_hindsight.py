@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from env_server.envs.goal_lines import goal_reward
-from protocols import wire
-from protocols.hindsight import (
+from protocols.codec import wire
+from protocols.engines.hindsight import (
     HindsightEngine,
     HindsightReport,
     HindsightRequest,
@@ -16,9 +16,9 @@ from protocols.hindsight import (
     achieved_after_each_step,
     relabel_episode,
 )
-from protocols.links import LinkConfig
-from protocols.messages import MESSAGE_TYPES
-from protocols.netsim import NetworkSimulator, same_link_everywhere
+from protocols.net.links import LinkConfig
+from protocols.codec.messages import MESSAGE_TYPES
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
 
 L = 3  # goals 0,1,2 individual; 3=(0,1), 4=(0,2), 5=(1,2)
 
@@ -188,7 +188,7 @@ def test_complete_events_rebuilds_the_joint_view_from_every_agents_own_landmarks
     import itertools as _itertools
 
     from env_server.envs.goal_lines import achieved_goals
-    from protocols.goal_space import complete_events
+    from protocols.goal_spaces.goal_space import complete_events
 
     rng = np.random.default_rng(0)
     for _ in range(200):

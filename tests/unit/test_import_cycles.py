@@ -131,7 +131,7 @@ def test_no_module_imports_itself_back() -> None:
 
 def room_of(name: str) -> str:
     """The room a module lives in: a subpackage of a top-level package (`agent_node.goals`,
-    `protocols.wire` once protocols/ has rooms), or the module itself when it sits at the top
+    `protocols.codec.wire` once protocols/ has rooms), or the module itself when it sits at the top
     (`agent_node.node`)."""
     return ".".join(name.split(".")[:2])
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 
-from protocols import messages as m
-from protocols.settings import NetworkConfig
-from protocols.transport import Hub, incarnation_routing_id, node_of_routing_id
+from protocols.codec import messages as m
+from protocols.run.settings import NetworkConfig
+from protocols.net.transport import Hub, incarnation_routing_id, node_of_routing_id
 
 
 def receive(hub: Hub, channel, until, timeout_s: float = 5.0) -> list:

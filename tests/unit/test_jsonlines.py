@@ -1,4 +1,4 @@
-"""Whole lines or nothing: protocols/jsonlines.py on a real, small tmpfs that fills up
+"""Whole lines or nothing: protocols/storage/jsonlines.py on a real, small tmpfs that fills up
 (`small_tmpfs`, tests/conftest.py)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from protocols.jsonlines import LineFile, LineWriteError
-from protocols.metrics import MetricsWriter
+from protocols.storage.jsonlines import LineFile, LineWriteError
+from protocols.storage.metrics import MetricsWriter
 from tests.conftest import fill_disk
 
 

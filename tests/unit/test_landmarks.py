@@ -12,10 +12,10 @@ from agent_node.landmarks.session import LandmarkSession, SpreadLayout, assign
 from agent_node.roles import Transition
 from env_server.baselines import baseline_metrics, mean_return_per_agent, play, random_policy, spread_oracle
 from env_server.vector import VectorizedParallelEnv
-from protocols import messages as m
-from protocols.flooding import FloodTable
-from protocols.hindsight import HindsightRows
-from protocols.topology import ring
+from protocols.codec import messages as m
+from protocols.engines.flooding import FloodTable
+from protocols.engines.hindsight import HindsightRows
+from protocols.engines.topology import ring
 
 
 def spread(n: int = 4):

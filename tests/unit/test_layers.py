@@ -1,5 +1,5 @@
 """The layer rules that can be checked by reading the source: zmq is imported only by
-protocols/transport.py, and protocols/ never imports torch (ARCHITECTURE.md, BRIEF "Layer rules").
+protocols/net/transport.py, and protocols/ never imports torch (ARCHITECTURE.md, BRIEF "Layer rules").
 
 Imports inside functions count too: a lazy `import zmq` is still a second place that knows zmq.
 """
@@ -34,7 +34,7 @@ def modules_importing(top_module: str, packages: tuple[str, ...]) -> list[str]:
 
 
 def test_only_the_transport_module_imports_zmq() -> None:
-    assert modules_importing("zmq", PRODUCTION_PACKAGES) == ["protocols/transport.py"]
+    assert modules_importing("zmq", PRODUCTION_PACKAGES) == ["protocols/net/transport.py"]
 
 
 def test_protocols_never_import_torch() -> None:

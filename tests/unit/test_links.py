@@ -9,10 +9,10 @@ import numpy as np
 import pydantic
 import pytest
 
-from protocols.links import DRAWS_PER_MESSAGE, LinkConfig, LinkModel, LinkTable, PartitionTable, link_seed
-from protocols.netsim import NetworkSimulator, links_from
-from protocols.settings import NetworkConfig
-from protocols.transport import Hub
+from protocols.net.links import DRAWS_PER_MESSAGE, LinkConfig, LinkModel, LinkTable, PartitionTable, link_seed
+from protocols.sim.netsim import NetworkSimulator, links_from
+from protocols.run.settings import NetworkConfig
+from protocols.net.transport import Hub
 
 # -- delay distributions ----------------------------------------------------------------------
 
@@ -253,7 +253,7 @@ def receive_one(receiver: Hub, inbox, timeout_s: float):
 
 
 def some_message():
-    from protocols import messages as m
+    from protocols.codec import messages as m
 
     return m.Heartbeat(node_id="agent_0", incarnation=1, state="running")
 
@@ -304,7 +304,7 @@ def test_simulator_and_live_transport_make_the_same_decisions(hubs, tmp_path):
 
     # Live: send at the controlled times; step the clock through every due time, recording
     # what leaves when (a message's Heartbeat incarnation carries its index).
-    from protocols import messages as m
+    from protocols.codec import messages as m
 
     live: list[tuple[float, int]] = []
     for index, t in enumerate(send_times):
@@ -361,7 +361,7 @@ def test_simulator_and_live_transport_make_the_same_decisions(hubs, tmp_path):
 
 
 def _incarnation(frames) -> int:
-    from protocols import wire
+    from protocols.codec import wire
 
     envelope = wire.decode([memoryview(f) for f in frames])
     return envelope.message.incarnation
@@ -398,7 +398,7 @@ def test_router_replies_go_through_the_link_to_the_routed_node(hubs, tmp_path):
 def test_wait_for_sends_the_held_request_it_waits_on(hubs, tmp_path):
     """A request/answer exchange before the main loop (join, welcome) over a delayed link: the
     request is held by the link, and `wait_for` must send it when due, or no answer ever comes."""
-    from protocols import messages as m
+    from protocols.codec import messages as m
 
     net = network(default_link={"delay_s": 0.05})
     server = hubs("env", net.link_table("env", run_seed=0))

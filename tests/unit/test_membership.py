@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from protocols.engine import Engine
-from protocols.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
-from protocols.consensus import ConsensusShare
-from protocols.messages import Heartbeat
+from protocols.engines.engine import Engine
+from protocols.engines.membership import MembershipEngine, PeerDown, PeerRestarted, PeerUp
+from protocols.engines.consensus import ConsensusShare
+from protocols.codec.messages import Heartbeat
 
 
 def engine(now: float = 0.0) -> MembershipEngine:

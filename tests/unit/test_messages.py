@@ -1,4 +1,4 @@
-"""Tests of the message registry and body validation (`protocols/messages.py`).
+"""Tests of the message registry and body validation (`protocols/codec/messages.py`).
 
 Messages registered here for the test are removed again by the `scratch_registry` fixture, so
 the registry other tests see is the real one.
@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from protocols import messages
-from protocols.errors import FieldError, UnknownMessageType
-from protocols.messages import (
+from protocols.codec import messages
+from protocols.codec.errors import FieldError, UnknownMessageType
+from protocols.codec.messages import (
     MESSAGE_TYPES,
     WIRE_DTYPES,
     Status,
@@ -213,7 +213,7 @@ def test_checkers_are_per_class(scratch_registry) -> None:
 
 def test_the_task_spec_travels_as_a_typed_record_and_names_a_bad_field():
     from env_server.envs.reward_collection import parallel_env
-    from protocols import wire
+    from protocols.codec import wire
 
     spec = parallel_env().task_spec()
     welcome = messages.EnvWelcome(

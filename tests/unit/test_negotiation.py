@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from protocols import wire
-from protocols.links import LinkConfig
-from protocols.messages import MESSAGE_TYPES
-from protocols.negotiation import (
+from protocols.codec import wire
+from protocols.net.links import LinkConfig
+from protocols.codec.messages import MESSAGE_TYPES
+from protocols.engines.negotiation import (
     GoalCommit,
     NegotiationEngine,
     NegotiationProposal,
@@ -22,7 +22,7 @@ from protocols.negotiation import (
     team_alignment,
     update_matrix,
 )
-from protocols.netsim import NetworkSimulator, same_link_everywhere
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
 
 
 def test_engine_implements_the_interface_and_messages_round_trip():
@@ -125,7 +125,7 @@ def test_default_batch_holds_every_goal_several_times():
 
 def test_at_15_goals_the_default_batch_learns_a_code_and_5_episode_batches_do_not():
     """L = 6's cooperative goals. Small batches let a goal's message decay between two draws of
-    that goal faster than successes renew it (protocols/negotiation.py has the sweep)."""
+    that goal faster than successes renew it (protocols/engines/negotiation.py has the sweep)."""
     default = [_fixed_success_game(15, 1500, None, seed) for seed in range(3)]
     small = [_fixed_success_game(15, 1500, 5, seed) for seed in range(3)]
     chance = chance_alignment(15)

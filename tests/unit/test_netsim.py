@@ -8,8 +8,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from protocols.links import LinkConfig, LinkModel, PartitionTable
-from protocols.netsim import NetworkSimulator, approximate_size, same_link_everywhere
+from protocols.net.links import LinkConfig, LinkModel, PartitionTable
+from protocols.sim.netsim import NetworkSimulator, approximate_size, same_link_everywhere
 
 # -- link model ------------------------------------------------------------------------------
 

@@ -1,14 +1,14 @@
 """The node side of run-time network faults: `apply_network_fault` on a node's `LinkTable`
-(protocols/control.py), as the agent node and the env server call it from their control handlers."""
+(protocols/run/control.py), as the agent node and the env server call it from their control handlers."""
 
 from __future__ import annotations
 
 import pytest
 
-from protocols import messages as m
-from protocols.control import apply_network_fault
-from protocols.links import LinkConfig, LinkModel, LinkTable, link_seed
-from protocols.settings import LinkOverride, NetworkConfig
+from protocols.codec import messages as m
+from protocols.run.control import apply_network_fault
+from protocols.net.links import LinkConfig, LinkModel, LinkTable, link_seed
+from protocols.run.settings import LinkOverride, NetworkConfig
 
 RUN_SEED = 7
 

@@ -1,5 +1,5 @@
-"""Packed lockstep bodies (protocols/packed.py), their envelope (protocols/wire.py) and the
-channel that packs and unpacks them (protocols/transport.py), on real sockets where it matters.
+"""Packed lockstep bodies (protocols/codec/packed.py), their envelope (protocols/codec/wire.py) and the
+channel that packs and unpacks them (protocols/net/transport.py), on real sockets where it matters.
 
 What they pin down: a packed env.observation / env.action (and a copy worker's step request and
 result) comes back as the same message (every field, dtype and shape, for any number of copies,
@@ -22,12 +22,12 @@ from gymnasium import spaces
 from agent_node.env_client import EnvClient, EnvProtocolError
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
-from protocols import messages as m
-from protocols import wire
-from protocols.auth import load_node_keys
-from protocols.errors import FieldError, FrameLayoutError, MalformedPayload, SignatureError
-from protocols.packed import PackedLayout
-from protocols.transport import Hub, generate_run_keys
+from protocols.codec import messages as m
+from protocols.codec import wire
+from protocols.net.auth import load_node_keys
+from protocols.codec.errors import FieldError, FrameLayoutError, MalformedPayload, SignatureError
+from protocols.codec.packed import PackedLayout
+from protocols.net.transport import Hub, generate_run_keys
 
 pytestmark = pytest.mark.timeout(60)
 

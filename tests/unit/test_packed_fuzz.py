@@ -1,4 +1,4 @@
-"""Property-based fuzzing of packed lockstep bodies (protocols/packed.py) at the current protocol
+"""Property-based fuzzing of packed lockstep bodies (protocols/codec/packed.py) at the current protocol
 version, the part of the wire decoder that tests/unit/test_wire.py's fuzz tests do not reach.
 
 A packed body is raw bytes behind a small struct; the arrays in it are numpy views of the
@@ -10,7 +10,7 @@ extended, bytes changed, the header's copy count, flags or return count replaced
 random bytes; layouts from random Box dtypes and shapes (zero-sized too), Discrete,
 MultiDiscrete and MultiBinary spaces, and more possible agents than fit one mask byte. The same
 bodies also go through a signed packed envelope (wire.encode_packed / wire.decode) and then the
-layout, as a channel does (protocols/transport.py).
+layout, as a channel does (protocols/net/transport.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from gymnasium import spaces
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import messages as m
-from protocols import wire
-from protocols.errors import FieldError, ProtocolError
-from protocols.packed import PackedLayout, row_layout
+from protocols.codec import messages as m
+from protocols.codec import wire
+from protocols.codec.errors import FieldError, ProtocolError
+from protocols.codec.packed import PackedLayout, row_layout
 
 KEY = b"k" * 32
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,11 +17,11 @@ from agent_node.capability import PEERS, dispatch_table, load_capabilities
 from agent_node.peer_protocols import PROTOCOLS, LearnerView, ProtocolSpec
 from agent_node.plugins import PluginError
 from agent_node.roles import Transition
-from protocols import messages as m
-from protocols.links import LinkConfig
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.settings import agent_node_ids
-from protocols.topology import TopologyConfig, build_topology
+from protocols.codec import messages as m
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.run.settings import agent_node_ids
+from protocols.engines.topology import TopologyConfig, build_topology
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "parley_ippo"
@@ -81,7 +81,7 @@ def bad_protocols(monkeypatch, gossip):
 
 @pytest.mark.parametrize("name, error", [
     ("NoMessages", "message_types must be a non-empty tuple"),
-    ("Unregistered", "is not a registered wire message; decorate its frozen dataclass with @protocols.messages.register_message"),
+    ("Unregistered", "is not a registered wire message; decorate its frozen dataclass with @protocols.codec.messages.register_message"),
     ("ParleysOwn", r"message type Heartbeat \('membership.heartbeat'\) is Parley's own"),
     ("HalfAHook", "has the learner hook's request but not give"),
     ("NoConfig", "must name its config as the class attribute `config_model`"),
@@ -186,8 +186,8 @@ def test_give_raises_the_learners_entropy_while_it_trails_its_neighbours(gossip)
 
 
 def test_its_message_is_checked_and_signed_on_the_wire(gossip):
-    from protocols import wire
-    from protocols.errors import FieldError, SignatureError
+    from protocols.codec import wire
+    from protocols.codec.errors import FieldError, SignatureError
 
     message = gossip.MeanReturn(round=3, mean_return=-7.5, episodes=20)
     frames = wire.encode(message, sender="agent_0", run_id="r", seq=1, key=b"k" * 32)
@@ -278,7 +278,7 @@ def test_talking_in_env_steps_the_engine_s_time_is_the_step_and_its_messages_com
 
 def test_a_protocol_that_does_not_say_it_talks_in_steps_is_refused_there(gossip):
     from orchestrator.config import load_config
-    from protocols.config_errors import ConfigError
+    from protocols.run.config_errors import ConfigError
 
     main_job = Path(__file__).resolve().parents[2] / "configs" / "4agents_ring.yaml"
     gossip_entry = f"{{kind: '{GOSSIP}', every_steps: 10}}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent_node.peers import PeerMesh
-from protocols.membership import PeerDown, PeerRestarted, PeerUp
-from protocols.messages import Heartbeat
+from protocols.engines.membership import PeerDown, PeerRestarted, PeerUp
+from protocols.codec.messages import Heartbeat
 
 
 class RecordingLink:

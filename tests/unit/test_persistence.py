@@ -14,9 +14,9 @@ from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.persistence import NodePersistence, load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
-from protocols.durable_state import DamagedStateError
-from protocols.files import SEAL_FORMAT_VERSION, atomic_write, read_sealed
-from protocols.jsonlines import FileWriteError
+from protocols.storage.durable_state import DamagedStateError
+from protocols.storage.files import SEAL_FORMAT_VERSION, atomic_write, read_sealed
+from protocols.storage.jsonlines import FileWriteError
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 

@@ -23,7 +23,7 @@ from orchestrator.rundir import (
     read_jsonl,
     remove_temp_socket_dir,
 )
-from protocols.settings import IPC_ENDPOINT_MAX_BYTES, RunLayout, ipc_endpoint
+from protocols.run.settings import IPC_ENDPOINT_MAX_BYTES, RunLayout, ipc_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_ring.yaml"

@@ -17,7 +17,7 @@ from agent_node.plugins import Entry, PluginConfig, PluginError, WorldModelSpec
 from agent_node.world_models import WORLD_MODELS, build_world_model
 from orchestrator import cli
 from orchestrator.config import load_config, resolve, validate_config, with_nodes
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from tests.conftest import REPO
 
 EXAMPLE = REPO / "examples" / "parley_ippo"

@@ -10,9 +10,9 @@ import yaml
 
 from orchestrator.config import listeners_per_machine, load_config, validate_config
 from orchestrator.plan import build_plan
-from protocols.config_errors import ConfigError
-from protocols.node_config import bind_address
-from protocols.transport import Hub, PortRangeExhausted
+from protocols.run.config_errors import ConfigError
+from protocols.run.node_config import bind_address
+from protocols.net.transport import Hub, PortRangeExhausted
 from tests.conftest import REPO
 
 TCP_CONFIG = REPO / "configs/tiny_star_tcp.yaml"  # 3 agents + env server: 4 nodes

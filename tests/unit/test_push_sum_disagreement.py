@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from protocols.consensus import ConsensusRequest, PushSumConsensus, PushSumShare
-from protocols.links import LinkConfig
-from protocols.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.consensus import ConsensusRequest, PushSumConsensus, PushSumShare
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
 
 
 def test_the_new_part_of_a_senders_totals_carries_its_estimate():

@@ -13,7 +13,7 @@ from env_server.config import EnvConfig
 from env_server.realtime import RealtimeBarrier
 from env_server.server import LockstepRules, clock_refusal
 from orchestrator.config import load_config
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from tests.conftest import REPO
 from tests.unit.test_barrier import AGENTS, act, joined, result
 

@@ -14,9 +14,9 @@ from agent_node.capability import PEERS
 from agent_node.goals.supervisor import OrchestratedSupervisor
 from agent_node.node import AgentNode
 from agent_node.peers import PeerMesh
-from protocols import messages as m
-from protocols.wire import PROTOCOL_VERSION, Envelope, Header
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.codec.wire import PROTOCOL_VERSION, Envelope, Header
+from protocols.net.transport import Hub
 
 
 class RecordingLink:

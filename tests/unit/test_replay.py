@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent_node.replay import ReplayBuffer, ReplayBufferFileError
 from agent_node.roles import Transition
-from protocols.files import atomic_write, read_sealed
+from protocols.storage.files import atomic_write, read_sealed
 
 OBS_SHAPE = (3,)
 ACTION_SHAPE = (2,)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config, read_yaml, resolve, validate_config, write_resolved
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_ring.yaml"

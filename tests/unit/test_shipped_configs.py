@@ -3,7 +3,7 @@
 import numpy as np
 
 from orchestrator.config import load_config
-from protocols.consensus import mixing_matrix
+from protocols.engines.consensus import mixing_matrix
 
 
 def test_og_marl_ring_uses_the_reference_weights():

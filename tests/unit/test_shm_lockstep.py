@@ -1,4 +1,4 @@
-"""The shared-memory lockstep path (protocols/shm_lockstep.py): the segment and its wake-up pipes,
+"""The shared-memory lockstep path (protocols/net/shm_lockstep.py): the segment and its wake-up pipes,
 its slots, the ordering counters, and a channel pair that passes env.observation / env.action
 through it."""
 
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from protocols import messages as m
-from protocols.packed import PackedLayout
-from protocols.shm_lockstep import SHM_DIR, ShmLink, ShmUnavailable, host_key, reap_stale_segments
-from protocols.wire import PACKED_CODE
+from protocols.codec import messages as m
+from protocols.codec.packed import PackedLayout
+from protocols.net.shm_lockstep import SHM_DIR, ShmLink, ShmUnavailable, host_key, reap_stale_segments
+from protocols.codec.wire import PACKED_CODE
 
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm on this machine")
 
@@ -268,7 +268,7 @@ def test_a_message_written_after_the_poll_is_taken_without_another_wake_up(chann
 
 
 def test_the_link_emulation_counts_shared_memory_and_a_partition_blocks_it(hubs, tmp_path):
-    from protocols.links import LinkConfig, LinkTable
+    from protocols.net.links import LinkConfig, LinkTable
 
     links = LinkTable("env", 0, lambda src, dst: LinkConfig())  # ideal links, but emulated: partitions apply
     router = hubs("env", links=links).bind_router(f"ipc://{tmp_path}/env.sock", name="env")

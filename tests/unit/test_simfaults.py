@@ -1,13 +1,13 @@
 """Deterministic simulation sweep: seeded random fault schedules against the consensus and
-membership engines in the network simulator (protocols/simfaults.py)."""
+membership engines in the network simulator (protocols/sim/simfaults.py)."""
 
 import time
 
 import pytest
 
-from protocols import simfaults
-from protocols.consensus import PushSumConsensus
-from protocols.simfaults import Crash, LinkSpike, Partition, random_schedule, repro_command, run_schedule
+from protocols.sim import simfaults
+from protocols.engines.consensus import PushSumConsensus
+from protocols.sim.simfaults import Crash, LinkSpike, Partition, random_schedule, repro_command, run_schedule
 
 SWEEP_SCHEDULES = 1000
 

@@ -1,4 +1,4 @@
-"""The goal protocols for many simulated agents under faults (protocols/simgoals.py): the real team
+"""The goal protocols for many simulated agents under faults (protocols/sim/simgoals.py): the real team
 flood and hindsight engines on 64 agents with 30% loss, heavy-tailed delays and crashed agents,
 their invariants held, and a broken engine caught."""
 
@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from protocols import simgoals
-from protocols.hindsight import HindsightEngine
-from protocols.team_negotiation import TeamNegotiationEngine
-from protocols.topology import exponential, grid, ring
+from protocols.sim import simgoals
+from protocols.engines.hindsight import HindsightEngine
+from protocols.engines.team_negotiation import TeamNegotiationEngine
+from protocols.engines.topology import exponential, grid, ring
 
 
 @pytest.mark.parametrize("topology", [exponential(64), grid(8, 8, torus=True)], ids=["exponential", "torus"])

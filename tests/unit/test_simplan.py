@@ -1,4 +1,4 @@
-"""Fault plans over many simulated agents (protocols/simplan.py): a 64-agent plan with faults keeps
+"""Fault plans over many simulated agents (protocols/sim/simplan.py): a 64-agent plan with faults keeps
 every invariant; a deliberately broken engine is caught and its plan shrunk to the events that
 break it, printed as config sections the orchestrator accepts."""
 
@@ -11,13 +11,13 @@ import yaml
 
 from orchestrator.config import read_yaml, validate_config
 from orchestrator.faults import plan_faults
-from protocols.consensus import PushSumConsensus
-from protocols.links import LinkConfig
-from protocols.simfaults import Crash, LinkSpike, Partition
-from protocols.simplan import (
+from protocols.engines.consensus import PushSumConsensus
+from protocols.net.links import LinkConfig
+from protocols.sim.simfaults import Crash, LinkSpike, Partition
+from protocols.sim.simplan import (
     HEAVY_TAILED_LOSSY, FaultPlan, PlanSettings, Shrunk, replay_sections, replay_yaml, run_plan, shrink_plan, standard_plan,
 )
-from protocols.topology import grid, one_peer_hypercube, ring, small_world
+from protocols.engines.topology import grid, one_peer_hypercube, ring, small_world
 
 TINY = Path(__file__).resolve().parents[2] / "configs" / "tiny_ring.yaml"
 
@@ -156,8 +156,8 @@ def test_the_stacks_kept_membership_deadline_and_the_size_memo_change_nothing(mo
     # ConsensusStack keeps membership's deadline between its timers and _SizeMemo sizes consensus
     # messages by type; a run that scans membership after every message and sizes every message
     # afresh must be identical, event for event (only the count of early wake-ups may differ).
-    from protocols import simplan
-    from protocols.netsim import approximate_size
+    from protocols.sim import simplan
+    from protocols.sim.netsim import approximate_size
 
     plan = standard_plan(ring(16), "ring", "push_sum", seed=2, fault_window_s=4.0, settings=PlanSettings(push_sum_periods=50))
     kept = run_plan(plan, stop_at=None)

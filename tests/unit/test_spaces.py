@@ -1,4 +1,4 @@
-"""Tests of the space codec (`protocols/spaces.py`).
+"""Tests of the space codec (`protocols/codec/spaces.py`).
 
 Every round trip goes through the real wire (`wire.encode` / `wire.decode` of an `env.welcome`),
 so arrays inside encoded spaces travel as buffer frames the way the env server sends them. The
@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protocols import wire
-from protocols.errors import FieldError
-from protocols.messages import WIRE_DTYPES, EnvWelcome
-from protocols.spaces import MAX_BOX_ENTRIES, MAX_NESTING, SPACE_KINDS, decode_space, encode_space
+from protocols.codec import wire
+from protocols.codec.errors import FieldError
+from protocols.codec.messages import WIRE_DTYPES, EnvWelcome
+from protocols.codec.spaces import MAX_BOX_ENTRIES, MAX_NESTING, SPACE_KINDS, decode_space, encode_space
 
 pytestmark = pytest.mark.timeout(30)
 

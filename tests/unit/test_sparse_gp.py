@@ -21,10 +21,10 @@ from agent_node.world_models import (
     inducing_grid_shape,
 )
 from agent_node.world_models.sparse_gp import SparseGPWorldModel, centralized_posterior
-from protocols.consensus import ConsensusRequest, SyncConsensus
-from protocols.links import LinkConfig
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.topology import ring, uniform_neighbour_weights
+from protocols.engines.consensus import ConsensusRequest, SyncConsensus
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.topology import ring, uniform_neighbour_weights
 
 torch.set_num_threads(1)
 

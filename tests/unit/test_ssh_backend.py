@@ -12,7 +12,7 @@ from orchestrator.config import validate_config
 from orchestrator.plan import build_plan
 from orchestrator.rundir import prepare_run
 from orchestrator.runtime import with_host
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -1,5 +1,5 @@
-"""Talking in env steps (protocols/step_links.py): the delivery rule, marks, loss and duplicates
-in the step clock, and the simulator (protocols/netsim.py `StepNetwork`) driving real engines."""
+"""Talking in env steps (protocols/engines/step_links.py): the delivery rule, marks, loss and duplicates
+in the step clock, and the simulator (protocols/sim/netsim.py `StepNetwork`) driving real engines."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from protocols.flooding import FloodEngine, FloodRequest
-from protocols.links import LinkConfig
-from protocols.netsim import StepNetwork
-from protocols.step_links import (
+from protocols.engines.flooding import FloodEngine, FloodRequest
+from protocols.net.links import LinkConfig
+from protocols.sim.netsim import StepNetwork
+from protocols.engines.step_links import (
     TRAINING_CLOCK, PeerStepMark, StepInbox, StepLinkModel, StepOutbox, evaluation_clock, step_link_seed,
 )
 

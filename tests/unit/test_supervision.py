@@ -1,4 +1,4 @@
-"""The supervision engines (protocols/supervision.py): the team's smallest node id, or an external
+"""The supervision engines (protocols/engines/supervision.py): the team's smallest node id, or an external
 supervisor node, assigns the team's goal."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import pytest
 
 from agent_node.goals.modules import SupervisorAssignment
 from agent_node.goals.supervisor import restore_checkpoint, save_checkpoint
-from protocols.durable_state import DamagedStateError
-from protocols import wire
-from protocols.goal_space import goal_set
-from protocols.engine import Engine
-from protocols.messages import MESSAGE_TYPES
-from protocols.supervision import (
+from protocols.storage.durable_state import DamagedStateError
+from protocols.codec import wire
+from protocols.goal_spaces.goal_space import goal_set
+from protocols.engines.engine import Engine
+from protocols.codec.messages import MESSAGE_TYPES
+from protocols.engines.supervision import (
     GoalAssignment,
     GoalRequest,
     SupervisionEngine,
@@ -173,7 +173,7 @@ def test_a_restored_supervisor_answers_late_members_alike_and_draws_on_as_if_nev
 
 
 def test_no_checkpoint_is_a_first_start_and_a_broken_one_is_an_error_naming_the_file(tmp_path):
-    from protocols.files import atomic_write
+    from protocols.storage.files import atomic_write
 
     draws, service = supervisor_pair()
     assert not restore_checkpoint(tmp_path / "checkpoint.json", draws, service)

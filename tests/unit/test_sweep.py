@@ -11,7 +11,7 @@ import yaml
 from orchestrator.cli import main
 from orchestrator.overrides import parse_override
 from orchestrator.sweep import expand, load_sweep, override_text, parse_seeds, validate_runs
-from protocols.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError
 from tests.conftest import REPO
 
 TINY_RING = str(REPO / "configs" / "tiny_ring.yaml")

@@ -1,4 +1,4 @@
-"""The team flood (protocols/team_negotiation.py): one goal for a whole team on any graph, driven
+"""The team flood (protocols/engines/team_negotiation.py): one goal for a whole team on any graph, driven
 through the deterministic network simulator under loss, partitions and a crash, and by hand."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import pytest
 from agent_node.goals.config import GoalsConfig, goal_run_problems
 from agent_node.goals.session import GoalSession
 from agent_node.goals.modules import NegotiatedGoals, UniformGoals
-from protocols import wire
-from protocols.links import LinkConfig
-from protocols.negotiation import GoalCommit, NegotiationRequest
-from protocols.netsim import NetworkSimulator, same_link_everywhere
-from protocols.team_negotiation import TeamNegotiationEngine, TeamProposals, team_choice
-from protocols.topology import Topology, grid, ring
+from protocols.codec import wire
+from protocols.net.links import LinkConfig
+from protocols.engines.negotiation import GoalCommit, NegotiationRequest
+from protocols.sim.netsim import NetworkSimulator, same_link_everywhere
+from protocols.engines.team_negotiation import TeamNegotiationEngine, TeamProposals, team_choice
+from protocols.engines.topology import Topology, grid, ring
 from tests.unit.test_goal_session import COOPERATIVE, RecordingAgent, _built, announcement, deliver, observation, reward_fn
 
 NUM_GOALS = 15

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.topology import (
+from protocols.engines.topology import (
     Topology,
     TopologyConfig,
     build_topology,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agent_node.transitions import FinishedEpisode, TransitionAssembler
-from protocols import messages as m
+from protocols.codec import messages as m
 
 AGENT = "agent_0"
 

@@ -1,4 +1,4 @@
-"""Tests of the transport's send and receive paths (`protocols/transport.py`) over real ipc sockets.
+"""Tests of the transport's send and receive paths (`protocols/net/transport.py`) over real ipc sockets.
 
 What they pin down: a lockstep message crosses the socket as the envelope's three frames (plus
 the routing id on a ROUTER), `send_batch` delivers every message of a broadcast to the peer it
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import zmq
 
-from protocols import messages as m
-from protocols import wire
-from protocols.transport import Hub
+from protocols.codec import messages as m
+from protocols.codec import wire
+from protocols.net.transport import Hub
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,7 +134,7 @@ def test_a_zero_copy_router_hands_out_views_of_zmq_buffers_with_the_same_content
     # The peers' inbox (`zero_copy=True`): a large array decodes as a view of the received
     # frame, not a private copy; small arrays and plain messages decode as on any channel, a
     # signed run still checks signatures, and a bad message is still dropped and counted.
-    from protocols.consensus import ConsensusShare
+    from protocols.engines.consensus import ConsensusShare
 
     hub_a, hub_b = hubs("agent_0", key), hubs("agent_1", key)
     inbox = hub_a.bind_router(f"ipc://{tmp_path}/peer.sock", name="peers", zero_copy=True)

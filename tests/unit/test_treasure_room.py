@@ -8,7 +8,7 @@ from pettingzoo.test import parallel_api_test
 
 from env_server.envs.treasure_room import parallel_env
 from env_server.registry import make_env
-from protocols.cell_space import cell_coordinates, cell_index, cell_of_observation
+from protocols.goal_spaces.cell_space import cell_coordinates, cell_index, cell_of_observation
 
 UP, DOWN, LEFT, RIGHT, STAY = 1, 2, 3, 4, 0
 

@@ -70,8 +70,8 @@ def test_check_batched_names_the_problem():
 
 from env_server.envs.goal_lines import parallel_env as goal_lines_env  # noqa: E402
 from env_server.vector import batch_infos  # noqa: E402
-from protocols import messages as m  # noqa: E402
-from protocols import wire  # noqa: E402
+from protocols.codec import messages as m  # noqa: E402
+from protocols.codec import wire  # noqa: E402
 
 
 def goal_lines(copies: int, forward=("achieved_goals", "landmark"), **kwargs) -> VectorizedParallelEnv:

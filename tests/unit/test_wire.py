@@ -1,4 +1,4 @@
-"""Tests of the envelope codec (`protocols/wire.py`): round trips and the receiving boundary.
+"""Tests of the envelope codec (`protocols/codec/wire.py`): round trips and the receiving boundary.
 
 Two kinds of test live here:
 
@@ -37,8 +37,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import protocols
-from protocols import PROTOCOL_VERSION, wire
-from protocols.errors import (
+from protocols import PROTOCOL_VERSION
+from protocols.codec import wire
+from protocols.codec.errors import (
     FieldError,
     FrameLayoutError,
     MalformedPayload,
@@ -47,13 +48,13 @@ from protocols.errors import (
     UnknownMessageType,
     VersionMismatch,
 )
-from protocols.messages import MESSAGE_TYPES, WIRE_DTYPES, EnvObservation, Status
+from protocols.codec.messages import MESSAGE_TYPES, WIRE_DTYPES, EnvObservation, Status
 
 # Every module of the package registers its own messages (the engines register theirs next to
-# the engine, e.g. protocols/consensus.py). Importing whatever modules exist today makes the round
+# the engine, e.g. protocols/engines/consensus.py). Importing whatever modules exist today makes the round
 # trip cover every message type without a hard-coded list that could go stale.
-for _module in pkgutil.iter_modules(protocols.__path__):
-    importlib.import_module(f"protocols.{_module.name}")
+for _module in pkgutil.walk_packages(protocols.__path__, "protocols."):
+    importlib.import_module(_module.name)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -662,7 +663,7 @@ def test_headers_packed_once_per_sender_stay_apart() -> None:
 
 
 def m_reset() -> Any:
-    from protocols.messages import EnvReset
+    from protocols.codec.messages import EnvReset
 
     return EnvReset(seed=3)
 

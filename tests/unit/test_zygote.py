@@ -68,13 +68,13 @@ def test_forked_nodes_are_our_children_reseeded_with_their_own_exit_codes(tmp_pa
 
 def test_the_orchestrator_pid_variable_is_the_one_nodes_watch() -> None:
     from orchestrator.launcher import ORCHESTRATOR_PID_ENV as launcher_name
-    from protocols.control import ORCHESTRATOR_PID_ENV as control_name
+    from protocols.run.control import ORCHESTRATOR_PID_ENV as control_name
 
     assert launcher_name == control_name
 
 
 # The intermediate process exits late (a loaded machine): the node must still start as the
-# subreaper's child, else it decides it has no orchestrator to watch (protocols/control.py).
+# subreaper's child, else it decides it has no orchestrator to watch (protocols/run/control.py).
 LATE_INTERMEDIATE = textwrap.dedent(
     """
     import ctypes, json, os, time

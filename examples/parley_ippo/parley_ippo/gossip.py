@@ -8,8 +8,8 @@ and, with `entropy_boost > 0`, adapts its learner: while its own mean trails the
 neighbourhood it explores more, with the learner's entropy coefficient raised to
 `base * (1 + entropy_boost)`; otherwise the coefficient returns to the base it started from.
 
-It is a sans-IO engine (Parley's `protocols/engine.py` interface): it never touches a socket or a
-clock. The agent node drives it in a run, `protocols/netsim.py` in a simulation
+It is a sans-IO engine (Parley's `protocols/engines/engine.py` interface): it never touches a socket or a
+clock. The agent node drives it in a run, `protocols/sim/netsim.py` in a simulation
 (tests/unit/test_peer_protocols.py), through the same methods.
 
     agents:
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from agent_node.peer_protocols import LearnerView, ProtocolSpec
 from agent_node.plugins import PluginConfig
-from protocols.messages import register_message
+from protocols.codec.messages import register_message
 
 
 # The one message of the protocol. Registered, it is a wire message like Parley's own: the codec

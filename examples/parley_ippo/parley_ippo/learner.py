@@ -47,7 +47,7 @@ import torch.nn as nn
 from agent_node.plugins import LearnerSpec
 from agent_node.roles import Transition
 from parley_ippo.config import IPPOConfig
-from protocols.files import atomic_write, read_sealed
+from protocols.storage.files import atomic_write, read_sealed
 
 ROLLOUT_FILE_FORMAT_VERSION = 1
 _ROLLOUT_FIELDS = ("obs", "action", "log_prob", "value", "reward", "next_obs", "terminated", "truncated", "copy")
@@ -74,7 +74,7 @@ class Rollout:
     """The rows of the rollout in flight, in arrival order, each with its env copy.
 
     It is what persistence calls the learner's `replay`: `save(path)` / `restore(path)` write and
-    read one sealed .npz (protocols.files), `len()` counts its rows."""
+    read one sealed .npz (protocols.storage.files), `len()` counts its rows."""
 
     def __init__(self, obs_shape: tuple[int, ...]) -> None:
         self.obs_shape = obs_shape

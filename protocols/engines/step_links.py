@@ -1,0 +1,235 @@
+"""Peer links whose delay counts env steps: talking takes time in the world's clock. Sans-IO.
+
+In the lockstep every node shares the env step, so the env step is the clock of communication
+too (`protocols.talk: env_steps`). The rule, for every peer message:
+
+    a message sent while its sender handles step t of a clock reaches the receiver's protocols
+    at the start of step t + d of that clock (d >= 1, drawn per message by its link), never
+    earlier and never later, whatever the machines' speed or load.
+
+A clock is the training lockstep (`"train"`), or one evaluation (`"eval:<training step>"`: its
+steps count from 0, and what is still in flight when it ends is dropped). Loss, duplication and
+partitions are decided in the same clock, by the sender, when the message leaves.
+
+How the receiver knows what is due before it acts. The sender holds what its protocols send
+while it handles step t (`StepOutbox.queue`); when it answers the env server it closes the step
+(`close_step`): each link's model decides every message's fate (lost, or the step it is due at,
+twice when duplicated), the surviving messages go out, and after them, on the same connection, a
+small mark `PeerStepMark(clock, t, due)` listing the due step of each message it follows. A
+connection keeps its order, so the receiver (`StepInbox`) pairs each mark with the messages that
+came before it. The env server sends the observation of step s only once every live agent has
+answered step s - 1, so by then every such neighbour has sent its mark of step s - 1: the receiver
+waits for those marks (`missing_marks`; a neighbour whose action the env server defaulted at step
+s - 1, or that membership declared down, sent none and is not waited for), then takes every
+message due by step s (`take_due`) in one fixed order, (due step, sender, arrival). No payload
+goes through the env server, and the wait is for marks already sent, so it costs microseconds.
+
+Marks are the clock's bookkeeping, not traffic: they skip the link's loss and partitions (a lost
+mark would stall the receiver), and they are sent even when no message was. A message that comes
+after its step has passed (its sender was late from its own compute and the env server stepped on
+without it) is delivered at the next step start and counted as late (`late`).
+
+The deterministic simulator (protocols/sim/netsim.py's `StepNetwork`) uses these same classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from protocols.engines.engine import Outgoing
+from protocols.net.links import LinkConfig, LinkCounters, LinkModel
+from protocols.codec.messages import register_message
+from protocols.seeds import derive_seed
+
+TRAINING_CLOCK = "train"
+
+
+def evaluation_clock(training_step: int) -> str:
+    """The clock of the evaluation that runs after training step `training_step`."""
+    return f"eval:{training_step}"
+
+
+@register_message("peer.step_mark")
+@dataclass(frozen=True)
+class PeerStepMark:
+    """The sender handled step `step` of `clock`: the messages it sent on this link since its last
+    mark are due at these steps, in the order they were sent."""
+
+    clock: str
+    step: int
+    due: list[int]
+
+
+def step_link_seed(run_seed: int, src: str, dst: str) -> int:
+    """The seed of the env-step link src -> dst: the same in every process and in the simulator."""
+    return derive_seed(run_seed, 0, f"step_link/{src}->{dst}")
+
+
+class StepLinkModel:
+    """One directed env-step link: for a message sent at step t, the steps its copies are due at
+    (none: lost). The draws are `LinkModel`'s, with the step fields in place of the seconds ones,
+    so a distribution, Gilbert–Elliott loss and duplication behave as they do in wall time."""
+
+    def __init__(self, config: LinkConfig, seed: int) -> None:
+        self.config = config
+        self._model = LinkModel(config.in_steps_as_seconds(), seed)
+
+    @property
+    def counters(self) -> LinkCounters:
+        return self._model.counters
+
+    def decide(self, step: int) -> list[int]:
+        arrivals = self._model.decide(float(step), 0)
+        # Rounded to whole steps (half up), and never before the next step.
+        return [step + max(1, math.floor(arrival - step + 0.5)) for arrival in arrivals]
+
+
+class StepOutbox:
+    """The sender's side: holds what its protocols send during a step, decides each message's
+    fate when the step closes, and follows the messages with each link's mark."""
+
+    def __init__(self, src: str, run_seed: int, config_for: Callable[[str, str], LinkConfig],
+                 blocked: Callable[[str, str], bool] = lambda src, dst: False) -> None:
+        self.src = src
+        self.run_seed = run_seed
+        self._config_for = config_for  # (src, dst) -> LinkConfig; a link without delay_steps counts 1 step
+        self._blocked = blocked  # (src, dst) -> an emulated partition cuts the link now
+        self._models: dict[str, StepLinkModel] = {}
+        self._queued: dict[str, list[Any]] = defaultdict(list)
+
+    def model_for(self, dst: str) -> StepLinkModel:
+        model = self._models.get(dst)
+        if model is None:
+            config = self._config_for(self.src, dst).counting_steps()
+            model = self._models[dst] = StepLinkModel(config, step_link_seed(self.run_seed, self.src, dst))
+        return model
+
+    def set_config(self, dst: str, config: LinkConfig) -> None:
+        """Change the link to `dst` from the next step on (a link change of the fault schedule);
+        its counters and its random stream carry over."""
+        model = self.model_for(dst)
+        replacement = StepLinkModel(config.counting_steps(), 0)
+        replacement._model._rng, replacement._model.counters = model._model._rng, model._model.counters
+        self._models[dst] = replacement
+
+    def queue(self, outgoing: Iterable[Outgoing]) -> None:
+        for destination, message in outgoing:
+            self._queued[destination].append(message)
+
+    def close_step(self, clock: str, step: int, neighbours: Iterable[str]) -> list[Outgoing]:
+        """What to send now that this node answers step `step` of `clock`: to each neighbour (in
+        order), the queued messages that survive their link, each copy once, then the mark."""
+        outgoing: list[Outgoing] = []
+        for destination in sorted(set(neighbours) | set(self._queued)):
+            model = self.model_for(destination)
+            due: list[int] = []
+            for message in self._queued.pop(destination, []):
+                if self._blocked(self.src, destination):
+                    model.counters.sent += 1
+                    model.counters.dropped_partition += 1
+                    continue
+                for due_step in model.decide(step):
+                    due.append(due_step)
+                    outgoing.append((destination, message))
+                    model.counters.delivered += 1
+            outgoing.append((destination, PeerStepMark(clock, step, due)))
+        return outgoing
+
+    def metrics(self) -> dict[str, float]:
+        """`talk/SRC_to_DST/<counter>`: each env-step link's messages in the step clock."""
+        rows: dict[str, float] = {}
+        for dst, model in sorted(self._models.items()):
+            counters, prefix = model.counters, f"talk/{self.src}_to_{dst}/"
+            rows[prefix + "sent"] = counters.sent
+            rows[prefix + "delivered"] = counters.delivered
+            rows[prefix + "dropped_loss"] = counters.dropped_loss
+            rows[prefix + "dropped_partition"] = counters.dropped_partition
+            rows[prefix + "duplicated"] = counters.duplicated
+        return rows
+
+
+@dataclass(order=True)
+class _Due:
+    due: int
+    sender: str
+    arrival: int
+    message: Any = field(compare=False)
+
+
+class StepInbox:
+    """The receiver's side: pairs each neighbour's messages with its marks, and hands the
+    protocols every message due by a step in one fixed order. See the module docstring."""
+
+    MAX_UNMARKED = 10_000  # messages from one sender waiting for their mark (a sender that died keeps none)
+
+    def __init__(self) -> None:
+        self._unmarked: dict[str, deque[Any]] = defaultdict(deque)
+        self._due: dict[str, list[_Due]] = defaultdict(list)  # clock -> messages waiting for their step
+        self._latest_mark: dict[tuple[str, str], int] = {}  # (sender, clock) -> newest step marked
+        self._arrivals = 0
+        self.delivered = 0
+        self.late = 0  # delivered after their due step (their mark came after the step passed)
+        self.unpaired = 0  # messages whose mark never came, or a mark naming more messages than came
+        self.dropped_with_clock = 0  # still in flight when their evaluation ended
+
+    def on_message(self, sender: str, message: Any) -> None:
+        """A payload message from `sender`: it waits for the mark that follows it."""
+        unmarked = self._unmarked[sender]
+        unmarked.append(message)
+        if len(unmarked) > self.MAX_UNMARKED:
+            unmarked.popleft()
+            self.unpaired += 1
+
+    def on_mark(self, sender: str, mark: PeerStepMark) -> None:
+        """`sender`'s mark: the messages before it are due at `mark.due`, in order. A sender that
+        restarted may have left messages of its old life without a mark: the newest
+        `len(mark.due)` are this mark's, older ones are dropped."""
+        unmarked = self._unmarked[sender]
+        while len(unmarked) > len(mark.due):
+            unmarked.popleft()
+            self.unpaired += 1
+        if len(unmarked) < len(mark.due):
+            self.unpaired += len(mark.due) - len(unmarked)  # lost on a real network (none emulated are sent)
+        offset = len(mark.due) - len(unmarked)
+        for due_step, message in zip(mark.due[offset:], unmarked):
+            self._arrivals += 1
+            self._due[mark.clock].append(_Due(due_step, sender, self._arrivals, message))
+        unmarked.clear()
+        key = (sender, mark.clock)
+        self._latest_mark[key] = max(mark.step, self._latest_mark.get(key, mark.step))
+
+    def missing_marks(self, clock: str, step: int, expected: Iterable[str]) -> list[str]:
+        """The senders among `expected` whose mark of step `step - 1` of `clock` has not come."""
+        return sorted(sender for sender in expected if self._latest_mark.get((sender, clock), -1) < step - 1)
+
+    def take_due(self, clock: str, step: int) -> list[tuple[str, Any]]:
+        """Every message of `clock` due by step `step`, in (due step, sender, arrival) order."""
+        waiting = self._due.get(clock)
+        if not waiting:
+            return []
+        ready = sorted(entry for entry in waiting if entry.due <= step)
+        if not ready:
+            return []
+        self._due[clock] = [entry for entry in waiting if entry.due > step]
+        self.delivered += len(ready)
+        self.late += sum(entry.due < step for entry in ready)
+        return [(entry.sender, entry.message) for entry in ready]
+
+    def end_clocks_except(self, clock: str) -> None:
+        """Only `clock` runs now: messages still in flight in an ended evaluation are dropped."""
+        for other in [name for name in self._due if name != clock and name != TRAINING_CLOCK]:
+            self.dropped_with_clock += len(self._due.pop(other))
+
+    def in_flight(self) -> int:
+        return sum(len(entries) for entries in self._due.values())
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "talk/delivered": float(self.delivered),
+            "talk/late": float(self.late),
+            "talk/unpaired": float(self.unpaired),
+            "talk/dropped_with_clock": float(self.dropped_with_clock),
+        }  # (not what is in flight: how much of it has arrived at a given moment is timing)
