@@ -165,9 +165,11 @@ def room_graph(graph: dict[str, set[str]], entries: set[str] = frozenset()) -> d
 
 # The edges left out, and why: the capability interface (agent_node/capability.py) and the peer
 # protocols' capability name the run's config type (`AgentNodeConfig`, under TYPE_CHECKING), and
-# that config still names every built-in capability's section (agent_node/config.py
-# `AgentsConfig`), whose modules import the interface. Once each capability describes its own
-# config section, these edges go: remove them here.
+# that config still names the built-in capabilities' sections as its own fields (agent_node/config.py:
+# `AgentsConfig.goals`, `.landmarks`, `RunConfig.training`; each capability describes itself in
+# agent_node/registry.py, but the YAML format keeps these sections where they are), whose
+# modules import the interface. When those sections are built from the descriptions, remove
+# these edges here.
 WAITING_FOR_THE_CAPABILITY_REGISTRY = {("agent_node.capability", "agent_node.config"),
                                        ("agent_node.peer_protocols", "agent_node.config")}
 
