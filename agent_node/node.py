@@ -269,7 +269,7 @@ class AgentNode:
         self.metrics.write(self.step, {"reproducibility/broken": 1.0, f"reproducibility/{cause}": 1.0})
         send_status(self, time.monotonic())
 
-    def open_channel(self, endpoint: str, *, name: str, source: str, identity: str, peer: str,
+    def open_channel(self, endpoint: str, *, name: str, source: str, identity: str | None, peer: str,
                      close_linger_s: float = 0.0) -> Channel:
         channel = self.hub.connect_dealer(endpoint, name=name, identity=identity, peer=peer, close_linger_s=close_linger_s)
         self._sources[name] = source

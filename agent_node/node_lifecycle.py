@@ -42,11 +42,15 @@ def connect_node(node) -> None:
     node.control.register("agent", {"peer": node.peer_inbox.endpoint})
     directory: m.Directory = node.control.wait_for(m.Directory, node.startup_timeout_s)
     linger_s = max([0.0] + [c.peer_linger_s for c in node.capabilities])
+    # Peers only ever write to our inbox, never reply on the DEALERs we connected to them: the
+    # links carry no routing id (identity None), so a neighbour frozen past the zmq heartbeat
+    # timeout still hears them after it wakes (`Hub.connect_dealer`). Who sent a message is
+    # the signed (ipc) or authenticated (tcp) sender of its header, never the routing id.
     links = {
-        neighbour: node.open_channel(endpoint, name=f"peer:{neighbour}", source=PEERS, identity=node.identity.node_id,
+        neighbour: node.open_channel(endpoint, name=f"peer:{neighbour}", source=PEERS, identity=None,
                                      peer=neighbour, close_linger_s=linger_s)
         for neighbour, endpoint in sorted(directory.neighbours.items())
-    }  # (peers only ever write to our inbox, never reply on the DEALERs we connected to them)
+    }
     node.mesh = PeerMesh(node.identity.node_id, links, heartbeat_every_s=node.membership.heartbeat_every_s,
                          timeout_s=node.membership.timeout_s, refusals=node.hub.refusals)
     node.mesh.set_state(node.state.value)

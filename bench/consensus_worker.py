@@ -130,7 +130,7 @@ class ParleyPeer:
         self.hub = Hub(sender=node, run_id=RUN_ID, keys=keys)  # keys: CURVE on every tcp socket
         self.inbox = self.hub.bind_router(addresses.endpoint("parley", node), name="inbox", zero_copy=True)  # as an agent node's
         links = {
-            neighbour: self.hub.connect_dealer(addresses.endpoint("parley", neighbour), name=neighbour, identity=node)
+            neighbour: self.hub.connect_dealer(addresses.endpoint("parley", neighbour), name=neighbour, identity=None)
             for neighbour in sorted(neighbour_weights)
         }
         # The agent node's peer mesh; its heartbeats serve as the hello of the handshake, and

@@ -59,7 +59,7 @@ def worker(index: int, count: int, delay_s: float, rounds: int, size: int, socke
     try:
         inbox = hub.bind_router(f"ipc://{socket_dir}/{node}", name="inbox")
         peers = {
-            peer: hub.connect_dealer(f"ipc://{socket_dir}/{peer}", name=peer, identity=node, peer=peer)
+            peer: hub.connect_dealer(f"ipc://{socket_dir}/{peer}", name=peer, identity=None, peer=peer)
             for peer in sorted(neighbour_weights)
         }
         # Hello both ways on every link, then start together.

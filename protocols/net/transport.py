@@ -20,11 +20,14 @@ one place: `LINGER=0` (closing never blocks), `ROUTER_MANDATORY` (a message to a
 counted as unroutable, not silently dropped), zmq heartbeats (a frozen TCP peer is noticed), and
 receive deadlines via one poller. A DEALER's routing id is its node id, or, where a restarted
 node must be heard by a ROUTER that reads behind (an agent at the learner node), a routing id of
-its own incarnation (`incarnation_routing_id`); nothing sets ZMQ_ROUTER_HANDOVER, which would let
-anyone who reaches a socket take over a node's routing id. A DEALER made with `watch_peer`
-watches its connection through a socket monitor (`PeerWatch`): `channel.peer_lost()` says when
-its peer went (a killed process at once, a frozen one after the heartbeat timeout), and
-`wait_for` stops waiting then.
+its own incarnation (`incarnation_routing_id`), or, on a link the far end never answers (an
+agent's links to its neighbours' inboxes), none: the ROUTER names each connection itself, so a
+reconnect is never refused as a duplicate (`connect_dealer`: a neighbour frozen past the
+heartbeat timeout would otherwise stop hearing the link for good); nothing sets
+ZMQ_ROUTER_HANDOVER, which would let anyone who reaches a socket take over a node's routing id.
+A DEALER made with `watch_peer` watches its connection through a socket monitor (`PeerWatch`):
+`channel.peer_lost()` says when its peer went (a killed process at once, a frozen one after the
+heartbeat timeout), and `wait_for` stops waiting then.
 
 Endpoints: `bind_router` binds `ipc://PATH` (the default on one host; the socket file lives in the
 run's 0700 socket directory) or `tcp://HOST:PORT` (port 0 picks a free port; `LOW-HIGH` the
@@ -745,8 +748,15 @@ class Channel:
         elif reason == "oversized":
             self.stats.dropped_oversized += 1
         # On a ROUTER the first frame is the peer's routing id: the best name a stranger has.
+        # One libzmq drew (a DEALER made without one) starts with a zero byte, and is new at every
+        # connection: such sources are logged together, so reconnecting cannot outrun the rate limit.
         first = frames[0] if type(frames[0]) is bytes else frames[0].buffer
-        source = repr(bytes(first[:64])) if self.socket.type == zmq.ROUTER and len(frames) > 1 else "the peer"
+        if self.socket.type != zmq.ROUTER or len(frames) < 2:
+            source = "the peer"
+        elif bytes(first[:1]) == b"\0":
+            source = "an unnamed connection"
+        else:
+            source = repr(bytes(first[:64]))
         self.bad_input.record(source, reason, detail[:300])
 
     def use_peer_watch(self, watch: PeerWatch) -> None:
@@ -934,17 +944,27 @@ class Hub:
         return channel
 
     def connect_dealer(
-        self, endpoint: str, *, name: str, identity: str, close_linger_s: float = 0.0, peer: str | None = None,
+        self, endpoint: str, *, name: str, identity: str | None, close_linger_s: float = 0.0, peer: str | None = None,
         watch_peer: bool = False,
     ) -> Channel:
         """A DEALER connected to `endpoint`, known to the ROUTER there by `identity`.
+
+        `identity` None: the ROUTER names each connection of this DEALER itself (libzmq draws a
+        fresh routing id per connection). For links the far end never answers, such as an agent's
+        links to its neighbours' inboxes: a fixed routing id can lose such a link for good. When
+        the far process is frozen (SIGSTOP) past the zmq heartbeat timeout, this DEALER drops the
+        connection and reconnects to it; on waking, its ROUTER may see the new connection while
+        the old one, still holding messages, is being torn down, and libzmq 4.3 then refuses the
+        new one as a duplicate routing id and never reconsiders it: every later message over the
+        link is lost until the connection drops again.
 
         `close_linger_s` > 0 lets the last messages out when the channel closes (a goodbye).
         `peer`: the node id at the other end; with a link table, sends go through that link.
         `watch_peer`: watch the connection (`PeerWatch`): `channel.peer_lost()` says when it
         dropped, `wait_for` returns as soon as it does, and `wait` returns the channel then.
         """
-        socket = _make_socket(self._context, zmq.DEALER, self.options, identity=identity.encode(), max_frame_bytes=self.limits.max_frame_bytes)
+        socket = _make_socket(self._context, zmq.DEALER, self.options, identity=None if identity is None else identity.encode(),
+                              max_frame_bytes=self.limits.max_frame_bytes)
         # (before connecting: the monitor must see the first handshake)
         watch = PeerWatch(socket, self.clock) if watch_peer else None
         tcp = endpoint.startswith("tcp://")

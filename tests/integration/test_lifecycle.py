@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,10 +152,10 @@ def test_ctrl_c_while_nodes_start_leaves_no_child_after_5_s(tmp_path, kill_lefto
 
 
 @contextmanager
-def tiny_ring_started(run_dir: Path, kill_leftovers: list[int]):
+def tiny_ring_started(run_dir: Path, kill_leftovers: list[int], *overrides: str):
     """`orchestrate up` of the tiny ring for long (LONG); yields the process and the nodes' pids
     once every node has started, and kills the orchestrator if it is still running after."""
-    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *LONG)
+    process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), *LONG, *overrides)
     try:
         pids = launched_pids(wait_for_event(run_dir, "started", process))
         kill_leftovers.extend(pids.values())
@@ -165,9 +166,21 @@ def tiny_ring_started(run_dir: Path, kill_leftovers: list[int]):
             process.communicate()
 
 
-def test_a_paused_node_is_detected_and_shown_and_resumes(tmp_path, kill_leftovers):
+def neighbours_last_seen(log_text: str) -> dict[str, str]:
+    """Each neighbour's last membership state ("up" / "down") an agent's log says."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"neighbour (\S+) is (up|down)", log_text)}
+
+
+# zmq heartbeats shorter than the ~3 s a pause takes to be noticed: the neighbours' links to the
+# paused agent drop and reconnect while it is stopped (see `Hub.connect_dealer`).
+SHORT_ZMQ_HEARTBEATS = ("--set", "network.zmq_heartbeat_ivl_s=0.2", "--set", "network.zmq_heartbeat_timeout_s=1.0")
+MEMBERSHIP_TIMEOUT_S = 5.0  # tiny_ring's (the default)
+
+
+def test_a_paused_node_is_detected_and_shown_and_resumes_hearing_its_neighbours(tmp_path, kill_leftovers):
     run_dir = tmp_path / "run"
-    with tiny_ring_started(run_dir, kill_leftovers) as (process, pids):
+    log_path = run_dir / "nodes" / "agent_1" / "log"
+    with tiny_ring_started(run_dir, kill_leftovers, *SHORT_ZMQ_HEARTBEATS) as (process, pids):
         os.kill(pids["agent_1"], signal.SIGSTOP)
         events = wait_for_event(run_dir, "paused", process, timeout_s=30)
         paused = [e for e in events if e["event"] == "paused"]
@@ -178,6 +191,12 @@ def test_a_paused_node_is_detected_and_shown_and_resumes(tmp_path, kill_leftover
         os.kill(pids["agent_1"], signal.SIGCONT)
         events = wait_for_event(run_dir, "resumed", process, timeout_s=30)
         assert [e for e in events if e["event"] == "resumed"][0]["node"] == "agent_1"
+        # The resumed agent goes on hearing both neighbours: what its links buffered during the
+        # stop arrives at once, so only a membership timeout later does a lost link show, as a
+        # neighbour declared down and not up again.
+        time.sleep(MEMBERSHIP_TIMEOUT_S + 2.0)
+        log_text = log_path.read_text()
+        assert neighbours_last_seen(log_text) == {"agent_0": "up", "agent_2": "up"}, log_text[-3000:]
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
     assert process.returncode == 130

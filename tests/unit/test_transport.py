@@ -9,6 +9,7 @@ and in order through the C-level receive path, and message ids stay unique acros
 
 from __future__ import annotations
 
+import logging
 import time
 
 import msgpack
@@ -111,6 +112,25 @@ def test_a_version_1_peer_is_dropped_and_counted(hubs, raw_dealer, tmp_path):
     raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=2))
     assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
     assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
+
+
+def test_a_dealer_without_routing_id_is_heard_and_its_bad_input_logged_as_an_unnamed_connection(hubs, tmp_path, caplog):
+    server_hub = hubs("agent_1")
+    inbox = server_hub.bind_router(f"ipc://{tmp_path}/agent_1.peer", name="peers")
+    links = [hubs(name).connect_dealer(inbox.endpoint, name="peer:agent_1", identity=None) for name in ("agent_0", "agent_2")]
+    for link in links:
+        link.send(m.Heartbeat(node_id=link.sender, incarnation=0, state="running"))
+    # The sender is the header's, whatever routing id libzmq drew for the connection.
+    assert sorted(e.sender for e in receive(server_hub, inbox, 2)) == ["agent_0", "agent_2"]
+    with caplog.at_level(logging.WARNING, logger="protocols.net.transport"):
+        for link in links:
+            link.socket.send_multipart([b"not an envelope"])
+        links[0].send(m.Heartbeat(node_id="agent_0", incarnation=0, state="running"))  # (through: both were read)
+        assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
+    assert inbox.stats.dropped_invalid == 2
+    # Both connections' drawn routing ids are one source: one line (at most one per 5 s after it).
+    lines = [r.getMessage() for r in caplog.records if "invalid message" in r.getMessage()]
+    assert len(lines) == 1 and "an unnamed connection" in lines[0], lines
 
 
 def test_a_burst_arrives_whole_and_in_order_then_the_channel_reads_empty(hubs, tmp_path):
