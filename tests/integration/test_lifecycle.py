@@ -219,7 +219,8 @@ def test_exited_event_is_stamped_when_the_node_died(tmp_path, kill_leftovers):
     assert died["t"] <= shutdown["t"], "stamped when it died, before the shutdown it caused"
 
 
-@pytest.mark.parametrize("method", ["fork_server", "spawn"])
+# spawn (~15 s: every node imports torch afresh) runs with the long scenarios; fork_server is the default
+@pytest.mark.parametrize("method", ["fork_server", pytest.param("spawn", marks=pytest.mark.long)])
 def test_both_start_methods_run_to_completion(tmp_path, method):
     run_dir = tmp_path / "run"
     events = run_to_its_end(run_dir, "configs/tiny_ring.yaml", f"launch.start_method={method}")

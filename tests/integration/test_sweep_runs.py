@@ -32,6 +32,7 @@ def write_sweep(tmp_path: Path, **spec) -> Path:
     return path
 
 
+@pytest.mark.long  # (~20 s; the failed-run and Ctrl-C sweeps stay in the README's test command)
 def test_a_two_point_loss_sweep_runs_and_reports(tmp_path):
     """Loss on the peer links, 0 or 0.5, both runs at once: both finish, and the report shows the
     loss the links realised, so the swept key reached the runs."""
