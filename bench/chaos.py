@@ -63,7 +63,7 @@ import io
 import json
 import os
 import re
-import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -224,7 +224,7 @@ class RunDisk:
 
     @staticmethod
     def available() -> bool:
-        return os.geteuid() == 0 and Path("/proc/filesystems").read_text().find("tmpfs") >= 0
+        return os.geteuid() == 0 and "tmpfs" in Path("/proc/filesystems").read_text()
 
     def mount(self) -> None:
         self.mount_point.mkdir(parents=True, exist_ok=True)
@@ -257,8 +257,6 @@ class RunDisk:
             return
         self.free()
         if keep_to is not None:
-            import shutil
-
             shutil.copytree(self.mount_point / "run", keep_to, symlinks=True, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("sock", "*.sock"))
         subprocess.run(["umount", "-l", str(self.mount_point)], check=False)
