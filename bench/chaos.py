@@ -544,7 +544,7 @@ def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
     step recorded before it started (agents save at their own step, which may lag the env's)."""
     every = int(yaml.safe_load((run_dir / "resolved.yaml").read_text())["agents"]["checkpoint_every_steps"])
     env_rows = read_jsonl(run_dir / "nodes" / "env" / "metrics.jsonl")
-    said, silent, older, lost_steps = 0, [], [], []
+    said, silent, older, lost_steps, stopped_early = 0, [], [], [], []
     for agent in AGENTS:
         lines = log_lines(run_dir / "nodes" / agent / "log")
         starts = [when for when, line in lines if "starting, run seed" in line]
@@ -552,7 +552,10 @@ def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
             end = starts[i + 1] if i + 1 < len(starts) else float("inf")
             lost = [line for when, line in lines if started <= when < end and "lost on restart" in line]
             if not lost:
-                silent.append(f"{agent} #{i}")
+                if any(started <= when < end and " ERROR stopping: " in line for when, line in lines):
+                    stopped_early.append(f"{agent} #{i}")  # stopped before it joined (a full disk): nothing restored
+                else:
+                    silent.append(f"{agent} #{i}")
                 continue
             said += 1
             lost_steps.append(int(re.search(r"(\d+) steps of learning lost", lost[0]).group(1)))
@@ -564,6 +567,7 @@ def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
     ok = not silent and not older
     return Verdict("restarted agents restored their newest checkpoint and said what they lost", ok,
                    f"{said} restarts said what they lost (steps lost: {lost_steps or '-'}); silent: {silent or 'none'}; "
+                   f"stopped before joining (their own files refused): {stopped_early or 'none'}; "
                    f"older than one generation before the newest due: {older or 'none'}")
 
 
