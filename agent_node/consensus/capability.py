@@ -64,12 +64,11 @@ class ConsensusCapability(Capability):
         self.peer_linger_s = PEER_LINGER_S if self.config.average_at_end else 0.0
         self.waits_for_last_observation = self.config.average_at_end
         # A newcomer's first ask of its neighbours (consensus.bootstrap_newcomers): made at most once,
-        # not by an agent that restored its saved state (`load_state_dict`).
+        # not by an agent that restored its saved state (`load_state_dict`); None once its mean is taken.
         round_trip = 2 * (self.config.round_timeout_steps if self.in_steps else self.config.round_timeout_s)
         self.bootstrap = NewcomerBootstrap(round_trip) if self.config.bootstrap_newcomers else None
         self.restored = False
         self._bootstrap_held: m.EnvObservation | None = None
-        self._bootstrap_taken = False
         self._down: set[str] = set()  # neighbours membership declared down (not asked)
         self.joined_mid_run = False  # known from the welcome (`attach`)
 
@@ -196,9 +195,9 @@ class ConsensusCapability(Capability):
 
     def _take_bootstrap_if_done(self, now: float) -> None:
         bootstrap = self.bootstrap
-        if bootstrap is None or not bootstrap.done or self._bootstrap_taken:
+        if bootstrap is None or not bootstrap.done:
             return
-        self._bootstrap_taken = True
+        self.bootstrap = None  # taken: a late share changes nothing
         if bootstrap.result is not None:
             self.node.learner.set_params(bootstrap.result)
         record = bootstrap.metrics()
