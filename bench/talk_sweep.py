@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import results_page  # noqa: E402
 
 from orchestrator.report import plot_sweep, summarize_sweep  # noqa: E402
+from orchestrator.rundir import EVENTS_FILENAME, read_jsonl  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
 
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
@@ -55,6 +56,31 @@ def _utc(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _made_by(summary: dict[str, Any], durations: dict[str, float]) -> list[dict[str, Any]]:
+    """The code that made the sweep's runs (a merged sweep's seeds may come from other commits or
+    machines): per (commit, Python, torch), its seeds, how many runs and their mean wall time."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for point in summary["points"]:
+        for run in point["runs"]:
+            if run["record"] is None:  # never started, or its directory is gone
+                continue
+            started = next((e for e in read_jsonl(Path(run["run_dir"]) / EVENTS_FILENAME) if e.get("event") == "run_started"), {})
+            code = started.get("code") or {}
+            key = ((code.get("git_commit") or "?")[:7], code.get("python"), code.get("torch"))
+            group = groups.setdefault(key, {"commit": key[0], "python": key[1], "torch": key[2], "seeds": set(), "runs": 0,
+                                            "seconds": []})  # fmt: skip
+            group["seeds"].add(run["seed"])
+            group["runs"] += 1
+            if Path(run["run_dir"]).name in durations:
+                group["seconds"].append(durations[Path(run["run_dir"]).name])
+    made_by = []
+    for group in groups.values():
+        seconds = group.pop("seconds")
+        made_by.append({**group, "seeds": sorted(group["seeds"]),
+                        "run_seconds_mean": sum(seconds) / len(seconds) if seconds else None})
+    return made_by
+
+
 def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
     """The record: the bench's own fields (results_page), the sweep's times, and per point its
     runs (seed, return, why refused) and the report's effects (axes, D50, crashes)."""
@@ -64,9 +90,12 @@ def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
     started = min(run["started_at"] for run in runs if run.get("started_at"))
     finished = max(run["started_at"] + run["duration_s"] for run in runs if run.get("duration_s"))
     summary = summarize_sweep(sweep_dir)
+    timed = [r["duration_s"] for r in runs if r.get("duration_s")]
     record["sweep"] = {"file": index["sweep"], "dir": str(sweep_dir), "grid": index["grid"], "seeds": index["seeds"],
                        "runs_started_utc": _utc(started), "runs_finished_utc": _utc(finished),
-                       "run_seconds_mean": sum(r["duration_s"] for r in runs if r.get("duration_s")) / len(runs)}
+                       "run_seconds_mean": sum(timed) / len(timed),
+                       "parallel": sorted({source.get("parallel") or 1 for source in index.get("merged_from") or [index]}),
+                       "made_by": _made_by(summary, {Path(r["run_dir"]).name: r["duration_s"] for r in runs if r.get("duration_s")})}
     record["rows"] = [
         {"point": point["point"], "runs": [
             {"seed": run["seed"], "return": (run["headline"] or {}).get(RETURN), "refused": run["refused"],
@@ -84,10 +113,16 @@ def render(record: dict[str, Any], source: str) -> str:
     sweep = record["sweep"]
     lines = [results_page.header(record, record.get("title", DEFAULT_TITLE), source),
              f"The runs: `{sweep['file']}`, seeds {sweep['seeds']}, run "
-             f"{sweep['runs_started_utc']} to {sweep['runs_finished_utc']} UTC, one at a time, "
+             f"{sweep['runs_started_utc']} to {sweep['runs_finished_utc']} UTC, {_at_once(sweep.get('parallel', [1]))}, "
              f"{sweep['run_seconds_mean']:.0f} s a run on average (the machine's load in that time is not recorded; "
              "the times above are the page's). Returns: per agent per episode, the mean of the last 5 greedy "
              "evaluations (8 episodes each), the env's reward; only runs that exited 0 with their budget done.\n"]
+    made_by = sweep.get("made_by") or []
+    if len(made_by) > 1:
+        lines.append("The runs were made by more than one build (a merged sweep, `orchestrate sweep --merge`):\n")
+        lines += [f"- commit {g['commit']}, Python {g['python']}, torch {g['torch']}: seeds {g['seeds']}, {g['runs']} runs"
+                  + (f", {g['run_seconds_mean']:.0f} s a run" if g.get("run_seconds_mean") else "") for g in made_by]
+        lines.append("")
 
     def cell(run: dict[str, Any]) -> str:
         if run["refused"] is not None:
@@ -103,6 +138,10 @@ def render(record: dict[str, Any], source: str) -> str:
         lines.append("| " + " | ".join("---" for _ in columns) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _at_once(parallel: list[int]) -> str:
+    return "one at a time" if parallel == [1] else f"{' or '.join(map(str, parallel))} at a time"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
     orchestrate sweep    SWEEP.yaml|CONFIG [--grid K=V1,V2 ...] [--seeds 0-4] [--set K=V ...] [--parallel N]
                          [--sweep-dir DIR] [--dry-run]
+    orchestrate sweep    --merge SWEEP_DIR SWEEP_DIR ... --sweep-dir OUT   one index over sweeps run apart
                                                               a grid of overrides x seeds, one run each
     orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save]  tables of a run's or a sweep's results
 
@@ -479,9 +480,32 @@ def _signal_group_or_process(pid: int, signum: int) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+def _merge_sweeps(args: argparse.Namespace) -> int:
+    from orchestrator import sweep
+
+    other = [flag for flag, given in (("a sweep file", args.sweep_file), ("--grid", args.grid), ("--seeds", args.seeds),
+                                      ("--set", args.overrides), ("--parallel", args.parallel), ("--dry-run", args.dry_run))
+             if given]  # fmt: skip
+    if other:
+        return _fail(f"--merge runs nothing: it takes only sweep directories and --sweep-dir, got {', '.join(other)}", EXIT_USAGE)
+    if not args.sweep_dir:
+        return _fail("--merge: expected --sweep-dir OUT, a new or empty directory for the merged index", EXIT_USAGE)
+    out_dir = Path(args.sweep_dir).absolute()
+    index = sweep.merge_sweeps([Path(source) for source in args.merge], out_dir)
+    for source in index["merged_from"]:
+        print(f"  {source['dir']}: seeds {source['seeds']} ({source['state']}), commits {', '.join(c[:7] for c in source['commits']) or '-'}")
+    print(f"sweep {index['sweep']}: {len(index['runs'])} run(s), seeds {index['seeds']}, merged into "
+          f"{out_dir / sweep.SWEEP_INDEX_FILENAME}; `orchestrate report {out_dir}` for the results")  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from orchestrator import sweep
 
+    if args.merge:
+        return _merge_sweeps(args)
+    if args.sweep_file is None:
+        return _fail("sweep: expected a sweep file or a run config (or --merge DIR DIR ... --sweep-dir OUT)", EXIT_USAGE)
     if args.parallel is not None and args.parallel < 1:
         return _fail(f"--parallel: expected >= 1, got {args.parallel}", EXIT_USAGE)
     seeds = sweep.parse_seeds(args.seeds) if args.seeds is not None else None
@@ -593,8 +617,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(handler=cmd_down)
 
     sweep = verbs.add_parser("sweep", help="run a grid of config overrides x seeds, one run each, with an index")
-    sweep.add_argument("sweep_file", metavar="SWEEP.yaml|CONFIG.yaml",
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml|CONFIG.yaml", nargs="?",
                        help="a sweep file (base config, grid, seeds: see configs/sweeps/), or a run config with --grid")  # fmt: skip
+    sweep.add_argument("--merge", nargs="+", metavar="SWEEP_DIR",
+                       help="merge sweeps of one spec run apart (other seeds, another machine) into --sweep-dir; runs nothing")  # fmt: skip
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="a swept key and its values (each YAML), added to the file's grid; repeatable")  # fmt: skip
     sweep.add_argument("--sweep-dir", metavar="DIR", help="a new or empty directory (default runs/sweeps/<name>-<timestamp>)")

@@ -73,7 +73,7 @@ from orchestrator.intervals import holm, iqm_interval, paired_t_test, probabilit
 from orchestrator.run_records import run_record
 from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
 from orchestrator import sweep_effects
-from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index
+from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index, run_dir_of
 from protocols.run.config_errors import ConfigError
 from protocols.run.settings import ENV_NODE_ID
 
@@ -486,9 +486,7 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
                                                  # how the effects read it (a sweep from before points: its grid values)
                                                  "coordinates": run.get("coordinates", run["grid_values"]),
                                                  "line": run.get("line"), "role": run.get("role")})  # fmt: skip
-        run_dir = Path(run["run_dir"])
-        if not (run_dir / RESOLVED_FILENAME).exists():
-            run_dir = sweep_dir / run_dir.name  # the sweep dir was moved, or given relative to another cwd
+        run_dir = run_dir_of(sweep_dir, run)
         exists = (run_dir / RESOLVED_FILENAME).exists()
         summary = summarize_run(run_dir) if exists else None
         record = run_record(run_dir, run["exit_code"]) if exists else None
@@ -503,8 +501,10 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         keys = list(scored[0]["headline"]) if scored else [key for key, _, _ in headline_columns()]
         point["metrics"] = {key: _aggregate([r["headline"][key] for r in scored]) for key in keys}
         rows.append(point)
+    commits = sorted({run["record"]["git_commit"] or "?" for point in rows for run in point["runs"] if run["record"]})
     return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
             "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows,
+            "commits": commits, "merged_from": index.get("merged_from"),
             "comparisons": compare_points(rows), "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
 
 
@@ -723,6 +723,10 @@ def render_sweep(summary: dict[str, Any], console, markdown: bool = False) -> No
                 cells.append(_fmt(aggregate["mean"], spec))
         table.add_row(*cells)
     _print_table(console, table, title, markdown)
+    for source in summary.get("merged_from") or []:
+        console.print(f"merged from {source['dir']}: seeds {source['seeds']}, commits {', '.join(c[:7] for c in source['commits']) or '-'}")
+    if len(summary.get("commits", [])) > 1:
+        console.print(f"runs made at {len(summary['commits'])} commits: {', '.join(c[:7] for c in summary['commits'])}")
     for point in summary["points"]:
         for run in point["runs"]:
             if run["refused"] is not None:

@@ -69,6 +69,16 @@ true record of what ran, even if the sweep itself is killed. (`kill -9` of the s
 anything: the runs in flight go on to the end of their budget on their own, and
 `orchestrate down <run dir>` stops one.)
 
+**Seeds run elsewhere** (another machine, a later day, a sweep stopped halfway) join one sweep with
+`orchestrate sweep --merge DIR DIR ... --sweep-dir OUT`: the sweeps must have the same spec
+(name, grid, points, fixed overrides; their seeds may differ), and OUT gets an index of every
+(point, seed) that any of them ran, pointing at the run directories where they are (nothing is
+copied), and `merged_from`: each source with its seeds and the commits its runs ran at. A
+(point, seed) that two sources hold is taken from the first that may be scored (exit 0, budget
+done), else from the first given. Whether runs made at different commits may be pooled is the
+reader's question; `orchestrate report` lists the commits a sweep's runs ran at, and a seed rerun at both commits
+with `run.reproducible` answers it.
+
 The orchestrator never imports learning code; neither does this module.
 """
 
@@ -467,6 +477,56 @@ def read_index(sweep_dir: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: no sweep index here (expected a directory made by `orchestrate sweep`)"]) from None
     except json.JSONDecodeError as error:
         raise ConfigError([f"{path}: not valid JSON ({error})"]) from None
+
+
+# What two sweeps must share to be merged: everything that decides what a (point, seed) runs.
+MERGE_SPEC_FIELDS = ("sweep", "grid", "points", "set")
+
+
+def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
+    """One sweep index in `out_dir` over the runs of `sources` (see the module docstring)."""
+    from orchestrator.run_records import run_record
+
+    if len(sources) < 2:
+        raise ConfigError([f"--merge: expected at least two sweep directories, got {len(sources)}"])
+    indexes = [read_index(source) for source in sources]
+    first = indexes[0]
+    problems = [f"--merge: {source} has another {name} than {sources[0]} ({index[name]!r} vs {first[name]!r})"
+                for source, index in zip(sources[1:], indexes[1:]) for name in MERGE_SPEC_FIELDS
+                if index.get(name) != first.get(name)]  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
+    chosen: dict[tuple[str, int], dict[str, Any]] = {}
+    merged_from = []
+    for source, index in zip(sources, indexes):
+        commits = set()
+        for run in index["runs"]:
+            run = {**run, "run_dir": str(run_dir_of(source, run))}
+            record = run_record(Path(run["run_dir"]), run["exit_code"]) if Path(run["run_dir"]).is_dir() else None
+            if record is not None:
+                commits.add(record["git_commit"])
+            key = (run["point"], run["seed"])
+            scored = record is not None and record["refused"] is None
+            if key not in chosen or (scored and not chosen[key]["scored"]):
+                chosen[key] = {"run": run, "scored": scored}
+        merged_from.append({"dir": str(source), "seeds": index["seeds"], "state": index["state"],
+                            "parallel": index.get("parallel"), "commits": sorted(c for c in commits if c)})  # fmt: skip
+    runs = sorted((entry["run"] for entry in chosen.values()), key=lambda run: (run["point_index"], run["seed"]))
+    claim_sweep_dir(out_dir)
+    index = {**{name: first.get(name) for name in MERGE_SPEC_FIELDS}, "base_config": first["base_config"],
+             "seeds": sorted({run["seed"] for run in runs}), "parallel": None, "state": "merged",
+             "started": min((index["started"] for index in indexes if index.get("started")), default=None),
+             "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "merged_from": merged_from, "runs": runs}  # fmt: skip
+    path = out_dir / SWEEP_INDEX_FILENAME
+    path.write_text(json.dumps(index, indent=1, default=str))
+    return index
+
+
+def run_dir_of(sweep_dir: Path, run: dict[str, Any]) -> Path:
+    """Where a run of an index is now: where it ran, or beside the index if the sweep moved."""
+    recorded = Path(run["run_dir"])
+    return recorded if recorded.is_dir() else sweep_dir.absolute() / recorded.name
 
 
 def default_sweep_dir(spec: SweepSpec) -> Path:

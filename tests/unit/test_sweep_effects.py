@@ -267,3 +267,43 @@ def test_bootstrap_draws_where_talking_adds_nothing_are_left_out_and_counted():
     assert 0.65 * d50["draws"] < d50["undefined_draws"] < 0.85 * d50["draws"]
     text = sweep_effects.d50_text({"value": 0.5, "beyond": False, "reason": None, **d50}, 1)
     assert text.startswith("0.5 [0.5, 0.5] (") and "draws left out: no gain from talking in them" in text
+
+
+def test_sweeps_of_one_spec_run_apart_merge_into_one_with_every_seed(tmp_path, capsys):
+    # Seeds 0-2 ran here, seeds 3-4 elsewhere; here seed 1 of the no-talk point failed, and the
+    # other sweep holds that (point, seed) too, done: the merge takes the run that may be scored.
+    make_sweep(tmp_path / "here")
+    make_sweep(tmp_path / "there", seed_offsets=(0.0, 0.0, 0.0, 1.0, -1.0))
+    here = json.loads((tmp_path / "here" / "sweep.json").read_text())
+    failed = next(run for run in here["runs"] if run["point"] == "p07-no_talk" and run["seed"] == 1)
+    failed.update(status="failed", exit_code=1)
+    (tmp_path / "here" / "sweep.json").write_text(json.dumps(here))
+    there = json.loads((tmp_path / "there" / "sweep.json").read_text())
+    there["runs"] = [run for run in there["runs"] if run["seed"] >= 3 or run["point"] == "p07-no_talk"]
+    there["seeds"] = [3, 4]
+    (tmp_path / "there" / "sweep.json").write_text(json.dumps(there))
+
+    assert main(["sweep", "--merge", str(tmp_path / "here"), str(tmp_path / "there"), "--sweep-dir", str(tmp_path / "all")]) == 0
+    assert "45 run(s), seeds [0, 1, 2, 3, 4]" in capsys.readouterr().out  # 9 points x 5 seeds, each once
+    merged = json.loads((tmp_path / "all" / "sweep.json").read_text())
+    assert merged["seeds"] == [0, 1, 2, 3, 4] and merged["state"] == "merged"
+    assert len(merged["runs"]) == 9 * 5
+    assert [source["seeds"] for source in merged["merged_from"]] == [[0, 1, 2], [3, 4]]
+    taken = next(run for run in merged["runs"] if run["point"] == "p07-no_talk" and run["seed"] == 1)
+    assert taken["run_dir"].startswith(str(tmp_path / "there")) and taken["exit_code"] == 0
+    summary = report.summarize_sweep(tmp_path / "all")
+    assert all(point["ok"] == 5 for point in summary["points"])
+    assert line(summary["effects"], DELAY, "loss=0")["d50"]["value"] == pytest.approx(3.0)
+
+
+def test_sweeps_of_different_specs_or_a_merge_with_run_options_are_refused(tmp_path, capsys):
+    make_sweep(tmp_path / "a")
+    make_sweep(tmp_path / "b")
+    other = json.loads((tmp_path / "b" / "sweep.json").read_text())
+    other["grid"][LOSS] = [0.0, 0.5]
+    (tmp_path / "b" / "sweep.json").write_text(json.dumps(other))
+    assert main(["sweep", "--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--sweep-dir", str(tmp_path / "out")]) != 0
+    assert "another grid" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["sweep", "--merge", str(tmp_path / "a"), str(tmp_path / "a"), "--seeds", "0-4", "--sweep-dir", str(tmp_path / "out")]) != 0
+    assert "--seeds" in capsys.readouterr().err
