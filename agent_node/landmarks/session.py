@@ -190,6 +190,10 @@ class LandmarkSession:
         # The step at which each copy's current episode began (in steps: a late decision applies
         # only to the copies still playing its episode).
         self.episode_start_step = {False: np.zeros(num_copies, dtype=np.int64), True: np.zeros(0, dtype=np.int64)}
+        # The copies whose current episode this session saw begin. A restarted agent rejoins in
+        # the middle of episodes (of training, or of an evaluation under way): until their next
+        # start, those copies pursue its own nearest landmark (`condition`).
+        self.seen_start = {False: np.zeros(num_copies, dtype=bool), True: np.zeros(0, dtype=bool)}
         self.pending: dict[bool, _Decision] = {}  # evaluation? -> the decision under way
         self.decided_keys: set[str] = set()
         self.last_train_key: str | None = None
@@ -220,9 +224,9 @@ class LandmarkSession:
         evaluation = bool(message.evaluation)
         starting = np.asarray(message.episode_start, dtype=bool)
         if evaluation and len(self.goals[True]) != len(starting):
-            self.goals[True] = np.zeros(len(starting), dtype=np.int64)
-            self.episode_start_step[True] = np.zeros(len(starting), dtype=np.int64)
+            self._evaluation_copies(len(starting))
         self.episode_start_step[evaluation][starting] = message.step
+        self.seen_start[evaluation][starting] = True
         costs = self.layout.distances(np.asarray(obs, dtype=np.float32))
         if self.in_steps:
             self.goals[evaluation][starting] = costs.argmin(axis=1)[starting]
@@ -334,11 +338,29 @@ class LandmarkSession:
     # ------------------------------------------------------------------ acting and learning
 
     def condition(self, obs: np.ndarray, evaluation: bool) -> np.ndarray:
-        """The learner's input: the observation with its copy's landmark one-hot appended."""
+        """The learner's input: the observation with its copy's landmark one-hot appended. A copy
+        whose episode began before this agent was there takes its own nearest landmark, counted
+        (`landmarks/joined_mid_episode`, `landmarks/joined_mid_evaluation`: copies)."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if evaluation and len(self.goals[True]) != len(obs):
+            self._evaluation_copies(len(obs))
         goals = self.goals[evaluation]
         if len(goals) != len(obs):
             raise ValueError(f"{len(obs)} observations but landmarks for {len(goals)} copies")
-        return np.concatenate([np.asarray(obs, dtype=np.float32), one_hot(goals, self.num_goals)], axis=1)
+        unseen = ~self.seen_start[evaluation]
+        if unseen.any():
+            goals[unseen] = self.layout.distances(obs).argmin(axis=1)[unseen]
+            self.seen_start[evaluation][unseen] = True
+            self.episode_start_step[evaluation][unseen] = -1  # not an episode any decision is for
+            key = "landmarks/joined_mid_evaluation" if evaluation else "landmarks/joined_mid_episode"
+            self._records.append({key: float(unseen.sum())})
+        return np.concatenate([obs, one_hot(goals, self.num_goals)], axis=1)
+
+    def _evaluation_copies(self, count: int) -> None:
+        """An evaluation with `count` copies (they may differ in count from training's)."""
+        self.goals[True] = np.zeros(count, dtype=np.int64)
+        self.episode_start_step[True] = np.zeros(count, dtype=np.int64)
+        self.seen_start[True] = np.zeros(count, dtype=bool)
 
     def training_rows(self, transition: Transition, step: int) -> list[Transition]:
         """The learner's rows for one lockstep transition: relabelled for every landmark (the

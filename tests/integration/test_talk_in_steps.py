@@ -8,6 +8,9 @@ with peer links that delay every message by 3 env steps and lose 20% of them.
   (protocols/sim/netsim.py `StepNetwork`) decides for the same seeded links: the simulator and a real
   run agree on what each message's link did.
 - Nothing held the env: no agent's action was defaulted (`env/default_actions/*` 0).
+- An agent killed in the middle of an episode and restarted rejoins in the middle of its copies'
+  episodes, which it never saw begin: it pursues its own nearest landmark there (counted), and the
+  run goes on to its budget (long).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from orchestrator.report import summarize_run
 from protocols.engines.flooding import FloodEngine, FloodRequest
 from protocols.net.links import LinkConfig
 from protocols.sim.netsim import StepNetwork
+from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 from tests.integration.test_reproducible_runs import (
     PATIENT, PERTURBED, assert_same_state, busy_loop_on_one_core, checkpoint, run_config, seeded_rows,
 )
@@ -96,3 +100,19 @@ def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulat
                 real["landmarks/rounds_closed_by_deadline"]) == (
             simulated.duration_s, float(len(simulated.values)), float(simulated.complete),
             float(simulated.rounds_closed_by_deadline)), agent
+
+
+@pytest.mark.long
+def test_an_agent_restarted_mid_episode_pursues_its_nearest_landmark_there_and_the_run_goes_on(tmp_path):
+    # Step 40 is in the middle of the second 25-step episode of every copy.
+    settings = [setting for setting in SETTINGS if not setting.startswith("run.reproducible")]
+    settings += ["faults.schedule=[{at_step: 40, kind: kill, nodes: [agent_2]}]",
+                 "faults.restart={policy: on-failure, max_restarts: 1, backoff_s: 0.5}"]
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    finished_ok(orchestrate("up", "configs/4agents_ring.yaml", "--run-dir", str(tmp_path), *overrides), timeout_s=180)
+    assert [e["node"] for e in read_events(tmp_path) if e["event"] == "rejoined"] == ["agent_2"]
+    joined = [row for row in metrics(tmp_path, "agent_2") if "landmarks/joined_mid_episode" in row]
+    assert [row["landmarks/joined_mid_episode"] for row in joined] == [2.0]  # both copies, once
+    assert 40 <= joined[0]["step"] < 50
+    assert not any("landmarks/joined_mid_episode" in row for agent in ("agent_0", "agent_1", "agent_3")
+                   for row in metrics(tmp_path, agent))  # fmt: skip

@@ -190,3 +190,24 @@ def test_talking_in_steps_a_decision_that_lands_after_its_episode_ended_changes_
     np.testing.assert_array_equal(session.goals[False], [3, 0])  # neither copy was playing that episode's start
     record = session.take_records()[-1]
     assert record["landmarks/decided_after_episode"] == 1.0 and record["landmarks/decision_age_steps"] == 26.0
+
+
+@pytest.mark.parametrize("in_steps", [False, True])
+def test_a_restarted_agent_rejoining_mid_episode_pursues_its_nearest_landmark_until_the_next_start(in_steps):
+    # A restarted agent's first observations belong to episodes (of training, or of an
+    # evaluation under way) it never saw begin: no decision is coming for them.
+    session = LandmarkSession(LandmarksConfig(), node_id="agent_1", topology=ring(4), layout=SpreadLayout(4, 4),
+                              num_copies=2, in_steps=in_steps)  # fmt: skip
+    obs = np.zeros((3, 24), np.float32)
+    obs[:, 4:12] = [[5, 0, 1, 0, 5, 0, 5, 0], [5, 0, 5, 0, 5, 0, 1, 0], [1, 0, 5, 0, 5, 0, 5, 0]]
+    conditioned = session.condition(obs, evaluation=True)  # 3 evaluation copies mid-episode
+    np.testing.assert_array_equal(conditioned[:, 24:].argmax(axis=1), [1, 3, 0])
+    conditioned = session.condition(obs[:2], evaluation=False)
+    np.testing.assert_array_equal(conditioned[:, 24:].argmax(axis=1), [1, 3])
+    assert session.take_records() == [{"landmarks/joined_mid_evaluation": 3.0}, {"landmarks/joined_mid_episode": 2.0}]
+    # Once seen, a copy keeps its landmark: counted once, and the next start decides as usual.
+    session.condition(obs[::-1][:2], evaluation=False)
+    assert session.take_records() == []
+    np.testing.assert_array_equal(session.goals[False], [1, 3])
+    session.begin(observation(25, obs[:2], [True, False]), obs[:2], now=25.0, training_step=25)
+    assert session.seen_start[False].all() and session.deciding
