@@ -9,7 +9,7 @@
     orchestrate logs     RUN_DIR NODE [-n LINES] [--follow]   a node's log
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
     orchestrate sweep    SWEEP.yaml|CONFIG [--grid K=V1,V2 ...] [--seeds 0-4] [--set K=V ...] [--parallel N]
-                         [--sweep-dir DIR] [--dry-run]
+                         [--only POINTS] [--sweep-dir DIR] [--dry-run]
     orchestrate sweep    --merge SWEEP_DIR SWEEP_DIR ... --sweep-dir OUT   one index over sweeps run apart
                                                               a grid of overrides x seeds, one run each
     orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save]  tables of a run's or a sweep's results
@@ -483,7 +483,7 @@ def _signal_group_or_process(pid: int, signum: int) -> None:
 def _merge_sweeps(args: argparse.Namespace) -> int:
     from orchestrator import sweep
 
-    other = [flag for flag, given in (("a sweep file", args.sweep_file), ("--grid", args.grid), ("--seeds", args.seeds),
+    other = [flag for flag, given in (("a sweep file", args.sweep_file), ("--grid", args.grid), ("--seeds", args.seeds), ("--only", args.only),
                                       ("--set", args.overrides), ("--parallel", args.parallel), ("--dry-run", args.dry_run))
              if given]  # fmt: skip
     if other:
@@ -512,6 +512,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec, base = sweep.load_sweep(args.sweep_file, seeds=seeds, extra_set=args.overrides, grid=args.grid)
     sweep_dir = (Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(spec)).absolute()
     runs = sweep.expand(spec, sweep_dir)
+    if args.only:
+        runs = sweep.only_points(runs, args.only.split(","))
     # Every point's config is checked before anything is launched (or any directory made).
     sweep.validate_runs(base, runs, check_env=not args.dry_run, source=f"{args.sweep_file} (base {base})")
     parallel = args.parallel if args.parallel is not None else spec.parallel
@@ -630,6 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="a fixed override for every point, after the file's `set:` (VALUE is YAML); repeatable",
     )  # fmt: skip
+    sweep.add_argument("--only", metavar="POINTS",
+                       help="run only these points (names as the dry run lists them, with or without the pNN- prefix, comma-separated)")  # fmt: skip
     sweep.add_argument("--dry-run", action="store_true", help="validate every point and list the runs; launch nothing")
     sweep.set_defaults(handler=cmd_sweep)
 

@@ -69,6 +69,7 @@ true record of what ran, even if the sweep itself is killed. (`kill -9` of the s
 anything: the runs in flight go on to the end of their budget on their own, and
 `orchestrate down <run dir>` stops one.)
 
+**Part of a sweep**: `--only POINT,...` runs only those points (the spec stays the whole sweep's).
 **Seeds run elsewhere** (another machine, a later day, a sweep stopped halfway) join one sweep with
 `orchestrate sweep --merge DIR DIR ... --sweep-dir OUT`: the sweeps must have the same spec
 (name, grid, points, fixed overrides; their seeds may differ), and OUT gets an index of every
@@ -477,6 +478,22 @@ def read_index(sweep_dir: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: no sweep index here (expected a directory made by `orchestrate sweep`)"]) from None
     except json.JSONDecodeError as error:
         raise ConfigError([f"{path}: not valid JSON ({error})"]) from None
+
+
+def only_points(runs: list[SweepRun], names: list[str]) -> list[SweepRun]:
+    """The runs of the points named (`p07-crash_d1` or `crash_d1`): the rest of a sweep, or one
+    point again, keeping the sweep's spec (so the result merges with the sweep's other runs)."""
+    points = list(dict.fromkeys(run.point for run in runs))
+    wanted, unknown = set(), []
+    for name in (name.strip() for name in names):
+        matches = [point for point in points if name in (point, point.partition("-")[2])]
+        if matches:
+            wanted.update(matches)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ConfigError([f"--only: no point named {', '.join(map(repr, unknown))}; the sweep's points: {', '.join(points)}"])
+    return [run for run in runs if run.point in wanted]
 
 
 # What two sweeps must share to be merged: everything that decides what a (point, seed) runs.

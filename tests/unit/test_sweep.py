@@ -10,7 +10,7 @@ import yaml
 
 from orchestrator.cli import main
 from orchestrator.overrides import parse_override
-from orchestrator.sweep import expand, load_sweep, override_text, parse_seeds, validate_runs
+from orchestrator.sweep import expand, load_sweep, only_points, override_text, parse_seeds, validate_runs
 from protocols.run.config_errors import ConfigError
 from tests.conftest import REPO
 
@@ -223,6 +223,18 @@ def test_points_beside_the_grid_come_after_it_with_their_own_overrides_names_and
     configs = validate_runs(base, runs, check_env=False)
     assert [c.network.default_link.jitter_s for c in configs[8::2]] == [0.0, 0.001, 0.001]
     assert [c.run.steps for c in configs[8::2]] == [30, 40, 30]
+
+
+def test_only_keeps_the_named_points_with_or_without_their_prefix_and_names_an_unknown_one(tmp_path):
+    path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.0, 0.1]}, seeds=[0, 1],
+                       points=[{"name": "lossy", "set": {"network.default_link.loss": 0.5}}])  # fmt: skip
+    spec, _ = load_sweep(path)
+    runs = expand(spec, tmp_path / "out")
+    kept = only_points(runs, ["lossy", "p00-loss0.0"])
+    assert [(run.point, run.seed) for run in kept] == [("p00-loss0.0", 0), ("p00-loss0.0", 1), ("p02-lossy", 0), ("p02-lossy", 1)]
+    assert kept[2].run_dir == str(tmp_path / "out" / "p02-lossy-seed0")  # the names the whole sweep gives them
+    with pytest.raises(ConfigError, match="no point named 'loss'.*p00-loss0.0, p01-loss0.1, p02-lossy"):
+        only_points(runs, ["loss"])
 
 
 def test_a_sweep_of_points_only_needs_no_grid(tmp_path):
