@@ -462,6 +462,7 @@ class AgentNode:
         for capability in self.capabilities:
             capability.after_observation(message, now)
         if self.talk is not None:  # the peer messages due at this step, once the transition it closes is recorded
+            self.metrics.accumulate(self.talk.graph_record())  # (links that follow positions: the step's graph)
             self.talk.hand_out(message, self.capabilities, self.dispatch)
 
     # The node's own dispatch: message type -> (the sources it may come from, its handler).

@@ -9,7 +9,9 @@ too (`protocols.talk: env_steps`). The rule, for every peer message:
 
 A clock is the training lockstep (`"train"`), or one evaluation (`"eval:<training step>"`: its
 steps count from 0, and what is still in flight when it ends is dropped). Loss, duplication and
-partitions are decided in the same clock, by the sender, when the message leaves.
+partitions are decided in the same clock, by the sender, when the message leaves; so is the range
+of a proximity topology (protocols/engines/proximity.py: a message is dropped when its sender and
+receiver were farther apart than the radius at the step it was sent).
 
 How the receiver knows what is due before it acts. The sender holds what its protocols send
 while it handles step t (`StepOutbox.queue`); when it answers the env server it closes the step
@@ -92,13 +94,18 @@ class StepOutbox:
     fate when the step closes, and follows the messages with each link's mark."""
 
     def __init__(self, src: str, run_seed: int, config_for: Callable[[str, str], LinkConfig],
-                 blocked: Callable[[str, str], bool] = lambda src, dst: False) -> None:
+                 blocked: Callable[[str, str], bool] = lambda src, dst: False,
+                 reachable: Callable[[str], bool] | None = None) -> None:
         self.src = src
         self.run_seed = run_seed
         self._config_for = config_for  # (src, dst) -> LinkConfig; a link without delay_steps counts 1 step
         self._blocked = blocked  # (src, dst) -> an emulated partition cuts the link now
+        # dst -> within range at the step being closed (topology.kind: proximity,
+        # protocols/engines/proximity.py); None: every neighbour is reachable.
+        self._reachable = reachable
         self._models: dict[str, StepLinkModel] = {}
         self._queued: dict[str, list[Any]] = defaultdict(list)
+        self.dropped_range: dict[str, int] = defaultdict(int)  # dst -> messages out of range when sent
 
     def model_for(self, dst: str) -> StepLinkModel:
         model = self._models.get(dst)
@@ -126,10 +133,15 @@ class StepOutbox:
         for destination in sorted(set(neighbours) | set(self._queued)):
             model = self.model_for(destination)
             due: list[int] = []
+            out_of_range = self._reachable is not None and not self._reachable(destination)
             for message in self._queued.pop(destination, []):
                 if self._blocked(self.src, destination):
                     model.counters.sent += 1
                     model.counters.dropped_partition += 1
+                    continue
+                if out_of_range:  # (before the link's draws: its random stream ignores the geometry)
+                    model.counters.sent += 1
+                    self.dropped_range[destination] += 1
                     continue
                 for due_step in model.decide(step):
                     due.append(due_step)
@@ -148,6 +160,8 @@ class StepOutbox:
             rows[prefix + "dropped_loss"] = counters.dropped_loss
             rows[prefix + "dropped_partition"] = counters.dropped_partition
             rows[prefix + "duplicated"] = counters.duplicated
+            if self._reachable is not None:
+                rows[prefix + "dropped_range"] = self.dropped_range[dst]
         return rows
 
 

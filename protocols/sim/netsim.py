@@ -313,18 +313,35 @@ class StepNetwork:
     and the same sends decide every message alike. `begin(node, method, *args)` calls anything
     else on an engine (starting a run) during the next step, after its deliveries and timers, as
     a live node begins a protocol run when it handles a step. Every delivery is kept in
-    `deliveries` as (step, sender, receiver, message)."""
+    `deliveries` as (step, sender, receiver, message).
+
+    Links that follow positions (topology.kind: proximity): `positions(step)` gives every node's
+    position at a step (rows in sorted node order: a mobility model) and `radius` the range. A
+    message goes out only to a neighbour in range at the step it is sent, and after its step's
+    deliveries, timers and begins each engine hears which neighbours left the range
+    (`on_neighbour_down`) or came back (`on_neighbour_up`), as a live node's capabilities do
+    (protocols/engines/proximity.py's `ProximityNeighbours`, agent_node/step_talk.py). The graph
+    of every step is kept in `graphs` (edges, components)."""
 
     def __init__(self, engines: Mapping[str, SimulatedEngine], neighbours: Mapping[str, list[str]], run_seed: int,
-                 config_for: Callable[[str, str], LinkConfig], clock: str = "train") -> None:
+                 config_for: Callable[[str, str], LinkConfig], clock: str = "train",
+                 positions: Callable[[int], np.ndarray] | None = None, radius: float | None = None) -> None:
+        from protocols.engines.proximity import ProximityNeighbours
         from protocols.engines.step_links import StepInbox, StepOutbox
 
+        if (positions is None) != (radius is None):
+            raise ValueError("StepNetwork: positions and radius go together (links that follow positions), got one of them")
         self.engines = dict(engines)
         self.neighbours = {node: sorted(neighbours[node]) for node in self.engines}
         self.clock = clock
         self.step_number = 0
         self.partitions = PartitionTable()
-        self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks) for node in self.engines}
+        self.positions = positions
+        self.proximity = {node: ProximityNeighbours(sorted(self.engines), node, radius) for node in self.engines} if positions else {}
+        self.graphs: list = []  # (links that follow positions) each step's GraphSummary
+        self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks,
+                                          reachable=self.proximity[node].reachable if positions else None)
+                         for node in self.engines}
         self.inboxes = {node: StepInbox() for node in self.engines}
         self.deliveries: list[tuple[int, str, str, object]] = []
         self._begins: dict[str, list[tuple[Callable[..., list[Outgoing]], tuple]]] = {node: [] for node in self.engines}
@@ -335,7 +352,14 @@ class StepNetwork:
     def step(self) -> None:
         from protocols.engines.step_links import PeerStepMark
 
+        from protocols.engines.proximity import summarize
+
         now = float(self.step_number)
+        changes: dict[str, tuple[list[str], list[str]]] = {}
+        if self.positions is not None:
+            where = np.asarray(self.positions(self.step_number), dtype=float)
+            changes = {node: tracker.update(where) for node, tracker in self.proximity.items()}
+            self.graphs.append(summarize(where, next(iter(self.proximity.values())).radius))
         for node in sorted(self.engines):
             engine, outbox = self.engines[node], self.outboxes[node]
             for sender, message in self.inboxes[node].take_due(self.clock, self.step_number):
@@ -345,6 +369,11 @@ class StepNetwork:
             for method, args in self._begins[node]:
                 outbox.queue(method(*args))
             self._begins[node] = []
+            left, back = changes.get(node, ([], []))
+            for peer in (p for p in left if p in self.neighbours[node]):
+                outbox.queue(engine.on_neighbour_down(peer, now))
+            for peer in (p for p in back if p in self.neighbours[node]):
+                outbox.queue(engine.on_neighbour_up(peer, now))
         for node in sorted(self.engines):
             for destination, message in self.outboxes[node].close_step(self.clock, self.step_number, self.neighbours[node]):
                 inbox = self.inboxes[destination]

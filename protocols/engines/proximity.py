@@ -1,0 +1,128 @@
+"""Links that follow where the agents are (`topology.kind: proximity`). Pure functions and one
+small sans-IO tracker; no I/O, no clock.
+
+In a swarm, who hears whom follows positions. With `topology.kind: proximity` every pair of
+agents may talk (the run's topology is the full graph: every agent has a connection to every
+other), but the env server publishes every agent's position with each training observation
+(env_server/positions.py) and a peer message is let through by one rule:
+
+    a message sent from i to j while i handles step t of the env-step clock reaches j (at the
+    start of step t + d, protocols/engines/step_links.py) only if dist_t(i, j) <= radius,
+    where dist_t is the distance between the positions published with the observation of step t.
+
+Every agent receives the same positions, so sender and receiver agree on the graph of each step
+without a message about it; the rule is applied by the sender when it closes the step, beside the
+link's loss and partitions (a message out of range is counted `dropped_range`, drawing nothing
+from the link's random stream, so the seeded fates of the other messages do not depend on the
+geometry). Distance is symmetric, so the graph of a step is undirected.
+
+During an evaluation the agents act in separate copies of the env; the links still follow the
+training world, which stands still meanwhile: its last positions gate the evaluation's messages.
+
+What rides on it (`ProximityNeighbours`): a neighbour that leaves the range stops being heard, so
+to the protocols it is down (`on_neighbour_down`) from the step it left, and up again from the step
+it comes back; that is how consensus stops waiting for it, and how the landmark flooding decides
+without its row. The guarantees each protocol keeps are in docs (the guide's "Links from
+positions").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+def distances(positions: np.ndarray) -> np.ndarray:
+    """The (n, n) Euclidean distances between the rows of `positions` (n, dim). A row with a NaN
+    (an agent the env has no position for, e.g. one that left its episode) is at infinity."""
+    positions = np.asarray(positions, dtype=float)
+    if positions.ndim != 2:
+        raise ValueError(f"positions must be an (agents, dims) array, got shape {positions.shape}")
+    difference = positions[:, None, :] - positions[None, :, :]
+    result = np.sqrt(np.sum(difference * difference, axis=-1))
+    return np.where(np.isnan(result), np.inf, result)
+
+
+def in_range_matrix(positions: np.ndarray, radius: float) -> np.ndarray:
+    """(n, n) booleans: i and j are within `radius` of each other (never an agent and itself)."""
+    within = distances(positions) <= radius
+    np.fill_diagonal(within, False)
+    return within
+
+
+def in_range(positions: np.ndarray, i: int, j: int, radius: float) -> bool:
+    """The gating rule for one message: i and j (indices into `positions`) are within `radius`."""
+    if i == j:
+        return False
+    difference = np.asarray(positions[i], dtype=float) - np.asarray(positions[j], dtype=float)
+    distance = float(np.sqrt(np.sum(difference * difference)))
+    return distance <= radius  # (a NaN compares False: no position, no link)
+
+
+@dataclass(frozen=True)
+class GraphSummary:
+    """The graph of one step, as the report shows it over time."""
+
+    edges: int
+    components: int
+
+
+def summarize(positions: np.ndarray, radius: float) -> GraphSummary:
+    """Edges and connected components (an isolated agent is a component) of a step's graph."""
+    within = in_range_matrix(positions, radius)
+    n = within.shape[0]
+    label = list(range(n))
+
+    def root(a: int) -> int:
+        while label[a] != a:
+            label[a] = label[label[a]]
+            a = label[a]
+        return a
+
+    for i, j in zip(*np.nonzero(np.triu(within))):
+        label[root(int(i))] = root(int(j))
+    return GraphSummary(edges=int(np.triu(within).sum()), components=len({root(a) for a in range(n)}))
+
+
+class ProximityNeighbours:
+    """One node's view of which of its neighbours are in range, step by step.
+
+    `update(positions)` takes the positions of the step the node now handles and returns the
+    neighbours that left the range and those that came back since the last update; the node
+    tells its protocols they went down or came up. A neighbour starts in range (before the first
+    positions nothing is known, and the run's topology says every pair may talk)."""
+
+    def __init__(self, node_ids: Sequence[str], me: str, radius: float) -> None:
+        if not radius > 0:
+            raise ValueError(f"radius must be > 0, got {radius}")
+        self.node_ids = list(node_ids)
+        self.me = me
+        self.index = self.node_ids.index(me)
+        self.radius = radius
+        self.positions: np.ndarray | None = None
+        self._out_of_range: set[str] = set()
+        self.changes = 0  # neighbours that left or came back, over the run
+
+    def update(self, positions: np.ndarray) -> tuple[list[str], list[str]]:
+        positions = np.asarray(positions, dtype=float)
+        if positions.shape[0] != len(self.node_ids):
+            raise ValueError(f"expected the positions of {len(self.node_ids)} agents, got {positions.shape[0]}")
+        self.positions = positions
+        now_out = {node for j, node in enumerate(self.node_ids)
+                   if j != self.index and not in_range(positions, self.index, j, self.radius)}
+        left, back = sorted(now_out - self._out_of_range), sorted(self._out_of_range - now_out)
+        self._out_of_range = now_out
+        self.changes += len(left) + len(back)
+        return left, back
+
+    def reachable(self, dst: str) -> bool:
+        """Whether a message to `dst` sent now passes the range rule (in range at the last update)."""
+        return dst not in self._out_of_range
+
+    def out_of_range(self, peer: str) -> bool:
+        return peer in self._out_of_range
+
+    def summary(self) -> GraphSummary | None:
+        return None if self.positions is None else summarize(self.positions, self.radius)

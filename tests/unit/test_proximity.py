@@ -1,0 +1,269 @@
+"""Links that follow where the agents are (`topology.kind: proximity`): the range rule
+(protocols/engines/proximity.py), its place among a step's link decisions (protocols/engines/
+step_links.py), the simulator under a mobility model (protocols/sim/netsim.py `StepNetwork`), the
+positions the env server publishes (env_server/positions.py), and what validate refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from env_server.barrier import observation_for
+from env_server.positions import BUILTIN_POSITIONS, mpe_positions, read_positions
+from env_server.registry import make_env
+from env_server.vector import VectorizedParallelEnv, packing_refusal
+from orchestrator.config import load_config
+from protocols.codec import messages as m
+from protocols.codec.packed import PackedLayout
+from protocols.engines.consensus import ConsensusRequest, SyncConsensus
+from protocols.engines.proximity import ProximityNeighbours, in_range, in_range_matrix, summarize
+from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepOutbox
+from protocols.engines.topology import TopologyConfig, build_topology, metropolis_weights
+from protocols.net.links import LinkConfig
+from protocols.run.config_errors import ConfigError
+from protocols.sim.netsim import StepNetwork
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN_JOB = ROOT / "configs" / "4agents_ring.yaml"
+PROXIMITY = ("protocols.talk=env_steps", "topology={kind: proximity, radius: 0.8}", "env.num_copies=1")
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def test_two_agents_are_in_range_up_to_the_radius_inclusive_and_never_without_a_position():
+    positions = np.array([[0.0, 0.0], [0.6, 0.8], [np.nan, np.nan]])  # 0 and 1 are 1.0 apart
+    assert in_range(positions, 0, 1, 1.0) and in_range(positions, 1, 0, 1.0)
+    assert not in_range(positions, 0, 1, 0.999)
+    assert not in_range(positions, 0, 2, 100.0) and not in_range(positions, 0, 0, 1.0)
+    assert in_range_matrix(positions, 1.0).tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def test_a_steps_graph_counts_its_edges_and_its_components():
+    line = np.array([[0.0], [1.0], [2.0], [10.0]])  # 0-1-2 chained by radius 1, 3 alone
+    assert summarize(line, 1.0) == summarize(line[::-1], 1.0)
+    summary = summarize(line, 1.0)
+    assert (summary.edges, summary.components) == (2, 2)
+    assert (summarize(line, 0.5).edges, summarize(line, 0.5).components) == (0, 4)
+    assert (summarize(line, 20.0).edges, summarize(line, 20.0).components) == (6, 1)
+
+
+def test_a_neighbour_that_leaves_the_range_is_reported_once_and_again_when_it_comes_back():
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0)
+    assert tracker.reachable("b")  # before any positions: the full graph
+    assert tracker.update(np.array([[0.0], [0.5], [0.9]])) == ([], [])
+    assert tracker.update(np.array([[0.0], [1.5], [0.9]])) == (["b"], [])
+    assert tracker.update(np.array([[0.0], [2.5], [0.9]])) == ([], [])  # still out: no news
+    assert not tracker.reachable("b") and tracker.out_of_range("b") and tracker.reachable("c")
+    assert tracker.update(np.array([[0.0], [1.0], [3.0]])) == (["c"], ["b"])
+    assert tracker.changes == 3
+    with pytest.raises(ValueError, match="positions of 3 agents"):
+        tracker.update(np.zeros((2, 1)))
+
+
+def test_a_message_out_of_range_is_dropped_and_counted_its_mark_still_goes_and_the_links_draws_are_untouched():
+    """The range is decided before the link's draws, so the fates of the messages that are in
+    range are those they would have had if the others had never been sent."""
+    lossy = LinkConfig(delay_steps=1, loss=0.5)
+    out_steps = {3, 4, 7}
+    where = {"b": True}
+    gated = StepOutbox("a", 11, lambda s, d: lossy, reachable=lambda dst: where[dst])
+    plain = StepOutbox("a", 11, lambda s, d: lossy)
+    gated_fates, plain_fates = [], []
+    for step in range(12):
+        where["b"] = step not in out_steps
+        gated.queue([("b", step)])
+        sent = gated.close_step(TRAINING_CLOCK, step, ["b"])
+        mark = sent[-1][1]
+        assert isinstance(mark, PeerStepMark) and mark.step == step  # the mark goes whatever the range
+        if step in out_steps:
+            assert mark.due == [] and len(sent) == 1
+            continue
+        gated_fates.append(mark.due)
+        plain.queue([("b", step)])
+        plain_fates.append(plain.close_step(TRAINING_CLOCK, step, ["b"])[-1][1].due)
+    assert gated_fates == plain_fates and any(fate == [] for fate in plain_fates)  # (loss did something)
+    assert gated.dropped_range["b"] == 3
+    assert gated.metrics()["talk/a_to_b/dropped_range"] == 3 and "talk/a_to_b/dropped_range" not in plain.metrics()
+
+
+# ------------------------------------------------------------------ the simulator under a mobility model
+
+
+def drifting(step: int) -> np.ndarray:
+    """a stays at 0; b is 0.5 away, drifts out to 3.0 during steps 10..19, and comes back."""
+    return np.array([[0.0, 0.0], [3.0 if 10 <= step < 20 else 0.5, 0.0]])
+
+
+class Chatter:
+    """An engine that tells every neighbour it believes up the step, each step, and records what it hears."""
+
+    def __init__(self, node: str, neighbours: list[str]) -> None:
+        self.node, self.up = node, set(neighbours)
+        self.heard: list[tuple[int, str, int]] = []  # (step heard, sender, step sent)
+        self.events: list[tuple[int, str, str]] = []
+
+    def on_message(self, sender, message, now):
+        self.heard.append((int(now), sender, message))
+        return []
+
+    def on_timer(self, now):
+        return [(peer, int(now)) for peer in sorted(self.up)]
+
+    def next_deadline(self):
+        return None
+
+    def on_neighbour_down(self, peer, now):
+        self.up.discard(peer)
+        self.events.append((int(now), "down", peer))
+        return []
+
+    def on_neighbour_up(self, peer, now):
+        self.up.add(peer)
+        self.events.append((int(now), "up", peer))
+        return []
+
+
+def test_in_the_simulator_two_agents_drift_apart_and_back_their_edge_disappears_and_returns():
+    engines = {"a": Chatter("a", ["b"]), "b": Chatter("b", ["a"])}
+    network = StepNetwork(engines, {"a": ["b"], "b": ["a"]}, run_seed=5, config_for=lambda s, d: LinkConfig(delay_steps=1),
+                          positions=drifting, radius=1.0)
+    network.run_steps(30)
+    assert [graph.edges for graph in network.graphs] == [1] * 10 + [0] * 10 + [1] * 10
+    assert [graph.components for graph in network.graphs] == [1] * 10 + [2] * 10 + [1] * 10
+    for node, other in (("a", "b"), ("b", "a")):
+        # Down at the step it left, up at the step it came back (after that step's timers, as in
+        # a node: so the first message back is sent at 21); heard until the last message sent in
+        # range (step 9, heard at 10) and again from the first sent back in range.
+        assert engines[node].events == [(10, "down", other), (20, "up", other)]
+        assert [sent for _, sender, sent in engines[node].heard] == list(range(0, 10)) + list(range(21, 29))
+        assert all(heard == sent + 1 for heard, _, sent in engines[node].heard)
+
+
+def test_consensus_on_a_graph_that_follows_positions_does_not_wait_and_keeps_the_mean():
+    """Three agents average; c is out of range for the whole run. Metropolis weights of the full
+    graph (1/3 each) with c's weight on each agent's own value: a and b agree on their mean,
+    c keeps its own value, and the team's mean is kept exactly (the range is symmetric, so both
+    ends of an edge drop it at the same step). What is lost: agreement across components."""
+    nodes = ["a", "b", "c"]
+    full = build_topology(TopologyConfig(kind="proximity", radius=1.0), nodes)
+    weights = metropolis_weights(full)
+    rounds = 6
+    engines = {node: SyncConsensus(node, {other: float(weights[i, j]) for j, other in enumerate(nodes) if other != node},
+                                   float(weights[i, i]), rounds=rounds, round_timeout_s=50.0)
+               for i, node in enumerate(nodes)}
+    values = {"a": 0.0, "b": 6.0, "c": 30.0}
+    network = StepNetwork(engines, {n: [o for o in nodes if o != n] for n in nodes}, run_seed=1,
+                          config_for=lambda s, d: LinkConfig(delay_steps=1),
+                          positions=lambda step: np.array([[0.0], [0.5], [9.0]]), radius=1.0)
+    network.run_steps(1)  # the first positions: c is out of everyone's range
+    for node in nodes:
+        network.begin(node, engines[node].start, ConsensusRequest({"x": np.array([values[node]])}, 0), 1.0)
+    network.run_steps(rounds + 3)
+    results = {node: float(engines[node].result["x"][0]) for node in nodes}
+    assert all(engine.done for engine in engines.values())
+    assert results["c"] == 30.0 and abs(results["a"] - results["b"]) < 6.0 * (1 / 3) ** rounds * 2
+    assert sum(results.values()) == pytest.approx(sum(values.values()), abs=1e-9)
+    # Finished one round per step: nobody waited out a round deadline for c.
+    assert max(step for step, *_ in network.deliveries) <= rounds + 1
+
+
+# ------------------------------------------------------------------ positions from the env
+
+
+def test_mpe_positions_are_published_with_every_step_and_observation_and_keep_bodies_out_of_the_packed_layout():
+    envs = VectorizedParallelEnv(lambda: make_env("mpe2.simple_spread_v3", {"N": 3}), 1, autoreset=True,
+                                 positions_reader=mpe_positions)
+    world = envs.copies[0].unwrapped.world
+    result = envs.reset(seed=4)
+    assert result.positions.shape == (1, 3, 2)
+    np.testing.assert_array_equal(result.positions[0], [agent.state.p_pos for agent in world.agents])
+    for _ in range(30):  # past an episode's end (25 steps): positions after the autoreset
+        result = envs.step({agent: np.array([1]) for agent in envs.possible_agents})
+        np.testing.assert_array_equal(result.positions[0], [agent.state.p_pos for agent in world.agents])
+    observation = observation_for(["agent_0"], result, 30, [], False, False)
+    np.testing.assert_array_equal(observation.positions, result.positions)  # every agent's, to each client
+    assert packing_refusal(envs, ["agent_0"]) == "positions are published (topology.kind: proximity)"
+    layout = PackedLayout(["agent_0"], envs.observation_spaces, envs.action_spaces, envs.possible_agents)
+    assert not layout.fits(observation)
+    plain = VectorizedParallelEnv(lambda: make_env("mpe2.simple_spread_v3", {"N": 3}), 1, autoreset=True)
+    assert plain.reset(seed=4).positions is None and packing_refusal(plain, ["agent_0"]) is None
+
+
+def test_a_users_positions_reader_is_checked_naming_env_positions():
+    agents = ["x", "y"]
+    read = read_positions(lambda env: {"x": [1.0, 2.0]}, None, agents)
+    assert read[0].tolist() == [1.0, 2.0] and np.isnan(read[1]).all()  # y left out: nowhere
+    with pytest.raises(ValueError, match="env.positions: .* not among the env's"):
+        read_positions(lambda env: {"z": [1.0]}, None, agents)
+    with pytest.raises(ValueError, match="env.positions: expected one position of the same length"):
+        read_positions(lambda env: {"x": [1.0], "y": [1.0, 2.0]}, None, agents)
+    with pytest.raises(ValueError, match="env.positions: expected the reader to return a mapping"):
+        read_positions(lambda env: [1.0], None, agents)
+
+
+def test_positions_travel_in_an_env_observation_through_the_codec():
+    from protocols.codec.wire import Envelope, decode, encode
+
+    positions = np.array([[[0.5, -0.25], [1.0, 2.0]]])
+    observation = m.EnvObservation(step=3, observations={}, rewards={}, terminated={}, truncated={}, active={},
+                                   final_observations={}, episode_start=np.zeros(1, bool), positions=positions)
+    frames = encode(observation, sender="env", run_id="r", seq=0)
+    np.testing.assert_array_equal(decode(frames).message.positions, positions)
+
+
+# ------------------------------------------------------------------ config
+
+
+def problems(*overrides: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(MAIN_JOB, list(overrides))
+    return list(caught.value.problems)
+
+
+def test_the_main_job_validates_with_links_that_follow_positions():
+    config = load_config(MAIN_JOB, list(PROXIMITY))
+    assert config.topology.radius == 0.8 and config.env.positions is None
+    assert BUILTIN_POSITIONS[config.env.name] == "env_server.positions:mpe_positions"
+    assert len(config.build_topology().edges) == 6  # every pair may talk
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (("topology={kind: proximity, radius: 0.8}", "env.num_copies=1"),
+     "protocols.talk: topology.kind proximity delivers a peer message only if its agents were in range"),
+    (("protocols.talk=env_steps", "topology={kind: proximity, radius: 0.8}"),
+     "env.num_copies: the links of topology.kind proximity follow the positions of one world; expected 1 copy, got 8"),
+    ((*PROXIMITY, "agents.landmarks=null", "env.name=reward_collection_v0", "env.kwargs={num_agents: 4}"),
+     "env.positions: topology.kind proximity needs every agent's position, and reward_collection_v0 has no built-in reader"),
+    (("env.positions=my_env.world:positions",),
+     "env.positions: names where the agents are for links that follow them, which only topology.kind proximity uses"),
+])
+def test_validate_refuses_what_links_from_positions_cannot_do_naming_the_field(overrides, expected):
+    found = problems(*overrides)
+    assert any(expected in problem for problem in found), found
+
+
+def test_a_users_env_with_a_positions_reader_may_follow_positions():
+    config = load_config(ROOT / "configs" / "tiny_sac_reward_collection.yaml",
+                         [*PROXIMITY, "env.positions=my_env.world:positions"])
+    assert config.env.positions == "my_env.world:positions"
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"kind": "proximity"}, "topology.radius is required for kind 'proximity'"),
+    ({"kind": "proximity", "radius": 0.0}, "topology.radius must be a finite distance > 0"),
+    ({"kind": "ring", "radius": 1.0}, "topology.radius does not apply to kind 'ring'"),
+    ({"kind": "proximity", "radius": 1.0, "degree": 2}, "topology.degree does not apply to kind 'proximity'"),
+])
+def test_the_topology_section_refuses_a_proximity_without_its_radius_and_a_radius_elsewhere(fields, expected):
+    with pytest.raises(ValidationError, match=expected):
+        TopologyConfig(**fields)
+
+
+def test_env_positions_must_be_an_import_path():
+    with pytest.raises(ConfigError) as caught:
+        load_config(MAIN_JOB, [*PROXIMITY, "env.positions=positions"])
+    assert any(problem.startswith("env.positions: expected an import path") for problem in caught.value.problems)
