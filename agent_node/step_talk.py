@@ -19,9 +19,9 @@ for at most `mark_timeout_s`; then the node goes on without it and says so (`tal
 
 Links that follow positions (topology.kind: proximity, protocols/engines/proximity.py): each
 training observation carries every agent's position; `begin_step` takes them, `close_step` lets a
-message out only to a neighbour in range at that step, and `hand_out`, after the step's messages,
+message out only to a neighbour in range at that step, and `hand_out`, before the step's messages,
 tells the capabilities which neighbours left the range (down) or came back (up), so no protocol
-waits for one it cannot hear. Marks still go to every neighbour: they are the clock's bookkeeping.
+waits for one it cannot hear and a run that begins at a step begins on that step's graph. Marks still go to every neighbour: they are the clock's bookkeeping.
 """
 
 from __future__ import annotations
@@ -139,10 +139,16 @@ class EnvStepTalk:
             return
         delivered, self.due_now = self.due_now, None
         capabilities = list(capabilities)
+        self._tell_range_changes(message.step, capabilities)
         for capability in capabilities:
             if capability.talks_in_env_steps:
                 mine = [(sender, item) for sender, item in delivered if dispatch.get(type(item), (None, None))[1] is capability]
                 capability.on_env_step(message, mine)
+
+    def _tell_range_changes(self, step: int, capabilities: list[Any]) -> None:
+        """Links that follow positions: the neighbours that left the range since the capabilities
+        were last told are down to them, those back in range up, before the step's messages (a
+        message due now was sent in range; a run that begins at this step begins on this step's graph)."""
         if self.proximity is None:
             return
         out_now = {peer for peer in self.neighbours if self.proximity.out_of_range(peer)}
@@ -151,12 +157,12 @@ class EnvStepTalk:
         now = time.monotonic()  # (capabilities that talk in steps read the step themselves)
         for peer in left:
             if not self._declared_down(peer):  # (one membership declared down is down already)
-                log.info("step %d: neighbour %s is out of range", message.step, peer)
+                log.info("step %d: neighbour %s is out of range", step, peer)
                 for capability in capabilities:
                     capability.on_neighbour_down(peer, now)
         for peer in back:
             if not self._declared_down(peer):  # (it comes up when membership hears it again)
-                log.info("step %d: neighbour %s is in range again", message.step, peer)
+                log.info("step %d: neighbour %s is in range again", step, peer)
                 for capability in capabilities:
                     capability.on_neighbour_up(peer, now)
 

@@ -317,8 +317,8 @@ class StepNetwork:
 
     Links that follow positions (topology.kind: proximity): `positions(step)` gives every node's
     position at a step (rows in sorted node order: a mobility model) and `radius` the range. A
-    message goes out only to a neighbour in range at the step it is sent, and after its step's
-    deliveries, timers and begins each engine hears which neighbours left the range
+    message goes out only to a neighbour in range at the step it is sent, and at the start of each
+    step, before its deliveries, each engine hears which neighbours left the range
     (`on_neighbour_down`) or came back (`on_neighbour_up`), as a live node's capabilities do
     (protocols/engines/proximity.py's `ProximityNeighbours`, agent_node/step_talk.py). The graph
     of every step is kept in `graphs` (edges, components)."""
@@ -362,6 +362,11 @@ class StepNetwork:
             self.graphs.append(summarize(where, next(iter(self.proximity.values())).radius))
         for node in sorted(self.engines):
             engine, outbox = self.engines[node], self.outboxes[node]
+            left, back = changes.get(node, ([], []))
+            for peer in (p for p in left if p in self.neighbours[node]):
+                outbox.queue(engine.on_neighbour_down(peer, now))
+            for peer in (p for p in back if p in self.neighbours[node]):
+                outbox.queue(engine.on_neighbour_up(peer, now))
             for sender, message in self.inboxes[node].take_due(self.clock, self.step_number):
                 self.deliveries.append((self.step_number, sender, node, message))
                 outbox.queue(engine.on_message(sender, message, now))
@@ -369,11 +374,6 @@ class StepNetwork:
             for method, args in self._begins[node]:
                 outbox.queue(method(*args))
             self._begins[node] = []
-            left, back = changes.get(node, ([], []))
-            for peer in (p for p in left if p in self.neighbours[node]):
-                outbox.queue(engine.on_neighbour_down(peer, now))
-            for peer in (p for p in back if p in self.neighbours[node]):
-                outbox.queue(engine.on_neighbour_up(peer, now))
         for node in sorted(self.engines):
             for destination, message in self.outboxes[node].close_step(self.clock, self.step_number, self.neighbours[node]):
                 inbox = self.inboxes[destination]

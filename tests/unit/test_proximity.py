@@ -135,11 +135,11 @@ def test_in_the_simulator_two_agents_drift_apart_and_back_their_edge_disappears_
     assert [graph.edges for graph in network.graphs] == [1] * 10 + [0] * 10 + [1] * 10
     assert [graph.components for graph in network.graphs] == [1] * 10 + [2] * 10 + [1] * 10
     for node, other in (("a", "b"), ("b", "a")):
-        # Down at the step it left, up at the step it came back (after that step's timers, as in
-        # a node: so the first message back is sent at 21); heard until the last message sent in
-        # range (step 9, heard at 10) and again from the first sent back in range.
+        # Down at the step it left, up at the step it came back (before that step's messages, as
+        # in a node); heard until the last message sent in range (step 9, heard at 10: it was in
+        # range when sent) and again from the first sent back in range (20, heard at 21).
         assert engines[node].events == [(10, "down", other), (20, "up", other)]
-        assert [sent for _, sender, sent in engines[node].heard] == list(range(0, 10)) + list(range(21, 29))
+        assert [sent for _, sender, sent in engines[node].heard] == list(range(0, 10)) + list(range(20, 29))
         assert all(heard == sent + 1 for heard, _, sent in engines[node].heard)
 
 
