@@ -47,7 +47,7 @@ class EnvStepTalk:
         self.neighbours = sorted(neighbours)
         self.proximity = proximity  # topology.kind proximity: who is in range at the step handled
         self.outbox = StepOutbox(node_id, run_seed, config_for, blocked,
-                                 reachable=None if proximity is None else proximity.reachable)
+                                 range_loss=None if proximity is None else proximity.range_loss)
         self._told_out_of_range: set[str] = set()  # the neighbours the capabilities were told left the range
         self._declared_down: Callable[[str], bool] = lambda peer: False  # membership's, from take_parked
         self.inbox = StepInbox()
@@ -66,7 +66,8 @@ class EnvStepTalk:
         topology, identity = node.topology, node.identity
         me = topology.index_of(identity.node_id)
         spec = node.run_config.topology
-        proximity = ProximityNeighbours(topology.nodes, identity.node_id, spec.radius) if spec.kind == "proximity" else None
+        proximity = (ProximityNeighbours(topology.nodes, identity.node_id, spec.radius, spec.path_loss)
+                     if spec.kind == "proximity" else None)
         return cls(identity.node_id, [topology.nodes[j] for j in topology.neighbours(me)], identity.run_seed,
                    config_for=node.run_config.network.link_in_steps_between, blocked=node.hub.links.partitions.blocks,
                    mark_timeout_s=node.membership.timeout_s, proximity=proximity)

@@ -19,6 +19,13 @@ geometry). Distance is symmetric, so the graph of a step is undirected.
 During an evaluation the agents act in separate copies of the env; the links still follow the
 training world, which stands still meanwhile: its last positions gate the evaluation's messages.
 
+Loss rising with distance (`PathLossConfig`, optional): inside the radius a message may still be
+lost, the more likely the farther apart its agents are, by the log-distance path-loss model with
+log-normal shadowing. The draw is the sender's, one uniform per message from a stream of its own
+per link (`path_loss_seed`), so it is seeded and leaves the link's other draws alone. The graph
+(edges, who is down to the protocols) is the range's alone: a neighbour within the radius is a
+neighbour, however lossy.
+
 What rides on it (`ProximityNeighbours`): a neighbour that leaves the range stops being heard, so
 to the protocols it is down (`on_neighbour_down`) from the step it left, and up again from the step
 it comes back; that is how consensus stops waiting for it, and how the landmark flooding decides
@@ -28,10 +35,46 @@ positions").
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocols.seeds import derive_seed
+
+
+class PathLossConfig(BaseModel):
+    """Loss rising with distance within the radius (`topology.path_loss`), the log-distance
+    path-loss model with log-normal shadowing (Rappaport, *Wireless Communications*, 2nd ed.,
+    sections 4.9-4.10): a message's received power is `P_t - PL(d0) - 10 n log10(d / d0) + X`, X
+    normal with std `shadowing_db` (dB), and it is lost when that falls below the receiver's
+    sensitivity. Naming the distance at which the mean received power equals the sensitivity
+    `half_loss_distance` (d50), a message between agents `d` apart is lost with probability
+    `Phi(10 n log10(d / d50) / shadowing_db)`: one half at d50, less nearer, more farther."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Where half the messages are lost, in the env's units (a radius larger than it lets lossy
+    # links through, a smaller one cuts them off first).
+    half_loss_distance: float = Field(gt=0, allow_inf_nan=False)
+    # The path-loss exponent n: 2 in free space, about 2.7-3.5 in a city, 4-6 indoors through walls.
+    exponent: float = Field(2.0, gt=0, allow_inf_nan=False)
+    # The shadowing's standard deviation in dB (4-12 measured outdoors): how gradually loss rises
+    # with distance around half_loss_distance.
+    shadowing_db: float = Field(4.0, gt=0, allow_inf_nan=False)
+
+    def loss_probability(self, distance: float) -> float:
+        if distance <= 0.0:
+            return 0.0
+        margin_db = 10.0 * self.exponent * math.log10(distance / self.half_loss_distance)
+        return 0.5 * (1.0 + math.erf(margin_db / (self.shadowing_db * math.sqrt(2.0))))
+
+
+def path_loss_seed(run_seed: int, src: str, dst: str) -> int:
+    """The seed of the path-loss draws on the link src -> dst: the same in every process and in the simulator."""
+    return derive_seed(run_seed, 0, f"path_loss/{src}->{dst}")
 
 
 def distances(positions: np.ndarray) -> np.ndarray:
@@ -94,13 +137,14 @@ class ProximityNeighbours:
     tells its protocols they went down or came up. A neighbour starts in range (before the first
     positions nothing is known, and the run's topology says every pair may talk)."""
 
-    def __init__(self, node_ids: Sequence[str], me: str, radius: float) -> None:
+    def __init__(self, node_ids: Sequence[str], me: str, radius: float, path_loss: PathLossConfig | None = None) -> None:
         if not radius > 0:
             raise ValueError(f"radius must be > 0, got {radius}")
         self.node_ids = list(node_ids)
         self.me = me
         self.index = self.node_ids.index(me)
         self.radius = radius
+        self.path_loss = path_loss
         self.positions: np.ndarray | None = None
         self._out_of_range: set[str] = set()
         self.changes = 0  # neighbours that left or came back, over the run
@@ -123,6 +167,17 @@ class ProximityNeighbours:
 
     def out_of_range(self, peer: str) -> bool:
         return peer in self._out_of_range
+
+    def range_loss(self, dst: str) -> float | None:
+        """For a message to `dst` sent now: None when it is out of range, else the probability
+        that the path loss loses it (0 without a path-loss model)."""
+        if dst in self._out_of_range:
+            return None
+        if self.path_loss is None or self.positions is None:
+            return 0.0
+        j = self.node_ids.index(dst)
+        distance = float(np.linalg.norm(self.positions[self.index] - self.positions[j]))
+        return self.path_loss.loss_probability(distance)
 
     def summary(self) -> GraphSummary | None:
         return None if self.positions is None else summarize(self.positions, self.radius)

@@ -29,6 +29,8 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from protocols.engines.proximity import PathLossConfig
+
 # ------------------------------------------------------------------------------------------
 # The graph
 # ------------------------------------------------------------------------------------------
@@ -370,9 +372,9 @@ _ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "exponential": (),
     "random_regular": ("degree", "seed"),
     "edges": ("edges",),
-    "proximity": ("radius",),
+    "proximity": ("radius", "path_loss"),
 }
-_OPTIONAL_FIELDS = ("rows", "cols", "degree", "seed", "edges", "center", "radius")
+_OPTIONAL_FIELDS = ("rows", "cols", "degree", "seed", "edges", "center", "radius", "path_loss")
 
 
 class TopologyConfig(BaseModel):
@@ -392,6 +394,9 @@ class TopologyConfig(BaseModel):
     # env's units; MPE's world is about [-1, 1]^2). Every pair may talk; the env's positions decide
     # which pairs do. Needs protocols.talk: env_steps and an env with positions (env.positions).
     radius: float | None = None
+    # kind proximity, optional: loss rising with distance within the radius (the log-distance
+    # path-loss model, seeded per link; protocols/engines/proximity.py). None: no loss from distance.
+    path_loss: PathLossConfig | None = None
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> "TopologyConfig":

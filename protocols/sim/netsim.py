@@ -316,7 +316,8 @@ class StepNetwork:
     `deliveries` as (step, sender, receiver, message).
 
     Links that follow positions (topology.kind: proximity): `positions(step)` gives every node's
-    position at a step (rows in sorted node order: a mobility model) and `radius` the range. A
+    position at a step (rows in sorted node order: a mobility model), `radius` the range and
+    `path_loss` (a `PathLossConfig`, optional) the loss rising with distance within it. A
     message goes out only to a neighbour in range at the step it is sent, and at the start of each
     step, before its deliveries, each engine hears which neighbours left the range
     (`on_neighbour_down`) or came back (`on_neighbour_up`), as a live node's capabilities do
@@ -325,7 +326,8 @@ class StepNetwork:
 
     def __init__(self, engines: Mapping[str, SimulatedEngine], neighbours: Mapping[str, list[str]], run_seed: int,
                  config_for: Callable[[str, str], LinkConfig], clock: str = "train",
-                 positions: Callable[[int], np.ndarray] | None = None, radius: float | None = None) -> None:
+                 positions: Callable[[int], np.ndarray] | None = None, radius: float | None = None,
+                 path_loss=None) -> None:
         from protocols.engines.proximity import ProximityNeighbours
         from protocols.engines.step_links import StepInbox, StepOutbox
 
@@ -337,10 +339,11 @@ class StepNetwork:
         self.step_number = 0
         self.partitions = PartitionTable()
         self.positions = positions
-        self.proximity = {node: ProximityNeighbours(sorted(self.engines), node, radius) for node in self.engines} if positions else {}
+        self.proximity = ({node: ProximityNeighbours(sorted(self.engines), node, radius, path_loss) for node in self.engines}
+                          if positions else {})
         self.graphs: list = []  # (links that follow positions) each step's GraphSummary
         self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks,
-                                          reachable=self.proximity[node].reachable if positions else None)
+                                          range_loss=self.proximity[node].range_loss if positions else None)
                          for node in self.engines}
         self.inboxes = {node: StepInbox() for node in self.engines}
         self.deliveries: list[tuple[int, str, str, object]] = []

@@ -19,7 +19,7 @@ from orchestrator.config import load_config
 from protocols.codec import messages as m
 from protocols.codec.packed import PackedLayout
 from protocols.engines.consensus import ConsensusRequest, SyncConsensus
-from protocols.engines.proximity import ProximityNeighbours, in_range, in_range_matrix, summarize
+from protocols.engines.proximity import PathLossConfig, ProximityNeighbours, in_range, in_range_matrix, summarize
 from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepOutbox
 from protocols.engines.topology import TopologyConfig, build_topology, metropolis_weights
 from protocols.net.links import LinkConfig
@@ -70,7 +70,7 @@ def test_a_message_out_of_range_is_dropped_and_counted_its_mark_still_goes_and_t
     lossy = LinkConfig(delay_steps=1, loss=0.5)
     out_steps = {3, 4, 7}
     where = {"b": True}
-    gated = StepOutbox("a", 11, lambda s, d: lossy, reachable=lambda dst: where[dst])
+    gated = StepOutbox("a", 11, lambda s, d: lossy, range_loss=lambda dst: 0.0 if where[dst] else None)
     plain = StepOutbox("a", 11, lambda s, d: lossy)
     gated_fates, plain_fates = [], []
     for step in range(12):
@@ -88,6 +88,34 @@ def test_a_message_out_of_range_is_dropped_and_counted_its_mark_still_goes_and_t
     assert gated_fates == plain_fates and any(fate == [] for fate in plain_fates)  # (loss did something)
     assert gated.dropped_range["b"] == 3
     assert gated.metrics()["talk/a_to_b/dropped_range"] == 3 and "talk/a_to_b/dropped_range" not in plain.metrics()
+
+
+def test_path_loss_is_one_half_at_its_distance_and_rises_with_distance_as_the_log_distance_model_says():
+    model = PathLossConfig(half_loss_distance=0.5, exponent=2.0, shadowing_db=4.0)
+    assert model.loss_probability(0.5) == pytest.approx(0.5)
+    # 10 n log10(2) = 6.02 dB over the threshold, 1.505 shadowing deviations: Phi(1.505) = 0.934.
+    assert model.loss_probability(1.0) == pytest.approx(0.9339, abs=1e-4)
+    assert model.loss_probability(0.25) == pytest.approx(1 - 0.9339, abs=1e-4)
+    distances = [0.0, 0.1, 0.3, 0.5, 0.8, 2.0]
+    losses = [model.loss_probability(d) for d in distances]
+    assert losses == sorted(losses) and losses[0] == 0.0 and losses[-1] > 0.99
+
+
+def test_path_loss_drops_its_share_of_messages_from_a_seeded_stream_of_its_own():
+    def fates(run_seed: int, loss: float) -> list[list[int]]:
+        outbox = StepOutbox("a", run_seed, lambda s, d: LinkConfig(delay_steps=2), range_loss=lambda dst: loss)
+        result = []
+        for step in range(4000):
+            outbox.queue([("b", step)])
+            result.append(outbox.close_step(TRAINING_CLOCK, step, ["b"])[-1][1].due)
+        assert outbox.dropped_path_loss["b"] == sum(due == [] for due in result)
+        assert outbox.metrics()["talk/a_to_b/dropped_path_loss"] == outbox.dropped_path_loss["b"]
+        return result
+
+    seeded = fates(4, 0.3)
+    assert seeded == fates(4, 0.3) and seeded != fates(5, 0.3)  # the run seed decides, and only it
+    assert sum(due == [] for due in seeded) / len(seeded) == pytest.approx(0.3, abs=0.03)
+    assert all(due in ([], [step + 2]) for step, due in enumerate(seeded))  # the link's delay is untouched
 
 
 # ------------------------------------------------------------------ the simulator under a mobility model
@@ -141,6 +169,21 @@ def test_in_the_simulator_two_agents_drift_apart_and_back_their_edge_disappears_
         assert engines[node].events == [(10, "down", other), (20, "up", other)]
         assert [sent for _, sender, sent in engines[node].heard] == list(range(0, 10)) + list(range(20, 29))
         assert all(heard == sent + 1 for heard, _, sent in engines[node].heard)
+
+
+def test_in_the_simulator_loss_rises_as_two_agents_drift_apart_within_the_range():
+    """b walks away from a, one step at a time, from 0.1 to 1.0 (the radius); messages sent
+    near get through more often than those sent far."""
+    engines = {"a": Chatter("a", ["b"]), "b": Chatter("b", ["a"])}
+    walk = np.linspace(0.1, 1.0, 400)
+    network = StepNetwork(engines, {"a": ["b"], "b": ["a"]}, run_seed=2, config_for=lambda s, d: LinkConfig(delay_steps=1),
+                          positions=lambda step: np.array([[0.0], [walk[min(step, 399)]]]), radius=1.0,
+                          path_loss=PathLossConfig(half_loss_distance=0.5, exponent=3.0, shadowing_db=4.0))
+    network.run_steps(401)
+    heard = {sent for _, _, sent in engines["a"].heard}
+    near, far = sum(step in heard for step in range(0, 100)), sum(step in heard for step in range(300, 400))
+    assert near >= 90 and far <= 25, (near, far)  # ~0 lost below 0.33, ~90% lost beyond 0.78
+    assert engines["a"].events == []  # lossy, but within range: b stays a neighbour
 
 
 def test_consensus_on_a_graph_that_follows_positions_does_not_wait_and_keeps_the_mean():
@@ -229,6 +272,8 @@ def test_the_main_job_validates_with_links_that_follow_positions():
     assert config.topology.radius == 0.8 and config.env.positions is None
     assert BUILTIN_POSITIONS[config.env.name] == "env_server.positions:mpe_positions"
     assert len(config.build_topology().edges) == 6  # every pair may talk
+    lossy = load_config(MAIN_JOB, [*PROXIMITY, "topology.path_loss={half_loss_distance: 0.6, exponent: 3}"])
+    assert lossy.topology.path_loss == PathLossConfig(half_loss_distance=0.6, exponent=3.0, shadowing_db=4.0)
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -257,6 +302,9 @@ def test_a_users_env_with_a_positions_reader_may_follow_positions():
     ({"kind": "proximity", "radius": 0.0}, "topology.radius must be a finite distance > 0"),
     ({"kind": "ring", "radius": 1.0}, "topology.radius does not apply to kind 'ring'"),
     ({"kind": "proximity", "radius": 1.0, "degree": 2}, "topology.degree does not apply to kind 'proximity'"),
+    ({"kind": "ring", "path_loss": {"half_loss_distance": 1.0}}, "topology.path_loss does not apply to kind 'ring'"),
+    ({"kind": "proximity", "radius": 1.0, "path_loss": {"half_loss_distance": 0.5, "sigma": 4}}, "path_loss.sigma"),
+    ({"kind": "proximity", "radius": 1.0, "path_loss": {"exponent": 2.0}}, "path_loss.half_loss_distance"),
 ])
 def test_the_topology_section_refuses_a_proximity_without_its_radius_and_a_radius_elsewhere(fields, expected):
     with pytest.raises(ValidationError, match=expected):
