@@ -18,7 +18,7 @@ from env_server.vector import VectorizedParallelEnv, packing_refusal
 from orchestrator.config import load_config
 from protocols.codec import messages as m
 from protocols.codec.packed import PackedLayout
-from protocols.engines.consensus import ConsensusRequest, SyncConsensus
+from protocols.engines.consensus import ConsensusRequest, PushSumConsensus, SyncConsensus
 from protocols.engines.proximity import PathLossConfig, ProximityNeighbours, in_range, in_range_matrix, summarize
 from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepOutbox
 from protocols.engines.topology import TopologyConfig, build_topology, metropolis_weights
@@ -212,6 +212,31 @@ def test_consensus_on_a_graph_that_follows_positions_does_not_wait_and_keeps_the
     assert sum(results.values()) == pytest.approx(sum(values.values()), abs=1e-9)
     # Finished one round per step: nobody waited out a round deadline for c.
     assert max(step for step, *_ in network.deliveries) <= rounds + 1
+
+
+def test_push_sum_on_a_graph_that_follows_positions_reaches_the_exact_team_mean_once_the_graph_joins_again():
+    """Push-sum over running sums keeps its guarantee on a changing graph: c is out of everyone's
+    range for steps 0..39 (a and b mix alone, the mass c holds waits with it), then comes back;
+    with path loss on top (messages lost within the range, made good by the next push), every
+    estimate ends at the exact mean of the three starting values."""
+    nodes = ["a", "b", "c"]
+    engines = {node: PushSumConsensus(node, [o for o in nodes if o != node], period_s=1.0, duration_s=150.0) for node in nodes}
+    values = {"a": 0.0, "b": 6.0, "c": 30.0}
+    network = StepNetwork(engines, {n: [o for o in nodes if o != n] for n in nodes}, run_seed=8,
+                          config_for=lambda s, d: LinkConfig(delay_steps=1),
+                          positions=lambda step: np.array([[0.0], [0.4], [9.0 if step < 40 else 0.2]]), radius=1.0,
+                          path_loss=PathLossConfig(half_loss_distance=0.4, exponent=2.0, shadowing_db=4.0))
+    network.run_steps(1)
+    for node in nodes:
+        network.begin(node, engines[node].start, ConsensusRequest({"x": np.array([values[node]])}, 0), 1.0)
+    network.run_steps(39)
+    middle = {node: float(engines[node].estimate()["x"][0]) for node in nodes}
+    assert middle["c"] == 30.0 and abs(middle["a"] - 3.0) < 0.1 and abs(middle["b"] - 3.0) < 0.1  # two components
+    network.run_steps(160)
+    dropped = sum(outbox.dropped_path_loss[dst] for outbox in network.outboxes.values() for dst in nodes)
+    assert dropped > 10  # (the path loss did lose messages)
+    for node in nodes:
+        assert engines[node].done and float(engines[node].result["x"][0]) == pytest.approx(12.0, abs=1e-6), node
 
 
 # ------------------------------------------------------------------ positions from the env
