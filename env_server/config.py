@@ -103,7 +103,7 @@ class EnvConfig(BaseModel):
     # `package.module:function` of a function that takes the env as its factory built it and
     # returns {agent: position} (a sequence of floats, the same length for every agent). The MPE
     # environments have one built in (env_server/positions.py); None: the built-in one, if any.
-    # Read and published only when the topology is proximity.
+    # Refused with another topology kind (nothing would read it).
     positions: str | None = None
 
     @model_validator(mode="after")

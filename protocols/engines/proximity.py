@@ -48,7 +48,7 @@ from protocols.seeds import derive_seed
 class PathLossConfig(BaseModel):
     """Loss rising with distance within the radius (`topology.path_loss`), the log-distance
     path-loss model with log-normal shadowing (Rappaport, *Wireless Communications*, 2nd ed.,
-    sections 4.9-4.10): a message's received power is `P_t - PL(d0) - 10 n log10(d / d0) + X`, X
+    section 4.9): a message's received power is `P_t - PL(d0) - 10 n log10(d / d0) + X`, X
     normal with std `shadowing_db` (dB), and it is lost when that falls below the receiver's
     sensitivity. Naming the distance at which the mean received power equals the sensitivity
     `half_loss_distance` (d50), a message between agents `d` apart is lost with probability
@@ -59,10 +59,11 @@ class PathLossConfig(BaseModel):
     # Where half the messages are lost, in the env's units (a radius larger than it lets lossy
     # links through, a smaller one cuts them off first).
     half_loss_distance: float = Field(gt=0, allow_inf_nan=False)
-    # The path-loss exponent n: 2 in free space, about 2.7-3.5 in a city, 4-6 indoors through walls.
+    # The path-loss exponent n: 2 in free space, about 2.7-3.5 in a city, 4-6 indoors through
+    # walls (Rappaport's table 4.2).
     exponent: float = Field(2.0, gt=0, allow_inf_nan=False)
-    # The shadowing's standard deviation in dB (4-12 measured outdoors): how gradually loss rises
-    # with distance around half_loss_distance.
+    # The shadowing's standard deviation in dB (measurements give about 4-12): how gradually loss
+    # rises with distance around half_loss_distance.
     shadowing_db: float = Field(4.0, gt=0, allow_inf_nan=False)
 
     def loss_probability(self, distance: float) -> float:
