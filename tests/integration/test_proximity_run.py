@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.report import summarize_run
 from tests.integration.test_reproducible_runs import PATIENT, run_config, seeded_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(300)]
@@ -44,3 +45,5 @@ def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_g
     dropped = sum(value for agent in AGENTS for key, value in [row for row in rows(first, agent) if "talk/delivered" in row][-1].items()
                   if key.endswith("/dropped_range"))
     assert dropped > 0, "no message was ever out of range"
+    report = summarize_run(first)["proximity"]  # the report's graph over time
+    assert len(report["series"]) == len(graph) and report["connected_fraction"] < 1.0 and report["range_changes"] > 0

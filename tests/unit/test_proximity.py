@@ -340,3 +340,19 @@ def test_env_positions_must_be_an_import_path():
     with pytest.raises(ConfigError) as caught:
         load_config(MAIN_JOB, [*PROXIMITY, "env.positions=positions"])
     assert any(problem.startswith("env.positions: expected an import path") for problem in caught.value.problems)
+
+
+def test_the_report_shows_the_teams_graph_over_time_from_the_agents_metrics():
+    from orchestrator.report import _proximity_summary, proximity_lines
+
+    rows = [{"step": 5, "proximity/edges": 3.0, "proximity/components": 1.0},
+            {"step": 10, "proximity/edges": 0.4, "proximity/components": 3.6},
+            {"step": 10, "proximity/range_changes": 4.0, "talk/agent_0_to_agent_1/dropped_range": 2.0,
+             "talk/agent_0_to_agent_1/dropped_path_loss": 1.0}]
+    other = [{"step": 10, "proximity/range_changes": 2.0, "talk/agent_1_to_agent_0/dropped_range": 1.0}]
+    graph = _proximity_summary({"agent_0": rows, "agent_1": other})
+    assert graph["series"] == [[5, 3.0, 1.0], [10, 0.4, 3.6]]
+    assert (graph["edges_mean"], graph["components_mean"], graph["connected_fraction"]) == (1.7, 2.3, 0.5)
+    assert (graph["range_changes"], graph["dropped_range"], graph["dropped_path_loss"]) == (6.0, 3.0, 1.0)
+    assert "one component throughout 50% of them" in proximity_lines({"proximity": graph})[0]
+    assert _proximity_summary({"agent_0": [{"step": 5, "env/episode_return": -3.0}]}) is None
