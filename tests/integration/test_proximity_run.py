@@ -2,7 +2,8 @@
 agents on simple_spread, the landmark agreement, hindsight and consensus of the policy, every
 message gated by the range at the env step it was sent).
 
-Run twice with `run.reproducible`: both exit 0, the graph changes over the run (edges come and
+Run twice with `run.reproducible`, the second time with other timing (jittered env links, one
+gradient step per look at the sockets): both exit 0, the graph changes over the run (edges come and
 go, the team splits into components and joins again), messages are dropped for range, neighbours
 leave the range and come back, and the two runs' metrics are the same row for row: the same seed
 gives the same deliveries."""
@@ -21,6 +22,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(300
 
 AGENTS = [f"agent_{i}" for i in range(4)]
 SETTINGS = (*PATIENT, "run.steps=200")
+# Jittered env links and one gradient step per look at the sockets (peer links count env steps:
+# wall-clock settings are refused there).
+OTHER_TIMING = ("agents.gradient_steps_per_slice=1",
+                "network.links=[{role: env_links, link: {delay_s: 0.003, jitter_s: 0.003}}]")
 
 
 def rows(run_dir: Path, node: str) -> list[dict]:
@@ -30,7 +35,7 @@ def rows(run_dir: Path, node: str) -> list[dict]:
 def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_gives_the_same_deliveries(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     run_config("configs/tiny_proximity.yaml", first, *SETTINGS)
-    run_config("configs/tiny_proximity.yaml", second, *SETTINGS)
+    run_config("configs/tiny_proximity.yaml", second, *SETTINGS, *OTHER_TIMING)
 
     graph = [(row["proximity/edges"], row["proximity/components"]) for row in rows(first, "agent_0") if "proximity/edges" in row]
     assert len(graph) >= 30
