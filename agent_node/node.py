@@ -278,6 +278,10 @@ class AgentNode:
     def fail(self, why: str) -> None:
         raise NodeFailure(why)
 
+    def range_graph(self):
+        proximity = None if self.talk is None else self.talk.proximity
+        return None if proximity is None else proximity.adjacency()
+
     def _capability_states(self) -> dict[str, Any]:
         return {c.name: state for c in self.capabilities if (state := c.state_dict()) is not None}
 

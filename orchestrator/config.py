@@ -557,6 +557,11 @@ class RunConfig(BaseModel):
         if self.env.num_copies != 1:
             problems.append(f"env.num_copies: the links of topology.kind proximity follow the positions of one world; "
                             f"expected 1 copy, got {self.env.num_copies}")
+        consensus = self.protocols.consensus
+        if consensus.enabled and consensus.mode == "sync" and consensus.weights != "metropolis":
+            problems.append(f"protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with "
+                            f"Metropolis weights recomputed on each step's graph (uniform weights need a regular graph); "
+                            f"expected metropolis, got {consensus.weights!r}")
         return problems
 
     # -------------------------------------------------------------- derived views

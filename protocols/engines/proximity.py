@@ -105,6 +105,19 @@ def in_range(positions: np.ndarray, i: int, j: int, radius: float) -> bool:
     return distance <= radius  # (a NaN compares False: no position, no link)
 
 
+def metropolis_from_adjacency(adjacency: np.ndarray) -> np.ndarray:
+    """Metropolis-Hastings weights on a step's graph, `1 / (1 + max(deg_i, deg_j))` on its edges
+    and the rest on the diagonal (protocols/engines/topology.py's `metropolis_weights`, from an
+    adjacency matrix): symmetric and doubly stochastic on any undirected graph, so consensus
+    rounds that mix with the graph of their step keep the team's mean, and mix as fast as that
+    graph allows (a component of two agents averages in one round)."""
+    adjacency = np.asarray(adjacency, dtype=bool)
+    degrees = adjacency.sum(axis=1)
+    weights = np.where(adjacency, 1.0 / (1.0 + np.maximum(degrees[:, None], degrees[None, :])), 0.0)
+    weights[np.diag_indices_from(weights)] = 1.0 - weights.sum(axis=1)
+    return weights
+
+
 @dataclass(frozen=True)
 class GraphSummary:
     """The graph of one step, as the report shows it over time."""
@@ -179,6 +192,10 @@ class ProximityNeighbours:
         j = self.node_ids.index(dst)
         distance = float(np.linalg.norm(self.positions[self.index] - self.positions[j]))
         return self.path_loss.loss_probability(distance)
+
+    def adjacency(self) -> np.ndarray | None:
+        """The team's in-range graph at the last update ((n, n) booleans), None before positions."""
+        return None if self.positions is None else in_range_matrix(self.positions, self.radius)
 
     def summary(self) -> GraphSummary | None:
         return None if self.positions is None else summarize(self.positions, self.radius)

@@ -19,7 +19,9 @@ from orchestrator.config import load_config
 from protocols.codec import messages as m
 from protocols.codec.packed import PackedLayout
 from protocols.engines.consensus import ConsensusRequest, PushSumConsensus, SyncConsensus
-from protocols.engines.proximity import PathLossConfig, ProximityNeighbours, in_range, in_range_matrix, summarize
+from protocols.engines.proximity import (
+    PathLossConfig, ProximityNeighbours, in_range, in_range_matrix, metropolis_from_adjacency, summarize,
+)
 from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepOutbox
 from protocols.engines.topology import TopologyConfig, build_topology, metropolis_weights
 from protocols.net.links import LinkConfig
@@ -40,6 +42,14 @@ def test_two_agents_are_in_range_up_to_the_radius_inclusive_and_never_without_a_
     assert not in_range(positions, 0, 1, 0.999)
     assert not in_range(positions, 0, 2, 100.0) and not in_range(positions, 0, 0, 1.0)
     assert in_range_matrix(positions, 1.0).tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+
+
+def test_metropolis_weights_of_a_steps_graph_are_those_of_the_same_topology():
+    from protocols.engines.topology import from_edges
+
+    line = np.array([[0.0], [1.0], [2.0], [10.0]])
+    expected = metropolis_weights(from_edges(4, [(0, 1), (1, 2)]))
+    np.testing.assert_allclose(metropolis_from_adjacency(in_range_matrix(line, 1.0)), expected)
 
 
 def test_a_steps_graph_counts_its_edges_and_its_components():
@@ -186,32 +196,64 @@ def test_in_the_simulator_loss_rises_as_two_agents_drift_apart_within_the_range(
     assert engines["a"].events == []  # lossy, but within range: b stays a neighbour
 
 
-def test_consensus_on_a_graph_that_follows_positions_does_not_wait_and_keeps_the_mean():
-    """Three agents average; c is out of range for the whole run. Metropolis weights of the full
-    graph (1/3 each) with c's weight on each agent's own value: a and b agree on their mean,
-    c keeps its own value, and the team's mean is kept exactly (the range is symmetric, so both
-    ends of an edge drop it at the same step). What is lost: agreement across components."""
+def sync_engines(nodes: list[str], rounds: int, mixing_row=None) -> dict[str, SyncConsensus]:
+    """Synchronous consensus over the full graph of a proximity topology (Metropolis: 1/n each)."""
+    weights = metropolis_weights(build_topology(TopologyConfig(kind="proximity", radius=1.0), nodes))
+    return {node: SyncConsensus(node, {other: float(weights[i, j]) for j, other in enumerate(nodes) if other != node},
+                                float(weights[i, i]), rounds=rounds, round_timeout_s=50.0,
+                                mixing_row=None if mixing_row is None else (lambda node=node: mixing_row(node)))
+            for i, node in enumerate(nodes)}
+
+
+def run_sync_on_moving_graph(where, rounds: int, recompute: bool) -> tuple[dict[str, float], StepNetwork]:
+    """a, b, c start at 0, 6, 30 and average on the graph `where(step)` gives (radius 1); with
+    `recompute`, each mix takes Metropolis weights on its step's graph, as a node does."""
     nodes = ["a", "b", "c"]
-    full = build_topology(TopologyConfig(kind="proximity", radius=1.0), nodes)
-    weights = metropolis_weights(full)
-    rounds = 6
-    engines = {node: SyncConsensus(node, {other: float(weights[i, j]) for j, other in enumerate(nodes) if other != node},
-                                   float(weights[i, i]), rounds=rounds, round_timeout_s=50.0)
-               for i, node in enumerate(nodes)}
-    values = {"a": 0.0, "b": 6.0, "c": 30.0}
+    graph = {"now": None}
+
+    def row(node: str):
+        weights = metropolis_from_adjacency(in_range_matrix(graph["now"], 1.0))
+        i = nodes.index(node)
+        return {other: float(weights[i, j]) for j, other in enumerate(nodes) if other != node}, float(weights[i, i])
+
+    engines = sync_engines(nodes, rounds, row if recompute else None)
     network = StepNetwork(engines, {n: [o for o in nodes if o != n] for n in nodes}, run_seed=1,
-                          config_for=lambda s, d: LinkConfig(delay_steps=1),
-                          positions=lambda step: np.array([[0.0], [0.5], [9.0]]), radius=1.0)
-    network.run_steps(1)  # the first positions: c is out of everyone's range
-    for node in nodes:
-        network.begin(node, engines[node].start, ConsensusRequest({"x": np.array([values[node]])}, 0), 1.0)
-    network.run_steps(rounds + 3)
-    results = {node: float(engines[node].result["x"][0]) for node in nodes}
+                          config_for=lambda s, d: LinkConfig(delay_steps=1), positions=where, radius=1.0)
+    values = {"a": 0.0, "b": 6.0, "c": 30.0}
+    for step in range(rounds + 4):
+        graph["now"] = where(step)  # (what the node's tracker holds while it handles the step)
+        if step == 1:
+            for node in nodes:
+                network.begin(node, engines[node].start, ConsensusRequest({"x": np.array([values[node]])}, 0), 1.0)
+        network.step()
     assert all(engine.done for engine in engines.values())
-    assert results["c"] == 30.0 and abs(results["a"] - results["b"]) < 6.0 * (1 / 3) ** rounds * 2
-    assert sum(results.values()) == pytest.approx(sum(values.values()), abs=1e-9)
-    # Finished one round per step: nobody waited out a round deadline for c.
-    assert max(step for step, *_ in network.deliveries) <= rounds + 1
+    return {node: float(engines[node].result["x"][0]) for node in nodes}, network
+
+
+def test_consensus_with_c_out_of_range_does_not_wait_for_it_and_keeps_the_teams_mean():
+    """c is out of range all along: nobody waits for it (its own run ends at once, alone, with its
+    own value), a and b agree on their mean, and the team's mean is kept exactly (both ends of
+    an edge drop it at the same step, so W stays symmetric). What is lost: agreement across
+    components. Metropolis weights of each step's graph give a and b their mean in one round;
+    the full graph's fixed weights (1/3 each, c's share kept on one's own value) only approach it."""
+    apart = lambda step: np.array([[0.0], [0.5], [9.0]])
+    recomputed, network = run_sync_on_moving_graph(apart, rounds=4, recompute=True)
+    fixed, _ = run_sync_on_moving_graph(apart, rounds=4, recompute=False)
+    for results in (recomputed, fixed):
+        assert results["c"] == 30.0 and sum(results.values()) == pytest.approx(36.0, abs=1e-9)
+    assert recomputed["a"] == recomputed["b"] == 3.0
+    assert 0 < abs(fixed["a"] - fixed["b"]) < 6.0 / 3 ** 4 * 1.01  # (contracts by 1/3 per round)
+    assert max(step for step, *_ in network.deliveries) <= 4 + 1  # one round per step: nobody waited
+
+
+def test_consensus_on_a_graph_that_changes_between_its_rounds_keeps_the_teams_mean():
+    """b is in range of a and c only in some steps (it drifts across), so every round mixes on
+    another graph; Metropolis weights of each round's graph keep W symmetric and the mean exact."""
+    crossing = lambda step: np.array([[0.0], [0.6 if step % 3 else 5.0], [1.2]])
+    results, network = run_sync_on_moving_graph(crossing, rounds=6, recompute=True)
+    assert sum(results.values()) == pytest.approx(36.0, abs=1e-9)
+    assert len({graph.edges for graph in network.graphs}) > 1  # (the graph did change)
+    assert max(results.values()) - min(results.values()) < 30.0  # (and they moved towards each other)
 
 
 def test_push_sum_on_a_graph_that_follows_positions_reaches_the_exact_team_mean_once_the_graph_joins_again():
@@ -308,6 +350,8 @@ def test_the_main_job_validates_with_links_that_follow_positions():
      "env.num_copies: the links of topology.kind proximity follow the positions of one world; expected 1 copy, got 8"),
     ((*PROXIMITY, "agents.landmarks=null", "env.name=reward_collection_v0", "env.kwargs={num_agents: 4}"),
      "env.positions: topology.kind proximity needs every agent's position, and reward_collection_v0 has no built-in reader"),
+    ((*PROXIMITY, "protocols.consensus.weights=uniform"),
+     "protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with Metropolis weights"),
     (("env.positions=my_env.world:positions",),
      "env.positions: names where the agents are for links that follow them, which only topology.kind proximity uses"),
 ])
