@@ -29,7 +29,8 @@ neighbour, however lossy.
 What rides on it (`ProximityNeighbours`): a neighbour that leaves the range stops being heard, so
 to the protocols it is down (`on_neighbour_down`) from the step it left, and up again from the step
 it comes back; that is how consensus stops waiting for it, and how the landmark flooding decides
-without its row. The guarantees each protocol keeps are in docs (the guide's "Links from
+without its row. Synchronous consensus rounds mix with the Metropolis weights of the graph of the
+step they mix at (`metropolis_from_adjacency`), which every agent computes from the same positions. The guarantees each protocol keeps are in docs (the guide's "Links from
 positions").
 """
 
