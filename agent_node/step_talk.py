@@ -21,7 +21,8 @@ Links that follow positions (topology.kind: proximity, protocols/engines/proximi
 training observation carries every agent's position; `begin_step` takes them, `close_step` lets a
 message out only to a neighbour in range at that step, and `hand_out`, before the step's messages,
 tells the capabilities which neighbours left the range (down) or came back (up), so no protocol
-waits for one it cannot hear and a run that begins at a step begins on that step's graph. Marks still go to every neighbour: they are the clock's bookkeeping.
+waits for one it cannot hear and a run that begins at a step begins on that step's graph. Marks
+still go to every neighbour: they are the clock's bookkeeping.
 """
 
 from __future__ import annotations

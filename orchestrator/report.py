@@ -328,7 +328,10 @@ def _proximity_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     if not series:
         return None
     last = {node: next((row for row in reversed(rows) if "proximity/range_changes" in row), {}) for node, rows in metrics.items()}
-    counted = lambda suffix: sum(v for row in last.values() for k, v in row.items() if k.startswith("talk/") and k.endswith(suffix))
+
+    def counted(suffix: str) -> float:  # a counter of every agent's links, at its last flush
+        return sum(v for row in last.values() for k, v in row.items() if k.startswith("talk/") and k.endswith(suffix))
+
     return {
         "series": series,  # [step, mean edges, mean components] per metrics period
         "edges_mean": _mean([edges for _, edges, _ in series]),

@@ -30,8 +30,8 @@ What rides on it (`ProximityNeighbours`): a neighbour that leaves the range stop
 to the protocols it is down (`on_neighbour_down`) from the step it left, and up again from the step
 it comes back; that is how consensus stops waiting for it, and how the landmark flooding decides
 without its row. Synchronous consensus rounds mix with the Metropolis weights of the graph of the
-step they mix at (`metropolis_from_adjacency`), which every agent computes from the same positions. The guarantees each protocol keeps are in docs (the guide's "Links from
-positions").
+step they mix at (`metropolis_from_adjacency`), which every agent computes from the same
+positions. What each protocol keeps and loses: docs/guide/talk.md, "Links from positions".
 """
 
 from __future__ import annotations
