@@ -207,6 +207,10 @@ class NodeServices(Protocol):
     def fail(self, why: str) -> None:
         """The node cannot go on: raises, the node drains and exits non-zero."""
 
+    def range_graph(self) -> Any:
+        """Links that follow positions (topology.kind proximity): the team's in-range graph of the
+        step being handled, an (n, n) boolean array in the topology's node order; None otherwise."""
+
 
 class Capability:
     """One capability of an agent node. Every method has a default that does nothing, so a

@@ -278,6 +278,10 @@ class AgentNode:
     def fail(self, why: str) -> None:
         raise NodeFailure(why)
 
+    def range_graph(self):
+        proximity = None if self.talk is None else self.talk.proximity
+        return None if proximity is None else proximity.adjacency()
+
     def _capability_states(self) -> dict[str, Any]:
         return {c.name: state for c in self.capabilities if (state := c.state_dict()) is not None}
 
@@ -462,6 +466,7 @@ class AgentNode:
         for capability in self.capabilities:
             capability.after_observation(message, now)
         if self.talk is not None:  # the peer messages due at this step, once the transition it closes is recorded
+            self.metrics.accumulate(self.talk.graph_record())  # (links that follow positions: the step's graph)
             self.talk.hand_out(message, self.capabilities, self.dispatch)
 
     # The node's own dispatch: message type -> (the sources it may come from, its handler).

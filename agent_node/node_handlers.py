@@ -119,6 +119,12 @@ def on_membership_events(node, events: list) -> None:
         if isinstance(event, (PeerDown, PeerUp)):
             alive = {"membership/peers_alive": len(node.mesh.alive_peers())}
             node.metrics.write(node.step, alive)
+        if isinstance(event, (PeerDown, PeerUp)) and node.talk is not None and node.talk.out_of_range(event.peer):
+            # Links that follow positions: a neighbour out of range is down to the protocols
+            # already, and comes up to them when it is back in range (agent_node/step_talk.py).
+            log.info("neighbour %s is %s (out of range: the protocols hear of it when it is back in range)",
+                     event.peer, "down" if isinstance(event, PeerDown) else "up")
+            continue
         if isinstance(event, PeerDown):
             log.warning("neighbour %s is down (silent for %.1f s)", event.peer, event.silent_for_s)
             for capability in node.capabilities:

@@ -16,16 +16,25 @@ calls it at four points of its loop:
 
 A mark that does not come (a real network cut, a neighbour frozen after it answered) is waited
 for at most `mark_timeout_s`; then the node goes on without it and says so (`talk/marks_missed`).
+
+Links that follow positions (topology.kind: proximity, protocols/engines/proximity.py): each
+training observation carries every agent's position; `begin_step` takes them, `close_step` lets a
+message out only to a neighbour in range at that step, and `hand_out`, before the step's messages,
+tells the capabilities which neighbours left the range (down) or came back (up), so no protocol
+waits for one it cannot hear and a run that begins at a step begins on that step's graph. Marks
+still go to every neighbour: they are the clock's bookkeeping.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 from protocols.codec import messages as m
 from protocols.engines.engine import Outgoing
 from protocols.net.links import LinkConfig
+from protocols.engines.proximity import ProximityNeighbours
 from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepInbox, StepOutbox, evaluation_clock
 
 log = logging.getLogger("agent_node.step_talk")
@@ -34,10 +43,14 @@ log = logging.getLogger("agent_node.step_talk")
 class EnvStepTalk:
     def __init__(self, node_id: str, neighbours: Iterable[str], run_seed: int,
                  config_for: Callable[[str, str], LinkConfig], blocked: Callable[[str, str], bool],
-                 mark_timeout_s: float) -> None:
+                 mark_timeout_s: float, proximity: ProximityNeighbours | None = None) -> None:
         self.node_id = node_id
         self.neighbours = sorted(neighbours)
-        self.outbox = StepOutbox(node_id, run_seed, config_for, blocked)
+        self.proximity = proximity  # topology.kind proximity: who is in range at the step handled
+        self.outbox = StepOutbox(node_id, run_seed, config_for, blocked,
+                                 range_loss=None if proximity is None else proximity.range_loss)
+        self._told_out_of_range: set[str] = set()  # the neighbours the capabilities were told left the range
+        self._declared_down: Callable[[str], bool] = lambda peer: False  # membership's, from take_parked
         self.inbox = StepInbox()
         self.mark_timeout_s = mark_timeout_s
         self.env_agent_of: dict[str, str] = {}  # neighbour node id -> the env agent it drives (from the welcome)
@@ -53,9 +66,12 @@ class EnvStepTalk:
         steps, its emulated partitions; a missing mark is waited for a membership timeout."""
         topology, identity = node.topology, node.identity
         me = topology.index_of(identity.node_id)
+        spec = node.run_config.topology
+        proximity = (ProximityNeighbours(topology.nodes, identity.node_id, spec.radius, spec.path_loss)
+                     if spec.kind == "proximity" else None)
         return cls(identity.node_id, [topology.nodes[j] for j in topology.neighbours(me)], identity.run_seed,
                    config_for=node.run_config.network.link_in_steps_between, blocked=node.hub.links.partitions.blocks,
-                   mark_timeout_s=node.membership.timeout_s)
+                   mark_timeout_s=node.membership.timeout_s, proximity=proximity)
 
     @staticmethod
     def clock_of(message: m.EnvObservation, training_step: int) -> str:
@@ -105,6 +121,7 @@ class EnvStepTalk:
         message = self.parked
         if message is None:
             return None
+        self._declared_down = down
         clock = self.clock_of(message, training_step)
         missing = self.missing_marks(message, clock, down)
         if missing and not waited_out:
@@ -123,10 +140,48 @@ class EnvStepTalk:
         if self.due_now is None:
             return
         delivered, self.due_now = self.due_now, None
+        capabilities = list(capabilities)
+        self._tell_range_changes(message.step, capabilities)
         for capability in capabilities:
             if capability.talks_in_env_steps:
                 mine = [(sender, item) for sender, item in delivered if dispatch.get(type(item), (None, None))[1] is capability]
                 capability.on_env_step(message, mine)
+
+    def _tell_range_changes(self, step: int, capabilities: list[Any]) -> None:
+        """Links that follow positions: the neighbours that left the range since the capabilities
+        were last told are down to them, those back in range up, before the step's messages (a
+        message due now was sent in range; a run that begins at this step begins on this step's graph)."""
+        if self.proximity is None:
+            return
+        out_now = {peer for peer in self.neighbours if self.proximity.out_of_range(peer)}
+        left, back = sorted(out_now - self._told_out_of_range), sorted(self._told_out_of_range - out_now)
+        self._told_out_of_range = out_now
+        now = time.monotonic()  # (capabilities that talk in steps read the step themselves)
+        for peer in left:
+            if not self._declared_down(peer):  # (one membership declared down is down already)
+                log.info("step %d: neighbour %s is out of range", step, peer)
+                for capability in capabilities:
+                    capability.on_neighbour_down(peer, now)
+        for peer in back:
+            if not self._declared_down(peer):  # (it comes up when membership hears it again)
+                log.info("step %d: neighbour %s is in range again", step, peer)
+                for capability in capabilities:
+                    capability.on_neighbour_up(peer, now)
+
+    def out_of_range(self, peer: str) -> bool:
+        """Membership's up and down of this neighbour are not the protocols' news now: it is out
+        of range, so down to them whatever its liveness, until it comes back in range."""
+        return self.proximity is not None and self.proximity.out_of_range(peer)
+
+    def graph_record(self) -> dict[str, float]:
+        """The graph of the step handled, for the metrics (means over each metrics period):
+        `proximity/edges` and `proximity/components` of the whole team, `proximity/in_range`
+        this node's neighbours in range."""
+        if self.proximity is None or (summary := self.proximity.summary()) is None:
+            return {}
+        in_range = sum(self.proximity.reachable(n) for n in self.neighbours)
+        return {"proximity/edges": float(summary.edges), "proximity/components": float(summary.components),
+                "proximity/in_range": float(in_range)}
 
     def missing_marks(self, message: m.EnvObservation, clock: str, down: Callable[[str], bool]) -> list[str]:
         """The neighbours whose mark of the step before `message` this node must still wait for."""
@@ -140,7 +195,13 @@ class EnvStepTalk:
         """The node handles `message` now: the peer messages due by its step, in delivery order."""
         self._last_handled[clock] = message.step
         self.inbox.end_clocks_except(clock)
+        if self.proximity is not None and message.positions is not None and not message.evaluation:
+            # (an evaluation's messages go by the training world's last positions: it stands still)
+            self.proximity.update(message.positions[0])
         return self.inbox.take_due(clock, message.step)
 
     def metrics(self) -> dict[str, float]:
-        return {**self.inbox.metrics(), **self.outbox.metrics(), "talk/marks_missed": float(self.marks_missed)}
+        rows = {**self.inbox.metrics(), **self.outbox.metrics(), "talk/marks_missed": float(self.marks_missed)}
+        if self.proximity is not None:
+            rows["proximity/range_changes"] = float(self.proximity.changes)
+        return rows

@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from env_server.config import EnvConfig, EnvNodeConfig
+from env_server.positions import PositionsReader, load_positions_reader, positions_reader_path
 from env_server.registry import make_env
 from env_server.resume import RESUME_FILENAME, ResumeFile
 from env_server.client_bodies import TransportRefused
@@ -114,11 +115,17 @@ def standalone_info_keys(option: str | None, transport: str, autoreset: bool) ->
     return info_keys(ALL_INFOS if option == ALL_INFOS else [key for key in option.split(",") if key])
 
 
-def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: InfoKeys = ()):
+def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, forward_infos: InfoKeys = (),
+                positions_reader: PositionsReader | None = None):
     """K copies in this process, or split over `num_workers` processes (forked here, before the
-    server makes its hub: a zmq context must not cross a fork)."""
+    server makes its hub: a zmq context must not cross a fork). Positions are read in this process
+    only (a proximity topology has one world: the config refuses more copies)."""
     if num_workers == 1:
-        return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset, forward_infos=forward_infos)
+        return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset, forward_infos=forward_infos,
+                                     positions_reader=positions_reader)
+    if positions_reader is not None:
+        raise ValueError("env.num_workers: positions are read by the server's own copies; expected 1 worker "
+                         f"with topology.kind proximity, got {num_workers}")
     return SplitVectorEnv(factory, num_copies, autoreset=autoreset, num_workers=num_workers, forward_infos=forward_infos)
 
 
@@ -230,8 +237,18 @@ def run_orchestrated(config_path: str, node_id: str, control_endpoint: str) -> i
         return make_env(env_config.name, dict(env_config.kwargs), construction_seed=construction_seed)
 
     forward_infos = info_keys(env_config.forward_infos)
+    # Links that follow positions (topology.kind: proximity) need every agent's position with each
+    # step; the config's validation made sure this env has a reader (env_server/positions.py).
+    positions_reader = None
+    if config.topology.kind == "proximity":
+        path = positions_reader_path(env_config.name, env_config.positions)
+        if path is None:
+            log.error("env.positions: topology.kind proximity needs the agents' positions, and %s has no built-in "
+                      "reader; expected an import path 'package.module:function', got none", env_config.name)
+            return 2
+        positions_reader = load_positions_reader(path)
     envs = make_copies(build, env_config.num_copies, autoreset=env_config.autoreset, num_workers=env_config.num_workers,
-                       forward_infos=forward_infos)
+                       forward_infos=forward_infos, positions_reader=positions_reader)
     # One agent node drives each possible agent. The orchestrator checked the count on an env it
     # built before launch (orchestrator/prelaunch.py); this env, built with the run's construction
     # seed, is the one the agents will meet, so a mismatch stops the run here, not at a join deadline.

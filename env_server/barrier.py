@@ -287,4 +287,5 @@ def observation_for(agents: list[str], result: BatchedStep, step: int, missing: 
         run_finished=run_finished,
         evaluation=evaluation,
         infos={a: result.infos[a] for a in agents if a in result.infos} if result.infos else {},
+        positions=result.positions,  # every agent's (a proximity topology's links: env_server/positions.py)
     )

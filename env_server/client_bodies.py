@@ -142,7 +142,7 @@ class ClientBodies(ServerPart):
         `EnvObservation` the barrier would build and the channel's layers around it (the
         lockstep's hot path; bench/PROFILE.md round 9 measures the saving); False: the message
         goes the usual way."""
-        if client.identity in self.global_view_clients or result.infos:  # (neither packs)
+        if client.identity in self.global_view_clients or result.infos or result.positions is not None:  # (none packs)
             return False
         written = self.server.channel.write_packed(client.identity, m.EnvObservation.MSG_TYPE, lambda layout: layout.pack_step_result(
             result, step=step, missing=missing, run_finished=run_finished, evaluation=evaluation))

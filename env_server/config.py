@@ -99,6 +99,12 @@ class EnvConfig(BaseModel):
     # insists (the server does not start, or refuses the join, where it cannot work, naming why);
     # `zmq` never uses shared memory. Joining, control, peers and other hosts always use zmq.
     transport: Literal["auto", "shm", "zmq"] = "auto"
+    # Where the agents are, for links that follow them (topology.kind: proximity): an import path
+    # `package.module:function` of a function that takes the env as its factory built it and
+    # returns {agent: position} (a sequence of floats, the same length for every agent). The MPE
+    # environments have one built in (env_server/positions.py); None: the built-in one, if any.
+    # Refused with another topology kind (nothing would read it).
+    positions: str | None = None
 
     @model_validator(mode="after")
     def _rendering_needs_evaluations(self) -> "EnvConfig":
@@ -164,6 +170,13 @@ class EnvConfig(BaseModel):
         if repeated:
             raise ValueError(f"forward_infos: keys {repeated} are listed more than once")
         return keys
+
+    @field_validator("positions")
+    @classmethod
+    def _positions_path(cls, path: str | None) -> str | None:
+        if path is not None and not _IMPORT_PATH.match(path):
+            raise ValueError(f"expected an import path 'package.module:function' returning each agent's position, got {path!r}")
+        return path
 
     @field_validator("name")
     @classmethod

@@ -38,6 +38,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from env_server.positions import PositionsReader, read_positions
 from protocols.codec.packed import PackedLayout
 from protocols.codec.wire import MAX_PACKED_BODY_BYTES
 
@@ -69,6 +70,9 @@ class BatchedStep:
     # Each agent's return in each episode of `episode_returns`, same order; filled by the copies of
     # this process (VectorizedParallelEnv: the evaluation copies always are), empty from workers.
     episode_agent_returns: list[dict[str, float]] = field(default_factory=list)
+    # Every agent's position in each copy after this step, (K, agents, dims), when the env server
+    # publishes them (topology.kind: proximity; env_server/positions.py), else None.
+    positions: np.ndarray | None = None
 
 
 def batch_infos(per_copy: list[dict[str, dict]], agents: list[str], keys: InfoKeys,
@@ -178,6 +182,8 @@ def packing_refusal(envs: Any, agents: list[str], copies: int | None = None, *, 
     packed frame that cannot go through the segment goes as msgpack, protocols/net/transport.py)."""
     if envs.forward_infos:
         return "infos are forwarded (env.forward_infos)"
+    if getattr(envs, "positions_reader", None) is not None:
+        return "positions are published (topology.kind: proximity)"
     refusal = PackedLayout.refusal(agents, envs.observation_spaces, envs.action_spaces)
     if refusal is not None:
         return refusal
@@ -249,13 +255,15 @@ def _integer_bounds(space: spaces.Space) -> tuple[Any, Any]:
 
 class VectorizedParallelEnv:
     def __init__(self, factory: Callable[[], ParallelEnv], num_copies: int, *, autoreset: bool,
-                 forward_infos: Any = ()) -> None:
+                 forward_infos: Any = (), positions_reader: PositionsReader | None = None) -> None:
         if num_copies < 1:
             raise ValueError(f"num_copies must be >= 1, got {num_copies}")
         self.copies = [factory() for _ in range(num_copies)]
         self.num_copies = num_copies
         self.autoreset = autoreset
         self.forward_infos = info_keys(forward_infos)
+        # Publish every agent's position with each step (topology.kind: proximity), read by this.
+        self.positions_reader = positions_reader
         self._info_keys_checked = False
         self._skipped_infos: set[str] = set()  # non-numeric keys left out under ALL_INFOS, logged once each
         first = self.copies[0]
@@ -309,6 +317,7 @@ class VectorizedParallelEnv:
                              [{}] * self.num_copies, starts, [])
         if self.forward_infos:
             result.infos = self._batch_infos(infos)
+        result.positions = self._positions()
         return result
 
     def _batch_infos(self, infos: list[dict[str, dict]]) -> dict[str, dict[str, Any]]:
@@ -358,7 +367,15 @@ class VectorizedParallelEnv:
                 check_info_keys(infos, self.forward_infos)
                 self._info_keys_checked = True
             result.infos = self._batch_infos(infos)
+        result.positions = self._positions()
         return result
+
+    def _positions(self) -> np.ndarray | None:
+        """Every copy's agent positions now (after its autoreset, like its observations), or None
+        when they are not published."""
+        if self.positions_reader is None:
+            return None
+        return np.stack([read_positions(self.positions_reader, env, self.possible_agents) for env in self.copies])
 
     def _batch(self, observations, rewards, terminated, truncated, finals, starts, ended_returns) -> BatchedStep:
         """The copies' per-agent dicts as per-agent arrays with a leading axis of K.

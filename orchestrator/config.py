@@ -58,6 +58,7 @@ from agent_node.plugins import PluginError
 from agent_node.registry import CapabilityConfigs, capability_problems, extra_nodes
 from agent_node.world_models import WORLD_MODELS
 from env_server.config import EnvConfig, static_agent_count
+from env_server.positions import positions_reader_path
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement
 from protocols.run.config_errors import ConfigError, format_validation_error, tagged_member_fields
@@ -382,6 +383,7 @@ class RunConfig(BaseModel):
         problems += port_range_problems(self)
         problems += self._silence_problems()
         problems += self._talk_problems(topology, valid_ids)
+        problems += self._proximity_problems()
         problems += capability_problems(self, topology)  # each capability's own (agent_node/registry.py)
         problems += reproducibility_problems(self)  # run.reproducible: what it cannot pin
         problems += self._resolved_section_problems()
@@ -533,6 +535,33 @@ class RunConfig(BaseModel):
                         f"network: the peer link {src} -> {dst} sets {', '.join(given)}, wall-clock settings, but "
                         "protocols.talk: env_steps counts peer delays in steps: set delay_steps on it instead")
                     break
+        return problems
+
+    def _proximity_problems(self) -> list[str]:
+        """Links that follow positions (topology.kind: proximity, protocols/engines/proximity.py)
+        gate each peer message by the positions of the env step it was sent at: they need the
+        env-step clock, positions from the env, and one world to take them from."""
+        if self.topology.kind != "proximity":
+            if self.env.positions is not None:
+                return [f"env.positions: names where the agents are for links that follow them, which only "
+                        f"topology.kind proximity uses; got {self.env.positions!r} with kind {self.topology.kind!r}"]
+            return []
+        problems = []
+        if self.protocols.talk != "env_steps":
+            problems.append(f"protocols.talk: topology.kind proximity delivers a peer message only if its agents were in "
+                            f"range at the env step it was sent at, which needs env_steps; got {self.protocols.talk!r}")
+        if positions_reader_path(self.env.name, self.env.positions) is None:
+            problems.append(f"env.positions: topology.kind proximity needs every agent's position, and {self.env.name} "
+                            f"has no built-in reader (the MPE environments have one); expected an import path "
+                            "'package.module:function' returning {agent: position}, got none")
+        if self.env.num_copies != 1:
+            problems.append(f"env.num_copies: the links of topology.kind proximity follow the positions of one world; "
+                            f"expected 1 copy, got {self.env.num_copies}")
+        consensus = self.protocols.consensus
+        if consensus.enabled and consensus.mode == "sync" and consensus.weights != "metropolis":
+            problems.append(f"protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with "
+                            f"Metropolis weights recomputed on each step's graph (uniform weights need a regular graph); "
+                            f"expected metropolis, got {consensus.weights!r}")
         return problems
 
     # -------------------------------------------------------------- derived views

@@ -317,6 +317,45 @@ def _peer_traffic(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) 
     return edges
 
 
+def _proximity_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Links that follow positions (topology.kind: proximity): the team's graph over the run.
+    Every agent writes the same team graph (`proximity/edges`, `proximity/components`, means over
+    its metrics periods, agent_node/step_talk.py); the series is the first agent's that has it.
+    None for a run whose links do not follow positions."""
+    series = next(([[row["step"], row["proximity/edges"], row["proximity/components"]] for row in metrics[node]
+                    if "proximity/edges" in row] for node in sorted(metrics)
+                   if any("proximity/edges" in row for row in metrics[node])), None)
+    if not series:
+        return None
+    last = {node: next((row for row in reversed(rows) if "proximity/range_changes" in row), {}) for node, rows in metrics.items()}
+
+    def counted(suffix: str) -> float:  # a counter of every agent's links, at its last flush
+        return sum(v for row in last.values() for k, v in row.items() if k.startswith("talk/") and k.endswith(suffix))
+
+    return {
+        "series": series,  # [step, mean edges, mean components] per metrics period
+        "edges_mean": _mean([edges for _, edges, _ in series]),
+        "components_mean": _mean([components for _, _, components in series]),
+        # periods in which the team was one component at every step (a mean of exactly 1)
+        "connected_fraction": sum(components == 1.0 for _, _, components in series) / len(series),
+        "range_changes": sum(row.get("proximity/range_changes", 0.0) for row in last.values()),
+        "dropped_range": counted("/dropped_range"),
+        "dropped_path_loss": counted("/dropped_path_loss"),
+    }
+
+
+def proximity_lines(summary: dict[str, Any]) -> list[str]:
+    graph = summary.get("proximity")
+    if not graph:
+        return []
+    return [f"links from positions (topology proximity): the team's graph had {_fmt(graph['edges_mean'], '.3g')} edges and "
+            f"{_fmt(graph['components_mean'], '.3g')} connected components on average (means of {len(graph['series'])} metric "
+            f"periods), one component throughout {_fmt(graph['connected_fraction'], '.0%')} of them; neighbours left the "
+            f"range or came back {_fmt(graph['range_changes'], 'g')} times (summed over agents); messages dropped out of range "
+            f"{_fmt(graph['dropped_range'], 'g')}, by path loss {_fmt(graph['dropped_path_loss'], 'g')} "
+            f"(over time: report/proximity_graph.png)"]
+
+
 def _max_or_none(values: list[float | None]) -> float | None:
     """The largest, or None if any is None (an agent that never came back) or there are none."""
     return None if not values or None in values else max(values)
@@ -386,6 +425,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     sections = {d.name: d.report.summarize({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID})
                 for d in descriptions if d.report is not None}
     traffic = _peer_traffic({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID}, events)
+    proximity = _proximity_summary({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID})
     # run_s / step: when it fired on both clocks (older runs' events have only at_s)
     faults = [{"kind": e.get("kind"), "at_s": e.get("at_s"), "at_step": e.get("at_step"),
                "run_s": e.get("run_s", e["t"] - started if started is not None else None), "step": e.get("step"),
@@ -441,6 +481,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "capability_kinds": kinds,
         "capabilities_unreadable": unreadable,
         "peer_traffic": traffic,
+        "proximity": proximity,
         "faults": faults,
         "env_restarts": env_restarts,
         "state_damaged": state_damaged,
@@ -617,6 +658,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             f"scripted oracle {_fmt(evaluation.get('oracle_covered'), '.1%')} of landmarks on the same episodes"
         )
     for line in capability_lines(summary):
+        console.print(line)
+    for line in proximity_lines(summary):
         console.print(line)
     if summary.get("peer_traffic"):
         title = "peer traffic (every message to a neighbour: heartbeats, agreement, hindsight, consensus)"
@@ -836,6 +879,8 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     paths = []
     if evaluation:
         paths.append(plot_evaluation(summary, out_dir))
+    if summary.get("proximity"):
+        paths.append(plot_proximity(summary, out_dir))
     returns_axes = axes_list[0][0]
     for node, rows in metrics.items():
         points = [(row["t"] - start, row["env/episode_return"]) for row in rows if "env/episode_return" in row]
@@ -888,6 +933,24 @@ def _legend(axes: Any, nothing: str, **options: Any) -> None:
         axes.legend(**options)
     else:
         axes.text(0.5, 0.5, nothing, transform=axes.transAxes, ha="center", va="center", color="grey")
+
+
+def plot_proximity(summary: dict[str, Any], out_dir: Path) -> Path:
+    """`report/proximity_graph.png`: the team's graph over env steps when links follow positions,
+    edges and connected components (means over each metrics period)."""
+    plt = _pyplot()
+    steps, edges, components = zip(*summary["proximity"]["series"])
+    figure, axes = plt.subplots(figsize=(7, 3.2))
+    axes.step(steps, edges, where="post", label="edges")
+    axes.step(steps, components, where="post", label="connected components")
+    axes.set_xlabel("env step (means over each metrics period)")
+    axes.set_title(f"{summary['name']}: the graph of agents in range over time")
+    axes.legend(fontsize=7)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "proximity_graph.png"
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
 
 
 def plot_evaluation(summary: dict[str, Any], out_dir: Path) -> Path:

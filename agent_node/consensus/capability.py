@@ -38,6 +38,7 @@ from agent_node.consensus.subjects import ConsensusSubject, LocalWorldModel, OGM
 from protocols.codec import messages as m
 from protocols.engines.bootstrap import BootstrapRequest, BootstrapShare, NewcomerBootstrap, answer
 from protocols.engines.consensus import ConsensusDone, ConsensusShare, PushSumShare, build_consensus_engine
+from protocols.engines.proximity import metropolis_from_adjacency
 
 log = logging.getLogger("agent_node")
 
@@ -84,6 +85,7 @@ class ConsensusCapability(Capability):
             engine = build_consensus_engine(
                 self.config, self.node.topology, self.node.identity.node_id, self.run.protocols.limits.max_pending_share_bytes,
                 in_steps=self.in_steps,
+                mixing_row=self._metropolis_row_of_this_step if self.run.topology.kind == "proximity" else None,
             )
         self.joined_mid_run = welcome.step > 0  # a restart (or a resumed run): the env server is past step 0
         if self.bootstrap is not None and not (callable(getattr(learner, "get_params", None))
@@ -94,6 +96,18 @@ class ConsensusCapability(Capability):
             engine, self._subject(learner, welcome.num_copies, observation_space, action_space),
             num_agents=len(self.node.topology.nodes), average_at_end=self.config.average_at_end,
         )
+
+    def _metropolis_row_of_this_step(self) -> tuple[dict[str, float], float] | None:
+        """Links that follow positions: this agent's row of the Metropolis weights on the graph of
+        the step being handled (protocols/engines/proximity.py), for a synchronous round that
+        mixes now; None before the first positions (the full graph's row)."""
+        adjacency = self.node.range_graph()
+        if adjacency is None:
+            return None
+        topology = self.node.topology
+        me = topology.index_of(self.node.identity.node_id)
+        weights = metropolis_from_adjacency(adjacency)
+        return {topology.nodes[j]: float(weights[me, j]) for j in topology.neighbours(me)}, float(weights[me, me])
 
     def _subject(self, learner, num_copies: int, observation_space, action_space) -> ConsensusSubject:
         """What this node averages: the OG-MARL learner's world model, a world model trained

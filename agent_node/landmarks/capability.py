@@ -45,6 +45,7 @@ class LandmarksCapability(Capability):
         self.session = LandmarkSession(
             self.config, node_id=self.node.identity.node_id, topology=self.node.topology, layout=layout,
             num_copies=welcome.num_copies, in_steps=self.in_steps,
+            graph_changes=self.node.run_config.topology.kind == "proximity",
         )
         return gym.spaces.Box(-np.inf, np.inf, (layout.obs_dim + layout.num_landmarks,), np.float32)
 

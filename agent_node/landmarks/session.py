@@ -170,7 +170,7 @@ class LandmarkSession:
     message_types = (FloodTable, HindsightRows)
 
     def __init__(self, config: LandmarksConfig, *, node_id: str, topology: Topology, layout: SpreadLayout,
-                 num_copies: int, in_steps: bool = False) -> None:
+                 num_copies: int, in_steps: bool = False, graph_changes: bool = False) -> None:
         self.config = config
         self.node_id = node_id
         self.topology = topology
@@ -179,7 +179,11 @@ class LandmarkSession:
         self.in_steps = in_steps
         index = topology.nodes.index(node_id)
         self.neighbours = sorted(topology.nodes[j] for j in topology.neighbours(index))
-        self.rounds = max(1, topology.diameter())
+        # A value travels one hop per round, so flooding for the diameter reaches everyone. On a
+        # graph that follows positions (graph_changes: topology.kind proximity) the full graph's
+        # diameter (1) would reach only those in range: flood for n - 1 rounds, the most hops a
+        # connected graph of n nodes needs, so a row reaches its whole component (if it holds).
+        self.rounds = max(1, topology.num_nodes - 1 if graph_changes else topology.diameter())
         timeout = config.round_timeout_steps if in_steps else config.round_timeout_s
         training_engine = FloodEngine(node_id, round_timeout_s=timeout)
         # One flooding at a time while the node holds; in steps, one per clock.

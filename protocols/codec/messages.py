@@ -635,6 +635,10 @@ class EnvObservation:
     global_state: np.ndarray | None = None  # (K, *state_shape) after this step
     final_global_state: np.ndarray | None = None  # (K, *state_shape); the ended episode's last state where episode_start
     joint_action: np.ndarray | None = None  # (K, joint_action_dim) of step `step - 1`; None after a reset
+    # Only in a run whose links follow positions (topology.kind: proximity), on training
+    # observations: every agent's position after this step, (K, agents, dims) float64, agents in
+    # the welcome's `possible_agents` order (NaN where the env has none). env_server/positions.py.
+    positions: np.ndarray | None = None
 
 
 @register_message("env.state")

@@ -145,12 +145,12 @@ class PackedLayout:
     def fits(self, message: Any) -> bool:
         """Whether `message` has the layout's fields and no others: actions for each of the
         layout's agents (RemoteParallelEnv leaves out agents that are done: such an action goes as
-        msgpack), observations without infos or global view, with finals for all or none."""
+        msgpack), observations without infos, global view or positions, with finals for all or none."""
         kind = type(message)
         if kind is m.EnvAction or kind is m.EnvWorkerStep:
             return len(message.actions) == len(self.agents) and all(agent in message.actions for agent in self.agents)
         if kind is m.EnvObservation:
-            if message.global_state is not None or message.joint_action is not None:
+            if message.global_state is not None or message.joint_action is not None or message.positions is not None:
                 return False
         elif kind is not m.EnvWorkerResult:
             return False

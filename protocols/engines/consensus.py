@@ -81,7 +81,7 @@ from __future__ import annotations
 import math
 from collections import abc
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Mapping, Sequence
+from typing import Callable, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -466,6 +466,7 @@ class SyncConsensus:
         max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
         compression: Compression = NO_COMPRESSION,
         step_size: float = 1.0,
+        mixing_row: Callable[[], tuple[Mapping[str, float], float] | None] | None = None,
     ) -> None:
         if node_id in neighbour_weights:
             raise ValueError(f"node {node_id!r} lists itself as a neighbour; put its weight in self_weight")
@@ -496,6 +497,9 @@ class SyncConsensus:
         self._cut_off: set[str] = set()
         self.neighbour_weights = dict(neighbour_weights)
         self.self_weight = float(self_weight)
+        # A graph that changes (topology.kind proximity): the row of W to mix with now, asked at
+        # every mix (None from it, or no provider: the fixed row above). See `_row_now`.
+        self._mixing_row = mixing_row
         self.rounds = int(rounds)
         self.round_timeout_s = float(round_timeout_s)
         # Early shares held per neighbour, in bytes (besides the count bound of `_buffer_share`):
@@ -767,11 +771,12 @@ class SyncConsensus:
         # In sender order, not arrival order: float sums then come out the same in every run
         # with one seed (run.reproducible), however the shares raced.
         received = dict(sorted(self._received.items()))
+        neighbour_weights, self_weight = self._row_now()
         while True:
             missing = tuple(sorted(set(self.neighbour_weights) - received.keys()))
             # A missing neighbour's weight stays on our own value, so the row still sums to 1.
-            own_weight = self.self_weight + sum(self.neighbour_weights[name] for name in missing)
-            shares = [(self.neighbour_weights[sender], tensors) for sender, tensors in received.items()]
+            own_weight = self_weight + sum(neighbour_weights[name] for name in missing)
+            shares = [(neighbour_weights[sender], tensors) for sender, tensors in received.items()]
             mixed, distances = self._scratch.mix(own_weight, self._values, shares)
             # A distance that is not finite: a NaN or infinity in the share (refused, and the
             # round mixed again without it, as if it had not come), or finite values whose
@@ -798,13 +803,14 @@ class SyncConsensus:
                 copy = self._public[sender]
                 self._public[sender] = {name: copy[name] + increment[name] for name in copy}
         own_copy = self._public[self.node_id]
+        neighbour_weights, _ = self._row_now()
         mixed, distances = {}, [0.0] * len(self.neighbour_weights)
         current = [node for node in sorted(self.neighbour_weights) if node not in self._cut_off]
         for name, value in self._values.items():
             step = np.zeros(value.shape, _mixing_dtype(value.dtype))
             for index, node in enumerate(current):
                 copy = self._public[node][name]
-                step += self.neighbour_weights[node] * (copy - own_copy[name])
+                step += neighbour_weights[node] * (copy - own_copy[name])
                 difference = (copy - value).ravel()
                 distances[index] += float(np.dot(difference, difference))
             mixed[name] = (value + self.step_size * step).astype(value.dtype, copy=False)
@@ -814,6 +820,22 @@ class SyncConsensus:
         residual = sum(float(np.dot(d, d)) for d in ((self._values[n] - own_copy[n]).ravel() for n in own_copy))
         # What our public copy still lacks of our tensors: next round's residual.
         return self._close_round(now, distances, missing, {"consensus/compression_residual": math.sqrt(residual)})
+
+    def _row_now(self) -> tuple[Mapping[str, float], float]:
+        """The weights a round mixes with: the fixed row, or, on a graph that changes, the row
+        `mixing_row` gives for the graph of now (every neighbour named, 0 off the graph; it must
+        sum to 1). Both ends of an edge mix at the same step in the env-step clock and see the
+        same graph, so Metropolis weights recomputed there keep W symmetric."""
+        row = None if self._mixing_row is None else self._mixing_row()
+        if row is None:
+            return self.neighbour_weights, self.self_weight
+        neighbour_weights, self_weight = row
+        if set(neighbour_weights) != set(self.neighbour_weights):
+            raise ValueError(f"mixing_row names {sorted(neighbour_weights)}, expected the neighbours {sorted(self.neighbour_weights)}")
+        total = self_weight + sum(neighbour_weights.values())
+        if not (self_weight >= 0.0 and all(w >= 0.0 for w in neighbour_weights.values()) and abs(total - 1.0) <= 1e-9):
+            raise ValueError(f"mixing_row must be non-negative weights summing to 1, got {self_weight} and {dict(neighbour_weights)}")
+        return neighbour_weights, float(self_weight)
 
     def _close_round(self, now: float, distances: Sequence[float], missing: tuple[str, ...],
                      extra_metrics: Mapping[str, float] | None = None) -> list[Outgoing]:
@@ -1293,12 +1315,13 @@ def mixing_matrix(topology: Topology, config: ConsensusConfig) -> np.ndarray:
 
 def build_consensus_engine(
     config: ConsensusConfig, topology: Topology, node_id: str, max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
-    in_steps: bool = False,
+    in_steps: bool = False, mixing_row: Callable[[], tuple[Mapping[str, float], float] | None] | None = None,
 ) -> SyncConsensus | PushSumConsensus:
     """The engine one node runs, from the run's consensus config and topology (and the byte
     bound of early shares, `protocols.limits.max_pending_share_bytes`). `in_steps`: the engine's
     clock is the env step (protocols.talk: env_steps), so its timings are the `*_steps` ones; the
-    engine itself only compares the times it is given."""
+    engine itself only compares the times it is given. `mixing_row`: synchronous rounds on a graph
+    that changes mix with the row it gives at each mix (`SyncConsensus._row_now`)."""
     index = topology.index_of(node_id)
     neighbours = [topology.nodes[j] for j in topology.neighbours(index)]
     if in_steps:
@@ -1321,6 +1344,7 @@ def build_consensus_engine(
         max_buffered_bytes=max_buffered_bytes,
         compression=compression,
         step_size=config.compressed_step_size,
+        mixing_row=mixing_row,
     )
 
 

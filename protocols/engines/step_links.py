@@ -9,7 +9,10 @@ too (`protocols.talk: env_steps`). The rule, for every peer message:
 
 A clock is the training lockstep (`"train"`), or one evaluation (`"eval:<training step>"`: its
 steps count from 0, and what is still in flight when it ends is dropped). Loss, duplication and
-partitions are decided in the same clock, by the sender, when the message leaves.
+partitions are decided in the same clock, by the sender, when the message leaves; so is the range
+of a proximity topology (protocols/engines/proximity.py: a message is dropped when its sender and
+receiver were farther apart than the radius at the step it was sent, or, with a path-loss model,
+lost with a probability rising with their distance).
 
 How the receiver knows what is due before it acts. The sender holds what its protocols send
 while it handles step t (`StepOutbox.queue`); when it answers the env server it closes the step
@@ -39,7 +42,10 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from protocols.engines.engine import Outgoing
+from protocols.engines.proximity import path_loss_seed
 from protocols.net.links import LinkConfig, LinkCounters, LinkModel
 from protocols.codec.messages import register_message
 from protocols.seeds import derive_seed
@@ -92,13 +98,21 @@ class StepOutbox:
     fate when the step closes, and follows the messages with each link's mark."""
 
     def __init__(self, src: str, run_seed: int, config_for: Callable[[str, str], LinkConfig],
-                 blocked: Callable[[str, str], bool] = lambda src, dst: False) -> None:
+                 blocked: Callable[[str, str], bool] = lambda src, dst: False,
+                 range_loss: Callable[[str], float | None] | None = None) -> None:
         self.src = src
         self.run_seed = run_seed
         self._config_for = config_for  # (src, dst) -> LinkConfig; a link without delay_steps counts 1 step
         self._blocked = blocked  # (src, dst) -> an emulated partition cuts the link now
+        # dst -> at the step being closed, None when out of range, else the probability that the
+        # path loss loses a message (topology.kind: proximity, protocols/engines/proximity.py);
+        # None: links that do not follow positions.
+        self._range_loss = range_loss
         self._models: dict[str, StepLinkModel] = {}
+        self._path_loss_draws: dict[str, Any] = {}  # dst -> its seeded stream (a uniform per message in range)
         self._queued: dict[str, list[Any]] = defaultdict(list)
+        self.dropped_range: dict[str, int] = defaultdict(int)  # dst -> messages out of range when sent
+        self.dropped_path_loss: dict[str, int] = defaultdict(int)  # dst -> messages the distance lost
 
     def model_for(self, dst: str) -> StepLinkModel:
         model = self._models.get(dst)
@@ -126,10 +140,21 @@ class StepOutbox:
         for destination in sorted(set(neighbours) | set(self._queued)):
             model = self.model_for(destination)
             due: list[int] = []
+            loss = 0.0 if self._range_loss is None else self._range_loss(destination)
             for message in self._queued.pop(destination, []):
                 if self._blocked(self.src, destination):
                     model.counters.sent += 1
                     model.counters.dropped_partition += 1
+                    continue
+                # The geometry before the link's draws, from streams of its own: the link's
+                # random stream ignores where the agents are.
+                if loss is None:
+                    model.counters.sent += 1
+                    self.dropped_range[destination] += 1
+                    continue
+                if loss > 0.0 and self._path_loss_draw(destination) < loss:
+                    model.counters.sent += 1
+                    self.dropped_path_loss[destination] += 1
                     continue
                 for due_step in model.decide(step):
                     due.append(due_step)
@@ -137,6 +162,12 @@ class StepOutbox:
                     model.counters.delivered += 1
             outgoing.append((destination, PeerStepMark(clock, step, due)))
         return outgoing
+
+    def _path_loss_draw(self, dst: str) -> float:
+        draws = self._path_loss_draws.get(dst)
+        if draws is None:
+            draws = self._path_loss_draws[dst] = np.random.default_rng(path_loss_seed(self.run_seed, self.src, dst))
+        return float(draws.random())
 
     def metrics(self) -> dict[str, float]:
         """`talk/SRC_to_DST/<counter>`: each env-step link's messages in the step clock."""
@@ -148,6 +179,9 @@ class StepOutbox:
             rows[prefix + "dropped_loss"] = counters.dropped_loss
             rows[prefix + "dropped_partition"] = counters.dropped_partition
             rows[prefix + "duplicated"] = counters.duplicated
+            if self._range_loss is not None:
+                rows[prefix + "dropped_range"] = self.dropped_range[dst]
+                rows[prefix + "dropped_path_loss"] = self.dropped_path_loss[dst]
         return rows
 
 

@@ -29,6 +29,8 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from protocols.engines.proximity import PathLossConfig
+
 # ------------------------------------------------------------------------------------------
 # The graph
 # ------------------------------------------------------------------------------------------
@@ -349,7 +351,7 @@ def from_edges(n: int, edges: Iterable[Sequence[int]], node_ids: Sequence[str] |
 # Config
 # ------------------------------------------------------------------------------------------
 
-TopologyKind = Literal["ring", "line", "star", "full", "grid", "torus", "exponential", "random_regular", "edges"]
+TopologyKind = Literal["ring", "line", "star", "full", "grid", "torus", "exponential", "random_regular", "edges", "proximity"]
 
 # Which optional fields each kind needs and which it accepts; any other field set is an error,
 # so a typo such as `degree` on a ring does not pass silently.
@@ -358,6 +360,7 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "torus": ("rows", "cols"),
     "random_regular": ("degree", "seed"),
     "edges": ("edges",),
+    "proximity": ("radius",),
 }
 _ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "ring": (),
@@ -369,8 +372,9 @@ _ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "exponential": (),
     "random_regular": ("degree", "seed"),
     "edges": ("edges",),
+    "proximity": ("radius", "path_loss"),
 }
-_OPTIONAL_FIELDS = ("rows", "cols", "degree", "seed", "edges", "center")
+_OPTIONAL_FIELDS = ("rows", "cols", "degree", "seed", "edges", "center", "radius", "path_loss")
 
 
 class TopologyConfig(BaseModel):
@@ -385,6 +389,14 @@ class TopologyConfig(BaseModel):
     seed: int | None = None
     edges: list[tuple[int, int]] | None = None
     center: int | None = None
+    # kind proximity (protocols/engines/proximity.py): a peer message sent at env step t from i to
+    # j is delivered only if the distance between their positions at step t is <= radius (in the
+    # env's units; MPE's world is about [-1, 1]^2). Every pair may talk; the env's positions decide
+    # which pairs do. Needs protocols.talk: env_steps and an env with positions (env.positions).
+    radius: float | None = None
+    # kind proximity, optional: loss rising with distance within the radius (the log-distance
+    # path-loss model, seeded per link; protocols/engines/proximity.py). None: no loss from distance.
+    path_loss: PathLossConfig | None = None
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> "TopologyConfig":
@@ -403,6 +415,8 @@ class TopologyConfig(BaseModel):
                 raise ValueError(f"topology.{name} must be >= 1, got {value}")
         if self.center is not None and self.center < 0:
             raise ValueError(f"topology.center must be a node index >= 0, got {self.center}")
+        if self.radius is not None and not (self.radius > 0 and self.radius < float("inf")):
+            raise ValueError(f"topology.radius must be a finite distance > 0, got {self.radius}")
         return self
 
 
@@ -427,7 +441,9 @@ def build_topology(spec: TopologyConfig, node_ids: Sequence[str]) -> Topology:
         if center >= n:
             raise ValueError(f"topology.center must be an agent index below {n}, got {center}")
         return star(n, center=center, node_ids=node_ids)
-    if spec.kind == "full":
+    if spec.kind in ("full", "proximity"):
+        # proximity: every pair may talk; the positions of each step decide which pairs do
+        # (protocols/engines/proximity.py), so the connections are those of the full graph.
         return full(n, node_ids)
     if spec.kind == "exponential":
         return exponential(n, node_ids)

@@ -313,18 +313,38 @@ class StepNetwork:
     and the same sends decide every message alike. `begin(node, method, *args)` calls anything
     else on an engine (starting a run) during the next step, after its deliveries and timers, as
     a live node begins a protocol run when it handles a step. Every delivery is kept in
-    `deliveries` as (step, sender, receiver, message)."""
+    `deliveries` as (step, sender, receiver, message).
+
+    Links that follow positions (topology.kind: proximity): `positions(step)` gives every node's
+    position at a step (rows in sorted node order: a mobility model), `radius` the range and
+    `path_loss` (a `PathLossConfig`, optional) the loss rising with distance within it. A
+    message goes out only to a neighbour in range at the step it is sent, and at the start of each
+    step, before its deliveries, each engine hears which neighbours left the range
+    (`on_neighbour_down`) or came back (`on_neighbour_up`), as a live node's capabilities do
+    (protocols/engines/proximity.py's `ProximityNeighbours`, agent_node/step_talk.py). The graph
+    of every step is kept in `graphs` (edges, components)."""
 
     def __init__(self, engines: Mapping[str, SimulatedEngine], neighbours: Mapping[str, list[str]], run_seed: int,
-                 config_for: Callable[[str, str], LinkConfig], clock: str = "train") -> None:
+                 config_for: Callable[[str, str], LinkConfig], clock: str = "train",
+                 positions: Callable[[int], np.ndarray] | None = None, radius: float | None = None,
+                 path_loss=None) -> None:
+        from protocols.engines.proximity import ProximityNeighbours
         from protocols.engines.step_links import StepInbox, StepOutbox
 
+        if (positions is None) != (radius is None):
+            raise ValueError("StepNetwork: positions and radius go together (links that follow positions), got one of them")
         self.engines = dict(engines)
         self.neighbours = {node: sorted(neighbours[node]) for node in self.engines}
         self.clock = clock
         self.step_number = 0
         self.partitions = PartitionTable()
-        self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks) for node in self.engines}
+        self.positions = positions
+        self.proximity = ({node: ProximityNeighbours(sorted(self.engines), node, radius, path_loss) for node in self.engines}
+                          if positions else {})
+        self.graphs: list = []  # (links that follow positions) each step's GraphSummary
+        self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks,
+                                          range_loss=self.proximity[node].range_loss if positions else None)
+                         for node in self.engines}
         self.inboxes = {node: StepInbox() for node in self.engines}
         self.deliveries: list[tuple[int, str, str, object]] = []
         self._begins: dict[str, list[tuple[Callable[..., list[Outgoing]], tuple]]] = {node: [] for node in self.engines}
@@ -335,9 +355,21 @@ class StepNetwork:
     def step(self) -> None:
         from protocols.engines.step_links import PeerStepMark
 
+        from protocols.engines.proximity import summarize
+
         now = float(self.step_number)
+        changes: dict[str, tuple[list[str], list[str]]] = {}
+        if self.positions is not None:
+            where = np.asarray(self.positions(self.step_number), dtype=float)
+            changes = {node: tracker.update(where) for node, tracker in self.proximity.items()}
+            self.graphs.append(summarize(where, next(iter(self.proximity.values())).radius))
         for node in sorted(self.engines):
             engine, outbox = self.engines[node], self.outboxes[node]
+            left, back = changes.get(node, ([], []))
+            for peer in (p for p in left if p in self.neighbours[node]):
+                outbox.queue(engine.on_neighbour_down(peer, now))
+            for peer in (p for p in back if p in self.neighbours[node]):
+                outbox.queue(engine.on_neighbour_up(peer, now))
             for sender, message in self.inboxes[node].take_due(self.clock, self.step_number):
                 self.deliveries.append((self.step_number, sender, node, message))
                 outbox.queue(engine.on_message(sender, message, now))

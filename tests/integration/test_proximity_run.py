@@ -1,0 +1,54 @@
+"""Links that follow where the agents are, on real processes (configs/tiny_proximity.yaml: 4 DQN
+agents on simple_spread, the landmark agreement, hindsight and consensus of the policy, every
+message gated by the range at the env step it was sent).
+
+Run twice with `run.reproducible`, the second time with other timing (jittered env links, one
+gradient step per look at the sockets): both exit 0, the graph changes over the run (edges come and
+go, the team splits into components and joins again), messages are dropped for range, neighbours
+leave the range and come back, and the two runs' metrics are the same row for row: the same seed
+gives the same deliveries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.report import summarize_run
+from tests.integration.test_reproducible_runs import PATIENT, run_config, seeded_rows
+
+pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(300)]
+
+AGENTS = [f"agent_{i}" for i in range(4)]
+SETTINGS = (*PATIENT, "run.steps=200")
+# Jittered env links and one gradient step per look at the sockets (peer links count env steps:
+# wall-clock settings are refused there).
+OTHER_TIMING = ("agents.gradient_steps_per_slice=1",
+                "network.links=[{role: env_links, link: {delay_s: 0.003, jitter_s: 0.003}}]")
+
+
+def rows(run_dir: Path, node: str) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_gives_the_same_deliveries(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_config("configs/tiny_proximity.yaml", first, *SETTINGS)
+    run_config("configs/tiny_proximity.yaml", second, *SETTINGS, *OTHER_TIMING)
+
+    graph = [(row["proximity/edges"], row["proximity/components"]) for row in rows(first, "agent_0") if "proximity/edges" in row]
+    assert len(graph) >= 30
+    edges, components = [e for e, _ in graph], [c for _, c in graph]
+    assert min(edges) < max(edges) and min(components) < max(components), graph  # the graph changed
+    for agent in AGENTS:
+        talk = [row for row in rows(first, agent) if "talk/delivered" in row][-1]
+        assert talk["proximity/range_changes"] >= 2, f"{agent}: no neighbour left the range and came back"
+        assert talk["talk/delivered"] > 0 and talk["talk/marks_missed"] == 0
+        assert not any("reproducibility/broken" in row for row in rows(first, agent)), agent
+        assert seeded_rows(second, agent) == seeded_rows(first, agent), f"{agent}: the two runs differ"
+    dropped = sum(value for agent in AGENTS for key, value in [row for row in rows(first, agent) if "talk/delivered" in row][-1].items()
+                  if key.endswith("/dropped_range"))
+    assert dropped > 0, "no message was ever out of range"
+    report = summarize_run(first)["proximity"]  # the report's graph over time
+    assert len(report["series"]) == len(graph) and report["connected_fraction"] < 1.0 and report["range_changes"] > 0
