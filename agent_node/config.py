@@ -28,7 +28,7 @@ from agent_node.landmarks.config import LandmarksConfig
 from agent_node.peer_protocols import ProtocolConfigs
 from agent_node.registry import CapabilityConfigs
 from agent_node.world_models import PluggableWorldModelConfig
-from protocols.run.config_errors import ConfigError
+from protocols.run.config_errors import ConfigError, repeated
 from protocols.run.node_config import NodeIdentity, NodeSections, load_node_config
 
 class AgentsConfig(BaseModel):
@@ -120,12 +120,11 @@ class AgentsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _each_protocol_once(self) -> AgentsConfig:
-        kinds = [protocol.kind for protocol in self.protocols]
-        repeated = sorted({kind for kind in kinds if kinds.count(kind) > 1})
-        if repeated:
+        kinds = repeated([protocol.kind for protocol in self.protocols])
+        if kinds:
             raise ValueError(
                 f"protocols: each protocol runs once per agent (its message types have one handler); "
-                f"got {', '.join(repr(kind) for kind in repeated)} more than once"
+                f"got {', '.join(repr(kind) for kind in kinds)} more than once"
             )
         return self
 

@@ -35,7 +35,7 @@ import importlib
 import importlib.metadata
 import inspect
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, SerializationInfo, ValidationError, ValidationInfo, WrapValidator
 
@@ -318,3 +318,37 @@ def builtin(name: str, config_model: type[BaseModel], builder_path: str, **trait
     return Entry(
         name=name, config_model=config_model, load_builder=lambda: _import_attribute(builder_path), source="built-in", **traits
     )
+
+
+# ------------------------------------------------------------------ a run's list of plugins
+
+
+def check_list_entry(item: Any, section: str, what: str, group: str, import_target: str) -> None:
+    """One entry of a run's list of plugins (`agents.protocols`, `capabilities`) is a mapping
+    `{kind: <an entry point of `group` or 'package.module:<import_target>'>, <what's settings>}`;
+    a ValueError naming `section` otherwise."""
+    if not isinstance(item, Mapping):
+        raise ValueError(f"{section}: expected a mapping {{kind: ..., <the {what}'s settings>}}, got {describe_value(item)}")
+    if "kind" not in item:
+        raise ValueError(
+            f"{section}.kind: required field is missing; expected an installed {what}'s entry point "
+            f"(group {group}) or an import path 'package.module:{import_target}'"
+        )
+
+
+def validate_each(value: Any, section: str, validate_one: Callable[[Any, str], PluginConfig]) -> tuple[PluginConfig, ...]:
+    """A run's list of plugins, each entry through `validate_one(entry, '<section>.<i>')`; the
+    problems of every entry are the lines of one ValueError."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{section}: expected a list of {{kind: ..., <settings>}}, got {describe_value(value)}")
+    built, problems = [], []
+    for index, item in enumerate(value):
+        try:
+            built.append(validate_one(item, f"{section}.{index}"))
+        except ValueError as error:
+            problems.append(str(error))
+    if problems:
+        raise ValueError("\n".join(problems))
+    return tuple(built)

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, BeforeValidator, SerializeAsAny
 
-from agent_node.plugins import Entry, PluginConfig, PluginError, Registry
-from protocols.run.config_errors import describe_value
+from agent_node.plugins import Entry, PluginConfig, PluginError, Registry, check_list_entry, validate_each
+from protocols.run.config_errors import repeated
 
 if TYPE_CHECKING:
     from protocols.engines.topology import Topology
@@ -262,13 +262,7 @@ def node_builds(run: Any) -> list[str]:
 def _validate_one(item: Any, section: str) -> CapabilityConfig:
     if isinstance(item, CapabilityConfig):
         return item
-    if not isinstance(item, Mapping):
-        raise ValueError(f"{section}: expected a mapping {{kind: ..., <the capability's settings>}}, got {describe_value(item)}")
-    if "kind" not in item:
-        raise ValueError(
-            f"{section}.kind: required field is missing; expected an installed capability's entry point "
-            f"(group {CAPABILITIES.group}) or an import path 'package.module:NAME'"
-        )
+    check_list_entry(item, section, "capability", CAPABILITIES.group, "NAME")
     if item["kind"] in BUILTIN_DESCRIPTIONS:
         raise ValueError(f"{section}.kind: {item['kind']!r} is Parley's own capability, configured in its own section; "
                          "this list takes a user's capabilities")
@@ -278,22 +272,10 @@ def _validate_one(item: Any, section: str) -> CapabilityConfig:
 def _validate_capabilities(value: Any) -> Any:
     """The run's `capabilities`: each entry resolved and validated by its own config model; every
     problem is one line naming `capabilities.<i>`."""
-    if value is None:
-        return ()
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"capabilities: expected a list of {{kind: ..., <settings>}}, got {describe_value(value)}")
-    built, problems = [], []
-    for index, item in enumerate(value):
-        try:
-            built.append(_validate_one(item, f"capabilities.{index}"))
-        except ValueError as error:
-            problems.append(str(error))
-    if problems:
-        raise ValueError("\n".join(problems))
-    names = [CAPABILITIES.describe(config.kind).name for config in built]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"capabilities: each capability runs once per agent; got {', '.join(repr(name) for name in repeated)} more than once")
+    built = validate_each(value, "capabilities", _validate_one)
+    names = repeated([CAPABILITIES.describe(config.kind).name for config in built])
+    if names:
+        raise ValueError(f"capabilities: each capability runs once per agent; got {', '.join(repr(name) for name in names)} more than once")
     return tuple(built)
 
 

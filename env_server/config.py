@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocols.run.node_config import NodeSections
+from protocols.run.config_errors import repeated
 
 # `package.module:factory`, or a registry name such as `mpe2.simple_spread_v3`.
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
@@ -166,9 +167,9 @@ class EnvConfig(BaseModel):
         empty = [k for k in keys if not k.strip()]
         if empty:
             raise ValueError(f"forward_infos: expected non-empty info key names, got {keys!r}")
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
-        if repeated:
-            raise ValueError(f"forward_infos: keys {repeated} are listed more than once")
+        listed_twice = repeated(keys)
+        if listed_twice:
+            raise ValueError(f"forward_infos: keys {listed_twice} are listed more than once")
         return keys
 
     @field_validator("positions")

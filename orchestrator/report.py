@@ -68,6 +68,7 @@ from typing import Any
 
 from agent_node.plugins import PluginError
 from agent_node.registry import CAPABILITIES, builtin_descriptions, fmt, mean_of
+from env_server import coverage_report
 from orchestrator.config import RESOLVED_FILENAME
 from orchestrator.intervals import holm, iqm_interval, paired_t_test, probability_of_improvement
 from orchestrator.run_records import run_record
@@ -274,26 +275,21 @@ def _link_summaries(metrics: dict[str, list[dict[str, Any]]], events: list[dict]
 
 
 def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The env server's greedy evaluations (`eval/return_mean`, per agent per episode) and the
-    random and oracle lines it measured on the same episodes (env_server/baselines.py)."""
+    """The env server's greedy evaluations (`eval/return_mean`, per agent per episode), the
+    random and oracle lines it measured on the same episodes (env_server/baselines.py), and where
+    the env counts them the landmarks covered (env_server/coverage_report.py)."""
     curve = [(row["step"], row["eval/return_mean"]) for row in rows if "eval/return_mean" in row]
     if not curve:
         return None
     random_line = next((row["eval/random_return_mean"] for row in rows if "eval/random_return_mean" in row), None)
     oracle_line = next((row["eval/oracle_return_mean"] for row in rows if "eval/oracle_return_mean" in row), None)
     last5 = _mean([value for _, value in curve[-5:]])
-    # Landmarks covered at the end of the evaluation episodes (simple_spread only:
-    # env_server/evaluation.py), over the same last 5 evaluations as the return.
-    covered = [row for row in rows if "eval/landmarks_covered" in row][-5:]
     gap_closed = None
     if random_line is not None and oracle_line is not None and oracle_line != random_line:
         gap_closed = (last5 - random_line) / (oracle_line - random_line)
     return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve),
             "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed,
-            "covered_fraction": _mean([row["eval/landmarks_covered"] for row in covered]),
-            "all_covered_fraction": _mean([row["eval/all_landmarks_covered"] for row in covered]),
-            "random_covered": next((row["eval/random_landmarks_covered"] for row in rows if "eval/random_landmarks_covered" in row), None),
-            "oracle_covered": next((row["eval/oracle_landmarks_covered"] for row in rows if "eval/oracle_landmarks_covered" in row), None)}
+            **coverage_report.summarize(rows)}
 
 
 def _default_actions(rows: list[dict[str, Any]], events: list[dict]) -> dict[str, float | None]:
@@ -460,8 +456,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "eval_random": evaluation["random"] if evaluation else None,
         "eval_oracle": evaluation["oracle"] if evaluation else None,
         "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
-        "eval_landmarks_covered": evaluation["covered_fraction"] if evaluation else None,
-        "eval_all_landmarks_covered": evaluation["all_covered_fraction"] if evaluation else None,
+        **coverage_report.headline(evaluation),
         "default_actions": sweep_effects.default_actions_total(default_actions),
         **sweep_effects.crash_headline(crash),
         **{key: value for d in descriptions if d.report is not None for key, value in d.report.headline(sections[d.name]).items()},
@@ -647,16 +642,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
                           _fmt(entry.get("dropped"), "g"), _fmt(entry.get("dropped_fraction"), ".1%"),
                           _fmt(entry.get("age_p50_ms"), ".3g"), _fmt(entry.get("age_p99_ms"), ".3g"))  # fmt: skip
         _print_table(console, links, title, markdown)
-    for line in evaluation_lines(summary):
+    for line in evaluation_lines(summary) + coverage_report.lines(summary.get("evaluation")):
         console.print(line)
-    evaluation = summary.get("evaluation")
-    if evaluation and evaluation.get("covered_fraction") is not None:
-        console.print(
-            f"landmarks at the end of the greedy evaluation episodes (last 5 evaluations; covered: an agent within 0.1, "
-            f"mpe2's occupied landmarks): {_fmt(evaluation['covered_fraction'], '.1%')} of landmarks covered, all covered in "
-            f"{_fmt(evaluation['all_covered_fraction'], '.1%')} of episodes; random {_fmt(evaluation.get('random_covered'), '.1%')}, "
-            f"scripted oracle {_fmt(evaluation.get('oracle_covered'), '.1%')} of landmarks on the same episodes"
-        )
     for line in capability_lines(summary):
         console.print(line)
     for line in proximity_lines(summary):

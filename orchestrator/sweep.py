@@ -105,7 +105,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.config import RunConfig, load_config, read_yaml
 from orchestrator.faults import refused_faults
 from orchestrator.overrides import parse_override
-from protocols.run.config_errors import ConfigError, format_validation_error
+from protocols.run.config_errors import ConfigError, format_validation_error, repeated
 
 SWEEP_INDEX_FILENAME = "sweep.json"
 SWEEP_LOGS_DIRNAME = "logs"
@@ -173,10 +173,9 @@ class SweepSpec(BaseModel):
         if len(roles) > 1:
             raise ValueError(f"points.{roles[1]}.role: at most one point has role no_talk (the floor D50 is "
                              f"measured from); points {', '.join(map(str, roles))} have it")  # fmt: skip
-        names = [point.name for point in self.points if point.name is not None]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"points: each name once, got {', '.join(repeated)} more than once")
+        names = repeated([point.name for point in self.points if point.name is not None])
+        if names:
+            raise ValueError(f"points: each name once, got {', '.join(names)} more than once")
         return self
 
     @field_validator("grid")

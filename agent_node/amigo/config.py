@@ -95,58 +95,49 @@ class AmigoSettings(BaseModel):
         return 16 if self.teacher_channels is None else self.teacher_channels
 
 
-def amigo_run_problems(
-    settings: AmigoSettings,
-    her_strategy: str | None,
-    *,
-    env_name: str,
-    env_kwargs: dict[str, Any],
-    num_copies: int,
-    forward_infos: list[str] | str,
-    episode_start_hold_s: float,
-    eval_every_steps: int | None,
-) -> list[str]:
+def amigo_run_problems(settings: AmigoSettings, her_strategy: str | None, env: Any) -> list[str]:
     """What is wrong with an AMIGo run across sections, one problem per line, each starting with its
-    field path (agent_node/goals/config.py `goal_run_problems` adds them to the goals' own)."""
+    field path (agent_node/goals/config.py `goal_run_problems` adds them to the goals' own);
+    `env` is the run's env section (env_server/config.py `EnvConfig`)."""
     problems: list[str] = []
     if her_strategy not in (None, "none"):
         problems.append(
             f"agents.learner.her_strategy: expected 'none' with selection 'amigo' (the student's reward depends on the "
             f"time since the goal was proposed, which HER's relabelling does not know), got {her_strategy!r}"
         )
-    if env_name in MINIGRID_NAMES:
+    if env.name in MINIGRID_NAMES:
         # The task's own limit depends on the task (MiniGrid's registry, not imported here): say it.
-        if env_kwargs.get("max_steps") != settings.max_steps:
+        if env.kwargs.get("max_steps") != settings.max_steps:
             problems.append(
                 f"env.kwargs.max_steps: expected agents.goals.amigo.max_steps ({settings.max_steps}) set explicitly on minigrid_v0 "
-                f"(T_max of the student's reward), got {env_kwargs.get('max_steps')!r}"
+                f"(T_max of the student's reward), got {env.kwargs.get('max_steps')!r}"
             )
-    elif env_name in CELL_GRID_NAMES:
+    elif env.name in CELL_GRID_NAMES:
         if settings.teacher == "network":
             problems.append(
                 "agents.goals.amigo.teacher: 'network' proposes from the whole observed grid, which treasure_room's "
                 "observation (the agent's position) does not hold; use 'table' there, or env minigrid_v0"
             )
         for key, field_name in (("size", "grid_size"), ("max_steps", "max_steps")):
-            env_value = env_kwargs.get(key, CELL_GRID_DEFAULTS[key])
+            env_value = env.kwargs.get(key, CELL_GRID_DEFAULTS[key])
             if env_value != getattr(settings, field_name):
                 problems.append(f"agents.goals.amigo.{field_name}: expected env.kwargs.{key} ({env_value}), got {getattr(settings, field_name)}")
     else:
         problems.append(
-            f"env.name: selection 'amigo' runs on the cell grid ({' or '.join(CELL_GRID_NAMES + MINIGRID_NAMES)}), got {env_name!r}"
+            f"env.name: selection 'amigo' runs on the cell grid ({' or '.join(CELL_GRID_NAMES + MINIGRID_NAMES)}), got {env.name!r}"
         )
         return problems
-    if num_copies != 1:
-        problems.append(f"env.num_copies: expected 1 with selection 'amigo' (one goal at a time per agent), got {num_copies}")
-    if forward_infos != "all" and "cell" not in forward_infos:
-        problems.append(f"env.forward_infos: expected 'cell' (AMIGo agents check their goal cells with it), got {forward_infos}")
-    if episode_start_hold_s > 0:
+    if env.num_copies != 1:
+        problems.append(f"env.num_copies: expected 1 with selection 'amigo' (one goal at a time per agent), got {env.num_copies}")
+    if env.forward_infos != "all" and "cell" not in env.forward_infos:
+        problems.append(f"env.forward_infos: expected 'cell' (AMIGo agents check their goal cells with it), got {env.forward_infos}")
+    if env.episode_start_hold_s > 0:
         problems.append(
-            f"env.episode_start_hold_s: expected 0 with selection 'amigo' (each agent's teacher decides alone), got {episode_start_hold_s}"
+            f"env.episode_start_hold_s: expected 0 with selection 'amigo' (each agent's teacher decides alone), got {env.episode_start_hold_s}"
         )
-    if eval_every_steps is not None:
+    if env.eval_every_steps is not None:
         problems.append(
             "env.eval_every_steps: evaluation episodes of AMIGo students are not implemented (no goal is proposed "
-            f"for them); expected null, got {eval_every_steps}"
+            f"for them); expected null, got {env.eval_every_steps}"
         )
     return problems

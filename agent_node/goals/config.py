@@ -203,109 +203,102 @@ def goal_run_problems(
     goals: GoalsConfig | None,
     learner_kind: str,
     her_strategy: str | None,
+    env: Any,
     *,
-    env_name: str,
-    env_kwargs: dict[str, Any],
-    num_copies: int,
-    forward_infos: list[str] | str,
-    episode_start_hold_s: float,
-    eval_every_steps: int | None,
     topology_diameter: int | None,
     topology_complete: bool = True,
     talk_in_steps: bool = False,
 ) -> list[str]:
     """What is wrong with a run's goal settings across sections, one problem per line, each
-    starting with its field path (the orchestrator's run schema reports them)."""
+    starting with its field path (the orchestrator's run schema reports them); `env` is the run's
+    env section (env_server/config.py `EnvConfig`)."""
     problems: list[str] = []
     if goals is None:
         if learner_kind == "goal_dqn":
             problems.append("agents.goals: learner kind 'goal_dqn' needs a goals section (how each episode's goal is chosen), got none")
-        if episode_start_hold_s > 0:
+        if env.episode_start_hold_s > 0:
             problems.append(
                 f"env.episode_start_hold_s: expected 0 without goal-negotiating agents (the server would wait "
-                f"{episode_start_hold_s} s for goal.ready at every episode start), got {episode_start_hold_s}"
+                f"{env.episode_start_hold_s} s for goal.ready at every episode start), got {env.episode_start_hold_s}"
             )
         return problems
     if learner_kind != "goal_dqn":
         problems.append(f"agents.learner.kind: agents.goals needs the goal-conditioned learner 'goal_dqn', got {learner_kind!r}")
     if goals.selection == "amigo":
-        return problems + amigo_run_problems(
-            goals.amigo, her_strategy, env_name=env_name, env_kwargs=env_kwargs, num_copies=num_copies,
-            forward_infos=forward_infos, episode_start_hold_s=episode_start_hold_s, eval_every_steps=eval_every_steps,
-        )
+        return problems + amigo_run_problems(goals.amigo, her_strategy, env)
     if goals.hindsight is not None and her_strategy == "none":
         problems.append(
             "agents.goals.hindsight: sharing achieved goals needs HER to use them; set agents.learner.her_strategy "
             "to 'final' or 'future', or hindsight to null"
         )
-    if env_name not in GOAL_LINES_NAMES:
-        problems.append(f"env.name: agents.goals runs on goal_lines ({' or '.join(GOAL_LINES_NAMES)}), got {env_name!r}")
+    if env.name not in GOAL_LINES_NAMES:
+        problems.append(f"env.name: agents.goals runs on goal_lines ({' or '.join(GOAL_LINES_NAMES)}), got {env.name!r}")
         return problems
     for key in ("num_landmarks", "beta"):
-        env_value = env_kwargs.get(key, GOAL_LINES_DEFAULTS[key])
+        env_value = env.kwargs.get(key, GOAL_LINES_DEFAULTS[key])
         if env_value != getattr(goals, key):
             problems.append(f"agents.goals.{key}: expected env.kwargs.{key} ({env_value}), got {getattr(goals, key)}")
-    if num_copies != 1:
-        problems.append(f"env.num_copies: expected 1 with agents.goals (one goal per agent and episode), got {num_copies}")
-    if env_kwargs.get("view") == "own" and goals.paid_by != "env":
+    if env.num_copies != 1:
+        problems.append(f"env.num_copies: expected 1 with agents.goals (one goal per agent and episode), got {env.num_copies}")
+    if env.kwargs.get("view") == "own" and goals.paid_by != "env":
         problems.append(
             "agents.goals.paid_by: env.kwargs.view 'own' shows an agent no cooperative goal, so it cannot compute its "
             "reward; expected 'env' (the env pays the goal named in goal.ready), got 'agent'"
         )
-    if goals.paid_by == "env" and not episode_start_hold_s > 0:
+    if goals.paid_by == "env" and not env.episode_start_hold_s > 0:
         problems.append(
             "env.episode_start_hold_s: agents.goals.paid_by 'env' sends each episode's goal to the env before its first "
-            f"step, in the episode-start hold; expected > 0, got {episode_start_hold_s}"
+            f"step, in the episode-start hold; expected > 0, got {env.episode_start_hold_s}"
         )
-    if forward_infos != "all" and "achieved_goals" not in forward_infos:
+    if env.forward_infos != "all" and "achieved_goals" not in env.forward_infos:
         problems.append(
-            f"env.forward_infos: expected 'achieved_goals' (goal agents compute their rewards from it), got {forward_infos}"
+            f"env.forward_infos: expected 'achieved_goals' (goal agents compute their rewards from it), got {env.forward_infos}"
         )
-    if eval_every_steps is not None:
+    if env.eval_every_steps is not None:
         problems.append(
             "env.eval_every_steps: evaluation episodes of goal-conditioned agents are not implemented (no goal is chosen "
-            f"for them); expected null, got {eval_every_steps}"
+            f"for them); expected null, got {env.eval_every_steps}"
         )
     if talk_in_steps:
-        return problems + _talk_in_steps_problems(goals, episode_start_hold_s, env_kwargs)
+        return problems + _talk_in_steps_problems(goals, env)
     if goals.selection == "negotiation":
         rounds = max(1, topology_diameter or 1) + goals.negotiation.extra_rounds
         needed = rounds * goals.negotiation.round_timeout_s
-        if episode_start_hold_s < needed:
+        if env.episode_start_hold_s < needed:
             problems.append(
                 f"env.episode_start_hold_s: negotiation needs the episode start held for its rounds, at least "
-                f"{rounds} round(s) x {goals.negotiation.round_timeout_s} s = {needed} s; got {episode_start_hold_s}"
+                f"{rounds} round(s) x {goals.negotiation.round_timeout_s} s = {needed} s; got {env.episode_start_hold_s}"
             )
     elif goals.selection == "supervisor":
-        if episode_start_hold_s < goals.supervisor.timeout_s:
+        if env.episode_start_hold_s < goals.supervisor.timeout_s:
             problems.append(
                 f"env.episode_start_hold_s: the supervisor's assignment needs the episode start held for its timeout, "
-                f"at least {goals.supervisor.timeout_s} s; got {episode_start_hold_s}"
+                f"at least {goals.supervisor.timeout_s} s; got {env.episode_start_hold_s}"
             )
         if not goals.supervisor.external and not topology_complete:
             problems.append(
                 "topology.kind: a supervisor in the team (supervisor.external: false) needs every team member to be "
                 "its neighbour; expected a full topology (or 2 agents), or an external supervisor"
             )
-    elif episode_start_hold_s > 0 and goals.paid_by != "env":
+    elif env.episode_start_hold_s > 0 and goals.paid_by != "env":
         problems.append(
             f"env.episode_start_hold_s: only selections 'negotiation' and 'supervisor', or goals paid by the env, wait "
-            f"for goal.ready; expected 0 with {goals.selection!r}, got {episode_start_hold_s}"
+            f"for goal.ready; expected 0 with {goals.selection!r}, got {env.episode_start_hold_s}"
         )
     return problems
 
 
-def _talk_in_steps_problems(goals: GoalsConfig, episode_start_hold_s: float, env_kwargs: dict[str, Any]) -> list[str]:
+def _talk_in_steps_problems(goals: GoalsConfig, env: Any) -> list[str]:
     """Talking in env steps nothing holds an episode's start: what needs the hold is refused."""
     problems = []
-    population, playing = env_kwargs.get("population"), env_kwargs.get("active_per_episode")
+    population, playing = env.kwargs.get("population"), env.kwargs.get("active_per_episode")
     if population is not None and playing is not None and playing < population:
         problems.append(f"env.kwargs.active_per_episode: with protocols.talk: env_steps an agent cannot learn who plays "
                         f"an episode (only a held start's announcement says it); expected every agent of the "
                         f"population to play ({population}), got {playing}")
-    if episode_start_hold_s > 0:
+    if env.episode_start_hold_s > 0:
         problems.append(f"env.episode_start_hold_s: protocols.talk: env_steps holds no episode start (the team "
-                        f"negotiates while it acts); expected 0, got {episode_start_hold_s}")
+                        f"negotiates while it acts); expected 0, got {env.episode_start_hold_s}")
     if goals.selection == "supervisor":
         problems.append("agents.goals.selection: 'supervisor' assigns each goal before the episode's first step, in a "
                         "hold that talking in env steps does not have; use negotiation, or protocols.talk: free")

@@ -25,12 +25,9 @@ def has_external_supervisor(run: Any) -> bool:
 
 
 def problems(run: Any, topology: Topology | None) -> list[str]:
-    env, agents, count = run.env, run.agents, run.agents.count
+    agents, count = run.agents, run.agents.count
     found = goal_run_problems(
-        agents.goals, agents.learner.kind, getattr(agents.learner, "her_strategy", None),
-        env_name=env.name, env_kwargs=env.kwargs, num_copies=env.num_copies,
-        forward_infos=env.forward_infos, episode_start_hold_s=env.episode_start_hold_s,
-        eval_every_steps=env.eval_every_steps,
+        agents.goals, agents.learner.kind, getattr(agents.learner, "her_strategy", None), run.env,
         topology_diameter=topology.diameter() if topology is not None and topology.is_connected() else None,
         topology_complete=topology is None or len(topology.edges) == count * (count - 1) // 2,
         talk_in_steps=run.protocols.talk == "env_steps",

@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, SerializeAsAny
 
-from agent_node.plugins import PluginConfig, PluginError, Registry
-from protocols.run.config_errors import describe_value
+from agent_node.plugins import PluginConfig, PluginError, Registry, check_list_entry, validate_each
 
 # What a protocol engine has (protocols/engines/engine.py: Engine), besides `message_types`, `done`
 # and `result`, which are checked as attributes.
@@ -129,32 +128,14 @@ PROTOCOLS = Registry("peer protocol", "parley.protocols", PROTOCOL_METHODS, {}, 
 def _validate_one(item: Any, section: str) -> PluginConfig:
     if isinstance(item, PluginConfig):
         return item
-    if not isinstance(item, Mapping):
-        raise ValueError(f"{section}: expected a mapping {{kind: ..., <the protocol's settings>}}, got {describe_value(item)}")
-    if "kind" not in item:
-        raise ValueError(
-            f"{section}.kind: required field is missing; expected an installed protocol's entry point "
-            f"(group {PROTOCOLS.group}) or an import path 'package.module:Class'"
-        )
+    check_list_entry(item, section, "protocol", PROTOCOLS.group, "Class")
     return PROTOCOLS.validate(item, lambda data: PluginConfig.model_validate(data), section)
 
 
 def _validate_protocols(value: Any) -> Any:
     """`agents.protocols`: each entry resolved and checked by its own config model; every
     problem is one line naming `protocols.<i>` (the run's formatter puts `agents.` before it)."""
-    if value is None:
-        return ()
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"protocols: expected a list of {{kind: ..., <settings>}}, got {describe_value(value)}")
-    built, problems = [], []
-    for index, item in enumerate(value):
-        try:
-            built.append(_validate_one(item, f"protocols.{index}"))
-        except ValueError as error:
-            problems.append(str(error))
-    if problems:
-        raise ValueError("\n".join(problems))
-    return tuple(built)
+    return validate_each(value, "protocols", _validate_one)
 
 
 def talks_in_env_steps(config: PluginConfig) -> bool:

@@ -30,7 +30,6 @@ from protocols.seeds import derive_seed
 
 if TYPE_CHECKING:
     from agent_node.capability import NodeServices
-    from agent_node.config import AgentNodeConfig
     from agent_node.roles import Transition
     from protocols.codec import messages as m
 
@@ -146,7 +145,7 @@ class ProtocolCapability(Capability):
             load_state_dict(state)
 
 
-def build(run: AgentNodeConfig, node: NodeServices) -> list[ProtocolCapability]:
+def build(run: Any, node: NodeServices) -> list[ProtocolCapability]:
     """One capability per entry of `agents.protocols` (none for a run without them)."""
     topology = node.topology
     index = topology.index_of(node.identity.node_id)

@@ -84,7 +84,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import zmq
 from zmq.utils import z85
@@ -247,6 +247,32 @@ def handshake_failure_reason(event: int, value: int) -> str:
     return "no CURVE or cut short"  # NO_DETAIL
 
 
+def _open_monitor(socket: zmq.Socket, events: int) -> zmq.Socket:
+    """The PAIR socket on which zmq reports `events` of `socket` (a socket monitor)."""
+    monitor = socket.get_monitor_socket(events)
+    monitor.setsockopt(zmq.LINGER, 0)
+    return monitor
+
+
+def _monitor_events(monitor: zmq.Socket) -> Iterator[tuple[int, int, str]]:
+    """Every event waiting on a socket monitor, as (event, value, peer address); never blocks."""
+    while True:
+        try:
+            frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if len(frames) != 2 or len(frames[0]) != 6:
+            continue  # not a monitor event (cannot happen on an inproc PAIR of our own)
+        event, value = struct.unpack("=Hi", frames[0])
+        yield event, value, frames[1].decode(errors="replace")
+
+
+def _close_monitor(socket: zmq.Socket, monitor: zmq.Socket) -> None:
+    if not socket.closed:
+        socket.disable_monitor()
+    monitor.close(linger=0)
+
+
 class HandshakeMonitor:
     """Counts the failed CURVE handshakes of one server socket, through a zmq socket monitor.
 
@@ -260,24 +286,16 @@ class HandshakeMonitor:
     def __init__(self, socket: zmq.Socket, channel_name: str, log_where: str) -> None:
         self.socket = socket
         self.channel_name = channel_name
-        self.events = socket.get_monitor_socket(HANDSHAKE_FAILED_EVENTS)
-        self.events.setsockopt(zmq.LINGER, 0)
+        self.events = _open_monitor(socket, HANDSHAKE_FAILED_EVENTS)
         self.refused: Counter[str] = Counter()  # reason -> count, over the life of the socket
         self.log = BadInputLog(log, log_where, one="refused a handshake", many="refused {n} handshakes", preposition="on")
 
     def drain(self) -> None:
         """Count every event waiting (never blocks)."""
-        while True:
-            try:
-                frames = self.events.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2 or len(frames[0]) != 6:
-                continue  # not a monitor event (cannot happen on an inproc PAIR of our own)
-            event, value = struct.unpack("=Hi", frames[0])
+        for event, value, address in _monitor_events(self.events):
             reason = handshake_failure_reason(event, value)
             self.refused[reason] += 1
-            self.log.record(self.channel_name, reason, f"at {frames[1].decode(errors='replace')}")
+            self.log.record(self.channel_name, reason, f"at {address}")
 
     @property
     def total(self) -> int:
@@ -286,9 +304,7 @@ class HandshakeMonitor:
     def close(self) -> None:
         self.drain()
         self.log.flush(force=True)
-        if not self.socket.closed:
-            self.socket.disable_monitor()
-        self.events.close(linger=0)
+        _close_monitor(self.socket, self.events)
 
 
 # The monitor events of a DEALER's connection to its peer: the ZMTP handshake done (the peer is
@@ -313,30 +329,20 @@ class PeerWatch:
     def __init__(self, socket: zmq.Socket, clock: Callable[[], float]) -> None:
         self.socket = socket
         self.clock = clock
-        self.events = socket.get_monitor_socket(PEER_WATCH_EVENTS)
-        self.events.setsockopt(zmq.LINGER, 0)
+        self.events = _open_monitor(socket, PEER_WATCH_EVENTS)
         self.lost_at: float | None = None
         self.ever_connected = False
 
     def drain(self) -> None:
         """Take every event waiting (never blocks)."""
-        while True:
-            try:
-                frames = self.events.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if len(frames) != 2 or len(frames[0]) != 6:
-                continue  # not a monitor event (cannot happen on an inproc PAIR of our own)
-            event, _ = struct.unpack("=Hi", frames[0])
+        for event, _, _ in _monitor_events(self.events):
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.ever_connected, self.lost_at = True, None
             elif event == zmq.EVENT_DISCONNECTED and self.ever_connected and self.lost_at is None:
                 self.lost_at = self.clock()
 
     def close(self) -> None:
-        if not self.socket.closed:
-            self.socket.disable_monitor()
-        self.events.close(linger=0)
+        _close_monitor(self.socket, self.events)
 
 
 # After a lost connection, how long `wait_for` still waits for a message the peer sent before

@@ -19,7 +19,7 @@ import difflib
 import re
 import types
 import typing
-from typing import Any, Iterable, Literal, Union
+from typing import Any, Iterable, Literal, Sequence, Union
 
 from pydantic import BaseModel, ValidationError
 
@@ -182,6 +182,11 @@ def describe_value(value: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
+
+
+def repeated(values: Sequence[Any]) -> list[Any]:
+    """The values that stand more than once in `values`, each once and sorted (for a message)."""
+    return sorted({value for value in values if values.count(value) > 1})
 
 
 def _expected(message: str) -> str:

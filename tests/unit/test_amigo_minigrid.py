@@ -14,6 +14,7 @@ from agent_node.amigo.config import AmigoSettings
 from agent_node.amigo.network_teacher import NetworkTeacher
 from agent_node.amigo.teacher import Curriculum, advance_difficulty
 from agent_node.goals.config import GoalsConfig, goal_run_problems
+from env_server.config import EnvConfig
 from protocols.goal_spaces.cell_space import GRID_HEADER, cell_of_observation, grid_observation_size, grid_of_observation
 
 SIZE = 5
@@ -117,10 +118,8 @@ def test_the_network_teacher_state_round_trips():
 
 
 def amigo_problems(settings: dict, env_name: str, env_kwargs: dict) -> list[str]:
-    return goal_run_problems(
-        GoalsConfig(selection="amigo", amigo=settings), "goal_dqn", "none", env_name=env_name, env_kwargs=env_kwargs,
-        num_copies=1, forward_infos=["cell"], episode_start_hold_s=0.0, eval_every_steps=None, topology_diameter=1,
-    )
+    env = EnvConfig(name=env_name, kwargs=env_kwargs, forward_infos=["cell"])
+    return goal_run_problems(GoalsConfig(selection="amigo", amigo=settings), "goal_dqn", "none", env, topology_diameter=1)
 
 
 def test_the_run_schema_takes_the_network_teacher_on_minigrid_and_refuses_it_on_the_open_room():

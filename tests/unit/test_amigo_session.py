@@ -16,6 +16,7 @@ from agent_node.amigo.config import AmigoSettings
 from agent_node.amigo.novelty import BeBoldNovelty
 from agent_node.amigo.teacher import AmigoTeacher, Curriculum, UniformCells
 from agent_node.goals.config import GoalsConfig, goal_run_problems
+from env_server.config import EnvConfig
 from agent_node.persistence import load_checkpoint, save_checkpoint
 from agent_node.roles import Transition
 from protocols.codec import messages as m
@@ -221,23 +222,21 @@ def test_the_student_sees_a_cell_goal_as_its_coordinates_and_stores_rows_with_th
 
 
 def amigo_problems(**overrides):
-    arguments = dict(
-        env_name="treasure_room_v0", env_kwargs={"size": 9, "max_steps": 40}, num_copies=1, forward_infos=["cell"],
-        episode_start_hold_s=0.0, eval_every_steps=None, topology_diameter=1,
-    )
+    env = dict(name="treasure_room_v0", kwargs={"size": 9, "max_steps": 40}, num_copies=1, forward_infos=["cell"],
+               episode_start_hold_s=0.0, eval_every_steps=None)
     her = overrides.pop("her", "none")
-    arguments.update(overrides)
-    return goal_run_problems(GoalsConfig(selection="amigo"), "goal_dqn", her, **arguments)
+    env.update(overrides)
+    return goal_run_problems(GoalsConfig(selection="amigo"), "goal_dqn", her, EnvConfig(**env), topology_diameter=1)
 
 
 def test_the_run_schema_accepts_amigo_on_the_cell_grid_and_refuses_the_rest_by_name():
     assert amigo_problems() == []
-    assert amigo_problems(env_kwargs={}) == [], "the env's defaults match the settings' defaults"
+    assert amigo_problems(kwargs={}) == [], "the env's defaults match the settings' defaults"
     refusals = {
         "her_strategy: expected 'none'": amigo_problems(her="future"),
-        "env.name: selection 'amigo' runs on the cell grid": amigo_problems(env_name="goal_lines_v0"),
-        "amigo.grid_size: expected env.kwargs.size (7)": amigo_problems(env_kwargs={"size": 7, "max_steps": 40}),
-        "amigo.max_steps: expected env.kwargs.max_steps (50)": amigo_problems(env_kwargs={"max_steps": 50}),
+        "env.name: selection 'amigo' runs on the cell grid": amigo_problems(name="goal_lines_v0"),
+        "amigo.grid_size: expected env.kwargs.size (7)": amigo_problems(kwargs={"size": 7, "max_steps": 40}),
+        "amigo.max_steps: expected env.kwargs.max_steps (50)": amigo_problems(kwargs={"max_steps": 50}),
         "env.num_copies": amigo_problems(num_copies=2),
         "env.forward_infos: expected 'cell'": amigo_problems(forward_infos=[]),
         "env.episode_start_hold_s: expected 0": amigo_problems(episode_start_hold_s=1.0),

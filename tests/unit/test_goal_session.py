@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from agent_node.algos.config import GoalDQNConfig
 from agent_node.goals.config import GoalsConfig, goal_run_problems
+from env_server.config import EnvConfig
 from agent_node.goals.session import STAY, GoalSession, build_goal_session
 from agent_node.goals.modules import LearningProgressGoals, NegotiatedGoals, SupervisorAssignment, UniformGoals
 from agent_node.persistence import load_checkpoint, save_checkpoint
@@ -363,20 +364,20 @@ def test_talking_in_steps_a_negotiation_open_at_its_episode_end_is_closed_there_
 
 
 def test_talking_in_steps_refuses_what_needs_an_episode_start_hold():
-    common = dict(env_name="goal_lines_v0", env_kwargs={"num_landmarks": L}, num_copies=1, forward_infos=["achieved_goals"],
-                  eval_every_steps=None, topology_diameter=1, talk_in_steps=True)
+    def in_steps(goals: GoalsConfig, hold_s: float, **kwargs) -> list[str]:
+        env = EnvConfig(name="goal_lines_v0", kwargs={"num_landmarks": L, **kwargs}, forward_infos=["achieved_goals"],
+                        episode_start_hold_s=hold_s)
+        return goal_run_problems(goals, "goal_dqn", "final", env, topology_diameter=1, talk_in_steps=True)
+
     negotiation = GoalsConfig(selection="negotiation", num_landmarks=L)
-    assert goal_run_problems(negotiation, "goal_dqn", "final", episode_start_hold_s=0.0, **common) == []
-    held = goal_run_problems(negotiation, "goal_dqn", "final", episode_start_hold_s=1.5, **common)
+    assert in_steps(negotiation, 0.0) == []
+    held = in_steps(negotiation, 1.5)
     assert len(held) == 1 and held[0].startswith("env.episode_start_hold_s: protocols.talk: env_steps holds no episode start")
-    supervisor = goal_run_problems(GoalsConfig(selection="supervisor", num_landmarks=L), "goal_dqn", "final",
-                                   episode_start_hold_s=0.0, **common)
+    supervisor = in_steps(GoalsConfig(selection="supervisor", num_landmarks=L), 0.0)
     assert [p.split(":")[0] for p in supervisor] == ["agents.goals.selection"]
-    paid = goal_run_problems(GoalsConfig(selection="negotiation", num_landmarks=L, paid_by="env"), "goal_dqn", "final",
-                             episode_start_hold_s=0.0, **common)
+    paid = in_steps(GoalsConfig(selection="negotiation", num_landmarks=L, paid_by="env"), 0.0)
     assert "agents.goals.paid_by" in [p.split(":")[0] for p in paid]
-    drawn = goal_run_problems(negotiation, "goal_dqn", "final", episode_start_hold_s=0.0,
-                              **{**common, "env_kwargs": {"num_landmarks": L, "population": 4, "active_per_episode": 2}})
+    drawn = in_steps(negotiation, 0.0, population=4, active_per_episode=2)
     assert [p.split(":")[0] for p in drawn] == ["env.kwargs.active_per_episode"], "who plays is known only from a held start"
 
 
@@ -577,17 +578,18 @@ def test_the_goal_learner_and_the_goals_section_go_together():
     assert load_config(goals).agents.learner.kind == "goal_dqn"
 
 
-def problems(goals=GoalsConfig(selection="negotiation", hindsight={}), her="future", **env):
-    settings = dict(env_name="goal_lines_v0", env_kwargs={}, num_copies=1, forward_infos=["achieved_goals"],
-                    episode_start_hold_s=2.0, eval_every_steps=None, topology_diameter=1)
-    settings.update(env)
-    return goal_run_problems(goals, "goal_dqn" if goals is not None else "dqn", her, **settings)
+def problems(goals=GoalsConfig(selection="negotiation", hindsight={}), her="future", topology_diameter=1,
+             topology_complete=True, **env):
+    """The run-level goal problems of a goal_lines run; `env`: fields of its env section."""
+    env = EnvConfig(**{"name": "goal_lines_v0", "forward_infos": ["achieved_goals"], "episode_start_hold_s": 2.0, **env})
+    return goal_run_problems(goals, "goal_dqn" if goals is not None else "dqn", her, env,
+                             topology_diameter=topology_diameter, topology_complete=topology_complete)
 
 
 def test_run_level_goal_problems_name_the_field_and_what_was_expected():
     assert problems() == []
-    assert problems(env_name="mpe2.simple_spread_v3")[0].startswith("env.name:")
-    assert problems(env_kwargs={"num_landmarks": 3})[0].startswith("agents.goals.num_landmarks: expected env.kwargs.num_landmarks (3)")
+    assert problems(name="mpe2.simple_spread_v3")[0].startswith("env.name:")
+    assert problems(kwargs={"num_landmarks": 3})[0].startswith("agents.goals.num_landmarks: expected env.kwargs.num_landmarks (3)")
     assert problems(num_copies=2)[0].startswith("env.num_copies: expected 1")
     assert problems(forward_infos=[])[0].startswith("env.forward_infos: expected 'achieved_goals'")
     assert problems(eval_every_steps=100)[0].startswith("env.eval_every_steps:")
@@ -603,7 +605,7 @@ def test_run_level_goal_problems_name_the_field_and_what_was_expected():
     assert problems(goals=in_team, topology_complete=False)[0].startswith("topology.kind: a supervisor in the team")
     assert problems(goals=None)[0].startswith("env.episode_start_hold_s: expected 0 without goal-negotiating agents")
     # The "own" view needs the env to pay; the env is told the goal in the episode-start hold.
-    assert problems(env_kwargs={"view": "own"})[0].startswith("agents.goals.paid_by: env.kwargs.view 'own'")
+    assert problems(kwargs={"view": "own"})[0].startswith("agents.goals.paid_by: env.kwargs.view 'own'")
     paid = GoalsConfig(selection="uniform", paid_by="env")
-    assert problems(goals=paid, her="future", env_kwargs={"view": "own"}) == [], "a hold without negotiation, for the goal"
+    assert problems(goals=paid, her="future", kwargs={"view": "own"}) == [], "a hold without negotiation, for the goal"
     assert problems(goals=paid, episode_start_hold_s=0.0)[0].startswith("env.episode_start_hold_s: agents.goals.paid_by 'env'")

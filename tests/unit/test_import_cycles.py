@@ -163,15 +163,15 @@ def room_graph(graph: dict[str, set[str]], entries: set[str] = frozenset()) -> d
     return rooms
 
 
-# The edges left out, and why: the capability interface (agent_node/capability.py) and the peer
-# protocols' capability name the run's config type (`AgentNodeConfig`, under TYPE_CHECKING), and
-# that config still names the built-in capabilities' sections as its own fields (agent_node/config.py:
-# `AgentsConfig.goals`, `.landmarks`, `RunConfig.training`; each capability describes itself in
-# agent_node/registry.py, but the YAML format keeps these sections where they are), whose
-# modules import the interface. When those sections are built from the descriptions, remove
-# these edges here.
-WAITING_FOR_THE_CAPABILITY_REGISTRY = {("agent_node.capability", "agent_node.config"),
-                                       ("agent_node.peer_protocols", "agent_node.config")}
+# The edge left out, and why: the capability interface (agent_node/capability.py) names the run's
+# config type (`NodeServices.run_config: AgentNodeConfig`, under TYPE_CHECKING), and that config
+# still names the built-in capabilities' sections as its own fields (agent_node/config.py:
+# `AgentsConfig.goals`, `.landmarks`, `.protocols`, `RunConfig.training`; each capability describes
+# itself in agent_node/registry.py, but the YAML format keeps these sections where they are),
+# whose modules import the interface. When those sections are built from the descriptions,
+# remove this edge here. (A capability's own `build(run, node)` takes the config as `Any`, as
+# the registry's callables do, and adds no edge.)
+WAITING_FOR_THE_CAPABILITY_REGISTRY = {("agent_node.capability", "agent_node.config")}
 
 
 def test_no_import_runs_back_up_between_rooms() -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from agent_node.goals.config import GoalsConfig, goal_run_problems
+from env_server.config import EnvConfig
 from agent_node.goals.session import GoalSession
 from agent_node.goals.modules import NegotiatedGoals, UniformGoals
 from protocols.codec import wire
@@ -173,10 +174,11 @@ def test_the_team_flood_is_a_negotiation_protocol_that_refuses_the_naming_games_
 
 def test_the_hold_must_cover_the_extra_rounds():
     goals = GoalsConfig(selection="negotiation", negotiation={"protocol": "team_flood", "extra_rounds": 1})
-    common = dict(env_name="goal_lines_v0", env_kwargs={}, num_copies=1, forward_infos=["achieved_goals"],
-                  eval_every_steps=None, topology_diameter=3)
-    assert goal_run_problems(goals, "goal_dqn", "future", episode_start_hold_s=2.0, **common) == []
-    (problem,) = goal_run_problems(goals, "goal_dqn", "future", episode_start_hold_s=1.5, **common)
+    def env(hold_s: float) -> EnvConfig:
+        return EnvConfig(name="goal_lines_v0", forward_infos=["achieved_goals"], episode_start_hold_s=hold_s)
+
+    assert goal_run_problems(goals, "goal_dqn", "future", env(2.0), topology_diameter=3) == []
+    (problem,) = goal_run_problems(goals, "goal_dqn", "future", env(1.5), topology_diameter=3)
     assert problem.startswith("env.episode_start_hold_s") and "4 round(s) x 0.5 s = 2.0 s" in problem
 
 
