@@ -128,11 +128,13 @@ class FaultEvent(BaseModel):
     - `pause` / `resume`: SIGSTOP / SIGCONT, as a hung or descheduled process;
     - `restart`: SIGKILL if it still runs, then start it again at once. An agent restores its
       checkpoint and replay, joins the env server at the current step and is re-introduced to
-      its neighbours at the same ipc endpoint; the run-time network faults so far are replayed
-      to it. The `learner` node of a centralized run restores its checkpoint and joint replay at
+      its neighbours: at the same ipc endpoint, or over tcp at its new port (or host), which the
+      orchestrator tells each of them (`control.neighbour_moved`); the run-time network faults
+      so far are replayed to it. The `learner` node of a centralized run restores its checkpoint and joint replay at
       the same ipc endpoint (agent_node/ctde/learner_node.py). The env server resumes the run at the
       step after its last finished one (same budget and evaluation schedule, fresh episodes:
-      env_server/resume.py) at the same ipc endpoint; meanwhile the agents wait (told over the
+      env_server/resume.py) at the same ipc endpoint (over tcp at a new port, which
+      `control.env_back` gives the agents); meanwhile the agents wait (told over the
       control channel), then join it again and end the episodes it cut as truncated.
 
     Network faults (control messages; every node applies them to its own outgoing links):
@@ -425,12 +427,23 @@ class RunConfig(BaseModel):
                         f"(the {event.random.role} nodes), got {event.random.count}"
                     )
 
-        restarts = self.faults.restart.policy != "never" or any(e.kind == "restart" for e in self.faults.schedule)
-        if restarts and self.network.transport != "ipc":
-            problems.append(
-                "faults.restart: expected network.transport 'ipc' for restarts (a restarted node must come back "
-                f"at the endpoint the others know; with tcp it gets a new port), got {self.network.transport!r}"
+        if self.network.transport != "ipc":
+            # With tcp a restarted node listens at a new port (or, moved off a lost host, a new
+            # address). Its neighbours are told of a restarted agent (control.neighbour_moved) and
+            # the agents of a restarted env server (control.env_back); the agents' links to a
+            # capability's node (a learner node, a supervisor) have no such message yet.
+            policy = self.faults.restart
+            restarted = sorted(
+                node.node_id for node in extra_nodes(self)
+                if (policy.policy != "never" and node.role in policy.roles)
+                or any(e.kind == "restart" and node.node_id in e.nodes for e in self.faults.schedule)
             )
+            if restarted:
+                problems.append(
+                    f"faults.restart: expected network.transport 'ipc' to restart {', '.join(restarted)} (with tcp a "
+                    f"restarted node gets a new port, and the agents are not told of a new {restarted[0]} endpoint; "
+                    "agents and the env server are), got 'tcp'; leave its role out of faults.restart.roles"
+                )
 
         return problems
 

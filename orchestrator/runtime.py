@@ -326,6 +326,7 @@ class Orchestrator:
             self.events.write("unexpected_message", node_id, msg_type=envelope.msg_type)
 
     def on_register(self, node: NodeRecord, message: m.Register) -> None:
+        previous_endpoints = node.endpoints
         node.endpoints = dict(message.endpoints)
         advertised_host = getattr(self.backend, "advertised_host", None)
         if advertised_host is not None:
@@ -336,10 +337,30 @@ class Orchestrator:
         if self.shutting_down:
             self.control.send(m.Shutdown(reason="the run is shutting down"), to=node.launch.node_id)
         elif self.directories_sent:
-            # A restarted node: the others know it at the same (ipc) endpoint; it needs its own directory.
+            # A restarted node needs its own directory. Over ipc the others know it at the same
+            # endpoint; over tcp it got a new port (or a new host): its neighbours are told.
             self.control.send(self._directory_for(node), to=node.launch.node_id)
+            if node.launch.role == "agent" and previous_endpoints.get("peer") != node.endpoints["peer"]:
+                self._tell_neighbours_moved(node)
         elif all(n.registered for n in self.nodes.values()):
             self._send_directories()
+
+    def _tell_neighbours_moved(self, node: NodeRecord) -> None:
+        """`control.neighbour_moved` to each running neighbour of a restarted agent. One that is
+        itself starting again learns the new endpoint from its directory instead."""
+        agent_ids = list(self.topology.nodes)
+        told = []
+        for j in self.topology.neighbours(agent_ids.index(node.launch.node_id)):
+            neighbour = self.nodes[agent_ids[j]]
+            if neighbour.ready and neighbour.exit_code is None:
+                self._send_neighbour_moved(neighbour, node)
+                told.append(agent_ids[j])
+        self.events.write("neighbours_told", node.launch.node_id, endpoint=node.endpoints["peer"], told=told)
+
+    def _send_neighbour_moved(self, to: NodeRecord, moved: NodeRecord) -> None:
+        moved_id, endpoint = moved.launch.node_id, moved.endpoints["peer"]
+        self.control.send(m.NeighbourMoved(neighbour=moved_id, endpoint=endpoint), to=to.launch.node_id)
+        to.neighbour_endpoints[moved_id] = endpoint
 
     def _send_directories(self) -> None:
         for node_id, node in self.nodes.items():
@@ -356,6 +377,7 @@ class Orchestrator:
         if node.launch.role == "agent":
             index = agent_ids.index(node.launch.node_id)
             neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
+        node.neighbour_endpoints = dict(neighbours)
         return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids), services=services)
 
     def on_ready(self, node: NodeRecord, resumed_step: int | None = None) -> None:
@@ -369,6 +391,11 @@ class Orchestrator:
                 self.control.send(message, to=node.launch.node_id)
             self.events.write("rejoined", node.launch.node_id, restarts=node.restarts,
                               network_faults_replayed=len(self.faults.network_faults))
+            # A neighbour that moved (tcp) between this node's directory and now: its start-up
+            # waits dropped the news, so it is told again.
+            for neighbour_id, endpoint in list(node.neighbour_endpoints.items()):
+                if self.nodes[neighbour_id].endpoints.get("peer", endpoint) != endpoint:
+                    self._send_neighbour_moved(node, self.nodes[neighbour_id])
             if node.launch.role == "env_server":
                 self.faults.hold_at_step_faults(node)
                 self._env_server_back(node, resumed_step)
