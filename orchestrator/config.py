@@ -323,11 +323,12 @@ class LaunchConfig(BaseModel):
                 raise ValueError("launch.hosts: only used with backend 'ssh', got hosts with backend 'ray'")
             if self.control_host is None:
                 raise ValueError("launch.control_host: expected the launching machine's address the Ray machines reach, got none")
-        elif self.hosts or self.control_host is not None or self.ray is not None:
-            raise ValueError(
-                "launch.hosts / launch.control_host / launch.ray are only used with backend 'ssh' or 'ray', "
-                f"got backend {self.backend!r}"
-            )
+        elif self.hosts:
+            spare = " (a spare host stands by for a lost machine of an ssh launch)" if any(h.spare for h in self.hosts) else ""
+            raise ValueError(f"launch.hosts: only used with backend 'ssh'{spare}, got backend {self.backend!r}")
+        elif self.control_host is not None or self.ray is not None:
+            field_name = "control_host" if self.control_host is not None else "ray"
+            raise ValueError(f"launch.{field_name}: only used with backend 'ssh' or 'ray', got backend {self.backend!r}")
         return self
 
 
@@ -484,7 +485,32 @@ class RunConfig(BaseModel):
             missing = [node for node in valid_ids if node not in placed]
             if missing:
                 problems.append(f"launch.hosts: expected every node placed on a host, missing {missing}")
+            problems += self._spare_problems()
 
+        return problems
+
+    def _spare_problems(self) -> list[str]:
+        """A spare host is used by the restart policy, and only where checkpoints outlive their machine."""
+        hosts = self.launch.hosts
+        spares = [position for position, host in enumerate(hosts) if host.spare]
+        if not spares:
+            return []
+        problems = []
+        first = spares[0]
+        if self.faults.restart.policy == "never":
+            problems.append(
+                f"launch.hosts.{first}.spare: a spare host takes the nodes of a lost host when the restart policy "
+                "restarts them; expected faults.restart.policy 'on-failure' or 'always', got 'never' (the spare would never be used)"
+            )
+        workdir = hosts[0].workdir.rstrip("/")
+        for position, host in enumerate(hosts):
+            if host.workdir.rstrip("/") != workdir:
+                problems.append(
+                    f"launch.hosts.{position}.workdir: with a spare host (launch.hosts.{first}) every host's workdir must "
+                    "be the one directory all hosts share (a network file system mounted at the same path), so that a node "
+                    f"moved off a lost host finds its checkpoints; got {host.workdir!r}, and {hosts[0].workdir!r} on launch.hosts.0"
+                )
+                break
         return problems
 
     def _silence_problems(self) -> list[str]:

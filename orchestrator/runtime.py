@@ -251,7 +251,8 @@ class Orchestrator:
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("launched", node.launch.node_id, pid=node.process.pid, role=node.launch.role,
-                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name if launcher else self.config.launch.backend)
+                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name if launcher else self.config.launch.backend,
+                              **self._placed_on(node))
 
     def _supervise(self) -> None:
         startup_timeout_s = self.config.protocols.control.startup_timeout_s
@@ -483,7 +484,13 @@ class Orchestrator:
             node.exit_code = node.exited_at = node.last_status = node.silent = None
             self.backend.start(node)
             node.last_heard = time.monotonic()
-            self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts)
+            self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts, **self._placed_on(node))
+
+    def _placed_on(self, node: NodeRecord) -> dict[str, str]:
+        """`{"host": address}` for a node another machine runs (ssh, ray): a restart may have
+        moved it off a lost host (backends/ssh.py). Empty for the local backend."""
+        advertised_host = getattr(self.backend, "advertised_host", None)
+        return {} if advertised_host is None else {"host": advertised_host(node.launch.node_id)}
 
     # ------------------------------------------------------------------ an env-server restart
 
