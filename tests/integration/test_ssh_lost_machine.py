@@ -52,7 +52,8 @@ def cluster(tmp_path):
         cluster.close()
 
 
-def lost_machine_config(cluster: NamespaceCluster, tmp_path: Path, shared: Path) -> Path:
+def lost_machine_config(cluster: NamespaceCluster, tmp_path: Path, shared: Path, placement: dict[str, list[str]] = PLACEMENT,
+                        roles: tuple[str, ...] = ("agent",)) -> Path:
     config = yaml.safe_load((REPO / "configs/tiny_ring.yaml").read_text())
     config["run"] = {**config["run"], "name": "ssh_lost_machine", "steps": STEPS}
     config["env"]["max_steps_per_s"] = STEPS_PER_S
@@ -60,7 +61,7 @@ def lost_machine_config(cluster: NamespaceCluster, tmp_path: Path, shared: Path)
     # agent_1's silence counts after 3 s, so its neighbours see it go down before it is back
     # (the restart waits backoff_s = 2 s, then a fresh python starts on h3).
     config["protocols"]["membership"] = {"heartbeat_every_s": 0.5, "timeout_s": 3.0}
-    config["faults"] = {"restart": {"policy": "on-failure", "max_restarts": 2, "backoff_s": 2.0}}
+    config["faults"] = {"restart": {"policy": "on-failure", "max_restarts": 2, "backoff_s": 2.0, "roles": list(roles)}}
 
     def host(name: str, **placement) -> dict:
         return {
@@ -72,7 +73,7 @@ def lost_machine_config(cluster: NamespaceCluster, tmp_path: Path, shared: Path)
     config["launch"] = {
         "backend": "ssh", "shutdown_timeout_s": 10.0, "live_view": "off",
         "control_host": cluster.hosts["launcher"].address,
-        "hosts": [host(name, nodes=nodes) for name, nodes in PLACEMENT.items()] + [host(SPARE, spare=True)],
+        "hosts": [host(name, nodes=nodes) for name, nodes in placement.items()] + [host(SPARE, spare=True)],
     }  # fmt: skip
     path = tmp_path / "lost_machine.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -87,25 +88,27 @@ def metric_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_checkpoint(cluster, tmp_path):
+def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: str, **config) -> tuple[Path, float]:
+    """Run the config, kill every process of h2 once `saved` (a glob under the node directories
+    of the shared workdir) exists, wait for the run to end, and check it exited 0; returns the
+    run directory and when h2 was lost."""
     shared = tmp_path / "shared"
     run_dir = tmp_path / "run"
     orchestrator = cluster.popen(
-        "launcher", [sys.executable, "-m", "orchestrator", "up", str(lost_machine_config(cluster, tmp_path, shared)),
+        "launcher", [sys.executable, "-m", "orchestrator", "up", str(lost_machine_config(cluster, tmp_path, shared, **config)),
                      "--run-dir", str(run_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         events = wait_for_event(run_dir, "started", orchestrator, timeout_s=180)
         run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
-        checkpoints = shared / run_id / "nodes" / "agent_1" / "checkpoints"
         deadline = time.monotonic() + 60
-        while not list(checkpoints.glob("step-*.pt")):
-            assert time.monotonic() < deadline, "agent_1 wrote no checkpoint within 60 s"
+        while not list((shared / run_id / "nodes").glob(saved)):
+            assert time.monotonic() < deadline, f"no {saved} in the shared workdir within 60 s"
             assert orchestrator.poll() is None, orchestrator.communicate()[1].decode()[-3000:]
             time.sleep(0.2)
+        lost_at = time.time()  # (before: the orchestrator may see the exit before kill_everything returns)
         killed = cluster.kill_everything("h2")
-        lost_at = time.time()
         stderr = orchestrator.communicate(timeout=300)[1]
     finally:
         if orchestrator.poll() is None:
@@ -113,6 +116,11 @@ def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_check
             orchestrator.wait()
     assert killed, "nothing ran in h2's namespace"
     assert orchestrator.returncode == 0, stderr.decode()[-4000:]
+    return run_dir, lost_at
+
+
+def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_checkpoint(cluster, tmp_path):
+    run_dir, lost_at = run_losing_h2(cluster, tmp_path, "agent_1/checkpoints/step-*.pt")
     events = events_of(run_dir)
     h2, h3 = cluster.hosts["h2"].address, cluster.hosts[SPARE].address
     mine = [e for e in events if e["node"] == "agent_1"]
@@ -160,3 +168,31 @@ def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_check
     print(f"lost machine: agent_1 back {rejoined['t'] - lost_at:.1f} s after h2 was killed "
           f"(ssh session ended after {exited['t'] - lost_at:.1f} s, backoff 2.0 s); restored step {restored_step}, "
           f"joined at step {joined_step}: {steps_lost} steps of learning lost")
+
+
+def test_an_env_server_whose_machine_is_lost_resumes_the_run_on_the_spare(cluster, tmp_path):
+    """The env server alone on h2, the agents on h1: h2 lost, the env server is started on the
+    spare, resumes the run from its resume point in the shared workdir, and the agents join it
+    at its new address."""
+    placement = {"h1": ["agent_0", "agent_1", "agent_2"], "h2": ["env"]}
+    # Lost once the agents' first checkpoints are written (step 50): the env server has saved
+    # resume points past it.
+    run_dir, lost_at = run_losing_h2(cluster, tmp_path, "agent_1/checkpoints/step-*.pt", placement=placement,
+                                     roles=("agent", "env_server"))
+    events = events_of(run_dir)
+    h2, h3 = cluster.hosts["h2"].address, cluster.hosts[SPARE].address
+    mine = [e for e in events if e["node"] == "env"]
+    exited = next(e for e in mine if e["event"] == "exited")
+    assert exited["code"] == 255 and not exited["expected"] and exited["t"] >= lost_at
+    assert (next(e for e in mine if e["event"] == "node_moved")["to_host"]) == h3
+    assert [e["host"] for e in mine if e["event"] in ("launched", "restarted")] == [h2, h3]
+    endpoints = [e["endpoints"]["env"] for e in mine if e["event"] == "registered"]
+    assert len(endpoints) == 2 and endpoints[1].startswith(f"tcp://{h3}:"), endpoints
+    resumed = next(e for e in mine if e["event"] == "env_server_resumed")
+    assert resumed["step"] >= 50 and sorted(resumed["agents_told"]) == ["agent_0", "agent_1", "agent_2"]
+    assert next(e for e in events if e["event"] == "run_complete")["steps"] == STEPS
+    for agent in ("agent_0", "agent_1", "agent_2"):
+        rows = metric_rows(run_dir / "nodes" / agent / "metrics.jsonl")
+        assert rows[-1]["step"] == STEPS and any("env/server_downtime_s" in r for r in rows), agent
+    print(f"lost machine (env server): resumed at step {resumed['step']} on the spare, "
+          f"{resumed['downtime_s']:.1f} s after its exit was seen")
