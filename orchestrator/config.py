@@ -443,7 +443,7 @@ class RunConfig(BaseModel):
                 problems.append(
                     f"faults.restart: expected network.transport 'ipc' to restart {', '.join(restarted)} (with tcp a "
                     f"restarted node gets a new port, and the agents are not told of a new {restarted[0]} endpoint; "
-                    "agents and the env server are), got 'tcp'; leave its role out of faults.restart.roles"
+                    "agents and the env server are), got 'tcp'; leave it out of faults.restart.roles and of the schedule's restarts"
                 )
 
         return problems

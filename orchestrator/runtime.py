@@ -46,6 +46,13 @@ with the endpoint, joins it again and resets, and an `env_server_resumed` event 
 step and the downtime. The agents are told rather than left to notice: an agent cannot tell a
 restarting server from a dead one, and the orchestrator, which restarts it, can.
 
+A restarted node over tcp binds a new port, on a new host too when the ssh backend moved it off a
+lost one to a spare (backends/ssh.py): when a restarted agent registers at a peer endpoint other
+than its last, each of its running neighbours gets `control.neighbour_moved` and sends to it there
+from then on (a neighbour that was itself starting again is told once it is ready); a restarted
+env server's endpoint reaches the agents in `control.env_back`. The `launched` and `restarted`
+events of a remote backend name the host.
+
 A node whose saved state is damaged (protocols/storage/durable_state.py) either falls back to an older
 generation, which its `control.ready` says (a `state_damaged` event, a line on the terminal at
 the end, a line in the report), or exits with `EXIT_DAMAGED_STATE`, which no restart policy
