@@ -472,6 +472,11 @@ class RunConfig(BaseModel):
                 )
         if self.launch.backend == "ray":
             problems += self.launch.ray.check_nodes(list(valid_ids))
+            if self.launch.ray.shared_workdir and self.faults.restart.policy == "never":
+                problems.append(
+                    "launch.ray.shared_workdir: a shared workdir lets the restart policy start a lost machine's node on "
+                    "another machine; expected faults.restart.policy 'on-failure' or 'always', got 'never' (it would do nothing)"
+                )
         if self.launch.backend == "ssh":
             placed: dict[str, int] = {}
             for position, host in enumerate(self.launch.hosts):

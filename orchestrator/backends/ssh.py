@@ -50,7 +50,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from orchestrator.backends import BackendUnavailable
+from orchestrator.backends import BackendUnavailable, DeadOnArrival
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.shipping import shipped_config, shipped_files
 from protocols.net.auth import KEYS_DIRNAME, NODE_KEYS_DIRNAME
@@ -112,19 +112,6 @@ def run_over_ssh(host: SshHost, remote_command: str, stdin: bytes = b"") -> byte
         raise SshError(f"host {host.address}: {remote_command!r} exited {done.returncode}: {said}",
                        unreachable=done.returncode == SSH_FAILED)
     return done.stdout
-
-
-class DeadOnArrival:
-    """The handle of a node whose host could not be reached: already exited with ssh's 255."""
-
-    pid = -1
-    returncode = 255
-
-    def poll(self) -> int:
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        return self.returncode
 
 
 class SshBackend:

@@ -88,10 +88,15 @@ def metric_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: str, **config) -> tuple[Path, float]:
-    """Run the config, kill every process of h2 once `saved` (a glob under the node directories
-    of the shared workdir) exists, wait for the run to end, and check it exited 0; returns the
-    run directory and when h2 was lost."""
+# agent_1's first checkpoint and replay generation (step 50): the checkpoint is written first, so
+# a kill right after it alone may find no replay to restore.
+SAVED = ("agent_1/checkpoints/step-*.pt", "agent_1/replay/step-*.npz")
+
+
+def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: tuple[str, ...] = SAVED, **config) -> tuple[Path, float]:
+    """Run the config, kill every process of h2 once each of `saved` (globs under the node
+    directories of the shared workdir) exists, wait for the run to end, and check it exited 0;
+    returns the run directory and when h2 was lost."""
     shared = tmp_path / "shared"
     run_dir = tmp_path / "run"
     orchestrator = cluster.popen(
@@ -103,7 +108,7 @@ def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: str, **confi
         events = wait_for_event(run_dir, "started", orchestrator, timeout_s=180)
         run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
         deadline = time.monotonic() + 60
-        while not list((shared / run_id / "nodes").glob(saved)):
+        while not all(list((shared / run_id / "nodes").glob(pattern)) for pattern in saved):
             assert time.monotonic() < deadline, f"no {saved} in the shared workdir within 60 s"
             assert orchestrator.poll() is None, orchestrator.communicate()[1].decode()[-3000:]
             time.sleep(0.2)
@@ -120,7 +125,7 @@ def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: str, **confi
 
 
 def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_checkpoint(cluster, tmp_path):
-    run_dir, lost_at = run_losing_h2(cluster, tmp_path, "agent_1/checkpoints/step-*.pt")
+    run_dir, lost_at = run_losing_h2(cluster, tmp_path)
     events = events_of(run_dir)
     h2, h3 = cluster.hosts["h2"].address, cluster.hosts[SPARE].address
     mine = [e for e in events if e["node"] == "agent_1"]
@@ -177,8 +182,7 @@ def test_an_env_server_whose_machine_is_lost_resumes_the_run_on_the_spare(cluste
     placement = {"h1": ["agent_0", "agent_1", "agent_2"], "h2": ["env"]}
     # Lost once the agents' first checkpoints are written (step 50): the env server has saved
     # resume points past it.
-    run_dir, lost_at = run_losing_h2(cluster, tmp_path, "agent_1/checkpoints/step-*.pt", placement=placement,
-                                     roles=("agent", "env_server"))
+    run_dir, lost_at = run_losing_h2(cluster, tmp_path, placement=placement, roles=("agent", "env_server"))
     events = events_of(run_dir)
     h2, h3 = cluster.hosts["h2"].address, cluster.hosts[SPARE].address
     mine = [e for e in events if e["node"] == "env"]

@@ -150,6 +150,14 @@ def test_ray_needs_its_section_and_a_control_host_and_other_backends_refuse_the_
     assert "network.advertise_host: expected none with launch.backend 'ray'" in errors_of(data)
 
 
+def test_a_shared_ray_workdir_is_for_the_restart_policy():
+    data = ray_config()
+    data["launch"]["ray"]["shared_workdir"] = True
+    assert "launch.ray.shared_workdir: a shared workdir lets the restart policy start a lost machine's node" in errors_of(data)
+    data["faults"] = {"restart": {"policy": "on-failure"}}
+    assert validate_config(data).launch.ray.shared_workdir
+
+
 def test_ray_backend_without_ray_installed_says_what_to_install(tmp_path):
     import subprocess
     import sys
