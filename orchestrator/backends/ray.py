@@ -307,6 +307,9 @@ class RayBackend:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
                 self._say(node, f"node runner lost: {error}")
                 self._lose(node_id, str(error))
+                # Best effort: a start still queued on a machine that comes back must not run
+                # the node a second time beside the one started elsewhere.
+                ray.kill(actor, no_restart=True)
         if niceness != 0:
             self.events.write("ray_niceness", node_id, niceness=niceness)
         node.process = RayNodeHandle(actor, pid, node.log_file, self.placement.call_timeout_s)

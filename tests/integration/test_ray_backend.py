@@ -293,11 +293,13 @@ def test_an_agent_whose_ray_machine_is_lost_is_restarted_on_another_from_its_che
     exited = next(e for e in mine if e["event"] == "exited")
     assert exited["code"] == 255 and exited["t"] >= lost_at
     assert next(e for e in mine if e["event"] == "host_unreachable")["host"] == h2
-    moved = next(e for e in mine if e["event"] == "node_moved")
-    # To the live machine holding the fewest of the run's nodes: h3 (none) when it is still
-    # there, else h1.
-    new_host = moved["to_host"]
-    assert moved["from_host"] == h2 and new_host in (h1, cluster.hosts["h3"].address), moved
+    # To the live machine holding the fewest of the run's nodes: h3 (none) first. When the test
+    # before cut h3 off, Ray may still list it alive: the start there goes unanswered for
+    # call_timeout_s, h3 is taken for lost too, and agent_1 moves on to h1.
+    moves = [(e["from_host"], e["to_host"]) for e in mine if e["event"] == "node_moved"]
+    assert moves and moves[0][0] == h2 and all(a[1] == b[0] for a, b in zip(moves, moves[1:])), moves
+    new_host = moves[-1][1]
+    assert new_host in (h1, cluster.hosts["h3"].address), moves
     assert [e["host"] for e in mine if e["event"] in ("launched", "restarted")] == [h2, new_host]
     peers = [e["endpoints"]["peer"] for e in mine if e["event"] == "registered"]
     assert len(peers) == 2 and peers[1].startswith(f"tcp://{new_host}:"), peers
