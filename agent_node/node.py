@@ -477,6 +477,7 @@ class AgentNode:
         m.ErrorReply: ((ENV,), handlers.on_env_error),
         m.EnvServerRestarting: ((CONTROL,), handlers.on_env_server_restarting),
         m.EnvServerBack: ((CONTROL,), handlers.on_env_server_back),
+        m.NeighbourMoved: ((CONTROL,), handlers.on_neighbour_moved),
         m.Shutdown: ((CONTROL,), handlers.on_shutdown),
         m.Partition: ((CONTROL,), handlers.on_network_fault),
         m.Heal: ((CONTROL,), handlers.on_network_fault),

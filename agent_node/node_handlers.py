@@ -13,7 +13,7 @@ import logging
 import time
 
 from agent_node.env_client import EnvRefused
-from agent_node.node_lifecycle import RUN_BUDGET_SPENT, NodeFailure, pack_env_bodies
+from agent_node.node_lifecycle import RUN_BUDGET_SPENT, NodeFailure, open_peer_link, pack_env_bodies
 from protocols.codec import messages as m
 from protocols.run.control import apply_network_fault
 from protocols.net.links import LinkConfig
@@ -53,6 +53,17 @@ def on_env_server_back(node, sender: str, message: m.EnvServerBack, now: float) 
     node.env = node.hub.connect_dealer(message.env_endpoint, name="env", identity=node.identity.node_id, peer=ENV_NODE_ID)
     node.env.send(node.env_client.rejoin(now))
 
+
+
+def on_neighbour_moved(node, sender: str, message: m.NeighbourMoved, now: float) -> None:
+    """A neighbour was restarted and listens at a new endpoint (tcp: a new port, or another host
+    after its own was lost): what we send it goes there from now on, over a fresh link."""
+    if node.mesh is None or message.neighbour not in node.mesh.links:
+        log.warning("control.neighbour_moved for %r, which is not a neighbour of this agent; ignored", message.neighbour)
+        return
+    old = node.mesh.replace_link(message.neighbour, open_peer_link(node, message.neighbour, message.endpoint))
+    node.hub.close_channel(old)
+    log.info("neighbour %s moved: sending to %s", message.neighbour, message.endpoint)
 
 
 def on_env_welcome(node, sender: str, welcome: m.EnvWelcome, now: float) -> None:

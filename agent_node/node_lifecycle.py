@@ -41,16 +41,11 @@ def connect_node(node) -> None:
     node.transition(NodeState.CONNECTING)
     node.control.register("agent", {"peer": node.peer_inbox.endpoint})
     directory: m.Directory = node.control.wait_for(m.Directory, node.startup_timeout_s)
-    linger_s = max([0.0] + [c.peer_linger_s for c in node.capabilities])
     # Peers only ever write to our inbox, never reply on the DEALERs we connected to them: the
     # links carry no routing id (identity None), so a neighbour frozen past the zmq heartbeat
     # timeout still hears them after it wakes (`Hub.connect_dealer`). Who sent a message is
     # the signed (ipc) or authenticated (tcp) sender of its header, never the routing id.
-    links = {
-        neighbour: node.open_channel(endpoint, name=f"peer:{neighbour}", source=PEERS, identity=None,
-                                     peer=neighbour, close_linger_s=linger_s)
-        for neighbour, endpoint in sorted(directory.neighbours.items())
-    }
+    links = {neighbour: open_peer_link(node, neighbour, endpoint) for neighbour, endpoint in sorted(directory.neighbours.items())}
     node.mesh = PeerMesh(node.identity.node_id, links, heartbeat_every_s=node.membership.heartbeat_every_s,
                          timeout_s=node.membership.timeout_s, refusals=node.hub.refusals)
     node.mesh.set_state(node.state.value)
@@ -71,6 +66,14 @@ def connect_node(node) -> None:
     node.env.send(node.env_client.reset(seed=None))
     node.env_client.heard(time.monotonic())
 
+
+
+def open_peer_link(node, neighbour: str, endpoint: str):
+    """The outgoing link to `neighbour`'s inbox at `endpoint` (see `connect_node` on why it has no
+    routing id); it lingers as long as a capability asks, so a last share gets out on close."""
+    linger_s = max([0.0] + [c.peer_linger_s for c in node.capabilities])
+    return node.open_channel(endpoint, name=f"peer:{neighbour}", source=PEERS, identity=None, peer=neighbour,
+                             close_linger_s=linger_s)
 
 
 def wait_env(node, message_type: type, take: Callable[[Any], Any]) -> Any:

@@ -85,6 +85,15 @@ class PeerMesh:
         self.membership.on_message(sender, message, now)
         return PeerMessage(sender, message), self.membership.take_events()
 
+    def replace_link(self, neighbour: str, link: Link) -> Link:
+        """`neighbour` listens elsewhere now (restarted on a new port or another host): send over
+        `link` from now on. Returns the old link, for the caller to close. Its liveness is kept:
+        the neighbour's first heartbeat over the new link says it came back (a new incarnation)."""
+        if neighbour not in self.links:
+            raise ValueError(f"{self.node_id}: {neighbour!r} is not a neighbour (neighbours: {self.neighbours})")
+        old, self.links[neighbour] = self.links[neighbour], link
+        return old
+
     def on_timer(self, now: float) -> list[MembershipEvent]:
         """Heartbeats due by `now` go out; returns the events (peers declared down, ...)."""
         self.send(self.membership.on_timer(now))

@@ -129,11 +129,13 @@ class FaultEvent(BaseModel):
     - `pause` / `resume`: SIGSTOP / SIGCONT, as a hung or descheduled process;
     - `restart`: SIGKILL if it still runs, then start it again at once. An agent restores its
       checkpoint and replay, joins the env server at the current step and is re-introduced to
-      its neighbours at the same ipc endpoint; the run-time network faults so far are replayed
-      to it. The `learner` node of a centralized run restores its checkpoint and joint replay at
+      its neighbours: at the same ipc endpoint, or over tcp at its new port (or host), which the
+      orchestrator tells each of them (`control.neighbour_moved`); the run-time network faults
+      so far are replayed to it. The `learner` node of a centralized run restores its checkpoint and joint replay at
       the same ipc endpoint (agent_node/ctde/learner_node.py). The env server resumes the run at the
       step after its last finished one (same budget and evaluation schedule, fresh episodes:
-      env_server/resume.py) at the same ipc endpoint; meanwhile the agents wait (told over the
+      env_server/resume.py) at the same ipc endpoint (over tcp at a new port, which
+      `control.env_back` gives the agents); meanwhile the agents wait (told over the
       control channel), then join it again and end the episodes it cut as truncated.
 
     Network faults (control messages; every node applies them to its own outgoing links):
@@ -322,11 +324,12 @@ class LaunchConfig(BaseModel):
                 raise ValueError("launch.hosts: only used with backend 'ssh', got hosts with backend 'ray'")
             if self.control_host is None:
                 raise ValueError("launch.control_host: expected the launching machine's address the Ray machines reach, got none")
-        elif self.hosts or self.control_host is not None or self.ray is not None:
-            raise ValueError(
-                "launch.hosts / launch.control_host / launch.ray are only used with backend 'ssh' or 'ray', "
-                f"got backend {self.backend!r}"
-            )
+        elif self.hosts:
+            spare = " (a spare host stands by for a lost machine of an ssh launch)" if any(h.spare for h in self.hosts) else ""
+            raise ValueError(f"launch.hosts: only used with backend 'ssh'{spare}, got backend {self.backend!r}")
+        elif self.control_host is not None or self.ray is not None:
+            field_name = "control_host" if self.control_host is not None else "ray"
+            raise ValueError(f"launch.{field_name}: only used with backend 'ssh' or 'ray', got backend {self.backend!r}")
         return self
 
 
@@ -427,12 +430,23 @@ class RunConfig(BaseModel):
                         f"(the {event.random.role} nodes), got {event.random.count}"
                     )
 
-        restarts = self.faults.restart.policy != "never" or any(e.kind == "restart" for e in self.faults.schedule)
-        if restarts and self.network.transport != "ipc":
-            problems.append(
-                "faults.restart: expected network.transport 'ipc' for restarts (a restarted node must come back "
-                f"at the endpoint the others know; with tcp it gets a new port), got {self.network.transport!r}"
+        if self.network.transport != "ipc":
+            # With tcp a restarted node listens at a new port (or, moved off a lost host, a new
+            # address). Its neighbours are told of a restarted agent (control.neighbour_moved) and
+            # the agents of a restarted env server (control.env_back); the agents' links to a
+            # capability's node (a learner node, a supervisor) have no such message yet.
+            policy = self.faults.restart
+            restarted = sorted(
+                node.node_id for node in extra_nodes(self)
+                if (policy.policy != "never" and node.role in policy.roles)
+                or any(e.kind == "restart" and node.node_id in e.nodes for e in self.faults.schedule)
             )
+            if restarted:
+                problems.append(
+                    f"faults.restart: expected network.transport 'ipc' to restart {', '.join(restarted)} (with tcp a "
+                    f"restarted node gets a new port, and the agents are not told of a new {restarted[0]} endpoint; "
+                    "agents and the env server are), got 'tcp'; leave it out of faults.restart.roles and of the schedule's restarts"
+                )
 
         return problems
 
@@ -460,6 +474,11 @@ class RunConfig(BaseModel):
                 )
         if self.launch.backend == "ray":
             problems += self.launch.ray.check_nodes(list(valid_ids))
+            if self.launch.ray.shared_workdir and self.faults.restart.policy == "never":
+                problems.append(
+                    "launch.ray.shared_workdir: a shared workdir lets the restart policy start a lost machine's node on "
+                    "another machine; expected faults.restart.policy 'on-failure' or 'always', got 'never' (it would do nothing)"
+                )
         if self.launch.backend == "ssh":
             placed: dict[str, int] = {}
             for position, host in enumerate(self.launch.hosts):
@@ -473,7 +492,32 @@ class RunConfig(BaseModel):
             missing = [node for node in valid_ids if node not in placed]
             if missing:
                 problems.append(f"launch.hosts: expected every node placed on a host, missing {missing}")
+            problems += self._spare_problems()
 
+        return problems
+
+    def _spare_problems(self) -> list[str]:
+        """A spare host is used by the restart policy, and only where checkpoints outlive their machine."""
+        hosts = self.launch.hosts
+        spares = [position for position, host in enumerate(hosts) if host.spare]
+        if not spares:
+            return []
+        problems = []
+        first = spares[0]
+        if self.faults.restart.policy == "never":
+            problems.append(
+                f"launch.hosts.{first}.spare: a spare host takes the nodes of a lost host when the restart policy "
+                "restarts them; expected faults.restart.policy 'on-failure' or 'always', got 'never' (the spare would never be used)"
+            )
+        workdir = hosts[0].workdir.rstrip("/")
+        for position, host in enumerate(hosts):
+            if host.workdir.rstrip("/") != workdir:
+                problems.append(
+                    f"launch.hosts.{position}.workdir: with a spare host (launch.hosts.{first}) every host's workdir must "
+                    "be the one directory all hosts share (a network file system mounted at the same path), so that a node "
+                    f"moved off a lost host finds its checkpoints; got {host.workdir!r}, and {hosts[0].workdir!r} on launch.hosts.0"
+                )
+                break
         return problems
 
     def _silence_problems(self) -> list[str]:

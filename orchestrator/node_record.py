@@ -19,6 +19,9 @@ class NodeRecord:
     process: NodeProcess | None = None
     log_file: IO | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
+    # An agent's neighbours' peer endpoints as its last directory gave them: a neighbour that
+    # registered again at a new one (tcp) since then is announced to it once it is ready.
+    neighbour_endpoints: dict[str, str] = field(default_factory=dict)
     registered: bool = False
     ready: bool = False
     said_goodbye: bool = False

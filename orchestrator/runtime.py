@@ -46,6 +46,13 @@ with the endpoint, joins it again and resets, and an `env_server_resumed` event 
 step and the downtime. The agents are told rather than left to notice: an agent cannot tell a
 restarting server from a dead one, and the orchestrator, which restarts it, can.
 
+A restarted node over tcp binds a new port, on a new host too when the ssh backend moved it off a
+lost one to a spare (backends/ssh.py): when a restarted agent registers at a peer endpoint other
+than its last, each of its running neighbours gets `control.neighbour_moved` and sends to it there
+from then on (a neighbour that was itself starting again is told once it is ready); a restarted
+env server's endpoint reaches the agents in `control.env_back`. The `launched` and `restarted`
+events of a remote backend name the host.
+
 A node whose saved state is damaged (protocols/storage/durable_state.py) either falls back to an older
 generation, which its `control.ready` says (a `state_damaged` event, a line on the terminal at
 the end, a line in the report), or exits with `EXIT_DAMAGED_STATE`, which no restart policy
@@ -251,7 +258,8 @@ class Orchestrator:
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("launched", node.launch.node_id, pid=node.process.pid, role=node.launch.role,
-                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name if launcher else self.config.launch.backend)
+                              seed=node.launch.seed, argv=node.launch.argv, start_method=launcher.name if launcher else self.config.launch.backend,
+                              **self._placed_on(node))
 
     def _supervise(self) -> None:
         startup_timeout_s = self.config.protocols.control.startup_timeout_s
@@ -326,6 +334,7 @@ class Orchestrator:
             self.events.write("unexpected_message", node_id, msg_type=envelope.msg_type)
 
     def on_register(self, node: NodeRecord, message: m.Register) -> None:
+        previous_endpoints = node.endpoints
         node.endpoints = dict(message.endpoints)
         advertised_host = getattr(self.backend, "advertised_host", None)
         if advertised_host is not None:
@@ -336,10 +345,30 @@ class Orchestrator:
         if self.shutting_down:
             self.control.send(m.Shutdown(reason="the run is shutting down"), to=node.launch.node_id)
         elif self.directories_sent:
-            # A restarted node: the others know it at the same (ipc) endpoint; it needs its own directory.
+            # A restarted node needs its own directory. Over ipc the others know it at the same
+            # endpoint; over tcp it got a new port (or a new host): its neighbours are told.
             self.control.send(self._directory_for(node), to=node.launch.node_id)
+            if node.launch.role == "agent" and previous_endpoints.get("peer") != node.endpoints["peer"]:
+                self._tell_neighbours_moved(node)
         elif all(n.registered for n in self.nodes.values()):
             self._send_directories()
+
+    def _tell_neighbours_moved(self, node: NodeRecord) -> None:
+        """`control.neighbour_moved` to each running neighbour of a restarted agent. One that is
+        itself starting again learns the new endpoint from its directory instead."""
+        agent_ids = list(self.topology.nodes)
+        told = []
+        for j in self.topology.neighbours(agent_ids.index(node.launch.node_id)):
+            neighbour = self.nodes[agent_ids[j]]
+            if neighbour.ready and neighbour.exit_code is None:
+                self._send_neighbour_moved(neighbour, node)
+                told.append(agent_ids[j])
+        self.events.write("neighbours_told", node.launch.node_id, endpoint=node.endpoints["peer"], told=told)
+
+    def _send_neighbour_moved(self, to: NodeRecord, moved: NodeRecord) -> None:
+        moved_id, endpoint = moved.launch.node_id, moved.endpoints["peer"]
+        self.control.send(m.NeighbourMoved(neighbour=moved_id, endpoint=endpoint), to=to.launch.node_id)
+        to.neighbour_endpoints[moved_id] = endpoint
 
     def _send_directories(self) -> None:
         for node_id, node in self.nodes.items():
@@ -356,6 +385,7 @@ class Orchestrator:
         if node.launch.role == "agent":
             index = agent_ids.index(node.launch.node_id)
             neighbours = {agent_ids[j]: self.nodes[agent_ids[j]].endpoints["peer"] for j in self.topology.neighbours(index)}
+        node.neighbour_endpoints = dict(neighbours)
         return m.Directory(env_endpoint=env_endpoint, neighbours=neighbours, num_agents=len(agent_ids), services=services)
 
     def on_ready(self, node: NodeRecord, resumed_step: int | None = None) -> None:
@@ -369,6 +399,11 @@ class Orchestrator:
                 self.control.send(message, to=node.launch.node_id)
             self.events.write("rejoined", node.launch.node_id, restarts=node.restarts,
                               network_faults_replayed=len(self.faults.network_faults))
+            # A neighbour that moved (tcp) between this node's directory and now: its start-up
+            # waits dropped the news, so it is told again.
+            for neighbour_id, endpoint in list(node.neighbour_endpoints.items()):
+                if self.nodes[neighbour_id].endpoints.get("peer", endpoint) != endpoint:
+                    self._send_neighbour_moved(node, self.nodes[neighbour_id])
             if node.launch.role == "env_server":
                 self.faults.hold_at_step_faults(node)
                 self._env_server_back(node, resumed_step)
@@ -456,7 +491,13 @@ class Orchestrator:
             node.exit_code = node.exited_at = node.last_status = node.silent = None
             self.backend.start(node)
             node.last_heard = time.monotonic()
-            self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts)
+            self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts, **self._placed_on(node))
+
+    def _placed_on(self, node: NodeRecord) -> dict[str, str]:
+        """`{"host": address}` for a node another machine runs (ssh, ray): a restart may have
+        moved it off a lost host (backends/ssh.py). Empty for the local backend."""
+        advertised_host = getattr(self.backend, "advertised_host", None)
+        return {} if advertised_host is None else {"host": advertised_host(node.launch.node_id)}
 
     # ------------------------------------------------------------------ an env-server restart
 

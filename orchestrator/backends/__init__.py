@@ -25,3 +25,17 @@ class BackendUnavailable(RuntimeError):
     """The chosen backend cannot run here (e.g. its optional extra is not installed); the message
     says what to install. The CLI prints it as one line."""
 
+
+
+class DeadOnArrival:
+    """The handle of a node that could not be started where it had to run (its host unreachable,
+    its machine lost with nowhere to go): already exited with 255, the code of a lost host."""
+
+    pid = -1
+    returncode = 255
+
+    def poll(self) -> int:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode

@@ -6,7 +6,7 @@ importing anything that starts processes. No torch, no zmq.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class SshHost(BaseModel):
@@ -33,8 +33,23 @@ class SshHost(BaseModel):
     # A connection silent this long (ssh's ServerAlive probes unanswered) ends the node's ssh
     # session: the orchestrator then reports the node dead. Longer tolerates short partitions.
     alive_timeout_s: float = Field(6.0, ge=2.0)
-    # Node ids that run on this host (`env`, `agent_0`, ...).
-    nodes: list[str] = Field(min_length=1)
+    # Node ids that run on this host (`env`, `agent_0`, ...); none on a spare.
+    nodes: list[str] = []
+    # A spare starts no node at launch. When a host cannot be reached any more (the machine is
+    # lost), the restart policy starts its nodes here instead, and they restore their newest
+    # checkpoints: so every host's `workdir` must then be one directory all hosts share (a
+    # network file system mounted at the same path), which the launch checks.
+    spare: bool = False
+
+    @model_validator(mode="after")
+    def _nodes_or_spare(self) -> SshHost:
+        if self.spare and self.nodes:
+            raise ValueError(f"nodes: a spare host (spare: true) starts nodes only in place of a lost host, "
+                             f"expected none at launch, got {self.nodes}")
+        if not self.spare and not self.nodes:
+            raise ValueError("nodes: expected at least one node id, or spare: true for a host that stands by to take "
+                             "the nodes of a lost one; got none")
+        return self
 
     def destination(self) -> str:
         return f"{self.user}@{self.address}" if self.user else self.address

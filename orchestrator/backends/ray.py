@@ -20,12 +20,23 @@ backend: bound there, a node is not listening at the address its peers are given
 interpreter and at nice 0 where the actor may lower it (Ray starts workers at nice 15).
 A cluster that cannot be joined, or cannot place the bundles within PLACEMENT_TIMEOUT_S, fails the
 launch with BackendUnavailable (one line, `launch_failed` in events.jsonl).
+
+A lost machine. A node whose runner cannot be reached (`RayNodeHandle.lost`) has lost its machine
+as far as the run can tell; that machine's IP is taken for lost for the rest of the run. When the
+restart policy starts such a node again and `launch.ray.shared_workdir` says every machine mounts
+the workdir, a new runner is made on another live machine of the cluster (the one holding the
+fewest of the run's nodes; Ray's node affinity, outside the placement group, whose bundle on the
+lost machine Ray may be re-placing meanwhile) and the node restores its checkpoints from the
+shared directory: `host_unreachable`, then `node_moved` naming both IPs. `prepare` proves the
+directory is shared first (a file one runner writes must be read back by a runner on every other
+machine). Without a shared workdir the node is not started again (dead on arrival, 255).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -35,17 +46,19 @@ from pathlib import Path
 try:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 except ImportError:  # the optional extra is not installed
     ray = None
 
-from orchestrator.backends import BackendUnavailable
+from orchestrator.backends import BackendUnavailable, DeadOnArrival
 from orchestrator.backends.ray_config import placement_bundles
 from orchestrator.backends.shipping import extract_replacing, shipped_files
 from protocols.run.settings import node_ids as run_node_ids
 
 # Longest wait for the cluster to grant the placement group (calls to the runners: launch.ray.call_timeout_s).
 PLACEMENT_TIMEOUT_S = 60.0
+# Written by one runner into the run's directory and read back by the others (shared_workdir).
+SHARED_PROOF_FILENAME = "shared-workdir-proof"
 
 
 def require_ray() -> None:
@@ -64,6 +77,20 @@ class NodeRunnerImpl:
 
     def ip(self) -> str:
         return ray.util.get_node_ip_address()
+
+    def write_text(self, path: str, text: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+
+    def read_text(self, path: str) -> str:
+        """The file's text; empty when it is not there (on this machine)."""
+        try:
+            return Path(path).read_text()
+        except FileNotFoundError:
+            return ""
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
 
     def start(self, run_dir: str, files: bytes, argv: list[str], env: dict[str, str], node_id: str) -> tuple[int, int]:
         """Unpack the node's files, start it; (its pid, the niceness it runs at)."""
@@ -196,8 +223,10 @@ class RayBackend:
         self.local_run_dir = Path(config.runtime.run_dir)
         self.remote_run_dir = f"{self.placement.workdir.rstrip('/')}/{self.run_id}"
         self.actors: dict = {}
-        self.ips: dict[str, str] = {}
+        self.ips: dict[str, str] = {}  # the machine each node runs on now
+        self.lost_ips: set[str] = set()  # machines taken for lost (module docstring)
         self.group = None
+        self.runner = None  # the NodeRunner actor class, once Ray is joined
 
     def prepare(self) -> None:
         node_ids = list(run_node_ids(self.config.agents.count))
@@ -214,14 +243,33 @@ class RayBackend:
                 f"the Ray cluster did not grant the placement group within {PLACEMENT_TIMEOUT_S:.0f} s: bundles {bundles}, "
                 f"strategy {strategy} (free resources: {ray.available_resources()})"
             ) from error
-        runner = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=0)(NodeRunnerImpl)
+        self.runner = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=0)(NodeRunnerImpl)
         for index, node_id in enumerate(node_ids):
-            self.actors[node_id] = runner.options(
+            self.actors[node_id] = self.runner.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index)
             ).remote()
         ips = ray.get([self.actors[n].ip.remote() for n in node_ids], timeout=PLACEMENT_TIMEOUT_S)
         self.ips = dict(zip(node_ids, ips))
         self.events.write("ray_placed", None, strategy=strategy, hosts=self.ips)
+        if self.placement.shared_workdir:
+            self._prove_shared_workdir()
+
+    def _prove_shared_workdir(self) -> None:
+        """One runner writes a random token into the run's directory; a runner on every other
+        machine must read it back, or the launch fails naming `launch.ray.shared_workdir`."""
+        one_per_machine = {ip: self.actors[node_id] for node_id, ip in reversed(list(self.ips.items()))}
+        (writer_ip, writer), *readers = one_per_machine.items()
+        proof, token = f"{self.remote_run_dir}/{SHARED_PROOF_FILENAME}", secrets.token_hex(16)
+        timeout = self.placement.call_timeout_s
+        ray.get(writer.write_text.remote(proof, token), timeout=timeout)
+        for ip, reader in readers:
+            if ray.get(reader.read_text.remote(proof), timeout=timeout) != token:
+                raise BackendUnavailable(
+                    f"launch.ray.shared_workdir: {self.placement.workdir!r} is not shared: the file written at {proof} on "
+                    f"{writer_ip} is not there on {ip}; mount one file system at that path on every Ray machine, or set "
+                    "shared_workdir: false"
+                )
+        ray.get(writer.remove.remote(proof), timeout=timeout)
 
     def close(self) -> None:
         for actor in self.actors.values():
@@ -235,19 +283,70 @@ class RayBackend:
 
     def start(self, node) -> None:
         launch = node.launch
+        node_id = launch.node_id
+        previous = node.process  # a restart: the handle of the run before
         launch.log_path.parent.mkdir(parents=True, exist_ok=True)
         node.log_file = launch.log_path.open("ab")
         argv = list(launch.argv)
         argv[argv.index("--config") + 1] = f"{self.remote_run_dir}/resolved.yaml"
         env = {**launch.env, "PYTHONPATH": self.placement.project_root}
-        actor = self.actors[launch.node_id]
-        pid, niceness = ray.get(
-            actor.start.remote(self.remote_run_dir, shipped_files(self.config.runtime, self.remote_run_dir, launch.node_id), argv, env, launch.node_id),
-            timeout=self.placement.call_timeout_s,
-        )
+        if isinstance(previous, RayNodeHandle) and previous.lost is not None:
+            self._lose(node_id, previous.lost)
+        while True:
+            if self.ips[node_id] in self.lost_ips and not self._move(node):
+                node.process = DeadOnArrival()
+                return
+            actor = self.actors[node_id]
+            try:
+                pid, niceness = ray.get(
+                    actor.start.remote(self.remote_run_dir, shipped_files(self.config.runtime, self.remote_run_dir, node_id),
+                                       argv, env, node_id),
+                    timeout=self.placement.call_timeout_s,
+                )  # fmt: skip
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as error:
+                self._say(node, f"node runner lost: {error}")
+                self._lose(node_id, str(error))
+                # Best effort: a start still queued on a machine that comes back must not run
+                # the node a second time beside the one started elsewhere.
+                ray.kill(actor, no_restart=True)
         if niceness != 0:
-            self.events.write("ray_niceness", launch.node_id, niceness=niceness)
+            self.events.write("ray_niceness", node_id, niceness=niceness)
         node.process = RayNodeHandle(actor, pid, node.log_file, self.placement.call_timeout_s)
+
+    def _lose(self, node_id: str, why: str) -> None:
+        """`node_id`'s runner could not be reached: its machine is taken for lost."""
+        ip = self.ips[node_id]
+        if ip not in self.lost_ips:
+            self.lost_ips.add(ip)
+            self.events.write("host_unreachable", node_id, host=ip, error=why, lost=True)
+
+    def _move(self, node) -> bool:
+        """A new runner for `node` on a live machine that is not lost (module docstring); False
+        when it may not move (no shared workdir) or no machine is left."""
+        node_id = node.launch.node_id
+        lost_ip = self.ips[node_id]
+        if not self.placement.shared_workdir:
+            self._say(node, f"its machine {lost_ip} is lost and launch.ray.shared_workdir is false: not started elsewhere")
+            self.events.write("no_spare_host", node_id, lost_host=lost_ip, why="launch.ray.shared_workdir is false")
+            return False
+        load = {ip: list(self.ips.values()).count(ip) for ip in self.ips.values()}
+        alive = sorted((n for n in ray.nodes() if n["Alive"] and n["NodeManagerAddress"] not in self.lost_ips),
+                       key=lambda n: load.get(n["NodeManagerAddress"], 0))
+        if not alive:
+            self._say(node, f"its machine {lost_ip} is lost and no other Ray machine is alive")
+            self.events.write("no_spare_host", node_id, lost_host=lost_ip, why="no other Ray machine is alive")
+            return False
+        target = alive[0]
+        actor = self.runner.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=target["NodeID"], soft=False)).remote()
+        self.actors[node_id], self.ips[node_id] = actor, target["NodeManagerAddress"]
+        self.events.write("node_moved", node_id, from_host=lost_ip, to_host=self.ips[node_id])
+        return True
+
+    @staticmethod
+    def _say(node, line: str) -> None:
+        node.log_file.write(f"[parley ray backend] {line}\n".encode())
+        node.log_file.flush()
 
     def signal(self, node, signum: int) -> None:
         """Forwarded through the node's actor to the process on its machine."""

@@ -46,6 +46,11 @@ class RayPlacement(BaseModel):
     # as the ssh backend's unreachable host). Shorter: a vanished machine is noticed sooner;
     # longer: a slow, loaded machine is not declared dead by mistake.
     call_timeout_s: float = Field(30.0, gt=0)
+    # True: `workdir` is one directory every Ray machine mounts at the same path (a network file
+    # system). Then a node whose machine is lost (its runner unreachable) is restarted by the
+    # restart policy on another machine of the cluster, and restores its checkpoints from there;
+    # the launch proves the directory is shared. False: such a node is not restarted.
+    shared_workdir: bool = False
 
     @field_validator("address")
     @classmethod

@@ -404,6 +404,17 @@ class EnvServerBack:
     step: int
 
 
+@register_message("control.neighbour_moved")
+@dataclass(frozen=True)
+class NeighbourMoved:
+    """To every running agent one of whose topology neighbours was restarted and listens at a
+    new peer endpoint (tcp gives a restarted node a new port, and a node moved to another host a
+    new address): send to `neighbour` at `endpoint` from now on, on a fresh connection."""
+
+    neighbour: str
+    endpoint: str
+
+
 @register_message("control.hold_at_steps")
 @dataclass(frozen=True)
 class HoldAtSteps:

@@ -16,6 +16,8 @@ Every node (env server or agent) runs the same short conversation with the orche
                       ◀─────────  control.release_step  (once every node applied them)
                       ◀─────────  control.env_restarting / control.env_back  (agents: the env
                                       server is being restarted / is back; agent_node/node.py)
+                      ◀─────────  control.neighbour_moved  (agents: a restarted neighbour listens
+                                      at a new tcp endpoint)
                       ◀─────────  control.shutdown   (run budget spent, Ctrl-C, a failure)
     control.goodbye   ─────────▶
 

@@ -178,6 +178,28 @@ class NamespaceCluster:
     def heal(self, host: str) -> None:
         _ip("link", "set", self.hosts[host].bridge_veth, "up", namespace=self.bridge_namespace)
 
+    def kill_everything(self, host: str) -> list[int]:
+        """A lost machine: SIGKILL every process in `host`'s namespace, its sshd included, and
+        return their pids. Its network stays up: connections to it are refused, as from a
+        machine whose processes are all gone (a cut-off one is `cut`)."""
+        killed = self._kill_namespace(self.hosts[host].namespace)
+        sshd = self.hosts[host].sshd
+        if sshd is not None:
+            sshd.wait(timeout=10)  # our child: reaped here, so close() does not signal it again
+        return killed
+
+    @staticmethod
+    def _kill_namespace(namespace: str) -> list[int]:
+        listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, timeout=30)
+        killed = []
+        for pid in listed.stdout.decode().split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+            except ProcessLookupError:
+                pass
+        return killed
+
     # ------------------------------------------------------------------ teardown
 
     def close(self) -> None:
@@ -192,10 +214,5 @@ class NamespaceCluster:
         namespaces = [host.namespace for host in self.hosts.values()] + [self.bridge_namespace]
         for namespace in namespaces:
             # Processes still inside (a node whose ssh session died) would keep the namespace alive.
-            listed = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, timeout=30)
-            for pid in listed.stdout.decode().split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            self._kill_namespace(namespace)
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)

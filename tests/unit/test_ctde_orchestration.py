@@ -52,7 +52,7 @@ def test_the_learner_node_joins_the_run_after_the_agents_without_shifting_their_
         (["agents.record_dataset=true"], "agents.record_dataset: not implemented with centralized training"),
         (["protocols.consensus={enabled: true, what: policy_parameters}"], "protocols.consensus.enabled: the learner node sets"),
         (["faults.schedule=[{at_s: 1, kind: partition, nodes: [learner]}]"], "expected a process fault .* for the learner node, got 'partition'"),
-        (["faults.restart={policy: on-failure}", "network.transport=tcp"], "faults.restart: expected network.transport 'ipc' for restarts"),
+        (["faults.restart={policy: on-failure}", "network.transport=tcp"], "faults.restart: expected network.transport .ipc. to restart learner"),
         (["training.mode=federated"], "training.mode: expected one of 'decentralized', 'centralized', got 'federated'"),
         (["training.mixers=qmix"], r"training.mixers: unknown key; valid keys: mode, mixer, .* \(did you mean .mixer.\?\)"),
     ],

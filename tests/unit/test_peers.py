@@ -56,3 +56,16 @@ def test_strangers_are_dropped_and_engine_output_goes_to_the_right_link():
     assert links["c"].sent[-1] == "share-1" and links["b"].sent[-1] == "share-2"
     with pytest.raises(ValueError, match=r"addressed str to 'z', which is not a neighbour \(neighbours: \['b', 'c'\]\)"):
         peers.send([("z", "share")])
+
+
+def test_a_moved_neighbour_gets_a_new_link_and_keeps_its_liveness():
+    peers, links = mesh()
+    peers.start(now=0.0)
+    peers.accept("b", Heartbeat(node_id="b", incarnation=0, state="running"), now=0.5)
+    new_link = RecordingLink()
+    assert peers.replace_link("b", new_link) is links["b"]
+    peers.send([("b", "share")])
+    assert new_link.sent == ["share"] and links["b"].sent[-1] != "share"
+    assert peers.alive_peers() == ["b"]
+    with pytest.raises(ValueError, match=r"'z' is not a neighbour \(neighbours: \['b', 'c'\]\)"):
+        peers.replace_link("z", RecordingLink())

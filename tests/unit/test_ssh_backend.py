@@ -150,6 +150,14 @@ def test_ray_needs_its_section_and_a_control_host_and_other_backends_refuse_the_
     assert "network.advertise_host: expected none with launch.backend 'ray'" in errors_of(data)
 
 
+def test_a_shared_ray_workdir_is_for_the_restart_policy():
+    data = ray_config()
+    data["launch"]["ray"]["shared_workdir"] = True
+    assert "launch.ray.shared_workdir: a shared workdir lets the restart policy start a lost machine's node" in errors_of(data)
+    data["faults"] = {"restart": {"policy": "on-failure"}}
+    assert validate_config(data).launch.ray.shared_workdir
+
+
 def test_ray_backend_without_ray_installed_says_what_to_install(tmp_path):
     import subprocess
     import sys
@@ -208,3 +216,149 @@ def test_the_ship_command_renames_each_file_into_place_on_the_host(tmp_path, mon
     assert sorted(p.name for p in (remote / "keys" / "nodes").iterdir()) == ["agent_0.json", "agent_1.json"]
     assert ((remote / "resolved.yaml").stat().st_mode & 0o777) == 0o600
     assert not [p for p in remote.rglob("*") if p.name.startswith(".")], "no staging file left"
+
+
+# ------------------------------------------------------------------ a spare host for a lost one
+
+def spare_config(**restart) -> dict:
+    """Two hosts and a spare, one shared workdir, and a restart policy that uses the spare."""
+    data = ssh_config()
+    first = data["launch"]["hosts"][0]
+    data["launch"]["hosts"] = [
+        {**first, "nodes": ["env", "agent_0", "agent_2"]},
+        {**first, "address": "10.0.0.3", "nodes": ["agent_1"]},
+        {**{k: v for k, v in first.items() if k != "nodes"}, "address": "10.0.0.4", "spare": True},
+    ]
+    data["faults"] = {"restart": {"policy": "on-failure", **restart}}
+    return data
+
+
+def test_a_spare_host_validates_and_refuses_what_cannot_work():
+    config = validate_config(spare_config())
+    assert [host.spare for host in config.launch.hosts] == [False, False, True]
+    data = spare_config()
+    data["launch"]["hosts"][2]["nodes"] = ["agent_1"]
+    assert "launch.hosts.2.nodes: a spare host (spare: true) starts nodes only in place of a lost host" in errors_of(data)
+    data = spare_config()
+    del data["launch"]["hosts"][2]["spare"]
+    assert "launch.hosts.2.nodes: expected at least one node id, or spare: true" in errors_of(data)
+    data = spare_config(policy="never")
+    assert "launch.hosts.2.spare: a spare host takes the nodes of a lost host when the restart policy" in errors_of(data)
+    data = spare_config()
+    data["launch"]["hosts"][1]["workdir"] = "/local/parley"
+    assert ("launch.hosts.1.workdir: with a spare host (launch.hosts.2) every host's workdir must be the one directory "
+            "all hosts share") in errors_of(data)
+    data = spare_config()
+    data["launch"]["backend"] = "local"
+    assert "launch.hosts: only used with backend 'ssh' (a spare host stands by for a lost machine of an ssh launch), got backend 'local'" in errors_of(data)
+
+
+class FakeHosts:
+    """`run_over_ssh` in place: the hosts in `down` cannot be reached (ssh exits 255), the others
+    run each command here with sh (one file system: a shared workdir)."""
+
+    def __init__(self, down=()):
+        self.down = set(down)
+        self.tried: list[str] = []
+
+    def __call__(self, host, command, stdin=b""):
+        import subprocess
+
+        from orchestrator.backends.ssh import SshError
+
+        self.tried.append(host.address)
+        if host.address in self.down:
+            raise SshError(f"host {host.address}: {command!r} exited 255: Connection refused", unreachable=True)
+        return subprocess.run(["sh", "-c", command], input=stdin, check=True, capture_output=True).stdout
+
+
+def spare_backend(tmp_path, monkeypatch, fake: FakeHosts, data: dict | None = None):
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    import orchestrator.backends.ssh as ssh
+    from orchestrator.rundir import EventLog
+
+    data = data or spare_config()
+    for host in data["launch"]["hosts"]:
+        host.update(python=sys.executable, project_root=str(REPO), workdir=str(tmp_path / "shared"))
+    resolved, run_dir = prepare_run(validate_config(data), tmp_path / "run")
+    plan = build_plan(resolved, run_dir)
+    events = EventLog(tmp_path / "events.jsonl")
+    backend = ssh.SshBackend(resolved.runtime, resolved.launch.hosts, events)
+    monkeypatch.setattr(ssh, "run_over_ssh", fake)
+    started = []
+    monkeypatch.setattr(ssh, "subprocess", SimpleNamespace(
+        Popen=lambda argv, **kwargs: started.append(argv) or SimpleNamespace(pid=1, poll=lambda: None),
+        DEVNULL=subprocess.DEVNULL, STDOUT=subprocess.STDOUT))  # fmt: skip
+
+    def start(node_id):
+        node = SimpleNamespace(launch=plan.node(node_id), process=None, log_file=None)
+        backend.start(node)
+        return node
+
+    def logged():
+        import json
+
+        return [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+
+    return backend, start, started, logged
+
+
+def test_a_node_whose_host_is_lost_starts_on_the_spare_and_is_advertised_there(tmp_path, monkeypatch):
+    from orchestrator.backends.ssh import DeadOnArrival
+
+    fake = FakeHosts(down={"10.0.0.3"})
+    backend, start, started, logged = spare_backend(tmp_path, monkeypatch, fake)
+    node = start("agent_1")
+    assert not isinstance(node.process, DeadOnArrival)
+    assert started[-1][-2] == "parley@10.0.0.4", "the node's ssh goes to the spare"
+    assert backend.advertised_host("agent_1") == "10.0.0.4"
+    assert fake.tried == ["10.0.0.3", "10.0.0.4"]
+    kinds = [(e["event"], e.get("host"), e.get("from_host"), e.get("to_host")) for e in logged()]
+    assert kinds == [("host_unreachable", "10.0.0.3", None, None), ("node_moved", None, "10.0.0.3", "10.0.0.4")]
+    assert "Connection refused" in (node.launch.log_path).read_text()
+    # Its files went to the shared workdir, where its checkpoints are.
+    assert (Path(backend.remote_run_dir("agent_1")) / "nodes" / "agent_1" / "checkpoints").is_dir()
+    # The lost host is not tried again: a second start goes to the spare at once.
+    fake.tried.clear()
+    start("agent_1")
+    assert fake.tried == ["10.0.0.4"]
+
+
+def test_without_a_spare_left_or_for_a_failure_that_is_not_the_host_the_node_is_dead(tmp_path, monkeypatch):
+    from orchestrator.backends.ssh import DeadOnArrival
+
+    fake = FakeHosts(down={"10.0.0.3", "10.0.0.4"})
+    backend, start, started, logged = spare_backend(tmp_path, monkeypatch, fake)
+    assert isinstance(start("agent_1").process, DeadOnArrival) and not started
+    assert [e["event"] for e in logged()] == ["host_unreachable", "node_moved", "host_unreachable", "no_spare_host"]
+    # A command that ran on a reachable host and failed there is not a lost machine.
+    import orchestrator.backends.ssh as ssh
+
+    def refuses(host, command, stdin=b""):
+        raise ssh.SshError(f"host {host.address}: {command!r} exited 1: mkdir: Permission denied", unreachable=False)
+
+    backend2, start2, started2, logged2 = spare_backend(tmp_path / "second", monkeypatch, refuses)
+    assert isinstance(start2("agent_0").process, DeadOnArrival) and not started2
+    assert [(e["event"], e["lost"]) for e in logged2()] == [("host_unreachable", False)]
+    assert backend2.advertised_host("agent_0") == "10.0.0.2"
+
+
+def test_prepare_proves_the_workdir_is_shared(tmp_path, monkeypatch):
+    from orchestrator.backends import BackendUnavailable
+
+    backend, _, _, logged = spare_backend(tmp_path, monkeypatch, FakeHosts(down={"10.0.0.3"}))
+    backend.prepare()  # one file system here: shared; the host that is down is taken for lost
+    assert backend.lost == {"10.0.0.3"} and [e["event"] for e in logged()] == ["host_unreachable"]
+    assert not list(Path(tmp_path / "shared").rglob("shared-workdir-proof")), "the proof is removed"
+
+    class NotShared(FakeHosts):
+        def __call__(self, host, command, stdin=b""):
+            return b"" if command.startswith("cat ") else super().__call__(host, command, stdin)
+
+    backend, _, _, _ = spare_backend(tmp_path / "second", monkeypatch, NotShared())
+    with pytest.raises(BackendUnavailable, match=r"launch.hosts.1.workdir: '.*' is not shared: the file that launch.hosts.0 "
+                                                 r"\(10.0.0.2\) wrote at .* is not there on 10.0.0.3"):
+        backend.prepare()
