@@ -21,7 +21,12 @@ observation. What is deterministic without it:
   reproducibility;
 - link delay, jitter, reordering and bandwidth: they change when a message arrives, never what
   it says or whether it arrives; the lockstep and the consensus rounds wait for it (unless a
-  deadline runs out, which the node records).
+  deadline runs out, which the node records);
+- the main job's hindsight rows, talking free in env time: a partner's rows come by the wall
+  clock, and are learned from the team's next landmark agreement on, which cannot complete before
+  the partner's table, sent after its rows (agent_node/landmarks/session.py). That needs peer
+  links that keep order (the landmarks' check refuses others); with `assignment: nearest` no
+  agreement orders them, and the node records broken reproducibility once rows come.
 
 What cannot be made reproducible is refused here, one line per problem (`reproducibility_problems`),
 and by each capability's own checks for what is its own (agent_node/registry.py: push-sum

@@ -53,6 +53,10 @@ class LandmarksCapability(Capability):
         return self.session.condition(obs, evaluation)
 
     def feed_learner(self, message: m.EnvObservation, transition: Any) -> bool:
+        if self.session.rows_arrive_by_wall_clock and self.session.partner_rows_received:
+            self.node.reproducibility_broken(
+                "hindsight_by_wall_clock", "partners' hindsight rows were learned when they arrived "
+                "(agents.landmarks.assignment: nearest while talking free in env time: no agreement orders them)")
         for index, row in enumerate(self.session.training_rows(transition, message.step)):
             self.node.learner.observe(row, env_rows=len(transition.obs) if index == 0 else 0)
         self._output()

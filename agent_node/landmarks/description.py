@@ -36,7 +36,26 @@ def problems(run: Any, topology: Topology | None) -> list[str]:
         found.append(f"agents.landmarks: expected training.mode 'decentralized', got {run.training.mode!r}")
     if topology is not None and not topology.is_connected():
         found.append("agents.landmarks: the topology must be connected for the team to agree (flooding)")
+    found += _reproducible_rows_problems(run, topology)
     return found
+
+
+def _reproducible_rows_problems(run: Any, topology: Topology | None) -> list[str]:
+    """Talking free in env time, a partner's hindsight rows are learned from the team's next
+    agreement on, which a reproducible run can count on only if they arrive before the partner's
+    agreement table: its peer links must keep order (agent_node/landmarks/session.py)."""
+    config = run.agents.landmarks
+    if not (run.run.reproducible and run.protocols.talk == "free" and config.share_hindsight
+            and config.assignment == "negotiated" and topology is not None):  # fmt: skip
+        return []
+    for a, b in topology.edge_list():
+        for src, dst in ((a, b), (b, a)):
+            if not run.network.link_between(src, dst).keeps_order:
+                return [f"agents.landmarks.share_hindsight with run.reproducible while talking free in env time: the peer "
+                        f"link {src} -> {dst} may reorder messages (jitter, reordering, a delay distribution or "
+                        "duplicates), so a partner's rows could come after its agreement table; give peer links "
+                        "in_order: true, or protocols.talk: env_steps"]  # fmt: skip
+    return []
 
 
 CAPABILITY = CapabilityDescription(

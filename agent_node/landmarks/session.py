@@ -204,8 +204,19 @@ class LandmarkSession:
         self.episode: _Episode | None = None
         self._outgoing: list[Outgoing] = []
         self._records: list[dict[str, float]] = []
-        self._partner_rows: list[Transition] = []
+        # Partners' rows as they come, and those the learner may take. Talking free in env time,
+        # rows come when the wall clock brings them; learned at once, a run's buffer would depend
+        # on timing. So they are handed to the learner at a point every run shares: the team's
+        # next training agreement, which cannot complete before every neighbour's round-1 table,
+        # and each neighbour sent its episode's rows before that table, on the same link (FIFO).
+        # In env steps they come at fixed step starts already; alone (`assignment: nearest`)
+        # nothing orders them, and the node says so (`rows_arrive_by_wall_clock`).
+        self._partner_rows: list[tuple[str, Transition]] = []  # (sender, rows) in the order they came
+        self._partner_rows_ready: list[Transition] = []
+        self.rows_arrive_by_wall_clock = not in_steps and config.assignment == "nearest"
+        self._rows_wait_for_agreement = not in_steps and config.assignment == "negotiated"
         self.partner_rows_received = 0
+        self._arrived_count = 0  # rows of `_partner_rows`, not counted yet
 
     # ------------------------------------------------------------------ deciding
 
@@ -321,6 +332,12 @@ class LandmarkSession:
             self.decided_keys = {decision.key}
         if evaluation:
             return
+        if self._rows_wait_for_agreement:  # the partners' rows that came by now go to the learner,
+            # by sender, not arrival: the buffer then holds them in the same order in every run
+            arrived = [rows for _, rows in sorted(self._partner_rows, key=lambda item: item[0])]
+            self._partner_rows_ready += arrived
+            self.partner_rows_received += self._arrived_count
+            self._partner_rows, self._arrived_count = [], 0
         self.last_train_key = decision.key
         record = {
             "landmarks/complete": float(complete),
@@ -382,8 +399,12 @@ class LandmarkSession:
                 goals = np.full(int(others.sum()), goal)
                 rows.append(self._relabelled(obs[others], transition.action[others], next_obs[others],
                                              transition.terminated[others], transition.truncated[others], goals))
-        rows += self._partner_rows
-        self._partner_rows = []
+        if self._rows_wait_for_agreement:
+            rows += self._partner_rows_ready
+            self._partner_rows_ready = []
+        else:
+            rows += [partner_rows for _, partner_rows in self._partner_rows]
+            self._partner_rows = []
         return rows
 
     def _relabelled(self, obs, actions, next_obs, terminated, truncated, goals) -> Transition:
@@ -455,12 +476,17 @@ class LandmarkSession:
             return
         next_obs = np.asarray(rows.next_obs, dtype=np.float32)
         not_truncated = np.zeros(len(obs), dtype=bool)
-        self._partner_rows.append(self._relabelled(obs, rows.actions, next_obs, rows.terminated, not_truncated, rows.pursued))
+        self._partner_rows.append((sender, self._relabelled(obs, rows.actions, next_obs, rows.terminated, not_truncated, rows.pursued)))
         other = rows.reached != rows.pursued
         if other.any():
-            self._partner_rows.append(self._relabelled(obs[other], rows.actions[other], next_obs[other],
-                                                       rows.terminated[other], not_truncated[other], rows.reached[other]))
-        self.partner_rows_received += len(obs)
+            self._partner_rows.append((sender, self._relabelled(obs[other], rows.actions[other], next_obs[other],
+                                                                rows.terminated[other], not_truncated[other], rows.reached[other])))
+        # Counted when the learner may take them (`partner_rows_received` is a metric: the same
+        # in every run), and they came when the wall clock brought them.
+        if self._rows_wait_for_agreement:
+            self._arrived_count += len(obs)
+        else:
+            self.partner_rows_received += len(obs)
 
     def take_outgoing(self) -> list[Outgoing]:
         outgoing, self._outgoing = self._outgoing, []

@@ -240,6 +240,14 @@ class LinkConfig(BaseModel):
         return self.delay_steps is not None
 
     @property
+    def keeps_order(self) -> bool:
+        """Every message arrives once, after every message sent before it on this link (in wall
+        time): `in_order`, or a constant delay with no jitter, reordering or duplicates."""
+        if self.duplicate > 0.0:
+            return False
+        return self.in_order or (self.delay_distribution == "constant" and self.jitter_s == 0.0 and self.reorder == 0.0)
+
+    @property
     def is_ideal(self) -> bool:
         """True when the link changes nothing (no emulation needed at all). Compares the fields,
         not the models: a trace's loaded delays are a private array, which `==` cannot compare."""

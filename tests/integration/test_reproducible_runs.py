@@ -156,6 +156,35 @@ def test_og_marl_world_models_averaged_in_float64_come_out_the_same(tmp_path):
     assert_same_learning(idle, loaded, ("sac/critic_loss", "og_marl/model_mse", "consensus/disagreement_max"))
 
 
+# The main job shrunk, talking free in env time: each episode's landmarks agreed while the env
+# waits, and partners' hindsight rows, which come by the wall clock, learned from the next
+# agreement on (agent_node/landmarks/session.py).
+MAIN_JOB_SETTINGS = (*PATIENT, "run.seed=5", "run.steps=120", "env.num_copies=2", "env.eval_every_steps=60",
+                     "env.eval_episodes=2", "agents.learner.learning_starts=48", "agents.learner.batch_size=32",
+                     "agents.checkpoint_every_steps=120",
+                     "agents.landmarks.round_timeout_s=60")  # fmt: skip
+
+
+@pytest.mark.long
+def test_the_main_job_talking_free_learns_its_partners_rows_at_the_same_steps_under_different_timing(tmp_path):
+    # Jittered links that keep order: a partner's rows before its table (a link that may reorder is refused).
+    in_order = ("agents.gradient_steps_per_slice=1", "network.default_link={delay_s: 0.003, jitter_s: 0.003, in_order: true}")
+    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
+    run_config("configs/4agents_ring.yaml", idle, *MAIN_JOB_SETTINGS)
+    spinner = busy_loop_on_one_core()
+    try:
+        run_config("configs/4agents_ring.yaml", loaded, *MAIN_JOB_SETTINGS, *in_order)
+    finally:
+        spinner.kill()
+        spinner.wait(timeout=10)
+    for agent in [f"agent_{i}" for i in range(4)]:
+        rows = seeded_rows(idle, agent)
+        assert any(row.get("hindsight/partner_rows_received", 0) > 0 for row in rows), f"{agent} heard no partner rows"
+        assert any("dqn/loss" in row for row in rows) and not any("reproducibility/broken" in row for row in rows)
+        assert seeded_rows(loaded, agent) == rows, f"{agent}: the metrics rows differ"
+        assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
+
+
 def test_a_deadline_that_runs_out_is_recorded_as_broken_reproducibility(tmp_path):
     """Links slower than the deadlines: every consensus round runs out before the neighbours'
     shares arrive, and the env server steps on without the agents' actions. The run still ends

@@ -122,7 +122,7 @@ def test_rows_are_relabelled_for_every_landmark_and_an_episode_is_shared_with_th
 
 
 def test_a_partners_rows_are_learned_for_what_it_pursued_and_what_it_reached():
-    session = make_session()
+    session = make_session(assignment="nearest")  # alone: rows are learned as they come
     partner = rows(copies=3)
     report = HindsightRows("train:0", partner.obs, np.array([0, 1, 2]), partner.next_obs, np.zeros(3, bool),
                            pursued=np.array([1, 1, 1]), reached=np.array([1, 0, 3]))
@@ -134,6 +134,25 @@ def test_a_partners_rows_are_learned_for_what_it_pursued_and_what_it_reached():
                         pursued=np.array([1, 1, 7]), reached=np.array([1, 0, 3]))
     session.on_message("agent_0", bad, 0.0)
     assert session.training_rows(rows(), step=2)[4:] == []  # an out-of-range landmark: dropped, not learned
+
+
+def test_talking_free_a_partners_rows_wait_for_the_next_training_agreement():
+    # Rows come by the wall clock; the team's next agreement is a point every run shares (each
+    # neighbour's rows precede its tables on their link), so they are learned from there on.
+    session = make_session()
+    partner = rows(copies=3)
+    session.on_message("agent_0", HindsightRows("train:0", partner.obs, np.array([0, 1, 2]), partner.next_obs,
+                                                np.zeros(3, bool), pursued=np.array([1, 1, 1]), reached=np.array([1, 1, 1])), 0.0)
+    assert session.training_rows(rows(), step=1)[4:] == []  # no agreement since: not yet
+    obs = np.zeros((2, 24), np.float32)
+    session.begin(observation(25, obs, [True, True]), obs, now=0.0, training_step=25)
+    tables = {name: np.zeros((1, 2, 4), np.float32) for name in ("agent_0", "agent_2", "agent_3")}  # 2 copies each
+    for round_ in (1, 2):
+        session.on_message("agent_0", FloodTable("train:25", round_, ["agent_0", "agent_3"], np.concatenate([tables["agent_0"], tables["agent_3"]])), 0.0)
+        session.on_message("agent_2", FloodTable("train:25", round_, ["agent_2"], tables["agent_2"]), 0.0)
+    assert not session.deciding
+    assert [len(t.obs) for t in session.training_rows(rows(), step=26)[4:]] == [3]
+    assert session.training_rows(rows(), step=27)[4:] == []  # learned once
 
 
 def test_the_oracle_beats_random_by_far_on_the_same_episodes():
