@@ -117,6 +117,8 @@ def render(record: dict[str, Any], source: str) -> str:
              f"{sweep['run_seconds_mean']:.0f} s a run on average (the machine's load in that time is not recorded; "
              "the times above are the page's). Returns: per agent per episode, the mean of the last 5 greedy "
              "evaluations (8 episodes each), the env's reward; only runs that exited 0 with their budget done.\n"]
+    if record.get("note"):
+        lines.append(record["note"] + "\n")
     made_by = sweep.get("made_by") or []
     if len(made_by) > 1:
         lines.append("The runs were made by more than one build (a merged sweep, `orchestrate sweep --merge`):\n")
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", type=Path, help="write the results page (markdown) here")
     parser.add_argument("--plot", type=Path, help="copy the report's return-against-axes plot here")
     parser.add_argument("--title", default=DEFAULT_TITLE, help="the page's title")
+    parser.add_argument("--note", default="", help="what the page's reader must know of these runs (markdown)")
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir
     if sweep_dir is None:
@@ -159,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         run_sweep(args.sweep, sweep_dir)
     record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv)
     record["title"] = args.title
+    record["note"] = args.note
     print(render(record, "stdout"))
     if args.plot is not None:
         plots = {path.name: path for path in plot_sweep(summarize_sweep(sweep_dir), sweep_dir / "report")}
