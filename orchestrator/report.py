@@ -889,10 +889,7 @@ def plot_run(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     axes_list[-1][0].set_xlabel("seconds since the run started (faults in red)")
     returns_axes.set_title(f"{summary['name']}", pad=8 + 9 * min(len(windows), 4))
     _legend(returns_axes, "no episode finished", fontsize=7)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "timeline.png"
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    path = _save_figure(plt, figure, out_dir / "timeline.png")
     return [path, *paths]
 
 
@@ -922,6 +919,14 @@ def _legend(axes: Any, nothing: str, **options: Any) -> None:
         axes.text(0.5, 0.5, nothing, transform=axes.transAxes, ha="center", va="center", color="grey")
 
 
+def _save_figure(plt, figure, path: Path) -> Path:
+    """Write a report figure (its folder made if need be) and free it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
 def plot_proximity(summary: dict[str, Any], out_dir: Path) -> Path:
     """`report/proximity_graph.png`: the team's graph over env steps when links follow positions,
     edges and connected components (means over each metrics period)."""
@@ -933,11 +938,7 @@ def plot_proximity(summary: dict[str, Any], out_dir: Path) -> Path:
     axes.set_xlabel("env step (means over each metrics period)")
     axes.set_title(f"{summary['name']}: the graph of agents in range over time")
     axes.legend(fontsize=7)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "proximity_graph.png"
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save_figure(plt, figure, out_dir / "proximity_graph.png")
 
 
 def plot_evaluation(summary: dict[str, Any], out_dir: Path) -> Path:
@@ -955,11 +956,7 @@ def plot_evaluation(summary: dict[str, Any], out_dir: Path) -> Path:
     axes.set_ylabel("return per agent per episode")
     axes.set_title(f"{summary['name']}: greedy evaluation")
     axes.legend(fontsize=8)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "learning_curve.png"
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save_figure(plt, figure, out_dir / "learning_curve.png")
 
 
 def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -999,10 +996,7 @@ def plot_sweep(summary: dict[str, Any], out_dir: Path) -> list[Path]:
         axes.set_ylabel(label)
         _legend(axes, "no point has this metric", fontsize=8)
     figure.suptitle(f"sweep {summary['sweep']}: mean ± std over seeds {summary['seeds']}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "sweep.png"
-    figure.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(figure)
+    path = _save_figure(plt, figure, out_dir / "sweep.png")
     return [path, *paths]
 
 

@@ -71,12 +71,13 @@ def run_tiny_star(run_dir: Path, *extra: str) -> None:
     run_config("configs/tiny_star_tcp.yaml", run_dir, *SETTINGS, *extra)
 
 
-def run_idle_then_perturbed(config: str, settings: tuple[str, ...], tmp_path: Path) -> tuple[Path, Path]:
+def run_idle_then_perturbed(config: str, settings: tuple[str, ...], tmp_path: Path,
+                            perturbed: tuple[str, ...] = PERTURBED) -> tuple[Path, Path]:  # fmt: skip
     idle, loaded = tmp_path / "idle", tmp_path / "loaded"
     run_config(config, idle, *settings)
     spinner = busy_loop_on_one_core()
     try:
-        run_config(config, loaded, *settings, *PERTURBED)
+        run_config(config, loaded, *settings, *perturbed)
     finally:
         spinner.kill()
         spinner.wait(timeout=10)
@@ -169,14 +170,7 @@ MAIN_JOB_SETTINGS = (*PATIENT, "run.seed=5", "run.steps=120", "env.num_copies=2"
 def test_the_main_job_talking_free_learns_its_partners_rows_at_the_same_steps_under_different_timing(tmp_path):
     # Jittered links that keep order: a partner's rows before its table (a link that may reorder is refused).
     in_order = ("agents.gradient_steps_per_slice=1", "network.default_link={delay_s: 0.003, jitter_s: 0.003, in_order: true}")
-    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
-    run_config("configs/4agents_ring.yaml", idle, *MAIN_JOB_SETTINGS)
-    spinner = busy_loop_on_one_core()
-    try:
-        run_config("configs/4agents_ring.yaml", loaded, *MAIN_JOB_SETTINGS, *in_order)
-    finally:
-        spinner.kill()
-        spinner.wait(timeout=10)
+    idle, loaded = run_idle_then_perturbed("configs/4agents_ring.yaml", MAIN_JOB_SETTINGS, tmp_path, perturbed=in_order)
     for agent in [f"agent_{i}" for i in range(4)]:
         rows = seeded_rows(idle, agent)
         assert any(row.get("hindsight/partner_rows_received", 0) > 0 for row in rows), f"{agent} heard no partner rows"

@@ -27,7 +27,7 @@ from protocols.net.links import LinkConfig
 from protocols.sim.netsim import StepNetwork
 from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
 from tests.integration.test_reproducible_runs import (
-    PATIENT, PERTURBED, assert_same_state, busy_loop_on_one_core, checkpoint, run_config, seeded_rows,
+    PATIENT, assert_same_state, checkpoint, run_idle_then_perturbed, seeded_rows,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -58,14 +58,7 @@ def metrics(run_dir: Path, node: str) -> list[dict]:
 
 
 def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulator(tmp_path):
-    idle, loaded = tmp_path / "idle", tmp_path / "loaded"
-    run_config("configs/4agents_ring.yaml", idle, *SETTINGS)
-    spinner = busy_loop_on_one_core()
-    try:
-        run_config("configs/4agents_ring.yaml", loaded, *SETTINGS, *PERTURBED)
-    finally:
-        spinner.kill()
-        spinner.wait(timeout=10)
+    idle, loaded = run_idle_then_perturbed("configs/4agents_ring.yaml", SETTINGS, tmp_path)
 
     for agent in AGENTS:
         rows = seeded_rows(idle, agent)
