@@ -52,6 +52,8 @@ def split_copies(num_copies: int, num_workers: int) -> list[int]:
 
 
 SERVER_ROUTING_ID = "server"  # how the server's DEALER connects to every worker
+# The fields of a worker's BatchedStep that stay in the worker (`_worker_main`): not in EnvWorkerResult.
+WORKER_KEEPS = frozenset({"episode_agent_returns", "positions"})
 
 
 def worker_layout(envs: Any, largest_share: int) -> PackedLayout | None:
@@ -88,8 +90,9 @@ def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: boo
                     channel.reply(envelope, m.ErrorReply("unexpected_message", f"a copy worker does not accept {envelope.msg_type}"))
                     continue
                 # Each agent's episode returns stay here: only an evaluation reads them, and the
-                # evaluation copies live in the server process.
-                fields = {name: value for name, value in vars(result).items() if name != "episode_agent_returns"}
+                # evaluation copies live in the server process. No positions either: they are
+                # published for one env copy only (topology.kind: proximity), which never splits.
+                fields = {name: value for name, value in vars(result).items() if name not in WORKER_KEEPS}
                 channel.reply(envelope, m.EnvWorkerResult(**fields, all_finished=envs.all_finished))
     finally:
         envs.close()
