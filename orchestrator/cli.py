@@ -483,9 +483,9 @@ def _signal_group_or_process(pid: int, signum: int) -> None:
 def _merge_sweeps(args: argparse.Namespace) -> int:
     from orchestrator import sweep
 
-    other = [flag for flag, given in (("a sweep file", args.sweep_file), ("--grid", args.grid), ("--seeds", args.seeds), ("--only", args.only),
-                                      ("--set", args.overrides), ("--parallel", args.parallel), ("--dry-run", args.dry_run))
-             if given]  # fmt: skip
+    given = {"a sweep file": args.sweep_file, "--grid": args.grid, "--seeds": args.seeds, "--only": args.only,
+             "--set": args.overrides, "--parallel": args.parallel, "--dry-run": args.dry_run}
+    other = [flag for flag, value in given.items() if value]
     if other:
         return _fail(f"--merge runs nothing: it takes only sweep directories and --sweep-dir, got {', '.join(other)}", EXIT_USAGE)
     if not args.sweep_dir:

@@ -77,8 +77,8 @@ anything: the runs in flight go on to the end of their budget on their own, and
 copied), and `merged_from`: each source with its seeds and the commits its runs ran at. A
 (point, seed) that two sources hold is taken from the first that may be scored (exit 0, budget
 done), else from the first given. Whether runs made at different commits may be pooled is the
-reader's question; `orchestrate report` lists the commits a sweep's runs ran at, and a seed rerun at both commits
-with `run.reproducible` answers it.
+reader's question; `orchestrate report` lists the commits a sweep's runs ran at, and a seed rerun
+at both commits with `run.reproducible` answers it.
 
 The orchestrator never imports learning code; neither does this module.
 """
@@ -105,6 +105,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.config import RunConfig, load_config, read_yaml
 from orchestrator.faults import refused_faults
 from orchestrator.overrides import parse_override
+from orchestrator.run_records import run_record
 from protocols.run.config_errors import ConfigError, format_validation_error, repeated
 
 SWEEP_INDEX_FILENAME = "sweep.json"
@@ -501,13 +502,11 @@ MERGE_SPEC_FIELDS = ("sweep", "grid", "points", "set")
 
 def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
     """One sweep index in `out_dir` over the runs of `sources` (see the module docstring)."""
-    from orchestrator.run_records import run_record
-
     if len(sources) < 2:
         raise ConfigError([f"--merge: expected at least two sweep directories, got {len(sources)}"])
     indexes = [read_index(source) for source in sources]
     first = indexes[0]
-    problems = [f"--merge: {source} has another {name} than {sources[0]} ({index[name]!r} vs {first[name]!r})"
+    problems = [f"--merge: {source} has another {name} than {sources[0]} ({index.get(name)!r} vs {first.get(name)!r})"
                 for source, index in zip(sources[1:], indexes[1:]) for name in MERGE_SPEC_FIELDS
                 if index.get(name) != first.get(name)]  # fmt: skip
     if problems:
