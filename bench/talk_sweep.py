@@ -39,7 +39,6 @@ sys.path.insert(0, str(REPO / "bench"))
 import results_page  # noqa: E402
 
 from orchestrator.report import plot_sweep, summarize_sweep  # noqa: E402
-from orchestrator.rundir import EVENTS_FILENAME, read_jsonl  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
 
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
@@ -64,9 +63,8 @@ def _made_by(summary: dict[str, Any], durations: dict[str, float]) -> list[dict[
         for run in point["runs"]:
             if run["record"] is None:  # never started, or its directory is gone
                 continue
-            started = next((e for e in read_jsonl(Path(run["run_dir"]) / EVENTS_FILENAME) if e.get("event") == "run_started"), {})
-            code = started.get("code") or {}
-            key = ((code.get("git_commit") or "?")[:7], code.get("python"), code.get("torch"))
+            record = run["record"]
+            key = ((record["git_commit"] or "?")[:7], record["python"], record["torch"])
             group = groups.setdefault(key, {"commit": key[0], "python": key[1], "torch": key[2], "seeds": set(), "runs": 0,
                                             "seconds": []})  # fmt: skip
             group["seeds"].add(run["seed"])

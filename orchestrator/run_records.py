@@ -23,7 +23,8 @@ def run_record(run_dir: Path, process_exit_code: int | None = None) -> dict:
     """What a saved result holds about one run, read from its run directory (events.jsonl,
     resolved.yaml): `exit_code` (the orchestrator's, or the process's when that one is non-zero
     or the orchestrator recorded none), `reason`, `steps_done` and `budget` (lockstep steps),
-    `budget_spent`, `git_commit`, `git_dirty`, `reproducible` (run.reproducible) and
+    `budget_spent`, `git_commit`, `git_dirty`, `python` and `torch` (the build that ran it),
+    `reproducible` (run.reproducible) and
     `reproducibility_broken_by` (the causes the run reported), and `refused`: why the run may not
     be scored (`refusal`), or None."""
     events = read_jsonl(run_dir / EVENTS_FILENAME)
@@ -46,6 +47,8 @@ def run_record(run_dir: Path, process_exit_code: int | None = None) -> dict:
         "budget_spent": steps_done is not None and budget is not None and steps_done >= budget,
         "git_commit": code.get("git_commit"),
         "git_dirty": code.get("git_dirty"),
+        "python": code.get("python"),
+        "torch": code.get("torch"),
         "reproducible": bool(run.get("reproducible", False)) if run else None,
         "reproducibility_broken_by": sorted({cause for e in events if e.get("event") == "reproducibility_broken"
                                              for cause in e.get("causes") or []}),
