@@ -14,7 +14,6 @@ Skipped, with the reason, where namespaces or sshd are not available (needs root
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -24,9 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from orchestrator.rundir import read_jsonl
 from tests.conftest import REPO
 from tests.integration.netns import NamespaceCluster, unavailable_reason
-from tests.integration.test_orchestrate import wait_for_event
+from tests.integration.test_orchestrate import read_events, wait_for_event
 
 _reason = unavailable_reason()
 pytestmark = [
@@ -80,14 +80,6 @@ def lost_machine_config(cluster: NamespaceCluster, tmp_path: Path, shared: Path,
     return path
 
 
-def events_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
-
-
-def metric_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 # agent_1's first checkpoint and replay generation (step 50): the checkpoint is written first, so
 # a kill right after it alone may find no replay to restore.
 SAVED = ("agent_1/checkpoints/step-*.pt", "agent_1/replay/step-*.npz")
@@ -126,7 +118,7 @@ def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: tuple[str, .
 
 def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_checkpoint(cluster, tmp_path):
     run_dir, lost_at = run_losing_h2(cluster, tmp_path)
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     h2, h3 = cluster.hosts["h2"].address, cluster.hosts[SPARE].address
     mine = [e for e in events if e["node"] == "agent_1"]
 
@@ -155,7 +147,7 @@ def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_check
     assert restored_step > 0 and replay_rows > 0 and steps_lost == joined_step - restored_step
 
     # The run went on: the moved agent stepped to the end of the budget ...
-    after = [r for r in metric_rows(run_dir / "nodes" / "agent_1" / "metrics.jsonl") if r["t"] > rejoined["t"]]
+    after = [r for r in read_jsonl(run_dir / "nodes" / "agent_1" / "metrics.jsonl") if r["t"] > rejoined["t"]]
     assert after and after[-1]["step"] == STEPS
     assert next(e for e in events if e["event"] == "run_complete")["steps"] == STEPS
     # ... it hears both neighbours at its new address ...
@@ -163,7 +155,7 @@ def test_an_agent_whose_machine_is_lost_is_restarted_on_the_spare_from_its_check
     assert alive and max(alive) == 2, alive
     # ... and they, who saw it go down, hear it again.
     for neighbour in ("agent_0", "agent_2"):
-        rows = [r for r in metric_rows(run_dir / "nodes" / neighbour / "metrics.jsonl") if "membership/peers_alive" in r]
+        rows = [r for r in read_jsonl(run_dir / "nodes" / neighbour / "metrics.jsonl") if "membership/peers_alive" in r]
         down = [r for r in rows if lost_at < r["t"] < rejoined["t"] and r["membership/peers_alive"] < 2]
         # (it may hear the agent before the orchestrator writes `rejoined`; it writes a row only on a change)
         back = [r for r in rows if down and r["t"] > down[0]["t"] and r["membership/peers_alive"] == 2]
@@ -184,7 +176,7 @@ def test_an_env_server_whose_machine_is_lost_resumes_the_run_on_the_spare(cluste
     # Lost once the agents' first checkpoints are written (step 50): the env server has saved
     # resume points past it.
     run_dir, lost_at = run_losing_h2(cluster, tmp_path, placement=placement, roles=("agent", "env_server"))
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     h2, h3 = cluster.hosts["h2"].address, cluster.hosts[SPARE].address
     mine = [e for e in events if e["node"] == "env"]
     exited = next(e for e in mine if e["event"] == "exited")
@@ -197,7 +189,7 @@ def test_an_env_server_whose_machine_is_lost_resumes_the_run_on_the_spare(cluste
     assert resumed["step"] >= 50 and sorted(resumed["agents_told"]) == ["agent_0", "agent_1", "agent_2"]
     assert next(e for e in events if e["event"] == "run_complete")["steps"] == STEPS
     for agent in ("agent_0", "agent_1", "agent_2"):
-        rows = metric_rows(run_dir / "nodes" / agent / "metrics.jsonl")
+        rows = read_jsonl(run_dir / "nodes" / agent / "metrics.jsonl")
         assert rows[-1]["step"] == STEPS and any("env/server_downtime_s" in r for r in rows), agent
     print(f"lost machine (env server): resumed at step {resumed['step']} on the spare, "
           f"{resumed['downtime_s']:.1f} s after its exit was seen")
