@@ -2,7 +2,8 @@
 
 Every run is an ordinary `orchestrate up` of the default config (four agent processes on a
 ring and an env server, MPE simple_spread N = 4, 8 copies, 10,000 lockstep steps, greedy
-evaluations of 8 episodes every 500 steps), with one change per variant:
+evaluations of 32 distinct episodes every 500 steps), with `run.reproducible` (the same seed
+gives the same run on any load) and one change per variant:
 
 - `main`: the config as shipped: landmarks agreed over the ring, hindsight rows shared,
   world models averaged by consensus;
@@ -10,6 +11,9 @@ evaluations of 8 episodes every 500 steps), with one change per variant:
 - `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
 - `no_model`: no world model and so no consensus (the learner does not use the model in `main`
   either, so this measures what training and averaging it cost, not a learning effect);
+- `policy_averaging`: no world model; the agents' Q-networks are averaged instead, by the same
+  consensus (every 1,000 steps, 10 synchronous gossip rounds with ring neighbours): decentralized
+  parameter sharing, since the four agents are one body learning one landmark-conditioned task;
 - `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, buffer 100,000).
 
 A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
@@ -50,6 +54,7 @@ VARIANTS: dict[str, list[str]] = {
     "no_negotiation": ["agents.landmarks.assignment=nearest"],
     "no_hindsight": ["agents.landmarks.share_hindsight=false"],
     "no_model": ["protocols.consensus.enabled=false", "agents.world_model=null"],
+    "policy_averaging": ["protocols.consensus.what=policy_parameters", "agents.world_model=null"],
     "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000"],
 }
 
@@ -125,7 +130,7 @@ def print_per_seed(entries: dict[str, dict]) -> None:
 def run_batch(root: Path, seeds: list[int], variants: list[str], timeout_s: float) -> None:
     for seed in seeds:
         for variant in variants:
-            overrides = [f"run.seed={seed}", "launch.live_view=off", *VARIANTS[variant]]
+            overrides = [f"run.seed={seed}", "run.reproducible=true", "launch.live_view=off", *VARIANTS[variant]]
             started = time.strftime("%H:%M:%S")
             result = run_and_score(CONFIG, overrides, run_dir_of(root, variant, seed), timeout_s, LAST_EVALS, reuse=True)
             state = "FAILED" if result["failed"] else f"score {result['score']:.2f}"
