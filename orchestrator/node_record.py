@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import IO
@@ -48,6 +49,32 @@ class NodeRecord:
     restarts: int = 0
     restart_at: float | None = None
     restart_requested: bool = False  # by the schedule: restart whatever the policy says
+
+    def start_again(self) -> None:
+        """Forget what the last process did (its exit, its registration, the schedule's marks) before
+        the next one starts; its launch, endpoints and restart count stay."""
+        if self.log_file is not None:
+            self.log_file.close()
+        self.restart_at = None
+        self.restarts += 1
+        self.restart_requested = self.killed_by_schedule = self.paused_by_schedule = False
+        self.killed_by_fault = None
+        self.registered = self.ready = self.said_goodbye = False
+        self.exit_code = self.exited_at = self.last_status = self.silent = None
+
+
+def note_exit_times(nodes: dict[str, NodeRecord]) -> None:
+    """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),
+    so its `exited` event carries the time it exited, not the time the loop got to it."""
+    now = time.time()
+    for node in nodes.values():
+        if node.exited_at is None and node.exit_code is None and node.process is not None:
+            try:
+                info = os.waitid(os.P_PID, node.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                continue
+            if info is not None:
+                node.exited_at = now
 
 
 def mark_silent(nodes: dict[str, NodeRecord], limit_s: float, events: EventLog) -> None:

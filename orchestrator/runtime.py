@@ -74,7 +74,7 @@ from pathlib import Path
 
 from agent_node.registry import extra_nodes
 from orchestrator.backends import BackendUnavailable
-from orchestrator.config import RunConfig
+from orchestrator.config import RestartPolicy, RunConfig
 from orchestrator.fault_injection import FaultInjector
 from orchestrator.launcher import (
     NODE_PID_FILENAME,
@@ -86,7 +86,7 @@ from orchestrator.launcher import (
     process_state,
     write_pid_file,
 )
-from orchestrator.node_record import NodeRecord, mark_silent
+from orchestrator.node_record import NodeRecord, mark_silent, note_exit_times
 from orchestrator.plan import LaunchPlan
 from orchestrator.rundir import EventLog, code_identity, explain_failure
 from orchestrator.status import StatusView
@@ -436,7 +436,8 @@ class Orchestrator:
                 exited_at = node.exited_at or time.time()
                 self.events.write("exited", node_id, at=exited_at, code=code, expected=expected,
                                   scheduled_kill=node.killed_by_schedule)
-                if not self.shutting_down and self._should_restart(node, code):
+                if not self.shutting_down and restart_wanted(node, code, self.config.faults.restart, run_started=self.started,
+                                                              run_complete=self.run_complete):
                     delay_s = 0.0 if node.restart_requested else self.config.faults.restart.backoff_s * 2**node.restarts
                     node.restart_at = time.monotonic() + delay_s
                     self.events.write("restart_scheduled", node_id, in_s=delay_s, restarts=node.restarts,
@@ -459,36 +460,12 @@ class Orchestrator:
                                     "list env_server in faults.restart.roles, or schedule a restart)")
                     self.events.write("env_server_lost", node_id, reason=self.failure)
 
-    def _should_restart(self, node: NodeRecord, code: int) -> bool:
-        # A learner restores its checkpoint; an env server resumes the run (env_server/resume.py).
-        if self.run_complete:
-            return False
-        if node.launch.role == "env_server" and not self.started:
-            return False  # during start-up the agents are still joining it: the run fails instead
-        if code == EXIT_DAMAGED_STATE:
-            return False  # it would read the same damaged files again: a crash loop
-        if node.restart_requested:
-            return True
-        policy = self.config.faults.restart
-        if policy.policy == "never" or node.launch.role not in policy.roles or node.restarts >= policy.max_restarts:
-            return False
-        if policy.policy == "on-failure":
-            return code != 0
-        return not node.said_goodbye  # "always": any exit before the end of the run
-
     def _restart_due(self) -> None:
         now = time.monotonic()
         for node_id, node in self.nodes.items():
             if node.restart_at is None or node.restart_at > now or self.shutting_down:
                 continue
-            if node.log_file is not None:
-                node.log_file.close()
-            node.restart_at = None
-            node.restarts += 1
-            node.restart_requested = node.killed_by_schedule = node.paused_by_schedule = False
-            node.killed_by_fault = None
-            node.registered = node.ready = node.said_goodbye = False
-            node.exit_code = node.exited_at = node.last_status = node.silent = None
+            node.start_again()
             self.backend.start(node)
             node.last_heard = time.monotonic()
             self.events.write("restarted", node_id, pid=node.process.pid, restarts=node.restarts, **self._placed_on(node))
@@ -533,19 +510,6 @@ class Orchestrator:
         self.events.write("env_server_resumed", node.launch.node_id, step=resumed_step, restarts=node.restarts,
                           downtime_s=None if down_since is None else round(time.time() - down_since, 3),
                           agents_told=agents, agents_gone=[n.launch.node_id for n in gone])
-
-    def _note_exit_times(self) -> None:
-        """On SIGCHLD: note when each node that has exited did so, without reaping it (WNOWAIT),
-        so its `exited` event carries the time it exited, not the time the loop got to it."""
-        now = time.time()
-        for node in self.nodes.values():
-            if node.exited_at is None and node.exit_code is None and node.process is not None:
-                try:
-                    info = os.waitid(os.P_PID, node.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                except ChildProcessError:
-                    continue
-                if info is not None:
-                    node.exited_at = now
 
     # ------------------------------------------------------------------ shutdown
 
@@ -620,7 +584,7 @@ class Orchestrator:
                 self.interrupted = f"interrupted by {self.interrupted_by[0]}"
 
         def on_child_exit(signum, frame):
-            self._note_exit_times()
+            note_exit_times(self.nodes)
 
         handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         handlers[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, on_child_exit)
@@ -630,6 +594,25 @@ class Orchestrator:
     def _restore_signal_handlers(previous) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def restart_wanted(node: NodeRecord, code: int, policy: RestartPolicy, *, run_started: bool, run_complete: bool) -> bool:
+    """Whether a node that exited with `code` is started again: a scheduled restart always, else
+    as `faults.restart` says. A learner restores its checkpoint; an env server resumes the run
+    (env_server/resume.py)."""
+    if run_complete:
+        return False
+    if node.launch.role == "env_server" and not run_started:
+        return False  # during start-up the agents are still joining it: the run fails instead
+    if code == EXIT_DAMAGED_STATE:
+        return False  # it would read the same damaged files again: a crash loop
+    if node.restart_requested:
+        return True
+    if policy.policy == "never" or node.launch.role not in policy.roles or node.restarts >= policy.max_restarts:
+        return False
+    if policy.policy == "on-failure":
+        return code != 0
+    return not node.said_goodbye  # "always": any exit before the end of the run
 
 
 def failure_said(node: NodeRecord) -> str | None:

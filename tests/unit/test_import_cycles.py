@@ -235,6 +235,18 @@ def test_the_node_names_no_capability() -> None:
     assert node_class.end_lineno - node_class.lineno + 1 <= 450
 
 
+def test_no_class_of_the_runtime_is_over_450_lines() -> None:
+    """A class a newcomer must read whole stays readable: past 450 lines it has become several
+    objects (the node, the env server's core and the orchestrator were split when they grew)."""
+    too_long = []
+    for package in ("agent_node", "env_server", "protocols", "orchestrator"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 450:
+                    too_long.append(f"{path.relative_to(ROOT)}: {node.name}, {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, "classes over 450 lines:\n" + "\n".join(too_long)
+
+
 def test_the_launch_backends_import_nothing_from_the_orchestrator_above_them() -> None:
     """orchestrator/backends/ is below the orchestrator: the config and the runtime import the
     backends (their launch schemas, the backend to start), never the other way round. A backend
