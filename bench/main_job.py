@@ -24,6 +24,12 @@ that many seeds could detect (two-sided 0.05, power 0.8, from the pairs' standar
 
     .venv/bin/python bench/main_job.py --seeds 5 --root runs/bench_main_job --save docs/results/data/main_job.json --plot docs/results/data/main_job.png
     .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 5     # tables from finished runs
+    .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 10 --variants main,no_model,policy_averaging \
+        --record docs/results/main_job_reproducible.json --page docs/results/main_job_reproducible.md
+
+`--record` and `--page` write the bench's record and its results page (bench/results_page.py):
+the tables below, with the builds that made the runs, their evaluation episodes and whether they
+were `run.reproducible`.
 
 Runs go seed by seed (every variant of seed 0, then of seed 1, ...), so a batch cut short still
 pairs; a finished run under `--root` is reused, not run again.
@@ -32,9 +38,12 @@ pairs; a finished run under `--root` is reused, not run again.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +53,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conventions import PARLEY_CONVENTION  # noqa: E402
 from intervals import field_protocol, holm, improvement, mean_ci, paired_t_test  # noqa: E402
+import results_page  # noqa: E402
 from runs import REPO, fmt, plot_evaluations, run_and_score, run_record  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
@@ -73,6 +83,16 @@ def gap_closed(score: float, random_line: float, oracle_line: float) -> float:
     return (score - random_line) / (oracle_line - random_line)
 
 
+def runs_made_by(per_variant: dict[str, dict]) -> list[dict]:
+    """The builds and settings behind the scored runs: one entry per (commit, Python, torch,
+    run.reproducible, evaluation episodes) with how many runs it made."""
+    counts = Counter((r["git_commit"], r["python"], r["torch"], r["reproducible"], r.get("eval_episodes"))
+                     for entry in per_variant.values() for r in entry["runs"].values())
+    return [{"commit": commit, "python": python, "torch": torch_version, "reproducible": reproducible,
+             "eval_episodes": episodes, "runs": n}
+            for (commit, python, torch_version, reproducible, episodes), n in sorted(counts.items(), key=str)]
+
+
 def run_summary(run_dir: Path) -> dict | None:
     """`orchestrate report`'s summary of a run that may be scored (its evaluation curve, the
     random and oracle lines, the landmark agreement, its duration) with its `record`
@@ -91,7 +111,7 @@ def run_summary(run_dir: Path) -> dict | None:
     evaluation = summary["evaluation"]
     if evaluation is None or evaluation["evaluations"] < LAST_EVALS:
         return None
-    return {**summary, "record": record}
+    return {**summary, "record": {**record, "eval_episodes": evaluation.get("episodes")}}
 
 
 def run_dir_of(root: Path, variant: str, seed: int) -> Path:
@@ -122,9 +142,10 @@ def reference_line(summaries: list[dict], line: str) -> float | None:
 
 
 def print_per_seed(entries: dict[str, dict]) -> None:
-    print("\nper seed:")
+    print("\nper seed:\n")
     for name, entry in entries.items():
-        print(f"  {name}: " + ", ".join(f"{seed}: {score:.2f}" for seed, score in sorted(entry["scores"].items())))
+        # int(): a record read back from JSON has its seeds as strings
+        print(f"- {name}: " + ", ".join(f"{seed}: {score:.2f}" for seed, score in sorted(entry["scores"].items(), key=lambda kv: int(kv[0]))))
 
 
 def run_batch(root: Path, seeds: list[int], variants: list[str], timeout_s: float) -> None:
@@ -188,7 +209,8 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
         entry["gap_closed"] = (gap_closed(entry["mean"], random_line, oracle_line)
                                if random_line is not None and oracle_line is not None and np.isfinite(entry["mean"]) else None)
     return {"config": CONFIG, "seeds": seeds, "last_evals": LAST_EVALS, "random": random_line, "oracle": oracle_line,
-            "return_convention": RETURN_CONVENTION, "variants": per_variant, "paired_with_main": comparisons}
+            "return_convention": RETURN_CONVENTION, "variants": per_variant, "paired_with_main": comparisons,
+            "made_by": runs_made_by(per_variant)}
 
 
 def references(summary: dict) -> str:
@@ -213,7 +235,7 @@ def print_tables(summary: dict) -> None:
               f"{fmt(entry.get('covered_fraction'), '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
     comparisons = summary["paired_with_main"]
     print(f"\n{len(comparisons)} comparisons with main, paired by seed; 'Holm': the difference is non-zero after "
-          "Holm's correction for all of them at 0.05")
+          "Holm's correction for all of them at 0.05\n")
     print("| main minus | pairs | difference (95% t-CI) | p | Holm | P(main run > variant run) [95% CI] | smallest detectable (80% power) |")
     print("|---|---|---|---|---|---|---|")
     for variant, entry in comparisons.items():
@@ -252,6 +274,29 @@ def publish(summary: dict, print_tables: Callable[[dict], None], save: Path | No
         print(f"wrote {save}")
 
 
+PAGE_TITLE = "The main job against its variants, reproducible runs"
+
+
+def render(record: dict, source: str) -> str:
+    """The results page of a `--record`: how the runs were made, then the bench's own tables."""
+    builds = "\n".join(
+        f"- commit {(b['commit'] or 'unknown')[:10]}, Python {b['python']}, torch {b['torch']}: {b['runs']} runs, "
+        f"{'with' if b['reproducible'] else 'without'} `run.reproducible`, {b['eval_episodes']} evaluation episodes"
+        for b in record["made_by"])
+    intro = (
+        f"Every run is `orchestrate up {record['config']}` with `run.seed` set and one change per variant "
+        "(bench/main_job.py's docstring lists them), seeds " + ", ".join(map(str, record["seeds"])) + " for every "
+        "variant, so the comparisons are paired. A run's score is the mean of its last "
+        f"{record['last_evals']} greedy evaluations ({record['return_convention']}); the random and oracle lines are "
+        "the env server's own, on the same evaluation episodes (distinct starts, the same at every evaluation). Only runs "
+        "that exited 0 with their budget done are scored. 'run s' is each run's wall time on the machine as loaded "
+        "then: not a speed figure.\n\nThe runs were made by:\n\n" + builds + "\n")
+    tables = io.StringIO()
+    with contextlib.redirect_stdout(tables):
+        print_tables(record)
+    return results_page.header(record, PAGE_TITLE, source) + intro + tables.getvalue()
+
+
 def plot(root: Path, seeds: list[int], variants: list[str], summary: dict, path: Path) -> None:
     curves = {variant: [run_dir_of(root, variant, seed) for seed in seeds
                         if run_summary(run_dir_of(root, variant, seed)) is not None] for variant in variants}
@@ -272,6 +317,8 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=3600)
     parser.add_argument("--save", type=Path, help="the summary as JSON")
     parser.add_argument("--plot", type=Path, help="the evaluation curves with the random and oracle lines (PNG)")
+    parser.add_argument("--record", type=Path, help="the bench's record (JSON, bench/results_page.py) for --page")
+    parser.add_argument("--page", type=Path, help="the results page (markdown), rendered from the record")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -279,10 +326,14 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     root = args.analyse if args.analyse is not None else args.root
+    record = results_page.begin("bench/main_job.py", sys.argv[1:])
     if args.analyse is None:
         run_batch(root, seeds, variants, args.timeout_s)
     summary = analyse(root, seeds, variants)
     publish(summary, print_tables, args.save)
+    if args.record is not None or args.page is not None:
+        record.update(summary, rows=[{"variant": name, **entry} for name, entry in summary["variants"].items()])
+        results_page.finish(record, args.record, args.page, render)
     if args.plot:
         plot(root, seeds, variants, summary, args.plot)
         print(f"wrote {args.plot}")

@@ -17,7 +17,7 @@ Any sweep of the main job reads the same way (`--title` names the page): the new
 the neighbours) uses only its crash table.
 
 Returns are the env's reward per agent per episode (25 steps of simple_spread, N = 4), the mean of
-the last 5 greedy evaluations of 8 episodes each (the main job's convention:
+the last 5 greedy evaluations of `env.eval_episodes` episodes each (the main job's convention:
 docs/results/return_conventions.md).
 """
 
@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO / "bench"))
 import results_page  # noqa: E402
 
 from orchestrator.report import plot_sweep, summarize_sweep  # noqa: E402
+from orchestrator.config import RESOLVED_FILENAME  # noqa: E402
+from orchestrator.overrides import load_yaml  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
 
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
@@ -79,6 +81,16 @@ def _made_by(summary: dict[str, Any], durations: dict[str, float]) -> list[dict[
     return made_by
 
 
+def _eval_episodes(runs: list[dict[str, Any]]) -> list[int]:
+    """The evaluation episodes (env.eval_episodes) the sweep's runs were made with."""
+    counts = set()
+    for run in runs:
+        resolved = Path(run["run_dir"]) / RESOLVED_FILENAME
+        if resolved.exists():
+            counts.add(int((load_yaml(resolved.read_text()).get("env") or {}).get("eval_episodes")))
+    return sorted(counts)
+
+
 def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
     """The record: the bench's own fields (results_page), the sweep's times, and per point its
     runs (seed, return, why refused) and the report's effects (axes, D50, crashes)."""
@@ -92,6 +104,7 @@ def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
     record["sweep"] = {"file": index["sweep"], "dir": str(sweep_dir), "grid": index["grid"], "seeds": index["seeds"],
                        "runs_started_utc": _utc(started), "runs_finished_utc": _utc(finished),
                        "run_seconds_mean": sum(timed) / len(timed),
+                       "eval_episodes": _eval_episodes(runs),
                        "parallel": sorted({source.get("parallel") or 1 for source in index.get("merged_from") or [index]}),
                        "made_by": _made_by(summary, {Path(r["run_dir"]).name: r["duration_s"] for r in runs if r.get("duration_s")})}
     record["rows"] = [
@@ -114,7 +127,7 @@ def render(record: dict[str, Any], source: str) -> str:
              f"{sweep['runs_started_utc']} to {sweep['runs_finished_utc']} UTC, {_at_once(sweep.get('parallel', [1]))}, "
              f"{sweep['run_seconds_mean']:.0f} s a run on average (the machine's load in that time is not recorded; "
              "the times above are the page's). Returns: per agent per episode, the mean of the last 5 greedy "
-             "evaluations (8 episodes each), the env's reward; only runs that exited 0 with their budget done.\n"]
+             f"evaluations ({' or '.join(map(str, sweep['eval_episodes']))} episodes each), the env's reward; only runs that exited 0 with their budget done.\n"]
     if record.get("note"):
         lines.append(record["note"] + "\n")
     made_by = sweep.get("made_by") or []

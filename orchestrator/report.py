@@ -284,10 +284,12 @@ def _evaluation_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     random_line = next((row["eval/random_return_mean"] for row in rows if "eval/random_return_mean" in row), None)
     oracle_line = next((row["eval/oracle_return_mean"] for row in rows if "eval/oracle_return_mean" in row), None)
     last5 = _mean([value for _, value in curve[-5:]])
+    # Episodes per evaluation (env.eval_episodes: distinct starts, the same at every evaluation).
+    episodes = next((int(row["eval/episodes"]) for row in reversed(rows) if "eval/episodes" in row), None)
     gap_closed = None
     if random_line is not None and oracle_line is not None and oracle_line != random_line:
         gap_closed = (last5 - random_line) / (oracle_line - random_line)
-    return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve),
+    return {"curve": curve, "first": curve[0][1], "last5": last5, "evaluations": len(curve), "episodes": episodes,
             "random": random_line, "oracle": oracle_line, "gap_closed": gap_closed,
             **coverage_report.summarize(rows)}
 
