@@ -112,6 +112,11 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
             self.target_network = network()
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.target_network.requires_grad_(False)
+        # The two networks' parameter lists, taken once: walking the modules for them at every
+        # gradient step (clipping, the soft target update) cost about a tenth of the step. Loading
+        # a checkpoint or an average copies into these tensors, so the lists stay valid.
+        self._online_params = list(self.q_network.parameters())
+        self._target_params = list(self.target_network.parameters())
         # fused=True: one kernel per step instead of one per tensor, about 2x faster on CPU here.
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate, fused=True)
         self.explore_rng = np.random.default_rng(explore_seed)
@@ -213,7 +218,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.q_network.parameters(), cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(self._online_params, cfg.max_grad_norm)
         set_learning_rate(self.optimizer, scheduled_learning_rate(
             cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))
         self.optimizer.step()
@@ -221,8 +226,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
 
         if self.gradient_steps % cfg.target_update_period == 0:
             with torch.no_grad():
-                for target_param, param in zip(self.target_network.parameters(), self.q_network.parameters()):
-                    target_param.lerp_(param, cfg.target_tau)  # target += tau * (online - target)
+                torch._foreach_lerp_(self._target_params, self._online_params, cfg.target_tau)  # target += tau * (online - target)
 
         return {
             "dqn/loss": loss.item(),
