@@ -409,6 +409,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     nodes_dir = run_dir / NODES_DIRNAME
     node_ids = sorted(p.name for p in nodes_dir.iterdir() if p.is_dir()) if nodes_dir.is_dir() else []
     metrics = {node: read_jsonl(nodes_dir / node / NODE_METRICS_FILENAME) for node in node_ids}
+    launched = next((e["t"] for e in events if e.get("event") == "run_started"), None)
     started = next((e["t"] for e in events if e.get("event") == "started"), None)
     finished = next((e for e in reversed(events) if e.get("event") == "run_finished"), None)
     metrics_every = _metrics_every_steps(run_dir)
@@ -469,6 +470,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "exit_code": finished.get("exit_code") if finished else None,
         "reason": finished.get("reason") if finished else "no run_finished event (still running, or the orchestrator was killed)",
         "duration_s": (finished["t"] - started) if finished and started is not None else None,
+        # From `orchestrate up`'s start to every node ready (launching, the zygote, joining the env)
+        "launch_s": (started - launched) if started is not None and launched is not None else None,
         "agents": agents,
         "links": links,
         "evaluation": evaluation,
@@ -702,6 +705,17 @@ def evaluation_lines(summary: dict[str, Any]) -> list[str]:
         line += "; " + ", ".join(baselines) + " on the same episodes"
     if evaluation["gap_closed"] is not None:
         line += f": {_fmt(evaluation['gap_closed'], '.0%')} of the gap from random to the oracle closed"
+    return [line]
+
+
+def timing_lines(summary: dict[str, Any]) -> list[str]:
+    """How long the run took: from its first step to its end (the run itself), and before it the
+    nodes' start (the last line `orchestrate up` prints)."""
+    if summary.get("duration_s") is None:
+        return []
+    line = f"the run took {summary['duration_s']:.0f} s from its first step to its end"
+    if summary.get("launch_s") is not None:
+        line += f", after {summary['launch_s']:.0f} s starting its nodes"
     return [line]
 
 
@@ -1087,7 +1101,7 @@ def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], lis
         written.append(write_summary_md(summary, False, target))
     except Exception as error:  # noqa: BLE001 - any failure here is reported, not raised
         return written, [f"summary: {type(error).__name__}: {error}"], []
-    lines = evaluation_lines(summary)
+    lines = evaluation_lines(summary) + timing_lines(summary)
     try:
         written.append(write_tensorboard_hparams(summary, Path(run_dir)))
     except Exception as error:  # noqa: BLE001 - TensorBoard's copy must not fail the report

@@ -483,3 +483,12 @@ def test_a_sweep_leaves_out_a_run_that_stopped_before_its_budget(tmp_path):
     point = report.summarize_sweep(tmp_path)["points"][1]
     assert point["ok"] == 1 and point["metrics"]["return_last20"]["mean"] == pytest.approx(3.0)
     assert point["runs"][1]["refused"] == "it stopped before its budget: 60 steps of 100"
+
+
+def test_the_last_line_says_how_long_the_run_took() -> None:
+    from orchestrator.report import timing_lines
+
+    assert timing_lines({"duration_s": 71.6, "launch_s": 3.2}) == [
+        "the run took 72 s from its first step to its end, after 3 s starting its nodes"]
+    assert timing_lines({"duration_s": 71.6, "launch_s": None}) == ["the run took 72 s from its first step to its end"]
+    assert timing_lines({"duration_s": None, "launch_s": 3.2}) == []  # a run that never finished
