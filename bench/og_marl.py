@@ -14,7 +14,8 @@ by seed, on a machine with the cores for it; the runs' results do not change, th
 (`--no-reproducible` turns it off; push-sum and lossy links are refused by it and always run
 without), so that a seed fixes the run and the same seed pairs two variants exactly. The env
 server evaluates every 200 lockstep steps from the end of the random phase, 5 greedy episodes
-each. Per run: the mean of its last 5 evaluations, the area under its evaluation curve (the
+each (one start: the task's reset is fixed and ignores the seed, its dynamics and the greedy
+policies are deterministic, so the 5 are the same episode). Per run: the mean of its last 5 evaluations, the area under its evaluation curve (the
 curve's mean return over the training steps, trapezoid rule) and the first training step at
 which an evaluation reached 400. Every table and figure names the action-penalty weight
 (`--penalty`, 1.0 is the reference's `env.py` line 144; 0 switches the penalty off).
