@@ -13,8 +13,8 @@ It prints one JSON object and exits 0 or 2: `{"ok": false, "field": "env.kwargs.
 {...}, "task": "site_collection" or null}`, the facts about the built env that the orchestrator
 holds the rest of the config against (`orchestrator/prelaunch.py`: one agent node per possible
 agent, a learner that fits the action space, a checkpoint for every agent, a reward function as
-data for the learners that score rows with it). A space is summarised as `{"kind": "box", "shape": [18]}`,
-`{"kind": "discrete", "n": 5}`, or `{"kind": "<other kind>"}` (the kind names of
+data for the learners that score rows with it). A space is summarised as `{"kind": "box",
+"shape": [18]}`, `{"kind": "discrete", "n": 5}`, or `{"kind": "<other kind>"}` (the kind names of
 protocols/codec/spaces.py). `env_facts` and `check_env` are the same check in-process.
 
 How: the factory's signature is checked without calling it when it names its parameters; most

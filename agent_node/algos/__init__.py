@@ -220,7 +220,8 @@ def build_learner(
     as data, from the env server's welcome metadata `"task"`) are required by og_marl; `task_spec`
     also by sac with `reward: own_contribution`; the other learners ignore them. `state_space`
     (the env's global state space), `num_agents` and `agent_index` (this agent's position in
-    `possible_agents`) are required by pmic; `agent_index` by shared_dqn. A plugin gets all of them in its `LearnerSpec`.
+    `possible_agents`) are required by pmic; `agent_index` by shared_dqn. A plugin gets all of
+    them in its `LearnerSpec`.
     """
     spec = LearnerSpec(
         observation_space=observation_space,
