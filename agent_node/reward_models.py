@@ -100,6 +100,16 @@ class SiteCollectionReward:
             reward = reward - self.action_penalty_coef * np.abs(clipped).sum(axis=1)
         return reward
 
+    def check_shapes(self, observation_shape: tuple[int, ...], action_shape: tuple[int, ...] | None, learner: str) -> None:
+        """Refuse a learner whose rows `contribution` cannot score: it reads positions from the
+        observation and moves from the action, so both must be 2-D vectors (the agent's own
+        position and its displacement command, as in reward_collection_v0)."""
+        if tuple(observation_shape) != (2,) or action_shape is None or tuple(action_shape) != (2,):
+            raise ValueError(
+                f"the site_collection reward scores 2-D positions reached by 2-D moves: {learner} needs "
+                f"observation shape (2,) and action shape (2,), got {tuple(observation_shape)} and {action_shape}"
+            )
+
     def team_reward(self, positions: np.ndarray, actions: np.ndarray) -> float:
         """The shared reward of one step: every agent's position after the move (N, 2) and action (N, 2)."""
         return float(self.contribution(positions, actions).sum())

@@ -14,7 +14,8 @@ by seed, on a machine with the cores for it; the runs' results do not change, th
 (`--no-reproducible` turns it off; push-sum and lossy links are refused by it and always run
 without), so that a seed fixes the run and the same seed pairs two variants exactly. The env
 server evaluates every 200 lockstep steps from the end of the random phase, 5 greedy episodes
-each. Per run: the mean of its last 5 evaluations, the area under its evaluation curve (the
+each (one start: the task's reset is fixed and ignores the seed, its dynamics and the greedy
+policies are deterministic, so the 5 are the same episode). Per run: the mean of its last 5 evaluations, the area under its evaluation curve (the
 curve's mean return over the training steps, trapezoid rule) and the first training step at
 which an evaluation reached 400. Every table and figure names the action-penalty weight
 (`--penalty`, 1.0 is the reference's `env.py` line 144; 0 switches the penalty off).
@@ -26,7 +27,9 @@ calibrated to the same mean bonus), og_marl_c0, og_marl_local (each agent its ow
 (exact average in one round), og_marl_push_sum, og_marl_terminal (the time limit terminal as the
 reference's), og_marl_lossy (every agent <-> agent link 200 ms late and 30 % lossy, rounds waiting
 up to 1 s; its rounds with a missing share are counted, not a failure), sac (1 update per step),
-sac_utd10 (10 updates per step, OG-MARL's ratio) and sac_terminal. The regimes (`REGIMES`) copy
+sac_utd10 (10 updates per step, OG-MARL's ratio), sac_utd10_own_reward (sac_utd10 with each real row
+carrying the agent's own term of the team reward, as OG-MARL's imagined rows do: the
+credit-assignment control) and sac_terminal. The regimes (`REGIMES`) copy
 some of them with a suffix: `_explore` (1,000 random steps instead of 5,000), `_scarce` (32
 transitions per refit instead of 256), `_equal_eta` (every agent's gain 1).
 
@@ -162,6 +165,16 @@ VARIANTS: dict[str, Variant] = {
     # The update-ratio control: SAC on real data with OG-MARL's 10 gradient steps per env step, so
     # OG-MARL against it measures the model, not the extra gradient steps.
     "sac_utd10": Variant("configs/sac_ring5.yaml", "sac", ("agents.learner.updates_per_step=10",), label="SAC, 10 updates per step"),
+    # The credit-assignment control: sac_utd10 whose real rows carry each agent's own term of the
+    # team reward (`reward: own_contribution`, from the same reward model OG-MARL scores imagined
+    # rows with) instead of the team's sum, so OG-MARL against it measures the model alone and
+    # this against sac_utd10 the reward term alone.
+    "sac_utd10_own_reward": Variant(
+        "configs/sac_ring5.yaml",
+        "sac",
+        ("agents.learner.updates_per_step=10", "agents.learner.reward=own_contribution"),
+        label="SAC, 10 updates per step, each agent's own reward term",
+    ),
     "sac_terminal": Variant(
         "configs/sac_ring5.yaml", "sac", ("agents.learner.bootstrap_on_truncation=false",), label="SAC, time limit terminal"
     ),
@@ -204,7 +217,9 @@ DEFAULT_COMPARISONS = (
     ("og_marl", "og_marl_c0"),  # the reference's optimism
     ("og_marl_epistemic", "og_marl_c0"),  # an epistemic optimism
     ("og_marl", "og_marl_local"),  # sharing the world model
-    ("og_marl", "sac_utd10"),  # the model, at an equal update ratio
+    ("og_marl", "sac_utd10"),  # the model and the own reward term, at an equal update ratio
+    ("og_marl", "sac_utd10_own_reward"),  # the model alone: the same ratio and reward term
+    ("sac_utd10_own_reward", "sac_utd10"),  # the own reward term alone
     ("sac_utd10", "sac"),  # the update ratio alone
     ("og_marl", "og_marl_previous"),  # the reference's settings against the earlier ones
     ("og_marl_explore", "og_marl_c0_explore"),

@@ -10,10 +10,11 @@ import environment code, and a factory's import side effects stay out of its pro
 
 It prints one JSON object and exits 0 or 2: `{"ok": false, "field": "env.kwargs.max_cyles",
 "error": "..."}`, or `{"ok": true, "agents": [...], "observation_spaces": {...}, "action_spaces":
-{...}}`, the facts about the built env that the orchestrator holds the rest of the config against
-(`orchestrator/prelaunch.py`: one agent node per possible agent, a learner that fits the action
-space, a checkpoint for every agent). A space is summarised as `{"kind": "box", "shape": [18]}`,
-`{"kind": "discrete", "n": 5}`, or `{"kind": "<other kind>"}` (the kind names of
+{...}, "task": "site_collection" or null}`, the facts about the built env that the orchestrator
+holds the rest of the config against (`orchestrator/prelaunch.py`: one agent node per possible
+agent, a learner that fits the action space, a checkpoint for every agent, a reward function as
+data for the learners that score rows with it). A space is summarised as `{"kind": "box",
+"shape": [18]}`, `{"kind": "discrete", "n": 5}`, or `{"kind": "<other kind>"}` (the kind names of
 protocols/codec/spaces.py). `env_facts` and `check_env` are the same check in-process.
 
 How: the factory's signature is checked without calling it when it names its parameters; most
@@ -73,6 +74,9 @@ def env_facts(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
                 "agents": [str(agent) for agent in env.possible_agents],
                 "observation_spaces": {str(a): space_summary(env.observation_space(a)) for a in env.possible_agents},
                 "action_spaces": {str(a): space_summary(env.action_space(a)) for a in env.possible_agents},
+                # The kind of reward function the env describes as data (`task_spec()`, what the
+                # server sends model-based agents), or None: learners that score rows with it need one.
+                "task": _task_kind(env),
             }
         except Exception as error:  # a ParallelEnv that breaks its own API
             raise EnvCheckFailed("env.name", f"{name}: cannot read its possible agents and their spaces: "
@@ -82,6 +86,14 @@ def env_facts(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             env.close()
         except Exception:
             pass
+
+
+def _task_kind(env: Any) -> str | None:
+    """The `kind` of the env's task spec (as env_server/vector.py reads it), or None without one."""
+    if not hasattr(env, "task_spec"):
+        return None
+    spec = env.task_spec()
+    return str(spec.get("kind")) if isinstance(spec, dict) else None
 
 
 def space_summary(space: spaces.Space) -> dict[str, Any]:

@@ -14,6 +14,9 @@ stay out of its process), and `launch_problems` holds the rest of the config aga
   agent_node.algos.config.LEARNER_ACTION_SPACE, a plugin's in its class attribute `action_space`;
   both read through the registry, agent_node.algos.LEARNERS), and every learner reads Box observations;
   image observations only a built-in learner with a CNN reads (IMAGE_ENCODER_KINDS).
+- `agents.learner.kind: og_marl` / `agents.learner.reward: own_contribution`: they score rows with
+  the task's reward function, which the env must describe as data (`task_spec()`, sent to the
+  agents in env.welcome); otherwise every agent would fail when it builds its learner.
 - `agents.load_checkpoints` / `agents.load_shared_checkpoint`: a checkpoint for every agent,
   where the node will look for it (agent_node.config.initial_checkpoint_candidates).
 
@@ -49,10 +52,13 @@ class EnvFacts:
     # Per possible agent: {"kind": "box", "shape": [...], "image": bool}, {"kind": "discrete", "n": 5}, or {"kind": ...}.
     observation_spaces: dict[str, dict[str, Any]]
     action_spaces: dict[str, dict[str, Any]]
+    # The kind of the reward function the env describes as data (its `task_spec()`), or None.
+    task: str | None = None
 
     @classmethod
     def from_answer(cls, answer: dict[str, Any]) -> EnvFacts:
-        return cls(tuple(answer["agents"]), dict(answer["observation_spaces"]), dict(answer["action_spaces"]))
+        return cls(tuple(answer["agents"]), dict(answer["observation_spaces"]), dict(answer["action_spaces"]),
+                   answer.get("task"))
 
 
 def fetch_env_facts(config: RunConfig, source: str) -> EnvFacts:
@@ -94,6 +100,7 @@ def launch_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
             f"{dict(config.env.kwargs)} ({_listed(facts.agents)}; one agent node drives each), got {count}"
         )
     problems.extend(_space_problems(config, facts))
+    problems.extend(_task_problems(config, facts))
     problems.extend(_checkpoint_problems(config, facts))
     return problems
 
@@ -127,6 +134,25 @@ def _space_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
             f"{_listed(sorted(IMAGE_ENCODER_KINDS))} reads images through a CNN (agents.learner.encoder)"
         )
     return problems
+
+
+def _task_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
+    """The learners that score rows with the task's reward function need an env that describes it."""
+    if facts.task is not None:
+        return []
+    learner = config.agents.learner
+    uses = []  # (the config field, what it scores with the reward function)
+    if learner.kind == "og_marl":
+        uses.append(("agents.learner.kind", "'og_marl' scores its imagined steps"))
+        if learner.sac.reward == "own_contribution":
+            uses.append(("agents.learner.sac.reward", "'own_contribution' scores each real row"))
+    elif learner.kind == "sac" and learner.reward == "own_contribution":
+        uses.append(("agents.learner.reward", "'own_contribution' scores each real row"))
+    return [
+        f"{field}: {what} with the task's reward function, which the env must describe as data (task_spec()); "
+        f"{config.env.name} describes none" + ("; set it to 'team'" if field.endswith(".reward") else "")
+        for field, what in uses
+    ]
 
 
 def _checkpoint_problems(config: RunConfig, facts: EnvFacts) -> list[str]:

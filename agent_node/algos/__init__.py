@@ -74,17 +74,34 @@ __all__ = [
 # one is built (so that importing this package pulls in no torch).
 _SPACES_AND_SEED = {
     "dqn": ("agent_node.algos.dqn", "DQNAgent"),
-    "sac": ("agent_node.algos.sac", "SACAgent"),
     "cql": ("agent_node.algos.cql", "CQLAgent"),
     "bc": ("agent_node.algos.bc", "BCAgent"),
 }
 
 
-def _build_from_spaces(config: DQNConfig | SACConfig | CQLConfig | BCConfig, spec: LearnerSpec) -> Any:
-    """DQN, SAC, CQL or BC (by `config.kind`): `Agent(config, observation space, action space, seed)`."""
+def _build_from_spaces(config: DQNConfig | CQLConfig | BCConfig, spec: LearnerSpec) -> Any:
+    """DQN, CQL or BC (by `config.kind`): `Agent(config, observation space, action space, seed)`."""
     module, name = _SPACES_AND_SEED[config.kind]
     agent_class = getattr(importlib.import_module(module), name)
     return agent_class(config, spec.observation_space, spec.action_space, spec.seed)
+
+
+def _build_sac(config: SACConfig, spec: LearnerSpec) -> Any:
+    """SAC; with `reward: own_contribution`, scoring its real rows with the task's reward model
+    (the one og_marl scores imagined rows with, rebuilt from the env's task_spec)."""
+    from agent_node.algos.sac import SACAgent
+
+    reward_model = None
+    if config.reward == "own_contribution":
+        if spec.task_spec is None:
+            raise ValueError(
+                "learner.reward 'own_contribution' needs the task's reward function (task_spec), which the env "
+                "server sends as metadata['task'] in env.welcome; this environment sent none (use reward: team)"
+            )
+        from agent_node.reward_models import reward_model_from_spec
+
+        reward_model = reward_model_from_spec(spec.task_spec)
+    return SACAgent(config, spec.observation_space, spec.action_space, spec.seed, reward_model=reward_model)
 
 
 def _build_og_marl(config: OGMARLConfig, spec: LearnerSpec) -> OGMARLAgent:
@@ -158,7 +175,7 @@ GOAL_LEARNER_METHODS = ("act", "observe_episode", "gradient_steps_due", "update"
 
 _BUILDERS = {
     "dqn": (DQNConfig, "_build_from_spaces"),
-    "sac": (SACConfig, "_build_from_spaces"),
+    "sac": (SACConfig, "_build_sac"),
     "og_marl": (OGMARLConfig, "_build_og_marl"),
     "pmic": (PMICConfig, "_build_pmic"),
     "shared_dqn": (SharedDQNConfig, "_build_shared_dqn"),
@@ -200,10 +217,11 @@ def build_learner(
     this seed through `LEARNERS`.
 
     `world_model_config` (the agent's `world_model` section) and `task_spec` (the reward function
-    as data, from the env server's welcome metadata `"task"`) are required by og_marl and ignored
-    by the model-free learners. `state_space` (the env's global state space), `num_agents` and
-    `agent_index` (this agent's position in `possible_agents`) are required by pmic;
-    `agent_index` by shared_dqn. A plugin gets all of them in its `LearnerSpec`.
+    as data, from the env server's welcome metadata `"task"`) are required by og_marl; `task_spec`
+    also by sac with `reward: own_contribution`; the other learners ignore them. `state_space`
+    (the env's global state space), `num_agents` and `agent_index` (this agent's position in
+    `possible_agents`) are required by pmic; `agent_index` by shared_dqn. A plugin gets all of
+    them in its `LearnerSpec`.
     """
     spec = LearnerSpec(
         observation_space=observation_space,

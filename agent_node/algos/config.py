@@ -127,6 +127,13 @@ class SACConfig(BaseModel):
     # 1002, `float(done)` with `env.py` line 150, `done = current_step >= max_steps`) and its
     # target is `r + (1 - done) * gamma * Q'` (`odmar.py` line 530).
     bootstrap_on_truncation: bool = True
+    # The reward a real row carries. "team": the env's reward as it comes (in a team task, the
+    # team's summed reward, the same for every agent). "own_contribution": this agent's own term
+    # of that sum, computed from the task's reward function (the `task_spec` the env server sends,
+    # `agent_node/reward_models.py`, the same model OG-MARL scores imagined steps with) at the
+    # row's next observation and action: the credit-assignment control for OG-MARL, whose
+    # imagined rows carry that term. Needs an env that describes its reward (reward_collection_v0).
+    reward: Literal["team", "own_contribution"] = "team"
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> SACConfig:
@@ -208,6 +215,12 @@ class OGMARLConfig(BaseModel):
                 "truncated), and real_ratio=0.0 puts no real row in any batch, so it would do nothing; "
                 "set real_ratio > 0 (the reference's batches hold one real row: real_ratio 0.00390625 "
                 "with batch_size 256) or leave bootstrap_on_truncation true"
+            )
+        if self.sac.reward == "own_contribution" and self.real_ratio == 0.0:
+            raise ValueError(
+                "sac.reward='own_contribution' changes only real rows (imagined rows always carry the "
+                "agent's own term), and real_ratio=0.0 puts no real row in any batch, so it would do "
+                "nothing; set real_ratio > 0 or leave sac.reward 'team'"
             )
         imagined_per_refresh = self.rollout_starts * self.rollout_horizon
         if self.model_buffer_size < imagined_per_refresh:

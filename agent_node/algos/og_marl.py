@@ -77,6 +77,7 @@ Decisions, each checked against the reference:
   row per batch of 256; `real_ratio = 0.0` here means no real row. Real rows carry the *team*
   reward (every agent's term) while imagined rows carry this agent's own term, so a large
   `real_ratio` mixes two reward scales; the reference avoids that by staying at (nearly) 0.
+  `sac.reward: own_contribution` (not the reference's) puts the own term on the real rows too.
 - **Data for a refit.** The newest `fit_transitions + holdout_transitions` real rows of this
   agent (`fit_sampling="latest"`), or that many drawn uniformly from its whole replay buffer
   (`"uniform"`, what the reference's code does); `holdout_transitions` of them, chosen at random,
@@ -154,18 +155,14 @@ class OGMARLAgent:
         state_dim = int(observation_space.shape[0])
         # SACAgent checks the action space (a finite 1-D Box) when it is built below.
         action_dim = int(np.prod(action_space.shape)) if isinstance(action_space, gym.spaces.Box) else -1
-        if state_dim != 2 or action_dim != 2:
-            raise ValueError(
-                "the site_collection reward scores 2-D positions reached by 2-D moves: OG-MARL needs "
-                f"observation shape (2,) and action shape (2,), got {observation_space.shape} and "
-                f"{getattr(action_space, 'shape', action_space)}"
-            )
+        self.reward_model.check_shapes(observation_space.shape, getattr(action_space, "shape", None), "OG-MARL")
 
         # Independent streams: SAC (which splits its own further), the world model's local
         # randomness, and this file's draws (start states, held-out rows, uniform refit samples).
         sac_entropy, model_entropy, own_entropy = np.random.SeedSequence(int(seed)).spawn(3)
         self.sac = SACAgent(
-            config.sac_config(), observation_space, action_space, int(sac_entropy.generate_state(1)[0])
+            config.sac_config(), observation_space, action_space, int(sac_entropy.generate_state(1)[0]),
+            reward_model=self.reward_model if config.sac.reward == "own_contribution" else None,
         )
         self.replay = self.sac.replay  # the real transitions; the node saves and restores it
         self.world_model_config = _with_input_box(world_model_config, observation_space, action_space)

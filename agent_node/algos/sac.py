@@ -26,7 +26,9 @@ the action normalized back to [-1, 1], so their input scale does not depend on t
 How it plugs into an agent node (see `agent_node/roles.py`):
 - `act(obs)` samples actions (uniformly random for the first `random_steps` rows when exploring);
   `act(obs, explore=False)` returns the deterministic `center + half_range * tanh(mean)`.
-- `observe(transition)` stores K rows in `self.replay`, counting K environment steps.
+- `observe(transition)` stores K rows in `self.replay`, counting K environment steps. With
+  `reward: own_contribution` (and the task's reward model, given at construction) each row
+  carries the agent's own term of the team reward instead of the team's sum.
 - `update()` runs `updates_per_step` gradient steps per row observed after `learning_starts` (and
   once the buffer holds one batch). Steps not yet run stay due, so the total depends only on the
   rows observed, not on how often `update` is called; `update(max_gradient_steps=n)` caps one call.
@@ -43,6 +45,7 @@ How it plugs into an agent node (see `agent_node/roles.py`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -59,6 +62,7 @@ from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, chec
                                             update_counters)
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
+from agent_node.reward_models import SiteCollectionReward
 from agent_node.roles import Transition
 
 # Bounds on the actor's log standard deviation: below -5 the density is needle-like and its
@@ -328,6 +332,8 @@ class SACAgent(ModuleLearner, OwesGradientSteps):
         observation_space: gym.spaces.Space,
         action_space: gym.spaces.Space,
         seed: int,
+        *,
+        reward_model: SiteCollectionReward | None = None,
     ) -> None:
         check_config(config, SACConfig)
         check_space(observation_space, gym.spaces.Box, "SAC needs a Box observation space")
@@ -338,6 +344,21 @@ class SACAgent(ModuleLearner, OwesGradientSteps):
         if not np.all(action_space.high > action_space.low):
             raise ValueError(f"SAC needs high > low in every action dimension, got {action_space!r}")
         check_seed(seed)
+        # `reward: own_contribution` rescores every real row with this model (see `observe`); it
+        # comes with that setting and only with it, so neither can be given without the other.
+        if config.reward == "own_contribution":
+            if reward_model is None:
+                raise ValueError(
+                    "learner.reward 'own_contribution' scores each real row with the agent's own term of the "
+                    "task's reward function, and no reward model was given (the env sent no task_spec)"
+                )
+            reward_model.check_shapes(observation_space.shape, action_space.shape, "learner.reward 'own_contribution'")
+        elif reward_model is not None:
+            raise ValueError(
+                f"a reward model was given with learner.reward {config.reward!r}, which does not use it; "
+                "set reward: own_contribution to score real rows with it"
+            )
+        self.reward_model = reward_model
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
@@ -432,7 +453,21 @@ class SACAgent(ModuleLearner, OwesGradientSteps):
     # ------------------------------------------------------------------ Learner
 
     def observe(self, transition: Transition) -> None:
-        """Store K transition rows; each counts as one environment step."""
+        """Store K transition rows; each counts as one environment step.
+
+        With `reward: own_contribution` each row's reward is replaced by this agent's own term of
+        the team reward, `reward_model.contribution(next_obs, action)`: the observation after the
+        move is the agent's position, the row's action the move it sent (the node makes no row of
+        a step the server played without it, `agent_node/transitions.py`). The env computes the
+        same term from its float64 positions; the float32 observation can disagree only within
+        rounding distance of a site's edge.
+        """
+        if self.reward_model is not None:
+            count = int(np.asarray(transition.reward).shape[0])
+            own = self.reward_model.contribution(
+                np.asarray(transition.next_obs).reshape(count, -1), np.asarray(transition.action).reshape(count, -1)
+            )
+            transition = dataclasses.replace(transition, reward=own.astype(np.float32))
         self.replay.add(transition)
         self.rows_observed += int(np.asarray(transition.reward).shape[0])
 

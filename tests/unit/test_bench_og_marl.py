@@ -197,6 +197,19 @@ def test_every_variant_has_a_config_that_exists():
         assert variant.learner in ("og_marl", "sac") and variant.label
 
 
+def test_the_credit_assignment_control_is_sac_utd10_with_each_agents_own_reward_term():
+    from orchestrator.config import load_config
+
+    control, utd10 = bench.VARIANTS["sac_utd10_own_reward"], bench.VARIANTS["sac_utd10"]
+    assert control.config == utd10.config
+    assert control.overrides == (*utd10.overrides, "agents.learner.reward=own_contribution")
+    learner = load_config(REPO / control.config, list(control.overrides)).agents.learner
+    assert (learner.kind, learner.updates_per_step, learner.reward) == ("sac", 10, "own_contribution")
+    assert load_config(REPO / utd10.config, list(utd10.overrides)).agents.learner.reward == "team"
+    assert ("og_marl", "sac_utd10_own_reward") in bench.DEFAULT_COMPARISONS
+    assert ("sac_utd10_own_reward", "sac_utd10") in bench.DEFAULT_COMPARISONS
+
+
 # ------------------------------------------------------------------ curve scores, pairs, power
 
 

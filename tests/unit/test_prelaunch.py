@@ -101,6 +101,31 @@ def test_load_shared_checkpoint_must_be_a_file(tmp_path):
     assert launch_problems(config, facts(3, DISCRETE)) == []
 
 
+SAC_COLLECTION = ROOT / "configs" / "tiny_sac_reward_collection.yaml"  # 3 SAC agents on reward_collection_v0
+OG_MARL = ROOT / "configs" / "tiny_og_marl.yaml"
+
+
+def collection_facts(task: str | None) -> EnvFacts:
+    agents = ("agent_0", "agent_1", "agent_2")
+    return EnvFacts(agents, {a: BOX for a in agents}, {a: BOX for a in agents}, task)
+
+
+def test_learners_that_score_rows_with_the_reward_function_need_an_env_that_describes_it():
+    own = load_config(SAC_COLLECTION, ["agents.learner.reward=own_contribution"])
+    assert launch_problems(own, collection_facts("site_collection")) == []
+    (problem,) = launch_problems(own, collection_facts(None))
+    assert problem.startswith("agents.learner.reward: 'own_contribution' scores each real row with the task's reward")
+    assert problem.endswith("reward_collection_v0 describes none; set it to 'team'")
+    assert launch_problems(load_config(SAC_COLLECTION), collection_facts(None)) == []  # reward: team needs none
+    og_marl = load_config(OG_MARL)
+    assert launch_problems(og_marl, collection_facts("site_collection")) == []
+    (problem,) = launch_problems(og_marl, collection_facts(None))
+    assert problem.startswith("agents.learner.kind: 'og_marl' scores its imagined steps with the task's reward")
+    both = launch_problems(load_config(OG_MARL, ["agents.learner.sac.reward=own_contribution",
+                                                 "agents.learner.real_ratio=0.25"]), collection_facts(None))
+    assert [problem.split(":")[0] for problem in both] == ["agents.learner.kind", "agents.learner.sac.reward"]
+
+
 def test_the_precheck_reports_the_agents_and_spaces_the_checks_use():
     spread = env_facts("mpe2.simple_spread_v3", {"N": 2})
     assert spread["agents"] == ["agent_0", "agent_1"]
@@ -109,6 +134,9 @@ def test_the_precheck_reports_the_agents_and_spaces_the_checks_use():
     assert spread["observation_spaces"]["agent_1"]["image"] is False
     continuous = env_facts("mpe2.simple_spread_v3", {"N": 2, "continuous_actions": True})
     assert continuous["action_spaces"]["agent_0"] == {"kind": "box", "shape": [5], "image": False}
+    # The reward function as data: reward collection describes one, simple_spread none.
+    assert spread["task"] is None
+    assert env_facts("reward_collection_v0", {"num_agents": 2})["task"] == "site_collection"
 
 
 def test_up_refuses_a_wrong_agent_count_on_pursuit_before_anything_starts(tmp_path):
