@@ -26,6 +26,7 @@ from protocols.codec import messages as m
 from protocols.storage.jsonlines import FileWriteError
 from protocols.run.settings import ENV_NODE_ID
 from protocols.codec.spaces import decode_space
+from protocols.seeds import derive_seed
 
 log = logging.getLogger("agent_node")
 
@@ -99,6 +100,14 @@ def pack_env_bodies(node) -> None:
 
 
 
+def shared_initial_policy_seed(node) -> int | None:
+    """The run-wide seed of every agent's initial policy with `protocols.consensus.same_initial_policy`
+    (the same for every agent: derived from the run's seed alone), else None."""
+    if not node.run_config.protocols.consensus.same_initial_policy:
+        return None
+    return derive_seed(node.identity.run_seed, -1, "same_initial_policy")
+
+
 def build_node_learner(node, welcome: m.EnvWelcome) -> None:
     """The learner (a capability's, or `agents.learner`) once the welcome names the spaces, the
     capabilities attached to it, and the saved state restored."""
@@ -114,6 +123,7 @@ def build_node_learner(node, welcome: m.EnvWelcome) -> None:
         world_model_config=node.config.world_model, task_spec=None if welcome.task is None else welcome.task.as_spec(),
         state_space=decode_space(welcome.global_view["state_space"]) if welcome.global_view else None,
         num_agents=len(welcome.possible_agents), agent_index=node.identity.index,
+        init_seed=shared_initial_policy_seed(node),
     )
     if not isinstance(node.learner, NodeLearner):
         raise NodeFailure(

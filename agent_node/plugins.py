@@ -79,7 +79,9 @@ class LearnerSpec:
     - `state_space`: the env's global state space, when the env server publishes the global view;
     - `task_spec`: the task's reward function as data, when the env sends one (og_marl needs it);
     - `world_model_config`: the agent's `world_model` section, or None;
-    - `goals`: the goal space a goal capability conditions its learner on (`goal_dqn`), or None.
+    - `goals`: the goal space a goal capability conditions its learner on (`goal_dqn`), or None;
+    - `init_seed`: the seed of the initial networks when every agent starts from the same policy
+      (`protocols.consensus.same_initial_policy`), else None (they come from `seed`).
     """
 
     observation_space: Any
@@ -91,6 +93,7 @@ class LearnerSpec:
     task_spec: Mapping[str, Any] | None = None
     world_model_config: BaseModel | None = None
     goals: GoalSpace | None = None
+    init_seed: int | None = None
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,10 @@ def _build_from_spaces(config: DQNConfig | CQLConfig | BCConfig, spec: LearnerSp
     """DQN, CQL or BC (by `config.kind`): `Agent(config, observation space, action space, seed)`."""
     module, name = _SPACES_AND_SEED[config.kind]
     agent_class = getattr(importlib.import_module(module), name)
+    if spec.init_seed is not None:
+        if config.kind != "dqn":
+            raise ValueError(f"a shared initial policy (init_seed) is for learner kind 'dqn', got {config.kind!r}")
+        return agent_class(config, spec.observation_space, spec.action_space, spec.seed, init_seed=spec.init_seed)
     return agent_class(config, spec.observation_space, spec.action_space, spec.seed)
 
 
@@ -212,6 +216,7 @@ def build_learner(
     state_space: gym.spaces.Space | None = None,
     num_agents: int | None = None,
     agent_index: int | None = None,
+    init_seed: int | None = None,
 ) -> NodeLearner:
     """The learner that `config.kind` names (a built-in or a plugin), built for these spaces and
     this seed through `LEARNERS`.
@@ -220,8 +225,8 @@ def build_learner(
     as data, from the env server's welcome metadata `"task"`) are required by og_marl; `task_spec`
     also by sac with `reward: own_contribution`; the other learners ignore them. `state_space`
     (the env's global state space), `num_agents` and `agent_index` (this agent's position in
-    `possible_agents`) are required by pmic; `agent_index` by shared_dqn. A plugin gets all of
-    them in its `LearnerSpec`.
+    `possible_agents`) are required by pmic; `agent_index` by shared_dqn; `init_seed` (one start
+    for every agent) is taken by dqn. A plugin gets all of them in its `LearnerSpec`.
     """
     spec = LearnerSpec(
         observation_space=observation_space,
@@ -232,5 +237,6 @@ def build_learner(
         state_space=state_space,
         task_spec=task_spec,
         world_model_config=world_model_config,
+        init_seed=init_seed,
     )
     return LEARNERS.build(config, spec)

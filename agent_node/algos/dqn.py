@@ -84,7 +84,11 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         observation_space: gym.spaces.Space,
         action_space: gym.spaces.Space,
         seed: int,
+        init_seed: int | None = None,
     ) -> None:
+        """`seed` draws the networks' initial weights, exploration and replay sampling, each from a
+        stream of its own; `init_seed`, when given, draws the initial weights instead (agents
+        that start from one policy share it and keep their own exploration and sampling)."""
         check_config(config, DQNConfig)
         check_space(observation_space, gym.spaces.Box, "DQN needs a Box observation space")
         check_space(action_space, gym.spaces.Discrete, "DQN needs a Discrete action space")
@@ -98,9 +102,12 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         self.action_start = int(action_space.start)
 
         # Independent random streams from one seed: network init, exploration, replay sampling.
-        init_seed, explore_seed, replay_seed = np.random.SeedSequence(int(seed)).spawn(3)
+        own_init_seed, explore_seed, replay_seed = np.random.SeedSequence(int(seed)).spawn(3)
+        if init_seed is not None:
+            check_seed(init_seed)
+        weights_seed = own_init_seed if init_seed is None else np.random.SeedSequence(int(init_seed))
         with torch.random.fork_rng(devices=[]):  # seed the init without touching global torch RNG
-            torch.manual_seed(int(init_seed.generate_state(1)[0]))
+            torch.manual_seed(int(weights_seed.generate_state(1)[0]))
             obs_dim = int(np.prod(self.obs_shape))
             self.encoder = choose_encoder(config.encoder, observation_space)
 

@@ -39,6 +39,11 @@ def problems(run: Any, topology: Topology | None) -> list[str]:
     found += _world_model_plugin_problems(run)
     if consensus.enabled and consensus.what.startswith("world_model") and run.agents.world_model is None:
         found.append(f"protocols.consensus.what: {consensus.what!r} averages the world model, but agents.world_model is null")
+    if consensus.same_initial_policy and run.agents.learner.kind != "dqn":
+        found.append(
+            "protocols.consensus.same_initial_policy: expected learner kind 'dqn' (the learner that draws its initial "
+            f"policy from a seed it is given), got {run.agents.learner.kind!r}"
+        )
     if consensus.enabled and consensus.weights == "uniform" and topology is not None and count > 1:
         degrees = sorted(set(topology.degrees().tolist()))
         if len(degrees) > 1:

@@ -205,6 +205,11 @@ class ConsensusConfig(BaseModel):
     # and waits for their answers up to twice round_timeout_s (or round_timeout_steps). Whatever
     # `what` averages: the policy is what a newcomer lacks most.
     bootstrap_newcomers: bool = False
+    # Every agent starts from the same initial policy (its networks drawn from the run's seed, not
+    # the agent's; exploration and replay keep the agent's own streams). Averaging networks that
+    # began from different random draws mixes unrelated parameters; decentralized SGD assumes one
+    # start. policy_parameters only, for a learner that takes an initial-policy seed (dqn).
+    same_initial_policy: bool = False
     # What a share carries (protocols/engines/compression.py; "Compressed shares" in protocols/engines/consensus.py): the tensors as
     # they are (none), or compressed with error feedback as float16, int8 with a per-tensor
     # scale, or the `topk_fraction` of entries of largest magnitude.
@@ -252,6 +257,11 @@ class ConsensusConfig(BaseModel):
         if self.bootstrap_newcomers and not self.enabled:
             raise ValueError("consensus.bootstrap_newcomers: expected consensus.enabled (the newcomer's ask is a consensus "
                              "message), got enabled=False")
+        if self.same_initial_policy and not (self.enabled and self.what == "policy_parameters"):
+            raise ValueError(
+                "consensus.same_initial_policy: expected consensus.enabled with what 'policy_parameters' (the start is "
+                f"shared so that the averaged policies come from one start), got enabled={self.enabled}, what={self.what!r}"
+            )
         if self.average_at_end and not (self.enabled and self.what == "policy_parameters"):
             raise ValueError(
                 "consensus.average_at_end: expected consensus.enabled with what 'policy_parameters' (the final average "

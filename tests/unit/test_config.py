@@ -191,6 +191,11 @@ def test_nested_validator_sentence_gets_the_full_path() -> None:
 
 
 def test_consensus_cross_checks() -> None:
+    assert only_problem("protocols.consensus={enabled: true, what: world_model_statistics, same_initial_policy: true}").startswith(
+        "protocols.consensus.same_initial_policy: expected consensus.enabled with what 'policy_parameters'")
+    assert only_problem("agents.learner={kind: sac}", "agents.world_model=null",
+                        "protocols.consensus={enabled: true, what: policy_parameters, same_initial_policy: true}").startswith(
+        "protocols.consensus.same_initial_policy: expected learner kind 'dqn'")
     assert only_problem("protocols.consensus.enabled=true").startswith("protocols.consensus.what:")
     assert only_problem(
         "topology={kind: star}", "protocols.consensus={enabled: true, what: policy_parameters, weights: uniform}"

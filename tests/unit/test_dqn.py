@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agent_node.algos import build_learner
-from agent_node.algos.config import DQNConfig, LearnerConfig, SACConfig
+from agent_node.algos.config import CQLConfig, DQNConfig, LearnerConfig, SACConfig
 from agent_node.algos.dqn import DQNAgent
 from agent_node.algos.learner_parts import linear_schedule
 from agent_node.roles import Actor, Learner, ParamSource, Transition
@@ -298,3 +298,22 @@ def test_config_module_does_not_import_torch():
     code = "import sys, agent_node.algos.config, agent_node.algos; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_agents_given_one_init_seed_start_from_one_policy_and_explore_on_their_own() -> None:
+    """`init_seed` (protocols.consensus.same_initial_policy) draws the initial networks; exploration and
+    replay sampling stay the agent's own."""
+    obs_space, act_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(3)
+    config = DQNConfig(hidden_sizes=[8])
+    first = build_learner(config, obs_space, act_space, seed=1, init_seed=77)
+    second = build_learner(config, obs_space, act_space, seed=2, init_seed=77)
+    alone = build_learner(config, obs_space, act_space, seed=2)
+    for name, value in first.get_params().items():
+        assert np.array_equal(value, second.get_params()[name])
+        assert not np.array_equal(value, alone.get_params()[name])
+    for name, value in second.target_network.state_dict().items():  # the target starts as the online network
+        assert torch.equal(value, second.q_network.state_dict()[name])
+    assert first.explore_rng.random() != second.explore_rng.random()
+    assert first.replay.rng.random() != second.replay.rng.random()
+    with pytest.raises(ValueError, match="for learner kind 'dqn'"):
+        build_learner(CQLConfig(), obs_space, act_space, seed=1, init_seed=77)
