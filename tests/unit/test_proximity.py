@@ -349,6 +349,34 @@ def test_a_message_about_copies_keeps_only_the_copies_in_range_and_a_message_abo
     assert outbox.close_step("eval:0", 0, ["c"])[0][1] is table
 
 
+def test_each_copy_has_its_own_path_loss_draw_and_a_message_about_copies_waits_for_its_farthest_copy():
+    """b is 0.01 from a in copy 0 (no loss) and 0.8 in copy 1 (lost nearly always): a table keeps
+    copy 0 and loses copy 1; with a distance delay a table carrying both copies is due at the
+    farther copy's delay, a message about no copy at the nearer's."""
+    worlds = np.array([[[0.0], [0.01], [5.0]], [[0.0], [0.8], [5.0]]])
+    steep = PathLossConfig(half_loss_distance=0.1, exponent=4.0, shadowing_db=1.0)
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0, path_loss=steep)
+    tracker.update(worlds)
+    outbox = StepOutbox("a", 1, lambda s, d: LinkConfig(delay_steps=1), range_link=tracker.link)
+    table = flood_table(["a"])
+    for step in range(50):
+        outbox.queue([("b", table)])
+        sent = outbox.close_step(TRAINING_CLOCK, step, ["b"])
+        assert np.isnan(sent[0][1].values[:, 1]).all() and not np.isnan(sent[0][1].values[:, 0]).any()
+    assert outbox.copies_cut["b"] == 50 and outbox.dropped_path_loss["b"] == 0
+    only_far = HindsightRows("train:0", np.zeros((1, 4), np.float32), np.zeros(1, np.int64), np.zeros((1, 4), np.float32),
+                             np.zeros(1, bool), np.zeros(1, np.int64), np.zeros(1, np.int64), copies=np.array([1]))
+    outbox.queue([("b", only_far)])
+    assert outbox.close_step(TRAINING_CLOCK, 50, ["b"])[-1][1].due == []
+    assert outbox.dropped_path_loss["b"] == 1  # its one copy in range was lost to the distance
+
+    delayed = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0, delay_steps_per_unit=5.0)
+    delayed.update(two_worlds())  # a-b: 0.3 in copy 0 (2 steps), 0.8 in copy 1 (4 steps)
+    outbox = StepOutbox("a", 1, lambda s, d: LinkConfig(delay_steps=1), range_link=delayed.link)
+    outbox.queue([("b", flood_table(["a"])), ("b", "about no copy")])
+    assert outbox.close_step(TRAINING_CLOCK, 10, ["b"])[-1][1].due == [10 + 1 + 4, 10 + 1 + 2]
+
+
 def test_a_message_with_nothing_left_in_range_is_dropped_and_counted_for_range():
     tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0)
     tracker.update(two_worlds())
