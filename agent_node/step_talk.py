@@ -22,7 +22,9 @@ training observation carries every agent's position; `begin_step` takes them, `c
 message out only to a neighbour in range at that step, and `hand_out`, before the step's messages,
 tells the capabilities which neighbours left the range (down) or came back (up), so no protocol
 waits for one it cannot hear and a run that begins at a step begins on that step's graph. Marks
-still go to every neighbour: they are the clock's bookkeeping.
+still go to every neighbour: they are the clock's bookkeeping. With several env copies, a
+neighbour is in range while it is in range in some copy, and a message about copies keeps only
+the copies in range (the rules: protocols/engines/proximity.py).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class EnvStepTalk:
         self.neighbours = sorted(neighbours)
         self.proximity = proximity  # topology.kind proximity: who is in range at the step handled
         self.outbox = StepOutbox(node_id, run_seed, config_for, blocked,
-                                 range_loss=None if proximity is None else proximity.range_loss)
+                                 range_link=None if proximity is None else proximity.link)
         self._told_out_of_range: set[str] = set()  # the neighbours the capabilities were told left the range
         self._declared_down: Callable[[str], bool] = lambda peer: False  # membership's, from take_parked
         self.inbox = StepInbox()
@@ -67,7 +69,8 @@ class EnvStepTalk:
         topology, identity = node.topology, node.identity
         me = topology.index_of(identity.node_id)
         spec = node.run_config.topology
-        proximity = (ProximityNeighbours(topology.nodes, identity.node_id, spec.radius, spec.path_loss)
+        proximity = (ProximityNeighbours(topology.nodes, identity.node_id, spec.radius, spec.path_loss,
+                                         delay_steps_per_unit=spec.delay_steps_per_unit)
                      if spec.kind == "proximity" else None)
         return cls(identity.node_id, [topology.nodes[j] for j in topology.neighbours(me)], identity.run_seed,
                    config_for=node.run_config.network.link_in_steps_between, blocked=node.hub.links.partitions.blocks,
@@ -176,12 +179,17 @@ class EnvStepTalk:
     def graph_record(self) -> dict[str, float]:
         """The graph of the step handled, for the metrics (means over each metrics period):
         `proximity/edges` and `proximity/components` of the whole team, `proximity/in_range`
-        this node's neighbours in range."""
+        this node's neighbours in range; with several env copies these are of the union of the
+        copies' graphs (what a message about no copy follows), and `proximity/edges_per_copy` is
+        the mean of each copy's own edges."""
         if self.proximity is None or (summary := self.proximity.summary()) is None:
             return {}
         in_range = sum(self.proximity.reachable(n) for n in self.neighbours)
-        return {"proximity/edges": float(summary.edges), "proximity/components": float(summary.components),
-                "proximity/in_range": float(in_range)}
+        record = {"proximity/edges": float(summary.edges), "proximity/components": float(summary.components),
+                  "proximity/in_range": float(in_range)}
+        if self.proximity.num_copies > 1:
+            record["proximity/edges_per_copy"] = self.proximity.edges_per_copy()
+        return record
 
     def missing_marks(self, message: m.EnvObservation, clock: str, down: Callable[[str], bool]) -> list[str]:
         """The neighbours whose mark of the step before `message` this node must still wait for."""
@@ -197,7 +205,7 @@ class EnvStepTalk:
         self.inbox.end_clocks_except(clock)
         if self.proximity is not None and message.positions is not None and not message.evaluation:
             # (an evaluation's messages go by the training world's last positions: it stands still)
-            self.proximity.update(message.positions[0])
+            self.proximity.update(message.positions)
         return self.inbox.take_due(clock, message.step)
 
     def metrics(self) -> dict[str, float]:

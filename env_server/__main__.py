@@ -119,7 +119,7 @@ def make_copies(factory, num_copies: int, *, autoreset: bool, num_workers: int, 
                 positions_reader: PositionsReader | None = None):
     """K copies in this process, or split over `num_workers` processes (forked here, before the
     server makes its hub: a zmq context must not cross a fork). Positions are read in this process
-    only (a proximity topology has one world: the config refuses more copies)."""
+    only, from all K copies (a proximity topology: the config refuses more than one worker)."""
     if num_workers == 1:
         return VectorizedParallelEnv(factory, num_copies, autoreset=autoreset, forward_infos=forward_infos,
                                      positions_reader=positions_reader)

@@ -90,8 +90,8 @@ def _worker_main(factory: Callable[[], ParallelEnv], copies: int, autoreset: boo
                     channel.reply(envelope, m.ErrorReply("unexpected_message", f"a copy worker does not accept {envelope.msg_type}"))
                     continue
                 # Each agent's episode returns stay here: only an evaluation reads them, and the
-                # evaluation copies live in the server process. No positions either: they are
-                # published for one env copy only (topology.kind: proximity), which never splits.
+                # evaluation copies live in the server process. No positions either: a run that
+                # publishes them (topology.kind: proximity) steps its copies in the server alone.
                 fields = {name: value for name, value in vars(result).items() if name not in WORKER_KEEPS}
                 channel.reply(envelope, m.EnvWorkerResult(**fields, all_finished=envs.all_finished))
     finally:

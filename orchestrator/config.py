@@ -584,7 +584,8 @@ class RunConfig(BaseModel):
     def _proximity_problems(self) -> list[str]:
         """Links that follow positions (topology.kind: proximity, protocols/engines/proximity.py)
         gate each peer message by the positions of the env step it was sent at: they need the
-        env-step clock, positions from the env, and one world to take them from."""
+        env-step clock and positions from the env. Any number of env copies: each copy has its
+        own graph (the rules for messages about copies and about none are proximity.py's)."""
         if self.topology.kind != "proximity":
             if self.env.positions is not None:
                 return [f"env.positions: names where the agents are for links that follow them, which only "
@@ -594,13 +595,18 @@ class RunConfig(BaseModel):
         if self.protocols.talk != "env_steps":
             problems.append(f"protocols.talk: topology.kind proximity delivers a peer message only if its agents were in "
                             f"range at the env step it was sent at, which needs env_steps; got {self.protocols.talk!r}")
+            if self.topology.delay_steps_per_unit is not None:
+                problems.append(f"topology.delay_steps_per_unit: a delay counted in env steps needs protocols.talk: "
+                                f"env_steps (talk {self.protocols.talk!r} has no step clock to delay messages in); got "
+                                f"{self.topology.delay_steps_per_unit} with talk {self.protocols.talk!r}")
         if positions_reader_path(self.env.name, self.env.positions) is None:
             problems.append(f"env.positions: topology.kind proximity needs every agent's position, and {self.env.name} "
                             f"has no built-in reader (the MPE environments have one); expected an import path "
                             "'package.module:function' returning {agent: position}, got none")
-        if self.env.num_copies != 1:
-            problems.append(f"env.num_copies: the links of topology.kind proximity follow the positions of one world; "
-                            f"expected 1 copy, got {self.env.num_copies}")
+        if self.env.num_workers != 1:
+            problems.append(f"env.num_workers: positions are read by the env server's own copies (env_server/__main__.py "
+                            f"make_copies), not by forked workers; expected 1 with topology.kind proximity, got "
+                            f"{self.env.num_workers}")
         consensus = self.protocols.consensus
         if consensus.enabled and consensus.mode == "sync" and consensus.weights != "metropolis":
             problems.append(f"protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with "

@@ -319,6 +319,8 @@ def _proximity_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     """Links that follow positions (topology.kind: proximity): the team's graph over the run.
     Every agent writes the same team graph (`proximity/edges`, `proximity/components`, means over
     its metrics periods, agent_node/step_talk.py); the series is the first agent's that has it.
+    With several env copies that graph is the union of the copies' graphs, and each copy's own
+    (`proximity/edges_per_copy`) and the copies cut out of messages are summed up beside it.
     None for a run whose links do not follow positions."""
     series = next(([[row["step"], row["proximity/edges"], row["proximity/components"]] for row in metrics[node]
                     if "proximity/edges" in row] for node in sorted(metrics)
@@ -330,7 +332,11 @@ def _proximity_summary(metrics: dict[str, list[dict[str, Any]]]) -> dict[str, An
     def counted(suffix: str) -> float:  # a counter of every agent's links, at its last flush
         return sum(v for row in last.values() for k, v in row.items() if k.startswith("talk/") and k.endswith(suffix))
 
+    per_copy = next(([row["proximity/edges_per_copy"] for row in metrics[node] if "proximity/edges_per_copy" in row]
+                     for node in sorted(metrics) if any("proximity/edges_per_copy" in row for row in metrics[node])), [])
+    copies = {"edges_per_copy_mean": _mean(per_copy), "copies_cut": counted("/copies_cut")} if per_copy else {}
     return {
+        **copies,
         "series": series,  # [step, mean edges, mean components] per metrics period
         "edges_mean": _mean([edges for _, edges, _ in series]),
         "components_mean": _mean([components for _, _, components in series]),
@@ -351,7 +357,10 @@ def proximity_lines(summary: dict[str, Any]) -> list[str]:
             f"periods), one component throughout {_fmt(graph['connected_fraction'], '.0%')} of them; neighbours left the "
             f"range or came back {_fmt(graph['range_changes'], 'g')} times (summed over agents); messages dropped out of range "
             f"{_fmt(graph['dropped_range'], 'g')}, by path loss {_fmt(graph['dropped_path_loss'], 'g')} "
-            f"(over time: report/proximity_graph.png)"]
+            f"(over time: report/proximity_graph.png)"
+            + (f"; with several env copies that graph is their union, each copy's own had "
+               f"{_fmt(graph['edges_per_copy_mean'], '.3g')} edges on average, and {_fmt(graph['copies_cut'], 'g')} copies "
+               f"were cut out of messages about copies" if "edges_per_copy_mean" in graph else "")]
 
 
 def _max_or_none(values: list[float | None]) -> float | None:

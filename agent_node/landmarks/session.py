@@ -104,15 +104,23 @@ class SpreadLayout:
 def assign(table: dict[str, np.ndarray], node_id: str) -> np.ndarray:
     """This node's landmark per copy from the cost rows it knows (node -> (K, L) distances): the
     Hungarian method on the rows sorted by node id, so every node with the same table takes its
-    part of the same assignment. Rows missing from the table are simply not assigned."""
+    part of the same assignment. Rows missing from the table are simply not assigned, and so are
+    a row's copies it does not know (NaN: on links that follow positions with several env copies,
+    each copy's rows flood over that copy's graph only)."""
     nodes = sorted(table)
-    me = nodes.index(node_id)
     costs = np.stack([table[node] for node in nodes]).astype(np.float64)  # (n, K, L)
     goals = np.empty(costs.shape[1], dtype=np.int64)
     for copy in range(costs.shape[1]):
-        rows, columns = linear_sum_assignment(costs[:, copy, :])
-        goals[copy] = columns[list(rows).index(me)]
+        known = [i for i, node in enumerate(nodes) if node == node_id or np.isfinite(costs[i, copy]).all()]
+        rows, columns = linear_sum_assignment(costs[known, copy, :])
+        goals[copy] = columns[list(rows).index(known.index(nodes.index(node_id)))]
     return goals
+
+
+def rows_known(table: dict[str, np.ndarray]) -> float:
+    """How many agents' rows the table holds, averaged over the copies (a row cut out of a copy
+    is not known there)."""
+    return float(np.mean(np.sum([np.isfinite(row).all(axis=1) for row in table.values()], axis=0)))
 
 
 def one_hot(goals: np.ndarray, num_goals: int) -> np.ndarray:
@@ -252,7 +260,7 @@ class LandmarkSession:
             self._decide(decision, {self.node_id: costs}, complete=True, flood=None, now=now)
             return
         live = [node for node in self.neighbours if node not in self.down]
-        request = FloodRequest(key, costs, live, team_size=self.topology.num_nodes, rounds=self.rounds)
+        request = FloodRequest(key, costs, live, team_size=self.topology.num_nodes, rounds=self.rounds, copy_axis=0)
         self._outgoing += self.engines[evaluation].start(request, now)
         self._collect(evaluation, now)
 
@@ -341,7 +349,7 @@ class LandmarkSession:
         self.last_train_key = decision.key
         record = {
             "landmarks/complete": float(complete),
-            "landmarks/rows_known": float(len(table)),
+            "landmarks/rows_known": rows_known(table),
             # Every copy's landmark in one number (base L digits, copy 0 lowest): the report puts
             # the agents' numbers of one step side by side to see whether any two share one.
             "landmarks/goals_code": float(sum(int(g) * self.num_goals ** k for k, g in enumerate(self.goals[False]))),
@@ -457,6 +465,7 @@ class LandmarkSession:
             terminated=np.concatenate(episode.terminated)[keep],
             pursued=pursued[keep],
             reached=reached[keep],
+            copies=copies[keep].astype(np.int64),
         )
         self._outgoing += [(node, report) for node in self.neighbours if node not in self.down]
 

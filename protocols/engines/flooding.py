@@ -20,6 +20,12 @@ round r (or a later one) arrived (values are merged whatever round they came in)
 round timeout, never a hang. Under loss a node may end without every value (`complete` False);
 the caller then decides on what it has and says so in its metrics.
 
+Values about env copies (`FloodRequest.copy_axis`: a landmark table's (K, L) rows, one per
+copy): on links that follow positions with several copies each copy floods over its own graph
+(protocols/engines/proximity.py), so a table may come with some copies cut out (NaN). The merge
+fills a value's missing copies from any table that has them, a value is known in a copy once it
+is finite there, and a run is complete when every value is known in every copy.
+
 A table for a key this node has not started yet (a faster neighbour) waits in a small buffer
 until `start` takes it; one for a key that already finished is counted as late and dropped.
 Both are bounded: at most `max_buffered_keys` future keys and `max_finished_keys` remembered.
@@ -28,7 +34,7 @@ Both are bounded: at most `max_buffered_keys` future keys and `max_finished_keys
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -46,6 +52,26 @@ class FloodTable:
     round: int
     nodes: list[str]
     values: np.ndarray  # float32 (len(nodes), *value_shape)
+    # The axis of a value (of `value_shape`) that indexes env copies, so links that follow
+    # positions can cut out the copies out of range (NaN there); None: the values are about no copy.
+    copy_axis: int | None = None
+
+    def is_about_copies(self) -> bool:
+        return self.copy_axis is not None
+
+    def restricted_to_copies(self, keep: np.ndarray) -> FloodTable | None:
+        """The table with the copies not in `keep` cut out (NaN): a `CopyContent`
+        (protocols/engines/proximity.py)."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.all() or self.copy_axis is None:
+            return self
+        if not keep.any():
+            return None
+        values = np.array(self.values, dtype=np.float32)
+        index = [slice(None)] * values.ndim
+        index[1 + self.copy_axis] = ~keep
+        values[tuple(index)] = np.nan
+        return replace(self, values=values)
 
 
 @dataclass(frozen=True)
@@ -55,6 +81,7 @@ class FloodRequest:
     neighbours: Sequence[str]  # live team neighbours
     team_size: int  # how many values make the table complete
     rounds: int  # the diameter of the team's graph (1 at least)
+    copy_axis: int | None = None  # the axis of `value` that indexes env copies (see FloodTable)
 
 
 @dataclass(frozen=True)
@@ -195,7 +222,12 @@ class FloodEngine(OutcomeOnceDone[FloodResult]):
                 f"({len(table.nodes)}, {', '.join(map(str, own_shape))}), got {values.shape}"
             )
         for node, value in zip(table.nodes, values):
-            run.values.setdefault(node, value)
+            known = run.values.get(node)
+            if known is None:
+                if table.copy_axis is None or not np.isnan(value).all():  # (a value cut out of every copy says nothing)
+                    run.values[node] = value
+            elif table.copy_axis is not None and np.isnan(known).any():
+                run.values[node] = np.where(np.isnan(known), value, known)
         run.latest_round[sender] = max(table.round, run.latest_round.get(sender, 0))
 
     def _live_neighbours(self, run: _Run) -> set[str]:
@@ -222,7 +254,8 @@ class FloodEngine(OutcomeOnceDone[FloodResult]):
         run = self._run
         run.round_deadline = now + self.round_timeout_s
         nodes = sorted(run.values)
-        table = FloodTable(run.request.key, run.round, nodes, np.stack([run.values[node] for node in nodes]))
+        table = FloodTable(run.request.key, run.round, nodes, np.stack([run.values[node] for node in nodes]),
+                           copy_axis=run.request.copy_axis)
         destinations = sorted(self._live_neighbours(run))
         self.messages_sent += len(destinations)
         return [(neighbour, table) for neighbour in destinations]
@@ -232,7 +265,7 @@ class FloodEngine(OutcomeOnceDone[FloodResult]):
         run.result = FloodResult(
             key=run.request.key,
             values=dict(run.values),
-            complete=len(run.values) >= run.request.team_size,
+            complete=len(run.values) >= run.request.team_size and not any(np.isnan(v).any() for v in run.values.values()),
             rounds_closed_by_deadline=run.closed_by_deadline,
             duration_s=now - run.started_at,
         )

@@ -84,6 +84,24 @@ class HindsightRows:
     terminated: np.ndarray  # bool (m,)
     pursued: np.ndarray  # int64 (m,)
     reached: np.ndarray  # int64 (m,)
+    # The env copy of each row, so links that follow positions with several copies send a
+    # partner only the rows of the copies in which it is in range; None: about no copy.
+    copies: np.ndarray | None = None  # int64 (m,)
+
+    def is_about_copies(self) -> bool:
+        return self.copies is not None
+
+    def restricted_to_copies(self, keep: np.ndarray) -> HindsightRows | None:
+        """Only the rows of the copies `keep` names ((K,) booleans); None when no row is left
+        (a `CopyContent`, protocols/engines/proximity.py)."""
+        keep = np.asarray(keep, dtype=bool)
+        if self.copies is None or keep.all():
+            return self
+        rows = keep[np.asarray(self.copies, dtype=np.int64)]
+        if not rows.any():
+            return None
+        return HindsightRows(self.episode, self.obs[rows], self.actions[rows], self.next_obs[rows],
+                             self.terminated[rows], self.pursued[rows], self.reached[rows], self.copies[rows])
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,35 @@ link's loss and partitions (a message out of range is counted `dropped_range`, d
 from the link's random stream, so the seeded fates of the other messages do not depend on the
 geometry). Distance is symmetric, so the graph of a step is undirected.
 
+Several env copies (`env.num_copies` K > 1): each copy is a world of its own, with its own
+positions, so each has its own graph at every step. Two kinds of message ride on them:
+
+- a message about copies (`CopyContent`: the landmark agreement's tables and the hindsight rows,
+  one slice or row per copy) follows each copy's graph: the sender cuts out of it every copy in
+  which the receiver is out of range (or which that copy's path loss lost) and sends the rest; a
+  message with nothing left is dropped. So a landmark table floods, copy by copy, over that
+  copy's graph only, as it would in K separate one-copy runs.
+- a message about no copy (consensus shares, a user's protocol, goal negotiation) follows the
+  union of the copies' graphs: the edge i-j exists at a step when i and j are in range in at least
+  one copy, and the message travels on the best of those copies' links (the nearest: its loss and
+  its distance delay). Why the union and not, say, copy 0: the protocols' down and up notices
+  must be one graph for every capability, and a per-copy message needs the edge as long as some
+  copy has it (a flooding round waits for a neighbour's table exactly while some of its copies
+  can reach us). The price: with many copies the union is dense (8 copies of random MPE starts
+  join up most pairs), so consensus on a proximity graph is studied with one copy.
+
+With one copy both rules are the one-copy rule above, and a run is bit for bit what it was.
+
 During an evaluation the agents act in separate copies of the env; the links still follow the
-training world, which stands still meanwhile: its last positions gate the evaluation's messages.
+training world, which stands still meanwhile: its last positions gate the evaluation's messages,
+by the union rule (an evaluation's copies are not the training world's copies).
+
+Delay rising with distance (`topology.delay_steps_per_unit`, optional): a message that passes
+reaches its receiver `round(delay_steps_per_unit * d)` env steps later than its link's own delay
+(`delay_steps`, at least 1) says, d the distance at the step it was sent (half up). It is a
+function of the positions, so it draws nothing: seeded where the link's own delay is random. A
+message about several copies travels at the delay of the farthest copy it carries (no copy's
+content arrives sooner than its own world allows; the nearer copies' content waits with it).
 
 Loss rising with distance (`PathLossConfig`, optional): inside the radius a message may still be
 lost, the more likely the farther apart its agents are, by the log-distance path-loss model with
@@ -38,7 +65,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -106,6 +133,14 @@ def in_range(positions: np.ndarray, i: int, j: int, radius: float) -> bool:
     return distance <= radius  # (a NaN compares False: no position, no link)
 
 
+def distance_delay_steps(steps_per_unit: float | None, distance: float) -> int:
+    """The env steps a distance adds to a message's delay: `steps_per_unit * distance`, rounded
+    half up (0 without a distance delay)."""
+    if steps_per_unit is None:
+        return 0
+    return int(math.floor(steps_per_unit * distance + 0.5))
+
+
 def metropolis_from_adjacency(adjacency: np.ndarray) -> np.ndarray:
     """Metropolis-Hastings weights on a step's graph, `1 / (1 + max(deg_i, deg_j))` on its edges
     and the rest on the diagonal (protocols/engines/topology.py's `metropolis_weights`, from an
@@ -129,7 +164,11 @@ class GraphSummary:
 
 def summarize(positions: np.ndarray, radius: float) -> GraphSummary:
     """Edges and connected components (an isolated agent is a component) of a step's graph."""
-    within = in_range_matrix(positions, radius)
+    return summarize_adjacency(in_range_matrix(positions, radius))
+
+
+def summarize_adjacency(within: np.ndarray) -> GraphSummary:
+    """Edges and connected components of the undirected graph `within` ((n, n) booleans)."""
     n = within.shape[0]
     label = list(range(n))
 
@@ -144,33 +183,75 @@ def summarize(positions: np.ndarray, radius: float) -> GraphSummary:
     return GraphSummary(edges=int(np.triu(within).sum()), components=len({root(a) for a in range(n)}))
 
 
+class CopyContent(Protocol):
+    """A peer message whose content is about env copies (one slice or row per copy): with
+    several copies it follows each copy's graph (module docstring)."""
+
+    def is_about_copies(self) -> bool:
+        """False when this instance carries nothing per copy (it then follows the union rule)."""
+
+    def restricted_to_copies(self, keep: np.ndarray) -> Any | None:
+        """The message with only the content of the copies `keep` ((K,) booleans) names; None
+        when nothing is left. All of `keep` True gives the message itself."""
+
+
+@dataclass(frozen=True)
+class RangeLink:
+    """The link to one neighbour in range, at the step being closed, as the positions make it.
+
+    `loss` and `extra_delay_steps` are those of a message about no copy (the best copy in range);
+    with several copies, `copy_loss` and `copy_extra_delay_steps` are each copy's ((K,) arrays,
+    loss NaN where that copy is out of range), for a message about copies."""
+
+    loss: float  # the probability that the path loss loses the message (0 without a path-loss model)
+    extra_delay_steps: int  # env steps the distance adds to the link's delay (0 without a distance delay)
+    copy_loss: np.ndarray | None = None
+    copy_extra_delay_steps: np.ndarray | None = None
+
+
 class ProximityNeighbours:
     """One node's view of which of its neighbours are in range, step by step.
 
-    `update(positions)` takes the positions of the step the node now handles and returns the
-    neighbours that left the range and those that came back since the last update; the node
-    tells its protocols they went down or came up. A neighbour starts in range (before the first
+    `update(positions)` takes the positions of the step the node now handles (one world's
+    (agents, dims), or K copies' (K, agents, dims)) and returns the neighbours that left the range
+    and those that came back since the last update; the node tells its protocols they went down
+    or came up. With several copies a neighbour is in range while it is in range in at least one
+    copy (the union rule, module docstring). A neighbour starts in range (before the first
     positions nothing is known, and the run's topology says every pair may talk)."""
 
-    def __init__(self, node_ids: Sequence[str], me: str, radius: float, path_loss: PathLossConfig | None = None) -> None:
+    def __init__(self, node_ids: Sequence[str], me: str, radius: float, path_loss: PathLossConfig | None = None,
+                 delay_steps_per_unit: float | None = None) -> None:
         if not radius > 0:
             raise ValueError(f"radius must be > 0, got {radius}")
+        if delay_steps_per_unit is not None and not (delay_steps_per_unit > 0 and math.isfinite(delay_steps_per_unit)):
+            raise ValueError(f"delay_steps_per_unit must be a finite number > 0, got {delay_steps_per_unit}")
         self.node_ids = list(node_ids)
         self.me = me
         self.index = self.node_ids.index(me)
         self.radius = radius
         self.path_loss = path_loss
-        self.positions: np.ndarray | None = None
+        self.delay_steps_per_unit = delay_steps_per_unit
+        self.positions: np.ndarray | None = None  # (K, agents, dims) of the last update
+        self._in_range_copies: dict[str, np.ndarray] = {}  # neighbour -> (K,) in range in each copy
         self._out_of_range: set[str] = set()
         self.changes = 0  # neighbours that left or came back, over the run
 
+    @property
+    def num_copies(self) -> int:
+        return 1 if self.positions is None else self.positions.shape[0]
+
     def update(self, positions: np.ndarray) -> tuple[list[str], list[str]]:
         positions = np.asarray(positions, dtype=float)
-        if positions.shape[0] != len(self.node_ids):
-            raise ValueError(f"expected the positions of {len(self.node_ids)} agents, got {positions.shape[0]}")
+        if positions.ndim == 2:  # one world
+            positions = positions[None]
+        if positions.ndim != 3 or positions.shape[1] != len(self.node_ids):
+            raise ValueError(f"expected the positions of {len(self.node_ids)} agents ((agents, dims) or "
+                             f"(copies, agents, dims)), got shape {positions.shape}")
         self.positions = positions
-        now_out = {node for j, node in enumerate(self.node_ids)
-                   if j != self.index and not in_range(positions, self.index, j, self.radius)}
+        self._in_range_copies = {
+            node: np.array([in_range(world, self.index, j, self.radius) for world in positions])
+            for j, node in enumerate(self.node_ids) if j != self.index}
+        now_out = {node for node, copies in self._in_range_copies.items() if not copies.any()}
         left, back = sorted(now_out - self._out_of_range), sorted(self._out_of_range - now_out)
         self._out_of_range = now_out
         self.changes += len(left) + len(back)
@@ -183,20 +264,51 @@ class ProximityNeighbours:
     def out_of_range(self, peer: str) -> bool:
         return peer in self._out_of_range
 
+    def _distance(self, world: np.ndarray, dst: str) -> float:
+        j = self.node_ids.index(dst)
+        return float(np.linalg.norm(world[self.index] - world[j]))
+
     def range_loss(self, dst: str) -> float | None:
-        """For a message to `dst` sent now: None when it is out of range, else the probability
-        that the path loss loses it (0 without a path-loss model)."""
+        """For a message about no copy to `dst` sent now: None when it is out of range, else the
+        probability that the path loss loses it (0 without a path-loss model)."""
+        link = self.link(dst)
+        return None if link is None else link.loss
+
+    def link(self, dst: str) -> RangeLink | None:
+        """The link to `dst` for a message sent now: None when it is out of range in every copy."""
         if dst in self._out_of_range:
             return None
-        if self.path_loss is None or self.positions is None:
-            return 0.0
-        j = self.node_ids.index(dst)
-        distance = float(np.linalg.norm(self.positions[self.index] - self.positions[j]))
-        return self.path_loss.loss_probability(distance)
+        if self.positions is None:
+            return RangeLink(loss=0.0, extra_delay_steps=0)
+        if self.path_loss is None and self.delay_steps_per_unit is None and self.num_copies == 1:
+            return RangeLink(loss=0.0, extra_delay_steps=0)
+        within = self._in_range_copies[dst]
+        distance = np.array([self._distance(world, dst) if inside else np.inf
+                             for world, inside in zip(self.positions, within)])
+        nearest = float(distance.min())  # (finite: dst is in range in some copy)
+        loss = 0.0 if self.path_loss is None else self.path_loss.loss_probability(nearest)
+        link = RangeLink(loss=loss, extra_delay_steps=distance_delay_steps(self.delay_steps_per_unit, nearest))
+        if self.num_copies == 1:
+            return link
+        copy_loss = np.array([np.nan if not inside else 0.0 if self.path_loss is None else self.path_loss.loss_probability(d)
+                              for d, inside in zip(distance, within)])
+        copy_delay = np.array([distance_delay_steps(self.delay_steps_per_unit, d) if inside else 0
+                               for d, inside in zip(distance, within)], dtype=np.int64)
+        return RangeLink(link.loss, link.extra_delay_steps, copy_loss=copy_loss, copy_extra_delay_steps=copy_delay)
 
     def adjacency(self) -> np.ndarray | None:
-        """The team's in-range graph at the last update ((n, n) booleans), None before positions."""
-        return None if self.positions is None else in_range_matrix(self.positions, self.radius)
+        """The team's in-range graph at the last update ((n, n) booleans, the union over the
+        copies), None before positions."""
+        if self.positions is None:
+            return None
+        return np.logical_or.reduce([in_range_matrix(world, self.radius) for world in self.positions])
 
     def summary(self) -> GraphSummary | None:
-        return None if self.positions is None else summarize(self.positions, self.radius)
+        """The graph of the last update (the union over the copies), None before positions."""
+        return None if self.positions is None else summarize_adjacency(self.adjacency())
+
+    def edges_per_copy(self) -> float | None:
+        """The mean over the copies of each copy's own edges (None before positions)."""
+        if self.positions is None:
+            return None
+        return float(np.mean([summarize(world, self.radius).edges for world in self.positions]))

@@ -12,7 +12,8 @@ steps count from 0, and what is still in flight when it ends is dropped). Loss, 
 partitions are decided in the same clock, by the sender, when the message leaves; so is the range
 of a proximity topology (protocols/engines/proximity.py: a message is dropped when its sender and
 receiver were farther apart than the radius at the step it was sent, or, with a path-loss model,
-lost with a probability rising with their distance).
+lost with a probability rising with their distance; with a distance delay it is due that many
+steps later; with several env copies a message about copies keeps only the copies in range).
 
 How the receiver knows what is due before it acts. The sender holds what its protocols send
 while it handles step t (`StepOutbox.queue`); when it answers the env server it closes the step
@@ -45,7 +46,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from protocols.engines.engine import Outgoing
-from protocols.engines.proximity import path_loss_seed
+from protocols.engines.proximity import RangeLink, path_loss_seed
 from protocols.net.links import LinkConfig, LinkCounters, LinkModel
 from protocols.codec.messages import register_message
 from protocols.seeds import derive_seed
@@ -99,20 +100,23 @@ class StepOutbox:
 
     def __init__(self, src: str, run_seed: int, config_for: Callable[[str, str], LinkConfig],
                  blocked: Callable[[str, str], bool] = lambda src, dst: False,
-                 range_loss: Callable[[str], float | None] | None = None) -> None:
+                 range_link: Callable[[str], RangeLink | None] | None = None) -> None:
         self.src = src
         self.run_seed = run_seed
         self._config_for = config_for  # (src, dst) -> LinkConfig; a link without delay_steps counts 1 step
         self._blocked = blocked  # (src, dst) -> an emulated partition cuts the link now
-        # dst -> at the step being closed, None when out of range, else the probability that the
-        # path loss loses a message (topology.kind: proximity, protocols/engines/proximity.py);
-        # None: links that do not follow positions.
-        self._range_loss = range_loss
+        # dst -> at the step being closed, None when out of range, else what the positions make of
+        # the link: path loss, distance delay, and per copy with several env copies
+        # (topology.kind: proximity, protocols/engines/proximity.py); None: links that do not
+        # follow positions.
+        self._range_link = range_link
         self._models: dict[str, StepLinkModel] = {}
-        self._path_loss_draws: dict[str, Any] = {}  # dst -> its seeded stream (a uniform per message in range)
+        self._path_loss_draws: dict[str, Any] = {}  # dst -> its seeded stream (a uniform per message, or per copy, in range)
         self._queued: dict[str, list[Any]] = defaultdict(list)
         self.dropped_range: dict[str, int] = defaultdict(int)  # dst -> messages out of range when sent
         self.dropped_path_loss: dict[str, int] = defaultdict(int)  # dst -> messages the distance lost
+        self.copies_cut: dict[str, int] = defaultdict(int)  # dst -> copies cut out of messages sent (several env copies)
+        self._copies_seen = False  # a link had several copies' positions: write `copies_cut`
 
     def model_for(self, dst: str) -> StepLinkModel:
         model = self._models.get(dst)
@@ -140,7 +144,11 @@ class StepOutbox:
         for destination in sorted(set(neighbours) | set(self._queued)):
             model = self.model_for(destination)
             due: list[int] = []
-            loss = 0.0 if self._range_loss is None else self._range_loss(destination)
+            link = RangeLink(0.0, 0) if self._range_link is None else self._range_link(destination)
+            # Per copy only in the training clock: an evaluation's copies are not the training
+            # world's, whose positions gate it (protocols/engines/proximity.py).
+            per_copy = link is not None and link.copy_loss is not None and clock == TRAINING_CLOCK
+            self._copies_seen = self._copies_seen or (link is not None and link.copy_loss is not None)
             for message in self._queued.pop(destination, []):
                 if self._blocked(self.src, destination):
                     model.counters.sent += 1
@@ -148,20 +156,44 @@ class StepOutbox:
                     continue
                 # The geometry before the link's draws, from streams of its own: the link's
                 # random stream ignores where the agents are.
-                if loss is None:
+                if link is None:
                     model.counters.sent += 1
                     self.dropped_range[destination] += 1
                     continue
-                if loss > 0.0 and self._path_loss_draw(destination) < loss:
+                extra_delay = link.extra_delay_steps
+                if per_copy and getattr(message, "is_about_copies", lambda: False)():
+                    message, extra_delay, lost = self._keep_copies(destination, message, link)
+                    if message is None:
+                        model.counters.sent += 1
+                        (self.dropped_path_loss if lost else self.dropped_range)[destination] += 1
+                        continue
+                elif link.loss > 0.0 and self._path_loss_draw(destination) < link.loss:
                     model.counters.sent += 1
                     self.dropped_path_loss[destination] += 1
                     continue
                 for due_step in model.decide(step):
-                    due.append(due_step)
+                    due.append(due_step + extra_delay)
                     outgoing.append((destination, message))
                     model.counters.delivered += 1
             outgoing.append((destination, PeerStepMark(clock, step, due)))
         return outgoing
+
+    def _keep_copies(self, dst: str, message: Any, link: RangeLink) -> tuple[Any | None, int, bool]:
+        """A message about several env copies: the copies in range whose path loss spares them
+        (one draw per copy in range with a loss, in copy order), the delay of the farthest copy
+        kept, and whether the path loss lost a copy (None when no copy is left)."""
+        in_range = ~np.isnan(link.copy_loss)
+        keep = in_range.copy()
+        for copy in np.flatnonzero(in_range):
+            loss = float(link.copy_loss[copy])
+            if loss > 0.0 and self._path_loss_draw(dst) < loss:
+                keep[copy] = False
+        lost = bool((in_range & ~keep).any())
+        restricted = message.restricted_to_copies(keep) if keep.any() else None
+        if restricted is None:
+            return None, 0, lost
+        self.copies_cut[dst] += int((~keep).sum())
+        return restricted, int(link.copy_extra_delay_steps[keep].max()), lost
 
     def _path_loss_draw(self, dst: str) -> float:
         draws = self._path_loss_draws.get(dst)
@@ -179,9 +211,11 @@ class StepOutbox:
             rows[prefix + "dropped_loss"] = counters.dropped_loss
             rows[prefix + "dropped_partition"] = counters.dropped_partition
             rows[prefix + "duplicated"] = counters.duplicated
-            if self._range_loss is not None:
+            if self._range_link is not None:
                 rows[prefix + "dropped_range"] = self.dropped_range[dst]
                 rows[prefix + "dropped_path_loss"] = self.dropped_path_loss[dst]
+            if self._copies_seen:
+                rows[prefix + "copies_cut"] = self.copies_cut[dst]
         return rows
 
 

@@ -372,9 +372,9 @@ _ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "exponential": (),
     "random_regular": ("degree", "seed"),
     "edges": ("edges",),
-    "proximity": ("radius", "path_loss"),
+    "proximity": ("radius", "path_loss", "delay_steps_per_unit"),
 }
-_OPTIONAL_FIELDS = ("rows", "cols", "degree", "seed", "edges", "center", "radius", "path_loss")
+_OPTIONAL_FIELDS = ("rows", "cols", "degree", "seed", "edges", "center", "radius", "path_loss", "delay_steps_per_unit")
 
 
 class TopologyConfig(BaseModel):
@@ -397,6 +397,12 @@ class TopologyConfig(BaseModel):
     # kind proximity, optional: loss rising with distance within the radius (the log-distance
     # path-loss model, seeded per link; protocols/engines/proximity.py). None: no loss from distance.
     path_loss: PathLossConfig | None = None
+    # kind proximity, optional: delay rising with distance. A message between agents d apart (at
+    # the env step it was sent) is due round(delay_steps_per_unit * d) env steps (half up) later
+    # than its link's own delay_steps says; a function of the positions, so it draws nothing.
+    # With several env copies a message about copies waits for its farthest copy
+    # (protocols/engines/proximity.py). Needs protocols.talk: env_steps. None: no delay from distance.
+    delay_steps_per_unit: float | None = None
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> "TopologyConfig":
@@ -417,6 +423,9 @@ class TopologyConfig(BaseModel):
             raise ValueError(f"topology.center must be a node index >= 0, got {self.center}")
         if self.radius is not None and not (self.radius > 0 and self.radius < float("inf")):
             raise ValueError(f"topology.radius must be a finite distance > 0, got {self.radius}")
+        if self.delay_steps_per_unit is not None and not (0 < self.delay_steps_per_unit < float("inf")):
+            raise ValueError(f"topology.delay_steps_per_unit must be a finite number of env steps per unit of "
+                             f"distance > 0, got {self.delay_steps_per_unit}")
         return self
 
 

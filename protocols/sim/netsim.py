@@ -317,7 +317,9 @@ class StepNetwork:
 
     Links that follow positions (topology.kind: proximity): `positions(step)` gives every node's
     position at a step (rows in sorted node order: a mobility model), `radius` the range and
-    `path_loss` (a `PathLossConfig`, optional) the loss rising with distance within it. A
+    `path_loss` (a `PathLossConfig`, optional) the loss rising with distance within it,
+    `delay_steps_per_unit` (optional) the delay rising with it; `positions(step)` may give K env
+    copies' positions ((K, nodes, dims): each copy its own graph, protocols/engines/proximity.py). A
     message goes out only to a neighbour in range at the step it is sent, and at the start of each
     step, before its deliveries, each engine hears which neighbours left the range
     (`on_neighbour_down`) or came back (`on_neighbour_up`), as a live node's capabilities do
@@ -327,7 +329,7 @@ class StepNetwork:
     def __init__(self, engines: Mapping[str, SimulatedEngine], neighbours: Mapping[str, list[str]], run_seed: int,
                  config_for: Callable[[str, str], LinkConfig], clock: str = "train",
                  positions: Callable[[int], np.ndarray] | None = None, radius: float | None = None,
-                 path_loss=None) -> None:
+                 path_loss=None, delay_steps_per_unit: float | None = None) -> None:
         from protocols.engines.proximity import ProximityNeighbours
         from protocols.engines.step_links import StepInbox, StepOutbox
 
@@ -339,11 +341,11 @@ class StepNetwork:
         self.step_number = 0
         self.partitions = PartitionTable()
         self.positions = positions
-        self.proximity = ({node: ProximityNeighbours(sorted(self.engines), node, radius, path_loss) for node in self.engines}
-                          if positions else {})
+        self.proximity = ({node: ProximityNeighbours(sorted(self.engines), node, radius, path_loss, delay_steps_per_unit)
+                           for node in self.engines} if positions else {})
         self.graphs: list = []  # (links that follow positions) each step's GraphSummary
         self.outboxes = {node: StepOutbox(node, run_seed, config_for, self.partitions.blocks,
-                                          range_loss=self.proximity[node].range_loss if positions else None)
+                                          range_link=self.proximity[node].link if positions else None)
                          for node in self.engines}
         self.inboxes = {node: StepInbox() for node in self.engines}
         self.deliveries: list[tuple[int, str, str, object]] = []
@@ -355,14 +357,12 @@ class StepNetwork:
     def step(self) -> None:
         from protocols.engines.step_links import PeerStepMark
 
-        from protocols.engines.proximity import summarize
-
         now = float(self.step_number)
         changes: dict[str, tuple[list[str], list[str]]] = {}
         if self.positions is not None:
             where = np.asarray(self.positions(self.step_number), dtype=float)
             changes = {node: tracker.update(where) for node, tracker in self.proximity.items()}
-            self.graphs.append(summarize(where, next(iter(self.proximity.values())).radius))
+            self.graphs.append(next(iter(self.proximity.values())).summary())
         for node in sorted(self.engines):
             engine, outbox = self.engines[node], self.outboxes[node]
             left, back = changes.get(node, ([], []))

@@ -52,3 +52,33 @@ def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_g
     assert dropped > 0, "no message was ever out of range"
     report = summarize_run(first)["proximity"]  # the report's graph over time
     assert len(report["series"]) == len(graph) and report["connected_fraction"] < 1.0 and report["range_changes"] > 0
+
+
+def test_several_env_copies_each_follow_their_own_graph_with_delay_rising_with_distance(tmp_path):
+    """tiny_proximity with 4 env copies and a distance delay (2 steps per unit): messages about
+    copies (the landmark tables, the hindsight rows) have the copies out of range cut out, each
+    copy's landmark agreement knows only the rows of its own component (rows known per copy
+    differ), the team's graph (the union) is denser than each copy's, and a second run with other
+    timing repeats the first row for row."""
+    settings = (*SETTINGS, "env.num_copies=4", "topology.delay_steps_per_unit=2")
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_config("configs/tiny_proximity.yaml", first, *settings)
+    run_config("configs/tiny_proximity.yaml", second, *settings, *OTHER_TIMING)
+
+    cut = 0.0
+    for agent in AGENTS:
+        agent_rows = rows(first, agent)
+        talk = [row for row in agent_rows if "talk/delivered" in row][-1]
+        assert talk["talk/delivered"] > 0 and talk["talk/marks_missed"] == 0, agent
+        cut += sum(value for key, value in talk.items() if key.endswith("/copies_cut"))
+        assert not any("reproducibility/broken" in row for row in agent_rows), agent
+        assert seeded_rows(second, agent) == seeded_rows(first, agent), f"{agent}: the two runs differ"
+    assert cut > 0, "no copy was ever cut out of a message"
+    agent_rows = rows(first, "agent_0")
+    union = [row["proximity/edges"] for row in agent_rows if "proximity/edges" in row]
+    per_copy = [row["proximity/edges_per_copy"] for row in agent_rows if "proximity/edges_per_copy" in row]
+    assert len(per_copy) == len(union) >= 30 and sum(per_copy) < sum(union)
+    known = [row["landmarks/rows_known"] for row in agent_rows if "landmarks/rows_known" in row]
+    assert any(value != int(value) for value in known), known  # copies knew different rows
+    report = summarize_run(first)["proximity"]
+    assert report["copies_cut"] > 0 and report["edges_per_copy_mean"] < report["edges_mean"]

@@ -20,8 +20,12 @@ from protocols.codec import messages as m
 from protocols.codec.packed import PackedLayout
 from protocols.engines.consensus import ConsensusRequest, PushSumConsensus, SyncConsensus
 from protocols.engines.proximity import (
-    PathLossConfig, ProximityNeighbours, in_range, in_range_matrix, metropolis_from_adjacency, summarize,
+    PathLossConfig, ProximityNeighbours, RangeLink, distance_delay_steps, in_range, in_range_matrix,
+    metropolis_from_adjacency, summarize,
 )
+from protocols.engines.flooding import FloodEngine, FloodRequest, FloodResult, FloodTable
+from protocols.engines.hindsight import HindsightRows
+from agent_node.landmarks.session import assign, rows_known
 from protocols.engines.step_links import TRAINING_CLOCK, PeerStepMark, StepOutbox
 from protocols.engines.topology import TopologyConfig, build_topology, metropolis_weights
 from protocols.net.links import LinkConfig
@@ -80,7 +84,7 @@ def test_a_message_out_of_range_is_dropped_and_counted_its_mark_still_goes_and_t
     lossy = LinkConfig(delay_steps=1, loss=0.5)
     out_steps = {3, 4, 7}
     where = {"b": True}
-    gated = StepOutbox("a", 11, lambda s, d: lossy, range_loss=lambda dst: 0.0 if where[dst] else None)
+    gated = StepOutbox("a", 11, lambda s, d: lossy, range_link=lambda dst: RangeLink(0.0, 0) if where[dst] else None)
     plain = StepOutbox("a", 11, lambda s, d: lossy)
     gated_fates, plain_fates = [], []
     for step in range(12):
@@ -113,7 +117,7 @@ def test_path_loss_is_one_half_at_its_distance_and_rises_with_distance_as_the_lo
 
 def test_path_loss_drops_its_share_of_messages_from_a_seeded_stream_of_its_own():
     def fates(run_seed: int, loss: float) -> list[list[int]]:
-        outbox = StepOutbox("a", run_seed, lambda s, d: LinkConfig(delay_steps=2), range_loss=lambda dst: loss)
+        outbox = StepOutbox("a", run_seed, lambda s, d: LinkConfig(delay_steps=2), range_link=lambda dst: RangeLink(loss, 0))
         result = []
         for step in range(4000):
             outbox.queue([("b", step)])
@@ -281,6 +285,220 @@ def test_push_sum_on_a_graph_that_follows_positions_reaches_the_exact_team_mean_
         assert engines[node].done and float(engines[node].result["x"][0]) == pytest.approx(12.0, abs=1e-6), node
 
 
+# ------------------------------------------------------------------ several env copies
+
+
+def two_worlds(step: int = 0) -> np.ndarray:
+    """Two copies of a three-agent world (1-D): in copy 0 all three are in range of each other
+    (radius 1); in copy 1 c is far away, and a and b are 0.8 apart."""
+    return np.array([[[0.0], [0.3], [0.6]],
+                     [[0.0], [0.8], [9.0]]])
+
+
+def test_with_several_copies_a_neighbour_is_in_range_while_it_is_in_range_in_some_copy():
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0)
+    assert tracker.update(two_worlds()) == ([], [])  # c is in range in copy 0
+    assert tracker.num_copies == 2
+    far = two_worlds().copy()
+    far[0, 2] = 5.0  # c now out of range in both copies
+    assert tracker.update(far) == (["c"], [])
+    assert tracker.adjacency().tolist() == [[False, True, False], [True, False, False], [False, False, False]]
+    assert tracker.update(two_worlds()) == ([], ["c"])
+    # The team's graph is the union (3 edges, one component); each copy has its own (3 and 1 edges).
+    assert (tracker.summary().edges, tracker.summary().components) == (3, 1)
+    assert tracker.edges_per_copy() == 2.0
+
+
+def test_each_copys_link_has_its_own_loss_and_delay_and_a_message_about_no_copy_takes_the_nearest():
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0,
+                                  path_loss=PathLossConfig(half_loss_distance=0.5), delay_steps_per_unit=5.0)
+    tracker.update(two_worlds())
+    to_b, to_c = tracker.link("b"), tracker.link("c")
+    model = PathLossConfig(half_loss_distance=0.5)
+    np.testing.assert_allclose(to_b.copy_loss, [model.loss_probability(0.3), model.loss_probability(0.8)])
+    assert to_b.copy_extra_delay_steps.tolist() == [2, 4]  # round(1.5) = 2 (half up), round(4.0) = 4
+    assert (to_b.loss, to_b.extra_delay_steps) == (model.loss_probability(0.3), 2)  # the nearest copy's link
+    assert np.isnan(to_c.copy_loss[1]) and to_c.copy_loss[0] == model.loss_probability(0.6)
+    assert tracker.range_loss("c") == model.loss_probability(0.6)
+    # One copy: no per-copy link, so the outbox takes the one-copy path it always took.
+    tracker.update(two_worlds()[0])
+    assert tracker.num_copies == 1 and tracker.link("b").copy_loss is None
+
+
+def flood_table(nodes: list[str], k: int = 2) -> FloodTable:
+    values = np.arange(len(nodes) * k * 3, dtype=np.float32).reshape(len(nodes), k, 3)
+    return FloodTable("train:0", 1, nodes, values, copy_axis=0)
+
+
+def test_a_message_about_copies_keeps_only_the_copies_in_range_and_a_message_about_none_follows_the_union():
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0)
+    tracker.update(two_worlds())
+    outbox = StepOutbox("a", 1, lambda s, d: LinkConfig(delay_steps=1), range_link=tracker.link)
+    table = flood_table(["a", "b"])
+    outbox.queue([("b", table), ("c", table), ("c", "a share about no copy")])
+    sent = dict((dst, []) for dst in "bc")
+    for dst, message in outbox.close_step(TRAINING_CLOCK, 0, ["b", "c"]):
+        sent[dst].append(message)
+    assert sent["b"][0] is table  # in range in every copy: the very message
+    to_c = sent["c"][0]
+    assert np.isnan(to_c.values[:, 1]).all() and np.array_equal(to_c.values[:, 0], table.values[:, 0])  # copy 1 cut
+    assert sent["c"][1] == "a share about no copy" and sent["c"][2].due == [1, 1]
+    assert dict(outbox.copies_cut) == {"b": 0, "c": 1} and outbox.metrics()["talk/a_to_c/copies_cut"] == 1
+    # An evaluation's copies are not the training world's: its messages follow the union, whole.
+    outbox.queue([("c", table)])
+    assert outbox.close_step("eval:0", 0, ["c"])[0][1] is table
+
+
+def test_each_copy_has_its_own_path_loss_draw_and_a_message_about_copies_waits_for_its_farthest_copy():
+    """b is 0.01 from a in copy 0 (no loss) and 0.8 in copy 1 (lost nearly always): a table keeps
+    copy 0 and loses copy 1; with a distance delay a table carrying both copies is due at the
+    farther copy's delay, a message about no copy at the nearer's."""
+    worlds = np.array([[[0.0], [0.01], [5.0]], [[0.0], [0.8], [5.0]]])
+    steep = PathLossConfig(half_loss_distance=0.1, exponent=4.0, shadowing_db=1.0)
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0, path_loss=steep)
+    tracker.update(worlds)
+    outbox = StepOutbox("a", 1, lambda s, d: LinkConfig(delay_steps=1), range_link=tracker.link)
+    table = flood_table(["a"])
+    for step in range(50):
+        outbox.queue([("b", table)])
+        sent = outbox.close_step(TRAINING_CLOCK, step, ["b"])
+        assert np.isnan(sent[0][1].values[:, 1]).all() and not np.isnan(sent[0][1].values[:, 0]).any()
+    assert outbox.copies_cut["b"] == 50 and outbox.dropped_path_loss["b"] == 0
+    only_far = HindsightRows("train:0", np.zeros((1, 4), np.float32), np.zeros(1, np.int64), np.zeros((1, 4), np.float32),
+                             np.zeros(1, bool), np.zeros(1, np.int64), np.zeros(1, np.int64), copies=np.array([1]))
+    outbox.queue([("b", only_far)])
+    assert outbox.close_step(TRAINING_CLOCK, 50, ["b"])[-1][1].due == []
+    assert outbox.dropped_path_loss["b"] == 1  # its one copy in range was lost to the distance
+
+    delayed = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0, delay_steps_per_unit=5.0)
+    delayed.update(two_worlds())  # a-b: 0.3 in copy 0 (2 steps), 0.8 in copy 1 (4 steps)
+    outbox = StepOutbox("a", 1, lambda s, d: LinkConfig(delay_steps=1), range_link=delayed.link)
+    outbox.queue([("b", flood_table(["a"])), ("b", "about no copy")])
+    assert outbox.close_step(TRAINING_CLOCK, 10, ["b"])[-1][1].due == [10 + 1 + 4, 10 + 1 + 2]
+
+
+def test_a_message_with_nothing_left_in_range_is_dropped_and_counted_for_range():
+    tracker = ProximityNeighbours(["a", "b", "c"], "a", radius=1.0)
+    tracker.update(two_worlds())
+    outbox = StepOutbox("a", 1, lambda s, d: LinkConfig(delay_steps=1), range_link=tracker.link)
+    rows_of_copy_1 = HindsightRows("train:0", np.zeros((2, 4), np.float32), np.zeros(2, np.int64), np.zeros((2, 4), np.float32),
+                                   np.zeros(2, bool), np.zeros(2, np.int64), np.zeros(2, np.int64), copies=np.array([1, 1]))
+    outbox.queue([("c", rows_of_copy_1)])
+    assert outbox.close_step(TRAINING_CLOCK, 0, ["c"])[-1][1].due == []
+    assert outbox.dropped_range["c"] == 1 and outbox.copies_cut["c"] == 0
+
+
+def test_hindsight_rows_restricted_to_copies_keep_the_rows_of_those_copies():
+    rows = HindsightRows("train:0", np.arange(8, dtype=np.float32).reshape(4, 2), np.arange(4), np.zeros((4, 2), np.float32),
+                         np.zeros(4, bool), np.zeros(4, np.int64), np.ones(4, np.int64), copies=np.array([0, 1, 0, 2]))
+    kept = rows.restricted_to_copies(np.array([True, False, True]))
+    assert kept.actions.tolist() == [0, 2, 3] and kept.copies.tolist() == [0, 0, 2] and kept.obs.shape == (3, 2)
+    assert rows.restricted_to_copies(np.array([False, True, False])).actions.tolist() == [1]
+    assert rows.restricted_to_copies(np.array([False, False, True])).copies.tolist() == [2]
+    assert HindsightRows(*[getattr(rows, f) for f in ("episode", "obs", "actions", "next_obs", "terminated", "pursued",
+                                                      "reached")], copies=np.array([1, 1, 1, 1])
+                         ).restricted_to_copies(np.array([True, False])) is None
+
+
+def test_flooding_merges_a_values_copies_from_the_tables_that_have_them_and_is_complete_only_when_all_are_known():
+    engine = FloodEngine("a", round_timeout_s=5)
+    own = np.zeros((2, 3), np.float32)
+    engine.start(FloodRequest("train:0", own, ["b", "c"], team_size=3, rounds=1, copy_axis=0), 0.0)
+    b_value = np.ones((2, 3), np.float32)
+    only_copy_0 = FloodTable("train:0", 1, ["b"], b_value[None].copy(), copy_axis=0).restricted_to_copies(np.array([True, False]))
+    only_copy_1 = FloodTable("train:0", 1, ["b", "c"], np.stack([b_value, 2 * b_value]), copy_axis=0
+                             ).restricted_to_copies(np.array([False, True]))
+    engine.on_message("b", only_copy_0, 1.0)
+    engine.on_message("c", only_copy_1, 1.0)
+    result = engine.result
+    np.testing.assert_array_equal(result.values["b"], b_value)  # copy 0 from b, copy 1 from c's table
+    assert np.isnan(result.values["c"][0]).all() and (result.values["c"][1] == 2).all()
+    assert not result.complete  # c's row of copy 0 is unknown
+
+
+def test_the_assignment_of_a_copy_uses_only_the_rows_known_in_that_copy():
+    nan = np.full(2, np.nan)
+    table = {"a": np.array([[0.1, 0.9], [0.1, 0.9]]), "b": np.array([[0.2, 5.0], nan])}
+    # Copy 0: b's row says it must take landmark 0, so a takes 1; copy 1: a alone takes its nearest.
+    assert assign(table, "a").tolist() == [1, 0]
+    assert rows_known(table) == 1.5
+
+
+def run_flooding(positions, values: dict[str, np.ndarray], rounds: int) -> dict[str, FloodResult]:
+    nodes = sorted(values)
+    engines = {node: FloodEngine(node, round_timeout_s=4) for node in nodes}
+    network = StepNetwork(engines, {n: [o for o in nodes if o != n] for n in nodes}, run_seed=3,
+                          config_for=lambda s, d: LinkConfig(delay_steps=1), positions=positions, radius=1.0)
+    network.run_steps(1)  # (the first positions: a run begins on its step's graph, as in a node)
+    for node in nodes:
+        live = [o for o in nodes if o != node and not network.proximity[node].out_of_range(o)]
+        request = FloodRequest("train:1", values[node], live, team_size=len(nodes), rounds=rounds, copy_axis=0)
+        network.begin(node, engines[node].start, request, 1.0)
+    network.run_steps(20)
+    assert all(engine.done for engine in engines.values())
+    return {node: engine.result for node, engine in engines.items()}
+
+
+def test_in_the_simulator_each_copy_floods_over_its_own_graph_as_one_copy_runs_would():
+    """The oracle: K one-copy runs. a-b-c on a line in copy 0 (a and c only through b), c far
+    away in copy 1: each copy's values reach exactly whom they reach in a run of that copy alone."""
+    worlds = np.array([[[0.0], [0.9], [1.8]], [[0.0], [0.8], [9.0]]])
+    values = {node: np.array([[i, 10.0 + i], [20.0 + i, 30.0 + i]], np.float32) for i, node in enumerate("abc")}
+    both = run_flooding(lambda step: worlds, values, rounds=2)
+    for copy in range(2):
+        alone = run_flooding(lambda step: worlds[copy], {n: v[copy:copy + 1] for n, v in values.items()}, rounds=2)
+        for node in "abc":
+            known_alone = {o: v for o, v in alone[node].values.items()}
+            known_both = {o: v[copy:copy + 1] for o, v in both[node].values.items() if np.isfinite(v[copy]).all()}
+            assert known_both.keys() == known_alone.keys(), (copy, node)
+            for other in known_alone:
+                np.testing.assert_array_equal(known_both[other], known_alone[other])
+    assert both["a"].values.keys() == {"a", "b", "c"} and np.isnan(both["a"].values["c"][1]).all()
+    assert both["c"].values.keys() == {"a", "b", "c"} and not both["c"].complete
+
+
+# ------------------------------------------------------------------ delay rising with distance
+
+
+def test_a_distance_adds_its_steps_rounded_half_up():
+    assert distance_delay_steps(None, 3.0) == 0
+    assert [distance_delay_steps(4.0, d) for d in (0.0, 0.1, 0.125, 0.3, 1.0)] == [0, 0, 1, 1, 4]
+
+
+def test_in_the_simulator_delay_rises_as_two_agents_drift_apart_and_draws_nothing():
+    """b walks from 0.1 to 1.0 away from a (radius 1): each message arrives 1 step (the link's
+    delay) plus round(10 d) steps after it was sent, and the link's loss draws are those of a
+    run without the distance delay (the delay is a function of the positions)."""
+    walk = np.linspace(0.1, 1.0, 100)
+
+    def heard(delay_steps_per_unit):
+        engines = {"a": Chatter("a", ["b"]), "b": Chatter("b", ["a"])}
+        network = StepNetwork(engines, {"a": ["b"], "b": ["a"]}, run_seed=2,
+                              config_for=lambda s, d: LinkConfig(delay_steps=1, loss=0.2),
+                              positions=lambda step: np.array([[0.0], [walk[min(step, 99)]]]), radius=1.0,
+                              delay_steps_per_unit=delay_steps_per_unit)
+        network.run_steps(130)
+        return engines["a"].heard
+
+    delayed, plain = heard(10.0), heard(None)
+    extra = lambda sent: distance_delay_steps(10.0, walk[min(sent, 99)])
+    assert all(at == sent + 1 + extra(sent) for at, _, sent in delayed)
+    # The same messages got through (the loss draws are untouched), those due within the run.
+    assert {sent for *_, sent in delayed} == {sent for *_, sent in plain if sent + 1 + extra(sent) <= 129}
+    assert len(plain) < 129  # (the loss did lose some)
+    assert {at - sent for at, _, sent in delayed} == set(range(2, 12))  # 1 + round(1) .. 1 + round(10)
+
+
+def test_delay_by_distance_is_validated_naming_the_field():
+    config = load_config(MAIN_JOB, [*PROXIMITY, "topology.delay_steps_per_unit=4"])
+    assert config.topology.delay_steps_per_unit == 4.0
+    for bad in (0, -1, "inf"):
+        with pytest.raises(ValidationError, match="topology.delay_steps_per_unit must be a finite number"):
+            TopologyConfig(kind="proximity", radius=1.0, delay_steps_per_unit=bad)
+    with pytest.raises(ValidationError, match="topology.delay_steps_per_unit does not apply to kind 'ring'"):
+        TopologyConfig(kind="ring", delay_steps_per_unit=2.0)
+
+
 # ------------------------------------------------------------------ positions from the env
 
 
@@ -334,7 +552,8 @@ def problems(*overrides: str) -> list[str]:
     return list(caught.value.problems)
 
 
-def test_the_main_job_validates_with_links_that_follow_positions():
+def test_the_main_job_validates_with_links_that_follow_positions_in_its_eight_copies():
+    assert load_config(MAIN_JOB, list(PROXIMITY[:2])).env.num_copies == 8
     config = load_config(MAIN_JOB, list(PROXIMITY))
     assert config.topology.radius == 0.8 and config.env.positions is None
     assert BUILTIN_POSITIONS[config.env.name] == "env_server.positions:mpe_positions"
@@ -346,10 +565,12 @@ def test_the_main_job_validates_with_links_that_follow_positions():
 @pytest.mark.parametrize("overrides, expected", [
     (("topology={kind: proximity, radius: 0.8}", "env.num_copies=1"),
      "protocols.talk: topology.kind proximity delivers a peer message only if its agents were in range"),
-    (("protocols.talk=env_steps", "topology={kind: proximity, radius: 0.8}"),
-     "env.num_copies: the links of topology.kind proximity follow the positions of one world; expected 1 copy, got 8"),
+    (("topology={kind: proximity, radius: 0.8, delay_steps_per_unit: 4}", "env.num_copies=1"),
+     "topology.delay_steps_per_unit: a delay counted in env steps needs protocols.talk: env_steps"),
     ((*PROXIMITY, "agents.landmarks=null", "env.name=reward_collection_v0", "env.kwargs={num_agents: 4}"),
      "env.positions: topology.kind proximity needs every agent's position, and reward_collection_v0 has no built-in reader"),
+    ((*PROXIMITY[:2], "env.num_workers=2"),
+     "env.num_workers: positions are read by the env server's own copies"),
     ((*PROXIMITY, "protocols.consensus.weights=uniform"),
      "protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with Metropolis weights"),
     (("env.positions=my_env.world:positions",),
@@ -400,3 +621,9 @@ def test_the_report_shows_the_teams_graph_over_time_from_the_agents_metrics():
     assert (graph["range_changes"], graph["dropped_range"], graph["dropped_path_loss"]) == (6.0, 3.0, 1.0)
     assert "one component throughout 50% of them" in proximity_lines({"proximity": graph})[0]
     assert _proximity_summary({"agent_0": [{"step": 5, "env/episode_return": -3.0}]}) is None
+    assert "each copy's own" not in proximity_lines({"proximity": graph})[0]
+    copies = [{**row, "proximity/edges_per_copy": 1.0} if "proximity/edges" in row else row for row in rows]
+    copies[-1] = {**copies[-1], "talk/agent_0_to_agent_1/copies_cut": 7.0}
+    graph = _proximity_summary({"agent_0": copies, "agent_1": other})
+    assert (graph["edges_per_copy_mean"], graph["copies_cut"]) == (1.0, 7.0)
+    assert "each copy's own had 1 edges on average, and 7 copies were cut out" in proximity_lines({"proximity": graph})[0]
