@@ -569,7 +569,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, help="run.steps (the config's 10,000 when not given)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, as for orchestrate up")
-    parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second per process")
+    parser.add_argument("--rate", type=int, default=25, help="py-spy samples per second per process")
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "bench_main_job_cpu", help="where the run directory goes")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before the run is stopped")
     results_page.add_page_options(parser)
