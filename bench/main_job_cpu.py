@@ -21,15 +21,19 @@ last reading before the process exits is its total. A process's CPU is then spli
 
 py-spy leaves out threads asleep, but a thread that was woken and waits for a CPU is runnable
 and is sampled where it sleeps: on a loaded machine many samples sit in `Poller.poll` or
-`Condition.wait`. Those (`WAITS`, matched on the innermost frame) are left out of the split and
-counted apart; the few microseconds the poll syscall itself costs are spread over the rest.
+`Condition.wait`, and a process that wakes another (the byte after a shared-memory body) is often
+preempted by it inside that write. Those samples (`WAITS`, matched on the innermost frame) are
+left out of the split and counted apart; the few microseconds those syscalls themselves cost are
+spread over the rest. A preemption anywhere else lands where the thread happened to be, in
+proportion to its CPU, and does not skew the split.
 The zygote (which imports torch and the node code once, then forks every node) is counted whole
 as start-up. Idle is a process's wall time (from its pid file to its exit) less its CPU; of it,
 the time its threads waited in a run queue (schedstat) is what load took.
 
 A process's categories sum to its CPU by construction; what the split says is only as good as the
-sampling (50 Hz by default, a few thousand samples per agent) and the rules. Unmatched frames are
-`other`, shown, never hidden.
+sampling (25 Hz by default: a few thousand samples per agent in a full run) and the rules.
+Unmatched frames are `other`, shown, never hidden. The page also lists the lines of our code where
+the samples are, whatever library they call (`own_lines`).
 """
 
 from __future__ import annotations
@@ -181,6 +185,10 @@ WAITS: tuple[tuple[str, str], ...] = (
     ("selectors.py", ""),
     ("multiprocessing/connection.py", "wait"),
     ("queue.py", "Queue.get"),
+    # The wake-up byte after a shared-memory body (`os.write` on the peer's pipe): the woken
+    # process takes the CPU and the writer sits runnable inside the write. The syscall itself is
+    # a few µs (bench/probes/wake_cost.py); samples here are almost all that wait.
+    ("protocols/net/shm_lockstep.py", "ShmLink.write"),
 )
 WAITING = "waiting (left out)"
 
@@ -228,24 +236,53 @@ def categorize(frames: list[tuple[str, str]]) -> str:
     return OTHER
 
 
-def parse_collapsed(text: str) -> Counter:
-    """Samples per category of py-spy's raw output (`record --format raw --threads`): one line per
-    distinct stack, `thread (tid): name;frame;frame;... count`."""
-    samples: Counter = Counter()
+OWN_CODE = ("agent_node/", "env_server/", "protocols/", "orchestrator/")
+
+
+def _stacks(text: str):
+    """(frames, raw frames, count) of each line of py-spy's raw output (`record --format raw
+    --threads`): one line per distinct stack, `thread (tid): name;frame;frame;... count`."""
     for line in text.splitlines():
         stack, _, count = line.rstrip().rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [parse_frame(frame) for frame in stack.split(";")]
-        if frames and frames[0][0] == "" and frames[0][1].startswith("thread ("):
-            frames = frames[1:]  # the thread's own line, not a frame
-        samples[categorize(frames)] += int(count)
+        raw = stack.split(";")
+        if raw[0].startswith("thread ("):
+            raw = raw[1:]  # the thread's own line, not a frame
+        yield [parse_frame(frame) for frame in raw], raw, int(count)
+
+
+def parse_collapsed(text: str) -> Counter:
+    """Samples per category of py-spy's raw output."""
+    samples: Counter = Counter()
+    for frames, _, count in _stacks(text):
+        samples[categorize(frames)] += count
     return samples
+
+
+def own_lines(text: str) -> Counter:
+    """Samples per (innermost line of this repository's code on the stack, its category), waits
+    left out: where in our code the time is spent, whatever library it calls."""
+    lines: Counter = Counter()
+    for frames, raw, count in _stacks(text):
+        category = categorize(frames)
+        if category == WAITING:
+            continue
+        own = [(path, function, frame) for (path, function), frame in zip(frames, raw) if path.startswith(OWN_CODE)]
+        if own:
+            path, function, frame = own[-1]
+            line = _FRAME.match(frame)["line"]
+            lines[(f"{path}:{line} {function}", category)] += count
+        else:
+            lines[("(no frame of ours)", category)] += count
+    return lines
 
 
 # ------------------------------------------------------------------------- process bookkeeping
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+HOT_LINES_KEPT = 30  # per process, in the record
+HOT_LINES_SHOWN = 12  # per kind of process, on the page
 POLL_S = 0.25
 
 
@@ -431,8 +468,10 @@ def attribute(process: Watched) -> dict:
     zmq_s = sum(thread["cpu_s"] for thread in process.threads.values() if thread["comm"].startswith("ZMQbg"))
     python_s = max(process.cpu_s - zmq_s, 0.0)
     samples: Counter = Counter()
+    lines: Counter = Counter()
     if process.raw_path is not None and process.raw_path.exists():
-        samples = parse_collapsed(process.raw_path.read_text())
+        text = process.raw_path.read_text()
+        samples, lines = parse_collapsed(text), own_lines(text)
     counted = sum(count for category, count in samples.items() if category != WAITING)
     seconds = dict.fromkeys(CATEGORIES, 0.0)
     if process.name == "zygote":
@@ -447,7 +486,9 @@ def attribute(process: Watched) -> dict:
     return {"pid": process.pid, "cpu_s": process.cpu_s, "wall_s": wall_s, "idle_s": max(wall_s - process.cpu_s, 0.0),
             "queued_s": sum(thread["queued_s"] for thread in process.threads.values()),
             "zmq_threads_cpu_s": zmq_s, "seconds": seconds, "samples": dict(samples),
-            "samples_waiting": samples.get(WAITING, 0), "py_spy": _spy_counts(process.spy_log)}
+            "samples_waiting": samples.get(WAITING, 0), "py_spy": _spy_counts(process.spy_log),
+            "hot_lines": [{"where": where, "category": category, "samples": count}
+                          for (where, category), count in lines.most_common(HOT_LINES_KEPT)]}
 
 
 def gradient_steps(run_dir: Path, node: str) -> float | None:
@@ -486,6 +527,19 @@ def _share(row: dict, key: str, whole: float) -> str:
     if row.get("idle") or whole <= 0:
         return ""
     return f"{100 * row[key] / whole:.1f} %"
+
+
+def hot_lines(processes: dict[str, dict]) -> list[dict]:
+    """The lines of our code with the most samples over `processes` (one kind: the agents, or the
+    env server): each line's share of their counted samples and its CPU seconds (per process)."""
+    counted = sum(sum(p["samples"].values()) - p["samples_waiting"] for p in processes.values())
+    cpu_s = sum(p["cpu_s"] - p["zmq_threads_cpu_s"] for p in processes.values()) / len(processes)
+    merged: Counter = Counter()
+    for process in processes.values():
+        for line in process["hot_lines"]:
+            merged[(line["where"], line["category"])] += line["samples"]
+    return [{"where": where, "category": category, "share": count / counted, "cpu_s": cpu_s * count / counted}
+            for (where, category), count in merged.most_common(HOT_LINES_SHOWN)] if counted else []
 
 
 def render(record: dict, source: str) -> str:
@@ -551,14 +605,25 @@ def render(record: dict, source: str) -> str:
         ("samples (in a wait, left out)", "right", lambda row: f"{sum(row['samples'].values()):,} ({row['samples_waiting']:,})"),
         ("py-spy errors", "right", lambda row: str(row["py_spy"]["errors"]) if row["py_spy"]["errors"] is not None else "–"),
     ], [{"name": name, **p} for name, p in processes.items()])
+    hot = "".join(f"\n{title}:\n\n" + results_page.table([
+        ("line of our code (innermost on the stack)", "left", lambda row: f"`{row['where']}`"),
+        ("category", "left", lambda row: row["category"]),
+        ("share of the CPU", "right", lambda row: f"{100 * row['share']:.1f} %"),
+        ("CPU s", "right", lambda row: f"{row['cpu_s']:.1f}"),
+    ], hot_lines(group)) for title, group in (("An agent (the four together, CPU s their mean)", agents),
+                                               ("The env server", {"env": processes["env"]})))
     reading = (
         "How to read it: a category's CPU seconds are the process's CPU (all its threads, from /proc) "
         "times the share of its samples in that category; the zmq I/O threads' CPU is transport; the "
         "zygote's is start-up. \"Queued for a CPU\" is schedstat's run-queue time of the threads alive "
         "at the last reading: the part of idle that load took. Samples in a wait are those whose "
-        "innermost frame is a poll or a condition wait (a runnable thread, woken and waiting for a CPU): "
-        "left out of the split.\n\n"
+        "innermost frame is a poll, a condition wait or the wake-up byte written after a shared-memory "
+        "body (a runnable thread: woken and waiting for a CPU, or preempted by the process it woke): "
+        "left out of the split. `other` is mostly samples with no Python frame (the interpreter's "
+        "start and exit) and stacks py-spy read cut short.\n\n"
         "Per process:\n\n" + per_process
+        + "\nWhere in our code, whatever library it calls (a sample's innermost frame in `agent_node/`, "
+        "`env_server/`, `protocols/`, `orchestrator/`; waits left out; CPU seconds from the process's split):\n" + hot
     )
     return results_page.header(record, PAGE_TITLE, source) + intro + "\n" + table + "\n" + reading
 
