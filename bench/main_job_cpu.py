@@ -54,7 +54,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_page  # noqa: E402
-from runs import REPO  # noqa: E402
+from runs import REPO, run_record  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
 PAGE_TITLE = "Where the main job's CPU goes"
@@ -584,7 +584,8 @@ def render(record: dict, source: str) -> str:
         f"(mean {sum(loads) / len(loads):.2f}) on {record['machine']['cores']} cores. CPU seconds depend on "
         f"load less than wall time does, but not nothing (caches, the cost of wake-ups, the other core's "
         f"work); the wall times here are not speed results.\n\n"
-        f"- `orchestrate up` took **{run['wall_s']:.1f} s** from start to exit; the run itself (its "
+        f"- The run exited {run['record']['exit_code']} with its budget done ({run['record']['steps_done']:,} steps), "
+        f"torch {run['record']['torch']}. `orchestrate up` took **{run['wall_s']:.1f} s** from start to exit; the run itself (its "
         f"`run_started` to `run_finished` events) {run['duration_s']:.1f} s."
         f" Every process's CPU together: **{all_cpu:.1f} s** ({all_cpu / run['wall_s']:.2f} cores on average); "
         f"on 2 cores the run cannot take less than half of it, {all_cpu / 2:.1f} s, with perfect overlap.\n"
@@ -653,13 +654,16 @@ def main() -> int:
     from orchestrator.overrides import load_yaml
     from orchestrator.report import summarize_run
 
+    run = run_record(run_dir, 0)  # the shared rule: a run is read only when it exited 0 with its budget done
+    if run["refused"] is not None:
+        raise SystemExit(f"{run_dir}: not read: {run['refused']}")
     steps = load_yaml((run_dir / RESOLVED_FILENAME).read_text())["run"]["steps"]
     processes = measured.pop("processes")
     agents = sorted(name for name in processes if name.startswith("agent_"))
     if not agents or "env" not in processes:
         raise SystemExit(f"expected agent processes and an env server in {run_dir}, found {sorted(processes)}")
     record["settings"] = {"config": CONFIG, "overrides": overrides, "steps": steps, "rate_hz": args.rate}
-    record["run"] = {**measured, "run_dir": str(run_dir), "duration_s": summarize_run(run_dir)["duration_s"],
+    record["run"] = {**measured, "run_dir": str(run_dir), "record": run, "duration_s": summarize_run(run_dir)["duration_s"],
                      "gradient_steps": {name: gradient_steps(run_dir, name) for name in agents}}
     record["processes"] = processes
     record["rows"] = rows_of(processes)
