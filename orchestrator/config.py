@@ -77,6 +77,7 @@ from protocols.run.settings import (
     agent_node_ids,
     is_agent_node_id,
 )
+from protocols.engines.step_links import peer_message_types
 from protocols.engines.topology import Topology, TopologyConfig, build_topology
 
 RESOLVED_FILENAME = "resolved.yaml"
@@ -555,7 +556,15 @@ class RunConfig(BaseModel):
                 "network.default_link.delay_steps: the default link is every env link too, and the env link is the "
                 "clock that env-step delays count; set delay_steps on a link override with role: peer_links instead"
             )
+        if self.network.default_link.messages is not None:
+            problems.append(
+                "network.default_link.messages: the default link is every env link too, whose messages are the env's, "
+                "not the protocols'; set messages on a link override with role: peer_links instead")
         for position, override in enumerate(self.network.links):
+            if override.link.messages is not None:
+                problems += _message_filter_problems(f"network.links.{position}.link.messages", override.link.messages,
+                                                     talk_in_steps, [(a, b) for a in valid_ids for b in valid_ids
+                                                                     if a != b and override.matches(a, b)])
             if not override.link.counts_steps:
                 continue
             field = f"network.links.{position}.link.delay_steps"
@@ -567,6 +576,19 @@ class RunConfig(BaseModel):
             if not_peers:
                 problems.append(f"{field}: only links between two agents can count env steps, but this override also "
                                 f"selects {', '.join(not_peers[:3])}{' ...' if len(not_peers) > 3 else ''} (select role: peer_links)")
+        for position, event in enumerate(self.faults.schedule):
+            if event.link is None or event.link.messages is None:
+                continue
+            field = f"faults.schedule.{position}.link.messages"
+            problems += _message_filter_problems(field, event.link.messages, talk_in_steps, event.edges)
+            if not event.edges:
+                problems.append(f"{field}: a link change that limits its faults to message types names its edges "
+                                "(between two agents), not targets, whose links to env it would change too")
+            elif not event.link.counts_steps:
+                # Without delay_steps the node's wall-clock links would take the profile too
+                # (protocols/run/control.py `apply_network_fault`), and they cannot filter by type.
+                problems.append(f"{field}: a link change that limits its faults to message types needs delay_steps "
+                                "in its link profile (1: the next step), so only the env-step link takes it")
         if not talk_in_steps:
             return problems
         if topology is not None:
@@ -749,6 +771,26 @@ def read_yaml(path: str | Path) -> Any:
         detail = f"{context}, {problem}" if context else problem
         raise ConfigError([f"{where}: YAML syntax error: {detail}"]) from None
     return {} if data is None else data
+
+
+def _message_filter_problems(field: str, messages: tuple[str, ...], talk_in_steps: bool,
+                             links: list[tuple[str, str]]) -> list[str]:
+    """`messages` on a link (LinkConfig: faults on these message types only) needs links between
+    agents that talk in env steps, and names of message types that peer links carry."""
+    problems = []
+    if not talk_in_steps:
+        problems.append(f"{field}: limits a link's faults to message types, which only links that count env steps "
+                        "do (protocols.talk: env_steps); wall-clock links (talk: free) do not implement it; got talk free")
+    not_peers = sorted({f"{a} -> {b}" for a, b in links if not (is_agent_node_id(a) and is_agent_node_id(b))})
+    if not_peers:
+        problems.append(f"{field}: only links between two agents carry the protocols' messages, but this link also "
+                        f"selects {', '.join(not_peers[:3])}{' ...' if len(not_peers) > 3 else ''} (select role: peer_links)")
+    known = peer_message_types()
+    unknown = [name for name in messages if name not in known]
+    if unknown:
+        problems.append(f"{field}: expected message types that peer links carry ({', '.join(known)}), "
+                        f"got unknown {', '.join(map(repr, unknown))}")
+    return problems
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

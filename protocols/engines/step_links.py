@@ -14,6 +14,8 @@ of a proximity topology (protocols/engines/proximity.py: a message is dropped wh
 receiver were farther apart than the radius at the step it was sent, or, with a path-loss model,
 lost with a probability rising with their distance; with a distance delay it is due that many
 steps later; with several env copies a message about copies keeps only the copies in range).
+A link may limit its loss, duplication and drawn delay to some message types
+(`LinkConfig.messages`: the others cross as on a clean link; `StepLinkModel` says how).
 
 How the receiver knows what is due before it acts. The sender holds what its protocols send
 while it handles step t (`StepOutbox.queue`); when it answers the env server it closes the step
@@ -48,7 +50,7 @@ import numpy as np
 from protocols.engines.engine import Outgoing
 from protocols.engines.proximity import RangeLink, path_loss_seed
 from protocols.net.links import LinkConfig, LinkCounters, LinkModel
-from protocols.codec.messages import register_message
+from protocols.codec.messages import MESSAGE_TYPES, register_message
 from protocols.seeds import derive_seed
 
 TRAINING_CLOCK = "train"
@@ -70,6 +72,17 @@ class PeerStepMark:
     due: list[int]
 
 
+def peer_message_types() -> list[str]:
+    """The message types a peer link carries, which `LinkConfig.messages` may name: those of
+    Parley's protocol engines and of every peer protocol loaded (agents.protocols), not the
+    control plane's, the env's, membership's heartbeats (none talks in env steps) or the marks."""
+    # Imported here only to register their messages (they are not this module's dependencies).
+    from protocols.engines import bootstrap, consensus, flooding, hindsight, negotiation, supervision, team_negotiation  # noqa: F401
+
+    return sorted(name for name, cls in MESSAGE_TYPES.items()
+                  if not cls.__module__.startswith("protocols.codec.") and cls is not PeerStepMark)
+
+
 def step_link_seed(run_seed: int, src: str, dst: str) -> int:
     """The seed of the env-step link src -> dst: the same in every process and in the simulator."""
     return derive_seed(run_seed, 0, f"step_link/{src}->{dst}")
@@ -78,20 +91,50 @@ def step_link_seed(run_seed: int, src: str, dst: str) -> int:
 class StepLinkModel:
     """One directed env-step link: for a message sent at step t, the steps its copies are due at
     (none: lost). The draws are `LinkModel`'s, with the step fields in place of the seconds ones,
-    so a distribution, Gilbert–Elliott loss and duplication behave as they do in wall time."""
+    so a distribution, Gilbert–Elliott loss and duplication behave as they do in wall time.
+
+    With `messages` (LinkConfig), only messages of those types are drawn for; any other is due at
+    the next step and takes no draws. So the named messages see exactly the fates they would see
+    on this link if they were the only traffic: which of them are lost does not depend on how
+    many messages of other types happen to be sent between them (a number the learning changes
+    from run to run), and a Gilbert–Elliott chain steps once per named message, so its bursts
+    are counted in named messages. The other choice, drawing for every message and ignoring the
+    draw for the others, would keep the named messages' draws aligned with an unfiltered link
+    only while both runs send the same messages, which ends at the first loss that differs."""
 
     def __init__(self, config: LinkConfig, seed: int) -> None:
         self.config = config
         self._model = LinkModel(config.in_steps_as_seconds(), seed)
+        self.by_type: dict[str, LinkCounters] = defaultdict(LinkCounters)  # msg_type -> its messages' fates
+        self.passed_clean = 0  # messages of types outside `config.messages`: due next step, no draws
 
     @property
     def counters(self) -> LinkCounters:
         return self._model.counters
 
-    def decide(self, step: int) -> list[int]:
-        arrivals = self._model.decide(float(step), 0)
-        # Rounded to whole steps (half up), and never before the next step.
-        return [step + max(1, math.floor(arrival - step + 0.5)) for arrival in arrivals]
+    def faults_apply_to(self, msg_type: str) -> bool:
+        return self.config.messages is None or msg_type in self.config.messages
+
+    def decide(self, step: int, msg_type: str = "") -> list[int]:
+        """The due steps of the copies of one message of type `msg_type` sent at `step`."""
+        if self.faults_apply_to(msg_type):
+            arrivals = self._model.decide(float(step), 0)
+            # Rounded to whole steps (half up), and never before the next step.
+            due = [step + max(1, math.floor(arrival - step + 0.5)) for arrival in arrivals]
+        else:
+            self._model.counters.sent += 1  # offered to the link like any message, and not lost
+            self.passed_clean += 1
+            due = [step + 1]
+        of_type = self.by_type[msg_type]
+        of_type.sent += 1
+        of_type.dropped_loss += not due  # (in steps the link's model loses only to `loss`)
+        of_type.duplicated += len(due) > 1
+        return due
+
+    def carry_on_from(self, previous: StepLinkModel) -> None:
+        """Take over `previous`'s random stream and counters (a link change mid-run)."""
+        self._model._rng, self._model.counters = previous._model._rng, previous._model.counters
+        self.by_type, self.passed_clean = previous.by_type, previous.passed_clean
 
 
 class StepOutbox:
@@ -128,9 +171,8 @@ class StepOutbox:
     def set_config(self, dst: str, config: LinkConfig) -> None:
         """Change the link to `dst` from the next step on (a link change of the fault schedule);
         its counters and its random stream carry over."""
-        model = self.model_for(dst)
         replacement = StepLinkModel(config.counting_steps(), 0)
-        replacement._model._rng, replacement._model.counters = model._model._rng, model._model.counters
+        replacement.carry_on_from(self.model_for(dst))
         self._models[dst] = replacement
 
     def queue(self, outgoing: Iterable[Outgoing]) -> None:
@@ -171,7 +213,7 @@ class StepOutbox:
                     model.counters.sent += 1
                     self.dropped_path_loss[destination] += 1
                     continue
-                for due_step in model.decide(step):
+                for due_step in model.decide(step, _msg_type(message)):
                     due.append(due_step + extra_delay)
                     outgoing.append((destination, message))
                     model.counters.delivered += 1
@@ -216,7 +258,20 @@ class StepOutbox:
                 rows[prefix + "dropped_path_loss"] = self.dropped_path_loss[dst]
             if self._copies_seen:
                 rows[prefix + "copies_cut"] = self.copies_cut[dst]
+            if model.config.messages is not None or model.passed_clean:
+                rows[prefix + "passed_clean"] = model.passed_clean
+            # Per message type, in a namespace of its own: sums over `talk/` stay per link.
+            for msg_type, of_type in sorted(model.by_type.items()):
+                by_type = f"talk_by_type/{self.src}_to_{dst}/{msg_type}/"
+                rows[by_type + "sent"] = of_type.sent
+                rows[by_type + "dropped_loss"] = of_type.dropped_loss
+                rows[by_type + "duplicated"] = of_type.duplicated
         return rows
+
+
+def _msg_type(message: Any) -> str:
+    """A registered message's `msg_type`; the class name of anything else (a test's string)."""
+    return getattr(message, "MSG_TYPE", type(message).__name__)
 
 
 @dataclass(order=True)

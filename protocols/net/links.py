@@ -122,6 +122,13 @@ class LinkConfig(BaseModel):
     # order. The wall-clock fields (delay_s, jitter, reordering, bandwidth) do not apply.
     delay_steps: float | None = None
     delay_steps_std: float = 0.0
+    # Env-step links only: the message types (their registered `msg_type`, e.g. flood.table)
+    # whose fate this link's draws decide: loss, duplication and a delay beyond one step. A
+    # message of any other type crosses as on a clean link (due at the next step) and takes no
+    # draws from the link's stream (protocols/engines/step_links.py says why). Partitions, the
+    # range of a proximity topology and marks are not the link's draws and apply as without it.
+    # None: every message. The run's config checks the names (orchestrator/config.py).
+    messages: tuple[str, ...] | None = None
 
     _trace_s: np.ndarray | None = PrivateAttr(default=None)
 
@@ -144,6 +151,18 @@ class LinkConfig(BaseModel):
     def _positive_or_none(cls, value: float | None, info) -> float | None:
         if value is not None and not value > 0.0:
             raise ValueError(f"{info.field_name} must be > 0 (or null for no cap), got {value}")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _some_message_types_once_each(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("messages: expected at least one message type (leave it out for every message), got []")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"messages: expected each message type once, got {', '.join(repeated)} more than once")
         return value
 
     @field_validator("delay_steps")
@@ -225,7 +244,7 @@ class LinkConfig(BaseModel):
         if self.delay_steps is None:
             raise ValueError("in_steps_as_seconds: this link's delay counts seconds, not env steps")
         copy = self.model_copy(update={"delay_steps": None, "delay_steps_std": 0.0, "delay_s": self.delay_steps,
-                                       "delay_std_s": self.delay_steps_std})
+                                       "delay_std_s": self.delay_steps_std, "messages": None})  # (the filter is StepLinkModel's)
         copy._trace_s = self._trace_s
         return copy
 
@@ -291,6 +310,11 @@ class LinkModel:
     def __init__(self, config: LinkConfig, seed: int) -> None:
         if not isinstance(config, LinkConfig):
             raise TypeError(f"LinkModel needs a LinkConfig, got {type(config).__name__}")
+        if config.messages is not None:
+            raise ValueError(
+                f"messages: only a link whose delay counts env steps (protocols.talk: env_steps) limits its faults to "
+                f"message types; a wall-clock link decides every message alike; got messages {list(config.messages)}"
+            )
         self.config = config
         self.ideal = config.is_ideal  # asked per message by the shared-memory lockstep (protocols/net/transport.py)
         self.counters = LinkCounters()

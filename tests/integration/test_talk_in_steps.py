@@ -109,3 +109,24 @@ def test_an_agent_restarted_mid_episode_pursues_its_nearest_landmark_there_and_t
     assert 40 <= joined[0]["step"] < 50
     assert not any("landmarks/joined_mid_episode" in row for agent in ("agent_0", "agent_1", "agent_3")
                    for row in metrics(tmp_path, agent))  # fmt: skip
+
+
+@pytest.mark.long
+def test_loss_on_the_flooding_tables_only_loses_every_table_and_no_other_message(tmp_path):
+    """A peer link's `messages` (protocols/engines/step_links.py) in a real run: every flooding
+    table lost, the hindsight rows and the consensus shares all delivered, the next step."""
+    settings = [setting for setting in SETTINGS if not setting.startswith("network.links")]
+    settings.append("network.links=[{role: peer_links, link: {delay_steps: 1, loss: 1.0, messages: [flood.table]}}]")
+    overrides = [arg for setting in settings for arg in ("--set", setting)]
+    finished_ok(orchestrate("up", "configs/4agents_ring.yaml", "--run-dir", str(tmp_path), *overrides), timeout_s=180)
+    for agent in AGENTS:
+        rows = metrics(tmp_path, agent)
+        last = {key: value for row in rows for key, value in row.items() if key.startswith("talk_by_type/")}
+        sent = {key.rsplit("/", 2)[1]: value for key, value in last.items() if key.endswith("/sent")}
+        lost = {key.rsplit("/", 2)[1]: value for key, value in last.items() if key.endswith("/dropped_loss")}
+        assert sent.keys() == {"flood.table", "hindsight.rows", "consensus.share"}, sent
+        assert all(value > 0 for value in sent.values()) and all(value == 0 for key, value in lost.items() if key != "flood.table")
+        per_link = {key: value for key, value in last.items() if "/flood.table/" in key}
+        assert all(per_link[key.replace("/sent", "/dropped_loss")] == value for key, value in per_link.items() if key.endswith("/sent"))
+        assert all(row["landmarks/complete"] == 0.0 for row in rows if "landmarks/complete" in row)  # no table came
+        assert any(row.get("hindsight/partner_rows_received", 0) > 0 for row in rows)

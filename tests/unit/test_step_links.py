@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from protocols.engines.flooding import FloodEngine, FloodRequest
-from protocols.net.links import LinkConfig
+from protocols.engines.flooding import FloodEngine, FloodRequest, FloodTable
+from protocols.engines.hindsight import HindsightRows
+from protocols.net.links import LinkConfig, LinkModel
 from protocols.sim.netsim import StepNetwork
 from protocols.engines.step_links import (
-    TRAINING_CLOCK, PeerStepMark, StepInbox, StepLinkModel, StepOutbox, evaluation_clock, step_link_seed,
+    TRAINING_CLOCK, PeerStepMark, StepInbox, StepLinkModel, StepOutbox, evaluation_clock, peer_message_types,
+    step_link_seed,
 )
 
 
@@ -167,3 +169,93 @@ def test_a_link_change_takes_effect_at_the_next_step_and_the_links_stream_goes_o
     outbox.set_config("b", link(delay_steps=7, loss=0.0))
     assert send_and_mark(outbox, inbox, 1, ["m"]) == [8]
     assert outbox.model_for("b").counters.sent == 2  # counted on, not restarted
+
+
+# ---------------------------------------------------------------- faults on some message types only
+
+def table(round_: int) -> FloodTable:
+    return FloodTable(key="train:0", round=round_, nodes=["a"], values=np.zeros((1, 1), dtype=np.float32))
+
+
+def rows(episode: int) -> HindsightRows:
+    empty = np.zeros((0, 2), dtype=np.float32)
+    ints = np.zeros(0, dtype=np.int64)
+    return HindsightRows(episode=f"train:{episode}", obs=empty, actions=ints, next_obs=empty,
+                         terminated=np.zeros(0, dtype=bool), pursued=ints, reached=ints)
+
+
+def test_a_link_limited_to_one_message_type_loses_only_that_type_and_the_others_come_the_next_step():
+    outbox, inbox = StepOutbox("a", 0, lambda src, dst: link(delay_steps=3, loss=1.0, messages=("flood.table",))), StepInbox()
+    for step in range(20):
+        assert send_and_mark(outbox, inbox, step, [table(step), rows(step)]) == [step + 1]  # the rows only, next step
+    delivered = inbox.take_due(TRAINING_CLOCK, 100)
+    assert [message.episode for _, message in delivered] == [f"train:{step}" for step in range(20)]
+    counters, metrics = outbox.model_for("b").counters, outbox.metrics()
+    assert (counters.sent, counters.delivered, counters.dropped_loss) == (40, 20, 20)
+    assert metrics["talk/a_to_b/passed_clean"] == 20 and metrics["talk/a_to_b/dropped_loss"] == 20
+    assert metrics["talk_by_type/a_to_b/flood.table/dropped_loss"] == 20
+    assert (metrics["talk_by_type/a_to_b/hindsight.rows/sent"], metrics["talk_by_type/a_to_b/hindsight.rows/dropped_loss"]) == (20, 0)
+
+
+@pytest.mark.parametrize("faults", [
+    {"loss": 0.3},
+    {"loss": 0.2, "duplicate": 0.3, "delay_steps": 2.0, "delay_distribution": "normal", "delay_steps_std": 1.5},
+    {"loss_model": "gilbert_elliott", "ge_p_good_to_bad": 0.2, "ge_p_bad_to_good": 0.3},
+])
+def test_the_named_messages_fare_as_on_the_same_link_carrying_them_alone(faults):
+    """Messages of other types take no draws: the named ones' fates do not depend on them."""
+    fields = {"delay_steps": 1.0, **faults}
+    filtered = StepOutbox("a", 5, lambda src, dst: link(**fields, messages=("hindsight.rows",)))
+    alone = StepOutbox("a", 5, lambda src, dst: link(**fields))
+    tables_before = np.random.default_rng(0).integers(0, 4, size=300)  # a varying number of tables before each rows
+    fates_filtered, fates_alone = [], []
+    for step, count in enumerate(tables_before):
+        due = send_and_mark(filtered, StepInbox(), step, [*map(table, range(count)), rows(step)])
+        assert due[:count] == [step + 1] * count  # the tables: each once, at the next step
+        fates_filtered.append(due[count:])
+        fates_alone.append(send_and_mark(alone, StepInbox(), step, [rows(step)]))
+    assert fates_filtered == fates_alone
+    assert 0 < sum(not fate for fate in fates_alone) < len(fates_alone)  # some lost, some not: the test can fail
+    # The same link drawing for every message loses other rows (the tables take draws between them).
+    unfiltered = StepOutbox("a", 5, lambda src, dst: link(**fields))
+    fates_unfiltered = [send_and_mark(unfiltered, StepInbox(), step, [*map(table, range(count)), rows(step)])[-1:]
+                        for step, count in enumerate(tables_before)]
+    assert [bool(fate) for fate in fates_unfiltered] != [bool(fate) for fate in fates_alone]
+
+
+def test_a_link_change_keeps_the_filters_counters_and_may_change_the_filter():
+    outbox, inbox = StepOutbox("a", 2, lambda src, dst: link(delay_steps=1, loss=1.0, messages=("flood.table",))), StepInbox()
+    assert send_and_mark(outbox, inbox, 0, [table(0), rows(0)]) == [1]
+    outbox.set_config("b", link(delay_steps=1, loss=1.0, messages=("hindsight.rows",)))
+    assert send_and_mark(outbox, inbox, 1, [table(1), rows(1)]) == [2]
+    assert [message.round for _, message in inbox.take_due(TRAINING_CLOCK, 2) if isinstance(message, FloodTable)] == [1]
+    model = outbox.model_for("b")
+    assert model.passed_clean == 2 and model.counters.sent == 4 and model.by_type["flood.table"].dropped_loss == 1
+
+
+def test_a_partition_cuts_every_message_type_whatever_the_filter():
+    outbox = StepOutbox("a", 0, lambda src, dst: link(delay_steps=1, loss=1.0, messages=("flood.table",)),
+                        blocked=lambda src, dst: True)
+    assert send_and_mark(outbox, StepInbox(), 0, [table(0), rows(0)]) == []
+    assert outbox.model_for("b").counters.dropped_partition == 2
+
+
+def test_only_links_in_steps_limit_faults_to_message_types():
+    with pytest.raises(ValueError, match="messages: only a link whose delay counts env steps"):
+        LinkModel(link(loss=0.3, messages=("flood.table",)), 0)
+    assert StepLinkModel(link(loss=0.3, messages=("flood.table",)).counting_steps(), 0).decide(4, "hindsight.rows") == [5]
+
+
+@pytest.mark.parametrize("messages, expected", [
+    ((), "messages: expected at least one message type"),
+    (("flood.table", "flood.table"), "messages: expected each message type once, got flood.table more than once"),
+])
+def test_a_message_filter_names_some_types_once_each(messages, expected):
+    with pytest.raises(ValidationError, match=expected):
+        LinkConfig(delay_steps=1, loss=0.5, messages=messages)
+
+
+def test_the_message_types_a_filter_may_name_are_the_protocols_not_the_control_planes_or_the_marks():
+    known = peer_message_types()
+    assert {"flood.table", "hindsight.rows", "consensus.share"} <= set(known)
+    assert not {"peer.step_mark", "env.action", "membership.heartbeat", "control.set_link"} & set(known)

@@ -312,3 +312,22 @@ def test_the_main_job_fault_sweep_has_the_points_it_says():
     assert [run.point for run in points.values() if run.role == "no_talk"] == ["p32-no_talk"]
     assert overrides["p32-no_talk"]["agents.landmarks.assignment"] == "nearest"
     assert overrides["p33-no_talk_crash"]["agents.landmarks.assignment"] == "nearest"
+
+
+def test_the_loss_by_message_sweep_puts_its_loss_on_the_message_types_it_names():
+    """configs/sweeps/main_job_loss_by_message.yaml: the main job in env steps at delay 1, 30% loss
+    on the flooding tables only, the hindsight rows only, or both, beside no loss; reproducible."""
+    spec, base = load_sweep(REPO / "configs" / "sweeps" / "main_job_loss_by_message.yaml")
+    runs = expand(spec, Path("/nonexistent"))
+    configs = validate_runs(base, runs, check_env=False)
+    peer_link = {run.point: config.network.link_in_steps_between("agent_0", "agent_1")
+                 for run, config in zip(runs, configs) if run.seed == 0}
+    assert {point: (link.loss, link.messages) for point, link in peer_link.items()} == {
+        "p00-no_loss": (0.0, None),
+        "p01-loss_tables_only": (0.3, ("flood.table",)),
+        "p02-loss_rows_only": (0.3, ("hindsight.rows",)),
+        "p03-loss_tables_and_rows": (0.3, ("flood.table", "hindsight.rows")),
+    }
+    assert all(link.delay_steps == 1 for link in peer_link.values()) and spec.seeds == [0, 1, 2, 3, 4]
+    assert all(config.run.reproducible and config.protocols.talk == "env_steps" for config in configs)
+    assert all(not config.network.link_in_steps_between("agent_0", "env").messages for config in configs)

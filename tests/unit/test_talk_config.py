@@ -56,3 +56,38 @@ def test_goal_negotiation_talks_in_steps_without_the_episode_start_hold():
 def test_wall_clock_loss_on_an_env_link_stays_refused_in_a_reproducible_run():
     found = problems(MAIN_JOB, IN_STEPS, "run.reproducible=true", "network.links=[{role: env_links, link: {loss: 0.1}}]")
     assert any(problem.startswith("network.links.0.link.loss: expected no drops") for problem in found)
+
+
+FLOOD_LOSS_ONLY = "network.links=[{role: peer_links, link: {delay_steps: 1, loss: 0.3, messages: [flood.table]}}]"
+
+
+def test_loss_on_the_flooding_tables_only_is_a_reproducible_run_in_steps():
+    config = load_config(MAIN_JOB, [IN_STEPS, FLOOD_LOSS_ONLY, "run.reproducible=true"])
+    assert config.network.link_in_steps_between("agent_0", "agent_1").messages == ("flood.table",)
+    assert config.network.link_in_steps_between("agent_0", "env").messages is None
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ((FLOOD_LOSS_ONLY,), "network.links.0.link.messages: limits a link's faults to message types, which only links "
+                         "that count env steps do (protocols.talk: env_steps); wall-clock links (talk: free) do not implement it"),
+    ((IN_STEPS, FLOOD_LOSS_ONLY.replace("flood.table", "flood.tables")),
+     "network.links.0.link.messages: expected message types that peer links carry (consensus.bootstrap_request, "),
+    ((IN_STEPS, "network.links=[{role: peer_links, link: {messages: [peer.step_mark]}}]"), "got unknown 'peer.step_mark'"),
+    ((IN_STEPS, "network.default_link={loss: 0.1, messages: [flood.table]}"),
+     "network.default_link.messages: the default link is every env link too"),
+    ((IN_STEPS, "network.links=[{node: agent_1, link: {messages: [flood.table]}}]"),
+     "network.links.0.link.messages: only links between two agents carry the protocols' messages"),
+    ((IN_STEPS, "faults.schedule=[{at_step: 10, kind: link, nodes: [agent_1], link: {delay_steps: 1, messages: [flood.table]}}]"),
+     "faults.schedule.0.link.messages: a link change that limits its faults to message types names its edges"),
+    ((IN_STEPS, "faults.schedule=[{at_step: 10, kind: link, edges: [[agent_0, agent_1]], link: {loss: 1.0, messages: [flood.table]}}]"),
+     "faults.schedule.0.link.messages: a link change that limits its faults to message types needs delay_steps"),
+])
+def test_validate_refuses_a_message_filter_that_would_do_nothing_naming_the_field(overrides, expected):
+    found = problems(MAIN_JOB, *overrides)
+    assert any(expected in problem for problem in found), found
+
+
+def test_a_link_change_in_steps_may_limit_its_faults_to_one_message_type():
+    config = load_config(MAIN_JOB, [IN_STEPS, "faults.schedule=[{at_step: 10, kind: link, edges: [[agent_0, agent_1]], "
+                                              "link: {delay_steps: 1, loss: 1.0, messages: [hindsight.rows]}}]"])
+    assert config.faults.schedule[0].link.messages == ("hindsight.rows",)
