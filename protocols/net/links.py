@@ -478,11 +478,15 @@ class LinkTable:
         """Change the link to `dst` from now on (a link profile change); counters carry over,
         the random stream continues where it was."""
         model = self.model_for(dst)
-        replacement = LinkModel(LinkConfig() if config.counts_steps else config, 0)  # (steps: see `model_for`)
+        # A link between agents that talk in env steps stays one when its new profile names no
+        # delay_steps (one step, as `link_in_steps_between` reads it): its loss is applied in
+        # steps by the env-step layer, not a second time here, where it would lose the marks.
+        counts_steps = config.counts_steps or self.counts_steps(dst)
+        replacement = LinkModel(LinkConfig() if counts_steps else config, 0)  # (steps: see `model_for`)
         replacement._rng = model._rng
         replacement.counters = model.counters
         self._models[dst] = replacement
-        self._counts_steps[dst] = config.counts_steps
+        self._counts_steps[dst] = counts_steps
 
     def decide(self, dst: str, now: float, size_bytes: int) -> list[float]:
         model = self.model_for(dst)

@@ -424,3 +424,19 @@ def test_wait_for_sends_the_held_request_it_waits_on(hubs, tmp_path):
     reply = client.wait_for(m.Heartbeat, timeout_s=5.0)
     thread.join(10.0)
     assert answered and reply is not None and reply.incarnation == 2
+
+
+def test_a_link_change_between_agents_that_talk_in_env_steps_stays_ideal_in_wall_time() -> None:
+    """A scheduled link change without delay_steps, in a run that talks in env steps: the env-step
+    layer applies its loss (protocols/engines/step_links.py); the wall-clock link must not lose the
+    messages (and the step marks) a second time."""
+    network = NetworkConfig.model_validate({})
+    table = network.link_table("agent_0", run_seed=0, talk_in_steps=True)
+    assert table.counts_steps("agent_1")
+    table.set_config("agent_1", LinkConfig(loss=1.0))
+    assert table.counts_steps("agent_1")
+    assert all(table.decide("agent_1", now=1.0, size_bytes=100) == [1.0] for _ in range(20))
+    # Without env steps the same change loses every message.
+    wall = network.link_table("agent_0", run_seed=0)
+    wall.set_config("agent_1", LinkConfig(loss=1.0))
+    assert all(wall.decide("agent_1", now=1.0, size_bytes=100) == [] for _ in range(20))
