@@ -5,19 +5,19 @@ ring and an env server, MPE simple_spread N = 4, 8 copies, 10,000 lockstep steps
 evaluations of 32 distinct episodes every 500 steps), with `run.reproducible` (the same seed
 gives the same run on any load) and one change per variant:
 
-- `main`: the config as shipped: landmarks agreed over the ring, hindsight rows shared,
-  world models averaged by consensus;
+- `main`: the config as shipped: landmarks agreed over the ring, hindsight rows shared, the
+  agents' Q-networks averaged by consensus from one initial policy (every 100 steps, 5
+  synchronous gossip rounds with ring neighbours: decentralized parameter sharing, since the four
+  agents are one body learning one landmark-conditioned task);
+- `no_consensus`: each agent learns alone, from its own initial policy (`protocols.consensus.enabled=false`);
+- `policy_averaging_own_starts`: the averaging as the world model had it (every 1,000 steps, 10
+  rounds), each agent from its own random initial policy;
+- `world_model_averaged`: the main job until 2026-11-27: no policy averaging; a world model (an
+  ensemble of 3) fit by every agent and averaged every 1,000 steps, which no learner reads;
 - `no_negotiation`: each agent takes its nearest landmark alone (`agents.landmarks.assignment=nearest`);
 - `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
-- `no_model`: no world model and so no consensus (the learner does not use the model in `main`
-  either, so this measures what training and averaging it cost, not a learning effect);
-- `policy_averaging`: no world model; the agents' Q-networks are averaged instead (decentralized
-  parameter sharing: the four agents are one body learning one landmark-conditioned task), from
-  one initial policy (`consensus.same_initial_policy`), every 100 steps by 5 synchronous gossip
-  rounds with ring neighbours (Metropolis weights on a ring of 4 shrink the spread by 3x a round);
-- `policy_averaging_own_starts`: the same averaging as the world model's (every 1,000 steps, 10
-  rounds), each agent from its own random initial policy;
-- `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, buffer 100,000).
+- `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, no
+  consensus, buffer 100,000).
 
 A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
 episode). The random and oracle lines are the env server's own (env_server/baselines.py), on the
@@ -62,16 +62,21 @@ from runs import REPO, fmt, plot_evaluations, run_and_score, run_record  # noqa:
 CONFIG = "configs/4agents_ring.yaml"
 LAST_EVALS = 5
 RETURN_CONVENTION = PARLEY_CONVENTION  # what every return here is (docs/results/return_conventions.md)
+# The world model the main job averaged until 2026-11-27 (its runs: `world_model_averaged`).
+ENSEMBLE_WORLD_MODEL = ("agents.world_model={kind: ensemble, ensemble_size: 3, num_elites: 2, hidden_size: 64, "
+                        "num_hidden_layers: 2, batch_size: 128, epochs_per_fit: 20, max_steps_per_fit: 100}")
+AVERAGED_ONCE_IN_1000_STEPS = ["protocols.consensus.same_initial_policy=false", "protocols.consensus.period_steps=1000",
+                               "protocols.consensus.rounds=10"]
 VARIANTS: dict[str, list[str]] = {
     "main": [],
+    "no_consensus": ["protocols.consensus.enabled=false", "protocols.consensus.same_initial_policy=false"],
+    "policy_averaging_own_starts": AVERAGED_ONCE_IN_1000_STEPS,
+    "world_model_averaged": [*AVERAGED_ONCE_IN_1000_STEPS, "protocols.consensus.what=world_model_parameters",
+                             ENSEMBLE_WORLD_MODEL],
     "no_negotiation": ["agents.landmarks.assignment=nearest"],
     "no_hindsight": ["agents.landmarks.share_hindsight=false"],
-    "no_model": ["protocols.consensus.enabled=false", "agents.world_model=null"],
-    "policy_averaging": ["protocols.consensus.what=policy_parameters", "agents.world_model=null",
-                         "protocols.consensus.same_initial_policy=true", "protocols.consensus.period_steps=100",
-                         "protocols.consensus.rounds=5"],
-    "policy_averaging_own_starts": ["protocols.consensus.what=policy_parameters", "agents.world_model=null"],
-    "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000"],
+    "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000", "protocols.consensus.enabled=false",
+                  "protocols.consensus.same_initial_policy=false"],
 }
 
 

@@ -100,9 +100,10 @@ def _world_model_plugin_problems(run: Any) -> list[str]:
 
 
 def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:
-    """No consensus in an evaluation (averaging would move the weights being evaluated); a world
-    model only consensus trained is not built."""
-    data["protocols"]["consensus"].update(enabled=False, average_at_end=False)
+    """No consensus in an evaluation (averaging would move the weights being evaluated, and the
+    agents load theirs, so where they started does not matter); a world model only consensus
+    trained is not built."""
+    data["protocols"]["consensus"].update(enabled=False, average_at_end=False, same_initial_policy=False)
     if world_model_only_for_consensus(run):
         data["agents"]["world_model"] = None
     return []

@@ -452,13 +452,14 @@ def test_landmarks_are_refused_off_simple_spread_and_with_centralized_training()
 
 
 def test_a_world_model_that_nothing_would_train_is_refused() -> None:
-    problems = problems_for("protocols.consensus.enabled=false", path=MAIN_JOB)
+    # A world model beside the main job's DQN agents, with consensus averaging their policies.
+    problems = problems_for("agents.world_model={kind: ensemble}", path=MAIN_JOB)
     assert problems == [
         "agents.world_model: a world model beside learner kind 'dqn' is trained only for consensus to average it, but "
-        "protocols.consensus.enabled is false; set agents.world_model: null, or enable consensus over "
+        "protocols.consensus.what is 'policy_parameters'; set agents.world_model: null, or enable consensus over "
         "world_model_parameters or world_model_statistics"
     ]
-    load_config(MAIN_JOB, ["protocols.consensus.enabled=false", "agents.world_model=null"])  # the no-model ablation
+    load_config(MAIN_JOB, ["agents.world_model={kind: ensemble}", "protocols.consensus={enabled: true, what: world_model_parameters}"])
 
 
 def test_setting_a_learner_kind_swaps_the_section_and_keeps_the_shared_keys(capsys) -> None:

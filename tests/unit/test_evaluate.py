@@ -40,9 +40,10 @@ def test_the_evaluation_refuses_what_it_cannot_do(tmp_path):
 
 
 def test_a_world_model_trained_only_for_consensus_is_not_built_for_the_evaluation(tmp_path):
-    # The main job: DQN agents average a world model they never read. The evaluation turns
-    # consensus off, so the model goes too; OG-MARL plans with its own, so it stays.
-    main_job = load_config(ROOT / "configs" / "4agents_ring.yaml")
+    # The main job as it was until 2026-11-27: DQN agents average a world model they never read.
+    # The evaluation turns consensus off, so the model goes too; OG-MARL plans with its own, so it stays.
+    main_job = load_config(ROOT / "configs" / "4agents_ring.yaml", [
+        "protocols.consensus={enabled: true, what: world_model_parameters}", "agents.world_model={kind: ensemble}"])
     assert main_job.agents.world_model is not None
     assert evaluation_config(main_job, tmp_path, episodes=2).agents.world_model is None
     og_marl = load_config(ROOT / "configs" / "og_marl_ring5.yaml")
