@@ -105,7 +105,7 @@ def shared_initial_policy_seed(node) -> int | None:
     (the same for every agent: derived from the run's seed alone), else None."""
     if not node.run_config.protocols.consensus.same_initial_policy:
         return None
-    return derive_seed(node.identity.run_seed, -1, "same_initial_policy")
+    return derive_seed(node.identity.run_seed, -1, "same_initial_policy")  # -1: no node's index, the run's own
 
 
 def build_node_learner(node, welcome: m.EnvWelcome) -> None:

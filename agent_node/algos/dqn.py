@@ -55,7 +55,6 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
 
 
-
 class QNetwork(nn.Module):
     """An MLP from a (flattened) observation to one Q-value per action; with `encoder`, from the
     encoder's features of the observation (agent_node/algos/encoders.py: a CNN for images)."""
