@@ -291,7 +291,8 @@ PAGE_TITLE = "The main job against its variants, reproducible runs"
 def render(record: dict, source: str) -> str:
     """The results page of a `--record`: how the runs were made, then the bench's own tables."""
     builds = "\n".join(
-        f"- commit {(b['commit'] or 'unknown')[:10]}, Python {b['python']}, torch {b['torch']}: {b['runs']} runs, "
+        f"- commit {(b['commit'] or 'unknown')[:10]}, Python {b['python']}, torch {b['torch']}: {b['runs']} "
+        f"run{'s' if b['runs'] != 1 else ''}, "
         f"{'with' if b['reproducible'] else 'without'} `run.reproducible`, {b['eval_episodes']} evaluation episodes"
         for b in record["made_by"])
     intro = (
