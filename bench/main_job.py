@@ -303,6 +303,8 @@ def render(record: dict, source: str) -> str:
         "the env server's own, on the same evaluation episodes (distinct starts, the same at every evaluation). Only runs "
         "that exited 0 with their budget done are scored. 'run s' is each run's wall time on the machine as loaded "
         "then: not a speed figure.\n\nThe runs were made by:\n\n" + builds + "\n")
+    if record.get("note"):
+        intro += "\n" + record["note"] + "\n"
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         print_tables(record)
@@ -331,6 +333,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="the evaluation curves with the random and oracle lines (PNG)")
     parser.add_argument("--record", type=Path, help="the bench's record (JSON, bench/results_page.py) for --page")
     parser.add_argument("--page", type=Path, help="the results page (markdown), rendered from the record")
+    parser.add_argument("--note", default="", help="what the page's reader must know of these runs (markdown)")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -344,7 +347,7 @@ def main() -> None:
     summary = analyse(root, seeds, variants)
     publish(summary, print_tables, args.save)
     if args.record is not None or args.page is not None:
-        record.update(summary, rows=[{"variant": name, **entry} for name, entry in summary["variants"].items()])
+        record.update(summary, note=args.note, rows=[{"variant": name, **entry} for name, entry in summary["variants"].items()])
         results_page.finish(record, args.record, args.page, render)
     if args.plot:
         plot(root, seeds, variants, summary, args.plot)
