@@ -75,6 +75,10 @@ VARIANTS: dict[str, list[str]] = {
                              ENSEMBLE_WORLD_MODEL],
     "no_negotiation": ["agents.landmarks.assignment=nearest"],
     "no_hindsight": ["agents.landmarks.share_hindsight=false"],
+    # How often and how the policies are averaged (the main job: every 100 steps, 5 rounds, float32).
+    "averaging_every_25_steps": ["protocols.consensus.period_steps=25"],
+    "averaging_every_400_steps": ["protocols.consensus.period_steps=400"],
+    "averaging_int8_shares": ["protocols.consensus.compression=int8"],
     "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000", "protocols.consensus.enabled=false",
                   "protocols.consensus.same_initial_policy=false"],
 }
