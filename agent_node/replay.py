@@ -117,7 +117,8 @@ class ReplayBuffer:
         model fit beside the learner) keeps its own random stream and leaves the learner's
         minibatch draws as they would have been."""
         indices = self.draw_indices(batch_size, rng)
-        return {name: getattr(self, name)[indices] for name in _DATA_FIELDS}
+        # take() copies the same rows as fancy indexing, at about half its cost for a small batch.
+        return {name: getattr(self, name).take(indices, axis=0) for name in _DATA_FIELDS}
 
     def draw_indices(self, batch_size: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The row indices `sample` would take (the same draw from the same generator), for a

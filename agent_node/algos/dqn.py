@@ -37,6 +37,7 @@ from agent_node.algos.encoders import ConvEncoder, choose_encoder
 from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, check_seed, check_space,
                                             checked_obs, linear_schedule, run_gradient_steps, scheduled_learning_rate,
                                             set_learning_rate, steps_to_take, trainable_rows, update_counters)
+from agent_node.algos.lean_steps import MLPPasses, fused_adam_step
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -53,6 +54,14 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
     grads = [param.grad for param in params]
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
+
+
+MEAN_REDUCTION = 1  # ATen's enum for reduction="mean" (torch.nn._reduction.get_enum("mean"))
+
+
+def td_loss(q_taken: torch.Tensor, td_target: torch.Tensor, kind: str) -> torch.Tensor:
+    """The mean TD loss: Huber (the TD error clipped to [-1, 1] in the gradient) or squared."""
+    return F.smooth_l1_loss(q_taken, td_target) if kind == "huber" else F.mse_loss(q_taken, td_target)
 
 
 class QNetwork(nn.Module):
@@ -134,6 +143,12 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         # a checkpoint or an average copies into these tensors, so the lists stay valid.
         self._online_params = list(self.q_network.parameters())
         self._target_params = list(self.target_network.parameters())
+        # A plain MLP (no encoder) takes its passes by hand: the same operations as autograd, so
+        # the same bits, at about half the cost of a gradient step this small
+        # (agent_node/algos/lean_steps.py). An encoder keeps autograd.
+        plain_mlp = self.q_network.encoder is None and MLPPasses.fits(self.q_network.layers)
+        self._online_passes = MLPPasses(self.q_network.layers) if plain_mlp else None
+        self._target_passes = MLPPasses(self.target_network.layers) if plain_mlp else None
         # fused=True: one kernel per step instead of one per tensor, about 2x faster on CPU here.
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate, fused=True)
         self.explore_rng = np.random.default_rng(explore_seed)
@@ -161,7 +176,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         """Q-values of the online network, shape (K, num_actions), for inspection and tests."""
         obs_tensor = torch.as_tensor(self._checked_obs(obs, "obs"), dtype=torch.float32)
         with torch.inference_mode():
-            return self.q_network(obs_tensor).numpy()
+            return self._online_q(obs_tensor).numpy()
 
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         """Epsilon-greedy actions (K,) for observations (K, *obs_shape); greedy if not exploring."""
@@ -216,29 +231,28 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         terminated = torch.as_tensor(batch["terminated"], dtype=torch.float32)
 
         with torch.no_grad():
-            next_q_target = self.target_network(next_obs)
+            next_q_target = self._target_q(next_obs)
             if cfg.double_dqn:
                 # Double DQN: the online network chooses, the target network evaluates.
-                next_action = self.q_network(next_obs).argmax(dim=1, keepdim=True)
+                next_action = self._online_q(next_obs).argmax(dim=1, keepdim=True)
                 next_value = next_q_target.gather(1, next_action).squeeze(1)
             else:
                 next_value = next_q_target.max(dim=1).values
             # Bootstrap unless the episode truly ended; a truncated row bootstraps from next_obs.
             td_target = reward + cfg.gamma * (1.0 - terminated) * next_value
 
-        q_taken = self.q_network(obs).gather(1, action.unsqueeze(1)).squeeze(1)
-        if cfg.loss == "huber":
-            loss = F.smooth_l1_loss(q_taken, td_target)
+        if self._online_passes is not None:
+            q_taken, loss = self._gradients_by_hand(obs, action, td_target)
         else:
-            loss = F.mse_loss(q_taken, td_target)
-
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            q_taken = self.q_network(obs).gather(1, action.unsqueeze(1)).squeeze(1)
+            loss = td_loss(q_taken, td_target, cfg.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if cfg.max_grad_norm is not None:
             clip_grad_norm(self._online_params, cfg.max_grad_norm)
         set_learning_rate(self.optimizer, scheduled_learning_rate(
             cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))
-        self.optimizer.step()
+        fused_adam_step(self.optimizer)
         self.gradient_steps += 1
 
         if self.gradient_steps % cfg.target_update_period == 0:
@@ -250,6 +264,30 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
             "dqn/q_mean": q_taken.mean().item(),
             "dqn/target_mean": td_target.mean().item(),
         }
+
+    def _gradients_by_hand(self, obs: torch.Tensor, action: torch.Tensor,
+                           td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set the online network's gradients of the TD loss, through `MLPPasses`; returns the
+        Q-values of the actions taken and the loss. Each step is the operation autograd runs for
+        the one above it in the autograd branch of `_gradient_step`."""
+        q_all, tape = self._online_passes.forward_with_tape(obs)
+        index = action.unsqueeze(1)
+        q_taken = q_all.gather(1, index).squeeze(1)
+        loss = td_loss(q_taken, td_target, self.config.loss)
+        one = torch.ones_like(loss)  # d loss / d loss, as loss.backward() starts
+        if self.config.loss == "huber":
+            grad_q_taken = torch.ops.aten.smooth_l1_loss_backward(one, q_taken, td_target, MEAN_REDUCTION, 1.0)
+        else:
+            grad_q_taken = torch.ops.aten.mse_loss_backward(one, q_taken, td_target, MEAN_REDUCTION)
+        grad_q_all = torch.zeros_like(q_all).scatter_add_(1, index, grad_q_taken.unsqueeze(1))  # gather's backward
+        self._online_passes.backward(tape, grad_q_all)
+        return q_taken, loss
+
+    def _online_q(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.q_network(obs) if self._online_passes is None else self._online_passes.forward(obs.flatten(start_dim=1))
+
+    def _target_q(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.target_network(obs) if self._target_passes is None else self._target_passes.forward(obs.flatten(start_dim=1))
 
     # ------------------------------------------------------------------ helpers
 
