@@ -37,7 +37,7 @@ from agent_node.algos.encoders import ConvEncoder, choose_encoder
 from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, check_seed, check_space,
                                             checked_obs, linear_schedule, run_gradient_steps, scheduled_learning_rate,
                                             set_learning_rate, steps_to_take, trainable_rows, update_counters)
-from agent_node.algos.lean_steps import MLPPasses, fused_adam_step
+from agent_node.algos.lean_steps import MLPPasses, adam_step
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -46,12 +46,11 @@ from agent_node.roles import Transition
 # ---------------------------------------------------------------------------------- network
 
 
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> None:
-    """Scale the gradients of `params` (CPU tensors of one dtype, each with a gradient) so that
-    their joint 2-norm is at most `max_norm`: the arithmetic of `torch.nn.utils.clip_grad_norm_`,
-    op for op (so the same bits), without its grouping of the tensors by device and dtype, which
-    cost a small network's gradient step more than the clipping itself."""
-    grads = [param.grad for param in params]
+def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
+    """Scale `grads` (CPU tensors of one dtype) in place so that their joint 2-norm is at most
+    `max_norm`: the arithmetic of `torch.nn.utils.clip_grad_norm_`, op for op (so the same bits),
+    without its grouping of the tensors by device and dtype, which cost a small network's gradient
+    step more than the clipping itself."""
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
     torch._foreach_mul_(grads, torch.clamp(max_norm / (total_norm + 1e-6), max=1.0))
 
@@ -242,17 +241,16 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
             td_target = reward + cfg.gamma * (1.0 - terminated) * next_value
 
         if self._online_passes is not None:
-            q_taken, loss = self._gradients_by_hand(obs, action, td_target)
+            q_taken, loss, grads = self._gradients_by_hand(obs, action, td_target)
         else:
             q_taken = self.q_network(obs).gather(1, action.unsqueeze(1)).squeeze(1)
             loss = td_loss(q_taken, td_target, cfg.loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            grads = list(torch.autograd.grad(loss, self._online_params))
         if cfg.max_grad_norm is not None:
-            clip_grad_norm(self._online_params, cfg.max_grad_norm)
+            clip_grad_norm(grads, cfg.max_grad_norm)
         set_learning_rate(self.optimizer, scheduled_learning_rate(
             cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))
-        fused_adam_step(self.optimizer)
+        adam_step(self.optimizer, grads)
         self.gradient_steps += 1
 
         if self.gradient_steps % cfg.target_update_period == 0:
@@ -266,10 +264,10 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         }
 
     def _gradients_by_hand(self, obs: torch.Tensor, action: torch.Tensor,
-                           td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Set the online network's gradients of the TD loss, through `MLPPasses`; returns the
-        Q-values of the actions taken and the loss. Each step is the operation autograd runs for
-        the one above it in the autograd branch of `_gradient_step`."""
+                           td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The Q-values of the actions taken, the TD loss and the online network's gradients of
+        it, through `MLPPasses`: each line is the operation autograd runs for the matching line of
+        `_gradient_step`'s autograd branch."""
         q_all, tape = self._online_passes.forward_with_tape(obs)
         index = action.unsqueeze(1)
         q_taken = q_all.gather(1, index).squeeze(1)
@@ -280,8 +278,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         else:
             grad_q_taken = torch.ops.aten.mse_loss_backward(one, q_taken, td_target, MEAN_REDUCTION)
         grad_q_all = torch.zeros_like(q_all).scatter_add_(1, index, grad_q_taken.unsqueeze(1))  # gather's backward
-        self._online_passes.backward(tape, grad_q_all)
-        return q_taken, loss
+        return q_taken, loss, self._online_passes.backward(tape, grad_q_all)
 
     def _online_q(self, obs: torch.Tensor) -> torch.Tensor:
         return self.q_network(obs) if self._online_passes is None else self._online_passes.forward(obs.flatten(start_dim=1))

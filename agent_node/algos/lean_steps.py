@@ -1,24 +1,23 @@
-"""The forward and backward passes of a plain MLP (Linear, ReLU, ..., Linear) by hand, for small
-networks whose gradient step is mostly framework overhead.
+"""A small network's gradient step without the framework's overhead: the forward and backward passes
+of a plain MLP (Linear, ReLU, ..., Linear) by hand (`MLPPasses`), and Adam's update from a list of
+gradients (`adam_step`).
 
 Why it exists: the main job's Q-network is 64-64 wide and learns from batches of 128 rows. At that
-size a gradient step's arithmetic is a few dozen microseconds, and what costs is around it: the
-module calls, the autograd engine building and walking its graph, `zero_grad`. Measured on the
-project's 2-core machine, a DQN gradient step with autograd took about twice as long as with the
-passes written out here. Every agent takes tens of thousands of such steps a run, so this is where
-a user waits.
+size what a gradient step costs is mostly around its arithmetic: the module calls, the autograd
+engine building and walking its graph, `zero_grad`, `optimizer.step()`'s wrapper. On the project's
+2-core machine a DQN gradient step took about 1.5 times the CPU through autograd and `step()` as
+through this module (the same process, timed back to back under load), and every agent of the
+main job takes about 39,000 of them a run.
 
-Why it is safe: each pass calls the same ATen operations autograd would, on tensors of the same
-shapes and memory layouts, so the gradients come out bit for bit as `loss.backward()` gives them
-(tests/unit/test_mlp_gradients.py checks this against autograd, and DQN's networks after many
-steps both ways). What autograd does for `nn.Linear` on a 2-D input, read in PyTorch's
-`aten/src/ATen/native/Linear.cpp` and `tools/autograd/derivatives.yaml` (`addmm`, `mm_mat1_backward`,
-`mm_mat2_backward` in `FunctionsManual.cpp`):
+Why it is safe: each pass calls the operations autograd records for `nn.Linear` and `nn.ReLU` on
+a 2-D batch, on tensors of the same shapes and memory layouts, so the gradients come out bit for
+bit as autograd gives them (tests/unit/test_lean_steps.py checks the gradients, and DQN's networks
+after hundreds of steps both ways):
 
 - forward: `addmm(bias, x, weight.t())`;
 - the input's gradient: `grad.mm(weight)`;
-- the weight's gradient: `grad.t().mm(x)` (`weight.t()` is column-major, so autograd computes it
-  in that order and transposes the view back);
+- the weight's gradient: `grad.t().mm(x)`, in that order (autograd computes it for the
+  column-major `weight.t()` and transposes back);
 - the bias's gradient: `grad` summed over the batch;
 - ReLU's backward: `threshold_backward(grad, output, 0)`.
 
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torch.optim.adam import adam as functional_adam
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class MLPPasses:
     followed by ReLU.
 
     It computes with detached aliases of the modules' parameters (the same memory, outside
-    autograd, so no pass builds a graph) and sets the gradients on the parameters themselves.
-    Loading a checkpoint or an average into the module copies in place, so the aliases see it."""
+    autograd, so no pass builds a graph). Loading a checkpoint or an average into the module copies
+    in place, so the aliases see it."""
 
     def __init__(self, layers: nn.Sequential) -> None:
         if not self.fits(layers):
@@ -57,8 +57,6 @@ class MLPPasses:
         self.weights = [linear.weight.detach() for linear in linears]
         self.transposed_weights = [weight.t() for weight in self.weights]  # views, taken once
         self.biases = [linear.bias.detach() for linear in linears]
-        self.weight_parameters = [linear.weight for linear in linears]
-        self.bias_parameters = [linear.bias for linear in linears]
 
     @staticmethod
     def fits(layers: nn.Module) -> bool:
@@ -93,38 +91,76 @@ class MLPPasses:
                 layer_inputs.append(x)
         return x, ForwardTape(layer_inputs)
 
-    def backward(self, tape: ForwardTape, grad_output: torch.Tensor) -> None:
-        """Set each parameter's `.grad` to the gradient of the loss whose gradient with respect
-        to the network's output is `grad_output` (replacing what was there, as
-        `zero_grad(set_to_none=True)` then `backward()` would)."""
+    def backward(self, tape: ForwardTape, grad_output: torch.Tensor) -> list[torch.Tensor]:
+        """The gradients of the loss whose gradient with respect to the network's output is
+        `grad_output`, in the order of the module's `parameters()` (weight, bias, layer by layer):
+        what `torch.autograd.grad(loss, parameters)` gives."""
+        grads: list[torch.Tensor] = []
         grad = grad_output
         for index in range(len(self.weights) - 1, -1, -1):
             layer_input = tape.layer_inputs[index]
-            self.weight_parameters[index].grad = grad.t().mm(layer_input)
-            self.bias_parameters[index].grad = grad.sum(0)
+            grads += [grad.sum(0), grad.t().mm(layer_input)]  # bias, weight: reversed below
             if index > 0:
                 # Through this layer to its input, then back through the ReLU that made it.
                 grad = torch.ops.aten.threshold_backward(grad.mm(self.weights[index]), layer_input, 0)
+        grads.reverse()
+        return grads
 
 
-def fused_adam_step(optimizer: torch.optim.Adam) -> None:
-    """`optimizer.step()` for a CPU Adam built with `fused=True`: the same kernel with the same
-    arguments (so the same bits), without what `step()` wraps around it (profiling hooks, grad-mode
-    switches, the state's lazy set-up, grouping tensors by device), which cost a 64-64 network's
-    step about three times the kernel. The first step, and any setting not written out here
-    (several groups, amsgrad, maximize, decoupled weight decay), go through `step()`."""
-    group = optimizer.param_groups[0]
-    params = group["params"]
-    if (len(optimizer.param_groups) != 1 or not group["fused"] or group["amsgrad"] or group["maximize"]
-            or group.get("decoupled_weight_decay", False) or len(optimizer.state) != len(params)
-            or any(param.grad is None for param in params)):
+def adam_step(optimizer: torch.optim.Adam, grads: list[torch.Tensor]) -> None:
+    """`optimizer.step()` with `grads` as the gradients of its one parameter group, in order.
+
+    The same update as setting each `param.grad` and calling `step()`, with the optimizer's own
+    state tensors and the group's settings, but without `step()`'s per-call wrapper (profiling
+    hooks, closure handling, the lazy-state walk) and without a `zero_grad`. A fused CPU Adam in
+    its plain settings goes straight to the kernel `step()` ends in (`torch._fused_adam_`, after
+    counting the step): for a small network that wrapper cost about twice the kernel. Any other
+    setting goes through the functional Adam `step()` itself calls. The first call on a parameter
+    without state goes through `step()`, so the state is created exactly as Adam creates it (a
+    loaded checkpoint's state is used as it is).
+    """
+    (group,) = optimizer.param_groups
+    params, state = group["params"], optimizer.state
+    if len(grads) != len(params):
+        raise ValueError(f"adam_step needs one gradient per parameter ({len(params)}), got {len(grads)}")
+    if any(not state[param] for param in params):
+        for param, grad in zip(params, grads):
+            param.grad = grad
         optimizer.step()
+        for param in params:
+            param.grad = None
         return
-    states = [optimizer.state[param] for param in params]
-    steps = [state["step"] for state in states]
+    states = [state[param] for param in params]
+    steps = [entry["step"] for entry in states]
+    exp_avgs = [entry["exp_avg"] for entry in states]
+    exp_avg_sqs = [entry["exp_avg_sq"] for entry in states]
     beta1, beta2 = group["betas"]
-    torch._foreach_add_(steps, 1)
-    torch._fused_adam_(params, [param.grad for param in params], [state["exp_avg"] for state in states],
-                       [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False, lr=group["lr"],
-                       beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                       maximize=False, grad_scale=None, found_inf=None)
+    plain_fused = (group["fused"] and not group["amsgrad"] and not group["maximize"] and not group["capturable"]
+                   and not group["differentiable"] and not group["decoupled_weight_decay"])
+    with torch.no_grad():  # as step() runs it: the update writes into leaf tensors
+        if plain_fused:
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"],
+                               beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                               maximize=False, grad_scale=None, found_inf=None)
+            return
+        functional_adam(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [entry["max_exp_avg_sq"] for entry in states] if group["amsgrad"] else [],
+            steps,
+            foreach=group["foreach"],
+            capturable=group["capturable"],
+            differentiable=group["differentiable"],
+            fused=group["fused"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"],
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )

@@ -54,9 +54,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.adam import adam as functional_adam
 
 from agent_node.algos.config import SACConfig
+from agent_node.algos.lean_steps import adam_step
 from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, check_seed, check_space,
                                             checked_obs, run_gradient_steps, steps_to_take, trainable_rows,
                                             update_counters)
@@ -260,52 +260,6 @@ class TanhGaussianActor(nn.Module):
         # log(1 - tanh(x)^2) = 2 * (log 2 - x - softplus(-2x)): the same value, stable for large |x|.
         log_tanh_jacobian = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(dim=1)
         return unit_action, gaussian_log_prob - log_tanh_jacobian - log_half_range_sum
-
-
-def adam_step(optimizer: torch.optim.Adam, grads: list[torch.Tensor]) -> None:
-    """`optimizer.step()` with `grads` as the gradients of its one parameter group, in order.
-
-    The same update as setting each `param.grad` and calling `step()`: the same functional Adam
-    (`torch.optim.adam.adam`) with the group's settings and the optimizer's own state tensors,
-    under no_grad as `step()` runs it, but without `step()`'s per-call wrapper (profiling hooks,
-    closure handling, the lazy-state walk) and without a `zero_grad`; a SAC gradient step takes
-    three. The first call on a parameter without state goes through `step()` itself, so the state
-    is created exactly as Adam creates it (a loaded checkpoint's state is used as it is).
-    """
-    (group,) = optimizer.param_groups
-    params, state = group["params"], optimizer.state
-    if len(grads) != len(params):
-        raise ValueError(f"adam_step needs one gradient per parameter ({len(params)}), got {len(grads)}")
-    if any(not state[param] for param in params):
-        for param, grad in zip(params, grads):
-            param.grad = grad
-        optimizer.step()
-        for param in params:
-            param.grad = None
-        return
-    states = [state[param] for param in params]
-    beta1, beta2 = group["betas"]
-    with torch.no_grad():  # as step() runs it: the update writes into leaf tensors
-        functional_adam(
-            params,
-            grads,
-            [entry["exp_avg"] for entry in states],
-            [entry["exp_avg_sq"] for entry in states],
-            [entry["max_exp_avg_sq"] for entry in states] if group["amsgrad"] else [],
-            [entry["step"] for entry in states],
-            foreach=group["foreach"],
-            capturable=group["capturable"],
-            differentiable=group["differentiable"],
-            fused=group["fused"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            amsgrad=group["amsgrad"],
-            beta1=beta1,
-            beta2=beta2,
-            lr=group["lr"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-        )
 
 
 # ---------------------------------------------------------------------------------- agent

@@ -368,7 +368,7 @@ def test_batched_update_takes_the_same_steps_as_one_batch_per_step(real_ratio, a
 
 
 def test_adam_step_refuses_a_gradient_list_of_the_wrong_length():
-    from agent_node.algos.sac import adam_step
+    from agent_node.algos.lean_steps import adam_step
 
     agent = SACAgent(SMALL_CONFIG, OBS_SPACE, BANDIT_ACTION_SPACE, seed=0)
     with pytest.raises(ValueError, match=r"one gradient per parameter \(1\), got 2"):
