@@ -14,6 +14,10 @@ gives the same run on any load) and one change per variant:
   rounds), each agent from its own random initial policy;
 - `world_model_averaged`: the main job until 2026-11-27: no policy averaging; a world model (an
   ensemble of 3) fit by every agent and averaged every 1,000 steps, which no learner reads;
+- `averaging_every_25_steps`, `averaging_every_400_steps`: the main job's averaging 4 times as
+  often, or a quarter as often (`protocols.consensus.period_steps`);
+- `averaging_int8_shares`: the main job with each share sent as int8 with a per-tensor scale and
+  error feedback (`protocols.consensus.compression=int8`: a quarter of the bytes);
 - `no_negotiation`: each agent takes its nearest landmark alone (`agents.landmarks.assignment=nearest`);
 - `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
 - `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, no
@@ -27,7 +31,7 @@ that many seeds could detect (two-sided 0.05, power 0.8, from the pairs' standar
 
     .venv/bin/python bench/main_job.py --seeds 5 --root runs/bench_main_job --save docs/results/data/main_job.json --plot docs/results/data/main_job.png
     .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 5     # tables from finished runs
-    .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 10 --variants main,no_model,policy_averaging \
+    .venv/bin/python bench/main_job.py --analyse runs/bench_main_job --seeds 10 --variants main,no_consensus,no_negotiation \
         --record docs/results/main_job_reproducible.json --page docs/results/main_job_reproducible.md
 
 `--record` and `--page` write the bench's record and its results page (bench/results_page.py):
@@ -139,15 +143,54 @@ def finished_runs(root: Path, variant: str, seeds: list[int]) -> dict[int, dict]
     return {seed: summary for seed, summary in summaries.items() if summary is not None}
 
 
+GAP_SHARE = 0.8  # "steps to 80% of the gap": the first evaluation at random + 0.8 (oracle - random)
+
+
+def steps_to_gap_share(evaluation: dict, share: float = GAP_SHARE) -> int | None:
+    """The lockstep step of a run's first evaluation whose return closes `share` of the gap from
+    the run's own random line to its oracle line (both on the same evaluation episodes); None
+    when none does, or the run has no lines."""
+    if evaluation.get("random") is None or evaluation.get("oracle") is None:
+        return None
+    bar = evaluation["random"] + share * (evaluation["oracle"] - evaluation["random"])
+    return next((int(step) for step, value in evaluation["curve"] if value >= bar), None)
+
+
+def bytes_per_peer_edge(summary: dict) -> float | None:
+    """The mean bytes an agent sent over one directed peer edge in the run (every message:
+    consensus shares, landmark tables, hindsight rows); None in a run without peer traffic."""
+    sent = [edge["bytes_sent"] for edge in (summary.get("peer_traffic") or {}).values() if edge.get("bytes_sent") is not None]
+    return float(np.mean(sent)) if sent else None
+
+
 def scored(summaries: dict[int, dict]) -> dict:
     """A variant's entry: each seed's score (the report's mean of the last LAST_EVALS
-    evaluations), their mean and 95% t-interval half-width, and the mean run time."""
+    evaluations), their mean and 95% t-interval half-width, the steps each run took to close 80%
+    of the gap to the oracle, the bytes per directed peer edge, and the mean run time."""
     scores = {seed: summary["evaluation"]["last5"] for seed, summary in summaries.items()}
     walls = [summary["duration_s"] for summary in summaries.values() if summary["duration_s"] is not None]
+    edge_bytes = [value for value in map(bytes_per_peer_edge, summaries.values()) if value is not None]
     mean, half = mean_ci(list(scores.values()))
     return {"scores": scores, "mean": mean, "ci95": half, **field_protocol(list(scores.values())),
+            "steps_to_gap80": {seed: steps_to_gap_share(summary["evaluation"]) for seed, summary in summaries.items()},
+            "peer_edge_mb_mean": float(np.mean(edge_bytes)) / 1e6 if edge_bytes else None,
             "run_s_mean": float(np.mean(walls)) if walls else None,
             "runs": {seed: summary["record"] for seed, summary in summaries.items()}}
+
+
+def gap80_cell(entry: dict) -> str:
+    """`median (reached/runs)` of the steps to 80% of the gap: a run that never got there counts
+    as above every run that did (the median is then a lower bound, shown as `>`)."""
+    steps = list((entry.get("steps_to_gap80") or {}).values())
+    if not steps:
+        return "-"
+    reached = sorted(step for step in steps if step is not None)
+    ordered = reached + [None] * (len(steps) - len(reached))
+    middle = ordered[(len(ordered) - 1) // 2]
+    if not reached:
+        return f"never (0/{len(steps)})"
+    median = f"> {max(reached):,}" if middle is None else f"{middle:,}"
+    return f"{median} ({len(reached)}/{len(steps)})"
 
 
 def reference_line(summaries: list[dict], line: str) -> float | None:
@@ -241,11 +284,13 @@ def seeds_and_score(entry: dict) -> str:
 def print_tables(summary: dict) -> None:
     print(f"\n{references(summary)} ({summary.get('return_convention', RETURN_CONVENTION)}; mean over seeds)")
     print(f"\n| variant | seeds | last-{summary['last_evals']} eval (mean ± 95% t-CI) | IQM [95% bootstrap CI] | gap closed "
+          "| steps to 80% of the gap, median (runs reaching it) | MB per peer edge "
           "| distinct assignments | complete tables | at pursued landmark | landmarks covered (eval) | run s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for variant, entry in summary["variants"].items():
         print(f"| {variant} | {seeds_and_score(entry)} | {iqm_cell(entry)} | "
-              f"{fmt(entry['gap_closed'], '.0%')} | {fmt(entry['distinct_fraction'], '.1%')} | "
+              f"{fmt(entry['gap_closed'], '.0%')} | {gap80_cell(entry)} | {fmt(entry.get('peer_edge_mb_mean'), '.1f')} | "
+              f"{fmt(entry['distinct_fraction'], '.1%')} | "
               f"{fmt(entry.get('complete_fraction'), '.1%')} | {fmt(entry.get('reached_pursued'), '.1%')} | "
               f"{fmt(entry.get('covered_fraction'), '.1%')} | {fmt(entry['run_s_mean'], '.0f')} |")
     comparisons = summary["paired_with_main"]

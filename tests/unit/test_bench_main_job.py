@@ -1,0 +1,32 @@
+"""bench/main_job.py's learning-speed and traffic figures, on fixed run summaries."""
+
+from __future__ import annotations
+
+from tests.conftest import load_bench
+
+main_job = load_bench("main_job.py")
+
+
+def evaluation(curve: list[tuple[int, float]], random: float | None = -30.0, oracle: float | None = -10.0) -> dict:
+    return {"curve": curve, "random": random, "oracle": oracle}
+
+
+def test_steps_to_80_percent_of_the_gap_is_the_first_evaluation_over_the_bar():
+    # The bar is -30 + 0.8 * 20 = -14: reached at step 1,500, not before, whatever comes after.
+    curve = [(500, -29.0), (1_000, -14.5), (1_500, -14.0), (2_000, -20.0)]
+    assert main_job.steps_to_gap_share(evaluation(curve)) == 1_500
+    assert main_job.steps_to_gap_share(evaluation(curve[:2])) is None
+    assert main_job.steps_to_gap_share(evaluation(curve, random=None)) is None
+
+
+def test_the_median_cell_counts_runs_that_never_got_there_as_slowest():
+    assert main_job.gap80_cell({"steps_to_gap80": {0: 7_000, 1: 9_000, 2: None}}) == "9,000 (2/3)"
+    assert main_job.gap80_cell({"steps_to_gap80": {0: 7_000, 1: None, 2: None}}) == "> 7,000 (1/3)"
+    assert main_job.gap80_cell({"steps_to_gap80": {0: None}}) == "never (0/1)"
+    assert main_job.gap80_cell({}) == "-"
+
+
+def test_bytes_per_peer_edge_is_the_mean_over_directed_edges():
+    traffic = {"a -> b": {"bytes_sent": 3.0e6, "sent": 1}, "b -> a": {"bytes_sent": 1.0e6, "sent": 1}}
+    assert main_job.bytes_per_peer_edge({"peer_traffic": traffic}) == 2.0e6
+    assert main_job.bytes_per_peer_edge({"peer_traffic": {}}) is None
