@@ -143,7 +143,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         self._online_params = list(self.q_network.parameters())
         self._target_params = list(self.target_network.parameters())
         # A plain MLP (no encoder) takes its passes by hand: the same operations as autograd, so
-        # the same bits, at about half the cost of a gradient step this small
+        # the same bits, for about a third less CPU per gradient step at the main job's size
         # (agent_node/algos/lean_steps.py). An encoder keeps autograd.
         plain_mlp = self.q_network.encoder is None and MLPPasses.fits(self.q_network.layers)
         self._online_passes = MLPPasses(self.q_network.layers) if plain_mlp else None
