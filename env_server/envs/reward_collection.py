@@ -48,8 +48,9 @@ so sharing a world model is useful and not trivial.
   divergence-free (`d_x` depends only on `y`, `d_y` only on `x`): it circulates and has no sink
   where agents would pile up. At `A = 0.5` (the `_drift` regimes of `bench/og_marl.py`) an agent
   can still hold any position against the field: that takes a command `|d| / eta_i <= 1` per
-  axis, true for every gain above 0.5, five standard deviations below the gains' mean. The field is not in
-  `task_spec()`: like the gains, it is what the agents have to learn. `drift_at` computes it.
+  axis, true for every gain above 0.5, five standard deviations below the gains' mean. The
+  field is not in `task_spec()`: like the gains, it is what the agents have to learn.
+  `drift_at` computes it.
 - Reset puts the agents evenly on a circle of radius 6 around the origin, agent `k` at angle
   `2 * pi * k / N`, so agent 0 starts at `(6, 0)`. Reset has no randomness: every episode starts
   from the same positions, and the gains stay as they are.
@@ -158,10 +159,10 @@ dynamics is the task.
 
 ## Version history
 
-- v0: first version. `drift_amplitude` was added later, off by default (a run that does not set it
-  is unchanged bit for bit), so the environment kept its name. The default `action_penalty_coef` was 0.1 until it was found that the
+- v0: first version. The default `action_penalty_coef` was 0.1 until it was found that the
   reference subtracts the unweighted sum; it is 1.0 now (same environment name: only a
-  default changed, and every shipped config states its coefficient).
+  default changed, and every shipped config states its coefficient). `drift_amplitude` came
+  later, off by default (a run that does not set it is unchanged bit for bit), so the name stayed.
 """
 
 from __future__ import annotations
@@ -271,7 +272,8 @@ def drift_at(positions: np.ndarray, amplitude: float) -> np.ndarray:
     `positions` has shape `(..., 2)`; the result has the same shape. See the module documentation.
     """
     positions = np.asarray(positions, dtype=np.float64)
-    phase = np.pi * positions[..., ::-1] / DRIFT_HALF_WAVELENGTH  # (p_y, p_x): each axis drifts by the other
+    # Reversed to (p_y, p_x): each axis drifts by the other coordinate.
+    phase = np.pi * positions[..., ::-1] / DRIFT_HALF_WAVELENGTH
     return amplitude * np.sin(phase)
 
 
@@ -324,7 +326,9 @@ class RewardCollectionEnv(ParallelEnv):
             raise ValueError(f"eta_std must be finite and >= 0, got {eta_std}")
         self.eta_std = float(eta_std)
         if isinstance(drift_amplitude, bool) or not isinstance(drift_amplitude, numbers.Real):
-            raise TypeError(f"drift_amplitude must be a number, got {type(drift_amplitude).__name__}")
+            raise TypeError(
+                f"drift_amplitude must be a number, got {type(drift_amplitude).__name__}"
+            )
         if not (np.isfinite(drift_amplitude) and drift_amplitude >= 0):
             raise ValueError(f"drift_amplitude must be finite and >= 0, got {drift_amplitude}")
         self.drift_amplitude = float(drift_amplitude)
