@@ -33,8 +33,24 @@ so sharing a world model is useful and not trivial.
   draw), and kept across every reset. Two objects with the same `dynamics_seed` and `num_agents`
   have the same gains; a different `dynamics_seed` gives different ones.
 - A step first clips every action to `[-1, 1]` elementwise, then moves every agent at once:
-  `p_i <- clip(p_i + a_i * eta_i, -10, 10)` (elementwise product, elementwise clip). Agents do not
-  collide or interact; they only share the reward.
+  `p_i <- clip(p_i + a_i * eta_i + d(p_i), -10, 10)` (elementwise product, elementwise clip).
+  Agents do not collide or interact; they only share the reward.
+- `d` is a shared drift field, off by default (`drift_amplitude = 0`, then `d = 0` and a step is
+  exactly the reference's). With amplitude `A > 0`, evaluated at the position *before* the move:
+
+      d(p) = A * (sin(pi * p_y / 5), sin(pi * p_x / 5))
+
+  It is the same for every agent, smooth, and position-dependent, so an agent's dynamics are no
+  longer the 2-parameter map `a -> eta_i * a` that a handful of its own rows pin: a model must
+  learn the field where the agent goes, and the field differs across the map (its wavelength is
+  10, half the world's width, so one agent's region says little about another's). Its spatial
+  scale suits the OG-MARL GP (an RBF of lengthscale 2 on raw positions). The field is
+  divergence-free (`d_x` depends only on `y`, `d_y` only on `x`): it circulates and has no sink
+  where agents would pile up. At `A = 0.5` (the `_drift` regimes of `bench/og_marl.py`) an agent
+  can still hold any position against the field: that takes a command `|d| / eta_i <= 1` per
+  axis, true for every gain above 0.5, five standard deviations below the gains' mean. The
+  field is not in `task_spec()`: like the gains, it is what the agents have to learn.
+  `drift_at` computes it.
 - Reset puts the agents evenly on a circle of radius 6 around the origin, agent `k` at angle
   `2 * pi * k / N`, so agent 0 starts at `(6, 0)`. Reset has no randomness: every episode starts
   from the same positions, and the gains stay as they are.
@@ -97,7 +113,7 @@ next call must be `reset()`. No episode ends early.
 ```python
 parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
              action_penalty_coef=ACTION_PENALTY_COEF, dynamics_seed=0, eta_std=ETA_STD,
-             render_mode=None)
+             drift_amplitude=0.0, render_mode=None)
 ```
 
 - `num_agents`: how many agents (at least 1).
@@ -111,6 +127,10 @@ parallel_env(num_agents=5, max_cycles=100, action_penalty=False,
 - `eta_std`: the standard deviation of the gains around 1 (0.1, the reference's `noise_scale`,
   `env.py` line 13). 0 gives every agent the gain 1 on both axes: the same dynamics for all,
   the regime in which pooling the agents' data can only help a world model.
+- `drift_amplitude`: the amplitude `A` of the shared drift field `d` (finite, >= 0; 0, the
+  default, switches it off and leaves the dynamics exactly the reference's). Not the
+  reference's: a variant in which the agents' data about one shared, position-dependent part of
+  the dynamics complement each other (see "World and dynamics").
 - `render_mode`: must be `None`; nothing is rendered.
 
 `reset(seed=None, options=None)` accepts a seed and options because PettingZoo's API requires
@@ -120,8 +140,9 @@ choose the gains.
 `task_spec()` returns the reward function as plain data (sites, values, radius, penalty), which
 the env server hands to model-based agents so they can score imagined steps.
 
-`infos` are empty dictionaries. The gains are available as `env.eta` for tests and analysis, but
-they are not given to agents: learning them is the task.
+`infos` are empty dictionaries. The gains are available as `env.eta` (and the drift's amplitude as
+`env.drift_amplitude`) for tests and analysis, but they are not given to agents: learning the
+dynamics is the task.
 
 ## Differences from the reference code
 
@@ -140,7 +161,8 @@ they are not given to agents: learning them is the task.
 
 - v0: first version. The default `action_penalty_coef` was 0.1 until it was found that the
   reference subtracts the unweighted sum; it is 1.0 now (same environment name: only a
-  default changed, and every shipped config states its coefficient).
+  default changed, and every shipped config states its coefficient). `drift_amplitude` came
+  later, off by default (a run that does not set it is unchanged bit for bit), so the name stayed.
 """
 
 from __future__ import annotations
@@ -162,6 +184,8 @@ ETA_MEAN = 1.0
 ETA_STD = 0.1
 ACTION_PENALTY_COEF = 1.0  # the reference's env.py:144, np.sum(np.abs(actions))
 SITE_RADIUS = 0.5
+# The drift field's half-wavelength in world units (see `drift_at`): sin(pi * p / 5) has period 10.
+DRIFT_HALF_WAVELENGTH = 5.0
 
 
 def _grid_sites() -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +266,17 @@ def collection_reward(
     return reward
 
 
+def drift_at(positions: np.ndarray, amplitude: float) -> np.ndarray:
+    """The shared drift `d(p) = A * (sin(pi * p_y / 5), sin(pi * p_x / 5))` at each position.
+
+    `positions` has shape `(..., 2)`; the result has the same shape. See the module documentation.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    # Reversed to (p_y, p_x): each axis drifts by the other coordinate.
+    phase = np.pi * positions[..., ::-1] / DRIFT_HALF_WAVELENGTH
+    return amplitude * np.sin(phase)
+
+
 def start_positions(num_agents: int) -> np.ndarray:
     """Reset positions `(num_agents, 2)`: evenly on the radius-6 circle, agent 0 at (6, 0)."""
     angles = 2.0 * np.pi * np.arange(num_agents) / num_agents
@@ -261,6 +296,7 @@ class RewardCollectionEnv(ParallelEnv):
         action_penalty_coef: float = ACTION_PENALTY_COEF,
         dynamics_seed: int = 0,
         eta_std: float = ETA_STD,
+        drift_amplitude: float = 0.0,
         render_mode: str | None = None,
     ):
         # `num_agents` is a read-only ParallelEnv property (the number of live agents), so the
@@ -289,6 +325,13 @@ class RewardCollectionEnv(ParallelEnv):
         if not (np.isfinite(eta_std) and eta_std >= 0):
             raise ValueError(f"eta_std must be finite and >= 0, got {eta_std}")
         self.eta_std = float(eta_std)
+        if isinstance(drift_amplitude, bool) or not isinstance(drift_amplitude, numbers.Real):
+            raise TypeError(
+                f"drift_amplitude must be a number, got {type(drift_amplitude).__name__}"
+            )
+        if not (np.isfinite(drift_amplitude) and drift_amplitude >= 0):
+            raise ValueError(f"drift_amplitude must be finite and >= 0, got {drift_amplitude}")
+        self.drift_amplitude = float(drift_amplitude)
         if render_mode is not None:
             raise ValueError(
                 "render_mode must be None (reward_collection_v0 renders nothing), "
@@ -364,9 +407,11 @@ class RewardCollectionEnv(ParallelEnv):
         action_array = self._action_array(actions)
         clipped_actions = np.clip(action_array, -1.0, 1.0)
 
-        self._positions = np.clip(
-            self._positions + clipped_actions * self._eta, WORLD_LOW, WORLD_HIGH
-        )
+        moved = self._positions + clipped_actions * self._eta
+        if self.drift_amplitude > 0:
+            # Skipped when off, so that the reference's dynamics stay bit for bit what they were.
+            moved = moved + drift_at(self._positions, self.drift_amplitude)
+        self._positions = np.clip(moved, WORLD_LOW, WORLD_HIGH)
         # The reward is paid for where the agents are after this step's move.
         reward = collection_reward(
             self._positions,
@@ -396,7 +441,7 @@ class RewardCollectionEnv(ParallelEnv):
         The env server sends it to agents in the `env.welcome` metadata (`"task"`); an agent
         rebuilds the reward from it (`agent_node/reward_models.py`) without importing this module.
         It holds everything `collection_reward` uses, and nothing about the dynamics: the gains
-        `eta` are what the agents have to learn.
+        `eta` and the drift field are what the agents have to learn.
         """
         return {
             "kind": "site_collection",

@@ -308,6 +308,37 @@ def test_regime_variants_change_only_their_regime():
     assert not variants["og_marl_push_sum"].reproducible and not variants["og_marl_lossy"].reproducible
 
 
+def test_the_drift_regimes_pair_the_fused_and_local_gps_on_the_drift_task():
+    variants = bench.VARIANTS
+    drift = f"env.kwargs.drift_amplitude={bench.DRIFT_AMPLITUDE}"
+    scarce = f"agents.learner.fit_transitions={bench.SCARCE_FIT_TRANSITIONS}"
+    for base in ("og_marl", "og_marl_local"):
+        assert variants[f"{base}_drift"].overrides == (*variants[base].overrides, drift)
+        assert variants[f"{base}_drift_scarce"].overrides == (*variants[base].overrides, drift, scarce)
+        for regime in ("drift", "drift_scarce"):
+            copy = variants[f"{base}_{regime}"]
+            assert copy.config == variants[base].config and copy.random_steps is None and copy.reproducible
+    assert variants["og_marl_drift"].config != variants["og_marl_local_drift"].config  # consensus on / off
+    assert ("og_marl_drift", "og_marl_local_drift") in bench.DEFAULT_COMPARISONS
+    assert ("og_marl_drift_scarce", "og_marl_local_drift_scarce") in bench.DEFAULT_COMPARISONS
+    with pytest.raises(ValueError, match="unknown regime 'windy'"):
+        bench._regime_variant("windy", variants["og_marl"])
+
+
+@pytest.mark.parametrize("variant", ["og_marl_drift", "og_marl_local_drift"])
+def test_a_drift_variants_overrides_reach_the_environment(variant):
+    # What run_once passes to `orchestrate up` must load as a valid config and build the env with
+    # the drift on: an override the env does not take would only fail when a run starts.
+    from env_server.registry import make_env
+    from orchestrator.config import load_config
+
+    spec = bench.VARIANTS[variant]
+    config = load_config(REPO / spec.config, list(spec.overrides))
+    env = make_env(config.env.name, config.env.kwargs, construction_seed=0)
+    assert env.drift_amplitude == bench.DRIFT_AMPLITUDE
+    assert config.protocols.consensus.enabled == (variant == "og_marl_drift")
+
+
 def test_the_reference_codes_logs_are_scored_on_the_evaluations_both_sides_have(tmp_path):
     reference = load_bench("og_marl_reference.py")
     log = tmp_path / "seed3.log"

@@ -19,6 +19,7 @@ from env_server.envs.reward_collection import (
     SITE_VALUES,
     RewardCollectionEnv,
     collection_reward,
+    drift_at,
     parallel_env,
     site_value_at,
 )
@@ -254,6 +255,64 @@ def test_a_step_moves_each_agent_by_action_times_its_gain():
     np.testing.assert_allclose(env.positions, start + actions * env.eta, atol=1e-6)
 
 
+def test_drift_off_by_default_leaves_the_dynamics_bit_for_bit():
+    # The reference's step written out, compared exactly (not approximately) step by step, with
+    # commands beyond [-1, 1] and long enough that some agents reach a wall.
+    env, explicit = parallel_env(dynamics_seed=5), parallel_env(dynamics_seed=5, drift_amplitude=0.0)
+    assert env.drift_amplitude == 0.0
+    env.reset()
+    explicit.reset()
+    expected = env.positions
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        actions = rng.uniform(-1.5, 1.5, (5, 2)).astype(np.float32)  # what as_actions sends
+        expected = np.clip(expected + np.clip(actions.astype(np.float64), -1, 1) * env.eta, -10, 10)
+        env.step(as_actions(actions))
+        explicit.step(as_actions(actions))
+        assert np.array_equal(env.positions, expected) and np.array_equal(explicit.positions, expected)
+
+
+def test_drift_field_values_by_hand():
+    # d(p) = A (sin(pi p_y / 5), sin(pi p_x / 5)): each axis drifts by the other coordinate.
+    points = np.array([[0.0, 0.0], [2.5, 0.0], [0.0, 2.5], [-2.5, 7.5], [5.0, 5.0]])
+    expected = 0.5 * np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, -1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(drift_at(points, 0.5), expected, atol=1e-12)
+    np.testing.assert_array_equal(drift_at(points, 0.0), np.zeros_like(points))
+
+
+def test_a_step_with_drift_moves_by_action_times_gain_plus_the_drift_at_the_old_position():
+    env = parallel_env(dynamics_seed=7, drift_amplitude=0.5)
+    env.reset()
+    start = env.positions  # on the radius-6 circle, where the field is far from zero
+    actions = np.array([[1.0, 0.0], [-0.5, 0.5], [0.25, -1.0], [0.0, 0.0], [-1.0, -1.0]])
+    env.step(as_actions(actions))
+    field = 0.5 * np.stack([np.sin(np.pi * start[:, 1] / 5), np.sin(np.pi * start[:, 0] / 5)], axis=1)
+    assert np.max(np.abs(field)) > 0.4  # the test can tell the drift from none
+    np.testing.assert_allclose(env.positions, start + actions * env.eta + field, atol=1e-12)
+    # Agent 3 sent no command: it moved by the field alone, the same field for everybody.
+    np.testing.assert_allclose(env.positions[3] - start[3], field[3], atol=1e-12)
+
+
+def test_a_drifted_move_is_clipped_to_the_world():
+    # Agent 0 starts at (6, 0), where d = A (sin 0, sin(6 pi / 5)) = (0, -0.588 A): at A = 20 one
+    # step down leaves the world in y, and the position is clipped like any other move.
+    env = parallel_env(num_agents=1, drift_amplitude=20.0)
+    env.reset()
+    start, command = env.positions[0], np.array([1.0, -1.0])
+    env.step({"agent_0": command.astype(np.float32)})
+    unclipped = start + command * env.eta[0] + drift_at(start, 20.0)
+    assert unclipped[1] < -10.0  # the clip has something to do
+    np.testing.assert_allclose(env.positions[0], np.clip(unclipped, -10, 10), atol=1e-12)
+    assert env.positions[0, 1] == -10.0
+
+
+def test_the_drift_is_not_in_the_task_spec():
+    # The agents learn the dynamics: the task spec (the reward function) must not give it away.
+    with_drift, without = parallel_env(drift_amplitude=0.5).task_spec(), parallel_env().task_spec()
+    assert with_drift == without
+    assert not any("drift" in key for key in with_drift)
+
+
 def test_actions_are_clipped_before_use():
     clipped_env, wild_env = parallel_env(action_penalty=True), parallel_env(action_penalty=True)
     clipped_env.reset()
@@ -394,6 +453,11 @@ def test_bad_actions_raise_clear_errors():
         ({"eta_std": -0.1}, ValueError),
         ({"eta_std": float("nan")}, ValueError),
         ({"eta_std": "0.1"}, TypeError),
+        ({"drift_amplitude": -0.5}, ValueError),
+        ({"drift_amplitude": float("nan")}, ValueError),
+        ({"drift_amplitude": float("inf")}, ValueError),
+        ({"drift_amplitude": "0.5"}, TypeError),
+        ({"drift_amplitude": True}, TypeError),
         ({"render_mode": "human"}, ValueError),
     ],
 )
