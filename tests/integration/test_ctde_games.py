@@ -66,6 +66,8 @@ def nonmonotonic_vdn_run(run_dir: Path, *overrides: str, timeout_s: float = 570)
     return learned, data_fit
 
 
+# Long (about 16 s): a whole run of the matrix game, then the fit against its rows.
+@pytest.mark.long
 def test_nonmonotonic_game_vdn_fits_the_least_squares_projection_of_its_rows_at_a_small_budget(tmp_path):
     # 32 copies x 400 steps = 12,800 rows, one gradient step per 4 (2,944 steps at batch 1,024), the
     # rate decayed to 1e-5 over them. Too few rows for the analytic table (the fit of 12,800 drawn

@@ -48,6 +48,8 @@ def test_tiny_run_records_a_dataset_with_the_global_view(tmp_path):
     assert np.array_equal(np.sort(np.unique(joint["copy"])), [0, 1])
 
 
+# Long (about 18 s): it records a run, trains CQL on it and evaluates that with another run.
+@pytest.mark.long
 def test_offline_cql_from_a_recorded_run_then_evaluated_by_orchestrate_up(tmp_path):
     import subprocess
     import sys

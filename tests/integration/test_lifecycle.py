@@ -177,6 +177,8 @@ SHORT_ZMQ_HEARTBEATS = ("--set", "network.zmq_heartbeat_ivl_s=0.2", "--set", "ne
 MEMBERSHIP_TIMEOUT_S = 5.0  # tiny_ring's (the default)
 
 
+# Long (about 17 s): it waits out a membership timeout twice.
+@pytest.mark.long
 def test_a_paused_node_is_detected_and_shown_and_resumes_hearing_its_neighbours(tmp_path, kill_leftovers):
     run_dir = tmp_path / "run"
     log_path = run_dir / "nodes" / "agent_1" / "log"

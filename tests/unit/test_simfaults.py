@@ -56,16 +56,19 @@ def test_the_checks_catch_a_node_that_never_comes_back(monkeypatch):
 
 # About 100 ms a schedule on our 2 shared cores at load 6-7 (~2 min for the sweep); the
 # project-wide 120 s pytest timeout is too tight when the machine is busier than that.
+# The first 200 in `make test` (about 6 s idle), the other 800 with the long tests: CI runs both.
 @pytest.mark.timeout(600)
-def test_a_thousand_seeded_schedules_keep_every_invariant():
+@pytest.mark.parametrize("seeds", [pytest.param(range(0, 200), id="seeds_0_to_199"),
+                                   pytest.param(range(200, SWEEP_SCHEDULES), id="seeds_200_to_999", marks=pytest.mark.long)])
+def test_a_thousand_seeded_schedules_keep_every_invariant(seeds):
     started = time.perf_counter()
     failures = []
     deliveries = 0
-    for seed in range(SWEEP_SCHEDULES):
+    for seed in seeds:
         outcome = run_schedule(random_schedule(seed))
         deliveries += outcome.deliveries
         if outcome.violations:
             failures.append(f"seed {seed}: {outcome.violations[0]}  -- repro: {repro_command(seed)}")
     elapsed = time.perf_counter() - started
-    print(f"{SWEEP_SCHEDULES} schedules in {elapsed:.1f}s ({1000 * elapsed / SWEEP_SCHEDULES:.1f} ms each, {deliveries} deliveries)")
+    print(f"{len(seeds)} schedules in {elapsed:.1f}s ({1000 * elapsed / len(seeds):.1f} ms each, {deliveries} deliveries)")
     assert not failures, "\n".join(failures[:20])
