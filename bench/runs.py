@@ -158,7 +158,9 @@ def plot_evaluations(curves: dict[str, list[Path]], path: Path, title: str, *,
 
     figure, axes = plt.subplots(figsize=(6.4, 3.8))
     left_out = []
-    colors = iter(f"C{index}" for index in range(10))  # axhline does not advance matplotlib's color cycle
+    # One color per curve and line, chosen here (axhline does not advance matplotlib's color
+    # cycle): tab20's 20, since a bench can draw more than the default cycle's 10.
+    colors = iter(plt.get_cmap("tab20").colors)
     for label, run_dirs in curves.items():
         color = next(colors)
         runs = [evaluations(run_dir) for run_dir in run_dirs]
