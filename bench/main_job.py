@@ -185,11 +185,10 @@ def gap80_cell(entry: dict) -> str:
     if not steps:
         return "-"
     reached = sorted(step for step in steps if step is not None)
-    ordered = reached + [None] * (len(steps) - len(reached))
-    middle = ordered[(len(ordered) - 1) // 2]
     if not reached:
         return f"never (0/{len(steps)})"
-    median = f"> {max(reached):,}" if middle is None else f"{middle:,}"
+    middle = (len(steps) - 1) // 2  # the lower median, with the runs that never got there last
+    median = f"{reached[middle]:,}" if middle < len(reached) else f"> {reached[-1]:,}"
     return f"{median} ({len(reached)}/{len(steps)})"
 
 

@@ -72,13 +72,8 @@ class MLPPasses:
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's output, without a tape (for targets and acting)."""
-        last = len(self.weights) - 1
-        for index, (transposed_weight, bias) in enumerate(zip(self.transposed_weights, self.biases)):
-            x = torch.addmm(bias, x, transposed_weight)
-            if index < last:
-                x = torch.relu(x)
-        return x
+        """The network's output (for targets and acting: the tape is dropped)."""
+        return self.forward_with_tape(x)[0]
 
     def forward_with_tape(self, x: torch.Tensor) -> tuple[torch.Tensor, ForwardTape]:
         """The output and the tape `backward` needs."""
