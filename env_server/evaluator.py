@@ -27,6 +27,9 @@ from env_server.vector import BatchedStep, VectorizedParallelEnv
 
 log = logging.getLogger("env_server")
 
+# In each evaluation's summary row: its number, from 1 (what a resumed server reads back).
+EVALUATION_NUMBER_KEY = "eval/number"
+
 
 class Evaluator(ServerPart):
     name = "evaluation"
@@ -78,10 +81,16 @@ class Evaluator(ServerPart):
         metrics.update(self.pacing.evaluation_metrics())
         if self.rendering is not None:
             self.rendering.evaluation_ended(self.schedule.completed)
-        server.save_resume_point()
+        # The rows first, its summary last, then the point that counts the evaluation done. A kill
+        # before the summary leaves a point that says it was running: it runs again after the
+        # resume (its episode rows may then appear twice; the summary never does). A kill after
+        # the summary and before the point: the resume finds the summary's number and counts the
+        # evaluation done instead (Resumption.take_up). Either way no evaluation is lost.
         for row in self.schedule.episode_rows():
             server.write_metrics(row)
+        metrics[EVALUATION_NUMBER_KEY] = float(self.schedule.completed)
         server.write_metrics(metrics)
+        server.save_resume_point()
         server.global_view.restore_training()
         log.info("evaluation %d at step %d: return %.2f", self.schedule.completed, server.step, metrics["eval/return_mean"])
         server.broadcast(held_back.result, held_back.missing)

@@ -96,6 +96,10 @@ class ServerServices(Protocol):
     def write_metrics(self, values: Mapping[str, float]) -> None:
         """Write a metrics record at the current training step."""
 
+    def recent_metric(self, key: str) -> float | None:
+        """`key`'s value in the newest of the last metrics records written that has it (None:
+        none has, or the server writes no metrics)."""
+
 
 class ServerPart:
     """One part of the env server. Every method has a default that does nothing, so a subclass

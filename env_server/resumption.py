@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from env_server.evaluator import Evaluator
+from env_server.evaluator import EVALUATION_NUMBER_KEY, Evaluator
 from env_server.part import ServerPart, ServerServices
 from env_server.resume import ResumeFile, ResumePoint
 from protocols.seeds import derive_seed
@@ -50,6 +50,10 @@ class Resumption(ServerPart):
         server.counters.episodes, server.counters.last_return = point.episodes, point.last_return
         self.evaluator.schedule.completed = point.evaluations_completed
         self.rerun_evaluation = point.evaluation_running and self.evaluator.eval_envs is not None
+        if self.rerun_evaluation and server.recent_metric(EVALUATION_NUMBER_KEY) == point.evaluations_completed + 1:
+            # It finished and its rows were written; the kill came before the point that says so.
+            self.evaluator.schedule.completed += 1
+            self.rerun_evaluation = False
         self.incarnation = point.incarnation + 1
         # New episodes, not a replay of the run's first ones: a seed of this incarnation.
         server.seed = derive_seed(server.seed, self.incarnation, "env_resume")
@@ -57,7 +61,7 @@ class Resumption(ServerPart):
         server.run_finished = server.rules.max_steps is not None and server.step >= server.rules.max_steps
         self.save()  # the incarnation counts even if this one dies before its first step
         log.warning("resumed at step %d (incarnation %d, %d episodes, %d evaluations done%s); every copy starts a new episode",
-                    point.step, self.incarnation, point.episodes, point.evaluations_completed,
+                    point.step, self.incarnation, point.episodes, self.evaluator.schedule.completed,
                     ", the interrupted evaluation runs again" if self.rerun_evaluation else "")
 
     def close(self) -> None:

@@ -331,6 +331,9 @@ class EnvServer:
         if self.metrics is not None and values:
             self.metrics.write(self.step, values)
 
+    def recent_metric(self, key: str) -> float | None:
+        return self.metrics.recent_value(key) if self.metrics is not None else None
+
     def write_periodic_metrics(self) -> None:
         """Every status period and at the end: each link's counters, then every part's metrics
         (the defaulted actions, the clock's), a record each."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import defaultdict
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 class MetricsWriter:
     def __init__(self, path: Path, tensorboard_dir: Path | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._file = LineFile(path)
         self._tensorboard = None
         self._tensorboard_dir = tensorboard_dir
@@ -62,6 +64,21 @@ class MetricsWriter:
                 if mirror is not None:
                     mirror.add_scalar(key, float(value), step)
         self._file.append(json.dumps(record))
+
+    def recent_value(self, key: str, tail_bytes: int = 1 << 16) -> float | None:
+        """The value of `key` in the newest line that has it among the file's last `tail_bytes`
+        (None where none has it): what a restarted node wrote just before it was killed."""
+        with open(self.path, "rb") as file:
+            file.seek(max(0, file.seek(0, os.SEEK_END) - tail_bytes))
+            lines = file.read().splitlines()
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the first line of the tail, cut by the seek
+            if isinstance(record, dict) and key in record:
+                return record[key]
+        return None
 
     def _mirror_alive(self) -> bool:
         """Whether the TensorBoard mirror's writer thread still runs; once it died (the disk

@@ -123,3 +123,37 @@ def test_a_resumed_server_reruns_the_interrupted_evaluation_and_trains_on_from_i
     evaluations = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
                    if "eval/return_mean" in line]
     assert evaluations == [4, 8, 12], "each evaluation once: the interrupted one wrote nothing"
+
+
+def test_an_evaluation_whose_summary_was_written_before_the_kill_is_not_run_again(tmp_path, hub, lockstep_transport):
+    # The server writes an evaluation's rows, then its summary, then the point that counts it
+    # done. A kill between the last two leaves the point of the evaluation's start: recreated here.
+    endpoint = f"ipc://{tmp_path}/env.sock"
+    server, server_hub = start_server(tmp_path, endpoint, lockstep_transport)
+    clients = Clients(hub, server, "first", lockstep_transport)
+    seen = clients.reset()
+    for _ in range(4):
+        seen = clients.act(seen)
+    while seen[0].evaluation:
+        seen = clients.act(seen)
+    server.close()
+    server_hub.close()
+    clients.close(hub)
+    resume_file = ResumeFile(tmp_path / "resume.bin")
+    assert resume_file.load().evaluations_completed == 1
+    resume_file.save(ResumePoint(step=4, evaluations_completed=0, evaluation_running=True, incarnation=0))
+    resume_file.close()
+
+    server, server_hub = start_server(tmp_path, endpoint, lockstep_transport)
+    try:
+        assert not server.resumption.rerun_evaluation and server.evaluator.schedule.completed == 1
+        clients = Clients(hub, server, "second", lockstep_transport)
+        seen = clients.reset()
+        assert [(o.evaluation, o.step) for o in seen] == [(False, 4), (False, 4)], "training resumes, no evaluation again"
+        while not seen[0].run_finished:
+            seen = clients.act(seen)
+    finally:
+        server.close()
+        server_hub.close()
+    summaries = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "eval/return_mean" in line]
+    assert [(row["step"], row["eval/number"]) for row in summaries] == [(4, 1.0), (8, 2.0), (12, 3.0)]
