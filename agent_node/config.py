@@ -51,6 +51,11 @@ class AgentsConfig(BaseModel):
     # Transitions sampled from the replay buffer to fit a world model trained beside a
     # model-free learner (the OG-MARL learner has its own `fit_transitions`).
     world_model_fit_transitions: int = Field(512, ge=1)
+    # An exploration bonus from an ensemble world model trained beside a DQN learner: each sampled
+    # row's reward gets this weight x the members' disagreement on its (observation, action), in
+    # units of their mean disagreement on the rows of the model's last refresh. 0: off, and the
+    # learner never reads the model (agent_node/consensus/subjects.py, `LocalWorldModel`).
+    world_model_bonus: float = Field(0.0, ge=0.0)
     # torch.set_num_threads in every agent: many agents share few cores.
     torch_threads: int = Field(1, ge=1)
     # Counted in lockstep environment steps of this agent.

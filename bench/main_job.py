@@ -21,7 +21,12 @@ gives the same run on any load) and one change per variant:
 - `no_negotiation`: each agent takes its nearest landmark alone (`agents.landmarks.assignment=nearest`);
 - `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
 - `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, no
-  consensus, buffer 100,000).
+  consensus, buffer 100,000);
+- `world_model_bonus`: `world_model_averaged` with its model in use: the ensemble's disagreement
+  on each sampled row, as an exploration bonus in the DQN's rewards (`agents.world_model_bonus`:
+  0.1, in units of the mean disagreement), the model refit and averaged every 250 steps so that
+  the bonus starts early in the exploration. Compared also with `world_model_averaged`, its
+  reference: the same learner whose model nobody reads.
 
 A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
 episode). The random and oracle lines are the env server's own (env_server/baselines.py), on the
@@ -85,7 +90,11 @@ VARIANTS: dict[str, list[str]] = {
     "averaging_int8_shares": ["protocols.consensus.compression=int8"],
     "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000", "protocols.consensus.enabled=false",
                   "protocols.consensus.same_initial_policy=false"],
+    "world_model_bonus": [*AVERAGED_ONCE_IN_1000_STEPS, "protocols.consensus.what=world_model_parameters",
+                          ENSEMBLE_WORLD_MODEL, "protocols.consensus.period_steps=250", "agents.world_model_bonus=0.1"],
 }
+# Variants compared also with a reference other than `main`: the run that differs by one change.
+REFERENCE_OF = {"world_model_bonus": "world_model_averaged"}
 
 
 def minimum_detectable_effect(differences: list[float], alpha: float = 0.05, power: float = 0.8) -> float:
@@ -249,25 +258,33 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
         per_variant[variant] = {**scored(summaries), "distinct_fraction": coverage.pop("distinct_fraction"), **coverage,
                                 "refused": {seed: record["refused"] for seed, record in refused_runs(root, variant, seeds).items()}}
     random_line, oracle_line = reference_line(every_run, "random"), reference_line(every_run, "oracle")
-    comparisons = {}
     main_scores = per_variant.get("main", {}).get("scores", {})
-    for variant, entry in per_variant.items():
-        if variant == "main":
-            continue
-        paired = sorted(set(main_scores) & set(entry["scores"]))
-        differences = [main_scores[seed] - entry["scores"][seed] for seed in paired]
-        mean, half, p_value = paired_t_test(differences)
-        poi = improvement([main_scores[s] for s in paired], [entry["scores"][s] for s in paired])
-        comparisons[variant] = {"seeds": paired, "main_minus_variant": mean, "ci95": half, "p_value": p_value,
-                                "mde": minimum_detectable_effect(differences), **poi}
+    comparisons = {variant: paired_comparison(main_scores, entry["scores"], "main_minus_variant")
+                   for variant, entry in per_variant.items() if variant != "main"}
     for entry, kept in zip(comparisons.values(), holm([entry["p_value"] for entry in comparisons.values()])):
         entry["holm_rejects_zero"] = kept
+    with_reference = {variant: {"reference": REFERENCE_OF[variant], **paired_comparison(
+                          per_variant[REFERENCE_OF[variant]]["scores"], entry["scores"], "reference_minus_variant")}
+                      for variant, entry in per_variant.items() if REFERENCE_OF.get(variant) in per_variant}
     for entry in per_variant.values():
         entry["gap_closed"] = (gap_closed(entry["mean"], random_line, oracle_line)
                                if random_line is not None and oracle_line is not None and np.isfinite(entry["mean"]) else None)
     return {"config": CONFIG, "seeds": seeds, "last_evals": LAST_EVALS, "random": random_line, "oracle": oracle_line,
             "return_convention": RETURN_CONVENTION, "variants": per_variant, "paired_with_main": comparisons,
+            "paired_with_reference": with_reference,
             "made_by": runs_made_by(per_variant)}
+
+
+def paired_comparison(reference: dict[int, float], variant: dict[int, float], difference_key: str) -> dict:
+    """`reference` minus `variant` on the seeds both have: the mean difference (under
+    `difference_key`), its 95% t-interval's half-width, p, the smallest difference these pairs
+    could detect, and the probability that a reference run beats a variant run."""
+    paired = sorted(set(reference) & set(variant))
+    differences = [reference[seed] - variant[seed] for seed in paired]
+    mean, half, p_value = paired_t_test(differences)
+    poi = improvement([reference[s] for s in paired], [variant[s] for s in paired])
+    return {"seeds": paired, difference_key: mean, "ci95": half, "p_value": p_value,
+            "mde": minimum_detectable_effect(differences), **poi}
 
 
 def references(summary: dict) -> str:
@@ -302,6 +319,16 @@ def print_tables(summary: dict) -> None:
               f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
               f"{fmt(entry.get('p_value'), '.3g')} | {'yes' if entry.get('holm_rejects_zero') else 'no'} | "
               f"{improvement_cell(entry)} | {fmt(entry['mde'])} |")
+    if summary.get("paired_with_reference"):
+        print("\nVariants against the run they differ from by one change, paired by seed (each its own test, no correction)\n")
+        print("| reference minus variant | pairs | difference (95% t-CI) | p | P(reference run > variant run) [95% CI] "
+              "| smallest detectable (80% power) |")
+        print("|---|---|---|---|---|---|")
+        for variant, entry in summary["paired_with_reference"].items():
+            difference = entry["reference_minus_variant"]
+            print(f"| {entry['reference']} minus {variant} | {len(entry['seeds'])} | {fmt(difference)} "
+                  f"[{fmt(difference - entry['ci95'])}, {fmt(difference + entry['ci95'])}] | "
+                  f"{fmt(entry.get('p_value'), '.3g')} | {improvement_cell(entry)} | {fmt(entry['mde'])} |")
     for variant, entry in summary["variants"].items():
         for seed, why in (entry.get("refused") or {}).items():
             print(f"refused: {variant} seed {seed}: {why}")

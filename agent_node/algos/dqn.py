@@ -25,6 +25,7 @@ A `truncated` row (a time-limit cut) still bootstraps, because the state had a f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -162,6 +163,9 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         )
         self.rows_observed = 0  # environment steps seen, one per transition row
         self.gradient_steps = 0  # gradient steps taken since the start
+        # Set by the node where a world model steers exploration (agents.world_model_bonus): a
+        # bonus added to each sampled row's reward, from its (obs, action index) as the replay holds them.
+        self.reward_bonus: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
 
     # ------------------------------------------------------------------ Actor
 
@@ -226,6 +230,11 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
         action = torch.as_tensor(batch["action"], dtype=torch.int64)
         reward = torch.as_tensor(batch["reward"], dtype=torch.float32)
+        bonus_metrics = {}
+        if self.reward_bonus is not None:
+            bonus = torch.as_tensor(self.reward_bonus(batch["obs"], batch["action"]), dtype=torch.float32)
+            reward = reward + bonus
+            bonus_metrics["dqn/reward_bonus_mean"] = bonus.mean().item()
         next_obs = torch.as_tensor(batch["next_obs"], dtype=torch.float32)
         terminated = torch.as_tensor(batch["terminated"], dtype=torch.float32)
 
@@ -261,6 +270,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
             "dqn/loss": loss.item(),
             "dqn/q_mean": q_taken.mean().item(),
             "dqn/target_mean": td_target.mean().item(),
+            **bonus_metrics,
         }
 
     def _gradients_by_hand(self, obs: torch.Tensor, action: torch.Tensor,

@@ -118,12 +118,16 @@ class ConsensusCapability(Capability):
         if self.config.what == "policy_parameters":
             return PolicyParameters(learner, self.config.period_steps, keep_local_progress=self.in_steps)
         identity = self.node.identity
-        return LocalWorldModel(
+        subject = LocalWorldModel(
             learner, agents.world_model, observation_space, action_space,
             period_steps=self.config.period_steps, fit_transitions=agents.world_model_fit_transitions,
             average=self.config.what, seed=identity.seed("world_model"),
             sampler_seed=identity.seed("world_model_sampler"), num_copies=num_copies,
+            bonus_weight=agents.world_model_bonus,
         )
+        if agents.world_model_bonus > 0:
+            learner.reward_bonus = subject.exploration_bonus  # (a DQN learner: checked with the config)
+        return subject
 
     # -- holding the observation while the neighbours average
 

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 
 def world_model_only_for_consensus(run: Any) -> bool:
-    """A world model beside a model-free learner: the learner never reads it; it is built and
-    trained only for consensus to average it (agent_node/consensus/subjects.py)."""
+    """A world model beside a model-free learner: it is built and trained only when consensus
+    averages it (agent_node/consensus/subjects.py); the learner reads it only for an exploration
+    bonus (`agents.world_model_bonus`)."""
     return run.agents.world_model is not None and run.agents.learner.kind != "og_marl"
 
 
@@ -37,6 +38,7 @@ def problems(run: Any, topology: Topology | None) -> list[str]:
             + "; set agents.world_model: null, or enable consensus over world_model_parameters or world_model_statistics"
         )
     found += _world_model_plugin_problems(run)
+    found += _world_model_bonus_problems(run)
     if consensus.enabled and consensus.what.startswith("world_model") and run.agents.world_model is None:
         found.append(f"protocols.consensus.what: {consensus.what!r} averages the world model, but agents.world_model is null")
     if consensus.same_initial_policy and run.agents.learner.kind != "dqn":
@@ -99,6 +101,22 @@ def _world_model_plugin_problems(run: Any) -> list[str]:
     return found
 
 
+def _world_model_bonus_problems(run: Any) -> list[str]:
+    """`agents.world_model_bonus` needs a DQN learner (the one that adds it to its rewards) and an
+    ensemble beside it (the disagreement of its members), which consensus trains and averages."""
+    if run.agents.world_model_bonus == 0:
+        return []
+    found = []
+    world_model = run.agents.world_model
+    if run.agents.learner.kind != "dqn":
+        found.append(f"agents.world_model_bonus: expected learner kind 'dqn' (the learner that adds the bonus to "
+                     f"its rewards), got {run.agents.learner.kind!r}")
+    if world_model is None or world_model.kind != "ensemble":
+        found.append("agents.world_model_bonus: the bonus is the disagreement of an ensemble's members; expected "
+                     f"agents.world_model.kind 'ensemble', got {'null' if world_model is None else repr(world_model.kind)}")
+    return found
+
+
 def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:
     """No consensus in an evaluation (averaging would move the weights being evaluated, and the
     agents load theirs, so where they started does not matter); a world model only consensus
@@ -106,6 +124,7 @@ def for_evaluation(run: Any, data: dict[str, Any]) -> list[str]:
     data["protocols"]["consensus"].update(enabled=False, average_at_end=False, same_initial_policy=False)
     if world_model_only_for_consensus(run):
         data["agents"]["world_model"] = None
+        data["agents"]["world_model_bonus"] = 0.0  # (it shapes training rewards only)
     return []
 
 

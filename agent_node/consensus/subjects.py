@@ -14,8 +14,9 @@ Subjects:
                        parameters, imagine with the fused model (on the learner's refresh ticks).
 - `LocalWorldModel`    a world model the node trains beside a model-free learner on samples of
                        its replay buffer (`world_model_statistics` for a GP, `..._parameters`
-                       for an ensemble). The learner does not use it for control; it is the
-                       shared model of the dynamics the agents build together.
+                       for an ensemble): the shared model of the dynamics the agents build
+                       together. A DQN learner reads it only with `agents.world_model_bonus`:
+                       an exploration bonus, the ensemble members' disagreement on a row.
 - `PolicyParameters`   the learner's policy network parameters (`ParamSource`).
 
 **Symmetric matrices travel as their upper triangle.** A world model whose statistics hold a
@@ -133,10 +134,12 @@ class LocalWorldModel:
         seed: int,
         sampler_seed: int,
         num_copies: int = 1,
+        bonus_weight: float = 0.0,
     ) -> None:
         """`seed` builds the model (its initial weights, its own draws); `sampler_seed` draws the
         replay rows it is fit on. Separate streams: changing how often the model is fit does not
-        change the learner's minibatches or the model's initialization."""
+        change the learner's minibatches or the model's initialization. `bonus_weight`: see
+        `exploration_bonus`."""
         _require_role(learner, ReplayLearner, f"consensus.what: {average} (a world model fit on the replay buffer)")
         if not callable(getattr(learner.replay, "sample", None)):
             # A learner's `replay` may be only what persistence saves (an on-policy rollout).
@@ -156,6 +159,10 @@ class LocalWorldModel:
         self.model = build_world_model(world_model_config, state_dim, action_dim, seed)
         self.sampler = np.random.default_rng(sampler_seed)
         self.wire = SymmetricPacking((), {})  # set by each prepare()
+        self.bonus_weight = bonus_weight
+        # The members' mean disagreement on the rows of the last refresh: the bonus's unit (None
+        # before the first refresh, when the members disagree only by their initial draws).
+        self.disagreement_scale: float | None = None
 
     def tick(self, step: int) -> int | None:
         """Every `period_steps`, from the first tick by which an agent that saw every step holds
@@ -165,12 +172,29 @@ class LocalWorldModel:
 
     def _sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         batch = self.learner.replay.sample(self.fit_transitions, rng=self.sampler)
-        states = batch["obs"].reshape(len(batch["obs"]), -1)
         next_states = batch["next_obs"].reshape(len(batch["next_obs"]), -1)
-        actions = batch["action"]
+        return *self._model_inputs(batch["obs"], batch["action"]), next_states
+
+    def _model_inputs(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Replay rows as the model takes them: flat states, and discrete actions one-hot."""
         if isinstance(self.action_space, spaces.Discrete):
             actions = np.eye(self.action_space.n, dtype=np.float32)[actions.astype(np.int64) - self.action_space.start]
-        return states, actions.reshape(len(actions), -1), next_states
+        return obs.reshape(len(obs), -1), actions.reshape(len(actions), -1)
+
+    def disagreement(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Per row, the spread of the members' predicted next states: the square root of their
+        variance summed over the state's dimensions (every member, not only the elites: the
+        spread is the signal, Pathak et al. 2019, "Self-Supervised Exploration via Disagreement")."""
+        member_means, _ = self.model.member_predictions(states, actions)
+        return np.sqrt(member_means.var(axis=0).sum(axis=1))
+
+    def exploration_bonus(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The reward bonus of replay rows (`obs`, `actions` as the learner's replay stores them):
+        `bonus_weight` x the members' disagreement in units of its mean on the last refresh's
+        rows, so the weight is in reward units; zeros before the first refresh."""
+        if self.disagreement_scale is None:
+            return np.zeros(len(obs), np.float32)
+        return (self.bonus_weight / self.disagreement_scale * self.disagreement(*self._model_inputs(obs, actions))).astype(np.float32)
 
     def prepare(self, tick: int) -> dict[str, np.ndarray]:
         # An empty buffer (an agent that saw no step yet) has nothing to fit: it shares the
@@ -195,6 +219,9 @@ class LocalWorldModel:
         if averaged is not None:
             self._set(averaged, num_agents)
             metrics["world_model/averaged_mse"] = self._mse(states, actions, next_states)
+        if self.bonus_weight > 0:
+            self.disagreement_scale = max(float(self.disagreement(states, actions).mean()), _SMALLEST_DISAGREEMENT)
+            metrics["world_model/disagreement_mean"] = self.disagreement_scale
         return metrics
 
     def _set(self, averaged, num_agents) -> None:
@@ -243,6 +270,10 @@ class SymmetricPacking:
             matrix[columns, rows] = values
             unpacked[name] = matrix
         return unpacked
+
+
+# A floor under the bonus's unit: members that agree to float precision must not blow it up.
+_SMALLEST_DISAGREEMENT = 1e-8
 
 
 def _period_tick(step: int, period_steps: int) -> int | None:

@@ -462,6 +462,16 @@ def test_a_world_model_that_nothing_would_train_is_refused() -> None:
     load_config(MAIN_JOB, ["agents.world_model={kind: ensemble}", "protocols.consensus={enabled: true, what: world_model_parameters}"])
 
 
+def test_a_world_model_bonus_needs_a_dqn_learner_and_an_ensemble() -> None:
+    averaged_model = ["protocols.consensus={enabled: true, what: world_model_parameters}", "agents.world_model_bonus=0.1"]
+    load_config(MAIN_JOB, ["agents.world_model={kind: ensemble}", *averaged_model])
+    problems = problems_for("agents.world_model={kind: sparse_gp}", *averaged_model, path=MAIN_JOB)
+    assert "agents.world_model_bonus: the bonus is the disagreement of an ensemble's members; expected " \
+           "agents.world_model.kind 'ensemble', got 'sparse_gp'" in problems
+    problems = problems_for("agents.world_model_bonus=0.1", path=MAIN_JOB)
+    assert any("expected agents.world_model.kind 'ensemble', got null" in p for p in problems)
+
+
 def test_setting_a_learner_kind_swaps_the_section_and_keeps_the_shared_keys(capsys) -> None:
     # tiny_ring's learner is {kind: dqn, hidden_sizes: [32], batch_size: 16, buffer_size: 1000,
     # learning_starts: 32, train_every: 2, target_update_period: 20, epsilon_decay_steps: 100}.

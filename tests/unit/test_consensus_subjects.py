@@ -129,3 +129,22 @@ def test_ensemble_parameters_travel_as_they_are():
     tensors = subject.prepare(10)
     params = subject.model.get_params()
     assert tensors.keys() == params.keys() and all(np.array_equal(tensors[k], params[k]) for k in params)
+
+
+def test_an_ensembles_disagreement_is_a_bonus_in_units_of_its_mean_on_the_last_refresh():
+    from agent_node.world_models.config import EnsembleConfig
+
+    learner = ReplayOnly(seed=1)
+    subject = LocalWorldModel(learner, EnsembleConfig(), OBS, ACTIONS, period_steps=10, fit_transitions=20,
+                              average="world_model_parameters", seed=1, sampler_seed=1, bonus_weight=0.5)
+    rows = learner.replay.sample(8, rng=np.random.default_rng(3))
+    assert not subject.exploration_bonus(rows["obs"], rows["action"]).any(), "no bonus before the first refresh"
+    subject.adopt(subject.prepare(10), num_agents=2)
+    scale = subject.disagreement_scale
+    assert scale is not None and scale > 0
+    bonus = subject.exploration_bonus(rows["obs"], rows["action"])
+    expected = 0.5 * subject.disagreement(rows["obs"], rows["action"]) / scale
+    assert bonus.shape == (8,) and bonus.dtype == np.float32 and np.allclose(bonus, expected) and (bonus > 0).all()
+    # Far from every row it was fit on, the members disagree more than on average.
+    far = subject.exploration_bonus(np.full((1, 2), 50.0, np.float32), np.ones((1, 1), np.float32))
+    assert far[0] > 0.5

@@ -130,6 +130,23 @@ def test_bootstraps_through_truncation_but_not_termination():
     assert loop_value("terminated") == pytest.approx(1.0, abs=0.1)
 
 
+def test_a_reward_bonus_adds_to_every_sampled_rows_reward():
+    # The terminated loop's Q is its reward: 1, and 1.5 with a bonus of 0.5 on every row, which
+    # is given the rows' observations and action indices as the replay holds them.
+    config = DQNConfig(hidden_sizes=(16,), learning_rate=1e-2, gamma=0.5, batch_size=16, buffer_size=100,
+                       learning_starts=0, target_update_period=5, loss="mse")
+    agent = DQNAgent(config, gym.spaces.Box(0.0, 1.0, (1,), np.float32), gym.spaces.Discrete(1), seed=1)
+    seen = []
+    agent.reward_bonus = lambda obs, action: seen.append((obs.shape, action.tolist())) or np.full(len(obs), 0.5, np.float32)
+    obs = np.ones((16, 1), np.float32)
+    agent.observe(Transition(obs, np.zeros(16, np.int64), np.ones(16, np.float32), obs, np.ones(16, bool), np.zeros(16, bool)))
+    for _ in range(200):
+        metrics = agent.update()
+        agent.observe(Transition(obs[:1], np.zeros(1, np.int64), np.ones(1, np.float32), obs[:1], np.ones(1, bool), np.zeros(1, bool)))
+    assert float(agent.q_values(obs[:1])[0, 0]) == pytest.approx(1.5, abs=0.1)
+    assert metrics["dqn/reward_bonus_mean"] == pytest.approx(0.5) and seen[0] == ((16, 1), [0] * 16)
+
+
 def test_epsilon_schedule_and_exploration():
     config = DQNConfig(epsilon_start=1.0, epsilon_end=0.1, epsilon_decay_steps=100, learning_starts=10_000)
     agent = DQNAgent(config, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), gym.spaces.Discrete(4), seed=0)
