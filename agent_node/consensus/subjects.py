@@ -176,9 +176,11 @@ class LocalWorldModel:
         return *self._model_inputs(batch["obs"], batch["action"]), next_states
 
     def _model_inputs(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Replay rows as the model takes them: flat states, and discrete actions one-hot."""
+        """Replay rows as the model takes them: flat states, and discrete actions one-hot. A replay
+        holds a discrete action as its index 0..n-1 (the DQN family's `observe`), not as the env's
+        value from `start` on."""
         if isinstance(self.action_space, spaces.Discrete):
-            actions = np.eye(self.action_space.n, dtype=np.float32)[actions.astype(np.int64) - self.action_space.start]
+            actions = np.eye(self.action_space.n, dtype=np.float32)[actions.astype(np.int64)]
         return obs.reshape(len(obs), -1), actions.reshape(len(actions), -1)
 
     def disagreement(self, states: np.ndarray, actions: np.ndarray) -> np.ndarray:

@@ -148,3 +148,20 @@ def test_an_ensembles_disagreement_is_a_bonus_in_units_of_its_mean_on_the_last_r
     # Far from every row it was fit on, the members disagree more than on average.
     far = subject.exploration_bonus(np.full((1, 2), 50.0, np.float32), np.ones((1, 1), np.float32))
     assert far[0] > 0.5
+
+
+def test_a_discrete_action_enters_the_model_as_the_one_hot_of_the_index_the_replay_holds():
+    from agent_node.algos.config import DQNConfig
+    from agent_node.algos.dqn import DQNAgent
+    from agent_node.world_models.config import EnsembleConfig
+
+    # Actions 1..3 in the env; the DQN's replay holds them as 0..2.
+    actions_space = spaces.Discrete(3, start=1)
+    learner = DQNAgent(DQNConfig(buffer_size=100), OBS, actions_space, seed=0)
+    obs = np.zeros((3, 2), np.float32)
+    learner.observe(Transition(obs, np.array([1, 2, 3]), np.zeros(3, np.float32), obs, np.zeros(3, bool), np.zeros(3, bool)))
+    subject = LocalWorldModel(learner, EnsembleConfig(), OBS, actions_space, period_steps=10, fit_transitions=3,
+                              average="world_model_parameters", seed=1, sampler_seed=1)
+    held = learner.replay.sample(8, rng=np.random.default_rng(0))["action"]
+    _, one_hot = subject._model_inputs(np.zeros((8, 2), np.float32), held)
+    assert set(held.tolist()) <= {0, 1, 2} and np.array_equal(one_hot, np.eye(3, dtype=np.float32)[held])
