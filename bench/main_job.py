@@ -258,13 +258,13 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
         per_variant[variant] = {**scored(summaries), "distinct_fraction": coverage.pop("distinct_fraction"), **coverage,
                                 "refused": {seed: record["refused"] for seed, record in refused_runs(root, variant, seeds).items()}}
     random_line, oracle_line = reference_line(every_run, "random"), reference_line(every_run, "oracle")
-    main_scores = per_variant.get("main", {}).get("scores", {})
-    comparisons = {variant: paired_comparison(main_scores, entry["scores"], "main_minus_variant")
+    main_entry = per_variant.get("main", {"scores": {}})
+    comparisons = {variant: paired_comparison(main_entry, entry, "main_minus_variant")
                    for variant, entry in per_variant.items() if variant != "main"}
     for entry, kept in zip(comparisons.values(), holm([entry["p_value"] for entry in comparisons.values()])):
         entry["holm_rejects_zero"] = kept
     with_reference = {variant: {"reference": REFERENCE_OF[variant], **paired_comparison(
-                          per_variant[REFERENCE_OF[variant]]["scores"], entry["scores"], "reference_minus_variant")}
+                          per_variant[REFERENCE_OF[variant]], entry, "reference_minus_variant")}
                       for variant, entry in per_variant.items() if REFERENCE_OF.get(variant) in per_variant}
     for entry in per_variant.values():
         entry["gap_closed"] = (gap_closed(entry["mean"], random_line, oracle_line)
@@ -275,16 +275,33 @@ def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
             "made_by": runs_made_by(per_variant)}
 
 
-def paired_comparison(reference: dict[int, float], variant: dict[int, float], difference_key: str) -> dict:
-    """`reference` minus `variant` on the seeds both have: the mean difference (under
-    `difference_key`), its 95% t-interval's half-width, p, the smallest difference these pairs
-    could detect, and the probability that a reference run beats a variant run."""
+def paired_comparison(reference_entry: dict, variant_entry: dict, difference_key: str) -> dict:
+    """The reference's score minus the variant's on the seeds both have: the mean difference
+    (under `difference_key`), its 95% t-interval's half-width, p, the smallest difference these
+    pairs could detect, the probability that a reference run beats a variant run; and the
+    variant's steps to 80% of the gap minus the reference's, over the pairs where both got there
+    (`steps_gap80_difference`, its half-width, and how many pairs)."""
+    reference, variant = reference_entry["scores"], variant_entry["scores"]
     paired = sorted(set(reference) & set(variant))
     differences = [reference[seed] - variant[seed] for seed in paired]
     mean, half, p_value = paired_t_test(differences)
     poi = improvement([reference[s] for s in paired], [variant[s] for s in paired])
+    reference_steps, variant_steps = reference_entry.get("steps_to_gap80") or {}, variant_entry.get("steps_to_gap80") or {}
+    step_differences = [variant_steps[seed] - reference_steps[seed] for seed in paired
+                        if reference_steps.get(seed) is not None and variant_steps.get(seed) is not None]
+    steps_mean, steps_half, _ = paired_t_test(step_differences)
     return {"seeds": paired, difference_key: mean, "ci95": half, "p_value": p_value,
-            "mde": minimum_detectable_effect(differences), **poi}
+            "mde": minimum_detectable_effect(differences), **poi,
+            "steps_gap80_difference": steps_mean, "steps_gap80_ci95": steps_half, "steps_gap80_pairs": len(step_differences)}
+
+
+def steps_difference_cell(entry: dict) -> str:
+    """`+500 [−200, +1,200] (9 pairs)`: the variant's steps to 80% of the gap minus the
+    reference's; "-" where fewer than two pairs both got there."""
+    if entry.get("steps_gap80_pairs", 0) < 2:
+        return "-"
+    mean, half = entry["steps_gap80_difference"], entry["steps_gap80_ci95"]
+    return f"{mean:+,.0f} [{mean - half:+,.0f}, {mean + half:+,.0f}] ({entry['steps_gap80_pairs']} pairs)"
 
 
 def references(summary: dict) -> str:
@@ -312,23 +329,25 @@ def print_tables(summary: dict) -> None:
     comparisons = summary["paired_with_main"]
     print(f"\n{len(comparisons)} comparisons with main, paired by seed; 'Holm': the difference is non-zero after "
           "Holm's correction for all of them at 0.05\n")
-    print("| main minus | pairs | difference (95% t-CI) | p | Holm | P(main run > variant run) [95% CI] | smallest detectable (80% power) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| main minus | pairs | difference (95% t-CI) | p | Holm | P(main run > variant run) [95% CI] | smallest detectable (80% power) "
+          "| steps to 80% of the gap, variant minus main (95% t-CI) |")
+    print("|---|---|---|---|---|---|---|---|")
     for variant, entry in comparisons.items():
         print(f"| {variant} | {len(entry['seeds'])} | {fmt(entry['main_minus_variant'])} "
               f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
               f"{fmt(entry.get('p_value'), '.3g')} | {'yes' if entry.get('holm_rejects_zero') else 'no'} | "
-              f"{improvement_cell(entry)} | {fmt(entry['mde'])} |")
+              f"{improvement_cell(entry)} | {fmt(entry['mde'])} | {steps_difference_cell(entry)} |")
     if summary.get("paired_with_reference"):
         print("\nVariants against the run they differ from by one change, paired by seed (each its own test, no correction)\n")
         print("| reference minus variant | pairs | difference (95% t-CI) | p | P(reference run > variant run) [95% CI] "
-              "| smallest detectable (80% power) |")
-        print("|---|---|---|---|---|---|")
+              "| smallest detectable (80% power) | steps to 80% of the gap, variant minus reference (95% t-CI) |")
+        print("|---|---|---|---|---|---|---|")
         for variant, entry in summary["paired_with_reference"].items():
             difference = entry["reference_minus_variant"]
             print(f"| {entry['reference']} minus {variant} | {len(entry['seeds'])} | {fmt(difference)} "
                   f"[{fmt(difference - entry['ci95'])}, {fmt(difference + entry['ci95'])}] | "
-                  f"{fmt(entry.get('p_value'), '.3g')} | {improvement_cell(entry)} | {fmt(entry['mde'])} |")
+                  f"{fmt(entry.get('p_value'), '.3g')} | {improvement_cell(entry)} | {fmt(entry['mde'])} "
+                  f"| {steps_difference_cell(entry)} |")
     for variant, entry in summary["variants"].items():
         for seed, why in (entry.get("refused") or {}).items():
             print(f"refused: {variant} seed {seed}: {why}")
