@@ -30,3 +30,14 @@ def test_bytes_per_peer_edge_is_the_mean_over_directed_edges():
     traffic = {"a -> b": {"bytes_sent": 3.0e6, "sent": 1}, "b -> a": {"bytes_sent": 1.0e6, "sent": 1}}
     assert main_job.bytes_per_peer_edge({"peer_traffic": traffic}) == 2.0e6
     assert main_job.bytes_per_peer_edge({"peer_traffic": {}}) is None
+
+
+def test_a_comparison_pairs_the_steps_to_80_percent_only_where_both_runs_got_there():
+    reference = {"scores": {0: -14.0, 1: -13.0, 2: -15.0}, "steps_to_gap80": {0: 7_000, 1: 6_000, 2: 8_000}}
+    variant = {"scores": {0: -15.0, 1: -14.5, 2: -15.5}, "steps_to_gap80": {0: 8_000, 1: 7_000, 2: None}}
+    entry = main_job.paired_comparison(reference, variant, "main_minus_variant")
+    assert entry["seeds"] == [0, 1, 2] and abs(entry["main_minus_variant"] - 1.0) < 1e-12
+    assert (entry["steps_gap80_difference"], entry["steps_gap80_ci95"], entry["steps_gap80_pairs"]) == (1_000.0, 0.0, 2)
+    assert main_job.steps_difference_cell(entry) == "+1,000 [+1,000, +1,000] (2 pairs)"
+    variant["steps_to_gap80"] = {0: 8_000, 1: None, 2: None}
+    assert main_job.steps_difference_cell(main_job.paired_comparison(reference, variant, "main_minus_variant")) == "-"
