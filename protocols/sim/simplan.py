@@ -52,7 +52,7 @@ from protocols.engines.membership import MembershipEngine, PeerDown, PeerUp
 from protocols.codec.messages import Heartbeat
 from protocols.sim.netsim import NetworkSimulator, approximate_size
 from protocols.seeds import derive_seed
-from protocols.sim.simfaults import Crash, Fault, LinkSpike, Partition, SpikyLink, _unpartition, last_fault_end
+from protocols.sim.simfaults import Crash, Fault, LinkSpike, Partition, SpikyLink, last_fault_end, schedule_faults
 from protocols.engines.topology import Topology, metropolis_weights, second_largest_eigenvalue_modulus
 
 EngineKind = Literal["sync", "push_sum"]
@@ -328,16 +328,7 @@ def run_plan(
     heal = plan.heal_time
     violations: list[str] = []
 
-    for event in plan.events:
-        if isinstance(event, Crash):
-            sim.schedule(event.at, lambda node=event.node: sim.crash(node))
-            sim.schedule(event.revive_at, lambda node=event.node: sim.revive(node) if sim.is_crashed(node) else None)
-        elif isinstance(event, Partition):
-            sim.schedule(event.at, lambda groups=event.groups: sim.partitions.partition(groups))
-            sim.schedule(event.heal_at, lambda groups=event.groups: _unpartition(sim, groups))
-    if plan.events:
-        sim.schedule(heal, lambda: [sim.revive(node) for node in nodes if sim.is_crashed(node)])
-        sim.schedule(heal, sim.partitions.heal)
+    schedule_faults(sim, plan.events, nodes)
 
     for i, node in enumerate(nodes):
         sim.call(node, lambda stack, now: stack.start_membership(now))
