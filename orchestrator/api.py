@@ -39,6 +39,7 @@ from orchestrator.rundir import (
     remove_temp_socket_dir,
 )
 from protocols.run.config_errors import ConfigError
+from protocols.storage.jsonlines import json_object
 
 Overrides = Mapping[str, Any] | Sequence[str]
 
@@ -220,8 +221,6 @@ class Run:
 
 def _read_new(path: Path, offsets: dict[str, int], key: str) -> Iterator[dict[str, Any]]:
     """The whole JSON lines added to `path` since the last call (a torn last line waits)."""
-    import json
-
     try:
         with open(path, "rb") as file:
             file.seek(offsets.get(key, 0))
@@ -231,11 +230,8 @@ def _read_new(path: Path, offsets: dict[str, int], key: str) -> Iterator[dict[st
     complete = data[: data.rfind(b"\n") + 1]
     offsets[key] = offsets.get(key, 0) + len(complete)
     for line in complete.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
+        record = json_object(line)
+        if record is not None:
             yield record
 
 
