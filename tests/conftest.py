@@ -141,6 +141,16 @@ def env_server(spawn):
     return start
 
 
+class RecordingLink:
+    """A peer link without a socket: what the mesh sends over it is kept in `sent`."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+
 def through_a_checkpoint(state):
     """What a node's checkpoint does to a state dict: torch.save, then torch.load(weights_only=True)
     (so a state that needs arbitrary pickling fails here as it would on resume)."""
