@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import selectors
@@ -75,6 +76,18 @@ def raw_dealer():
     for socket in sockets:
         socket.close(linger=0)
     context.term()
+
+
+@contextlib.contextmanager
+def reaped(process: subprocess.Popen):
+    """Leave the block with `process` gone: killed and waited for if still running (the test
+    failed or timed out half way), so no child outlives its test."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def read_line_with_deadline(process: subprocess.Popen, timeout_s: float) -> str:

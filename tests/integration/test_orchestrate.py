@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -35,12 +35,8 @@ def finished_ok(process: subprocess.Popen, timeout_s: float) -> bytes:
 
 def stderr_after_exit(process: subprocess.Popen, timeout_s: float) -> bytes:
     """Wait for `orchestrate` to exit and return its stderr; killed if it outlives `timeout_s`."""
-    try:
+    with reaped(process):
         _, stderr = process.communicate(timeout=timeout_s)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     return stderr
 
 
@@ -95,13 +91,10 @@ def kill_once_started(process: subprocess.Popen, run_dir: Path, node: str, *, st
                       exit_timeout_s: float = 60) -> bytes:
     """SIGKILL `node` once the run has started, and return the orchestrator's stderr after it
     exits (it is killed if it outlives `exit_timeout_s`)."""
-    try:
+    with reaped(process):
         events = wait_for_event(run_dir, "started", process, timeout_s=start_timeout_s)
         os.kill(launched_pids(events)[node], signal.SIGKILL)
         _, stderr = process.communicate(timeout=exit_timeout_s)
-    finally:
-        if process.poll() is None:
-            process.kill()
     return stderr
 
 
@@ -170,13 +163,10 @@ def test_up_over_tcp(tmp_path):
 def test_ctrl_c_stops_the_run_and_reaps_every_child(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
+    with reaped(process):
         events = wait_for_event(run_dir, "started", process)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 130, stderr.decode()[-3000:]
     events = read_events(run_dir)
     assert any(e["event"] == "interrupted" for e in events)

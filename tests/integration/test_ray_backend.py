@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 from tests.integration.netns import NamespaceCluster, unavailable_reason
 from tests.integration.test_orchestrate import wait_for_event
 
@@ -231,15 +231,11 @@ def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_c
         "--set", f"launch.ray.workdir={tmp_path / 'remote'}", "--set", "launch.ray.cpus_per_node=0.5",
         "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}", *[arg for pin in pins for arg in ("--set", pin)],
         "--set", "launch.ray.call_timeout_s=8", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with reaped(orchestrator):
         wait_for_event(run_dir, "started", orchestrator, timeout_s=240)
         time.sleep(2.0)
         cluster.cut("h3")  # not healed: the machine is gone for the rest of the run
         stderr = orchestrator.communicate(timeout=300)[1].decode()
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert orchestrator.returncode == 1, stderr[-4000:]
     events = events_of(run_dir)
     exited = {e["node"]: e for e in events if e["event"] == "exited"}
@@ -272,7 +268,7 @@ def test_an_agent_whose_ray_machine_is_lost_is_restarted_on_another_from_its_che
         "--set", "launch.ray.cpus_per_node=0.5", "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}",
         "--set", f"launch.ray.pin={{env: {h1}, agent_0: {h1}, agent_1: {h2}, agent_2: {h1}}}",
         "--set", "launch.ray.call_timeout_s=8", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with reaped(orchestrator):
         events = wait_for_event(run_dir, "started", orchestrator, timeout_s=240)
         run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
         deadline = time.monotonic() + 60
@@ -283,10 +279,6 @@ def test_an_agent_whose_ray_machine_is_lost_is_restarted_on_another_from_its_che
         lost_at = time.time()
         assert cluster.kill_everything("h2")
         stderr = orchestrator.communicate(timeout=400)[1].decode()
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert orchestrator.returncode == 0, stderr[-4000:]
     events = events_of(run_dir)
     mine = [e for e in events if e["node"] == "agent_1"]

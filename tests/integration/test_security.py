@@ -24,7 +24,7 @@ import zmq
 from protocols.codec import messages as m
 from protocols.codec import wire
 from protocols.engines.consensus import ConsensusShare
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -331,13 +331,10 @@ def test_a_bind_host_that_is_not_on_this_host_exits_2_naming_the_field(tmp_path,
 def test_a_failed_run_says_on_the_terminal_which_node_died_how_and_what_it_logged_last(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
+    with reaped(process):
         pids = launched_pids(wait_for_event(run_dir, "started", process))
         os.kill(pids["agent_1"], signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     stderr = stderr.decode()
     assert process.returncode == 1
     assert "run failed: node agent_1 exited unexpectedly" in stderr

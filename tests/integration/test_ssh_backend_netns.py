@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 from tests.integration.netns import NamespaceCluster, unavailable_reason
 from tests.integration.test_orchestrate import wait_for_event
 
@@ -187,7 +187,7 @@ def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
         "launcher", [sys.executable, "-m", "orchestrator", "up", str(config_path), "--run-dir", str(run_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
+    with reaped(orchestrator):
         wait_for_event(run_dir, "started", orchestrator, timeout_s=180)
         time.sleep(5.0)  # a few consensus rounds with everyone connected first
         cluster.cut("h3")
@@ -196,10 +196,6 @@ def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
         cluster.heal("h3")
         healed_at = time.time()
         stderr = orchestrator.communicate(timeout=300)[1]
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert orchestrator.returncode == 0, stderr.decode()[-4000:]
     completed_at = next(e["t"] for e in events_of(run_dir) if e["event"] == "run_complete")
     assert completed_at > healed_at + 10.0, f"the run ended {completed_at - healed_at:.1f} s after the heal: too soon to judge it"
