@@ -139,6 +139,20 @@ class SpikyLink:
         return times
 
 
+def forward_liveness(membership: MembershipEngine, engines: Sequence, now: float) -> list[Outgoing]:
+    """Membership's PeerDown/PeerUp events since the last call, handed to each engine in turn as
+    `on_neighbour_down`/`on_neighbour_up`, as a node's loop does; what the engines send in reply.
+    The one forwarding of both simulated stacks (here and protocols/sim/simplan.py)."""
+    outgoing: list[Outgoing] = []
+    for event in membership.take_events():
+        for engine in engines:
+            if isinstance(event, PeerDown):
+                outgoing += engine.on_neighbour_down(event.peer, now)
+            elif isinstance(event, PeerUp):
+                outgoing += engine.on_neighbour_up(event.peer, now)
+    return outgoing
+
+
 class NodeStack:
     """The engines of one agent node: membership, push-sum and synchronous consensus.
 
@@ -179,14 +193,7 @@ class NodeStack:
         return min(deadlines, default=None)
 
     def _after(self, now: float) -> list[Outgoing]:
-        outgoing: list[Outgoing] = []
-        for event in self.membership.take_events():
-            if isinstance(event, PeerDown):
-                outgoing += self.push_sum.on_neighbour_down(event.peer, now)
-                outgoing += self.sync.on_neighbour_down(event.peer, now)
-            elif isinstance(event, PeerUp):
-                outgoing += self.push_sum.on_neighbour_up(event.peer, now)
-                outgoing += self.sync.on_neighbour_up(event.peer, now)
+        outgoing = forward_liveness(self.membership, (self.push_sum, self.sync), now)
         if self.sync.done and self.sync.epoch not in self.sync_results:
             self.sync_results[self.sync.epoch] = self.sync.result
         return outgoing
