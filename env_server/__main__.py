@@ -90,8 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (refusal := pace_refusal(args.max_steps_per_s)) is not None:
         parser.error(f"--max-steps-per-s: {refusal}")
-    if args.steps_per_s is not None and args.clock != "realtime":
-        parser.error("--steps-per-s: sets the rate of --clock realtime; got --clock lockstep")
     if (refusal := clock_refusal(_standalone_rules(args))) is not None:
         setting, _, why = refusal.partition(": ")
         parser.error(f"--{setting.replace('_', '-')}: {why}")
