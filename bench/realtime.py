@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import results_page
+from runs import records  # noqa: E402
 from orchestrator.run_records import run_record  # noqa: E402
 
 STRAGGLER = "agent_1"
@@ -76,8 +77,7 @@ def run_point(config: str, run_dir: Path, settings: list[str]) -> int:
 
 def measure(run_dir: Path, steps: int) -> dict[str, Any]:
     """The point's columns, from the env server's metrics."""
-    path = run_dir / "nodes" / "env" / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = records(run_dir, "env")
     status = [row for row in rows if any(key.startswith("env/default_actions/") for key in row)]
     training = [row for row in status if 0 < row["step"] < steps]
     rate = None

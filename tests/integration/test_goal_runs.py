@@ -336,3 +336,14 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
         for name, weights in learner.q_network.state_dict().items():
             assert torch.equal(saved["q_network"][name], weights), name
     assert [float(all(both)) for both in zip(*rewarded)] == in_process["success"].tolist()
+
+
+@pytest.mark.long  # an orchestrated run of two episodes (about 10 s here)
+def test_the_goals_bench_keeps_the_run_s_record_not_an_agent_s_last_metrics_line(tmp_path):
+    # bench/goals.py's runtime row carries the run's record (exit code, commit, budget: what
+    # decides whether the run may be scored); reading the agents' metrics must not replace it.
+    from tests.conftest import load_bench
+
+    bench = load_bench("goals.py", "bench_goals_for_record_check")
+    result = bench.runtime_run("supervisor", 1, 2, 3, "local", tmp_path / "run")
+    assert result["record"]["refused"] is None and result["record"]["exit_code"] == 0, result["record"]
