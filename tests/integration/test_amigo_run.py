@@ -3,19 +3,15 @@ its own proposing treasure_room cells (configs/amigo_pair.yaml); the teacher's m
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 EPISODE = 50  # treasure_room max_steps in the config
 
 
-def records(run_dir, agent):
-    return [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
 
 
 def check_amigo_student(run_dir, agent: str, steps: int, episode: int, max_goal_distance: int) -> list[dict]:
@@ -24,7 +20,7 @@ def check_amigo_student(run_dir, agent: str, steps: int, episode: int, max_goal_
     updates (difficulty_counts 2), whatever the env: every episode ended and recorded once, goals
     proposed and reached in range, the t* schedule run in the node, the student trained. Returns
     the records of the episodes' ends, for the env's own checks."""
-    mine = records(run_dir, agent)
+    mine = node_metrics(run_dir, agent)
     ended = [r for r in mine if "amigo/t_star" in r]
     # Every episode ends (at `episode` steps, or earlier on success), and is recorded once.
     assert len(ended) >= steps // episode and ended[-1]["amigo/episode_end_step"] == steps

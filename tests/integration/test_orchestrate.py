@@ -64,6 +64,11 @@ def run_restarting_the_env_server(run_dir: Path, config: str, at_step: int, *set
     return events
 
 
+def node_metrics(run_dir: Path, node: str) -> list[dict]:
+    """Every metrics record `node` of the run wrote (nodes/<node>/metrics.jsonl), in order."""
+    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def read_events(run_dir: Path) -> list[dict]:
     path = run_dir / "events.jsonl"
     if not path.exists():
@@ -138,7 +143,7 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
         # The lockstep's bodies went the way env.transport says (protocols/net/shm_lockstep.py).
         assert f"lockstep bodies: {'shm' if transport == 'shm' else 'zmq packed'}" in (node_dir / "log").read_text()
         assert list((run_dir / "tb" / agent).glob("events.out.tfevents.*")), "TensorBoard event file"
-    env_rows = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
+    env_rows = node_metrics(run_dir, "env")
     evaluations = [row for row in env_rows if "eval/return_mean" in row]  # besides link/ counters
     assert [(e["step"], e["eval/episodes"]) for e in evaluations] == [(20, 2), (40, 2), (60, 2)]
     # TensorBoard has the env server (its evaluations and link counters) and the run's hparams.
@@ -201,7 +206,7 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     stderr = finished_ok(process, timeout_s=170)
     finals = {}
     for agent in ("agent_0", "agent_1", "agent_2"):
-        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        records = node_metrics(run_dir, agent)
         rounds = [r for r in records if "consensus/round" in r]
         adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         # Refreshes at rows 40, 60, 80 of a 90-step run, each with 20 consensus rounds.
@@ -230,7 +235,7 @@ def test_og_marl_agents_average_by_push_sum(tmp_path):
     )
     stderr = finished_ok(process, timeout_s=170)
     for agent in ("agent_0", "agent_1", "agent_2"):
-        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        records = node_metrics(run_dir, agent)
         summaries = [r for r in records if "consensus/pushes" in r]
         adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]

@@ -25,7 +25,14 @@ from protocols.codec import messages as m
 from protocols.codec import wire
 from protocols.engines.consensus import ConsensusShare
 from tests.conftest import REPO, reaped
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
+from tests.integration.test_orchestrate import (
+    assert_all_reaped,
+    launched_pids,
+    node_metrics,
+    orchestrate,
+    read_events,
+    wait_for_event,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -126,7 +133,7 @@ def last_step(run_dir: Path, node: str) -> int:
 
 
 def last_metric(run_dir: Path, node: str, name: str) -> float:
-    rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = node_metrics(run_dir, node)
     values = [row[name] for row in rows if name in row]
     assert values, f"{node} never reported {name}"
     return values[-1]
@@ -177,7 +184,7 @@ def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
         # 40 bad messages (20 heartbeats, 20 shares): one line at once, the rest in aggregate.
         assert log.count("invalid message") <= 3, log[-3000:]
         # The same drops, counted in the node's metrics (Hub.link_metrics -> metrics.jsonl).
-        rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+        rows = node_metrics(run_dir, node)
         counted = [row["security/dropped_bad_signature"] for row in rows if "security/dropped_bad_signature" in row]
         assert counted and counted[-1] > 0 and all(row.get("security/dropped_oversized", 0) == 0 for row in rows)
     # The run's files are the user's alone.
@@ -384,7 +391,7 @@ def test_a_node_under_a_flood_of_forged_messages_logs_them_within_its_5_s_window
         assert len(lines) == 7 and any("dropped 1970 invalid messages from 197 new sources" in line for line in lines), lines
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+            rows = node_metrics(run_dir, node)
             if [r for r in rows if r.get("security/dropped_bad_signature") == 2000]:
                 break
             time.sleep(0.2)
