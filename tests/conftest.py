@@ -189,6 +189,14 @@ def assert_goes_on_alike(original, resumed, transition) -> None:
         np.testing.assert_array_equal(resumed.get_params()[name], value)
 
 
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """`rows` as a JSON-lines file at `path` (its folders made): a run's metrics or events by hand."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def fill_disk(path, chunk_bytes: int = 4096) -> None:
     """Write `path` until its file system is full (the OSError that says so is expected)."""
     with pytest.raises(OSError):
