@@ -42,15 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import results_page
-from runs import records  # noqa: E402
+from runs import numbers, records  # noqa: E402
 from orchestrator.run_records import run_record  # noqa: E402
 
 STRAGGLER = "agent_1"
 PAUSE_AT_S = 1.0
-
-
-def numbers(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def point_settings(rate: float | None, pause_s: float, steps: int, seed: int) -> list[str]:

@@ -298,6 +298,11 @@ def kill_leftovers(processes: list[subprocess.Popen]) -> None:
             process.wait(timeout=30)
 
 
+def numbers(text: str) -> list[float]:
+    """A command line's comma-separated numbers ("0,5,20"; empty parts skipped)."""
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
 def ready_endpoint(line: str) -> str:
     """The endpoint an env server prints on its `READY <endpoint>` line, its first line of
     stdout; a RuntimeError saying what came instead ("did not start")."""
