@@ -8,13 +8,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.integration.test_orchestrate import (
-    finished_ok,
-    node_metrics,
-    orchestrate,
-    read_events,
-    run_restarting_the_env_server,
-)
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events, run_restarting_the_env_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

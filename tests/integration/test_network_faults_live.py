@@ -14,14 +14,7 @@ import time
 
 import pytest
 
-from tests.integration.test_orchestrate import (
-    assert_all_reaped,
-    finished_ok,
-    launched_pids,
-    node_metrics,
-    orchestrate,
-    read_events,
-)
+from tests.integration.test_orchestrate import assert_all_reaped, finished_ok, launched_pids, node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

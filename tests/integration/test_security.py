@@ -25,14 +25,7 @@ from protocols.codec import messages as m
 from protocols.codec import wire
 from protocols.engines.consensus import ConsensusShare
 from tests.conftest import REPO, reaped
-from tests.integration.test_orchestrate import (
-    assert_all_reaped,
-    launched_pids,
-    node_metrics,
-    orchestrate,
-    read_events,
-    wait_for_event,
-)
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, node_metrics, orchestrate, read_events, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
