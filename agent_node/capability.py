@@ -149,10 +149,11 @@ current `step`, `env_agent`, `learner`. Nothing else of the node is an interface
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Protocol
 
 import numpy as np
+
+from protocols.run.import_path import ImportPathError, import_object
 
 if TYPE_CHECKING:
     from agent_node.config import AgentNodeConfig
@@ -313,14 +314,10 @@ class Capability:
 
 def load_entry_point(path: str) -> Any:
     """The object at `package.module:name`; errors name the path and what was wrong with it."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"capability entry point {path!r}: expected 'package.module:build'")
-    module = importlib.import_module(module_name)
     try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise ValueError(f"capability entry point {path!r}: module {module_name} has no {attribute!r}") from None
+        return import_object(path)
+    except ImportPathError as error:
+        raise ValueError(f"capability entry point {path!r}: {error}") from None
 
 
 def load_capabilities(run: AgentNodeConfig, node: NodeServices, paths: Iterable[str] | None = None) -> list[Capability]:

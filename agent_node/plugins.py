@@ -31,7 +31,6 @@ without torch.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import inspect
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Annotated, Any, Callable, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, PlainSerializer, SerializationInfo, ValidationError, ValidationInfo, WrapValidator
 
 from protocols.run.config_errors import describe_value, format_validation_error
+from protocols.run.import_path import ImportPathError, import_object
 
 ActionSpaceKind = Literal["discrete", "box"]
 
@@ -143,15 +143,6 @@ class Entry:
         return self.load_builder()(config, spec)
 
 
-def _import_attribute(path: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    module = importlib.import_module(module_name)
-    target: Any = module
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    return target
-
-
 class Registry:
     """The kinds of one role (learners, or world models): built-ins, entry points, import paths."""
 
@@ -192,18 +183,10 @@ class Registry:
                 f"expected {builtins}an installed plugin ({installed}) "
                 f"or an import path 'package.module:Class', got {describe_value(kind)}"
             )
-        module_name, _, attribute = kind.partition(":")
-        if not module_name or not attribute:
-            raise PluginError(f"expected an import path 'package.module:Class', got {kind!r}")
         try:
-            module = importlib.import_module(module_name)
-        except Exception as error:  # noqa: BLE001 - a module that fails to import, for whatever reason
-            raise PluginError(f"{kind!r}: cannot import module {module_name!r}: {type(error).__name__}: {error}") from None
-        target: Any = module
-        for part in attribute.split("."):
-            if not hasattr(target, part):
-                raise PluginError(f"{kind!r}: module {module_name!r} has no attribute {attribute!r}")
-            target = getattr(target, part)
+            target = import_object(kind)
+        except ImportPathError as error:
+            raise PluginError(f"{kind!r}: {error}") from None
         return self._entry_for_class(kind, target, "import path")
 
     def installed(self) -> list[str]:
@@ -319,7 +302,7 @@ class Registry:
 def builtin(name: str, config_model: type[BaseModel], builder_path: str, **traits: Any) -> Entry:
     """A built-in entry whose builder `module:function` is imported only when a node builds."""
     return Entry(
-        name=name, config_model=config_model, load_builder=lambda: _import_attribute(builder_path), source="built-in", **traits
+        name=name, config_model=config_model, load_builder=lambda: import_object(builder_path), source="built-in", **traits
     )
 
 

@@ -34,7 +34,6 @@ reports through these descriptions without importing learning code.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import statistics
@@ -45,6 +44,7 @@ from pydantic import BaseModel, BeforeValidator, SerializeAsAny
 
 from agent_node.plugins import Entry, PluginConfig, PluginError, Registry, check_list_entry, validate_each
 from protocols.run.config_errors import repeated
+from protocols.run.import_path import import_object
 
 if TYPE_CHECKING:
     from protocols.engines.topology import Topology
@@ -189,11 +189,6 @@ class CapabilityConfig(PluginConfig):
     settings, validated by its `config_model`, a subclass of this class."""
 
 
-def _import(path: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
-
-
 def _check_description(kind: str, target: Any) -> CapabilityDescription:
     if not isinstance(target, CapabilityDescription):
         raise PluginError(f"{kind!r}: expected an agent_node.registry.CapabilityDescription, got {type(target).__name__} {target!r}")
@@ -222,7 +217,7 @@ class CapabilityRegistry(Registry):
 
 CAPABILITIES = CapabilityRegistry(
     "capability", "parley.capabilities", (),
-    {name: Entry(name=name, config_model=PluginConfig, load_builder=lambda path=path: _import(path), source="built-in")
+    {name: Entry(name=name, config_model=PluginConfig, load_builder=lambda path=path: import_object(path), source="built-in")
      for name, path in BUILTIN_DESCRIPTIONS.items()},
 )
 

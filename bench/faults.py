@@ -61,6 +61,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from orchestrator.report import summarize_sweep  # noqa: E402
+from runs import numbers  # noqa: E402  (bench/runs.py; bench/ is the script's directory)
 
 BASE_CONFIG = REPO / "configs" / "tiny_ring_links.yaml"
 DELAY_KEY = "network.links.0.link.delay_s"
@@ -79,10 +80,6 @@ COLUMNS = (
     ("return_last20", "return", ".3g"),
     ("peer_dropped_fraction", "peer drop", ".1%"),
 )
-
-
-def numbers(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def sweep_spec(args: argparse.Namespace) -> dict:

@@ -89,7 +89,7 @@ from protocols.engines.hindsight import HindsightEngine, HindsightRequest
 from protocols.engines.negotiation import NegotiationEngine, NegotiationRequest
 from protocols.seeds import derive_seed
 from intervals import curve_band, mean_ci  # noqa: E402  (bench/intervals.py)
-from runs import run_record  # noqa: E402  (bench/runs.py: which runs may be scored, and their records)
+from runs import records, run_record  # noqa: E402  (bench/runs.py: which runs may be scored, and their records)
 
 MODES = ("independent", "supervisor", "negotiation", "negotiation_her", "negotiation_hindsight")
 HER_MODES = ("negotiation_her", "negotiation_hindsight")  # the others learn without HER, as the reference's agents
@@ -521,16 +521,15 @@ def runtime_run(mode: str, seed: int, episodes: int, landmarks: int, view: str, 
     stored: dict[float, float] = defaultdict(float)
     shared = {"reports_applied": 0.0, "partners_missing": 0.0, "rows_relabelled": 0.0}
     for agent in agents:
-        for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if "goals/goal" in record:
-                episodes_of[record["goals/episode"]][agent] = record
-            if "hindsight/reports_applied" in record:
-                shared["reports_applied"] += record["hindsight/reports_applied"]
-                shared["partners_missing"] += record["hindsight/partners_missing"]
-                stored[record["goals/episode"]] += record["hindsight/events_from_partners_only"]
-            if "her/rows_relabelled" in record:
-                shared["rows_relabelled"] += record["her/rows_relabelled"]
+        for row in records(run_dir, agent):  # (not `record`: that is the run's, kept in the result)
+            if "goals/goal" in row:
+                episodes_of[row["goals/episode"]][agent] = row
+            if "hindsight/reports_applied" in row:
+                shared["reports_applied"] += row["hindsight/reports_applied"]
+                shared["partners_missing"] += row["hindsight/partners_missing"]
+                stored[row["goals/episode"]] += row["hindsight/events_from_partners_only"]
+            if "her/rows_relabelled" in row:
+                shared["rows_relabelled"] += row["her/rows_relabelled"]
     starts = [e for e in sorted(episodes_of) if len(episodes_of[e]) == team]
     both = [episodes_of[e] for e in starts]
     timed_out = [ep[a].get("negotiation/timed_out", ep[a].get("supervision/timed_out", 0.0)) for ep in both for a in agents]
@@ -826,11 +825,10 @@ def ring_main(args) -> None:
             goals: dict[float, dict[str, int]] = defaultdict(dict)
             timed_out = []
             for agent in agents:
-                for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines():
-                    record = json.loads(line)
-                    if "goals/goal" in record:
-                        goals[record["goals/episode"]][agent] = record["goals/goal"]
-                        timed_out.append(record.get("negotiation/timed_out", 0.0))
+                for row in records(run_dir, agent):  # (not `record`: that is the run's, kept in per_seed)
+                    if "goals/goal" in row:
+                        goals[row["goals/episode"]][agent] = row["goals/goal"]
+                        timed_out.append(row.get("negotiation/timed_out", 0.0))
             complete = [goals[e] for e in sorted(goals) if len(goals[e]) == args.ring]
             edge_aligned = np.array([[float(ep[a] == ep[b]) for a, b in edges] for ep in complete])
             team_aligned = np.array([float(len(set(ep.values())) == 1) for ep in complete])

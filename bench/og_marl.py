@@ -97,6 +97,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from orchestrator.rundir import read_jsonl  # noqa: E402
+
 EVAL_EVERY = 200
 LAST_EVALUATIONS = 5
 
@@ -267,12 +269,6 @@ THRESHOLD = 400.0  # "steps to 400": the return of the reference's target (ALGOR
 
 
 # ---------------------------------------------------------------------------------- reading runs
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def agent_dirs(run_dir: Path) -> list[Path]:

@@ -42,14 +42,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 import results_page
+from runs import numbers, records  # noqa: E402
 from orchestrator.run_records import run_record  # noqa: E402
 
 STRAGGLER = "agent_1"
 PAUSE_AT_S = 1.0
-
-
-def numbers(text: str) -> list[float]:
-    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def point_settings(rate: float | None, pause_s: float, steps: int, seed: int) -> list[str]:
@@ -76,8 +73,7 @@ def run_point(config: str, run_dir: Path, settings: list[str]) -> int:
 
 def measure(run_dir: Path, steps: int) -> dict[str, Any]:
     """The point's columns, from the env server's metrics."""
-    path = run_dir / "nodes" / "env" / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = records(run_dir, "env")
     status = [row for row in rows if any(key.startswith("env/default_actions/") for key in row)]
     training = [row for row in status if 0 < row["step"] < steps]
     rate = None

@@ -289,6 +289,20 @@ def print_json(result: dict) -> None:
     print(json.dumps(result, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
 
 
+def kill_leftovers(processes: list[subprocess.Popen]) -> None:
+    """Kill and reap the bench's child processes that still run (a measurement that failed half
+    way), so none outlives the bench."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def numbers(text: str) -> list[float]:
+    """A command line's comma-separated numbers ("0,5,20"; empty parts skipped)."""
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
 def ready_endpoint(line: str) -> str:
     """The endpoint an env server prints on its `READY <endpoint>` line, its first line of
     stdout; a RuntimeError saying what came instead ("did not start")."""

@@ -64,7 +64,7 @@ import numpy as np
 
 from typing import NamedTuple
 
-from runs import env_kwargs, process_tree_cpu_s, ready_endpoint  # (the shared bench helpers; bench/ is this script's directory)
+from runs import env_kwargs, kill_leftovers, process_tree_cpu_s, ready_endpoint  # (the shared bench helpers; bench/ is this script's directory)
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_TIMEOUT_S = 900
@@ -143,10 +143,7 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
                 client_cpu += float(cpu_seconds)
             server_cpu = process_tree_cpu_s(server.pid) - server_cpu_at_start
         finally:
-            for client in clients:
-                if client.poll() is None:
-                    client.kill()
-                    client.wait()
+            kill_leftovers(clients)
             server.terminate()
             server.wait(timeout=30)
     env_steps = lockstep_steps * copies

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:  # run as a script: make the repository's packages
 from orchestrator.backends.hosts import SshHost  # noqa: E402
 from orchestrator.backends.ssh import ssh_argv  # noqa: E402
 from tests.integration.netns import NamespaceCluster, unavailable_reason  # noqa: E402
-from runs import env_kwargs, process_tree_cpu_s  # noqa: E402  (bench/ is the script's directory)
+from runs import env_kwargs, kill_leftovers, process_tree_cpu_s  # noqa: E402  (bench/ is the script's directory)
 
 LAUNCHER = "launcher"
 # Longest wait for the env server's READY line (imports on a loaded machine) and for a client.
@@ -119,10 +119,7 @@ def lockstep(launcher: SshLauncher, placement: list[str], server_host: str, lock
             client_cpu += float(cpu_seconds)
         server_cpu = process_tree_cpu_s(server_pid) - server_cpu_at_start
     finally:
-        for client in clients:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
+        kill_leftovers(clients)
         if server_pid is not None:
             try:  # same PID namespace: the server's pid is a local one
                 os.kill(server_pid, signal.SIGTERM)

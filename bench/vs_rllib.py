@@ -76,7 +76,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from policy_client import mlp_policy, sample_actions  # noqa: E402
-from runs import ready_endpoint  # noqa: E402
+from runs import kill_leftovers, ready_endpoint  # noqa: E402
 from protocols.seeds import derive_seed  # noqa: E402
 
 ENV_NAME = "mpe2.simple_spread_v3"
@@ -157,10 +157,7 @@ def measure_parley(lockstep_steps: int, copies: int, hidden: int) -> Row:
             out, _ = client.communicate(timeout=CLIENT_TIMEOUT_S)
             windows.append(parse_timing(out.decode(), index, client.returncode, lockstep_steps))
     finally:
-        for client in clients:
-            if client.poll() is None:
-                client.kill()
-                client.wait(timeout=30)
+        kill_leftovers(clients)
         server.terminate()
         server.wait(timeout=30)
     # The server resets once all 4 agents joined and broadcasts the first observation to all of

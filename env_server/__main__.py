@@ -49,6 +49,8 @@ log = logging.getLogger("env_server")
 
 # Standalone mode's defaults are the env section's: no default lives in two places.
 _DEFAULTS = {name: info.default for name, info in EnvConfig.model_fields.items()}
+# The command line's flag for a setting whose flag is not its name in dashes.
+_FLAGS = {"episode_start_hold_s": "--episode-start-hold"}
 # How often the standalone loop wakes up with nothing to do, to notice SIGTERM / SIGINT promptly.
 _STANDALONE_WAKE_S = 0.2
 
@@ -90,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (refusal := pace_refusal(args.max_steps_per_s)) is not None:
         parser.error(f"--max-steps-per-s: {refusal}")
-    if args.steps_per_s is not None and args.clock != "realtime":
-        parser.error("--steps-per-s: sets the rate of --clock realtime; got --clock lockstep")
     if (refusal := clock_refusal(_standalone_rules(args))) is not None:
         setting, _, why = refusal.partition(": ")
-        parser.error(f"--{setting.replace('_', '-')}: {why}")
+        parser.error(f"{_FLAGS.get(setting, '--' + setting.replace('_', '-'))}: {why}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.config:
         if not args.control:

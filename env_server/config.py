@@ -10,6 +10,7 @@ already, so even the verbs that build nothing (`graph`, a sweep's dry run) catch
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -21,6 +22,33 @@ from protocols.run.config_errors import repeated
 # `package.module:factory`, or a registry name such as `mpe2.simple_spread_v3`.
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _REGISTRY_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def clock_settings_refusal(*, clock: str, eval_clock: str, steps_per_s: float | None, max_steps_per_s: float | None,
+                           episode_start_hold_s: float) -> str | None:
+    """Why an env server cannot run training on `clock` and evaluation on `eval_clock` with these
+    settings, as "setting: why"; None when it can. The one check of the env section (below) and of
+    a server started without it (`env_server/rules.py`, the standalone command line)."""
+    clocks = (clock, eval_clock)
+    if any(one not in ("lockstep", "realtime") for one in clocks):
+        return f"clock: expected lockstep or realtime for training and evaluation, got {clocks}"
+    if "realtime" not in clocks:
+        if steps_per_s is not None:
+            return (f"steps_per_s: sets the rate of a realtime clock, but clock and eval_clock are lockstep; "
+                    f"got {steps_per_s} (to pace the lockstep, use max_steps_per_s)")
+        return None
+    if steps_per_s is None or not (math.isfinite(steps_per_s) and steps_per_s > 0):
+        which = "clock" if clock == "realtime" else "eval_clock"
+        return (f"steps_per_s: {which} realtime steps the env at this rate; expected a positive number of steps "
+                f"per second, got {'none' if steps_per_s is None else steps_per_s}")
+    if clock == "realtime" and max_steps_per_s is not None:
+        return (f"max_steps_per_s: paces the lockstep; with clock realtime the rate is steps_per_s, "
+                f"expected none, got {max_steps_per_s}")
+    if clock == "realtime" and episode_start_hold_s > 0:
+        return (f"episode_start_hold_s: holds each episode's first observation for goal negotiation, which a "
+                f"realtime clock does not do (the world does not wait); expected 0 with clock realtime, got "
+                f"{episode_start_hold_s}")
+    return None
 
 
 class EnvConfig(BaseModel):
@@ -125,20 +153,10 @@ class EnvConfig(BaseModel):
 
     @model_validator(mode="after")
     def _clock_settings_agree(self) -> "EnvConfig":
-        if self.realtime_anywhere and self.steps_per_s is None:
-            which = "clock" if self.clock == "realtime" else "eval_clock"
-            raise ValueError(f"steps_per_s: {which} realtime steps the env at this rate; expected a positive "
-                             "number of steps per second, got none")
-        if not self.realtime_anywhere and self.steps_per_s is not None:
-            raise ValueError(f"steps_per_s: sets the rate of a realtime clock, but clock and eval_clock are lockstep; "
-                             f"got {self.steps_per_s} (to pace the lockstep, use max_steps_per_s)")
-        if self.clock == "realtime" and self.max_steps_per_s is not None:
-            raise ValueError(f"max_steps_per_s: paces the lockstep; with clock realtime the rate is steps_per_s, "
-                             f"expected none, got {self.max_steps_per_s}")
-        if self.clock == "realtime" and self.episode_start_hold_s > 0:
-            raise ValueError(f"episode_start_hold_s: holds each episode's first observation for goal negotiation, "
-                             f"which a realtime clock does not do (the world does not wait); expected 0 with clock "
-                             f"realtime, got {self.episode_start_hold_s}")
+        refusal = clock_settings_refusal(clock=self.clock, eval_clock=self.evaluation_clock, steps_per_s=self.steps_per_s,
+                                         max_steps_per_s=self.max_steps_per_s, episode_start_hold_s=self.episode_start_hold_s)
+        if refusal is not None:
+            raise ValueError(refusal)
         if self.eval_clock is not None and self.eval_every_steps is None:
             raise ValueError(f"eval_clock: sets how evaluation episodes step, so it needs eval_every_steps; "
                              f"got eval_clock {self.eval_clock!r} and no evaluations")

@@ -19,10 +19,11 @@ whether an env has positions without building one.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from protocols.run.import_path import ImportPathError, import_object
 
 PositionsReader = Callable[[Any], Mapping[str, Any]]
 
@@ -52,14 +53,12 @@ def positions_reader_path(env_name: str, positions: str | None) -> str | None:
 
 def load_positions_reader(path: str) -> PositionsReader:
     """The function at `package.module:function`; errors name env.positions."""
-    module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"env.positions {path!r}: cannot import module {module_name!r}: {error}") from error
-    reader = getattr(module, attribute, None)
+        reader = import_object(path)
+    except ImportPathError as error:
+        raise ValueError(f"env.positions {path!r}: {error}") from None
     if not callable(reader):
-        raise ValueError(f"env.positions {path!r}: module {module_name!r} has no function {attribute!r}")
+        raise ValueError(f"env.positions {path!r}: expected a function, got {type(reader).__name__}")
     return reader
 
 

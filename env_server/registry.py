@@ -20,10 +20,11 @@ from the per-copy reset seeds.
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Any, Callable
 
 from pettingzoo import ParallelEnv
+
+from protocols.run.import_path import ImportPathError, import_object
 
 # Registry name -> import path of a factory returning a ParallelEnv. Every entry builds with the
 # declared dependencies (tests/unit/test_env_registry.py builds each one). PettingZoo's butterfly
@@ -76,15 +77,10 @@ def resolve_factory(name: str) -> Callable[..., ParallelEnv]:
                 + (f" (did you mean '{hint[0]}'?)" if hint else "")
             )
         path = name
-    module_name, _, attribute = path.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise EnvNotFound(f"env.name {name!r}: cannot import module {module_name!r}: {error}") from error
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise EnvNotFound(f"env.name {name!r}: module {module_name!r} has no attribute {attribute!r}") from None
+        return import_object(path)
+    except ImportPathError as error:
+        raise EnvNotFound(f"env.name {name!r}: {error}") from error
 
 
 def construction_seed_kwarg(name: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from env_server.realtime import LATE_ACTIONS
+from env_server.config import clock_settings_refusal
 from protocols.run.settings import ControlConfig
 
 
@@ -35,22 +35,11 @@ class LockstepRules:
 
 
 def clock_refusal(rules: LockstepRules) -> str | None:
-    """Why the server cannot run `rules`' clocks (the env section's checks, for a server started
-    without it), or None."""
-    clocks = (rules.clock, rules.eval_clock)
-    if any(clock not in ("lockstep", "realtime") for clock in clocks):
-        return f"clock: expected lockstep or realtime for training and evaluation, got {clocks}"
-    if "realtime" not in clocks:
-        return None
-    if rules.steps_per_s is None or not (math.isfinite(rules.steps_per_s) and rules.steps_per_s > 0):
-        return f"steps_per_s: a realtime clock needs a positive number of steps per second, got {rules.steps_per_s}"
-    if rules.clock == "realtime" and rules.max_steps_per_s is not None:
-        return "max_steps_per_s: paces the lockstep; a realtime clock steps at steps_per_s"
-    if rules.clock == "realtime" and rules.episode_start_hold_s > 0:
-        return "episode_start_hold_s: a realtime clock does not hold episode starts"
-    if rules.late_action not in LATE_ACTIONS:
-        return f"late_action: expected one of {LATE_ACTIONS}, got {rules.late_action!r}"
-    return None
+    """Why the server cannot run `rules`' clocks, or None: the env section's own check
+    (env_server/config.py), for a server started without it. (A late_action the realtime barrier
+    does not know it refuses itself.)"""
+    return clock_settings_refusal(clock=rules.clock, eval_clock=rules.eval_clock, steps_per_s=rules.steps_per_s,
+                                  max_steps_per_s=rules.max_steps_per_s, episode_start_hold_s=rules.episode_start_hold_s)
 
 
 def pace_refusal(max_steps_per_s: float | None) -> str | None:

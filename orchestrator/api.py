@@ -33,12 +33,14 @@ from typing import Any, Iterator, Mapping, Sequence
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved, validate_config
 from orchestrator.overrides import apply_overrides
 from orchestrator.backends import BackendUnavailable
+from orchestrator.launcher import process_state
 from orchestrator.plan import LaunchPlan
 from orchestrator.rundir import (
     EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, PID_FILENAME, RunDirError, find_run_dir, read_jsonl,
     remove_temp_socket_dir,
 )
 from protocols.run.config_errors import ConfigError
+from protocols.storage.jsonlines import json_object
 
 Overrides = Mapping[str, Any] | Sequence[str]
 
@@ -220,8 +222,6 @@ class Run:
 
 def _read_new(path: Path, offsets: dict[str, int], key: str) -> Iterator[dict[str, Any]]:
     """The whole JSON lines added to `path` since the last call (a torn last line waits)."""
-    import json
-
     try:
         with open(path, "rb") as file:
             file.seek(offsets.get(key, 0))
@@ -231,11 +231,8 @@ def _read_new(path: Path, offsets: dict[str, int], key: str) -> Iterator[dict[st
     complete = data[: data.rfind(b"\n") + 1]
     offsets[key] = offsets.get(key, 0) + len(complete)
     for line in complete.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
+        record = json_object(line)
+        if record is not None:
             yield record
 
 
@@ -319,13 +316,12 @@ def process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    state = process_state(pid)  # "Z": exited, not yet reaped
     try:
-        # The state follows the parenthesised command name; "Z": exited, not yet reaped.
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except (OSError, IndexError):
+    except OSError:
         return True
-    return state != "Z" and b"orchestrat" in cmdline
+    return state is None or (state != "Z" and b"orchestrat" in cmdline)
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -35,6 +35,7 @@ from orchestrator.backends import BackendUnavailable
 from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
 from protocols.run.config_errors import ConfigError
+from protocols.storage.jsonlines import latest_values
 from orchestrator.faults import fired_positions, plan_faults, refused_faults, unresumable_faults
 from orchestrator.launcher import NODE_PID_FILENAME, ZYGOTE_PID_FILENAME, live_pid_from_file
 from orchestrator.plan import LaunchPlan, build_plan, format_plan
@@ -49,7 +50,6 @@ from orchestrator.rundir import (
     PID_FILENAME,
     RunDirError,
     find_run_dir,
-    latest_values,
     prepare_run,
     read_jsonl,
     remove_temp_socket_dir,

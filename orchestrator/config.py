@@ -62,7 +62,7 @@ from env_server.positions import positions_reader_path
 from orchestrator.backends.hosts import SshHost
 from orchestrator.backends.ray_config import RayPlacement
 from protocols.run.config_errors import ConfigError, format_validation_error, tagged_member_fields
-from protocols.net.links import LinkConfig
+from protocols.net.links import LinkConfig, group_of_each_node
 from orchestrator.overrides import apply_overrides, load_yaml
 from orchestrator.reproducibility import owe_nothing_by_default, reproducibility_problems
 from protocols.seeds import derive_seed
@@ -199,12 +199,7 @@ class FaultEvent(BaseModel):
             if self.groups:
                 if len(self.groups) < 2 or any(not group for group in self.groups):
                     raise ValueError(f"groups: expected at least two non-empty groups of node ids, got {self.groups}")
-                owner: dict[str, int] = {}
-                for index, group in enumerate(self.groups):
-                    for node in group:
-                        if node in owner:
-                            raise ValueError(f"groups: node {node!r} is in groups {owner[node]} and {index}; groups must be disjoint")
-                        owner[node] = index
+                group_of_each_node(self.groups, "groups")
         elif self.kind == "link":
             if self.link is None:
                 raise ValueError("link: a 'link' fault needs the new link profile (network.default_link's fields), got none")

@@ -43,6 +43,7 @@ from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, resolve_data, validate_config
 from protocols.run.config_errors import ConfigError
 from protocols.seeds import derive_seed
+from protocols.storage.jsonlines import json_object
 from protocols.run.settings import ENV_NODE_ID, agent_node_ids
 
 EVALUATIONS_DIRNAME = "evaluations"
@@ -100,11 +101,8 @@ def read_episode_returns(evaluation_dir: Path) -> list[dict[str, float]]:
         return []
     episodes = []
     for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(row, dict) and EPISODE_KEY in row:
+        row = json_object(line)  # None for a line cut short by a crash
+        if row is not None and EPISODE_KEY in row:
             episodes.append({key.removeprefix(EPISODE_RETURN_PREFIX): float(value)
                              for key, value in row.items() if key.startswith(EPISODE_RETURN_PREFIX)})
     return episodes

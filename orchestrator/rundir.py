@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_resolved, with_runtime, with_nodes, write_resolved
-from protocols.storage.jsonlines import LineFile, LineWriteError
+from protocols.storage.jsonlines import LineFile, LineWriteError, json_object
 from protocols.net.auth import KEYS_DIRNAME
 from protocols.run.config_errors import ConfigError
 from protocols.storage.durable_state import EXIT_DAMAGED_STATE
@@ -335,43 +335,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 line = line.strip()
                 if not line:
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict):
+                record = json_object(line)
+                if record is not None:
                     records.append(record)
     except FileNotFoundError:
         return []
     return records
-
-
-def latest_values(path: str | Path, keys: tuple[str, ...], max_bytes: int = 262144) -> dict[str, Any]:
-    """For each key, its value in the last JSON line (within the file's tail) that has it.
-
-    Metrics lines differ in what they carry (a step line, an episode line, ...), so the latest
-    step and the latest episode return usually come from different lines.
-    """
-    try:
-        with open(path, "rb") as file:
-            file.seek(0, os.SEEK_END)
-            file.seek(max(0, file.tell() - max_bytes))
-            tail = file.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return {}
-    found: dict[str, Any] = {}
-    for line in reversed(tail.splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            for key in keys:
-                if key not in found and key in record:
-                    found[key] = record[key]
-        if len(found) == len(keys):
-            break
-    return found
 
 
 def describe_exit_code(code: int) -> str:

@@ -63,6 +63,8 @@ from typing import Any
 
 import numpy as np
 
+from agent_node.registry import fmt
+
 RETURN_KEYS = ("eval_return_last5", "return_last20")  # the first of these a sweep's runs have
 CRASH_KINDS = ("kill", "restart")
 RECOVERY_BAND = 0.1  # "back within 10%" of the pre-crash level (of the random -> pre-crash gap)
@@ -145,19 +147,19 @@ def run_effect_lines(crash: dict[str, Any] | None, default_actions: dict[str, fl
     """The lines `orchestrate report RUN_DIR` prints for a crash and the env's default actions."""
     lines = []
     if default_actions:
-        counts = ", ".join(f"{agent} {_num(count, 'g')}" for agent, count in default_actions.items())
+        counts = ", ".join(f"{agent} {fmt(count, 'g')}" for agent, count in default_actions.items())
         lines.append(f"default actions the env server played (dead, paused or late agents): {counts}")
     if crash is not None:
-        head = f"crash ({crash['kind']} of {', '.join(crash['nodes'])} at step {_num(crash['step'], 'g')})"
+        head = f"crash ({crash['kind']} of {', '.join(crash['nodes'])} at step {fmt(crash['step'], 'g')})"
         if crash["reason"]:
             lines.append(f"{head}: no dip or recovery measured: {crash['reason']}")
         else:
-            back = (f"back within {_num(crash['band'], '.3g')} of it (10% of the random -> pre-crash gap) "
-                    f"{_num(crash['recovery_steps'], 'g')} steps after the crash" if crash["recovered"]
+            back = (f"back within {fmt(crash['band'], '.3g')} of it (10% of the random -> pre-crash gap) "
+                    f"{fmt(crash['recovery_steps'], 'g')} steps after the crash" if crash["recovered"]
                     else "not back within 10% of it before the run ended")  # fmt: skip
-            lines.append(f"{head}: greedy evaluation {_num(crash['before'], '.3g')} before, lowest "
-                         f"{_num(crash['lowest'], '.3g')} at step {_num(crash['lowest_step'], 'g')} "
-                         f"(dip {_num(crash['dip'], '.3g')}); {back}")  # fmt: skip
+            lines.append(f"{head}: greedy evaluation {fmt(crash['before'], '.3g')} before, lowest "
+                         f"{fmt(crash['lowest'], '.3g')} at step {fmt(crash['lowest_step'], 'g')} "
+                         f"(dip {fmt(crash['dip'], '.3g')}); {back}")  # fmt: skip
     return lines
 
 
@@ -304,7 +306,7 @@ def summarize_effects(points: list[dict[str, Any]], grid: dict[str, list[Any]]) 
                 coordinates = p.get("coordinates") or {}
                 if p.get("role") is not None or not _is_number(coordinates.get(axis)):
                     continue
-                others = ", ".join(f"{_short(k)}={_num(v, 'g') if _is_number(v) else v}"  # 0 and 0.0 alike
+                others = ", ".join(f"{_short(k)}={fmt(v, 'g') if _is_number(v) else v}"  # 0 and 0.0 alike
                                    for k, v in sorted(coordinates.items()) if k != axis)  # fmt: skip
                 label = ", ".join(part for part in (p.get("line"), others) if part) or "all"
                 lines.setdefault(label, []).append(p)
@@ -349,39 +351,33 @@ def table_keys(grid: dict[str, list[Any]], points: list[dict[str, Any]]) -> list
 # ------------------------------------------------------------------------------------------
 
 
-def _num(value: Any, spec: str = ".3g") -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
-
-
 def _interval(aggregate: dict[str, Any], spec: str = ".3g") -> str:
     """`mean [low, high]`, or the mean alone (one seed: no interval), or `-`."""
     if not aggregate or aggregate.get("mean") is None:
         return "-"
     ci = aggregate.get("ci95")
-    return _num(aggregate["mean"], spec) + (f" [{_num(ci[0], spec)}, {_num(ci[1], spec)}]" if ci else "")
+    return fmt(aggregate["mean"], spec) + (f" [{fmt(ci[0], spec)}, {fmt(ci[1], spec)}]" if ci else "")
 
 
 def d50_text(d50: dict[str, Any], last_x: float) -> str:
     """`2.4 [1.7, 3.9]`, `> 25 (beyond the grid) [12, > 25]`, or `- (why)`."""
     if d50["reason"]:
         return f"- ({d50['reason']})"
-    beyond = f"> {_num(last_x, 'g')}"
+    beyond = f"> {fmt(last_x, 'g')}"
     interval = ""
     if d50.get("ci95") and d50["ci95"] != [None, None] or any(d50.get("ci95_beyond") or ()):
-        low, high = (beyond if out else _num(end) for end, out in zip(d50["ci95"], d50["ci95_beyond"]))
+        low, high = (beyond if out else fmt(end) for end, out in zip(d50["ci95"], d50["ci95_beyond"]))
         interval = f" [{low}, {high}]"
     if d50.get("undefined_draws"):
         interval += f" ({d50['undefined_draws']} of {d50['draws']} draws left out: no gain from talking in them)"
-    return (f"{beyond} (beyond the grid)" if d50["beyond"] else _num(d50["value"])) + interval
+    return (f"{beyond} (beyond the grid)" if d50["beyond"] else fmt(d50["value"])) + interval
 
 
 def effect_tables(effects: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, columns, rows) for each axis and for the crashes."""
     tables = []
     key = effects["metric"]
-    levels = [f"{name} {_num(value)}" for name, value in (("random", effects["random"]), ("scripted oracle", effects["oracle"]))
+    levels = [f"{name} {fmt(value)}" for name, value in (("random", effects["random"]), ("scripted oracle", effects["oracle"]))
               if value is not None]  # fmt: skip
     if effects["no_talk"]:
         levels.insert(0, f"no talk {_interval(effects['no_talk'])}")
@@ -393,10 +389,10 @@ def effect_tables(effects: dict[str, Any]) -> list[tuple[str, list[str], list[li
         for line in axis["lines"]:
             cells = {x: _interval({"mean": m, "ci95": ci}) for x, m, ci in zip(line["x"], line["mean"], line["ci95"])}
             rows.append([line["label"], *(cells.get(x, "") for x in xs), d50_text(line["d50"], line["x"][-1])])
-        tables.append((title, ["line", *(_num(x, "g") for x in xs), "D50 [95% bootstrap]"], rows))
+        tables.append((title, ["line", *(fmt(x, "g") for x in xs), "D50 [95% bootstrap]"], rows))
     if effects["crashes"]:
         rows = [[c["point"], str(c["runs"]), _interval(c["eval_before"]), _interval(c["eval_dip"]),
-                 _interval(c["recovery_steps"], ".4g"), _num(c["recovered_fraction"], ".0%")]
+                 _interval(c["recovery_steps"], ".4g"), fmt(c["recovered_fraction"], ".0%")]
                 for c in effects["crashes"]]  # fmt: skip
         tables.append(("after a crash: greedy evaluation before it, the dip to the lowest after it, steps until back within "
                        "10% of the random -> pre-crash gap (mean [95% interval] over seeds that came back)",

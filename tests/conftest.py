@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import selectors
@@ -77,6 +78,18 @@ def raw_dealer():
     context.term()
 
 
+@contextlib.contextmanager
+def reaped(process: subprocess.Popen):
+    """Leave the block with `process` gone: killed and waited for if still running (the test
+    failed or timed out half way), so no child outlives its test."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def read_line_with_deadline(process: subprocess.Popen, timeout_s: float) -> str:
     """The next stdout line of `process`, or an AssertionError naming what it printed instead."""
     selector = selectors.DefaultSelector()
@@ -141,6 +154,16 @@ def env_server(spawn):
     return start
 
 
+class RecordingLink:
+    """A peer link without a socket: what the mesh sends over it is kept in `sent`."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, message) -> None:
+        self.sent.append(message)
+
+
 def through_a_checkpoint(state):
     """What a node's checkpoint does to a state dict: torch.save, then torch.load(weights_only=True)
     (so a state that needs arbitrary pickling fails here as it would on resume)."""
@@ -164,6 +187,14 @@ def assert_goes_on_alike(original, resumed, transition) -> None:
     assert resumed.update() == original.update()
     for name, value in original.get_params().items():
         np.testing.assert_array_equal(resumed.get_params()[name], value)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """`rows` as a JSON-lines file at `path` (its folders made): a run's metrics or events by hand."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def fill_disk(path, chunk_bytes: int = 4096) -> None:

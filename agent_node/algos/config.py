@@ -75,10 +75,16 @@ class DQNConfig(BaseModel):
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> DQNConfig:
-        if self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
+        check_buffer_holds_a_batch(self.buffer_size, self.batch_size)
         check_learning_rate_schedule(self.learning_rate_end, self.learning_rate_decay_steps)
         return self
+
+
+def check_buffer_holds_a_batch(buffer_size: int, batch_size: int) -> None:
+    """One batch must fit in the replay buffer: a smaller buffer makes every batch repeat rows, which
+    is almost surely a slip in the config (DQN, SAC and PMIC refuse it)."""
+    if buffer_size < batch_size:
+        raise ValueError(f"buffer_size ({buffer_size}) must be at least batch_size ({batch_size})")
 
 
 def check_learning_rate_schedule(end: float | None, decay_steps: int | None) -> None:
@@ -137,8 +143,7 @@ class SACConfig(BaseModel):
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> SACConfig:
-        if self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
+        check_buffer_holds_a_batch(self.buffer_size, self.batch_size)
         return self
 
 
@@ -327,8 +332,7 @@ class PMICConfig(BaseModel):
     def _consistent(self) -> PMICConfig:
         if self.club_log_var_bounds is not None and not self.club_log_var_bounds[0] < self.club_log_var_bounds[1]:
             raise ValueError(f"club_log_var_bounds must be (low, high) with low < high, got {self.club_log_var_bounds}")
-        if self.buffer_size < self.batch_size:
-            raise ValueError(f"buffer_size ({self.buffer_size}) must be at least batch_size ({self.batch_size})")
+        check_buffer_holds_a_batch(self.buffer_size, self.batch_size)
         if self.shaping_starts_at > self.superior_capacity:
             raise ValueError(
                 f"shaping_starts_at ({self.shaping_starts_at}) can never be reached by a superior buffer "

@@ -187,6 +187,15 @@ def check_config(config: object, config_type: type) -> None:
         raise TypeError(f"config must be {article} {config_type.__name__}, got {type(config).__name__}")
 
 
+def check_tanh_bounds(action_space: Any, learner: str) -> None:
+    """Refuse a Box whose bounds a tanh actor cannot be scaled to: an infinite bound, or a
+    dimension with high <= low. `learner` names the learner in the message ("SAC", "PMIC")."""
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
+        raise ValueError(f"{learner} maps tanh to the action bounds, which must be finite; got {action_space!r}")
+    if not np.all(action_space.high > action_space.low):
+        raise ValueError(f"{learner} needs high > low in every action dimension, got {action_space!r}")
+
+
 def check_space(space: object, space_type: type, needs: str) -> None:
     """Refuse a space that is not a `space_type`; `needs` says what the learner needs, e.g.
     "DQN needs a Box observation space" (the message goes on ", got <the space>")."""

@@ -99,6 +99,7 @@ from agent_node.algos.learner_parts import (
     check_config,
     check_seed,
     check_space,
+    check_tanh_bounds,
     linear_schedule,
     load_optimizer,
     run_gradient_steps,
@@ -273,10 +274,7 @@ class PMICAgent(OwesGradientSteps):
                 f"PMIC (a deterministic-actor learner) needs a 1-D Box action space, got {action_space!r}; "
                 "for mpe2 environments set continuous_actions=True"
             )
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise ValueError(f"PMIC maps tanh to the action bounds, which must be finite; got {action_space!r}")
-        if not np.all(action_space.high > action_space.low):
-            raise ValueError(f"PMIC needs high > low in every action dimension, got {action_space!r}")
+        check_tanh_bounds(action_space, "PMIC")
         if not isinstance(num_agents, int) or num_agents < 2:
             raise ValueError(f"num_agents must be an int >= 2 (PMIC is about joint actions), got {num_agents!r}")
         if not isinstance(agent_index, int) or not 0 <= agent_index < num_agents:

@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from agent_node.algos.config import SACConfig
 from agent_node.algos.lean_steps import adam_step
 from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, check_config, check_seed, check_space,
-                                            checked_obs, run_gradient_steps, steps_to_take, trainable_rows,
-                                            update_counters)
+                                            check_tanh_bounds, checked_obs, run_gradient_steps, steps_to_take,
+                                            trainable_rows, update_counters)
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.reward_models import SiteCollectionReward
@@ -293,10 +293,7 @@ class SACAgent(ModuleLearner, OwesGradientSteps):
         check_space(observation_space, gym.spaces.Box, "SAC needs a Box observation space")
         if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
             raise TypeError(f"SAC needs a 1-D Box action space, got {action_space!r}")
-        if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
-            raise ValueError(f"SAC rescales tanh to the action bounds, which must be finite; got {action_space!r}")
-        if not np.all(action_space.high > action_space.low):
-            raise ValueError(f"SAC needs high > low in every action dimension, got {action_space!r}")
+        check_tanh_bounds(action_space, "SAC")
         check_seed(seed)
         # `reward: own_contribution` rescores every real row with this model (see `observe`); it
         # comes with that setting and only with it, so neither can be given without the other.

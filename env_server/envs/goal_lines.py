@@ -315,11 +315,7 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
         unknown = sorted(set(goals) - set(self.agents))
         if unknown:
             raise ValueError(f"assign_goals: {unknown} are not active in this episode; active: {self.agents}")
-        for agent, goal in goals.items():
-            goal = int(goal)
-            if not 0 <= goal < self.num_goals:
-                raise ValueError(f"goal of {agent} must be in [0, {self.num_goals}), got {goal}")
-            self._paid_goals[agent] = goal
+        self._paid_goals.update(self._goals_in_range(goals))
 
     def close(self) -> None:
         pass
@@ -346,6 +342,11 @@ class GoalLinesEnv(SpacesPerAgent, ParallelEnv):
             return None
         if not isinstance(goals, dict) or set(goals) != set(self.agents):
             raise ValueError(f"options['goals'] must map every active agent {self.agents} to a goal, got {goals!r}")
+        return self._goals_in_range(goals)
+
+    def _goals_in_range(self, goals: dict[str, Any]) -> dict[str, int]:
+        """`goals` as ints, each one of this env's goals (a ValueError naming the agent whose is not):
+        the check of the goals given to reset and to assign_goals."""
         checked = {}
         for agent, goal in goals.items():
             goal = int(goal)

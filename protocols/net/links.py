@@ -530,6 +530,19 @@ class LinkTable:
         return rows
 
 
+def group_of_each_node(groups: Iterable[Iterable[str]], field: str) -> dict[str, int]:
+    """Each node's index in `groups`, the islands of a partition; a node in two groups is an error
+    naming `field` (the config field, or "partition" for the table's own call), as islands cannot
+    overlap. The one check of the table, the network section and a scheduled partition fault."""
+    owner: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        for node in group:
+            if node in owner:
+                raise ValueError(f"{field}: node {node!r} is in groups {owner[node]} and {index}; groups must be disjoint")
+            owner[node] = index
+    return owner
+
+
 class PartitionTable:
     """Which directed (sender, receiver) pairs may not talk right now.
 
@@ -555,13 +568,7 @@ class PartitionTable:
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Block every pair of nodes that lie in different groups (adds to existing blocks)."""
-        groups = [list(group) for group in groups]
-        owner: dict[str, int] = {}
-        for index, group in enumerate(groups):
-            for node in group:
-                if node in owner:
-                    raise ValueError(f"node {node!r} is in partition groups {owner[node]} and {index}; groups must be disjoint")
-                owner[node] = index
+        owner = group_of_each_node(groups, "partition")
         for src, src_group in owner.items():
             for dst, dst_group in owner.items():
                 if src_group != dst_group:

@@ -800,17 +800,18 @@ class Channel:
             self.flush_due()
             if not ready:
                 continue
-            for item in ready:
-                if type(item) is int:  # a wake-up pipe (protocols/net/shm_lockstep.py)
-                    self.pipe_readable(item)
-            for envelope in self.recv_all():
-                if isinstance(envelope.message, message_types):
-                    return envelope.message
+            if (message := self._first_of(ready, message_types)) is not None:
+                return message
         return None
 
     def _last_messages_of_lost_peer(self, message_types: tuple[type, ...]) -> Any | None:
         """A message of `message_types` that the lost peer sent before it went, or None."""
-        for item in wait_readable(self._poller, _PEER_LOST_GRACE_S):
+        return self._first_of(wait_readable(self._poller, _PEER_LOST_GRACE_S), message_types)
+
+    def _first_of(self, ready: set, message_types: tuple[type, ...]) -> Any | None:
+        """The first received message of `message_types` (others are dropped), after reading the
+        wake-up pipes among `ready`; None when none came."""
+        for item in ready:
             if type(item) is int:  # a wake-up pipe (protocols/net/shm_lockstep.py)
                 self.pipe_readable(item)
         for envelope in self.recv_all():

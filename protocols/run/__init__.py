@@ -7,4 +7,6 @@ errors.
                       once, at start.
 - `control.py`        The node side of the control channel to the orchestrator.
 - `config_errors.py`  Config errors that name the field, what it expected and what it got.
+- `import_path.py`    The object a config names by `package.module:name` (an env factory, a
+                      plugin, a capability), and what is wrong with a path that names none.
 """

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from protocols.net.auth import LimitsConfig
 from protocols.engines.consensus import ConsensusConfig
-from protocols.net.links import LinkConfig, LinkTable, PartitionTable
+from protocols.net.links import LinkConfig, LinkTable, PartitionTable, group_of_each_node
 
 # ------------------------------------------------------------------------------------------
 # Node ids
@@ -324,12 +324,7 @@ class NetworkConfig(BaseModel):
 
     @model_validator(mode="after")
     def _disjoint_partition_groups(self) -> NetworkConfig:
-        owner: dict[str, int] = {}
-        for index, group in enumerate(self.partitions):
-            for node in group:
-                if node in owner:
-                    raise ValueError(f"partitions: node {node!r} is in groups {owner[node]} and {index}; groups must be disjoint")
-                owner[node] = index
+        group_of_each_node(self.partitions, "partitions")
         return self
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import sys
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -138,6 +139,20 @@ class SpikyLink:
         return times
 
 
+def forward_liveness(membership: MembershipEngine, engines: Sequence, now: float) -> list[Outgoing]:
+    """Membership's PeerDown/PeerUp events since the last call, handed to each engine in turn as
+    `on_neighbour_down`/`on_neighbour_up`, as a node's loop does; what the engines send in reply.
+    The one forwarding of both simulated stacks (here and protocols/sim/simplan.py)."""
+    outgoing: list[Outgoing] = []
+    for event in membership.take_events():
+        for engine in engines:
+            if isinstance(event, PeerDown):
+                outgoing += engine.on_neighbour_down(event.peer, now)
+            elif isinstance(event, PeerUp):
+                outgoing += engine.on_neighbour_up(event.peer, now)
+    return outgoing
+
+
 class NodeStack:
     """The engines of one agent node: membership, push-sum and synchronous consensus.
 
@@ -178,14 +193,7 @@ class NodeStack:
         return min(deadlines, default=None)
 
     def _after(self, now: float) -> list[Outgoing]:
-        outgoing: list[Outgoing] = []
-        for event in self.membership.take_events():
-            if isinstance(event, PeerDown):
-                outgoing += self.push_sum.on_neighbour_down(event.peer, now)
-                outgoing += self.sync.on_neighbour_down(event.peer, now)
-            elif isinstance(event, PeerUp):
-                outgoing += self.push_sum.on_neighbour_up(event.peer, now)
-                outgoing += self.sync.on_neighbour_up(event.peer, now)
+        outgoing = forward_liveness(self.membership, (self.push_sum, self.sync), now)
         if self.sync.done and self.sync.epoch not in self.sync_results:
             self.sync_results[self.sync.epoch] = self.sync.result
         return outgoing
@@ -229,20 +237,8 @@ def run_schedule(schedule: FaultSchedule) -> Outcome:
     spread = float(np.max(np.abs(np.array([values[n]["x"] for n in nodes]) - true_average)))
     violations = outcome.violations
 
-    for fault in schedule.faults:
-        if isinstance(fault, Crash):
-            sim.schedule(fault.at, lambda n=fault.node: sim.crash(n))
-            # Only revive if no later crash of the same node is still on: the last revive wins.
-            sim.schedule(fault.revive_at, lambda n=fault.node: sim.revive(n) if sim.is_crashed(n) else None)
-        elif isinstance(fault, Partition):
-            groups = fault.groups
-            sim.schedule(fault.at, lambda g=groups: sim.partitions.partition(g))
-            sim.schedule(fault.heal_at, lambda g=groups: _unpartition(sim, g))
+    schedule_faults(sim, schedule.faults, nodes)
     heal = schedule.heal_time
-    # Overlapping crash windows: a node crashed by one fault and "revived" by an earlier-ending
-    # one comes back early; a final revive at the heal time makes sure every node is up after it.
-    sim.schedule(heal, lambda: [sim.revive(n) for n in nodes if sim.is_crashed(n)])
-    sim.schedule(heal, sim.partitions.heal)
 
     for node in nodes:
         sim.call(node, lambda engine, now: engine.membership.start(None, now))
@@ -332,6 +328,27 @@ def run_schedule(schedule: FaultSchedule) -> Outcome:
         if alive != expected_alive:
             violations.append(f"membership on {node} sees {sorted(alive)} alive after the heal, expected {sorted(expected_alive)}")
     return _finish(outcome, sim)
+
+
+def schedule_faults(sim: NetworkSimulator, faults: Sequence[Fault], nodes: Sequence[str]) -> None:
+    """Put the crashes and partitions of `faults` on the simulator's clock (a link spike acts
+    through `SpikyLink` instead) and, when the last fault is over, revive every node still down
+    and heal every partition. The one fault schedule of both simulated checks (here and
+    protocols/sim/simplan.py)."""
+    for fault in faults:
+        if isinstance(fault, Crash):
+            sim.schedule(fault.at, lambda n=fault.node: sim.crash(n))
+            # Only revive if no later crash of the same node is still on: the last revive wins.
+            sim.schedule(fault.revive_at, lambda n=fault.node: sim.revive(n) if sim.is_crashed(n) else None)
+        elif isinstance(fault, Partition):
+            sim.schedule(fault.at, lambda g=fault.groups: sim.partitions.partition(g))
+            sim.schedule(fault.heal_at, lambda g=fault.groups: _unpartition(sim, g))
+    if faults:
+        heal = last_fault_end(tuple(faults))
+        # Overlapping crash windows: a node crashed by one fault and "revived" by an earlier-ending
+        # one comes back early; a final revive at the heal time makes sure every node is up after it.
+        sim.schedule(heal, lambda: [sim.revive(n) for n in nodes if sim.is_crashed(n)])
+        sim.schedule(heal, sim.partitions.heal)
 
 
 def _unpartition(sim: NetworkSimulator, groups: tuple[tuple[str, ...], ...]) -> None:

@@ -48,11 +48,11 @@ import numpy as np
 from protocols.engines.consensus import ConsensusRequest, ConsensusShare, ConsensusDone, PushSumConsensus, PushSumShare, SyncConsensus
 from protocols.engines.engine import Outgoing
 from protocols.net.links import LinkConfig, LinkModel, link_seed
-from protocols.engines.membership import MembershipEngine, PeerDown, PeerUp
+from protocols.engines.membership import MembershipEngine
 from protocols.codec.messages import Heartbeat
 from protocols.sim.netsim import NetworkSimulator, approximate_size
 from protocols.seeds import derive_seed
-from protocols.sim.simfaults import Crash, Fault, LinkSpike, Partition, SpikyLink, _unpartition, last_fault_end
+from protocols.sim.simfaults import Crash, Fault, LinkSpike, Partition, SpikyLink, forward_liveness, last_fault_end, schedule_faults
 from protocols.engines.topology import Topology, metropolis_weights, second_largest_eigenvalue_modulus
 
 EngineKind = Literal["sync", "push_sum"]
@@ -196,13 +196,7 @@ class ConsensusStack:
         return a if b is None else min(a, b)
 
     def _after(self, now: float) -> list[Outgoing]:
-        outgoing: list[Outgoing] = []
-        for event in self.membership.take_events():
-            if isinstance(event, PeerDown):
-                outgoing += self.consensus.on_neighbour_down(event.peer, now)
-            elif isinstance(event, PeerUp):
-                outgoing += self.consensus.on_neighbour_up(event.peer, now)
-        return outgoing
+        return forward_liveness(self.membership, (self.consensus,), now)
 
 
 def neighbour_lists(topology: Topology) -> list[list[int]]:
@@ -328,16 +322,7 @@ def run_plan(
     heal = plan.heal_time
     violations: list[str] = []
 
-    for event in plan.events:
-        if isinstance(event, Crash):
-            sim.schedule(event.at, lambda node=event.node: sim.crash(node))
-            sim.schedule(event.revive_at, lambda node=event.node: sim.revive(node) if sim.is_crashed(node) else None)
-        elif isinstance(event, Partition):
-            sim.schedule(event.at, lambda groups=event.groups: sim.partitions.partition(groups))
-            sim.schedule(event.heal_at, lambda groups=event.groups: _unpartition(sim, groups))
-    if plan.events:
-        sim.schedule(heal, lambda: [sim.revive(node) for node in nodes if sim.is_crashed(node)])
-        sim.schedule(heal, sim.partitions.heal)
+    schedule_faults(sim, plan.events, nodes)
 
     for i, node in enumerate(nodes):
         sim.call(node, lambda stack, now: stack.start_membership(now))

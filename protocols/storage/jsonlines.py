@@ -12,13 +12,19 @@ a run whose disk is full stops cleanly instead of logging around holes.
 the file system refuses it (metrics, checkpoint, replay buffer: `agent_node/persistence.py`'s
 `atomic_write` raises it too): its message names the file and the cause in words, so the node
 logs one line and tells the orchestrator why it stops, instead of dying with a traceback.
+
+Reading them: `json_object` is the one parse of a line (a torn or non-object line is skipped, not
+fatal) and `latest_values` the one read of the newest values in a file's tail (`orchestrate
+status`, a restarted env server's own metrics).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -83,3 +89,39 @@ class LineFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def json_object(line: str | bytes) -> dict[str, Any] | None:
+    """The JSON object a line holds; None for a torn line (a writer killed mid-write, or the first
+    line of a tail cut by a seek) or a line that holds anything else: readers skip those."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def latest_values(path: str | Path, keys: tuple[str, ...], max_bytes: int = 262144) -> dict[str, Any]:
+    """For each key, its value in the last JSON line (within the file's last `max_bytes`) that has
+    it; a key no line there has is left out, and a missing file gives {}.
+
+    Metrics lines differ in what they carry (a step line, an episode line, ...), so the latest
+    step and the latest episode return usually come from different lines.
+    """
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - max_bytes))
+            tail = file.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    found: dict[str, Any] = {}
+    for line in reversed(tail.splitlines()):
+        record = json_object(line)
+        if record is not None:
+            for key in keys:
+                if key not in found and key in record:
+                    found[key] = record[key]
+        if len(found) == len(keys):
+            break
+    return found

@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from protocols.storage.jsonlines import LineFile, LineWriteError, describe_os_error
+from protocols.storage.jsonlines import LineFile, LineWriteError, describe_os_error, latest_values
 
 __all__ = ["MetricsWriter", "LineWriteError"]
 
@@ -68,17 +67,7 @@ class MetricsWriter:
     def recent_value(self, key: str, tail_bytes: int = 1 << 16) -> float | None:
         """The value of `key` in the newest line that has it among the file's last `tail_bytes`
         (None where none has it): what a restarted node wrote just before it was killed."""
-        with open(self.path, "rb") as file:
-            file.seek(max(0, file.seek(0, os.SEEK_END) - tail_bytes))
-            lines = file.read().splitlines()
-        for line in reversed(lines):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # the first line of the tail, cut by the seek
-            if isinstance(record, dict) and key in record:
-                return record[key]
-        return None
+        return latest_values(self.path, (key,), tail_bytes).get(key)
 
     def _mirror_alive(self) -> bool:
         """Whether the TensorBoard mirror's writer thread still runs; once it died (the disk

@@ -3,19 +3,36 @@ its own proposing treasure_room cells (configs/amigo_pair.yaml); the teacher's m
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 EPISODE = 50  # treasure_room max_steps in the config
 
 
-def records(run_dir, agent):
-    return [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_amigo_student(run_dir, agent: str, steps: int, episode: int, max_goal_distance: int) -> list[dict]:
+    """What an AMIGo student's metrics show after a run of `steps` steps in `episode`-step episodes,
+    with a teacher update per goal episode (teacher_batch_size 1) and t* moving after every 2
+    updates (difficulty_counts 2), whatever the env: every episode ended and recorded once, goals
+    proposed and reached in range, the t* schedule run in the node, the student trained. Returns
+    the records of the episodes' ends, for the env's own checks."""
+    mine = node_metrics(run_dir, agent)
+    ended = [r for r in mine if "amigo/t_star" in r]
+    # Every episode ends (at `episode` steps, or earlier on success), and is recorded once.
+    assert len(ended) >= steps // episode and ended[-1]["amigo/episode_end_step"] == steps
+    for record in ended:
+        assert record["amigo/goals_proposed"] >= 1 and 0 <= record["amigo/goals_reached"] <= record["amigo/goals_proposed"]
+        assert 1 <= record["amigo/goal_distance"] <= max_goal_distance, "a cell of the grid, never the student's own"
+    updates = ended[-1]["amigo/teacher_updates"]
+    assert updates == sum(r["amigo/goals_proposed"] for r in ended), "one update per goal episode (batch of 1)"
+    assert ended[-1]["amigo/t_star"] == 7 + updates // 2, "the t* schedule ran in the node"
+    counters = [r for r in mine if "goal_dqn/gradient_steps" in r]
+    assert counters and counters[-1]["goal_dqn/gradient_steps"] > 0, "the student learned"
+    return ended
 
 
 @pytest.mark.parametrize("config", ["configs/amigo_pair.yaml", "configs/amigo_pair_bebold.yaml"])
@@ -32,17 +49,8 @@ def test_an_amigo_pair_runs_and_logs_t_star_goal_difficulty_and_success(tmp_path
     stderr = finished_ok(process, timeout_s=110)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
     for agent in ("agent_0", "agent_1"):
-        mine = records(run_dir, agent)
-        ended = [r for r in mine if "amigo/t_star" in r]
-        # Every episode ends (at 40 steps, or earlier on the treasure), and is recorded once.
-        assert len(ended) >= steps // EPISODE and ended[-1]["amigo/episode_end_step"] == steps
+        ended = check_amigo_student(run_dir, agent, steps, EPISODE, max_goal_distance=24)
         for record in ended:
-            assert record["amigo/goals_proposed"] >= 1 and 0 <= record["amigo/goals_reached"] <= record["amigo/goals_proposed"]
-            assert 0.0 <= record["amigo/reach_rate"] <= 1.0 and 1 <= record["amigo/goal_distance"] <= 24
+            assert 0.0 <= record["amigo/reach_rate"] <= 1.0
             assert record["amigo/extrinsic_success"] in (0.0, 1.0)
             assert ("amigo/novelty_return" in record) == config.endswith("bebold.yaml")
-        updates = ended[-1]["amigo/teacher_updates"]
-        assert updates == sum(r["amigo/goals_proposed"] for r in ended), "one update per goal episode (batch of 1)"
-        assert ended[-1]["amigo/t_star"] == 7 + updates // 2, "the t* schedule ran in the node"
-        counters = [r for r in mine if "goal_dqn/gradient_steps" in r]
-        assert counters and counters[-1]["goal_dqn/gradient_steps"] > 0, "the student learned"

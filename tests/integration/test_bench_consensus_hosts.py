@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -59,7 +59,7 @@ def test_an_interrupted_hosts_run_still_deletes_its_namespaces():
     prefix = f"ptest{secrets.token_hex(2)}"
     process = subprocess.Popen([*BENCH, "--hosts", "3", "--sizes", "1e5", "--rounds", "200", "--repeats", "50",
                                 "--netns-prefix", prefix], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
-    try:
+    with reaped(process):
         deadline = time.monotonic() + 60
         while len(namespaces_named(prefix)) < 4:  # three hosts and the bridge
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
@@ -67,9 +67,5 @@ def test_an_interrupted_hosts_run_still_deletes_its_namespaces():
             time.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert process.returncode != 0
     assert namespaces_named(prefix) == []

@@ -7,20 +7,19 @@ of the analytic projection (the data are then near enough to uniform)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from env_server.envs import nonmonotonic, two_step
-from tests.integration.test_orchestrate import finished_ok, orchestrate
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
 def final_team_return(run_dir: Path) -> float:
-    records = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
+    records = node_metrics(run_dir, "env")
     evaluations = [r["eval/return_mean"] for r in records if "eval/return_mean" in r]
     return 2 * evaluations[-1]  # the mean over the two agents, each paid half of the team's payoff
 

@@ -4,16 +4,20 @@ with 2 agents starting every agent of a run with 3."""
 
 from __future__ import annotations
 
-import json
 import math
 import signal
-from pathlib import Path
 
 import pytest
 
 from agent_node.persistence import load_checkpoint
 from tests.integration.test_orchestrate import (
-    assert_all_reaped, finished_ok, kill_once_started, launched_pids, orchestrate, read_events,
+    assert_all_reaped,
+    finished_ok,
+    kill_once_started,
+    launched_pids,
+    node_metrics,
+    orchestrate,
+    read_events,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -21,8 +25,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 AGENTS = ("agent_0", "agent_1", "agent_2")
 
 
-def metrics(run_dir: Path, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("mixer, transport", [("qmix", "ipc"), ("vdn", "tcp")])  # tcp: the learner's ROUTER is a CURVE server
@@ -39,7 +41,7 @@ def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_it
     assert set(registered["learner"]) == {"ctde"} and registered["learner"]["ctde"].startswith(f"{transport}://")
     assert f"built the {mixer} learner for 3 agents" in (run_dir / "nodes" / "learner" / "log").read_text()
 
-    final = metrics(run_dir, "learner")[-1]
+    final = node_metrics(run_dir, "learner")[-1]
     # 150 lockstep steps x 2 env copies = 300 joint rows, every agent's piece of each joined. One
     # gradient step per row (train_every 1) from the batch of 2 rows that fills learning_starts 64:
     # 300 - 64 + 2 steps, all taken (the learner takes in what the agents sent before it stops).
@@ -50,7 +52,7 @@ def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_it
     assert final["learner/params_broadcasts"] == 238 // 10
 
     for agent in AGENTS:
-        counters = [r for r in metrics(run_dir, agent) if "ctde/params_updates" in r][-1]
+        counters = [r for r in node_metrics(run_dir, agent) if "ctde/params_updates" in r][-1]
         assert counters["ctde/rows_sent"] == 300
         # The join's parameters (gradient step 0) and then trained ones, newest last.
         assert counters["ctde/params_updates"] >= 2 and counters["ctde/params_gradient_step"] > 0
@@ -94,11 +96,11 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
         "--set", f"agents.load_shared_checkpoint={checkpoint}",
     )  # fmt: skip
     stderr = finished_ok(process, timeout_s=240)
-    evaluations = [r for r in metrics(three_dir, "env") if "eval/return_mean" in r]
+    evaluations = [r for r in node_metrics(three_dir, "env") if "eval/return_mean" in r]
     assert [r["step"] for r in evaluations] == [20, 40, 60]
     for agent in AGENTS:
         assert "(shared by every agent)" in (three_dir / "nodes" / agent / "log").read_text()
-        assert any("env/episode_return" in r for r in metrics(three_dir, agent))
+        assert any("env/episode_return" in r for r in node_metrics(three_dir, agent))
         ended = load_checkpoint(three_dir / "nodes" / agent / "checkpoints" / "latest.pt")["learner"]
         for name, tensor in trained["dqn"]["q_network"].items():
             assert torch.equal(ended["dqn"]["q_network"][name], tensor), (agent, name)
@@ -141,7 +143,7 @@ def test_a_parameter_shared_run_that_averages_at_end_ends_with_one_policy(tmp_pa
     networks = [load_checkpoint(run_dir / "nodes" / agent / "checkpoints" / "latest.pt")["learner"]["dqn"]
                 for agent in AGENTS]
     assert all(network["gradient_steps"] > 0 for network in networks)
-    averaged_at = {agent: sorted({r["step"] for r in metrics(run_dir, agent) if "consensus/duration_s" in r}) for agent in AGENTS}
+    averaged_at = {agent: sorted({r["step"] for r in node_metrics(run_dir, agent) if "consensus/duration_s" in r}) for agent in AGENTS}
     if average_at_end:
         for agent in AGENTS:
             assert averaged_at[agent] == [25, 50, 60], agent

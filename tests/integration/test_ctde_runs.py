@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -17,7 +17,7 @@ def test_tiny_pmic_run_learns_with_the_global_view_and_mi_shaping(tmp_path):
     stderr = finished_ok(process, timeout_s=200)
     assert all(e["code"] == 0 for e in read_events(run_dir) if e["event"] == "exited")
     for agent in ("agent_0", "agent_1", "agent_2"):
-        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        records = node_metrics(run_dir, agent)
         learner = [r for r in records if "pmic/critic_loss" in r]  # the update metrics, not the counters
         assert learner, f"{agent} wrote no PMIC learner metrics"
         # PMIC's observe refuses transitions without global_state / joint_action / copy_index, so
@@ -76,11 +76,11 @@ def test_offline_cql_from_a_recorded_run_then_evaluated_by_orchestrate_up(tmp_pa
         "--set", f"agents.load_checkpoints={checkpoints}",
     )  # fmt: skip
     stderr = finished_ok(process, timeout_s=200)
-    evaluations = [json.loads(line) for line in (eval_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
+    evaluations = node_metrics(eval_dir, "env")
     assert [e["step"] for e in evaluations if "eval/return_mean" in e] == [20, 40, 60]
     for agent in ("agent_0", "agent_1", "agent_2"):
         assert "loaded the initial checkpoint" in (eval_dir / "nodes" / agent / "log").read_text()
-        records = [json.loads(line) for line in (eval_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        records = node_metrics(eval_dir, agent)
         assert any("env/episode_return" in r for r in records)
         # The node logs the learner's counters at each evaluation: still the 100 offline steps.
         assert not any("cql/td_loss" in r for r in records), "learning: false must not train"

@@ -7,7 +7,6 @@ would: the newest checkpoint cut to half, the newest replay buffer overwritten w
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 from protocols.storage.durable_state import EXIT_DAMAGED_STATE
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, node_metrics, orchestrate, read_events
 
 # Whole runs of 20-40 s each: `make test-long` (CI runs it after `make test`).
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(240)]
@@ -98,7 +97,7 @@ def test_a_checkpoint_cut_to_half_and_random_replay_bytes_fall_back_to_the_older
     log = (run_dir / "nodes" / "agent_1" / "log").read_text()
     assert "DAMAGED" in log and "no Parley seal" in log
     # The metrics say from which step and how much was lost; the run went on to its end.
-    rows = [json.loads(line) for line in (run_dir / "nodes" / "agent_1" / "metrics.jsonl").read_text().splitlines()]
+    rows = node_metrics(run_dir, "agent_1")
     lost = next(r for r in rows if "persistence/steps_lost" in r)
     damaged_step = int(damaged["checkpoint"].name.split("-")[1].split(".")[0])
     assert lost["persistence/restored_from_step"] == damaged_step - 10 and lost["persistence/steps_lost"] == 10
@@ -180,7 +179,7 @@ def test_with_start_fresh_an_agent_with_no_good_generation_starts_from_scratch_a
     from orchestrator import report as reporting
 
     assert reporting.summarize_run(run_dir)["headline"]["state_started_fresh"] == 1.0
-    rows = [json.loads(line) for line in (run_dir / "nodes" / "agent_1" / "metrics.jsonl").read_text().splitlines()]
+    rows = node_metrics(run_dir, "agent_1")
     fresh = next(r for r in rows if "persistence/started_fresh" in r)
     assert fresh["persistence/started_fresh"] == 1.0 and fresh["persistence/restored_from_step"] == 0
     assert fresh["persistence/steps_lost"] == max(int(name.split("-")[1].split(".")[0]) for name in before)
@@ -215,7 +214,7 @@ def test_a_learner_node_restarted_over_a_damaged_checkpoint_falls_back_to_the_ol
     assert f"node learner restored older saved state: {said}" in stderr
     report = " ".join((run_dir / "report" / "summary.md").read_text().split())
     assert f"learner: RESTORED OLDER SAVED STATE: {said}" in report
-    rows = [json.loads(line) for line in (run_dir / "nodes" / "learner" / "metrics.jsonl").read_text().splitlines()]
+    rows = node_metrics(run_dir, "learner")
     lost = next(r for r in rows if "persistence/steps_lost" in r)
     damaged_step = int(damaged["checkpoint"].name.split("-")[1].split(".")[0])
     assert 0 < lost["persistence/restored_from_step"] < damaged_step

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, orchestrate
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(400)]
 
@@ -36,7 +35,7 @@ def test_evaluate_prints_each_agents_return_per_episode_from_the_last_checkpoint
     evaluation_dir = trained_run / "evaluations" / "1"
     assert lines[-1] == f"evaluation run: {evaluation_dir}"
     # The numbers are the env server's, and each agent started from its node's checkpoint.
-    env_rows = [json.loads(line) for line in (evaluation_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
+    env_rows = node_metrics(evaluation_dir, "env")
     episode_rows = [row for row in env_rows if "eval_episode/index" in row]
     assert [f"{row['eval_episode/return/agent_1']:.3f}" for row in episode_rows] == [row[2] for row in rows[:3]]
     for node in ("agent_0", "agent_1", "agent_2"):

@@ -3,21 +3,18 @@ server holds the start, and share achieved goals for HER after it (configs/goals
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 
 import pytest
 
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events, run_restarting_the_env_server
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events, run_restarting_the_env_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 EPISODE = 40  # goal_lines max_steps in the configs
 
 
-def records(run_dir, agent):
-    return [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
 
 
 def run(tmp_path, config, steps, *overrides):
@@ -34,7 +31,7 @@ def test_a_negotiating_pair_runs_records_negotiation_hindsight_and_relabelling(t
     run_dir = run(tmp_path, "configs/goals_negotiation_hindsight.yaml", steps)
     episodes = defaultdict(dict)  # episode id -> agent -> its episode record
     for agent in ("agent_0", "agent_1"):
-        mine = records(run_dir, agent)
+        mine = node_metrics(run_dir, agent)
         ended = [r for r in mine if "goals/goal" in r]
         # Every episode of 40 steps ends (the last one with the run's final observation).
         assert [r["goals/episode"] for r in ended] == [float(e) for e in range(0, steps, EPISODE)]
@@ -59,7 +56,7 @@ def test_a_negotiating_pair_runs_records_negotiation_hindsight_and_relabelling(t
     # achieved without this agent reaches it only by the partner's report.
     assert "view: local" in (run_dir / "resolved.yaml").read_text()
     news = [r["hindsight/events_from_partners_only"] for agent in ("agent_0", "agent_1")
-            for r in records(run_dir, agent) if "hindsight/events_from_partners_only" in r]
+            for r in node_metrics(run_dir, agent) if "hindsight/events_from_partners_only" in r]
     assert sum(news) > 0, "a partner's report told the agent something it did not observe"
     for episode, both in episodes.items():
         first, second = both["agent_0"], both["agent_1"]
@@ -76,7 +73,7 @@ def test_a_population_of_four_negotiates_only_among_the_drawn_pair(tmp_path):
     run_dir = run(tmp_path, "configs/goals_population4.yaml", steps)
     players = defaultdict(list)
     for agent in ("agent_0", "agent_1", "agent_2", "agent_3"):
-        for record in records(run_dir, agent):
+        for record in node_metrics(run_dir, agent):
             if "goals/goal" in record:
                 players[record["goals/episode"]].append(agent)
                 assert record["goals/team_neighbours"] == 1.0
@@ -90,7 +87,7 @@ def test_a_pair_supervised_by_a_supervisor_node_pursues_the_goal_it_draws(tmp_pa
     run_dir = run(tmp_path, "configs/goals_supervisor.yaml", steps)
     launched = {e["node"]: e["role"] for e in read_events(run_dir) if e["event"] == "launched"}
     assert launched.get("supervisor") == "supervisor", launched
-    ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
+    ended = {agent: [r for r in node_metrics(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
     for agent in ended:
         assert [r["supervision/supervised"] for r in ended[agent]] == [0.0] * 3, "no agent supervises"
     answered = 0
@@ -100,7 +97,7 @@ def test_a_pair_supervised_by_a_supervisor_node_pursues_the_goal_it_draws(tmp_pa
             assert mine["goals/goal"] == theirs["goals/goal"], "the supervisor's goal, on both sides"
             answered += 1
     assert answered >= 1, "the supervisor node answered no episode in time"
-    counters = [r for r in records(run_dir, "supervisor") if "supervisor/requests" in r][-1]
+    counters = [r for r in node_metrics(run_dir, "supervisor") if "supervisor/requests" in r][-1]
     assert counters["supervisor/teams_assigned"] == 3.0 and counters["supervisor/requests"] == 6.0, counters
     assert counters["supervisor/refused_requests"] == 0.0
 
@@ -125,13 +122,13 @@ def test_a_supervisor_node_killed_mid_run_restores_its_checkpoint_and_teams_stil
     # first draws (rows are written at status time, and a loaded machine delays them).
     restored = int(re.search(r"restored checkpoint .*?: (\d+) team goals drawn", log).group(1))
     assert restored >= 1, "the killed supervisor had drawn goals before step 160"
-    counters = [r for r in records(run_dir, "supervisor") if "supervisor/teams_assigned" in r]
+    counters = [r for r in node_metrics(run_dir, "supervisor") if "supervisor/teams_assigned" in r]
     before = [r["supervisor/teams_assigned"] for r in counters if r["t"] < restarted["t"]]
     after = [r["supervisor/teams_assigned"] for r in counters if r["t"] > restarted["t"]]
     assert after and after[0] >= max([restored, *before]), (restored, before, after)
     # Every episode both members heard the supervisor on, before and after the restart, they
     # pursued the same goal.
-    ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
+    ended = {agent: [r for r in node_metrics(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
     answered_after = 0
     for mine, theirs in zip(ended["agent_0"], ended["agent_1"]):
         assert mine["goals/episode"] == theirs["goals/episode"]
@@ -145,7 +142,7 @@ def test_a_supervisor_in_the_team_is_its_smallest_node_id_and_no_extra_process_r
     steps = 3 * EPISODE
     run_dir = run(tmp_path, "configs/goals_supervisor.yaml", steps, "--set", "agents.goals.supervisor.external=false")
     assert "supervisor" not in {e["node"] for e in read_events(run_dir) if e["event"] == "launched"}
-    ended = {agent: [r for r in records(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
+    ended = {agent: [r for r in node_metrics(run_dir, agent) if "goals/goal" in r] for agent in ("agent_0", "agent_1")}
     assert [r["supervision/supervised"] for r in ended["agent_0"]] == [1.0] * 3, "agent_0, the smallest id, supervises"
     assert [r["supervision/supervised"] for r in ended["agent_1"]] == [0.0] * 3
     for mine, theirs in zip(ended["agent_0"], ended["agent_1"]):
@@ -160,7 +157,7 @@ def test_a_ring_of_six_floods_for_its_diameter_and_records_alignment_per_edge(tm
     agents = [f"agent_{i}" for i in range(6)]
     goals = defaultdict(dict)
     for agent in agents:
-        ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
+        ended = [r for r in node_metrics(run_dir, agent) if "goals/goal" in r]
         assert [r["goals/episode"] for r in ended] == [float(e) for e in range(0, steps, EPISODE)]
         for record in ended:
             assert record["goals/team_neighbours"] == 2.0 and record["negotiation/rounds_used"] == 3.0, "the ring's diameter"
@@ -177,7 +174,7 @@ def test_a_ring_of_six_floods_for_its_diameter_and_records_alignment_per_edge(tm
 def test_a_negotiating_pair_without_sharing_records_no_hindsight_and_relabels_nothing(tmp_path):
     run_dir = run(tmp_path, "configs/goals_negotiation.yaml", 2 * EPISODE)
     for agent in ("agent_0", "agent_1"):
-        mine = records(run_dir, agent)
+        mine = node_metrics(run_dir, agent)
         ended = [r for r in mine if "goals/goal" in r]
         assert len(ended) == 2 and all(r["negotiation/rounds_used"] == 1.0 for r in ended)
         assert not any(key.startswith("hindsight/") for r in mine for key in r), "no sharing"
@@ -189,7 +186,7 @@ def test_independent_agents_draw_alone_without_a_hold(tmp_path):
     # Exit 0 also shows no agent sent goal.ready: without a hold the env server refuses it.
     run_dir = run(tmp_path, "configs/goals_independent.yaml", 2 * EPISODE)
     for agent in ("agent_0", "agent_1"):
-        ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
+        ended = [r for r in node_metrics(run_dir, agent) if "goals/goal" in r]
         assert len(ended) == 2 and not any(key.startswith(("negotiation/", "hindsight/")) for r in ended for key in r)
 
 
@@ -211,7 +208,7 @@ def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goe
     assert [e["node"] for e in events if e["event"] == "restarted"] == ["agent_1"]
     log = (run_dir / "nodes" / "agent_1" / "log").read_text()
     assert "restored checkpoint of step" in log
-    after = [r for r in records(run_dir, "agent_1") if "goals/goal" in r and r["goals/episode"] > fault["step"]]
+    after = [r for r in node_metrics(run_dir, "agent_1") if "goals/goal" in r and r["goals/episode"] > fault["step"]]
     assert after, "the restarted agent plays goal episodes again"
 
 
@@ -224,7 +221,7 @@ def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
                                            "agents.learner.learning_starts=80", timeout_s=280)
     assert [e["event"] for e in events if e["event"].startswith("env_server_")] == ["env_server_restarting", "env_server_resumed"]
     for agent in ("agent_0", "agent_1"):
-        rows = records(run_dir, agent)
+        rows = node_metrics(run_dir, agent)
         ended = [r for r in rows if "goals/goal" in r]
         # Episodes of 40 steps, one cut at the restart (120 -> 150), then 40 steps again.
         assert [r["goals/episode"] for r in ended] == [0.0, 40.0, 80.0, 120.0, 150.0, 190.0, 230.0, 270.0, 310.0, 350.0]
@@ -244,7 +241,7 @@ def test_a_team_flood_gives_the_whole_team_one_goal_in_every_episode(tmp_path, c
     run_dir = run(tmp_path, config, steps)
     goals = defaultdict(dict)
     for agent in [f"agent_{i}" for i in range(agents)]:
-        ended = [r for r in records(run_dir, agent) if "goals/goal" in r]
+        ended = [r for r in node_metrics(run_dir, agent) if "goals/goal" in r]
         assert [r["goals/episode"] for r in ended] == [float(e) for e in range(0, steps, EPISODE)]
         for record in ended:
             assert record["goals/team_neighbours"] == degree and record["negotiation/rounds_used"] == diameter
@@ -269,7 +266,7 @@ def test_under_the_own_view_the_env_pays_the_goals_and_partners_reports_carry_th
     run_dir = run(tmp_path, "configs/goals_own_view_hindsight.yaml", steps, "--set", "agents.goals.goal_set=individual")
     paid, news = [], []
     for agent in ("agent_0", "agent_1"):
-        mine = records(run_dir, agent)
+        mine = node_metrics(run_dir, agent)
         ended = [r for r in mine if "goals/goal" in r]
         assert len(ended) == 25 and all(0 <= r["goals/goal"] <= 5 for r in ended)
         assert all(r["goals/reward"] in (0.0, 0.5) for r in ended), "the env pays an individual goal 1/beta"
@@ -323,7 +320,7 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
         torch.set_num_threads(threads)
     rewarded = []
     for index, learner in enumerate(learners):
-        ended = [r for r in records(run_dir, f"agent_{index}") if "goals/goal" in r]
+        ended = [r for r in node_metrics(run_dir, f"agent_{index}") if "goals/goal" in r]
         assert [int(r["goals/goal"]) for r in ended] == in_process["goals"][:, index].tolist()
         rewarded.append([r["goals/reward"] >= 1.0 for r in ended])
         assert learner.gradient_steps > 0
@@ -336,3 +333,14 @@ def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_f
         for name, weights in learner.q_network.state_dict().items():
             assert torch.equal(saved["q_network"][name], weights), name
     assert [float(all(both)) for both in zip(*rewarded)] == in_process["success"].tolist()
+
+
+@pytest.mark.long  # an orchestrated run of two episodes (about 10 s here)
+def test_the_goals_bench_keeps_the_run_s_record_not_an_agent_s_last_metrics_line(tmp_path):
+    # bench/goals.py's runtime row carries the run's record (exit code, commit, budget: what
+    # decides whether the run may be scored); reading the agents' metrics must not replace it.
+    from tests.conftest import load_bench
+
+    bench = load_bench("goals.py", "bench_goals_for_record_check")
+    result = bench.runtime_run("supervisor", 1, 2, 3, "local", tmp_path / "run")
+    assert result["record"]["refused"] is None and result["record"]["exit_code"] == 0, result["record"]

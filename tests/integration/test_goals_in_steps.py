@@ -10,11 +10,9 @@ and no episode-start hold.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
+from tests.integration.test_orchestrate import node_metrics
 from tests.integration.test_reproducible_runs import (
     PATIENT, PERTURBED, assert_same_state, checkpoint, run_idle_then_perturbed, seeded_rows,
 )
@@ -35,20 +33,18 @@ SETTINGS = (
 )
 
 
-def rows(run_dir: Path, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_goal_negotiation_in_steps_holds_nothing_and_repeats_under_load(tmp_path):
     idle, loaded = run_idle_then_perturbed("configs/goals_negotiation_hindsight.yaml", SETTINGS, tmp_path)
-    env_rows = rows(idle, "env")
+    env_rows = node_metrics(idle, "env")
     assert all(value == 0 for row in env_rows for key, value in row.items() if key.startswith("env/default_actions/"))
     for agent in AGENTS:
-        episodes = [row for row in rows(idle, agent) if "goals/goal" in row]
+        episodes = [row for row in node_metrics(idle, agent) if "goals/goal" in row]
         assert len(episodes) >= 10, f"{agent}: {len(episodes)} episodes"
         ages = [row["negotiation/decision_age_steps"] for row in episodes if "negotiation/decision_age_steps" in row]
         assert ages and min(ages) >= DELAY_STEPS, f"{agent}: a decision landed before a message could: {ages}"
         assert sum(row["negotiation/cut_by_episode_end"] for row in episodes) < len(episodes) / 2
-        assert sum(row.get("hindsight/reports_applied", 0) for row in rows(idle, agent)) > 0
+        assert sum(row.get("hindsight/reports_applied", 0) for row in node_metrics(idle, agent)) > 0
         assert seeded_rows(loaded, agent) == seeded_rows(idle, agent), f"{agent}: the metrics rows differ"
         assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")

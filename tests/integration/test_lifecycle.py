@@ -7,7 +7,6 @@ finish, so the run is stopped by what the test does.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -22,7 +21,14 @@ import pytest
 from orchestrator.launcher import NODE_PID_FILENAME, process_start_time
 from tests.conftest import REPO
 from tests.integration.test_orchestrate import (
-    assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events, run_to_its_end, wait_for_event,
+    assert_all_reaped,
+    finished_ok,
+    launched_pids,
+    node_metrics,
+    orchestrate,
+    read_events,
+    run_to_its_end,
+    wait_for_event,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -290,7 +296,7 @@ def test_a_killed_agent_is_restarted_by_policy_and_steps_again_from_its_checkpoi
         log = (run_dir / "nodes" / agent / "log").read_text()
         assert "restored checkpoint of step" in log and "replay transitions" in log, log[-2000:]
         # Back and stepping: metric rows written after it rejoined, up to the end of the budget.
-        rows = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        rows = node_metrics(run_dir, agent)
         after = [r for r in rows if r["t"] > rejoined["t"]]
         assert after and after[-1]["step"] == steps
         assert after[0]["t"] - rejoined["t"] < 5.0, "stepping again within 5 s of rejoining"

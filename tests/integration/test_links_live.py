@@ -3,7 +3,6 @@ ages and consensus round times, a configured partition shows in the dropped coun
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.test_orchestrate import node_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -28,14 +28,14 @@ def up(run_dir: Path, *overrides: str) -> None:
 
 
 def last_link_row(run_dir: Path, node: str) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+    rows = node_metrics(run_dir, node)
     link_rows = [row for row in rows if any(key.startswith("link/") for key in row)]
     assert link_rows, f"{node} wrote no link metrics"
     return link_rows[-1]
 
 
 def consensus_durations(run_dir: Path, node: str) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+    rows = node_metrics(run_dir, node)
     return [row["consensus/duration_s"] for row in rows if "consensus/duration_s" in row]
 
 

@@ -4,20 +4,16 @@ evaluates against the env server's random and oracle lines, and reports all of i
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from orchestrator.report import summarize_run
-from tests.integration.test_orchestrate import orchestrate, read_events
+from tests.integration.test_orchestrate import node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 EPISODE = 25  # simple_spread's max_cycles in the config
 
 
-def records(run_dir, node):
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_the_main_job_agrees_on_distinct_landmarks_every_episode_and_reports_its_curve(tmp_path):
@@ -35,7 +31,7 @@ def test_the_main_job_agrees_on_distinct_landmarks_every_episode_and_reports_its
     assert "greedy evaluation (return per agent per episode)" in stderr and "scripted oracle" in stderr
 
     for agent in ("agent_0", "agent_1", "agent_2", "agent_3"):
-        mine = records(run_dir, agent)
+        mine = node_metrics(run_dir, agent)
         decided = [r for r in mine if "landmarks/goals_code" in r]
         # One agreement per training episode start (the last start is the run's final observation).
         assert [r["step"] for r in decided] == list(range(0, steps, EPISODE))

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.integration.test_orchestrate import assert_all_reaped, finished_ok, launched_pids, orchestrate, read_events
+from tests.integration.test_orchestrate import assert_all_reaped, finished_ok, launched_pids, node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-def rows(run_dir: Path, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def series(records: list[dict], key: str) -> list[tuple[float, float]]:
@@ -58,7 +55,7 @@ def test_a_step_held_for_a_link_change_waits_for_its_nodes_but_not_for_a_paused_
     (applied,) = [e for e in events if e["event"] == "fault_applied"]
     assert applied["position"] == link["position"] and set(applied["applied_after_s"]) == {"agent_1", "agent_2"}
     assert applied["applied_after_s"]["agent_2"] < applied["applied_after_s"]["agent_1"]
-    holds = {r["step"]: r for r in rows(run_dir, "env") if "env/step_hold_s" in r}
+    holds = {r["step"]: r for r in node_metrics(run_dir, "env") if "env/step_hold_s" in r}
     assert sorted(holds) == [40, 50], holds  # the link change's step and the resume's
     assert holds[40]["env/step_hold_timed_out"] == 0.0 and 1.0 < holds[40]["env/step_hold_s"] < 5.0, holds[40]
 
@@ -93,7 +90,7 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
 
     # The env server's link to agent_2: nothing dropped before, drops during, none after the heal,
     # and observations delivered again after it.
-    env = rows(run_dir, "env")
+    env = node_metrics(run_dir, "env")
     dropped = series(env, "link/env_to_agent_2/dropped_partition")
     delivered = series(env, "link/env_to_agent_2/delivered")
     assert value_at(dropped, cut_at - 0.01) == 0
@@ -105,14 +102,14 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
 
     # agent_2's own sends to its neighbours (heartbeats every 0.5 s) were dropped too: each side
     # drops what it sends. (To the env server it may have sent nothing: it waits for an observation.)
-    agent_2 = rows(run_dir, "agent_2")
+    agent_2 = node_metrics(run_dir, "agent_2")
     for link_name in ("agent_2_to_agent_0", "agent_2_to_agent_1"):
         assert series(agent_2, f"link/{link_name}/dropped_partition")[-1][1] > 0, link_name
 
     # Membership: agent_0 (a neighbour on the 3-ring) sees agent_2 go down during the partition
     # and come back after the heal; agent_2 sees both neighbours go and come back.
     for node, full in (("agent_0", 2), ("agent_1", 2), ("agent_2", 2)):
-        alive = [(t, v) for t, v in series(rows(run_dir, node), "membership/peers_alive") if t > cut_at]
+        alive = [(t, v) for t, v in series(node_metrics(run_dir, node), "membership/peers_alive") if t > cut_at]
         down = [v for t, v in alive if t < healed_at]
         assert down and min(down) < full, (node, alive)
         after = [v for t, v in alive if t >= healed_at]
@@ -131,7 +128,7 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
         r["step"] for r in agent_2 if r["t"] > healed_at + 1.0), "no step during the partition, steps after"
 
     # The link change: agent_0 -> agent_1 lost nothing before it, about half after.
-    agent_0 = rows(run_dir, "agent_0")
+    agent_0 = node_metrics(run_dir, "agent_0")
     lost = series(agent_0, "link/agent_0_to_agent_1/dropped_loss")
     sent = series(agent_0, "link/agent_0_to_agent_1/sent")
     assert value_at(lost, link["t"] - 0.01) == 0 and lost[-1][1] > 0
@@ -189,7 +186,7 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
     assert all(isinstance(e["run_s"], float) and isinstance(e["step"], int) for e in fault_events)
     at_step = fault_events[5]
     assert at_step["step"] == 1500 and at_step["late_steps"] == 0, at_step
-    holds = [r for r in rows(run_dir, "env") if "env/step_hold_s" in r]
+    holds = [r for r in node_metrics(run_dir, "env") if "env/step_hold_s" in r]
     assert [(r["step"], r["env/step_hold_timed_out"]) for r in holds] == [(1500, 0.0)], holds
     assert holds[0]["env/step_hold_s"] < 5.0, "released by the orchestrator, well before the hold's 10 s timeout"
     # Both ends of the changed link applied it (control.fault_applied) before step 1501 went out:
@@ -207,9 +204,9 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
     assert log.count("faults.schedule.1: partition") == 2, "applied, then replayed to the restarted agent_3"
     heal = next(e["t"] for e in events if e["event"] == "fault" and e["kind"] == "heal")
     for node in ("agent_1", "agent_3"):  # agent_2's ring neighbours
-        alive = series(rows(run_dir, node), "membership/peers_alive")
+        alive = series(node_metrics(run_dir, node), "membership/peers_alive")
         assert [v for t, v in alive if t >= heal][-1] == 2, (node, alive)
-    assert rows(run_dir, "agent_2")[-1]["step"] == 5000
+    assert node_metrics(run_dir, "agent_2")[-1]["step"] == 5000
 
     reported = orchestrate("report", str(run_dir), "--json")
     out, err = reported.communicate(timeout=60)
@@ -232,7 +229,7 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
     # loss). Which steps those were depends on the machine's speed: read them off agent_0's rows
     # (a row every 50 steps, stamped when agent_0 took that step), 2 s into the cut to 0.5 s
     # before the heal.
-    agent_0_rows = rows(run_dir, "agent_0")
+    agent_0_rows = node_metrics(run_dir, "agent_0")
     partition_event, heal_event = fault_events[1], fault_events[6]
 
     def step_at(t: float) -> int:
@@ -240,7 +237,7 @@ def test_faults_ring_runs_its_whole_schedule_to_exit_0_and_every_hit_agent_is_ba
 
     cut_from, cut_to = step_at(partition_event["t"] + 2.0), step_at(heal_event["t"] - 0.5)
     assert cut_to - cut_from >= 200, (cut_from, cut_to)  # the lockstep went on without agent_2
-    agent_2_steps = {r["step"] for r in rows(run_dir, "agent_2")}
+    agent_2_steps = {r["step"] for r in node_metrics(run_dir, "agent_2")}
     assert not any(cut_from < step < cut_to for step in agent_2_steps), ("seen while cut off", cut_from, cut_to)
     # `up` wrote the run's report/ itself.
     assert (run_dir / "report" / "summary.md").read_text().startswith("# Run run")

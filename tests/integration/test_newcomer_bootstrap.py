@@ -6,7 +6,6 @@ of 2 x 2 steps later)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.test_orchestrate import node_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(300)]
 
@@ -35,7 +35,7 @@ def test_a_restarted_agent_without_state_starts_from_its_neighbours_mean(tmp_pat
                            *overrides], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in (run_dir / "nodes" / "agent_1" / "metrics.jsonl").read_text().splitlines()]
+    rows = node_metrics(run_dir, "agent_1")
     (bootstrap,) = [row for row in rows if "consensus/bootstrap_shares" in row]
     assert bootstrap["consensus/bootstrap_shares"] == 2.0 and bootstrap["consensus/bootstrap_missing"] == 0.0
     if talk:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -35,12 +35,8 @@ def finished_ok(process: subprocess.Popen, timeout_s: float) -> bytes:
 
 def stderr_after_exit(process: subprocess.Popen, timeout_s: float) -> bytes:
     """Wait for `orchestrate` to exit and return its stderr; killed if it outlives `timeout_s`."""
-    try:
+    with reaped(process):
         _, stderr = process.communicate(timeout=timeout_s)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     return stderr
 
 
@@ -66,6 +62,11 @@ def run_restarting_the_env_server(run_dir: Path, config: str, at_step: int, *set
     events = read_events(run_dir)
     assert [e["node"] for e in events if e["event"] == "restarted"] == ["env"]
     return events
+
+
+def node_metrics(run_dir: Path, node: str) -> list[dict]:
+    """Every metrics record `node` of the run wrote (nodes/<node>/metrics.jsonl), in order."""
+    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def read_events(run_dir: Path) -> list[dict]:
@@ -95,13 +96,10 @@ def kill_once_started(process: subprocess.Popen, run_dir: Path, node: str, *, st
                       exit_timeout_s: float = 60) -> bytes:
     """SIGKILL `node` once the run has started, and return the orchestrator's stderr after it
     exits (it is killed if it outlives `exit_timeout_s`)."""
-    try:
+    with reaped(process):
         events = wait_for_event(run_dir, "started", process, timeout_s=start_timeout_s)
         os.kill(launched_pids(events)[node], signal.SIGKILL)
         _, stderr = process.communicate(timeout=exit_timeout_s)
-    finally:
-        if process.poll() is None:
-            process.kill()
     return stderr
 
 
@@ -145,7 +143,7 @@ def test_up_runs_a_tiny_ring_to_completion(tmp_path, transport):
         # The lockstep's bodies went the way env.transport says (protocols/net/shm_lockstep.py).
         assert f"lockstep bodies: {'shm' if transport == 'shm' else 'zmq packed'}" in (node_dir / "log").read_text()
         assert list((run_dir / "tb" / agent).glob("events.out.tfevents.*")), "TensorBoard event file"
-    env_rows = [json.loads(line) for line in (run_dir / "nodes" / "env" / "metrics.jsonl").read_text().splitlines()]
+    env_rows = node_metrics(run_dir, "env")
     evaluations = [row for row in env_rows if "eval/return_mean" in row]  # besides link/ counters
     assert [(e["step"], e["eval/episodes"]) for e in evaluations] == [(20, 2), (40, 2), (60, 2)]
     # TensorBoard has the env server (its evaluations and link counters) and the run's hparams.
@@ -170,13 +168,10 @@ def test_up_over_tcp(tmp_path):
 def test_ctrl_c_stops_the_run_and_reaps_every_child(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
+    with reaped(process):
         events = wait_for_event(run_dir, "started", process)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert process.returncode == 130, stderr.decode()[-3000:]
     events = read_events(run_dir)
     assert any(e["event"] == "interrupted" for e in events)
@@ -211,7 +206,7 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     stderr = finished_ok(process, timeout_s=170)
     finals = {}
     for agent in ("agent_0", "agent_1", "agent_2"):
-        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        records = node_metrics(run_dir, agent)
         rounds = [r for r in records if "consensus/round" in r]
         adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         # Refreshes at rows 40, 60, 80 of a 90-step run, each with 20 consensus rounds.
@@ -240,7 +235,7 @@ def test_og_marl_agents_average_by_push_sum(tmp_path):
     )
     stderr = finished_ok(process, timeout_s=170)
     for agent in ("agent_0", "agent_1", "agent_2"):
-        records = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines()]
+        records = node_metrics(run_dir, agent)
         summaries = [r for r in records if "consensus/pushes" in r]
         adoptions = [r for r in records if "og_marl/model_buffer_size" in r]
         assert [r["og_marl/refreshes"] for r in adoptions] == [1.0, 2.0, 3.0]

@@ -10,13 +10,11 @@ gives the same deliveries."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from orchestrator.report import summarize_run
 from tests.integration.test_reproducible_runs import PATIENT, run_config, seeded_rows
+from tests.integration.test_orchestrate import node_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.long, pytest.mark.timeout(300)]
 
@@ -28,8 +26,6 @@ OTHER_TIMING = ("agents.gradient_steps_per_slice=1",
                 "network.links=[{role: env_links, link: {delay_s: 0.003, jitter_s: 0.003}}]")
 
 
-def rows(run_dir: Path, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_gives_the_same_deliveries(tmp_path):
@@ -37,17 +33,17 @@ def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_g
     run_config("configs/tiny_proximity.yaml", first, *SETTINGS)
     run_config("configs/tiny_proximity.yaml", second, *SETTINGS, *OTHER_TIMING)
 
-    graph = [(row["proximity/edges"], row["proximity/components"]) for row in rows(first, "agent_0") if "proximity/edges" in row]
+    graph = [(row["proximity/edges"], row["proximity/components"]) for row in node_metrics(first, "agent_0") if "proximity/edges" in row]
     assert len(graph) >= 30
     edges, components = [e for e, _ in graph], [c for _, c in graph]
     assert min(edges) < max(edges) and min(components) < max(components), graph  # the graph changed
     for agent in AGENTS:
-        talk = [row for row in rows(first, agent) if "talk/delivered" in row][-1]
+        talk = [row for row in node_metrics(first, agent) if "talk/delivered" in row][-1]
         assert talk["proximity/range_changes"] >= 2, f"{agent}: no neighbour left the range and came back"
         assert talk["talk/delivered"] > 0 and talk["talk/marks_missed"] == 0
-        assert not any("reproducibility/broken" in row for row in rows(first, agent)), agent
+        assert not any("reproducibility/broken" in row for row in node_metrics(first, agent)), agent
         assert seeded_rows(second, agent) == seeded_rows(first, agent), f"{agent}: the two runs differ"
-    dropped = sum(value for agent in AGENTS for key, value in [row for row in rows(first, agent) if "talk/delivered" in row][-1].items()
+    dropped = sum(value for agent in AGENTS for key, value in [row for row in node_metrics(first, agent) if "talk/delivered" in row][-1].items()
                   if key.endswith("/dropped_range"))
     assert dropped > 0, "no message was ever out of range"
     report = summarize_run(first)["proximity"]  # the report's graph over time
@@ -67,14 +63,14 @@ def test_several_env_copies_each_follow_their_own_graph_with_delay_rising_with_d
 
     cut = 0.0
     for agent in AGENTS:
-        agent_rows = rows(first, agent)
+        agent_rows = node_metrics(first, agent)
         talk = [row for row in agent_rows if "talk/delivered" in row][-1]
         assert talk["talk/delivered"] > 0 and talk["talk/marks_missed"] == 0, agent
         cut += sum(value for key, value in talk.items() if key.endswith("/copies_cut"))
         assert not any("reproducibility/broken" in row for row in agent_rows), agent
         assert seeded_rows(second, agent) == seeded_rows(first, agent), f"{agent}: the two runs differ"
     assert cut > 0, "no copy was ever cut out of a message"
-    agent_rows = rows(first, "agent_0")
+    agent_rows = node_metrics(first, "agent_0")
     union = [row["proximity/edges"] for row in agent_rows if "proximity/edges" in row]
     per_copy = [row["proximity/edges_per_copy"] for row in agent_rows if "proximity/edges_per_copy" in row]
     assert len(per_copy) == len(union) >= 30 and sum(per_copy) < sum(union)

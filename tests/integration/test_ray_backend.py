@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 from tests.integration.netns import NamespaceCluster, unavailable_reason
-from tests.integration.test_orchestrate import wait_for_event
+from tests.integration.test_orchestrate import read_events, wait_for_event
 
 pytest.importorskip("ray", reason="launch.backend ray needs the [ray] extra (pip install '.[ray]')")
 
@@ -89,8 +89,6 @@ def wait_for_ray_nodes(prefix: list[str], address: str, count: int, ray_nodes: l
         assert time.monotonic() < deadline, f"Ray nodes not up within {RAY_READY_TIMEOUT_S} s: {done.stderr[-2000:]} {log.read_text()[-2000:]}"
 
 
-def events_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------------ one machine
@@ -130,7 +128,7 @@ def test_tiny_ring_through_ray_backend_on_a_local_head(local_ray_head, tmp_path)
         env=RAY_ENV, capture_output=True, text=True, timeout=540, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     placed = next(e for e in events if e["event"] == "ray_placed")
     assert set(placed["hosts"]) == {"env", "agent_0", "agent_1", "agent_2"}
     for agent in ("agent_0", "agent_1", "agent_2"):
@@ -194,7 +192,7 @@ def test_run_across_three_namespaces_through_ray(ray_cluster_in_namespaces, tmp_
         "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}", *[arg for pin in pins for arg in ("--set", pin)],
         "--run-dir", str(run_dir)], timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout.decode()[-3000:] + result.stderr.decode()[-3000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     placed = next(e for e in events if e["event"] == "ray_placed")
     for host, nodes in PLACEMENT.items():
         for node in nodes:
@@ -231,17 +229,13 @@ def test_a_ray_machine_that_vanishes_mid_run_fails_the_run_naming_its_node(ray_c
         "--set", f"launch.ray.workdir={tmp_path / 'remote'}", "--set", "launch.ray.cpus_per_node=0.5",
         "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}", *[arg for pin in pins for arg in ("--set", pin)],
         "--set", "launch.ray.call_timeout_s=8", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with reaped(orchestrator):
         wait_for_event(run_dir, "started", orchestrator, timeout_s=240)
         time.sleep(2.0)
         cluster.cut("h3")  # not healed: the machine is gone for the rest of the run
         stderr = orchestrator.communicate(timeout=300)[1].decode()
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert orchestrator.returncode == 1, stderr[-4000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     exited = {e["node"]: e for e in events if e["event"] == "exited"}
     assert exited["agent_2"]["code"] == 255 and not exited["agent_2"]["expected"], exited["agent_2"]
     finished = next(e for e in events if e["event"] == "run_finished")
@@ -272,7 +266,7 @@ def test_an_agent_whose_ray_machine_is_lost_is_restarted_on_another_from_its_che
         "--set", "launch.ray.cpus_per_node=0.5", "--set", f"launch.shutdown_timeout_s={SHUTDOWN_TIMEOUT_S}",
         "--set", f"launch.ray.pin={{env: {h1}, agent_0: {h1}, agent_1: {h2}, agent_2: {h1}}}",
         "--set", "launch.ray.call_timeout_s=8", "--run-dir", str(run_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with reaped(orchestrator):
         events = wait_for_event(run_dir, "started", orchestrator, timeout_s=240)
         run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
         deadline = time.monotonic() + 60
@@ -283,12 +277,8 @@ def test_an_agent_whose_ray_machine_is_lost_is_restarted_on_another_from_its_che
         lost_at = time.time()
         assert cluster.kill_everything("h2")
         stderr = orchestrator.communicate(timeout=400)[1].decode()
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert orchestrator.returncode == 0, stderr[-4000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     mine = [e for e in events if e["node"] == "agent_1"]
     exited = next(e for e in mine if e["event"] == "exited")
     assert exited["code"] == 255 and exited["t"] >= lost_at

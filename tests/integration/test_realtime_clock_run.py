@@ -13,13 +13,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from protocols.codec import messages as m
 from tests.integration.lockstep_paths import LockstepClient
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -74,8 +73,6 @@ def test_a_silent_client_does_not_hold_a_realtime_env(env_server, hub, lockstep_
     assert on_time, "the straggler answered every step since, and is still named missing"
 
 
-def read_metrics(run_dir: Path, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.long  # ~25 s on a loaded 2-core machine, most of it the start of 4 processes
@@ -92,7 +89,7 @@ def test_a_paused_agent_is_late_and_the_run_goes_on_without_it(tmp_path):
     faults = {e["kind"]: e for e in read_events(run_dir) if e["event"] == "fault"}
     assert set(faults) == {"pause", "resume"}, faults
 
-    rows = read_metrics(run_dir, "env")
+    rows = node_metrics(run_dir, "env")
     last = next(row for row in reversed(rows) if "env/late_actions/agent_1" in row)
     late = {agent: last[f"env/late_actions/{agent}"] for agent in ("agent_0", "agent_1", "agent_2")}
     oldest = max(row.get("env/action_age_steps_max/agent_1", 0.0) for row in rows)

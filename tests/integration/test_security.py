@@ -24,8 +24,8 @@ import zmq
 from protocols.codec import messages as m
 from protocols.codec import wire
 from protocols.engines.consensus import ConsensusShare
-from tests.conftest import REPO
-from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, orchestrate, read_events, wait_for_event
+from tests.conftest import REPO, reaped
+from tests.integration.test_orchestrate import assert_all_reaped, launched_pids, node_metrics, orchestrate, read_events, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -126,7 +126,7 @@ def last_step(run_dir: Path, node: str) -> int:
 
 
 def last_metric(run_dir: Path, node: str, name: str) -> float:
-    rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = node_metrics(run_dir, node)
     values = [row[name] for row in rows if name in row]
     assert values, f"{node} never reported {name}"
     return values[-1]
@@ -177,7 +177,7 @@ def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
         # 40 bad messages (20 heartbeats, 20 shares): one line at once, the rest in aggregate.
         assert log.count("invalid message") <= 3, log[-3000:]
         # The same drops, counted in the node's metrics (Hub.link_metrics -> metrics.jsonl).
-        rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+        rows = node_metrics(run_dir, node)
         counted = [row["security/dropped_bad_signature"] for row in rows if "security/dropped_bad_signature" in row]
         assert counted and counted[-1] > 0 and all(row.get("security/dropped_oversized", 0) == 0 for row in rows)
     # The run's files are the user's alone.
@@ -331,13 +331,10 @@ def test_a_bind_host_that_is_not_on_this_host_exits_2_naming_the_field(tmp_path,
 def test_a_failed_run_says_on_the_terminal_which_node_died_how_and_what_it_logged_last(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
-    try:
+    with reaped(process):
         pids = launched_pids(wait_for_event(run_dir, "started", process))
         os.kill(pids["agent_1"], signal.SIGKILL)
         _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
     stderr = stderr.decode()
     assert process.returncode == 1
     assert "run failed: node agent_1 exited unexpectedly" in stderr
@@ -387,7 +384,7 @@ def test_a_node_under_a_flood_of_forged_messages_logs_them_within_its_5_s_window
         assert len(lines) == 7 and any("dropped 1970 invalid messages from 197 new sources" in line for line in lines), lines
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
-            rows = [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
+            rows = node_metrics(run_dir, node)
             if [r for r in rows if r.get("security/dropped_bad_signature") == 2000]:
                 break
             time.sleep(0.2)

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 from tests.integration.netns import NamespaceCluster, unavailable_reason
-from tests.integration.test_orchestrate import wait_for_event
+from tests.integration.test_orchestrate import node_metrics, read_events, wait_for_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(300)]
 
@@ -73,8 +73,6 @@ def orchestrate_in(cluster: NamespaceCluster, config: Path, run_dir: Path, timeo
     )
 
 
-def events_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
 
 
 @requires_namespaces
@@ -82,7 +80,7 @@ def test_run_across_three_namespaces_over_ssh_exits_0(cluster, tmp_path):
     run_dir = tmp_path / "run"
     done = orchestrate_in(cluster, ssh_run_config(cluster, tmp_path, PLACEMENT), run_dir)
     assert done.returncode == 0, done.stderr.decode()[-4000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     # Every node registered with endpoints at its own host's address, not the wildcard it bound.
     for event in (e for e in events if e["event"] == "registered"):
         host = next(h for h, nodes in PLACEMENT.items() if event["node"] in nodes)
@@ -115,16 +113,16 @@ def test_a_centralized_run_trains_in_a_learner_node_on_another_host(cluster, tmp
     run_dir = tmp_path / "run"
     done = orchestrate_in(cluster, ssh_run_config(cluster, tmp_path, placement, base="configs/tiny_qmix.yaml"), run_dir)
     assert done.returncode == 0, done.stderr.decode()[-4000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     registered = {e["node"]: e["endpoints"] for e in events if e["event"] == "registered"}
     assert registered["learner"]["ctde"].startswith(f"tcp://{cluster.hosts['h3'].address}:"), registered["learner"]
     assert all(e["code"] == 0 for e in events if e["event"] == "exited")
-    learner = [json.loads(line) for line in (run_dir / "nodes" / "learner" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    learner = node_metrics(run_dir, "learner")
     final = [row for row in learner if "learner/joint_rows" in row][-1]
     # 150 steps x 2 copies: every agent's piece of every joint row crossed to h3 and joined.
     assert final["learner/joint_rows"] == 300 and final["learner/agents_joined"] == 3 and final["learner/gradient_steps"] > 0
     for agent in ("agent_0", "agent_1", "agent_2"):
-        rows = [json.loads(line) for line in (run_dir / "nodes" / agent / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = node_metrics(run_dir, agent)
         counters = [row for row in rows if "ctde/params_updates" in row][-1]
         assert counters["ctde/rows_sent"] == 300 and counters["ctde/params_updates"] >= 2 and counters["ctde/params_gradient_step"] > 0
 
@@ -136,7 +134,7 @@ def test_unreachable_host_reports_its_node_dead(cluster, tmp_path):
     run_dir = tmp_path / "run"
     done = orchestrate_in(cluster, ssh_run_config(cluster, tmp_path, PLACEMENT), run_dir)
     assert done.returncode == 1, done.stderr.decode()[-4000:]
-    events = events_of(run_dir)
+    events = read_events(run_dir)
     unreachable = [e for e in events if e["event"] == "host_unreachable"]
     assert [e["node"] for e in unreachable] == ["agent_2"]
     assert unreachable[0]["host"] == cluster.hosts["h3"].address
@@ -187,7 +185,7 @@ def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
         "launcher", [sys.executable, "-m", "orchestrator", "up", str(config_path), "--run-dir", str(run_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
+    with reaped(orchestrator):
         wait_for_event(run_dir, "started", orchestrator, timeout_s=180)
         time.sleep(5.0)  # a few consensus rounds with everyone connected first
         cluster.cut("h3")
@@ -196,12 +194,8 @@ def test_partition_and_heal_consensus_reconverges(cluster, tmp_path):
         cluster.heal("h3")
         healed_at = time.time()
         stderr = orchestrator.communicate(timeout=300)[1]
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert orchestrator.returncode == 0, stderr.decode()[-4000:]
-    completed_at = next(e["t"] for e in events_of(run_dir) if e["event"] == "run_complete")
+    completed_at = next(e["t"] for e in read_events(run_dir) if e["event"] == "run_complete")
     assert completed_at > healed_at + 10.0, f"the run ended {completed_at - healed_at:.1f} s after the heal: too soon to judge it"
 
     lines = [json.loads(line) for line in (run_dir / "nodes/agent_0/metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from orchestrator.rundir import read_jsonl
-from tests.conftest import REPO
+from tests.conftest import REPO, reaped
 from tests.integration.netns import NamespaceCluster, unavailable_reason
 from tests.integration.test_orchestrate import read_events, wait_for_event
 
@@ -96,7 +96,7 @@ def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: tuple[str, .
                      "--run-dir", str(run_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
-    try:
+    with reaped(orchestrator):
         events = wait_for_event(run_dir, "started", orchestrator, timeout_s=180)
         run_id = next(e for e in events if e["event"] == "run_started")["run_id"]
         deadline = time.monotonic() + 60
@@ -107,10 +107,6 @@ def run_losing_h2(cluster: NamespaceCluster, tmp_path: Path, saved: tuple[str, .
         lost_at = time.time()  # (before: the orchestrator may see the exit before kill_everything returns)
         killed = cluster.kill_everything("h2")
         stderr = orchestrator.communicate(timeout=300)[1]
-    finally:
-        if orchestrator.poll() is None:
-            orchestrator.kill()
-            orchestrator.wait()
     assert killed, "nothing ran in h2's namespace"
     assert orchestrator.returncode == 0, stderr.decode()[-4000:]
     return run_dir, lost_at

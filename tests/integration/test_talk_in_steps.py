@@ -15,9 +15,6 @@ with peer links that delay every message by 3 env steps and lose 20% of them.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -25,7 +22,7 @@ from orchestrator.report import summarize_run
 from protocols.engines.flooding import FloodEngine, FloodRequest
 from protocols.net.links import LinkConfig
 from protocols.sim.netsim import StepNetwork
-from tests.integration.test_orchestrate import finished_ok, orchestrate, read_events
+from tests.integration.test_orchestrate import finished_ok, node_metrics, orchestrate, read_events
 from tests.integration.test_reproducible_runs import (
     PATIENT, assert_same_state, checkpoint, run_idle_then_perturbed, seeded_rows,
 )
@@ -53,8 +50,6 @@ SETTINGS = (
 )
 
 
-def metrics(run_dir: Path, node: str) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "nodes" / node / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulator(tmp_path):
@@ -70,7 +65,7 @@ def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulat
         assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
 
     # Nothing held the env: every action came from its agent.
-    env_rows = [row for row in metrics(idle, "env") if any(key.startswith("env/default_actions/") for key in row)]
+    env_rows = [row for row in node_metrics(idle, "env") if any(key.startswith("env/default_actions/") for key in row)]
     assert env_rows and all(value == 0.0 for key, value in env_rows[-1].items() if key.startswith("env/default_actions/"))
 
     # The report says when decisions landed, in env steps, and that the env never defaulted an action.
@@ -87,7 +82,7 @@ def test_talking_in_steps_repeats_bit_for_bit_under_load_and_matches_the_simulat
         network.begin(agent, engines[agent].start, request, 0.0)
     network.run_steps(25)
     for agent in AGENTS:
-        real = next(row for row in metrics(idle, agent) if "landmarks/decision_age_steps" in row)
+        real = next(row for row in node_metrics(idle, agent) if "landmarks/decision_age_steps" in row)
         simulated = engines[agent].result
         assert (real["landmarks/decision_age_steps"], real["landmarks/rows_known"], real["landmarks/complete"],
                 real["landmarks/rounds_closed_by_deadline"]) == (
@@ -104,11 +99,11 @@ def test_an_agent_restarted_mid_episode_pursues_its_nearest_landmark_there_and_t
     overrides = [arg for setting in settings for arg in ("--set", setting)]
     finished_ok(orchestrate("up", "configs/4agents_ring.yaml", "--run-dir", str(tmp_path), *overrides), timeout_s=180)
     assert [e["node"] for e in read_events(tmp_path) if e["event"] == "rejoined"] == ["agent_2"]
-    joined = [row for row in metrics(tmp_path, "agent_2") if "landmarks/joined_mid_episode" in row]
+    joined = [row for row in node_metrics(tmp_path, "agent_2") if "landmarks/joined_mid_episode" in row]
     assert [row["landmarks/joined_mid_episode"] for row in joined] == [2.0]  # both copies, once
     assert 40 <= joined[0]["step"] < 50
     assert not any("landmarks/joined_mid_episode" in row for agent in ("agent_0", "agent_1", "agent_3")
-                   for row in metrics(tmp_path, agent))  # fmt: skip
+                   for row in node_metrics(tmp_path, agent))  # fmt: skip
 
 
 @pytest.mark.long
@@ -120,7 +115,7 @@ def test_loss_on_the_flooding_tables_only_loses_every_table_and_no_other_message
     overrides = [arg for setting in settings for arg in ("--set", setting)]
     finished_ok(orchestrate("up", "configs/4agents_ring.yaml", "--run-dir", str(tmp_path), *overrides), timeout_s=180)
     for agent in AGENTS:
-        rows = metrics(tmp_path, agent)
+        rows = node_metrics(tmp_path, agent)
         last = {key: value for row in rows for key, value in row.items() if key.startswith("talk_by_type/")}
         sent = {key.rsplit("/", 2)[1]: value for key, value in last.items() if key.endswith("/sent")}
         lost = {key.rsplit("/", 2)[1]: value for key, value in last.items() if key.endswith("/dropped_loss")}

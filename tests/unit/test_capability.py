@@ -55,8 +55,8 @@ def test_capabilities_load_by_import_path_and_a_run_that_does_not_use_one_gets_n
 
 
 @pytest.mark.parametrize("path, error", [
-    ("a_users_plugin", "expected 'package.module:build'"),
-    ("a_users_plugin:missing", "has no 'missing'"),
+    ("a_users_plugin", "expected the form 'package.module:name'"),
+    ("a_users_plugin:missing", "has no attribute 'missing'"),
 ])
 def test_a_bad_entry_point_is_named(plugin_module, path, error):
     with pytest.raises(ValueError, match=error):

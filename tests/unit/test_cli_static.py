@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
+from tests.conftest import reaped
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_ring.yaml"
@@ -227,7 +228,7 @@ def test_down_sends_sigterm_to_a_live_orchestrator(finished_run: Path, capsys) -
     stand_in = subprocess.Popen(
         [sys.executable, "-c", "import signal, time; time.sleep(30)", "orchestrator-stand-in"]
     )
-    try:
+    with reaped(stand_in):
         (finished_run / "orchestrator.pid").write_text(f"{stand_in.pid}\n")
         assert main(["status", str(finished_run)]) == 0
         assert f"running (orchestrator pid {stand_in.pid})" in capsys.readouterr().out
@@ -238,10 +239,6 @@ def test_down_sends_sigterm_to_a_live_orchestrator(finished_run: Path, capsys) -
         assert "the run has stopped" in out
         assert stand_in.wait(timeout=5) == -signal.SIGTERM
         assert time.monotonic() - started < 10
-    finally:
-        if stand_in.poll() is None:
-            stand_in.kill()
-            stand_in.wait()
 
 
 def test_run_dir_verbs_on_a_missing_directory(tmp_path: Path, capsys) -> None:

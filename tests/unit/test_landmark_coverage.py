@@ -5,15 +5,13 @@ cover their landmarks, so the coverage must come out low."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from mpe2 import simple_spread_v3
 
 from env_server.evaluation import EvaluationSchedule, landmarks_covered, spread_end_state
 from orchestrator import report
+from tests.conftest import write_jsonl
 
 LANDMARKS = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 
@@ -62,11 +60,6 @@ def test_an_evaluation_reports_coverage_at_the_end_of_its_episodes():
     schedule.held_back = object()
     _, metrics = schedule.finish(3.0, [None, None])  # not simple_spread: nothing said
     assert "eval/landmarks_covered" not in metrics
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def test_the_report_puts_coverage_beside_a_distinct_assignment_that_cannot_fail(tmp_path):

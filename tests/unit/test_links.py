@@ -9,7 +9,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from protocols.net.links import DRAWS_PER_MESSAGE, LinkConfig, LinkModel, LinkTable, PartitionTable, link_seed
+from protocols.net.links import DRAWS_PER_MESSAGE, LinkConfig, LinkModel, PartitionTable, link_seed
 from protocols.sim.netsim import NetworkSimulator, links_from
 from protocols.run.settings import NetworkConfig
 from protocols.net.transport import Hub
@@ -221,23 +221,9 @@ def test_a_configured_partition_blocks_only_between_groups():
 # -- the live transport --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hubs(tmp_path):
-    made = []
-
-    def make(name: str, links: LinkTable | None = None, clock=time.monotonic) -> Hub:
-        hub = Hub(sender=name, run_id="test", links=links, clock=clock)
-        made.append(hub)
-        return hub
-
-    yield make
-    for hub in made:
-        hub.close()
-
-
 def connected_pair(hubs, tmp_path, net: NetworkConfig, clock=time.monotonic):
-    sender = hubs("agent_0", net.link_table("agent_0", run_seed=3), clock)
-    receiver = hubs("agent_1", net.link_table("agent_1", run_seed=3))
+    sender = hubs("agent_0", links=net.link_table("agent_0", run_seed=3), clock=clock)
+    receiver = hubs("agent_1", links=net.link_table("agent_1", run_seed=3))
     inbox = receiver.bind_router(f"ipc://{tmp_path}/agent_1.peer", name="peers")
     channel = sender.connect_dealer(inbox.endpoint, name="peer:agent_1", identity="agent_0", peer="agent_1")
     return sender, receiver, inbox, channel
@@ -371,11 +357,11 @@ def test_router_replies_go_through_the_link_to_the_routed_node(hubs, tmp_path):
     """The env server's side: a ROUTER sends to the node named by the routing id, through that
     node's link (here env -> agent_0 delayed, env -> agent_1 ideal)."""
     net = network(links=[{"src": "env", "dst": "agent_0", "link": {"delay_s": 0.1}}])
-    server = hubs("env", net.link_table("env", run_seed=0))
+    server = hubs("env", links=net.link_table("env", run_seed=0))
     router = server.bind_router(f"ipc://{tmp_path}/env.env", name="env")
     clients = {}
     for agent in ("agent_0", "agent_1"):
-        hub = hubs(agent, net.link_table(agent, run_seed=0))
+        hub = hubs(agent, links=net.link_table(agent, run_seed=0))
         clients[agent] = (hub, hub.connect_dealer(router.endpoint, name="env", identity=agent, peer="env"))
         clients[agent][1].send(some_message())
     requests = []
@@ -401,9 +387,9 @@ def test_wait_for_sends_the_held_request_it_waits_on(hubs, tmp_path):
     from protocols.codec import messages as m
 
     net = network(default_link={"delay_s": 0.05})
-    server = hubs("env", net.link_table("env", run_seed=0))
+    server = hubs("env", links=net.link_table("env", run_seed=0))
     router = server.bind_router(f"ipc://{tmp_path}/env.env", name="env")
-    client_hub = hubs("agent_0", net.link_table("agent_0", run_seed=0))
+    client_hub = hubs("agent_0", links=net.link_table("agent_0", run_seed=0))
     client = client_hub.connect_dealer(router.endpoint, name="env", identity="agent_0", peer="env")
     client.send(some_message())
     request = receive_one(server, router, timeout_s=0.01)

@@ -126,7 +126,7 @@ def test_single_links_can_be_cut_one_way():
 
 
 def test_partition_groups_must_be_disjoint():
-    with pytest.raises(ValueError, match="'b' is in partition groups 0 and 1"):
+    with pytest.raises(ValueError, match="partition: node 'b' is in groups 0 and 1"):
         PartitionTable().partition([["a", "b"], ["b", "c"]])
 
 

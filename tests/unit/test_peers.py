@@ -7,14 +7,7 @@ import pytest
 from agent_node.peers import PeerMesh
 from protocols.engines.membership import PeerDown, PeerRestarted, PeerUp
 from protocols.codec.messages import Heartbeat
-
-
-class RecordingLink:
-    def __init__(self) -> None:
-        self.sent: list = []
-
-    def send(self, message) -> None:
-        self.sent.append(message)
+from tests.conftest import RecordingLink
 
 
 def mesh(heartbeat_every_s=1.0, timeout_s=3.0):

@@ -18,12 +18,12 @@ from orchestrator.rundir import (
     RunDirError,
     create_run_dir,
     find_run_dir,
-    latest_values,
     prepare_run,
     read_jsonl,
     remove_temp_socket_dir,
 )
 from protocols.run.settings import IPC_ENDPOINT_MAX_BYTES, RunLayout, ipc_endpoint
+from protocols.storage.jsonlines import latest_values
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny_ring.yaml"

@@ -151,7 +151,7 @@ def test_an_entry_point_that_cannot_load_is_named(monkeypatch):
         (f"{HERE}:HalfALearner", r"class HalfALearner does not implement the learner interface: missing observe, gradient_steps_due, update, counters, state_dict, load_state_dict"),
         (f"{HERE}:NoConfigLearner", r"must name its config as the class attribute `config_model`, a subclass of agent_node.plugins.PluginConfig; got None"),
         ("ppo", r"expected one of 'dqn', .* or an import path 'package.module:Class', got 'ppo' \(str\)"),
-        ("pkg:", r"expected an import path 'package.module:Class', got 'pkg:'"),
+        ("pkg:", r"'pkg:': expected the form 'package.module:name'"),
     ],
 )
 def test_what_cannot_be_a_learner_is_refused_naming_it(kind, message):

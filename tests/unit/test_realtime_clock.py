@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from env_server.barrier import DefaultActions
 from env_server.config import EnvConfig
 from env_server.realtime import RealtimeBarrier
+from env_server.__main__ import main as env_server_main
 from env_server.server import LockstepRules, clock_refusal
 from orchestrator.config import load_config
 from protocols.run.config_errors import ConfigError
@@ -228,6 +229,17 @@ def test_a_server_started_without_the_env_section_refuses_the_same():
     assert clock_refusal(LockstepRules(**rules, clock="realtime", eval_clock="realtime", steps_per_s=5.0,
                                        max_steps_per_s=2.0)).startswith("max_steps_per_s:")
     assert clock_refusal(LockstepRules(**rules, clock="realtime", eval_clock="lockstep", steps_per_s=5.0)) is None
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--steps-per-s", "5"], "--steps-per-s: sets the rate of a realtime clock"),
+    (["--clock", "realtime", "--steps-per-s", "5", "--episode-start-hold", "1"],
+     "--episode-start-hold: holds each episode's first observation"),
+])
+def test_a_standalone_server_refuses_the_same_naming_its_own_flag(flags, named, capsys):
+    with pytest.raises(SystemExit):
+        env_server_main(["--env", "mpe2.simple_spread_v3", *flags])
+    assert named in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- against the other sections

@@ -17,14 +17,7 @@ from agent_node.peers import PeerMesh
 from protocols.codec import messages as m
 from protocols.codec.wire import PROTOCOL_VERSION, Envelope, Header
 from protocols.net.transport import Hub
-
-
-class RecordingLink:
-    def __init__(self) -> None:
-        self.sent: list = []
-
-    def send(self, message) -> None:
-        self.sent.append(message)
+from tests.conftest import RecordingLink
 
 
 class FakeClock:

@@ -16,13 +16,9 @@ from scipy import stats
 from agent_node.consensus.report import rounds_to_converge
 from orchestrator import report
 from orchestrator.cli import main
+from tests.conftest import write_jsonl
 
 T0 = 1_000_000.0  # the run's `started` event
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def make_run(run_dir: Path, returns=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0), loss_drops=(1, 3),

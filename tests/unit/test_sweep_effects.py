@@ -11,16 +11,12 @@ import pytest
 
 from orchestrator import report, sweep_effects
 from orchestrator.cli import main
+from tests.conftest import write_jsonl
 
 T0 = 1_000_000.0
 DELAY = "network.links.0.link.delay_steps"
 LOSS = "network.links.0.link.loss"
 RANDOM, ORACLE = -33.0, -6.0
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def make_run(run_dir: Path, curve: list[tuple[int, float]], fault_step: int | None = None,

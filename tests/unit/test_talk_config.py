@@ -8,19 +8,13 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_config
-from protocols.run.config_errors import ConfigError
+from tests.unit.test_config import problems_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN_JOB = ROOT / "configs" / "4agents_ring.yaml"
 GOALS = ROOT / "configs" / "goals_negotiation.yaml"
 IN_STEPS = "protocols.talk=env_steps"
 PEER_DELAY_5 = "network.links=[{role: peer_links, link: {delay_steps: 5, loss: 0.2}}]"
-
-
-def problems(path: Path, *overrides: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load_config(path, list(overrides))
-    return list(caught.value.problems)
 
 
 def test_the_main_job_talks_in_steps_on_peer_links_and_reproducibly_with_loss_in_the_step_clock():
@@ -43,18 +37,18 @@ def test_the_main_job_talks_in_steps_on_peer_links_and_reproducibly_with_loss_in
     ((IN_STEPS, "network.links=[{role: peer_links, link: {delay_steps: 0}}]"), "network.links.0.link.delay_steps: must be >= 1"),
 ])
 def test_validate_refuses_what_talking_in_steps_cannot_do_naming_the_field(overrides, expected):
-    assert any(expected in problem for problem in problems(MAIN_JOB, *overrides)), problems(MAIN_JOB, *overrides)
+    assert any(expected in problem for problem in problems_for(*overrides, path=MAIN_JOB)), problems_for(*overrides, path=MAIN_JOB)
 
 
 def test_goal_negotiation_talks_in_steps_without_the_episode_start_hold():
-    found = problems(GOALS, IN_STEPS)  # the shipped config holds each episode start for its negotiation
+    found = problems_for(IN_STEPS, path=GOALS)  # the shipped config holds each episode start for its negotiation
     assert [problem.split(":")[0] for problem in found] == ["env.episode_start_hold_s"], found
     config = load_config(GOALS, [IN_STEPS, "env.episode_start_hold_s=0", PEER_DELAY_5])
     assert config.agents.goals.negotiation.round_timeout_steps == 5
 
 
 def test_wall_clock_loss_on_an_env_link_stays_refused_in_a_reproducible_run():
-    found = problems(MAIN_JOB, IN_STEPS, "run.reproducible=true", "network.links=[{role: env_links, link: {loss: 0.1}}]")
+    found = problems_for(IN_STEPS, "run.reproducible=true", "network.links=[{role: env_links, link: {loss: 0.1}}]", path=MAIN_JOB)
     assert any(problem.startswith("network.links.0.link.loss: expected no drops") for problem in found)
 
 
@@ -83,7 +77,7 @@ def test_loss_on_the_flooding_tables_only_is_a_reproducible_run_in_steps():
      "faults.schedule.0.link.messages: a link change that limits its faults to message types needs delay_steps"),
 ])
 def test_validate_refuses_a_message_filter_that_would_do_nothing_naming_the_field(overrides, expected):
-    found = problems(MAIN_JOB, *overrides)
+    found = problems_for(*overrides, path=MAIN_JOB)
     assert any(expected in problem for problem in found), found
 
 

@@ -24,20 +24,6 @@ from protocols.net.transport import Hub
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def hubs():
-    made: list[Hub] = []
-
-    def make(name: str, key: bytes = b"") -> Hub:
-        hub = Hub(sender=name, run_id="test", key=key)
-        made.append(hub)
-        return hub
-
-    yield make
-    for hub in made:
-        hub.close()
-
-
 def receive(hub: Hub, channel, count: int, timeout_s: float = 10.0) -> list[wire.Envelope]:
     got: list[wire.Envelope] = []
     deadline = time.monotonic() + timeout_s
@@ -61,11 +47,11 @@ def observation(step: int, agent: str) -> m.EnvObservation:
 
 
 def connect_clients(hubs, tmp_path, names: list[str], key: bytes = b""):
-    server_hub = hubs("env", key)
+    server_hub = hubs("env", key=key)
     inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
     clients = {}
     for name in names:
-        hub = hubs(name, key)
+        hub = hubs(name, key=key)
         channel = hub.connect_dealer(inbox.endpoint, name="env", identity=name)
         channel.send(m.EnvReset())  # makes the ROUTER know the client's routing id
         clients[name] = (hub, channel)
@@ -91,7 +77,7 @@ def test_a_lockstep_message_is_three_frames_on_the_wire(hubs, raw_dealer, tmp_pa
     server_hub = hubs("env")
     inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
     raw = raw_dealer(inbox.endpoint, b"agent_0")
-    raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=1))
+    raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="r", seq=1))
     assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
     inbox.send(observation(1, "agent_0"), to=b"agent_0")
     assert raw.poll(10_000), "no observation arrived"
@@ -105,11 +91,11 @@ def test_a_version_1_peer_is_dropped_and_counted(hubs, raw_dealer, tmp_path):
     server_hub = hubs("env")
     inbox = server_hub.bind_router(f"ipc://{tmp_path}/env.sock", name="env")
     raw = raw_dealer(inbox.endpoint, b"old_agent")
-    header = {"msg_id": "1", "msg_type": "env.reset", "sender": "old_agent", "run_id": "test",
+    header = {"msg_id": "1", "msg_type": "env.reset", "sender": "old_agent", "run_id": "r",
               "version": 1, "seq": 1, "sent_at": 1.0}
     raw.send_multipart([b"<PARLEY|MSG>", b"", msgpack.packb(header), msgpack.packb({}), msgpack.packb({})])
     # Then a valid message: once it is through, the old one has been handled (dropped).
-    raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="test", seq=2))
+    raw.send_multipart(wire.encode(m.EnvReset(), sender="agent_0", run_id="r", seq=2))
     assert [e.sender for e in receive(server_hub, inbox, 1)] == ["agent_0"]
     assert inbox.stats.dropped_invalid == 1 and inbox.stats.received == 1
 
@@ -157,7 +143,7 @@ def test_a_zero_copy_router_hands_out_views_of_zmq_buffers_with_the_same_content
     # signed run still checks signatures, and a bad message is still dropped and counted.
     from protocols.engines.consensus import ConsensusShare
 
-    hub_a, hub_b = hubs("agent_0", key), hubs("agent_1", key)
+    hub_a, hub_b = hubs("agent_0", key=key), hubs("agent_1", key=key)
     inbox = hub_a.bind_router(f"ipc://{tmp_path}/peer.sock", name="peers", zero_copy=True)
     dealer = hub_b.connect_dealer(inbox.endpoint, name="agent_0", identity="agent_1")
     big = np.random.default_rng(0).standard_normal(100_000).astype(np.float32)
