@@ -624,11 +624,6 @@ class RunConfig(BaseModel):
             problems.append(f"env.num_workers: positions are read by the env server's own copies (env_server/__main__.py "
                             f"make_copies), not by forked workers; expected 1 with topology.kind proximity, got "
                             f"{self.env.num_workers}")
-        consensus = self.protocols.consensus
-        if consensus.enabled and consensus.mode == "sync" and consensus.weights != "metropolis":
-            problems.append(f"protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with "
-                            f"Metropolis weights recomputed on each step's graph (uniform weights need a regular graph); "
-                            f"expected metropolis, got {consensus.weights!r}")
         return problems
 
     # -------------------------------------------------------------- derived views

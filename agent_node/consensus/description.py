@@ -46,7 +46,11 @@ def problems(run: Any, topology: Topology | None) -> list[str]:
             "protocols.consensus.same_initial_policy: expected learner kind 'dqn' (the learner that draws its initial "
             f"policy from a seed it is given), got {run.agents.learner.kind!r}"
         )
-    if consensus.enabled and consensus.weights == "uniform" and topology is not None and count > 1:
+    if consensus.enabled and consensus.mode == "sync" and consensus.weights != "metropolis" and run.topology.kind == "proximity":
+        found.append(f"protocols.consensus.weights: synchronous rounds on a graph that follows positions mix with "
+                     f"Metropolis weights recomputed on each step's graph (uniform weights need a regular graph); "
+                     f"expected metropolis, got {consensus.weights!r}")
+    elif consensus.enabled and consensus.weights == "uniform" and topology is not None and count > 1:
         degrees = sorted(set(topology.degrees().tolist()))
         if len(degrees) > 1:
             found.append(
