@@ -317,7 +317,7 @@ def load_entry_point(path: str) -> Any:
     try:
         return import_object(path)
     except ImportPathError as error:
-        raise ValueError(f"capability entry point {path!r}: {error}") from None
+        raise ValueError(f"capability entry point {path!r}: {error}") from error
 
 
 def load_capabilities(run: AgentNodeConfig, node: NodeServices, paths: Iterable[str] | None = None) -> list[Capability]:
