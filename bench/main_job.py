@@ -295,6 +295,12 @@ def paired_comparison(reference_entry: dict, variant_entry: dict, difference_key
             "steps_gap80_difference": steps_mean, "steps_gap80_ci95": steps_half, "steps_gap80_pairs": len(step_differences)}
 
 
+def difference_cell(entry: dict, key: str) -> str:
+    """`mean [low, high]`: a paired comparison's difference under `key` and its 95% t-interval."""
+    mean, half = entry[key], entry["ci95"]
+    return f"{fmt(mean)} [{fmt(mean - half)}, {fmt(mean + half)}]"
+
+
 def steps_difference_cell(entry: dict) -> str:
     """`+500 [−200, +1,200] (9 pairs)`: the variant's steps to 80% of the gap minus the
     reference's; "-" where fewer than two pairs both got there."""
@@ -333,8 +339,7 @@ def print_tables(summary: dict) -> None:
           "| steps to 80% of the gap, variant minus main (95% t-CI) |")
     print("|---|---|---|---|---|---|---|---|")
     for variant, entry in comparisons.items():
-        print(f"| {variant} | {len(entry['seeds'])} | {fmt(entry['main_minus_variant'])} "
-              f"[{fmt(entry['main_minus_variant'] - entry['ci95'])}, {fmt(entry['main_minus_variant'] + entry['ci95'])}] | "
+        print(f"| {variant} | {len(entry['seeds'])} | {difference_cell(entry, 'main_minus_variant')} | "
               f"{fmt(entry.get('p_value'), '.3g')} | {'yes' if entry.get('holm_rejects_zero') else 'no'} | "
               f"{improvement_cell(entry)} | {fmt(entry['mde'])} | {steps_difference_cell(entry)} |")
     if summary.get("paired_with_reference"):
@@ -343,9 +348,7 @@ def print_tables(summary: dict) -> None:
               "| smallest detectable (80% power) | steps to 80% of the gap, variant minus reference (95% t-CI) |")
         print("|---|---|---|---|---|---|---|")
         for variant, entry in summary["paired_with_reference"].items():
-            difference = entry["reference_minus_variant"]
-            print(f"| {entry['reference']} minus {variant} | {len(entry['seeds'])} | {fmt(difference)} "
-                  f"[{fmt(difference - entry['ci95'])}, {fmt(difference + entry['ci95'])}] | "
+            print(f"| {entry['reference']} minus {variant} | {len(entry['seeds'])} | {difference_cell(entry, 'reference_minus_variant')} | "
                   f"{fmt(entry.get('p_value'), '.3g')} | {improvement_cell(entry)} | {fmt(entry['mde'])} "
                   f"| {steps_difference_cell(entry)} |")
     for variant, entry in summary["variants"].items():
