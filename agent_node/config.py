@@ -14,6 +14,7 @@ No torch here: the schemas of the learners and world models are torch-free too.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ from agent_node.registry import CapabilityConfigs
 from agent_node.world_models import PluggableWorldModelConfig
 from protocols.run.config_errors import ConfigError, repeated
 from protocols.run.node_config import NodeIdentity, NodeSections, load_node_config
+from protocols.run.settings import agent_node_ids
 
 class AgentsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,6 +58,11 @@ class AgentsConfig(BaseModel):
     # units of their mean disagreement on the rows of the model's last refresh. 0: off, and the
     # learner never reads the model (agent_node/consensus/subjects.py, `LocalWorldModel`).
     world_model_bonus: float = Field(0.0, ge=0.0)
+    # Stragglers on purpose, an experimental variable (against a realtime clock, say): each agent
+    # node named here (agent_0, agent_1, ...) waits this many seconds after choosing each action
+    # before it sends it, as an agent on a slower machine would. In a lockstep run it costs only
+    # wall time: the env waits for it.
+    act_delay_s: dict[str, float] = Field(default_factory=dict)
     # torch.set_num_threads in every agent: many agents share few cores.
     torch_threads: int = Field(1, ge=1)
     # Counted in lockstep environment steps of this agent.
@@ -121,6 +128,17 @@ class AgentsConfig(BaseModel):
                 f"run: set learning: false and load_checkpoints: <its --out directory>; got learning={self.learning}, "
                 f"load_checkpoints={self.load_checkpoints!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _act_delays_name_agent_nodes(self) -> AgentsConfig:
+        nodes = agent_node_ids(self.count)
+        unknown = sorted(set(self.act_delay_s) - set(nodes))
+        if unknown:
+            raise ValueError(f"act_delay_s: expected agent node ids of this run ({nodes[0]} .. {nodes[-1]}), got {unknown}")
+        bad = {node: delay for node, delay in self.act_delay_s.items() if not (math.isfinite(delay) and delay >= 0)}
+        if bad:
+            raise ValueError(f"act_delay_s: expected a finite number of seconds >= 0 per node, got {bad}")
         return self
 
     @model_validator(mode="after")

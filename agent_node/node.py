@@ -77,6 +77,7 @@ class AgentNode:
         self.waiting_for_updates: m.EnvObservation | None = None  # (the update-ratio contract)
         self.evaluating = False  # the env server is running evaluation episodes
         self.reproducible = run.run.reproducible  # run.reproducible (module docstring)
+        self.act_delay_s = config.act_delay_s.get(identity.node_id, 0.0)
         self.broken_causes: set[str] = set()  # why this run stopped being a function of its seed
         self.awaiting_final_observation = False  # the stop came before the last observation (on_shutdown)
         self.hub = node_hub(run, identity)
@@ -436,6 +437,8 @@ class AgentNode:
         actions = self.learner.act(conditioned, explore=explore)
         if self.talk is not None:  # what the protocols sent during this step leaves now, with the step's marks
             self.mesh.send(self.talk.close_step(self.talk.clock_of(message, self.step), message.step))
+        if self.act_delay_s:
+            time.sleep(self.act_delay_s)  # a straggler on purpose (agents.act_delay_s): a slower machine's answer
         self.env.send(self.env_client.answer(message, {self.env_agent: actions}))
         if not message.evaluation:
             self.episodes.acted(observations, actions, message.active[self.env_agent])

@@ -143,6 +143,14 @@ def test_missing_sections_are_each_reported(tmp_path: Path) -> None:
     assert caught.value.problems == tuple(f"{name}: required field is missing" for name in ("run", "env", "agents", "topology"))
 
 
+def test_a_straggler_is_named_by_an_agent_node_of_the_run_with_seconds_it_waits() -> None:
+    assert load_config(TINY, ["agents.act_delay_s.agent_2=0.05"]).agents.act_delay_s == {"agent_2": 0.05}
+    with pytest.raises(ConfigError, match=r"act_delay_s: expected agent node ids of this run \(agent_0 .. agent_2\), got \['agent_3'\]"):
+        load_config(TINY, ["agents.act_delay_s.agent_3=0.05"])
+    with pytest.raises(ConfigError, match="act_delay_s: expected a finite number of seconds >= 0"):
+        load_config(TINY, ["agents.act_delay_s.agent_0=-0.1"])
+
+
 def test_topology_that_cannot_be_built_for_the_count() -> None:
     problem = only_problem("topology={kind: grid, rows: 2, cols: 2}")
     assert problem.startswith("topology: cannot build a 'grid' topology for agents.count=3:")
