@@ -95,6 +95,9 @@ class AgentNode:
         self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         self.env_agent: str = ""
         self.step = 0  # lockstep step of the last observation
+        # The newest training step the env server has sent: an older observation still unanswered
+        # was stepped past (a realtime clock, or a step deadline), and is not answered.
+        self.newest_training_step = -1
         self.flushed_step = -1  # of the last periodic metrics flush
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         self._sources: dict[str, str] = {"env": ENV, "peers": PEERS, "control": CONTROL}  # channel name -> source
@@ -174,7 +177,11 @@ class AgentNode:
             if channel.closed:
                 continue  # the env server's old connection, dropped by a handler just now (restart)
             source = self._sources[channel.name]
-            for envelope in channel.recv_all():
+            envelopes = list(channel.recv_all())
+            if source == ENV:
+                self.newest_training_step = max([self.newest_training_step, *(
+                    e.message.step for e in envelopes if isinstance(e.message, m.EnvObservation) and not e.message.evaluation)])
+            for envelope in envelopes:
                 self._dispatch(source, envelope)
         self._on_timers(time.monotonic())
         if learning_due and self.state is NodeState.RUNNING:
@@ -363,6 +370,8 @@ class AgentNode:
             self.begin_draining(RUN_BUDGET_SPENT)
         elif message.evaluation:
             self._answer(message, explore=False)
+        elif message.step < self.newest_training_step:
+            self._pass_superseded(message)
         elif self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
             for capability in self.capabilities:
@@ -435,8 +444,7 @@ class AgentNode:
         for capability in self.capabilities:
             conditioned = capability.condition(conditioned, message.evaluation)
         actions = self.learner.act(conditioned, explore=explore)
-        if self.talk is not None:  # what the protocols sent during this step leaves now, with the step's marks
-            self.mesh.send(self.talk.close_step(self.talk.clock_of(message, self.step), message.step))
+        self._close_talk_step(message)
         if self.act_delay_s:
             time.sleep(self.act_delay_s)  # a straggler on purpose (agents.act_delay_s): a slower machine's answer
         self.env.send(self.env_client.answer(message, {self.env_agent: actions}))
@@ -444,6 +452,19 @@ class AgentNode:
             self.episodes.acted(observations, actions, message.active[self.env_agent])
             self.global_fields.remember(message)
             self.persistence.maybe_save(self.step, self.learner, self.episodes.episodes)
+
+    def _close_talk_step(self, message: m.EnvObservation) -> None:
+        if self.talk is not None:  # what the protocols sent during this step leaves now, with the step's marks
+            self.mesh.send(self.talk.close_step(self.talk.clock_of(message, self.step), message.step))
+
+    def _pass_superseded(self, message: m.EnvObservation) -> None:
+        """A newer observation came while this one waited (behind a realtime clock, or past a step
+        deadline): the env server has stepped on, so an answer now would be played late, for a
+        world that has moved. The agent acts on the newest one only; this step's transition is
+        recorded and the row it would close is not learned (the server played another action)."""
+        self._close_talk_step(message)
+        self.episodes.stepped_without_answer()
+        self.metrics.accumulate({"env/superseded_observations": 1.0})
 
     def _record_transition(self, message: m.EnvObservation) -> None:
         assembled = self.episodes.observe(message)

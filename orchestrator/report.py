@@ -94,6 +94,10 @@ HEADLINE = (
     ("restarts", "restarts", "g"),
     ("recovery_s", "back after s", ".3g"),
     ("faults", "faults", "g"),
+    # a realtime clock's (env.clock: realtime): the share of the agents' actions that came late
+    # for their step, and the mean age in steps of the actions played
+    ("late_action_share", "late actions", ".1%"),
+    ("action_age_mean", "action age", ".3g"),
 )
 
 
@@ -303,6 +307,47 @@ def _default_actions(rows: list[dict[str, Any]], events: list[dict]) -> dict[str
     return {key.removeprefix(sweep_effects.DEFAULT_ACTIONS_PREFIX): _cumulative(rows, key, restarted_at) for key in keys}
 
 
+LATE_ACTIONS_PREFIX = "env/late_actions/"
+
+
+def _realtime_summary(rows: list[dict[str, Any]], events: list[dict]) -> dict[str, Any] | None:
+    """A realtime training clock's toll per agent (env_server/pacing.py): its actions that came
+    late for their step (`env/late_actions/<agent>`, counted from zero by each env-server
+    incarnation, so the last value of each is added), their share of the training steps, and the
+    age in steps of the actions played (`env/action_age_steps/<agent>`, a mean per status period,
+    averaged here over the periods; `.../action_age_steps_max/<agent>`, the largest). None for a
+    lockstep run."""
+    agents = sorted({key.removeprefix(LATE_ACTIONS_PREFIX) for row in rows for key in row if key.startswith(LATE_ACTIONS_PREFIX)})
+    if not agents:
+        return None
+    restarted_at = [e["t"] for e in events if e.get("event") == "restarted" and e.get("node") == ENV_NODE_ID]
+    steps = max((row["step"] for row in rows if LATE_ACTIONS_PREFIX + agents[0] in row), default=0)
+    per_agent = {}
+    for agent in agents:
+        late = _cumulative(rows, LATE_ACTIONS_PREFIX + agent, restarted_at) or 0.0
+        per_agent[agent] = {
+            "late": late,
+            "late_share": late / steps if steps else None,
+            "age_mean": _mean([row[f"env/action_age_steps/{agent}"] for row in rows if f"env/action_age_steps/{agent}" in row]),
+            "age_max": _max_or_none([row[f"env/action_age_steps_max/{agent}"] for row in rows
+                                     if f"env/action_age_steps_max/{agent}" in row]),
+        }
+    return {"steps": steps, "agents": per_agent,
+            "late_share": _mean([entry["late_share"] for entry in per_agent.values()]),
+            "age_mean": _mean([entry["age_mean"] for entry in per_agent.values()])}
+
+
+def realtime_lines(summary: dict[str, Any]) -> list[str]:
+    realtime = summary.get("realtime")
+    if not realtime:
+        return []
+    counts = ", ".join(f"{agent} {_fmt(entry['late'], 'g')} ({_fmt(entry['late_share'], '.0%')}, age mean "
+                       f"{_fmt(entry['age_mean'], '.2g')}, max {_fmt(entry['age_max'], 'g')})"
+                       for agent, entry in realtime["agents"].items())
+    return [f"realtime clock: actions late for their step over {_fmt(realtime['steps'], 'g')} training steps "
+            f"(share; age in steps of the actions played): {counts}"]
+
+
 def _peer_traffic(metrics: dict[str, list[dict[str, Any]]], events: list[dict]) -> dict[str, dict[str, float]]:
     """Messages and bytes each agent sent to each neighbour (`peer/<neighbour>/sent`,
     `peer/<neighbour>/bytes_sent`, cumulative per incarnation), per directed edge."""
@@ -428,6 +473,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     # a crash's dip and recovery, and the env's default actions (orchestrator/sweep_effects.py)
     crash = sweep_effects.crash_recovery(metrics.get(ENV_NODE_ID, []), events, evaluation["random"] if evaluation else None)
     default_actions = _default_actions(metrics.get(ENV_NODE_ID, []), events)
+    realtime = _realtime_summary(metrics.get(ENV_NODE_ID, []), events)
     # Each capability's own section (agent_node/registry.py), under its name.
     descriptions, unreadable, kinds = run_capabilities(run_dir)
     sections = {d.name: d.report.summarize({node: rows for node, rows in metrics.items() if node != ENV_NODE_ID})
@@ -470,6 +516,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "eval_gap_closed": evaluation["gap_closed"] if evaluation else None,
         **coverage_report.headline(evaluation),
         "default_actions": sweep_effects.default_actions_total(default_actions),
+        "late_action_share": realtime["late_share"] if realtime else None,
+        "action_age_mean": realtime["age_mean"] if realtime else None,
         **sweep_effects.crash_headline(crash),
         **{key: value for d in descriptions if d.report is not None for key, value in d.report.headline(sections[d.name]).items()},
     }
@@ -496,6 +544,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "state_damaged": state_damaged,
         "crash": crash,
         "default_actions": default_actions,
+        "realtime": realtime,
         "headline": headline,
     }
 
@@ -692,7 +741,8 @@ def render_run(summary: dict[str, Any], console, markdown: bool = False) -> None
             console.print(f"{node}: metric rows lost at steps {a['metric_rows_lost']}")
         if a["reproducibility_broken_by"]:
             console.print(f"{node}: not reproducible (run.reproducible), timing decided: {', '.join(a['reproducibility_broken_by'])}")
-    for line in sweep_effects.run_effect_lines(summary.get("crash"), summary.get("default_actions") or {}):
+    for line in [*sweep_effects.run_effect_lines(summary.get("crash"), summary.get("default_actions") or {}),
+                 *realtime_lines(summary)]:
         console.print(line)
 
 

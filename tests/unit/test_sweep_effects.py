@@ -247,6 +247,24 @@ def test_the_run_report_shows_default_actions_per_agent_and_the_crash(tmp_path):
     assert "default actions" not in io_report(tmp_path / "plain")
 
 
+def test_the_run_report_shows_a_realtime_clocks_late_actions_and_their_age(tmp_path):
+    env_rows = [{"step": 100, "t": T0 + 3, "env/late_actions/agent_0": 40.0, "env/late_actions/agent_1": 0.0,
+                 "env/action_age_steps/agent_0": 2.0, "env/action_age_steps_max/agent_0": 3.0},
+                {"step": 200, "t": T0 + 4, "env/late_actions/agent_0": 90.0, "env/late_actions/agent_1": 10.0,
+                 "env/action_age_steps/agent_0": 3.0, "env/action_age_steps_max/agent_0": 5.0,
+                 "env/action_age_steps/agent_1": 0.5, "env/action_age_steps_max/agent_1": 1.0}]  # fmt: skip
+    summary = report.summarize_run(make_run(tmp_path / "run", CURVE, env_rows=env_rows))
+    agent_0, agent_1 = summary["realtime"]["agents"]["agent_0"], summary["realtime"]["agents"]["agent_1"]
+    assert (agent_0["late"], agent_0["late_share"], agent_0["age_mean"], agent_0["age_max"]) == (90.0, 0.45, 2.5, 5.0)
+    assert (agent_1["late"], agent_1["late_share"], agent_1["age_mean"], agent_1["age_max"]) == (10.0, 0.05, 0.5, 1.0)
+    assert summary["headline"]["late_action_share"] == pytest.approx(0.25)
+    assert summary["headline"]["action_age_mean"] == pytest.approx(1.5)
+    assert "realtime clock: actions late for their step over 200 training steps" in io_report(tmp_path / "run")
+    assert "agent_0 90 (45%, age mean 2.5, max 5)" in io_report(tmp_path / "run")
+    lockstep = report.summarize_run(make_run(tmp_path / "lockstep", flat(-12.0)))
+    assert lockstep["realtime"] is None and lockstep["headline"]["late_action_share"] is None
+
+
 def io_report(run_dir: Path) -> str:
     import io
 
