@@ -18,6 +18,13 @@ gives the same run on any load) and one change per variant:
   often, or a quarter as often (`protocols.consensus.period_steps`);
 - `averaging_int8_shares`: the main job with each share sent as int8 with a per-tensor scale and
   error feedback (`protocols.consensus.compression=int8`: a quarter of the bytes);
+- `averaging_2_rounds`, `averaging_10_rounds`: each average mixes 2 or 10 gossip rounds instead of
+  5 (`protocols.consensus.rounds`);
+- `talking_in_steps`: the main job with its peer messages taking env steps (`protocols.talk=env_steps`:
+  each is due at the next step, on links without delay), the clock push-sum needs to be reproducible;
+- `push_sum_in_steps`: `talking_in_steps` averaging by push-sum (`protocols.consensus.mode=push_sum`:
+  a push to one neighbour every step for 20 steps) instead of synchronous rounds. Compared also
+  with `talking_in_steps`, its reference;
 - `no_negotiation`: each agent takes its nearest landmark alone (`agents.landmarks.assignment=nearest`);
 - `no_hindsight`: no partner rows (`agents.landmarks.share_hindsight=false`);
 - `plain_dqn`: the DQN agents of the main job before the landmark assignment (no landmarks, no
@@ -88,13 +95,17 @@ VARIANTS: dict[str, list[str]] = {
     "averaging_every_25_steps": ["protocols.consensus.period_steps=25"],
     "averaging_every_400_steps": ["protocols.consensus.period_steps=400"],
     "averaging_int8_shares": ["protocols.consensus.compression=int8"],
+    "averaging_2_rounds": ["protocols.consensus.rounds=2"],
+    "averaging_10_rounds": ["protocols.consensus.rounds=10"],
+    "talking_in_steps": ["protocols.talk=env_steps"],
+    "push_sum_in_steps": ["protocols.talk=env_steps", "protocols.consensus.mode=push_sum"],
     "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000", "protocols.consensus.enabled=false",
                   "protocols.consensus.same_initial_policy=false"],
     "world_model_bonus": [*AVERAGED_ONCE_IN_1000_STEPS, "protocols.consensus.what=world_model_parameters",
                           ENSEMBLE_WORLD_MODEL, "protocols.consensus.period_steps=250", "agents.world_model_bonus=0.1"],
 }
 # Variants compared also with a reference other than `main`: the run that differs by one change.
-REFERENCE_OF = {"world_model_bonus": "world_model_averaged"}
+REFERENCE_OF = {"world_model_bonus": "world_model_averaged", "push_sum_in_steps": "talking_in_steps"}
 
 
 def minimum_detectable_effect(differences: list[float], alpha: float = 0.05, power: float = 0.8) -> float:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import load_config
 from tests.conftest import load_bench
+
+REPO = Path(__file__).resolve().parents[2]
 
 main_job = load_bench("main_job.py")
 
@@ -41,3 +48,11 @@ def test_a_comparison_pairs_the_steps_to_80_percent_only_where_both_runs_got_the
     assert main_job.steps_difference_cell(entry) == "+1,000 [+1,000, +1,000] (2 pairs)"
     variant["steps_to_gap80"] = {0: 8_000, 1: None, 2: None}
     assert main_job.steps_difference_cell(main_job.paired_comparison(reference, variant, "main_minus_variant")) == "-"
+
+
+@pytest.mark.parametrize("variant", sorted(main_job.VARIANTS))
+def test_every_variant_is_a_valid_reproducible_run_of_the_main_job(variant):
+    overrides = [*main_job.VARIANTS[variant], "run.reproducible=true"]
+    assert load_config(REPO / main_job.CONFIG, overrides).run.reproducible
+    reference = main_job.REFERENCE_OF.get(variant)
+    assert reference is None or reference in main_job.VARIANTS
