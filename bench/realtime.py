@@ -1,7 +1,7 @@
 """The main job on a realtime clock: the share of late actions and the return against the rate.
 
     python bench/realtime.py [--config configs/4agents_ring.yaml] [--rates 10,20,40] [--pauses-s 0,2]
-                             [--steps 400] [--seeds 0] [--runs-dir DIR]
+                             [--act-delays-s 0,0.02] [--steps 400] [--seeds 0] [--runs-dir DIR]
                              [--save docs/results/realtime.json --page docs/results/realtime.md]
     python bench/realtime.py --page-of docs/results/realtime.json     # the page of a saved record, nothing run
 
@@ -9,9 +9,11 @@ Each point is an ordinary `orchestrate up` of the config (real processes, real s
 `--steps` training steps with one greedy evaluation at the end, on the lockstep (the baseline:
 the env waits for every agent) and at each rate of `--rates` (`env.clock: realtime`,
 `env.steps_per_s`, `env.late_action: last`; the evaluation on the same clock). The second axis is
-a straggler: with `--pauses-s P` > 0, agent_1 is paused (SIGSTOP, the fault schedule's `pause`)
-from 1 s after the start for P seconds: the lockstep waits for it (up to env.step_deadline_s a
-step), a realtime clock does not.
+a straggler, agent_1, stopped for a while or slow throughout: with `--pauses-s P` > 0 it is paused
+(SIGSTOP, the fault schedule's `pause`) from 1 s after the start for P seconds; with
+`--act-delays-s D` > 0 it waits D seconds before each answer (`agents.act_delay_s`, a slower
+machine). The lockstep waits for it (up to env.step_deadline_s a step), a realtime clock does not:
+an agent behind the clock acts on its newest observation.
 
 Columns (from the env server's metrics, nodes/env/metrics.jsonl):
 - steps/s: training steps per second between the first and the last status row before the end;
@@ -30,6 +32,7 @@ bench's own run with `--steps 10000 --seeds 0,1,2`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -49,7 +52,7 @@ STRAGGLER = "agent_1"
 PAUSE_AT_S = 1.0
 
 
-def point_settings(rate: float | None, pause_s: float, steps: int, seed: int) -> list[str]:
+def point_settings(rate: float | None, pause_s: float, steps: int, seed: int, act_delay_s: float = 0.0) -> list[str]:
     """The `--set` overrides of one point (rate None: the lockstep)."""
     settings = [f"run.seed={seed}", f"run.steps={steps}", f"env.eval_every_steps={steps}", "launch.live_view=off"]
     if rate is not None:
@@ -57,6 +60,8 @@ def point_settings(rate: float | None, pause_s: float, steps: int, seed: int) ->
     if pause_s > 0:
         settings.append(f"faults.schedule=[{{at_s: {PAUSE_AT_S:g}, kind: pause, nodes: [{STRAGGLER}]}}, "
                         f"{{at_s: {PAUSE_AT_S + pause_s:g}, kind: resume, nodes: [{STRAGGLER}]}}]")
+    if act_delay_s > 0:
+        settings.append(f"agents.act_delay_s.{STRAGGLER}={act_delay_s:g}")
     return settings
 
 
@@ -104,6 +109,7 @@ def render(record: dict[str, Any], source: str) -> str:
     columns = [
         ("clock", "left", lambda row: "lockstep" if row["rate"] is None else f"realtime {row['rate']:g}/s"),
         ("straggler pause s", "right", lambda row: f"{row['pause_s']:g}"),
+        ("straggler act delay s", "right", lambda row: f"{row.get('act_delay_s', 0.0):g}"),
         ("seed", "right", lambda row: str(row["seed"])),
         ("ok", "left", lambda row: f"refused: {row['refused']}" if row.get("refused")
          else "yes" if row["returncode"] == 0 else f"exit {row['returncode']}"),
@@ -118,7 +124,8 @@ def render(record: dict[str, Any], source: str) -> str:
     intro = (
         f"{settings['config']}, {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
         f"clock plays a late agent's newest action (`env.late_action: last`). Straggler: {STRAGGLER} paused "
-        f"{PAUSE_AT_S:g} s after the start for the given seconds. The columns are bench/realtime.py's docstring's."
+        f"{PAUSE_AT_S:g} s after the start for the given seconds, or waiting the given act delay before each answer. "
+        "The columns are bench/realtime.py's docstring's."
     )
     return results_page.page(record, "The main job on a realtime clock", source, intro, columns, record.get("note", ""))
 
@@ -128,6 +135,8 @@ def main() -> int:
     parser.add_argument("--config", default="configs/4agents_ring.yaml")
     parser.add_argument("--rates", default="10,20,40", help="realtime steps per second, comma-separated (the lockstep always runs too)")
     parser.add_argument("--pauses-s", default="0,2", help="how long the straggler is paused, comma-separated (0: none)")
+    parser.add_argument("--act-delays-s", default="0",
+                        help="how long the straggler waits before each answer, comma-separated (0: not slowed)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--runs-dir", help="where the runs go (default: a new temporary directory, kept)")
@@ -148,13 +157,15 @@ def main() -> int:
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="parley-bench-realtime-"))
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        for pause_s in numbers(args.pauses_s):
+        for pause_s, act_delay_s in itertools.product(numbers(args.pauses_s), numbers(args.act_delays_s)):
             for rate in [None, *numbers(args.rates)]:
-                name = f"seed{seed}_pause{pause_s:g}_" + ("lockstep" if rate is None else f"rt{rate:g}")
-                returncode = run_point(args.config, runs_dir / name, point_settings(rate, pause_s, args.steps, seed))
+                name = (f"seed{seed}_pause{pause_s:g}" + (f"_delay{act_delay_s:g}" if act_delay_s else "") + "_"
+                        + ("lockstep" if rate is None else f"rt{rate:g}"))
+                settings = point_settings(rate, pause_s, args.steps, seed, act_delay_s)
+                returncode = run_point(args.config, runs_dir / name, settings)
                 # A run that did not exit 0 with its budget done is shown, never scored (its return is left out).
                 refused = run_record(runs_dir / name, returncode)["refused"]
-                row = {"rate": rate, "pause_s": pause_s, "seed": seed, "returncode": returncode, "run": name,
+                row = {"rate": rate, "pause_s": pause_s, "act_delay_s": act_delay_s, "seed": seed, "returncode": returncode, "run": name,
                        "refused": refused, **measure(runs_dir / name, args.steps)}
                 if refused is not None:
                     row["eval_return"] = None
