@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402
 
-from orchestrator.report import plot_sweep, summarize_sweep  # noqa: E402
+from orchestrator.report import plot_sweep, render_comparisons, summarize_sweep  # noqa: E402
 from orchestrator.config import RESOLVED_FILENAME  # noqa: E402
 from orchestrator.overrides import load_yaml  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
@@ -145,12 +146,25 @@ def render(record: dict[str, Any], source: str) -> str:
     lines.append(results_page.table(
         [("point", "left", lambda row: row["point"]), ("runs", "left", lambda row: "; ".join(cell(r) for r in row["runs"]))],
         record["rows"]))
+    if record.get("comparisons"):
+        lines.append(_comparisons_markdown(record["comparisons"]))
     for title, columns, rows in record["effects"]:
         lines.append(f"\n**{title}**\n")
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("| " + " | ".join("---" for _ in columns) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _comparisons_markdown(comparisons: dict[str, Any]) -> str:
+    """The report's paired comparisons with the sweep's first point (how many, which survive
+    Holm's correction), as `orchestrate report --save` writes them to summary.md."""
+    from rich.console import Console
+
+    out = io.StringIO()
+    render_comparisons(comparisons, Console(file=out, width=400, color_system=None), markdown=True)
+    verdict, heading, *table = [line.rstrip() for line in out.getvalue().splitlines() if line.strip()]
+    return "\n".join(["", verdict, "", heading, "", *table])
 
 
 def _at_once(parallel: list[int]) -> str:
