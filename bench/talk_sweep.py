@@ -92,7 +92,7 @@ def _eval_episodes(runs: list[dict[str, Any]]) -> list[int]:
     return sorted(counts)
 
 
-def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
+def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> dict[str, Any]:
     """The record: the bench's own fields (results_page), the sweep's times, and per point its
     runs (seed, return, why refused) and the report's effects (axes, D50, crashes)."""
     record = results_page.begin("bench/talk_sweep.py", argv)
@@ -100,7 +100,7 @@ def record_of(sweep_dir: Path, argv: list[str]) -> dict[str, Any]:
     runs = index["runs"]
     started = min(run["started_at"] for run in runs if run.get("started_at"))
     finished = max(run["started_at"] + run["duration_s"] for run in runs if run.get("duration_s"))
-    summary = summarize_sweep(sweep_dir)
+    summary = summarize_sweep(sweep_dir, against)
     timed = [r["duration_s"] for r in runs if r.get("duration_s")]
     record["sweep"] = {"file": index["sweep"], "dir": str(sweep_dir), "grid": index["grid"], "seeds": index["seeds"],
                        "runs_started_utc": _utc(started), "runs_finished_utc": _utc(finished),
@@ -180,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="copy the report's return-against-axes plot here")
     parser.add_argument("--title", default=DEFAULT_TITLE, help="the page's title")
     parser.add_argument("--note", default="", help="what the page's reader must know of these runs (markdown)")
+    parser.add_argument("--against", metavar="POINT", help="compare the points with this one (its name or pNN), not the first")
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir
     if sweep_dir is None:
         sweep_dir = REPO / "runs" / "sweeps" / f"talk-{dt.datetime.now():%Y%m%d-%H%M%S}"
         run_sweep(args.sweep, sweep_dir)
-    record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv)
+    record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv, args.against)
     record["title"] = args.title
     record["note"] = args.note
     print(render(record, "stdout"))

@@ -12,7 +12,7 @@
                          [--only POINTS] [--sweep-dir DIR] [--dry-run]
     orchestrate sweep    --merge SWEEP_DIR SWEEP_DIR ... --sweep-dir OUT   one index over sweeps run apart
                                                               a grid of overrides x seeds, one run each
-    orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save]  tables of a run's or a sweep's results
+    orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save] [--against POINT]  tables of a run's or a sweep's results
 
 RUN_DIR is a run directory, or `runs/<name>` for the latest run of that name.
 
@@ -539,7 +539,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator import report
 
-    return report.main(Path(args.path), as_json=args.json, save=args.save)
+    return report.main(Path(args.path), as_json=args.json, save=args.save, against=args.against)
 
 
 # ------------------------------------------------------------------------------------------
@@ -642,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     report.add_argument("--save", "--plot", dest="save", action="store_true",
                         help="also write <dir>/report/summary.md and PNG plots (plots need matplotlib)")  # fmt: skip
+    report.add_argument("--against", metavar="POINT",
+                        help="a sweep: compare its points with this one (its name or pNN), not with its first")
     report.set_defaults(handler=cmd_report)
     return parser
 

@@ -573,10 +573,11 @@ def _aggregate(values: list[float]) -> dict[str, Any]:
     return {"n": len(values), "mean": mean, "std": std, "ci95": ci95}
 
 
-def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+def summarize_sweep(sweep_dir: str | Path, against: str | None = None) -> dict[str, Any]:
     """Every point of a sweep over its seeds. A run counts in a point's numbers only when the
     shared rule accepts it (orchestrator/run_records.py: exit 0, its budget done); the others are
-    listed with why (`refused`)."""
+    listed with why (`refused`). The points are compared with `against` (a point's name, or its
+    `pNN` prefix), by default the first."""
     sweep_dir = Path(sweep_dir)
     index = read_index(sweep_dir)
     points: dict[str, dict[str, Any]] = {}
@@ -604,7 +605,8 @@ def summarize_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     return {"sweep_dir": str(sweep_dir), "sweep": index["sweep"], "base_config": index["base_config"],
             "grid": index["grid"], "seeds": index["seeds"], "state": index["state"], "points": rows,
             "commits": commits, "merged_from": index.get("merged_from"),
-            "comparisons": compare_points(rows), "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
+            "comparisons": compare_points(rows, against),
+            "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
 
 
 # The number a sweep's points are compared on: the greedy evaluation where the runs have one,
@@ -619,16 +621,20 @@ def _scores_by_seed(point: dict[str, Any], metric: str) -> dict[int, float]:
             and math.isfinite(r["headline"][metric])}
 
 
-def compare_points(points: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Every point of a sweep against its first (the grid's first value of every key: in the
-    shipped sweeps the point without the fault), on one metric (COMPARED_METRICS), paired by seed:
+def compare_points(points: list[dict[str, Any]], against: str | None = None) -> dict[str, Any] | None:
+    """Every point of a sweep against one: `against` (a point's name or its `pNN` prefix), by
+    default its first (the grid's first value of every key: in the shipped sweeps the point
+    without the fault), on one metric (COMPARED_METRICS), paired by seed:
     the mean difference with its 95% t-interval and p-value, which differences Holm's correction
     for all of them keeps at HOLM_ALPHA, and beside them the field's protocol
     (orchestrator/intervals.py, rliable's definitions): each point's IQM with its
     stratified-bootstrap 95% interval and P(a run of the point beats a run of the first). None for a sweep of one point or with no metric on its first point."""
     if len(points) < 2:
         return None
-    baseline = points[0]
+    baseline = points[0] if against is None else next(
+        (point for point in points if against in (point["point"], point["point"].split("-", 1)[0])), None)
+    if baseline is None:
+        raise ConfigError([f"--against: expected a point of the sweep ({', '.join(p['point'] for p in points)}), got {against!r}"])
     metric = next((m for m in COMPARED_METRICS if _scores_by_seed(baseline, m)), None)
     if metric is None:
         return None
@@ -862,7 +868,8 @@ def render_comparisons(comparisons: dict[str, Any] | None, console, markdown: bo
     console.print(title, soft_wrap=True)  # the count and the verdict, unwrapped: a reader greps for them
     title = f"comparisons with {comparisons['baseline']}"
     table = _table(title, markdown)
-    for column in ("point", "runs", "IQM [95% bootstrap CI]", "minus first [95% t-CI]", "p", "survives Holm",
+    reference = comparisons["baseline"].split("-", 1)[0]
+    for column in ("point", "runs", "IQM [95% bootstrap CI]", f"minus {reference} [95% t-CI]", "p", "survives Holm",
                    "P(improvement) [95% CI]"):
         table.add_column(column, justify="left" if column == "point" else "right")
 
@@ -874,7 +881,7 @@ def render_comparisons(comparisons: dict[str, Any] | None, console, markdown: bo
     for row in comparisons["rows"]:
         compared = "p_value" in row
         table.add_row(row["point"].split("-", 1)[0], str(row["n"]), interval(row.get("iqm"), row.get("iqm_ci95")),
-                      interval(row.get("difference"), row.get("difference_ci95")) if compared else "(first)",
+                      interval(row.get("difference"), row.get("difference_ci95")) if compared else "(the reference)",
                       _fmt(row.get("p_value"), ".3g") if compared else "",
                       ("yes" if row["survives_holm"] else "no") if compared else "",
                       interval(row.get("probability_of_improvement"), row.get("poi_ci95")) if compared else "")
@@ -1174,12 +1181,14 @@ def write_run_report(run_dir: Path, plots: bool = True) -> tuple[list[Path], lis
     return written, problems, lines
 
 
-def main(path: Path, as_json: bool = False, save: bool = False, out=None) -> int:
+def main(path: Path, as_json: bool = False, save: bool = False, out=None, against: str | None = None) -> int:
     from rich.console import Console
 
     out = out if out is not None else sys.stdout
     sweep = is_sweep_dir(path)
-    summary = summarize_sweep(path) if sweep else summarize_run(path)
+    if against is not None and not sweep:
+        raise ConfigError([f"--against: compares the points of a sweep; {path} is a run directory"])
+    summary = summarize_sweep(path, against) if sweep else summarize_run(path)
     if as_json:
         print(json.dumps(summary, indent=1, default=str), file=out)
     else:

@@ -474,6 +474,19 @@ def test_a_sweep_counts_its_comparisons_and_marks_those_that_survive_holm(tmp_pa
     assert "3 comparisons: each point minus p00-delay0 on return_last20" in table and "1 survive (p01)" in table
 
 
+def test_a_sweep_is_compared_with_the_point_named_by_against(tmp_path, capsys):
+    make_grid_sweep(tmp_path, [[10.0, 12.0, 11.0], [7.0, 9.0, 8.5], [10.0, 12.5, 11.0]])
+    comparisons = report.summarize_sweep(tmp_path, against="p01")["comparisons"]
+    assert comparisons["baseline"] == "p01-delay1" and comparisons["count"] == 2
+    first, reference, last = comparisons["rows"]
+    assert "p_value" not in reference and first["difference"] == pytest.approx(2.833, abs=1e-3)
+    assert main(["report", str(tmp_path), "--against", "p01-delay1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 comparisons: each point minus p01-delay1" in out and "minus p01 [95% t-CI]" in out
+    assert main(["report", str(tmp_path), "--against", "p07"]) != 0
+    assert "--against: expected a point of the sweep (p00-delay0, p01-delay1, p02-delay2), got 'p07'" in capsys.readouterr().err
+
+
 def test_a_sweep_leaves_out_a_run_that_stopped_before_its_budget(tmp_path):
     make_grid_sweep(tmp_path, [[1.0, 2.0], [3.0, 50.0]], steps_done={(1, 1): 60})
     point = report.summarize_sweep(tmp_path)["points"][1]
