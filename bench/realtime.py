@@ -17,10 +17,11 @@ an agent behind the clock acts on its newest observation.
 
 Columns (from the env server's metrics, nodes/env/metrics.jsonl):
 - steps/s: training steps per second between the first and the last status row before the end;
-- late share: late agent-steps (`env/late_actions/*`, the last row) over steps x agents; in the
-  lockstep, the defaulted ones (`env/default_actions/*`);
-- age mean / max: the action age in steps (`env/action_age_steps[_max]/*`), the mean of the
-  per-period means and the largest, over agents;
+- late share: late agent-steps (`env/late_actions/*`, added over env-server incarnations) over
+  training steps x agents; in the lockstep, the defaulted ones (`env/default_actions/*`);
+- age mean / max: the action age in steps (`env/action_age_steps[_max]/*`): each agent's mean of
+  its per-period means, averaged over agents, and the largest (late share and age are
+  `orchestrate report`'s numbers for the run);
 - slips: steps the server itself opened after their time (`env/clock_slips`);
 - eval return: `eval/return_mean` of the final evaluation (per agent per episode).
 
@@ -46,6 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page
 from runs import numbers, records  # noqa: E402
+from orchestrator.report import summarize_run  # noqa: E402
 from orchestrator.run_records import run_record  # noqa: E402
 
 STRAGGLER = "agent_1"
@@ -77,27 +79,35 @@ def run_point(config: str, run_dir: Path, settings: list[str]) -> int:
 
 
 def measure(run_dir: Path, steps: int) -> dict[str, Any]:
-    """The point's columns, from the env server's metrics."""
+    """The point's columns, from the env server's metrics. Late actions and their age are the
+    report's (`orchestrate report`, orchestrator/report.py `summarize_run`), so this page and a
+    run's report give one number for one run; a lockstep run has none, and its late share is the
+    default actions the env played."""
     rows = records(run_dir, "env")
     status = [row for row in rows if any(key.startswith("env/default_actions/") for key in row)]
     training = [row for row in status if 0 < row["step"] < steps]
     rate = None
     if len(training) >= 2:
         rate = (training[-1]["step"] - training[0]["step"]) / max(1e-9, training[-1]["t"] - training[0]["t"])
-    last = status[-1] if status else {}
-    late_rows = [row for row in rows if any(key.startswith("env/late_actions/") for key in row)]
-    counted = late_rows[-1] if late_rows else last
-    prefix = "env/late_actions/" if late_rows else "env/default_actions/"
-    late = {key[len(prefix):]: value for key, value in counted.items() if key.startswith(prefix)}
-    means = [value for row in rows for key, value in row.items() if key.startswith("env/action_age_steps/")]
-    largest = [value for row in rows for key, value in row.items() if key.startswith("env/action_age_steps_max/")]
+    summary = summarize_run(run_dir)
+    realtime = summary["realtime"]
+    if realtime is not None:
+        late = {agent: entry["late"] for agent, entry in realtime["agents"].items()}
+        late_share = realtime["late_share"]
+        age_mean = realtime["age_mean"]
+        age_max = max((entry["age_max"] for entry in realtime["agents"].values() if entry["age_max"] is not None),
+                      default=None)
+    else:
+        late = {agent: count or 0.0 for agent, count in summary["default_actions"].items()}
+        late_share = sum(late.values()) / max(1, steps * len(late)) if late else None
+        age_mean = age_max = None
     evaluations = [row["eval/return_mean"] for row in rows if "eval/return_mean" in row]
     return {
         "steps_per_s": rate,
-        "late_share": sum(late.values()) / max(1, steps * len(late)) if late else None,
+        "late_share": late_share,
         "late_by_agent": late,
-        "age_mean": sum(means) / len(means) if means else None,
-        "age_max": max(largest) if largest else None,
+        "age_mean": age_mean,
+        "age_max": age_max,
         "clock_slips": max((row["env/clock_slips"] for row in rows if "env/clock_slips" in row), default=None),
         "eval_return": evaluations[-1] if evaluations else None,
     }
