@@ -12,6 +12,15 @@ are scored (orchestrator/run_records.py); the others are listed with why.
     python bench/talk_sweep.py --sweep-dir runs/sweeps/main_job_talk-<time> --save ... --page ...
     python bench/talk_sweep.py --sweep configs/sweeps/main_job_newcomer.yaml --title "..." --save ... --page ...
 
+The record (`--save`) holds every run's numbers (`sweep_record`), so points or seeds run later join
+the page's without its run directories:
+
+    orchestrate sweep configs/sweeps/main_job_faults.yaml --only ge_d5 --sweep-dir runs/sweeps/ge_d5
+    orchestrate sweep --merge docs/results/<page>.json runs/sweeps/ge_d5 --sweep-dir runs/sweeps/all
+    python bench/talk_sweep.py --sweep-dir runs/sweeps/all --save docs/results/<page>.json --page ...
+
+(Pages written before 2026-11-28 hold only the returns.)
+
 Any sweep of the main job reads the same way (`--title` names the page): the newcomer sweep
 (`configs/sweeps/main_job_newcomer.yaml`, a crash without saved state, cold or bootstrapped by
 the neighbours) uses only its crash table.
@@ -39,9 +48,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402
 
-from orchestrator.report import plot_sweep, render_comparisons, summarize_sweep  # noqa: E402
+from orchestrator.report import plot_sweep, render_comparisons, summarize_sweep, sweep_record  # noqa: E402
 from orchestrator.config import RESOLVED_FILENAME  # noqa: E402
 from orchestrator.overrides import load_yaml  # noqa: E402
+from orchestrator.sweep import SWEEP_RECORD_KEY  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
 
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
@@ -83,12 +93,15 @@ def _made_by(summary: dict[str, Any], durations: dict[str, float]) -> list[dict[
 
 
 def _eval_episodes(runs: list[dict[str, Any]]) -> list[int]:
-    """The evaluation episodes (env.eval_episodes) the sweep's runs were made with."""
+    """The evaluation episodes (env.eval_episodes) the sweep's runs were made with (from a run's
+    resolved config, or from the sweep record it was merged from)."""
     counts = set()
     for run in runs:
         resolved = Path(run["run_dir"]) / RESOLVED_FILENAME
         if resolved.exists():
             counts.add(int((load_yaml(resolved.read_text()).get("env") or {}).get("eval_episodes")))
+        elif (run.get("summary") or {}).get("eval_episodes") is not None:
+            counts.add(int(run["summary"]["eval_episodes"]))
     return sorted(counts)
 
 
@@ -117,6 +130,9 @@ def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> d
     ]
     record["effects"] = [[title, columns, rows] for title, columns, rows in effect_tables(summary["effects"])]
     record["comparisons"] = summary.get("comparisons")
+    # Every run's numbers, so that seeds or points run later join these without their run
+    # directories: `orchestrate sweep --merge THIS.json LATER_SWEEP_DIR --sweep-dir OUT`.
+    record[SWEEP_RECORD_KEY] = sweep_record(sweep_dir)
     results_page.end(record)
     return record
 

@@ -9,9 +9,9 @@
     orchestrate logs     RUN_DIR NODE [-n LINES] [--follow]   a node's log
     orchestrate down     RUN_DIR [--wait S]                   stop a running run (SIGTERM)
     orchestrate sweep    SWEEP.yaml|CONFIG [--grid K=V1,V2 ...] [--seeds 0-4] [--set K=V ...] [--parallel N]
-                         [--only POINTS] [--sweep-dir DIR] [--dry-run]
-    orchestrate sweep    --merge SWEEP_DIR SWEEP_DIR ... --sweep-dir OUT   one index over sweeps run apart
-                                                              a grid of overrides x seeds, one run each
+                         [--only POINTS] [--sweep-dir DIR] [--dry-run]   a grid of overrides x seeds, one run each
+    orchestrate sweep    --merge SWEEP SWEEP ... --sweep-dir OUT   one index over sweeps run apart: their
+                                                              directories, or saved records of their runs
     orchestrate report   RUN_DIR|SWEEP_DIR [--json] [--save] [--against POINT]  tables of a run's or a sweep's results
 
 RUN_DIR is a run directory, or `runs/<name>` for the latest run of that name.
@@ -487,7 +487,7 @@ def _merge_sweeps(args: argparse.Namespace) -> int:
              "--set": args.overrides, "--parallel": args.parallel, "--dry-run": args.dry_run}
     other = [flag for flag, value in given.items() if value]
     if other:
-        return _fail(f"--merge runs nothing: it takes only sweep directories and --sweep-dir, got {', '.join(other)}", EXIT_USAGE)
+        return _fail(f"--merge runs nothing: it takes only sweep directories or records and --sweep-dir, got {', '.join(other)}", EXIT_USAGE)
     if not args.sweep_dir:
         return _fail("--merge: expected --sweep-dir OUT, a new or empty directory for the merged index", EXIT_USAGE)
     out_dir = Path(args.sweep_dir).absolute()
@@ -621,8 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = verbs.add_parser("sweep", help="run a grid of config overrides x seeds, one run each, with an index")
     sweep.add_argument("sweep_file", metavar="SWEEP.yaml|CONFIG.yaml", nargs="?",
                        help="a sweep file (base config, grid, seeds: see configs/sweeps/), or a run config with --grid")  # fmt: skip
-    sweep.add_argument("--merge", nargs="+", metavar="SWEEP_DIR",
-                       help="merge sweeps of one spec run apart (other seeds, another machine) into --sweep-dir; runs nothing")  # fmt: skip
+    sweep.add_argument("--merge", nargs="+", metavar="SWEEP",
+                       help="merge sweeps of one spec run apart (other seeds, other points, another machine) into "
+                            "--sweep-dir: sweep directories, or saved sweep records (report/sweep_record.json, a "
+                            "results record holding one) whose run directories are gone; runs nothing")  # fmt: skip
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="a swept key and its values (each YAML), added to the file's grid; repeatable")  # fmt: skip
     sweep.add_argument("--sweep-dir", metavar="DIR", help="a new or empty directory (default runs/sweeps/<name>-<timestamp>)")

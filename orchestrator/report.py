@@ -70,15 +70,17 @@ from agent_node.plugins import PluginError
 from agent_node.registry import CAPABILITIES, builtin_descriptions, fmt, mean_of
 from env_server import coverage_report
 from orchestrator.config import RESOLVED_FILENAME
+from orchestrator.overrides import load_yaml
 from orchestrator.intervals import holm, iqm_interval, paired_t_test, probability_of_improvement
 from orchestrator.run_records import run_record
 from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
 from orchestrator import sweep_effects
-from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index, run_dir_of
+from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index, recorded_summary, run_dir_of
 from protocols.run.config_errors import ConfigError
 from protocols.run.settings import ENV_NODE_ID
 
 REPORT_DIRNAME = "report"
+SWEEP_RECORD_FILENAME = "sweep_record.json"  # in a sweep's report/
 LAST_FRACTION = 0.2  # "last 20%" of an agent's episodes
 LINK_COUNTERS = ("sent", "delivered", "dropped", "dropped_loss", "dropped_queue", "dropped_partition", "duplicated", "bytes")
 
@@ -587,13 +589,14 @@ def summarize_sweep(sweep_dir: str | Path, against: str | None = None) -> dict[s
                                                  "coordinates": run.get("coordinates", run["grid_values"]),
                                                  "line": run.get("line"), "role": run.get("role")})  # fmt: skip
         run_dir = run_dir_of(sweep_dir, run)
-        exists = (run_dir / RESOLVED_FILENAME).exists()
-        summary = summarize_run(run_dir) if exists else None
-        record = run_record(run_dir, run["exit_code"]) if exists else None
+        if (run_dir / RESOLVED_FILENAME).exists():
+            headline, record = summarize_run(run_dir)["headline"], run_record(run_dir, run["exit_code"])
+        else:  # merged from a sweep record: the numbers came with the run (or it never started)
+            headline, record = recorded_summary(run)["headline"], recorded_summary(run)["record"]
         refused = record["refused"] if record else f"no run directory (the sweep says {run['status']})"
         point["runs"].append({"seed": run["seed"], "status": run["status"], "exit_code": run["exit_code"],
                               "run_dir": str(run_dir), "refused": refused, "record": record,
-                              "headline": summary["headline"] if summary else None})  # fmt: skip
+                              "headline": headline})  # fmt: skip
     rows = []
     for point in points.values():
         scored = [r for r in point["runs"] if r["headline"] is not None and r["refused"] is None]
@@ -607,6 +610,28 @@ def summarize_sweep(sweep_dir: str | Path, against: str | None = None) -> dict[s
             "commits": commits, "merged_from": index.get("merged_from"),
             "comparisons": compare_points(rows, against),
             "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
+
+
+def sweep_record(sweep_dir: str | Path) -> dict[str, Any]:
+    """The sweep's index with each run's numbers in it (`summary`: `record`, what may be scored
+    and which build made it, orchestrator/run_records.py; `headline`, the report's numbers; and
+    `eval_episodes`, the evaluation's size, which the returns' convention needs): what
+    `orchestrate sweep --merge` needs of a sweep whose run directories are gone, so seeds or
+    points run later, elsewhere, join the ones recorded here. `report SWEEP --save` writes it."""
+    sweep_dir = Path(sweep_dir)
+    index = read_index(sweep_dir)
+    runs = []
+    for run in index["runs"]:
+        run_dir = run_dir_of(sweep_dir, run)
+        resolved = run_dir / RESOLVED_FILENAME
+        if resolved.exists():
+            env = (load_yaml(resolved.read_text()) or {}).get("env") or {}
+            summary = {"record": run_record(run_dir, run["exit_code"]), "headline": summarize_run(run_dir)["headline"],
+                       "eval_episodes": env.get("eval_episodes")}
+        else:
+            summary = recorded_summary(run)
+        runs.append({**run, "summary": summary})
+    return {**index, "runs": runs}
 
 
 # The number a sweep's points are compared on: the greedy evaluation where the runs have one,
@@ -1198,6 +1223,11 @@ def main(path: Path, as_json: bool = False, save: bool = False, out=None, agains
     if save:
         target = Path(summary["sweep_dir"] if sweep else summary["run_dir"]) / REPORT_DIRNAME
         print(f"wrote {write_summary_md(summary, sweep, target)}", file=sys.stderr)
+        if sweep:
+            record_path = target / SWEEP_RECORD_FILENAME
+            record_path.write_text(json.dumps(sweep_record(path), indent=1, default=str))
+            print(f"wrote {record_path} (its runs' numbers: `orchestrate sweep --merge` takes it without the run "
+                  "directories)", file=sys.stderr)
         try:
             import matplotlib  # noqa: F401
         except ImportError:

@@ -76,7 +76,11 @@ anything: the runs in flight go on to the end of their budget on their own, and
 (point, seed) that any of them ran, pointing at the run directories where they are (nothing is
 copied), and `merged_from`: each source with its seeds and the commits its runs ran at. A
 (point, seed) that two sources hold is taken from the first that may be scored (exit 0, budget
-done), else from the first given. Whether runs made at different commits may be pooled is the
+done), else from the first given. A source may also be a sweep whose run directories are gone,
+by its saved record (`orchestrate report SWEEP --save` writes `report/sweep_record.json`; the
+results pages' records in docs/results/ hold one under `sweep_record`): its runs carry what the
+report needs of them (whether they may be scored, the build that made them, their numbers), so
+points or seeds run on a later day join those measured before without running them again. Whether runs made at different commits may be pooled is the
 reader's question; `orchestrate report` lists the commits a sweep's runs ran at, and a seed rerun
 at both commits with `run.reproducible` answers it.
 
@@ -480,6 +484,28 @@ def read_index(sweep_dir: str | Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid JSON ({error})"]) from None
 
 
+# Where a bench's results record (docs/results/*.json) holds the record of the sweep it read.
+SWEEP_RECORD_KEY = "sweep_record"
+
+
+def read_source(source: Path) -> dict[str, Any]:
+    """The index of a sweep to merge: a sweep directory's, or a saved sweep record (a JSON file:
+    `orchestrate report SWEEP --save` writes `report/sweep_record.json`, and a results page's
+    record holds one under `sweep_record`), whose runs carry their numbers with them."""
+    if not source.is_file():
+        return read_index(source)
+    try:
+        data = json.loads(source.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError([f"{source}: not valid JSON ({error})"]) from None
+    index = data.get(SWEEP_RECORD_KEY, data) if isinstance(data, dict) else None
+    if not isinstance(index, dict) or not isinstance(index.get("runs"), list) or any(
+            "summary" not in run for run in index["runs"]):
+        raise ConfigError([f"{source}: expected a sweep directory or a saved sweep record (report/sweep_record.json, "
+                           f"or a results record with `{SWEEP_RECORD_KEY}`), whose every run holds its summary"])
+    return index
+
+
 def only_points(runs: list[SweepRun], names: list[str]) -> list[SweepRun]:
     """The runs of the points named (`p07-crash_d1` or `crash_d1`): the rest of a sweep, or one
     point again, keeping the sweep's spec (so the result merges with the sweep's other runs)."""
@@ -501,10 +527,11 @@ MERGE_SPEC_FIELDS = ("sweep", "grid", "points", "set")
 
 
 def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
-    """One sweep index in `out_dir` over the runs of `sources` (see the module docstring)."""
+    """One sweep index in `out_dir` over the runs of `sources`, sweep directories or saved sweep
+    records (see the module docstring)."""
     if len(sources) < 2:
-        raise ConfigError([f"--merge: expected at least two sweep directories, got {len(sources)}"])
-    indexes = [read_index(source) for source in sources]
+        raise ConfigError([f"--merge: expected at least two sweep directories or records, got {len(sources)}"])
+    indexes = [read_source(source) for source in sources]
     first = indexes[0]
     problems = [f"--merge: {source} has another {name} than {sources[0]} ({index.get(name)!r} vs {first.get(name)!r})"
                 for source, index in zip(sources[1:], indexes[1:]) for name in MERGE_SPEC_FIELDS
@@ -516,8 +543,9 @@ def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
     for source, index in zip(sources, indexes):
         commits = set()
         for run in index["runs"]:
-            run = {**run, "run_dir": str(run_dir_of(source, run))}
-            record = run_record(Path(run["run_dir"]), run["exit_code"]) if Path(run["run_dir"]).is_dir() else None
+            run = {**run, "run_dir": str(run_dir_of(source.parent if source.is_file() else source, run))}
+            record = (run_record(Path(run["run_dir"]), run["exit_code"]) if Path(run["run_dir"]).is_dir()
+                      else recorded_summary(run)["record"])
             if record is not None:
                 commits.add(record["git_commit"])
             key = (run["point"], run["seed"])
@@ -536,6 +564,12 @@ def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
     path = out_dir / SWEEP_INDEX_FILENAME
     path.write_text(json.dumps(index, indent=1, default=str))
     return index
+
+
+def recorded_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """What a sweep record holds of a run whose directory is not here: `record` (run_record's
+    fields, None for a run that never started) and `headline` (the report's numbers, None likewise)."""
+    return run.get("summary") or {"record": None, "headline": None}
 
 
 def run_dir_of(sweep_dir: Path, run: dict[str, Any]) -> Path:

@@ -25,7 +25,8 @@ def make_run(run_dir: Path, curve: list[tuple[int, float]], fault_step: int | No
     the random and oracle levels; with `fault_step`, agent_0 was killed at that step."""
     run_dir.mkdir(parents=True, exist_ok=True)
     budget = max(step for step, _ in curve)
-    (run_dir / "resolved.yaml").write_text(f"run: {{name: stand_in, steps: {budget}}}\n")  # the report reads the budget
+    # the report reads the budget, a results page the evaluation's size
+    (run_dir / "resolved.yaml").write_text(f"run: {{name: stand_in, steps: {budget}}}\nenv: {{eval_episodes: 32}}\n")
     events = [{"t": T0, "event": "started", "node": None}]
     if fault_step is not None:
         events += [{"t": T0 + 5, "event": "fault", "node": None, "kind": "kill", "at_step": fault_step, "step": fault_step,
@@ -225,6 +226,9 @@ def test_the_sweep_report_prints_the_axes_d50_and_crashes(tmp_path, capsys):
     assert "steps to recover" in out
     assert (tmp_path / "report" / "sweep_axes.png").stat().st_size > 1000
     assert "D50" in (tmp_path / "report" / "summary.md").read_text()
+    saved = json.loads((tmp_path / "report" / report.SWEEP_RECORD_FILENAME).read_text())  # what --merge takes
+    assert len(saved["runs"]) == 27 and all(run["summary"]["headline"]["eval_return_last5"] is not None
+                                            for run in saved["runs"] if run["point"] != "p08-crash_free")
 
 
 def test_the_run_report_shows_default_actions_per_agent_and_the_crash(tmp_path):
@@ -321,3 +325,47 @@ def test_sweeps_of_different_specs_or_a_merge_with_run_options_are_refused(tmp_p
     assert not (tmp_path / "out").exists()
     assert main(["sweep", "--merge", str(tmp_path / "a"), str(tmp_path / "a"), "--seeds", "0-4", "--sweep-dir", str(tmp_path / "out")]) != 0
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_sweep_whose_run_directories_are_gone_merges_by_its_saved_record(tmp_path, capsys):
+    # Seeds 3-4 ran on another day; all that is left of them is their sweep record (`report
+    # --save` writes it; a results page's record holds it under `sweep_record`). Merged with seeds
+    # 0-2 here, the report reads the same numbers as from the run directories themselves.
+    import shutil
+
+    def seeds_3_4(sweep_dir: Path) -> Path:
+        make_sweep(sweep_dir, seed_offsets=(0.0, 0.0, 0.0, 1.0, -1.0), noise={("p02-delay_steps2_loss0.0", 4): -2.5})
+        index = json.loads((sweep_dir / "sweep.json").read_text())
+        index.update(runs=[run for run in index["runs"] if run["seed"] >= 3], seeds=[3, 4])
+        (sweep_dir / "sweep.json").write_text(json.dumps(index))
+        return sweep_dir
+
+    make_sweep(tmp_path / "here")
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"title": "a page", "sweep_record": report.sweep_record(seeds_3_4(tmp_path / "then"))}))
+    shutil.rmtree(tmp_path / "then")
+    assert main(["sweep", "--merge", str(tmp_path / "here"), str(saved), "--sweep-dir", str(tmp_path / "merged")]) == 0
+    assert "45 run(s), seeds [0, 1, 2, 3, 4]" in capsys.readouterr().out
+    from_record = report.summarize_sweep(tmp_path / "merged")
+
+    make_sweep(tmp_path / "here2")
+    assert main(["sweep", "--merge", str(tmp_path / "here2"), str(seeds_3_4(tmp_path / "again")),
+                 "--sweep-dir", str(tmp_path / "from_dirs")]) == 0  # fmt: skip
+    from_dirs = report.summarize_sweep(tmp_path / "from_dirs")
+    assert [point["metrics"] for point in from_record["points"]] == [point["metrics"] for point in from_dirs["points"]]
+    assert from_record["comparisons"]["rows"] == from_dirs["comparisons"]["rows"]
+    assert line(from_record["effects"], DELAY, "loss=0")["d50"] == line(from_dirs["effects"], DELAY, "loss=0")["d50"]
+    assert all(point["ok"] == 5 for point in from_record["points"])
+    # the merged sweep's own record carries the recorded runs on, for the next merge
+    again = report.sweep_record(tmp_path / "merged")
+    recorded = [run for run in again["runs"] if run["seed"] >= 3]
+    assert recorded and all(run["summary"]["record"]["refused"] is None for run in recorded)
+
+
+def test_a_file_that_is_no_sweep_record_is_refused_by_the_merge(tmp_path, capsys):
+    make_sweep(tmp_path / "here")
+    (tmp_path / "page.json").write_text(json.dumps({"title": "a page without its runs", "rows": []}))
+    assert main(["sweep", "--merge", str(tmp_path / "here"), str(tmp_path / "page.json"),
+                 "--sweep-dir", str(tmp_path / "out")]) != 0  # fmt: skip
+    assert "expected a sweep directory or a saved sweep record" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,45 @@
+"""bench/talk_sweep.py's record carries every run's numbers, so a page's points and seeds can
+be added to on a later day without its run directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from orchestrator.cli import main
+from tests.conftest import load_bench
+from tests.unit.test_sweep_effects import make_sweep
+
+talk_sweep = load_bench("talk_sweep.py")
+
+
+def timed(sweep_dir):
+    """The synthetic sweep's index with the times a real sweep records for each run."""
+    index = json.loads((sweep_dir / "sweep.json").read_text())
+    for position, run in enumerate(index["runs"]):
+        run.update(started_at=1_000_000.0 + 200 * position, duration_s=190.0)
+    (sweep_dir / "sweep.json").write_text(json.dumps(index))
+    return sweep_dir
+
+
+def test_a_page_recorded_before_merges_with_runs_made_later_into_the_same_page(tmp_path):
+    make_sweep(tmp_path / "before", seed_offsets=(0.0, 1.5, -2.0))
+    page = talk_sweep.record_of(timed(tmp_path / "before"), [])
+    (tmp_path / "page.json").write_text(json.dumps(page))
+    shutil.rmtree(tmp_path / "before")  # a later session: the run directories are gone
+
+    make_sweep(tmp_path / "later", seed_offsets=(0.0, 1.5, -2.0, 0.5))
+    later = json.loads((tmp_path / "later" / "sweep.json").read_text())
+    later.update(runs=[run for run in later["runs"] if run["seed"] == 3], seeds=[3])
+    (tmp_path / "later" / "sweep.json").write_text(json.dumps(later))
+    assert main(["sweep", "--merge", str(tmp_path / "page.json"), str(timed(tmp_path / "later")),
+                 "--sweep-dir", str(tmp_path / "all")]) == 0  # fmt: skip
+
+    merged = talk_sweep.record_of(tmp_path / "all", [])
+    rows = {row["point"]: row["runs"] for row in merged["rows"]}
+    before = {row["point"]: row["runs"] for row in page["rows"]}
+    assert all(rows[point][:3] == runs for point, runs in before.items())  # the recorded seeds, number for number
+    assert all([run["seed"] for run in runs] == [0, 1, 2, 3] for runs in rows.values())
+    assert merged["sweep"]["seeds"] == [0, 1, 2, 3] and merged["comparisons"]["rows"][1]["n"] == 4
+    assert merged["sweep"]["eval_episodes"] == [32]  # the recorded runs' too, from the record
+    assert "seed 3: " in talk_sweep.render(merged, "all.json")
