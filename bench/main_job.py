@@ -48,7 +48,16 @@ that many seeds could detect (two-sided 0.05, power 0.8, from the pairs' standar
 
 `--record` and `--page` write the bench's record and its results page (bench/results_page.py):
 the tables below, with the builds that made the runs, their evaluation episodes and whether they
-were `run.reproducible`.
+were `run.reproducible`. `--saved RECORD` takes the variants a record holds instead of running
+them (their run directories may be gone), so a variant measured later pairs with the seeds of
+`main` measured before:
+
+    .venv/bin/python bench/main_job.py --seeds 10 --variants main,averaging_2_rounds \
+        --saved docs/results/main_job_reproducible.json --root runs/bench_main_job --record ... --page ...
+
+Pooling assumes the recorded runs are what this commit would make of the same seeds: with
+`run.reproducible` one recorded seed rerun here says whether they are (the page names every
+run's commit).
 
 Runs go seed by seed (every variant of seed 0, then of seed 1, ...), so a batch cut short still
 pairs; a finished run under `--root` is reused, not run again.
@@ -259,16 +268,58 @@ def landmark_coverage(summaries: dict[int, dict]) -> dict:
         ("evaluation", "covered_fraction"), ("evaluation", "all_covered_fraction"))}
 
 
-def analyse(root: Path, seeds: list[int], variants: list[str]) -> dict:
+def recorded_entries(paths: list[Path]) -> tuple[dict[str, dict], dict[str, float | None]]:
+    """The variants that records this bench saved (`--record`, `--save`) hold, each as its entry
+    (its seeds' scores and steps, its runs' records), and the random and oracle lines they were
+    read against. A variant in two records comes from the first. A record of another config or
+    another number of final evaluations is refused: its scores are not this bench's."""
+    entries: dict[str, dict] = {}
+    lines: dict[str, float | None] = {"random": None, "oracle": None}
+    for path in paths:
+        record = json.loads(path.read_text())
+        if record.get("config") != CONFIG or record.get("last_evals") != LAST_EVALS or "variants" not in record:
+            raise SystemExit(f"--saved {path}: expected a record of bench/main_job.py ({CONFIG}, last {LAST_EVALS} "
+                             f"evaluations), got config {record.get('config')!r}, last_evals {record.get('last_evals')!r}")
+        for name, entry in record["variants"].items():
+            entries.setdefault(name, {**entry, "recorded_in": str(path)})
+        for line in lines:
+            lines[line] = lines[line] if lines[line] is not None else record.get(line)
+    return entries, lines
+
+
+def from_record(entry: dict, seeds: list[int]) -> dict:
+    """A recorded variant's entry on `seeds` (those it has): its scores, steps to 80% of the gap
+    and run records on them, its mean and intervals computed again over them. The landmark
+    figures, bytes and run time stay the record's, over all its runs."""
+    def on_seeds(table: dict | None) -> dict:
+        return {int(seed): value for seed, value in (table or {}).items() if int(seed) in seeds}
+
+    scores = on_seeds(entry["scores"])
+    mean, half = mean_ci(list(scores.values()))
+    return {**entry, "scores": scores, "mean": mean, "ci95": half, **field_protocol(list(scores.values())),
+            "steps_to_gap80": on_seeds(entry.get("steps_to_gap80")), "runs": on_seeds(entry.get("runs")),
+            "refused": {}}
+
+
+def analyse(root: Path, seeds: list[int], variants: list[str], recorded: dict[str, dict] | None = None,
+            recorded_lines: dict[str, float | None] | None = None) -> dict:
+    """Every variant's entry from its finished runs under `root`; a variant with none there comes
+    from `recorded` (`recorded_entries`) where it is, so a new variant pairs with seeds measured
+    before. The random and oracle lines are the runs' own, or the records' when no run is here."""
+    recorded, recorded_lines = recorded or {}, recorded_lines or {}
     per_variant: dict[str, dict] = {}
     every_run: list[dict] = []
     for variant in variants:
         summaries = finished_runs(root, variant, seeds)
+        if not summaries and variant in recorded:
+            per_variant[variant] = from_record(recorded[variant], seeds)
+            continue
         every_run += summaries.values()
         coverage = landmark_coverage(summaries)
         per_variant[variant] = {**scored(summaries), "distinct_fraction": coverage.pop("distinct_fraction"), **coverage,
                                 "refused": {seed: record["refused"] for seed, record in refused_runs(root, variant, seeds).items()}}
-    random_line, oracle_line = reference_line(every_run, "random"), reference_line(every_run, "oracle")
+    random_line, oracle_line = ((reference_line(every_run, "random"), reference_line(every_run, "oracle")) if every_run
+                                else (recorded_lines.get("random"), recorded_lines.get("oracle")))
     main_entry = per_variant.get("main", {"scores": {}})
     comparisons = {variant: paired_comparison(main_entry, entry, "main_minus_variant")
                    for variant, entry in per_variant.items() if variant != "main"}
@@ -442,6 +493,9 @@ def main() -> None:
     parser.add_argument("--record", type=Path, help="the bench's record (JSON, bench/results_page.py) for --page")
     parser.add_argument("--page", type=Path, help="the results page (markdown), rendered from the record")
     parser.add_argument("--note", default="", help="what the page's reader must know of these runs (markdown)")
+    parser.add_argument("--saved", type=Path, nargs="+", default=[], metavar="RECORD",
+                        help="records this bench saved (e.g. docs/results/main_job_reproducible.json): a variant "
+                             "with no finished run under the root is taken from them, on the seeds they have")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -450,9 +504,10 @@ def main() -> None:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     root = args.analyse if args.analyse is not None else args.root
     record = results_page.begin("bench/main_job.py", sys.argv[1:])
+    recorded, recorded_lines = recorded_entries(args.saved)
     if args.analyse is None:
-        run_batch(root, seeds, variants, args.timeout_s)
-    summary = analyse(root, seeds, variants)
+        run_batch(root, seeds, [variant for variant in variants if variant not in recorded], args.timeout_s)
+    summary = analyse(root, seeds, variants, recorded, recorded_lines)
     publish(summary, print_tables, args.save)
     if args.record is not None or args.page is not None:
         record.update(summary, note=args.note, rows=[{"variant": name, **entry} for name, entry in summary["variants"].items()])

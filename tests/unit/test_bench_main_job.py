@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,26 @@ def test_every_variant_is_a_valid_reproducible_run_of_the_main_job(variant):
     assert load_config(REPO / main_job.CONFIG, overrides).run.reproducible
     reference = main_job.REFERENCE_OF.get(variant)
     assert reference is None or reference in main_job.VARIANTS
+
+
+def test_variants_taken_from_a_saved_record_compare_as_they_did_when_their_runs_were_there(tmp_path):
+    # docs/results/main_job_reproducible.json was written from 10 seeds of run directories now
+    # gone; read back with nothing under the root, its comparison comes out as it was saved.
+    page = REPO / "docs" / "results" / "main_job_reproducible.json"
+    recorded, lines = main_job.recorded_entries([page])
+    summary = main_job.analyse(tmp_path, list(range(10)), ["main", "no_consensus"], recorded, lines)
+    saved = json.loads(page.read_text())
+    again, before = summary["paired_with_main"]["no_consensus"], saved["paired_with_main"]["no_consensus"]
+    assert again["seeds"] == before["seeds"] and again["main_minus_variant"] == pytest.approx(before["main_minus_variant"])
+    assert again["ci95"] == pytest.approx(before["ci95"]) and (summary["random"], summary["oracle"]) == (saved["random"], saved["oracle"])
+    # on fewer seeds, the mean is over those seeds
+    five = main_job.analyse(tmp_path, list(range(5)), ["main"], recorded, lines)["variants"]["main"]
+    assert sorted(five["scores"]) == [0, 1, 2, 3, 4]
+    assert five["mean"] == pytest.approx(sum(saved["variants"]["main"]["scores"][str(s)] for s in range(5)) / 5)
+
+
+def test_a_saved_record_of_another_config_is_refused(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"config": "configs/tiny_ring.yaml", "last_evals": 5, "variants": {}}))
+    with pytest.raises(SystemExit, match="expected a record of bench/main_job.py"):
+        main_job.recorded_entries([other])
