@@ -80,9 +80,10 @@ done), else from the first given. A source may also be a sweep whose run directo
 by its saved record (`orchestrate report SWEEP --save` writes `report/sweep_record.json`; the
 results pages' records in docs/results/ hold one under `sweep_record`): its runs carry what the
 report needs of them (whether they may be scored, the build that made them, their numbers), so
-points or seeds run on a later day join those measured before without running them again. Whether runs made at different commits may be pooled is the
-reader's question; `orchestrate report` lists the commits a sweep's runs ran at, and a seed rerun
-at both commits with `run.reproducible` answers it.
+points or seeds run on a later day join those measured before without running them again.
+Whether runs made at different commits may be pooled is the reader's question; `orchestrate
+report` lists the commits a sweep's runs ran at, and a seed rerun at both commits with
+`run.reproducible` answers it.
 
 The orchestrator never imports learning code; neither does this module.
 """
