@@ -96,8 +96,11 @@ class AgentNode:
         self.env_agent: str = ""
         self.step = 0  # lockstep step of the last observation
         # The newest training step the env server has sent: an older observation still unanswered
-        # was stepped past (a realtime clock, or a step deadline), and is not answered.
+        # was stepped past (a realtime clock, or a step deadline), and is not answered. Likewise
+        # the newest step of the evaluation under way (each evaluation counts its steps from 0,
+        # so a training observation ends the one before).
         self.newest_training_step = -1
+        self.newest_evaluation_step = -1
         self.flushed_step = -1  # of the last periodic metrics flush
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         self._sources: dict[str, str] = {"env": ENV, "peers": PEERS, "control": CONTROL}  # channel name -> source
@@ -179,8 +182,7 @@ class AgentNode:
             source = self._sources[channel.name]
             envelopes = list(channel.recv_all())
             if source == ENV:
-                self.newest_training_step = max([self.newest_training_step, *(
-                    e.message.step for e in envelopes if isinstance(e.message, m.EnvObservation) and not e.message.evaluation)])
+                self._note_newest_steps(envelope.message for envelope in envelopes)
             for envelope in envelopes:
                 self._dispatch(source, envelope)
         self._on_timers(time.monotonic())
@@ -189,6 +191,18 @@ class AgentNode:
             if self.waiting_for_updates is not None:
                 self.env_client.heard(time.monotonic())  # the env server is waiting for us, not silent
                 self.retry_waiting()
+
+    def _note_newest_steps(self, messages: Iterable[Any]) -> None:
+        """Before the env server's messages are handled: the newest training and evaluation steps
+        among them (what `_hand_on` answers; an older one waiting was stepped past)."""
+        for message in messages:
+            if not isinstance(message, m.EnvObservation):
+                continue
+            if message.evaluation:
+                self.newest_evaluation_step = max(self.newest_evaluation_step, message.step)
+            else:
+                self.newest_training_step = max(self.newest_training_step, message.step)
+                self.newest_evaluation_step = -1  # training again: the next evaluation counts from 0
 
     def _next_deadline(self) -> float:
         deadlines = [self.mesh.next_deadline(), self.control.next_status_at(self.status_every_s),
@@ -368,6 +382,9 @@ class AgentNode:
             return
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
+        elif message.evaluation and message.step < self.newest_evaluation_step:
+            self._close_talk_step(message)  # stepped past: the newest evaluation observation is answered
+            self.metrics.accumulate({"env/superseded_observations": 1.0})
         elif message.evaluation:
             self._answer(message, explore=False)
         elif message.step < self.newest_training_step:

@@ -86,9 +86,13 @@ class Pacing(ServerPart):
 
     def evaluation_metrics(self) -> dict[str, float]:
         """An evaluation on the realtime clock: how many of its agent-steps had an action that
-        was not there at its time (`eval/late_actions`) and their share (`eval/late_action_share`)."""
+        was not there at its time (`eval/late_actions`), their share (`eval/late_action_share`),
+        and the mean and largest age in steps of the agents' own actions it played
+        (`eval/action_age_mean`, `eval/action_age_max`; none played: 0)."""
         barrier = self.barrier
         if not isinstance(barrier, RealtimeBarrier) or not barrier.realtime_for[True]:
             return {}
         counts = barrier.counts[True]
-        return {"eval/late_actions": float(counts.late), "eval/late_action_share": counts.late / max(1, counts.played)}
+        return {"eval/late_actions": float(counts.late), "eval/late_action_share": counts.late / max(1, counts.played),
+                "eval/action_age_mean": counts.ages.total / max(1, counts.ages.count),
+                "eval/action_age_max": float(counts.ages.largest)}

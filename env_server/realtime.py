@@ -69,6 +69,7 @@ class ClockCounts:
     played: int = 0
     late: int = 0
     late_by_agent: dict[str, int] = field(default_factory=dict)
+    ages: ActionAges = field(default_factory=ActionAges)  # of the agents' own actions played, all together
 
 
 class RealtimeBarrier(LockstepBarrier):
@@ -200,6 +201,7 @@ class RealtimeBarrier(LockstepBarrier):
                 continue
             sent_for, actions[agent] = own
             self.played_step[agent] = sent_for
+            counts.ages.add(step - sent_for)
             if not evaluation:
                 self.ages.setdefault(agent, ActionAges()).add(step - sent_for)
         self.missing_actions += len(late)

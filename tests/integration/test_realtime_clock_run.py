@@ -83,7 +83,8 @@ def test_a_paused_agent_and_a_slow_one_are_late_and_the_run_goes_on_without_them
     run_dir = tmp_path / "run"
     process = orchestrate(
         "up", "configs/tiny_ring.yaml", "--run-dir", str(run_dir),
-        "--set", "run.steps=120", "--set", "env.eval_every_steps=null", "--set", "env.clock=realtime",
+        "--set", "run.steps=120", "--set", "env.eval_every_steps=60", "--set", "env.kwargs.max_cycles=40",
+        "--set", "env.clock=realtime",
         "--set", "env.steps_per_s=20", "--set", "protocols.control.status_every_s=0.25",
         "--set", "faults.schedule=[{at_s: 1.0, kind: pause, nodes: [agent_1]}, {at_s: 2.5, kind: resume, nodes: [agent_1]}]",
         "--set", "agents.act_delay_s.agent_2=0.08",
@@ -107,3 +108,8 @@ def test_a_paused_agent_and_a_slow_one_are_late_and_the_run_goes_on_without_them
     slowest = max(row.get("env/action_age_steps_max/agent_2", 0.0) for row in rows)
     assert 1 <= slowest <= 8, slowest
     assert last["step"] == 120 or rows[-1]["step"] == 120
+    # The evaluations (steps 60 and 120: 40 steps each, on the same clock) likewise: answering
+    # every observation in turn, agent_2 would end 15 steps behind in each.
+    evaluations = [row for row in rows if "eval/action_age_max" in row]
+    assert len(evaluations) == 2 and all(row["eval/late_actions"] >= 10 for row in evaluations), evaluations
+    assert all(1 <= row["eval/action_age_max"] <= 8 for row in evaluations), evaluations

@@ -3,6 +3,8 @@ the settings that turn it on (env.clock, env.steps_per_s, env.late_action, env.e
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -10,6 +12,7 @@ from pydantic import ValidationError
 
 from env_server.barrier import DefaultActions
 from env_server.config import EnvConfig
+from env_server.pacing import Pacing
 from env_server.realtime import RealtimeBarrier
 from env_server.__main__ import main as env_server_main
 from env_server.server import LockstepRules, clock_refusal
@@ -180,9 +183,17 @@ def test_a_realtime_evaluation_counts_its_own_late_actions():
     barrier = make_clock(training=False, evaluation=True)
     open_step(barrier, 0, now=0.0, evaluation=True)
     send(barrier, "a0", 0, value=1, now=0.01, evaluation=True)
-    take_when_due(barrier)
+    _, _, due = take_when_due(barrier)
     counts = barrier.counts[True]
     assert (counts.played, counts.late) == (3, 2) and barrier.late_actions() == {}
+    # Nobody answers step 1: a0's action of step 0 is played again, one step old; the others
+    # have none of their own (the default is no action of theirs, so it has no age).
+    open_step(barrier, 1, now=due, evaluation=True)
+    take_when_due(barrier)
+    metrics = Pacing.evaluation_metrics(SimpleNamespace(barrier=barrier))
+    assert metrics == {"eval/late_actions": 5.0, "eval/late_action_share": 5 / 6,
+                       "eval/action_age_mean": 0.5, "eval/action_age_max": 1.0}
+    assert barrier.age_metrics() == {}, "the training clock's ages hold no evaluation step"
 
 
 def test_inactive_agents_are_neither_late_nor_missing():
