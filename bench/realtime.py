@@ -23,7 +23,9 @@ Columns (from the env server's metrics, nodes/env/metrics.jsonl):
   its per-period means, averaged over agents, and the largest (late share and age are
   `orchestrate report`'s numbers for the run);
 - slips: steps the server itself opened after their time (`env/clock_slips`);
-- eval return: `eval/return_mean` of the final evaluation (per agent per episode).
+- eval return: `eval/return_mean` of the final evaluation (per agent per episode);
+- eval age max: the largest age in steps of an action that evaluation played on a realtime clock
+  (`eval/action_age_max`; "-" in the lockstep, and in records from before it was measured).
 
 Runs of a few hundred steps on a shared machine say how the mechanism behaves, not what an agent
 learns at a rate: the learning measurement (a full budget, several seeds, intervals) is the
@@ -102,6 +104,7 @@ def measure(run_dir: Path, steps: int) -> dict[str, Any]:
         late_share = sum(late.values()) / max(1, steps * len(late)) if late else None
         age_mean = age_max = None
     evaluations = [row["eval/return_mean"] for row in rows if "eval/return_mean" in row]
+    evaluation_ages = [row["eval/action_age_max"] for row in rows if "eval/action_age_max" in row]
     return {
         "steps_per_s": rate,
         "late_share": late_share,
@@ -110,6 +113,7 @@ def measure(run_dir: Path, steps: int) -> dict[str, Any]:
         "age_max": age_max,
         "clock_slips": max((row["env/clock_slips"] for row in rows if "env/clock_slips" in row), default=None),
         "eval_return": evaluations[-1] if evaluations else None,
+        "eval_age_max": evaluation_ages[-1] if evaluation_ages else None,
     }
 
 
@@ -130,6 +134,7 @@ def render(record: dict[str, Any], source: str) -> str:
         ("age max", "right", lambda row: fmt(row["age_max"], "g")),
         ("slips", "right", lambda row: fmt(row["clock_slips"], "g")),
         ("eval return", "right", lambda row: fmt(row["eval_return"], ".4g")),
+        ("eval age max", "right", lambda row: fmt(row.get("eval_age_max"), "g")),
     ]
     intro = (
         f"{settings['config']}, {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
