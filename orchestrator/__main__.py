@@ -2,6 +2,9 @@
 
 import sys
 
+from orchestrator import honour_sigint
+
+honour_sigint()  # before the imports below, which take a second on a loaded machine
 try:
     from orchestrator.cli import main
 except KeyboardInterrupt:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from orchestrator import honour_sigint
 from orchestrator.backends import BackendUnavailable
 from agent_node.registry import run_descriptions
 from orchestrator.config import RESOLVED_FILENAME, RunConfig, load_config, load_resolved
@@ -651,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    honour_sigint()  # (the `orchestrate` script comes here first; `python -m orchestrator` did it already)
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)

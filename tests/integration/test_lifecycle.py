@@ -127,7 +127,12 @@ def interrupt_and_expect_no_child_after_5_s(process, run_dir: Path, kill_leftove
     launched has exited (and is recorded so) within 5 s of the interrupt, and all are reaped."""
     process.send_signal(signal.SIGINT)
     interrupted_at = time.monotonic()
-    _, stderr = process.communicate(timeout=60)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:  # (if it never stops, its nodes must not run on after the test: the run is long)
+        kill_leftovers.extend(launched_pids(read_events(run_dir)).values())
+        if process.poll() is None:
+            process.kill()
     events = read_events(run_dir)
     pids = launched_pids(events)
     kill_leftovers.extend(pids.values())

@@ -7,6 +7,7 @@ verbs are driven through `main()` on hand-made run directories.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -201,6 +202,30 @@ def test_logs_prints_the_tail(finished_run: Path, capsys) -> None:
     # --follow returns once the orchestrator is gone and the file stopped growing.
     assert main(["logs", str(finished_run), "agent_0", "-n", "1", "--follow"]) == 0
     assert capsys.readouterr().out == "line 99\n"
+
+
+def test_orchestrate_started_with_sigint_ignored_still_stops_on_it(finished_run: Path) -> None:
+    # A shell without job control starts `orchestrate ... &` with SIGINT ignored, and a sweep run
+    # that way stops its runs with SIGINT: one that came while a run was starting was lost, and
+    # the run went on to its budget. Here `logs --follow` waits on a live orchestrator (a stand-in
+    # process) when the signal comes; ignoring it, it would follow forever.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "orchestrator-stand-in"])
+    (finished_run / "orchestrator.pid").write_text(str(stand_in.pid))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "logs", str(finished_run), "agent_0", "-n", "1", "--follow"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert process.stdout.readline() == b"line 99\n"
+        time.sleep(1.0)  # following now (it looks every 0.5 s)
+        assert process.poll() is None, "it stopped following while the orchestrator lives"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) in (0, 130)  # 0: Ctrl-C ends a follow quietly
+    finally:
+        for child in (process, stand_in):
+            child.kill()
+            child.communicate()
 
 
 def test_logs_unknown_node_and_missing_log(finished_run: Path, capsys) -> None:
