@@ -38,7 +38,7 @@ the channel the packing layout and the granted segment.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import gymnasium as gym
 
@@ -84,6 +84,11 @@ class EnvClient:
         self.restarting = False  # between server_restarting() and the new server's welcome
         self.waiting_for_server = False  # between server_restarting() and rejoin(): no silence deadline
         self.rejoins = 0
+        # The newest training step the server has sent, and the newest step of the evaluation
+        # under way (each evaluation counts from 0): an older observation still unanswered was
+        # stepped past (a realtime clock, or a step deadline), and is not answered.
+        self.newest_training_step = -1
+        self.newest_evaluation_step = -1
 
     # ------------------------------------------------------------------ requests
 
@@ -119,6 +124,26 @@ class EnvClient:
         """The orchestrator is restarting the env server: see the module docstring."""
         self.restarting = self.waiting_for_server = True
         self.last_heard_at = None  # no silence deadline until rejoin()
+        # The new server resumes from its own saved step, maybe an earlier one.
+        self.newest_training_step = self.newest_evaluation_step = -1
+
+    def note_newest(self, messages: Iterable[Any]) -> None:
+        """Before the server's messages just received are handled: the newest training and
+        evaluation steps among them (see `stepped_past`)."""
+        for message in messages:
+            if not isinstance(message, m.EnvObservation):
+                continue
+            if message.evaluation:
+                self.newest_evaluation_step = max(self.newest_evaluation_step, message.step)
+            else:
+                self.newest_training_step = max(self.newest_training_step, message.step)
+                self.newest_evaluation_step = -1  # training again: the next evaluation counts from 0
+
+    def stepped_past(self, observation: m.EnvObservation) -> bool:
+        """Whether a newer observation of the same clock has come since this one: the server has
+        stepped on, and only the newest is answered."""
+        newest = self.newest_evaluation_step if observation.evaluation else self.newest_training_step
+        return observation.step < newest
 
     def rejoin(self, now: float) -> m.EnvJoin:
         """The join for the restarted server (after `server_restarting`); its silence counts

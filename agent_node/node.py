@@ -95,12 +95,6 @@ class AgentNode:
         self.learner: NodeLearner | None = None  # built once the welcome names the spaces
         self.env_agent: str = ""
         self.step = 0  # lockstep step of the last observation
-        # The newest training step the env server has sent: an older observation still unanswered
-        # was stepped past (a realtime clock, or a step deadline), and is not answered. Likewise
-        # the newest step of the evaluation under way (each evaluation counts its steps from 0,
-        # so a training observation ends the one before).
-        self.newest_training_step = -1
-        self.newest_evaluation_step = -1
         self.flushed_step = -1  # of the last periodic metrics flush
         self.episodes: TransitionAssembler | None = None  # built once the welcome says K
         self._sources: dict[str, str] = {"env": ENV, "peers": PEERS, "control": CONTROL}  # channel name -> source
@@ -182,7 +176,7 @@ class AgentNode:
             source = self._sources[channel.name]
             envelopes = list(channel.recv_all())
             if source == ENV:
-                self._note_newest_steps(envelope.message for envelope in envelopes)
+                self.env_client.note_newest(envelope.message for envelope in envelopes)
             for envelope in envelopes:
                 self._dispatch(source, envelope)
         self._on_timers(time.monotonic())
@@ -191,18 +185,6 @@ class AgentNode:
             if self.waiting_for_updates is not None:
                 self.env_client.heard(time.monotonic())  # the env server is waiting for us, not silent
                 self.retry_waiting()
-
-    def _note_newest_steps(self, messages: Iterable[Any]) -> None:
-        """Before the env server's messages are handled: the newest training and evaluation steps
-        among them (what `_hand_on` answers; an older one waiting was stepped past)."""
-        for message in messages:
-            if not isinstance(message, m.EnvObservation):
-                continue
-            if message.evaluation:
-                self.newest_evaluation_step = max(self.newest_evaluation_step, message.step)
-            else:
-                self.newest_training_step = max(self.newest_training_step, message.step)
-                self.newest_evaluation_step = -1  # training again: the next evaluation counts from 0
 
     def _next_deadline(self) -> float:
         deadlines = [self.mesh.next_deadline(), self.control.next_status_at(self.status_every_s),
@@ -382,13 +364,10 @@ class AgentNode:
             return
         if message.run_finished:
             self.begin_draining(RUN_BUDGET_SPENT)
-        elif message.evaluation and message.step < self.newest_evaluation_step:
-            self._close_talk_step(message)  # stepped past: the newest evaluation observation is answered
-            self.metrics.accumulate({"env/superseded_observations": 1.0})
+        elif self.env_client.stepped_past(message):
+            self._pass_superseded(message)
         elif message.evaluation:
             self._answer(message, explore=False)
-        elif message.step < self.newest_training_step:
-            self._pass_superseded(message)
         elif self.learner.gradient_steps_due() > self.config.max_pending_gradient_steps or self._behind():
             # The update-ratio contract: learn first (the loop takes slices while this waits).
             for capability in self.capabilities:
@@ -477,10 +456,12 @@ class AgentNode:
     def _pass_superseded(self, message: m.EnvObservation) -> None:
         """A newer observation came while this one waited (behind a realtime clock, or past a step
         deadline): the env server has stepped on, so an answer now would be played late, for a
-        world that has moved. The agent acts on the newest one only; this step's transition is
-        recorded and the row it would close is not learned (the server played another action)."""
+        world that has moved. The agent acts on the newest one only; in training this step's
+        transition is recorded and the row it would close is not learned (the server played
+        another action)."""
         self._close_talk_step(message)
-        self.episodes.stepped_without_answer()
+        if not message.evaluation:
+            self.episodes.stepped_without_answer()
         self.metrics.accumulate({"env/superseded_observations": 1.0})
 
     def _record_transition(self, message: m.EnvObservation) -> None:

@@ -36,8 +36,6 @@ def on_env_server_restarting(node, sender: str, message: m.EnvServerRestarting, 
         node.hub.close_channel(node.env)
         node.env = None
     node.waiting_for_updates = None
-    node.newest_training_step = -1  # the new server resumes from its own saved step, maybe an earlier one
-    node.newest_evaluation_step = -1
     node.dead_server_observation = next((c.held for c in node.capabilities if c.held is not None), None)
     node.evaluating = False
     node.env_down_since = now
