@@ -132,7 +132,7 @@ def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> d
     record["comparisons"] = summary.get("comparisons")
     # Every run's numbers, so that seeds or points run later join these without their run
     # directories: `orchestrate sweep --merge THIS.json LATER_SWEEP_DIR --sweep-dir OUT`.
-    record[SWEEP_RECORD_KEY] = sweep_record(sweep_dir)
+    record[SWEEP_RECORD_KEY] = sweep_record(sweep_dir, summary)
     results_page.end(record)
     return record
 

@@ -592,7 +592,8 @@ def summarize_sweep(sweep_dir: str | Path, against: str | None = None) -> dict[s
         if (run_dir / RESOLVED_FILENAME).exists():
             headline, record = summarize_run(run_dir)["headline"], run_record(run_dir, run["exit_code"])
         else:  # merged from a sweep record: the numbers came with the run (or it never started)
-            headline, record = recorded_summary(run)["headline"], recorded_summary(run)["record"]
+            recorded = recorded_summary(run)
+            headline, record = recorded["headline"], recorded["record"]
         refused = record["refused"] if record else f"no run directory (the sweep says {run['status']})"
         point["runs"].append({"seed": run["seed"], "status": run["status"], "exit_code": run["exit_code"],
                               "run_dir": str(run_dir), "refused": refused, "record": record,
@@ -612,25 +613,27 @@ def summarize_sweep(sweep_dir: str | Path, against: str | None = None) -> dict[s
             "effects": sweep_effects.summarize_effects(rows, index["grid"])}  # fmt: skip
 
 
-def sweep_record(sweep_dir: str | Path) -> dict[str, Any]:
+def sweep_record(sweep_dir: str | Path, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """The sweep's index with each run's numbers in it (`summary`: `record`, what may be scored
     and which build made it, orchestrator/run_records.py; `headline`, the report's numbers; and
     `eval_episodes`, the evaluation's size, which the returns' convention needs): what
     `orchestrate sweep --merge` needs of a sweep whose run directories are gone, so seeds or
-    points run later, elsewhere, join the ones recorded here. `report SWEEP --save` writes it."""
+    points run later, elsewhere, join the ones recorded here. `report SWEEP --save` writes it.
+    `summary` is the sweep's `summarize_sweep`, when the caller has it already."""
     sweep_dir = Path(sweep_dir)
+    summary = summary if summary is not None else summarize_sweep(sweep_dir)
+    scored = {(point["point"], run["seed"]): run for point in summary["points"] for run in point["runs"]}
     index = read_index(sweep_dir)
     runs = []
     for run in index["runs"]:
-        run_dir = run_dir_of(sweep_dir, run)
-        resolved = run_dir / RESOLVED_FILENAME
+        resolved = run_dir_of(sweep_dir, run) / RESOLVED_FILENAME
         if resolved.exists():
             env = (load_yaml(resolved.read_text()) or {}).get("env") or {}
-            summary = {"record": run_record(run_dir, run["exit_code"]), "headline": summarize_run(run_dir)["headline"],
-                       "eval_episodes": env.get("eval_episodes")}
-        else:
-            summary = recorded_summary(run)
-        runs.append({**run, "summary": summary})
+            numbers = scored[(run["point"], run["seed"])]
+            run_summary = {"record": numbers["record"], "headline": numbers["headline"], "eval_episodes": env.get("eval_episodes")}
+        else:  # (merged from a record, or never started: what the index holds)
+            run_summary = recorded_summary(run)
+        runs.append({**run, "summary": run_summary})
     return {**index, "runs": runs}
 
 
@@ -1225,7 +1228,7 @@ def main(path: Path, as_json: bool = False, save: bool = False, out=None, agains
         print(f"wrote {write_summary_md(summary, sweep, target)}", file=sys.stderr)
         if sweep:
             record_path = target / SWEEP_RECORD_FILENAME
-            record_path.write_text(json.dumps(sweep_record(path), indent=1, default=str))
+            record_path.write_text(json.dumps(sweep_record(path, summary), indent=1, default=str))
             print(f"wrote {record_path} (its runs' numbers: `orchestrate sweep --merge` takes it without the run "
                   "directories)", file=sys.stderr)
         try:
