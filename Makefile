@@ -6,7 +6,7 @@ CONFIG ?= configs/4agents_ring.yaml
 # bench/vs_rllib.py only: ray pins a gymnasium older than ours, so RLlib gets a venv of its own.
 VENV_BENCH ?= .venv-bench
 
-.PHONY: run test test-long test-matrix test-deps setup docs bench bench-rllib clean
+.PHONY: run test test-long test-extended test-deps setup docs bench bench-rllib clean
 
 # The example plugin (examples/parley_ippo, docs/guide/your_own.md) is installed beside Parley, as
 # a user's package would be: its entry point `ippo` is then a learner kind, and the tests use it.
@@ -42,13 +42,15 @@ $(VENV)/.ray-extra: $(BIN)/orchestrate
 test: setup test-deps $(VENV)/.ray-extra
 	$(BIN)/python -m pytest -q -m "not long"
 
-# The long scenarios (pytest -m long: see the README); CI runs them after `make test`. The verbs x
-# configs chain runs there on one config of each kind; `make test-matrix` runs it on every config.
+# The long scenarios (pytest -m long: see the README); CI runs them after `make test`. The checks
+# marked `extended` cost minutes each that CI's 90 cannot spare (the verbs x configs chain on the
+# configs beyond the ones CI runs it on, the matrix game at the bench's budget):
+# `make test-extended` runs them.
 test-long: setup test-deps $(VENV)/.ray-extra
-	$(BIN)/python -m pytest -q -m "long and not matrix_all"
+	$(BIN)/python -m pytest -q -m "long and not extended"
 
-test-matrix: setup test-deps
-	$(BIN)/python -m pytest -q -m matrix_all tests/integration/test_verbs_matrix.py
+test-extended: setup test-deps $(VENV)/.ray-extra
+	$(BIN)/python -m pytest -q -m extended
 
 # The docs site (mkdocs.yml): the config reference must match the schemas, and every page, link
 # and anchor must resolve (--strict). The `[docs]` extra is installed only here.

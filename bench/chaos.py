@@ -813,20 +813,23 @@ def main(argv: list[str] | None = None) -> int:
     if failed and args.shrink_runs > 0 and plan.events:
         from protocols.sim.simplan import shrink_plan
 
-        tries = iter(range(args.shrink_runs))
+        runs_spent = 0
 
         def violations_of(candidate: ChaosPlan) -> list[str]:
-            number = next(tries, None)
-            if number is None:  # out of runs: count it as passing, so the shrinker keeps what it has
+            nonlocal runs_spent
+            if candidate.events == plan.events:  # the shrinker starts from the plan that just failed
+                return failed
+            if runs_spent == args.shrink_runs:  # out of runs: count it as passing, so the shrinker keeps what it has
                 return []
-            found, _ = soak(candidate, soak_dir / f"shrink_{number}", options)
+            runs_spent += 1
+            found, _ = soak(candidate, soak_dir / f"shrink_{runs_spent - 1}", options)
             return [v.name for v in found if not v.passed and v.name in failed]
 
         shrunk = shrink_plan(plan, violations_of)
         shrunk_text = plan_yaml(shrunk.plan, shrunk.violations, plant)
         shrunk_file = str(soak_dir / "shrunk_plan.yaml")
         Path(shrunk_file).write_text(shrunk_text)
-        print(f"shrunk to {len(shrunk.plan.events)} of {len(plan.events)} faults in {shrunk.runs} runs: {shrunk_file}")
+        print(f"shrunk to {len(shrunk.plan.events)} of {len(plan.events)} faults in {runs_spent} runs: {shrunk_file}")
     (soak_dir / "plan.yaml").write_text(plan_yaml(plan, failed, plant))
     record.update(seed=plan.seed, minutes=args.minutes, steps_per_s=plan.steps_per_s, faults=len(plan.events),
                   fault_every_s=[low, high], plant=plant,

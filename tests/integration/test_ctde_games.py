@@ -79,7 +79,10 @@ def test_nonmonotonic_game_vdn_fits_the_least_squares_projection_of_its_rows_at_
     np.testing.assert_allclose(learned, data_fit, atol=0.1)
 
 
+# The bench's budget: ~9 minutes here, so `extended` (`make test-extended`), not CI; the test above
+# runs the same path at a budget CI can afford.
 @pytest.mark.long
+@pytest.mark.extended
 @pytest.mark.timeout(1500)
 def test_nonmonotonic_game_vdn_lands_within_0_1_of_the_analytic_projection(tmp_path):
     # The bench's config as it is: 819,200 rows, one gradient step per 128, the decaying rate
