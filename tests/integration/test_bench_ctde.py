@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from tests.conftest import load_bench
 
 bench = load_bench("ctde.py")
 
 
+@pytest.mark.long
 def test_a_vdn_run_is_scored_with_the_override_applied(tmp_path, capsys):
     code = bench.main(["--seeds", "0", "--steps", "300", "--variants", "vdn", "--last-evals", "1",
                        "--set", "agents.learner.target_update_period=50", "--root", str(tmp_path), "--json", "--plot", str(tmp_path / "curves.png")])

@@ -63,6 +63,7 @@ def test_tiny_centralized_run_trains_in_the_learner_node_and_every_agent_gets_it
         assert counters["ctde/params_stale"] == 0
 
 
+@pytest.mark.long
 def test_a_learner_node_that_dies_fails_the_run_naming_it(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), "--set", "run.steps=1000000")
@@ -77,6 +78,7 @@ def test_a_learner_node_that_dies_fails_the_run_naming_it(tmp_path):
     assert_all_reaped(launched_pids(events))
 
 
+@pytest.mark.long
 def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent_run(tmp_path):
     import torch
 
@@ -106,6 +108,7 @@ def test_a_shared_checkpoint_from_two_agents_starts_every_agent_of_a_three_agent
             assert torch.equal(ended["dqn"]["q_network"][name], tensor), (agent, name)
 
 
+@pytest.mark.long
 def test_a_shared_checkpoint_with_another_layout_is_refused_naming_both(tmp_path):
     trained_dir = tmp_path / "two"
     process = orchestrate("up", "configs/tiny_shared_dqn.yaml", "--run-dir", str(trained_dir), "--set", "run.steps=20")
@@ -123,6 +126,7 @@ def test_a_shared_checkpoint_with_another_layout_is_refused_naming_both(tmp_path
     )
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("average_at_end", [True, False])
 def test_a_parameter_shared_run_that_averages_at_end_ends_with_one_policy(tmp_path, average_at_end):
     """Three agents average their copies every 25 steps; the run's 60th step is its last (and an

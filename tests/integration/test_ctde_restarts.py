@@ -60,6 +60,7 @@ def finish(process: subprocess.Popen, run_dir: Path, target: str) -> list[dict]:
     return events
 
 
+@pytest.mark.long
 def test_an_agent_restarted_mid_run_is_heard_by_the_learner_and_gets_parameters_again(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), *COMMON,
@@ -79,6 +80,7 @@ def test_an_agent_restarted_mid_run_is_heard_by_the_learner_and_gets_parameters_
     assert after[-1]["ctde/params_gradient_step"] > steps_at_restart
 
 
+@pytest.mark.long
 def test_the_learner_node_killed_mid_run_is_restarted_by_policy_restores_its_checkpoint_and_trains_on(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_qmix.yaml", "--run-dir", str(run_dir), *COMMON,
@@ -115,6 +117,7 @@ def test_the_learner_node_killed_mid_run_is_restarted_by_policy_restores_its_che
         assert counters and counters[-1]["ctde/params_gradient_step"] > restored_step, agent
 
 
+@pytest.mark.long
 def test_a_centralized_run_goes_on_across_an_env_server_restart(tmp_path):
     """The env server restarted at step 80: the agents rejoin it, and the learner node joins every
     row they sent before and after (none left pending or evicted)."""

@@ -11,6 +11,7 @@ from tests.integration.test_orchestrate import finished_ok, node_metrics, orches
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
+@pytest.mark.long
 def test_tiny_pmic_run_learns_with_the_global_view_and_mi_shaping(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate("up", "configs/tiny_pmic.yaml", "--run-dir", str(run_dir))

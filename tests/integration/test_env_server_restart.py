@@ -33,6 +33,7 @@ def rows(run_dir, node: str) -> list[dict]:
     return parsed
 
 
+@pytest.mark.long
 def test_the_env_server_restarts_twice_and_the_run_resumes_where_it_stopped(tmp_path):
     run_dir = tmp_path / "run"
     # 1500 steps take ~7 s on an idle 2-core machine (31 s at load 8.5): long enough for both faults.

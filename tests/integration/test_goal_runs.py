@@ -68,6 +68,7 @@ def test_a_negotiating_pair_runs_records_negotiation_hindsight_and_relabelling(t
         assert first["negotiation/led"] + second["negotiation/led"] == 1.0, f"one leader in episode {episode}"
 
 
+@pytest.mark.long
 def test_a_population_of_four_negotiates_only_among_the_drawn_pair(tmp_path):
     steps = 6 * EPISODE
     run_dir = run(tmp_path, "configs/goals_population4.yaml", steps)
@@ -102,6 +103,7 @@ def test_a_pair_supervised_by_a_supervisor_node_pursues_the_goal_it_draws(tmp_pa
     assert counters["supervisor/refused_requests"] == 0.0
 
 
+@pytest.mark.long
 def test_a_supervisor_node_killed_mid_run_restores_its_checkpoint_and_teams_still_share_a_goal(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate(
@@ -190,6 +192,7 @@ def test_independent_agents_draw_alone_without_a_hold(tmp_path):
         assert len(ended) == 2 and not any(key.startswith(("negotiation/", "hindsight/")) for r in ended for key in r)
 
 
+@pytest.mark.long
 def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goes_on(tmp_path):
     # The checkpoint holds the learning-progress module and the negotiation matrix; before the
     # matrix was saved as plain lists, loading it (weights_only) crashed the restarted agent.
@@ -212,6 +215,7 @@ def test_a_negotiating_agent_killed_mid_run_restores_its_goal_checkpoint_and_goe
     assert after, "the restarted agent plays goal episodes again"
 
 
+@pytest.mark.long
 def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
     """The env server restarted at step 150 (mid-episode): the interrupted episode ends there for
     both agents, with its hindsight exchanged; every episode before and after is negotiated (no
@@ -236,6 +240,7 @@ def test_negotiating_agents_go_on_across_an_env_server_restart(tmp_path):
     pytest.param("configs/goals_ring6_team.yaml", 6, 3, 2, id="ring6"),
     pytest.param("configs/goals_torus9_team.yaml", 9, 2, 4, id="torus9"),
 ])
+@pytest.mark.long
 def test_a_team_flood_gives_the_whole_team_one_goal_in_every_episode(tmp_path, config, agents, diameter, degree):
     steps = 3 * EPISODE
     run_dir = run(tmp_path, config, steps)
@@ -258,6 +263,7 @@ def test_a_team_flood_gives_the_whole_team_one_goal_in_every_episode(tmp_path, c
     assert sum(all(r["negotiation/team_complete"] == 1.0 for r in by_agent.values()) for by_agent in goals.values()) >= 2
 
 
+@pytest.mark.long
 def test_under_the_own_view_the_env_pays_the_goals_and_partners_reports_carry_the_pairs(tmp_path):
     """configs/goals_own_view_hindsight.yaml: each agent sees only its own landmark, the env pays
     the goal each agent named in goal.ready, and the partner's report is the only way a pair both
@@ -278,6 +284,7 @@ def test_under_the_own_view_the_env_pays_the_goals_and_partners_reports_carry_th
         "every goal reached the env in its episode's hold"
 
 
+@pytest.mark.long
 def test_a_supervised_pair_through_the_runtime_is_the_in_process_bench_run_row_for_row(tmp_path):
     # The two benches' supervisor figures once disagreed. With the in-process run seeded as an
     # orchestrated run is (bench/goals.py `streams="runtime"`) and the agents taking their owed

@@ -61,6 +61,7 @@ def test_peer_link_delay_shows_in_message_ages_and_consensus_rounds(tmp_path):
         assert durations and min(durations) >= 3 * DELAY_S
 
 
+@pytest.mark.long
 def test_partition_between_two_agents_drops_their_messages(tmp_path):
     run_dir = tmp_path / "partitioned"
     up(run_dir, "network.partitions=[[agent_0], [agent_1]]")

@@ -32,6 +32,7 @@ def value_at(points: list[tuple[float, float]], t: float) -> float:
     return before[-1] if before else 0.0
 
 
+@pytest.mark.long
 def test_a_step_held_for_a_link_change_waits_for_its_nodes_but_not_for_a_paused_one(tmp_path):
     """At step 40 agent_1 is paused, then the link agent_1 -> agent_2 changes: agent_2 applies
     it at once, the paused agent_1 cannot say so; the env server's hold ends after the
@@ -137,6 +138,7 @@ def test_partition_drops_on_the_links_neighbours_go_down_and_come_back_after_the
     assert_all_reaped(launched_pids(events))
 
 
+@pytest.mark.long
 def test_a_killed_env_server_ends_the_run_cleanly_with_the_reason(tmp_path):
     run_dir = tmp_path / "run"
     process = orchestrate(

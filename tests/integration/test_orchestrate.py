@@ -199,6 +199,7 @@ def test_up_with_a_bad_config_exits_2_naming_the_field(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.long
 def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     """Three OG-MARL agents on a ring refit their GPs, average them over real sockets, imagine."""
     run_dir = tmp_path / "run"
@@ -226,6 +227,7 @@ def test_og_marl_agents_average_their_gp_world_models_by_consensus(tmp_path):
     assert code["git_commit"] is None or len(code["git_commit"]) == 40  # None outside a git checkout
 
 
+@pytest.mark.long
 def test_og_marl_agents_average_by_push_sum(tmp_path):
     """The same run with asynchronous push-sum instead of synchronous rounds: it runs to the end
     and every refresh logs the engine's summary (pushes made and applied, weight mass held)."""

@@ -179,6 +179,7 @@ def test_the_main_job_talking_free_learns_its_partners_rows_at_the_same_steps_un
         assert_same_state(checkpoint(loaded, agent), checkpoint(idle, agent), f"{agent} checkpoint")
 
 
+@pytest.mark.long
 def test_a_deadline_that_runs_out_is_recorded_as_broken_reproducibility(tmp_path):
     """Links slower than the deadlines: every consensus round runs out before the neighbours'
     shares arrive, and the env server steps on without the agents' actions. The run still ends

@@ -166,6 +166,7 @@ def test_tcp_strangers_cannot_join_take_over_or_spoof(tmp_path):
     assert_all_reaped(launched_pids(read_events(run_dir)))
 
 
+@pytest.mark.long
 def test_ipc_strangers_are_dropped_counted_and_logged_in_aggregate(tmp_path):
     run_dir = tmp_path / "run"
     env_log = attacked_run(run_dir, "configs/tiny_ring.yaml", curve=False)

@@ -32,7 +32,7 @@ def write_sweep(tmp_path: Path, **spec) -> Path:
     return path
 
 
-@pytest.mark.long  # (~20 s; the failed-run and Ctrl-C sweeps stay in the README's test command)
+@pytest.mark.long  # (~20 s; the Ctrl-C sweep stays in the README's test command)
 def test_a_two_point_loss_sweep_runs_and_reports(tmp_path):
     """Loss on the peer links, 0 or 0.5, both runs at once: both finish, and the report shows the
     loss the links realised, so the swept key reached the runs."""
@@ -71,6 +71,7 @@ def test_a_two_point_loss_sweep_runs_and_reports(tmp_path):
     assert "agent_0 -> agent_1" in stdout.decode() and "consensus:" in stdout.decode()
 
 
+@pytest.mark.long
 def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     """A start-up timeout far too short fails the first point at run time (it validates); the
     second point still runs, and the sweep exits 1."""
