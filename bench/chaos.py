@@ -813,23 +813,20 @@ def main(argv: list[str] | None = None) -> int:
     if failed and args.shrink_runs > 0 and plan.events:
         from protocols.sim.simplan import shrink_plan
 
-        runs_spent = 0
+        tries = iter(range(args.shrink_runs))
 
         def violations_of(candidate: ChaosPlan) -> list[str]:
-            nonlocal runs_spent
-            if candidate.events == plan.events:  # the shrinker starts from the plan that just failed
-                return failed
-            if runs_spent == args.shrink_runs:  # out of runs: count it as passing, so the shrinker keeps what it has
+            number = next(tries, None)
+            if number is None:  # out of runs: count it as passing, so the shrinker keeps what it has
                 return []
-            runs_spent += 1
-            found, _ = soak(candidate, soak_dir / f"shrink_{runs_spent - 1}", options)
+            found, _ = soak(candidate, soak_dir / f"shrink_{number}", options)
             return [v.name for v in found if not v.passed and v.name in failed]
 
-        shrunk = shrink_plan(plan, violations_of)
+        shrunk = shrink_plan(plan, violations_of, known_violations=failed)
         shrunk_text = plan_yaml(shrunk.plan, shrunk.violations, plant)
         shrunk_file = str(soak_dir / "shrunk_plan.yaml")
         Path(shrunk_file).write_text(shrunk_text)
-        print(f"shrunk to {len(shrunk.plan.events)} of {len(plan.events)} faults in {runs_spent} runs: {shrunk_file}")
+        print(f"shrunk to {len(shrunk.plan.events)} of {len(plan.events)} faults in {min(shrunk.runs, args.shrink_runs)} runs: {shrunk_file}")
     (soak_dir / "plan.yaml").write_text(plan_yaml(plan, failed, plant))
     record.update(seed=plan.seed, minutes=args.minutes, steps_per_s=plan.steps_per_s, faults=len(plan.events),
                   fault_every_s=[low, high], plant=plant,

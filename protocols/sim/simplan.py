@@ -498,6 +498,7 @@ def shrink_plan(
     plan: FaultPlan,
     violations_of: Callable[[FaultPlan], list[str]] = plan_fails,
     still_failing: Callable[[list[str]], bool] = bool,
+    known_violations: list[str] | None = None,
 ) -> Shrunk:
     """Cut a failing plan down to a 1-minimal set of events that still fails (ddmin).
 
@@ -506,7 +507,8 @@ def shrink_plan(
     first that still fails (`still_failing(violations)`, by default any violation; pass a test
     for one invariant to keep the cause from drifting to another), else split finer; stop when
     no single event can be removed. The plan with no events is tried first: a failure that needs
-    no fault shrinks to nothing at all.
+    no fault shrinks to nothing at all. `known_violations`: the plan's own, when the caller has
+    just run it (a whole run on real processes), so it is not run again.
     """
     runs = 0
 
@@ -517,7 +519,10 @@ def shrink_plan(
         return violations if still_failing(violations) else None
 
     events = list(plan.events)
-    found = fails(events)
+    if known_violations is None:
+        found = fails(events)
+    else:
+        found = known_violations if still_failing(known_violations) else None
     if found is None:
         raise ValueError(f"the plan does not fail (seed {plan.seed}, {len(events)} events): nothing to shrink")
     empty = fails([])

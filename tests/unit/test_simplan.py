@@ -106,6 +106,20 @@ def test_a_broken_engine_is_caught_and_its_plan_shrunk_to_at_most_three_events()
     assert "kind: pause" in text and "kind: resume" in text
 
 
+def test_a_plan_whose_violations_are_known_is_not_run_again():
+    plan = _eight_event_plan()
+    culprit = plan.events[3]
+    tried = []
+
+    def violations_of(candidate):
+        tried.append(candidate.events)
+        return ["restores"] if culprit in candidate.events else []
+
+    shrunk = shrink_plan(plan, violations_of, known_violations=["restores"])
+    assert shrunk.plan.events == (culprit,)
+    assert plan.events not in tried and shrunk.runs == len(tried)
+
+
 def test_shrinking_refuses_a_plan_that_does_not_fail():
     with pytest.raises(ValueError, match="does not fail"):
         shrink_plan(_eight_event_plan())
