@@ -133,6 +133,12 @@ def _space_problems(config: RunConfig, facts: EnvFacts) -> list[str]:
             f"{agent}; {kind!r} would flatten them into its first layer, and only "
             f"{_listed(sorted(IMAGE_ENCODER_KINDS))} reads images through a CNN (agents.learner.encoder)"
         )
+    if images and getattr(config.agents.learner, "numpy_updates", False) and config.agents.learner.encoder != "mlp":
+        agent, space = next(iter(images.items()))
+        problems.append(
+            f"agents.learner.numpy_updates: {config.env.name} gives image observations ({_described(space)}) to {agent}, "
+            "which DQN reads through a CNN, and numpy updates take a plain MLP; set numpy_updates: false, or encoder: mlp"
+        )
     return problems
 
 

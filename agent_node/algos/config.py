@@ -72,11 +72,18 @@ class DQNConfig(BaseModel):
     loss: Literal["huber", "mse"] = "huber"
     # Clip the global gradient norm; None disables clipping.
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 10.0
+    # Take the gradient steps in numpy over flat buffers (agent_node/algos/numpy_steps.py): the
+    # same update for less CPU per step on small networks, with numpy's arithmetic, so not bit for
+    # bit torch's. A plain MLP only (no CNN encoder).
+    numpy_updates: bool = False
 
     @model_validator(mode="after")
     def _buffer_holds_a_batch(self) -> DQNConfig:
         check_buffer_holds_a_batch(self.buffer_size, self.batch_size)
         check_learning_rate_schedule(self.learning_rate_end, self.learning_rate_decay_steps)
+        if self.numpy_updates and self.encoder == "cnn":
+            raise ValueError("numpy_updates: numpy updates take a plain MLP; encoder 'cnn' needs torch's "
+                             "(set numpy_updates: false, or encoder: mlp)")
         return self
 
 

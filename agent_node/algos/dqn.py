@@ -25,7 +25,8 @@ A `truncated` row (a time-limit cut) still bootstraps, because the state had a f
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +40,7 @@ from agent_node.algos.learner_parts import (OwesGradientSteps, StateLayout, chec
                                             checked_obs, linear_schedule, run_gradient_steps, scheduled_learning_rate,
                                             set_learning_rate, steps_to_take, trainable_rows, update_counters)
 from agent_node.algos.lean_steps import MLPPasses, adam_step
+from agent_node.algos.numpy_steps import NumpyDQNUpdate
 from agent_node.algos.params import ModuleLearner
 from agent_node.replay import ReplayBuffer
 from agent_node.roles import Transition
@@ -147,10 +149,19 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         # the same bits, for about a third less CPU per gradient step at the main job's size
         # (agent_node/algos/lean_steps.py). An encoder keeps autograd.
         plain_mlp = self.q_network.encoder is None and MLPPasses.fits(self.q_network.layers)
-        self._online_passes = MLPPasses(self.q_network.layers) if plain_mlp else None
-        self._target_passes = MLPPasses(self.target_network.layers) if plain_mlp else None
         # fused=True: one kernel per step instead of one per tensor, about 2x faster on CPU here.
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate, fused=True)
+        # With numpy_updates the gradient steps run in numpy, on buffers the modules' parameters
+        # and the optimizer's state become views of (agent_node/algos/numpy_steps.py); before the
+        # passes below take their aliases of the parameters.
+        self._numpy_update = None
+        if config.numpy_updates:
+            if not plain_mlp:
+                raise ValueError(f"numpy_updates: numpy updates take a plain MLP; this observation space "
+                                 f"{observation_space!r} is read through a CNN (set encoder: mlp, or numpy_updates: false)")
+            self._numpy_update = NumpyDQNUpdate(self.q_network.layers, self.target_network.layers, self.optimizer)
+        self._online_passes = MLPPasses(self.q_network.layers) if plain_mlp else None
+        self._target_passes = MLPPasses(self.target_network.layers) if plain_mlp else None
         self.explore_rng = np.random.default_rng(explore_seed)
 
         self.replay = ReplayBuffer(
@@ -224,9 +235,17 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         taken, still pending, owed in all (taken + pending), and rows observed."""
         return update_counters("dqn", self.gradient_steps, self.gradient_steps_due(), self.rows_observed)
 
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self._numpy_update is not None:
+            # The optimizer's state came back as new tensors: into the flat buffers again.
+            self._numpy_update.bind_optimizer_state()
+
     def _gradient_step(self) -> dict[str, float]:
         cfg = self.config
         batch = self.replay.sample(cfg.batch_size)
+        if self._numpy_update is not None:
+            return self._numpy_gradient_step(batch)
         obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
         action = torch.as_tensor(batch["action"], dtype=torch.int64)
         reward = torch.as_tensor(batch["reward"], dtype=torch.float32)
@@ -272,6 +291,21 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
             "dqn/target_mean": td_target.mean().item(),
             **bonus_metrics,
         }
+
+    def _numpy_gradient_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        """`_gradient_step` in numpy (`numpy_updates`): the same update, the same metrics."""
+        cfg = self.config
+        set_learning_rate(self.optimizer, scheduled_learning_rate(
+            cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))
+        soft_update_due = (self.gradient_steps + 1) % cfg.target_update_period == 0
+        loss, q_mean, target_mean, bonus_mean = self._numpy_update.step(
+            batch, gamma=cfg.gamma, double_dqn=cfg.double_dqn, loss=cfg.loss, max_grad_norm=cfg.max_grad_norm,
+            tau=cfg.target_tau if soft_update_due else None, reward_bonus=self.reward_bonus)
+        self.gradient_steps += 1
+        metrics = {"dqn/loss": loss, "dqn/q_mean": q_mean, "dqn/target_mean": target_mean}
+        if bonus_mean is not None:
+            metrics["dqn/reward_bonus_mean"] = bonus_mean
+        return metrics
 
     def _gradients_by_hand(self, obs: torch.Tensor, action: torch.Tensor,
                            td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

@@ -3,10 +3,11 @@
 One shrink rule (`shrink_overrides`: `--set` overrides computed from the config itself) turns any
 shipped config into a run of a few dozen steps. Then, per config:
 
-- `validate` (every config, in the normal suite: it builds each env once, seconds in all);
+- `validate` (every config; `make test-long`: it builds each env once, seconds a config);
 - `up` -> `report` -> `evaluate` (or its refusal, which must name why) -> an `up` interrupted by
   `down` once every agent has a checkpoint, then `resume` to the budget (or its refusal, for a
-  run with a fault schedule): long, a run per verb per config.
+  run with a fault schedule): a run per verb per config, so `make test-long` chains the configs of
+  `CHAIN_IN_CI` and `make test-extended` every other.
 
 `test_every_command_of_the_readmes_verb_list_works` runs the README's "The verbs" block line by
 line (with the shrink rule added to what launches runs), so the README cannot drift from what

@@ -37,3 +37,20 @@ def test_the_page_counts_late_actions_as_the_report_does_across_an_env_server_re
     assert columns["late_share"] == summarize_run(run_dir)["headline"]["late_action_share"] == (50 / 200 + 4 / 200) / 2
     assert (columns["age_mean"], columns["age_max"]) == ((3.0 + 1.0) / 2, 6.0)
     assert columns["eval_return"] == -12.0
+
+
+def test_the_summary_pairs_each_rate_with_the_lockstep_by_seed_and_leaves_out_refused_runs():
+    def row(rate, seed, eval_return, returncode=0):
+        return {"rate": rate, "pause_s": 0.0, "act_delay_s": 0.0, "seed": seed, "returncode": returncode,
+                "refused": None if returncode == 0 else f"exit {returncode}", "steps_per_s": 40.0,
+                "late_share": 0.0 if rate is None else 0.25, "age_mean": None if rate is None else 2.0,
+                "eval_return": eval_return}  # fmt: skip
+
+    rows = [row(None, 0, -14.0), row(None, 1, -15.0), row(None, 2, -16.0),
+            row(80.0, 0, -15.0), row(80.0, 1, -17.0), row(80.0, 2, -40.0, returncode=1)]
+    lockstep, clocked = realtime.summarize(rows)
+    assert lockstep["rate"] is None and lockstep["seeds"] == [0, 1, 2] and lockstep["minus_lockstep"] is None
+    assert clocked["seeds"] == [0, 1] and clocked["runs"] == 3
+    mean, half = clocked["minus_lockstep"]
+    assert mean == -1.5 and half > 0  # (-15 - -14 + -17 - -15) / 2; the refused seed 2 is in neither
+    assert clocked["eval_return"][0] == -16.0 and clocked["late_share"][0] == 0.25

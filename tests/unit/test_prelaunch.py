@@ -68,6 +68,11 @@ def test_image_observations_are_refused_to_a_learner_without_a_cnn():
     # A Box of three axes that is not uint8 pixels (a feature map, say) is not an image.
     assert launch_problems(load_config(TINY, ["agents.learner={kind: sac}"]),
                            facts(3, BOX, {"kind": "box", "shape": [4, 4, 3], "image": False})) == []
+    # Numpy updates take a plain MLP: not the CNN DQN reads images through, unless told to flatten.
+    (numpy_updates,) = launch_problems(load_config(TINY, ["agents.learner.numpy_updates=true"]), facts(3, DISCRETE, pixels))
+    assert numpy_updates.startswith("agents.learner.numpy_updates: mpe2.simple_spread_v3 gives image observations")
+    assert launch_problems(load_config(TINY, ["agents.learner.numpy_updates=true", "agents.learner.encoder=mlp"]),
+                           facts(3, DISCRETE, pixels)) == []
 
 
 def test_load_checkpoints_must_hold_one_checkpoint_per_agent_in_either_layout(tmp_path):
