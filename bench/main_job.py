@@ -34,8 +34,9 @@ gives the same run on any load) and one change per variant:
   0.1, in units of the mean disagreement), the model refit and averaged every 250 steps so that
   the bonus starts early in the exploration. Compared also with `world_model_averaged`, its
   reference: the same learner whose model nobody reads;
-- `numpy_updates`: the main job with its DQN gradient steps taken in numpy (`agents.learner.numpy_updates`:
-  the same update, numpy's arithmetic): what the faster path costs in learning, if anything.
+- `torch_updates`: the main job with its DQN gradient steps taken in torch (`agents.learner.numpy_updates=false`,
+  the shipped job's path until 2026-11-28, which every record of that time measured): the same
+  update with torch's arithmetic.
 
 A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
 episode). The random and oracle lines are the env server's own (env_server/baselines.py), on the
@@ -114,7 +115,7 @@ VARIANTS: dict[str, list[str]] = {
                   "protocols.consensus.same_initial_policy=false"],
     "world_model_bonus": [*AVERAGED_ONCE_IN_1000_STEPS, "protocols.consensus.what=world_model_parameters",
                           ENSEMBLE_WORLD_MODEL, "protocols.consensus.period_steps=250", "agents.world_model_bonus=0.1"],
-    "numpy_updates": ["agents.learner.numpy_updates=true"],
+    "torch_updates": ["agents.learner.numpy_updates=false"],
 }
 # Variants compared also with a reference other than `main`: the run that differs by one change.
 REFERENCE_OF = {"world_model_bonus": "world_model_averaged", "push_sum_in_steps": "talking_in_steps"}

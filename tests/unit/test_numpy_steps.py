@@ -114,6 +114,19 @@ def test_a_torch_paths_checkpoint_loads_into_a_numpy_learner():
     assert float(in_numpy._numpy_update.step_count) == float(state[0]["step"])
 
 
+def test_a_numpy_learners_checkpoint_loads_into_a_torch_learner_that_trains_on():
+    _, in_numpy = trained_pair(steps=30)
+    in_torch = DQNAgent(config(), SPACE, gym.spaces.Discrete(4), seed=99)
+    in_torch.load_state_dict(in_numpy.state_dict())
+    for a, b in zip(in_torch.q_network.parameters(), in_numpy.q_network.parameters()):
+        assert torch.equal(a, b)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        in_torch.observe(random_rows(rng, 8))
+        assert np.isfinite(in_torch.update().get("dqn/loss", 0.0))
+    assert in_torch.gradient_steps > in_numpy.gradient_steps
+
+
 def test_an_average_set_by_consensus_is_what_the_next_numpy_step_starts_from():
     _, agent = trained_pair(steps=30)
     average = {name: np.full_like(value, 0.01) for name, value in agent.get_params().items()}
