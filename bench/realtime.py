@@ -314,9 +314,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.page_of:
         record = results_page.load(args.page_of)
-        if args.plot:
+        if args.plot:  # the record names its plot, so the page renders again from the record alone
             plot(record, args.plot)
             record["plot"] = plot_reference(args.plot, args.page)
+            results_page.save(record, args.page_of)
         page = render(record, args.page_of.name)
         args.page.write_text(page) if args.page else print(page)
         return 0
