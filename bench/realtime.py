@@ -50,7 +50,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page
 from intervals import mean_ci  # noqa: E402
-from runs import check_made_with, finished_exit_code, numbers, records  # noqa: E402
+from runs import numbers, records, reusable_exit_code  # noqa: E402
 from orchestrator.report import summarize_run  # noqa: E402
 from orchestrator.run_records import run_record  # noqa: E402
 
@@ -273,20 +272,6 @@ def render(record: dict[str, Any], source: str) -> str:
             + "\nThe runs:\n\n" + results_page.table(columns, record["rows"]) + "\n" + record.get("note", "") + "\n")
 
 
-def reused_exit_code(run_dir: Path, settings: list[str]) -> int | None:
-    """The exit code of a run that already finished in `run_dir` with `settings` (ValueError if
-    it was made with others), or None: nothing there, or a run left unfinished, which is renamed
-    `<name>.unfinished-<time>` (kept, not deleted) so the point runs afresh."""
-    if not run_dir.exists():
-        return None
-    returncode = finished_exit_code(run_dir)
-    if returncode is None:
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}"))
-        return None
-    check_made_with(run_dir, settings)
-    return returncode
-
-
 def plot_reference(plot_path: Path, page_path: Path | None) -> str:
     """How the page names the plot: relative to the page's folder when it has one."""
     if page_path is None:
@@ -333,7 +318,7 @@ def main() -> int:
                 name = (f"seed{seed}_pause{pause_s:g}" + (f"_delay{act_delay_s:g}" if act_delay_s else "") + "_"
                         + ("lockstep" if rate is None else f"rt{rate:g}"))
                 settings = point_settings(rate, pause_s, args.steps, seed, act_delay_s)
-                returncode = reused_exit_code(runs_dir / name, settings) if args.reuse else None
+                returncode = reusable_exit_code(runs_dir / name, settings) if args.reuse else None
                 if returncode is None:
                     returncode = run_point(args.config, runs_dir / name, settings)
                 # A run that did not exit 0 with its budget done is shown, never scored (its return is left out).

@@ -99,16 +99,27 @@ def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: f
     time); a run directory left unfinished is renamed `<name>.unfinished-<time>`, not deleted, and
     the run starts afresh. A finished run made with other settings than `overrides` ask for is
     refused (ValueError), not scored."""
-    if reuse and run_dir.exists():
-        code = finished_exit_code(run_dir)
-        if code is not None:
-            check_made_with(run_dir, overrides)
-            return {**_scored(run_dir, code, last_evals, "the reused run exited non-zero or evaluated nothing"),
-                    "wall_s": None, "reused": True}
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}"))
+    code = reusable_exit_code(run_dir, overrides) if reuse else None
+    if code is not None:
+        return {**_scored(run_dir, code, last_evals, "the reused run exited non-zero or evaluated nothing"),
+                "wall_s": None, "reused": True}
     started = time.monotonic()
     code, stderr = run_once(config, overrides, run_dir, timeout_s, extra_paths)
     return {**_scored(run_dir, code, last_evals, stderr), "wall_s": round(time.monotonic() - started, 1)}
+
+
+def reusable_exit_code(run_dir: Path, overrides: list[str]) -> int | None:
+    """The exit code of a run that already finished in `run_dir` with `overrides` (ValueError if
+    it was made with others), or None: nothing there, or a run left unfinished, which is renamed
+    `<name>.unfinished-<time>` (kept, not deleted) so the run starts afresh."""
+    if not run_dir.exists():
+        return None
+    code = finished_exit_code(run_dir)
+    if code is None:
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}"))
+        return None
+    check_made_with(run_dir, overrides)
+    return code
 
 
 def check_made_with(run_dir: Path, overrides: list[str]) -> None:
