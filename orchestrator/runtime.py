@@ -499,17 +499,19 @@ class Orchestrator:
         down_since, self.env_server_down_since = self.env_server_down_since, None
         agents = self._running_agents()
         # No resume point (it died before its first step was saved): it starts the run from step 0.
-        back = m.EnvServerBack(env_endpoint=node.endpoints["env"], step=resumed_step or 0)
-        for agent in agents:
-            self.control.send(back, to=agent)
         # Agents down for good (a scheduled kill that no restart follows) will not join it: say so,
         # or it would wait env.join_deadline_s for them before its first step.
         gone = [n for n in self.nodes.values() if n.launch.role == "agent" and n.exit_code is not None and n.restart_at is None]
-        if gone:
-            self.control.send(m.AgentsGone(indices=[n.launch.index for n in gone]), to=node.launch.node_id)
+        # The event first: its time then precedes every step of the resumed server, which a reader
+        # of the metrics may split on (the agents step as soon as they are told, below).
         self.events.write("env_server_resumed", node.launch.node_id, step=resumed_step, restarts=node.restarts,
                           downtime_s=None if down_since is None else round(time.time() - down_since, 3),
                           agents_told=agents, agents_gone=[n.launch.node_id for n in gone])
+        back = m.EnvServerBack(env_endpoint=node.endpoints["env"], step=resumed_step or 0)
+        for agent in agents:
+            self.control.send(back, to=agent)
+        if gone:
+            self.control.send(m.AgentsGone(indices=[n.launch.index for n in gone]), to=node.launch.node_id)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -110,7 +110,7 @@ def test_the_env_server_restarts_twice_and_the_run_resumes_where_it_stopped(tmp_
         # Each resumed server reset every copy: the first whole episode after it is a new one of
         # max_cycles (10) steps from the resumed step, not the rest of the cut one.
         for resume in resumed:
-            first = next(r for r in mine if "env/episode_return" in r and r["t"] > resume["t"])
+            first = next(r for r in mine if "env/episode_return" in r and r["step"] > resume["step"])
             assert (first["step"], first["env/episode_length"]) == (resume["step"] + 10, 10.0), (agent, first, resume)
         # Kept learning after the last restart: gradient steps grew in rows written after it.
         after = [r["dqn/gradient_steps"] for r in mine if "dqn/gradient_steps" in r and r["t"] > resumed[-1]["t"]]
