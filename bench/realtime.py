@@ -1,7 +1,7 @@
 """The main job on a realtime clock: the share of late actions and the return against the rate.
 
     python bench/realtime.py [--config configs/4agents_ring.yaml] [--rates 10,20,40] [--pauses-s 0,2]
-                             [--act-delays-s 0,0.02] [--steps 400] [--seeds 0] [--runs-dir DIR]
+                             [--act-delays-s 0,0.02] [--steps 400] [--seeds 0] [--set FIELD=VALUE ...] [--runs-dir DIR]
                              [--save docs/results/realtime.json --page docs/results/realtime.md]
     python bench/realtime.py --page-of docs/results/realtime.json [--plot docs/results/realtime.png]
                                                                       # the page of a saved record, nothing run
@@ -38,7 +38,8 @@ learns at a rate: the learning measurement (a full budget, several seeds, interv
 bench's own run with `--steps 10000 --seeds 0,1,2`. Its time is wall time, so it is measured on
 an idle machine: load slows the agents and moves the rate at which they fall behind. `--reuse`
 measures a run already finished under `--runs-dir` instead of running it again (a batch cut short
-goes on where it stopped).
+goes on where it stopped, or a record gets points it lacked), and refuses one that the config with
+this invocation's settings no longer resolves to (bench/runs.py `check_made_with`).
 """
 
 from __future__ import annotations
@@ -256,7 +257,8 @@ def render(record: dict[str, Any], source: str) -> str:
         ("eval age max", "right", lambda row: fmt(row.get("eval_age_max"), "g")),
     ]
     intro = (
-        f"{settings['config']}, {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
+        f"{settings['config']}" + "".join(f" with `{setting}`" for setting in settings.get("set", []))
+        + f", {settings['steps']} training steps, one greedy evaluation at the end; a realtime "
         f"clock plays a late agent's newest action (`env.late_action: last`). Straggler: {STRAGGLER} paused "
         f"{PAUSE_AT_S:g} s after the start for the given seconds, or waiting the given act delay before each answer. "
         "The columns are bench/realtime.py's docstring's."
@@ -288,6 +290,9 @@ def main() -> int:
                         help="how long the straggler waits before each answer, comma-separated (0: not slowed)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a setting for every run, beside the config (repeatable; e.g. agents.learner.numpy_updates=false "
+                             "to add points to a record of that learner path)")
     parser.add_argument("--runs-dir", help="where the runs go (default: a new temporary directory, kept)")
     parser.add_argument("--note", default="", help="a sentence for the page (what this run is and is not)")
     parser.add_argument("--save", type=Path, help="write the record (JSON) here")
@@ -308,7 +313,7 @@ def main() -> int:
         return 0
 
     record = results_page.begin("bench/realtime.py", sys.argv[1:])
-    record["settings"] = {"config": args.config, "steps": args.steps}
+    record["settings"] = {"config": args.config, "steps": args.steps, "set": args.set}
     record["note"] = args.note
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="parley-bench-realtime-"))
     rows = []
@@ -317,8 +322,8 @@ def main() -> int:
             for rate in [None, *numbers(args.rates)]:
                 name = (f"seed{seed}_pause{pause_s:g}" + (f"_delay{act_delay_s:g}" if act_delay_s else "") + "_"
                         + ("lockstep" if rate is None else f"rt{rate:g}"))
-                settings = point_settings(rate, pause_s, args.steps, seed, act_delay_s)
-                returncode = reusable_exit_code(runs_dir / name, settings) if args.reuse else None
+                settings = [*args.set, *point_settings(rate, pause_s, args.steps, seed, act_delay_s)]
+                returncode = reusable_exit_code(runs_dir / name, settings, args.config) if args.reuse else None
                 if returncode is None:
                     returncode = run_point(args.config, runs_dir / name, settings)
                 # A run that did not exit 0 with its budget done is shown, never scored (its return is left out).

@@ -97,9 +97,9 @@ def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: f
     `reuse`: a run that already finished in `run_dir` (an earlier invocation of the bench with
     the same root) is scored as it is instead of run again (`reused` in the result, no wall
     time); a run directory left unfinished is renamed `<name>.unfinished-<time>`, not deleted, and
-    the run starts afresh. A finished run made with other settings than `overrides` ask for is
-    refused (ValueError), not scored."""
-    code = reusable_exit_code(run_dir, overrides) if reuse else None
+    the run starts afresh. A finished run made with other settings than `config` with `overrides`
+    resolves to now is refused (ValueError), not scored."""
+    code = reusable_exit_code(run_dir, overrides, config) if reuse else None
     if code is not None:
         return {**_scored(run_dir, code, last_evals, "the reused run exited non-zero or evaluated nothing"),
                 "wall_s": None, "reused": True}
@@ -108,9 +108,10 @@ def run_and_score(config: str, overrides: list[str], run_dir: Path, timeout_s: f
     return {**_scored(run_dir, code, last_evals, stderr), "wall_s": round(time.monotonic() - started, 1)}
 
 
-def reusable_exit_code(run_dir: Path, overrides: list[str]) -> int | None:
+def reusable_exit_code(run_dir: Path, overrides: list[str], config: str | None = None) -> int | None:
     """The exit code of a run that already finished in `run_dir` with `overrides` (ValueError if
-    it was made with others), or None: nothing there, or a run left unfinished, which is renamed
+    it was made with others, or, given `config`, from another version of that file:
+    `check_made_with`), or None: nothing there, or a run left unfinished, which is renamed
     `<name>.unfinished-<time>` (kept, not deleted) so the run starts afresh."""
     if not run_dir.exists():
         return None
@@ -118,24 +119,57 @@ def reusable_exit_code(run_dir: Path, overrides: list[str]) -> int | None:
     if code is None:
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.unfinished-{time.strftime('%Y%m%dT%H%M%S')}"))
         return None
-    check_made_with(run_dir, overrides)
+    check_made_with(run_dir, overrides, config)
     return code
 
 
-def check_made_with(run_dir: Path, overrides: list[str]) -> None:
-    """Raise ValueError unless every `--set` in `overrides` holds in `run_dir`'s resolved.yaml."""
-    from orchestrator.config import RESOLVED_FILENAME
+def check_made_with(run_dir: Path, overrides: list[str], config: str | None = None) -> None:
+    """Raise ValueError unless every `--set` in `overrides` holds in `run_dir`'s resolved.yaml and,
+    given `config`, unless `config` with `overrides` resolves now to the run's whole config: a
+    config file edited since the run (a learner setting it did not have) makes another experiment,
+    which the overrides alone do not show. Given `config`, the run's file is read through today's
+    schema, so a field added since the run counts as its default."""
+    from orchestrator.config import RESOLVED_FILENAME, ConfigError, load_config, load_resolved, resolve, resolve_data
     from orchestrator.overrides import load_yaml, parse_override
 
-    resolved = load_yaml((run_dir / RESOLVED_FILENAME).read_text())
+    path = run_dir / RESOLVED_FILENAME
+    if config is None:
+        made = load_yaml(path.read_text())
+    else:
+        try:
+            made = resolve_data(load_resolved(path))
+        except ConfigError as error:
+            raise ValueError(f"{run_dir} cannot be reused: its config no longer loads: {error}") from None
     for text in overrides:
         segments, wanted = parse_override(text)
-        node = resolved
+        node = made
         for segment in segments:
             node = node.get(segment) if isinstance(node, dict) else None
         if node != wanted:
             raise ValueError(f"{run_dir} cannot be reused: it was run with {'.'.join(segments)}={node!r}, "
                              f"this invocation asks for {text!r}")
+    if config is None:
+        return
+    made_leaves, now_leaves = _dotted(made), _dotted(resolve(load_config(config, overrides)))
+    # Where the run lived (its directory, sockets, keys: `runtime`) is no setting of the experiment.
+    differing = sorted(key for key in made_leaves.keys() | now_leaves.keys()
+                       if key.split(".")[0] != "runtime" and made_leaves.get(key, "(absent)") != now_leaves.get(key, "(absent)"))
+    if differing:
+        shown = "; ".join(f"{key}: {made_leaves.get(key, '(absent)')!r} in the run, {now_leaves.get(key, '(absent)')!r} now"
+                          for key in differing[:4])
+        more = f" (and {len(differing) - 4} more)" if len(differing) > 4 else ""
+        raise ValueError(f"{run_dir} cannot be reused: {config} with this invocation's settings no longer "
+                         f"resolves to the run's config: {shown}{more}")
+
+
+def _dotted(data: object, prefix: str = "") -> dict[str, object]:
+    """A nested mapping's leaves by dotted path (lists are leaves)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    leaves: dict[str, object] = {}
+    for key, value in data.items():
+        leaves.update(_dotted(value, f"{prefix}.{key}" if prefix else str(key)))
+    return leaves
 
 
 def _scored(run_dir: Path, code: int, last_evals: int, stderr: str) -> dict:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
@@ -65,21 +66,55 @@ def finish(run_dir: Path, exit_code: int | None, resolved: str, steps_done: int 
     return run_dir
 
 
+CONFIG = "configs/tiny_ring.yaml"
+
+
+def resolved_as_up_writes(config: str, overrides: list[str], run_dir: Path) -> str:
+    """The resolved.yaml `orchestrate up CONFIG --set ...` writes into run_dir."""
+    from orchestrator.config import RunLayout, load_config, resolve, with_runtime
+
+    layout = RunLayout(run_id="test", run_dir=str(run_dir), socket_dir=str(run_dir / "sock"), keys_dir=str(run_dir / "keys"))
+    return yaml.safe_dump(resolve(with_runtime(load_config(config, overrides), layout)), sort_keys=False)
+
+
 def test_a_finished_run_is_reused_without_running_it_again(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "run_once", lambda *args: pytest.fail("a finished run was run again"))
-    run = finish(make_run(tmp_path, "a_seed0", [(100, -3.0), (200, -1.0)]), 0, "run: {seed: 0, steps: 200}\n")
-    result = runs.run_and_score("any.yaml", ["run.seed=0", "run.steps=200"], run, 60, last_evals=2, reuse=True)
+    settings = ["run.seed=0", "run.steps=200"]
+    run = make_run(tmp_path, "a_seed0", [(100, -3.0), (200, -1.0)])
+    finish(run, 0, resolved_as_up_writes(CONFIG, settings, run))
+    result = runs.run_and_score(CONFIG, settings, run, 60, last_evals=2, reuse=True)
     assert result["reused"] and not result["failed"] and result["score"] == -2.0
-    failed = finish(make_run(tmp_path, "b_seed0", [(100, -3.0)]), 1, "run: {seed: 0}\n")
-    assert runs.run_and_score("any.yaml", [], failed, 60, last_evals=1, reuse=True)["failed"]
+    failed = make_run(tmp_path, "b_seed0", [(100, -3.0)])
+    finish(failed, 1, resolved_as_up_writes(CONFIG, [], failed))
+    assert runs.run_and_score(CONFIG, [], failed, 60, last_evals=1, reuse=True)["failed"]
 
 
-def test_a_finished_run_made_with_other_settings_is_refused(tmp_path, monkeypatch):
+def test_a_run_from_another_version_of_the_config_is_refused(tmp_path, monkeypatch):
+    """The same overrides on an edited config file: another experiment, named by the field. A
+    field the run's file lacks (added to the schema since) counts as its default."""
     monkeypatch.setattr(runs, "run_once", lambda *args: pytest.fail("ran"))
+    edited = tmp_path / "edited.yaml"
+    edited.write_text((REPO / CONFIG).read_text() + "\n")
+    run = make_run(tmp_path, "a_seed0", [(100, -3.0)])
+    finish(run, 0, resolved_as_up_writes(CONFIG, ["run.seed=0", "agents.learner.gamma=0.9"], run))
+    with pytest.raises(ValueError, match=r"agents.learner.gamma: 0.9 in the run, 0.99 now"):
+        runs.run_and_score(str(edited), ["run.seed=0"], run, 60, last_evals=1, reuse=True)
+    runs.check_made_with(run, ["run.seed=0", "agents.learner.gamma=0.9"], str(edited))  # the same settings: reused
+
+    older = make_run(tmp_path, "b_seed0", [(100, -3.0)])
+    text = resolved_as_up_writes(CONFIG, [], older)
+    finish(older, 0, text.replace("    numpy_updates: false\n", ""))
+    assert "numpy_updates" not in (older / "resolved.yaml").read_text()
+    runs.check_made_with(older, ["agents.learner.numpy_updates=false"], CONFIG)
+    with pytest.raises(ValueError, match=r"numpy_updates=False, this invocation asks for"):
+        runs.check_made_with(older, ["agents.learner.numpy_updates=true"], CONFIG)
+
+
+def test_a_finished_run_made_with_other_settings_is_refused(tmp_path):
     run = finish(make_run(tmp_path, "a_seed0", [(100, -3.0)]), 0, "run: {seed: 0}\nenv: {kwargs: {base_kwargs: {x_size: 8}}}\n")
     runs.check_made_with(run, ["run.seed=0", "env.kwargs.base_kwargs.x_size=8"])
     with pytest.raises(ValueError, match=r"run.seed=0, this invocation asks for 'run.seed=1'"):
-        runs.run_and_score("any.yaml", ["run.seed=1"], run, 60, last_evals=1, reuse=True)
+        runs.check_made_with(run, ["run.seed=1"])
     with pytest.raises(ValueError, match=r"y_size=None"):  # a setting the run did not have
         runs.check_made_with(run, ["env.kwargs.base_kwargs.y_size=8"])
 
