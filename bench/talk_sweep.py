@@ -57,6 +57,7 @@ from orchestrator.sweep_effects import effect_tables  # noqa: E402
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
 DEFAULT_TITLE = "The main job when talking takes env steps"
 RETURN = "eval_return_last5"
+GRAPH_KEYS = ("graph_edges_mean", "graph_connected_share", "graph_range_changes")  # the report's headline
 
 
 def run_sweep(sweep_file: str, sweep_dir: Path) -> None:
@@ -124,7 +125,8 @@ def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> d
     record["rows"] = [
         {"point": point["point"], "runs": [
             {"seed": run["seed"], "return": (run["headline"] or {}).get(RETURN), "refused": run["refused"],
-             "default_actions": (run["headline"] or {}).get("default_actions")}
+             "default_actions": (run["headline"] or {}).get("default_actions"),
+             **{key: (run["headline"] or {}).get(key) for key in GRAPH_KEYS}}
             for run in point["runs"]]}
         for point in summary["points"]
     ]
@@ -164,12 +166,39 @@ def render(record: dict[str, Any], source: str) -> str:
         record["rows"]))
     if record.get("comparisons"):
         lines.append(_comparisons_markdown(record["comparisons"]))
+    lines += _graph_table(record["rows"])
     for title, columns, rows in record["effects"]:
         lines.append(f"\n**{title}**\n")
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("| " + " | ".join("---" for _ in columns) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _graph_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Links that follow positions: each point's graph over its scored runs (the report's
+    headline: orchestrator/report.py `_proximity_summary`), mean and range over seeds; nothing
+    for a sweep without them."""
+    points = [(row["point"], [run for run in row["runs"] if run["refused"] is None and run.get("graph_edges_mean") is not None])
+              for row in rows]
+    points = [(point, runs) for point, runs in points if runs]
+    if not points:
+        return []
+
+    def spread(runs: list[dict[str, Any]], key: str, spec: str, scale: float = 1.0) -> str:
+        values = [run[key] * scale for run in runs]
+        return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})"
+
+    lines = ["", "**The team's graph** (links from positions; the union of the env copies' graphs, as consensus sees "
+             "it): the mean edges, the share of metric periods the team was one component throughout, and how "
+             "often a neighbour left or came into range; the mean over the point's scored runs (their range).", ""]
+    lines.append(results_page.table(
+        [("point", "left", lambda item: item[0]), ("seeds", "right", lambda item: str(len(item[1]))),
+         ("edges", "right", lambda item: spread(item[1], "graph_edges_mean", ".2f")),
+         ("one component %", "right", lambda item: spread(item[1], "graph_connected_share", ".0f", 100.0)),
+         ("range changes", "right", lambda item: spread(item[1], "graph_range_changes", ".0f"))],
+        points))
+    return lines
 
 
 def _comparisons_markdown(comparisons: dict[str, Any]) -> str:

@@ -26,8 +26,6 @@ OTHER_TIMING = ("agents.gradient_steps_per_slice=1",
                 "network.links=[{role: env_links, link: {delay_s: 0.003, jitter_s: 0.003}}]")
 
 
-
-
 def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_gives_the_same_deliveries(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     run_config("configs/tiny_proximity.yaml", first, *SETTINGS)
@@ -46,8 +44,12 @@ def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_g
     dropped = sum(value for agent in AGENTS for key, value in [row for row in node_metrics(first, agent) if "talk/delivered" in row][-1].items()
                   if key.endswith("/dropped_range"))
     assert dropped > 0, "no message was ever out of range"
-    report = summarize_run(first)["proximity"]  # the report's graph over time
+    summary = summarize_run(first)
+    report = summary["proximity"]  # the report's graph over time
     assert len(report["series"]) == len(graph) and report["connected_fraction"] < 1.0 and report["range_changes"] > 0
+    # and in the headline a sweep aggregates over seeds
+    assert (summary["headline"]["graph_edges_mean"], summary["headline"]["graph_connected_share"],
+            summary["headline"]["graph_range_changes"]) == (report["edges_mean"], report["connected_fraction"], report["range_changes"])
 
 
 def test_several_env_copies_each_follow_their_own_graph_with_delay_rising_with_distance(tmp_path):

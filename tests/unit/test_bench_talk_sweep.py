@@ -43,3 +43,16 @@ def test_a_page_recorded_before_merges_with_runs_made_later_into_the_same_page(t
     assert merged["sweep"]["seeds"] == [0, 1, 2, 3] and merged["comparisons"]["rows"][1]["n"] == 4
     assert merged["sweep"]["eval_episodes"] == [32]  # the recorded runs' too, from the record
     assert "seed 3: " in talk_sweep.render(merged, "all.json")
+
+
+def test_the_page_shows_the_teams_graph_only_for_points_whose_links_follow_positions(tmp_path):
+    make_sweep(tmp_path / "sweep", seed_offsets=(0.0, 1.5))
+    page = talk_sweep.record_of(timed(tmp_path / "sweep"), [])
+    assert "The team's graph" not in talk_sweep.render(page, "page.json")  # a ring: no graph
+    first = page["rows"][0]
+    for run, (edges, connected, changes) in zip(first["runs"], [(4.0, 0.1, 100.0), (5.0, 0.3, 300.0)]):
+        run.update(graph_edges_mean=edges, graph_connected_share=connected, graph_range_changes=changes)
+    rendered = talk_sweep.render(page, "page.json")
+    assert f"| {first['point']} | 2 | 4.50 (4.00–5.00) | 20 (10–30) | 200 (100–300) |" in rendered
+    graph_rows = rendered.split("**The team's graph**")[1].split("\n\n")[1].splitlines()
+    assert len(graph_rows) == 3, graph_rows  # header, rule, the one point: the others have no graph
