@@ -17,7 +17,9 @@ orchestrator/sweep.py) has those its `at:` gives (by default the grid keys its o
 set). The points on an axis that agree on every other coordinate and on their `line:` make one
 line, drawn against the axis with the no-talk level (the `role: no_talk` point) and the random
 and scripted-oracle levels the env server measured (`eval/random_return_mean`,
-`eval/oracle_return_mean`, averaged over every run that wrote them).
+`eval/oracle_return_mean`, averaged over every run that wrote them). A point beside the grid on
+no axis, without a role and without a crash (the ring a grid of proximity radii is set against)
+is drawn as a level of its own, with its interval (`beside`).
 
 **D50** of a line: where half of what talking adds over not talking is lost. With R(x) the
 line's return at axis value x, R(0) its return at 0 (no delay, no loss: a line without a point
@@ -56,6 +58,7 @@ first crash of a run is read.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -298,9 +301,14 @@ def summarize_effects(points: list[dict[str, Any]], grid: dict[str, list[Any]]) 
         "oracle": _level(points, "eval_oracle"),
         "axes": [],
         "crashes": [],
+        "beside": [],
     }
+    axes = numeric_axes(grid)
     if key is not None:
-        for axis in numeric_axes(grid):
+        effects["beside"] = [{"point": p["point"], **p["metrics"].get(key, {})} for p in points
+                             if p.get("role") is None and p["point"] not in faulted
+                             and not any(_is_number((p.get("coordinates") or {}).get(axis)) for axis in axes)]
+        for axis in axes:
             lines: dict[str, list[dict[str, Any]]] = {}
             for p in points:
                 coordinates = p.get("coordinates") or {}
@@ -381,6 +389,7 @@ def effect_tables(effects: dict[str, Any]) -> list[tuple[str, list[str], list[li
               if value is not None]  # fmt: skip
     if effects["no_talk"]:
         levels.insert(0, f"no talk {_interval(effects['no_talk'])}")
+    levels[0:0] = [f"{level['point']} {_interval(level)}" for level in effects.get("beside", ())]  # records before it have none
     for axis in effects["axes"]:
         xs = sorted({x for line in axis["lines"] for x in line["x"]})
         title = (f"{key} against {axis['key']}: mean [95% interval] over seeds"
@@ -402,7 +411,8 @@ def effect_tables(effects: dict[str, Any]) -> list[tuple[str, list[str], list[li
 
 def plot_effects(effects: dict[str, Any], out_dir: Path, plt) -> list[Path]:
     """`sweep_axes.png`: a panel per numeric axis, a line per line with its 95% intervals, the
-    no-talk (with its interval), random and oracle levels, each D50 as a dotted vertical line."""
+    no-talk and beside-the-grid levels (with their intervals), random and oracle levels, each D50
+    as a dotted vertical line."""
     if not effects["axes"]:
         return []
     figure, axes_list = plt.subplots(1, len(effects["axes"]), figsize=(6.5 * len(effects["axes"]), 4.5), squeeze=False)
@@ -421,6 +431,11 @@ def plot_effects(effects: dict[str, Any], out_dir: Path, plt) -> list[Path]:
             axes.axhline(effects["no_talk"]["mean"], color="black", linestyle="--", label="no talk")
             if effects["no_talk"].get("ci95"):
                 axes.axhspan(*effects["no_talk"]["ci95"], color="black", alpha=0.08)
+        for level, color in zip(effects.get("beside", ()), itertools.cycle(("purple", "brown", "olive", "teal"))):
+            if level.get("mean") is not None:
+                axes.axhline(level["mean"], color=color, linestyle="-.", label=level["point"])
+                if level.get("ci95"):
+                    axes.axhspan(*level["ci95"], color=color, alpha=0.08)
         if effects["random"] is not None:
             axes.axhline(effects["random"], color="grey", linestyle=":", label="random policy")
         if effects["oracle"] is not None:

@@ -369,3 +369,25 @@ def test_a_file_that_is_no_sweep_record_is_refused_by_the_merge(tmp_path, capsys
                  "--sweep-dir", str(tmp_path / "out")]) != 0  # fmt: skip
     assert "expected a sweep directory or a saved sweep record" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_point_beside_the_grid_on_no_axis_is_a_level_with_its_interval(tmp_path):
+    """A reference point (the ring beside a grid of proximity radii): on no axis, no role, no
+    crash. It is a level in the axis tables' titles and in the plot; the no-talk, free-talk and
+    crash points are not."""
+    make_sweep(tmp_path, seed_offsets=(0.0, 1.0))
+    index = json.loads((tmp_path / "sweep.json").read_text())
+    for seed, value in enumerate((-12.0, -13.0)):
+        run_dir = tmp_path / f"p09-ring-seed{seed}"
+        make_run(run_dir, flat(value))
+        index["runs"].append({"point": "p09-ring", "point_index": len(index["runs"]), "seed": seed,
+                              "grid_values": {"topology.kind": "ring"}, "overrides": [], "run_dir": str(run_dir), "log": "",
+                              "status": "ok", "exit_code": 0, "coordinates": {}, "line": None, "role": None})  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(index))
+    effects = report.summarize_sweep(tmp_path)["effects"]
+    (ring,) = effects["beside"]
+    assert ring["point"] == "p09-ring" and ring["mean"] == pytest.approx(-12.5) and ring["ci95"][0] < -12.5 < ring["ci95"][1]
+    titles = [title for title, _, _ in sweep_effects.effect_tables(effects)]
+    assert all("; p09-ring -12.5 [" in title for title in titles if " against " in title)
+    (path,) = sweep_effects.plot_effects(effects, tmp_path / "plots", report._pyplot())
+    assert path.read_bytes().startswith(b"\x89PNG")
