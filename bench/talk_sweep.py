@@ -57,7 +57,7 @@ from orchestrator.sweep_effects import effect_tables  # noqa: E402
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
 DEFAULT_TITLE = "The main job when talking takes env steps"
 RETURN = "eval_return_last5"
-GRAPH_KEYS = ("graph_edges_mean", "graph_connected_share", "graph_range_changes")  # the report's headline
+GRAPH_KEYS = ("graph_edges_mean", "graph_copy_edges_mean", "graph_connected_share", "graph_range_changes")  # the report's headline
 
 
 def run_sweep(sweep_file: str, sweep_dir: Path) -> None:
@@ -186,15 +186,18 @@ def _graph_table(rows: list[dict[str, Any]]) -> list[str]:
         return []
 
     def spread(runs: list[dict[str, Any]], key: str, spec: str, scale: float = 1.0) -> str:
-        values = [run[key] * scale for run in runs]
-        return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})"
+        values = [run[key] * scale for run in runs if run.get(key) is not None]
+        return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})" if values else "-"
 
-    lines = ["", "**The team's graph** (links from positions; the union of the env copies' graphs, as consensus sees "
-             "it): the mean edges, the share of metric periods the team was one component throughout, and how "
-             "often a neighbour left or came into range; the mean over the point's scored runs (their range).", ""]
+    lines = ["", "**The team's graph** (links from positions): the mean edges of the union of the env copies' graphs "
+             "(what consensus and every message about no copy follow) and of each copy's own (what that copy's "
+             "landmark agreement and hindsight follow), the share of metric periods the union was one component "
+             "throughout, and how often a neighbour left or came into range; the mean over the point's scored runs "
+             "(their range).", ""]
     lines.append(results_page.table(
         [("point", "left", lambda item: item[0]), ("seeds", "right", lambda item: str(len(item[1]))),
          ("edges", "right", lambda item: spread(item[1], "graph_edges_mean", ".2f")),
+         ("edges per copy", "right", lambda item: spread(item[1], "graph_copy_edges_mean", ".2f")),
          ("one component %", "right", lambda item: spread(item[1], "graph_connected_share", ".0f", 100.0)),
          ("range changes", "right", lambda item: spread(item[1], "graph_range_changes", ".0f"))],
         points))

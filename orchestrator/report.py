@@ -100,10 +100,12 @@ HEADLINE = (
     # for their step, and the mean age in steps of the actions played
     ("late_action_share", "late actions", ".1%"),
     ("action_age_mean", "action age", ".3g"),
-    # links that follow positions (topology.kind: proximity): the team's graph, its mean edges,
-    # the share of metric periods it was one component throughout, and how often a neighbour left
-    # or came into range (`_proximity_summary`)
+    # links that follow positions (topology.kind: proximity): the team's graph, its mean edges
+    # (with several env copies: of the copies' union, and each copy's own), the share of metric
+    # periods it was one component throughout, and how often a neighbour left or came into range
+    # (`_proximity_summary`)
     ("graph_edges_mean", "graph edges", ".3g"),
+    ("graph_copy_edges_mean", "edges per copy", ".3g"),
     ("graph_connected_share", "one component", ".0%"),
     ("graph_range_changes", "range changes", ".4g"),
 )
@@ -527,6 +529,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "late_action_share": realtime["late_share"] if realtime else None,
         "action_age_mean": realtime["age_mean"] if realtime else None,
         "graph_edges_mean": proximity["edges_mean"] if proximity else None,
+        "graph_copy_edges_mean": proximity.get("edges_per_copy_mean") if proximity else None,
         "graph_connected_share": proximity["connected_fraction"] if proximity else None,
         "graph_range_changes": proximity["range_changes"] if proximity else None,
         **sweep_effects.crash_headline(crash),

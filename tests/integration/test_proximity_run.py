@@ -50,6 +50,7 @@ def test_a_graph_that_follows_positions_changes_during_a_run_and_the_same_seed_g
     # and in the headline a sweep aggregates over seeds
     assert (summary["headline"]["graph_edges_mean"], summary["headline"]["graph_connected_share"],
             summary["headline"]["graph_range_changes"]) == (report["edges_mean"], report["connected_fraction"], report["range_changes"])
+    assert summary["headline"]["graph_copy_edges_mean"] is None  # one env copy: no graph per copy
 
 
 def test_several_env_copies_each_follow_their_own_graph_with_delay_rising_with_distance(tmp_path):
@@ -78,5 +79,7 @@ def test_several_env_copies_each_follow_their_own_graph_with_delay_rising_with_d
     assert len(per_copy) == len(union) >= 30 and sum(per_copy) < sum(union)
     known = [row["landmarks/rows_known"] for row in agent_rows if "landmarks/rows_known" in row]
     assert any(value != int(value) for value in known), known  # copies knew different rows
-    report = summarize_run(first)["proximity"]
+    summary = summarize_run(first)
+    report = summary["proximity"]
     assert report["copies_cut"] > 0 and report["edges_per_copy_mean"] < report["edges_mean"]
+    assert summary["headline"]["graph_copy_edges_mean"] == report["edges_per_copy_mean"]

@@ -50,9 +50,10 @@ def test_the_page_shows_the_teams_graph_only_for_points_whose_links_follow_posit
     page = talk_sweep.record_of(timed(tmp_path / "sweep"), [])
     assert "The team's graph" not in talk_sweep.render(page, "page.json")  # a ring: no graph
     first = page["rows"][0]
-    for run, (edges, connected, changes) in zip(first["runs"], [(4.0, 0.1, 100.0), (5.0, 0.3, 300.0)]):
-        run.update(graph_edges_mean=edges, graph_connected_share=connected, graph_range_changes=changes)
+    for run, (edges, copy_edges, connected, changes) in zip(first["runs"], [(4.0, 1.0, 0.1, 100.0), (5.0, 2.0, 0.3, 300.0)]):
+        run.update(graph_edges_mean=edges, graph_copy_edges_mean=copy_edges, graph_connected_share=connected,
+                   graph_range_changes=changes)
     rendered = talk_sweep.render(page, "page.json")
-    assert f"| {first['point']} | 2 | 4.50 (4.00–5.00) | 20 (10–30) | 200 (100–300) |" in rendered
+    assert f"| {first['point']} | 2 | 4.50 (4.00–5.00) | 1.50 (1.00–2.00) | 20 (10–30) | 200 (100–300) |" in rendered
     graph_rows = rendered.split("**The team's graph**")[1].split("\n\n")[1].splitlines()
     assert len(graph_rows) == 3, graph_rows  # header, rule, the one point: the others have no graph
