@@ -4,6 +4,8 @@ event file as TensorBoard would."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -54,3 +56,24 @@ def test_the_run_writes_its_settings_and_headline_results_for_tensorboard(tmp_pa
     # None and NaN are left out; every number is there.
     assert results.keys() == {"result/eval_return_last5", "result/eval_gap_closed", "result/faults"}
     assert abs(results["result/eval_return_last5"] + 14.06) < 1e-5
+
+
+def test_writing_the_hparams_does_not_load_torch_into_the_orchestrator(tmp_path: Path) -> None:
+    """The orchestrator never loads torch; tensorboardX would, at import, for the hparams alone
+    (seconds at the end of every run). In a fresh process, as `orchestrate up` is: the file is
+    written, torch stays unloaded, and importing it afterwards still works."""
+    (tmp_path / "resolved.yaml").write_text((ROOT / "configs" / "4agents_ring.yaml").read_text())
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from orchestrator.report import write_tensorboard_hparams\n"
+        f"directory = write_tensorboard_hparams({{'headline': {{'eval_return_last5': -14.0}}}}, Path({str(tmp_path)!r}))\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\n"
+        "import torch\n"
+        "print('torch imports afterwards')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["torch not loaded", "torch imports afterwards"]
+    tags = {value.tag for event in read_events(tmp_path / "tb" / "hparams") for value in event.summary.value}
+    assert "result/eval_return_last5" in tags
