@@ -541,7 +541,9 @@ def check_env_steps(run_dir: Path, events: list[dict]) -> Verdict:
 def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
     """Every agent incarnation that joined past step 0 said what it lost ("lost on restart"), and
     restored a checkpoint no older than the generation before the newest one due by the env
-    step recorded before it started (agents save at their own step, which may lag the env's)."""
+    step recorded before it started (agents save at their own step, which may lag the env's).
+    An incarnation that never joined (no "driving" line: its own files refused, or the run
+    stopped around it while it started) restored nothing, so it has nothing to say."""
     every = int(yaml.safe_load((run_dir / "resolved.yaml").read_text())["agents"]["checkpoint_every_steps"])
     env_rows = read_jsonl(run_dir / "nodes" / "env" / "metrics.jsonl")
     said, silent, older, lost_steps, stopped_early = 0, [], [], [], []
@@ -552,8 +554,11 @@ def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
             end = starts[i + 1] if i + 1 < len(starts) else float("inf")
             lost = [line for when, line in lines if started <= when < end and "lost on restart" in line]
             if not lost:
-                if any(started <= when < end and " ERROR stopping: " in line for when, line in lines):
-                    stopped_early.append(f"{agent} #{i}")  # stopped before it joined (a full disk): nothing restored
+                during = [line for when, line in lines if started <= when < end]
+                if any(" ERROR stopping: " in line for line in during):
+                    stopped_early.append(f"{agent} #{i} (its own files refused)")
+                elif not any(" driving " in line for line in during):
+                    stopped_early.append(f"{agent} #{i} (the run stopped before it joined)")
                 else:
                     silent.append(f"{agent} #{i}")
                 continue
@@ -567,7 +572,7 @@ def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
     ok = not silent and not older
     return Verdict("restarted agents restored their newest checkpoint and said what they lost", ok,
                    f"{said} restarts said what they lost (steps lost: {lost_steps or '-'}); silent: {silent or 'none'}; "
-                   f"stopped before joining (their own files refused): {stopped_early or 'none'}; "
+                   f"stopped before joining, nothing restored: {stopped_early or 'none'}; "
                    f"older than one generation before the newest due: {older or 'none'}")
 
 

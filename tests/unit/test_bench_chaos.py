@@ -1,11 +1,12 @@
 """The chaos soak's plan (bench/chaos.py) without processes: seeded, a fault every 10-30 s, the
-schedule `orchestrate up` takes, a written plan read back, and the shrinker reused on it."""
+schedule `orchestrate up` takes, a written plan read back, the shrinker reused on it, and the
+restore check on written logs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.chaos import KINDS, ChaosFault, check_memory, draw_plan, load_plan, overrides_of, plan_yaml, plant_dir
+from bench.chaos import KINDS, ChaosFault, check_memory, check_restores, draw_plan, load_plan, overrides_of, plan_yaml, plant_dir
 from orchestrator.config import load_config
 from protocols.sim.simplan import shrink_plan
 
@@ -74,3 +75,30 @@ def test_the_simulator_s_shrinker_cuts_a_chaos_plan_to_the_fault_that_fails():
     plan = plan.with_events(plan.events + (culprit,))
     shrunk = shrink_plan(plan, lambda p: ["restores"] if culprit in p.events else [])
     assert shrunk.plan.events == (culprit,)
+
+
+def test_the_restore_check_flags_a_joined_silent_incarnation_not_one_the_run_stopped_before_it_joined(tmp_path):
+    """An agent incarnation that joined past step 0 must say what it lost; one stopped while it
+    started (the run stopped around it, as a full disk does) restored nothing and is not silent."""
+    (tmp_path / "resolved.yaml").write_text("agents: {checkpoint_every_steps: 100}\n")
+    (tmp_path / "nodes" / "env").mkdir(parents=True)
+    (tmp_path / "nodes" / "env" / "metrics.jsonl").write_text("")
+
+    def incarnation(second: int, *lines: str) -> list[str]:
+        stamp = f"2026-11-29 04:58:{second:02d},000 agent_0 agent_node"
+        return [f"{stamp} INFO agent agent_0 starting, run seed 1, index 0"] + [f"{stamp} {line}" for line in lines]
+
+    said = ("WARNING lost on restart: restored checkpoint of step 700 and 10 replay rows, joined the run at step 800: "
+            "100 steps of learning lost")
+    driving = "INFO driving agent_0 over 2 copies"
+    log = tmp_path / "nodes" / "agent_0" / "log"
+    log.parent.mkdir(parents=True)
+    first, stopped, rejoined = incarnation(1, driving), incarnation(10, "INFO state booting -> connecting"), incarnation(20, said, driving)
+    log.write_text("\n".join(first + stopped + rejoined) + "\n")
+    verdict = check_restores(tmp_path, [])
+    assert verdict.passed, verdict.figures
+    assert "['agent_0 #1 (the run stopped before it joined)']" in verdict.figures and "1 restarts said" in verdict.figures
+
+    log.write_text("\n".join(first + stopped + incarnation(20, driving)) + "\n")
+    verdict = check_restores(tmp_path, [])
+    assert not verdict.passed and "silent: ['agent_0 #2']" in verdict.figures
