@@ -58,6 +58,9 @@ them (their run directories may be gone), so a variant measured later pairs with
     .venv/bin/python bench/main_job.py --seeds 10 --variants main,averaging_2_rounds \
         --saved docs/results/main_job_reproducible.json --root runs/bench_main_job --record ... --page ...
 
+`--saved-as main=torch_updates` reads a record's `main` as `torch_updates`: the shipped job of the
+days when it took its gradient steps in torch, which that variant now is.
+
 Pooling assumes the recorded runs are what this commit would make of the same seeds: with
 `run.reproducible` one recorded seed rerun here says whether they are (the page names every
 run's commit).
@@ -272,11 +275,14 @@ def landmark_coverage(summaries: dict[int, dict]) -> dict:
         ("evaluation", "covered_fraction"), ("evaluation", "all_covered_fraction"))}
 
 
-def recorded_entries(paths: list[Path]) -> tuple[dict[str, dict], dict[str, float | None]]:
+def recorded_entries(paths: list[Path], renamed: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, float | None]]:
     """The variants that records this bench saved (`--record`, `--save`) hold, each as its entry
     (its seeds' scores and steps, its runs' records), and the random and oracle lines they were
-    read against. A variant in two records comes from the first. A record of another config or
-    another number of final evaluations is refused: its scores are not this bench's."""
+    read against. A variant in two records comes from the first. `renamed` reads a recorded
+    variant under another name (`{"main": "torch_updates"}`: a record made while the shipped job
+    was what a variant is now); the recorded name is then not read as itself. A record of another
+    config or another number of final evaluations is refused: its scores are not this bench's."""
+    renamed = renamed or {}
     entries: dict[str, dict] = {}
     lines: dict[str, float | None] = {"random": None, "oracle": None}
     for path in paths:
@@ -285,7 +291,10 @@ def recorded_entries(paths: list[Path]) -> tuple[dict[str, dict], dict[str, floa
             raise SystemExit(f"--saved {path}: expected a record of bench/main_job.py ({CONFIG}, last {LAST_EVALS} "
                              f"evaluations), got config {record.get('config')!r}, last_evals {record.get('last_evals')!r}")
         for name, entry in record["variants"].items():
-            entries.setdefault(name, {**entry, "recorded_in": str(path)})
+            if name in renamed:
+                entries.setdefault(renamed[name], {**entry, "recorded_in": f"{path} (as {name})"})
+            else:
+                entries.setdefault(name, {**entry, "recorded_in": str(path)})
         for line in lines:
             lines[line] = lines[line] if lines[line] is not None else record.get(line)
     return entries, lines
@@ -500,15 +509,21 @@ def main() -> None:
     parser.add_argument("--saved", type=Path, nargs="+", default=[], metavar="RECORD",
                         help="records this bench saved (e.g. docs/results/main_job_reproducible.json): a variant "
                              "with no finished run under the root is taken from them, on the seeds they have")
+    parser.add_argument("--saved-as", action="append", default=[], metavar="RECORDED=VARIANT",
+                        help="read a variant of the --saved records under another name, e.g. main=torch_updates "
+                             "(a record made while the shipped job took its gradient steps in torch); repeatable")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    renamed = dict(text.split("=", 1) for text in args.saved_as if "=" in text)
+    if len(renamed) != len(args.saved_as) or not set(renamed.values()) <= set(VARIANTS):
+        parser.error(f"--saved-as: expected RECORDED=VARIANT with VARIANT one of {list(VARIANTS)}, got {args.saved_as}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     root = args.analyse if args.analyse is not None else args.root
     record = results_page.begin("bench/main_job.py", sys.argv[1:])
-    recorded, recorded_lines = recorded_entries(args.saved)
+    recorded, recorded_lines = recorded_entries(args.saved, renamed)
     if args.analyse is None:
         run_batch(root, seeds, [variant for variant in variants if variant not in recorded], args.timeout_s)
     summary = analyse(root, seeds, variants, recorded, recorded_lines)

@@ -75,6 +75,16 @@ def test_variants_taken_from_a_saved_record_compare_as_they_did_when_their_runs_
     assert five["mean"] == pytest.approx(sum(saved["variants"]["main"]["scores"][str(s)] for s in range(5)) / 5)
 
 
+def test_a_recorded_variant_read_under_another_name_pairs_as_that_variant(tmp_path):
+    # The record's `main` took its gradient steps in torch: read as `torch_updates`, it compares
+    # with a `main` of today; its own name is then not read.
+    page = REPO / "docs" / "results" / "main_job_reproducible.json"
+    recorded, _ = main_job.recorded_entries([page], {"main": "torch_updates"})
+    saved = json.loads(page.read_text())["variants"]["main"]
+    assert "main" not in recorded and recorded["torch_updates"]["scores"] == saved["scores"]
+    assert recorded["torch_updates"]["recorded_in"].endswith("(as main)")
+
+
 def test_a_saved_record_of_another_config_is_refused(tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"config": "configs/tiny_ring.yaml", "last_evals": 5, "variants": {}}))
