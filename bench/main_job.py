@@ -467,10 +467,13 @@ def render(record: dict, source: str) -> str:
         f"run{'s' if b['runs'] != 1 else ''}, "
         f"{'with' if b['reproducible'] else 'without'} `run.reproducible`, {b['eval_episodes']} evaluation episodes"
         for b in record["made_by"])
+    counts = {len(row.get("scores") or {}) for row in record.get("rows", [])}
+    which = (" for every variant" if len(counts) <= 1 else
+             " (not every variant has every seed: the 'seeds' column says how many, the per-seed list which)")
     intro = (
         f"Every run is `orchestrate up {record['config']}` with `run.seed` set and one change per variant "
-        "(bench/main_job.py's docstring lists them), seeds " + ", ".join(map(str, record["seeds"])) + " for every "
-        "variant, so the comparisons are paired. A run's score is the mean of its last "
+        "(bench/main_job.py's docstring lists them), seeds " + ", ".join(map(str, record["seeds"])) + which +
+        ", so the comparisons are paired. A run's score is the mean of its last "
         f"{record['last_evals']} greedy evaluations ({record['return_convention']}); the random and oracle lines are "
         "the env server's own, on the same evaluation episodes (distinct starts, the same at every evaluation). Only runs "
         "that exited 0 with their budget done are scored. 'run s' is each run's wall time on the machine as loaded "
