@@ -552,9 +552,9 @@ def check_restores(run_dir: Path, events: list[dict]) -> Verdict:
         starts = [when for when, line in lines if "starting, run seed" in line]
         for i, started in enumerate(starts[1:], 1):
             end = starts[i + 1] if i + 1 < len(starts) else float("inf")
-            lost = [line for when, line in lines if started <= when < end and "lost on restart" in line]
+            during = [line for when, line in lines if started <= when < end]
+            lost = [line for line in during if "lost on restart" in line]
             if not lost:
-                during = [line for when, line in lines if started <= when < end]
                 if any(" ERROR stopping: " in line for line in during):
                     stopped_early.append(f"{agent} #{i} (its own files refused)")
                 elif not any(" driving " in line for line in during):
