@@ -20,6 +20,7 @@ gives the same run on any load) and one change per variant:
   error feedback (`protocols.consensus.compression=int8`: a quarter of the bytes);
 - `averaging_2_rounds`, `averaging_10_rounds`: each average mixes 2 or 10 gossip rounds instead of
   5 (`protocols.consensus.rounds`);
+- `averaging_2_rounds_int8_shares`: both savings at once, 2 rounds of int8 shares;
 - `talking_in_steps`: the main job with its peer messages taking env steps (`protocols.talk=env_steps`:
   each is due at the next step, on links without delay), the clock push-sum needs to be reproducible;
 - `push_sum_in_steps`: `talking_in_steps` averaging by push-sum (`protocols.consensus.mode=push_sum`:
@@ -112,6 +113,7 @@ VARIANTS: dict[str, list[str]] = {
     "averaging_int8_shares": ["protocols.consensus.compression=int8"],
     "averaging_2_rounds": ["protocols.consensus.rounds=2"],
     "averaging_10_rounds": ["protocols.consensus.rounds=10"],
+    "averaging_2_rounds_int8_shares": ["protocols.consensus.rounds=2", "protocols.consensus.compression=int8"],
     "talking_in_steps": ["protocols.talk=env_steps"],
     "push_sum_in_steps": ["protocols.talk=env_steps", "protocols.consensus.mode=push_sum"],
     "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000", "protocols.consensus.enabled=false",
