@@ -6,9 +6,10 @@ evaluations of 32 distinct episodes every 500 steps), with `run.reproducible` (t
 gives the same run on any load) and one change per variant:
 
 - `main`: the config as shipped: landmarks agreed over the ring, hindsight rows shared, the
-  agents' Q-networks averaged by consensus from one initial policy (every 100 steps, 5
-  synchronous gossip rounds with ring neighbours: decentralized parameter sharing, since the four
-  agents are one body learning one landmark-conditioned task);
+  agents' Q-networks averaged by consensus from one initial policy (every 100 steps, 2
+  synchronous gossip rounds with ring neighbours, shares sent as int8 with a per-tensor scale and
+  error feedback: decentralized parameter sharing, since the four agents are one body learning
+  one landmark-conditioned task);
 - `no_consensus`: each agent learns alone, from its own initial policy (`protocols.consensus.enabled=false`);
 - `policy_averaging_own_starts`: the averaging as the world model had it (every 1,000 steps, 10
   rounds), each agent from its own random initial policy;
@@ -16,11 +17,11 @@ gives the same run on any load) and one change per variant:
   ensemble of 3) fit by every agent and averaged every 1,000 steps, which no learner reads;
 - `averaging_every_25_steps`, `averaging_every_400_steps`: the main job's averaging 4 times as
   often, or a quarter as often (`protocols.consensus.period_steps`);
-- `averaging_int8_shares`: the main job with each share sent as int8 with a per-tensor scale and
-  error feedback (`protocols.consensus.compression=int8`: a quarter of the bytes);
-- `averaging_2_rounds`, `averaging_10_rounds`: each average mixes 2 or 10 gossip rounds instead of
-  5 (`protocols.consensus.rounds`);
-- `averaging_2_rounds_int8_shares`: both savings at once, 2 rounds of int8 shares;
+- `float32_shares`: each share sent whole, as float32 (`protocols.consensus.compression=none`: 4
+  times the bytes of int8);
+- `averaging_10_rounds`: each average mixes 10 gossip rounds instead of 2 (`protocols.consensus.rounds`);
+- `averaging_5_rounds_float32`: the averaging the job shipped with from 2026-11-27 to 2026-11-29,
+  5 rounds of float32 shares;
 - `talking_in_steps`: the main job with its peer messages taking env steps (`protocols.talk=env_steps`:
   each is due at the next step, on links without delay), the clock push-sum needs to be reproducible;
 - `push_sum_in_steps`: `talking_in_steps` averaging by push-sum (`protocols.consensus.mode=push_sum`:
@@ -39,6 +40,10 @@ gives the same run on any load) and one change per variant:
   the shipped job's path until 2026-11-28, which every record of that time measured): the same
   update with torch's arithmetic.
 
+A record keeps the variants of its day under their names of then (`averaging_int8_shares`,
+`averaging_2_rounds`, `averaging_2_rounds_int8_shares`: variants of the job that averaged in 5
+rounds of float32); `--variants` takes them from a `--saved` record.
+
 A run's score is the mean of its last 5 evaluations (`eval/return_mean`: return per agent per
 episode). The random and oracle lines are the env server's own (env_server/baselines.py), on the
 same evaluation episodes as the agents, averaged over the seeds. Each variant is compared with
@@ -56,7 +61,7 @@ were `run.reproducible`. `--saved RECORD` takes the variants a record holds inst
 them (their run directories may be gone), so a variant measured later pairs with the seeds of
 `main` measured before:
 
-    .venv/bin/python bench/main_job.py --seeds 10 --variants main,averaging_2_rounds \
+    .venv/bin/python bench/main_job.py --seeds 10 --variants main,averaging_10_rounds \
         --saved docs/results/main_job_reproducible.json --root runs/bench_main_job --record ... --page ...
 
 `--saved-as main=torch_updates` reads a record's `main` as `torch_updates`: the shipped job of the
@@ -107,13 +112,12 @@ VARIANTS: dict[str, list[str]] = {
                              ENSEMBLE_WORLD_MODEL],
     "no_negotiation": ["agents.landmarks.assignment=nearest"],
     "no_hindsight": ["agents.landmarks.share_hindsight=false"],
-    # How often and how the policies are averaged (the main job: every 100 steps, 5 rounds, float32).
+    # How often and how the policies are averaged (the main job: every 100 steps, 2 rounds, int8).
     "averaging_every_25_steps": ["protocols.consensus.period_steps=25"],
     "averaging_every_400_steps": ["protocols.consensus.period_steps=400"],
-    "averaging_int8_shares": ["protocols.consensus.compression=int8"],
-    "averaging_2_rounds": ["protocols.consensus.rounds=2"],
+    "float32_shares": ["protocols.consensus.compression=none"],
     "averaging_10_rounds": ["protocols.consensus.rounds=10"],
-    "averaging_2_rounds_int8_shares": ["protocols.consensus.rounds=2", "protocols.consensus.compression=int8"],
+    "averaging_5_rounds_float32": ["protocols.consensus.rounds=5", "protocols.consensus.compression=none"],
     "talking_in_steps": ["protocols.talk=env_steps"],
     "push_sum_in_steps": ["protocols.talk=env_steps", "protocols.consensus.mode=push_sum"],
     "plain_dqn": ["agents.landmarks=null", "agents.learner.buffer_size=100000", "protocols.consensus.enabled=false",
@@ -522,13 +526,14 @@ def main() -> None:
     renamed = dict(text.split("=", 1) for text in args.saved_as if "=" in text)
     if len(renamed) != len(args.saved_as) or not set(renamed.values()) <= set(VARIANTS):
         parser.error(f"--saved-as: expected RECORDED=VARIANT with VARIANT one of {list(VARIANTS)}, got {args.saved_as}")
-    unknown = [v for v in variants if v not in VARIANTS]
+    recorded, recorded_lines = recorded_entries(args.saved, renamed)
+    # A variant no longer defined (renamed or dropped since) can still be read from a record.
+    unknown = [v for v in variants if v not in VARIANTS and v not in recorded]
     if unknown:
-        parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; expected some of {list(VARIANTS)}, or of the --saved records")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     root = args.analyse if args.analyse is not None else args.root
     record = results_page.begin("bench/main_job.py", sys.argv[1:])
-    recorded, recorded_lines = recorded_entries(args.saved, renamed)
     if args.analyse is None:
         run_batch(root, seeds, [variant for variant in variants if variant not in recorded], args.timeout_s)
     summary = analyse(root, seeds, variants, recorded, recorded_lines)

@@ -51,8 +51,11 @@ def test_the_main_job_agrees_on_distinct_landmarks_every_episode_and_reports_its
     assert evaluation["evaluations"] == steps // 50
     assert evaluation["oracle"] > evaluation["random"]
     # The Q-networks averaged by consensus at step 75 (the run ends at 150, before a second one).
+    # Its 2 rounds measure the neighbours' distance before the first mix and before the second:
+    # Metropolis weights on a ring of 4 shrink every disagreement 3x a round (|eigenvalues| 1/3),
+    # less what int8's rounding adds (2.9x in the run that set this bound).
     consensus = summary["consensus"]
-    assert consensus["sessions"] == 4 and consensus["disagreement_last_mean"] < consensus["disagreement_first_mean"] / 50
+    assert consensus["sessions"] == 4 and consensus["disagreement_last_mean"] < consensus["disagreement_first_mean"] / 2.5
     traffic = summary["peer_traffic"]
     assert set(traffic) == {f"agent_{i} -> agent_{j}" for i in range(4) for j in ((i + 1) % 4, (i - 1) % 4)}
     assert all(counters["bytes_sent"] > 0 for counters in traffic.values())

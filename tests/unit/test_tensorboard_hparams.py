@@ -39,7 +39,8 @@ def test_the_hparams_are_the_scalar_settings_a_user_compares_runs_by() -> None:
     assert hparams["run.seed"] == 0 and hparams["env.name"] == "mpe2.simple_spread_v3"
     assert hparams["agents.learner.kind"] == "dqn" and hparams["agents.learner.gamma"] == 0.95
     assert hparams["agents.landmarks.assignment"] == "negotiated"
-    assert hparams["protocols.consensus.rounds"] == 5 and hparams["topology.kind"] == "ring"
+    assert hparams["protocols.consensus.rounds"] == 2 and hparams["protocols.consensus.compression"] == "int8"
+    assert hparams["topology.kind"] == "ring"
     assert "agents.learner.hidden_sizes" not in hparams  # a list: TensorBoard takes scalars only
     assert all(isinstance(value, (bool, int, float, str)) for value in hparams.values())
 
