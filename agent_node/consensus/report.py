@@ -115,6 +115,8 @@ def summarize(metrics: AgentMetrics) -> dict[str, Any] | None:
         "disagreement_last_final": mean_of(final_by_agent),
         **_convergence(converged),
         "missing_neighbour_rounds": sum(row.get("consensus/missing_neighbours", 0.0) for row in sessions),
+        # sessions that ended without some neighbour's share in some round (a deadline ran out)
+        "short_session_fraction": mean_of([float(row.get("consensus/missing_neighbours", 0.0) > 0) for row in sessions]),
         "duration_s_mean": mean_of(durations),
         "age_steps_mean": mean_of(ages),
         # push-sum reports its own counters instead of rounds
@@ -170,6 +172,8 @@ def headline(consensus: dict[str, Any] | None) -> dict[str, float | None]:
         **{f"consensus_{kind}_{name}": (consensus[f"{kind}_{name}_{suffix}"] if consensus else None)
            for name in CONVERGED_FRACTIONS for kind, suffix in (("rounds_to", "mean"), ("reached", "fraction"))},
         "consensus_duration_s": consensus["duration_s_mean"] if consensus else None,
+        "consensus_short_sessions": consensus["short_session_fraction"] if consensus else None,
+        "consensus_age_steps": consensus["age_steps_mean"] if consensus else None,
         "consensus_first_disagreement_before": first("disagreement_before_mean"),
         "consensus_first_disagreement_after": first("disagreement_after_mean"),
         **{f"consensus_first_{kind}_{name}": first(f"{kind}_{name}_{suffix}")
@@ -189,6 +193,9 @@ REPORT = ReportSection(
         HeadlineColumn("consensus_rounds_to_1e-6", "rounds to 1e-6", ".3g"),
         HeadlineColumn("consensus_reached_1e-6", "reached 1e-6", ".0%"),
         HeadlineColumn("consensus_duration_s", "consensus s", ".3g"),
+        # talking in env steps: how many averages ran out of time, and how late the rest landed
+        HeadlineColumn("consensus_short_sessions", "sessions short", ".0%"),
+        HeadlineColumn("consensus_age_steps", "average age", ".3g"),
     ),
     # (a value that was NaN, e.g. a round that heard no neighbour, is absent from its row)
     timeline=TimelinePanel("consensus disagreement", (("consensus/disagreement_last", "after"),

@@ -83,7 +83,15 @@ def lines(landmarks: dict[str, Any]) -> list[str]:
 
 def headline(landmarks: dict[str, Any] | None) -> dict[str, float | None]:
     return {"landmarks_distinct_fraction": landmarks["distinct_fraction"] if landmarks else None,
-            "landmarks_reached_pursued": landmarks["reached_pursued"] if landmarks else None}
+            "landmarks_reached_pursued": landmarks["reached_pursued"] if landmarks else None,
+            "landmarks_complete_fraction": landmarks["complete_fraction"] if landmarks else None,
+            "landmarks_decision_age_steps": landmarks["decision_age_steps_mean"] if landmarks else None}
 
 
-REPORT = ReportSection(summarize=summarize, lines=lines, headline=headline, columns=())
+# In a sweep's table: how often the agreement heard the whole team, and (talking in env steps)
+# how many steps into its episode it landed. Under delay and loss these say whether the talk
+# arrived at all, which the return alone does not.
+REPORT = ReportSection(summarize=summarize, lines=lines, headline=headline, columns=(
+    HeadlineColumn("landmarks_complete_fraction", "whole tables", ".0%"),
+    HeadlineColumn("landmarks_decision_age_steps", "agreement age", ".3g"),
+))
