@@ -62,7 +62,10 @@ them (their run directories may be gone), so a variant measured later pairs with
 `main` measured before:
 
     .venv/bin/python bench/main_job.py --seeds 10 --variants main,averaging_10_rounds \
-        --saved docs/results/main_job_reproducible.json --root runs/bench_main_job --record ... --page ...
+        --saved docs/results/main_job_int8.json --root runs/bench_main_job --record ... --page ...
+
+(docs/results/main_job_int8.json holds the job as it ships since 2026-11-29; a record of an
+earlier job pairs only with variants of that job.)
 
 `--saved-as main=torch_updates` reads a record's `main` as `torch_updates`: the shipped job of the
 days when it took its gradient steps in torch, which that variant now is.
