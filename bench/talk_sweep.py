@@ -58,6 +58,9 @@ DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
 DEFAULT_TITLE = "The main job when talking takes env steps"
 RETURN = "eval_return_last5"
 GRAPH_KEYS = ("graph_edges_mean", "graph_copy_edges_mean", "graph_connected_share", "graph_range_changes")  # the report's headline
+# Whether the talk arrived (the report's headline): the landmark agreements decided on the whole
+# team's table and their age in steps, the averages that ran out of time and the age of the rest.
+TALK_KEYS = ("landmarks_complete_fraction", "landmarks_decision_age_steps", "consensus_short_sessions", "consensus_age_steps")
 
 
 def run_sweep(sweep_file: str, sweep_dir: Path) -> None:
@@ -126,7 +129,7 @@ def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> d
         {"point": point["point"], "runs": [
             {"seed": run["seed"], "return": (run["headline"] or {}).get(RETURN), "refused": run["refused"],
              "default_actions": (run["headline"] or {}).get("default_actions"),
-             **{key: (run["headline"] or {}).get(key) for key in GRAPH_KEYS}}
+             **{key: (run["headline"] or {}).get(key) for key in (*GRAPH_KEYS, *TALK_KEYS)}}
             for run in point["runs"]]}
         for point in summary["points"]
     ]
@@ -167,12 +170,42 @@ def render(record: dict[str, Any], source: str) -> str:
     if record.get("comparisons"):
         lines.append(_comparisons_markdown(record["comparisons"]))
     lines += _graph_table(record["rows"])
+    lines += _talk_table(record["rows"])
     for title, columns, rows in record["effects"]:
         lines.append(f"\n**{title}**\n")
         lines.append("| " + " | ".join(columns) + " |")
         lines.append("| " + " | ".join("---" for _ in columns) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _spread(runs: list[dict[str, Any]], key: str, spec: str, scale: float = 1.0) -> str:
+    """The mean of `key` over `runs` and its range, or "-" where no run has it."""
+    values = [run[key] * scale for run in runs if run.get(key) is not None]
+    return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})" if values else "-"
+
+
+def _talk_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Talking in env steps: per point, whether its talk arrived (TALK_KEYS), mean and range over
+    its scored runs; nothing for a record made before these were kept, or without such talk."""
+    points = [(row["point"], [run for run in row["runs"] if run["refused"] is None
+                              and any(run.get(key) is not None for key in TALK_KEYS)]) for row in rows]
+    points = [(point, runs) for point, runs in points if runs]
+    if not points:
+        return []
+    lines = ["", "**What arrived**: the share of landmark agreements decided on the whole team's table and how many "
+             "steps after its episode's start an agreement landed (talking in env steps), the share of averaging "
+             "sessions in which some round ran out before a neighbour's share came, and how many steps after its "
+             "tick an average landed; the mean over the point's scored runs (their range). A round's deadline is "
+             "counted from its start (docs/guide/talk.md, \"Deadlines and delay\").", ""]
+    lines.append(results_page.table(
+        [("point", "left", lambda item: item[0]), ("seeds", "right", lambda item: str(len(item[1]))),
+         ("whole tables %", "right", lambda item: _spread(item[1], "landmarks_complete_fraction", ".0f", 100.0)),
+         ("agreement age, steps", "right", lambda item: _spread(item[1], "landmarks_decision_age_steps", ".1f")),
+         ("averages short %", "right", lambda item: _spread(item[1], "consensus_short_sessions", ".0f", 100.0)),
+         ("average age, steps", "right", lambda item: _spread(item[1], "consensus_age_steps", ".1f"))],
+        points))
+    return lines
 
 
 def _graph_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -185,10 +218,6 @@ def _graph_table(rows: list[dict[str, Any]]) -> list[str]:
     if not points:
         return []
 
-    def spread(runs: list[dict[str, Any]], key: str, spec: str, scale: float = 1.0) -> str:
-        values = [run[key] * scale for run in runs if run.get(key) is not None]
-        return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})" if values else "-"
-
     lines = ["", "**The team's graph** (links from positions): the mean edges of the union of the env copies' graphs "
              "(what consensus and every message about no copy follow) and of each copy's own (what that copy's "
              "landmark agreement and hindsight follow), the share of metric periods the union was one component "
@@ -196,10 +225,10 @@ def _graph_table(rows: list[dict[str, Any]]) -> list[str]:
              "(their range).", ""]
     lines.append(results_page.table(
         [("point", "left", lambda item: item[0]), ("seeds", "right", lambda item: str(len(item[1]))),
-         ("edges", "right", lambda item: spread(item[1], "graph_edges_mean", ".2f")),
-         ("edges per copy", "right", lambda item: spread(item[1], "graph_copy_edges_mean", ".2f")),
-         ("one component %", "right", lambda item: spread(item[1], "graph_connected_share", ".0f", 100.0)),
-         ("range changes", "right", lambda item: spread(item[1], "graph_range_changes", ".0f"))],
+         ("edges", "right", lambda item: _spread(item[1], "graph_edges_mean", ".2f")),
+         ("edges per copy", "right", lambda item: _spread(item[1], "graph_copy_edges_mean", ".2f")),
+         ("one component %", "right", lambda item: _spread(item[1], "graph_connected_share", ".0f", 100.0)),
+         ("range changes", "right", lambda item: _spread(item[1], "graph_range_changes", ".0f"))],
         points))
     return lines
 

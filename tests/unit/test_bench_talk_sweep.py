@@ -57,3 +57,18 @@ def test_the_page_shows_the_teams_graph_only_for_points_whose_links_follow_posit
     assert f"| {first['point']} | 2 | 4.50 (4.00–5.00) | 1.50 (1.00–2.00) | 20 (10–30) | 200 (100–300) |" in rendered
     graph_rows = rendered.split("**The team's graph**")[1].split("\n\n")[1].splitlines()
     assert len(graph_rows) == 3, graph_rows  # header, rule, the one point: the others have no graph
+
+
+def test_the_page_says_whether_each_points_talk_arrived_where_its_runs_recorded_it(tmp_path):
+    make_sweep(tmp_path / "sweep", seed_offsets=(0.0, 1.5))
+    page = talk_sweep.record_of(timed(tmp_path / "sweep"), [])
+    assert "**What arrived**" not in talk_sweep.render(page, "page.json")  # no agreement, no averages
+    first = page["rows"][0]
+    # seed 0 decided every agreement on whole tables; seed 1 on none, and half its averages ran out
+    for run, (whole, age, short, average_age) in zip(first["runs"], [(1.0, 2.0, 0.0, 2.0), (0.0, 10.0, 0.5, None)]):
+        run.update(landmarks_complete_fraction=whole, landmarks_decision_age_steps=age,
+                   consensus_short_sessions=short, consensus_age_steps=average_age)
+    rendered = talk_sweep.render(page, "page.json")
+    assert f"| {first['point']} | 2 | 50 (0–100) | 6.0 (2.0–10.0) | 25 (0–50) | 2.0 (2.0–2.0) |" in rendered
+    talk_rows = rendered.split("**What arrived**")[1].split("\n\n")[1].splitlines()
+    assert len(talk_rows) == 3, talk_rows  # header, rule, the one point whose runs recorded it

@@ -98,6 +98,8 @@ def test_a_run_summary_matches_the_hand_computation(tmp_path):
     assert consensus["rounds_to_1e-6_mean"] is None and consensus["reached_1e-6_fraction"] == 0.0  # 1e-3 of 2.0 is not 1e-6 of it
     assert consensus["disagreement_last_mean"] == 1e-4
     assert consensus["missing_neighbour_rounds"] == 2.0
+    assert consensus["short_session_fraction"] == 1.0  # each agent's one session missed a neighbour
+    assert summary["headline"]["consensus_short_sessions"] == 1.0
     assert consensus["duration_s_mean"] == 0.5
     assert consensus["first_session"] == {
         "agents": 2, "disagreement_before_mean": 2.0, "disagreement_after_mean": 1e-4,
