@@ -40,7 +40,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -185,52 +185,53 @@ def _spread(runs: list[dict[str, Any]], key: str, spec: str, scale: float = 1.0)
     return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})" if values else "-"
 
 
-def _talk_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Talking in env steps: per point, whether its talk arrived (TALK_KEYS), mean and range over
-    its scored runs; nothing for a record made before these were kept, or without such talk."""
+def _per_point_table(rows: list[dict[str, Any]], intro: str, columns: list[tuple[str, str, str, float]]) -> list[str]:
+    """A table of figures the runs recorded: per point, for each (title, key, format, scale) of
+    `columns`, the mean over the point's scored runs that have any of the keys (their range);
+    nothing when no run has them (a record made before they were kept, or a sweep without them)."""
+    keys = [key for _, key, _, _ in columns]
     points = [(row["point"], [run for run in row["runs"] if run["refused"] is None
-                              and any(run.get(key) is not None for key in TALK_KEYS)]) for row in rows]
+                              and any(run.get(key) is not None for key in keys)]) for row in rows]
     points = [(point, runs) for point, runs in points if runs]
     if not points:
         return []
-    lines = ["", "**What arrived**: the share of landmark agreements decided on the whole team's table and how many "
-             "steps after its episode's start an agreement landed (talking in env steps), the share of averaging "
-             "sessions in which some round ran out before a neighbour's share came, and how many steps after its "
-             "tick an average landed; the mean over the point's scored runs (their range). A round's deadline is "
-             "counted from its start (docs/guide/talk.md, \"Deadlines and delay\").", ""]
-    lines.append(results_page.table(
+
+    def cell(key: str, spec: str, scale: float) -> Callable[[tuple[str, list[dict[str, Any]]]], str]:
+        return lambda item: _spread(item[1], key, spec, scale)
+
+    return ["", intro, "", results_page.table(
         [("point", "left", lambda item: item[0]), ("seeds", "right", lambda item: str(len(item[1]))),
-         ("whole tables %", "right", lambda item: _spread(item[1], "landmarks_complete_fraction", ".0f", 100.0)),
-         ("agreement age, steps", "right", lambda item: _spread(item[1], "landmarks_decision_age_steps", ".1f")),
-         ("averages short %", "right", lambda item: _spread(item[1], "consensus_short_sessions", ".0f", 100.0)),
-         ("average age, steps", "right", lambda item: _spread(item[1], "consensus_age_steps", ".1f"))],
-        points))
-    return lines
+         *[(title, "right", cell(key, spec, scale)) for title, key, spec, scale in columns]],
+        points)]
+
+
+def _talk_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Talking in env steps: per point, whether its talk arrived (TALK_KEYS)."""
+    return _per_point_table(rows, (
+        "**What arrived**: the share of landmark agreements decided on the whole team's table and how many "
+        "steps after its episode's start an agreement landed (talking in env steps), the share of averaging "
+        "sessions in which some round ran out before a neighbour's share came, and how many steps after its "
+        "tick an average landed; the mean over the point's scored runs (their range). A round's deadline is "
+        "counted from its start (docs/guide/talk.md, \"Deadlines and delay\")."), [
+        ("whole tables %", "landmarks_complete_fraction", ".0f", 100.0),
+        ("agreement age, steps", "landmarks_decision_age_steps", ".1f", 1.0),
+        ("averages short %", "consensus_short_sessions", ".0f", 100.0),
+        ("average age, steps", "consensus_age_steps", ".1f", 1.0)])
 
 
 def _graph_table(rows: list[dict[str, Any]]) -> list[str]:
     """Links that follow positions: each point's graph over its scored runs (the report's
-    headline: orchestrator/report.py `_proximity_summary`), mean and range over seeds; nothing
-    for a sweep without them."""
-    points = [(row["point"], [run for run in row["runs"] if run["refused"] is None and run.get("graph_edges_mean") is not None])
-              for row in rows]
-    points = [(point, runs) for point, runs in points if runs]
-    if not points:
-        return []
-
-    lines = ["", "**The team's graph** (links from positions): the mean edges of the union of the env copies' graphs "
-             "(what consensus and every message about no copy follow) and of each copy's own (what that copy's "
-             "landmark agreement and hindsight follow), the share of metric periods the union was one component "
-             "throughout, and how often a neighbour left or came into range; the mean over the point's scored runs "
-             "(their range).", ""]
-    lines.append(results_page.table(
-        [("point", "left", lambda item: item[0]), ("seeds", "right", lambda item: str(len(item[1]))),
-         ("edges", "right", lambda item: _spread(item[1], "graph_edges_mean", ".2f")),
-         ("edges per copy", "right", lambda item: _spread(item[1], "graph_copy_edges_mean", ".2f")),
-         ("one component %", "right", lambda item: _spread(item[1], "graph_connected_share", ".0f", 100.0)),
-         ("range changes", "right", lambda item: _spread(item[1], "graph_range_changes", ".0f"))],
-        points))
-    return lines
+    headline: orchestrator/report.py `_proximity_summary`)."""
+    return _per_point_table(rows, (
+        "**The team's graph** (links from positions): the mean edges of the union of the env copies' graphs "
+        "(what consensus and every message about no copy follow) and of each copy's own (what that copy's "
+        "landmark agreement and hindsight follow), the share of metric periods the union was one component "
+        "throughout, and how often a neighbour left or came into range; the mean over the point's scored runs "
+        "(their range)."), [
+        ("edges", "graph_edges_mean", ".2f", 1.0),
+        ("edges per copy", "graph_copy_edges_mean", ".2f", 1.0),
+        ("one component %", "graph_connected_share", ".0f", 100.0),
+        ("range changes", "graph_range_changes", ".0f", 1.0)])
 
 
 def _comparisons_markdown(comparisons: dict[str, Any]) -> str:
