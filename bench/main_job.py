@@ -105,8 +105,9 @@ RETURN_CONVENTION = PARLEY_CONVENTION  # what every return here is (docs/results
 # The world model the main job averaged until 2026-11-27 (its runs: `world_model_averaged`).
 ENSEMBLE_WORLD_MODEL = ("agents.world_model={kind: ensemble, ensemble_size: 3, num_elites: 2, hidden_size: 64, "
                         "num_hidden_layers: 2, batch_size: 128, epochs_per_fit: 20, max_steps_per_fit: 100}")
+# The averaging the world model had: every 1,000 steps, 10 rounds of float32, each agent from its own start.
 AVERAGED_ONCE_IN_1000_STEPS = ["protocols.consensus.same_initial_policy=false", "protocols.consensus.period_steps=1000",
-                               "protocols.consensus.rounds=10"]
+                               "protocols.consensus.rounds=10", "protocols.consensus.compression=none"]
 VARIANTS: dict[str, list[str]] = {
     "main": [],
     "no_consensus": ["protocols.consensus.enabled=false", "protocols.consensus.same_initial_policy=false"],
