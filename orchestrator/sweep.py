@@ -72,7 +72,8 @@ anything: the runs in flight go on to the end of their budget on their own, and
 **Part of a sweep**: `--only POINT,...` runs only those points (the spec stays the whole sweep's).
 **Seeds run elsewhere** (another machine, a later day, a sweep stopped halfway) join one sweep with
 `orchestrate sweep --merge DIR DIR ... --sweep-dir OUT`: the sweeps must have the same spec
-(name, grid, points, fixed overrides; their seeds may differ), and OUT gets an index of every
+(name, grid, fixed overrides; their seeds may differ; points added at the end of the file since
+an earlier part ran are welcome, each earlier point unchanged), and OUT gets an index of every
 (point, seed) that any of them ran, pointing at the run directories where they are (nothing is
 copied), and `merged_from`: each source with its seeds and the commits its runs ran at. A
 (point, seed) that two sources hold is taken from the first that may be scored (exit 0, budget
@@ -524,7 +525,23 @@ def only_points(runs: list[SweepRun], names: list[str]) -> list[SweepRun]:
 
 
 # What two sweeps must share to be merged: everything that decides what a (point, seed) runs.
-MERGE_SPEC_FIELDS = ("sweep", "grid", "points", "set")
+# Their `points:` lists may differ in length only (see `merged_points`).
+MERGE_SPEC_FIELDS = ("sweep", "grid", "set")
+
+
+def merged_points(sources: list[Path], indexes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The merged sweep's `points:`: the longest list among the sources. A sweep file may gain
+    points at its end after some of its runs were made (a point's name and place, pNN, stay), so
+    each source's list must be the longest's first entries; a point that ran may not change."""
+    lists = [index.get("points") or [] for index in indexes]
+    longest = max(lists, key=len)
+    problems = [f"--merge: the points of {source} are not the first {len(points)} of the longest list among the "
+                f"sources ({len(longest)}): a sweep file may gain points at its end, but a point that ran may not "
+                f"change or move"
+                for source, points in zip(sources, lists) if points != longest[:len(points)]]  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
+    return longest
 
 
 def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
@@ -539,6 +556,7 @@ def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
                 if index.get(name) != first.get(name)]  # fmt: skip
     if problems:
         raise ConfigError(problems)
+    points = merged_points(sources, indexes)
     chosen: dict[tuple[str, int], dict[str, Any]] = {}
     merged_from = []
     for source, index in zip(sources, indexes):
@@ -557,7 +575,8 @@ def merge_sweeps(sources: list[Path], out_dir: Path) -> dict[str, Any]:
                             "parallel": index.get("parallel"), "commits": sorted(c for c in commits if c)})  # fmt: skip
     runs = sorted((entry["run"] for entry in chosen.values()), key=lambda run: (run["point_index"], run["seed"]))
     claim_sweep_dir(out_dir)
-    index = {**{name: first.get(name) for name in MERGE_SPEC_FIELDS}, "base_config": first["base_config"],
+    index = {"sweep": first.get("sweep"), "grid": first.get("grid"), "points": points, "set": first.get("set"),
+             "base_config": first["base_config"],
              "seeds": sorted({run["seed"] for run in runs}), "parallel": None, "state": "merged",
              "started": min((index["started"] for index in indexes if index.get("started")), default=None),
              "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -289,12 +289,13 @@ def test_every_shipped_sweep_validates(path, tmp_path):
 
 def test_the_main_job_fault_sweep_has_the_points_it_says():
     """configs/sweeps/main_job_faults.yaml: the delay x loss grid under env-step talk, free talk
-    at delay 0, a Gilbert-Elliott row, a crash at 40% of the budget at every delay, no talk."""
+    at delay 0, a Gilbert-Elliott row, a crash at 40% of the budget at every delay, no agreement
+    (the floor), and silence (no learning message at all)."""
     path = REPO / "configs" / "sweeps" / "main_job_faults.yaml"
     spec, base = load_sweep(path)
     runs = expand(spec, Path("/nonexistent"))
     points = {run.point: run for run in runs if run.seed == 0}
-    assert len(points) == 5 * 4 + 1 + 5 + 6 + 2 and spec.seeds == [0, 1, 2, 3, 4]
+    assert len(points) == 5 * 4 + 1 + 5 + 6 + 2 + 1 and spec.seeds == [0, 1, 2, 3, 4]
     overrides = {name: dict(text.split("=", 1) for text in run.overrides) for name, run in points.items()}
     grid = [name for name, run in points.items() if run.line is None and run.role is None and "loss" in name]
     assert len(grid) == 20 and all(overrides[name]["protocols.talk"] == "env_steps" for name in grid)
@@ -312,6 +313,9 @@ def test_the_main_job_fault_sweep_has_the_points_it_says():
     assert [run.point for run in points.values() if run.role == "no_talk"] == ["p32-no_talk"]
     assert overrides["p32-no_talk"]["agents.landmarks.assignment"] == "nearest"
     assert overrides["p33-no_talk_crash"]["agents.landmarks.assignment"] == "nearest"
+    silent = overrides["p34-silent"]
+    assert (silent["agents.landmarks.assignment"], silent["agents.landmarks.share_hindsight"],
+            silent["protocols.consensus.enabled"]) == ("nearest", "false", "false")
 
 
 def test_the_loss_by_message_sweep_puts_its_loss_on_the_message_types_it_names():

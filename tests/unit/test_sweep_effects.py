@@ -327,6 +327,38 @@ def test_sweeps_of_different_specs_or_a_merge_with_run_options_are_refused(tmp_p
     assert "--seeds" in capsys.readouterr().err
 
 
+def test_a_sweep_file_that_gained_points_at_its_end_merges_with_its_earlier_parts(tmp_path, capsys):
+    # The earlier part ran from a file with two extra points, the later one from the file with a
+    # third added at its end (and only that point's runs): one sweep, with every point.
+    make_sweep(tmp_path / "before")
+    make_sweep(tmp_path / "after")
+    earlier = [{"name": "free_talk", "set": {"protocols.talk": "free"}},
+               {"name": "no_talk", "set": {"agents.landmarks.assignment": "nearest"}, "role": "no_talk"}]
+    silent = {"name": "silent", "set": {"consensus.enabled": False}}
+    before = json.loads((tmp_path / "before" / "sweep.json").read_text())
+    before["points"] = earlier
+    before["runs"] = [run for run in before["runs"] if run["point"] != "p08-crash_free"]
+    (tmp_path / "before" / "sweep.json").write_text(json.dumps(before))
+    after = json.loads((tmp_path / "after" / "sweep.json").read_text())
+    after["points"] = [*earlier, silent]
+    after["runs"] = [run for run in after["runs"] if run["point"] == "p08-crash_free"]
+    (tmp_path / "after" / "sweep.json").write_text(json.dumps(after))
+
+    # either order: the merged sweep takes the longest list
+    assert main(["sweep", "--merge", str(tmp_path / "before"), str(tmp_path / "after"), "--sweep-dir", str(tmp_path / "all")]) == 0
+    merged = json.loads((tmp_path / "all" / "sweep.json").read_text())
+    assert merged["points"] == [*earlier, silent]
+    assert len(merged["runs"]) == 9 * 3 and merged["runs"][-1]["point"] == "p08-crash_free"
+
+    # a point that ran may not change: the earlier part's no_talk point set otherwise is refused
+    before["points"] = [earlier[0], {**earlier[1], "set": {"agents.landmarks.assignment": "negotiated"}}]
+    (tmp_path / "before" / "sweep.json").write_text(json.dumps(before))
+    capsys.readouterr()
+    assert main(["sweep", "--merge", str(tmp_path / "after"), str(tmp_path / "before"), "--sweep-dir", str(tmp_path / "out")]) != 0
+    assert f"the points of {tmp_path / 'before'} are not the first 2 of the longest list" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_sweep_whose_run_directories_are_gone_merges_by_its_saved_record(tmp_path, capsys):
     # Seeds 3-4 ran on another day; all that is left of them is their sweep record (`report
     # --save` writes it; a results page's record holds it under `sweep_record`). Merged with seeds
