@@ -3,7 +3,8 @@
 Per training episode start and env copy, whether the agents' landmarks were all different (from
 each agent's `landmarks/goals_code`; the Hungarian method makes them so whenever the agents
 decide on the same table, so this share is a check of the agreement, not of the agents), and how
-often an agent decided on the whole team's table; and whether the agents got there: over the last
+often an agent decided on the whole team's table (no figure when each chose alone, `assignment:
+nearest`: no table was flooded); and whether the agents got there: over the last
 20% of each agent's training episodes, how often its nearest landmark at the end was the one it
 pursued (`landmarks/reached_pursued`) and its mean distance to it then
 (`landmarks/final_distance`). Metric keys are written by agent_node/landmarks/capability.py.
@@ -33,7 +34,7 @@ def summarize(metrics: AgentMetrics) -> dict[str, Any] | None:
             if "landmarks/goals_code" in row and "landmarks/copies" in row:
                 codes.setdefault(row["step"], {})[node] = decode_goals(row["landmarks/goals_code"], num_landmarks,
                                                                        int(row["landmarks/copies"]))
-                complete.append(row["landmarks/complete"])
+                complete.append(row.get("landmarks/complete"))  # absent when each agent chose alone
                 if "landmarks/flood_duration_s" in row:
                     flood_s.append(row["landmarks/flood_duration_s"])
                 if "landmarks/decision_age_steps" in row:  # talking in env steps
@@ -71,11 +72,15 @@ def _agreement_time(landmarks: dict[str, Any]) -> str:
 
 
 def lines(landmarks: dict[str, Any]) -> list[str]:
+    if landmarks["complete_fraction"] is None:  # `assignment: nearest`: no table was flooded
+        how = "each agent chose its nearest landmark alone (no table flooded)"
+    else:
+        how = (f"decided on the whole team's table {fmt(landmarks['complete_fraction'], '.1%')} of the time, "
+               f"{_agreement_time(landmarks)}")
     return [
         f"landmarks: {landmarks['episode_starts']} episode starts; the assignment gave every agent a landmark of its own in "
         f"{fmt(landmarks['distinct_fraction'], '.1%')} of (start, copy) (by construction when the agents decide on one "
-        f"table: the Hungarian method); decided on the whole team's table "
-        f"{fmt(landmarks['complete_fraction'], '.1%')} of the time, {_agreement_time(landmarks)}; "
+        f"table: the Hungarian method); {how}; "
         f"at the end of its training episodes (last 20%) each agent nearest its pursued landmark in "
         f"{fmt(landmarks.get('reached_pursued'), '.1%')}, {fmt(landmarks.get('final_distance'))} from it on average"
     ]

@@ -257,7 +257,7 @@ class LandmarkSession:
             self._collect_superseded(evaluation, now)
         decision = self.pending[evaluation] = _Decision(key, evaluation, starting, now, message.step)
         if self.config.assignment == "nearest":
-            self._decide(decision, {self.node_id: costs}, complete=True, flood=None, now=now)
+            self._decide(decision, {self.node_id: costs}, complete=None, flood=None, now=now)
             return
         live = [node for node in self.neighbours if node not in self.down]
         request = FloodRequest(key, costs, live, team_size=self.topology.num_nodes, rounds=self.rounds, copy_axis=0)
@@ -327,8 +327,10 @@ class LandmarkSession:
             self._records.append({"landmarks/complete": 0.0, "landmarks/decision_age_steps": float(now - decision.started_at),
                                   "landmarks/decided_after_episode": 1.0})
 
-    def _decide(self, decision: _Decision, table: dict[str, np.ndarray], *, complete: bool, flood: FloodResult | None,
-                now: float) -> None:
+    def _decide(self, decision: _Decision, table: dict[str, np.ndarray], *, complete: bool | None,
+                flood: FloodResult | None, now: float) -> None:
+        """Apply a decision: `complete` says whether the flooding heard the whole team (None when
+        the agent chose alone: no table was flooded, so none can be whole or partial)."""
         evaluation, starting = decision.evaluation, decision.copies
         goals = assign(table, self.node_id) if len(table) > 1 else table[self.node_id].argmin(axis=1)
         # The copies still playing the episode this decision is for (all of them while the node holds).
@@ -348,13 +350,14 @@ class LandmarkSession:
             self._partner_rows, self._arrived_count = [], 0
         self.last_train_key = decision.key
         record = {
-            "landmarks/complete": float(complete),
             "landmarks/rows_known": rows_known(table),
             # Every copy's landmark in one number (base L digits, copy 0 lowest): the report puts
             # the agents' numbers of one step side by side to see whether any two share one.
             "landmarks/goals_code": float(sum(int(g) * self.num_goals ** k for k, g in enumerate(self.goals[False]))),
             "landmarks/copies": float(len(self.goals[False])),
         }
+        if complete is not None:
+            record["landmarks/complete"] = float(complete)
         if self.in_steps:
             record["landmarks/decision_age_steps"] = float(now - decision.started_at)
             record["landmarks/decided_after_episode"] = float(not playing.any())

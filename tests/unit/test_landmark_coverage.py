@@ -91,3 +91,23 @@ def test_the_report_puts_coverage_beside_a_distinct_assignment_that_cannot_fail(
     report.render_run(summary, Console(file=out, width=400))
     text = out.getvalue()
     assert "by construction" in text and "25.0% of landmarks covered" in text and "nearest its pursued landmark in 25.0%" in text
+
+
+def test_the_report_gives_no_whole_table_share_when_each_agent_chose_alone(tmp_path):
+    (tmp_path / "resolved.yaml").write_text("run: {steps: 100}\n")
+    write_jsonl(tmp_path / "events.jsonl", [{"t": 0.0, "event": "started", "node": None}])
+    for index in range(4):  # as `assignment: nearest` writes them: no landmarks/complete
+        write_jsonl(tmp_path / "nodes" / f"agent_{index}" / "metrics.jsonl", [
+            {"step": step, "t": float(step), "landmarks/goals_code": 0.0, "landmarks/copies": 1.0,
+             "landmarks/rows_known": 1.0} for step in (0, 25)])
+    summary = report.summarize_run(tmp_path)
+    assert summary["landmarks"]["complete_fraction"] is None
+    assert summary["headline"]["landmarks_complete_fraction"] is None
+    assert summary["landmarks"]["distinct_fraction"] == 0.0  # all four on landmark 0
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    report.render_run(summary, Console(file=out, width=400))
+    assert "each agent chose its nearest landmark alone (no table flooded)" in out.getvalue()

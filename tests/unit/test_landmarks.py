@@ -85,6 +85,18 @@ def test_the_session_floods_its_distance_row_and_takes_its_landmark_once_the_rin
     assert conditioned.shape == (2, 28) and (conditioned[:, 24:].sum(axis=1) == 1).all()
 
 
+def test_choosing_alone_says_nothing_of_whole_tables():
+    # No table is flooded under `assignment: nearest`, so none can be whole: the record leaves the
+    # key out rather than count every decision as complete (a sweep's "whole tables" column).
+    session = make_session(assignment="nearest")
+    obs = np.zeros((2, 24), np.float32)
+    obs[:, 4:12] = [[5, 0, 1, 0, 5, 0, 5, 0], [1, 0, 5, 0, 5, 0, 5, 0]]
+    session.begin(observation(0, obs, [True, True]), obs, 0.0, training_step=0)
+    (record,) = session.take_records()
+    assert "landmarks/complete" not in record and record["landmarks/rows_known"] == 1.0
+    np.testing.assert_array_equal(session.goals[False], [1, 0])
+
+
 def test_nearest_decides_alone_and_evaluation_copies_keep_their_own_landmarks():
     session = make_session(assignment="nearest")
     obs = np.zeros((3, 24), np.float32)
