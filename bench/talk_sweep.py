@@ -124,6 +124,7 @@ def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> d
                        "run_seconds_mean": sum(timed) / len(timed),
                        "eval_episodes": _eval_episodes(runs),
                        "parallel": sorted({source.get("parallel") or 1 for source in index.get("merged_from") or [index]}),
+                       "merged": index.get("state") == "merged",
                        "made_by": _made_by(summary, {Path(r["run_dir"]).name: r["duration_s"] for r in runs if r.get("duration_s")})}
     record["rows"] = [
         {"point": point["point"], "runs": [
@@ -154,7 +155,11 @@ def render(record: dict[str, Any], source: str) -> str:
         lines.append(record["note"] + "\n")
     made_by = sweep.get("made_by") or []
     if len(made_by) > 1:
-        lines.append("The runs were made by more than one build (a merged sweep, `orchestrate sweep --merge`):\n")
+        # A merged sweep's parts ran apart; an unmerged one's code changed while it ran. (Records
+        # written before `merged` was kept hold more than one build only as merged sweeps.)
+        why = ("a merged sweep, `orchestrate sweep --merge`" if sweep.get("merged", True)
+               else "the checkout changed while the sweep ran")
+        lines.append(f"The runs were made by more than one build ({why}):\n")
         lines += [f"- commit {g['commit']}, Python {g['python']}, torch {g['torch']}: seeds {g['seeds']}, {g['runs']} runs"
                   + (f", {g['run_seconds_mean']:.0f} s a run" if g.get("run_seconds_mean") else "") for g in made_by]
         lines.append("")

@@ -72,3 +72,14 @@ def test_the_page_says_whether_each_points_talk_arrived_where_its_runs_recorded_
     assert f"| {first['point']} | 2 | 50 (0–100) | 6.0 (2.0–10.0) | 25 (0–50) | 2.0 (2.0–2.0) |" in rendered
     talk_rows = rendered.split("**What arrived**")[1].split("\n\n")[1].splitlines()
     assert len(talk_rows) == 3, talk_rows  # header, rule, the one point whose runs recorded it
+
+
+def test_the_page_says_why_its_runs_came_from_more_than_one_build(tmp_path):
+    make_sweep(tmp_path / "sweep")
+    page = talk_sweep.record_of(timed(tmp_path / "sweep"), [])
+    assert page["sweep"]["merged"] is False
+    group = {"python": "3.11.7", "torch": "2.13.0+cpu", "seeds": [0, 1, 2], "runs": 27, "run_seconds_mean": 190.0}
+    page["sweep"]["made_by"] = [{**group, "commit": "aaaaaaa"}, {**group, "commit": "bbbbbbb"}]
+    assert "more than one build (the checkout changed while the sweep ran)" in talk_sweep.render(page, "page.json")
+    page["sweep"]["merged"] = True
+    assert "more than one build (a merged sweep, `orchestrate sweep --merge`)" in talk_sweep.render(page, "page.json")
