@@ -21,6 +21,10 @@ the page's without its run directories:
 
 (Pages written before 2026-11-28 hold only the returns.)
 
+Every point is compared with one (`--against`, default the first); `--pair POINT=OTHER` adds a
+comparison of two points of your choosing, paired by seed, e.g. each crash against the same links
+without it (`--pair crash_d1=delay_steps1_loss0.0`).
+
 Any sweep of the main job reads the same way (`--title` names the page): the newcomer sweep
 (`configs/sweeps/main_job_newcomer.yaml`, a crash without saved state, cold or bootstrapped by
 the neighbours) uses only its crash table.
@@ -48,7 +52,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402
 
-from orchestrator.report import plot_sweep, render_comparisons, summarize_sweep, sweep_record  # noqa: E402
+from orchestrator.intervals import holm  # noqa: E402
+from orchestrator.report import (  # noqa: E402
+    HOLM_ALPHA, compare_points, plot_sweep, render_comparisons, summarize_sweep, sweep_record)
 from orchestrator.config import RESOLVED_FILENAME  # noqa: E402
 from orchestrator.overrides import load_yaml  # noqa: E402
 from orchestrator.sweep import SWEEP_RECORD_KEY  # noqa: E402
@@ -109,9 +115,41 @@ def _eval_episodes(runs: list[dict[str, Any]]) -> list[int]:
     return sorted(counts)
 
 
-def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> dict[str, Any]:
+def paired_with(points: list[dict[str, Any]], pairs: list[str]) -> list[dict[str, Any]]:
+    """Each `POINT=OTHER` of `--pair`: POINT minus OTHER on the return, paired by seed (e.g. a
+    crash against the same links without it), as the report compares a point with `--against`;
+    Holm's correction over the pairs named. A point is named as `--only` names it (with or
+    without its pNN- prefix) or by its pNN alone."""
+
+    def find(name: str) -> dict[str, Any]:
+        for point in points:
+            prefix, _, rest = point["point"].partition("-")
+            if name in (point["point"], prefix, rest):
+                return point
+        raise SystemExit(f"--pair: no point named {name!r}; the sweep's points: {', '.join(p['point'] for p in points)}")
+
+    rows = []
+    for text in pairs:
+        name, equals, other = text.partition("=")
+        if not equals or not name or not other:
+            raise SystemExit(f"--pair: expected POINT=OTHER (e.g. crash_d1=delay_steps1_loss0.0), got {text!r}")
+        point, baseline = find(name), find(other)
+        comparison = compare_points([baseline, point], against=baseline["point"])
+        if comparison is None:
+            raise SystemExit(f"--pair {text}: {baseline['point']} has no scored run to compare with")
+        row = comparison["rows"][1]
+        if not row.get("seeds"):
+            raise SystemExit(f"--pair {text}: {point['point']} and {baseline['point']} have no scored seed in common")
+        rows.append({**row, "baseline": baseline["point"], "metric": comparison["metric"]})
+    for row, kept in zip(rows, holm([row["p_value"] for row in rows], HOLM_ALPHA)):
+        row["survives_holm"] = kept
+    return rows
+
+
+def record_of(sweep_dir: Path, argv: list[str], against: str | None = None, pairs: list[str] = ()) -> dict[str, Any]:
     """The record: the bench's own fields (results_page), the sweep's times, and per point its
-    runs (seed, return, why refused) and the report's effects (axes, D50, crashes)."""
+    runs (seed, return, why refused), the report's effects (axes, D50, crashes) and the pairs
+    asked for (`paired_with`)."""
     record = results_page.begin("bench/talk_sweep.py", argv)
     index = json.loads((sweep_dir / "sweep.json").read_text())
     runs = index["runs"]
@@ -136,6 +174,7 @@ def record_of(sweep_dir: Path, argv: list[str], against: str | None = None) -> d
     ]
     record["effects"] = [[title, columns, rows] for title, columns, rows in effect_tables(summary["effects"])]
     record["comparisons"] = summary.get("comparisons")
+    record["pairs"] = paired_with(summary["points"], list(pairs))
     # Every run's numbers, so that seeds or points run later join these without their run
     # directories: `orchestrate sweep --merge THIS.json LATER_SWEEP_DIR --sweep-dir OUT`.
     record[SWEEP_RECORD_KEY] = sweep_record(sweep_dir, summary)
@@ -174,6 +213,7 @@ def render(record: dict[str, Any], source: str) -> str:
         record["rows"]))
     if record.get("comparisons"):
         lines.append(_comparisons_markdown(record["comparisons"]))
+    lines += _pairs_table(record.get("pairs") or [])
     lines += _graph_table(record["rows"])
     lines += _talk_table(record["rows"])
     for title, columns, rows in record["effects"]:
@@ -250,6 +290,21 @@ def _comparisons_markdown(comparisons: dict[str, Any]) -> str:
     return "\n".join(["", verdict, "", heading, "", *table])
 
 
+def _pairs_table(pairs: list[dict[str, Any]]) -> list[str]:
+    """The `--pair` comparisons: each point minus the one named beside it, paired by seed."""
+    if not pairs:
+        return []
+    lines = [f"\n**Paired as asked** (`--pair`): each point minus the other on {pairs[0]['metric']}, paired by seed, "
+             f"95% t-interval; Holm's correction over these {len(pairs)} at {HOLM_ALPHA}\n",
+             "| point | minus | seeds | difference [95% t-CI] | p | survives Holm |", "| --- | --- | ---: | --- | ---: | --- |"]
+    for row in pairs:
+        low, high = row["difference_ci95"] or (None, None)
+        interval = f"{row['difference']:+.2f} [{low:+.2f}, {high:+.2f}]" if low is not None else "-"
+        lines.append(f"| {row['point']} | {row['baseline']} | {len(row['seeds'])} | {interval} | {row['p_value']:.3g} | "
+                     f"{'yes' if row['survives_holm'] else 'no'} |")
+    return lines
+
+
 def _at_once(parallel: list[int]) -> str:
     return "one at a time" if parallel == [1] else f"{' or '.join(map(str, parallel))} at a time"
 
@@ -264,12 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default=DEFAULT_TITLE, help="the page's title")
     parser.add_argument("--note", default="", help="what the page's reader must know of these runs (markdown)")
     parser.add_argument("--against", metavar="POINT", help="compare the points with this one (its name or pNN), not the first")
+    parser.add_argument("--pair", metavar="POINT=OTHER", action="append", default=[],
+                        help="also compare POINT with OTHER, paired by seed (e.g. a crash with the same links "
+                             "without it); repeatable")
     args = parser.parse_args(argv)
     sweep_dir = args.sweep_dir
     if sweep_dir is None:
         sweep_dir = REPO / "runs" / "sweeps" / f"talk-{dt.datetime.now():%Y%m%d-%H%M%S}"
         run_sweep(args.sweep, sweep_dir)
-    record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv, args.against)
+    record = record_of(sweep_dir, sys.argv[1:] if argv is None else argv, args.against, args.pair)
     record["title"] = args.title
     record["note"] = args.note
     print(render(record, "stdout"))

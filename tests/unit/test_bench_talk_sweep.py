@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from orchestrator.cli import main
 from tests.conftest import load_bench
 from tests.unit.test_sweep_effects import make_sweep
@@ -83,3 +85,20 @@ def test_the_page_says_why_its_runs_came_from_more_than_one_build(tmp_path):
     assert "more than one build (the checkout changed while the sweep ran)" in talk_sweep.render(page, "page.json")
     page["sweep"]["merged"] = True
     assert "more than one build (a merged sweep, `orchestrate sweep --merge`)" in talk_sweep.render(page, "page.json")
+
+
+def test_pairs_asked_for_compare_two_points_by_seed(tmp_path):
+    make_sweep(tmp_path / "sweep", seed_offsets=(0.0, 1.0, -0.5))
+    page = talk_sweep.record_of(timed(tmp_path / "sweep"), [], pairs=["crash_free=p06", "p00-delay_steps1_loss0.0=free_talk"])
+    by_point = {row["point"]: {run["seed"]: run["return"] for run in row["runs"]} for row in page["rows"]}
+    crash, delay = page["pairs"]
+    assert (crash["point"], crash["baseline"]) == ("p08-crash_free", "p06-free_talk")
+    differences = [by_point["p08-crash_free"][seed] - by_point["p06-free_talk"][seed] for seed in (0, 1, 2)]
+    assert crash["seeds"] == [0, 1, 2] and abs(crash["difference"] - sum(differences) / 3) < 1e-9
+    assert (delay["point"], delay["baseline"]) == ("p00-delay_steps1_loss0.0", "p06-free_talk")
+    rendered = talk_sweep.render(page, "page.json")
+    assert "**Paired as asked** (`--pair`)" in rendered and "| p08-crash_free | p06-free_talk | 3 |" in rendered
+    with pytest.raises(SystemExit, match="no point named 'crash_d9'"):
+        talk_sweep.record_of(tmp_path / "sweep", [], pairs=["crash_d9=free_talk"])
+    with pytest.raises(SystemExit, match="expected POINT=OTHER"):
+        talk_sweep.record_of(tmp_path / "sweep", [], pairs=["crash_free"])
