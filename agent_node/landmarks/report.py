@@ -34,7 +34,10 @@ def summarize(metrics: AgentMetrics) -> dict[str, Any] | None:
             if "landmarks/goals_code" in row and "landmarks/copies" in row:
                 codes.setdefault(row["step"], {})[node] = decode_goals(row["landmarks/goals_code"], num_landmarks,
                                                                        int(row["landmarks/copies"]))
-                complete.append(row.get("landmarks/complete"))  # absent when each agent chose alone
+                # A decision made alone floods nothing, so it has no flood duration and says
+                # nothing of whole tables (runs made before 2026-11-29 still wrote complete = 1).
+                flooded = "landmarks/flood_duration_s" in row or "landmarks/flood_duration_steps" in row
+                complete.append(row.get("landmarks/complete") if flooded else None)
                 if "landmarks/flood_duration_s" in row:
                     flood_s.append(row["landmarks/flood_duration_s"])
                 if "landmarks/decision_age_steps" in row:  # talking in env steps

@@ -70,7 +70,7 @@ def test_the_report_puts_coverage_beside_a_distinct_assignment_that_cannot_fail(
     for index in range(4):
         # Goals code: one copy, agent i takes landmark i (base-4 digits): all distinct.
         rows = [{"step": step, "t": float(step), "landmarks/goals_code": float(index), "landmarks/copies": 1.0,
-                 "landmarks/complete": 1.0} for step in (0, 25, 50, 75)]
+                 "landmarks/complete": 1.0, "landmarks/flood_duration_s": 0.01} for step in (0, 25, 50, 75)]
         rows += [{"step": step, "t": float(step), "landmarks/reached_pursued": 0.25, "landmarks/final_distance": 0.6}
                  for step in (25, 50, 75, 100)]
         write_jsonl(tmp_path / "nodes" / f"agent_{index}" / "metrics.jsonl", rows)
@@ -96,10 +96,12 @@ def test_the_report_puts_coverage_beside_a_distinct_assignment_that_cannot_fail(
 def test_the_report_gives_no_whole_table_share_when_each_agent_chose_alone(tmp_path):
     (tmp_path / "resolved.yaml").write_text("run: {steps: 100}\n")
     write_jsonl(tmp_path / "events.jsonl", [{"t": 0.0, "event": "started", "node": None}])
-    for index in range(4):  # as `assignment: nearest` writes them: no landmarks/complete
+    for index in range(4):  # as `assignment: nearest` writes them: no flooding, no landmarks/complete
         write_jsonl(tmp_path / "nodes" / f"agent_{index}" / "metrics.jsonl", [
-            {"step": step, "t": float(step), "landmarks/goals_code": 0.0, "landmarks/copies": 1.0,
-             "landmarks/rows_known": 1.0} for step in (0, 25)])
+            {"step": 0, "t": 0.0, "landmarks/goals_code": 0.0, "landmarks/copies": 1.0, "landmarks/rows_known": 1.0},
+            # and as runs before 2026-11-29 wrote them: complete 1 of a table never flooded
+            {"step": 25, "t": 25.0, "landmarks/goals_code": 0.0, "landmarks/copies": 1.0, "landmarks/rows_known": 1.0,
+             "landmarks/complete": 1.0}])
     summary = report.summarize_run(tmp_path)
     assert summary["landmarks"]["complete_fraction"] is None
     assert summary["headline"]["landmarks_complete_fraction"] is None
