@@ -57,7 +57,7 @@ from orchestrator.report import (  # noqa: E402
     HOLM_ALPHA, compare_points, plot_sweep, render_comparisons, summarize_sweep, sweep_record)
 from orchestrator.config import RESOLVED_FILENAME  # noqa: E402
 from orchestrator.overrides import load_yaml  # noqa: E402
-from orchestrator.sweep import SWEEP_RECORD_KEY  # noqa: E402
+from orchestrator.sweep import SWEEP_RECORD_KEY, names_point  # noqa: E402
 from orchestrator.sweep_effects import effect_tables  # noqa: E402
 
 DEFAULT_SWEEP = "configs/sweeps/main_job_talk.yaml"
@@ -118,13 +118,11 @@ def _eval_episodes(runs: list[dict[str, Any]]) -> list[int]:
 def paired_with(points: list[dict[str, Any]], pairs: list[str]) -> list[dict[str, Any]]:
     """Each `POINT=OTHER` of `--pair`: POINT minus OTHER on the return, paired by seed (e.g. a
     crash against the same links without it), as the report compares a point with `--against`;
-    Holm's correction over the pairs named. A point is named as `--only` names it (with or
-    without its pNN- prefix) or by its pNN alone."""
+    Holm's correction over the pairs named. A point is named as `--only` names it (`names_point`)."""
 
     def find(name: str) -> dict[str, Any]:
         for point in points:
-            prefix, _, rest = point["point"].partition("-")
-            if name in (point["point"], prefix, rest):
+            if names_point(name, point["point"]):
                 return point
         raise SystemExit(f"--pair: no point named {name!r}; the sweep's points: {', '.join(p['point'] for p in points)}")
 

@@ -636,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a fixed override for every point, after the file's `set:` (VALUE is YAML); repeatable",
     )  # fmt: skip
     sweep.add_argument("--only", metavar="POINTS",
-                       help="run only these points (names as the dry run lists them, with or without the pNN- prefix, comma-separated)")  # fmt: skip
+                       help="run only these points (names as the dry run lists them, with or without the pNN- prefix, or the pNN alone; comma-separated)")  # fmt: skip
     sweep.add_argument("--dry-run", action="store_true", help="validate every point and list the runs; launch nothing")
     sweep.set_defaults(handler=cmd_sweep)
 

@@ -75,7 +75,7 @@ from orchestrator.intervals import holm, iqm_interval, paired_t_test, probabilit
 from orchestrator.run_records import run_record
 from orchestrator.rundir import EVENTS_FILENAME, NODE_METRICS_FILENAME, NODES_DIRNAME, find_run_dir, read_jsonl
 from orchestrator import sweep_effects
-from orchestrator.sweep import SWEEP_INDEX_FILENAME, read_index, recorded_summary, run_dir_of
+from orchestrator.sweep import SWEEP_INDEX_FILENAME, names_point, read_index, recorded_summary, run_dir_of
 from protocols.run.config_errors import ConfigError
 from protocols.run.settings import ENV_NODE_ID
 
@@ -662,7 +662,7 @@ def _scores_by_seed(point: dict[str, Any], metric: str) -> dict[int, float]:
 
 
 def compare_points(points: list[dict[str, Any]], against: str | None = None) -> dict[str, Any] | None:
-    """Every point of a sweep against one: `against` (a point's name or its `pNN` prefix), by
+    """Every point of a sweep against one: `against` (a point's name, as `names_point` takes it), by
     default its first (the grid's first value of every key: in the shipped sweeps the point
     without the fault), on one metric (COMPARED_METRICS), paired by seed:
     the mean difference with its 95% t-interval and p-value, which differences Holm's correction
@@ -672,7 +672,7 @@ def compare_points(points: list[dict[str, Any]], against: str | None = None) -> 
     if len(points) < 2:
         return None
     baseline = points[0] if against is None else next(
-        (point for point in points if against in (point["point"], point["point"].split("-", 1)[0])), None)
+        (point for point in points if names_point(against, point["point"])), None)
     if baseline is None:
         raise ConfigError([f"--against: expected a point of the sweep ({', '.join(p['point'] for p in points)}), got {against!r}"])
     metric = next((m for m in COMPARED_METRICS if _scores_by_seed(baseline, m)), None)

@@ -508,13 +508,20 @@ def read_source(source: Path) -> dict[str, Any]:
     return index
 
 
+def names_point(name: str, point: str) -> bool:
+    """Whether `name` names the sweep point `point` (`p07-crash_d1`): its whole name, its place
+    (`p07`) or its own name (`crash_d1`), as every command that takes a point's name accepts it."""
+    place, _, own = point.partition("-")
+    return name in (point, place, own)
+
+
 def only_points(runs: list[SweepRun], names: list[str]) -> list[SweepRun]:
-    """The runs of the points named (`p07-crash_d1` or `crash_d1`): the rest of a sweep, or one
-    point again, keeping the sweep's spec (so the result merges with the sweep's other runs)."""
+    """The runs of the points named (`names_point`): the rest of a sweep, or one point again,
+    keeping the sweep's spec (so the result merges with the sweep's other runs)."""
     points = list(dict.fromkeys(run.point for run in runs))
     wanted, unknown = set(), []
     for name in (name.strip() for name in names):
-        matches = [point for point in points if name in (point, point.partition("-")[2])]
+        matches = [point for point in points if names_point(name, point)]
         if matches:
             wanted.update(matches)
         else:

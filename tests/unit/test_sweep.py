@@ -225,7 +225,7 @@ def test_points_beside_the_grid_come_after_it_with_their_own_overrides_names_and
     assert [c.run.steps for c in configs[8::2]] == [30, 40, 30]
 
 
-def test_only_keeps_the_named_points_with_or_without_their_prefix_and_names_an_unknown_one(tmp_path):
+def test_only_keeps_the_named_points_by_name_prefix_or_place_and_names_an_unknown_one(tmp_path):
     path = write_sweep(tmp_path, grid={"network.default_link.loss": [0.0, 0.1]}, seeds=[0, 1],
                        points=[{"name": "lossy", "set": {"network.default_link.loss": 0.5}}])  # fmt: skip
     spec, _ = load_sweep(path)
@@ -233,6 +233,7 @@ def test_only_keeps_the_named_points_with_or_without_their_prefix_and_names_an_u
     kept = only_points(runs, ["lossy", "p00-loss0.0"])
     assert [(run.point, run.seed) for run in kept] == [("p00-loss0.0", 0), ("p00-loss0.0", 1), ("p02-lossy", 0), ("p02-lossy", 1)]
     assert kept[2].run_dir == str(tmp_path / "out" / "p02-lossy-seed0")  # the names the whole sweep gives them
+    assert [run.point for run in only_points(runs, ["p01"])] == ["p01-loss0.1", "p01-loss0.1"]
     with pytest.raises(ConfigError, match="no point named 'loss'.*p00-loss0.0, p01-loss0.1, p02-lossy"):
         only_points(runs, ["loss"])
 
