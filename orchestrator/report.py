@@ -575,7 +575,7 @@ NO_AGGREGATE: dict[str, Any] = {"mean": None, "std": None, "n": 0}
 def _aggregate(values: list[float]) -> dict[str, Any]:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
-        return {"n": 0, "mean": None, "std": None, "ci95": None}
+        return {"n": 0, "mean": None, "std": None, "ci95": None, "min": None, "max": None}
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     ci95 = None
@@ -584,7 +584,7 @@ def _aggregate(values: list[float]) -> dict[str, Any]:
 
         half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
         ci95 = [mean - half, mean + half]
-    return {"n": len(values), "mean": mean, "std": std, "ci95": ci95}
+    return {"n": len(values), "mean": mean, "std": std, "ci95": ci95, "min": min(values), "max": max(values)}
 
 
 def summarize_sweep(sweep_dir: str | Path, against: str | None = None) -> dict[str, Any]:

@@ -367,6 +367,15 @@ def _interval(aggregate: dict[str, Any], spec: str = ".3g") -> str:
     return fmt(aggregate["mean"], spec) + (f" [{fmt(ci[0], spec)}, {fmt(ci[1], spec)}]" if ci else "")
 
 
+def _spread(aggregate: dict[str, Any], spec: str = ".4g") -> str:
+    """`mean (least-most)` over the runs: for a count such as the steps to recover, a multiple of
+    the evaluation period with many zeros, whose t-interval would reach below 0. A record saved
+    before the aggregates kept their extremes shows its interval."""
+    if not aggregate or aggregate.get("mean") is None or aggregate.get("min") is None:
+        return _interval(aggregate, spec)
+    return f"{fmt(aggregate['mean'], spec)} ({fmt(aggregate['min'], spec)}-{fmt(aggregate['max'], spec)})"
+
+
 def d50_text(d50: dict[str, Any], last_x: float) -> str:
     """`2.4 [1.7, 3.9]`, `> 25 (beyond the grid) [12, > 25]`, or `- (why)`."""
     if d50["reason"]:
@@ -401,10 +410,11 @@ def effect_tables(effects: dict[str, Any]) -> list[tuple[str, list[str], list[li
         tables.append((title, ["line", *(fmt(x, "g") for x in xs), "D50 [95% bootstrap]"], rows))
     if effects["crashes"]:
         rows = [[c["point"], str(c["runs"]), _interval(c["eval_before"]), _interval(c["eval_dip"]),
-                 _interval(c["recovery_steps"], ".4g"), fmt(c["recovered_fraction"], ".0%")]
+                 _spread(c["recovery_steps"]), fmt(c["recovered_fraction"], ".0%")]
                 for c in effects["crashes"]]  # fmt: skip
-        tables.append(("after a crash: greedy evaluation before it, the dip to the lowest after it, steps until back within "
-                       "10% of the random -> pre-crash gap (mean [95% interval] over seeds that came back)",
+        tables.append(("after a crash: greedy evaluation before it, the dip to the lowest after it (mean [95% interval] "
+                       "over seeds), steps until back within 10% of the random -> pre-crash gap (mean (least-most) over "
+                       "the seeds that came back)",
                        ["point", "runs", "before", "dip", "steps to recover", "recovered"], rows))  # fmt: skip
     return tables
 

@@ -178,7 +178,7 @@ def test_a_sweep_summary_aggregates_each_point_over_its_seeds(tmp_path):
     half = stats.t.ppf(0.975, 1) * returns["std"] / math.sqrt(2)
     assert returns["ci95"] == pytest.approx([0.5 - half, 0.5 + half])
     # the failed seed contributes nothing; one seed has no spread and no interval
-    assert second["metrics"]["return_last20"] == {"n": 1, "mean": 10.0, "std": 0.0, "ci95": None}
+    assert second["metrics"]["return_last20"] == {"n": 1, "mean": 10.0, "std": 0.0, "ci95": None, "min": 10.0, "max": 10.0}
     # seed 0 of point 0 dropped 0 + 0 of 40 peer messages; seed 1, 1 + 0
     assert first["metrics"]["peer_dropped_fraction"]["mean"] == pytest.approx((0 / 40 + 1 / 40) / 2)
 

@@ -223,7 +223,7 @@ def test_the_sweep_report_prints_the_axes_d50_and_crashes(tmp_path, capsys):
     assert "3 [3, 3]" in out  # D50 and its interval on the loss-0 line
     assert "> 0.3 (beyond the grid)" in out
     assert "p06-free_talk" in out and "p08-crash_free" in out  # points beside the grid by their names
-    assert "steps to recover" in out
+    assert "steps to recover" in out and "1500 (1500-1500)" in out  # a count's spread, not a t-interval
     assert (tmp_path / "report" / "sweep_axes.png").stat().st_size > 1000
     assert "D50" in (tmp_path / "report" / "summary.md").read_text()
     saved = json.loads((tmp_path / "report" / report.SWEEP_RECORD_FILENAME).read_text())  # what --merge takes
