@@ -345,9 +345,8 @@ def test_a_sweep_file_that_gained_points_at_its_end_merges_with_its_earlier_part
     (tmp_path / "after" / "sweep.json").write_text(json.dumps(after))
 
     # either order: the merged sweep takes the longest list
-    for order, out in (((before, after), "all"), ((after, before), "all_reversed")):
-        sources = [str(tmp_path / ("before" if source is before else "after")) for source in order]
-        assert main(["sweep", "--merge", *sources, "--sweep-dir", str(tmp_path / out)]) == 0
+    for parts, out in ((("before", "after"), "all"), (("after", "before"), "all_reversed")):
+        assert main(["sweep", "--merge", *(str(tmp_path / part) for part in parts), "--sweep-dir", str(tmp_path / out)]) == 0
         merged = json.loads((tmp_path / out / "sweep.json").read_text())
         assert merged["points"] == [*earlier, silent]
         assert len(merged["runs"]) == 9 * 3 and merged["runs"][-1]["point"] == "p08-crash_free"
