@@ -6,11 +6,12 @@ rliable defines them.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: orchestrator.intervals
 from orchestrator.intervals import (  # noqa: E402,F401  (re-exported for the benches)
@@ -41,6 +42,29 @@ def improvement(x, y, seed: int = 0) -> dict:
         return {"probability_of_improvement": None, "poi_ci95": None}
     p, low, high = probability_of_improvement(x, y, seed=seed)
     return {"probability_of_improvement": p, "poi_ci95": [low, high]}
+
+
+def minimum_detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects with
+    probability `power`, given the paired differences' SD and n pairs (exact, noncentral t).
+
+    The usual shortcut (t_{1-alpha/2} + t_{power}) * sd / sqrt(n) is a little smaller at small n
+    (at n = 5, 3.72 against 3.76 standard errors; both tend to 2.80 as n grows)."""
+    if n < 2 or not math.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(noncentrality: float) -> float:
+        # The wrong-sign tail P(T < -critical), written as the upper tail at -noncentrality:
+        # scipy's nct.cdf returns NaN for it at large noncentrality, where it is 0 to rounding.
+        rejects = stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality)
+        return rejects - power
+
+    noncentrality = optimize.brentq(shortfall, 0.0, 50.0, xtol=1e-10)
+    return float(noncentrality * sd / math.sqrt(n))
 
 
 def curve_band(curves) -> tuple[np.ndarray, np.ndarray]:

@@ -91,11 +91,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conventions import PARLEY_CONVENTION  # noqa: E402
-from intervals import field_protocol, holm, improvement, mean_ci, paired_t_test  # noqa: E402
+from intervals import (  # noqa: E402
+    field_protocol, holm, improvement, mean_ci, minimum_detectable_effect, paired_t_test,
+)
 import results_page  # noqa: E402
 from runs import REPO, fmt, plot_evaluations, run_and_score, run_record  # noqa: E402
 
@@ -132,16 +133,6 @@ VARIANTS: dict[str, list[str]] = {
 }
 # Variants compared also with a reference other than `main`: the run that differs by one change.
 REFERENCE_OF = {"world_model_bonus": "world_model_averaged", "push_sum_in_steps": "talking_in_steps"}
-
-
-def minimum_detectable_effect(differences: list[float], alpha: float = 0.05, power: float = 0.8) -> float:
-    """The paired difference a t-test on this many pairs detects with `power` (two-sided `alpha`),
-    given the pairs' sample standard deviation."""
-    n = len(differences)
-    if n < 2:
-        return float("nan")
-    sd = float(np.std(differences, ddof=1))
-    return float((stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n))
 
 
 def gap_closed(score: float, random_line: float, oracle_line: float) -> float:
@@ -376,7 +367,8 @@ def paired_comparison(reference_entry: dict, variant_entry: dict, difference_key
                         if reference_steps.get(seed) is not None and variant_steps.get(seed) is not None]
     steps_mean, steps_half, _ = paired_t_test(step_differences)
     return {"seeds": paired, difference_key: mean, "ci95": half, "p_value": p_value,
-            "mde": minimum_detectable_effect(differences), **poi,
+            "mde": minimum_detectable_effect(float(np.std(differences, ddof=1)) if len(differences) > 1 else float("nan"),
+                                             len(differences)), **poi,
             "steps_gap80_difference": steps_mean, "steps_gap80_ci95": steps_half, "steps_gap80_pairs": len(step_differences)}
 
 

@@ -90,7 +90,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intervals import field_protocol, improvement  # noqa: E402  (bench/intervals.py)
+from intervals import field_protocol, improvement, minimum_detectable_effect  # noqa: E402  (bench/intervals.py)
 from runs import run_record  # noqa: E402  (bench/runs.py: which runs may be scored, and their records)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -529,31 +529,6 @@ def area_under_curve(curve: list[tuple[int, float]]) -> float:
 def steps_to_threshold(curve: list[tuple[int, float]], threshold: float) -> int | None:
     """The training step of the first evaluation at or above `threshold`; None if none reached it."""
     return next((int(step) for step, value in curve if value >= threshold), None)
-
-
-def minimum_detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
-    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects with
-    probability `power`, given the paired differences' SD and n pairs (exact, noncentral t).
-
-    The usual shortcut (t_{1-alpha/2} + t_{power}) * sd / sqrt(n) is a little smaller at small n
-    (at n = 5, 3.72 against 3.76 standard errors; both tend to 2.80 as n grows)."""
-    from scipy import optimize, stats
-
-    if n < 2 or not math.isfinite(sd):
-        return float("nan")
-    if sd == 0:
-        return 0.0
-    df = n - 1
-    critical = stats.t.ppf(1 - alpha / 2, df)
-
-    def shortfall(noncentrality: float) -> float:
-        # The wrong-sign tail P(T < -critical), written as the upper tail at -noncentrality:
-        # scipy's nct.cdf returns NaN for it at large noncentrality, where it is 0 to rounding.
-        rejects = stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality)
-        return rejects - power
-
-    noncentrality = optimize.brentq(shortfall, 0.0, 50.0, xtol=1e-10)
-    return float(noncentrality * sd / math.sqrt(n))
 
 
 def paired_difference(first: dict[int, float], second: dict[int, float]) -> dict:

@@ -40,17 +40,21 @@ import argparse
 import datetime as dt
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from scipy import stats
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import results_page  # noqa: E402
+from intervals import minimum_detectable_effect  # noqa: E402  (bench/intervals.py)
 
 from orchestrator.intervals import holm  # noqa: E402
 from orchestrator.report import (  # noqa: E402
@@ -138,10 +142,21 @@ def paired_with(points: list[dict[str, Any]], pairs: list[str]) -> list[dict[str
         row = comparison["rows"][1]
         if not row.get("seeds"):
             raise SystemExit(f"--pair {text}: {point['point']} and {baseline['point']} have no scored seed in common")
-        rows.append({**row, "baseline": baseline["point"], "metric": comparison["metric"]})
+        rows.append({**row, "baseline": baseline["point"], "metric": comparison["metric"],
+                     "mde80": _detectable(row)})
     for row, kept in zip(rows, holm([row["p_value"] for row in rows], HOLM_ALPHA)):
         row["survives_holm"] = kept
     return rows
+
+
+def _detectable(row: dict[str, Any]) -> float | None:
+    """The difference these seeds detect with 80% power (two-sided 5%), from the pairs' spread: the
+    comparison keeps the t-interval, whose half-width is t(0.975, n-1) * sd / sqrt(n)."""
+    n, (low, high) = len(row["seeds"]), row["difference_ci95"]
+    if n < 2:
+        return None
+    sd = (high - low) / 2 * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
+    return minimum_detectable_effect(sd, n)
 
 
 def record_of(sweep_dir: Path, argv: list[str], against: str | None = None, pairs: list[str] = ()) -> dict[str, Any]:
@@ -294,13 +309,19 @@ def _pairs_table(pairs: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [f"\n**Paired as asked** (`--pair`): each point minus the other on {pairs[0]['metric']}, paired by seed, "
              f"95% t-interval; Holm's correction over these {len(pairs)} at {HOLM_ALPHA}\n",
-             "| point | minus | seeds | difference [95% t-CI] | p | survives Holm |", "| --- | --- | ---: | --- | ---: | --- |"]
+             "| point | minus | seeds | difference [95% t-CI] | p | survives Holm | detectable (80% power) |",
+             "| --- | --- | ---: | --- | ---: | --- | ---: |"]
     for row in pairs:
         low, high = row["difference_ci95"] or (None, None)
         interval = f"{row['difference']:+.2f} [{low:+.2f}, {high:+.2f}]" if low is not None else "-"
         lines.append(f"| {row['point']} | {row['baseline']} | {len(row['seeds'])} | {interval} | {row['p_value']:.3g} | "
-                     f"{'yes' if row['survives_holm'] else 'no'} |")
+                     f"{'yes' if row['survives_holm'] else 'no'} | {_detectable_cell(row.get('mde80'))} |")
     return lines
+
+
+def _detectable_cell(mde: float | None) -> str:
+    # One seed, or a record written before the column: a dash.
+    return "-" if mde is None else f"{mde:.2f}"
 
 
 def _at_once(parallel: list[int]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from orchestrator.cli import main
@@ -13,6 +14,7 @@ from tests.conftest import load_bench
 from tests.unit.test_sweep_effects import make_sweep
 
 talk_sweep = load_bench("talk_sweep.py")
+minimum_detectable_effect = load_bench("intervals.py").minimum_detectable_effect
 
 
 def timed(sweep_dir):
@@ -88,16 +90,19 @@ def test_the_page_says_why_its_runs_came_from_more_than_one_build(tmp_path):
 
 
 def test_pairs_asked_for_compare_two_points_by_seed(tmp_path):
-    make_sweep(tmp_path / "sweep", seed_offsets=(0.0, 1.0, -0.5))
+    make_sweep(tmp_path / "sweep", seed_offsets=(0.0, 1.0, -0.5), noise={("p06-free_talk", 1): 0.4})
     page = talk_sweep.record_of(timed(tmp_path / "sweep"), [], pairs=["crash_free=p06", "p00-delay_steps1_loss0.0=free_talk"])
     by_point = {row["point"]: {run["seed"]: run["return"] for run in row["runs"]} for row in page["rows"]}
     crash, delay = page["pairs"]
     assert (crash["point"], crash["baseline"]) == ("p08-crash_free", "p06-free_talk")
     differences = [by_point["p08-crash_free"][seed] - by_point["p06-free_talk"][seed] for seed in (0, 1, 2)]
     assert crash["seeds"] == [0, 1, 2] and abs(crash["difference"] - sum(differences) / 3) < 1e-9
+    # What three seeds detect, recovered from the interval: the same as from the differences' SD.
+    assert crash["mde80"] > 0 and crash["mde80"] == pytest.approx(minimum_detectable_effect(float(np.std(differences, ddof=1)), 3))
     assert (delay["point"], delay["baseline"]) == ("p00-delay_steps1_loss0.0", "p06-free_talk")
     rendered = talk_sweep.render(page, "page.json")
     assert "**Paired as asked** (`--pair`)" in rendered and "| p08-crash_free | p06-free_talk | 3 |" in rendered
+    assert f"| {crash['mde80']:.2f} |" in rendered
     with pytest.raises(SystemExit, match="no point named 'crash_d9'"):
         talk_sweep.record_of(tmp_path / "sweep", [], pairs=["crash_d9=free_talk"])
     with pytest.raises(SystemExit, match="expected POINT=OTHER"):
