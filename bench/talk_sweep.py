@@ -142,19 +142,20 @@ def paired_with(points: list[dict[str, Any]], pairs: list[str]) -> list[dict[str
         row = comparison["rows"][1]
         if not row.get("seeds"):
             raise SystemExit(f"--pair {text}: {point['point']} and {baseline['point']} have no scored seed in common")
-        rows.append({**row, "baseline": baseline["point"], "metric": comparison["metric"],
-                     "mde80": _detectable(row)})
+        rows.append({**row, "baseline": baseline["point"], "metric": comparison["metric"]})
     for row, kept in zip(rows, holm([row["p_value"] for row in rows], HOLM_ALPHA)):
         row["survives_holm"] = kept
     return rows
 
 
-def _detectable(row: dict[str, Any]) -> float | None:
-    """The difference these seeds detect with 80% power (two-sided 5%), from the pairs' spread: the
-    comparison keeps the t-interval, whose half-width is t(0.975, n-1) * sd / sqrt(n)."""
-    n, (low, high) = len(row["seeds"]), row["difference_ci95"]
+def detectable(row: dict[str, Any]) -> float | None:
+    """The difference a `--pair` row's seeds detect with 80% power (two-sided 5%), from the pairs'
+    spread, which the row's t-interval holds: its half-width is t(0.975, n-1) * sd / sqrt(n).
+    None for fewer than two seeds."""
+    n = len(row["seeds"])
     if n < 2:
         return None
+    low, high = row["difference_ci95"]
     sd = (high - low) / 2 * math.sqrt(n) / stats.t.ppf(0.975, n - 1)
     return minimum_detectable_effect(sd, n)
 
@@ -315,12 +316,11 @@ def _pairs_table(pairs: list[dict[str, Any]]) -> list[str]:
         low, high = row["difference_ci95"] or (None, None)
         interval = f"{row['difference']:+.2f} [{low:+.2f}, {high:+.2f}]" if low is not None else "-"
         lines.append(f"| {row['point']} | {row['baseline']} | {len(row['seeds'])} | {interval} | {row['p_value']:.3g} | "
-                     f"{'yes' if row['survives_holm'] else 'no'} | {_detectable_cell(row.get('mde80'))} |")
+                     f"{'yes' if row['survives_holm'] else 'no'} | {_detectable_cell(detectable(row))} |")
     return lines
 
 
 def _detectable_cell(mde: float | None) -> str:
-    # One seed, or a record written before the column: a dash.
     return "-" if mde is None else f"{mde:.2f}"
 
 

@@ -98,11 +98,11 @@ def test_pairs_asked_for_compare_two_points_by_seed(tmp_path):
     differences = [by_point["p08-crash_free"][seed] - by_point["p06-free_talk"][seed] for seed in (0, 1, 2)]
     assert crash["seeds"] == [0, 1, 2] and abs(crash["difference"] - sum(differences) / 3) < 1e-9
     # What three seeds detect, recovered from the interval: the same as from the differences' SD.
-    assert crash["mde80"] > 0 and crash["mde80"] == pytest.approx(minimum_detectable_effect(float(np.std(differences, ddof=1)), 3))
+    assert talk_sweep.detectable(crash) > 0 and talk_sweep.detectable(crash) == pytest.approx(minimum_detectable_effect(float(np.std(differences, ddof=1)), 3))
     assert (delay["point"], delay["baseline"]) == ("p00-delay_steps1_loss0.0", "p06-free_talk")
     rendered = talk_sweep.render(page, "page.json")
     assert "**Paired as asked** (`--pair`)" in rendered and "| p08-crash_free | p06-free_talk | 3 |" in rendered
-    assert f"| {crash['mde80']:.2f} |" in rendered
+    assert f"| {talk_sweep.detectable(crash):.2f} |" in rendered
     with pytest.raises(SystemExit, match="no point named 'crash_d9'"):
         talk_sweep.record_of(tmp_path / "sweep", [], pairs=["crash_d9=free_talk"])
     with pytest.raises(SystemExit, match="expected POINT=OTHER"):
