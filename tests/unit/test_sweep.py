@@ -290,13 +290,13 @@ def test_every_shipped_sweep_validates(path, tmp_path):
 
 def test_the_main_job_fault_sweep_has_the_points_it_says():
     """configs/sweeps/main_job_faults.yaml: the delay x loss grid under env-step talk, free talk
-    at delay 0, a Gilbert-Elliott row, a crash at 40% of the budget at every delay, no agreement
-    (the floor), and silence (no learning message at all)."""
+    at delay 0, a Gilbert-Elliott row, a crash at 40% of the budget at every delay and one at 80%,
+    no agreement (the floor), and silence (no learning message at all)."""
     path = REPO / "configs" / "sweeps" / "main_job_faults.yaml"
     spec, base = load_sweep(path)
     runs = expand(spec, Path("/nonexistent"))
     points = {run.point: run for run in runs if run.seed == 0}
-    assert len(points) == 5 * 4 + 1 + 5 + 6 + 2 + 1 and spec.seeds == [0, 1, 2, 3, 4]
+    assert len(points) == 5 * 4 + 1 + 5 + 6 + 2 + 1 + 1 and spec.seeds == [0, 1, 2, 3, 4]
     overrides = {name: dict(text.split("=", 1) for text in run.overrides) for name, run in points.items()}
     grid = [name for name, run in points.items() if run.line is None and run.role is None and "loss" in name]
     assert len(grid) == 20 and all(overrides[name]["protocols.talk"] == "env_steps" for name in grid)
@@ -307,7 +307,8 @@ def test_the_main_job_fault_sweep_has_the_points_it_says():
     budget = yaml.safe_load(base.read_text())["run"]["steps"]
     for name in crashes:
         (fault,) = yaml.safe_load(overrides[name]["faults.schedule"])
-        assert fault == {"at_step": int(0.4 * budget), "kind": "kill", "random": {"count": 1}}
+        share = 0.8 if name == "p35-crash_late_d1" else 0.4
+        assert fault == {"at_step": int(share * budget), "kind": "kill", "random": {"count": 1}}
         assert overrides[name]["run.reproducible"] == "false"  # a fault schedule cannot be
     assert [points[name].coordinates for name in crashes[:6]] == [
         {"network.links.0.link.delay_steps": d} for d in (0, 1, 2, 5, 10, 25)]
@@ -317,6 +318,8 @@ def test_the_main_job_fault_sweep_has_the_points_it_says():
     silent = overrides["p34-silent"]
     assert (silent["agents.landmarks.assignment"], silent["agents.landmarks.share_hindsight"],
             silent["protocols.consensus.enabled"]) == ("nearest", "false", "false")
+    late = {key: value for key, value in overrides["p35-crash_late_d1"].items() if key != "faults.schedule"}
+    assert late == {key: value for key, value in overrides["p27-crash_d1"].items() if key != "faults.schedule"}
 
 
 def test_the_loss_by_message_sweep_puts_its_loss_on_the_message_types_it_names():
