@@ -18,6 +18,12 @@ and a half to fall from 2 to 0.5), so it is recorded, not used. The bench waits 
 most `--wait-s` seconds (600) per run, sleeping between looks; a run it could not start idle
 still runs and is marked `busy before`, and the median counts only runs started idle.
 
+The machine's own speed moves between days (mpe2's step cost 0.47 ms of CPU one day and 0.90 two
+days later, docs/results/main_job_cpu.md), so the page also says how fast this machine stepped the
+main job's env that hour: the CPU microseconds of one step of `mpe2.simple_spread_v3` (N = 4, the
+main job's env) with random actions, in this process, before the first run and after the last.
+Seconds taken on different days compare only beside that figure.
+
 What each row holds: the run's seconds from its first lockstep step to its end (the report's
 `duration_s`, the end line's figure), the seconds it took to start its nodes (`launch_s`), the
 whole command from start to exit (what a user waits, report included), the share of the gap
@@ -38,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_page  # noqa: E402
@@ -62,6 +70,23 @@ def cpu_busy_share(window_s: float) -> float:
     total_after, idle_after = sample()
     elapsed = total_after - total_before
     return 1.0 - (idle_after - idle_before) / elapsed if elapsed > 0 else 0.0
+
+
+def env_step_cost_us(steps: int = 2000, seed: int = 0) -> float:
+    """CPU microseconds (this thread) per step of the main job's env, one copy, random actions."""
+    from mpe2 import simple_spread_v3
+
+    env = simple_spread_v3.parallel_env(N=4, max_cycles=25, continuous_actions=False)
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    started = time.thread_time()
+    for _ in range(steps):
+        if not env.agents:
+            env.reset()
+        env.step({agent: int(rng.integers(env.action_space(agent).n)) for agent in env.agents})
+    cost = (time.thread_time() - started) / steps * 1e6
+    env.close()
+    return cost
 
 
 def wait_until_idle(busy_limit: float, window_s: float, wait_s: float) -> tuple[bool, float]:
@@ -141,6 +166,9 @@ def render(record: dict[str, Any], source: str) -> str:
         reading = (f"**Median of the {outcome['counted']} runs started idle: {outcome['median_s']:.0f} s** from the first "
                    f"step to the end ({outcome['least_s']:.0f}-{outcome['most_s']:.0f}); the target, "
                    f"{outcome['target_s']:.0f} s, is {'met' if outcome['met'] else 'not met'}.")
+    reading += (f"\n\nThis machine's speed that hour: one step of the main job's env (`mpe2.simple_spread_v3`, N = 4, "
+                f"random actions, one copy) cost {record['env_step_us_before']:.0f} µs of CPU before the first run and "
+                f"{record['env_step_us_after']:.0f} after the last.")
     if record.get("note"):
         reading += "\n\n" + record["note"]
     return results_page.page(record, PAGE_TITLE, source, intro, columns, reading)
@@ -169,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     record["settings"] = {"runs": args.runs, "overrides": args.overrides, "idle_busy": args.idle_busy,
                           "idle_window_s": args.idle_window_s, "wait_s": args.wait_s}
     record["note"] = args.note
+    record["env_step_us_before"] = env_step_cost_us()
     root = args.keep or Path(tempfile.mkdtemp(prefix="parley-wall-"))
     try:
         rows = []
@@ -179,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+    record["env_step_us_after"] = env_step_cost_us()
     record["rows"] = rows
     record["verdict"] = verdict(rows)
     results_page.finish(record, args.save, args.page, render)

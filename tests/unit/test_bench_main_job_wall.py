@@ -29,10 +29,16 @@ def test_the_page_shows_every_run_and_marks_the_busy_and_refused_ones():
               "finished_utc": "2026-11-29 20:10:00", "machine": {"cpu": "x", "cores": 2, "python": "3.11"},
               "load_before": [0.1, 0.1, 0.1], "load_after": [1.0, 1.0, 1.0], "commit": "abc",
               "settings": {"runs": 3, "overrides": [], "idle_busy": 0.1, "idle_window_s": 5.0, "wait_s": 600.0},
+              "env_step_us_before": 420.0, "env_step_us_after": 431.0,
               "note": "", "rows": rows, "verdict": wall.verdict(rows)}
     page = wall.render(record, "x.json")
     assert "| 1 | 60% (busy before) |" in page and "| exit code 1 |" in page
     assert "**Median of the 1 runs started idle: 90 s**" in page and "is not met" in page
+    assert "cost 420 µs of CPU before the first run and 431 after the last" in page
+
+
+def test_the_env_step_probe_steps_the_main_jobs_env():
+    assert 0.0 < wall.env_step_cost_us(steps=50) < 1e6
 
 
 def test_idleness_is_a_share_of_cpu_time_and_the_wait_ends():
