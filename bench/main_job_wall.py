@@ -45,11 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_page  # noqa: E402
 from runs import run_once, run_record  # noqa: E402
+from throughput import inprocess_steps_per_s  # noqa: E402
 
 CONFIG = "configs/4agents_ring.yaml"
 TARGET_S = 75.0  # the run itself, first step to end (issue "speed where a user feels it")
@@ -72,21 +71,10 @@ def cpu_busy_share(window_s: float) -> float:
     return 1.0 - (idle_after - idle_before) / elapsed if elapsed > 0 else 0.0
 
 
-def env_step_cost_us(steps: int = 2000, seed: int = 0) -> float:
-    """CPU microseconds (this thread) per step of the main job's env, one copy, random actions."""
-    from mpe2 import simple_spread_v3
-
-    env = simple_spread_v3.parallel_env(N=4, max_cycles=25, continuous_actions=False)
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    started = time.thread_time()
-    for _ in range(steps):
-        if not env.agents:
-            env.reset()
-        env.step({agent: int(rng.integers(env.action_space(agent).n)) for agent in env.agents})
-    cost = (time.thread_time() - started) / steps * 1e6
-    env.close()
-    return cost
+def env_step_cost_us(steps: int = 2000) -> float:
+    """CPU microseconds per step of the main job's env (N = 4), one copy, random actions: the
+    throughput bench's in-process measurement."""
+    return inprocess_steps_per_s(4, steps)[1]
 
 
 def wait_until_idle(busy_limit: float, window_s: float, wait_s: float) -> tuple[bool, float]:
