@@ -100,3 +100,34 @@ def test_a_tensorboard_mirror_on_a_full_disk_says_so_in_one_line_and_never_block
         writer.write(step + extra, {"learner/loss": 0.0, "learner/q": 1.0})
     writer.close()  # never raises, never blocks
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == step + 100
+
+
+def _tensorboard_scalars(directory: Path) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the event files under `directory`, in file order
+    (each record: a little-endian u64 length, its masked CRC, the Event, the Event's masked CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = []
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            scalars += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+    return scalars
+
+
+def test_the_tensorboard_mirror_holds_every_finite_scalar_of_every_record(tmp_path):
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", tmp_path / "tb")
+    writer.write(3, {"learner/loss": 0.5, "link/a_to_b/sent": 7.0, "skipped": float("nan")})
+    writer.write(4, {"nothing finite": float("inf")})
+    writer.write(5, {"/odd key:1": 2.25})
+    writer.close()
+    assert _tensorboard_scalars(tmp_path / "tb") == [
+        (3, "learner/loss", 0.5), (3, "link/a_to_b/sent", 7.0), (5, "odd_key_1", 2.25)]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in line.items() if k != "t"} for line in lines] == [
+        {"step": 3, "learner/loss": 0.5, "link/a_to_b/sent": 7.0}, {"step": 4}, {"step": 5, "/odd key:1": 2.25}]
