@@ -502,6 +502,29 @@ def gradient_steps(run_dir: Path, node: str) -> float | None:
     return last
 
 
+STEP_WALL_KEYS = ("lockstep/waiting_s", "lockstep/stepping_s", "lockstep/sending_s", "lockstep/timed_steps")
+
+
+def env_step_wall(run_dir: Path) -> dict[str, float]:
+    """The env server's last sums of its training steps' wall time (env_server/reporting.py,
+    `StepWallTime`), {} for a run from before it wrote them."""
+    from protocols.storage.jsonlines import latest_values
+
+    found = latest_values(run_dir / "nodes" / "env" / "metrics.jsonl", STEP_WALL_KEYS)
+    return found if len(found) == len(STEP_WALL_KEYS) else {}
+
+
+def step_wall_line(wall: dict[str, float], all_cpu: float, command_s: float) -> str:
+    """The page's line on where the env server's wall time went, beside the run's CPU floor."""
+    steps = wall["lockstep/timed_steps"]
+    per_step = {phase: 1000 * wall[f"lockstep/{phase}_s"] / steps for phase in ("stepping", "sending", "waiting")}
+    return (f"- The env server's wall time over its {steps:,.0f} timed training steps (its `lockstep/*` metrics): "
+            f"stepping the copies {wall['lockstep/stepping_s']:.1f} s ({per_step['stepping']:.2f} ms a step), "
+            f"sending the observations {wall['lockstep/sending_s']:.1f} s ({per_step['sending']:.2f} ms), waiting for "
+            f"the agents' actions {wall['lockstep/waiting_s']:.1f} s ({per_step['waiting']:.2f} ms). `orchestrate up` took "
+            f"{command_s / (all_cpu / 2):.2f} times its floor on 2 cores ({all_cpu / 2:.1f} s).\n")
+
+
 def rows_of(processes: dict[str, dict]) -> list[dict]:
     """One row per category: the agents' mean, the env server, the orchestrator and zygote
     together, and every process together (CPU seconds)."""
@@ -592,6 +615,7 @@ def render(record: dict, source: str) -> str:
         + (f"- Gradient steps per agent: {sum(steps_per_agent) / len(steps_per_agent):,.0f}; "
            f"the agent's learner-update CPU per gradient step: **{learner_ms:.2f} ms** "
            f"(the batch's sampling is counted in replay).\n" if learner_ms is not None else "")
+        + (step_wall_line(run["env_step_wall"], all_cpu, run["wall_s"]) if run.get("env_step_wall") else "")
         + f"- The profilers' own CPU (not in the table): {run['profilers_cpu_s']:.1f} s; "
         f"the CPU of every process the bench started and waited for, profilers included "
         f"(getrusage): {run['children_cpu_s']:.1f} s.\n"
@@ -663,7 +687,8 @@ def main() -> int:
         raise SystemExit(f"expected agent processes and an env server in {run_dir}, found {sorted(processes)}")
     record["settings"] = {"config": CONFIG, "overrides": overrides, "steps": steps, "rate_hz": args.rate}
     record["run"] = {**measured, "run_dir": str(run_dir), "record": run, "duration_s": summarize_run(run_dir)["duration_s"],
-                     "gradient_steps": {name: gradient_steps(run_dir, name) for name in agents}}
+                     "gradient_steps": {name: gradient_steps(run_dir, name) for name in agents},
+                     "env_step_wall": env_step_wall(run_dir)}
     record["processes"] = processes
     record["rows"] = rows_of(processes)
     results_page.finish(record, args.save, args.page, render)

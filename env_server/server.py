@@ -275,6 +275,7 @@ class EnvServer:
         if self.evaluating:
             self.evaluator.step(actions, missing)
             return
+        self.report.step_time.step_begins(self.clock())
         result = self.envs.step(actions)
         self.global_view.after_step(actions, result, self.envs)
         self.step += 1
@@ -288,6 +289,7 @@ class EnvServer:
             self.episode_running = False
         if not self.fault_hold.hold_if_marked(result, missing):  # (a fault at this step: it waits for the orchestrator)
             self.after_training_step(result, missing)
+        self.report.step_time.step_ends()
 
     def after_training_step(self, result: BatchedStep, missing: list[str]) -> None:
         """Evaluate if one is due, else send the step's observation (or hold an episode start)."""
@@ -300,6 +302,8 @@ class EnvServer:
 
     def broadcast(self, result: BatchedStep, missing: list[str]) -> None:
         evaluating = self.evaluating
+        if not evaluating:
+            self.report.step_time.broadcast_begins(self.clock())
         self.send(self.barrier.broadcast(
             result,
             step=self.evaluator.schedule.step if evaluating else self.step,
@@ -311,6 +315,8 @@ class EnvServer:
             now=self.clock(),
             deliver=self.bodies.deliver if self.channel.shm_peers_any else None,
         ))
+        if not evaluating:
+            self.report.step_time.observation_sent(self.clock())
 
     def send(self, outgoing: list[Outgoing]) -> None:
         if not outgoing:

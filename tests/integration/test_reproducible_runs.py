@@ -56,8 +56,9 @@ PERTURBED = (
     "agents.gradient_steps_per_slice=1",
     "network.default_link={delay_s: 0.003, jitter_s: 0.003}",
 )
-# (The env server writes its default actions per agent every status period: when is timing.)
-TIMING_PREFIXES = ("link/", "security/", "membership/", "peer/", "env/default_actions/")
+# (The env server writes its default actions per agent and its steps' wall time every status
+# period: when, and the seconds, are timing.)
+TIMING_PREFIXES = ("link/", "security/", "membership/", "peer/", "env/default_actions/", "lockstep/")
 
 
 def run_config(config: str, run_dir: Path, *settings: str) -> None:

@@ -125,3 +125,20 @@ def test_the_wake_up_write_is_a_wait_and_a_line_of_ours_is_named_with_its_catego
     text = wake + "\n" + step
     assert cpu.parse_collapsed(text) == {"waiting (left out)": 4, "env step": 6}
     assert cpu.own_lines(text) == {("env_server/vector.py:344 VectorizedParallelEnv.step", "env step"): 6}
+
+
+def test_the_env_servers_step_wall_time_is_read_from_its_last_sums_and_set_beside_the_floor(tmp_path) -> None:
+    import json
+
+    metrics = tmp_path / "nodes" / "env" / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    assert cpu.env_step_wall(tmp_path) == {}  # no file: a run from before the sums
+    first = {"lockstep/waiting_s": 1.0, "lockstep/stepping_s": 2.0, "lockstep/sending_s": 0.5, "lockstep/timed_steps": 10.0}
+    last = {"lockstep/waiting_s": 30.0, "lockstep/stepping_s": 40.0, "lockstep/sending_s": 10.0, "lockstep/timed_steps": 10000.0}
+    metrics.write_text("".join(json.dumps({"step": step, **values}) + "\n"
+                               for step, values in ((10, first), (11, {"eval/return_mean": -20.0}), (10000, last))))
+    wall = cpu.env_step_wall(tmp_path)
+    assert wall == last
+    line = cpu.step_wall_line(wall, all_cpu=160.0, command_s=100.0)
+    assert "stepping the copies 40.0 s (4.00 ms a step)" in line and "waiting for the agents' actions 30.0 s (3.00 ms)" in line
+    assert "took 1.25 times its floor on 2 cores (80.0 s)" in line

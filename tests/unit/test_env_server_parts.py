@@ -11,6 +11,7 @@ import pytest
 from agent_node.env_client import EnvClient, use_lockstep_transport
 from env_server.part import ServerPart, dispatch_table
 from env_server.registry import make_env
+from env_server.reporting import StepWallTime
 from env_server.server import EnvServer, LockstepRules
 from env_server.vector import VectorizedParallelEnv
 from protocols.codec import messages as m
@@ -96,5 +97,31 @@ def test_an_action_comes_in_through_the_one_dispatch_by_either_path(transport, h
         assert server.step == before + 1 and [o.step for o in seen] == [before + 1] * 2
         assert handled.count("env.action") == 2, handled
         assert server.counters.rejected_requests == 0
+        # One training step timed: the wait for both actions, the step, the broadcast.
+        timed = server.report.metrics()
+        assert timed["lockstep/timed_steps"] == 1.0
+        assert all(timed[f"lockstep/{phase}_s"] > 0 for phase in ("waiting", "stepping", "sending")), timed
     finally:
         server.close()
+
+
+def test_the_steps_wall_time_counts_training_cycles_only():
+    """Waiting runs from a training broadcast to the next training step; stepping ends at a
+    broadcast in the same step; an evaluation between them (its broadcasts unmarked) is neither."""
+    clock = StepWallTime()
+    clock.broadcast_begins(0.0)  # the episode's first observation, after a reset
+    clock.observation_sent(0.1)
+    clock.step_begins(0.5)  # a plain step
+    clock.broadcast_begins(0.8)
+    clock.observation_sent(0.85)
+    clock.step_ends()
+    clock.step_begins(1.0)  # a step that begins an evaluation: no broadcast in it
+    clock.step_ends()
+    clock.broadcast_begins(5.0)  # the held training observation, after the evaluation
+    clock.observation_sent(5.2)
+    clock.step_begins(5.3)
+    clock.broadcast_begins(5.4)
+    clock.observation_sent(5.5)
+    clock.step_ends()
+    assert clock.metrics() == pytest.approx({"lockstep/waiting_s": 0.4 + 0.15 + 0.1, "lockstep/stepping_s": 0.3 + 0.1,
+                                             "lockstep/sending_s": 0.1 + 0.05 + 0.2 + 0.1, "lockstep/timed_steps": 3.0})
