@@ -5,7 +5,8 @@
 
 For each agent count N, measured in one run so the ratios compare like with like on a noisy
 machine:
-- in-process: mpe2 simple_spread_v3 with N agents stepped directly with random actions;
+- in-process: mpe2 simple_spread_v3 with N agents, built as the env server builds it
+  (`env_server.registry.make_env`), stepped directly with random actions;
 - Parley K=1 and K=8: a standalone env server and N client processes (bench/random_client.py)
   that answer every observation with random actions over ZeroMQ (no learning); with
   `--workers 1 2` the K=8 row is also measured with the copies split over 2 processes
@@ -68,13 +69,14 @@ from runs import env_kwargs, kill_leftovers, process_tree_cpu_s, ready_endpoint 
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_TIMEOUT_S = 900
+ENV_NAME = "mpe2.simple_spread_v3"
 
 
 def inprocess_steps_per_s(agents: int, steps: int, seed: int = 0) -> tuple[float, float]:
-    """(env steps per second, CPU microseconds per env step)."""
-    from mpe2 import simple_spread_v3
+    """(env steps per second, CPU microseconds per env step) of the env as the env server builds it."""
+    from env_server.registry import make_env
 
-    env = simple_spread_v3.parallel_env(**env_kwargs(agents))
+    env = make_env(ENV_NAME, env_kwargs(agents))
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
     start, start_cpu = time.perf_counter(), time.process_time()

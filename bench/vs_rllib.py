@@ -101,9 +101,10 @@ class Row:
 
 
 def make_parallel_env():
-    from mpe2 import simple_spread_v3
+    """The env as Parley's env server builds it, for all three sides alike."""
+    from env_server.registry import make_env
 
-    return simple_spread_v3.parallel_env(**ENV_KWARGS)
+    return make_env("mpe2.simple_spread_v3", ENV_KWARGS)
 
 
 # --------------------------------------------------------------------------- in-process

@@ -23,6 +23,8 @@ import difflib
 from typing import Any, Callable
 
 from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import aec_to_parallel_wrapper
+from pettingzoo.utils.wrappers import AssertOutOfBoundsWrapper, OrderEnforcingWrapper
 
 from protocols.run.import_path import ImportPathError, import_object
 
@@ -107,8 +109,32 @@ def construction_kwargs(name: str, kwargs: dict[str, Any], construction_seed: in
 
 
 def make_env(name: str, kwargs: dict[str, Any], construction_seed: int | None = None) -> ParallelEnv:
-    """Build the environment `name` with `kwargs`; see the module docstring for `construction_seed`."""
+    """Build the environment `name` with `kwargs`; see the module docstring for `construction_seed`,
+    and `without_call_checks` for what is left out of an AEC env converted to parallel."""
     env = resolve_factory(name)(**construction_kwargs(name, kwargs, construction_seed))
     if not isinstance(env, ParallelEnv):
         raise EnvNotFound(f"env.name {name!r} built a {type(env).__name__}, expected a pettingzoo ParallelEnv")
-    return env
+    return without_call_checks(env)
+
+
+# PettingZoo's AEC wrappers that check how an env is called and never change what it computes.
+_CALL_CHECKS = (OrderEnforcingWrapper, AssertOutOfBoundsWrapper)
+
+
+def without_call_checks(env: ParallelEnv) -> ParallelEnv:
+    """`env` without the call-checking wrappers outside its AEC env, when it is one converted to
+    parallel (`parallel_wrapper_fn`, as the MPE and SISL envs are built); any other env as it is.
+
+    The env server is the only caller of the envs it hosts: it checks every client's action
+    against its space before a step (the barrier's `check_batched`), draws default actions from
+    the spaces, and resets a copy before stepping it, so these wrappers would check again what
+    was checked. On
+    simple_spread (N = 4) their attribute forwarding and checks were ~30% of a step's CPU. A
+    wrapper that changes the actions (`ClipOutOfBoundsWrapper` of the continuous MPE envs) stays,
+    and so does everything inside it: the peeling stops at the first wrapper not in the list."""
+    if type(env) is not aec_to_parallel_wrapper:
+        return env
+    inner = env.aec_env
+    while isinstance(inner, _CALL_CHECKS):
+        inner = inner.env
+    return env if inner is env.aec_env else aec_to_parallel_wrapper(inner)

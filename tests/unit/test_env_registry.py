@@ -145,3 +145,44 @@ def test_precheck_refuses_an_aec_env_and_says_how_to_get_a_parallel_one():
     # tic-tac-toe is turn-based and says it cannot be parallelized: no wrapper helps.
     field, error = check_env("pettingzoo.classic.tictactoe_v3:env", {})
     assert field == "env.name" and "builds an AEC env" in error and "cannot be wrapped" in error
+
+
+def _wrappers(env) -> list[str]:
+    """The AEC env's wrapper chain inside a converted parallel env, outermost first."""
+    chain, inner = [], env.aec_env
+    while hasattr(inner, "env"):
+        chain.append(type(inner).__name__)
+        inner = inner.env
+    return [*chain, type(inner).__name__]
+
+
+@pytest.mark.parametrize("kwargs, kept", [
+    ({"N": 4, "max_cycles": 25, "continuous_actions": False}, ["raw_env"]),
+    # clipping changes the actions: it stays
+    ({"N": 3, "max_cycles": 25, "continuous_actions": True}, ["ClipOutOfBoundsWrapper", "raw_env"]),
+])
+def test_a_converted_aec_env_loses_only_its_call_checks_and_steps_as_before(kwargs, kept):
+    from mpe2 import simple_spread_v3
+
+    built, reference = make_env("mpe2.simple_spread_v3", kwargs), simple_spread_v3.parallel_env(**kwargs)
+    assert _wrappers(reference)[:2] == ["OrderEnforcingWrapper", "ClipOutOfBoundsWrapper" if kwargs["continuous_actions"]
+                                        else "AssertOutOfBoundsWrapper"]
+    assert _wrappers(built) == kept
+    actions = np.random.default_rng(0)
+    for episode in range(3):
+        pairs = [(built.reset(seed=episode)[0], reference.reset(seed=episode)[0])]  # (built's, reference's) per field
+        while True:
+            for ours, theirs in pairs:
+                assert ours.keys() == theirs.keys()
+                assert all(np.array_equal(np.asarray(ours[agent]), np.asarray(theirs[agent])) for agent in ours)
+            if not reference.agents:
+                break
+            space = reference.action_space(reference.agents[0])
+            step = {agent: (actions.uniform(-0.5, 1.5, space.shape).astype(np.float32) if kwargs["continuous_actions"]
+                            else int(actions.integers(space.n))) for agent in reference.agents}
+            pairs = list(zip(built.step(step)[:4], reference.step(step)[:4]))  # observations, rewards, ends, cut-offs
+    assert built.agents == reference.agents == []
+
+
+def test_a_native_parallel_env_is_built_as_its_factory_builds_it():
+    assert type(make_env("reward_collection_v0", {}, construction_seed=0)).__name__ == "RewardCollectionEnv"
