@@ -128,10 +128,10 @@ def without_call_checks(env: ParallelEnv) -> ParallelEnv:
     The env server is the only caller of the envs it hosts: it checks every client's action
     against its space before a step (the barrier's `check_batched`), draws default actions from
     the spaces, and resets a copy before stepping it, so these wrappers would check again what
-    was checked. On
-    simple_spread (N = 4) their attribute forwarding and checks were ~30% of a step's CPU. A
-    wrapper that changes the actions (`ClipOutOfBoundsWrapper` of the continuous MPE envs) stays,
-    and so does everything inside it: the peeling stops at the first wrapper not in the list."""
+    was checked. On simple_spread (N = 4) their attribute forwarding and checks were ~30% of a
+    step's CPU. A wrapper that changes the actions (`ClipOutOfBoundsWrapper` of the continuous
+    MPE envs) stays, and so does everything inside it: the peeling stops at the first wrapper
+    not in the list."""
     if type(env) is not aec_to_parallel_wrapper:
         return env
     inner = env.aec_env
