@@ -131,10 +131,12 @@ def without_call_checks(env: ParallelEnv) -> ParallelEnv:
     was checked. On simple_spread (N = 4) their attribute forwarding and checks were ~30% of a
     step's CPU. A wrapper that changes the actions (`ClipOutOfBoundsWrapper` of the continuous
     MPE envs) stays, and so does everything inside it: the peeling stops at the first wrapper
-    not in the list."""
+    not in the list. The converter itself is kept, with whatever a factory set on it, and only
+    its AEC env is replaced."""
     if type(env) is not aec_to_parallel_wrapper:
         return env
     inner = env.aec_env
     while isinstance(inner, _CALL_CHECKS):
         inner = inner.env
-    return env if inner is env.aec_env else aec_to_parallel_wrapper(inner)
+    env.aec_env = inner
+    return env
