@@ -113,7 +113,7 @@ def parley_steps_per_s(agents: int, lockstep_steps: int, copies: int, transport:
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as socket_dir:
         bind = f"ipc://{socket_dir}/env.sock" if transport == "ipc" else "tcp://127.0.0.1:0"
         server = subprocess.Popen(
-            [sys.executable, "-m", "env_server", "--env", "mpe2.simple_spread_v3", "--kwargs", json.dumps(env_kwargs(agents)),
+            [sys.executable, "-m", "env_server", "--env", ENV_NAME, "--kwargs", json.dumps(env_kwargs(agents)),
              "--copies", str(copies), "--max-steps", str(lockstep_steps), "--bind", bind,
              *(["--workers", str(workers)] if workers != 1 else []), *(["--transport", lockstep] if lockstep else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=repo,

@@ -43,15 +43,14 @@ class StepWallTime:
     server's bookkeeping) and sending (the next observation's broadcast). Evaluation episodes,
     held starts and fault holds are left out: a wait is counted only from a training broadcast
     to the next training step, and stepping only up to a broadcast within the same step. The
-    server marks each training step's beginning and end, and each training broadcast's
-    beginning and end."""
+    server marks each training step's beginning and end, and each training observation once
+    it is sent (with when its broadcast began)."""
 
     def __init__(self) -> None:
         self.waiting_s = self.stepping_s = self.sending_s = 0.0
         self.steps = 0  # training steps whose wait was counted
         self._sent_at: float | None = None
         self._step_began_at: float | None = None
-        self._broadcast_began_at: float | None = None
 
     def step_begins(self, now: float) -> None:
         if self._sent_at is not None:
@@ -60,21 +59,16 @@ class StepWallTime:
         self._sent_at = None
         self._step_began_at = now
 
-    def broadcast_begins(self, now: float) -> None:
-        if self._step_began_at is not None:
-            self.stepping_s += now - self._step_began_at
-        self._step_began_at = None
-        self._broadcast_began_at = now
-
     def step_ends(self) -> None:
         """(A step that began an evaluation or was held broadcasts later, outside the step: that
         broadcast's sending counts, the time before it is not stepping.)"""
         self._step_began_at = None
 
-    def observation_sent(self, now: float) -> None:
-        if self._broadcast_began_at is not None:
-            self.sending_s += now - self._broadcast_began_at
-        self._broadcast_began_at = None
+    def observation_sent(self, broadcast_began: float, now: float) -> None:
+        if self._step_began_at is not None:
+            self.stepping_s += broadcast_began - self._step_began_at
+        self._step_began_at = None
+        self.sending_s += now - broadcast_began
         self._sent_at = now
 
     def metrics(self) -> dict[str, float]:

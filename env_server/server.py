@@ -302,8 +302,7 @@ class EnvServer:
 
     def broadcast(self, result: BatchedStep, missing: list[str]) -> None:
         evaluating = self.evaluating
-        if not evaluating:
-            self.report.step_time.broadcast_begins(self.clock())
+        began = self.clock()
         self.send(self.barrier.broadcast(
             result,
             step=self.evaluator.schedule.step if evaluating else self.step,
@@ -312,11 +311,11 @@ class EnvServer:
             run_finished=self.run_finished and not evaluating,
             missing=missing,
             wait=evaluating or (self.episode_running and not self.run_finished),
-            now=self.clock(),
+            now=began,
             deliver=self.bodies.deliver if self.channel.shm_peers_any else None,
         ))
         if not evaluating:
-            self.report.step_time.observation_sent(self.clock())
+            self.report.step_time.observation_sent(began, self.clock())
 
     def send(self, outgoing: list[Outgoing]) -> None:
         if not outgoing:

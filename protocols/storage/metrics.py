@@ -42,11 +42,13 @@ class MetricsWriter:
         self._mirror_threads: list[threading.Thread] = []
         if tensorboard_dir is not None:
             from tensorboardX import SummaryWriter  # a light import; torch's writer needs tensorflow's tensorboard
+            from tensorboardX.proto.summary_pb2 import Summary
 
             threads_before = set(threading.enumerate())
             # An unbounded queue (max_queue 0): a scalar never waits for the writer thread, which
             # a full disk kills; a bounded one, full when it died, would block this node for good.
             self._tensorboard = SummaryWriter(str(tensorboard_dir), max_queue=0, flush_secs=10)
+            self._summary = Summary  # (imported here, once: a record is written every few steps)
             # That thread: once it is dead the mirror is dropped (`_mirror_alive`).
             self._mirror_threads = [thread for thread in threading.enumerate()
                                     if thread not in threads_before and _is_tensorboard_thread(thread)]
@@ -70,11 +72,10 @@ class MetricsWriter:
         `add_scalar` makes an event per scalar, and tensorboardX hands each event to its writer
         thread through a multiprocessing queue (a pickle and a pipe write each): for the main
         job's agents, one event per record costs about 40% of the CPU of one per scalar."""
-        from tensorboardX.proto.summary_pb2 import Summary
-
-        values = [Summary.Value(tag=_tensorboard_tag(key), simple_value=value)
+        summary = self._summary
+        values = [summary.Value(tag=_tensorboard_tag(key), simple_value=value)
                   for key, value in record.items() if key not in ("step", "t")]
-        self._tensorboard.file_writer.add_summary(Summary(value=values), step, now)
+        self._tensorboard.file_writer.add_summary(summary(value=values), step, now)
 
     def recent_value(self, key: str, tail_bytes: int = 1 << 16) -> float | None:
         """The value of `key` in the newest line that has it among the file's last `tail_bytes`

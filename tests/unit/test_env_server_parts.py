@@ -109,19 +109,15 @@ def test_the_steps_wall_time_counts_training_cycles_only():
     """Waiting runs from a training broadcast to the next training step; stepping ends at a
     broadcast in the same step; an evaluation between them (its broadcasts unmarked) is neither."""
     clock = StepWallTime()
-    clock.broadcast_begins(0.0)  # the episode's first observation, after a reset
-    clock.observation_sent(0.1)
+    clock.observation_sent(0.0, 0.1)  # the episode's first observation, after a reset
     clock.step_begins(0.5)  # a plain step
-    clock.broadcast_begins(0.8)
-    clock.observation_sent(0.85)
+    clock.observation_sent(0.8, 0.85)
     clock.step_ends()
     clock.step_begins(1.0)  # a step that begins an evaluation: no broadcast in it
     clock.step_ends()
-    clock.broadcast_begins(5.0)  # the held training observation, after the evaluation
-    clock.observation_sent(5.2)
+    clock.observation_sent(5.0, 5.2)  # the held training observation, after the evaluation
     clock.step_begins(5.3)
-    clock.broadcast_begins(5.4)
-    clock.observation_sent(5.5)
+    clock.observation_sent(5.4, 5.5)
     clock.step_ends()
     assert clock.metrics() == pytest.approx({"lockstep/waiting_s": 0.4 + 0.15 + 0.1, "lockstep/stepping_s": 0.3 + 0.1,
                                              "lockstep/sending_s": 0.1 + 0.05 + 0.2 + 0.1, "lockstep/timed_steps": 3.0})
