@@ -102,9 +102,10 @@ def test_a_tensorboard_mirror_on_a_full_disk_says_so_in_one_line_and_never_block
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == step + 100
 
 
-def _tensorboard_scalars(directory: Path) -> list[tuple[int, str, float]]:
-    """(step, tag, value) of every scalar in the event files under `directory`, in file order
-    (each record: a little-endian u64 length, its masked CRC, the Event, the Event's masked CRC)."""
+def _tensorboard_scalars(directory: Path) -> list[tuple[int, int, str, float]]:
+    """(event number, step, tag, value) of every scalar in the event files under `directory`, in
+    file order (each record: a little-endian u64 length, its masked CRC, the Event, the Event's
+    masked CRC; events without scalars are not numbered)."""
     import struct
 
     from tensorboardX.proto.event_pb2 import Event
@@ -116,7 +117,9 @@ def _tensorboard_scalars(directory: Path) -> list[tuple[int, str, float]]:
             (length,) = struct.unpack_from("<Q", data, at)
             event = Event.FromString(data[at + 12 : at + 12 + length])
             at += 12 + length + 4
-            scalars += [(event.step, value.tag, value.simple_value) for value in event.summary.value]
+            if event.summary.value:
+                number = scalars[-1][0] + 1 if scalars else 0
+                scalars += [(number, event.step, value.tag, value.simple_value) for value in event.summary.value]
     return scalars
 
 
@@ -126,8 +129,9 @@ def test_the_tensorboard_mirror_holds_every_finite_scalar_of_every_record(tmp_pa
     writer.write(4, {"nothing finite": float("inf")})
     writer.write(5, {"/odd key:1": 2.25})
     writer.close()
+    # one event per record (not one per scalar), nothing for a record without a finite value
     assert _tensorboard_scalars(tmp_path / "tb") == [
-        (3, "learner/loss", 0.5), (3, "link/a_to_b/sent", 7.0), (5, "odd_key_1", 2.25)]
+        (0, 3, "learner/loss", 0.5), (0, 3, "link/a_to_b/sent", 7.0), (1, 5, "odd_key_1", 2.25)]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [{k: v for k, v in line.items() if k != "t"} for line in lines] == [
         {"step": 3, "learner/loss": 0.5, "link/a_to_b/sent": 7.0}, {"step": 4}, {"step": 5, "/odd key:1": 2.25}]
