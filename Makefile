@@ -18,6 +18,9 @@ $(BIN)/orchestrate: pyproject.toml examples/parley_ippo/pyproject.toml
 	# pygame-ce that mpe2 installs under the same module name; MiniGrid only draws with it.
 	$(BIN)/pip install --quiet --no-deps 'minigrid==3.0.0'
 	$(BIN)/pip install --quiet --no-deps -e examples/parley_ippo
+	# Compile DQN's gradient step once (numba caches it in agent_node/algos/__pycache__), so
+	# the first run does not.
+	$(BIN)/python -c 'from agent_node.algos.numpy_steps import warm_up; warm_up()'
 	touch $@
 
 setup: $(BIN)/orchestrate

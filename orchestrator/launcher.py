@@ -269,7 +269,7 @@ class ForkServerLauncher:
 
 def preload_modules(
     roles: set[str], learner_kind: str | None, world_model_kind: str | None, env_name: str | None = None,
-    capability_modules: tuple[str, ...] = (),
+    capability_modules: tuple[str, ...] = (), compiled_updates: bool = False,
 ) -> list[str]:
     """What the zygote imports: what the run's roles import at start-up, and what the nodes its
     capabilities add import (`capability_modules`: agent_node/registry.py `ExtraNode.preload`),
@@ -288,6 +288,10 @@ def preload_modules(
         modules += [d.node_side.partition(":")[0] for d in builtin_descriptions() if d.node_side is not None]
         if learner_kind:
             modules.append(f"agent_node.algos.{learner_kind}")
+        if compiled_updates:
+            # DQN's gradient step compiled by numba (`numpy_updates`): its `warm_up` runs in the
+            # zygote, which loads (or, the first time, compiles) its machine code once for all.
+            modules.append("agent_node.algos.numpy_steps")
         if world_model_kind:
             modules.append(f"agent_node.world_models.{world_model_kind}")
     modules += [module for module in capability_modules if module not in modules]

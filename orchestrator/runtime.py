@@ -137,6 +137,7 @@ def make_launcher(plan: LaunchPlan, config: RunConfig) -> SubprocessLauncher | F
         world_model_kind=None if world_model is None else world_model.kind,
         env_name=config.env.name,
         capability_modules=tuple(module for node in extra_nodes(config) for module in node.preload),
+        compiled_updates=bool(getattr(config.agents.learner, "numpy_updates", False)),
     )
     return ForkServerLauncher(plan.run_dir, preload, ready_timeout_s=config.protocols.control.startup_timeout_s)
 

@@ -27,7 +27,9 @@ thread and no state that a thread or a socket owns: it is started with OMP/MKL/O
 counts of 1 (numpy's OpenBLAS would otherwise start a worker thread at import), never creates
 a zmq context, runs torch only single-threaded (one warm-up step, tried in a throwaway child
 first, and skipped where it starts threads: `warm_up_torch_if_fork_safe`), and checks that it is
-single-threaded before every fork. After the fork the node re-seeds Python's, numpy's and
+single-threaded before every fork. A preloaded module that defines `warm_up()` has it called
+once after preloading (the DQN's compiled gradient step loads its machine code there, so the
+nodes share it instead of each compiling or loading it). After the fork the node re-seeds Python's, numpy's and
 torch's global generators from its own seed (they would otherwise be the zygote's state, the
 same in every node), moves into its own session like a subprocess-started node, points stdout
 and stderr at its log and runs its module as `__main__`, exactly as `python -m` would.
@@ -100,6 +102,20 @@ def warm_up_torch() -> None:
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
+
+
+def warm_up_modules(modules: list[str]) -> dict[str, str]:
+    """Call `warm_up()` of each of `modules` that defines one; what failed, by module (the nodes
+    then do that work themselves)."""
+    failed = {}
+    for name in modules:
+        warm_up = getattr(sys.modules.get(name), "warm_up", None)
+        if callable(warm_up):
+            try:
+                warm_up()
+            except Exception as error:  # noqa: BLE001 - reported back, not fatal
+                failed[f"<{name}.warm_up>"] = f"{type(error).__name__}: {error}"
+    return failed
 
 
 _PROBE_STARTED_THREADS = 2  # the probe's exit code when the warm-up left threads behind
@@ -283,6 +299,7 @@ def serve(orchestrator_socket: socket.socket, preload_modules: list[str]) -> int
             skipped = f"{type(error).__name__}: {error}"
         if skipped is not None:
             failed["<torch warm-up>"] = f"skipped: {skipped}"
+        failed.update(warm_up_modules(loaded))
     if threading.active_count() != 1 or thread_count() != 1:
         failed["<threads>"] = f"{thread_count()} threads after preloading ({', '.join(thread_names())}); forking would be unsafe"
         _send(orchestrator_socket, {"ready": False, "failed": failed})

@@ -72,9 +72,9 @@ class DQNConfig(BaseModel):
     loss: Literal["huber", "mse"] = "huber"
     # Clip the global gradient norm; None disables clipping.
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 10.0
-    # Take the gradient steps in numpy over flat buffers (agent_node/algos/numpy_steps.py): the
-    # same update for less CPU per step on small networks, with numpy's arithmetic, so not bit for
-    # bit torch's. A plain MLP only (no CNN encoder).
+    # Take the gradient steps outside torch, compiled by numba over flat buffers
+    # (agent_node/algos/numpy_steps.py): the same update for less CPU per step on small networks,
+    # with OpenBLAS's arithmetic, so not bit for bit torch's. A plain MLP only (no CNN encoder).
     numpy_updates: bool = False
 
     @model_validator(mode="after")

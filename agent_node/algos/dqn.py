@@ -151,7 +151,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         plain_mlp = self.q_network.encoder is None and MLPPasses.fits(self.q_network.layers)
         # fused=True: one kernel per step instead of one per tensor, about 2x faster on CPU here.
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=config.learning_rate, fused=True)
-        # With numpy_updates the gradient steps run in numpy, on buffers the modules' parameters
+        # With numpy_updates the gradient steps run compiled, on buffers the modules' parameters
         # and the optimizer's state become views of (agent_node/algos/numpy_steps.py); before the
         # passes below take their aliases of the parameters.
         self._numpy_update = None
@@ -293,7 +293,7 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
         }
 
     def _numpy_gradient_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """`_gradient_step` in numpy (`numpy_updates`): the same update, the same metrics."""
+        """`_gradient_step` compiled (`numpy_updates`): the same update, the same metrics."""
         cfg = self.config
         set_learning_rate(self.optimizer, scheduled_learning_rate(
             cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))

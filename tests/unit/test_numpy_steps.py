@@ -1,6 +1,7 @@
-"""DQN's gradient steps in numpy (`numpy_updates`, agent_node/algos/numpy_steps.py): the same
-update as the torch path to float rounding, on memory the torch modules and optimizer share, so
-checkpoints, averaging and acting see every step."""
+"""DQN's gradient steps off torch (`numpy_updates`, agent_node/algos/numpy_steps.py): compiled by
+numba, the numpy code they replaced bit for bit, the torch path's update to float rounding, on
+memory the torch modules and optimizer share, so checkpoints, averaging and acting see every
+step."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 from agent_node.algos.config import DQNConfig
 from agent_node.algos.dqn import DQNAgent, QNetwork
-from agent_node.algos.numpy_steps import NumpyMLP, bind_flat, flat_views
+from agent_node.algos.numpy_steps import NumpyDQNUpdate, bind_flat, flat_views
 from tests.unit.test_lean_steps import random_rows
 
 torch.set_num_threads(1)
@@ -37,25 +39,115 @@ def trained_pair(steps: int = 40, **settings) -> tuple[DQNAgent, DQNAgent]:
     return in_torch, in_numpy
 
 
-@pytest.mark.parametrize("hidden_sizes", [(64, 64), (16,), ()])
-def test_the_numpy_passes_give_autograds_output_and_gradients(hidden_sizes):
+class ReferenceStep:
+    """The gradient step as numpy code, one array operation per line: the specification the
+    compiled step (`_dqn_step`) repeats bit for bit (it was the product's step until then)."""
+
+    def __init__(self, online: nn.Sequential, target: nn.Sequential, learning_rate: float) -> None:
+        self.online, self.target = (np.concatenate([p.detach().numpy().reshape(-1) for p in net.parameters()])
+                                    for net in (online, target))
+        self.shapes = [tuple(param.shape) for param in online.parameters()]
+        self.exp_avg, self.exp_avg_sq = np.zeros_like(self.online), np.zeros_like(self.online)
+        self.grads = np.zeros_like(self.online)
+        self.learning_rate, self.steps, self.clipped_steps = learning_rate, 0, 0
+
+    def forward(self, flat: np.ndarray, x: np.ndarray, tape: list | None = None) -> np.ndarray:
+        views = flat_views(flat, self.shapes)
+        for index, (weight, bias) in enumerate(zip(views[0::2], views[1::2])):
+            if tape is not None:
+                tape.append(x)
+            x = x @ weight.T
+            x += bias
+            if index < len(views) // 2 - 1:
+                np.maximum(x, 0.0, out=x)
+        return x
+
+    def backward(self, tape: list[np.ndarray], grad: np.ndarray) -> None:
+        views, grad_views = flat_views(self.online, self.shapes), flat_views(self.grads, self.shapes)
+        for index in range(len(views) // 2 - 1, -1, -1):
+            layer_input = tape[index][:len(grad)]
+            np.matmul(grad.T, layer_input, out=grad_views[2 * index])
+            np.sum(grad, axis=0, out=grad_views[2 * index + 1])
+            if index > 0:
+                grad = grad @ views[2 * index]
+                grad *= layer_input > 0
+
+    def step(self, batch, *, gamma, double_dqn, loss, max_grad_norm, tau):
+        obs, next_obs, action = batch["obs"], batch["next_obs"], batch["action"]
+        rows = np.arange(len(obs))
+        tape: list[np.ndarray] = []
+        q_both = self.forward(self.online, np.concatenate((obs, next_obs)), tape)
+        q_all, next_q_online = q_both[:len(obs)], q_both[len(obs):]
+        next_q_target = self.forward(self.target, next_obs)
+        next_value = next_q_target[rows, next_q_online.argmax(axis=1)] if double_dqn else next_q_target.max(axis=1)
+        td_target = batch["reward"] + np.float32(gamma) * (1.0 - batch["terminated"].astype(np.float32)) * next_value
+        q_taken = q_all[rows, action]
+        error = q_taken - td_target
+        if loss == "huber":
+            absolute = np.abs(error)
+            loss_value = float(np.where(absolute < 1.0, 0.5 * error * error, absolute - 0.5).mean())
+            grad_q_taken = np.clip(error, -1.0, 1.0)
+        else:
+            loss_value = float((error * error).mean())
+            grad_q_taken = 2.0 * error
+        grad = np.zeros_like(q_all)
+        grad[rows, action] = grad_q_taken / np.float32(len(obs))
+        self.backward(tape, grad)
+        if max_grad_norm is not None:
+            scale = max_grad_norm / (float(np.sqrt(np.dot(self.grads, self.grads))) + 1e-6)
+            if scale < 1.0:
+                self.grads *= np.float32(scale)
+                self.clipped_steps += 1
+        self.steps += 1
+        self.exp_avg *= np.float32(0.9)
+        self.exp_avg += np.float32(1.0 - 0.9) * self.grads
+        self.exp_avg_sq *= np.float32(0.999)
+        self.exp_avg_sq += np.float32(1.0 - 0.999) * (self.grads * self.grads)
+        denominator = np.sqrt(self.exp_avg_sq) * np.float32(1.0 / (1.0 - 0.999 ** self.steps) ** 0.5) + np.float32(1e-8)
+        self.online -= self.exp_avg / denominator * np.float32(self.learning_rate / (1.0 - 0.9 ** self.steps))
+        if tau is not None:
+            self.target += np.float32(tau) * (self.online - self.target)
+        return loss_value, float(q_taken.mean()), float(td_target.mean()), None
+
+
+@pytest.mark.parametrize("hidden_sizes, rows, settings, clips", [
+    ((64, 64), 128, dict(gamma=0.95, double_dqn=True, loss="huber", max_grad_norm=10.0, tau=0.005), False),
+    ((16,), 37, dict(gamma=0.9, double_dqn=False, loss="mse", max_grad_norm=None, tau=1.0), False),
+    ((), 64, dict(gamma=0.99, double_dqn=True, loss="huber", max_grad_norm=0.1, tau=0.5), True),
+])
+def test_the_compiled_step_repeats_the_numpy_reference_bit_for_bit(hidden_sizes, rows, settings, clips):
     torch.manual_seed(0)
-    network = QNetwork(30, 5, hidden_sizes)
+    online, target = QNetwork(12, 5, hidden_sizes), QNetwork(12, 5, hidden_sizes)
+    target.load_state_dict(online.state_dict())
+    reference = ReferenceStep(online.layers, target.layers, learning_rate=1e-3)
+    initial = reference.online.copy()
+    compiled = NumpyDQNUpdate(online.layers, target.layers, torch.optim.Adam(online.parameters(), lr=1e-3))
+    rng = np.random.default_rng(0)
+    for step in range(60):
+        batch = {"obs": 3 * rng.normal(size=(rows, 12)).astype(np.float32), "action": rng.integers(0, 5, rows),
+                 "reward": 5 * rng.normal(size=rows).astype(np.float32),
+                 "next_obs": 3 * rng.normal(size=(rows, 12)).astype(np.float32), "terminated": rng.random(rows) < 0.1}
+        options = {**settings, "tau": settings["tau"] if step % 3 else None}  # no target update on some steps
+        assert compiled.step(batch, **options) == reference.step(batch, **options)  # loss, mean Q, mean target
+    for ours, theirs in ((compiled.online, reference.online), (compiled.target, reference.target),
+                         (compiled.exp_avg, reference.exp_avg), (compiled.exp_avg_sq, reference.exp_avg_sq)):
+        np.testing.assert_array_equal(ours, theirs)
+    assert not np.array_equal(compiled.online, initial)
+    assert (reference.clipped_steps > 0) is clips
+
+
+def test_the_reference_passes_give_autograds_output_and_gradients():
+    torch.manual_seed(0)
+    network = QNetwork(30, 5, (64, 64))
     x, grad_output = torch.randn(128, 30), torch.randn(128, 5)
     out = network(x)
     out.backward(grad_output)
-    expected = [param.grad.numpy().copy() for param in network.parameters()]
-
-    params = list(network.parameters())
-    flat = bind_flat(params)
-    views = flat_views(flat, [tuple(param.shape) for param in params])
-    mlp = NumpyMLP(views[0::2], views[1::2])
-    grads = [np.empty_like(view) for view in views]
+    reference = ReferenceStep(network.layers, network.layers, learning_rate=1e-3)
     tape: list[np.ndarray] = []
-    np.testing.assert_allclose(mlp.forward(x.numpy(), tape), out.detach().numpy(), rtol=1e-5, atol=1e-5)
-    mlp.backward(tape, grad_output.numpy(), grads[0::2], grads[1::2])
-    for grad, want in zip(grads, expected):
-        np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(reference.forward(reference.online, x.numpy(), tape), out.detach().numpy(), rtol=1e-5, atol=1e-5)
+    reference.backward(tape, grad_output.numpy())
+    expected = np.concatenate([param.grad.numpy().reshape(-1) for param in network.parameters()])
+    np.testing.assert_allclose(reference.grads, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bound_parameters_and_the_flat_buffer_are_one_memory():

@@ -150,3 +150,39 @@ def test_a_cpu_build_of_torch_warms_up_in_the_zygote_itself_with_no_probe(monkey
     monkeypatch.setattr(os, "fork", lambda: pytest.fail("a CPU build needs no probe process"))
     assert zygote.warm_up_torch_if_fork_safe() is None
     assert ran_in == [os.getpid()]
+
+
+def test_preloaded_modules_warm_up_and_a_failing_warm_up_is_reported_not_fatal(monkeypatch):
+    from orchestrator import zygote
+
+    called = []
+    ready = types.ModuleType("ready_module")
+    ready.warm_up = lambda: called.append("ready")
+    broken = types.ModuleType("broken_module")
+    broken.warm_up = lambda: 1 / 0
+    monkeypatch.setitem(sys.modules, "ready_module", ready)
+    monkeypatch.setitem(sys.modules, "broken_module", broken)
+    failed = zygote.warm_up_modules(["numpy", "ready_module", "broken_module"])
+    assert called == ["ready"]
+    assert failed == {"<broken_module.warm_up>": "ZeroDivisionError: division by zero"}
+
+
+COMPILED_STEP_WARM_UP = textwrap.dedent(
+    """
+    import json, os
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")  # as the zygote starts
+    from orchestrator import zygote
+    loaded, failed = zygote.preload(["agent_node.algos.numpy_steps"])
+    failed.update(zygote.warm_up_modules(loaded))
+    print(json.dumps({"failed": failed, "threads_after": zygote.thread_count()}))
+    """
+)
+
+
+def test_the_compiled_dqn_step_loads_in_the_zygote_and_leaves_it_forkable():
+    from orchestrator.launcher import preload_modules
+
+    assert "agent_node.algos.numpy_steps" in preload_modules({"agent"}, "dqn", None, compiled_updates=True)
+    assert "agent_node.algos.numpy_steps" not in preload_modules({"agent"}, "dqn", None)
+    seen = last_json_line_of(COMPILED_STEP_WARM_UP, timeout_s=120)
+    assert seen == {"failed": {}, "threads_after": 1}
