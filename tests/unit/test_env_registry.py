@@ -6,12 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pettingzoo.utils.conversions import aec_to_parallel_wrapper
+
 from env_server.registry import (
     CONSTRUCTION_SEED_KWARGS,
+    ConvertedParallelEnv,
     EnvNotFound,
     construction_kwargs,
     construction_seed_kwarg,
     make_env,
+    resolve_factory,
 )
 from env_server.vector import VectorizedParallelEnv
 from protocols.seeds import derive_seed
@@ -182,6 +186,34 @@ def test_a_converted_aec_env_loses_only_its_call_checks_and_steps_as_before(kwar
                             else int(actions.integers(space.n))) for agent in reference.agents}
             pairs = list(zip(built.step(step)[:4], reference.step(step)[:4]))  # observations, rewards, ends, cut-offs
     assert built.agents == reference.agents == []
+
+
+def _converted_envs() -> list[str]:
+    return [name for name, path in sorted(BUILTIN_ENVS.items())
+            if isinstance(resolve_factory(name)(), aec_to_parallel_wrapper)]
+
+
+@pytest.mark.parametrize("name", _converted_envs())
+def test_every_converted_env_steps_as_pettingzoos_converter_does_without_the_spare_observations(name, monkeypatch):
+    built, reference = make_env(name, {}), resolve_factory(name)()
+    assert type(built) is ConvertedParallelEnv and type(reference) is aec_to_parallel_wrapper
+    observed = []
+    observe = built.aec_env.observe
+    monkeypatch.setattr(built.aec_env, "observe", lambda agent: observed.append(agent) or observe(agent))
+    actions = np.random.default_rng(0)
+    for episode in range(2):
+        pairs = [(built.reset(seed=episode)[0], reference.reset(seed=episode)[0])]
+        for _ in range(40):
+            for ours, theirs in pairs:
+                assert ours.keys() == theirs.keys()
+                assert all(np.array_equal(np.asarray(ours[agent]), np.asarray(theirs[agent])) for agent in ours)
+            if not reference.agents:
+                break
+            step = {agent: reference.action_space(agent).sample() for agent in reference.agents}
+            observed.clear()
+            pairs = list(zip(built.step(step)[:4], reference.step(step)[:4]))  # observations, rewards, ends, cut-offs
+            assert sorted(observed) == sorted(pairs[0][1].keys()), "one observation per agent a step"
+    assert built.agents == reference.agents
 
 
 def test_a_native_parallel_env_is_built_as_its_factory_builds_it():
