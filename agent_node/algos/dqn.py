@@ -243,9 +243,9 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
 
     def _gradient_step(self) -> dict[str, float]:
         cfg = self.config
-        batch = self.replay.sample(cfg.batch_size)
         if self._numpy_update is not None:
-            return self._numpy_gradient_step(batch)
+            return self._numpy_gradient_step()
+        batch = self.replay.sample(cfg.batch_size)
         obs = torch.as_tensor(batch["obs"], dtype=torch.float32)
         action = torch.as_tensor(batch["action"], dtype=torch.int64)
         reward = torch.as_tensor(batch["reward"], dtype=torch.float32)
@@ -292,15 +292,19 @@ class DQNAgent(ModuleLearner, OwesGradientSteps):
             **bonus_metrics,
         }
 
-    def _numpy_gradient_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        """`_gradient_step` compiled (`numpy_updates`): the same update, the same metrics."""
+    def _numpy_gradient_step(self) -> dict[str, float]:
+        """`_gradient_step` compiled (`numpy_updates`): the same batch, update and metrics."""
         cfg = self.config
         set_learning_rate(self.optimizer, scheduled_learning_rate(
             cfg.learning_rate, cfg.learning_rate_end, cfg.learning_rate_decay_steps, self.gradient_steps))
         soft_update_due = (self.gradient_steps + 1) % cfg.target_update_period == 0
-        loss, q_mean, target_mean, bonus_mean = self._numpy_update.step(
-            batch, gamma=cfg.gamma, double_dqn=cfg.double_dqn, loss=cfg.loss, max_grad_norm=cfg.max_grad_norm,
-            tau=cfg.target_tau if soft_update_due else None, reward_bonus=self.reward_bonus)
+        settings = dict(gamma=cfg.gamma, double_dqn=cfg.double_dqn, loss=cfg.loss, max_grad_norm=cfg.max_grad_norm,
+                        tau=cfg.target_tau if soft_update_due else None)
+        if self.reward_bonus is None:
+            loss, q_mean, target_mean, bonus_mean = self._numpy_update.step_on_replay(self.replay, cfg.batch_size, **settings)
+        else:  # the bonus is computed in Python, on the sampled batch
+            loss, q_mean, target_mean, bonus_mean = self._numpy_update.step(
+                self.replay.sample(cfg.batch_size), reward_bonus=self.reward_bonus, **settings)
         self.gradient_steps += 1
         metrics = {"dqn/loss": loss, "dqn/q_mean": q_mean, "dqn/target_mean": target_mean}
         if bonus_mean is not None:

@@ -41,6 +41,9 @@ import torch
 import torch.nn as nn
 from numba import njit
 
+from agent_node.replay import ReplayBuffer
+from agent_node.roles import Transition
+
 
 def bind_flat(tensors: list[torch.Tensor]) -> np.ndarray:
     """One new float32 buffer holding `tensors`' values in order; each tensor's `.data` becomes a
@@ -171,6 +174,14 @@ def _dqn_step(obs, action, reward, next_obs, terminated, online, target, grads, 
     return q_taken, td_target, loss_terms
 
 
+@njit(cache=True)
+def _dqn_step_on_rows(indices, obs_rows, action_rows, reward_rows, next_obs_rows, terminated_rows, *rest):
+    """`_dqn_step` on the replay's rows `indices` (what `ReplayBuffer.sample` would copy out),
+    gathered here: no batch of six arrays built in Python per step."""
+    return _dqn_step(obs_rows[indices], action_rows[indices], reward_rows[indices], next_obs_rows[indices],
+                     terminated_rows[indices], *rest)
+
+
 class NumpyDQNUpdate:
     """A DQN learner's gradient step (`_dqn_step`) over flat buffers bound to its torch modules
     and Adam optimizer (see the module docstring). `step(batch, ...)` returns the step's loss,
@@ -224,22 +235,47 @@ class NumpyDQNUpdate:
             bonus = np.asarray(reward_bonus(batch["obs"], batch["action"]), dtype=np.float32)
             reward += bonus
             bonus_mean = float(bonus.mean())
+        rows_and_settings = (
+            _float_rows(batch["obs"], rows), np.asarray(batch["action"], dtype=np.int64), reward,
+            _float_rows(batch["next_obs"], rows), np.asarray(batch["terminated"], dtype=np.bool_),
+            *self._buffers_and_settings(gamma, double_dqn, loss, max_grad_norm, tau))
+        return (*self._metrics(_dqn_step(*rows_and_settings)), bonus_mean)
+
+    def step_on_replay(self, replay: ReplayBuffer, batch_size: int, *, gamma: float, double_dqn: bool, loss: str,
+                       max_grad_norm: float | None, tau: float | None) -> tuple[float, float, float, None]:
+        """`step` on the batch `replay.sample(batch_size)` would give (the same draw, the same
+        rows and values), gathered inside the compiled step."""
+        if replay.obs.dtype != np.float32 or replay.action.dtype != np.int64:
+            return self.step(replay.sample(batch_size), gamma=gamma, double_dqn=double_dqn, loss=loss,
+                             max_grad_norm=max_grad_norm, tau=tau)
+        result = _dqn_step_on_rows(
+            replay.draw_indices(batch_size), replay.obs.reshape(replay.capacity, -1), replay.action, replay.reward,
+            replay.next_obs.reshape(replay.capacity, -1), replay.terminated,
+            *self._buffers_and_settings(gamma, double_dqn, loss, max_grad_norm, tau))
+        return (*self._metrics(result), None)
+
+    def _buffers_and_settings(self, gamma: float, double_dqn: bool, loss: str, max_grad_norm: float | None,
+                              tau: float | None) -> tuple:
+        """`_dqn_step`'s arguments after the batch, for the step about to be taken (Adam's step
+        count advances here)."""
         (group,) = self.optimizer.param_groups
         beta1, beta2 = group["betas"]
         self.step_count += 1
         step = float(self.step_count)
-        q_taken, td_target, loss_terms = _dqn_step(
-            _float_rows(batch["obs"], rows), np.asarray(batch["action"], dtype=np.int64), reward,
-            _float_rows(batch["next_obs"], rows), np.asarray(batch["terminated"], dtype=np.bool_),
-            self.online, self.target, self.grads, self.exp_avg, self.exp_avg_sq, self.layout,
-            float(gamma), bool(double_dqn), loss == "huber",
-            np.inf if max_grad_norm is None else float(max_grad_norm),  # no bound: no scale falls below 1
-            tau is not None, 0.0 if tau is None else float(tau),
-            float(beta1), float(beta2), float(group["eps"]),
-            # Adam's bias corrections, in Python floats as torch computes them.
-            group["lr"] / (1.0 - beta1 ** step), 1.0 / (1.0 - beta2 ** step) ** 0.5)
-        # The means as numpy takes them (pairwise), so the metrics are those of the numpy code.
-        return float(loss_terms.mean()), float(q_taken.mean()), float(td_target.mean()), bonus_mean
+        return (self.online, self.target, self.grads, self.exp_avg, self.exp_avg_sq, self.layout,
+                float(gamma), bool(double_dqn), loss == "huber",
+                np.inf if max_grad_norm is None else float(max_grad_norm),  # no bound: no scale falls below 1
+                tau is not None, 0.0 if tau is None else float(tau),
+                float(beta1), float(beta2), float(group["eps"]),
+                # Adam's bias corrections, in Python floats as torch computes them.
+                group["lr"] / (1.0 - beta1 ** step), 1.0 / (1.0 - beta2 ** step) ** 0.5)
+
+    @staticmethod
+    def _metrics(result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[float, float, float]:
+        """(loss, mean Q taken, mean TD target) from the step's per-row values, averaged as numpy
+        averages (pairwise), so the metrics are those of the numpy code."""
+        q_taken, td_target, loss_terms = result
+        return float(loss_terms.mean()), float(q_taken.mean()), float(td_target.mean())
 
 
 def _float_rows(values: np.ndarray, rows: int) -> np.ndarray:
@@ -248,10 +284,14 @@ def _float_rows(values: np.ndarray, rows: int) -> np.ndarray:
 
 
 def warm_up() -> None:
-    """Compile `_dqn_step`, or load it from numba's cache, with a one-layer network: the fork
-    server calls this before forking the nodes, so they share the machine code and none compiles."""
+    """Compile the step's two entries, or load them from numba's cache, with a one-layer network:
+    the fork server calls this before forking the nodes, so they share the machine code and none
+    compiles."""
     online, target = nn.Sequential(nn.Linear(2, 2)), nn.Sequential(nn.Linear(2, 2))
     update = NumpyDQNUpdate(online, target, torch.optim.Adam(online.parameters()))
-    batch = {"obs": np.zeros((1, 2), np.float32), "action": np.zeros(1, np.int64), "reward": np.zeros(1, np.float32),
-             "next_obs": np.zeros((1, 2), np.float32), "terminated": np.zeros(1, np.bool_)}
-    update.step(batch, gamma=0.9, double_dqn=True, loss="huber", max_grad_norm=1.0, tau=0.5)
+    replay = ReplayBuffer(4, (2,), np.float32, (), np.int64, seed=0)
+    replay.add(Transition(obs=np.zeros((4, 2), np.float32), action=np.zeros(4, np.int64), reward=np.zeros(4, np.float32),
+                          next_obs=np.zeros((4, 2), np.float32), terminated=np.zeros(4, bool), truncated=np.zeros(4, bool)))
+    settings = dict(gamma=0.9, double_dqn=True, loss="huber", max_grad_norm=1.0, tau=0.5)
+    update.step(replay.sample(2), **settings)
+    update.step_on_replay(replay, 2, **settings)

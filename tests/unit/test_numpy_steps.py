@@ -5,6 +5,8 @@ step."""
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -238,3 +240,20 @@ def test_numpy_updates_refuse_a_cnn_encoder():
     image = gym.spaces.Box(0, 255, (40, 40, 3), np.uint8)
     with pytest.raises(ValueError, match="numpy_updates.*CNN"):
         DQNAgent(config(numpy_updates=True), image, gym.spaces.Discrete(4), seed=0)
+
+
+def test_a_step_on_the_replay_draws_and_learns_what_a_step_on_its_sample_does():
+    """The compiled step gathers the replay's rows itself: the same draw, rows and update as a step
+    on `replay.sample`, to the bit (the DQN's path with no reward bonus)."""
+    _, gathered = trained_pair(steps=30)
+    sampled = DQNAgent(config(numpy_updates=True), SPACE, gym.spaces.Discrete(4), seed=99)
+    sampled.load_state_dict(gathered.state_dict())
+    sampled.replay = copy.deepcopy(gathered.replay)
+    settings = dict(gamma=0.9, double_dqn=True, loss="huber", max_grad_norm=1.0, tau=0.1)
+    for _ in range(20):
+        assert (gathered._numpy_update.step_on_replay(gathered.replay, 64, **settings)
+                == sampled._numpy_update.step(sampled.replay.sample(64), **settings))
+    assert np.array_equal(gathered.replay.rng.integers(1 << 30), sampled.replay.rng.integers(1 << 30))
+    for ours, theirs in ((gathered._numpy_update.online, sampled._numpy_update.online),
+                         (gathered._numpy_update.exp_avg_sq, sampled._numpy_update.exp_avg_sq)):
+        np.testing.assert_array_equal(ours, theirs)
