@@ -10,7 +10,7 @@ observation width (28 features, 5 actions), each with the same 20,000 random row
 
 - `torch, autograd`: the torch path of a network with an encoder (autograd and `step()`);
 - `torch, by hand`: what the main job's agents run by default (agent_node/algos/lean_steps.py);
-- `numpy`: `agents.learner.numpy_updates` (agent_node/algos/numpy_steps.py).
+- `numpy`: `agents.learner.numpy_updates` (agent_node/algos/numpy_steps.py: the step compiled by numba).
 
 The three take turns block by block (`--steps` gradient steps each), so a change of load hits
 all of them; the CPU time of the timing thread (`time.thread_time`, one torch and one BLAS

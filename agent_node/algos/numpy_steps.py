@@ -119,11 +119,71 @@ def _backward(flat, grads, layout, activations, grad_output):
 
 
 @njit(cache=True)
+def _block_sum(values, start, count):
+    """numpy's float32 sum of at most 128 values: in 8 interleaved running sums from 8 values on."""
+    if count < 8:
+        total = np.float32(0.0)
+        for i in range(start, start + count):
+            total += values[i]
+        return total
+    sums = values[start:start + 8].copy()
+    i = 8
+    while i < count - count % 8:
+        for lane in range(8):
+            sums[lane] += values[start + i + lane]
+        i += 8
+    total = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + ((sums[4] + sums[5]) + (sums[6] + sums[7]))
+    while i < count:
+        total += values[start + i]
+        i += 1
+    return total
+
+
+@njit(cache=True)
+def _pairwise_sum(values):
+    """The float32 sum of `values` in numpy's order: its pairwise summation splits a run of more
+    than 128 values into a first part (half, rounded down to a multiple of 8) and the rest, sums
+    each the same way and adds the two. numba cannot cache a recursive function (loading it back
+    crashed), so numpy's recursion runs here on explicit stacks of (start, count, stage, first
+    part's sum)."""
+    starts, counts = np.zeros(64, np.int64), np.zeros(64, np.int64)
+    stages, first_sums = np.zeros(64, np.int64), np.zeros(64, np.float32)
+    depth, counts[0] = 0, values.shape[0]
+    while True:
+        count = counts[depth]
+        if count > 128:  # split: sum the first part first
+            first = count // 2 - (count // 2) % 8
+            stages[depth] = 1
+            depth += 1
+            starts[depth], counts[depth], stages[depth] = starts[depth - 1], first, 0
+            continue
+        total = _block_sum(values, starts[depth], count)
+        depth -= 1
+        while depth >= 0 and stages[depth] == 2:  # both parts summed: add them, and go up
+            total = first_sums[depth] + total
+            depth -= 1
+        if depth < 0:
+            return total
+        # the first part of the frame at `depth` is summed: now its rest
+        first = counts[depth] // 2 - (counts[depth] // 2) % 8
+        first_sums[depth], stages[depth] = total, 2
+        depth += 1
+        starts[depth], counts[depth], stages[depth] = starts[depth - 1] + first, counts[depth - 1] - first, 0
+
+
+@njit(cache=True)
+def _numpy_mean(values):
+    """`values.mean()` of a float32 vector, to the bit as numpy computes it: the step's metrics
+    are then those of the numpy code it replaced."""
+    return _pairwise_sum(values) / np.float32(values.shape[0])
+
+
+@njit(cache=True)
 def _dqn_step(obs, action, reward, next_obs, terminated, online, target, grads, exp_avg, exp_avg_sq, layout,
               gamma, double_dqn, huber, max_grad_norm, update_target, tau, beta1, beta2, eps,
               adam_step_size, adam_denominator_scale):
-    """One gradient step, in place on the flat buffers. Returns the rows' Q of the action taken,
-    TD target and loss term (float32), for the step's metrics."""
+    """One gradient step, in place on the flat buffers. Returns the batch's mean loss, mean Q of
+    the actions taken and mean TD target (float32), the step's metrics."""
     rows = obs.shape[0]
     # The online network reads obs and next_obs in one stacked pass; the backward pass uses the
     # obs rows of it.
@@ -171,7 +231,7 @@ def _dqn_step(obs, action, reward, next_obs, terminated, online, target, grads, 
         online[i] -= exp_avg[i] / (np.sqrt(exp_avg_sq[i]) * denominator_scale + epsilon) * step_size
         if update_target:
             target[i] += tau32 * (online[i] - target[i])
-    return q_taken, td_target, loss_terms
+    return _numpy_mean(loss_terms), _numpy_mean(q_taken), _numpy_mean(td_target)
 
 
 @njit(cache=True)
@@ -239,7 +299,8 @@ class NumpyDQNUpdate:
             _float_rows(batch["obs"], rows), np.asarray(batch["action"], dtype=np.int64), reward,
             _float_rows(batch["next_obs"], rows), np.asarray(batch["terminated"], dtype=np.bool_),
             *self._buffers_and_settings(gamma, double_dqn, loss, max_grad_norm, tau))
-        return (*self._metrics(_dqn_step(*rows_and_settings)), bonus_mean)
+        loss_mean, q_mean, target_mean = _dqn_step(*rows_and_settings)
+        return float(loss_mean), float(q_mean), float(target_mean), bonus_mean
 
     def step_on_replay(self, replay: ReplayBuffer, batch_size: int, *, gamma: float, double_dqn: bool, loss: str,
                        max_grad_norm: float | None, tau: float | None) -> tuple[float, float, float, None]:
@@ -248,11 +309,11 @@ class NumpyDQNUpdate:
         if replay.obs.dtype != np.float32 or replay.action.dtype != np.int64:
             return self.step(replay.sample(batch_size), gamma=gamma, double_dqn=double_dqn, loss=loss,
                              max_grad_norm=max_grad_norm, tau=tau)
-        result = _dqn_step_on_rows(
+        loss_mean, q_mean, target_mean = _dqn_step_on_rows(
             replay.draw_indices(batch_size), replay.obs.reshape(replay.capacity, -1), replay.action, replay.reward,
             replay.next_obs.reshape(replay.capacity, -1), replay.terminated,
             *self._buffers_and_settings(gamma, double_dqn, loss, max_grad_norm, tau))
-        return (*self._metrics(result), None)
+        return float(loss_mean), float(q_mean), float(target_mean), None
 
     def _buffers_and_settings(self, gamma: float, double_dqn: bool, loss: str, max_grad_norm: float | None,
                               tau: float | None) -> tuple:
@@ -269,13 +330,6 @@ class NumpyDQNUpdate:
                 float(beta1), float(beta2), float(group["eps"]),
                 # Adam's bias corrections, in Python floats as torch computes them.
                 group["lr"] / (1.0 - beta1 ** step), 1.0 / (1.0 - beta2 ** step) ** 0.5)
-
-    @staticmethod
-    def _metrics(result: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[float, float, float]:
-        """(loss, mean Q taken, mean TD target) from the step's per-row values, averaged as numpy
-        averages (pairwise), so the metrics are those of the numpy code."""
-        q_taken, td_target, loss_terms = result
-        return float(loss_terms.mean()), float(q_taken.mean()), float(td_target.mean())
 
 
 def _float_rows(values: np.ndarray, rows: int) -> np.ndarray:

@@ -257,3 +257,12 @@ def test_a_step_on_the_replay_draws_and_learns_what_a_step_on_its_sample_does():
     for ours, theirs in ((gathered._numpy_update.online, sampled._numpy_update.online),
                          (gathered._numpy_update.exp_avg_sq, sampled._numpy_update.exp_avg_sq)):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_compiled_mean_is_numpys_mean_to_the_bit():
+    from agent_node.algos.numpy_steps import _numpy_mean
+
+    rng = np.random.default_rng(0)
+    for count in [*range(1, 300), 512, 1000, 4097]:
+        values = (rng.normal(size=count) * rng.choice([1e-3, 1.0, 1e3])).astype(np.float32)
+        assert float(_numpy_mean(values)) == float(values.mean()), count
