@@ -614,7 +614,8 @@ def render(record: dict, source: str) -> str:
         f"- An agent's wall time (pid file to exit) {agent_wall:.1f} s, of which CPU {agent_cpu:.1f} s.\n"
         + (f"- Gradient steps per agent: {sum(steps_per_agent) / len(steps_per_agent):,.0f}; "
            f"the agent's learner-update CPU per gradient step: **{learner_ms:.2f} ms** "
-           f"(the batch's sampling is counted in replay).\n" if learner_ms is not None else "")
+           f"(drawing the batch's rows is counted in replay; with `numpy_updates` the compiled step "
+           f"gathers them, counted here).\n" if learner_ms is not None else "")
         + (step_wall_line(run["env_step_wall"], all_cpu, run["wall_s"]) if run.get("env_step_wall") else "")
         + f"- The profilers' own CPU (not in the table): {run['profilers_cpu_s']:.1f} s; "
         f"the CPU of every process the bench started and waited for, profilers included "

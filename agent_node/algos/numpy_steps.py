@@ -27,9 +27,10 @@ the same: Double DQN targets, the Huber or squared TD loss averaged over the bat
 gradient norm clipped, Adam as torch computes it (bias corrections, eps outside the square root),
 and the Polyak target update.
 
-Compiling: numba compiles `_dqn_step` on its first call (~10 s of CPU) and caches the machine
-code beside this file (`__pycache__`), so later processes load it in well under a second. The
-fork server compiles or loads it once before forking the nodes (`warm_up`), so agents never do.
+Compiling: numba compiles the step on its first call (5–15 s of CPU here) and caches the machine
+code beside this file (`__pycache__`), so later processes load it in about a second. `make setup`
+compiles it; the fork server loads it once before forking the nodes (`warm_up`), so agents never
+do. (numba cannot load a recursive function back from its cache, hence `_pairwise_sum`'s stacks.)
 """
 
 from __future__ import annotations
