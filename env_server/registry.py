@@ -157,8 +157,8 @@ class ConvertedParallelEnv(aec_to_parallel_wrapper):
     of a step's CPU. An observation is a read of the env's state, so leaving it out changes
     nothing else; tests/unit/test_env_registry.py steps every registered converted env both
     ways and compares every observation, reward and end. The rest is PettingZoo's step as it is
-    (pettingzoo 1.27, `pettingzoo/utils/conversions.py`), with its check that the agents act in
-    a cycle."""
+    (pettingzoo 1.27, `pettingzoo/utils/conversions.py`: `step` at line 194, the discarded
+    `last()` at 209), with its check that the agents act in a cycle."""
 
     def step(self, actions):
         aec_env = self.aec_env

@@ -11,7 +11,7 @@ neither torch nor TensorBoard when the module loads: the TensorBoard mirror (ten
 file writer) is imported only when a `tensorboard_dir` is given. The mirror writes in the node's
 own thread, one event per record into a buffered file flushed every 10 s: tensorboardX's
 `SummaryWriter` would hand each event to a writer thread through a multiprocessing queue (a
-pickle, a pipe and two thread wake-ups per record; ~110 µs of CPU a record here against ~20).
+pickle, a pipe and two thread wake-ups per record; ~110 µs of CPU a record here against ~30).
 When the disk refuses the mirror's file the log gets one line naming it and the cause, and the
 mirror stops: it is a copy, and the node's own write to metrics.jsonl is what stops the node
 with a clear reason.
