@@ -141,35 +141,40 @@ def _block_sum(values, start, count):
 
 
 @njit(cache=True)
+def _first_part(count):
+    """How many of `count` values numpy's pairwise summation adds up before the rest: half,
+    rounded down to a multiple of 8."""
+    half = count // 2
+    return half - half % 8
+
+
+@njit(cache=True)
 def _pairwise_sum(values):
     """The float32 sum of `values` in numpy's order: its pairwise summation splits a run of more
-    than 128 values into a first part (half, rounded down to a multiple of 8) and the rest, sums
-    each the same way and adds the two. numba cannot cache a recursive function (loading it back
-    crashed), so numpy's recursion runs here on explicit stacks of (start, count, stage, first
-    part's sum)."""
+    than 128 values into a first part (`_first_part`) and the rest, sums each the same way and
+    adds the two. numba cannot cache a recursive function (loading it back crashed), so numpy's
+    recursion runs here on explicit stacks: per frame its start, count, whether its first part is
+    summed (and it now sums the rest), and that first part's sum."""
     starts, counts = np.zeros(64, np.int64), np.zeros(64, np.int64)
-    stages, first_sums = np.zeros(64, np.int64), np.zeros(64, np.float32)
+    summing_rest, first_sums = np.zeros(64, np.bool_), np.zeros(64, np.float32)
     depth, counts[0] = 0, values.shape[0]
     while True:
-        count = counts[depth]
-        if count > 128:  # split: sum the first part first
-            first = count // 2 - (count // 2) % 8
-            stages[depth] = 1
+        if counts[depth] > 128:  # split: the first part first
+            starts[depth + 1], counts[depth + 1], summing_rest[depth + 1] = starts[depth], _first_part(counts[depth]), False
             depth += 1
-            starts[depth], counts[depth], stages[depth] = starts[depth - 1], first, 0
             continue
-        total = _block_sum(values, starts[depth], count)
+        total = _block_sum(values, starts[depth], counts[depth])
         depth -= 1
-        while depth >= 0 and stages[depth] == 2:  # both parts summed: add them, and go up
+        while depth >= 0 and summing_rest[depth]:  # both parts summed: add them, and go up
             total = first_sums[depth] + total
             depth -= 1
         if depth < 0:
             return total
         # the first part of the frame at `depth` is summed: now its rest
-        first = counts[depth] // 2 - (counts[depth] // 2) % 8
-        first_sums[depth], stages[depth] = total, 2
+        first = _first_part(counts[depth])
+        first_sums[depth], summing_rest[depth] = total, True
+        starts[depth + 1], counts[depth + 1], summing_rest[depth + 1] = starts[depth] + first, counts[depth] - first, False
         depth += 1
-        starts[depth], counts[depth], stages[depth] = starts[depth - 1] + first, counts[depth - 1] - first, 0
 
 
 @njit(cache=True)
