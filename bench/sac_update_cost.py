@@ -5,9 +5,11 @@
 
 OG-MARL's agents each take 10 SAC gradient steps of batch 256 per environment step (1 real row and
 255 imagined ones, the reference's batch). This bench builds SAC agents with the current code,
-once with its products the fast way (`current`, what the agents run where torch has oneDNN: the
-wide layers' products through oneDNN, the narrow first layer's backward products transposed; see
-`agent_node/algos/sac.py`) and once through torch's own products (`current, torch products`), and one with
+once with its products around MKL (`current, oneDNN products`: the wide layers' products through
+oneDNN, the narrow first layer's backward products transposed; what the agents run on an AMD
+processor, see `agent_node/algos/sac.py`) and once through torch's own products (`current, torch
+products`, what they run elsewhere); the table names which of the two this machine's agents run
+and compares it with the others. And one with
 `agent_node/algos/sac.py` as it was at each commit of `--baseline-ref` (read with `git show`,
 loaded as a module of its own; by default 87ef093, before the update path was reworked, and 26411d9,
 after the rework's first session), the same seed and the same buffers (6,000 real rows, 20,000 imagined), and times
@@ -234,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     implementations = {**{ref: (module.SACAgent, "torch") for ref, module in baselines.items()},
                        "current, torch products": (SACAgent, "torch")}
     if products_check["available"]:
-        implementations["current"] = (SACAgent, "onednn")
+        implementations["current, oneDNN products"] = (SACAgent, "onednn")
+    from agent_node.algos import sac
+
+    # What the agents run on this machine (oneDNN on an AMD processor, torch's own elsewhere).
+    current = "current, oneDNN products" if sac._USE_ONEDNN else "current, torch products"
     agents = {}
     for name, (agent_class, kind) in implementations.items():
         with products(kind):
@@ -271,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             "s_per_1000_training_steps_5_agents_2_cores": round(median * UPDATES_PER_STEP * 1000 * 5 / 2, 1),
             "cpu_s_per_1000_training_steps_5_agents_2_cores": round(cpu_median * UPDATES_PER_STEP * 1000 * 5 / 2, 1),
         }
-    # Current over each baseline (and over its own torch products), medians: below 1 is faster.
-    current = "current" if "current" in agents else "current, torch products"
+    # Current over each baseline (and over its other products), medians: below 1 is faster.
+    result["current"] = current
     others = [name for name in implementations if name != current]
     result["current_over_baseline"] = {
         name: round(float(np.median(times[current]) / np.median(times[name])), 3) for name in others

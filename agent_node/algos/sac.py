@@ -107,17 +107,22 @@ def hidden_features(params: list[tuple[torch.Tensor, torch.Tensor]], inputs: tor
 
 # ------------------------------------------------------------ wide products through oneDNN
 #
-# torch's CPU wheel sends a float32 matrix product to MKL's sgemm, which on the AMD EPYC
-# processors these benchmarks run on is half as fast as torch's other matrix library, oneDNN
-# (`torch.ops.mkldnn._linear_pointwise`): one thread, a 256 x 256 by 256 x 256 product costs
-# 0.31 ms through F.linear and 0.15 ms through oneDNN (measured; bench/sac_update_cost.py times
-# the whole update both ways). A SAC gradient step at OG-MARL's width makes 16 such products,
-# forward and backward. So a hidden layer at least `_WIDE_PRODUCT` wide on both sides computes
-# its products, forward and backward, through oneDNN. It is the same float32 product: only the
-# order of the additions inside each dot product differs (a relative difference of ~5e-7 per
-# product, measured). Narrow layers (the observation's first layer, the heads) stay off oneDNN:
-# there it is slower (measured: 17 against 10 us for the first layer's forward); the first
-# layer's backward is transposed instead (`NarrowInputLinear`).
+# torch's CPU wheel sends a float32 matrix product to MKL's sgemm. On the AMD EPYC processors this
+# project first ran on, MKL took half the speed of torch's other matrix library, oneDNN
+# (`torch.ops.mkldnn._linear_pointwise`): one thread, a 256 x 256 by 256 x 256 product cost 0.31 ms
+# through F.linear and 0.15 ms through oneDNN, and some narrow shapes 4-5x their transposed twins
+# (measured; bench/sac_update_cost.py times the whole update both ways). On an Intel Xeon the two
+# libraries take the same 0.20 ms for that product, and the autograd functions below, whose
+# backward runs in Python, make a whole SAC gradient step slower: 7.4 against 6.1 ms (measured on
+# 2026-11-30). So the products go around MKL only on an AMD processor, the one kind where that was
+# measured to pay (`_USE_ONEDNN`); everywhere else they are torch's own.
+#
+# Around MKL, a hidden layer at least `_WIDE_PRODUCT` wide on both sides computes its products,
+# forward and backward, through oneDNN (a SAC gradient step at OG-MARL's width makes 16 of them).
+# It is the same float32 product: only the order of the additions inside each dot product differs
+# (a relative difference of ~5e-7 per product, measured). Narrow layers (the observation's first
+# layer, the heads) stay off oneDNN: there it is slower (measured: 17 against 10 us for the first
+# layer's forward); the first layer's backward is transposed instead (`NarrowInputLinear`).
 
 _WIDE_PRODUCT = 64
 
@@ -128,6 +133,18 @@ def _onednn_linear_available() -> bool:
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
         and torch.backends.mkldnn.enabled
     )
+
+
+def _cpu_vendor(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+    """The processor's vendor as Linux names it ("AuthenticAMD", "GenuineIntel"), or "" if unknown."""
+    try:
+        with open(cpuinfo_path) as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _onednn_product(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -160,11 +177,11 @@ class NarrowInputLinear(torch.autograd.Function):
     observation and action features to 256), with its backward products transposed.
 
     Both gradients reduce over a short side: d/d inputs = grad_output @ weight (256 wide to 4),
-    d/d weight = grad_output.T @ inputs (over the batch, to 256 x 4). MKL computes those shapes
-    4-5x slower than the same products written the other way round: 50-54 us against 12 for a
-    batch of 256 and 4 inputs, one thread (measured). So the backward computes (weight.T @
-    grad_output.T).T and (inputs.T @ grad_output).T: the same sums, added in another order. The
-    forward is F.linear's own addmm."""
+    d/d weight = grad_output.T @ inputs (over the batch, to 256 x 4). On an AMD processor MKL
+    computes those shapes 4-5x slower than the same products written the other way round: 50-54 us
+    against 12 for a batch of 256 and 4 inputs, one thread (measured). So the backward computes
+    (weight.T @ grad_output.T).T and (inputs.T @ grad_output).T: the same sums, added in another
+    order. The forward is F.linear's own addmm."""
 
     @staticmethod
     def forward(ctx, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -183,7 +200,8 @@ class NarrowInputLinear(torch.autograd.Function):
 
 def linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """F.linear, with a float32 hidden layer's products computed the fastest way this machine has
-    (see above): wide layers through oneDNN, a narrow first layer's backward transposed."""
+    (see above): on an AMD processor, wide layers through oneDNN and a narrow first layer's
+    backward transposed; elsewhere torch's own."""
     if _USE_ONEDNN and inputs.dim() == 2 and inputs.dtype == weight.dtype == torch.float32:
         wide_output = weight.shape[0] >= _WIDE_PRODUCT
         if wide_output and weight.shape[1] >= _WIDE_PRODUCT:
@@ -193,8 +211,13 @@ def linear(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     return F.linear(inputs, weight, bias)
 
 
-# Read at import; tests and bench/sac_update_cost.py set it to compare with torch's own products.
-_USE_ONEDNN = _onednn_linear_available()
+def _products_around_mkl(cpu_vendor: str) -> bool:
+    """Whether a processor of this vendor computes SAC's products around MKL (see above): on AMD's."""
+    return cpu_vendor == "AuthenticAMD" and _onednn_linear_available()
+
+
+# Read at import; tests and bench/sac_update_cost.py set it to compare the two ways.
+_USE_ONEDNN = _products_around_mkl(_cpu_vendor())
 
 
 class SoftQNetwork(nn.Module):

@@ -55,9 +55,11 @@ _STEP = struct.Struct("<qq")  # step, done flag (the observation's bytes follow 
 
 
 def make_env():
-    from mpe2 import simple_spread_v3
+    """The env as the env server builds it (bench/throughput.py's baseline too): every variant
+    pays the same env step, so the ratios compare what is around it."""
+    from env_server.registry import make_env as make_registered_env
 
-    return simple_spread_v3.parallel_env(**ENV_KWARGS)
+    return make_registered_env("mpe2.simple_spread_v3", ENV_KWARGS)
 
 
 def inprocess(steps: int, copies: int = 1) -> dict:
