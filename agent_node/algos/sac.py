@@ -107,8 +107,8 @@ def hidden_features(params: list[tuple[torch.Tensor, torch.Tensor]], inputs: tor
 
 # ------------------------------------------------------------ wide products through oneDNN
 #
-# torch's CPU wheel sends a float32 matrix product to MKL's sgemm. On the AMD EPYC processors this
-# project first ran on, MKL took half the speed of torch's other matrix library, oneDNN
+# torch's CPU wheel sends a float32 matrix product to MKL's sgemm. On the AMD EPYC processors some
+# of this project's machines have, MKL took half the speed of torch's other matrix library, oneDNN
 # (`torch.ops.mkldnn._linear_pointwise`): one thread, a 256 x 256 by 256 x 256 product cost 0.31 ms
 # through F.linear and 0.15 ms through oneDNN, and some narrow shapes 4-5x their transposed twins
 # (measured; bench/sac_update_cost.py times the whole update both ways). On an Intel Xeon the two
